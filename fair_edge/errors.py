@@ -1,0 +1,21 @@
+"""The exceptions fair-edge raises. Each message names what was expected, what was found, and the fix."""
+
+
+class FairEdgeError(Exception):
+    """Base class of every error fair-edge raises on purpose."""
+
+
+class ConfigError(FairEdgeError, ValueError):
+    """A setting (flag, YAML field, checkpoint field) has a value we cannot use."""
+
+
+class DataError(FairEdgeError):
+    """A dataset folder, image or mask is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(FairEdgeError):
+    """A checkpoint file is missing, corrupt, truncated or of another format version."""
+
+
+class BundleError(FairEdgeError):
+    """A model bundle is missing files, fails its checksums, or does not match this machine."""

@@ -1,0 +1,236 @@
+"""The one definition of FAIR's model input: resize -> [0, 1] float -> BT.601 gray -> high-pass.
+
+Every consumer (training, evaluation, export, the CUDA kernel's tests, the CPU runtime path)
+uses the functions here, so a model always sees at run time what it saw in training.
+
+Order of operations, for a camera frame of any size:
+  1. uint8 -> float32 in [0, 1] (x / 255),
+  2. bilinear resize to ``image_size`` x ``image_size`` with OpenCV INTER_LINEAR semantics
+     (half-pixel centres, edge samples clamped, no anti-aliasing, no centre crop),
+  3. BGR -> RGB (the colour image the score compares; gray frames are replicated),
+  4. gray = 0.299 R + 0.587 G + 0.114 B (BT.601, OpenCV's BGR2GRAY weights),
+  5. high-pass of the gray image.
+Resizing the float image equals resizing then converting, because both steps are linear;
+doing it in float avoids the uint8 rounding OpenCV applies to 8-bit resizes.
+
+High-pass filters (frequency domain, centred spectrum of the S x S image, circular):
+  butterworth  H = 1 / (1 + (D0 / (D + 1e-6)) ** (2 n))      (default: D0 = 30, n = 2)
+  gaussian     H = 1 - exp(-D^2 / (2 D0^2))
+  ideal        H = [D > D0]
+where D(u, v) is the distance of frequency (u, v) from the spectrum centre (S // 2, S // 2)
+and the output is the real part of the inverse FFT. ``sobel_xy`` is spatial instead: the
+3x3 Sobel gx and gy of the gray image (reflect-101 border, as OpenCV's default), two channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fair_edge.errors import ConfigError
+
+FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
+GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
+SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings that define the model input.
+
+    image_size: side of the square model input, pixels. filter: one of ``FILTERS``.
+    cutoff: D0 in frequency-index units of the image_size x image_size spectrum.
+    order: Butterworth order n (ignored by the other filters).
+    """
+
+    image_size: int = 256
+    filter: str = "butterworth"
+    cutoff: float = 30.0
+    order: int = 2
+
+    def __post_init__(self) -> None:
+        if self.filter not in FILTERS:
+            raise ConfigError(f"filter must be one of {', '.join(FILTERS)}; found {self.filter!r}.")
+        if not (isinstance(self.image_size, int) and 16 <= self.image_size <= 4096):
+            raise ConfigError(f"image_size must be an integer in 16..4096 pixels; found {self.image_size!r}.")
+        if not self.cutoff > 0:
+            raise ConfigError(f"cutoff (D0) must be > 0; found {self.cutoff!r}. The paper's default is 30.")
+        if not (isinstance(self.order, int) and self.order >= 1):
+            raise ConfigError(f"Butterworth order must be an integer >= 1; found {self.order!r}.")
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the high-pass image: 2 for sobel_xy, else 1."""
+        return 2 if self.filter == "sobel_xy" else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        return cls(
+            image_size=int(data["image_size"]),
+            filter=str(data["filter"]),
+            cutoff=float(data["cutoff"]),
+            order=int(data["order"]),
+        )
+
+
+# ----------------------------------------------------------------------------- transfer function
+def centred_distance(size: int) -> np.ndarray:
+    """(size, size) float64: distance of each centred-spectrum index from (size // 2, size // 2)."""
+    idx = np.arange(size, dtype=np.float64) - size // 2
+    return np.sqrt(idx[:, None] ** 2 + idx[None, :] ** 2)
+
+
+def highpass_transfer(cfg: PreprocessConfig) -> np.ndarray:
+    """(S, S) float64 high-pass transfer function H on the *centred* spectrum (fftshift order)."""
+    if cfg.filter == "sobel_xy":
+        raise ConfigError("sobel_xy is a spatial filter and has no frequency transfer function.")
+    d = centred_distance(cfg.image_size)
+    if cfg.filter == "butterworth":
+        return 1.0 / (1.0 + (cfg.cutoff / (d + 1e-6)) ** (2 * cfg.order))
+    if cfg.filter == "gaussian":
+        return 1.0 - np.exp(-(d**2) / (2.0 * cfg.cutoff**2))
+    return (d > cfg.cutoff).astype(np.float64)  # ideal
+
+
+# ----------------------------------------------------------------------------- float64 reference
+def resize_linear_reference(image: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV INTER_LINEAR resize, written out in float64 (the definition the kernel is tested against).
+
+    image: (H, W) or (H, W, C) float. Returns (size, size[, C]) float64.
+    Source coordinate of output pixel i: (i + 0.5) * (H / size) - 0.5, clamped at 0; the two
+    neighbours are clamped to the image; no anti-aliasing when shrinking.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    h, w = img.shape[:2]
+
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = (np.arange(size, dtype=np.float64) + 0.5) * (n_in / size) - 0.5
+        src = np.maximum(src, 0.0)
+        i0 = np.floor(src).astype(np.int64)
+        frac = src - i0
+        i0 = np.minimum(i0, n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, frac
+
+    y0, y1, fy = axis(h)
+    x0, x1, fx = axis(w)
+    if img.ndim == 3:
+        fy, fx = fy[:, None, None], fx[None, :, None]
+    else:
+        fy, fx = fy[:, None], fx[None, :]
+    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
+    bottom = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def highpass_reference(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Float64 NumPy high-pass. gray: (S, S). Returns (C, S, S) float64, C = cfg.in_channels."""
+    gray = np.asarray(gray, dtype=np.float64)
+    if cfg.filter == "sobel_xy":
+        padded = np.pad(gray, 1, mode="reflect")  # reflect-101, OpenCV's default border
+        gx = np.zeros_like(gray)
+        for dy in range(3):
+            for dx in range(3):
+                gx += SOBEL_X[dy, dx] * padded[dy : dy + gray.shape[0], dx : dx + gray.shape[1]]
+        gy = np.zeros_like(gray)
+        for dy in range(3):
+            for dx in range(3):
+                gy += SOBEL_X.T[dy, dx] * padded[dy : dy + gray.shape[0], dx : dx + gray.shape[1]]
+        return np.stack([gx, gy])
+    spectrum = np.fft.fftshift(np.fft.fft2(gray))
+    filtered = np.fft.ifft2(np.fft.ifftshift(spectrum * highpass_transfer(cfg)))
+    return np.real(filtered)[None]
+
+
+def frame_to_float(frame: np.ndarray) -> np.ndarray:
+    """Check a camera frame and scale it to [0, 1].
+
+    frame: (H, W, 3) uint8 BGR, or (H, W) / (H, W, 1) uint8 gray, host memory.
+    Returns (H, W, 3) float32 BGR in [0, 1] (gray replicated to three channels).
+    """
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        found = type(frame).__name__ if not isinstance(frame, np.ndarray) else frame.dtype
+        raise ConfigError(f"frame must be a uint8 numpy array (H, W, 3) BGR or (H, W) gray; found {found}.")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    if frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) < 2:
+        raise ConfigError(f"frame must have shape (H, W, 3) or (H, W) with H, W >= 2; found {frame.shape}.")
+    return frame.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def reference_input(frame: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 reference of the whole pre-processing for one frame.
+
+    frame: (H, W, 3) uint8 BGR or (H, W) uint8 gray. Returns (highpass (C, S, S), colour (3, S, S) RGB),
+    both float64; colour is in [0, 1].
+    """
+    bgr = frame_to_float(frame).astype(np.float64)
+    resized = resize_linear_reference(bgr, cfg.image_size)
+    rgb = resized[:, :, ::-1].transpose(2, 0, 1)
+    gray = GRAY_WEIGHTS_RGB[0] * rgb[0] + GRAY_WEIGHTS_RGB[1] * rgb[1] + GRAY_WEIGHTS_RGB[2] * rgb[2]
+    return highpass_reference(gray, cfg), np.ascontiguousarray(rgb)
+
+
+# ----------------------------------------------------------------------------- runtime (float32)
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """Camera frame -> colour model image with OpenCV (float32, same numbers as the reference).
+
+    frame: (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory.
+    Returns (3, size, size) float32 RGB in [0, 1].
+    """
+    bgr = frame_to_float(frame)
+    if bgr.shape[:2] != (size, size):
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def to_gray(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) BT.601 gray, same dtype and device."""
+    r, g, b = GRAY_WEIGHTS_RGB
+    return r * rgb[:, 0:1] + g * rgb[:, 1:2] + b * rgb[:, 2:3]
+
+
+class HighPass(nn.Module):
+    """The high-pass as a torch module (FFT or Sobel), used by training and the CPU runtime.
+
+    forward: gray (B, 1, S, S) float32 -> (B, C, S, S) float32, C = cfg.in_channels, same device.
+    """
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.filter == "sobel_xy":
+            gx = torch.tensor(SOBEL_X, dtype=torch.float32)
+            self.register_buffer("kernel", torch.stack([gx, gx.T])[:, None], persistent=False)
+        else:
+            transfer = np.fft.ifftshift(highpass_transfer(cfg))  # to unshifted (fft2) order
+            self.register_buffer("kernel", torch.tensor(transfer, dtype=torch.float32), persistent=False)
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        size = self.cfg.image_size
+        if gray.ndim != 4 or gray.shape[1] != 1 or tuple(gray.shape[2:]) != (size, size):
+            raise ConfigError(f"HighPass expects (B, 1, {size}, {size}); found {tuple(gray.shape)}.")
+        gray = gray.float()
+        if self.cfg.filter == "sobel_xy":
+            return F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="reflect"), self.kernel)
+        return torch.fft.ifft2(torch.fft.fft2(gray) * self.kernel).real
+
+
+def model_input(rgb: torch.Tensor, highpass: HighPass) -> torch.Tensor:
+    """(B, 3, S, S) RGB in [0, 1] -> (B, C, S, S) network input (gray, then high-pass)."""
+    return highpass(to_gray(rgb))
+
+
+def frames_to_batch(frames: list[np.ndarray], size: int) -> torch.Tensor:
+    """List of camera frames -> (B, 3, size, size) float32 RGB CPU tensor in [0, 1]."""
+    return torch.from_numpy(np.stack([resize_frame(f, size) for f in frames]))
