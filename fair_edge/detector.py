@@ -1,0 +1,30 @@
+"""The whole inference after pre-processing: UNet restoration + scoring, as one module.
+
+This is the graph that eval runs and that export writes to ONNX.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fair_edge.scoring import AnomalyScorer, ScoringConfig
+from fair_edge.unet import UNet
+
+
+class FairDetector(nn.Module):
+    """forward(highpass, colour) -> (anomaly_map, score).
+
+    highpass: (B, C, S, S) float32 network input (C = 1, or 2 for sobel_xy).
+    colour: (B, 3, S, S) float32 RGB in [0, 1], the resized frame.
+    Returns anomaly_map (B, 1, S, S) float32 and score (B,) float32.
+    """
+
+    def __init__(self, width: int, in_channels: int, scoring: ScoringConfig = ScoringConfig()) -> None:
+        super().__init__()
+        self.unet = UNet(width=width, in_channels=in_channels)
+        self.scorer = AnomalyScorer(scoring)
+
+    def forward(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        restored = self.unet(highpass)
+        return self.scorer(colour, restored)

@@ -1,0 +1,35 @@
+"""Where training runs live on disk, and how other commands find them.
+
+A training run writes to ``runs/train-w{width}`` by default (``--out`` overrides):
+  last.pt       the newest checkpoint (rolling; also written on Ctrl-C),
+  final.pt      written when training completes,
+  loss.csv      one row per logged step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fair_edge.errors import CheckpointError
+
+RUNS_ROOT = Path("runs")
+
+
+def default_train_dir(width: int, root: Path = RUNS_ROOT) -> Path:
+    return root / f"train-w{width}"
+
+
+def find_latest_checkpoint(width: int, root: Path = RUNS_ROOT) -> Path:
+    """The newest ``final.pt`` (else ``last.pt``) under ``root/train-w{width}*``; raises CheckpointError."""
+    candidates = []
+    for run_dir in sorted(Path(root).glob(f"train-w{width}*")):
+        for name in ("final.pt", "last.pt"):
+            if (run_dir / name).is_file():
+                candidates.append(run_dir / name)
+                break
+    if not candidates:
+        raise CheckpointError(
+            f"no width-{width} checkpoint under {Path(root).resolve()}/train-w{width}*. Train one with "
+            f"`fair-edge train DATA --width {width}` or pass the checkpoint path explicitly."
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime)
