@@ -1,0 +1,63 @@
+"""Shared fixtures: a small generated product in MVTec layout, and GPU detection for `gpu` tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+def gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with a working driver; none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_normal(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A 'product': a bright plate with a regular grid of dark lines and mild noise (uint8 BGR)."""
+    img = np.full((size, size, 3), 170, np.float32)
+    img[:, ::8] -= 60
+    img[::8, :] -= 60
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_defect(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """A normal plate with a dark blob; returns (image, mask uint8 0/255)."""
+    img = make_normal(rng, size)
+    mask = np.zeros((size, size), np.uint8)
+    cy, cx = rng.integers(12, size - 12, 2)
+    cv2.circle(mask, (int(cx), int(cy)), int(rng.integers(5, 9)), 255, -1)
+    img[mask > 0] = (30, 30, 200)
+    return img, mask
+
+
+@pytest.fixture(scope="session")
+def mvtec_dir(tmp_path_factory) -> Path:
+    """MVTec-layout product: 16 train/good, 6 test/good, 6 test/blob with masks."""
+    root = tmp_path_factory.mktemp("data") / "plate"
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+        (root / sub).mkdir(parents=True)
+    for i in range(16):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), make_normal(rng))
+    for i in range(6):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), make_normal(rng))
+        img, mask = make_defect(rng)
+        cv2.imwrite(str(root / "test/blob" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(root / "ground_truth/blob" / f"{i:03d}_mask.png"), mask)
+    return root
