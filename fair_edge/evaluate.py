@@ -113,12 +113,10 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     labels = scored.labels
     if "image_auroc" in result:
         fpr, tpr, _ = metrics.roc_curve(scored.scores, labels)
-        plots.save_line_plot(out_dir / "roc.png", [(fpr, tpr, "image ROC")],
-                             f"Image ROC (AUROC {result['image_auroc']:.3f})", "false positive rate", "true positive rate")
+        plots.save_roc_plot(out_dir / "roc.png", fpr, tpr, result["image_auroc"], name="image ROC")
     if scored.masks is not None:
-        fpr, pro = metrics.pro_curve(scored.maps, scored.masks)
-        plots.save_line_plot(out_dir / "pro.png", [(fpr, pro, "PRO")], f"PRO curve (AUPRO {result['aupro']:.3f})",
-                             "false positive rate", "per-region overlap", vline=0.3)
+        fpr, pro, _ = metrics.pro_curve(scored.maps, scored.masks)
+        plots.save_pro_plot(out_dir / "pro.png", fpr, pro, result["aupro"], fpr_limit=0.3)
     heat_dir = out_dir / "heatmaps"
     heat_dir.mkdir(exist_ok=True)
     vmin, vmax = float(np.percentile(scored.maps, 1)), float(scored.maps.max())
