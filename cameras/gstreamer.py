@@ -41,7 +41,10 @@ def _framerate(fps: float) -> str:
     """30 -> '30/1', 29.97 -> '30000/1001' (GStreamer fraction)."""
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise ConfigError(f"jetson_csi_pipeline fps: expected a number > 0, found {fps!r}")
-    frac = Fraction(fps).limit_denominator(1001)
+    ntsc = round(fps * 1.001)  # 29.97 / 59.94 are the NTSC rates N * 1000 / 1001
+    if not float(fps).is_integer() and abs(fps - ntsc / 1.001) < 0.005:
+        return f"{ntsc * 1000}/1001"
+    frac = Fraction(fps).limit_denominator(1000)
     return f"{frac.numerator}/{frac.denominator}"
 
 

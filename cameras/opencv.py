@@ -28,8 +28,9 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 def classify_target(target: int | str) -> str:
     """What an OpenCV target is: ``index``, ``device``, ``url`` or ``file``."""
-    if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
+    if isinstance(target, int) or str(target).strip().isdigit():
         return "index"
+    target = str(target)
     if _URL.match(target):
         return "url"
     if target.startswith("/dev/"):
