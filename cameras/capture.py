@@ -16,6 +16,7 @@ Usage from the inspection loop::
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
 import logging
@@ -120,20 +121,16 @@ class CaptureStats:
 
 
 def _put_drop_oldest(q: queue.Queue, item: object) -> int:
-    """Enqueue ``item``, evicting the oldest entry if full. Returns the number dropped."""
-    try:
-        q.put_nowait(item)
-        return 0
-    except queue.Full:
-        pass
+    """Enqueue ``item``, evicting the oldest entries while full. Returns the frames dropped."""
     dropped = 0
-    try:
-        q.get_nowait()
-        dropped = 1
-    except queue.Empty:  # the consumer took one meanwhile: there is room now
-        pass
-    q.put_nowait(item)  # single producer: cannot be full again
-    return dropped
+    while True:  # ends at once unless stop() slips its end marker in between
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            pass
+        with contextlib.suppress(queue.Empty):  # Empty: the consumer made room meanwhile
+            dropped += q.get_nowait() is not _END
 
 
 def _put_drop_newest(q: queue.Queue, item: object) -> int:
@@ -360,10 +357,8 @@ class CaptureThread:
                 return
             self._state, self._end_reason = state, reason
             self._ended.set()
-        try:  # if the queue is full the consumer drains it, then sees `_ended` in get()
+        with contextlib.suppress(queue.Full):  # if full, the consumer drains it, then sees `_ended`
             self._queue.put_nowait(_END)
-        except queue.Full:
-            pass
 
     def _end_error(self) -> EndOfStream:
         return EndOfStream(f"{self.source.name}: stream ended ({self._end_reason})", self._cause)

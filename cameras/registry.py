@@ -33,7 +33,8 @@ from .synthetic import LineSource
 
 
 def _csi(target: str, *, width: int = 1920, height: int = 1080, fps: float = 30, flip: int = 0,
-         out_width: int | None = None, out_height: int | None = None, name: str | None = None) -> GStreamerSource:
+         out_width: int | None = None, out_height: int | None = None,
+         name: str | None = None) -> GStreamerSource:
     if not target.strip().isdigit():
         raise ConfigError(f"csi source: expected a sensor id like 'csi:0', found 'csi:{target}'")
     pipeline = jetson_csi_pipeline(int(target), width, height, fps, flip, out_width, out_height)

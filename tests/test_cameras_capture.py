@@ -92,7 +92,7 @@ def test_outage_on_clocked_line_loses_the_frames_that_passed():
     with CaptureThread(src, settings) as cap:
         frames = [cap.get(timeout=2) for _ in range(10)]
         stats = cap.stats()
-    gaps = sum(b.seq - a.seq - 1 for a, b in zip(frames, frames[1:]))
+    gaps = sum(b.seq - a.seq - 1 for a, b in zip(frames, frames[1:], strict=False))
     assert stats.reconnects == 1
     assert gaps == stats.frames_lost_estimate >= 10  # >= 0.1 s down at 200 fps, minus slack
 
@@ -168,9 +168,8 @@ def test_reader_bug_ends_the_stream_with_the_cause():
         def read(self):
             raise RuntimeError("bug in a driver wrapper")
 
-    with CaptureThread(Broken()) as cap:
-        with pytest.raises(EndOfStream) as info:
-            cap.get(timeout=2)
+    with CaptureThread(Broken()) as cap, pytest.raises(EndOfStream) as info:
+        cap.get(timeout=2)
     assert isinstance(info.value.cause, RuntimeError)
     assert "reader crashed" in cap.stats().end_reason
 
@@ -223,3 +222,11 @@ def test_settings_are_validated():
         CaptureSettings(queue_size=0)
     s = CaptureSettings(backoff_initial_s=0.5, backoff_factor=2, backoff_max_s=4)
     assert [s.backoff_s(i) for i in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_stop_racing_a_full_drop_oldest_queue_never_crashes_the_reader(caplog):
+    for _ in range(20):
+        cap = CaptureThread(LineSource(IMAGES), CaptureSettings(queue_size=1)).start()
+        cap.get(timeout=2)
+        assert cap.stop() is True
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -46,7 +46,7 @@ def test_folder_replays_sorted_by_name_with_file_name_as_source(tmp_path):
     assert [f.seq for f in frames] == [0, 1, 2]
     assert all(f.image.shape == (12, 16, 3) and f.image.dtype == np.uint8 for f in frames)
     assert not frames[0].image.flags.writeable
-    assert all(b.t_capture >= a.t_capture for a, b in zip(frames, frames[1:]))
+    assert all(b.t_capture >= a.t_capture for a, b in zip(frames, frames[1:], strict=False))
 
 
 def test_folder_gray_option_gives_2d_frames(tmp_path):
