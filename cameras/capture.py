@@ -172,8 +172,6 @@ class CaptureThread:
         self._cause: BaseException | None = None
         self._last: Frame | None = None
         self._after_outage = False
-        fps = self.settings.nominal_fps or getattr(source, "nominal_fps", None)
-        self._fps = float(fps) if fps else None
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> CaptureThread:
@@ -217,7 +215,7 @@ class CaptureThread:
 
     @property
     def ended(self) -> bool:
-        """True once no more frames will be enqueued (frames already queued may remain)."""
+        """True once the stream has ended or been stopped (queued frames may remain to get)."""
         return self._ended.is_set()
 
     # ---- consumer side ---------------------------------------------------------------
@@ -296,8 +294,8 @@ class CaptureThread:
             gap = frame.seq - last.seq - 1
             if gap > 0:
                 lost = gap
-            elif self._after_outage and self._fps:
-                lost = max(0, round((frame.t_capture - last.t_capture) * self._fps) - 1)
+            elif self._after_outage and (fps := self._nominal_fps()):
+                lost = max(0, round((frame.t_capture - last.t_capture) * fps) - 1)
         self._last, self._after_outage = frame, False
         dropped = self._put(self._queue, frame)
         with self._lock:
@@ -335,6 +333,10 @@ class CaptureThread:
         return f"gave up after {attempt} reconnect attempts: {cause}", cause
 
     # ---- shared helpers --------------------------------------------------------------
+    def _nominal_fps(self) -> float | None:
+        """Settings first, else the source's (known only once opened, e.g. CAP_PROP_FPS)."""
+        return self.settings.nominal_fps or getattr(self.source, "nominal_fps", None) or None
+
     def _close_source(self) -> None:
         try:
             self.source.close()
