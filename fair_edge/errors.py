@@ -19,3 +19,7 @@ class CheckpointError(FairEdgeError):
 
 class BundleError(FairEdgeError):
     """A model bundle is missing files, fails its checksums, or does not match this machine."""
+
+
+class CameraError(FairEdgeError):
+    """A frame source cannot be opened, lost its connection, or delivered no frame."""
