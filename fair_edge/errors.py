@@ -19,3 +19,11 @@ class CheckpointError(FairEdgeError):
 
 class BundleError(FairEdgeError):
     """A model bundle is missing files, fails its checksums, or does not match this machine."""
+
+
+class KernelError(FairEdgeError):
+    """A CUDA / NVRTC call failed, or a fused-kernel launch got buffers it cannot use."""
+
+
+class GpuUnavailableError(KernelError):
+    """No usable NVIDIA GPU here: cuda-python missing, no driver, or no device."""
