@@ -23,3 +23,11 @@ class BundleError(FairEdgeError):
 
 class CameraError(FairEdgeError):
     """A frame source cannot be opened, lost its connection, or delivered no frame."""
+
+
+class KernelError(FairEdgeError):
+    """A CUDA / NVRTC call failed, or a fused-kernel launch got buffers it cannot use."""
+
+
+class GpuUnavailableError(KernelError):
+    """No usable NVIDIA GPU here: cuda-python missing, no driver, or no device."""

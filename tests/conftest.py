@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
 
 
 def gpu_available() -> bool:
