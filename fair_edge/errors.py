@@ -19,3 +19,23 @@ class CheckpointError(FairEdgeError):
 
 class BundleError(FairEdgeError):
     """A model bundle is missing files, fails its checksums, or does not match this machine."""
+
+
+class PlcError(FairEdgeError):
+    """A PLC / signal output cannot be reached or refused a write (the link, not the device's reply)."""
+
+
+class PlcDeviceError(PlcError):
+    """The device answered with a Modbus exception reply or an OPC UA bad status (the link is fine)."""
+
+
+class SinkError(FairEdgeError):
+    """A signal sink URL is malformed, names an unknown scheme, or its driver package is missing."""
+
+
+class RecorderError(FairEdgeError):
+    """The recorder cannot create its folder or open its log file."""
+
+
+class MetricsError(FairEdgeError):
+    """The metrics HTTP server cannot bind its address."""
