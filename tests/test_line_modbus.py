@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
 import time
 
 import pytest
@@ -17,7 +14,8 @@ from fair_edge.line.scheduler import RejectScheduler  # noqa: E402
 from fair_edge.line.settings import RejectSettings  # noqa: E402
 from fair_edge.line.sinks import open_sink, parse_sink_url  # noqa: E402
 from fair_edge.line.sinks.modbus import ModbusOutput, parse_modbus_url  # noqa: E402
-from line_replay import capture_logger, match_pulses, replay, timing_errors_ms  # noqa: E402
+from line_replay import capture_logger, match_pulses, replay, report_timing as _report  # noqa: E402
+from line_replay import timing_errors_ms  # noqa: E402
 from line_servers import ModbusTestServer  # noqa: E402
 
 TOL_S = 0.010
@@ -31,17 +29,6 @@ def _settings(port: int, **kw) -> RejectSettings:
                 min_gap_ms=10, late_ms=10, fail_safe="reject")
     base.update(kw)
     return RejectSettings(**base)
-
-
-def _report(name: str, errors: list[float]) -> None:
-    """Keep the measured numbers (for BENCHMARKS / the PR) when FAIR_EDGE_TIMING_OUT is set."""
-    path = os.environ.get("FAIR_EDGE_TIMING_OUT")
-    if path and errors:
-        with open(path, "a") as f:
-            f.write(json.dumps({"test": name, "n": len(errors),
-                                "mean_ms": statistics.fmean(errors),
-                                "max_abs_ms": max(abs(e) for e in errors),
-                                "min_ms": min(errors), "max_ms": max(errors)}) + "\n")
 
 
 @pytest.fixture
