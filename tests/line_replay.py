@@ -69,8 +69,9 @@ class RecordingSink:
         self.closed = 0
 
     def pulse(self, event: RejectEvent) -> None:
+        """Records the edge time a real sink would write: t_edge, or now if handed in late."""
         with self._lock:
-            self.pulses.append((time.monotonic(), event))
+            self.pulses.append((max(time.monotonic(), event.t_edge), event))
 
     def set_fault(self, active: bool, reason: str) -> None:
         with self._lock:

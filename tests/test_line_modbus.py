@@ -61,9 +61,9 @@ def test_one_pulse_per_defective_part_on_time(server):
 
 def test_holding_register_pulse(server):
     sink = open_sink(f"modbus://127.0.0.1:{server.port}?unit=1&register=3&value=7&pulse_ms=15")
-    with RejectScheduler(RejectSettings(delay_ms=50, pulse_ms=20), sinks=sink) as sched:
-        run = replay(sched, n=4, pitch_s=PITCH_S, defective={0, 2}, delay_s=0.05, seed=2)
-        time.sleep(0.15)
+    with RejectScheduler(RejectSettings(delay_ms=DELAY_S * 1000, pulse_ms=20), sinks=sink) as sched:
+        run = replay(sched, n=4, pitch_s=PITCH_S, defective={0, 2}, delay_s=DELAY_S, seed=2)
+        time.sleep(DELAY_S + 0.1)
     sink.close()
     writes = server.register_writes(3)
     assert [v for _, v in writes] == [0, 7, 0, 7, 0]  # resting level written on connect

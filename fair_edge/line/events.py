@@ -11,7 +11,10 @@ class RejectEvent:
 
     seq: the verdict's sequence number (one pulse per NG seq, never two).
     t_due: ``time.monotonic()`` seconds when the part is at the gate (rising edge wanted then).
-    t_fire: monotonic seconds when the scheduler released it (>= t_due - ~1 ms).
+    t_edge: monotonic seconds when the rising edge must be written: t_due, or later when the
+        reject is late or shifted by min_gap_ms. The scheduler hands the event to the sinks a few
+        ms early (``DISPATCH_LEAD_S``) and each sink waits for t_edge itself, so the thread hop
+        scheduler -> sink is off the timing path.
     deadline: monotonic seconds after which a rising edge no longer hits the part; a sink that
         cannot write by then gives up and reports the miss (a stale pulse is never replayed:
         it would kick another part).
@@ -21,7 +24,7 @@ class RejectEvent:
 
     seq: int
     t_due: float
-    t_fire: float
+    t_edge: float
     deadline: float
     late: bool = False
     score: float = float("nan")

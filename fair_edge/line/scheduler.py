@@ -3,8 +3,9 @@
 Due time: ``verdict.t_capture + reject.delay_ms`` (monotonic seconds), or, with an
 ``EncoderSource``, the moment the encoder reaches ``count_at_capture + reject.encoder_distance``.
 Pending rejects sit in a heap ordered by due time (or target count) served by one thread, so
-verdicts may complete in any order. The thread sleeps until ~2 ms before the head is due and
-finishes with 0.2 ms sleeps (``timing.sleep_until``); sinks do their I/O on their own threads.
+verdicts may complete in any order. The thread sleeps until ``DISPATCH_LEAD_S`` before the head
+is due (``timing.sleep_until``: a coarse wait, then 0.2 ms sleeps) and hands the event to the
+sinks, which wait for ``RejectEvent.t_edge`` themselves and do their I/O on their own threads.
 
 Deadline rule (``reject.late_ms``, ``reject.fail_safe``): a reject that cannot start by
 ``due + late_ms`` -- its verdict came after the part passed the gate, or keeping ``min_gap_ms``
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_COUNTERS = ("verdicts", "ng", "scheduled", "fired", "late", "late_fired", "alarms",
                       "refused", "sink_missed", "sink_errors", "sink_dropped", "abandoned")
+DISPATCH_LEAD_S = 0.003  # events reach the sinks this early; each sink times its own edge
 CAPTURE_MEMORY = 4096  # encoder counts remembered per seq between capture and verdict
 
 # what submit() returns
@@ -250,9 +252,9 @@ class RejectScheduler:
         if head is None:
             self._wake.wait(0.1)
             return []
-        if not sleep_until(head, self._wake):
+        if not sleep_until(head - DISPATCH_LEAD_S, self._wake):
             return []
-        return self._pop_due(time.monotonic())
+        return self._pop_due(time.monotonic() + DISPATCH_LEAD_S)
 
     def _wait_count(self) -> list[_Pending]:
         self._stop.wait(self.settings.encoder_poll_ms / 1000.0)
@@ -284,11 +286,11 @@ class RejectScheduler:
         return out
 
     def _fire(self, item: _Pending) -> None:
-        if not sleep_until(item.key, self._stop):
-            return
-        now = time.monotonic()
-        t_due = item.t_due if item.t_due == item.t_due else now
-        event = RejectEvent(item.seq, t_due, now, max(now, t_due) + self.settings.late_ms / 1000.0,
+        """Hand the event to the sinks (up to DISPATCH_LEAD_S before its edge; they wait)."""
+        t_edge = item.key
+        t_due = item.t_due if item.t_due == item.t_due else t_edge
+        event = RejectEvent(item.seq, t_due, t_edge,
+                            max(t_edge, t_due) + self.settings.late_ms / 1000.0,
                             item.late, item.score)
         self._sinks.pulse(event)
         self._counters.add("fired")

@@ -182,6 +182,9 @@ class WorkerSink:
                 self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
 
     def _do_pulse(self, ev: RejectEvent) -> None:
+        if not self._connected:
+            self._try_connect(force=True)   # connect while waiting for the edge
+        sleep_until(ev.t_edge, self._stop)
         if time.monotonic() > ev.deadline:
             self._counters.add("missed")
             self._emit("missed", ev.seq, "dequeued after its deadline")

@@ -9,8 +9,8 @@ Both take ``pulse_ms``. The driver packages are imported only when such a sink i
 
 Permissions: the user running the station needs read/write on /dev/gpiochipN: add it to the
 ``gpio`` group (``sudo usermod -aG gpio $USER``, log in again) or install a udev rule such as
-``SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"``. On Jetson, JetPack's
-``Jetson.GPIO`` ships ``99-gpio.rules`` for the same group. Wiring: a GPIO pin drives an
+``SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"``. On Jetson, ``Jetson.GPIO``
+ships an equivalent ``99-gpio.rules`` (copy it to /etc/udev/rules.d). Wiring: a GPIO pin drives an
 opto-isolated input or a relay driver, never a solenoid directly; see docs/line-integration.md.
 """
 

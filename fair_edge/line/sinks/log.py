@@ -6,7 +6,6 @@ URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NA
 from __future__ import annotations
 
 import logging
-import time
 
 from ..events import RejectEvent
 from .base import Counters, SINK_COUNTERS
@@ -24,10 +23,10 @@ class LogSink:
 
     def pulse(self, event: RejectEvent) -> None:
         self._counters.add("pulses")
-        lag_ms = (time.monotonic() - event.t_due) * 1000.0
+        shift_ms = (event.t_edge - event.t_due) * 1000.0
         self._log.log(logging.WARNING if event.late else logging.INFO,
-                      "reject seq=%d score=%.4g due=%.6f lag_ms=%.2f%s", event.seq, event.score,
-                      event.t_due, lag_ms, " LATE" if event.late else "",
+                      "reject seq=%d score=%.4g due=%.6f edge_shift_ms=%.2f%s", event.seq,
+                      event.score, event.t_due, shift_ms, " LATE" if event.late else "",
                       extra={"reject_seq": event.seq, "reject_late": event.late})
         self._counters.add("delivered")
 
