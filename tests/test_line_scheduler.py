@@ -15,7 +15,7 @@ from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import SinkReport
 from fair_edge.line.slots import SlotPlan
 from fair_edge.records import Verdict
-from line_replay import RecordingSink, match_pulses, replay, timing_errors_ms
+from line_replay import RecordingSink, replay, timing_errors_ms
 
 
 def _v(seq, t_capture, ng=True):
