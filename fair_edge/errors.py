@@ -31,3 +31,23 @@ class KernelError(FairEdgeError):
 
 class GpuUnavailableError(KernelError):
     """No usable NVIDIA GPU here: cuda-python missing, no driver, or no device."""
+
+
+class PlcError(FairEdgeError):
+    """A PLC / signal output cannot be reached or refused a write (the link, not the device's reply)."""
+
+
+class PlcDeviceError(PlcError):
+    """The device answered with a Modbus exception reply or an OPC UA bad status (the link is fine)."""
+
+
+class SinkError(FairEdgeError):
+    """A signal sink URL is malformed, names an unknown scheme, or its driver package is missing."""
+
+
+class RecorderError(FairEdgeError):
+    """The recorder cannot create its folder or open its log file."""
+
+
+class MetricsError(FairEdgeError):
+    """The metrics HTTP server cannot bind its address."""
