@@ -55,13 +55,11 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, bundle, device: torch.device, cuda_graphs: bool = True) -> None:
+    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True) -> None:
         from fair_edge.checkpoint import load_checkpoint
 
-        if bundle.weights_path is None:
-            raise BundleError(f"bundle {bundle.root} holds no PyTorch weights; rebuild it with `fair-edge build`.")
         self.device = device
-        self.detector = load_checkpoint(bundle.weights_path).build_detector(device)
+        self.detector = load_checkpoint(weights).build_detector(device)
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self.graphs: dict[int, tuple] = {}
 
@@ -175,18 +173,24 @@ def _tensorrt(bundle) -> BackendChoice:
 def _torch_cuda(bundle) -> BackendChoice:
     if not torch.cuda.is_available():
         raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
-    return BackendChoice(TorchBackend(bundle, torch.device("cuda")), _gpu_preprocessor(bundle),
+    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cuda")), _gpu_preprocessor(bundle),
                          "PyTorch on CUDA with CUDA graphs")
 
 
 def _torch_cpu(bundle) -> BackendChoice:
-    return BackendChoice(TorchBackend(bundle, torch.device("cpu")), CpuPreprocessor(bundle.preprocess),
+    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.preprocess),
                          "PyTorch eager on the CPU")
 
 
 def _onnxruntime(bundle) -> BackendChoice:
     return BackendChoice(OnnxRuntimeCpuBackend(bundle), CpuPreprocessor(bundle.preprocess),
                          f"ONNX Runtime on the CPU ({bundle.precision} graph)")
+
+
+def _weights(bundle):
+    if bundle.weights_path is None:
+        raise BundleError(f"bundle {bundle.root} holds no PyTorch weights; rebuild it with `fair-edge build`.")
+    return bundle.weights_path
 
 
 def _gpu_preprocessor(bundle):

@@ -6,6 +6,7 @@ Every error of ours is printed as one red line naming the problem and the fix, e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -215,6 +216,104 @@ def demo(
         console.print(f"reusing demo model {final} (--retrain to train again)")
     result = run_eval(final, DEMO_DATA, out / "report", device=device, batch=32, frr=0.005)
     console.print(f"[green]report:[/] {out / 'report'}  ({json.dumps({k: round(result[k], 4) for k in ('image_auroc',) if k in result})})")
+
+
+# ----------------------------------------------------------------------------- run
+def live_table(inspector) -> Table:
+    s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
+    table = Table(title="fair-edge station", show_header=False)
+    for name, value in (("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
+                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
+                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms")):
+        table.add_row(name, str(value))
+    return table
+
+
+def print_summary(summary, out: Path) -> None:
+    lat = summary.latency
+    table = Table(title=f"run summary ({out})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
+            ("NG", summary.ng), ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
+            ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
+            ("frames/s", f"{summary.fps:.1f}"),
+            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms")]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    if summary.fault:
+        console.print(f"[bold red]station fault:[/] {summary.fault}")
+
+
+@app.command()
+@friendly_errors
+def run(
+    station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
+                                           "output, reject, record, metrics). Flags override it."),
+    camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
+                                         "gst:PIPELINE, csi:0, genicam:SERIAL."),
+    source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
+    bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
+    backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
+                                              "default: the bundle's calibrated one."),
+    roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
+    max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
+    fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
+    loop: bool = typer.Option(False, help="Replay --source forever."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+) -> None:
+    """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
+
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
+    Exit code 3 when the station faulted (the backend kept failing)."""
+    import signal
+    import threading
+
+    from rich.live import Live
+
+    from fair_edge.inspector import LoopSettings
+    from fair_edge.run_station import run_station
+    from fair_edge.station import CameraSettings, StationConfig, load_station
+
+    cfg = load_station(station) if station else StationConfig()
+    if camera is not None and source is not None:
+        raise ConfigError("give either --camera or --source, not both.")
+    cam = cfg.camera
+    if camera is not None or source is not None:
+        cam = CameraSettings(source=str(camera if camera is not None else source), fps=cam.fps, loop=cam.loop,
+                             queue_size=cam.queue_size, full_policy=cam.full_policy)
+    if fps is not None or loop:
+        cam = CameraSettings(cam.source, fps if fps is not None else cam.fps, loop or cam.loop, cam.queue_size,
+                             cam.full_policy)
+    batching = cfg.batching
+    if max_batch is not None or max_wait_ms is not None:
+        batching = LoopSettings(max_batch if max_batch is not None else batching.max_batch,
+                                max_wait_ms if max_wait_ms is not None else batching.max_wait_ms,
+                                batching.max_consecutive_errors)
+    record = cfg.record
+    if out is not None:
+        from dataclasses import replace
+
+        record = replace(record, dir=out)
+    cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
+                       batching=batching, output=out, record=record)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+    with live or contextlib.nullcontext():
+        summary = run_station(cfg, stop, max_frames=max_frames, duration_s=duration,
+                              on_start=lambda text: console.print(text),
+                              on_tick=(lambda insp: live.update(live_table(insp))) if live else None)
+    print_summary(summary, cfg.output)
+    console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
+    if summary.fault:
+        raise typer.Exit(3)
 
 
 def main() -> None:

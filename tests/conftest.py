@@ -64,3 +64,18 @@ def mvtec_dir(tmp_path_factory) -> Path:
         cv2.imwrite(str(root / "test/blob" / f"{i:03d}.png"), img)
         cv2.imwrite(str(root / "ground_truth/blob" / f"{i:03d}_mask.png"), mask)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(mvtec_dir, tmp_path_factory):
+    """A width-8, 32 x 32 model trained 60 steps on the plate: (final.pt path, run folder)."""
+    import torch
+
+    from fair_edge.data import load_dataset
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.train import Trainer, TrainConfig
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
+    trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), cfg, out, torch.device("cpu"))
+    return trainer.run(), out

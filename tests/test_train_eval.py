@@ -22,13 +22,6 @@ def tiny_trainer(mvtec_dir, out, steps=6, **kw):
     return Trainer(load_dataset(mvtec_dir), PRE, cfg, out, torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def trained(mvtec_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    final = tiny_trainer(mvtec_dir, out, steps=60).run()
-    return final, out
-
-
 def test_training_writes_checkpoints_and_a_falling_loss(trained):
     final, out = trained
     assert final.name == "final.pt" and (out / "last.pt").is_file()
