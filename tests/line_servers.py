@@ -4,9 +4,7 @@ of every write they receive (server side, so the timing includes the whole clien
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 
 from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port  # noqa: F401
