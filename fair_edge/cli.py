@@ -196,26 +196,57 @@ def eval_command(
 
 
 # ----------------------------------------------------------------------------- demo
+def print_demo(report: dict) -> None:
+    out = Console()
+    table = Table(title="conveyor: defective cells")
+    for col in ("seq", "cell", "score", "verdict", "reject pulse"):
+        table.add_column(col, justify="right" if col in ("seq", "score") else "left")
+    for row in report["parts"]:
+        if not row["defective"]:
+            continue
+        pulse = "-" if not row["ng"] else ("missing/late" if row["pulse_error_ms"] is None
+                                           else f"on time ({row['pulse_error_ms']:+.1f} ms)")
+        table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], f"{row['score']:.4f}",
+                      "[green]caught[/]" if row["ng"] else "[red]missed[/]", pulse)
+    out.print(table)
+    s, lat = report["summary"], report["summary"]["latency"]
+    out.print(
+        f"frames {s['frames_in']}, inspected {s['inspected']}, NG {s['ng']} | defective {report['defective']}, "
+        f"caught {report['caught']}, false rejects {report['false_rejects']} | pulses on time "
+        f"{report['pulses_on_time']}/{s['ng']} | latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+        f"max {lat['max_ms']:.1f} ms | {s['backend']}"
+    )
+
+
 @app.command()
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report)."),
-    steps: int = typer.Option(600, help="Training steps when no demo model exists yet."),
+    out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report, bundle, station output)."),
+    steps: int = typer.Option(300, help="Training steps when no demo model exists yet."),
     retrain: bool = typer.Option(False, help="Train again even if OUT/final.pt exists."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
+    device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
+    backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
 ) -> None:
-    """The built-in demo: train a small FAIR model on ELPV mono solar cells (normal cells only)
-    and evaluate it on held-out normal and defective cells. Reuses OUT/final.pt when present."""
+    """The built-in demo, no hardware needed: train a small FAIR model on ELPV mono solar cells (normal
+    cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
+    through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the reject gate."""
+    from fair_edge.demo import run_demo
     from fair_edge.demo_config import DEMO_DATA, demo_preprocess, demo_train_config
 
-    final = out / "final.pt"
-    if retrain or not final.is_file():
-        final = run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
-                             device=device, resume=False)
-    else:
-        console.print(f"reusing demo model {final} (--retrain to train again)")
-    result = run_eval(final, DEMO_DATA, out / "report", device=device, batch=32, frr=0.005)
-    console.print(f"[green]report:[/] {out / 'report'}  ({json.dumps({k: round(result[k], 4) for k in ('image_auroc',) if k in result})})")
+    def train_or_reuse() -> Path:
+        final = out / "final.pt"
+        if final.is_file() and not retrain:
+            console.print(f"reusing demo model {final} (--retrain to train again)")
+            return final
+        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
+                            device=device, resume=False)
+
+    report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, say=console.print,
+                      evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
+                                                      frr=0.005))
+    print_demo(report)
+    console.print(f"[green]demo report:[/] {out / 'demo_report.json'}; verdicts: {out / 'station' / 'verdicts.jsonl'}")
 
 
 # ----------------------------------------------------------------------------- run
