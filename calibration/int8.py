@@ -13,7 +13,9 @@ to it; a rebuild with the same fp32 graph, settings and images reuses the ranges
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -56,6 +58,27 @@ class Int8Settings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class _DropPreprocessAdvice(logging.Filter):
+    """Drops ORT's "consider pre-processing before quantization" advice: our graph is already folded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """Route ORT's calibration prints (stdout) to our debug log and drop its pre-processing advice."""
+    root, flt, buf = logging.getLogger(), _DropPreprocessAdvice(), io.StringIO()
+    root.addFilter(flt)
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        root.removeFilter(flt)
+        if buf.getvalue().strip():
+            log.debug("onnxruntime.quantization: %s", buf.getvalue().strip())
 
 
 class _Reader(CalibrationDataReader):
@@ -129,13 +152,14 @@ def quantize_int8(
         "CalibStridedMinMax": _largest_divisor_at_most(len(highpass), settings.chunk),
     }
     try:
-        quantize_static(
-            graph, str(out_onnx), _Reader(highpass, colour, on_image),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=non_unet_node_names(graph), calibrate_method=METHODS[settings.method],
-            extra_options=extra, calibration_cache_path=str(cache_path),
-        )
+        with _quiet_ort():
+            quantize_static(
+                graph, str(out_onnx), _Reader(highpass, colour, on_image),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=non_unet_node_names(graph), calibrate_method=METHODS[settings.method],
+                extra_options=extra, calibration_cache_path=str(cache_path),
+            )
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ExportError(
             f"INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "

@@ -79,6 +79,7 @@ def export_onnx(detector: FairDetector, path: str | Path, image_size: int, preci
             )
         graph = onnx.load(str(path))
         inline_initializer_identities(graph)
+        _set_output_shapes(graph, image_size)
         onnx.checker.check_model(graph)
     except Exception as exc:  # the exporter raises many types; we re-raise one of ours with the cause
         raise ExportError(
@@ -88,6 +89,20 @@ def export_onnx(detector: FairDetector, path: str | Path, image_size: int, preci
     graph.producer_name = "fair-edge"
     onnx.save(graph, str(path))
     return path
+
+
+def _set_output_shapes(graph: onnx.ModelProto, image_size: int) -> None:
+    """Declare the output shapes the contract promises (the tracer leaves dims 1..3 symbolic)."""
+    shapes = {"anomaly_map": ["batch", 1, image_size, image_size], "score": ["batch"]}
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
 
 
 def inline_initializer_identities(graph: onnx.ModelProto) -> int:
