@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -55,9 +56,9 @@ def _command(ckpt: Path, width: int, precision: str, calib: Optional[Path], cali
 
 def _summary(result: BuildResult) -> None:
     b = result.bundle
-    table = Table(title=f"bundle {b.root}", show_header=False)
+    table = Table(title=escape(f"bundle {b.root}"), show_header=False)
     for rel in sorted(b.files):
-        table.add_row("file", rel, f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
+        table.add_row("file", escape(rel), f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
     table.add_row("model", f"width {b.width}, {b.in_channels} input channel(s), {b.image_size}x{b.image_size}", f"filter {b.preprocess.filter}")
     table.add_row("precision", b.precision, f"max batch {b.max_batch}")
     table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
@@ -68,13 +69,16 @@ def _summary(result: BuildResult) -> None:
     if b.threshold is not None:
         t = b.threshold
         f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
-        table.add_row("threshold", f"{t.value:.6g}", f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} normals (target {t.false_reject_rate:.2%}){f1}")
+        few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
+        table.add_row("threshold", f"{t.value:.6g}", escape(
+            f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
     else:
         table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
-    table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", result.engine_note)
+    table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)
-    console.print(f"next: [bold]fair-edge eval DATA --bundle {b.root}[/] or [bold]fair-edge run --bundle {b.root} --camera 0[/]")
+    root = escape(str(b.root))
+    console.print(f"next: [bold]fair-edge eval DATA --bundle {root}[/] or [bold]fair-edge run --bundle {root} --camera 0[/]")
 
 
 def build(
@@ -116,13 +120,13 @@ def build(
         options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                                _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
                                         normal, defects, false_reject_rate, max_batch, out))
-        console.print(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}")
+        console.print(escape(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}"))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False, disable=precision != "int8") as progress:
             task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
             result = build_bundle(ckpt, out, options, list(read_frames(calib_paths)) or None, normal_frames,
                                   defect_frames, on_calibration_image=lambda: progress.advance(task))
     except FairEdgeError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(code=1) from exc
     _summary(result)
