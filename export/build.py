@@ -22,7 +22,7 @@ import numpy as np
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
-from fair_edge.checkpoint import Checkpoint
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, write_manifest
@@ -35,6 +35,7 @@ PARITY_TOL = 1e-4
 CALIB_CACHE = "calibration.json"
 TIMING_CACHE = "timing.cache"
 ENGINE = "model.engine"
+WEIGHTS = "weights.pt"
 KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", TIMING_CACHE)
 
 
@@ -133,7 +134,8 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
                   "max_batch": options.max_batch, "inputs": ["highpass", "colour"], "outputs": ["anomaly_map", "score"]},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
-        "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary, "versions": library_versions(),
+        "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
+        "versions": library_versions(),
         "engine": engine, "build_command": options.command,
     }
 
@@ -169,6 +171,7 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     start = time.perf_counter()
     out = Path(out)
     _prepare_out(out)
+    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.preprocess, ckpt.width, ckpt.scoring, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
     calib = preprocess_frames(calib_frames, ckpt.preprocess, options.int8.num_images) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)

@@ -2,7 +2,7 @@
 
 bundle.json (format "fair-edge-bundle", version 1) carries every setting the runtime needs:
   model: width, in_channels, image_size; preprocess: PreprocessConfig; scoring: ScoringConfig;
-  precision: fp32 | fp16 | int8; graph: {onnx, reference_onnx, opset, max_batch, inputs, outputs};
+  precision: fp32 | fp16 | int8; weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch, inputs, outputs};
   threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -59,6 +59,7 @@ class Bundle:
     onnx_path: the graph of ``precision`` (inputs highpass (B, C, S, S), colour (B, 3, S, S) float32;
     outputs anomaly_map (B, 1, S, S), score (B,) float32). reference_onnx_path: the fp32 graph.
     threshold: None when the build had no normal images (the station file must then set one).
+    weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
     """
 
     root: Path
@@ -73,6 +74,7 @@ class Bundle:
     threshold: Threshold | None
     engine: EngineInfo | None
     build_command: str
+    weights_path: Path | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -218,6 +220,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             reference_onnx_path=_listed(root, data, graph["reference_onnx"], "reference graph"),
             opset=int(graph["opset"]), max_batch=int(graph["max_batch"]), threshold=threshold,
             engine=_engine(root, data), build_command=str(data.get("build_command", "")),
+            weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),

@@ -1,8 +1,9 @@
-"""Thin owners of CUDA runtime resources via cuda-python: one checker, a stream, buffers, a graph.
+"""Thin owners of CUDA runtime resources via cuda-python: a stream, device buffers, a CUDA graph.
 
-Every cuda-python call returns ``(err, *results)``; ``cuda_check`` turns that into the result(s) or
-a ``CudaError`` naming the API and the error. cuda-python is imported lazily (``cuda.bindings.runtime``
-in cuda-python >= 12.6, ``cuda.cudart`` before); nothing here runs without an NVIDIA driver.
+Every cuda-python call goes through ``fair_edge.export.cuda_api.check`` (the project's one checker:
+``(err, *results)`` -> results, or KernelError naming the API). The runtime module is imported lazily
+(``cuda.bindings.runtime`` in cuda-python >= 12.6, ``cuda.cudart`` before); TensorRT itself uses the
+runtime API, so its primary context is the one these resources live in.
 """
 
 from __future__ import annotations
@@ -14,33 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from fair_edge.export.errors import EngineError, TensorRTMissingError
+from fair_edge.export.cuda_api import check as cuda_check
+from fair_edge.export.errors import TensorRTMissingError
 
 log = logging.getLogger(__name__)
 
 CUDA_PYTHON_HINT = "install cuda-python matching your CUDA driver: `pip install cuda-python` (Jetson: the JetPack CUDA version)."
-
-
-class CudaError(EngineError):
-    """A CUDA runtime call returned an error code."""
-
-
-def cuda_check(result: Any, api: str = "CUDA call") -> Any:
-    """``(err, *values)`` from cuda-python -> None, the single value, or the tuple of values.
-
-    err is a cudaError_t / CUresult enum (0 = success). Raises CudaError("api failed: NAME (code)").
-    """
-    if not isinstance(result, tuple) or not result:
-        raise CudaError(f"{api} returned {result!r}; expected a tuple (err, *values) from cuda-python.")
-    err, values = result[0], result[1:]
-    code = getattr(err, "value", err)
-    if not isinstance(code, int):
-        raise CudaError(f"{api} returned error code {err!r}; expected a cudaError_t/CUresult enum.")
-    if code != 0:
-        raise CudaError(f"{api} failed: {getattr(err, 'name', 'error')} ({code}).")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
 
 
 def import_cudart() -> ModuleType:
@@ -62,6 +42,7 @@ class CudaStream:
 
     @property
     def raw(self) -> Any:
+        """The cudaStream_t object (cuda-python calls accept it or its int handle)."""
         return self._stream
 
     @property
@@ -95,7 +76,7 @@ class DeviceBuffer:
         """Async host -> device copy of a C-contiguous array (no larger than the buffer) on ``stream``."""
         array = np.ascontiguousarray(array)
         if array.nbytes > self.nbytes:
-            raise CudaError(f"copy of {array.nbytes} bytes into a {self.nbytes}-byte device buffer.")
+            raise ValueError(f"copy of {array.nbytes} bytes into a {self.nbytes}-byte device buffer.")
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         cuda_check(self.cudart.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes, kind, stream.raw), "cudaMemcpyAsync H2D")
 
@@ -123,8 +104,10 @@ class CudaGraph:
         self.cudart = import_cudart()
         self._graph, self._exec = graph, graph_exec
 
-    def launch(self, stream: CudaStream) -> None:
-        cuda_check(self.cudart.cudaGraphLaunch(self._exec, stream.raw), "cudaGraphLaunch")
+    def launch(self, stream: "CudaStream | int") -> None:
+        """Replay on ``stream`` (a CudaStream or a raw cudaStream_t handle, e.g. torch's ``cuda_stream``)."""
+        raw = stream.raw if isinstance(stream, CudaStream) else stream
+        cuda_check(self.cudart.cudaGraphLaunch(self._exec, raw), "cudaGraphLaunch")
 
     def close(self) -> None:
         if self._exec is not None:

@@ -7,24 +7,24 @@ Supports TensorRT 10.x (JetPack) and 11.x (desktop), following their documented 
 - one optimisation profile over batch 1..max_batch for ``highpass`` and ``colour``;
 - a persisted timing cache (``create_timing_cache`` / ``set_timing_cache``), saved after the build;
 - ``build_serialized_network`` -> engine bytes stored in the bundle.
-The runner deserialises the engine, binds device buffers by tensor name (``set_input_shape``,
-``set_tensor_address``), enqueues with ``execute_async_v3`` on a caller-given stream and can capture
-the enqueue as a CUDA graph. ``tensorrt`` and cuda-python are imported only when used.
+``EngineRunner`` deserialises the engine, binds caller-owned device memory by tensor name
+(``set_input_shape``, ``set_tensor_address``), enqueues with ``execute_async_v3`` on a caller-given
+stream and can capture the enqueue as a CUDA graph; ``TensorRTRunner`` adds owned buffers and host I/O. ``tensorrt`` and cuda-python are imported only when used.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from fair_edge.export.bundle import Bundle, EngineTarget, check_engine_target
-from fair_edge.export.cuda_runtime import CudaGraph, CudaStream, DeviceBuffer, cuda_check, device_properties, import_cudart
+from fair_edge.export.cuda_api import check as cuda_check
+from fair_edge.export.cuda_runtime import CudaGraph, CudaStream, DeviceBuffer, device_properties, import_cudart
 from fair_edge.export.errors import EngineError, TensorRTMissingError
 
 if TYPE_CHECKING:
@@ -151,96 +151,144 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, in_channels: in
     return target
 
 
-class TensorRTRunner:
-    """Runs an engine on a caller-owned stream. Buffers are sized for ``max_batch``.
+class EngineRunner:
+    """An engine and its execution context; binds caller-owned device memory by tensor name.
 
-    infer(highpass (B, C, S, S), colour (B, 3, S, S) float32 host) -> (anomaly_map (B, 1, S, S), score (B,))
-    float32 host arrays. enqueue(batch) runs on the device buffers already filled (``buffers[name]``).
+    infer(inputs, outputs, stream): inputs {"highpass": (B, C, S, S), "colour": (B, 3, S, S)} and outputs
+    {"anomaly_map": (B, 1, S, S), "score": (B,)}, each a contiguous float32 CUDA array with ``shape`` and
+    ``data_ptr()`` (e.g. torch CUDA tensors) or a ``(pointer, shape)`` pair; stream: a cudaStream_t handle
+    (int, e.g. ``torch.cuda.current_stream().cuda_stream``). Enqueues asynchronously; the caller syncs.
     """
 
-    def __init__(self, engine_path: str | Path, stream: CudaStream, max_batch: int) -> None:
+    def __init__(self, engine_path: str | Path) -> None:
         import_tensorrt()
         import tensorrt as trt
 
-        self.stream, self.max_batch = stream, max_batch
+        self.path = Path(engine_path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise EngineError(f"TensorRT could not deserialize {engine_path} (other TensorRT version or GPU?). Rebuild the bundle.")
-        self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.names}
-        self.shapes = {n: self._max_shape(n) for n in self.names}
-        self.buffers = {n: DeviceBuffer(int(np.prod(self.shapes[n])) * self.dtypes[n].itemsize) for n in self.names}
-        for name, buf in self.buffers.items():
-            if not self.context.set_tensor_address(name, buf.ptr):
-                raise EngineError(f"set_tensor_address({name!r}) failed.")
+        engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise EngineError(f"TensorRT {trt.__version__} could not deserialize {self.path} (built by another "
+                              "TensorRT version or for another GPU?). Rebuild the bundle with `fair-edge build` here.")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self.names}
+        profile_max = engine.get_tensor_profile_shape(self.inputs[0], 0)[2]
+        self.max_batch = int(profile_max[0])
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, stream: CudaStream) -> "TensorRTRunner":
+    def from_bundle(cls, bundle: Bundle) -> "EngineRunner":
         """Runner for the bundle's engine; BundleError unless it was built for this TensorRT and GPU."""
-        engine = check_engine_target(bundle, current_target())
-        return cls(engine.path, stream, bundle.max_batch)
+        return cls(check_engine_target(bundle, current_target()).path)
 
-    def _max_shape(self, name: str) -> tuple[int, ...]:
+    def tensor_shape(self, name: str, batch: int) -> tuple[int, ...]:
+        """Shape of I/O tensor ``name`` for ``batch`` images (the engine's dynamic dim is the batch)."""
         dims = self.engine.get_tensor_shape(name)
-        return tuple(self.max_batch if dims[i] < 0 else int(dims[i]) for i in range(len(dims)))
+        return tuple(batch if dims[i] < 0 else int(dims[i]) for i in range(len(dims)))
 
-    def bind(self, batch: int) -> None:
-        """Set the input shapes for ``batch`` images (1..max_batch)."""
-        if not 1 <= batch <= self.max_batch:
-            raise EngineError(f"batch must be 1..{self.max_batch} (the engine's profile); found {batch}.")
+    def bind(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        """Set input shapes and every tensor address; EngineError naming a missing or refused tensor."""
+        given = {**inputs, **outputs}
+        missing = sorted(set(self.names) - set(given))
+        if missing:
+            raise EngineError(f"engine tensors {missing} have no buffer; expected buffers for {self.names}.")
         for name in self.inputs:
-            if not self.context.set_input_shape(name, (batch, *self.shapes[name][1:])):
-                raise EngineError(f"set_input_shape({name!r}, batch {batch}) failed.")
+            shape = tuple(int(d) for d in _shape(given[name]))
+            if not 1 <= shape[0] <= self.max_batch:
+                raise EngineError(f"batch must be 1..{self.max_batch} (the engine's profile); found {shape[0]}.")
+            if not self.context.set_input_shape(name, shape):
+                raise EngineError(f"set_input_shape({name!r}, {shape}) refused; expected {self.tensor_shape(name, shape[0])}.")
+        for name in self.names:
+            if not self.context.set_tensor_address(name, _pointer(given[name])):
+                raise EngineError(f"set_tensor_address({name!r}) refused.")
 
-    def enqueue(self, batch: int) -> None:
-        """Bind ``batch`` and enqueue one inference on the stream (asynchronous)."""
-        self.bind(batch)
-        if not self.context.execute_async_v3(self.stream.handle):
-            raise EngineError("execute_async_v3 failed; see the TensorRT log.")
+    def enqueue(self, stream: int) -> None:
+        """Enqueue one inference with the current bindings on ``stream`` (asynchronous)."""
+        if not self.context.execute_async_v3(int(stream)):
+            raise EngineError("execute_async_v3 failed; see the TensorRT log above.")
 
-    def infer(self, highpass: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = len(highpass)
-        for name, array in zip(INPUTS, (highpass, colour)):
-            self.buffers[name].copy_from_host(np.ascontiguousarray(array, dtype=self.dtypes[name]), self.stream)
-        self.enqueue(batch)
-        out = {n: np.empty((batch, *self.shapes[n][1:]), dtype=self.dtypes[n]) for n in ("anomaly_map", "score")}
-        for name, array in out.items():
-            self.buffers[name].copy_to_host(array, self.stream)
-        self.stream.synchronize()
-        return out["anomaly_map"], out["score"]
+    def infer(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], stream: int) -> None:
+        self.bind(inputs, outputs)
+        self.enqueue(stream)
 
-    def capture_graph(self, batch: int) -> CudaGraph:
-        """Capture one enqueue of ``batch`` as a CUDA graph (after a warm-up run, as TensorRT requires)."""
+    def capture_graph(self, stream: int) -> CudaGraph:
+        """Capture one enqueue with the current bindings as a CUDA graph on ``stream``.
+
+        Call after ``infer`` has run once with these shapes (TensorRT allocates on the first run);
+        replay with ``graph.launch(stream)``. Changing shapes or addresses needs a new capture.
+        """
         cudart = import_cudart()
-        self.enqueue(batch)
-        self.stream.synchronize()
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        cuda_check(cudart.cudaStreamBeginCapture(self.stream.raw, mode), "cudaStreamBeginCapture")
-        try:
-            if not self.context.execute_async_v3(self.stream.handle):
-                raise EngineError("execute_async_v3 failed during CUDA graph capture.")
-        finally:
-            graph = cuda_check(cudart.cudaStreamEndCapture(self.stream.raw), "cudaStreamEndCapture")
-        graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        return CudaGraph(graph, graph_exec)
+        cuda_check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+        ok = self.context.execute_async_v3(int(stream))
+        graph = cuda_check(cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+        if not ok:
+            cuda_check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+            raise EngineError("execute_async_v3 failed during CUDA graph capture.")
+        return CudaGraph(graph, cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
 
     def close(self) -> None:
-        for buf in self.buffers.values():
-            buf.close()
+        """Release the context and engine (safe to call twice)."""
         self.context = self.engine = None  # type: ignore[assignment]
 
-    def __enter__(self) -> "TensorRTRunner":
+    def __enter__(self) -> "EngineRunner":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def engine_build_seconds(fn, *args, **kwargs) -> tuple[Any, float]:
-    """(result, seconds) of ``fn(*args, **kwargs)``: build times for the summary table."""
-    start = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - start
+def _pointer(buf: Any) -> int:
+    return int(buf[0]) if isinstance(buf, tuple) else int(buf.data_ptr())
+
+
+def _shape(buf: Any) -> tuple[int, ...]:
+    return tuple(buf[1]) if isinstance(buf, tuple) else tuple(buf.shape)
+
+
+class TensorRTRunner:
+    """Host-array convenience over EngineRunner: owns device buffers sized for the engine's max batch.
+
+    infer(highpass (B, C, S, S), colour (B, 3, S, S) float32 host) -> (anomaly_map (B, 1, S, S), score (B,))
+    float32 host arrays, on the caller's ``stream``. Use EngineRunner directly with CUDA tensors.
+    """
+
+    def __init__(self, engine: EngineRunner, stream: CudaStream) -> None:
+        self.engine, self.stream = engine, stream
+        self.buffers = {}
+        for name in engine.names:
+            nbytes = int(np.prod(engine.tensor_shape(name, engine.max_batch))) * engine.dtypes[name].itemsize
+            self.buffers[name] = DeviceBuffer(nbytes)
+
+    def _bindings(self, batch: int) -> dict[str, tuple[int, tuple[int, ...]]]:
+        return {n: (self.buffers[n].ptr, self.engine.tensor_shape(n, batch)) for n in self.engine.names}
+
+    def infer(self, highpass: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = len(highpass)
+        for name, array in zip(INPUTS, (highpass, colour)):
+            self.buffers[name].copy_from_host(np.ascontiguousarray(array, dtype=self.engine.dtypes[name]), self.stream)
+        self.engine.infer(self._bindings(batch), {}, self.stream.handle)
+        out = {n: np.empty(self.engine.tensor_shape(n, batch), dtype=self.engine.dtypes[n]) for n in ("anomaly_map", "score")}
+        for name, array in out.items():
+            self.buffers[name].copy_to_host(array, self.stream)
+        self.stream.synchronize()
+        return out["anomaly_map"], out["score"]
+
+    def capture_graph(self, batch: int) -> CudaGraph:
+        """Warm up, then capture one inference of ``batch`` on the runner's buffers as a CUDA graph."""
+        self.engine.infer(self._bindings(batch), {}, self.stream.handle)
+        self.stream.synchronize()
+        return self.engine.capture_graph(self.stream.handle)
+
+    def close(self) -> None:
+        for buf in self.buffers.values():
+            buf.close()
+
+    def __enter__(self) -> "TensorRTRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

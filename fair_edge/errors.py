@@ -19,3 +19,35 @@ class CheckpointError(FairEdgeError):
 
 class BundleError(FairEdgeError):
     """A model bundle is missing files, fails its checksums, or does not match this machine."""
+
+
+class CameraError(FairEdgeError):
+    """A frame source cannot be opened, lost its connection, or delivered no frame."""
+
+
+class KernelError(FairEdgeError):
+    """A CUDA / NVRTC call failed, or a fused-kernel launch got buffers it cannot use."""
+
+
+class GpuUnavailableError(KernelError):
+    """No usable NVIDIA GPU here: cuda-python missing, no driver, or no device."""
+
+
+class PlcError(FairEdgeError):
+    """A PLC / signal output cannot be reached or refused a write (the link, not the device's reply)."""
+
+
+class PlcDeviceError(PlcError):
+    """The device answered with a Modbus exception reply or an OPC UA bad status (the link is fine)."""
+
+
+class SinkError(FairEdgeError):
+    """A signal sink URL is malformed, names an unknown scheme, or its driver package is missing."""
+
+
+class RecorderError(FairEdgeError):
+    """The recorder cannot create its folder or open its log file."""
+
+
+class MetricsError(FairEdgeError):
+    """The metrics HTTP server cannot bind its address."""

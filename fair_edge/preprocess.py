@@ -156,16 +156,26 @@ def frame_to_float(frame: np.ndarray) -> np.ndarray:
     frame: (H, W, 3) uint8 BGR, or (H, W) / (H, W, 1) uint8 gray, host memory.
     Returns (H, W, 3) float32 BGR in [0, 1] (gray replicated to three channels).
     """
+    frame = check_frame(frame)
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    return frame.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """Validate a camera frame: (H, W, 3) uint8 BGR, or (H, W) / (H, W, 1) uint8 gray, H, W >= 2.
+
+    Returns the frame as (H, W, 3) or (H, W) (a trailing channel of 1 is dropped, no copy).
+    Raises ConfigError naming the expected and found dtype or shape.
+    """
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
         found = type(frame).__name__ if not isinstance(frame, np.ndarray) else frame.dtype
         raise ConfigError(f"frame must be a uint8 numpy array (H, W, 3) BGR or (H, W) gray; found {found}.")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    if frame.ndim == 2:
-        frame = np.repeat(frame[:, :, None], 3, axis=2)
-    if frame.ndim != 3 or frame.shape[2] != 3 or min(frame.shape[:2]) < 2:
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3) or min(frame.shape[:2]) < 2:
         raise ConfigError(f"frame must have shape (H, W, 3) or (H, W) with H, W >= 2; found {frame.shape}.")
-    return frame.astype(np.float32) * np.float32(1.0 / 255.0)
+    return frame
 
 
 def reference_input(frame: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:

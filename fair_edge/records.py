@@ -30,6 +30,9 @@ class Verdict:
     seq, t_capture, source: copied from the frame. score: image anomaly score (max of the map).
     threshold: the decision threshold in force. ng: score > threshold (True = reject the part).
     t_verdict: ``time.monotonic()`` seconds when the decision was made.
+    error: why the frame could not be inspected ("" when it was). Fail-safe rule: a frame that
+    cannot be inspected (malformed image, inference failure) gets score NaN and ng=True, so its
+    part is rejected rather than passed unseen.
     """
 
     seq: int
@@ -39,6 +42,7 @@ class Verdict:
     ng: bool
     t_verdict: float
     source: str = ""
+    error: str = ""
 
     @property
     def latency_ms(self) -> float:
@@ -55,4 +59,5 @@ class Verdict:
             "threshold": self.threshold,
             "ng": self.ng,
             "source": self.source,
+            **({"error": self.error} if self.error else {}),
         }

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic product images and a tiny, briefly trained checkpoint (width 8, 32x32)."""
+"""Shared fixtures: a small generated product in MVTec layout, and GPU detection for `gpu` tests."""
 
 from __future__ import annotations
 
@@ -8,72 +8,74 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from fair_edge.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.detector import FairDetector
-from fair_edge.losses import restoration_loss
-from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
-from fair_edge.scoring import ScoringConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-torch.set_num_threads(1)  # tiny models: threads only contend on the 2-core CI machines
-
-SIZE = 32
-WIDTH = 8
-PRE = PreprocessConfig(image_size=SIZE, filter="butterworth", cutoff=4.0, order=2)
-SCORING = ScoringConfig(smooth=5)
+sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
 
 
-def make_frames(n: int, seed: int, defect: bool = False, size: int = 40) -> list[np.ndarray]:
-    """Synthetic parts: (size, size, 3) uint8 BGR stripes with noise; defects add a coloured blob."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    frames = []
-    for _ in range(n):
-        phase = rng.uniform(0, 2 * np.pi)
-        base = 0.5 + 0.3 * np.sin(xx / 3.0 + phase)
-        img = np.stack([base * 0.6, base * 0.8, base], axis=-1) + rng.normal(0, 0.02, (size, size, 3))
-        if defect:
-            cy, cx = rng.integers(8, size - 8, 2)
-            r = rng.integers(3, 6)
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-            img[mask] = rng.uniform(0, 1, 3)
-        frames.append(np.clip(img * 255, 0, 255).astype(np.uint8))
-    return frames
+def gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
-def write_pngs(folder: Path, frames: list[np.ndarray]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), f)
-    return folder
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with a working driver; none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
-def train_tiny(steps: int = 100, seed: int = 0) -> FairDetector:
-    torch.manual_seed(seed)
-    det = FairDetector(WIDTH, PRE.in_channels, SCORING)
-    colour = frames_to_batch(make_frames(32, seed=100), SIZE)
-    hp = model_input(colour, HighPass(PRE))
-    opt = torch.optim.Adam(det.unet.parameters(), lr=3e-3)
-    det.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(colour), (8,))
-        loss = restoration_loss(det.unet(hp[idx]), colour[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return det.eval()
+def make_normal(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A 'product': a bright plate with a regular grid of dark lines and mild noise (uint8 BGR)."""
+    img = np.full((size, size, 3), 170, np.float32)
+    img[:, ::8] -= 60
+    img[::8, :] -= 60
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_defect(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """A normal plate with a dark blob; returns (image, mask uint8 0/255)."""
+    img = make_normal(rng, size)
+    mask = np.zeros((size, size), np.uint8)
+    cy, cx = rng.integers(12, size - 12, 2)
+    cv2.circle(mask, (int(cx), int(cy)), int(rng.integers(5, 9)), 255, -1)
+    img[mask > 0] = (30, 30, 200)
+    return img, mask
 
 
 @pytest.fixture(scope="session")
-def tiny_detector() -> FairDetector:
-    return train_tiny()
+def mvtec_dir(tmp_path_factory) -> Path:
+    """MVTec-layout product: 16 train/good, 6 test/good, 6 test/blob with masks."""
+    root = tmp_path_factory.mktemp("data") / "plate"
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+        (root / sub).mkdir(parents=True)
+    for i in range(16):
+        cv2.imwrite(str(root / "train/good" / f"{i:03d}.png"), make_normal(rng))
+    for i in range(6):
+        cv2.imwrite(str(root / "test/good" / f"{i:03d}.png"), make_normal(rng))
+        img, mask = make_defect(rng)
+        cv2.imwrite(str(root / "test/blob" / f"{i:03d}.png"), img)
+        cv2.imwrite(str(root / "ground_truth/blob" / f"{i:03d}_mask.png"), mask)
+    return root
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "final.pt"
-    ckpt = Checkpoint(PRE, WIDTH, SCORING, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
-    return save_checkpoint(path, ckpt)
+def trained(mvtec_dir, tmp_path_factory):
+    """A width-8, 32 x 32 model trained 60 steps on the plate: (final.pt path, run folder)."""
+    import torch
+
+    from fair_edge.data import load_dataset
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.train import Trainer, TrainConfig
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
+    trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), cfg, out, torch.device("cpu"))
+    return trainer.run(), out

@@ -6,7 +6,8 @@ import json
 import shutil
 
 import pytest
-from conftest import PRE, SCORING, WIDTH, make_frames
+from export_fixtures import PRE, SCORING, WIDTH, make_frames
+from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import BundleError
@@ -39,7 +40,8 @@ def test_round_trip(built):
     assert b.threshold is not None and b.threshold.n_normal == 30 and b.threshold.source.startswith("held-out")
     assert b.training["source"] == "synthetic stripes"
     assert set(b.versions) >= {"fair_edge", "torch", "onnx", "onnxruntime"}
-    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx"}
+    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt"}
+    assert load_checkpoint(b.weights_path).width == WIDTH and load_checkpoint(b.weights_path).train_state is None
     assert b.accuracy["score_spearman"] > 0.99 and built.parity_max_abs <= 1e-4
     assert load_bundle(built.bundle.root / MANIFEST) == b  # the manifest path works too
 

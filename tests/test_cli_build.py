@@ -6,7 +6,8 @@ import os
 
 import pytest
 import typer
-from conftest import make_frames, write_pngs
+from export_fixtures import make_frames, write_pngs
+from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from fair_edge.cli_build import build

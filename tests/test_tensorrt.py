@@ -1,23 +1,23 @@
 """TensorRT layer without TensorRT: lazy import, install hints, version branching, the CUDA checker,
-parser-error reporting and the build sequence against a recording fake of the TensorRT API.
+parser-error reporting and the build sequence against a recording fake of the TensorRT API
+(the CUDA result checker is main's ``cuda_api.check``, tested in test_cuda_api.py).
 A real engine build runs only where TensorRT and a GPU exist (marked gpu)."""
 
 from __future__ import annotations
 
-import enum
 import importlib
 import sys
 import types
 
 import numpy as np
 import pytest
-from conftest import PRE, make_frames
+from export_fixtures import PRE, make_frames
+from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.export import tensorrt as trt_mod
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
-from fair_edge.export.cuda_runtime import CudaError, cuda_check
 from fair_edge.export.errors import EngineError, TensorRTMissingError
 
 
@@ -38,21 +38,6 @@ def test_stub_only_tensorrt_package_is_not_mistaken_for_tensorrt(tmp_path, monke
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     with pytest.raises(TensorRTMissingError, match="without the bindings"):
         trt_mod.import_tensorrt()
-
-
-class _Err(enum.IntEnum):
-    cudaSuccess = 0
-    cudaErrorMemoryAllocation = 2
-
-
-def test_cuda_check_returns_values_on_success_and_raises_on_error():
-    assert cuda_check((_Err.cudaSuccess,), "cudaFree") is None
-    assert cuda_check((_Err.cudaSuccess, 1234), "cudaMalloc") == 1234
-    assert cuda_check((_Err.cudaSuccess, 1, 2), "x") == (1, 2)
-    with pytest.raises(CudaError, match=r"cudaMalloc failed: cudaErrorMemoryAllocation \(2\)"):
-        cuda_check((_Err.cudaErrorMemoryAllocation, 0), "cudaMalloc")
-    with pytest.raises(CudaError, match="expected a tuple"):
-        cuda_check(None, "cudaMalloc")
 
 
 # ----------------------------------------------------------------------------- a recording fake of the API
@@ -176,7 +161,8 @@ def test_real_engine_matches_onnxruntime(tiny_ckpt_path, tmp_path):
     result = build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", max_batch=4))
     b = load_bundle(tmp_path / "b", target=trt_mod.current_target())
     hp, col = preprocess_frames(make_frames(3, seed=1), PRE)
-    with CudaStream() as stream, trt_mod.TensorRTRunner.from_bundle(b, stream) as runner:
+    with CudaStream() as stream, trt_mod.EngineRunner.from_bundle(b) as engine, \
+            trt_mod.TensorRTRunner(engine, stream) as runner:
         amap, score = runner.infer(hp, col)
         with runner.capture_graph(3) as graph:
             graph.launch(stream)

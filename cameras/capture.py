@@ -1,0 +1,366 @@
+"""CaptureThread: read a frame source in its own thread into a bounded queue.
+
+The reader opens the source before the thread starts (fail fast), then loops:
+read -> enqueue under the full-queue policy -> repeat. When the link fails it closes the
+source, waits with exponential back-off (interruptible by ``stop()``), reopens and says so
+through ``logging``. When the source ends or the reader gives up, the stream ends: the
+consumer's ``get()`` / iteration drains the frames already queued and then raises /
+stops, it never blocks forever.
+
+Usage from the inspection loop::
+
+    with open_source("0") as src, CaptureThread(src, CaptureSettings(queue_size=4)) as cap:
+        for frame in cap:          # ends at end of stream or stop()
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from fair_edge.errors import CameraError, ConfigError
+from fair_edge.records import Frame
+
+from .base import EndOfStream, FrameMissed, FrameSource
+
+log = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream marker put in the queue after the last frame
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How a CaptureThread buffers and reconnects.
+
+    queue_size: frames held for the consumer (>= 1).
+    full_policy: what a full queue does with a new frame: ``drop_oldest`` (keep the latest;
+        default, right for live inspection) or ``drop_newest`` (keep what is queued).
+    backoff_initial_s, backoff_max_s, backoff_factor: reconnect delay in seconds,
+        ``min(max, initial * factor ** attempt)``.
+    max_reconnects: consecutive failed reconnect attempts before the stream ends;
+        ``None`` = keep trying until ``stop()``.
+    misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link.
+    stop_timeout_s: how long ``stop()`` waits for the reader thread to finish.
+    nominal_fps: frame rate used to estimate frames lost in an outage when the source's
+        sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
+    """
+
+    queue_size: int = 4
+    full_policy: str = "drop_oldest"
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    backoff_factor: float = 2.0
+    max_reconnects: int | None = None
+    misses_before_reconnect: int = 3
+    stop_timeout_s: float = 2.0
+    nominal_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.queue_size >= 1, "queue_size", ">= 1", self.queue_size)
+        if self.full_policy not in FULL_POLICIES:
+            close = difflib.get_close_matches(self.full_policy, FULL_POLICIES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"full_policy: expected one of {sorted(FULL_POLICIES)}, found {self.full_policy!r}{hint}"
+            )
+        _require(self.backoff_initial_s >= 0, "backoff_initial_s", ">= 0", self.backoff_initial_s)
+        _require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", ">= backoff_initial_s",
+                 self.backoff_max_s)
+        _require(self.backoff_factor >= 1, "backoff_factor", ">= 1", self.backoff_factor)
+        _require(self.max_reconnects is None or self.max_reconnects >= 0, "max_reconnects",
+                 "None or >= 0", self.max_reconnects)
+        _require(self.misses_before_reconnect >= 1, "misses_before_reconnect", ">= 1",
+                 self.misses_before_reconnect)
+        _require(self.stop_timeout_s > 0, "stop_timeout_s", "> 0", self.stop_timeout_s)
+        _require(self.nominal_fps is None or self.nominal_fps > 0, "nominal_fps", "None or > 0",
+                 self.nominal_fps)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay in seconds before reconnect attempt ``attempt`` (0-based)."""
+        return min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor**attempt)
+
+
+def _require(ok: bool, field: str, expected: str, found: object) -> None:
+    if not ok:
+        raise ConfigError(f"CaptureSettings.{field}: expected {expected}, found {found!r}")
+
+
+class CaptureState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # the source ended or the reader gave up / crashed
+    STOPPED = "stopped"  # stop() was called
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """A snapshot of a CaptureThread's counters (all counts since start).
+
+    frames_in: frames read from the source. dropped_queue_full: frames discarded by the
+    full-queue policy. read_errors: reads that raised (missed frames and link failures).
+    reconnects: successful reconnections. frames_lost_estimate: frames the source produced
+    that never reached us (sequence gaps, or outage time x nominal fps where seq shows none).
+    """
+
+    frames_in: int = 0
+    dropped_queue_full: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    frames_lost_estimate: int = 0
+    state: CaptureState = CaptureState.NEW
+    end_reason: str = ""
+
+
+def _put_drop_oldest(q: queue.Queue, item: object) -> int:
+    """Enqueue ``item``, evicting the oldest entries while full. Returns the frames dropped."""
+    dropped = 0
+    while True:  # ends at once unless stop() slips its end marker in between
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            pass
+        with contextlib.suppress(queue.Empty):  # Empty: the consumer made room meanwhile
+            dropped += q.get_nowait() is not _END
+
+
+def _put_drop_newest(q: queue.Queue, item: object) -> int:
+    """Enqueue ``item`` unless full, in which case ``item`` is discarded. Returns dropped."""
+    try:
+        q.put_nowait(item)
+        return 0
+    except queue.Full:
+        return 1
+
+
+FULL_POLICIES: dict[str, Callable[[queue.Queue, object], int]] = {
+    "drop_oldest": _put_drop_oldest,
+    "drop_newest": _put_drop_newest,
+}
+
+
+class CaptureThread:
+    """Reads ``source`` in a daemon thread into ``queue.Queue(maxsize=settings.queue_size)``.
+
+    The thread owns the source while it runs and closes it when it ends. Frames are
+    :class:`~fair_edge.records.Frame`: image (H, W, 3) uint8 BGR or (H, W) uint8 gray,
+    read-only host memory; ``t_capture`` in ``time.monotonic()`` seconds.
+    """
+
+    def __init__(self, source: FrameSource, settings: CaptureSettings | None = None) -> None:
+        self.source = source
+        self.settings = settings or CaptureSettings()
+        self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
+        self._put = FULL_POLICIES[self.settings.full_policy]
+        self._stop = threading.Event()
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._counts = dict(frames_in=0, dropped_queue_full=0, read_errors=0, reconnects=0,
+                            frames_lost_estimate=0)
+        self._state = CaptureState.NEW
+        self._end_reason = ""
+        self._cause: BaseException | None = None
+        self._last: Frame | None = None
+        self._after_outage = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self) -> CaptureThread:
+        """Open the source (raises CameraError now if it cannot) and start the reader."""
+        if self._thread is not None:
+            raise CameraError(f"{self.source.name}: CaptureThread.start() called twice; create a new one")
+        self.source.open()
+        self._state = CaptureState.RUNNING
+        self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> bool:
+        """Stop the reader and join it within ``settings.stop_timeout_s``. Idempotent.
+
+        Returns True if the thread finished (or never started), False if it is still
+        blocked inside ``source.read()`` (logged; it is a daemon and exits on its own).
+        """
+        self._stop.set()
+        self._finish(CaptureState.STOPPED, "stop() called")
+        if self._thread is None:
+            return True
+        self._thread.join(self.settings.stop_timeout_s)
+        if self._thread.is_alive():
+            log.warning("camera %s: reader did not finish within %.1f s (blocked in read()); "
+                        "leaving the daemon thread to exit", self.source.name, self.settings.stop_timeout_s)
+            return False
+        return True
+
+    close = stop
+
+    def __enter__(self) -> CaptureThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended or been stopped (queued frames may remain to get)."""
+        return self._ended.is_set()
+
+    # ---- consumer side ---------------------------------------------------------------
+    def get(self, timeout: float | None = None) -> Frame:
+        """Next frame, oldest first.
+
+        Raises ``queue.Empty`` if none arrives within ``timeout`` seconds (``None`` = wait),
+        and :class:`EndOfStream` (with the reason and any ``cause``) once the stream has
+        ended and the queue is drained.
+        """
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            if self._ended.is_set():
+                raise self._end_error() from None
+            item = self._queue.get(timeout=timeout)
+        if item is _END:
+            raise self._end_error()
+        return item
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield frames until the stream ends or ``stop()`` is called."""
+        while True:
+            try:
+                yield self.get()
+            except EndOfStream:
+                return
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def stats(self) -> CaptureStats:
+        with self._lock:
+            return CaptureStats(**self._counts, state=self._state, end_reason=self._end_reason)
+
+    # ---- reader thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        reason, cause = "stop() called", None
+        try:
+            reason, cause = self._read_loop()
+        except Exception as exc:  # a bug in a source must end the stream, not hang the consumer
+            log.exception("camera %s: reader crashed", self.source.name)
+            reason, cause = f"reader crashed: {exc!r}", exc
+        finally:
+            self._close_source()
+            self._cause = self._cause or cause
+            self._finish(CaptureState.ENDED, reason)
+
+    def _read_loop(self) -> tuple[str, BaseException | None]:
+        misses = 0
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+            except EndOfStream as exc:
+                return f"source ended: {exc}", exc.cause
+            except CameraError as exc:
+                self._count("read_errors")
+                self._after_outage = True
+                misses = misses + 1 if isinstance(exc, FrameMissed) else self.settings.misses_before_reconnect
+                if misses < self.settings.misses_before_reconnect:
+                    log.warning("camera %s: no frame (%s)", self.source.name, exc)
+                    continue
+                misses = 0
+                ended = self._reconnect(exc)
+                if ended is not None:
+                    return ended
+                continue
+            misses = 0
+            self._accept(frame)
+        return "stop() called", None
+
+    def _accept(self, frame: Frame) -> None:
+        lost = 0
+        last = self._last
+        if last is not None:
+            gap = frame.seq - last.seq - 1
+            if gap > 0:
+                lost = gap
+            elif self._after_outage and (fps := self._nominal_fps()):
+                lost = max(0, round((frame.t_capture - last.t_capture) * fps) - 1)
+        self._last, self._after_outage = frame, False
+        dropped = self._put(self._queue, frame)
+        with self._lock:
+            self._counts["frames_in"] += 1
+            self._counts["frames_lost_estimate"] += lost
+            self._counts["dropped_queue_full"] += dropped
+
+    def _reconnect(self, cause: CameraError) -> tuple[str, BaseException | None] | None:
+        """Close, back off, reopen. Returns None when reconnected, else (end reason, cause)."""
+        name, s = self.source.name, self.settings
+        self._set_state(CaptureState.RECONNECTING)
+        self._close_source()
+        t_down = time.monotonic()
+        attempt = 0
+        while s.max_reconnects is None or attempt < s.max_reconnects:
+            delay = s.backoff_s(attempt)
+            log.warning("camera %s: %s; reconnecting in %.2f s (attempt %d%s)", name, cause, delay,
+                        attempt + 1, "" if s.max_reconnects is None else f" of {s.max_reconnects}")
+            if self._stop.wait(delay):
+                return "stop() called", None
+            attempt += 1
+            try:
+                self.source.open()
+            except EndOfStream as exc:
+                return f"source ended: {exc}", exc.cause
+            except CameraError as exc:
+                cause = exc
+                continue
+            self._count("reconnects")
+            self._set_state(CaptureState.RUNNING)
+            log.warning("camera %s: reconnected after %.2f s (%d attempt(s))", name,
+                        time.monotonic() - t_down, attempt)
+            return None
+        log.error("camera %s: giving up after %d reconnect attempts; last error: %s", name, attempt, cause)
+        return f"gave up after {attempt} reconnect attempts: {cause}", cause
+
+    # ---- shared helpers --------------------------------------------------------------
+    def _nominal_fps(self) -> float | None:
+        """Settings first, else the source's (known only once opened, e.g. CAP_PROP_FPS)."""
+        return self.settings.nominal_fps or getattr(self.source, "nominal_fps", None) or None
+
+    def _close_source(self) -> None:
+        try:
+            self.source.close()
+        except Exception:  # logged: a failing close() must not stop a reconnect or the end
+            log.exception("camera %s: close() failed", self.source.name)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def _set_state(self, state: CaptureState) -> None:
+        with self._lock:
+            if self._state not in (CaptureState.ENDED, CaptureState.STOPPED):
+                self._state = state
+
+    def _finish(self, state: CaptureState, reason: str) -> None:
+        """Mark the stream ended (first caller wins) and wake a consumer blocked in get()."""
+        with self._lock:
+            if self._ended.is_set():
+                return
+            self._state, self._end_reason = state, reason
+            self._ended.set()
+        with contextlib.suppress(queue.Full):  # if full, the consumer drains it, then sees `_ended`
+            self._queue.put_nowait(_END)
+
+    def _end_error(self) -> EndOfStream:
+        return EndOfStream(f"{self.source.name}: stream ended ({self._end_reason})", self._cause)

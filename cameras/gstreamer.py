@@ -1,0 +1,104 @@
+"""GStreamer pipelines through OpenCV (``cv2.CAP_GSTREAMER``), and the Jetson CSI pipeline.
+
+The pipeline must end in an ``appsink`` that receives ``video/x-raw, format=BGR`` so OpenCV
+hands over (H, W, 3) uint8 BGR frames. The opencv-python(-headless) wheels on PyPI are built
+*without* GStreamer; on a Jetson use JetPack's OpenCV (``apt install python3-opencv``) or a
+build with ``-DWITH_GSTREAMER=ON``.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import CameraError, ConfigError
+
+from .opencv import OpenCVSource
+
+_FLIP_METHODS = {
+    0: "none", 1: "rotate 90 counter-clockwise", 2: "rotate 180", 3: "rotate 90 clockwise",
+    4: "flip horizontal", 5: "flip upper-right diagonal", 6: "flip vertical",
+    7: "flip upper-left diagonal",
+}
+
+
+def gstreamer_available() -> bool:
+    """True if the imported OpenCV was built with the GStreamer video I/O backend."""
+    match = re.search(r"^\s*GStreamer:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    return bool(match) and match.group(1).upper().startswith("YES")
+
+
+def _positive_int(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"jetson_csi_pipeline {field}: expected an integer > 0, found {value!r}")
+    return value
+
+
+def _framerate(fps: float) -> str:
+    """30 -> '30/1', 29.97 -> '30000/1001' (GStreamer fraction)."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise ConfigError(f"jetson_csi_pipeline fps: expected a number > 0, found {fps!r}")
+    ntsc = round(fps * 1.001)  # 29.97 / 59.94 are the NTSC rates N * 1000 / 1001
+    if not float(fps).is_integer() and abs(fps - ntsc / 1.001) < 0.005:
+        return f"{ntsc * 1000}/1001"
+    frac = Fraction(fps).limit_denominator(1000)
+    return f"{frac.numerator}/{frac.denominator}"
+
+
+def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 1080, fps: float = 30,
+                        flip: int = 0, out_width: int | None = None, out_height: int | None = None) -> str:
+    """The GStreamer pipeline for a Jetson CSI camera (libargus) delivering BGR to OpenCV.
+
+    sensor_id: CSI port (``nvarguscamerasrc sensor-id``). width, height, fps: sensor mode,
+    pixels and frames per second. flip: ``nvvidconv flip-method`` 0..7 (0 = none, 2 = 180 deg).
+    out_width, out_height: size delivered to the app (scaled on the VIC); default = sensor size.
+    ``appsink drop=1 max-buffers=1``: the sink keeps only the newest frame (lowest latency).
+    """
+    if isinstance(sensor_id, bool) or not isinstance(sensor_id, int) or sensor_id < 0:
+        raise ConfigError(f"jetson_csi_pipeline sensor_id: expected an integer >= 0, found {sensor_id!r}")
+    if flip not in _FLIP_METHODS or isinstance(flip, bool):
+        raise ConfigError(f"jetson_csi_pipeline flip: expected one of {_FLIP_METHODS}, found {flip!r}")
+    width, height = _positive_int(width, "width"), _positive_int(height, "height")
+    out_w = width if out_width is None else _positive_int(out_width, "out_width")
+    out_h = height if out_height is None else _positive_int(out_height, "out_height")
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM), width={width}, height={height}, "
+        f"framerate={_framerate(fps)}, format=NV12 ! "
+        f"nvvidconv flip-method={flip} ! "
+        f"video/x-raw, width={out_w}, height={out_h}, format=BGRx ! "
+        "videoconvert ! video/x-raw, format=BGR ! "
+        "appsink drop=1 max-buffers=1"
+    )
+
+
+class GStreamerSource(OpenCVSource):
+    """Frames from a GStreamer pipeline string ending in ``appsink``.
+
+    pipeline: gst-launch syntax, e.g. ``jetson_csi_pipeline()``.
+    fps: the pipeline's frame rate if known (used for loss estimates), frames per second.
+    Frames: (H, W, 3) uint8 BGR.
+    """
+
+    def __init__(self, pipeline: str, *, fps: float | None = None, name: str | None = None) -> None:
+        if not isinstance(pipeline, str) or "appsink" not in pipeline:
+            raise ConfigError(
+                "GStreamer pipeline: expected a gst-launch string ending in "
+                f"'video/x-raw, format=BGR ! appsink', found {pipeline!r}"
+            )
+        first = pipeline.split("!", 1)[0].strip().split(" ", 1)[0] or "pipeline"
+        super().__init__(pipeline, api=cv2.CAP_GSTREAMER, fps=fps, kind="gstreamer",
+                         name=name or f"gstreamer:{first}")
+
+    def _connect(self) -> tuple[np.ndarray, str]:
+        if not gstreamer_available():
+            raise CameraError(
+                f"cannot open {self.name}: this OpenCV ({cv2.__version__}) was built without GStreamer "
+                "(the PyPI opencv-python wheels are); on a Jetson use JetPack's OpenCV "
+                "(`sudo apt install python3-opencv`, in a venv created with --system-site-packages, "
+                "and uninstall opencv-python-headless there) or build OpenCV with -DWITH_GSTREAMER=ON"
+            )
+        return super()._connect()

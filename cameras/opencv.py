@@ -1,0 +1,181 @@
+"""OpenCV ``cv2.VideoCapture`` source: camera index, /dev/videoN, RTSP/HTTP URL, video file.
+
+Opening fails fast: the constructor of the capture must succeed *and* deliver a first
+frame, else :class:`~fair_edge.errors.CameraError` names the source and the likely fixes.
+A failed read later is a :class:`FrameMissed` (live) or :class:`EndOfStream` (file), never a
+substitute frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import CameraError, ConfigError
+
+from .base import EndOfStream, FrameMissed, SourceBase
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def classify_target(target: int | str) -> str:
+    """What an OpenCV target is: ``index``, ``device``, ``url`` or ``file``."""
+    if isinstance(target, int) or str(target).strip().isdigit():
+        return "index"
+    target = str(target)
+    if _URL.match(target):
+        return "url"
+    if target.startswith("/dev/"):
+        return "device"
+    return "file"
+
+
+def redact_url(url: str) -> str:
+    """``rtsp://user:secret@host/...`` -> ``rtsp://user:***@host/...`` (for logs and errors)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _hint_index(target: str) -> str:
+    return (
+        f"no camera answered at index {target}. Check it is plugged in and listed by "
+        "`v4l2-ctl --list-devices` (or `ls /dev/video*`), try another index, close other programs "
+        f"using it, and in Docker pass `--device /dev/video{target}`"
+    )
+
+
+def _hint_device(target: str) -> str:
+    if not os.path.exists(target):
+        return (f"{target} does not exist: list cameras with `ls /dev/video*` or "
+                "`v4l2-ctl --list-devices`; in Docker pass `--device` for it")
+    if not os.access(target, os.R_OK | os.W_OK):
+        return (f"permission denied on {target}: add the user to group 'video' "
+                "(`sudo usermod -aG video $USER`, then log in again)")
+    return (f"{target} exists but could not be opened: another program may hold it, or it is the "
+            "camera's metadata node (try the neighbouring /dev/videoN)")
+
+
+def _hint_url(target: str) -> str:
+    return (
+        f"could not receive from {redact_url(target)}: check address, port, path and credentials "
+        "(try it in `ffplay` or VLC), that the camera is reachable from here, and for RTSP try TCP "
+        "transport: OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;tcp'"
+    )
+
+
+def _hint_file(target: str) -> str:
+    if not os.path.isfile(target):
+        return f"no such file {target!r}: check the path (relative paths start at {os.getcwd()})"
+    return (f"OpenCV could not decode {target!r}: check the file plays elsewhere, or re-encode it "
+            "(`ffmpeg -i in.mp4 -c:v mjpeg out.avi`)")
+
+
+def _hint_gstreamer(target: str) -> str:
+    return (
+        "the GStreamer pipeline produced no frame: test it with `gst-launch-1.0` (replace appsink by "
+        "fakesink), make sure it ends in `video/x-raw, format=BGR ! appsink`, and for Jetson CSI "
+        "cameras check the ribbon cable and `sudo systemctl restart nvargus-daemon`"
+    )
+
+
+HINTS: dict[str, Callable[[str], str]] = {
+    "index": _hint_index,
+    "device": _hint_device,
+    "url": _hint_url,
+    "file": _hint_file,
+    "gstreamer": _hint_gstreamer,
+}
+
+
+def _default_api(kind: str) -> int:
+    if kind in ("index", "device") and sys.platform.startswith("linux"):
+        return cv2.CAP_V4L2
+    return cv2.CAP_ANY
+
+
+class OpenCVSource(SourceBase):
+    """Frames from ``cv2.VideoCapture``.
+
+    target: camera index (``0``), device path (``/dev/video0``), URL (``rtsp://...``) or file.
+    api: OpenCV backend (``cv2.CAP_*``); default V4L2 for local cameras on Linux, else any.
+    width, height, fps: requested capture format (the device may choose another; logged).
+    buffer_size: driver-side frame buffer; 1 keeps latency low for live inspection.
+    timeout_s: open and read timeout for network streams (FFmpeg backend), seconds.
+    Frames: (H, W, 3) uint8 BGR as decoded by OpenCV, ``source`` = ``name``.
+    """
+
+    def __init__(self, target: int | str, *, api: int | None = None, width: int | None = None,
+                 height: int | None = None, fps: float | None = None, buffer_size: int | None = 1,
+                 timeout_s: float = 5.0, name: str | None = None, kind: str | None = None) -> None:
+        super().__init__()
+        self.kind = kind or classify_target(target)
+        if self.kind not in HINTS:
+            raise ConfigError(f"OpenCVSource kind: expected one of {sorted(HINTS)}, found {self.kind!r}")
+        self.target: int | str = int(target) if self.kind == "index" else str(target)
+        self.api = _default_api(self.kind) if api is None else api
+        self.width, self.height, self.fps = width, height, fps
+        self.buffer_size = buffer_size
+        self.timeout_s = timeout_s
+        self.name = name or (redact_url(self.target) if self.kind == "url" else f"{self.kind}:{self.target}")
+        self._cap: cv2.VideoCapture | None = None
+        self._fps_seen: float | None = None
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self._fps_seen or self.fps
+
+    def _connect(self) -> tuple[np.ndarray, str]:
+        cap = self._create()
+        self._cap = cap
+        if not cap.isOpened():
+            raise CameraError(f"cannot open {self.name}: {HINTS[self.kind](str(self.target))}")
+        self._apply_format(cap)
+        ok, image = cap.read()
+        if not ok or image is None:
+            raise CameraError(f"opened {self.name} but it delivered no first frame: "
+                              f"{HINTS[self.kind](str(self.target))}")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self._fps_seen = fps if fps and 0 < fps < 1000 else None
+        return image, self.name
+
+    def _create(self) -> cv2.VideoCapture:
+        if self.kind == "url":
+            ms = int(self.timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            return cv2.VideoCapture(self.target, self.api, params)
+        return cv2.VideoCapture(self.target, self.api)
+
+    def _apply_format(self, cap: cv2.VideoCapture) -> None:
+        if self.kind in ("file", "gstreamer"):
+            return  # a file or a pipeline fixes its own format
+        wanted = {cv2.CAP_PROP_FRAME_WIDTH: self.width, cv2.CAP_PROP_FRAME_HEIGHT: self.height,
+                  cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_BUFFERSIZE: self.buffer_size}
+        for prop, value in wanted.items():
+            if value is not None and not cap.set(prop, value):
+                log.info("camera %s: backend ignored property %d = %s", self.name, prop, value)
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, self.width), (cv2.CAP_PROP_FRAME_HEIGHT, self.height)):
+            got = cap.get(prop)
+            if value is not None and got and int(got) != int(value):
+                log.warning("camera %s: asked for %s = %s, device gives %s", self.name,
+                            "width" if prop == cv2.CAP_PROP_FRAME_WIDTH else "height", value, int(got))
+
+    def _grab(self) -> tuple[np.ndarray, str]:
+        ok, image = self._cap.read()
+        if ok and image is not None:
+            return image, self.name
+        if self.kind == "file":
+            raise EndOfStream(f"{self.name}: end of file")
+        raise FrameMissed(f"{self.name}: read() returned no frame")
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+

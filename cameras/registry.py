@@ -1,0 +1,139 @@
+"""Turn a source spec string (a CLI flag, a YAML ``camera:`` field) into a frame source.
+
+Spec grammar: ``KIND:TARGET`` with KIND a key of :data:`SOURCES`, or a bare TARGET whose
+kind is guessed by :data:`AUTO_RULES` (first match wins)::
+
+    0, /dev/video0, rtsp://cam/stream, http://...  -> opencv
+    "... ! appsink"                                -> gst
+    a directory                                    -> folder (image replay)
+    a file                                         -> video (video replay)
+    opencv:clip.avi  csi:0  genicam:SERIAL  line:  -> explicit kind
+
+Keyword options go to the source's constructor; an unknown option is refused with the
+valid list and a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fair_edge.errors import ConfigError
+
+from .base import FrameSource
+from .genicam import GenICamSource
+from .gstreamer import GStreamerSource, jetson_csi_pipeline
+from .opencv import OpenCVSource, classify_target
+from .replay import FolderReplaySource, VideoReplaySource
+from .synthetic import LineSource
+
+
+def _csi(target: str, *, width: int = 1920, height: int = 1080, fps: float = 30, flip: int = 0,
+         out_width: int | None = None, out_height: int | None = None,
+         name: str | None = None) -> GStreamerSource:
+    if not target.strip().isdigit():
+        raise ConfigError(f"csi source: expected a sensor id like 'csi:0', found 'csi:{target}'")
+    pipeline = jetson_csi_pipeline(int(target), width, height, fps, flip, out_width, out_height)
+    return GStreamerSource(pipeline, fps=fps, name=name or f"csi:{int(target)}")
+
+
+def _genicam(target: str, *, cti: str | Path | None = None, index: int = 0, timeout_s: float = 2.0,
+             fps: float | None = None, name: str | None = None) -> GenICamSource:
+    if cti is None:
+        raise ConfigError("genicam source: option cti is missing; expected the path of your camera "
+                          "SDK's GenTL producer, e.g. cti=/opt/pylon/lib/gentlproducer/gtl/ProducerU3V.cti")
+    return GenICamSource(cti, serial=target or None, index=index, timeout_s=timeout_s, fps=fps, name=name)
+
+
+def _line(target: str, **opts: object) -> LineSource:
+    if target or "images" not in opts:
+        raise ConfigError("line source: expected 'line:' with option images=[array, ...], found "
+                          f"'line:{target}' with options {sorted(opts)}; to replay a folder use folder:PATH")
+    return LineSource(**opts)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One registered kind: ``build(target, **opts)`` makes an unopened source.
+
+    options_of: the callable whose keyword-only parameters are the valid options.
+    extra_options: further valid option names (positional parameters passed by keyword).
+    """
+
+    build: Callable[..., FrameSource]
+    options_of: Callable[..., object]
+    summary: str
+    extra_options: tuple[str, ...] = ()
+
+
+SOURCES: dict[str, SourceKind] = {
+    "opencv": SourceKind(lambda t, **o: OpenCVSource(t, **o), OpenCVSource,
+                         "cv2.VideoCapture: camera index, /dev/videoN, RTSP/HTTP URL or video file"),
+    "gst": SourceKind(lambda t, **o: GStreamerSource(t, **o), GStreamerSource,
+                      "GStreamer pipeline ending in appsink (OpenCV built with GStreamer)"),
+    "csi": SourceKind(_csi, _csi, "Jetson CSI camera by sensor id, via nvarguscamerasrc"),
+    "folder": SourceKind(lambda t, **o: FolderReplaySource(t, **o), FolderReplaySource,
+                         "replay a folder of images (sorted by name)"),
+    "video": SourceKind(lambda t, **o: VideoReplaySource(t, **o), VideoReplaySource,
+                        "replay a video file"),
+    "genicam": SourceKind(_genicam, _genicam, "GenICam camera via harvesters; target = serial number"),
+    "line": SourceKind(_line, LineSource, "synthetic line from images=[...] with injectable faults",
+                       ("images",)),
+}
+
+AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
+    (lambda s: classify_target(s) in ("index", "url", "device"), "opencv"),
+    (lambda s: "!" in s and "appsink" in s, "gst"),
+    (os.path.isdir, "folder"),
+    (os.path.isfile, "video"),
+]
+
+
+def _split(spec: str) -> tuple[str, str]:
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in SOURCES and not rest.startswith("//"):
+        return kind, rest
+    for matches, kind in AUTO_RULES:
+        if matches(spec):
+            return kind, spec
+    close = difflib.get_close_matches(kind if sep else spec, SOURCES, n=1)
+    hint = f" (did you mean '{close[0]}:'?)" if close else ""
+    raise ConfigError(
+        f"camera source {spec!r}: expected a camera index, /dev/videoN, URL, GStreamer pipeline, "
+        f"existing folder or video file, or KIND:TARGET with KIND in {sorted(SOURCES)}; found no such "
+        f"device, file or kind{hint}"
+    )
+
+
+def _check_options(kind: str, opts: dict[str, object]) -> None:
+    entry = SOURCES[kind]
+    params = inspect.signature(entry.options_of).parameters
+    valid = sorted([n for n, p in params.items() if p.kind is p.KEYWORD_ONLY] + list(entry.extra_options))
+    for key in opts:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{kind} source: unknown option {key!r}{hint}; valid options: {valid}")
+
+
+def parse_source(spec: str | int | Path, **opts: object) -> FrameSource:
+    """Build the (unopened) source for ``spec``; raises ConfigError for a bad spec or option."""
+    spec = str(spec)
+    kind, target = _split(spec)
+    _check_options(kind, opts)
+    return SOURCES[kind].build(target, **opts)
+
+
+def open_source(spec: str | int | Path, **opts: object) -> FrameSource:
+    """Build and open the source for ``spec`` (fail fast: a first frame has been read).
+
+    Raises ConfigError for a bad spec or option, CameraError if the source cannot deliver.
+    Use it as a context manager: ``with open_source("0") as src: frame = src.read()``.
+    """
+    source = parse_source(spec, **opts)
+    source.open()
+    return source

@@ -1,0 +1,154 @@
+"""Replay an image folder or a video file as if it were a camera: tests, demos, re-inspection.
+
+Both replay at ``fps`` frames per second (0 = as fast as the reader asks), optionally
+looping, in a deterministic order, and set ``Frame.source`` to the file name. A replay that
+reaches its end without ``loop`` raises :class:`EndOfStream`, which ends a CaptureThread.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import CameraError
+
+from .base import EndOfStream, Pacer, SourceBase, check_fps
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".ts")
+
+
+class FolderReplaySource(SourceBase):
+    """Images of one folder (not recursive), sorted by file name.
+
+    folder: directory holding images with a suffix in ``suffixes`` (case-insensitive).
+    fps: replay rate, frames per second; 0 = as fast as possible.
+    loop: start again after the last image; else :class:`EndOfStream`.
+    gray: load as (H, W) uint8 gray instead of (H, W, 3) uint8 BGR.
+    Unreadable images are skipped with a warning and counted in ``skipped``; they use no
+    sequence number. Frames: ``source`` = the image's file name.
+    """
+
+    def __init__(self, folder: str | Path, *, fps: float = 0.0, loop: bool = False, gray: bool = False,
+                 suffixes: tuple[str, ...] = IMAGE_SUFFIXES, name: str | None = None) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.fps = check_fps(fps, f"folder {self.folder}")
+        self.loop = loop
+        self.flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+        self.suffixes = tuple(s.lower() for s in suffixes)
+        self.name = name or f"folder:{self.folder}"
+        self.skipped = 0
+        self._files: list[Path] = []
+        self._index = 0
+        self._pacer = Pacer(self.fps)
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self.fps or None
+
+    def _connect(self) -> tuple[np.ndarray, str]:
+        if not self.folder.is_dir():
+            raise CameraError(f"{self.name}: expected a folder of images, found "
+                              f"{'a file' if self.folder.exists() else 'nothing'} at {self.folder}")
+        self._files = sorted(p for p in self.folder.iterdir()
+                             if p.is_file() and p.suffix.lower() in self.suffixes)
+        if not self._files:
+            raise CameraError(f"{self.name}: expected images with suffix {list(self.suffixes)} in "
+                              f"{self.folder}, found none; check the path or pass suffixes=")
+        self._index = 0
+        self._pacer.reset()
+        return self._next_image()
+
+    def _grab(self) -> tuple[np.ndarray, str]:
+        return self._next_image()
+
+    def _next_image(self) -> tuple[np.ndarray, str]:
+        """Next readable image, paced; skips and counts unreadable files."""
+        failures_in_row = 0
+        while True:
+            if self._index >= len(self._files):
+                if not self.loop:
+                    raise EndOfStream(f"{self.name}: replayed all {len(self._files)} images")
+                self._index = 0
+            path = self._files[self._index]
+            self._index += 1
+            image = cv2.imread(str(path), self.flags)
+            if image is not None:
+                self._pacer.wait()
+                return image, path.name
+            self.skipped += 1
+            failures_in_row += 1
+            log.warning("camera %s: skipping unreadable image %s (%d skipped so far)",
+                        self.name, path, self.skipped)
+            if failures_in_row >= len(self._files):
+                raise EndOfStream(f"{self.name}: none of the {len(self._files)} images is readable")
+
+    def _release(self) -> None:
+        self._pacer.wake()
+
+
+class VideoReplaySource(SourceBase):
+    """Frames of a video file, decoded by OpenCV.
+
+    path: the video file. fps: replay rate in frames per second; ``None`` = the file's own
+    rate (as fast as possible if the file does not state one); 0 = as fast as possible.
+    loop: rewind at the end; else :class:`EndOfStream`.
+    Frames: (H, W, 3) uint8 BGR, ``source`` = the file name.
+    """
+
+    def __init__(self, path: str | Path, *, fps: float | None = None, loop: bool = False,
+                 name: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.fps = None if fps is None else check_fps(fps, f"video {self.path}")
+        self.loop = loop
+        self.name = name or f"video:{self.path}"
+        self._cap: cv2.VideoCapture | None = None
+        self._pacer = Pacer(self.fps or 0.0)
+
+    @property
+    def nominal_fps(self) -> float | None:
+        period = self._pacer.period
+        return 1.0 / period if period > 0 else None
+
+    def _connect(self) -> tuple[np.ndarray, str]:
+        if not self.path.is_file():
+            raise CameraError(f"{self.name}: no such video file {self.path}; check the path")
+        cap = self._cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise CameraError(f"{self.name}: OpenCV could not open {self.path}; check it plays elsewhere "
+                              "or re-encode it (`ffmpeg -i in.mp4 -c:v mjpeg out.avi`)")
+        if self.fps is None:
+            file_fps = cap.get(cv2.CAP_PROP_FPS)
+            self._pacer = Pacer(file_fps if 0 < file_fps < 1000 else 0.0)
+        self._pacer.reset()
+        ok, image = cap.read()
+        if not ok or image is None:
+            raise CameraError(f"{self.name}: opened {self.path} but decoded no frame; the file may be "
+                              "empty or its codec unsupported (re-encode to MJPG/H.264)")
+        self._pacer.wait()
+        return image, self.path.name
+
+    def _grab(self) -> tuple[np.ndarray, str]:
+        ok, image = self._cap.read()
+        if not ok and self.loop:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+            if not ok:
+                raise CameraError(f"{self.name}: could not rewind {self.path} to loop")
+        if not ok or image is None:
+            raise EndOfStream(f"{self.name}: end of {self.path.name}")
+        self._pacer.wait()
+        return image, self.path.name
+
+    def _release(self) -> None:
+        self._pacer.wake()
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()

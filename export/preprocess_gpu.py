@@ -1,0 +1,246 @@
+"""Host side of the fused pre-processing kernel: frames -> (high-pass, colour) in one launch per batch.
+
+    with FusedPreprocessor(PreprocessConfig(), half=True) as pre:
+        pre.run(frames, highpass_out, colour_out, stream=torch.cuda.current_stream().cuda_stream)
+
+frames: (B, H, W, 3) uint8 BGR or (B, H, W) uint8 gray, either a host numpy array (copied on
+``stream`` into a device staging buffer first: one cuMemcpyHtoDAsync + one launch; pin it, e.g.
+``torch.empty(..., pin_memory=True).numpy()``, for a truly asynchronous copy and keep it alive until
+the stream passes) or ``DeviceFrames`` (device pointer with row pitch and frame pitch, any layout a
+camera/decoder hands over; zero copies). Outputs are caller-owned device buffers, C-contiguous:
+highpass (B, C, S, S), colour (B, 3, S, S) RGB in [0, 1], FP32 or FP16 (``half``): an int device
+pointer or any object with ``__cuda_array_interface__`` (torch, CuPy), whose shape/dtype are checked.
+The work is enqueued on ``stream`` (a CUstream or its int handle; 0 = legacy default stream);
+nothing synchronises. Host frames go through one staging buffer per instance: use one stream per
+instance (stream order keeps consecutive batches safe). The CPU equivalent is ``fair_edge.preprocess.reference_input``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from fair_edge.errors import GpuUnavailableError, KernelError
+from fair_edge.export.cuda_api import check, import_cuda
+from fair_edge.export.highpass_plan import TILE, HighpassPlan, plan_highpass
+from fair_edge.export.nvrtc_build import cached_compile
+from fair_edge.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+KERNEL_NAME = "fair_preprocess"
+THREADS = 256
+MAX_FRAME_SIDE = 32767
+DEFAULT_SMEM = 48 * 1024
+
+
+def kernel_source() -> str:
+    """The CUDA C source shipped in the package (fair_edge/export/preprocess_kernel.cu)."""
+    return resources.files("fair_edge.export").joinpath("preprocess_kernel.cu").read_text()
+
+
+def compile_options(plan: HighpassPlan, half: bool) -> tuple[str, ...]:
+    """NVRTC -D options selecting the plan's filter, radius, rank and output precision."""
+    return (f"-DIMAGE_SIZE={plan.image_size}", f"-DRADIUS={plan.radius}", f"-DRANK={plan.rank}",
+            f"-DSOBEL={int(plan.filter == 'sobel_xy')}", f"-DOUT_HALF={int(half)}")
+
+
+def shared_bytes(plan: HighpassPlan) -> int:
+    """Dynamic shared memory per block, bytes (mirrors RS, GP, TP in the .cu)."""
+    rs = TILE + 2 * plan.radius
+    floats = rs * (rs | 1) + (0 if plan.filter == "sobel_xy" else rs * (TILE + 1))
+    return 4 * floats
+
+
+@dataclass(frozen=True)
+class DeviceFrames:
+    """A batch of uint8 frames already in device memory.
+
+    ptr: device address of frame 0, row 0. batch, height, width: counts/pixels. channels: 3 (BGR) or 1.
+    row_pitch: bytes between rows (>= width * channels). image_pitch: bytes between frames
+    (>= row_pitch * height).
+    """
+
+    ptr: int
+    batch: int
+    height: int
+    width: int
+    channels: int
+    row_pitch: int
+    image_pitch: int
+
+    @classmethod
+    def from_cuda_array(cls, array) -> "DeviceFrames":
+        """From a (B, H, W, 3) / (B, H, W) uint8 object with ``__cuda_array_interface__`` (strided rows ok)."""
+        iface = getattr(array, "__cuda_array_interface__", None)
+        if iface is None:
+            raise KernelError(f"expected a device array with __cuda_array_interface__; found {type(array).__name__}.")
+        shape, typestr = tuple(iface["shape"]), iface["typestr"]
+        if typestr != "|u1" or len(shape) not in (3, 4):
+            raise KernelError(f"device frames must be uint8 (B, H, W, 3) or (B, H, W); found {typestr} {shape}.")
+        channels = shape[3] if len(shape) == 4 else 1
+        strides = iface.get("strides") or tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+        if strides[2] != channels or (len(shape) == 4 and strides[3] != 1):
+            raise KernelError(f"device frame pixels must be packed (strides[2] == {channels}); found strides {strides}.")
+        return cls(int(iface["data"][0]), shape[0], shape[1], shape[2], channels, strides[1], strides[0])
+
+    def validate(self) -> None:
+        """Raise KernelError naming the bad field, expected and found values."""
+        problems = []
+        if self.channels not in (1, 3):
+            problems.append(f"channels must be 3 (BGR) or 1 (gray); found {self.channels}")
+        if not (2 <= self.height <= MAX_FRAME_SIDE and 2 <= self.width <= MAX_FRAME_SIDE):
+            problems.append(f"height and width must be in 2..{MAX_FRAME_SIDE}; found {self.height}x{self.width}")
+        if self.batch < 1:
+            problems.append(f"batch must be >= 1; found {self.batch}")
+        if self.row_pitch < self.width * self.channels:
+            problems.append(f"row_pitch must be >= width*channels = {self.width * self.channels} bytes; found {self.row_pitch}")
+        if self.batch > 1 and self.image_pitch < self.row_pitch * self.height:
+            problems.append(f"image_pitch must be >= row_pitch*height = {self.row_pitch * self.height} bytes; found {self.image_pitch}")
+        if not self.ptr:
+            problems.append("ptr is NULL")
+        if problems:
+            raise KernelError("bad device frames: " + "; ".join(problems) + ".")
+
+
+def _output_pointer(out, shape: tuple[int, ...], half: bool, name: str) -> int:
+    if isinstance(out, (int, np.integer)) and not isinstance(out, bool):
+        return int(out)
+    iface = getattr(out, "__cuda_array_interface__", None)
+    if iface is None:
+        raise KernelError(f"{name} must be a device pointer (int) or a device array; found {type(out).__name__}.")
+    typestr = "<f2" if half else "<f4"
+    if tuple(iface["shape"]) != shape or iface["typestr"] != typestr:
+        raise KernelError(f"{name} must be {typestr} {shape}; found {iface['typestr']} {tuple(iface['shape'])}.")
+    strides = iface.get("strides")
+    contiguous = tuple(int(np.prod(shape[i + 1:])) * (2 if half else 4) for i in range(len(shape)))
+    if strides is not None and tuple(strides) != contiguous:
+        raise KernelError(f"{name} must be C-contiguous (strides {contiguous}); found {tuple(strides)}.")
+    return int(iface["data"][0])
+
+
+class FusedPreprocessor:
+    """Owns the compiled kernel on one GPU (primary context, module, staging buffer). Context manager.
+
+    cfg: the model's PreprocessConfig (ConfigError if the filter has no compact kernel, e.g. ideal).
+    half: FP16 outputs if True, else FP32. device: CUDA device ordinal.
+    Raises GpuUnavailableError when cuda-python, the driver or the device is missing.
+    """
+
+    def __init__(self, cfg: PreprocessConfig, half: bool = False, device: int = 0) -> None:
+        self.cfg, self.half, self.plan = cfg, half, plan_highpass(cfg)
+        self._driver, _ = import_cuda()
+        self._ctx = self._module = None
+        self._staging, self._staging_bytes = 0, 0
+        drv = self._driver
+        try:
+            check(drv.cuInit(0), "cuInit")
+        except (RuntimeError, OSError) as exc:  # cuda-pathfinder raises when libcuda.so is absent
+            raise GpuUnavailableError(f"no NVIDIA driver found ({exc}); the CPU path is fair_edge.preprocess.") from exc
+        except KernelError as exc:
+            raise GpuUnavailableError(f"CUDA driver unusable: {exc} The CPU path is fair_edge.preprocess.") from exc
+        count = check(drv.cuDeviceGetCount(), "cuDeviceGetCount")
+        if not 0 <= device < count:
+            raise GpuUnavailableError(f"CUDA device {device} requested; found {count} device(s).")
+        self._device = check(drv.cuDeviceGet(device), "cuDeviceGet")
+        self._ctx = check(drv.cuDevicePrimaryCtxRetain(self._device), "cuDevicePrimaryCtxRetain")
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attribute(self, name: str) -> int:
+        attr = getattr(self._driver.CUdevice_attribute, name)
+        return check(self._driver.cuDeviceGetAttribute(attr, self._device), "cuDeviceGetAttribute")
+
+    def _load(self) -> None:
+        drv = self._driver
+        check(drv.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        major = self._attribute("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR")
+        minor = self._attribute("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR")
+        self.arch = f"sm_{major}{minor}"
+        binary = cached_compile(kernel_source(), "preprocess_kernel.cu", self.arch, compile_options(self.plan, self.half))
+        self._module = check(drv.cuModuleLoadData(binary), "cuModuleLoadData")
+        self._function = check(drv.cuModuleGetFunction(self._module, KERNEL_NAME.encode()), "cuModuleGetFunction")
+        self._smem = shared_bytes(self.plan)
+        limit = self._attribute("CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+        if self._smem > limit:
+            raise KernelError(f"the high-pass radius {self.plan.radius} needs {self._smem} bytes of shared memory "
+                              f"per block; this GPU ({self.arch}) allows {limit}. Use a lower cutoff.")
+        if self._smem > DEFAULT_SMEM:
+            attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            check(drv.cuFuncSetAttribute(self._function, attr, self._smem), "cuFuncSetAttribute")
+        for symbol, taps in ((b"c_row", self.plan.row_taps), (b"c_col", self.plan.col_taps)):
+            dptr, size = check(drv.cuModuleGetGlobal(self._module, symbol), "cuModuleGetGlobal")
+            data = np.ascontiguousarray(taps, dtype=np.float32).ravel()
+            if data.nbytes > size:
+                raise KernelError(f"{symbol.decode()} holds {size} bytes; the plan needs {data.nbytes}.")
+            if data.nbytes:
+                check(drv.cuMemcpyHtoD(dptr, data.ctypes.data, data.nbytes), "cuMemcpyHtoD")
+
+    def _stage(self, frames: np.ndarray, stream) -> DeviceFrames:
+        """Copy a host batch into the staging buffer on ``stream``; returns its DeviceFrames."""
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim not in (3, 4) \
+                or (frames.ndim == 4 and frames.shape[3] not in (1, 3)):
+            found = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+            raise KernelError(f"host frames must be a uint8 array (B, H, W, 3) BGR or (B, H, W) gray; found {found}.")
+        if not frames.flags.c_contiguous:
+            raise KernelError("host frames must be C-contiguous (np.ascontiguousarray, or a pinned buffer); "
+                              f"found strides {frames.strides}.")
+        if frames.nbytes > self._staging_bytes:
+            if self._staging:
+                check(self._driver.cuMemFree(self._staging), "cuMemFree")
+                self._staging, self._staging_bytes = 0, 0
+            self._staging = check(self._driver.cuMemAlloc(frames.nbytes), "cuMemAlloc")
+            self._staging_bytes = frames.nbytes
+        check(self._driver.cuMemcpyHtoDAsync(self._staging, frames.ctypes.data, frames.nbytes, stream),
+              "cuMemcpyHtoDAsync")
+        b, h, w = frames.shape[:3]
+        c = frames.shape[3] if frames.ndim == 4 else 1
+        return DeviceFrames(int(self._staging), b, h, w, c, w * c, h * w * c)
+
+    def run(self, frames, highpass_out, colour_out, stream=0) -> None:
+        """Enqueue pre-processing of one batch on ``stream`` (see the module docstring for the layouts)."""
+        if self._module is None:
+            raise KernelError("FusedPreprocessor is closed; create a new one.")
+        check(self._driver.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        src = frames if isinstance(frames, DeviceFrames) else self._stage(frames, stream)
+        src.validate()
+        s = self.plan.image_size
+        hp = _output_pointer(highpass_out, (src.batch, self.plan.channels, s, s), self.half, "highpass_out")
+        col = _output_pointer(colour_out, (src.batch, 3, s, s), self.half, "colour_out")
+        tiles = -(-s // TILE)
+        c_void_p, c_int, c_ll, c_float = _ctypes()
+        args = ((src.ptr, src.height, src.width, src.channels, src.row_pitch, src.image_pitch, hp, col,
+                 float(self.plan.centre)),
+                (c_void_p, c_int, c_int, c_int, c_ll, c_ll, c_void_p, c_void_p, c_float))
+        check(self._driver.cuLaunchKernel(self._function, tiles, tiles, src.batch, THREADS, 1, 1,
+                                          self._smem, stream, args, 0), "cuLaunchKernel")
+
+    def close(self) -> None:
+        """Free the staging buffer, unload the module, release the primary context. Safe to call twice."""
+        drv = self._driver
+        for what, call in (("cuMemFree", lambda: drv.cuMemFree(self._staging) if self._staging else (0,)),
+                           ("cuModuleUnload", lambda: drv.cuModuleUnload(self._module) if self._module else (0,)),
+                           ("cuDevicePrimaryCtxRelease",
+                            lambda: drv.cuDevicePrimaryCtxRelease(self._device) if self._ctx else (0,))):
+            try:
+                check(call(), what)
+            except KernelError as exc:
+                log.warning("FusedPreprocessor.close: %s", exc)
+        self._staging, self._staging_bytes, self._module, self._ctx = 0, 0, None, None
+
+    def __enter__(self) -> "FusedPreprocessor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ctypes():
+    import ctypes
+
+    return ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float

@@ -1,0 +1,324 @@
+"""The ``fair-edge`` command line: train, eval, demo (build, run and bench join as they land).
+
+Commands are thin: they parse options, call library code, and show progress and results.
+Every error of ours is printed as one red line naming the problem and the fix, exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fair_edge.errors import ConfigError, FairEdgeError
+
+app = typer.Typer(
+    help="fair-edge: train FAIR anomaly detectors from normal images, build them for NVIDIA GPUs, "
+    "and run an inspection station.\n\nStart with `fair-edge demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+CLI_WIDTHS = (32, 64, 128)
+
+
+def friendly_errors(fn):
+    """Turn our own exceptions into one clear line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FairEdgeError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+
+
+def progress_bar(*extra: str) -> Progress:
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn(f"{{task.fields[{name}]}}") for name in extra]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console)
+
+
+def check_width(width: int) -> int:
+    if width not in CLI_WIDTHS:
+        raise ConfigError(f"--width must be one of {', '.join(map(str, CLI_WIDTHS))}; found {width}.")
+    return width
+
+
+# ----------------------------------------------------------------------------- train
+def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
+                 category: Optional[str] = None, textures: Optional[Path] = None) -> Path:
+    """Shared by `train` and `demo`: load data, train with a progress bar, return final.pt."""
+    import numpy as np
+
+    from fair_edge.data import list_images, load_dataset, load_images
+    from fair_edge.train import Trainer, resolve_device
+
+    split = load_dataset(data, category)
+    texture_images = None
+    if textures is not None:
+        from fair_edge.data import Sample
+
+        texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
+        texture_images = np.ascontiguousarray(texture_images)
+    dev = resolve_device(device)
+    with console.status(f"loading {len(split.train)} training images of {split.name}"):
+        trainer = Trainer(split, preprocess, cfg, out, dev, textures=texture_images)
+    if resume:
+        trainer.resume()
+        console.print(f"resumed {out / 'last.pt'} at step {trainer.state.step}")
+    console.print(
+        f"training width {cfg.width} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
+        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}"
+    )
+    with progress_bar("loss", "rate") as bar:
+        task = bar.add_task("train", total=trainer.total_steps, completed=trainer.state.step, loss="", rate="")
+
+        def on_step(step: int, total: int, loss: float, rate: float) -> None:
+            bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
+
+        return trainer.run(on_step)
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: str = typer.Argument(..., help="MVTec category folder, VisA split CSV, folder of normal images, or 'elpv'."),
+    width: int = typer.Option(128, help="UNet base width c: 32 (fastest), 64 or 128 (paper)."),
+    filter: str = typer.Option("butterworth", "--filter", help="High-pass: butterworth, gaussian, ideal, sobel_xy."),
+    cutoff: float = typer.Option(30.0, help="High-pass cutoff D0 (frequency units at --image-size)."),
+    order: int = typer.Option(2, help="Butterworth order n."),
+    image_size: int = typer.Option(256, help="Model input side in pixels (multiple of 16)."),
+    steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
+    epochs: int = typer.Option(800, help="Epochs over the training images (paper: 800 MVTec, 400 VisA)."),
+    batch: int = typer.Option(8, help="Images per step."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate (x0.2 at 80% and 90% of training)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}]."),
+    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.pt."),
+    save_every: int = typer.Option(500, help="Write OUT/last.pt every N steps."),
+    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
+    textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
+    seed: int = typer.Option(0, help="Random seed."),
+    amp: bool = typer.Option(True, help="bf16 autocast on CUDA."),
+) -> None:
+    """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.runs import default_train_dir
+    from fair_edge.synthesis import SynthesisConfig
+    from fair_edge.train import TrainConfig, TrainingInterrupted
+
+    check_width(width)
+    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order)
+    synth = SynthesisConfig(texture_source="folder" if textures else "self")
+    cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
+                      seed=seed, amp=amp, synthesis=synth)
+    out = out or default_train_dir(width)
+    try:
+        final = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
+                             category=category, textures=textures)
+    except TrainingInterrupted as exc:
+        console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --width {width} --out {out} --resume")
+        raise typer.Exit(130) from None
+    console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
+
+
+# ----------------------------------------------------------------------------- eval
+def print_metrics(result: dict, out: Path) -> None:
+    table = Table(title=f"evaluation ({out})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("images", "normal", "defective", "image_auroc", "f1_max", "f1_threshold", "pixel_auroc", "aupro",
+                "suggested_threshold"):
+        if key in result:
+            value = result[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    for key in ("note", "pixel_metrics"):
+        if key in result:
+            console.print(f"[yellow]{result[key]}[/]")
+
+
+def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, frr: float,
+             category: Optional[str] = None) -> dict:
+    from fair_edge.data import load_dataset
+    from fair_edge.evaluate import evaluate
+    from fair_edge.train import resolve_device
+
+    split = load_dataset(data, category)
+    with progress_bar() as bar:
+        task = bar.add_task("eval", total=len(split.test))
+        result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
+                          false_reject_rate=frr, progress=lambda n: bar.advance(task, n))
+    print_metrics(result, out)
+    return result
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `fair-edge train` (e.g. runs/train-w32/final.pt)."),
+    data: str = typer.Argument(..., help="Dataset with a test split: MVTec category folder, VisA CSV, or 'elpv'."),
+    out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    batch: int = typer.Option(16, help="Images per forward pass."),
+    frr: float = typer.Option(0.005, help="Target false reject rate for the suggested threshold."),
+    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
+) -> None:
+    """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
+    out = out or checkpoint.parent / "eval"
+    run_eval(checkpoint, data, out, device=device, batch=batch, frr=frr, category=category)
+    console.print(f"[green]report:[/] {out}")
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command()
+@friendly_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report)."),
+    steps: int = typer.Option(600, help="Training steps when no demo model exists yet."),
+    retrain: bool = typer.Option(False, help="Train again even if OUT/final.pt exists."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """The built-in demo: train a small FAIR model on ELPV mono solar cells (normal cells only)
+    and evaluate it on held-out normal and defective cells. Reuses OUT/final.pt when present."""
+    from fair_edge.demo_config import DEMO_DATA, demo_preprocess, demo_train_config
+
+    final = out / "final.pt"
+    if retrain or not final.is_file():
+        final = run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
+                             device=device, resume=False)
+    else:
+        console.print(f"reusing demo model {final} (--retrain to train again)")
+    result = run_eval(final, DEMO_DATA, out / "report", device=device, batch=32, frr=0.005)
+    console.print(f"[green]report:[/] {out / 'report'}  ({json.dumps({k: round(result[k], 4) for k in ('image_auroc',) if k in result})})")
+
+
+# ----------------------------------------------------------------------------- run
+def live_table(inspector) -> Table:
+    s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
+    table = Table(title="fair-edge station", show_header=False)
+    for name, value in (("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
+                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
+                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms")):
+        table.add_row(name, str(value))
+    return table
+
+
+def print_summary(summary, out: Path) -> None:
+    lat = summary.latency
+    table = Table(title=f"run summary ({out})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
+            ("NG", summary.ng), ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
+            ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
+            ("frames/s", f"{summary.fps:.1f}"),
+            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms")]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    if summary.fault:
+        console.print(f"[bold red]station fault:[/] {summary.fault}")
+
+
+@app.command()
+@friendly_errors
+def run(
+    station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
+                                           "output, reject, record, metrics). Flags override it."),
+    camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
+                                         "gst:PIPELINE, csi:0, genicam:SERIAL."),
+    source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
+    bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
+    backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
+                                              "default: the bundle's calibrated one."),
+    roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
+    max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
+    fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
+    loop: bool = typer.Option(False, help="Replay --source forever."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+) -> None:
+    """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
+
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
+    Exit code 3 when the station faulted (the backend kept failing)."""
+    import signal
+    import threading
+
+    from rich.live import Live
+
+    from fair_edge.inspector import LoopSettings
+    from fair_edge.run_station import run_station
+    from fair_edge.station import CameraSettings, StationConfig, load_station
+
+    cfg = load_station(station) if station else StationConfig()
+    if camera is not None and source is not None:
+        raise ConfigError("give either --camera or --source, not both.")
+    cam = cfg.camera
+    if camera is not None or source is not None:
+        cam = CameraSettings(source=str(camera if camera is not None else source), fps=cam.fps, loop=cam.loop,
+                             queue_size=cam.queue_size, full_policy=cam.full_policy)
+    if fps is not None or loop:
+        cam = CameraSettings(cam.source, fps if fps is not None else cam.fps, loop or cam.loop, cam.queue_size,
+                             cam.full_policy)
+    batching = cfg.batching
+    if max_batch is not None or max_wait_ms is not None:
+        batching = LoopSettings(max_batch if max_batch is not None else batching.max_batch,
+                                max_wait_ms if max_wait_ms is not None else batching.max_wait_ms,
+                                batching.max_consecutive_errors)
+    record = cfg.record
+    if out is not None:
+        from dataclasses import replace
+
+        record = replace(record, dir=out)
+    cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
+                       batching=batching, output=out, record=record)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+    with live or contextlib.nullcontext():
+        summary = run_station(cfg, stop, max_frames=max_frames, duration_s=duration,
+                              on_start=lambda text: console.print(text),
+                              on_tick=(lambda insp: live.update(live_table(insp))) if live else None)
+    print_summary(summary, cfg.output)
+    console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
+    if summary.fault:
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Datasets: MVTec AD layout, VisA split CSV, a plain folder of normal images, and the ELPV demo set.
+
+Every loader returns a ``DatasetSplit`` of ``Sample`` records (paths and labels only); pixels are
+read by ``read_image`` / ``read_mask`` when needed, so a bad file is reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GOOD_NAMES = ("good", "normal", "ok")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image. label: 0 normal, 1 defective. mask: path of its ground-truth mask, if any."""
+
+    path: Path
+    label: int = 0
+    defect_type: str = "good"
+    mask: Path | None = None
+
+
+@dataclass
+class DatasetSplit:
+    """Training (normal only) and test samples of one product."""
+
+    name: str
+    train: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every defective test image has a mask (pixel metrics are possible)."""
+        defects = [s for s in self.test if s.label == 1]
+        return bool(defects) and all(s.mask is not None for s in defects)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "train_images": len(self.train),
+            "test_normal": sum(1 for s in self.test if s.label == 0),
+            "test_defective": sum(1 for s in self.test if s.label == 1),
+            "has_masks": self.has_masks,
+        }
+
+
+# ----------------------------------------------------------------------------- pixels
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
+
+    Raises DataError naming the file when it is missing, unreadable or truncated.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DataError(f"{path} is not a readable image (empty, truncated or an unsupported format).")
+    if image.dtype == np.uint16:
+        image = (image / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"{path}: expected 8- or 16-bit pixels; found {image.dtype}.")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
+    """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W)."""
+    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if mask is None:
+        raise DataError(f"mask {path} is missing or unreadable.")
+    if mask.shape != tuple(image_shape):
+        raise DataError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; "
+            "masks must have the image's size."
+        )
+    return mask > 0
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside ``folder``. Raises DataError if missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist.")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+# ----------------------------------------------------------------------------- layouts
+def _mvtec(root: Path) -> DatasetSplit:
+    train = [Sample(p) for p in list_images(root / "train" / "good")]
+    test: list[Sample] = []
+    test_dir = root / "test"
+    if test_dir.is_dir():
+        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            for p in list_images(type_dir):
+                if type_dir.name in GOOD_NAMES:
+                    test.append(Sample(p))
+                    continue
+                mask = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
+                test.append(Sample(p, 1, type_dir.name, mask if mask.is_file() else None))
+    return DatasetSplit(root.name, train, test)
+
+
+def _visa(csv_path: Path, category: str | None) -> DatasetSplit:
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    needed = {"object", "split", "label", "image"}
+    if not rows or not needed <= set(rows[0]):
+        raise DataError(f"{csv_path}: expected a VisA split CSV with columns {sorted(needed)} (+ mask).")
+    objects = sorted({r["object"] for r in rows})
+    if category is None and len(objects) > 1:
+        raise DataError(f"{csv_path} holds {len(objects)} products ({', '.join(objects)}); pick one with --category.")
+    category = category or objects[0]
+    if category not in objects:
+        raise DataError(f"category {category!r} is not in {csv_path}; it has {', '.join(objects)}.")
+    base = csv_path.parent.parent if not (csv_path.parent / rows[0]["image"]).exists() else csv_path.parent
+    train, test = [], []
+    for r in (r for r in rows if r["object"] == category):
+        bad = r["label"].strip().lower() not in ("normal", "good", "0")
+        mask = base / r["mask"] if bad and r.get("mask") else None
+        sample = Sample(base / r["image"], int(bad), "anomaly" if bad else "good", mask)
+        (train if r["split"] == "train" else test).append(sample)
+    if not train:
+        raise DataError(f"{csv_path}: category {category!r} has no 'train' rows.")
+    return DatasetSplit(category, train, test)
+
+
+def elpv_split(kind: str = "mono", test_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
+    """ELPV solar cells (package ``elpv-dataset``, CC BY-NC-SA 4.0): probability-0 cells of one kind
+    split into train / good test (deterministic), probability-1 cells as defects. No masks."""
+    try:
+        import elpv_dataset
+    except ImportError as exc:
+        raise DataError("the ELPV demo data needs the `elpv-dataset` package: pip install elpv-dataset") from exc
+    root = Path(elpv_dataset.__file__).parent / "data"
+    good, bad = [], []
+    for line in (root / "labels.csv").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == kind:
+            prob = float(parts[1])
+            if prob == 0.0:
+                good.append(root / parts[0])
+            elif prob == 1.0:
+                bad.append(root / parts[0])
+    if not good:
+        raise DataError(f"ELPV has no {kind!r} cells; use 'mono' or 'poly'.")
+    order = np.random.default_rng(seed).permutation(len(good))
+    n_test = int(round(len(good) * test_fraction))
+    test_good = [Sample(good[i]) for i in sorted(order[:n_test])]
+    train = [Sample(good[i]) for i in sorted(order[n_test:])]
+    return DatasetSplit(f"elpv-{kind}", train, test_good + [Sample(p, 1, "defective") for p in bad])
+
+
+def load_dataset(spec: str | Path, category: str | None = None) -> DatasetSplit:
+    """Find the layout of ``spec`` and list its samples.
+
+    spec: ``elpv`` / ``elpv:mono`` / ``elpv:poly``; an MVTec category folder (has train/good);
+    a VisA split CSV file; or a plain folder of normal images (training only).
+    """
+    text = str(spec)
+    if text.startswith("elpv"):
+        return elpv_split(text.partition(":")[2] or "mono")
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _visa(path, category)
+    if not path.is_dir():
+        raise DataError(
+            f"dataset {path} does not exist. Give an MVTec category folder (with train/good), "
+            "a VisA split CSV, a folder of normal images, or 'elpv' for the built-in demo data."
+        )
+    if (path / "train" / "good").is_dir():
+        return _mvtec(path)
+    if category and (path / category / "train" / "good").is_dir():
+        return _mvtec(path / category)
+    return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])
+
+
+def load_images(samples: list[Sample], size: int, *, progress=None) -> tuple[np.ndarray, list[Sample]]:
+    """Read and resize samples to colour model images, skipping unreadable files with a warning.
+
+    Returns (images (N, 3, size, size) float32 RGB in [0, 1], the samples that were read).
+    """
+    from fair_edge.preprocess import resize_frame
+
+    images, kept, skipped = [], [], []
+    for sample in samples:
+        try:
+            images.append(resize_frame(read_image(sample.path), size))
+            kept.append(sample)
+        except DataError as exc:
+            skipped.append(sample.path)
+            log.warning("skipping %s", exc)
+        if progress is not None:
+            progress()
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(samples))
+    if not images:
+        raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path if samples else '-'}).")
+    return np.stack(images), kept

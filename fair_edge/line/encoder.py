@@ -1,0 +1,49 @@
+"""Encoder count sources: where the conveyor is, in counts, for distance-based rejects."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class EncoderSource(Protocol):
+    """A conveyor position in encoder counts.
+
+    ``count()`` must be cheap (called every ``reject.encoder_poll_ms`` while rejects wait), safe
+    to call from any thread, and non-decreasing: an adapter over a hardware counter that wraps
+    (16/32 bit) unwraps it before returning.
+    """
+
+    def count(self) -> int: ...
+
+
+class FakeEncoder:
+    """A conveyor at constant speed: ``count = start + counts_per_s * (monotonic() - t0)``.
+
+    For tests and demos; ``set_speed()`` changes speed from now on (0 = conveyor stopped),
+    keeping the count continuous.
+    """
+
+    def __init__(self, counts_per_s: float, start: int = 0, t0: float | None = None) -> None:
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic() if t0 is None else t0
+        self._base = float(start)
+        self._rate = float(counts_per_s)
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._base + self._rate * (time.monotonic() - self._t0))
+
+    def time_of(self, count: int) -> float:
+        """Monotonic seconds at which ``count`` is (or was) reached at the current speed."""
+        with self._lock:
+            return self._t0 + (count - self._base) / self._rate
+
+    def set_speed(self, counts_per_s: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._base += self._rate * (now - self._t0)
+            self._t0 = now
+            self._rate = float(counts_per_s)

@@ -1,0 +1,99 @@
+"""Field checkers for settings sections: each returns the clean value or raises ``ConfigError``
+naming ``section.field``, the expected form and the value found."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _fail(where: str, expected: str, found: Any) -> ConfigError:
+    return ConfigError(f"{where}: expected {expected}, found {found!r}")
+
+
+def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, Any]:
+    """Refuse a non-mapping section or an unknown key (with a "did you mean")."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise _fail(section, "a mapping of settings", data)
+    known = list(known)
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{section}.{key}: unknown setting{hint}; valid settings: {', '.join(sorted(known))}"
+            )
+    return data
+
+
+def number(section: str, key: str, value: Any, minimum: float | None = None,
+           maximum: float | None = None) -> float:
+    """A real number (bool refused) within [minimum, maximum]."""
+    where = f"{section}.{key}"
+    bounds = _bounds_text(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, f"a number{bounds}", value)
+    if value != value or (minimum is not None and value < minimum) or (
+            maximum is not None and value > maximum):
+        raise _fail(where, f"a number{bounds}", value)
+    return float(value)
+
+
+def integer(section: str, key: str, value: Any, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+    """An integer (bool refused) within [minimum, maximum]."""
+    where = f"{section}.{key}"
+    bounds = _bounds_text(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"an integer{bounds}", value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _fail(where, f"an integer{bounds}", value)
+    return int(value)
+
+
+def boolean(section: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(f"{section}.{key}", "true or false", value)
+    return value
+
+
+def choice(section: str, key: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = list(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise _fail(f"{section}.{key}", "one of " + " | ".join(allowed), value)
+    return value
+
+
+def text(section: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(f"{section}.{key}", "a non-empty string", value)
+    return value
+
+
+def url_list(section: str, key: str, value: Any) -> tuple[str, ...]:
+    """A list of URL strings (a single string is accepted as a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise _fail(f"{section}.{key}", "a list of URLs like 'modbus://10.0.0.5:502?coil=0'", value)
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or "://" not in item:
+            raise _fail(f"{section}.{key}[{i}]", "a URL like 'modbus://10.0.0.5:502?coil=0'", item)
+        out.append(item)
+    return tuple(out)
+
+
+def _bounds_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""

@@ -1,0 +1,141 @@
+"""Prometheus metrics of a station, on its own registry and HTTP endpoint (127.0.0.1 by default).
+
+Exposed (names as scraped):
+- ``fair_edge_frames_total``, ``fair_edge_ng_total``: verdicts observed, NG verdicts.
+- ``fair_edge_dropped_total{stage}``: frames dropped before a verdict (camera queue, ...).
+- ``fair_edge_latency_seconds``: histogram of capture -> verdict latency.
+- ``fair_edge_score``: last anomaly score (gauge).
+- ``fair_edge_<component>_total{event}``: counters of watched components, read at scrape time,
+  e.g. ``fair_edge_reject_total{event="late"}``, ``{event="sink_errors"}``,
+  ``fair_edge_recorder_total{event="dropped"}``; gauges such as ``fair_edge_reject_pending``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+from ..errors import MetricsError
+from ..records import Verdict
+from .settings import MetricsSettings
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+StatsFn = Callable[[], dict[str, int]]
+
+
+class _StatsCollector:
+    """Turns ``stats()`` dicts of watched components into metric families at scrape time."""
+
+    def __init__(self) -> None:
+        self._watched: list[tuple[str, StatsFn, frozenset[str]]] = []
+        self._lock = threading.Lock()
+
+    def add(self, name: str, stats: StatsFn, gauges: Iterable[str]) -> None:
+        with self._lock:
+            self._watched.append((name, stats, frozenset(gauges)))
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        with self._lock:
+            watched = list(self._watched)
+        for name, stats, gauges in watched:
+            try:
+                values = stats()
+            except Exception:  # noqa: BLE001 - a broken component must not break the scrape
+                log.exception("metrics: stats() of %s failed", name)
+                continue
+            counter = CounterMetricFamily(f"fair_edge_{name}", f"{name} events", labels=["event"])
+            for key, value in sorted(values.items()):
+                if key in gauges:
+                    yield GaugeMetricFamily(f"fair_edge_{name}_{key}", f"{name} {key}", value=value)
+                else:
+                    counter.add_metric([key], value)
+            yield counter
+
+
+class Metrics:
+    """Station metrics. ``observe(verdict)`` per verdict, ``count_drop(stage)`` per lost frame,
+    ``watch(name, stats_fn)`` for components with counters (scheduler, recorder, sinks).
+    ``start()`` serves them over HTTP; ``close()`` stops the server (safe twice)."""
+
+    def __init__(self, settings: MetricsSettings = MetricsSettings(),
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        except ImportError as exc:
+            raise MetricsError("metrics need prometheus-client: pip install "
+                               "'fair-edge[metrics]', or set metrics.enabled: false") from exc
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter("fair_edge_frames", "Verdicts observed", registry=r)
+        self.ng = Counter("fair_edge_ng", "NG verdicts", registry=r)
+        self.drops = Counter("fair_edge_dropped", "Frames dropped before a verdict", ["stage"],
+                             registry=r)
+        self.latency = Histogram("fair_edge_latency_seconds", "Capture to verdict latency",
+                                 buckets=buckets, registry=r)
+        self.score = Gauge("fair_edge_score", "Last anomaly score", registry=r)
+        self._stats = _StatsCollector()
+        r.register(self._stats)
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def observe(self, verdict: Verdict) -> None:
+        self.frames.inc()
+        if verdict.ng:
+            self.ng.inc()
+        self.latency.observe(max(0.0, verdict.latency_ms / 1000.0))
+        self.score.set(verdict.score)
+
+    def count_drop(self, stage: str = "camera", n: int = 1) -> None:
+        self.drops.labels(stage=stage).inc(n)
+
+    def watch(self, name: str, stats: StatsFn, gauges: Iterable[str] = ("pending",)) -> None:
+        """Expose ``stats()`` (a dict of counters) as ``fair_edge_<name>_total{event=...}``."""
+        self._stats.add(name, stats, gauges)
+
+    def start(self) -> Metrics:
+        """Serve ``/metrics`` on settings.host:settings.port (port 0 = any free port)."""
+        from prometheus_client import start_http_server
+
+        if self._server is not None:
+            return self
+        try:
+            self._server, self._thread = start_http_server(
+                self.settings.port, addr=self.settings.host, registry=self.registry)
+        except OSError as exc:
+            raise MetricsError(f"metrics.port: expected a free port on {self.settings.host}, "
+                               f"found {self.settings.port} unusable ({exc}); pick another "
+                               f"port or 0") from exc
+        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.port)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port if self._server is not None else self.settings.port
+
+    def render(self) -> bytes:
+        """The text exposition (what a scrape returns)."""
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            if self._thread.is_alive():
+                log.error("metrics server thread did not stop within 2 s")
+
+    def __enter__(self) -> Metrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,189 @@
+"""The recorder: a JSONL log of every verdict and NG frames saved with heatmap overlays.
+
+All writing happens on the recorder's own thread behind a bounded queue; ``record()`` never
+blocks. Full queue: the newest item is dropped and counted (``dropped``). Disk guard: when the
+free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
+``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is
+back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors`` and logged once
+per kind; it never reaches the inspection loop.
+
+Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
+``DIR/ng/SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/SEQ_overlay.EXT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import RecorderError
+from ..records import Frame, Verdict
+from .jsonl import RotatingJsonl
+from .overlay import heatmap_overlay
+from .settings import RecordSettings
+from .sinks.base import Counters
+
+log = logging.getLogger(__name__)
+
+RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", "write_errors")
+DISK_CHECK_S = 1.0   # re-read free space at most this often
+
+
+class Recorder:
+    """Records verdicts and NG images on a writer thread.
+
+    disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
+    disk_check_s: free space is re-read at most this often, seconds.
+    """
+
+    def __init__(self, settings: RecordSettings,
+                 disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+                 disk_check_s: float = DISK_CHECK_S) -> None:
+        self.settings = settings
+        self.dir = Path(settings.dir)
+        try:
+            (self.dir / "ng").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecorderError(f"record.dir: expected a writable folder, found {self.dir} "
+                                f"({exc}); pick another dir or fix its permissions") from exc
+        self._log = RotatingJsonl(self.dir / "verdicts.jsonl",
+                                  int(settings.max_log_mb * 1024 * 1024), settings.keep_files)
+        self._disk_usage = disk_usage
+        self._disk_ok = True
+        self._disk_checked = float("-inf")
+        self._disk_check_s = disk_check_s
+        self._warned: set[str] = set()
+        self._counters = Counters(RECORDER_COUNTERS)
+        self._q: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def record(self, frame: Frame | None, verdict: Verdict,
+               anomaly_map: np.ndarray | None = None) -> bool:
+        """Queue one verdict (and, for an NG part, its frame and map) for writing.
+
+        frame.image: (H, W, 3) uint8 BGR or (H, W) uint8; anomaly_map: (h, w) float32, any
+        size (resized to the frame). Pass frame=None to log the verdict only.
+        Returns False when the queue was full and the item was dropped (counted).
+        """
+        keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
+        item = (verdict, frame if keep_image else None, anomaly_map if keep_image else None)
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            self._counters.add("dropped")
+            self._warn_once("dropped", "recorder queue full (%d): dropping verdicts; the disk "
+                            "is too slow for this frame rate", self._q.maxsize)
+            return False
+        self._counters.add("queued")
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return self._counters.snapshot()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is written (tests, shutdown). True if done."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._q.unfinished_tasks == 0:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self) -> None:
+        """Write what is queued (up to 5 s), stop the thread, close the log; safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():
+            log.error("recorder thread did not stop within 5 s")
+        self._log.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                verdict, frame, amap = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self._write_log(verdict)
+                if frame is not None:
+                    self._write_images(frame, verdict, amap)
+            finally:
+                self._q.task_done()
+
+    def _write_log(self, verdict: Verdict) -> None:
+        try:
+            self._log.write(verdict.to_json_dict())
+            self._counters.add("logged")
+        except OSError as exc:
+            self._counters.add("write_errors")
+            self._warn_once("log-oserror", "verdict log write failed: %s", exc)
+
+    def _write_images(self, frame: Frame, verdict: Verdict, amap: np.ndarray | None) -> None:
+        if not self._disk_has_room():
+            self._counters.add("images_skipped")
+            return
+        ext = self.settings.image_format
+        stem = self.dir / "ng" / f"{verdict.seq:08d}"
+        try:
+            images = [(f"{stem}_frame.{ext}", frame.image)]
+            if amap is not None:
+                overlay = heatmap_overlay(frame.image, amap, self.settings.overlay_alpha)
+                images.append((f"{stem}_overlay.{ext}", overlay))
+            for path, img in images:
+                if not cv2.imwrite(path, img):
+                    raise OSError(f"cv2.imwrite returned False for {path}")
+            self._counters.add("images")
+        except OSError as exc:
+            self._counters.add("write_errors")
+            self._warn_once("image-oserror", "saving NG image failed: %s", exc)
+        except (RecorderError, cv2.error) as exc:
+            self._counters.add("write_errors")
+            self._warn_once("image-bad", "NG image seq %d not saved: %s", verdict.seq, exc)
+
+    def _disk_has_room(self) -> bool:
+        now = time.monotonic()
+        if now - self._disk_checked < self._disk_check_s:
+            return self._disk_ok
+        self._disk_checked = now
+        try:
+            free_mb = self._disk_usage(self.dir).free / (1024 * 1024)
+        except OSError as exc:
+            self._warn_once("disk-usage", "cannot read free space of %s: %s", self.dir, exc)
+            return self._disk_ok
+        ok = free_mb >= self.settings.min_free_mb
+        if not ok and self._disk_ok:
+            log.warning("only %.0f MB free under %s (< record.min_free_mb = %.0f): NG images are "
+                        "no longer saved, the verdict log goes on", free_mb, self.dir,
+                        self.settings.min_free_mb)
+        elif ok and not self._disk_ok:
+            log.info("%.0f MB free under %s again: saving NG images", free_mb, self.dir)
+        self._disk_ok = ok
+        return ok
+
+    def _warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg + " (further occurrences only counted)", *args)

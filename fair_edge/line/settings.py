@@ -1,0 +1,132 @@
+"""Settings of the line side of a station: the ``reject:``, ``record:`` and ``metrics:`` sections.
+
+Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``ConfigError`` naming
+the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from . import fields as f
+
+FAIL_SAFE_POLICIES = ("reject", "alarm")
+IMAGE_FORMATS = ("png", "jpg")
+
+
+@dataclass(frozen=True)
+class RejectSettings:
+    """Reject wiring.
+
+    sinks: URLs that receive one pulse per rejected part (all of them, fan-out).
+    fault_sinks: URLs whose output is held on while the station is faulted or alarmed.
+    delay_ms: travel time camera -> reject gate, ms; the pulse is due at t_capture + delay_ms.
+    encoder_distance: if set, the pulse is due when the encoder has advanced this many counts
+        since capture (replaces delay_ms; needs an ``EncoderSource``).
+    pulse_ms: pulse width, ms (a sink URL's ``pulse_ms`` overrides it for that sink).
+    min_gap_ms: least time between the falling edge of one pulse and the next rising edge, ms.
+    late_ms: how late a rising edge may be and still hit its part, ms; a reject that cannot start
+        by due + late_ms is *late* and handled by ``fail_safe``.
+    fail_safe: ``reject`` = fire a late reject as soon as the output allows and count it;
+        ``alarm`` = do not fire, raise the fault output (latched until acknowledged) and count it.
+    max_pending: most rejects waiting at once; beyond that a reject is refused and counted.
+    encoder_poll_ms: how often the encoder is read while a reject waits for its count, ms.
+    """
+
+    sinks: tuple[str, ...] = ()
+    fault_sinks: tuple[str, ...] = ()
+    delay_ms: float = 0.0
+    encoder_distance: int | None = None
+    pulse_ms: float = 50.0
+    min_gap_ms: float = 20.0
+    late_ms: float = 10.0
+    fail_safe: str = "reject"
+    max_pending: int = 1024
+    encoder_poll_ms: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RejectSettings:
+        s = "reject"
+        d = f.check_keys(s, data, [x.name for x in fields(cls)])
+        if "delay_ms" in d and d.get("encoder_distance") is not None:
+            raise ConfigError(
+                "reject: expected one of delay_ms or encoder_distance, found both; "
+                "remove delay_ms when the reject follows an encoder")
+        dist = d.get("encoder_distance")
+        return cls(
+            sinks=f.url_list(s, "sinks", d.get("sinks", [])),
+            fault_sinks=f.url_list(s, "fault_sinks", d.get("fault_sinks", [])),
+            delay_ms=f.number(s, "delay_ms", d.get("delay_ms", 0.0), minimum=0),
+            encoder_distance=None if dist is None else f.integer(s, "encoder_distance", dist, 1),
+            pulse_ms=f.number(s, "pulse_ms", d.get("pulse_ms", 50.0), minimum=0.1),
+            min_gap_ms=f.number(s, "min_gap_ms", d.get("min_gap_ms", 20.0), minimum=0),
+            late_ms=f.number(s, "late_ms", d.get("late_ms", 10.0), minimum=0),
+            fail_safe=f.choice(s, "fail_safe", d.get("fail_safe", "reject"), FAIL_SAFE_POLICIES),
+            max_pending=f.integer(s, "max_pending", d.get("max_pending", 1024), minimum=1),
+            encoder_poll_ms=f.number(s, "encoder_poll_ms", d.get("encoder_poll_ms", 1.0),
+                                     minimum=0.05, maximum=100),
+        )
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    """What the recorder keeps.
+
+    dir: output folder (created). save_ng_images: write NG frames with heatmap overlays.
+    image_format: ``png`` (lossless) or ``jpg``. max_log_mb: rotate the JSONL log past this size, MB.
+    keep_files: rotated logs kept (``verdicts.jsonl.1`` .. ``.N``). min_free_mb: stop saving images
+    when the disk has less free space than this, MB (logging goes on). queue_size: frames waiting
+    for the writer thread; a full queue drops the newest item (counted). overlay_alpha: heatmap
+    weight in the blend, 0..1.
+    """
+
+    dir: Path = Path("records")
+    save_ng_images: bool = True
+    image_format: str = "png"
+    max_log_mb: float = 64.0
+    keep_files: int = 5
+    min_free_mb: float = 500.0
+    queue_size: int = 64
+    overlay_alpha: float = 0.5
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RecordSettings:
+        s = "record"
+        d = f.check_keys(s, data, [x.name for x in fields(cls)])
+        return cls(
+            dir=Path(f.text(s, "dir", _path_text(d.get("dir", "records")))),
+            save_ng_images=f.boolean(s, "save_ng_images", d.get("save_ng_images", True)),
+            image_format=f.choice(s, "image_format", d.get("image_format", "png"), IMAGE_FORMATS),
+            max_log_mb=f.number(s, "max_log_mb", d.get("max_log_mb", 64.0), minimum=0.001),
+            keep_files=f.integer(s, "keep_files", d.get("keep_files", 5), minimum=0),
+            min_free_mb=f.number(s, "min_free_mb", d.get("min_free_mb", 500.0), minimum=0),
+            queue_size=f.integer(s, "queue_size", d.get("queue_size", 64), minimum=1),
+            overlay_alpha=f.number(s, "overlay_alpha", d.get("overlay_alpha", 0.5), 0, 1),
+        )
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus endpoint. host: bind address (127.0.0.1 = this machine only; 0.0.0.0 exposes it).
+    port: TCP port (0 = any free port, read it back from ``Metrics.port``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MetricsSettings:
+        s = "metrics"
+        d = f.check_keys(s, data, [x.name for x in fields(cls)])
+        return cls(
+            enabled=f.boolean(s, "enabled", d.get("enabled", False)),
+            host=f.text(s, "host", d.get("host", "127.0.0.1")),
+            port=f.integer(s, "port", d.get("port", 9108), minimum=0, maximum=65535),
+        )
+
+
+def _path_text(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

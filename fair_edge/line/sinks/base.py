@@ -1,0 +1,260 @@
+"""The signal sink protocol and the worker thread that drives one blocking output.
+
+A sink turns ``RejectEvent``s into pulses and a fault flag into a held level. ``pulse()`` and
+``set_fault()`` never block and never raise: the write happens on the sink's own thread, so a
+dead PLC cannot stall the scheduler or the inspection loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ...errors import PlcDeviceError, PlcError
+from ..events import RejectEvent
+from ..timing import sleep_until
+
+log = logging.getLogger(__name__)
+
+RETRY_STEP_S = 0.003      # between write attempts while a pulse is still within its deadline
+FALL_RETRY_S = 1.0        # how long a falling edge is retried before the output is reported stuck
+IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level changes)
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
+    deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
+    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written)."""
+
+    sink: str
+    kind: str
+    seq: int | None
+    detail: str
+
+
+Reporter = Callable[[SinkReport], None]
+
+
+@runtime_checkable
+class SignalSink(Protocol):
+    """One output the station signals through (PLC coil, OPC UA node, GPIO line, log)."""
+
+    name: str
+
+    def pulse(self, event: RejectEvent) -> None:
+        """Start one reject pulse now (the scheduler calls this at the due time). Never blocks."""
+
+    def set_fault(self, active: bool, reason: str) -> None:
+        """Hold the output on (active) or off; used for fault / alarm outputs. Never blocks."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: pulses, delivered, missed, dropped, io_errors, device_errors, reconnects."""
+
+    def close(self) -> None:
+        """Stop and release; safe to call twice."""
+
+
+class Output(Protocol):
+    """A blocking output driver. ``set`` raises ``PlcDeviceError`` for a refusing device reply,
+    ``PlcError`` for a link failure; ``open`` raises ``PlcError``."""
+
+    def open(self) -> None: ...
+
+    def set(self, on: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def log_reporter(report: SinkReport) -> None:
+    level = logging.INFO if report.kind == "reconnected" else logging.WARNING
+    log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
+
+
+class Counters:
+    """Thread-safe named counters."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._lock = threading.Lock()
+        self._c = dict.fromkeys(names, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._c[name] = self._c.get(name, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._c)
+
+
+SINK_COUNTERS = ("pulses", "delivered", "missed", "dropped", "io_errors", "device_errors",
+                 "reconnects")
+
+
+class WorkerSink:
+    """Drives one ``Output`` from its own thread.
+
+    Queue: ``maxsize=queue_size``; when full, the newest pulse is dropped, counted and reported
+    (items in a full queue are already late). Link failures: the output is closed and re-opened
+    with exponential back-off (``backoff_s`` -> ``backoff_max_s``) while idle, and retried every
+    ~3 ms while a pulse is within its deadline. A pulse past its deadline is never written.
+    After a reconnect the resting level (off, or the fault level) is written again.
+    pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
+    """
+
+    def __init__(self, name: str, output: Output, pulse_ms: float, *, queue_size: int = 16,
+                 backoff_s: float = 0.05, backoff_max_s: float = 2.0,
+                 reporter: Reporter = log_reporter) -> None:
+        self.name = name
+        self._out = output
+        self._pulse_s = pulse_ms / 1000.0
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._report = reporter
+        self._counters = Counters(SINK_COUNTERS)
+        self._backoff = (backoff_s, backoff_max_s)
+        self._delay = backoff_s
+        self._next_try = 0.0
+        self._connected = False
+        self._level = False          # wanted resting level (fault outputs)
+        self._level_dirty = True     # resting level not yet confirmed written
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
+        self._thread.start()
+
+    # -- caller side (never blocks) ---------------------------------------------------------
+    def pulse(self, event: RejectEvent) -> None:
+        self._counters.add("pulses")
+        try:
+            self._q.put_nowait(event)
+        except queue.Full:
+            self._counters.add("dropped")
+            self._emit("dropped", event.seq, f"queue full ({self._q.maxsize} waiting)")
+
+    def set_fault(self, active: bool, reason: str) -> None:
+        self._level = bool(active)
+        self._level_dirty = True
+        try:
+            self._q.put_nowait(None)  # wake the worker; if full it sees the flag soon anyway
+        except queue.Full:
+            pass
+
+    def stats(self) -> dict[str, int]:
+        return self._counters.snapshot()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        if self._thread.is_alive():
+            log.error("sink %s: worker did not stop within 2 s", self.name)
+        self._disconnect()
+
+    def __enter__(self) -> WorkerSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker side ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._q.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                item = None
+            if isinstance(item, RejectEvent):
+                self._do_pulse(item)
+            elif not self._connected and time.monotonic() >= self._next_try:
+                self._try_connect()
+            if self._connected and self._level_dirty:
+                self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
+
+    def _do_pulse(self, ev: RejectEvent) -> None:
+        if not self._connected:
+            self._try_connect(force=True)   # connect while waiting for the edge
+        sleep_until(ev.t_edge, self._stop)
+        if time.monotonic() > ev.deadline:
+            self._counters.add("missed")
+            self._emit("missed", ev.seq, "dequeued after its deadline")
+            return
+        if not self._write_until(True, ev.deadline, ev.seq):
+            self._counters.add("missed")
+            self._emit("missed", ev.seq, "not written by its deadline; not replayed")
+            return
+        self._counters.add("delivered")
+        if self._pulse_s <= 0:
+            return
+        sleep_until(time.monotonic() + self._pulse_s, self._stop)
+        if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
+            self._level_dirty = True  # write the resting level again once reconnected
+            self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+
+    def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
+        """Write ``on`` (True = active) until it succeeds or ``deadline`` passes."""
+        while not self._stop.is_set():
+            if not self._connected:
+                self._try_connect(force=True)
+            if self._connected:
+                try:
+                    self._out.set(on)
+                    if on == self._level:
+                        self._level_dirty = False
+                    return True
+                except PlcDeviceError as exc:
+                    self._counters.add("device_errors")
+                    self._emit("device_error", seq, str(exc))
+                    return False  # the link is fine; repeating a refused write will not help
+                except PlcError as exc:
+                    self._counters.add("io_errors")
+                    self._emit("io_error", seq, str(exc))
+                    self._disconnect()
+            if time.monotonic() + RETRY_STEP_S > deadline:
+                return False
+            time.sleep(RETRY_STEP_S)
+        return False
+
+    def _try_connect(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self._next_try:
+            return
+        try:
+            self._out.open()
+        except PlcError as exc:
+            self._next_try = time.monotonic() + self._delay
+            self._delay = min(self._delay * 2.0, self._backoff[1])
+            log.debug("sink %s: connect failed: %s", self.name, exc)
+            return
+        was_down = self._next_try > 0.0
+        self._connected = True
+        self._delay = self._backoff[0]
+        self._next_try = 0.0
+        self._level_dirty = True
+        if was_down:
+            self._counters.add("reconnects")
+            self._emit("reconnected", None, "link is up again")
+
+    def _disconnect(self) -> None:
+        self._connected = False
+        if self._next_try == 0.0:
+            self._next_try = time.monotonic()  # marks "was down" for the reconnect report
+        try:
+            self._out.close()
+        except Exception:  # noqa: BLE001 - clean-up must not mask the original failure
+            log.exception("sink %s: closing the output failed", self.name)
+
+    def _emit(self, kind: str, seq: int | None, detail: str) -> None:
+        try:
+            self._report(SinkReport(self.name, kind, seq, detail))
+        except Exception:  # noqa: BLE001 - a broken listener must not kill the worker
+            log.exception("sink %s: report listener failed", self.name)

@@ -1,0 +1,48 @@
+"""A sink that only writes log lines: the audit trail of every reject and fault change.
+
+URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NAME).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..events import RejectEvent
+from .base import Counters, SINK_COUNTERS
+from .urls import SinkUrl
+
+
+class LogSink:
+    """Writes one INFO line per pulse (WARNING when late) and one per fault change; inline and
+    cheap, so it cannot lose an event while another sink's link is down."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("fair_edge.line.rejects")
+        self.name = f"log {self._log.name}"
+        self._counters = Counters(SINK_COUNTERS)
+
+    def pulse(self, event: RejectEvent) -> None:
+        self._counters.add("pulses")
+        shift_ms = (event.t_edge - event.t_due) * 1000.0
+        self._log.log(logging.WARNING if event.late else logging.INFO,
+                      "reject seq=%d score=%.4g due=%.6f edge_shift_ms=%.2f%s", event.seq,
+                      event.score, event.t_due, shift_ms, " LATE" if event.late else "",
+                      extra={"reject_seq": event.seq, "reject_late": event.late})
+        self._counters.add("delivered")
+
+    def set_fault(self, active: bool, reason: str) -> None:
+        self._log.log(logging.WARNING if active else logging.INFO, "fault %s: %s",
+                      "ON" if active else "off", reason,
+                      extra={"fault_active": active})
+
+    def stats(self) -> dict[str, int]:
+        return self._counters.snapshot()
+
+    def close(self) -> None:
+        return None
+
+
+def open_log_sink(url: SinkUrl, pulse_ms: float, reporter=None) -> LogSink:
+    url.check_query(())
+    name = url.netloc or "fair_edge.line.rejects"
+    return LogSink(logging.getLogger(name))

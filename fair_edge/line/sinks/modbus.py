@@ -1,0 +1,123 @@
+"""Modbus TCP output: a coil pulse or a holding-register write, via pymodbus (3.x sync client).
+
+URL: ``modbus://HOST:PORT?unit=1&coil=0&pulse_ms=50`` (coil: True, then False after pulse_ms)
+or ``modbus://HOST:PORT?unit=1&register=N&value=1`` (holding register: value, then 0 after
+pulse_ms; ``pulse_ms=0`` writes the value only and leaves clearing it to the PLC).
+Other options: ``timeout_ms`` (connect/response timeout, default 100).
+
+pymodbus 3.10+ names the unit ``device_id=`` (older 3.x: ``slave=``); this module targets the
+installed 3.16 API and passes ``device_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import PlcDeviceError, PlcError, SinkError
+from .base import Reporter, WorkerSink, log_reporter
+from .urls import SinkUrl
+
+MODBUS_OPTIONS = ("unit", "coil", "register", "value", "pulse_ms", "timeout_ms")
+
+
+@dataclass(frozen=True)
+class ModbusTarget:
+    """Where to write. coil or register (exactly one) is the 0-based address; value is what a
+    register gets while the pulse is on. timeout_s: connect/response timeout, seconds."""
+
+    host: str
+    port: int
+    unit: int = 1
+    coil: int | None = None
+    register: int | None = None
+    value: int = 1
+    timeout_s: float = 0.1
+
+    @property
+    def label(self) -> str:
+        what = f"coil {self.coil}" if self.coil is not None else f"register {self.register}"
+        return f"modbus {self.host}:{self.port} unit {self.unit} {what}"
+
+
+def parse_modbus_url(url: SinkUrl) -> tuple[ModbusTarget, float | None]:
+    """-> (target, pulse_ms or None when the URL does not set it)."""
+    url.check_query(MODBUS_OPTIONS)
+    if not url.host:
+        raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?coil=N, found no host")
+    coil = url.get_int("coil", None)
+    register = url.get_int("register", None)
+    if (coil is None) == (register is None):
+        raise SinkError(f"{url.raw}: expected exactly one of coil=N or register=N, found "
+                        f"{'both' if coil is not None else 'neither'}")
+    target = ModbusTarget(
+        host=url.host, port=url.port or 502, unit=url.get_int("unit", 1),
+        coil=coil, register=register, value=url.get_int("value", 1),
+        timeout_s=url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0)
+    pulse = url.get_float("pulse_ms", -1.0, minimum=0.0) if "pulse_ms" in url.query else None
+    return target, pulse
+
+
+def default_client_factory(target: ModbusTarget) -> Any:
+    """A pymodbus ``ModbusTcpClient`` for ``target`` (no internal retries: we retry ourselves,
+    within each pulse's deadline)."""
+    try:
+        from pymodbus.client import ModbusTcpClient
+    except ImportError as exc:
+        raise SinkError("modbus:// sinks need pymodbus: pip install 'fair-edge[plc]'") from exc
+    return ModbusTcpClient(target.host, port=target.port, timeout=target.timeout_s, retries=0)
+
+
+class ModbusOutput:
+    """``Output`` over one Modbus client. The client is made by ``client_factory(target)``
+    (tests hand in another); a device's exception reply (``result.isError()``) raises
+    ``PlcDeviceError``, a transport failure ``PlcError``."""
+
+    def __init__(self, target: ModbusTarget,
+                 client_factory: Callable[[ModbusTarget], Any] = default_client_factory) -> None:
+        self.target = target
+        self._factory = client_factory
+        self._client: Any = None
+
+    def open(self) -> None:
+        self.close()
+        client = self._factory(self.target)
+        try:
+            ok = client.connect()
+        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
+            raise PlcError(f"{self.target.label}: connect failed: {exc}") from exc
+        if not ok:
+            client.close()
+            raise PlcError(f"{self.target.label}: expected a connection, found none "
+                           f"(is the PLC on and the port open?)")
+        self._client = client
+
+    def set(self, on: bool) -> None:
+        if self._client is None:
+            raise PlcError(f"{self.target.label}: not connected")
+        t = self.target
+        try:
+            if t.coil is not None:
+                result = self._client.write_coil(t.coil, bool(on), device_id=t.unit)
+            else:
+                result = self._client.write_register(t.register, t.value if on else 0,
+                                                     device_id=t.unit)
+        except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
+            raise PlcError(f"{t.label}: write failed: {exc}") from exc
+        if result.isError():
+            raise PlcDeviceError(f"{t.label}: device refused the write: {result} "
+                                 f"(check the address and unit id in the PLC program)")
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def open_modbus_sink(url: SinkUrl, pulse_ms: float, reporter: Reporter = log_reporter,
+                     client_factory: Callable[[ModbusTarget], Any] | None = None) -> WorkerSink:
+    target, url_pulse = parse_modbus_url(url)
+    output = ModbusOutput(target, client_factory or default_client_factory)
+    return WorkerSink(target.label, output, pulse_ms if url_pulse is None else url_pulse,
+                      reporter=reporter)

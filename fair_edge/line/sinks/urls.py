@@ -1,0 +1,81 @@
+"""Sink URL parsing: ``scheme://netloc/path?key=value&...`` with typed, checked query values."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from ...errors import SinkError
+
+
+@dataclass(frozen=True)
+class SinkUrl:
+    """A split sink URL. query: key -> raw string (a key given twice is refused)."""
+
+    raw: str
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    netloc: str = ""
+    query: dict[str, str] = field(default_factory=dict)
+
+    def check_query(self, allowed: tuple[str, ...]) -> None:
+        for key in self.query:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise SinkError(f"{self.raw}: unknown option '{key}'{hint}; valid: "
+                                f"{', '.join(allowed)}")
+
+    def get_int(self, key: str, default: int | None, minimum: int = 0) -> int | None:
+        raw = self.query.get(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw, 0)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise SinkError(f"{self.raw}: {key}: expected an integer >= {minimum}, found {raw!r}")
+        return value
+
+    def get_float(self, key: str, default: float, minimum: float = 0.0) -> float:
+        raw = self.query.get(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if value is None or not value >= minimum:
+            raise SinkError(f"{self.raw}: {key}: expected a number >= {minimum}, found {raw!r}")
+        return value
+
+    def get_choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.query.get(key, default)
+        if value not in allowed:
+            raise SinkError(f"{self.raw}: {key}: expected one of {' | '.join(allowed)}, "
+                            f"found {value!r}")
+        return value
+
+
+def parse_sink_url(url: str) -> SinkUrl:
+    """Split ``url``; raise ``SinkError`` naming the URL for a missing scheme, bad port or a
+    repeated option."""
+    if not isinstance(url, str) or "://" not in url:
+        raise SinkError(f"expected a sink URL like 'modbus://10.0.0.5:502?coil=0', found {url!r}")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise SinkError(f"{url}: expected a port number 1..65535 after ':'") from exc
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query: dict[str, str] = {}
+    for key, value in pairs:
+        if key in query:
+            raise SinkError(f"{url}: option '{key}' given twice; give it once")
+        query[key] = value
+    return SinkUrl(url, parts.scheme.lower(), parts.hostname or "", port, parts.path,
+                   parts.netloc, query)

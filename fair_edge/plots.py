@@ -1,0 +1,202 @@
+"""PNG figures drawn with OpenCV only: line plots (ROC, PRO curves) and anomaly-map overlays.
+
+No matplotlib: evaluation runs on edge boxes where only opencv-python-headless is installed.
+Colours are BGR; images are (H, W, 3) uint8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import ConfigError, DataError
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of each axis span
+_CURVE_COLOURS = ((200, 90, 30), (40, 40, 220), (40, 160, 40), (170, 60, 160), (20, 150, 230))
+_BLACK, _GREY, _WHITE = (0, 0, 0), (150, 150, 150), (255, 255, 255)
+# Margins around the axes box, pixels: left, right, top, bottom.
+_MARGINS = (70, 20, 40, 55)
+
+
+# ---------------------------------------------------------------- small drawing helpers
+
+
+def _text(canvas: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45, anchor: str = "left") -> None:
+    """Draw text with its baseline at org; anchor 'left', 'centre' or 'right' aligns horizontally."""
+    (width, _), _ = cv2.getTextSize(text, _FONT, scale, 1)
+    shift = {"left": 0, "centre": width // 2, "right": width}[anchor]
+    cv2.putText(canvas, text, (org[0] - shift, org[1]), _FONT, scale, _BLACK, 1, cv2.LINE_AA)
+
+
+def _vertical_text(canvas: np.ndarray, text: str, centre: tuple[int, int], scale: float = 0.45) -> None:
+    """Draw text rotated 90 degrees counter-clockwise, centred at centre (x, y)."""
+    (width, height), baseline = cv2.getTextSize(text, _FONT, scale, 1)
+    strip = np.full((height + baseline + 4, width + 4, 3), 255, np.uint8)
+    cv2.putText(strip, text, (2, height + 2), _FONT, scale, _BLACK, 1, cv2.LINE_AA)
+    strip = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    top, left = centre[1] - strip.shape[0] // 2, centre[0] - strip.shape[1] // 2
+    h = min(strip.shape[0], canvas.shape[0] - max(top, 0))
+    w = min(strip.shape[1], canvas.shape[1] - max(left, 0))
+    if top >= 0 and left >= 0 and h > 0 and w > 0:
+        canvas[top : top + h, left : left + w] = np.minimum(canvas[top : top + h, left : left + w], strip[:h, :w])
+
+
+def _dashed_line(canvas: np.ndarray, p0: tuple[int, int], p1: tuple[int, int], colour, dash: int = 8) -> None:
+    """A straight dashed line from p0 to p1 (dash and gap of ``dash`` pixels)."""
+    length = float(np.hypot(p1[0] - p0[0], p1[1] - p0[1]))
+    steps = max(int(length // dash), 1)
+    for i in range(0, steps, 2):
+        a, b = i / steps, min(i + 1, steps) / steps
+        start = (round(p0[0] + a * (p1[0] - p0[0])), round(p0[1] + a * (p1[1] - p0[1])))
+        end = (round(p0[0] + b * (p1[0] - p0[0])), round(p0[1] + b * (p1[1] - p0[1])))
+        cv2.line(canvas, start, end, colour, 1, cv2.LINE_AA)
+
+
+def _check_limits(name: str, limits: tuple[float, float]) -> tuple[float, float]:
+    low, high = (float(v) for v in limits)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ConfigError(f"{name} must be (low, high) with low < high, both finite; found {limits}.")
+    return low, high
+
+
+def _check_curve(index: int, x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 1:
+        raise DataError(f"curve {index}: x and y must be 1-D of the same length >= 1; found {x.shape} and {y.shape}.")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise DataError(f"curve {index}: x and y must be finite; found NaN or inf. Drop those points first.")
+    return x, y
+
+
+def _write_png(path: str | Path, canvas: np.ndarray) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"plot files are PNG; expected a path ending in .png, found {str(path)!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), canvas):
+        raise DataError(f"OpenCV could not write {str(path)!r}; check that the folder is writable.")
+    return path
+
+
+# ---------------------------------------------------------------- line plots
+
+
+def save_line_plot(
+    path: str | Path,
+    curves: list[tuple[np.ndarray, np.ndarray, str]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xlim: tuple[float, float] = (0.0, 1.0),
+    ylim: tuple[float, float] = (0.0, 1.0),
+    vline: float | None = None,
+    size: tuple[int, int] = (640, 480),
+    diagonal: bool = False,
+) -> Path:
+    """Draw curves on white axes and write a PNG of ``size`` = (width, height) pixels.
+
+    curves: list of (x (K,) float, y (K,) float, label); label '' leaves the curve out of the legend.
+    Ticks at 0, 25, 50, 75 and 100 % of each axis span. Points outside xlim/ylim are clipped to the
+    axes box. vline: x of a dashed grey vertical line (e.g. the FPR limit of AUPRO), or None.
+    diagonal: also draw the dashed grey line y = x (the chance level of a ROC curve).
+    Creates missing parent folders. Returns the path written; raises ConfigError for bad limits,
+    size or a non-.png path, DataError for malformed curves or a failed write.
+    """
+    width, height = (int(v) for v in size)
+    left, right, top, bottom = _MARGINS
+    if width < left + right + 50 or height < top + bottom + 50:
+        raise ConfigError(f"size must be at least {(left + right + 50, top + bottom + 50)} pixels; found {size}.")
+    (x0, x1), (y0, y1) = _check_limits("xlim", xlim), _check_limits("ylim", ylim)
+    checked = [(*_check_curve(i, x, y), label) for i, (x, y, label) in enumerate(curves)]
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    box_w, box_h = width - left - right, height - top - bottom
+
+    def to_px(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        px = left + (np.clip(x, x0, x1) - x0) / (x1 - x0) * box_w
+        py = top + box_h - (np.clip(y, y0, y1) - y0) / (y1 - y0) * box_h
+        return np.round(np.column_stack([px, py])).astype(np.int32)
+
+    for frac in _TICKS:  # grid, ticks and tick labels
+        gx, gy = left + round(frac * box_w), top + box_h - round(frac * box_h)
+        cv2.line(canvas, (gx, top), (gx, top + box_h), (235, 235, 235), 1)
+        cv2.line(canvas, (left, gy), (left + box_w, gy), (235, 235, 235), 1)
+        cv2.line(canvas, (gx, top + box_h), (gx, top + box_h + 5), _BLACK, 1)
+        cv2.line(canvas, (left - 5, gy), (left, gy), _BLACK, 1)
+        _text(canvas, f"{x0 + frac * (x1 - x0):g}", (gx, top + box_h + 20), 0.4, "centre")
+        _text(canvas, f"{y0 + frac * (y1 - y0):g}", (left - 8, gy + 5), 0.4, "right")
+    cv2.rectangle(canvas, (left, top), (left + box_w, top + box_h), _BLACK, 1)
+    if vline is not None:
+        vx = int(to_px(np.array([vline]), np.array([y0]))[0, 0])
+        _dashed_line(canvas, (vx, top), (vx, top + box_h), _GREY)
+    if diagonal:
+        low, high = max(x0, y0), min(x1, y1)
+        if low < high:
+            ends = to_px(np.array([low, high]), np.array([low, high]))
+            _dashed_line(canvas, tuple(ends[0].tolist()), tuple(ends[1].tolist()), _GREY)
+    for i, (x, y, _) in enumerate(checked):
+        points = to_px(x, y)
+        keep = np.r_[True, np.any(points[1:] != points[:-1], axis=1)]  # one vertex per pixel step
+        cv2.polylines(canvas, [points[keep]], False, _CURVE_COLOURS[i % len(_CURVE_COLOURS)], 2, cv2.LINE_AA)
+    legend = [(i, label) for i, (_, _, label) in enumerate(checked) if label]
+    for row, (i, label) in enumerate(legend):  # legend in the lower-right corner of the box
+        y_row = top + box_h - 12 - 20 * (len(legend) - 1 - row)
+        x_row = left + box_w - 12 - cv2.getTextSize(label, _FONT, 0.45, 1)[0][0]
+        cv2.line(canvas, (x_row - 28, y_row - 4), (x_row - 6, y_row - 4), _CURVE_COLOURS[i % len(_CURVE_COLOURS)], 2)
+        _text(canvas, label, (x_row, y_row))
+    _text(canvas, title, (left + box_w // 2, top - 14), 0.55, "centre")
+    _text(canvas, xlabel, (left + box_w // 2, height - 10), 0.45, "centre")
+    _vertical_text(canvas, ylabel, (16, top + box_h // 2))
+    return _write_png(path, canvas)
+
+
+def save_roc_plot(path: str | Path, fpr: np.ndarray, tpr: np.ndarray, auroc: float, name: str = "ROC", **kw) -> Path:
+    """ROC curve PNG. fpr, tpr: (K,) float in [0, 1] (e.g. from ``metrics.roc_curve``); auroc in [0, 1].
+    The title shows the AUROC in percent; keyword arguments go to ``save_line_plot`` (e.g. size)."""
+    title = f"{name}  AUROC = {100 * auroc:.1f}%"
+    return save_line_plot(path, [(fpr, tpr, "")], title, "false positive rate", "true positive rate", diagonal=True, **kw)
+
+
+def save_pro_plot(
+    path: str | Path, fpr: np.ndarray, pro: np.ndarray, aupro: float, fpr_limit: float = 0.3, name: str = "PRO", **kw
+) -> Path:
+    """PRO curve PNG with a dashed vertical line at fpr_limit. fpr, pro: (K,) float in [0, 1] (e.g. from
+    ``metrics.pro_curve``); aupro: the normalised area to fpr_limit, shown in percent in the title."""
+    title = f"{name}  AUPRO@{fpr_limit:g} = {100 * aupro:.1f}%"
+    return save_line_plot(path, [(fpr, pro, "")], title, "false positive rate", "per-region overlap", vline=fpr_limit, **kw)
+
+
+# ---------------------------------------------------------------- overlays
+
+
+def heatmap_overlay(
+    image_bgr: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend a JET-coloured anomaly map over an image.
+
+    image_bgr: (H, W, 3) uint8 BGR. anomaly_map: (h, w) float (any size; resized to (H, W) with
+    bilinear interpolation). vmin, vmax: map values shown as dark blue and dark red; values outside
+    are clipped. alpha: weight of the heat map (0.5 = equal blend).
+    Returns (H, W, 3) uint8 BGR; the same inputs always give the same output.
+    """
+    image_bgr = np.asarray(image_bgr)
+    anomaly_map = np.asarray(anomaly_map)
+    if image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise DataError(f"image_bgr must be (H, W, 3) uint8 BGR; found {image_bgr.shape} {image_bgr.dtype}.")
+    if anomaly_map.ndim != 2 or anomaly_map.dtype.kind != "f" or anomaly_map.size == 0:
+        raise DataError(
+            f"anomaly_map must be (h, w) float; found {anomaly_map.shape} {anomaly_map.dtype}. For (1, h, w) pass map[0]."
+        )
+    if not np.isfinite(anomaly_map).all():
+        raise DataError("anomaly_map holds NaN or inf; fix the scorer output first.")
+    if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
+        raise ConfigError(f"need finite vmin < vmax; found vmin={vmin}, vmax={vmax}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1]; found {alpha}.")
+    height, width = image_bgr.shape[:2]
+    resized = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    scaled = np.clip((resized - vmin) / (vmax - vmin), 0.0, 1.0) * 255.0
+    heat = cv2.applyColorMap(np.round(scaled).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image_bgr, 1.0 - alpha, heat, alpha, 0.0)

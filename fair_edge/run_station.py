@@ -1,0 +1,104 @@
+"""Wire a station together from its settings: bundle, backend, camera, recorder, rejects, metrics.
+
+``run_station`` owns every resource it opens and closes them all (also on errors and signals);
+the summary is written to ``OUTPUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from fair_edge.backends import select_backend
+from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
+from fair_edge.errors import ConfigError
+from fair_edge.inspector import Inspector, RunSummary
+from fair_edge.station import StationConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_roi(path: Path | None, size: int) -> np.ndarray | None:
+    """Region-of-interest mask image -> (size, size) float32 weights (nonzero pixels = inspected)."""
+    if path is None:
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
+    if mask is None:
+        raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
+    roi = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    if not roi.any():
+        raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
+    return roi.astype(np.float32)
+
+
+def camera_options(cfg: StationConfig) -> dict:
+    """Options for the frame source: only those the station file set (sources refuse unknown ones)."""
+    opts: dict = {}
+    if cfg.camera.fps is not None:
+        opts["fps"] = cfg.camera.fps
+    if cfg.camera.loop:
+        opts["loop"] = True
+    return opts
+
+
+def resolve_threshold(cfg: StationConfig, bundle) -> float:
+    if cfg.threshold is not None:
+        return cfg.threshold
+    if bundle.threshold is None:
+        raise ConfigError(
+            f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station file, "
+            "pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`."
+        )
+    return bundle.threshold.value
+
+
+def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
+                duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
+                on_tick: Callable[[Inspector], None] | None = None) -> RunSummary:
+    """Run the station until stopped; returns the summary."""
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.scheduler import RejectScheduler
+
+    if cfg.bundle is None:
+        raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
+    bundle = load_bundle(cfg.bundle)
+    threshold = resolve_threshold(cfg, bundle)
+    roi = load_roi(cfg.roi, bundle.image_size)
+    choice = select_backend(bundle, cfg.backend)
+    if on_start is not None:
+        on_start(f"backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
+    capture_settings = CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=cfg.camera.full_policy)
+    with contextlib.ExitStack() as stack:
+        stack.callback(choice.backend.close)
+        capture = stack.enter_context(CaptureThread(parse_source(cfg.camera.source, **camera_options(cfg)),
+                                                    capture_settings))  # __enter__ opens it: fails fast
+        recorder = stack.enter_context(Recorder(cfg.record))
+        callbacks = [recorder.record]
+        scheduler = None
+        if cfg.reject.sinks or cfg.reject.fault_sinks:
+            scheduler = stack.enter_context(RejectScheduler(cfg.reject))
+            callbacks.append(lambda frame, verdict, amap: scheduler.submit(verdict))
+        if cfg.metrics.enabled:
+            metrics = stack.enter_context(Metrics(cfg.metrics).start())
+            metrics.watch("recorder", recorder.stats)
+            if scheduler is not None:
+                metrics.watch("reject", scheduler.stats)
+            callbacks.append(lambda frame, verdict, amap: metrics.observe(verdict))
+        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks)
+        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=on_tick)
+        if summary.fault and scheduler is not None:
+            scheduler.fault(True, summary.fault)
+        recorder.flush()
+        extra = {"recorder": recorder.stats(), "reject": scheduler.stats() if scheduler else None}
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    (cfg.output / "summary.json").write_text(json.dumps(dict(summary.to_dict(), **extra), indent=2, default=str) + "\n")
+    return summary

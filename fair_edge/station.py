@@ -1,0 +1,116 @@
+"""The station file: one YAML that says what a station inspects and how it is wired.
+
+    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: drop_oldest}
+    bundle:   runs/bundle-w32            # from `fair-edge build`
+    backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime
+    batching: {max_batch: 1, max_wait_ms: 2.0}
+    decision: {threshold: null, roi: null}   # null threshold = the bundle's; roi = mask image path
+    output:   runs/station               # verdicts.jsonl, NG images, summary.json
+    reject:   {...}                      # see docs/line-integration.md
+    record:   {...}
+    metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
+
+Every field is checked on load; an error names the field, the expected form and the value found.
+Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fair_edge.errors import ConfigError
+from fair_edge.inspector import LoopSettings
+from fair_edge.line import fields as f
+from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings
+
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime")
+FULL_POLICIES = ("drop_oldest", "drop_newest")
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """source: a camera spec (index, /dev/videoN, RTSP URL, video file, image folder, gst/csi/genicam:...).
+    fps: replay rate for folders and videos (0 = as fast as possible; None = the file's own rate).
+    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue drops."""
+
+    source: str = "0"
+    fps: float | None = None
+    loop: bool = False
+    queue_size: int = 4
+    full_policy: str = "drop_oldest"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CameraSettings":
+        s = "camera"
+        d = f.check_keys(s, data, ["source", "fps", "loop", "queue_size", "full_policy"])
+        fps = d.get("fps")
+        return cls(
+            source=str(d.get("source", "0")),
+            fps=None if fps is None else f.number(s, "fps", fps, minimum=0),
+            loop=f.boolean(s, "loop", d.get("loop", False)),
+            queue_size=f.integer(s, "queue_size", d.get("queue_size", 4), minimum=1),
+            full_policy=f.choice(s, "full_policy", d.get("full_policy", "drop_oldest"), FULL_POLICIES),
+        )
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    bundle: Path | None = None
+    backend: str = "auto"
+    batching: LoopSettings = field(default_factory=LoopSettings)
+    threshold: float | None = None
+    roi: Path | None = None
+    output: Path = Path("runs/station")
+    reject: RejectSettings = field(default_factory=RejectSettings)
+    record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "StationConfig":
+        d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
+                                           "reject", "record", "metrics"])
+        batching = f.check_keys("batching", d.get("batching"), ["max_batch", "max_wait_ms", "max_consecutive_errors"])
+        decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
+        threshold = decision.get("threshold")
+        output = Path(f.text("station", "output", d.get("output", "runs/station")))
+        return cls(
+            camera=CameraSettings.from_dict(d.get("camera")),
+            bundle=Path(f.text("station", "bundle", d["bundle"])) if d.get("bundle") is not None else None,
+            backend=f.choice("station", "backend", d.get("backend", "auto"), BACKEND_NAMES),
+            batching=LoopSettings(
+                max_batch=f.integer("batching", "max_batch", batching.get("max_batch", 1), minimum=1, maximum=256),
+                max_wait_ms=f.number("batching", "max_wait_ms", batching.get("max_wait_ms", 2.0), minimum=0),
+                max_consecutive_errors=f.integer("batching", "max_consecutive_errors",
+                                                 batching.get("max_consecutive_errors", 10), minimum=1),
+            ),
+            threshold=None if threshold is None else f.number("decision", "threshold", threshold),
+            roi=Path(f.text("decision", "roi", decision["roi"])) if decision.get("roi") is not None else None,
+            output=output,
+            reject=RejectSettings.from_dict(d.get("reject")),
+            record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
+            metrics=MetricsSettings.from_dict(d.get("metrics")),
+        )
+
+    def override(self, **changes: Any) -> "StationConfig":
+        """A copy with the given non-None settings replaced (command-line flags win over the file)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_station(path: str | Path) -> StationConfig:
+    """Read and validate a station YAML file; raises ConfigError naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"station file {path} does not exist. See `fair-edge run --help` for its fields.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
+    try:
+        return StationConfig.from_dict(data or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,232 @@
+"""CaptureThread: queue policies, reconnect with back-off, loss counting, ending, stopping."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+import numpy as np
+import pytest
+
+from fair_edge.cameras import (
+    CaptureSettings,
+    CaptureState,
+    CaptureThread,
+    EndOfStream,
+    FrameSource,
+    LineSource,
+    OpenCVSource,
+)
+from fair_edge.errors import CameraError, ConfigError
+from fair_edge.records import Frame
+
+IMAGES = [np.full((8, 8, 3), i, np.uint8) for i in range(4)]
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05)
+
+
+def drain(cap: CaptureThread, timeout: float = 5.0) -> list[Frame]:
+    """All frames until end of stream; fails the test instead of hanging."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            frames.append(cap.get(timeout=max(0.0, deadline - time.monotonic())))
+        except EndOfStream:
+            return frames
+        except queue.Empty:
+            pytest.fail(f"consumer still waiting after {timeout} s: the stream did not end")
+
+
+def wait_until_ended(cap: CaptureThread, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cap.ended:
+        if time.monotonic() > deadline:
+            pytest.fail("reader did not end")
+        time.sleep(0.005)
+
+
+def line(n: int = 12, **kw) -> LineSource:
+    return LineSource([IMAGES[i % 4] for i in range(n)], loop=False, **kw)
+
+
+def test_finished_source_ends_the_stream_and_consumer_loop():
+    with CaptureThread(line(12), CaptureSettings(queue_size=64)) as cap:
+        frames = list(cap)  # plain iteration must terminate
+        stats = cap.stats()
+    assert [f.seq for f in frames] == list(range(12))
+    assert stats.frames_in == 12 and stats.state is CaptureState.ENDED
+    assert "source ended" in stats.end_reason
+    with pytest.raises(EndOfStream):
+        cap.get(timeout=0)
+
+
+@pytest.mark.parametrize("policy, kept", [("drop_oldest", [17, 18, 19]), ("drop_newest", [0, 1, 2])])
+def test_full_queue_drops_are_counted_under_both_policies(policy, kept):
+    cap = CaptureThread(line(20), CaptureSettings(queue_size=3, full_policy=policy))
+    with cap:
+        wait_until_ended(cap)  # consumer reads nothing until the reader is done
+        frames = drain(cap)
+        stats = cap.stats()
+    assert [f.seq for f in frames] == kept
+    assert stats.frames_in == 20 and stats.dropped_queue_full == 17
+    assert stats.frames_lost_estimate == 0  # queue drops are ours, not the camera's
+
+
+def test_disconnect_reconnects_with_exponential_backoff_and_counts_lost_frames(caplog):
+    src = line(12, fail_at={5: "disconnect"}, down_for=2)
+    settings = CaptureSettings(queue_size=64, backoff_initial_s=0.01, backoff_factor=2.0, backoff_max_s=1.0)
+    with caplog.at_level(logging.WARNING), CaptureThread(src, settings) as cap:
+        frames = drain(cap)
+        stats = cap.stats()
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+    assert (stats.reconnects, stats.read_errors, stats.frames_lost_estimate) == (1, 1, 1)
+    for delay, attempt in (("0.01", 1), ("0.02", 2), ("0.04", 3)):
+        assert f"reconnecting in {delay} s (attempt {attempt})" in caplog.text
+    assert "reconnected after" in caplog.text
+
+
+def test_outage_on_clocked_line_loses_the_frames_that_passed():
+    src = LineSource(IMAGES, fps=200, fail_at={3: "disconnect"}, down_for=1)
+    settings = CaptureSettings(queue_size=256, backoff_initial_s=0.05, backoff_max_s=0.05)
+    with CaptureThread(src, settings) as cap:
+        frames = [cap.get(timeout=2) for _ in range(10)]
+        stats = cap.stats()
+    gaps = sum(b.seq - a.seq - 1 for a, b in zip(frames, frames[1:], strict=False))
+    assert stats.reconnects == 1
+    assert gaps == stats.frames_lost_estimate >= 10  # >= 0.1 s down at 200 fps, minus slack
+
+
+class SeqKeepingCamera:
+    """A source whose seq does not reveal an outage (like a re-opened USB camera)."""
+
+    name = "seq-keeping"
+    nominal_fps = 100.0
+
+    def __init__(self) -> None:
+        self.seq, self.failed = 0, False
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame:
+        if self.seq == 3 and not self.failed:
+            self.failed = True
+            raise CameraError("cable pulled")
+        if self.seq > 6:
+            raise EndOfStream("done")
+        time.sleep(0.01)
+        self.seq += 1
+        return Frame(self.seq, time.monotonic(), IMAGES[0], self.name)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_outage_without_seq_gap_is_estimated_from_time_and_nominal_fps():
+    src = SeqKeepingCamera()
+    assert isinstance(src, FrameSource)
+    settings = CaptureSettings(backoff_initial_s=0.2, backoff_max_s=0.2)
+    with CaptureThread(src, settings) as cap:
+        frames = drain(cap)
+        stats = cap.stats()
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6, 7]
+    assert 15 <= stats.frames_lost_estimate <= 60  # ~0.21 s at 100 fps, minus the frame seen
+
+
+def test_single_missed_frame_is_counted_without_reconnecting():
+    with CaptureThread(line(8, fail_at={3: "miss"}), CaptureSettings(queue_size=64, **FAST)) as cap:
+        frames = drain(cap)
+        stats = cap.stats()
+    assert [f.seq for f in frames] == [0, 1, 2, 4, 5, 6, 7]
+    assert (stats.read_errors, stats.reconnects, stats.frames_lost_estimate) == (1, 0, 1)
+
+
+def test_permanent_failure_ends_the_stream_after_max_reconnects():
+    src = LineSource(IMAGES, fail_at={3: "dead"})
+    settings = CaptureSettings(queue_size=64, max_reconnects=3, **FAST)
+    with CaptureThread(src, settings) as cap:
+        frames = drain(cap)  # consumer is blocked in get() while the reader gives up
+        stats = cap.stats()
+        with pytest.raises(EndOfStream) as info:
+            cap.get()
+    assert [f.seq for f in frames] == [0, 1, 2]
+    assert stats.state is CaptureState.ENDED and stats.reconnects == 0
+    assert "gave up after 3 reconnect attempts" in stats.end_reason
+    assert isinstance(info.value.cause, CameraError)
+    assert not cap.alive
+
+
+def test_reader_bug_ends_the_stream_with_the_cause():
+    class Broken(SeqKeepingCamera):
+        def read(self):
+            raise RuntimeError("bug in a driver wrapper")
+
+    with CaptureThread(Broken()) as cap, pytest.raises(EndOfStream) as info:
+        cap.get(timeout=2)
+    assert isinstance(info.value.cause, RuntimeError)
+    assert "reader crashed" in cap.stats().end_reason
+
+
+def test_stop_joins_promptly_while_streaming_and_is_idempotent():
+    cap = CaptureThread(LineSource(IMAGES, fps=500), CaptureSettings(queue_size=2)).start()
+    cap.get(timeout=2)
+    t0 = time.monotonic()
+    assert cap.stop() is True
+    assert time.monotonic() - t0 < 0.5
+    assert not cap.alive and cap.stats().state is CaptureState.STOPPED
+    assert cap.stop() is True  # second stop is a no-op
+    drain(cap, timeout=1)  # consumer ends too
+
+
+def test_stop_interrupts_a_long_backoff():
+    src = LineSource(IMAGES, fail_at={1: "dead"})
+    cap = CaptureThread(src, CaptureSettings(backoff_initial_s=30, backoff_max_s=30)).start()
+    deadline = time.monotonic() + 2
+    while cap.stats().state is not CaptureState.RECONNECTING and time.monotonic() < deadline:
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    assert cap.stop() is True
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_stop_with_a_stalled_reader_returns_after_timeout_and_consumer_ends():
+    src = LineSource(IMAGES, fail_at={2: "stall"}, stall_s=0.6)
+    cap = CaptureThread(src, CaptureSettings(queue_size=64, stop_timeout_s=0.1)).start()
+    assert [cap.get(timeout=2).seq for _ in range(2)] == [0, 1]  # slot 2 is now stalling
+    time.sleep(0.02)
+    t0 = time.monotonic()
+    assert cap.stop() is False  # the reader is stuck in read()
+    assert time.monotonic() - t0 < 0.4
+    drain(cap, timeout=1)
+    cap._thread.join(2)  # let the daemon finish before the next test
+
+
+def test_start_fails_fast_when_the_source_cannot_open(tmp_path):
+    cap = CaptureThread(OpenCVSource(str(tmp_path / "missing.avi")))
+    with pytest.raises(CameraError, match="missing.avi"):
+        cap.start()
+    assert cap.stop() is True
+
+
+def test_settings_are_validated():
+    with pytest.raises(ConfigError, match="did you mean 'drop_oldest'"):
+        CaptureSettings(full_policy="drop_old")
+    with pytest.raises(ConfigError, match="queue_size"):
+        CaptureSettings(queue_size=0)
+    s = CaptureSettings(backoff_initial_s=0.5, backoff_factor=2, backoff_max_s=4)
+    assert [s.backoff_s(i) for i in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_stop_racing_a_full_drop_oldest_queue_never_crashes_the_reader(caplog):
+    for _ in range(20):
+        cap = CaptureThread(LineSource(IMAGES), CaptureSettings(queue_size=1)).start()
+        cap.get(timeout=2)
+        assert cap.stop() is True
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -1,0 +1,132 @@
+"""Folder and video replay sources: order, rate, loop, unreadable files, auto-detection."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.cameras import EndOfStream, FolderReplaySource, VideoReplaySource, open_source
+from fair_edge.errors import CameraError
+
+
+def _write_images(folder, names):
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        cv2.imwrite(str(folder / name), np.full((12, 16, 3), 10 * i, np.uint8))
+    return folder
+
+
+def _write_video(path, n=6, fps=50.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (32, 24))
+    assert writer.isOpened(), "this OpenCV cannot write MJPG/avi"
+    for i in range(n):
+        writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _read_all(source, limit=100):
+    frames = []
+    with pytest.raises(EndOfStream):
+        for _ in range(limit):
+            frames.append(source.read())
+    return frames
+
+
+def test_folder_replays_sorted_by_name_with_file_name_as_source(tmp_path):
+    folder = _write_images(tmp_path / "imgs", ["c.png", "a.png", "b.jpg"])
+    (folder / "notes.txt").write_text("not an image, not listed")
+    with FolderReplaySource(folder) as src:
+        frames = _read_all(src)
+    assert [f.source for f in frames] == ["a.png", "b.jpg", "c.png"]
+    assert [f.seq for f in frames] == [0, 1, 2]
+    assert all(f.image.shape == (12, 16, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert not frames[0].image.flags.writeable
+    assert all(b.t_capture >= a.t_capture for a, b in zip(frames, frames[1:], strict=False))
+
+
+def test_folder_gray_option_gives_2d_frames(tmp_path):
+    folder = _write_images(tmp_path / "imgs", ["a.png"])
+    with FolderReplaySource(folder, gray=True) as src:
+        assert src.read().image.shape == (12, 16)
+
+
+def test_folder_rate_is_respected(tmp_path):
+    folder = _write_images(tmp_path / "imgs", [f"{i}.png" for i in range(5)])
+    with FolderReplaySource(folder, fps=25) as src:
+        t0 = time.monotonic()
+        frames = _read_all(src)
+        elapsed = time.monotonic() - t0
+    assert len(frames) == 5
+    gaps = np.diff([f.t_capture for f in frames])
+    assert gaps.min() > 0.03  # 1/25 s = 0.04 s, minus scheduling slack
+    assert 0.12 < elapsed < 1.0  # 4 periods = 0.16 s
+
+
+def test_folder_loop_repeats_in_order_and_seq_keeps_counting(tmp_path):
+    folder = _write_images(tmp_path / "imgs", ["a.png", "b.png"])
+    with FolderReplaySource(folder, loop=True) as src:
+        frames = [src.read() for _ in range(5)]
+    assert [f.source for f in frames] == ["a.png", "b.png", "a.png", "b.png", "a.png"]
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
+
+
+def test_unreadable_image_is_skipped_with_warning_and_counted(tmp_path, caplog):
+    folder = _write_images(tmp_path / "imgs", ["a.png", "c.png"])
+    (folder / "b.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING), FolderReplaySource(folder) as src:
+        frames = _read_all(src)
+        assert src.skipped == 1
+    assert [f.source for f in frames] == ["a.png", "c.png"]
+    assert [f.seq for f in frames] == [0, 1]
+    assert "b.png" in caplog.text
+
+
+def test_folder_with_no_readable_image_fails_on_open(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    with pytest.raises(CameraError, match="found none"):
+        FolderReplaySource(folder).open()
+    (folder / "x.png").write_bytes(b"junk")
+    with pytest.raises(CameraError, match="none of the 1 images is readable"):
+        FolderReplaySource(folder).open()
+
+
+def test_video_replay_reads_every_frame_then_ends(tmp_path):
+    path = _write_video(tmp_path / "clip.avi", n=6)
+    with VideoReplaySource(path, fps=0) as src:
+        frames = _read_all(src)
+    assert len(frames) == 6
+    assert {f.source for f in frames} == {"clip.avi"}
+    assert frames[0].image.shape == (24, 32, 3)
+    means = [float(f.image.mean()) for f in frames]
+    assert means == sorted(means)  # decoded in file order
+
+
+def test_video_replay_loops_and_uses_file_rate_by_default(tmp_path):
+    path = _write_video(tmp_path / "clip.avi", n=3, fps=50.0)
+    with VideoReplaySource(path, loop=True) as src:
+        assert src.nominal_fps == pytest.approx(50.0)
+        frames = [src.read() for _ in range(7)]
+    assert [f.seq for f in frames] == list(range(7))
+    assert np.diff([f.t_capture for f in frames]).min() > 0.012  # paced at 1/50 s
+
+
+def test_video_replay_missing_file_raises_camera_error(tmp_path):
+    with pytest.raises(CameraError, match="no such video file"):
+        VideoReplaySource(tmp_path / "nope.avi").open()
+
+
+def test_open_source_detects_folder_and_video(tmp_path):
+    folder = _write_images(tmp_path / "imgs", ["a.png"])
+    video = _write_video(tmp_path / "clip.avi", n=2)
+    with open_source(folder) as src:
+        assert isinstance(src, FolderReplaySource)
+        assert src.read().source == "a.png"
+    with open_source(str(video), fps=0, loop=True) as src:
+        assert isinstance(src, VideoReplaySource) and src.loop
+        assert src.read().source == "clip.avi"

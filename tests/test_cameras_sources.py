@@ -1,0 +1,190 @@
+"""OpenCV, GStreamer, GenICam and synthetic sources, and the spec registry."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.cameras import (
+    EndOfStream,
+    FrameSource,
+    GenICamSource,
+    GStreamerSource,
+    LineSource,
+    OpenCVSource,
+    gstreamer_available,
+    jetson_csi_pipeline,
+    open_source,
+    parse_source,
+)
+from fair_edge.errors import CameraError, ConfigError
+
+IMAGES = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
+
+
+# ---- OpenCV -------------------------------------------------------------------------
+def test_missing_video_file_names_the_file(tmp_path):
+    missing = tmp_path / "nope.avi"
+    with pytest.raises(CameraError, match="no such file") as info:
+        open_source(f"opencv:{missing}")
+    assert str(missing) in str(info.value)
+
+
+def test_missing_device_names_it_and_how_to_list_cameras():
+    with pytest.raises(CameraError) as info:
+        open_source("/dev/video97")
+    msg = str(info.value)
+    assert "/dev/video97" in msg and "does not exist" in msg and "v4l2-ctl" in msg
+
+
+def test_missing_camera_index_suggests_other_indices():
+    with pytest.raises(CameraError) as info:
+        open_source(97)
+    msg = str(info.value)
+    assert "index 97" in msg and "another index" in msg
+
+
+def test_unreachable_rtsp_url_is_redacted_and_suggests_fixes():
+    t0 = time.monotonic()
+    with pytest.raises(CameraError) as info:
+        open_source("rtsp://admin:secret@127.0.0.1:9/stream", timeout_s=2)
+    msg = str(info.value)
+    assert "secret" not in msg and "admin:***@127.0.0.1" in msg
+    assert "rtsp_transport;tcp" in msg
+    assert time.monotonic() - t0 < 10
+
+
+def test_opencv_source_reads_a_file_then_ends_without_black_frames(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (16, 16))
+    for i in range(3):
+        writer.write(np.full((16, 16, 3), 80 * i + 20, np.uint8))
+    writer.release()
+    with OpenCVSource(str(path)) as src:
+        frames = [src.read() for _ in range(3)]
+        with pytest.raises(EndOfStream):
+            src.read()
+    assert src.nominal_fps == pytest.approx(25.0)
+    assert all(f.image.mean() > 10 for f in frames)
+    src.close()  # second close is safe
+    with pytest.raises(CameraError, match="closed source"):
+        src.read()
+
+
+# ---- GStreamer ----------------------------------------------------------------------
+def test_jetson_csi_pipeline_default_string():
+    assert jetson_csi_pipeline() == (
+        "nvarguscamerasrc sensor-id=0 ! "
+        "video/x-raw(memory:NVMM), width=1920, height=1080, framerate=30/1, format=NV12 ! "
+        "nvvidconv flip-method=0 ! video/x-raw, width=1920, height=1080, format=BGRx ! "
+        "videoconvert ! video/x-raw, format=BGR ! appsink drop=1 max-buffers=1"
+    )
+
+
+def test_jetson_csi_pipeline_options():
+    p = jetson_csi_pipeline(sensor_id=1, width=1280, height=720, fps=29.97, flip=2,
+                            out_width=640, out_height=360)
+    assert "sensor-id=1 " in p and "width=1280, height=720, framerate=30000/1001" in p
+    assert "flip-method=2 " in p and "width=640, height=360, format=BGRx" in p
+    assert p.endswith("appsink drop=1 max-buffers=1")
+
+
+@pytest.mark.parametrize("kwargs, field", [({"flip": 8}, "flip"), ({"width": 0}, "width"),
+                                           ({"fps": 0}, "fps"), ({"sensor_id": -1}, "sensor_id")])
+def test_jetson_csi_pipeline_rejects_bad_values(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        jetson_csi_pipeline(**kwargs)
+
+
+def test_gstreamer_pipeline_without_appsink_is_refused():
+    with pytest.raises(ConfigError, match="appsink"):
+        GStreamerSource("videotestsrc ! autovideosink")
+
+
+def test_csi_and_pipeline_specs_build_gstreamer_sources():
+    src = parse_source("csi:1", fps=60, flip=2)
+    assert isinstance(src, GStreamerSource) and src.name == "csi:1"
+    assert "sensor-id=1 " in src.target and "framerate=60/1" in src.target
+    assert src.nominal_fps == 60
+    assert isinstance(parse_source("videotestsrc ! videoconvert ! appsink"), GStreamerSource)
+
+
+@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer")
+def test_gstreamer_missing_in_opencv_build_says_how_to_get_it():
+    with pytest.raises(CameraError, match="built without GStreamer") as info:
+        GStreamerSource("videotestsrc num-buffers=1 ! videoconvert ! appsink").open()
+    assert "python3-opencv" in str(info.value)
+
+
+# ---- GenICam ------------------------------------------------------------------------
+def test_genicam_without_harvesters_names_the_package_and_cti(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "harvesters", None)  # import now fails even if installed
+    monkeypatch.setitem(sys.modules, "harvesters.core", None)
+    cti = tmp_path / "ProducerGEV.cti"
+    with pytest.raises(CameraError) as info:
+        open_source("genicam:12345678", cti=cti)
+    msg = str(info.value)
+    assert "pip install harvesters" in msg and "fair-edge[genicam]" in msg and str(cti) in msg
+    assert isinstance(parse_source("genicam:", cti=cti), GenICamSource)
+
+
+def test_genicam_spec_without_cti_is_a_config_error():
+    with pytest.raises(ConfigError, match="cti"):
+        parse_source("genicam:12345678")
+
+
+# ---- synthetic line ------------------------------------------------------------------
+def test_line_source_yields_images_in_order_and_loops():
+    src = LineSource(IMAGES)
+    assert isinstance(src, FrameSource)
+    with src:
+        frames = [src.read() for _ in range(5)]
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
+    assert [int(f.image[0, 0, 0]) for f in frames] == [0, 1, 2, 0, 1]
+    assert IMAGES[0].flags.writeable  # the caller's arrays are copied, not frozen
+
+
+def test_line_source_rate():
+    with LineSource(IMAGES, fps=50) as src:
+        t = [src.read().t_capture for _ in range(6)]
+    assert np.diff(t).min() > 0.015 and 0.08 < t[-1] - t[0] < 0.5
+
+
+def test_line_source_validates_its_arguments():
+    with pytest.raises(ConfigError, match="did you mean 'disconnect'"):
+        LineSource(IMAGES, fail_at={2: "disconect"})
+    with pytest.raises(ConfigError, match="at least one image"):
+        LineSource([])
+    with pytest.raises(CameraError, match="float32"):
+        LineSource([np.zeros((4, 4), np.float32)])
+    with pytest.raises(ConfigError, match="fps"):
+        LineSource(IMAGES, fps=-1)
+
+
+def test_line_spec_takes_images_option():
+    src = open_source("line:", images=IMAGES, fps=0)
+    assert src.read().seq == 0
+    src.close()
+
+
+# ---- registry ------------------------------------------------------------------------
+def test_unknown_kind_and_option_get_did_you_mean(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'video:'"):
+        parse_source("vidoe:clip.avi")
+    with pytest.raises(ConfigError, match="no such device, file or kind"):
+        parse_source(str(tmp_path / "nothing-here"))
+    tmp_path.joinpath("a").mkdir()
+    with pytest.raises(ConfigError, match="did you mean 'fps'") as info:
+        parse_source(str(tmp_path / "a"), fsp=5)
+    assert "loop" in str(info.value)  # the valid list is shown
+
+
+def test_bare_specs_pick_the_opencv_kind():
+    for spec, kind in [("0", "index"), ("/dev/video3", "device"), ("rtsp://cam/s", "url"),
+                       ("http://cam/mjpg", "url")]:
+        src = parse_source(spec)
+        assert isinstance(src, OpenCVSource) and src.kind == kind

@@ -1,0 +1,75 @@
+import pickle
+
+import pytest
+import torch
+
+from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.errors import CheckpointError
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.runs import find_latest_checkpoint
+from fair_edge.scoring import ScoringConfig
+from fair_edge.unet import UNet
+
+
+def make(tmp_path, name="c.pt"):
+    ckpt = Checkpoint(PreprocessConfig(image_size=32, cutoff=8.0), 8, ScoringConfig(smooth=5), UNet(8).state_dict(),
+                      {"name": "x"}, {"step": 3})
+    return save_checkpoint(tmp_path / name, ckpt), ckpt
+
+
+def test_round_trip(tmp_path):
+    path, ckpt = make(tmp_path)
+    loaded = load_checkpoint(path)
+    assert loaded.preprocess == ckpt.preprocess and loaded.scoring == ckpt.scoring and loaded.width == 8
+    assert loaded.train_state == {"step": 3} and loaded.data_summary == {"name": "x"}
+    detector = loaded.build_detector()
+    amap, score = detector(torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 32, 32))
+    assert amap.shape == (1, 1, 32, 32) and score.shape == (1,)
+    assert not (tmp_path / "c.pt.tmp").exists()
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    path, _ = make(tmp_path)
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a fair-edge checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_weights_only_refuses_pickled_code(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        torch.save({"format": "fair-edge-checkpoint", "x": Evil()}, fh, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_version_and_weight_mismatch(tmp_path):
+    path, _ = make(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "v99.pt")
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(tmp_path / "v99.pt")
+    payload["format_version"] = 1
+    payload["width"] = 16
+    torch.save(payload, tmp_path / "w16.pt")
+    with pytest.raises(CheckpointError, match="width-16"):
+        load_checkpoint(tmp_path / "w16.pt").build_detector()
+
+
+def test_find_latest_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="fair-edge train DATA --width 32"):
+        find_latest_checkpoint(32, tmp_path)
+    make(tmp_path / "train-w32", "last.pt")
+    assert find_latest_checkpoint(32, tmp_path).name == "last.pt"
+    make(tmp_path / "train-w32-b", "final.pt")
+    assert find_latest_checkpoint(32, tmp_path).parent.name == "train-w32-b"

@@ -1,0 +1,127 @@
+"""The inspection loop on the CPU with a real (tiny) model: verdicts, fail-safe rules, drops, reconnects."""
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fair_edge.backends import BackendChoice, CpuPreprocessor, TorchBackend
+from fair_edge.cameras import CaptureSettings, CaptureThread, FolderReplaySource, LineSource
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.data import load_dataset
+from fair_edge.evaluate import score_samples
+from fair_edge.inspector import Inspector, LoopSettings
+from fair_edge.records import Frame
+
+
+@pytest.fixture(scope="module")
+def choice(trained):
+    final, _ = trained
+    pre = load_checkpoint(final).preprocess
+    return BackendChoice(TorchBackend(final, torch.device("cpu")), CpuPreprocessor(pre), "test: torch cpu")
+
+
+def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, choice, tmp_path):
+    final, _ = trained
+    split = load_dataset(mvtec_dir)
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for i, sample in enumerate(split.test):  # interleave good and defective parts on the conveyor
+        (folder / f"{i:03d}_{sample.defect_type}.png").write_bytes(sample.path.read_bytes())
+    expected = score_samples(final, split.test).scores
+    threshold = float(np.median(expected))
+    got = []
+    capture = CaptureThread(FolderReplaySource(folder, fps=0), CaptureSettings(queue_size=64))
+    with capture:
+        inspector = Inspector(capture, choice, threshold, settings=LoopSettings(max_batch=4, max_wait_ms=5),
+                              on_verdict=[lambda f, v, m: got.append(v)])
+        summary = inspector.run(threading.Event())
+    assert [v.seq for v in got] == sorted(v.seq for v in got) and len(got) == len(expected) == 12
+    np.testing.assert_allclose([v.score for v in got], expected, rtol=1e-4, atol=1e-6)
+    assert [v.ng for v in got] == [bool(s > threshold) for s in expected]
+    assert summary.inspected == 12 and summary.ng == sum(v.ng for v in got) and summary.dropped == 0
+    assert all(v.latency_ms >= 0 for v in got) and summary.latency["p99_ms"] >= summary.latency["p50_ms"]
+
+
+def test_malformed_frames_fail_safe(choice):
+    inspector = Inspector(capture=None, choice=choice, threshold=1e9)
+    good = np.full((40, 40, 3), 128, np.uint8)
+    frames = [Frame(0, 0.0, good), Frame(1, 0.0, good.astype(np.float32)), Frame(2, 0.0, np.zeros((40, 40, 4), np.uint8))]
+    verdicts = inspector.inspect(frames)
+    assert [v.seq for v in verdicts] == [0, 1, 2]
+    assert verdicts[0].ng is False and verdicts[0].error == ""
+    for v in verdicts[1:]:
+        assert v.ng is True and math.isnan(v.score) and "malformed frame" in v.error
+    assert inspector.summary.malformed == 2 and inspector.summary.inspected == 3
+
+
+class Broken:
+    name, device = "broken", torch.device("cpu")
+
+    def infer(self, highpass, colour):
+        raise RuntimeError("device lost")
+
+    def close(self):
+        pass
+
+
+def test_backend_failures_reject_parts_and_fault_the_station(choice):
+    images = [np.full((40, 40, 3), 100, np.uint8)] * 3
+    capture = CaptureThread(LineSource(images, fps=200, loop=True), CaptureSettings(queue_size=8))
+    broken = BackendChoice(Broken(), choice.preprocess, "broken")
+    verdicts = []
+    with capture:
+        inspector = Inspector(capture, broken, 0.5, settings=LoopSettings(max_consecutive_errors=4),
+                              on_verdict=[lambda f, v, m: verdicts.append(v)])
+        summary = inspector.run(threading.Event(), duration_s=10)
+    assert summary.fault == "4 inference failures in a row" and summary.inference_errors >= 4
+    assert verdicts and all(v.ng and "device lost" in v.error for v in verdicts)
+
+
+def test_callback_failure_does_not_stop_inspection(choice):
+    images = [np.full((40, 40, 3), 100, np.uint8)] * 2
+
+    def bad_sink(frame, verdict, amap):
+        raise OSError("disk gone")
+
+    capture = CaptureThread(LineSource(images, fps=0, loop=False), CaptureSettings(queue_size=8))
+    with capture:
+        summary = Inspector(capture, choice, 0.5, on_verdict=[bad_sink]).run(threading.Event())
+    assert summary.inspected == 2 and summary.callback_errors == 2
+
+
+def test_queue_overflow_is_counted(choice):
+    images = [np.full((64, 64, 3), v, np.uint8) for v in range(0, 250, 10)]
+    capture = CaptureThread(LineSource(images, fps=0, loop=True), CaptureSettings(queue_size=1))
+    with capture:
+        summary = Inspector(capture, choice, 0.5).run(threading.Event(), max_frames=20)
+    assert summary.inspected == 20 and summary.dropped > 0
+    assert summary.frames_in >= summary.inspected + summary.dropped - 1
+
+
+def test_camera_disconnect_is_survived_and_counted(choice):
+    images = [np.full((40, 40, 3), 90, np.uint8)] * 4
+    source = LineSource(images, fps=100, loop=True, fail_at={5: "disconnect"}, down_for=2)
+    capture = CaptureThread(source, CaptureSettings(queue_size=16, backoff_initial_s=0.01, backoff_max_s=0.05))
+    with capture:
+        summary = Inspector(capture, choice, 0.5).run(threading.Event(), max_frames=15, duration_s=20)
+    stats = capture.stats()
+    assert summary.inspected == 15 and stats.reconnects >= 1 and summary.lost >= 1
+
+
+def test_stop_event_drains_frames_in_flight(choice):
+    images = [np.full((40, 40, 3), 90, np.uint8)] * 4
+    capture = CaptureThread(LineSource(images, fps=0, loop=True), CaptureSettings(queue_size=6, full_policy="drop_newest"))
+    stop = threading.Event()
+    seen = []
+
+    def stop_after_first(frame, verdict, amap):
+        seen.append(verdict.seq)
+        stop.set()
+
+    with capture:
+        summary = Inspector(capture, choice, 0.5, on_verdict=[stop_after_first]).run(stop)
+    assert summary.inspected == len(seen) >= 2  # the queued frames were inspected after the stop
+    assert capture.qsize() == 0

@@ -1,0 +1,127 @@
+"""Recorder: JSONL log with rotation, NG images with overlays, disk guard, drop policy."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import namedtuple
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.line.overlay import heatmap_overlay
+from fair_edge.line.recorder import Recorder
+from fair_edge.line.settings import RecordSettings
+from fair_edge.errors import RecorderError
+from fair_edge.records import Frame, Verdict
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def _frame(seq, h=48, w=64):
+    img = np.full((h, w, 3), 80, np.uint8)
+    return Frame(seq, 1.0, img, "test")
+
+
+def _verdict(seq, ng):
+    return Verdict(seq, 1.0, 0.9 if ng else 0.1, 0.5, ng, 1.01, "test")
+
+
+def _amap():
+    m = np.zeros((12, 16), np.float32)
+    m[3:6, 4:8] = 1.0
+    return m
+
+
+def test_logs_every_verdict_and_saves_ng_overlays(tmp_path):
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0)) as rec:
+        for i in range(6):
+            assert rec.record(_frame(i), _verdict(i, ng=i in (2, 5)), _amap())
+        assert rec.flush()
+        stats = rec.stats()
+    lines = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [x["seq"] for x in lines] == list(range(6))
+    assert lines[2] == _verdict(2, True).to_json_dict()
+    saved = sorted(p.name for p in (tmp_path / "ng").iterdir())
+    assert saved == ["00000002_frame.png", "00000002_overlay.png",
+                     "00000005_frame.png", "00000005_overlay.png"]
+    overlay = cv2.imread(str(tmp_path / "ng" / "00000002_overlay.png"))
+    assert overlay.shape == (48, 64, 3)
+    assert stats["images"] == 2 and stats["logged"] == 6 and stats["write_errors"] == 0
+
+
+def test_overlay_is_hot_where_the_map_is_high():
+    img = np.full((40, 40), 100, np.uint8)
+    amap = np.zeros((10, 10), np.float32)
+    amap[0:3, 0:3] = 5.0
+    out = heatmap_overlay(img, amap, alpha=0.6)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+    assert out[2, 2, 2] > out[35, 35, 2]          # red channel: hot corner vs cold corner
+    with pytest.raises(RecorderError, match="expected"):
+        heatmap_overlay(np.zeros((4, 4, 4), np.uint8), amap)
+
+
+def test_log_rotation_keeps_n_files(tmp_path):
+    settings = RecordSettings(dir=tmp_path, max_log_mb=0.002, keep_files=2, min_free_mb=0,
+                              save_ng_images=False, queue_size=256)
+    with Recorder(settings) as rec:
+        for i in range(200):
+            rec.record(None, _verdict(i, False))
+        assert rec.flush()
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert names == ["verdicts.jsonl", "verdicts.jsonl.1", "verdicts.jsonl.2"]
+    for name in names:
+        assert (tmp_path / name).stat().st_size <= 0.002 * 1024 * 1024
+    seqs = [json.loads(x)["seq"] for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert seqs[-1] == 199
+
+
+def test_disk_guard_stops_images_keeps_log_and_resumes(tmp_path, caplog):
+    free = {"mb": 10}
+    usage = lambda _p: Usage(10**12, 0, free["mb"] * 1024 * 1024)  # noqa: E731
+    settings = RecordSettings(dir=tmp_path, min_free_mb=100)
+    with Recorder(settings, disk_usage=usage, disk_check_s=0.0) as rec:
+        for i in range(3):
+            rec.record(_frame(i), _verdict(i, True), _amap())
+        rec.flush()
+        free["mb"] = 1000
+        rec.record(_frame(3), _verdict(3, True), _amap())
+        rec.flush()
+        stats = rec.stats()
+    assert stats["images_skipped"] == 3 and stats["images"] == 1 and stats["logged"] == 4
+    assert sum("no longer saved" in r.message for r in caplog.records) == 1
+
+
+def test_oserror_is_counted_not_raised(tmp_path):
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0)) as rec:
+        (tmp_path / "ng").rmdir()
+        (tmp_path / "ng").write_text("not a folder")   # image writes now fail
+        rec.record(_frame(1), _verdict(1, True), _amap())
+        rec.record(_frame(2), _verdict(2, True), _amap())
+        assert rec.flush()
+        stats = rec.stats()
+    assert stats["write_errors"] == 2 and stats["logged"] == 2
+
+
+def test_full_queue_drops_newest_and_never_blocks(tmp_path):
+    gate = threading.Event()
+
+    def slow_usage(_p):
+        gate.wait(5)
+        return Usage(10**12, 0, 10**12)
+
+    with Recorder(RecordSettings(dir=tmp_path, queue_size=2, min_free_mb=1),
+                  disk_usage=slow_usage) as rec:
+        results = [rec.record(_frame(i), _verdict(i, True), _amap()) for i in range(6)]
+        gate.set()
+        rec.flush()
+        stats = rec.stats()
+    assert results.count(False) == stats["dropped"] >= 3
+
+
+def test_unwritable_dir_is_a_recorder_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RecorderError, match="record.dir"):
+        Recorder(RecordSettings(dir=blocker / "sub"))

@@ -1,0 +1,179 @@
+"""Reject scheduler rules with in-memory sinks: ordering, deadlines, min gap, faults, encoder."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fair_edge.errors import ConfigError
+from fair_edge.line.encoder import FakeEncoder
+from fair_edge.line.scheduler import (LATE_ALARM, LATE_FIRED, OK, REFUSED, SCHEDULED,
+                                      RejectScheduler)
+from fair_edge.line.settings import RejectSettings
+from fair_edge.line.sinks import FanOut
+from fair_edge.line.sinks.base import SinkReport
+from fair_edge.line.slots import SlotPlan
+from fair_edge.records import Verdict
+from line_replay import RecordingSink, replay, timing_errors_ms
+
+
+def _v(seq, t_capture, ng=True):
+    return Verdict(seq, t_capture, 0.9 if ng else 0.1, 0.5, ng, time.monotonic())
+
+
+def _sched(sink, faults=None, encoder=None, **kw):
+    settings = RejectSettings(**{"delay_ms": 100, "pulse_ms": 20, "min_gap_ms": 10,
+                                 "late_ms": 10, **kw})
+    return RejectScheduler(settings, sinks=sink, fault_sinks=faults or RecordingSink("fault"),
+                           encoder=encoder)
+
+
+def test_out_of_order_verdicts_fire_in_due_order_on_time():
+    sink = RecordingSink()
+    with _sched(sink) as s:
+        run = replay(s, n=12, pitch_s=0.035, defective={0, 1, 2, 6, 7, 11}, delay_s=0.1,
+                     latency_s=(0.001, 0.080), seed=7)
+        time.sleep(0.15)
+    fired = [e.seq for _, e in sink.pulses]
+    assert fired == sorted(run.dues)
+    errors = timing_errors_ms([t for t, _ in sink.pulses], run.dues, 0.015)
+    assert len(errors) == 6 and max(abs(e) for e in errors) <= 10
+
+
+def test_good_parts_never_pulse():
+    sink = RecordingSink()
+    with _sched(sink) as s:
+        now = time.monotonic()
+        assert all(s.submit(_v(i, now, ng=False)) == OK for i in range(20))
+        time.sleep(0.15)
+        assert s.stats()["verdicts"] == 20 and s.stats()["ng"] == 0
+    assert sink.pulses == []
+
+
+def test_late_verdict_alarm_policy_raises_fault_and_does_not_fire():
+    sink, faults = RecordingSink(), RecordingSink("fault")
+    with _sched(sink, faults, fail_safe="alarm") as s:
+        now = time.monotonic()
+        assert s.submit(_v(1, now - 0.2)) == LATE_ALARM
+        time.sleep(0.05)
+        assert s.alarm and "late" in s.alarm
+        assert faults.faults[-1][0] is True
+        s.acknowledge_alarm()
+        assert faults.faults[-1][0] is False and s.alarm is None
+        stats = s.stats()
+    assert sink.pulses == [] and stats["late"] == 1 and stats["alarms"] == 1
+
+
+def test_min_gap_conflict_is_late_and_fires_after_the_gap_with_reject_policy():
+    sink = RecordingSink()
+    with _sched(sink) as s:
+        t = time.monotonic()
+        assert s.submit(_v(1, t)) == SCHEDULED
+        assert s.submit(_v(2, t + 0.005)) == LATE_FIRED   # 5 ms apart < pulse 20 + gap 10
+        assert s.submit(_v(3, t + 0.060)) == SCHEDULED    # 60 ms after: no conflict
+        time.sleep(0.25)
+    events = {e.seq: e for _, e in sink.pulses}
+    assert events[2].late and not events[1].late and not events[3].late
+    assert events[2].t_edge - events[1].t_edge == pytest.approx(0.030)   # pulse 20 + gap 10
+    assert events[3].t_edge == pytest.approx(events[3].t_due)
+
+
+def test_min_gap_respected_for_a_verdict_arriving_before_an_earlier_part():
+    sink = RecordingSink()
+    with _sched(sink, fail_safe="alarm") as s:
+        t = time.monotonic()
+        assert s.submit(_v(2, t + 0.040)) == SCHEDULED
+        assert s.submit(_v(1, t + 0.020)) == LATE_ALARM   # would need to start >= t+0.07
+        time.sleep(0.2)
+    assert [e.seq for _, e in sink.pulses] == [2]
+
+
+def test_station_fault_holds_the_fault_output():
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults) as s:
+        s.fault(True, "camera gone")
+        s.fault(False)
+    assert faults.faults == [(True, "camera gone"), (False, "cleared")]
+
+
+def test_refuses_beyond_max_pending_and_alarms():
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults, max_pending=2, delay_ms=5000) as s:
+        t = time.monotonic()
+        assert [s.submit(_v(i, t + i)) for i in range(3)] == [SCHEDULED, SCHEDULED, REFUSED]
+        assert faults.faults[-1][0] is True
+    assert s.stats()["abandoned"] == 2
+
+
+def test_sink_miss_counts_and_alarms_under_alarm_policy():
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults, fail_safe="alarm") as s:
+        s.handle_report(SinkReport("plc", "missed", 4, "down"))
+        s.handle_report(SinkReport("plc", "io_error", 4, "refused"))
+        st = s.stats()
+    assert st["sink_missed"] == 1 and st["sink_errors"] == 1 and faults.faults[-1][0]
+
+
+def test_encoder_distance_fires_when_the_count_is_reached():
+    enc = FakeEncoder(counts_per_s=10_000)
+    sink = RecordingSink()
+    with _sched(sink, encoder=enc, encoder_distance=1200, delay_ms=0, fail_safe="reject") as s:
+        targets = {}
+        for pair in range(3):                # capture two parts, then their verdicts reversed
+            for seq in (2 * pair, 2 * pair + 1):
+                c = s.note_capture(seq)
+                if seq % 2 == 0:
+                    targets[seq] = c + 1200
+                time.sleep(0.035)
+            for seq in (2 * pair + 1, 2 * pair):
+                assert s.submit(_v(seq, 0.0, ng=seq in targets)) in (SCHEDULED, OK)
+        time.sleep(0.2)
+    dues = {seq: enc.time_of(t) for seq, t in targets.items()}
+    errors = timing_errors_ms([t for t, _ in sink.pulses], dues, 0.015)
+    assert len(errors) == 3 and max(abs(e) for e in errors) <= 10, errors
+
+
+def test_encoder_without_source_is_a_config_error():
+    with pytest.raises(ConfigError, match="encoder_distance"):
+        RejectScheduler(RejectSettings(encoder_distance=100), sinks=RecordingSink(),
+                        fault_sinks=RecordingSink())
+
+
+def test_encoder_missing_capture_count_is_late():
+    enc = FakeEncoder(counts_per_s=1000)
+    with _sched(RecordingSink(), encoder=enc, encoder_distance=100, delay_ms=0,
+                fail_safe="alarm") as s:
+        assert s.submit(_v(99, 0.0)) == LATE_ALARM
+
+
+def test_fanout_isolates_a_broken_sink():
+    class Broken(RecordingSink):
+        def pulse(self, event):
+            raise RuntimeError("boom")
+
+    good = RecordingSink()
+    fan = FanOut([Broken("broken"), good])
+    with _sched(fan, delay_ms=10) as s:
+        s.submit(_v(1, time.monotonic()))
+        time.sleep(0.08)
+    assert len(good.pulses) == 1 and fan.errors == 1
+    fan.close()
+    fan.close()
+    assert good.closed == 1
+
+
+def test_slot_plan():
+    plan = SlotPlan(0.03)
+    plan.take(1.0)
+    plan.take(1.05)
+    assert plan.earliest(0.9) == 0.9
+    assert plan.earliest(1.01) == pytest.approx(1.08)
+    plan.prune(1.2)
+    assert len(plan) == 0
+
+
+def test_close_twice_is_safe():
+    s = _sched(RecordingSink())
+    s.close()
+    s.close()

@@ -1,0 +1,252 @@
+"""fair_edge.metrics against independent computations: sklearn, brute force and hand-worked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from fair_edge import metrics
+from fair_edge.errors import ConfigError, DataError
+
+# ---------------------------------------------------------------- independent references
+
+
+def brute_pro_points(maps, masks, thresholds):
+    """(fpr, pro) for each threshold in the given (descending) order, by looping and counting."""
+    regions = []
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, labelled == r) for r in range(1, count + 1)]
+    normal = ~masks
+    fprs, pros = [], []
+    for t in thresholds:
+        predicted = maps >= t
+        fprs.append((predicted & normal).sum() / normal.sum())
+        pros.append(np.mean([(predicted[i] & region).sum() / region.sum() for i, region in regions]))
+    return fprs, pros
+
+
+def brute_area(fprs, pros, limit):
+    """Trapezoid area of the polyline for x in [0, limit], one segment at a time."""
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(zip(fprs, pros), zip(fprs[1:], pros[1:])):
+        if x0 >= limit:
+            break
+        if x1 > limit:
+            y1 = y0 + (limit - x0) / (x1 - x0) * (y1 - y0)
+            x1 = limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area
+
+
+def brute_aupro_exact(maps, masks, limit):
+    thresholds = [np.inf] + sorted(np.unique(maps).tolist(), reverse=True)
+    return brute_area(*brute_pro_points(maps, masks, thresholds), limit) / limit
+
+
+def brute_aupro_binned(maps, masks, limit, k):
+    thresholds = np.linspace(maps.min(), maps.max(), k)[::-1]
+    fprs, pros = brute_pro_points(maps, masks, thresholds)
+    return brute_area([0.0] + fprs, [0.0] + pros, limit) / limit
+
+
+def random_maps_and_masks(rng, n=3, size=14, levels=7):
+    """Maps with many ties (few levels) and blobby masks with several regions per image."""
+    masks = ndimage.binary_opening(rng.random((n, size, size)) > 0.6, structure=np.ones((1, 2, 2)))
+    masks[0, 1:4, 1:4] = True  # at least one region
+    maps = rng.integers(0, levels, masks.shape).astype(np.float32) + 2.0 * masks * rng.random(masks.shape)
+    return np.round(maps, 1).astype(np.float32), masks
+
+
+# ---------------------------------------------------------------- AUROC and ROC curve
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_image_auroc_equals_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 50)
+    labels[:2] = (0, 1)
+    scores = rng.integers(0, 5, 50).astype(float)  # heavy ties
+    assert metrics.image_auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_pixel_auroc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    maps = np.round(rng.random((4, 32, 32)), 2).astype(np.float32)
+    masks = np.zeros(maps.shape, bool)
+    masks[:2, 8:20, 5:15] = True
+    maps[masks] += 0.2
+    expected = roc_auc_score(masks.ravel(), maps.ravel())
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(expected, abs=1e-12)
+
+
+def test_auroc_extremes():
+    assert metrics.image_auroc([0.1, 0.2, 0.9], [0, 0, 1]) == 1.0
+    assert metrics.image_auroc([0.9, 0.2, 0.1], [0, 0, 1]) == 0.0
+    assert metrics.image_auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_curve_points_lie_on_sklearn_curve(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 80)
+    labels[:2] = (0, 1)
+    scores = rng.integers(0, 12, 80).astype(float)
+    fpr, tpr, thresholds = metrics.roc_curve(scores, labels)
+    sk_fpr, sk_tpr, sk_thr = sk_roc_curve(labels, scores, drop_intermediate=False)
+    sk_points = {(x, y): t for x, y, t in zip(sk_fpr, sk_tpr, sk_thr)}
+    for x, y, t in zip(fpr, tpr, thresholds):
+        assert sk_points[(x, y)] == t
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.all(np.diff(thresholds) < 0)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+# ---------------------------------------------------------------- F1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_f1_max_equals_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 60)
+    labels[:2] = (0, 1)
+    scores = np.round(rng.random(60) + 0.3 * labels, 1)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.nanmax(2 * precision * recall / (precision + recall))
+    f1, threshold = metrics.f1_max(scores, labels)
+    assert f1 == pytest.approx(expected, abs=1e-12)
+    assert f1_score(labels, scores >= threshold) == pytest.approx(f1, abs=1e-12)
+    assert threshold in scores[labels == 1]
+
+
+def test_f1_max_perfect_separation_and_pixel_shape():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[1, :2, :2] = True
+    maps = np.where(masks, 0.9, 0.1).astype(np.float32)
+    f1, threshold = metrics.f1_max(maps, masks)
+    assert f1 == 1.0 and threshold == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------- AUPRO by hand
+
+
+def one_region_case():
+    """A normal 20x20 image and one with a 10x10 defect; the map fires on 50 of its 100 pixels."""
+    masks = np.zeros((2, 20, 20), bool)
+    masks[1, 5:15, 5:15] = True
+    maps = np.zeros(masks.shape, np.float32)
+    maps[1, 5:10, 5:15] = 1.0  # exactly 50 defect pixels, 0 normal pixels
+    return maps, masks
+
+
+def test_pro_half_detected_region_by_hand():
+    maps, masks = one_region_case()
+    fpr, pro, thresholds = metrics.pro_curve(maps, masks)
+    # PRO is 0.5 with FPR 0 for every threshold in (0, 1]; at 0 everything is predicted.
+    np.testing.assert_array_equal(fpr, [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(pro, [0.0, 0.5, 1.0], atol=1e-12)
+    np.testing.assert_array_equal(thresholds, [np.inf, 1.0, 0.0])
+    # Segment (0, 0.5) -> (1, 1): PRO(0.3) = 0.65, area = 0.3 * (0.5 + 0.65) / 2 = 0.1725.
+    assert metrics.aupro(maps, masks) == pytest.approx(0.1725 / 0.3, abs=1e-12)
+    assert metrics.aupro(maps, masks, fpr_limit=1.0) == pytest.approx(0.75, abs=1e-12)
+
+
+def test_pro_averages_over_regions_not_pixels():
+    masks = np.zeros((1, 30, 30), bool)
+    masks[0, 2:12, 2:12] = True  # region of 100 px, fully detected
+    masks[0, 20:22, 20:22] = True  # region of 4 px, missed
+    maps = np.zeros(masks.shape, np.float32)
+    maps[0, 2:12, 2:12] = 1.0
+    fpr, pro, _ = metrics.pro_curve(maps, masks)
+    assert (fpr[1], pro[1]) == (0.0, pytest.approx(0.5))  # pixel-wise overlap would be 100/104
+
+
+def test_regions_are_8_connected():
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 1:4, 1:4] = True  # 9 px
+    masks[0, 4, 4] = True  # 1 px touching diagonally -> same region under 8-connectivity
+    maps = np.zeros(masks.shape, np.float32)
+    maps[0, 1:4, 1:4] = 1.0
+    _, pro, _ = metrics.pro_curve(maps, masks)
+    assert pro[1] == pytest.approx(0.9)  # 4-connectivity would give mean(1, 0) = 0.5
+
+
+def test_aupro_perfect_constant_and_inverted_maps():
+    _, masks = one_region_case()
+    perfect = masks.astype(np.float32)
+    assert metrics.aupro(perfect, masks) == pytest.approx(1.0)
+    constant = np.full(masks.shape, 0.7, np.float32)  # curve is the diagonal: PRO = FPR
+    assert metrics.aupro(constant, masks) == pytest.approx(0.15)  # 0.3 * 0.3 / 2 / 0.3
+    assert metrics.aupro(constant, masks, fpr_limit=1.0) == pytest.approx(0.5)
+    assert metrics.aupro(1.0 - perfect, masks) == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- AUPRO against brute force
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("limit", [0.05, 0.3, 1.0])
+def test_aupro_exact_equals_brute_force(seed, limit):
+    maps, masks = random_maps_and_masks(np.random.default_rng(seed))
+    expected = brute_aupro_exact(maps, masks, limit)
+    assert metrics.aupro(maps, masks, fpr_limit=limit) == pytest.approx(expected, abs=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [2, 5, 50])
+def test_aupro_binned_equals_brute_force(seed, k):
+    maps, masks = random_maps_and_masks(np.random.default_rng(100 + seed), levels=1000)
+    expected = brute_aupro_binned(maps, masks, 0.3, k)
+    assert metrics.aupro(maps, masks, num_thresholds=k) == pytest.approx(expected, abs=1e-10)
+
+
+def test_binned_converges_to_exact():
+    rng = np.random.default_rng(7)
+    maps, masks = random_maps_and_masks(rng, n=4, size=32, levels=1000)
+    maps = maps + rng.random(maps.shape).astype(np.float32)  # few ties
+    exact = metrics.aupro(maps, masks)
+    assert metrics.aupro(maps, masks, num_thresholds=5000) == pytest.approx(exact, abs=2e-3)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(DataError, match=r"\(3,\) and \(4,\)"):
+        metrics.image_auroc(np.zeros(3), np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match="same shape"):
+        metrics.pixel_auroc(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), bool))
+
+
+def test_single_class_is_undefined():
+    with pytest.raises(DataError, match="undefined"):
+        metrics.image_auroc([0.1, 0.2, 0.3], [1, 1, 1])
+    with pytest.raises(DataError, match="undefined"):
+        metrics.f1_max([0.1, 0.2], [0, 0])
+
+
+def test_masks_without_defect_pixels():
+    maps = np.random.default_rng(0).random((2, 8, 8))
+    empty = np.zeros((2, 8, 8), bool)
+    with pytest.raises(DataError, match="undefined"):
+        metrics.pixel_auroc(maps, empty)
+    with pytest.raises(DataError, match="0 defect pixel"):
+        metrics.aupro(maps, empty)
+
+
+def test_bad_inputs_and_settings():
+    maps, masks = one_region_case()
+    with pytest.raises(DataError, match=r"maps\[:, 0\]"):
+        metrics.aupro(maps[:, None], masks[:, None])
+    with pytest.raises(DataError, match="only 0 and 1"):
+        metrics.image_auroc([0.1, 0.2], [0, 2])
+    with pytest.raises(DataError, match="NaN"):
+        metrics.image_auroc([np.nan, 0.2], [0, 1])
+    with pytest.raises(ConfigError, match="fpr_limit"):
+        metrics.aupro(maps, masks, fpr_limit=0.0)
+    with pytest.raises(ConfigError, match="num_thresholds"):
+        metrics.aupro(maps, masks, num_thresholds=1)

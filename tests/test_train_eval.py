@@ -1,0 +1,109 @@
+"""End to end on the CPU: train a tiny model on the generated plate, evaluate it, resume exactly."""
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.cli import app
+from fair_edge.data import load_dataset
+from fair_edge.evaluate import evaluate
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.train import Trainer, TrainConfig, TrainingInterrupted
+
+PRE = PreprocessConfig(image_size=32, cutoff=4.0)
+
+
+def tiny_trainer(mvtec_dir, out, steps=6, **kw):
+    cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=steps, save_every=3, log_every=1, **kw)
+    return Trainer(load_dataset(mvtec_dir), PRE, cfg, out, torch.device("cpu"))
+
+
+def test_training_writes_checkpoints_and_a_falling_loss(trained):
+    final, out = trained
+    assert final.name == "final.pt" and (out / "last.pt").is_file()
+    ckpt = load_checkpoint(final)
+    assert ckpt.train_state is None and ckpt.width == 8 and ckpt.preprocess == PRE
+    assert ckpt.data_summary["train_images"] == 16 and ckpt.data_summary["steps"] == 60
+    rows = list(csv.DictReader((out / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))
+    first = sum(float(r["loss"]) for r in rows[:5]) / 5
+    last = sum(float(r["loss"]) for r in rows[-5:]) / 5
+    assert last < 0.7 * first
+
+
+def test_eval_report(trained, mvtec_dir, tmp_path):
+    final, _ = trained
+    result = evaluate(final, load_dataset(mvtec_dir), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["images"] == 12 and saved["defective"] == 6
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "suggested_threshold"):
+        assert 0.0 <= saved[key] <= (1.0 if key != "suggested_threshold" else 1e9), key
+    # the blobs are red on a gray plate: even a briefly trained model must separate them well
+    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.9
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert len(rows) == 12 and {r["label"] for r in rows} == {"0", "1"}
+    for name in ("roc.png", "pro.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 12
+
+
+def test_resume_is_exact(mvtec_dir, tmp_path):
+    straight = tiny_trainer(mvtec_dir, tmp_path / "a", steps=6)
+    straight.run()
+    first = tiny_trainer(mvtec_dir, tmp_path / "b", steps=6)
+
+    def stop_at_3(step, total, loss, rate):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        first.run(stop_at_3)
+    assert info.value.step == 3 and load_checkpoint(info.value.checkpoint).train_state["step"] == 3
+    second = tiny_trainer(mvtec_dir, tmp_path / "b", steps=6)
+    second.resume()
+    second.run()
+    for key, value in straight.state.unet.state_dict().items():
+        torch.testing.assert_close(second.state.unet.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    rows = list(csv.DictReader((tmp_path / "b" / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_settings(mvtec_dir, tmp_path):
+    tiny_trainer(mvtec_dir, tmp_path, steps=3).run()
+    other = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=5.0),
+                    TrainConfig(width=8, batch=4, steps=3), tmp_path, torch.device("cpu"))
+    with pytest.raises(Exception, match="cannot resume"):
+        other.resume()
+
+
+def test_cli_train_and_eval(mvtec_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--cutoff", "4",
+                                 "--steps", "2", "--batch", "4", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (out / "final.pt").is_file() and "fair-edge eval" in result.output
+    result = runner.invoke(app, ["eval", str(out / "final.pt"), str(mvtec_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "image_auroc" in result.output and (out / "eval" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "nowhere", "--width", "32"], "does not exist"),
+    (["train", "elpv", "--width", "48"], "--width must be one of 32, 64, 128"),
+    (["train", "elpv", "--width", "32", "--filter", "laplace"], "filter must be one of"),
+    (["eval", "missing.pt", "elpv"], "does not exist"),
+])
+def test_cli_errors_are_one_clear_line(args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_cli_help_teaches():
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--resume" in result.output and "--width" in result.output
