@@ -98,3 +98,9 @@ def compare_precisions(graphs: Mapping[str, str | Path], frames: Sequence[np.nda
             delta=graph_delta(ref, cand, highpass, colour), n_normal=int((y == 0).sum()), n_defect=int((y == 1).sum()),
         )
     return out
+
+
+def compare_bundle_precisions(bundle, frames: Sequence[np.ndarray], labels: Sequence[int]) -> PrecisionComparison:
+    """``compare_precisions`` for a bundle: its precision's graph against its fp32 reference graph."""
+    graphs = {"fp32": bundle.reference_onnx_path, bundle.precision: bundle.onnx_path}
+    return compare_precisions(graphs, frames, labels, bundle.preprocess)[bundle.precision]

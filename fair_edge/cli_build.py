@@ -78,7 +78,7 @@ def _summary(result: BuildResult) -> None:
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)
     root = escape(str(b.root))
-    console.print(f"next: [bold]fair-edge eval DATA --bundle {root}[/] or [bold]fair-edge run --bundle {root} --camera 0[/]")
+    console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
 
 
 def build(
