@@ -1,0 +1,169 @@
+"""INT8 calibration: explicit Q/DQ on the UNet convolutions, calibrated on normal images.
+
+Library: ONNX Runtime's ``quantize_static`` (QuantFormat.QDQ), configured for TensorRT's explicit
+quantisation: symmetric int8 activations (zero point 0), per-channel symmetric int8 weights
+(axis 0), Q/DQ on Conv *inputs* only (``OpTypesToExcludeOutputQuantization=['Conv']``, TensorRT
+fuses DQ -> Conv -> ReLU -> Q itself), biases kept float32 (``QuantizeBias=False``; TensorRT
+has no int32 DequantizeLinear). Only nodes under ``/unet/`` are quantised: the scoring subgraph
+and the final restored image stay float32.
+
+Calibration ranges are written to a cache file (ORT's JSON ``TensorsData``) with a key file next
+to it; a rebuild with the same fp32 graph, settings and images reuses the ranges exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from fair_edge.errors import ConfigError
+from fair_edge.export.errors import ExportError
+from fair_edge.export.onnx_export import non_unet_node_names
+
+log = logging.getLogger(__name__)
+
+METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile, "max": CalibrationMethod.MinMax}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """method: 'entropy', 'percentile' or 'max' (range of each activation tensor).
+    num_images: normal images used (the first N of the folder, sorted). percentile: for 'percentile', in %.
+    chunk: images per calibration pass (bounds memory: ORT keeps every activation of a chunk)."""
+
+    method: str = "percentile"
+    num_images: int = 64
+    percentile: float = 99.99
+    chunk: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}; found {self.method!r}.")
+        if self.num_images < 1:
+            raise ConfigError(f"calibration needs at least 1 image; found num_images={self.num_images}.")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"calibration percentile must be in (50, 100]; found {self.percentile}.")
+        if self.chunk < 1:
+            raise ConfigError(f"calibration chunk must be >= 1; found {self.chunk}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _DropPreprocessAdvice(logging.Filter):
+    """Drops ORT's "consider pre-processing before quantization" advice: our graph is already folded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    """Route ORT's calibration prints (stdout) to our debug log and drop its pre-processing advice."""
+    root, flt, buf = logging.getLogger(), _DropPreprocessAdvice(), io.StringIO()
+    root.addFilter(flt)
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        root.removeFilter(flt)
+        if buf.getvalue().strip():
+            log.debug("onnxruntime.quantization: %s", buf.getvalue().strip())
+
+
+class _Reader(CalibrationDataReader):
+    """Feeds one image at a time to ORT's calibrator; supports ORT's chunking via set_range."""
+
+    def __init__(self, highpass: np.ndarray, colour: np.ndarray, on_image: Callable[[], None] | None) -> None:
+        self.highpass, self.colour, self.on_image = highpass, colour, on_image
+        self.start, self.end = 0, len(highpass)
+        self.pos = 0
+
+    def __len__(self) -> int:
+        return len(self.highpass)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.pos = start_index, end_index, start_index
+
+    def get_next(self) -> dict | None:
+        if self.pos >= self.end:
+            return None
+        i = self.pos
+        self.pos += 1
+        if self.on_image is not None:
+            self.on_image()
+        return {"highpass": self.highpass[i : i + 1], "colour": self.colour[i : i + 1]}
+
+    def rewind(self) -> None:
+        self.pos = self.start
+
+
+def cache_key(fp32_onnx: Path, settings: Int8Settings, highpass: np.ndarray) -> str:
+    """SHA-256 over the fp32 graph, the settings and the calibration inputs: equal keys, equal ranges."""
+    h = hashlib.sha256(Path(fp32_onnx).read_bytes())
+    h.update(json.dumps(settings.to_dict(), sort_keys=True).encode())
+    h.update(np.ascontiguousarray(highpass, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
+def quantize_int8(
+    fp32_onnx: str | Path,
+    out_onnx: str | Path,
+    highpass: np.ndarray,
+    colour: np.ndarray,
+    settings: Int8Settings,
+    cache_path: str | Path,
+    on_image: Callable[[], None] | None = None,
+) -> bool:
+    """Write the Q/DQ INT8 graph of ``fp32_onnx`` to ``out_onnx``.
+
+    highpass (N, C, S, S) and colour (N, 3, S, S) float32: calibration inputs (``calibration.frames.preprocess_frames``).
+    cache_path: ORT calibration cache (JSON); reused when its key file matches, else rewritten.
+    on_image: called once per calibration image (progress bars). Returns True if the cache was reused.
+    """
+    fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
+    key = cache_key(fp32_onnx, settings, highpass)
+    key_path = cache_path.with_name(cache_path.name + ".key")
+    reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
+    if not reused:
+        cache_path.unlink(missing_ok=True)
+    graph = onnx.load(str(fp32_onnx))
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "CalibTensorRangeSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": ["Conv"],
+        "CalibPercentile": settings.percentile,
+        "CalibStridedMinMax": _largest_divisor_at_most(len(highpass), settings.chunk),
+    }
+    try:
+        with _quiet_ort():
+            quantize_static(
+                graph, str(out_onnx), _Reader(highpass, colour, on_image),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=non_unet_node_names(graph), calibrate_method=METHODS[settings.method],
+                extra_options=extra, calibration_cache_path=str(cache_path),
+            )
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ExportError(
+            f"INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
+            f"Delete {cache_path} and rebuild; if it persists, build with --fp16."
+        ) from exc
+    key_path.write_text(key + "\n")
+    return reused

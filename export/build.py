@@ -1,0 +1,191 @@
+"""checkpoint -> bundle: export, precision, threshold, optional TensorRT engine, manifest.
+
+``build_bundle`` is the library behind ``fair-edge build``; it never prints. Order of work:
+  1. fp32 ONNX + parity with PyTorch (max |map diff| <= PARITY_TOL, else ExportError),
+  2. the precision's graph (fp16 casts, or int8 Q/DQ calibrated on normal frames),
+  3. accuracy of that graph vs fp32 on the available normal frames (ONNX Runtime, CPU),
+  4. decision threshold from normal scores of the deployed graph (plus F1 with defects),
+  5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
+     the manifest rewritten with it. Without TensorRT the result says what to install.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.calibration.int8 import Int8Settings, quantize_int8
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.export.accuracy import GraphDelta, graph_delta
+from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, write_manifest
+from fair_edge.export.errors import ExportError, TensorRTMissingError
+from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
+from fair_edge.export.ort_backend import OnnxRuntimeBackend
+from fair_edge.export.precision import PRECISIONS, get_precision
+
+PARITY_TOL = 1e-4
+CALIB_CACHE = "calibration.json"
+TIMING_CACHE = "timing.cache"
+ENGINE = "model.engine"
+WEIGHTS = "weights.pt"
+KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", TIMING_CACHE)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """precision: fp32 | fp16 | int8. max_batch: the engine profile's and runtime's batch limit.
+    int8: calibration settings. false_reject_rate: threshold target on normal images.
+    engine: try to build a TensorRT engine. command: the command line that rebuilds (stored)."""
+
+    precision: str = "fp32"
+    max_batch: int = 8
+    int8: Int8Settings = field(default_factory=Int8Settings)
+    false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE
+    engine: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        get_precision(self.precision)
+        if not 1 <= self.max_batch <= 1024:
+            raise ConfigError(f"max_batch must be in 1..1024; found {self.max_batch}.")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """bundle: the verified bundle. seconds: wall time. engine_note: why no engine, or its build time.
+    delta: this precision vs fp32 (None for fp32). calibration_reused: the INT8 cache was reused."""
+
+    bundle: Bundle
+    seconds: float
+    engine_built: bool
+    engine_note: str
+    delta: GraphDelta | None
+    parity_max_abs: float
+    calibration_reused: bool = False
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out`` or clear a previous bundle there (keeping caches); refuse a foreign folder."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} is a file; pass a directory for the bundle.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise BundleError(f"--out {out} exists and is not a fair-edge bundle; choose an empty or new directory.")
+        for path in out.iterdir():
+            if path.name not in KEPT_ON_REBUILD:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _fp32_with_parity(ckpt: Checkpoint, out: Path) -> tuple[Path, float]:
+    detector = ckpt.build_detector("cpu")
+    size = ckpt.preprocess.image_size
+    path = export_onnx(detector, out / PRECISIONS["fp32"].onnx_name, size, "fp32")
+    hp, col = (t.numpy() for t in example_inputs(ckpt.preprocess.in_channels, size, batch=3, seed=1))
+    ref_map, _ = torch_reference(detector, hp, col)
+    ort_map, _ = OnnxRuntimeBackend(path).infer(hp, col)
+    err = float(np.abs(ort_map - ref_map).max())
+    if not err <= PARITY_TOL:
+        raise ExportError(f"fp32 ONNX differs from PyTorch by {err:.2e} (max |map diff|); expected <= {PARITY_TOL:.0e}.")
+    return path, err
+
+
+def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions,
+                     calib: tuple[np.ndarray, np.ndarray] | None, on_image: Callable[[], None] | None) -> tuple[Path, bool]:
+    prec = get_precision(options.precision)
+    if prec.name == "fp32":
+        return fp32, False
+    if prec.name == "fp16":
+        return export_onnx(ckpt.build_detector("cpu"), out / prec.onnx_name, ckpt.preprocess.image_size, "fp16"), False
+    if calib is None:
+        raise DataError("--int8 needs normal images for calibration; pass --calib FOLDER (e.g. the training 'good' images).")
+    reused = quantize_int8(fp32, out / prec.onnx_name, calib[0], calib[1], options.int8, out / CALIB_CACHE, on_image)
+    return out / prec.onnx_name, reused
+
+
+def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: tuple[np.ndarray, np.ndarray] | None,
+               source: str, defects: Sequence[np.ndarray] | None) -> Threshold | None:
+    if normal is None:
+        return None
+    backend = OnnxRuntimeBackend(graph)
+    _, normal_scores = backend.infer_batched(*normal)
+    defect_scores = None
+    if defects:
+        _, defect_scores = backend.infer_batched(*preprocess_frames(defects, ckpt.preprocess))
+    return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
+
+
+def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
+              delta: GraphDelta | None, calib_count: int, engine: dict | None) -> dict:
+    calibration = None
+    if options.precision == "int8":
+        calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
+    return {
+        "model": {"width": ckpt.width, "in_channels": ckpt.preprocess.in_channels, "image_size": ckpt.preprocess.image_size},
+        "preprocess": ckpt.preprocess.to_dict(), "scoring": ckpt.scoring.to_dict(), "precision": options.precision,
+        "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
+                  "max_batch": options.max_batch, "inputs": ["highpass", "colour"], "outputs": ["anomaly_map", "score"]},
+        "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
+        "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
+        "versions": library_versions(),
+        "engine": engine, "build_command": options.command,
+    }
+
+
+def _try_engine(out: Path, graph: Path, ckpt: Checkpoint, options: BuildOptions) -> tuple[dict | None, str]:
+    """Build the engine where TensorRT is importable; (None, what to install) where it is not.
+    Parser and build errors propagate as EngineError (the ONNX bundle is already written)."""
+    from fair_edge.export import tensorrt as trt_build
+
+    if not options.engine:
+        return None, "engine build skipped (--no-engine)"
+    try:
+        trt_build.import_tensorrt()
+    except TensorRTMissingError as exc:
+        return None, str(exc)
+    start = time.perf_counter()
+    settings = trt_build.EngineSettings(max_batch=options.max_batch)
+    target = trt_build.build_engine(graph, out / ENGINE, ckpt.preprocess.in_channels, ckpt.preprocess.image_size,
+                                    settings, timing_cache=out / TIMING_CACHE)
+    info = {"file": ENGINE, "tensorrt_version": target.tensorrt_version, "gpu_name": target.gpu_name,
+            "compute_capability": list(target.compute_capability), "timing_cache": TIMING_CACHE}
+    return info, f"built in {time.perf_counter() - start:.1f} s for {target.gpu_name} with TensorRT {target.tensorrt_version}"
+
+
+def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib_frames: Sequence[np.ndarray] | None = None,
+                 normal_frames: Sequence[np.ndarray] | None = None, defect_frames: Sequence[np.ndarray] | None = None,
+                 on_calibration_image: Callable[[], None] | None = None) -> BuildResult:
+    """Write a bundle for ``ckpt`` at ``out`` (see the module docstring).
+
+    calib_frames: normal training images, (H, W, 3) uint8 BGR (INT8 calibration; threshold fallback).
+    normal_frames: held-out normal images for the threshold. defect_frames: optional, for the F1 threshold.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    _prepare_out(out)
+    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.preprocess, ckpt.width, ckpt.scoring, ckpt.state_dict, ckpt.data_summary))
+    fp32, parity = _fp32_with_parity(ckpt, out)
+    calib = preprocess_frames(calib_frames, ckpt.preprocess, options.int8.num_images) if calib_frames else None
+    graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
+    normal = preprocess_frames(normal_frames, ckpt.preprocess) if normal_frames else calib
+    source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
+    delta = None
+    if graph != fp32:
+        probe = normal if normal is not None else tuple(t.numpy() for t in example_inputs(ckpt.preprocess.in_channels, ckpt.preprocess.image_size, 4))
+        delta = graph_delta(OnnxRuntimeBackend(fp32), OnnxRuntimeBackend(graph), probe[0], probe[1])
+    threshold = _threshold(graph, ckpt, options, normal, source, defect_frames)
+    calib_count = 0 if calib is None else len(calib[0])
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None))
+    engine, note = _try_engine(out, graph, ckpt, options)
+    if engine is not None:
+        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine))
+    bundle = load_bundle(out)
+    return BuildResult(bundle, time.perf_counter() - start, engine is not None, note, delta, parity, reused)

@@ -1,0 +1,252 @@
+"""The model bundle: a directory with the ONNX graph(s), an optional TensorRT engine and bundle.json.
+
+bundle.json (format "fair-edge-bundle", version 1) carries every setting the runtime needs:
+  model: width, in_channels, image_size; preprocess: PreprocessConfig; scoring: ScoringConfig;
+  precision: fp32 | fp16 | int8; weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch, inputs, outputs};
+  threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
+  accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
+  versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
+  compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
+  files: {relative name: {sha256, bytes}} for every other file in the bundle.
+``load_bundle`` verifies all of it; ``check_engine_target`` refuses an engine built elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from fair_edge.calibration.threshold import Threshold
+from fair_edge.errors import BundleError, ConfigError
+from fair_edge.export.precision import PRECISIONS
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.scoring import ScoringConfig
+
+FORMAT = "fair-edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A TensorRT engine inside the bundle and what it was built for (engines are not portable)."""
+
+    path: Path
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    timing_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """The machine that wants to run an engine: TensorRT version, GPU name, compute capability."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle. Paths are absolute; mappings are read-only.
+
+    onnx_path: the graph of ``precision`` (inputs highpass (B, C, S, S), colour (B, 3, S, S) float32;
+    outputs anomaly_map (B, 1, S, S), score (B,) float32). reference_onnx_path: the fp32 graph.
+    threshold: None when the build had no normal images (the station file must then set one).
+    weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
+    """
+
+    root: Path
+    width: int
+    preprocess: PreprocessConfig
+    scoring: ScoringConfig
+    precision: str
+    onnx_path: Path
+    reference_onnx_path: Path
+    opset: int
+    max_batch: int
+    threshold: Threshold | None
+    engine: EngineInfo | None
+    build_command: str
+    weights_path: Path | None = None
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+    accuracy: Mapping[str, float] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.preprocess.in_channels
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the bundle's numbers."""
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    import fair_edge
+
+    return {"fair_edge": fair_edge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    """Add ``format``, ``format_version`` and the checksums of every file under ``root``; write bundle.json atomically."""
+    root = Path(root)
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")):
+        rel = path.relative_to(root).as_posix()
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return root / MANIFEST
+
+
+def _rebuild_hint(data: dict) -> str:
+    cmd = data.get("build_command") if isinstance(data, dict) else None
+    return f"Rebuild it with `{cmd}`." if cmd else "Rebuild it with `fair-edge build CHECKPOINT --out BUNDLE`."
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} does not exist or is not a directory. Build one with `fair-edge build`.")
+    if not path.is_file():
+        raise BundleError(f"{root} has no {MANIFEST}; it is not a fair-edge bundle. Build one with `fair-edge build`.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged. Rebuild it with `fair-edge build`.") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a fair-edge bundle manifest (format {FORMAT!r} expected).")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has bundle format version {data.get('format_version')!r}; this fair-edge reads version "
+            f"{FORMAT_VERSION}. {_rebuild_hint(data)}"
+        )
+    return data
+
+
+def _verify_files(root: Path, data: dict) -> dict[str, str]:
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{root / MANIFEST} lists no files. {_rebuild_hint(data)}")
+    checksums = {}
+    for rel, entry in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"bundle file {path} is missing (listed in {MANIFEST}). {_rebuild_hint(data)}")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"bundle file {path} is {size} bytes; {MANIFEST} expects {entry['bytes']} (truncated or replaced). "
+                f"{_rebuild_hint(data)}"
+            )
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise BundleError(
+                f"bundle file {path} fails its checksum: SHA-256 {digest[:16]}..., expected {entry['sha256'][:16]}... "
+                f"(modified after the build). {_rebuild_hint(data)}"
+            )
+        checksums[rel] = digest
+    return checksums
+
+
+def _listed(root: Path, data: dict, rel: str | None, what: str) -> Path:
+    if not rel or rel not in data["files"]:
+        raise BundleError(f"{root / MANIFEST} names {what} {rel!r}, which is not among its checksummed files. {_rebuild_hint(data)}")
+    return root / rel
+
+
+def _engine(root: Path, data: dict) -> EngineInfo | None:
+    eng = data.get("engine")
+    if eng is None:
+        return None
+    cache = eng.get("timing_cache")
+    return EngineInfo(
+        path=_listed(root, data, eng.get("file"), "engine"), tensorrt_version=str(eng["tensorrt_version"]),
+        gpu_name=str(eng["gpu_name"]), compute_capability=(int(eng["compute_capability"][0]), int(eng["compute_capability"][1])),
+        timing_cache=_listed(root, data, cache, "timing cache") if cache else None,
+    )
+
+
+def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
+    """Read and verify a bundle directory (or its bundle.json).
+
+    Checks the format version, that every listed file exists with its size and SHA-256, and the
+    settings' validity. With ``target`` (the TensorRT runtime's machine), also requires an engine
+    built for exactly that TensorRT version and GPU. Raises BundleError naming the problem and the
+    command that rebuilds the bundle.
+    """
+    root = Path(path)
+    root = (root.parent if root.name == MANIFEST else root).resolve()
+    data = _read_manifest(root)
+    files = _verify_files(root, data)
+    try:
+        model, graph = data["model"], data["graph"]
+        precision = str(data["precision"])
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        preprocess = PreprocessConfig.from_dict(data["preprocess"])
+        if int(model["in_channels"]) != preprocess.in_channels or int(model["image_size"]) != preprocess.image_size:
+            raise ConfigError(f"model {model} disagrees with preprocess {preprocess}")
+        threshold = Threshold.from_dict(data["threshold"]) if data.get("threshold") else None
+        bundle = Bundle(
+            root=root, width=int(model["width"]), preprocess=preprocess, scoring=ScoringConfig.from_dict(data["scoring"]),
+            precision=precision, onnx_path=_listed(root, data, graph["onnx"], "graph"),
+            reference_onnx_path=_listed(root, data, graph["reference_onnx"], "reference graph"),
+            opset=int(graph["opset"]), max_batch=int(graph["max_batch"]), threshold=threshold,
+            engine=_engine(root, data), build_command=str(data.get("build_command", "")),
+            weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
+            calibration=MappingProxyType(dict(data.get("calibration") or {})),
+            accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
+            training=MappingProxyType(dict(data.get("training") or {})),
+            versions=MappingProxyType({k: str(v) for k, v in (data.get("versions") or {}).items()}),
+            files=MappingProxyType(files),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise BundleError(f"{root / MANIFEST} has a missing or invalid field: {type(exc).__name__}: {exc}. {_rebuild_hint(data)}") from exc
+    if target is not None:
+        check_engine_target(bundle, target)
+    return bundle
+
+
+def check_engine_target(bundle: Bundle, target: EngineTarget) -> EngineInfo:
+    """The bundle's engine if it was built for ``target``; else BundleError with the rebuild command."""
+    hint = f"Rebuild on this machine with `{bundle.build_command}`." if bundle.build_command else "Rebuild on this machine with `fair-edge build`."
+    eng = bundle.engine
+    if eng is None:
+        raise BundleError(f"bundle {bundle.root} has no TensorRT engine (built where TensorRT was absent). {hint}")
+    if eng.tensorrt_version != target.tensorrt_version:
+        raise BundleError(
+            f"engine {eng.path.name} was built with TensorRT {eng.tensorrt_version}; this machine has "
+            f"TensorRT {target.tensorrt_version}. Engines only load in the version that built them. {hint}"
+        )
+    if eng.compute_capability != target.compute_capability or eng.gpu_name != target.gpu_name:
+        built = f"{eng.gpu_name} (sm_{eng.compute_capability[0]}{eng.compute_capability[1]})"
+        here = f"{target.gpu_name} (sm_{target.compute_capability[0]}{target.compute_capability[1]})"
+        raise BundleError(f"engine {eng.path.name} was built for {built}; this GPU is {here}. {hint}")
+    return eng

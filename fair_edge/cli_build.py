@@ -1,0 +1,132 @@
+"""``fair-edge build``: checkpoint -> bundle (ONNX, threshold, optional TensorRT engine).
+
+A thin typer command over ``fair_edge.export.build.build_bundle``; register it with
+``app.command("build")(build)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fair_edge.calibration.frames import list_folder, read_frames
+from fair_edge.calibration.int8 import METHODS, Int8Settings
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.export.build import BuildOptions, BuildResult, build_bundle
+from fair_edge.runs import find_latest_checkpoint
+from fair_edge.unet import WIDTHS
+
+console = Console()
+
+
+def _check_width(width: Optional[int]) -> None:
+    if width is not None and width not in WIDTHS:
+        close = difflib.get_close_matches(str(width), [str(w) for w in WIDTHS], n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"--width must be one of {', '.join(map(str, WIDTHS))}; found {width}.{hint}")
+
+
+def _precision(fp16: bool, int8: bool) -> str:
+    if fp16 and int8:
+        raise ConfigError("--fp16 and --int8 exclude each other; pass one (or neither for fp32).")
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+def _command(ckpt: Path, width: int, precision: str, calib: Optional[Path], calib_images: int, calib_method: str,
+             normal: Optional[Path], defects: Optional[Path], frr: float, max_batch: int, out: Path) -> str:
+    args = ["fair-edge", "build", str(ckpt.resolve()), "--width", str(width)]
+    args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
+    if calib is not None:
+        args += ["--calib", str(calib.resolve()), "--calib-images", str(calib_images), "--calib-method", calib_method]
+    for flag, folder in (("--normal", normal), ("--defects", defects)):
+        if folder is not None:
+            args += [flag, str(folder.resolve())]
+    args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
+    return shlex.join(args)
+
+
+def _summary(result: BuildResult) -> None:
+    b = result.bundle
+    table = Table(title=escape(f"bundle {b.root}"), show_header=False)
+    for rel in sorted(b.files):
+        table.add_row("file", escape(rel), f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
+    table.add_row("model", f"width {b.width}, {b.in_channels} input channel(s), {b.image_size}x{b.image_size}", f"filter {b.preprocess.filter}")
+    table.add_row("precision", b.precision, f"max batch {b.max_batch}")
+    table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
+    if result.delta is not None:
+        d = result.delta
+        table.add_row(f"{b.precision} vs fp32", f"map max {d.map_max_abs:.2e}, score max {d.score_max_abs:.2e}",
+                      f"score pearson {d.score_pearson:.4f}, spearman {d.score_spearman:.4f} (n={d.n_images})")
+    if b.threshold is not None:
+        t = b.threshold
+        f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
+        few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
+        table.add_row("threshold", f"{t.value:.6g}", escape(
+            f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
+    else:
+        table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
+    table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
+    table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
+    console.print(table)
+    root = escape(str(b.root))
+    console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+
+
+def build(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),
+    width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
+    fp16: bool = typer.Option(False, "--fp16", help="UNet in float16, scoring in float32."),
+    int8: bool = typer.Option(False, "--int8", help="UNet convs int8 (Q/DQ), calibrated on --calib images."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of normal (training) images for INT8 calibration."),
+    calib_images: int = typer.Option(64, "--calib-images", help="Number of calibration images (first N, sorted)."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="entropy, percentile or max."),
+    normal: Optional[Path] = typer.Option(None, "--normal", help="Held-out normal images for the decision threshold."),
+    defects: Optional[Path] = typer.Option(None, "--defects", help="Defect images: also report the F1-optimal threshold."),
+    false_reject_rate: float = typer.Option(0.005, "--false-reject-rate", help="Target false-reject rate on normal images."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
+    engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
+) -> None:
+    """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
+    try:
+        _check_width(width)
+        precision = _precision(fp16, int8)
+        if calib_method not in METHODS:
+            close = difflib.get_close_matches(calib_method, list(METHODS), n=1)
+            raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
+                              + (f" Did you mean {close[0]!r}?" if close else ""))
+        if checkpoint is None:
+            if width is None:
+                raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
+            checkpoint = find_latest_checkpoint(width)
+        ckpt = load_checkpoint(checkpoint)
+        if width is not None and width != ckpt.width:
+            raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} (width {ckpt.width}). "
+                              f"Pass --width {ckpt.width} or another checkpoint.")
+        out = out or Path("runs") / f"bundle-w{ckpt.width}-{precision}"
+        settings = Int8Settings(method=calib_method, num_images=calib_images)
+        calib_paths = list_folder(calib)[:calib_images] if calib is not None else []
+        normal_frames = list(read_frames(list_folder(normal))) if normal is not None else None
+        defect_frames = list(read_frames(list_folder(defects))) if defects is not None else None
+        options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
+                               _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
+                                        normal, defects, false_reject_rate, max_batch, out))
+        console.print(escape(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}"))
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False, disable=precision != "int8") as progress:
+            task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
+            result = build_bundle(ckpt, out, options, list(read_frames(calib_paths)) or None, normal_frames,
+                                  defect_frames, on_calibration_image=lambda: progress.advance(task))
+    except FairEdgeError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(code=1) from exc
+    _summary(result)

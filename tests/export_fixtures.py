@@ -1,0 +1,95 @@
+"""Export-test fixtures: synthetic product images and a tiny, briefly trained checkpoint (width 8, 32x32).
+
+Test modules import the fixtures they use (``from export_fixtures import tiny_ckpt_path``); the
+training is cached per process, so importing them into several modules trains once.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.detector import FairDetector
+from fair_edge.losses import restoration_loss
+from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
+from fair_edge.scoring import ScoringConfig
+
+SIZE = 32
+WIDTH = 8
+PRE = PreprocessConfig(image_size=SIZE, filter="butterworth", cutoff=4.0, order=2)
+SCORING = ScoringConfig(smooth=5)
+
+
+def make_frames(n: int, seed: int, defect: bool = False, size: int = 40) -> list[np.ndarray]:
+    """Synthetic parts: (size, size, 3) uint8 BGR stripes with noise; defects add a coloured blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    frames = []
+    for _ in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        base = 0.5 + 0.3 * np.sin(xx / 3.0 + phase)
+        img = np.stack([base * 0.6, base * 0.8, base], axis=-1) + rng.normal(0, 0.02, (size, size, 3))
+        if defect:
+            cy, cx = rng.integers(8, size - 8, 2)
+            r = rng.integers(3, 6)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            img[mask] = rng.uniform(0, 1, 3)
+        frames.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return frames
+
+
+def write_pngs(folder: Path, frames: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f)
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_state(steps: int, seed: int) -> dict:
+    return {k: v.clone() for k, v in train_tiny(steps, seed).unet.state_dict().items()}
+
+
+def train_tiny(steps: int = 100, seed: int = 0) -> FairDetector:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: extra threads only contend on the 2-core CI machines
+    try:
+        return _train(steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(steps: int, seed: int) -> FairDetector:
+    torch.manual_seed(seed)
+    det = FairDetector(WIDTH, PRE.in_channels, SCORING)
+    colour = frames_to_batch(make_frames(32, seed=100), SIZE)
+    hp = model_input(colour, HighPass(PRE))
+    opt = torch.optim.Adam(det.unet.parameters(), lr=3e-3)
+    det.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(colour), (8,))
+        loss = restoration_loss(det.unet(hp[idx]), colour[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return det.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_detector() -> FairDetector:
+    det = FairDetector(WIDTH, PRE.in_channels, SCORING)
+    det.unet.load_state_dict(_trained_state(100, 0))
+    return det.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "final.pt"
+    ckpt = Checkpoint(PRE, WIDTH, SCORING, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
+    return save_checkpoint(path, ckpt)

@@ -1,0 +1,116 @@
+"""Bundle: round trip, checksum/truncation/version checks, engine target checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from export_fixtures import PRE, SCORING, WIDTH, make_frames
+from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
+
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.errors import BundleError
+from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.export.bundle import MANIFEST, EngineTarget, check_engine_target, load_bundle, write_manifest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_ckpt_path):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    options = BuildOptions("fp16", max_batch=4, command="fair-edge build ckpt.pt --width 8 --fp16 --out b")
+    result = build_bundle(load_checkpoint(tiny_ckpt_path), out, options, normal_frames=make_frames(30, seed=5))
+    return result
+
+
+@pytest.fixture
+def copy(built, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(built.bundle.root, dst)
+    return dst
+
+
+def test_round_trip(built):
+    b = load_bundle(built.bundle.root)
+    assert b == built.bundle
+    assert (b.width, b.preprocess, b.scoring, b.precision, b.max_batch) == (WIDTH, PRE, SCORING, "fp16", 4)
+    assert (b.in_channels, b.image_size, b.opset) == (1, 32, 17)
+    assert b.onnx_path.name == "model.fp16.onnx" and b.reference_onnx_path.name == "model.fp32.onnx"
+    assert b.engine is None and not built.engine_built and "pip install tensorrt" in built.engine_note
+    assert b.threshold is not None and b.threshold.n_normal == 30 and b.threshold.source.startswith("held-out")
+    assert b.training["source"] == "synthetic stripes"
+    assert set(b.versions) >= {"fair_edge", "torch", "onnx", "onnxruntime"}
+    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt"}
+    assert load_checkpoint(b.weights_path).width == WIDTH and load_checkpoint(b.weights_path).train_state is None
+    assert b.accuracy["score_spearman"] > 0.99 and built.parity_max_abs <= 1e-4
+    assert load_bundle(built.bundle.root / MANIFEST) == b  # the manifest path works too
+
+
+def test_tampered_file_fails_checksum(copy):
+    path = copy / "model.fp16.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"fails its checksum.*Rebuild it with `fair-edge build ckpt.pt --width 8 --fp16"):
+        load_bundle(copy)
+
+
+def test_truncated_file_detected(copy):
+    path = copy / "model.fp32.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="is 1000 bytes.*truncated"):
+        load_bundle(copy)
+
+
+def test_missing_file_and_bad_manifest(copy):
+    (copy / "model.fp32.onnx").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(copy)
+    (copy / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(copy / "nowhere")
+
+
+def test_other_format_version_refused(copy):
+    data = json.loads((copy / MANIFEST).read_text())
+    data["format_version"] = 99
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format version 99.*reads version 1"):
+        load_bundle(copy)
+
+
+def test_mismatched_settings_refused(copy):
+    data = json.loads((copy / MANIFEST).read_text())
+    data["model"]["image_size"] = 64
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="invalid field"):
+        load_bundle(copy)
+
+
+def _add_fake_engine(root, version="10.13.0", gpu="NVIDIA H100 80GB HBM3", cc=(9, 0)):
+    (root / "model.engine").write_bytes(b"not really an engine")
+    data = json.loads((root / MANIFEST).read_text())
+    data.pop("files"), data.pop("format"), data.pop("format_version")
+    data["engine"] = {"file": "model.engine", "tensorrt_version": version, "gpu_name": gpu,
+                      "compute_capability": list(cc), "timing_cache": None}
+    write_manifest(root, data)
+
+
+def test_engine_for_another_gpu_or_tensorrt_refused(copy):
+    _add_fake_engine(copy)
+    b = load_bundle(copy)
+    assert b.engine is not None and b.engine.compute_capability == (9, 0)
+    here = EngineTarget("10.13.0", "NVIDIA H100 80GB HBM3", (9, 0))
+    assert check_engine_target(b, here) == b.engine
+    assert load_bundle(copy, target=here).engine == b.engine
+    with pytest.raises(BundleError, match=r"TensorRT 10.13.0; this machine has TensorRT 11.4.0.*Rebuild on this machine with `fair-edge build"):
+        load_bundle(copy, target=EngineTarget("11.4.0", "NVIDIA H100 80GB HBM3", (9, 0)))
+    with pytest.raises(BundleError, match=r"built for NVIDIA H100 80GB HBM3 \(sm_90\); this GPU is Orin \(sm_87\)"):
+        check_engine_target(b, EngineTarget("10.13.0", "Orin", (8, 7)))
+
+
+def test_no_engine_refused_for_tensorrt_target(built):
+    with pytest.raises(BundleError, match="has no TensorRT engine"):
+        check_engine_target(built.bundle, EngineTarget("10.13.0", "Orin", (8, 7)))

@@ -1,0 +1,100 @@
+"""``fair-edge build`` through typer's CliRunner on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import typer
+from export_fixtures import make_frames, write_pngs
+from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
+from typer.testing import CliRunner
+
+from fair_edge.cli_build import build
+from fair_edge.export.bundle import load_bundle
+
+app = typer.Typer()
+app.command("build")(build)
+
+
+@app.callback()
+def _main() -> None:
+    """Subcommand mode, as on the real app."""
+
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "calib": write_pngs(root / "train" / "good", make_frames(12, seed=100)),
+        "normal": write_pngs(root / "val" / "good", make_frames(10, seed=1)),
+        "defects": write_pngs(root / "val" / "bad", make_frames(6, seed=2, defect=True)),
+        "empty": (root / "empty").resolve(),
+    }
+
+
+def invoke(*args):
+    return runner.invoke(app, ["build", *map(str, args)], env={"COLUMNS": "200"})
+
+
+def test_build_int8_with_calibration_folder(tiny_ckpt_path, folders, tmp_path):
+    out = tmp_path / "bundle"
+    r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["calib"], "--calib-images", 8, "--normal", folders["normal"],
+               "--defects", folders["defects"], "--max-batch", 4, "--out", out)
+    assert r.exit_code == 0, r.output
+    b = load_bundle(out)
+    assert b.precision == "int8" and b.max_batch == 4 and b.engine is None
+    assert b.calibration["images_used"] == 8 and b.calibration["method"] == "percentile"
+    assert b.threshold is not None and b.threshold.n_normal == 10 and b.threshold.n_defect == 6
+    assert "calibration.json" in b.files and "model.int8.onnx" in b.files
+    assert "--int8" in b.build_command and str(folders["calib"]) in b.build_command
+    for text in ("INT8 calibration", "model.int8.onnx", "threshold", "NOT built", "pip install tensorrt",
+                 "python3-libnvinfer", "fair-edge[tensorrt,cuda]", "fair-edge run --bundle"):
+        assert text in r.output, text
+    again = invoke(tiny_ckpt_path, "--int8", "--calib", folders["calib"], "--calib-images", 8, "--out", out)
+    assert again.exit_code == 0 and "calibration cache reused" in again.output
+    assert load_bundle(out).threshold.source.startswith("calibration images")
+
+
+def test_width_picks_latest_checkpoint_and_must_match(tiny_ckpt_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("--width", 32, "--fp16")
+    assert r.exit_code == 1 and "no width-32 checkpoint" in r.output
+    r = invoke(tiny_ckpt_path, "--width", 32)
+    assert r.exit_code == 1 and "--width 32 does not match" in r.output and "width 8" in r.output
+    r = invoke(tiny_ckpt_path, "--width", 46)
+    assert r.exit_code == 1 and "must be one of 32, 64, 128" in r.output
+
+
+def test_errors_name_the_problem(tiny_ckpt_path, folders, tmp_path):
+    r = invoke(tmp_path / "missing.pt", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "does not exist" in r.output
+    folders["empty"].mkdir(exist_ok=True)
+    r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["empty"], "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "holds no images" in r.output
+    r = invoke(tiny_ckpt_path, "--int8", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "--int8 needs normal images" in r.output
+    r = invoke(tiny_ckpt_path, "--int8", "--fp16")
+    assert r.exit_code == 1 and "exclude each other" in r.output
+    r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["calib"], "--calib-method", "entropi")
+    assert r.exit_code == 1 and "Did you mean 'entropy'" in r.output
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    r = invoke(tiny_ckpt_path, "--out", tmp_path / "foreign")
+    assert r.exit_code == 1 and "not a fair-edge bundle" in r.output
+    assert (tmp_path / "foreign" / "notes.txt").exists()
+
+
+def test_export_failure_is_reported(tiny_ckpt_path, tmp_path, monkeypatch):
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    r = invoke(tiny_ckpt_path, "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "ONNX export (fp32, opset 17) failed" in r.output and "frobnicate" in r.output
+    assert os.path.isdir(tmp_path / "x")
