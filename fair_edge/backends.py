@@ -105,7 +105,7 @@ class TensorRTBackend:
     def __init__(self, bundle) -> None:
         from fair_edge.export.tensorrt import EngineRunner
 
-        self.runner = EngineRunner(bundle.engine.path)
+        self.runner = EngineRunner.from_bundle(bundle)  # refuses an engine built for another GPU / TensorRT
         self.size = bundle.image_size
 
     def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -347,6 +347,11 @@ def run(
         raise typer.Exit(3)
 
 
+from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
+
+app.command("build")(build)
+
+
 def main() -> None:
     app()
 

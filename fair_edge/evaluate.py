@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fair_edge import metrics, plots
+from fair_edge.calibration.threshold import quantile_threshold
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
@@ -75,12 +76,6 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None)
 
 
-def suggest_threshold(normal_scores: np.ndarray, false_reject_rate: float) -> float:
-    """The smallest threshold (score > threshold = NG) that rejects at most ``false_reject_rate`` of
-    the given normal scores (empirical quantile, 'higher' interpolation)."""
-    return float(np.quantile(normal_scores, 1.0 - false_reject_rate, method="higher"))
-
-
 def compute_metrics(scored: ScoredSet, false_reject_rate: float = 0.005) -> dict:
     labels = scored.labels
     result: dict = {"images": len(labels), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
@@ -96,7 +91,7 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = 0.005) -> dict
     else:
         result["pixel_metrics"] = "skipped: the test set has no ground-truth masks (image metrics only)."
     if result["normal"]:
-        result["suggested_threshold"] = suggest_threshold(scored.scores[labels == 0], false_reject_rate)
+        result["suggested_threshold"] = quantile_threshold(scored.scores[labels == 0], false_reject_rate)
         result["suggested_threshold_false_reject_rate"] = false_reject_rate
     return result
 
