@@ -214,7 +214,7 @@ def print_demo(report: dict) -> None:
         f"frames {s['frames_in']}, inspected {s['inspected']}, NG {s['ng']} | defective {report['defective']}, "
         f"caught {report['caught']}, false rejects {report['false_rejects']} | pulses on time "
         f"{report['pulses_on_time']}/{s['ng']} | latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
-        f"max {lat['max_ms']:.1f} ms | {s['backend']}"
+        f"max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
     )
 
 
@@ -227,6 +227,7 @@ def demo(
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
     backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    false_reject_rate: float = typer.Option(0.05, help="Threshold target: share of normal cells rejected."),
 ) -> None:
     """The built-in demo, no hardware needed: train a small FAIR model on ELPV mono solar cells (normal
     cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
@@ -242,7 +243,8 @@ def demo(
         return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
                             device=device, resume=False)
 
-    report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, say=console.print,
+    report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, false_reject_rate=false_reject_rate,
+                      say=console.print,
                       evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
                                                       frr=0.005))
     print_demo(report)

@@ -72,7 +72,8 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
 
 
 def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float = 10.0,
-             n_good: int = 40, n_defect: int = 20, backend: str = "auto", say: Callable[[str], None] = print) -> dict:
+             n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = 0.05,
+             say: Callable[[str], None] = print) -> dict:
     """Run steps 3 and 4 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics)."""
     from fair_edge.checkpoint import load_checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
@@ -84,9 +85,11 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
     final = train()
     metrics = evaluate(final)
     plan = plan_conveyor(elpv_split("mono"), n_good, n_defect)
-    say(f"building the bundle (threshold from {len(plan.threshold_normals)} held-out normal cells)")
+    say(f"building the bundle (threshold for {false_reject_rate:.1%} false rejects on "
+        f"{len(plan.threshold_normals)} held-out normal cells)")
     result = build_bundle(load_checkpoint(final), out / "bundle",
-                          BuildOptions(precision="fp32", engine=False, command="fair-edge demo"),
+                          BuildOptions(precision="fp32", engine=False, command="fair-edge demo",
+                                       false_reject_rate=false_reject_rate),
                           normal_frames=[read_image(s.path) for s in plan.threshold_normals])
     write_conveyor(plan.parts, out / "conveyor")
     plc = SimulatedPlc().start()

@@ -95,8 +95,12 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             callbacks.append(lambda frame, verdict, amap: metrics.observe(verdict))
         inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks)
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=on_tick)
-        if summary.fault and scheduler is not None:
-            scheduler.fault(True, summary.fault)
+        if scheduler is not None:
+            if summary.fault:
+                scheduler.fault(True, summary.fault)
+            # parts already inspected are still on the belt: let their rejects fire before closing
+            travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
+            scheduler.wait_idle(timeout_s=travel_s + 1.0)
         recorder.flush()
         extra = {"recorder": recorder.stats(), "reject": scheduler.stats() if scheduler else None}
     cfg.output.mkdir(parents=True, exist_ok=True)

@@ -184,6 +184,17 @@ class RejectScheduler:
             out["pending"] = len(self._heap)
         return out
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no reject is pending (all fired, refused or late), at most ``timeout_s``.
+
+        A station that stops (end of stream, SIGTERM) calls this before ``close()`` so the parts
+        already inspected still get their pulses. Returns True when nothing is left pending.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.stats()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not self.stats()["pending"]
+
     def close(self) -> None:
         """Stop the thread (pending rejects are counted as abandoned) and close owned sinks."""
         if self._closed:
