@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.line.overlay import heatmap_overlay
+from fair_edge.plots import heatmap_overlay
 from fair_edge.line.recorder import Recorder
 from fair_edge.line.settings import RecordSettings
-from fair_edge.errors import RecorderError
+from fair_edge.errors import DataError, RecorderError
 from fair_edge.records import Frame, Verdict
 
 Usage = namedtuple("Usage", "total used free")
@@ -52,14 +52,14 @@ def test_logs_every_verdict_and_saves_ng_overlays(tmp_path):
 
 
 def test_overlay_is_hot_where_the_map_is_high():
-    img = np.full((40, 40), 100, np.uint8)
+    img = np.full((40, 40, 3), 100, np.uint8)
     amap = np.zeros((10, 10), np.float32)
     amap[0:3, 0:3] = 5.0
-    out = heatmap_overlay(img, amap, alpha=0.6)
+    out = heatmap_overlay(img, amap, 0.0, 5.0, alpha=0.6)
     assert out.shape == (40, 40, 3) and out.dtype == np.uint8
     assert out[2, 2, 2] > out[35, 35, 2]          # red channel: hot corner vs cold corner
-    with pytest.raises(RecorderError, match="expected"):
-        heatmap_overlay(np.zeros((4, 4, 4), np.uint8), amap)
+    with pytest.raises(DataError, match="must be"):
+        heatmap_overlay(np.zeros((4, 4, 4), np.uint8), amap, 0.0, 5.0)
 
 
 def test_log_rotation_keeps_n_files(tmp_path):
@@ -125,3 +125,18 @@ def test_unwritable_dir_is_a_recorder_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(RecorderError, match="record.dir"):
         Recorder(RecordSettings(dir=blocker / "sub"))
+
+
+def test_gray_and_malformed_ng_frames_do_not_stop_the_writer(tmp_path):
+    settings = RecordSettings(dir=tmp_path, min_free_mb=0)
+    gray = Frame(1, 1.0, np.full((48, 64), 90, np.uint8), "test")
+    broken = Frame(2, 1.0, np.zeros((48, 64, 5), np.float64), "test")  # a frame the inspector refused
+    with Recorder(settings) as rec:
+        rec.record(gray, _verdict(1, True), _amap())
+        rec.record(broken, _verdict(2, True), _amap())
+        rec.record(_frame(3), _verdict(3, True), _amap())
+        rec.flush()
+        stats = rec.stats()
+    assert sorted(p.name for p in (tmp_path / "ng").iterdir())[:2] == ["00000001_frame.png", "00000001_overlay.png"]
+    assert (tmp_path / "ng" / "00000003_overlay.png").is_file()
+    assert stats["logged"] == 3 and stats["write_errors"] == 1

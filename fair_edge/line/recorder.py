@@ -25,10 +25,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import RecorderError
+from ..errors import FairEdgeError, RecorderError
 from ..records import Frame, Verdict
 from .jsonl import RotatingJsonl
-from .overlay import heatmap_overlay
+from ..plots import heatmap_overlay
 from .settings import RecordSettings
 from .sinks.base import Counters
 
@@ -141,6 +141,13 @@ class Recorder:
             self._counters.add("write_errors")
             self._warn_once("log-oserror", "verdict log write failed: %s", exc)
 
+    def _overlay(self, image: np.ndarray, amap: np.ndarray, threshold: float) -> np.ndarray:
+        """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
+        middle of the colour map (green) and hot spots of NG parts show red on every image."""
+        bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+        vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(amap.max()) + 1e-6
+        return heatmap_overlay(bgr, amap, 0.0, vmax, self.settings.overlay_alpha)
+
     def _write_images(self, frame: Frame, verdict: Verdict, amap: np.ndarray | None) -> None:
         if not self._disk_has_room():
             self._counters.add("images_skipped")
@@ -150,13 +157,12 @@ class Recorder:
         try:
             images = [(f"{stem}_frame.{ext}", frame.image)]
             if amap is not None:
-                overlay = heatmap_overlay(frame.image, amap, self.settings.overlay_alpha)
-                images.append((f"{stem}_overlay.{ext}", overlay))
+                images.append((f"{stem}_overlay.{ext}", self._overlay(frame.image, amap, verdict.threshold)))
             for path, img in images:
                 if not cv2.imwrite(path, img):
                     raise OSError(f"cv2.imwrite returned False for {path}")
             self._counters.add("images")
-        except OSError as exc:
+        except (OSError, cv2.error, FairEdgeError) as exc:  # a bad frame or full disk never stops the writer
             self._counters.add("write_errors")
             self._warn_once("image-oserror", "saving NG image failed: %s", exc)
         except (RecorderError, cv2.error) as exc:
