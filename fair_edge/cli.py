@@ -216,6 +216,10 @@ def print_demo(report: dict) -> None:
         f"{report['pulses_on_time']}/{s['ng']} | latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
         f"max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
     )
+    pulses, rejects = report["pulse_error_ms"], report.get("reject_stats") or {}
+    if pulses["n"]:
+        out.print(f"reject pulses vs due time: median {pulses['p50']:+.2f} ms, p99 {pulses['p99']:+.2f} ms, "
+                  f"range {pulses['min']:+.2f} .. {pulses['max']:+.2f} ms; late verdicts {rejects.get('late', 0)}")
 
 
 @app.command()

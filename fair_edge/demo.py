@@ -113,7 +113,13 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
         plc.close()
     verdicts = [json.loads(line) for line in (station_dir / "verdicts.jsonl").read_text().splitlines()]
     rows = match_pulses(verdicts, rises, TRAVEL_MS, LATE_MS)
+    errors = np.array([r["pulse_error_ms"] for r in rows if r["pulse_error_ms"] is not None])
+    station_stats = json.loads((station_dir / "summary.json").read_text())
     report = {
+        "pulse_error_ms": {"n": int(errors.size), **({"p50": float(np.percentile(errors, 50)),
+                           "p99": float(np.percentile(errors, 99)), "min": float(errors.min()),
+                           "max": float(errors.max())} if errors.size else {})},
+        "reject_stats": station_stats.get("reject"),
         "eval": metrics, "threshold": result.bundle.threshold.value if result.bundle.threshold else None,
         "summary": summary.to_dict(), "parts": rows, "pulses_received": len(rises),
         "defective": sum(r["defective"] for r in rows), "caught": sum(r["defective"] and r["ng"] for r in rows),
