@@ -187,12 +187,22 @@ class Trainer:
         return epoch_order(len(self.images), self.cfg.seed, epoch)[k * self.batch : (k + 1) * self.batch]
 
     def train_step(self, step: int) -> float:
+        """One optimisation step on batch ``step``: rotate, synthesise, high-pass, all on the device."""
         s = self.state
         clean = self.images[self.batch_indices(step).to(self.device)]
         clean = random_rotate(clean, self.cfg.synthesis, s.generator)
         corrupted, _ = self.synthesizer(clean, s.generator)
+        return self.optimise(model_input(corrupted, self.highpass), clean)
+
+    def optimise(self, x: torch.Tensor, clean: torch.Tensor) -> float:
+        """UNet + loss + optimizer and scheduler step on a prepared batch; returns the loss.
+
+        x: (B, C, S, S) float32 high-pass model input; clean: (B, 3, S, S) float32 RGB target in
+        [0, 1]; both on ``self.device``. (The high-pass is float32 FFT work, outside bf16 autocast.)
+        """
+        s = self.state
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            restored = s.unet(model_input(corrupted, self.highpass))
+            restored = s.unet(x)
         loss = restoration_loss(restored, clean)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
