@@ -380,7 +380,7 @@ def environment(devices: set[str]) -> dict:
            "torch_cuda": torch.version.cuda, "gpu": None}
     if "cuda" in devices:
         env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda_driver_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        env["gpu_compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
     return env
 
 
