@@ -7,7 +7,6 @@ Every error of ours is printed as one red line naming the problem and the fix, e
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.cli_common import check_width, console, friendly_errors, progress_bar
+from fair_edge.errors import ConfigError
 
 app = typer.Typer(
     help="fair-edge: train FAIR anomaly detectors from normal images, build them for NVIDIA GPUs, "
@@ -28,24 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-CLI_WIDTHS = (32, 64, 128)
-
-
-def friendly_errors(fn):
-    """Turn our own exceptions into one clear line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FairEdgeError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @app.callback()
 def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
     logging.basicConfig(
@@ -54,19 +35,6 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-
-
-def progress_bar(*extra: str) -> Progress:
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
-    columns += [TextColumn(f"{{task.fields[{name}]}}") for name in extra]
-    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-    return Progress(*columns, console=console)
-
-
-def check_width(width: int) -> int:
-    if width not in CLI_WIDTHS:
-        raise ConfigError(f"--width must be one of {', '.join(map(str, CLI_WIDTHS))}; found {width}.")
-    return width
 
 
 # ----------------------------------------------------------------------------- train

@@ -20,19 +20,12 @@ from rich.table import Table
 from fair_edge.calibration.frames import list_folder, read_frames
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.checkpoint import load_checkpoint
-from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.cli_common import check_width, friendly_errors
+from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle
 from fair_edge.runs import find_latest_checkpoint
-from fair_edge.unet import WIDTHS
 
-console = Console()
-
-
-def _check_width(width: Optional[int]) -> None:
-    if width is not None and width not in WIDTHS:
-        close = difflib.get_close_matches(str(width), [str(w) for w in WIDTHS], n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"--width must be one of {', '.join(map(str, WIDTHS))}; found {width}.{hint}")
+console = Console()  # the summary table goes to stdout; errors go to stderr (cli_common)
 
 
 def _precision(fp16: bool, int8: bool) -> str:
@@ -81,6 +74,7 @@ def _summary(result: BuildResult) -> None:
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
 
 
+@friendly_errors
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),
     width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
@@ -97,36 +91,33 @@ def build(
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
 ) -> None:
     """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
-    try:
-        _check_width(width)
-        precision = _precision(fp16, int8)
-        if calib_method not in METHODS:
-            close = difflib.get_close_matches(calib_method, list(METHODS), n=1)
-            raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
-                              + (f" Did you mean {close[0]!r}?" if close else ""))
-        if checkpoint is None:
-            if width is None:
-                raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
-            checkpoint = find_latest_checkpoint(width)
-        ckpt = load_checkpoint(checkpoint)
-        if width is not None and width != ckpt.width:
-            raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} (width {ckpt.width}). "
-                              f"Pass --width {ckpt.width} or another checkpoint.")
-        out = out or Path("runs") / f"bundle-w{ckpt.width}-{precision}"
-        settings = Int8Settings(method=calib_method, num_images=calib_images)
-        calib_paths = list_folder(calib)[:calib_images] if calib is not None else []
-        normal_frames = list(read_frames(list_folder(normal))) if normal is not None else None
-        defect_frames = list(read_frames(list_folder(defects))) if defects is not None else None
-        options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
-                               _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
-                                        normal, defects, false_reject_rate, max_batch, out))
-        console.print(escape(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}"))
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False, disable=precision != "int8") as progress:
-            task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
-            result = build_bundle(ckpt, out, options, list(read_frames(calib_paths)) or None, normal_frames,
-                                  defect_frames, on_calibration_image=lambda: progress.advance(task))
-    except FairEdgeError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(code=1) from exc
+    if width is not None:
+        check_width(width)
+    precision = _precision(fp16, int8)
+    if calib_method not in METHODS:
+        close = difflib.get_close_matches(calib_method, list(METHODS), n=1)
+        raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
+                          + (f" Did you mean {close[0]!r}?" if close else ""))
+    if checkpoint is None:
+        if width is None:
+            raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
+        checkpoint = find_latest_checkpoint(width)
+    ckpt = load_checkpoint(checkpoint)
+    if width is not None and width != ckpt.width:
+        raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} (width {ckpt.width}). "
+                          f"Pass --width {ckpt.width} or another checkpoint.")
+    out = out or Path("runs") / f"bundle-w{ckpt.width}-{precision}"
+    settings = Int8Settings(method=calib_method, num_images=calib_images)
+    calib_paths = list_folder(calib)[:calib_images] if calib is not None else []
+    normal_frames = list(read_frames(list_folder(normal))) if normal is not None else None
+    defect_frames = list(read_frames(list_folder(defects))) if defects is not None else None
+    options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
+                           _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
+                                    normal, defects, false_reject_rate, max_batch, out))
+    console.print(escape(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}"))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=precision != "int8") as progress:
+        task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
+        result = build_bundle(ckpt, out, options, list(read_frames(calib_paths)) or None, normal_frames,
+                              defect_frames, on_calibration_image=lambda: progress.advance(task))
     _summary(result)

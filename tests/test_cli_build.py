@@ -62,29 +62,29 @@ def test_build_int8_with_calibration_folder(tiny_ckpt_path, folders, tmp_path):
 def test_width_picks_latest_checkpoint_and_must_match(tiny_ckpt_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = invoke("--width", 32, "--fp16")
-    assert r.exit_code == 1 and "no width-32 checkpoint" in r.output
+    assert r.exit_code == 2 and "no width-32 checkpoint" in r.output
     r = invoke(tiny_ckpt_path, "--width", 32)
-    assert r.exit_code == 1 and "--width 32 does not match" in r.output and "width 8" in r.output
+    assert r.exit_code == 2 and "--width 32 does not match" in r.output and "width 8" in r.output
     r = invoke(tiny_ckpt_path, "--width", 46)
-    assert r.exit_code == 1 and "must be one of 32, 64, 128" in r.output
+    assert r.exit_code == 2 and "must be one of 32, 64, 128" in r.output
 
 
 def test_errors_name_the_problem(tiny_ckpt_path, folders, tmp_path):
     r = invoke(tmp_path / "missing.pt", "--out", tmp_path / "x")
-    assert r.exit_code == 1 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
     folders["empty"].mkdir(exist_ok=True)
     r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["empty"], "--out", tmp_path / "x")
-    assert r.exit_code == 1 and "holds no images" in r.output
+    assert r.exit_code == 2 and "holds no images" in r.output
     r = invoke(tiny_ckpt_path, "--int8", "--out", tmp_path / "x")
-    assert r.exit_code == 1 and "--int8 needs normal images" in r.output
+    assert r.exit_code == 2 and "--int8 needs normal images" in r.output
     r = invoke(tiny_ckpt_path, "--int8", "--fp16")
-    assert r.exit_code == 1 and "exclude each other" in r.output
+    assert r.exit_code == 2 and "exclude each other" in r.output
     r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["calib"], "--calib-method", "entropi")
-    assert r.exit_code == 1 and "Did you mean 'entropy'" in r.output
+    assert r.exit_code == 2 and "Did you mean 'entropy'" in r.output
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("keep me")
     r = invoke(tiny_ckpt_path, "--out", tmp_path / "foreign")
-    assert r.exit_code == 1 and "not a fair-edge bundle" in r.output
+    assert r.exit_code == 2 and "not a fair-edge bundle" in r.output
     assert (tmp_path / "foreign" / "notes.txt").exists()
 
 
@@ -96,5 +96,5 @@ def test_export_failure_is_reported(tiny_ckpt_path, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", broken)
     r = invoke(tiny_ckpt_path, "--out", tmp_path / "x")
-    assert r.exit_code == 1 and "ONNX export (fp32, opset 17) failed" in r.output and "frobnicate" in r.output
+    assert r.exit_code == 2 and "ONNX export (fp32, opset 17) failed" in r.output and "frobnicate" in r.output
     assert os.path.isdir(tmp_path / "x")

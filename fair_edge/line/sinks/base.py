@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 RETRY_STEP_S = 0.003      # between write attempts while a pulse is still within its deadline
 FALL_RETRY_S = 1.0        # how long a falling edge is retried before the output is reported stuck
 IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level changes)
+CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for at most this long
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class WorkerSink:
     ~3 ms while a pulse is within its deadline. A pulse past its deadline is never written.
     After a reconnect the resting level (off, or the fault level) is written again.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
+    close(): pulses already queued or in progress are finished first (rising and falling edge,
+    at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
     """
 
     def __init__(self, name: str, output: Output, pulse_ms: float, *, queue_size: int = 16,
@@ -124,15 +127,19 @@ class WorkerSink:
         self._level_dirty = True     # resting level not yet confirmed written
         self._stop = threading.Event()
         self._closed = False
+        self._inflight = 0           # pulses queued or being written (rising to falling edge)
+        self._inflight_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
     # -- caller side (never blocks) ---------------------------------------------------------
     def pulse(self, event: RejectEvent) -> None:
         self._counters.add("pulses")
+        self._track(+1)
         try:
             self._q.put_nowait(event)
         except queue.Full:
+            self._track(-1)
             self._counters.add("dropped")
             self._emit("dropped", event.seq, f"queue full ({self._q.maxsize} waiting)")
 
@@ -151,10 +158,23 @@ class WorkerSink:
     def connected(self) -> bool:
         return self._connected
 
+    def _track(self, n: int) -> None:
+        with self._inflight_lock:
+            self._inflight += n
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no pulse is queued or in progress, at most ``timeout_s``; True when idle."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.002)
+        return not self._inflight
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if not self.drain(CLOSE_DRAIN_S):
+            log.warning("sink %s: closing with %d pulse(s) unfinished", self.name, self._inflight)
         self._stop.set()
         self._thread.join(timeout=2.0)
         if self._thread.is_alive():
@@ -175,7 +195,10 @@ class WorkerSink:
             except queue.Empty:
                 item = None
             if isinstance(item, RejectEvent):
-                self._do_pulse(item)
+                try:
+                    self._do_pulse(item)
+                finally:
+                    self._track(-1)
             elif not self._connected and time.monotonic() >= self._next_try:
                 self._try_connect()
             if self._connected and self._level_dirty:
