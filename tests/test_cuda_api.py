@@ -1,6 +1,5 @@
 """The cuda-python result checker and NVRTC compilation (CPU only: NVRTC needs no GPU or driver)."""
 
-import re
 
 import pytest
 
