@@ -7,6 +7,7 @@ Every error of ours is printed as one red line naming the problem and the fix, e
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 import json
 import logging
 from pathlib import Path
@@ -281,30 +282,19 @@ def run(
 
     from rich.live import Live
 
-    from fair_edge.inspector import LoopSettings
     from fair_edge.run_station import run_station
-    from fair_edge.station import CameraSettings, StationConfig, load_station
+    from fair_edge.station import StationConfig, load_station
 
     cfg = load_station(station) if station else StationConfig()
     if camera is not None and source is not None:
         raise ConfigError("give either --camera or --source, not both.")
     cam = cfg.camera
     if camera is not None or source is not None:
-        cam = CameraSettings(source=str(camera if camera is not None else source), fps=cam.fps, loop=cam.loop,
-                             queue_size=cam.queue_size, full_policy=cam.full_policy)
-    if fps is not None or loop:
-        cam = CameraSettings(cam.source, fps if fps is not None else cam.fps, loop or cam.loop, cam.queue_size,
-                             cam.full_policy)
-    batching = cfg.batching
-    if max_batch is not None or max_wait_ms is not None:
-        batching = LoopSettings(max_batch if max_batch is not None else batching.max_batch,
-                                max_wait_ms if max_wait_ms is not None else batching.max_wait_ms,
-                                batching.max_consecutive_errors)
-    record = cfg.record
-    if out is not None:
-        from dataclasses import replace
-
-        record = replace(record, dir=out)
+        cam = replace(cam, source=str(camera if camera is not None else source))
+    cam = replace(cam, fps=fps if fps is not None else cam.fps, loop=loop or cam.loop)
+    batching = replace(cfg.batching, **{k: v for k, v in (("max_batch", max_batch), ("max_wait_ms", max_wait_ms))
+                                        if v is not None})
+    record = replace(cfg.record, dir=out) if out is not None else cfg.record
     cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
                        batching=batching, output=out, record=record)
     stop = threading.Event()
