@@ -276,7 +276,7 @@ def run(
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
-    Exit code 3 when the station faulted (the backend kept failing)."""
+    Exit code 3 when the station faulted (the backend kept failing, or the camera is gone for good)."""
     import signal
     import threading
 

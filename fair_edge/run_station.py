@@ -18,6 +18,7 @@ import numpy as np
 
 from fair_edge.backends import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
+from fair_edge.cameras.capture import CaptureState
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import Inspector, RunSummary
 from fair_edge.station import StationConfig
@@ -46,6 +47,37 @@ def camera_options(cfg: StationConfig) -> dict:
     if cfg.camera.loop:
         opts["loop"] = True
     return opts
+
+
+def camera_fault(stats) -> str:
+    """Why the camera cannot deliver frames ('' when it can, was stopped, or a replay reached its end)."""
+    if stats.state is CaptureState.RECONNECTING:
+        return "camera reconnecting"
+    if stats.state is CaptureState.ENDED and not stats.end_reason.startswith(("source ended", "stop() called")):
+        return f"camera gone: {stats.end_reason}"
+    return ""
+
+
+class CameraWatch:
+    """Holds the reject scheduler's fault output on while the camera cannot deliver frames.
+
+    Called from the inspection loop's tick (every ~0.5 s); sets the output only when the state changes.
+    """
+
+    def __init__(self, capture, scheduler) -> None:
+        self.capture, self.scheduler, self.reason = capture, scheduler, ""
+
+    def __call__(self, _inspector=None) -> str:
+        reason = camera_fault(self.capture.stats())
+        if reason != self.reason:
+            if reason:
+                log.error("station cannot inspect: %s", reason)
+            elif self.reason:
+                log.warning("camera back: inspecting again")
+            if self.scheduler is not None:
+                self.scheduler.fault(bool(reason), reason)
+            self.reason = reason
+        return reason
 
 
 def resolve_threshold(cfg: StationConfig, bundle) -> float:
@@ -93,8 +125,18 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             if scheduler is not None:
                 metrics.watch("reject", scheduler.stats)
             callbacks.append(lambda frame, verdict, amap: metrics.observe(verdict))
+        watch = CameraWatch(capture, scheduler)
+
+        def tick(inspector: Inspector) -> None:
+            watch(inspector)
+            if on_tick is not None:
+                on_tick(inspector)
+
         inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks)
-        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=on_tick)
+        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick)
+        camera_state = watch()
+        if not summary.fault and camera_state.startswith("camera gone"):
+            summary.fault = camera_state
         if scheduler is not None:
             if summary.fault:
                 scheduler.fault(True, summary.fault)
