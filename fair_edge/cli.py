@@ -227,8 +227,11 @@ def demo(
 # ----------------------------------------------------------------------------- run
 def live_table(inspector) -> Table:
     s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
+    camera = inspector.capture.stats()
     table = Table(title="fair-edge station", show_header=False)
-    for name, value in (("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
+    for name, value in (("camera", camera.state.value), ("frames in", camera.frames_in),
+                        ("dropped (queue full) / lost", f"{camera.dropped_queue_full} / {camera.frames_lost_estimate}"),
+                        ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
                         ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
                         f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms")):
         table.add_row(name, str(value))
