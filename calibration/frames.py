@@ -1,31 +1,18 @@
-"""Frames for calibration and threshold/accuracy checks: folder -> uint8 BGR frames -> model tensors.
+"""Frames for calibration and threshold/accuracy checks: uint8 BGR frames -> model tensors.
 
-Folders are read with ``fair_edge.data`` (the loader training uses); everything else takes an
-iterable of frames, so it does not depend on where they come from.
+Takes any iterable of frames (folders are read with ``fair_edge.data``, the loader training uses),
+so it does not depend on where they come from.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from fair_edge.data import list_images, read_image
 from fair_edge.errors import DataError
 from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
-
-
-def list_folder(folder: str | Path) -> list[Path]:
-    """Sorted image files directly inside ``folder`` (``fair_edge.data.list_images``); DataError if none."""
-    return list_images(folder)
-
-
-def read_frames(paths: Iterable[Path]) -> Iterator[np.ndarray]:
-    """Yield each image as (H, W, 3) uint8 BGR, host memory (``fair_edge.data.read_image``)."""
-    for path in paths:
-        yield read_image(path)
 
 
 def preprocess_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ import torch
 from fair_edge.backends import BACKENDS, BackendChoice, CpuPreprocessor, TorchBackend, select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.inspector import Inspector, LoopSettings
+from fair_edge.inspector import Inspector, LatencyStats, LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,11 @@ def _time_batches(choice: BackendChoice, frames: list[np.ndarray], batch: int, s
 
 
 def time_compute(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float, role: str) -> BenchRow:
-    times = np.asarray(_time_batches(choice, frames, batch, seconds)) * 1000.0
-    total_s = float(times.sum()) / 1000.0
-    return BenchRow(role, *label(choice), choice.reason, "compute", batch,
-                    len(times) * batch / total_s, float(np.percentile(times, 50)), float(np.percentile(times, 99)),
-                    float(times.max()), len(times) * batch, 0, total_s, float(batch))
+    times_ms = [t * 1000.0 for t in _time_batches(choice, frames, batch, seconds)]
+    total_s = sum(times_ms) / 1000.0
+    lat = LatencyStats(times_ms).percentiles()
+    return BenchRow(role, *label(choice), choice.reason, "compute", batch, len(times_ms) * batch / total_s,
+                    lat["p50_ms"], lat["p99_ms"], lat["max_ms"], len(times_ms) * batch, 0, total_s, float(batch))
 
 
 class _Gate:

@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fair_edge.calibration.frames import list_folder, read_frames
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.checkpoint import load_checkpoint
+from fair_edge.data import list_images, read_image
 from fair_edge.cli_common import check_width, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle
@@ -108,9 +108,9 @@ def build(
                           f"Pass --width {ckpt.width} or another checkpoint.")
     out = out or Path("runs") / f"bundle-w{ckpt.width}-{precision}"
     settings = Int8Settings(method=calib_method, num_images=calib_images)
-    calib_paths = list_folder(calib)[:calib_images] if calib is not None else []
-    normal_frames = list(read_frames(list_folder(normal))) if normal is not None else None
-    defect_frames = list(read_frames(list_folder(defects))) if defects is not None else None
+    calib_paths = list_images(calib)[:calib_images] if calib is not None else []
+    normal_frames = [read_image(p) for p in list_images(normal)] if normal is not None else None
+    defect_frames = [read_image(p) for p in list_images(defects)] if defects is not None else None
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
                                     normal, defects, false_reject_rate, max_batch, out))
@@ -118,6 +118,6 @@ def build(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False, disable=precision != "int8") as progress:
         task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
-        result = build_bundle(ckpt, out, options, list(read_frames(calib_paths)) or None, normal_frames,
+        result = build_bundle(ckpt, out, options, [read_image(p) for p in calib_paths] or None, normal_frames,
                               defect_frames, on_calibration_image=lambda: progress.advance(task))
     _summary(result)
