@@ -24,12 +24,14 @@ The fused CUDA kernel cannot do an FFT inside one tile, so it uses an approximat
   max      0.5 * ||dk||_1                   worst-case max abs error for any input in [0, 1]
 where dk = approximate - exact high-pass kernel (DC-free by construction). The remaining budget
 (reference tolerance 1e-3) is left to float32 arithmetic, the resize and FP16 output rounding.
-Filters with no compact kernel (ideal, or very high cutoffs) are refused with a ``ConfigError``.
+Filters with no compact kernel are refused with a ``ConfigError``: ideal, cutoffs so low that the
+kernel is wider than ``MAX_RADIUS`` and cutoffs so high that it rings; the error names the nearest
+cutoffs that work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -120,12 +122,11 @@ def _candidate(l_full: np.ndarray, radius: int, rank: int, svd, weight) -> tuple
     return _errors(approx_hp - exact_hp, exact_hp, weight), centre, approx
 
 
-@lru_cache(maxsize=32)
-def plan_highpass(cfg: PreprocessConfig) -> HighpassPlan:
-    """Choose the cheapest (R, rank) meeting ``ERROR_BUDGET`` for ``cfg``; ConfigError if none does."""
-    if cfg.filter == "sobel_xy":
-        empty = np.zeros((0, 3), np.float32)
-        return HighpassPlan("sobel_xy", cfg.image_size, 1, 0, 1.0, empty, empty, {})
+def plan_highpass(cfg: PreprocessConfig, max_radius: int = MAX_RADIUS) -> HighpassPlan:
+    """Choose the cheapest (R <= max_radius, rank) meeting ``ERROR_BUDGET`` for ``cfg``.
+
+    ConfigError if none does; its message names the nearest cutoffs, below and above, that work.
+    """
     if cfg.filter == "ideal":
         raise ConfigError(
             "filter 'ideal' has no compact spatial kernel (its inverse FFT decays like 1/r), so the fused "
@@ -133,11 +134,51 @@ def plan_highpass(cfg: PreprocessConfig) -> HighpassPlan:
             "filter='butterworth' (the paper's best) or run pre-processing on the FFT path "
             "(fair_edge.preprocess.HighPass)."
         )
+    plan, radius, floor = _cheapest_plan(cfg, max_radius)
+    if plan is not None:
+        return plan
+    below, above = nearest_supported_cutoffs(cfg, max_radius)
+    options = [f"cutoff={c:g} ({side})" for c, side in ((below, "lower"), (above, "higher")) if c is not None]
+    hint = (f"The nearest cutoffs that work: {' or '.join(options)}; retrain with one of them," if options
+            else "No cutoff within a factor of 5 either way works either; retrain with another filter,")
+    raise ConfigError(
+        f"{cfg.filter} high-pass with cutoff={cfg.cutoff:g}, order={cfg.order} at image_size={cfg.image_size} "
+        f"has no compact spatial kernel within the fused kernel's limits: at radius {radius} its errors "
+        f"are {', '.join(f'{k} {v:.1e}' for k, v in floor.items())}; expected at most "
+        f"{', '.join(f'{k} {v:.0e}' for k, v in ERROR_BUDGET.items())}. {hint} "
+        "or run pre-processing on the FFT path (fair_edge.preprocess.HighPass)."
+    )
+
+
+def nearest_supported_cutoffs(cfg: PreprocessConfig, max_radius: int = MAX_RADIUS, steps: int = 12,
+                              factor: float = 1.15) -> tuple[float | None, float | None]:
+    """The nearest cutoffs below and above ``cfg.cutoff`` (geometric steps of ``factor``, rounded to 0.1)
+    that have a plan; None on a side where ``steps`` steps find none. Too low a cutoff needs a wider
+    kernel than ``max_radius``; too high a one rings up to the Nyquist frequency, which no short kernel
+    follows."""
+    found: list[float | None] = []
+    for sign in (-1, 1):
+        hit = None
+        for k in range(1, steps + 1):
+            cutoff = round(cfg.cutoff * factor ** (sign * k), 1)
+            if 0 < cutoff < cfg.image_size and _cheapest_plan(replace(cfg, cutoff=cutoff), max_radius)[0] is not None:
+                hit = cutoff
+                break
+        found.append(hit)
+    return found[0], found[1]
+
+
+@lru_cache(maxsize=128)
+def _cheapest_plan(cfg: PreprocessConfig, max_radius: int) -> tuple[HighpassPlan | None, int, dict]:
+    """(plan, 0, {}) for the cheapest plan, or (None, largest radius tried, its best errors)."""
+    if cfg.filter == "sobel_xy":
+        empty = np.zeros((0, 3), np.float32)
+        return HighpassPlan("sobel_xy", cfg.image_size, 1, 0, 1.0, empty, empty, {}), 0, {}
     l_full = lowpass_kernel(cfg)
     weight = _natural_weight(cfg.image_size)
     c = cfg.image_size // 2
     best, tried = None, []
-    for radius in (r for r in RADII if r <= min(MAX_RADIUS, (cfg.image_size - 1) // 2)):
+    for radius in (r for r in RADII if r <= min(max_radius, (cfg.image_size - 1) // 2)):
         if best is not None and (2 * radius + 1) * ((TILE + 2 * radius) / TILE + 1.0) >= best.taps_per_output:
             break  # even rank 1 at this radius costs more than the best plan
         window = l_full[c - radius : c + radius + 1, c - radius : c + radius + 1]
@@ -160,13 +201,7 @@ def plan_highpass(cfg: PreprocessConfig) -> HighpassPlan:
         )
         if best is None or plan.taps_per_output < best.taps_per_output:
             best = plan
-    if best is None:
-        radius, floor = tried[-1]
-        raise ConfigError(
-            f"{cfg.filter} high-pass with cutoff={cfg.cutoff}, order={cfg.order} at image_size={cfg.image_size} "
-            f"has no compact spatial kernel within the fused kernel's limits: at radius {radius} its errors "
-            f"are {', '.join(f'{k} {v:.1e}' for k, v in floor.items())}; expected at most "
-            f"{', '.join(f'{k} {v:.0e}' for k, v in ERROR_BUDGET.items())}. Use a lower cutoff, or run "
-            "pre-processing on the FFT path (fair_edge.preprocess.HighPass)."
-        )
-    return best
+    if best is not None:
+        return best, 0, {}
+    radius, floor = tried[-1] if tried else (0, {})
+    return None, radius, floor

@@ -17,6 +17,7 @@ instance (stream order keeps consecutive batches safe). The CPU equivalent is ``
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -25,7 +26,7 @@ import numpy as np
 
 from fair_edge.errors import GpuUnavailableError, KernelError
 from fair_edge.export.cuda_api import check, import_cuda
-from fair_edge.export.highpass_plan import TILE, HighpassPlan, plan_highpass
+from fair_edge.export.highpass_plan import RADII, TILE, HighpassPlan, plan_highpass
 from fair_edge.export.nvrtc_build import cached_compile
 from fair_edge.preprocess import PreprocessConfig
 
@@ -49,9 +50,41 @@ def compile_options(plan: HighpassPlan, half: bool) -> tuple[str, ...]:
 
 def shared_bytes(plan: HighpassPlan) -> int:
     """Dynamic shared memory per block, bytes (mirrors RS, GP, TP in the .cu)."""
-    rs = TILE + 2 * plan.radius
-    floats = rs * (rs | 1) + (0 if plan.filter == "sobel_xy" else rs * (TILE + 1))
+    return _shared_bytes(plan.radius, plan.filter)
+
+
+def _shared_bytes(radius: int, filter: str) -> int:
+    rs = TILE + 2 * radius
+    floats = rs * (rs | 1) + (0 if filter == "sobel_xy" else rs * (TILE + 1))
     return 4 * floats
+
+
+def largest_radius(limit: int, filter: str) -> int:
+    """The largest high-pass radius whose tile fits ``limit`` bytes of shared memory per block."""
+    return max((r for r in RADII if _shared_bytes(r, filter) <= limit), default=0)
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch of ``fair_preprocess``: grid (tiles x, tiles y, batch) blocks of ``block`` threads,
+    ``shared_bytes`` of dynamic shared memory, and the kernel's arguments in signature order with the
+    ctypes type of each (the form cuLaunchKernel takes). The CPU emulation in the tests uses it too."""
+
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_bytes: int
+    values: tuple
+    types: tuple
+
+
+def kernel_launch(plan: HighpassPlan, src: "DeviceFrames", highpass_ptr: int, colour_ptr: int) -> KernelLaunch:
+    """The launch that pre-processes ``src`` into the two output buffers (device addresses)."""
+    tiles = -(-plan.image_size // TILE)
+    values = (src.ptr, src.height, src.width, src.channels, src.row_pitch, src.image_pitch, highpass_ptr,
+              colour_ptr, float(plan.centre))
+    types = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
+             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float)
+    return KernelLaunch((tiles, tiles, src.batch), (THREADS, 1, 1), shared_bytes(plan), values, types)
 
 
 @dataclass(frozen=True)
@@ -162,14 +195,13 @@ class FusedPreprocessor:
         major = self._attribute("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR")
         minor = self._attribute("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR")
         self.arch = f"sm_{major}{minor}"
+        limit = self._attribute("CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+        if shared_bytes(self.plan) > limit:  # a plan with a smaller radius, or a ConfigError naming cutoffs that fit
+            self.plan = plan_highpass(self.cfg, max_radius=largest_radius(limit, self.plan.filter))
         binary = cached_compile(kernel_source(), "preprocess_kernel.cu", self.arch, compile_options(self.plan, self.half))
         self._module = check(drv.cuModuleLoadData(binary), "cuModuleLoadData")
         self._function = check(drv.cuModuleGetFunction(self._module, KERNEL_NAME.encode()), "cuModuleGetFunction")
         self._smem = shared_bytes(self.plan)
-        limit = self._attribute("CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
-        if self._smem > limit:
-            raise KernelError(f"the high-pass radius {self.plan.radius} needs {self._smem} bytes of shared memory "
-                              f"per block; this GPU ({self.arch}) allows {limit}. Use a lower cutoff.")
         if self._smem > DEFAULT_SMEM:
             attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
             check(drv.cuFuncSetAttribute(self._function, attr, self._smem), "cuFuncSetAttribute")
@@ -212,13 +244,9 @@ class FusedPreprocessor:
         s = self.plan.image_size
         hp = _output_pointer(highpass_out, (src.batch, self.plan.channels, s, s), self.half, "highpass_out")
         col = _output_pointer(colour_out, (src.batch, 3, s, s), self.half, "colour_out")
-        tiles = -(-s // TILE)
-        c_void_p, c_int, c_ll, c_float = _ctypes()
-        args = ((src.ptr, src.height, src.width, src.channels, src.row_pitch, src.image_pitch, hp, col,
-                 float(self.plan.centre)),
-                (c_void_p, c_int, c_int, c_int, c_ll, c_ll, c_void_p, c_void_p, c_float))
-        check(self._driver.cuLaunchKernel(self._function, tiles, tiles, src.batch, THREADS, 1, 1,
-                                          self._smem, stream, args, 0), "cuLaunchKernel")
+        launch = kernel_launch(self.plan, src, hp, col)
+        check(self._driver.cuLaunchKernel(self._function, *launch.grid, *launch.block, launch.shared_bytes, stream,
+                                          (launch.values, launch.types), 0), "cuLaunchKernel")
 
     def close(self) -> None:
         """Free the staging buffer, unload the module, release the primary context. Safe to call twice."""
@@ -240,7 +268,3 @@ class FusedPreprocessor:
         self.close()
 
 
-def _ctypes():
-    import ctypes
-
-    return ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float

@@ -23,6 +23,8 @@ from fair_edge.data import list_images, read_image
 from fair_edge.cli_common import check_width, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle
+from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
 
 console = Console()  # the summary table goes to stdout; errors go to stderr (cli_common)
@@ -67,11 +69,23 @@ def _summary(result: BuildResult) -> None:
             f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
     else:
         table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
+    table.add_row("GPU pre-processing", *gpu_preprocessing_note(b.preprocess))
     table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)
     root = escape(str(b.root))
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+
+
+def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
+    """(path, detail): whether a GPU station will pre-process with the fused CUDA kernel, and why not."""
+    try:
+        plan = plan_highpass(cfg)
+    except ConfigError as exc:
+        return "reference (PyTorch)", escape(f"the fused CUDA kernel cannot take these settings: {exc}")
+    if plan.filter == "sobel_xy":
+        return "fused CUDA kernel", "3x3 Sobel-xy"
+    return "fused CUDA kernel", f"radius {plan.radius}, {plan.rank} separable term(s)"
 
 
 @friendly_errors

@@ -8,7 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fair_edge.preprocess import PreprocessConfig
+
 SIZES = ((256, 256), (640, 480), (1920, 1080), (1001, 777))  # (width, height)
+# The settings the fused kernel is checked at, on the GPU and in the CPU emulation.
+KERNEL_CONFIGS = (PreprocessConfig(), PreprocessConfig(cutoff=30.0, order=3), PreprocessConfig(cutoff=10.0),
+                  PreprocessConfig(filter="gaussian", cutoff=30.0), PreprocessConfig(filter="sobel_xy"))
 
 
 def random_frame(width: int, height: int, channels: int = 3, seed: int = 0) -> np.ndarray:

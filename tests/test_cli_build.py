@@ -10,8 +10,9 @@ from export_fixtures import make_frames, write_pngs
 from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
-from fair_edge.cli_build import build
+from fair_edge.cli_build import build, gpu_preprocessing_note
 from fair_edge.export.bundle import load_bundle
+from fair_edge.preprocess import PreprocessConfig
 
 app = typer.Typer()
 app.command("build")(build)
@@ -98,3 +99,10 @@ def test_export_failure_is_reported(tiny_ckpt_path, tmp_path, monkeypatch):
     r = invoke(tiny_ckpt_path, "--out", tmp_path / "x")
     assert r.exit_code == 2 and "ONNX export (fp32, opset 17) failed" in r.output and "frobnicate" in r.output
     assert os.path.isdir(tmp_path / "x")
+
+
+def test_summary_says_which_gpu_pre_processing_the_station_gets():
+    assert gpu_preprocessing_note(PreprocessConfig()) == ("fused CUDA kernel", "radius 20, 7 separable term(s)")
+    assert gpu_preprocessing_note(PreprocessConfig(filter="sobel_xy"))[0] == "fused CUDA kernel"
+    path, detail = gpu_preprocessing_note(PreprocessConfig(cutoff=5.0))
+    assert path == "reference (PyTorch)" and "cutoff=10.1 (higher)" in detail

@@ -1,11 +1,14 @@
 """The fused kernel's algorithm, mirrored in NumPy, against the float64 FFT reference."""
 
+import re
+
 import numpy as np
 import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.export import fused_mirror
 from fair_edge.export.highpass_plan import ERROR_BUDGET, MAX_RADIUS, plan_highpass
+from fair_edge.export.preprocess_gpu import largest_radius, shared_bytes
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from frames import SIZES, elpv_dir, errors, random_frame, real_frame
 
@@ -75,8 +78,28 @@ def test_ideal_is_refused_with_the_fix():
 @pytest.mark.parametrize("cfg", [PreprocessConfig(cutoff=60.0), PreprocessConfig(cutoff=90.0),
                                  PreprocessConfig(filter="gaussian", cutoff=60.0)], ids=_ids)
 def test_unreachable_cutoff_is_refused_naming_errors(cfg):
-    with pytest.raises(ConfigError, match=f"cutoff={cfg.cutoff}.*expected at most.*FFT path"):
+    with pytest.raises(ConfigError, match=f"cutoff={cfg.cutoff:g}.*expected at most.*FFT path"):
         plan_highpass(cfg)
+
+
+@pytest.mark.parametrize("cutoff, side", [(5.0, "higher"), (70.0, "lower")])
+def test_refusal_names_the_nearest_cutoff_that_works(cutoff, side):
+    """Too low a cutoff needs too wide a kernel; too high a one rings: the hint points the right way."""
+    with pytest.raises(ConfigError, match=rf"cutoffs that work: cutoff=([0-9.]+) \({side}\)") as info:
+        plan_highpass(PreprocessConfig(cutoff=cutoff))
+    suggested = float(re.search(r"cutoff=([0-9.]+) \(", str(info.value)).group(1))
+    assert (suggested > cutoff) == (side == "higher")
+    assert plan_highpass(PreprocessConfig(cutoff=suggested)).radius <= MAX_RADIUS
+
+
+def test_max_radius_limits_the_plan_and_its_hint():
+    """A GPU with 48 KiB of shared memory per block takes radius <= 28 (preprocess_gpu.largest_radius)."""
+    assert largest_radius(48 * 1024, "butterworth") == 28
+    assert shared_bytes(plan_highpass(PreprocessConfig(), max_radius=28)) <= 48 * 1024
+    with pytest.raises(ConfigError, match=r"cutoff=10, .*cutoff=([0-9.]+) \(higher\)") as info:
+        plan_highpass(PreprocessConfig(cutoff=10.0), max_radius=28)
+    suggested = float(re.search(r"cutoff=([0-9.]+) \(higher", str(info.value)).group(1))
+    assert plan_highpass(PreprocessConfig(cutoff=suggested), max_radius=28).radius <= 28
 
 
 def test_source_axis_matches_float64_reference_formula():

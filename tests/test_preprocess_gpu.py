@@ -7,7 +7,7 @@ from fair_edge.errors import ConfigError, GpuUnavailableError, KernelError
 from fair_edge.export.highpass_plan import plan_highpass
 from fair_edge.export.preprocess_gpu import DeviceFrames, FusedPreprocessor, _output_pointer, shared_bytes
 from fair_edge.preprocess import PreprocessConfig, reference_input
-from frames import SIZES, elpv_dir, errors, random_frame, real_frame
+from frames import KERNEL_CONFIGS, SIZES, elpv_dir, errors, random_frame, real_frame
 
 
 class FakeDeviceArray:
@@ -96,10 +96,6 @@ class DeviceBuffer:
         self.close()
 
 
-GPU_CONFIGS = [PreprocessConfig(), PreprocessConfig(cutoff=30.0, order=3), PreprocessConfig(cutoff=10.0),
-               PreprocessConfig(filter="gaussian", cutoff=30.0), PreprocessConfig(filter="sobel_xy")]
-
-
 def _run(pre, frames, device_input):
     from cuda.bindings import driver
     from fair_edge.export.cuda_api import check
@@ -133,7 +129,7 @@ def _run(pre, frames, device_input):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", GPU_CONFIGS, ids=lambda c: f"{c.filter}-D{c.cutoff:g}-n{c.order}")
+@pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=lambda c: f"{c.filter}-D{c.cutoff:g}-n{c.order}")
 @pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("device_input", [False, True], ids=["pinned", "device"])
