@@ -140,7 +140,7 @@ def plan_highpass(cfg: PreprocessConfig, max_radius: int = MAX_RADIUS) -> Highpa
     below, above = nearest_supported_cutoffs(cfg, max_radius)
     options = [f"cutoff={c:g} ({side})" for c, side in ((below, "lower"), (above, "higher")) if c is not None]
     hint = (f"The nearest cutoffs that work: {' or '.join(options)}; retrain with one of them," if options
-            else "No cutoff within a factor of 5 either way works either; retrain with another filter,")
+            else "No cutoff within a factor of 5 either way works; retrain with another filter,")
     raise ConfigError(
         f"{cfg.filter} high-pass with cutoff={cfg.cutoff:g}, order={cfg.order} at image_size={cfg.image_size} "
         f"has no compact spatial kernel within the fused kernel's limits: at radius {radius} its errors "
