@@ -26,8 +26,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from fair_edge.errors import ConfigError
-from fair_edge.export.errors import ExportError
+from fair_edge.errors import ConfigError, ExportError
 from fair_edge.export.onnx_export import non_unet_node_names
 
 log = logging.getLogger(__name__)

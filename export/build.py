@@ -23,10 +23,9 @@ from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, write_manifest
-from fair_edge.export.errors import ExportError, TensorRTMissingError
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.ort_backend import OnnxRuntimeBackend
 from fair_edge.export.precision import PRECISIONS, get_precision

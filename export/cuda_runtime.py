@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fair_edge.errors import TensorRTMissingError
 from fair_edge.export.cuda_api import check as cuda_check
-from fair_edge.export.errors import TensorRTMissingError
 
 log = logging.getLogger(__name__)
 

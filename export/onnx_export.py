@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fair_edge.detector import FairDetector
-from fair_edge.export.errors import ExportError
+from fair_edge.errors import ExportError
 
 OPSET = 17
 INPUT_NAMES = ("highpass", "colour")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from fair_edge.errors import EngineError, TensorRTMissingError
 from fair_edge.export.bundle import Bundle, EngineTarget, check_engine_target
 from fair_edge.export.cuda_api import check as cuda_check
 from fair_edge.export.cuda_runtime import CudaGraph, CudaStream, DeviceBuffer, device_properties, import_cudart
-from fair_edge.export.errors import EngineError, TensorRTMissingError
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -15,10 +15,10 @@ from export_fixtures import PRE, make_frames
 from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 
 from fair_edge.checkpoint import load_checkpoint
+from fair_edge.errors import EngineError, TensorRTMissingError
 from fair_edge.export import tensorrt as trt_mod
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
-from fair_edge.export.errors import EngineError, TensorRTMissingError
 
 
 def test_module_imports_without_tensorrt_and_names_what_to_install(monkeypatch):
