@@ -362,7 +362,8 @@ def bench(
     import shlex
     import sys
 
-    from fair_edge.bench import BenchSettings, parse_batches, parse_feed, parse_frames, run_bench, run_synthetic_bench
+    from fair_edge.bench import run_bench, run_synthetic_bench
+    from fair_edge.bench_settings import BenchSettings, parse_batches, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
