@@ -1,4 +1,4 @@
-"""Shared fixtures: a small generated product in MVTec layout, and GPU detection for `gpu` tests."""
+"""Shared fixtures: a small generated product in MVTec layout, the tiny export model, GPU detection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.detector import FairDetector
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
+
+from export_fixtures import PRE, SCORING, WIDTH, trained_state  # noqa: E402  (needs the path above)
 
 
 def gpu_available() -> bool:
@@ -79,3 +84,18 @@ def trained(mvtec_dir, tmp_path_factory):
     cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
     trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), cfg, out, torch.device("cpu"))
     return trainer.run(), out
+
+
+# ----------------------------------------------------------------------------- export tests
+@pytest.fixture(scope="module")
+def tiny_detector() -> FairDetector:
+    det = FairDetector(WIDTH, PRE.in_channels, SCORING)
+    det.unet.load_state_dict(trained_state(100, 0))
+    return det.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "final.pt"
+    ckpt = Checkpoint(PRE, WIDTH, SCORING, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
+    return save_checkpoint(path, ckpt)

@@ -1,7 +1,7 @@
-"""Export-test fixtures: synthetic product images and a tiny, briefly trained checkpoint (width 8, 32x32).
+"""Export-test helpers: synthetic product images and a tiny, briefly trained model (width 8, 32x32).
 
-Test modules import the fixtures they use (``from export_fixtures import tiny_ckpt_path``); the
-training is cached per process, so importing them into several modules trains once.
+The fixtures ``tiny_detector`` and ``tiny_ckpt_path`` (tests/conftest.py) build on ``trained_state``,
+which is cached per process, so every module that uses them shares one training run.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
-from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.detector import FairDetector
 from fair_edge.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
@@ -52,7 +50,7 @@ def write_pngs(folder: Path, frames: list[np.ndarray]) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _trained_state(steps: int, seed: int) -> dict:
+def trained_state(steps: int, seed: int) -> dict:
     return {k: v.clone() for k, v in train_tiny(steps, seed).unet.state_dict().items()}
 
 
@@ -79,17 +77,3 @@ def _train(steps: int, seed: int) -> FairDetector:
         loss.backward()
         opt.step()
     return det.eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_detector() -> FairDetector:
-    det = FairDetector(WIDTH, PRE.in_channels, SCORING)
-    det.unet.load_state_dict(_trained_state(100, 0))
-    return det.eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "final.pt"
-    ckpt = Checkpoint(PRE, WIDTH, SCORING, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
-    return save_checkpoint(path, ckpt)

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 from export_fixtures import PRE, SCORING, WIDTH, make_frames
-from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import BundleError

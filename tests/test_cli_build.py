@@ -7,7 +7,6 @@ import os
 import pytest
 import typer
 from export_fixtures import make_frames, write_pngs
-from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from fair_edge.cli_build import build, gpu_preprocessing_note

@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 from export_fixtures import PRE, SIZE, make_frames
-from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 from onnx import numpy_helper
 
 from fair_edge.calibration.frames import preprocess_frames

@@ -12,7 +12,6 @@ import types
 import numpy as np
 import pytest
 from export_fixtures import PRE, make_frames
-from export_fixtures import tiny_ckpt_path, tiny_detector  # noqa: F401  (fixtures)
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import EngineError, TensorRTMissingError
