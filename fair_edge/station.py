@@ -46,14 +46,14 @@ class CameraSettings:
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":
         s = "camera"
-        d = f.check_keys(s, data, ["source", "fps", "loop", "queue_size", "full_policy"])
-        fps = d.get("fps")
+        d = f.with_defaults(s, data, cls)
+        fps = d["fps"]
         return cls(
-            source=str(d.get("source", "0")),
+            source=str(d["source"]),
             fps=None if fps is None else f.number(s, "fps", fps, minimum=0),
-            loop=f.boolean(s, "loop", d.get("loop", False)),
-            queue_size=f.integer(s, "queue_size", d.get("queue_size", 4), minimum=1),
-            full_policy=f.choice(s, "full_policy", d.get("full_policy", "drop_oldest"), FULL_POLICIES),
+            loop=f.boolean(s, "loop", d["loop"]),
+            queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
+            full_policy=f.choice(s, "full_policy", d["full_policy"], FULL_POLICIES),
         )
 
 
@@ -74,7 +74,7 @@ class StationConfig:
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
                                            "reject", "record", "metrics"])
-        batching = f.check_keys("batching", d.get("batching"), ["max_batch", "max_wait_ms", "max_consecutive_errors"])
+        batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
         output = Path(f.text("station", "output", d.get("output", "runs/station")))
@@ -83,10 +83,10 @@ class StationConfig:
             bundle=Path(f.text("station", "bundle", d["bundle"])) if d.get("bundle") is not None else None,
             backend=f.choice("station", "backend", d.get("backend", "auto"), BACKEND_NAMES),
             batching=LoopSettings(
-                max_batch=f.integer("batching", "max_batch", batching.get("max_batch", 1), minimum=1, maximum=256),
-                max_wait_ms=f.number("batching", "max_wait_ms", batching.get("max_wait_ms", 2.0), minimum=0),
+                max_batch=f.integer("batching", "max_batch", batching["max_batch"], minimum=1, maximum=256),
+                max_wait_ms=f.number("batching", "max_wait_ms", batching["max_wait_ms"], minimum=0),
                 max_consecutive_errors=f.integer("batching", "max_consecutive_errors",
-                                                 batching.get("max_consecutive_errors", 10), minimum=1),
+                                                 batching["max_consecutive_errors"], minimum=1),
             ),
             threshold=None if threshold is None else f.number("decision", "threshold", threshold),
             roi=Path(f.text("decision", "roi", decision["roi"])) if decision.get("roi") is not None else None,

@@ -3,6 +3,7 @@ naming ``section.field``, the expected form and the value found."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,6 +30,14 @@ def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, An
                 f"{section}.{key}: unknown setting{hint}; valid settings: {', '.join(sorted(known))}"
             )
     return data
+
+
+def with_defaults(section: str, data: Any, cls: type) -> dict[str, Any]:
+    """``check_keys`` against the fields of dataclass ``cls``; a field left out takes its default there,
+    so each default is written once, in the dataclass."""
+    known = dataclasses.fields(cls)
+    given = check_keys(section, data, [x.name for x in known])
+    return {**{x.name: x.default for x in known if x.default is not dataclasses.MISSING}, **given}
 
 
 def number(section: str, key: str, value: Any, minimum: float | None = None,

@@ -6,7 +6,7 @@ the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +50,23 @@ class RejectSettings:
     @classmethod
     def from_dict(cls, data: Any) -> RejectSettings:
         s = "reject"
-        d = f.check_keys(s, data, [x.name for x in fields(cls)])
-        if "delay_ms" in d and d.get("encoder_distance") is not None:
+        d = f.with_defaults(s, data, cls)
+        if d["encoder_distance"] is not None and "delay_ms" in (data or {}):
             raise ConfigError(
                 "reject: expected one of delay_ms or encoder_distance, found both; "
                 "remove delay_ms when the reject follows an encoder")
-        dist = d.get("encoder_distance")
+        dist = d["encoder_distance"]
         return cls(
-            sinks=f.url_list(s, "sinks", d.get("sinks", [])),
-            fault_sinks=f.url_list(s, "fault_sinks", d.get("fault_sinks", [])),
-            delay_ms=f.number(s, "delay_ms", d.get("delay_ms", 0.0), minimum=0),
+            sinks=f.url_list(s, "sinks", d["sinks"]),
+            fault_sinks=f.url_list(s, "fault_sinks", d["fault_sinks"]),
+            delay_ms=f.number(s, "delay_ms", d["delay_ms"], minimum=0),
             encoder_distance=None if dist is None else f.integer(s, "encoder_distance", dist, 1),
-            pulse_ms=f.number(s, "pulse_ms", d.get("pulse_ms", 50.0), minimum=0.1),
-            min_gap_ms=f.number(s, "min_gap_ms", d.get("min_gap_ms", 20.0), minimum=0),
-            late_ms=f.number(s, "late_ms", d.get("late_ms", 10.0), minimum=0),
-            fail_safe=f.choice(s, "fail_safe", d.get("fail_safe", "reject"), FAIL_SAFE_POLICIES),
-            max_pending=f.integer(s, "max_pending", d.get("max_pending", 1024), minimum=1),
-            encoder_poll_ms=f.number(s, "encoder_poll_ms", d.get("encoder_poll_ms", 1.0),
-                                     minimum=0.05, maximum=100),
+            pulse_ms=f.number(s, "pulse_ms", d["pulse_ms"], minimum=0.1),
+            min_gap_ms=f.number(s, "min_gap_ms", d["min_gap_ms"], minimum=0),
+            late_ms=f.number(s, "late_ms", d["late_ms"], minimum=0),
+            fail_safe=f.choice(s, "fail_safe", d["fail_safe"], FAIL_SAFE_POLICIES),
+            max_pending=f.integer(s, "max_pending", d["max_pending"], minimum=1),
+            encoder_poll_ms=f.number(s, "encoder_poll_ms", d["encoder_poll_ms"], minimum=0.05, maximum=100),
         )
 
 
@@ -95,16 +94,16 @@ class RecordSettings:
     @classmethod
     def from_dict(cls, data: Any) -> RecordSettings:
         s = "record"
-        d = f.check_keys(s, data, [x.name for x in fields(cls)])
+        d = f.with_defaults(s, data, cls)
         return cls(
-            dir=Path(f.text(s, "dir", _path_text(d.get("dir", "records")))),
-            save_ng_images=f.boolean(s, "save_ng_images", d.get("save_ng_images", True)),
-            image_format=f.choice(s, "image_format", d.get("image_format", "png"), IMAGE_FORMATS),
-            max_log_mb=f.number(s, "max_log_mb", d.get("max_log_mb", 64.0), minimum=0.001),
-            keep_files=f.integer(s, "keep_files", d.get("keep_files", 5), minimum=0),
-            min_free_mb=f.number(s, "min_free_mb", d.get("min_free_mb", 500.0), minimum=0),
-            queue_size=f.integer(s, "queue_size", d.get("queue_size", 64), minimum=1),
-            overlay_alpha=f.number(s, "overlay_alpha", d.get("overlay_alpha", 0.5), 0, 1),
+            dir=Path(f.text(s, "dir", _path_text(d["dir"]))),
+            save_ng_images=f.boolean(s, "save_ng_images", d["save_ng_images"]),
+            image_format=f.choice(s, "image_format", d["image_format"], IMAGE_FORMATS),
+            max_log_mb=f.number(s, "max_log_mb", d["max_log_mb"], minimum=0.001),
+            keep_files=f.integer(s, "keep_files", d["keep_files"], minimum=0),
+            min_free_mb=f.number(s, "min_free_mb", d["min_free_mb"], minimum=0),
+            queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
+            overlay_alpha=f.number(s, "overlay_alpha", d["overlay_alpha"], 0, 1),
         )
 
 
@@ -120,11 +119,11 @@ class MetricsSettings:
     @classmethod
     def from_dict(cls, data: Any) -> MetricsSettings:
         s = "metrics"
-        d = f.check_keys(s, data, [x.name for x in fields(cls)])
+        d = f.with_defaults(s, data, cls)
         return cls(
-            enabled=f.boolean(s, "enabled", d.get("enabled", False)),
-            host=f.text(s, "host", d.get("host", "127.0.0.1")),
-            port=f.integer(s, "port", d.get("port", 9108), minimum=0, maximum=65535),
+            enabled=f.boolean(s, "enabled", d["enabled"]),
+            host=f.text(s, "host", d["host"]),
+            port=f.integer(s, "port", d["port"], minimum=0, maximum=65535),
         )
 
 
