@@ -55,7 +55,9 @@ class KernelEmulator:
         self.cfg, self.half, self.plan = cfg, half, plan_highpass(cfg)
         options = compile_options(self.plan, half)
         source = emulation_source() if source is None else source
-        key = hashlib.sha256("\0".join((source, HARNESS.read_text(), sanitize, *options)).encode()).hexdigest()[:16]
+        taps = np.concatenate([self.plan.row_taps.ravel(), self.plan.col_taps.ravel()]).astype(np.float32)
+        key = hashlib.sha256("\0".join((source, HARNESS.read_text(), sanitize, *options)).encode()
+                             + taps.tobytes()).hexdigest()[:16]  # one folder per binary and tap table
         self.dir = build_dir / key
         self.binary = self.dir / "harness"
         if not self.binary.exists():
@@ -65,6 +67,7 @@ class KernelEmulator:
                    "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{self.dir}",
                    '-DEMU_KERNEL="kernel_emu.inc"', *options, str(HARNESS), "-o", str(self.binary)]
             subprocess.run(cmd, check=True, capture_output=True, text=True)
+        taps.tofile(self.dir / "taps.bin")  # the __constant__ tap tables, read by every run
 
     def run(self, frames: np.ndarray, row_pad: int = 0, image_pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Pre-process (B, H, W, 3) or (B, H, W) uint8 frames; returns (highpass, colour) as the kernel wrote them.
@@ -91,8 +94,6 @@ class KernelEmulator:
                    int(np.prod(colour_shape)) * item, *launch.values]
         (self.dir / "launch.txt").write_text(" ".join(repr(v) for v in numbers))
         buffer.tofile(self.dir / "frames.bin")
-        np.concatenate([self.plan.row_taps.ravel(), self.plan.col_taps.ravel()]).astype(np.float32).tofile(
-            self.dir / "taps.bin")
         result = subprocess.run([str(self.binary), *(str(self.dir / n) for n in
                                  ("launch.txt", "frames.bin", "taps.bin", "highpass.bin", "colour.bin"))],
                                 capture_output=True, text=True, timeout=600)
