@@ -13,13 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fair_edge.data import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 from fair_edge.errors import CameraError
 
 from .base import EndOfStream, Pacer, SourceBase, check_fps
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (*TRAINING_SUFFIXES, ".webp")  # what training reads, plus WebP stills
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".ts")
 
 
