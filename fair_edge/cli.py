@@ -7,29 +7,40 @@ Every error of ours is printed as one red line naming the problem and the fix, e
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 import json
 import logging
+import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli_common import check_width, console, friendly_errors, progress_bar
+from fair_edge.cli_common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
 from fair_edge.errors import ConfigError
+from fair_edge.preprocess import FILTERS, PreprocessConfig
+from fair_edge.train import TrainConfig
 
 app = typer.Typer(
+    cls=VerboseAnywhere,
     help="fair-edge: train FAIR anomaly detectors from normal images, build them for NVIDIA GPUs, "
     "and run an inspection station.\n\nStart with `fair-edge demo`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: "[default: ...]" must not be read as rich markup and vanish
 )
+
+
 @app.callback()
-def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging (also accepted "
+                                              "after the command, e.g. `fair-edge train DATA -v`).")) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
@@ -40,12 +51,13 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 
 # ----------------------------------------------------------------------------- train
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
-                 category: Optional[str] = None, textures: Optional[Path] = None) -> Path:
-    """Shared by `train` and `demo`: load data, train with a progress bar, return final.pt."""
+                 category: Optional[str] = None, textures: Optional[Path] = None):
+    """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit)."""
     import numpy as np
 
     from fair_edge.data import list_images, load_dataset, load_images
     from fair_edge.train import Trainer, resolve_device
+    from fair_edge.train_resume import RunSource
 
     split = load_dataset(data, category)
     texture_images = None
@@ -57,12 +69,14 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     dev = resolve_device(device)
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
         trainer = Trainer(split, preprocess, cfg, out, dev, textures=texture_images)
+    trainer.run_info = RunSource(str(data), category, None if textures is None else str(textures)).to_dict()
     if resume:
         trainer.resume()
-        console.print(f"resumed {out / 'last.pt'} at step {trainer.state.step}")
+        console.print(f"resumed {out / 'last.pt'} at step {trainer.state.step} of {trainer.total_steps}")
     console.print(
         f"training width {cfg.width} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}"
+        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}\n"
+        f"{describe_settings(preprocess, cfg)}"
     )
     with progress_bar("loss", "rate") as bar:
         task = bar.add_task("train", total=trainer.total_steps, completed=trainer.state.step, loss="", rate="")
@@ -70,50 +84,98 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
-        return trainer.run(on_step)
+        return trainer.run(on_step), split
+
+
+def describe_settings(pre, cfg) -> str:
+    """One line with the values a run uses, and where the cutoff came from."""
+    from fair_edge.preprocess import scaled_cutoff
+
+    cutoff = f"D0 {pre.cutoff:g} (frequency-index units at {pre.image_size} px"
+    cutoff += ", the paper's 30 at 256 px scaled to this size)" if pre.cutoff == scaled_cutoff(pre.image_size) else ")"
+    order = f" order {pre.order}" if pre.filter == "butterworth" else ""
+    return (f"settings: {pre.image_size} x {pre.image_size} px, {pre.filter}{order} high-pass {cutoff}; "
+            f"Adam lr {cfg.lr:g} (x{cfg.lr_gamma:g} at {', '.join(f'{m:.0%}' for m in cfg.lr_milestones)}), "
+            f"seed {cfg.seed}")
+
+
+def next_hint(final: Path, data: str, split) -> str:
+    """What to run after training, for the data at hand (eval needs a test split)."""
+    if split.test:
+        return f"next: fair-edge eval {shlex.quote(str(final))} {shlex.quote(str(data))}"
+    return (f"next: fair-edge build {shlex.quote(str(final))} --normal HELD_OUT_NORMALS   (a folder of normal images "
+            f"not used in training sets the decision threshold; `fair-edge eval` needs a dataset with a test split: "
+            f"an MVTec folder with test/good and test/<defect>, or a VisA CSV)")
+
+
+def given_flags(ctx: typer.Context) -> dict:
+    """The parameters the user typed (not defaults), name -> value."""
+    def typed(name: str) -> bool:  # compared by name: typer may bring its own copy of click's enum
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    return {name: value for name, value in ctx.params.items() if typed(name)}
 
 
 @app.command()
 @friendly_errors
 def train(
-    data: str = typer.Argument(..., help="MVTec category folder, VisA split CSV, folder of normal images, or 'elpv'."),
-    width: int = typer.Option(128, help="UNet base width c: 32 (fastest), 64 or 128 (paper)."),
-    filter: str = typer.Option("butterworth", "--filter", help="High-pass: butterworth, gaussian, ideal, sobel_xy."),
-    cutoff: float = typer.Option(30.0, help="High-pass cutoff D0 (frequency units at --image-size)."),
-    order: int = typer.Option(2, help="Butterworth order n."),
-    image_size: int = typer.Option(256, help="Model input side in pixels (multiple of 16)."),
+    ctx: typer.Context,
+    data: Optional[str] = typer.Argument(None, help="MVTec category folder, VisA split CSV, folder of normal images, "
+                                         "or 'elpv' / 'elpv:mono' / 'elpv:poly'. Not needed with --resume."),
+    width: int = typer.Option(TrainConfig.width, help="UNet base width c: 32 (fastest), 64 or 128 (paper)."),
+    filter: str = typer.Option(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + "."),
+    cutoff: Optional[float] = typer.Option(None, help="High-pass cutoff D0, frequency-index units (cycles per image "
+                                           "side) at --image-size [default: 30 x image-size / 256, the paper's 30 "
+                                           "at 256 px scaled; 15 at 128 px]."),
+    order: int = typer.Option(PreprocessConfig.order, help="Butterworth order n."),
+    image_size: int = typer.Option(PreprocessConfig.image_size, help="Model input side in pixels (multiple of 16)."),
     steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
-    epochs: int = typer.Option(800, help="Epochs over the training images (paper: 800 MVTec, 400 VisA)."),
-    batch: int = typer.Option(8, help="Images per step."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate (x0.2 at 80% and 90% of training)."),
+    epochs: int = typer.Option(TrainConfig.epochs, help="Epochs over the training images (paper: 800 MVTec, 400 VisA)."),
+    batch: int = typer.Option(TrainConfig.batch, help="Images per step."),
+    lr: float = typer.Option(TrainConfig.lr, help="Adam learning rate, the paper's; x0.2 at 80% and 90% of training "
+                             "(the demo uses 1e-3 for its short run)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}]."),
-    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.pt."),
-    save_every: int = typer.Option(500, help="Write OUT/last.pt every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/last.pt with the settings saved "
+                                "there (data, sizes, step budget); other flags may be left out."),
+    save_every: int = typer.Option(TrainConfig.save_every, help="Write OUT/last.pt every N steps."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
     textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
-    seed: int = typer.Option(0, help="Random seed."),
-    amp: bool = typer.Option(True, help="bf16 autocast on CUDA."),
+    seed: int = typer.Option(TrainConfig.seed, help="Random seed."),
+    amp: bool = typer.Option(TrainConfig.amp, help="bf16 autocast on CUDA."),
 ) -> None:
-    """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
-    from fair_edge.preprocess import PreprocessConfig
+    """Train a FAIR model from normal images. Ctrl-C finishes the current step, saves OUT/last.pt and prints
+    the command that resumes it (`fair-edge train --resume --out OUT`)."""
     from fair_edge.runs import default_train_dir
     from fair_edge.synthesis import SynthesisConfig
-    from fair_edge.train import TrainConfig, TrainingInterrupted
+    from fair_edge.train import TrainingInterrupted
+    from fair_edge.train_resume import resume_command, resume_settings
 
     check_width(width)
-    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order)
-    synth = SynthesisConfig(texture_source="folder" if textures else "self")
-    cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
-                      seed=seed, amp=amp, synthesis=synth)
     out = out or default_train_dir(width)
+    if resume:
+        saved = resume_settings(out, given_flags(ctx), save_every)
+        pre, cfg, source = saved.preprocess, saved.train, saved.run
+        data, category = source.data, source.category
+        textures = Path(source.textures) if source.textures else None
+    else:
+        if data is None:
+            raise ConfigError("train needs DATA (an MVTec folder, a VisA CSV, a folder of normal images or 'elpv'); "
+                              "only --resume reads it from OUT/last.pt.")
+        pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order)
+        synth = SynthesisConfig(texture_source="folder" if textures else "self")
+        cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
+                          seed=seed, amp=amp, synthesis=synth)
     try:
-        final = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
-                             category=category, textures=textures)
+        final, split = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
+                                    category=category, textures=textures)
     except TrainingInterrupted as exc:
-        console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --width {width} --out {out} --resume")
+        console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
+        console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
+    console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
+    console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -132,7 +194,7 @@ def print_metrics(result: dict, out: Path) -> None:
             console.print(f"[yellow]{result[key]}[/]")
 
 
-def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, frr: float,
+def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,
              category: Optional[str] = None) -> dict:
     from fair_edge.data import load_dataset
     from fair_edge.evaluate import evaluate
@@ -142,7 +204,7 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(split.test))
         result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
-                          false_reject_rate=frr, progress=lambda n: bar.advance(task, n))
+                          false_reject_rate=false_reject_rate, progress=lambda n: bar.advance(task, n))
     print_metrics(result, out)
     return result
 
@@ -155,12 +217,18 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch: int = typer.Option(16, help="Images per forward pass."),
-    frr: float = typer.Option(0.005, help="Target false reject rate for the suggested threshold."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the suggested threshold "
+                                            "(the same setting and default as `build --false-reject-rate`)."),
+    frr: Optional[float] = typer.Option(None, "--frr", hidden=True, help="Deprecated: --false-reject-rate."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
 ) -> None:
     """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
+    if frr is not None:
+        console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
+        false_reject_rate = frr
     out = out or checkpoint.parent / "eval"
-    run_eval(checkpoint, data, out, device=device, batch=batch, frr=frr, category=category)
+    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category)
     console.print(f"[green]report:[/] {out}")
 
 
@@ -195,18 +263,20 @@ def print_demo(report: dict) -> None:
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report, bundle, station output)."),
-    steps: int = typer.Option(300, help="Training steps when no demo model exists yet."),
+    steps: int = typer.Option(DEMO_STEPS, help="Training steps when no demo model exists yet."),
     retrain: bool = typer.Option(False, help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
     backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
-    false_reject_rate: float = typer.Option(0.05, help="Threshold target: share of normal cells rejected."),
+    false_reject_rate: float = typer.Option(DEMO_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Threshold target: share of normal cells rejected. The demo asks for "
+                                            "5 % where build and eval default to 0.5 %: its threshold comes from 59 "
+                                            "normal cells, too few to resolve 0.5 %."),
 ) -> None:
     """The built-in demo, no hardware needed: train a small FAIR model on ELPV mono solar cells (normal
     cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
     through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the reject gate."""
     from fair_edge.demo import run_demo
-    from fair_edge.demo_config import DEMO_DATA, demo_preprocess, demo_train_config
 
     def train_or_reuse() -> Path:
         final = out / "final.pt"
@@ -214,12 +284,12 @@ def demo(
             console.print(f"reusing demo model {final} (--retrain to train again)")
             return final
         return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
-                            device=device, resume=False)
+                            device=device, resume=False)[0]
 
     report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, false_reject_rate=false_reject_rate,
                       say=console.print,
                       evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
-                                                      frr=0.005))
+                                                      false_reject_rate=false_reject_rate))
     print_demo(report)
     console.print(f"[green]demo report:[/] {out / 'demo_report.json'}; verdicts: {out / 'station' / 'verdicts.jsonl'}")
 

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import list_images, read_image
 from fair_edge.cli_common import check_width, friendly_errors
@@ -99,7 +100,8 @@ def build(
     calib_method: str = typer.Option("percentile", "--calib-method", help="entropy, percentile or max."),
     normal: Optional[Path] = typer.Option(None, "--normal", help="Held-out normal images for the decision threshold."),
     defects: Optional[Path] = typer.Option(None, "--defects", help="Defect images: also report the F1-optimal threshold."),
-    false_reject_rate: float = typer.Option(0.005, "--false-reject-rate", help="Target false-reject rate on normal images."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the decision threshold."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),

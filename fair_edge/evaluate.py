@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge import metrics, plots
 from fair_edge.calibration.threshold import quantile_threshold
 from fair_edge.checkpoint import load_checkpoint
@@ -76,7 +77,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None)
 
 
-def compute_metrics(scored: ScoredSet, false_reject_rate: float = 0.005) -> dict:
+def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> dict:
     labels = scored.labels
     result: dict = {"images": len(labels), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
     if result["normal"] and result["defective"]:
@@ -128,7 +129,7 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
 
 
 def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: str = "cpu", batch: int = 16,
-             false_reject_rate: float = 0.005, worst: int = 8, progress=None) -> dict:
+             false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE, worst: int = 8, progress=None) -> dict:
     """Score ``split.test`` and write the report; returns the metrics dict."""
     if not split.test:
         raise DataError(
