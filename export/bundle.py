@@ -7,7 +7,9 @@ bundle.json (format "fair-edge-bundle", version 1) carries every setting the run
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
-  files: {relative name: {sha256, bytes}} for every other file in the bundle.
+  files: {relative name: {sha256, bytes}} for every other file in the bundle;
+  metadata_sha256: SHA-256 of bundle.json itself (canonical JSON of every other key, ``metadata_digest``),
+  so an edited threshold, cutoff or any other setting is refused like a modified file.
 ``load_bundle`` verifies all of it; ``check_engine_target`` refuses an engine built elsewhere.
 """
 
@@ -30,6 +32,7 @@ from fair_edge.scoring import ScoringConfig
 FORMAT = "fair-edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+METADATA_KEY = "metadata_sha256"
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,24 @@ def library_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
 
 
+def metadata_digest(data: dict) -> str:
+    """SHA-256 (hex) of bundle.json's content without its own checksum key, as canonical JSON
+    (sorted keys, no whitespace, ASCII), so formatting does not matter and every value does."""
+    body = {k: v for k, v in data.items() if k != METADATA_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(root: str | Path, manifest: dict) -> Path:
-    """Add ``format``, ``format_version`` and the checksums of every file under ``root``; write bundle.json atomically."""
+    """Add ``format``, ``format_version``, the checksums of every file under ``root`` and the metadata
+    checksum; write bundle.json atomically."""
     root = Path(root)
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")):
         rel = path.relative_to(root).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            **{k: v for k, v in manifest.items() if k != METADATA_KEY}, "files": files}
+    data[METADATA_KEY] = metadata_digest(data)
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, root / MANIFEST)
@@ -147,7 +160,22 @@ def _read_manifest(root: Path) -> dict:
             f"{path} has bundle format version {data.get('format_version')!r}; this fair-edge reads version "
             f"{FORMAT_VERSION}. {_rebuild_hint(data)}"
         )
+    _verify_metadata(path, data)
     return data
+
+
+def _verify_metadata(path: Path, data: dict) -> None:
+    recorded, found = data.get(METADATA_KEY), metadata_digest(data)
+    if recorded is None:
+        raise BundleError(f"{path} has no {METADATA_KEY} (written by an older fair-edge), so its settings cannot be "
+                          f"verified. {_rebuild_hint(data)}")
+    if recorded != found:
+        raise BundleError(
+            f"{path} was changed after the build: its metadata checksum is {found[:16]}..., the build recorded "
+            f"{str(recorded)[:16]}.... A bundle's settings (threshold, cutoff, image size, ...) are fixed when it is "
+            "built. For another decision threshold set decision.threshold in the station file or pass "
+            f"`fair-edge run --threshold`; for any other change, rebuild. {_rebuild_hint(data)}"
+        )
 
 
 def _verify_files(root: Path, data: dict) -> dict[str, str]:
