@@ -25,6 +25,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import FILTERS, PreprocessConfig
+from fair_edge.station_doc import station_reference
 from fair_edge.train import TrainConfig
 
 app = typer.Typer(
@@ -264,7 +265,7 @@ def print_demo(report: dict) -> None:
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report, bundle, station output)."),
     steps: int = typer.Option(DEMO_STEPS, help="Training steps when no demo model exists yet."),
-    retrain: bool = typer.Option(False, help="Train again even if OUT/final.pt exists."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
     backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
@@ -325,7 +326,10 @@ def print_summary(summary, out: Path) -> None:
         console.print(f"[bold red]station fault:[/] {summary.fault}")
 
 
-@app.command()
+@app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
+             "2 the station could not start (bad flag or station file, missing bundle, a camera that cannot be "
+             "opened); 3 the station faulted while running (the backend kept failing, or the camera is gone for "
+             "good).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
 @friendly_errors
 def run(
     station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
@@ -341,15 +345,14 @@ def run(
     max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
     fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
-    loop: bool = typer.Option(False, help="Replay --source forever."),
+    loop: bool = typer.Option(False, "--loop", help="Replay --source forever."),
     out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
 ) -> None:
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
-    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
-    Exit code 3 when the station faulted (the backend kept failing, or the camera is gone for good)."""
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0."""
     import signal
     import threading
 
@@ -441,6 +444,8 @@ def bench(
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads)
     if (bundle is None) == (synthetic_width is None):
         raise ConfigError("give either a BUNDLE or --synthetic-width (random weights), not both or neither.")
+    if synthetic_width is not None:
+        check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
     show = lambda row: console.print(f"{row.role} {row.mode} batch {row.batch}: {row.fps:.1f} frames/s")  # noqa: E731
     if bundle is not None:

@@ -49,12 +49,12 @@ def friendly_errors(fn):
     return wrapper
 
 
-def check_width(width: int) -> int:
-    """The CLI trains and builds the paper's widths only (the library accepts any)."""
+def check_width(width: int, flag: str = "--width") -> int:
+    """The CLI trains, builds and benches the paper's widths only (the library accepts any)."""
     if width not in WIDTHS:
         close = difflib.get_close_matches(str(width), [str(w) for w in WIDTHS], n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"--width must be one of {', '.join(map(str, WIDTHS))}; found {width}.{hint}")
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, WIDTHS))}; found {width}.{hint}")
     return width
 
 
