@@ -97,3 +97,20 @@ def test_train_states_the_cutoff_and_learning_rate_it_used(mvtec_dir, tmp_path):
     assert "D0 3.75 (frequency-index units at 32 px, the paper's 30 at 256 px scaled to this size)" in text
     assert "Adam lr 0.0001" in text
     assert load_checkpoint(tmp_path / "final.pt").preprocess.cutoff == pytest.approx(30 * 32 / 256)
+
+
+def test_next_hint_fits_a_plain_folder(mvtec_dir, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(mvtec_dir / "train" / "good"), "--width", "32", "--image-size",
+                                      "32", "--steps", "1", "--batch", "4", "--device", "cpu", "--out", str(tmp_path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, text
+    assert "next: fair-edge build" in text and "--normal" in text and "next: fair-edge eval" not in text
+
+
+def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
+    from fair_edge.preprocess import PreprocessConfig
+
+    assert PreprocessConfig().cutoff == 30.0 and PreprocessConfig(image_size=128).cutoff == 15.0
+    assert PreprocessConfig(image_size=128, cutoff=30.0).cutoff == 30.0
+    stored = {"image_size": 128, "filter": "butterworth", "cutoff": 30.0, "order": 2}  # an older checkpoint
+    assert PreprocessConfig.from_dict(stored).cutoff == 30.0
