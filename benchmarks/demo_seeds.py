@@ -28,7 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from fair_edge.cli import run_eval, run_training
+    from fair_edge.cli import run_eval
+    from fair_edge.cli_train import run_training
     from fair_edge.demo import run_demo
     from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
 

@@ -61,6 +61,7 @@ def test_calib_normal_and_defects_accept_a_dataset(tiny_ckpt_path, mvtec_dir, tm
     r = invoke(tiny_ckpt_path, "--int8", "--calib", mvtec_dir, "--normal", mvtec_dir, "--defects", mvtec_dir,
                "--out", out, "--no-engine")
     assert r.exit_code == 0, r.output
+    assert "build, INT8 calibration (percentile) 16/16 (100%)" in r.output  # the plain progress line of a log
     b = load_bundle(out)
     assert b.calibration["images_used"] == 16  # train/good
     assert b.threshold.n_normal == 6 and b.threshold.n_defect == 6  # test/good and test/blob
