@@ -17,6 +17,8 @@ from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.unet import WIDTHS
 
 console = Console(stderr=True)
+EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit
+PROGRESS_EVERY_S = 10.0  # plain progress lines in logs (output not a terminal)
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 
@@ -31,8 +33,6 @@ class VerboseAnywhere(TyperGroup):
             rest = [a for a in head if a not in VERBOSE_FLAGS] + args[len(head):]
             args = flags[:1] + rest
         return super().parse_args(ctx, args)
-EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit
-PROGRESS_EVERY_S = 10.0  # plain progress lines in logs (output not a terminal)
 
 
 def friendly_errors(fn):
