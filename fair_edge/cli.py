@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.cli_common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
@@ -132,6 +133,24 @@ def print_demo(report: dict) -> None:
                   f"range {pulses['min']:+.2f} .. {pulses['max']:+.2f} ms; late verdicts {rejects.get('late', 0)}")
 
 
+def can_continue(out: Path, cfg) -> bool:
+    """True when ``out/last.pt`` is an interrupted run with exactly these training settings."""
+    from fair_edge.errors import CheckpointError
+    from fair_edge.train_resume import read_saved_run
+
+    if not (out / "last.pt").is_file():
+        return False
+    try:
+        same = read_saved_run(out).train == cfg
+    except CheckpointError as exc:
+        console.print(f"[yellow]not continuing {out / 'last.pt'}: {escape(str(exc))}[/] Training from the start.")
+        return False
+    if not same:
+        console.print(f"[yellow]{out / 'last.pt'} was trained with other settings (e.g. --steps); training from the "
+                      "start.[/]")
+    return same
+
+
 @app.command()
 @friendly_errors
 def demo(
@@ -150,19 +169,30 @@ def demo(
     cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
     through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the reject gate."""
     from fair_edge.demo import run_demo
+    from fair_edge.train import TrainingInterrupted
 
     def train_or_reuse() -> Path:
         final = out / "final.pt"
         if final.is_file() and not retrain:
             console.print(f"reusing demo model {final} (--retrain to train again)")
             return final
-        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
-                            device=device, resume=False)[0]
+        cfg = demo_train_config(steps)
+        resume = not retrain and can_continue(out, cfg)
+        if resume:
+            console.print(f"continuing the interrupted demo training in {out / 'last.pt'} (--retrain to start over)")
+        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=cfg, out=out, device=device,
+                            resume=resume)[0]
 
-    report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, false_reject_rate=false_reject_rate,
-                      say=console.print,
-                      evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
-                                                      false_reject_rate=false_reject_rate))
+    try:
+        report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend,
+                          false_reject_rate=false_reject_rate,
+                          say=console.print,
+                          evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
+                                                          false_reject_rate=false_reject_rate))
+    except TrainingInterrupted as exc:
+        console.print(f"[yellow]{escape(str(exc))}[/] Run the same `fair-edge demo` command again to continue.",
+                      highlight=False)
+        raise typer.Exit(130) from None
     print_demo(report)
     console.print(f"[green]demo report:[/] {out / 'demo_report.json'}; verdicts: {out / 'station' / 'verdicts.jsonl'}")
 

@@ -114,3 +114,29 @@ def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
     assert PreprocessConfig(image_size=128, cutoff=30.0).cutoff == 30.0
     stored = {"image_size": 128, "filter": "butterworth", "cutoff": 30.0, "order": 2}  # an older checkpoint
     assert PreprocessConfig.from_dict(stored).cutoff == 30.0
+
+
+def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
+    import fair_edge.cli as cli
+    from fair_edge.data import load_dataset
+    from fair_edge.demo_config import demo_preprocess, demo_train_config
+    from fair_edge.train import Trainer, TrainingInterrupted
+
+    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4), tmp_path, torch.device("cpu"))
+    trainer.run_info = {"data": "elpv:mono", "category": None, "textures": None}  # as run_training sets it
+    with pytest.raises(TrainingInterrupted):
+        trainer.run(lambda step, *_: trainer.request_stop())
+    calls = []
+    monkeypatch.setattr(cli, "run_training", lambda data, **kw: calls.append(kw["resume"]) or (tmp_path / "x", None))
+
+    def fake_demo(out, *, train, **kw):
+        train()
+        raise TrainingInterrupted(out / "last.pt", 3)
+
+    monkeypatch.setattr("fair_edge.demo.run_demo", fake_demo)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4"])
+    assert result.exit_code == 130 and "Run the same `fair-edge demo` command again" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "5"])  # other settings: start over
+    assert "other settings" in result.output
+    CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4", "--retrain"])
+    assert calls == [True, False, False]
