@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.errors import DataError
-from fair_edge.export.ort_backend import OnnxRuntimeBackend
+from fair_edge.runtime.ort import OnnxRuntimeBackend
 from fair_edge.preprocess import PreprocessConfig
 
 

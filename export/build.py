@@ -27,7 +27,7 @@ from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, T
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, write_manifest
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
-from fair_edge.export.ort_backend import OnnxRuntimeBackend
+from fair_edge.runtime.ort import OnnxRuntimeBackend
 from fair_edge.export.precision import PRECISIONS, get_precision
 
 PARITY_TOL = 1e-4

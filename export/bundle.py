@@ -25,7 +25,7 @@ from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.precision import PRECISIONS
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.scoring import ScoringConfig
+from fair_edge.models.fair.scoring import ScoringConfig
 
 FORMAT = "fair-edge-bundle"
 FORMAT_VERSION = 1

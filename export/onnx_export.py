@@ -23,7 +23,7 @@ import onnx
 import torch
 from torch import nn
 
-from fair_edge.detector import FairDetector
+from fair_edge.models.fair.detector import FairDetector
 from fair_edge.errors import ExportError
 
 OPSET = 17

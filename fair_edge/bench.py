@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fair_edge.backends import BackendChoice, CpuPreprocessor, TorchBackend, select_backend
+from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, TorchBackend, select_backend
 from fair_edge.bench_settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
@@ -75,8 +75,8 @@ def synthetic_bundle(out: Path, width: int, image_size: int = 256, precision: st
     from fair_edge.checkpoint import Checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
     from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.scoring import ScoringConfig
-    from fair_edge.unet import UNet
+    from fair_edge.models.fair.scoring import ScoringConfig
+    from fair_edge.models.fair.unet import UNet
 
     if width < 1:
         raise ConfigError(f"--synthetic-width must be >= 1 (the paper's widths are 32, 64, 128); found {width}.")

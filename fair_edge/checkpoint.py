@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 import fair_edge
-from fair_edge.detector import FairDetector
+from fair_edge.models.fair.detector import FairDetector
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.scoring import ScoringConfig
+from fair_edge.models.fair.scoring import ScoringConfig
 
 FORMAT = "fair-edge-checkpoint"
 FORMAT_VERSION = 1

@@ -98,7 +98,7 @@ def train(
     """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
     from fair_edge.preprocess import PreprocessConfig
     from fair_edge.runs import default_train_dir
-    from fair_edge.synthesis import SynthesisConfig
+    from fair_edge.models.fair.synthesis import SynthesisConfig
     from fair_edge.train import TrainConfig, TrainingInterrupted
 
     check_width(width)

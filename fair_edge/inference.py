@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fair_edge.detector import FairDetector
+from fair_edge.models.fair.detector import FairDetector
 from fair_edge.preprocess import HighPass, model_input
 
 

@@ -23,11 +23,11 @@ import torch
 from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.data import DatasetSplit, load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
-from fair_edge.losses import restoration_loss
+from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
-from fair_edge.scoring import ScoringConfig
-from fair_edge.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
-from fair_edge.unet import UNet
+from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
+from fair_edge.models.fair.unet import UNet
 
 log = logging.getLogger(__name__)
 LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.detector import FairDetector
+from fair_edge.models.fair.detector import FairDetector
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
 

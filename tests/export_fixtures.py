@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import torch
 
-from fair_edge.detector import FairDetector
-from fair_edge.losses import restoration_loss
+from fair_edge.models.fair.detector import FairDetector
+from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
-from fair_edge.scoring import ScoringConfig
+from fair_edge.models.fair.scoring import ScoringConfig
 
 SIZE = 32
 WIDTH = 8

@@ -7,8 +7,8 @@ from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.errors import CheckpointError
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
-from fair_edge.scoring import ScoringConfig
-from fair_edge.unet import UNet
+from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.fair.unet import UNet
 
 
 def make(tmp_path, name="c.pt"):

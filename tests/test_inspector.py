@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fair_edge.backends import BackendChoice, CpuPreprocessor, TorchBackend
+from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, TorchBackend
 from fair_edge.cameras import CaptureSettings, CaptureThread, FolderReplaySource, LineSource
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import load_dataset

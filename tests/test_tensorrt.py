@@ -155,7 +155,7 @@ def test_real_engine_matches_onnxruntime(tiny_ckpt_path, tmp_path):
     pytest.importorskip("tensorrt")
     from fair_edge.calibration.frames import preprocess_frames
     from fair_edge.export.cuda_runtime import CudaStream
-    from fair_edge.export.ort_backend import OnnxRuntimeBackend
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
 
     result = build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", max_batch=4))
     b = load_bundle(tmp_path / "b", target=trt_mod.current_target())

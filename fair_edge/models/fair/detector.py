@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fair_edge.scoring import AnomalyScorer, ScoringConfig
-from fair_edge.unet import UNet
+from fair_edge.models.fair.scoring import AnomalyScorer, ScoringConfig
+from fair_edge.models.fair.unet import UNet
 
 
 class FairDetector(nn.Module):

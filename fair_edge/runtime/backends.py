@@ -38,7 +38,7 @@ class OnnxRuntimeCpuBackend:
     device = torch.device("cpu")
 
     def __init__(self, bundle, threads: int = 0) -> None:
-        from fair_edge.export.ort_backend import OnnxRuntimeBackend
+        from fair_edge.runtime.ort import OnnxRuntimeBackend
 
         self.session = OnnxRuntimeBackend.from_bundle(bundle, threads=threads)
 
