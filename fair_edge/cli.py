@@ -310,7 +310,7 @@ def print_bench(report) -> None:
 @app.command()
 @friendly_errors
 def bench(
-    bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-width)."),
+    bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-model)."),
     backend: str = typer.Option("auto", help="auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
     baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
@@ -326,26 +326,30 @@ def bench(
     max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
-    synthetic_width: Optional[int] = typer.Option(None, help="No bundle: build one with random weights of this "
-                                                  "UNet width (32, 64, 128) in a temporary folder."),
-    image_size: int = typer.Option(256, help="Model input size of the --synthetic-width bundle."),
-    precision: str = typer.Option("fp32", help="Precision of the --synthetic-width bundle: fp32, fp16, int8."),
+    synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
+                                                  "family (fair, lgfdr) in a temporary folder."),
+    synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
+                                                  "implies --synthetic-model fair."),
+    image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
+    precision: str = typer.Option("fp32", help="Precision of the synthetic bundle: fp32, fp16, int8."),
 ) -> None:
     """Sustained frames/s and capture -> verdict latency per batch size, against a PyTorch eager baseline.
 
-    Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` needs no trained model."""
+    Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` or
+    `--synthetic-model lgfdr` needs no trained model."""
     import shlex
     import sys
 
-    from fair_edge.bench import run_bench, run_synthetic_bench
+    from fair_edge.bench import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
     from fair_edge.bench_settings import BenchSettings, parse_batches, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads)
-    if (bundle is None) == (synthetic_width is None):
-        raise ConfigError("give either a BUNDLE or --synthetic-width (random weights), not both or neither.")
+    synthetic = synthetic_model is not None or synthetic_width is not None
+    if (bundle is None) != synthetic:
+        raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
     if synthetic_width is not None:
         check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
@@ -353,7 +357,8 @@ def bench(
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=show)
     else:
-        report = run_synthetic_bench(synthetic_width, image_size, precision, settings, command, on_row=show)
+        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        report = run_synthetic_bench(model, precision, settings, command, on_row=show)
     print_bench(report)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

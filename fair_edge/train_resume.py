@@ -9,42 +9,52 @@ schedule, another filter). ``--device`` and ``--save-every`` may change, they do
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import TrainConfig
+from fair_edge.models.registry import ModelSpec
 
-# flag (the train command's parameter name) -> (part of SavedRun, attribute)
+# flag (the train command's parameter name) -> (part of the saved run, attribute); a flag whose
+# attribute the saved family does not have (e.g. --width for a backbone family) is not compared
 SAVED_FLAGS = {
     "data": ("run", "data"), "category": ("run", "category"), "textures": ("run", "textures"),
-    "width": ("train", "width"), "steps": ("train", "steps"), "epochs": ("train", "epochs"),
-    "batch": ("train", "batch"), "lr": ("train", "lr"), "seed": ("train", "seed"), "amp": ("train", "amp"),
+    "backbone_weights": ("run", "backbone_weights"), "backbone_sha256": ("run", "backbone_sha256"),
+    "model": ("model", "family"), "width": ("settings", "width"), "backbone": ("settings", "backbone"),
+    "feature_noise": ("settings", "noise_std"),
+    "steps": ("train", "steps"), "epochs": ("train", "epochs"), "batch": ("train", "batch"), "lr": ("train", "lr"),
+    "seed": ("train", "seed"), "amp": ("train", "amp"),
     "filter": ("preprocess", "filter"), "cutoff": ("preprocess", "cutoff"), "order": ("preprocess", "order"),
     "image_size": ("preprocess", "image_size"),
 }
 FREE_ON_RESUME = ("device", "save_every", "out", "resume", "verbose")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
 class RunSource:
-    """Where a run's images came from: the DATA argument, --category and --textures (as given)."""
+    """Where a run's inputs came from: the DATA argument, --category, --textures and the backbone file (as given)."""
 
     data: str
     category: str | None = None
     textures: str | None = None
+    backbone_weights: str | None = None
+    backbone_sha256: str | None = None
 
     def to_dict(self) -> dict:
-        return {"data": self.data, "category": self.category, "textures": self.textures}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
 class SavedRun:
+    """run: where the inputs came from. model: family, settings and pre-processing. train: the
+    family's training settings (for FAIR a ``fair_edge.train.TrainConfig``)."""
+
     run: RunSource
-    preprocess: PreprocessConfig
-    train: TrainConfig
+    model: ModelSpec
+    train: Any
 
 
 def read_saved_run(out: Path) -> SavedRun:
@@ -58,12 +68,13 @@ def read_saved_run(out: Path) -> SavedRun:
     if "config" not in state or not (state.get("run") or {}).get("data"):
         raise CheckpointError(f"{path} was written by an older fair-edge that did not store its settings; "
                               "resume it with that release, or start a new run.")
+    config_type = type(ckpt.model.impl.training().default_train_config())
     try:
-        train = TrainConfig.from_dict(state["config"])
+        train = config_type.from_dict(state["config"])
         run = RunSource(**state["run"])
     except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{path} holds invalid training settings ({exc}); start a new run.") from exc
-    return SavedRun(run, ckpt.preprocess, train)
+    return SavedRun(run, ckpt.model, train)
 
 
 def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
@@ -72,14 +83,15 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
     Raises ConfigError listing every given flag that differs from the saved value.
     """
     saved = read_saved_run(out)
-    parts = {"run": saved.run, "preprocess": saved.preprocess, "train": saved.train}
+    parts = {"run": saved.run, "model": saved.model, "settings": saved.model.settings,
+             "preprocess": saved.model.preprocess, "train": saved.train}
     conflicts = []
     for name, value in given.items():
         if name in FREE_ON_RESUME or name not in SAVED_FLAGS:
             continue
         part, attr = SAVED_FLAGS[name]
-        stored = getattr(parts[part], attr)
-        if _normalise(value) != _normalise(stored):
+        stored = getattr(parts[part], attr, _MISSING)
+        if stored is not _MISSING and _normalise(value) != _normalise(stored):
             conflicts.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
     if conflicts:
         raise ConfigError(
