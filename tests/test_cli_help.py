@@ -38,12 +38,12 @@ def test_help_shows_defaults_and_no_type_noise_on_flags(command):
 
 def test_train_help_defaults_come_from_the_settings():
     text = help_text("train")
+    flat = " ".join(text.split())  # --lr and --epochs depend on the model family: each default is named
     for flag, value in (("--width", FairSettings.width), ("--batch", TrainConfig.batch),
                         ("--save-every", TrainConfig.save_every)):
         assert re.search(rf"{flag} .*\[default: {re.escape(str(value))}\]", text), flag
-    flat = " ".join(text.split())  # --lr and --epochs depend on the model family: each default is named
     assert f"FAIR default {TrainConfig.lr:g} Adam" in flat and f"FAIR default {TrainConfig.epochs}" in flat
-    assert "[default: runs/train-w{width}]" in text and "frequency-index units" in text
+    assert "[default: runs/train-w{width}, LGFDR runs/train-lgfdr-{backbone}]" in flat and "frequency-index units" in flat
 
 
 def test_one_name_and_one_default_for_the_false_reject_rate():
