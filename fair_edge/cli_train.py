@@ -122,15 +122,15 @@ def train(
     order: int = typer.Option(PreprocessConfig.order, help="Butterworth order n."),
     image_size: int = typer.Option(PreprocessConfig.image_size, help="Model input side in pixels (multiple of 16)."),
     steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs over the training images (FAIR default "
-                                         f"{TrainConfig.epochs} as the paper on MVTec, 400 VisA; LGFDR default 100)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs over the training images (FAIR as the paper on MVTec; "
+                                         f"400 VisA; LGFDR 100) [default: {TrainConfig.epochs}]."),
     batch: int = typer.Option(TrainConfig.batch, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate, x0.2 at 80% and 90% of training (FAIR default "
-                                       f"{TrainConfig.lr:g} Adam as the paper, LGFDR 1e-3 AdamW; the demo uses 1e-3 "
-                                       "for its short run)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate, x0.2 at 80% and 90% of training (FAIR: Adam as "
+                                       "the paper; LGFDR: AdamW 1e-3; the demo uses 1e-3 for its short run) "
+                                       f"[default: {TrainConfig.lr:g}]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}, LGFDR "
-                                       "runs/train-lgfdr-{backbone}]."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (LGFDR: runs/train-lgfdr-{backbone}) "
+                                       "[default: runs/train-w{width}]."),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/last.pt with the settings saved "
                                 "there (data, model, sizes, step budget); other flags may be left out."),
     save_every: int = typer.Option(TrainConfig.save_every, help="Write OUT/last.pt every N steps."),
