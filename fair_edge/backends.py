@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.preprocess import HighPass, frames_to_batch, to_gray
+from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,14 @@ class TensorRTBackend:
 
 # ----------------------------------------------------------------------------- pre-processing
 class CpuPreprocessor:
-    """The reference pre-processing on the CPU: frames -> (highpass, colour) CPU float32 tensors."""
+    """The CPU pre-processing (``preprocess_cpu.CpuPipeline``): frames -> (highpass, colour) float32 tensors on ``device``."""
 
-    def __init__(self, cfg, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, cfg, device: torch.device = torch.device("cpu"), highpass: str = DEFAULT_HIGHPASS) -> None:
         self.cfg, self.device = cfg, device
-        self.highpass = HighPass(cfg)
+        self.pipeline = CpuPipeline(cfg, highpass)
 
-    @torch.no_grad()
     def __call__(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        colour = frames_to_batch(frames, self.cfg.image_size)
-        return self.highpass(to_gray(colour)).to(self.device), colour.to(self.device)
+        return self.pipeline.tensors(frames, self.device)
 
 
 class FusedGpuPreprocessor:

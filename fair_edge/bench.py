@@ -273,10 +273,12 @@ class BenchReport:
     bundle: dict
     command: str = ""
     best: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"command": self.command, "environment": self.environment, "settings": self.settings,
-                "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows]}
+                "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows],
+                "stages": [r.to_dict() for r in self.stages]}
 
 
 def environment(devices: set[str]) -> dict:
@@ -329,6 +331,8 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         torch.set_num_threads(settings.torch_threads)
     frames = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames)
     threshold = bundle.threshold.value if bundle.threshold is not None else NO_THRESHOLD
+    if settings.mode == "stages":
+        return _stages_report(bundle, settings, command, frames, threshold)
     rows: list[BenchRow] = []
     with ExitStack() as stack:
         choice = select_backend(bundle, settings.backend)
@@ -350,12 +354,31 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
                         on_row(row)
         devices = {ch.backend.device.type for _, ch in choices}
     rows = _with_ratios(rows)
-    bundle_info = {"root": str(bundle.root), "width": bundle.width, "image_size": bundle.image_size,
-                   "precision": bundle.precision, "max_batch": bundle.max_batch,
-                   "training": dict(bundle.training)}
+    return BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
+
+
+def _bundle_info(bundle) -> dict:
+    return {"root": str(bundle.root), "width": bundle.width, "image_size": bundle.image_size,
+            "precision": bundle.precision, "max_batch": bundle.max_batch, "training": dict(bundle.training)}
+
+
+def _settings_dict(settings: BenchSettings) -> dict:
     settings_dict = asdict(settings)
     settings_dict["frames"] = f"{settings.frame_hw[1]}x{settings.frame_hw[0]}"
-    return BenchReport(rows, environment(devices), settings_dict, bundle_info, command, _best(rows))
+    return settings_dict
+
+
+def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray],
+                   threshold: float) -> BenchReport:
+    """``--mode stages``: per-stage times of the CPU path, every batch, both CPU high-pass methods."""
+    from fair_edge.bench_stages import time_stages
+
+    backend = "onnxruntime" if settings.backend == "auto" else settings.backend
+    stages = [row for batch in settings.batches
+              for row in time_stages(bundle, backend, frames, batch, settings.seconds, threshold,
+                                     threads=settings.torch_threads)]
+    return BenchReport([], environment({"cpu"}), _settings_dict(settings), _bundle_info(bundle), command,
+                       stages=stages)
 
 
 def run_synthetic_bench(width: int, image_size: int, precision: str, settings: BenchSettings, command: str = "",

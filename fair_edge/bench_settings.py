@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fair_edge.backends import BACKENDS
 from fair_edge.errors import ConfigError
 
-MODES = ("loop", "compute", "both")
+MODES = ("loop", "compute", "both", "stages")
 FEEDS = ("closed", "free")
 BASELINES = ("torch-eager-cpu-pre", "none")
 
@@ -94,4 +94,4 @@ class BenchSettings:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("loop", "compute") if self.mode == "both" else (self.mode,)
+        return ("loop", "compute") if self.mode == "both" else (self.mode,)  # "stages": fair_edge.bench_stages

@@ -317,6 +317,12 @@ def run(
 # ----------------------------------------------------------------------------- bench
 def print_bench(report) -> None:
     env = report.environment
+    if report.stages:
+        from fair_edge.bench_stages import stage_table
+
+        wide = Console(width=160)
+        wide.print(f"per-stage ms per frame, CPU path: {env['cpu']} ({report.settings['frames']} frames)")
+        return stage_table(report.stages, lambda line: wide.print(line, highlight=False))
     table = Table(title=f"fair-edge bench: {env['gpu'] or env['cpu']} ({report.settings['frames']} frames, "
                         f"feed {report.settings['feed']})")
     for name in ("role", "backend", "pre", "mode", "batch", "frames/s", "vs base", "p50/p99/max ms", "drops", "mean b"):
@@ -344,7 +350,8 @@ def bench(
     seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode."),
     warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
     mode: str = typer.Option("loop", help="loop (camera thread -> Inspector), compute (pre-process + infer "
-                             "on ready batches), or both."),
+                             "on ready batches), both, or stages (CPU path: ms per frame of copy, resize, "
+                             "high-pass (fft and separable), inference, scoring, decision)."),
     feed: str = typer.Option("closed", help="loop feeding: closed (<= queue frames in flight, no drops), "
                              "free (fps=0, drop_oldest), or a line rate in frames/s."),
     queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch."),
