@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from fair_edge.compiled import CompiledModule
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline
 
@@ -51,17 +52,28 @@ class OnnxRuntimeCpuBackend:
 
 
 class TorchBackend:
-    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph."""
+    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph.
+
+    compile: run the detector through ``torch.compile`` (inductor; ``fair_edge.compiled``)."""
 
     name = "torch"
 
-    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True) -> None:
+    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True, compile: bool = False) -> None:
         from fair_edge.checkpoint import load_checkpoint
 
         self.device = device
         self.detector = load_checkpoint(weights).build_detector(device)
+        self.compiled = CompiledModule(self.detector) if compile else None
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self.graphs: dict[int, tuple] = {}
+
+    @property
+    def compile_seconds(self) -> dict[int, float]:
+        """Seconds torch.compile took per batch size (first call of each shape); empty when not compiled."""
+        return dict(self.compiled.seconds) if self.compiled else {}
+
+    def _forward(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.compiled or self.detector)(highpass, colour)
 
     @torch.no_grad()
     def _capture(self, batch: int, channels: int, size: int) -> tuple:
@@ -70,18 +82,18 @@ class TorchBackend:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up before capture, as CUDA graphs require
-                self.detector(static_hp, static_col)
+            for _ in range(3):  # warm-up before capture, as CUDA graphs require (and compilation, if any)
+                self._forward(static_hp, static_col)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_map, static_score = self.detector(static_hp, static_col)
+            static_map, static_score = self._forward(static_hp, static_col)
         return graph, static_hp, static_col, static_map, static_score
 
     @torch.no_grad()
     def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         if not self.use_graphs:
-            amap, score = self.detector(highpass.to(self.device), colour.to(self.device))
+            amap, score = self._forward(highpass.to(self.device), colour.to(self.device))
             return amap[:, 0].float().cpu().numpy(), score.float().cpu().numpy()
         batch = highpass.shape[0]
         if batch not in self.graphs:
@@ -156,31 +168,40 @@ class FusedGpuPreprocessor:
 
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
+class BackendOptions:
+    """compile: torch.compile the PyTorch backends (``fair_edge.compiled``); the others ignore it."""
+
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class BackendChoice:
     backend: Backend
     preprocess: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
     reason: str
 
 
-def _tensorrt(bundle) -> BackendChoice:
+def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
     if bundle.engine is None:
         raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
     return BackendChoice(TensorRTBackend(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
 
 
-def _torch_cuda(bundle) -> BackendChoice:
+def _torch_cuda(bundle, options: BackendOptions) -> BackendChoice:
     if not torch.cuda.is_available():
         raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
-    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cuda")), _gpu_preprocessor(bundle),
-                         "PyTorch on CUDA with CUDA graphs")
+    backend = TorchBackend(_weights(bundle), torch.device("cuda"), compile=options.compile)
+    return BackendChoice(backend, _gpu_preprocessor(bundle),
+                         f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''}")
 
 
-def _torch_cpu(bundle) -> BackendChoice:
-    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.preprocess),
-                         "PyTorch eager on the CPU")
+def _torch_cpu(bundle, options: BackendOptions) -> BackendChoice:
+    backend = TorchBackend(_weights(bundle), torch.device("cpu"), compile=options.compile)
+    return BackendChoice(backend, CpuPreprocessor(bundle.preprocess),
+                         f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
 
 
-def _onnxruntime(bundle) -> BackendChoice:
+def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
     return BackendChoice(OnnxRuntimeCpuBackend(bundle), CpuPreprocessor(bundle.preprocess),
                          f"ONNX Runtime on the CPU ({bundle.precision} graph)")
 
@@ -207,18 +228,18 @@ BACKENDS: dict[str, Callable] = {
 }
 
 
-def select_backend(bundle, name: str = "auto") -> BackendChoice:
+def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BackendChoice:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU."""
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
-        return BACKENDS[name](bundle)
+        return BACKENDS[name](bundle, options)
     reasons = []
     for candidate in ("tensorrt", "torch-cuda"):
         try:
-            choice = BACKENDS[candidate](bundle)
+            choice = BACKENDS[candidate](bundle, options)
             return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason}")
         except (FairEdgeError, ImportError, OSError, RuntimeError) as exc:
             reasons.append(f"{candidate}: {str(exc).split('. ')[0]}")
-    choice = _onnxruntime(bundle)
+    choice = _onnxruntime(bundle, options)
     return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason} ({'; '.join(reasons)})")

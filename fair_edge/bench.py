@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fair_edge.backends import BackendChoice, CpuPreprocessor, TorchBackend, select_backend
+from fair_edge.backends import BackendChoice, BackendOptions, CpuPreprocessor, TorchBackend, select_backend
 from fair_edge.bench_settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
@@ -129,7 +129,10 @@ def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: 
 def label(choice: BackendChoice) -> tuple[str, str]:
     """Short names of a choice's backend (e.g. 'torch-cuda graphs') and pre-processing ('fused' / 'cpu')."""
     b = choice.backend
-    name = f"torch-{b.device.type} {'graphs' if b.use_graphs else 'eager'}" if isinstance(b, TorchBackend) else b.name
+    if isinstance(b, TorchBackend):
+        name = f"torch-{b.device.type} {'graphs' if b.use_graphs else 'eager'}{' compiled' if b.compiled else ''}"
+    else:
+        name = b.name
     pre = "fused" if type(choice.preprocess).__name__ == "FusedGpuPreprocessor" else "cpu"
     return name, pre
 
@@ -265,7 +268,8 @@ def time_loop(choice: BackendChoice, frames: list[np.ndarray], batch: int, setti
 # ----------------------------------------------------------------------------- the run
 @dataclass
 class BenchReport:
-    """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle."""
+    """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle.
+    stages: ``--mode stages`` rows. compile_seconds: torch.compile wall time per batch size (``--compile``)."""
 
     rows: list[BenchRow]
     environment: dict
@@ -274,11 +278,12 @@ class BenchReport:
     command: str = ""
     best: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
+    compile_seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"command": self.command, "environment": self.environment, "settings": self.settings,
                 "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows],
-                "stages": [r.to_dict() for r in self.stages]}
+                "stages": [r.to_dict() for r in self.stages], "compile_seconds": self.compile_seconds}
 
 
 def environment(devices: set[str]) -> dict:
@@ -335,7 +340,7 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         return _stages_report(bundle, settings, command, frames, threshold)
     rows: list[BenchRow] = []
     with ExitStack() as stack:
-        choice = select_backend(bundle, settings.backend)
+        choice = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
         stack.callback(choice.backend.close)
         choices = [("backend", choice)]
         if settings.baseline != "none":
@@ -353,8 +358,11 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
                     if on_row is not None:
                         on_row(row)
         devices = {ch.backend.device.type for _, ch in choices}
+        compile_s = getattr(choice.backend, "compile_seconds", {})
     rows = _with_ratios(rows)
-    return BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
+    report = BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
+    report.compile_seconds = compile_s
+    return report
 
 
 def _bundle_info(bundle) -> dict:

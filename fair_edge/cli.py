@@ -336,6 +336,8 @@ def print_bench(report) -> None:
     console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
+    for batch, seconds in report.compile_seconds.items():
+        console.print(f"torch.compile batch {batch}: {seconds:.1f} s (first call; cached for later runs)")
 
 
 @app.command()
@@ -357,6 +359,8 @@ def bench(
     queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch."),
     max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (inductor) the torch-cpu / torch-cuda "
+                                 "backend; compile time per batch size is reported, cached on disk for later runs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     synthetic_width: Optional[int] = typer.Option(None, help="No bundle: build one with random weights of this "
                                                   "UNet width (32, 64, 128) in a temporary folder."),
@@ -375,7 +379,8 @@ def bench(
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
-                             max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads)
+                             max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
+                             compile=compile)
     if (bundle is None) == (synthetic_width is None):
         raise ConfigError("give either a BUNDLE or --synthetic-width (random weights), not both or neither.")
     command = shlex.join(sys.argv)

@@ -1,0 +1,59 @@
+"""torch.compile of the PyTorch backend (inductor on the CPU, C++ built with g++): same numbers as eager,
+compile time per batch size, and ``fair-edge bench --compile``. Both tests compile the same graph, so the
+second reuses inductor's on-disk cache (a cold compile takes minutes on a busy 2-core machine)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fair_edge.backends import TorchBackend
+from fair_edge.bench import synthetic_bundle, synthetic_frames
+from fair_edge.cli import app
+from fair_edge.compiled import CACHE_ENV, cache_dir
+from fair_edge.preprocess_cpu import CpuPipeline
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return synthetic_bundle(tmp_path_factory.mktemp("bundle"), width=4, image_size=32, max_batch=2)
+
+
+def test_compiled_backend_matches_eager_and_times_each_shape(bundle, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        check_compiled_backend(bundle)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_compiled_backend(bundle):
+    hp, col = CpuPipeline(bundle.preprocess).tensors(synthetic_frames(48, 64, count=1))
+    compiled = TorchBackend(bundle.weights_path, torch.device("cpu"), compile=True)
+    eager = TorchBackend(bundle.weights_path, torch.device("cpu"))
+    amap, score = compiled.infer(hp, col)
+    compiled.infer(hp, col)
+    ref_map, ref_score = eager.infer(hp, col)
+    assert list(compiled.compile_seconds) == [1] and compiled.compile_seconds[1] > 0  # timed once per shape
+    assert eager.compile_seconds == {}
+    np.testing.assert_allclose(amap, ref_map, atol=1e-5)
+    np.testing.assert_allclose(score, ref_score, atol=1e-5)
+    assert str(cache_dir()).endswith("fair-edge/inductor") and any(cache_dir().iterdir())
+
+
+def test_bench_compile_flag(tmp_path):
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(app, ["bench", "--synthetic-width", "4", "--image-size", "32", "--frames", "64x48",
+                                 "--batches", "1", "--seconds", "0.3", "--warmup", "0", "--threads", "1",
+                                 "--backend", "torch-cpu", "--mode", "compute", "--compile", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["compile"] is True and report["compile_seconds"]["1"] > 0
+    backend = next(row for row in report["results"] if row["role"] == "backend")
+    assert backend["backend"] == "torch-cpu eager compiled" and "torch.compile" in backend["detail"]
+    assert next(row for row in report["results"] if row["role"] == "baseline")["backend"] == "torch-cpu eager"
+    assert "torch.compile batch 1" in r.output
