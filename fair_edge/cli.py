@@ -46,6 +46,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 
     from fair_edge.data import list_images, load_dataset, load_images
     from fair_edge.train import Trainer, resolve_device
+    from fair_edge.train_ddp import from_environment
 
     split = load_dataset(data, category)
     texture_images = None
@@ -54,15 +55,19 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 
         texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
         texture_images = np.ascontiguousarray(texture_images)
-    dev = resolve_device(device)
+    parallel, dev = from_environment(resolve_device(device))  # one rank of a torchrun launch, or single
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
-        trainer = Trainer(split, preprocess, cfg, out, dev, textures=texture_images)
+        trainer = Trainer(split, preprocess, cfg, out, dev, textures=texture_images, parallel=parallel)
     if resume:
         trainer.resume()
+    if not parallel.is_main:
+        return trainer.run()
+    if resume:
         console.print(f"resumed {out / 'last.pt'} at step {trainer.state.step}")
+    ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
     console.print(
         f"training width {cfg.width} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}"
+        f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}"
     )
     with progress_bar("loss", "rate") as bar:
         task = bar.add_task("train", total=trainer.total_steps, completed=trainer.state.step, loss="", rate="")
@@ -76,6 +81,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 @app.command()
 @friendly_errors
 def train(
+    ctx: typer.Context,
     data: str = typer.Argument(..., help="MVTec category folder, VisA split CSV, folder of normal images, or 'elpv'."),
     width: int = typer.Option(128, help="UNet base width c: 32 (fastest), 64 or 128 (paper)."),
     filter: str = typer.Option("butterworth", "--filter", help="High-pass: butterworth, gaussian, ideal, sobel_xy."),
@@ -94,6 +100,9 @@ def train(
     textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
     seed: int = typer.Option(0, help="Random seed."),
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA."),
+    nproc: int = typer.Option(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
+                              "gloo); --batch is the global batch and must divide by it. Multi-node: see "
+                              "fair_edge/train_ddp.py."),
 ) -> None:
     """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
     from fair_edge.preprocess import PreprocessConfig
@@ -106,6 +115,10 @@ def train(
     synth = SynthesisConfig(texture_source="folder" if textures else "self")
     cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
                       seed=seed, amp=amp, synthesis=synth)
+    if nproc > 1:
+        from fair_edge.train_ddp import command_args, launch
+
+        raise typer.Exit(launch(nproc, command_args(ctx, skip=("nproc",))))
     out = out or default_train_dir(width)
     try:
         final = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
@@ -113,7 +126,10 @@ def train(
     except TrainingInterrupted as exc:
         console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --width {width} --out {out} --resume")
         raise typer.Exit(130) from None
-    console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
+    from fair_edge.train_ddp import is_main_process
+
+    if is_main_process():
+        console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
 
 
 # ----------------------------------------------------------------------------- eval
