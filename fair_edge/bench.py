@@ -118,9 +118,10 @@ class _Counted:
         return self.preprocess(frames)
 
 
-def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float) -> None:
-    """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph)."""
-    sizes = range(1, batch + 1) if choice.backend.device.type == "cuda" else (batch,)
+def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
+    """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph;
+    only b when no loop is timed: compute mode forms full batches alone)."""
+    sizes = range(1, batch + 1) if loop and choice.backend.device.type == "cuda" else (batch,)
     for size in sizes:
         choice.backend.infer(*choice.preprocess(_take(frames, 0, size)))
     _time_batches(choice, frames, batch, seconds)
@@ -350,7 +351,7 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         _check_batches(bundle, choice, settings.batches)
         for batch in settings.batches:
             for role, ch in choices:
-                _warm(ch, frames, batch, settings.warmup_s)
+                _warm(ch, frames, batch, settings.warmup_s, "loop" in settings.modes)
                 for mode in settings.modes:
                     row = (time_loop(ch, frames, batch, settings, threshold, role) if mode == "loop"
                            else time_compute(ch, frames, batch, settings.seconds, role))
