@@ -4,9 +4,9 @@ one set of files written by rank 0, and an exact resume."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,41 +16,34 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import Trainer, TrainConfig, TrainingInterrupted
-from fair_edge.train_ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, from_environment, shutdown
+from fair_edge.train import TrainConfig
+from fair_edge.train_ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_equivalence.py"
 
 PRE = PreprocessConfig(image_size=32, cutoff=4.0)
 CFG = TrainConfig(width=4, batch=4, lr=1e-3, steps=6, save_every=100, log_every=1, amp=False)
 LOSS_RTOL = 1e-4  # DDP vs one process: float summation order (batch-norm sums, gradient all-reduce) only
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("ddp_equivalence", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ddp_equivalence = load_script()
+
+
 def train(data: Path, out: Path, parallel=None, stop_at: int | None = None, resume: bool = False) -> list[float]:
-    """Per-step losses of a run of CFG on ``data``; ``stop_at`` interrupts it there like Ctrl-C."""
-    trainer = Trainer(load_dataset(data), PRE, CFG, out, torch.device("cpu"), parallel=parallel)
-    if resume:
-        trainer.resume()
-    losses: list[float] = []
-
-    def on_step(step, total, loss, rate):
-        losses.append(loss)
-        if step == stop_at:
-            raise KeyboardInterrupt
-
-    try:
-        trainer.run(on_step)
-    except TrainingInterrupted:
-        pass
-    return losses
+    return ddp_equivalence.train_losses(str(data), PRE, CFG, out, parallel, stop_at, resume)
 
 
 def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    parallel, _ = from_environment(torch.device("cpu"))
+    parallel = ddp_equivalence.join_group(rank, world, port)
     result = {"full": train(data, root / "full", parallel),
               "first": train(data, root / "resumed", parallel, stop_at=3),
               "rest": train(data, root / "resumed", parallel, resume=True)}
@@ -58,16 +51,10 @@ def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:
     shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_run(mvtec_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(rank_main, args=(2, free_port(), mvtec_dir, root), nprocs=2, join=True)
+    mp.spawn(rank_main, args=(2, ddp_equivalence.free_port(), mvtec_dir, root), nprocs=2, join=True)
     return root
 
 
