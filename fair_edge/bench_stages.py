@@ -4,9 +4,9 @@ Stages: copy (uint8 -> float32), resize, highpass (gray + high-pass, both ``HIGH
 inference (the UNet), scoring (MSGMS + colour + mean filter + max), decision (ROI-weighted max of
 the anomaly map, the worst case of ``Inspector.inspect``, and the threshold compare).
 
-Inference and scoring run as one graph. ONNX Runtime: the session is profiled and each batch's
-wall time is split in proportion to the kernel time of nodes under ``/scorer/`` (scoring) and all
-others (inference). PyTorch: ``detector.unet`` and ``detector.scorer`` are timed one after the other.
+Inference and scoring run as one ONNX Runtime graph: the session is profiled and each batch's wall
+time is split in proportion to the kernel time of nodes under ``/scorer/`` (scoring) and all others
+(inference).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess_cpu import HIGHPASS_METHODS, CpuPipeline, StageClock
@@ -83,33 +82,10 @@ class _OrtSplit:
             clock.seconds[stage] = self.wall * dur / total
 
 
-class _TorchSplit:
-    """Runs the bundle's PyTorch detector module by module."""
-
-    def __init__(self, weights: Path) -> None:
-        from fair_edge.checkpoint import load_checkpoint
-
-        self.detector = load_checkpoint(weights).build_detector(torch.device("cpu"))
-
-    @torch.no_grad()
-    def __call__(self, highpass: np.ndarray, colour: np.ndarray, clock: StageClock) -> np.ndarray:
-        clock.start()
-        restored = self.detector.unet(torch.from_numpy(highpass))
-        clock.lap("inference")
-        maps, _ = self.detector.scorer(torch.from_numpy(colour), restored)
-        clock.lap("scoring")
-        return maps[:, 0].numpy()
-
-    def split(self, clock: StageClock) -> None:
-        pass
-
-
 def _runner(bundle, backend: str, threads: int):
     if backend == "onnxruntime":
         return _OrtSplit(bundle.onnx_path, threads)
-    if backend == "torch-cpu":
-        return _TorchSplit(bundle.weights_path)
-    raise ConfigError(f"--mode stages times the CPU path: --backend onnxruntime or torch-cpu; found {backend!r}.")
+    raise ConfigError(f"--mode stages times the CPU station's path: --backend onnxruntime (or auto); found {backend!r}.")
 
 
 def time_stages(bundle, backend: str, frames: list[np.ndarray], batch: int, seconds: float, threshold: float,
