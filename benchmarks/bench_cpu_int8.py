@@ -26,44 +26,45 @@ from pathlib import Path
 
 import numpy as np
 
-from fair_edge.bench import environment, synthetic_bundle, synthetic_frames
+from fair_edge.errors import ConfigError
+
+from fair_edge.bench import environment, synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.calibration.int8 import Int8Settings
-from fair_edge.calibration.int8_cpu import quantize_int8_cpu
-from fair_edge.export.ort_backend import OnnxRuntimeBackend
 from fair_edge.metrics import image_auroc
-from fair_edge.preprocess_cpu import CpuPipeline
+from fair_edge.models.tensors import SCORE
+from fair_edge.runtime.backends import CpuPreprocessor
+from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 
-def graphs(fp32: Path, int8_trt: Path, calib: tuple[np.ndarray, np.ndarray], folder: Path) -> dict[str, Path]:
-    """precision -> ONNX file: fp32, int8-trt (TensorRT Q/DQ) and int8-cpu (written here)."""
-    cpu = folder / "model.int8-cpu.onnx"
-    quantize_int8_cpu(fp32, cpu, *calib, Int8Settings(), folder / "calibration-cpu.json")
-    return {"fp32": fp32, "int8-trt": int8_trt, "int8-cpu": cpu}
+def graphs(bundle) -> dict[str, Path]:
+    """precision -> ONNX file of an INT8 bundle: fp32, int8-trt (TensorRT Q/DQ), int8-cpu (CPU engines)."""
+    return {"fp32": bundle.reference_onnx_path, "int8-trt": bundle.onnx_path, "int8-cpu": bundle.cpu_onnx_path}
 
 
-def engines(paths: dict[str, Path], threads: int) -> dict[str, object]:
-    """'ENGINE PRECISION' -> backend with infer(highpass, colour) -> (maps, scores)."""
-    out: dict[str, object] = {f"onnxruntime {p}": OnnxRuntimeBackend(path, threads=threads) for p, path in paths.items()}
+def engines(bundle, threads: int) -> dict[str, object]:
+    """'ENGINE PRECISION' -> backend with infer({name: array}) -> {anomaly_map, score}."""
+    names, paths = bundle.model.input_names, graphs(bundle)
+    out: dict[str, object] = {f"onnxruntime {p}": OnnxRuntimeBackend(path, names, threads=threads)
+                              for p, path in paths.items()}
     try:
-        from fair_edge.openvino_backend import OpenVinoBackend
+        from fair_edge.runtime.openvino import OpenVinoBackend
 
-        out["openvino fp32"] = OpenVinoBackend(paths["fp32"], threads=threads)
-        out["openvino int8-cpu"] = OpenVinoBackend(paths["int8-cpu"], threads=threads)
-    except ImportError as exc:  # the backend raises ConfigError when openvino is missing
+        out["openvino fp32"] = OpenVinoBackend(paths["fp32"], names, threads=threads)
+        out["openvino int8-cpu"] = OpenVinoBackend(paths["int8-cpu"], names, threads=threads)
+    except ConfigError as exc:  # openvino not installed
         print(f"openvino not timed: {exc}")
     return out
 
 
-def time_round(engine, pipeline: CpuPipeline, frames: list[np.ndarray], batch: int, seconds: float,
+def time_round(engine, pipeline: CpuPreprocessor, frames: list[np.ndarray], batch: int, seconds: float,
                sink: dict) -> None:
     """Append per-batch (total, inference) seconds of ``seconds`` of work to ``sink``."""
     start, i = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        hp, col = pipeline([frames[(i + k) % len(frames)] for k in range(batch)])
+        inputs = pipeline([frames[(i + k) % len(frames)] for k in range(batch)])
         t1 = time.perf_counter()
-        engine.infer(hp, col)
+        engine.infer(inputs)
         t2 = time.perf_counter()
         sink.setdefault("total", []).append(t2 - t0)
         sink.setdefault("infer", []).append(t2 - t1)
@@ -73,12 +74,10 @@ def time_round(engine, pipeline: CpuPipeline, frames: list[np.ndarray], batch: i
 def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
     frames = synthetic_frames(1080, 1920, count=8)
     calib_frames = synthetic_frames(1080, 1920, count=16, seed=1)
-    bundle = synthetic_bundle(folder / "int8", args.width, args.image_size, "int8", max_batch=max(args.batches),
-                              calib_frames=calib_frames)
-    calib = preprocess_frames(calib_frames, bundle.preprocess)
-    paths = graphs(bundle.reference_onnx_path, bundle.onnx_path, calib, folder)
-    pipeline = CpuPipeline(bundle.preprocess)
-    named = engines(paths, args.threads)
+    bundle = synthetic_bundle(folder / "int8", synthetic_model("fair", args.width, args.image_size), "int8",
+                              max_batch=max(args.batches), calib_frames=calib_frames)
+    pipeline = CpuPreprocessor(bundle.model)
+    named = engines(bundle, args.threads)
     times: dict[tuple[str, int], dict] = {}
     for name, engine in named.items():  # warm-up: first calls allocate and pick kernels
         for batch in args.batches:
@@ -116,13 +115,13 @@ def accuracy(args: argparse.Namespace, folder: Path) -> dict:
     calib_frames = [read_image(s.path) for s in split.train[:64]]
     bundle = build_bundle(ckpt, folder / "trained", BuildOptions(precision="int8", engine=False),
                           calib_frames=calib_frames).bundle
-    calib = preprocess_frames(calib_frames, ckpt.preprocess)
-    named = engines(graphs(bundle.reference_onnx_path, bundle.onnx_path, calib, folder / "trained"), args.threads)
-    highpass, colour = preprocess_frames((read_image(s.path) for s in split.test), ckpt.preprocess)
+    named = engines(bundle, args.threads)
+    inputs = preprocess_frames((read_image(s.path) for s in split.test), ckpt.model)
     labels = np.array([s.label for s in split.test])
     result = {}
     for name, engine in named.items():
-        scores = np.concatenate([engine.infer(highpass[i : i + 8], colour[i : i + 8])[1] for i in range(0, len(labels), 8)])
+        scores = np.concatenate([engine.infer({k: v[i : i + 8] for k, v in inputs.items()})[SCORE]
+                                 for i in range(0, len(labels), 8)])
         result[name] = {"auroc": image_auroc(scores, labels), "scores": scores}
     ref = result["onnxruntime fp32"]
     for name, r in result.items():
@@ -131,7 +130,8 @@ def accuracy(args: argparse.Namespace, folder: Path) -> dict:
     ref.pop("scores", None)
     print("AUROC:", {k: round(v["auroc"], 4) for k, v in result.items()})
     return {"checkpoint": str(args.checkpoint), "data": args.data, "image_size": ckpt.preprocess.image_size,
-            "width": ckpt.width, "normal": int((labels == 0).sum()), "defective": int(labels.sum()), "engines": result}
+            "model": ckpt.model.describe(), "thresholds": {"int8-trt": bundle.threshold.value,
+                                                           "int8-cpu": bundle.cpu_threshold.value}, "normal": int((labels == 0).sum()), "defective": int(labels.sum()), "engines": result}
 
 
 def print_table(rows: list[dict]) -> None:

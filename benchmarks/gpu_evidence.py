@@ -177,17 +177,17 @@ def collect_train_speed(ctx: Context) -> tuple[dict, list[str]]:
                   for r in data["results"]]
 
 
-def _train_eval(ctx: Context, name: str, extra: list[str]) -> list[list[str]]:
+def _train_eval(ctx: Context, name: str, model: list[str]) -> list[list[str]]:
     run = ctx.out / name
     size = ctx.size(["--image-size", "256", "--steps", "1500", "--device", "cuda"],
                     ["--image-size", "32", "--cutoff", "4", "--steps", "2", "--device", "cpu"])
-    return [[*CLI, "train", ctx.data, "--width", "32", "--batch", "8", "--lr", "1e-3", *size, "--out", str(run), *extra],
+    return [[*CLI, "train", ctx.data, *model, "--batch", "8", "--lr", "1e-3", *size, "--out", str(run)],
             [*CLI, "eval", str(run / "final.pt"), ctx.data, "--device", ctx.size("cuda", "cpu"),
              "--out", str(run / "eval")]]
 
 
 def elpv(ctx: Context) -> list[list[str]]:
-    return _train_eval(ctx, "elpv-w32", [])
+    return _train_eval(ctx, "elpv-w32", ["--model", "fair", "--width", "32"])
 
 
 def _metrics_row(ctx: Context, name: str, title: str) -> tuple[dict, list[str]]:
@@ -197,12 +197,14 @@ def _metrics_row(ctx: Context, name: str, title: str) -> tuple[dict, list[str]]:
 
 
 def other_families() -> list[str]:
-    """Model families other than FAIR (the steps above cover FAIR)."""
-    return []
+    """Model families in the registry other than FAIR (the steps above cover FAIR)."""
+    from fair_edge.models.registry import FAMILIES
+
+    return [key for key in FAMILIES if key != "fair"]
 
 
 def families(ctx: Context) -> list[list[str]]:
-    return [cmd for family in other_families() for cmd in _train_eval(ctx, f"family-{family}", ["--family", family])]
+    return [cmd for family in other_families() for cmd in _train_eval(ctx, f"family-{family}", ["--model", family])]
 
 
 def collect_families(ctx: Context) -> tuple[dict, list[str]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -24,7 +24,6 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key
 from fair_edge.errors import ExportError
-from fair_edge.export.onnx_export import non_unet_node_names
 
 log = logging.getLogger(__name__)
 CPU_INT8_ONNX = "model.int8-cpu.onnx"
@@ -32,23 +31,24 @@ CPU_CALIB_CACHE = "calibration-cpu.json"
 CPU_INT8_OPS = ("Conv", "MaxPool", "Resize", "Add", "Concat")  # the UNet's operators with int8 CPU kernels
 
 
-def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, highpass: np.ndarray, colour: np.ndarray,
-                      settings: Int8Settings, cache_path: str | Path,
+def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mapping[str, np.ndarray],
+                      scope: tuple[str, ...], settings: Int8Settings, cache_path: str | Path,
                       on_image: Callable[[], None] | None = None) -> bool:
-    """Write the CPU INT8 graph of ``fp32_onnx`` to ``out_onnx`` (U8S8 Q/DQ on every UNet operator).
+    """Write the CPU INT8 graph of ``fp32_onnx`` to ``out_onnx`` (U8S8 Q/DQ on the ``CPU_INT8_OPS`` in ``scope``).
 
-    highpass (N, C, S, S), colour (N, 3, S, S) float32: calibration inputs. cache_path: ORT calibration
-    cache, reused when its key file matches. Returns True if the cache was reused.
+    inputs: {input name: (N, C, S, S) float32} calibration inputs. scope: node-name prefixes to quantise
+    (the family's ``int8_scope``). cache_path: ORT calibration cache, reused when its key file matches.
+    Returns True if the cache was reused.
     """
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
-    key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, highpass)
+    key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
     reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
     if not reused:
         cache_path.unlink(missing_ok=True)
     try:
         try:
-            _quantize(fp32_onnx, out_onnx, highpass, colour, settings, cache_path, on_image)
+            _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image)
         except ValueError as exc:
             if "Too many bins" not in str(exc):
                 raise
@@ -56,7 +56,7 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, highpass: np.
             log.warning("CPU INT8: %s calibration failed on a near-constant tensor (%s); using max calibration",
                         settings.method, exc)
             cache_path.unlink(missing_ok=True)
-            _quantize(fp32_onnx, out_onnx, highpass, colour, replace(settings, method="max"), cache_path, on_image)
+            _quantize(fp32_onnx, out_onnx, inputs, scope, replace(settings, method="max"), cache_path, on_image)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ExportError(f"CPU INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
                           f"Delete {cache_path} and rebuild; if it persists, build with --fp16.") from exc
@@ -64,16 +64,17 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, highpass: np.
     return reused
 
 
-def _quantize(fp32_onnx: Path, out_onnx: Path, highpass: np.ndarray, colour: np.ndarray, settings: Int8Settings,
-              cache_path: Path, on_image: Callable[[], None] | None) -> None:
+def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray], scope: tuple[str, ...],
+              settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None) -> None:
     graph = onnx.load(str(fp32_onnx))
+    reader = _Reader(inputs, on_image)
     extra = {"WeightSymmetric": True, "CalibPercentile": settings.percentile,
-             "CalibStridedMinMax": _largest_divisor_at_most(len(highpass), settings.chunk)}
+             "CalibStridedMinMax": _largest_divisor_at_most(len(reader), settings.chunk)}
     with _quiet_ort():
         quantize_static(
-            graph, str(out_onnx), _Reader(highpass, colour, on_image), quant_format=QuantFormat.QDQ,
+            graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(CPU_INT8_OPS), per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=non_unet_node_names(graph), calibrate_method=METHODS[settings.method],
+            nodes_to_exclude=[n.name for n in graph.graph.node if not n.name.startswith(scope)], calibrate_method=METHODS[settings.method],
             extra_options=extra, calibration_cache_path=str(cache_path),
         )

@@ -5,8 +5,8 @@ inference (the UNet), scoring (MSGMS + colour + mean filter + max), decision (RO
 the anomaly map, the worst case of ``Inspector.inspect``, and the threshold compare).
 
 Inference and scoring run as one ONNX Runtime graph: the session is profiled and each batch's wall
-time is split in proportion to the kernel time of nodes under ``/scorer/`` (scoring) and all others
-(inference).
+time is split in proportion to the kernel time of the nodes in the model family's network scope
+(``int8_scope``, FAIR's ``/unet/``: inference) and all others (scoring). INT8 bundles run their CPU graph.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from typing import Callable
 import numpy as np
 
 from fair_edge.errors import ConfigError
-from fair_edge.preprocess_cpu import HIGHPASS_METHODS, CpuPipeline, StageClock
+from fair_edge.models.tensors import OUTPUT_NAMES
+from fair_edge.preprocess_cpu import HIGHPASS_METHODS, StageClock
+from fair_edge.runtime.backends import CpuPreprocessor, _cpu_graph
 
 log = logging.getLogger(__name__)
 STAGE_NAMES = ("copy", "resize", "highpass", "inference", "scoring", "decision")
-SCORER_SCOPE = "/scorer/"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class StageRow:
 class _OrtSplit:
     """Runs the bundle's ONNX graph with profiling; charges each run's wall time to inference / scoring."""
 
-    def __init__(self, onnx_path: Path, threads: int) -> None:
+    def __init__(self, onnx_path: Path, scope: tuple[str, ...], threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -60,11 +61,11 @@ class _OrtSplit:
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "fair-edge-stages")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.wall = 0.0
+        self.wall, self.scope = 0.0, scope
 
-    def __call__(self, highpass: np.ndarray, colour: np.ndarray, clock: StageClock) -> np.ndarray:
+    def __call__(self, inputs: dict[str, np.ndarray], clock: StageClock) -> np.ndarray:
         t = time.perf_counter()
-        maps, _ = self.session.run(["anomaly_map", "score"], {"highpass": highpass, "colour": colour})
+        maps, _ = self.session.run(list(OUTPUT_NAMES), {i.name: inputs[i.name] for i in self.session.get_inputs()})
         self.wall += time.perf_counter() - t
         clock.start()
         return maps[:, 0]
@@ -76,7 +77,7 @@ class _OrtSplit:
         kernel = {"inference": 0.0, "scoring": 0.0}
         for e in events:
             if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-                kernel["scoring" if SCORER_SCOPE in e["name"] else "inference"] += e["dur"]
+                kernel["inference" if e["name"].startswith(self.scope) else "scoring"] += e["dur"]
         total = sum(kernel.values()) or 1.0
         for stage, dur in kernel.items():
             clock.seconds[stage] = self.wall * dur / total
@@ -84,7 +85,7 @@ class _OrtSplit:
 
 def _runner(bundle, backend: str, threads: int):
     if backend == "onnxruntime":
-        return _OrtSplit(bundle.onnx_path, threads)
+        return _OrtSplit(_cpu_graph(bundle)[0], bundle.model.impl.int8_scope, threads)
     raise ConfigError(f"--mode stages times the CPU station's path: --backend onnxruntime (or auto); found {backend!r}.")
 
 
@@ -97,16 +98,16 @@ def time_stages(bundle, backend: str, frames: list[np.ndarray], batch: int, seco
     roi = np.ones((bundle.image_size, bundle.image_size), np.float32)
     for method in methods:
         try:
-            pipeline = CpuPipeline(bundle.preprocess, method)
+            pipeline = CpuPreprocessor(bundle.model, highpass=method)
         except ConfigError as exc:  # e.g. no compact separable kernel for this filter: time the others
             log.warning("stages: %s high-pass not timed: %s", method, str(exc).split(". ")[0])
             continue
         run = _runner(bundle, backend, threads)
-        run(*pipeline(frames[:batch]), StageClock())  # warm-up, untimed
+        run(_host(pipeline(frames[:batch])), StageClock())  # warm-up, untimed
         run.wall, clock, n, start = 0.0, StageClock(), 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             take = [frames[(n * batch + i) % len(frames)] for i in range(batch)]
-            maps = run(*pipeline(take, clock), clock)
+            maps = run(_host(pipeline(take, clock)), clock)
             _decide(maps, roi, threshold)
             clock.lap("decision")
             n += 1
@@ -114,6 +115,10 @@ def time_stages(bundle, backend: str, frames: list[np.ndarray], batch: int, seco
         per_frame = {s: 1000.0 * clock.seconds.get(s, 0.0) / (n * batch) for s in STAGE_NAMES}
         rows.append(StageRow(backend, method, batch, n, per_frame))
     return rows
+
+
+def _host(inputs: dict) -> dict[str, np.ndarray]:
+    return {name: t.numpy() for name, t in inputs.items()}
 
 
 def _decide(maps: np.ndarray, roi: np.ndarray, threshold: float) -> np.ndarray:

@@ -22,7 +22,6 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import GRAY_WEIGHTS_RGB, PreprocessConfig, frame_to_float, highpass_transfer, resize_float
@@ -121,6 +120,12 @@ class CpuPipeline:
         self.highpass = highpass_function(cfg, method)
 
     def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> tuple[np.ndarray, np.ndarray]:
+        clock = clock or StageClock()
+        colour = self.colour(frames, clock)
+        return self.highpass_of(colour, clock), colour
+
+    def colour(self, frames: list[np.ndarray], clock: StageClock | None = None) -> np.ndarray:
+        """The resized RGB images (B, 3, S, S) float32 in [0, 1]; charges 'copy' and 'resize' to ``clock``."""
         size = self.cfg.image_size
         clock = clock or StageClock()
         clock.start()
@@ -130,11 +135,13 @@ class CpuPipeline:
             clock.lap("copy")
             colour[i] = resize_float(bgr, size)
             clock.lap("resize")
+        return colour
+
+    def highpass_of(self, colour: np.ndarray, clock: StageClock | None = None) -> np.ndarray:
+        """(B, 3, S, S) RGB -> (B, C, S, S) float32 high-pass of its gray image; charges 'highpass'."""
+        clock = clock or StageClock()
+        clock.start()
         highpass = self.highpass(gray_batch(colour))
         clock.lap("highpass")
-        return highpass, colour
+        return highpass
 
-    def tensors(self, frames: list[np.ndarray], device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
-        """``__call__`` as float32 torch tensors on ``device``."""
-        highpass, colour = self(frames)
-        return torch.from_numpy(highpass).to(device), torch.from_numpy(colour).to(device)

@@ -11,16 +11,19 @@ from fair_edge.checkpoint import Checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.models.fair.family import FairSettings
+from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.fair.unet import UNet
+from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.scoring import ScoringConfig
-from fair_edge.unet import UNet
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     """Random width-4 UNet at 64 px with a cutoff that has a separable kernel (radius 24, rank 7)."""
     pre = PreprocessConfig(image_size=64, cutoff=8.0)
-    ckpt = Checkpoint(pre, 4, ScoringConfig(smooth=5), UNet(4, pre.in_channels).state_dict(), {"source": "random"})
+    model = ModelSpec("fair", pre, FairSettings(4, ScoringConfig(smooth=5)))
+    ckpt = Checkpoint(model, UNet(4, pre.in_channels).state_dict(), {"source": "random"})
     return build_bundle(ckpt, tmp_path_factory.mktemp("bundle"), BuildOptions(engine=False)).bundle
 
 
@@ -35,7 +38,7 @@ def test_every_stage_is_timed_for_both_highpass_methods(tiny_bundle):
 
 
 def test_stages_refuses_a_gpu_backend(tiny_bundle):
-    with pytest.raises(ConfigError, match="--backend onnxruntime"):
+    with pytest.raises(ConfigError, match="backend onnxruntime"):
         time_stages(tiny_bundle, "torch-cpu", synthetic_frames(40, 40, count=1), 1, 0.1, 0.5)
 
 

@@ -9,16 +9,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fair_edge.backends import TorchBackend
-from fair_edge.bench import synthetic_bundle, synthetic_frames
+from fair_edge.bench import synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.cli import app
 from fair_edge.compiled import CACHE_ENV, cache_dir
-from fair_edge.preprocess_cpu import CpuPipeline
+from fair_edge.runtime.backends import CpuPreprocessor, TorchBackend
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return synthetic_bundle(tmp_path_factory.mktemp("bundle"), width=4, image_size=32, max_batch=2)
+    return synthetic_bundle(tmp_path_factory.mktemp("bundle"), synthetic_model("fair", 4, 32), max_batch=2)
 
 
 def test_compiled_backend_matches_eager_and_times_each_shape(bundle, monkeypatch):
@@ -32,16 +31,16 @@ def test_compiled_backend_matches_eager_and_times_each_shape(bundle, monkeypatch
 
 
 def check_compiled_backend(bundle):
-    hp, col = CpuPipeline(bundle.preprocess).tensors(synthetic_frames(48, 64, count=1))
+    inputs = CpuPreprocessor(bundle.model)(synthetic_frames(48, 64, count=1))
     compiled = TorchBackend(bundle.weights_path, torch.device("cpu"), compile=True)
     eager = TorchBackend(bundle.weights_path, torch.device("cpu"))
-    amap, score = compiled.infer(hp, col)
-    compiled.infer(hp, col)
-    ref_map, ref_score = eager.infer(hp, col)
+    out = compiled.infer(inputs)
+    compiled.infer(inputs)
+    ref = eager.infer(inputs)
     assert list(compiled.compile_seconds) == [1] and compiled.compile_seconds[1] > 0  # timed once per shape
     assert eager.compile_seconds == {}
-    np.testing.assert_allclose(amap, ref_map, atol=1e-5)
-    np.testing.assert_allclose(score, ref_score, atol=1e-5)
+    for name in ("anomaly_map", "score"):
+        np.testing.assert_allclose(out[name], ref[name], atol=1e-5)
     assert str(cache_dir()).endswith("fair-edge/inductor") and any(cache_dir().iterdir())
 
 

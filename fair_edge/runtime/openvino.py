@@ -8,13 +8,14 @@ reaches it as ``/scorer/Cast_output_0``), so ports are matched on every name the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import torch
 
 from fair_edge.errors import BundleError, ConfigError
-
-INPUTS = ("highpass", "colour")
-OUTPUTS = ("anomaly_map", "score")
+from fair_edge.models.tensors import OUTPUT_NAMES
+from fair_edge.runtime.ort import Inputs, host_array
 
 
 def _port(ports, name: str, path: Path):
@@ -26,14 +27,15 @@ def _port(ports, name: str, path: Path):
 
 
 class OpenVinoBackend:
-    """infer(highpass, colour) -> (anomaly_map, score), like ``OnnxRuntimeBackend``.
-
-    highpass: (B, C, S, S) float32, colour: (B, 3, S, S) float32 RGB in [0, 1], host memory.
-    Returns anomaly_map (B, 1, S, S) float32 and score (B,) float32, host memory.
+    """infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host
+    arrays, like ``OnnxRuntimeBackend``. input_names: the bundle model's inputs, in order.
     threads: CPU inference threads, 0 = OpenVINO's default. Batch sizes may change between calls.
     """
 
-    def __init__(self, onnx_path: str | Path, threads: int = 0) -> None:
+    name = "openvino"
+    device = torch.device("cpu")
+
+    def __init__(self, onnx_path: str | Path, input_names: Sequence[str], threads: int = 0) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -48,12 +50,13 @@ class OpenVinoBackend:
         except RuntimeError as exc:
             raise BundleError(f"OpenVINO cannot load {self.path}: {str(exc)[:300]}. "
                               "Rebuild the bundle with `fair-edge build`.") from exc
-        self.inputs = [_port(self.model.inputs, n, self.path) for n in INPUTS]
-        self.outputs = [_port(self.model.outputs, n, self.path) for n in OUTPUTS]
+        self.inputs = {n: _port(self.model.inputs, n, self.path) for n in input_names}
+        self.outputs = {n: _port(self.model.outputs, n, self.path) for n in OUTPUT_NAMES}
         self.request = self.model.create_infer_request()
 
-    def infer(self, highpass: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {self.inputs[0]: np.ascontiguousarray(highpass, dtype=np.float32),
-                 self.inputs[1]: np.ascontiguousarray(colour, dtype=np.float32)}
-        result = self.request.infer(feeds)
-        return np.array(result[self.outputs[0]]), np.array(result[self.outputs[1]])
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        result = self.request.infer({port: host_array(inputs[name]) for name, port in self.inputs.items()})
+        return {name: np.array(result[port]) for name, port in self.outputs.items()}
+
+    def close(self) -> None:
+        self.request = None
