@@ -32,7 +32,7 @@ from fair_edge.train_ddp import from_environment, shutdown
 
 def train_losses(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, parallel=None,
                  stop_at: int | None = None, resume: bool = False) -> list[float]:
-    """Per-step losses of one run; ``stop_at`` interrupts it there like Ctrl-C (last.pt is written)."""
+    """Per-step losses of one run; ``stop_at`` stops it there as Ctrl-C does (last.pt is written)."""
     trainer = Trainer(load_dataset(data), pre, cfg, out, torch.device("cpu"), parallel=parallel)
     if resume:
         trainer.resume()
@@ -41,7 +41,7 @@ def train_losses(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, 
     def on_step(step, total, loss, rate):
         losses.append(loss)
         if step == stop_at:
-            raise KeyboardInterrupt
+            trainer.request_stop()
 
     try:
         trainer.run(on_step)
