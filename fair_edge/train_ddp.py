@@ -189,7 +189,8 @@ def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
         if param.param_type_name == "argument":
             args.append(str(value))
         elif getattr(param, "is_flag", False):
-            args.append(param.opts[0] if value else param.secondary_opts[0])
+            if value or param.secondary_opts:  # a single flag (--resume) left off is written as nothing
+                args.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             args += [param.opts[0], str(value)]
     return args

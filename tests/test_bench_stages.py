@@ -44,7 +44,7 @@ def test_stages_refuses_a_gpu_backend(tiny_bundle):
 
 def test_cli_stages_table_and_json(tmp_path):
     out = tmp_path / "stages.json"
-    r = CliRunner().invoke(app, ["bench", "--synthetic-width", "8", "--image-size", "32", "--frames", "64x48",
+    r = CliRunner().invoke(app, ["bench", "--synthetic-width", "32", "--image-size", "32", "--frames", "64x48",
                                  "--batches", "1", "--seconds", "0.3", "--threads", "1", "--mode", "stages",
                                  "--json", str(out)])
     assert r.exit_code == 0, r.output

@@ -17,7 +17,7 @@ from fair_edge.runtime.backends import CpuPreprocessor, TorchBackend
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return synthetic_bundle(tmp_path_factory.mktemp("bundle"), synthetic_model("fair", 4, 32), max_batch=2)
+    return synthetic_bundle(tmp_path_factory.mktemp("bundle"), synthetic_model("fair", 32, 32), max_batch=2)
 
 
 def test_compiled_backend_matches_eager_and_times_each_shape(bundle, monkeypatch):
@@ -46,7 +46,7 @@ def check_compiled_backend(bundle):
 
 def test_bench_compile_flag(tmp_path):
     out = tmp_path / "bench.json"
-    r = CliRunner().invoke(app, ["bench", "--synthetic-width", "4", "--image-size", "32", "--frames", "64x48",
+    r = CliRunner().invoke(app, ["bench", "--synthetic-width", "32", "--image-size", "32", "--frames", "64x48",
                                  "--batches", "1", "--seconds", "0.3", "--warmup", "0", "--threads", "1",
                                  "--backend", "torch-cpu", "--mode", "compute", "--compile", "--json", str(out)])
     assert r.exit_code == 0, r.output

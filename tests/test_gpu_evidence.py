@@ -24,10 +24,10 @@ def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
     assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families"]
     results = {s["name"]: s["result"] for s in report["steps"]}
     assert results["gpu_tests"]["passed"] == 0 and results["gpu_tests"]["skipped"] > 0  # no GPU here: skipped, not passed
-    assert results["station"]["4"]["results"] and results["station_compile"]["4"]["compile_seconds"]["1"] > 0
+    assert results["station"]["32"]["results"] and results["station_compile"]["32"]["compile_seconds"]["1"] > 0
     assert 0.0 <= results["elpv"]["image_auroc"] <= 1.0
     markdown = (out / "gpu_evidence.md").read_text()
-    assert "| station loop c=4 backend torch-cpu" in markdown and "image AUROC" in markdown
+    assert "| station loop c=32 backend torch-cpu" in markdown and "image AUROC" in markdown
     assert report["dry_run"] and report["total_s"] < report["budget_s"]
 
 
