@@ -28,6 +28,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit).
 
     model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
+    import inspect
+
     import numpy as np
 
     from fair_edge.data import list_images, load_dataset, load_images
@@ -47,6 +49,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     parallel, dev = from_environment(resolve_device(device))  # one rank of a torchrun launch, or single
     model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
     ddp = {"parallel": parallel} if parallel.world > 1 else {}  # families that train under DDP take it
+    if ddp and "parallel" not in inspect.signature(model.impl.training().make_trainer).parameters:
+        raise ConfigError(f"{model.describe()} does not train under DDP yet; run it without --nproc / torchrun.")
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
         trainer = model.impl.training().make_trainer(split, model, cfg, out, dev, textures=texture_images,
                                                      backbone_weights=backbone_weights, backbone_sha256=backbone_sha256,
