@@ -222,7 +222,7 @@ STEPS = (
     Step("station_compile", 70, 120, station_compile, lambda ctx: _bench_rows(ctx, "compile", "torch.compile")),
     Step("train_speed", 50, 60, train_speed, collect_train_speed),
     Step("elpv", 100, 90, elpv, lambda ctx: _metrics_row(ctx, "elpv-w32", "short training c=32, 1500 steps")),
-    Step("families", 35, 30, families, collect_families),
+    Step("families", 35, 90, families, collect_families),
 )
 
 
