@@ -24,7 +24,7 @@ import numpy as np
 from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
 from fair_edge.preprocess_cpu import HIGHPASS_METHODS, StageClock
-from fair_edge.runtime.backends import CpuPreprocessor, _cpu_graph
+from fair_edge.runtime.backends import CpuPreprocessor, cpu_graph
 
 log = logging.getLogger(__name__)
 STAGE_NAMES = ("copy", "resize", "highpass", "inference", "scoring", "decision")
@@ -85,7 +85,7 @@ class _OrtSplit:
 
 def _runner(bundle, backend: str, threads: int):
     if backend == "onnxruntime":
-        return _OrtSplit(_cpu_graph(bundle)[0], bundle.model.impl.int8_scope, threads)
+        return _OrtSplit(cpu_graph(bundle)[0], bundle.model.impl.int8_scope, threads)
     raise ConfigError(f"--mode stages times the CPU station's path: --backend onnxruntime (or auto); found {backend!r}.")
 
 

@@ -197,7 +197,7 @@ def _torch_cpu(bundle, options: BackendOptions) -> BackendChoice:
                          f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
 
 
-def _cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
+def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
     """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold), else the bundle's graph."""
     if bundle.cpu_onnx_path is not None:
         return bundle.cpu_onnx_path, bundle.cpu_threshold, "int8 CPU graph"
@@ -207,7 +207,7 @@ def _cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
 def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.ort import OnnxRuntimeBackend
 
-    path, threshold, what = _cpu_graph(bundle)
+    path, threshold, what = cpu_graph(bundle)
     return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
                          f"ONNX Runtime on the CPU ({what})", threshold)
 
@@ -215,7 +215,7 @@ def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
 def _openvino(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.openvino import OpenVinoBackend
 
-    path, threshold, what = _cpu_graph(bundle)
+    path, threshold, what = cpu_graph(bundle)
     return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
                          f"OpenVINO on the CPU ({what})", threshold)
 
