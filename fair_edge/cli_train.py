@@ -36,7 +36,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.registry import ModelSpec
     from fair_edge.train import resolve_device
-    from fair_edge.train_ddp import from_environment
+    from fair_edge.train_ddp import ddp_group, from_environment
     from fair_edge.train_resume import RunSource
 
     split = load_dataset(data, category)
@@ -60,7 +60,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     if resume:
         trainer.resume()
     if not parallel.is_main:
-        return trainer.run(), split
+        with ddp_group():
+            return trainer.run(), split
     if resume:
         console.print(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
     ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
@@ -75,7 +76,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
-        return trainer.run(on_step), split
+        with ddp_group():
+            return trainer.run(on_step), split
 
 
 def describe_settings(pre, cfg) -> str:

@@ -3,11 +3,11 @@
 Launch (one machine, N processes; each rank takes GPU ``LOCAL_RANK``, or the CPU with gloo):
 
     fair-edge train DATA --width 32 --nproc 2             # launches torchrun for you
-    torchrun --nproc-per-node 2 -m fair_edge.train_ddp DATA --width 32   # the same, by hand
+    torchrun --nproc-per-node 2 -m fair_edge.cli train DATA --width 32   # the same, by hand
 
 Several machines: the same command on each, with a rendezvous endpoint they all reach, e.g. on 2 nodes
 of 8 GPUs: ``torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400
---rdzv-id fair1 -m fair_edge.train_ddp DATA --out /shared/runs/w32`` (``--out`` on storage every node
+--rdzv-id fair1 -m fair_edge.cli train DATA --out /shared/runs/w32`` (``--out`` on storage every node
 sees, so ``--resume`` finds ``last.pt``).
 
 What each rank does (``DataParallel`` below, hooked into ``fair_edge.train.Trainer``):
@@ -25,6 +25,7 @@ What each rank does (``DataParallel`` below, hooked into ``fair_edge.train.Train
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -163,15 +164,24 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def ddp_group():
+    """Leave the process group (if one was joined) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        shutdown()
+
+
 def launch(nproc: int, train_args: list[str]) -> int:
-    """Run ``fair_edge.train_ddp`` with ``train_args`` in ``nproc`` local processes via torchrun; exit code."""
+    """Run ``fair-edge train train_args`` in ``nproc`` local processes via torchrun; exit code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     if nproc < 2:
         raise ConfigError(f"--nproc must be >= 2 to launch processes (1 trains in this process); found {nproc}.")
     try:
-        torchrun(["--nproc-per-node", str(nproc), "--standalone", "-m", "fair_edge.train_ddp", *train_args])
+        torchrun(["--nproc-per-node", str(nproc), "--standalone", "-m", "fair_edge.cli", "train", *train_args])
     except ChildFailedError as exc:  # a rank failed; its own error line is already printed above
         failures = {f.local_rank: f.exitcode for f in exc.failures.values()}
         print(f"error: DDP training failed: exit code per local rank {failures}", file=sys.stderr)
@@ -194,18 +204,3 @@ def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
         else:
             args += [param.opts[0], str(value)]
     return args
-
-
-def main() -> None:
-    """``python -m fair_edge.train_ddp ARGS`` = ``fair-edge train ARGS`` in each torchrun rank."""
-    from fair_edge.cli import app
-
-    try:
-        app(["train", *sys.argv[1:]])  # exits through SystemExit
-    finally:
-        shutdown()
-
-
-if __name__ == "__main__":
-    main()
-
