@@ -25,6 +25,7 @@ import numpy as np
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
+from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, quantize_int8_cpu
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
@@ -41,7 +42,7 @@ CALIB_CACHE = "calibration.json"
 TIMING_CACHE = "timing.cache"
 ENGINE = "model.engine"
 WEIGHTS = "weights.pt"
-KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", TIMING_CACHE)
+KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB_CACHE + ".key", TIMING_CACHE)
 
 
 @dataclass(frozen=True)
@@ -156,15 +157,23 @@ def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Inp
     return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
 
 
+def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs | None) -> Path | None:
+    """INT8 only: the CPU engines' graph beside the TensorRT one (``calibration.int8_cpu``), same calibration images."""
+    if options.precision != "int8" or calib is None:
+        return None
+    quantize_int8_cpu(fp32, out / CPU_INT8_ONNX, calib, ckpt.model.impl.int8_scope, options.int8, out / CPU_CALIB_CACHE)
+    return out / CPU_INT8_ONNX
+
+
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
-              delta: GraphDelta | None, calib_count: int, engine: dict | None) -> dict:
+              delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None) -> dict:
     calibration = None
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
     return {
         "model": model_manifest(ckpt.model), "precision": options.precision,
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
-                  "max_batch": options.max_batch},
+                  "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
@@ -222,6 +231,7 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     fp32, parity = _fp32_with_parity(ckpt, out)
     calib = preprocess_frames(calib_frames, ckpt.model, options.int8.num_images) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
+    cpu_graph = _cpu_int8_graph(ckpt, out, fp32, options, calib)
     normal = preprocess_frames(normal_frames, ckpt.model) if normal_frames else calib
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
@@ -230,10 +240,14 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         names = ckpt.model.input_names
         delta = graph_delta(OnnxRuntimeBackend(fp32, names), OnnxRuntimeBackend(graph, names), probe)
     threshold = _threshold(graph, ckpt, options, normal, source, defect_frames)
+    cpu = None
+    if cpu_graph is not None:
+        cpu_threshold = _threshold(cpu_graph, ckpt, options, normal, source, defect_frames)
+        cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
-    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None))
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
-        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine))
+        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu))
     load_bundle(out)  # verified before it is moved into place
     return delta, parity, reused, engine is not None, note

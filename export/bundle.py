@@ -3,7 +3,8 @@
 bundle.json (format "fair-edge-bundle", version 2) carries every setting the runtime needs:
   model: {family, family_version, settings, preprocess, inputs, outputs} (``ModelSpec.to_dict`` plus
   the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
-  weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch};
+  weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
+  cpu: {onnx, threshold} of the INT8 graph for CPU engines, or null};
   threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -72,6 +73,8 @@ class Bundle:
     reference_onnx_path: the fp32 graph.
     threshold: None when the build had no normal images (the station file must then set one).
     weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
+    cpu_onnx_path, cpu_threshold: INT8 bundles: the graph CPU engines run (``calibration.int8_cpu``;
+    the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on it.
     """
 
     root: Path
@@ -85,6 +88,8 @@ class Bundle:
     engine: EngineInfo | None
     build_command: str
     weights_path: Path | None = None
+    cpu_onnx_path: Path | None = None
+    cpu_threshold: Threshold | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -226,6 +231,14 @@ def _engine(root: Path, data: dict) -> EngineInfo | None:
     )
 
 
+def _cpu_graph(root: Path, data: dict, cpu: dict | None) -> dict:
+    """Bundle fields of the manifest's ``graph.cpu`` entry (absent before the CPU INT8 graph existed)."""
+    if not cpu:
+        return {}
+    threshold = Threshold.from_dict(cpu["threshold"]) if cpu.get("threshold") else None
+    return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold}
+
+
 def model_manifest(model: ModelSpec) -> dict:
     """The ``model`` entry of bundle.json: the spec plus the graph's named inputs and outputs."""
     return {**model.to_dict(), "inputs": [spec.to_dict() for spec in model.inputs], "outputs": list(OUTPUT_NAMES)}
@@ -272,6 +285,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             opset=int(graph["opset"]), max_batch=int(graph["max_batch"]), threshold=threshold,
             engine=_engine(root, data), build_command=str(data.get("build_command", "")),
             weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
+            **_cpu_graph(root, data, graph.get("cpu")),
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),

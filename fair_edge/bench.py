@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, TorchBackend, select_backend
+from fair_edge.runtime.backends import BackendChoice, BackendOptions, CpuPreprocessor, TorchBackend, select_backend
 from fair_edge.bench_settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
@@ -126,9 +126,10 @@ class _Counted:
         return self.preprocess(frames)
 
 
-def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float) -> None:
-    """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph)."""
-    sizes = range(1, batch + 1) if choice.backend.device.type == "cuda" else (batch,)
+def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
+    """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph;
+    only b when no loop is timed: compute mode forms full batches alone)."""
+    sizes = range(1, batch + 1) if loop and choice.backend.device.type == "cuda" else (batch,)
     for size in sizes:
         choice.infer_frames(_take(frames, 0, size))
     _time_batches(choice, frames, batch, seconds)
@@ -137,7 +138,10 @@ def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: 
 def label(choice: BackendChoice) -> tuple[str, str]:
     """Short names of a choice's backend (e.g. 'torch-cuda graphs') and pre-processing ('fused' / 'cpu')."""
     b = choice.backend
-    name = f"torch-{b.device.type} {'graphs' if b.use_graphs else 'eager'}" if isinstance(b, TorchBackend) else b.name
+    if isinstance(b, TorchBackend):
+        name = f"torch-{b.device.type} {'graphs' if b.use_graphs else 'eager'}{' compiled' if b.compiled else ''}"
+    else:
+        name = b.name
     pre = "fused" if type(choice.preprocess).__name__ == "FusedGpuPreprocessor" else "cpu"
     return name, pre
 
@@ -273,7 +277,8 @@ def time_loop(choice: BackendChoice, frames: list[np.ndarray], batch: int, setti
 # ----------------------------------------------------------------------------- the run
 @dataclass
 class BenchReport:
-    """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle."""
+    """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle.
+    stages: ``--mode stages`` rows. compile_seconds: torch.compile wall time per batch size (``--compile``)."""
 
     rows: list[BenchRow]
     environment: dict
@@ -281,10 +286,13 @@ class BenchReport:
     bundle: dict
     command: str = ""
     best: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
+    compile_seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"command": self.command, "environment": self.environment, "settings": self.settings,
-                "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows]}
+                "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows],
+                "stages": [r.to_dict() for r in self.stages], "compile_seconds": self.compile_seconds}
 
 
 def environment(devices: set[str]) -> dict:
@@ -337,9 +345,11 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         torch.set_num_threads(settings.torch_threads)
     frames = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames)
     threshold = bundle.threshold.value if bundle.threshold is not None else NO_THRESHOLD
+    if settings.mode == "stages":
+        return _stages_report(bundle, settings, command, frames, threshold)
     rows: list[BenchRow] = []
     with ExitStack() as stack:
-        choice = select_backend(bundle, settings.backend)
+        choice = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
         stack.callback(choice.backend.close)
         choices = [("backend", choice)]
         if settings.baseline != "none":
@@ -349,7 +359,7 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         _check_batches(bundle, choice, settings.batches)
         for batch in settings.batches:
             for role, ch in choices:
-                _warm(ch, frames, batch, settings.warmup_s)
+                _warm(ch, frames, batch, settings.warmup_s, "loop" in settings.modes)
                 for mode in settings.modes:
                     row = (time_loop(ch, frames, batch, settings, threshold, role) if mode == "loop"
                            else time_compute(ch, frames, batch, settings.seconds, role))
@@ -357,13 +367,35 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
                     if on_row is not None:
                         on_row(row)
         devices = {ch.backend.device.type for _, ch in choices}
+        compile_s = getattr(choice.backend, "compile_seconds", {})
     rows = _with_ratios(rows)
-    bundle_info = {"root": str(bundle.root), "model": bundle.model.describe(), "image_size": bundle.image_size,
-                   "precision": bundle.precision, "max_batch": bundle.max_batch,
-                   "training": dict(bundle.training)}
+    report = BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
+    report.compile_seconds = compile_s
+    return report
+
+
+def _bundle_info(bundle) -> dict:
+    return {"root": str(bundle.root), "model": bundle.model.describe(), "image_size": bundle.image_size,
+            "precision": bundle.precision, "max_batch": bundle.max_batch, "training": dict(bundle.training)}
+
+
+def _settings_dict(settings: BenchSettings) -> dict:
     settings_dict = asdict(settings)
     settings_dict["frames"] = f"{settings.frame_hw[1]}x{settings.frame_hw[0]}"
-    return BenchReport(rows, environment(devices), settings_dict, bundle_info, command, _best(rows))
+    return settings_dict
+
+
+def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray],
+                   threshold: float) -> BenchReport:
+    """``--mode stages``: per-stage times of the CPU path, every batch, both CPU high-pass methods."""
+    from fair_edge.bench_stages import time_stages
+
+    backend = "onnxruntime" if settings.backend == "auto" else settings.backend
+    stages = [row for batch in settings.batches
+              for row in time_stages(bundle, backend, frames, batch, settings.seconds, threshold,
+                                     threads=settings.torch_threads)]
+    return BenchReport([], environment({"cpu"}), _settings_dict(settings), _bundle_info(bundle), command,
+                       stages=stages)
 
 
 def run_synthetic_bench(model, precision: str, settings: BenchSettings, command: str = "",

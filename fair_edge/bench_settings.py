@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fair_edge.runtime.backends import BACKENDS
 from fair_edge.errors import ConfigError
 
-MODES = ("loop", "compute", "both")
+MODES = ("loop", "compute", "both", "stages")
 FEEDS = ("closed", "free")
 BASELINES = ("torch-eager-cpu-pre", "none")
 
@@ -61,7 +61,8 @@ class BenchSettings:
     seconds: timed duration per (backend, batch, mode). mode: one of ``MODES``. feed: loop feeding
     (``fair_edge.bench`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.
     distinct_frames: different frames cycled through. warmup_s: untimed running before each timing.
-    torch_threads: torch.set_num_threads for this process, 0 = leave PyTorch's default."""
+    torch_threads: torch.set_num_threads for this process, 0 = leave PyTorch's default.
+    compile: torch.compile the PyTorch backend (not the baseline); compile seconds are reported."""
 
     backend: str = "auto"
     baseline: str = "torch-eager-cpu-pre"
@@ -75,6 +76,7 @@ class BenchSettings:
     distinct_frames: int = 8
     warmup_s: float = 1.0
     torch_threads: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _choose(self.backend, ("auto", *BACKENDS), "--backend")
@@ -94,4 +96,4 @@ class BenchSettings:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("loop", "compute") if self.mode == "both" else (self.mode,)
+        return ("loop", "compute") if self.mode == "both" else (self.mode,)  # "stages": fair_edge.bench_stages

@@ -159,7 +159,7 @@ def demo(
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
-    backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
     false_reject_rate: float = typer.Option(DEMO_FALSE_REJECT_RATE, "--false-reject-rate",
                                             help="Threshold target: share of normal cells rejected. The demo asks for "
                                             "5 % where build and eval default to 0.5 %: its threshold comes from 59 "
@@ -240,7 +240,7 @@ def run(
                                          "gst:PIPELINE, csi:0, genicam:SERIAL."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
-    backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
                                               "default: the bundle's calibrated one."),
     roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
@@ -292,6 +292,12 @@ def run(
 # ----------------------------------------------------------------------------- bench
 def print_bench(report) -> None:
     env = report.environment
+    if report.stages:
+        from fair_edge.bench_stages import stage_table
+
+        wide = Console(width=160)
+        wide.print(f"per-stage ms per frame, CPU path: {env['cpu']} ({report.settings['frames']} frames)")
+        return stage_table(report.stages, lambda line: wide.print(line, highlight=False))
     table = Table(title=f"fair-edge bench: {env['gpu'] or env['cpu']} ({report.settings['frames']} frames, "
                         f"feed {report.settings['feed']})")
     for name in ("role", "backend", "pre", "mode", "batch", "frames/s", "vs base", "p50/p99/max ms", "drops", "mean b"):
@@ -305,13 +311,15 @@ def print_bench(report) -> None:
     console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
+    for batch, seconds in report.compile_seconds.items():
+        console.print(f"torch.compile batch {batch}: {seconds:.1f} s (first call; cached for later runs)")
 
 
 @app.command()
 @friendly_errors
 def bench(
     bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-model)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
+    backend: str = typer.Option("auto", help="auto, tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
     baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
     batches: str = typer.Option("1,4,8,16", help="Batch sizes (LoopSettings.max_batch), comma-separated."),
@@ -319,12 +327,15 @@ def bench(
     seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode."),
     warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
     mode: str = typer.Option("loop", help="loop (camera thread -> Inspector), compute (pre-process + infer "
-                             "on ready batches), or both."),
+                             "on ready batches), both, or stages (CPU path: ms per frame of copy, resize, "
+                             "high-pass (fft and separable), inference, scoring, decision)."),
     feed: str = typer.Option("closed", help="loop feeding: closed (<= queue frames in flight, no drops), "
                              "free (fps=0, drop_oldest), or a line rate in frames/s."),
     queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch."),
     max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (inductor) the torch-cpu / torch-cuda "
+                                 "backend; compile time per batch size is reported, cached on disk for later runs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
                                                   "family (fair, lgfdr) in a temporary folder."),
@@ -346,7 +357,8 @@ def bench(
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
-                             max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads)
+                             max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
+                             compile=compile)
     synthetic = synthetic_model is not None or synthetic_width is not None
     if (bundle is None) != synthetic:
         raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")

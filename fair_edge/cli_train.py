@@ -28,12 +28,15 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit).
 
     model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
+    import inspect
+
     import numpy as np
 
     from fair_edge.data import list_images, load_dataset, load_images
     from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.registry import ModelSpec
     from fair_edge.train import resolve_device
+    from fair_edge.train_ddp import ddp_group, from_environment
     from fair_edge.train_resume import RunSource
 
     split = load_dataset(data, category)
@@ -43,19 +46,28 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 
         texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
         texture_images = np.ascontiguousarray(texture_images)
-    dev = resolve_device(device)
+    parallel, dev = from_environment(resolve_device(device))  # one rank of a torchrun launch, or single
     model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
+    ddp = {"parallel": parallel} if parallel.world > 1 else {}  # families that train under DDP take it
+    if ddp and "parallel" not in inspect.signature(model.impl.training().make_trainer).parameters:
+        raise ConfigError(f"{model.describe()} does not train under DDP yet; run it without --nproc / torchrun.")
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
         trainer = model.impl.training().make_trainer(split, model, cfg, out, dev, textures=texture_images,
-                                                     backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
+                                                     backbone_weights=backbone_weights, backbone_sha256=backbone_sha256,
+                                                     **ddp)
     trainer.run_info = RunSource(str(data), category, None if textures is None else str(textures),
                                  backbone_weights, backbone_sha256).to_dict()
     if resume:
         trainer.resume()
+    if not parallel.is_main:
+        with ddp_group():
+            return trainer.run(), split
+    if resume:
         console.print(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
+    ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
     console.print(
         f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}\n"
+        f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
         f"{describe_settings(model.preprocess, cfg)}"
     )
     with progress_bar("loss", "rate") as bar:
@@ -64,7 +76,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
-        return trainer.run(on_step), split
+        with ddp_group():
+            return trainer.run(on_step), split
 
 
 def describe_settings(pre, cfg) -> str:
@@ -138,6 +151,9 @@ def train(
     textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed."),
     amp: bool = typer.Option(TrainConfig.amp, help="bf16 autocast on CUDA."),
+    nproc: int = typer.Option(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
+                              "gloo); --batch is the global batch and must divide by it. Multi-node: see "
+                              "fair_edge/train_ddp.py."),
 ) -> None:
     """Train a FAIR (default) or LGFDR model from normal images. Ctrl-C finishes the current step, saves
     OUT/last.pt and prints the command that resumes it (`fair-edge train --resume --out OUT`)."""
@@ -168,6 +184,10 @@ def train(
         cfg = replace(family.training().default_train_config(), batch=batch, steps=steps, save_every=save_every,
                       seed=seed, amp=amp, synthesis=SynthesisConfig(texture_source="folder" if textures else "self"),
                       **given)
+    if nproc > 1:
+        from fair_edge.train_ddp import command_args, launch
+
+        raise typer.Exit(launch(nproc, command_args(ctx, skip=("nproc",))))
     try:
         final, split = run_training(data, preprocess=spec.preprocess, cfg=cfg, out=out, device=device, resume=resume,
                                     category=category, textures=textures, model=spec,
@@ -176,5 +196,8 @@ def train(
         console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
-    console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)
+    from fair_edge.train_ddp import is_main_process
+
+    if is_main_process():
+        console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
+        console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)

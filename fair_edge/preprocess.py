@@ -209,7 +209,11 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     frame: (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory.
     Returns (3, size, size) float32 RGB in [0, 1].
     """
-    bgr = frame_to_float(frame)
+    return resize_float(frame_to_float(frame), size)
+
+
+def resize_float(bgr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) float32 BGR in [0, 1] -> (3, size, size) float32 RGB (OpenCV INTER_LINEAR)."""
     if bgr.shape[:2] != (size, size):
         bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))

@@ -80,9 +80,12 @@ class CameraWatch:
         return reason
 
 
-def resolve_threshold(cfg: StationConfig, bundle) -> float:
+def resolve_threshold(cfg: StationConfig, bundle, graph_threshold=None) -> float:
+    """The station file's threshold, else the one calibrated on the graph the backend runs, else the bundle's."""
     if cfg.threshold is not None:
         return cfg.threshold
+    if graph_threshold is not None:
+        return graph_threshold.value
     if bundle.threshold is None:
         raise ConfigError(
             f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station file, "
@@ -103,9 +106,9 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     bundle = load_bundle(cfg.bundle)
-    threshold = resolve_threshold(cfg, bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
     choice = select_backend(bundle, cfg.backend)
+    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
     if on_start is not None:
         on_start(f"backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     capture_settings = CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=cfg.camera.full_policy)

@@ -2,7 +2,7 @@
 
     camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: drop_oldest}
     bundle:   runs/bundle-w32            # from `fair-edge build`
-    backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime
+    backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime | openvino
     batching: {max_batch: 1, max_wait_ms: 2.0}
     decision: {threshold: null, roi: null}   # null threshold = the bundle's; roi = mask image path
     output:   runs/station               # verdicts.jsonl, NG images, summary.json
@@ -27,7 +27,7 @@ from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
 from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings
 
-BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime")
+BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime", "openvino")  # runtime.backends.BACKENDS
 FULL_POLICIES = ("drop_oldest", "drop_newest")
 
 

@@ -35,6 +35,7 @@ from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
+from fair_edge.train_ddp import SingleProcess
 
 log = logging.getLogger(__name__)
 LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
@@ -169,6 +170,7 @@ class Trainer:
         device: torch.device,
         scoring: ScoringConfig = ScoringConfig(),
         textures: np.ndarray | None = None,
+        parallel=None,
     ) -> None:
         if preprocess.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 for the UNet; found {preprocess.image_size}.")
@@ -186,7 +188,9 @@ class Trainer:
         tex = torch.from_numpy(textures).to(device) if textures is not None else None
         self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)
         torch.manual_seed(cfg.seed)
-        unet = UNet(cfg.width, preprocess.in_channels).to(device).train()
+        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.train_ddp); identities in one process
+        unet = self.parallel.prepare(UNet(cfg.width, preprocess.in_channels).to(device).train())
+        self.forward = self.parallel.wrap(unet)  # unet itself, or its DDP wrapper (same parameters)
         optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
         milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
@@ -212,7 +216,11 @@ class Trainer:
         )
 
     def save(self, name: str = "last.pt") -> Path:
-        return save_checkpoint(self.out_dir / name, self.checkpoint())
+        """Write ``out_dir/name`` (rank 0 only under DDP; the others wait for it)."""
+        if self.parallel.is_main:
+            save_checkpoint(self.out_dir / name, self.checkpoint())
+        self.parallel.barrier()
+        return self.out_dir / name
 
     def resume(self) -> None:
         """Load ``out_dir/last.pt`` and check it was made with the same settings."""
@@ -239,7 +247,8 @@ class Trainer:
         clean = self.images[self.batch_indices(step).to(self.device)]
         clean = random_rotate(clean, self.cfg.synthesis, s.generator)
         corrupted, _ = self.synthesizer(clean, s.generator)
-        return self.optimise(model_input(corrupted, self.highpass), clean)
+        shard = self.parallel.shard
+        return self.optimise(shard(model_input(corrupted, self.highpass)), shard(clean))
 
     def optimise(self, x: torch.Tensor, clean: torch.Tensor) -> float:
         """UNet + loss + optimizer and scheduler step on a prepared batch; returns the loss.
@@ -249,13 +258,13 @@ class Trainer:
         """
         s = self.state
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            restored = s.unet(x)
+            restored = self.forward(x)
         loss = restoration_loss(restored, clean)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()
         s.scheduler.step()
-        return float(loss.detach())
+        return self.parallel.mean(loss.detach())
 
     # -------------------------------------------------------------------- the loop
     def request_stop(self) -> None:
@@ -270,17 +279,22 @@ class Trainer:
         boundary and raises TrainingInterrupted.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step)
+        log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
         self.stop_requested = False
         try:
             with sigint_requests_stop(self.request_stop):
                 self._loop(on_step, log_file)
         finally:
-            log_file.close()
+            if log_file:
+                log_file.close()
         self.save()
-        return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+        if self.parallel.is_main:
+            save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+        self.parallel.barrier()
+        return self.out_dir / "final.pt"
 
-    def _loop(self, on_step, log_file: "LossLog") -> None:
+    def _loop(self, on_step, log_file: "LossLog | None") -> None:
+        """Steps until ``total_steps``; ``log_file`` is None on DDP ranks other than 0."""
         per_epoch = steps_per_epoch(len(self.images), self.batch)
         t0 = t_window = time.perf_counter()
         n_window = 0
@@ -291,7 +305,7 @@ class Trainer:
             rate = n_window / max(time.perf_counter() - t_window, 1e-9)
             if math.isnan(loss):
                 raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
-            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps:
+            if log_file and (self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps):
                 log_file.write(self.state.step, self.state.step // per_epoch, loss,
                                self.state.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
                 t_window, n_window = time.perf_counter(), 0

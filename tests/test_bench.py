@@ -86,3 +86,4 @@ def test_parsers():
         parse_batches("x")
     with pytest.raises(ConfigError, match="--seconds must be > 0"):
         BenchSettings(seconds=0)
+

@@ -11,16 +11,20 @@ for this GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
 import torch
 
+from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
-from fair_edge.preprocess import frames_to_batch
+from fair_edge.compiled import CompiledModule
+from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
 
 log = logging.getLogger(__name__)
 Inputs = Mapping[str, torch.Tensor]
@@ -38,18 +42,29 @@ class Backend(Protocol):
 
 # ----------------------------------------------------------------------------- backends
 class TorchBackend:
-    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph."""
+    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph.
+
+    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.compiled``)."""
 
     name = "torch"
 
-    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True) -> None:
+    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True, compile: bool = False) -> None:
         from fair_edge.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(weights)
         self.device, self.input_names = device, ckpt.model.input_names
         self.detector = ckpt.build_detector(device)
+        self.compiled = CompiledModule(self.detector) if compile else None
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self.graphs: dict[int, tuple] = {}
+
+    @property
+    def compile_seconds(self) -> dict[int, float]:
+        """Seconds torch.compile took per batch size (first call of each shape); empty when not compiled."""
+        return dict(self.compiled.seconds) if self.compiled else {}
+
+    def _forward(self, *inputs: torch.Tensor):
+        return (self.compiled or self.detector)(*inputs)
 
     @torch.no_grad()
     def _capture(self, inputs: Inputs) -> tuple:
@@ -57,18 +72,18 @@ class TorchBackend:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up before capture, as CUDA graphs require
-                self.detector(*static_in)
+            for _ in range(3):  # warm-up before capture, as CUDA graphs require (and compilation, if any)
+                self._forward(*static_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = self.detector(*static_in)
+            static_out = self._forward(*static_in)
         return graph, static_in, static_out
 
     @torch.no_grad()
     def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
         if not self.use_graphs:
-            outputs = self.detector(*(inputs[n].to(self.device) for n in self.input_names))
+            outputs = self._forward(*(inputs[n].to(self.device) for n in self.input_names))
         else:
             batch = inputs[self.input_names[0]].shape[0]
             if batch not in self.graphs:
@@ -85,19 +100,30 @@ class TorchBackend:
 
 # ----------------------------------------------------------------------------- pre-processing
 class CpuPreprocessor:
-    """The reference pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
+    """The CPU pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
 
-    frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S).
+    frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S). The colour
+    image and a ``highpass`` input come from ``preprocess_cpu.CpuPipeline`` (NumPy / OpenCV; high-pass
+    method ``highpass``: fft or the fused kernel's separable taps); any other input from the family's
+    input maker applied to the colour image.
     """
 
-    def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu")) -> None:
-        self.size, self.device = model.preprocess.image_size, device
+    def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu"),
+                 highpass: str = DEFAULT_HIGHPASS) -> None:
+        self.names, self.device = model.input_names, device
+        self.pipeline = CpuPipeline(model.preprocess, highpass)
         self.make_inputs = model.input_maker("cpu")
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        inputs = self.make_inputs(frames_to_batch(frames, self.size))
-        return {name: t.to(self.device) for name, t in inputs.items()}
+    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor]:
+        colour = self.pipeline.colour(frames, clock)
+        arrays = {COLOUR: colour}
+        if HIGHPASS in self.names:
+            arrays[HIGHPASS] = self.pipeline.highpass_of(colour, clock)
+        inputs = {name: torch.from_numpy(a) for name, a in arrays.items() if name in self.names}
+        if len(inputs) < len(self.names):
+            inputs = {**self.make_inputs(torch.from_numpy(colour)), **inputs}
+        return {name: inputs[name].to(self.device) for name in self.names}
 
 
 class FusedGpuPreprocessor:
@@ -127,10 +153,21 @@ class FusedGpuPreprocessor:
 
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
+class BackendOptions:
+    """compile: torch.compile the PyTorch backends (``fair_edge.compiled``); the others ignore it."""
+
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class BackendChoice:
+    """backend + its pre-processing + why it was chosen. graph_threshold: the decision threshold calibrated
+    on the graph this backend runs, where that is not the bundle's main graph (the CPU INT8 graph)."""
+
     backend: Backend
     preprocess: Preprocess
     reason: str
+    graph_threshold: Threshold | None = None
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Pre-process and infer ``frames``: (anomaly maps (B, S, S), scores (B,)) float32 host arrays."""
@@ -138,7 +175,7 @@ class BackendChoice:
         return outputs[ANOMALY_MAP][:, 0], outputs[SCORE]
 
 
-def _tensorrt(bundle) -> BackendChoice:
+def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.tensorrt import TensorRTBackend
 
     if bundle.engine is None:
@@ -146,23 +183,41 @@ def _tensorrt(bundle) -> BackendChoice:
     return BackendChoice(TensorRTBackend.from_bundle(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
 
 
-def _torch_cuda(bundle) -> BackendChoice:
+def _torch_cuda(bundle, options: BackendOptions) -> BackendChoice:
     if not torch.cuda.is_available():
         raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
-    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cuda")), _gpu_preprocessor(bundle),
-                         "PyTorch on CUDA with CUDA graphs")
+    backend = TorchBackend(_weights(bundle), torch.device("cuda"), compile=options.compile)
+    return BackendChoice(backend, _gpu_preprocessor(bundle),
+                         f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''}")
 
 
-def _torch_cpu(bundle) -> BackendChoice:
-    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.model),
-                         "PyTorch eager on the CPU")
+def _torch_cpu(bundle, options: BackendOptions) -> BackendChoice:
+    backend = TorchBackend(_weights(bundle), torch.device("cpu"), compile=options.compile)
+    return BackendChoice(backend, CpuPreprocessor(bundle.model),
+                         f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
 
 
-def _onnxruntime(bundle) -> BackendChoice:
+def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
+    """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold), else the bundle's graph."""
+    if bundle.cpu_onnx_path is not None:
+        return bundle.cpu_onnx_path, bundle.cpu_threshold, "int8 CPU graph"
+    return bundle.onnx_path, None, f"{bundle.precision} graph"
+
+
+def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.ort import OnnxRuntimeBackend
 
-    return BackendChoice(OnnxRuntimeBackend.from_bundle(bundle), CpuPreprocessor(bundle.model),
-                         f"ONNX Runtime on the CPU ({bundle.precision} graph)")
+    path, threshold, what = cpu_graph(bundle)
+    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+                         f"ONNX Runtime on the CPU ({what})", threshold)
+
+
+def _openvino(bundle, options: BackendOptions) -> BackendChoice:
+    from fair_edge.runtime.openvino import OpenVinoBackend
+
+    path, threshold, what = cpu_graph(bundle)
+    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+                         f"OpenVINO on the CPU ({what})", threshold)
 
 
 def _weights(bundle):
@@ -184,21 +239,61 @@ BACKENDS: dict[str, Callable[..., BackendChoice]] = {
     "torch-cuda": _torch_cuda,
     "torch-cpu": _torch_cpu,
     "onnxruntime": _onnxruntime,
+    "openvino": _openvino,
 }
+# CPU engines 'auto' times at start-up; torch-cpu is left out: the slowest on the CPU in every measurement.
+CPU_CANDIDATES = ("onnxruntime", "openvino")
+UNAVAILABLE = (FairEdgeError, ImportError, OSError, RuntimeError)
 
 
-def select_backend(bundle, name: str = "auto") -> BackendChoice:
-    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU."""
+def _first_sentence(exc: Exception) -> str:
+    return str(exc).split(". ")[0]
+
+
+def probe_ms(choice: BackendChoice, size: int, repeats: int = 3) -> float:
+    """Median milliseconds of pre-processing + inference of one (size, size, 3) frame, after one warm-up."""
+    frame = np.full((size, size, 3), 128, np.uint8)
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        choice.infer_frames([frame])
+        if i:
+            times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
+def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BackendChoice:
+    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why."""
+    choices, notes = [], []
+    for name in CPU_CANDIDATES:
+        try:
+            choices.append(BACKENDS[name](bundle, options))
+        except UNAVAILABLE as exc:
+            notes.append(f"{name}: {_first_sentence(exc)}")
+    if not choices:
+        raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
+    if len(choices) == 1:
+        return replace(choices[0], reason=f"{choices[0].reason}, the only CPU engine installed")
+    timed = sorted(((probe_ms(c, bundle.image_size), c) for c in choices), key=lambda t: t[0])
+    for _, loser in timed[1:]:
+        loser.backend.close()
+    ms, best = timed[0]
+    probe = ", ".join(f"{c.backend.name} {t:.1f} ms" for t, c in timed)
+    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {probe})")
+
+
+def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BackendChoice:
+    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine."""
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
-        return BACKENDS[name](bundle)
+        return BACKENDS[name](bundle, options)
     reasons = []
     for candidate in ("tensorrt", "torch-cuda"):
         try:
-            choice = BACKENDS[candidate](bundle)
-            return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason}")
-        except (FairEdgeError, ImportError, OSError, RuntimeError) as exc:
-            reasons.append(f"{candidate}: {str(exc).split('. ')[0]}")
-    choice = _onnxruntime(bundle)
-    return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason} ({'; '.join(reasons)})")
+            choice = BACKENDS[candidate](bundle, options)
+            return replace(choice, reason=f"auto: {choice.reason}")
+        except UNAVAILABLE as exc:
+            reasons.append(f"{candidate}: {_first_sentence(exc)}")
+    choice = fastest_cpu(bundle, options)
+    return replace(choice, reason=f"auto: {choice.reason} ({'; '.join(reasons)})")

@@ -1,0 +1,80 @@
+"""The INT8 graph for CPU engines (ONNX Runtime, OpenVINO), kept beside the TensorRT Q/DQ graph.
+
+Why a second graph: the TensorRT graph (``calibration.int8``) quantises Conv *inputs* only and keeps
+activations symmetric int8, because TensorRT fuses DQ -> Conv -> ReLU -> Q itself. ONNX Runtime's CPU
+provider only turns a Conv into ``QLinearConv`` when its output is quantised too (the node unit
+DQ(x), DQ(w) -> Conv -> Q(y)); without that it dequantises the weights and runs an FP32 ``FusedConv``
+plus the extra Q/DQ passes. Profiled on CPU-2 (c = 32, 256 px): 22 FusedConv + 79 Q/DQ nodes, 0.73x
+the FP32 speed (BENCHMARKS.md). This graph quantises the UNet operators ORT has int8 kernels
+for (``CPU_INT8_OPS``: Conv, MaxPool, Resize, Add, Concat), inputs *and* outputs inside the UNet, with asymmetric uint8
+activations and symmetric per-channel int8 weights (U8S8, the pairing x86 VNNI kernels run fastest),
+so the UNet runs QLinearConv end to end; scoring stays FP32 as in the TensorRT graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+from fair_edge.calibration.int8 import METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key
+from fair_edge.errors import ExportError
+
+log = logging.getLogger(__name__)
+CPU_INT8_ONNX = "model.int8-cpu.onnx"
+CPU_CALIB_CACHE = "calibration-cpu.json"
+CPU_INT8_OPS = ("Conv", "MaxPool", "Resize", "Add", "Concat")  # the UNet's operators with int8 CPU kernels
+
+
+def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mapping[str, np.ndarray],
+                      scope: tuple[str, ...], settings: Int8Settings, cache_path: str | Path,
+                      on_image: Callable[[], None] | None = None) -> bool:
+    """Write the CPU INT8 graph of ``fp32_onnx`` to ``out_onnx`` (U8S8 Q/DQ on the ``CPU_INT8_OPS`` in ``scope``).
+
+    inputs: {input name: (N, C, S, S) float32} calibration inputs. scope: node-name prefixes to quantise
+    (the family's ``int8_scope``). cache_path: ORT calibration cache, reused when its key file matches.
+    Returns True if the cache was reused.
+    """
+    fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
+    key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, inputs)
+    key_path = cache_path.with_name(cache_path.name + ".key")
+    reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
+    if not reused:
+        cache_path.unlink(missing_ok=True)
+    try:
+        try:
+            _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image)
+        except ValueError as exc:
+            if "Too many bins" not in str(exc):
+                raise
+            # A histogram over a near-constant activation (random or dead channels) has no finite bins.
+            log.warning("CPU INT8: %s calibration failed on a near-constant tensor (%s); using max calibration",
+                        settings.method, exc)
+            cache_path.unlink(missing_ok=True)
+            _quantize(fp32_onnx, out_onnx, inputs, scope, replace(settings, method="max"), cache_path, on_image)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ExportError(f"CPU INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
+                          f"Delete {cache_path} and rebuild; if it persists, build with --fp16.") from exc
+    key_path.write_text(key + "\n")
+    return reused
+
+
+def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray], scope: tuple[str, ...],
+              settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None) -> None:
+    graph = onnx.load(str(fp32_onnx))
+    reader = _Reader(inputs, on_image)
+    extra = {"WeightSymmetric": True, "CalibPercentile": settings.percentile,
+             "CalibStridedMinMax": _largest_divisor_at_most(len(reader), settings.chunk)}
+    with _quiet_ort():
+        quantize_static(
+            graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(CPU_INT8_OPS), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=[n.name for n in graph.graph.node if not n.name.startswith(scope)], calibrate_method=METHODS[settings.method],
+            extra_options=extra, calibration_cache_path=str(cache_path),
+        )

@@ -1,0 +1,52 @@
+"""``torch.compile`` for the PyTorch backends: inductor, one compiled graph per input shape, timed and cached.
+
+Compilation happens at the first call with a new shape (each batch size the loop forms) and can take
+minutes on a small CPU (inductor writes and builds C++ with the system compiler; Triton on CUDA).
+Inductor's on-disk caches (FX graph cache, compiled kernels) make a later process reuse that work;
+they live under ``TORCHINDUCTOR_CACHE_DIR``, which defaults here to ``~/.cache/fair-edge/inductor``
+instead of PyTorch's ``/tmp`` folder so the cache survives a reboot of the station PC.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+DEFAULT_CACHE = Path.home() / ".cache" / "fair-edge" / "inductor"
+
+
+def cache_dir() -> Path:
+    """The inductor cache folder in use (``TORCHINDUCTOR_CACHE_DIR``, set to ``DEFAULT_CACHE`` if unset)."""
+    return Path(os.environ.setdefault(CACHE_ENV, str(DEFAULT_CACHE)))
+
+
+class CompiledModule:
+    """``module`` compiled with inductor (static shapes); ``seconds[batch]`` = wall time of each shape's first call.
+
+    Call it like the module: (highpass (B, C, S, S), colour (B, 3, S, S)) float32 on the module's device.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        cache = cache_dir()
+        self.module = torch.compile(module, backend="inductor", dynamic=False)
+        self.seconds: dict[int, float] = {}
+        log.info("torch.compile (inductor), cache %s", cache)
+
+    def __call__(self, *inputs: torch.Tensor):
+        batch = int(inputs[0].shape[0])
+        if batch in self.seconds:
+            return self.module(*inputs)
+        start = time.perf_counter()
+        out = self.module(*inputs)
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize()
+        self.seconds[batch] = time.perf_counter() - start
+        log.info("torch.compile: batch %d compiled in %.1f s", batch, self.seconds[batch])
+        return out

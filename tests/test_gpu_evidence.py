@@ -1,0 +1,41 @@
+"""benchmarks/gpu_evidence.py --dry-run: every step of the GPU run, on the CPU with tiny sizes, parses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import gpu_available
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_evidence.py"
+
+
+def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
+    out = tmp_path / "evidence"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--data", str(mvtec_dir),
+                           "--budget", "1200"],  # the caps, not the 9-minute budget, bound a loaded CI machine
+                          capture_output=True, text=True, timeout=900)
+    report = json.loads((out / "gpu_evidence.json").read_text())
+    status = {s["name"]: s["status"] for s in report["steps"]}
+    assert proc.returncode == 0, f"{status}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families"]
+    results = {s["name"]: s["result"] for s in report["steps"]}
+    assert results["gpu_tests"]["passed"] == 0 and results["gpu_tests"]["skipped"] > 0  # no GPU here: skipped, not passed
+    assert results["station"]["32"]["results"] and results["station_compile"]["32"]["compile_seconds"]["1"] > 0
+    assert 0.0 <= results["elpv"]["image_auroc"] <= 1.0
+    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in results["families"].values())
+    markdown = (out / "gpu_evidence.md").read_text()
+    assert "| station loop c=32 backend torch-cpu" in markdown and "image AUROC" in markdown
+    assert report["dry_run"] and report["total_s"] < report["budget_s"]
+    assert "family lgfdr" in markdown or "none registered besides FAIR" in markdown
+
+
+@pytest.mark.skipif(gpu_available(), reason="with a GPU this would start the 9-minute run")
+def test_refuses_to_run_without_a_gpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "--dry-run" in proc.stderr

@@ -1,0 +1,77 @@
+"""The CPU INT8 graph of an INT8 bundle: laid out for ONNX Runtime's int8 kernels (QLinearConv end to end),
+scores close to FP32, its own threshold, and the CPU backends (ONNX Runtime, OpenVINO) that run it."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import gpu_available
+from export_fixtures import make_frames
+
+from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.models.tensors import SCORE
+from fair_edge.runtime.backends import BackendOptions, fastest_cpu, select_backend
+from fair_edge.runtime.ort import OnnxRuntimeBackend
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_ckpt_path, tmp_path_factory):
+    ckpt = load_checkpoint(tiny_ckpt_path)
+    return build_bundle(ckpt, tmp_path_factory.mktemp("int8"), BuildOptions(precision="int8", engine=False),
+                        calib_frames=make_frames(16, seed=100), normal_frames=make_frames(20, seed=5)).bundle
+
+
+def optimized_ops(path, tmp_path) -> collections.Counter:
+    """Op types of the graph after ONNX Runtime's CPU optimisations (what its kernels actually run)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx"))
+    return collections.Counter(n.op_type for n in graph.graph.node if "/unet/" in n.name or n.op_type.startswith("QLinear"))
+
+
+def test_ort_runs_the_cpu_graph_as_qlinearconv_and_the_tensorrt_graph_as_float_conv(bundle, tmp_path):
+    cpu = optimized_ops(bundle.cpu_onnx_path, tmp_path)
+    assert cpu["QLinearConv"] == 23 and cpu["Conv"] == 0 and cpu["FusedConv"] == 0  # every UNet conv in int8
+    trt = optimized_ops(bundle.onnx_path, tmp_path)
+    assert trt["QLinearConv"] == 0  # Q/DQ on Conv inputs only: ORT dequantises and runs float convs (slow)
+
+
+def test_cpu_graph_scores_follow_fp32_and_carry_their_own_threshold(bundle):
+    names = bundle.model.input_names
+    inputs = preprocess_frames(make_frames(12, seed=7), bundle.model)
+    fp32 = OnnxRuntimeBackend(bundle.reference_onnx_path, names).infer(inputs)[SCORE]
+    cpu = OnnxRuntimeBackend(bundle.cpu_onnx_path, names).infer(inputs)[SCORE]
+    assert np.corrcoef(fp32, cpu)[0, 1] > 0.9 and not np.array_equal(fp32, cpu)
+    assert bundle.cpu_threshold is not None and bundle.cpu_threshold.value != bundle.threshold.value
+    assert bundle.files and bundle.cpu_onnx_path.name in bundle.files  # checksummed like every file
+
+
+def test_cpu_backends_run_the_cpu_graph_with_its_threshold(bundle):
+    frames = make_frames(3, seed=9)
+    ort_choice = select_backend(bundle, "onnxruntime")
+    assert "int8 CPU graph" in ort_choice.reason and ort_choice.graph_threshold == bundle.cpu_threshold
+    maps, scores = ort_choice.infer_frames(frames)
+    assert maps.shape == (3, bundle.image_size, bundle.image_size) and scores.shape == (3,)
+    pytest.importorskip("openvino")
+    ov_choice = select_backend(bundle, "openvino")
+    ov_maps, ov_scores = ov_choice.infer_frames(frames)
+    np.testing.assert_allclose(ov_scores, scores, rtol=0.05, atol=0.02)  # two int8 engines, same Q/DQ graph
+
+
+def test_auto_on_the_cpu_times_the_installed_engines_and_says_so(bundle):
+    pytest.importorskip("openvino")
+    choice = fastest_cpu(bundle, BackendOptions())
+    assert choice.backend.name in ("onnxruntime", "openvino")
+    assert "the fastest CPU engine here (one frame: " in choice.reason
+    assert "onnxruntime" in choice.reason and "openvino" in choice.reason and " ms" in choice.reason
+    if not gpu_available():
+        auto = select_backend(bundle, "auto")
+        assert auto.reason.startswith("auto: ") and "torch-cuda" in auto.reason  # why no GPU path was taken

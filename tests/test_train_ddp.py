@@ -1,0 +1,119 @@
+"""DDP training on the CPU (gloo, 2 processes): the same loss curve as one process on the same global batch,
+one set of files written by rank 0, and an exact resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.errors import ConfigError
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.train import TrainConfig
+from fair_edge.train_ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_equivalence.py"
+
+PRE = PreprocessConfig(image_size=32, cutoff=4.0)
+CFG = TrainConfig(width=4, batch=4, lr=1e-3, steps=6, save_every=100, log_every=1, amp=False)
+LOSS_RTOL = 1e-4  # DDP vs one process: float summation order (batch-norm sums, gradient all-reduce) only
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ddp_equivalence", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ddp_equivalence = load_script()
+
+
+def train(data: Path, out: Path, parallel=None, stop_at: int | None = None, resume: bool = False) -> list[float]:
+    return ddp_equivalence.train_losses(str(data), PRE, CFG, out, parallel, stop_at, resume)
+
+
+def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:
+    parallel = ddp_equivalence.join_group(rank, world, port)
+    result = {"full": train(data, root / "full", parallel),
+              "first": train(data, root / "resumed", parallel, stop_at=3),
+              "rest": train(data, root / "resumed", parallel, resume=True)}
+    (root / f"rank{rank}.json").write_text(json.dumps(result))
+    shutdown()
+
+
+@pytest.fixture(scope="module")
+def ddp_run(mvtec_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    mp.spawn(rank_main, args=(2, ddp_equivalence.free_port(), mvtec_dir, root), nprocs=2, join=True)
+    return root
+
+
+def test_two_processes_follow_the_single_process_loss_curve(ddp_run, mvtec_dir, tmp_path):
+    single = train(mvtec_dir, tmp_path / "single", SingleProcess())
+    ranks = [json.loads((ddp_run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["full"] == ranks[1]["full"]  # the reported loss is the all-reduced mean: same on every rank
+    np.testing.assert_allclose(ranks[0]["full"], single, rtol=LOSS_RTOL)
+    assert single[0] != single[-1]  # it trained
+
+
+def test_rank0_writes_one_log_and_checkpoint_that_loads_into_a_plain_unet(ddp_run):
+    with (ddp_run / "full" / "loss.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, CFG.steps + 1))
+    ckpt = load_checkpoint(ddp_run / "full" / "final.pt")
+    detector = ckpt.build_detector("cpu")  # SyncBatchNorm state -> plain BatchNorm2d keys
+    assert not any(isinstance(m, CpuSyncBatchNorm2d) for m in detector.modules())
+    assert ckpt.data_summary["steps"] == CFG.steps
+
+
+def test_resume_under_ddp_is_exact(ddp_run):
+    rank0 = json.loads((ddp_run / "rank0.json").read_text())
+    assert len(rank0["first"]) == 3 and len(rank0["rest"]) == CFG.steps - 3
+    np.testing.assert_allclose(rank0["first"] + rank0["rest"], rank0["full"], rtol=1e-6)
+
+
+def test_sync_batchnorm_conversion_keeps_state_and_single_process_behaviour():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Sequential(nn.BatchNorm2d(3)))
+    plain[1][0].running_mean.fill_(0.5)
+    converted = convert_cpu_sync_batchnorm(torch.nn.Sequential(*[m for m in plain]))
+    assert isinstance(converted[1][0], CpuSyncBatchNorm2d)
+    assert torch.equal(converted[1][0].running_mean, torch.full((3,), 0.5))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(converted(x), plain(x))  # no process group: ordinary batch norm
+
+
+def test_global_batch_must_divide_by_the_processes():
+    class Three:
+        world, rank = 3, 0
+    from fair_edge.train_ddp import DataParallel
+
+    shard = DataParallel.shard.__get__(Three())
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        shard(torch.zeros(4, 1))
+    assert shard(torch.arange(6)[:, None]).flatten().tolist() == [0, 1]
+
+
+def test_cli_nproc_launches_torchrun(mvtec_dir, tmp_path):
+    """``fair-edge train --nproc 2``: torchrun, 2 CPU ranks (gloo), rank 0 prints and writes final.pt."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "fair_edge.cli", "train", str(mvtec_dir), "--width", "32",
+                           "--image-size", "32", "--cutoff", "4", "--steps", "2", "--batch", "4", "--device", "cpu",
+                           "--out", str(out), "--no-amp", "--nproc", "2"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines at the terminal width
+    assert proc.returncode == 0, text
+    assert "2 processes (DDP) of 2" in text and text.count("training FAIR width 32") == 1 and text.count("done:") == 1
+    assert load_checkpoint(out / "final.pt").data_summary["steps"] == 2
