@@ -1,6 +1,6 @@
 """The station file: one YAML that says what a station inspects and how it is wired.
 
-    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: drop_oldest}
+    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: auto}
     bundle:   runs/bundle-w32            # from `fair-edge build`
     backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime
     batching: {max_batch: 1, max_wait_ms: 2.0}
@@ -22,26 +22,30 @@ from typing import Any
 
 import yaml
 
+from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
 from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings
 
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime")
-FULL_POLICIES = ("drop_oldest", "drop_newest")
+AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
+FULL_POLICIES = (AUTO_POLICY, *CAPTURE_POLICIES)
 
 
 @dataclass(frozen=True)
 class CameraSettings:
     """source: a camera spec (index, /dev/videoN, RTSP URL, video file, image folder, gst/csi/genicam:...).
-    fps: replay rate for folders and videos (0 = as fast as possible; None = the file's own rate).
-    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue drops."""
+    fps: replay rate for folders and videos; None = read them as fast as inspection takes them.
+    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue does:
+    ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
+    inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line)."""
 
     source: str = "0"
     fps: float | None = None
     loop: bool = False
     queue_size: int = 4
-    full_policy: str = "drop_oldest"
+    full_policy: str = AUTO_POLICY
 
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":

@@ -3,6 +3,7 @@ TCP server on 127.0.0.1; and `fair-edge run` stopped by SIGTERM drains cleanly."
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,12 +62,15 @@ def test_station_fires_one_pulse_per_ng_part_on_time(bundle, conveyor, trained, 
     verdicts = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
     assert [v["seq"] for v in verdicts] == sorted(v["seq"] for v in verdicts) and len(verdicts) == 12
     assert [v["score"] for v in verdicts] == pytest.approx(list(expected), rel=1e-4, abs=1e-6)
-    assert summary.inspected == 12 and summary.ng == sum(v["ng"] for v in verdicts) == len(rises) > 0
+    missed = sum(st["missed"] for st in summary.rejects["sinks"].values())   # a loaded machine: counted, not sent
+    assert summary.inspected == 12 and summary.ng == sum(v["ng"] for v in verdicts) == len(rises) + missed > 0
+    assert missed <= 1 and summary.rejects["rejected_ng"] == summary.ng
     rows = match_pulses(verdicts, rises, 250, 10)
-    assert all(r["pulse_error_ms"] is not None for r in rows if r["ng"])          # every NG part: its pulse
+    assert sum(r["pulse_error_ms"] is not None for r in rows if r["ng"]) == summary.ng - missed  # NG: its pulse
     assert sum(r["pulse_error_ms"] is not None for r in rows if not r["ng"]) == 0  # no pulse for good parts
     assert len(list((tmp_path / "ng").glob("*_overlay.png"))) == summary.ng
-    assert json.loads((tmp_path / "summary.json").read_text())["inspected"] == 12
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["inspected"] == 12 and written["run_id"] == summary.run_id and written["not_inspected"] == 0
 
 
 def test_sigterm_drains_and_exits_zero(bundle, conveyor, tmp_path):
@@ -93,3 +97,77 @@ def test_run_without_a_bundle_says_how_to_get_one(conveyor):
 
     result = CliRunner().invoke(app, ["run", "--source", str(conveyor)])
     assert result.exit_code == 2 and "fair-edge build" in result.output
+
+
+class SlowBackend:
+    """The real backend, made slow on purpose: every ``every``-th inference sleeps ``sleep_s`` first
+    (a loaded machine, a thermal throttle); everything else is passed through untouched."""
+
+    def __init__(self, backend, every: int, sleep_s: float) -> None:
+        self._backend, self._every, self._sleep_s, self._calls = backend, every, sleep_s, 0
+
+    def infer(self, *args, **kwargs):
+        self._calls += 1
+        if self._calls % self._every == 0:
+            time.sleep(self._sleep_s)
+        return self._backend.infer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+@pytest.mark.parametrize("policy", ["reject", "alarm"])
+def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bundle, conveyor, trained,
+                                                                     mvtec_dir, tmp_path, monkeypatch, caplog):
+    """Slow inference makes verdicts late and fills the queue (frames dropped). Every captured part
+    that is not known good by its due time (NG in time, verdict late, frame dropped) gets exactly one
+    pulse at its own due time +-10 ms under fail_safe: reject; under alarm only NG-in-time parts do;
+    and no pulse is ever sent at any other time (a late verdict never fires on a neighbour). On a
+    loaded machine a sink may not write a pulse by its deadline: that part must then be reported
+    missed by the sink (counted, never written late), and such misses stay rare."""
+    from dataclasses import replace as dc_replace
+
+    import fair_edge.run_station as rs
+    from fair_edge.line.sim_plc import SimulatedPlc
+
+    real_select = rs.select_backend
+    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+        lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=4, sleep_s=0.45)))(real_select(b, name)))
+    expected = score_samples(trained[0], load_dataset(mvtec_dir).test).scores
+    threshold = float(sorted(expected)[len(expected) // 2])
+    delay_s = 0.25
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(
+            camera=CameraSettings(source=str(conveyor), fps=10, loop=True, queue_size=2), bundle=bundle.root,
+            backend="onnxruntime", threshold=threshold, output=tmp_path,
+            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",), delay_ms=delay_s * 1000,
+                                  pulse_ms=20, min_gap_ms=10, late_ms=10, fail_safe=policy),
+            record=RecordSettings(dir=tmp_path, save_ng_images=False))
+        summary = run_station(cfg, threading.Event(), duration_s=4.0)
+        time.sleep(0.1)
+        rises = sorted(plc.rises(0))
+    finally:
+        plc.close()
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert len({r["seq"] for r in rows}) == len(rows) == summary.frames_in   # every captured part logged once
+    dues = {r["seq"]: r["t_capture"] + delay_s for r in rows}
+    in_time = {r["seq"]: r.get("inspected", True) and r["t_verdict"] < dues[r["seq"]] - 0.003 for r in rows}
+    unsure = {r["seq"] for r in rows if r.get("inspected", True) and abs(r["t_verdict"] - dues[r["seq"]]) < 0.006}
+    wanted = {s for s, r in zip(dues, rows) if (in_time[s] and r["ng"]) or (not in_time[s] and policy == "reject")}
+    late = {s for s in dues if not in_time[s]}
+    assert summary.dropped >= 1 and len(late - {r["seq"] for r in rows if not r.get("inspected", True)}) >= 1
+    assert len(late) >= 3 and summary.rejects["late_verdicts"] >= 1
+    missed = {int(m) for m in re.findall(r"missed \(seq (\d+)\)", caplog.text)}
+    assert len(missed) <= max(1, len(wanted) // 10), missed
+    for seq, due in dues.items():
+        if seq in unsure:
+            continue
+        near = [t for t in rises if abs(t - due) <= 0.010]
+        want = 1 if seq in wanted and seq not in missed else 0
+        assert len(near) == want, (seq, in_time[seq], [round(1000 * (t - due), 1) for t in rises if abs(t - due) < 0.2])
+    # and no pulse at any other time: each rise is within +-10 ms of a part that wanted one
+    assert all(any(abs(t - dues[s]) <= 0.010 for s in wanted | unsure) for t in rises)
+    key = "rejected_uninspected" if policy == "reject" else "passed_uninspected"
+    assert summary.rejects[key] == len(late - unsure) or unsure
+    assert (summary.rejects["alarms"] > 0) == (policy == "alarm")

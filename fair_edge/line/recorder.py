@@ -8,7 +8,11 @@ back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors``
 per kind; it never reaches the inspection loop.
 
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
-``DIR/ng/SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/SEQ_overlay.EXT``.
+``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT``.
+Every row carries the run id and the capture time in UTC (``time_utc``) beside the monotonic
+one, so runs appended to one folder stay apart and a row can be traced to a real moment.
+A frame the capture queue dropped gets a row too (``inspected: false``, ``reason``): every
+captured part is accounted for in the log.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..records import Frame, Verdict
+from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_overlay
 from .settings import RecordSettings
@@ -43,12 +47,15 @@ class Recorder:
 
     disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
     disk_check_s: free space is re-read at most this often, seconds.
+    run_id: written in every row and NG image name (a new one when None).
     """
 
     def __init__(self, settings: RecordSettings,
                  disk_usage: Callable[[Path], Any] = shutil.disk_usage,
-                 disk_check_s: float = DISK_CHECK_S) -> None:
+                 disk_check_s: float = DISK_CHECK_S, run_id: str | None = None) -> None:
         self.settings = settings
+        self.run_id = run_id or new_run_id()
+        self.clock = WallClock()
         self.dir = Path(settings.dir)
         try:
             (self.dir / "ng").mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,9 @@ class Recorder:
         Returns False when the queue was full and the item was dropped (counted).
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
-        item = (verdict, frame if keep_image else None, anomaly_map if keep_image else None)
+        return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None))
+
+    def _put(self, item: tuple) -> bool:
         try:
             self._q.put_nowait(item)
         except queue.Full:
@@ -88,6 +97,12 @@ class Recorder:
             return False
         self._counters.add("queued")
         return True
+
+    def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
+        """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
+        row = {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
+               "source": frame.source}
+        return self._put((row, None, None))
 
     def stats(self) -> dict[str, int]:
         return self._counters.snapshot()
@@ -133,9 +148,11 @@ class Recorder:
             finally:
                 self._q.task_done()
 
-    def _write_log(self, verdict: Verdict) -> None:
+    def _write_log(self, verdict: Verdict | dict) -> None:
+        row = verdict.to_json_dict() if isinstance(verdict, Verdict) else verdict
+        row = {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
         try:
-            self._log.write(verdict.to_json_dict())
+            self._log.write(row)
             self._counters.add("logged")
         except OSError as exc:
             self._counters.add("write_errors")
@@ -153,7 +170,7 @@ class Recorder:
             self._counters.add("images_skipped")
             return
         ext = self.settings.image_format
-        stem = self.dir / "ng" / f"{verdict.seq:08d}"
+        stem = self.dir / "ng" / f"{self.run_id}_{verdict.seq:08d}"
         try:
             images = [(f"{stem}_frame.{ext}", frame.image)]
             if amap is not None:

@@ -158,6 +158,14 @@ class WorkerSink:
     def connected(self) -> bool:
         return self._connected
 
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until the worker has opened the output, at most ``timeout_s``; True when it has.
+        (The worker connects on its own right after start; this only watches.)"""
+        deadline = time.monotonic() + timeout_s
+        while not self._connected and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        return self._connected
+
     def _track(self, n: int) -> None:
         with self._inflight_lock:
             self._inflight += n
