@@ -259,8 +259,13 @@ class CaptureThread:
             if self._ended.is_set():
                 raise self._end_error() from None
             item = self._queue.get(timeout=timeout)
-        if item is _END:
-            raise self._end_error()
+        if item is _END:  # a frame the reader queued while stop() slipped the marker in still counts
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                raise self._end_error() from None
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_END)
         return item
 
     def __iter__(self) -> Iterator[Frame]:

@@ -62,11 +62,15 @@ def load_roi(path: Path | None, size: int) -> np.ndarray | None:
     return roi.astype(np.float32)
 
 
-def open_capture(cfg: StationConfig, **hooks) -> CaptureThread:
+def open_capture(cfg: StationConfig, source=None, **hooks) -> CaptureThread:
     """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
     as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
-    ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. hooks: ``on_capture``,
-    ``on_drop`` (see ``CaptureThread``)."""
+    ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
+    to use instead of ``cfg.camera.source`` (tests, soak). hooks: ``on_capture``, ``on_drop``
+    (see ``CaptureThread``)."""
+    if source is not None:
+        policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
+        return CaptureThread(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
     opts: dict = {}
     if cfg.camera.fps is not None:
         opts["fps"] = cfg.camera.fps
@@ -176,8 +180,11 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
-                on_tick: Callable[[Inspector], None] | None = None) -> RunSummary:
-    """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json)."""
+                on_tick: Callable[[Inspector], None] | None = None, source=None, choice=None) -> RunSummary:
+    """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
+
+    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``BackendChoice`` to
+    use instead of selecting one from ``cfg.backend`` (both are closed by the station)."""
     from fair_edge.export.bundle import load_bundle
 
     if cfg.bundle is None:
@@ -185,14 +192,14 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     bundle = load_bundle(cfg.bundle)
     threshold = resolve_threshold(cfg, bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = select_backend(bundle, cfg.backend)
+    choice = choice or select_backend(bundle, cfg.backend)
     run_id = new_run_id()
     if on_start is not None:
         on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
         stack.callback(choice.backend.close)
         line = open_line_side(cfg, stack, run_id)
-        capture = stack.enter_context(open_capture(cfg, **line.capture_hooks()))  # opens it: fails fast
+        capture = stack.enter_context(open_capture(cfg, source, **line.capture_hooks()))  # opens: fails fast
         watch = CameraWatch(capture, line.scheduler)
         inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks)
         inspector.summary.run_id = run_id
