@@ -171,3 +171,46 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     key = "rejected_uninspected" if policy == "reject" else "passed_uninspected"
     assert summary.rejects[key] == len(late - unsure) or unsure
     assert (summary.rejects["alarms"] > 0) == (policy == "alarm")
+
+
+def test_replay_without_fps_inspects_every_frame_even_when_inference_is_slow(bundle, conveyor, tmp_path,
+                                                                            monkeypatch):
+    """A folder read without --fps waits for inspection (block policy): nothing dropped, one row per image."""
+    from dataclasses import replace as dc_replace
+
+    import fair_edge.run_station as rs
+
+    real_select = rs.select_backend
+    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+        lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=1, sleep_s=0.05)))(real_select(b, name)))
+    cfg = StationConfig(camera=CameraSettings(source=str(conveyor), queue_size=2), bundle=bundle.root,
+                        backend="onnxruntime", output=tmp_path, record=RecordSettings(dir=tmp_path))
+    summary = run_station(cfg, threading.Event())
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert summary.frames_in == summary.inspected == len(rows) == 12 and summary.dropped == 0
+    assert [r["seq"] for r in rows] == list(range(12)) and all(r["run_id"] == summary.run_id for r in rows)
+
+
+def test_unreachable_plc_shows_the_fault_and_exits_4(bundle, conveyor, tmp_path):
+    """Rejects due, none delivered: the summary says which sink, the exit code is 4; with
+    reject.require_sinks_at_start the run refuses to start (exit 2) naming the sink."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+    from fair_edge.line.sim_plc import free_port
+
+    url = f"modbus://127.0.0.1:{free_port()}?unit=1&coil=0"   # nothing listens there
+    args = ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--fps", "10", "--backend",
+            "onnxruntime", "--threshold", "0", "--reject", url, "--reject", "log://test.rejects",
+            "--reject-delay-ms", "150", "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 4, result.output
+    assert "delivered none" in result.output and f"127.0.0.1:{url.split(':')[2].split('?')[0]}" in result.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    sinks = summary["rejects"]["sinks"]
+    assert summary["rejects"]["rejected_ng"] == 12 and summary["rejects"]["fault_output"]
+    assert [st["delivered"] for name, st in sorted(sinks.items())] == [12, 0]   # log sink, then the dead PLC
+
+    (tmp_path / "s.yaml").write_text(f"reject: {{sinks: ['{url}'], delay_ms: 150, require_sinks_at_start: true}}\n")
+    result = CliRunner().invoke(app, [*args[:-2], "--station", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "require_sinks_at_start" in result.output and "unreachable" in result.output
