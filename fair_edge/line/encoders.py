@@ -60,6 +60,7 @@ class PolledEncoder:
         self._lock = threading.Lock()
         self._last_raw: int | None = None
         self._count = 0
+        self.origin_raw: int | None = None   # the raw counter value that count() == 0 stands for
         self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
@@ -106,6 +107,8 @@ class PolledEncoder:
                     self._last_raw = raw
             else:
                 self._last_raw = raw
+                if self.origin_raw is None:
+                    self.origin_raw = (raw - self._count) % self._modulus
 
     def _run(self) -> None:
         delay = BACKOFF_S[0]
