@@ -90,6 +90,7 @@ class RunSummary:
     latency: dict = field(default_factory=dict)
     rejects: dict = field(default_factory=dict)
     recorder: dict = field(default_factory=dict)
+    mqtt: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:

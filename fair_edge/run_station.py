@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -131,19 +132,40 @@ def resolve_threshold(cfg: StationConfig, bundle) -> float:
 @dataclass
 class LineSide:
     """What a station signals and records through: the recorder, the reject gate (None without
-    sinks), the encoder (None without one) and the verdict callbacks, in call order."""
+    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
 
     recorder: object
     scheduler: object | None
     encoder: object | None
+    mqtt: object | None
     callbacks: list
+    fault_shown: str = ""
 
     def capture_hooks(self) -> dict:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
-        hooks: dict = {"on_drop": self.recorder.record_dropped}
+        hooks: dict = {"on_drop": self.on_drop}
         if self.scheduler is not None:
             hooks["on_capture"] = self.scheduler.on_capture
         return hooks
+
+    def on_drop(self, frame) -> None:
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT)."""
+        self.recorder.record_dropped(frame)
+        if self.mqtt is not None:
+            from fair_edge.line.recorder import dropped_row
+
+            self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
+
+    def publish_verdict(self, frame, verdict, anomaly_map=None) -> None:
+        """Verdict callback: the verdict log's row on MQTT."""
+        self.mqtt.publish_row(self.recorder.log_row(verdict))
+
+    def publish_fault(self, camera_reason: str) -> None:
+        """Publish the fault state on MQTT when it changed (called on every tick)."""
+        reason = camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+        if self.mqtt is not None and reason != self.fault_shown:
+            self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
+            self.fault_shown = reason
 
     def reject_stats(self) -> dict:
         if self.scheduler is None:
@@ -153,29 +175,33 @@ class LineSide:
 
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
-    """Open recorder, encoder, reject scheduler and metrics on ``stack`` (closed with it)."""
+    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
     from fair_edge.line.encoders import open_encoder
     from fair_edge.line.metrics import Metrics
+    from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
     from fair_edge.line.settings import SINK_CHECK_S
 
     recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
-    callbacks = [recorder.record]
-    encoder = stack.enter_context(open_encoder(cfg.reject.encoder)) if cfg.reject.encoder else None
-    scheduler = None
+    mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
+    line = LineSide(recorder, None, None, mqtt, [recorder.record])
+    if cfg.reject.encoder:
+        line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
     if cfg.reject.sinks or cfg.reject.fault_sinks:
-        scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=encoder))
+        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
         if cfg.reject.require_sinks_at_start:
-            scheduler.check_sinks(SINK_CHECK_S)
-        callbacks.append(scheduler.on_verdict)
+            line.scheduler.check_sinks(SINK_CHECK_S)
+        line.callbacks.append(line.scheduler.on_verdict)
     if cfg.metrics.enabled:
         metrics = stack.enter_context(Metrics(cfg.metrics).start())
         metrics.watch("recorder", recorder.stats)
-        if scheduler is not None:
-            metrics.watch("reject", scheduler.stats)
-        callbacks.append(metrics.on_verdict)
-    return LineSide(recorder, scheduler, encoder, callbacks)
+        if line.scheduler is not None:
+            metrics.watch("reject", line.scheduler.stats)
+        line.callbacks.append(metrics.on_verdict)
+    if mqtt is not None:
+        line.callbacks.append(line.publish_verdict)
+    return line
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
@@ -205,7 +231,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         inspector.summary.run_id = run_id
 
         def tick(insp: Inspector) -> None:
-            watch(insp)
+            line.publish_fault(watch(insp))
             insp.summary.rejects = line.reject_stats()
             if on_tick is not None:
                 on_tick(insp)
@@ -233,3 +259,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     line.recorder.flush()
     summary.rejects = line.reject_stats()
     summary.recorder = line.recorder.stats()
+    if line.mqtt is not None:
+        line.publish_fault(summary.fault)
+        summary.mqtt = line.mqtt.stats()
+        line.mqtt.publish_summary(summary.to_dict())

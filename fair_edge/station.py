@@ -9,6 +9,7 @@
     reject:   {...}                      # see docs/line-integration.md
     record:   {...}
     metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
+    mqtt:     {url: null}                # e.g. mqtt://127.0.0.1:1883/line3: verdicts, faults, summary
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -26,7 +27,7 @@ from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
-from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings
+from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
 
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime")
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
@@ -73,11 +74,12 @@ class StationConfig:
     reject: RejectSettings = field(default_factory=RejectSettings)
     record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics"])
+                                           "reject", "record", "metrics", "mqtt"])
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -98,6 +100,7 @@ class StationConfig:
             reject=RejectSettings.from_dict(d.get("reject")),
             record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
             metrics=MetricsSettings.from_dict(d.get("metrics")),
+            mqtt=MqttSettings.from_dict(d.get("mqtt")),
         )
 
     def override(self, **changes: Any) -> "StationConfig":

@@ -4,7 +4,11 @@ of every write they receive (server side, so the timing includes the whole clien
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import threading
 import time
 
 from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port  # noqa: F401
@@ -160,3 +164,70 @@ class OpcUaCounterServer:
 
         self._lt.call(_stop())
         self._lt.close()
+
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+class MosquittoBroker:
+    """A real mosquitto on 127.0.0.1 (persistence on, so a restart keeps sessions and queued messages);
+    ``stop()`` terminates it, ``start()`` starts it again on the same port."""
+
+    def __init__(self, folder) -> None:
+        self.port, self.folder = free_port(), folder
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        # started as root, mosquitto drops to user "mosquitto", which cannot write pytest's 0700 tmp folders
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {folder / 'data'}/\n{user}")
+        self._proc = None
+
+    def start(self) -> "MosquittoBroker":
+        import socket
+        import subprocess
+
+        self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    close = stop
+
+
+class MqttCollector:
+    """A subscriber with a persistent session (QoS 1) collecting JSON payloads per topic."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: dict[str, list] = {}
+        self.subscribed = threading.Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{port}", clean_session=False)
+        self._client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *a: self.subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("collector did not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.messages.setdefault(msg.topic, []).append(json.loads(msg.payload))
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,6 +1,7 @@
 """The whole station on the CPU: bundle -> ONNX Runtime -> verdicts -> reject pulses on a real Modbus
 TCP server on 127.0.0.1; and `fair-edge run` stopped by SIGTERM drains cleanly."""
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from fair_edge.data import load_dataset, read_image
 from fair_edge.demo import match_pulses
 from fair_edge.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.line.settings import RecordSettings, RejectSettings
+from fair_edge.line.settings import MqttSettings, RecordSettings, RejectSettings
 from fair_edge.run_station import run_station
 from fair_edge.station import CameraSettings, StationConfig
 
@@ -214,3 +215,59 @@ def test_unreachable_plc_shows_the_fault_and_exits_4(bundle, conveyor, tmp_path)
     (tmp_path / "s.yaml").write_text(f"reject: {{sinks: ['{url}'], delay_ms: 150, require_sinks_at_start: true}}\n")
     result = CliRunner().invoke(app, [*args[:-2], "--station", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "require_sinks_at_start" in result.output and "unreachable" in result.output
+
+
+def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path):
+    """reject.encoder + encoder_distance end to end: the capture hook notes the count, the gate fires
+    when the (simulated) belt has moved encoder_distance counts, one pulse per NG part."""
+    from fair_edge.line.sim_plc import SimulatedPlc
+
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(
+            camera=CameraSettings(source=str(conveyor), fps=10, queue_size=8), bundle=bundle.root,
+            backend="onnxruntime", threshold=0.0, output=tmp_path, record=RecordSettings(dir=tmp_path),
+            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0", "log://test.enc"),
+                                  encoder="sim://?counts_per_s=2000", encoder_distance=600, pulse_ms=20,
+                                  min_gap_ms=10, late_ms=10))
+        summary = run_station(cfg, threading.Event())
+        time.sleep(0.1)
+        rises = sorted(plc.rises(0))
+    finally:
+        plc.close()
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    missed = sum(st["missed"] for st in summary.rejects["sinks"].values())
+    assert summary.rejects["rejected_ng"] == summary.ng == 12 and len(rises) + missed == 12 and missed <= 1
+    errors = [1000 * (min(rises, key=lambda t: abs(t - r["t_capture"] - 0.3)) - r["t_capture"] - 0.3) for r in rows]
+    assert sum(abs(e) <= 10 for e in errors) >= 12 - missed, errors   # 600 counts at 2000/s = 300 ms
+
+
+def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bundle, conveyor, tmp_path):
+    """Verdicts (and dropped frames) go to MQTT as the verdict log's rows; a broker stopped and started
+    again mid-run loses none of them; the summary is published at the end."""
+    pytest.importorskip("paho.mqtt")
+    from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
+    broker = MosquittoBroker(tmp_path / "broker").start()
+    collector = MqttCollector(broker.port, "line3/#")
+    try:
+        cfg = StationConfig(camera=CameraSettings(source=str(conveyor), fps=10, loop=True, queue_size=4),
+                            bundle=bundle.root, backend="onnxruntime", output=tmp_path,
+                            record=RecordSettings(dir=tmp_path, save_ng_images=False))
+        cfg = dataclasses.replace(cfg, mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}/line3"))
+        threading.Timer(1.0, broker.stop).start()
+        threading.Timer(2.5, broker.start).start()
+        summary = run_station(cfg, threading.Event(), duration_s=4.0)
+        deadline = time.monotonic() + 15
+        logged = {(r["run_id"], r["seq"]) for r in map(json.loads, (tmp_path / "verdicts.jsonl").read_text().splitlines())}
+        while time.monotonic() < deadline and not logged <= {(m["run_id"], m["seq"]) for m in
+                                                            collector.messages.get("line3/verdicts", [])}:
+            time.sleep(0.1)
+    finally:
+        collector.close()
+        broker.close()
+    published = {(m["run_id"], m["seq"]) for m in collector.messages.get("line3/verdicts", [])}
+    assert len(logged) == summary.frames_in >= 30 and logged <= published, sorted(logged - published)[:10]
+    assert summary.mqtt["disconnects"] >= 1 and collector.messages["line3/summary"][-1]["run_id"] == summary.run_id

@@ -42,6 +42,12 @@ RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", 
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 
 
+def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
+    """The verdict log's row for a captured frame that was never inspected."""
+    return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
+            "source": frame.source}
+
+
 class Recorder:
     """Records verdicts and NG images on a writer thread.
 
@@ -100,9 +106,7 @@ class Recorder:
 
     def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
         """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
-        row = {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
-               "source": frame.source}
-        return self._put((row, None, None))
+        return self._put((dropped_row(frame, reason), None, None))
 
     def stats(self) -> dict[str, int]:
         return self._counters.snapshot()
@@ -148,9 +152,13 @@ class Recorder:
             finally:
                 self._q.task_done()
 
-    def _write_log(self, verdict: Verdict | dict) -> None:
+    def log_row(self, verdict: Verdict | dict) -> dict:
+        """The verdict log's row for a verdict (or a dropped frame's row): run id and UTC time first."""
         row = verdict.to_json_dict() if isinstance(verdict, Verdict) else verdict
-        row = {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
+        return {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
+
+    def _write_log(self, verdict: Verdict | dict) -> None:
+        row = self.log_row(verdict)
         try:
             self._log.write(row)
             self._counters.add("logged")

@@ -142,3 +142,15 @@ class MetricsSettings:
 
 def _path_text(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """MQTT publishing (``fair_edge.line.mqtt``). url: ``mqtt://HOST:PORT/PREFIX`` or None (off)."""
+
+    url: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MqttSettings:
+        d = f.with_defaults("mqtt", data, cls)
+        return cls(url=None if d["url"] is None else f.text("mqtt", "url", d["url"]))
