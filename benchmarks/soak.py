@@ -399,8 +399,10 @@ def markdown(report: dict) -> str:
               f"| pulses due / on time (+-10 ms) / late edge / sink-reported missed / unaccounted / stray | "
               f"{p['due']} / {p['on_time']} / {p['late_edge']} / {p['sink_missed']} / {p['unaccounted']} / "
               f"{p['stray']} |",
-              f"| rejected uninspected / late verdicts | {report['rejects'].get('rejected_uninspected')} / "
-              f"{report['rejects'].get('late_verdicts')} |",
+              f"| rejected uninspected / late verdicts / gap missed | {report['rejects'].get('rejected_uninspected')} / "
+              f"{report['rejects'].get('late_verdicts')} / {report['rejects'].get('gap_missed')} |",
+              f"| sink writes that returned after their deadline (counted by the station) | "
+              f"{report['rejects'].get('sink_late_writes')} |",
               f"| RSS MB start -> end | {s.get('rss_mb', 0):.1f} -> {e.get('rss_mb', 0):.1f} |",
               f"| open fds start -> end | {s.get('open_fds')} -> {e.get('open_fds')} |",
               f"| threads start -> end | {s.get('threads')} -> {e.get('threads')} |",

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "passed", "rejected_ng", "rejected_uninspected",
                       "passed_uninspected", "gap_missed", "late_verdicts", "fired", "alarms", "refused",
-                      "sink_missed", "sink_errors", "sink_dropped", "abandoned")
+                      "sink_missed", "sink_errors", "sink_dropped", "sink_late_writes", "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
@@ -212,6 +212,8 @@ class RejectScheduler:
             self._counters.add("sink_errors")
         elif report.kind == "dropped":
             self._counters.add("sink_dropped")
+        elif report.kind == "late_write":
+            self._counters.add("sink_late_writes")
 
     def stats(self) -> dict[str, int]:
         out = self._counters.snapshot()

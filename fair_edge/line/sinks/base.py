@@ -31,7 +31,8 @@ CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for 
 class SinkReport:
     """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
     deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written)."""
+    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
+    ``late_write`` (a write begun before the deadline that returned after it)."""
 
     sink: str
     kind: str
@@ -94,7 +95,7 @@ class Counters:
 
 
 SINK_COUNTERS = ("pulses", "delivered", "missed", "dropped", "io_errors", "device_errors",
-                 "reconnects")
+                 "reconnects", "late_writes")
 
 
 class WorkerSink:
@@ -225,6 +226,10 @@ class WorkerSink:
             self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
+        if time.monotonic() > ev.deadline:   # the write began in time but finished late: say so
+            self._counters.add("late_writes")
+            self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
+                                             f"after the due time (loaded machine?)")
         if self._pulse_s <= 0:
             return
         sleep_until(time.monotonic() + self._pulse_s, self._stop)
