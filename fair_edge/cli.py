@@ -326,7 +326,9 @@ def run(
     roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
     max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
-    fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
+    fps: Optional[float] = typer.Option(None, help="Replay --source at this rate, as a camera would (frames "
+                                        "inspection cannot keep up with are dropped); default: every frame, "
+                                        "as fast as inspection takes them."),
     loop: bool = typer.Option(False, help="Replay --source forever."),
     out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
