@@ -163,18 +163,14 @@ class PlcProcess:
         log_path.unlink(missing_ok=True)
 
     def start(self) -> "PlcProcess":
-        import socket
         import subprocess
+
+        from fair_edge.line.sim_plc import wait_listening
 
         self._proc = subprocess.Popen([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(self.port),
                                        "--log", str(self.log_path)])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"simulated PLC did not listen on 127.0.0.1:{self.port} within 30 s")
+        wait_listening(self.port, 30.0, "simulated PLC")
+        return self
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 
-from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port  # noqa: F401
+from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
 
 log = logging.getLogger(__name__)
 ModbusTestServer = SimulatedPlc
@@ -184,18 +184,12 @@ class MosquittoBroker:
         self._proc = None
 
     def start(self) -> "MosquittoBroker":
-        import socket
         import subprocess
 
         self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.02)
-        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port}")
+        wait_listening(self.port, 10.0, "mosquitto")
+        return self
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

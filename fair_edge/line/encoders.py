@@ -16,7 +16,6 @@ link is reopened with back-off; after a reconnect the count goes on from the fir
 
 from __future__ import annotations
 
-import difflib
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 
 from ..errors import PlcError, SinkError
 from .encoder import EncoderSource, FakeEncoder
-from .sinks.urls import SinkUrl, parse_sink_url
+from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +286,4 @@ def open_encoder(url: str) -> EncoderSource:
     """The (not yet started) encoder ``url`` names; use it as a context manager (start = connect
     and read once). Raises ``SinkError`` for an unknown scheme or a malformed URL."""
     parsed = parse_sink_url(url)
-    opener = ENCODER_SCHEMES.get(parsed.scheme)
-    if opener is None:
-        close = difflib.get_close_matches(parsed.scheme, ENCODER_SCHEMES, n=1)
-        hint = f" (did you mean '{close[0]}://'?)" if close else ""
-        raise SinkError(f"reject.encoder {url}: unknown scheme '{parsed.scheme}'{hint}; valid: "
-                        f"{', '.join(s + '://' for s in ENCODER_SCHEMES)}")
-    return opener(parsed)
+    return scheme_entry(ENCODER_SCHEMES, parsed, "encoder")(parsed)

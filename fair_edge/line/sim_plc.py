@@ -16,6 +16,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, timeout_s: float, what: str = "server") -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
+
+
 class LoopThread:
     """An asyncio loop on a daemon thread; ``call(coro)`` runs a coroutine there and waits."""
 
