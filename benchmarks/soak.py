@@ -50,6 +50,7 @@ FAULT_SCHEDULE = (  # name, start, length (fractions of each window)
     ("disk_full", 0.55, 0.06),
     ("slow_inference", 0.75, 0.05),
 )
+MIN_FAULT_S = 3.0   # shortest fault (CI-sized windows)
 LATE_MS = 10.0
 DELAY_MS = 600.0
 BALLAST_MB = 600
@@ -75,15 +76,14 @@ def build_soak_bundle(out: Path, images: list[np.ndarray]) -> Path:
     import torch
 
     from fair_edge.checkpoint import Checkpoint
-    from fair_edge.detector import FairDetector
     from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.registry import ModelSpec
     from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.scoring import ScoringConfig
 
     torch.manual_seed(0)
-    pre, scoring = PreprocessConfig(image_size=64, cutoff=8.0), ScoringConfig()
-    det = FairDetector(16, pre.in_channels, scoring)
-    ckpt = Checkpoint(pre, 16, scoring, det.unet.state_dict(), {"source": "soak: untrained"})
+    spec = ModelSpec("fair", PreprocessConfig(image_size=64, cutoff=8.0), FairSettings(width=16))
+    ckpt = Checkpoint(spec, spec.impl.weights(spec.build()), {"source": "soak: untrained"})
     return build_bundle(ckpt, out, BuildOptions(engine=False, command="benchmarks/soak.py"),
                         normal_frames=images).bundle.root
 
@@ -99,6 +99,7 @@ class FaultySource:
         self.name = self._line.name
         self.unplugged = threading.Event()
         self.malformed = threading.Event()
+        self.injected_malformed = 0
         self._n = 0
 
     @property
@@ -121,6 +122,7 @@ class FaultySource:
         frame = self._line.read()
         self._n += 1
         if self.malformed.is_set() and self._n % 3 == 0:
+            self.injected_malformed += 1
             return Frame(frame.seq, frame.t_capture, np.zeros((7, 7, 5)), frame.source)
         return frame
 
@@ -162,14 +164,17 @@ class PlcProcess:
         self.port, self.log_path, self._proc = free_port(), log_path, None
         log_path.unlink(missing_ok=True)
 
-    def start(self) -> "PlcProcess":
+    def start(self, wait: bool = True) -> "PlcProcess":
+        """Start the PLC process; ``wait``: until it listens (a restart does not wait: the fault
+        schedule must not stall while a loaded machine starts Python)."""
         import subprocess
 
         from fair_edge.line.sim_plc import wait_listening
 
         self._proc = subprocess.Popen([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(self.port),
                                        "--log", str(self.log_path)])
-        wait_listening(self.port, 30.0, "simulated PLC")
+        if wait:
+            wait_listening(self.port, 30.0, "simulated PLC")
         return self
 
     def stop(self) -> None:
@@ -202,7 +207,7 @@ class Injectors:
         elif name == "slow_inference":
             (self.backend.slow.set if on else self.backend.slow.clear)()
         elif name == "plc_restart":
-            self.plc.stop() if on else self.plc.start()
+            self.plc.stop() if on else self.plc.start(wait=False)
         elif name == "disk_full":
             self._ballast(on)
 
@@ -222,7 +227,7 @@ def fault_plan(minutes: float, window_s: float) -> list[tuple[float, str, bool]]
         for name, start, length in FAULT_SCHEDULE:
             t_on = (w + start) * window_s
             if t_on < minutes * 60:
-                plan += [(t_on, name, True), (t_on + max(length * window_s, 0.5), name, False)]
+                plan += [(t_on, name, True), (t_on + max(length * window_s, MIN_FAULT_S), name, False)]
     return sorted(plan)
 
 
@@ -291,7 +296,7 @@ def window_table(rows: list[dict], t0: float, window_s: float) -> list[dict]:
 
 
 def soak(args) -> dict:
-    from fair_edge.backends import select_backend
+    from fair_edge.runtime.backends import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.line.settings import RecordSettings, RejectSettings
     from fair_edge.run_station import run_station
@@ -338,12 +343,14 @@ def soak(args) -> dict:
         faults.join(timeout=10)
         plc.close()
         inj.ballast.unlink(missing_ok=True)
-    return soak_report(args, summary, station_dir, rises, samples, inj.log, t0, free_mb)
+    report = soak_report(args, summary, station_dir, rises, samples, inj.log, t0, free_mb)
+    report["malformed_injected"] = inj.source.injected_malformed
+    return report
 
 
 def soak_threshold(bundle_root: Path, images: list[np.ndarray]) -> float:
     """The 60th percentile of the line's scores: about 40 % of the parts NG."""
-    from fair_edge.backends import select_backend
+    from fair_edge.runtime.backends import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.inspector import Inspector
     from fair_edge.records import Frame
@@ -391,7 +398,8 @@ def markdown(report: dict) -> str:
               f"| verdicts lost (captured, no log row) | {report['verdicts_lost']} |",
               f"| frames in / inspected / dropped / lost by camera | {report['frames_in']} / {report['inspected']} / "
               f"{report['dropped']} / {report['lost_by_camera']} |",
-              f"| malformed / inference errors | {report['malformed']} / {report['inference_errors']} |",
+              f"| malformed frames injected / inspected as malformed (others dropped) / inference errors | "
+              f"{report.get('malformed_injected')} / {report['malformed']} / {report['inference_errors']} |",
               f"| pulses due / on time (+-10 ms) / late edge / sink-reported missed / unaccounted / stray | "
               f"{p['due']} / {p['on_time']} / {p['late_edge']} / {p['sink_missed']} / {p['unaccounted']} / "
               f"{p['stray']} |",
