@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from fair_edge.demo_config import DEMO_FALSE_REJECT_RATE
 from fair_edge.data import DatasetSplit, Sample, elpv_split, read_image
 
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor
@@ -156,7 +157,7 @@ def tally(rows: list[dict]) -> dict:
 
 
 def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float = 10.0,
-             n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = 0.05,
+             n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = DEMO_FALSE_REJECT_RATE,
              say: Callable[[str], None] = print) -> dict:
     """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics)."""
     from fair_edge.checkpoint import load_checkpoint
