@@ -63,9 +63,12 @@ def test_demo_station_with_a_tiny_model(tmp_path):
     assert report["caught"] + report["missed"] == 20
     # each part due a pulse (NG in time, or no verdict in time: fail-safe) gets it on time, or - when
     # the machine is too loaded to write it by its deadline - counted as missed and never sent late
-    missed = sum(st["missed"] for st in report["reject_stats"]["sinks"].values())
-    assert report["pulses_received"] == report["pulses_on_time"] == report["pulses_due"] - missed
-    assert missed <= 1
+    # the machine is too loaded to write it by its deadline: counted as missed and never sent late; or the
+    # write began in time and returned late: counted by the station as a late write
+    sinks = report["reject_stats"]["sinks"].values()
+    missed, late = sum(st["missed"] for st in sinks), sum(st["late_writes"] for st in sinks)
+    assert report["pulses_received"] + missed == report["pulses_due"]
+    assert report["pulses_received"] - report["pulses_on_time"] <= late and missed + late <= 2
     assert all(abs(e) <= 10 for e in (r["pulse_error_ms"] for r in report["parts"]) if e is not None)
     assert not any(r["pulse_error_ms"] is not None for r in report["parts"] if r["in_time"] and not r["ng"])
     assert report["line"]["gate_delay_ms"] >= 400 and report["line"]["warmup_ms"]["n"] > 10
