@@ -63,11 +63,12 @@ def test_station_fires_one_pulse_per_ng_part_on_time(bundle, conveyor, trained, 
     verdicts = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
     assert [v["seq"] for v in verdicts] == sorted(v["seq"] for v in verdicts) and len(verdicts) == 12
     assert [v["score"] for v in verdicts] == pytest.approx(list(expected), rel=1e-4, abs=1e-6)
-    missed = sum(st["missed"] for st in summary.rejects["sinks"].values())   # a loaded machine: counted, not sent
+    sinks = summary.rejects["sinks"].values()   # a loaded machine: counted missed (not sent) or late writes
+    missed, late = sum(st["missed"] for st in sinks), sum(st["late_writes"] for st in sinks)
     assert summary.inspected == 12 and summary.ng == sum(v["ng"] for v in verdicts) == len(rises) + missed > 0
-    assert missed <= 1 and summary.rejects["rejected_ng"] == summary.ng
+    assert missed + late <= 1 and summary.rejects["rejected_ng"] == summary.ng
     rows = match_pulses(verdicts, rises, 250, 10)
-    assert sum(r["pulse_error_ms"] is not None for r in rows if r["ng"]) == summary.ng - missed  # NG: its pulse
+    assert sum(r["pulse_error_ms"] is not None for r in rows if r["ng"]) >= summary.ng - missed - late
     assert sum(r["pulse_error_ms"] is not None for r in rows if not r["ng"]) == 0  # no pulse for good parts
     assert len(list((tmp_path / "ng").glob("*_overlay.png"))) == summary.ng
     written = json.loads((tmp_path / "summary.json").read_text())
@@ -160,15 +161,18 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     assert summary.dropped >= 1 and len(late - {r["seq"] for r in rows if not r.get("inspected", True)}) >= 1
     assert len(late) >= 3 and summary.rejects["late_verdicts"] >= 1
     missed = {int(m) for m in re.findall(r"missed \(seq (\d+)\)", caplog.text)}
-    assert len(missed) <= max(1, len(wanted) // 10), missed
+    late_write = {int(m) for m in re.findall(r"late_write \(seq (\d+)\)", caplog.text)}   # counted by the station
+    assert len(missed | late_write) <= max(1, len(wanted) // 10), (missed, late_write)
     for seq, due in dues.items():
-        if seq in unsure:
+        if seq in unsure | late_write:
             continue
         near = [t for t in rises if abs(t - due) <= 0.010]
         want = 1 if seq in wanted and seq not in missed else 0
         assert len(near) == want, (seq, in_time[seq], [round(1000 * (t - due), 1) for t in rises if abs(t - due) < 0.2])
-    # and no pulse at any other time: each rise is within +-10 ms of a part that wanted one
-    assert all(any(abs(t - dues[s]) <= 0.010 for s in wanted | unsure) for t in rises)
+    # and no pulse at any other time: each rise is within +-10 ms of a part that wanted one (or is a write
+    # the station itself reported as finished late, within half a pitch)
+    assert all(any(abs(t - dues[s]) <= 0.010 for s in wanted | unsure)
+               or any(0 <= t - dues[s] <= 0.05 for s in late_write) for t in rises)
     key = "rejected_uninspected" if policy == "reject" else "passed_uninspected"
     assert summary.rejects[key] == len(late - unsure) or unsure
     assert (summary.rejects["alarms"] > 0) == (policy == "alarm")
@@ -236,10 +240,11 @@ def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path)
     finally:
         plc.close()
     rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
-    missed = sum(st["missed"] for st in summary.rejects["sinks"].values())
-    assert summary.rejects["rejected_ng"] == summary.ng == 12 and len(rises) + missed == 12 and missed <= 1
+    sinks = summary.rejects["sinks"].values()
+    missed, late = max(st["missed"] for st in sinks), max(st["late_writes"] for st in sinks)
+    assert summary.rejects["rejected_ng"] == summary.ng == 12 and len(rises) + missed == 12 and missed + late <= 1
     errors = [1000 * (min(rises, key=lambda t: abs(t - r["t_capture"] - 0.3)) - r["t_capture"] - 0.3) for r in rows]
-    assert sum(abs(e) <= 10 for e in errors) >= 12 - missed, errors   # 600 counts at 2000/s = 300 ms
+    assert sum(abs(e) <= 10 for e in errors) >= 12 - missed - late, errors   # 600 counts at 2000/s = 300 ms
 
 
 def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bundle, conveyor, tmp_path):
