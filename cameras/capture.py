@@ -42,7 +42,9 @@ class CaptureSettings:
 
     queue_size: frames held for the consumer (>= 1).
     full_policy: what a full queue does with a new frame: ``drop_oldest`` (keep the latest;
-        default, right for live inspection) or ``drop_newest`` (keep what is queued).
+        default, right for live inspection), ``drop_newest`` (keep what is queued) or ``block``
+        (the reader waits for room: nothing is dropped; for replays, where the source can wait;
+        a live camera under ``block`` loses frames in its driver instead, counted as lost).
     backoff_initial_s, backoff_max_s, backoff_factor: reconnect delay in seconds,
         ``min(max, initial * factor ** attempt)``.
     max_reconnects: consecutive failed reconnect attempts before the stream ends;
@@ -120,9 +122,12 @@ class CaptureStats:
     end_reason: str = ""
 
 
-def _put_drop_oldest(q: queue.Queue, item: object) -> int:
+BLOCK_POLL_S = 0.05  # how often a blocked reader checks for stop()
+
+
+def _put_drop_oldest(q: queue.Queue, item: Frame, stop: threading.Event) -> list[Frame]:
     """Enqueue ``item``, evicting the oldest entries while full. Returns the frames dropped."""
-    dropped = 0
+    dropped: list[Frame] = []
     while True:  # ends at once unless stop() slips its end marker in between
         try:
             q.put_nowait(item)
@@ -130,21 +135,35 @@ def _put_drop_oldest(q: queue.Queue, item: object) -> int:
         except queue.Full:
             pass
         with contextlib.suppress(queue.Empty):  # Empty: the consumer made room meanwhile
-            dropped += q.get_nowait() is not _END
+            old = q.get_nowait()
+            if old is not _END:
+                dropped.append(old)
 
 
-def _put_drop_newest(q: queue.Queue, item: object) -> int:
+def _put_drop_newest(q: queue.Queue, item: Frame, stop: threading.Event) -> list[Frame]:
     """Enqueue ``item`` unless full, in which case ``item`` is discarded. Returns dropped."""
     try:
         q.put_nowait(item)
-        return 0
+        return []
     except queue.Full:
-        return 1
+        return [item]
 
 
-FULL_POLICIES: dict[str, Callable[[queue.Queue, object], int]] = {
+def _put_block(q: queue.Queue, item: Frame, stop: threading.Event) -> list[Frame]:
+    """Wait for room (back-pressure on the source); only ``stop()`` makes it give ``item`` up."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=BLOCK_POLL_S)
+            return []
+        except queue.Full:
+            continue
+    return [item]
+
+
+FULL_POLICIES: dict[str, Callable[[queue.Queue, Frame, threading.Event], list[Frame]]] = {
     "drop_oldest": _put_drop_oldest,
     "drop_newest": _put_drop_newest,
+    "block": _put_block,
 }
 
 
@@ -154,11 +173,19 @@ class CaptureThread:
     The thread owns the source while it runs and closes it when it ends. Frames are
     :class:`~fair_edge.records.Frame`: image (H, W, 3) uint8 BGR or (H, W) uint8 gray,
     read-only host memory; ``t_capture`` in ``time.monotonic()`` seconds.
+
+    Hooks, both called on the reader thread and so kept short (a failure is logged, never ends
+    the stream): ``on_capture(frame)`` for every frame read, before it is queued (the reject
+    scheduler notes the part and its encoder count here); ``on_drop(frame)`` for every frame the
+    full-queue policy discards (the verdict log accounts for it).
     """
 
-    def __init__(self, source: FrameSource, settings: CaptureSettings | None = None) -> None:
+    def __init__(self, source: FrameSource, settings: CaptureSettings | None = None, *,
+                 on_capture: Callable[[Frame], None] | None = None,
+                 on_drop: Callable[[Frame], None] | None = None) -> None:
         self.source = source
         self.settings = settings or CaptureSettings()
+        self._on_capture, self._on_drop = on_capture, on_drop
         self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
         self._put = FULL_POLICIES[self.settings.full_policy]
         self._stop = threading.Event()
@@ -232,8 +259,13 @@ class CaptureThread:
             if self._ended.is_set():
                 raise self._end_error() from None
             item = self._queue.get(timeout=timeout)
-        if item is _END:
-            raise self._end_error()
+        if item is _END:  # a frame the reader queued while stop() slipped the marker in still counts
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                raise self._end_error() from None
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_END)
         return item
 
     def __iter__(self) -> Iterator[Frame]:
@@ -297,11 +329,23 @@ class CaptureThread:
             elif self._after_outage and (fps := self._nominal_fps()):
                 lost = max(0, round((frame.t_capture - last.t_capture) * fps) - 1)
         self._last, self._after_outage = frame, False
-        dropped = self._put(self._queue, frame)
+        self._call_hook(self._on_capture, frame)
         with self._lock:
             self._counts["frames_in"] += 1
             self._counts["frames_lost_estimate"] += lost
-            self._counts["dropped_queue_full"] += dropped
+        dropped = self._put(self._queue, frame, self._stop)
+        with self._lock:
+            self._counts["dropped_queue_full"] += len(dropped)
+        for old in dropped:
+            self._call_hook(self._on_drop, old)
+
+    def _call_hook(self, hook: Callable[[Frame], None] | None, frame: Frame) -> None:
+        if hook is None:
+            return
+        try:
+            hook(frame)
+        except Exception:  # a listener's bug must not end capture; logged with its traceback
+            log.exception("camera %s: hook %r failed for frame %d", self.source.name, hook, frame.seq)
 
     def _reconnect(self, cause: CameraError) -> tuple[str, BaseException | None] | None:
         """Close, back off, reopen. Returns None when reconnected, else (end reason, cause)."""

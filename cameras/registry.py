@@ -7,7 +7,7 @@ kind is guessed by :data:`AUTO_RULES` (first match wins)::
     "... ! appsink"                                -> gst
     a directory                                    -> folder (image replay)
     a file                                         -> video (video replay)
-    opencv:clip.avi  csi:0  genicam:SERIAL  line:  -> explicit kind
+    opencv:clip.avi  csi:0  genicam:SERIAL  aravis:ID  line:  -> explicit kind
 
 Keyword options go to the source's constructor; an unknown option is refused with the
 valid list and a "did you mean".
@@ -25,6 +25,7 @@ from pathlib import Path
 from fair_edge.errors import ConfigError
 
 from .base import FrameSource
+from .aravis import AravisSource
 from .genicam import GenICamSource
 from .gstreamer import GStreamerSource, jetson_csi_pipeline
 from .opencv import OpenCVSource, classify_target
@@ -81,6 +82,8 @@ SOURCES: dict[str, SourceKind] = {
     "video": SourceKind(lambda t, **o: VideoReplaySource(t, **o), VideoReplaySource,
                         "replay a video file"),
     "genicam": SourceKind(_genicam, _genicam, "GenICam camera via harvesters; target = serial number"),
+    "aravis": SourceKind(lambda t, **o: AravisSource(t, **o), AravisSource,
+                         "GenICam camera via Aravis (no vendor SDK); target = device id or IP, empty = first"),
     "line": SourceKind(_line, LineSource, "synthetic line from images=[...] with injectable faults",
                        ("images",)),
 }

@@ -153,3 +153,6 @@ class VideoReplaySource(SourceBase):
         cap, self._cap = self._cap, None
         if cap is not None:
             cap.release()
+
+
+REPLAY_SOURCES = (FolderReplaySource, VideoReplaySource)  # files that can wait for the reader (block policy)

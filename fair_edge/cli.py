@@ -107,6 +107,13 @@ def eval_command(
 
 
 # ----------------------------------------------------------------------------- demo
+def demo_pulse_text(row: dict) -> str:
+    if row["pulse_error_ms"] is not None:
+        how = "on time" if row["in_time"] and row["ng"] else "fail-safe, uninspected"
+        return f"{how} ({row['pulse_error_ms']:+.1f} ms)"
+    return "-" if row["in_time"] and not row["ng"] else "[red]none[/]"
+
+
 def print_demo(report: dict) -> None:
     out = Console()
     table = Table(title="conveyor: defective cells")
@@ -115,22 +122,26 @@ def print_demo(report: dict) -> None:
     for row in report["parts"]:
         if not row["defective"]:
             continue
-        pulse = "-" if not row["ng"] else ("missing/late" if row["pulse_error_ms"] is None
-                                           else f"on time ({row['pulse_error_ms']:+.1f} ms)")
-        table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], f"{row['score']:.4f}",
-                      "[green]caught[/]" if row["ng"] else "[red]missed[/]", pulse)
+        verdict = ("[green]caught[/]" if row["ng"] else "[red]missed[/]") if row["in_time"] else (
+            "[red]missed (verdict late)[/]" if row["inspected"] else "[red]missed (not inspected: dropped)[/]")
+        table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], f"{row['score']:.4f}", verdict,
+                      demo_pulse_text(row))
     out.print(table)
-    s, lat = report["summary"], report["summary"]["latency"]
+    s, lat, line = report["summary"], report["summary"]["latency"], report["line"]
     out.print(
-        f"frames {s['frames_in']}, inspected {s['inspected']}, NG {s['ng']} | defective {report['defective']}, "
-        f"caught {report['caught']}, false rejects {report['false_rejects']} | pulses on time "
-        f"{report['pulses_on_time']}/{s['ng']} | latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
-        f"max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
+        f"conveyor {line['fps']:g} cells/s, gate {line['gate_delay_ms']:g} ms | frames in {s['frames_in']}, "
+        f"inspected {s['inspected']}, dropped {s['dropped']}, lost {s['lost']} | defective {report['defective']}: "
+        f"caught {report['caught']}, missed {report['missed']} (not inspected in time "
+        f"{report['missed_not_inspected']}, of which rejected by the fail-safe "
+        f"{report['missed_but_rejected_uninspected']}) | false rejects {report['false_rejects']} | pulses on time "
+        f"{report['pulses_on_time']}/{report['pulses_due']} | latency p50 {lat['p50_ms']:.1f} ms, "
+        f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
     )
     pulses, rejects = report["pulse_error_ms"], report.get("reject_stats") or {}
     if pulses["n"]:
         out.print(f"reject pulses vs due time: median {pulses['p50']:+.2f} ms, p99 {pulses['p99']:+.2f} ms, "
-                  f"range {pulses['min']:+.2f} .. {pulses['max']:+.2f} ms; late verdicts {rejects.get('late', 0)}")
+                  f"range {pulses['min']:+.2f} .. {pulses['max']:+.2f} ms; late verdicts "
+                  f"{rejects.get('late_verdicts', 0)}, rejected uninspected {rejects.get('rejected_uninspected', 0)}")
 
 
 def can_continue(out: Path, cfg) -> bool:
@@ -198,29 +209,74 @@ def demo(
 
 
 # ----------------------------------------------------------------------------- run
+def reject_rows(rejects: dict) -> list[tuple[str, object]]:
+    """Rows for the reject gate in the live table and the summary (empty without sinks)."""
+    if not rejects:
+        return []
+    from fair_edge.run_station import undelivered_sinks
+
+    sinks = rejects.get("sinks") or {}
+    delivered = sum(st.get("delivered", 0) for st in sinks.values())
+    missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
+    rows: list[tuple[str, object]] = [
+        ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
+        ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
+                                              f"{rejects.get('late_verdicts', 0)}"),
+        ("pulses delivered / missed", f"{delivered} / {missed}")]
+    if rejects.get("fault_output"):
+        rows.append(("fault output", f"[bold red]ON: {rejects['fault_output']}[/]"))
+    dead = undelivered_sinks(rejects)
+    if dead:
+        rows.append(("[bold red]sinks that delivered nothing[/]", ", ".join(dead)))
+    return rows
+
+
 def live_table(inspector) -> Table:
     s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
     camera = inspector.capture.stats()
-    table = Table(title="fair-edge station", show_header=False)
+    table = Table(title=f"fair-edge station (run {s.run_id})", show_header=False)
     for name, value in (("camera", camera.state.value), ("frames in", camera.frames_in),
                         ("dropped (queue full) / lost", f"{camera.dropped_queue_full} / {camera.frames_lost_estimate}"),
                         ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
                         ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
-                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms")):
+                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms"),
+                        *reject_rows(s.rejects)):
         table.add_row(name, str(value))
     return table
 
 
+def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[float], fail_safe: Optional[str]):
+    """The station file's reject section with the command line's --reject / --reject-delay-ms /
+    --fail-safe applied, validated like the file (``RejectSettings.from_dict``)."""
+    from dataclasses import asdict
+
+    from fair_edge.line.settings import RejectSettings
+
+    changes = {k: v for k, v in (("sinks", list(sinks or []) or None), ("delay_ms", delay_ms),
+                                 ("fail_safe", fail_safe)) if v is not None}
+    if not changes:
+        return settings
+    data = dict(asdict(settings), **changes)
+    if data["encoder_distance"] is not None and "delay_ms" in changes:
+        raise ConfigError("--reject-delay-ms: the station file times rejects by reject.encoder_distance; "
+                          "remove one of them")
+    if data["encoder_distance"] is not None:
+        data.pop("delay_ms")
+    return RejectSettings.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
+
+
 def print_summary(summary, out: Path) -> None:
     lat = summary.latency
-    table = Table(title=f"run summary ({out})")
+    table = Table(title=f"run summary ({out}, run {summary.run_id})")
     table.add_column("")
     table.add_column("value", justify="right")
     rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
-            ("NG", summary.ng), ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
-            ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
+            ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
+            ("not inspected (queued at stop)", summary.not_inspected),
+            ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
             ("frames/s", f"{summary.fps:.1f}"),
-            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms")]
+            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms"),
+            *reject_rows(summary.rejects)]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
@@ -230,14 +286,15 @@ def print_summary(summary, out: Path) -> None:
 
 @app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
              "2 the station could not start (bad flag or station file, missing bundle, a camera that cannot be "
-             "opened); 3 the station faulted while running (the backend kept failing, or the camera is gone for "
-             "good).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
+             "opened, reject.require_sinks_at_start with a sink unreachable); 3 the station faulted while running "
+             "(the backend kept failing, or the camera is gone for good); 4 rejects were due but a reject sink "
+             "delivered none of them (PLC unreachable, wrong address).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
 @friendly_errors
 def run(
     station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
-                                           "output, reject, record, metrics). Flags override it."),
+                                           "output, reject, record, metrics, mqtt). Flags override it."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
-                                         "gst:PIPELINE, csi:0, genicam:SERIAL."),
+                                         "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
     backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
@@ -246,21 +303,31 @@ def run(
     roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
     max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
-    fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
+    fps: Optional[float] = typer.Option(None, help="Replay --source at this rate, as a camera would (frames "
+                                        "inspection cannot keep up with are dropped); default: every frame, "
+                                        "as fast as inspection takes them."),
     loop: bool = typer.Option(False, "--loop", help="Replay --source forever."),
     out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    reject: Optional[list[str]] = typer.Option(None, "--reject", help="Reject sink URL, repeatable, e.g. "
+                                               "modbus://10.0.0.5:502?unit=1&coil=0, opcua://HOST:4840/?node=ns=2;s=Reject, "
+                                               "gpio://gpiochip0/17, log:// (replaces the station file's reject.sinks)."),
+    reject_delay_ms: Optional[float] = typer.Option(None, help="Camera -> reject gate travel time, ms "
+                                                    "(reject.delay_ms)."),
+    fail_safe: Optional[str] = typer.Option(None, help="A part with no verdict by its due time: reject (reject "
+                                            "it then) or alarm (let it pass, raise the fault output)."),
 ) -> None:
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
+    A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0."""
     import signal
     import threading
 
     from rich.live import Live
 
-    from fair_edge.run_station import run_station
+    from fair_edge.run_station import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
     from fair_edge.station import StationConfig, load_station
 
     cfg = load_station(station) if station else StationConfig()
@@ -274,7 +341,8 @@ def run(
                                         if v is not None})
     record = replace(cfg.record, dir=out) if out is not None else cfg.record
     cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
-                       batching=batching, output=out, record=record)
+                       batching=batching, output=out, record=record,
+                       reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -285,8 +353,12 @@ def run(
                               on_tick=(lambda insp: live.update(live_table(insp))) if live else None)
     print_summary(summary, cfg.output)
     console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
-    if summary.fault:
-        raise typer.Exit(3)
+    code = exit_code(summary)
+    if code == EXIT_REJECTS_UNDELIVERED:
+        console.print(f"[bold red]rejects were due but {', '.join(undelivered_sinks(summary.rejects))} "
+                      f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
+    if code:
+        raise typer.Exit(code)
 
 
 # ----------------------------------------------------------------------------- bench

@@ -69,9 +69,14 @@ class LatencyStats:
 
 @dataclass
 class RunSummary:
-    """What a run did. frames_in/dropped/lost come from the capture thread."""
+    """What a run did. frames_in/dropped/lost come from the capture thread: every frame read is
+    inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
+    ``lost`` counts parts the camera never delivered (outages, sequence gaps).
+    rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
+    recorder: the recorder's counters (rows logged, images saved, drops, write errors)."""
 
     backend: str = ""
+    run_id: str = ""
     frames_in: int = 0
     inspected: int = 0
     ng: int = 0
@@ -83,13 +88,21 @@ class RunSummary:
     duration_s: float = 0.0
     fault: str = ""
     latency: dict = field(default_factory=dict)
+    rejects: dict = field(default_factory=dict)
+    recorder: dict = field(default_factory=dict)
+    mqtt: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
         return self.inspected / self.duration_s if self.duration_s > 0 else 0.0
 
+    @property
+    def not_inspected(self) -> int:
+        """Frames read but neither inspected nor dropped (still queued when the run stopped)."""
+        return max(0, self.frames_in - self.inspected - self.dropped)
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__, fps=round(self.fps, 2))
+        return dict(self.__dict__, fps=round(self.fps, 2), not_inspected=self.not_inspected)
 
 
 class Inspector:

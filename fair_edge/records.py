@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time and does not repeat: ``20261129T134000Z-3f2a``."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+class WallClock:
+    """Turns ``time.monotonic()`` seconds into UTC wall-clock time, with the offset read once
+    (at construction) so all times of a run share one clock and NTP steps do not reorder them."""
+
+    def __init__(self) -> None:
+        self.offset_s = time.time() - time.monotonic()
+
+    def iso(self, t_monotonic: float) -> str:
+        """ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T13:40:00.123Z``."""
+        t = datetime.fromtimestamp(t_monotonic + self.offset_s, timezone.utc)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Wire a station together from its settings: bundle, backend, camera, recorder, rejects, metrics.
 
 ``run_station`` owns every resource it opens and closes them all (also on errors and signals);
-the summary is written to ``OUTPUT/summary.json``.
+the summary is written to ``OUTPUT/summary.json``. ``exit_code(summary)`` is what `fair-edge run`
+returns: 0 fine, 3 station fault, 4 rejects were due but a reject sink delivered none of them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import contextlib
 import json
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +22,32 @@ import numpy as np
 from fair_edge.runtime.backends import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
+from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import Inspector, RunSummary
-from fair_edge.station import StationConfig
+from fair_edge.records import new_run_id
+from fair_edge.station import AUTO_POLICY, StationConfig
 
 log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
+EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
+
+
+def exit_code(summary: RunSummary) -> int:
+    """The documented exit code of a run (see the module doc and README's fail-safe rules)."""
+    if summary.fault:
+        return EXIT_FAULT
+    if undelivered_sinks(summary.rejects):
+        return EXIT_REJECTS_UNDELIVERED
+    return EXIT_OK
+
+
+def undelivered_sinks(rejects: dict) -> list[str]:
+    """Reject sinks that were handed pulses and delivered none (``RunSummary.rejects``)."""
+    sinks = (rejects or {}).get("sinks") or {}
+    return [name for name, st in sinks.items() if st.get("pulses", 0) > 0 and st.get("delivered", 0) == 0]
 
 
 def load_roi(path: Path | None, size: int) -> np.ndarray | None:
@@ -39,14 +63,28 @@ def load_roi(path: Path | None, size: int) -> np.ndarray | None:
     return roi.astype(np.float32)
 
 
-def camera_options(cfg: StationConfig) -> dict:
-    """Options for the frame source: only those the station file set (sources refuse unknown ones)."""
+def open_capture(cfg: StationConfig, source=None, **hooks) -> CaptureThread:
+    """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
+    as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
+    ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
+    to use instead of ``cfg.camera.source`` (tests, soak). hooks: ``on_capture``, ``on_drop``
+    (see ``CaptureThread``)."""
+    if source is not None:
+        policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
+        return CaptureThread(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
     opts: dict = {}
     if cfg.camera.fps is not None:
         opts["fps"] = cfg.camera.fps
     if cfg.camera.loop:
         opts["loop"] = True
-    return opts
+    source = parse_source(cfg.camera.source, **opts)
+    replay_unpaced = isinstance(source, REPLAY_SOURCES) and cfg.camera.fps is None
+    if replay_unpaced:
+        source = parse_source(cfg.camera.source, **dict(opts, fps=0))
+    policy = cfg.camera.full_policy
+    if policy == AUTO_POLICY:
+        policy = "block" if replay_unpaced else "drop_oldest"
+    return CaptureThread(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
 
 
 def camera_fault(stats) -> str:
@@ -94,60 +132,137 @@ def resolve_threshold(cfg: StationConfig, bundle, graph_threshold=None) -> float
     return bundle.threshold.value
 
 
-def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
-                duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
-                on_tick: Callable[[Inspector], None] | None = None) -> RunSummary:
-    """Run the station until stopped; returns the summary."""
-    from fair_edge.export.bundle import load_bundle
+@dataclass
+class LineSide:
+    """What a station signals and records through: the recorder, the reject gate (None without
+    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
+
+    recorder: object
+    scheduler: object | None
+    encoder: object | None
+    mqtt: object | None
+    callbacks: list
+    fault_shown: str = ""
+
+    def capture_hooks(self) -> dict:
+        """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
+        hooks: dict = {"on_drop": self.on_drop}
+        if self.scheduler is not None:
+            hooks["on_capture"] = self.scheduler.on_capture
+        return hooks
+
+    def on_drop(self, frame) -> None:
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT)."""
+        self.recorder.record_dropped(frame)
+        if self.mqtt is not None:
+            from fair_edge.line.recorder import dropped_row
+
+            self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
+
+    def publish_verdict(self, frame, verdict, anomaly_map=None) -> None:
+        """Verdict callback: the verdict log's row on MQTT."""
+        self.mqtt.publish_row(self.recorder.log_row(verdict))
+
+    def publish_fault(self, camera_reason: str) -> None:
+        """Publish the fault state on MQTT when it changed (called on every tick)."""
+        reason = camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+        if self.mqtt is not None and reason != self.fault_shown:
+            self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
+            self.fault_shown = reason
+
+    def reject_stats(self) -> dict:
+        if self.scheduler is None:
+            return {}
+        return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
+                    sinks=self.scheduler.sink_stats())
+
+
+def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
+    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
+    from fair_edge.line.encoders import open_encoder
     from fair_edge.line.metrics import Metrics
+    from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
+    from fair_edge.line.settings import SINK_CHECK_S
+
+    recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
+    mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
+    line = LineSide(recorder, None, None, mqtt, [recorder.record])
+    if cfg.reject.encoder:
+        line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
+    if cfg.reject.sinks or cfg.reject.fault_sinks:
+        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
+        if cfg.reject.require_sinks_at_start:
+            line.scheduler.check_sinks(SINK_CHECK_S)
+        line.callbacks.append(line.scheduler.on_verdict)
+    if cfg.metrics.enabled:
+        metrics = stack.enter_context(Metrics(cfg.metrics).start())
+        metrics.watch("recorder", recorder.stats)
+        if line.scheduler is not None:
+            metrics.watch("reject", line.scheduler.stats)
+        line.callbacks.append(metrics.on_verdict)
+    if mqtt is not None:
+        line.callbacks.append(line.publish_verdict)
+    return line
+
+
+def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
+                duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
+                on_tick: Callable[[Inspector], None] | None = None, source=None, choice=None) -> RunSummary:
+    """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
+
+    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``BackendChoice`` to
+    use instead of selecting one from ``cfg.backend`` (both are closed by the station)."""
+    from fair_edge.export.bundle import load_bundle
 
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     bundle = load_bundle(cfg.bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = select_backend(bundle, cfg.backend)
+    choice = choice or select_backend(bundle, cfg.backend)
     threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+    run_id = new_run_id()
     if on_start is not None:
-        on_start(f"backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
-    capture_settings = CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=cfg.camera.full_policy)
+        on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
         stack.callback(choice.backend.close)
-        capture = stack.enter_context(CaptureThread(parse_source(cfg.camera.source, **camera_options(cfg)),
-                                                    capture_settings))  # __enter__ opens it: fails fast
-        recorder = stack.enter_context(Recorder(cfg.record))
-        callbacks = [recorder.record]
-        scheduler = None
-        if cfg.reject.sinks or cfg.reject.fault_sinks:
-            scheduler = stack.enter_context(RejectScheduler(cfg.reject))
-            callbacks.append(lambda frame, verdict, amap: scheduler.submit(verdict))
-        if cfg.metrics.enabled:
-            metrics = stack.enter_context(Metrics(cfg.metrics).start())
-            metrics.watch("recorder", recorder.stats)
-            if scheduler is not None:
-                metrics.watch("reject", scheduler.stats)
-            callbacks.append(lambda frame, verdict, amap: metrics.observe(verdict))
-        watch = CameraWatch(capture, scheduler)
+        line = open_line_side(cfg, stack, run_id)
+        capture = stack.enter_context(open_capture(cfg, source, **line.capture_hooks()))  # opens: fails fast
+        watch = CameraWatch(capture, line.scheduler)
+        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks)
+        inspector.summary.run_id = run_id
 
-        def tick(inspector: Inspector) -> None:
-            watch(inspector)
+        def tick(insp: Inspector) -> None:
+            line.publish_fault(watch(insp))
+            insp.summary.rejects = line.reject_stats()
             if on_tick is not None:
-                on_tick(inspector)
+                on_tick(insp)
 
-        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks)
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick)
-        camera_state = watch()
-        if not summary.fault and camera_state.startswith("camera gone"):
-            summary.fault = camera_state
-        if scheduler is not None:
-            if summary.fault:
-                scheduler.fault(True, summary.fault)
-            # parts already inspected are still on the belt: let their rejects fire before closing
-            travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
-            scheduler.wait_idle(timeout_s=travel_s + 1.0)
-        recorder.flush()
-        extra = {"recorder": recorder.stats(), "reject": scheduler.stats() if scheduler else None}
+        finish_line(cfg, line, summary, watch())
     cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "summary.json").write_text(json.dumps(dict(summary.to_dict(), **extra), indent=2, default=str) + "\n")
+    (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return summary
+
+
+def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
+    """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
+    (they are decided and pulsed there), flush the log, and fill the summary's line counters."""
+    if not summary.fault and camera_state.startswith("camera gone"):
+        summary.fault = camera_state
+    if line.scheduler is not None:
+        if summary.fault:
+            line.scheduler.fault(True, summary.fault)
+        travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
+        if cfg.reject.encoder_distance is not None:
+            travel_s = 10.0   # a stopped belt never brings its parts to the gate: wait at most this
+        line.scheduler.wait_idle(timeout_s=travel_s + 1.0)
+        line.scheduler.drain_sinks(timeout_s=1.0)
+    line.recorder.flush()
+    summary.rejects = line.reject_stats()
+    summary.recorder = line.recorder.stats()
+    if line.mqtt is not None:
+        line.publish_fault(summary.fault)
+        summary.mqtt = line.mqtt.stats()
+        line.mqtt.publish_summary(summary.to_dict())

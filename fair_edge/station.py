@@ -1,6 +1,6 @@
 """The station file: one YAML that says what a station inspects and how it is wired.
 
-    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: drop_oldest}
+    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: auto}
     bundle:   runs/bundle-w32            # from `fair-edge build`
     backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime | openvino
     batching: {max_batch: 1, max_wait_ms: 2.0}
@@ -9,6 +9,7 @@
     reject:   {...}                      # see docs/line-integration.md
     record:   {...}
     metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
+    mqtt:     {url: null}                # e.g. mqtt://127.0.0.1:1883/line3: verdicts, faults, summary
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -22,26 +23,30 @@ from typing import Any
 
 import yaml
 
+from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
-from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings
+from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
 
 BACKEND_NAMES = ("auto", "tensorrt", "torch-cuda", "torch-cpu", "onnxruntime", "openvino")  # runtime.backends.BACKENDS
-FULL_POLICIES = ("drop_oldest", "drop_newest")
+AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
+FULL_POLICIES = (AUTO_POLICY, *CAPTURE_POLICIES)
 
 
 @dataclass(frozen=True)
 class CameraSettings:
     """source: a camera spec (index, /dev/videoN, RTSP URL, video file, image folder, gst/csi/genicam:...).
-    fps: replay rate for folders and videos (0 = as fast as possible; None = the file's own rate).
-    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue drops."""
+    fps: replay rate for folders and videos; None = read them as fast as inspection takes them.
+    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue does:
+    ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
+    inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line)."""
 
     source: str = "0"
     fps: float | None = None
     loop: bool = False
     queue_size: int = 4
-    full_policy: str = "drop_oldest"
+    full_policy: str = AUTO_POLICY
 
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":
@@ -69,11 +74,12 @@ class StationConfig:
     reject: RejectSettings = field(default_factory=RejectSettings)
     record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics"])
+                                           "reject", "record", "metrics", "mqtt"])
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -94,6 +100,7 @@ class StationConfig:
             reject=RejectSettings.from_dict(d.get("reject")),
             record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
             metrics=MetricsSettings.from_dict(d.get("metrics")),
+            mqtt=MqttSettings.from_dict(d.get("mqtt")),
         )
 
     def override(self, **changes: Any) -> "StationConfig":

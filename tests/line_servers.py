@@ -4,10 +4,14 @@ of every write they receive (server side, so the timing includes the whole clien
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import threading
 import time
 
-from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port  # noqa: F401
+from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
 
 log = logging.getLogger(__name__)
 ModbusTestServer = SimulatedPlc
@@ -61,3 +65,163 @@ class OpcUaTestServer:
         query = "&".join(f"{k}={v}" for k, v in options.items())
         return (f"opcua://127.0.0.1:{self.port}{self.endpoint_path}?node={node}"
                 + (f"&{query}" if query else ""))
+
+
+class Belt:
+    """A conveyor whose speed changes on a schedule: ``speeds`` = [(seconds from t0, counts/s), ...].
+    ``count(t)`` is the true unwrapped position; a PLC shows it modulo 2**bits."""
+
+    def __init__(self, speeds: list[tuple[float, float]], start: int = 0, t0: float | None = None) -> None:
+        self.speeds, self.start = speeds, start
+        self.t0 = time.monotonic() if t0 is None else t0
+
+    def count(self, t: float | None = None) -> int:
+        t = (time.monotonic() if t is None else t) - self.t0
+        total = 0.0
+        for i, (t_start, rate) in enumerate(self.speeds):
+            t_end = self.speeds[i + 1][0] if i + 1 < len(self.speeds) else float("inf")
+            if t > t_start:
+                total += rate * (min(t, t_end) - t_start)
+        return self.start + int(total)
+
+    def time_of(self, count: int) -> float:
+        """Monotonic seconds at which the belt reaches ``count`` (unwrapped)."""
+        left = count - self.start
+        for i, (t_start, rate) in enumerate(self.speeds):
+            t_end = self.speeds[i + 1][0] if i + 1 < len(self.speeds) else float("inf")
+            span = rate * (t_end - t_start)
+            if left <= span:
+                return self.t0 + t_start + left / rate
+            left -= span
+        raise ValueError(count)
+
+
+class CounterPlc(SimulatedPlc):
+    """The simulated PLC with a belt counter in holding register ``address`` (16 bit) or
+    ``address, address + 1`` (32 bit, high word first), computed from ``belt`` at each read."""
+
+    def __init__(self, belt: Belt, bits: int, address: int = 10) -> None:
+        super().__init__()
+        self.belt, self.bits, self.address = belt, bits, address
+
+    async def _action(self, fc, start, address, count, regs, set_values):
+        if fc == 3 and set_values is None:
+            raw = self.belt.count() % (1 << self.bits)
+            words = [raw & 0xFFFF] if self.bits == 16 else [raw >> 16, raw & 0xFFFF]
+            regs[self.address - start:self.address - start + len(words)] = words
+            return None
+        return await super()._action(fc, start, address, count, regs, set_values)
+
+
+class OpcUaCounterServer:
+    """OPC UA server with ``ns=2;s=BeltCount`` (UInt32 or UInt16) following ``belt`` (updated
+    every ``step_s`` on the server's loop)."""
+
+    def __init__(self, belt: Belt, bits: int = 32, step_s: float = 0.001) -> None:
+        self.belt, self.bits, self.step_s = belt, bits, step_s
+        self.port = free_port()
+        self._lt = LoopThread()
+        self._server = None
+        self._task = None
+
+    async def _start(self) -> None:
+        import asyncio
+
+        from asyncua import Server, ua
+
+        vtype = ua.VariantType.UInt32 if self.bits == 32 else ua.VariantType.UInt16
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/fair/")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await server.register_namespace("urn:fair-edge:test")
+        line = await server.nodes.objects.add_object(idx, "Line")
+        var = await line.add_variable(ua.NodeId("BeltCount", idx), "BeltCount", ua.Variant(0, vtype))
+        await server.start()
+        self._server = server
+
+        async def follow() -> None:
+            while True:
+                await var.write_value(ua.Variant(self.belt.count() % (1 << self.bits), vtype))
+                await asyncio.sleep(self.step_s)
+
+        self._task = asyncio.ensure_future(follow())
+
+    def start(self) -> "OpcUaCounterServer":
+        self._lt.call(self._start(), timeout=30)
+        return self
+
+    def url(self, **options: object) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"opcua://127.0.0.1:{self.port}/fair/?node=ns=2;s=BeltCount&bits={self.bits}&{query}"
+
+    def close(self) -> None:
+        async def _stop() -> None:
+            if self._task is not None:
+                self._task.cancel()
+            if self._server is not None:
+                await self._server.stop()
+
+        self._lt.call(_stop())
+        self._lt.close()
+
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+class MosquittoBroker:
+    """A real mosquitto on 127.0.0.1 (persistence on, so a restart keeps sessions and queued messages);
+    ``stop()`` terminates it, ``start()`` starts it again on the same port."""
+
+    def __init__(self, folder) -> None:
+        self.port, self.folder = free_port(), folder
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        # started as root, mosquitto drops to user "mosquitto", which cannot write pytest's 0700 tmp folders
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {folder / 'data'}/\n{user}")
+        self._proc = None
+
+    def start(self) -> "MosquittoBroker":
+        import subprocess
+
+        self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        wait_listening(self.port, 10.0, "mosquitto")
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    close = stop
+
+
+class MqttCollector:
+    """A subscriber with a persistent session (QoS 1) collecting JSON payloads per topic."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: dict[str, list] = {}
+        self.subscribed = threading.Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{port}", clean_session=False)
+        self._client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *a: self.subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not self.subscribed.wait(10):
+            raise RuntimeError("collector did not subscribe")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.messages.setdefault(msg.topic, []).append(json.loads(msg.payload))
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -54,9 +54,9 @@ def test_missing_jetson_gpio_names_package():
 def test_log_sink(caplog):
     sink = open_sink("log://station.rejects")
     with caplog.at_level(logging.INFO, logger="station.rejects"):
-        sink.pulse(RejectEvent(3, 1.0, 1.0, 1.01, late=True, score=0.7))
+        sink.pulse(RejectEvent(3, 1.0, 1.0, 1.01, uninspected=True, score=0.7, count=1234))
         sink.set_fault(True, "camera gone")
-    assert "reject seq=3" in caplog.text and "LATE" in caplog.text and "fault ON" in caplog.text
+    assert "reject seq=3" in caplog.text and "UNINSPECTED" in caplog.text and "encoder_count=1234" in caplog.text and "fault ON" in caplog.text
     assert sink.stats()["delivered"] == 1
     sink.close()
     sink.close()

@@ -54,9 +54,10 @@ def test_pulse_mode_one_pulse_per_defective_part(server):
 def test_counter_mode_counts_rejects(server):
     sink = open_sink(server.url("ns=2;s=RejectCount", mode="counter"))
     _wait_connected(sink)
-    with RejectScheduler(RejectSettings(delay_ms=50, pulse_ms=10), sinks=sink) as s:
-        replay(s, n=6, pitch_s=PITCH_S, defective={1, 2, 4}, delay_s=0.05, seed=6)
-        time.sleep(0.15)
+    # verdicts take up to 60 ms here: the gate must be further than that (a later verdict never fires)
+    with RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=10), sinks=sink) as s:
+        replay(s, n=6, pitch_s=PITCH_S, defective={1, 2, 4}, delay_s=0.1, seed=6)
+        time.sleep(0.2)
     sink.close()
     values = [v for _, v in server.changes["RejectCount"]]
     assert values[-3:] == [values[-3], values[-3] + 1, values[-3] + 2] and len(values) >= 3

@@ -35,19 +35,19 @@ def _amap():
 
 
 def test_logs_every_verdict_and_saves_ng_overlays(tmp_path):
-    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0)) as rec:
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0), run_id="R1") as rec:
         for i in range(6):
             assert rec.record(_frame(i), _verdict(i, ng=i in (2, 5)), _amap())
         assert rec.flush()
         stats = rec.stats()
     lines = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
     assert [x["seq"] for x in lines] == list(range(6))
-    assert lines[2] == _verdict(2, True).to_json_dict()
+    assert lines[2] == {"run_id": "R1", "time_utc": rec.clock.iso(1.0), **_verdict(2, True).to_json_dict()}
     saved = sorted(p.name for p in (tmp_path / "ng").iterdir())
-    assert saved == ["00000002_frame.png", "00000002_overlay.png",
-                     "00000005_frame.png", "00000005_overlay.png"]
-    overlay = cv2.imread(str(tmp_path / "ng" / "00000002_overlay.png"))
-    other = cv2.imread(str(tmp_path / "ng" / "00000005_overlay.png"))
+    assert saved == ["R1_00000002_frame.png", "R1_00000002_overlay.png",
+                     "R1_00000005_frame.png", "R1_00000005_overlay.png"]
+    overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000002_overlay.png"))
+    other = cv2.imread(str(tmp_path / "ng" / "R1_00000005_overlay.png"))
     strip = overlay.shape[0] - 48
     assert strip > 20 and overlay.shape[1] > 64  # text above, colour scale beside the 48 x 64 frame
     expected = heatmap_overlay(_frame(2).image, _amap(), 0.0, 1.0, alpha=0.5)  # scale 0 .. 2 x threshold 0.5
@@ -144,6 +144,25 @@ def test_gray_and_malformed_ng_frames_do_not_stop_the_writer(tmp_path):
         rec.record(_frame(3), _verdict(3, True), _amap())
         rec.flush()
         stats = rec.stats()
-    assert sorted(p.name for p in (tmp_path / "ng").iterdir())[:2] == ["00000001_frame.png", "00000001_overlay.png"]
-    assert (tmp_path / "ng" / "00000003_overlay.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "ng").iterdir())[:2] == [f"{rec.run_id}_00000001_frame.png",
+                                                                       f"{rec.run_id}_00000001_overlay.png"]
+    assert (tmp_path / "ng" / f"{rec.run_id}_00000003_overlay.png").is_file()
     assert stats["logged"] == 3 and stats["write_errors"] == 1
+
+
+def test_two_runs_into_one_folder_stay_apart_and_dropped_frames_are_logged(tmp_path):
+    """seq restarts at 0 in each run: rows carry the run id and UTC time, NG images never overwrite."""
+    settings = RecordSettings(dir=tmp_path, min_free_mb=0)
+    ids = []
+    for _ in range(2):
+        with Recorder(settings) as rec:
+            rec.record(_frame(0), _verdict(0, True), _amap())
+            rec.record_dropped(_frame(1))
+            rec.flush()
+            ids.append(rec.run_id)
+    rows = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert ids[0] != ids[1] and [r["run_id"] for r in rows] == [ids[0], ids[0], ids[1], ids[1]]
+    assert [r.get("inspected", True) for r in rows] == [True, False, True, False]
+    assert rows[1]["reason"].startswith("dropped") and rows[1]["seq"] == 1
+    assert all(r["time_utc"].endswith("Z") and r["time_utc"][:2] == "20" for r in rows)
+    assert len(list((tmp_path / "ng").glob("*_frame.png"))) == 2

@@ -8,8 +8,7 @@ import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.line.encoder import FakeEncoder
-from fair_edge.line.scheduler import (LATE_ALARM, LATE_FIRED, OK, REFUSED, SCHEDULED,
-                                      RejectScheduler)
+from fair_edge.line.scheduler import LATE, OK, REFUSED, SCHEDULED, RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import SinkReport
@@ -51,42 +50,67 @@ def test_good_parts_never_pulse():
     assert sink.pulses == []
 
 
-def test_late_verdict_alarm_policy_raises_fault_and_does_not_fire():
+def test_unnoted_ng_verdict_after_its_due_time_never_fires_and_alarms():
     sink, faults = RecordingSink(), RecordingSink("fault")
-    with _sched(sink, faults, fail_safe="alarm") as s:
+    with _sched(sink, faults) as s:
         now = time.monotonic()
-        assert s.submit(_v(1, now - 0.2)) == LATE_ALARM
+        assert s.submit(_v(1, now - 0.2)) == LATE
         time.sleep(0.05)
-        assert s.alarm and "late" in s.alarm
+        assert s.alarm and "after the part passed" in s.alarm
         assert faults.faults[-1][0] is True
         s.acknowledge_alarm()
         assert faults.faults[-1][0] is False and s.alarm is None
         stats = s.stats()
-    assert sink.pulses == [] and stats["late"] == 1 and stats["alarms"] == 1
+    assert sink.pulses == [] and stats["late_verdicts"] == 1 and stats["alarms"] == 1
 
 
-def test_min_gap_conflict_is_late_and_fires_after_the_gap_with_reject_policy():
-    sink = RecordingSink()
-    with _sched(sink) as s:
+@pytest.mark.parametrize("policy", ["reject", "alarm"])
+def test_each_captured_part_is_decided_at_its_own_due_time(policy):
+    """Noted at capture: an OK verdict in time passes, an NG in time fires at its due time, no
+    verdict -> fail_safe (reject: fired at its own due time; alarm: not fired, alarm), and a
+    verdict after the due time never fires (not on this part, not on a neighbour)."""
+    sink, faults = RecordingSink(), RecordingSink("fault")
+    with _sched(sink, faults, fail_safe=policy, delay_ms=80) as s:
+        t0 = time.monotonic()
+        caps = {seq: t0 + 0.040 * seq for seq in range(5)}
+        for seq, t in caps.items():
+            s.note_capture(seq, t)
+        assert s.submit(_v(0, caps[0], ng=False)) == OK
+        assert s.submit(_v(1, caps[1])) == SCHEDULED
+        # seq 2 and 3: no verdict in time; seq 4: an OK verdict in time
+        assert s.submit(_v(4, caps[4], ng=False)) == OK
+        time.sleep(caps[3] + 0.080 + 0.020 - time.monotonic())
+        assert s.submit(_v(3, caps[3])) == LATE        # NG, 20 ms after its part passed the gate
+        assert s.submit(_v(2, caps[2], ng=False)) == LATE
+        time.sleep(0.15)
+        stats = s.stats()
+    fired = {e.seq: (t, e) for t, e in sink.pulses}
+    if policy == "reject":
+        assert sorted(fired) == [1, 2, 3]
+        assert [fired[q][1].uninspected for q in (1, 2, 3)] == [False, True, True]
+        for seq, (t_edge, event) in fired.items():
+            assert abs(t_edge - (caps[seq] + 0.080)) <= 0.010 and event.t_due == pytest.approx(caps[seq] + 0.080)
+        assert stats["rejected_uninspected"] == 2 and stats["rejected_ng"] == 1 and stats["alarms"] == 0
+    else:
+        assert sorted(fired) == [1]
+        assert stats["passed_uninspected"] == 2 and stats["alarms"] == 2 and faults.faults[-1][0] is True
+    assert stats["passed"] == 2 and stats["late_verdicts"] == 2 and stats["captured"] == 5
+
+
+def test_min_gap_shifts_within_late_ms_and_never_fires_on_the_next_part():
+    sink, faults = RecordingSink(), RecordingSink("fault")
+    with _sched(sink, faults) as s:
         t = time.monotonic()
         assert s.submit(_v(1, t)) == SCHEDULED
-        assert s.submit(_v(2, t + 0.005)) == LATE_FIRED   # 5 ms apart < pulse 20 + gap 10
-        assert s.submit(_v(3, t + 0.060)) == SCHEDULED    # 60 ms after: no conflict
+        assert s.submit(_v(2, t + 0.005)) == SCHEDULED   # 5 ms apart < pulse 20 + gap 10: cannot fire
+        assert s.submit(_v(3, t + 0.060)) == SCHEDULED   # 60 ms after: no conflict
+        assert s.submit(_v(4, t + 0.085)) == SCHEDULED   # 25 ms after 3: shifted 5 ms (<= late_ms)
         time.sleep(0.25)
+        stats = s.stats()
     events = {e.seq: e for _, e in sink.pulses}
-    assert events[2].late and not events[1].late and not events[3].late
-    assert events[2].t_edge - events[1].t_edge == pytest.approx(0.030)   # pulse 20 + gap 10
+    assert sorted(events) == [1, 3, 4] and stats["gap_missed"] == 1 and faults.faults[-1][0] is True
     assert events[3].t_edge == pytest.approx(events[3].t_due)
-
-
-def test_min_gap_respected_for_a_verdict_arriving_before_an_earlier_part():
-    sink = RecordingSink()
-    with _sched(sink, fail_safe="alarm") as s:
-        t = time.monotonic()
-        assert s.submit(_v(2, t + 0.040)) == SCHEDULED
-        assert s.submit(_v(1, t + 0.020)) == LATE_ALARM   # would need to start >= t+0.07
-        time.sleep(0.2)
-    assert [e.seq for _, e in sink.pulses] == [2]
+    assert events[4].t_edge - events[3].t_edge == pytest.approx(0.030)   # pulse 20 + gap 10
 
 
 def test_station_fault_holds_the_fault_output():
@@ -102,7 +126,8 @@ def test_refuses_beyond_max_pending_and_alarms():
     with _sched(RecordingSink(), faults, max_pending=2, delay_ms=5000) as s:
         t = time.monotonic()
         assert [s.submit(_v(i, t + i)) for i in range(3)] == [SCHEDULED, SCHEDULED, REFUSED]
-        assert faults.faults[-1][0] is True
+        s.note_capture(7, t)
+        assert faults.faults[-1][0] is True and s.stats()["refused"] == 2
     assert s.stats()["abandoned"] == 2
 
 
@@ -113,6 +138,15 @@ def test_sink_miss_counts_and_alarms_under_alarm_policy():
         s.handle_report(SinkReport("plc", "io_error", 4, "refused"))
         st = s.stats()
     assert st["sink_missed"] == 1 and st["sink_errors"] == 1 and faults.faults[-1][0]
+
+
+def test_sink_miss_holds_the_fault_output_until_the_sink_reconnects():
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults) as s:
+        s.handle_report(SinkReport("plc", "missed", 4, "down"))
+        assert faults.faults[-1][0] is True and "plc missed reject seq 4" in s.fault_reason
+        s.handle_report(SinkReport("plc", "reconnected", None, "up"))
+        assert faults.faults[-1] == (False, "cleared") and s.alarm is None
 
 
 def test_encoder_distance_fires_when_the_count_is_reached():
@@ -144,7 +178,8 @@ def test_encoder_missing_capture_count_is_late():
     enc = FakeEncoder(counts_per_s=1000)
     with _sched(RecordingSink(), encoder=enc, encoder_distance=100, delay_ms=0,
                 fail_safe="alarm") as s:
-        assert s.submit(_v(99, 0.0)) == LATE_ALARM
+        assert s.submit(_v(99, 0.0)) == LATE
+        assert s.alarm
 
 
 def test_fanout_isolates_a_broken_sink():

@@ -31,7 +31,7 @@ def test_station_file_loads(tmp_path):
     ("backend: tensorrtx", "station.backend: expected one of auto"),
     ("decision: {threshold: high}", "decision.threshold: expected a number"),
     ("reject: {delay_ms: abc}", "reject.delay_ms: expected a number >= 0, found 'abc'"),
-    ("camera: {full_policy: block}", "camera.full_policy: expected one of drop_oldest | drop_newest"),
+    ("camera: {full_policy: wait}", "camera.full_policy: expected one of auto | drop_oldest | drop_newest | block"),
     ("camera: [1, 2", "not valid YAML"),
 ])
 def test_station_errors_name_the_field(tmp_path, text, message):

@@ -91,6 +91,10 @@ class Metrics:
         self.latency.observe(max(0.0, verdict.latency_ms / 1000.0))
         self.score.set(verdict.score)
 
+    def on_verdict(self, frame, verdict: Verdict, anomaly_map=None) -> None:
+        """The inspector's verdict callback (``Inspector(on_verdict=[...])``)."""
+        self.observe(verdict)
+
     def count_drop(self, stage: str = "camera", n: int = 1) -> None:
         self.drops.labels(stage=stage).inc(n)
 

@@ -8,8 +8,12 @@ back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors``
 per kind; it never reaches the inspection loop.
 
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
-``DIR/ng/SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/SEQ_overlay.EXT`` (the heat map over
-the frame, its colour scale, and the score, threshold, source and sequence number written above).
+``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT`` (the
+heat map over the frame, its colour scale, and the score, threshold, source and sequence number
+written above). Every row carries the run id and the capture time in UTC (``time_utc``) beside
+the monotonic one, so runs appended to one folder stay apart and a row can be traced to a real
+moment. A frame the capture queue dropped gets a row too (``inspected: false``, ``reason``):
+every captured part is accounted for in the log.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..records import Frame, Verdict
+from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_panel
 from .settings import RecordSettings
@@ -39,17 +43,26 @@ RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", 
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 
 
+def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
+    """The verdict log's row for a captured frame that was never inspected."""
+    return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
+            "source": frame.source}
+
+
 class Recorder:
     """Records verdicts and NG images on a writer thread.
 
     disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
     disk_check_s: free space is re-read at most this often, seconds.
+    run_id: written in every row and NG image name (a new one when None).
     """
 
     def __init__(self, settings: RecordSettings,
                  disk_usage: Callable[[Path], Any] = shutil.disk_usage,
-                 disk_check_s: float = DISK_CHECK_S) -> None:
+                 disk_check_s: float = DISK_CHECK_S, run_id: str | None = None) -> None:
         self.settings = settings
+        self.run_id = run_id or new_run_id()
+        self.clock = WallClock()
         self.dir = Path(settings.dir)
         try:
             (self.dir / "ng").mkdir(parents=True, exist_ok=True)
@@ -79,7 +92,9 @@ class Recorder:
         Returns False when the queue was full and the item was dropped (counted).
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
-        item = (verdict, frame if keep_image else None, anomaly_map if keep_image else None)
+        return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None))
+
+    def _put(self, item: tuple) -> bool:
         try:
             self._q.put_nowait(item)
         except queue.Full:
@@ -89,6 +104,10 @@ class Recorder:
             return False
         self._counters.add("queued")
         return True
+
+    def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
+        """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
+        return self._put((dropped_row(frame, reason), None, None))
 
     def stats(self) -> dict[str, int]:
         return self._counters.snapshot()
@@ -134,9 +153,15 @@ class Recorder:
             finally:
                 self._q.task_done()
 
-    def _write_log(self, verdict: Verdict) -> None:
+    def log_row(self, verdict: Verdict | dict) -> dict:
+        """The verdict log's row for a verdict (or a dropped frame's row): run id and UTC time first."""
+        row = verdict.to_json_dict() if isinstance(verdict, Verdict) else verdict
+        return {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
+
+    def _write_log(self, verdict: Verdict | dict) -> None:
+        row = self.log_row(verdict)
         try:
-            self._log.write(verdict.to_json_dict())
+            self._log.write(row)
             self._counters.add("logged")
         except OSError as exc:
             self._counters.add("write_errors")
@@ -160,7 +185,7 @@ class Recorder:
             self._counters.add("images_skipped")
             return
         ext = self.settings.image_format
-        stem = self.dir / "ng" / f"{verdict.seq:08d}"
+        stem = self.dir / "ng" / f"{self.run_id}_{verdict.seq:08d}"
         try:
             images = [(f"{stem}_frame.{ext}", frame.image)]
             if amap is not None:

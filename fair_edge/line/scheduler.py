@@ -1,21 +1,30 @@
-"""The reject scheduler: one pulse per NG part, released when the part reaches the reject gate.
+"""The reject gate: every captured part is decided at its own due time, and only there.
 
-Due time: ``verdict.t_capture + reject.delay_ms`` (monotonic seconds), or, with an
-``EncoderSource``, the moment the encoder reaches ``count_at_capture + reject.encoder_distance``.
-Pending rejects sit in a heap ordered by due time (or target count) served by one thread, so
-verdicts may complete in any order. The thread sleeps until ``DISPATCH_LEAD_S`` before the head
-is due (``timing.sleep_until``: a coarse wait, then 0.2 ms sleeps) and hands the event to the
-sinks, which wait for ``RejectEvent.t_edge`` themselves and do their I/O on their own threads.
+A part enters at capture (``note_capture``, called on the camera thread) with its due time
+``t_capture + reject.delay_ms`` (monotonic seconds) or, with an ``EncoderSource``, its target
+count ``count_at_capture + reject.encoder_distance``. Its verdict may come any time before that
+(``submit``). The scheduler thread decides each part when it reaches the gate:
 
-Deadline rule (``reject.late_ms``, ``reject.fail_safe``): a reject that cannot start by
-``due + late_ms`` -- its verdict came after the part passed the gate, or keeping ``min_gap_ms``
-from its neighbours would push it past that -- is *late* and counted. ``fail_safe: reject`` fires
-it at the earliest moment the output allows (``RejectEvent.late = True``); ``fail_safe: alarm``
-does not fire it and raises the fault output (latched until ``acknowledge_alarm()``).
-A sink that cannot write a pulse by its deadline (PLC down) reports a miss: counted as
-``sink_missed``, never replayed (it would kick another part), and with ``fail_safe: alarm`` it
-raises the alarm too. More than ``max_pending`` waiting rejects: the new one is refused,
-counted, and the alarm is raised under either policy.
+- known good (an OK verdict in time) -> no pulse;
+- NG verdict in time -> pulse at the due time;
+- no verdict in time (slow inference, frame dropped from the queue, inference error on the way)
+  -> ``fail_safe: reject``: pulse at the due time, counted ``rejected_uninspected``;
+  ``fail_safe: alarm``: no pulse, counted ``passed_uninspected``, the fault output latches.
+
+A verdict that comes after its part was decided is counted ``late_verdicts`` and never fires:
+the gate only ever acts on the part in front of it. The decision cut-off is
+``DISPATCH_LEAD_S`` before the due time (the event then goes to the sinks, which time the edge
+themselves). A pulse that ``min_gap_ms`` would push past ``due + late_ms`` is not fired either
+(it would hit the next part): counted ``gap_missed`` and alarmed.
+
+A verdict for a part that was never noted at capture (callers without a capture hook) is placed
+from its own ``t_capture``; if that due time is already past, the part went by without a
+decision: counted ``late_verdicts`` and, when NG, alarmed.
+
+Sink failures: a sink that misses a pulse (PLC down) reports it; counted ``sink_missed``, never
+replayed, and the fault output is held on until the sink reports it is reconnected (with
+``fail_safe: alarm`` the alarm also latches). More than ``max_pending`` parts between camera and
+gate: the new part is refused, counted, and alarmed.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..records import Verdict
+from ..records import Frame, Verdict
 from .encoder import EncoderSource
 from .events import RejectEvent
 from .settings import RejectSettings
@@ -40,27 +49,33 @@ from .timing import sleep_until
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_COUNTERS = ("verdicts", "ng", "scheduled", "fired", "late", "late_fired", "alarms",
-                      "refused", "sink_missed", "sink_errors", "sink_dropped", "abandoned")
-DISPATCH_LEAD_S = 0.003  # events reach the sinks this early; each sink times its own edge
-CAPTURE_MEMORY = 4096  # encoder counts remembered per seq between capture and verdict
+SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "passed", "rejected_ng", "rejected_uninspected",
+                      "passed_uninspected", "gap_missed", "late_verdicts", "fired", "alarms", "refused",
+                      "sink_missed", "sink_errors", "sink_dropped", "sink_late_writes", "abandoned")
+DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
+DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
 # what submit() returns
-OK, SCHEDULED, LATE_FIRED, LATE_ALARM, REFUSED = "ok", "scheduled", "late-fired", "late-alarm", "refused"
+OK, SCHEDULED, LATE, REFUSED = "ok", "scheduled", "late", "refused"
+UNKNOWN, GOOD, NG = "unknown", "good", "ng"
 
 
-@dataclass(order=True)
-class _Pending:
-    key: float            # planned start (monotonic s), or target encoder count
-    order: int
+@dataclass
+class _Part:
+    """A part between camera and gate. t_due: monotonic s (time mode; set when the count is
+    reached in encoder mode). target: encoder count at the gate (encoder mode)."""
+
     seq: int
-    t_due: float          # monotonic s (time mode); nan until reached (encoder mode)
-    late: bool
-    score: float
+    t_due: float | None
+    target: int | None = None
+    count: int | None = None
+    state: str = UNKNOWN
+    score: float = float("nan")
+    t_edge: float = float("nan")
 
 
 class RejectScheduler:
-    """Schedules reject pulses on ``sinks`` and holds the fault output on ``fault_sinks``.
+    """Decides each part at the gate and pulses ``sinks``; holds the fault output on ``fault_sinks``.
 
     sinks / fault_sinks: anything with the ``SignalSink`` methods (usually a ``FanOut``); when
     omitted they are opened from ``settings.sinks`` / ``settings.fault_sinks`` and owned (closed
@@ -72,16 +87,18 @@ class RejectScheduler:
                  encoder: EncoderSource | None = None) -> None:
         if settings.encoder_distance is not None and encoder is None:
             raise ConfigError("reject.encoder_distance: expected an encoder source to be "
-                              "configured, found none; configure the encoder or use delay_ms")
+                              "configured (reject.encoder), found none; configure it or use delay_ms")
         self.settings = settings
         self._encoder = encoder if settings.encoder_distance is not None else None
         self._counters = Counters(SCHEDULER_COUNTERS)
         self._lock = threading.Lock()
-        self._heap: list[_Pending] = []
+        self._heap: list[tuple[float, int, int]] = []   # (due time or target count, order, seq)
+        self._parts: dict[int, _Part] = {}
+        self._decided: OrderedDict[int, str] = OrderedDict()
         self._order = itertools.count()
         self._slots = SlotPlan((settings.pulse_ms + settings.min_gap_ms) / 1000.0)
-        self._captures: OrderedDict[int, int] = OrderedDict()
         self._station_fault: str | None = None
+        self._sink_fault: str | None = None
         self._alarm: str | None = None
         self._fault_shown = False
         self._wake = threading.Event()
@@ -99,57 +116,65 @@ class RejectScheduler:
         self._thread = threading.Thread(target=self._run, name="reject-scheduler", daemon=True)
         self._thread.start()
 
-    # -- called by the inspection loop --------------------------------------------------------
-    def note_capture(self, seq: int) -> int | None:
-        """Record the encoder count for frame ``seq`` (call it in the camera thread right at
-        capture). Returns the count, or None without an encoder."""
-        if self._encoder is None:
-            return None
-        count = int(self._encoder.count())
+    # -- called by the camera thread and the inspection loop ----------------------------------
+    def note_capture(self, seq: int, t_capture: float | None = None) -> int | None:
+        """A part was captured (call it on the camera thread, right at capture): it will be
+        decided at its due time whatever happens to its frame. t_capture: monotonic s (now when
+        None). Returns the encoder count at capture, or None without an encoder."""
+        t_capture = time.monotonic() if t_capture is None else t_capture
+        count = int(self._encoder.count()) if self._encoder is not None else None
         with self._lock:
-            self._captures[seq] = count
-            while len(self._captures) > CAPTURE_MEMORY:
-                self._captures.popitem(last=False)
-        return count
-
-    def submit(self, verdict: Verdict, encoder_count: int | None = None) -> str:
-        """Hand over a verdict; never blocks on I/O. Returns ``ok`` (good part), ``scheduled``,
-        ``late-fired``, ``late-alarm`` or ``refused`` (see the module doc)."""
-        self._counters.add("verdicts")
-        if not verdict.ng:
-            with self._lock:
-                self._captures.pop(verdict.seq, None)
-            return OK
-        self._counters.add("ng")
-        now = time.monotonic()
-        with self._lock:
-            if len(self._heap) >= self.settings.max_pending:
-                refused = True
-            else:
-                refused = False
-                item, reason = (self._plan_time(verdict, now) if self._encoder is None
-                                else self._plan_count(verdict, encoder_count))
-                if item is not None:
-                    heapq.heappush(self._heap, item)
-                    if self._heap[0] is item:
-                        self._wake.set()
+            refused = len(self._parts) >= self.settings.max_pending
+            if not refused and seq not in self._parts and seq not in self._decided:
+                self._add(self._new_part(seq, t_capture, count))
         if refused:
             self._counters.add("refused")
-            self._raise_alarm(f"reject seq {verdict.seq} refused: {self.settings.max_pending} "
-                              f"rejects already waiting")
+            self._raise_alarm(f"part seq {seq} refused: {self.settings.max_pending} parts already "
+                              f"between camera and gate (reject.max_pending)")
+        else:
+            self._counters.add("captured")
+        return count
+
+    def on_capture(self, frame: Frame) -> None:
+        """The capture thread's ``on_capture`` hook: note the part at its capture time."""
+        self.note_capture(frame.seq, frame.t_capture)
+
+    def on_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: object = None) -> None:
+        """The inspector's verdict callback: ``submit(verdict)``."""
+        self.submit(verdict)
+
+    def submit(self, verdict: Verdict, encoder_count: int | None = None) -> str:
+        """Hand over a verdict; never blocks on I/O. Returns ``ok`` (good part in time),
+        ``scheduled`` (NG in time: pulse at the due time), ``late`` (its part was already
+        decided, or went by undecided) or ``refused`` (see the module doc).
+        encoder_count: the count at capture, for a part not noted by ``note_capture``."""
+        self._counters.add("verdicts")
+        self._counters.add("ng", int(verdict.ng))
+        refused = False
+        with self._lock:
+            part = self._parts.get(verdict.seq)
+            decided = self._decided.get(verdict.seq)
+            if part is None and decided is None and verdict.ng:
+                refused = len(self._parts) >= self.settings.max_pending
+                part = None if refused else self._place_unnoted(verdict, encoder_count)
+            if part is not None:
+                part.state, part.score = (NG if verdict.ng else GOOD), verdict.score
+        if part is not None:
+            return SCHEDULED if verdict.ng else OK
+        if refused:
+            self._counters.add("refused")
+            self._raise_alarm(f"reject seq {verdict.seq} refused: {self.settings.max_pending} parts "
+                              f"already between camera and gate (reject.max_pending)")
             return REFUSED
-        if item is None:
-            self._counters.add("late")
-            self._raise_alarm(f"reject seq {verdict.seq} late: {reason}")
-            return LATE_ALARM
-        if item.late:
-            self._counters.add("late")
-            self._counters.add("late_fired")
-            log.warning("reject seq %d late (%s): firing anyway (fail_safe: reject)",
-                        verdict.seq, reason)
-            return LATE_FIRED
-        self._counters.add("scheduled")
-        return SCHEDULED
+        if decided is None and not verdict.ng:
+            return OK   # a good part nobody noted: nothing to do at the gate
+        self._counters.add("late_verdicts")
+        if decided is None:
+            self._raise_alarm(f"NG part seq {verdict.seq}: verdict came after the part passed the gate")
+        else:
+            log.warning("verdict for seq %d came after its part was decided (%s); not fired",
+                        verdict.seq, decided)
+        return LATE
 
     def fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect (backend dead, camera gone) while ``active``: the fault
@@ -158,7 +183,7 @@ class RejectScheduler:
         self._update_fault_output()
 
     def acknowledge_alarm(self) -> None:
-        """Operator reset of a latched late/refused/missed-reject alarm."""
+        """Operator reset of a latched alarm (part passed uninspected, refused, gap missed)."""
         self._alarm = None
         self._update_fault_output()
 
@@ -166,29 +191,69 @@ class RejectScheduler:
     def alarm(self) -> str | None:
         return self._alarm
 
+    @property
+    def fault_reason(self) -> str | None:
+        """Why the fault output is on now (station fault, sink down, latched alarm), or None."""
+        return self._station_fault or self._sink_fault or self._alarm
+
     def handle_report(self, report: SinkReport) -> None:
         """Listener for sink reports (wired automatically for sinks opened from URLs)."""
         log_reporter(report)
         if report.kind == "missed":
             self._counters.add("sink_missed")
+            self._sink_fault = f"{report.sink} missed reject seq {report.seq}"
             if self.settings.fail_safe == "alarm":
-                self._raise_alarm(f"{report.sink} missed reject seq {report.seq}")
+                self._raise_alarm(self._sink_fault)
+            self._update_fault_output()
+        elif report.kind == "reconnected" and self._sink_fault is not None:
+            self._sink_fault = None
+            self._update_fault_output()
         elif report.kind in ("io_error", "device_error", "stuck"):
             self._counters.add("sink_errors")
         elif report.kind == "dropped":
             self._counters.add("sink_dropped")
+        elif report.kind == "late_write":
+            self._counters.add("sink_late_writes")
 
     def stats(self) -> dict[str, int]:
         out = self._counters.snapshot()
         with self._lock:
-            out["pending"] = len(self._heap)
+            out["pending"] = len(self._parts)
         return out
 
+    def sink_stats(self) -> dict[str, dict[str, int]]:
+        """Per reject sink: pulses handed in, delivered, missed, ... (see ``SINK_COUNTERS``)."""
+        per_sink = getattr(self._sinks, "per_sink_stats", None)
+        return per_sink() if per_sink is not None else {self._sinks.name: self._sinks.stats()}
+
+    def check_sinks(self, timeout_s: float) -> None:
+        """Raise ``PlcError`` naming each reject or fault sink not connected within ``timeout_s``
+        (``reject.require_sinks_at_start``)."""
+        from ..errors import PlcError
+
+        down = []
+        for fan in (self._sinks, self._faults):
+            for sink in getattr(fan, "sinks", [fan]):
+                wait = getattr(sink, "wait_connected", None)
+                if wait is not None and not wait(timeout_s):
+                    down.append(sink.name)
+        if down:
+            raise PlcError(f"reject.require_sinks_at_start: expected every sink to connect within "
+                           f"{timeout_s:g} s, found {', '.join(down)} unreachable; check the PLC and "
+                           f"its address, or set require_sinks_at_start: false")
+
+    def drain_sinks(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s`` per sink) until pulses handed to the sinks are written."""
+        for sink in getattr(self._sinks, "sinks", [self._sinks]):
+            drain = getattr(sink, "drain", None)
+            if drain is not None:
+                drain(timeout_s)
+
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no reject is pending (all fired, refused or late), at most ``timeout_s``.
+        """Wait until no part is between camera and gate, at most ``timeout_s``.
 
         A station that stops (end of stream, SIGTERM) calls this before ``close()`` so the parts
-        already inspected still get their pulses. Returns True when nothing is left pending.
+        already captured are still decided at the gate. Returns True when nothing is pending.
         """
         deadline = time.monotonic() + timeout_s
         while self.stats()["pending"] and time.monotonic() < deadline:
@@ -196,7 +261,7 @@ class RejectScheduler:
         return not self.stats()["pending"]
 
     def close(self) -> None:
-        """Stop the thread (pending rejects are counted as abandoned) and close owned sinks."""
+        """Stop the thread (undecided parts are counted as abandoned) and close owned sinks."""
         if self._closed:
             return
         self._closed = True
@@ -206,10 +271,10 @@ class RejectScheduler:
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop within 2 s")
         with self._lock:
-            left, self._heap = len(self._heap), []
+            left, self._heap, self._parts = len(self._parts), [], {}
         if left:
             self._counters.add("abandoned", left)
-            log.warning("reject scheduler closed with %d rejects pending", left)
+            log.warning("reject scheduler closed with %d parts undecided", left)
         for sink in self._owned:
             sink.close()
 
@@ -219,47 +284,46 @@ class RejectScheduler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- planning (under self._lock) ------------------------------------------------------------
-    def _plan_time(self, v: Verdict, now: float) -> tuple[_Pending | None, str]:
-        s = self.settings
-        t_due = v.t_capture + s.delay_ms / 1000.0
-        self._slots.prune(now)
-        start = self._slots.earliest(max(t_due, now))
-        late = start > t_due + s.late_ms / 1000.0
-        reason = ""
-        if late:
-            reason = (f"due {1000 * (now - t_due):.1f} ms ago" if now > t_due else
-                      f"min_gap_ms pushes it {1000 * (start - t_due):.1f} ms past its due time")
-            if s.fail_safe == "alarm":
-                return None, reason
-        self._slots.take(start)
-        return _Pending(start, next(self._order), v.seq, t_due, late, v.score), reason
-
-    def _plan_count(self, v: Verdict, count: int | None) -> tuple[_Pending | None, str]:
-        count = self._captures.pop(v.seq, None) if count is None else count
+    # -- placing parts (under self._lock) -------------------------------------------------------
+    def _new_part(self, seq: int, t_capture: float, count: int | None) -> _Part | None:
+        if self._encoder is None:
+            return _Part(seq, t_capture + self.settings.delay_ms / 1000.0)
         if count is None:
-            reason = "no encoder count recorded at capture (note_capture not called)"
-            late = True
-            target = float("-inf")
-        else:
-            target = count + self.settings.encoder_distance
-            late = self._encoder.count() >= target
-            reason = "encoder already past the gate" if late else ""
-        if late and self.settings.fail_safe == "alarm":
-            return None, reason
-        return _Pending(target, next(self._order), v.seq, float("nan"), late, v.score), reason
+            return None
+        return _Part(seq, None, count + self.settings.encoder_distance, count)
+
+    def _add(self, part: _Part | None) -> None:
+        if part is None:
+            return
+        key = part.t_due if part.target is None else part.target
+        self._parts[part.seq] = part
+        heapq.heappush(self._heap, (key, next(self._order), part.seq))
+        if self._heap[0][2] == part.seq:
+            self._wake.set()
+
+    def _place_unnoted(self, verdict: Verdict, count: int | None) -> _Part | None:
+        """An NG verdict for a part nobody noted at capture: place it if its gate is still ahead."""
+        part = self._new_part(verdict.seq, verdict.t_capture, count)
+        if part is None:
+            return None
+        ahead = (part.t_due - DISPATCH_LEAD_S > time.monotonic() if part.target is None
+                 else self._encoder.count() < part.target)
+        if not ahead:
+            return None
+        self._add(part)
+        return part
 
     # -- the thread -------------------------------------------------------------------------------
     def _run(self) -> None:
         wait = self._wait_time if self._encoder is None else self._wait_count
         while not self._stop.is_set():
-            for item in wait():
-                self._fire(item)
+            for part in wait():
+                self._decide(part)
 
-    def _wait_time(self) -> list[_Pending]:
+    def _wait_time(self) -> list[_Part]:
         with self._lock:
             self._wake.clear()
-            head = self._heap[0].key if self._heap else None
+            head = self._heap[0][0] if self._heap else None
         if head is None:
             self._wake.wait(0.1)
             return []
@@ -267,42 +331,60 @@ class RejectScheduler:
             return []
         return self._pop_due(time.monotonic() + DISPATCH_LEAD_S)
 
-    def _wait_count(self) -> list[_Pending]:
+    def _wait_count(self) -> list[_Part]:
         self._stop.wait(self.settings.encoder_poll_ms / 1000.0)
-        count = self._encoder.count()
-        due = self._pop_due(count)
+        due = self._pop_due(self._encoder.count())
         now = time.monotonic()
-        for item in due:  # the part is at the gate now; keep the min gap between pulses
-            with self._lock:
-                self._slots.prune(now)
-                start = self._slots.earliest(now)
-                self._slots.take(start)
-            item.t_due = now
-            if start > now + self.settings.late_ms / 1000.0 and not item.late:
-                item.late = True
-                self._counters.add("late")
-                if self.settings.fail_safe == "alarm":
-                    self._raise_alarm(f"reject seq {item.seq} late: min_gap_ms")
-                    item.key = float("nan")
-                    continue
-                self._counters.add("late_fired")
-            item.key = start
-        return [i for i in due if i.key == i.key]
+        for part in due:  # the part is at the gate now
+            part.t_due = now
+        return due
 
-    def _pop_due(self, now: float) -> list[_Pending]:
+    def _pop_due(self, now: float) -> list[_Part]:
         out = []
         with self._lock:
-            while self._heap and self._heap[0].key <= now:
-                out.append(heapq.heappop(self._heap))
+            while self._heap and self._heap[0][0] <= now:
+                _, _, seq = heapq.heappop(self._heap)
+                part = self._parts.pop(seq, None)
+                if part is not None:
+                    out.append(part)
         return out
 
-    def _fire(self, item: _Pending) -> None:
-        """Hand the event to the sinks (up to DISPATCH_LEAD_S before its edge; they wait)."""
-        t_edge = item.key
-        t_due = item.t_due if item.t_due == item.t_due else t_edge
-        event = RejectEvent(item.seq, t_due, t_edge,
-                            max(t_edge, t_due) + self.settings.late_ms / 1000.0,
-                            item.late, item.score)
+    def _decide(self, part: _Part) -> None:
+        """The part is at the gate: pass it, or hand its pulse to the sinks (edge at the due time)."""
+        outcome = self._outcome(part)
+        with self._lock:
+            self._decided[part.seq] = outcome
+            while len(self._decided) > DECIDED_MEMORY:
+                self._decided.popitem(last=False)
+        self._counters.add(outcome)
+        if outcome == "passed_uninspected":
+            self._raise_alarm(f"part seq {part.seq} passed the gate uninspected (fail_safe: alarm)")
+        elif outcome == "gap_missed":
+            self._raise_alarm(f"part seq {part.seq} not rejected: min_gap_ms after the previous pulse "
+                              f"would put its edge past due + late_ms (it would hit the next part)")
+        elif outcome.startswith("rejected"):
+            self._fire(part, outcome == "rejected_uninspected")
+
+    def _outcome(self, part: _Part) -> str:
+        if part.state == GOOD:
+            return "passed"
+        if part.state == UNKNOWN and self.settings.fail_safe == "alarm":
+            return "passed_uninspected"
+        with self._lock:
+            self._slots.prune(part.t_due)
+            start = self._slots.earliest(part.t_due)
+            if start > part.t_due + self.settings.late_ms / 1000.0:
+                return "gap_missed"
+            self._slots.take(start)
+        part.t_edge = start
+        return "rejected_uninspected" if part.state == UNKNOWN else "rejected_ng"
+
+    def _fire(self, part: _Part, uninspected: bool) -> None:
+        if uninspected:
+            log.warning("part seq %d: no verdict by its due time; rejected uninspected (fail_safe: reject)",
+                        part.seq)
+        event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
+                            uninspected, part.score, part.count)
         self._sinks.pulse(event)
         self._counters.add("fired")
 
@@ -314,7 +396,7 @@ class RejectScheduler:
         self._update_fault_output()
 
     def _update_fault_output(self) -> None:
-        reason = self._station_fault or self._alarm
+        reason = self.fault_reason
         active = reason is not None
         if active or self._fault_shown:
             self._faults.set_fault(active, reason or "cleared")

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from . import fields as f
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
+SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
 IMAGE_FORMATS = ("png", "jpg")
 
 
@@ -25,15 +26,23 @@ class RejectSettings:
     fault_sinks: URLs whose output is held on while the station is faulted or alarmed.
     delay_ms: travel time camera -> reject gate, ms; the pulse is due at t_capture + delay_ms.
     encoder_distance: if set, the pulse is due when the encoder has advanced this many counts
-        since capture (replaces delay_ms; needs an ``EncoderSource``).
+        since capture (replaces delay_ms; needs ``encoder``).
+    encoder: URL of the belt counter, e.g. ``modbus://10.0.0.5:502?register=100&bits=32``,
+        ``opcua://10.0.0.6:4840/?node=ns=2;s=Belt&bits=32`` or ``sim://?counts_per_s=2000``
+        (see ``fair_edge.line.encoders``).
     pulse_ms: pulse width, ms (a sink URL's ``pulse_ms`` overrides it for that sink).
     min_gap_ms: least time between the falling edge of one pulse and the next rising edge, ms.
-    late_ms: how late a rising edge may be and still hit its part, ms; a reject that cannot start
-        by due + late_ms is *late* and handled by ``fail_safe``.
-    fail_safe: ``reject`` = fire a late reject as soon as the output allows and count it;
-        ``alarm`` = do not fire, raise the fault output (latched until acknowledged) and count it.
-    max_pending: most rejects waiting at once; beyond that a reject is refused and counted.
+    late_ms: how late a rising edge may be and still hit its part, ms (min_gap_ms may shift an
+        edge by up to this much; further would hit the next part, so that pulse is not fired).
+    fail_safe: what the gate does with a part whose verdict is not in by its due time (slow
+        inference, frame dropped, inference error): ``reject`` = reject it at its own due time
+        (counted ``rejected_uninspected``); ``alarm`` = let it pass, raise the fault output
+        (latched until acknowledged) and count it. A verdict after the due time never fires.
+    max_pending: most parts between camera and gate at once; beyond that a part is refused,
+        counted and alarmed.
     encoder_poll_ms: how often the encoder is read while a reject waits for its count, ms.
+    require_sinks_at_start: refuse to start (``PlcError``, exit code 2) unless every reject and
+        fault sink connects within ``SINK_CHECK_S`` seconds; off = start anyway, faults shown.
     """
 
     sinks: tuple[str, ...] = ()
@@ -46,6 +55,8 @@ class RejectSettings:
     fail_safe: str = "reject"
     max_pending: int = 1024
     encoder_poll_ms: float = 1.0
+    encoder: str | None = None
+    require_sinks_at_start: bool = False
 
     @classmethod
     def from_dict(cls, data: Any) -> RejectSettings:
@@ -67,6 +78,8 @@ class RejectSettings:
             fail_safe=f.choice(s, "fail_safe", d["fail_safe"], FAIL_SAFE_POLICIES),
             max_pending=f.integer(s, "max_pending", d["max_pending"], minimum=1),
             encoder_poll_ms=f.number(s, "encoder_poll_ms", d["encoder_poll_ms"], minimum=0.05, maximum=100),
+            encoder=None if d["encoder"] is None else f.text(s, "encoder", d["encoder"]),
+            require_sinks_at_start=f.boolean(s, "require_sinks_at_start", d["require_sinks_at_start"]),
         )
 
 
@@ -129,3 +142,15 @@ class MetricsSettings:
 
 def _path_text(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """MQTT publishing (``fair_edge.line.mqtt``). url: ``mqtt://HOST:PORT/PREFIX`` or None (off)."""
+
+    url: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MqttSettings:
+        d = f.with_defaults("mqtt", data, cls)
+        return cls(url=None if d["url"] is None else f.text("mqtt", "url", d["url"]))

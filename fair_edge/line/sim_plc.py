@@ -16,6 +16,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, timeout_s: float, what: str = "server") -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
+
+
 class LoopThread:
     """An asyncio loop on a daemon thread; ``call(coro)`` runs a coroutine there and waits."""
 
@@ -86,3 +97,38 @@ class SimulatedPlc:
 
     def register_writes(self, address: int) -> list[tuple[float, int]]:
         return [(t, v) for t, fc, a, v in list(self.writes) if fc == 6 and a == address]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fair_edge.line.sim_plc --port P --log FILE``: the simulated PLC in its own process
+    (as a real PLC is), appending each write to FILE as ``t_monotonic function_code address value``
+    (CLOCK_MONOTONIC is system-wide, so the times compare with the station's); ends on SIGTERM."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--log", required=True)
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    plc = SimulatedPlc(args.port).start()
+    done = 0
+    with open(args.log, "a") as f:
+        while not stop.wait(0.05):
+            done = _flush_writes(plc, f, done)
+        plc.close()
+        _flush_writes(plc, f, done)
+    return 0
+
+
+def _flush_writes(plc: SimulatedPlc, f, done: int) -> int:
+    writes = list(plc.writes)
+    for t, fc, address, value in writes[done:]:
+        f.write(f"{t:.6f} {fc} {address} {int(bool(value)) if fc == 5 else int(value)}\n")
+    f.flush()
+    return len(writes)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 
-from ...errors import SinkError
 from .base import Reporter, SignalSink, SinkReport, WorkerSink, log_reporter
 from .fanout import FanOut
 from .gpio import open_gpio_sink
 from .log import LogSink, open_log_sink
 from .modbus import open_modbus_sink
 from .opcua import open_opcua_sink
-from .urls import SinkUrl, parse_sink_url
+from .urls import SinkUrl, parse_sink_url, scheme_entry
 
 SinkOpener = Callable[[SinkUrl, float, Reporter], SignalSink]
 
@@ -32,13 +30,7 @@ def open_sink(url: str, pulse_ms: float = 50.0, reporter: Reporter = log_reporte
     """Open the sink ``url`` names. pulse_ms: default pulse width, ms (the URL may override).
     Raises ``SinkError`` for an unknown scheme (with the valid list) or a malformed URL."""
     parsed = parse_sink_url(url)
-    opener = SINK_SCHEMES.get(parsed.scheme)
-    if opener is None:
-        close = difflib.get_close_matches(parsed.scheme, SINK_SCHEMES, n=1)
-        hint = f" (did you mean '{close[0]}://'?)" if close else ""
-        raise SinkError(f"{url}: unknown sink scheme '{parsed.scheme}'{hint}; valid: "
-                        f"{', '.join(s + '://' for s in SINK_SCHEMES)}")
-    return opener(parsed, pulse_ms, reporter)
+    return scheme_entry(SINK_SCHEMES, parsed, "sink")(parsed, pulse_ms, reporter)
 
 
 def open_fanout(urls: Iterable[str], pulse_ms: float = 50.0,

@@ -31,7 +31,8 @@ CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for 
 class SinkReport:
     """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
     deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written)."""
+    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
+    ``late_write`` (a write begun before the deadline that returned after it)."""
 
     sink: str
     kind: str
@@ -94,7 +95,7 @@ class Counters:
 
 
 SINK_COUNTERS = ("pulses", "delivered", "missed", "dropped", "io_errors", "device_errors",
-                 "reconnects")
+                 "reconnects", "late_writes")
 
 
 class WorkerSink:
@@ -158,6 +159,14 @@ class WorkerSink:
     def connected(self) -> bool:
         return self._connected
 
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until the worker has opened the output, at most ``timeout_s``; True when it has.
+        (The worker connects on its own right after start; this only watches.)"""
+        deadline = time.monotonic() + timeout_s
+        while not self._connected and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        return self._connected
+
     def _track(self, n: int) -> None:
         with self._inflight_lock:
             self._inflight += n
@@ -217,6 +226,10 @@ class WorkerSink:
             self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
+        if time.monotonic() > ev.deadline:   # the write began in time but finished late: say so
+            self._counters.add("late_writes")
+            self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
+                                             f"after the due time (loaded machine?)")
         if self._pulse_s <= 0:
             return
         sleep_until(time.monotonic() + self._pulse_s, self._stop)

@@ -13,7 +13,7 @@ from .urls import SinkUrl
 
 
 class LogSink:
-    """Writes one INFO line per pulse (WARNING when late) and one per fault change; inline and
+    """Writes one INFO line per pulse (WARNING when rejected uninspected) and one per fault change; inline and
     cheap, so it cannot lose an event while another sink's link is down."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -24,10 +24,12 @@ class LogSink:
     def pulse(self, event: RejectEvent) -> None:
         self._counters.add("pulses")
         shift_ms = (event.t_edge - event.t_due) * 1000.0
-        self._log.log(logging.WARNING if event.late else logging.INFO,
-                      "reject seq=%d score=%.4g due=%.6f edge_shift_ms=%.2f%s", event.seq,
-                      event.score, event.t_due, shift_ms, " LATE" if event.late else "",
-                      extra={"reject_seq": event.seq, "reject_late": event.late})
+        self._log.log(logging.WARNING if event.uninspected else logging.INFO,
+                      "reject seq=%d score=%.4g due=%.6f edge_shift_ms=%.2f%s%s", event.seq,
+                      event.score, event.t_due, shift_ms,
+                      "" if event.count is None else f" encoder_count={event.count}",
+                      " UNINSPECTED" if event.uninspected else "",
+                      extra={"reject_seq": event.seq, "reject_uninspected": event.uninspected})
         self._counters.add("delivered")
 
     def set_fault(self, active: bool, reason: str) -> None:

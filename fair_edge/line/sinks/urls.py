@@ -79,3 +79,15 @@ def parse_sink_url(url: str) -> SinkUrl:
         query[key] = value
     return SinkUrl(url, parts.scheme.lower(), parts.hostname or "", port, parts.path,
                    parts.netloc, query)
+
+
+def scheme_entry(table: dict, url: SinkUrl, what: str):
+    """``table[url.scheme]``, or ``SinkError`` naming ``what``, the scheme, a "did you mean" and the
+    valid list."""
+    entry = table.get(url.scheme)
+    if entry is None:
+        close = difflib.get_close_matches(url.scheme, table, n=1)
+        hint = f" (did you mean '{close[0]}://'?)" if close else ""
+        raise SinkError(f"{url.raw}: unknown {what} scheme '{url.scheme}'{hint}; valid: "
+                        f"{', '.join(s + '://' for s in table)}")
+    return entry

@@ -1,0 +1,289 @@
+"""Belt encoder sources, opened from URLs: where the conveyor is, in counts, read from the PLC.
+
+    modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2
+    opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5
+    sim://?counts_per_s=2000                   # a simulated belt at constant speed (demos, tests)
+
+A PLC's counter is a 16- or 32-bit register that wraps (``bits``); a 32-bit counter on Modbus
+is a pair of 16-bit registers (``register`` and ``register + 1``, high word first unless
+``order=lo_hi``). ``PolledEncoder`` reads it on its own thread every ``poll_ms`` and unwraps
+it into a non-decreasing count, so ``count()`` is cheap and never does I/O (the reject
+scheduler calls it every ``reject.encoder_poll_ms``). A read that fails keeps the last count
+(the gate waits: no part is decided on a guessed position), is counted and logged, and the
+link is reopened with back-off; after a reconnect the count goes on from the first new reading
+(belt travel during the outage is not seen, and a PLC that restarted its counter is no problem).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import PlcError, SinkError
+from .encoder import EncoderSource, FakeEncoder
+from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = (0.05, 2.0)   # reconnect back-off after a failed read: first, most
+
+
+class CounterReader(Protocol):
+    """A raw hardware counter: ``read()`` returns the register value, 0 .. 2**bits - 1;
+    ``open``/``read`` raise ``PlcError`` on a link failure."""
+
+    name: str
+
+    def open(self) -> None: ...
+
+    def read(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class PolledEncoder:
+    """``EncoderSource`` over a ``CounterReader``: polls it every ``poll_s`` on a daemon thread.
+
+    bits: counter width (16 or 32); a step back of less than half the range is treated as
+    jitter and ignored (the count never decreases), a larger one as a wrap.
+    ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the device).
+    """
+
+    def __init__(self, reader: CounterReader, bits: int, poll_s: float) -> None:
+        self.reader, self.bits, self.poll_s = reader, bits, poll_s
+        self.name = reader.name
+        self._modulus = 1 << bits
+        self._lock = threading.Lock()
+        self._last_raw: int | None = None
+        self._count = 0
+        self.origin_raw: int | None = None   # the raw counter value that count() == 0 stands for
+        self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
+
+    def start(self) -> PolledEncoder:
+        self.reader.open()
+        self._take(self.reader.read())
+        self._thread.start()
+        return self
+
+    def count(self) -> int:
+        """Unwrapped counts since start (non-decreasing)."""
+        with self._lock:
+            return self._count
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters, count=self._count)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        try:
+            self.reader.close()
+        except Exception:  # noqa: BLE001 - clean-up failure is logged, the link may be gone
+            log.exception("encoder %s: close failed", self.name)
+
+    def __enter__(self) -> PolledEncoder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take(self, raw: int) -> None:
+        with self._lock:
+            self._counters["reads"] += 1
+            if self._last_raw is not None:
+                step = (raw - self._last_raw) % self._modulus
+                if step < self._modulus // 2:
+                    if raw < self._last_raw:
+                        self._counters["wraps"] += 1
+                    self._count += step
+                    self._last_raw = raw
+            else:
+                self._last_raw = raw
+                if self.origin_raw is None:
+                    self.origin_raw = (raw - self._count) % self._modulus
+
+    def _run(self) -> None:
+        delay = BACKOFF_S[0]
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            next_t += self.poll_s
+            try:
+                self._take(self.reader.read())
+                delay = BACKOFF_S[0]
+            except PlcError as exc:
+                with self._lock:
+                    self._counters["read_errors"] += 1
+                log.warning("encoder %s: read failed (%s); count held at %d, reconnecting in %.2f s",
+                            self.name, exc, self.count(), delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(2 * delay, BACKOFF_S[1])
+                self._reopen()
+                next_t = time.monotonic()
+                continue
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def _reopen(self) -> None:
+        try:
+            self.reader.close()
+            self.reader.open()
+            with self._lock:
+                self._counters["reconnects"] += 1
+                self._last_raw = None   # the PLC may have restarted its counter: count on from here
+            log.warning("encoder %s: reconnected", self.name)
+        except PlcError as exc:
+            log.debug("encoder %s: reopen failed: %s", self.name, exc)
+
+
+class ModbusCounter:
+    """A counter in one (16-bit) or two (32-bit) Modbus registers, via pymodbus's sync client."""
+
+    def __init__(self, url: SinkUrl, bits: int, client_factory: Callable[..., Any] | None = None) -> None:
+        url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms"))
+        if not url.host or "register" not in url.query:
+            raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?register=N[&bits=32], found "
+                            f"host={url.host!r}, register={url.query.get('register')!r}")
+        self.host, self.port = url.host, url.port or 502
+        self.unit, self.register = url.get_int("unit", 1), url.get_int("register", 0)
+        self.words = bits // 16
+        self.hi_first = url.get_choice("order", "hi_lo", ("hi_lo", "lo_hi")) == "hi_lo"
+        self.table = url.get_choice("table", "holding", ("holding", "input"))
+        self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
+        self.name = f"modbus {self.host}:{self.port} unit {self.unit} {self.table} {self.register}"
+        self._factory = client_factory
+        self._client: Any = None
+
+    def open(self) -> None:
+        self.close()
+        if self._factory is None:
+            from pymodbus.client import ModbusTcpClient
+            self._factory = ModbusTcpClient
+        client = self._factory(self.host, port=self.port, timeout=self.timeout_s, retries=0)
+        try:
+            ok = client.connect()
+        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
+            raise PlcError(f"{self.name}: connect failed: {exc}") from exc
+        if not ok:
+            client.close()
+            raise PlcError(f"{self.name}: expected a connection, found none (is the PLC on and the port open?)")
+        self._client = client
+
+    def read(self) -> int:
+        if self._client is None:
+            raise PlcError(f"{self.name}: not connected")
+        call = (self._client.read_holding_registers if self.table == "holding"
+                else self._client.read_input_registers)
+        try:
+            result = call(self.register, count=self.words, device_id=self.unit)
+        except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
+            raise PlcError(f"{self.name}: read failed: {exc}") from exc
+        if result.isError():
+            raise PlcError(f"{self.name}: device refused the read: {result} (check register and unit)")
+        words = list(result.registers)
+        if not self.hi_first:
+            words.reverse()
+        value = 0
+        for word in words:
+            value = (value << 16) | (word & 0xFFFF)
+        return value
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class OpcUaCounter:
+    """A counter in one OPC UA integer node, via asyncua's sync client."""
+
+    def __init__(self, url: SinkUrl, bits: int) -> None:
+        url.check_query(("node", "bits", "poll_ms", "timeout_ms"))
+        node = url.query.get("node", "")
+        if not url.host or not node:
+            raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
+                            f"found host={url.host!r} node={node!r}")
+        self.endpoint, self.node_id = f"opc.tcp://{url.netloc}{url.path}", node
+        self.mask = (1 << bits) - 1
+        self.timeout_s = url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0
+        self.name = f"opcua {self.endpoint} {node}"
+        self._client: Any = None
+        self._node: Any = None
+
+    def open(self) -> None:
+        self.close()
+        from asyncua.sync import Client
+
+        client = Client(self.endpoint, timeout=self.timeout_s)
+        try:
+            client.connect()
+            self._node = client.get_node(self.node_id)
+        except Exception as exc:  # noqa: BLE001
+            _quiet_disconnect(client)
+            raise PlcError(f"{self.name}: connect failed: {exc} (is the server up and the node id right?)") from exc
+        self._client = client
+
+    def read(self) -> int:
+        if self._node is None:
+            raise PlcError(f"{self.name}: not connected")
+        try:
+            return int(self._node.read_value()) & self.mask
+        except Exception as exc:  # noqa: BLE001
+            raise PlcError(f"{self.name}: read failed: {exc}") from exc
+
+    def close(self) -> None:
+        client, self._client, self._node = self._client, None, None
+        if client is not None:
+            _quiet_disconnect(client)
+
+
+def _quiet_disconnect(client: Any) -> None:
+    try:
+        client.disconnect()
+    except Exception:  # noqa: BLE001 - the link may already be gone
+        log.debug("encoder: OPC UA disconnect failed", exc_info=True)
+
+
+class SimEncoder(FakeEncoder):
+    """``sim://?counts_per_s=N``: a simulated belt (``FakeEncoder``) with the encoder life cycle."""
+
+    name = "simulated belt"
+
+    def __enter__(self) -> SimEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def open_sim_encoder(url: SinkUrl) -> SimEncoder:
+    url.check_query(("counts_per_s",))
+    return SimEncoder(url.get_float("counts_per_s", 1000.0, minimum=0.001))
+
+
+def _bits(url: SinkUrl) -> int:
+    return int(url.get_choice("bits", "32", ("16", "32")))
+
+
+def _poll_s(url: SinkUrl, default_ms: float) -> float:
+    return url.get_float("poll_ms", default_ms, minimum=0.1) / 1000.0
+
+
+ENCODER_SCHEMES: dict[str, Callable[[SinkUrl], Any]] = {
+    "modbus": lambda u: PolledEncoder(ModbusCounter(u, _bits(u)), _bits(u), _poll_s(u, 2.0)),
+    "opcua": lambda u: PolledEncoder(OpcUaCounter(u, _bits(u)), _bits(u), _poll_s(u, 5.0)),
+    "sim": lambda u: open_sim_encoder(u),
+}
+
+
+def open_encoder(url: str) -> EncoderSource:
+    """The (not yet started) encoder ``url`` names; use it as a context manager (start = connect
+    and read once). Raises ``SinkError`` for an unknown scheme or a malformed URL."""
+    parsed = parse_sink_url(url)
+    return scheme_entry(ENCODER_SCHEMES, parsed, "encoder")(parsed)

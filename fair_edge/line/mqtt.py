@@ -1,0 +1,197 @@
+"""MQTT: verdicts, fault changes and the run summary published to a broker (paho-mqtt).
+
+URL: ``mqtt://HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883 by default;
+PREFIX defaults to ``fair-edge``). Topics::
+
+    PREFIX/verdicts   one JSON object per verdict or dropped frame (the verdict log's row), QoS 1
+    PREFIX/faults     {"active": bool, "reason": str, "time_utc": ...} on every change, QoS 1, retained
+    PREFIX/summary    the run summary at the end, QoS 1, retained
+
+Never blocks inspection: ``publish`` puts the message in an outbox and hands it to paho's network
+thread. A message stays in the outbox until the broker acknowledges it (PUBACK); while the broker is
+away, messages wait there (at most ``max_outbox``; beyond that the oldest are dropped and counted),
+and after each reconnect every unacknowledged message is sent again, so a broker that goes away and
+comes back loses nothing (a subscriber may see a message twice: rows carry ``run_id`` and ``seq``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SinkError
+from .sinks.base import Counters
+from .sinks.urls import parse_sink_url
+
+log = logging.getLogger(__name__)
+
+MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects")
+EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    prefix: str
+    client_id: str
+    keepalive_s: int
+    max_outbox: int
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """``mqtt://HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..``; ``SinkError`` if bad."""
+    parsed = parse_sink_url(url)
+    if parsed.scheme != "mqtt" or not parsed.host:
+        raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX, found {url!r}")
+    parsed.check_query(("client_id", "keepalive_s", "max_outbox"))
+    return MqttTarget(parsed.host, parsed.port or 1883, parsed.path.strip("/") or "fair-edge",
+                      parsed.query.get("client_id", "fair-edge-station"),
+                      parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1))
+
+
+class MqttPublisher:
+    """Publishes to one broker from paho's network thread; see the module doc. Context manager."""
+
+    def __init__(self, url: str, client_factory: Any = None) -> None:
+        self.target = parse_mqtt_url(url)
+        self._counters = Counters(MQTT_COUNTERS)
+        self._lock = threading.Lock()
+        self._outbox: OrderedDict[int, tuple[str, bytes, bool]] = OrderedDict()   # key -> (topic, payload, retain)
+        self._mids: dict[int, int] = {}   # paho message id -> outbox key
+        self._early_acks: dict[int, float] = {}   # mid -> monotonic s of a PUBACK that beat _send
+        self._key = 0
+        self._connected = False
+        self._client = (client_factory or _paho_client)(self.target)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+
+    def start(self) -> MqttPublisher:
+        self._client.connect_async(self.target.host, self.target.port, keepalive=self.target.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    # -- what the station calls ----------------------------------------------------------------
+    def on_verdict(self, frame, verdict, anomaly_map=None) -> None:
+        """The inspector's verdict callback."""
+        self.publish("verdicts", verdict.to_json_dict())
+
+    def publish_row(self, row: dict) -> None:
+        """A verdict-log row (with run id and UTC time), e.g. a dropped frame's."""
+        self.publish("verdicts", row)
+
+    def publish_fault(self, active: bool, reason: str, time_utc: str) -> None:
+        self.publish("faults", {"active": active, "reason": reason, "time_utc": time_utc}, retain=True)
+
+    def publish_summary(self, summary: dict) -> None:
+        self.publish("summary", summary, retain=True)
+
+    def publish(self, topic: str, payload: dict, retain: bool = False) -> None:
+        """Queue ``payload`` (JSON) for ``PREFIX/topic``; never blocks, never raises on a dead link."""
+        data = json.dumps(payload, default=str, separators=(",", ":")).encode()
+        with self._lock:
+            self._key += 1
+            key = self._key
+            self._outbox[key] = (f"{self.target.prefix}/{topic}", data, retain)
+            while len(self._outbox) > self.target.max_outbox:
+                self._outbox.popitem(last=False)
+                self._counters.add("outbox_dropped")
+        self._counters.add("published")
+        self._send(key)
+
+    def stats(self) -> dict[str, int]:
+        out = self._counters.snapshot()
+        with self._lock:
+            out["outbox"] = len(self._outbox)
+        return out
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the broker acknowledged everything, at most ``timeout_s``; True when it has."""
+        deadline = time.monotonic() + timeout_s
+        while self.stats()["outbox"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.stats()["outbox"]
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        if not self.flush(timeout_s):
+            log.warning("mqtt %s:%d: closing with %d message(s) unacknowledged", self.target.host,
+                        self.target.port, self.stats()["outbox"])
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> MqttPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- paho's network thread -------------------------------------------------------------------
+    def _send(self, key: int) -> None:
+        # paho calls on_publish holding its own lock: never call into paho while holding ours
+        with self._lock:
+            item = self._outbox.get(key) if self._connected else None
+        if item is None:
+            return   # sent again from _on_connect
+        topic, data, retain = item
+        mid = self._client.publish(topic, data, qos=1, retain=retain).mid
+        with self._lock:
+            t_ack = self._early_acks.pop(mid, None)
+            if t_ack is not None and time.monotonic() - t_ack < EARLY_ACK_S:
+                self._ack(key)
+            else:
+                self._mids[mid] = key
+
+    def _ack(self, key: int) -> None:
+        if self._outbox.pop(key, None) is not None:
+            self._counters.add("acked")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.warning("mqtt %s:%d: connection refused: %s", self.target.host, self.target.port, reason_code)
+            return
+        with self._lock:
+            self._connected = True
+            self._mids.clear()
+            self._early_acks.clear()
+            keys = list(self._outbox)
+        self._counters.add("connects")
+        if keys:
+            log.warning("mqtt %s:%d: connected; sending %d unacknowledged message(s) again", self.target.host,
+                        self.target.port, len(keys))
+            self._counters.add("resent", len(keys))
+        for key in keys:
+            self._send(key)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        with self._lock:
+            self._connected = False
+        self._counters.add("disconnects")
+        log.warning("mqtt %s:%d: disconnected (%s); reconnecting, messages kept", self.target.host,
+                    self.target.port, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self._lock:
+            key = self._mids.pop(mid, None)
+            if key is None:
+                self._early_acks[mid] = time.monotonic()   # acked before _send noted the mid
+            else:
+                self._ack(key)
+
+
+def _paho_client(target: MqttTarget) -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+    except ImportError as exc:
+        raise SinkError("mqtt needs paho-mqtt: pip install 'fair-edge[mqtt]'") from exc
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, clean_session=True)
+    client.reconnect_delay_set(min_delay=1, max_delay=4)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    return client
