@@ -20,6 +20,8 @@ from fair_edge.backends import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.errors import ConfigError
+from fair_edge.faults import FaultBoard
+from fair_edge.hotswap import model_id
 from fair_edge.inspector import Inspector, RunSummary
 from fair_edge.station import StationConfig
 
@@ -91,10 +93,23 @@ def resolve_threshold(cfg: StationConfig, bundle) -> float:
     return bundle.threshold.value
 
 
+def open_console(cfg: StationConfig, bundle, faults: FaultBoard | None, stack: contextlib.ExitStack, metrics=None):
+    """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
+    (started here, closed by ``stack``)."""
+    from fair_edge.console.station_hook import StationConsole
+
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None))
+    if metrics is not None:
+        metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
+    return console
+
+
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
-                on_tick: Callable[[Inspector], None] | None = None) -> RunSummary:
-    """Run the station until stopped; returns the summary."""
+                on_tick: Callable[[Inspector], None] | None = None,
+                on_console=None) -> RunSummary:
+    """Run the station until stopped; returns the summary. on_console: called once with the running
+    ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     from fair_edge.export.bundle import load_bundle
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.recorder import Recorder
@@ -119,20 +134,31 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if cfg.reject.sinks or cfg.reject.fault_sinks:
             scheduler = stack.enter_context(RejectScheduler(cfg.reject))
             callbacks.append(lambda frame, verdict, amap: scheduler.submit(verdict))
+        metrics = None
         if cfg.metrics.enabled:
             metrics = stack.enter_context(Metrics(cfg.metrics).start())
             metrics.watch("recorder", recorder.stats)
             if scheduler is not None:
                 metrics.watch("reject", scheduler.stats)
             callbacks.append(lambda frame, verdict, amap: metrics.observe(verdict))
-        watch = CameraWatch(capture, scheduler)
+        faults = FaultBoard(scheduler) if scheduler is not None else None
+        watch = CameraWatch(capture, faults.channel("camera") if faults else None)
+        console = open_console(cfg, bundle, faults, stack, metrics)
+        callbacks.append(console.observe)
+        if on_start is not None and console.url:
+            on_start(f"console: {console.url}")
 
         def tick(inspector: Inspector) -> None:
             watch(inspector)
+            console.tick(inspector)
             if on_tick is not None:
                 on_tick(inspector)
 
-        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks)
+        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=callbacks,
+                              model=model_id(bundle))
+        console.attach(inspector, capture, scheduler, recorder, watch)
+        if on_console is not None:
+            on_console(console)
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick)
         camera_state = watch()
         if not summary.fault and camera_state.startswith("camera gone"):

@@ -9,6 +9,7 @@
     reject:   {...}                      # see docs/line-integration.md
     record:   {...}
     metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
+    console:  {enabled: true, host: 127.0.0.1, port: 8765, token: null, ...}   # fair_edge/console/settings.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
@@ -69,11 +71,13 @@ class StationConfig:
     reject: RejectSettings = field(default_factory=RejectSettings)
     record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics"])
+                                           "reject", "record", "metrics", "console"])
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -94,6 +98,7 @@ class StationConfig:
             reject=RejectSettings.from_dict(d.get("reject")),
             record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
             metrics=MetricsSettings.from_dict(d.get("metrics")),
+            console=ConsoleSettings.from_dict(d.get("console")),
         )
 
     def override(self, **changes: Any) -> "StationConfig":
@@ -111,6 +116,6 @@ def load_station(path: str | Path) -> StationConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
     try:
-        return StationConfig.from_dict(data or {})
+        return replace(StationConfig.from_dict(data or {}), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

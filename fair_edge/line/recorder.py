@@ -38,6 +38,11 @@ RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", 
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 
 
+def ng_image_path(folder: Path, seq: int, kind: str, ext: str) -> Path:
+    """Where the recorder saves an NG part's image; kind: ``frame`` (as captured) or ``overlay``."""
+    return Path(folder) / "ng" / f"{seq:08d}_{kind}.{ext}"
+
+
 class Recorder:
     """Records verdicts and NG images on a writer thread.
 
@@ -153,13 +158,13 @@ class Recorder:
             self._counters.add("images_skipped")
             return
         ext = self.settings.image_format
-        stem = self.dir / "ng" / f"{verdict.seq:08d}"
         try:
-            images = [(f"{stem}_frame.{ext}", frame.image)]
+            images = [(ng_image_path(self.dir, verdict.seq, "frame", ext), frame.image)]
             if amap is not None:
-                images.append((f"{stem}_overlay.{ext}", self._overlay(frame.image, amap, verdict.threshold)))
+                images.append((ng_image_path(self.dir, verdict.seq, "overlay", ext),
+                               self._overlay(frame.image, amap, verdict.threshold)))
             for path, img in images:
-                if not cv2.imwrite(path, img):
+                if not cv2.imwrite(str(path), img):
                     raise OSError(f"cv2.imwrite returned False for {path}")
             self._counters.add("images")
         except (OSError, cv2.error, FairEdgeError) as exc:  # a bad frame or full disk never stops the writer
