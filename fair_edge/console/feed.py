@@ -11,7 +11,6 @@ scheduler's and recorder's counters.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -57,7 +56,6 @@ class StationFeed:
         self.started = time.time()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.count = 0          # verdicts observed (changes = something new to push)
-        self.changed = threading.Event()
 
     def attach(self, inspector, capture, scheduler=None, recorder=None, camera_watch=None,
                bundle_path: Path | None = None) -> None:
@@ -76,7 +74,6 @@ class StationFeed:
         self.latest = part
         self.drift.observe(verdict.seq, verdict.score)
         self.count += 1
-        self.changed.set()
 
     # ------------------------------------------------------------------ console side
     def kept_part(self, seq: int) -> Part | None:

@@ -54,9 +54,29 @@ def safe_file(root: Path, rel: str) -> Path | None:
     return path
 
 
+class SharedState:
+    """The live state as JSON, computed at most once per ``period`` seconds and only when a new part
+    was inspected, whatever the number of connected browsers (each gets the same text)."""
+
+    def __init__(self, feed: StationFeed, actions: StationActions, period: float) -> None:
+        self.feed, self.actions, self.period = feed, actions, period
+        self._lock = threading.Lock()
+        self._text, self._count, self._at = "", -1, 0.0
+
+    def get(self) -> tuple[int, str]:
+        with self._lock:
+            now = time.monotonic()
+            if self._count != self.feed.count and (now - self._at >= self.period or not self._text):
+                self._count = self.feed.count
+                self._text = json.dumps(views.live_state(self.feed, self.actions))
+                self._at = now
+            return self._count, self._text
+
+
 def build_app(feed: StationFeed, actions: StationActions, token: str | None, stop: threading.Event) -> Starlette:
     """The console's ASGI app over one station feed."""
     cache = JpegCache()
+    shared = SharedState(feed, actions, 1.0 / feed.settings.live_fps)
 
     def page(name: str):
         async def handler(request: Request) -> Response:
@@ -73,10 +93,10 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
             while not stop.is_set():
                 if await request.is_disconnected():
                     return
-                if feed.count != seen:
-                    seen = feed.count
-                    last_sent = time.monotonic()
-                    yield f"event: state\ndata: {json.dumps(views.live_state(feed, actions))}\n\n"
+                count, text = shared.get()
+                if count != seen and text:
+                    seen, last_sent = count, time.monotonic()
+                    yield f"event: state\ndata: {text}\n\n"
                 elif time.monotonic() - last_sent > KEEPALIVE_S:
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"

@@ -10,6 +10,7 @@ async function review(seq, label, card) {
     card.querySelector(".label").className = "label " + label;
     card.dataset.review = label;
     FE.say(`part ${seq}: ${labels[label]}`);
+    counts();
   } catch (e) { FE.say(e.message, true); }
 }
 
@@ -25,12 +26,18 @@ function card(p) {
   return c;
 }
 
+function showCounts(g) {
+  $("review-counts").textContent = `${g.parts.length} NG parts · ` +
+    Object.entries(g.reviewed).map(([k, n]) => `${n} ${labels[k]}`).join(" · ");
+}
+
+async function counts() { try { showCounts(await FE.get("/api/gallery")); } catch (e) { FE.say(e.message, true); } }
+
 async function load() {
   try {
     const g = await FE.get("/api/gallery");
     labels = g.labels;
-    $("review-counts").textContent = `${g.parts.length} NG parts · ` +
-      Object.entries(g.reviewed).map(([k, n]) => `${n} ${labels[k]}`).join(" · ");
+    showCounts(g);
     const box = $("gallery"); box.innerHTML = "";
     for (const p of g.parts) box.append(card(p));
   } catch (e) { FE.say(e.message, true); }

@@ -3,13 +3,13 @@
 const $ = id => document.getElementById(id);
 let current = null;
 
-async function project() {
+async function project(first = false) {
   const value = $("proposed").value;
   try {
     const t = await FE.get("/api/tune" + (value ? "?threshold=" + encodeURIComponent(value) : ""));
     current = t.current;
     $("current").textContent = FE.num(t.current);
-    if (!value) $("proposed").value = FE.num(t.current, 6);
+    if (first) $("proposed").value = FE.num(t.current, 6);  // the page opens on the threshold in force
     $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
     $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
     $("n-normal").textContent = t.proposed.normal_parts; $("n-defect").textContent = t.proposed.defect_parts;
@@ -34,8 +34,8 @@ async function status() {
   } catch (e) { FE.say(e.message, true); }
 }
 
-$("project").addEventListener("click", project);
-$("proposed").addEventListener("change", project);
+$("project").addEventListener("click", () => project());
+$("proposed").addEventListener("change", () => project());
 $("apply").addEventListener("click", async () => {
   await project();
   $("confirm-old").textContent = FE.num(current, 6); $("confirm-new").textContent = $("proposed").value;
@@ -54,4 +54,4 @@ $("swap-btn").addEventListener("click", async () => {
   try { await FE.post("swap", {bundle: $("bundle-path").value}); FE.say("loading bundle…"); }
   catch (e) { FE.say(e.message, true); }
 });
-project(); status(); setInterval(status, 1000);
+project(true); status(); setInterval(status, 1000);
