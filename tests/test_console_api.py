@@ -97,3 +97,37 @@ def test_token_and_file_serving(station_bundles, conveyor_dir, tmp_path):
                     "files//etc/passwd", "files/%2fetc%2fpasswd", "static/../../../../etc/passwd"):
             r = httpx.get(st.url + bad)
             assert r.status_code == 404 and b"outside" not in r.content and b"root:" not in r.content, bad
+
+
+def test_sighup_swaps_to_the_bundle_the_station_file_names(station_bundles, conveyor_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    first, second = station_bundles
+    station, out = tmp_path / "station.yaml", tmp_path / "out"
+    settings = {"bundle": str(first.root), "backend": "onnxruntime", "output": str(out),
+                "camera": {"source": str(conveyor_dir), "fps": 10, "loop": True, "queue_size": 64}}
+    station.write_text(yaml.safe_dump(settings))
+    proc = subprocess.Popen([sys.executable, "-m", "fair_edge.cli", "run", "--station", str(station), "--console", "off"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "verdicts.jsonl"
+    read = lambda: [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []  # noqa: E731
+    try:
+        deadline = time.monotonic() + 120
+        while len(read()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        station.write_text(yaml.safe_dump(dict(settings, bundle=str(second.root))))
+        proc.send_signal(signal.SIGHUP)
+        while not any(v["model"] == model_id(second) for v in read()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    models = [v["model"] for v in read()]
+    switch = models.index(model_id(second))
+    assert switch >= 3 and set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(second)}
+    seqs = [v["seq"] for v in read()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
