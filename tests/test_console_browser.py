@@ -72,6 +72,7 @@ def test_operator_session_in_a_browser(browser, station_bundles, conveyor_dir, t
         assert text(browser, "verdict") in ("OK", "NG") and text(browser, "p50") != "–"
         wait(browser, lambda d: d.execute_script("return document.getElementById('live-image').naturalWidth") > 0,
              what="the live image")
+        wait(browser, lambda d: len(d.find_elements("css selector", "#strip img")) >= 3, what="the latest frames")
         time.sleep(1.0)
         screenshot(browser, "console-live.png")
 
@@ -98,6 +99,7 @@ def test_operator_session_in_a_browser(browser, station_bundles, conveyor_dir, t
         seen = len(st.verdicts())
         browser.find_element("id", "apply-confirmed").click()
         wait(browser, lambda d: "1000" in text(d, "message"), what="the applied threshold")
+        screenshot(browser, "console-tune.png")
         st.wait_for(lambda: any(v["threshold"] == 1000 for v in st.verdicts()[seen:]), what="verdicts at 1000")
         assert not any(v["ng"] for v in st.verdicts()[seen:] if v["threshold"] == 1000)
         assert yaml.safe_load(station_file.read_text())["decision"]["threshold"] == 1000

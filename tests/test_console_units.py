@@ -182,3 +182,49 @@ def test_run_help_lists_the_console_flags():
 
     result = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
     assert "--console" in result.output and "--console-port" in result.output
+
+
+def test_drift_reaches_the_metrics(tmp_path):
+    from types import SimpleNamespace
+
+    from fair_edge.console.station_hook import StationConsole
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.settings import MetricsSettings
+
+    rng = np.random.default_rng(1)
+    bundle = SimpleNamespace(root=tmp_path, threshold=SimpleNamespace(
+        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101)))))
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False, drift_min_parts=20))
+    console = StationConsole(cfg, bundle)
+    for i, s in enumerate(rng.normal(2.0, 1, 100)):
+        console.observe(None, Verdict(i, 0.0, float(s), 9.0, False, 0.01), None)
+    metrics = Metrics(MetricsSettings(port=0))
+    metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
+    text = metrics.render().decode()
+    assert "fair_edge_drift_alarm 1.0" in text and "fair_edge_drift_parts 100.0" in text
+    psi_line = next(line for line in text.splitlines() if line.startswith("fair_edge_drift_psi "))
+    assert float(psi_line.split()[1]) > 0.25
+
+
+def test_drift_alarm_raises_the_fault_output_when_configured(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fair_edge.console import station_hook
+    from fair_edge.console.station_hook import StationConsole
+
+    calls = []
+    target = SimpleNamespace(fault=lambda active, reason="": calls.append((active, reason)))
+    rng = np.random.default_rng(2)
+    bundle = SimpleNamespace(root=tmp_path, threshold=SimpleNamespace(
+        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101)))))
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False, drift_min_parts=20, drift_fault=True))
+    console = StationConsole(cfg, bundle, fault=target)
+    monkeypatch.setattr(station_hook, "DRIFT_EVERY_S", 0.0)
+    for i, s in enumerate(rng.normal(0, 1, 100)):
+        console.observe(None, Verdict(i, 0.0, float(s), 9.0, False, 0.01), None)
+    console.tick()
+    assert calls == []
+    for i, s in enumerate(rng.normal(3, 1, 500)):
+        console.observe(None, Verdict(100 + i, 0.0, float(s), 9.0, False, 0.01), None)
+    console.tick()
+    assert calls and calls[-1][0] is True and calls[-1][1].startswith("drift: PSI")

@@ -111,7 +111,8 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
 
     async def part_jpg(request: Request) -> Response:
         data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]))
-        return Response(data, media_type="image/jpeg") if data else Response(status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=600"}) if data else \
+            Response(status_code=404)
 
     async def files(request: Request) -> Response:
         path = safe_file(feed.output, request.path_params["path"])

@@ -22,12 +22,13 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
     """Everything the live page shows."""
     latest = feed.latest
     recent = list(feed.recent)[-RECENT_SHOWN:]
+    kept = {p.verdict.seq for p in list(feed.frames)} if feed.settings.keep_frames else set()
     return {
         "time": time.time(), "run": feed.run_id, "count": feed.count, "rate_fps": feed.rate(),
         "counters": feed.counters(), "latency": feed.latency(), **feed.state(),
         "drift": feed.drift.state().to_dict(),
         "latest": None if latest is None else _part(latest.verdict, actions.labels),
-        "recent": [_part(v, actions.labels) for v in reversed(recent)],
+        "recent": [dict(_part(v, actions.labels), kept=v.seq in kept) for v in reversed(recent)],
         "swap": actions.swap_status,
     }
 

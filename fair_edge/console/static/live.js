@@ -60,7 +60,15 @@ function showRecent(rows) {
   }
 }
 
-function show(s) { showStatus(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); document.body.dataset.count = s.count; }
+// the latest kept frames (each image is fetched once: a part's picture never changes)
+function showStrip(rows, run) {
+  const strip = $("strip"); strip.innerHTML = "";
+  for (const v of rows.filter(r => r.kept).slice(0, 6))
+    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: `/api/part/${v.seq}.jpg?r=${run}&m=${v.model}`, alt: `part ${v.seq}`}),
+      FE.el("figcaption", {}, `${v.seq} · ${FE.num(v.score, 3)}`)));
+}
+
+function show(s) { showStatus(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run); document.body.dataset.count = s.count; }
 
 FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
 const events = new EventSource("/api/events");
