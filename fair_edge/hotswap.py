@@ -60,7 +60,7 @@ class ModelSwitch:
         with self._lock:
             old, self._pending = self._pending, _merge(self._pending, change)
         if old is not None and old.choice is not None and change.choice is not None:
-            _close(old.choice)
+            retire(old.choice)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
@@ -78,16 +78,13 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
                        old.roi, old.model, old.bundle)
 
 
-def _close(choice) -> None:
+def retire(choice) -> None:
+    """Close the backend of a model that is no longer used (by the loop after a swap, or a pending
+    one replaced before it ran); a failing close is logged, never raised."""
     try:
         choice.backend.close()
-    except Exception:  # noqa: BLE001 - a failing close of a retired backend is logged, never raised
+    except Exception:  # noqa: BLE001 - see the docstring
         log.exception("closing the replaced backend failed")
-
-
-def retire(choice) -> None:
-    """Close the backend of a model the loop has stopped using (called by the loop after a swap)."""
-    _close(choice)
 
 
 def load_change(bundle_path: Path, backend: str, roi_path: Path | None,

@@ -90,5 +90,9 @@ def write_station_threshold(path: Path, value: float) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())
-    load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
+    try:
+        load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
+    except ConfigError:
+        tmp.unlink()
+        raise
     os.replace(tmp, path)
