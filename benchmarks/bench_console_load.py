@@ -5,16 +5,17 @@ on a simulated PLC (a real Modbus TCP server on 127.0.0.1).
 Each client behaves like the live page: it holds the server-sent event stream open and fetches
 the live image (frame + heat map, JPEG) after every event.
 
-    python benchmarks/bench_console_load.py --json runs/console-load.json     # ~3 min on 2 CPU cores
+    python benchmarks/bench_console_load.py --json runs/console-load.json     # ~3 min on 2 idle CPU cores
 
-Without --bundle it builds a random-weight width-32 bundle at 256 x 256 (speed does not depend on
-the weights) and replays synthetic 1280 x 1024 frames, with a threshold that rejects ~30 % of them.
+Without --bundle it builds a random-weight width-32 bundle at --image-size (speed does not depend
+on the weights) and replays synthetic --frame-size frames, with a threshold that rejects ~30 % of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
         reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",), delay_ms=delay_ms,
                               pulse_ms=20, min_gap_ms=10, late_ms=late_ms),
         record=RecordSettings(dir=out, save_ng_images=False), console=ConsoleSettings(port=0))
+    load_before = os.getloadavg()[0]
     try:
         summary = run_station(cfg, stop, max_frames=frames, on_console=start_clients)
         time.sleep(0.2)
@@ -96,10 +98,11 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
             "on_time_share": round(len(errors) / len(rows), 4) if rows else None,
             "pulse_error_p50_ms": round(statistics.median(errors), 2) if errors else None,
             "pulse_error_max_abs_ms": round(max(map(abs, errors)), 2) if errors else None,
-            "client_events": sum(counts.values()), "clients_served": sum(1 for n in counts.values() if n > 0)}
+            "client_events": sum(counts.values()), "clients_served": sum(1 for n in counts.values() if n > 0),
+            "loadavg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
-def synthetic_line(folder: Path, count: int = 40, size: tuple[int, int] = (1024, 1280)) -> list[np.ndarray]:
+def synthetic_line(folder: Path, size: tuple[int, int], count: int = 40) -> list[np.ndarray]:
     """``count`` textured uint8 BGR frames of ``size`` (H, W), written as PNG into ``folder``."""
     from fair_edge.bench import synthetic_frames
 
@@ -122,19 +125,22 @@ def threshold_for(bundle, images: list[np.ndarray], ng_share: float = 0.3) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle to run (default: a random-weight width-32 bundle)")
-    parser.add_argument("--fps", type=float, default=10.0, help="replay rate, frames/s")
-    parser.add_argument("--frames", type=int, default=300, help="frames per run")
+    parser.add_argument("--fps", type=float, default=8.0, help="replay rate, frames/s")
+    parser.add_argument("--frames", type=int, default=200, help="frames per run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per client count, alternating")
     parser.add_argument("--clients", type=int, default=10, help="console clients in the loaded runs")
+    parser.add_argument("--image-size", type=int, default=128, help="model input size of the random-weight bundle")
+    parser.add_argument("--frame-size", default="640x480", help="synthetic frame size WIDTHxHEIGHT")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     from fair_edge.bench import synthetic_bundle
+    from fair_edge.bench_settings import parse_frames
     from fair_edge.export.bundle import load_bundle
 
     with tempfile.TemporaryDirectory(prefix="fair-edge-console-load-") as tmp:
         tmp = Path(tmp)
-        images = synthetic_line(tmp / "line")
-        bundle = load_bundle(args.bundle) if args.bundle else synthetic_bundle(tmp / "bundle", 32, 256,
+        images = synthetic_line(tmp / "line", size=parse_frames(args.frame_size))
+        bundle = load_bundle(args.bundle) if args.bundle else synthetic_bundle(tmp / "bundle", 32, args.image_size,
                                                                                  calib_frames=images[:8])
         threshold = threshold_for(bundle, images)
         results = []
