@@ -64,6 +64,11 @@ const FE = {
     svg.append(axis);
   },
 };
+// the page header, the same on every page
+document.getElementById("top").innerHTML = `<h1>fair-edge station</h1>
+  <nav><a href="/">Live</a><a href="/gallery">NG review</a><a href="/tune">Threshold &amp; model</a></nav>
+  <div class="ident"><label>operator <input id="who" autocomplete="off"></label>
+    <label>token <input id="token" type="password" autocomplete="off" placeholder="(if required)"></label></div>`;
 document.addEventListener("DOMContentLoaded", () => {
   const who = document.getElementById("who");
   who.value = localStorage.getItem("fe-who") || "operator";
