@@ -96,7 +96,7 @@ class StationActions:
                 "proposed": tuning.projection(normal, defect, proposed),
                 "at_current": tuning.projection(normal, defect, current),
                 "histogram": tuning.histograms(normal, defect, self.feed.drift.quantiles
-                                               if self.feed.drift.quantiles is not None else (), current, proposed)}
+                                               if self.feed.drift.quantiles is not None else (), current)}
 
     def apply_threshold(self, value, who: str, confirm: bool) -> dict:
         """Apply a new threshold from the next batch on; audit it and write it to the station file."""

@@ -53,10 +53,11 @@ def projection(normal: np.ndarray, defect: np.ndarray, threshold: float) -> dict
             "normal_parts": int(normal.size), "defect_parts": int(defect.size)}
 
 
-def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float, proposed: float) -> dict:
-    """Counts over shared bins; the calibration distribution as expected counts per 100 parts."""
+def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float) -> dict:
+    """Counts over shared bins spanning the scores and the threshold in force (a proposal far outside is
+    drawn at the edge by the page); the calibration distribution as expected counts per 100 parts."""
     q = np.asarray(quantiles, np.float64)
-    values = np.concatenate([normal, defect, q if q.size else [], [current, proposed]])
+    values = np.concatenate([normal, defect, q if q.size else [], [current]])
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         hi = lo + 1e-6

@@ -51,11 +51,14 @@ const FE = {
       svg.append(r);
     }));
     for (const m of marks) {
+      const outside = m.x > hi ? " →" : (m.x < lo ? " ←" : "");
+      const at = Math.min(Math.max(m.x, lo), hi);
       const l = document.createElementNS("http://www.w3.org/2000/svg", "line");
-      l.setAttribute("x1", x(m.x)); l.setAttribute("x2", x(m.x)); l.setAttribute("y1", 0); l.setAttribute("y2", H);
+      l.setAttribute("x1", x(at)); l.setAttribute("x2", x(at)); l.setAttribute("y1", 0); l.setAttribute("y2", H);
       l.setAttribute("class", m.cls); svg.append(l);
       const t = document.createElementNS("http://www.w3.org/2000/svg", "text");
-      t.setAttribute("x", x(m.x) + 3); t.setAttribute("y", 12); t.setAttribute("class", m.cls); t.textContent = m.label;
+      t.setAttribute("x", x(at) + (m.x > hi ? -70 : 3)); t.setAttribute("y", m.cls === "prop" ? 26 : 12);
+      t.setAttribute("class", m.cls); t.textContent = m.label + outside;
       svg.append(t);
     }
     const axis = document.createElementNS("http://www.w3.org/2000/svg", "text");
