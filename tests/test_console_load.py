@@ -24,6 +24,7 @@ def test_ten_clients_do_not_slow_the_loop(station_bundles, conveyor_dir, tmp_pat
     bundle = station_bundles[0]
     runs = {n: bench.measure(bundle.root, conveyor_dir, tmp_path / f"c{n}", clients=n, fps=15, frames=60,
                              threshold=bundle.threshold.value) for n in (0, 10)}
+    print(runs)  # the figures (pytest -s shows them)
     for n, r in runs.items():
         assert r["inspected"] == 60 and r["dropped"] == 0 and r["ng"] > 0, r
     assert runs[10]["clients_served"] == 10 and runs[10]["client_events"] >= 10 * 5
