@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from fair_edge.data import DatasetSplit, load_dataset
 from fair_edge.errors import FairEdgeError
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
-from fair_edge.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
+from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.train import TrainConfig, Trainer, resolve_device
 
 PIPELINES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from fair_edge.backends import BACKENDS
+from fair_edge.runtime.backends import BACKENDS
 from fair_edge.errors import ConfigError
 
 MODES = ("loop", "compute", "both")

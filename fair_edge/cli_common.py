@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fair_edge.errors import ConfigError, FairEdgeError
-from fair_edge.unet import WIDTHS
+from fair_edge.models.fair.unet import WIDTHS
 
 console = Console(stderr=True)
 EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit

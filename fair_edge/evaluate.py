@@ -22,8 +22,8 @@ from fair_edge.calibration.threshold import quantile_threshold
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
-from fair_edge.inference import score_colour
-from fair_edge.preprocess import HighPass, resize_frame
+from fair_edge.inference import TorchScorer
+from fair_edge.preprocess import resize_frame
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
                   with_masks: bool = False, progress=None) -> ScoredSet:
     """Score ``samples`` with the checkpoint's model; unreadable images are skipped with a warning."""
     ckpt = load_checkpoint(checkpoint)
-    detector = ckpt.build_detector(device)
-    highpass = HighPass(ckpt.preprocess).to(device)
+    scorer = TorchScorer(ckpt, device)
     size = ckpt.preprocess.image_size
     kept, scores, maps, masks = [], [], [], []
     for start in range(0, len(samples), batch):
@@ -66,7 +65,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
             if mask is not None:
                 masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
         if colours:
-            m, s = score_colour(detector, highpass, torch.from_numpy(np.stack(colours)))
+            m, s = scorer(torch.from_numpy(np.stack(colours)))
             maps.append(m)
             scores.append(s)
         if progress is not None:

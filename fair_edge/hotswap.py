@@ -94,7 +94,7 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     threshold: the threshold to use with it; None = the bundle's calibrated one (BundleError-free
     ConfigError when it has none). Raises our errors for a bad bundle; nothing changes then.
     """
-    from fair_edge.backends import select_backend
+    from fair_edge.runtime.backends import select_backend
     from fair_edge.errors import ConfigError
     from fair_edge.export.bundle import load_bundle
     from fair_edge.run_station import load_roi

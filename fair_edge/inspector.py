@@ -160,8 +160,7 @@ class Inspector:
                 verdicts[frame.seq] = self._emit(frame, math.nan, f"malformed frame: {exc}")
         if good:
             try:
-                highpass, colour = self.choice.preprocess([image for _, image in good])
-                maps, scores = self.choice.backend.infer(highpass, colour)
+                maps, scores = self.choice.infer_frames([image for _, image in good])
                 if self.roi is not None:
                     scores = (maps * self.roi).reshape(len(maps), -1).max(axis=1)
                 self._consecutive_errors = 0

@@ -16,7 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from fair_edge.backends import select_backend
+from fair_edge.runtime.backends import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.errors import ConfigError

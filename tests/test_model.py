@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fair_edge.losses import restoration_loss, ssim
-from fair_edge.scoring import AnomalyScorer, ScoringConfig, rgb_to_lab
-from fair_edge.unet import UNet, count_parameters
+from fair_edge.models.fair.losses import restoration_loss, ssim
+from fair_edge.models.fair.scoring import AnomalyScorer, ScoringConfig, rgb_to_lab
+from fair_edge.models.fair.unet import UNet, count_parameters
 
 
 @pytest.mark.parametrize("width,expected", [(32, 4_322_307), (64, 17_270_787), (128, 69_046_275)])

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from fair_edge.augment import AUGMENTATIONS, random_augment, rotate_images
+from fair_edge.models.fair.augment import AUGMENTATIONS, random_augment, rotate_images
 from fair_edge.errors import ConfigError
-from fair_edge.perlin import perlin_noise
-from fair_edge.synthesis import (
+from fair_edge.models.fair.perlin import perlin_noise
+from fair_edge.models.fair.synthesis import (
     CLEAN,
     GLOBAL,
     LOCAL,

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from fair_edge.augment import affine_source, random_augment, rotate_images, sample_at, uniform
+from fair_edge.models.fair.augment import affine_source, random_augment, rotate_images, sample_at, uniform
 from fair_edge.errors import ConfigError
-from fair_edge.perlin import perlin_noise
+from fair_edge.models.fair.perlin import perlin_noise
 
 TEXTURE_SOURCES = ("self", "folder")
 PADDING_MODES = ("zeros", "border", "reflection")

@@ -1,0 +1,1 @@
+"""FAIR: frequency-aware image restoration (UNet on the high-pass, MSGMS + colour scoring)."""

@@ -1,0 +1,204 @@
+"""Inference backends over one bundle, and the pre-processing that feeds them.
+
+One contract for every backend and every model family:
+  infer({input name: (B, C, S, S) float32 tensor on the backend's device})
+    -> {anomaly_map: (B, 1, S, S) float32, score: (B,) float32} host NumPy arrays.
+The input names are the bundle model's (``bundle.model.input_names``); the pre-processors make
+exactly those from uint8 frames. ``select_backend(bundle, "auto")`` picks TensorRT (an engine built
+for this GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU, and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from fair_edge.errors import BundleError, ConfigError, FairEdgeError
+from fair_edge.models.registry import ModelSpec
+from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
+from fair_edge.preprocess import frames_to_batch
+
+log = logging.getLogger(__name__)
+Inputs = Mapping[str, torch.Tensor]
+Preprocess = Callable[[list[np.ndarray]], dict[str, torch.Tensor]]
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- backends
+class TorchBackend:
+    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph."""
+
+    name = "torch"
+
+    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True) -> None:
+        from fair_edge.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(weights)
+        self.device, self.input_names = device, ckpt.model.input_names
+        self.detector = ckpt.build_detector(device)
+        self.use_graphs = cuda_graphs and device.type == "cuda"
+        self.graphs: dict[int, tuple] = {}
+
+    @torch.no_grad()
+    def _capture(self, inputs: Inputs) -> tuple:
+        static_in = [torch.zeros_like(inputs[n], device=self.device) for n in self.input_names]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up before capture, as CUDA graphs require
+                self.detector(*static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.detector(*static_in)
+        return graph, static_in, static_out
+
+    @torch.no_grad()
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        if not self.use_graphs:
+            outputs = self.detector(*(inputs[n].to(self.device) for n in self.input_names))
+        else:
+            batch = inputs[self.input_names[0]].shape[0]
+            if batch not in self.graphs:
+                self.graphs[batch] = self._capture(inputs)
+            graph, static_in, outputs = self.graphs[batch]
+            for buffer, name in zip(static_in, self.input_names):
+                buffer.copy_(inputs[name])
+            graph.replay()
+        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs)}
+
+    def close(self) -> None:
+        self.graphs.clear()
+
+
+# ----------------------------------------------------------------------------- pre-processing
+class CpuPreprocessor:
+    """The reference pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
+
+    frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S).
+    """
+
+    def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu")) -> None:
+        self.size, self.device = model.preprocess.image_size, device
+        self.make_inputs = model.input_maker("cpu")
+
+    @torch.no_grad()
+    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        inputs = self.make_inputs(frames_to_batch(frames, self.size))
+        return {name: t.to(self.device) for name, t in inputs.items()}
+
+
+class FusedGpuPreprocessor:
+    """The fused CUDA kernel (resize, gray, high-pass; one launch): same-sized host frames -> CUDA inputs.
+
+    Serves models whose inputs are among (highpass, colour); ConfigError for any other.
+    """
+
+    def __init__(self, model: ModelSpec) -> None:
+        if not set(model.input_names) <= {HIGHPASS, COLOUR} or HIGHPASS not in model.input_names:
+            raise ConfigError(f"the fused kernel makes highpass and colour; {model.describe()} takes {list(model.input_names)}.")
+        from fair_edge.export.preprocess_gpu import FusedPreprocessor
+
+        self.model, self.cfg = model, model.preprocess
+        self.kernel = FusedPreprocessor(self.cfg, half=False)
+
+    @torch.no_grad()
+    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        if len({f.shape for f in frames}) > 1:
+            return CpuPreprocessor(self.model, torch.device("cuda"))(frames)  # mixed sizes: rare, reference path
+        size, batch = self.cfg.image_size, len(frames)
+        highpass = torch.empty(batch, self.cfg.in_channels, size, size, device="cuda")
+        colour = torch.empty(batch, 3, size, size, device="cuda")
+        self.kernel.run(np.stack(frames), highpass, colour, stream=torch.cuda.current_stream().cuda_stream)
+        return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
+
+
+# ----------------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: Backend
+    preprocess: Preprocess
+    reason: str
+
+    def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Pre-process and infer ``frames``: (anomaly maps (B, S, S), scores (B,)) float32 host arrays."""
+        outputs = self.backend.infer(self.preprocess(frames))
+        return outputs[ANOMALY_MAP][:, 0], outputs[SCORE]
+
+
+def _tensorrt(bundle) -> BackendChoice:
+    from fair_edge.runtime.tensorrt import TensorRTBackend
+
+    if bundle.engine is None:
+        raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
+    return BackendChoice(TensorRTBackend.from_bundle(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
+
+
+def _torch_cuda(bundle) -> BackendChoice:
+    if not torch.cuda.is_available():
+        raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
+    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cuda")), _gpu_preprocessor(bundle),
+                         "PyTorch on CUDA with CUDA graphs")
+
+
+def _torch_cpu(bundle) -> BackendChoice:
+    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.model),
+                         "PyTorch eager on the CPU")
+
+
+def _onnxruntime(bundle) -> BackendChoice:
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
+
+    return BackendChoice(OnnxRuntimeBackend.from_bundle(bundle), CpuPreprocessor(bundle.model),
+                         f"ONNX Runtime on the CPU ({bundle.precision} graph)")
+
+
+def _weights(bundle):
+    if bundle.weights_path is None:
+        raise BundleError(f"bundle {bundle.root} holds no PyTorch weights; rebuild it with `fair-edge build`.")
+    return bundle.weights_path
+
+
+def _gpu_preprocessor(bundle) -> Preprocess:
+    try:
+        return FusedGpuPreprocessor(bundle.model)
+    except FairEdgeError as exc:
+        log.warning("fused pre-processing kernel not used (%s); using the reference on the CPU", exc)
+        return CpuPreprocessor(bundle.model, torch.device("cuda"))
+
+
+BACKENDS: dict[str, Callable[..., BackendChoice]] = {
+    "tensorrt": _tensorrt,
+    "torch-cuda": _torch_cuda,
+    "torch-cpu": _torch_cpu,
+    "onnxruntime": _onnxruntime,
+}
+
+
+def select_backend(bundle, name: str = "auto") -> BackendChoice:
+    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
+        return BACKENDS[name](bundle)
+    reasons = []
+    for candidate in ("tensorrt", "torch-cuda"):
+        try:
+            choice = BACKENDS[candidate](bundle)
+            return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason}")
+        except (FairEdgeError, ImportError, OSError, RuntimeError) as exc:
+            reasons.append(f"{candidate}: {str(exc).split('. ')[0]}")
+    choice = _onnxruntime(bundle)
+    return BackendChoice(choice.backend, choice.preprocess, f"auto: {choice.reason} ({'; '.join(reasons)})")
