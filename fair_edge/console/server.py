@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+import mimetypes
 import threading
 import time
 from importlib import resources
@@ -116,7 +117,11 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
 
     async def files(request: Request) -> Response:
         path = safe_file(feed.output, request.path_params["path"])
-        return FileResponse(path) if path is not None else Response("not found", status_code=404)
+        if path is None:
+            return Response("not found", status_code=404)
+        # read once: the station may be appending to it (a streamed file would outgrow its Content-Length)
+        data = await asyncio.to_thread(path.read_bytes)
+        return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
     async def gallery(request: Request) -> Response:
         return JSONResponse(views.gallery(feed, actions))
