@@ -60,6 +60,7 @@ def _legacy_bundle(root) -> None:
     """Rewrite a bundle as version 1 did: model {width, in_channels, image_size}, top-level preprocess and
     scoring, graph inputs/outputs lists, a version-1 weights.pt; checksums recomputed."""
     data = json.loads((root / MANIFEST).read_text())
+    data.pop("metadata_sha256", None)  # format 1 had no checksum of its own settings
     model = data.pop("model")
     pre, settings = model["preprocess"], model["settings"]
     data.update(format_version=1, preprocess=pre, scoring=settings["scoring"],
