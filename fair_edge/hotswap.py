@@ -17,7 +17,6 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -85,26 +84,3 @@ def retire(choice) -> None:
         choice.backend.close()
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("closing the replaced backend failed")
-
-
-def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
-                threshold: float | None = None) -> ModelChange:
-    """Load and verify a bundle and open its backend (slow: call it off the inspection loop).
-
-    threshold: the threshold to use with it; None = the bundle's calibrated one (BundleError-free
-    ConfigError when it has none). Raises our errors for a bad bundle; nothing changes then.
-    """
-    from fair_edge.runtime.backends import select_backend
-    from fair_edge.errors import ConfigError
-    from fair_edge.export.bundle import load_bundle
-    from fair_edge.run_station import load_roi
-
-    bundle = load_bundle(bundle_path)
-    if threshold is None:
-        if bundle.threshold is None:
-            raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
-                              "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
-        threshold = bundle.threshold.value
-    roi = load_roi(roi_path, bundle.image_size)
-    choice = select_backend(bundle, backend)
-    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)

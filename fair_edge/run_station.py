@@ -7,6 +7,7 @@ the summary is written to ``OUTPUT/summary.json``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -21,7 +22,7 @@ from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.errors import ConfigError
 from fair_edge.faults import FaultBoard
-from fair_edge.hotswap import model_id
+from fair_edge.hotswap import ModelChange, model_id
 from fair_edge.inspector import Inspector, RunSummary
 from fair_edge.station import StationConfig
 
@@ -98,10 +99,32 @@ def open_console(cfg: StationConfig, bundle, faults: FaultBoard | None, stack: c
     (started here, closed by ``stack``)."""
     from fair_edge.console.station_hook import StationConsole
 
-    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None))
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None,
+                                                 load_model=functools.partial(load_change, backend=cfg.backend,
+                                                                              roi_path=cfg.roi)))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
     return console
+
+
+def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
+                threshold: float | None = None) -> ModelChange:
+    """Load and verify a bundle and open its backend (slow: call it off the inspection loop).
+
+    threshold: the threshold to use with it; None = the bundle's calibrated one (ConfigError when it
+    has none). Raises our errors for a bad bundle; nothing changes then.
+    """
+    from fair_edge.export.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    if threshold is None:
+        if bundle.threshold is None:
+            raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
+                              "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
+        threshold = bundle.threshold.value
+    roi = load_roi(roi_path, bundle.image_size)
+    choice = select_backend(bundle, backend)
+    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,

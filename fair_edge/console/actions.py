@@ -13,7 +13,7 @@ from fair_edge.console.feed import StationFeed, finite
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
-from fair_edge.hotswap import ModelChange, load_change
+from fair_edge.hotswap import ModelChange
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ REVIEW_LABELS = {
 
 class StationActions:
     """Changes asked for from the console. ``station_file``: where an applied threshold is written
-    (None = the station runs from flags only; the audit log still records it). backend / roi: what a
-    swapped bundle is opened with."""
+    (None = the station runs from flags only; the audit log still records it). load_model(path) ->
+    ModelChange opens a bundle for a swap (slow; called on a thread of its own); None = no swaps."""
 
-    def __init__(self, feed: StationFeed, station_file: Path | None, backend: str, roi: Path | None) -> None:
-        self.feed, self.station_file, self.backend, self.roi = feed, station_file, backend, roi
+    def __init__(self, feed: StationFeed, station_file: Path | None, load_model=None) -> None:
+        self.feed, self.station_file, self.load_model = feed, station_file, load_model
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
@@ -120,6 +120,8 @@ class StationActions:
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
         inspector = self._inspector()
+        if self.load_model is None:
+            raise ConfigError("this station cannot swap bundles (no loader was given)")
         with self._swap_lock:
             if self.swap_status["state"] == "loading":
                 raise ConfigError(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
@@ -131,7 +133,7 @@ class StationActions:
     def _load(self, bundle: Path, inspector, who: str) -> None:
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         try:
-            change = load_change(bundle, self.backend, self.roi)
+            change = self.load_model(bundle)
         except FairEdgeError as exc:
             log.error("bundle swap refused: %s", exc)
             self.swap_status = {"state": "failed", "bundle": str(bundle), "error": str(exc), "since": utc_now()}

@@ -24,11 +24,11 @@ class StationConsole:
     """cfg: the StationConfig; bundle: the loaded Bundle (its calibration distribution feeds the drift
     watch). ``fault``: something with ``fault(active, reason)`` for the drift alarm (or None)."""
 
-    def __init__(self, cfg, bundle, fault=None) -> None:
+    def __init__(self, cfg, bundle, fault=None, load_model=None) -> None:
         quantiles = bundle.threshold.normal_quantiles if bundle.threshold is not None else ()
         self.feed = StationFeed(cfg.console, cfg.output, quantiles)
         self.feed.bundle_path = bundle.root
-        self.actions = StationActions(self.feed, cfg.source_file, cfg.backend, cfg.roi)
+        self.actions = StationActions(self.feed, cfg.source_file, load_model)
         self.fault = fault if cfg.console.drift_fault else None
         self._drift_checked = 0.0
         self._drift_alarm = False
