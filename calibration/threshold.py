@@ -24,7 +24,10 @@ class Threshold:
     """value: the threshold in force (score units). method: 'normal-quantile'.
     false_reject_rate: target rate; measured_false_reject_rate: on the normal scores used.
     n_normal / n_defect: how many scores it was calibrated on. f1_threshold / f1: best F1 over
-    the defect + normal scores (None without defects). source: where the normal images came from."""
+    the defect + normal scores (None without defects). source: where the normal images came from.
+    normal_quantiles: the calibration distribution, the 0th, 1st, ..., 100th percentile of the
+    normal scores (101 values, linear interpolation; empty in bundles built before it was stored);
+    the station's drift watch compares recent scores with it (fair_edge.drift)."""
 
     value: float
     method: str
@@ -35,6 +38,7 @@ class Threshold:
     f1_threshold: float | None = None
     f1: float | None = None
     source: str = ""
+    normal_quantiles: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +52,7 @@ class Threshold:
             measured_false_reject_rate=float(data["measured_false_reject_rate"]),
             n_normal=int(data["n_normal"]), n_defect=int(data.get("n_defect", 0)),
             f1_threshold=opt(data.get("f1_threshold")), f1=opt(data.get("f1")), source=str(data.get("source", "")),
+            normal_quantiles=tuple(float(v) for v in data.get("normal_quantiles") or ()),
         )
 
 
@@ -101,4 +106,5 @@ def calibrate_threshold(normal_scores, defect_scores=None, false_reject_rate: fl
         value=value, method="normal-quantile", false_reject_rate=false_reject_rate,
         measured_false_reject_rate=float((normal > value).mean()), n_normal=int(normal.size),
         n_defect=n_defect, f1_threshold=f1_thr, f1=f1, source=source,
+        normal_quantiles=tuple(float(q) for q in np.percentile(normal, np.arange(101))),
     )

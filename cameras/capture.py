@@ -218,10 +218,13 @@ class CaptureThread:
         blocked inside ``source.read()`` (logged; it is a daemon and exits on its own).
         """
         self._stop.set()
-        self._finish(CaptureState.STOPPED, "stop() called")
         if self._thread is None:
+            self._finish(CaptureState.STOPPED, "stop() called")
             return True
+        # the end marker goes in after the reader's last frame: a frame read while stopping is still
+        # queued ahead of it, so the consumer inspects it instead of losing it
         self._thread.join(self.settings.stop_timeout_s)
+        self._finish(CaptureState.STOPPED, "stop() called")
         if self._thread.is_alive():
             log.warning("camera %s: reader did not finish within %.1f s (blocked in read()); "
                         "leaving the daemon thread to exit", self.source.name, self.settings.stop_timeout_s)
@@ -294,7 +297,7 @@ class CaptureThread:
         finally:
             self._close_source()
             self._cause = self._cause or cause
-            self._finish(CaptureState.ENDED, reason)
+            self._finish(CaptureState.STOPPED if self._stop.is_set() else CaptureState.ENDED, reason)
 
     def _read_loop(self) -> tuple[str, BaseException | None]:
         misses = 0

@@ -317,11 +317,17 @@ def run(
                                                     "(reject.delay_ms)."),
     fail_safe: Optional[str] = typer.Option(None, help="A part with no verdict by its due time: reject (reject "
                                             "it then) or alarm (let it pass, raise the fault output)."),
+    console_mode: Optional[str] = typer.Option(None, "--console", help="on | off: serve the operator console "
+                                               "(live view, NG review, threshold tuning) [default: on, "
+                                               "http://127.0.0.1:8765/; station file section console:]."),
+    console_port: Optional[int] = typer.Option(None, help="Console TCP port (0 = any free port)."),
 ) -> None:
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
     A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
-    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0."""
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
+    SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
+    capture."""
     import signal
     import threading
 
@@ -342,15 +348,19 @@ def run(
     record = replace(cfg.record, dir=out) if out is not None else cfg.record
     cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
                        batching=batching, output=out, record=record,
-                       reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe))
+                       reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe),
+                       console=console_settings(cfg.console, console_mode, console_port))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    on_console = (lambda c: signal.signal(signal.SIGHUP, lambda *_: c.reload_bundle("SIGHUP"))) \
+        if hasattr(signal, "SIGHUP") else None
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
     with live or contextlib.nullcontext():
         summary = run_station(cfg, stop, max_frames=max_frames, duration_s=duration,
                               on_start=lambda text: console.print(text),
-                              on_tick=(lambda insp: live.update(live_table(insp))) if live else None)
+                              on_tick=(lambda insp: live.update(live_table(insp))) if live else None,
+                              on_console=on_console)
     print_summary(summary, cfg.output)
     console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
     code = exit_code(summary)
@@ -359,6 +369,16 @@ def run(
                       f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
     if code:
         raise typer.Exit(code)
+
+
+def console_settings(current, mode: Optional[str], port: Optional[int]):
+    """The station file's console settings with --console on|off and --console-port applied."""
+    if mode is not None and mode not in ("on", "off"):
+        raise ConfigError(f"--console: expected on or off, found {mode!r}.")
+    changes = {k: v for k, v in (("enabled", None if mode is None else mode == "on"), ("port", port)) if v is not None}
+    out = replace(current, **changes)
+    out.check()
+    return out
 
 
 # ----------------------------------------------------------------------------- bench
@@ -453,6 +473,9 @@ def bench(
 from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
 
 app.command("build")(build)
+from fair_edge.cli_collect import collect  # noqa: E402
+
+app.command("collect")(collect)
 
 
 def main() -> None:

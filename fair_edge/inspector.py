@@ -27,6 +27,7 @@ import numpy as np
 
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
+from fair_edge.hotswap import ModelSwitch, retire
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict
 
@@ -110,14 +111,18 @@ class Inspector:
 
     threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
     0 outside) multiplied into the anomaly map before its max, or None for the whole image.
+    model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
+    changes model or threshold at the next batch boundary (see fair_edge.hotswap).
     """
 
     def __init__(self, capture, choice, threshold: float, *, roi: np.ndarray | None = None,
-                 settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None) -> None:
+                 settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
+                 model: str = "") -> None:
         if not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
         self.capture, self.choice, self.threshold = capture, choice, float(threshold)
-        self.roi, self.settings = roi, settings
+        self.roi, self.settings, self.model = roi, settings, model
+        self.switch = ModelSwitch()
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
         self.summary = RunSummary(backend=choice.reason)
@@ -143,7 +148,8 @@ class Inspector:
     # ------------------------------------------------------------------ one batch
     def _emit(self, frame: Frame, score: float, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
         ng = bool(error) or score > self.threshold
-        verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error)
+        verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
+                          self.model)
         self.summary.inspected += 1
         self.summary.ng += int(ng)
         self.latency.add(verdict.latency_ms)
@@ -182,6 +188,22 @@ class Inspector:
                     verdicts[frame.seq] = self._emit(frame, float(score), anomaly_map=amap)
         return [verdicts[f.seq] for f in frames]
 
+    def apply_switch(self) -> None:
+        """Take a pending model / threshold change (between batches: the last batch finished on the
+        old model). The replaced backend is closed here, after its last batch."""
+        change = self.switch.take()
+        if change is None:
+            return
+        if change.choice is not None:
+            old, self.choice, self.roi, self.model = self.choice, change.choice, change.roi, change.model
+            self.summary.backend = change.choice.reason
+            retire(old)
+            log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
+        if change.threshold is not None:
+            if self.threshold != change.threshold:
+                log.warning("threshold changed: %.6g -> %.6g", self.threshold, change.threshold)
+            self.threshold = float(change.threshold)
+
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
             on_tick: Callable[["Inspector"], None] | None = None) -> RunSummary:
@@ -199,6 +221,7 @@ class Inspector:
                 if batch is None:
                     break
                 if batch:
+                    self.apply_switch()
                     self.inspect(batch)
                 if self._consecutive_errors >= self.settings.max_consecutive_errors:
                     self.summary.fault = f"{self._consecutive_errors} inference failures in a row"
@@ -220,6 +243,7 @@ class Inspector:
             batch = self._next_batch(timeout=0.0)
             if not batch:
                 return
+            self.apply_switch()
             self.inspect(batch)
 
     def _fill_capture_stats(self) -> None:

@@ -53,7 +53,8 @@ class Verdict:
     t_verdict: ``time.monotonic()`` seconds when the decision was made.
     error: why the frame could not be inspected ("" when it was). Fail-safe rule: a frame that
     cannot be inspected (malformed image, inference failure) gets score NaN and ng=True, so its
-    part is rejected rather than passed unseen.
+    part is rejected rather than passed unseen. model: id of the model that decided it
+    (``fair_edge.hotswap.model_id``; "" when unknown).
     """
 
     seq: int
@@ -64,6 +65,7 @@ class Verdict:
     t_verdict: float
     source: str = ""
     error: str = ""
+    model: str = ""
 
     @property
     def latency_ms(self) -> float:
@@ -81,4 +83,5 @@ class Verdict:
             "ng": self.ng,
             "source": self.source,
             **({"error": self.error} if self.error else {}),
+            **({"model": self.model} if self.model else {}),
         }

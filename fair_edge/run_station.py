@@ -8,6 +8,7 @@ returns: 0 fine, 3 station fault, 4 rejects were due but a reject sink delivered
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -24,6 +25,8 @@ from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
+from fair_edge.faults import FaultBoard
+from fair_edge.hotswap import ModelChange, model_id
 from fair_edge.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station import AUTO_POLICY, StationConfig
@@ -142,6 +145,7 @@ class LineSide:
     encoder: object | None
     mqtt: object | None
     callbacks: list
+    metrics: object | None = None
     fault_shown: str = ""
 
     def capture_hooks(self) -> dict:
@@ -202,18 +206,57 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         if line.scheduler is not None:
             metrics.watch("reject", line.scheduler.stats)
         line.callbacks.append(metrics.on_verdict)
+        line.metrics = metrics
     if mqtt is not None:
         line.callbacks.append(line.publish_verdict)
     return line
 
 
+def open_console(cfg: StationConfig, bundle, faults: FaultBoard | None, stack: contextlib.ExitStack, metrics=None):
+    """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
+    (started here, closed by ``stack``)."""
+    from fair_edge.console.station_hook import StationConsole
+
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None,
+                                                 load_model=functools.partial(load_change, backend=cfg.backend,
+                                                                              roi_path=cfg.roi)))
+    if metrics is not None:
+        metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
+    return console
+
+
+def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
+                threshold: float | None = None) -> ModelChange:
+    """Load and verify a bundle and open its backend (slow: call it off the inspection loop).
+
+    threshold: the threshold to use with it; None = the one calibrated on the graph the backend runs,
+    else the bundle's (ConfigError when it has none). Raises our errors for a bad bundle; nothing
+    changes then.
+    """
+    from fair_edge.export.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    roi = load_roi(roi_path, bundle.image_size)
+    choice = select_backend(bundle, backend)
+    if threshold is None:
+        graph = choice.graph_threshold
+        if graph is None and bundle.threshold is None:
+            choice.backend.close()
+            raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
+                              "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
+        threshold = (graph or bundle.threshold).value
+    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)
+
+
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
-                on_tick: Callable[[Inspector], None] | None = None, source=None, choice=None) -> RunSummary:
+                on_tick: Callable[[Inspector], None] | None = None, source=None, choice=None,
+                on_console=None) -> RunSummary:
     """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
 
     source: a frame source to use instead of ``cfg.camera.source``; choice: a ``BackendChoice`` to
-    use instead of selecting one from ``cfg.backend`` (both are closed by the station)."""
+    use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
+    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     from fair_edge.export.bundle import load_bundle
 
     if cfg.bundle is None:
@@ -229,12 +272,22 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         stack.callback(choice.backend.close)
         line = open_line_side(cfg, stack, run_id)
         capture = stack.enter_context(open_capture(cfg, source, **line.capture_hooks()))  # opens: fails fast
-        watch = CameraWatch(capture, line.scheduler)
-        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks)
+        faults = FaultBoard(line.scheduler) if line.scheduler is not None else None
+        watch = CameraWatch(capture, faults.channel("camera") if faults else None)
+        console = open_console(cfg, bundle, faults, stack, line.metrics)
+        line.callbacks.append(console.observe)
+        if on_start is not None and console.url:
+            on_start(f"console: {console.url}")
+        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
+                              model=model_id(bundle))
         inspector.summary.run_id = run_id
+        console.attach(inspector, capture, line.scheduler, line.recorder, watch)
+        if on_console is not None:
+            on_console(console)
 
         def tick(insp: Inspector) -> None:
             line.publish_fault(watch(insp))
+            console.tick(insp)
             insp.summary.rejects = line.reject_stats()
             if on_tick is not None:
                 on_tick(insp)

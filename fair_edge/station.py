@@ -10,6 +10,7 @@
     record:   {...}
     metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
     mqtt:     {url: null}                # e.g. mqtt://127.0.0.1:1883/line3: verdicts, faults, summary
+    console:  {enabled: true, host: 127.0.0.1, port: 8765, token: null, ...}   # fair_edge/console/settings.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
+from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.inspector import LoopSettings
 from fair_edge.line import fields as f
@@ -75,11 +77,13 @@ class StationConfig:
     record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics", "mqtt"])
+                                           "reject", "record", "metrics", "mqtt", "console"])
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -101,6 +105,7 @@ class StationConfig:
             record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
             metrics=MetricsSettings.from_dict(d.get("metrics")),
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
+            console=ConsoleSettings.from_dict(d.get("console")),
         )
 
     def override(self, **changes: Any) -> "StationConfig":
@@ -118,6 +123,6 @@ def load_station(path: str | Path) -> StationConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
     try:
-        return StationConfig.from_dict(data or {})
+        return replace(StationConfig.from_dict(data or {}), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

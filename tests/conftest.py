@@ -99,3 +99,29 @@ def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "final.pt"
     ckpt = Checkpoint(MODEL, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
     return save_checkpoint(path, ckpt)
+
+
+# ----------------------------------------------------------------------------- station / console tests
+@pytest.fixture(scope="session")
+def station_bundles(trained, mvtec_dir, tmp_path_factory):
+    """Two bundles of the tiny trained model (fp32 and fp16: different files, so different model ids),
+    each with a threshold and calibration distribution from the held-out normal plates."""
+    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.data import load_dataset, read_image
+    from fair_edge.export.build import BuildOptions, build_bundle
+
+    normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
+    root = tmp_path_factory.mktemp("bundles")
+    return [build_bundle(load_checkpoint(trained[0]), root / precision, BuildOptions(precision=precision, engine=False),
+                         normal_frames=normals).bundle for precision in ("fp32", "fp16")]
+
+
+@pytest.fixture(scope="session")
+def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
+    """The plate's 12 test images (6 good, 6 with a blob) as a replay folder, in a fixed order."""
+    from fair_edge.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("conveyor")
+    for i, sample in enumerate(load_dataset(mvtec_dir).test):
+        (folder / f"{i:03d}_{'defect' if sample.label else 'good'}.png").write_bytes(sample.path.read_bytes())
+    return folder

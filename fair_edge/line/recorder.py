@@ -49,6 +49,12 @@ def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> di
             "source": frame.source}
 
 
+def ng_image_path(folder: Path, run_id: str, seq: int, kind: str, ext: str) -> Path:
+    """Where the recorder saves an NG part's image (``ng/RUN_SEQ_KIND.EXT``, so a later run into the
+    same folder overwrites nothing); kind: ``frame`` (as captured) or ``overlay``."""
+    return Path(folder) / "ng" / f"{run_id}_{seq:08d}_{kind}.{ext}"
+
+
 class Recorder:
     """Records verdicts and NG images on a writer thread.
 
@@ -185,13 +191,13 @@ class Recorder:
             self._counters.add("images_skipped")
             return
         ext = self.settings.image_format
-        stem = self.dir / "ng" / f"{self.run_id}_{verdict.seq:08d}"
         try:
-            images = [(f"{stem}_frame.{ext}", frame.image)]
+            images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext), frame.image)]
             if amap is not None:
-                images.append((f"{stem}_overlay.{ext}", self._overlay(frame.image, amap, verdict)))
+                images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext),
+                               self._overlay(frame.image, amap, verdict)))
             for path, img in images:
-                if not cv2.imwrite(path, img):
+                if not cv2.imwrite(str(path), img):
                     raise OSError(f"cv2.imwrite returned False for {path}")
             self._counters.add("images")
         except (OSError, cv2.error, FairEdgeError) as exc:  # a bad frame or full disk never stops the writer

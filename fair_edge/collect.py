@@ -1,0 +1,147 @@
+"""From the line back to training: keep the useful frames, skip the rest and count why.
+
+A frame is skipped when it is
+- *badly exposed*: mean gray level below ``dark_mean`` or above ``bright_mean``, or more than
+  ``clipped_share`` of its pixels at 0..2 or 253..255;
+- *blurred*: variance of the Laplacian of its gray image (scaled to at most 256 px) below
+  ``blur_min`` (a sharp product photo gives hundreds; motion blur or a lost focus a few units);
+- a *near-duplicate*: its 32 x 32 gray thumbnail differs from one of the last ``memory`` kept
+  frames by less than ``duplicate_diff`` gray levels on average (a stopped belt repeats a part).
+
+``fair-edge collect`` saves camera frames into a training folder; ``export_reviewed`` turns the
+parts reviewed in the console into an MVTec-style folder: false rejects are normal parts the
+model got wrong, the most useful images to train on (``train/good``); confirmed defects and
+misses go to ``test/defect`` for evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import DataError
+
+SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
+# review label -> folder of the exported dataset
+REVIEW_FOLDERS = {"false_reject": "train/good", "defect": "test/defect", "miss": "test/defect"}
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Limits of ``frame_problem`` (gray levels 0..255; see the module docstring)."""
+
+    dark_mean: float = 25.0
+    bright_mean: float = 230.0
+    clipped_share: float = 0.25
+    blur_min: float = 15.0
+    duplicate_diff: float = 2.0
+    memory: int = 50
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
+    """"" for a usable frame, else "badly_exposed" or "blurred". image: (H, W, 3) BGR or (H, W) uint8."""
+    gray = _gray(image)
+    mean = float(gray.mean())
+    clipped = float(((gray <= 2) | (gray >= 253)).mean())
+    if mean < q.dark_mean or mean > q.bright_mean or clipped > q.clipped_share:
+        return "badly_exposed"
+    scale = min(1.0, 256.0 / max(gray.shape))
+    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    if float(cv2.Laplacian(small, cv2.CV_64F).var()) < q.blur_min:
+        return "blurred"
+    return ""
+
+
+class Collector:
+    """Writes kept frames as PNG into ``folder`` and counts every decision (``counts``)."""
+
+    def __init__(self, folder: Path, quality: QualitySettings = QualitySettings(), prefix: str = "") -> None:
+        self.folder, self.quality, self.prefix = Path(folder), quality, prefix
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.counts: Counter[str] = Counter({k: 0 for k in ("saved", *SKIP_REASONS)})
+        self._thumbs: deque[np.ndarray] = deque(maxlen=quality.memory)
+
+    def add(self, image: np.ndarray | None, name: str) -> str:
+        """Keep or skip one frame; returns "saved" or the reason it was skipped."""
+        if image is None or image.dtype != np.uint8 or image.ndim not in (2, 3):
+            return self._count("unreadable")
+        problem = frame_problem(image, self.quality)
+        if problem:
+            return self._count(problem)
+        thumb = cv2.resize(_gray(image), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+        if any(float(np.abs(thumb - t).mean()) < self.quality.duplicate_diff for t in self._thumbs):
+            return self._count("duplicate")
+        path = self.folder / f"{self.prefix}{name}.png"
+        if not cv2.imwrite(str(path), image):
+            raise DataError(f"could not write {path}; expected a writable folder with free space")
+        self._thumbs.append(thumb)
+        return self._count("saved")
+
+    def _count(self, what: str) -> str:
+        self.counts[what] += 1
+        return what
+
+
+def latest_reviews(entries: list[dict]) -> dict[tuple[str, int], dict]:
+    """The newest review of each part, keyed by (run, seq)."""
+    out: dict[tuple[str, int], dict] = {}
+    for e in entries:
+        if "seq" in e and "label" in e:
+            out[(str(e.get("run", "")), int(e["seq"]))] = e
+    return out
+
+
+def export_reviewed(station_output: Path, dest: Path, quality: QualitySettings = QualitySettings()) -> dict:
+    """Copy the images of reviewed parts (``STATION_OUTPUT/reviews.jsonl``) into ``dest`` (MVTec layout,
+    see REVIEW_FOLDERS), through the same quality and duplicate checks. Returns counts per folder."""
+    from fair_edge.console.journal import REVIEWS, Journal
+
+    station_output, dest = Path(station_output), Path(dest)
+    reviews = latest_reviews(Journal(station_output / REVIEWS).read())
+    if not reviews:
+        raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
+    collectors = {folder: Collector(dest / folder, quality) for folder in sorted(set(REVIEW_FOLDERS.values()))}
+    missing = 0
+    for (run, seq), entry in sorted(reviews.items()):
+        folder = REVIEW_FOLDERS.get(entry["label"])
+        if folder is None:
+            continue
+        image_path = station_output / entry["image"] if entry.get("image") else None
+        if image_path is None or not image_path.is_file():
+            missing += 1
+            continue
+        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), f"{run}_{seq:08d}")
+    return {"dest": str(dest), "no_image": missing, **{k: dict(c.counts) for k, c in collectors.items()}}
+
+
+def collect_from_source(source, collector: Collector, max_saved: int | None = None, every: int = 1,
+                        max_read: int | None = None, stop=None) -> int:
+    """Read an opened frame source (``fair_edge.cameras.open_source``) into ``collector``: every
+    ``every``-th frame is considered, until the source ends, ``max_saved`` frames are kept,
+    ``max_read`` frames were read, or ``stop`` (a threading.Event) is set. Returns frames read."""
+    from fair_edge.cameras import EndOfStream, FrameMissed
+
+    read = 0
+    while (stop is None or not stop.is_set()) and (max_read is None or read < max_read):
+        if max_saved is not None and collector.counts["saved"] >= max_saved:
+            break
+        try:
+            frame = source.read()
+        except EndOfStream:
+            break
+        except FrameMissed:
+            continue
+        read += 1
+        if (read - 1) % every == 0:
+            collector.add(frame.image, f"{frame.seq:08d}")
+    return read

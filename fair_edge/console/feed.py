@@ -1,0 +1,146 @@
+"""StationFeed: what the console knows about the running station, and the only link to its loop.
+
+The inspection loop calls ``observe(frame, verdict, anomaly_map)`` once per verdict (a verdict
+callback): it only appends references to bounded deques (no copy, no encoding, no lock held by
+the console while it renders), so a slow or absent browser costs the loop nothing. Everything
+else (counters, percentiles, images) is read on the console's thread from what the station
+already keeps: the inspector's summary and latencies, the capture thread's stats, the reject
+scheduler's and recorder's counters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fair_edge.console.settings import ConsoleSettings
+from fair_edge.drift import DriftWatch
+from fair_edge.line.metrics import LATENCY_BUCKETS_S
+from fair_edge.records import Frame, Verdict
+
+LATENCY_EDGES_MS = tuple(1000.0 * b for b in LATENCY_BUCKETS_S)
+RATE_WINDOW_S = 5.0
+
+
+@dataclass(frozen=True)
+class Part:
+    """One inspected part as the console keeps it: its verdict, and (while kept) its frame and map.
+    frame.image: (H, W, 3) or (H, W) uint8; anomaly_map: (S, S) float32 or None."""
+
+    verdict: Verdict
+    frame: Frame | None = None
+    anomaly_map: np.ndarray | None = None
+
+
+class StationFeed:
+    """Bounded memory of recent parts plus handles to the station's own counters.
+
+    attach(...) is called by the station once its parts exist; until then the console shows
+    "starting". output: the station's output folder (the only folder the console serves files from).
+    """
+
+    def __init__(self, settings: ConsoleSettings, output: Path, quantiles=()) -> None:
+        self.settings, self.output = settings, Path(output)
+        self.recent: deque[Verdict] = deque(maxlen=settings.recent_parts)
+        self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
+        self.ng: deque[Verdict] = deque(maxlen=settings.recent_parts)
+        self.latest: Part | None = None
+        self.drift = DriftWatch(quantiles, settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
+        self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
+        self.bundle_path: Path | None = None
+        self.started = time.time()
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
+        self.count = 0          # verdicts observed (changes = something new to push)
+
+    def attach(self, inspector, capture, scheduler=None, recorder=None, camera_watch=None,
+               bundle_path: Path | None = None) -> None:
+        self.inspector, self.capture, self.scheduler = inspector, capture, scheduler
+        self.recorder, self.camera_watch, self.bundle_path = recorder, camera_watch, bundle_path
+        if getattr(recorder, "run_id", None):
+            self.run_id = recorder.run_id   # the station's run id: NG image names and log rows carry it
+
+    # ------------------------------------------------------------------ loop side (O(1))
+    def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
+        """Verdict callback: remember the part. Appends only; never blocks, never copies."""
+        part = Part(verdict, frame, anomaly_map)
+        self.recent.append(verdict)
+        if self.settings.keep_frames:
+            self.frames.append(part)
+        if verdict.ng:
+            self.ng.append(verdict)
+        self.latest = part
+        self.drift.observe(verdict.seq, verdict.score)
+        self.count += 1
+
+    # ------------------------------------------------------------------ console side
+    def kept_part(self, seq: int) -> Part | None:
+        """The kept frame of part ``seq`` (None once it has left the keep_frames window)."""
+        for part in reversed(list(self.frames)):
+            if part.verdict.seq == seq:
+                return part
+        return None
+
+    def verdict(self, seq: int) -> Verdict | None:
+        for v in reversed(list(self.recent)):
+            if v.seq == seq:
+                return v
+        return None
+
+    def latency(self) -> dict:
+        """Percentiles and a histogram (ms) of capture -> verdict latency over the recent parts."""
+        values = np.array([v.latency_ms for v in list(self.recent)])
+        if values.size == 0:
+            return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None,
+                    "edges_ms": list(LATENCY_EDGES_MS), "counts": [0] * (len(LATENCY_EDGES_MS) + 1)}
+        counts = np.bincount(np.searchsorted(LATENCY_EDGES_MS, values), minlength=len(LATENCY_EDGES_MS) + 1)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(values.max()),
+                "edges_ms": list(LATENCY_EDGES_MS), "counts": counts.tolist()}
+
+    def rate(self, now: float | None = None) -> float:
+        """Parts inspected per second over the last RATE_WINDOW_S seconds."""
+        now = time.monotonic() if now is None else now
+        n = sum(1 for v in list(self.recent)[-2000:] if now - v.t_verdict <= RATE_WINDOW_S)
+        return n / RATE_WINDOW_S
+
+    def counters(self) -> dict:
+        """The station's own counters, read (never kept twice)."""
+        out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
+               "inference_errors": 0, "late_rejects": 0}
+        if self.inspector is not None:
+            s = self.inspector.summary
+            out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors)
+        if self.capture is not None:
+            c = self.capture.stats()
+            out.update(frames_in=c.frames_in, dropped=c.dropped_queue_full, lost=c.frames_lost_estimate)
+        if self.scheduler is not None:
+            out["late_rejects"] = self.scheduler.stats().get("late", 0)
+        return out
+
+    def state(self) -> dict:
+        """Camera, PLC, fault and model state as plain values."""
+        camera = self.capture.stats() if self.capture is not None else None
+        sched = self.scheduler.stats() if self.scheduler is not None else None
+        insp = self.inspector
+        return {
+            "camera": {"state": camera.state.value if camera else "starting",
+                       "problem": self.camera_watch.reason if self.camera_watch is not None else ""},
+            "plc": None if sched is None else {
+                "sinks": len(self.scheduler.settings.sinks), "fault_sinks": len(self.scheduler.settings.fault_sinks),
+                "pending": sched.get("pending", 0), "sink_errors": sched.get("sink_errors", 0),
+                "sink_missed": sched.get("sink_missed", 0), "alarm": self.scheduler.alarm or ""},
+            "fault": insp.summary.fault if insp is not None else "",
+            "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,
+                                                 "threshold": insp.threshold,
+                                                 "bundle": str(self.bundle_path or "")},
+        }
+
+
+def finite(value: float) -> float | None:
+    """JSON has no NaN: None for a score that could not be computed."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None

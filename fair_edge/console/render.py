@@ -1,0 +1,54 @@
+"""Images for the browser: a frame with its anomaly heat map, scaled down and JPEG-encoded.
+
+Runs on the console's thread only, and only when a browser asks; the result is cached per part.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+from fair_edge.plots import heatmap_overlay
+
+MAX_SIDE = 480
+JPEG_QUALITY = 80
+
+
+def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: float, alpha: float = 0.5,
+                 max_side: int = MAX_SIDE) -> bytes:
+    """JPEG bytes of ``image`` ((H, W, 3) BGR or (H, W) uint8) scaled to at most ``max_side`` px, with
+    ``anomaly_map`` ((S, S) float32, any size) blended on the recorder's scale: 0 .. 2 x threshold, so
+    the threshold is the middle of the colour map and hot spots of NG parts show red."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+    scale = min(1.0, max_side / max(bgr.shape[:2]))
+    if scale < 1.0:
+        bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    if anomaly_map is not None and np.isfinite(anomaly_map).all():
+        vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(anomaly_map.max()) + 1e-6
+        bgr = heatmap_overlay(bgr, anomaly_map, 0.0, vmax, alpha)
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {bgr.shape}")
+    return data.tobytes()
+
+
+class JpegCache:
+    """The last ``size`` encoded images by key (part seq); each is encoded once, however many browsers ask."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, make) -> bytes:
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        data = make()
+        with self._lock:
+            self._items[key] = data
+            while len(self._items) > self.size:
+                self._items.pop(next(iter(self._items)))
+        return data

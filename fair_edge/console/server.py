@@ -1,0 +1,240 @@
+"""The console's web server: Starlette routes served by uvicorn in a thread of its own.
+
+Pages (plain HTML/CSS/JS shipped in ``static/``): ``/`` live view, ``/gallery`` NG review,
+``/tune`` threshold tuning and model swap. Updates are pushed over server-sent events
+(``/api/events``): one ``state`` event whenever something new was inspected, at most
+``live_fps`` a second, and a comment line every 10 s to keep proxies from closing the stream.
+
+Security: the server binds ``console.host`` (127.0.0.1 unless configured). Every request that
+changes something is a POST with a JSON body (a cross-site form cannot send one without a CORS
+preflight, which this server never grants) and, when ``console.token`` is set (required off
+loopback), the header ``X-Fair-Edge-Token``. Files are served only from the station's output
+folder: a path that resolves outside it (``..``, an absolute path, a symlink) is refused with 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import mimetypes
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from fair_edge.console import views
+from fair_edge.console.actions import StationActions
+from fair_edge.console.feed import StationFeed
+from fair_edge.console.render import JpegCache
+from fair_edge.errors import ConfigError, FairEdgeError
+
+log = logging.getLogger(__name__)
+STATIC = Path(str(resources.files("fair_edge.console") / "static"))
+PAGES = {"/": "live.html", "/gallery": "gallery.html", "/tune": "tune.html"}
+KEEPALIVE_S = 10.0
+TOKEN_HEADER = "x-fair-edge-token"
+
+
+def safe_file(root: Path, rel: str) -> Path | None:
+    """``root / rel`` if it is a file inside ``root`` after resolving links and ``..``; else None."""
+    root = root.resolve()
+    try:
+        path = (root / rel).resolve()
+    except (OSError, ValueError):
+        return None
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+class SharedState:
+    """The live state as JSON, computed at most once per ``period`` seconds and only when a new part
+    was inspected, whatever the number of connected browsers (each gets the same text)."""
+
+    def __init__(self, feed: StationFeed, actions: StationActions, period: float) -> None:
+        self.feed, self.actions, self.period = feed, actions, period
+        self._lock = threading.Lock()
+        self._text, self._count, self._at = "", -1, 0.0
+
+    def get(self) -> tuple[int, str]:
+        with self._lock:
+            now = time.monotonic()
+            if self._count != self.feed.count and (now - self._at >= self.period or not self._text):
+                self._count = self.feed.count
+                self._text = json.dumps(views.live_state(self.feed, self.actions))
+                self._at = now
+            return self._count, self._text
+
+
+def build_app(feed: StationFeed, actions: StationActions, token: str | None, stop: threading.Event) -> Starlette:
+    """The console's ASGI app over one station feed."""
+    cache = JpegCache()
+    shared = SharedState(feed, actions, 1.0 / feed.settings.live_fps)
+
+    def page(name: str):
+        async def handler(request: Request) -> Response:
+            return FileResponse(STATIC / name, media_type="text/html")
+        return handler
+
+    async def state(request: Request) -> Response:
+        return JSONResponse(views.live_state(feed, actions))
+
+    async def events(request: Request) -> Response:
+        async def stream():
+            seen, last_sent = -1, time.monotonic()
+            period = 1.0 / feed.settings.live_fps
+            while not stop.is_set():
+                if await request.is_disconnected():
+                    return
+                count, text = shared.get()
+                if count != seen and text:
+                    seen, last_sent = count, time.monotonic()
+                    yield f"event: state\ndata: {text}\n\n"
+                elif time.monotonic() - last_sent > KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(period)
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def live_jpg(request: Request) -> Response:
+        data = await asyncio.to_thread(views.latest_jpeg, feed, cache)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"}) if data else \
+            Response(status_code=404)
+
+    async def part_jpg(request: Request) -> Response:
+        data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=600"}) if data else \
+            Response(status_code=404)
+
+    async def files(request: Request) -> Response:
+        path = safe_file(feed.output, request.path_params["path"])
+        if path is None:
+            return Response("not found", status_code=404)
+        # read once: the station may be appending to it (a streamed file would outgrow its Content-Length)
+        data = await asyncio.to_thread(path.read_bytes)
+        return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+
+    async def gallery(request: Request) -> Response:
+        return JSONResponse(views.gallery(feed, actions))
+
+    async def tune(request: Request) -> Response:
+        value = request.query_params.get("threshold")
+        try:
+            proposed = float(value) if value not in (None, "") else None
+        except ValueError:
+            return _error(f"threshold: expected a number, found {value!r}")
+        return _run(lambda: actions.tune(proposed))
+
+    async def post(request: Request) -> Response:
+        refused = _refuse(request, token)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("expected a JSON object in the request body")
+        if not isinstance(body, dict):
+            return _error("expected a JSON object in the request body")
+        handler = POSTS[request.path_params["action"]]
+        return await asyncio.to_thread(_run, lambda: handler(actions, body))
+
+    routes = [Route(path, page(name)) for path, name in PAGES.items()] + [
+        Route("/api/state", state), Route("/api/events", events), Route("/api/live.jpg", live_jpg),
+        Route("/api/part/{seq:int}.jpg", part_jpg), Route("/api/gallery", gallery), Route("/api/tune", tune),
+        Route("/api/swap", lambda r: JSONResponse(actions.swap_status)),
+        Route("/api/{action:str}", post, methods=["POST"]),
+        Route("/files/{path:path}", files),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+# action name -> what it does with the JSON body (each raises ConfigError for bad input)
+POSTS = {
+    "review": lambda a, b: a.review(b.get("seq"), b.get("label"), b.get("who")),
+    "threshold": lambda a, b: a.apply_threshold(b.get("threshold"), b.get("who"), b.get("confirm")),
+    "swap": lambda a, b: a.swap(b.get("bundle"), b.get("who")),
+    "export": lambda a, b: a.export_reviewed(b.get("who")),
+}
+
+
+def _refuse(request: Request, token: str | None) -> Response | None:
+    if request.path_params["action"] not in POSTS:
+        return JSONResponse({"error": f"unknown action; valid: {', '.join(POSTS)}"}, status_code=404)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return _error("expected Content-Type: application/json", 415)
+    if token is not None and not hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
+        return _error("this action needs the console token (console.token in the station file) in the "
+                      "X-Fair-Edge-Token header", 403)
+    return None
+
+
+def _run(fn) -> Response:
+    try:
+        return JSONResponse(fn())
+    except FairEdgeError as exc:  # bad input, or a change that cannot be made: nothing changed
+        return _error(str(exc))
+
+
+def _error(message: str, status: int = 400) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class ConsoleServer:
+    """uvicorn serving the console in a daemon thread. ``start()`` returns once it listens (or raises
+    ConfigError naming the port); ``close()`` stops it within about a second (safe twice)."""
+
+    def __init__(self, feed: StationFeed, actions: StationActions) -> None:
+        import uvicorn
+
+        self.settings = feed.settings
+        self._stop = threading.Event()
+        app = build_app(feed, actions, self.settings.token, self._stop)
+        config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
+
+    def start(self) -> "ConsoleServer":
+        self._thread.start()
+        deadline = time.monotonic() + 10.0
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            self.close()
+            raise ConfigError(f"console.port: expected a free port on {self.settings.host}, found "
+                              f"{self.settings.port} unusable; pick another port (0 = any) or --console off")
+        log.warning("console on %s", self.url)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host if ":" not in self.settings.host else f"[{self.settings.host}]"
+        return f"http://{host}:{self.port}/"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                log.error("console server thread did not stop within 5 s")
+
+    def __enter__(self) -> "ConsoleServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

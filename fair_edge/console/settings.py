@@ -1,0 +1,85 @@
+"""The ``console:`` section of the station file.
+
+    console: {enabled: true, host: 127.0.0.1, port: 8765, token: null, recent_parts: 2000,
+              keep_frames: 32, live_fps: 4, drift_window: 500, drift_min_parts: 100,
+              drift_alarm: 0.25, drift_fault: false}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from fair_edge.errors import ConfigError
+from fair_edge.line import fields as f
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """enabled: serve the console during `fair-edge run`. host: bind address (127.0.0.1 = this
+    machine only). port: TCP port (0 = any free port). token: needed by every action that changes
+    something when host is not a loopback address (then it is required). recent_parts: verdicts kept
+    in memory for the live page and threshold tuning. keep_frames: latest frames kept in memory so
+    an operator can flag a passed part as a miss with its image. live_fps: most live-image updates
+    per second sent to browsers. drift_window / drift_min_parts / drift_alarm: the drift watch (see
+    fair_edge.drift): recent parts compared, parts needed before a value, PSI alarm level.
+    drift_fault: also raise the fault output while drift is in alarm."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    recent_parts: int = 2000
+    keep_frames: int = 32
+    live_fps: float = 4.0
+    drift_window: int = 500
+    drift_min_parts: int = 100
+    drift_alarm: float = 0.25
+    drift_fault: bool = False
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ConsoleSettings":
+        s = "console"
+        d = f.with_defaults(s, data, cls)
+        out = cls(
+            enabled=f.boolean(s, "enabled", d["enabled"]),
+            host=f.text(s, "host", d["host"]),
+            port=f.integer(s, "port", d["port"], minimum=0, maximum=65535),
+            token=None if d["token"] is None else f.text(s, "token", d["token"]),
+            recent_parts=f.integer(s, "recent_parts", d["recent_parts"], minimum=10, maximum=1_000_000),
+            keep_frames=f.integer(s, "keep_frames", d["keep_frames"], minimum=0, maximum=4096),
+            live_fps=f.number(s, "live_fps", d["live_fps"], minimum=0.1, maximum=60),
+            drift_window=f.integer(s, "drift_window", d["drift_window"], minimum=10),
+            drift_min_parts=f.integer(s, "drift_min_parts", d["drift_min_parts"], minimum=10),
+            drift_alarm=f.number(s, "drift_alarm", d["drift_alarm"], minimum=0.001),
+            drift_fault=f.boolean(s, "drift_fault", d["drift_fault"]),
+        )
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Refuse a console reachable from other machines without a token, and a port out of range."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"console.port: expected an integer in [0, 65535], found {self.port}")
+        if self.enabled and not self.loopback and not self.token:
+            raise ConfigError(f"console.token: expected a token when console.host is {self.host!r} (reachable from "
+                              "other machines), found none; set console.token to a long random string, or bind "
+                              "console.host to 127.0.0.1")
+        if self.token is not None and len(self.token) < 12:
+            raise ConfigError(f"console.token: expected at least 12 characters, found {len(self.token)}; "
+                              "use a long random string (e.g. `python -c 'import secrets; print(secrets.token_hex(16))'`)")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and 'localhost' only reach this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,77 @@
+// Live page: state pushed by server-sent events; the image is fetched only when a new part arrived.
+"use strict";
+const $ = id => document.getElementById(id);
+let lastSeq = null;
+
+function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
+
+function showStatus(s) {
+  const cam = s.camera || {};
+  pill("camera-state", "camera: " + cam.state + (cam.problem ? " – " + cam.problem : ""),
+       cam.problem ? "bad" : (cam.state === "running" ? "ok" : ""));
+  if (!s.plc) pill("plc-state", "PLC: none configured", "");
+  else pill("plc-state", `PLC: ${s.plc.sinks} output(s), ${s.plc.pending} pending, ${s.plc.sink_errors} errors` +
+            (s.plc.alarm ? " – ALARM " + s.plc.alarm : ""), s.plc.alarm || s.plc.sink_errors ? "bad" : "ok");
+  pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
+  const d = s.drift;
+  pill("drift-state", d.psi === null ? "drift: " + d.note : `drift PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
+       d.alarm ? "bad" : (d.psi === null ? "" : "ok"));
+  if (s.model) { $("model-id").textContent = s.model.id || "?"; $("model-state").title = s.model.bundle + " · " + s.model.backend; }
+}
+
+function showLatest(v) {
+  if (!v) return;
+  $("verdict").textContent = v.error ? "NG (error)" : (v.ng ? "NG" : "OK");
+  $("verdict").className = "badge " + (v.ng ? "ng" : "ok");
+  $("score").textContent = FE.num(v.score); $("threshold").textContent = FE.num(v.threshold);
+  const frac = v.score === null ? 1 : Math.min(1, v.score / (2 * v.threshold));
+  $("score-fill").style.width = (100 * frac) + "%"; $("score-fill").className = "fill" + (v.ng ? " ng" : "");
+  $("latest-seq").textContent = v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
+  if (v.seq !== lastSeq) { lastSeq = v.seq; $("live-image").src = "/api/live.jpg?seq=" + v.seq + "&m=" + v.model; }
+}
+
+function showCounters(s) {
+  const c = s.counters;
+  $("inspected").textContent = c.inspected; $("ng-count").textContent = c.ng; $("rate").textContent = s.rate_fps.toFixed(1);
+  $("frames-in").textContent = c.frames_in; $("dropped").textContent = c.dropped; $("lost").textContent = c.lost;
+  $("malformed").textContent = c.malformed; $("late").textContent = c.late_rejects;
+  const l = s.latency;
+  $("p50").textContent = FE.ms(l.p50_ms); $("p90").textContent = FE.ms(l.p90_ms); $("p99").textContent = FE.ms(l.p99_ms); $("pmax").textContent = FE.ms(l.max_ms);
+  const top = l.edges_ms[l.edges_ms.length - 1];
+  const edges = [0, ...l.edges_ms, top * 1.5].map((e, i) => i);  // equal-width bars, labelled by bucket
+  FE.histogram($("latency-hist"), edges, [{counts: l.counts, cls: "lat"}]);
+  const axis = $("latency-hist").querySelector("text.axis");
+  if (axis) axis.textContent = "buckets (ms): " + ["0", ...l.edges_ms.map(e => e.toFixed(0))].join(" · ") + " · more";
+}
+
+async function markMiss(seq) {
+  try { await FE.post("review", {seq, label: "miss"}); FE.say(`part ${seq} marked as a miss`); }
+  catch (e) { FE.say(e.message, true); }
+}
+
+function showRecent(rows) {
+  const body = $("recent"); body.innerHTML = "";
+  for (const v of rows) {
+    const review = v.review ? FE.el("span", {}, v.review.replace("_", " "))
+      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v.seq)}, "miss"));
+    body.append(FE.el("tr", {class: v.ng ? "ng" : ""}, FE.el("td", {}, String(v.seq)), FE.el("td", {}, FE.num(v.score)),
+      FE.el("td", {}, v.ng ? "NG" : "OK"), FE.el("td", {}, FE.ms(v.latency_ms)), FE.el("td", {}, v.source),
+      FE.el("td", {}, v.model), FE.el("td", {}, review)));
+  }
+}
+
+// the latest kept frames (each image is fetched once: a part's picture never changes)
+function showStrip(rows, run) {
+  const strip = $("strip"); strip.innerHTML = "";
+  for (const v of rows.filter(r => r.kept).slice(0, 6))
+    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: `/api/part/${v.seq}.jpg?r=${run}&m=${v.model}`, alt: `part ${v.seq}`}),
+      FE.el("figcaption", {}, `${v.seq} · ${FE.num(v.score, 3)}`)));
+}
+
+function show(s) { showStatus(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run); document.body.dataset.count = s.count; }
+
+FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
+const events = new EventSource("/api/events");
+events.addEventListener("state", e => show(JSON.parse(e.data)));
+events.onerror = () => FE.say("connection to the station lost; retrying…", true);
+events.onopen = () => FE.say("");

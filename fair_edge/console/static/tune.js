@@ -1,0 +1,57 @@
+// Threshold tuning (projection, confirmed apply), model swap and drift.
+"use strict";
+const $ = id => document.getElementById(id);
+let current = null;
+
+async function project(first = false) {
+  const value = $("proposed").value;
+  try {
+    const t = await FE.get("/api/tune" + (value ? "?threshold=" + encodeURIComponent(value) : ""));
+    current = t.current;
+    $("current").textContent = FE.num(t.current);
+    if (first) $("proposed").value = FE.num(t.current, 6);  // the page opens on the threshold in force
+    $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
+    $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
+    $("n-normal").textContent = t.proposed.normal_parts; $("n-defect").textContent = t.proposed.defect_parts;
+    $("unreviewed").textContent = t.unreviewed_ng;
+    const h = t.histogram;
+    const series = [{counts: h.normal, cls: "normal"}, {counts: h.defect, cls: "defect"}];
+    if (h.calibration_per_100) series.push({counts: h.calibration_per_100, cls: "calib"});
+    FE.histogram($("score-hist"), h.edges, series, [{x: t.current, cls: "cur", label: "in force"},
+      {x: t.proposed.threshold, cls: "prop", label: "proposed"}]);
+    document.body.dataset.projected = t.proposed.threshold;
+  } catch (e) { FE.say(e.message, true); }
+}
+
+async function status() {
+  try {
+    const s = await FE.get("/api/state");
+    if (s.model) { $("model-id").textContent = s.model.id; $("model-bundle").textContent = s.model.bundle; $("model-backend").textContent = s.model.backend; }
+    const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.error ? ": " + w.error : "");
+    const d = s.drift;
+    $("drift-text").textContent = d.psi === null ? d.note :
+      `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${d.level}` + (d.alarm ? " — ALARM" : " — ok");
+  } catch (e) { FE.say(e.message, true); }
+}
+
+$("project").addEventListener("click", () => project());
+$("proposed").addEventListener("change", () => project());
+$("apply").addEventListener("click", async () => {
+  await project();
+  $("confirm-old").textContent = FE.num(current, 6); $("confirm-new").textContent = $("proposed").value;
+  $("confirm-box").classList.remove("hidden");
+});
+$("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add("hidden"));
+$("apply-confirmed").addEventListener("click", async () => {
+  try {
+    const r = await FE.post("threshold", {threshold: Number($("proposed").value), confirm: true});
+    FE.say(`threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write"));
+    $("confirm-box").classList.add("hidden");
+    setTimeout(project, 700);
+  } catch (e) { FE.say(e.message, true); }
+});
+$("swap-btn").addEventListener("click", async () => {
+  try { await FE.post("swap", {bundle: $("bundle-path").value}); FE.say("loading bundle…"); }
+  catch (e) { FE.say(e.message, true); }
+});
+project(true); status(); setInterval(status, 1000);

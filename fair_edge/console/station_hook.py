@@ -1,0 +1,98 @@
+"""The console as one part of a station: ``StationConsole`` owns the feed, the actions and the server.
+
+``run_station`` always makes one (the drift watch, bundle swaps and SIGHUP work without a browser)
+and calls, by name: ``observe`` (a verdict callback), ``attach`` (once the inspector exists),
+``tick`` (from the loop's ~0.5 s tick: drift alarm to the fault output) and ``close``. The web
+server runs only when ``console.enabled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fair_edge.console.actions import StationActions
+from fair_edge.console.feed import StationFeed
+from fair_edge.console.server import ConsoleServer
+from fair_edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+DRIFT_EVERY_S = 2.0
+
+
+class StationConsole:
+    """cfg: the StationConfig; bundle: the loaded Bundle (its calibration distribution feeds the drift
+    watch). ``fault``: something with ``fault(active, reason)`` for the drift alarm (or None)."""
+
+    def __init__(self, cfg, bundle, fault=None, load_model=None) -> None:
+        quantiles = bundle.threshold.normal_quantiles if bundle.threshold is not None else ()
+        self.feed = StationFeed(cfg.console, cfg.output, quantiles)
+        self.feed.bundle_path = bundle.root
+        self.actions = StationActions(self.feed, cfg.source_file, load_model)
+        self.fault = fault if cfg.console.drift_fault else None
+        self._drift_checked = 0.0
+        self._drift_alarm = False
+        self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
+        self.station_file = cfg.source_file
+
+    def start(self) -> "StationConsole":
+        """Start the web server. A port that cannot be bound is logged and the station inspects on
+        without a console: a viewing tool never stops the line."""
+        if self.server is not None:
+            try:
+                self.server.start()
+            except ConfigError as exc:
+                log.error("console not served: %s", exc)
+                self.server = None
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.server.url if self.server is not None else ""
+
+    def reload_bundle(self, who: str = "SIGHUP") -> None:
+        """Swap to the bundle the station file names now (re-read), else reload the current bundle folder
+        (rebuilt in place). Returns at once; the load runs in a thread. Safe to call from a signal handler."""
+        from fair_edge.errors import FairEdgeError
+        from fair_edge.station import load_station
+
+        path = self.feed.bundle_path
+        try:
+            if self.station_file is not None:
+                path = load_station(self.station_file).bundle or path
+            self.actions.swap(str(path), who)
+        except FairEdgeError as exc:
+            log.error("bundle reload (%s) refused: %s", who, exc)
+
+    def observe(self, frame, verdict, anomaly_map) -> None:
+        self.feed.observe(frame, verdict, anomaly_map)
+
+    def attach(self, inspector, capture, scheduler, recorder, camera_watch) -> None:
+        self.feed.attach(inspector, capture, scheduler, recorder, camera_watch, self.feed.bundle_path)
+
+    def tick(self, _inspector=None) -> None:
+        """Raise / clear the fault output on a drift alarm (when console.drift_fault), every 2 s at most."""
+        if self.fault is None or time.monotonic() - self._drift_checked < DRIFT_EVERY_S:
+            return
+        self._drift_checked = time.monotonic()
+        state = self.feed.drift.state()
+        if state.alarm != self._drift_alarm:
+            self._drift_alarm = state.alarm
+            log.error("drift alarm: PSI %.3f >= %.3f", state.psi, state.level) if state.alarm else \
+                log.warning("drift alarm cleared")
+            self.fault.fault(state.alarm, f"drift: PSI {state.psi:.3f} >= {state.level}" if state.alarm else "")
+
+    def drift_metrics(self) -> dict[str, float]:
+        """For Metrics.watch: fair_edge_drift_psi (-1 while there is no value) and fair_edge_drift_alarm."""
+        state = self.feed.drift.state()
+        return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> "StationConsole":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""Threshold tuning from what the line has seen: score distributions and projected rates.
+
+Normal parts: recent parts that passed and were not flagged as a miss, plus NG parts reviewed as
+*false reject*. Defects: parts reviewed as *confirmed defect* or *miss*. NG parts not yet
+reviewed belong to neither (their count is shown), so an unreviewed defect never counts as a
+normal part. For a proposed threshold t (NG = score > t):
+
+    projected false-reject rate = share of normal parts with score > t
+    projected catch rate        = share of defects with score > t
+
+Passed parts all scored <= the threshold in force, so the normal sample is cut off there: the
+projection is exact for lowering the threshold and a lower bound on what raising it saves. The
+bundle's calibration distribution (held-out normals) is shown beside it for that reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fair_edge.errors import ConfigError
+from fair_edge.records import Verdict
+
+BINS = 30
+DEFECT_LABELS = ("defect", "miss")
+
+
+def split_scores(recent: list[Verdict], labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(normal scores, defect scores, unreviewed NG count) from recent verdicts and review labels by seq."""
+    normal, defect, unreviewed = [], [], 0
+    for v in recent:
+        if not math.isfinite(v.score):
+            continue
+        label = labels.get(v.seq)
+        if label in DEFECT_LABELS:
+            defect.append(v.score)
+        elif label == "false_reject" or (not v.ng and label is None):
+            normal.append(v.score)
+        elif v.ng:
+            unreviewed += 1
+    return np.array(normal), np.array(defect), unreviewed
+
+
+def projection(normal: np.ndarray, defect: np.ndarray, threshold: float) -> dict:
+    """Projected rates at ``threshold`` (None where there are no parts of that kind)."""
+    return {"threshold": threshold,
+            "false_reject_rate": float((normal > threshold).mean()) if normal.size else None,
+            "catch_rate": float((defect > threshold).mean()) if defect.size else None,
+            "normal_parts": int(normal.size), "defect_parts": int(defect.size)}
+
+
+def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float) -> dict:
+    """Counts over shared bins spanning the scores and the threshold in force (a proposal far outside is
+    drawn at the edge by the page); the calibration distribution as expected counts per 100 parts."""
+    q = np.asarray(quantiles, np.float64)
+    values = np.concatenate([normal, defect, q if q.size else [], [current]])
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    edges = np.linspace(lo, hi + (hi - lo) * 1e-9, BINS + 1)
+    calib = None
+    if q.size == 101:  # each percentile interval holds 1 % of the calibration scores
+        mids = (q[:-1] + q[1:]) / 2
+        calib = np.histogram(mids, bins=edges)[0].tolist()
+    return {"edges": edges.tolist(), "normal": np.histogram(normal, edges)[0].tolist(),
+            "defect": np.histogram(defect, edges)[0].tolist(), "calibration_per_100": calib}
+
+
+def check_threshold(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"threshold: expected a finite number > 0, found {value!r}")
+    return float(value)
+
+
+def write_station_threshold(path: Path, value: float) -> None:
+    """Set ``decision.threshold`` in the station file (atomic replace, fsync'd; YAML comments are not
+    kept). The result is read back through the station loader, so a file that would not load is
+    never left behind."""
+    from fair_edge.station import load_station
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    decision = data.get("decision") or {}
+    data["decision"] = {**decision, "threshold": float(value)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
+    except ConfigError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, path)

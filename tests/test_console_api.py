@@ -1,0 +1,135 @@
+"""The console's HTTP API against a replayed station: live state, SSE, review log, threshold change
+with audit and station file, bundle hot swap, security (token, path traversal, JSON-only actions)."""
+
+import json
+import os
+
+import httpx
+import pytest
+import yaml
+
+from console_station import RunningStation, station_config
+from fair_edge.console.settings import ConsoleSettings
+from fair_edge.hotswap import model_id
+
+
+def test_live_state_and_events_follow_the_line(station_bundles, conveyor_dir, tmp_path):
+    with RunningStation(station_config(station_bundles[0].root, conveyor_dir, tmp_path)) as st:
+        st.wait_for(lambda: st.console.feed.count >= 3, what="3 verdicts")
+        state = httpx.get(st.url + "api/state").json()
+        assert state["counters"]["inspected"] >= 3 and state["model"]["id"] == model_id(station_bundles[0])
+        assert state["latest"]["threshold"] == pytest.approx(station_bundles[0].threshold.value)
+        assert state["count"] <= sum(state["latency"]["counts"]) <= state["count"] + 5  # parts go on meanwhile
+        with httpx.stream("GET", st.url + "api/events", timeout=10) as r:
+            counts = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    counts.append(json.loads(line[6:])["counters"]["inspected"])
+                if len(counts) == 3:
+                    break
+        assert counts == sorted(counts) and counts[-1] > counts[0]  # pushed, and moving
+        image = httpx.get(st.url + "api/live.jpg")
+        assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+
+
+def test_review_threshold_and_swap(station_bundles, conveyor_dir, tmp_path):
+    station_file = tmp_path / "station.yaml"
+    station_file.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "decision": {"threshold": None}}))
+    cfg = station_config(station_bundles[0].root, conveyor_dir, tmp_path / "out", source_file=station_file)
+    with RunningStation(cfg) as st:
+        st.wait_for(lambda: len(st.console.feed.ng) >= 1 and any(not v.ng for v in st.console.feed.recent),
+                    what="an NG and a passed part")
+        ng = st.console.feed.ng[0]
+        ok = next(v for v in st.console.feed.recent if not v.ng)
+        post = lambda action, body: httpx.post(st.url + "api/" + action, json=body)  # noqa: E731
+        assert post("review", {"seq": ng.seq, "label": "defect", "who": "ann"}).status_code == 200
+        assert post("review", {"seq": ok.seq, "label": "miss", "who": "ann"}).status_code == 200
+        wrong = post("review", {"seq": ok.seq, "label": "false_reject", "who": "ann"})
+        assert wrong.status_code == 400 and "NG parts" in wrong.json()["error"]
+        reviews = [json.loads(x) for x in (tmp_path / "out" / "reviews.jsonl").read_text().splitlines()]
+        assert [(r["seq"], r["label"], r["who"]) for r in reviews] == [(ng.seq, "defect", "ann"), (ok.seq, "miss", "ann")]
+        assert all((tmp_path / "out" / r["image"]).is_file() for r in reviews)
+        exported = post("export", {"who": "ann"}).json()
+        assert exported["test/defect"]["saved"] + exported["test/defect"]["duplicate"] == 2, exported
+
+        tune = httpx.get(st.url + "api/tune", params={"threshold": 1e-9}).json()
+        assert tune["proposed"]["false_reject_rate"] == 1.0 and tune["proposed"]["catch_rate"] == 1.0
+        assert post("threshold", {"threshold": 0.5, "who": "ann"}).status_code == 400  # no confirmation
+        applied = post("threshold", {"threshold": 123.0, "who": "ann", "confirm": True}).json()
+        assert applied["new"] == 123.0 and applied["old"] == pytest.approx(station_bundles[0].threshold.value)
+        assert yaml.safe_load(station_file.read_text())["decision"]["threshold"] == 123.0
+        seen = len(st.verdicts())
+        st.wait_for(lambda: any(v["threshold"] == 123.0 for v in st.verdicts()[seen:]), what="the new threshold")
+        new = [v for v in st.verdicts()[seen:] if v["threshold"] == 123.0]
+        assert new and not any(v["ng"] for v in new)
+
+        assert post("swap", {"bundle": str(station_bundles[1].root), "who": "ann"}).status_code == 200
+        new_id = model_id(station_bundles[1])
+        st.wait_for(lambda: any(v.get("model") == new_id for v in st.verdicts()), what="verdicts of the new model")
+        seen = st.console.feed.count
+        st.wait_for(lambda: st.console.feed.count >= seen + 3, what="a few more parts")
+    verdicts = st.verdicts()
+    models = [v["model"] for v in verdicts]
+    switch = models.index(new_id)
+    assert set(models[:switch]) == {model_id(station_bundles[0])} and set(models[switch:]) == {new_id}
+    assert [v["seq"] for v in verdicts] == list(range(verdicts[0]["seq"], verdicts[0]["seq"] + len(verdicts)))
+    assert st.summary.dropped == 0 and st.summary.inspected == st.summary.frames_in == len(verdicts)
+    audit = [json.loads(x) for x in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
+    assert [a["action"] for a in audit] == ["export", "threshold", "swap"] and audit[2]["new"]["model"] == new_id
+
+
+def test_token_and_file_serving(station_bundles, conveyor_dir, tmp_path):
+    token = "s3cret-token-123"
+    (tmp_path / "secret.txt").write_text("outside")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(tmp_path / "secret.txt", out / "link.txt")
+    cfg = station_config(station_bundles[0].root, conveyor_dir, out, console=ConsoleSettings(port=0, token=token))
+    with RunningStation(cfg) as st:
+        st.wait_for(lambda: st.console.feed.count >= 1, what="a verdict")
+        seq = st.console.feed.recent[0].seq
+        body = {"seq": seq, "label": "miss", "who": "x"}
+        assert httpx.post(st.url + "api/review", json=body).status_code == 403
+        assert httpx.post(st.url + "api/review", json=body, headers={"X-Fair-Edge-Token": "wrong"}).status_code == 403
+        form = httpx.post(st.url + "api/review", data={"seq": str(seq)}, headers={"X-Fair-Edge-Token": token})
+        assert form.status_code == 415  # a cross-site form post is refused
+        st.wait_for(lambda: (out / "verdicts.jsonl").is_file(), what="the verdict log")
+        assert httpx.get(st.url + "files/verdicts.jsonl").status_code == 200
+        for bad in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/..%2fsecret.txt", "files/link.txt",
+                    "files//etc/passwd", "files/%2fetc%2fpasswd", "static/../../../../etc/passwd"):
+            r = httpx.get(st.url + bad)
+            assert r.status_code == 404 and b"outside" not in r.content and b"root:" not in r.content, bad
+
+
+def test_sighup_swaps_to_the_bundle_the_station_file_names(station_bundles, conveyor_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    first, second = station_bundles
+    station, out = tmp_path / "station.yaml", tmp_path / "out"
+    settings = {"bundle": str(first.root), "backend": "onnxruntime", "output": str(out),
+                "camera": {"source": str(conveyor_dir), "fps": 10, "loop": True, "queue_size": 64}}
+    station.write_text(yaml.safe_dump(settings))
+    proc = subprocess.Popen([sys.executable, "-m", "fair_edge.cli", "run", "--station", str(station), "--console", "off"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "verdicts.jsonl"
+    read = lambda: [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []  # noqa: E731
+    try:
+        deadline = time.monotonic() + 120
+        while len(read()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        station.write_text(yaml.safe_dump(dict(settings, bundle=str(second.root))))
+        proc.send_signal(signal.SIGHUP)
+        while not any(v["model"] == model_id(second) for v in read()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    models = [v["model"] for v in read()]
+    switch = models.index(model_id(second))
+    assert switch >= 3 and set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(second)}
+    seqs = [v["seq"] for v in read()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))

@@ -1,0 +1,125 @@
+"""The console in a real headless browser (Debian's chromium + chromedriver through Selenium), during
+a replayed run: counters move, an NG part is reviewed, a threshold is applied and the next verdicts
+use it, a bundle is swapped mid-run with no frame lost.
+
+FAIR_EDGE_SCREENSHOTS=DIR also saves the live page and the gallery as PNG there (docs/ holds them)."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from console_station import RunningStation, station_config
+from fair_edge.hotswap import model_id
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver "
+                                "(apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, predicate, timeout=60.0, what="condition"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: predicate(d), message=f"waiting for {what}")
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def screenshot(driver, name: str) -> None:
+    folder = os.environ.get("FAIR_EDGE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(folder) / name))
+
+
+def test_operator_session_in_a_browser(browser, station_bundles, conveyor_dir, tmp_path):
+    first, second = station_bundles
+    station_file = tmp_path / "station.yaml"
+    station_file.write_text(yaml.safe_dump({"bundle": str(first.root)}))
+    out = tmp_path / "out"
+    cfg = station_config(first.root, conveyor_dir, out, fps=8, source_file=station_file)
+    with RunningStation(cfg) as st:
+        # live page: counters move, the model in use is shown
+        browser.get(st.url)
+        start = int(wait(browser, lambda d: int(text(d, "inspected") or 0) > 0 and text(d, "inspected"), what="counters"))
+        wait(browser, lambda d: int(text(d, "inspected")) >= start + 5, what="counters to move")
+        assert text(browser, "model-id") == model_id(first)
+        assert text(browser, "verdict") in ("OK", "NG") and text(browser, "p50") != "–"
+        wait(browser, lambda d: d.execute_script("return document.getElementById('live-image').naturalWidth") > 0,
+             what="the live image")
+        wait(browser, lambda d: len(d.find_elements("css selector", "#strip img")) >= 3, what="the latest frames")
+        time.sleep(1.0)
+        screenshot(browser, "console-live.png")
+
+        # NG gallery: review the first NG part as a confirmed defect
+        browser.get(st.url + "gallery")
+        card = wait(browser, lambda d: d.find_elements("css selector", ".part"), what="NG parts")[0]
+        seq = int(card.get_attribute("data-seq"))
+        card.find_element("css selector", "button[data-label=defect]").click()
+        wait(browser, lambda d: d.find_element("css selector", f".part[data-seq='{seq}']").get_attribute("data-review")
+             == "defect", what="the review to be recorded")
+        reviews = [json.loads(x) for x in (out / "reviews.jsonl").read_text().splitlines()]
+        assert (reviews[-1]["seq"], reviews[-1]["label"], reviews[-1]["who"]) == (seq, "defect", "operator")
+        screenshot(browser, "console-gallery.png")
+
+        # threshold: propose, confirm, and the next verdicts use it
+        browser.get(st.url + "tune")
+        wait(browser, lambda d: text(d, "current") not in ("", "–"), what="the threshold in force")
+        field = browser.find_element("id", "proposed")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(f"{first.threshold.value * 1.5:.4f}")
+        browser.find_element("id", "project").click()
+        wait(browser, lambda d: abs(float(d.find_element("tag name", "body").get_attribute("data-projected") or 0)
+                                    - first.threshold.value * 1.5) < 1e-3, what="the projection")
+        assert text(browser, "frr").endswith("%") and text(browser, "catch").endswith("%")
+        screenshot(browser, "console-tune.png")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys("1000")
+        browser.find_element("id", "apply").click()
+        wait(browser, lambda d: d.find_element("id", "confirm-box").is_displayed(), what="the confirmation")
+        assert text(browser, "confirm-new") == "1000"
+        seen = len(st.verdicts())
+        browser.find_element("id", "apply-confirmed").click()
+        wait(browser, lambda d: "1000" in text(d, "message"), what="the applied threshold")
+        st.wait_for(lambda: any(v["threshold"] == 1000 for v in st.verdicts()[seen:]), what="verdicts at 1000")
+        assert not any(v["ng"] for v in st.verdicts()[seen:] if v["threshold"] == 1000)
+        assert yaml.safe_load(station_file.read_text())["decision"]["threshold"] == 1000
+
+        # hot swap mid-run
+        browser.find_element("id", "bundle-path").send_keys(str(second.root))
+        browser.find_element("id", "swap-btn").click()
+        wait(browser, lambda d: "done" in text(d, "swap-status"), what="the swap")
+        wait(browser, lambda d: model_id(second) in text(d, "model-id"), what="the new model id")
+        st.wait_for(lambda: sum(v.get("model") == model_id(second) for v in st.verdicts()) >= 3, what="new verdicts")
+    verdicts = st.verdicts()
+    seqs = [v["seq"] for v in verdicts]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))          # no frame lost or skipped
+    assert st.summary.dropped == 0 and st.summary.inspected == st.summary.frames_in == len(verdicts)
+    models = [v["model"] for v in verdicts]
+    switch = models.index(model_id(second))
+    assert set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(second)}
