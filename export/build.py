@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.calibration.frames import frame_scores, model_frames, preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
@@ -110,15 +110,14 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
     return out / prec.onnx_name, reused
 
 
-def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: tuple[np.ndarray, np.ndarray] | None,
+def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Sequence[np.ndarray] | None,
                source: str, defects: Sequence[np.ndarray] | None) -> Threshold | None:
-    if normal is None:
+    """The threshold from whole-frame scores of the deployed graph (stitched for a tiled model)."""
+    if not normal:
         return None
     backend = OnnxRuntimeBackend(graph)
-    _, normal_scores = backend.infer_batched(*normal)
-    defect_scores = None
-    if defects:
-        _, defect_scores = backend.infer_batched(*preprocess_frames(defects, ckpt.preprocess))
+    normal_scores = frame_scores(backend.infer_batched, normal, ckpt.preprocess)
+    defect_scores = frame_scores(backend.infer_batched, defects, ckpt.preprocess) if defects else None
     return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
 
 
@@ -172,15 +171,17 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     _prepare_out(out)
     save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.preprocess, ckpt.width, ckpt.scoring, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
-    calib = preprocess_frames(calib_frames, ckpt.preprocess, options.int8.num_images) if calib_frames else None
+    pre = ckpt.preprocess
+    calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), pre) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
-    normal = preprocess_frames(normal_frames, ckpt.preprocess) if normal_frames else calib
+    normal = preprocess_frames(model_frames(normal_frames, pre), pre) if normal_frames else calib
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
     if graph != fp32:
         probe = normal if normal is not None else tuple(t.numpy() for t in example_inputs(ckpt.preprocess.in_channels, ckpt.preprocess.image_size, 4))
         delta = graph_delta(OnnxRuntimeBackend(fp32), OnnxRuntimeBackend(graph), probe[0], probe[1])
-    threshold = _threshold(graph, ckpt, options, normal, source, defect_frames)
+    threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
+    threshold = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
     calib_count = 0 if calib is None else len(calib[0])
     write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None))
     engine, note = _try_engine(out, graph, ckpt, options)

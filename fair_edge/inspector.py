@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from fair_edge.cameras import EndOfStream
@@ -128,6 +129,12 @@ class Inspector:
         return batch
 
     # ------------------------------------------------------------------ one batch
+    def _roi_on(self, shape: tuple[int, int]) -> np.ndarray:
+        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S)."""
+        if self.roi.shape != tuple(shape):
+            self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
+        return self.roi
+
     def _emit(self, frame: Frame, score: float, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
         ng = bool(error) or score > self.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error)
@@ -154,10 +161,9 @@ class Inspector:
                 verdicts[frame.seq] = self._emit(frame, math.nan, f"malformed frame: {exc}")
         if good:
             try:
-                highpass, colour = self.choice.preprocess([image for _, image in good])
-                maps, scores = self.choice.backend.infer(highpass, colour)
+                maps, scores = self.choice.infer_frames([image for _, image in good])
                 if self.roi is not None:
-                    scores = (maps * self.roi).reshape(len(maps), -1).max(axis=1)
+                    scores = (maps * self._roi_on(maps.shape[1:])).reshape(len(maps), -1).max(axis=1)
                 self._consecutive_errors = 0
             except Exception as exc:  # any backend failure: fail safe (NG) and count
                 self.summary.inference_errors += 1

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_edge.errors import ConfigError
+from fair_edge.tiling import TilingConfig
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
 GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
@@ -46,12 +47,15 @@ class PreprocessConfig:
     image_size: side of the square model input, pixels. filter: one of ``FILTERS``.
     cutoff: D0 in frequency-index units of the image_size x image_size spectrum.
     order: Butterworth order n (ignored by the other filters).
+    tiling: None (the whole frame is resized to image_size) or a TilingConfig (each tile of the
+    frame is resized to image_size; see fair_edge.tiling).
     """
 
     image_size: int = 256
     filter: str = "butterworth"
     cutoff: float = 30.0
     order: int = 2
+    tiling: TilingConfig | None = None
 
     def __post_init__(self) -> None:
         if self.filter not in FILTERS:
@@ -69,7 +73,7 @@ class PreprocessConfig:
         return 2 if self.filter == "sobel_xy" else 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(asdict(self), tiling=self.tiling.to_dict() if self.tiling else None)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
@@ -78,6 +82,7 @@ class PreprocessConfig:
             filter=str(data["filter"]),
             cutoff=float(data["cutoff"]),
             order=int(data["order"]),
+            tiling=TilingConfig.from_dict(data.get("tiling")),
         )
 
 

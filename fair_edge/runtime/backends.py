@@ -9,7 +9,7 @@ GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU, and says
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.preprocess import HighPass, frames_to_batch, to_gray
+from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,24 @@ class FusedGpuPreprocessor:
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
 class BackendChoice:
+    """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
+    (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path."""
+
     backend: Backend
     preprocess: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
     reason: str
+    tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
+
+    def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
+
+        Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
+        scores (N,) float32). Tiles are cut on the host and fed to the same pre-processing and backend
+        as whole frames (the fused GPU kernel resizes each tile like a frame)."""
+        tiles, layouts = self.tiler.split(frames)
+        maps, scores = self.backend.infer(*self.preprocess(tiles))
+        frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
+        return np.stack(frame_maps), frame_scores
 
 
 def _tensorrt(bundle) -> BackendChoice:
@@ -210,7 +226,13 @@ BACKENDS: dict[str, Callable] = {
 
 
 def select_backend(bundle, name: str = "auto") -> BackendChoice:
-    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU."""
+    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU.
+    The choice carries the bundle's tiling (``BackendChoice.infer_frames``)."""
+    choice = _select(bundle, name)
+    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size))
+
+
+def _select(bundle, name: str) -> BackendChoice:
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
