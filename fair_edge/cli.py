@@ -94,6 +94,10 @@ def train(
     textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
     seed: int = typer.Option(0, help="Random seed."),
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA."),
+    tile: Optional[int] = typer.Option(None, help="Tiled inspection: square tiles of this many frame pixels, each "
+                                       "resized to --image-size (for large frames with small defects)."),
+    tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
+    roi: Optional[str] = typer.Option(None, help="Tiled region of interest 'x,y,width,height' in frame pixels."),
 ) -> None:
     """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
     from fair_edge.preprocess import PreprocessConfig
@@ -102,7 +106,8 @@ def train(
     from fair_edge.train import TrainConfig, TrainingInterrupted
 
     check_width(width)
-    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order)
+    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
+                           tiling=parse_tiling(tile, tile_overlap, roi))
     synth = SynthesisConfig(texture_source="folder" if textures else "self")
     cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
                       seed=seed, amp=amp, synthesis=synth)
@@ -114,6 +119,23 @@ def train(
         console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --width {width} --out {out} --resume")
         raise typer.Exit(130) from None
     console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
+
+
+def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):
+    """--tile/--tile-overlap/--roi -> TilingConfig, or None without --tile."""
+    from fair_edge.tiling import TilingConfig
+
+    if tile is None:
+        if roi is not None or overlap:
+            raise ConfigError("--tile-overlap and --roi need --tile (the tile side in frame pixels).")
+        return None
+    box = None
+    if roi is not None:
+        try:
+            box = tuple(int(v) for v in roi.split(","))
+        except ValueError:
+            raise ConfigError(f"--roi must be 'x,y,width,height' in whole pixels; found {roi!r}.") from None
+    return TilingConfig(tile, overlap, box)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -387,6 +409,10 @@ def bench(
 from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
 
 app.command("build")(build)
+
+from fair_edge.cli_tune import tune  # noqa: E402  (the tune command lives in its own module)
+
+app.command("tune")(tune)
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ from fair_edge.train import TrainConfig
 DEMO_DATA = "elpv:mono"
 DEMO_WIDTH = 32
 DEMO_IMAGE_SIZE = 128
+DEMO_STEPS = 300
+DEMO_LR = 1e-3
 
 
 def demo_preprocess() -> PreprocessConfig:
@@ -21,4 +23,4 @@ def demo_preprocess() -> PreprocessConfig:
 
 
 def demo_train_config(steps: int) -> TrainConfig:
-    return TrainConfig(width=DEMO_WIDTH, batch=8, lr=1e-3, steps=steps, save_every=100, log_every=10, seed=0)
+    return TrainConfig(width=DEMO_WIDTH, batch=8, lr=DEMO_LR, steps=steps, save_every=100, log_every=10, seed=0)
