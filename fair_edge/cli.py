@@ -414,6 +414,10 @@ from fair_edge.cli_tune import tune  # noqa: E402  (the tune command lives in it
 
 app.command("tune")(tune)
 
+from fair_edge.cli_fuse import fuse  # noqa: E402  (the fuse command lives in its own module)
+
+app.command("fuse")(fuse)
+
 
 def main() -> None:
     app()

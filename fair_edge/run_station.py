@@ -96,16 +96,18 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                 on_tick: Callable[[Inspector], None] | None = None) -> RunSummary:
     """Run the station until stopped; returns the summary."""
     from fair_edge.export.bundle import load_bundle
+    from fair_edge.fusion import FusedChoice, is_fused, load_fused_bundle
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
 
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
-    bundle = load_bundle(cfg.bundle)
+    fused = is_fused(cfg.bundle)  # several models, one fused score (fair_edge.fusion)
+    bundle = load_fused_bundle(cfg.bundle) if fused else load_bundle(cfg.bundle)
     threshold = resolve_threshold(cfg, bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = select_backend(bundle, cfg.backend)
+    choice = FusedChoice(bundle, cfg.backend) if fused else select_backend(bundle, cfg.backend)
     if on_start is not None:
         on_start(f"backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     capture_settings = CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=cfg.camera.full_policy)
