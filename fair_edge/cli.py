@@ -143,8 +143,9 @@ def print_metrics(result: dict, out: Path) -> None:
     table = Table(title=f"evaluation ({out})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("images", "normal", "defective", "image_auroc", "f1_max", "f1_threshold", "pixel_auroc", "aupro",
-                "suggested_threshold"):
+    catch = [k for k in result if k.startswith("catch_at_")]
+    for key in ("images", "normal", "defective", "image_auroc", *catch, "f1_max", "f1_threshold", "pixel_auroc",
+                "aupro", "suggested_threshold"):
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
