@@ -148,3 +148,21 @@ def test_a_frame_mask_lands_on_the_tiled_map_grid():
     on_map = layout.mask_to_map(mask)
     assert on_map.shape == (20, 40) and on_map[5:10, 30:35].all() and on_map.sum() == 25
 
+
+
+def test_tiles_go_to_the_backend_in_chunks_of_its_max_batch(tiled_bundle):
+    _, bundle, normals = tiled_bundle
+    choice = select_backend(bundle, "onnxruntime")
+    assert choice.max_batch == bundle.max_batch
+    calls = []
+    infer = choice.backend.infer
+
+    def counting(hp, col):
+        calls.append(len(hp))
+        return infer(hp, col)
+
+    whole = choice.infer_frames(normals[:2])
+    choice.backend.infer = counting
+    chunked = replace(choice, max_batch=5).infer_frames(normals[:2])
+    assert calls == [5, 5, 5, 3]  # 2 frames x 9 tiles
+    np.testing.assert_allclose(chunked[0], whole[0], atol=1e-6)

@@ -167,6 +167,7 @@ class BackendChoice:
     preprocess: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
     reason: str
     tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
+    max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
@@ -175,7 +176,9 @@ class BackendChoice:
         scores (N,) float32). Tiles are cut on the host and fed to the same pre-processing and backend
         as whole frames (the fused GPU kernel resizes each tile like a frame)."""
         tiles, layouts = self.tiler.split(frames)
-        maps, scores = self.backend.infer(*self.preprocess(tiles))
+        step = self.max_batch or len(tiles)
+        parts = [self.backend.infer(*self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
+        maps, scores = (np.concatenate(p) for p in zip(*parts))
         frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
         return np.stack(frame_maps), frame_scores
 
@@ -229,7 +232,9 @@ def select_backend(bundle, name: str = "auto") -> BackendChoice:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then ONNX Runtime CPU.
     The choice carries the bundle's tiling (``BackendChoice.infer_frames``)."""
     choice = _select(bundle, name)
-    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size))
+    if bundle.preprocess.tiling is None:
+        return choice
+    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
 
 
 def _select(bundle, name: str) -> BackendChoice:
