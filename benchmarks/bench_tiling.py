@@ -22,15 +22,17 @@ import torch
 from fair_edge import metrics
 from fair_edge.data import load_dataset
 from fair_edge.evaluate import score_samples
+from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tiling import TilingConfig
 from fair_edge.train import TrainConfig, Trainer
 
 
 def run_variant(name: str, pre: PreprocessConfig, args, split) -> dict:
-    cfg = TrainConfig(width=args.width, batch=args.batch, steps=args.steps, seed=args.seed, save_every=10**9)
+    cfg = TrainConfig(width=args.width, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
+                      save_every=10**9)
     start = time.perf_counter()
-    final = Trainer(split, pre, cfg, args.out / name, torch.device("cpu")).run()
+    final = Trainer(split, pre, cfg, args.out / name, torch.device("cpu"), ScoringConfig(smooth=args.smooth)).run()
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     scored = score_samples(final, split.test, batch=32)
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--overlap", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--smooth", type=int, default=ScoringConfig.smooth, help="scoring mean filter, map pixels")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

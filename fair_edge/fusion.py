@@ -77,7 +77,7 @@ class FusedBundle:
     members: tuple
     stats: tuple[NormalStats, ...]
     rule: str
-    threshold: Threshold | None
+    threshold: Threshold
 
     @property
     def image_size(self) -> int:
@@ -145,16 +145,23 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{root / MANIFEST}: expected format {FORMAT} version {FORMAT_VERSION}; "
                           f"found {data.get('format')} version {data.get('format_version')}.")
+    try:
+        entries, rule = data["members"], str(data["rule"])
+        stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
+        threshold = Threshold.from_dict(data["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST} is missing or has an invalid field ({exc}); rebuild with `fair-edge fuse`.") from exc
+    if rule not in RULES or len(stats) != len(entries):
+        raise BundleError(f"{root / MANIFEST}: rule {rule!r} (expected one of {', '.join(RULES)}) with "
+                          f"{len(stats)} stats for {len(entries)} members; rebuild with `fair-edge fuse`.")
     members = []
-    for entry in data["members"]:
+    for entry in entries:
         manifest = root / entry["path"] / MEMBER_MANIFEST
         if not manifest.is_file() or _sha(manifest) != entry["manifest_sha256"]:
             raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(root / entry["path"]))
-    stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
-    threshold = Threshold.from_dict(data["threshold"]) if data.get("threshold") else None
-    return FusedBundle(root, tuple(members), stats, str(data["rule"]), threshold)
+    return FusedBundle(root, tuple(members), stats, rule, threshold)
 
 
 # ----------------------------------------------------------------------------- runtime

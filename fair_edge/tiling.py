@@ -36,7 +36,7 @@ class TilingConfig:
 
     tile: int
     overlap: int = 0
-    roi: tuple[int, int, int, int] | None = None
+    roi: tuple[int, ...] | None = None  # (x, y, width, height)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tile, int) and self.tile >= 16):
@@ -182,7 +182,8 @@ class FrameTiler:
         """frames: list of (H, W, 3) / (H, W) uint8. Returns (tiles or frames, one layout per frame)."""
         if self.tiling is None:
             return list(frames), [None] * len(frames)
-        tiles, layouts = [], []
+        tiles: list[np.ndarray] = []
+        layouts: list[TileLayout | None] = []
         for frame in frames:
             layout = tile_layout(tuple(frame.shape[:2]), self.tiling, self.image_size)
             tiles.extend(split_frame(frame, layout))
@@ -198,6 +199,8 @@ class FrameTiler:
             return list(maps), np.asarray(scores, np.float32)
         out_maps, out_scores, start = [], [], 0
         for layout in layouts:
+            if layout is None:
+                raise ConfigError("a tiled model got a frame without a tile layout; split the frames with this tiler.")
             frame_map, score = stitch(maps[start : start + layout.count], layout)
             out_maps.append(frame_map)
             out_scores.append(score)

@@ -100,3 +100,18 @@ def test_cli_fuse(fused, tmp_path):
     assert load_fused_bundle(tmp_path / "f").rule == "max"
     one = CliRunner().invoke(app, ["fuse", str(members[0].root), "--normal", str(folder), "--out", str(tmp_path / "g")])
     assert one.exit_code == 2 and "at least 2 bundles" in one.output
+
+
+def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):
+    import shutil
+
+    bundle, _, _ = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    data = json.loads((copy / "fusion.json").read_text())
+    (copy / "fusion.json").write_text(json.dumps(dict(data, rule="median")))
+    with pytest.raises(BundleError, match="rule 'median'"):
+        load_fused_bundle(copy)
+    (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "stats"}))
+    with pytest.raises(BundleError, match="invalid field"):
+        load_fused_bundle(copy)
