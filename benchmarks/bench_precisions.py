@@ -25,15 +25,15 @@ from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 
-def frames_per_second(backend: OnnxRuntimeBackend, highpass: np.ndarray, colour: np.ndarray, batch: int,
+def frames_per_second(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarray], batch: int,
                       seconds: float = 5.0) -> float:
     """Images per second of ``backend.infer`` on batches of ``batch`` (after two warm-up calls)."""
-    hp, col = highpass[:batch], colour[:batch]
+    feeds = {name: array[:batch] for name, array in inputs.items()}
     for _ in range(2):
-        backend.infer(hp, col)
+        backend.infer(feeds)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        backend.infer(hp, col)
+        backend.infer(feeds)
         n += batch
     return n / (time.perf_counter() - start)
 
@@ -58,7 +58,7 @@ def main() -> None:
                               calib_frames=calib if precision == "int8" else None)
         graphs[precision] = result.bundle.onnx_path
         print(f"built {precision} in {time.perf_counter() - t0:.1f} s")
-    comparison = compare_precisions(graphs, test_frames, labels, ckpt.preprocess)
+    comparison = compare_precisions(graphs, test_frames, labels, ckpt.model)
     rows = {}
     for precision, c in comparison.items():
         rows[precision] = {"auroc": c.auroc, "auroc_delta_points": 100 * c.auroc_delta,
@@ -66,15 +66,15 @@ def main() -> None:
                            "map_max_abs": c.delta.map_max_abs, "score_max_abs": c.delta.score_max_abs}
         print(f"{precision}: AUROC {c.auroc:.4f} (delta {100 * c.auroc_delta:+.2f} points), score Pearson "
               f"{c.delta.score_pearson:.4f}, Spearman {c.delta.score_spearman:.4f}, map max abs {c.delta.map_max_abs:.2e}")
-    highpass, colour = preprocess_frames(test_frames[:16], ckpt.preprocess)
+    inputs = preprocess_frames(test_frames[:16], ckpt.model)
     speed = {}
     for precision in ("fp32", "int8"):
-        backend = OnnxRuntimeBackend(graphs[precision])
-        speed[precision] = {b: frames_per_second(backend, highpass, colour, b) for b in (1, 8)}
+        backend = OnnxRuntimeBackend(graphs[precision], ckpt.model.input_names)
+        speed[precision] = {b: frames_per_second(backend, inputs, b) for b in (1, 8)}
     for b in (1, 8):
         print(f"ORT CPU batch {b}: fp32 {speed['fp32'][b]:.1f} frames/s, int8 {speed['int8'][b]:.1f} frames/s "
               f"(int8/fp32 = {speed['int8'][b] / speed['fp32'][b]:.2f}x)")
-    report = {"checkpoint": str(args.checkpoint), "data": args.data, "n_normal": labels.count(0),
+    report = {"checkpoint": str(args.checkpoint), "model": ckpt.model.describe(), "data": args.data, "n_normal": labels.count(0),
               "n_defect": labels.count(1), "precisions": rows, "ort_cpu_frames_per_s": speed}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -53,7 +53,8 @@ def main() -> None:
         for path in args.checkpoints:
             ckpt = load_checkpoint(path)
             for smooth in args.smooth:
-                variant = replace(ckpt, scoring=replace(ckpt.scoring, smooth=smooth))
+                settings = replace(ckpt.settings, scoring=replace(ckpt.settings.scoring, smooth=smooth))
+                variant = replace(ckpt, model=replace(ckpt.model, settings=settings))
                 tmp_ckpt = save_checkpoint(Path(tmp) / "rescored.pt", variant)
                 row = {"checkpoint": str(path), "smooth": smooth, "real": measure(tmp_ckpt, split.test)}
                 if proxy:

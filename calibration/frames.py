@@ -1,7 +1,8 @@
-"""Frames for calibration and threshold/accuracy checks: uint8 BGR frames -> model tensors.
+"""Frames for calibration and threshold/accuracy checks: uint8 BGR frames -> a model's named inputs.
 
 Takes any iterable of frames (folders are read with ``fair_edge.data``, the loader training uses),
-so it does not depend on where they come from.
+so it does not depend on where they come from; the inputs are made by the model family's own
+input maker, exactly as at run time on the CPU.
 """
 
 from __future__ import annotations
@@ -12,28 +13,30 @@ import numpy as np
 import torch
 
 from fair_edge.errors import DataError
-from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
+from fair_edge.models.registry import ModelSpec
+from fair_edge.models.tensors import ANOMALY_MAP, SCORE
+from fair_edge.preprocess import PreprocessConfig, frames_to_batch
 from fair_edge.tiling import FrameTiler
 
 
-def preprocess_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_frames(frames: Iterable[np.ndarray], model: ModelSpec, limit: int | None = None) -> dict[str, np.ndarray]:
     """Pre-process up to ``limit`` frames exactly as at run time.
 
     frames: iterable of (H, W, 3) uint8 BGR (or (H, W) gray) host arrays.
-    Returns (highpass (N, C, S, S), colour (N, 3, S, S) RGB in [0, 1]) float32 arrays; DataError if N = 0.
+    Returns {input name: (N, C, S, S) float32 array} for ``model.input_names``; DataError if N = 0.
     """
-    highpass = HighPass(cfg)
-    hp_list, col_list = [], []
+    make_inputs = model.input_maker("cpu")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in model.input_names}
     for i, frame in enumerate(frames):
         if limit is not None and i >= limit:
             break
-        colour = frames_to_batch([frame], cfg.image_size)
         with torch.no_grad():
-            hp_list.append(model_input(colour, highpass).numpy())
-        col_list.append(colour.numpy())
-    if not hp_list:
+            inputs = make_inputs(frames_to_batch([frame], model.preprocess.image_size))
+        for name in parts:
+            parts[name].append(inputs[name].numpy())
+    if not parts[model.input_names[0]]:
         raise DataError("no images to pre-process; pass a folder of normal images.")
-    return np.concatenate(hp_list), np.concatenate(col_list)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
 
 def model_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int | None = None) -> list[np.ndarray]:
@@ -43,11 +46,11 @@ def model_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int
     return FrameTiler(cfg.tiling, cfg.image_size).split(frames)[0]
 
 
-def frame_scores(infer_batched: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 frames: Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
-    """Decision scores of whole frames, (N,) float32: infer_batched(highpass, colour) ->
-    (maps (B, 1, S, S), scores (B,)) scores each frame, or each tile then stitched (fair_edge.tiling)."""
-    tiler = FrameTiler(cfg.tiling, cfg.image_size)
+def frame_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 frames: Sequence[np.ndarray], model: ModelSpec) -> np.ndarray:
+    """Decision scores of whole frames, (N,) float32: ``infer_batched(named inputs) -> named outputs``
+    scores each frame, or each tile of a tiled model, then stitched (fair_edge.tiling)."""
+    tiler = FrameTiler(model.preprocess.tiling, model.preprocess.image_size)
     tiles, layouts = tiler.split(list(frames))
-    maps, scores = infer_batched(*preprocess_frames(tiles, cfg))
-    return tiler.stitch(maps[:, 0], scores, layouts)[1]
+    outputs = infer_batched(preprocess_frames(tiles, model))
+    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)[1]

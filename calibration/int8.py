@@ -4,8 +4,8 @@ Library: ONNX Runtime's ``quantize_static`` (QuantFormat.QDQ), configured for Te
 quantisation: symmetric int8 activations (zero point 0), per-channel symmetric int8 weights
 (axis 0), Q/DQ on Conv *inputs* only (``OpTypesToExcludeOutputQuantization=['Conv']``, TensorRT
 fuses DQ -> Conv -> ReLU -> Q itself), biases kept float32 (``QuantizeBias=False``; TensorRT
-has no int32 DequantizeLinear). Only nodes under ``/unet/`` are quantised: the scoring subgraph
-and the final restored image stay float32.
+has no int32 DequantizeLinear). Only nodes inside the model family's ``int8_scope`` are quantised
+(FAIR: ``/unet/``): the scoring subgraph and the final restored image stay float32.
 
 Calibration ranges are written to a cache file (ORT's JSON ``TensorsData``) with a key file next
 to it; a rebuild with the same fp32 graph, settings and images reuses the ranges exactly.
@@ -20,14 +20,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from fair_edge.errors import ConfigError, ExportError
-from fair_edge.export.onnx_export import non_unet_node_names
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,13 @@ def _quiet_ort():
 class _Reader(CalibrationDataReader):
     """Feeds one image at a time to ORT's calibrator; supports ORT's chunking via set_range."""
 
-    def __init__(self, highpass: np.ndarray, colour: np.ndarray, on_image: Callable[[], None] | None) -> None:
-        self.highpass, self.colour, self.on_image = highpass, colour, on_image
-        self.start, self.end = 0, len(highpass)
+    def __init__(self, inputs: Mapping[str, np.ndarray], on_image: Callable[[], None] | None) -> None:
+        self.inputs, self.on_image = inputs, on_image
+        self.start, self.end = 0, len(self)
         self.pos = 0
 
     def __len__(self) -> int:
-        return len(self.highpass)
+        return len(next(iter(self.inputs.values())))
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self.start, self.end, self.pos = start_index, end_index, start_index
@@ -101,17 +100,19 @@ class _Reader(CalibrationDataReader):
         self.pos += 1
         if self.on_image is not None:
             self.on_image()
-        return {"highpass": self.highpass[i : i + 1], "colour": self.colour[i : i + 1]}
+        return {name: array[i : i + 1] for name, array in self.inputs.items()}
 
     def rewind(self) -> None:
         self.pos = self.start
 
 
-def cache_key(fp32_onnx: Path, settings: Int8Settings, highpass: np.ndarray) -> str:
+def cache_key(fp32_onnx: Path, settings: Int8Settings, inputs: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over the fp32 graph, the settings and the calibration inputs: equal keys, equal ranges."""
     h = hashlib.sha256(Path(fp32_onnx).read_bytes())
     h.update(json.dumps(settings.to_dict(), sort_keys=True).encode())
-    h.update(np.ascontiguousarray(highpass, dtype=np.float32).tobytes())
+    for name in sorted(inputs):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(inputs[name], dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -122,20 +123,21 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 def quantize_int8(
     fp32_onnx: str | Path,
     out_onnx: str | Path,
-    highpass: np.ndarray,
-    colour: np.ndarray,
+    inputs: Mapping[str, np.ndarray],
+    scope: tuple[str, ...],
     settings: Int8Settings,
     cache_path: str | Path,
     on_image: Callable[[], None] | None = None,
 ) -> bool:
     """Write the Q/DQ INT8 graph of ``fp32_onnx`` to ``out_onnx``.
 
-    highpass (N, C, S, S) and colour (N, 3, S, S) float32: calibration inputs (``calibration.frames.preprocess_frames``).
+    inputs: {input name: (N, C, S, S) float32} calibration inputs (``calibration.frames.preprocess_frames``).
+    scope: node-name prefixes whose convolutions get Q/DQ (the family's ``int8_scope``); others stay float32.
     cache_path: ORT calibration cache (JSON); reused when its key file matches, else rewritten.
     on_image: called once per calibration image (progress bars). Returns True if the cache was reused.
     """
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
-    key = cache_key(fp32_onnx, settings, highpass)
+    key = cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
     reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
     if not reused:
@@ -148,15 +150,15 @@ def quantize_int8(
         "QuantizeBias": False,
         "OpTypesToExcludeOutputQuantization": ["Conv"],
         "CalibPercentile": settings.percentile,
-        "CalibStridedMinMax": _largest_divisor_at_most(len(highpass), settings.chunk),
+        "CalibStridedMinMax": _largest_divisor_at_most(len(_Reader(inputs, None)), settings.chunk),
     }
     try:
         with _quiet_ort():
             quantize_static(
-                graph, str(out_onnx), _Reader(highpass, colour, on_image),
+                graph, str(out_onnx), _Reader(inputs, on_image),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=non_unet_node_names(graph), calibrate_method=METHODS[settings.method],
+                nodes_to_exclude=[n.name for n in graph.graph.node if not n.name.startswith(scope)], calibrate_method=METHODS[settings.method],
                 extra_options=extra, calibration_cache_path=str(cache_path),
             )
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:

@@ -15,8 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.errors import DataError
+from fair_edge.models.registry import ModelSpec
+from fair_edge.models.tensors import ANOMALY_MAP, SCORE
 from fair_edge.runtime.ort import OnnxRuntimeBackend
-from fair_edge.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,22 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0])
 
 
-def graph_delta(reference: OnnxRuntimeBackend, candidate: OnnxRuntimeBackend, highpass: np.ndarray,
-                colour: np.ndarray, batch: int = 8) -> GraphDelta:
-    """Run both graphs on highpass (N, C, S, S) and colour (N, 3, S, S) float32 and compare."""
-    ref_map, ref_score = reference.infer_batched(highpass, colour, batch)
-    map_, score = candidate.infer_batched(highpass, colour, batch)
+def graph_delta(reference: OnnxRuntimeBackend, candidate: OnnxRuntimeBackend, inputs: Mapping[str, np.ndarray],
+                batch: int = 8) -> GraphDelta:
+    """Run both graphs on the same named inputs ({name: (N, C, S, S) float32}) and compare."""
+    ref, got = reference.infer_batched(inputs, batch), candidate.infer_batched(inputs, batch)
+    ref_map, ref_score, map_, score = ref[ANOMALY_MAP], ref[SCORE], got[ANOMALY_MAP], got[SCORE]
     err = np.abs(map_.astype(np.float64) - ref_map)
     pearson, spearman = _correlations(ref_score.astype(np.float64), score.astype(np.float64))
     return GraphDelta(
-        n_images=len(highpass), map_max_abs=float(err.max()), map_mean_abs=float(err.mean()),
+        n_images=len(score), map_max_abs=float(err.max()), map_mean_abs=float(err.mean()),
         score_max_abs=float(np.abs(score.astype(np.float64) - ref_score).max()),
         score_pearson=pearson, score_spearman=spearman,
     )
 
 
 def compare_precisions(graphs: Mapping[str, str | Path], frames: Sequence[np.ndarray], labels: Sequence[int],
-                       preprocess: PreprocessConfig, reference: str = "fp32") -> dict[str, PrecisionComparison]:
+                       model: ModelSpec, reference: str = "fp32") -> dict[str, PrecisionComparison]:
     """AUROC and score agreement of each graph in ``graphs`` against ``graphs[reference]``.
 
     graphs: precision name -> ONNX path (e.g. a bundle's reference_onnx_path and onnx_path).
@@ -84,18 +85,18 @@ def compare_precisions(graphs: Mapping[str, str | Path], frames: Sequence[np.nda
         )
     if reference not in graphs:
         raise DataError(f"reference precision {reference!r} not among the graphs {sorted(graphs)}.")
-    highpass, colour = preprocess_frames(frames, preprocess)
-    ref = OnnxRuntimeBackend(graphs[reference])
-    _, ref_scores = ref.infer_batched(highpass, colour)
+    inputs = preprocess_frames(frames, model)
+    ref = OnnxRuntimeBackend(graphs[reference], model.input_names)
+    ref_scores = ref.infer_batched(inputs)[SCORE]
     auroc_ref = float(roc_auc_score(y, ref_scores))
     out = {}
     for name, path in graphs.items():
-        cand = ref if name == reference else OnnxRuntimeBackend(path)
-        _, scores = cand.infer_batched(highpass, colour)
+        cand = ref if name == reference else OnnxRuntimeBackend(path, model.input_names)
+        scores = cand.infer_batched(inputs)[SCORE]
         auroc = float(roc_auc_score(y, scores))
         out[name] = PrecisionComparison(
             precision=name, auroc_reference=auroc_ref, auroc=auroc, auroc_delta=auroc - auroc_ref,
-            delta=graph_delta(ref, cand, highpass, colour), n_normal=int((y == 0).sum()), n_defect=int((y == 1).sum()),
+            delta=graph_delta(ref, cand, inputs), n_normal=int((y == 0).sum()), n_defect=int((y == 1).sum()),
         )
     return out
 
@@ -103,4 +104,4 @@ def compare_precisions(graphs: Mapping[str, str | Path], frames: Sequence[np.nda
 def compare_bundle_precisions(bundle, frames: Sequence[np.ndarray], labels: Sequence[int]) -> PrecisionComparison:
     """``compare_precisions`` for a bundle: its precision's graph against its fp32 reference graph."""
     graphs = {"fp32": bundle.reference_onnx_path, bundle.precision: bundle.onnx_path}
-    return compare_precisions(graphs, frames, labels, bundle.preprocess)[bundle.precision]
+    return compare_precisions(graphs, frames, labels, bundle.model)[bundle.precision]

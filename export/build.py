@@ -25,10 +25,10 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
-from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, write_manifest
+from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
-from fair_edge.runtime.ort import OnnxRuntimeBackend
 from fair_edge.export.precision import PRECISIONS, get_precision
+from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 PARITY_TOL = 1e-4
 CALIB_CACHE = "calibration.json"
@@ -84,29 +84,32 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+Inputs = dict[str, np.ndarray]
+
+
 def _fp32_with_parity(ckpt: Checkpoint, out: Path) -> tuple[Path, float]:
     detector = ckpt.build_detector("cpu")
-    size = ckpt.preprocess.image_size
-    path = export_onnx(detector, out / PRECISIONS["fp32"].onnx_name, size, "fp32")
-    hp, col = (t.numpy() for t in example_inputs(ckpt.preprocess.in_channels, size, batch=3, seed=1))
-    ref_map, _ = torch_reference(detector, hp, col)
-    ort_map, _ = OnnxRuntimeBackend(path).infer(hp, col)
-    err = float(np.abs(ort_map - ref_map).max())
+    path = export_onnx(ckpt.model, detector, out / PRECISIONS["fp32"].onnx_name, "fp32")
+    inputs = {n: t.numpy() for n, t in example_inputs(ckpt.model, batch=3, seed=1).items()}
+    ref = torch_reference(detector, inputs, ckpt.model.input_names)
+    got = OnnxRuntimeBackend(path, ckpt.model.input_names).infer(inputs)
+    err = float(np.abs(got[ANOMALY_MAP] - ref[ANOMALY_MAP]).max())
     if not err <= PARITY_TOL:
         raise ExportError(f"fp32 ONNX differs from PyTorch by {err:.2e} (max |map diff|); expected <= {PARITY_TOL:.0e}.")
     return path, err
 
 
 def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions,
-                     calib: tuple[np.ndarray, np.ndarray] | None, on_image: Callable[[], None] | None) -> tuple[Path, bool]:
+                     calib: Inputs | None, on_image: Callable[[], None] | None) -> tuple[Path, bool]:
     prec = get_precision(options.precision)
     if prec.name == "fp32":
         return fp32, False
     if prec.name == "fp16":
-        return export_onnx(ckpt.build_detector("cpu"), out / prec.onnx_name, ckpt.preprocess.image_size, "fp16"), False
+        return export_onnx(ckpt.model, ckpt.build_detector("cpu"), out / prec.onnx_name, "fp16"), False
     if calib is None:
         raise DataError("--int8 needs normal images for calibration; pass --calib FOLDER (e.g. the training 'good' images).")
-    reused = quantize_int8(fp32, out / prec.onnx_name, calib[0], calib[1], options.int8, out / CALIB_CACHE, on_image)
+    reused = quantize_int8(fp32, out / prec.onnx_name, calib, ckpt.model.impl.int8_scope, options.int8,
+                           out / CALIB_CACHE, on_image)
     return out / prec.onnx_name, reused
 
 
@@ -115,9 +118,9 @@ def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Seq
     """The threshold from whole-frame scores of the deployed graph (stitched for a tiled model)."""
     if not normal:
         return None
-    backend = OnnxRuntimeBackend(graph)
-    normal_scores = frame_scores(backend.infer_batched, normal, ckpt.preprocess)
-    defect_scores = frame_scores(backend.infer_batched, defects, ckpt.preprocess) if defects else None
+    backend = OnnxRuntimeBackend(graph, ckpt.model.input_names)
+    normal_scores = frame_scores(backend.infer_batched, normal, ckpt.model)
+    defect_scores = frame_scores(backend.infer_batched, defects, ckpt.model) if defects else None
     return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
 
 
@@ -127,10 +130,9 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
     return {
-        "model": {"width": ckpt.width, "in_channels": ckpt.preprocess.in_channels, "image_size": ckpt.preprocess.image_size},
-        "preprocess": ckpt.preprocess.to_dict(), "scoring": ckpt.scoring.to_dict(), "precision": options.precision,
+        "model": model_manifest(ckpt.model), "precision": options.precision,
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
-                  "max_batch": options.max_batch, "inputs": ["highpass", "colour"], "outputs": ["anomaly_map", "score"]},
+                  "max_batch": options.max_batch},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
@@ -151,8 +153,7 @@ def _try_engine(out: Path, graph: Path, ckpt: Checkpoint, options: BuildOptions)
         return None, str(exc)
     start = time.perf_counter()
     settings = trt_build.EngineSettings(max_batch=options.max_batch)
-    target = trt_build.build_engine(graph, out / ENGINE, ckpt.preprocess.in_channels, ckpt.preprocess.image_size,
-                                    settings, timing_cache=out / TIMING_CACHE)
+    target = trt_build.build_engine(graph, out / ENGINE, ckpt.model.inputs, settings, timing_cache=out / TIMING_CACHE)
     info = {"file": ENGINE, "tensorrt_version": target.tensorrt_version, "gpu_name": target.gpu_name,
             "compute_capability": list(target.compute_capability), "timing_cache": TIMING_CACHE}
     return info, f"built in {time.perf_counter() - start:.1f} s for {target.gpu_name} with TensorRT {target.tensorrt_version}"
@@ -169,20 +170,21 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     start = time.perf_counter()
     out = Path(out)
     _prepare_out(out)
-    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.preprocess, ckpt.width, ckpt.scoring, ckpt.state_dict, ckpt.data_summary))
+    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
     pre = ckpt.preprocess
-    calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), pre) if calib_frames else None
+    calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), ckpt.model) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
-    normal = preprocess_frames(model_frames(normal_frames, pre), pre) if normal_frames else calib
+    normal = preprocess_frames(model_frames(normal_frames, pre), ckpt.model) if normal_frames else calib
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
     if graph != fp32:
-        probe = normal if normal is not None else tuple(t.numpy() for t in example_inputs(ckpt.preprocess.in_channels, ckpt.preprocess.image_size, 4))
-        delta = graph_delta(OnnxRuntimeBackend(fp32), OnnxRuntimeBackend(graph), probe[0], probe[1])
+        probe = normal if normal is not None else {n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
+        names = ckpt.model.input_names
+        delta = graph_delta(OnnxRuntimeBackend(fp32, names), OnnxRuntimeBackend(graph, names), probe)
     threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
     threshold = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
-    calib_count = 0 if calib is None else len(calib[0])
+    calib_count = 0 if calib is None else len(next(iter(calib.values())))
     write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:

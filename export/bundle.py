@@ -1,14 +1,17 @@
 """The model bundle: a directory with the ONNX graph(s), an optional TensorRT engine and bundle.json.
 
-bundle.json (format "fair-edge-bundle", version 1) carries every setting the runtime needs:
-  model: width, in_channels, image_size; preprocess: PreprocessConfig; scoring: ScoringConfig;
-  precision: fp32 | fp16 | int8; weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch, inputs, outputs};
+bundle.json (format "fair-edge-bundle", version 2) carries every setting the runtime needs:
+  model: {family, family_version, settings, preprocess, inputs, outputs} (``ModelSpec.to_dict`` plus
+  the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
+  weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch};
   threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
   files: {relative name: {sha256, bytes}} for every other file in the bundle.
 ``load_bundle`` verifies all of it; ``check_engine_target`` refuses an engine built elsewhere.
+Version 1 bundles (before model families: model {width, in_channels, image_size}, top-level
+preprocess and scoring) are FAIR bundles and still load.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any, Mapping
 from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.precision import PRECISIONS
+from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
+from fair_edge.models.tensors import OUTPUT_NAMES
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.models.fair.scoring import ScoringConfig
 
 FORMAT = "fair-edge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 
 
@@ -56,16 +61,15 @@ class EngineTarget:
 class Bundle:
     """A verified bundle. Paths are absolute; mappings are read-only.
 
-    onnx_path: the graph of ``precision`` (inputs highpass (B, C, S, S), colour (B, 3, S, S) float32;
-    outputs anomaly_map (B, 1, S, S), score (B,) float32). reference_onnx_path: the fp32 graph.
+    model: family, settings and pre-processing. onnx_path: the graph of ``precision`` (inputs
+    ``model.inputs`` by name, outputs anomaly_map (B, 1, S, S), score (B,) float32).
+    reference_onnx_path: the fp32 graph.
     threshold: None when the build had no normal images (the station file must then set one).
     weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
     """
 
     root: Path
-    width: int
-    preprocess: PreprocessConfig
-    scoring: ScoringConfig
+    model: ModelSpec
     precision: str
     onnx_path: Path
     reference_onnx_path: Path
@@ -80,6 +84,10 @@ class Bundle:
     training: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.model.preprocess
 
     @property
     def image_size(self) -> int:
@@ -142,10 +150,10 @@ def _read_manifest(root: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged. Rebuild it with `fair-edge build`.") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path} is not a fair-edge bundle manifest (format {FORMAT!r} expected).")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(
-            f"{path} has bundle format version {data.get('format_version')!r}; this fair-edge reads version "
-            f"{FORMAT_VERSION}. {_rebuild_hint(data)}"
+            f"{path} has bundle format version {data.get('format_version')!r}; this fair-edge reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. {_rebuild_hint(data)}"
         )
     return data
 
@@ -193,6 +201,28 @@ def _engine(root: Path, data: dict) -> EngineInfo | None:
     )
 
 
+def model_manifest(model: ModelSpec) -> dict:
+    """The ``model`` entry of bundle.json: the spec plus the graph's named inputs and outputs."""
+    return {**model.to_dict(), "inputs": [spec.to_dict() for spec in model.inputs], "outputs": list(OUTPUT_NAMES)}
+
+
+def _model_spec(data: dict) -> ModelSpec:
+    """The model of a version-2 manifest, or of a version-1 (FAIR, pre-family) one; checks its inputs."""
+    model = data["model"]
+    if data["format_version"] == 1:
+        settings = {"width": model["width"], "scoring": data["scoring"]}
+        spec = ModelSpec.from_dict({"family": DEFAULT_FAMILY, "settings": settings, "preprocess": data["preprocess"]})
+        if int(model["in_channels"]) != spec.preprocess.in_channels or int(model["image_size"]) != spec.preprocess.image_size:
+            raise ConfigError(f"model {model} disagrees with preprocess {spec.preprocess}")
+        return spec
+    spec = ModelSpec.from_dict(model)
+    listed = [(i["name"], list(i["shape"][1:])) for i in model["inputs"]]
+    expected = [(i.name, list(i.shape()[1:])) for i in spec.inputs]
+    if listed != expected:
+        raise ConfigError(f"model inputs {listed} disagree with the {spec.describe()} settings, which make {expected}")
+    return spec
+
+
 def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
     """Read and verify a bundle directory (or its bundle.json).
 
@@ -206,17 +236,13 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
     data = _read_manifest(root)
     files = _verify_files(root, data)
     try:
-        model, graph = data["model"], data["graph"]
+        graph = data["graph"]
         precision = str(data["precision"])
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        preprocess = PreprocessConfig.from_dict(data["preprocess"])
-        if int(model["in_channels"]) != preprocess.in_channels or int(model["image_size"]) != preprocess.image_size:
-            raise ConfigError(f"model {model} disagrees with preprocess {preprocess}")
         threshold = Threshold.from_dict(data["threshold"]) if data.get("threshold") else None
         bundle = Bundle(
-            root=root, width=int(model["width"]), preprocess=preprocess, scoring=ScoringConfig.from_dict(data["scoring"]),
-            precision=precision, onnx_path=_listed(root, data, graph["onnx"], "graph"),
+            root=root, model=_model_spec(data), precision=precision, onnx_path=_listed(root, data, graph["onnx"], "graph"),
             reference_onnx_path=_listed(root, data, graph["reference_onnx"], "reference graph"),
             opset=int(graph["opset"]), max_batch=int(graph["max_batch"]), threshold=threshold,
             engine=_engine(root, data), build_command=str(data.get("build_command", "")),

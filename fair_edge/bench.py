@@ -18,7 +18,7 @@ How the loop is fed (``feed``) decides what its latency means:
 
 The baseline, timed in the same run at every batch size: PyTorch eager (no CUDA graphs) on the
 selected backend's device with the reference CPU pre-processing. Speed does not depend on the
-weights, so ``synthetic_bundle`` (random weights, any width) serves when no trained model exists.
+weights, so ``synthetic_bundle`` (random weights, any family and width) serves when no trained model exists.
 """
 
 from __future__ import annotations
@@ -66,27 +66,35 @@ def synthetic_frames(height: int, width: int, count: int = 8, seed: int = 0) -> 
     return frames
 
 
-def synthetic_bundle(out: Path, width: int, image_size: int = 256, precision: str = "fp32",
-                     max_batch: int = 16, calib_frames: list[np.ndarray] | None = None, seed: int = 0):
-    """A bundle of a randomly initialised width-``width`` UNet at ``image_size`` (no training).
+def synthetic_model(family: str, width: int | None, image_size: int = 256):
+    """The ModelSpec of a random-weight bench bundle: ``family`` with its default settings (FAIR: ``width``)."""
+    from fair_edge.models.registry import ModelSpec, get_family
+    from fair_edge.preprocess import PreprocessConfig
+
+    impl = get_family(family)
+    if width is not None and width < 1:
+        raise ConfigError(f"--synthetic-width must be >= 1 (the paper's widths are 32, 64, 128); found {width}.")
+    settings = impl.settings_from_options({"width": width})
+    if width is not None and getattr(settings, "width", None) != width:
+        raise ConfigError(f"--synthetic-width sets FAIR's UNet width; the {impl.key} family has none. Leave it out.")
+    return ModelSpec(impl.key, PreprocessConfig(image_size=image_size), settings)
+
+
+def synthetic_bundle(out: Path, model, precision: str = "fp32", max_batch: int = 16,
+                     calib_frames: list[np.ndarray] | None = None, seed: int = 0):
+    """A bundle of ``model`` (a ModelSpec) with random weights (no training).
 
     calib_frames: (H, W, 3) uint8 BGR frames for INT8 calibration and the threshold. Returns the Bundle.
     """
     from fair_edge.checkpoint import Checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
-    from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.models.fair.scoring import ScoringConfig
-    from fair_edge.models.fair.unet import UNet
 
-    if width < 1:
-        raise ConfigError(f"--synthetic-width must be >= 1 (the paper's widths are 32, 64, 128); found {width}.")
-    pre = PreprocessConfig(image_size=image_size)
     torch.manual_seed(seed)
-    unet = UNet(width, in_channels=pre.in_channels)
-    ckpt = Checkpoint(pre, width, ScoringConfig(), unet.state_dict(),
-                      {"source": f"random weights (fair-edge bench --synthetic-width {width}); not a trained model"})
+    module = model.build()
+    ckpt = Checkpoint(model, model.impl.weights(module),
+                      {"source": f"random weights (fair-edge bench, {model.describe()}); not a trained model"})
     options = BuildOptions(precision=precision, max_batch=max_batch, engine=False,
-                           command=f"fair-edge bench --synthetic-width {width} --image-size {image_size}")
+                           command=f"fair-edge bench --synthetic-model {model.family} --image-size {model.preprocess.image_size}")
     return build_bundle(ckpt, out, options, calib_frames=calib_frames).bundle
 
 
@@ -97,7 +105,7 @@ def baseline_choice(bundle, device: torch.device) -> BackendChoice:
         raise BundleError(f"bundle {bundle.root} holds no PyTorch weights for the baseline; rebuild it with "
                           "`fair-edge build`, or pass --baseline none.")
     backend = TorchBackend(bundle.weights_path, device, cuda_graphs=False)
-    return BackendChoice(backend, CpuPreprocessor(bundle.preprocess, device),
+    return BackendChoice(backend, CpuPreprocessor(bundle.model, device),
                          f"baseline: PyTorch eager on {device.type} with CPU pre-processing")
 
 
@@ -122,7 +130,7 @@ def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: 
     """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph)."""
     sizes = range(1, batch + 1) if choice.backend.device.type == "cuda" else (batch,)
     for size in sizes:
-        choice.backend.infer(*choice.preprocess(_take(frames, 0, size)))
+        choice.infer_frames(_take(frames, 0, size))
     _time_batches(choice, frames, batch, seconds)
 
 
@@ -168,7 +176,7 @@ def _time_batches(choice: BackendChoice, frames: list[np.ndarray], batch: int, s
     times, start, i = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        choice.backend.infer(*choice.preprocess(_take(frames, i, batch)))
+        choice.infer_frames(_take(frames, i, batch))
         times.append(time.perf_counter() - t)
         i += batch
     return times
@@ -350,7 +358,7 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
                         on_row(row)
         devices = {ch.backend.device.type for _, ch in choices}
     rows = _with_ratios(rows)
-    bundle_info = {"root": str(bundle.root), "width": bundle.width, "image_size": bundle.image_size,
+    bundle_info = {"root": str(bundle.root), "model": bundle.model.describe(), "image_size": bundle.image_size,
                    "precision": bundle.precision, "max_batch": bundle.max_batch,
                    "training": dict(bundle.training)}
     settings_dict = asdict(settings)
@@ -358,13 +366,12 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
     return BenchReport(rows, environment(devices), settings_dict, bundle_info, command, _best(rows))
 
 
-def run_synthetic_bench(width: int, image_size: int, precision: str, settings: BenchSettings, command: str = "",
+def run_synthetic_bench(model, precision: str, settings: BenchSettings, command: str = "",
                         on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
-    """Build a random-weight bundle in a temporary folder, bench it, delete it."""
+    """Build a random-weight bundle of ``model`` (``synthetic_model``) in a temporary folder, bench it, delete it."""
     calib = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames, seed=1)
     with tempfile.TemporaryDirectory(prefix="fair-edge-bench-") as tmp:
-        bundle = synthetic_bundle(Path(tmp) / "bundle", width, image_size, precision,
-                                  max_batch=max(settings.batches), calib_frames=calib)
+        bundle = synthetic_bundle(Path(tmp) / "bundle", model, precision, max_batch=max(settings.batches), calib_frames=calib)
         report = run_bench(bundle, settings, command, on_row)
     report.bundle["synthetic"] = True
     return report

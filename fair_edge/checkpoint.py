@@ -1,10 +1,13 @@
 """The checkpoint: one self-describing file with weights and every setting that defines the model.
 
 Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=True)`` can read it):
-  format, format_version, fair_edge_version,
-  preprocess: PreprocessConfig dict, width: int, scoring: ScoringConfig dict,
-  state_dict: UNet weights, data_summary: dict (where the normal images came from, how many),
-  train_state: optional dict to resume exactly (step, optimizer, scheduler, scaler, RNG states).
+  format, format_version (2), fair_edge_version,
+  family: registry key ("fair", ...), family_version: int, settings: the family's settings dict,
+  preprocess: PreprocessConfig dict, state_dict: the family's weights,
+  data_summary: dict (where the normal images came from, how many),
+  train_state: optional dict to resume exactly (step, optimizer, scheduler, RNG states).
+Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
+``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
 """
 
@@ -15,39 +18,45 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 import fair_edge
-from fair_edge.models.fair.detector import FairDetector
 from fair_edge.errors import CheckpointError, ConfigError
+from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.models.fair.scoring import ScoringConfig
 
 FORMAT = "fair-edge-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
 class Checkpoint:
-    preprocess: PreprocessConfig
-    width: int
-    scoring: ScoringConfig
+    """model: family, settings and pre-processing. state_dict: the family's weights (``ModelFamily.weights``)."""
+
+    model: ModelSpec
     state_dict: dict
     data_summary: dict = field(default_factory=dict)
     train_state: dict | None = None
 
-    def build_detector(self, device: str | torch.device = "cpu") -> FairDetector:
-        """A FairDetector with these weights, in eval mode, on ``device``."""
-        detector = FairDetector(self.width, self.preprocess.in_channels, self.scoring)
-        try:
-            detector.unet.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint weights do not fit a width-{self.width} UNet with "
-                f"{self.preprocess.in_channels} input channel(s): {exc}"
-            ) from exc
-        return detector.eval().to(device)
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.model.preprocess
+
+    @property
+    def family(self) -> str:
+        return self.model.family
+
+    @property
+    def settings(self) -> Any:
+        return self.model.settings
+
+    def build_detector(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The family's module with these weights, in eval mode, on ``device``."""
+        return self.model.build(self.state_dict, device)
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
@@ -58,9 +67,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fair_edge_version": fair_edge.__version__,
-        "preprocess": ckpt.preprocess.to_dict(),
-        "width": ckpt.width,
-        "scoring": ckpt.scoring.to_dict(),
+        **ckpt.model.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "data_summary": ckpt.data_summary,
         "train_state": ckpt.train_state,
@@ -69,6 +76,14 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _model_spec(payload: dict) -> ModelSpec:
+    """The model of a version-2 payload, or of a version-1 (FAIR, pre-family) one."""
+    if payload["format_version"] == 1:
+        legacy = {"width": payload["width"], "scoring": payload["scoring"]}
+        payload = {**payload, "family": DEFAULT_FAMILY, "family_version": 1, "settings": legacy}
+    return ModelSpec.from_dict(payload)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -86,19 +101,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fair-edge checkpoint (no '{FORMAT}' marker).")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}; this fair-edge ({fair_edge.__version__}) reads "
-            f"version {FORMAT_VERSION}. Use the fair-edge release that wrote it, or retrain."
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}. Use the fair-edge release that wrote it, or retrain."
         )
     try:
         return Checkpoint(
-            preprocess=PreprocessConfig.from_dict(payload["preprocess"]),
-            width=int(payload["width"]),
-            scoring=ScoringConfig.from_dict(payload["scoring"]),
+            model=_model_spec(payload),
             state_dict=payload["state_dict"],
             data_summary=payload.get("data_summary") or {},
             train_state=payload.get("train_state"),
         )
-    except (KeyError, TypeError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path} is missing or has an invalid field: {exc}") from exc

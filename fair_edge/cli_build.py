@@ -36,9 +36,9 @@ def _precision(fp16: bool, int8: bool) -> str:
     return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
-def _command(ckpt: Path, width: int, precision: str, calib: Optional[Path], calib_images: int, calib_method: str,
+def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[Path], calib_images: int, calib_method: str,
              normal: Optional[Path], defects: Optional[Path], frr: float, max_batch: int, out: Path) -> str:
-    args = ["fair-edge", "build", str(ckpt.resolve()), "--width", str(width)]
+    args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
     args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
     if calib is not None:
         args += ["--calib", str(calib.resolve()), "--calib-images", str(calib_images), "--calib-method", calib_method]
@@ -54,7 +54,8 @@ def _summary(result: BuildResult) -> None:
     table = Table(title=escape(f"bundle {b.root}"), show_header=False)
     for rel in sorted(b.files):
         table.add_row("file", escape(rel), f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
-    table.add_row("model", f"width {b.width}, {b.in_channels} input channel(s), {b.image_size}x{b.image_size}", f"filter {b.preprocess.filter}")
+    inputs = ", ".join(f"{s.name} {s.channels}x{s.size}x{s.size}" for s in b.model.inputs)
+    table.add_row("model", escape(b.model.describe()), escape(f"inputs {inputs}; filter {b.preprocess.filter}"))
     table.add_row("precision", b.precision, f"max batch {b.max_batch}")
     table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
     if result.delta is not None:
@@ -117,18 +118,19 @@ def build(
             raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
         checkpoint = find_latest_checkpoint(width)
     ckpt = load_checkpoint(checkpoint)
-    if width is not None and width != ckpt.width:
-        raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} (width {ckpt.width}). "
-                          f"Pass --width {ckpt.width} or another checkpoint.")
-    out = out or Path("runs") / f"bundle-w{ckpt.width}-{precision}"
+    ckpt_width = getattr(ckpt.settings, "width", None)  # --width selects FAIR runs; other families have none
+    if width is not None and width != ckpt_width:
+        raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} ({ckpt.model.describe()}). "
+                          + (f"Pass --width {ckpt_width} or another checkpoint." if ckpt_width else "Leave out --width."))
+    out = out or Path("runs") / f"bundle-{ckpt.model.tag}-{precision}"
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     calib_paths = list_images(calib)[:calib_images] if calib is not None else []
     normal_frames = [read_image(p) for p in list_images(normal)] if normal is not None else None
     defect_frames = [read_image(p) for p in list_images(defects)] if defects is not None else None
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
-                           _command(checkpoint, ckpt.width, precision, calib, calib_images, calib_method,
+                           _command(checkpoint, width, precision, calib, calib_images, calib_method,
                                     normal, defects, false_reject_rate, max_batch, out))
-    console.print(escape(f"building {precision} bundle from {checkpoint} (width {ckpt.width}) -> {out}"))
+    console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False, disable=precision != "int8") as progress:
         task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))

@@ -22,8 +22,8 @@ from fair_edge.calibration.threshold import quantile_threshold
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
-from fair_edge.inference import score_colour
-from fair_edge.preprocess import HighPass, resize_frame
+from fair_edge.inference import TorchScorer
+from fair_edge.preprocess import resize_frame
 from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
     stitches them (fair_edge.tiling); maps are then frame maps at the model's scale."""
     ckpt = load_checkpoint(checkpoint)
-    detector = ckpt.build_detector(device)
-    highpass = HighPass(ckpt.preprocess).to(device)
+    scorer = TorchScorer(ckpt, device)
     tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
     kept, scores, maps, masks = [], [], [], []
     for start in range(0, len(samples), batch):
@@ -64,7 +63,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
             except DataError as exc:
                 log.warning("skipping %s", exc)
         if images:
-            frame_maps, frame_scores, layouts = _score_frames(detector, highpass, tiler, images, batch)
+            frame_maps, frame_scores, layouts = _score_frames(scorer, tiler, images, batch)
             kept.extend(chunk)
             maps.extend(frame_maps)
             scores.append(frame_scores)
@@ -79,7 +78,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     return ScoredSet(kept, np.concatenate(scores), np.stack(maps), np.stack(masks) if with_masks else None)
 
 
-def _score_frames(detector, highpass: HighPass, tiler: FrameTiler, images: list[np.ndarray], batch: int):
+def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
     """(H, W, 3) uint8 BGR images -> (maps [(h, w) float32], scores (N,) float32, layouts), ``batch`` tiles
     (or whole images) per forward pass."""
     tiles, layouts = tiler.split(images)
@@ -87,7 +86,7 @@ def _score_frames(detector, highpass: HighPass, tiler: FrameTiler, images: list[
     tile_maps, tile_scores = [], []
     for start in range(0, len(tiles), batch):
         colour = torch.from_numpy(np.stack([resize_frame(t, size) for t in tiles[start : start + batch]]))
-        m, s = score_colour(detector, highpass, colour)
+        m, s = scorer(colour)
         tile_maps.append(m)
         tile_scores.append(s)
     frame_maps, frame_scores = tiler.stitch(np.concatenate(tile_maps), np.concatenate(tile_scores), layouts)

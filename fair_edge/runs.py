@@ -1,6 +1,7 @@
 """Where training runs live on disk, and how other commands find them.
 
-A training run writes to ``runs/train-w{width}`` by default (``--out`` overrides):
+A training run writes to ``runs/train-{tag}`` by default (``--out`` overrides), where the tag is
+the model family's (``ModelSpec.tag``: ``w32`` for FAIR width 32, ``lgfdr-efficientnet_lite0``):
   last.pt       the newest checkpoint (rolling; also written on Ctrl-C),
   final.pt      written when training completes,
   loss.csv      one row per logged step.
@@ -15,8 +16,8 @@ from fair_edge.errors import CheckpointError
 RUNS_ROOT = Path("runs")
 
 
-def default_train_dir(width: int, root: Path = RUNS_ROOT) -> Path:
-    return root / f"train-w{width}"
+def default_train_dir(tag: str, root: Path = RUNS_ROOT) -> Path:
+    return root / f"train-{tag}"
 
 
 def find_latest_checkpoint(width: int, root: Path = RUNS_ROOT) -> Path:

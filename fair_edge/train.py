@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.models.fair.family import FairSettings
+from fair_edge.models.registry import ModelSpec
 from fair_edge.data import DatasetSplit, load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
 from fair_edge.models.fair.losses import restoration_loss
@@ -132,6 +134,7 @@ class Trainer:
         if preprocess.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 for the UNet; found {preprocess.image_size}.")
         self.preprocess, self.cfg, self.scoring = preprocess, cfg, scoring
+        self.model = ModelSpec("fair", preprocess, FairSettings(cfg.width, scoring))
         self.out_dir, self.device = Path(out_dir), device
         images, kept = load_images(data.train, preprocess.image_size, tiling=preprocess.tiling)
         self.images = torch.from_numpy(images).to(device)
@@ -152,12 +155,14 @@ class Trainer:
         self.state = TrainState(unet, optimizer, scheduler, generator)
         self.use_amp = cfg.amp and device.type == "cuda"
 
+    @property
+    def step(self) -> int:
+        return self.state.step
+
     # -------------------------------------------------------------------- checkpoints
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
         return Checkpoint(
-            preprocess=self.preprocess,
-            width=self.cfg.width,
-            scoring=self.scoring,
+            model=self.model,
             state_dict=self.state.unet.state_dict(),
             data_summary=dict(self.data_summary, steps=self.state.step, batch=self.batch,
                               train_config={k: v for k, v in asdict(self.cfg).items() if k != "synthesis"}),
@@ -172,10 +177,10 @@ class Trainer:
         ckpt = load_checkpoint(self.out_dir / "last.pt")
         if ckpt.train_state is None:
             raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
-        if ckpt.width != self.cfg.width or ckpt.preprocess != self.preprocess:
+        if ckpt.model != self.model:
             raise CheckpointError(
-                f"cannot resume: {self.out_dir / 'last.pt'} was trained with width {ckpt.width} and "
-                f"{ckpt.preprocess}; this run asks for width {self.cfg.width} and {self.preprocess}."
+                f"cannot resume: {self.out_dir / 'last.pt'} was trained as {ckpt.model.describe()} with "
+                f"{ckpt.preprocess}; this run asks for {self.model.describe()} with {self.preprocess}."
             )
         self.state.unet.load_state_dict(ckpt.state_dict)
         self.state.load(ckpt.train_state)

@@ -14,7 +14,7 @@ from fair_edge.models.fair.detector import FairDetector
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
 
-from export_fixtures import PRE, SCORING, WIDTH, trained_state  # noqa: E402  (needs the path above)
+from export_fixtures import MODEL, PRE, SCORING, WIDTH, trained_state  # noqa: E402  (needs the path above)
 
 
 def gpu_available() -> bool:
@@ -97,5 +97,5 @@ def tiny_detector() -> FairDetector:
 @pytest.fixture(scope="module")
 def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "final.pt"
-    ckpt = Checkpoint(PRE, WIDTH, SCORING, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
+    ckpt = Checkpoint(MODEL, tiny_detector.unet.state_dict(), {"images": 32, "source": "synthetic stripes"})
     return save_checkpoint(path, ckpt)

@@ -16,12 +16,15 @@ import torch
 from fair_edge.models.fair.detector import FairDetector
 from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, frames_to_batch, model_input
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.registry import ModelSpec
 
 SIZE = 32
 WIDTH = 8
 PRE = PreprocessConfig(image_size=SIZE, filter="butterworth", cutoff=4.0, order=2)
 SCORING = ScoringConfig(smooth=5)
+MODEL = ModelSpec("fair", PRE, FairSettings(WIDTH, SCORING))
 
 
 def make_frames(n: int, seed: int, defect: bool = False, size: int = 40) -> list[np.ndarray]:

@@ -42,7 +42,7 @@ def test_closed_loop_and_compute(backend, tmp_path):
     check_rows(compute, "compute")
     assert all(row["dropped"] == 0 for row in loop)  # closed feed: never more in flight than the queue holds
     assert all(row["preprocess"] == "cpu" for row in report["results"])
-    assert report["bundle"]["synthetic"] and report["bundle"]["width"] == 8
+    assert report["bundle"]["synthetic"] and report["bundle"]["model"] == "FAIR width 8"
     assert {"gpu", "cpu", "date_utc", "versions"} <= report["environment"].keys()
     assert report["environment"]["versions"]["torch"] and report["command"]
     assert report["settings"]["frames"] == "64x48" and report["settings"]["batches"] == [1, 2]
@@ -75,7 +75,7 @@ def test_bad_arguments_exit_2(args, message):
 
 def test_bundle_or_synthetic_width_required():
     r = runner.invoke(app, ["bench"], env={"COLUMNS": "200"})
-    assert r.exit_code == 2 and "either a BUNDLE or --synthetic-width" in r.output
+    assert r.exit_code == 2 and "either a BUNDLE or --synthetic-model" in r.output
 
 
 def test_parsers():

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from export_fixtures import PRE, SCORING, WIDTH, make_frames
+from export_fixtures import MODEL, make_frames
 
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import BundleError
@@ -32,7 +32,7 @@ def copy(built, tmp_path):
 def test_round_trip(built):
     b = load_bundle(built.bundle.root)
     assert b == built.bundle
-    assert (b.width, b.preprocess, b.scoring, b.precision, b.max_batch) == (WIDTH, PRE, SCORING, "fp16", 4)
+    assert (b.model, b.precision, b.max_batch) == (MODEL, "fp16", 4)
     assert (b.in_channels, b.image_size, b.opset) == (1, 32, 17)
     assert b.onnx_path.name == "model.fp16.onnx" and b.reference_onnx_path.name == "model.fp32.onnx"
     assert b.engine is None and not built.engine_built and "pip install tensorrt" in built.engine_note
@@ -40,7 +40,7 @@ def test_round_trip(built):
     assert b.training["source"] == "synthetic stripes"
     assert set(b.versions) >= {"fair_edge", "torch", "onnx", "onnxruntime"}
     assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt"}
-    assert load_checkpoint(b.weights_path).width == WIDTH and load_checkpoint(b.weights_path).train_state is None
+    assert load_checkpoint(b.weights_path).model == MODEL and load_checkpoint(b.weights_path).train_state is None
     assert b.accuracy["score_spearman"] > 0.99 and built.parity_max_abs <= 1e-4
     assert load_bundle(built.bundle.root / MANIFEST) == b  # the manifest path works too
 
@@ -76,15 +76,20 @@ def test_other_format_version_refused(copy):
     data = json.loads((copy / MANIFEST).read_text())
     data["format_version"] = 99
     (copy / MANIFEST).write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="format version 99.*reads version 1"):
+    with pytest.raises(BundleError, match="format version 99.*reads versions 1, 2"):
         load_bundle(copy)
 
 
 def test_mismatched_settings_refused(copy):
     data = json.loads((copy / MANIFEST).read_text())
-    data["model"]["image_size"] = 64
+    data["model"]["inputs"][0]["shape"][2] = 64
     (copy / MANIFEST).write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="invalid field"):
+    with pytest.raises(BundleError, match="invalid field.*disagree with the FAIR width 8 settings"):
+        load_bundle(copy)
+    data["model"]["inputs"][0]["shape"][2] = 32
+    data["model"]["family"] = "unet3000"
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="model family must be one of"):
         load_bundle(copy)
 
 

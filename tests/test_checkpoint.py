@@ -7,20 +7,23 @@ from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.errors import CheckpointError
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.unet import UNet
+from fair_edge.models.registry import ModelSpec
+
+MODEL = ModelSpec("fair", PreprocessConfig(image_size=32, cutoff=8.0), FairSettings(8, ScoringConfig(smooth=5)))
 
 
 def make(tmp_path, name="c.pt"):
-    ckpt = Checkpoint(PreprocessConfig(image_size=32, cutoff=8.0), 8, ScoringConfig(smooth=5), UNet(8).state_dict(),
-                      {"name": "x"}, {"step": 3})
+    ckpt = Checkpoint(MODEL, UNet(8).state_dict(), {"name": "x"}, {"step": 3})
     return save_checkpoint(tmp_path / name, ckpt), ckpt
 
 
 def test_round_trip(tmp_path):
     path, ckpt = make(tmp_path)
     loaded = load_checkpoint(path)
-    assert loaded.preprocess == ckpt.preprocess and loaded.scoring == ckpt.scoring and loaded.width == 8
+    assert loaded.model == ckpt.model and loaded.family == "fair" and loaded.settings.width == 8
     assert loaded.train_state == {"step": 3} and loaded.data_summary == {"name": "x"}
     detector = loaded.build_detector()
     amap, score = detector(torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 32, 32))
@@ -59,10 +62,10 @@ def test_version_and_weight_mismatch(tmp_path):
     torch.save(payload, tmp_path / "v99.pt")
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(tmp_path / "v99.pt")
-    payload["format_version"] = 1
-    payload["width"] = 16
+    payload["format_version"] = 2
+    payload["settings"]["width"] = 16
     torch.save(payload, tmp_path / "w16.pt")
-    with pytest.raises(CheckpointError, match="width-16"):
+    with pytest.raises(CheckpointError, match="do not fit a FAIR width 16"):
         load_checkpoint(tmp_path / "w16.pt").build_detector()
 
 

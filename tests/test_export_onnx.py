@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from export_fixtures import PRE, SIZE, make_frames
+from export_fixtures import MODEL, SIZE, make_frames
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.export.accuracy import graph_delta
@@ -16,7 +16,7 @@ from fair_edge.runtime.ort import OnnxRuntimeBackend
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, tiny_detector):
     root = tmp_path_factory.mktemp("onnx")
-    return {p: export_onnx(tiny_detector, root / f"{p}.onnx", SIZE, p) for p in ("fp32", "fp16")}
+    return {p: export_onnx(MODEL, tiny_detector, root / f"{p}.onnx", p) for p in ("fp32", "fp16")}
 
 
 def _dims(value_info):
@@ -38,9 +38,10 @@ def test_graph_contract(graphs):
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_fp32_parity_with_pytorch(graphs, tiny_detector, batch):
-    hp, col = (t.numpy() for t in example_inputs(1, SIZE, batch=batch, seed=3))
-    ref_map, ref_score = torch_reference(tiny_detector, hp, col)
-    amap, score = OnnxRuntimeBackend(graphs["fp32"]).infer(hp, col)
+    inputs = {n: t.numpy() for n, t in example_inputs(MODEL, batch=batch, seed=3).items()}
+    ref = torch_reference(tiny_detector, inputs, MODEL.input_names)
+    out = OnnxRuntimeBackend(graphs["fp32"], MODEL.input_names).infer(inputs)
+    (amap, score), (ref_map, ref_score) = out.values(), ref.values()
     assert amap.shape == (batch, 1, SIZE, SIZE) and score.shape == (batch,)
     assert np.abs(amap - ref_map).max() <= 1e-4
     assert np.abs(score - ref_score).max() <= 1e-4
@@ -62,8 +63,7 @@ def test_fp16_graph_has_explicit_casts_and_fp32_scoring(graphs):
 
 def test_fp16_close_to_fp32(graphs):
     frames = make_frames(12, seed=1) + make_frames(12, seed=2, defect=True)
-    hp, col = preprocess_frames(frames, PRE)
-    d = graph_delta(OnnxRuntimeBackend(graphs["fp32"]), OnnxRuntimeBackend(graphs["fp16"]), hp, col)
+    d = graph_delta(OnnxRuntimeBackend(graphs["fp32"]), OnnxRuntimeBackend(graphs["fp16"]), preprocess_frames(frames, MODEL))
     print(f"fp16 vs fp32: {d}")
     assert d.map_max_abs < 1e-2 and d.score_max_abs < 1e-2  # fp16 keeps ~3 significant digits
     assert d.score_spearman > 0.99

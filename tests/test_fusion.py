@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from export_fixtures import PRE, WIDTH, make_frames, write_pngs
+from export_fixtures import MODEL, PRE, make_frames, write_pngs
 from fair_edge.checkpoint import Checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import BundleError, ConfigError
@@ -48,7 +48,7 @@ def fused(tmp_path_factory, tiny_detector):
     state = tiny_detector.unet.state_dict()
     members = []
     for name, pre in (("whole", PRE), ("tiled", replace(PRE, tiling=TilingConfig(32, 8)))):
-        ckpt = Checkpoint(pre, WIDTH, tiny_detector.scorer.cfg, state)
+        ckpt = Checkpoint(replace(MODEL, preprocess=pre), state)
         members.append(build_bundle(ckpt, root / name, BuildOptions(engine=False), normal_frames=normals).bundle)
     bundle = build_fused_bundle([m.root for m in members], root / "fused", normals)
     return bundle, members, normals

@@ -19,8 +19,8 @@ from fair_edge.records import Frame
 @pytest.fixture(scope="module")
 def choice(trained):
     final, _ = trained
-    pre = load_checkpoint(final).preprocess
-    return BackendChoice(TorchBackend(final, torch.device("cpu")), CpuPreprocessor(pre), "test: torch cpu")
+    model = load_checkpoint(final).model
+    return BackendChoice(TorchBackend(final, torch.device("cpu")), CpuPreprocessor(model), "test: torch cpu")
 
 
 def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, choice, tmp_path):
@@ -60,7 +60,7 @@ def test_malformed_frames_fail_safe(choice):
 class Broken:
     name, device = "broken", torch.device("cpu")
 
-    def infer(self, highpass, colour):
+    def infer(self, inputs):
         raise RuntimeError("device lost")
 
     def close(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from export_fixtures import PRE, SIZE, make_frames
+from export_fixtures import MODEL, make_frames
 from onnx import numpy_helper
 
 from fair_edge.calibration.frames import preprocess_frames
@@ -15,15 +15,17 @@ from fair_edge.export.accuracy import compare_precisions, graph_delta
 from fair_edge.export.onnx_export import export_onnx
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
+SCOPE = MODEL.impl.int8_scope
+
 
 @pytest.fixture(scope="module")
 def int8(tmp_path_factory, tiny_detector):
     root = tmp_path_factory.mktemp("int8")
-    fp32 = export_onnx(tiny_detector, root / "fp32.onnx", SIZE)
-    hp, col = preprocess_frames(make_frames(16, seed=100), PRE)
+    fp32 = export_onnx(MODEL, tiny_detector, root / "fp32.onnx")
+    calib = preprocess_frames(make_frames(16, seed=100), MODEL)
     settings = Int8Settings(method="percentile", num_images=16)
-    reused = quantize_int8(fp32, root / "int8.onnx", hp, col, settings, root / "calib.json")
-    return {"root": root, "fp32": fp32, "int8": root / "int8.onnx", "calib": (hp, col), "settings": settings, "reused": reused}
+    reused = quantize_int8(fp32, root / "int8.onnx", calib, SCOPE, settings, root / "calib.json")
+    return {"root": root, "fp32": fp32, "int8": root / "int8.onnx", "calib": calib, "settings": settings, "reused": reused}
 
 
 def _producers(g):
@@ -70,9 +72,8 @@ def test_no_qdq_in_scoring_subgraph(int8):
 
 def test_int8_scores_track_fp32_on_normal_images(int8):
     """Normal scores differ only subtly, so a rank correlation > 0.9 there is a real check."""
-    hp, col = preprocess_frames(make_frames(20, seed=1), PRE)
     ref, cand = OnnxRuntimeBackend(int8["fp32"]), OnnxRuntimeBackend(int8["int8"])
-    d = graph_delta(ref, cand, hp, col)
+    d = graph_delta(ref, cand, preprocess_frames(make_frames(20, seed=1), MODEL))
     print(f"int8 vs fp32 (normal): {d}")
     assert d.score_spearman > 0.9 and d.score_pearson > 0.9
     assert d.score_max_abs < 0.05
@@ -90,21 +91,21 @@ def test_accuracy_check_fails_on_a_broken_quantisation(int8, tmp_path):
             for name in dq_scales:
                 inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), name))
     onnx.save(g, str(tmp_path / "broken.onnx"))
-    hp, col = preprocess_frames(make_frames(20, seed=1), PRE)
-    d = graph_delta(OnnxRuntimeBackend(int8["fp32"]), OnnxRuntimeBackend(tmp_path / "broken.onnx"), hp, col)
+    d = graph_delta(OnnxRuntimeBackend(int8["fp32"]), OnnxRuntimeBackend(tmp_path / "broken.onnx"),
+                    preprocess_frames(make_frames(20, seed=1), MODEL))
     assert not (d.score_spearman > 0.9 and d.score_pearson > 0.9 and d.score_max_abs < 0.05)
 
 
 def test_calibration_cache_makes_rebuilds_identical(int8, tmp_path):
     assert int8["reused"] is False
-    hp, col = int8["calib"]
+    calib = int8["calib"]
     calls = []
-    reused = quantize_int8(int8["fp32"], tmp_path / "again.onnx", hp, col, int8["settings"], int8["root"] / "calib.json",
+    reused = quantize_int8(int8["fp32"], tmp_path / "again.onnx", calib, SCOPE, int8["settings"], int8["root"] / "calib.json",
                            on_image=lambda: calls.append(1))
     assert reused is True and calls == []
     assert (tmp_path / "again.onnx").read_bytes() == int8["int8"].read_bytes()
     other = Int8Settings(method="max", num_images=16)  # other settings: cache key differs, ranges recomputed
-    assert quantize_int8(int8["fp32"], tmp_path / "max.onnx", hp, col, other, int8["root"] / "calib.json",
+    assert quantize_int8(int8["fp32"], tmp_path / "max.onnx", calib, SCOPE, other, int8["root"] / "calib.json",
                          on_image=lambda: calls.append(1)) is False
     assert len(calls) == 16
 
@@ -112,7 +113,7 @@ def test_calibration_cache_makes_rebuilds_identical(int8, tmp_path):
 def test_compare_precisions_reports_auroc_delta_and_correlation(int8):
     frames = make_frames(10, seed=1) + make_frames(10, seed=2, defect=True)
     labels = [0] * 10 + [1] * 10
-    result = compare_precisions({"fp32": int8["fp32"], "int8": int8["int8"]}, frames, labels, PRE)
+    result = compare_precisions({"fp32": int8["fp32"], "int8": int8["int8"]}, frames, labels, MODEL)
     assert result["fp32"].auroc_delta == 0.0 and result["fp32"].delta.score_max_abs == 0.0
     r = result["int8"]
     print(f"int8: AUROC {r.auroc:.3f} (fp32 {r.auroc_reference:.3f}), spearman {r.delta.score_spearman:.4f}")

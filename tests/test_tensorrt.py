@@ -1,23 +1,28 @@
-"""TensorRT layer without TensorRT: lazy import, install hints, version branching, the CUDA checker,
-parser-error reporting and the build sequence against a recording fake of the TensorRT API
-(the CUDA result checker is main's ``cuda_api.check``, tested in test_cuda_api.py).
+"""TensorRT layer without TensorRT: lazy import, install hints, version branching, parser-error
+reporting, the build sequence, and the production TensorRT backend (deserialise, bind by name,
+enqueue) against a recording fake of the TensorRT API that computes on the bound host memory.
 A real engine build runs only where TensorRT and a GPU exist (marked gpu)."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import sys
 import types
 
 import numpy as np
 import pytest
-from export_fixtures import PRE, make_frames
+import torch
+from export_fixtures import MODEL, make_frames
 
+from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.checkpoint import load_checkpoint
-from fair_edge.errors import EngineError, TensorRTMissingError
+from fair_edge.errors import BundleError, EngineError, TensorRTMissingError
 from fair_edge.export import tensorrt as trt_mod
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
+from fair_edge.runtime import tensorrt as trt_backend
+from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 
 def test_module_imports_without_tensorrt_and_names_what_to_install(monkeypatch):
@@ -100,12 +105,70 @@ class FakeTRT(types.ModuleType):
             def build_serialized_network(self, network, config): return b"ENGINE"
 
         self.Logger, self.Dims, self.OnnxParser, self.Builder = Logger, Dims, OnnxParser, Builder
+        self.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+        self.nptype = lambda dtype: np.float32 if dtype == "FLOAT" else np.float16
+        self.Runtime = lambda logger: FakeRuntime(fake)
+
+
+class FakeRuntime:
+    """Deserialises b"ENGINE" into an engine whose I/O follow ``fake.io``: {name: (mode, dims with -1 batch)}."""
+
+    def __init__(self, fake):
+        self.fake = fake
+
+    def deserialize_cuda_engine(self, data):
+        return FakeEngine(self.fake) if data == b"ENGINE" else None
+
+
+class FakeEngine:
+    def __init__(self, fake):
+        self.fake, self.io = fake, fake.io
+        self.num_io_tensors = len(self.io)
+
+    def get_tensor_name(self, i): return list(self.io)[i]
+    def get_tensor_mode(self, name): return self.io[name][0]
+    def get_tensor_dtype(self, name): return self.fake.dtypes.get(name, "FLOAT")
+    def get_tensor_shape(self, name): return list(self.io[name][1])
+    def get_tensor_profile_shape(self, name, profile): return [[1] + self.io[name][1][1:], None, [4] + self.io[name][1][1:]]
+    def create_execution_context(self): return FakeContext(self)
+
+
+class FakeContext:
+    """Records shapes and addresses; execute_async_v3 reads the bound inputs through their pointers and writes
+    anomaly_map = mean over channels of colour, score = per-image max of highpass (so binding mistakes show)."""
+
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return True
+
+    def _array(self, name, shape):
+        count = int(np.prod(shape))
+        return np.ctypeslib.as_array(ctypes.cast(self.addresses[name], ctypes.POINTER(ctypes.c_float)), (count,)).reshape(shape)
+
+    def execute_async_v3(self, stream):
+        self.engine.fake.calls.append(("enqueue", stream))
+        batch = self.shapes["colour"][0]
+        colour, highpass = self._array("colour", self.shapes["colour"]), self._array("highpass", self.shapes["highpass"])
+        size = colour.shape[-1]
+        self._array("anomaly_map", (batch, 1, size, size))[:] = colour.mean(axis=1, keepdims=True)
+        self._array("score", (batch,))[:] = highpass.reshape(batch, -1).max(axis=1)
+        return True
 
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    def install(**kwargs):
+    def install(io=None, **kwargs):
         fake = FakeTRT(**kwargs)
+        fake.io = io or {"highpass": ("INPUT", [-1, 1, 32, 32]), "colour": ("INPUT", [-1, 3, 32, 32]),
+                         "anomaly_map": ("OUTPUT", [-1, 1, 32, 32]), "score": ("OUTPUT", [-1])}
+        fake.dtypes = {}
         monkeypatch.setitem(sys.modules, "tensorrt", fake)
         monkeypatch.setattr(trt_mod, "device_properties", lambda device=0: ("NVIDIA H100 80GB HBM3", (9, 0)))
         return fake
@@ -150,21 +213,41 @@ def test_parser_error_names_the_failing_node(fake_trt, tiny_ckpt_path, tmp_path)
     assert load_bundle(tmp_path / "b").engine is None  # the ONNX bundle is still valid
 
 
+def test_backend_binds_named_tensors_and_returns_named_outputs(fake_trt, tiny_ckpt_path, tmp_path):
+    """The production backend, on CPU tensors against the fake: every tensor bound by name to its own memory."""
+    fake = fake_trt()
+    build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", max_batch=4))
+    b = load_bundle(tmp_path / "b")
+    inputs = {n: torch.from_numpy(a) for n, a in preprocess_frames(make_frames(3, seed=1), MODEL).items()}
+    with trt_backend.TensorRTBackend(b.engine.path, b.model.input_names, torch.device("cpu")) as backend:
+        out = backend.infer(inputs)
+        assert backend.max_batch == 4 and ("enqueue", 0) in fake.calls
+        with pytest.raises(EngineError, match="batch must be 1..4"):
+            backend.infer({n: t.repeat(2, 1, 1, 1) for n, t in inputs.items()})
+    assert out["anomaly_map"].shape == (3, 1, 32, 32) and out["score"].shape == (3,)
+    np.testing.assert_allclose(out["anomaly_map"], inputs["colour"].mean(1, keepdim=True).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["score"], inputs["highpass"].flatten(1).max(1).values.numpy(), rtol=1e-6)
+
+
+def test_backend_refuses_an_engine_of_another_model(fake_trt, tiny_ckpt_path, tmp_path):
+    fake_trt(io={"image": ("INPUT", [-1, 3, 32, 32]), "anomaly_map": ("OUTPUT", [-1, 1, 32, 32]), "score": ("OUTPUT", [-1])})
+    build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32"))
+    b = load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match=r"needs inputs \['highpass', 'colour'\]"):
+        trt_backend.TensorRTBackend(b.engine.path, b.model.input_names, torch.device("cpu"))
+    fake = fake_trt()
+    fake.dtypes["highpass"] = "HALF"
+    with pytest.raises(EngineError, match="must be float32"):
+        trt_backend.TensorRTBackend(b.engine.path, b.model.input_names, torch.device("cpu"))
+
+
 @pytest.mark.gpu
 def test_real_engine_matches_onnxruntime(tiny_ckpt_path, tmp_path):
     pytest.importorskip("tensorrt")
-    from fair_edge.calibration.frames import preprocess_frames
-    from fair_edge.export.cuda_runtime import CudaStream
-    from fair_edge.runtime.ort import OnnxRuntimeBackend
-
     result = build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", max_batch=4))
     b = load_bundle(tmp_path / "b", target=trt_mod.current_target())
-    hp, col = preprocess_frames(make_frames(3, seed=1), PRE)
-    with CudaStream() as stream, trt_mod.EngineRunner.from_bundle(b) as engine, \
-            trt_mod.TensorRTRunner(engine, stream) as runner:
-        amap, score = runner.infer(hp, col)
-        with runner.capture_graph(3) as graph:
-            graph.launch(stream)
-            stream.synchronize()
-    ref_map, ref_score = OnnxRuntimeBackend(b.onnx_path).infer(hp, col)
-    assert result.engine_built and np.abs(amap - ref_map).max() < 1e-3 and np.abs(score - ref_score).max() < 1e-3
+    inputs = preprocess_frames(make_frames(3, seed=1), MODEL)
+    with trt_backend.TensorRTBackend.from_bundle(b) as backend:
+        out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
+    ref = OnnxRuntimeBackend(b.onnx_path, b.model.input_names).infer(inputs)
+    assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < 1e-3 for n in ref)

@@ -1,4 +1,4 @@
-"""Type-check export/tensorrt.py against the published TensorRT type stubs (PyPI ``tensorrt-stubs``).
+"""Type-check export/tensorrt.py (build) and fair_edge/runtime/tensorrt.py (the backend) against the published TensorRT type stubs (PyPI ``tensorrt-stubs``).
 
 The stubs are a test-only download, kept out of site-packages (installed there, their stub-only
 ``tensorrt/`` directory would import as an empty namespace package). CI:
@@ -50,7 +50,8 @@ def _mypy(stubs: Path, *files: Path) -> subprocess.CompletedProcess:
 
 
 def test_tensorrt_module_type_checks_against_stubs(stubs):
-    r = _mypy(stubs, ROOT / "export" / "tensorrt.py", ROOT / "export" / "cuda_runtime.py")
+    r = _mypy(stubs, ROOT / "export" / "tensorrt.py", ROOT / "export" / "cuda_runtime.py",
+              ROOT / "fair_edge" / "runtime" / "tensorrt.py")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

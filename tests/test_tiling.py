@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from export_fixtures import PRE, WIDTH, make_frames, write_pngs
+from export_fixtures import MODEL, PRE, WIDTH, make_frames, write_pngs
 from fair_edge.calibration.frames import frame_scores
 from fair_edge.checkpoint import Checkpoint, load_checkpoint
 from fair_edge.data import DatasetSplit, Sample, load_images
@@ -102,7 +102,7 @@ def tiled_bundle(tmp_path_factory, tiny_detector):
     path = root / "final.pt"
     from fair_edge.checkpoint import save_checkpoint
 
-    save_checkpoint(path, Checkpoint(pre, WIDTH, tiny_detector.scorer.cfg, tiny_detector.unet.state_dict()))
+    save_checkpoint(path, Checkpoint(replace(MODEL, preprocess=pre), tiny_detector.unet.state_dict()))
     normals = make_frames(6, seed=3, size=96)
     result = build_bundle(load_checkpoint(path), root / "bundle", BuildOptions(engine=False), normal_frames=normals)
     return path, result.bundle, normals
@@ -128,7 +128,8 @@ def test_the_bundle_threshold_comes_from_stitched_frame_scores(tiled_bundle):
     choice = select_backend(bundle, "onnxruntime")
     _, scores = choice.infer_frames(normals)
     assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)  # 6 normals at 0.5 %: the max
-    whole_tile_scores = frame_scores(choice.backend.session.infer_batched, normals, replace(bundle.preprocess, tiling=None))
+    whole = replace(bundle.model, preprocess=replace(bundle.preprocess, tiling=None))
+    whole_tile_scores = frame_scores(choice.backend.infer_batched, normals, whole)
     assert not np.allclose(whole_tile_scores, scores)  # the tiled scores are not the whole-frame ones
 
 
@@ -157,9 +158,9 @@ def test_tiles_go_to_the_backend_in_chunks_of_its_max_batch(tiled_bundle):
     calls = []
     infer = choice.backend.infer
 
-    def counting(hp, col):
-        calls.append(len(hp))
-        return infer(hp, col)
+    def counting(inputs):
+        calls.append(len(next(iter(inputs.values()))))
+        return infer(inputs)
 
     whole = choice.infer_frames(normals[:2])
     choice.backend.infer = counting

@@ -26,7 +26,7 @@ def test_training_writes_checkpoints_and_a_falling_loss(trained):
     final, out = trained
     assert final.name == "final.pt" and (out / "last.pt").is_file()
     ckpt = load_checkpoint(final)
-    assert ckpt.train_state is None and ckpt.width == 8 and ckpt.preprocess == PRE
+    assert ckpt.train_state is None and ckpt.settings.width == 8 and ckpt.preprocess == PRE
     assert ckpt.data_summary["train_images"] == 16 and ckpt.data_summary["steps"] == 60
     rows = list(csv.DictReader((out / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 61))

@@ -1,56 +1,43 @@
 """Inference backends over one bundle, and the pre-processing that feeds them.
 
-All backends take the network inputs as torch tensors on their own device and return host
-NumPy arrays:  infer(highpass (B, C, S, S), colour (B, 3, S, S)) -> (maps (B, S, S) float32,
-scores (B,) float32). ``select_backend(bundle, "auto")`` picks TensorRT (an engine built for this
-GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU, and says why.
+One contract for every backend and every model family:
+  infer({input name: (B, C, S, S) float32 tensor on the backend's device})
+    -> {anomaly_map: (B, 1, S, S) float32, score: (B,) float32} host NumPy arrays.
+The input names are the bundle model's (``bundle.model.input_names``); the pre-processors make
+exactly those from uint8 frames. ``select_backend(bundle, "auto")`` picks TensorRT (an engine built
+for this GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU, and says why.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 import torch
 
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.preprocess import HighPass, frames_to_batch, to_gray
+from fair_edge.models.registry import ModelSpec
+from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
+from fair_edge.preprocess import frames_to_batch
 from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
+Inputs = Mapping[str, torch.Tensor]
+Preprocess = Callable[[list[np.ndarray]], dict[str, torch.Tensor]]
 
 
 class Backend(Protocol):
     name: str
     device: torch.device
 
-    def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]: ...
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
 
 # ----------------------------------------------------------------------------- backends
-class OnnxRuntimeCpuBackend:
-    """The bundle's ONNX graph (its precision) on ONNX Runtime's CPU provider."""
-
-    name = "onnxruntime"
-    device = torch.device("cpu")
-
-    def __init__(self, bundle, threads: int = 0) -> None:
-        from fair_edge.runtime.ort import OnnxRuntimeBackend
-
-        self.session = OnnxRuntimeBackend.from_bundle(bundle, threads=threads)
-
-    def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.session.infer(highpass.numpy(), colour.numpy())
-        return maps[:, 0], scores
-
-    def close(self) -> None:
-        self.session = None
-
-
 class TorchBackend:
     """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph."""
 
@@ -59,102 +46,84 @@ class TorchBackend:
     def __init__(self, weights, device: torch.device, cuda_graphs: bool = True) -> None:
         from fair_edge.checkpoint import load_checkpoint
 
-        self.device = device
-        self.detector = load_checkpoint(weights).build_detector(device)
+        ckpt = load_checkpoint(weights)
+        self.device, self.input_names = device, ckpt.model.input_names
+        self.detector = ckpt.build_detector(device)
         self.use_graphs = cuda_graphs and device.type == "cuda"
         self.graphs: dict[int, tuple] = {}
 
     @torch.no_grad()
-    def _capture(self, batch: int, channels: int, size: int) -> tuple:
-        static_hp = torch.zeros(batch, channels, size, size, device=self.device)
-        static_col = torch.zeros(batch, 3, size, size, device=self.device)
+    def _capture(self, inputs: Inputs) -> tuple:
+        static_in = [torch.zeros_like(inputs[n], device=self.device) for n in self.input_names]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # warm-up before capture, as CUDA graphs require
-                self.detector(static_hp, static_col)
+                self.detector(*static_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_map, static_score = self.detector(static_hp, static_col)
-        return graph, static_hp, static_col, static_map, static_score
+            static_out = self.detector(*static_in)
+        return graph, static_in, static_out
 
     @torch.no_grad()
-    def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
         if not self.use_graphs:
-            amap, score = self.detector(highpass.to(self.device), colour.to(self.device))
-            return amap[:, 0].float().cpu().numpy(), score.float().cpu().numpy()
-        batch = highpass.shape[0]
-        if batch not in self.graphs:
-            self.graphs[batch] = self._capture(batch, highpass.shape[1], highpass.shape[-1])
-        graph, static_hp, static_col, static_map, static_score = self.graphs[batch]
-        static_hp.copy_(highpass)
-        static_col.copy_(colour)
-        graph.replay()
-        return static_map[:, 0].cpu().numpy(), static_score.cpu().numpy()
+            outputs = self.detector(*(inputs[n].to(self.device) for n in self.input_names))
+        else:
+            batch = inputs[self.input_names[0]].shape[0]
+            if batch not in self.graphs:
+                self.graphs[batch] = self._capture(inputs)
+            graph, static_in, outputs = self.graphs[batch]
+            for buffer, name in zip(static_in, self.input_names):
+                buffer.copy_(inputs[name])
+            graph.replay()
+        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs)}
 
     def close(self) -> None:
         self.graphs.clear()
 
 
-class TensorRTBackend:
-    """The bundle's TensorRT engine (built for this GPU and TensorRT version) on CUDA."""
-
-    name = "tensorrt"
-    device = torch.device("cuda")
-
-    def __init__(self, bundle) -> None:
-        from fair_edge.export.tensorrt import EngineRunner
-
-        self.runner = EngineRunner.from_bundle(bundle)  # refuses an engine built for another GPU / TensorRT
-        self.size = bundle.image_size
-
-    def infer(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        batch = highpass.shape[0]
-        amap = torch.empty(batch, 1, self.size, self.size, device="cuda")
-        score = torch.empty(batch, device="cuda")
-        stream = torch.cuda.current_stream()
-        self.runner.infer({"highpass": highpass.contiguous(), "colour": colour.contiguous()},
-                          {"anomaly_map": amap, "score": score}, stream.cuda_stream)
-        stream.synchronize()
-        return amap[:, 0].cpu().numpy(), score.cpu().numpy()
-
-    def close(self) -> None:
-        self.runner.close()
-
-
 # ----------------------------------------------------------------------------- pre-processing
 class CpuPreprocessor:
-    """The reference pre-processing on the CPU: frames -> (highpass, colour) CPU float32 tensors."""
+    """The reference pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
 
-    def __init__(self, cfg, device: torch.device = torch.device("cpu")) -> None:
-        self.cfg, self.device = cfg, device
-        self.highpass = HighPass(cfg)
+    frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S).
+    """
+
+    def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu")) -> None:
+        self.size, self.device = model.preprocess.image_size, device
+        self.make_inputs = model.input_maker("cpu")
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        colour = frames_to_batch(frames, self.cfg.image_size)
-        return self.highpass(to_gray(colour)).to(self.device), colour.to(self.device)
+    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        inputs = self.make_inputs(frames_to_batch(frames, self.size))
+        return {name: t.to(self.device) for name, t in inputs.items()}
 
 
 class FusedGpuPreprocessor:
-    """The fused CUDA kernel: a batch of same-sized host frames -> CUDA tensors, one launch."""
+    """The fused CUDA kernel (resize, gray, high-pass; one launch): same-sized host frames -> CUDA inputs.
 
-    def __init__(self, cfg) -> None:
+    Serves models whose inputs are among (highpass, colour); ConfigError for any other.
+    """
+
+    def __init__(self, model: ModelSpec) -> None:
+        if not set(model.input_names) <= {HIGHPASS, COLOUR} or HIGHPASS not in model.input_names:
+            raise ConfigError(f"the fused kernel makes highpass and colour; {model.describe()} takes {list(model.input_names)}.")
         from fair_edge.export.preprocess_gpu import FusedPreprocessor
 
-        self.cfg = cfg
-        self.kernel = FusedPreprocessor(cfg, half=False)
+        self.model, self.cfg = model, model.preprocess
+        self.kernel = FusedPreprocessor(self.cfg, half=False)
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
         if len({f.shape for f in frames}) > 1:
-            return CpuPreprocessor(self.cfg, torch.device("cuda"))(frames)  # mixed sizes: rare, reference path
+            return CpuPreprocessor(self.model, torch.device("cuda"))(frames)  # mixed sizes: rare, reference path
         size, batch = self.cfg.image_size, len(frames)
         highpass = torch.empty(batch, self.cfg.in_channels, size, size, device="cuda")
         colour = torch.empty(batch, 3, size, size, device="cuda")
         self.kernel.run(np.stack(frames), highpass, colour, stream=torch.cuda.current_stream().cuda_stream)
-        return highpass, colour
+        return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
 
 
 # ----------------------------------------------------------------------------- selection
@@ -164,7 +133,7 @@ class BackendChoice:
     (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path."""
 
     backend: Backend
-    preprocess: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]]
+    preprocess: Preprocess
     reason: str
     tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
     max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
@@ -177,16 +146,19 @@ class BackendChoice:
         as whole frames (the fused GPU kernel resizes each tile like a frame)."""
         tiles, layouts = self.tiler.split(frames)
         step = self.max_batch or len(tiles)
-        parts = [self.backend.infer(*self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
-        maps, scores = (np.concatenate(p) for p in zip(*parts))
+        parts = [self.backend.infer(self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
+        maps = np.concatenate([p[ANOMALY_MAP][:, 0] for p in parts])
+        scores = np.concatenate([p[SCORE] for p in parts])
         frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
         return np.stack(frame_maps), frame_scores
 
 
 def _tensorrt(bundle) -> BackendChoice:
+    from fair_edge.runtime.tensorrt import TensorRTBackend
+
     if bundle.engine is None:
         raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
-    return BackendChoice(TensorRTBackend(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
+    return BackendChoice(TensorRTBackend.from_bundle(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
 
 
 def _torch_cuda(bundle) -> BackendChoice:
@@ -197,12 +169,14 @@ def _torch_cuda(bundle) -> BackendChoice:
 
 
 def _torch_cpu(bundle) -> BackendChoice:
-    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.preprocess),
+    return BackendChoice(TorchBackend(_weights(bundle), torch.device("cpu")), CpuPreprocessor(bundle.model),
                          "PyTorch eager on the CPU")
 
 
 def _onnxruntime(bundle) -> BackendChoice:
-    return BackendChoice(OnnxRuntimeCpuBackend(bundle), CpuPreprocessor(bundle.preprocess),
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
+
+    return BackendChoice(OnnxRuntimeBackend.from_bundle(bundle), CpuPreprocessor(bundle.model),
                          f"ONNX Runtime on the CPU ({bundle.precision} graph)")
 
 
@@ -212,15 +186,15 @@ def _weights(bundle):
     return bundle.weights_path
 
 
-def _gpu_preprocessor(bundle):
+def _gpu_preprocessor(bundle) -> Preprocess:
     try:
-        return FusedGpuPreprocessor(bundle.preprocess)
+        return FusedGpuPreprocessor(bundle.model)
     except FairEdgeError as exc:
-        log.warning("fused pre-processing kernel unavailable (%s); using the reference on the CPU", exc)
-        return CpuPreprocessor(bundle.preprocess, torch.device("cuda"))
+        log.warning("fused pre-processing kernel not used (%s); using the reference on the CPU", exc)
+        return CpuPreprocessor(bundle.model, torch.device("cuda"))
 
 
-BACKENDS: dict[str, Callable] = {
+BACKENDS: dict[str, Callable[..., BackendChoice]] = {
     "tensorrt": _tensorrt,
     "torch-cuda": _torch_cuda,
     "torch-cpu": _torch_cpu,

@@ -1,26 +1,43 @@
 """ONNX Runtime backend: runs a bundle's ONNX graph on the CPU (or any ORT provider).
 
-Used by ``eval``/``bench`` where TensorRT is absent, and by the build to measure accuracy.
+The station, eval and bench use it where TensorRT is absent; the build uses it to check parity,
+measure accuracy and calibrate the threshold.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from fair_edge.errors import BundleError
+from fair_edge.models.tensors import OUTPUT_NAMES
+
+Inputs = Mapping[str, "np.ndarray | torch.Tensor"]
+
+
+def host_array(value: "np.ndarray | torch.Tensor") -> np.ndarray:
+    """A contiguous float32 host array of ``value`` (a NumPy array or a tensor on any device)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
 
 
 class OnnxRuntimeBackend:
-    """infer(highpass, colour) -> (anomaly_map, score) with ONNX Runtime.
+    """infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
 
-    highpass: (B, C, S, S) float32, colour: (B, 3, S, S) float32 RGB in [0, 1], host memory.
-    Returns anomaly_map (B, 1, S, S) float32 and score (B,) float32, host memory.
+    input_names: the inputs the graph must declare, in order (a bundle's ``model.input_names``);
+    None accepts the graph's own (build-time checks on a graph just written).
     """
 
-    def __init__(self, onnx_path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
+    name = "onnxruntime"
+    device = torch.device("cpu")
+
+    def __init__(self, onnx_path: str | Path, input_names: Sequence[str] | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
         self.path = Path(onnx_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -32,28 +49,25 @@ class OnnxRuntimeBackend:
                 f"ONNX Runtime cannot load {self.path}: {type(exc).__name__}: {str(exc)[:300]}. "
                 "Rebuild the bundle with `fair-edge build`."
             ) from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        if self.input_names != ["highpass", "colour"]:
-            raise BundleError(f"{self.path} has inputs {self.input_names}; expected ['highpass', 'colour'].")
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        if input_names is not None and self.input_names != tuple(input_names):
+            raise BundleError(f"{self.path} has inputs {list(self.input_names)}; expected {list(input_names)}. "
+                              "Rebuild the bundle with `fair-edge build`.")
 
     @classmethod
-    def from_bundle(cls, bundle, **kwargs) -> "OnnxRuntimeBackend":
+    def from_bundle(cls, bundle, threads: int = 0) -> "OnnxRuntimeBackend":
         """The backend for ``bundle.onnx_path`` (the graph of the bundle's precision)."""
-        return cls(bundle.onnx_path, **kwargs)
+        return cls(bundle.onnx_path, bundle.model.input_names, threads=threads)
 
-    def infer(self, highpass: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {
-            "highpass": np.ascontiguousarray(highpass, dtype=np.float32),
-            "colour": np.ascontiguousarray(colour, dtype=np.float32),
-        }
-        amap, score = self.session.run(["anomaly_map", "score"], feeds)
-        return amap, score
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        feeds = {name: host_array(inputs[name]) for name in self.input_names}
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
 
-    def infer_batched(self, highpass: np.ndarray, colour: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """``infer`` in chunks of ``batch`` images; same shapes as ``infer``."""
-        maps, scores = [], []
-        for i in range(0, len(highpass), batch):
-            m, s = self.infer(highpass[i : i + batch], colour[i : i + batch])
-            maps.append(m)
-            scores.append(s)
-        return np.concatenate(maps), np.concatenate(scores)
+    def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
+        """``infer`` in chunks of ``batch`` images; same names and shapes as ``infer``."""
+        count = len(next(iter(inputs.values())))
+        parts = [self.infer({n: inputs[n][i : i + batch] for n in self.input_names}) for i in range(0, count, batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
+
+    def close(self) -> None:
+        self.session = None

@@ -1,9 +1,11 @@
-"""The whole inference after pre-processing: UNet restoration + scoring, as one module.
+"""The whole FAIR inference after pre-processing: UNet restoration + scoring, as one module.
 
 This is the graph that eval runs and that export writes to ONNX.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -27,4 +29,17 @@ class FairDetector(nn.Module):
 
     def forward(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         restored = self.unet(highpass)
+        return self.scorer(colour, restored)
+
+
+class HalfUNetDetector(nn.Module):
+    """FairDetector with a float16 UNet and float32 scoring; same inputs and outputs as FairDetector."""
+
+    def __init__(self, detector: FairDetector) -> None:
+        super().__init__()
+        self.unet = copy.deepcopy(detector.unet).half()
+        self.scorer = detector.scorer
+
+    def forward(self, highpass: torch.Tensor, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        restored = self.unet(highpass.to(torch.float16)).to(torch.float32)
         return self.scorer(colour, restored)

@@ -1,0 +1,94 @@
+"""What a model family declares, so that everything downstream works on named tensors alone.
+
+A family is one module (``fair_edge/models/<key>/family.py``) with one ``ModelFamily`` subclass:
+  inputs        the graph inputs (names from ``models.tensors``), shapes and how each is made
+  input_maker   the torch module that makes those inputs from the resized colour batch
+  build         its PyTorch module: forward(*inputs in ``inputs`` order) -> (anomaly_map, score)
+  half          the module the FP16 graph is exported from (float16 network, float32 scoring)
+  int8_scope    node-name prefixes of the exported graph whose convolutions get Q/DQ in INT8
+  settings      a frozen dataclass with ``to_dict``/``from_dict``, stored in checkpoints and bundles
+  training      the module whose trainer writes this family's checkpoints (``training_module``)
+and one line in ``fair_edge.models.registry.FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from types import ModuleType
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from fair_edge.models.tensors import TensorSpec
+from fair_edge.preprocess import PreprocessConfig
+
+
+class ModelFamily(ABC):
+    """One detector family. Subclasses set the class attributes and implement the methods."""
+
+    key: ClassVar[str]
+    summary: ClassVar[str]
+    version: ClassVar[int] = 1  # of the settings/weights layout this code writes and reads
+    int8_scope: ClassVar[tuple[str, ...]]
+    training_module: ClassVar[str]  # dotted name of the module with make_trainer / default_train_config
+
+    @abstractmethod
+    def default_settings(self) -> Any:
+        """The family's settings dataclass with its defaults."""
+
+    @abstractmethod
+    def settings_from_dict(self, data: Mapping[str, Any]) -> Any:
+        """Settings from their ``to_dict()`` form; ConfigError naming a bad field."""
+
+    @abstractmethod
+    def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:
+        """The graph inputs, in the order ``build(...).forward`` takes them."""
+
+    @abstractmethod
+    def input_maker(self, preprocess: PreprocessConfig) -> nn.Module:
+        """forward(colour (B, 3, S, S) float32 RGB [0, 1], any device) -> {input name: tensor}."""
+
+    @abstractmethod
+    def build(self, settings: Any, preprocess: PreprocessConfig) -> nn.Module:
+        """A fresh module: forward(*inputs) -> (anomaly_map (B, 1, S, S), score (B,)) float32."""
+
+    @abstractmethod
+    def half(self, module: nn.Module) -> nn.Module:
+        """A float16 copy of the network part of ``module`` with the same inputs/outputs (FP16 graph)."""
+
+    @abstractmethod
+    def describe(self, settings: Any) -> str:
+        """One line for tables and logs, e.g. 'FAIR width 32'."""
+
+    @abstractmethod
+    def tag(self, settings: Any) -> str:
+        """A short file-name part for default run and bundle folders, e.g. 'w32'."""
+
+    def training(self) -> ModuleType:
+        """The family's training module (``training_module``), imported on first use.
+
+        It defines ``default_train_config() -> fair_edge.train.TrainConfig`` and ``make_trainer(split, model, cfg,
+        out_dir, device, *, textures, backbone_weights, backbone_sha256)`` returning an object with
+        ``run(on_step) -> final.pt``, ``resume()``, ``step``, ``total_steps``, ``batch``, ``images``, ``use_amp``
+        (ConfigError for an option the family has no use for). Named, not imported here, so that reading a
+        checkpoint (which needs the registry) never loads the training stack, and no import cycle forms.
+        """
+        return importlib.import_module(self.training_module)
+
+    def settings_from_options(self, options: Mapping[str, Any]) -> Any:
+        """The default settings with the non-None ``options`` whose names are settings fields (command-line flags)."""
+        base = self.default_settings().to_dict()
+        return self.settings_from_dict({**base, **{k: v for k, v in options.items() if k in base and v is not None}})
+
+    def check_preprocess(self, preprocess: PreprocessConfig) -> None:
+        """ConfigError when ``preprocess`` (e.g. the image size) does not suit this family."""
+
+    def load_weights(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a checkpoint's ``state_dict`` into ``module`` (RuntimeError on a mismatch)."""
+        module.load_state_dict(state_dict)
+
+    def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The state dict a checkpoint stores for ``module`` (inverse of ``load_weights``)."""
+        return module.state_dict()
