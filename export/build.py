@@ -28,6 +28,7 @@ from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
+from fair_edge.models.tensors import ANOMALY_MAP
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 PARITY_TOL = 1e-4
