@@ -28,6 +28,6 @@ def fuse(
     frames = [read_image(p) for p in list_images(normal)]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
-        console.print(f"  m{i}: {m.root.name} width {m.width}, {m.image_size} px; normal score {s.mean:.5g} +- {s.std:.3g}")
+        console.print(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
     console.print(f"[green]fused bundle:[/] {out} (rule {rule}, threshold {fused.threshold.value:.4g} at "
                   f"{false_reject_rate:.1%} false rejects)\nnext: fair-edge run --bundle {out} --source FRAMES")
