@@ -60,8 +60,8 @@ class FolderReplaySource(SourceBase):
         self._files = sorted(p for p in self.folder.iterdir()
                              if p.is_file() and p.suffix.lower() in self.suffixes)
         if not self._files:
-            raise CameraError(f"{self.name}: expected images with suffix {list(self.suffixes)} in "
-                              f"{self.folder}, found none; check the path or pass suffixes=")
+            raise CameraError(f"{self.name}: the folder {self.folder} holds no images (looked for "
+                              f"{', '.join(self.suffixes)}); put the images to replay there, or give a video file.")
         self._index = 0
         self._pacer.reset()
         return self._next_image()

@@ -7,11 +7,15 @@
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects),
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
+All of it happens in a temporary folder next to the target, moved into place only when complete.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
+log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
 CALIB_CACHE = "calibration.json"
 TIMING_CACHE = "timing.cache"
@@ -72,17 +77,44 @@ class BuildResult:
     calibration_reused: bool = False
 
 
-def _prepare_out(out: Path) -> None:
-    """Create ``out`` or clear a previous bundle there (keeping caches); refuse a foreign folder."""
+def check_inputs(out: Path, options: BuildOptions, has_calib: bool) -> None:
+    """Everything that can be refused before any work: where the bundle goes and what the precision needs."""
     if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} is a file; pass a directory for the bundle.")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise BundleError(f"--out {out} exists and is not a fair-edge bundle; choose an empty or new directory.")
-        for path in out.iterdir():
-            if path.name not in KEPT_ON_REBUILD:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BundleError(f"--out {out} exists and is not a fair-edge bundle; choose an empty or new directory.")
+    if get_precision(options.precision).needs_calibration and not has_calib:
+        raise DataError(f"--{options.precision} needs normal images for calibration; pass --calib with a folder of "
+                        "normal images or a dataset (e.g. data/bracket, elpv:mono): its training images are used.")
+
+
+def _staging(out: Path) -> Path:
+    """A fresh folder next to ``out`` (same file system, so the final move is a rename), seeded with the
+    previous bundle's reusable caches."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    for name in KEPT_ON_REBUILD:
+        if (out / name).is_file():
+            shutil.copy2(out / name, staging / name)
+    return staging
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _discard(staging: Path) -> None:
+    def report(func, path, exc_info) -> None:
+        log.warning("could not remove %s of an unfinished bundle: %s", path, exc_info[1])
+
+    shutil.rmtree(staging, onerror=report)
 
 
 Inputs = dict[str, np.ndarray]
@@ -107,8 +139,6 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
         return fp32, False
     if prec.name == "fp16":
         return export_onnx(ckpt.model, ckpt.build_detector("cpu"), out / prec.onnx_name, "fp16"), False
-    if calib is None:
-        raise DataError("--int8 needs normal images for calibration; pass --calib FOLDER (e.g. the training 'good' images).")
     reused = quantize_int8(fp32, out / prec.onnx_name, calib, ckpt.model.impl.int8_scope, options.int8,
                            out / CALIB_CACHE, on_image)
     return out / prec.onnx_name, reused
@@ -143,7 +173,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
 
 def _try_engine(out: Path, graph: Path, ckpt: Checkpoint, options: BuildOptions) -> tuple[dict | None, str]:
     """Build the engine where TensorRT is importable; (None, what to install) where it is not.
-    Parser and build errors propagate as EngineError (the ONNX bundle is already written)."""
+    Parser and build errors propagate as EngineError (and the build leaves no bundle; --no-engine skips it)."""
     from fair_edge.export import tensorrt as trt_build
 
     if not options.engine:
@@ -167,10 +197,26 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
 
     calib_frames: normal training images, (H, W, 3) uint8 BGR (INT8 calibration; threshold fallback).
     normal_frames: held-out normal images for the threshold. defect_frames: optional, for the F1 threshold.
+    The bundle is built in a temporary folder next to ``out`` and moved into place when complete: a
+    failed build leaves ``out`` as it was (absent, or the previous bundle) and nothing else behind.
     """
     start = time.perf_counter()
     out = Path(out)
-    _prepare_out(out)
+    check_inputs(out, options, bool(calib_frames))
+    staging = _staging(out)
+    try:
+        parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image)
+        _move_into_place(staging, out)
+    except BaseException:
+        _discard(staging)
+        raise
+    delta, parity, reused, engine_built, note = parts
+    return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused)
+
+
+def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames, normal_frames, defect_frames,
+                on_calibration_image) -> tuple[GraphDelta | None, float, bool, bool, str]:
+    """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note)."""
     save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
     pre = ckpt.preprocess
@@ -190,5 +236,5 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
         write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine))
-    bundle = load_bundle(out)
-    return BuildResult(bundle, time.perf_counter() - start, engine is not None, note, delta, parity, reused)
+    load_bundle(out)  # verified before it is moved into place
+    return delta, parity, reused, engine is not None, note

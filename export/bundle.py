@@ -8,7 +8,9 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
-  files: {relative name: {sha256, bytes}} for every other file in the bundle.
+  files: {relative name: {sha256, bytes}} for every other file in the bundle;
+  metadata_sha256: SHA-256 of bundle.json itself (canonical JSON of every other key, ``metadata_digest``),
+  so an edited threshold, cutoff or any other setting is refused like a modified file.
 ``load_bundle`` verifies all of it; ``check_engine_target`` refuses an engine built elsewhere.
 Version 1 bundles (before model families: model {width, in_channels, image_size}, top-level
 preprocess and scoring) are FAIR bundles and still load.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +34,12 @@ from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
 from fair_edge.models.tensors import OUTPUT_NAMES
 from fair_edge.preprocess import PreprocessConfig
 
+log = logging.getLogger(__name__)
 FORMAT = "fair-edge-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
+METADATA_KEY = "metadata_sha256"
 
 
 @dataclass(frozen=True)
@@ -119,14 +124,24 @@ def library_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
 
 
+def metadata_digest(data: dict) -> str:
+    """SHA-256 (hex) of bundle.json's content without its own checksum key, as canonical JSON
+    (sorted keys, no whitespace, ASCII), so formatting does not matter and every value does."""
+    body = {k: v for k, v in data.items() if k != METADATA_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(root: str | Path, manifest: dict) -> Path:
-    """Add ``format``, ``format_version`` and the checksums of every file under ``root``; write bundle.json atomically."""
+    """Add ``format``, ``format_version``, the checksums of every file under ``root`` and the metadata
+    checksum; write bundle.json atomically."""
     root = Path(root)
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")):
         rel = path.relative_to(root).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            **{k: v for k, v in manifest.items() if k != METADATA_KEY}, "files": files}
+    data[METADATA_KEY] = metadata_digest(data)
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, root / MANIFEST)
@@ -155,7 +170,28 @@ def _read_manifest(root: Path) -> dict:
             f"{path} has bundle format version {data.get('format_version')!r}; this fair-edge reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}. {_rebuild_hint(data)}"
         )
+    _verify_metadata(path, data)
     return data
+
+
+def _verify_metadata(path: Path, data: dict) -> None:
+    """Refuse a bundle.json whose content differs from what its build recorded (format 2 onwards;
+    format-1 bundles, written before the metadata checksum existed, load with a warning)."""
+    if data.get("format_version") == 1:
+        log.warning("%s is bundle format 1: its settings carry no checksum and are not verified. %s",
+                    path, _rebuild_hint(data))
+        return
+    recorded, found = data.get(METADATA_KEY), metadata_digest(data)
+    if recorded is None:
+        raise BundleError(f"{path} has no {METADATA_KEY} (written by an older fair-edge), so its settings cannot be "
+                          f"verified. {_rebuild_hint(data)}")
+    if recorded != found:
+        raise BundleError(
+            f"{path} was changed after the build: its metadata checksum is {found[:16]}..., the build recorded "
+            f"{str(recorded)[:16]}.... A bundle's settings (threshold, cutoff, image size, ...) are fixed when it is "
+            "built. For another decision threshold set decision.threshold in the station file or pass "
+            f"`fair-edge run --threshold`; for any other change, rebuild. {_rebuild_hint(data)}"
+        )
 
 
 def _verify_files(root: Path, data: dict) -> dict[str, str]:

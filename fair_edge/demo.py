@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from fair_edge.demo_config import DEMO_FALSE_REJECT_RATE
 from fair_edge.data import DatasetSplit, Sample, elpv_split, read_image
 
 TRAVEL_MS = 400.0  # camera -> reject gate travel time of the simulated conveyor
@@ -72,7 +73,7 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
 
 
 def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float = 10.0,
-             n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = 0.05,
+             n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = DEMO_FALSE_REJECT_RATE,
              say: Callable[[str], None] = print) -> dict:
     """Run steps 3 and 4 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics)."""
     from fair_edge.checkpoint import load_checkpoint

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fair_edge import metrics, plots
-from fair_edge.calibration.threshold import quantile_threshold
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, quantile_threshold
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
@@ -100,7 +100,7 @@ def _mask_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray
     return cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
 
 
-def compute_metrics(scored: ScoredSet, false_reject_rate: float = 0.005) -> dict:
+def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> dict:
     labels = scored.labels
     result: dict = {"images": len(labels), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
     if result["normal"] and result["defective"]:
@@ -145,16 +145,24 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     defect_idx = np.where(labels == 1)[0]
     worst_normal = normal_idx[np.argsort(-scored.scores[normal_idx])][:worst]
     worst_defect = defect_idx[np.argsort(scored.scores[defect_idx])][:worst]
+    threshold = result.get("suggested_threshold")
     for tag, indices in (("normal-highest", worst_normal), ("defect-lowest", worst_defect)):
         for rank, i in enumerate(indices):
             sample = scored.samples[i]
-            image = read_image(sample.path)
-            overlay = plots.heatmap_overlay(image, scored.maps[i], vmin, vmax)
-            cv2.imwrite(str(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png"), overlay)
+            panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax, heatmap_lines(sample, scored.scores[i], threshold),
+                                        threshold=threshold, mask=None if scored.masks is None else scored.masks[i])
+            cv2.imwrite(str(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png"), panel)
+
+
+def heatmap_lines(sample: Sample, score: float, threshold: float | None) -> list[str]:
+    """The text above an eval heat-map panel: file, truth, score against the suggested threshold."""
+    truth = "normal" if sample.label == 0 else f"defect ({sample.defect_type})"
+    verdict = "" if threshold is None else (" > " if score > threshold else " <= ") + f"threshold {threshold:.4f}"
+    return [f"{sample.path.name}: {truth}", f"score {score:.4f}{verdict}"]
 
 
 def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: str = "cpu", batch: int = 16,
-             false_reject_rate: float = 0.005, worst: int = 8, progress=None) -> dict:
+             false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE, worst: int = 8, progress=None) -> dict:
     """Score ``split.test`` and write the report; returns the metrics dict."""
     if not split.test:
         raise DataError(

@@ -200,3 +200,65 @@ def heatmap_overlay(
     scaled = np.clip((resized - vmin) / (vmax - vmin), 0.0, 1.0) * 255.0
     heat = cv2.applyColorMap(np.round(scaled).astype(np.uint8), cv2.COLORMAP_JET)
     return cv2.addWeighted(image_bgr, 1.0 - alpha, heat, alpha, 0.0)
+
+
+# ---------------------------------------------------------------- readable heat-map panels
+_BAR_WIDTH = 70  # colour bar with its tick labels, pixels
+_OUTLINE = (255, 255, 255)  # mask outline colour (BGR)
+_LINE_HEIGHT = 22  # text strip line height, pixels
+
+
+def colour_bar(height: int, vmin: float, vmax: float, threshold: float | None = None) -> np.ndarray:
+    """A vertical JET scale for map values vmin (bottom) .. vmax (top), with tick labels and, when
+    given, the threshold as a black line. Returns (height, _BAR_WIDTH, 3) uint8 BGR."""
+    bar = np.full((height, _BAR_WIDTH, 3), 255, np.uint8)
+    ramp = np.linspace(255, 0, height).round().astype(np.uint8)[:, None]
+    bar[:, :16] = cv2.applyColorMap(np.repeat(ramp, 16, axis=1), cv2.COLORMAP_JET)
+    for frac in (0.0, 0.5, 1.0):
+        y = int(round((1.0 - frac) * (height - 1)))
+        _text(bar, f"{vmin + frac * (vmax - vmin):.3g}", (20, min(max(y + 4, 10), height - 2)), scale=0.35)
+    if threshold is not None and vmin <= threshold <= vmax:
+        y = int(round((vmax - threshold) / (vmax - vmin) * (height - 1)))
+        cv2.line(bar, (0, y), (18, y), _BLACK, 2)
+        _text(bar, "thr", (20, min(max(y + 4, 10), height - 2)), scale=0.35)
+    return bar
+
+
+def text_strip(width: int, lines: list[str]) -> np.ndarray:
+    """White strip with one line of black text per entry. Returns (22 * len(lines) + 6, width, 3) uint8."""
+    strip = np.full((_LINE_HEIGHT * len(lines) + 6, width, 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        _text(strip, line, (6, _LINE_HEIGHT * (i + 1)), scale=0.5)
+    return strip
+
+
+def _outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with the boundary of ``mask`` (any size, nonzero = defect) drawn on it."""
+    height, width = image.shape[:2]
+    resized = cv2.resize(np.asarray(mask, np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours((resized > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = image.copy()
+    cv2.drawContours(out, contours, -1, _OUTLINE, max(1, height // 200))
+    return out
+
+
+def heatmap_panel(image_bgr: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, lines: list[str], *,
+                  threshold: float | None = None, mask: np.ndarray | None = None, show_original: bool = True,
+                  alpha: float = 0.5, min_side: int = 256) -> np.ndarray:
+    """A figure a person can read: text lines on top (score, threshold, source), then the image as
+    captured, the heat map over it, and the colour scale (with the threshold marked).
+
+    image_bgr: (H, W, 3) uint8 BGR. anomaly_map: (h, w) float. mask: optional (h', w') ground truth,
+    outlined on both panels. Images smaller than ``min_side`` are enlarged (nearest neighbour).
+    Returns (rows, cols, 3) uint8 BGR.
+    """
+    overlay = heatmap_overlay(image_bgr, anomaly_map, vmin, vmax, alpha)
+    original = np.asarray(image_bgr)
+    if mask is not None:
+        original, overlay = _outline(original, mask), _outline(overlay, mask)
+    if original.shape[0] < min_side:
+        size = (round(original.shape[1] * min_side / original.shape[0]), min_side)
+        original, overlay = (cv2.resize(p, size, interpolation=cv2.INTER_NEAREST) for p in (original, overlay))
+    panels = [original, overlay] if show_original else [overlay]
+    row = np.concatenate([*panels, colour_bar(overlay.shape[0], vmin, vmax, threshold)], axis=1)
+    return np.concatenate([text_strip(row.shape[1], lines), row], axis=0)

@@ -36,6 +36,14 @@ from fair_edge.errors import ConfigError
 from fair_edge.tiling import TilingConfig
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
+PAPER_IMAGE_SIZE = 256  # pixels
+PAPER_CUTOFF = 30.0  # D0 at PAPER_IMAGE_SIZE, frequency-index units
+
+
+def scaled_cutoff(image_size: int) -> float:
+    """The default D0 at ``image_size``: the paper's 30 at 256 px scaled to keep the same cutoff in cycles
+    per pixel (30 * S / 256, e.g. 15 at 128 px), so the filter's spatial footprint in pixels stays the same."""
+    return PAPER_CUTOFF * image_size / PAPER_IMAGE_SIZE
 GRAY_WEIGHTS_RGB = (0.299, 0.587, 0.114)
 SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -45,15 +53,16 @@ class PreprocessConfig:
     """Settings that define the model input.
 
     image_size: side of the square model input, pixels. filter: one of ``FILTERS``.
-    cutoff: D0 in frequency-index units of the image_size x image_size spectrum.
+    cutoff: D0 in frequency-index units of the image_size x image_size spectrum (cycles per image
+    side); None (the default) = ``scaled_cutoff(image_size)``, the paper's 30 at 256 px scaled to the size.
     order: Butterworth order n (ignored by the other filters).
     tiling: None (the whole frame is resized to image_size) or a TilingConfig (each tile of the
     frame is resized to image_size; see fair_edge.tiling).
     """
 
-    image_size: int = 256
+    image_size: int = PAPER_IMAGE_SIZE
     filter: str = "butterworth"
-    cutoff: float = 30.0
+    cutoff: float | None = None
     order: int = 2
     tiling: TilingConfig | None = None
 
@@ -62,8 +71,10 @@ class PreprocessConfig:
             raise ConfigError(f"filter must be one of {', '.join(FILTERS)}; found {self.filter!r}.")
         if not (isinstance(self.image_size, int) and 16 <= self.image_size <= 4096):
             raise ConfigError(f"image_size must be an integer in 16..4096 pixels; found {self.image_size!r}.")
+        if self.cutoff is None:
+            object.__setattr__(self, "cutoff", scaled_cutoff(self.image_size))
         if not self.cutoff > 0:
-            raise ConfigError(f"cutoff (D0) must be > 0; found {self.cutoff!r}. The paper's default is 30.")
+            raise ConfigError(f"cutoff (D0) must be > 0; found {self.cutoff!r}. The paper's default is 30 at 256 px.")
         if not (isinstance(self.order, int) and self.order >= 1):
             raise ConfigError(f"Butterworth order must be an integer >= 1; found {self.order!r}.")
 

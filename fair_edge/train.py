@@ -5,14 +5,19 @@ are held there as one tensor, and rotation, anomaly synthesis, gray, high-pass, 
 batched torch ops, so a GPU is never starved by CPU-side augmentation.
 
 Resuming is exact: the checkpoint holds the step, optimizer, scheduler and every random state,
-and each epoch's image order is derived from (seed, epoch).
+and each epoch's image order is derived from (seed, epoch). Ctrl-C (SIGINT) only asks the loop to
+stop: the step in flight finishes, then ``last.pt`` is written at that step boundary, so it equals
+the periodic save of the same step (a second Ctrl-C stops at once, without saving).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,13 +70,47 @@ class TrainConfig:
     def total_steps(self, n_images: int) -> int:
         return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)
 
+    def to_dict(self) -> dict:
+        """Primitives and tuples only, so ``torch.load(weights_only=True)`` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Inverse of ``to_dict`` (sequences become tuples again; unknown keys are an error)."""
+        def tuples(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        values = tuples(data)
+        synthesis = SynthesisConfig(**tuples(values.pop("synthesis", {}) or {}))
+        return cls(**values, synthesis=synthesis)
+
 
 class TrainingInterrupted(FairEdgeError):
     """Training stopped by Ctrl-C; ``checkpoint`` holds the state to resume from."""
 
     def __init__(self, checkpoint: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}; state saved to {checkpoint}. Resume with --resume.")
+        super().__init__(f"interrupted after step {step}; state saved to {checkpoint}.")
         self.checkpoint, self.step = checkpoint, step
+
+
+@contextlib.contextmanager
+def sigint_requests_stop(request_stop):
+    """While active, the first SIGINT calls ``request_stop()`` instead of raising KeyboardInterrupt
+    mid-step; a second SIGINT raises KeyboardInterrupt as usual. Outside the main thread (where
+    Python delivers no signals) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request_stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def steps_per_epoch(n_images: int, batch: int) -> int:
@@ -154,6 +193,8 @@ class Trainer:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.state = TrainState(unet, optimizer, scheduler, generator)
         self.use_amp = cfg.amp and device.type == "cuda"
+        self.stop_requested = False
+        self.run_info: dict = {}  # where the data came from (data, category, textures), stored for --resume
 
     @property
     def step(self) -> int:
@@ -166,7 +207,8 @@ class Trainer:
             state_dict=self.state.unet.state_dict(),
             data_summary=dict(self.data_summary, steps=self.state.step, batch=self.batch,
                               train_config={k: v for k, v in asdict(self.cfg).items() if k != "synthesis"}),
-            train_state=self.state.to_dict() if with_train_state else None,
+            train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info)
+            if with_train_state else None,
         )
 
     def save(self, name: str = "last.pt") -> Path:
@@ -216,39 +258,49 @@ class Trainer:
         return float(loss.detach())
 
     # -------------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted."""
+        self.stop_requested = True
+
     def run(self, on_step=None) -> Path:
         """Train to ``total_steps``; returns the path of ``final.pt``.
 
         on_step(step, total, loss, images_per_s) is called after every step (progress display).
-        Ctrl-C saves ``last.pt`` and raises TrainingInterrupted.
+        Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step
+        boundary and raises TrainingInterrupted.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step)
-        per_epoch = steps_per_epoch(len(self.images), self.batch)
-        t0, t_window, n_window = time.perf_counter(), time.perf_counter(), 0
+        self.stop_requested = False
         try:
-            while self.state.step < self.total_steps:
-                loss = self.train_step(self.state.step)
-                self.state.step += 1
-                n_window += self.batch
-                rate = n_window / max(time.perf_counter() - t_window, 1e-9)
-                if math.isnan(loss):
-                    raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
-                if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps:
-                    log_file.write(self.state.step, self.state.step // per_epoch, loss,
-                                   self.state.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
-                    t_window, n_window = time.perf_counter(), 0
-                if self.state.step % self.cfg.save_every == 0:
-                    self.save()
-                if on_step is not None:
-                    on_step(self.state.step, self.total_steps, loss, rate)
-        except KeyboardInterrupt:
-            path = self.save()
-            raise TrainingInterrupted(path, self.state.step) from None
+            with sigint_requests_stop(self.request_stop):
+                self._loop(on_step, log_file)
         finally:
             log_file.close()
         self.save()
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+
+    def _loop(self, on_step, log_file: "LossLog") -> None:
+        per_epoch = steps_per_epoch(len(self.images), self.batch)
+        t0 = t_window = time.perf_counter()
+        n_window = 0
+        while self.state.step < self.total_steps:
+            loss = self.train_step(self.state.step)
+            self.state.step += 1
+            n_window += self.batch
+            rate = n_window / max(time.perf_counter() - t_window, 1e-9)
+            if math.isnan(loss):
+                raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
+            if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps:
+                log_file.write(self.state.step, self.state.step // per_epoch, loss,
+                               self.state.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
+                t_window, n_window = time.perf_counter(), 0
+            if self.state.step % self.cfg.save_every == 0:
+                self.save()
+            if on_step is not None:
+                on_step(self.state.step, self.total_steps, loss, rate)
+            if self.stop_requested and self.state.step < self.total_steps:
+                raise TrainingInterrupted(self.save(), self.state.step)
 
 
 class LossLog:

@@ -1,4 +1,4 @@
-"""``fair-edge bench`` on the CPU: a random-weight width-8 bundle, tiny frames, ~0.5 s per timing."""
+"""``fair-edge bench`` on the CPU: a random-weight width-32 bundle (the smallest the CLI takes), tiny frames, ~0.5 s per timing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fair_edge.cli import app
 from fair_edge.errors import ConfigError
 
 runner = CliRunner()
-TINY = ["--synthetic-width", "8", "--image-size", "32", "--frames", "64x48", "--batches", "1,2",
+TINY = ["--synthetic-width", "32", "--image-size", "32", "--frames", "64x48", "--batches", "1,2",
         "--seconds", "0.5", "--warmup", "0.1", "--threads", "1"]
 
 
@@ -42,7 +42,7 @@ def test_closed_loop_and_compute(backend, tmp_path):
     check_rows(compute, "compute")
     assert all(row["dropped"] == 0 for row in loop)  # closed feed: never more in flight than the queue holds
     assert all(row["preprocess"] == "cpu" for row in report["results"])
-    assert report["bundle"]["synthetic"] and report["bundle"]["model"] == "FAIR width 8"
+    assert report["bundle"]["synthetic"] and report["bundle"]["model"] == "FAIR width 32"
     assert {"gpu", "cpu", "date_utc", "versions"} <= report["environment"].keys()
     assert report["environment"]["versions"]["torch"] and report["command"]
     assert report["settings"]["frames"] == "64x48" and report["settings"]["batches"] == [1, 2]

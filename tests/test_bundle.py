@@ -83,13 +83,43 @@ def test_other_format_version_refused(copy):
 def test_mismatched_settings_refused(copy):
     data = json.loads((copy / MANIFEST).read_text())
     data["model"]["inputs"][0]["shape"][2] = 64
-    (copy / MANIFEST).write_text(json.dumps(data))
+    data.pop("files"), data.pop("format"), data.pop("format_version")
+    write_manifest(copy, data)  # re-signed: the settings check itself must refuse it
     with pytest.raises(BundleError, match="invalid field.*disagree with the FAIR width 8 settings"):
         load_bundle(copy)
     data["model"]["inputs"][0]["shape"][2] = 32
     data["model"]["family"] = "unet3000"
-    (copy / MANIFEST).write_text(json.dumps(data))
+    write_manifest(copy, data)
     with pytest.raises(BundleError, match="model family must be one of"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["threshold"].__setitem__("value", 5.0),
+    lambda d: d["model"]["preprocess"].__setitem__("cutoff", 60.0),
+    lambda d: d.__setitem__("precision", "fp32"),
+    lambda d: d.__setitem__("added_by_hand", 1),
+])
+def test_edited_manifest_refused_with_the_rebuild_command(copy, edit):
+    data = json.loads((copy / MANIFEST).read_text())
+    assert data["threshold"] is not None
+    edit(data)
+    (copy / MANIFEST).write_text(json.dumps(data, indent=4))
+    with pytest.raises(BundleError, match=r"changed after the build.*decision.threshold.*Rebuild it with `fair-edge build"):
+        load_bundle(copy)
+
+
+def test_reformatted_manifest_still_loads(copy):
+    data = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps(data, indent=None, sort_keys=True))
+    assert load_bundle(copy).threshold is not None
+
+
+def test_manifest_without_metadata_checksum_refused(copy):
+    data = json.loads((copy / MANIFEST).read_text())
+    del data["metadata_sha256"]
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="no metadata_sha256"):
         load_bundle(copy)
 
 

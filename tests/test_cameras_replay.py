@@ -89,8 +89,9 @@ def test_unreadable_image_is_skipped_with_warning_and_counted(tmp_path, caplog):
 def test_folder_with_no_readable_image_fails_on_open(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    with pytest.raises(CameraError, match="found none"):
+    with pytest.raises(CameraError, match=r"holds no images \(looked for \.png, .*\); put the images") as info:
         FolderReplaySource(folder).open()
+    assert "suffixes=" not in str(info.value)  # user words, not a library argument
     (folder / "x.png").write_bytes(b"junk")
     with pytest.raises(CameraError, match="none of the 1 images is readable"):
         FolderReplaySource(folder).open()

@@ -47,7 +47,14 @@ def test_logs_every_verdict_and_saves_ng_overlays(tmp_path):
     assert saved == ["00000002_frame.png", "00000002_overlay.png",
                      "00000005_frame.png", "00000005_overlay.png"]
     overlay = cv2.imread(str(tmp_path / "ng" / "00000002_overlay.png"))
-    assert overlay.shape == (48, 64, 3)
+    other = cv2.imread(str(tmp_path / "ng" / "00000005_overlay.png"))
+    strip = overlay.shape[0] - 48
+    assert strip > 20 and overlay.shape[1] > 64  # text above, colour scale beside the 48 x 64 frame
+    expected = heatmap_overlay(_frame(2).image, _amap(), 0.0, 1.0, alpha=0.5)  # scale 0 .. 2 x threshold 0.5
+    assert np.array_equal(overlay[strip:, :64], expected)
+    assert (overlay[:strip] < 100).any()  # written text
+    assert not np.array_equal(overlay[:strip], other[:strip])  # it names the part (seq differs)
+    assert np.array_equal(overlay[strip:], other[strip:])  # same frame, same map, same picture
     assert stats["images"] == 2 and stats["logged"] == 6 and stats["write_errors"] == 0
 
 

@@ -3,6 +3,8 @@
 import csv
 import json
 
+import cv2
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -49,7 +51,11 @@ def test_eval_report(trained, mvtec_dir, tmp_path):
     assert len(rows) == 12 and {r["label"] for r in rows} == {"0", "1"}
     for name in ("roc.png", "pro.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 12
+    panels = sorted((tmp_path / "heatmaps").glob("*.png"))
+    assert len(panels) == 12
+    defect = cv2.imread(str(next(p for p in panels if p.name.startswith("defect-lowest"))))
+    assert defect.shape[0] > 256 and defect.shape[1] > 2 * 256  # text, image and heat map (enlarged), scale
+    assert (defect == 255).all(axis=-1)[-256:, :512].any()  # the mask outline
 
 
 def test_resume_is_exact(mvtec_dir, tmp_path):
@@ -59,7 +65,7 @@ def test_resume_is_exact(mvtec_dir, tmp_path):
 
     def stop_at_3(step, total, loss, rate):
         if step == 3:
-            raise KeyboardInterrupt
+            first.request_stop()  # what Ctrl-C does
 
     with pytest.raises(TrainingInterrupted) as info:
         first.run(stop_at_3)

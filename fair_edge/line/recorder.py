@@ -8,7 +8,8 @@ back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors``
 per kind; it never reaches the inspection loop.
 
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
-``DIR/ng/SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/SEQ_overlay.EXT``.
+``DIR/ng/SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/SEQ_overlay.EXT`` (the heat map over
+the frame, its colour scale, and the score, threshold, source and sequence number written above).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from ..errors import FairEdgeError, RecorderError
 from ..records import Frame, Verdict
 from .jsonl import RotatingJsonl
-from ..plots import heatmap_overlay
+from ..plots import heatmap_panel
 from .settings import RecordSettings
 from .sinks.base import Counters
 
@@ -141,12 +142,18 @@ class Recorder:
             self._counters.add("write_errors")
             self._warn_once("log-oserror", "verdict log write failed: %s", exc)
 
-    def _overlay(self, image: np.ndarray, amap: np.ndarray, threshold: float) -> np.ndarray:
+    def _overlay(self, image: np.ndarray, amap: np.ndarray, verdict: Verdict) -> np.ndarray:
         """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
-        middle of the colour map (green) and hot spots of NG parts show red on every image."""
+        middle of the colour map (green) and hot spots of NG parts show red on every image; above it
+        the score, threshold, source and sequence number, beside it the colour scale."""
         bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
-        vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(amap.max()) + 1e-6
-        return heatmap_overlay(bgr, amap, 0.0, vmax, self.settings.overlay_alpha)
+        threshold = verdict.threshold
+        known = bool(np.isfinite(threshold) and threshold > 0)
+        vmax = 2.0 * threshold if known else float(amap.max()) + 1e-6
+        lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
+                 f"seq {verdict.seq}  source {verdict.source or '-'}"]
+        return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=threshold if known else None,
+                             show_original=False, alpha=self.settings.overlay_alpha, min_side=0)
 
     def _write_images(self, frame: Frame, verdict: Verdict, amap: np.ndarray | None) -> None:
         if not self._disk_has_room():
@@ -157,7 +164,7 @@ class Recorder:
         try:
             images = [(f"{stem}_frame.{ext}", frame.image)]
             if amap is not None:
-                images.append((f"{stem}_overlay.{ext}", self._overlay(frame.image, amap, verdict.threshold)))
+                images.append((f"{stem}_overlay.{ext}", self._overlay(frame.image, amap, verdict)))
             for path, img in images:
                 if not cv2.imwrite(path, img):
                     raise OSError(f"cv2.imwrite returned False for {path}")

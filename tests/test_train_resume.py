@@ -1,0 +1,142 @@
+"""Ctrl-C and --resume as a user meets them: a real process, a real SIGINT, the printed command run as given."""
+
+import csv
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.cli import app
+
+STEPS = 150
+
+
+def cli(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.Popen([sys.executable, "-m", "fair_edge.cli", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def train_args(data, out) -> list[str]:
+    return [str(data), "--width", "32", "--image-size", "32", "--steps", str(STEPS), "--batch", "4", "--lr", "1e-3",
+            "--device", "cpu", "--save-every", "1000", "--out", str(out)]
+
+
+def logged_rows(path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_ctrl_c_then_printed_resume_command_equals_an_uninterrupted_run(mvtec_dir, tmp_path):
+    straight = cli(["train", *train_args(mvtec_dir, tmp_path / "straight")])
+    stopped = cli(["train", *train_args(mvtec_dir, tmp_path / "stopped")])
+    deadline = time.monotonic() + 300
+    while len(logged_rows(tmp_path / "stopped" / "loss.csv")) < 1:  # step 10 done: training is under way
+        assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()
+        time.sleep(0.02)
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate(timeout=300)
+    assert stopped.returncode == 130, err
+    step = load_checkpoint(tmp_path / "stopped" / "last.pt").train_state["step"]
+    assert 10 <= step < STEPS, err
+    command = err.split("Resume with:")[1].strip().splitlines()[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["fair-edge", "train"]
+    resumed = cli(argv[1:])  # exactly the printed flags, nothing added
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"resumed {tmp_path / 'stopped' / 'last.pt'} at step {step} of {STEPS}" in " ".join(err.split())
+    assert straight.wait(timeout=600) == 0, straight.communicate()[1]
+
+    a = load_checkpoint(tmp_path / "straight" / "final.pt")
+    b = load_checkpoint(tmp_path / "stopped" / "final.pt")
+    assert b.data_summary["steps"] == STEPS  # the step budget survived the resume
+    for key, value in a.state_dict.items():
+        assert torch.equal(b.state_dict[key], value), key
+    rows_a = logged_rows(tmp_path / "straight" / "loss.csv")
+    rows_b = logged_rows(tmp_path / "stopped" / "loss.csv")
+    assert [(r["step"], r["loss"]) for r in rows_a] == [(r["step"], r["loss"]) for r in rows_b]
+
+
+def tiny_run(mvtec_dir, out, steps="3") -> list[str]:
+    return ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--steps", steps, "--batch", "4",
+            "--device", "cpu", "--save-every", "1", "--out", str(out)]
+
+
+def test_resume_reads_settings_and_refuses_a_changed_flag(mvtec_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, tiny_run(mvtec_dir, tmp_path))
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--steps", "5", "--cutoff", "6"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--steps 5 (saved: 3)" in text and "--cutoff 6.0 (saved: 3.75)" in text, text
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--image-size", "32", "--device", "cpu"])
+    assert result.exit_code == 0 and "at step 3 of 3" in " ".join(result.output.split()), result.output
+
+
+def test_resume_without_a_run_says_what_to_pass(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "last.pt does not exist" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["train", "--width", "32"])
+    assert result.exit_code == 2 and "train needs DATA" in result.output
+
+
+def test_train_states_the_cutoff_and_learning_rate_it_used(mvtec_dir, tmp_path):
+    result = CliRunner().invoke(app, tiny_run(mvtec_dir, tmp_path, steps="1"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, text
+    assert "D0 3.75 (frequency-index units at 32 px, the paper's 30 at 256 px scaled to this size)" in text
+    assert "Adam lr 0.0001" in text
+    assert load_checkpoint(tmp_path / "final.pt").preprocess.cutoff == pytest.approx(30 * 32 / 256)
+
+
+def test_next_hint_fits_a_plain_folder(mvtec_dir, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(mvtec_dir / "train" / "good"), "--width", "32", "--image-size",
+                                      "32", "--steps", "1", "--batch", "4", "--device", "cpu", "--out", str(tmp_path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, text
+    assert "next: fair-edge build" in text and "--normal" in text and "next: fair-edge eval" not in text
+
+
+def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
+    from fair_edge.preprocess import PreprocessConfig
+
+    assert PreprocessConfig().cutoff == 30.0 and PreprocessConfig(image_size=128).cutoff == 15.0
+    assert PreprocessConfig(image_size=128, cutoff=30.0).cutoff == 30.0
+    stored = {"image_size": 128, "filter": "butterworth", "cutoff": 30.0, "order": 2}  # an older checkpoint
+    assert PreprocessConfig.from_dict(stored).cutoff == 30.0
+
+
+def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
+    import fair_edge.cli as cli
+    from fair_edge.data import load_dataset
+    from fair_edge.demo_config import demo_preprocess, demo_train_config
+    from fair_edge.train import Trainer, TrainingInterrupted
+
+    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4), tmp_path, torch.device("cpu"))
+    trainer.run_info = {"data": "elpv:mono", "category": None, "textures": None}  # as run_training sets it
+    with pytest.raises(TrainingInterrupted):
+        trainer.run(lambda step, *_: trainer.request_stop())
+    calls = []
+    monkeypatch.setattr(cli, "run_training", lambda data, **kw: calls.append(kw["resume"]) or (tmp_path / "x", None))
+
+    def fake_demo(out, *, train, **kw):
+        train()
+        raise TrainingInterrupted(out / "last.pt", 3)
+
+    monkeypatch.setattr("fair_edge.demo.run_demo", fake_demo)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4"])
+    assert result.exit_code == 130 and "Run the same `fair-edge demo` command again" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "5"])  # other settings: start over
+    assert "other settings" in result.output
+    CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4", "--retrain"])
+    assert calls == [True, False, False]
