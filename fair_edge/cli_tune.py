@@ -13,7 +13,7 @@ from fair_edge.demo_config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WID
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tune import TuneSettings
 
-_PRE, _TUNE = PreprocessConfig(), TuneSettings()
+_TUNE = TuneSettings()
 
 
 @friendly_errors
@@ -41,7 +41,7 @@ def tune(
 
     check_width(width)
     split = load_dataset(data, category)
-    pre = PreprocessConfig(image_size=image_size, cutoff=cutoff or _PRE.cutoff * image_size / _PRE.image_size)
+    pre = PreprocessConfig(image_size=image_size, cutoff=cutoff)
     side = min(read_image(split.train[0].path).shape[:2]) if split.train else 0
     candidates = default_candidates(Candidate("base", pre, width, steps, lr), side)
     settings = TuneSettings(holdout=holdout, false_reject_rate=false_reject_rate, budget_s=budget_min * 60, seed=seed)
