@@ -18,7 +18,6 @@ preprocess and scoring) are FAIR bundles and still load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from fair_edge.calibration.threshold import Threshold
+from fair_edge.checksums import sha256_file
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.precision import PRECISIONS
 from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
@@ -97,18 +97,6 @@ class Bundle:
     @property
     def image_size(self) -> int:
         return self.preprocess.image_size
-
-    @property
-    def in_channels(self) -> int:
-        return self.preprocess.in_channels
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -24,6 +24,7 @@ from fair_edge.cli_common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
 
@@ -76,7 +77,9 @@ def _summary(result: BuildResult) -> None:
             f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
     else:
         table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
-    table.add_row("GPU pre-processing", *gpu_preprocessing_note(b.preprocess))
+    gpu_note = (gpu_preprocessing_note(b.preprocess) if HIGHPASS in b.model.input_names else
+                ("reference (CPU resize, then upload)", "the model takes the colour image only; the fused kernel makes the high-pass"))
+    table.add_row("GPU pre-processing", *gpu_note)
     table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)

@@ -33,7 +33,7 @@ def test_round_trip(built):
     b = load_bundle(built.bundle.root)
     assert b == built.bundle
     assert (b.model, b.precision, b.max_batch) == (MODEL, "fp16", 4)
-    assert (b.in_channels, b.image_size, b.opset) == (1, 32, 17)
+    assert (b.model.inputs[0].channels, b.image_size, b.opset) == (1, 32, 17)
     assert b.onnx_path.name == "model.fp16.onnx" and b.reference_onnx_path.name == "model.fp32.onnx"
     assert b.engine is None and not built.engine_built and "pip install tensorrt" in built.engine_note
     assert b.threshold is not None and b.threshold.n_normal == 30 and b.threshold.source.startswith("held-out")

@@ -95,7 +95,7 @@ def test_train_states_the_cutoff_and_learning_rate_it_used(mvtec_dir, tmp_path):
     text = " ".join(result.output.split())
     assert result.exit_code == 0, text
     assert "D0 3.75 (frequency-index units at 32 px, the paper's 30 at 256 px scaled to this size)" in text
-    assert "Adam lr 0.0001" in text
+    assert "learning rate 0.0001 (x0.2 at 80%, 90%)" in text
     assert load_checkpoint(tmp_path / "final.pt").preprocess.cutoff == pytest.approx(30 * 32 / 256)
 
 

@@ -16,11 +16,13 @@ from torch import nn
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.fair.family import FairFamily
 from fair_edge.models.family import ModelFamily
+from fair_edge.models.lgfdr.family import LgfdrFamily
 from fair_edge.models.tensors import TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
 FAMILIES: dict[str, ModelFamily] = {
     "fair": FairFamily(),
+    "lgfdr": LgfdrFamily(),
 }
 DEFAULT_FAMILY = "fair"  # what files written before families existed hold
 

@@ -1,0 +1,1 @@
+"""LGFDR: local and global feature denoising reconstruction on a frozen pretrained backbone."""

@@ -1,0 +1,65 @@
+"""LGFDR as a model family: input colour only, the whole detector in one graph, INT8 on the network."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fair_edge.errors import ConfigError
+from fair_edge.models.family import ModelFamily
+from fair_edge.models.lgfdr.model import LgfdrDetector, LgfdrSettings
+from fair_edge.models.tensors import COLOUR, TensorSpec
+from fair_edge.preprocess import PreprocessConfig
+
+# node-name prefixes of the exported graph whose convolutions get Q/DQ; normalisation,
+# standardisation and scoring (cosine, upsampling, smoothing) stay float32
+NETWORK_SCOPE = ("/backbone/", "/local_tower/", "/global_tower/", "/srh/")
+
+
+class ColourInput(nn.Module):
+    """forward(colour (B, 3, S, S) float32 RGB [0, 1]) -> {colour: colour}."""
+
+    def forward(self, colour: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {COLOUR: colour}
+
+
+class LgfdrFamily(ModelFamily):
+    key = "lgfdr"
+    summary = "LGFDR: local + global towers reconstruct frozen ImageNet features; 1 - cosine per scale"
+    training_module = "fair_edge.models.lgfdr.train"
+    int8_scope = NETWORK_SCOPE
+
+    def default_settings(self) -> LgfdrSettings:
+        return LgfdrSettings()
+
+    def settings_from_dict(self, data: Mapping[str, Any]) -> LgfdrSettings:
+        return LgfdrSettings.from_dict(data)
+
+    def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(COLOUR, 3, preprocess.image_size, "resized RGB frame in [0, 1]"),)
+
+    def input_maker(self, preprocess: PreprocessConfig) -> nn.Module:
+        return ColourInput()
+
+    def build(self, settings: LgfdrSettings, preprocess: PreprocessConfig) -> nn.Module:
+        return LgfdrDetector(settings, preprocess.image_size)
+
+    def half(self, module: nn.Module) -> nn.Module:
+        half = copy.deepcopy(module)
+        for part in (half.backbone, half.local_tower, half.global_tower, half.srh):
+            part.half()
+        half.net_dtype = torch.float16
+        return half
+
+    def describe(self, settings: LgfdrSettings) -> str:
+        return f"LGFDR on {settings.backbone}"
+
+    def tag(self, settings: LgfdrSettings) -> str:
+        return f"lgfdr-{settings.backbone}"
+
+    def check_preprocess(self, preprocess: PreprocessConfig) -> None:
+        if preprocess.image_size % 16:
+            raise ConfigError(f"image_size must be a multiple of 16 for LGFDR (backbone stride 16); found {preprocess.image_size}.")

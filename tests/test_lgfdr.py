@@ -1,0 +1,234 @@
+"""LGFDR on the CPU at tiny sizes: backbone weight checks, the pretrained file, a short train + eval,
+checkpoint and bundle round trips, ONNX parity (FP32), FP16 casts, INT8 Q/DQ only in the network scope,
+and the CPU backends on the bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from export_fixtures import make_frames
+
+from fair_edge.checkpoint import load_checkpoint
+from fair_edge.data import load_dataset
+from fair_edge.evaluate import evaluate
+from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.export.bundle import load_bundle
+from fair_edge.checksums import sha256_file
+from fair_edge.models.lgfdr.backbones import BACKBONES
+from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.lgfdr.train import LgfdrTrainer
+from fair_edge.models.lgfdr.weights import WeightsError, load_backbone_weights, package_weights_file
+from fair_edge.models.registry import ModelSpec
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.runtime.backends import select_backend
+from fair_edge.train import TrainConfig
+
+SETTINGS = LgfdrSettings(hidden=16, heads=2, layers=1, noise_std=0.5, smooth_sigma=1.0)
+MODEL = ModelSpec("lgfdr", PreprocessConfig(image_size=32), SETTINGS)
+
+
+# ----------------------------------------------------------------------------- weight files
+def _resnet18_file(tmp_path, name="resnet18-custom.pth"):
+    torch.manual_seed(0)
+    path = tmp_path / name
+    torch.save(BACKBONES["resnet18"].build().state_dict(), path)
+    return path
+
+
+def test_user_weight_file_checked_by_sha256_and_architecture(tmp_path):
+    path = _resnet18_file(tmp_path)
+    digest = sha256_file(path)
+    module = BACKBONES["resnet18"].build()
+    with pytest.raises(WeightsError, match=f"SHA-256 {digest}.*not a published resnet18 weight file.*--backbone-sha256 {digest}"):
+        load_backbone_weights(module, "resnet18", path)
+    with pytest.raises(WeightsError, match=f"has SHA-256 {digest}; expected 0000"):
+        load_backbone_weights(module, "resnet18", path, "0" * 64)
+    source = load_backbone_weights(module, "resnet18", path, digest)
+    assert source.sha256 == digest and torch.equal(module.conv1.weight, torch.load(path)["conv1.weight"])
+    wide = BACKBONES["wide_resnet50_2"].build()
+    with pytest.raises(WeightsError, match="does not fit a wide_resnet50_2 backbone.*shapes"):
+        load_backbone_weights(wide, "wide_resnet50_2", path, digest)
+    with pytest.raises(WeightsError, match="needs its ImageNet weight file"):
+        load_backbone_weights(module, "resnet18", None)
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_backbone_weights(module, "resnet18", tmp_path / "missing.pth")
+
+
+def test_foreign_keys_and_non_weight_files_refused(tmp_path):
+    state = BACKBONES["resnet18"].build().state_dict()
+    state["decoder.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(WeightsError, match=r"unexpected \['decoder.weight'\]"):
+        load_backbone_weights(BACKBONES["resnet18"].build(), "resnet18", tmp_path / "extra.pth", sha256_file(tmp_path / "extra.pth"))
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(WeightsError, match="not a PyTorch weight file"):
+        load_backbone_weights(BACKBONES["resnet18"].build(), "resnet18", tmp_path / "notes.pth", sha256_file(tmp_path / "notes.pth"))
+
+
+def test_packaged_efficientnet_lite0_weights_load_and_match_their_published_hash():
+    path = package_weights_file()
+    module = BACKBONES["efficientnet_lite0"].build()
+    source = load_backbone_weights(module, "efficientnet_lite0", None)
+    assert source.path == path and source.sha256.startswith("57934424")
+    assert not torch.equal(module._conv_stem.weight, BACKBONES["efficientnet_lite0"].build()._conv_stem.weight)
+    assert load_backbone_weights(module, "efficientnet_lite0", "random").path is None
+
+
+def test_settings_validate():
+    with pytest.raises(Exception, match="backbone must be one of efficientnet_lite0, resnet18, wide_resnet50_2"):
+        LgfdrSettings(backbone="vgg16")
+    with pytest.raises(Exception, match="divisible by heads"):
+        LgfdrSettings(hidden=30, heads=4)
+    assert ModelSpec.from_dict(MODEL.to_dict()) == MODEL and MODEL.input_names == ("colour",)
+
+
+# ----------------------------------------------------------------------------- train, eval, bundle
+@pytest.fixture(scope="module")
+def lgfdr_run(mvtec_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lgfdr")
+    cfg = TrainConfig(batch=4, lr=3e-3, steps=40, save_every=20, log_every=5, seed=0)
+    trainer = LgfdrTrainer(load_dataset(mvtec_dir), MODEL, cfg, out, torch.device("cpu"))
+    return trainer.run(), out
+
+
+def test_training_lowers_the_loss_and_writes_a_self_contained_checkpoint(lgfdr_run):
+    final, out = lgfdr_run
+    losses = [float(line.split(",")[2]) for line in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < losses[0]
+    ckpt = load_checkpoint(final)
+    assert ckpt.model == MODEL and ckpt.train_state is None
+    assert any(k.startswith("backbone.") for k in ckpt.state_dict) and ckpt.state_dict["feature_std"].shape == (176,)
+    assert ckpt.data_summary["backbone_weights"]["sha256"].startswith("57934424")
+
+
+def test_eval_separates_the_synthetic_defects(lgfdr_run, mvtec_dir, tmp_path):
+    final, _ = lgfdr_run
+    result = evaluate(final, load_dataset(mvtec_dir), tmp_path)
+    print(f"LGFDR tiny: {result}")
+    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] > 0.8
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "roc.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def lgfdr_bundles(lgfdr_run, tmp_path_factory):
+    ckpt = load_checkpoint(lgfdr_run[0])
+    root = tmp_path_factory.mktemp("lgfdr-bundles")
+    calib, normal = make_frames(12, seed=100), make_frames(12, seed=5)
+    return {p: build_bundle(ckpt, root / p, BuildOptions(p, max_batch=4), calib_frames=calib, normal_frames=normal)
+            for p in ("fp32", "fp16", "int8")}
+
+
+def test_bundles_round_trip_with_parity_and_threshold(lgfdr_bundles):
+    for precision, result in lgfdr_bundles.items():
+        b = load_bundle(result.bundle.root)
+        assert b == result.bundle and b.model == MODEL and b.precision == precision
+        assert b.threshold is not None and b.threshold.n_normal == 12
+        assert result.parity_max_abs <= 1e-4  # the build refuses more; here the measured value
+    assert lgfdr_bundles["fp16"].delta.score_spearman > 0.95
+    assert lgfdr_bundles["int8"].delta.score_spearman > 0.8
+
+
+def test_one_graph_with_colour_input_and_fp16_casts(lgfdr_bundles):
+    g = onnx.load(str(lgfdr_bundles["fp16"].bundle.onnx_path))
+    assert [i.name for i in g.graph.input] == ["colour"] and [o.name for o in g.graph.output] == ["anomaly_map", "score"]
+    inits = {t.name: t for t in g.graph.initializer}
+    convs = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith(("/backbone/", "/local_tower/"))]
+    assert convs and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in convs)
+    inits.update({n.output[0]: n.attribute[0].t for n in g.graph.node if n.op_type == "Constant"})
+    smoothing = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/scorer/")]
+    assert smoothing and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in smoothing)
+
+
+def test_int8_qdq_only_inside_the_network_scope(lgfdr_bundles):
+    g = onnx.load(str(lgfdr_bundles["int8"].bundle.onnx_path))
+    scope = ("/backbone/", "/local_tower/", "/global_tower/", "/srh/")
+    readers = {n.name: [c for c in g.graph.node if n.output[0] in c.input] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    quantised_convs = {c.name for cs in readers.values() for c in cs if c.op_type == "Conv"}
+    assert quantised_convs and all(name.startswith(scope) for name in quantised_convs)
+    backbone_convs = {n.name for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")}
+    assert backbone_convs <= quantised_convs
+    # a node outside the scope reads a dequantised tensor only where a convolution inside it reads the same
+    # tensor (the feature taps, the towers' input): the scope decides what is quantised, nothing else is
+    for cs in readers.values():
+        if any(not c.name.startswith(scope) for c in cs):
+            assert any(c.name.startswith(scope) and c.op_type == "Conv" for c in cs), [c.name for c in cs]
+    scorer_convs = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/scorer/")]
+    assert scorer_convs and not {n.name for n in scorer_convs} & quantised_convs
+
+
+def test_cpu_backends_agree_on_the_bundle(lgfdr_bundles):
+    b = lgfdr_bundles["fp32"].bundle
+    frames = make_frames(3, seed=7, defect=True)
+    ort_maps, ort_scores = select_backend(b, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(b, "torch-cpu").infer_frames(frames)
+    assert ort_maps.shape == (3, 32, 32)
+    np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4)
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_train_eval_build_run_and_bench(mvtec_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    runner, out = CliRunner(), tmp_path / "run"
+    invoke = lambda *args: runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})  # noqa: E731
+    r = invoke("train", mvtec_dir, "--model", "lgfdr", "--image-size", "32", "--steps", "3", "--batch", "4",
+               "--feature-noise", "0.3", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "training LGFDR on efficientnet_lite0" in r.output and load_checkpoint(out / "final.pt").settings.noise_std == 0.3
+    r = invoke("eval", out / "final.pt", mvtec_dir, "--device", "cpu")
+    assert r.exit_code == 0 and "image_auroc" in r.output, r.output
+    r = invoke("build", out / "final.pt", "--int8", "--calib", mvtec_dir / "train" / "good", "--calib-images", "8",
+               "--out", tmp_path / "bundle")
+    assert r.exit_code == 0, r.output
+    assert "LGFDR on efficientnet_lite0" in r.output and "inputs colour 3x32x32" in r.output
+    r = invoke("run", "--bundle", tmp_path / "bundle", "--source", mvtec_dir / "test" / "blob", "--fps", "5",
+               "--backend", "onnxruntime", "--out", tmp_path / "station")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "station" / "summary.json").read_text())
+    verdicts = (tmp_path / "station" / "verdicts.jsonl").read_text().splitlines()
+    assert summary["inspected"] == len(verdicts) >= 3 and summary["inference_errors"] == 0
+    r = invoke("bench", "--synthetic-model", "lgfdr", "--image-size", "32", "--frames", "64x48", "--batches", "1",
+               "--seconds", "0.3", "--warmup", "0.1", "--threads", "1", "--mode", "compute", "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b.json").read_text())["bundle"]["model"] == "LGFDR on efficientnet_lite0"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "lgfdr", "--textures", "TEXTURES"], "--textures feeds FAIR's anomaly synthesis"),
+    (["--backbone-weights", "w.pth"], "are for LGFDR (--model lgfdr)"),
+    (["--model", "lgfrd"], "Did you mean 'lgfdr'"),
+    (["--model", "lgfdr", "--backbone", "resnet18"], "needs its ImageNet weight file"),
+])
+def test_cli_refuses_options_of_the_other_family(mvtec_dir, args, message):
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    args = [str(mvtec_dir / "train" / "good") if a == "TEXTURES" else a for a in args]
+    r = CliRunner().invoke(app, ["train", str(mvtec_dir), "--image-size", "32", "--steps", "1", *args], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and message in r.output, r.output
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnxruntime(lgfdr_run, tmp_path):
+    pytest.importorskip("tensorrt")
+    from fair_edge.calibration.frames import preprocess_frames
+    from fair_edge.export.tensorrt import current_target
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
+    from fair_edge.runtime.tensorrt import TensorRTBackend
+
+    for precision, tol in (("fp32", 1e-3), ("fp16", 2e-2)):
+        result = build_bundle(load_checkpoint(lgfdr_run[0]), tmp_path / precision, BuildOptions(precision, max_batch=4))
+        b = load_bundle(tmp_path / precision, target=current_target())
+        inputs = preprocess_frames(make_frames(3, seed=1), b.model)
+        with TensorRTBackend.from_bundle(b) as backend:
+            out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
+        ref = OnnxRuntimeBackend.from_bundle(b).infer(inputs)
+        assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < tol for n in ref)
