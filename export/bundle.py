@@ -18,6 +18,7 @@ preprocess and scoring) are FAIR bundles and still load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
