@@ -7,14 +7,16 @@ input maker, exactly as at run time on the CPU.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from fair_edge.errors import DataError
 from fair_edge.models.registry import ModelSpec
-from fair_edge.preprocess import frames_to_batch
+from fair_edge.models.tensors import ANOMALY_MAP, SCORE
+from fair_edge.preprocess import PreprocessConfig, frames_to_batch
+from fair_edge.tiling import FrameTiler
 
 
 def preprocess_frames(frames: Iterable[np.ndarray], model: ModelSpec, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -35,3 +37,20 @@ def preprocess_frames(frames: Iterable[np.ndarray], model: ModelSpec, limit: int
     if not parts[model.input_names[0]]:
         raise DataError("no images to pre-process; pass a folder of normal images.")
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def model_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int | None = None) -> list[np.ndarray]:
+    """Up to ``limit`` frames as the model sees them: the frames, or their tiles for a tiled model
+    (``cfg.tiling``; ``limit`` then counts frames). Each item: (h, w, 3) uint8 BGR view."""
+    frames = list(frames)[:limit]
+    return FrameTiler(cfg.tiling, cfg.image_size).split(frames)[0]
+
+
+def frame_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 frames: Sequence[np.ndarray], model: ModelSpec) -> np.ndarray:
+    """Decision scores of whole frames, (N,) float32: ``infer_batched(named inputs) -> named outputs``
+    scores each frame, or each tile of a tiled model, then stitched (fair_edge.tiling)."""
+    tiler = FrameTiler(model.preprocess.tiling, model.preprocess.image_size)
+    tiles, layouts = tiler.split(list(frames))
+    outputs = infer_batched(preprocess_frames(tiles, model))
+    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)[1]

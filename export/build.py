@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.calibration.frames import frame_scores, model_frames, preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, quantize_int8_cpu
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
@@ -33,7 +33,7 @@ from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
-from fair_edge.models.tensors import ANOMALY_MAP, SCORE
+from fair_edge.models.tensors import ANOMALY_MAP
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
@@ -145,15 +145,14 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
     return out / prec.onnx_name, reused
 
 
-def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Inputs | None,
+def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Sequence[np.ndarray] | None,
                source: str, defects: Sequence[np.ndarray] | None) -> Threshold | None:
-    if normal is None:
+    """The threshold from whole-frame scores of the deployed graph (stitched for a tiled model)."""
+    if not normal:
         return None
     backend = OnnxRuntimeBackend(graph, ckpt.model.input_names)
-    normal_scores = backend.infer_batched(normal)[SCORE]
-    defect_scores = None
-    if defects:
-        defect_scores = backend.infer_batched(preprocess_frames(defects, ckpt.model))[SCORE]
+    normal_scores = frame_scores(backend.infer_batched, normal, ckpt.model)
+    defect_scores = frame_scores(backend.infer_batched, defects, ckpt.model) if defects else None
     return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
 
 
@@ -229,20 +228,22 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note)."""
     save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
-    calib = preprocess_frames(calib_frames, ckpt.model, options.int8.num_images) if calib_frames else None
+    pre = ckpt.preprocess
+    calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), ckpt.model) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
     cpu_graph = _cpu_int8_graph(ckpt, out, fp32, options, calib)
-    normal = preprocess_frames(normal_frames, ckpt.model) if normal_frames else calib
+    normal = preprocess_frames(model_frames(normal_frames, pre), ckpt.model) if normal_frames else calib
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
     if graph != fp32:
         probe = normal if normal is not None else {n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
         names = ckpt.model.input_names
         delta = graph_delta(OnnxRuntimeBackend(fp32, names), OnnxRuntimeBackend(graph, names), probe)
-    threshold = _threshold(graph, ckpt, options, normal, source, defect_frames)
+    threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
+    threshold = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
     cpu = None
     if cpu_graph is not None:
-        cpu_threshold = _threshold(cpu_graph, ckpt, options, normal, source, defect_frames)
+        cpu_threshold = _threshold(cpu_graph, ckpt, options, threshold_frames, source, defect_frames)
         cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
     write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu))

@@ -52,13 +52,15 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 app.command()(train)
 
 
+
 # ----------------------------------------------------------------------------- eval
 def print_metrics(result: dict, out: Path) -> None:
     table = Table(title=f"evaluation ({out})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("images", "normal", "defective", "image_auroc", "f1_max", "f1_threshold", "pixel_auroc", "aupro",
-                "suggested_threshold"):
+    catch = [k for k in result if k.startswith("catch_at_")]
+    for key in ("images", "normal", "defective", "image_auroc", *catch, "f1_max", "f1_threshold", "pixel_auroc",
+                "aupro", "suggested_threshold"):
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -476,6 +478,14 @@ app.command("build")(build)
 from fair_edge.cli_collect import collect  # noqa: E402
 
 app.command("collect")(collect)
+
+from fair_edge.cli_tune import tune  # noqa: E402  (the tune command lives in its own module)
+
+app.command("tune")(tune)
+
+from fair_edge.cli_fuse import fuse  # noqa: E402  (the fuse command lives in its own module)
+
+app.command("fuse")(fuse)
 
 
 def main() -> None:

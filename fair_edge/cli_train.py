@@ -154,6 +154,10 @@ def train(
     nproc: int = typer.Option(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
                               "gloo); --batch is the global batch and must divide by it. Multi-node: see "
                               "fair_edge/train_ddp.py."),
+    tile: Optional[int] = typer.Option(None, help="Tiled inspection: square tiles of this many frame pixels, each "
+                                       "resized to --image-size (for large frames with small defects)."),
+    tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
+    roi: Optional[str] = typer.Option(None, help="Tiled region of interest 'x,y,width,height' in frame pixels."),
 ) -> None:
     """Train a FAIR (default) or LGFDR model from normal images. Ctrl-C finishes the current step, saves
     OUT/last.pt and prints the command that resumes it (`fair-edge train --resume --out OUT`)."""
@@ -167,8 +171,9 @@ def train(
         check_width(width)
     family = get_family(model)
     options = {"width": width, "backbone": backbone, "noise_std": feature_noise}
-    spec = ModelSpec(family.key, PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order),
-                     family.settings_from_options(options))
+    pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
+                           tiling=parse_tiling(tile, tile_overlap, roi))
+    spec = ModelSpec(family.key, pre, family.settings_from_options(options))
     out = out or default_train_dir(spec.tag)
     if resume:
         saved = resume_settings(out, given_flags(ctx), save_every)
@@ -201,3 +206,20 @@ def train(
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
         console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)
+
+
+def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):
+    """--tile/--tile-overlap/--roi -> TilingConfig, or None without --tile."""
+    from fair_edge.tiling import TilingConfig
+
+    if tile is None:
+        if roi is not None or overlap:
+            raise ConfigError("--tile-overlap and --roi need --tile (the tile side in frame pixels).")
+        return None
+    box = None
+    if roi is not None:
+        try:
+            box = tuple(int(v) for v in roi.split(","))
+        except ValueError:
+            raise ConfigError(f"--roi must be 'x,y,width,height' in whole pixels; found {roi!r}.") from None
+    return TilingConfig(tile, overlap, box)

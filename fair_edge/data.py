@@ -218,17 +218,22 @@ def images_for(spec: str | Path, role: str, category: str | None = None) -> list
     return [s.path for s in chosen]
 
 
-def load_images(samples: list[Sample], size: int, *, progress=None) -> tuple[np.ndarray, list[Sample]]:
+def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
     """Read and resize samples to colour model images, skipping unreadable files with a warning.
 
-    Returns (images (N, 3, size, size) float32 RGB in [0, 1], the samples that were read).
+    tiling: None, or a ``fair_edge.tiling.TilingConfig``: each image then gives its tiles (each resized
+    to ``size``), in ``FrameTiler.split`` order. Returns (images (N, 3, size, size) float32 RGB in
+    [0, 1], N = images read (times tiles per image), the samples that were read).
     """
     from fair_edge.preprocess import resize_frame
+    from fair_edge.tiling import FrameTiler
 
+    tiler = FrameTiler(tiling, size)
     images, kept, skipped = [], [], []
     for sample in samples:
         try:
-            images.append(resize_frame(read_image(sample.path), size))
+            tiles, _ = tiler.split([read_image(sample.path)])
+            images.extend(resize_frame(t, size) for t in tiles)
             kept.append(sample)
         except DataError as exc:
             skipped.append(sample.path)

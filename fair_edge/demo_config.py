@@ -15,6 +15,7 @@ DEMO_DATA = "elpv:mono"
 DEMO_WIDTH = 32
 DEMO_IMAGE_SIZE = 128
 DEMO_STEPS = 300
+DEMO_LR = 1e-3
 # The demo calibrates its threshold on 59 held-out normal cells: a 0.5 % target
 # (calibration.threshold.DEFAULT_FALSE_REJECT_RATE) cannot be resolved there (0.3 cells), so the demo
 # asks for 5 % (about 3 cells) in its bundle and in its eval report alike.
@@ -26,4 +27,4 @@ def demo_preprocess() -> PreprocessConfig:
 
 
 def demo_train_config(steps: int) -> TrainConfig:
-    return TrainConfig(width=DEMO_WIDTH, batch=8, lr=1e-3, steps=steps, save_every=100, log_every=10, seed=0)
+    return TrainConfig(width=DEMO_WIDTH, batch=8, lr=DEMO_LR, steps=steps, save_every=100, log_every=10, seed=0)

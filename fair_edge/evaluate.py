@@ -24,8 +24,10 @@ from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
 from fair_edge.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
+from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
+CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval reports the share of defects caught
 
 
 @dataclass
@@ -44,35 +46,58 @@ class ScoredSet:
 
 def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu", batch: int = 16,
                   with_masks: bool = False, progress=None) -> ScoredSet:
-    """Score ``samples`` with the checkpoint's model; unreadable images are skipped with a warning."""
+    """Score ``samples`` with the checkpoint's model; unreadable images are skipped with a warning.
+
+    A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
+    stitches them (fair_edge.tiling); maps are then frame maps at the model's scale."""
     ckpt = load_checkpoint(checkpoint)
     scorer = TorchScorer(ckpt, device)
-    size = ckpt.preprocess.image_size
+    tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
     kept, scores, maps, masks = [], [], [], []
     for start in range(0, len(samples), batch):
-        colours = []
+        images, chunk = [], []
         for sample in samples[start : start + batch]:
             try:
-                image = read_image(sample.path)
+                images.append(read_image(sample.path))
+                chunk.append(sample)
             except DataError as exc:
                 log.warning("skipping %s", exc)
-                continue
-            mask = None
-            if with_masks:  # a bad mask is an error in the dataset, not a skippable image
+        if images:
+            frame_maps, frame_scores, layouts = _score_frames(scorer, tiler, images, batch)
+            kept.extend(chunk)
+            maps.extend(frame_maps)
+            scores.append(frame_scores)
+        if with_masks and images:  # a bad mask is an error in the dataset, not a skippable image
+            for sample, image, m, layout in zip(chunk, images, frame_maps, layouts):
                 mask = np.zeros(image.shape[:2], bool) if sample.label == 0 else read_mask(sample.mask, image.shape[:2])
-            colours.append(resize_frame(image, size))
-            kept.append(sample)
-            if mask is not None:
-                masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
-        if colours:
-            m, s = scorer(torch.from_numpy(np.stack(colours)))
-            maps.append(m)
-            scores.append(s)
+                masks.append(_mask_to_map(mask, layout, m.shape))
         if progress is not None:
             progress(len(samples[start : start + batch]))
     if not kept:
         raise DataError("no test image could be read.")
-    return ScoredSet(kept, np.concatenate(scores), np.concatenate(maps), np.stack(masks) if with_masks else None)
+    return ScoredSet(kept, np.concatenate(scores), np.stack(maps), np.stack(masks) if with_masks else None)
+
+
+def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
+    """(H, W, 3) uint8 BGR images -> (maps [(h, w) float32], scores (N,) float32, layouts), ``batch`` tiles
+    (or whole images) per forward pass."""
+    tiles, layouts = tiler.split(images)
+    size = tiler.image_size
+    tile_maps, tile_scores = [], []
+    for start in range(0, len(tiles), batch):
+        colour = torch.from_numpy(np.stack([resize_frame(t, size) for t in tiles[start : start + batch]]))
+        m, s = scorer(colour)
+        tile_maps.append(m)
+        tile_scores.append(s)
+    frame_maps, frame_scores = tiler.stitch(np.concatenate(tile_maps), np.concatenate(tile_scores), layouts)
+    return frame_maps, frame_scores, layouts
+
+
+def _mask_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool frame mask -> bool mask on the anomaly map's grid ``shape``."""
+    if layout is not None:
+        return layout.mask_to_map(mask)
+    return cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
 
 
 def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> dict:
@@ -82,6 +107,8 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
         result["image_auroc"] = metrics.image_auroc(scored.scores, labels)
         f1, thr = metrics.f1_max(scored.scores, labels)
         result.update(f1_max=f1, f1_threshold=thr)
+        for rate in CATCH_AT_FALSE_REJECTS:
+            result[f"catch_at_{rate:.1%}_false_rejects"] = metrics.catch_rate(scored.scores, labels, rate)
     else:
         result["note"] = "image AUROC needs both normal and defective test images; only one class was given."
     if scored.masks is not None:

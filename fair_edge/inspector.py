@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from fair_edge.cameras import EndOfStream
@@ -146,6 +147,12 @@ class Inspector:
         return batch
 
     # ------------------------------------------------------------------ one batch
+    def _roi_on(self, shape: tuple[int, int]) -> np.ndarray:
+        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S)."""
+        if self.roi.shape != tuple(shape):
+            self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
+        return self.roi
+
     def _emit(self, frame: Frame, score: float, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
         ng = bool(error) or score > self.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
@@ -175,7 +182,7 @@ class Inspector:
             try:
                 maps, scores = self.choice.infer_frames([image for _, image in good])
                 if self.roi is not None:
-                    scores = (maps * self.roi).reshape(len(maps), -1).max(axis=1)
+                    scores = (maps * self._roi_on(maps.shape[1:])).reshape(len(maps), -1).max(axis=1)
                 self._consecutive_errors = 0
             except Exception as exc:  # any backend failure: fail safe (NG) and count
                 self.summary.inference_errors += 1

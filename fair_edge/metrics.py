@@ -289,3 +289,14 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     f1 = 2.0 * true_pos / (true_pos + false_pos + pos.size)
     best = int(np.argmax(f1))
     return float(f1[best]), float(levels[best])
+
+
+def catch_rate(scores: np.ndarray, labels: np.ndarray, false_reject_rate: float) -> float:
+    """Share of anomalous samples rejected at the threshold that rejects at most ``false_reject_rate``
+    of the normal ones (the line's rule: NG when score > the normal-score quantile threshold).
+
+    scores: (N,) real; labels: (N,) 0/1 with both classes. Returns a float in [0, 1]."""
+    from fair_edge.calibration.threshold import quantile_threshold
+
+    negative, positive = _split(scores, labels, ("scores", "labels"), 1, "Catch rate")
+    return float((positive > quantile_threshold(negative, false_reject_rate)).mean())

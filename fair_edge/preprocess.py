@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_edge.errors import ConfigError
+from fair_edge.tiling import TilingConfig
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
 PAPER_IMAGE_SIZE = 256  # pixels
@@ -55,12 +56,15 @@ class PreprocessConfig:
     cutoff: D0 in frequency-index units of the image_size x image_size spectrum (cycles per image
     side); None (the default) = ``scaled_cutoff(image_size)``, the paper's 30 at 256 px scaled to the size.
     order: Butterworth order n (ignored by the other filters).
+    tiling: None (the whole frame is resized to image_size) or a TilingConfig (each tile of the
+    frame is resized to image_size; see fair_edge.tiling).
     """
 
     image_size: int = PAPER_IMAGE_SIZE
     filter: str = "butterworth"
     cutoff: float | None = None
     order: int = 2
+    tiling: TilingConfig | None = None
 
     def __post_init__(self) -> None:
         if self.filter not in FILTERS:
@@ -80,7 +84,7 @@ class PreprocessConfig:
         return 2 if self.filter == "sobel_xy" else 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(asdict(self), tiling=self.tiling.to_dict() if self.tiling else None)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
@@ -89,6 +93,7 @@ class PreprocessConfig:
             filter=str(data["filter"]),
             cutoff=float(data["cutoff"]),
             order=int(data["order"]),
+            tiling=TilingConfig.from_dict(data.get("tiling")),
         )
 
 

@@ -258,13 +258,15 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     from fair_edge.export.bundle import load_bundle
+    from fair_edge.fusion import FusedChoice, is_fused, load_fused_bundle
 
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
-    bundle = load_bundle(cfg.bundle)
+    fused = is_fused(cfg.bundle)  # several models, one fused score (fair_edge.fusion)
+    bundle = load_fused_bundle(cfg.bundle) if fused else load_bundle(cfg.bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = choice or select_backend(bundle, cfg.backend)
-    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+    choice = choice or (FusedChoice(bundle, cfg.backend) if fused else select_backend(bundle, cfg.backend))
+    threshold = resolve_threshold(cfg, bundle, getattr(choice, "graph_threshold", None))
     run_id = new_run_id()
     if on_start is not None:
         on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")

@@ -177,13 +177,13 @@ class Trainer:
         self.preprocess, self.cfg, self.scoring = preprocess, cfg, scoring
         self.model = ModelSpec("fair", preprocess, FairSettings(cfg.width, scoring))
         self.out_dir, self.device = Path(out_dir), device
-        images, kept = load_images(data.train, preprocess.image_size)
+        images, kept = load_images(data.train, preprocess.image_size, tiling=preprocess.tiling)
         self.images = torch.from_numpy(images).to(device)
-        self.data_summary = dict(data.summary(), train_images_used=len(kept))
-        self.batch = min(cfg.batch, len(kept))
+        self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
+        self.batch = min(cfg.batch, len(images))
         if self.batch < cfg.batch:
-            log.warning("only %d training images: batch reduced from %d to %d", len(kept), cfg.batch, self.batch)
-        self.total_steps = cfg.total_steps(len(kept))
+            log.warning("only %d training images: batch reduced from %d to %d", len(images), cfg.batch, self.batch)
+        self.total_steps = cfg.total_steps(len(images))
         self.highpass = HighPass(preprocess).to(device)
         tex = torch.from_numpy(textures).to(device) if textures is not None else None
         self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)

@@ -250,3 +250,13 @@ def test_bad_inputs_and_settings():
         metrics.aupro(maps, masks, fpr_limit=0.0)
     with pytest.raises(ConfigError, match="num_thresholds"):
         metrics.aupro(maps, masks, num_thresholds=1)
+
+
+def test_catch_rate_uses_the_lines_normal_quantile_threshold():
+    from fair_edge.metrics import catch_rate
+
+    scores = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5.0, 20.0, 8.0])
+    labels = np.array([0] * 10 + [1, 1, 1])
+    assert catch_rate(scores, labels, 0.1) == pytest.approx(1 / 3)  # threshold 8: only 20 is above it
+    assert catch_rate(scores, labels, 0.0) == pytest.approx(1 / 3)  # threshold 9 (the max normal)
+    assert catch_rate(scores, labels, 0.5) == pytest.approx(1.0)  # threshold 4

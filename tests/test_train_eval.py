@@ -42,7 +42,8 @@ def test_eval_report(trained, mvtec_dir, tmp_path):
     result = evaluate(final, load_dataset(mvtec_dir), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["images"] == 12 and saved["defective"] == 6
-    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "suggested_threshold"):
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "suggested_threshold", "catch_at_0.5%_false_rejects",
+                "catch_at_5.0%_false_rejects"):
         assert 0.0 <= saved[key] <= (1.0 if key != "suggested_threshold" else 1e9), key
     # the blobs are red on a gray plate: even a briefly trained model must separate them well
     assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.9

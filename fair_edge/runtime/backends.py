@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -25,6 +25,7 @@ from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
 from fair_edge.compiled import CompiledModule
 from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
+from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
 Inputs = Mapping[str, torch.Tensor]
@@ -161,18 +162,31 @@ class BackendOptions:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """backend + its pre-processing + why it was chosen. graph_threshold: the decision threshold calibrated
-    on the graph this backend runs, where that is not the bundle's main graph (the CPU INT8 graph)."""
+    """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
+    (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path.
+    graph_threshold: the decision threshold calibrated on the graph this backend runs, where that is
+    not the bundle's main graph (the CPU INT8 graph)."""
 
     backend: Backend
     preprocess: Preprocess
     reason: str
     graph_threshold: Threshold | None = None
+    tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
+    max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Pre-process and infer ``frames``: (anomaly maps (B, S, S), scores (B,)) float32 host arrays."""
-        outputs = self.backend.infer(self.preprocess(frames))
-        return outputs[ANOMALY_MAP][:, 0], outputs[SCORE]
+        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
+
+        Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
+        scores (N,) float32). Tiles are cut on the host and fed to the same pre-processing and backend
+        as whole frames (the fused GPU kernel resizes each tile like a frame)."""
+        tiles, layouts = self.tiler.split(frames)
+        step = self.max_batch or len(tiles)
+        parts = [self.backend.infer(self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
+        maps = np.concatenate([p[ANOMALY_MAP][:, 0] for p in parts])
+        scores = np.concatenate([p[SCORE] for p in parts])
+        frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
+        return np.stack(frame_maps), frame_scores
 
 
 def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
@@ -283,7 +297,15 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BackendCh
 
 
 def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BackendChoice:
-    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine."""
+    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
+    The choice carries the bundle's tiling (``BackendChoice.infer_frames``)."""
+    choice = _select(bundle, name, options)
+    if bundle.preprocess.tiling is None:
+        return choice
+    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
+
+
+def _select(bundle, name: str, options: BackendOptions) -> BackendChoice:
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")

@@ -63,7 +63,7 @@ class LgfdrTrainer:
         torch.manual_seed(cfg.seed)
         self.detector: LgfdrDetector = model.build(device=device)
         self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
-        images, kept = load_images(data.train, model.preprocess.image_size)
+        images, kept = load_images(data.train, model.preprocess.image_size, tiling=model.preprocess.tiling)
         self.images = precompute_features(self.detector, torch.from_numpy(images), device)
         self.detector.feature_mean.copy_(self.images.mean((0, 2, 3)))
         self.detector.feature_std.copy_(self.images.std((0, 2, 3)).clamp_min(1e-6))

@@ -1,0 +1,117 @@
+"""Score fusion: normalisation and rules, the fused bundle (two FAIR models of different settings),
+its verification, the runtime choice, and the CLI."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from export_fixtures import MODEL, PRE, make_frames, write_pngs
+from fair_edge.checkpoint import Checkpoint
+from fair_edge.cli import app
+from fair_edge.errors import BundleError, ConfigError
+from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.fusion import (FusedChoice, NormalStats, build_fused_bundle, fuse_maps, is_fused,
+                              load_fused_bundle)
+from fair_edge.runtime.backends import select_backend
+from fair_edge.tiling import TilingConfig
+
+
+def test_maps_are_normalised_by_each_models_own_normal_spread():
+    a = np.full((2, 4, 4), 10.0, np.float32)
+    b = np.full((2, 8, 8), 0.5, np.float32)
+    a[0, 1, 1] = 14.0  # model a: +2 std at one pixel of frame 0
+    stats = [NormalStats(10.0, 2.0), NormalStats(0.5, 0.01)]
+    fused, scores = fuse_maps([a, b], stats, "mean")
+    assert fused.shape == (2, 4, 4)  # on the first model's grid
+    assert scores.tolist() == pytest.approx([1.0, 0.0])  # mean of z = (2 + 0) / 2
+    _, max_scores = fuse_maps([a, b], stats, "max")
+    assert max_scores.tolist() == pytest.approx([2.0, 0.0])
+
+
+def test_bad_fusion_inputs_are_refused():
+    m = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ConfigError, match="rule must be one of"):
+        fuse_maps([m, m], [NormalStats(0, 1)] * 2, "median")
+    with pytest.raises(ConfigError, match=">= 2 models"):
+        fuse_maps([m], [NormalStats(0, 1)], "mean")
+    assert NormalStats.fit(np.array([1.0, 1.0])).std > 0  # a constant model does not divide by zero
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, tiny_detector):
+    """Two FAIR bundles of different settings (whole frame; tiled) fused on 8 held-out normals."""
+    root = tmp_path_factory.mktemp("fusion")
+    normals = make_frames(8, seed=5, size=64)
+    state = tiny_detector.unet.state_dict()
+    members = []
+    for name, pre in (("whole", PRE), ("tiled", replace(PRE, tiling=TilingConfig(32, 8)))):
+        ckpt = Checkpoint(replace(MODEL, preprocess=pre), state)
+        members.append(build_bundle(ckpt, root / name, BuildOptions(engine=False), normal_frames=normals).bundle)
+    bundle = build_fused_bundle([m.root for m in members], root / "fused", normals)
+    return bundle, members, normals
+
+
+def test_fused_bundle_calibrates_one_threshold_on_fused_scores(fused):
+    bundle, members, normals = fused
+    assert is_fused(bundle.root) and len(bundle.members) == 2 and bundle.rule == "mean"
+    choice = FusedChoice(bundle, "onnxruntime")
+    maps, scores = choice.infer_frames(normals)
+    assert maps.shape == (8, 32, 32)
+    assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)
+    member_maps = [select_backend(m, "onnxruntime").infer_frames(normals)[0] for m in members]
+    for st, m in zip(bundle.stats, member_maps):  # stats are the members' own normal scores
+        per_frame = m.reshape(8, -1).max(axis=1)
+        assert st.mean == pytest.approx(float(per_frame.mean()), rel=1e-5)
+    assert "fusion (mean)" in choice.reason
+    choice.backend.close()
+
+
+def test_every_backend_gives_the_same_fused_scores(fused):
+    bundle, _, _ = fused
+    frames = make_frames(3, seed=9, size=64, defect=True)
+    ort = FusedChoice(bundle, "onnxruntime").infer_frames(frames)[1]
+    torch_cpu = FusedChoice(bundle, "torch-cpu").infer_frames(frames)[1]
+    np.testing.assert_allclose(ort, torch_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_a_changed_member_is_refused(fused, tmp_path):
+    import shutil
+
+    bundle, _, _ = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    manifest = copy / "m1" / "bundle.json"
+    data = json.loads(manifest.read_text())
+    data["build_command"] = "edited"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="changed since fusion"):
+        load_fused_bundle(copy)
+
+
+def test_cli_fuse(fused, tmp_path):
+    _, members, normals = fused
+    folder = write_pngs(tmp_path / "normals", normals)
+    result = CliRunner().invoke(app, ["fuse", str(members[0].root), str(members[1].root), "--normal", str(folder),
+                                      "--out", str(tmp_path / "f"), "--rule", "max"])
+    assert result.exit_code == 0, result.output
+    assert load_fused_bundle(tmp_path / "f").rule == "max"
+    one = CliRunner().invoke(app, ["fuse", str(members[0].root), "--normal", str(folder), "--out", str(tmp_path / "g")])
+    assert one.exit_code == 2 and "at least 2 bundles" in one.output
+
+
+def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):
+    import shutil
+
+    bundle, _, _ = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    data = json.loads((copy / "fusion.json").read_text())
+    (copy / "fusion.json").write_text(json.dumps(dict(data, rule="median")))
+    with pytest.raises(BundleError, match="rule 'median'"):
+        load_fused_bundle(copy)
+    (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "stats"}))
+    with pytest.raises(BundleError, match="invalid field"):
+        load_fused_bundle(copy)

@@ -1,0 +1,169 @@
+"""Tiled inspection: layout, blending, stitching, training on tiles, and backend/eval parity on tiles."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from export_fixtures import MODEL, PRE, WIDTH, make_frames, write_pngs
+from fair_edge.calibration.frames import frame_scores
+from fair_edge.checkpoint import Checkpoint, load_checkpoint
+from fair_edge.data import DatasetSplit, Sample, load_images
+from fair_edge.errors import ConfigError
+from fair_edge.evaluate import score_samples
+from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.runtime.backends import select_backend
+from fair_edge.tiling import FrameTiler, TilingConfig, split_frame, stitch, tile_layout, tile_weights
+from fair_edge.train import TrainConfig, Trainer
+
+
+def test_layout_covers_the_frame_with_the_overlap_and_a_flush_last_tile():
+    layout = tile_layout((100, 130), TilingConfig(40, 8), 20)
+    ys = sorted({y for y, _ in layout.crops})
+    xs = sorted({x for _, x in layout.crops})
+    assert ys == [0, 32, 60] and xs == [0, 32, 64, 90]  # stride 32, last one flush with the edge
+    assert layout.count == 12 and layout.map_hw == (50, 65)  # scale 20 / 40
+    assert layout.places[-1] == (30, 45)  # flush with the map's edge too
+    tiles = split_frame(np.zeros((100, 130, 3), np.uint8), layout)
+    assert {t.shape for t in tiles} == {(40, 40, 3)}
+
+
+def test_roi_offsets_the_tiles_and_must_fit_the_frame():
+    layout = tile_layout((200, 200), TilingConfig(32, 0, roi=(10, 20, 64, 32)), 32)
+    assert layout.crops == ((20, 10), (20, 42)) and layout.map_hw == (32, 64)
+    with pytest.raises(ConfigError, match="inside the frame"):
+        tile_layout((50, 50), TilingConfig(32, 0, roi=(30, 0, 32, 32)), 32)
+    with pytest.raises(ConfigError, match="smaller tiling.tile"):
+        tile_layout((20, 64), TilingConfig(32), 32)
+
+
+@pytest.mark.parametrize("bad", [dict(tile=8), dict(tile=32, overlap=17), dict(tile=32, roi=(0, 0, 16, 64))])
+def test_bad_tiling_settings_are_refused(bad):
+    with pytest.raises(ConfigError, match="tiling"):
+        TilingConfig(**bad)
+
+
+def test_weights_fade_only_where_a_neighbour_takes_over():
+    layout = tile_layout((64, 112), TilingConfig(64, 16), 64)  # two tiles side by side, overlap 16
+    w = tile_weights(layout)
+    assert w.shape == (2, 64, 64)
+    assert np.all(w[0][:, :48] == 1) and w[0][0, -1] < 0.05  # left tile fades out to the right only
+    assert np.all(w[1][:, 16:] == 1) and w[1][0, 0] < 0.05
+    assert np.all(w[:, 0, :] > 0) and np.all(w[:, -1, :] > 0)  # no fade at the frame's top and bottom
+
+
+def test_stitching_crops_of_one_map_gives_that_map_back():
+    rng = np.random.default_rng(0)
+    layout = tile_layout((90, 150), TilingConfig(32, 10), 32)  # scale 1: tile maps are frame crops
+    truth = rng.random(layout.map_hw).astype(np.float32)
+    tile_maps = np.stack([truth[y : y + 32, x : x + 32] for y, x in layout.places])
+    frame_map, score = stitch(tile_maps, layout)
+    np.testing.assert_allclose(frame_map, truth, rtol=1e-6)
+    assert score == pytest.approx(float(truth.max()))
+    with pytest.raises(ConfigError, match="tile maps"):
+        stitch(tile_maps[1:], layout)
+
+
+def test_overlap_blends_two_disagreeing_tiles_smoothly():
+    layout = tile_layout((32, 48), TilingConfig(32, 16), 32)
+    frame_map, _ = stitch(np.stack([np.zeros((32, 32)), np.ones((32, 32))]).astype(np.float32), layout)
+    row = frame_map[5]
+    assert np.all(row[:16] == 0) and np.all(row[32:] == 1)
+    assert np.all(np.diff(row[16:32]) > 0)  # a ramp across the overlap, no step
+
+
+def test_settings_round_trip_and_old_settings_mean_no_tiling():
+    pre = PreprocessConfig(image_size=32, tiling=TilingConfig(64, 8, roi=(1, 2, 100, 90)))
+    assert PreprocessConfig.from_dict(pre.to_dict()) == pre
+    old = {k: v for k, v in PreprocessConfig().to_dict().items() if k != "tiling"}
+    assert PreprocessConfig.from_dict(old).tiling is None
+
+
+def test_training_on_tiles(tmp_path):
+    frames = make_frames(4, seed=1, size=80)
+    folder = write_pngs(tmp_path / "good", frames)
+    pre = replace(PRE, tiling=TilingConfig(40, 8))  # 3 x 3 tiles of 40 px per 80 px frame
+    images, kept = load_images([Sample(p) for p in sorted(folder.glob("*.png"))], pre.image_size, tiling=pre.tiling)
+    assert images.shape == (36, 3, 32, 32) and len(kept) == 4
+    cfg = TrainConfig(width=WIDTH, batch=4, steps=2, save_every=100, log_every=1)
+    trainer = Trainer(DatasetSplit("t", [Sample(p) for p in sorted(folder.glob("*.png"))]), pre, cfg, tmp_path / "run",
+                      torch.device("cpu"))
+    assert trainer.data_summary["train_tiles"] == 36 and trainer.total_steps == 2
+    ckpt = load_checkpoint(trainer.run())
+    assert ckpt.preprocess.tiling == TilingConfig(40, 8)
+
+
+@pytest.fixture(scope="module")
+def tiled_bundle(tmp_path_factory, tiny_detector):
+    root = tmp_path_factory.mktemp("tiled")
+    pre = replace(PRE, tiling=TilingConfig(40, 8))
+    path = root / "final.pt"
+    from fair_edge.checkpoint import save_checkpoint
+
+    save_checkpoint(path, Checkpoint(replace(MODEL, preprocess=pre), tiny_detector.unet.state_dict()))
+    normals = make_frames(6, seed=3, size=96)
+    result = build_bundle(load_checkpoint(path), root / "bundle", BuildOptions(engine=False), normal_frames=normals)
+    return path, result.bundle, normals
+
+
+def test_backends_and_eval_agree_on_tiled_frames(tiled_bundle, tmp_path):
+    ckpt_path, bundle, normals = tiled_bundle
+    frames = make_frames(3, seed=7, size=96, defect=True)
+    ort_maps, ort_scores = select_backend(bundle, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(bundle, "torch-cpu").infer_frames(frames)
+    assert ort_maps.shape == (3, 77, 77)  # 96 px at 32 / 40 map px per frame px
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=2e-5)
+    np.testing.assert_allclose(ort_scores, ort_maps.reshape(3, -1).max(axis=1), rtol=1e-6)
+    folder = write_pngs(tmp_path / "frames", frames)
+    scored = score_samples(ckpt_path, [Sample(p, 1) for p in sorted(folder.glob("*.png"))])
+    np.testing.assert_allclose(scored.scores, torch_scores, rtol=1e-4, atol=1e-6)
+    assert scored.maps.shape == (3, 77, 77)
+
+
+def test_the_bundle_threshold_comes_from_stitched_frame_scores(tiled_bundle):
+    _, bundle, normals = tiled_bundle
+    assert bundle.preprocess.tiling == TilingConfig(40, 8)
+    choice = select_backend(bundle, "onnxruntime")
+    _, scores = choice.infer_frames(normals)
+    assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)  # 6 normals at 0.5 %: the max
+    whole = replace(bundle.model, preprocess=replace(bundle.preprocess, tiling=None))
+    whole_tile_scores = frame_scores(choice.backend.infer_batched, normals, whole)
+    assert not np.allclose(whole_tile_scores, scores)  # the tiled scores are not the whole-frame ones
+
+
+def test_tiler_is_the_identity_without_tiling():
+    tiler = FrameTiler(None, 32)
+    frames = make_frames(2, seed=0, size=50)
+    tiles, layouts = tiler.split(frames)
+    assert tiles[0] is frames[0] and layouts == [None, None]
+    maps, scores = tiler.stitch(np.ones((2, 32, 32), np.float32), np.array([1.0, 2.0]), layouts)
+    assert len(maps) == 2 and scores.tolist() == [1.0, 2.0]
+
+
+def test_a_frame_mask_lands_on_the_tiled_map_grid():
+    layout = tile_layout((80, 80), TilingConfig(40, 0, roi=(0, 0, 80, 40)), 20)
+    mask = np.zeros((80, 80), bool)
+    mask[10:20, 60:70] = True
+    on_map = layout.mask_to_map(mask)
+    assert on_map.shape == (20, 40) and on_map[5:10, 30:35].all() and on_map.sum() == 25
+
+
+
+def test_tiles_go_to_the_backend_in_chunks_of_its_max_batch(tiled_bundle):
+    _, bundle, normals = tiled_bundle
+    choice = select_backend(bundle, "onnxruntime")
+    assert choice.max_batch == bundle.max_batch
+    calls = []
+    infer = choice.backend.infer
+
+    def counting(inputs):
+        calls.append(len(next(iter(inputs.values()))))
+        return infer(inputs)
+
+    whole = choice.infer_frames(normals[:2])
+    choice.backend.infer = counting
+    chunked = replace(choice, max_batch=5).infer_frames(normals[:2])
+    assert calls == [5, 5, 5, 3]  # 2 frames x 9 tiles
+    np.testing.assert_allclose(chunked[0], whole[0], atol=1e-6)

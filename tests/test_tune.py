@@ -1,0 +1,84 @@
+"""fair-edge tune: proxy defects, the normal-only split, ranking within a budget, and the CLI."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fair_edge.cli import app
+from fair_edge.data import DatasetSplit, Sample, load_dataset
+from fair_edge.errors import ConfigError, DataError
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.proxy_defects import KINDS, SIZES, plant
+from fair_edge.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_proxy_kind_changes_the_frame_inside_its_mask(kind):
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(128, 20, (96, 96, 3)), 0, 255).astype(np.uint8)
+    bad, mask = plant(frame, kind, "medium", rng)
+    assert bad.shape == frame.shape and bad.dtype == np.uint8 and 0 < mask.mean() < 0.2
+    diff = np.abs(bad.astype(int) - frame.astype(int)).sum(axis=2)
+    assert diff[mask].mean() > 3 * max(diff[~mask].mean(), 0.1)
+
+
+def test_proxy_sizes_grow_and_bad_names_are_refused():
+    rng = np.random.default_rng(1)
+    frame = np.full((200, 200, 3), 120, np.uint8)
+    areas = [plant(frame, "stain", size, np.random.default_rng(1))[1].sum() for size in SIZES]
+    assert areas == sorted(areas) and areas[0] > 0
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        plant(frame, "crack", "small", rng)
+    with pytest.raises(ConfigError, match="size must be one of"):
+        plant(frame, "stain", "huge", rng)
+
+
+def test_split_is_fixed_disjoint_and_needs_enough_images():
+    samples = [Sample(Path(f"{i}.png")) for i in range(20)]
+    train, held = split_normals(samples, 0.2, seed=3)
+    assert len(held) == 5 and len(train) == 15 and not set(train) & set(held)
+    assert split_normals(samples, 0.2, seed=3) == (train, held)
+    with pytest.raises(DataError, match="at least 10"):
+        split_normals(samples[:5], 0.2, 0)
+
+
+def test_default_candidates_change_one_thing_at_a_time():
+    base = Candidate("base", PreprocessConfig(image_size=64, cutoff=7.5), 16, 100)
+    names = [c.name for c in default_candidates(base, frame_side=512)]
+    assert names[0] == "base" and "tiled" in names and "size-double" not in names
+    small = default_candidates(base, frame_side=100)
+    assert small[-1].name == "size-double" and small[-1].preprocess.cutoff == 15.0
+
+
+def test_tune_ranks_candidates_on_normal_images_only(mvtec_dir, tmp_path):
+    split = load_dataset(mvtec_dir)
+    split = DatasetSplit(split.name, split.train, [Sample(Path("/nonexistent.png"), 1)])  # never read
+    pre = PreprocessConfig(image_size=32, cutoff=4.0)
+    cands = [Candidate("base", pre, 8, 3, lr=1e-3), Candidate("gauss", PreprocessConfig(32, "gaussian", 4.0), 8, 3)]
+    settings = TuneSettings(holdout=0.25, budget_s=3600, batch=4)
+    rows = tune(split, cands, tmp_path, settings, torch.device("cpu"), data_name=str(mvtec_dir))
+    assert [r.status for r in rows] == ["done", "done"] and rows[0].rank_key() >= rows[1].rank_key()
+    table = list(csv.DictReader((tmp_path / "tune.csv").open()))
+    assert [r["name"] for r in table] == [r.candidate.name for r in rows]
+    chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
+    assert chosen["name"] == rows[0].candidate.name and chosen["train_command"].startswith("fair-edge train")
+    assert len(list((tmp_path / "proxy" / "good").glob("*.png"))) == 5  # 25 % of 16 normals, at least 5
+
+
+def test_a_budget_too_small_for_any_candidate_is_an_error(mvtec_dir, tmp_path):
+    cand = Candidate("base", PreprocessConfig(image_size=32, cutoff=4.0), 8, 2)
+    with pytest.raises(DataError, match="budget"):
+        tune(load_dataset(mvtec_dir), [cand], tmp_path, TuneSettings(budget_s=1e-9, batch=4))
+
+
+def test_cli_tune_help_and_bad_width():
+    runner = CliRunner()
+    result = runner.invoke(app, ["tune", "--help"])
+    assert result.exit_code == 0 and "--budget-min" in result.output and "--false-reject-rate" in result.output
+    bad = runner.invoke(app, ["tune", "elpv", "--width", "33"])
+    assert bad.exit_code == 2 and "--width" in bad.output
