@@ -42,8 +42,9 @@ def test_train_help_defaults_come_from_the_settings():
     for flag, value in (("--width", FairSettings.width), ("--batch", TrainConfig.batch),
                         ("--save-every", TrainConfig.save_every)):
         assert re.search(rf"{flag} .*\[default: {re.escape(str(value))}\]", text), flag
-    assert f"FAIR default {TrainConfig.lr:g} Adam" in flat and f"FAIR default {TrainConfig.epochs}" in flat
-    assert "[default: runs/train-w{width}, LGFDR runs/train-lgfdr-{backbone}]" in flat and "frequency-index units" in flat
+    assert re.search(rf"--lr .*LGFDR: AdamW .*\[default: {re.escape(f'{TrainConfig.lr:g}')}\]", flat), "--lr"
+    assert re.search(rf"--epochs .*LGFDR 100\) \[default: {TrainConfig.epochs}\]", flat), "--epochs"
+    assert "(LGFDR: runs/train-lgfdr-{backbone}) [default: runs/train-w{width}]" in flat and "frequency-index units" in flat
 
 
 def test_one_name_and_one_default_for_the_false_reject_rate():
