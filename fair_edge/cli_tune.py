@@ -33,7 +33,8 @@ def tune(
     lr: float = typer.Option(DEMO_LR, help="Adam learning rate of every candidate (the demo's short-run rate)."),
     seed: int = typer.Option(_TUNE.seed, help="Seed of the split, the planted defects and training."),
 ) -> None:
-    """Choose settings from normal images only: train candidates, rank them by proxy defects caught."""
+    """Choose settings from normal images only: train candidates (FAIR with one setting changed at a time,
+    and LGFDR), rank them by proxy defects caught at the target false-reject rate."""
     from fair_edge.data import load_dataset, read_image
     from fair_edge.train import resolve_device
     from fair_edge.tune import Candidate, default_candidates

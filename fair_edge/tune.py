@@ -5,8 +5,8 @@
 2. Proxy test set: every held-out image as a normal, plus one copy of it with a planted proxy defect
    (fair_edge.proxy_defects: kinds and sizes cycled over the images). The proxy kinds differ from
    the training synthesis, and no real defect image is ever read.
-3. Each candidate (one setting changed at a time from the base: cutoff, filter, width, training
-   length, image size or tiling) is trained on the training part and scored on the proxy set.
+3. Each candidate (one setting changed at a time from the base: model family, cutoff, filter, width,
+   training length, image size or tiling) is trained on the training part and scored on the proxy set.
 4. Ranking rule: the share of proxy defects caught at ``false_reject_rate`` on the held-out normals,
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped.
@@ -32,27 +32,44 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.evaluate import score_samples
+from fair_edge.models.fair.family import FairSettings
+from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.proxy_defects import KINDS, SIZES, plant
 from fair_edge.tiling import TilingConfig
-from fair_edge.train import TrainConfig, Trainer
+from fair_edge.train import TrainConfig
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting to try: model input, UNet width, training steps and learning rate (family: FAIR)."""
+    """One setting to try: family ("fair" or "lgfdr"), model input, FAIR's UNet width (unused by LGFDR),
+    training steps (None: the family's default length, e.g. LGFDR's 100 epochs) and learning rate."""
 
     name: str
     preprocess: PreprocessConfig
     width: int
-    steps: int
+    steps: int | None
     lr: float = TrainConfig.lr
     family: str = "fair"
 
+    def model_spec(self) -> ModelSpec:
+        """The model this candidate trains (the family's default settings, FAIR with ``width``)."""
+        impl = get_family(self.family)
+        settings = FairSettings(self.width) if impl.key == "fair" else impl.default_settings()
+        return ModelSpec(impl.key, self.preprocess, settings)
+
+    def train_config(self, batch: int, seed: int) -> TrainConfig:
+        """The family's default schedule with this candidate's length, learning rate, batch and seed."""
+        base = get_family(self.family).training().default_train_config()
+        return replace(base, width=self.width, batch=batch, steps=self.steps, lr=self.lr, seed=seed, save_every=10**9)
+
     def train_command(self, data: str) -> str:
         p = self.preprocess
+        steps = "" if self.steps is None else f" --steps {self.steps}"
+        if self.family != "fair":
+            return f"fair-edge train {data} --model {self.family} --image-size {p.image_size}{steps} --lr {self.lr:g}"
         cmd = (f"fair-edge train {data} --width {self.width} --image-size {p.image_size} --filter {p.filter} "
-               f"--cutoff {p.cutoff:g} --order {p.order} --steps {self.steps} --lr {self.lr:g}")
+               f"--cutoff {p.cutoff:g} --order {p.order}{steps} --lr {self.lr:g}")
         if p.tiling is not None:
             cmd += f" --tile {p.tiling.tile} --tile-overlap {p.tiling.overlap}"
         return cmd
@@ -80,24 +97,27 @@ class TuneSettings:
 
 
 def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
-    """The base, then one change at a time: cutoff x0.5 / x2, Gaussian and Sobel filters, width x2,
-    steps x2, and (when frames are at least 3 model inputs wide) tiling at twice the model's scale,
-    else image size x2 (with the cutoff scaled along)."""
+    """The base (FAIR), then one change at a time, cheapest first: the other family (LGFDR at the same image
+    size, its default length and AdamW 1e-3), cutoff x0.5 / x2, Gaussian and Sobel filters, steps x2, (when
+    frames are at least 3 model inputs wide) tiling at twice the model's scale, else image size x2 (with the
+    cutoff scaled along), and width x2 (about 4x the cost of the base) last."""
     p = base.preprocess
+    lgfdr_lr = get_family("lgfdr").training().default_train_config().lr
     out = [base,
+           replace(base, name="lgfdr", family="lgfdr", steps=None, lr=lgfdr_lr),
            replace(base, name="cutoff-half", preprocess=replace(p, cutoff=p.cutoff / 2)),
            replace(base, name="cutoff-double", preprocess=replace(p, cutoff=p.cutoff * 2)),
            replace(base, name="gaussian", preprocess=replace(p, filter="gaussian")),
            replace(base, name="sobel-xy", preprocess=replace(p, filter="sobel_xy")),
-           replace(base, name="width-double", width=base.width * 2),
-           replace(base, name="steps-double", steps=base.steps * 2)]
+           replace(base, name="steps-double", steps=2 * base.steps if base.steps else None)]
     if p.tiling is None and frame_side >= 3 * p.image_size:
         tile = 2 * p.image_size
         out.append(replace(base, name="tiled", preprocess=replace(p, tiling=TilingConfig(tile, tile // 8))))
     elif p.tiling is None:
         out.append(replace(base, name="size-double", preprocess=replace(p, image_size=2 * p.image_size,
                                                                         cutoff=2 * p.cutoff)))
-    return out
+    out.append(replace(base, name="width-double", width=base.width * 2))
+    return [c for c in out if c.family == "fair" or c.preprocess.image_size % 16 == 0]
 
 
 def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -151,9 +171,10 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
                     settings: TuneSettings, device: torch.device) -> TuneRow:
     """Train ``cand`` on ``train`` and measure it on the proxy set."""
     start = time.perf_counter()
-    cfg = TrainConfig(width=cand.width, batch=settings.batch, steps=cand.steps, lr=cand.lr, seed=settings.seed,
-                      save_every=10**9)
-    final = Trainer(DatasetSplit("tune", train), cand.preprocess, cfg, out / cand.name, device).run()
+    model = cand.model_spec()
+    trainer = model.impl.training().make_trainer(DatasetSplit("tune", train), model,
+                                                 cand.train_config(settings.batch, settings.seed), out / cand.name, device)
+    final = trainer.run()
     scored = score_samples(final, proxy, device=str(device))
     labels, scores = scored.labels, scored.scores
     row = TuneRow(cand, "done", metrics.image_auroc(scores, labels),
@@ -188,7 +209,7 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
 
 def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int) -> None:
     """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one)."""
-    fields = ["rank", "name", "status", f"proxy_catch_at_{settings.false_reject_rate:.1%}", "proxy_catch_at_5.0%",
+    fields = ["rank", "name", "family", "status", f"proxy_catch_at_{settings.false_reject_rate:.1%}", "proxy_catch_at_5.0%",
               "proxy_auroc", "train_s", "width", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     with (out / "tune.csv").open("w", newline="") as fh:
@@ -196,10 +217,11 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
         w.writerow(fields)
         for rank, r in enumerate(rows, 1):
             p = r.candidate.preprocess
-            w.writerow([rank, r.candidate.name, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
-                        fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}", r.candidate.width,
-                        r.candidate.steps, p.image_size, p.filter, f"{p.cutoff:g}",
-                        json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
+            c = r.candidate
+            w.writerow([rank, c.name, c.family, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
+                        fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
+                        c.width if c.family == "fair" else "", c.steps or "family default", p.image_size, p.filter,
+                        f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
     best = rows[0]
     if best.status != "done":
         raise DataError("the budget ended before any candidate finished; raise --budget-min.")

@@ -49,10 +49,39 @@ def test_split_is_fixed_disjoint_and_needs_enough_images():
 
 def test_default_candidates_change_one_thing_at_a_time():
     base = Candidate("base", PreprocessConfig(image_size=64, cutoff=7.5), 16, 100)
-    names = [c.name for c in default_candidates(base, frame_side=512)]
-    assert names[0] == "base" and "tiled" in names and "size-double" not in names
-    small = default_candidates(base, frame_side=100)
-    assert small[-1].name == "size-double" and small[-1].preprocess.cutoff == 15.0
+    cands = default_candidates(base, frame_side=512)
+    names = [c.name for c in cands]
+    assert names[:2] == ["base", "lgfdr"] and "tiled" in names and "size-double" not in names
+    assert names[-1] == "width-double"  # the costliest last, so a short budget reaches the cheap ones
+    lgfdr = cands[1]
+    assert lgfdr.family == "lgfdr" and lgfdr.steps is None and lgfdr.preprocess == base.preprocess
+    assert [c.name for c in cands if c.family == "lgfdr"] == ["lgfdr"]
+    small = {c.name: c for c in default_candidates(base, frame_side=100)}
+    assert small["size-double"].preprocess.cutoff == 15.0 and small["size-double"].preprocess.image_size == 128
+    odd = Candidate("base", PreprocessConfig(image_size=72, cutoff=8.0), 16, 100)  # not a multiple of 16
+    assert "lgfdr" not in [c.name for c in default_candidates(odd, frame_side=100)]
+
+
+def test_candidate_commands_name_the_family_and_its_own_flags():
+    pre = PreprocessConfig(image_size=64, cutoff=7.5)
+    fair = Candidate("base", pre, 16, 100, lr=1e-3).train_command("elpv:mono")
+    assert fair.startswith("fair-edge train elpv:mono --width 16 --image-size 64") and "--steps 100" in fair
+    lgfdr = Candidate("lgfdr", pre, 16, None, lr=1e-3, family="lgfdr").train_command("elpv:mono")
+    assert lgfdr == "fair-edge train elpv:mono --model lgfdr --image-size 64 --lr 0.001"
+
+
+def test_tune_trains_an_lgfdr_candidate_through_the_family_seam(mvtec_dir, tmp_path):
+    from fair_edge.checkpoint import load_checkpoint
+
+    pre = PreprocessConfig(image_size=32, cutoff=4.0)
+    cands = [Candidate("base", pre, 8, 2, lr=1e-3), Candidate("lgfdr", pre, 8, 3, lr=1e-3, family="lgfdr")]
+    rows = tune(load_dataset(mvtec_dir), cands, tmp_path, TuneSettings(holdout=0.25, budget_s=3600, batch=4))
+    by_name = {r.candidate.name: r for r in rows}
+    assert by_name["lgfdr"].status == "done" and 0.0 <= by_name["lgfdr"].proxy_auroc <= 1.0
+    ckpt = load_checkpoint(Path(by_name["lgfdr"].checkpoint))
+    assert ckpt.model.family == "lgfdr" and ckpt.data_summary["steps"] == 3
+    table = {r["name"]: r for r in csv.DictReader((tmp_path / "tune.csv").open())}
+    assert table["lgfdr"]["family"] == "lgfdr" and table["lgfdr"]["width"] == "" and table["base"]["width"] == "8"
 
 
 def test_tune_ranks_candidates_on_normal_images_only(mvtec_dir, tmp_path):
