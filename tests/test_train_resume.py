@@ -140,3 +140,18 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
     assert "other settings" in result.output
     CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4", "--retrain"])
     assert calls == [True, False, False]
+
+
+def test_an_lgfdr_run_resumes_from_its_own_last_pt(mvtec_dir, tmp_path):
+    runner = CliRunner()
+    first = ["train", str(mvtec_dir), "--model", "lgfdr", "--image-size", "32", "--steps", "4", "--batch", "4",
+             "--device", "cpu", "--save-every", "2", "--out", str(tmp_path)]
+    result = runner.invoke(app, first)
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(tmp_path / "last.pt").train_state
+    assert saved["run"]["data"] == str(mvtec_dir) and saved["config"]["steps"] == 4
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--steps", "6"])
+    assert result.exit_code == 2 and "--steps 6 (saved: 4)" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "at step 4 of 4" in text and "LGFDR" in text, text

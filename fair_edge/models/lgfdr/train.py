@@ -78,11 +78,13 @@ class LgfdrTrainer:
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.use_amp = False
+        self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
 
     # -------------------------------------------------------------------- checkpoints
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
         train_state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                       "generator": self.generator.get_state()} if with_train_state else None
+                       "generator": self.generator.get_state(), "config": self.cfg.to_dict(),
+                       "run": self.run_info} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
                        train_config={k: v for k, v in asdict(self.cfg).items() if k not in ("synthesis", "width", "amp")})
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
