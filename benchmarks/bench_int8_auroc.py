@@ -1,18 +1,49 @@
-"""INT8 AUROC change for the LGFDR (and FAIR) checkpoints trained by `bench_lgfdr.py --out /tmp/x/bench-lgfdr-240`
-(run as written: that folder is hard-coded). Usage: python benchmarks/int8_auroc_lgfdr_run.py lgfdr_pretrained fair_w32"""
-import sys, time
+"""INT8 image-AUROC change of trained checkpoints: each is built into an INT8 bundle (the TensorRT Q/DQ
+graph, calibrated on the first ``--calib`` training images) and the INT8 graph is scored on the test split
+in ONNX Runtime against the FP32 graph (``export.accuracy.compare_bundle_precisions``).
+
+    python benchmarks/bench_int8_auroc.py CKPT [CKPT ...] [--data elpv:mono] [--calib 64] [--out runs/int8-auroc]
+
+Prints one line per checkpoint (INT8 AUROC, change in AUROC points) and writes OUT/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
 from pathlib import Path
+
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
-split = load_dataset("elpv:mono")
-labels = [s.label for s in split.test]
-test = [read_image(s.path) for s in split.test]
-calib = [read_image(s.path) for s in split.train[:64]]
-for name in sys.argv[1:]:
-    t = time.time()
-    ck = load_checkpoint(Path("/tmp/x/bench-lgfdr-240") / name / "final.pt")
-    b = build_bundle(ck, Path("/tmp/i8") / f"{name}-int8", BuildOptions("int8", engine=False), calib_frames=calib).bundle
-    c = compare_bundle_precisions(b, test, labels)
-    print(name, "int8 AUROC", round(c.auroc, 4), "delta points", round(100 * c.auroc_delta, 2), f"{time.time()-t:.0f}s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", type=Path, nargs="+")
+    ap.add_argument("--data", default="elpv:mono")
+    ap.add_argument("--calib", type=int, default=64, help="training images that calibrate INT8")
+    ap.add_argument("--out", type=Path, default=Path("runs/int8-auroc"))
+    args = ap.parse_args()
+    split = load_dataset(args.data)
+    labels = [s.label for s in split.test]
+    test = [read_image(s.path) for s in split.test]
+    calib = [read_image(s.path) for s in split.train[: args.calib]]
+    report = []
+    for i, path in enumerate(args.checkpoints):
+        start = time.perf_counter()
+        ckpt = load_checkpoint(path)
+        bundle = build_bundle(ckpt, args.out / f"{i}-{ckpt.model.tag}-int8", BuildOptions("int8", engine=False),
+                              calib_frames=calib).bundle
+        c = compare_bundle_precisions(bundle, test, labels)
+        report.append({"checkpoint": str(path), "model": ckpt.model.describe(), "int8_auroc": c.auroc,
+                       "auroc_delta_points": 100 * c.auroc_delta, "seconds": round(time.perf_counter() - start, 1)})
+        print(json.dumps(report[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

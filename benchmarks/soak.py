@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fair_edge.line.sim_plc import ChildServer, free_port
+
 FAULT_SCHEDULE = (  # name, start, length (fractions of each window)
     ("camera_unplug", 0.10, 0.02),
     ("plc_restart", 0.25, 0.02),
@@ -153,37 +155,18 @@ class SlowBackend:
         return getattr(self._backend, name)
 
 
-class PlcProcess:
+class PlcProcess(ChildServer):
     """The simulated PLC in a process of its own (``python -m fair_edge.line.sim_plc``), as a real
     PLC is: its receive times are not delayed by the station's threads. ``stop()`` kills it,
-    ``start()`` starts it again on the same port (a PLC restart)."""
+    ``start()`` starts it again on the same port (a PLC restart; the fault schedule restarts it with
+    ``wait=False`` so it does not stall while a loaded machine starts Python)."""
 
     def __init__(self, log_path: Path) -> None:
-        from fair_edge.line.sim_plc import free_port
-
-        self.port, self.log_path, self._proc = free_port(), log_path, None
+        port = free_port()
+        super().__init__([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(port), "--log", str(log_path)],
+                         port, "simulated PLC")
+        self.log_path = log_path
         log_path.unlink(missing_ok=True)
-
-    def start(self, wait: bool = True) -> "PlcProcess":
-        """Start the PLC process; ``wait``: until it listens (a restart does not wait: the fault
-        schedule must not stall while a loaded machine starts Python)."""
-        import subprocess
-
-        from fair_edge.line.sim_plc import wait_listening
-
-        self._proc = subprocess.Popen([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(self.port),
-                                       "--log", str(self.log_path)])
-        if wait:
-            wait_listening(self.port, 30.0, "simulated PLC")
-        return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-    close = stop
 
     def rises(self, address: int = 0) -> list[float]:
         rows = [line.split() for line in self.log_path.read_text().splitlines()] if self.log_path.exists() else []

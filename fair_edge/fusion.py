@@ -184,7 +184,10 @@ class _Members:
 
 
 class FusedChoice:
-    """Duck-types runtime.backends.BackendChoice for the Inspector: ``infer_frames``, ``backend``, ``reason``."""
+    """Duck-types runtime.backends.BackendChoice for the Inspector: ``infer_frames``, ``backend``, ``reason``.
+    ``graph_threshold`` is None: the fused bundle's one threshold is calibrated on the fused score."""
+
+    graph_threshold = None
 
     def __init__(self, bundle: FusedBundle, backend: str = "auto") -> None:
         from fair_edge.runtime.backends import select_backend

@@ -266,7 +266,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     bundle = load_fused_bundle(cfg.bundle) if fused else load_bundle(cfg.bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
     choice = choice or (FusedChoice(bundle, cfg.backend) if fused else select_backend(bundle, cfg.backend))
-    threshold = resolve_threshold(cfg, bundle, getattr(choice, "graph_threshold", None))
+    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
     run_id = new_run_id()
     if on_start is not None:
         on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")

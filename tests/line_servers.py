@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 
-from fair_edge.line.sim_plc import LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
+from fair_edge.line.sim_plc import ChildServer, LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
 
 log = logging.getLogger(__name__)
 ModbusTestServer = SimulatedPlc
@@ -169,35 +169,19 @@ class OpcUaCounterServer:
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 
 
-class MosquittoBroker:
+class MosquittoBroker(ChildServer):
     """A real mosquitto on 127.0.0.1 (persistence on, so a restart keeps sessions and queued messages);
     ``stop()`` terminates it, ``start()`` starts it again on the same port."""
 
     def __init__(self, folder) -> None:
-        self.port, self.folder = free_port(), folder
+        port = free_port()
+        self.folder, self.conf = folder, folder / "mosquitto.conf"
+        super().__init__([MOSQUITTO, "-c", str(self.conf)], port, "mosquitto", listen_timeout_s=10.0, quiet=True)
         (folder / "data").mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
         # started as root, mosquitto drops to user "mosquitto", which cannot write pytest's 0700 tmp folders
         user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                              f"persistence_location {folder / 'data'}/\n{user}")
-        self._proc = None
-
-    def start(self) -> "MosquittoBroker":
-        import subprocess
-
-        self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-        wait_listening(self.port, 10.0, "mosquitto")
-        return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-    close = stop
 
 
 class MqttCollector:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 
@@ -25,6 +26,33 @@ def wait_listening(port: int, timeout_s: float, what: str = "server") -> None:
                 return
         time.sleep(0.02)
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
+
+
+class ChildServer:
+    """A server in a child process that listens on 127.0.0.1:``port``: ``start()`` launches ``argv`` (and,
+    with ``wait``, returns once it listens), ``stop()`` terminates it; ``start()`` again restarts it on
+    the same port (a PLC or broker restart). quiet: drop the child's stdout and stderr."""
+
+    def __init__(self, argv: list[str], port: int, what: str, listen_timeout_s: float = 30.0,
+                 quiet: bool = False) -> None:
+        self.argv, self.port, self.what = argv, port, what
+        self.listen_timeout_s, self.quiet = listen_timeout_s, quiet
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> "ChildServer":
+        out = subprocess.DEVNULL if self.quiet else None
+        self._proc = subprocess.Popen(self.argv, stdout=out, stderr=out)
+        if wait:
+            wait_listening(self.port, self.listen_timeout_s, self.what)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    close = stop
 
 
 class LoopThread:
