@@ -13,13 +13,17 @@ pointer or any object with ``__cuda_array_interface__`` (torch, CuPy), whose sha
 The work is enqueued on ``stream`` (a CUstream or its int handle; 0 = legacy default stream);
 nothing synchronises. Host frames go through one staging buffer per instance: use one stream per
 instance (stream order keeps consecutive batches safe). The CPU equivalent is ``fair_edge.preprocess.reference_input``.
+
+Tiled models: ``run_tiles(frames, crops, tile, ...)`` crops and resizes every tile of every frame in the
+same one launch (per-item byte offsets into the frames, ``tile_offsets``); the frames go up whole, once.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 
 import numpy as np
@@ -80,10 +84,10 @@ class KernelLaunch:
 def kernel_launch(plan: HighpassPlan, src: "DeviceFrames", highpass_ptr: int, colour_ptr: int) -> KernelLaunch:
     """The launch that pre-processes ``src`` into the two output buffers (device addresses)."""
     tiles = -(-plan.image_size // TILE)
-    values = (src.ptr, src.height, src.width, src.channels, src.row_pitch, src.image_pitch, highpass_ptr,
-              colour_ptr, float(plan.centre))
+    values = (src.ptr, src.height, src.width, src.channels, src.row_pitch, src.image_pitch, src.offsets,
+              highpass_ptr, colour_ptr, float(plan.centre))
     types = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
-             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float)
+             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float)
     return KernelLaunch((tiles, tiles, src.batch), (THREADS, 1, 1), shared_bytes(plan), values, types)
 
 
@@ -93,7 +97,9 @@ class DeviceFrames:
 
     ptr: device address of frame 0, row 0. batch, height, width: counts/pixels. channels: 3 (BGR) or 1.
     row_pitch: bytes between rows (>= width * channels). image_pitch: bytes between frames
-    (>= row_pitch * height).
+    (>= row_pitch * height). offsets: 0, or the device address of ``batch`` int64 byte offsets from
+    ``ptr``, one per item, that replace ``b * image_pitch`` (items are then crops of larger frames:
+    ``tile_items`` makes them).
     """
 
     ptr: int
@@ -103,6 +109,7 @@ class DeviceFrames:
     channels: int
     row_pitch: int
     image_pitch: int
+    offsets: int = 0
 
     @classmethod
     def from_cuda_array(cls, array) -> "DeviceFrames":
@@ -130,12 +137,31 @@ class DeviceFrames:
             problems.append(f"batch must be >= 1; found {self.batch}")
         if self.row_pitch < self.width * self.channels:
             problems.append(f"row_pitch must be >= width*channels = {self.width * self.channels} bytes; found {self.row_pitch}")
-        if self.batch > 1 and self.image_pitch < self.row_pitch * self.height:
+        if self.batch > 1 and not self.offsets and self.image_pitch < self.row_pitch * self.height:
             problems.append(f"image_pitch must be >= row_pitch*height = {self.row_pitch * self.height} bytes; found {self.image_pitch}")
         if not self.ptr:
             problems.append("ptr is NULL")
         if problems:
             raise KernelError("bad device frames: " + "; ".join(problems) + ".")
+
+
+def tile_offsets(frames: DeviceFrames, crops: Sequence[tuple[int, int]], tile: int) -> np.ndarray:
+    """(frames.batch * len(crops),) int64 byte offsets from ``frames.ptr`` of every tile of every frame,
+    frame by frame, tiles in ``crops`` order ((y, x) top-left corners, ``tiling.TileLayout.crops``).
+
+    Raises KernelError naming the first tile that does not lie inside the frames."""
+    for y, x in crops:
+        if not (0 <= y <= frames.height - tile and 0 <= x <= frames.width - tile):
+            raise KernelError(f"tile at (y={y}, x={x}) of {tile} x {tile} px does not fit {frames.height} x "
+                              f"{frames.width} frames; the tile layout belongs to another frame size.")
+    within = np.array([y * frames.row_pitch + x * frames.channels for y, x in crops], np.int64)
+    return (np.arange(frames.batch, dtype=np.int64)[:, None] * frames.image_pitch + within[None, :]).ravel()
+
+
+def tile_items(frames: DeviceFrames, tile: int, offsets_ptr: int, count: int) -> DeviceFrames:
+    """The ``count`` tiles of ``frames`` as one batch for the kernel: ``tile`` x ``tile`` items at the
+    offsets stored at ``offsets_ptr`` (from ``tile_offsets``), rows still ``frames.row_pitch`` apart."""
+    return replace(frames, batch=count, height=tile, width=tile, offsets=offsets_ptr)
 
 
 def _output_pointer(out, shape: tuple[int, ...], half: bool, name: str) -> int:
@@ -166,7 +192,8 @@ class FusedPreprocessor:
         self.cfg, self.half, self.plan = cfg, half, plan_highpass(cfg)
         self._driver, _ = import_cuda()
         self._ctx = self._module = None
-        self._staging, self._staging_bytes = 0, 0
+        self._buffers: dict[str, tuple[int, int]] = {}  # staging name -> (device address, bytes)
+        self._offsets_host = np.empty(0, np.int64)  # kept alive until its copy has been enqueued
         drv = self._driver
         try:
             check(drv.cuInit(0), "cuInit")
@@ -213,8 +240,21 @@ class FusedPreprocessor:
             if data.nbytes:
                 check(drv.cuMemcpyHtoD(dptr, data.ctypes.data, data.nbytes), "cuMemcpyHtoD")
 
+    def _upload(self, name: str, array: np.ndarray, stream) -> int:
+        """Copy ``array`` (C-contiguous) into the staging buffer ``name`` on ``stream``, growing it as
+        needed; returns its device address."""
+        ptr, size = self._buffers.get(name, (0, 0))
+        if array.nbytes > size:
+            if ptr:
+                check(self._driver.cuMemFree(ptr), "cuMemFree")
+                self._buffers.pop(name)
+            ptr = int(check(self._driver.cuMemAlloc(array.nbytes), "cuMemAlloc"))
+            self._buffers[name] = (ptr, array.nbytes)
+        check(self._driver.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, stream), "cuMemcpyHtoDAsync")
+        return ptr
+
     def _stage(self, frames: np.ndarray, stream) -> DeviceFrames:
-        """Copy a host batch into the staging buffer on ``stream``; returns its DeviceFrames."""
+        """Copy a host batch into the frame staging buffer on ``stream``; returns its DeviceFrames."""
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim not in (3, 4) \
                 or (frames.ndim == 4 and frames.shape[3] not in (1, 3)):
             found = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
@@ -222,24 +262,33 @@ class FusedPreprocessor:
         if not frames.flags.c_contiguous:
             raise KernelError("host frames must be C-contiguous (np.ascontiguousarray, or a pinned buffer); "
                               f"found strides {frames.strides}.")
-        if frames.nbytes > self._staging_bytes:
-            if self._staging:
-                check(self._driver.cuMemFree(self._staging), "cuMemFree")
-                self._staging, self._staging_bytes = 0, 0
-            self._staging = check(self._driver.cuMemAlloc(frames.nbytes), "cuMemAlloc")
-            self._staging_bytes = frames.nbytes
-        check(self._driver.cuMemcpyHtoDAsync(self._staging, frames.ctypes.data, frames.nbytes, stream),
-              "cuMemcpyHtoDAsync")
+        ptr = self._upload("frames", frames, stream)
         b, h, w = frames.shape[:3]
         c = frames.shape[3] if frames.ndim == 4 else 1
-        return DeviceFrames(int(self._staging), b, h, w, c, w * c, h * w * c)
+        return DeviceFrames(ptr, b, h, w, c, w * c, h * w * c)
 
     def run(self, frames, highpass_out, colour_out, stream=0) -> None:
         """Enqueue pre-processing of one batch on ``stream`` (see the module docstring for the layouts)."""
+        src = self._source(frames, stream)
+        self._launch(src, highpass_out, colour_out, stream)
+
+    def run_tiles(self, frames, crops: Sequence[tuple[int, int]], tile: int, highpass_out, colour_out,
+                  stream=0) -> None:
+        """Enqueue crop + resize of every ``tile`` x ``tile`` tile at ``crops`` ((y, x) corners) of every
+        frame, in one launch: the frames are uploaded whole, once. Outputs hold B * len(crops) items,
+        frame by frame, tiles in ``crops`` order (what ``tiling.FrameTiler.split`` cuts on the host)."""
+        src = self._source(frames, stream)
+        self._offsets_host = tile_offsets(src, crops, tile)
+        offsets = self._upload("offsets", self._offsets_host, stream)
+        self._launch(tile_items(src, tile, offsets, len(self._offsets_host)), highpass_out, colour_out, stream)
+
+    def _source(self, frames, stream) -> DeviceFrames:
         if self._module is None:
             raise KernelError("FusedPreprocessor is closed; create a new one.")
         check(self._driver.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
-        src = frames if isinstance(frames, DeviceFrames) else self._stage(frames, stream)
+        return frames if isinstance(frames, DeviceFrames) else self._stage(frames, stream)
+
+    def _launch(self, src: DeviceFrames, highpass_out, colour_out, stream) -> None:
         src.validate()
         s = self.plan.image_size
         hp = _output_pointer(highpass_out, (src.batch, self.plan.channels, s, s), self.half, "highpass_out")
@@ -249,17 +298,17 @@ class FusedPreprocessor:
                                           (launch.values, launch.types), 0), "cuLaunchKernel")
 
     def close(self) -> None:
-        """Free the staging buffer, unload the module, release the primary context. Safe to call twice."""
+        """Free the staging buffers, unload the module, release the primary context. Safe to call twice."""
         drv = self._driver
-        for what, call in (("cuMemFree", lambda: drv.cuMemFree(self._staging) if self._staging else (0,)),
-                           ("cuModuleUnload", lambda: drv.cuModuleUnload(self._module) if self._module else (0,)),
-                           ("cuDevicePrimaryCtxRelease",
-                            lambda: drv.cuDevicePrimaryCtxRelease(self._device) if self._ctx else (0,))):
+        calls = [("cuMemFree", lambda ptr=ptr: drv.cuMemFree(ptr)) for ptr, _ in self._buffers.values()]
+        calls += [("cuModuleUnload", lambda: drv.cuModuleUnload(self._module) if self._module else (0,)),
+                  ("cuDevicePrimaryCtxRelease", lambda: drv.cuDevicePrimaryCtxRelease(self._device) if self._ctx else (0,))]
+        for what, call in calls:
             try:
                 check(call(), what)
             except KernelError as exc:
                 log.warning("FusedPreprocessor.close: %s", exc)
-        self._staging, self._staging_bytes, self._module, self._ctx = 0, 0, None, None
+        self._buffers, self._module, self._ctx = {}, None, None
 
     def __enter__(self) -> "FusedPreprocessor":
         return self

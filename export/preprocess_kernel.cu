@@ -10,8 +10,12 @@
 //               circular (the FFT reference's wrap-around)
 //   OUT_HALF    1: outputs are FP16 (IEEE binary16, round to nearest even); 0: FP32
 //
+// Batch item b is the in_h x in_w image at frames + item_offsets[b] bytes (rows row_pitch apart), or at
+// frames + b * image_pitch when item_offsets is NULL. With offsets, the items are crops of larger frames
+// (the tiles of a tiled model): each is cropped and resized in this same launch, the frames uploaded once.
+//
 // Grid (ceil(S/TILE), ceil(S/TILE), B), block THREADS. Each block makes one TILE x TILE output tile
-// of one frame: it resamples the gray tile plus an R-pixel halo straight from the frame into shared
+// of one item: it resamples the gray tile plus an R-pixel halo straight from the frame into shared
 // memory (writing the colour tile on the way), then runs the separable taps from shared memory.
 // Dynamic shared memory: (RS * GP + RS * TP) floats, RS = TILE + 2R (see shared_bytes() in Python).
 
@@ -87,7 +91,7 @@ __device__ __forceinline__ float lerp(float a, float b, float t) { return a + t 
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fair_preprocess(const unsigned char* __restrict__ frames, int in_h, int in_w, int channels,
-                long long row_pitch, long long image_pitch,
+                long long row_pitch, long long image_pitch, const long long* __restrict__ item_offsets,
                 out_t* __restrict__ highpass, out_t* __restrict__ colour, float centre) {
     extern __shared__ float smem[];
     float* gray = smem;              // RS x GP
@@ -95,7 +99,7 @@ fair_preprocess(const unsigned char* __restrict__ frames, int in_h, int in_w, in
     const int ty0 = blockIdx.y * TILE;
     const int tx0 = blockIdx.x * TILE;
     const long long plane = (long long)IMAGE_SIZE * IMAGE_SIZE;
-    const unsigned char* frame = frames + (long long)b * image_pitch;
+    const unsigned char* frame = frames + (item_offsets != nullptr ? item_offsets[b] : (long long)b * image_pitch);
     const float inv255 = 1.0f / 255.0f;
 
     // 1. gray tile + halo, resampled from the frame; the colour tile is written on the way.

@@ -3,9 +3,10 @@
 A 5 MP frame shrunk whole to 256 x 256 loses a defect of a few pixels before the model sees it.
 With tiling, the region of interest (the whole frame by default) is covered by square tiles of
 ``tile`` frame pixels that overlap by ``overlap`` pixels; each tile is resized to the model's
-``image_size`` exactly as a whole frame would be (so training, export, the CPU path and the fused
-GPU kernel need nothing new: a tile *is* a frame to them), and the tile maps are stitched into
-one frame map at the model's scale (``image_size / tile`` map pixels per frame pixel).
+``image_size`` exactly as a whole frame would be (a tile *is* a frame to training, export and the
+CPU path; the fused GPU kernel crops the tiles out of the uploaded frames in its one launch,
+``FusedPreprocessor.run_tiles``), and the tile maps are stitched into one frame map at the model's
+scale (``image_size / tile`` map pixels per frame pixel).
 
 Stitching rule (one definition, used by eval, the build's threshold and every runtime backend):
   weight of a tile-map pixel = min(1, d / v), d = distance (in map pixels, from the pixel centre)

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from fair_edge.export.highpass_plan import plan_highpass
-from fair_edge.export.preprocess_gpu import DeviceFrames, compile_options, kernel_launch, kernel_source
+from fair_edge.export.preprocess_gpu import (DeviceFrames, compile_options, kernel_launch, kernel_source, tile_items,
+                                             tile_offsets)
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from frames import KERNEL_CONFIGS, SIZES, elpv_dir, errors, random_frame, real_frame
 
 HARNESS = Path(__file__).parent / "cuda_emu" / "harness.cpp"
-FRAMES_ID, HIGHPASS_ID, COLOUR_ID = 1, 2, 3  # the harness's buffer ids, passed as "pointers"
+FRAMES_ID, HIGHPASS_ID, COLOUR_ID, OFFSETS_ID = 1, 2, 3, 4  # the harness's buffer ids, passed as "pointers"
 REWRITES = (
     ('asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));', "h = emu_f32_to_f16_rn(v);"),
     ("extern __shared__ float smem[];", "float* smem = emu_shared_memory;"),
@@ -69,11 +70,14 @@ class KernelEmulator:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
         taps.tofile(self.dir / "taps.bin")  # the __constant__ tap tables, read by every run
 
-    def run(self, frames: np.ndarray, row_pad: int = 0, image_pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, frames: np.ndarray, row_pad: int = 0, image_pad: int = 0,
+            crops: list[tuple[int, int]] | None = None, tile: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Pre-process (B, H, W, 3) or (B, H, W) uint8 frames; returns (highpass, colour) as the kernel wrote them.
 
         row_pad / image_pad: extra bytes between rows / frames, filled with noise the kernel must not read.
         The frame buffer ends at the last pixel, so a read past it is an AddressSanitizer error.
+        crops / tile: cut these (y, x) ``tile`` x ``tile`` tiles of every frame in the launch (the tiled
+        path, ``FusedPreprocessor.run_tiles``); outputs then hold B * len(crops) items.
         """
         b, h, w = frames.shape[:3]
         c = frames.shape[3] if frames.ndim == 4 else 1
@@ -87,15 +91,21 @@ class KernelEmulator:
                 buffer[at : at + w * c] = frames[i, y].reshape(-1)
         src = DeviceFrames(FRAMES_ID, b, h, w, c, row_pitch, image_pitch)
         src.validate()
+        offsets = np.empty(0, np.int64)
+        if crops is not None:
+            offsets = tile_offsets(src, crops, tile)
+            src = tile_items(src, tile, OFFSETS_ID, len(offsets))
+            src.validate()
         launch = kernel_launch(self.plan, src, HIGHPASS_ID, COLOUR_ID)
-        s, item = self.plan.image_size, 2 if self.half else 4
-        hp_shape, colour_shape = (b, self.plan.channels, s, s), (b, 3, s, s)
+        s, item, n = self.plan.image_size, 2 if self.half else 4, src.batch
+        hp_shape, colour_shape = (n, self.plan.channels, s, s), (n, 3, s, s)
         numbers = [*launch.grid, *launch.block, launch.shared_bytes, size, int(np.prod(hp_shape)) * item,
-                   int(np.prod(colour_shape)) * item, *launch.values]
+                   int(np.prod(colour_shape)) * item, offsets.nbytes, *launch.values]
         (self.dir / "launch.txt").write_text(" ".join(repr(v) for v in numbers))
         buffer.tofile(self.dir / "frames.bin")
+        offsets.tofile(self.dir / "offsets.bin")
         result = subprocess.run([str(self.binary), *(str(self.dir / n) for n in
-                                 ("launch.txt", "frames.bin", "taps.bin", "highpass.bin", "colour.bin"))],
+                                 ("launch.txt", "frames.bin", "taps.bin", "highpass.bin", "colour.bin", "offsets.bin"))],
                                 capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise AssertionError(f"emulated kernel failed (exit {result.returncode}):\n{result.stderr[-6000:]}")

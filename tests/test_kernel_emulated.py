@@ -15,8 +15,10 @@ import pytest
 
 from fair_edge.export import fused_mirror
 from fair_edge.export.highpass_plan import plan_highpass
-from fair_edge.export.preprocess_gpu import DeviceFrames, kernel_launch, kernel_source
+from fair_edge.errors import KernelError
+from fair_edge.export.preprocess_gpu import DeviceFrames, kernel_launch, kernel_source, tile_items, tile_offsets
 from fair_edge.preprocess import PreprocessConfig, reference_input
+from fair_edge.tiling import TilingConfig, split_frame, tile_layout
 from frames import KERNEL_CONFIGS, SIZES, errors
 from kernel_emulator import KernelEmulator, compiler, emulation_source, sample_batch
 
@@ -71,6 +73,34 @@ def test_edge_tiles_and_upscaled_frames(build_dir):
         frames = sample_batch(width, height, 3)
         hp, colour = emulator.run(frames)
         _assert_matches_reference(hp, colour, frames, cfg, f"{width}x{height}")
+
+
+@pytest.mark.parametrize("cfg", [PreprocessConfig(image_size=64, cutoff=7.5), PreprocessConfig(image_size=64, filter="sobel_xy")],
+                         ids=["butterworth", "sobel_xy"])
+def test_tiles_cropped_in_the_launch_equal_tiles_cut_on_the_host(cfg, build_dir):
+    """run_tiles' launch (per-item offsets into whole frames, padded rows and frames) writes exactly what the
+    kernel writes for the same tiles cut on the host and sent as frames, and matches the reference per tile."""
+    tiling = TilingConfig(96, 16, roi=(5, 3, 260, 200))
+    emulator = KernelEmulator(cfg, False, build_dir)
+    for channels in (3, 1):
+        frames = sample_batch(301, 211, channels)
+        layout = tile_layout(frames.shape[1:3], tiling, cfg.image_size)
+        hp, colour = emulator.run(frames, row_pad=13, image_pad=7, crops=list(layout.crops), tile=tiling.tile)
+        cut = np.stack([t for f in frames for t in split_frame(f, layout)])
+        cut_hp, cut_colour = emulator.run(cut)
+        assert hp.shape[0] == 2 * layout.count and np.array_equal(hp, cut_hp) and np.array_equal(colour, cut_colour)
+        _assert_matches_reference(hp, colour, cut, cfg, f"tiles of 301x211x{channels}")
+
+
+def test_tile_offsets_refuse_a_tile_outside_the_frames():
+    frames = DeviceFrames(0x1000, 2, 100, 120, 3, 400, 400 * 100)
+    offsets = tile_offsets(frames, [(0, 0), (36, 56)], 64)
+    assert offsets.tolist() == [0, 36 * 400 + 56 * 3, 40000, 40000 + 36 * 400 + 56 * 3]
+    with pytest.raises(KernelError, match=r"tile at \(y=37, x=0\) of 64 x 64 px does not fit 100 x 120"):
+        tile_offsets(frames, [(37, 0)], 64)
+    tiles = tile_items(frames, 64, 0x2000, 4)
+    tiles.validate()
+    assert kernel_launch(plan_highpass(PreprocessConfig()), tiles, 1, 2).values[6] == 0x2000
 
 
 def test_emulated_kernel_equals_numpy_mirror(build_dir):

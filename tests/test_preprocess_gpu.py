@@ -167,3 +167,24 @@ def test_bad_host_frames_are_refused():
             pre.run(np.zeros((1, 8, 8, 3), np.float32), 1, 1)
         with pytest.raises(KernelError, match="C-contiguous"):
             pre.run(np.zeros((1, 8, 16, 3), np.uint8)[:, :, ::2], 1, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
+def test_run_tiles_crops_in_the_launch_what_host_cut_tiles_give(half):
+    torch = pytest.importorskip("torch")
+    from fair_edge.tiling import TilingConfig, split_frame, tile_layout
+
+    cfg = PreprocessConfig(image_size=128, cutoff=15.0)
+    with _gpu_or_skip(cfg, half) as pre:
+        frames = np.stack([random_frame(1920, 1080, seed=i) for i in range(2)])
+        layout = tile_layout((1080, 1920), TilingConfig(256, 32, roi=(40, 20, 1800, 1000)), 128)
+        n, dtype = 2 * layout.count, torch.float16 if half else torch.float32
+        outs = [torch.empty(n, c, 128, 128, device="cuda", dtype=dtype) for c in (1, 3, 1, 3)]
+        stream = torch.cuda.current_stream().cuda_stream
+        pre.run_tiles(frames, layout.crops, 256, outs[0], outs[1], stream=stream)
+        pre.run(np.stack([t for f in frames for t in split_frame(f, layout)]), outs[2], outs[3], stream=stream)
+        torch.cuda.synchronize()
+        assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
+        with pytest.raises(KernelError, match="does not fit"):
+            pre.run_tiles(frames[:, :500], layout.crops, 256, outs[0], outs[1], stream=stream)

@@ -167,3 +167,42 @@ def test_tiles_go_to_the_backend_in_chunks_of_its_max_batch(tiled_bundle):
     chunked = replace(choice, max_batch=5).infer_frames(normals[:2])
     assert calls == [5, 5, 5, 3]  # 2 frames x 9 tiles
     np.testing.assert_allclose(chunked[0], whole[0], atol=1e-6)
+
+
+class CroppingPreprocess:
+    """A pre-processing that crops tiles itself, as the fused GPU kernel's ``tiles`` does (one call per
+    batch of same-sized frames); here with the CPU pipeline, recording each call."""
+
+    def __init__(self, plain):
+        self.plain, self.calls = plain, []
+
+    def __call__(self, frames):
+        return self.plain(frames)
+
+    def tiles(self, frames, layout):
+        self.calls.append((len(frames), layout.count))
+        return self.plain([t for f in frames for t in split_frame(f, layout)])
+
+
+def test_a_preprocessing_that_crops_tiles_gets_the_whole_frames_once(tiled_bundle):
+    _, bundle, normals = tiled_bundle
+    choice = select_backend(bundle, "onnxruntime")
+    host_cut = choice.infer_frames(normals[:3])
+    cropping = CroppingPreprocess(choice.preprocess)
+    in_launch = replace(choice, preprocess=cropping, max_batch=7).infer_frames(normals[:3])
+    assert cropping.calls == [(3, 9)]  # 3 frames, 9 tiles each, one call; the backend still gets chunks of 7
+    np.testing.assert_allclose(in_launch[0], host_cut[0], atol=1e-6)
+    np.testing.assert_allclose(in_launch[1], host_cut[1], atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_crops_tiles_in_the_kernel_and_agrees_with_onnxruntime(tiled_bundle):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    _, bundle, normals = tiled_bundle
+    gpu = select_backend(bundle, "torch-cuda")
+    assert hasattr(gpu.preprocess, "tiles")  # the fused kernel: whole frames in, every tile out of one launch
+    maps, scores = gpu.infer_frames(normals[:3])
+    ort_maps, ort_scores = select_backend(bundle, "onnxruntime").infer_frames(normals[:3])
+    np.testing.assert_allclose(maps, ort_maps, atol=1e-3)
+    np.testing.assert_allclose(scores, ort_scores, atol=1e-3)

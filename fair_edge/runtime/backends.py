@@ -25,7 +25,7 @@ from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
 from fair_edge.compiled import CompiledModule
 from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
-from fair_edge.tiling import FrameTiler
+from fair_edge.tiling import FrameTiler, TileLayout
 
 log = logging.getLogger(__name__)
 Inputs = Mapping[str, torch.Tensor]
@@ -151,6 +151,17 @@ class FusedGpuPreprocessor:
         self.kernel.run(np.stack(frames), highpass, colour, stream=torch.cuda.current_stream().cuda_stream)
         return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
 
+    @torch.no_grad()
+    def tiles(self, frames: list[np.ndarray], layout: TileLayout) -> dict[str, torch.Tensor]:
+        """Every tile of ``layout`` of every frame (same-sized frames), cropped and resized in one kernel
+        launch from the whole frames: inputs of len(frames) * layout.count items, frame by frame."""
+        size, batch = self.cfg.image_size, len(frames) * layout.count
+        highpass = torch.empty(batch, self.cfg.in_channels, size, size, device="cuda")
+        colour = torch.empty(batch, 3, size, size, device="cuda")
+        self.kernel.run_tiles(np.stack(frames), layout.crops, layout.tiling.tile, highpass, colour,
+                              stream=torch.cuda.current_stream().cuda_stream)
+        return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
+
 
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
@@ -178,11 +189,17 @@ class BackendChoice:
         """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
 
         Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
-        scores (N,) float32). Tiles are cut on the host and fed to the same pre-processing and backend
-        as whole frames (the fused GPU kernel resizes each tile like a frame)."""
+        scores (N,) float32). Tiles of same-sized frames go to a pre-processing that crops them itself
+        (``tiles``: the fused GPU kernel, all tiles in one launch) in one call; otherwise they are cut on
+        the host (views) and pre-processed like frames, ``max_batch`` at a time."""
         tiles, layouts = self.tiler.split(frames)
         step = self.max_batch or len(tiles)
-        parts = [self.backend.infer(self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
+        crops_itself = hasattr(self.preprocess, "tiles") and layouts[0] is not None and len(set(layouts)) == 1
+        if crops_itself:
+            inputs = self.preprocess.tiles(frames, layouts[0])
+            parts = [self.backend.infer({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, len(tiles), step)]
+        else:
+            parts = [self.backend.infer(self.preprocess(tiles[i : i + step])) for i in range(0, len(tiles), step)]
         maps = np.concatenate([p[ANOMALY_MAP][:, 0] for p in parts])
         scores = np.concatenate([p[SCORE] for p in parts])
         frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)

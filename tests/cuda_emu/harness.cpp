@@ -9,10 +9,11 @@
 // nothing wrote, shows as NaN. Buffers are allocated at exactly the sizes the caller gives, so with
 // AddressSanitizer any read or write outside them stops the run.
 //
-// usage: harness LAUNCH FRAMES TAPS HIGHPASS_OUT COLOUR_OUT
+// usage: harness LAUNCH FRAMES TAPS HIGHPASS_OUT COLOUR_OUT OFFSETS
 //   LAUNCH: whitespace-separated numbers: grid x y z, block x y z, shared bytes, frames bytes,
-//           highpass bytes, colour bytes, then the nine kernel arguments in signature order; the
-//           three pointer arguments are buffer ids (1 frames, 2 high-pass, 3 colour).
+//           highpass bytes, colour bytes, offsets bytes, then the ten kernel arguments in signature
+//           order; the pointer arguments are buffer ids (1 frames, 2 high-pass, 3 colour, 4 the int64
+//           item offsets read from OFFSETS; 0 for no offsets, a NULL pointer).
 //   TAPS: float32 row taps then column taps, RANK x (2 RADIUS + 1) each.
 #include <barrier>
 #include <cmath>
@@ -69,20 +70,20 @@ static void write_file(const char* path, const unsigned char* data, size_t size)
 }
 
 int main(int argc, char** argv) {
-    if (argc != 6) {
-        std::fprintf(stderr, "usage: %s LAUNCH FRAMES TAPS HIGHPASS_OUT COLOUR_OUT\n", argv[0]);
+    if (argc != 7) {
+        std::fprintf(stderr, "usage: %s LAUNCH FRAMES TAPS HIGHPASS_OUT COLOUR_OUT OFFSETS\n", argv[0]);
         return 2;
     }
     FILE* f = std::fopen(argv[1], "r");
     unsigned grid[3], block[3];
-    size_t smem_bytes, frames_bytes, hp_bytes, colour_bytes;
-    long long frames_id, hp_id, colour_id, row_pitch, image_pitch;
+    size_t smem_bytes, frames_bytes, hp_bytes, colour_bytes, offsets_bytes;
+    long long frames_id, hp_id, colour_id, offsets_id, row_pitch, image_pitch;
     int in_h, in_w, channels;
     double centre;
-    if (!f || std::fscanf(f, "%u %u %u %u %u %u %zu %zu %zu %zu %lld %d %d %d %lld %lld %lld %lld %lf",
+    if (!f || std::fscanf(f, "%u %u %u %u %u %u %zu %zu %zu %zu %zu %lld %d %d %d %lld %lld %lld %lld %lld %lf",
                           &grid[0], &grid[1], &grid[2], &block[0], &block[1], &block[2], &smem_bytes,
-                          &frames_bytes, &hp_bytes, &colour_bytes, &frames_id, &in_h, &in_w, &channels,
-                          &row_pitch, &image_pitch, &hp_id, &colour_id, &centre) != 19) {
+                          &frames_bytes, &hp_bytes, &colour_bytes, &offsets_bytes, &frames_id, &in_h, &in_w,
+                          &channels, &row_pitch, &image_pitch, &offsets_id, &hp_id, &colour_id, &centre) != 21) {
         std::fprintf(stderr, "cannot parse %s\n", argv[1]);
         return 2;
     }
@@ -104,13 +105,20 @@ int main(int argc, char** argv) {
     unsigned char* colour = new unsigned char[colour_bytes];
     std::memset(hp, 0xFF, hp_bytes);  // all-ones bits are NaN in float32 and in float16
     std::memset(colour, 0xFF, colour_bytes);
+    long long* offsets = nullptr;  // exact size, so a read past the last item's offset is caught too
+    if (offsets_bytes) {
+        offsets = new long long[offsets_bytes / sizeof(long long)];
+        std::vector<unsigned char> offset_data = read_file(argv[6], offsets_bytes);
+        std::memcpy(offsets, offset_data.data(), offsets_bytes);
+    }
     emu_shared_memory = new float[(smem_bytes + sizeof(float) - 1) / sizeof(float)];
     const auto buffer = [&](long long id) -> void* {
         return id == 1 ? (void*)frames : id == 2 ? (void*)hp : id == 3 ? (void*)colour : nullptr;
     };
-    if (!buffer(frames_id) || !buffer(hp_id) || !buffer(colour_id)) {
-        std::fprintf(stderr, "pointer arguments must be buffer ids 1..3; found %lld %lld %lld\n", frames_id, hp_id,
-                     colour_id);
+    if (!buffer(frames_id) || !buffer(hp_id) || !buffer(colour_id) || (offsets_id != 0 && offsets_id != 4) ||
+        (offsets_id == 4) != (offsets != nullptr)) {
+        std::fprintf(stderr, "pointer arguments must be buffer ids 1..3 and 0 or 4 (with offsets bytes); found %lld "
+                     "%lld %lld %lld\n", frames_id, hp_id, colour_id, offsets_id);
         return 2;
     }
 
@@ -127,7 +135,8 @@ int main(int argc, char** argv) {
                     for (unsigned x = 0; x < grid[0]; ++x) {
                         blockIdx = {x, y, z};
                         fair_preprocess((const unsigned char*)buffer(frames_id), in_h, in_w, channels, row_pitch,
-                                        image_pitch, (out_t*)buffer(hp_id), (out_t*)buffer(colour_id), (float)centre);
+                                        image_pitch, offsets, (out_t*)buffer(hp_id), (out_t*)buffer(colour_id),
+                                        (float)centre);
                         end_of_block.arrive_and_wait();
                     }
         });
@@ -138,6 +147,7 @@ int main(int argc, char** argv) {
     delete[] frames;
     delete[] hp;
     delete[] colour;
+    delete[] offsets;
     delete[] emu_shared_memory;
     return 0;
 }
