@@ -3,6 +3,8 @@
 Unfused (what runs without the kernel): OpenCV resize + BGR->RGB on the CPU (fair_edge.preprocess
 .frames_to_batch), copy to the GPU, gray + torch.fft high-pass on the GPU (fair_edge.preprocess.HighPass).
 Fused: host batch -> FusedPreprocessor (one copy + one launch), and device-resident frames (one launch).
+Tiled (``--tile``, overlap tile/8, 256 px model input): every tile of the batch, cut on the host and sent
+as frames (split + stack + copy + launch) vs cropped by the kernel from the frames sent whole (run_tiles).
 All on torch's current stream; times are medians over --iters, per frame. Needs a CUDA build of torch
 and cuda-bindings; exits with a message where no GPU is present, unless ``--device cpu``: then only the
 unfused path is timed, on the CPU with a wall clock (the dry run of ``benchmarks/gpu_evidence.py``).
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--frames", default="1920x1080", help="WIDTHxHEIGHT of the uint8 BGR frames")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: unfused path only")
+    parser.add_argument("--tile", type=int, default=512, help="tile side in frame pixels for the tiled rows")
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     return parser.parse_args(argv)
 
@@ -117,10 +120,29 @@ def bench_batch(batch: int, cfg, args, torch, highpass, hw: tuple[int, int], out
         t_unfused = timed(unfused, args.iters, torch) / batch
         t_host = timed(lambda: pre.run(host_np, hp, col, stream), args.iters, torch) / batch
         t_dev = timed(lambda: pre.run(dframes, hp, col, stream), args.iters, torch) / batch
+        tiled = bench_tiles(pre, host_np, args, torch, out_dtype, stream)
     print(f"batch {batch:2d}: unfused {t_unfused * 1e3:9.1f} us/frame | fused host-pinned "
           f"{t_host * 1e3:8.1f} us/frame ({t_unfused / t_host:6.1f}x) | fused device "
-          f"{t_dev * 1e3:8.1f} us/frame ({t_unfused / t_dev:6.1f}x)")
-    return {"batch": batch, "unfused_us": t_unfused * 1e3, "fused_host_us": t_host * 1e3, "fused_device_us": t_dev * 1e3}
+          f"{t_dev * 1e3:8.1f} us/frame ({t_unfused / t_dev:6.1f}x) | {tiled['tiles']} tiles/frame: host-cut "
+          f"{tiled['host_cut_us']:8.1f} us/frame, cropped in the launch {tiled['in_launch_us']:8.1f} us/frame "
+          f"({tiled['host_cut_us'] / tiled['in_launch_us']:5.1f}x)")
+    return {"batch": batch, "unfused_us": t_unfused * 1e3, "fused_host_us": t_host * 1e3, "fused_device_us": t_dev * 1e3,
+            "tiled": tiled}
+
+
+def bench_tiles(pre, host_np: np.ndarray, args, torch, out_dtype, stream) -> dict:
+    """Microseconds per frame for all tiles of pinned host frames: cut on the host vs cropped by the kernel."""
+    from fair_edge.tiling import TilingConfig, split_frame, tile_layout
+
+    s, batch = pre.plan.image_size, len(host_np)
+    layout = tile_layout(host_np.shape[1:3], TilingConfig(args.tile, args.tile // 8), s)
+    n = batch * layout.count
+    hp = torch.empty((n, pre.plan.channels, s, s), dtype=out_dtype, device="cuda")
+    col = torch.empty((n, 3, s, s), dtype=out_dtype, device="cuda")
+    host_cut = timed(lambda: pre.run(np.stack([t for f in host_np for t in split_frame(f, layout)]), hp, col, stream),
+                     args.iters, torch) / batch
+    in_launch = timed(lambda: pre.run_tiles(host_np, layout.crops, args.tile, hp, col, stream), args.iters, torch) / batch
+    return {"tile": args.tile, "tiles": layout.count, "host_cut_us": host_cut * 1e3, "in_launch_us": in_launch * 1e3}
 
 
 if __name__ == "__main__":

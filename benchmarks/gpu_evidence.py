@@ -4,7 +4,8 @@ Steps, in order of value, each a subprocess with its own time cap (a step that r
 recorded as ``timeout`` and the run goes on; no step starts without its cap left in ``--budget``):
 
   1 gpu_tests       ``pytest -m gpu``: the fused kernel, CUDA graphs, NVRTC, on the real GPU
-  2 preprocess      fused kernel vs unfused path per 1080p frame, batch 1 and 16 (bench_preprocess.py)
+  2 preprocess      fused kernel vs unfused path per 1080p frame, batch 1 and 16, and tiled frames:
+                    tiles cut on the host vs cropped in the launch (bench_preprocess.py)
   3 station         the station loop, c = 32 / 64 / 128, batches 1, 8, 32: CUDA graphs + fused kernel
                     vs eager + CPU pre-processing (``fair-edge bench``), best batch per width
   4 station_compile the same backend with ``torch.compile`` (compute mode, batch 1 and each width's
@@ -107,6 +108,11 @@ def collect_preprocess(ctx: Context) -> tuple[dict, list[str]]:
         ratio = f"{r['unfused_us'] / fused:.1f}x" if fused else "n/a"
         rows.append(f"| pre-processing {data['frames']} batch {r['batch']} | unfused {r['unfused_us']:.1f} us/frame, "
                     f"fused host {_us(r['fused_host_us'])}, fused device {_us(fused)} ({ratio}) |")
+        if r.get("tiled"):
+            t = r["tiled"]
+            rows.append(f"| tiled pre-processing {data['frames']} batch {r['batch']}, {t['tiles']} tiles of {t['tile']} px "
+                        f"| host-cut {_us(t['host_cut_us'])}, cropped in the launch {_us(t['in_launch_us'])} "
+                        f"({t['host_cut_us'] / t['in_launch_us']:.1f}x) |")
     return data, rows
 
 

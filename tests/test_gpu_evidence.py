@@ -39,3 +39,17 @@ def test_refuses_to_run_without_a_gpu(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "--dry-run" in proc.stderr
+
+
+def test_the_tiled_preprocessing_row_is_reported_beside_the_whole_frame_one(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_evidence
+    finally:
+        sys.path.pop(0)
+    row = {"batch": 16, "unfused_us": 900.0, "fused_host_us": 120.0, "fused_device_us": 30.0,
+           "tiled": {"tile": 512, "tiles": 12, "host_cut_us": 400.0, "in_launch_us": 100.0}}
+    (tmp_path / "preprocess.json").write_text(json.dumps({"frames": "1920x1080", "rows": [row]}))
+    _, rows = gpu_evidence.collect_preprocess(gpu_evidence.Context(False, tmp_path, {}))
+    assert rows[1] == ("| tiled pre-processing 1920x1080 batch 16, 12 tiles of 512 px | host-cut 400.0 us/frame, "
+                       "cropped in the launch 100.0 us/frame (4.0x) |")
