@@ -22,7 +22,7 @@ from rich.table import Table
 from fair_edge.cli_common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
 from fair_edge.cli_train import run_training, train
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
+from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 from fair_edge.errors import ConfigError
 from fair_edge.station_doc import station_reference
 
@@ -146,29 +146,48 @@ def print_demo(report: dict) -> None:
                   f"{rejects.get('late_verdicts', 0)}, rejected uninspected {rejects.get('rejected_uninspected', 0)}")
 
 
-def can_continue(out: Path, cfg) -> bool:
-    """True when ``out/last.pt`` is an interrupted run with exactly these training settings."""
+def can_continue(out: Path, cfg, model) -> bool:
+    """True when ``out/last.pt`` is an interrupted run of exactly this model and these training settings."""
     from fair_edge.errors import CheckpointError
     from fair_edge.train_resume import read_saved_run
 
     if not (out / "last.pt").is_file():
         return False
     try:
-        same = read_saved_run(out).train == cfg
+        saved = read_saved_run(out)
     except CheckpointError as exc:
         console.print(f"[yellow]not continuing {out / 'last.pt'}: {escape(str(exc))}[/] Training from the start.")
         return False
+    same = saved.train == cfg and saved.model == model
     if not same:
-        console.print(f"[yellow]{out / 'last.pt'} was trained with other settings (e.g. --steps); training from the "
-                      "start.[/]")
+        console.print(f"[yellow]{out / 'last.pt'} was trained with other settings (e.g. --steps or --model); training "
+                      "from the start.[/]")
     return same
+
+
+def reusable_demo_model(final: Path, model) -> bool:
+    """True when ``final`` holds a model of ``model``'s family; ConfigError (nothing overwritten) when it
+    holds the other family's."""
+    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.errors import ConfigError
+
+    found = load_checkpoint(final).model
+    if found.family != model.family:
+        raise ConfigError(f"{final} holds a {found.describe()} model from an earlier demo; this run asks for "
+                          f"--model {model.family}. Pass --model {found.family} to reuse it, --retrain to replace it, "
+                          f"or --out NEW_FOLDER to keep both.")
+    return True
 
 
 @app.command()
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Demo folder (model, report, bundle, station output)."),
-    steps: int = typer.Option(DEMO_STEPS, help="Training steps when no demo model exists yet."),
+    model: str = typer.Option(DEMO_MODEL, "--model", help="Detector family: lgfdr (what `fair-edge tune` chooses "
+                              "from ELPV's normal cells; about twice FAIR's catch at 0.5 % false rejects for the same "
+                              "training time, BENCHMARKS.md) or fair (the FAIR UNet, width 32)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps when no demo model exists yet [default: LGFDR 100 "
+                                        f"epochs over the normal cells; FAIR {DEMO_STEPS}]."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
@@ -178,23 +197,26 @@ def demo(
                                             "5 % where build and eval default to 0.5 %: its threshold comes from 59 "
                                             "normal cells, too few to resolve 0.5 %."),
 ) -> None:
-    """The built-in demo, no hardware needed: train a small FAIR model on ELPV mono solar cells (normal
-    cells only), evaluate it, build its bundle, and replay a conveyor of normal and defective cells
-    through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the reject gate."""
+    """The built-in demo, no hardware needed: train a small detector (LGFDR by default, or FAIR) on ELPV
+    mono solar cells (normal cells only), evaluate it, build its bundle, and replay a conveyor of normal
+    and defective cells through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the
+    reject gate."""
     from fair_edge.demo import run_demo
     from fair_edge.train import TrainingInterrupted
 
+    spec = demo_model(model)
+
     def train_or_reuse() -> Path:
         final = out / "final.pt"
-        if final.is_file() and not retrain:
+        if final.is_file() and not retrain and reusable_demo_model(final, spec):
             console.print(f"reusing demo model {final} (--retrain to train again)")
             return final
-        cfg = demo_train_config(steps)
-        resume = not retrain and can_continue(out, cfg)
+        cfg = demo_train_config(steps, spec.family)
+        resume = not retrain and can_continue(out, cfg, spec)
         if resume:
             console.print(f"continuing the interrupted demo training in {out / 'last.pt'} (--retrain to start over)")
-        return run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=cfg, out=out, device=device,
-                            resume=resume)[0]
+        return run_training(DEMO_DATA, preprocess=spec.preprocess, cfg=cfg, out=out, device=device, resume=resume,
+                            model=spec)[0]
 
     try:
         report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend,

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from fair_edge.cli_common import check_width, console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
+from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import DEFAULT_FAMILY
 from fair_edge.preprocess import FILTERS, PreprocessConfig
@@ -68,7 +69,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     console.print(
         f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
         f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
-        f"{describe_settings(model.preprocess, cfg)}"
+        f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
     )
     with progress_bar("loss", "rate") as bar:
         task = bar.add_task("train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
@@ -80,8 +81,9 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
             return trainer.run(on_step), split
 
 
-def describe_settings(pre, cfg) -> str:
-    """One line with the values a run uses, and where the cutoff came from."""
+def describe_settings(pre, cfg, high_pass: bool = True) -> str:
+    """One line with the values a run uses, and where the cutoff came from (high_pass: the model takes the
+    high-pass input; LGFDR does not, so its line leaves the filter out)."""
     from fair_edge.preprocess import scaled_cutoff
 
     cutoff = f"D0 {pre.cutoff:g} (frequency-index units at {pre.image_size} px"
@@ -89,7 +91,8 @@ def describe_settings(pre, cfg) -> str:
     order = f" order {pre.order}" if pre.filter == "butterworth" else ""
     steps = getattr(cfg, "lr_milestones", ())
     schedule = f" (x{cfg.lr_gamma:g} at {', '.join(f'{m:.0%}' for m in steps)})" if steps else ""
-    return (f"settings: {pre.image_size} x {pre.image_size} px, {pre.filter}{order} high-pass {cutoff}; "
+    filter_text = f", {pre.filter}{order} high-pass {cutoff}" if high_pass else ""
+    return (f"settings: {pre.image_size} x {pre.image_size} px{filter_text}; "
             f"learning rate {cfg.lr:g}{schedule}, seed {cfg.seed}")
 
 

@@ -7,6 +7,8 @@ import torch
 
 from fair_edge.data import elpv_split
 from fair_edge.demo import match_pulses, plan_conveyor, plan_line, run_demo, tally
+from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.train import Trainer, TrainConfig
 
@@ -48,11 +50,15 @@ def test_plan_line_slows_an_overloaded_conveyor_and_places_the_gate_above_p99():
     assert slow.delay_ms >= 3 * 600 + 100 and slow.delay_ms % 50 == 0 and "p99 600.0 ms" in slow.notes[1]
 
 
-def test_demo_station_with_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("family", ["fair", "lgfdr"])
+def test_demo_station_with_a_tiny_model(family, tmp_path):
     def train():
         cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=3, save_every=3)
-        return Trainer(elpv_split("mono"), PreprocessConfig(image_size=32, cutoff=4.0), cfg, tmp_path,
-                       torch.device("cpu")).run()
+        pre = PreprocessConfig(image_size=32, cutoff=4.0)
+        if family == "fair":
+            return Trainer(elpv_split("mono"), pre, cfg, tmp_path, torch.device("cpu")).run()
+        model = ModelSpec("lgfdr", pre, LgfdrSettings())
+        return model.impl.training().make_trainer(elpv_split("mono"), model, cfg, tmp_path, torch.device("cpu")).run()
 
     report = run_demo(tmp_path, train=train, evaluate=lambda final: {"skipped": True}, fps=40.0,
                       backend="onnxruntime", say=lambda text: None)
@@ -61,9 +67,8 @@ def test_demo_station_with_a_tiny_model(tmp_path):
     assert s["inspected"] + s["dropped"] == 60     # every part is in the log: inspected or dropped
     assert s["ng"] > 0  # the threshold sits at the 95th percentile of normal scores: some parts are NG
     assert report["caught"] + report["missed"] == 20
-    # each part due a pulse (NG in time, or no verdict in time: fail-safe) gets it on time, or - when
-    # the machine is too loaded to write it by its deadline - counted as missed and never sent late
-    # the machine is too loaded to write it by its deadline: counted as missed and never sent late; or the
+    # each part due a pulse (NG in time, or no verdict in time: fail-safe) gets it on time; or, when the
+    # machine is too loaded to write it by its deadline, it is counted as missed and never sent late; or the
     # write began in time and returned late: counted by the station as a late write
     sinks = report["reject_stats"]["sinks"].values()
     missed, late = sum(st["missed"] for st in sinks), sum(st["late_writes"] for st in sinks)

@@ -122,7 +122,8 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
     from fair_edge.demo_config import demo_preprocess, demo_train_config
     from fair_edge.train import Trainer, TrainingInterrupted
 
-    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4), tmp_path, torch.device("cpu"))
+    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4, "fair"), tmp_path,
+                      torch.device("cpu"))
     trainer.run_info = {"data": "elpv:mono", "category": None, "textures": None}  # as run_training sets it
     with pytest.raises(TrainingInterrupted):
         trainer.run(lambda step, *_: trainer.request_stop())
@@ -134,12 +135,33 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
         raise TrainingInterrupted(out / "last.pt", 3)
 
     monkeypatch.setattr("fair_edge.demo.run_demo", fake_demo)
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair", "--steps", "4"])
     assert result.exit_code == 130 and "Run the same `fair-edge demo` command again" in " ".join(result.output.split())
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "5"])  # other settings: start over
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair", "--steps", "5"])  # start over
     assert "other settings" in result.output
-    CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4", "--retrain"])
-    assert calls == [True, False, False]
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "4"])  # the default family: LGFDR
+    assert "other settings" in result.output
+    CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair", "--steps", "4", "--retrain"])
+    assert calls == [True, False, False, False]
+
+
+def test_demo_never_overwrites_the_other_familys_model(mvtec_dir, tmp_path, monkeypatch):
+    from fair_edge.data import load_dataset
+    from fair_edge.demo_config import demo_model, demo_train_config
+
+    fair = demo_model("fair")
+    fair.impl.training().make_trainer(load_dataset(mvtec_dir), fair, demo_train_config(1, "fair"), tmp_path,
+                                      torch.device("cpu")).run()
+    before = (tmp_path / "final.pt").read_bytes()
+    reused = []
+    monkeypatch.setattr("fair_edge.demo.run_demo", lambda out, *, train, **kw: reused.append(train()) or {})
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])  # default LGFDR, a FAIR model there
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds a FAIR width 32 model" in text and "--model fair to reuse it" in text, text
+    assert (tmp_path / "final.pt").read_bytes() == before and reused == []
+    monkeypatch.setattr("fair_edge.cli.print_demo", lambda report: None)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair"])
+    assert result.exit_code == 0 and reused == [tmp_path / "final.pt"], result.output
 
 
 def test_an_lgfdr_run_resumes_from_its_own_last_pt(mvtec_dir, tmp_path):
@@ -155,3 +177,4 @@ def test_an_lgfdr_run_resumes_from_its_own_last_pt(mvtec_dir, tmp_path):
     result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path)])
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and "at step 4 of 4" in text and "LGFDR" in text, text
+    assert "settings: 32 x 32 px; learning rate 0.001" in text and "high-pass" not in text  # LGFDR takes no high-pass
