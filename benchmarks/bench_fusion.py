@@ -23,9 +23,7 @@ from fair_edge.fusion import RULES, NormalStats, fuse_maps
 
 
 def summarise(name: str, scores, labels) -> dict:
-    return {"model": name, "image_auroc": metrics.image_auroc(scores, labels),
-            "catch_at_0.5%": metrics.catch_rate(scores, labels, 0.005),
-            "catch_at_5.0%": metrics.catch_rate(scores, labels, 0.05)}
+    return {"model": name, **metrics.line_summary(scores, labels)}
 
 
 def main() -> None:

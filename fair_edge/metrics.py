@@ -300,3 +300,10 @@ def catch_rate(scores: np.ndarray, labels: np.ndarray, false_reject_rate: float)
 
     negative, positive = _split(scores, labels, ("scores", "labels"), 1, "Catch rate")
     return float((positive > quantile_threshold(negative, false_reject_rate)).mean())
+
+
+def line_summary(scores: np.ndarray, labels: np.ndarray, rates: tuple[float, ...] = (0.005, 0.05)) -> dict[str, float]:
+    """Image AUROC and ``catch_rate`` at each false-reject rate: {"image_auroc", "catch_at_0.5%", "catch_at_5.0%"}."""
+    out = {"image_auroc": image_auroc(scores, labels)}
+    out.update({f"catch_at_{r:.1%}": catch_rate(scores, labels, r) for r in rates})
+    return out

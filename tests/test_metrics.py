@@ -260,3 +260,14 @@ def test_catch_rate_uses_the_lines_normal_quantile_threshold():
     assert catch_rate(scores, labels, 0.1) == pytest.approx(1 / 3)  # threshold 8: only 20 is above it
     assert catch_rate(scores, labels, 0.0) == pytest.approx(1 / 3)  # threshold 9 (the max normal)
     assert catch_rate(scores, labels, 0.5) == pytest.approx(1.0)  # threshold 4
+
+
+def test_line_summary_names_each_rate_and_agrees_with_its_parts():
+    from fair_edge.metrics import catch_rate, image_auroc, line_summary
+
+    scores = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5.0, 20.0, 8.0])
+    labels = np.array([0] * 10 + [1, 1, 1])
+    out = line_summary(scores, labels, rates=(0.005, 0.5))
+    assert list(out) == ["image_auroc", "catch_at_0.5%", "catch_at_50.0%"]
+    assert out["image_auroc"] == image_auroc(scores, labels)
+    assert out["catch_at_50.0%"] == catch_rate(scores, labels, 0.5) == pytest.approx(1.0)

@@ -1,0 +1,193 @@
+"""Detection at equal CPU training time: FAIR at the demo's and the paper's settings, LGFDR, a tuned
+setting, and the fusion of FAIR with LGFDR, on one dataset with a labelled test split.
+
+    python benchmarks/bench_equal_time.py elpv:mono --out runs/equal-time [--rows fair-demo lgfdr ...]
+        [--tuned runs/tune/tune.json] [--threads 1]
+
+Budget: the CPU seconds (process time, so other jobs on the machine do not shorten it) that the FAIR
+demo settings (width 32, 128 px, Butterworth D0 15, Adam 1e-3, batch 8) spend on the demo's 300 steps,
+setup included, measured by the ``fair-demo`` row (run it first; later runs read it back). Every other
+row trains for as many steps as fit its share of that budget: a probe trainer (not counted) times a few
+steps, then the real run is given steps = (budget - setup) / CPU s per step, so its learning-rate
+schedule completes. Its CPU time as run is reported next to the budget.
+
+Data: every row trains on the same 80 % of the normal training images (``tune.split_normals``, seed 0);
+the held-out 20 % give the fusion's per-model normal statistics (``fusion.NormalStats``); the test split
+is read only to score. "Caught at r" = share of defective test images scored above the threshold that
+rejects at most r of the normal test images (``metrics.catch_rate``, the line's rule).
+
+Each row writes OUT/ROW/final.pt and OUT/ROW/row.json, and a finished row is not run again, so the
+rows can be run in several invocations and an interrupted run loses only the row in flight. Fusion rows
+(pairs in FUSIONS) are computed whenever both members are finished. OUT/report.json gathers them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fair_edge import metrics
+from fair_edge.data import DatasetSplit, load_dataset
+from fair_edge.demo_config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
+from fair_edge.evaluate import score_samples
+from fair_edge.fusion import RULES, NormalStats, fuse_maps
+from fair_edge.models.fair.family import FairSettings
+from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.registry import ModelSpec, get_family
+from fair_edge.preprocess import PreprocessConfig, scaled_cutoff
+from fair_edge.tune import split_normals
+
+SEED, HOLDOUT, PROBE_STEPS = 0, 0.2, 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model to train: its spec, learning rate, and either fixed steps or a share of the budget."""
+
+    model: ModelSpec
+    lr: float
+    steps: int | None = None
+    budget_share: float = 1.0
+
+
+def pre(size: int, **kw) -> PreprocessConfig:
+    return PreprocessConfig(image_size=size, cutoff=scaled_cutoff(size), **kw)
+
+
+ROWS: dict[str, Row] = {
+    "fair-demo": Row(ModelSpec("fair", pre(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, steps=DEMO_STEPS),
+    "lgfdr": Row(ModelSpec("lgfdr", pre(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3),
+    "fair-demo-half": Row(ModelSpec("fair", pre(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, budget_share=0.5),
+    "lgfdr-half": Row(ModelSpec("lgfdr", pre(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3, budget_share=0.5),
+    "fair-paper-w32": Row(ModelSpec("fair", pre(256), FairSettings(32)), 1e-4),
+    "lgfdr-256": Row(ModelSpec("lgfdr", pre(256), LgfdrSettings()), 1e-3),
+    "fair-paper-w128": Row(ModelSpec("fair", pre(256), FairSettings(128)), 1e-4),
+}
+FUSIONS = {"fusion-fair-demo+lgfdr": ("fair-demo", "lgfdr"),
+           "fusion-half-budgets": ("fair-demo-half", "lgfdr-half")}
+
+
+def tuned_row(tune_json: Path) -> Row:
+    """The settings ``fair-edge tune`` chose (OUT/tune.json), at the full budget."""
+    chosen = json.loads(tune_json.read_text())["chosen"]
+    impl = get_family(chosen["family"])
+    settings = FairSettings(int(chosen["width"])) if impl.key == "fair" else impl.default_settings()
+    return Row(ModelSpec(impl.key, PreprocessConfig.from_dict(chosen["preprocess"]), settings), float(chosen["lr"]))
+
+
+def make_trainer(row: Row, split: DatasetSplit, steps: int, out: Path):
+    cfg = replace(row.model.impl.training().default_train_config(), batch=8, lr=row.lr, steps=steps, seed=SEED,
+                  save_every=10**9, log_every=10)
+    return row.model.impl.training().make_trainer(split, row.model, cfg, out, torch.device("cpu"))
+
+
+def fit_steps(row: Row, split: DatasetSplit, budget_s: float, out: Path) -> tuple[int, dict]:
+    """Steps that fit ``budget_s`` CPU seconds, from a probe trainer's setup and per-step CPU time."""
+    c0 = time.process_time()
+    probe = make_trainer(row, split, 10**6, out / "probe")
+    setup = time.process_time() - c0
+    probe.train_step(0)  # warm-up step, not timed
+    c0 = time.process_time()
+    for i in range(1, PROBE_STEPS + 1):
+        probe.train_step(i)
+    per_step = (time.process_time() - c0) / PROBE_STEPS
+    return max(1, int((budget_s - setup) / per_step)), {"probe_setup_cpu_s": round(setup, 1),
+                                                        "probe_cpu_s_per_step": round(per_step, 3)}
+
+
+def run_row(name: str, row: Row, split: DatasetSplit, held, test, budget_s: float | None, out: Path) -> dict:
+    """Train ``row`` on ``split``, score ``test`` and the ``held`` normals; writes OUT/NAME/row.json."""
+    info: dict = {"model": row.model.describe(), "image_size": row.model.preprocess.image_size,
+                  "filter": row.model.preprocess.filter, "cutoff": row.model.preprocess.cutoff, "lr": row.lr}
+    if row.steps is not None:
+        steps = row.steps
+    else:
+        if budget_s is None:
+            raise SystemExit(f"{name} needs the budget: run the fair-demo row first (or pass --budget-s).")
+        steps, probe = fit_steps(row, split, budget_s * row.budget_share, out / name)
+        info.update(probe, budget_cpu_s=round(budget_s * row.budget_share, 1))
+    c0, w0 = time.process_time(), time.perf_counter()
+    trainer = make_trainer(row, split, steps, out / name)
+    final = trainer.run()
+    info.update(steps=steps, train_cpu_s=round(time.process_time() - c0, 1),
+                train_wall_s=round(time.perf_counter() - w0, 1))
+    test = score_samples(final, test, batch=32)
+    normal = score_samples(final, held, batch=32)
+    info.update(metrics.line_summary(test.scores, test.labels), checkpoint=str(final))
+    np.savez_compressed(out / name / "scores.npz", test_maps=np.stack(test.maps).astype(np.float16),
+                        test_scores=test.scores, labels=test.labels, held_scores=normal.scores)
+    (out / name / "row.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def fusion_rows(out: Path) -> dict:
+    rows = {}
+    for name, members in FUSIONS.items():
+        files = [out / m / "scores.npz" for m in members]
+        if not all(f.is_file() for f in files):
+            continue
+        data = [np.load(f) for f in files]
+        stats = [NormalStats.fit(d["held_scores"]) for d in data]
+        labels = data[0]["labels"]
+        for rule in RULES:
+            _, fused = fuse_maps([d["test_maps"].astype(np.float32) for d in data], stats, rule)
+            cpu = sum(json.loads((out / m / "row.json").read_text())["train_cpu_s"] for m in members)
+            rows[f"{name} ({rule})"] = {"members": list(members), "rule": rule, "train_cpu_s": round(cpu, 1),
+                                        **metrics.line_summary(fused, labels)}
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), help=f"of {', '.join(ROWS)}, tuned")
+    ap.add_argument("--tuned", type=Path, default=None, help="tune.json whose chosen settings make the 'tuned' row")
+    ap.add_argument("--budget-s", type=float, default=None, help="CPU seconds (default: the fair-demo row's)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = dict(ROWS)
+    if args.tuned is not None:
+        rows["tuned"] = tuned_row(args.tuned)
+    full = load_dataset(args.data)
+    train, held = split_normals(full.train, HOLDOUT, SEED)
+    split = DatasetSplit(full.name, train)
+    results = {}
+    for name in args.rows:
+        done = args.out / name / "row.json"
+        if not done.is_file():
+            budget = args.budget_s
+            demo = args.out / "fair-demo" / "row.json"
+            if budget is None and demo.is_file():
+                budget = json.loads(demo.read_text())["train_cpu_s"]
+            print(f"{name}: training ...", flush=True)
+            run_row(name, rows[name], split, held, full.test, budget, args.out)
+        results[name] = json.loads(done.read_text())
+        print(name, json.dumps(results[name]), flush=True)
+    for name in rows:
+        if name not in results and (args.out / name / "row.json").is_file():
+            results[name] = json.loads((args.out / name / "row.json").read_text())
+    results.update(fusion_rows(args.out))
+    report = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv), "machine": f"{platform.machine()}, {args.threads} torch thread(s)",
+              "data": args.data, "train_images": len(train), "held_out_normals": len(held),
+              "n_test_normal": int(sum(s.label == 0 for s in full.test)),
+              "n_test_defect": int(sum(s.label == 1 for s in full.test)), "rows": results}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for name, r in results.items():
+        print(f"{name:32s} AUROC {r['image_auroc']:.4f}  caught@0.5% {r['catch_at_0.5%']:.1%}  "
+              f"caught@5% {r['catch_at_5.0%']:.1%}  cpu {r['train_cpu_s']} s")
+
+
+if __name__ == "__main__":
+    main()
