@@ -6,7 +6,7 @@ the anomaly map, the worst case of ``Inspector.inspect``, and the threshold comp
 
 Inference and scoring run as one ONNX Runtime graph: the session is profiled and each batch's wall
 time is split in proportion to the kernel time of the nodes in the model family's network scope
-(``int8_scope``, FAIR's ``/unet/``: inference) and all others (scoring). INT8 bundles run their CPU graph.
+(``network_scope``, FAIR's ``/unet/``: inference) and all others (scoring). INT8 bundles run their CPU graph.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class _OrtSplit:
 
 def _runner(bundle, backend: str, threads: int):
     if backend == "onnxruntime":
-        return _OrtSplit(cpu_graph(bundle)[0], bundle.model.impl.int8_scope, threads)
+        return _OrtSplit(cpu_graph(bundle)[0], bundle.model.impl.network_scope, threads)
     raise ConfigError(f"--mode stages times the CPU station's path: --backend onnxruntime (or auto); found {backend!r}.")
 
 

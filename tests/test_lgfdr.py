@@ -141,14 +141,16 @@ def test_one_graph_with_colour_input_and_fp16_casts(lgfdr_bundles):
     assert smoothing and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in smoothing)
 
 
-def test_int8_qdq_only_inside_the_network_scope(lgfdr_bundles):
+def test_int8_qdq_only_on_the_towers_and_srh(lgfdr_bundles):
     g = onnx.load(str(lgfdr_bundles["int8"].bundle.onnx_path))
-    scope = ("/backbone/", "/local_tower/", "/global_tower/", "/srh/")
+    scope = ("/local_tower/", "/global_tower/", "/srh/")
     readers = {n.name: [c for c in g.graph.node if n.output[0] in c.input] for n in g.graph.node if n.op_type == "DequantizeLinear"}
     quantised_convs = {c.name for cs in readers.values() for c in cs if c.op_type == "Conv"}
     assert quantised_convs and all(name.startswith(scope) for name in quantised_convs)
+    tower_convs = {n.name for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/local_tower/")}
+    assert tower_convs <= quantised_convs
     backbone_convs = {n.name for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")}
-    assert backbone_convs <= quantised_convs
+    assert backbone_convs and not backbone_convs & quantised_convs  # the frozen backbone stays float
     # a node outside the scope reads a dequantised tensor only where a convolution inside it reads the same
     # tensor (the feature taps, the towers' input): the scope decides what is quantised, nothing else is
     for cs in readers.values():

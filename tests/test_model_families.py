@@ -25,6 +25,7 @@ def test_registry_names_families_and_suggests_on_typos():
         get_family("fiar")
     for key, family in FAMILIES.items():
         assert family.key == key and family.int8_scope and family.summary
+        assert all(s.startswith(family.network_scope) for s in family.int8_scope)
 
 
 def test_spec_round_trip_and_refusals():

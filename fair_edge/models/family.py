@@ -5,7 +5,8 @@ A family is one module (``fair_edge/models/<key>/family.py``) with one ``ModelFa
   input_maker   the torch module that makes those inputs from the resized colour batch
   build         its PyTorch module: forward(*inputs in ``inputs`` order) -> (anomaly_map, score)
   half          the module the FP16 graph is exported from (float16 network, float32 scoring)
-  int8_scope    node-name prefixes of the exported graph whose convolutions get Q/DQ in INT8
+  network_scope node-name prefixes of the exported graph's network (what is not pre- or post-processing)
+  int8_scope    node-name prefixes of the exported graph whose convolutions get Q/DQ in INT8 (within the network)
   settings      a frozen dataclass with ``to_dict``/``from_dict``, stored in checkpoints and bundles
   training      the module whose trainer writes this family's checkpoints (``training_module``)
 and one line in ``fair_edge.models.registry.FAMILIES``.
@@ -31,6 +32,7 @@ class ModelFamily(ABC):
     key: ClassVar[str]
     summary: ClassVar[str]
     version: ClassVar[int] = 1  # of the settings/weights layout this code writes and reads
+    network_scope: ClassVar[tuple[str, ...]]
     int8_scope: ClassVar[tuple[str, ...]]
     training_module: ClassVar[str]  # dotted name of the module with make_trainer / default_train_config
 

@@ -52,7 +52,8 @@ class FairFamily(ModelFamily):
     key = "fair"
     summary = "FAIR: a UNet restores the colour image from its high-pass; MSGMS + CIELAB colour difference"
     training_module = "fair_edge.models.fair.training"
-    int8_scope = (UNET_SCOPE,)
+    network_scope = (UNET_SCOPE,)
+    int8_scope = network_scope
 
     def default_settings(self) -> FairSettings:
         return FairSettings()
