@@ -80,7 +80,7 @@ def tuned_row(tune_json: Path) -> Row:
     """The settings ``fair-edge tune`` chose (OUT/tune.json), at the full budget."""
     chosen = json.loads(tune_json.read_text())["chosen"]
     impl = get_family(chosen["family"])
-    settings = FairSettings(int(chosen["width"])) if impl.key == "fair" else impl.default_settings()
+    settings = impl.settings_from_options({"width": int(chosen["width"])})
     return Row(ModelSpec(impl.key, PreprocessConfig.from_dict(chosen["preprocess"]), settings), float(chosen["lr"]))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.train import TrainConfig
@@ -37,8 +36,7 @@ def demo_preprocess() -> PreprocessConfig:
 def demo_model(family: str = DEMO_MODEL) -> ModelSpec:
     """The demo's model of ``family``: FAIR width 32, or LGFDR with its default settings; 128 x 128 px."""
     impl = get_family(family)
-    settings = FairSettings(DEMO_WIDTH) if impl.key == "fair" else impl.default_settings()
-    return ModelSpec(impl.key, demo_preprocess(), settings)
+    return ModelSpec(impl.key, demo_preprocess(), impl.settings_from_options({"width": DEMO_WIDTH}))
 
 
 def demo_train_config(steps: int | None = None, family: str = DEMO_MODEL) -> TrainConfig:

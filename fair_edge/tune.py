@@ -32,7 +32,6 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.evaluate import score_samples
-from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.proxy_defects import KINDS, SIZES, plant
@@ -55,8 +54,7 @@ class Candidate:
     def model_spec(self) -> ModelSpec:
         """The model this candidate trains (the family's default settings, FAIR with ``width``)."""
         impl = get_family(self.family)
-        settings = FairSettings(self.width) if impl.key == "fair" else impl.default_settings()
-        return ModelSpec(impl.key, self.preprocess, settings)
+        return ModelSpec(impl.key, self.preprocess, impl.settings_from_options({"width": self.width}))
 
     def train_config(self, batch: int, seed: int) -> TrainConfig:
         """The family's default schedule with this candidate's length, learning rate, batch and seed."""
