@@ -1,9 +1,9 @@
 """The demo at its budget for several training seeds: how much AUROC and caught/missed vary.
 
-    python benchmarks/demo_seeds.py --seeds 0 1 2 --out /tmp/demo_seeds [--threads 2]
+    python benchmarks/demo_seeds.py --seeds 0 1 2 --out /tmp/demo_seeds [--threads 2] [--model lgfdr|fair]
 
-Each seed trains the demo model (``demo_train_config``: width 32, 128 px, 300 steps) from
-scratch on ELPV mono, then runs the rest of the demo (eval, bundle, conveyor replay) exactly as
+Each seed trains the demo model (``demo_model`` / ``demo_train_config``: LGFDR at 128 px for 100 epochs
+by default, or FAIR width 32 for 300 steps) from scratch on ELPV mono, then runs the rest of the demo (eval, bundle, conveyor replay) exactly as
 ``fair-edge demo`` does. Prints one line per seed and a JSON summary (min / max over seeds).
 Training is repeatable only on the same machine with the same torch thread count.
 """
@@ -24,27 +24,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_seeds"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None, help="default: the demo's budget")
+    parser.add_argument("--steps", type=int, default=None, help="default: the demo's length for the model")
+    parser.add_argument("--model", default=None, help="lgfdr or fair (default: the demo's, lgfdr)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     from fair_edge.cli import run_eval
     from fair_edge.cli_train import run_training
     from fair_edge.demo import run_demo
-    from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_STEPS, demo_preprocess, demo_train_config
+    from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, demo_model, demo_train_config
+
+    spec = demo_model(args.model or DEMO_MODEL)
 
     rows = []
     for seed in args.seeds:
         out = args.out / f"seed{seed}"
-        cfg = replace(demo_train_config(args.steps or DEMO_STEPS), seed=seed)
+        cfg = replace(demo_train_config(args.steps, spec.family), seed=seed)
         t0 = time.perf_counter()
         report = run_demo(
             out, fps=10.0, backend="onnxruntime", false_reject_rate=DEMO_FALSE_REJECT_RATE, say=print,
-            train=lambda: run_training(DEMO_DATA, preprocess=demo_preprocess(), cfg=cfg, out=out, device="cpu",
-                                       resume=False)[0],
+            train=lambda: run_training(DEMO_DATA, preprocess=spec.preprocess, cfg=cfg, out=out, device="cpu",
+                                       resume=False, model=spec)[0],
             evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device="cpu", batch=32,
                                             false_reject_rate=DEMO_FALSE_REJECT_RATE))
-        row = {"seed": seed, "image_auroc": report["eval"]["image_auroc"], "caught": report["caught"],
+        row = {"seed": seed, "model": spec.describe(), "image_auroc": report["eval"]["image_auroc"], "caught": report["caught"],
                "defective": report["defective"], "false_rejects": report["false_rejects"],
                "threshold": report["threshold"], "wall_s": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
