@@ -7,10 +7,9 @@ float32. Every precision is expressed *inside* the ONNX graph, so TensorRT build
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from fair_edge.errors import ConfigError
+from fair_edge.errors import lookup
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,4 @@ PRECISIONS: dict[str, Precision] = {
 
 def get_precision(name: str) -> Precision:
     """The table entry for ``name``; raises ConfigError with "did you mean" and the valid list."""
-    key = str(name).strip().lower()
-    if key in PRECISIONS:
-        return PRECISIONS[key]
-    close = difflib.get_close_matches(key, PRECISIONS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; found {name!r}.{hint}")
+    return lookup(PRECISIONS, name, "precision")

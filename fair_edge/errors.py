@@ -1,5 +1,12 @@
 """The exceptions fair-edge raises. Each message names what was expected, what was found, and the fix."""
 
+from __future__ import annotations
+
+import difflib
+from typing import Mapping, TypeVar
+
+T = TypeVar("T")
+
 
 class FairEdgeError(Exception):
     """Base class of every error fair-edge raises on purpose."""
@@ -63,3 +70,14 @@ class EngineError(FairEdgeError):
 
 class TensorRTMissingError(EngineError, ImportError):
     """The ``tensorrt`` Python package (or cuda-python) is not installed on this machine."""
+
+
+def lookup(table: Mapping[str, T], key: object, what: str) -> T:
+    """``table[key]`` (case and surrounding spaces ignored); ConfigError naming ``what``, the valid keys,
+    the value found and the closest key ("did you mean")."""
+    name = str(key).strip().lower()
+    if name in table:
+        return table[name]
+    close = difflib.get_close_matches(name, list(table), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{what} must be one of {', '.join(table)}; found {key!r}.{hint}")

@@ -6,14 +6,13 @@ one line to ``FAMILIES``.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from fair_edge.errors import CheckpointError, ConfigError
+from fair_edge.errors import CheckpointError, ConfigError, lookup
 from fair_edge.models.fair.family import FairFamily
 from fair_edge.models.family import ModelFamily
 from fair_edge.models.lgfdr.family import LgfdrFamily
@@ -29,12 +28,7 @@ DEFAULT_FAMILY = "fair"  # what files written before families existed hold
 
 def get_family(key: str) -> ModelFamily:
     """The family registered as ``key``; ConfigError with "did you mean" and the valid list."""
-    name = str(key).strip().lower()
-    if name in FAMILIES:
-        return FAMILIES[name]
-    close = difflib.get_close_matches(name, FAMILIES, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"model family must be one of {', '.join(FAMILIES)}; found {key!r}.{hint}")
+    return lookup(FAMILIES, key, "model family")
 
 
 @dataclass(frozen=True)
