@@ -145,21 +145,26 @@ class FusedGpuPreprocessor:
     def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
         if len({f.shape for f in frames}) > 1:
             return CpuPreprocessor(self.model, torch.device("cuda"))(frames)  # mixed sizes: rare, reference path
-        size, batch = self.cfg.image_size, len(frames)
-        highpass = torch.empty(batch, self.cfg.in_channels, size, size, device="cuda")
-        colour = torch.empty(batch, 3, size, size, device="cuda")
+        highpass, colour = self._outputs(len(frames))
         self.kernel.run(np.stack(frames), highpass, colour, stream=torch.cuda.current_stream().cuda_stream)
-        return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
+        return self._inputs(highpass, colour)
 
     @torch.no_grad()
     def tiles(self, frames: list[np.ndarray], layout: TileLayout) -> dict[str, torch.Tensor]:
         """Every tile of ``layout`` of every frame (same-sized frames), cropped and resized in one kernel
         launch from the whole frames: inputs of len(frames) * layout.count items, frame by frame."""
-        size, batch = self.cfg.image_size, len(frames) * layout.count
-        highpass = torch.empty(batch, self.cfg.in_channels, size, size, device="cuda")
-        colour = torch.empty(batch, 3, size, size, device="cuda")
+        highpass, colour = self._outputs(len(frames) * layout.count)
         self.kernel.run_tiles(np.stack(frames), layout.crops, layout.tiling.tile, highpass, colour,
                               stream=torch.cuda.current_stream().cuda_stream)
+        return self._inputs(highpass, colour)
+
+    def _outputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh CUDA (highpass (batch, C, S, S), colour (batch, 3, S, S)) float32 buffers for the kernel."""
+        size = self.cfg.image_size
+        return (torch.empty(batch, self.cfg.in_channels, size, size, device="cuda"),
+                torch.empty(batch, 3, size, size, device="cuda"))
+
+    def _inputs(self, highpass: torch.Tensor, colour: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
 
 
