@@ -43,10 +43,11 @@ from fair_edge.fusion import RULES, NormalStats, fuse_maps
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec, get_family
-from fair_edge.preprocess import PreprocessConfig, scaled_cutoff
+from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tune import split_normals
 
 SEED, HOLDOUT, PROBE_STEPS = 0, 0.2, 4
+# PreprocessConfig(S): Butterworth, cutoff scaled from the paper's 30 at 256 px (15 at 128 px)
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,14 @@ class Row:
     budget_share: float = 1.0
 
 
-def pre(size: int, **kw) -> PreprocessConfig:
-    return PreprocessConfig(image_size=size, cutoff=scaled_cutoff(size), **kw)
-
-
 ROWS: dict[str, Row] = {
-    "fair-demo": Row(ModelSpec("fair", pre(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, steps=DEMO_STEPS),
-    "lgfdr": Row(ModelSpec("lgfdr", pre(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3),
-    "fair-demo-half": Row(ModelSpec("fair", pre(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, budget_share=0.5),
-    "lgfdr-half": Row(ModelSpec("lgfdr", pre(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3, budget_share=0.5),
-    "fair-paper-w32": Row(ModelSpec("fair", pre(256), FairSettings(32)), 1e-4),
-    "lgfdr-256": Row(ModelSpec("lgfdr", pre(256), LgfdrSettings()), 1e-3),
-    "fair-paper-w128": Row(ModelSpec("fair", pre(256), FairSettings(128)), 1e-4),
+    "fair-demo": Row(ModelSpec("fair", PreprocessConfig(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, steps=DEMO_STEPS),
+    "lgfdr": Row(ModelSpec("lgfdr", PreprocessConfig(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3),
+    "fair-demo-half": Row(ModelSpec("fair", PreprocessConfig(DEMO_IMAGE_SIZE), FairSettings(DEMO_WIDTH)), DEMO_LR, budget_share=0.5),
+    "lgfdr-half": Row(ModelSpec("lgfdr", PreprocessConfig(DEMO_IMAGE_SIZE), LgfdrSettings()), 1e-3, budget_share=0.5),
+    "fair-paper-w32": Row(ModelSpec("fair", PreprocessConfig(256), FairSettings(32)), 1e-4),
+    "lgfdr-256": Row(ModelSpec("lgfdr", PreprocessConfig(256), LgfdrSettings()), 1e-3),
+    "fair-paper-w128": Row(ModelSpec("fair", PreprocessConfig(256), FairSettings(128)), 1e-4),
 }
 FUSIONS = {"fusion-fair-demo+lgfdr": ("fair-demo", "lgfdr"),
            "fusion-half-budgets": ("fair-demo-half", "lgfdr-half")}
