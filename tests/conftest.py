@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,9 +11,7 @@ import pytest
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.models.fair.detector import FairDetector
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/frames.py and other test helpers
-
-from export_fixtures import MODEL, PRE, SCORING, WIDTH, trained_state  # noqa: E402  (needs the path above)
+from export_fixtures import MODEL, PRE, SCORING, WIDTH, trained_state  # tests/ is on sys.path (pyproject: pythonpath)
 
 
 def gpu_available() -> bool:
