@@ -1,0 +1,373 @@
+"""The station's side of the PLC handshake: one thread that owns the link and runs the protocol.
+
+Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
+
+1. ``trigger`` = 1: the part id is taken (a ``Ticket``, handed to the ``TriggeredSource``, which
+   gives the part the next camera frame) and ``trigger`` is set back to 0. A trigger while the
+   station cannot inspect, or beyond ``max_parts`` waiting, is answered at once: NG not inspected.
+2. a result is up (``results_ready`` = 1) and ``ack`` = 1: ``ack`` and then ``results_ready`` go
+   back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``results_ready`` = 0),
+   counted ``ack_timeouts``, logged, ``error`` = 10.
+3. no result up (and results_ready has been 0 for two polls): the oldest triggered part (results go out in trigger order) is written
+   (``result_part_id``, ``result``, ``score``, then ``results_ready`` = 1) once its verdict is in.
+   A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
+4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
+
+``ready`` is 1 while the link is up, the station inspects and no station fault is held
+(``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
+must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
+is held on ``error`` until a later part completes the handshake in time (written and acked).
+The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
+withdrawn (its ack is unknown) and parts past their timeout are dropped: nothing stale is replayed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from ...errors import PlcDeviceError, PlcError
+from ...records import Frame, Verdict
+from ..sinks.base import Counters
+from .settings import (ACK, ERROR, ERROR_ACK_TIMEOUT, ERROR_CODES, ERROR_NONE, ERROR_RESULT_TIMEOUT,
+                       ERROR_STATION_FAULT, ERROR_TRIGGER_OVERRUN, HEARTBEAT, HEARTBEAT_MODULUS,
+                       HEARTBEAT_STEPS, PART_ID, READY, RESULT, RESULT_NG, RESULT_NONE,
+                       RESULT_NOT_INSPECTED, RESULT_OK, RESULT_PART_ID, RESULTS_READY, SCORE, TRIGGER,
+                       HandshakeSettings)
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S = (0.05, 2.0)   # reconnect back-off: first, most
+FINISH_S = 2.0            # finish(): most time to answer and get acks for the parts still open
+TIMING_MEMORY = 200_000   # per-part timing records kept (about 5 h at 10 parts/s)
+HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
+                      "expired", "overruns", "withdrawn", "io_errors", "device_errors", "reconnects",
+                      "stale_frames")
+
+
+class HandshakeLink(Protocol):
+    """One PLC connection (``ModbusLink``, ``OpcUaLink``). ``open`` / ``read_inputs`` / ``write``
+    raise ``PlcError`` on a link failure (``PlcDeviceError`` when the device refuses)."""
+
+    name: str
+
+    def open(self) -> None: ...
+
+    def read_inputs(self) -> dict[str, int]: ...
+
+    def write(self, values: list[tuple[str, float | int | bool]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Ticket:
+    """One triggered part. t_trigger: monotonic s when the station saw the trigger; deadline:
+    t_trigger + result_timeout_ms; seq: the frame that inspects it (None until captured);
+    t_result / t_written / t_acked: when its verdict came, its result was written, its ack seen."""
+
+    part_id: int
+    t_trigger: float
+    deadline: float
+    seq: int | None = None
+    result: int = RESULT_NONE
+    score: float = math.nan
+    t_result: float | None = None
+    t_written: float | None = None
+    t_acked: float | None = None
+
+
+class Handshake:
+    """Runs the handshake over ``link`` (opened and reopened by its own thread, started by ``start()``).
+
+    Station side: ``next_trigger()`` / ``bind()`` (the triggered source), ``on_verdict`` (the
+    inspector's callback), ``on_drop`` (the capture queue dropped a frame), ``fault()`` (the
+    station cannot inspect), ``finish()`` then ``close()``.
+    """
+
+    def __init__(self, settings: HandshakeSettings, link: HandshakeLink) -> None:
+        self.settings, self.link, self.name = settings, link, link.name
+        self._poll_s = settings.poll_ms / 1000.0
+        self._beat_s = settings.heartbeat_ms / 1000.0 / HEARTBEAT_STEPS
+        self._counters = Counters(HANDSHAKE_COUNTERS)
+        self._lock = threading.Lock()
+        self._order: collections.deque[Ticket] = collections.deque()   # trigger order, oldest first
+        self._by_seq: dict[int, Ticket] = {}
+        self._triggers: queue.Queue[Ticket] = queue.Queue(maxsize=settings.max_parts)
+        self.done: collections.deque[Ticket] = collections.deque(maxlen=TIMING_MEMORY)
+        self._up: Ticket | None = None       # the result now up (results_ready = 1)
+        self._next_result = 0.0              # no result is written before this (monotonic s)
+        self._station_fault: str | None = None
+        self._latched = ERROR_NONE
+        self._inspecting = True
+        self._shown: tuple[bool, int] | None = None     # (ready, error) last written
+        self._heartbeat = 0
+        self._next_beat = 0.0
+        self._taken: int | None = None       # part id taken whose trigger is not yet written back to 0
+        self._connected = False
+        self._delay, self._next_try, self._was_up = BACKOFF_S[0], 0.0, False
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"handshake-{self.name}", daemon=True)
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def start(self) -> Handshake:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Handshake:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finish(self, fault: str = "", timeout_s: float = FINISH_S) -> None:
+        """The station stops: ``ready`` drops (the PLC triggers no more), parts whose frame never
+        came are answered NG not inspected, and the open results are written and acked (at most
+        ``timeout_s``). fault: the run's fault, if any (held on ``error``)."""
+        if fault:
+            self.fault(True, fault)
+        self._inspecting = False
+        while True:
+            try:
+                self._answer(self._triggers.get_nowait(), RESULT_NOT_INSPECTED)
+            except queue.Empty:
+                break
+        deadline = time.monotonic() + timeout_s
+        while self._open_parts() and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Stop the thread; it writes ``ready`` = 0 last (when the link is up) and closes the link."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inspecting = False
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=3.0)
+            if self._thread.is_alive():
+                log.error("handshake %s: thread did not stop within 3 s", self.name)
+        else:
+            self.link.close()
+
+    # -- station side (any thread; never blocks on the link) -----------------------------------
+    def next_trigger(self, timeout_s: float) -> Ticket | None:
+        """The next triggered part to capture, or None after ``timeout_s`` (a part already past its
+        result timeout is skipped: it will not be answered, so it needs no frame)."""
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                ticket = self._triggers.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                return None
+            if ticket.deadline > time.monotonic():
+                return ticket
+
+    def bind(self, seq: int, ticket: Ticket) -> None:
+        """Frame ``seq`` inspects ``ticket``'s part."""
+        with self._lock:
+            ticket.seq = seq
+            self._by_seq[seq] = ticket
+
+    def answer_not_inspected(self, ticket: Ticket) -> None:
+        """No frame could be taken for this part (camera read failed): NG not inspected."""
+        self._answer(ticket, RESULT_NOT_INSPECTED)
+
+    def on_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: object = None) -> None:
+        """Inspector callback: the result of the part ``frame`` was taken for."""
+        with self._lock:
+            ticket = self._by_seq.pop(verdict.seq, None)
+        if ticket is not None:
+            code = RESULT_NOT_INSPECTED if verdict.error else (RESULT_NG if verdict.ng else RESULT_OK)
+            self._answer(ticket, code, verdict.score)
+
+    def on_drop(self, frame: Frame) -> None:
+        """The capture queue dropped ``frame``: its part is NG not inspected."""
+        with self._lock:
+            ticket = self._by_seq.pop(frame.seq, None)
+        if ticket is not None:
+            self._answer(ticket, RESULT_NOT_INSPECTED)
+
+    def fault(self, active: bool, reason: str = "") -> None:
+        """Hold ``ready`` = 0 and ``error`` = 1 while the station cannot inspect (a FaultBoard target)."""
+        self._station_fault = (reason or "station fault") if active else None
+
+    @property
+    def ready(self) -> bool:
+        return self._connected and self._inspecting and self._station_fault is None
+
+    @property
+    def error_code(self) -> int:
+        return ERROR_STATION_FAULT if self._station_fault is not None else self._latched
+
+    def stats(self) -> dict:
+        out: dict = self._counters.snapshot()
+        out.update(connected=self._connected, error=self.error_code, open_parts=self._open_parts())
+        return out
+
+    # -- the thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._connected and not self._connect():
+                    self._stop.wait(min(self._poll_s * 10, max(0.0, self._next_try - time.monotonic())))
+                    continue
+                try:
+                    self._cycle(time.monotonic())
+                except PlcError as exc:
+                    self._link_failed(exc)
+                self._stop.wait(self._poll_s)
+        finally:
+            self._last_words()
+
+    def _cycle(self, now: float) -> None:
+        inputs = self.link.read_inputs()
+        if inputs[TRIGGER]:
+            self._take_trigger(inputs[PART_ID], now)
+        if self._up is not None:
+            self._check_ack(bool(inputs[ACK]), now)
+        if self._up is None and now >= self._next_result:
+            self._write_next(now)
+        if now >= self._next_beat:
+            self._heartbeat = (self._heartbeat + 1) % HEARTBEAT_MODULUS
+            self.link.write([(HEARTBEAT, self._heartbeat)])
+            self._next_beat = now + self._beat_s
+        shown = (self.ready, self.error_code)
+        if shown != self._shown:
+            self.link.write([(ERROR, shown[1]), (READY, int(shown[0]))])
+            if shown[1] != (self._shown or (True, ERROR_NONE))[1]:
+                log.log(logging.ERROR if shown[1] else logging.WARNING, "handshake %s: error %d (%s)",
+                        self.name, shown[1], ERROR_CODES[shown[1]])
+            self._shown = shown
+
+    def _take_trigger(self, part_id: int, now: float) -> None:
+        if self._taken != part_id:
+            self._counters.add("triggers")
+            ticket = Ticket(part_id, now, now + self.settings.result_timeout_ms / 1000.0)
+            with self._lock:
+                self._order.append(ticket)
+            self._taken = part_id
+            if not self.ready:
+                self._answer(ticket, RESULT_NOT_INSPECTED)
+            else:
+                try:
+                    self._triggers.put_nowait(ticket)
+                except queue.Full:
+                    self._counters.add("overruns")
+                    self._fail(ERROR_TRIGGER_OVERRUN, f"part {part_id}: {self.settings.max_parts} parts "
+                                                      f"already wait for a result (reject.handshake.max_parts)")
+                    self._answer(ticket, RESULT_NOT_INSPECTED)
+        self.link.write([(TRIGGER, 0)])
+        self._taken = None
+
+    def _check_ack(self, ack: bool, now: float) -> None:
+        up = self._up
+        if ack:
+            self.link.write([(ACK, 0), (RESULTS_READY, 0)])
+            up.t_acked = now
+            self._next_result = now + 2 * self._poll_s   # results_ready stays 0 for 2 polls at least
+            self._counters.add("acked")
+            self._up = None
+            self.done.append(up)
+            if self._latched in (ERROR_ACK_TIMEOUT, ERROR_RESULT_TIMEOUT, ERROR_TRIGGER_OVERRUN):
+                log.warning("handshake %s: part %d acknowledged in time; error %d cleared", self.name,
+                            up.part_id, self._latched)
+                self._latched = ERROR_NONE
+        elif now - up.t_written > self.settings.ack_timeout_ms / 1000.0:
+            self._counters.add("ack_timeouts")
+            self._fail(ERROR_ACK_TIMEOUT, f"part {up.part_id}: no ack within {self.settings.ack_timeout_ms:g} ms "
+                                          f"(reject.handshake.ack_timeout_ms); result withdrawn")
+            self.link.write([(RESULTS_READY, 0)])
+            self._next_result = now + 2 * self._poll_s
+            self._up = None
+            self.done.append(up)
+
+    def _write_next(self, now: float) -> None:
+        with self._lock:
+            while self._order and self._order[0].deadline < now:
+                self._expire(self._order.popleft())
+            head = self._order[0] if self._order and self._order[0].result != RESULT_NONE else None
+        if head is None:
+            return
+        self.link.write([(RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
+                         (RESULTS_READY, 1)])
+        with self._lock:
+            if self._order and self._order[0] is head:
+                self._order.popleft()
+        head.t_written = time.monotonic()
+        self._up = head
+        self._counters.add("results")
+
+    def _expire(self, ticket: Ticket) -> None:
+        """(under the lock) a part past its result timeout: never answered."""
+        if ticket.seq is not None:
+            self._by_seq.pop(ticket.seq, None)
+        self._counters.add("expired")
+        self.done.append(ticket)
+        self._fail(ERROR_RESULT_TIMEOUT, f"part {ticket.part_id}: no result within "
+                                         f"{self.settings.result_timeout_ms:g} ms of its trigger; not answered "
+                                         f"(reject.handshake.result_timeout_ms)")
+
+    def _answer(self, ticket: Ticket, code: int, score: float = math.nan) -> None:
+        with self._lock:
+            if ticket.result != RESULT_NONE:
+                return
+            ticket.score, ticket.t_result = float(score), time.monotonic()
+            ticket.result = code
+        self._counters.add({RESULT_OK: "ok", RESULT_NG: "ng"}.get(code, "not_inspected"))
+
+    def _fail(self, code: int, detail: str) -> None:
+        log.error("handshake %s: error %d: %s", self.name, code, detail)
+        self._latched = code
+
+    def _open_parts(self) -> int:
+        with self._lock:
+            return len(self._order) + (self._up is not None)
+
+    # -- the link ---------------------------------------------------------------------------------
+    def _connect(self) -> bool:
+        if time.monotonic() < self._next_try:
+            return False
+        try:
+            self.link.open()
+            if self._up is not None:   # its ack state is unknown after an outage: withdraw it
+                self._counters.add("withdrawn")
+                self.done.append(self._up)
+                self._up = None
+            self.link.write([(RESULTS_READY, 0), (HEARTBEAT, self._heartbeat)])
+        except PlcError as exc:
+            self.link.close()
+            self._next_try = time.monotonic() + self._delay
+            self._delay = min(2 * self._delay, BACKOFF_S[1])
+            log.debug("handshake %s: connect failed: %s", self.name, exc)
+            return False
+        self._connected, self._delay, self._shown = True, BACKOFF_S[0], None
+        if self._was_up:
+            self._counters.add("reconnects")
+            log.warning("handshake %s: reconnected", self.name)
+        self._was_up = True
+        return True
+
+    def _link_failed(self, exc: PlcError) -> None:
+        self._counters.add("device_errors" if isinstance(exc, PlcDeviceError) else "io_errors")
+        log.warning("handshake %s: %s; reconnecting", self.name, exc)
+        self._connected = False
+        self.link.close()
+        self._next_try = time.monotonic() + self._delay
+
+    def _last_words(self) -> None:
+        """Thread end: ``ready`` = 0 (with the current error), then close the link."""
+        if self._connected:
+            try:
+                self.link.write([(ERROR, self.error_code), (READY, 0)])
+            except PlcError as exc:
+                log.warning("handshake %s: could not write ready = 0 on stop: %s", self.name, exc)
+        self._connected = False
+        self.link.close()

@@ -1,0 +1,138 @@
+"""The handshake over Modbus TCP: the station is a client of the PLC's server; every signal is a
+holding register (``ModbusSignals``), read with FC 3 and written with FC 16.
+
+URL: ``modbus://HOST:PORT?unit=1&timeout_ms=100``. Encoding: booleans 0 / 1; part ids 32-bit in two
+registers, high word first; ``score`` = round(score * score_scale) saturated to 0..65535 (65535
+also for a part that could not be inspected, score NaN). Registers that lie next to each other
+are written in one request (a PLC sees them change together); the register of the last signal
+in a ``write`` goes in the last request (so ``results_ready`` never rises before its data).
+pymodbus 3.10+ API (``device_id=``), as in ``fair_edge.line.sinks.modbus``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ...errors import PlcDeviceError, PlcError, SinkError
+from ..sinks.urls import SinkUrl
+from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, ModbusSignals
+
+MODBUS_OPTIONS = ("unit", "timeout_ms")
+MAX_READ = 125   # registers one FC 3 request may read
+
+
+def encode(name: str, value: float | int | bool, score_scale: float) -> list[int]:
+    """One signal's value -> its register words (16-bit unsigned)."""
+    if name == SCORE:
+        v = float(value)
+        return [SCORE_MAX if math.isnan(v) else max(0, min(SCORE_MAX, round(v * score_scale)))]
+    v = int(value) & 0xFFFFFFFF
+    return [v >> 16, v & 0xFFFF] if name in WIDE_SIGNALS else [v & 0xFFFF]
+
+
+def runs(words: dict[int, int]) -> list[tuple[int, list[int]]]:
+    """Registers -> runs of consecutive addresses ``(first address, words)``, ascending."""
+    out: list[tuple[int, list[int]]] = []
+    for address in sorted(words):
+        if out and out[-1][0] + len(out[-1][1]) == address:
+            out[-1][1].append(words[address])
+        else:
+            out.append((address, [words[address]]))
+    return out
+
+
+class ModbusLink:
+    """``HandshakeLink`` over one pymodbus ``ModbusTcpClient`` (``client_factory(host, port,
+    timeout_s)`` makes it; tests may hand in another)."""
+
+    def __init__(self, url: SinkUrl, signals: ModbusSignals, score_scale: float,
+                 client_factory: Callable[[str, int, float], Any] | None = None) -> None:
+        url.check_query(MODBUS_OPTIONS)
+        if not url.host:
+            raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?unit=1, found no host")
+        self.host, self.port = url.host, url.port or 502
+        self.unit = url.get_int("unit", 1)
+        self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
+        self.signals, self.score_scale = signals, score_scale
+        self.name = f"modbus {self.host}:{self.port} unit {self.unit}"
+        self._factory = client_factory or _pymodbus_client
+        self._client: Any = None
+        inputs = [a for n in PLC_SIGNALS for a in signals.registers(n)]
+        self._span = (min(inputs), max(inputs) - min(inputs) + 1)
+
+    def open(self) -> None:
+        self.close()
+        client = self._factory(self.host, self.port, self.timeout_s)
+        try:
+            ok = client.connect()
+        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
+            raise PlcError(f"{self.name}: connect failed: {exc}") from exc
+        if not ok:
+            client.close()
+            raise PlcError(f"{self.name}: expected a connection, found none (is the PLC on and the port open?)")
+        self._client = client
+
+    def read_inputs(self) -> dict[str, int]:
+        """The PLC's signals: ``{trigger, part_id, ack}`` as integers (one FC 3 read when they
+        lie within 125 registers)."""
+        first, count = self._span
+        if count <= MAX_READ:
+            words = dict(zip(range(first, first + count), self._read(first, count)))
+        else:
+            words = {}
+            for name in PLC_SIGNALS:
+                regs = self.signals.registers(name)
+                words.update(zip(regs, self._read(regs[0], len(regs))))
+        out = {}
+        for name in PLC_SIGNALS:
+            value = 0
+            for address in self.signals.registers(name):
+                value = (value << 16) | (words[address] & 0xFFFF)
+            out[name] = value
+        return out
+
+    def write(self, values: Sequence[tuple[str, float | int | bool]]) -> None:
+        """Write ``(signal, value)`` pairs; the last pair's registers are written last."""
+        words: dict[int, int] = {}
+        for name, value in values:
+            words.update(zip(self.signals.registers(name), encode(name, value, self.score_scale)))
+        last = self.signals.registers(values[-1][0])[0]
+        blocks = runs(words)
+        blocks.sort(key=lambda b: b[0] <= last < b[0] + len(b[1]))   # stable: the flag's run last
+        for address, block in blocks:
+            self._call("write", self._client_or_raise().write_registers, address, block, device_id=self.unit)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _read(self, address: int, count: int) -> list[int]:
+        result = self._call("read", self._client_or_raise().read_holding_registers, address,
+                            count=count, device_id=self.unit)
+        return list(result.registers)
+
+    def _client_or_raise(self) -> Any:
+        if self._client is None:
+            raise PlcError(f"{self.name}: not connected")
+        return self._client
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
+            raise PlcError(f"{self.name}: {what} failed: {exc}") from exc
+        if result.isError():
+            raise PlcDeviceError(f"{self.name}: device refused the {what} at register {args[0]}: {result} "
+                                 f"(check reject.handshake.modbus addresses and the unit id)")
+        return result
+
+
+def _pymodbus_client(host: str, port: int, timeout_s: float) -> Any:
+    try:
+        from pymodbus.client import ModbusTcpClient
+    except ImportError as exc:
+        raise SinkError("a modbus:// handshake needs pymodbus: pip install 'fair-edge[plc]'") from exc
+    return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0)

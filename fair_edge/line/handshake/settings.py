@@ -1,0 +1,162 @@
+"""Settings of the PLC handshake (``reject.handshake`` in the station file) and the names it uses.
+
+The station is a client of the PLC (Modbus TCP server or OPC UA server). Signals, PLC -> station:
+``trigger`` (1 = capture the part whose id is in ``part_id``; the station sets it back to 0 when it
+has taken the trigger), ``ack`` (1 = the PLC has read the result; the station sets it back to 0).
+Station -> PLC: ``ready``, ``heartbeat``, ``error``, ``results_ready``, ``result_part_id``,
+``result`` (1 OK, 2 NG, 3 NG not inspected) and ``score``. docs/line-integration.md, "Handshake".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ...errors import ConfigError
+from .. import fields as f
+
+# signal names (a name that crosses the link is defined once, here)
+TRIGGER, PART_ID, ACK = "trigger", "part_id", "ack"                     # written by the PLC
+READY, HEARTBEAT, ERROR = "ready", "heartbeat", "error"                  # written by the station
+RESULTS_READY, RESULT_PART_ID, RESULT, SCORE = "results_ready", "result_part_id", "result", "score"
+PLC_SIGNALS = (TRIGGER, PART_ID, ACK)
+STATION_SIGNALS = (READY, HEARTBEAT, ERROR, RESULTS_READY, RESULT_PART_ID, RESULT, SCORE)
+WIDE_SIGNALS = (PART_ID, RESULT_PART_ID)   # 32-bit part ids: two Modbus registers, high word first
+
+# the ``result`` signal
+RESULT_NONE, RESULT_OK, RESULT_NG, RESULT_NOT_INSPECTED = 0, 1, 2, 3
+
+# the ``error`` signal: code -> meaning (the docs' table is this one)
+ERROR_NONE = 0
+ERROR_STATION_FAULT = 1       # the station cannot inspect (camera gone or reconnecting, backend failing)
+ERROR_ACK_TIMEOUT = 10        # a result was not acknowledged within ack_timeout_ms
+ERROR_RESULT_TIMEOUT = 11     # a triggered part got no result within result_timeout_ms (never written late)
+ERROR_TRIGGER_OVERRUN = 12    # more than max_parts triggered parts waiting for their result
+ERROR_CODES = {
+    ERROR_NONE: "no fault",
+    ERROR_STATION_FAULT: "station fault: cannot inspect (camera, backend); Ready is 0",
+    ERROR_ACK_TIMEOUT: "ack timeout: a result was not acknowledged within ack_timeout_ms",
+    ERROR_RESULT_TIMEOUT: "result timeout: a triggered part got no result within result_timeout_ms",
+    ERROR_TRIGGER_OVERRUN: "trigger overrun: more than max_parts parts waiting for a result",
+}
+HEARTBEAT_MODULUS = 1 << 16   # the heartbeat counter wraps to 0 after 65535 (both protocols)
+HEARTBEAT_STEPS = 5           # the counter changes this many times per heartbeat_ms
+SCORE_MAX = 0xFFFF            # Modbus score register: round(score * score_scale), saturated here
+
+
+@dataclass(frozen=True)
+class ModbusSignals:
+    """Holding-register addresses (0-based, unit from the URL) of each signal on the PLC's server.
+    ``part_id`` and ``result_part_id`` take two registers (address, address + 1; high word first);
+    every other signal one. The defaults are one block of 12 registers, 0..11."""
+
+    trigger: int = 0
+    part_id: int = 1
+    ack: int = 3
+    ready: int = 4
+    heartbeat: int = 5
+    error: int = 6
+    results_ready: int = 7
+    result_part_id: int = 8
+    result: int = 10
+    score: int = 11
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModbusSignals:
+        s = "reject.handshake.modbus"
+        d = f.with_defaults(s, data, cls)
+        out = cls(**{k: f.integer(s, k, v, minimum=0, maximum=65534) for k, v in d.items()})
+        used: dict[int, str] = {}
+        for name in (x.name for x in fields(cls)):
+            address = getattr(out, name)
+            for a in (address, address + 1) if name in WIDE_SIGNALS else (address,):
+                if a in used:
+                    raise ConfigError(f"{s}.{name}: expected a register no other signal uses, found {a} "
+                                      f"(also {used[a]}); give each signal its own register")
+                used[a] = name
+        return out
+
+    def registers(self, name: str) -> tuple[int, ...]:
+        address = getattr(self, name)
+        return (address, address + 1) if name in WIDE_SIGNALS else (address,)
+
+
+@dataclass(frozen=True)
+class OpcUaSignals:
+    """Node ids of each signal on the PLC's OPC UA server. Booleans: trigger, ack, ready,
+    results_ready; integers: part_id, result_part_id (32-bit), heartbeat, error, result; score: a
+    Float or Double node. Values are written with each node's own data type (read once per connect)."""
+
+    trigger: str = "ns=2;s=Trigger"
+    part_id: str = "ns=2;s=PartId"
+    ack: str = "ns=2;s=Ack"
+    ready: str = "ns=2;s=Ready"
+    heartbeat: str = "ns=2;s=Heartbeat"
+    error: str = "ns=2;s=Error"
+    results_ready: str = "ns=2;s=ResultsReady"
+    result_part_id: str = "ns=2;s=ResultPartId"
+    result: str = "ns=2;s=Result"
+    score: str = "ns=2;s=Score"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> OpcUaSignals:
+        s = "reject.handshake.opcua"
+        d = f.with_defaults(s, data, cls)
+        return cls(**{k: f.text(s, k, v) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class HandshakeSettings:
+    """The PLC handshake; off while ``url`` is null.
+
+    url: the PLC, ``modbus://HOST:PORT?unit=1[&timeout_ms=100]`` or
+        ``opcua://HOST:PORT/PATH[?timeout_ms=1000]``.
+    poll_ms: how often the station reads trigger / part id / ack, ms (a trigger waits at most this).
+    heartbeat_ms: the PLC's watchdog time, ms: the heartbeat counter changes every
+        heartbeat_ms / 5; a counter unchanged for heartbeat_ms means the station is dead (not ready).
+    ack_timeout_ms: results_ready -> ack, most ms; past it the result is withdrawn, the fault
+        counted and ``error`` = 10 until a later result is acknowledged in time.
+    result_timeout_ms: trigger -> results_ready, most ms; a part without a result by then is never
+        answered late (``error`` = 11; the PLC rejects it).
+    score_scale: Modbus only: the score register holds round(score * score_scale), 0..65535.
+    max_parts: most triggered parts waiting for their result; more = ``error`` 12, answered NG
+        not inspected.
+    modbus / opcua: where each signal lives (the one the URL's scheme names is used).
+    """
+
+    url: str | None = None
+    poll_ms: float = 5.0
+    heartbeat_ms: float = 500.0
+    ack_timeout_ms: float = 1000.0
+    result_timeout_ms: float = 2000.0
+    score_scale: float = 1000.0
+    max_parts: int = 64
+    modbus: ModbusSignals = field(default_factory=ModbusSignals)
+    opcua: OpcUaSignals = field(default_factory=OpcUaSignals)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HandshakeSettings:
+        s = "reject.handshake"
+        d = f.with_defaults(s, data, cls)
+        url = d["url"]
+        if url is not None and (not isinstance(url, str) or not url.startswith(("modbus://", "opcua://"))):
+            raise ConfigError(f"{s}.url: expected null, 'modbus://HOST:PORT?unit=1' or "
+                              f"'opcua://HOST:PORT/PATH', found {url!r}")
+        poll = f.number(s, "poll_ms", d["poll_ms"], minimum=0.5, maximum=1000)
+        heartbeat = f.number(s, "heartbeat_ms", d["heartbeat_ms"], minimum=50, maximum=60000)
+        if heartbeat < HEARTBEAT_STEPS * poll:
+            raise ConfigError(f"{s}.heartbeat_ms: expected at least {HEARTBEAT_STEPS} x poll_ms = "
+                              f"{HEARTBEAT_STEPS * poll:g}, found {heartbeat:g}; raise it or lower poll_ms")
+        return cls(
+            url=url, poll_ms=poll, heartbeat_ms=heartbeat,
+            ack_timeout_ms=f.number(s, "ack_timeout_ms", d["ack_timeout_ms"], minimum=1),
+            result_timeout_ms=f.number(s, "result_timeout_ms", d["result_timeout_ms"], minimum=1),
+            score_scale=f.number(s, "score_scale", d["score_scale"], minimum=1e-6),
+            max_parts=f.integer(s, "max_parts", d["max_parts"], minimum=1, maximum=4096),
+            modbus=ModbusSignals.from_dict(d.get("modbus")),
+            opcua=OpcUaSignals.from_dict(d.get("opcua")),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None

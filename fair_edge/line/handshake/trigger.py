@@ -1,0 +1,92 @@
+"""Triggered capture: one frame per PLC trigger, tied to the PLC's part id.
+
+``TriggeredSource`` wraps any frame source. Its ``read()`` waits for the next trigger the handshake
+took, then returns the first frame the camera captured at or after the moment the trigger was
+seen (frames stamped earlier, e.g. queued in a camera driver, are skipped and counted
+``stale_frames``), renumbered so that one frame = one triggered part (no sequence gaps are counted
+as lost). The handshake learns which frame inspects which part (``Handshake.bind``). A read that
+fails answers the part NG not inspected and raises as the camera did (the capture thread
+reconnects). A free-running camera works as it is; a camera in software-trigger mode would take the
+exposure at the trigger instead (not wired yet: docs/line-integration.md).
+
+``TriggeredCapture`` is the ``CaptureThread`` for it: ``stop()`` first wakes a ``read()`` waiting
+for a trigger, so stopping never waits for the next part.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fair_edge.cameras.base import EndOfStream, FrameSource
+from fair_edge.cameras.capture import CaptureThread
+from ...errors import CameraError
+from ...records import Frame
+from .engine import Handshake
+
+WAIT_STEP_S = 0.05     # a read waiting for a trigger checks for stop this often
+MAX_STALE = 16         # frames skipped at most for one trigger before the next one is taken anyway
+
+
+class TriggeredSource:
+    """A ``FrameSource`` that yields one frame per trigger of ``handshake`` (see the module doc).
+    Frames: the inner source's images (same shape, dtype and memory); seq counts triggers from 0."""
+
+    def __init__(self, inner: FrameSource, handshake: Handshake) -> None:
+        self.inner, self.handshake = inner, handshake
+        self.name = f"{inner.name} (triggered)"
+        self._seq = 0
+        self._interrupted = threading.Event()
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return None   # the PLC sets the rate
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self) -> Frame:
+        ticket = None
+        while ticket is None:
+            if self._interrupted.is_set():
+                raise EndOfStream(f"{self.name}: stopped while waiting for a trigger")
+            ticket = self.handshake.next_trigger(WAIT_STEP_S)
+        try:
+            frame = self.inner.read()
+            for _ in range(MAX_STALE):
+                if frame.t_capture >= ticket.t_trigger:
+                    break
+                self.handshake._counters.add("stale_frames")
+                frame = self.inner.read()
+        except CameraError:
+            self.handshake.answer_not_inspected(ticket)
+            raise
+        out = Frame(self._seq, frame.t_capture, frame.image, frame.source)
+        self._seq += 1
+        self.handshake.bind(out.seq, ticket)
+        return out
+
+    def interrupt(self) -> None:
+        """Make a ``read()`` waiting for a trigger end the stream (capture is stopping)."""
+        self._interrupted.set()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> TriggeredSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TriggeredCapture(CaptureThread):
+    """``CaptureThread`` over a ``TriggeredSource``; ``stop()`` does not wait for a trigger."""
+
+    source: TriggeredSource
+
+    def stop(self) -> bool:
+        self.source.interrupt()
+        return super().stop()
+
+    close = stop
