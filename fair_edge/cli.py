@@ -239,10 +239,16 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
         return []
     from fair_edge.run_station import undelivered_sinks
 
+    hs = rejects.get("handshake")
+    rows: list[tuple[str, object]] = [] if hs is None else [
+        ("handshake: triggers / results / acked", f"{hs['triggers']} / {hs['results']} / {hs['acked']}"),
+        ("handshake: ack timeouts / expired / error", f"{hs['ack_timeouts']} / {hs['expired']} / {hs['error']}")]
+    if "sinks" not in rejects:
+        return rows
     sinks = rejects.get("sinks") or {}
     delivered = sum(st.get("delivered", 0) for st in sinks.values())
     missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
-    rows: list[tuple[str, object]] = [
+    rows += [
         ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),

@@ -66,15 +66,17 @@ def load_roi(path: Path | None, size: int) -> np.ndarray | None:
     return roi.astype(np.float32)
 
 
-def open_capture(cfg: StationConfig, source=None, **hooks) -> CaptureThread:
+def open_capture(cfg: StationConfig, source=None, trigger=None, **hooks) -> CaptureThread:
     """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
     as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
     ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
-    to use instead of ``cfg.camera.source`` (tests, soak). hooks: ``on_capture``, ``on_drop``
-    (see ``CaptureThread``)."""
+    to use instead of ``cfg.camera.source`` (tests, soak). trigger: a ``StationHandshake``: one
+    frame per PLC trigger (``fair_edge.line.handshake.trigger``). hooks: ``on_capture``,
+    ``on_drop`` (see ``CaptureThread``)."""
+    make = CaptureThread if trigger is None else trigger.capture
     if source is not None:
         policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
-        return CaptureThread(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+        return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
     opts: dict = {}
     if cfg.camera.fps is not None:
         opts["fps"] = cfg.camera.fps
@@ -87,7 +89,7 @@ def open_capture(cfg: StationConfig, source=None, **hooks) -> CaptureThread:
     policy = cfg.camera.full_policy
     if policy == AUTO_POLICY:
         policy = "block" if replay_unpaced else "drop_oldest"
-    return CaptureThread(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+    return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
 
 
 def camera_fault(stats) -> str:
@@ -147,6 +149,7 @@ class LineSide:
     callbacks: list
     metrics: object | None = None
     fault_shown: str = ""
+    handshake: object | None = None   # fair_edge.line.handshake.StationHandshake (reject.handshake)
 
     def capture_hooks(self) -> dict:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
@@ -156,8 +159,11 @@ class LineSide:
         return hooks
 
     def on_drop(self, frame) -> None:
-        """A frame the capture queue dropped: a row in the verdict log (and on MQTT)."""
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT); its triggered
+        part, if any, is answered NG not inspected."""
         self.recorder.record_dropped(frame)
+        if self.handshake is not None:
+            self.handshake.on_drop(frame)
         if self.mqtt is not None:
             from fair_edge.line.recorder import dropped_row
 
@@ -174,11 +180,19 @@ class LineSide:
             self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
             self.fault_shown = reason
 
+    def fault(self, active: bool, reason: str = "") -> None:
+        """The station cannot inspect (a ``FaultBoard`` target): the reject gate's fault output and
+        the handshake's ready / error."""
+        for target in (self.scheduler, self.handshake):
+            if target is not None:
+                target.fault(active, reason)
+
     def reject_stats(self) -> dict:
+        out = {} if self.handshake is None else {"handshake": self.handshake.stats()}
         if self.scheduler is None:
-            return {}
+            return out
         return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
-                    sinks=self.scheduler.sink_stats())
+                    sinks=self.scheduler.sink_stats(), **out)
 
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
@@ -195,6 +209,11 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     line = LineSide(recorder, None, None, mqtt, [recorder.record])
     if cfg.reject.encoder:
         line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
+    if cfg.reject.handshake.enabled:
+        from fair_edge.line.handshake import open_handshake
+
+        line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
+        line.callbacks.append(line.handshake.on_verdict)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
         if cfg.reject.require_sinks_at_start:
@@ -273,8 +292,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     with contextlib.ExitStack() as stack:
         stack.callback(choice.backend.close)
         line = open_line_side(cfg, stack, run_id)
-        capture = stack.enter_context(open_capture(cfg, source, **line.capture_hooks()))  # opens: fails fast
-        faults = FaultBoard(line.scheduler) if line.scheduler is not None else None
+        capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
+        faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
         console = open_console(cfg, bundle, faults, stack, line.metrics)
         line.callbacks.append(console.observe)
@@ -306,6 +325,8 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     (they are decided and pulsed there), flush the log, and fill the summary's line counters."""
     if not summary.fault and camera_state.startswith("camera gone"):
         summary.fault = camera_state
+    if line.handshake is not None:
+        line.handshake.finish(summary.fault)   # ready drops; open parts are answered and acked
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)

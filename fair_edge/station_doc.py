@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from fair_edge.line.handshake import HANDSHAKE_SCHEMES
 from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
 from fair_edge.station import BACKEND_NAMES, FULL_POLICIES, StationConfig
@@ -24,7 +25,8 @@ SECTION_NOTES = {
     "decision": "threshold null = the bundle's calibrated one; roi: mask image (white = inspected), null = all",
     "output": "verdicts.jsonl, NG images, summary.json",
     "reject": f"sinks: URLs {', '.join(s + '://...' for s in SINK_SCHEMES)}; fail_safe: {' | '.join(FAIL_SAFE_POLICIES)}; "
-              "docs/line-integration.md",
+              f"handshake.url: null (off), {', '.join(s + '://...' for s in HANDSHAKE_SCHEMES)} (the PLC handshake; "
+              "modbus: holding registers, opcua: node ids); docs/line-integration.md",
     "record": f"image_format: {' | '.join(IMAGE_FORMATS)}",
     "metrics": "Prometheus endpoint; host 127.0.0.1 = this machine only",
 }
@@ -43,8 +45,14 @@ def _yaml_value(value) -> str:
     return f'"{text}"' if text == "" or text[0].isdigit() or ":" in text or text in ("null", "true", "false") else text
 
 
-def _flow(mapping: dict) -> str:
-    return "{" + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in mapping.items()) + "}"
+def _flow(mapping: dict, indent: str = "") -> str:
+    """A YAML flow mapping; a nested mapping starts a continuation line, indented one step more."""
+    items = [f"{k}: {_yaml_value(v)}" for k, v in mapping.items() if not isinstance(v, dict)]
+    text = "{" + ", ".join(items)
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            text += f",\n{indent}  {k}: {_flow(v, indent + '  ')}"
+    return text + "}"
 
 
 def station_sections(cfg: StationConfig = StationConfig()) -> dict[str, object]:

@@ -6,12 +6,13 @@ the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from . import fields as f
+from .handshake.settings import HandshakeSettings
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
@@ -43,6 +44,8 @@ class RejectSettings:
     encoder_poll_ms: how often the encoder is read while a reject waits for its count, ms.
     require_sinks_at_start: refuse to start (``PlcError``, exit code 2) unless every reject and
         fault sink connects within ``SINK_CHECK_S`` seconds; off = start anyway, faults shown.
+    handshake: the PLC handshake (ready, trigger + part id, results, ack, error, heartbeat);
+        off while ``handshake.url`` is null (``fair_edge.line.handshake.settings``).
     """
 
     sinks: tuple[str, ...] = ()
@@ -57,6 +60,7 @@ class RejectSettings:
     encoder_poll_ms: float = 1.0
     encoder: str | None = None
     require_sinks_at_start: bool = False
+    handshake: HandshakeSettings = field(default_factory=HandshakeSettings)
 
     @classmethod
     def from_dict(cls, data: Any) -> RejectSettings:
@@ -80,6 +84,7 @@ class RejectSettings:
             encoder_poll_ms=f.number(s, "encoder_poll_ms", d["encoder_poll_ms"], minimum=0.05, maximum=100),
             encoder=None if d["encoder"] is None else f.text(s, "encoder", d["encoder"]),
             require_sinks_at_start=f.boolean(s, "require_sinks_at_start", d["require_sinks_at_start"]),
+            handshake=HandshakeSettings.from_dict(d.get("handshake")),
         )
 
 

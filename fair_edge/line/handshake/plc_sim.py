@@ -227,6 +227,7 @@ class ModbusHandshakePlc:
         async def _stop() -> None:
             if self.program is not None:
                 self.program.stop()
+                self._task.cancel()
             if self._server is not None:
                 await self._server.shutdown()
 
@@ -310,6 +311,7 @@ class OpcUaHandshakePlc:
         async def _stop() -> None:
             if self.program is not None:
                 self.program.stop()
+                self._task.cancel()
             if self._server is not None:
                 await self._server.stop()
 

@@ -1,0 +1,190 @@
+"""The PLC handshake against real loopback servers acting as the PLC: a pymodbus Modbus TCP server
+and an asyncua OPC UA server, each with a PLC program (fair_edge/line/handshake/plc_sim.py) that
+triggers parts with ids, reads results and acknowledges them. The station side here is the real
+handshake thread and triggered capture over a synthetic line, with a stand-in for the inspector
+(the whole station is in tests/test_station_handshake.py)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fair_edge.cameras import LineSource
+from fair_edge.cameras.capture import CaptureSettings
+from fair_edge.errors import ConfigError
+from fair_edge.line.handshake import HandshakeSettings, open_handshake
+from fair_edge.line.handshake.modbus import encode, runs
+from fair_edge.line.handshake.settings import (ERROR_ACK_TIMEOUT, ERROR_NONE, ERROR_STATION_FAULT,
+                                               RESULT_NG, RESULT_NOT_INSPECTED, RESULT_OK)
+from fair_edge.line.settings import RejectSettings
+from fair_edge.records import Verdict
+
+pytest.importorskip("pymodbus")
+from fair_edge.line.handshake.plc_sim import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
+
+IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
+
+
+def wait_for(cond, timeout_s: float, step_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step_s)
+    return bool(cond())
+
+
+class StandInStation:
+    """The handshake, the triggered capture over a synthetic line and a scorer standing in for the
+    inspector: score = mean pixel / 100, NG above 1.0 (so images 200 and 220 are NG)."""
+
+    def __init__(self, settings: HandshakeSettings) -> None:
+        self.hs = open_handshake(settings).start()
+        self.capture = self.hs.capture(LineSource(IMAGES, fps=200, loop=True), CaptureSettings(queue_size=4),
+                                       on_drop=self.hs.on_drop).start()
+        self.verdicts: list[Verdict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inspect, daemon=True)
+        self._thread.start()
+
+    def _inspect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self.capture.get(timeout=0.05)
+            except Exception:  # noqa: BLE001 - queue.Empty / end of stream: look again or stop
+                continue
+            score = float(frame.image.mean()) / 100.0
+            verdict = Verdict(frame.seq, frame.t_capture, score, 1.0, score > 1.0, time.monotonic(), frame.source)
+            self.verdicts.append(verdict)
+            self.hs.on_verdict(frame, verdict)
+
+    def close(self) -> None:
+        self.hs.finish()
+        self._stop.set()
+        self.capture.stop()
+        self._thread.join(timeout=2)
+        self.hs.close()
+
+
+# ----------------------------------------------------------------------------- settings and encoding
+def test_handshake_settings_default_off_and_errors_name_the_field():
+    assert not RejectSettings().handshake.enabled
+    hs = RejectSettings.from_dict({"handshake": {"url": "modbus://10.0.0.5:502?unit=1",
+                                                 "modbus": {"trigger": 20}}}).handshake
+    assert hs.enabled and hs.modbus.trigger == 20 and hs.modbus.ack == 3
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.modbus\.ack: expected a register no other signal "
+                                          r"uses, found 2 \(also part_id\)"):
+        HandshakeSettings.from_dict({"modbus": {"ack": 2}})
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.url: expected null, 'modbus://.*found 'tcp://x'"):
+        HandshakeSettings.from_dict({"url": "tcp://x"})
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.ack_timout_ms: unknown setting \(did you mean "
+                                          r"'ack_timeout_ms'\?\)"):
+        HandshakeSettings.from_dict({"ack_timout_ms": 5})
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.heartbeat_ms: expected at least 5 x poll_ms = 100"):
+        HandshakeSettings.from_dict({"poll_ms": 20, "heartbeat_ms": 60})
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.opcua\.ready: expected a non-empty string, found 4"):
+        HandshakeSettings.from_dict({"opcua": {"ready": 4}})
+
+
+def test_modbus_encoding_scales_and_saturates_the_score_and_splits_part_ids():
+    assert encode("score", 0.4567, 1000.0) == [457]
+    assert encode("score", 123.0, 1000.0) == [65535] and encode("score", math.nan, 1000.0) == [65535]
+    assert encode("score", -1.0, 1000.0) == [0]
+    assert encode("part_id", 0x0001_0002, 1000.0) == [1, 2] and encode("heartbeat", 65537, 1000.0) == [1]
+    assert runs({8: 1, 9: 2, 7: 5, 11: 3}) == [(7, [5, 1, 2]), (11, [3])]
+
+
+# ----------------------------------------------------------------------------- the main path
+@pytest.mark.parametrize("make_plc", [ModbusHandshakePlc, OpcUaHandshakePlc], ids=["modbus", "opcua"])
+def test_every_part_id_gets_one_result_in_order(make_plc):
+    plc = make_plc().start(rate_hz=20, parts=40)
+    station = StandInStation(HandshakeSettings(url=plc.url))
+    try:
+        assert wait_for(lambda: len(plc.program.results) >= 40, 30)
+        time.sleep(0.1)
+        check = plc.program.check()
+        ready_while_running = plc.memory.get("ready")
+    finally:
+        station.close()
+        time.sleep(0.05)
+        plc.close()
+    assert check["triggered"] == check["answered"] == check["unique"] == 40 and check["in_order"]
+    assert check["missing"] == check["unknown"] == check["duplicates"] == 0
+    assert ready_while_running == 1 and plc.program.ready_changes[-1][1] == 0   # stop cleared Ready
+    assert check["ack_round_trip_ms"]["n"] == 40
+    # each part's result is the verdict of the frame taken for it (k-th trigger <-> seq k)
+    by_seq = {v.seq: v for v in station.verdicts}
+    for k, (_, part, result, score) in enumerate(plc.program.results):
+        assert part == plc.program.triggers[k][0]
+        v = by_seq[k]
+        assert result == (RESULT_NG if v.ng else RESULT_OK)
+        tol = 0.0006 if make_plc is ModbusHandshakePlc else 1e-9    # Modbus: round(score * 1000)
+        assert score == pytest.approx(v.score, abs=tol)
+    assert {r for _, _, r, _ in plc.program.results} == {RESULT_OK, RESULT_NG}
+    assert station.hs.stats()["acked"] == 40 and station.hs.stats()["ack_timeouts"] == 0
+
+
+# ----------------------------------------------------------------------------- failures (Modbus)
+def test_a_plc_that_never_acknowledges_raises_the_ack_timeout_fault():
+    plc = ModbusHandshakePlc().start(rate_hz=10, parts=3, ack=False)
+    station = StandInStation(HandshakeSettings(url=plc.url, ack_timeout_ms=300))
+    try:
+        assert wait_for(lambda: plc.program.results, 10)
+        t_first = plc.program.results[0][0]
+        assert wait_for(lambda: plc.memory.get("error") == ERROR_ACK_TIMEOUT, 5)
+        t_error = next(t for t, code in plc.program.error_changes if code == ERROR_ACK_TIMEOUT)
+        assert wait_for(lambda: station.hs.stats()["ack_timeouts"] >= 3, 5)
+        answered = len(plc.program.results)
+    finally:
+        station.close()
+        plc.close()
+    assert 0.3 <= t_error - t_first < 1.3          # not before the timeout; raised soon after it
+    assert answered == 3                            # each withdrawn result let the next one out, once
+    assert [p for _, p, _, _ in plc.program.results] == [p for p, _ in plc.program.triggers]
+    assert station.hs.stats()["acked"] == 0
+
+
+def test_station_fault_drops_ready_holds_error_and_answers_triggers_not_inspected():
+    plc = ModbusHandshakePlc().start(rate_hz=0)
+    station = StandInStation(HandshakeSettings(url=plc.url))
+    try:
+        assert wait_for(lambda: plc.memory.get("ready") == 1, 5)
+        station.hs.fault(True, "camera reconnecting")
+        assert wait_for(lambda: plc.memory.get("ready") == 0 and plc.memory.get("error") == ERROR_STATION_FAULT, 2)
+        plc._lt.call(plc.memory.set("part_id", 77))   # a PLC that triggers anyway
+        plc._lt.call(plc.memory.set("trigger", 1))
+        assert wait_for(lambda: plc.program.results, 2)
+        answer = (plc.program.results[0][1], plc.program.results[0][2], plc.memory.get("trigger"))
+        station.hs.fault(False)
+        assert wait_for(lambda: plc.memory.get("ready") == 1 and plc.memory.get("error") == ERROR_NONE, 2)
+    finally:
+        station.close()
+        plc.close()
+    assert answer == (77, RESULT_NOT_INSPECTED, 0)
+    assert station.verdicts == []                   # no frame was taken for it
+
+
+def test_plc_restart_reconnects_and_never_replays_a_stale_result():
+    first = ModbusHandshakePlc().start(rate_hz=10, parts=1, ack=False)   # part 1000's result stays up ...
+    port = first.port
+    station = StandInStation(HandshakeSettings(url=first.url, result_timeout_ms=300))
+    try:
+        assert wait_for(lambda: first.program.results, 5)
+        first.close()                               # ... when the PLC goes away
+        time.sleep(0.8)
+        plc = ModbusHandshakePlc(port).start(rate_hz=10, parts=5, first_id=2000)   # back, memory cleared
+        assert wait_for(lambda: len(plc.program.results) >= 5, 15)
+        time.sleep(0.2)
+        check = plc.program.check()
+        stats = station.hs.stats()
+    finally:
+        station.close()
+        plc.close()
+    assert [p for _, p, _, _ in first.program.results] == [1000]
+    assert stats["reconnects"] >= 1 and stats["io_errors"] >= 1 and stats["withdrawn"] == 1
+    assert check["answered"] == check["triggered"] == 5 and check["in_order"]
+    assert check["unknown"] == 0                    # part 1000's result was not written again
