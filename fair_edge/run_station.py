@@ -313,6 +313,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             if on_tick is not None:
                 on_tick(insp)
 
+        if line.handshake is not None:
+            line.handshake.begin()   # ready rises: the PLC may trigger
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick)
         finish_line(cfg, line, summary, watch())
     cfg.output.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class StandInStation:
         self.hs = open_handshake(settings).start()
         self.capture = self.hs.capture(LineSource(IMAGES, fps=200, loop=True), CaptureSettings(queue_size=4),
                                        on_drop=self.hs.on_drop).start()
+        self.hs.begin()
         self.verdicts: list[Verdict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._inspect, daemon=True)

@@ -13,8 +13,8 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
 4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
 
-``ready`` is 1 while the link is up, the station inspects and no station fault is held
-(``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
+``ready`` is 1 while the link is up, the station inspects (from ``begin()``) and no station fault
+is held (``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
 must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
@@ -86,9 +86,9 @@ class Ticket:
 class Handshake:
     """Runs the handshake over ``link`` (opened and reopened by its own thread, started by ``start()``).
 
-    Station side: ``next_trigger()`` / ``bind()`` (the triggered source), ``on_verdict`` (the
-    inspector's callback), ``on_drop`` (the capture queue dropped a frame), ``fault()`` (the
-    station cannot inspect), ``finish()`` then ``close()``.
+    Station side: ``begin()`` (inspection runs), ``next_trigger()`` / ``bind()`` (the triggered
+    source), ``on_verdict`` (the inspector's callback), ``on_drop`` (the capture queue dropped a
+    frame), ``fault()`` (the station cannot inspect), ``finish()`` then ``close()``.
     """
 
     def __init__(self, settings: HandshakeSettings, link: HandshakeLink) -> None:
@@ -105,7 +105,7 @@ class Handshake:
         self._next_result = 0.0              # no result is written before this (monotonic s)
         self._station_fault: str | None = None
         self._latched = ERROR_NONE
-        self._inspecting = True
+        self._inspecting = False             # set by begin(): the station is running
         self._shown: tuple[bool, int] | None = None     # (ready, error) last written
         self._heartbeat = 0
         self._next_beat = 0.0
@@ -126,6 +126,11 @@ class Handshake:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def begin(self) -> None:
+        """The station inspects from now on: ``ready`` may rise (call it once capture and the
+        inspection loop are up; before that a trigger is answered NG not inspected)."""
+        self._inspecting = not self._closed
 
     def finish(self, fault: str = "", timeout_s: float = FINISH_S) -> None:
         """The station stops: ``ready`` drops (the PLC triggers no more), parts whose frame never

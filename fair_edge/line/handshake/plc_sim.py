@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from ..sim_plc import LoopThread, free_port
+from ..sim_plc import ChildServer, LoopThread, free_port
 from .modbus import encode
 from .settings import (ACK, ERROR, HEARTBEAT, PART_ID, READY, RESULT, RESULT_PART_ID, RESULTS_READY,
                        SCORE, TRIGGER, HandshakeSettings, ModbusSignals, OpcUaSignals)
@@ -134,12 +136,15 @@ class PlcProgram:
         self._next_t += 1.0 / self.rate_hz
 
     def check(self) -> dict:
-        """Every triggered part answered exactly once, in trigger order; latency figures (ms)."""
+        """Every triggered part answered exactly once, in trigger order; latency figures (ms); gaps
+        between heartbeat changes (ms) and how many exceeded heartbeat_ms (a PLC would have seen the
+        station as dead)."""
         ids = [p for _, p, _, _ in self.results]
         order = [p for p, _ in self.triggers]
         t_trig = dict(self.triggers)
         lat = [1000 * (t - t_trig[p]) for t, p, _, _ in self.results if p in t_trig]
         take = [1000 * (self.taken[p] - t_trig[p]) for p in self.taken if p in t_trig]
+        gaps = 1000 * np.diff(np.asarray(self.heartbeats, dtype=float))
         return {
             "triggered": len(order), "answered": len(ids), "unique": len(set(ids)),
             "duplicates": len(ids) - len(set(ids)), "unknown": len(set(ids) - set(order)),
@@ -148,6 +153,10 @@ class PlcProgram:
             "results": {str(code): sum(r == code for _, _, r, _ in self.results) for code in (1, 2, 3)},
             "trigger_to_result_ms": percentiles(lat), "trigger_taken_ms": percentiles(take),
             "ack_round_trip_ms": percentiles([1000 * x for x in self.ack_round_trips]),
+            "heartbeat_gap_ms": percentiles(gaps.tolist()),
+            "heartbeat_stale": int(np.sum(gaps > 1000 * self.heartbeat_s)),
+            "heartbeat_stale_gaps": [(round(self.heartbeats[i], 3), round(float(gaps[i]), 1))
+                                     for i in np.flatnonzero(gaps > 1000 * self.heartbeat_s)[:20]],
         }
 
 
@@ -317,6 +326,22 @@ class OpcUaHandshakePlc:
 
         self._lt.call(_stop())
         self._lt.close()
+
+
+class HandshakePlcProcess(ChildServer):
+    """The handshake test PLC (``python -m fair_edge.line.handshake.plc_sim``) in a process of its own,
+    triggering at ``rate`` parts/s; ``stop()`` (SIGTERM) makes it write its report to ``report_path``."""
+
+    def __init__(self, report_path: Path, rate: float) -> None:
+        port = free_port()
+        super().__init__([sys.executable, "-m", "fair_edge.line.handshake.plc_sim", "--port", str(port),
+                          "--rate", f"{rate:.4f}", "--report", str(report_path)], port, "handshake PLC")
+        self.report_path = report_path
+        self.url = f"modbus://127.0.0.1:{port}?unit=1"
+        report_path.unlink(missing_ok=True)
+
+    def report(self) -> dict:
+        return json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
