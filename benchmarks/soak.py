@@ -468,7 +468,7 @@ def handshake_rows(report: dict) -> list[str]:
         f"| trigger -> results ready ms (p50 / p90 / p99 / max) | {pct_text(plc['trigger_to_result_ms'])} |",
         f"| trigger taken ms (p50 / p90 / p99 / max) | {pct_text(plc['trigger_taken_ms'])} |",
         f"| ack round trip ms (p50 / p90 / p99 / max) | {pct_text(plc['ack_round_trip_ms'])} |",
-        f"| heartbeat gap ms (p50 / p90 / p99 / max); gaps > heartbeat_ms | {pct_text(plc['heartbeat_gap_ms'])}; "
+        f"| heartbeat gap ms (p50 / p90 / p99 / max); gaps > heartbeat_ms while ready | {pct_text(plc['heartbeat_gap_ms'])}; "
         f"{plc['heartbeat_stale']} |",
         f"| late triggers (station not ready or trigger not taken) | {plc.get('late_triggers')} |",
         f"| station: ack timeouts / expired / answered not inspected / link errors | {st.get('ack_timeouts')} / "

@@ -17,6 +17,16 @@ log = logging.getLogger(__name__)
 ModbusTestServer = SimulatedPlc
 
 
+def wait_for(cond, timeout_s: float, step_s: float = 0.01) -> bool:
+    """Poll ``cond()`` until it is true or ``timeout_s`` passes; returns its last value as a bool."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step_s)
+    return bool(cond())
+
+
 class OpcUaTestServer:
     """OPC UA server with ``ns=2;s=Reject`` (Boolean) and ``ns=2;s=RejectCount`` (Int32), both
     writable; ``changes[name]`` holds ``(t_monotonic, value)`` for each write."""

@@ -24,18 +24,10 @@ from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Verdict
 
 pytest.importorskip("pymodbus")
+from line_servers import wait_for  # noqa: E402
 from fair_edge.line.handshake.plc_sim import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
-
-
-def wait_for(cond, timeout_s: float, step_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step_s)
-    return bool(cond())
 
 
 class StandInStation:

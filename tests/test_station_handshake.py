@@ -22,18 +22,10 @@ from fair_edge.run_station import run_station
 from fair_edge.station import CameraSettings, StationConfig
 
 pytest.importorskip("pymodbus")
+from line_servers import wait_for  # noqa: E402
 from fair_edge.line.handshake.plc_sim import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 PARTS = 24
-
-
-def wait_for(cond, timeout_s: float, step_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step_s)
-    return bool(cond())
 
 
 @pytest.mark.parametrize("make_plc", [ModbusHandshakePlc, OpcUaHandshakePlc], ids=["modbus", "opcua"])

@@ -139,11 +139,7 @@ class Handshake:
         if fault:
             self.fault(True, fault)
         self._inspecting = False
-        while True:
-            try:
-                self._answer(self._triggers.get_nowait(), RESULT_NOT_INSPECTED)
-            except queue.Empty:
-                break
+        self._answer_waiting()
         deadline = time.monotonic() + timeout_s
         while self._open_parts() and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.005)
@@ -201,8 +197,11 @@ class Handshake:
             self._answer(ticket, RESULT_NOT_INSPECTED)
 
     def fault(self, active: bool, reason: str = "") -> None:
-        """Hold ``ready`` = 0 and ``error`` = 1 while the station cannot inspect (a FaultBoard target)."""
+        """Hold ``ready`` = 0 and ``error`` = 1 while the station cannot inspect (a FaultBoard target);
+        parts triggered but not yet given a frame are answered NG not inspected at once."""
         self._station_fault = (reason or "station fault") if active else None
+        if active:
+            self._answer_waiting()
 
     @property
     def ready(self) -> bool:
@@ -327,6 +326,14 @@ class Handshake:
             ticket.score, ticket.t_result = float(score), time.monotonic()
             ticket.result = code
         self._counters.add({RESULT_OK: "ok", RESULT_NG: "ng"}.get(code, "not_inspected"))
+
+    def _answer_waiting(self) -> None:
+        """Parts triggered whose frame was not taken yet: NG not inspected (the station cannot)."""
+        while True:
+            try:
+                self._answer(self._triggers.get_nowait(), RESULT_NOT_INSPECTED)
+            except queue.Empty:
+                return
 
     def _fail(self, code: int, detail: str) -> None:
         log.error("handshake %s: error %d: %s", self.name, code, detail)

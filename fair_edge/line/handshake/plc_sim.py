@@ -137,14 +137,15 @@ class PlcProgram:
 
     def check(self) -> dict:
         """Every triggered part answered exactly once, in trigger order; latency figures (ms); gaps
-        between heartbeat changes (ms) and how many exceeded heartbeat_ms (a PLC would have seen the
-        station as dead)."""
+        between heartbeat changes (ms) and how many exceeded heartbeat_ms while Ready was 1 (a PLC
+        would have taken the station for dead)."""
         ids = [p for _, p, _, _ in self.results]
         order = [p for p, _ in self.triggers]
         t_trig = dict(self.triggers)
         lat = [1000 * (t - t_trig[p]) for t, p, _, _ in self.results if p in t_trig]
         take = [1000 * (self.taken[p] - t_trig[p]) for p in self.taken if p in t_trig]
         gaps = 1000 * np.diff(np.asarray(self.heartbeats, dtype=float))
+        stale = [int(i) for i in np.flatnonzero(gaps > 1000 * self.heartbeat_s) if self._ready_at(self.heartbeats[i])]
         return {
             "triggered": len(order), "answered": len(ids), "unique": len(set(ids)),
             "duplicates": len(ids) - len(set(ids)), "unknown": len(set(ids) - set(order)),
@@ -154,10 +155,14 @@ class PlcProgram:
             "trigger_to_result_ms": percentiles(lat), "trigger_taken_ms": percentiles(take),
             "ack_round_trip_ms": percentiles([1000 * x for x in self.ack_round_trips]),
             "heartbeat_gap_ms": percentiles(gaps.tolist()),
-            "heartbeat_stale": int(np.sum(gaps > 1000 * self.heartbeat_s)),
-            "heartbeat_stale_gaps": [(round(self.heartbeats[i], 3), round(float(gaps[i]), 1))
-                                     for i in np.flatnonzero(gaps > 1000 * self.heartbeat_s)[:20]],
+            "heartbeat_stale": len(stale),
+            "heartbeat_stale_gaps": [(round(self.heartbeats[i], 3), round(float(gaps[i]), 1)) for i in stale[:20]],
         }
+
+    def _ready_at(self, t: float) -> int:
+        """Ready as the PLC read it at monotonic ``t``."""
+        before = [v for tc, v in self.ready_changes if tc <= t]
+        return before[-1] if before else 0
 
 
 def percentiles(values: list[float]) -> dict:
@@ -199,37 +204,28 @@ class ModbusMemory:
         return None
 
 
-class ModbusHandshakePlc:
-    """The test PLC on a Modbus TCP server (unit 1, holding registers 0..63). ``program`` is made by
-    ``start(**program_options)`` (see ``PlcProgram``)."""
+class _PlcServer:
+    """A server on 127.0.0.1 on its own asyncio loop thread with ``PlcProgram`` scanning ``memory``.
+    Subclasses implement ``_serve()`` (start the server, return it) and ``_shutdown(server)``."""
 
-    def __init__(self, port: int | None = None, signals: ModbusSignals = ModbusSignals(),
-                 score_scale: float = HandshakeSettings.score_scale) -> None:
+    start_timeout_s = 10.0
+
+    def __init__(self, memory, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.memory = ModbusMemory(signals, score_scale)
+        self.memory = memory
         self.program: PlcProgram | None = None
         self._lt = LoopThread()
         self._server = None
         self._task = None
 
-    @property
-    def url(self) -> str:
-        return f"modbus://127.0.0.1:{self.port}?unit=1"
-
     async def _start(self, options: dict) -> None:
-        from pymodbus.server import ModbusTcpServer
-        from pymodbus.simulator import DataType, SimData, SimDevice
-
-        bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
-        regs = [SimData(0, count=64, values=0, datatype=DataType.REGISTERS)]
-        device = SimDevice(1, simdata=(bits, list(bits), regs, list(regs)), action=self.memory.action)
-        self._server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
-        await self._server.serve_forever(background=True)
+        self._server = await self._serve()
         self.program = PlcProgram(self.memory, **options)
         self._task = asyncio.ensure_future(self.program.run())
 
-    def start(self, **program_options) -> ModbusHandshakePlc:
-        self._lt.call(self._start(program_options))
+    def start(self, **program_options):
+        """Start the server and the PLC program (``PlcProgram``'s options); returns self."""
+        self._lt.call(self._start(program_options), timeout=self.start_timeout_s)
         return self
 
     def close(self) -> None:
@@ -238,10 +234,36 @@ class ModbusHandshakePlc:
                 self.program.stop()
                 self._task.cancel()
             if self._server is not None:
-                await self._server.shutdown()
+                await self._shutdown(self._server)
 
         self._lt.call(_stop())
         self._lt.close()
+
+
+class ModbusHandshakePlc(_PlcServer):
+    """The test PLC on a Modbus TCP server (unit 1, holding registers 0..63, coils 0..15)."""
+
+    def __init__(self, port: int | None = None, signals: ModbusSignals = ModbusSignals(),
+                 score_scale: float = HandshakeSettings.score_scale) -> None:
+        super().__init__(ModbusMemory(signals, score_scale), port)
+
+    @property
+    def url(self) -> str:
+        return f"modbus://127.0.0.1:{self.port}?unit=1"
+
+    async def _serve(self):
+        from pymodbus.server import ModbusTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+        regs = [SimData(0, count=64, values=0, datatype=DataType.REGISTERS)]
+        device = SimDevice(1, simdata=(bits, list(bits), regs, list(regs)), action=self.memory.action)
+        server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
+        await server.serve_forever(background=True)
+        return server
+
+    async def _shutdown(self, server) -> None:
+        await server.shutdown()
 
 
 OPCUA_TYPES = {TRIGGER: "Boolean", PART_ID: "UInt32", ACK: "Boolean", READY: "Boolean", HEARTBEAT: "UInt16",
@@ -268,22 +290,19 @@ class OpcUaMemory:
                                                      else value, self.types[name]))
 
 
-class OpcUaHandshakePlc:
+class OpcUaHandshakePlc(_PlcServer):
     """The test PLC on an OPC UA server (``opc.tcp://127.0.0.1:PORT/fair/``, nodes ``OpcUaSignals()``)."""
 
+    start_timeout_s = 30.0
+
     def __init__(self) -> None:
-        self.port = free_port()
-        self.memory = OpcUaMemory()
-        self.program: PlcProgram | None = None
-        self._lt = LoopThread()
-        self._server = None
-        self._task = None
+        super().__init__(OpcUaMemory())
 
     @property
     def url(self) -> str:
         return f"opcua://127.0.0.1:{self.port}/fair/"
 
-    async def _start(self, options: dict) -> None:
+    async def _serve(self):
         from asyncua import Server, ua
 
         server = Server()
@@ -302,30 +321,16 @@ class OpcUaHandshakePlc:
             self.memory.vars[name], self.memory.types[name] = var, vtype
             server.iserver.aspace.add_datachange_callback(var.nodeid, ua.AttributeIds.Value, self._mirror(name))
         await server.start()
-        self._server = server
-        self.program = PlcProgram(self.memory, **options)
-        self._task = asyncio.ensure_future(self.program.run())
+        return server
+
+    async def _shutdown(self, server) -> None:
+        await server.stop()
 
     def _mirror(self, name: str):
         async def on_change(_handle, datavalue):
             v = datavalue.Value.Value
             self.memory.values[name] = float(v) if name == SCORE else int(v)
         return on_change
-
-    def start(self, **program_options) -> OpcUaHandshakePlc:
-        self._lt.call(self._start(program_options), timeout=30)
-        return self
-
-    def close(self) -> None:
-        async def _stop() -> None:
-            if self.program is not None:
-                self.program.stop()
-                self._task.cancel()
-            if self._server is not None:
-                await self._server.stop()
-
-        self._lt.call(_stop())
-        self._lt.close()
 
 
 class HandshakePlcProcess(ChildServer):
