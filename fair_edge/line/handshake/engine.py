@@ -8,8 +8,9 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
 2. a result is up (``results_ready`` = 1) and ``ack`` = 1: ``ack`` and then ``results_ready`` go
    back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``results_ready`` = 0),
    counted ``ack_timeouts``, logged, ``error`` = 10.
-3. no result up (and results_ready has been 0 for two polls): the oldest triggered part (results go out in trigger order) is written
-   (``result_part_id``, ``result``, ``score``, then ``results_ready`` = 1) once its verdict is in.
+3. no result up (and ``results_ready`` 0 for two polls at least): the oldest triggered part (results
+   go out in trigger order) is written (``result_part_id``, ``result``, ``score``, then
+   ``results_ready`` = 1) once its verdict is in.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
 4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
 
@@ -18,7 +19,8 @@ is held (``fault()``); ``finish()`` and ``close()`` drop it. A dead process cann
 must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
-withdrawn (its ack is unknown) and parts past their timeout are dropped: nothing stale is replayed.
+withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges nothing) and parts
+past their timeout are dropped: nothing stale is replayed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off: first, most
 FINISH_S = 2.0            # finish(): most time to answer and get acks for the parts still open
-TIMING_MEMORY = 200_000   # per-part timing records kept (about 5 h at 10 parts/s)
 HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
                       "expired", "overruns", "withdrawn", "io_errors", "device_errors", "reconnects",
                       "stale_frames")
@@ -70,7 +71,7 @@ class HandshakeLink(Protocol):
 class Ticket:
     """One triggered part. t_trigger: monotonic s when the station saw the trigger; deadline:
     t_trigger + result_timeout_ms; seq: the frame that inspects it (None until captured);
-    t_result / t_written / t_acked: when its verdict came, its result was written, its ack seen."""
+    result / score: its answer (RESULT_NONE until the verdict); t_written: when it was written."""
 
     part_id: int
     t_trigger: float
@@ -78,9 +79,7 @@ class Ticket:
     seq: int | None = None
     result: int = RESULT_NONE
     score: float = math.nan
-    t_result: float | None = None
     t_written: float | None = None
-    t_acked: float | None = None
 
 
 class Handshake:
@@ -100,7 +99,6 @@ class Handshake:
         self._order: collections.deque[Ticket] = collections.deque()   # trigger order, oldest first
         self._by_seq: dict[int, Ticket] = {}
         self._triggers: queue.Queue[Ticket] = queue.Queue(maxsize=settings.max_parts)
-        self.done: collections.deque[Ticket] = collections.deque(maxlen=TIMING_MEMORY)
         self._up: Ticket | None = None       # the result now up (results_ready = 1)
         self._next_result = 0.0              # no result is written before this (monotonic s)
         self._station_fault: str | None = None
@@ -176,6 +174,10 @@ class Handshake:
         with self._lock:
             ticket.seq = seq
             self._by_seq[seq] = ticket
+
+    def count_stale_frame(self) -> None:
+        """The triggered source skipped a frame captured before its trigger."""
+        self._counters.add("stale_frames")
 
     def answer_not_inspected(self, ticket: Ticket) -> None:
         """No frame could be taken for this part (camera read failed): NG not inspected."""
@@ -275,11 +277,9 @@ class Handshake:
         up = self._up
         if ack:
             self.link.write([(ACK, 0), (RESULTS_READY, 0)])
-            up.t_acked = now
             self._next_result = now + 2 * self._poll_s   # results_ready stays 0 for 2 polls at least
             self._counters.add("acked")
             self._up = None
-            self.done.append(up)
             if self._latched in (ERROR_ACK_TIMEOUT, ERROR_RESULT_TIMEOUT, ERROR_TRIGGER_OVERRUN):
                 log.warning("handshake %s: part %d acknowledged in time; error %d cleared", self.name,
                             up.part_id, self._latched)
@@ -291,7 +291,6 @@ class Handshake:
             self.link.write([(RESULTS_READY, 0)])
             self._next_result = now + 2 * self._poll_s
             self._up = None
-            self.done.append(up)
 
     def _write_next(self, now: float) -> None:
         with self._lock:
@@ -314,7 +313,6 @@ class Handshake:
         if ticket.seq is not None:
             self._by_seq.pop(ticket.seq, None)
         self._counters.add("expired")
-        self.done.append(ticket)
         self._fail(ERROR_RESULT_TIMEOUT, f"part {ticket.part_id}: no result within "
                                          f"{self.settings.result_timeout_ms:g} ms of its trigger; not answered "
                                          f"(reject.handshake.result_timeout_ms)")
@@ -323,7 +321,7 @@ class Handshake:
         with self._lock:
             if ticket.result != RESULT_NONE:
                 return
-            ticket.score, ticket.t_result = float(score), time.monotonic()
+            ticket.score = float(score)
             ticket.result = code
         self._counters.add({RESULT_OK: "ok", RESULT_NG: "ng"}.get(code, "not_inspected"))
 
@@ -351,9 +349,8 @@ class Handshake:
             self.link.open()
             if self._up is not None:   # its ack state is unknown after an outage: withdraw it
                 self._counters.add("withdrawn")
-                self.done.append(self._up)
                 self._up = None
-            self.link.write([(RESULTS_READY, 0), (HEARTBEAT, self._heartbeat)])
+            self.link.write([(ACK, 0), (RESULTS_READY, 0), (HEARTBEAT, self._heartbeat)])   # a stale ack acks nothing
         except PlcError as exc:
             self.link.close()
             self._next_try = time.monotonic() + self._delay

@@ -55,7 +55,7 @@ class TriggeredSource:
             for _ in range(MAX_STALE):
                 if frame.t_capture >= ticket.t_trigger:
                     break
-                self.handshake._counters.add("stale_frames")
+                self.handshake.count_stale_frame()
                 frame = self.inner.read()
         except CameraError:
             self.handshake.answer_not_inspected(ticket)
