@@ -74,6 +74,9 @@ def test_handshake_settings_default_off_and_errors_name_the_field():
         HandshakeSettings.from_dict({"modbus": {"ack": 2}})
     with pytest.raises(ConfigError, match=r"reject\.handshake\.url: expected null, 'modbus://.*found 'tcp://x'"):
         HandshakeSettings.from_dict({"url": "tcp://x"})
+    with pytest.raises(ConfigError, match=r"reject\.handshake\.url: modbus://10\.0\.0\.5\?unti=1: unknown option "
+                                          r"'unti' \(did you mean 'unit'\?\)"):
+        HandshakeSettings.from_dict({"url": "modbus://10.0.0.5?unti=1"})
     with pytest.raises(ConfigError, match=r"reject\.handshake\.ack_timout_ms: unknown setting \(did you mean "
                                           r"'ack_timeout_ms'\?\)"):
         HandshakeSettings.from_dict({"ack_timout_ms": 5})

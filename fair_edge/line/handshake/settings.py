@@ -147,7 +147,7 @@ class HandshakeSettings:
         if heartbeat < HEARTBEAT_STEPS * poll:
             raise ConfigError(f"{s}.heartbeat_ms: expected at least {HEARTBEAT_STEPS} x poll_ms = "
                               f"{HEARTBEAT_STEPS * poll:g}, found {heartbeat:g}; raise it or lower poll_ms")
-        return cls(
+        out = cls(
             url=url, poll_ms=poll, heartbeat_ms=heartbeat,
             ack_timeout_ms=f.number(s, "ack_timeout_ms", d["ack_timeout_ms"], minimum=1),
             result_timeout_ms=f.number(s, "result_timeout_ms", d["result_timeout_ms"], minimum=1),
@@ -156,6 +156,19 @@ class HandshakeSettings:
             modbus=ModbusSignals.from_dict(d.get("modbus")),
             opcua=OpcUaSignals.from_dict(d.get("opcua")),
         )
+        if url is not None:
+            out.check_url()
+        return out
+
+    def check_url(self) -> None:
+        """Parse ``url`` as the link would (host, options) without connecting; ``ConfigError`` if bad."""
+        from ...errors import SinkError
+        from . import open_handshake
+
+        try:
+            open_handshake(self)
+        except SinkError as exc:
+            raise ConfigError(f"reject.handshake.url: {exc}") from exc
 
     @property
     def enabled(self) -> bool:
