@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from ..errors import PlcError, SinkError
 from .encoder import EncoderSource, FakeEncoder
+from .sinks.modbus import connect_client
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
@@ -166,14 +167,7 @@ class ModbusCounter:
             from pymodbus.client import ModbusTcpClient
             self._factory = ModbusTcpClient
         client = self._factory(self.host, port=self.port, timeout=self.timeout_s, retries=0)
-        try:
-            ok = client.connect()
-        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
-            raise PlcError(f"{self.name}: connect failed: {exc}") from exc
-        if not ok:
-            client.close()
-            raise PlcError(f"{self.name}: expected a connection, found none (is the PLC on and the port open?)")
-        self._client = client
+        self._client = connect_client(client, self.name)
 
     def read(self) -> int:
         if self._client is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import PlcDeviceError, PlcError, SinkError
+from ..sinks.modbus import connect_client
 from ..sinks.urls import SinkUrl
 from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, ModbusSignals
 
@@ -64,15 +65,7 @@ class ModbusLink:
 
     def open(self) -> None:
         self.close()
-        client = self._factory(self.host, self.port, self.timeout_s)
-        try:
-            ok = client.connect()
-        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
-            raise PlcError(f"{self.name}: connect failed: {exc}") from exc
-        if not ok:
-            client.close()
-            raise PlcError(f"{self.name}: expected a connection, found none (is the PLC on and the port open?)")
-        self._client = client
+        self._client = connect_client(self._factory(self.host, self.port, self.timeout_s), self.name)
 
     def read_inputs(self) -> dict[str, int]:
         """The PLC's signals: ``{trigger, part_id, ack}`` as integers (one FC 3 read when they

@@ -69,6 +69,19 @@ def default_client_factory(target: ModbusTarget) -> Any:
     return ModbusTcpClient(target.host, port=target.port, timeout=target.timeout_s, retries=0)
 
 
+def connect_client(client: Any, label: str) -> Any:
+    """``client.connect()``, or ``PlcError`` naming ``label`` (the client is closed then); returns
+    the connected client. Shared by the sinks, the encoder and the handshake."""
+    try:
+        ok = client.connect()
+    except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
+        raise PlcError(f"{label}: connect failed: {exc}") from exc
+    if not ok:
+        client.close()
+        raise PlcError(f"{label}: expected a connection, found none (is the PLC on and the port open?)")
+    return client
+
+
 class ModbusOutput:
     """``Output`` over one Modbus client. The client is made by ``client_factory(target)``
     (tests hand in another); a device's exception reply (``result.isError()``) raises
@@ -82,16 +95,7 @@ class ModbusOutput:
 
     def open(self) -> None:
         self.close()
-        client = self._factory(self.target)
-        try:
-            ok = client.connect()
-        except Exception as exc:  # noqa: BLE001 - any transport failure is a link failure
-            raise PlcError(f"{self.target.label}: connect failed: {exc}") from exc
-        if not ok:
-            client.close()
-            raise PlcError(f"{self.target.label}: expected a connection, found none "
-                           f"(is the PLC on and the port open?)")
-        self._client = client
+        self._client = connect_client(self._factory(self.target), self.target.label)
 
     def set(self, on: bool) -> None:
         if self._client is None:
