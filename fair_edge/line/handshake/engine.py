@@ -268,7 +268,7 @@ class Handshake:
                 except queue.Full:
                     self._counters.add("overruns")
                     self._fail(ERROR_TRIGGER_OVERRUN, f"part {part_id}: {self.settings.max_parts} parts "
-                                                      f"already wait for a result (reject.handshake.max_parts)")
+                                                      f"already wait to be captured (reject.handshake.max_parts)")
                     self._answer(ticket, RESULT_NOT_INSPECTED)
         self.link.write([(TRIGGER, 0)])
         self._taken = None

@@ -31,13 +31,13 @@ ERROR_NONE = 0
 ERROR_STATION_FAULT = 1       # the station cannot inspect (camera gone or reconnecting, backend failing)
 ERROR_ACK_TIMEOUT = 10        # a result was not acknowledged within ack_timeout_ms
 ERROR_RESULT_TIMEOUT = 11     # a triggered part got no result within result_timeout_ms (never written late)
-ERROR_TRIGGER_OVERRUN = 12    # more than max_parts triggered parts waiting for their result
+ERROR_TRIGGER_OVERRUN = 12    # more than max_parts triggered parts waiting to be captured
 ERROR_CODES = {
     ERROR_NONE: "no fault",
     ERROR_STATION_FAULT: "station fault: cannot inspect (camera, backend); Ready is 0",
     ERROR_ACK_TIMEOUT: "ack timeout: a result was not acknowledged within ack_timeout_ms",
     ERROR_RESULT_TIMEOUT: "result timeout: a triggered part got no result within result_timeout_ms",
-    ERROR_TRIGGER_OVERRUN: "trigger overrun: more than max_parts parts waiting for a result",
+    ERROR_TRIGGER_OVERRUN: "trigger overrun: more than max_parts parts waiting to be captured",
 }
 HEARTBEAT_MODULUS = 1 << 16   # the heartbeat counter wraps to 0 after 65535 (both protocols)
 HEARTBEAT_STEPS = 5           # the counter changes this many times per heartbeat_ms
@@ -119,7 +119,7 @@ class HandshakeSettings:
     result_timeout_ms: trigger -> results_ready, most ms; a part without a result by then is never
         answered late (``error`` = 11; the PLC rejects it).
     score_scale: Modbus only: the score register holds round(score * score_scale), 0..65535.
-    max_parts: most triggered parts waiting for their result; more = ``error`` 12, answered NG
+    max_parts: most triggered parts waiting to be captured; more = ``error`` 12, answered NG
         not inspected.
     modbus / opcua: where each signal lives (the one the URL's scheme names is used).
     """
