@@ -186,3 +186,20 @@ def test_plc_restart_reconnects_and_never_replays_a_stale_result():
     assert stats["reconnects"] >= 1 and stats["io_errors"] >= 1 and stats["withdrawn"] == 1
     assert check["answered"] == check["triggered"] == 5 and check["in_order"]
     assert check["unknown"] == 0                    # part 1000's result was not written again
+
+
+def test_an_ack_left_over_from_before_the_station_connected_acknowledges_nothing():
+    plc = ModbusHandshakePlc().start(rate_hz=0, ack=False)
+    plc._lt.call(plc.memory.set("ack", 1))          # stale: no result was up
+    station = StandInStation(HandshakeSettings(url=plc.url, ack_timeout_ms=5000))
+    try:
+        assert wait_for(lambda: plc.memory.get("ready") == 1, 5)
+        plc._lt.call(plc.memory.set("part_id", 5))
+        plc._lt.call(plc.memory.set("trigger", 1))
+        assert wait_for(lambda: plc.program.results, 5)
+        time.sleep(0.3)                              # many polls with the result up
+        up, stats = plc.memory.get("results_ready"), station.hs.stats()
+    finally:
+        station.close()
+        plc.close()
+    assert up == 1 and stats["acked"] == 0 and plc.program.results[0][1] == 5
