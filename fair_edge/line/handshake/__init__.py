@@ -15,14 +15,14 @@ from fair_edge.cameras.base import FrameSource
 from fair_edge.cameras.capture import CaptureSettings
 from ..sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 from .engine import Handshake, HandshakeLink, Ticket
-from .modbus import ModbusLink
-from .opcua import OpcUaLink
+from .modbus import ModbusLink, open_modbus_link
+from .opcua import OpcUaLink, open_opcua_link
 from .settings import ERROR_CODES, HandshakeSettings, ModbusSignals, OpcUaSignals
 from .trigger import TriggeredCapture, TriggeredSource
 
 HANDSHAKE_SCHEMES: dict[str, Callable[[SinkUrl, HandshakeSettings], HandshakeLink]] = {
-    "modbus": lambda url, s: ModbusLink(url, s.modbus, s.score_scale),
-    "opcua": lambda url, s: OpcUaLink(url, s.opcua, s.score_scale),
+    "modbus": open_modbus_link,
+    "opcua": open_opcua_link,
 }
 
 
@@ -41,6 +41,6 @@ def open_handshake(settings: HandshakeSettings) -> StationHandshake:
     return StationHandshake(settings, scheme_entry(HANDSHAKE_SCHEMES, url, "handshake")(url, settings))
 
 
-__all__ = ["ERROR_CODES", "HANDSHAKE_SCHEMES", "Handshake", "HandshakeSettings", "ModbusSignals",
-           "OpcUaSignals", "StationHandshake", "Ticket", "TriggeredCapture", "TriggeredSource",
+__all__ = ["ERROR_CODES", "HANDSHAKE_SCHEMES", "Handshake", "HandshakeSettings", "ModbusLink", "ModbusSignals",
+           "OpcUaLink", "OpcUaSignals", "StationHandshake", "Ticket", "TriggeredCapture", "TriggeredSource",
            "open_handshake"]

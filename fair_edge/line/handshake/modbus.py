@@ -18,7 +18,7 @@ from typing import Any
 from ...errors import PlcDeviceError, PlcError, SinkError
 from ..sinks.modbus import connect_client
 from ..sinks.urls import SinkUrl
-from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, ModbusSignals
+from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings, ModbusSignals
 
 MODBUS_OPTIONS = ("unit", "timeout_ms")
 MAX_READ = 125   # registers one FC 3 request may read
@@ -121,6 +121,11 @@ class ModbusLink:
             raise PlcDeviceError(f"{self.name}: device refused the {what} at register {args[0]}: {result} "
                                  f"(check reject.handshake.modbus addresses and the unit id)")
         return result
+
+
+def open_modbus_link(url: SinkUrl, settings: HandshakeSettings) -> ModbusLink:
+    """The ``modbus://`` entry of ``HANDSHAKE_SCHEMES`` (not connected yet)."""
+    return ModbusLink(url, settings.modbus, settings.score_scale)
 
 
 def _pymodbus_client(host: str, port: int, timeout_s: float) -> Any:

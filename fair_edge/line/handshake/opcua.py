@@ -16,7 +16,7 @@ from typing import Any
 
 from ...errors import PlcDeviceError, PlcError, SinkError
 from ..sinks.urls import SinkUrl
-from .settings import PLC_SIGNALS, STATION_SIGNALS, OpcUaSignals
+from .settings import PLC_SIGNALS, STATION_SIGNALS, HandshakeSettings, OpcUaSignals
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ OPCUA_OPTIONS = ("timeout_ms",)
 class OpcUaLink:
     """``HandshakeLink`` over one asyncua sync ``Client``."""
 
-    def __init__(self, url: SinkUrl, signals: OpcUaSignals, score_scale: float) -> None:
+    def __init__(self, url: SinkUrl, signals: OpcUaSignals) -> None:
         url.check_query(OPCUA_OPTIONS)
         if not url.host:
             raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH, found no host")
@@ -99,6 +99,11 @@ class OpcUaLink:
             return PlcDeviceError(f"{self.name}: server refused the {what}: {exc} "
                                   f"(check the node ids and their access level)")
         return PlcError(f"{self.name}: {what} failed: {exc}")
+
+
+def open_opcua_link(url: SinkUrl, settings: HandshakeSettings) -> OpcUaLink:
+    """The ``opcua://`` entry of ``HANDSHAKE_SCHEMES`` (not connected yet)."""
+    return OpcUaLink(url, settings.opcua)
 
 
 def _convert(value: float | int | bool, vtype: Any, ua: Any) -> Any:
