@@ -5,9 +5,9 @@ The program (``PlcProgram``) does what a line PLC does: while ``ready`` = 1 and 
 fresh it triggers the next part at ``rate_hz`` (part id first, then ``trigger`` = 1, only once the
 station has set the previous trigger back to 0), reads every result when ``results_ready`` rises,
 acknowledges it (unless ``ack=False``), and watches the heartbeat: a counter unchanged for
-``heartbeat_ms`` is a dead station (``stale_at``). It records, in monotonic seconds (the system-wide
-clock, so times compare with the station's): each trigger, each result, each ack round trip
-(ack set -> ``results_ready`` back to 0), heartbeat changes and ``ready`` / ``error`` changes.
+``heartbeat_ms`` is a dead station (``stale_events``). It records, in monotonic seconds (the
+system-wide clock, so times compare with the station's): each trigger, each result, each ack round
+trip (ack set -> ``results_ready`` back to 0), heartbeat changes and ``ready`` / ``error`` changes.
 ``check()`` says whether every triggered part got exactly one result, in trigger order.
 
 ``python -m fair_edge.line.handshake.plc_sim --port P --rate 10 --report FILE`` runs the Modbus PLC
@@ -54,7 +54,7 @@ class PlcProgram:
         self.ready_changes: list[tuple[float, int]] = []
         self.error_changes: list[tuple[float, int]] = []
         self.late_triggers = 0       # a trigger due while the station was not ready or had not taken the last
-        self.stale_at: float | None = None
+        self.stale_events: list[float] = []    # t each time the heartbeat went stale (unchanged > heartbeat_ms)
         self._last = {READY: 0, ERROR: 0, HEARTBEAT: None}
         self._t_beat: float | None = None
         self._acking: float | None = None    # t the PLC set ack
@@ -105,8 +105,9 @@ class PlcProgram:
         if beat != self._last[HEARTBEAT]:
             self._last[HEARTBEAT], self._t_beat = beat, now
             self.heartbeats.append(now)
-        elif self._t_beat is not None and now - self._t_beat > self.heartbeat_s and self.stale_at is None:
-            self.stale_at = now
+        elif (self._t_beat is not None and now - self._t_beat > self.heartbeat_s
+              and (not self.stale_events or self.stale_events[-1] < self._t_beat)):
+            self.stale_events.append(now)
         for name, changes in ((READY, self.ready_changes), (ERROR, self.error_changes)):
             value = m.get(name)
             if value != self._last[name]:
