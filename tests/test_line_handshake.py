@@ -101,12 +101,12 @@ def test_every_part_id_gets_one_result_in_order(make_plc):
     station = StandInStation(HandshakeSettings(url=plc.url))
     try:
         assert wait_for(lambda: len(plc.program.results) >= 40, 30)
-        time.sleep(0.1)
+        assert wait_for(lambda: len(plc.program.ack_round_trips) >= 40, 5)   # the last ack's round trip too
         check = plc.program.check()
         ready_while_running = plc.memory.get("ready")
     finally:
         station.close()
-        time.sleep(0.05)
+        wait_for(lambda: plc.program.ready_changes[-1][1] == 0, 2)   # the PLC's scan sees it
         plc.close()
     assert check["triggered"] == check["answered"] == check["unique"] == 40 and check["in_order"]
     assert check["missing"] == check["unknown"] == check["duplicates"] == 0

@@ -42,6 +42,7 @@ def test_station_answers_every_triggered_part_by_its_id(make_plc, station_bundle
         summary = run_station(cfg, stop, duration_s=120)
         watcher.join()
         check = plc.program.check()
+        wait_for(lambda: plc.program.ready_changes[-1][1] == 0, 2)   # the PLC's scan sees Ready drop
     finally:
         plc.close()
     assert check["triggered"] == check["answered"] == check["unique"] == PARTS and check["in_order"]
@@ -98,7 +99,7 @@ def test_stopped_station_answers_open_parts_and_clears_ready(station_bundles, co
             proc.stdout.read() if proc.poll() is not None else "no results"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
-        time.sleep(0.1)
+        wait_for(lambda: plc.program.ready_changes[-1][1] == 0, 2)
         check, ready = plc.program.check(), plc.memory.get("ready")
     finally:
         if proc.poll() is None:
