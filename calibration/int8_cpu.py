@@ -61,7 +61,8 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ExportError(f"CPU INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
                           f"Delete {cache_path} and rebuild; if it persists, build with --fp16.") from exc
-    key_path.write_text(key + "\n")
+    # ranges calibrated for a graph with layers kept float lack those layers': never reused for the full scope
+    key_path.write_text((key if reused or not keep_float else key + ":partial") + "\n")
     return reused
 
 

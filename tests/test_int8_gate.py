@@ -194,3 +194,19 @@ def test_cli_prints_the_figures_and_stores_the_flag_in_the_rebuild_command(plant
     no_int8 = CliRunner().invoke(app, ["build", str(ckpt), "--normal", str(normal), "--max-drop", "0.5",
                                        "--out", str(tmp_path / "fp32")])
     assert no_int8.exit_code == 2 and "gates INT8 builds" in no_int8.output
+
+
+def test_a_cache_calibrated_with_layers_kept_float_is_not_reused_for_the_full_scope(tiny_detector, tmp_path):
+    """The gate calibrates the full scope first and reuses those ranges; ranges calibrated for a partial graph
+    lack the float layers' tensors, so a later full-scope build must calibrate again."""
+    from fair_edge.calibration.frames import preprocess_frames
+    from fair_edge.calibration.int8 import quantize_int8
+    from fair_edge.export.onnx_export import export_onnx
+
+    fp32 = export_onnx(MODEL, tiny_detector, tmp_path / "fp32.onnx")
+    calib, scope, cache = preprocess_frames(CALIB, MODEL), MODEL.impl.int8_scope, tmp_path / "calib.json"
+    settings = Int8Settings(num_images=12)
+    assert quantize_int8(fp32, tmp_path / "partial.onnx", calib, scope, settings, cache, keep_float=[HEAD]) is False
+    assert quantize_int8(fp32, tmp_path / "full.onnx", calib, scope, settings, cache) is False  # calibrated again
+    assert quantize_int8(fp32, tmp_path / "gate.onnx", calib, scope, settings, cache, keep_float=[HEAD]) is True
+    assert quantize_int8(fp32, tmp_path / "full2.onnx", calib, scope, settings, cache) is True  # full ranges kept
