@@ -7,6 +7,7 @@ Register it with ``app.command("install-service")(install_service)``. It writes 
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ from fair_edge.cli_common import console, friendly_errors
 from fair_edge.service_unit import (UNIT_DIR, ServiceSettings, default_executable, default_user, install_unit,
                                     render_unit, systemctl_commands)
 
-_DEFAULTS = ServiceSettings.__dataclass_fields__
+_DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
 
 
 def _check_station(station: Path, printing: bool) -> None:
@@ -34,7 +35,7 @@ def install_service(
     station: Path = typer.Option(..., "--station", help="Station YAML the service runs (`fair-edge run --station FILE`)."),
     print_only: bool = typer.Option(False, "--print", help="Write the unit to stdout instead of --unit-dir."),
     unit_dir: Path = typer.Option(UNIT_DIR, "--unit-dir", help="Where the unit file goes (needs root for the default)."),
-    name: str = typer.Option(_DEFAULTS["name"].default, "--name", help="Unit name, e.g. fair-edge-line3 (-> NAME.service)."),
+    name: str = typer.Option(_DEFAULTS["name"], "--name", help="Unit name, e.g. fair-edge-line3 (-> NAME.service)."),
     user: Optional[str] = typer.Option(None, "--user", help="Account the station runs as [default: $SUDO_USER or you]; "
                                        "it needs the camera (group video), the bundle and the output folder."),
     group: Optional[str] = typer.Option(None, "--group", help="Group it runs as [default: the user's]."),
@@ -42,7 +43,7 @@ def install_service(
                                                "resolve [default: the current folder]."),
     env: Optional[list[str]] = typer.Option(None, "--env", help="Extra environment KEY=VALUE, repeatable (e.g. "
                                             "OMP_NUM_THREADS=4); PYTHONUNBUFFERED=1 is always set."),
-    watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"].default, "--watchdog-sec", help="WatchdogSec=: no "
+    watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
                                      "ping from the inspection loop for this long and systemd restarts the station."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
 ) -> None:
@@ -53,7 +54,7 @@ def install_service(
     settings = ServiceSettings(
         station=station, executable=(executable.expanduser().resolve() if executable else default_executable()),
         user=user or default_user(), working_dir=(working_dir or Path.cwd()).expanduser().resolve(), name=name,
-        group=group, environment=(*_DEFAULTS["environment"].default, *(env or ())), watchdog_sec=watchdog_sec)
+        group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec)
     if print_only:
         sys.stdout.write(render_unit(settings))
         return
