@@ -292,7 +292,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         def tick(insp: Inspector) -> None:
             camera_reason = watch(insp)
             line.publish_fault(camera_reason)
-            notifier.status(status_line(insp.summary, camera_reason))
+            notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
             console.tick(insp)
             insp.summary.rejects = line.reject_stats()
             if on_tick is not None:

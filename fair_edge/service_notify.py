@@ -162,8 +162,10 @@ class ServiceNotifier:
         self.close()
 
 
-def status_line(summary, reason: str = "") -> str:
+def status_line(summary, reason: str = "", dropped: int | None = None) -> str:
     """One STATUS text from a ``RunSummary``: '<state>: N inspected, M NG, K dropped', state = the fault or
-    ``reason`` when there is one ('stopping', 'camera reconnecting'), else 'inspecting'."""
+    ``reason`` when there is one ('stopping', 'camera reconnecting'), else 'inspecting'. dropped: the capture
+    queue's count while running (the summary fills its own only when the run ends)."""
     state = summary.fault or reason or "inspecting"
-    return f"{state}: {summary.inspected} inspected, {summary.ng} NG, {summary.dropped} dropped"
+    dropped = summary.dropped if dropped is None else dropped
+    return f"{state}: {summary.inspected} inspected, {summary.ng} NG, {dropped} dropped"

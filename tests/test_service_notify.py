@@ -200,3 +200,14 @@ def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles
     stopping = next(m for _, m in rx.messages if "STOPPING" in m)
     assert stopping["STATUS"] == "stopping: 12 inspected, %d NG, 0 dropped" % summary.ng
     assert rx.times("STOPPING")[0] >= max(rx.times("WATCHDOG"))
+
+
+def test_status_line_names_the_state_and_the_live_drop_count():
+    from fair_edge.inspector import RunSummary
+    from fair_edge.service_notify import status_line
+
+    summary = RunSummary(inspected=5, ng=1, dropped=0)
+    assert status_line(summary, "", dropped=3) == "inspecting: 5 inspected, 1 NG, 3 dropped"  # live capture count
+    assert status_line(summary, "camera reconnecting", 3).startswith("camera reconnecting: 5 inspected")
+    summary.fault = "10 inference failures in a row"
+    assert status_line(summary, "stopping") == "10 inference failures in a row: 5 inspected, 1 NG, 0 dropped"
