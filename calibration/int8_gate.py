@@ -39,7 +39,7 @@ import onnx
 from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.errors import BuildError, ConfigError, DataError
+from fair_edge.errors import BuildError, ConfigError, DataError, ExportError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
 from fair_edge.runtime.ort import OnnxRuntimeBackend
@@ -103,7 +103,13 @@ class HeldOut:
             out = backend.infer_batched(self.inputs)
         finally:
             backend.close()
-        return self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)[1].astype(np.float64)
+        scores = self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)[1].astype(np.float64)
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:
+            raise ExportError(f"{graph.name} scores {bad} of {len(scores)} held-out images as NaN or infinite; expected "
+                              "finite scores. Delete the bundle's calibration caches and rebuild; if it persists, build "
+                              "with --fp16.")
+        return scores
 
 
 @dataclass(frozen=True)
