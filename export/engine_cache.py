@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except FairEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a read-only or full cache volume
+        print(f"error: engine cache {args.cache}: {exc}. Mount a writable volume there (docs/jetson.md).", file=sys.stderr)
+        return 2
     note = "cached" if result.hit else f"built in {result.seconds:.0f} s ({result.reason})"
     print(f"engine cache: {result.bundle} ({note})", file=sys.stderr)
     print(result.bundle)
