@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 import onnx
@@ -120,6 +120,11 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
 
+def excluded_nodes(graph: onnx.ModelProto, scope: tuple[str, ...], keep_float: Collection[str] = ()) -> list[str]:
+    """Node names ``quantize_static`` must leave float: every node outside ``scope``, plus ``keep_float``."""
+    return [n.name for n in graph.graph.node if not n.name.startswith(scope) or n.name in keep_float]
+
+
 def quantize_int8(
     fp32_onnx: str | Path,
     out_onnx: str | Path,
@@ -128,6 +133,7 @@ def quantize_int8(
     settings: Int8Settings,
     cache_path: str | Path,
     on_image: Callable[[], None] | None = None,
+    keep_float: Collection[str] = (),
 ) -> bool:
     """Write the Q/DQ INT8 graph of ``fp32_onnx`` to ``out_onnx``.
 
@@ -135,6 +141,7 @@ def quantize_int8(
     scope: node-name prefixes whose convolutions get Q/DQ (the family's ``int8_scope``); others stay float32.
     cache_path: ORT calibration cache (JSON); reused when its key file matches, else rewritten.
     on_image: called once per calibration image (progress bars). Returns True if the cache was reused.
+    keep_float: names of in-scope nodes to leave float32 (the INT8 quality gate's fallback, ``int8_gate``).
     """
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = cache_key(fp32_onnx, settings, inputs)
@@ -158,7 +165,7 @@ def quantize_int8(
                 graph, str(out_onnx), _Reader(inputs, on_image),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=[n.name for n in graph.graph.node if not n.name.startswith(scope)], calibrate_method=METHODS[settings.method],
+                nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
                 extra_options=extra, calibration_cache_path=str(cache_path),
             )
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -166,5 +173,6 @@ def quantize_int8(
             f"INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
             f"Delete {cache_path} and rebuild; if it persists, build with --fp16."
         ) from exc
-    key_path.write_text(key + "\n")
+    # ranges calibrated for a graph with layers kept float lack those layers': never reused for the full scope
+    key_path.write_text((key if reused or not keep_float else key + ":partial") + "\n")
     return reused

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-from fair_edge.calibration.int8 import METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key
+from fair_edge.calibration.int8 import (METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key,
+                                        excluded_nodes)
 from fair_edge.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,12 @@ CPU_INT8_OPS = ("Conv", "MaxPool", "Resize", "Add", "Concat")  # the UNet's oper
 
 def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mapping[str, np.ndarray],
                       scope: tuple[str, ...], settings: Int8Settings, cache_path: str | Path,
-                      on_image: Callable[[], None] | None = None) -> bool:
+                      on_image: Callable[[], None] | None = None, keep_float: Collection[str] = ()) -> bool:
     """Write the CPU INT8 graph of ``fp32_onnx`` to ``out_onnx`` (U8S8 Q/DQ on the ``CPU_INT8_OPS`` in ``scope``).
 
     inputs: {input name: (N, C, S, S) float32} calibration inputs. scope: node-name prefixes to quantise
     (the family's ``int8_scope``). cache_path: ORT calibration cache, reused when its key file matches.
-    Returns True if the cache was reused.
+    keep_float: in-scope nodes to leave float32 (``int8_gate``). Returns True if the cache was reused.
     """
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, inputs)
@@ -48,7 +49,7 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
         cache_path.unlink(missing_ok=True)
     try:
         try:
-            _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image)
+            _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image, keep_float)
         except ValueError as exc:
             if "Too many bins" not in str(exc):
                 raise
@@ -56,16 +57,18 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
             log.warning("CPU INT8: %s calibration failed on a near-constant tensor (%s); using max calibration",
                         settings.method, exc)
             cache_path.unlink(missing_ok=True)
-            _quantize(fp32_onnx, out_onnx, inputs, scope, replace(settings, method="max"), cache_path, on_image)
+            _quantize(fp32_onnx, out_onnx, inputs, scope, replace(settings, method="max"), cache_path, on_image, keep_float)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ExportError(f"CPU INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
                           f"Delete {cache_path} and rebuild; if it persists, build with --fp16.") from exc
-    key_path.write_text(key + "\n")
+    # ranges calibrated for a graph with layers kept float lack those layers': never reused for the full scope
+    key_path.write_text((key if reused or not keep_float else key + ":partial") + "\n")
     return reused
 
 
 def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray], scope: tuple[str, ...],
-              settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None) -> None:
+              settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None,
+              keep_float: Collection[str]) -> None:
     graph = onnx.load(str(fp32_onnx))
     reader = _Reader(inputs, on_image)
     extra = {"WeightSymmetric": True, "CalibPercentile": settings.percentile,
@@ -75,6 +78,6 @@ def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray],
             graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(CPU_INT8_OPS), per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=[n.name for n in graph.graph.node if not n.name.startswith(scope)], calibrate_method=METHODS[settings.method],
+            nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
             extra_options=extra, calibration_cache_path=str(cache_path),
         )

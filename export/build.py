@@ -2,7 +2,9 @@
 
 ``build_bundle`` is the library behind ``fair-edge build``; it never prints. Order of work:
   1. fp32 ONNX + parity with PyTorch (max |map diff| <= PARITY_TOL, else ExportError),
-  2. the precision's graph (fp16 casts, or int8 Q/DQ calibrated on normal frames),
+  2. the precision's graph (fp16 casts, or int8 Q/DQ calibrated on normal frames); with a quality gate
+     (``--max-drop``), the INT8 graphs are measured on held-out frames and their most sensitive layers
+     kept float32 until within the limit, or the build is refused (``calibration.int8_gate``),
   3. accuracy of that graph vs fp32 on the available normal frames (ONNX Runtime, CPU),
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects),
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
@@ -25,7 +27,8 @@ import numpy as np
 
 from fair_edge.calibration.frames import frame_scores, model_frames, preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
-from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, quantize_int8_cpu
+from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
+from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
@@ -49,7 +52,8 @@ KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB
 class BuildOptions:
     """precision: fp32 | fp16 | int8. max_batch: the engine profile's and runtime's batch limit.
     int8: calibration settings. false_reject_rate: threshold target on normal images.
-    engine: try to build a TensorRT engine. command: the command line that rebuilds (stored)."""
+    engine: try to build a TensorRT engine. command: the command line that rebuilds (stored).
+    quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none."""
 
     precision: str = "fp32"
     max_batch: int = 8
@@ -57,6 +61,7 @@ class BuildOptions:
     false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE
     engine: bool = True
     command: str = ""
+    quality: QualityGate | None = None
 
     def __post_init__(self) -> None:
         get_precision(self.precision)
@@ -76,10 +81,12 @@ class BuildResult:
     delta: GraphDelta | None
     parity_max_abs: float
     calibration_reused: bool = False
+    quality_gate: GateReport | None = None
 
 
-def check_inputs(out: Path, options: BuildOptions, has_calib: bool) -> None:
+def check_inputs(out: Path, options: BuildOptions, has_calib: bool, has_normal: bool = False) -> None:
     """Everything that can be refused before any work: where the bundle goes and what the precision needs."""
+    check_gate_inputs(options.quality, options.precision, has_normal)
     if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} is a file; pass a directory for the bundle.")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
@@ -164,8 +171,29 @@ def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptio
     return out / CPU_INT8_ONNX
 
 
+def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs,
+                  normal_frames, defect_frames, on_step: Callable[[str], None] | None) -> GateReport | None:
+    """INT8 with ``options.quality``: gate both INT8 graphs (already written in full INT8) on the held-out frames,
+    rewriting them with their most sensitive layers float32 where needed (``calibration.int8_gate``)."""
+    if options.quality is None:
+        return None
+    scope, settings = ckpt.model.impl.int8_scope, options.int8
+
+    def tensorrt_graph(path: Path, keep_float) -> bool:
+        return quantize_int8(fp32, path, calib, scope, settings, out / CALIB_CACHE, keep_float=keep_float)
+
+    def cpu_graph(path: Path, keep_float) -> bool:
+        return quantize_int8_cpu(fp32, path, calib, scope, settings, out / CPU_CALIB_CACHE, keep_float=keep_float)
+
+    graphs = (Int8Graph(out / get_precision("int8").onnx_name, tensorrt_graph, ("Conv",)),
+              Int8Graph(out / CPU_INT8_ONNX, cpu_graph, CPU_INT8_OPS))
+    held = HeldOut(ckpt.model, list(normal_frames), list(defect_frames or ()))
+    return run_gate(fp32, graphs, scope, held, options.quality, on_step)
+
+
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
-              delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None) -> dict:
+              delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None,
+              gate: GateReport | None = None) -> dict:
     calibration = None
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
@@ -177,6 +205,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
+        "quality_gate": gate.to_dict() if gate else None,
     }
 
 
@@ -201,37 +230,41 @@ def _try_engine(out: Path, graph: Path, ckpt: Checkpoint, options: BuildOptions)
 
 def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib_frames: Sequence[np.ndarray] | None = None,
                  normal_frames: Sequence[np.ndarray] | None = None, defect_frames: Sequence[np.ndarray] | None = None,
-                 on_calibration_image: Callable[[], None] | None = None) -> BuildResult:
+                 on_calibration_image: Callable[[], None] | None = None,
+                 on_gate_step: Callable[[str], None] | None = None) -> BuildResult:
     """Write a bundle for ``ckpt`` at ``out`` (see the module docstring).
 
     calib_frames: normal training images, (H, W, 3) uint8 BGR (INT8 calibration; threshold fallback).
-    normal_frames: held-out normal images for the threshold. defect_frames: optional, for the F1 threshold.
+    normal_frames: held-out normal images for the threshold (and the INT8 quality gate). defect_frames:
+    optional, for the F1 threshold (and the gate's AUROC). on_gate_step: one line per quality-gate step.
     The bundle is built in a temporary folder next to ``out`` and moved into place when complete: a
     failed build leaves ``out`` as it was (absent, or the previous bundle) and nothing else behind.
     """
     start = time.perf_counter()
     out = Path(out)
-    check_inputs(out, options, bool(calib_frames))
+    check_inputs(out, options, bool(calib_frames), bool(normal_frames))
     staging = _staging(out)
     try:
-        parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image)
+        parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
+                            on_gate_step)
         _move_into_place(staging, out)
     except BaseException:
         _discard(staging)
         raise
-    delta, parity, reused, engine_built, note = parts
-    return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused)
+    delta, parity, reused, engine_built, note, gate = parts
+    return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
 
 
 def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames, normal_frames, defect_frames,
-                on_calibration_image) -> tuple[GraphDelta | None, float, bool, bool, str]:
-    """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note)."""
+                on_calibration_image, on_gate_step=None) -> tuple[GraphDelta | None, float, bool, bool, str, GateReport | None]:
+    """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note, gate)."""
     save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
     pre = ckpt.preprocess
     calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), ckpt.model) if calib_frames else None
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
     cpu_graph = _cpu_int8_graph(ckpt, out, fp32, options, calib)
+    gate = _quality_gate(ckpt, out, fp32, options, calib, normal_frames, defect_frames, on_gate_step)
     normal = preprocess_frames(model_frames(normal_frames, pre), ckpt.model) if normal_frames else calib
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
@@ -246,9 +279,9 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         cpu_threshold = _threshold(cpu_graph, ckpt, options, threshold_frames, source, defect_frames)
         cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
-    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu))
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
-        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu))
+        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate))
     load_bundle(out)  # verified before it is moved into place
-    return delta, parity, reused, engine is not None, note
+    return delta, parity, reused, engine is not None, note, gate

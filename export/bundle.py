@@ -9,6 +9,8 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
+  quality_gate: INT8 built with --max-drop: {metric, unit, limit, n_normal, n_defect, graphs: {onnx name:
+  {fp32, int8, drop, full_drop, kept_float, layers, sensitivity}}} (``calibration.int8_gate``), else null;
   files: {relative name: {sha256, bytes}} for every other file in the bundle;
   metadata_sha256: SHA-256 of bundle.json itself (canonical JSON of every other key, ``metadata_digest``),
   so an edited threshold, cutoff or any other setting is refused like a modified file.

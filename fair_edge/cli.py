@@ -514,6 +514,9 @@ app.command("tune")(tune)
 from fair_edge.cli_fuse import fuse  # noqa: E402  (the fuse command lives in its own module)
 
 app.command("fuse")(fuse)
+from fair_edge.cli_service import install_service  # noqa: E402  (systemd unit: its own module)
+
+app.command("install-service")(install_service)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings
+from fair_edge.calibration.int8_gate import QualityGate
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.data import images_for, read_image
@@ -44,7 +45,7 @@ def _spec(spec: str) -> str:
 
 def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[str], calib_images: int,
              calib_method: str, normal: Optional[str], defects: Optional[str], frr: float, max_batch: int,
-             out: Path) -> str:
+             out: Path, max_drop: Optional[float] = None) -> str:
     args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
     args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
     if calib is not None:
@@ -53,6 +54,7 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
         if folder is not None:
             args += [flag, _spec(folder)]
     args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
+    args += ["--max-drop", str(max_drop)] if max_drop is not None else []
     return shlex.join(args)
 
 
@@ -79,12 +81,29 @@ def _summary(result: BuildResult) -> None:
         table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
     gpu_note = (gpu_preprocessing_note(b.preprocess) if HIGHPASS in b.model.input_names else
                 ("reference (CPU resize, then upload)", "the model takes the colour image only; the fused kernel makes the high-pass"))
+    for row in quality_gate_rows(result):
+        table.add_row(*row)
     table.add_row("GPU pre-processing", *gpu_note)
     table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)
     root = escape(str(b.root))
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+
+
+def quality_gate_rows(result: BuildResult) -> list[tuple[str, str, str]]:
+    """Summary rows of the INT8 quality gate: one per INT8 graph (metric, FP32, INT8, drop, limit, layers kept float)."""
+    report = result.quality_gate
+    if report is None:
+        return []
+    rows = []
+    for g in report.graphs:
+        kept = f"{len(g.kept_float)} of {g.layers} layers kept float32: {', '.join(g.kept_float)}" if g.kept_float else \
+            f"all {g.layers} layers INT8"
+        rows.append((f"INT8 gate {g.graph}", escape(f"{report.metric}: FP32 {g.fp32:.4f}, INT8 {g.int8:.4f}, drop {g.drop:.3g} "
+                                                    f"(limit {report.limit:g} {report.unit})"),
+                     escape(f"{kept}; all-INT8 drop {g.full_drop:.3g}; {report.n_normal} normal, {report.n_defect} defective")))
+    return rows
 
 
 def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
@@ -119,6 +138,11 @@ def build(
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8 quality gate: the most the INT8 graphs may "
+                                             "lose against FP32 on held-out images: image AUROC points with --normal and "
+                                             "--defects, else FP32 normal-score spreads (mean |INT8 - FP32| / std) with "
+                                             "--normal. Over it, the most sensitive layers stay float32 (up to half of "
+                                             "them) or the build is refused. Figures go in bundle.json."),
 ) -> None:
     """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
     if width is not None:
@@ -144,8 +168,9 @@ def build(
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
-                                    normal, defects, false_reject_rate, max_batch, out))
-    check_inputs(out, options, has_calib=calib is not None)
+                                    normal, defects, false_reject_rate, max_batch, out, max_drop),
+                           QualityGate(max_drop) if max_drop is not None else None)
+    check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []
     normal_frames = [read_image(p) for p in images_for(normal, "normal", category)] if normal is not None else None
     defect_frames = [read_image(p) for p in images_for(defects, "defect", category)] if defects is not None else None
@@ -154,5 +179,6 @@ def build(
         task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
                                  total=len(calib_paths) or None)
         result = build_bundle(ckpt, out, options, [read_image(p) for p in calib_paths] or None, normal_frames,
-                              defect_frames, on_calibration_image=lambda: progress.advance(task))
+                              defect_frames, on_calibration_image=lambda: progress.advance(task),
+                              on_gate_step=lambda text: progress.update(task, description=f"INT8 quality gate: {text}"))
     _summary(result)

@@ -64,6 +64,10 @@ class ExportError(FairEdgeError):
     """The PyTorch -> ONNX export, the FP16 conversion or the INT8 quantisation failed."""
 
 
+class BuildError(ExportError):
+    """A build refused by its own checks (the INT8 quality gate): no bundle is left behind."""
+
+
 class EngineError(FairEdgeError):
     """TensorRT could not parse the ONNX graph, build an engine, or run it."""
 

@@ -213,13 +213,17 @@ class Inspector:
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
-            on_tick: Callable[["Inspector"], None] | None = None) -> RunSummary:
+            on_tick: Callable[["Inspector"], None] | None = None,
+            on_iteration: Callable[[], None] | None = None) -> RunSummary:
         """Inspect until ``stop`` is set, the stream ends, ``max_frames`` or ``duration_s`` is reached,
-        or the backend keeps failing. Returns the summary (also on ``self.summary``)."""
+        or the backend keeps failing. Returns the summary (also on ``self.summary``).
+        on_iteration: called at the top of every loop iteration (the systemd watchdog's ``alive``)."""
         t0 = time.monotonic()
         last_tick = t0
         try:
             while not stop.is_set():
+                if on_iteration is not None:
+                    on_iteration()
                 if duration_s is not None and time.monotonic() - t0 >= duration_s:
                     break
                 if max_frames is not None and self.summary.inspected >= max_frames:

@@ -29,6 +29,7 @@ from fair_edge.faults import FaultBoard
 from fair_edge.hotswap import ModelChange, model_id
 from fair_edge.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
+from fair_edge.service_notify import ServiceNotifier, status_line
 from fair_edge.station import AUTO_POLICY, StationConfig
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
         stack.callback(choice.backend.close)
+        notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
@@ -307,7 +309,9 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             on_console(console)
 
         def tick(insp: Inspector) -> None:
-            line.publish_fault(watch(insp))
+            camera_reason = watch(insp)
+            line.publish_fault(camera_reason)
+            notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
             console.tick(insp)
             insp.summary.rejects = line.reject_stats()
             if on_tick is not None:
@@ -315,7 +319,9 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
 
         if line.handshake is not None:
             line.handshake.begin()   # ready rises: the PLC may trigger
-        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick)
+        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
+                                on_iteration=notifier.alive)
+        notifier.stopping(status_line(summary, "stopping"))
         finish_line(cfg, line, summary, watch())
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")

@@ -19,7 +19,7 @@ from fair_edge.station_doc import station_reference
 from fair_edge.train import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-COMMANDS = ("train", "eval", "build", "run", "bench", "demo")
+COMMANDS = ("train", "eval", "build", "run", "bench", "demo", "install-service")
 
 
 def help_text(*args: str) -> str:

@@ -1,0 +1,213 @@
+"""systemd notify protocol against real Unix datagram sockets: READY / WATCHDOG / STATUS / STOPPING, the watchdog's
+rate limit, a stalled inspection loop that stops pinging, and the station sending them in a replay run."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from fair_edge.cameras import CaptureSettings, CaptureThread
+from fair_edge.cameras.synthetic import LineSource
+from fair_edge.inspector import Inspector
+from fair_edge.service_notify import ServiceNotifier, socket_address, watchdog_interval_s
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd notify is Linux-only")
+
+
+class Receiver:
+    """A systemd stand-in: a bound AF_UNIX datagram socket collecting (monotonic time, {key: value}) messages."""
+
+    def __init__(self, address) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.05)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            self.messages.append((time.monotonic(), dict(line.split("=", 1) for line in data.decode().split("\n"))))
+
+    def keys(self) -> list[str]:
+        return [key for _, msg in self.messages for key in msg]
+
+    def times(self, key: str) -> list[float]:
+        return [t for t, msg in self.messages if key in msg]
+
+    def close(self) -> None:
+        time.sleep(0.1)  # let the last datagrams in
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def path_receiver(tmp_path):
+    rx = Receiver(str(tmp_path / "notify"))
+    yield rx, str(tmp_path / "notify")
+    rx.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_ready_watchdog_status_stopping_arrive_in_order_and_the_watchdog_is_rate_limited(path_receiver):
+    rx, path = path_receiver
+    clock = Clock()
+    with ServiceNotifier(socket_address(path), watchdog_s=0.010, clock=clock) as notifier:
+        for _ in range(100):  # 100 loop iterations, 1 ms apart: one ping per 10 ms
+            notifier.alive()
+            clock.t += 0.001
+            time.sleep(0.001)  # sends never block (a full socket queue is counted), so pace them as a loop would
+        notifier.status("inspecting: 5 inspected, 1 NG, 0 dropped")      # same state word, too soon: not sent
+        notifier.status("camera reconnecting: 5 inspected, 1 NG, 0 dropped")  # state changed: sent
+        time.sleep(0.01)
+    rx.close()
+    first = rx.messages[0][1]
+    assert first == {"READY": "1", "STATUS": "inspecting"}
+    pings = rx.keys().count("WATCHDOG")
+    assert 9 <= pings <= 10  # 99 ms after READY at 10 ms per ping
+    statuses = [m["STATUS"] for _, m in rx.messages if "STATUS" in m]
+    assert statuses[1] == "camera reconnecting: 5 inspected, 1 NG, 0 dropped"
+    assert rx.messages[-1][1] == {"STOPPING": "1", "STATUS": "stopping"}  # close() after READY says STOPPING
+    assert notifier.failed == 0 and notifier.sent == 1 + pings + 1 + 1
+
+
+def test_abstract_namespace_address():
+    name = f"@fair-edge-test-{uuid.uuid4().hex}"
+    rx = Receiver(b"\0" + name[1:].encode())
+    try:
+        notifier = ServiceNotifier.from_env({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "2000000"})
+        assert notifier.enabled and notifier.watchdog_s == 1.0
+        notifier.alive()
+        notifier.stopping("stopping: 0 inspected, 0 NG, 0 dropped")
+        notifier.close()
+    finally:
+        rx.close()
+    assert rx.keys() == ["READY", "STATUS", "STOPPING", "STATUS"]
+
+
+def test_environment_rules():
+    off = ServiceNotifier.from_env({})
+    assert not off.enabled
+    off.alive(), off.status("x"), off.stopping(), off.close(), off.close()  # no-ops, twice is safe
+    assert off.sent == 0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}, pid=7) == 15.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "8"}, pid=7) is None  # not ours
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "7"}, pid=7) == 15.0
+    assert watchdog_interval_s({}, pid=7) is None and watchdog_interval_s({"WATCHDOG_USEC": "0"}, pid=7) is None
+    assert not ServiceNotifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled  # refused, logged
+    with pytest.raises(ValueError, match="neither a path nor an abstract name"):
+        socket_address("relative/path")
+
+
+def test_a_vanished_socket_is_counted_never_raised(tmp_path):
+    rx = Receiver(str(tmp_path / "notify"))
+    notifier = ServiceNotifier(str(tmp_path / "notify"), watchdog_s=0.0)
+    notifier.alive()
+    rx.close()
+    (tmp_path / "notify").unlink()  # systemd went away
+    notifier.alive()
+    notifier.alive()
+    assert notifier.failed == 2 and notifier.sent == 1
+    notifier.close()
+
+
+class StallingChoice:
+    """A backend choice whose inference blocks while ``stall`` is set (a hung GPU call, a dead lock)."""
+
+    reason, graph_threshold = "test: stalls on demand", None
+
+    def __init__(self) -> None:
+        self.stall, self.released, self.calls = threading.Event(), threading.Event(), 0
+
+    def infer_frames(self, frames):
+        self.calls += 1
+        if self.stall.is_set():
+            self.released.wait(10)
+        n = len(frames)
+        return np.zeros((n, 4, 4), np.float32), np.zeros(n, np.float32)
+
+
+def test_a_stalled_inspection_loop_stops_sending_watchdog(path_receiver):
+    rx, path = path_receiver
+    choice = StallingChoice()
+    frame = np.full((32, 32, 3), 128, np.uint8)
+    capture = CaptureThread(LineSource([frame], fps=200, loop=True), CaptureSettings(queue_size=4, full_policy="drop_oldest"))
+    stop = threading.Event()
+    with capture, ServiceNotifier(path, watchdog_s=0.02) as notifier:
+        inspector = Inspector(capture, choice, 0.5)
+        loop = threading.Thread(target=inspector.run, args=(stop,), kwargs={"on_iteration": notifier.alive})
+        loop.start()
+        time.sleep(0.4)
+        stall_at = time.monotonic()
+        choice.stall.set()
+        time.sleep(0.6)                       # systemd would kill us here: no pings for 30 x the interval
+        resume_at = time.monotonic()
+        choice.released.set()
+        choice.stall.clear()
+        time.sleep(0.3)
+        stop.set()
+        loop.join(5)
+    rx.close()
+    pings = rx.times("WATCHDOG")
+    before = [t for t in pings if t < stall_at]
+    during = [t for t in pings if stall_at + 0.05 < t < resume_at]  # one ping may be in flight as it stalls
+    after = [t for t in pings if t > resume_at]
+    print(f"pings before {len(before)}, during the stall {len(during)}, after {len(after)}")
+    assert len(before) >= 5 and during == [] and len(after) >= 3
+    assert rx.keys()[0] == "READY" and "STOPPING" in rx.keys()
+
+
+def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles, conveyor_dir, tmp_path, monkeypatch):
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.run_station import run_station
+    from fair_edge.station import CameraSettings, ConsoleSettings, StationConfig
+
+    address = str(tmp_path / "notify")
+    rx = Receiver(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")  # a ping every 10 ms
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = StationConfig(camera=CameraSettings(source=str(conveyor_dir), fps=20, queue_size=8),
+                        bundle=station_bundles[0].root, backend="onnxruntime", output=tmp_path / "out",
+                        record=RecordSettings(dir=tmp_path / "out"), console=ConsoleSettings(enabled=False))
+    try:
+        summary = run_station(cfg, threading.Event())
+    finally:
+        rx.close()
+    keys = rx.keys()
+    assert summary.inspected == 12 and not summary.fault
+    assert keys[:2] == ["READY", "STATUS"] and keys.count("READY") == 1
+    assert keys.count("WATCHDOG") >= 5  # 12 frames at 20 frames/s: about 0.6 s of loop
+    stopping = next(m for _, m in rx.messages if "STOPPING" in m)
+    assert stopping["STATUS"] == "stopping: 12 inspected, %d NG, 0 dropped" % summary.ng
+    assert rx.times("STOPPING")[0] >= max(rx.times("WATCHDOG"))
+
+
+def test_status_line_names_the_state_and_the_live_drop_count():
+    from fair_edge.inspector import RunSummary
+    from fair_edge.service_notify import status_line
+
+    summary = RunSummary(inspected=5, ng=1, dropped=0)
+    assert status_line(summary, "", dropped=3) == "inspecting: 5 inspected, 1 NG, 3 dropped"  # live capture count
+    assert status_line(summary, "camera reconnecting", 3).startswith("camera reconnecting: 5 inspected")
+    summary.fault = "10 inference failures in a row"
+    assert status_line(summary, "stopping") == "10 inference failures in a row: 5 inspected, 1 NG, 0 dropped"

@@ -1,0 +1,149 @@
+"""`fair-edge install-service`: the unit text, checked by systemd's own `systemd-analyze verify`, and the command."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fair_edge.cli_service import install_service
+from fair_edge.errors import ConfigError
+from fair_edge.service_unit import ServiceSettings, install_unit, quote_arg, render_unit
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here "
+                                   "(Debian: apt-get install systemd); the unit is then not verified")
+
+app = typer.Typer()
+app.command("install-service")(install_service)
+
+
+@app.callback()
+def _main() -> None:
+    """Subcommand mode, as on the real app."""
+
+
+def station_file(folder: Path, name: str = "station.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("camera: {source: \"0\"}\nbundle: runs/bundle-w32-int8\n")
+    return path
+
+
+def settings(tmp_path: Path, **changes) -> ServiceSettings:
+    base = dict(station=station_file(tmp_path / "line 3 (50%)"), executable=Path(sys.executable), user="root",
+                working_dir=tmp_path, environment=("PYTHONUNBUFFERED=1", "LABEL=a \"quoted\" $HOME 100%"))
+    return ServiceSettings(**{**base, **changes})
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+
+
+@needs_analyze
+def test_the_unit_passes_systemd_analyze_verify_without_a_warning(tmp_path):
+    s = settings(tmp_path)
+    unit = tmp_path / s.unit_name
+    unit.write_text(render_unit(s))
+    result = verify(unit)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr
+
+
+@needs_analyze
+def test_verify_catches_a_broken_unit(tmp_path):
+    """The check above can fail: a program that is not there, or a watchdog value systemd cannot parse."""
+    s = settings(tmp_path, executable=tmp_path / "no-such-fair-edge")
+    unit = tmp_path / s.unit_name
+    unit.write_text(render_unit(s))
+    missing = verify(unit)
+    assert missing.returncode != 0 and "is not executable" in missing.stderr
+    unit.write_text(render_unit(settings(tmp_path)).replace("WatchdogSec=30", "WatchdogSec=thirty"))
+    assert "Failed to parse sec value" in verify(unit).stderr
+
+
+def test_the_unit_runs_the_station_under_the_watchdog(tmp_path):
+    s = settings(tmp_path, watchdog_sec=12)
+    lines = render_unit(s).splitlines()
+    for line in ("Type=notify", "NotifyAccess=main", "Restart=always", "WatchdogSec=12", "User=root",
+                 f"WorkingDirectory={tmp_path}", "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target"):
+        assert line in lines, line
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))[len("ExecStart="):]
+    # systemd's quoting is the shell's double quotes; %% and $$ are its escapes for specifiers and variables
+    argv = shlex.split(exec_start.replace("%%", "%").replace("$$", "$"))
+    assert argv == [sys.executable, "run", "--station", str(s.station)] and "%%" in exec_start
+    env_line = next(line for line in lines if line.startswith("Environment="))
+    assert shlex.split(env_line[len("Environment="):].replace("%%", "%")) == list(s.environment)
+
+
+def test_quoting_and_settings_are_checked():
+    assert quote_arg("/usr/bin/fair-edge") == "/usr/bin/fair-edge"
+    assert quote_arg("/a b/c\"d") == '"/a b/c\\"d"' and quote_arg("50%") == "50%%" and quote_arg("$X") == "$$X"
+    for bad, message in ((dict(station=Path("station.yaml")), "absolute path"),
+                         (dict(environment=("1BAD=x",)), "KEY=VALUE"), (dict(name="a b"), "unit name"),
+                         (dict(watchdog_sec=0), "watchdog_sec must be >= 1"), (dict(user="a\nb"), "line breaks")):
+        with pytest.raises(ConfigError, match=message):
+            ServiceSettings(**{**dict(station=Path("/s.yaml"), executable=Path("/bin/true"), user="u",
+                                      working_dir=Path("/")), **bad})
+
+
+def test_install_writes_the_unit_atomically_and_prints_the_commands(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))  # fair-edge must not run systemctl
+    station = station_file(tmp_path / "cfg")
+    units = tmp_path / "units"
+    units.mkdir()
+    r = CliRunner().invoke(app, ["install-service", "--station", str(station), "--unit-dir", str(units), "--name",
+                                 "fair-edge-line3", "--user", "inspect", "--env", "OMP_NUM_THREADS=4",
+                                 "--exec", sys.executable, "--working-dir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    unit = units / "fair-edge-line3.service"
+    text = unit.read_text()
+    assert "User=inspect" in text and '"OMP_NUM_THREADS=4"' in text and f"--station {station}" in text
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644 and [p.name for p in units.iterdir()] == [unit.name]
+    for command in ("sudo systemctl daemon-reload", "sudo systemctl enable --now fair-edge-line3.service",
+                    "journalctl -u fair-edge-line3.service -f"):
+        assert command in r.output, command
+    assert calls == []
+
+
+def test_print_goes_to_stdout_and_errors_name_the_fix(tmp_path):
+    station = station_file(tmp_path)
+    printed = CliRunner().invoke(app, ["install-service", "--station", str(station), "--print", "--exec", sys.executable])
+    assert printed.exit_code == 0 and printed.stdout.startswith("# Written by `fair-edge install-service`")
+    assert "Type=notify" in printed.stdout
+    missing = CliRunner().invoke(app, ["install-service", "--station", str(tmp_path / "nope.yaml"), "--unit-dir",
+                                       str(tmp_path), "--exec", sys.executable])
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output
+    bad = station_file(tmp_path, "bad.yaml")
+    bad.write_text("camera: {sorce: 0}\n")
+    r = CliRunner().invoke(app, ["install-service", "--station", str(bad), "--print", "--exec", sys.executable])
+    assert r.exit_code == 2 and "sorce" in r.output
+
+
+def test_an_unwritable_unit_dir_says_to_use_sudo(tmp_path):
+    units = tmp_path / "ro"
+    units.mkdir()
+    units.chmod(0o500)
+    try:
+        if _writable(units):
+            pytest.skip("running as root: a read-only folder is still writable, so the refusal cannot be shown")
+        with pytest.raises(ConfigError, match="Run with sudo"):
+            install_unit(settings(tmp_path), units)
+    finally:
+        units.chmod(0o700)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_text("")
+    except PermissionError:
+        return False
+    (folder / ".probe").unlink()
+    return True
