@@ -54,7 +54,7 @@ class Verdict:
     error: why the frame could not be inspected ("" when it was). Fail-safe rule: a frame that
     cannot be inspected (malformed image, inference failure) gets score NaN and ng=True, so its
     part is rejected rather than passed unseen. model: id of the model that decided it
-    (``fair_edge.hotswap.model_id``; "" when unknown).
+    (``fair_edge.runtime.hotswap.model_id``; "" when unknown).
     """
 
     seq: int

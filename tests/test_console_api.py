@@ -10,7 +10,7 @@ import yaml
 
 from console_station import RunningStation, station_config
 from fair_edge.console.settings import ConsoleSettings
-from fair_edge.hotswap import model_id
+from fair_edge.runtime.hotswap import model_id
 
 
 def test_live_state_and_events_follow_the_line(station_bundles, conveyor_dir, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from console_station import RunningStation, station_config
-from fair_edge.hotswap import model_id
+from fair_edge.runtime.hotswap import model_id
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.keys import Keys  # noqa: E402

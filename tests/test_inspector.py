@@ -9,10 +9,10 @@ import torch
 
 from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, TorchBackend
 from fair_edge.cameras import CaptureSettings, CaptureThread, FolderReplaySource, LineSource
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset
-from fair_edge.evaluate import score_samples
-from fair_edge.inspector import Inspector, LoopSettings
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset
+from fair_edge.training.evaluate import score_samples
+from fair_edge.station.inspector import Inspector, LoopSettings
 from fair_edge.records import Frame
 
 

@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from fair_edge.cli import app
-from fair_edge.data import DatasetSplit, Sample, load_dataset
+from fair_edge.training.data import DatasetSplit, Sample, load_dataset
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.proxy_defects import KINDS, SIZES, plant
-from fair_edge.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
+from fair_edge.training.proxy_defects import KINDS, SIZES, plant
+from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -71,7 +71,7 @@ def test_candidate_commands_name_the_family_and_its_own_flags():
 
 
 def test_tune_trains_an_lgfdr_candidate_through_the_family_seam(mvtec_dir, tmp_path):
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
 
     pre = PreprocessConfig(image_size=32, cutoff=4.0)
     cands = [Candidate("base", pre, 8, 2, lr=1e-3), Candidate("lgfdr", pre, 8, 3, lr=1e-3, family="lgfdr")]

@@ -13,7 +13,7 @@ from fair_edge.console.feed import StationFeed, finite
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
-from fair_edge.hotswap import ModelChange
+from fair_edge.runtime.hotswap import ModelChange
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class StationActions:
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
         """The reviewed parts of this output folder as a training/evaluation dataset under datasets/."""
-        from fair_edge.collect import export_reviewed
+        from fair_edge.training.collect import export_reviewed
 
         dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
         result = export_reviewed(self.feed.output, dest)

@@ -80,7 +80,7 @@ def write_station_threshold(path: Path, value: float) -> None:
     """Set ``decision.threshold`` in the station file (atomic replace, fsync'd; YAML comments are not
     kept). The result is read back through the station loader, so a file that would not load is
     never left behind."""
-    from fair_edge.station import load_station
+    from fair_edge.station.config import load_station
 
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}

@@ -23,8 +23,8 @@ from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
-from fair_edge.compiled import CompiledModule
-from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
+from fair_edge.runtime.compiled import CompiledModule
+from fair_edge.runtime.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
 from fair_edge.tiling import FrameTiler, TileLayout
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ class Backend(Protocol):
 class TorchBackend:
     """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph.
 
-    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.compiled``)."""
+    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.runtime.compiled``)."""
 
     name = "torch"
 
     def __init__(self, weights, device: torch.device, cuda_graphs: bool = True, compile: bool = False) -> None:
-        from fair_edge.checkpoint import load_checkpoint
+        from fair_edge.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(weights)
         self.device, self.input_names = device, ckpt.model.input_names
@@ -171,7 +171,7 @@ class FusedGpuPreprocessor:
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
 class BackendOptions:
-    """compile: torch.compile the PyTorch backends (``fair_edge.compiled``); the others ignore it."""
+    """compile: torch.compile the PyTorch backends (``fair_edge.runtime.compiled``); the others ignore it."""
 
     compile: bool = False
 

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from fair_edge.demo_config import DEMO_FALSE_REJECT_RATE
-from fair_edge.data import DatasetSplit, Sample, elpv_split, read_image
+from fair_edge.demo.config import DEMO_FALSE_REJECT_RATE
+from fair_edge.training.data import DatasetSplit, Sample, elpv_split, read_image
 
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor
 PULSE_MS = 30.0
@@ -86,7 +86,7 @@ def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarr
     time, with the station's own Inspector and backend; the first call is not timed."""
     from fair_edge.runtime.backends import select_backend
     from fair_edge.export.bundle import load_bundle
-    from fair_edge.inspector import Inspector
+    from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
     choice = select_backend(load_bundle(bundle_root), backend)
@@ -160,7 +160,7 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
              n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = DEMO_FALSE_REJECT_RATE,
              say: Callable[[str], None] = print) -> dict:
     """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics)."""
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
 
     final = train()
@@ -198,8 +198,8 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
     """Replay OUT/conveyor through the station into a simulated PLC. Returns (summary, rows, rises)."""
     from fair_edge.line.settings import RecordSettings, RejectSettings
     from fair_edge.line.sim_plc import SimulatedPlc
-    from fair_edge.run_station import run_station
-    from fair_edge.station import CameraSettings, StationConfig
+    from fair_edge.station.run import run_station
+    from fair_edge.station.config import CameraSettings, StationConfig
 
     station_dir = out / "station"
     if station_dir.exists():

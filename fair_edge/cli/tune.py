@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fair_edge.cli_common import check_width, console, friendly_errors
-from fair_edge.demo_config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
+from fair_edge.cli.common import check_width, console, friendly_errors
+from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.tune import TuneSettings
+from fair_edge.training.tune import TuneSettings
 
 _TUNE = TuneSettings()
 
@@ -35,10 +35,10 @@ def tune(
 ) -> None:
     """Choose settings from normal images only: train candidates (FAIR with one setting changed at a time,
     and LGFDR), rank them by proxy defects caught at the target false-reject rate."""
-    from fair_edge.data import load_dataset, read_image
-    from fair_edge.train import resolve_device
-    from fair_edge.tune import Candidate, default_candidates
-    from fair_edge.tune import tune as run_tune
+    from fair_edge.training.data import load_dataset, read_image
+    from fair_edge.training.train import resolve_device
+    from fair_edge.training.tune import Candidate, default_candidates
+    from fair_edge.training.tune import tune as run_tune
 
     check_width(width)
     split = load_dataset(data, category)

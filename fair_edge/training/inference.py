@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fair_edge.checkpoint import Checkpoint
+from fair_edge.models.checkpoint import Checkpoint
 
 
 class TorchScorer:

@@ -19,12 +19,12 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli_common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
-from fair_edge.cli_train import run_training, train
+from fair_edge.cli.common import VerboseAnywhere, check_width, console, friendly_errors, progress_bar
+from fair_edge.cli.train import run_training, train
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
+from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 from fair_edge.errors import ConfigError
-from fair_edge.station_doc import station_reference
+from fair_edge.station.doc import station_reference
 
 app = typer.Typer(
     cls=VerboseAnywhere,
@@ -72,9 +72,9 @@ def print_metrics(result: dict, out: Path) -> None:
 
 def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,
              category: Optional[str] = None) -> dict:
-    from fair_edge.data import load_dataset
-    from fair_edge.evaluate import evaluate
-    from fair_edge.train import resolve_device
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.evaluate import evaluate
+    from fair_edge.training.train import resolve_device
 
     split = load_dataset(data, category)
     with progress_bar() as bar:
@@ -149,7 +149,7 @@ def print_demo(report: dict) -> None:
 def can_continue(out: Path, cfg, model) -> bool:
     """True when ``out/last.pt`` is an interrupted run of exactly this model and these training settings."""
     from fair_edge.errors import CheckpointError
-    from fair_edge.train_resume import read_saved_run
+    from fair_edge.training.resume import read_saved_run
 
     if not (out / "last.pt").is_file():
         return False
@@ -168,7 +168,7 @@ def can_continue(out: Path, cfg, model) -> bool:
 def reusable_demo_model(final: Path, model) -> bool:
     """True when ``final`` holds a model of ``model``'s family; ConfigError (nothing overwritten) when it
     holds the other family's."""
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
     from fair_edge.errors import ConfigError
 
     found = load_checkpoint(final).model
@@ -201,8 +201,8 @@ def demo(
     mono solar cells (normal cells only), evaluate it, build its bundle, and replay a conveyor of normal
     and defective cells through the station with a simulated PLC (Modbus TCP on 127.0.0.1) firing the
     reject gate."""
-    from fair_edge.demo import run_demo
-    from fair_edge.train import TrainingInterrupted
+    from fair_edge.demo.run import run_demo
+    from fair_edge.training.train import TrainingInterrupted
 
     spec = demo_model(model)
 
@@ -237,7 +237,7 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks)."""
     if not rejects:
         return []
-    from fair_edge.run_station import undelivered_sinks
+    from fair_edge.station.run import undelivered_sinks
 
     sinks = rejects.get("sinks") or {}
     delivered = sum(st.get("delivered", 0) for st in sinks.values())
@@ -357,8 +357,8 @@ def run(
 
     from rich.live import Live
 
-    from fair_edge.run_station import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
-    from fair_edge.station import StationConfig, load_station
+    from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
+    from fair_edge.station.config import StationConfig, load_station
 
     cfg = load_station(station) if station else StationConfig()
     if camera is not None and source is not None:
@@ -409,7 +409,7 @@ def console_settings(current, mode: Optional[str], port: Optional[int]):
 def print_bench(report) -> None:
     env = report.environment
     if report.stages:
-        from fair_edge.bench_stages import stage_table
+        from fair_edge.bench.stages import stage_table
 
         wide = Console(width=160)
         wide.print(f"per-stage ms per frame, CPU path: {env['cpu']} ({report.settings['frames']} frames)")
@@ -467,8 +467,8 @@ def bench(
     import shlex
     import sys
 
-    from fair_edge.bench import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
-    from fair_edge.bench_settings import BenchSettings, parse_batches, parse_feed, parse_frames
+    from fair_edge.bench.run import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
+    from fair_edge.bench.settings import BenchSettings, parse_batches, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
 
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
@@ -494,18 +494,18 @@ def bench(
         console.print(f"[green]results:[/] {json_out}")
 
 
-from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
+from fair_edge.cli.build import build  # noqa: E402  (the build command lives in its own module)
 
 app.command("build")(build)
-from fair_edge.cli_collect import collect  # noqa: E402
+from fair_edge.cli.collect import collect  # noqa: E402
 
 app.command("collect")(collect)
 
-from fair_edge.cli_tune import tune  # noqa: E402  (the tune command lives in its own module)
+from fair_edge.cli.tune import tune  # noqa: E402  (the tune command lives in its own module)
 
 app.command("tune")(tune)
 
-from fair_edge.cli_fuse import fuse  # noqa: E402  (the fuse command lives in its own module)
+from fair_edge.cli.fuse import fuse  # noqa: E402  (the fuse command lives in its own module)
 
 app.command("fuse")(fuse)
 

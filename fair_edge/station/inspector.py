@@ -28,7 +28,7 @@ import numpy as np
 
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
-from fair_edge.hotswap import ModelSwitch, retire
+from fair_edge.runtime.hotswap import ModelSwitch, retire
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict
 
@@ -113,7 +113,7 @@ class Inspector:
     threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
     0 outside) multiplied into the anomaly map before its max, or None for the whole image.
     model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
-    changes model or threshold at the next batch boundary (see fair_edge.hotswap).
+    changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     """
 
     def __init__(self, capture, choice, threshold: float, *, roi: np.ndarray | None = None,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 
@@ -50,7 +50,7 @@ class RunSource:
 @dataclass(frozen=True)
 class SavedRun:
     """run: where the inputs came from. model: family, settings and pre-processing. train: the
-    family's training settings (for FAIR a ``fair_edge.train.TrainConfig``)."""
+    family's training settings (for FAIR a ``fair_edge.training.train.TrainConfig``)."""
 
     run: RunSource
     model: ModelSpec

@@ -3,7 +3,7 @@
 1. The normal training images are split (fixed seed) into a training part and a held-out part
    (``holdout``, default 20 %).
 2. Proxy test set: every held-out image as a normal, plus one copy of it with a planted proxy defect
-   (fair_edge.proxy_defects: kinds and sizes cycled over the images). The proxy kinds differ from
+   (fair_edge.training.proxy_defects: kinds and sizes cycled over the images). The proxy kinds differ from
    the training synthesis, and no real defect image is ever read.
 3. Each candidate (one setting changed at a time from the base: model family, cutoff, filter, width,
    training length, image size or tiling) is trained on the training part and scored on the proxy set.
@@ -27,16 +27,16 @@ import cv2
 import numpy as np
 import torch
 
-from fair_edge import metrics
+from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.data import DatasetSplit, Sample, read_image
+from fair_edge.training.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
-from fair_edge.evaluate import score_samples
+from fair_edge.training.evaluate import score_samples
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.proxy_defects import KINDS, SIZES, plant
+from fair_edge.training.proxy_defects import KINDS, SIZES, plant
 from fair_edge.tiling import TilingConfig
-from fair_edge.train import TrainConfig
+from fair_edge.training.train import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from fair_edge.cli_common import console, friendly_errors
-from fair_edge.collect import QualitySettings
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.training.collect import QualitySettings
 from fair_edge.errors import ConfigError
 
 Q = QualitySettings()  # the defaults live in the dataclass
@@ -37,7 +37,7 @@ def collect(
 ) -> None:
     """Collect training images: keep sharp, well-exposed, distinct frames and count each skipped kind
     (badly exposed, blurred, near-duplicate). Ctrl-C stops and keeps what was saved."""
-    from fair_edge.collect import Collector, collect_from_source, export_reviewed
+    from fair_edge.training.collect import Collector, collect_from_source, export_reviewed
 
     quality = QualitySettings(dark_mean=dark_mean, bright_mean=bright_mean, clipped_share=Q.clipped_share,
                               blur_min=blur_min, duplicate_diff=duplicate_diff, memory=Q.memory)

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from fair_edge.runtime.backends import BackendChoice, BackendOptions, CpuPreprocessor, TorchBackend, select_backend
-from fair_edge.bench_settings import BenchSettings
+from fair_edge.bench.settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.inspector import Inspector, LatencyStats, LoopSettings
+from fair_edge.station.inspector import Inspector, LatencyStats, LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def synthetic_bundle(out: Path, model, precision: str = "fp32", max_batch: int =
 
     calib_frames: (H, W, 3) uint8 BGR frames for INT8 calibration and the threshold. Returns the Bundle.
     """
-    from fair_edge.checkpoint import Checkpoint
+    from fair_edge.models.checkpoint import Checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
 
     torch.manual_seed(seed)
@@ -388,7 +388,7 @@ def _settings_dict(settings: BenchSettings) -> dict:
 def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray],
                    threshold: float) -> BenchReport:
     """``--mode stages``: per-stage times of the CPU path, every batch, both CPU high-pass methods."""
-    from fair_edge.bench_stages import time_stages
+    from fair_edge.bench.stages import time_stages
 
     backend = "onnxruntime" if settings.backend == "auto" else settings.backend
     stages = [row for batch in settings.batches

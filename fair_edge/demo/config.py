@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import TrainConfig
+from fair_edge.training.train import TrainConfig
 
 DEMO_DATA = "elpv:mono"
 DEMO_MODEL = "lgfdr"

@@ -1,6 +1,6 @@
 """``fair-edge train``: normal images -> checkpoint, with Ctrl-C and exact ``--resume``.
 
-A thin typer command over ``fair_edge.train.Trainer``; register it with ``app.command()(train)``.
+A thin typer command over ``fair_edge.training.train.Trainer``; register it with ``app.command()(train)``.
 ``run_training`` is shared with the demo.
 """
 
@@ -14,13 +14,13 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from fair_edge.cli_common import check_width, console, friendly_errors, progress_bar
+from fair_edge.cli.common import check_width, console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import DEFAULT_FAMILY
 from fair_edge.preprocess import FILTERS, PreprocessConfig
-from fair_edge.train import TrainConfig
+from fair_edge.training.train import TrainConfig
 
 
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
@@ -33,17 +33,17 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
 
     import numpy as np
 
-    from fair_edge.data import list_images, load_dataset, load_images
+    from fair_edge.training.data import list_images, load_dataset, load_images
     from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.registry import ModelSpec
-    from fair_edge.train import resolve_device
-    from fair_edge.train_ddp import ddp_group, from_environment
-    from fair_edge.train_resume import RunSource
+    from fair_edge.training.train import resolve_device
+    from fair_edge.training.ddp import ddp_group, from_environment
+    from fair_edge.training.resume import RunSource
 
     split = load_dataset(data, category)
     texture_images = None
     if textures is not None:
-        from fair_edge.data import Sample
+        from fair_edge.training.data import Sample
 
         texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
         texture_images = np.ascontiguousarray(texture_images)
@@ -156,7 +156,7 @@ def train(
     amp: bool = typer.Option(TrainConfig.amp, help="bf16 autocast on CUDA."),
     nproc: int = typer.Option(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
                               "gloo); --batch is the global batch and must divide by it. Multi-node: see "
-                              "fair_edge/train_ddp.py."),
+                              "fair_edge/training/ddp.py."),
     tile: Optional[int] = typer.Option(None, help="Tiled inspection: square tiles of this many frame pixels, each "
                                        "resized to --image-size (for large frames with small defects)."),
     tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
@@ -166,9 +166,9 @@ def train(
     OUT/last.pt and prints the command that resumes it (`fair-edge train --resume --out OUT`)."""
     from fair_edge.models.fair.synthesis import SynthesisConfig
     from fair_edge.models.registry import ModelSpec, get_family
-    from fair_edge.runs import default_train_dir
-    from fair_edge.train import TrainingInterrupted
-    from fair_edge.train_resume import resume_command, resume_settings
+    from fair_edge.training.runs import default_train_dir
+    from fair_edge.training.train import TrainingInterrupted
+    from fair_edge.training.resume import resume_command, resume_settings
 
     if width is not None:
         check_width(width)
@@ -193,7 +193,7 @@ def train(
                       seed=seed, amp=amp, synthesis=SynthesisConfig(texture_source="folder" if textures else "self"),
                       **given)
     if nproc > 1:
-        from fair_edge.train_ddp import command_args, launch
+        from fair_edge.training.ddp import command_args, launch
 
         raise typer.Exit(launch(nproc, command_args(ctx, skip=("nproc",))))
     try:
@@ -204,7 +204,7 @@ def train(
         console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    from fair_edge.train_ddp import is_main_process
+    from fair_edge.training.ddp import is_main_process
 
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)

@@ -1,4 +1,4 @@
-"""Settings of ``fair-edge bench`` and the parsers of its command-line values (see ``fair_edge.bench``)."""
+"""Settings of ``fair-edge bench`` and the parsers of its command-line values (see ``fair_edge.bench.run``)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class BenchSettings:
     """backend: 'auto' or a name in ``backends.BACKENDS``. baseline: one of ``BASELINES``.
     batches: max_batch values to time. frame_hw: (height, width) of the synthetic frames, pixels.
     seconds: timed duration per (backend, batch, mode). mode: one of ``MODES``. feed: loop feeding
-    (``fair_edge.bench`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.
+    (``fair_edge.bench.run`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.
     distinct_frames: different frames cycled through. warmup_s: untimed running before each timing.
     torch_threads: torch.set_num_threads for this process, 0 = leave PyTorch's default.
     compile: torch.compile the PyTorch backend (not the baseline); compile seconds are reported."""
@@ -96,4 +96,4 @@ class BenchSettings:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("loop", "compute") if self.mode == "both" else (self.mode,)  # "stages": fair_edge.bench_stages
+        return ("loop", "compute") if self.mode == "both" else (self.mode,)  # "stages": fair_edge.bench.stages

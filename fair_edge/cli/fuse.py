@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.cli_common import console, friendly_errors
-from fair_edge.fusion import RULES
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.runtime.fusion import RULES
 
 
 @friendly_errors
@@ -22,8 +22,8 @@ def fuse(
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
 ) -> None:
     """Fuse several bundles: each model's map is normalised by its own normal scores, then combined."""
-    from fair_edge.data import list_images, read_image
-    from fair_edge.fusion import build_fused_bundle
+    from fair_edge.training.data import list_images, read_image
+    from fair_edge.runtime.fusion import build_fused_bundle
 
     frames = [read_image(p) for p in list_images(normal)]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)

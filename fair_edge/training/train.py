@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec
-from fair_edge.data import DatasetSplit, load_images
+from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
 from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
-from fair_edge.train_ddp import SingleProcess
+from fair_edge.training.ddp import SingleProcess
 
 log = logging.getLogger(__name__)
 LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
@@ -188,7 +188,7 @@ class Trainer:
         tex = torch.from_numpy(textures).to(device) if textures is not None else None
         self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)
         torch.manual_seed(cfg.seed)
-        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.train_ddp); identities in one process
+        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
         unet = self.parallel.prepare(UNet(cfg.width, preprocess.in_channels).to(device).train())
         self.forward = self.parallel.wrap(unet)  # unet itself, or its DDP wrapper (same parameters)
         optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.lr)

@@ -18,15 +18,15 @@ from rich.table import Table
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import images_for, read_image
-from fair_edge.cli_common import check_width, friendly_errors, progress_bar
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import images_for, read_image
+from fair_edge.cli.common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.highpass_plan import plan_highpass
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runs import find_latest_checkpoint
+from fair_edge.training.runs import find_latest_checkpoint
 
 console = Console()  # the summary table goes to stdout; errors go to stderr (cli_common)
 

@@ -25,11 +25,11 @@ from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
-from fair_edge.faults import FaultBoard
-from fair_edge.hotswap import ModelChange, model_id
-from fair_edge.inspector import Inspector, RunSummary
+from fair_edge.station.faults import FaultBoard
+from fair_edge.runtime.hotswap import ModelChange, model_id
+from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
-from fair_edge.station import AUTO_POLICY, StationConfig
+from fair_edge.station.config import AUTO_POLICY, StationConfig
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +258,11 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     from fair_edge.export.bundle import load_bundle
-    from fair_edge.fusion import FusedChoice, is_fused, load_fused_bundle
+    from fair_edge.runtime.fusion import FusedChoice, is_fused, load_fused_bundle
 
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
-    fused = is_fused(cfg.bundle)  # several models, one fused score (fair_edge.fusion)
+    fused = is_fused(cfg.bundle)  # several models, one fused score (fair_edge.runtime.fusion)
     bundle = load_fused_bundle(cfg.bundle) if fused else load_bundle(cfg.bundle)
     roi = load_roi(cfg.roi, bundle.image_size)
     choice = choice or (FusedChoice(bundle, cfg.backend) if fused else select_backend(bundle, cfg.backend))

@@ -17,12 +17,13 @@ import cv2
 import numpy as np
 import torch
 
-from fair_edge import metrics, plots
+from fair_edge import plots
+from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, quantile_threshold
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import DatasetSplit, Sample, read_image, read_mask
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
-from fair_edge.inference import TorchScorer
+from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
 from fair_edge.tiling import FrameTiler
 
