@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from fair_edge.cli.root import run_eval
+    from fair_edge.cli.evaluate import run_eval
     from fair_edge.cli.train import run_training
     from fair_edge.demo.run import run_demo
     from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, demo_model, demo_train_config

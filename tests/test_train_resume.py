@@ -117,7 +117,7 @@ def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
 
 
 def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
-    import fair_edge.cli.root as cli
+    import fair_edge.cli.demo as cli
     from fair_edge.training.data import load_dataset
     from fair_edge.demo.config import demo_preprocess, demo_train_config
     from fair_edge.training.train import Trainer, TrainingInterrupted
@@ -159,7 +159,7 @@ def test_demo_never_overwrites_the_other_familys_model(mvtec_dir, tmp_path, monk
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "holds a FAIR width 32 model" in text and "--model fair to reuse it" in text, text
     assert (tmp_path / "final.pt").read_bytes() == before and reused == []
-    monkeypatch.setattr("fair_edge.cli.root.print_demo", lambda report: None)
+    monkeypatch.setattr("fair_edge.cli.demo.print_demo", lambda report: None)
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair"])
     assert result.exit_code == 0 and reused == [tmp_path / "final.pt"], result.output
 

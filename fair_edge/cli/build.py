@@ -28,7 +28,9 @@ from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.runs import find_latest_checkpoint
 
-console = Console()  # the summary table goes to stdout; errors go to stderr (cli_common)
+console = Console()  # the summary table goes to stdout; errors go to stderr (fair_edge.cli.common)
+
+app = typer.Typer()
 
 
 def _precision(fp16: bool, int8: bool) -> str:
@@ -98,6 +100,7 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
     return "fused CUDA kernel", f"radius {plan.radius}, {plan.rank} separable term(s)"
 
 
+@app.command("build")
 @friendly_errors
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),

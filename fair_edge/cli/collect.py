@@ -16,7 +16,10 @@ from fair_edge.errors import ConfigError
 
 Q = QualitySettings()  # the defaults live in the dataclass
 
+app = typer.Typer()
 
+
+@app.command("collect")
 @friendly_errors
 def collect(
     out: Path = typer.Argument(..., help="Training folder to write (created): PNG frames, or with --reviewed an "

@@ -10,7 +10,10 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.runtime.fusion import RULES
 
+app = typer.Typer()
 
+
+@app.command("fuse")
 @friendly_errors
 def fuse(
     bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings)."),

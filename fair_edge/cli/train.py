@@ -22,6 +22,8 @@ from fair_edge.models.registry import DEFAULT_FAMILY
 from fair_edge.preprocess import FILTERS, PreprocessConfig
 from fair_edge.training.train import TrainConfig
 
+app = typer.Typer()
+
 
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
                  category: Optional[str] = None, textures: Optional[Path] = None, model=None,
@@ -114,6 +116,7 @@ def given_flags(ctx: typer.Context) -> dict:
     return {name: value for name, value in ctx.params.items() if typed(name)}
 
 
+@app.command("train")
 @friendly_errors
 def train(
     ctx: typer.Context,

@@ -15,7 +15,10 @@ from fair_edge.training.tune import TuneSettings
 
 _TUNE = TuneSettings()
 
+app = typer.Typer()
 
+
+@app.command("tune")
 @friendly_errors
 def tune(
     data: str = typer.Argument(..., help="Normal images: MVTec category folder (train/good is used), VisA CSV, "
