@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from fair_edge.runtime.backends import BACKENDS
-from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.errors import ConfigError, did_you_mean
 
 MODES = ("loop", "compute", "both", "stages")
 FEEDS = ("closed", "free")
@@ -15,9 +14,8 @@ BASELINES = ("torch-eager-cpu-pre", "none")
 
 def _choose(value: str, allowed: tuple[str, ...], what: str) -> str:
     if value not in allowed:
-        close = difflib.get_close_matches(value, allowed, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; found {value!r}.{hint}")
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; found {value!r}."
+                          f"{did_you_mean(value, allowed, sentence=True)}")
     return value
 
 
@@ -79,7 +77,7 @@ class BenchSettings:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        _choose(self.backend, ("auto", *BACKENDS), "--backend")
+        _choose(self.backend, BACKEND_NAMES, "--backend")
         _choose(self.baseline, BASELINES, "--baseline")
         _choose(self.mode, MODES, "--mode")
         if not self.batches or min(self.batches) < 1:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fair_edge.cli.common import check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import BACKEND_NAMES
 
 app = typer.Typer()
 
@@ -45,7 +46,7 @@ def print_bench(report) -> None:
 @friendly_errors
 def bench(
     bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-model)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
+    backend: str = typer.Option("auto", help=", ".join(BACKEND_NAMES) + "."),
     baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
     batches: str = typer.Option("1,4,8,16", help="Batch sizes (LoopSettings.max_batch), comma-separated."),

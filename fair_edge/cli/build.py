@@ -6,7 +6,6 @@ A thin typer command over ``fair_edge.export.build.build_bundle``; register it w
 
 from __future__ import annotations
 
-import difflib
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import images_for, read_image
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.highpass_plan import plan_highpass
 from fair_edge.models.tensors import HIGHPASS
@@ -131,9 +130,8 @@ def build(
         raise ConfigError("--int8 needs normal images for calibration; pass --calib with a folder of normal images "
                           "or a dataset (e.g. data/bracket or elpv:mono, whose training images are used).")
     if calib_method not in METHODS:
-        close = difflib.get_close_matches(calib_method, list(METHODS), n=1)
         raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
-                          + (f" Did you mean {close[0]!r}?" if close else ""))
+                          + did_you_mean(calib_method, METHODS, sentence=True))
     if checkpoint is None:
         if width is None:
             raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import threading
 import time
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
 from fair_edge.models.fair.unet import WIDTHS
 
 console = Console(stderr=True)
@@ -52,9 +51,8 @@ def friendly_errors(fn):
 def check_width(width: int, flag: str = "--width") -> int:
     """The CLI trains, builds and benches the paper's widths only (the library accepts any)."""
     if width not in WIDTHS:
-        close = difflib.get_close_matches(str(width), [str(w) for w in WIDTHS], n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"{flag} must be one of {', '.join(map(str, WIDTHS))}; found {width}.{hint}")
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, WIDTHS))}; found {width}."
+                          f"{did_you_mean(width, WIDTHS, sentence=True)}")
     return width
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.cli.evaluate import run_eval
 from fair_edge.cli.train import run_training
+from fair_edge.runtime.backends import BACKEND_NAMES
 from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 
 app = typer.Typer()
@@ -101,7 +102,7 @@ def demo(
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
     fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
-    backend: str = typer.Option("auto", help="Station backend: auto, tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
+    backend: str = typer.Option("auto", help="Station backend: " + ", ".join(BACKEND_NAMES) + "."),
     false_reject_rate: float = typer.Option(DEMO_FALSE_REJECT_RATE, "--false-reject-rate",
                                             help="Threshold target: share of normal cells rejected. The demo asks for "
                                             "5 % where build and eval default to 0.5 %: its threshold comes from 59 "

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import BACKENDS
 from fair_edge.station.doc import station_reference
 
 app = typer.Typer()
@@ -106,7 +107,7 @@ def run(
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
-    backend: Optional[str] = typer.Option(None, help="auto (default), tensorrt, torch-cuda, torch-cpu, onnxruntime, openvino."),
+    backend: Optional[str] = typer.Option(None, help="auto (default), " + ", ".join(BACKENDS) + "."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
                                               "default: the bundle's calibrated one."),
     roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),

@@ -4,11 +4,10 @@ naming ``section.field``, the expected form and the value found."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 
 def _fail(where: str, expected: str, found: Any) -> ConfigError:
@@ -24,10 +23,8 @@ def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, An
     known = list(known)
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"{section}.{key}: unknown setting{hint}; valid settings: {', '.join(sorted(known))}"
+                f"{section}.{key}: unknown setting{did_you_mean(key, known)}; valid settings: {', '.join(sorted(known))}"
             )
     return data
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -70,8 +71,8 @@ class _Part:
     target: int | None = None
     count: int | None = None
     state: str = UNKNOWN
-    score: float = float("nan")
-    t_edge: float = float("nan")
+    score: float | None = None  # None until a verdict with a score arrives
+    t_edge: float | None = None  # set when the part's reject slot is taken
 
 
 class RejectScheduler:
@@ -158,7 +159,7 @@ class RejectScheduler:
                 refused = len(self._parts) >= self.settings.max_pending
                 part = None if refused else self._place_unnoted(verdict, encoder_count)
             if part is not None:
-                part.state, part.score = (NG if verdict.ng else GOOD), verdict.score
+                part.state, part.score = (NG if verdict.ng else GOOD), (verdict.score if math.isfinite(verdict.score) else None)
         if part is not None:
             return SCHEDULED if verdict.ng else OK
         if refused:
@@ -383,6 +384,8 @@ class RejectScheduler:
         if uninspected:
             log.warning("part seq %d: no verdict by its due time; rejected uninspected (fail_safe: reject)",
                         part.seq)
+        if part.t_edge is None:
+            raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
                             uninspected, part.score, part.count)
         self._sinks.pulse(event)

@@ -277,6 +277,7 @@ BACKENDS: dict[str, Callable[..., BackendChoice]] = {
     "onnxruntime": _onnxruntime,
     "openvino": _openvino,
 }
+BACKEND_NAMES = ("auto", *BACKENDS)  # what --backend and the station file's backend accept: the one list
 # CPU engines 'auto' times at start-up; torch-cpu is left out: the slowest on the CPU in every measurement.
 CPU_CANDIDATES = ("onnxruntime", "openvino")
 UNAVAILABLE = (FairEdgeError, ImportError, OSError, RuntimeError)
