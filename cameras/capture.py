@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fair_edge.errors import CameraError, ConfigError, did_you_mean
+from fair_edge.line.fields import require
 from fair_edge.records import Frame
 
 from .base import EndOfStream, FrameMissed, FrameSource
@@ -89,8 +90,7 @@ class CaptureSettings:
 
 
 def _require(ok: bool, field: str, expected: str, found: object) -> None:
-    if not ok:
-        raise ConfigError(f"CaptureSettings.{field}: expected {expected}, found {found!r}")
+    require(ok, f"CaptureSettings.{field}", expected, found)
 
 
 class CaptureState(enum.Enum):

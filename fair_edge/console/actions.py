@@ -14,6 +14,7 @@ from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.runtime.hotswap import ModelChange
+from fair_edge.line.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,11 @@ def _quantiles(change: ModelChange):
 
 
 def _seq(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"seq: expected a part number (integer), found {value!r}")
+    require(is_int(value), "seq", "a part number (integer)", value)
     return value
 
 
 def _who(value) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 80:
-        raise ConfigError(f"who: expected the operator's name (1..80 characters), found {value!r}")
+    require(isinstance(value, str) and bool(value.strip()) and len(value) <= 80, "who",
+            "the operator's name (1..80 characters)", value)
     return value.strip()

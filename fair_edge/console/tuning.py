@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
+from fair_edge.line.fields import is_number, require
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -71,8 +72,7 @@ def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float
 
 
 def check_threshold(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"threshold: expected a finite number > 0, found {value!r}")
+    require(is_number(value) and math.isfinite(value) and value > 0, "threshold", "a finite number > 0", value)
     return float(value)
 
 

@@ -14,6 +14,23 @@ def _fail(where: str, expected: str, found: Any) -> ConfigError:
     return ConfigError(f"{where}: expected {expected}, found {found!r}")
 
 
+def require(ok: bool, where: str, expected: str, found: Any) -> None:
+    """The one field check for settings outside a YAML section (camera settings, console actions): raise
+    ``ConfigError("where: expected ..., found ...")`` unless ``ok``."""
+    if not ok:
+        raise _fail(where, expected, found)
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML and JSON give True for 'true')."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, Any]:
     """Refuse a non-mapping section or an unknown key (with a "did you mean")."""
     if data is None:
