@@ -37,7 +37,7 @@ def print_demo(report: dict) -> None:
             continue
         verdict = ("[green]caught[/]" if row["ng"] else "[red]missed[/]") if row["in_time"] else (
             "[red]missed (verdict late)[/]" if row["inspected"] else "[red]missed (not inspected: dropped)[/]")
-        table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], f"{row['score']:.4f}", verdict,
+        table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], "-" if row["score"] is None else f"{row['score']:.4f}", verdict,
                       demo_pulse_text(row))
     out.print(table)
     s, lat, line = report["summary"], report["summary"]["latency"], report["line"]

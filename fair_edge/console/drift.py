@@ -63,8 +63,8 @@ class DriftWatch:
         self._excluded: set[int] = set()
         self._lock = threading.Lock()
 
-    def observe(self, seq: int, score: float) -> None:
-        if math.isfinite(score):
+    def observe(self, seq: int, score: float | None) -> None:
+        if score is not None and math.isfinite(score):
             self._scores.append((seq, score))
 
     def exclude(self, seq: int) -> None:

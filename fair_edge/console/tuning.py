@@ -34,7 +34,7 @@ def split_scores(recent: list[Verdict], labels: dict[int, str]) -> tuple[np.ndar
     """(normal scores, defect scores, unreviewed NG count) from recent verdicts and review labels by seq."""
     normal, defect, unreviewed = [], [], 0
     for v in recent:
-        if not math.isfinite(v.score):
+        if v.score is None:  # not scored (malformed frame, inference failure)
             continue
         label = labels.get(v.seq)
         if label in DEFECT_LABELS:

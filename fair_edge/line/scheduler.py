@@ -32,7 +32,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -159,7 +158,7 @@ class RejectScheduler:
                 refused = len(self._parts) >= self.settings.max_pending
                 part = None if refused else self._place_unnoted(verdict, encoder_count)
             if part is not None:
-                part.state, part.score = (NG if verdict.ng else GOOD), (verdict.score if math.isfinite(verdict.score) else None)
+                part.state, part.score = (NG if verdict.ng else GOOD), verdict.score
         if part is not None:
             return SCHEDULED if verdict.ng else OK
         if refused:

@@ -153,8 +153,8 @@ class Inspector:
             self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
         return self.roi
 
-    def _emit(self, frame: Frame, score: float, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
-        ng = bool(error) or score > self.threshold
+    def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
+        ng = bool(error) or score is None or score > self.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
                           self.model)
         self.summary.inspected += 1
@@ -177,7 +177,7 @@ class Inspector:
             except ConfigError as exc:
                 self.summary.malformed += 1
                 log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
-                verdicts[frame.seq] = self._emit(frame, math.nan, f"malformed frame: {exc}")
+                verdicts[frame.seq] = self._emit(frame, None, f"malformed frame: {exc}")
         if good:
             try:
                 maps, scores = self.choice.infer_frames([image for _, image in good])
@@ -189,7 +189,7 @@ class Inspector:
                 self._consecutive_errors += 1
                 log.error("inference failed for %d frame(s): %s", len(good), exc)
                 for frame, _ in good:
-                    verdicts[frame.seq] = self._emit(frame, math.nan, f"inference failed: {exc}")
+                    verdicts[frame.seq] = self._emit(frame, None, f"inference failed: {exc}")
             else:
                 for (frame, _), amap, score in zip(good, maps, scores):
                     verdicts[frame.seq] = self._emit(frame, float(score), anomaly_map=amap)
