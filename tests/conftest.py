@@ -114,6 +114,17 @@ def station_bundles(trained, mvtec_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fused_station_bundle(station_bundles, mvtec_dir, tmp_path_factory):
+    """The two station bundles fused into one (fair_edge.runtime.fusion), its threshold from the plate's
+    held-out normals: what a hot swap to a fused bundle loads."""
+    from fair_edge.runtime.fusion import build_fused_bundle
+    from fair_edge.training.data import load_dataset, read_image
+
+    normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
+    return build_fused_bundle([b.root for b in station_bundles], tmp_path_factory.mktemp("fused") / "fused", normals)
+
+
+@pytest.fixture(scope="session")
 def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
     """The plate's 12 test images (6 good, 6 with a blob) as a replay folder, in a fixed order."""
     from fair_edge.training.data import load_dataset

@@ -87,6 +87,22 @@ class StationActions:
             return ""
         return rel.as_posix()
 
+    # ------------------------------------------------------------------ reject gate
+    def acknowledge_alarm(self, who: str) -> dict:
+        """The operator's reset of a latched reject alarm (a part passed uninspected, was refused, or
+        missed its gap): ``RejectScheduler.acknowledge_alarm``; the fault output drops unless a fault
+        (camera, backend, sink down) still holds it. Audited with the alarm it cleared."""
+        who = _who(who)
+        scheduler = self.feed.scheduler
+        if scheduler is None:
+            raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks): no alarm to "
+                              "acknowledge")
+        old = scheduler.alarm
+        scheduler.acknowledge_alarm()
+        log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
+        return self.audit.append({"action": "acknowledge_alarm", "who": who, "old": old or "",
+                                  "fault": scheduler.fault_reason or ""})
+
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None) -> dict:
         """Distributions and the projection for ``proposed`` (default: the threshold in force)."""

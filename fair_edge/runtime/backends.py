@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,6 +39,29 @@ class Backend(Protocol):
     def infer(self, inputs: Inputs) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+class Closable(Protocol):
+    name: str
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FrameScorer(Protocol):
+    """What the inspection loop runs and a hot swap hands over: whole frames in, maps and scores out.
+    ``BackendChoice`` (one bundle) and ``fusion.FusedChoice`` (several, one fused score) are the two.
+
+    infer_frames(frames: list of (H, W, 3) uint8 BGR or (H, W) gray host arrays) -> (maps (N, h, w)
+    float32, scores (N,) float32). backend: what to close when the scorer is retired. reason: which
+    backend runs and why (shown in the summary and the console). graph_threshold: the threshold
+    calibrated on the graph this scorer runs when that is not the bundle's (None: the bundle's)."""
+
+    backend: Closable
+    reason: str
+    graph_threshold: Threshold | None
+
+    def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 # ----------------------------------------------------------------------------- backends

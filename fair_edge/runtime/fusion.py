@@ -184,8 +184,9 @@ class _Members:
 
 
 class FusedChoice:
-    """Duck-types runtime.backends.BackendChoice for the Inspector: ``infer_frames``, ``backend``, ``reason``.
-    ``graph_threshold`` is None: the fused bundle's one threshold is calibrated on the fused score."""
+    """A ``runtime.backends.FrameScorer`` over the member bundles: each member's backend scores the frames,
+    ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
+    calibrated on the fused score."""
 
     graph_threshold = None
 

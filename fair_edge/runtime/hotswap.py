@@ -18,7 +18,14 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run time
+    from fair_edge.export.bundle import Bundle
+    from fair_edge.runtime.backends import FrameScorer
+    from fair_edge.runtime.fusion import FusedBundle
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +40,16 @@ def model_id(bundle) -> str:
 
 @dataclass(frozen=True)
 class ModelChange:
-    """What changes at the next batch boundary. choice: a ``BackendChoice`` (None = keep the model);
+    """What changes at the next batch boundary. choice: a ``FrameScorer`` (None = keep the model);
     threshold: the new decision threshold (None = keep); roi: (S, S) float32 weights for the new
-    model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle``."""
+    model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
+    ``FusedBundle``."""
 
-    choice: object | None = None
+    choice: FrameScorer | None = None
     threshold: float | None = None
     roi: np.ndarray | None = None
     model: str = ""
-    bundle: object | None = None
+    bundle: Bundle | FusedBundle | None = None
 
 
 class ModelSwitch:
@@ -77,7 +85,7 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
                        old.roi, old.model, old.bundle)
 
 
-def retire(choice) -> None:
+def retire(choice: FrameScorer) -> None:
     """Close the backend of a model that is no longer used (by the loop after a swap, or a pending
     one replaced before it ran); a failing close is logged, never raised."""
     try:

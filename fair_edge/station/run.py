@@ -15,12 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
 
-from fair_edge.runtime.backends import select_backend
+from fair_edge.runtime.backends import FrameScorer, select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.capture import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
@@ -30,6 +30,10 @@ from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.config import AUTO_POLICY, StationConfig
+
+if TYPE_CHECKING:
+    from fair_edge.export.bundle import Bundle
+    from fair_edge.runtime.fusion import FusedBundle
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +229,32 @@ def open_console(cfg: StationConfig, bundle, faults: FaultBoard | None, stack: c
     return console
 
 
+def read_bundle(path: Path) -> Bundle | FusedBundle:
+    """Load and verify a bundle folder from `fair-edge build`, or a fused one from `fair-edge fuse`."""
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.runtime.fusion import is_fused, load_fused_bundle
+
+    return load_fused_bundle(path) if is_fused(path) else load_bundle(path)
+
+
+def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
+    """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
+    from fair_edge.runtime.fusion import FusedBundle, FusedChoice
+
+    return FusedChoice(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
+
+
 def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
                 threshold: float | None = None) -> ModelChange:
-    """Load and verify a bundle and open its backend (slow: call it off the inspection loop).
+    """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
 
     threshold: the threshold to use with it; None = the one calibrated on the graph the backend runs,
     else the bundle's (ConfigError when it has none). Raises our errors for a bad bundle; nothing
     changes then.
     """
-    from fair_edge.export.bundle import load_bundle
-
-    bundle = load_bundle(bundle_path)
+    bundle = read_bundle(bundle_path)
     roi = load_roi(roi_path, bundle.image_size)
-    choice = select_backend(bundle, backend)
+    choice = open_scorer(bundle, backend)
     if threshold is None:
         graph = choice.graph_threshold
         if graph is None and bundle.threshold is None:
@@ -257,15 +274,11 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     source: a frame source to use instead of ``cfg.camera.source``; choice: a ``BackendChoice`` to
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
-    from fair_edge.export.bundle import load_bundle
-    from fair_edge.runtime.fusion import FusedChoice, is_fused, load_fused_bundle
-
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
-    fused = is_fused(cfg.bundle)  # several models, one fused score (fair_edge.runtime.fusion)
-    bundle = load_fused_bundle(cfg.bundle) if fused else load_bundle(cfg.bundle)
+    bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = choice or (FusedChoice(bundle, cfg.backend) if fused else select_backend(bundle, cfg.backend))
+    choice = choice or open_scorer(bundle, cfg.backend)
     threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
     run_id = new_run_id()
     if on_start is not None:
