@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
@@ -31,6 +31,10 @@ from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict
+
+if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
+    from fair_edge.cameras import CaptureThread
+    from fair_edge.runtime.backends import FrameScorer
 
 log = logging.getLogger(__name__)
 VerdictCallback = Callable[[Frame, Verdict, "np.ndarray | None"], None]
@@ -116,7 +120,7 @@ class Inspector:
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     """
 
-    def __init__(self, capture, choice, threshold: float, *, roi: np.ndarray | None = None,
+    def __init__(self, capture: CaptureThread, choice: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
                  model: str = "") -> None:
         if not math.isfinite(threshold):
