@@ -131,3 +131,34 @@ def test_stop_event_drains_frames_in_flight(choice):
         summary = Inspector(capture, choice, 0.5, on_verdict=[stop_after_first]).run(stop)
     assert summary.inspected == len(seen) >= 2  # the queued frames were inspected after the stop
     assert capture.qsize() == 0
+
+
+def test_untiled_frames_skip_the_tiler_with_the_same_maps_scores_and_verdicts(choice, mvtec_dir, monkeypatch):
+    from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, SCORE
+    from fair_edge.preprocess import frame_to_float, resize_float
+    from fair_edge.training.data import read_image
+
+    frames = [read_image(s.path) for s in load_dataset(mvtec_dir).test]
+    pipeline = choice.preprocess.pipeline
+    # the previous path: identity split, frames checked again while scaled, inference, identity stitch
+    colour = np.stack([resize_float(frame_to_float(f), pipeline.cfg.image_size) for f in frames])
+    tiles, layouts = choice.tiler.split(frames)
+    assert tiles == frames and layouts == [None] * len(frames)
+    inputs = {COLOUR: torch.from_numpy(colour), HIGHPASS: torch.from_numpy(pipeline.highpass_of(colour))}
+    out = choice.backend.infer({name: inputs[name] for name in choice.preprocess.names})
+    old_maps, old_scores = choice.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], layouts)
+
+    def no_tiler(*args):
+        raise AssertionError("an untiled frame went through the tiler")
+
+    monkeypatch.setattr(choice.tiler, "split", no_tiler)
+    monkeypatch.setattr(choice.tiler, "stitch", no_tiler)
+    maps, scores = choice.infer_frames(frames)
+    np.testing.assert_array_equal(maps, np.stack(old_maps))
+    np.testing.assert_array_equal(scores, old_scores)
+    assert scores.dtype == old_scores.dtype == np.float32 and maps.dtype == np.float32
+    threshold = float(np.median(old_scores))
+    verdicts = Inspector(capture=None, choice=choice, threshold=threshold).inspect(
+        [Frame(i, 0.0, f) for i, f in enumerate(frames)])
+    assert [v.score for v in verdicts] == [float(s) for s in old_scores]
+    assert [v.ng for v in verdicts] == [bool(s > threshold) for s in old_scores]

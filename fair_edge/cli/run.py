@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -138,9 +140,6 @@ def run(
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
     SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
     capture."""
-    import signal
-    import threading
-
     from rich.live import Live
 
     from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
@@ -160,17 +159,15 @@ def run(
                        batching=batching, output=out, record=record,
                        reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe),
                        console=console_settings(cfg.console, console_mode, console_port))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    on_console = (lambda c: signal.signal(signal.SIGHUP, lambda *_: c.reload_bundle("SIGHUP"))) \
-        if hasattr(signal, "SIGHUP") else None
+    signals = StationSignals()
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+
+    def show_live(inspector) -> None:
+        live.update(live_table(inspector))
+
     with live or contextlib.nullcontext():
-        summary = run_station(cfg, stop, max_frames=max_frames, duration_s=duration,
-                              on_start=lambda text: console.print(text),
-                              on_tick=(lambda insp: live.update(live_table(insp))) if live else None,
-                              on_console=on_console)
+        summary = run_station(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
+                              on_tick=show_live if live else None, on_console=signals.wire_sighup)
     print_summary(summary, cfg.output)
     console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
     code = exit_code(summary)
@@ -179,6 +176,29 @@ def run(
                       f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
     if code:
         raise typer.Exit(code)
+
+
+class StationSignals:
+    """`fair-edge run`'s signals: Ctrl-C and SIGTERM set ``stop`` (the station drains and exits 0); SIGHUP,
+    once the console exists, loads the bundle the station file names (``StationConsole.reload_bundle``)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.console = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.on_stop)
+
+    def on_stop(self, signum: int, frame: object) -> None:
+        self.stop.set()
+
+    def wire_sighup(self, station_console) -> None:
+        """``run_station``'s on_console hook (where the OS has SIGHUP)."""
+        self.console = station_console
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self.on_hup)
+
+    def on_hup(self, signum: int, frame: object) -> None:
+        self.console.reload_bundle("SIGHUP")
 
 
 def console_settings(current, mode: Optional[str], port: Optional[int]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -32,7 +33,8 @@ class StationActions:
     (None = the station runs from flags only; the audit log still records it). load_model(path) ->
     ModelChange opens a bundle for a swap (slow; called on a thread of its own); None = no swaps."""
 
-    def __init__(self, feed: StationFeed, station_file: Path | None, load_model=None) -> None:
+    def __init__(self, feed: StationFeed, station_file: Path | None,
+                 load_model: Callable[[Path], ModelChange] | None = None) -> None:
         self.feed, self.station_file, self.load_model = feed, station_file, load_model
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)

@@ -28,8 +28,8 @@ from fair_edge.runtime.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, Stag
 from fair_edge.tiling import FrameTiler, TileLayout
 
 log = logging.getLogger(__name__)
-Inputs = Mapping[str, torch.Tensor]
-Preprocess = Callable[[list[np.ndarray]], dict[str, torch.Tensor]]
+Inputs = Mapping[str, "torch.Tensor | np.ndarray"]  # host engines (ONNX Runtime, OpenVINO) take NumPy arrays too
+Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
 
 
 class Backend(Protocol):
@@ -130,20 +130,26 @@ class CpuPreprocessor:
     image and a ``highpass`` input come from ``preprocess_cpu.CpuPipeline`` (NumPy / OpenCV; high-pass
     method ``highpass``: fft or the fused kernel's separable taps); any other input from the family's
     input maker applied to the colour image.
+
+    host: for engines that run on host arrays (ONNX Runtime, OpenVINO): when the pipeline makes every input,
+    they are handed on as the NumPy arrays it wrote (no torch on that path); otherwise tensors on ``device``.
     """
 
     def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu"),
-                 highpass: str = DEFAULT_HIGHPASS) -> None:
+                 highpass: str = DEFAULT_HIGHPASS, host: bool = False) -> None:
         self.names, self.device = model.input_names, device
         self.pipeline = CpuPipeline(model.preprocess, highpass)
         self.make_inputs = model.input_maker("cpu")
+        self.host = host and set(self.names) <= {COLOUR, HIGHPASS}
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor | np.ndarray]:
         colour = self.pipeline.colour(frames, clock)
         arrays = {COLOUR: colour}
         if HIGHPASS in self.names:
             arrays[HIGHPASS] = self.pipeline.highpass_of(colour, clock)
+        if self.host:
+            return {name: arrays[name] for name in self.names}
         inputs = {name: torch.from_numpy(a) for name, a in arrays.items() if name in self.names}
         if len(inputs) < len(self.names):
             inputs = {**self.make_inputs(torch.from_numpy(colour)), **inputs}
@@ -199,6 +205,11 @@ class BackendOptions:
     compile: bool = False
 
 
+def whole_frames() -> FrameTiler:
+    """The identity tiler of an untiled bundle (``BackendChoice``'s default)."""
+    return FrameTiler(None, 0)
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
@@ -210,16 +221,20 @@ class BackendChoice:
     preprocess: Preprocess
     reason: str
     graph_threshold: Threshold | None = None
-    tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
+    tiler: FrameTiler = field(default_factory=whole_frames)
     max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
+        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), checked by ``preprocess.check_frame``,
+        one size per batch when tiled.
 
         Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
-        scores (N,) float32). Tiles of same-sized frames go to a pre-processing that crops them itself
-        (``tiles``: the fused GPU kernel, all tiles in one launch) in one call; otherwise they are cut on
-        the host (views) and pre-processed like frames, ``max_batch`` at a time."""
+        scores (N,) float32). Whole frames go straight to pre-processing and the backend. Tiles of
+        same-sized frames go to a pre-processing that crops them itself (``tiles``: the fused GPU kernel,
+        all tiles in one launch) in one call; otherwise they are cut on the host (views) and
+        pre-processed like frames, ``max_batch`` at a time."""
+        if self.tiler.tiling is None:
+            return self._infer_whole(frames)
         tiles, layouts = self.tiler.split(frames)
         step = self.max_batch or len(tiles)
         crops_itself = hasattr(self.preprocess, "tiles") and layouts[0] is not None and len(set(layouts)) == 1
@@ -232,6 +247,15 @@ class BackendChoice:
         scores = np.concatenate([p[SCORE] for p in parts])
         frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
         return np.stack(frame_maps), frame_scores
+
+    def _infer_whole(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Untiled bundles: frames -> inputs -> backend, ``max_batch`` at a time; no split, no stitch."""
+        step = self.max_batch or len(frames)
+        parts = [self.backend.infer(self.preprocess(frames[i : i + step])) for i in range(0, len(frames), step)]
+        # copies: a backend may hand out views of buffers it reuses for the next batch
+        maps = np.concatenate([p[ANOMALY_MAP][:, 0] for p in parts])
+        return maps, np.asarray(np.concatenate([p[SCORE] for p in parts]), np.float32)
+
 
 
 def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
@@ -267,7 +291,7 @@ def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.ort import OnnxRuntimeBackend
 
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"ONNX Runtime on the CPU ({what})", threshold)
 
 
@@ -275,7 +299,7 @@ def _openvino(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.openvino import OpenVinoBackend
 
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"OpenVINO on the CPU ({what})", threshold)
 
 

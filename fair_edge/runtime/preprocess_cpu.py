@@ -4,7 +4,7 @@ Same numbers as the float64 reference (``fair_edge.preprocess``); no torch ops, 
 PyTorch's thread pool for a loaded CPU (a 256 x 256 torch FFT took 74 ms with two threads on a busy
 2-core machine and 1 ms with one: BENCHMARKS.md). Stages, each timed by ``fair-edge bench --mode stages``:
 
-  copy      uint8 frame -> float32 BGR in [0, 1] (``frame_to_float``),
+  copy      uint8 frame -> float32 BGR in [0, 1] (``scale_frame``; frames checked once, by the inspection loop),
   resize    OpenCV INTER_LINEAR to S x S, BGR -> RGB planes,
   highpass  BT.601 gray, then one of ``HIGHPASS_METHODS``:
             fft        real FFT x the filter's transfer function (``highpass_transfer``), exact,
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError
-from fair_edge.preprocess import GRAY_WEIGHTS_RGB, PreprocessConfig, frame_to_float, highpass_transfer, resize_float
+from fair_edge.preprocess import GRAY_WEIGHTS_RGB, PreprocessConfig, highpass_transfer, resize_float, scale_frame
 
 HIGHPASS_METHODS = ("fft", "separable")
 DEFAULT_HIGHPASS = "fft"  # measured faster than "separable" at 256 x 256 (BENCHMARKS.md, per-stage table)
@@ -112,7 +112,8 @@ def highpass_function(cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> 
 class CpuPipeline:
     """frames -> (highpass (B, C, S, S), colour (B, 3, S, S)) float32 host arrays, stage by stage.
 
-    frames: list of (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory, any sizes.
+    frames: list of (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory, any sizes, checked by
+    ``preprocess.check_frame`` (the inspection loop checks each frame once; other callers check theirs).
     """
 
     def __init__(self, cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> None:
@@ -131,7 +132,7 @@ class CpuPipeline:
         clock.start()
         colour = np.empty((len(frames), 3, size, size), np.float32)
         for i, frame in enumerate(frames):
-            bgr = frame_to_float(frame)
+            bgr = scale_frame(frame)
             clock.lap("copy")
             colour[i] = resize_float(bgr, size)
             clock.lap("resize")

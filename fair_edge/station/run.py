@@ -31,9 +31,20 @@ from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.config import AUTO_POLICY, StationConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
+    from fair_edge.calibration.threshold import Threshold
+    from fair_edge.cameras import FrameSource
+    from fair_edge.console.station_hook import StationConsole
     from fair_edge.export.bundle import Bundle
+    from fair_edge.line.encoder import EncoderSource
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.mqtt import MqttPublisher
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.scheduler import RejectScheduler
+    from fair_edge.records import Frame, Verdict
     from fair_edge.runtime.fusion import FusedBundle
+    from fair_edge.station.faults import FaultChannel
+    from fair_edge.station.inspector import VerdictCallback
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +81,8 @@ def load_roi(path: Path | None, size: int) -> np.ndarray | None:
     return roi.astype(np.float32)
 
 
-def open_capture(cfg: StationConfig, source=None, **hooks) -> CaptureThread:
+def open_capture(cfg: StationConfig, source: FrameSource | None = None,
+                 **hooks: Callable[[Frame], None]) -> CaptureThread:
     """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
     as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
     ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
@@ -109,10 +121,10 @@ class CameraWatch:
     Called from the inspection loop's tick (every ~0.5 s); sets the output only when the state changes.
     """
 
-    def __init__(self, capture, scheduler) -> None:
+    def __init__(self, capture: CaptureThread, scheduler: FaultChannel | None) -> None:
         self.capture, self.scheduler, self.reason = capture, scheduler, ""
 
-    def __call__(self, _inspector=None) -> str:
+    def __call__(self, _inspector: Inspector | None = None) -> str:
         reason = camera_fault(self.capture.stats())
         if reason != self.reason:
             if reason:
@@ -125,7 +137,7 @@ class CameraWatch:
         return reason
 
 
-def resolve_threshold(cfg: StationConfig, bundle, graph_threshold=None) -> float:
+def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None) -> float:
     """The station file's threshold, else the one calibrated on the graph the backend runs, else the bundle's."""
     if cfg.threshold is not None:
         return cfg.threshold
@@ -144,22 +156,22 @@ class LineSide:
     """What a station signals and records through: the recorder, the reject gate (None without
     sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
 
-    recorder: object
-    scheduler: object | None
-    encoder: object | None
-    mqtt: object | None
-    callbacks: list
-    metrics: object | None = None
+    recorder: Recorder
+    scheduler: RejectScheduler | None
+    encoder: EncoderSource | None
+    mqtt: MqttPublisher | None
+    callbacks: list[VerdictCallback]
+    metrics: Metrics | None = None
     fault_shown: str = ""
 
-    def capture_hooks(self) -> dict:
+    def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
-        hooks: dict = {"on_drop": self.on_drop}
+        hooks: dict[str, Callable[[Frame], None]] = {"on_drop": self.on_drop}
         if self.scheduler is not None:
             hooks["on_capture"] = self.scheduler.on_capture
         return hooks
 
-    def on_drop(self, frame) -> None:
+    def on_drop(self, frame: Frame) -> None:
         """A frame the capture queue dropped: a row in the verdict log (and on MQTT)."""
         self.recorder.record_dropped(frame)
         if self.mqtt is not None:
@@ -167,7 +179,7 @@ class LineSide:
 
             self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
 
-    def publish_verdict(self, frame, verdict, anomaly_map=None) -> None:
+    def publish_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
         """Verdict callback: the verdict log's row on MQTT."""
         self.mqtt.publish_row(self.recorder.log_row(verdict))
 
@@ -216,7 +228,8 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     return line
 
 
-def open_console(cfg: StationConfig, bundle, faults: FaultBoard | None, stack: contextlib.ExitStack, metrics=None):
+def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
+                 stack: contextlib.ExitStack, metrics: Metrics | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
     (started here, closed by ``stack``)."""
     from fair_edge.console.station_hook import StationConsole
@@ -267,11 +280,12 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
-                on_tick: Callable[[Inspector], None] | None = None, source=None, choice=None,
-                on_console=None) -> RunSummary:
+                on_tick: Callable[[Inspector], None] | None = None, source: FrameSource | None = None,
+                choice: FrameScorer | None = None,
+                on_console: Callable[[StationConsole], None] | None = None) -> RunSummary:
     """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
 
-    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``BackendChoice`` to
+    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``FrameScorer`` to
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     if cfg.bundle is None:
