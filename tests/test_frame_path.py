@@ -31,8 +31,13 @@ def documented_steps() -> list[str]:
     return [f for _, f in rows]
 
 
+COUNTED = {("fair_edge/preprocess.py", "check_frame"), ("cameras/base.py", "check_image"),
+           ("fair_edge/station/inspector.py", "_emit"), ("fair_edge/runtime/ort.py", "infer")}
+
+
 class PathTrace:
-    """Repository files entered per thread, c-calls of interest, and calls per function, while ``on``."""
+    """Calls of the ``COUNTED`` functions over the whole run; while ``on`` (frames passing in steady state),
+    the repository files each thread enters and its calls of ``torch.from_numpy``."""
 
     def __init__(self) -> None:
         self.on = False
@@ -40,16 +45,16 @@ class PathTrace:
         self.calls: collections.Counter = collections.Counter()
 
     def __call__(self, frame, event, arg) -> None:
-        if not self.on:
-            return
         thread = threading.current_thread().name.split("-")[0]
-        if event == "c_call" and getattr(arg, "__name__", "") == "from_numpy":
+        if event == "c_call" and self.on and getattr(arg, "__name__", "") == "from_numpy":
             self.calls[(thread, "torch.from_numpy")] += 1
         if event != "call" or not frame.f_code.co_filename.startswith(SOURCES):
             return
         rel = Path(frame.f_code.co_filename).relative_to(ROOT).as_posix()
-        self.files[thread].add(rel)
-        self.calls[(rel, frame.f_code.co_name)] += 1
+        if (rel, frame.f_code.co_name) in COUNTED:
+            self.calls[(rel, frame.f_code.co_name)] += 1
+        if self.on:
+            self.files[thread].add(rel)
 
 
 class PacedSource:
@@ -111,7 +116,7 @@ def traced(tmp_path_factory):
 def test_the_documented_path_is_the_one_frames_take(traced):
     trace, summary, writes = traced
     steps = documented_steps()
-    assert len(steps) <= 8 and summary.inspected == 50 and summary.rejects["rejected_ng"] >= 40 and writes
+    assert len(steps) <= 8 and summary.inspected == 50 and summary.rejects["rejected_ng"] > 0 and writes
     path = {thread: files - SIDE for thread, files in trace.files.items()}
     seen = set().union(*path.values())
     assert set(steps) <= seen, set(steps) - seen  # every step's file ran while the frames passed
@@ -123,11 +128,11 @@ def test_the_documented_path_is_the_one_frames_take(traced):
 
 
 def test_each_frame_is_checked_once_and_skips_the_tiler(traced):
-    trace, _, _ = traced
-    verdicts = trace.calls[("fair_edge/station/inspector.py", "_emit")]
-    assert verdicts >= 5
-    assert trace.calls[("fair_edge/preprocess.py", "check_frame")] == verdicts  # once per frame, one rule
-    assert trace.calls[("cameras/base.py", "check_image")] == 0  # the source checks only its first frame
+    trace, summary, _ = traced
+    assert trace.calls[("fair_edge/station/inspector.py", "_emit")] == summary.inspected == 50
+    # once per frame, one rule: the loop checks every frame, the source only its first (at open, same rule)
+    assert trace.calls[("fair_edge/preprocess.py", "check_frame")] == summary.inspected + 1
+    assert trace.calls[("cameras/base.py", "check_image")] == 1
     assert "fair_edge/tiling.py" not in trace.files["MainThread"]
 
 
