@@ -51,11 +51,11 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
     Rate (parts inspected per second, steady state), latency and pulse timing leave out the first
     ``warmup`` parts (first inferences, connections)."""
     from fair_edge.console.settings import ConsoleSettings
-    from fair_edge.demo import match_pulses
+    from fair_edge.demo.run import match_pulses
     from fair_edge.line.settings import RecordSettings, RejectSettings
     from fair_edge.line.sim_plc import SimulatedPlc
-    from fair_edge.run_station import run_station
-    from fair_edge.station import CameraSettings, StationConfig
+    from fair_edge.station.run import run_station
+    from fair_edge.station.config import CameraSettings, StationConfig
 
     plc = SimulatedPlc().start()
     stop, done = threading.Event(), threading.Event()
@@ -104,7 +104,7 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
 
 def synthetic_line(folder: Path, size: tuple[int, int], count: int = 40) -> list[np.ndarray]:
     """``count`` textured uint8 BGR frames of ``size`` (H, W), written as PNG into ``folder``."""
-    from fair_edge.bench import synthetic_frames
+    from fair_edge.bench.run import synthetic_frames
 
     folder.mkdir(parents=True, exist_ok=True)
     images = synthetic_frames(*size, count=count, seed=3)
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-size", default="640x480", help="synthetic frame size WIDTHxHEIGHT")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    from fair_edge.bench import synthetic_bundle
-    from fair_edge.bench_settings import parse_frames
+    from fair_edge.bench.run import synthetic_bundle
+    from fair_edge.bench.settings import parse_frames
     from fair_edge.export.bundle import load_bundle
 
     with tempfile.TemporaryDirectory(prefix="fair-edge-console-load-") as tmp:

@@ -28,9 +28,9 @@ import numpy as np
 
 from fair_edge.errors import ConfigError
 
-from fair_edge.bench import environment, synthetic_bundle, synthetic_frames, synthetic_model
+from fair_edge.bench.run import environment, synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.metrics import image_auroc
+from fair_edge.training.metrics import image_auroc
 from fair_edge.models.tensors import SCORE
 from fair_edge.runtime.backends import CpuPreprocessor
 from fair_edge.runtime.ort import OnnxRuntimeBackend
@@ -106,8 +106,8 @@ def rows_from(times: dict, batches: list[int]) -> list[dict]:
 
 def accuracy(args: argparse.Namespace, folder: Path) -> dict:
     """AUROC per engine of the trained checkpoint's graphs on the test split of ``args.data``."""
-    from fair_edge.checkpoint import load_checkpoint
-    from fair_edge.data import load_dataset, read_image
+    from fair_edge.models.checkpoint import load_checkpoint
+    from fair_edge.training.data import load_dataset, read_image
     from fair_edge.export.build import BuildOptions, build_bundle
 
     ckpt = load_checkpoint(args.checkpoint)

@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge import metrics
-from fair_edge.data import DatasetSplit, load_dataset
-from fair_edge.demo_config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
-from fair_edge.evaluate import score_samples
-from fair_edge.fusion import RULES, NormalStats, fuse_maps
+from fair_edge.training import metrics
+from fair_edge.training.data import DatasetSplit, load_dataset
+from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
+from fair_edge.training.evaluate import score_samples
+from fair_edge.runtime.fusion import RULES, NormalStats, fuse_maps
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.tune import split_normals
+from fair_edge.training.tune import split_normals
 
 SEED, HOLDOUT, PROBE_STEPS = 0, 0.2, 4
 # PreprocessConfig(S): Butterworth, cutoff scaled from the paper's 30 at 256 px (15 at 128 px)

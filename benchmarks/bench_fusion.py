@@ -2,7 +2,7 @@
 
 Each member's normal statistics come from held-out NORMAL images only (``--normal``, e.g. the
 ``proxy/good`` folder that ``fair-edge tune`` held out of the training split); the test set is used
-only to measure. The rule is fair_edge.fusion.fuse_maps (the one the station runs).
+only to measure. The rule is fair_edge.runtime.fusion.fuse_maps (the one the station runs).
 
     python benchmarks/bench_fusion.py elpv:mono --normal runs/tune/proxy/good \
         --checkpoints runs/tune/candidates/base/final.pt runs/tune/candidates/sobel-xy/final.pt
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from fair_edge import metrics
-from fair_edge.data import Sample, list_images, load_dataset
-from fair_edge.evaluate import score_samples
-from fair_edge.fusion import RULES, NormalStats, fuse_maps
+from fair_edge.training import metrics
+from fair_edge.training.data import Sample, list_images, load_dataset
+from fair_edge.training.evaluate import score_samples
+from fair_edge.runtime.fusion import RULES, NormalStats, fuse_maps
 
 
 def summarise(name: str, scores, labels) -> dict:

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset, read_image
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fair_edge.calibration.int8 import Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset, read_image
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.registry import get_family

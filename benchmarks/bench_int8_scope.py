@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset, read_image
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.lgfdr.family import NETWORK_SCOPE, LgfdrFamily
 from fair_edge.models.tensors import SCORE
 from fair_edge.runtime.ort import OnnxRuntimeBackend
-from fair_edge.tune import split_normals
+from fair_edge.training.tune import split_normals
 
 SCOPES = {"all": NETWORK_SCOPE, "backbone": ("/backbone/",),
           "towers": tuple(s for s in NETWORK_SCOPE if s != "/backbone/")}

@@ -30,20 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.bench import synthetic_bundle, synthetic_frames, synthetic_model
+from fair_edge.bench.run import synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.threshold import quantile_threshold
-from fair_edge.data import load_dataset, read_image
-from fair_edge.evaluate import score_samples
+from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.evaluate import score_samples
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.metrics import image_auroc
+from fair_edge.training.metrics import image_auroc
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.ort import OnnxRuntimeBackend
-from fair_edge.train import TrainConfig
+from fair_edge.training.train import TrainConfig
 
 CFG = TrainConfig(width=32, batch=8, lr=1e-3, steps=1_000_000, save_every=1_000_000, log_every=10, seed=0)
 
@@ -63,7 +63,7 @@ def train_for(model: ModelSpec, split, seconds: float, out: Path, weights: str |
     if hasattr(trainer, "detector"):
         trainer.detector.eval()
     trainer.save()
-    from fair_edge.checkpoint import save_checkpoint
+    from fair_edge.models.checkpoint import save_checkpoint
 
     return save_checkpoint(out / "final.pt", trainer.checkpoint(with_train_state=False)), timing
 
@@ -121,7 +121,7 @@ def main() -> None:
     test_frames = [read_image(s.path) for s in split.test]
     calib = [read_image(s.path) for s in split.train[:64]]
     for name in ("fair_w32", "lgfdr_pretrained"):
-        from fair_edge.checkpoint import load_checkpoint
+        from fair_edge.models.checkpoint import load_checkpoint
 
         int8 = build_bundle(load_checkpoint(finals[name]), args.out / f"{name}-int8", BuildOptions("int8", engine=False),
                             calib_frames=calib).bundle

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from fair_edge import metrics
-from fair_edge.checkpoint import load_checkpoint, save_checkpoint
-from fair_edge.data import Sample, list_images, load_dataset
-from fair_edge.evaluate import score_samples
+from fair_edge.training import metrics
+from fair_edge.models.checkpoint import load_checkpoint, save_checkpoint
+from fair_edge.training.data import Sample, list_images, load_dataset
+from fair_edge.training.evaluate import score_samples
 
 
 def proxy_samples(root: Path) -> list[Sample]:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from fair_edge import metrics
-from fair_edge.data import load_dataset
-from fair_edge.evaluate import score_samples
+from fair_edge.training import metrics
+from fair_edge.training.data import load_dataset
+from fair_edge.training.evaluate import score_samples
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tiling import TilingConfig
-from fair_edge.train import TrainConfig, Trainer
+from fair_edge.training.train import TrainConfig, Trainer
 
 
 def run_variant(name: str, pre: PreprocessConfig, args, split) -> dict:

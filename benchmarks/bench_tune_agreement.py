@@ -1,6 +1,6 @@
 """How well does ``fair-edge tune``'s proxy ranking agree with the ranking on real defects?
 
-Runs ``fair_edge.tune.tune`` on the normal training images of DATA (it never reads the test set),
+Runs ``fair_edge.training.tune.tune`` on the normal training images of DATA (it never reads the test set),
 then - only afterwards, for this measurement - scores every finished candidate on DATA's real test
 set and reports Spearman's rank correlation between proxy and real catch (at the target
 false-reject rate and at 5 %) and AUROC.
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from fair_edge import metrics
-from fair_edge.data import load_dataset, read_image
-from fair_edge.evaluate import score_samples
+from fair_edge.training import metrics
+from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.evaluate import score_samples
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.tune import Candidate, TuneSettings, default_candidates, tune
+from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, tune
 
 
 def real_metrics(checkpoint: str, split, rate: float) -> dict:

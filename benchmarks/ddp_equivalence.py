@@ -3,8 +3,8 @@
     python benchmarks/ddp_equivalence.py [--data elpv:mono] [--width 32] [--image-size 64] [--batch 8]
         [--steps 20] [--nproc 2] [--out runs/ddp-equivalence.json]
 
-Runs ``fair_edge.train.Trainer`` once in this process and once as ``--nproc`` gloo ranks on the CPU
-(``torch.multiprocessing.spawn``, ``fair_edge.train_ddp``), same seed, data and global batch, and
+Runs ``fair_edge.training.train.Trainer`` once in this process and once as ``--nproc`` gloo ranks on the CPU
+(``torch.multiprocessing.spawn``, ``fair_edge.training.ddp``), same seed, data and global batch, and
 prints both loss curves with their relative difference, and the relative difference of the first
 step's gradients (before any update: the equivalence itself, free of Adam's amplification of float
 summation-order noise, whose first step moves every weight by about +-lr whatever its gradient's size). ``tests/test_train_ddp.py`` uses the same
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from fair_edge.data import load_dataset
+from fair_edge.training.data import load_dataset
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import Trainer, TrainConfig, TrainingInterrupted
-from fair_edge.train_ddp import from_environment, shutdown
+from fair_edge.training.train import Trainer, TrainConfig, TrainingInterrupted
+from fair_edge.training.ddp import from_environment, shutdown
 
 
 def train_losses(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, parallel=None,

@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from fair_edge.cli import run_eval
-    from fair_edge.cli_train import run_training
-    from fair_edge.demo import run_demo
-    from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, demo_model, demo_train_config
+    from fair_edge.cli.evaluate import run_eval
+    from fair_edge.cli.train import run_training
+    from fair_edge.demo.run import run_demo
+    from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, demo_model, demo_train_config
 
     spec = demo_model(args.model or DEMO_MODEL)
 

@@ -93,7 +93,7 @@ def build_soak_bundle(out: Path, images: list[np.ndarray]) -> Path:
     """A small untrained FAIR bundle (width 16, 64 px, FP32 ONNX)."""
     import torch
 
-    from fair_edge.checkpoint import Checkpoint
+    from fair_edge.models.checkpoint import Checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
     from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.registry import ModelSpec
@@ -191,7 +191,7 @@ class PlcProcess(ChildServer):
 
 def measure_rate(choice, images: list[np.ndarray], threshold: float, seconds: float = RATE_PROBE_S) -> float:
     """Parts/s this machine inspects one at a time (the station's batch of 1), over ``seconds``."""
-    from fair_edge.inspector import Inspector
+    from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
     insp = Inspector(None, choice, threshold=threshold)
@@ -316,8 +316,8 @@ def soak(args) -> dict:
     from fair_edge.export.bundle import load_bundle
     from fair_edge.line.handshake import HandshakeSettings
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.run_station import run_station
-    from fair_edge.station import CameraSettings, StationConfig
+    from fair_edge.station.run import run_station
+    from fair_edge.station.config import CameraSettings, StationConfig
 
     out = Path(args.out)
     station_dir = out / "station"
@@ -382,7 +382,7 @@ def soak_threshold(bundle_root: Path, images: list[np.ndarray]) -> float:
     """The 60th percentile of the line's scores: about 40 % of the parts NG."""
     from fair_edge.runtime.backends import select_backend
     from fair_edge.export.bundle import load_bundle
-    from fair_edge.inspector import Inspector
+    from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
     choice = select_backend(load_bundle(bundle_root), "onnxruntime")

@@ -1,6 +1,6 @@
 """Frames for calibration and threshold/accuracy checks: uint8 BGR frames -> a model's named inputs.
 
-Takes any iterable of frames (folders are read with ``fair_edge.data``, the loader training uses),
+Takes any iterable of frames (folders are read with ``fair_edge.training.data``, the loader training uses),
 so it does not depend on where they come from; the inputs are made by the model family's own
 input maker, exactly as at run time on the CPU.
 """

@@ -27,7 +27,7 @@ class Threshold:
     the defect + normal scores (None without defects). source: where the normal images came from.
     normal_quantiles: the calibration distribution, the 0th, 1st, ..., 100th percentile of the
     normal scores (101 values, linear interpolation; empty in bundles built before it was stored);
-    the station's drift watch compares recent scores with it (fair_edge.drift)."""
+    the station's drift watch compares recent scores with it (fair_edge.console.drift)."""
 
     value: float
     method: str

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError
+from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class SourceBase:
         self.close()
 
     def _make_frame(self, image: np.ndarray, label: str) -> Frame:
-        image = check_image(image, self.name)
+        image = freeze(image)  # checked once, by the inspection loop (a malformed frame: an NG verdict)
         frame = Frame(seq=self._seq, t_capture=time.monotonic(), image=image, source=label)
         self._seq += 1
         return frame
@@ -154,29 +155,26 @@ class SourceBase:
 
 
 def check_image(image: object, source: str) -> np.ndarray:
-    """Validate a captured image and freeze it.
+    """Validate an image by the one frame rule (``fair_edge.preprocess.check_frame``) and freeze it: what a
+    source does with its first frame at ``open()`` (fail fast on a wrong pixel format) and a synthetic
+    line with its images. Frames read afterwards are checked once, by the inspection loop.
 
-    image: expected (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory.
-    Returns the same array, marked read-only (frames are never mutated downstream).
-    Raises CameraError naming the source, the expected and the found shape/dtype.
+    image: expected (H, W, 3) uint8 BGR or (H, W) / (H, W, 1) uint8 gray, H, W >= 2, host memory.
+    Returns it as (H, W, 3) or (H, W), marked read-only (frames are never mutated downstream).
+    Raises CameraError naming the source, the expected and the found shape/dtype and the fix.
     """
-    ok = (
-        isinstance(image, np.ndarray)
-        and image.dtype == np.uint8
-        and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3))
-        and image.size > 0
-    )
-    if not ok:
-        found = (
-            f"{image.dtype} array of shape {image.shape}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise CameraError(
-            f"{source}: expected an (H, W, 3) uint8 BGR or (H, W) uint8 gray image, found {found}; "
-            "set the camera to an 8-bit mono or BGR pixel format"
-        )
-    image.flags.writeable = False
+    try:
+        image = check_frame(image)
+    except ConfigError as exc:
+        raise CameraError(f"{source}: {exc} Set the camera to an 8-bit mono or BGR pixel format.") from None
+    return freeze(image)
+
+
+def freeze(image: np.ndarray) -> np.ndarray:
+    """Mark a captured array read-only (a frame is never mutated after capture); anything else is passed on
+    as it is, for the inspection loop's check to turn into a "malformed frame" verdict."""
+    if isinstance(image, np.ndarray):
+        image.flags.writeable = False
     return image
 
 

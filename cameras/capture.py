@@ -17,7 +17,6 @@ Usage from the inspection loop::
 from __future__ import annotations
 
 import contextlib
-import difflib
 import enum
 import logging
 import queue
@@ -26,7 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from fair_edge.errors import CameraError, ConfigError
+from fair_edge.errors import CameraError, ConfigError, did_you_mean
+from fair_edge.line.fields import require
 from fair_edge.records import Frame
 
 from .base import EndOfStream, FrameMissed, FrameSource
@@ -68,10 +68,9 @@ class CaptureSettings:
     def __post_init__(self) -> None:
         _require(self.queue_size >= 1, "queue_size", ">= 1", self.queue_size)
         if self.full_policy not in FULL_POLICIES:
-            close = difflib.get_close_matches(self.full_policy, FULL_POLICIES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"full_policy: expected one of {sorted(FULL_POLICIES)}, found {self.full_policy!r}{hint}"
+                f"full_policy: expected one of {sorted(FULL_POLICIES)}, found {self.full_policy!r}"
+                f"{did_you_mean(self.full_policy, FULL_POLICIES)}"
             )
         _require(self.backoff_initial_s >= 0, "backoff_initial_s", ">= 0", self.backoff_initial_s)
         _require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", ">= backoff_initial_s",
@@ -91,8 +90,7 @@ class CaptureSettings:
 
 
 def _require(ok: bool, field: str, expected: str, found: object) -> None:
-    if not ok:
-        raise ConfigError(f"CaptureSettings.{field}: expected {expected}, found {found!r}")
+    require(ok, f"CaptureSettings.{field}", expected, found)
 
 
 class CaptureState(enum.Enum):

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError
+from fair_edge.line.fields import is_int, is_number, require
 
 from .opencv import OpenCVSource
 
@@ -32,15 +33,13 @@ def gstreamer_available() -> bool:
 
 
 def _positive_int(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"jetson_csi_pipeline {field}: expected an integer > 0, found {value!r}")
+    require(is_int(value) and value > 0, f"jetson_csi_pipeline {field}", "an integer > 0", value)
     return value
 
 
 def _framerate(fps: float) -> str:
     """30 -> '30/1', 29.97 -> '30000/1001' (GStreamer fraction)."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-        raise ConfigError(f"jetson_csi_pipeline fps: expected a number > 0, found {fps!r}")
+    require(is_number(fps) and fps > 0, "jetson_csi_pipeline fps", "a number > 0", fps)
     ntsc = round(fps * 1.001)  # 29.97 / 59.94 are the NTSC rates N * 1000 / 1001
     if not float(fps).is_integer() and abs(fps - ntsc / 1.001) < 0.005:
         return f"{ntsc * 1000}/1001"

@@ -15,14 +15,13 @@ valid list and a "did you mean".
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, did_you_mean
 
 from .base import FrameSource
 from .aravis import AravisSource
@@ -103,8 +102,7 @@ def _split(spec: str) -> tuple[str, str]:
     for matches, kind in AUTO_RULES:
         if matches(spec):
             return kind, spec
-    close = difflib.get_close_matches(kind if sep else spec, SOURCES, n=1)
-    hint = f" (did you mean '{close[0]}:'?)" if close else ""
+    hint = did_you_mean(kind if sep else spec, SOURCES, suffix=":")
     raise ConfigError(
         f"camera source {spec!r}: expected a camera index, /dev/videoN, URL, GStreamer pipeline, "
         f"existing folder or video file, or KIND:TARGET with KIND in {sorted(SOURCES)}; found no such "
@@ -118,8 +116,7 @@ def _check_options(kind: str, opts: dict[str, object]) -> None:
     valid = sorted([n for n, p in params.items() if p.kind is p.KEYWORD_ONLY] + list(entry.extra_options))
     for key in opts:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, valid)
             raise ConfigError(f"{kind} source: unknown option {key!r}{hint}; valid options: {valid}")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fair_edge.data import IMAGE_SUFFIXES as TRAINING_SUFFIXES
+from fair_edge.training.data import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 from fair_edge.errors import CameraError
 
 from .base import EndOfStream, Pacer, SourceBase, check_fps

@@ -15,14 +15,13 @@ Faults, ``fail_at={slot: fault}``, each fires once when the reader reaches that 
 
 from __future__ import annotations
 
-import difflib
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from fair_edge.errors import CameraError, ConfigError
+from fair_edge.errors import CameraError, ConfigError, did_you_mean
 
 from .base import EndOfStream, FrameMissed, SourceBase, check_fps, check_image
 
@@ -78,10 +77,8 @@ class LineSource(SourceBase):
         self.fail_at = dict(fail_at or {})
         for slot, fault in self.fail_at.items():
             if fault not in FAULTS:
-                close = difflib.get_close_matches(str(fault), FAULTS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{name} fail_at[{slot}]: expected one of {sorted(FAULTS)}, "
-                                  f"found {fault!r}{hint}")
+                                  f"found {fault!r}{did_you_mean(fault, FAULTS)}")
         self.down_for, self.stall_s = down_for, stall_s
         self._faults_left = dict(self.fail_at)  # faults not yet fired
         self._down_remaining = 0  # open() calls left to fail; -1 = forever

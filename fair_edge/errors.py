@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Mapping, TypeVar
+from typing import Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -82,6 +82,17 @@ def lookup(table: Mapping[str, T], key: object, what: str) -> T:
     name = str(key).strip().lower()
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(name, list(table), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"{what} must be one of {', '.join(table)}; found {key!r}.{hint}")
+    raise ConfigError(f"{what} must be one of {', '.join(table)}; found {key!r}.{did_you_mean(name, table, sentence=True)}")
+
+
+def did_you_mean(found: object, choices: Iterable[object], *, sentence: bool = False, suffix: str = "") -> str:
+    """The "did you mean" hint of every error message: `` (did you mean 'modbus'?)``, or as a sentence
+    `` Did you mean 'modbus'?``, for the choice closest to ``found``; "" when none is close. Choices are
+    compared as text and shown as written (a string quoted, ``suffix`` inside the quotes: 'modbus://')."""
+    options = {str(c): c for c in choices}
+    close = difflib.get_close_matches(str(found), list(options), n=1)
+    if not close:
+        return ""
+    best = options[close[0]]
+    shown = repr(f"{best}{suffix}") if isinstance(best, str) else f"{best}{suffix}"
+    return f" Did you mean {shown}?" if sentence else f" (did you mean {shown}?)"

@@ -172,7 +172,12 @@ def frame_to_float(frame: np.ndarray) -> np.ndarray:
     frame: (H, W, 3) uint8 BGR, or (H, W) / (H, W, 1) uint8 gray, host memory.
     Returns (H, W, 3) float32 BGR in [0, 1] (gray replicated to three channels).
     """
-    frame = check_frame(frame)
+    return scale_frame(check_frame(frame))
+
+
+def scale_frame(frame: np.ndarray) -> np.ndarray:
+    """A frame already checked by ``check_frame`` ((H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory)
+    -> (H, W, 3) float32 BGR in [0, 1]. The station checks each frame once, in the inspection loop."""
     if frame.ndim == 2:
         frame = np.repeat(frame[:, :, None], 3, axis=2)
     return frame.astype(np.float32) * np.float32(1.0 / 255.0)

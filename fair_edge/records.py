@@ -48,18 +48,18 @@ class Frame:
 class Verdict:
     """The decision for one frame.
 
-    seq, t_capture, source: copied from the frame. score: image anomaly score (max of the map).
-    threshold: the decision threshold in force. ng: score > threshold (True = reject the part).
-    t_verdict: ``time.monotonic()`` seconds when the decision was made.
+    seq, t_capture, source: copied from the frame. score: image anomaly score (max of the map), None
+    when the frame was not scored. threshold: the decision threshold in force. ng: score > threshold
+    (True = reject the part). t_verdict: ``time.monotonic()`` seconds when the decision was made.
     error: why the frame could not be inspected ("" when it was). Fail-safe rule: a frame that
-    cannot be inspected (malformed image, inference failure) gets score NaN and ng=True, so its
+    cannot be inspected (malformed image, inference failure) gets score None and ng=True, so its
     part is rejected rather than passed unseen. model: id of the model that decided it
-    (``fair_edge.hotswap.model_id``; "" when unknown).
+    (``fair_edge.runtime.hotswap.model_id``; "" when unknown).
     """
 
     seq: int
     t_capture: float
-    score: float
+    score: float | None
     threshold: float
     ng: bool
     t_verdict: float

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.models.fair.detector import FairDetector
 
 from export_fixtures import MODEL, PRE, SCORING, WIDTH, trained_state  # tests/ is on sys.path (pyproject: pythonpath)
@@ -73,9 +73,9 @@ def trained(mvtec_dir, tmp_path_factory):
     """A width-8, 32 x 32 model trained 60 steps on the plate: (final.pt path, run folder)."""
     import torch
 
-    from fair_edge.data import load_dataset
+    from fair_edge.training.data import load_dataset
     from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.train import Trainer, TrainConfig
+    from fair_edge.training.train import Trainer, TrainConfig
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
@@ -103,8 +103,8 @@ def tiny_ckpt_path(tmp_path_factory, tiny_detector) -> Path:
 def station_bundles(trained, mvtec_dir, tmp_path_factory):
     """Two bundles of the tiny trained model (fp32 and fp16: different files, so different model ids),
     each with a threshold and calibration distribution from the held-out normal plates."""
-    from fair_edge.checkpoint import load_checkpoint
-    from fair_edge.data import load_dataset, read_image
+    from fair_edge.models.checkpoint import load_checkpoint
+    from fair_edge.training.data import load_dataset, read_image
     from fair_edge.export.build import BuildOptions, build_bundle
 
     normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
@@ -114,9 +114,20 @@ def station_bundles(trained, mvtec_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fused_station_bundle(station_bundles, mvtec_dir, tmp_path_factory):
+    """The two station bundles fused into one (fair_edge.runtime.fusion), its threshold from the plate's
+    held-out normals: what a hot swap to a fused bundle loads."""
+    from fair_edge.runtime.fusion import build_fused_bundle
+    from fair_edge.training.data import load_dataset, read_image
+
+    normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
+    return build_fused_bundle([b.root for b in station_bundles], tmp_path_factory.mktemp("fused") / "fused", normals)
+
+
+@pytest.fixture(scope="session")
 def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
     """The plate's 12 test images (6 good, 6 with a blob) as a replay folder, in a fixed order."""
-    from fair_edge.data import load_dataset
+    from fair_edge.training.data import load_dataset
 
     folder = tmp_path_factory.mktemp("conveyor")
     for i, sample in enumerate(load_dataset(mvtec_dir).test):

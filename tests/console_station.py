@@ -9,8 +9,8 @@ from pathlib import Path
 
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.line.settings import RecordSettings
-from fair_edge.run_station import run_station
-from fair_edge.station import CameraSettings, StationConfig
+from fair_edge.station.run import run_station
+from fair_edge.station.config import CameraSettings, StationConfig
 
 
 def station_config(bundle_root: Path, source: Path, out: Path, *, fps: float = 20.0, threshold: float | None = None,

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fair_edge.bench_settings import BenchSettings, parse_batches, parse_feed, parse_frames
+from fair_edge.bench.settings import BenchSettings, parse_batches, parse_feed, parse_frames
 from fair_edge.cli import app
 from fair_edge.errors import ConfigError
 

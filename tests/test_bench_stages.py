@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fair_edge.bench import synthetic_frames
-from fair_edge.bench_stages import STAGE_NAMES, time_stages
-from fair_edge.checkpoint import Checkpoint
+from fair_edge.bench.run import synthetic_frames
+from fair_edge.bench.stages import STAGE_NAMES, time_stages
+from fair_edge.models.checkpoint import Checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle

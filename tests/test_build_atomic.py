@@ -8,8 +8,8 @@ from export_fixtures import make_frames, write_pngs
 from typer.testing import CliRunner
 
 import fair_edge.export.build as build_module
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.cli_build import build
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.cli.build import build
 from fair_edge.errors import ExportError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from export_fixtures import MODEL, make_frames
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import BundleError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import MANIFEST, EngineTarget, check_engine_target, load_bundle, write_manifest

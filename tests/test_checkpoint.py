@@ -3,10 +3,10 @@ import pickle
 import pytest
 import torch
 
-from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.errors import CheckpointError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runs import find_latest_checkpoint
+from fair_edge.training.runs import find_latest_checkpoint
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.unet import UNet

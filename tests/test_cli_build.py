@@ -9,7 +9,7 @@ import typer
 from export_fixtures import make_frames, write_pngs
 from typer.testing import CliRunner
 
-from fair_edge.cli_build import build, gpu_preprocessing_note
+from fair_edge.cli.build import build, gpu_preprocessing_note
 from fair_edge.export.bundle import load_bundle
 from fair_edge.preprocess import PreprocessConfig
 

@@ -10,13 +10,13 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-import fair_edge.cli_common as cli_common
+import fair_edge.cli.common as cli_common
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.cli import app
 from fair_edge.models.fair.family import FairSettings
-from fair_edge.station import StationConfig
-from fair_edge.station_doc import station_reference
-from fair_edge.train import TrainConfig
+from fair_edge.station.config import StationConfig
+from fair_edge.station.doc import station_reference
+from fair_edge.training.train import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = ("train", "eval", "build", "run", "bench", "demo", "install-service")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fair_edge.bench import synthetic_bundle, synthetic_frames, synthetic_model
+from fair_edge.bench.run import synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.cli import app
-from fair_edge.compiled import CACHE_ENV, cache_dir
+from fair_edge.runtime.compiled import CACHE_ENV, cache_dir
 from fair_edge.runtime.backends import CpuPreprocessor, TorchBackend
 
 

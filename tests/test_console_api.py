@@ -3,6 +3,7 @@ with audit and station file, bundle hot swap, security (token, path traversal, J
 
 import json
 import os
+import time
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from console_station import RunningStation, station_config
 from fair_edge.console.settings import ConsoleSettings
-from fair_edge.hotswap import model_id
+from fair_edge.runtime.hotswap import model_id
 
 
 def test_live_state_and_events_follow_the_line(station_bundles, conveyor_dir, tmp_path):
@@ -101,13 +102,66 @@ def test_token_and_file_serving(station_bundles, conveyor_dir, tmp_path):
             assert r.status_code == 404 and b"outside" not in r.content and b"root:" not in r.content, bad
 
 
-def test_sighup_swaps_to_the_bundle_the_station_file_names(station_bundles, conveyor_dir, tmp_path):
+def test_swap_to_a_fused_bundle_from_the_console(station_bundles, fused_station_bundle, conveyor_dir, tmp_path):
+    first, fused = station_bundles[0], fused_station_bundle
+    cfg = station_config(first.root, conveyor_dir, tmp_path / "out")
+    with RunningStation(cfg) as st:
+        st.wait_for(lambda: len(st.verdicts()) >= 3, what="verdicts of the first model")
+        answer = httpx.post(st.url + "api/swap", json={"bundle": str(fused.root), "who": "ann"})
+        assert answer.status_code == 200, answer.text
+        st.wait_for(lambda: httpx.get(st.url + "api/swap").json()["state"] == "done", what="the fused bundle to load")
+        st.wait_for(lambda: sum(v.get("model") == model_id(fused) for v in st.verdicts()) >= 3, what="fused verdicts")
+        assert st.console.feed.inspector.summary.backend.startswith("fusion (mean) of ")
+    verdicts = st.verdicts()
+    models = [v["model"] for v in verdicts]
+    switch = models.index(model_id(fused))
+    assert set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(fused)}
+    # the fused bundle's own threshold decides from the switch on (the station file sets none)
+    assert [v["threshold"] for v in verdicts[switch:]] == pytest.approx([fused.threshold.value] * (len(verdicts) - switch))
+    assert [v["seq"] for v in verdicts] == list(range(verdicts[0]["seq"], verdicts[0]["seq"] + len(verdicts)))
+    audit = [json.loads(x) for x in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "swap" and audit[-1]["new"]["bundle"] == str(fused.root)
+
+
+def test_acknowledge_alarm_resets_the_latched_alarm(station_bundles, conveyor_dir, tmp_path):
+    from fair_edge.line.settings import RejectSettings
+
+    token = "s3cret-token-456"
+    reject = RejectSettings(sinks=("log://",), fail_safe="alarm", delay_ms=3000.0)  # real parts: verdicts in time
+    cfg = station_config(station_bundles[0].root, conveyor_dir, tmp_path / "out", fps=5, threshold=1e9,
+                         reject=reject, console=ConsoleSettings(port=0, token=token))
+    with RunningStation(cfg) as st:
+        scheduler = st.console.feed.scheduler
+        st.wait_for(lambda: st.console.feed.count >= 1, what="a verdict")
+        scheduler.note_capture(10**9, t_capture=time.monotonic() - 60.0)  # a part the camera saw, long past the gate
+        st.wait_for(lambda: scheduler.alarm is not None, what="the uninspected part's alarm")
+        alarm = scheduler.alarm
+        assert "passed the gate uninspected" in alarm and scheduler.fault_reason == alarm
+        url = st.url + "api/acknowledge_alarm"
+        assert httpx.post(url, json={"who": "ann"}).status_code == 403 and scheduler.alarm == alarm  # no token
+        answer = httpx.post(url, json={"who": "ann"}, headers={"X-Fair-Edge-Token": token})
+        assert answer.status_code == 200 and answer.json()["old"] == alarm and answer.json()["fault"] == ""
+        assert scheduler.alarm is None and scheduler.fault_reason is None
+        assert httpx.get(st.url + "api/state").json()["plc"]["alarm"] == ""
+    audit = [json.loads(x) for x in (tmp_path / "out" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["action"], a["who"], a["old"]) for a in audit] == [("acknowledge_alarm", "ann", alarm)]
+
+
+def test_acknowledge_alarm_without_a_reject_gate_is_refused(station_bundles, conveyor_dir, tmp_path):
+    with RunningStation(station_config(station_bundles[0].root, conveyor_dir, tmp_path / "out")) as st:
+        st.wait_for(lambda: st.console.feed.count >= 1, what="a verdict")
+        answer = httpx.post(st.url + "api/acknowledge_alarm", json={"who": "ann"})
+        assert answer.status_code == 400 and "no reject gate" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("target", ["plain", "fused"])
+def test_sighup_swaps_to_the_bundle_the_station_file_names(target, station_bundles, conveyor_dir, tmp_path, request):
     import signal
     import subprocess
     import sys
-    import time
 
-    first, second = station_bundles
+    first = station_bundles[0]
+    second = station_bundles[1] if target == "plain" else request.getfixturevalue("fused_station_bundle")
     station, out = tmp_path / "station.yaml", tmp_path / "out"
     settings = {"bundle": str(first.root), "backend": "onnxruntime", "output": str(out),
                 "camera": {"source": str(conveyor_dir), "fps": 10, "loop": True, "queue_size": 64}}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from console_station import RunningStation, station_config
-from fair_edge.hotswap import model_id
+from fair_edge.runtime.hotswap import model_id
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -123,3 +123,28 @@ def test_operator_session_in_a_browser(browser, station_bundles, conveyor_dir, t
     models = [v["model"] for v in verdicts]
     switch = models.index(model_id(second))
     assert set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(second)}
+
+
+def test_acknowledge_alarm_button(browser, station_bundles, conveyor_dir, tmp_path):
+    from fair_edge.line.settings import RejectSettings
+
+    reject = RejectSettings(sinks=("log://",), fail_safe="alarm", delay_ms=3000.0)  # real parts: verdicts in time
+    out = tmp_path / "out"
+    cfg = station_config(station_bundles[0].root, conveyor_dir, out, fps=5, threshold=1e9, reject=reject)
+    with RunningStation(cfg) as st:
+        scheduler = st.console.feed.scheduler
+        browser.get(st.url)
+        wait(browser, lambda d: int(text(d, "inspected") or 0) > 0, what="counters")
+        button = browser.find_element("id", "ack-alarm")
+        assert not button.is_displayed()  # nothing latched: no button
+        scheduler.note_capture(10**9, t_capture=time.monotonic() - 60.0)  # a part long past the gate, never inspected
+        wait(browser, lambda d: "ALARM" in text(d, "plc-state") and button.is_displayed(), what="the alarm and its button")
+        alarm = scheduler.alarm
+        assert "passed the gate uninspected" in alarm and "passed the gate uninspected" in text(browser, "plc-state")
+        button.click()
+        wait(browser, lambda d: "alarm acknowledged" in text(d, "message"), what="the acknowledgement")
+        assert scheduler.alarm is None and scheduler.fault_reason is None
+        wait(browser, lambda d: "ALARM" not in text(d, "plc-state") and not button.is_displayed(), what="the pill to clear")
+        assert text(browser, "fault-state") == "fault: none"
+    audit = [json.loads(x) for x in (out / "audit.jsonl").read_text().splitlines()]
+    assert [(a["action"], a["who"], a["old"]) for a in audit] == [("acknowledge_alarm", "operator", alarm)]

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import yaml
 
-from fair_edge.collect import Collector, QualitySettings, export_reviewed, frame_problem
+from fair_edge.training.collect import Collector, QualitySettings, export_reviewed, frame_problem
 from fair_edge.console.journal import Journal
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.tuning import projection, split_scores, write_station_threshold
-from fair_edge.drift import DriftWatch, psi
+from fair_edge.console.drift import DriftWatch, psi
 from fair_edge.errors import ConfigError
-from fair_edge.faults import FaultBoard
-from fair_edge.hotswap import ModelChange, ModelSwitch
+from fair_edge.station.faults import FaultBoard
+from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
 from fair_edge.records import Verdict
-from fair_edge.station import StationConfig, load_station
+from fair_edge.station.config import StationConfig, load_station
 
 
 def test_console_section_is_validated_like_the_others():

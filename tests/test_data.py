@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.data import load_dataset, load_images, read_image, read_mask
+from fair_edge.training.data import load_dataset, load_images, read_image, read_mask
 from fair_edge.errors import DataError
 
 

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from fair_edge.data import elpv_split
-from fair_edge.demo import match_pulses, plan_conveyor, plan_line, run_demo, tally
+from fair_edge.training.data import elpv_split
+from fair_edge.demo.run import match_pulses, plan_conveyor, plan_line, run_demo, tally
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import Trainer, TrainConfig
+from fair_edge.training.train import Trainer, TrainConfig
 
 pytest.importorskip("elpv_dataset")
 pytest.importorskip("pymodbus")

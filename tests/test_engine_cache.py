@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from export_fixtures import make_frames
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import EngineError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import MANIFEST, EngineTarget, load_bundle

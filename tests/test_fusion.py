@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from export_fixtures import MODEL, PRE, make_frames, write_pngs
-from fair_edge.checkpoint import Checkpoint
+from fair_edge.models.checkpoint import Checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.fusion import (FusedChoice, NormalStats, build_fused_bundle, fuse_maps, is_fused,
+from fair_edge.runtime.fusion import (FusedChoice, NormalStats, build_fused_bundle, fuse_maps, is_fused,
                               load_fused_bundle)
 from fair_edge.runtime.backends import select_backend
 from fair_edge.tiling import TilingConfig

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from conftest import gpu_available
+from fair_edge.models.registry import FAMILIES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_evidence.py"
 
@@ -26,12 +29,20 @@ def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
     results = {s["name"]: s["result"] for s in report["steps"]}
     assert results["gpu_tests"]["passed"] == 0 and results["gpu_tests"]["skipped"] > 0  # no GPU here: skipped, not passed
     assert results["station"]["32"]["results"] and results["station_compile"]["32"]["compile_seconds"]["1"] > 0
-    assert 0.0 <= results["elpv"]["image_auroc"] <= 1.0
-    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in results["families"].values())
+    # each reported AUROC is the one of the scores its eval wrote, recomputed here
+    runs = {"elpv": out / "elpv-w32", **{f: out / f"family-{f}" for f in results["families"]}}
+    reported = {"elpv": results["elpv"], **results["families"]}
+    for name, run in runs.items():
+        rows = list(csv.DictReader((run / "eval" / "scores.csv").open()))
+        labels, scores = [int(r["label"]) for r in rows], [float(r["score"]) for r in rows]
+        one_tie = 0.5 / (sum(labels) * (len(labels) - sum(labels)))  # scores.csv keeps 6 decimals: a tie at most
+        assert reported[name]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=one_tie), name
     markdown = (out / "gpu_evidence.md").read_text()
     assert "| station loop c=32 backend torch-cpu" in markdown and "image AUROC" in markdown
     assert report["dry_run"] and report["total_s"] < report["budget_s"]
-    assert "family lgfdr" in markdown or "none registered besides FAIR" in markdown
+    others = sorted(set(FAMILIES) - {"fair"})
+    assert others and sorted(results["families"]) == others  # LGFDR (and any later family) is registered
+    assert all(f"family {f}" in markdown for f in others) and "none registered besides FAIR" not in markdown
 
 
 @pytest.mark.skipif(gpu_available(), reason="with a GPU this would start the 9-minute run")

@@ -13,7 +13,7 @@ from conftest import gpu_available
 from export_fixtures import make_frames
 
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.tensors import SCORE
 from fair_edge.runtime.backends import BackendOptions, fastest_cpu, select_backend

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from fair_edge.calibration.frames import frame_scores
 from fair_edge.calibration.int8 import Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
-from fair_edge.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.cli_build import build
+from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.cli.build import build
 from fair_edge.errors import BuildError, BundleError, ConfigError, DataError
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
@@ -68,7 +68,7 @@ def test_the_planted_identity_keeps_fp32_and_breaks_full_int8(planted_ckpt, tmp_
 
 
 def test_within_the_limit_the_graph_is_kept_and_the_figures_are_the_measured_aurocs(tiny_ckpt_path, tmp_path):
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
 
     result = build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", options(0.5), CALIB, NORMAL, DEFECTS)
     gate = figures(tmp_path / "b")
@@ -133,7 +133,7 @@ def test_the_figures_are_covered_by_the_bundle_checksum(planted_ckpt, tmp_path):
 
 
 def test_gate_inputs_are_checked_before_any_work(tiny_ckpt_path, tmp_path):
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_ckpt_path)
     with pytest.raises(ConfigError, match="gates INT8 builds"):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from export_fixtures import make_frames
 
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset
-from fair_edge.evaluate import evaluate
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset
+from fair_edge.training.evaluate import evaluate
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.checksums import sha256_file
@@ -23,7 +23,7 @@ from fair_edge.models.lgfdr.weights import WeightsError, load_backbone_weights, 
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.backends import select_backend
-from fair_edge.train import TrainConfig
+from fair_edge.training.train import TrainConfig
 
 SETTINGS = LgfdrSettings(hidden=16, heads=2, layers=1, noise_std=0.5, smooth_sigma=1.0)
 MODEL = ModelSpec("lgfdr", PreprocessConfig(image_size=32), SETTINGS)

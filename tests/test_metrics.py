@@ -1,4 +1,4 @@
-"""fair_edge.metrics against independent computations: sklearn, brute force and hand-worked cases."""
+"""fair_edge.training.metrics against independent computations: sklearn, brute force and hand-worked cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from scipy import ndimage
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from fair_edge import metrics
+from fair_edge.training import metrics
 from fair_edge.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- independent references
@@ -253,7 +253,7 @@ def test_bad_inputs_and_settings():
 
 
 def test_catch_rate_uses_the_lines_normal_quantile_threshold():
-    from fair_edge.metrics import catch_rate
+    from fair_edge.training.metrics import catch_rate
 
     scores = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5.0, 20.0, 8.0])
     labels = np.array([0] * 10 + [1, 1, 1])
@@ -263,7 +263,7 @@ def test_catch_rate_uses_the_lines_normal_quantile_threshold():
 
 
 def test_line_summary_names_each_rate_and_agrees_with_its_parts():
-    from fair_edge.metrics import catch_rate, image_auroc, line_summary
+    from fair_edge.training.metrics import catch_rate, image_auroc, line_summary
 
     scores = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 5.0, 20.0, 8.0])
     labels = np.array([0] * 10 + [1, 1, 1])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from export_fixtures import MODEL, make_frames
 
-from fair_edge.checkpoint import FORMAT, load_checkpoint
+from fair_edge.models.checkpoint import FORMAT, load_checkpoint
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import MANIFEST, load_bundle, sha256_file

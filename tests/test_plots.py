@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge import metrics, plots
+from fair_edge import plots
+from fair_edge.training import metrics
 from fair_edge.errors import ConfigError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,7 @@ import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import PreprocessConfig, reference_input
-from fair_edge.preprocess_cpu import CpuPipeline, StageClock
+from fair_edge.runtime.preprocess_cpu import CpuPipeline, StageClock
 from frames import KERNEL_CONFIGS, random_frame
 
 SEPARABLE_TOL = 1e-3  # the fused kernel's budget against the reference (export/FUSED_KERNEL.md)

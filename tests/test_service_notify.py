@@ -14,8 +14,8 @@ import pytest
 
 from fair_edge.cameras import CaptureSettings, CaptureThread
 from fair_edge.cameras.synthetic import LineSource
-from fair_edge.inspector import Inspector
-from fair_edge.service_notify import ServiceNotifier, socket_address, watchdog_interval_s
+from fair_edge.station.inspector import Inspector
+from fair_edge.station.notify import ServiceNotifier, socket_address, watchdog_interval_s
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd notify is Linux-only")
 
@@ -178,8 +178,8 @@ def test_a_stalled_inspection_loop_stops_sending_watchdog(path_receiver):
 
 def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles, conveyor_dir, tmp_path, monkeypatch):
     from fair_edge.line.settings import RecordSettings
-    from fair_edge.run_station import run_station
-    from fair_edge.station import CameraSettings, ConsoleSettings, StationConfig
+    from fair_edge.station.run import run_station
+    from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
 
     address = str(tmp_path / "notify")
     rx = Receiver(address)
@@ -203,8 +203,8 @@ def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles
 
 
 def test_status_line_names_the_state_and_the_live_drop_count():
-    from fair_edge.inspector import RunSummary
-    from fair_edge.service_notify import status_line
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.notify import status_line
 
     summary = RunSummary(inspected=5, ng=1, dropped=0)
     assert status_line(summary, "", dropped=3) == "inspecting: 5 inspected, 1 NG, 3 dropped"  # live capture count

@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fair_edge.cli_service import install_service
+from fair_edge.cli.service import install_service
 from fair_edge.errors import ConfigError
-from fair_edge.service_unit import ServiceSettings, install_unit, quote_arg, render_unit
+from fair_edge.station.service_unit import ServiceSettings, install_unit, quote_arg, render_unit
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here "

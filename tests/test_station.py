@@ -1,7 +1,7 @@
 import pytest
 
 from fair_edge.errors import ConfigError
-from fair_edge.station import StationConfig, load_station
+from fair_edge.station.config import StationConfig, load_station
 
 GOOD = """
 camera: {source: samples/, fps: 20, loop: true, queue_size: 8}

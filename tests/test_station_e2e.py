@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from fair_edge.checkpoint import load_checkpoint
-from fair_edge.data import load_dataset, read_image
-from fair_edge.demo import match_pulses
-from fair_edge.evaluate import score_samples
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset, read_image
+from fair_edge.demo.run import match_pulses
+from fair_edge.training.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.line.settings import MqttSettings, RecordSettings, RejectSettings
-from fair_edge.run_station import run_station
-from fair_edge.station import CameraSettings, StationConfig
+from fair_edge.station.run import run_station
+from fair_edge.station.config import CameraSettings, StationConfig
 
 pytest.importorskip("pymodbus")
 
@@ -129,7 +129,7 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     missed by the sink (counted, never written late), and such misses stay rare."""
     from dataclasses import replace as dc_replace
 
-    import fair_edge.run_station as rs
+    import fair_edge.station.run as rs
     from fair_edge.line.sim_plc import SimulatedPlc
 
     real_select = rs.select_backend
@@ -183,7 +183,7 @@ def test_replay_without_fps_inspects_every_frame_even_when_inference_is_slow(bun
     """A folder read without --fps waits for inspection (block policy): nothing dropped, one row per image."""
     from dataclasses import replace as dc_replace
 
-    import fair_edge.run_station as rs
+    import fair_edge.station.run as rs
 
     real_select = rs.select_backend
     monkeypatch.setattr(rs, "select_backend", lambda b, name: (

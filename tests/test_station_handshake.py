@@ -18,8 +18,8 @@ import yaml
 
 from fair_edge.line.handshake.settings import HandshakeSettings, RESULT_NG, RESULT_OK
 from fair_edge.line.settings import RecordSettings, RejectSettings
-from fair_edge.run_station import run_station
-from fair_edge.station import CameraSettings, StationConfig
+from fair_edge.station.run import run_station
+from fair_edge.station.config import CameraSettings, StationConfig
 
 pytest.importorskip("pymodbus")
 from line_servers import wait_for  # noqa: E402

@@ -16,7 +16,7 @@ import torch
 from export_fixtures import MODEL, make_frames
 
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import BundleError, EngineError, TensorRTMissingError
 from fair_edge.export import tensorrt as trt_mod
 from fair_edge.export.build import BuildOptions, build_bundle

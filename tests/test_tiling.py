@@ -8,15 +8,15 @@ import torch
 
 from export_fixtures import MODEL, PRE, WIDTH, make_frames, write_pngs
 from fair_edge.calibration.frames import frame_scores
-from fair_edge.checkpoint import Checkpoint, load_checkpoint
-from fair_edge.data import DatasetSplit, Sample, load_images
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
+from fair_edge.training.data import DatasetSplit, Sample, load_images
 from fair_edge.errors import ConfigError
-from fair_edge.evaluate import score_samples
+from fair_edge.training.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.backends import select_backend
 from fair_edge.tiling import FrameTiler, TilingConfig, split_frame, stitch, tile_layout, tile_weights
-from fair_edge.train import TrainConfig, Trainer
+from fair_edge.training.train import TrainConfig, Trainer
 
 
 def test_layout_covers_the_frame_with_the_overlap_and_a_flush_last_tile():
@@ -100,7 +100,7 @@ def tiled_bundle(tmp_path_factory, tiny_detector):
     root = tmp_path_factory.mktemp("tiled")
     pre = replace(PRE, tiling=TilingConfig(40, 8))
     path = root / "final.pt"
-    from fair_edge.checkpoint import save_checkpoint
+    from fair_edge.models.checkpoint import save_checkpoint
 
     save_checkpoint(path, Checkpoint(replace(MODEL, preprocess=pre), tiny_detector.unet.state_dict()))
     normals = make_frames(6, seed=3, size=96)

@@ -15,11 +15,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import TrainConfig
-from fair_edge.train_ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
+from fair_edge.training.train import TrainConfig
+from fair_edge.training.ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_equivalence.py"
 
@@ -95,7 +95,7 @@ def test_sync_batchnorm_conversion_keeps_state_and_single_process_behaviour():
 def test_global_batch_must_divide_by_the_processes():
     class Three:
         world, rank = 3, 0
-    from fair_edge.train_ddp import DataParallel
+    from fair_edge.training.ddp import DataParallel
 
     shard = DataParallel.shard.__get__(Three())
     with pytest.raises(ConfigError, match="multiple of 3"):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.cli import app
-from fair_edge.data import load_dataset
-from fair_edge.evaluate import evaluate
+from fair_edge.training.data import load_dataset
+from fair_edge.training.evaluate import evaluate
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.train import Trainer, TrainConfig, TrainingInterrupted
+from fair_edge.training.train import Trainer, TrainConfig, TrainingInterrupted
 
 PRE = PreprocessConfig(image_size=32, cutoff=4.0)
 

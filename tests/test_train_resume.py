@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.cli import app
 
 STEPS = 150
@@ -117,10 +117,10 @@ def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
 
 
 def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
-    import fair_edge.cli as cli
-    from fair_edge.data import load_dataset
-    from fair_edge.demo_config import demo_preprocess, demo_train_config
-    from fair_edge.train import Trainer, TrainingInterrupted
+    import fair_edge.cli.demo as cli
+    from fair_edge.training.data import load_dataset
+    from fair_edge.demo.config import demo_preprocess, demo_train_config
+    from fair_edge.training.train import Trainer, TrainingInterrupted
 
     trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4, "fair"), tmp_path,
                       torch.device("cpu"))
@@ -134,7 +134,7 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
         train()
         raise TrainingInterrupted(out / "last.pt", 3)
 
-    monkeypatch.setattr("fair_edge.demo.run_demo", fake_demo)
+    monkeypatch.setattr("fair_edge.demo.run.run_demo", fake_demo)
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair", "--steps", "4"])
     assert result.exit_code == 130 and "Run the same `fair-edge demo` command again" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair", "--steps", "5"])  # start over
@@ -146,20 +146,20 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
 
 
 def test_demo_never_overwrites_the_other_familys_model(mvtec_dir, tmp_path, monkeypatch):
-    from fair_edge.data import load_dataset
-    from fair_edge.demo_config import demo_model, demo_train_config
+    from fair_edge.training.data import load_dataset
+    from fair_edge.demo.config import demo_model, demo_train_config
 
     fair = demo_model("fair")
     fair.impl.training().make_trainer(load_dataset(mvtec_dir), fair, demo_train_config(1, "fair"), tmp_path,
                                       torch.device("cpu")).run()
     before = (tmp_path / "final.pt").read_bytes()
     reused = []
-    monkeypatch.setattr("fair_edge.demo.run_demo", lambda out, *, train, **kw: reused.append(train()) or {})
+    monkeypatch.setattr("fair_edge.demo.run.run_demo", lambda out, *, train, **kw: reused.append(train()) or {})
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])  # default LGFDR, a FAIR model there
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "holds a FAIR width 32 model" in text and "--model fair to reuse it" in text, text
     assert (tmp_path / "final.pt").read_bytes() == before and reused == []
-    monkeypatch.setattr("fair_edge.cli.print_demo", lambda report: None)
+    monkeypatch.setattr("fair_edge.cli.demo.print_demo", lambda report: None)
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "fair"])
     assert result.exit_code == 0 and reused == [tmp_path / "final.pt"], result.output
 

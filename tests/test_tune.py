@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from fair_edge.cli import app
-from fair_edge.data import DatasetSplit, Sample, load_dataset
+from fair_edge.training.data import DatasetSplit, Sample, load_dataset
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.proxy_defects import KINDS, SIZES, plant
-from fair_edge.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
+from fair_edge.training.evaluate import score_samples
+from fair_edge.training.proxy_defects import KINDS, SIZES, plant
+from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -71,13 +73,19 @@ def test_candidate_commands_name_the_family_and_its_own_flags():
 
 
 def test_tune_trains_an_lgfdr_candidate_through_the_family_seam(mvtec_dir, tmp_path):
-    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.models.checkpoint import load_checkpoint
 
     pre = PreprocessConfig(image_size=32, cutoff=4.0)
     cands = [Candidate("base", pre, 8, 2, lr=1e-3), Candidate("lgfdr", pre, 8, 3, lr=1e-3, family="lgfdr")]
     rows = tune(load_dataset(mvtec_dir), cands, tmp_path, TuneSettings(holdout=0.25, budget_s=3600, batch=4))
     by_name = {r.candidate.name: r for r in rows}
-    assert by_name["lgfdr"].status == "done" and 0.0 <= by_name["lgfdr"].proxy_auroc <= 1.0
+    assert by_name["lgfdr"].status == "done"
+    # the proxy AUROC is the one of the checkpoint's scores on the planted set, recomputed here independently
+    proxy = tmp_path / "proxy"
+    planted = [Sample(p, 0 if p.parent.name == "good" else 1) for p in sorted(proxy.glob("*/*.png"))]
+    scored = score_samples(Path(by_name["lgfdr"].checkpoint), planted)
+    assert len(planted) == 2 * sum(1 for _ in (proxy / "good").glob("*.png")) >= 10
+    assert by_name["lgfdr"].proxy_auroc == pytest.approx(roc_auc_score(scored.labels, scored.scores), abs=1e-9)
     ckpt = load_checkpoint(Path(by_name["lgfdr"].checkpoint))
     assert ckpt.model.family == "lgfdr" and ckpt.data_summary["steps"] == 3
     table = {r["name"]: r for r in csv.DictReader((tmp_path / "tune.csv").open())}

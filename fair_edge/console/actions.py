@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,8 @@ from fair_edge.console.feed import StationFeed, finite
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
-from fair_edge.hotswap import ModelChange
+from fair_edge.runtime.hotswap import ModelChange
+from fair_edge.line.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ class StationActions:
     (None = the station runs from flags only; the audit log still records it). load_model(path) ->
     ModelChange opens a bundle for a swap (slow; called on a thread of its own); None = no swaps."""
 
-    def __init__(self, feed: StationFeed, station_file: Path | None, load_model=None) -> None:
+    def __init__(self, feed: StationFeed, station_file: Path | None,
+                 load_model: Callable[[Path], ModelChange] | None = None) -> None:
         self.feed, self.station_file, self.load_model = feed, station_file, load_model
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
@@ -85,6 +88,22 @@ class StationActions:
             log.warning("no image kept for reviewed part %d (label %s)", verdict.seq, label)
             return ""
         return rel.as_posix()
+
+    # ------------------------------------------------------------------ reject gate
+    def acknowledge_alarm(self, who: str) -> dict:
+        """The operator's reset of a latched reject alarm (a part passed uninspected, was refused, or
+        missed its gap): ``RejectScheduler.acknowledge_alarm``; the fault output drops unless a fault
+        (camera, backend, sink down) still holds it. Audited with the alarm it cleared."""
+        who = _who(who)
+        scheduler = self.feed.scheduler
+        if scheduler is None:
+            raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks): no alarm to "
+                              "acknowledge")
+        old = scheduler.alarm
+        scheduler.acknowledge_alarm()
+        log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
+        return self.audit.append({"action": "acknowledge_alarm", "who": who, "old": old or "",
+                                  "fault": scheduler.fault_reason or ""})
 
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None) -> dict:
@@ -149,7 +168,7 @@ class StationActions:
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
         """The reviewed parts of this output folder as a training/evaluation dataset under datasets/."""
-        from fair_edge.collect import export_reviewed
+        from fair_edge.training.collect import export_reviewed
 
         dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
         result = export_reviewed(self.feed.output, dest)
@@ -168,12 +187,11 @@ def _quantiles(change: ModelChange):
 
 
 def _seq(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"seq: expected a part number (integer), found {value!r}")
+    require(is_int(value), "seq", "a part number (integer)", value)
     return value
 
 
 def _who(value) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 80:
-        raise ConfigError(f"who: expected the operator's name (1..80 characters), found {value!r}")
+    require(isinstance(value, str) and bool(value.strip()) and len(value) <= 80, "who",
+            "the operator's name (1..80 characters)", value)
     return value.strip()

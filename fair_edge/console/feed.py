@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fair_edge.console.settings import ConsoleSettings
-from fair_edge.drift import DriftWatch
+from fair_edge.console.drift import DriftWatch
 from fair_edge.line.metrics import LATENCY_BUCKETS_S
 from fair_edge.records import Frame, Verdict
 

@@ -164,6 +164,7 @@ POSTS = {
     "threshold": lambda a, b: a.apply_threshold(b.get("threshold"), b.get("who"), b.get("confirm")),
     "swap": lambda a, b: a.swap(b.get("bundle"), b.get("who")),
     "export": lambda a, b: a.export_reviewed(b.get("who")),
+    "acknowledge_alarm": lambda a, b: a.acknowledge_alarm(b.get("who")),
 }
 
 

@@ -23,7 +23,7 @@ class ConsoleSettings:
     in memory for the live page and threshold tuning. keep_frames: latest frames kept in memory so
     an operator can flag a passed part as a miss with its image. live_fps: most live-image updates
     per second sent to browsers. drift_window / drift_min_parts / drift_alarm: the drift watch (see
-    fair_edge.drift): recent parts compared, parts needed before a value, PSI alarm level.
+    fair_edge.console.drift): recent parts compared, parts needed before a value, PSI alarm level.
     drift_fault: also raise the fault output while drift is in alarm."""
 
     enabled: bool = True

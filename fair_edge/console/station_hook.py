@@ -54,7 +54,7 @@ class StationConsole:
         """Swap to the bundle the station file names now (re-read), else reload the current bundle folder
         (rebuilt in place). Returns at once; the load runs in a thread. Safe to call from a signal handler."""
         from fair_edge.errors import FairEdgeError
-        from fair_edge.station import load_station
+        from fair_edge.station.config import load_station
 
         path = self.feed.bundle_path
         try:

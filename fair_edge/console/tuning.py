@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
+from fair_edge.line.fields import is_number, require
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -33,7 +34,7 @@ def split_scores(recent: list[Verdict], labels: dict[int, str]) -> tuple[np.ndar
     """(normal scores, defect scores, unreviewed NG count) from recent verdicts and review labels by seq."""
     normal, defect, unreviewed = [], [], 0
     for v in recent:
-        if not math.isfinite(v.score):
+        if v.score is None:  # not scored (malformed frame, inference failure)
             continue
         label = labels.get(v.seq)
         if label in DEFECT_LABELS:
@@ -71,8 +72,7 @@ def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float
 
 
 def check_threshold(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"threshold: expected a finite number > 0, found {value!r}")
+    require(is_number(value) and math.isfinite(value) and value > 0, "threshold", "a finite number > 0", value)
     return float(value)
 
 
@@ -80,7 +80,7 @@ def write_station_threshold(path: Path, value: float) -> None:
     """Set ``decision.threshold`` in the station file (atomic replace, fsync'd; YAML comments are not
     kept). The result is read back through the station loader, so a file that would not load is
     never left behind."""
-    from fair_edge.station import load_station
+    from fair_edge.station.config import load_station
 
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ..errors import PlcError, SinkError
 from .encoder import EncoderSource, FakeEncoder
-from .sinks.modbus import connect_client
+from .sinks.modbus import connect_client, modbus_tcp_client
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,11 @@ class ModbusCounter:
         self.table = url.get_choice("table", "holding", ("holding", "input"))
         self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
         self.name = f"modbus {self.host}:{self.port} unit {self.unit} {self.table} {self.register}"
-        self._factory = client_factory
+        self._factory = client_factory or modbus_tcp_client
         self._client: Any = None
 
     def open(self) -> None:
         self.close()
-        if self._factory is None:
-            from pymodbus.client import ModbusTcpClient
-            self._factory = ModbusTcpClient
         client = self._factory(self.host, port=self.port, timeout=self.timeout_s, retries=0)
         self._client = connect_client(client, self.name)
 

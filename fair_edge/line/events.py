@@ -19,7 +19,7 @@ class RejectEvent:
         cannot write by then gives up and reports the miss (a stale pulse is never replayed:
         it would kick another part).
     uninspected: no verdict came by the due time and the ``reject`` fail-safe fired it anyway.
-    score: the anomaly score, for logs (NaN when uninspected).
+    score: the anomaly score, for logs (None when uninspected or not scored).
     count: the encoder count at capture (encoder mode), else None.
     """
 
@@ -28,5 +28,5 @@ class RejectEvent:
     t_edge: float
     deadline: float
     uninspected: bool = False
-    score: float = float("nan")
+    score: float | None = None
     count: int | None = None

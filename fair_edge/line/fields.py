@@ -4,15 +4,31 @@ naming ``section.field``, the expected form and the value found."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 
 def _fail(where: str, expected: str, found: Any) -> ConfigError:
     return ConfigError(f"{where}: expected {expected}, found {found!r}")
+
+
+def require(ok: bool, where: str, expected: str, found: Any) -> None:
+    """The one field check for settings outside a YAML section (camera settings, console actions): raise
+    ``ConfigError("where: expected ..., found ...")`` unless ``ok``."""
+    if not ok:
+        raise _fail(where, expected, found)
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (YAML and JSON give True for 'true')."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, Any]:
@@ -24,10 +40,8 @@ def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, An
     known = list(known)
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"{section}.{key}: unknown setting{hint}; valid settings: {', '.join(sorted(known))}"
+                f"{section}.{key}: unknown setting{did_you_mean(key, known)}; valid settings: {', '.join(sorted(known))}"
             )
     return data
 

@@ -13,6 +13,7 @@ Exposed (names as scraped):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 
@@ -89,7 +90,7 @@ class Metrics:
         if verdict.ng:
             self.ng.inc()
         self.latency.observe(max(0.0, verdict.latency_ms / 1000.0))
-        self.score.set(verdict.score)
+        self.score.set(math.nan if verdict.score is None else verdict.score)  # Prometheus: NaN = no value
 
     def on_verdict(self, frame, verdict: Verdict, anomaly_map=None) -> None:
         """The inspector's verdict callback (``Inspector(on_verdict=[...])``)."""

@@ -70,8 +70,8 @@ class _Part:
     target: int | None = None
     count: int | None = None
     state: str = UNKNOWN
-    score: float = float("nan")
-    t_edge: float = float("nan")
+    score: float | None = None  # None until a verdict with a score arrives
+    t_edge: float | None = None  # set when the part's reject slot is taken
 
 
 class RejectScheduler:
@@ -383,6 +383,8 @@ class RejectScheduler:
         if uninspected:
             log.warning("part seq %d: no verdict by its due time; rejected uninspected (fail_safe: reject)",
                         part.seq)
+        if part.t_edge is None:
+            raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
                             uninspected, part.score, part.count)
         self._sinks.pulse(event)

@@ -71,7 +71,7 @@ class ModelFamily(ABC):
     def training(self) -> ModuleType:
         """The family's training module (``training_module``), imported on first use.
 
-        It defines ``default_train_config() -> fair_edge.train.TrainConfig`` and ``make_trainer(split, model, cfg,
+        It defines ``default_train_config() -> fair_edge.training.train.TrainConfig`` and ``make_trainer(split, model, cfg,
         out_dir, device, *, textures, backbone_weights, backbone_sha256)`` returning an object with
         ``run(on_step) -> final.pt``, ``resume()``, ``step``, ``total_steps``, ``batch``, ``images``, ``use_amp``
         (ConfigError for an option the family has no use for). Named, not imported here, so that reading a

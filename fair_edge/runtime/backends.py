@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,13 +23,13 @@ from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
-from fair_edge.compiled import CompiledModule
-from fair_edge.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
+from fair_edge.runtime.compiled import CompiledModule
+from fair_edge.runtime.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
 from fair_edge.tiling import FrameTiler, TileLayout
 
 log = logging.getLogger(__name__)
-Inputs = Mapping[str, torch.Tensor]
-Preprocess = Callable[[list[np.ndarray]], dict[str, torch.Tensor]]
+Inputs = Mapping[str, "torch.Tensor | np.ndarray"]  # host engines (ONNX Runtime, OpenVINO) take NumPy arrays too
+Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
 
 
 class Backend(Protocol):
@@ -41,16 +41,39 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Closable(Protocol):
+    name: str
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class FrameScorer(Protocol):
+    """What the inspection loop runs and a hot swap hands over: whole frames in, maps and scores out.
+    ``BackendChoice`` (one bundle) and ``fusion.FusedChoice`` (several, one fused score) are the two.
+
+    infer_frames(frames: list of (H, W, 3) uint8 BGR or (H, W) gray host arrays) -> (maps (N, h, w)
+    float32, scores (N,) float32). backend: what to close when the scorer is retired. reason: which
+    backend runs and why (shown in the summary and the console). graph_threshold: the threshold
+    calibrated on the graph this scorer runs when that is not the bundle's (None: the bundle's)."""
+
+    backend: Closable
+    reason: str
+    graph_threshold: Threshold | None
+
+    def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 # ----------------------------------------------------------------------------- backends
 class TorchBackend:
     """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph.
 
-    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.compiled``)."""
+    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.runtime.compiled``)."""
 
     name = "torch"
 
     def __init__(self, weights, device: torch.device, cuda_graphs: bool = True, compile: bool = False) -> None:
-        from fair_edge.checkpoint import load_checkpoint
+        from fair_edge.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(weights)
         self.device, self.input_names = device, ckpt.model.input_names
@@ -107,20 +130,26 @@ class CpuPreprocessor:
     image and a ``highpass`` input come from ``preprocess_cpu.CpuPipeline`` (NumPy / OpenCV; high-pass
     method ``highpass``: fft or the fused kernel's separable taps); any other input from the family's
     input maker applied to the colour image.
+
+    host: for engines that run on host arrays (ONNX Runtime, OpenVINO): when the pipeline makes every input,
+    they are handed on as the NumPy arrays it wrote (no torch on that path); otherwise tensors on ``device``.
     """
 
     def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu"),
-                 highpass: str = DEFAULT_HIGHPASS) -> None:
+                 highpass: str = DEFAULT_HIGHPASS, host: bool = False) -> None:
         self.names, self.device = model.input_names, device
         self.pipeline = CpuPipeline(model.preprocess, highpass)
         self.make_inputs = model.input_maker("cpu")
+        self.host = host and set(self.names) <= {COLOUR, HIGHPASS}
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor | np.ndarray]:
         colour = self.pipeline.colour(frames, clock)
         arrays = {COLOUR: colour}
         if HIGHPASS in self.names:
             arrays[HIGHPASS] = self.pipeline.highpass_of(colour, clock)
+        if self.host:
+            return {name: arrays[name] for name in self.names}
         inputs = {name: torch.from_numpy(a) for name, a in arrays.items() if name in self.names}
         if len(inputs) < len(self.names):
             inputs = {**self.make_inputs(torch.from_numpy(colour)), **inputs}
@@ -171,9 +200,14 @@ class FusedGpuPreprocessor:
 # ----------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
 class BackendOptions:
-    """compile: torch.compile the PyTorch backends (``fair_edge.compiled``); the others ignore it."""
+    """compile: torch.compile the PyTorch backends (``fair_edge.runtime.compiled``); the others ignore it."""
 
     compile: bool = False
+
+
+def whole_frames() -> FrameTiler:
+    """The identity tiler of an untiled bundle (``BackendChoice``'s default)."""
+    return FrameTiler(None, 0)
 
 
 @dataclass(frozen=True)
@@ -187,16 +221,20 @@ class BackendChoice:
     preprocess: Preprocess
     reason: str
     graph_threshold: Threshold | None = None
-    tiler: FrameTiler = field(default_factory=lambda: FrameTiler(None, 0))
+    tiler: FrameTiler = field(default_factory=whole_frames)
     max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), one size per batch when tiled.
+        """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), checked by ``preprocess.check_frame``,
+        one size per batch when tiled.
 
         Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
-        scores (N,) float32). Tiles of same-sized frames go to a pre-processing that crops them itself
-        (``tiles``: the fused GPU kernel, all tiles in one launch) in one call; otherwise they are cut on
-        the host (views) and pre-processed like frames, ``max_batch`` at a time."""
+        scores (N,) float32). Whole frames go straight to pre-processing and the backend. Tiles of
+        same-sized frames go to a pre-processing that crops them itself (``tiles``: the fused GPU kernel,
+        all tiles in one launch) in one call; otherwise they are cut on the host (views) and
+        pre-processed like frames, ``max_batch`` at a time."""
+        if self.tiler.tiling is None:
+            return self._infer_whole(frames)
         tiles, layouts = self.tiler.split(frames)
         step = self.max_batch or len(tiles)
         crops_itself = hasattr(self.preprocess, "tiles") and layouts[0] is not None and len(set(layouts)) == 1
@@ -209,6 +247,15 @@ class BackendChoice:
         scores = np.concatenate([p[SCORE] for p in parts])
         frame_maps, frame_scores = self.tiler.stitch(maps, scores, layouts)
         return np.stack(frame_maps), frame_scores
+
+    def _infer_whole(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Untiled bundles: frames -> inputs -> backend, ``max_batch`` at a time; no split, no stitch."""
+        step = self.max_batch or len(frames)
+        parts = [self.backend.infer(self.preprocess(frames[i : i + step])) for i in range(0, len(frames), step)]
+        # copies: a backend may hand out views of buffers it reuses for the next batch
+        maps = np.concatenate([p[ANOMALY_MAP][:, 0] for p in parts])
+        return maps, np.asarray(np.concatenate([p[SCORE] for p in parts]), np.float32)
+
 
 
 def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
@@ -244,7 +291,7 @@ def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.ort import OnnxRuntimeBackend
 
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"ONNX Runtime on the CPU ({what})", threshold)
 
 
@@ -252,7 +299,7 @@ def _openvino(bundle, options: BackendOptions) -> BackendChoice:
     from fair_edge.runtime.openvino import OpenVinoBackend
 
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model),
+    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"OpenVINO on the CPU ({what})", threshold)
 
 
@@ -277,6 +324,7 @@ BACKENDS: dict[str, Callable[..., BackendChoice]] = {
     "onnxruntime": _onnxruntime,
     "openvino": _openvino,
 }
+BACKEND_NAMES = ("auto", *BACKENDS)  # what --backend and the station file's backend accept: the one list
 # CPU engines 'auto' times at start-up; torch-cpu is left out: the slowest on the CPU in every measurement.
 CPU_CANDIDATES = ("onnxruntime", "openvino")
 UNAVAILABLE = (FairEdgeError, ImportError, OSError, RuntimeError)

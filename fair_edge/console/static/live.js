@@ -13,6 +13,7 @@ function showStatus(s) {
   else pill("plc-state", `PLC: ${s.plc.sinks} output(s), ${s.plc.pending} pending, ${s.plc.sink_errors} errors` +
             (s.plc.alarm ? " – ALARM " + s.plc.alarm : ""), s.plc.alarm || s.plc.sink_errors ? "bad" : "ok");
   pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
+  $("ack-alarm").hidden = !(s.plc && s.plc.alarm);
   const d = s.drift;
   pill("drift-state", d.psi === null ? "drift: " + d.note : `drift PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
        d.alarm ? "bad" : (d.psi === null ? "" : "ok"));
@@ -43,6 +44,15 @@ function showCounters(s) {
   const axis = $("latency-hist").querySelector("text.axis");
   if (axis) axis.textContent = "buckets (ms): " + ["0", ...l.edges_ms.map(e => e.toFixed(0))].join(" · ") + " · more";
 }
+
+async function acknowledgeAlarm() {
+  try {
+    const r = await FE.post("acknowledge_alarm", {});
+    FE.say(`alarm acknowledged: ${r.old || "none latched"}` + (r.fault ? ` (fault output still on: ${r.fault})` : ""));
+    $("ack-alarm").hidden = true;
+  } catch (e) { FE.say(e.message, true); }
+}
+$("ack-alarm").addEventListener("click", acknowledgeAlarm);
 
 async function markMiss(seq) {
   try { await FE.post("review", {seq, label: "miss"}); FE.say(`part ${seq} marked as a miss`); }

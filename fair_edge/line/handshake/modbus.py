@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...errors import PlcDeviceError, PlcError, SinkError
-from ..sinks.modbus import connect_client
+from ..sinks.modbus import connect_client, modbus_tcp_client
 from ..sinks.urls import SinkUrl
 from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings, ModbusSignals
 
@@ -45,11 +45,11 @@ def runs(words: dict[int, int]) -> list[tuple[int, list[int]]]:
 
 
 class ModbusLink:
-    """``HandshakeLink`` over one pymodbus ``ModbusTcpClient`` (``client_factory(host, port,
-    timeout_s)`` makes it; tests may hand in another)."""
+    """``HandshakeLink`` over one pymodbus ``ModbusTcpClient`` (``client_factory(host, port=PORT,
+    timeout=SECONDS)`` makes it: ``sinks.modbus.modbus_tcp_client`` unless tests hand in another)."""
 
     def __init__(self, url: SinkUrl, signals: ModbusSignals, score_scale: float,
-                 client_factory: Callable[[str, int, float], Any] | None = None) -> None:
+                 client_factory: Callable[..., Any] | None = None) -> None:
         url.check_query(MODBUS_OPTIONS)
         if not url.host:
             raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?unit=1, found no host")
@@ -58,14 +58,14 @@ class ModbusLink:
         self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
         self.signals, self.score_scale = signals, score_scale
         self.name = f"modbus {self.host}:{self.port} unit {self.unit}"
-        self._factory = client_factory or _pymodbus_client
+        self._factory = client_factory or modbus_tcp_client
         self._client: Any = None
         inputs = [a for n in PLC_SIGNALS for a in signals.registers(n)]
         self._span = (min(inputs), max(inputs) - min(inputs) + 1)
 
     def open(self) -> None:
         self.close()
-        self._client = connect_client(self._factory(self.host, self.port, self.timeout_s), self.name)
+        self._client = connect_client(self._factory(self.host, port=self.port, timeout=self.timeout_s), self.name)
 
     def read_inputs(self) -> dict[str, int]:
         """The PLC's signals: ``{trigger, part_id, ack}`` as integers (one FC 3 read when they
@@ -127,10 +127,3 @@ def open_modbus_link(url: SinkUrl, settings: HandshakeSettings) -> ModbusLink:
     """The ``modbus://`` entry of ``HANDSHAKE_SCHEMES`` (not connected yet)."""
     return ModbusLink(url, settings.modbus, settings.score_scale)
 
-
-def _pymodbus_client(host: str, port: int, timeout_s: float) -> Any:
-    try:
-        from pymodbus.client import ModbusTcpClient
-    except ImportError as exc:
-        raise SinkError("a modbus:// handshake needs pymodbus: pip install 'fair-edge[plc]'") from exc
-    return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0)

@@ -25,8 +25,8 @@ class LogSink:
         self._counters.add("pulses")
         shift_ms = (event.t_edge - event.t_due) * 1000.0
         self._log.log(logging.WARNING if event.uninspected else logging.INFO,
-                      "reject seq=%d score=%.4g due=%.6f edge_shift_ms=%.2f%s%s", event.seq,
-                      event.score, event.t_due, shift_ms,
+                      "reject seq=%d score=%s due=%.6f edge_shift_ms=%.2f%s%s", event.seq,
+                      "none" if event.score is None else f"{event.score:.4g}", event.t_due, shift_ms,
                       "" if event.count is None else f" encoder_count={event.count}",
                       " UNINSPECTED" if event.uninspected else "",
                       extra={"reject_seq": event.seq, "reject_uninspected": event.uninspected})

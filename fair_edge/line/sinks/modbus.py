@@ -59,14 +59,21 @@ def parse_modbus_url(url: SinkUrl) -> tuple[ModbusTarget, float | None]:
     return target, pulse
 
 
-def default_client_factory(target: ModbusTarget) -> Any:
-    """A pymodbus ``ModbusTcpClient`` for ``target`` (no internal retries: we retry ourselves,
-    within each pulse's deadline)."""
+def modbus_tcp_client(host: str, *, port: int, timeout: float, retries: int = 0) -> Any:
+    """The one place fair-edge makes a pymodbus ``ModbusTcpClient`` (reject sinks, encoder counters, the PLC handshake):
+    timeout in seconds, no internal retries by default (callers retry within their own deadlines); SinkError
+    with the install command when pymodbus is missing."""
     try:
         from pymodbus.client import ModbusTcpClient
     except ImportError as exc:
-        raise SinkError("modbus:// sinks need pymodbus: pip install 'fair-edge[plc]'") from exc
-    return ModbusTcpClient(target.host, port=target.port, timeout=target.timeout_s, retries=0)
+        raise SinkError("modbus:// sinks, encoders and handshakes need pymodbus: pip install 'fair-edge[plc]'") from exc
+    return ModbusTcpClient(host, port=port, timeout=timeout, retries=retries)
+
+
+def default_client_factory(target: ModbusTarget) -> Any:
+    """A pymodbus client for ``target`` (no internal retries: we retry ourselves, within each pulse's
+    deadline)."""
+    return modbus_tcp_client(target.host, port=target.port, timeout=target.timeout_s)
 
 
 def connect_client(client: Any, label: str) -> Any:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from ...errors import SinkError
+from ...errors import SinkError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -24,8 +23,7 @@ class SinkUrl:
     def check_query(self, allowed: tuple[str, ...]) -> None:
         for key in self.query:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(key, allowed)
                 raise SinkError(f"{self.raw}: unknown option '{key}'{hint}; valid: "
                                 f"{', '.join(allowed)}")
 
@@ -86,8 +84,7 @@ def scheme_entry(table: dict, url: SinkUrl, what: str):
     valid list."""
     entry = table.get(url.scheme)
     if entry is None:
-        close = difflib.get_close_matches(url.scheme, table, n=1)
-        hint = f" (did you mean '{close[0]}://'?)" if close else ""
+        hint = did_you_mean(url.scheme, table, suffix="://")
         raise SinkError(f"{url.raw}: unknown {what} scheme '{url.scheme}'{hint}; valid: "
                         f"{', '.join(s + '://' for s in table)}")
     return entry

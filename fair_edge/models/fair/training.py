@@ -1,4 +1,4 @@
-"""FAIR's training entry points for the family registry (the loop itself is ``fair_edge.train``)."""
+"""FAIR's training entry points for the family registry (the loop itself is ``fair_edge.training.train``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.data import DatasetSplit
+from fair_edge.training.data import DatasetSplit
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import ModelSpec
-from fair_edge.train import TrainConfig, Trainer
+from fair_edge.training.train import TrainConfig, Trainer
 
 
 def default_train_config() -> TrainConfig:

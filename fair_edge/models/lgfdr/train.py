@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fair_edge.data import DatasetSplit, load_images
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.lgfdr.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
-from fair_edge.train import LossLog, TrainConfig, TrainingInterrupted, epoch_order, steps_per_epoch
+from fair_edge.training.train import LossLog, TrainConfig, TrainingInterrupted, epoch_order, steps_per_epoch
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss

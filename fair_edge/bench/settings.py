@@ -1,0 +1,97 @@
+"""Settings of ``fair-edge bench`` and the parsers of its command-line values (see ``fair_edge.bench.run``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.errors import ConfigError, did_you_mean
+
+MODES = ("loop", "compute", "both", "stages")
+FEEDS = ("closed", "free")
+BASELINES = ("torch-eager-cpu-pre", "none")
+
+
+def _choose(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; found {value!r}."
+                          f"{did_you_mean(value, allowed, sentence=True)}")
+    return value
+
+
+# ----------------------------------------------------------------------------- settings
+def parse_frames(text: str) -> tuple[int, int]:
+    """'1920x1080' (width x height, pixels) -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or min(int(p) for p in parts) < 2:
+        raise ConfigError(f"--frames must be WIDTHxHEIGHT in pixels, each >= 2, e.g. 1920x1080; found {text!r}.")
+    return int(parts[1]), int(parts[0])
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,4,8,16' -> (1, 4, 8, 16): distinct batch sizes >= 1, in the given order."""
+    try:
+        batches = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batches must be a comma-separated list of integers >= 1, e.g. 1,4,8,16; found {text!r}.")
+    return batches
+
+
+def parse_feed(text: str) -> str | float:
+    """'closed' | 'free' | a line rate in frames/s (> 0)."""
+    if text in FEEDS:
+        return text
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise ConfigError(f"--feed must be closed, free, or a line rate in frames/s > 0 (e.g. 500); found {text!r}.")
+    return rate
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """backend: 'auto' or a name in ``backends.BACKENDS``. baseline: one of ``BASELINES``.
+    batches: max_batch values to time. frame_hw: (height, width) of the synthetic frames, pixels.
+    seconds: timed duration per (backend, batch, mode). mode: one of ``MODES``. feed: loop feeding
+    (``fair_edge.bench.run`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.
+    distinct_frames: different frames cycled through. warmup_s: untimed running before each timing.
+    torch_threads: torch.set_num_threads for this process, 0 = leave PyTorch's default.
+    compile: torch.compile the PyTorch backend (not the baseline); compile seconds are reported."""
+
+    backend: str = "auto"
+    baseline: str = "torch-eager-cpu-pre"
+    batches: tuple[int, ...] = (1, 4, 8, 16)
+    frame_hw: tuple[int, int] = (1080, 1920)
+    seconds: float = 10.0
+    mode: str = "loop"
+    feed: str | float = "closed"
+    max_wait_ms: float = 2.0
+    queue_size: int = 0
+    distinct_frames: int = 8
+    warmup_s: float = 1.0
+    torch_threads: int = 0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _choose(self.backend, BACKEND_NAMES, "--backend")
+        _choose(self.baseline, BASELINES, "--baseline")
+        _choose(self.mode, MODES, "--mode")
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"--batches must hold integers >= 1; found {self.batches}.")
+        if not self.seconds > 0:
+            raise ConfigError(f"--seconds must be > 0; found {self.seconds}.")
+        if isinstance(self.feed, str):
+            _choose(self.feed, FEEDS, "--feed")
+        elif not self.feed > 0:
+            raise ConfigError(f"--feed line rate must be > 0 frames/s; found {self.feed}.")
+        if self.queue_size < 0 or self.distinct_frames < 1 or self.warmup_s < 0 or self.torch_threads < 0:
+            raise ConfigError("--queue, --warmup and --threads must be >= 0 and distinct_frames >= 1; found "
+                              f"{self.queue_size}, {self.warmup_s}, {self.torch_threads}, {self.distinct_frames}.")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("loop", "compute") if self.mode == "both" else (self.mode,)  # "stages": fair_edge.bench.stages

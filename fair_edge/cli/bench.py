@@ -1,0 +1,105 @@
+"""``fair-edge bench``: the command and the table it prints (the measurement is ``fair_edge.bench``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fair_edge.cli.common import check_width, console, friendly_errors
+from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import BACKEND_NAMES
+
+app = typer.Typer()
+
+
+def print_bench(report) -> None:
+    env = report.environment
+    if report.stages:
+        from fair_edge.bench.stages import stage_table
+
+        wide = Console(width=160)
+        wide.print(f"per-stage ms per frame, CPU path: {env['cpu']} ({report.settings['frames']} frames)")
+        return stage_table(report.stages, lambda line: wide.print(line, highlight=False))
+    table = Table(title=f"fair-edge bench: {env['gpu'] or env['cpu']} ({report.settings['frames']} frames, "
+                        f"feed {report.settings['feed']})")
+    for name in ("role", "backend", "pre", "mode", "batch", "frames/s", "vs base", "p50/p99/max ms", "drops", "mean b"):
+        table.add_column(name, justify="left" if name in ("role", "backend", "pre", "mode") else "right")
+    for r in report.rows:
+        ratio = "" if r.vs_baseline is None else f"{r.vs_baseline:.2f}"
+        table.add_row(r.role, r.backend, r.preprocess, r.mode, str(r.batch), f"{r.fps:.1f}", ratio,
+                      f"{r.p50_ms:.1f}/{r.p99_ms:.1f}/{r.max_ms:.1f}", str(r.dropped), f"{r.mean_batch:.1f}")
+    out = Console()
+    (out if out.is_terminal else Console(width=160)).print(table)  # a piped log keeps whole rows
+    console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
+    for key, best in report.best.items():
+        console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
+    for batch, seconds in report.compile_seconds.items():
+        console.print(f"torch.compile batch {batch}: {seconds:.1f} s (first call; cached for later runs)")
+
+
+@app.command()
+@friendly_errors
+def bench(
+    bundle: Optional[Path] = typer.Argument(None, help="Model bundle from `fair-edge build` (or use --synthetic-model)."),
+    backend: str = typer.Option("auto", help=", ".join(BACKEND_NAMES) + "."),
+    baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
+                                 "backend's device (torch-eager-cpu-pre), or not (none)."),
+    batches: str = typer.Option("1,4,8,16", help="Batch sizes (LoopSettings.max_batch), comma-separated."),
+    frames: str = typer.Option("1920x1080", help="Synthetic frame size WIDTHxHEIGHT, uint8 BGR, held in memory."),
+    seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode."),
+    warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
+    mode: str = typer.Option("loop", help="loop (camera thread -> Inspector), compute (pre-process + infer "
+                             "on ready batches), both, or stages (CPU path: ms per frame of copy, resize, "
+                             "high-pass (fft and separable), inference, scoring, decision)."),
+    feed: str = typer.Option("closed", help="loop feeding: closed (<= queue frames in flight, no drops), "
+                             "free (fps=0, drop_oldest), or a line rate in frames/s."),
+    queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch."),
+    max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
+    threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (inductor) the torch-cpu / torch-cuda "
+                                 "backend; compile time per batch size is reported, cached on disk for later runs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
+                                                  "family (fair, lgfdr) in a temporary folder."),
+    synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
+                                                  "implies --synthetic-model fair."),
+    image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
+    precision: str = typer.Option("fp32", help="Precision of the synthetic bundle: fp32, fp16, int8."),
+) -> None:
+    """Sustained frames/s and capture -> verdict latency per batch size, against a PyTorch eager baseline.
+
+    Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` or
+    `--synthetic-model lgfdr` needs no trained model."""
+    import shlex
+    import sys
+
+    from fair_edge.bench.run import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
+    from fair_edge.bench.settings import BenchSettings, parse_batches, parse_feed, parse_frames
+    from fair_edge.export.bundle import load_bundle
+
+    settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
+                             frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
+                             max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
+                             compile=compile)
+    synthetic = synthetic_model is not None or synthetic_width is not None
+    if (bundle is None) != synthetic:
+        raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
+    if synthetic_width is not None:
+        check_width(synthetic_width, flag="--synthetic-width")
+    command = shlex.join(sys.argv)
+    show = lambda row: console.print(f"{row.role} {row.mode} batch {row.batch}: {row.fps:.1f} frames/s")  # noqa: E731
+    if bundle is not None:
+        report = run_bench(load_bundle(bundle), settings, command, on_row=show)
+    else:
+        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        report = run_synthetic_bench(model, precision, settings, command, on_row=show)
+    print_bench(report)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"[green]results:[/] {json_out}")

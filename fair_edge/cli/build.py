@@ -1,0 +1,185 @@
+"""``fair-edge build``: checkpoint -> bundle (ONNX, threshold, optional TensorRT engine).
+
+A thin typer command over ``fair_edge.export.build.build_bundle``; register it with
+``app.command("build")(build)``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fair_edge.calibration.int8 import METHODS, Int8Settings
+from fair_edge.calibration.int8_gate import QualityGate
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import images_for, read_image
+from fair_edge.cli.common import check_width, friendly_errors, progress_bar
+from fair_edge.errors import ConfigError, did_you_mean
+from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
+from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.models.tensors import HIGHPASS
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.training.runs import find_latest_checkpoint
+
+console = Console()  # the summary table goes to stdout; errors go to stderr (fair_edge.cli.common)
+
+app = typer.Typer()
+
+
+def _precision(fp16: bool, int8: bool) -> str:
+    if fp16 and int8:
+        raise ConfigError("--fp16 and --int8 exclude each other; pass one (or neither for fp32).")
+    return "int8" if int8 else "fp16" if fp16 else "fp32"
+
+
+def _spec(spec: str) -> str:
+    """A dataset spec as it will still work from another folder: existing paths made absolute."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[str], calib_images: int,
+             calib_method: str, normal: Optional[str], defects: Optional[str], frr: float, max_batch: int,
+             out: Path, max_drop: Optional[float] = None) -> str:
+    args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
+    args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
+    if calib is not None:
+        args += ["--calib", _spec(calib), "--calib-images", str(calib_images), "--calib-method", calib_method]
+    for flag, folder in (("--normal", normal), ("--defects", defects)):
+        if folder is not None:
+            args += [flag, _spec(folder)]
+    args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
+    args += ["--max-drop", str(max_drop)] if max_drop is not None else []
+    return shlex.join(args)
+
+
+def _summary(result: BuildResult) -> None:
+    b = result.bundle
+    table = Table(title=escape(f"bundle {b.root}"), show_header=False)
+    for rel in sorted(b.files):
+        table.add_row("file", escape(rel), f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
+    inputs = ", ".join(f"{s.name} {s.channels}x{s.size}x{s.size}" for s in b.model.inputs)
+    table.add_row("model", escape(b.model.describe()), escape(f"inputs {inputs}; filter {b.preprocess.filter}"))
+    table.add_row("precision", b.precision, f"max batch {b.max_batch}")
+    table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
+    if result.delta is not None:
+        d = result.delta
+        table.add_row(f"{b.precision} vs fp32", f"map max {d.map_max_abs:.2e}, score max {d.score_max_abs:.2e}",
+                      f"score pearson {d.score_pearson:.4f}, spearman {d.score_spearman:.4f} (n={d.n_images})")
+    if b.threshold is not None:
+        t = b.threshold
+        f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
+        few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
+        table.add_row("threshold", f"{t.value:.6g}", escape(
+            f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
+    else:
+        table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
+    gpu_note = (gpu_preprocessing_note(b.preprocess) if HIGHPASS in b.model.input_names else
+                ("reference (CPU resize, then upload)", "the model takes the colour image only; the fused kernel makes the high-pass"))
+    for row in quality_gate_rows(result):
+        table.add_row(*row)
+    table.add_row("GPU pre-processing", *gpu_note)
+    table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
+    table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
+    console.print(table)
+    root = escape(str(b.root))
+    console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+
+
+def quality_gate_rows(result: BuildResult) -> list[tuple[str, str, str]]:
+    """Summary rows of the INT8 quality gate: one per INT8 graph (metric, FP32, INT8, drop, limit, layers kept float)."""
+    report = result.quality_gate
+    if report is None:
+        return []
+    rows = []
+    for g in report.graphs:
+        kept = f"{len(g.kept_float)} of {g.layers} layers kept float32: {', '.join(g.kept_float)}" if g.kept_float else \
+            f"all {g.layers} layers INT8"
+        rows.append((f"INT8 gate {g.graph}", escape(f"{report.metric}: FP32 {g.fp32:.4f}, INT8 {g.int8:.4f}, drop {g.drop:.3g} "
+                                                    f"(limit {report.limit:g} {report.unit})"),
+                     escape(f"{kept}; all-INT8 drop {g.full_drop:.3g}; {report.n_normal} normal, {report.n_defect} defective")))
+    return rows
+
+
+def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
+    """(path, detail): whether a GPU station will pre-process with the fused CUDA kernel, and why not."""
+    try:
+        plan = plan_highpass(cfg)
+    except ConfigError as exc:
+        return "reference (PyTorch)", escape(f"the fused CUDA kernel cannot take these settings: {exc}")
+    if plan.filter == "sobel_xy":
+        return "fused CUDA kernel", "3x3 Sobel-xy"
+    return "fused CUDA kernel", f"radius {plan.radius}, {plan.rank} separable term(s)"
+
+
+@app.command("build")
+@friendly_errors
+def build(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),
+    width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
+    fp16: bool = typer.Option(False, "--fp16", help="UNet in float16, scoring in float32."),
+    int8: bool = typer.Option(False, "--int8", help="UNet convs int8 (Q/DQ), calibrated on --calib images."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Normal images for INT8 calibration: a folder, or any "
+                                        "dataset `train` accepts (MVTec folder, VisA CSV, elpv:mono): its training images."),
+    calib_images: int = typer.Option(64, "--calib-images", help="Number of calibration images (first N, sorted)."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="entropy, percentile or max."),
+    normal: Optional[str] = typer.Option(None, "--normal", help="Held-out normal images for the decision threshold: a "
+                                         "folder, or a dataset with a test split (its normal test images)."),
+    defects: Optional[str] = typer.Option(None, "--defects", help="Defect images (a folder, or a dataset: its "
+                                          "defective test images): also report the F1-optimal threshold."),
+    category: Optional[str] = typer.Option(None, "--category", help="Product inside a VisA CSV or an MVTec root "
+                                           "given to --calib / --normal / --defects."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the decision threshold."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
+    engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8 quality gate: the most the INT8 graphs may "
+                                             "lose against FP32 on held-out images: image AUROC points with --normal and "
+                                             "--defects, else FP32 normal-score spreads (mean |INT8 - FP32| / std) with "
+                                             "--normal. Over it, the most sensitive layers stay float32 (up to half of "
+                                             "them) or the build is refused. Figures go in bundle.json."),
+) -> None:
+    """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
+    if width is not None:
+        check_width(width)
+    precision = _precision(fp16, int8)
+    if precision == "int8" and calib is None:
+        raise ConfigError("--int8 needs normal images for calibration; pass --calib with a folder of normal images "
+                          "or a dataset (e.g. data/bracket or elpv:mono, whose training images are used).")
+    if calib_method not in METHODS:
+        raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
+                          + did_you_mean(calib_method, METHODS, sentence=True))
+    if checkpoint is None:
+        if width is None:
+            raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
+        checkpoint = find_latest_checkpoint(width)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt_width = getattr(ckpt.settings, "width", None)  # --width selects FAIR runs; other families have none
+    if width is not None and width != ckpt_width:
+        raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} ({ckpt.model.describe()}). "
+                          + (f"Pass --width {ckpt_width} or another checkpoint." if ckpt_width else "Leave out --width."))
+    out = out or Path("runs") / f"bundle-{ckpt.model.tag}-{precision}"
+    settings = Int8Settings(method=calib_method, num_images=calib_images)
+    options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
+                           _command(checkpoint, width, precision, calib, calib_images, calib_method,
+                                    normal, defects, false_reject_rate, max_batch, out, max_drop),
+                           QualityGate(max_drop) if max_drop is not None else None)
+    check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
+    calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []
+    normal_frames = [read_image(p) for p in images_for(normal, "normal", category)] if normal is not None else None
+    defect_frames = [read_image(p) for p in images_for(defects, "defect", category)] if defects is not None else None
+    console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
+    with progress_bar() as progress:
+        task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
+                                 total=len(calib_paths) or None)
+        result = build_bundle(ckpt, out, options, [read_image(p) for p in calib_paths] or None, normal_frames,
+                              defect_frames, on_calibration_image=lambda: progress.advance(task),
+                              on_gate_step=lambda text: progress.update(task, description=f"INT8 quality gate: {text}"))
+    _summary(result)

@@ -1,0 +1,72 @@
+"""`fair-edge collect`: frames from a camera, or the parts reviewed in the console, into a training folder."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.training.collect import QualitySettings
+from fair_edge.errors import ConfigError
+
+Q = QualitySettings()  # the defaults live in the dataclass
+
+app = typer.Typer()
+
+
+@app.command("collect")
+@friendly_errors
+def collect(
+    out: Path = typer.Argument(..., help="Training folder to write (created): PNG frames, or with --reviewed an "
+                               "MVTec layout (train/good = false rejects, test/defect = defects and misses)."),
+    camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
+                                         "gst:PIPELINE, csi:0, genicam:SERIAL."),
+    source: Optional[Path] = typer.Option(None, help="An image folder or video file instead of a camera."),
+    reviewed: Optional[Path] = typer.Option(None, help="A station output folder: export its reviewed parts "
+                                            "(reviews.jsonl) instead of reading a camera."),
+    max_frames: int = typer.Option(200, help="Stop after saving this many frames."),
+    every: int = typer.Option(1, help="Consider every N-th frame only."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    blur_min: float = typer.Option(Q.blur_min, help="Skip frames whose Laplacian variance is below this (blurred)."),
+    duplicate_diff: float = typer.Option(Q.duplicate_diff, help="Skip frames whose 32x32 gray thumbnail differs "
+                                         "from a recently kept one by less than this mean level (near-duplicate)."),
+    dark_mean: float = typer.Option(Q.dark_mean, help="Skip frames with a mean gray level below this (too dark)."),
+    bright_mean: float = typer.Option(Q.bright_mean, help="Skip frames with a mean gray level above this (too bright)."),
+) -> None:
+    """Collect training images: keep sharp, well-exposed, distinct frames and count each skipped kind
+    (badly exposed, blurred, near-duplicate). Ctrl-C stops and keeps what was saved."""
+    from fair_edge.training.collect import Collector, collect_from_source, export_reviewed
+
+    quality = QualitySettings(dark_mean=dark_mean, bright_mean=bright_mean, clipped_share=Q.clipped_share,
+                              blur_min=blur_min, duplicate_diff=duplicate_diff, memory=Q.memory)
+    chosen = [x for x in (camera, source, reviewed) if x is not None]
+    if len(chosen) != 1:
+        raise ConfigError(f"give exactly one of --camera, --source or --reviewed; found {len(chosen)}.")
+    if every < 1 or max_frames < 1:
+        raise ConfigError(f"--every and --max-frames must be >= 1; found {every} and {max_frames}.")
+    if reviewed is not None:
+        result = export_reviewed(reviewed, out, quality)
+        console.print(f"[green]exported reviewed parts[/] to {out}: {result}")
+        return
+    from fair_edge.cameras import open_source
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    timer = threading.Timer(duration, stop.set) if duration is not None else None
+    collector = Collector(out, quality, prefix=time.strftime("%Y%m%dT%H%M%SZ_", time.gmtime()))
+    try:
+        if timer is not None:
+            timer.start()
+        with open_source(str(camera if camera is not None else source)) as src:
+            read = collect_from_source(src, collector, max_saved=max_frames, every=every, stop=stop)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    c = collector.counts
+    console.print(f"read {read} frames: saved {c['saved']}, skipped {c['badly_exposed']} badly exposed, "
+                  f"{c['blurred']} blurred, {c['duplicate']} near-duplicates, {c['unreadable']} unreadable -> {out}")

@@ -1,0 +1,132 @@
+"""Pieces every command shares: the console, error handling, width check, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+import typer
+from typer.core import TyperGroup
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
+from fair_edge.models.fair.unet import WIDTHS
+
+console = Console(stderr=True)
+EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit
+PROGRESS_EVERY_S = 10.0  # plain progress lines in logs (output not a terminal)
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+class VerboseAnywhere(TyperGroup):
+    """The top-level group: ``-v`` / ``--verbose`` count wherever they stand (``fair-edge train DATA -v``
+    as well as ``fair-edge -v train DATA``); they are moved in front of the command before parsing."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        head = args[: args.index("--")] if "--" in args else args
+        flags = [a for a in head if a in VERBOSE_FLAGS]
+        if flags:
+            rest = [a for a in head if a not in VERBOSE_FLAGS] + args[len(head):]
+            args = flags[:1] + rest
+        return super().parse_args(ctx, args)
+
+
+def friendly_errors(fn):
+    """Turn our own exceptions into one clear line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FairEdgeError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    return wrapper
+
+
+def check_width(width: int, flag: str = "--width") -> int:
+    """The CLI trains, builds and benches the paper's widths only (the library accepts any)."""
+    if width not in WIDTHS:
+        raise ConfigError(f"{flag} must be one of {', '.join(map(str, WIDTHS))}; found {width}."
+                          f"{did_you_mean(width, WIDTHS, sentence=True)}")
+    return width
+
+
+def progress_bar(*extra: str):
+    """A live progress bar on a terminal; plain lines every PROGRESS_EVERY_S seconds in a log (nohup,
+    systemd, CI), where a live bar would print nothing until the end. ``extra``: task fields shown."""
+    if not console.is_terminal:
+        return PlainProgress(console, extra, PROGRESS_EVERY_S)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TextColumn(f"{{task.fields[{name}]}}") for name in extra]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console)
+
+
+class PlainProgress:
+    """The subset of rich's Progress our commands use (add_task, update, advance, context manager),
+    printing one plain line per unfinished task every ``every_s`` seconds from a timer thread (so a
+    slow step still shows the run is alive), and a last line per task at the end."""
+
+    def __init__(self, out: Console, fields: tuple[str, ...], every_s: float) -> None:
+        self.out, self.fields, self.every_s = out, fields, every_s
+        self.tasks: list[dict] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._tick, name="progress-lines", daemon=True)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        with self.lock:
+            self.tasks.append({"description": description, "total": total, "completed": completed,
+                               "start": time.monotonic(), "first": completed, **fields})
+            return len(self.tasks) - 1
+
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None, **fields) -> None:
+        with self.lock:
+            task = self.tasks[task_id]
+            if completed is not None:
+                task["completed"] = completed
+            task["completed"] += advance or 0
+            task.update(fields)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def line(self, task: dict) -> str:
+        """e.g. 'train 120/300 (40%) loss 0.4100 12.3 img/s | 1:02 elapsed, about 1:33 left'."""
+        done, total, elapsed = task["completed"], task["total"], time.monotonic() - task["start"]
+        text = f"{task['description']} {done:g}" + (f"/{total:g} ({done / total:.0%})" if total else "")
+        text += "".join(f" {task[name]}" for name in self.fields if task.get(name))
+        text += f" | {_clock(elapsed)} elapsed"
+        rate = (done - task["first"]) / elapsed if elapsed > 0 else 0.0
+        if total and rate > 0 and done < total:
+            text += f", about {_clock((total - done) / rate)} left"
+        return text
+
+    def _print_all(self, unfinished_only: bool) -> None:
+        with self.lock:
+            lines = [self.line(t) for t in self.tasks if not (unfinished_only and t["total"] and t["completed"] >= t["total"])]
+        for text in lines:
+            self.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._print_all(unfinished_only=True)
+
+    def __enter__(self) -> "PlainProgress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5.0)
+        self._print_all(unfinished_only=False)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"

@@ -1,0 +1,69 @@
+"""``fair-edge eval``: score a labelled test set with a checkpoint, print the metrics, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.cli.common import console, friendly_errors, progress_bar
+
+app = typer.Typer()
+
+
+def print_metrics(result: dict, out: Path) -> None:
+    table = Table(title=f"evaluation ({out})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    catch = [k for k in result if k.startswith("catch_at_")]
+    for key in ("images", "normal", "defective", "image_auroc", *catch, "f1_max", "f1_threshold", "pixel_auroc",
+                "aupro", "suggested_threshold"):
+        if key in result:
+            value = result[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    for key in ("note", "pixel_metrics"):
+        if key in result:
+            console.print(f"[yellow]{result[key]}[/]")
+
+
+def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,
+             category: Optional[str] = None) -> dict:
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.evaluate import evaluate
+    from fair_edge.training.train import resolve_device
+
+    split = load_dataset(data, category)
+    with progress_bar() as bar:
+        task = bar.add_task("eval", total=len(split.test))
+        result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
+                          false_reject_rate=false_reject_rate, progress=lambda n: bar.advance(task, n))
+    print_metrics(result, out)
+    return result
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by `fair-edge train` (e.g. runs/train-w32/final.pt)."),
+    data: str = typer.Argument(..., help="Dataset with a test split: MVTec category folder, VisA CSV, or 'elpv'."),
+    out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    batch: int = typer.Option(16, help="Images per forward pass."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
+                                            help="Target share of normal images rejected, for the suggested threshold "
+                                            "(the same setting and default as `build --false-reject-rate`)."),
+    frr: Optional[float] = typer.Option(None, "--frr", hidden=True, help="Deprecated: --false-reject-rate."),
+    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
+) -> None:
+    """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
+    if frr is not None:
+        console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
+        false_reject_rate = frr
+    out = out or checkpoint.parent / "eval"
+    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category)
+    console.print(f"[green]report:[/] {out}")

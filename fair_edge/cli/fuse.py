@@ -1,0 +1,36 @@
+"""``fair-edge fuse B1 B2 ... --normal DIR``: one fused bundle (one score, one threshold) from several bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.runtime.fusion import RULES
+
+app = typer.Typer()
+
+
+@app.command("fuse")
+@friendly_errors
+def fuse(
+    bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings)."),
+    normal: Path = typer.Option(..., "--normal", help="Held-out normal images: each model's score statistics and "
+                                "the fused threshold."),
+    out: Path = typer.Option(Path("runs/fused"), help="Output folder (members are copied into it)."),
+    rule: str = typer.Option("mean", help=f"How normalised maps combine: {', '.join(RULES)}."),
+    false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, help="Target false-reject rate of the threshold."),
+    backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
+) -> None:
+    """Fuse several bundles: each model's map is normalised by its own normal scores, then combined."""
+    from fair_edge.training.data import list_images, read_image
+    from fair_edge.runtime.fusion import build_fused_bundle
+
+    frames = [read_image(p) for p in list_images(normal)]
+    fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
+    for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
+        console.print(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
+    console.print(f"[green]fused bundle:[/] {out} (rule {rule}, threshold {fused.threshold.value:.4g} at "
+                  f"{false_reject_rate:.1%} false rejects)\nnext: fair-edge run --bundle {out} --source FRAMES")

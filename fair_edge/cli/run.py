@@ -1,0 +1,217 @@
+"""``fair-edge run``: the inspection station from a station file and flags, with a live table and a summary."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import BACKENDS
+from fair_edge.station.doc import station_reference
+
+app = typer.Typer()
+
+
+def reject_rows(rejects: dict) -> list[tuple[str, object]]:
+    """Rows for the reject gate in the live table and the summary (empty without sinks)."""
+    if not rejects:
+        return []
+    from fair_edge.station.run import undelivered_sinks
+
+    hs = rejects.get("handshake")
+    rows: list[tuple[str, object]] = [] if hs is None else [
+        ("handshake: triggers / results / acked", f"{hs['triggers']} / {hs['results']} / {hs['acked']}"),
+        ("handshake: ack timeouts / expired / error", f"{hs['ack_timeouts']} / {hs['expired']} / {hs['error']}")]
+    if "sinks" not in rejects:
+        return rows
+    sinks = rejects.get("sinks") or {}
+    delivered = sum(st.get("delivered", 0) for st in sinks.values())
+    missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
+    rows += [
+        ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
+        ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
+                                              f"{rejects.get('late_verdicts', 0)}"),
+        ("pulses delivered / missed", f"{delivered} / {missed}")]
+    if rejects.get("fault_output"):
+        rows.append(("fault output", f"[bold red]ON: {rejects['fault_output']}[/]"))
+    dead = undelivered_sinks(rejects)
+    if dead:
+        rows.append(("[bold red]sinks that delivered nothing[/]", ", ".join(dead)))
+    return rows
+
+
+def live_table(inspector) -> Table:
+    s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
+    camera = inspector.capture.stats()
+    table = Table(title=f"fair-edge station (run {s.run_id})", show_header=False)
+    for name, value in (("camera", camera.state.value), ("frames in", camera.frames_in),
+                        ("dropped (queue full) / lost", f"{camera.dropped_queue_full} / {camera.frames_lost_estimate}"),
+                        ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
+                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
+                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms"),
+                        *reject_rows(s.rejects)):
+        table.add_row(name, str(value))
+    return table
+
+
+def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[float], fail_safe: Optional[str]):
+    """The station file's reject section with the command line's --reject / --reject-delay-ms /
+    --fail-safe applied, validated like the file (``RejectSettings.from_dict``)."""
+    from dataclasses import asdict
+
+    from fair_edge.line.settings import RejectSettings
+
+    changes = {k: v for k, v in (("sinks", list(sinks or []) or None), ("delay_ms", delay_ms),
+                                 ("fail_safe", fail_safe)) if v is not None}
+    if not changes:
+        return settings
+    data = dict(asdict(settings), **changes)
+    if data["encoder_distance"] is not None and "delay_ms" in changes:
+        raise ConfigError("--reject-delay-ms: the station file times rejects by reject.encoder_distance; "
+                          "remove one of them")
+    if data["encoder_distance"] is not None:
+        data.pop("delay_ms")
+    return RejectSettings.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
+
+
+def print_summary(summary, out: Path) -> None:
+    lat = summary.latency
+    table = Table(title=f"run summary ({out}, run {summary.run_id})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
+            ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
+            ("not inspected (queued at stop)", summary.not_inspected),
+            ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
+            ("frames/s", f"{summary.fps:.1f}"),
+            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms"),
+            *reject_rows(summary.rejects)]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+    if summary.fault:
+        console.print(f"[bold red]station fault:[/] {summary.fault}")
+
+
+@app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
+             "2 the station could not start (bad flag or station file, missing bundle, a camera that cannot be "
+             "opened, reject.require_sinks_at_start with a sink unreachable); 3 the station faulted while running "
+             "(the backend kept failing, or the camera is gone for good); 4 rejects were due but a reject sink "
+             "delivered none of them (PLC unreachable, wrong address).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
+@friendly_errors
+def run(
+    station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
+                                           "output, reject, record, metrics, mqtt). Flags override it."),
+    camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
+                                         "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
+    source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
+    bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
+    backend: Optional[str] = typer.Option(None, help="auto (default), " + ", ".join(BACKENDS) + "."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
+                                              "default: the bundle's calibrated one."),
+    roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
+    max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
+    fps: Optional[float] = typer.Option(None, help="Replay --source at this rate, as a camera would (frames "
+                                        "inspection cannot keep up with are dropped); default: every frame, "
+                                        "as fast as inspection takes them."),
+    loop: bool = typer.Option(False, "--loop", help="Replay --source forever."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    reject: Optional[list[str]] = typer.Option(None, "--reject", help="Reject sink URL, repeatable, e.g. "
+                                               "modbus://10.0.0.5:502?unit=1&coil=0, opcua://HOST:4840/?node=ns=2;s=Reject, "
+                                               "gpio://gpiochip0/17, log:// (replaces the station file's reject.sinks)."),
+    reject_delay_ms: Optional[float] = typer.Option(None, help="Camera -> reject gate travel time, ms "
+                                                    "(reject.delay_ms)."),
+    fail_safe: Optional[str] = typer.Option(None, help="A part with no verdict by its due time: reject (reject "
+                                            "it then) or alarm (let it pass, raise the fault output)."),
+    console_mode: Optional[str] = typer.Option(None, "--console", help="on | off: serve the operator console "
+                                               "(live view, NG review, threshold tuning) [default: on, "
+                                               "http://127.0.0.1:8765/; station file section console:]."),
+    console_port: Optional[int] = typer.Option(None, help="Console TCP port (0 = any free port)."),
+) -> None:
+    """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
+
+    A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
+    Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
+    SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
+    capture."""
+    from rich.live import Live
+
+    from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
+    from fair_edge.station.config import StationConfig, load_station
+
+    cfg = load_station(station) if station else StationConfig()
+    if camera is not None and source is not None:
+        raise ConfigError("give either --camera or --source, not both.")
+    cam = cfg.camera
+    if camera is not None or source is not None:
+        cam = replace(cam, source=str(camera if camera is not None else source))
+    cam = replace(cam, fps=fps if fps is not None else cam.fps, loop=loop or cam.loop)
+    batching = replace(cfg.batching, **{k: v for k, v in (("max_batch", max_batch), ("max_wait_ms", max_wait_ms))
+                                        if v is not None})
+    record = replace(cfg.record, dir=out) if out is not None else cfg.record
+    cfg = cfg.override(camera=cam, bundle=bundle, backend=backend, threshold=threshold, roi=roi,
+                       batching=batching, output=out, record=record,
+                       reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe),
+                       console=console_settings(cfg.console, console_mode, console_port))
+    signals = StationSignals()
+    live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+
+    def show_live(inspector) -> None:
+        live.update(live_table(inspector))
+
+    with live or contextlib.nullcontext():
+        summary = run_station(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
+                              on_tick=show_live if live else None, on_console=signals.wire_sighup)
+    print_summary(summary, cfg.output)
+    console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
+    code = exit_code(summary)
+    if code == EXIT_REJECTS_UNDELIVERED:
+        console.print(f"[bold red]rejects were due but {', '.join(undelivered_sinks(summary.rejects))} "
+                      f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
+    if code:
+        raise typer.Exit(code)
+
+
+class StationSignals:
+    """`fair-edge run`'s signals: Ctrl-C and SIGTERM set ``stop`` (the station drains and exits 0); SIGHUP,
+    once the console exists, loads the bundle the station file names (``StationConsole.reload_bundle``)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.console = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.on_stop)
+
+    def on_stop(self, signum: int, frame: object) -> None:
+        self.stop.set()
+
+    def wire_sighup(self, station_console) -> None:
+        """``run_station``'s on_console hook (where the OS has SIGHUP)."""
+        self.console = station_console
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self.on_hup)
+
+    def on_hup(self, signum: int, frame: object) -> None:
+        self.console.reload_bundle("SIGHUP")
+
+
+def console_settings(current, mode: Optional[str], port: Optional[int]):
+    """The station file's console settings with --console on|off and --console-port applied."""
+    if mode is not None and mode not in ("on", "off"):
+        raise ConfigError(f"--console: expected on or off, found {mode!r}.")
+    changes = {k: v for k, v in (("enabled", None if mode is None else mode == "on"), ("port", port)) if v is not None}
+    out = replace(current, **changes)
+    out.check()
+    return out

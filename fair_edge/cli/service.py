@@ -1,0 +1,67 @@
+"""``fair-edge install-service``: the systemd unit that runs a station at boot (``fair_edge.station.service_unit``).
+
+It writes a file and prints the ``systemctl`` commands to run; it never runs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fair_edge.cli.common import console, friendly_errors
+from fair_edge.station.service_unit import (UNIT_DIR, ServiceSettings, default_executable, default_user, install_unit,
+                                    render_unit, systemctl_commands)
+
+app = typer.Typer()
+_DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
+
+
+def _check_station(station: Path, printing: bool) -> None:
+    """Load the station file as `fair-edge run` will (a unit pointing at a broken one would restart forever)."""
+    from fair_edge.station.config import load_station
+
+    if not station.is_file() and printing:
+        console.print(f"note: {station} does not exist here; create it on the station machine before starting the unit.")
+        return
+    load_station(station)
+
+
+@app.command("install-service")
+@friendly_errors
+def install_service(
+    station: Path = typer.Option(..., "--station", help="Station YAML the service runs (`fair-edge run --station FILE`)."),
+    print_only: bool = typer.Option(False, "--print", help="Write the unit to stdout instead of --unit-dir."),
+    unit_dir: Path = typer.Option(UNIT_DIR, "--unit-dir", help="Where the unit file goes (needs root for the default)."),
+    name: str = typer.Option(_DEFAULTS["name"], "--name", help="Unit name, e.g. fair-edge-line3 (-> NAME.service)."),
+    user: Optional[str] = typer.Option(None, "--user", help="Account the station runs as [default: $SUDO_USER or you]; "
+                                       "it needs the camera (group video), the bundle and the output folder."),
+    group: Optional[str] = typer.Option(None, "--group", help="Group it runs as [default: the user's]."),
+    working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Where relative paths in the station file "
+                                               "resolve [default: the current folder]."),
+    env: Optional[list[str]] = typer.Option(None, "--env", help="Extra environment KEY=VALUE, repeatable (e.g. "
+                                            "OMP_NUM_THREADS=4); PYTHONUNBUFFERED=1 is always set."),
+    watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
+                                     "ping from the inspection loop for this long and systemd restarts the station."),
+    executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
+) -> None:
+    """Write a systemd unit that runs the station at boot, restarts it on a crash or a hung inspection loop
+    (Type=notify, WatchdogSec=, Restart=always), and print the systemctl commands to enable it."""
+    station = station.expanduser().resolve()
+    _check_station(station, print_only)
+    settings = ServiceSettings(
+        station=station, executable=(executable.expanduser().resolve() if executable else default_executable()),
+        user=user or default_user(), working_dir=(working_dir or Path.cwd()).expanduser().resolve(), name=name,
+        group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec)
+    if print_only:
+        sys.stdout.write(render_unit(settings))
+        return
+    if settings.user == "root":
+        console.print("note: the station will run as root; pass --user with a dedicated account (see docs/jetson.md).")
+    path = install_unit(settings, unit_dir)
+    console.print(f"wrote {path}. To start it now and at every boot (fair-edge does not run these):")
+    for command in systemctl_commands(settings):
+        console.print(f"  {command}", highlight=False)

@@ -1,0 +1,203 @@
+"""Score fusion: one decision from several models (any families, sizes or tilings) with one threshold.
+
+A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and ``fusion.json``:
+  format "fair-edge-fusion", version 1; members: [{path, manifest_sha256}]; rule; stats: per member
+  {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score.
+Rule (one definition, used by calibration, eval and the station):
+  z_i       = (anomaly map_i - mean_i) / std_i      (each model's map in units of its own normal spread)
+  fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly)
+  score     = max of the fused map
+RULES: "mean" (default: agreement between models lifts a defect, a single model's noise is halved)
+or "max" (a defect seen by any model counts; false rejects add up).
+Every member runs on the backend the station selects for it, so fusion runs wherever they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
+from fair_edge.errors import BundleError, ConfigError, DataError
+
+FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, "fusion.json"
+RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda z: z.mean(axis=0),
+    "max": lambda z: z.max(axis=0),
+}
+
+
+@dataclass(frozen=True)
+class NormalStats:
+    """Mean and standard deviation of one model's frame scores on held-out normal images."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, normal_scores: np.ndarray) -> "NormalStats":
+        scores = np.asarray(normal_scores, np.float64)
+        if scores.size < 2 or not np.all(np.isfinite(scores)):
+            raise DataError(f"fusion needs >= 2 finite normal scores per model; found {scores.size}.")
+        return cls(float(scores.mean()), max(float(scores.std()), 1e-12))
+
+
+def fuse_maps(maps: Sequence[np.ndarray], stats: Sequence[NormalStats], rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """maps[i]: (N, h_i, w_i) float32 anomaly maps of model i for the same N frames.
+
+    Returns (fused maps (N, h_0, w_0) float32, fused scores (N,) float32); see the module docstring."""
+    if rule not in RULES:
+        raise ConfigError(f"fusion rule must be one of {', '.join(RULES)}; found {rule!r}.")
+    if len(maps) != len(stats) or len(maps) < 2:
+        raise ConfigError(f"fusion needs >= 2 models with one NormalStats each; found {len(maps)} maps, {len(stats)} stats.")
+    n, h, w = np.asarray(maps[0]).shape
+    z = np.empty((len(maps), n, h, w), np.float32)
+    for i, (m, st) in enumerate(zip(maps, stats)):
+        m = np.asarray(m, np.float32)
+        if m.shape[1:] != (h, w):
+            m = np.stack([cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR) for x in m])
+        z[i] = (m - st.mean) / st.std
+    fused = RULES[rule](z)
+    return fused, fused.reshape(n, -1).max(axis=1)
+
+
+# ----------------------------------------------------------------------------- the fused bundle
+@dataclass(frozen=True)
+class FusedBundle:
+    """A verified fused bundle: member bundles (export.bundle.Bundle), stats, rule and threshold."""
+
+    root: Path
+    members: tuple
+    stats: tuple[NormalStats, ...]
+    rule: str
+    threshold: Threshold
+
+    @property
+    def image_size(self) -> int:
+        return self.members[0].image_size
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every member's files (``mI/NAME`` -> SHA-256), so a fused bundle has a model id like any other."""
+        return {f"m{i}/{name}": sha for i, m in enumerate(self.members) for name, sha in m.files.items()}
+
+
+def is_fused(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, normal_frames: Sequence[np.ndarray],
+                       rule: str = "mean", false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE,
+                       backend: str = "onnxruntime") -> FusedBundle:
+    """Copy the member bundles into ``out``, fit each one's normal stats and the fused threshold on
+    ``normal_frames`` ((H, W, 3) uint8 BGR held-out normals), write fusion.json; returns the loaded bundle."""
+    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, load_bundle
+
+    out = Path(out)
+    if len(member_dirs) < 2:
+        raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")
+    if len(normal_frames) < 2:
+        raise DataError("fusion needs held-out normal images for each model's score statistics (--normal).")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, src in enumerate(member_dirs):
+        load_bundle(src)  # verifies it before copying
+        dst = out / f"m{i}"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+        entries.append({"path": dst.name, "manifest_sha256": _sha(dst / MEMBER_MANIFEST)})
+    members = [load_bundle(out / e["path"]) for e in entries]
+    maps = [_member_maps(m, normal_frames, backend) for m in members]
+    stats = [NormalStats.fit(m.reshape(len(m), -1).max(axis=1)) for m in maps]
+    _, fused_scores = fuse_maps(maps, stats, rule)
+    threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "members": entries, "rule": rule,
+                "stats": [vars(s) for s in stats], "threshold": threshold.to_dict()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_fused_bundle(out)
+
+
+def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> np.ndarray:
+    from fair_edge.runtime.backends import select_backend
+
+    choice = select_backend(bundle, backend)
+    try:
+        return np.concatenate([choice.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
+    finally:
+        choice.backend.close()
+
+
+def load_fused_bundle(path: str | Path) -> FusedBundle:
+    """Read and verify ``fusion.json`` and every member bundle (checksums of their manifests)."""
+    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, load_bundle
+
+    root = Path(path)
+    try:
+        data = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{root / MANIFEST} is missing or not JSON ({exc}); rebuild with `fair-edge fuse`.") from exc
+    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{root / MANIFEST}: expected format {FORMAT} version {FORMAT_VERSION}; "
+                          f"found {data.get('format')} version {data.get('format_version')}.")
+    try:
+        entries, rule = data["members"], str(data["rule"])
+        stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
+        threshold = Threshold.from_dict(data["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST} is missing or has an invalid field ({exc}); rebuild with `fair-edge fuse`.") from exc
+    if rule not in RULES or len(stats) != len(entries):
+        raise BundleError(f"{root / MANIFEST}: rule {rule!r} (expected one of {', '.join(RULES)}) with "
+                          f"{len(stats)} stats for {len(entries)} members; rebuild with `fair-edge fuse`.")
+    members = []
+    for entry in entries:
+        manifest = root / entry["path"] / MEMBER_MANIFEST
+        if not manifest.is_file() or _sha(manifest) != entry["manifest_sha256"]:
+            raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
+                              "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
+        members.append(load_bundle(root / entry["path"]))
+    return FusedBundle(root, tuple(members), stats, rule, threshold)
+
+
+# ----------------------------------------------------------------------------- runtime
+class _Members:
+    """The member backends as one closable object (what the station closes on exit)."""
+
+    name = "fusion"
+
+    def __init__(self, choices: list) -> None:
+        self.choices = choices
+
+    def close(self) -> None:
+        for choice in self.choices:
+            choice.backend.close()
+
+
+class FusedChoice:
+    """A ``runtime.backends.FrameScorer`` over the member bundles: each member's backend scores the frames,
+    ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
+    calibrated on the fused score."""
+
+    graph_threshold = None
+
+    def __init__(self, bundle: FusedBundle, backend: str = "auto") -> None:
+        from fair_edge.runtime.backends import select_backend
+
+        self.bundle = bundle
+        self.backend = _Members([select_backend(m, backend) for m in bundle.members])
+        self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.choices)
+
+    def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """frames: list of (H, W, 3) uint8 BGR. Returns (fused maps (N, h, w) float32, scores (N,) float32)."""
+        maps = [c.infer_frames(frames)[0] for c in self.backend.choices]
+        return fuse_maps(maps, self.bundle.stats, self.bundle.rule)

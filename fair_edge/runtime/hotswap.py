@@ -1,0 +1,94 @@
+"""Change the model or the threshold of a running station without stopping capture.
+
+Another thread (the console, a SIGHUP handler) loads the new bundle and its backend off the loop,
+then ``ModelSwitch.request()`` leaves the change in a one-item slot. The inspection loop calls
+``take()`` between batches, so a batch that is already being inferred finishes on the old model
+and the next one uses the new; capture never pauses. Every verdict carries the id of the model
+that decided it (``Verdict.model``).
+
+Model id: the first 12 hex digits of a SHA-256 over the bundle's file checksums (the files
+listed in bundle.json, which include the weights and graphs), so a rebuilt bundle gets a new id
+and an unchanged one keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run time
+    from fair_edge.export.bundle import Bundle
+    from fair_edge.runtime.backends import FrameScorer
+    from fair_edge.runtime.fusion import FusedBundle
+
+log = logging.getLogger(__name__)
+
+
+def model_id(bundle) -> str:
+    """12 hex digits identifying the bundle's files (``bundle.files``: relative name -> SHA-256)."""
+    h = hashlib.sha256()
+    for name in sorted(bundle.files):
+        h.update(f"{name}:{bundle.files[name]}\n".encode())
+    return h.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """What changes at the next batch boundary. choice: a ``FrameScorer`` (None = keep the model);
+    threshold: the new decision threshold (None = keep); roi: (S, S) float32 weights for the new
+    model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
+    ``FusedBundle``."""
+
+    choice: FrameScorer | None = None
+    threshold: float | None = None
+    roi: np.ndarray | None = None
+    model: str = ""
+    bundle: Bundle | FusedBundle | None = None
+
+
+class ModelSwitch:
+    """A one-item slot between the threads that ask for a change and the inspection loop.
+
+    A second request before the loop took the first merges into it (the newest value of each
+    field wins); a replaced backend that never ran is closed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: ModelChange | None = None
+
+    def request(self, change: ModelChange) -> None:
+        with self._lock:
+            old, self._pending = self._pending, _merge(self._pending, change)
+        if old is not None and old.choice is not None and change.choice is not None:
+            retire(old.choice)
+
+    def take(self) -> ModelChange | None:
+        """The pending change (once), or None. Called by the loop between batches."""
+        with self._lock:
+            change, self._pending = self._pending, None
+        return change
+
+
+def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
+    if old is None:
+        return new
+    if new.choice is not None:
+        return new
+    return ModelChange(old.choice, new.threshold if new.threshold is not None else old.threshold,
+                       old.roi, old.model, old.bundle)
+
+
+def retire(choice: FrameScorer) -> None:
+    """Close the backend of a model that is no longer used (by the loop after a swap, or a pending
+    one replaced before it ran); a failing close is logged, never raised."""
+    try:
+        choice.backend.close()
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("closing the replaced backend failed")

@@ -1,0 +1,128 @@
+"""The station file: one YAML that says what a station inspects and how it is wired.
+
+    camera:   {source: "0", fps: null, loop: false, queue_size: 4, full_policy: auto}
+    bundle:   runs/bundle-w32            # from `fair-edge build`
+    backend:  auto                       # auto | tensorrt | torch-cuda | torch-cpu | onnxruntime | openvino
+    batching: {max_batch: 1, max_wait_ms: 2.0}
+    decision: {threshold: null, roi: null}   # null threshold = the bundle's; roi = mask image path
+    output:   runs/station               # verdicts.jsonl, NG images, summary.json
+    reject:   {...}                      # see docs/line-integration.md
+    record:   {...}
+    metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
+    mqtt:     {url: null}                # e.g. mqtt://127.0.0.1:1883/line3: verdicts, faults, summary
+    console:  {enabled: true, host: 127.0.0.1, port: 8765, token: null, ...}   # fair_edge/console/settings.py
+
+Every field is checked on load; an error names the field, the expected form and the value found.
+Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
+from fair_edge.console.settings import ConsoleSettings
+from fair_edge.errors import ConfigError
+from fair_edge.station.inspector import LoopSettings
+from fair_edge.line import fields as f
+from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
+from fair_edge.runtime.backends import BACKEND_NAMES
+
+AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
+FULL_POLICIES = (AUTO_POLICY, *CAPTURE_POLICIES)
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """source: a camera spec (index, /dev/videoN, RTSP URL, video file, image folder, gst/csi/genicam:...).
+    fps: replay rate for folders and videos; None = read them as fast as inspection takes them.
+    loop: replay forever. queue_size / full_policy: the capture queue and what a full queue does:
+    ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
+    inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line)."""
+
+    source: str = "0"
+    fps: float | None = None
+    loop: bool = False
+    queue_size: int = 4
+    full_policy: str = AUTO_POLICY
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CameraSettings":
+        s = "camera"
+        d = f.with_defaults(s, data, cls)
+        fps = d["fps"]
+        return cls(
+            source=str(d["source"]),
+            fps=None if fps is None else f.number(s, "fps", fps, minimum=0),
+            loop=f.boolean(s, "loop", d["loop"]),
+            queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
+            full_policy=f.choice(s, "full_policy", d["full_policy"], FULL_POLICIES),
+        )
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    bundle: Path | None = None
+    backend: str = "auto"
+    batching: LoopSettings = field(default_factory=LoopSettings)
+    threshold: float | None = None
+    roi: Path | None = None
+    output: Path = Path("runs/station")
+    reject: RejectSettings = field(default_factory=RejectSettings)
+    record: RecordSettings = field(default_factory=lambda: RecordSettings(dir=Path("runs/station")))
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "StationConfig":
+        d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
+                                           "reject", "record", "metrics", "mqtt", "console"])
+        batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
+        decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
+        threshold = decision.get("threshold")
+        output = Path(f.text("station", "output", d.get("output", "runs/station")))
+        return cls(
+            camera=CameraSettings.from_dict(d.get("camera")),
+            bundle=Path(f.text("station", "bundle", d["bundle"])) if d.get("bundle") is not None else None,
+            backend=f.choice("station", "backend", d.get("backend", "auto"), BACKEND_NAMES),
+            batching=LoopSettings(
+                max_batch=f.integer("batching", "max_batch", batching["max_batch"], minimum=1, maximum=256),
+                max_wait_ms=f.number("batching", "max_wait_ms", batching["max_wait_ms"], minimum=0),
+                max_consecutive_errors=f.integer("batching", "max_consecutive_errors",
+                                                 batching["max_consecutive_errors"], minimum=1),
+            ),
+            threshold=None if threshold is None else f.number("decision", "threshold", threshold),
+            roi=Path(f.text("decision", "roi", decision["roi"])) if decision.get("roi") is not None else None,
+            output=output,
+            reject=RejectSettings.from_dict(d.get("reject")),
+            record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
+            metrics=MetricsSettings.from_dict(d.get("metrics")),
+            mqtt=MqttSettings.from_dict(d.get("mqtt")),
+            console=ConsoleSettings.from_dict(d.get("console")),
+        )
+
+    def override(self, **changes: Any) -> "StationConfig":
+        """A copy with the given non-None settings replaced (command-line flags win over the file)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_station(path: str | Path) -> StationConfig:
+    """Read and validate a station YAML file; raises ConfigError naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"station file {path} does not exist. See `fair-edge run --help` for its fields.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
+    try:
+        return replace(StationConfig.from_dict(data or {}), source_file=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,77 @@
+"""The station file's reference, generated from the settings dataclasses so it cannot drift from them.
+
+``station_reference()`` is a complete station YAML with every field at its default (what
+``StationConfig()`` holds) and the allowed values of the choice fields as comments. It is shown by
+``fair-edge run --help`` and printed in the README (a test keeps the two identical and loads it
+back into ``StationConfig()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from fair_edge.line.handshake import HANDSHAKE_SCHEMES
+from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
+from fair_edge.line.sinks import SINK_SCHEMES
+from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.station.config import FULL_POLICIES, StationConfig
+
+# section -> comment naming the allowed values (constants imported, not written again)
+SECTION_NOTES = {
+    "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:; "
+              f"full_policy: {' | '.join(FULL_POLICIES)}",
+    "bundle": "folder written by `fair-edge build`",
+    "backend": " | ".join(BACKEND_NAMES),
+    "decision": "threshold null = the bundle's calibrated one; roi: mask image (white = inspected), null = all",
+    "output": "verdicts.jsonl, NG images, summary.json",
+    "reject": f"sinks: URLs {', '.join(s + '://...' for s in SINK_SCHEMES)}; fail_safe: {' | '.join(FAIL_SAFE_POLICIES)}; "
+              f"handshake.url: null (off), {', '.join(s + '://...' for s in HANDSHAKE_SCHEMES)} (the PLC handshake; "
+              "modbus: holding registers, opcua: node ids); docs/line-integration.md",
+    "record": f"image_format: {' | '.join(IMAGE_FORMATS)}",
+    "metrics": "Prometheus endpoint; host 127.0.0.1 = this machine only",
+}
+
+
+def _yaml_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return f'"{text}"' if text == "" or text[0].isdigit() or ":" in text or text in ("null", "true", "false") else text
+
+
+def _flow(mapping: dict, indent: str = "") -> str:
+    """A YAML flow mapping; a nested mapping starts a continuation line, indented one step more."""
+    items = [f"{k}: {_yaml_value(v)}" for k, v in mapping.items() if not isinstance(v, dict)]
+    text = "{" + ", ".join(items)
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            text += f",\n{indent}  {k}: {_flow(v, indent + '  ')}"
+    return text + "}"
+
+
+def station_sections(cfg: StationConfig = StationConfig()) -> dict[str, object]:
+    """The station file's sections as YAML would hold them (``decision`` gathers threshold and roi)."""
+    plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in plain["record"].items()}
+    return {
+        "camera": plain["camera"], "bundle": plain["bundle"], "backend": plain["backend"],
+        "batching": plain["batching"], "decision": {"threshold": plain["threshold"], "roi": plain["roi"]},
+        "output": plain["output"], "reject": plain["reject"], "record": record, "metrics": plain["metrics"],
+    }
+
+
+def station_reference() -> str:
+    """Every station-file field at its default, one section per line, with the allowed values."""
+    lines = []
+    for name, value in station_sections().items():
+        text = _flow(value) if isinstance(value, dict) else _yaml_value(value)
+        note = SECTION_NOTES.get(name)
+        lines.append(f"{name}: {text}" + (f"\n  # {note}" if note else ""))
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""The inspection loop: frames from a capture thread -> batches -> pre-process -> infer -> verdicts.
+
+Threads: the camera reads in its own ``CaptureThread`` (bounded queue, drop policy counted there);
+this loop runs in the caller's thread, so inference never blocks capture. Each verdict goes to
+the ``on_verdict`` callbacks (verdict log, reject scheduler, metrics), whose failures are logged
+and counted but never stop inspection.
+
+Fail-safe rules (documented in the README):
+- a malformed frame (wrong dtype or shape) is counted and gets an NG verdict with ``error`` set;
+- an inference failure gives every frame of that batch an NG verdict with ``error`` set;
+  ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
+- stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
+  queued are inspected, then the summary is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import cv2
+import numpy as np
+
+from fair_edge.cameras import EndOfStream
+from fair_edge.errors import ConfigError
+from fair_edge.runtime.hotswap import ModelSwitch, retire
+from fair_edge.preprocess import check_frame
+from fair_edge.records import Frame, Verdict
+
+if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
+    from fair_edge.cameras import CaptureThread
+    from fair_edge.runtime.backends import FrameScorer
+
+log = logging.getLogger(__name__)
+VerdictCallback = Callable[[Frame, Verdict, "np.ndarray | None"], None]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """max_batch: frames per inference. max_wait_ms: how long a partial batch waits for more frames.
+    max_consecutive_errors: failed inference batches in a row before the station faults."""
+
+    max_batch: int = 1
+    max_wait_ms: float = 2.0
+    max_consecutive_errors: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ConfigError(f"batching.max_batch must be >= 1; found {self.max_batch}.")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"batching.max_wait_ms must be >= 0; found {self.max_wait_ms}.")
+
+
+@dataclass
+class LatencyStats:
+    """Capture -> verdict latencies in milliseconds."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, ms: float) -> None:
+        self.values.append(ms)
+
+    def percentiles(self, window: int | None = None) -> dict[str, float]:
+        data = np.asarray(self.values[-window:] if window else self.values)
+        if data.size == 0:
+            return {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+        return {"p50_ms": float(np.percentile(data, 50)), "p99_ms": float(np.percentile(data, 99)),
+                "max_ms": float(data.max())}
+
+
+@dataclass
+class RunSummary:
+    """What a run did. frames_in/dropped/lost come from the capture thread: every frame read is
+    inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
+    ``lost`` counts parts the camera never delivered (outages, sequence gaps).
+    rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
+    recorder: the recorder's counters (rows logged, images saved, drops, write errors)."""
+
+    backend: str = ""
+    run_id: str = ""
+    frames_in: int = 0
+    inspected: int = 0
+    ng: int = 0
+    malformed: int = 0
+    inference_errors: int = 0
+    callback_errors: int = 0
+    dropped: int = 0
+    lost: int = 0
+    duration_s: float = 0.0
+    fault: str = ""
+    latency: dict = field(default_factory=dict)
+    rejects: dict = field(default_factory=dict)
+    recorder: dict = field(default_factory=dict)
+    mqtt: dict = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.inspected / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def not_inspected(self) -> int:
+        """Frames read but neither inspected nor dropped (still queued when the run stopped)."""
+        return max(0, self.frames_in - self.inspected - self.dropped)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__, fps=round(self.fps, 2), not_inspected=self.not_inspected)
+
+
+class Inspector:
+    """Runs the loop over one capture thread with one backend choice (see backends.select_backend).
+
+    threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
+    0 outside) multiplied into the anomaly map before its max, or None for the whole image.
+    model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
+    changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
+    """
+
+    def __init__(self, capture: CaptureThread, choice: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
+                 settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
+                 model: str = "") -> None:
+        if not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number; found {threshold}.")
+        self.capture, self.choice, self.threshold = capture, choice, float(threshold)
+        self.roi, self.settings, self.model = roi, settings, model
+        self.switch = ModelSwitch()
+        self.on_verdict = list(on_verdict or [])
+        self.latency = LatencyStats()
+        self.summary = RunSummary(backend=choice.reason)
+        self._consecutive_errors = 0
+
+    # ------------------------------------------------------------------ batching
+    def _next_batch(self, timeout: float) -> list[Frame] | None:
+        """Up to max_batch frames; [] when none came within ``timeout``; None at end of stream."""
+        try:
+            batch = [self.capture.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        except EndOfStream:
+            return None
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
+        while len(batch) < self.settings.max_batch:
+            try:
+                batch.append(self.capture.get(timeout=max(deadline - time.monotonic(), 0.0)))
+            except (queue.Empty, EndOfStream):
+                break
+        return batch
+
+    # ------------------------------------------------------------------ one batch
+    def _roi_on(self, shape: tuple[int, int]) -> np.ndarray:
+        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S)."""
+        if self.roi.shape != tuple(shape):
+            self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
+        return self.roi
+
+    def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
+        ng = bool(error) or score is None or score > self.threshold
+        verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
+                          self.model)
+        self.summary.inspected += 1
+        self.summary.ng += int(ng)
+        self.latency.add(verdict.latency_ms)
+        for callback in self.on_verdict:
+            try:
+                callback(frame, verdict, anomaly_map)
+            except Exception:  # a sink or recorder failure must not stop inspection; logged and counted
+                self.summary.callback_errors += 1
+                log.exception("verdict callback %r failed for frame %d", callback, frame.seq)
+        return verdict
+
+    def inspect(self, frames: list[Frame]) -> list[Verdict]:
+        """Pre-process, infer and decide one batch; returns its verdicts in frame order."""
+        good, verdicts = [], {}
+        for frame in frames:
+            try:
+                good.append((frame, check_frame(frame.image)))
+            except ConfigError as exc:
+                self.summary.malformed += 1
+                log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
+                verdicts[frame.seq] = self._emit(frame, None, f"malformed frame: {exc}")
+        if good:
+            try:
+                maps, scores = self.choice.infer_frames([image for _, image in good])
+                if self.roi is not None:
+                    scores = (maps * self._roi_on(maps.shape[1:])).reshape(len(maps), -1).max(axis=1)
+                self._consecutive_errors = 0
+            except Exception as exc:  # any backend failure: fail safe (NG) and count
+                self.summary.inference_errors += 1
+                self._consecutive_errors += 1
+                log.error("inference failed for %d frame(s): %s", len(good), exc)
+                for frame, _ in good:
+                    verdicts[frame.seq] = self._emit(frame, None, f"inference failed: {exc}")
+            else:
+                for (frame, _), amap, score in zip(good, maps, scores):
+                    verdicts[frame.seq] = self._emit(frame, float(score), anomaly_map=amap)
+        return [verdicts[f.seq] for f in frames]
+
+    def apply_switch(self) -> None:
+        """Take a pending model / threshold change (between batches: the last batch finished on the
+        old model). The replaced backend is closed here, after its last batch."""
+        change = self.switch.take()
+        if change is None:
+            return
+        if change.choice is not None:
+            old, self.choice, self.roi, self.model = self.choice, change.choice, change.roi, change.model
+            self.summary.backend = change.choice.reason
+            retire(old)
+            log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
+        if change.threshold is not None:
+            if self.threshold != change.threshold:
+                log.warning("threshold changed: %.6g -> %.6g", self.threshold, change.threshold)
+            self.threshold = float(change.threshold)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
+            on_tick: Callable[["Inspector"], None] | None = None,
+            on_iteration: Callable[[], None] | None = None) -> RunSummary:
+        """Inspect until ``stop`` is set, the stream ends, ``max_frames`` or ``duration_s`` is reached,
+        or the backend keeps failing. Returns the summary (also on ``self.summary``).
+        on_iteration: called at the top of every loop iteration (the systemd watchdog's ``alive``)."""
+        t0 = time.monotonic()
+        last_tick = t0
+        try:
+            while not stop.is_set():
+                if on_iteration is not None:
+                    on_iteration()
+                if duration_s is not None and time.monotonic() - t0 >= duration_s:
+                    break
+                if max_frames is not None and self.summary.inspected >= max_frames:
+                    break
+                batch = self._next_batch(timeout=0.05)
+                if batch is None:
+                    break
+                if batch:
+                    self.apply_switch()
+                    self.inspect(batch)
+                if self._consecutive_errors >= self.settings.max_consecutive_errors:
+                    self.summary.fault = f"{self._consecutive_errors} inference failures in a row"
+                    log.error("station fault: %s; stopping", self.summary.fault)
+                    break
+                if on_tick is not None and time.monotonic() - last_tick >= 0.5:
+                    on_tick(self)
+                    last_tick = time.monotonic()
+        finally:
+            self.capture.stop()
+            self._drain(max_frames)
+            self.summary.duration_s = time.monotonic() - t0
+            self._fill_capture_stats()
+        return self.summary
+
+    def _drain(self, max_frames: int | None) -> None:
+        """After capture stopped: inspect the frames already queued (frames in flight)."""
+        while max_frames is None or self.summary.inspected < max_frames:
+            batch = self._next_batch(timeout=0.0)
+            if not batch:
+                return
+            self.apply_switch()
+            self.inspect(batch)
+
+    def _fill_capture_stats(self) -> None:
+        stats = self.capture.stats()
+        self.summary.frames_in = stats.frames_in
+        self.summary.dropped = stats.dropped_queue_full
+        self.summary.lost = stats.frames_lost_estimate
+        self.summary.latency = self.latency.percentiles()

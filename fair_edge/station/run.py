@@ -1,0 +1,380 @@
+"""Wire a station together from its settings: bundle, backend, camera, recorder, rejects, metrics.
+
+``run_station`` owns every resource it opens and closes them all (also on errors and signals);
+the summary is written to ``OUTPUT/summary.json``. ``exit_code(summary)`` is what `fair-edge run`
+returns: 0 fine, 3 station fault, 4 rejects were due but a reject sink delivered none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import cv2
+import numpy as np
+
+from fair_edge.runtime.backends import FrameScorer, select_backend
+from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
+from fair_edge.cameras.capture import CaptureState
+from fair_edge.cameras.replay import REPLAY_SOURCES
+from fair_edge.errors import ConfigError
+from fair_edge.station.faults import FaultBoard
+from fair_edge.runtime.hotswap import ModelChange, model_id
+from fair_edge.station.inspector import Inspector, RunSummary
+from fair_edge.records import new_run_id
+from fair_edge.station.notify import ServiceNotifier, status_line
+from fair_edge.station.config import AUTO_POLICY, StationConfig
+
+if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
+    from fair_edge.calibration.threshold import Threshold
+    from fair_edge.cameras import FrameSource
+    from fair_edge.console.station_hook import StationConsole
+    from fair_edge.export.bundle import Bundle
+    from fair_edge.line.encoder import EncoderSource
+    from fair_edge.line.handshake import StationHandshake
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.mqtt import MqttPublisher
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.scheduler import RejectScheduler
+    from fair_edge.records import Frame, Verdict
+    from fair_edge.runtime.fusion import FusedBundle
+    from fair_edge.station.faults import FaultChannel
+    from fair_edge.station.inspector import VerdictCallback
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
+EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
+
+
+def exit_code(summary: RunSummary) -> int:
+    """The documented exit code of a run (see the module doc and README's fail-safe rules)."""
+    if summary.fault:
+        return EXIT_FAULT
+    if undelivered_sinks(summary.rejects):
+        return EXIT_REJECTS_UNDELIVERED
+    return EXIT_OK
+
+
+def undelivered_sinks(rejects: dict) -> list[str]:
+    """Reject sinks that were handed pulses and delivered none (``RunSummary.rejects``)."""
+    sinks = (rejects or {}).get("sinks") or {}
+    return [name for name, st in sinks.items() if st.get("pulses", 0) > 0 and st.get("delivered", 0) == 0]
+
+
+def load_roi(path: Path | None, size: int) -> np.ndarray | None:
+    """Region-of-interest mask image -> (size, size) float32 weights (nonzero pixels = inspected)."""
+    if path is None:
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
+    if mask is None:
+        raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
+    roi = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    if not roi.any():
+        raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
+    return roi.astype(np.float32)
+
+
+def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger: StationHandshake | None = None,
+                 **hooks: Callable[[Frame], None]) -> CaptureThread:
+    """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
+    as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
+    ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
+    to use instead of ``cfg.camera.source`` (tests, soak). trigger: a ``StationHandshake``: one
+    frame per PLC trigger (``fair_edge.line.handshake.trigger``). hooks: ``on_capture``,
+    ``on_drop`` (see ``CaptureThread``)."""
+    make = CaptureThread if trigger is None else trigger.capture
+    if source is not None:
+        policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
+        return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+    opts: dict = {}
+    if cfg.camera.fps is not None:
+        opts["fps"] = cfg.camera.fps
+    if cfg.camera.loop:
+        opts["loop"] = True
+    source = parse_source(cfg.camera.source, **opts)
+    replay_unpaced = isinstance(source, REPLAY_SOURCES) and cfg.camera.fps is None
+    if replay_unpaced:
+        source = parse_source(cfg.camera.source, **dict(opts, fps=0))
+    policy = cfg.camera.full_policy
+    if policy == AUTO_POLICY:
+        policy = "block" if replay_unpaced else "drop_oldest"
+    return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+
+
+def camera_fault(stats) -> str:
+    """Why the camera cannot deliver frames ('' when it can, was stopped, or a replay reached its end)."""
+    if stats.state is CaptureState.RECONNECTING:
+        return "camera reconnecting"
+    if stats.state is CaptureState.ENDED and not stats.end_reason.startswith(("source ended", "stop() called")):
+        return f"camera gone: {stats.end_reason}"
+    return ""
+
+
+class CameraWatch:
+    """Holds the reject scheduler's fault output on while the camera cannot deliver frames.
+
+    Called from the inspection loop's tick (every ~0.5 s); sets the output only when the state changes.
+    """
+
+    def __init__(self, capture: CaptureThread, scheduler: FaultChannel | None) -> None:
+        self.capture, self.scheduler, self.reason = capture, scheduler, ""
+
+    def __call__(self, _inspector: Inspector | None = None) -> str:
+        reason = camera_fault(self.capture.stats())
+        if reason != self.reason:
+            if reason:
+                log.error("station cannot inspect: %s", reason)
+            elif self.reason:
+                log.warning("camera back: inspecting again")
+            if self.scheduler is not None:
+                self.scheduler.fault(bool(reason), reason)
+            self.reason = reason
+        return reason
+
+
+def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None) -> float:
+    """The station file's threshold, else the one calibrated on the graph the backend runs, else the bundle's."""
+    if cfg.threshold is not None:
+        return cfg.threshold
+    if graph_threshold is not None:
+        return graph_threshold.value
+    if bundle.threshold is None:
+        raise ConfigError(
+            f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station file, "
+            "pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`."
+        )
+    return bundle.threshold.value
+
+
+@dataclass
+class LineSide:
+    """What a station signals and records through: the recorder, the reject gate (None without
+    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
+
+    recorder: Recorder
+    scheduler: RejectScheduler | None
+    encoder: EncoderSource | None
+    mqtt: MqttPublisher | None
+    callbacks: list[VerdictCallback]
+    metrics: Metrics | None = None
+    fault_shown: str = ""
+    handshake: StationHandshake | None = None   # reject.handshake
+
+    def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
+        """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
+        hooks: dict[str, Callable[[Frame], None]] = {"on_drop": self.on_drop}
+        if self.scheduler is not None:
+            hooks["on_capture"] = self.scheduler.on_capture
+        return hooks
+
+    def on_drop(self, frame: Frame) -> None:
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT); its triggered
+        part, if any, is answered NG not inspected."""
+        self.recorder.record_dropped(frame)
+        if self.handshake is not None:
+            self.handshake.on_drop(frame)
+        if self.mqtt is not None:
+            from fair_edge.line.recorder import dropped_row
+
+            self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
+
+    def publish_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
+        """Verdict callback: the verdict log's row on MQTT."""
+        self.mqtt.publish_row(self.recorder.log_row(verdict))
+
+    def publish_fault(self, camera_reason: str) -> None:
+        """Publish the fault state on MQTT when it changed (called on every tick)."""
+        reason = camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+        if self.mqtt is not None and reason != self.fault_shown:
+            self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
+            self.fault_shown = reason
+
+    def fault(self, active: bool, reason: str = "") -> None:
+        """The station cannot inspect (a ``FaultBoard`` target): the reject gate's fault output and
+        the handshake's ready / error."""
+        for target in (self.scheduler, self.handshake):
+            if target is not None:
+                target.fault(active, reason)
+
+    def reject_stats(self) -> dict:
+        out = {} if self.handshake is None else {"handshake": self.handshake.stats()}
+        if self.scheduler is None:
+            return out
+        return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
+                    sinks=self.scheduler.sink_stats(), **out)
+
+
+def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
+    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
+    from fair_edge.line.encoders import open_encoder
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.mqtt import MqttPublisher
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.scheduler import RejectScheduler
+    from fair_edge.line.settings import SINK_CHECK_S
+
+    recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
+    mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
+    line = LineSide(recorder, None, None, mqtt, [recorder.record])
+    if cfg.reject.encoder:
+        line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
+    if cfg.reject.handshake.enabled:
+        from fair_edge.line.handshake import open_handshake
+
+        line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
+        line.callbacks.append(line.handshake.on_verdict)
+    if cfg.reject.sinks or cfg.reject.fault_sinks:
+        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
+        if cfg.reject.require_sinks_at_start:
+            line.scheduler.check_sinks(SINK_CHECK_S)
+        line.callbacks.append(line.scheduler.on_verdict)
+    if cfg.metrics.enabled:
+        metrics = stack.enter_context(Metrics(cfg.metrics).start())
+        metrics.watch("recorder", recorder.stats)
+        if line.scheduler is not None:
+            metrics.watch("reject", line.scheduler.stats)
+        line.callbacks.append(metrics.on_verdict)
+        line.metrics = metrics
+    if mqtt is not None:
+        line.callbacks.append(line.publish_verdict)
+    return line
+
+
+def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
+                 stack: contextlib.ExitStack, metrics: Metrics | None = None) -> StationConsole:
+    """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
+    (started here, closed by ``stack``)."""
+    from fair_edge.console.station_hook import StationConsole
+
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None,
+                                                 load_model=functools.partial(load_change, backend=cfg.backend,
+                                                                              roi_path=cfg.roi)))
+    if metrics is not None:
+        metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
+    return console
+
+
+def read_bundle(path: Path) -> Bundle | FusedBundle:
+    """Load and verify a bundle folder from `fair-edge build`, or a fused one from `fair-edge fuse`."""
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.runtime.fusion import is_fused, load_fused_bundle
+
+    return load_fused_bundle(path) if is_fused(path) else load_bundle(path)
+
+
+def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
+    """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
+    from fair_edge.runtime.fusion import FusedBundle, FusedChoice
+
+    return FusedChoice(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
+
+
+def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
+                threshold: float | None = None) -> ModelChange:
+    """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
+
+    threshold: the threshold to use with it; None = the one calibrated on the graph the backend runs,
+    else the bundle's (ConfigError when it has none). Raises our errors for a bad bundle; nothing
+    changes then.
+    """
+    bundle = read_bundle(bundle_path)
+    roi = load_roi(roi_path, bundle.image_size)
+    choice = open_scorer(bundle, backend)
+    if threshold is None:
+        graph = choice.graph_threshold
+        if graph is None and bundle.threshold is None:
+            choice.backend.close()
+            raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
+                              "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
+        threshold = (graph or bundle.threshold).value
+    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)
+
+
+def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
+                duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
+                on_tick: Callable[[Inspector], None] | None = None, source: FrameSource | None = None,
+                choice: FrameScorer | None = None,
+                on_console: Callable[[StationConsole], None] | None = None) -> RunSummary:
+    """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
+
+    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``FrameScorer`` to
+    use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
+    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
+    if cfg.bundle is None:
+        raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
+    bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
+    roi = load_roi(cfg.roi, bundle.image_size)
+    choice = choice or open_scorer(bundle, cfg.backend)
+    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+    run_id = new_run_id()
+    if on_start is not None:
+        on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
+    with contextlib.ExitStack() as stack:
+        stack.callback(choice.backend.close)
+        notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
+        line = open_line_side(cfg, stack, run_id)
+        capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
+        faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
+        watch = CameraWatch(capture, faults.channel("camera") if faults else None)
+        console = open_console(cfg, bundle, faults, stack, line.metrics)
+        line.callbacks.append(console.observe)
+        if on_start is not None and console.url:
+            on_start(f"console: {console.url}")
+        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
+                              model=model_id(bundle))
+        inspector.summary.run_id = run_id
+        console.attach(inspector, capture, line.scheduler, line.recorder, watch)
+        if on_console is not None:
+            on_console(console)
+
+        def tick(insp: Inspector) -> None:
+            camera_reason = watch(insp)
+            line.publish_fault(camera_reason)
+            notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
+            console.tick(insp)
+            insp.summary.rejects = line.reject_stats()
+            if on_tick is not None:
+                on_tick(insp)
+
+        if line.handshake is not None:
+            line.handshake.begin()   # ready rises: the PLC may trigger
+        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
+                                on_iteration=notifier.alive)
+        notifier.stopping(status_line(summary, "stopping"))
+        finish_line(cfg, line, summary, watch())
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    return summary
+
+
+def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
+    """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
+    (they are decided and pulsed there), flush the log, and fill the summary's line counters."""
+    if not summary.fault and camera_state.startswith("camera gone"):
+        summary.fault = camera_state
+    if line.handshake is not None:
+        line.handshake.finish(summary.fault)   # ready drops; open parts are answered and acked
+    if line.scheduler is not None:
+        if summary.fault:
+            line.scheduler.fault(True, summary.fault)
+        travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
+        if cfg.reject.encoder_distance is not None:
+            travel_s = 10.0   # a stopped belt never brings its parts to the gate: wait at most this
+        line.scheduler.wait_idle(timeout_s=travel_s + 1.0)
+        line.scheduler.drain_sinks(timeout_s=1.0)
+    line.recorder.flush()
+    summary.rejects = line.reject_stats()
+    summary.recorder = line.recorder.stats()
+    if line.mqtt is not None:
+        line.publish_fault(summary.fault)
+        summary.mqtt = line.mqtt.stats()
+        line.mqtt.publish_summary(summary.to_dict())

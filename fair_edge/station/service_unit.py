@@ -1,0 +1,164 @@
+"""A systemd unit that runs the station at boot, restarts it after a crash, and watches its inspection loop.
+
+``render_unit(settings)`` writes the unit text for ``fair-edge run --station FILE``:
+  Type=notify + NotifyAccess=main   the station says READY=1 once it inspects (``fair_edge.station.notify``);
+  WatchdogSec=                      no WATCHDOG=1 from the inspection loop for that long -> killed (SIGABRT) and,
+  Restart=always                    like any exit or crash, restarted after RestartSec (StartLimitIntervalSec=0:
+                                    a line station keeps trying, e.g. while its camera is unplugged);
+  ExecReload=kill -HUP $MAINPID     `systemctl reload` loads the bundle again without stopping capture;
+  TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first.
+Quoting follows systemd.syntax(7) and systemd.service(5): arguments with spaces or quotes are double-quoted with
+backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart, ``$`` too (variable expansion).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fair_edge.errors import ConfigError
+
+UNIT_DIR = Path("/etc/systemd/system")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """One station's unit. station: the station YAML (absolute). executable: the ``fair-edge`` program (absolute).
+    user/group: the account it runs as (group None = the user's). working_dir: where relative paths of the
+    station file resolve. environment: extra ``KEY=VALUE`` pairs. Seconds: watchdog_sec (no WATCHDOG=1 for that
+    long = hung), restart_sec, timeout_start_sec (bundle load and backend warm-up), timeout_stop_sec."""
+
+    station: Path
+    executable: Path
+    user: str
+    working_dir: Path
+    name: str = "fair-edge"
+    group: str | None = None
+    environment: tuple[str, ...] = ("PYTHONUNBUFFERED=1",)
+    watchdog_sec: int = 30
+    restart_sec: int = 5
+    timeout_start_sec: int = 300
+    timeout_stop_sec: int = 60
+
+    def __post_init__(self) -> None:
+        for what, path in (("--station", self.station), ("the fair-edge executable", self.executable),
+                           ("--working-dir", self.working_dir)):
+            if not Path(path).is_absolute():
+                raise ConfigError(f"{what} must be an absolute path in a unit file; found {path}.")
+        if not _UNIT_NAME.fullmatch(self.name):
+            raise ConfigError(f"--name {self.name!r}: a unit name takes letters, digits and :_.-\\ only; e.g. fair-edge-line3.")
+        for pair in self.environment:
+            key = pair.split("=", 1)[0]
+            if "=" not in pair or not _ENV_KEY.fullmatch(key):
+                raise ConfigError(f"--env {pair!r}: expected KEY=VALUE with KEY of letters, digits and _ (e.g. OMP_NUM_THREADS=4).")
+        for what, value in (("watchdog_sec", self.watchdog_sec), ("restart_sec", self.restart_sec),
+                            ("timeout_start_sec", self.timeout_start_sec), ("timeout_stop_sec", self.timeout_stop_sec)):
+            if value < 1:
+                raise ConfigError(f"{what} must be >= 1 s; found {value}.")
+        texts = [str(self.station), str(self.executable), str(self.working_dir), self.user, self.group or "",
+                 *self.environment]
+        if any("\n" in t or "\r" in t for t in texts):
+            raise ConfigError("unit settings cannot contain line breaks; check --station, --env and --user.")
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.name}.service"
+
+
+def _escape(text: str, dollar: bool) -> str:
+    text = text.replace("%", "%%")
+    return text.replace("$", "$$") if dollar else text
+
+
+def quote_arg(arg: str) -> str:
+    """One ExecStart argument: double-quoted (with \\\\ and \\" escaped) when it holds spaces, quotes or backslashes."""
+    arg = _escape(arg, dollar=True)
+    if arg and not re.search(r"[\s\"'\\;]", arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _environment(pair: str) -> str:
+    return '"' + _escape(pair, dollar=False).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_unit(s: ServiceSettings) -> str:
+    """The unit file text for ``s`` (see the module doc)."""
+    command = [str(s.executable), "run", "--station", str(s.station)]
+    lines = [
+        "# Written by `fair-edge install-service`; see docs/jetson.md.",
+        "[Unit]",
+        f"Description=fair-edge inspection station ({_escape(s.station.name, dollar=False)})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "StartLimitIntervalSec=0",
+        "",
+        "[Service]",
+        "Type=notify",
+        "NotifyAccess=main",
+        "ExecStart=" + " ".join(quote_arg(a) for a in command),
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"WorkingDirectory={_escape(str(s.working_dir), dollar=False)}",
+        f"User={s.user}",
+        *([f"Group={s.group}"] if s.group else []),
+        *([f"Environment={' '.join(_environment(p) for p in s.environment)}"] if s.environment else []),
+        "Restart=always",
+        f"RestartSec={s.restart_sec}",
+        f"WatchdogSec={s.watchdog_sec}",
+        f"TimeoutStartSec={s.timeout_start_sec}",
+        f"TimeoutStopSec={s.timeout_stop_sec}",
+        "KillSignal=SIGTERM",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def default_executable() -> Path:
+    """The ``fair-edge`` program of this installation: beside this Python (a venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / "fair-edge"
+    if beside.is_file():
+        return beside
+    found = shutil.which("fair-edge")
+    if found is None:
+        raise ConfigError("cannot find the fair-edge program (not beside this Python, not on PATH); pass --exec "
+                          "/path/to/fair-edge.")
+    return Path(found).resolve()
+
+
+def default_user() -> str:
+    """The account that asked: $SUDO_USER under sudo, else the current user."""
+    import getpass
+
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def systemctl_commands(s: ServiceSettings) -> list[str]:
+    """What to run after installing (printed, never run by fair-edge)."""
+    return ["sudo systemctl daemon-reload", f"sudo systemctl enable --now {s.unit_name}",
+            f"systemctl status {s.unit_name}", f"journalctl -u {s.unit_name} -f"]
+
+
+def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR) -> Path:
+    """Write the unit into ``unit_dir`` atomically (0644); ConfigError naming the fix when it cannot."""
+    target = Path(unit_dir) / s.unit_name
+    tmp = target.with_name(f".{s.unit_name}.tmp")
+    try:
+        tmp.write_text(render_unit(s))
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+    except PermissionError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {target}: {exc.strerror}. Run with sudo, or use --print > {s.unit_name} "
+                          "and copy it there.") from exc
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cannot write {target}: {unit_dir} does not exist. Is this a systemd machine? "
+                          "Use --print to see the unit.") from exc
+    return target

@@ -1,0 +1,206 @@
+"""Training across processes with PyTorch DDP: one model, the global batch split between ranks.
+
+Launch (one machine, N processes; each rank takes GPU ``LOCAL_RANK``, or the CPU with gloo):
+
+    fair-edge train DATA --width 32 --nproc 2             # launches torchrun for you
+    torchrun --nproc-per-node 2 -m fair_edge.cli train DATA --width 32   # the same, by hand
+
+Several machines: the same command on each, with a rendezvous endpoint they all reach, e.g. on 2 nodes
+of 8 GPUs: ``torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400
+--rdzv-id fair1 -m fair_edge.cli train DATA --out /shared/runs/w32`` (``--out`` on storage every node
+sees, so ``--resume`` finds ``last.pt``).
+
+What each rank does (``DataParallel`` below, hooked into ``fair_edge.training.train.Trainer``):
+- it holds the training images and draws the *whole* global batch's rotation and anomaly synthesis
+  with the shared seed (identical on every rank, cheap next to the UNet), then keeps its shard,
+  ``batch / world`` images: the UNet forward and backward, the cost, are split. The global batch
+  must divide by the number of processes;
+- batch-norm statistics are taken over the global batch: ``nn.SyncBatchNorm`` on CUDA,
+  ``CpuSyncBatchNorm2d`` (differentiable all-reduce of sums) on the CPU, where PyTorch's has no kernel;
+- DDP averages gradients, so each step equals a single-process step on the same global batch up
+  to float summation order (measured: BENCHMARKS.md, ``tests/test_train_ddp.py``);
+- the loss it reports is the mean over ranks; only rank 0 writes ``loss.csv`` and checkpoints,
+  every rank loads ``last.pt`` on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.nn.functional import all_reduce
+from torch.nn.parallel import DistributedDataParallel
+
+from fair_edge.errors import ConfigError
+
+# The differentiable all-reduce batch norm needs; its suggested successor (_functional_collectives) is private
+# and has no autograd for it. Deprecated in 2.13, still correct (tests/test_train_ddp.py checks the loss curve).
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated",
+                        category=FutureWarning)
+
+
+class SingleProcess:
+    """The default: no sharding, no wrapping; the hooks of ``Trainer`` are identities."""
+
+    rank, world = 0, 1
+    is_main = True
+
+    def prepare(self, unet: nn.Module) -> nn.Module:
+        return unet
+
+    def wrap(self, unet: nn.Module) -> nn.Module:
+        return unet
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+    def mean(self, loss: torch.Tensor) -> float:
+        return float(loss)
+
+    def barrier(self) -> None:
+        pass
+
+
+class CpuSyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every rank's batch (gloo / CPU).
+
+    forward: (B_local, C, H, W) float32 -> same shape; mean and biased variance over all ranks' pixels,
+    running statistics updated with the unbiased variance, as ``nn.BatchNorm2d`` over the global batch.
+    Two passes (mean, then squared deviations): the one-pass E[x^2] - E[x]^2 moved the first gradient by
+    6.6e-4 (relative) against one process; two passes by 4e-6."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:-1] / n
+        var = all_reduce(((x - mean.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3))) / n  # two passes, as BatchNorm2d
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
+        shape = (1, -1, 1, 1)
+        return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape) \
+            + self.bias.view(shape)
+
+
+def convert_cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` in ``module`` by a ``CpuSyncBatchNorm2d`` with the same state."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = CpuSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                      child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync)
+        else:
+            convert_cpu_sync_batchnorm(child)
+    return module
+
+
+class DataParallel:
+    """One rank of a DDP run in an initialised process group (``from_environment``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.rank, self.world, self.device = dist.get_rank(), dist.get_world_size(), device
+        self.is_main = self.rank == 0
+
+    def prepare(self, unet: nn.Module) -> nn.Module:
+        """``unet`` with batch norm synchronised over the ranks (same state_dict keys as before)."""
+        if self.device.type == "cuda":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(unet)
+        return convert_cpu_sync_batchnorm(unet)
+
+    def wrap(self, unet: nn.Module) -> nn.Module:
+        """The DDP wrapper that runs forward/backward and averages gradients (shares ``unet``'s parameters)."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(unet, device_ids=ids)
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous ``B / world`` rows of a (B, ...) global batch."""
+        if batch.shape[0] % self.world:
+            raise ConfigError(f"--batch {batch.shape[0]} must divide by the {self.world} processes; "
+                              f"use a multiple of {self.world}.")
+        per = batch.shape[0] // self.world
+        return batch[self.rank * per : (self.rank + 1) * per]
+
+    def mean(self, loss: torch.Tensor) -> float:
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        return float(total) / self.world
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def from_environment(device: torch.device) -> tuple[DataParallel | SingleProcess, torch.device]:
+    """Under torchrun (``WORLD_SIZE`` > 1): join the process group (nccl on CUDA, gloo on the CPU) and
+    return this rank's ``DataParallel`` and device (``cuda:LOCAL_RANK`` or the CPU). Else single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return SingleProcess(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
+    return DataParallel(device), device
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 within it (the rank that prints and writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def shutdown() -> None:
+    """Leave the process group (end of a torchrun rank)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def ddp_group():
+    """Leave the process group (if one was joined) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        shutdown()
+
+
+def launch(nproc: int, train_args: list[str]) -> int:
+    """Run ``fair-edge train train_args`` in ``nproc`` local processes via torchrun; exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    if nproc < 2:
+        raise ConfigError(f"--nproc must be >= 2 to launch processes (1 trains in this process); found {nproc}.")
+    try:
+        torchrun(["--nproc-per-node", str(nproc), "--standalone", "-m", "fair_edge.cli", "train", *train_args])
+    except ChildFailedError as exc:  # a rank failed; its own error line is already printed above
+        failures = {f.local_rank: f.exitcode for f in exc.failures.values()}
+        print(f"error: DDP training failed: exit code per local rank {failures}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
+    """The parsed options of a click/typer command (``ctx``) written back as command-line arguments."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in skip or value is None:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value or param.secondary_opts:  # a single flag (--resume) left off is written as nothing
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

@@ -1,0 +1,340 @@
+"""Training: restore clean colour images from the high-pass of synthetically corrupted ones.
+
+The whole pipeline after image decoding runs on the training device: the resized colour images
+are held there as one tensor, and rotation, anomaly synthesis, gray, high-pass, UNet and loss are
+batched torch ops, so a GPU is never starved by CPU-side augmentation.
+
+Resuming is exact: the checkpoint holds the step, optimizer, scheduler and every random state,
+and each epoch's image order is derived from (seed, epoch). Ctrl-C (SIGINT) only asks the loop to
+stop: the step in flight finishes, then ``last.pt`` is written at that step boundary, so it equals
+the periodic save of the same step (a second Ctrl-C stops at once, without saving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.models.fair.family import FairSettings
+from fair_edge.models.registry import ModelSpec
+from fair_edge.training.data import DatasetSplit, load_images
+from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
+from fair_edge.models.fair.losses import restoration_loss
+from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
+from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
+from fair_edge.models.fair.unet import UNet
+from fair_edge.training.ddp import SingleProcess
+
+log = logging.getLogger(__name__)
+LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults are the paper's (width 128, batch 8, Adam 1e-4, 800 epochs,
+    learning rate x0.2 at 80% and 90% of training). ``steps`` overrides ``epochs`` when set."""
+
+    width: int = 128
+    batch: int = 8
+    lr: float = 1e-4
+    epochs: int = 800
+    steps: int | None = None
+    lr_milestones: tuple[float, ...] = (0.8, 0.9)
+    lr_gamma: float = 0.2
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    amp: bool = True
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("width", "batch", "epochs", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1; found {getattr(self, name)}.")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1; found {self.steps}.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0; found {self.lr}.")
+
+    def total_steps(self, n_images: int) -> int:
+        return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)
+
+    def to_dict(self) -> dict:
+        """Primitives and tuples only, so ``torch.load(weights_only=True)`` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Inverse of ``to_dict`` (sequences become tuples again; unknown keys are an error)."""
+        def tuples(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        values = tuples(data)
+        synthesis = SynthesisConfig(**tuples(values.pop("synthesis", {}) or {}))
+        return cls(**values, synthesis=synthesis)
+
+
+class TrainingInterrupted(FairEdgeError):
+    """Training stopped by Ctrl-C; ``checkpoint`` holds the state to resume from."""
+
+    def __init__(self, checkpoint: Path, step: int) -> None:
+        super().__init__(f"interrupted after step {step}; state saved to {checkpoint}.")
+        self.checkpoint, self.step = checkpoint, step
+
+
+@contextlib.contextmanager
+def sigint_requests_stop(request_stop):
+    """While active, the first SIGINT calls ``request_stop()`` instead of raising KeyboardInterrupt
+    mid-step; a second SIGINT raises KeyboardInterrupt as usual. Outside the main thread (where
+    Python delivers no signals) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request_stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def steps_per_epoch(n_images: int, batch: int) -> int:
+    return max(1, n_images // batch)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu. Raises ConfigError for an unavailable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
+    return device
+
+
+def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The image order of one epoch, a function of (seed, epoch) alone, so resuming repeats it."""
+    return torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training."""
+
+    unet: UNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    step: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+
+
+class Trainer:
+    """Owns the model, optimizer and data tensor of one training run."""
+
+    def __init__(
+        self,
+        data: DatasetSplit,
+        preprocess: PreprocessConfig,
+        cfg: TrainConfig,
+        out_dir: Path,
+        device: torch.device,
+        scoring: ScoringConfig = ScoringConfig(),
+        textures: np.ndarray | None = None,
+        parallel=None,
+    ) -> None:
+        if preprocess.image_size % 16:
+            raise ConfigError(f"image_size must be a multiple of 16 for the UNet; found {preprocess.image_size}.")
+        self.preprocess, self.cfg, self.scoring = preprocess, cfg, scoring
+        self.model = ModelSpec("fair", preprocess, FairSettings(cfg.width, scoring))
+        self.out_dir, self.device = Path(out_dir), device
+        images, kept = load_images(data.train, preprocess.image_size, tiling=preprocess.tiling)
+        self.images = torch.from_numpy(images).to(device)
+        self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
+        self.batch = min(cfg.batch, len(images))
+        if self.batch < cfg.batch:
+            log.warning("only %d training images: batch reduced from %d to %d", len(images), cfg.batch, self.batch)
+        self.total_steps = cfg.total_steps(len(images))
+        self.highpass = HighPass(preprocess).to(device)
+        tex = torch.from_numpy(textures).to(device) if textures is not None else None
+        self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)
+        torch.manual_seed(cfg.seed)
+        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
+        unet = self.parallel.prepare(UNet(cfg.width, preprocess.in_channels).to(device).train())
+        self.forward = self.parallel.wrap(unet)  # unet itself, or its DDP wrapper (same parameters)
+        optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
+        milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.state = TrainState(unet, optimizer, scheduler, generator)
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.stop_requested = False
+        self.run_info: dict = {}  # where the data came from (data, category, textures), stored for --resume
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    # -------------------------------------------------------------------- checkpoints
+    def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
+        return Checkpoint(
+            model=self.model,
+            state_dict=self.state.unet.state_dict(),
+            data_summary=dict(self.data_summary, steps=self.state.step, batch=self.batch,
+                              train_config={k: v for k, v in asdict(self.cfg).items() if k != "synthesis"}),
+            train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info)
+            if with_train_state else None,
+        )
+
+    def save(self, name: str = "last.pt") -> Path:
+        """Write ``out_dir/name`` (rank 0 only under DDP; the others wait for it)."""
+        if self.parallel.is_main:
+            save_checkpoint(self.out_dir / name, self.checkpoint())
+        self.parallel.barrier()
+        return self.out_dir / name
+
+    def resume(self) -> None:
+        """Load ``out_dir/last.pt`` and check it was made with the same settings."""
+        ckpt = load_checkpoint(self.out_dir / "last.pt")
+        if ckpt.train_state is None:
+            raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
+        if ckpt.model != self.model:
+            raise CheckpointError(
+                f"cannot resume: {self.out_dir / 'last.pt'} was trained as {ckpt.model.describe()} with "
+                f"{ckpt.preprocess}; this run asks for {self.model.describe()} with {self.preprocess}."
+            )
+        self.state.unet.load_state_dict(ckpt.state_dict)
+        self.state.load(ckpt.train_state)
+
+    # -------------------------------------------------------------------- one step
+    def batch_indices(self, step: int) -> torch.Tensor:
+        per_epoch = steps_per_epoch(len(self.images), self.batch)
+        epoch, k = divmod(step, per_epoch)
+        return epoch_order(len(self.images), self.cfg.seed, epoch)[k * self.batch : (k + 1) * self.batch]
+
+    def train_step(self, step: int) -> float:
+        """One optimisation step on batch ``step``: rotate, synthesise, high-pass, all on the device."""
+        s = self.state
+        clean = self.images[self.batch_indices(step).to(self.device)]
+        clean = random_rotate(clean, self.cfg.synthesis, s.generator)
+        corrupted, _ = self.synthesizer(clean, s.generator)
+        shard = self.parallel.shard
+        return self.optimise(shard(model_input(corrupted, self.highpass)), shard(clean))
+
+    def optimise(self, x: torch.Tensor, clean: torch.Tensor) -> float:
+        """UNet + loss + optimizer and scheduler step on a prepared batch; returns the loss.
+
+        x: (B, C, S, S) float32 high-pass model input; clean: (B, 3, S, S) float32 RGB target in
+        [0, 1]; both on ``self.device``. (The high-pass is float32 FFT work, outside bf16 autocast.)
+        """
+        s = self.state
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            restored = self.forward(x)
+        loss = restoration_loss(restored, clean)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        s.optimizer.step()
+        s.scheduler.step()
+        return self.parallel.mean(loss.detach())
+
+    # -------------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted."""
+        self.stop_requested = True
+
+    def run(self, on_step=None) -> Path:
+        """Train to ``total_steps``; returns the path of ``final.pt``.
+
+        on_step(step, total, loss, images_per_s) is called after every step (progress display).
+        Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step
+        boundary and raises TrainingInterrupted.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
+        self.stop_requested = False
+        try:
+            with sigint_requests_stop(self.request_stop):
+                self._loop(on_step, log_file)
+        finally:
+            if log_file:
+                log_file.close()
+        self.save()
+        if self.parallel.is_main:
+            save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+        self.parallel.barrier()
+        return self.out_dir / "final.pt"
+
+    def _loop(self, on_step, log_file: "LossLog | None") -> None:
+        """Steps until ``total_steps``; ``log_file`` is None on DDP ranks other than 0."""
+        per_epoch = steps_per_epoch(len(self.images), self.batch)
+        t0 = t_window = time.perf_counter()
+        n_window = 0
+        while self.state.step < self.total_steps:
+            loss = self.train_step(self.state.step)
+            self.state.step += 1
+            n_window += self.batch
+            rate = n_window / max(time.perf_counter() - t_window, 1e-9)
+            if math.isnan(loss):
+                raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
+            if log_file and (self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps):
+                log_file.write(self.state.step, self.state.step // per_epoch, loss,
+                               self.state.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
+                t_window, n_window = time.perf_counter(), 0
+            if self.state.step % self.cfg.save_every == 0:
+                self.save()
+            if on_step is not None:
+                on_step(self.state.step, self.total_steps, loss, rate)
+            if self.stop_requested and self.state.step < self.total_steps:
+                raise TrainingInterrupted(self.save(), self.state.step)
+
+
+class LossLog:
+    """Append-only CSV of the training loss; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        rows = []
+        if keep_until > 0 and path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
+        self.fh = path.open("w", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=LOSS_CSV_FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.fh.flush()
+
+    def write(self, step: int, epoch: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
+        self.writer.writerow({"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{lr:.3g}",
+                              "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed:.1f}"})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()

@@ -1,0 +1,233 @@
+"""``fair-edge tune``: choose settings from normal images only.
+
+1. The normal training images are split (fixed seed) into a training part and a held-out part
+   (``holdout``, default 20 %).
+2. Proxy test set: every held-out image as a normal, plus one copy of it with a planted proxy defect
+   (fair_edge.training.proxy_defects: kinds and sizes cycled over the images). The proxy kinds differ from
+   the training synthesis, and no real defect image is ever read.
+3. Each candidate (one setting changed at a time from the base: model family, cutoff, filter, width,
+   training length, image size or tiling) is trained on the training part and scored on the proxy set.
+4. Ranking rule: the share of proxy defects caught at ``false_reject_rate`` on the held-out normals,
+   ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
+   not reached are listed as skipped.
+Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings and the train command),
+and keeps each candidate's final.pt under OUT/candidates/NAME/.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from fair_edge.training import metrics
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.training.data import DatasetSplit, Sample, read_image
+from fair_edge.errors import ConfigError, DataError
+from fair_edge.training.evaluate import score_samples
+from fair_edge.models.registry import ModelSpec, get_family
+from fair_edge.preprocess import PreprocessConfig
+from fair_edge.training.proxy_defects import KINDS, SIZES, plant
+from fair_edge.tiling import TilingConfig
+from fair_edge.training.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One setting to try: family ("fair" or "lgfdr"), model input, FAIR's UNet width (unused by LGFDR),
+    training steps (None: the family's default length, e.g. LGFDR's 100 epochs) and learning rate."""
+
+    name: str
+    preprocess: PreprocessConfig
+    width: int
+    steps: int | None
+    lr: float = TrainConfig.lr
+    family: str = "fair"
+
+    def model_spec(self) -> ModelSpec:
+        """The model this candidate trains (the family's default settings, FAIR with ``width``)."""
+        impl = get_family(self.family)
+        return ModelSpec(impl.key, self.preprocess, impl.settings_from_options({"width": self.width}))
+
+    def train_config(self, batch: int, seed: int) -> TrainConfig:
+        """The family's default schedule with this candidate's length, learning rate, batch and seed."""
+        base = get_family(self.family).training().default_train_config()
+        return replace(base, width=self.width, batch=batch, steps=self.steps, lr=self.lr, seed=seed, save_every=10**9)
+
+    def train_command(self, data: str) -> str:
+        p = self.preprocess
+        steps = "" if self.steps is None else f" --steps {self.steps}"
+        if self.family != "fair":
+            return f"fair-edge train {data} --model {self.family} --image-size {p.image_size}{steps} --lr {self.lr:g}"
+        cmd = (f"fair-edge train {data} --width {self.width} --image-size {p.image_size} --filter {p.filter} "
+               f"--cutoff {p.cutoff:g} --order {p.order}{steps} --lr {self.lr:g}")
+        if p.tiling is not None:
+            cmd += f" --tile {p.tiling.tile} --tile-overlap {p.tiling.overlap}"
+        return cmd
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """holdout: share of the normal images held out for the proxy test. false_reject_rate: the target
+    rate at which proxy catch is ranked. budget_s: wall-clock budget for all candidates, seconds.
+    batch: training batch. seed: split, planting and training seed."""
+
+    holdout: float = 0.2
+    false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE
+    budget_s: float = 1800.0
+    batch: int = 8
+    seed: int = 0
+    kinds: tuple[str, ...] = tuple(KINDS)
+    sizes: tuple[str, ...] = tuple(SIZES)
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.holdout <= 0.5:
+            raise ConfigError(f"holdout must be in 0.05..0.5 of the normal images; found {self.holdout}.")
+        if not self.budget_s > 0:
+            raise ConfigError(f"budget must be > 0 seconds; found {self.budget_s}.")
+
+
+def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
+    """The base (FAIR), then one change at a time, cheapest first: the other family (LGFDR at the same image
+    size, its default length and AdamW 1e-3), cutoff x0.5 / x2, Gaussian and Sobel filters, steps x2, (when
+    frames are at least 3 model inputs wide) tiling at twice the model's scale, else image size x2 (with the
+    cutoff scaled along), and width x2 (about 4x the cost of the base) last."""
+    p = base.preprocess
+    lgfdr_lr = get_family("lgfdr").training().default_train_config().lr
+    out = [base,
+           replace(base, name="lgfdr", family="lgfdr", steps=None, lr=lgfdr_lr),
+           replace(base, name="cutoff-half", preprocess=replace(p, cutoff=p.cutoff / 2)),
+           replace(base, name="cutoff-double", preprocess=replace(p, cutoff=p.cutoff * 2)),
+           replace(base, name="gaussian", preprocess=replace(p, filter="gaussian")),
+           replace(base, name="sobel-xy", preprocess=replace(p, filter="sobel_xy")),
+           replace(base, name="steps-double", steps=2 * base.steps if base.steps else None)]
+    if p.tiling is None and frame_side >= 3 * p.image_size:
+        tile = 2 * p.image_size
+        out.append(replace(base, name="tiled", preprocess=replace(p, tiling=TilingConfig(tile, tile // 8))))
+    elif p.tiling is None:
+        out.append(replace(base, name="size-double", preprocess=replace(p, image_size=2 * p.image_size,
+                                                                        cutoff=2 * p.cutoff)))
+    out.append(replace(base, name="width-double", width=base.width * 2))
+    return [c for c in out if c.family == "fair" or c.preprocess.image_size % 16 == 0]
+
+
+def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(training part, held-out part) of the normal samples, a fixed permutation of ``seed``."""
+    if len(samples) < 10:
+        raise DataError(f"tune needs at least 10 normal images (to hold some out); found {len(samples)}.")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_hold = max(5, int(round(len(samples) * holdout)))
+    held = sorted(order[:n_hold])
+    rest = sorted(order[n_hold:])
+    return [samples[i] for i in rest], [samples[i] for i in held]
+
+
+def write_proxy_set(held: list[Sample], out: Path, settings: TuneSettings) -> list[Sample]:
+    """Held-out normals (label 0) + one planted copy each (label 1), written as PNGs under ``out``."""
+    rng = np.random.default_rng(settings.seed + 1)
+    kinds = [(k, s) for s in settings.sizes for k in settings.kinds]
+    samples = []
+    (out / "good").mkdir(parents=True, exist_ok=True)
+    for i, sample in enumerate(held):
+        frame = read_image(sample.path)
+        good = out / "good" / f"{i:04d}.png"
+        cv2.imwrite(str(good), frame)
+        kind, size = kinds[i % len(kinds)]
+        bad_frame, _ = plant(frame, kind, size, rng)
+        folder = out / f"{kind}-{size}"
+        folder.mkdir(exist_ok=True)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), bad_frame)
+        samples += [Sample(good), Sample(folder / f"{i:04d}.png", 1, f"{kind}-{size}")]
+    return samples
+
+
+@dataclass
+class TuneRow:
+    """One candidate's result on the proxy set (None where it was skipped)."""
+
+    candidate: Candidate
+    status: str = "skipped (budget)"
+    proxy_auroc: float | None = None
+    proxy_catch: float | None = None
+    proxy_catch_5pct: float | None = None
+    train_s: float | None = None
+    checkpoint: str = ""
+    by_kind: dict = field(default_factory=dict)
+
+    def rank_key(self) -> tuple[float, float]:
+        return (self.proxy_catch or -1.0, self.proxy_auroc or -1.0)
+
+
+def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], out: Path,
+                    settings: TuneSettings, device: torch.device) -> TuneRow:
+    """Train ``cand`` on ``train`` and measure it on the proxy set."""
+    start = time.perf_counter()
+    model = cand.model_spec()
+    trainer = model.impl.training().make_trainer(DatasetSplit("tune", train), model,
+                                                 cand.train_config(settings.batch, settings.seed), out / cand.name, device)
+    final = trainer.run()
+    scored = score_samples(final, proxy, device=str(device))
+    labels, scores = scored.labels, scored.scores
+    row = TuneRow(cand, "done", metrics.image_auroc(scores, labels),
+                  metrics.catch_rate(scores, labels, settings.false_reject_rate),
+                  metrics.catch_rate(scores, labels, 0.05), time.perf_counter() - start, str(final))
+    normal = labels == 0
+    for kind in sorted({s.defect_type for s in scored.samples if s.label == 1}):
+        keep = normal | np.array([s.defect_type == kind for s in scored.samples])
+        row.by_kind[kind] = metrics.catch_rate(scores[keep], labels[keep], settings.false_reject_rate)
+    return row
+
+
+def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: TuneSettings = TuneSettings(),
+         device: torch.device = torch.device("cpu"), data_name: str = "DATA",
+         on_row: Callable[[TuneRow], None] | None = None) -> list[TuneRow]:
+    """Run the candidates within the budget; write tune.csv and tune.json; rows best first."""
+    out.mkdir(parents=True, exist_ok=True)
+    train, held = split_normals(split.train, settings.holdout, settings.seed)
+    proxy = write_proxy_set(held, out / "proxy", settings)
+    start, rows = time.perf_counter(), []
+    for cand in candidates:
+        if time.perf_counter() - start > settings.budget_s:
+            rows.append(TuneRow(cand))
+            continue
+        rows.append(score_candidate(cand, train, proxy, out / "candidates", settings, device))
+        if on_row is not None:
+            on_row(rows[-1])
+    rows.sort(key=lambda r: r.rank_key(), reverse=True)
+    write_results(rows, out, settings, data_name, len(train), len(held))
+    return rows
+
+
+def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int) -> None:
+    """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one)."""
+    fields = ["rank", "name", "family", "status", f"proxy_catch_at_{settings.false_reject_rate:.1%}", "proxy_catch_at_5.0%",
+              "proxy_auroc", "train_s", "width", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    with (out / "tune.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(fields)
+        for rank, r in enumerate(rows, 1):
+            p = r.candidate.preprocess
+            c = r.candidate
+            w.writerow([rank, c.name, c.family, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
+                        fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
+                        c.width if c.family == "fair" else "", c.steps or "family default", p.image_size, p.filter,
+                        f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
+    best = rows[0]
+    if best.status != "done":
+        raise DataError("the budget ended before any candidate finished; raise --budget-min.")
+    chosen = {"name": best.candidate.name, "family": best.candidate.family, "width": best.candidate.width,
+              "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
+              "train_command": best.candidate.train_command(data)}
+    summary = {"chosen": chosen, "rule": "max proxy catch at the target false-reject rate, then proxy AUROC",
+               "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
+               "proxy_kinds": list(settings.kinds), "proxy_sizes": list(settings.sizes),
+               "by_kind": best.by_kind, "table": "tune.csv"}
+    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,142 @@
+"""docs/architecture.md names the files a frame passes from camera to reject pulse: a real station (an OpenCV
+source over a video, ONNX Runtime, a simulated Modbus PLC) runs under a profiler, and the files its threads
+enter while frames pass must be the documented ones. Also: each frame is checked once, the untiled bundle
+skips the tiler, and the CPU path hands NumPy arrays to ONNX Runtime without going through torch."""
+
+from __future__ import annotations
+
+import collections
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "architecture.md"
+SOURCES = tuple(f"{ROOT / d}/" for d in ("fair_edge", "cameras", "export", "calibration"))
+# beside the path: verdict callbacks (recorder, console) and the loop's ~0.5 s tick
+SIDE = {"fair_edge/line/recorder.py", "fair_edge/line/jsonl.py", "fair_edge/plots.py", "fair_edge/console/station_hook.py",
+        "fair_edge/console/feed.py", "fair_edge/console/drift.py", "fair_edge/station/run.py"}
+
+
+def documented_steps() -> list[str]:
+    """The file column of the doc's step table, in order."""
+    rows = re.findall(r"^\| (\d+) \| [^|]+ \| `([^`]+)` \|", DOC.read_text(), re.M)
+    assert [int(n) for n, _ in rows] == list(range(1, len(rows) + 1))
+    return [f for _, f in rows]
+
+
+COUNTED = {("fair_edge/preprocess.py", "check_frame"), ("cameras/base.py", "check_image"),
+           ("fair_edge/station/inspector.py", "_emit"), ("fair_edge/runtime/ort.py", "infer")}
+
+
+class PathTrace:
+    """Calls of the ``COUNTED`` functions over the whole run; while ``on`` (frames passing in steady state),
+    the repository files each thread enters and its calls of ``torch.from_numpy``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.files: dict[str, set[str]] = collections.defaultdict(set)
+        self.calls: collections.Counter = collections.Counter()
+
+    def __call__(self, frame, event, arg) -> None:
+        thread = threading.current_thread().name.split("-")[0]
+        if event == "c_call" and self.on and getattr(arg, "__name__", "") == "from_numpy":
+            self.calls[(thread, "torch.from_numpy")] += 1
+        if event != "call" or not frame.f_code.co_filename.startswith(SOURCES):
+            return
+        rel = Path(frame.f_code.co_filename).relative_to(ROOT).as_posix()
+        if (rel, frame.f_code.co_name) in COUNTED:
+            self.calls[(rel, frame.f_code.co_name)] += 1
+        if self.on:
+            self.files[thread].add(rel)
+
+
+class PacedSource:
+    """An OpenCV source read at 10 frames/s (a camera's pace) that switches the trace on for frames 30..39."""
+
+    def __init__(self, source, trace: PathTrace) -> None:
+        self.source, self.trace, self.count = source, trace, 0
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def read(self):
+        time.sleep(0.1)
+        self.count += 1
+        self.trace.on = 30 <= self.count < 40
+        return self.source.read()
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    pytest.importorskip("pymodbus")
+    from fair_edge.bench.run import synthetic_bundle, synthetic_model
+    from fair_edge.cameras.opencv import OpenCVSource
+    from fair_edge.console.settings import ConsoleSettings
+    from fair_edge.line.settings import RecordSettings, RejectSettings
+    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.station.config import CameraSettings, StationConfig
+    from fair_edge.station.run import run_station
+
+    work = tmp_path_factory.mktemp("frame-path")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (240, 320, 3), np.uint8) for _ in range(8)]
+    bundle = synthetic_bundle(work / "bundle", synthetic_model("fair", 32, 64), calib_frames=frames)
+    video = work / "line.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(60):
+        writer.write(frames[i % len(frames)])
+    writer.release()
+    trace = PathTrace()
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(camera=CameraSettings(source=str(video), queue_size=8), bundle=bundle.root,
+                            backend="onnxruntime", threshold=1e-9, output=work / "out",  # every part NG: pulses
+                            record=RecordSettings(dir=work / "out"), console=ConsoleSettings(port=0),
+                            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?coil=0",), delay_ms=300.0))
+        threading.setprofile(trace)
+        sys.setprofile(trace)
+        try:
+            summary = run_station(cfg, threading.Event(), max_frames=50, source=PacedSource(OpenCVSource(str(video)), trace))
+        finally:
+            sys.setprofile(None)
+            threading.setprofile(None)
+        writes = list(plc.writes)
+    finally:
+        plc.stop()
+    return trace, summary, writes
+
+
+def test_the_documented_path_is_the_one_frames_take(traced):
+    trace, summary, writes = traced
+    steps = documented_steps()
+    assert len(steps) <= 8 and summary.inspected == 50 and summary.rejects["rejected_ng"] > 0 and writes
+    path = {thread: files - SIDE for thread, files in trace.files.items()}
+    seen = set().union(*path.values())
+    assert set(steps) <= seen, set(steps) - seen  # every step's file ran while the frames passed
+    text = DOC.read_text()
+    named = {f for f in set().union(*trace.files.values()) if f"`{f}`" in text or f"`{f.split('/', 1)[1]}`" in text}
+    assert named == set().union(*trace.files.values()), set().union(*trace.files.values()) - named  # none unnamed
+    assert path["capture"] >= {"cameras/opencv.py", "cameras/capture.py"}
+    assert path["sink"] >= {"fair_edge/line/sinks/modbus.py"}
+
+
+def test_each_frame_is_checked_once_and_skips_the_tiler(traced):
+    trace, summary, _ = traced
+    assert trace.calls[("fair_edge/station/inspector.py", "_emit")] == summary.inspected == 50
+    # once per frame, one rule: the loop checks every frame, the source only its first (at open, same rule)
+    assert trace.calls[("fair_edge/preprocess.py", "check_frame")] == summary.inspected + 1
+    assert trace.calls[("cameras/base.py", "check_image")] == 1
+    assert "fair_edge/tiling.py" not in trace.files["MainThread"]
+
+
+def test_the_cpu_path_hands_numpy_to_onnx_runtime(traced):
+    trace, _, _ = traced
+    assert trace.calls[("fair_edge/runtime/ort.py", "infer")] >= 1
+    assert trace.calls[("MainThread", "torch.from_numpy")] == 0
