@@ -15,6 +15,7 @@ import pytest
 
 from fair_edge.cameras import LineSource
 from fair_edge.cameras.capture import CaptureSettings
+from fair_edge.cameras.triggered import triggered_capture
 from fair_edge.errors import ConfigError
 from fair_edge.line.handshake import HandshakeSettings, open_handshake
 from fair_edge.line.handshake.modbus import encode, runs
@@ -36,8 +37,8 @@ class StandInStation:
 
     def __init__(self, settings: HandshakeSettings) -> None:
         self.hs = open_handshake(settings).start()
-        self.capture = self.hs.capture(LineSource(IMAGES, fps=200, loop=True), CaptureSettings(queue_size=4),
-                                       on_drop=self.hs.on_drop).start()
+        self.capture = triggered_capture(LineSource(IMAGES, fps=200, loop=True), self.hs, CaptureSettings(queue_size=4),
+                                         on_drop=self.hs.on_drop).start()
         self.hs.begin()
         self.verdicts: list[Verdict] = []
         self._stop = threading.Event()

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
     from fair_edge.console.station_hook import StationConsole
     from fair_edge.export.bundle import Bundle
     from fair_edge.line.encoder import EncoderSource
-    from fair_edge.line.handshake import StationHandshake
+    from fair_edge.line.handshake import Handshake
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
@@ -83,18 +83,25 @@ def load_roi(path: Path | None, size: int) -> np.ndarray | None:
     return roi.astype(np.float32)
 
 
-def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger: StationHandshake | None = None,
+def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger: Handshake | None = None,
                  **hooks: Callable[[Frame], None]) -> CaptureThread:
     """The camera's capture thread (not started). A folder or video without ``camera.fps`` is read
     as fast as inspection takes it, under ``block`` (nothing dropped) when ``full_policy`` is
     ``auto``; with fps, or from a camera, ``auto`` means ``drop_oldest``. source: a frame source
-    to use instead of ``cfg.camera.source`` (tests, soak). trigger: a ``StationHandshake``: one
-    frame per PLC trigger (``fair_edge.line.handshake.trigger``). hooks: ``on_capture``,
+    to use instead of ``cfg.camera.source`` (tests, soak). trigger: a ``Handshake``: one
+    frame per PLC trigger (``fair_edge.cameras.triggered``). hooks: ``on_capture``,
     ``on_drop`` (see ``CaptureThread``)."""
-    make = CaptureThread if trigger is None else trigger.capture
+
+    def make(src: FrameSource, settings: CaptureSettings) -> CaptureThread:
+        if trigger is None:
+            return CaptureThread(src, settings, **hooks)
+        from fair_edge.cameras.triggered import triggered_capture
+
+        return triggered_capture(src, trigger, settings, **hooks)
+
     if source is not None:
         policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
-        return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+        return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
     opts: dict = {}
     if cfg.camera.fps is not None:
         opts["fps"] = cfg.camera.fps
@@ -107,7 +114,7 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
     policy = cfg.camera.full_policy
     if policy == AUTO_POLICY:
         policy = "block" if replay_unpaced else "drop_oldest"
-    return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy), **hooks)
+    return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
 
 
 def camera_fault(stats) -> str:
@@ -167,7 +174,7 @@ class LineSide:
     callbacks: list[VerdictCallback]
     metrics: Metrics | None = None
     fault_shown: str = ""
-    handshake: StationHandshake | None = None   # reject.handshake
+    handshake: Handshake | None = None   # reject.handshake
 
     def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""

@@ -10,18 +10,22 @@ reconnects). A free-running camera works as it is; a camera in software-trigger 
 exposure at the trigger instead (not wired yet: docs/line-integration.md).
 
 ``TriggeredCapture`` is the ``CaptureThread`` for it: ``stop()`` first wakes a ``read()`` waiting
-for a trigger, so stopping never waits for the next part.
+for a trigger, so stopping never waits for the next part. ``triggered_capture`` makes the pair.
+
+It lives with the cameras (not in ``fair_edge.line.handshake``) because it is a frame source: the line
+room sits below the cameras and never imports them.
 """
 
 from __future__ import annotations
 
 import threading
 
-from fair_edge.cameras.base import EndOfStream, FrameSource
-from fair_edge.cameras.capture import CaptureThread
-from ...errors import CameraError
-from ...records import Frame
-from .engine import Handshake
+from fair_edge.errors import CameraError
+from fair_edge.line.handshake import Handshake
+from fair_edge.records import Frame
+
+from .base import EndOfStream, FrameSource
+from .capture import CaptureSettings, CaptureThread
 
 WAIT_STEP_S = 0.05     # a read waiting for a trigger checks for stop this often
 MAX_STALE = 16         # frames skipped at most for one trigger before the next one is taken anyway
@@ -90,3 +94,9 @@ class TriggeredCapture(CaptureThread):
         return super().stop()
 
     close = stop
+
+
+def triggered_capture(source: FrameSource, handshake: Handshake, settings: CaptureSettings,
+                      **hooks) -> TriggeredCapture:
+    """The capture thread (not started) for ``source``: one frame per trigger of ``handshake``."""
+    return TriggeredCapture(TriggeredSource(source, handshake), settings, **hooks)
