@@ -24,6 +24,7 @@ from fair_edge.cli_train import run_training, train
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 from fair_edge.errors import ConfigError
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
 from fair_edge.station_doc import station_reference
 
 app = typer.Typer(
@@ -454,7 +455,7 @@ def bench(
                                  "backend; compile time per batch size is reported, cached on disk for later runs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
-                                                  "family (fair, lgfdr) in a temporary folder."),
+                                                  f"family ({', '.join(FAMILIES)}) in a temporary folder."),
     synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
                                                   "implies --synthetic-model fair."),
     image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
@@ -485,7 +486,7 @@ def bench(
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=show)
     else:
-        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
         report = run_synthetic_bench(model, precision, settings, command, on_row=show)
     print_bench(report)
     if json_out is not None:

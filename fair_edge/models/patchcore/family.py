@@ -24,7 +24,9 @@ INT8_SCOPE = NETWORK_SCOPE
 
 class PatchcoreFamily(ModelFamily):
     key = "patchcore"
+    title = "PatchCore"
     summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
+    cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
