@@ -426,6 +426,8 @@ def print_bench(report) -> None:
     out = Console()
     (out if out.is_terminal else Console(width=160)).print(table)  # a piped log keeps whole rows
     console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
+    for key, value in report.bundle.get("facts", {}).items():
+        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
     for batch, seconds in report.compile_seconds.items():
@@ -495,7 +497,7 @@ def bench(
         console.print(f"[green]results:[/] {json_out}")
 
 
-from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
+from fair_edge.cli_build import build, describe_fact  # noqa: E402  (the build command lives in its own module)
 
 app.command("build")(build)
 from fair_edge.cli_collect import collect  # noqa: E402

@@ -65,6 +65,8 @@ def _summary(result: BuildResult) -> None:
     inputs = ", ".join(f"{s.name} {s.channels}x{s.size}x{s.size}" for s in b.model.inputs)
     table.add_row("model", escape(b.model.describe()), escape(f"inputs {inputs}; filter {b.preprocess.filter}"))
     table.add_row("precision", b.precision, f"max batch {b.max_batch}")
+    for key, value in b.facts.items():
+        table.add_row(key.replace("_", " "), escape(describe_fact(value)), "")
     table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
     if result.delta is not None:
         d = result.delta
@@ -86,6 +88,13 @@ def _summary(result: BuildResult) -> None:
     console.print(table)
     root = escape(str(b.root))
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+
+
+def describe_fact(value) -> str:
+    """'rows 2560, dim 128, mb 1.3' for a dict of figures; the value itself otherwise."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:

@@ -92,6 +92,11 @@ class ModelFamily(ABC):
         """Load a checkpoint's ``state_dict`` into ``module`` (RuntimeError on a mismatch)."""
         module.load_state_dict(state_dict)
 
+    def facts(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Figures about one trained model that bundle.json and ``fair-edge bench`` report (PatchCore: its
+        memory bank's rows and MB); JSON primitives. Default: none."""
+        return {}
+
     def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """The state dict a checkpoint stores for ``module`` (inverse of ``load_weights``)."""
         return module.state_dict()
