@@ -142,8 +142,6 @@ def patchcore_bundles(patchcore_run, tmp_path_factory):
 
 
 def _initializers(g):
-    import onnx
-
     inits = {t.name: t for t in g.graph.initializer}
     inits.update({n.output[0]: n.attribute[0].t for n in g.graph.node if n.op_type == "Constant"})
     return inits
