@@ -6,11 +6,13 @@
 1. coreset: ``greedy_coreset`` of 50 000 random 128-d patches to 10 % (5 000), wall and process seconds.
 2. fit: PatchCore (default settings) on the normal training cells of ``--data`` at ``--fit-size``: backbone
    pass, coreset and neighbour-table seconds, patches, bank rows and MB.
-3. INT8: the fitted model built as an INT8 bundle (calibrated on the first ``--calib`` training images):
-   image AUROC on the test split of the FP32 graph, the TensorRT Q/DQ graph and the CPU INT8 graph (ONNX
-   Runtime), and the change in AUROC points.
+3. INT8: the fitted model (or ``--checkpoint``) built as an INT8 bundle (calibrated on the first ``--calib``
+   training images): image AUROC on the test split of the FP32 graph, the bundle's CPU INT8 graph and the
+   TensorRT Q/DQ graph of each variant (``SCOPES`` x ``METHODS``), all in ONNX Runtime; the change in AUROC
+   points and the shift of the normal test images' scores in FP32 normal-score spreads.
 4. speed: ONNX Runtime on one thread, batch 1, prepared inputs at ``--speed-size``: random-weight bundles of
-   FAIR c = 32, LGFDR and PatchCore (its random bank has ``bank_max`` rows, the largest the settings allow)
+   FAIR c = 32, LGFDR and PatchCore with ImageNet backbones (PatchCore's random bank has ``bank_max`` rows,
+   the largest the settings allow)
    in FP32, PatchCore also its CPU INT8 graph; interleaved rounds so a shared machine's load falls on all
    alike; ms per image and the ratio against FAIR c = 32 from the same rounds.
 Writes OUT/report.json and prints one line per result.
@@ -26,16 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.bench import environment, synthetic_bundle, synthetic_frames, synthetic_model
+from fair_edge.bench import environment, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.checkpoint import load_checkpoint
+from fair_edge.calibration.int8 import Int8Settings, quantize_int8
+from fair_edge.checkpoint import Checkpoint, load_checkpoint
 from fair_edge.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
+from fair_edge.models.lgfdr.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import greedy_coreset
 from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.models.tensors import SCORE
 from fair_edge.runtime.ort import OnnxRuntimeBackend
 
 
@@ -54,14 +59,51 @@ def fit(args: argparse.Namespace) -> Path:
     return fitter.run()
 
 
+# INT8 variants: which backbone convolutions get Q/DQ, and the calibration method
+SCOPES = {"backbone": ("/backbone/",), "backbone-late": tuple(f"/backbone/_blocks.{i}/" for i in range(5, 11))}
+METHODS = ("percentile", "max")
+
+
 def int8_auroc(final: Path, args: argparse.Namespace) -> dict:
+    """Image AUROC of the FP32 graph and of each INT8 variant (TensorRT Q/DQ graph, ONNX Runtime), with the
+    normal-score shift: median (INT8 - FP32) score of the normal test images in FP32 normal-score spreads."""
     ckpt = load_checkpoint(final)
     split = load_dataset(args.data)
-    calib = [read_image(s.path) for s in split.train[: args.calib]]
-    bundle = build_bundle(ckpt, args.out / "int8", BuildOptions("int8", engine=False), calib_frames=calib).bundle
-    graphs = {"fp32": bundle.reference_onnx_path, "int8-trt": bundle.onnx_path, "int8-cpu": bundle.cpu_onnx_path}
-    found = compare_precisions(graphs, [read_image(s.path) for s in split.test], [s.label for s in split.test], ckpt.model)
-    return {name: {"auroc": round(c.auroc, 4), "delta_points": round(100 * c.auroc_delta, 2)} for name, c in found.items()}
+    calib_frames = [read_image(s.path) for s in split.train[: args.calib]]
+    bundle = build_bundle(ckpt, args.out / "int8", BuildOptions("int8", engine=False), calib_frames=calib_frames).bundle
+    calib = preprocess_frames(calib_frames, ckpt.model)
+    graphs = {"fp32": bundle.reference_onnx_path, "int8-cpu (bundle)": bundle.cpu_onnx_path}
+    for scope_name, scope in SCOPES.items():
+        for method in METHODS:
+            path = args.out / "int8" / f"variant-{scope_name}-{method}.onnx"
+            quantize_int8(bundle.reference_onnx_path, path, calib, scope, Int8Settings(method=method),
+                          path.with_suffix(".calib.json"))
+            graphs[f"int8-trt {scope_name} {method}"] = path
+    frames, labels = [read_image(s.path) for s in split.test], [s.label for s in split.test]
+    found = compare_precisions(graphs, frames, labels, ckpt.model)
+    inputs = preprocess_frames(frames, ckpt.model)
+    normal = np.asarray(labels) == 0
+    ref = OnnxRuntimeBackend(graphs["fp32"], ckpt.model.input_names).infer_batched(inputs)[SCORE]
+    out = {}
+    for name, c in found.items():
+        scores = OnnxRuntimeBackend(graphs[name], ckpt.model.input_names).infer_batched(inputs)[SCORE]
+        shift = float(np.median(scores[normal] - ref[normal]) / ref[normal].std())
+        out[name] = {"auroc": round(c.auroc, 4), "delta_points": round(100 * c.auroc_delta, 2),
+                     "normal_shift_spreads": round(shift, 3)}
+    return out
+
+
+def speed_bundle(out: Path, family: str, width: int | None, precision: str, size: int):
+    """A bundle of ``family`` at ``size`` px: random weights, but the backbone (where the family has one) with its
+    ImageNet weights, so INT8 calibrates on real activation ranges; PatchCore's bank is random (``bank_max`` rows)."""
+    model = synthetic_model(family, width, size)
+    torch.manual_seed(0)
+    module = model.build()
+    if hasattr(module, "backbone"):
+        load_backbone_weights(module.backbone, model.settings.backbone, None)
+    ckpt = Checkpoint(model, model.impl.weights(module), {"source": "speed benchmark: random weights"})
+    calib = synthetic_frames(size * 2, size * 2, count=8, seed=1) if precision == "int8" else None
+    return build_bundle(ckpt, out, BuildOptions(precision, max_batch=1, engine=False), calib_frames=calib).bundle
 
 
 def speed(args: argparse.Namespace) -> list[dict]:
@@ -70,14 +112,10 @@ def speed(args: argparse.Namespace) -> list[dict]:
     for name, family, width, precision in (("FAIR c=32 fp32", "fair", 32, "fp32"), ("LGFDR fp32", "lgfdr", None, "fp32"),
                                            ("PatchCore fp32", "patchcore", None, "fp32"),
                                            ("PatchCore int8-cpu", "patchcore", None, "int8")):
-        model = synthetic_model(family, width, args.speed_size)
-        calib = synthetic_frames(args.speed_size * 2, args.speed_size * 2, count=8, seed=1) if precision == "int8" else None
-        bundle = synthetic_bundle(args.out / "speed" / name.replace(" ", "-"), model, precision, max_batch=1,
-                                  calib_frames=calib)
+        bundle = speed_bundle(args.out / "speed" / name.replace(" ", "-"), family, width, precision, args.speed_size)
         path = bundle.cpu_onnx_path if precision == "int8" else bundle.onnx_path
         inputs = preprocess_frames(frames[:1], bundle.model)
-        engines[name] = (OnnxRuntimeBackend(path, bundle.model.input_names, threads=1), inputs,
-                         dict(bundle.facts))
+        engines[name] = (OnnxRuntimeBackend(path, bundle.model.input_names, threads=1), inputs, dict(bundle.facts))
     times: dict[str, list[float]] = {name: [] for name in engines}
     for engine, inputs, _ in engines.values():
         engine.infer(inputs)  # warm-up
@@ -102,8 +140,9 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--parts", nargs="+", choices=("coreset", "fit", "speed"), default=["coreset", "fit", "speed"],
-                    help="what to run (fit includes the INT8 AUROC of the fitted model)")
+    ap.add_argument("--parts", nargs="+", choices=("coreset", "fit", "int8", "speed"),
+                    default=["coreset", "fit", "int8", "speed"], help="what to run")
+    ap.add_argument("--checkpoint", type=Path, help="int8 without fit: this fitted PatchCore checkpoint")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-patchcore"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +150,14 @@ def main() -> None:
     if "coreset" in args.parts:
         report["coreset"] = coreset_time()
         print(json.dumps({"coreset": report["coreset"]}), flush=True)
+    final = args.checkpoint
     if "fit" in args.parts:
         final = fit(args)
         summary = load_checkpoint(final).data_summary
         report["fit"] = {"seconds": summary["fit_seconds"], "bank_rows": summary["bank_rows"],
                          "train_images": summary["train_images_used"]}
         print(json.dumps({"fit": report["fit"]}), flush=True)
+    if "int8" in args.parts:
         report["int8"] = int8_auroc(final, args)
         print(json.dumps({"int8": report["int8"]}), flush=True)
     if "speed" in args.parts:
