@@ -51,11 +51,13 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, projection
     The first point is drawn with ``seed``; ``count`` >= N returns every index (in order).
     on_progress(done, count) is called every 256 selections and at the end.
 
-    Exact, but lazy: each selection updates only the ``active_share`` of the points farthest from the chosen
-    set (one matrix-vector product over them). The others' stored distances only overestimate (distances to
-    the chosen set only shrink), so while the farthest active point is at least as far as the largest stored
-    distance outside the active set, it is the farthest point of all. When it is not, every point is brought
-    up to date with the selections since (one matrix product) and the active set is chosen again.
+    Lazy, and the same selection as updating every point up to floating-point near-ties: each selection
+    updates only the ``active_share`` of the points farthest from the chosen set (one matrix-vector product
+    over them). The others' stored distances only overestimate (distances to the chosen set only shrink), so
+    while the farthest active point is at least as far as the largest stored distance outside the active set,
+    it is the farthest point of all. When it is not, every point is brought up to date with the selections
+    since (one matrix product, whose rounding differs from the matrix-vector one: on ELPV's 120 320 patches,
+    9 649 of 10 000 rows came out the same and in the same order) and the active set is chosen again.
     """
     n = features.shape[0]
     if count < 1:
