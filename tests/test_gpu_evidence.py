@@ -25,7 +25,8 @@ def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
     report = json.loads((out / "gpu_evidence.json").read_text())
     status = {s["name"]: s["status"] for s in report["steps"]}
     assert proc.returncode == 0, f"{status}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families"]
+    assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families",
+                            "family_engines"]
     results = {s["name"]: s["result"] for s in report["steps"]}
     assert results["gpu_tests"]["passed"] == 0 and results["gpu_tests"]["skipped"] > 0  # no GPU here: skipped, not passed
     assert results["station"]["32"]["results"] and results["station_compile"]["32"]["compile_seconds"]["1"] > 0
@@ -37,12 +38,15 @@ def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
         labels, scores = [int(r["label"]) for r in rows], [float(r["score"]) for r in rows]
         one_tie = 0.5 / (sum(labels) * (len(labels) - sum(labels)))  # scores.csv keeps 6 decimals: a tie at most
         assert reported[name]["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=one_tie), name
+    others = sorted(set(FAMILIES) - {"fair"})
+    assert others == sorted(results["families"]) == sorted(results["family_engines"])  # every registered family
+    assert results["families"]["patchcore"]["image_auroc"] > 0.9  # red blobs on a gray plate, one-pass fit
+    assert results["family_engines"]["patchcore"]["bundle"]["facts"]["memory_bank"]["rows"] > 0
     markdown = (out / "gpu_evidence.md").read_text()
     assert "| station loop c=32 backend torch-cpu" in markdown and "image AUROC" in markdown
     assert report["dry_run"] and report["total_s"] < report["budget_s"]
-    others = sorted(set(FAMILIES) - {"fair"})
-    assert others and sorted(results["families"]) == others  # LGFDR (and any later family) is registered
     assert all(f"family {f}" in markdown for f in others) and "none registered besides FAIR" not in markdown
+    assert "family patchcore fp16 (no engine) onnxruntime batch 1" in markdown
 
 
 @pytest.mark.skipif(gpu_available(), reason="with a GPU this would start the 9-minute run")

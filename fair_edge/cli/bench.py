@@ -1,4 +1,4 @@
-"""``fair-edge bench``: the command and the table it prints (the measurement is ``fair_edge.bench``)."""
+"""``fair-edge bench``: the command and the table it prints (the measurement is ``fair_edge.bench.run``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fair_edge.cli.build import describe_fact
 from fair_edge.cli.common import check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
 from fair_edge.runtime.backends import BACKEND_NAMES
 
 app = typer.Typer()
@@ -36,6 +38,8 @@ def print_bench(report) -> None:
     out = Console()
     (out if out.is_terminal else Console(width=160)).print(table)  # a piped log keeps whole rows
     console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
+    for key, value in report.bundle.get("facts", {}).items():
+        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
     for batch, seconds in report.compile_seconds.items():
@@ -65,7 +69,7 @@ def bench(
                                  "backend; compile time per batch size is reported, cached on disk for later runs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
-                                                  "family (fair, lgfdr) in a temporary folder."),
+                                                  f"family ({', '.join(FAMILIES)}) in a temporary folder."),
     synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
                                                   "implies --synthetic-model fair."),
     image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
@@ -96,7 +100,7 @@ def bench(
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=show)
     else:
-        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
         report = run_synthetic_bench(model, precision, settings, command, on_row=show)
     print_bench(report)
     if json_out is not None:

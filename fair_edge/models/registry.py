@@ -16,12 +16,14 @@ from fair_edge.errors import CheckpointError, ConfigError, lookup
 from fair_edge.models.fair.family import FairFamily
 from fair_edge.models.family import ModelFamily
 from fair_edge.models.lgfdr.family import LgfdrFamily
+from fair_edge.models.patchcore.family import PatchcoreFamily
 from fair_edge.models.tensors import TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
 FAMILIES: dict[str, ModelFamily] = {
     "fair": FairFamily(),
     "lgfdr": LgfdrFamily(),
+    "patchcore": PatchcoreFamily(),
 }
 DEFAULT_FAMILY = "fair"  # what files written before families existed hold
 

@@ -4,4 +4,4 @@ ONNX Runtime; ``openvino``; ``tensorrt``), the CPU pre-processing that feeds the
 the fused CUDA kernel's host side is ``fair_edge.export.preprocess_gpu``), ``torch.compile`` for the
 PyTorch backends (``compiled``), one score from several bundles (``fusion``) and the switch that swaps a
 running station's model between batches (``hotswap``). Bundles are read and verified by
-``fair_edge.export.bundle``; the inspection loop that calls these is ``fair_edge.station``."""
+``fair_edge.export.bundle``; the inspection loop that calls these is ``fair_edge.station.inspector``."""

@@ -1,0 +1,84 @@
+"""PatchCore as a model family: input colour only; backbone, bank search, upsampling and blur in one graph."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fair_edge.errors import ConfigError
+from fair_edge.models.family import ModelFamily
+from fair_edge.models.lgfdr.backbones import LITE0_TAPS
+from fair_edge.models.lgfdr.family import ColourInput
+from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings
+from fair_edge.models.tensors import COLOUR, TensorSpec
+from fair_edge.preprocess import PreprocessConfig
+
+# the network is the frozen backbone; patch aggregation, the bank search and the map stay float32 in every
+# precision (a float16 or int8 |a|^2 - 2ab + |b|^2 would cancel catastrophically)
+NETWORK_SCOPE = ("/backbone/",)
+# what INT8 quantises: the backbone after the stride-8 tap (Lite0 blocks 5-10, ResNet layer3), which makes the
+# stride-16 tap. Quantising the whole backbone moved the normal ELPV test cells' scores by 0.74 normal-score
+# spreads and cost 0.85 points of image AUROC (TensorRT Q/DQ graph); the part after the stride-8 tap alone 0.01
+# spreads and 0.03 points (BENCHMARKS.md, "PatchCore")
+INT8_SCOPE = tuple(f"/backbone/_blocks.{i}/" for i in range(LITE0_TAPS[1] + 1, LITE0_TAPS[2] + 1)) + ("/backbone/layer3/",)
+
+
+class PatchcoreFamily(ModelFamily):
+    key = "patchcore"
+    title = "PatchCore"
+    summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
+    cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
+    training_module = "fair_edge.models.patchcore.train"
+    network_scope = NETWORK_SCOPE
+    int8_scope = INT8_SCOPE
+
+    def default_settings(self) -> PatchcoreSettings:
+        return PatchcoreSettings()
+
+    def settings_from_dict(self, data: Mapping[str, Any]) -> PatchcoreSettings:
+        return PatchcoreSettings.from_dict(data)
+
+    def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(COLOUR, 3, preprocess.image_size, "resized RGB frame in [0, 1]"),)
+
+    def input_maker(self, preprocess: PreprocessConfig) -> nn.Module:
+        return ColourInput()
+
+    def build(self, settings: PatchcoreSettings, preprocess: PreprocessConfig) -> nn.Module:
+        return PatchcoreDetector(settings, preprocess.image_size)
+
+    def half(self, module: nn.Module) -> nn.Module:
+        half = copy.deepcopy(module)
+        half.backbone.half()
+        half.net_dtype = torch.float16
+        return half
+
+    def describe(self, settings: PatchcoreSettings) -> str:
+        return f"PatchCore on {settings.backbone}"
+
+    def tag(self, settings: PatchcoreSettings) -> str:
+        return f"patchcore-{settings.backbone}"
+
+    def check_preprocess(self, preprocess: PreprocessConfig) -> None:
+        if preprocess.image_size % 16:
+            raise ConfigError(f"image_size must be a multiple of 16 for PatchCore (backbone stride 16); "
+                              f"found {preprocess.image_size}.")
+
+    def facts(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The memory bank: rows, feature dim and its float32 size in MB (the graph's largest initializer)."""
+        bank = state_dict["memory.bank_t"]
+        table = state_dict["memory.neighbours"]
+        mb = (bank.numel() * 4 + table.numel() * 8) / 1e6
+        return {"memory_bank": {"rows": int(bank.shape[1]), "dim": int(bank.shape[0]), "neighbours": int(table.shape[1]),
+                                "mb": round(mb, 3)}}
+
+    def load_weights(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Install the checkpoint's bank (its size is the fit's) and load the rest."""
+        missing = [k for k in ("memory.bank_t", "memory.neighbours") if k not in state_dict]
+        if missing:
+            raise RuntimeError(f"PatchCore weights without {', '.join(missing)}")
+        module.set_bank(state_dict["memory.bank_t"].t(), state_dict["memory.neighbours"])
+        module.load_state_dict(state_dict)

@@ -1,0 +1,211 @@
+"""PatchCore: "Towards Total Recall in Industrial Anomaly Detection" (Roth et al., CVPR 2022).
+
+No network is trained. A frozen ImageNet backbone describes every patch of the normal images by
+locally aggregated mid-level features; a greedy coreset of those patch features is the memory bank;
+a test patch's anomaly is its distance to the nearest bank feature.
+
+    colour (B, 3, S, S) -> normalise -> frozen backbone -> taps at strides 8 and 16 (layer2 / layer3
+      analogues) -> 3x3 local average (each patch sees its neighbourhood) -> stride-16 map upsampled
+      to the stride-8 grid (h = S/8) -> each tap averaged over channel groups to embed_dim/2 channels
+      (the paper's adaptive average pooling, a fixed matrix) -> concatenated: (B, h*h, D) patch features
+      -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
+      -> nearest (TopK k=1) -> sqrt -> patch map (B, 1, h, h)
+      -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
+    score = max of anomaly_map, times (with ``reweight``) the paper's weight
+      w = 1 - softmax(-)[0] over the distances from the most anomalous test patch to its nearest bank
+      feature m* and to m*'s own nearest bank neighbours (eq. 7): a patch whose nearest normal feature
+      sits in a sparse part of the bank counts less than one far from a dense cluster.
+
+Every step is an ONNX operator (MatMul, TopK, Gather, Resize, Conv); the bank is a buffer, so it is
+an initializer of the exported graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fair_edge.errors import ConfigError
+from fair_edge.models.lgfdr.backbones import BACKBONES
+from fair_edge.models.lgfdr.model import gaussian_kernel
+
+TAPS = (1, 2)  # of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues, as the paper
+LOCAL_WINDOW = 3  # patch neighbourhood p of the local aggregation (the paper's p = 3)
+BANK_LIMIT = 200_000  # rows
+# the bank (float32) and its neighbour table (int64) are initializers of the one ONNX file, which protobuf caps at
+# 2 GB; with the backbone (Wide-ResNet-50-2 to layer3: 0.28 GB) and an FP16 copy never beside it, 1 GB leaves room
+BANK_BYTES_LIMIT = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class PatchcoreSettings:
+    """backbone: key of ``BACKBONES``. embed_dim: patch feature channels (half from each tap).
+    coreset_ratio: share of the training patches kept in the bank; bank_max: at most this many rows
+    (bank memory = rows x embed_dim x 4 bytes: 10 000 x 128 = 5.1 MB). reweight: the paper's image-score
+    weighting with ``neighbours`` bank neighbours. smooth_sigma: Gaussian blur of the map, pixels."""
+
+    backbone: str = "efficientnet_lite0"
+    embed_dim: int = 128
+    coreset_ratio: float = 0.1
+    bank_max: int = 10_000
+    reweight: bool = True
+    neighbours: int = 9
+    smooth_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
+        if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
+            raise ConfigError(f"embed_dim must be even and in 2..2048; found {self.embed_dim}.")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ConfigError(f"coreset_ratio must be in (0, 1] (share of training patches kept); found {self.coreset_ratio}.")
+        if not 1 <= self.bank_max <= BANK_LIMIT:
+            raise ConfigError(f"bank_max must be in 1..{BANK_LIMIT} rows; found {self.bank_max}.")
+        if not 1 <= self.neighbours <= 64:
+            raise ConfigError(f"neighbours must be in 1..64; found {self.neighbours}.")
+        if not 0.0 <= self.smooth_sigma <= 32.0:
+            raise ConfigError(f"smooth_sigma must be in [0, 32] pixels; found {self.smooth_sigma}.")
+        if self.bank_bytes > BANK_BYTES_LIMIT:
+            raise ConfigError(f"a bank of bank_max={self.bank_max} rows x embed_dim={self.embed_dim} takes "
+                              f"{self.bank_bytes / 1e9:.2f} GB; at most {BANK_BYTES_LIMIT / 1e9:.0f} GB fits in one ONNX "
+                              "file (protobuf's 2 GB limit). Lower bank_max or embed_dim.")
+
+    @property
+    def bank_bytes(self) -> int:
+        """Bytes of the largest bank these settings allow: float32 rows plus the int64 neighbour table."""
+        return self.bank_max * (self.embed_dim * 4 + self.neighbours * 8)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PatchcoreSettings":
+        return cls(**{k: data[k] for k in asdict(cls()) if k in data})
+
+
+def channel_pooling(channels: int, out: int) -> torch.Tensor:
+    """(out, channels) float32: row j averages input channels [floor(j C / out), ceil((j + 1) C / out)),
+    the windows of a 1-D adaptive average pool (channels repeat when out > channels)."""
+    m = torch.zeros(out, channels)
+    for j in range(out):
+        lo, hi = (j * channels) // out, -((-(j + 1) * channels) // out)
+        m[j, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+class PatchFeatures(nn.Module):
+    """Locally aware patch features. taps [(B, C1, S/8, S/8), (B, C2, S/16, S/16)] float32 ->
+    (B, D, S/8, S/8) float32: 3x3 local average, upsample to the finer grid, per-tap channel pooling."""
+
+    def __init__(self, channels: tuple[int, int], embed_dim: int) -> None:
+        super().__init__()
+        half = embed_dim // 2
+        pool = torch.block_diag(channel_pooling(channels[0], half), channel_pooling(channels[1], half))
+        self.register_buffer("projection", pool[:, :, None, None], persistent=False)
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        fine = F.avg_pool2d(fine, LOCAL_WINDOW, 1, LOCAL_WINDOW // 2, count_include_pad=False)
+        coarse = F.avg_pool2d(coarse, LOCAL_WINDOW, 1, LOCAL_WINDOW // 2, count_include_pad=False)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return F.conv2d(torch.cat([fine, coarse], 1), self.projection)
+
+
+class NearestBank(nn.Module):
+    """Nearest-neighbour search against the memory bank.
+
+    Buffers: ``bank_t`` (D, M) float32, the bank stored transposed so that the search is one MatMul with
+    an initializer and the graph holds the bank once; ``bank_sq`` (M,) its squared norms; ``neighbours``
+    (M, k) int64, each row's k nearest bank rows, itself first. forward(patches (B, P, D) float32) ->
+    (distance (B, P) float32 Euclidean to the nearest row, index (B, P) int64 of that row).
+    """
+
+    def __init__(self, bank: torch.Tensor, neighbours: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bank_t", bank.float().t().contiguous())
+        self.register_buffer("bank_sq", (self.bank_t * self.bank_t).sum(0))
+        self.register_buffer("neighbours", neighbours.long().contiguous())
+
+    @property
+    def rows(self) -> int:
+        return self.bank_t.shape[1]
+
+    def bank(self) -> torch.Tensor:
+        """(M, D) float32: the bank rows."""
+        return self.bank_t.t()
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sq = (patches * patches).sum(-1, keepdim=True)
+        d2 = sq - 2.0 * torch.matmul(patches, self.bank_t) + self.bank_sq
+        nearest, index = torch.topk(d2, 1, dim=-1, largest=False)
+        return torch.sqrt(torch.clamp(nearest[..., 0], min=0.0)), index[..., 0]
+
+    def reweight(self, patch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The paper's weight (B,) for one test patch per image: patch (B, D), index (B,) of its nearest row."""
+        rows = self.bank_t[:, self.neighbours[index]].permute(1, 2, 0)  # (B, k, D): m* and its nearest bank rows
+        distance = torch.sqrt(torch.clamp(((rows - patch.unsqueeze(1)) ** 2).sum(-1), min=0.0))
+        return 1.0 - torch.softmax(distance, dim=-1)[:, 0]
+
+
+class PatchcoreDetector(nn.Module):
+    """forward(colour (B, 3, S, S) float32 RGB in [0, 1]) -> (anomaly_map (B, 1, S, S), score (B,)) float32.
+
+    A fresh module holds a random bank of ``bank_max`` rows (so a random-weight bench bundle has the
+    largest graph the settings allow); ``set_bank`` installs the fitted one. ``net_dtype`` float16 makes
+    the FP16 graph: the backbone in float16; features, bank, distances and the map stay float32.
+    """
+
+    def __init__(self, settings: PatchcoreSettings, image_size: int) -> None:
+        super().__init__()
+        spec = BACKBONES[settings.backbone]
+        self.settings, self.size = settings, image_size
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = spec.build().eval().requires_grad_(False)
+        self.patches = PatchFeatures((spec.channels[TAPS[0]], spec.channels[TAPS[1]]), settings.embed_dim)
+        bank = torch.randn(settings.bank_max, settings.embed_dim)
+        self.memory = NearestBank(bank, torch.zeros(settings.bank_max, min(settings.neighbours, settings.bank_max),
+                                                    dtype=torch.int64))
+        self.register_buffer("kernel", gaussian_kernel(settings.smooth_sigma), persistent=False)
+        self.net_dtype = torch.float32
+
+    def train(self, mode: bool = True) -> "PatchcoreDetector":
+        super().train(mode)
+        self.backbone.eval()  # frozen: batch-norm statistics stay ImageNet's
+        return self
+
+    def set_bank(self, bank: torch.Tensor, neighbours: torch.Tensor) -> None:
+        """Install the memory bank (M, D) float32 and its neighbour table (M, k) int64, on this module's device."""
+        if bank.ndim != 2 or bank.shape[1] != self.settings.embed_dim or neighbours.shape[0] != bank.shape[0]:
+            raise ConfigError(f"a memory bank must be (rows, {self.settings.embed_dim}) with one neighbour row per bank "
+                              f"row; found bank {tuple(bank.shape)}, neighbours {tuple(neighbours.shape)}.")
+        self.memory = NearestBank(bank, neighbours).to(self.pixel_mean.device)
+
+    def patch_features(self, colour: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) RGB [0, 1] -> (B, D, S/8, S/8) float32 patch features."""
+        x = (colour - self.pixel_mean) / self.pixel_std
+        if x.dtype != self.net_dtype:
+            x = x.to(self.net_dtype)
+        taps = self.backbone(x)
+        fine, coarse = (t if t.dtype == torch.float32 else t.float() for t in (taps[TAPS[0]], taps[TAPS[1]]))
+        return self.patches(fine, coarse)
+
+    def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.patch_features(colour)
+        b, d, h, w = f.shape
+        patches = f.flatten(2).transpose(1, 2)  # (B, P, D)
+        distance, index = self.memory(patches)
+        amap = F.interpolate(distance.reshape(b, 1, h, w), size=(self.size, self.size), mode="bilinear",
+                             align_corners=False)
+        pad = self.kernel.shape[-1] // 2
+        if pad:
+            amap = F.conv2d(F.pad(amap, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+        score = amap.flatten(1).amax(1)
+        if self.settings.reweight:
+            worst = torch.topk(distance, 1, dim=1).indices  # (B, 1): the most anomalous patch
+            patch = torch.gather(patches, 1, worst.unsqueeze(-1).expand(b, 1, d))[:, 0]
+            score = score * self.memory.reweight(patch, torch.gather(index, 1, worst)[:, 0])
+        return amap, score

@@ -1,0 +1,132 @@
+"""Fitting PatchCore: one pass of the frozen backbone over the normal images, then the coreset.
+
+Nothing is optimised, so there are no training steps: a "step" is one batch of images through the
+backbone (the progress bar counts them), and the greedy coreset of all patch features follows.
+``final.pt`` and ``last.pt`` are written together when the bank is complete; an interrupted fit
+leaves nothing half-made (re-running it costs one pass), and resuming a finished fit only re-writes
+``final.pt`` from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.training.data import DatasetSplit, load_images
+from fair_edge.errors import ConfigError
+from fair_edge.models.lgfdr.weights import load_backbone_weights
+from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
+from fair_edge.models.patchcore.model import PatchcoreDetector
+from fair_edge.models.registry import ModelSpec
+from fair_edge.models.training_contract import resumable_checkpoint
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """PatchCore's training settings: batch (images per backbone pass) and seed (coreset start, projection)."""
+
+    batch: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.batch) < 1:
+            raise ConfigError(f"batch must be >= 1; found {self.batch}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FitConfig":
+        return cls(**{k: data[k] for k in asdict(cls()) if k in data})
+
+
+def bank_size(patches: int, settings) -> int:
+    """Rows of the bank for ``patches`` training patches: ceil(ratio x patches), at most ``bank_max``."""
+    return max(1, min(settings.bank_max, math.ceil(patches * settings.coreset_ratio), patches))
+
+
+class PatchcoreFitter:
+    """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt."""
+
+    fits_once = True  # one pass over the data, no optimisation steps (models.training_contract.FamilyTrainer)
+
+    def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device,
+                 weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
+        self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
+        self.detector: PatchcoreDetector = model.build(device=device)
+        self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
+        images, kept = load_images(data.train, model.preprocess.image_size, tiling=model.preprocess.tiling)
+        self.images = torch.from_numpy(images)
+        self.batch = min(cfg.batch, len(self.images))
+        self.total_steps = -(-len(self.images) // self.batch)
+        self.step = 0
+        self.use_amp = False
+        self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images),
+                                 backbone_weights=self.weight_source.to_dict())
+        self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
+        self.timings: dict[str, float] = {}
+
+    def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
+        train_state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info} if with_train_state else None
+        summary = dict(self.data_summary, steps=self.step, batch=self.batch, train_config=self.cfg.to_dict(),
+                       bank_rows=self.detector.memory.rows, fit_seconds=self.timings)
+        return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
+
+    def resume(self) -> None:
+        """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings), so ``run`` only re-writes final.pt."""
+        ckpt = resumable_checkpoint(self.out_dir, self.model)
+        self.model.impl.load_weights(self.detector, ckpt.state_dict)
+        self.step = int(ckpt.train_state["step"])
+        self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
+
+    @torch.no_grad()
+    def features(self, on_step: Callable[[int, int, float, float], None] | None) -> torch.Tensor:
+        """(N * h * w, D) float32 patch features of every training image, on ``device``."""
+        out = []
+        for i in range(self.total_steps):
+            t = time.perf_counter()
+            chunk = self.images[i * self.batch : (i + 1) * self.batch].to(self.device)
+            f = self.detector.patch_features(chunk)
+            out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+            self.step = i + 1
+            if on_step is not None:
+                on_step(self.step, self.total_steps, float("nan"), len(chunk) / max(time.perf_counter() - t, 1e-9))
+        return torch.cat(out)
+
+    def run(self, on_step: Callable[[int, int, float, float], None] | None = None) -> Path:
+        """Fit the bank (unless resumed from a finished fit); write last.pt and final.pt; returns final.pt.
+
+        on_step(step, total, loss, images_per_s) after each backbone batch (loss is NaN: nothing is optimised).
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.step < self.total_steps:
+            self.detector.eval()
+            t0 = time.perf_counter()
+            patches = self.features(on_step)
+            t1 = time.perf_counter()
+            rows = bank_size(len(patches), self.model.settings)
+            chosen = greedy_coreset(patches, rows, seed=self.cfg.seed)
+            bank = patches[chosen]
+            t2 = time.perf_counter()
+            self.detector.set_bank(bank, bank_neighbours(bank, self.model.settings.neighbours))
+            self.timings = {"features": round(t1 - t0, 3), "coreset": round(t2 - t1, 3),
+                            "neighbours": round(time.perf_counter() - t2, 3), "patches": len(patches)}
+        save_checkpoint(self.out_dir / "last.pt", self.checkpoint())
+        return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+
+
+def default_train_config() -> FitConfig:
+    """Batch 8 images per backbone pass, seed 0."""
+    return FitConfig()
+
+
+def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device, *,
+                 backbone_weights: str | None = None, backbone_sha256: str | None = None) -> PatchcoreFitter:
+    """PatchCore's fitter (its extras: the backbone's weight file and SHA-256, as LGFDR takes them)."""
+    return PatchcoreFitter(split, model, cfg, out_dir, device, backbone_weights, backbone_sha256)

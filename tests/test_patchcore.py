@@ -1,0 +1,300 @@
+"""PatchCore on the CPU at tiny sizes: the coreset and the bank search against brute force, the
+paper's re-weighting, a fit on the generated plate with eval, and the exported graph against PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.training.data import load_dataset
+from fair_edge.errors import ConfigError
+from fair_edge.training.evaluate import evaluate
+from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
+from fair_edge.models.patchcore.model import NearestBank, PatchcoreSettings, channel_pooling
+from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter, bank_size
+from fair_edge.models.registry import ModelSpec
+from fair_edge.preprocess import PreprocessConfig
+
+SETTINGS = PatchcoreSettings(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0)
+MODEL = ModelSpec("patchcore", PreprocessConfig(image_size=32), SETTINGS)
+
+
+# ----------------------------------------------------------------------------- pieces against brute force
+def _farthest_point_reference(x: np.ndarray, count: int, first: int) -> list[int]:
+    chosen = [first]
+    for _ in range(count - 1):
+        d = np.min(((x[:, None, :] - x[None, chosen, :]) ** 2).sum(-1), axis=1)
+        chosen.append(int(np.argmax(d)))
+    return chosen
+
+
+def test_greedy_coreset_is_farthest_point_selection():
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64).float()
+    got = greedy_coreset(x, 40, seed=1).tolist()
+    assert got == _farthest_point_reference(x.double().numpy(), 40, got[0]) and len(set(got)) == 40
+    # the covering radius shrinks against a random subset of the same size
+    def radius(idx):
+        return torch.cdist(x, x[idx]).min(1).values.max()
+    assert radius(torch.tensor(got)) < radius(torch.randperm(300, generator=torch.Generator().manual_seed(0))[:40])
+    assert greedy_coreset(x, 500).tolist() == list(range(300))
+
+
+def test_projected_coreset_keeps_the_full_features_rows():
+    x = torch.randn(2000, 512, generator=torch.Generator().manual_seed(0))
+    idx = greedy_coreset(x, 100, seed=0)
+    assert idx.shape == (100,) and len(set(idx.tolist())) == 100 and int(idx.max()) < 2000
+
+
+def test_bank_search_and_neighbour_table_match_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    bank, patches = torch.randn(50, 8, generator=gen), torch.randn(2, 30, 8, generator=gen)
+    table = bank_neighbours(bank, 4, chunk=16)
+    brute = torch.cdist(bank, bank).argsort(1)[:, :4]
+    assert torch.equal(table[:, 0], torch.arange(50)) and torch.equal(table, brute)
+    memory = NearestBank(bank, table)
+    distance, index = memory(patches)
+    ref = torch.cdist(patches, bank[None].expand(2, -1, -1))
+    torch.testing.assert_close(distance, ref.min(-1).values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(index, ref.argmin(-1))
+    # eq. 7: w = 1 - exp(|m - m*|) / sum over N_b(m*) of exp(|m - n|)
+    p, nn = patches[0, 0], int(index[0, 0])
+    d = torch.stack([torch.dist(p, bank[j]) for j in table[nn]])
+    expected = 1 - torch.exp(d[0]) / torch.exp(d).sum()
+    torch.testing.assert_close(memory.reweight(p[None], index[0, :1]), expected[None], atol=1e-6, rtol=1e-5)
+
+
+def test_channel_pooling_is_adaptive_average_pooling():
+    x = torch.randn(5, 40)
+    for out in (16, 64):
+        torch.testing.assert_close(x @ channel_pooling(40, out).T, F.adaptive_avg_pool1d(x[:, None], out)[:, 0])
+
+
+def test_settings_validate_and_bank_size_follows_ratio_and_cap():
+    with pytest.raises(ConfigError, match="coreset_ratio must be in"):
+        PatchcoreSettings(coreset_ratio=0)
+    with pytest.raises(ConfigError, match="embed_dim must be even"):
+        PatchcoreSettings(embed_dim=33)
+    with pytest.raises(ConfigError, match="protobuf's 2 GB limit"):
+        PatchcoreSettings(bank_max=200_000, embed_dim=2048)
+    assert PatchcoreSettings().bank_bytes == 10_000 * (128 * 4 + 9 * 8)  # 5.84 MB
+    assert bank_size(1000, PatchcoreSettings(coreset_ratio=0.1)) == 100
+    assert bank_size(10**6, PatchcoreSettings()) == PatchcoreSettings().bank_max
+    assert bank_size(3, PatchcoreSettings(coreset_ratio=0.01)) == 1
+    assert ModelSpec.from_dict(MODEL.to_dict()) == MODEL
+
+
+# ----------------------------------------------------------------------------- fit, eval, graph
+@pytest.fixture(scope="module")
+def patchcore_run(mvtec_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("patchcore")
+    fitter = PatchcoreFitter(load_dataset(mvtec_dir), MODEL, FitConfig(batch=4, seed=0), out, torch.device("cpu"))
+    steps = []
+    final = fitter.run(lambda step, total, loss, rate: steps.append((step, total)))
+    return final, out, steps
+
+
+def test_one_pass_fills_a_coreset_bank_of_the_ratio(patchcore_run):
+    final, out, steps = patchcore_run
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]  # 16 images, batch 4: one pass, no optimisation steps
+    ckpt = load_checkpoint(final)
+    patches = 16 * (32 // 8) ** 2
+    assert ckpt.model == MODEL and ckpt.train_state is None
+    assert ckpt.state_dict["memory.bank_t"].shape == (32, math.ceil(0.25 * patches))
+    assert ckpt.state_dict["memory.neighbours"].shape == (math.ceil(0.25 * patches), 9)
+    assert ckpt.data_summary["bank_rows"] == 64 and ckpt.data_summary["fit_seconds"]["patches"] == patches
+    assert load_checkpoint(out / "last.pt").train_state["step"] == 4
+    assert torch.equal(ckpt.build_detector().memory.bank_t, ckpt.state_dict["memory.bank_t"])
+
+
+def test_eval_separates_the_synthetic_defects(patchcore_run, mvtec_dir, tmp_path):
+    result = evaluate(patchcore_run[0], load_dataset(mvtec_dir), tmp_path)
+    print(f"PatchCore tiny: {result}")
+    assert result["image_auroc"] >= 0.95 and result["pixel_auroc"] > 0.9
+
+
+def test_resume_of_a_finished_fit_rewrites_final_from_last(patchcore_run, mvtec_dir):
+    _, out, _ = patchcore_run
+    fitter = PatchcoreFitter(load_dataset(mvtec_dir), MODEL, FitConfig(batch=4), out, torch.device("cpu"))
+    fitter.resume()
+    assert fitter.step == fitter.total_steps
+    final = fitter.run(lambda *a: pytest.fail("a finished fit must not pass over the data again"))
+    assert torch.equal(load_checkpoint(final).state_dict["memory.bank_t"],
+                       load_checkpoint(out / "last.pt").state_dict["memory.bank_t"])
+
+
+# ----------------------------------------------------------------------------- bundles: the whole detector in one graph
+@pytest.fixture(scope="module")
+def patchcore_bundles(patchcore_run, tmp_path_factory):
+    from export_fixtures import make_frames
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+
+    ckpt = load_checkpoint(patchcore_run[0])
+    root = tmp_path_factory.mktemp("patchcore-bundles")
+    calib, normal = make_frames(12, seed=100), make_frames(12, seed=5)
+    return {p: build_bundle(ckpt, root / p, BuildOptions(p, max_batch=4, engine=False), calib_frames=calib,
+                            normal_frames=normal) for p in ("fp32", "fp16", "int8")}
+
+
+def _initializers(g):
+    inits = {t.name: t for t in g.graph.initializer}
+    inits.update({n.output[0]: n.attribute[0].t for n in g.graph.node if n.op_type == "Constant"})
+    return inits
+
+
+def test_one_graph_holds_backbone_bank_search_upsampling_and_blur(patchcore_bundles):
+    import onnx
+
+    for precision in ("fp32", "fp16"):
+        g = onnx.load(str(patchcore_bundles[precision].bundle.onnx_path))
+        inits = _initializers(g)
+        assert [i.name for i in g.graph.input] == ["colour"] and [o.name for o in g.graph.output] == ["anomaly_map", "score"]
+        banks = [t for t in g.graph.initializer if t.name == "memory.bank_t"]
+        assert len(banks) == 1 and list(banks[0].dims) == [32, 64] and banks[0].data_type == onnx.TensorProto.FLOAT
+        assert sum(t.dims == [32, 64] or list(t.dims) == [64, 32] for t in g.graph.initializer) == 1  # stored once
+        search = [n for n in g.graph.node if n.op_type == "MatMul" and "memory.bank_t" in n.input]
+        assert len(search) == 1 and search[0].name.startswith("/memory/")
+        assert {"TopK", "Resize", "Softmax", "GatherElements"} <= {n.op_type for n in g.graph.node}
+        blur = [n for n in g.graph.node if n.op_type == "Conv" and not n.name.startswith(("/backbone/", "/patches/"))]
+        assert len(blur) == 1 and list(inits[blur[0].input[1]].dims) == [1, 1, 5, 5]  # sigma 1: 2 * ceil(2) + 1
+        assert inits[blur[0].input[1]].data_type == onnx.TensorProto.FLOAT
+        backbone = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+        want = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+        assert backbone and all(inits[n.input[1]].data_type == want for n in backbone)
+
+
+def test_int8_quantises_the_backbone_after_the_fine_tap_only_and_keeps_the_bank_float(patchcore_bundles):
+    import onnx
+
+    g = onnx.load(str(patchcore_bundles["int8"].bundle.onnx_path))
+    readers = {n.name: [c for c in g.graph.node if n.output[0] in c.input] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    quantised = {c.name for cs in readers.values() for c in cs if c.op_type == "Conv"}
+    late = {n.name for n in g.graph.node if n.op_type == "Conv"
+            and n.name.startswith(tuple(f"/backbone/_blocks.{i}/" for i in range(5, 11)))}
+    assert late and quantised == late  # blocks 5-10 make the stride-16 tap; blocks 0-4 and the stem stay float
+    assert not any(c.op_type in ("MatMul", "TopK") for cs in readers.values() for c in cs)
+    bank = next(t for t in g.graph.initializer if t.name == "memory.bank_t")
+    assert bank.data_type == onnx.TensorProto.FLOAT
+
+
+def test_bundles_round_trip_with_parity_facts_and_threshold(patchcore_bundles):
+    import json
+
+    from fair_edge.export.bundle import load_bundle
+
+    for precision, result in patchcore_bundles.items():
+        b = load_bundle(result.bundle.root)
+        assert b == result.bundle and b.model == MODEL and b.threshold is not None and b.threshold.n_normal == 12
+        assert result.parity_max_abs <= 1e-4
+        facts = json.loads((b.root / "bundle.json").read_text())["facts"]["memory_bank"]
+        assert facts == {"rows": 64, "dim": 32, "neighbours": 9, "mb": round((64 * 32 * 4 + 64 * 9 * 8) / 1e6, 3)}
+    assert patchcore_bundles["fp16"].delta.score_spearman > 0.95
+
+
+def test_onnx_runtime_matches_pytorch_on_frames_with_defects(patchcore_bundles):
+    from export_fixtures import make_frames
+
+    from fair_edge.runtime.backends import select_backend
+
+    b = patchcore_bundles["fp32"].bundle
+    frames = make_frames(4, seed=7, defect=True)
+    ort_maps, ort_scores = select_backend(b, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(b, "torch-cpu").infer_frames(frames)
+    assert ort_maps.shape == (4, 32, 32)
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    runner, out = CliRunner(), tmp_path / "run"
+    invoke = lambda *args: runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})  # noqa: E731
+    r = invoke("train", mvtec_dir, "--model", "patchcore", "--image-size", 32, "--batch", 4, "--set", "coreset_ratio=0.5",
+               "--set", "embed_dim=16", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "fitting PatchCore on efficientnet_lite0 on cpu: 16 images, one pass in 4 batches of 4" in r.output
+    assert "fit 4/4" in r.output and "loss" not in r.output  # the progress bar counts batches; nothing is optimised
+    ckpt = load_checkpoint(out / "final.pt")
+    assert ckpt.settings.coreset_ratio == 0.5 and ckpt.state_dict["memory.bank_t"].shape == (16, 128)
+    r = invoke("train", "--resume", "--out", out)
+    assert r.exit_code == 0 and "at step 4 of 4" in r.output, r.output  # a finished fit: final.pt again, no pass
+    assert torch.equal(load_checkpoint(out / "final.pt").state_dict["memory.bank_t"], ckpt.state_dict["memory.bank_t"])
+    r = invoke("train", mvtec_dir, "--model", "patchcore", "--lr", "0.1", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--lr does not apply to PatchCore on efficientnet_lite0's training" in r.output
+    r = invoke("eval", out / "final.pt", mvtec_dir, "--device", "cpu")
+    assert r.exit_code == 0 and "image_auroc" in r.output, r.output
+    for precision in ("--fp16", "--int8"):
+        r = invoke("build", out / "final.pt", precision, "--calib", mvtec_dir / "train" / "good", "--calib-images", 8,
+                   "--normal", mvtec_dir / "test" / "good", "--out", tmp_path / f"bundle{precision}")
+        assert r.exit_code == 0, r.output
+        assert "PatchCore on efficientnet_lite0" in r.output and "memory bank" in r.output and "rows 128, dim 16" in r.output
+    r = invoke("run", "--bundle", tmp_path / "bundle--int8", "--source", mvtec_dir / "test" / "blob", "--fps", 5,
+               "--backend", "onnxruntime", "--out", tmp_path / "station")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "station" / "summary.json").read_text())
+    verdicts = [json.loads(v) for v in (tmp_path / "station" / "verdicts.jsonl").read_text().splitlines()]
+    assert summary["inspected"] == len(verdicts) == 6 and summary["inference_errors"] == 0
+    assert sum(v["ng"] for v in verdicts) >= 5
+    r = invoke("fuse", tmp_path / "bundle--fp16", tmp_path / "bundle--int8", "--normal", mvtec_dir / "test" / "good",
+               "--out", tmp_path / "fused")
+    assert r.exit_code == 0 and "m1: m1: PatchCore on efficientnet_lite0" in r.output, r.output
+    r = invoke("bench", "--synthetic-model", "patchcore", "--image-size", 32, "--frames", "64x48", "--batches", 1,
+               "--seconds", 0.3, "--warmup", 0.1, "--threads", 1, "--mode", "compute", "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "b.json").read_text())["bundle"]
+    assert info["model"] == "PatchCore on efficientnet_lite0"
+    assert info["facts"]["memory_bank"]["rows"] == PatchcoreSettings().bank_max  # a random bank of the largest size
+    assert "memory bank: rows 10000, dim 128" in r.output
+
+
+def test_tune_fits_a_patchcore_candidate(mvtec_dir, tmp_path):
+    from pathlib import Path
+
+    from fair_edge.training.tune import Candidate, TuneSettings, tune
+
+    pre = PreprocessConfig(image_size=32)
+    rows = tune(load_dataset(mvtec_dir), [Candidate("patchcore", pre, 8, None, family="patchcore")], tmp_path,
+                TuneSettings(budget_s=600, batch=4), data_name="plate")
+    assert rows[0].status == "done" and rows[0].proxy_auroc > 0.5
+    ckpt = load_checkpoint(Path(rows[0].checkpoint))
+    assert ckpt.family == "patchcore" and ckpt.data_summary["bank_rows"] > 0
+    import json
+
+    chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
+    assert chosen["family"] == "patchcore" and chosen["train_command"] == "fair-edge train plate --model patchcore --image-size 32"
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnxruntime(patchcore_run, tmp_path):
+    pytest.importorskip("tensorrt")
+    from export_fixtures import make_frames
+
+    from fair_edge.calibration.frames import preprocess_frames
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.export.tensorrt import current_target
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
+    from fair_edge.runtime.tensorrt import TensorRTBackend
+
+    ckpt = load_checkpoint(patchcore_run[0])
+    for precision, tol in (("fp32", 1e-3), ("fp16", 2e-2), ("int8", 5e-2)):
+        calib = make_frames(8, seed=100) if precision == "int8" else None
+        result = build_bundle(ckpt, tmp_path / precision, BuildOptions(precision, max_batch=4), calib_frames=calib)
+        b = load_bundle(tmp_path / precision, target=current_target())
+        inputs = preprocess_frames(make_frames(3, seed=1, defect=True), b.model)
+        with TensorRTBackend.from_bundle(b) as backend:
+            out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
+        ref = OnnxRuntimeBackend.from_bundle(b).infer(inputs)
+        scale = float(np.abs(ref["anomaly_map"]).max())
+        assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < tol * max(scale, 1.0) for n in ref), precision
