@@ -21,7 +21,10 @@ With the handshake on (default; ``--no-handshake`` for the free-running line alo
 process (``python -m fair_edge.line.handshake.plc_sim``, Modbus TCP) triggers the parts with part ids:
 the camera runs free at 4x the trigger rate and the station inspects the next frame after each
 trigger (reject.handshake). The script first measures the rate this machine sustains (single-frame
-inspection for ``RATE_PROBE_S`` seconds) and triggers at ``--rate-fraction`` of it (or ``--rate``).
+inspection for ``RATE_PROBE_S`` seconds) and triggers at ``--rate-fraction`` of it (or ``--rate``), and of
+no more than the reject gate can pulse one part after another (``GATE_RATE``: one ``PULSE_MS`` pulse and
+``MIN_GAP_MS`` per part): on a quiet machine inspection alone outruns the gate, and the pulses, not the
+handshake, would then be what fails.
 The fault schedule's ``plc_restart`` restarts the reject-pulse PLC, not the handshake PLC.
 
 Reported (JSON and a Markdown table): verdicts lost = captured frames without a row in the verdict
@@ -71,6 +74,8 @@ RATE_PROBE_S = 5.0  # how long the sustained inspection rate is measured before 
 CAMERA_X = 4.0      # with the handshake, the camera runs free at this multiple of the trigger rate
 LATE_MS = 10.0
 DELAY_MS = 600.0
+PULSE_MS, MIN_GAP_MS = 20.0, 10.0
+GATE_RATE = 1000.0 / (PULSE_MS + MIN_GAP_MS)  # parts/s the gate can reject back to back
 BALLAST_MB = 600
 
 
@@ -327,10 +332,12 @@ def soak(args) -> dict:
     threshold = soak_threshold(bundle_root, images)
     free_mb = shutil.disk_usage(out).free / 2**20
     choice = select_backend(load_bundle(bundle_root), "onnxruntime")
-    measured = measure_rate(choice, images, threshold) if args.handshake else None
-    rate = args.rate or (args.rate_fraction * measured if args.handshake else args.fps)
+    inspected = measure_rate(choice, images, threshold) if args.handshake else None
+    measured = min(inspected, GATE_RATE) if inspected is not None else None
+    rate = args.rate or (args.rate_fraction * measured if measured is not None else args.fps)
     if args.handshake:
-        print(f"sustained inspection rate here: {measured:.1f} parts/s; triggering at {rate:.2f} parts/s")
+        print(f"sustained inspection rate here: {inspected:.1f} parts/s, the reject gate's {GATE_RATE:.1f}; "
+              f"triggering at {rate:.2f} parts/s")
     hs_plc = HandshakePlcProcess(out / "handshake_plc.json", rate).start() if args.handshake else None
     plc = PlcProcess(out / "plc_writes.txt").start()
     slow = SlowBackend(choice.backend)
@@ -340,7 +347,7 @@ def soak(args) -> dict:
         camera=CameraSettings(source="soak-line", fps=args.fps, queue_size=4), bundle=bundle_root,
         backend="onnxruntime", threshold=threshold, output=station_dir,
         reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",), delay_ms=DELAY_MS,
-                              pulse_ms=20, min_gap_ms=10, late_ms=LATE_MS,
+                              pulse_ms=PULSE_MS, min_gap_ms=MIN_GAP_MS, late_ms=LATE_MS,
                               handshake=HandshakeSettings(url=hs_plc.url if hs_plc else None)),
         record=RecordSettings(dir=station_dir, min_free_mb=max(0.0, free_mb - BALLAST_MB / 2)))
     samples: dict = {}
@@ -371,7 +378,8 @@ def soak(args) -> dict:
         inj.ballast.unlink(missing_ok=True)
     report = soak_report(args, summary, station_dir, rises, samples, inj.log, t0, free_mb, 1.0 / rate)
     report["malformed_injected"] = inj.source.injected_malformed
-    report["rate"] = {"measured_parts_per_s": measured, "run_parts_per_s": rate}
+    report["rate"] = {"inspection_parts_per_s": inspected, "gate_parts_per_s": GATE_RATE,
+                      "measured_parts_per_s": measured, "run_parts_per_s": rate}
     if hs_plc is not None:
         report["handshake"] = {"plc": hs_plc.report().get("check", {}),
                                "station": summary.rejects.get("handshake", {})}
@@ -461,7 +469,8 @@ def handshake_rows(report: dict) -> list[str]:
     plc, st, rate = hs["plc"], hs["station"], report["rate"]
     res = plc.get("results", {})
     return [
-        f"| rate measured / run, parts/s | {rate['measured_parts_per_s']:.1f} / {rate['run_parts_per_s']:.2f} |",
+        f"| rate: inspection alone / reject gate / run, parts/s | {rate['inspection_parts_per_s']:.1f} / "
+        f"{rate['gate_parts_per_s']:.1f} / {rate['run_parts_per_s']:.2f} |",
         f"| parts triggered / answered / missing / duplicates / in order | {plc.get('triggered')} / "
         f"{plc.get('answered')} / {plc.get('missing')} / {plc.get('duplicates')} / {plc.get('in_order')} |",
         f"| results OK / NG / NG not inspected | {res.get('1')} / {res.get('2')} / {res.get('3')} |",

@@ -46,6 +46,7 @@ def test_soak_smoke_loses_no_verdict_and_leaks_nothing(tmp_path, capsys):
     assert "| verdicts lost (captured, no log row) | 0 |" in out
     assert p["edge_error_ms"]["n"] >= p["on_time"] and abs(p["edge_error_ms"]["p50"]) <= 10   # edges near due
     hs, rate = report["handshake"], report["rate"]
+    assert rate["measured_parts_per_s"] == min(rate["inspection_parts_per_s"], soak.GATE_RATE)   # what the line sustains
     assert rate["run_parts_per_s"] == pytest.approx(0.5 * rate["measured_parts_per_s"])   # measured, then half
     plc, station = hs["plc"], hs["station"]
     assert plc["answered"] > 100 and plc["duplicates"] == 0 and plc["unknown"] == 0 and plc["in_order"]
