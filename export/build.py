@@ -170,7 +170,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
     return {
-        "model": model_manifest(ckpt.model), "precision": options.precision,
+        "model": model_manifest(ckpt.model), "facts": ckpt.model.impl.facts(ckpt.state_dict), "precision": options.precision,
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
                   "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,

@@ -7,6 +7,7 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   cpu: {onnx, threshold} of the INT8 graph for CPU engines, or null};
   threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
+  facts: the family's figures about this model (``ModelFamily.facts``, e.g. PatchCore's memory bank MB);
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
   files: {relative name: {sha256, bytes}} for every other file in the bundle;
@@ -93,6 +94,7 @@ class Bundle:
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
 
@@ -289,6 +291,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),
+            facts=MappingProxyType(dict(data.get("facts") or {})),
             versions=MappingProxyType({k: str(v) for k, v in (data.get("versions") or {}).items()}),
             files=MappingProxyType(files),
         )

@@ -376,7 +376,8 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
 
 def _bundle_info(bundle) -> dict:
     return {"root": str(bundle.root), "model": bundle.model.describe(), "image_size": bundle.image_size,
-            "precision": bundle.precision, "max_batch": bundle.max_batch, "training": dict(bundle.training)}
+            "precision": bundle.precision, "max_batch": bundle.max_batch, "training": dict(bundle.training),
+            "facts": dict(bundle.facts)}
 
 
 def _settings_dict(settings: BenchSettings) -> dict:

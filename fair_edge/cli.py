@@ -24,6 +24,7 @@ from fair_edge.cli_train import run_training, train
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.demo_config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 from fair_edge.errors import ConfigError
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
 from fair_edge.station_doc import station_reference
 
 app = typer.Typer(
@@ -425,6 +426,8 @@ def print_bench(report) -> None:
     out = Console()
     (out if out.is_terminal else Console(width=160)).print(table)  # a piped log keeps whole rows
     console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
+    for key, value in report.bundle.get("facts", {}).items():
+        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
     for batch, seconds in report.compile_seconds.items():
@@ -454,7 +457,7 @@ def bench(
                                  "backend; compile time per batch size is reported, cached on disk for later runs."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
     synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
-                                                  "family (fair, lgfdr) in a temporary folder."),
+                                                  f"family ({', '.join(FAMILIES)}) in a temporary folder."),
     synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
                                                   "implies --synthetic-model fair."),
     image_size: int = typer.Option(256, help="Model input size of the synthetic bundle."),
@@ -485,7 +488,7 @@ def bench(
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=show)
     else:
-        model = make_synthetic_model(synthetic_model or "fair", synthetic_width, image_size)
+        model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
         report = run_synthetic_bench(model, precision, settings, command, on_row=show)
     print_bench(report)
     if json_out is not None:
@@ -494,7 +497,7 @@ def bench(
         console.print(f"[green]results:[/] {json_out}")
 
 
-from fair_edge.cli_build import build  # noqa: E402  (the build command lives in its own module)
+from fair_edge.cli_build import build, describe_fact  # noqa: E402  (the build command lives in its own module)
 
 app.command("build")(build)
 from fair_edge.cli_collect import collect  # noqa: E402

@@ -24,6 +24,7 @@ from fair_edge.cli_common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.models.registry import DEFAULT_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runs import find_latest_checkpoint
@@ -64,6 +65,8 @@ def _summary(result: BuildResult) -> None:
     inputs = ", ".join(f"{s.name} {s.channels}x{s.size}x{s.size}" for s in b.model.inputs)
     table.add_row("model", escape(b.model.describe()), escape(f"inputs {inputs}; filter {b.preprocess.filter}"))
     table.add_row("precision", b.precision, f"max batch {b.max_batch}")
+    for key, value in b.facts.items():
+        table.add_row(key.replace("_", " "), escape(describe_fact(value)), "")
     table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
     if result.delta is not None:
         d = result.delta
@@ -87,6 +90,13 @@ def _summary(result: BuildResult) -> None:
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
 
 
+def describe_fact(value) -> str:
+    """'rows 2560, dim 128, mb 1.3' for a dict of figures; the value itself otherwise."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
 def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
     """(path, detail): whether a GPU station will pre-process with the fused CUDA kernel, and why not."""
     try:
@@ -98,10 +108,20 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
     return "fused CUDA kernel", f"radius {plan.radius}, {plan.rank} separable term(s)"
 
 
+def latest_run(width: Optional[int], model: Optional[str]) -> Path:
+    """The newest checkpoint of ``model`` (default family) with its default settings (FAIR: of ``width``)."""
+    impl = get_family(model or DEFAULT_FAMILY)
+    tag = impl.tag(impl.settings_from_options({"width": width}))
+    hint = f"fair-edge train DATA --width {width}" if width is not None else f"fair-edge train DATA --model {impl.key}"
+    return find_latest_checkpoint(tag, train_hint=hint)
+
+
 @friendly_errors
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),
     width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
+    model: Optional[str] = typer.Option(None, "--model", help="Without CHECKPOINT: the latest training run of this "
+                                        "model family with its default settings (runs/train-{tag}*)."),
     fp16: bool = typer.Option(False, "--fp16", help="UNet in float16, scoring in float32."),
     int8: bool = typer.Option(False, "--int8", help="UNet convs int8 (Q/DQ), calibrated on --calib images."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Normal images for INT8 calibration: a folder, or any "
@@ -132,9 +152,10 @@ def build(
         raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
                           + (f" Did you mean {close[0]!r}?" if close else ""))
     if checkpoint is None:
-        if width is None:
-            raise ConfigError("pass a CHECKPOINT or --width {32,64,128} to use that width's latest training run.")
-        checkpoint = find_latest_checkpoint(width)
+        if width is None and model is None:
+            raise ConfigError("pass a CHECKPOINT, or --width {32,64,128} / --model FAMILY to use the latest training "
+                              "run of that model.")
+        checkpoint = latest_run(width, model)
     ckpt = load_checkpoint(checkpoint)
     ckpt_width = getattr(ckpt.settings, "width", None)  # --width selects FAIR runs; other families have none
     if width is not None and width != ckpt_width:

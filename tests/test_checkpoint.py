@@ -71,8 +71,8 @@ def test_version_and_weight_mismatch(tmp_path):
 
 def test_find_latest_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="fair-edge train DATA --width 32"):
-        find_latest_checkpoint(32, tmp_path)
+        find_latest_checkpoint("w32", tmp_path, "fair-edge train DATA --width 32")
     make(tmp_path / "train-w32", "last.pt")
-    assert find_latest_checkpoint(32, tmp_path).name == "last.pt"
+    assert find_latest_checkpoint("w32", tmp_path).name == "last.pt"
     make(tmp_path / "train-w32-b", "final.pt")
-    assert find_latest_checkpoint(32, tmp_path).parent.name == "train-w32-b"
+    assert find_latest_checkpoint("w32", tmp_path).parent.name == "train-w32-b"

@@ -62,7 +62,7 @@ def test_build_int8_with_calibration_folder(tiny_ckpt_path, folders, tmp_path):
 def test_width_picks_latest_checkpoint_and_must_match(tiny_ckpt_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = invoke("--width", 32, "--fp16")
-    assert r.exit_code == 2 and "no width-32 checkpoint" in r.output
+    assert r.exit_code == 2 and "no w32 checkpoint" in r.output
     r = invoke(tiny_ckpt_path, "--width", 32)
     assert r.exit_code == 2 and "--width 32 does not match" in r.output and "width 8" in r.output
     r = invoke(tiny_ckpt_path, "--width", 46)

@@ -122,3 +122,152 @@ def test_resume_of_a_finished_fit_rewrites_final_from_last(patchcore_run, mvtec_
     final = fitter.run(lambda *a: pytest.fail("a finished fit must not pass over the data again"))
     assert torch.equal(load_checkpoint(final).state_dict["memory.bank_t"],
                        load_checkpoint(out / "last.pt").state_dict["memory.bank_t"])
+
+
+# ----------------------------------------------------------------------------- bundles: the whole detector in one graph
+@pytest.fixture(scope="module")
+def patchcore_bundles(patchcore_run, tmp_path_factory):
+    from export_fixtures import make_frames
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+
+    ckpt = load_checkpoint(patchcore_run[0])
+    root = tmp_path_factory.mktemp("patchcore-bundles")
+    calib, normal = make_frames(12, seed=100), make_frames(12, seed=5)
+    return {p: build_bundle(ckpt, root / p, BuildOptions(p, max_batch=4, engine=False), calib_frames=calib,
+                            normal_frames=normal) for p in ("fp32", "fp16", "int8")}
+
+
+def _initializers(g):
+    import onnx
+
+    inits = {t.name: t for t in g.graph.initializer}
+    inits.update({n.output[0]: n.attribute[0].t for n in g.graph.node if n.op_type == "Constant"})
+    return inits
+
+
+def test_one_graph_holds_backbone_bank_search_upsampling_and_blur(patchcore_bundles):
+    import onnx
+
+    for precision in ("fp32", "fp16"):
+        g = onnx.load(str(patchcore_bundles[precision].bundle.onnx_path))
+        inits = _initializers(g)
+        assert [i.name for i in g.graph.input] == ["colour"] and [o.name for o in g.graph.output] == ["anomaly_map", "score"]
+        banks = [t for t in g.graph.initializer if t.name == "memory.bank_t"]
+        assert len(banks) == 1 and list(banks[0].dims) == [32, 64] and banks[0].data_type == onnx.TensorProto.FLOAT
+        assert sum(t.dims == [32, 64] or list(t.dims) == [64, 32] for t in g.graph.initializer) == 1  # stored once
+        search = [n for n in g.graph.node if n.op_type == "MatMul" and "memory.bank_t" in n.input]
+        assert len(search) == 1 and search[0].name.startswith("/memory/")
+        assert {"TopK", "Resize", "Softmax", "GatherElements"} <= {n.op_type for n in g.graph.node}
+        blur = [n for n in g.graph.node if n.op_type == "Conv" and not n.name.startswith(("/backbone/", "/patches/"))]
+        assert len(blur) == 1 and list(inits[blur[0].input[1]].dims) == [1, 1, 5, 5]  # sigma 1: 2 * ceil(2) + 1
+        assert inits[blur[0].input[1]].data_type == onnx.TensorProto.FLOAT
+        backbone = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")]
+        want = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
+        assert backbone and all(inits[n.input[1]].data_type == want for n in backbone)
+
+
+def test_int8_quantises_the_backbone_only_and_keeps_the_bank_float(patchcore_bundles):
+    import onnx
+
+    g = onnx.load(str(patchcore_bundles["int8"].bundle.onnx_path))
+    readers = {n.name: [c for c in g.graph.node if n.output[0] in c.input] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    quantised = {c.name for cs in readers.values() for c in cs if c.op_type == "Conv"}
+    backbone = {n.name for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")}
+    assert quantised and quantised <= backbone and len(quantised) >= len(backbone) // 2
+    assert not any(c.op_type in ("MatMul", "TopK") for cs in readers.values() for c in cs)
+    bank = next(t for t in g.graph.initializer if t.name == "memory.bank_t")
+    assert bank.data_type == onnx.TensorProto.FLOAT
+
+
+def test_bundles_round_trip_with_parity_facts_and_threshold(patchcore_bundles):
+    import json
+
+    from fair_edge.export.bundle import load_bundle
+
+    for precision, result in patchcore_bundles.items():
+        b = load_bundle(result.bundle.root)
+        assert b == result.bundle and b.model == MODEL and b.threshold is not None and b.threshold.n_normal == 12
+        assert result.parity_max_abs <= 1e-4
+        facts = json.loads((b.root / "bundle.json").read_text())["facts"]["memory_bank"]
+        assert facts == {"rows": 64, "dim": 32, "neighbours": 9, "mb": round((64 * 32 * 4 + 64 * 9 * 8) / 1e6, 3)}
+    assert patchcore_bundles["fp16"].delta.score_spearman > 0.95
+
+
+def test_onnx_runtime_matches_pytorch_on_frames_with_defects(patchcore_bundles):
+    from export_fixtures import make_frames
+
+    from fair_edge.runtime.backends import select_backend
+
+    b = patchcore_bundles["fp32"].bundle
+    frames = make_frames(4, seed=7, defect=True)
+    ort_maps, ort_scores = select_backend(b, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(b, "torch-cpu").infer_frames(frames)
+    assert ort_maps.shape == (4, 32, 32)
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    runner, out = CliRunner(), tmp_path / "run"
+    invoke = lambda *args: runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})  # noqa: E731
+    r = invoke("train", mvtec_dir, "--model", "patchcore", "--image-size", 32, "--batch", 4, "--set", "coreset_ratio=0.5",
+               "--set", "embed_dim=16", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "fitting PatchCore on efficientnet_lite0 on cpu: 16 images, one pass in 4 batches of 4" in r.output
+    assert "fit 4/4" in r.output and "loss" not in r.output  # the progress bar counts batches; nothing is optimised
+    ckpt = load_checkpoint(out / "final.pt")
+    assert ckpt.settings.coreset_ratio == 0.5 and ckpt.state_dict["memory.bank_t"].shape == (16, 128)
+    r = invoke("train", "--resume", "--out", out)
+    assert r.exit_code == 0 and "at step 4 of 4" in r.output, r.output  # a finished fit: final.pt again, no pass
+    assert torch.equal(load_checkpoint(out / "final.pt").state_dict["memory.bank_t"], ckpt.state_dict["memory.bank_t"])
+    r = invoke("train", mvtec_dir, "--model", "patchcore", "--lr", "0.1", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--lr does not apply to PatchCore on efficientnet_lite0's training" in r.output
+    r = invoke("eval", out / "final.pt", mvtec_dir, "--device", "cpu")
+    assert r.exit_code == 0 and "image_auroc" in r.output, r.output
+    for precision in ("--fp16", "--int8"):
+        r = invoke("build", out / "final.pt", precision, "--calib", mvtec_dir / "train" / "good", "--calib-images", 8,
+                   "--normal", mvtec_dir / "test" / "good", "--out", tmp_path / f"bundle{precision}")
+        assert r.exit_code == 0, r.output
+        assert "PatchCore on efficientnet_lite0" in r.output and "memory bank" in r.output and "rows 128, dim 16" in r.output
+    r = invoke("run", "--bundle", tmp_path / "bundle--int8", "--source", mvtec_dir / "test" / "blob", "--fps", 5,
+               "--backend", "onnxruntime", "--out", tmp_path / "station")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "station" / "summary.json").read_text())
+    verdicts = [json.loads(v) for v in (tmp_path / "station" / "verdicts.jsonl").read_text().splitlines()]
+    assert summary["inspected"] == len(verdicts) == 6 and summary["inference_errors"] == 0
+    assert sum(v["ng"] for v in verdicts) >= 5
+    r = invoke("fuse", tmp_path / "bundle--fp16", tmp_path / "bundle--int8", "--normal", mvtec_dir / "test" / "good",
+               "--out", tmp_path / "fused")
+    assert r.exit_code == 0 and "m1: m1: PatchCore on efficientnet_lite0" in r.output, r.output
+    r = invoke("bench", "--synthetic-model", "patchcore", "--image-size", 32, "--frames", "64x48", "--batches", 1,
+               "--seconds", 0.3, "--warmup", 0.1, "--threads", 1, "--mode", "compute", "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "b.json").read_text())["bundle"]
+    assert info["model"] == "PatchCore on efficientnet_lite0"
+    assert info["facts"]["memory_bank"]["rows"] == PatchcoreSettings().bank_max  # a random bank of the largest size
+    assert "memory bank: rows 10000, dim 128" in r.output
+
+
+def test_tune_fits_a_patchcore_candidate(mvtec_dir, tmp_path):
+    from pathlib import Path
+
+    from fair_edge.tune import Candidate, TuneSettings, tune
+
+    pre = PreprocessConfig(image_size=32)
+    rows = tune(load_dataset(mvtec_dir), [Candidate("patchcore", pre, 8, None, family="patchcore")], tmp_path,
+                TuneSettings(budget_s=600, batch=4), data_name="plate")
+    assert rows[0].status == "done" and rows[0].proxy_auroc > 0.5
+    ckpt = load_checkpoint(Path(rows[0].checkpoint))
+    assert ckpt.family == "patchcore" and ckpt.data_summary["bank_rows"] > 0
+    import json
+
+    chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
+    assert chosen["family"] == "patchcore" and chosen["train_command"] == "fair-edge train plate --model patchcore --image-size 32"

@@ -30,7 +30,9 @@ class ModelFamily(ABC):
     """One detector family. Subclasses set the class attributes and implement the methods."""
 
     key: ClassVar[str]
+    title: ClassVar[str]  # the family's name in prose and help texts, e.g. "LGFDR"
     summary: ClassVar[str]
+    cli_help: ClassVar[str]  # a few words after the key in `--model` help texts
     version: ClassVar[int] = 1  # of the settings/weights layout this code writes and reads
     network_scope: ClassVar[tuple[str, ...]]
     int8_scope: ClassVar[tuple[str, ...]]
@@ -71,11 +73,10 @@ class ModelFamily(ABC):
     def training(self) -> ModuleType:
         """The family's training module (``training_module``), imported on first use.
 
-        It defines ``default_train_config() -> fair_edge.train.TrainConfig`` and ``make_trainer(split, model, cfg,
-        out_dir, device, *, textures, backbone_weights, backbone_sha256)`` returning an object with
-        ``run(on_step) -> final.pt``, ``resume()``, ``step``, ``total_steps``, ``batch``, ``images``, ``use_amp``
-        (ConfigError for an option the family has no use for). Named, not imported here, so that reading a
-        checkpoint (which needs the registry) never loads the training stack, and no import cycle forms.
+        It keeps the contract of ``fair_edge.models.training_contract``: ``default_train_config()`` (the family's
+        own training settings) and ``make_trainer(split, model, cfg, out_dir, device, **extras)`` returning a
+        ``FamilyTrainer``. Named, not imported here, so that reading a checkpoint (which needs the registry)
+        never loads the training stack, and no import cycle forms.
         """
         return importlib.import_module(self.training_module)
 
@@ -90,6 +91,11 @@ class ModelFamily(ABC):
     def load_weights(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a checkpoint's ``state_dict`` into ``module`` (RuntimeError on a mismatch)."""
         module.load_state_dict(state_dict)
+
+    def facts(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Figures about one trained model that bundle.json and ``fair-edge bench`` report (PatchCore: its
+        memory bank's rows and MB); JSON primitives. Default: none."""
+        return {}
 
     def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """The state dict a checkpoint stores for ``module`` (inverse of ``load_weights``)."""

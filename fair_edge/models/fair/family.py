@@ -50,7 +50,9 @@ class FairInputs(nn.Module):
 
 class FairFamily(ModelFamily):
     key = "fair"
+    title = "FAIR"
     summary = "FAIR: a UNet restores the colour image from its high-pass; MSGMS + CIELAB colour difference"
+    cli_help = "UNet restoration"
     training_module = "fair_edge.models.fair.training"
     network_scope = (UNET_SCOPE,)
     int8_scope = network_scope

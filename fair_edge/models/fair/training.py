@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from fair_edge.data import DatasetSplit
-from fair_edge.errors import ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.train import TrainConfig, Trainer
 
@@ -20,11 +19,9 @@ def default_train_config() -> TrainConfig:
 
 
 def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device, *,
-                 textures: np.ndarray | None = None, backbone_weights: str | None = None,
-                 backbone_sha256: str | None = None, parallel=None) -> Trainer:
+                 textures: np.ndarray | None = None, parallel=None) -> Trainer:
     """FAIR's Trainer for ``model`` (its width and scoring win over ``cfg.width``).
-    parallel: this rank's ``train_ddp.DataParallel`` under torchrun, else None."""
-    if backbone_weights is not None or backbone_sha256 is not None:
-        raise ConfigError("--backbone-weights and --backbone-sha256 are for LGFDR (--model lgfdr); FAIR has no backbone.")
+    parallel: this rank's ``train_ddp.DataParallel`` under torchrun, else None. FAIR has no backbone, so it
+    takes no backbone extras (``training_contract.check_extras`` refuses them)."""
     return Trainer(split, model.preprocess, replace(cfg, width=model.settings.width), out_dir, device,
                    model.settings.scoring, textures, parallel=parallel)

@@ -32,7 +32,9 @@ class ColourInput(nn.Module):
 
 class LgfdrFamily(ModelFamily):
     key = "lgfdr"
+    title = "LGFDR"
     summary = "LGFDR: local + global towers reconstruct frozen ImageNet features; 1 - cosine per scale"
+    cli_help = "feature reconstruction on a frozen ImageNet backbone, docs/lgfdr.md"
     training_module = "fair_edge.models.lgfdr.train"
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE

@@ -57,6 +57,8 @@ class LgfdrTrainer:
     weights / weights_sha256: the backbone's initialisation (``weights.load_backbone_weights``).
     """
 
+    fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
+
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device

@@ -24,7 +24,9 @@ INT8_SCOPE = NETWORK_SCOPE
 
 class PatchcoreFamily(ModelFamily):
     key = "patchcore"
+    title = "PatchCore"
     summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
+    cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
@@ -60,6 +62,14 @@ class PatchcoreFamily(ModelFamily):
         if preprocess.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 for PatchCore (backbone stride 16); "
                               f"found {preprocess.image_size}.")
+
+    def facts(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The memory bank: rows, feature dim and its float32 size in MB (the graph's largest initializer)."""
+        bank = state_dict["memory.bank_t"]
+        table = state_dict["memory.neighbours"]
+        mb = (bank.numel() * 4 + table.numel() * 8) / 1e6
+        return {"memory_bank": {"rows": int(bank.shape[1]), "dim": int(bank.shape[0]), "neighbours": int(table.shape[1]),
+                                "mb": round(mb, 3)}}
 
     def load_weights(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Install the checkpoint's bank (its size is the fit's) and load the rest."""

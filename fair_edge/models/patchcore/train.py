@@ -53,6 +53,8 @@ def bank_size(patches: int, settings) -> int:
 class PatchcoreFitter:
     """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt."""
 
+    fits_once = True  # one pass over the data, no optimisation steps (models.training_contract.FamilyTrainer)
+
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
@@ -129,8 +131,6 @@ def default_train_config() -> FitConfig:
 
 
 def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device, *,
-                 textures=None, backbone_weights: str | None = None, backbone_sha256: str | None = None) -> PatchcoreFitter:
-    """PatchCore's fitter; ConfigError for FAIR-only options."""
-    if textures is not None:
-        raise ConfigError("--textures feeds FAIR's anomaly synthesis; PatchCore keeps normal features only. Leave it out.")
+                 backbone_weights: str | None = None, backbone_sha256: str | None = None) -> PatchcoreFitter:
+    """PatchCore's fitter (its extras: the backbone's weight file and SHA-256, as LGFDR takes them)."""
     return PatchcoreFitter(split, model, cfg, out_dir, device, backbone_weights, backbone_sha256)

@@ -1,0 +1,223 @@
+"""The family-neutral training contract: a third family defined here (its module + one registry entry,
+nothing else) trains, builds and runs through the commands; FAIR and LGFDR train the same weights
+through the contract as through their trainers built by hand with the settings of before."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.data import DatasetSplit, load_dataset, load_images
+from fair_edge.errors import ConfigError
+from fair_edge.models.family import ModelFamily
+from fair_edge.models.lgfdr.family import ColourInput
+from fair_edge.models.registry import FAMILIES, ModelSpec
+from fair_edge.models.tensors import COLOUR, TensorSpec
+from fair_edge.models.training_contract import config_from_options, settings_overrides
+from fair_edge.preprocess import PreprocessConfig
+
+
+# ----------------------------------------------------------------------------- the third family
+@dataclass(frozen=True)
+class MeanColourSettings:
+    """window: side of the box filter over the per-pixel colour distance, pixels."""
+
+    window: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MeanColourSettings":
+        return cls(int(data["window"]))
+
+
+class MeanColourDetector(nn.Module):
+    """anomaly_map = box-filtered |colour - mean normal colour| summed over RGB; score = its max."""
+
+    def __init__(self, settings: MeanColourSettings, size: int) -> None:
+        super().__init__()
+        self.window = settings.window
+        self.register_buffer("mean", torch.zeros(1, 3, size, size))
+
+    def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = F.avg_pool2d((colour - self.mean).abs().sum(1, keepdim=True), self.window, 1, self.window // 2,
+                            count_include_pad=False)
+        return amap, amap.flatten(1).amax(1)
+
+
+class MeanColourFamily(ModelFamily):
+    key = "meancolour"
+    title = "MeanColour"
+    summary = "distance to the mean normal image (a test family)"
+    cli_help = "test family"
+    training_module = __name__
+    network_scope = ("/",)
+    int8_scope = ("/nothing/",)
+
+    def default_settings(self) -> MeanColourSettings:
+        return MeanColourSettings()
+
+    def settings_from_dict(self, data: Mapping[str, Any]) -> MeanColourSettings:
+        return MeanColourSettings.from_dict(data)
+
+    def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(COLOUR, 3, preprocess.image_size, "resized RGB frame in [0, 1]"),)
+
+    def input_maker(self, preprocess: PreprocessConfig) -> nn.Module:
+        return ColourInput()
+
+    def build(self, settings: MeanColourSettings, preprocess: PreprocessConfig) -> nn.Module:
+        return MeanColourDetector(settings, preprocess.image_size)
+
+    def half(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def describe(self, settings: MeanColourSettings) -> str:
+        return f"MeanColour window {settings.window}"
+
+    def tag(self, settings: MeanColourSettings) -> str:
+        return f"meancolour-{settings.window}"
+
+
+@dataclass(frozen=True)
+class MeanFit:
+    batch: int = 4
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MeanFit":
+        return cls(**data)
+
+
+class MeanFitter:
+    fits_once = True
+    use_amp = False
+
+    def __init__(self, split: DatasetSplit, model: ModelSpec, cfg: MeanFit, out_dir: Path, device) -> None:
+        self.model, self.cfg, self.out = model, cfg, Path(out_dir)
+        self.images = torch.from_numpy(load_images(split.train, model.preprocess.image_size)[0])
+        self.batch, self.step, self.run_info = cfg.batch, 0, {}
+        self.total_steps = -(-len(self.images) // cfg.batch)
+
+    def resume(self) -> None:
+        self.step = load_checkpoint(self.out / "last.pt").train_state["step"]
+
+    def run(self, on_step=None) -> Path:
+        for self.step in range(1, self.total_steps + 1):
+            if on_step:
+                on_step(self.step, self.total_steps, float("nan"), 1.0)
+        module = self.model.build()
+        module.mean.copy_(self.images.mean(0, keepdim=True))
+        state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info}
+        save_checkpoint(self.out / "last.pt", Checkpoint(self.model, module.state_dict(), {}, state))
+        return save_checkpoint(self.out / "final.pt", Checkpoint(self.model, module.state_dict(), {"fit": "mean"}))
+
+
+def default_train_config() -> MeanFit:
+    return MeanFit()
+
+
+def make_trainer(split, model, cfg, out_dir, device) -> MeanFitter:
+    return MeanFitter(split, model, cfg, out_dir, device)
+
+
+@pytest.fixture()
+def third_family(monkeypatch):
+    monkeypatch.setitem(FAMILIES, MeanColourFamily.key, MeanColourFamily())  # the one registry line
+
+
+def _invoke(*args):
+    return CliRunner().invoke(__import__("fair_edge.cli", fromlist=["app"]).app, [str(a) for a in args],
+                              env={"COLUMNS": "200"})
+
+
+def test_a_third_family_trains_builds_and_runs_through_the_commands(third_family, mvtec_dir, tmp_path):
+    r = _invoke("train", mvtec_dir, "--model", "meancolour", "--image-size", 32, "--batch", 8, "--set", "window=5",
+                "--out", tmp_path / "run", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "fitting MeanColour window 5 on cpu: 16 images, one pass in 2 batches of 8" in r.output
+    ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert ckpt.family == "meancolour" and ckpt.settings.window == 5
+    r = _invoke("train", "--resume", "--out", tmp_path / "run", "--set", "window=3")
+    assert r.exit_code == 2 and "--set window=3 (saved: 5)" in r.output, r.output
+    r = _invoke("train", mvtec_dir, "--model", "meancolour", "--image-size", 32, "--steps", 5, "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--steps does not apply to MeanColour window 3's training" in r.output, r.output
+    r = _invoke("build", tmp_path / "run" / "final.pt", "--normal", mvtec_dir / "test" / "good", "--out", tmp_path / "b")
+    assert r.exit_code == 0 and "MeanColour window 5" in r.output, r.output
+    r = _invoke("run", "--bundle", tmp_path / "b", "--source", mvtec_dir / "test" / "blob", "--fps", 5,
+                "--backend", "onnxruntime", "--out", tmp_path / "station")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "station" / "summary.json").read_text())
+    verdicts = [json.loads(v) for v in (tmp_path / "station" / "verdicts.jsonl").read_text().splitlines()]
+    assert summary["inspected"] == len(verdicts) == 6 and summary["inference_errors"] == 0
+    assert sum(v["ng"] for v in verdicts) >= 5  # red blobs on a gray plate, far from the mean image
+
+
+def test_a_third_family_is_a_tune_candidate(third_family):
+    from fair_edge.tune import Candidate, default_candidates
+
+    names = [c.name for c in default_candidates(Candidate("base", PreprocessConfig(image_size=64), 32, 10), 64)]
+    assert names[:4] == ["base", "lgfdr", "patchcore", "meancolour"]
+    assert Candidate("x", PreprocessConfig(image_size=64), 32, 10, family="meancolour").train_command("D") == \
+        "fair-edge train D --model meancolour --image-size 64"
+
+
+def test_options_and_settings_refusals():
+    from fair_edge.train import TrainConfig
+
+    assert config_from_options(TrainConfig(), {"lr": 1e-3, "steps": None, "nope": 1}).lr == 1e-3
+    with pytest.raises(ConfigError, match="--lr does not apply to X's training, whose settings are batch, seed"):
+        config_from_options(MeanFit(), {"lr": 1e-3}, given=("lr",), family="X")
+    impl = FAMILIES["patchcore"]
+    assert settings_overrides(impl, ["reweight=no", "coreset_ratio=0.05", "bank_max=300"]) == \
+        {"reweight": False, "coreset_ratio": 0.05, "bank_max": 300}
+    with pytest.raises(ConfigError, match="Did you mean 'neighbours'"):
+        settings_overrides(impl, ["neighbors=3"])
+    with pytest.raises(ConfigError, match="expected a int"):
+        settings_overrides(impl, ["bank_max=lots"])
+    with pytest.raises(ConfigError, match="takes KEY=VALUE"):
+        settings_overrides(impl, ["reweight"])
+
+
+# ----------------------------------------------------------------------------- FAIR and LGFDR unchanged
+@pytest.mark.parametrize("family", ["fair", "lgfdr"])
+def test_the_command_trains_the_same_weights_as_the_trainer_with_the_old_settings(family, mvtec_dir, tmp_path):
+    """Same seed -> same weights, and the command's settings are those it built before the contract."""
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.fair.synthesis import SynthesisConfig
+    from fair_edge.models.lgfdr.model import LgfdrSettings
+    from fair_edge.train import TrainConfig
+
+    pre = PreprocessConfig(image_size=32)
+    old = {"fair": (TrainConfig(), FairSettings(width=32), ["--width", 32]),
+           "lgfdr": (TrainConfig(lr=1e-3, epochs=100), LgfdrSettings(), [])}
+    base, settings, flags = old[family]
+    cfg = TrainConfig(**{**asdict(base), "batch": 4, "steps": 2, "save_every": 500, "seed": 3, "amp": True,
+                         "synthesis": SynthesisConfig(texture_source="self")})
+    model = ModelSpec(family, pre, settings)
+    by_hand = model.impl.training().make_trainer(load_dataset(mvtec_dir), model, cfg, tmp_path / "hand",
+                                                 torch.device("cpu")).run()
+    weights = []
+    for run in ("a", "b"):
+        r = _invoke("train", mvtec_dir, "--model", family, *flags, "--image-size", 32, "--steps", 2, "--batch", 4,
+                    "--seed", 3, "--out", tmp_path / run, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        weights.append(load_checkpoint(tmp_path / run / "final.pt").state_dict)
+    ref = load_checkpoint(by_hand).state_dict
+    for state in weights:
+        assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
+    saved = load_checkpoint(tmp_path / "a" / "last.pt").train_state["config"]
+    assert saved == load_checkpoint(tmp_path / "hand" / "last.pt").train_state["config"] and saved["seed"] == 3
