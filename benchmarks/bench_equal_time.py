@@ -35,7 +35,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec, get_family
+from fair_edge.models.training_contract import config_from_options
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tune import split_normals
 
@@ -100,10 +101,8 @@ def tuned_row(tune_json: Path) -> Row:
 def make_trainer(row: Row, split: DatasetSplit, steps: int | None, out: Path):
     """The family's trainer with its default config, where the config has them: batch 8, the row's lr,
     ``steps``, seed 0, no periodic checkpoints (PatchCore's FitConfig takes only batch and seed)."""
-    base = row.model.impl.training().default_train_config()
-    wanted = dict(batch=8, lr=row.lr, steps=steps, seed=SEED, save_every=10**9, log_every=10)
-    names = {f.name for f in fields(base)}
-    cfg = replace(base, **{k: v for k, v in wanted.items() if k in names})
+    cfg = config_from_options(row.model.impl.training().default_train_config(),
+                              dict(batch=8, lr=row.lr, steps=steps, seed=SEED, save_every=10**9, log_every=10))
     return row.model.impl.training().make_trainer(split, row.model, cfg, out, torch.device("cpu"))
 
 
