@@ -12,7 +12,11 @@ recorded as ``timeout`` and the run goes on; no step starts without its cap left
                     best batch from step 3; one compile per shape), compile seconds reported
   5 train_speed     training images/s per width, device-side vs CPU-side data (bench_train.py)
   6 elpv            a short ELPV mono training (c = 32, 256 px) and its evaluation (image AUROC)
-  7 families        every other model family in the registry: a short train + eval each
+  7 families        every other model family in the registry: a short train + eval each (PatchCore: its
+                    one-pass fit; flags a family's training has no use for, e.g. --lr, are left out)
+  8 family_engines  each of those runs built as an FP16 bundle with its TensorRT engine and timed by
+                    ``fair-edge bench --backend tensorrt`` (PatchCore: backbone + bank search + blur in the
+                    one engine; the bundle's memory-bank rows and MB reported)
 
 Output (``--out``): ``gpu_evidence.json`` (environment, command, per step: cap, seconds, status,
 parsed results), ``gpu_evidence.md`` (rows for BENCHMARKS.md) and ``logs/STEP.log`` per step.
@@ -183,11 +187,17 @@ def collect_train_speed(ctx: Context) -> tuple[dict, list[str]]:
                   for r in data["results"]]
 
 
-def _train_eval(ctx: Context, name: str, model: list[str]) -> list[list[str]]:
+def _train_eval(ctx: Context, name: str, model: list[str], family: str = "fair") -> list[list[str]]:
+    """Train (with the flags ``family``'s training settings have) and evaluate one run."""
+    from fair_edge.models.registry import get_family
+    from fair_edge.models.training_contract import config_fields
+
+    fields = config_fields(get_family(family).training().default_train_config())
     run = ctx.out / name
-    size = ctx.size(["--image-size", "256", "--steps", "1500", "--device", "cuda"],
-                    ["--image-size", "32", "--cutoff", "4", "--steps", "2", "--device", "cpu"])
-    return [[*CLI, "train", ctx.data, *model, "--batch", "8", "--lr", "1e-3", *size, "--out", str(run)],
+    size = ctx.size(["--image-size", "256", "--device", "cuda"], ["--image-size", "32", "--cutoff", "4", "--device", "cpu"])
+    steps = ["--steps", ctx.size("1500", "2")] if "steps" in fields else []
+    lr = ["--lr", "1e-3"] if "lr" in fields else []
+    return [[*CLI, "train", ctx.data, *model, "--batch", "8", *lr, *steps, *size, "--out", str(run)],
             [*CLI, "eval", str(run / "final.pt"), ctx.data, "--device", ctx.size("cuda", "cpu"),
              "--out", str(run / "eval")]]
 
@@ -204,13 +214,14 @@ def _metrics_row(ctx: Context, name: str, title: str) -> tuple[dict, list[str]]:
 
 def other_families() -> list[str]:
     """Model families in the registry other than FAIR (the steps above cover FAIR)."""
-    from fair_edge.models.registry import FAMILIES
+    from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
 
-    return [key for key in FAMILIES if key != "fair"]
+    return [key for key in FAMILIES if key != DEFAULT_FAMILY]
 
 
 def families(ctx: Context) -> list[list[str]]:
-    return [cmd for family in other_families() for cmd in _train_eval(ctx, f"family-{family}", ["--model", family])]
+    return [cmd for family in other_families()
+            for cmd in _train_eval(ctx, f"family-{family}", ["--model", family], family)]
 
 
 def collect_families(ctx: Context) -> tuple[dict, list[str]]:
@@ -221,6 +232,35 @@ def collect_families(ctx: Context) -> tuple[dict, list[str]]:
     return results, rows or ["| other model families | none registered besides FAIR |"]
 
 
+def family_engines(ctx: Context) -> list[list[str]]:
+    """FP16 bundle with its engine of each family run of step 7, then `fair-edge bench` on TensorRT."""
+    engine = ctx.size([], ["--no-engine"])
+    timing = ctx.size(["--backend", "tensorrt", "--frames", "1920x1080", "--batches", "1,8", "--seconds", "2",
+                       "--warmup", "1"],
+                      ["--backend", "onnxruntime", "--frames", "64x48", "--batches", "1", "--seconds", "0.3",
+                       "--warmup", "0.1", "--threads", "1"])
+    cmds = []
+    for family in other_families():
+        bundle = ctx.out / f"engine-{family}"
+        cmds += [[*CLI, "build", str(ctx.out / f"family-{family}" / "final.pt"), "--fp16", *engine, "--out", str(bundle)],
+                 [*CLI, "bench", str(bundle), *timing, "--mode", "compute", "--baseline", "none",
+                  "--json", str(ctx.out / f"engine-{family}.json")]]
+    return cmds
+
+
+def collect_family_engines(ctx: Context) -> tuple[dict, list[str]]:
+    results, rows = {}, []
+    for family in other_families():
+        report = results[family] = json.loads((ctx.out / f"engine-{family}.json").read_text())
+        manifest = json.loads((ctx.out / f"engine-{family}" / "bundle.json").read_text())
+        facts = "; ".join(f"{k} {v}" for k, v in report["bundle"].get("facts", {}).items())
+        built = "engine built" if manifest.get("engine") else "no engine"
+        for r in report["results"]:
+            rows.append(f"| family {family} fp16 ({built}) {r['backend']} batch {r['batch']} | {r['fps']:.1f} frames/s, "
+                        f"p50 {r['p50_ms']:.2f} ms{'; ' + facts if facts else ''} |")
+    return results, rows
+
+
 STEPS = (
     Step("gpu_tests", 75, 60, gpu_tests, collect_gpu_tests),
     Step("preprocess", 35, 30, preprocess, collect_preprocess),
@@ -228,7 +268,8 @@ STEPS = (
     Step("station_compile", 70, 120, station_compile, lambda ctx: _bench_rows(ctx, "compile", "torch.compile")),
     Step("train_speed", 50, 60, train_speed, collect_train_speed),
     Step("elpv", 100, 90, elpv, lambda ctx: _metrics_row(ctx, "elpv-w32", "short training c=32, 1500 steps")),
-    Step("families", 35, 90, families, collect_families),
+    Step("families", 45, 120, families, collect_families),
+    Step("family_engines", 50, 150, family_engines, collect_family_engines),
 )
 
 

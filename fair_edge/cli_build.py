@@ -118,7 +118,7 @@ def latest_run(width: Optional[int], model: Optional[str]) -> Path:
 
 @friendly_errors
 def build(
-    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),
     width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
     model: Optional[str] = typer.Option(None, "--model", help="Without CHECKPOINT: the latest training run of this "
                                         "model family with its default settings (runs/train-{tag}*)."),

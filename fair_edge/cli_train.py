@@ -143,7 +143,7 @@ def train(
                                                   "(default: a published torchvision file)."),
     feature_noise: Optional[float] = typer.Option(None, help="LGFDR: Gaussian feature noise in training, in channel "
                                                   "standard deviations (default 0.5)."),
-    set_: list[str] = typer.Option([], "--set", help="A setting of the model family, KEY=VALUE (repeatable), e.g. "
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A setting of the model family, KEY=VALUE (repeatable), e.g. "
                                    "--set coreset_ratio=0.05 for patchcore; the keys are the family's settings "
                                    "(docs/<family>.md)."),
     filter: str = typer.Option(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + "."),

@@ -198,6 +198,9 @@ def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
             continue
         if param.param_type_name == "argument":
             args.append(str(value))
+        elif getattr(param, "multiple", False):  # a repeatable option (--set KEY=VALUE): once per value
+            for item in value:
+                args += [param.opts[0], str(item)]
         elif getattr(param, "is_flag", False):
             if value or param.secondary_opts:  # a single flag (--resume) left off is written as nothing
                 args.append(param.opts[0] if value else param.secondary_opts[0])

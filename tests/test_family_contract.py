@@ -221,3 +221,18 @@ def test_the_command_trains_the_same_weights_as_the_trainer_with_the_old_setting
         assert state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
     saved = load_checkpoint(tmp_path / "a" / "last.pt").train_state["config"]
     assert saved == load_checkpoint(tmp_path / "hand" / "last.pt").train_state["config"] and saved["seed"] == 3
+
+
+def test_nproc_relaunch_writes_repeated_set_options_back():
+    import typer
+
+    from fair_edge.cli import app
+    from fair_edge.train_ddp import command_args
+
+    train = typer.main.get_command(app).commands["train"]
+    ctx = train.make_context("train", ["DATA", "--model", "patchcore", "--set", "a=1", "--set", "b=2", "--nproc", "2"])
+    args = command_args(ctx, skip=("nproc",))
+    i = args.index("--set")
+    assert args[i:i + 4] == ["--set", "a=1", "--set", "b=2"] and args.count("--set") == 2
+    ctx = train.make_context("train", ["DATA"])
+    assert "--set" not in command_args(ctx)  # no --set given: nothing written (the relaunch used to pass '[]')

@@ -22,16 +22,19 @@ def test_dry_run_completes_every_step(mvtec_dir, tmp_path):
     report = json.loads((out / "gpu_evidence.json").read_text())
     status = {s["name"]: s["status"] for s in report["steps"]}
     assert proc.returncode == 0, f"{status}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families"]
+    assert list(status) == ["gpu_tests", "preprocess", "station", "station_compile", "train_speed", "elpv", "families",
+                            "family_engines"]
     results = {s["name"]: s["result"] for s in report["steps"]}
     assert results["gpu_tests"]["passed"] == 0 and results["gpu_tests"]["skipped"] > 0  # no GPU here: skipped, not passed
     assert results["station"]["32"]["results"] and results["station_compile"]["32"]["compile_seconds"]["1"] > 0
     assert 0.0 <= results["elpv"]["image_auroc"] <= 1.0
-    assert all(0.0 <= r["image_auroc"] <= 1.0 for r in results["families"].values())
+    assert set(results["families"]) == {"lgfdr", "patchcore"} == set(results["family_engines"])
+    assert results["families"]["patchcore"]["image_auroc"] > 0.9  # red blobs on a gray plate, one-pass fit
+    assert results["family_engines"]["patchcore"]["bundle"]["facts"]["memory_bank"]["rows"] > 0
     markdown = (out / "gpu_evidence.md").read_text()
     assert "| station loop c=32 backend torch-cpu" in markdown and "image AUROC" in markdown
     assert report["dry_run"] and report["total_s"] < report["budget_s"]
-    assert "family lgfdr" in markdown or "none registered besides FAIR" in markdown
+    assert "family lgfdr" in markdown and "family patchcore fp16 (no engine) onnxruntime batch 1" in markdown
 
 
 @pytest.mark.skipif(gpu_available(), reason="with a GPU this would start the 9-minute run")

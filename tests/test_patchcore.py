@@ -79,6 +79,9 @@ def test_settings_validate_and_bank_size_follows_ratio_and_cap():
         PatchcoreSettings(coreset_ratio=0)
     with pytest.raises(ConfigError, match="embed_dim must be even"):
         PatchcoreSettings(embed_dim=33)
+    with pytest.raises(ConfigError, match="protobuf's 2 GB limit"):
+        PatchcoreSettings(bank_max=200_000, embed_dim=2048)
+    assert PatchcoreSettings().bank_bytes == 10_000 * (128 * 4 + 9 * 8)  # 5.84 MB
     assert bank_size(1000, PatchcoreSettings(coreset_ratio=0.1)) == 100
     assert bank_size(10**6, PatchcoreSettings()) == PatchcoreSettings().bank_max
     assert bank_size(3, PatchcoreSettings(coreset_ratio=0.01)) == 1
@@ -139,8 +142,6 @@ def patchcore_bundles(patchcore_run, tmp_path_factory):
 
 
 def _initializers(g):
-    import onnx
-
     inits = {t.name: t for t in g.graph.initializer}
     inits.update({n.output[0]: n.attribute[0].t for n in g.graph.node if n.op_type == "Constant"})
     return inits
@@ -167,14 +168,15 @@ def test_one_graph_holds_backbone_bank_search_upsampling_and_blur(patchcore_bund
         assert backbone and all(inits[n.input[1]].data_type == want for n in backbone)
 
 
-def test_int8_quantises_the_backbone_only_and_keeps_the_bank_float(patchcore_bundles):
+def test_int8_quantises_the_backbone_after_the_fine_tap_only_and_keeps_the_bank_float(patchcore_bundles):
     import onnx
 
     g = onnx.load(str(patchcore_bundles["int8"].bundle.onnx_path))
     readers = {n.name: [c for c in g.graph.node if n.output[0] in c.input] for n in g.graph.node if n.op_type == "DequantizeLinear"}
     quantised = {c.name for cs in readers.values() for c in cs if c.op_type == "Conv"}
-    backbone = {n.name for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")}
-    assert quantised and quantised <= backbone and len(quantised) >= len(backbone) // 2
+    late = {n.name for n in g.graph.node if n.op_type == "Conv"
+            and n.name.startswith(tuple(f"/backbone/_blocks.{i}/" for i in range(5, 11)))}
+    assert late and quantised == late  # blocks 5-10 make the stride-16 tap; blocks 0-4 and the stem stay float
     assert not any(c.op_type in ("MatMul", "TopK") for cs in readers.values() for c in cs)
     bank = next(t for t in g.graph.initializer if t.name == "memory.bank_t")
     assert bank.data_type == onnx.TensorProto.FLOAT
@@ -271,3 +273,28 @@ def test_tune_fits_a_patchcore_candidate(mvtec_dir, tmp_path):
 
     chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
     assert chosen["family"] == "patchcore" and chosen["train_command"] == "fair-edge train plate --model patchcore --image-size 32"
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnxruntime(patchcore_run, tmp_path):
+    pytest.importorskip("tensorrt")
+    from export_fixtures import make_frames
+
+    from fair_edge.calibration.frames import preprocess_frames
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.export.tensorrt import current_target
+    from fair_edge.runtime.ort import OnnxRuntimeBackend
+    from fair_edge.runtime.tensorrt import TensorRTBackend
+
+    ckpt = load_checkpoint(patchcore_run[0])
+    for precision, tol in (("fp32", 1e-3), ("fp16", 2e-2), ("int8", 5e-2)):
+        calib = make_frames(8, seed=100) if precision == "int8" else None
+        result = build_bundle(ckpt, tmp_path / precision, BuildOptions(precision, max_batch=4), calib_frames=calib)
+        b = load_bundle(tmp_path / precision, target=current_target())
+        inputs = preprocess_frames(make_frames(3, seed=1, defect=True), b.model)
+        with TensorRTBackend.from_bundle(b) as backend:
+            out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
+        ref = OnnxRuntimeBackend.from_bundle(b).infer(inputs)
+        scale = float(np.abs(ref["anomaly_map"]).max())
+        assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < tol * max(scale, 1.0) for n in ref), precision

@@ -48,6 +48,21 @@ class FamilyTrainer(Protocol):
         """Continue from out_dir/last.pt (CheckpointError when it does not fit)."""
 
 
+def resumable_checkpoint(out_dir: Path, model):
+    """``out_dir/last.pt`` if it holds training state for ``model`` (a ModelSpec); CheckpointError otherwise."""
+    from fair_edge.checkpoint import load_checkpoint
+    from fair_edge.errors import CheckpointError
+
+    path = Path(out_dir) / "last.pt"
+    ckpt = load_checkpoint(path)
+    if ckpt.train_state is None:
+        raise CheckpointError(f"{path} holds no training state to resume from.")
+    if ckpt.model != model:
+        raise CheckpointError(f"cannot resume: {path} is {ckpt.model.describe()} with {ckpt.preprocess}; "
+                              f"this run asks for {model.describe()} with {model.preprocess}.")
+    return ckpt
+
+
 def config_fields(cfg: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cfg))
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.data import DatasetSplit, load_images
-from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
+from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.lgfdr.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
+from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.train import LossLog, TrainConfig, TrainingInterrupted, epoch_order, steps_per_epoch
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
@@ -96,12 +97,7 @@ class LgfdrTrainer:
 
     def resume(self) -> None:
         """Load ``out_dir/last.pt`` and check it was made with the same model settings."""
-        ckpt = load_checkpoint(self.out_dir / "last.pt")
-        if ckpt.train_state is None:
-            raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
-        if ckpt.model != self.model:
-            raise CheckpointError(f"cannot resume: {self.out_dir / 'last.pt'} is {ckpt.model.describe()} with {ckpt.preprocess}; "
-                                  f"this run asks for {self.model.describe()} with {self.model.preprocess}.")
+        ckpt = resumable_checkpoint(self.out_dir, self.model)
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         state = ckpt.train_state
         self.step = int(state["step"])

@@ -35,7 +35,10 @@ from fair_edge.models.lgfdr.model import gaussian_kernel
 
 TAPS = (1, 2)  # of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues, as the paper
 LOCAL_WINDOW = 3  # patch neighbourhood p of the local aggregation (the paper's p = 3)
-BANK_LIMIT = 200_000  # rows; keeps the ONNX initializer far below protobuf's 2 GB at any embed_dim we allow
+BANK_LIMIT = 200_000  # rows
+# the bank (float32) and its neighbour table (int64) are initializers of the one ONNX file, which protobuf caps at
+# 2 GB; with the backbone (Wide-ResNet-50-2 to layer3: 0.28 GB) and an FP16 copy never beside it, 1 GB leaves room
+BANK_BYTES_LIMIT = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,15 @@ class PatchcoreSettings:
             raise ConfigError(f"neighbours must be in 1..64; found {self.neighbours}.")
         if not 0.0 <= self.smooth_sigma <= 32.0:
             raise ConfigError(f"smooth_sigma must be in [0, 32] pixels; found {self.smooth_sigma}.")
+        if self.bank_bytes > BANK_BYTES_LIMIT:
+            raise ConfigError(f"a bank of bank_max={self.bank_max} rows x embed_dim={self.embed_dim} takes "
+                              f"{self.bank_bytes / 1e9:.2f} GB; at most {BANK_BYTES_LIMIT / 1e9:.0f} GB fits in one ONNX "
+                              "file (protobuf's 2 GB limit). Lower bank_max or embed_dim.")
+
+    @property
+    def bank_bytes(self) -> int:
+        """Bytes of the largest bank these settings allow: float32 rows plus the int64 neighbour table."""
+        return self.bank_max * (self.embed_dim * 4 + self.neighbours * 8)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,13 +17,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from fair_edge.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.data import DatasetSplit, load_images
-from fair_edge.errors import CheckpointError, ConfigError
+from fair_edge.errors import ConfigError
 from fair_edge.models.lgfdr.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
 from fair_edge.models.patchcore.model import PatchcoreDetector
 from fair_edge.models.registry import ModelSpec
+from fair_edge.models.training_contract import resumable_checkpoint
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,7 @@ class PatchcoreFitter:
 
     def resume(self) -> None:
         """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings), so ``run`` only re-writes final.pt."""
-        ckpt = load_checkpoint(self.out_dir / "last.pt")
-        if ckpt.train_state is None:
-            raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
-        if ckpt.model != self.model:
-            raise CheckpointError(f"cannot resume: {self.out_dir / 'last.pt'} is {ckpt.model.describe()} with {ckpt.preprocess}; "
-                                  f"this run asks for {self.model.describe()} with {self.model.preprocess}.")
+        ckpt = resumable_checkpoint(self.out_dir, self.model)
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(ckpt.train_state["step"])
         self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
