@@ -90,6 +90,13 @@ FUSIONS = {"fusion-fair-demo+lgfdr": ("fair-demo", "lgfdr"),
            "fusion-patchcore+lgfdr-at-patchcore-time": ("patchcore", "lgfdr-at-patchcore-time")}
 
 
+def bench_data(data: str) -> tuple[DatasetSplit, DatasetSplit, list]:
+    """(the whole dataset, its training part as a split, the held-out normals): what every bench row uses."""
+    full = load_dataset(data)
+    train, held = split_normals(full.train, HOLDOUT, SEED)
+    return full, DatasetSplit(full.name, train), held
+
+
 def tuned_row(tune_json: Path) -> Row:
     """The settings ``fair-edge tune`` chose (OUT/tune.json), at the full budget."""
     chosen = json.loads(tune_json.read_text())["chosen"]
@@ -201,9 +208,8 @@ def main() -> None:
     rows = dict(ROWS)
     if args.tuned is not None:
         rows["tuned"] = tuned_row(args.tuned)
-    full = load_dataset(args.data)
-    train, held = split_normals(full.train, HOLDOUT, SEED)
-    split = DatasetSplit(full.name, train)
+    full, split, held = bench_data(args.data)
+    train = split.train
     results = {}
     for name in args.rows:
         done = args.out / name / "row.json"

@@ -29,13 +29,11 @@ from pathlib import Path
 import torch
 
 import fair_edge.models.patchcore.model as pc_model
-from bench_equal_time import HOLDOUT, SEED, Row, fusion_rows, run_row
-from fair_edge.data import DatasetSplit, load_dataset
+from bench_equal_time import Row, bench_data, fusion_rows, run_row
 from fair_edge.demo_config import DEMO_IMAGE_SIZE
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.tune import split_normals
 
 
 @dataclass(frozen=True)
@@ -104,9 +102,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
     torch.set_num_threads(args.threads)
-    full = load_dataset(args.data)
-    train, held = split_normals(full.train, HOLDOUT, SEED)
-    split = DatasetSplit(full.name, train)
+    full, split, held = bench_data(args.data)
     results = {}
     for name in args.variants:
         done = args.out / name / "row.json"
@@ -116,7 +112,7 @@ def main() -> None:
         results[name] = json.loads(done.read_text())
     results.update(fusion_rows(args.out, {f"fusion-{pair}": tuple(pair.split("+")) for pair in args.fuse}))
     report = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv), "data": args.data, "train_images": len(train),
+              "command": " ".join(sys.argv), "data": args.data, "train_images": len(split.train),
               "held_out_normals": len(held), "rows": results}
     (args.out / "variants.json").write_text(json.dumps(report, indent=2) + "\n")
     print("| variant | fit CPU s | score CPU s / image | image AUROC | caught at 0.5 % | caught at 5 % | pixel AUROC | AUPRO |")

@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from bench_equal_time import HOLDOUT, SEED
+from bench_equal_time import bench_data
 from bench_patchcore_variants import model_constants
 from fair_edge import metrics
-from fair_edge.data import load_dataset
 from fair_edge.evaluate import score_samples
 from fair_edge.models.patchcore.model import LOCAL_WINDOW, TAPS
-from fair_edge.tune import Candidate, TuneRow, TuneSettings, split_normals, write_proxy_set
+from fair_edge.tune import Candidate, TuneRow, TuneSettings, write_proxy_set
 
 
 def proxy_row(name: str, row: dict, proxy, settings: TuneSettings) -> TuneRow:
@@ -50,8 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = TuneSettings()
-    full = load_dataset(args.data)
-    _, held = split_normals(full.train, HOLDOUT, SEED)
+    _, _, held = bench_data(args.data)
     proxy = write_proxy_set(held, args.out / "proxy", settings)
     rows = {name: json.loads((args.out / name / "row.json").read_text()) for name in args.rows}
     ranked = sorted((proxy_row(n, r, proxy, settings) for n, r in rows.items()), key=TuneRow.rank_key, reverse=True)
