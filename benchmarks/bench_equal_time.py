@@ -18,9 +18,10 @@ Every row also reports its scoring CPU time per test image (reading and resizing
 
 Data: every row trains on the same 80 % of the normal training images (``tune.split_normals``, seed 0);
 the held-out 20 % give the fusion's per-model normal statistics (``fusion.NormalStats`` of the map
-maxima, as ``fair-edge fuse`` fits them); the test split is read only to score. Where the dataset has masks,
-pixel AUROC and AUPRO (FPR <= 0.3) are reported too, for fusions as well. "Caught at r" = share of defective test images scored above the threshold that
-rejects at most r of the normal test images (``metrics.catch_rate``, the line's rule).
+maxima, as ``fair-edge fuse`` fits them); the test split is read only to score. Where the dataset has
+masks, pixel AUROC and AUPRO (FPR <= 0.3) are reported too, for fusions as well. "Caught at r" = share of
+defective test images scored above the threshold that rejects at most r of the normal test images
+(``metrics.catch_rate``, the line's rule).
 
 Each row writes OUT/ROW/final.pt and OUT/ROW/row.json, and a finished row is not run again, so the
 rows can be run in several invocations and an interrupted run loses only the row in flight. Fusion rows
