@@ -6,7 +6,10 @@ set and reports Spearman's rank correlation between proxy and real catch (at the
 false-reject rate and at 5 %) and AUROC.
 
     python benchmarks/bench_tune_agreement.py elpv:mono --out runs/tune-elpv --width 16 --image-size 64 \
-        --steps 200 --budget-min 40
+        --steps 200 --budget-min 40 [--only lgfdr patchcore]
+
+``--only`` keeps just the named candidates of ``tune.default_candidates`` (in its order), for a bounded
+run that ranks, e.g., the families against each other without the FAIR settings.
 """
 
 from __future__ import annotations
@@ -42,12 +45,19 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--budget-min", type=float, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME", help="candidates of tune's list to run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     split = load_dataset(args.data)
     pre = PreprocessConfig(image_size=args.image_size, cutoff=30.0 * args.image_size / 256)
     side = min(read_image(split.train[0].path).shape[:2])
     cands = default_candidates(Candidate("base", pre, args.width, args.steps, args.lr), side)
+    if args.only is not None:
+        names = [c.name for c in cands]
+        unknown = [n for n in args.only if n not in names]
+        if unknown:
+            raise SystemExit(f"--only: no candidate {', '.join(unknown)}; tune's candidates here: {', '.join(names)}.")
+        cands = [c for c in cands if c.name in args.only]
     settings = TuneSettings(budget_s=args.budget_min * 60)
     rows = tune(split, cands, args.out, settings, data_name=args.data,
                 on_row=lambda r: print(f"proxy {r.candidate.name}: {r.proxy_catch:.3f} {r.proxy_auroc:.3f} "

@@ -1,0 +1,126 @@
+"""PatchCore variants on one dataset: feature taps, local neighbourhood, coreset ratio, image size,
+embedding width, map blur, re-weighting, and fusions of variants with each other or with LGFDR.
+
+    python benchmarks/bench_patchcore_variants.py elpv:mono --out runs/equal-time [--variants pc-base ...]
+        [--fuse pc-base+lgfdr pc-base+pc-256px] [--threads 1]
+
+Same protocol as ``bench_equal_time.py`` (and the same OUT, so its rows can be fused with these): every
+variant fits on the same 80 % of the normal training images (``tune.split_normals``, seed 0), the other
+20 % give the fusion's normal statistics, the test split is read only to score. A variant is PatchCore's
+defaults with one change (``VARIANTS``); each writes OUT/NAME/row.json and is skipped when finished.
+Reported per variant: fit CPU s, scoring CPU s per test image, image AUROC, caught at 0.5 % / 5 % false
+rejects, and pixel AUROC / AUPRO where the dataset has masks. OUT/variants.json gathers them.
+
+The taps and the local window are module constants of ``fair_edge/models/patchcore/model.py`` (not
+settings): a variant that changes them sets them for the duration of its fit and scoring only
+(``model_constants``), so its checkpoint does not record them and must not be scored outside this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+import fair_edge.models.patchcore.model as pc_model
+from bench_equal_time import Row, bench_data, fusion_rows, run_row
+from fair_edge.demo_config import DEMO_IMAGE_SIZE
+from fair_edge.models.patchcore.model import PatchcoreSettings
+from fair_edge.models.registry import ModelSpec
+from fair_edge.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A PatchCore row and the model constants it needs: taps (indices of the backbone's stride-4/8/16
+    maps, finer first) and the local aggregation window (pixels of the finer tap's grid)."""
+
+    row: Row
+    taps: tuple[int, int] = pc_model.TAPS
+    window: int = pc_model.LOCAL_WINDOW
+
+
+def pc(size: int = DEMO_IMAGE_SIZE, **changes) -> Row:
+    """A PatchCore row: the default settings with ``changes``, at ``size`` px."""
+    return Row(ModelSpec("patchcore", PreprocessConfig(size), replace(PatchcoreSettings(), **changes)), 0.0,
+               one_pass=True)
+
+
+VARIANTS: dict[str, Variant] = {
+    "pc-base": Variant(pc()),
+    "pc-taps-s4-s8": Variant(pc(), taps=(0, 1)),
+    "pc-taps-s4-s16": Variant(pc(), taps=(0, 2)),
+    "pc-window-1": Variant(pc(), window=1),
+    "pc-window-5": Variant(pc(), window=5),
+    "pc-coreset-0.01": Variant(pc(coreset_ratio=0.01)),
+    "pc-coreset-0.25": Variant(pc(coreset_ratio=0.25, bank_max=40_000)),
+    "pc-no-reweight": Variant(pc(reweight=False)),
+    "pc-sigma-2": Variant(pc(smooth_sigma=2.0)),
+    "pc-embed-256": Variant(pc(embed_dim=256)),
+    "pc-embed-64": Variant(pc(embed_dim=64)),
+    "pc-256px": Variant(pc(256)),
+    "pc-256px-sigma-8": Variant(pc(256, smooth_sigma=8.0)),
+}
+
+
+@contextlib.contextmanager
+def model_constants(taps: tuple[int, int], window: int):
+    """Set PatchCore's TAPS and LOCAL_WINDOW for the block; the previous values come back after it."""
+    saved = pc_model.TAPS, pc_model.LOCAL_WINDOW
+    pc_model.TAPS, pc_model.LOCAL_WINDOW = tuple(taps), int(window)
+    try:
+        yield
+    finally:
+        pc_model.TAPS, pc_model.LOCAL_WINDOW = saved
+
+
+def run_variant(name: str, variant: Variant, split, held, test, out: Path, with_masks: bool) -> dict:
+    """Fit and score one variant (bench_equal_time.run_row) with its constants; adds them to row.json."""
+    with model_constants(variant.taps, variant.window):
+        info = run_row(name, variant.row, split, held, test, None, out, with_masks=with_masks)
+    info.update(taps=list(variant.taps), local_window=variant.window)
+    (out / name / "row.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    ap.add_argument("--fuse", nargs="*", default=[], metavar="A+B",
+                    help="fusions of finished rows in OUT (variants or bench_equal_time rows), e.g. pc-base+lgfdr")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}.")
+    torch.set_num_threads(args.threads)
+    full, split, held = bench_data(args.data)
+    results = {}
+    for name in args.variants:
+        done = args.out / name / "row.json"
+        if not done.is_file():
+            print(f"{name}: fitting ...", flush=True)
+            run_variant(name, VARIANTS[name], split, held, full.test, args.out, full.has_masks)
+        results[name] = json.loads(done.read_text())
+    results.update(fusion_rows(args.out, {f"fusion-{pair}": tuple(pair.split("+")) for pair in args.fuse}))
+    report = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv), "data": args.data, "train_images": len(split.train),
+              "held_out_normals": len(held), "rows": results}
+    (args.out / "variants.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("| variant | fit CPU s | score CPU s / image | image AUROC | caught at 0.5 % | caught at 5 % | pixel AUROC | AUPRO |")
+    for name, r in results.items():
+        pixel = " | ".join(f"{r[k]:.4f}" if k in r else "-" for k in ("pixel_auroc", "aupro"))
+        print(f"| {name} | {r['train_cpu_s']} | {r.get('score_cpu_s_per_image')} | {r['image_auroc']:.4f} | "
+              f"{r['catch_at_0.5%']:.1%} | {r['catch_at_5.0%']:.1%} | {pixel} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The generated products of benchmarks/hires_fixture.py load as MVTec datasets with masks that mark what
+was planted; bench_patchcore_variants.model_constants gives PatchCore's constants back afterwards."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.data import load_dataset, read_mask
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import each other as top-level modules
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("product,kinds", [("woven", {"pit", "fleck"}), ("concrete", {"crack", "spall"})])
+def test_generated_product_is_an_mvtec_set_whose_masks_mark_the_defects(tmp_path, product, kinds):
+    fixture = _script("hires_fixture")
+    root = fixture.write_fixture(tmp_path / product, size=128, n_train=3, n_good=2, n_bad=4, seed=1, product=product)
+    split = load_dataset(str(root))
+    assert split.has_masks and len(split.train) == 3
+    bad = [s for s in split.test if s.label == 1]
+    assert {s.defect_type for s in bad} == kinds and sum(s.label == 0 for s in split.test) == 2
+    for sample in bad:
+        mask = read_mask(sample.mask, (128, 128))
+        assert 0 < mask.sum() < 0.1 * mask.size  # a small defect, never the whole frame
+        image = cv2.imread(str(sample.path), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        ring = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~mask
+        # the planted region differs from its surroundings (dark pits and cracks, bright flecks, shifted spalls)
+        assert abs(image[mask].mean() - image[ring].mean()) > 5.0
+
+
+def test_model_constants_are_restored_after_a_variant():
+    import fair_edge.models.patchcore.model as pc_model
+
+    variants = _script("bench_patchcore_variants")
+    before = pc_model.TAPS, pc_model.LOCAL_WINDOW
+    with pytest.raises(RuntimeError):
+        with variants.model_constants((0, 2), 1):
+            assert (pc_model.TAPS, pc_model.LOCAL_WINDOW) == ((0, 2), 1)
+            raise RuntimeError("a failing fit")
+    assert (pc_model.TAPS, pc_model.LOCAL_WINDOW) == before
