@@ -30,7 +30,7 @@ import torch
 
 import fair_edge.models.patchcore.model as pc_model
 from bench_equal_time import Row, bench_data, fusion_rows, run_row
-from fair_edge.demo_config import DEMO_IMAGE_SIZE
+from fair_edge.demo.config import DEMO_IMAGE_SIZE
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig

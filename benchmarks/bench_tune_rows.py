@@ -25,9 +25,9 @@ from scipy.stats import spearmanr
 from bench_equal_time import bench_data
 from bench_patchcore_variants import model_constants
 from fair_edge import metrics
-from fair_edge.evaluate import score_samples
+from fair_edge.training.evaluate import score_samples
 from fair_edge.models.patchcore.model import LOCAL_WINDOW, TAPS
-from fair_edge.tune import Candidate, TuneRow, TuneSettings, write_proxy_set
+from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_proxy_set
 
 
 def proxy_row(name: str, row: dict, proxy, settings: TuneSettings) -> TuneRow:
