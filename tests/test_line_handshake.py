@@ -17,7 +17,7 @@ from fair_edge.cameras import LineSource
 from fair_edge.cameras.capture import CaptureSettings
 from fair_edge.cameras.triggered import triggered_capture
 from fair_edge.errors import ConfigError
-from fair_edge.line.handshake import HandshakeSettings, open_handshake
+from fair_edge.line.handshake import HandshakeSettings, Ticket, open_handshake
 from fair_edge.line.handshake.modbus import encode, runs
 from fair_edge.line.handshake.settings import (ERROR_ACK_TIMEOUT, ERROR_NONE, ERROR_STATION_FAULT,
                                                RESULT_NG, RESULT_NOT_INSPECTED, RESULT_OK)
@@ -96,6 +96,19 @@ def test_modbus_encoding_scales_and_saturates_the_score_and_splits_part_ids():
 
 
 # ----------------------------------------------------------------------------- the main path
+def test_an_unscored_verdict_answers_its_part_not_inspected():
+    """A malformed frame's verdict has score None (no score): its part is answered NG not inspected,
+    score register SCORE_MAX (the 30-minute soak found the handshake raising on it, leaving the part
+    unanswered until its result timeout)."""
+    hs = open_handshake(HandshakeSettings(url="modbus://127.0.0.1:1"))   # not started: no link needed
+    ticket = Ticket(part_id=7, t_trigger=0.0, deadline=1e9)
+    hs.bind(3, ticket)
+    hs.on_verdict(None, Verdict(3, 0.0, None, 1.0, True, 0.0, "line", error="malformed frame"))
+    assert ticket.result == RESULT_NOT_INSPECTED and ticket.score is None
+    assert encode("score", ticket.score, 1000.0) == [65535]
+    assert hs.stats()["not_inspected"] == 1
+
+
 @pytest.mark.parametrize("make_plc", [ModbusHandshakePlc, OpcUaHandshakePlc], ids=["modbus", "opcua"])
 def test_every_part_id_gets_one_result_in_order(make_plc):
     plc = make_plc().start(rate_hz=20, parts=40)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import queue
 import threading
 import time
@@ -62,7 +61,7 @@ class HandshakeLink(Protocol):
 
     def read_inputs(self) -> dict[str, int]: ...
 
-    def write(self, values: list[tuple[str, float | int | bool]]) -> None: ...
+    def write(self, values: list[tuple[str, float | int | bool | None]]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -71,14 +70,15 @@ class HandshakeLink(Protocol):
 class Ticket:
     """One triggered part. t_trigger: monotonic s when the station saw the trigger; deadline:
     t_trigger + result_timeout_ms; seq: the frame that inspects it (None until captured);
-    result / score: its answer (RESULT_NONE until the verdict); t_written: when it was written."""
+    result / score: its answer (RESULT_NONE until the verdict; score None when the part was not scored);
+    t_written: when it was written."""
 
     part_id: int
     t_trigger: float
     deadline: float
     seq: int | None = None
     result: int = RESULT_NONE
-    score: float = math.nan
+    score: float | None = None
     t_written: float | None = None
 
 
@@ -317,11 +317,12 @@ class Handshake:
                                          f"{self.settings.result_timeout_ms:g} ms of its trigger; not answered "
                                          f"(reject.handshake.result_timeout_ms)")
 
-    def _answer(self, ticket: Ticket, code: int, score: float = math.nan) -> None:
+    def _answer(self, ticket: Ticket, code: int, score: float | None = None) -> None:
+        """score: the verdict's, None for a part not scored (malformed frame, failed inference, no frame)."""
         with self._lock:
             if ticket.result != RESULT_NONE:
                 return
-            ticket.score = float(score)
+            ticket.score = None if score is None else float(score)
             ticket.result = code
         self._counters.add({RESULT_OK: "ok", RESULT_NG: "ng"}.get(code, "not_inspected"))
 

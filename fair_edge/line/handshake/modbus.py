@@ -3,7 +3,7 @@ holding register (``ModbusSignals``), read with FC 3 and written with FC 16.
 
 URL: ``modbus://HOST:PORT?unit=1&timeout_ms=100``. Encoding: booleans 0 / 1; part ids 32-bit in two
 registers, high word first; ``score`` = round(score * score_scale) saturated to 0..65535 (65535
-also for a part that could not be inspected, score NaN). Registers that lie next to each other
+also for a part that was not scored: score None). Registers that lie next to each other
 are written in one request (a PLC sees them change together); the register of the last signal
 in a ``write`` goes in the last request (so ``results_ready`` never rises before its data).
 pymodbus 3.10+ API (``device_id=``), as in ``fair_edge.line.sinks.modbus``.
@@ -24,11 +24,14 @@ MODBUS_OPTIONS = ("unit", "timeout_ms")
 MAX_READ = 125   # registers one FC 3 request may read
 
 
-def encode(name: str, value: float | int | bool, score_scale: float) -> list[int]:
-    """One signal's value -> its register words (16-bit unsigned)."""
+def encode(name: str, value: float | int | bool | None, score_scale: float) -> list[int]:
+    """One signal's value -> its register words (16-bit unsigned); a score of None (not scored) or NaN is
+    SCORE_MAX."""
     if name == SCORE:
-        v = float(value)
+        v = math.nan if value is None else float(value)
         return [SCORE_MAX if math.isnan(v) else max(0, min(SCORE_MAX, round(v * score_scale)))]
+    if value is None:
+        raise TypeError(f"handshake signal {name!r} needs a value; found None")
     v = int(value) & 0xFFFFFFFF
     return [v >> 16, v & 0xFFFF] if name in WIDE_SIGNALS else [v & 0xFFFF]
 
@@ -86,7 +89,7 @@ class ModbusLink:
             out[name] = value
         return out
 
-    def write(self, values: Sequence[tuple[str, float | int | bool]]) -> None:
+    def write(self, values: Sequence[tuple[str, float | int | bool | None]]) -> None:
         """Write ``(signal, value)`` pairs; the last pair's registers are written last."""
         words: dict[int, int] = {}
         for name, value in values:

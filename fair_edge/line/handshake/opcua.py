@@ -3,14 +3,15 @@
 client, which runs its own event loop thread, as ``fair_edge.line.sinks.opcua`` does).
 
 URL: ``opcua://HOST:PORT/PATH?timeout_ms=1000`` (``NoSecurity`` endpoints). Each value is written with
-its node's own data type (read once per connect); the score is the float score itself (NaN for a
-part that could not be inspected). In a ``write`` the last signal is the last node of the Write
+its node's own data type (read once per connect); the score is the float score itself (NaN on the
+wire for a part that was not scored). In a ``write`` the last signal is the last node of the Write
 request, so ``results_ready`` follows its data.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,7 @@ class OpcUaLink:
             raise self._error("read", exc) from exc
         return {n: int(v) for n, v in zip(PLC_SIGNALS, values)}
 
-    def write(self, values: Sequence[tuple[str, float | int | bool]]) -> None:
+    def write(self, values: Sequence[tuple[str, float | int | bool | None]]) -> None:
         """Write ``(signal, value)`` pairs in one Write call, in this order."""
         client, ua = self._client_or_raise(), self._ua
         nodes, variants = [], []
@@ -106,11 +107,11 @@ def open_opcua_link(url: SinkUrl, settings: HandshakeSettings) -> OpcUaLink:
     return OpcUaLink(url, settings.opcua)
 
 
-def _convert(value: float | int | bool, vtype: Any, ua: Any) -> Any:
+def _convert(value: float | int | bool | None, vtype: Any, ua: Any) -> Any:
     if vtype == ua.VariantType.Boolean:
         return bool(value)
     if vtype in (ua.VariantType.Float, ua.VariantType.Double):
-        return float(value)
+        return math.nan if value is None else float(value)   # None: not scored
     return int(value)
 
 
