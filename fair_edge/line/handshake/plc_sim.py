@@ -141,6 +141,7 @@ class PlcProgram:
         between heartbeat changes (ms) and how many exceeded heartbeat_ms while Ready was 1 (a PLC
         would have taken the station for dead)."""
         ids = [p for _, p, _, _ in self.results]
+        answered = set(ids)   # once: rebuilt per element it made the check quadratic (minutes for a 30-minute soak)
         order = [p for p, _ in self.triggers]
         t_trig = dict(self.triggers)
         lat = [1000 * (t - t_trig[p]) for t, p, _, _ in self.results if p in t_trig]
@@ -148,9 +149,9 @@ class PlcProgram:
         gaps = 1000 * np.diff(np.asarray(self.heartbeats, dtype=float))
         stale = [int(i) for i in np.flatnonzero(gaps > 1000 * self.heartbeat_s) if self._ready_at(self.heartbeats[i])]
         return {
-            "triggered": len(order), "answered": len(ids), "unique": len(set(ids)),
-            "duplicates": len(ids) - len(set(ids)), "unknown": len(set(ids) - set(order)),
-            "missing": len(set(order) - set(ids)), "in_order": ids == [p for p in order if p in set(ids)],
+            "triggered": len(order), "answered": len(ids), "unique": len(answered),
+            "duplicates": len(ids) - len(answered), "unknown": len(answered - set(order)),
+            "missing": len(set(order) - answered), "in_order": ids == [p for p in order if p in answered],
             "late_triggers": self.late_triggers,
             "results": {str(code): sum(r == code for _, _, r, _ in self.results) for code in (1, 2, 3)},
             "trigger_to_result_ms": percentiles(lat), "trigger_taken_ms": percentiles(take),
