@@ -115,7 +115,7 @@ def synthetic_line(folder: Path, size: tuple[int, int], count: int = 40) -> list
 
 def threshold_for(bundle, images: list[np.ndarray], ng_share: float = 0.3) -> float:
     """The score quantile that makes ``ng_share`` of ``images`` NG on this bundle (ONNX Runtime)."""
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
 
     choice = select_backend(bundle, "onnxruntime")
     scores = [float(choice.infer_frames([im])[1][0]) for im in images]

@@ -7,7 +7,7 @@ Engines (each where installed): ONNX Runtime FP32, ONNX Runtime INT8 with the Te
 (``calibration.int8``), ONNX Runtime INT8 with the CPU graph (``calibration.int8_cpu``), OpenVINO FP32
 and OpenVINO INT8 (the CPU Q/DQ graph). Speed: a random-weight c = ``--width`` UNet at ``--image-size``
 (speed does not depend on the weights), INT8 calibrated on synthetic frames; each batch of 1080p BGR
-frames goes through the CPU pre-processing (``preprocess_cpu.CpuPipeline``) and the engine. frames/s =
+frames goes through the CPU pre-processing (``preprocess.CpuPipeline``) and the engine. frames/s =
 frames / (pre-processing + inference) time; latency = one batch, p50 / p99. Engines are timed in
 interleaved rounds (``--rounds`` x ``--seconds`` each) so a shared machine's load falls on all alike;
 ratios are against ONNX Runtime FP32 at the same batch, from the same rounds.
@@ -33,7 +33,7 @@ from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.training.metrics import image_auroc
 from fair_edge.models.tensors import SCORE
 from fair_edge.runtime.backends import CpuPreprocessor
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 def graphs(bundle) -> dict[str, Path]:

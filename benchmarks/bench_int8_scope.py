@@ -23,7 +23,7 @@ from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.lgfdr.family import NETWORK_SCOPE, LgfdrFamily
 from fair_edge.models.tensors import SCORE
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 from fair_edge.training.tune import split_normals
 
 SCOPES = {"all": NETWORK_SCOPE, "backbone": ("/backbone/",),

@@ -42,7 +42,7 @@ from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 from fair_edge.training.train import TrainConfig
 
 CFG = TrainConfig(width=32, batch=8, lr=1e-3, steps=1_000_000, save_every=1_000_000, log_every=10, seed=0)

@@ -41,7 +41,7 @@ from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
 from fair_edge.models.registry import ModelSpec, get_family
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.models.tensors import SCORE
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 def coreset_time() -> dict:

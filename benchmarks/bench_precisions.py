@@ -22,7 +22,7 @@ from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 def frames_per_second(backend: OnnxRuntimeBackend, inputs: dict[str, np.ndarray], batch: int,

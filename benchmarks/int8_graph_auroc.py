@@ -1,13 +1,12 @@
 """AUROC on the ELPV mono test split of an INT8 bundle's three graphs: FP32 reference, TensorRT Q/DQ INT8, CPU INT8
 (QLinearConv). Usage: python benchmarks/int8_graph_auroc.py BUNDLE [BUNDLE ...]"""
 import sys
-from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from fair_edge.calibration.frames import frame_scores
 from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.bundle import load_bundle
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 split = load_dataset("elpv:mono")
 labels = np.array([s.label for s in split.test])
 test = [read_image(s.path) for s in split.test]

@@ -317,7 +317,7 @@ def window_table(rows: list[dict], t0: float, window_s: float) -> list[dict]:
 
 
 def soak(args) -> dict:
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.line.handshake import HandshakeSettings
     from fair_edge.line.settings import RecordSettings, RejectSettings
@@ -388,7 +388,7 @@ def soak(args) -> dict:
 
 def soak_threshold(bundle_root: Path, images: list[np.ndarray]) -> float:
     """The 60th percentile of the line's scores: about 40 % of the parts NG."""
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame

@@ -42,7 +42,7 @@ from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.errors import BuildError, ConfigError, DataError, ExportError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ The inspection loop needs three names::
         print(cap.stats())
 """
 
-from .base import EndOfStream, FrameMissed, FrameSource, SourceBase, check_image
-from .capture import FULL_POLICIES, CaptureSettings, CaptureState, CaptureStats, CaptureThread
+from .base import CaptureSettings, CaptureState, CaptureStats, EndOfStream, FrameMissed, FrameSource
+from .capture import FULL_POLICIES, CaptureThread, SourceBase, check_image
 from .genicam import GenICamSource
 from .gstreamer import GStreamerSource, gstreamer_available, jetson_csi_pipeline
 from .opencv import OpenCVSource

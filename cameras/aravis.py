@@ -21,7 +21,8 @@ import numpy as np
 
 from fair_edge.errors import CameraError
 
-from .base import FrameMissed, SourceBase
+from .base import FrameMissed
+from .capture import SourceBase
 from .genicam import PIXEL_FORMATS
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""The frame-source protocol every camera adapter implements, and the helpers they share.
+"""The frame-source protocol every camera adapter implements, the helpers they share, and the capture
+thread's settings and counters (``CaptureSettings``, ``CaptureState``, ``CaptureStats``). The base class
+the sources build on (``SourceBase``: numbering, stamping, freezing) lives with the capture thread in
+``capture.py``, so a frame's whole capture happens in its source's file and that one.
 
 A source is a resource owner: ``open()`` connects and proves it works by reading a first
 frame (fail fast), ``read()`` returns the next :class:`~fair_edge.records.Frame` or raises,
@@ -14,15 +17,16 @@ A failed read is never turned into a substitute (black) frame.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 
-from fair_edge.errors import CameraError, ConfigError
-from fair_edge.preprocess import check_frame
+from fair_edge.errors import CameraError, ConfigError, did_you_mean
+from fair_edge.line.fields import require
 from fair_edge.records import Frame
 
 log = logging.getLogger(__name__)
@@ -70,114 +74,6 @@ class FrameSource(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-class SourceBase:
-    """Context-manager plumbing and the sequence counter shared by the concrete sources.
-
-    Subclasses implement ``_connect() -> np.ndarray`` (open and return the first image),
-    ``_grab() -> tuple[np.ndarray, str]`` (next image and its ``Frame.source`` label) and
-    ``_release()`` (also called after a failed ``_connect``, so it must cope with a
-    half-open state). The first image read by ``_connect`` is returned by the next ``read()``,
-    so fail-fast opening loses no frame. Sequence numbers keep counting across reconnects.
-    """
-
-    name: str = "source"
-
-    def __init__(self) -> None:
-        self._is_open = False
-        self._pending: tuple[np.ndarray, str] | None = None
-        self._seq = 0
-
-    @property
-    def nominal_fps(self) -> float | None:
-        return None
-
-    @property
-    def is_open(self) -> bool:
-        return self._is_open
-
-    def open(self) -> None:
-        if self._is_open:
-            return
-        try:
-            first = self._connect()
-            check_image(first[0], self.name)
-        except BaseException:
-            self._release_logged()
-            raise
-        self._pending = first
-        self._is_open = True
-        log.info("camera %s: opened", self.name)
-
-    def read(self) -> Frame:
-        if not self._is_open:
-            raise CameraError(f"{self.name}: read() on a closed source; call open() first (or use `with`)")
-        if self._pending is not None:
-            image, label = self._pending
-            self._pending = None
-        else:
-            image, label = self._grab()
-        return self._make_frame(image, label)
-
-    def close(self) -> None:
-        if not self._is_open:
-            return
-        self._is_open = False
-        self._pending = None
-        self._release_logged()
-
-    def _release_logged(self) -> None:
-        try:
-            self._release()
-        except Exception:  # clean-up must not mask the caller's error; logged, not hidden
-            log.exception("camera %s: error while releasing; continuing", self.name)
-
-    def __enter__(self) -> SourceBase:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _make_frame(self, image: np.ndarray, label: str) -> Frame:
-        image = freeze(image)  # checked once, by the inspection loop (a malformed frame: an NG verdict)
-        frame = Frame(seq=self._seq, t_capture=time.monotonic(), image=image, source=label)
-        self._seq += 1
-        return frame
-
-    def _connect(self) -> tuple[np.ndarray, str]:
-        raise NotImplementedError
-
-    def _grab(self) -> tuple[np.ndarray, str]:
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        raise NotImplementedError
-
-
-def check_image(image: object, source: str) -> np.ndarray:
-    """Validate an image by the one frame rule (``fair_edge.preprocess.check_frame``) and freeze it: what a
-    source does with its first frame at ``open()`` (fail fast on a wrong pixel format) and a synthetic
-    line with its images. Frames read afterwards are checked once, by the inspection loop.
-
-    image: expected (H, W, 3) uint8 BGR or (H, W) / (H, W, 1) uint8 gray, H, W >= 2, host memory.
-    Returns it as (H, W, 3) or (H, W), marked read-only (frames are never mutated downstream).
-    Raises CameraError naming the source, the expected and the found shape/dtype and the fix.
-    """
-    try:
-        image = check_frame(image)
-    except ConfigError as exc:
-        raise CameraError(f"{source}: {exc} Set the camera to an 8-bit mono or BGR pixel format.") from None
-    return freeze(image)
-
-
-def freeze(image: np.ndarray) -> np.ndarray:
-    """Mark a captured array read-only (a frame is never mutated after capture); anything else is passed on
-    as it is, for the inspection loop's check to turn into a "malformed frame" verdict."""
-    if isinstance(image, np.ndarray):
-        image.flags.writeable = False
-    return image
-
-
 def check_fps(fps: float, source: str) -> float:
     """Validate a replay rate: frames per second >= 0 (0 = as fast as possible)."""
     if not isinstance(fps, (int, float)) or fps < 0 or fps != fps:
@@ -215,3 +111,91 @@ class Pacer:
         if delay > 0:
             self._wake.wait(delay)
         self._next += self.period
+
+
+# ----------------------------------------------------------------------------- capture settings and counters
+FULL_POLICY_NAMES = ("drop_oldest", "drop_newest", "block")  # CaptureThread's full-queue policies (capture.FULL_POLICIES)
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How a CaptureThread buffers and reconnects.
+
+    queue_size: frames held for the consumer (>= 1).
+    full_policy: what a full queue does with a new frame: ``drop_oldest`` (keep the latest;
+        default, right for live inspection), ``drop_newest`` (keep what is queued) or ``block``
+        (the reader waits for room: nothing is dropped; for replays, where the source can wait;
+        a live camera under ``block`` loses frames in its driver instead, counted as lost).
+    backoff_initial_s, backoff_max_s, backoff_factor: reconnect delay in seconds,
+        ``min(max, initial * factor ** attempt)``.
+    max_reconnects: consecutive failed reconnect attempts before the stream ends;
+        ``None`` = keep trying until ``stop()``.
+    misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link.
+    stop_timeout_s: how long ``stop()`` waits for the reader thread to finish.
+    nominal_fps: frame rate used to estimate frames lost in an outage when the source's
+        sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
+    """
+
+    queue_size: int = 4
+    full_policy: str = "drop_oldest"
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 10.0
+    backoff_factor: float = 2.0
+    max_reconnects: int | None = None
+    misses_before_reconnect: int = 3
+    stop_timeout_s: float = 2.0
+    nominal_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.queue_size >= 1, "queue_size", ">= 1", self.queue_size)
+        if self.full_policy not in FULL_POLICY_NAMES:
+            raise ConfigError(
+                f"full_policy: expected one of {sorted(FULL_POLICY_NAMES)}, found {self.full_policy!r}"
+                f"{did_you_mean(self.full_policy, FULL_POLICY_NAMES)}"
+            )
+        _require(self.backoff_initial_s >= 0, "backoff_initial_s", ">= 0", self.backoff_initial_s)
+        _require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", ">= backoff_initial_s",
+                 self.backoff_max_s)
+        _require(self.backoff_factor >= 1, "backoff_factor", ">= 1", self.backoff_factor)
+        _require(self.max_reconnects is None or self.max_reconnects >= 0, "max_reconnects",
+                 "None or >= 0", self.max_reconnects)
+        _require(self.misses_before_reconnect >= 1, "misses_before_reconnect", ">= 1",
+                 self.misses_before_reconnect)
+        _require(self.stop_timeout_s > 0, "stop_timeout_s", "> 0", self.stop_timeout_s)
+        _require(self.nominal_fps is None or self.nominal_fps > 0, "nominal_fps", "None or > 0",
+                 self.nominal_fps)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay in seconds before reconnect attempt ``attempt`` (0-based)."""
+        return min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor**attempt)
+
+
+def _require(ok: bool, field: str, expected: str, found: object) -> None:
+    require(ok, f"CaptureSettings.{field}", expected, found)
+
+
+class CaptureState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # the source ended or the reader gave up / crashed
+    STOPPED = "stopped"  # stop() was called
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """A snapshot of a CaptureThread's counters (all counts since start).
+
+    frames_in: frames read from the source. dropped_queue_full: frames discarded by the
+    full-queue policy. read_errors: reads that raised (missed frames and link failures).
+    reconnects: successful reconnections. frames_lost_estimate: frames the source produced
+    that never reached us (sequence gaps, or outage time x nominal fps where seq shows none).
+    """
+
+    frames_in: int = 0
+    dropped_queue_full: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    frames_lost_estimate: int = 0
+    state: CaptureState = CaptureState.NEW
+    end_reason: str = ""

@@ -1,4 +1,6 @@
-"""CaptureThread: read a frame source in its own thread into a bounded queue.
+"""CaptureThread: read a frame source in its own thread into a bounded queue; and ``SourceBase``, the
+class every source builds on (it numbers, stamps and freezes each frame), so that one frame's capture
+runs in two files: its source's and this one.
 
 The reader opens the source before the thread starts (fail fast), then loops:
 read -> enqueue under the full-queue policy -> repeat. When the link fails it closes the
@@ -17,109 +19,135 @@ Usage from the inspection loop::
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
-from fair_edge.errors import CameraError, ConfigError, did_you_mean
-from fair_edge.line.fields import require
+import numpy as np
+
+from fair_edge.errors import CameraError, ConfigError
+from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame
 
-from .base import EndOfStream, FrameMissed, FrameSource
+from .base import FULL_POLICY_NAMES, CaptureSettings, CaptureState, CaptureStats, EndOfStream, FrameMissed, FrameSource
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker put in the queue after the last frame
 
 
-@dataclass(frozen=True)
-class CaptureSettings:
-    """How a CaptureThread buffers and reconnects.
+# ----------------------------------------------------------------------------- the sources' base class
+class SourceBase:
+    """Context-manager plumbing and the sequence counter shared by the concrete sources.
 
-    queue_size: frames held for the consumer (>= 1).
-    full_policy: what a full queue does with a new frame: ``drop_oldest`` (keep the latest;
-        default, right for live inspection), ``drop_newest`` (keep what is queued) or ``block``
-        (the reader waits for room: nothing is dropped; for replays, where the source can wait;
-        a live camera under ``block`` loses frames in its driver instead, counted as lost).
-    backoff_initial_s, backoff_max_s, backoff_factor: reconnect delay in seconds,
-        ``min(max, initial * factor ** attempt)``.
-    max_reconnects: consecutive failed reconnect attempts before the stream ends;
-        ``None`` = keep trying until ``stop()``.
-    misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link.
-    stop_timeout_s: how long ``stop()`` waits for the reader thread to finish.
-    nominal_fps: frame rate used to estimate frames lost in an outage when the source's
-        sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
+    Subclasses implement ``_connect() -> np.ndarray`` (open and return the first image),
+    ``_grab() -> tuple[np.ndarray, str]`` (next image and its ``Frame.source`` label) and
+    ``_release()`` (also called after a failed ``_connect``, so it must cope with a
+    half-open state). The first image read by ``_connect`` is returned by the next ``read()``,
+    so fail-fast opening loses no frame. Sequence numbers keep counting across reconnects.
     """
 
-    queue_size: int = 4
-    full_policy: str = "drop_oldest"
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 10.0
-    backoff_factor: float = 2.0
-    max_reconnects: int | None = None
-    misses_before_reconnect: int = 3
-    stop_timeout_s: float = 2.0
-    nominal_fps: float | None = None
+    name: str = "source"
 
-    def __post_init__(self) -> None:
-        _require(self.queue_size >= 1, "queue_size", ">= 1", self.queue_size)
-        if self.full_policy not in FULL_POLICIES:
-            raise ConfigError(
-                f"full_policy: expected one of {sorted(FULL_POLICIES)}, found {self.full_policy!r}"
-                f"{did_you_mean(self.full_policy, FULL_POLICIES)}"
-            )
-        _require(self.backoff_initial_s >= 0, "backoff_initial_s", ">= 0", self.backoff_initial_s)
-        _require(self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s", ">= backoff_initial_s",
-                 self.backoff_max_s)
-        _require(self.backoff_factor >= 1, "backoff_factor", ">= 1", self.backoff_factor)
-        _require(self.max_reconnects is None or self.max_reconnects >= 0, "max_reconnects",
-                 "None or >= 0", self.max_reconnects)
-        _require(self.misses_before_reconnect >= 1, "misses_before_reconnect", ">= 1",
-                 self.misses_before_reconnect)
-        _require(self.stop_timeout_s > 0, "stop_timeout_s", "> 0", self.stop_timeout_s)
-        _require(self.nominal_fps is None or self.nominal_fps > 0, "nominal_fps", "None or > 0",
-                 self.nominal_fps)
+    def __init__(self) -> None:
+        self._is_open = False
+        self._pending: tuple[np.ndarray, str] | None = None
+        self._seq = 0
 
-    def backoff_s(self, attempt: int) -> float:
-        """Delay in seconds before reconnect attempt ``attempt`` (0-based)."""
-        return min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor**attempt)
+    @property
+    def nominal_fps(self) -> float | None:
+        return None
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    def open(self) -> None:
+        if self._is_open:
+            return
+        try:
+            first = self._connect()
+            check_image(first[0], self.name)
+        except BaseException:
+            self._release_logged()
+            raise
+        self._pending = first
+        self._is_open = True
+        log.info("camera %s: opened", self.name)
+
+    def read(self) -> Frame:
+        if not self._is_open:
+            raise CameraError(f"{self.name}: read() on a closed source; call open() first (or use `with`)")
+        if self._pending is not None:
+            image, label = self._pending
+            self._pending = None
+        else:
+            image, label = self._grab()
+        return self._make_frame(image, label)
+
+    def close(self) -> None:
+        if not self._is_open:
+            return
+        self._is_open = False
+        self._pending = None
+        self._release_logged()
+
+    def _release_logged(self) -> None:
+        try:
+            self._release()
+        except Exception:  # clean-up must not mask the caller's error; logged, not hidden
+            log.exception("camera %s: error while releasing; continuing", self.name)
+
+    def __enter__(self) -> SourceBase:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make_frame(self, image: np.ndarray, label: str) -> Frame:
+        image = freeze(image)  # checked once, by the inspection loop (a malformed frame: an NG verdict)
+        frame = Frame(seq=self._seq, t_capture=time.monotonic(), image=image, source=label)
+        self._seq += 1
+        return frame
+
+    def _connect(self) -> tuple[np.ndarray, str]:
+        raise NotImplementedError
+
+    def _grab(self) -> tuple[np.ndarray, str]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
 
 
-def _require(ok: bool, field: str, expected: str, found: object) -> None:
-    require(ok, f"CaptureSettings.{field}", expected, found)
+def check_image(image: object, source: str) -> np.ndarray:
+    """Validate an image by the one frame rule (``fair_edge.preprocess.check_frame``) and freeze it: what a
+    source does with its first frame at ``open()`` (fail fast on a wrong pixel format) and a synthetic
+    line with its images. Frames read afterwards are checked once, by the inspection loop.
 
-
-class CaptureState(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"  # the source ended or the reader gave up / crashed
-    STOPPED = "stopped"  # stop() was called
-
-
-@dataclass(frozen=True)
-class CaptureStats:
-    """A snapshot of a CaptureThread's counters (all counts since start).
-
-    frames_in: frames read from the source. dropped_queue_full: frames discarded by the
-    full-queue policy. read_errors: reads that raised (missed frames and link failures).
-    reconnects: successful reconnections. frames_lost_estimate: frames the source produced
-    that never reached us (sequence gaps, or outage time x nominal fps where seq shows none).
+    image: expected (H, W, 3) uint8 BGR or (H, W) / (H, W, 1) uint8 gray, H, W >= 2, host memory.
+    Returns it as (H, W, 3) or (H, W), marked read-only (frames are never mutated downstream).
+    Raises CameraError naming the source, the expected and the found shape/dtype and the fix.
     """
-
-    frames_in: int = 0
-    dropped_queue_full: int = 0
-    read_errors: int = 0
-    reconnects: int = 0
-    frames_lost_estimate: int = 0
-    state: CaptureState = CaptureState.NEW
-    end_reason: str = ""
+    try:
+        image = check_frame(image)
+    except ConfigError as exc:
+        raise CameraError(f"{source}: {exc} Set the camera to an 8-bit mono or BGR pixel format.") from None
+    return freeze(image)
 
 
+def freeze(image: np.ndarray) -> np.ndarray:
+    """Mark a captured array read-only (a frame is never mutated after capture); anything else is passed on
+    as it is, for the inspection loop's check to turn into a "malformed frame" verdict."""
+    if isinstance(image, np.ndarray):
+        image.flags.writeable = False
+    return image
+
+
+# ----------------------------------------------------------------------------- the capture thread
 BLOCK_POLL_S = 0.05  # how often a blocked reader checks for stop()
 
 
@@ -158,11 +186,8 @@ def _put_block(q: queue.Queue, item: Frame, stop: threading.Event) -> list[Frame
     return [item]
 
 
-FULL_POLICIES: dict[str, Callable[[queue.Queue, Frame, threading.Event], list[Frame]]] = {
-    "drop_oldest": _put_drop_oldest,
-    "drop_newest": _put_drop_newest,
-    "block": _put_block,
-}
+FULL_POLICIES: dict[str, Callable[[queue.Queue, Frame, threading.Event], list[Frame]]] = dict(
+    zip(FULL_POLICY_NAMES, (_put_drop_oldest, _put_drop_newest, _put_block), strict=True))
 
 
 class CaptureThread:

@@ -16,7 +16,7 @@ import numpy as np
 
 from fair_edge.errors import CameraError
 
-from .base import SourceBase
+from .capture import SourceBase
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError
 
-from .base import EndOfStream, FrameMissed, SourceBase
+from .base import EndOfStream, FrameMissed
+from .capture import SourceBase
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import numpy as np
 from fair_edge.training.data import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 from fair_edge.errors import CameraError
 
-from .base import EndOfStream, Pacer, SourceBase, check_fps
+from .base import EndOfStream, Pacer, check_fps
+from .capture import SourceBase
 
 log = logging.getLogger(__name__)
 

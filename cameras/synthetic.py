@@ -23,7 +23,8 @@ import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError, did_you_mean
 
-from .base import EndOfStream, FrameMissed, SourceBase, check_fps, check_image
+from .base import EndOfStream, FrameMissed, check_fps
+from .capture import SourceBase, check_image
 
 
 def _miss(src: LineSource, slot: int) -> None:

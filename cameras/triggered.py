@@ -24,8 +24,8 @@ from fair_edge.errors import CameraError
 from fair_edge.line.handshake import Handshake
 from fair_edge.records import Frame
 
-from .base import EndOfStream, FrameSource
-from .capture import CaptureSettings, CaptureThread
+from .base import CaptureSettings, EndOfStream, FrameSource
+from .capture import CaptureThread
 
 WAIT_STEP_S = 0.05     # a read waiting for a trigger checks for stop this often
 MAX_STALE = 16         # frames skipped at most for one trigger before the next one is taken anyway

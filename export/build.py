@@ -37,7 +37,7 @@ from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bun
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4

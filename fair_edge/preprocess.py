@@ -1,7 +1,8 @@
 """The one definition of FAIR's model input: resize -> [0, 1] float -> BT.601 gray -> high-pass.
 
 Every consumer (training, evaluation, export, the CUDA kernel's tests, the CPU runtime path)
-uses the functions here, so a model always sees at run time what it saw in training.
+uses the functions here, so a model always sees at run time what it saw in training. The CPU
+runtime's pipeline (``CpuPipeline``, NumPy and OpenCV, no torch ops) is at the end of this file.
 
 Order of operations, for a camera frame of any size:
   1. uint8 -> float32 in [0, 1] (x / 255),
@@ -24,7 +25,9 @@ and the output is the real part of the inverse FFT. ``sobel_xy`` is spatial inst
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -269,3 +272,107 @@ def model_input(rgb: torch.Tensor, highpass: HighPass) -> torch.Tensor:
 def frames_to_batch(frames: list[np.ndarray], size: int) -> torch.Tensor:
     """List of camera frames -> (B, 3, size, size) float32 RGB CPU tensor in [0, 1]."""
     return torch.from_numpy(np.stack([resize_frame(f, size) for f in frames]))
+
+
+# ----------------------------------------------------------------------------- CPU runtime pipeline
+# The CPU runtime pre-processing: camera frames -> (highpass, colour) batches, in NumPy and OpenCV.
+#
+# Same numbers as the float64 reference above; no torch ops, so it never fights
+# PyTorch's thread pool for a loaded CPU (a 256 x 256 torch FFT took 74 ms with two threads on a busy
+# 2-core machine and 1 ms with one: BENCHMARKS.md). Stages, each timed by ``fair-edge bench --mode stages``:
+#
+#   copy      uint8 frame -> float32 BGR in [0, 1] (``scale_frame``; frames checked once, by the inspection loop),
+#   resize    OpenCV INTER_LINEAR to S x S, BGR -> RGB planes,
+#   highpass  BT.601 gray, then the high-pass the pipeline is given; by default the exact one:
+#             real FFT x the filter's transfer function (``highpass_transfer``), and for ``sobel_xy``
+#             OpenCV Sobel (reflect-101 border). The other method, the fused CUDA kernel's separable
+#             taps, lives with its plan (``export/highpass_plan.py``); ``runtime.backends.cpu_pipeline``
+#             picks by name (``HIGHPASS_METHODS``).
+
+STAGES = ("copy", "resize", "highpass")
+
+
+class StageClock:
+    """Accumulates seconds per named stage; ``lap(name)`` charges the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def gray_batch(rgb: np.ndarray) -> np.ndarray:
+    """(B, 3, S, S) float32 RGB -> (B, S, S) float32 BT.601 gray."""
+    r, g, b = (np.float32(w) for w in GRAY_WEIGHTS_RGB)
+    return r * rgb[:, 0] + g * rgb[:, 1] + b * rgb[:, 2]
+
+
+def _sobel(gray: np.ndarray) -> np.ndarray:
+    out = np.empty((len(gray), 2, *gray.shape[1:]), np.float32)
+    for i, g in enumerate(gray):
+        out[i, 0] = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT_101)
+        out[i, 1] = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101)
+    return out
+
+
+def fft_highpass(cfg: PreprocessConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The exact frequency-domain high-pass: (B, S, S) float32 gray -> (B, 1, S, S) float32."""
+    size = cfg.image_size
+    half = np.fft.ifftshift(highpass_transfer(cfg))[:, : size // 2 + 1]  # rfft2 keeps columns 0..S/2
+
+    def run(gray: np.ndarray) -> np.ndarray:
+        return np.fft.irfft2(np.fft.rfft2(gray) * half, s=(size, size)).astype(np.float32)[:, None]
+
+    return run
+
+
+def exact_highpass(cfg: PreprocessConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The CPU high-pass of ``cfg`` with the reference's numbers: (B, S, S) float32 gray -> (B, C, S, S)
+    float32 (the exact FFT filter, or OpenCV's Sobel for ``sobel_xy``). The fused kernel's separable
+    taps, run on the CPU, are ``fair_edge.runtime.backends.cpu_pipeline(cfg, "separable")``."""
+    return _sobel if cfg.filter == "sobel_xy" else fft_highpass(cfg)
+
+
+class CpuPipeline:
+    """frames -> (highpass (B, C, S, S), colour (B, 3, S, S)) float32 host arrays, stage by stage.
+
+    frames: list of (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory, any sizes, checked by
+    ``preprocess.check_frame`` (the inspection loop checks each frame once; other callers check theirs).
+    """
+
+    def __init__(self, cfg: PreprocessConfig, highpass: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.cfg = cfg
+        self.highpass = highpass or exact_highpass(cfg)
+
+    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> tuple[np.ndarray, np.ndarray]:
+        clock = clock or StageClock()
+        colour = self.colour(frames, clock)
+        return self.highpass_of(colour, clock), colour
+
+    def colour(self, frames: list[np.ndarray], clock: StageClock | None = None) -> np.ndarray:
+        """The resized RGB images (B, 3, S, S) float32 in [0, 1]; charges 'copy' and 'resize' to ``clock``."""
+        size = self.cfg.image_size
+        clock = clock or StageClock()
+        clock.start()
+        colour = np.empty((len(frames), 3, size, size), np.float32)
+        for i, frame in enumerate(frames):
+            bgr = scale_frame(frame)
+            clock.lap("copy")
+            colour[i] = resize_float(bgr, size)
+            clock.lap("resize")
+        return colour
+
+    def highpass_of(self, colour: np.ndarray, clock: StageClock | None = None) -> np.ndarray:
+        """(B, 3, S, S) RGB -> (B, C, S, S) float32 high-pass of its gray image; charges 'highpass'."""
+        clock = clock or StageClock()
+        clock.start()
+        highpass = self.highpass(gray_batch(colour))
+        clock.lap("highpass")
+        return highpass

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from fair_edge.line.events import RejectEvent
-from fair_edge.line.timing import sleep_until
+from fair_edge.line.sinks.base import sleep_until
 from fair_edge.records import Verdict
 
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from fair_edge.bench.run import synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.cli import app
 from fair_edge.runtime.compiled import CACHE_ENV, cache_dir
-from fair_edge.runtime.backends import CpuPreprocessor, TorchBackend
+from fair_edge.runtime.backends import CpuPreprocessor
+from fair_edge.runtime.pytorch import TorchBackend
 
 
 @pytest.fixture(scope="module")

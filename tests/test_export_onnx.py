@@ -10,7 +10,7 @@ from export_fixtures import MODEL, SIZE, make_frames
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.export.accuracy import graph_delta
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.runtime.fusion import (FusedChoice, NormalStats, build_fused_bundle, fuse_maps, is_fused,
                               load_fused_bundle)
-from fair_edge.runtime.backends import select_backend
+from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import TilingConfig
 
 

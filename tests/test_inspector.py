@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, TorchBackend
+from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor
+from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.cameras import CaptureSettings, CaptureThread, FolderReplaySource, LineSource
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import load_dataset

@@ -13,7 +13,7 @@ from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.errors import ConfigError
 from fair_edge.export.accuracy import compare_precisions, graph_delta
 from fair_edge.export.onnx_export import export_onnx
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 SCOPE = MODEL.impl.int8_scope
 

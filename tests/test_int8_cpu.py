@@ -16,8 +16,8 @@ from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.tensors import SCORE
-from fair_edge.runtime.backends import BackendOptions, fastest_cpu, select_backend
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.selection import BackendOptions, fastest_cpu, select_backend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 @pytest.fixture(scope="module")

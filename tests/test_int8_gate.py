@@ -26,7 +26,7 @@ from fair_edge.errors import BuildError, BundleError, ConfigError, DataError
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import MANIFEST, load_bundle, metadata_digest
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 HEAD = "/unet/head/Conv"
 LAST_DECODER_CONV = "/unet/decoder.3/fuse/fuse.1/fuse.1.0/Conv"

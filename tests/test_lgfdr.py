@@ -22,7 +22,7 @@ from fair_edge.models.lgfdr.train import LgfdrTrainer
 from fair_edge.models.lgfdr.weights import WeightsError, load_backbone_weights, package_weights_file
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runtime.backends import select_backend
+from fair_edge.runtime.selection import select_backend
 from fair_edge.training.train import TrainConfig
 
 SETTINGS = LgfdrSettings(hidden=16, heads=2, layers=1, noise_std=0.5, smooth_sigma=1.0)
@@ -223,7 +223,7 @@ def test_tensorrt_engine_matches_onnxruntime(lgfdr_run, tmp_path):
     pytest.importorskip("tensorrt")
     from fair_edge.calibration.frames import preprocess_frames
     from fair_edge.export.tensorrt import current_target
-    from fair_edge.runtime.ort import OnnxRuntimeBackend
+    from fair_edge.runtime.backends import OnnxRuntimeBackend
     from fair_edge.runtime.tensorrt import TensorRTBackend
 
     for precision, tol in (("fp32", 1e-3), ("fp16", 2e-2)):

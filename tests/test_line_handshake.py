@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fair_edge.cameras import LineSource
-from fair_edge.cameras.capture import CaptureSettings
+from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.triggered import triggered_capture
 from fair_edge.errors import ConfigError
 from fair_edge.line.handshake import HandshakeSettings, Ticket, open_handshake

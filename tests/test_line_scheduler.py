@@ -12,7 +12,7 @@ from fair_edge.line.scheduler import LATE, OK, REFUSED, SCHEDULED, RejectSchedul
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import SinkReport
-from fair_edge.line.slots import SlotPlan
+from fair_edge.line.scheduler import SlotPlan
 from fair_edge.records import Verdict
 from line_replay import RecordingSink, replay, timing_errors_ms
 

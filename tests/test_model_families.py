@@ -16,7 +16,7 @@ from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import MANIFEST, load_bundle, sha256_file
 from fair_edge.models.registry import FAMILIES, ModelSpec, get_family
 from fair_edge.models.tensors import ANOMALY_MAP, OUTPUT_NAMES, SCORE
-from fair_edge.runtime.backends import select_backend
+from fair_edge.runtime.selection import select_backend
 
 
 def test_registry_names_families_and_suggests_on_typos():

@@ -199,7 +199,7 @@ def test_bundles_round_trip_with_parity_facts_and_threshold(patchcore_bundles):
 def test_onnx_runtime_matches_pytorch_on_frames_with_defects(patchcore_bundles):
     from export_fixtures import make_frames
 
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
 
     b = patchcore_bundles["fp32"].bundle
     frames = make_frames(4, seed=7, defect=True)
@@ -284,7 +284,7 @@ def test_tensorrt_engine_matches_onnxruntime(patchcore_run, tmp_path):
     from fair_edge.export.build import BuildOptions, build_bundle
     from fair_edge.export.bundle import load_bundle
     from fair_edge.export.tensorrt import current_target
-    from fair_edge.runtime.ort import OnnxRuntimeBackend
+    from fair_edge.runtime.backends import OnnxRuntimeBackend
     from fair_edge.runtime.tensorrt import TensorRTBackend
 
     ckpt = load_checkpoint(patchcore_run[0])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fair_edge.errors import ConfigError
-from fair_edge.preprocess import PreprocessConfig, reference_input
-from fair_edge.runtime.preprocess_cpu import CpuPipeline, StageClock
+from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock, reference_input
+from fair_edge.runtime.backends import cpu_pipeline
 from frames import KERNEL_CONFIGS, random_frame
 
 SEPARABLE_TOL = 1e-3  # the fused kernel's budget against the reference (export/FUSED_KERNEL.md)
@@ -20,7 +20,7 @@ def reference_batch(frames, cfg):
                          ids=lambda c: f"{c.filter}-{c.cutoff:g}-{c.order}-{c.image_size}")
 def test_fft_matches_reference(cfg):
     frames = [random_frame(320, 200, seed=1), random_frame(cfg.image_size, cfg.image_size, channels=1, seed=2)]
-    hp, col = CpuPipeline(cfg, "fft")(frames)
+    hp, col = cpu_pipeline(cfg, "fft")(frames)
     ref_hp, ref_col = reference_batch(frames, cfg)
     assert hp.dtype == col.dtype == np.float32
     assert hp.shape == (2, cfg.in_channels, cfg.image_size, cfg.image_size) and col.shape == (2, 3, cfg.image_size, cfg.image_size)
@@ -31,7 +31,7 @@ def test_fft_matches_reference(cfg):
 @pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=lambda c: f"{c.filter}-{c.cutoff:g}-{c.order}")
 def test_separable_matches_reference_within_the_kernel_budget(cfg):
     frames = [random_frame(1920, 1080, seed=3), random_frame(640, 480, seed=4)]
-    hp, _ = CpuPipeline(cfg, "separable")(frames)
+    hp, _ = cpu_pipeline(cfg, "separable")(frames)
     ref_hp, _ = reference_batch(frames, cfg)
     err = np.abs(hp - ref_hp).max()
     assert err <= SEPARABLE_TOL
@@ -47,6 +47,6 @@ def test_stage_clock_charges_each_stage():
 
 def test_unknown_method_and_ideal_separable_are_refused():
     with pytest.raises(ConfigError, match="fft, separable"):
-        CpuPipeline(PreprocessConfig(), "dft")
+        cpu_pipeline(PreprocessConfig(), "dft")
     with pytest.raises(ConfigError, match="ideal"):
-        CpuPipeline(PreprocessConfig(filter="ideal"), "separable")
+        cpu_pipeline(PreprocessConfig(filter="ideal"), "separable")

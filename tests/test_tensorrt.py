@@ -22,7 +22,7 @@ from fair_edge.export import tensorrt as trt_mod
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.runtime import tensorrt as trt_backend
-from fair_edge.runtime.ort import OnnxRuntimeBackend
+from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 def test_module_imports_without_tensorrt_and_names_what_to_install(monkeypatch):

@@ -14,7 +14,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.training.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runtime.backends import select_backend
+from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import FrameTiler, TilingConfig, split_frame, stitch, tile_layout, tile_weights
 from fair_edge.training.train import TrainConfig, Trainer
 

@@ -39,7 +39,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fair_edge.runtime.backends import BackendChoice, BackendOptions, CpuPreprocessor, TorchBackend, select_backend
+from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor
+from fair_edge.runtime.selection import BackendOptions, select_backend
+from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError

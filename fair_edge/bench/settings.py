@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.errors import ConfigError, did_you_mean
 
 MODES = ("loop", "compute", "both", "stages")
@@ -54,7 +54,7 @@ def parse_feed(text: str) -> str | float:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """backend: 'auto' or a name in ``backends.BACKENDS``. baseline: one of ``BASELINES``.
+    """backend: 'auto' or a name in ``selection.BACKENDS``. baseline: one of ``BASELINES``.
     batches: max_batch values to time. frame_hw: (height, width) of the synthetic frames, pixels.
     seconds: timed duration per (backend, batch, mode). mode: one of ``MODES``. feed: loop feeding
     (``fair_edge.bench.run`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.

@@ -23,8 +23,8 @@ import numpy as np
 
 from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
-from fair_edge.runtime.preprocess_cpu import HIGHPASS_METHODS, StageClock
-from fair_edge.runtime.backends import CpuPreprocessor, cpu_graph
+from fair_edge.preprocess import StageClock
+from fair_edge.runtime.backends import HIGHPASS_METHODS, CpuPreprocessor, cpu_graph
 
 log = logging.getLogger(__name__)
 STAGE_NAMES = ("copy", "resize", "highpass", "inference", "scoring", "decision")

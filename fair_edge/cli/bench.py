@@ -14,7 +14,7 @@ from fair_edge.cli.build import describe_fact
 from fair_edge.cli.common import check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
-from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.runtime.selection import BACKEND_NAMES
 
 app = typer.Typer()
 

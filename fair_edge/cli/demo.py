@@ -14,7 +14,7 @@ from rich.table import Table
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.cli.evaluate import run_eval
 from fair_edge.cli.train import run_training
-from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
 
 app = typer.Typer()

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.backends import BACKENDS
+from fair_edge.runtime.selection import BACKENDS
 from fair_edge.station.doc import station_reference
 
 app = typer.Typer()

@@ -84,7 +84,7 @@ class LinePlan:
 def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarray]) -> dict:
     """Time the station's inspection (pre-process + inference + decision) of each image, one at a
     time, with the station's own Inspector and backend; the first call is not timed."""
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame

@@ -29,6 +29,7 @@ gate: the new part is refused, counted, and alarmed.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import logging
@@ -43,9 +44,7 @@ from .encoder import EncoderSource
 from .events import RejectEvent
 from .settings import RejectSettings
 from .sinks import FanOut, SignalSink, SinkReport, log_reporter, open_fanout
-from .sinks.base import Counters
-from .slots import SlotPlan
-from .timing import sleep_until
+from .sinks.base import Counters, sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,41 @@ DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recogn
 # what submit() returns
 OK, SCHEDULED, LATE, REFUSED = "ok", "scheduled", "late", "refused"
 UNKNOWN, GOOD, NG = "unknown", "good", "ng"
+
+
+class SlotPlan:
+    """Pulse slot planning (keeps reject pulses ``pulse + min_gap`` apart when verdicts arrive in any
+    order): start times (monotonic s) of planned and recently fired pulses, sorted.
+
+    span_s = pulse width + min gap: two rising edges closer than this would merge or violate the
+    actuator's recovery time.
+    """
+
+    def __init__(self, span_s: float) -> None:
+        self.span_s = span_s
+        self._starts: list[float] = []
+
+    def earliest(self, t_wanted: float) -> float:
+        """The first start >= t_wanted that is at least span_s from every planned start."""
+        t = t_wanted
+        for start in self._starts:
+            if start + self.span_s <= t:
+                continue
+            if t + self.span_s <= start:
+                break
+            t = start + self.span_s
+        return t
+
+    def take(self, t_start: float) -> None:
+        bisect.insort(self._starts, t_start)
+
+    def prune(self, now: float) -> None:
+        """Forget starts that can no longer conflict with anything planned from ``now`` on."""
+        cut = bisect.bisect_left(self._starts, now - self.span_s)
+        del self._starts[:cut]
+
+    def __len__(self) -> int:
+        return len(self._starts)
 
 
 @dataclass

@@ -1,33 +1,32 @@
-"""Inference backends over one bundle, and the pre-processing that feeds them.
+"""Inference backends over one bundle, the pre-processing that feeds them, and ``BackendChoice``, the
+whole frames -> scores path of one bundle.
 
 One contract for every backend and every model family:
   infer({input name: (B, C, S, S) float32 tensor on the backend's device})
     -> {anomaly_map: (B, 1, S, S) float32, score: (B,) float32} host NumPy arrays.
 The input names are the bundle model's (``bundle.model.input_names``); the pre-processors make
-exactly those from uint8 frames. ``select_backend(bundle, "auto")`` picks TensorRT (an engine built
-for this GPU), then PyTorch on CUDA (CUDA graphs), then ONNX Runtime on the CPU, and says why.
+exactly those from uint8 frames. ONNX Runtime, the CPU default that every bundle's graph runs on
+(and the build checks its graphs with), is defined here; PyTorch (``pytorch``), TensorRT (``tensorrt``)
+and OpenVINO (``openvino``) each have a module, and ``selection.select_backend`` picks one.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, runtime_checkable
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from fair_edge.calibration.threshold import Threshold
-from fair_edge.errors import BundleError, ConfigError, FairEdgeError
+from fair_edge.errors import BundleError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
-from fair_edge.runtime.compiled import CompiledModule
-from fair_edge.runtime.preprocess_cpu import DEFAULT_HIGHPASS, CpuPipeline, StageClock
-from fair_edge.tiling import FrameTiler, TileLayout
+from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock
+from fair_edge.tiling import FrameTiler
 
-log = logging.getLogger(__name__)
 Inputs = Mapping[str, "torch.Tensor | np.ndarray"]  # host engines (ONNX Runtime, OpenVINO) take NumPy arrays too
 Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
 
@@ -64,70 +63,84 @@ class FrameScorer(Protocol):
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-# ----------------------------------------------------------------------------- backends
-class TorchBackend:
-    """The bundle's FP32 weights in PyTorch; on CUDA each batch size runs as a captured CUDA graph.
+# ----------------------------------------------------------------------------- ONNX Runtime (the CPU default)
+def host_array(value: "np.ndarray | torch.Tensor") -> np.ndarray:
+    """A contiguous float32 host array of ``value`` (a NumPy array or a tensor on any device)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
 
-    compile: run the model through ``torch.compile`` (inductor; ``fair_edge.runtime.compiled``)."""
 
-    name = "torch"
+class OnnxRuntimeBackend:
+    """infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
 
-    def __init__(self, weights, device: torch.device, cuda_graphs: bool = True, compile: bool = False) -> None:
-        from fair_edge.models.checkpoint import load_checkpoint
+    input_names: the inputs the graph must declare, in order (a bundle's ``model.input_names``);
+    None accepts the graph's own (build-time checks on a graph just written).
+    """
 
-        ckpt = load_checkpoint(weights)
-        self.device, self.input_names = device, ckpt.model.input_names
-        self.detector = ckpt.build_detector(device)
-        self.compiled = CompiledModule(self.detector) if compile else None
-        self.use_graphs = cuda_graphs and device.type == "cuda"
-        self.graphs: dict[int, tuple] = {}
+    name = "onnxruntime"
+    device = torch.device("cpu")
 
-    @property
-    def compile_seconds(self) -> dict[int, float]:
-        """Seconds torch.compile took per batch size (first call of each shape); empty when not compiled."""
-        return dict(self.compiled.seconds) if self.compiled else {}
+    def __init__(self, onnx_path: str | Path, input_names: Sequence[str] | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
+        self.path = Path(onnx_path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only; ORT warns about fp16 kernels it emulates on CPU
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
+        except Exception as exc:  # ORT raises its own pybind exception types
+            raise BundleError(
+                f"ONNX Runtime cannot load {self.path}: {type(exc).__name__}: {str(exc)[:300]}. "
+                "Rebuild the bundle with `fair-edge build`."
+            ) from exc
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        if input_names is not None and self.input_names != tuple(input_names):
+            raise BundleError(f"{self.path} has inputs {list(self.input_names)}; expected {list(input_names)}. "
+                              "Rebuild the bundle with `fair-edge build`.")
 
-    def _forward(self, *inputs: torch.Tensor):
-        return (self.compiled or self.detector)(*inputs)
+    @classmethod
+    def from_bundle(cls, bundle, threads: int = 0) -> "OnnxRuntimeBackend":
+        """The backend for ``bundle.onnx_path`` (the graph of the bundle's precision)."""
+        return cls(bundle.onnx_path, bundle.model.input_names, threads=threads)
 
-    @torch.no_grad()
-    def _capture(self, inputs: Inputs) -> tuple:
-        static_in = [torch.zeros_like(inputs[n], device=self.device) for n in self.input_names]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up before capture, as CUDA graphs require (and compilation, if any)
-                self._forward(*static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._forward(*static_in)
-        return graph, static_in, static_out
-
-    @torch.no_grad()
     def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
-        if not self.use_graphs:
-            outputs = self._forward(*(inputs[n].to(self.device) for n in self.input_names))
-        else:
-            batch = inputs[self.input_names[0]].shape[0]
-            if batch not in self.graphs:
-                self.graphs[batch] = self._capture(inputs)
-            graph, static_in, outputs = self.graphs[batch]
-            for buffer, name in zip(static_in, self.input_names):
-                buffer.copy_(inputs[name])
-            graph.replay()
-        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs)}
+        feeds = {name: host_array(inputs[name]) for name in self.input_names}
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
+
+    def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
+        """``infer`` in chunks of ``batch`` images; same names and shapes as ``infer``."""
+        count = len(next(iter(inputs.values())))
+        parts = [self.infer({n: inputs[n][i : i + batch] for n in self.input_names}) for i in range(0, count, batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
 
     def close(self) -> None:
-        self.graphs.clear()
+        self.session = None
 
 
 # ----------------------------------------------------------------------------- pre-processing
+HIGHPASS_METHODS = ("fft", "separable")
+DEFAULT_HIGHPASS = "fft"  # measured faster than "separable" at 256 x 256 (BENCHMARKS.md, per-stage table)
+
+
+def cpu_pipeline(cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> CpuPipeline:
+    """The CPU pipeline of ``cfg`` with its high-pass by ``method``: ``fft`` (exact) or ``separable`` (the
+    fused CUDA kernel's taps, ``export.highpass_plan.separable_highpass``; ConfigError for filters with no
+    compact kernel, e.g. 'ideal'). ``sobel_xy`` is spatial for both."""
+    if method not in HIGHPASS_METHODS:
+        raise ConfigError(f"CPU high-pass method must be one of {', '.join(HIGHPASS_METHODS)}; found {method!r}.")
+    if method == "separable" and cfg.filter != "sobel_xy":
+        from fair_edge.export.highpass_plan import separable_highpass
+
+        return CpuPipeline(cfg, separable_highpass(cfg))
+    return CpuPipeline(cfg)
+
+
 class CpuPreprocessor:
     """The CPU pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
 
     frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S). The colour
-    image and a ``highpass`` input come from ``preprocess_cpu.CpuPipeline`` (NumPy / OpenCV; high-pass
+    image and a ``highpass`` input come from ``preprocess.CpuPipeline`` (NumPy / OpenCV; high-pass
     method ``highpass``: fft or the fused kernel's separable taps); any other input from the family's
     input maker applied to the colour image.
 
@@ -138,7 +151,7 @@ class CpuPreprocessor:
     def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu"),
                  highpass: str = DEFAULT_HIGHPASS, host: bool = False) -> None:
         self.names, self.device = model.input_names, device
-        self.pipeline = CpuPipeline(model.preprocess, highpass)
+        self.pipeline = cpu_pipeline(model.preprocess, highpass)
         self.make_inputs = model.input_maker("cpu")
         self.host = host and set(self.names) <= {COLOUR, HIGHPASS}
 
@@ -156,55 +169,7 @@ class CpuPreprocessor:
         return {name: inputs[name].to(self.device) for name in self.names}
 
 
-class FusedGpuPreprocessor:
-    """The fused CUDA kernel (resize, gray, high-pass; one launch): same-sized host frames -> CUDA inputs.
-
-    Serves models whose inputs are among (highpass, colour); ConfigError for any other.
-    """
-
-    def __init__(self, model: ModelSpec) -> None:
-        if not set(model.input_names) <= {HIGHPASS, COLOUR} or HIGHPASS not in model.input_names:
-            raise ConfigError(f"the fused kernel makes highpass and colour; {model.describe()} takes {list(model.input_names)}.")
-        from fair_edge.export.preprocess_gpu import FusedPreprocessor
-
-        self.model, self.cfg = model, model.preprocess
-        self.kernel = FusedPreprocessor(self.cfg, half=False)
-
-    @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        if len({f.shape for f in frames}) > 1:
-            return CpuPreprocessor(self.model, torch.device("cuda"))(frames)  # mixed sizes: rare, reference path
-        highpass, colour = self._outputs(len(frames))
-        self.kernel.run(np.stack(frames), highpass, colour, stream=torch.cuda.current_stream().cuda_stream)
-        return self._inputs(highpass, colour)
-
-    @torch.no_grad()
-    def tiles(self, frames: list[np.ndarray], layout: TileLayout) -> dict[str, torch.Tensor]:
-        """Every tile of ``layout`` of every frame (same-sized frames), cropped and resized in one kernel
-        launch from the whole frames: inputs of len(frames) * layout.count items, frame by frame."""
-        highpass, colour = self._outputs(len(frames) * layout.count)
-        self.kernel.run_tiles(np.stack(frames), layout.crops, layout.tiling.tile, highpass, colour,
-                              stream=torch.cuda.current_stream().cuda_stream)
-        return self._inputs(highpass, colour)
-
-    def _outputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh CUDA (highpass (batch, C, S, S), colour (batch, 3, S, S)) float32 buffers for the kernel."""
-        size = self.cfg.image_size
-        return (torch.empty(batch, self.cfg.in_channels, size, size, device="cuda"),
-                torch.empty(batch, 3, size, size, device="cuda"))
-
-    def _inputs(self, highpass: torch.Tensor, colour: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
-
-
-# ----------------------------------------------------------------------------- selection
-@dataclass(frozen=True)
-class BackendOptions:
-    """compile: torch.compile the PyTorch backends (``fair_edge.runtime.compiled``); the others ignore it."""
-
-    compile: bool = False
-
-
+# ----------------------------------------------------------------------------- one bundle's frames -> scores
 def whole_frames() -> FrameTiler:
     """The identity tiler of an untiled bundle (``BackendChoice``'s default)."""
     return FrameTiler(None, 0)
@@ -258,134 +223,8 @@ class BackendChoice:
 
 
 
-def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
-    from fair_edge.runtime.tensorrt import TensorRTBackend
-
-    if bundle.engine is None:
-        raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
-    return BackendChoice(TensorRTBackend.from_bundle(bundle), _gpu_preprocessor(bundle), "TensorRT engine in the bundle")
-
-
-def _torch_cuda(bundle, options: BackendOptions) -> BackendChoice:
-    if not torch.cuda.is_available():
-        raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
-    backend = TorchBackend(_weights(bundle), torch.device("cuda"), compile=options.compile)
-    return BackendChoice(backend, _gpu_preprocessor(bundle),
-                         f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''}")
-
-
-def _torch_cpu(bundle, options: BackendOptions) -> BackendChoice:
-    backend = TorchBackend(_weights(bundle), torch.device("cpu"), compile=options.compile)
-    return BackendChoice(backend, CpuPreprocessor(bundle.model),
-                         f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
-
-
 def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
     """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold), else the bundle's graph."""
     if bundle.cpu_onnx_path is not None:
         return bundle.cpu_onnx_path, bundle.cpu_threshold, "int8 CPU graph"
     return bundle.onnx_path, None, f"{bundle.precision} graph"
-
-
-def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
-    from fair_edge.runtime.ort import OnnxRuntimeBackend
-
-    path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
-                         f"ONNX Runtime on the CPU ({what})", threshold)
-
-
-def _openvino(bundle, options: BackendOptions) -> BackendChoice:
-    from fair_edge.runtime.openvino import OpenVinoBackend
-
-    path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
-                         f"OpenVINO on the CPU ({what})", threshold)
-
-
-def _weights(bundle):
-    if bundle.weights_path is None:
-        raise BundleError(f"bundle {bundle.root} holds no PyTorch weights; rebuild it with `fair-edge build`.")
-    return bundle.weights_path
-
-
-def _gpu_preprocessor(bundle) -> Preprocess:
-    try:
-        return FusedGpuPreprocessor(bundle.model)
-    except FairEdgeError as exc:
-        log.warning("fused pre-processing kernel not used (%s); using the reference on the CPU", exc)
-        return CpuPreprocessor(bundle.model, torch.device("cuda"))
-
-
-BACKENDS: dict[str, Callable[..., BackendChoice]] = {
-    "tensorrt": _tensorrt,
-    "torch-cuda": _torch_cuda,
-    "torch-cpu": _torch_cpu,
-    "onnxruntime": _onnxruntime,
-    "openvino": _openvino,
-}
-BACKEND_NAMES = ("auto", *BACKENDS)  # what --backend and the station file's backend accept: the one list
-# CPU engines 'auto' times at start-up; torch-cpu is left out: the slowest on the CPU in every measurement.
-CPU_CANDIDATES = ("onnxruntime", "openvino")
-UNAVAILABLE = (FairEdgeError, ImportError, OSError, RuntimeError)
-
-
-def _first_sentence(exc: Exception) -> str:
-    return str(exc).split(". ")[0]
-
-
-def probe_ms(choice: BackendChoice, size: int, repeats: int = 3) -> float:
-    """Median milliseconds of pre-processing + inference of one (size, size, 3) frame, after one warm-up."""
-    frame = np.full((size, size, 3), 128, np.uint8)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        choice.infer_frames([frame])
-        if i:
-            times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
-
-
-def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BackendChoice:
-    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why."""
-    choices, notes = [], []
-    for name in CPU_CANDIDATES:
-        try:
-            choices.append(BACKENDS[name](bundle, options))
-        except UNAVAILABLE as exc:
-            notes.append(f"{name}: {_first_sentence(exc)}")
-    if not choices:
-        raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
-    if len(choices) == 1:
-        return replace(choices[0], reason=f"{choices[0].reason}, the only CPU engine installed")
-    timed = sorted(((probe_ms(c, bundle.image_size), c) for c in choices), key=lambda t: t[0])
-    for _, loser in timed[1:]:
-        loser.backend.close()
-    ms, best = timed[0]
-    probe = ", ".join(f"{c.backend.name} {t:.1f} ms" for t, c in timed)
-    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {probe})")
-
-
-def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BackendChoice:
-    """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
-    The choice carries the bundle's tiling (``BackendChoice.infer_frames``)."""
-    choice = _select(bundle, name, options)
-    if bundle.preprocess.tiling is None:
-        return choice
-    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
-
-
-def _select(bundle, name: str, options: BackendOptions) -> BackendChoice:
-    if name != "auto":
-        if name not in BACKENDS:
-            raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
-        return BACKENDS[name](bundle, options)
-    reasons = []
-    for candidate in ("tensorrt", "torch-cuda"):
-        try:
-            choice = BACKENDS[candidate](bundle, options)
-            return replace(choice, reason=f"auto: {choice.reason}")
-        except UNAVAILABLE as exc:
-            reasons.append(f"{candidate}: {_first_sentence(exc)}")
-    choice = fastest_cpu(bundle, options)
-    return replace(choice, reason=f"auto: {choice.reason} ({'; '.join(reasons)})")

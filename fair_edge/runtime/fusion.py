@@ -129,7 +129,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
 
 
 def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> np.ndarray:
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
 
     choice = select_backend(bundle, backend)
     try:
@@ -191,7 +191,7 @@ class FusedChoice:
     graph_threshold = None
 
     def __init__(self, bundle: FusedBundle, backend: str = "auto") -> None:
-        from fair_edge.runtime.backends import select_backend
+        from fair_edge.runtime.selection import select_backend
 
         self.bundle = bundle
         self.backend = _Members([select_backend(m, backend) for m in bundle.members])

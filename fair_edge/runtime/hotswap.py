@@ -1,9 +1,10 @@
 """Change the model or the threshold of a running station without stopping capture.
 
 Another thread (the console, a SIGHUP handler) loads the new bundle and its backend off the loop,
-then ``ModelSwitch.request()`` leaves the change in a one-item slot. The inspection loop calls
-``take()`` between batches, so a batch that is already being inferred finishes on the old model
-and the next one uses the new; capture never pauses. Every verdict carries the id of the model
+then ``ModelSwitch.request()`` leaves the change in a one-item slot and raises its ``pending`` flag.
+Between batches the inspection loop reads the flag (a plain attribute: no call into this module per
+frame) and only then calls ``take()``, so a batch that is already being inferred finishes on the old
+model and the next one uses the new; capture never pauses. Every verdict carries the id of the model
 that decided it (``Verdict.model``).
 
 Model id: the first 12 hex digits of a SHA-256 over the bundle's file checksums (the files
@@ -62,17 +63,19 @@ class ModelSwitch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: ModelChange | None = None
+        self.pending = False  # a change waits; read by the loop without the lock (a stale False waits a batch)
 
     def request(self, change: ModelChange) -> None:
         with self._lock:
             old, self._pending = self._pending, _merge(self._pending, change)
+            self.pending = True
         if old is not None and old.choice is not None and change.choice is not None:
             retire(old.choice)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
         with self._lock:
-            change, self._pending = self._pending, None
+            change, self._pending, self.pending = self._pending, None, False
         return change
 
 

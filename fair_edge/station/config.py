@@ -30,7 +30,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.station.inspector import LoopSettings
 from fair_edge.line import fields as f
 from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
-from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.runtime.selection import BACKEND_NAMES
 
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
 FULL_POLICIES = (AUTO_POLICY, *CAPTURE_POLICIES)

@@ -14,7 +14,7 @@ from pathlib import Path
 from fair_edge.line.handshake import HANDSHAKE_SCHEMES
 from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
-from fair_edge.runtime.backends import BACKEND_NAMES
+from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.station.config import FULL_POLICIES, StationConfig
 
 # section -> comment naming the allowed values (constants imported, not written again)

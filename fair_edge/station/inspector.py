@@ -112,7 +112,7 @@ class RunSummary:
 
 
 class Inspector:
-    """Runs the loop over one capture thread with one backend choice (see backends.select_backend).
+    """Runs the loop over one capture thread with one backend choice (see selection.select_backend).
 
     threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
     0 outside) multiplied into the anomaly map before its max, or None for the whole image.
@@ -163,7 +163,7 @@ class Inspector:
                           self.model)
         self.summary.inspected += 1
         self.summary.ng += int(ng)
-        self.latency.add(verdict.latency_ms)
+        self.latency.add((verdict.t_verdict - frame.t_capture) * 1000.0)  # ms, as Verdict.latency_ms
         for callback in self.on_verdict:
             try:
                 callback(frame, verdict, anomaly_map)
@@ -202,6 +202,8 @@ class Inspector:
     def apply_switch(self) -> None:
         """Take a pending model / threshold change (between batches: the last batch finished on the
         old model). The replaced backend is closed here, after its last batch."""
+        if not self.switch.pending:
+            return
         change = self.switch.take()
         if change is None:
             return

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from fair_edge.runtime.backends import FrameScorer, select_backend
+from fair_edge.runtime.backends import FrameScorer
+from fair_edge.runtime.selection import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
-from fair_edge.cameras.capture import CaptureState
+from fair_edge.cameras.base import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .base import Reporter, SignalSink, SinkReport, WorkerSink, log_reporter
-from .fanout import FanOut
+from .base import FanOut, Reporter, SignalSink, SinkReport, WorkerSink, log_reporter
 from .gpio import open_gpio_sink
 from .log import LogSink, open_log_sink
 from .modbus import open_modbus_sink

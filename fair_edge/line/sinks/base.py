@@ -1,8 +1,11 @@
-"""The signal sink protocol and the worker thread that drives one blocking output.
+"""The signal sink protocol, the worker thread that drives one blocking output, and the fan-out
+that drives several sinks as one (e.g. PLC reject coil + stack light + log).
 
 A sink turns ``RejectEvent``s into pulses and a fault flag into a held level. ``pulse()`` and
 ``set_fault()`` never block and never raise: the write happens on the sink's own thread, so a
-dead PLC cannot stall the scheduler or the inspection loop.
+dead PLC cannot stall the scheduler or the inspection loop. Edges are timed with ``sleep_until``
+(precise waits on a loaded machine: block coarsely, then finish with short sleeps), which the
+scheduler uses too.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ...errors import PlcDeviceError, PlcError
 from ..events import RejectEvent
-from ..timing import sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,32 @@ RETRY_STEP_S = 0.003      # between write attempts while a pulse is still within
 FALL_RETRY_S = 1.0        # how long a falling edge is retried before the output is reported stuck
 IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level changes)
 CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for at most this long
+COARSE_MARGIN_S = 0.002   # wake this early from the coarse wait (Linux timer slack + GIL hand-off)
+FINE_STEP_S = 0.0002      # then sleep in steps this short (yields the GIL; no pure busy loop)
+
+
+def sleep_until(t_target: float, wake: threading.Event | None = None) -> bool:
+    """Sleep until ``time.monotonic() >= t_target`` (seconds).
+
+    Waits on ``wake`` (if given) until ~2 ms before, then sleeps in 0.2 ms steps.
+    Returns False as soon as ``wake`` is set (caller re-plans), True when the time was reached.
+    Typical overshoot on an idle Linux box: < 0.3 ms.
+    """
+    while True:
+        left = t_target - time.monotonic()
+        if left <= 0:
+            return True
+        if wake is not None and wake.is_set():
+            return False
+        if left > COARSE_MARGIN_S:
+            coarse = left - COARSE_MARGIN_S
+            if wake is not None:
+                if wake.wait(coarse):
+                    return False
+            else:
+                time.sleep(coarse)
+        else:
+            time.sleep(min(FINE_STEP_S, left))
 
 
 @dataclass(frozen=True)
@@ -294,3 +322,56 @@ class WorkerSink:
             self._report(SinkReport(self.name, kind, seq, detail))
         except Exception:  # noqa: BLE001 - a broken listener must not kill the worker
             log.exception("sink %s: report listener failed", self.name)
+
+
+class FanOut:
+    """Calls every sink in turn; a sink that raises is logged and counted in ``errors`` and the
+    others still get the call. ``close()`` closes each sink once (failures logged)."""
+
+    def __init__(self, sinks: Iterable[SignalSink], name: str = "fan-out") -> None:
+        self.sinks = list(sinks)
+        self.name = name
+        self.errors = 0
+        self._closed = False
+
+    def pulse(self, event: RejectEvent) -> None:
+        for sink in self.sinks:
+            try:
+                sink.pulse(event)
+            except Exception:  # noqa: BLE001 - one broken sink must not stop the others
+                self.errors += 1
+                log.exception("sink %s failed on reject seq %d", sink.name, event.seq)
+
+    def set_fault(self, active: bool, reason: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.set_fault(active, reason)
+            except Exception:  # noqa: BLE001
+                self.errors += 1
+                log.exception("sink %s failed on fault=%s", sink.name, active)
+
+    def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for sink in self.sinks:
+            for key, value in sink.stats().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def per_sink_stats(self) -> dict[str, dict[str, int]]:
+        return {sink.name: sink.stats() for sink in self.sinks}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - close the rest anyway
+                log.exception("closing sink %s failed", sink.name)
+
+    def __enter__(self) -> FanOut:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
