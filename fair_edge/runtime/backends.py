@@ -222,7 +222,6 @@ class BackendChoice:
         return maps, np.asarray(np.concatenate([p[SCORE] for p in parts]), np.float32)
 
 
-
 def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
     """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold), else the bundle's graph."""
     if bundle.cpu_onnx_path is not None:

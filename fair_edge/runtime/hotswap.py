@@ -1,9 +1,9 @@
 """Change the model or the threshold of a running station without stopping capture.
 
 Another thread (the console, a SIGHUP handler) loads the new bundle and its backend off the loop,
-then ``ModelSwitch.request()`` leaves the change in a one-item slot and raises its ``pending`` flag.
-Between batches the inspection loop reads the flag (a plain attribute: no call into this module per
-frame) and only then calls ``take()``, so a batch that is already being inferred finishes on the old
+then ``ModelSwitch.request()`` leaves the change in a one-item slot, ``pending``. Between batches the
+inspection loop reads that attribute (no call into this module per frame) and only when a change waits
+calls ``take()``, so a batch that is already being inferred finishes on the old
 model and the next one uses the new; capture never pauses. Every verdict carries the id of the model
 that decided it (``Verdict.model``).
 
@@ -62,20 +62,19 @@ class ModelSwitch:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: ModelChange | None = None
-        self.pending = False  # a change waits; read by the loop without the lock (a stale False waits a batch)
+        # written under the lock; the loop reads it without (a stale None only waits a batch)
+        self.pending: ModelChange | None = None
 
     def request(self, change: ModelChange) -> None:
         with self._lock:
-            old, self._pending = self._pending, _merge(self._pending, change)
-            self.pending = True
+            old, self.pending = self.pending, _merge(self.pending, change)
         if old is not None and old.choice is not None and change.choice is not None:
             retire(old.choice)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
         with self._lock:
-            change, self._pending, self.pending = self._pending, None, False
+            change, self.pending = self.pending, None
         return change
 
 

@@ -17,6 +17,7 @@ from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, OnnxRuntimeBackend, cpu_graph
 from fair_edge.tiling import FrameTiler
 
+
 @dataclass(frozen=True)
 class BackendOptions:
     """compile: torch.compile the PyTorch backends (``fair_edge.runtime.compiled``); the others ignore it."""

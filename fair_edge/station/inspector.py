@@ -202,7 +202,7 @@ class Inspector:
     def apply_switch(self) -> None:
         """Take a pending model / threshold change (between batches: the last batch finished on the
         old model). The replaced backend is closed here, after its last batch."""
-        if not self.switch.pending:
+        if self.switch.pending is None:
             return
         change = self.switch.take()
         if change is None:
