@@ -7,43 +7,32 @@ embedding width, map blur, re-weighting, and fusions of variants with each other
 Same protocol as ``bench_equal_time.py`` (and the same OUT, so its rows can be fused with these): every
 variant fits on the same 80 % of the normal training images (``tune.split_normals``, seed 0), the other
 20 % give the fusion's normal statistics, the test split is read only to score. A variant is PatchCore's
-defaults with one change (``VARIANTS``); each writes OUT/NAME/row.json and is skipped when finished.
+defaults with one change or a named combination (``VARIANTS``); each writes OUT/NAME/row.json and is skipped when finished.
 Reported per variant: fit CPU s, scoring CPU s per test image, image AUROC, caught at 0.5 % / 5 % false
 rejects, and pixel AUROC / AUPRO where the dataset has masks. OUT/variants.json gathers them.
 
-The taps and the local window are module constants of ``fair_edge/models/patchcore/model.py`` (not
-settings): a variant that changes them sets them for the duration of its fit and scoring only
-(``model_constants``), so its checkpoint does not record them and must not be scored outside this script.
+Every variant is a ``PatchcoreSettings`` (taps, local windows and the image score's top-k are settings
+since issue #19 item 4), so its checkpoint records all it needs and scores anywhere. row.json also gives
+the bank the fit got: rows, training patches and the effective coreset ratio (``bank_max`` caps it).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-import fair_edge.models.patchcore.model as pc_model
 from bench_equal_time import Row, bench_data, fusion_rows, run_row
 from fair_edge.demo.config import DEMO_IMAGE_SIZE
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A PatchCore row and the model constants it needs: taps (indices of the backbone's stride-4/8/16
-    maps, finer first) and the local aggregation window (pixels of the finer tap's grid)."""
-
-    row: Row
-    taps: tuple[int, int] = pc_model.TAPS
-    window: int = pc_model.LOCAL_WINDOW
 
 
 def pc(size: int = DEMO_IMAGE_SIZE, **changes) -> Row:
@@ -52,39 +41,34 @@ def pc(size: int = DEMO_IMAGE_SIZE, **changes) -> Row:
                one_pass=True)
 
 
-VARIANTS: dict[str, Variant] = {
-    "pc-base": Variant(pc()),
-    "pc-taps-s4-s8": Variant(pc(), taps=(0, 1)),
-    "pc-taps-s4-s16": Variant(pc(), taps=(0, 2)),
-    "pc-window-1": Variant(pc(), window=1),
-    "pc-window-5": Variant(pc(), window=5),
-    "pc-coreset-0.01": Variant(pc(coreset_ratio=0.01)),
-    "pc-coreset-0.25": Variant(pc(coreset_ratio=0.25, bank_max=40_000)),
-    "pc-no-reweight": Variant(pc(reweight=False)),
-    "pc-sigma-2": Variant(pc(smooth_sigma=2.0)),
-    "pc-embed-256": Variant(pc(embed_dim=256)),
-    "pc-embed-64": Variant(pc(embed_dim=64)),
-    "pc-256px": Variant(pc(256)),
-    "pc-256px-sigma-8": Variant(pc(256, smooth_sigma=8.0)),
+VARIANTS: dict[str, Row] = {
+    "pc-base": pc(),
+    "pc-taps-s4-s8": pc(taps=(0, 1)),
+    "pc-taps-s4-s16": pc(taps=(0, 2)),
+    "pc-window-1": pc(local_windows=(1,)),
+    "pc-window-5": pc(local_windows=(5,)),
+    "pc-coreset-0.01": pc(coreset_ratio=0.01),
+    "pc-coreset-0.25": pc(coreset_ratio=0.25, bank_max=40_000),
+    "pc-no-reweight": pc(reweight=False),
+    "pc-sigma-2": pc(smooth_sigma=2.0),
+    "pc-embed-256": pc(embed_dim=256),
+    "pc-embed-64": pc(embed_dim=64),
+    "pc-256px": pc(256),
+    "pc-256px-sigma-8": pc(256, smooth_sigma=8.0),
+    # issue #19 item 4: fine and coarse detail in one bank, and a less single-pixel image score
+    "pc-windows-1-3": pc(local_windows=(1, 3)),  # 32 channels per tap and window: the default's width
+    "pc-windows-1-3-e256": pc(local_windows=(1, 3), embed_dim=256),  # the window-1 and window-3 features side by side
+    "pc-top-64": pc(score_top_k=64),  # mean of the 64 highest map pixels (one 8 x 8 patch's area at 128 px)
+    "pc-windows-1-3-e256-top-64": pc(local_windows=(1, 3), embed_dim=256, score_top_k=64),
 }
 
 
-@contextlib.contextmanager
-def model_constants(taps: tuple[int, int], window: int):
-    """Set PatchCore's TAPS and LOCAL_WINDOW for the block; the previous values come back after it."""
-    saved = pc_model.TAPS, pc_model.LOCAL_WINDOW
-    pc_model.TAPS, pc_model.LOCAL_WINDOW = tuple(taps), int(window)
-    try:
-        yield
-    finally:
-        pc_model.TAPS, pc_model.LOCAL_WINDOW = saved
-
-
-def run_variant(name: str, variant: Variant, split, held, test, out: Path, with_masks: bool) -> dict:
-    """Fit and score one variant (bench_equal_time.run_row) with its constants; adds them to row.json."""
-    with model_constants(variant.taps, variant.window):
-        info = run_row(name, variant.row, split, held, test, None, out, with_masks=with_masks)
-    info.update(taps=list(variant.taps), local_window=variant.window)
+def run_variant(name: str, row: Row, split, held, test, out: Path, with_masks: bool) -> dict:
+    """Fit and score one variant (bench_equal_time.run_row); adds the fitted bank's size to row.json."""
+    info = run_row(name, row, split, held, test, None, out, with_masks=with_masks)
+    fit = load_checkpoint(Path(info["checkpoint"])).data_summary
+    info.update(bank_rows=fit.get("bank_rows"), train_patches=(fit.get("fit_seconds") or {}).get("patches"),
+                coreset_ratio_effective=fit.get("coreset_ratio_effective"), bank_capped=fit.get("bank_capped"))
     (out / name / "row.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -23,17 +23,20 @@ import torch
 from scipy.stats import spearmanr
 
 from bench_equal_time import bench_data
-from bench_patchcore_variants import model_constants
 from fair_edge import metrics
 from fair_edge.training.evaluate import score_samples
-from fair_edge.models.patchcore.model import LOCAL_WINDOW, TAPS
+from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_proxy_set
 
 
 def proxy_row(name: str, row: dict, proxy, settings: TuneSettings) -> TuneRow:
     """Score one finished bench row on the proxy set; a TuneRow so that tune's own rank_key orders it."""
-    with model_constants(tuple(row.get("taps", TAPS)), int(row.get("local_window", LOCAL_WINDOW))):
-        scored = score_samples(Path(row["checkpoint"]), proxy, batch=32)
+    settings = load_checkpoint(Path(row["checkpoint"])).settings
+    if "local_window" in row and (tuple(row["taps"]), (int(row["local_window"]),)) != \
+            (tuple(getattr(settings, "taps", ())), tuple(getattr(settings, "local_windows", ()))):
+        raise SystemExit(f"{name}: its row.json says taps {row['taps']}, window {row['local_window']}, which its "
+                         "checkpoint does not record (a row from before they were settings): fit it again.")
+    scored = score_samples(Path(row["checkpoint"]), proxy, batch=32)
     labels, scores = scored.labels, scored.scores
     return TuneRow(Candidate(name, None, 0, None), "done", metrics.image_auroc(scores, labels),
                    metrics.catch_rate(scores, labels, settings.false_reject_rate),

@@ -45,13 +45,9 @@ def test_generated_product_is_an_mvtec_set_whose_masks_mark_the_defects(tmp_path
         assert abs(image[mask].mean() - image[ring].mean()) > 5.0
 
 
-def test_model_constants_are_restored_after_a_variant():
-    import fair_edge.models.patchcore.model as pc_model
-
+def test_patchcore_variants_are_settings_not_patched_constants():
     variants = _script("bench_patchcore_variants")
-    before = pc_model.TAPS, pc_model.LOCAL_WINDOW
-    with pytest.raises(RuntimeError):
-        with variants.model_constants((0, 2), 1):
-            assert (pc_model.TAPS, pc_model.LOCAL_WINDOW) == ((0, 2), 1)
-            raise RuntimeError("a failing fit")
-    assert (pc_model.TAPS, pc_model.LOCAL_WINDOW) == before
+    assert not hasattr(variants, "model_constants")
+    assert variants.VARIANTS["pc-window-1"].model.settings.local_windows == (1,)
+    assert variants.VARIANTS["pc-taps-s4-s16"].model.settings.taps == (0, 2)
+    assert variants.VARIANTS["pc-base"].model.settings == variants.PatchcoreSettings()

@@ -298,3 +298,96 @@ def test_tensorrt_engine_matches_onnxruntime(patchcore_run, tmp_path):
         ref = OnnxRuntimeBackend.from_bundle(b).infer(inputs)
         scale = float(np.abs(ref["anomaly_map"]).max())
         assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < tol * max(scale, 1.0) for n in ref), precision
+
+
+# ----------------------------------------------------------------------------- taps, windows and top-k are settings
+def test_taps_windows_and_top_k_validate_with_expected_and_found():
+    with pytest.raises(ConfigError, match=r"taps must be two of .* finer first.*found \(2, 1\)"):
+        PatchcoreSettings(taps=(2, 1))
+    with pytest.raises(ConfigError, match=r"local_windows must be 1 to 3 distinct odd sizes.*found \(2,\)"):
+        PatchcoreSettings(local_windows=(2,))
+    with pytest.raises(ConfigError, match=r"embed_dim must divide by 2 x len\(local_windows\) = 4.*embed_dim=34"):
+        PatchcoreSettings(embed_dim=34, local_windows=(1, 3))
+    with pytest.raises(ConfigError, match="score_top_k must be in 1..65536 map pixels; found 0"):
+        PatchcoreSettings(score_top_k=0)
+    # a checkpoint written before these were settings loads with the defaults; JSON lists become tuples
+    old = {k: v for k, v in PatchcoreSettings().to_dict().items() if k not in ("taps", "local_windows", "score_top_k")}
+    assert PatchcoreSettings.from_dict(old) == PatchcoreSettings()
+    assert PatchcoreSettings().taps == (1, 2) and PatchcoreSettings().local_windows == (3,)
+    assert PatchcoreSettings.from_dict({"taps": [0, 2], "local_windows": [1, 3]}).local_windows == (1, 3)
+
+
+def test_a_window_changes_the_features_and_two_windows_concatenate_them():
+    from fair_edge.models.patchcore.model import PatchFeatures
+
+    gen = torch.Generator().manual_seed(0)
+    fine, coarse = torch.randn(1, 8, 8, 8, generator=gen), torch.randn(1, 12, 4, 4, generator=gen)
+    one, three = PatchFeatures((8, 12), 16, (1,)), PatchFeatures((8, 12), 16, (3,))
+    both = PatchFeatures((8, 12), 32, (1, 3))
+    f1, f3, f13 = one(fine, coarse), three(fine, coarse), both(fine, coarse)
+    assert f1.shape == f3.shape == (1, 16, 8, 8) and f13.shape == (1, 32, 8, 8)
+    assert (f1 - f3).abs().max() > 0.1
+    torch.testing.assert_close(f13, torch.cat([f1, f3], 1))  # window-major blocks: [fine w1, coarse w1, fine w3, ...]
+    torch.testing.assert_close(f1[:, :8], F.conv2d(fine, channel_pooling(8, 8)[:, :, None, None]))  # window 1: no pooling
+
+
+def test_settings_round_trip_through_a_checkpoint_and_the_cli_set(tmp_path):
+    from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+    from fair_edge.models.registry import FAMILIES
+    from fair_edge.models.training_contract import settings_overrides
+
+    got = settings_overrides(FAMILIES["patchcore"], ["taps=0,2", "local_windows=1,3", "score_top_k=16"])
+    assert got == {"taps": (0, 2), "local_windows": (1, 3), "score_top_k": 16}
+    with pytest.raises(ConfigError, match="expected comma-separated integers"):
+        settings_overrides(FAMILIES["patchcore"], ["taps=a,b"])
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), PatchcoreSettings(embed_dim=32, **got))
+    detector = model.build(device=torch.device("cpu"))
+    path = save_checkpoint(tmp_path / "c.pt", Checkpoint(model, model.impl.weights(detector), {}))
+    back = load_checkpoint(path)
+    assert back.model == model and back.settings.local_windows == (1, 3) and back.settings.taps == (0, 2)
+    assert back.build_detector().patches.windows == (1, 3)
+
+
+@pytest.fixture(scope="module")
+def multiscale_bundle(mvtec_dir, tmp_path_factory):
+    from export_fixtures import make_frames
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+
+    settings = PatchcoreSettings(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0, taps=(0, 2),
+                                 local_windows=(1, 3), score_top_k=8)
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
+    out = tmp_path_factory.mktemp("patchcore-multiscale")
+    final = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=8), out / "fit", torch.device("cpu")).run()
+    ckpt = load_checkpoint(final)
+    return ckpt, build_bundle(ckpt, out / "fp32", BuildOptions("fp32", max_batch=4, engine=False),
+                              calib_frames=make_frames(8, seed=100), normal_frames=make_frames(8, seed=5))
+
+
+def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bundle):
+    from export_fixtures import make_frames
+
+    from fair_edge.runtime.backends import select_backend
+
+    ckpt, result = multiscale_bundle
+    assert ckpt.settings.local_windows == (1, 3) and result.bundle.model == ckpt.model
+    assert ckpt.data_summary["coreset_ratio_effective"] == 0.25 and ckpt.data_summary["bank_capped"] is False
+    # taps at strides 4 + 16: the patch grid is 32 / 4 = 8 per side, so 16 images x 64 patches x 0.25
+    assert ckpt.state_dict["memory.bank_t"].shape == (32, 16 * 64 // 4)
+    assert result.parity_max_abs <= 1e-4
+    frames = make_frames(3, seed=7, defect=True)
+    ort_maps, ort_scores = select_backend(result.bundle, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(result.bundle, "torch-cpu").infer_frames(frames)
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4, rtol=0)
+    # score_top_k=8: the mean of the 8 highest map pixels, times the re-weighting (w <= 1), is below the max
+    top = np.sort(torch_maps.reshape(3, -1), axis=1)[:, -8:].mean(1)
+    assert np.all(torch_scores <= top + 1e-5) and np.all(top < torch_maps.reshape(3, -1).max(1))
+
+
+def test_a_capped_coreset_says_so():
+    from fair_edge.models.patchcore.train import bank_cap_facts
+
+    s = PatchcoreSettings(bank_max=10_000)
+    assert bank_cap_facts(385_024, bank_size(385_024, s), s) == {"coreset_ratio_effective": 0.02597, "bank_capped": True}
+    assert bank_cap_facts(96_256, bank_size(96_256, s), s) == {"coreset_ratio_effective": 0.1, "bank_capped": False}

@@ -113,6 +113,12 @@ def _parse_value(text: str, default: Any, key: str) -> Any:
         if word not in TRUE_WORDS + FALSE_WORDS:
             raise ConfigError(f"--set {key}={text}: expected true or false.")
         return word in TRUE_WORDS
+    if isinstance(default, tuple) and default and all(isinstance(v, int) and not isinstance(v, bool) for v in default):
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--set {key}={text}: expected comma-separated integers "
+                              f"(default {','.join(map(str, default))}).") from None
     try:
         return type(default)(text) if isinstance(default, (int, float, str)) else None
     except ValueError:

@@ -4,14 +4,16 @@ No network is trained. A frozen ImageNet backbone describes every patch of the n
 locally aggregated mid-level features; a greedy coreset of those patch features is the memory bank;
 a test patch's anomaly is its distance to the nearest bank feature.
 
-    colour (B, 3, S, S) -> normalise -> frozen backbone -> taps at strides 8 and 16 (layer2 / layer3
-      analogues) -> 3x3 local average (each patch sees its neighbourhood) -> stride-16 map upsampled
-      to the stride-8 grid (h = S/8) -> each tap averaged over channel groups to embed_dim/2 channels
-      (the paper's adaptive average pooling, a fixed matrix) -> concatenated: (B, h*h, D) patch features
+    colour (B, 3, S, S) -> normalise -> frozen backbone -> taps (default strides 8 and 16, the layer2 /
+      layer3 analogues) -> local average over each window of ``local_windows`` (default 3x3: each patch
+      sees its neighbourhood; several windows keep fine and coarse detail side by side) -> the coarser
+      tap upsampled to the finer grid (h = S/stride) -> each (window, tap) block averaged over channel
+      groups to embed_dim / (2 x windows) channels (the paper's adaptive average pooling, a fixed matrix)
+      -> concatenated: (B, h*h, D) patch features
       -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
       -> nearest (TopK k=1) -> sqrt -> patch map (B, 1, h, h)
       -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
-    score = max of anomaly_map, times (with ``reweight``) the paper's weight
+    score = max of anomaly_map (with ``score_top_k`` k > 1: the mean of its k highest pixels), times (with ``reweight``) the paper's weight
       w = 1 - softmax(-)[0] over the distances from the most anomalous test patch to its nearest bank
       feature m* and to m*'s own nearest bank neighbours (eq. 7): a patch whose nearest normal feature
       sits in a sparse part of the bank counts less than one far from a dense cluster.
@@ -33,8 +35,10 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.lgfdr.backbones import BACKBONES
 from fair_edge.models.lgfdr.model import gaussian_kernel
 
-TAPS = (1, 2)  # of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues, as the paper
-LOCAL_WINDOW = 3  # patch neighbourhood p of the local aggregation (the paper's p = 3)
+TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
+LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation (the paper's p = 3)
+MAX_WINDOW = 9  # pixels of the finer tap's grid
+MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
 BANK_LIMIT = 200_000  # rows
 # the bank (float32) and its neighbour table (int64) are initializers of the one ONNX file, which protobuf caps at
 # 2 GB; with the backbone (Wide-ResNet-50-2 to layer3: 0.28 GB) and an FP16 copy never beside it, 1 GB leaves room
@@ -46,7 +50,13 @@ class PatchcoreSettings:
     """backbone: key of ``BACKBONES``. embed_dim: patch feature channels (half from each tap).
     coreset_ratio: share of the training patches kept in the bank; bank_max: at most this many rows
     (bank memory = rows x embed_dim x 4 bytes: 10 000 x 128 = 5.1 MB). reweight: the paper's image-score
-    weighting with ``neighbours`` bank neighbours. smooth_sigma: Gaussian blur of the map, pixels."""
+    weighting with ``neighbours`` bank neighbours. smooth_sigma: Gaussian blur of the map, pixels.
+    taps: two of the backbone's maps (0, 1, 2 = strides 4, 8, 16), finer first. local_windows: 1 to 3 odd
+    window sizes (pixels of the finer tap's grid, ascending; 1 = no aggregation); each patch feature is the
+    concatenation of its descriptors over all windows, so embed_dim must divide by 2 x len(local_windows).
+    score_top_k: the image score is the mean of the k highest pixels of the blurred map (1 = its max;
+    at most the map's S x S pixels are used). Checkpoints written before these three were settings
+    load with the defaults, which are what the model then did."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -55,12 +65,34 @@ class PatchcoreSettings:
     reweight: bool = True
     neighbours: int = 9
     smooth_sigma: float = 4.0
+    taps: tuple[int, int] = TAPS
+    local_windows: tuple[int, ...] = LOCAL_WINDOWS
+    score_top_k: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("taps", "local_windows"):  # JSON gives lists
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                object.__setattr__(self, name, tuple(value))
+            else:
+                raise ConfigError(f"{name} must be a sequence of integers; found {value!r}.")
+        if len(self.taps) != 2 or not 0 <= self.taps[0] < self.taps[1] <= 2:
+            raise ConfigError(f"taps must be two of the backbone's maps 0, 1, 2 (strides 4, 8, 16), finer first, "
+                              f"e.g. (1, 2); found {self.taps}.")
+        w = self.local_windows
+        if not 1 <= len(w) <= 3 or any(v % 2 == 0 or not 1 <= v <= MAX_WINDOW for v in w) or list(w) != sorted(set(w)):
+            raise ConfigError(f"local_windows must be 1 to 3 distinct odd sizes in 1..{MAX_WINDOW}, ascending, "
+                              f"e.g. (3,) or (1, 3); found {w}.")
+        if not 1 <= self.score_top_k <= MAX_TOP_K:
+            raise ConfigError(f"score_top_k must be in 1..{MAX_TOP_K} map pixels; found {self.score_top_k}.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
             raise ConfigError(f"embed_dim must be even and in 2..2048; found {self.embed_dim}.")
+        if self.embed_dim % (2 * len(self.local_windows)):
+            raise ConfigError(f"embed_dim must divide by 2 x len(local_windows) = {2 * len(self.local_windows)} "
+                              f"(one channel block per tap and window); found embed_dim={self.embed_dim} with "
+                              f"local_windows={self.local_windows}.")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"coreset_ratio must be in (0, 1] (share of training patches kept); found {self.coreset_ratio}.")
         if not 1 <= self.bank_max <= BANK_LIMIT:
@@ -98,20 +130,28 @@ def channel_pooling(channels: int, out: int) -> torch.Tensor:
 
 
 class PatchFeatures(nn.Module):
-    """Locally aware patch features. taps [(B, C1, S/8, S/8), (B, C2, S/16, S/16)] float32 ->
-    (B, D, S/8, S/8) float32: 3x3 local average, upsample to the finer grid, per-tap channel pooling."""
+    """Locally aware patch features. taps [(B, C1, h, h) finer, (B, C2, h', h') coarser] float32 ->
+    (B, D, h, h) float32: for each window of ``windows`` a local average of both taps (stride 1, padding
+    not counted; window 1 is the tap itself), the coarser upsampled to the finer grid; each of the
+    2 x len(windows) blocks pooled over channel groups to D / (2 x len(windows)), concatenated
+    (window-major: [fine w1, coarse w1, fine w2, ...])."""
 
-    def __init__(self, channels: tuple[int, int], embed_dim: int) -> None:
+    def __init__(self, channels: tuple[int, int], embed_dim: int, windows: tuple[int, ...] = LOCAL_WINDOWS) -> None:
         super().__init__()
-        half = embed_dim // 2
-        pool = torch.block_diag(channel_pooling(channels[0], half), channel_pooling(channels[1], half))
-        self.register_buffer("projection", pool[:, :, None, None], persistent=False)
+        self.windows = tuple(windows)
+        part = embed_dim // (2 * len(self.windows))
+        blocks = [channel_pooling(c, part) for _ in self.windows for c in channels]
+        self.register_buffer("projection", torch.block_diag(*blocks)[:, :, None, None], persistent=False)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        fine = F.avg_pool2d(fine, LOCAL_WINDOW, 1, LOCAL_WINDOW // 2, count_include_pad=False)
-        coarse = F.avg_pool2d(coarse, LOCAL_WINDOW, 1, LOCAL_WINDOW // 2, count_include_pad=False)
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        return F.conv2d(torch.cat([fine, coarse], 1), self.projection)
+        parts = []
+        for w in self.windows:
+            f, c = fine, coarse
+            if w > 1:
+                f = F.avg_pool2d(f, w, 1, w // 2, count_include_pad=False)
+                c = F.avg_pool2d(c, w, 1, w // 2, count_include_pad=False)
+            parts += [f, F.interpolate(c, size=fine.shape[-2:], mode="bilinear", align_corners=False)]
+        return F.conv2d(torch.cat(parts, 1), self.projection)
 
 
 class NearestBank(nn.Module):
@@ -165,7 +205,9 @@ class PatchcoreDetector(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.backbone = spec.build().eval().requires_grad_(False)
-        self.patches = PatchFeatures((spec.channels[TAPS[0]], spec.channels[TAPS[1]]), settings.embed_dim)
+        taps = settings.taps
+        self.patches = PatchFeatures((spec.channels[taps[0]], spec.channels[taps[1]]), settings.embed_dim,
+                                     settings.local_windows)
         bank = torch.randn(settings.bank_max, settings.embed_dim)
         self.memory = NearestBank(bank, torch.zeros(settings.bank_max, min(settings.neighbours, settings.bank_max),
                                                     dtype=torch.int64))
@@ -185,12 +227,12 @@ class PatchcoreDetector(nn.Module):
         self.memory = NearestBank(bank, neighbours).to(self.pixel_mean.device)
 
     def patch_features(self, colour: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) RGB [0, 1] -> (B, D, S/8, S/8) float32 patch features."""
+        """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finer tap's stride."""
         x = (colour - self.pixel_mean) / self.pixel_std
         if x.dtype != self.net_dtype:
             x = x.to(self.net_dtype)
         taps = self.backbone(x)
-        fine, coarse = (t if t.dtype == torch.float32 else t.float() for t in (taps[TAPS[0]], taps[TAPS[1]]))
+        fine, coarse = (t if t.dtype == torch.float32 else t.float() for t in (taps[i] for i in self.settings.taps))
         return self.patches(fine, coarse)
 
     def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +245,8 @@ class PatchcoreDetector(nn.Module):
         pad = self.kernel.shape[-1] // 2
         if pad:
             amap = F.conv2d(F.pad(amap, (pad, pad, pad, pad), mode="replicate"), self.kernel)
-        score = amap.flatten(1).amax(1)
+        k = min(self.settings.score_top_k, self.size * self.size)
+        score = amap.flatten(1).amax(1) if k == 1 else torch.topk(amap.flatten(1), k, dim=1).values.mean(1)
         if self.settings.reweight:
             worst = torch.topk(distance, 1, dim=1).indices  # (B, 1): the most anomalous patch
             patch = torch.gather(patches, 1, worst.unsqueeze(-1).expand(b, 1, d))[:, 0]

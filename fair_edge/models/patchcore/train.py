@@ -9,6 +9,7 @@ leaves nothing half-made (re-running it costs one pass), and resuming a finished
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
 from fair_edge.models.patchcore.model import PatchcoreDetector
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ def bank_size(patches: int, settings) -> int:
     return max(1, min(settings.bank_max, math.ceil(patches * settings.coreset_ratio), patches))
 
 
+def bank_cap_facts(patches: int, rows: int, settings) -> dict:
+    """{"coreset_ratio_effective": rows / patches, "bank_capped": whether bank_max bound (rows below the ratio's)}."""
+    return {"coreset_ratio_effective": round(rows / max(patches, 1), 5),
+            "bank_capped": rows < min(patches, math.ceil(patches * settings.coreset_ratio))}
+
+
 class PatchcoreFitter:
     """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt."""
 
@@ -71,11 +80,12 @@ class PatchcoreFitter:
                                  backbone_weights=self.weight_source.to_dict())
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
         self.timings: dict[str, float] = {}
+        self.bank_facts: dict = {}  # coreset_ratio_effective, bank_capped (bank_cap_facts)
 
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
         train_state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch, train_config=self.cfg.to_dict(),
-                       bank_rows=self.detector.memory.rows, fit_seconds=self.timings)
+                       bank_rows=self.detector.memory.rows, fit_seconds=self.timings, **self.bank_facts)
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
 
     def resume(self) -> None:
@@ -84,6 +94,8 @@ class PatchcoreFitter:
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(ckpt.train_state["step"])
         self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
+        self.bank_facts = {k: ckpt.data_summary[k] for k in ("coreset_ratio_effective", "bank_capped")
+                           if k in ckpt.data_summary}
 
     @torch.no_grad()
     def features(self, on_step: Callable[[int, int, float, float], None] | None) -> torch.Tensor:
@@ -111,6 +123,13 @@ class PatchcoreFitter:
             patches = self.features(on_step)
             t1 = time.perf_counter()
             rows = bank_size(len(patches), self.model.settings)
+            self.bank_facts = bank_cap_facts(len(patches), rows, self.model.settings)
+            if self.bank_facts["bank_capped"]:
+                log.warning("PatchCore: bank_max=%d caps the coreset: %d training patches x coreset_ratio=%g would "
+                            "keep %d rows; the bank keeps %d (%.2f %% of the patches). Raise bank_max (--set bank_max=N) "
+                            "for the ratio asked.", self.model.settings.bank_max, len(patches),
+                            self.model.settings.coreset_ratio, math.ceil(len(patches) * self.model.settings.coreset_ratio),
+                            rows, 100 * self.bank_facts["coreset_ratio_effective"])
             chosen = greedy_coreset(patches, rows, seed=self.cfg.seed)
             bank = patches[chosen]
             t2 = time.perf_counter()
