@@ -367,7 +367,7 @@ def multiscale_bundle(mvtec_dir, tmp_path_factory):
 def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bundle):
     from export_fixtures import make_frames
 
-    from fair_edge.runtime.backends import select_backend
+    from fair_edge.runtime.selection import select_backend
 
     ckpt, result = multiscale_bundle
     assert ckpt.settings.local_windows == (1, 3) and result.bundle.model == ckpt.model
