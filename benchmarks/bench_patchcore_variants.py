@@ -60,6 +60,9 @@ VARIANTS: dict[str, Row] = {
     "pc-windows-1-3-e256": pc(local_windows=(1, 3), embed_dim=256),  # the window-1 and window-3 features side by side
     "pc-top-64": pc(score_top_k=64),  # mean of the 64 highest map pixels (one 8 x 8 patch's area at 128 px)
     "pc-windows-1-3-e256-top-64": pc(local_windows=(1, 3), embed_dim=256, score_top_k=64),
+    # round 2: a finer input with its bank not capped (10 % of 576 patches x the training images), two small movers together
+    "pc-192px": pc(192, bank_max=25_000),
+    "pc-sigma-2-top-64": pc(smooth_sigma=2.0, score_top_k=64),
 }
 
 
