@@ -63,6 +63,8 @@ VARIANTS: dict[str, Row] = {
     # round 2: a finer input with its bank not capped (10 % of 576 patches x the training images), two small movers together
     "pc-192px": pc(192, bank_max=25_000),
     "pc-sigma-2-top-64": pc(smooth_sigma=2.0, score_top_k=64),
+    # round 3: each patch's grid position as two more feature channels (the weight from a sweep on mono)
+    "pc-position-100": pc(position_weight=100.0),
 }
 
 

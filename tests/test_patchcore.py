@@ -310,8 +310,11 @@ def test_taps_windows_and_top_k_validate_with_expected_and_found():
         PatchcoreSettings(embed_dim=34, local_windows=(1, 3))
     with pytest.raises(ConfigError, match="score_top_k must be in 1..65536 map pixels; found 0"):
         PatchcoreSettings(score_top_k=0)
+    with pytest.raises(ConfigError, match=r"position_weight must be in \[0, 10000\] \(0 = off\); found -1"):
+        PatchcoreSettings(position_weight=-1.0)
     # a checkpoint written before these were settings loads with the defaults; JSON lists become tuples
-    old = {k: v for k, v in PatchcoreSettings().to_dict().items() if k not in ("taps", "local_windows", "score_top_k")}
+    newer = ("taps", "local_windows", "score_top_k", "position_weight")
+    old = {k: v for k, v in PatchcoreSettings().to_dict().items() if k not in newer}
     assert PatchcoreSettings.from_dict(old) == PatchcoreSettings()
     assert PatchcoreSettings().taps == (1, 2) and PatchcoreSettings().local_windows == (3,)
     assert PatchcoreSettings.from_dict({"taps": [0, 2], "local_windows": [1, 3]}).local_windows == (1, 3)
@@ -331,13 +334,45 @@ def test_a_window_changes_the_features_and_two_windows_concatenate_them():
     torch.testing.assert_close(f1[:, :8], F.conv2d(fine, channel_pooling(8, 8)[:, :, None, None]))  # window 1: no pooling
 
 
+def test_position_channels_keep_a_match_near_its_place():
+    """A frame whose top and bottom halves swap places matches the normal frame's bank patch for patch when
+    position is off (the same textures, elsewhere); with position_weight the swapped halves are far from it."""
+    from fair_edge.models.patchcore.model import PatchcoreDetector
+
+    gen = torch.Generator().manual_seed(0)
+    normal = torch.rand(1, 3, 128, 128, generator=gen)
+    normal[:, :, 64:] = normal[:, :, 64:] * 0.3 + 0.6  # two different textures, top and bottom
+    swapped = torch.roll(normal, 64, dims=2)
+    class PooledPixels(torch.nn.Module):  # stands in for the backbone: the frame averaged at strides 4, 8, 16
+        def forward(self, x):
+            return [F.avg_pool2d(x, s).repeat(1, c // 3 + 1, 1, 1)[:, :c] for s, c in ((4, 24), (8, 40), (16, 112))]
+
+    maps = {}
+    for weight in (0.0, 30.0):
+        det = PatchcoreDetector(PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0,
+                                                  position_weight=weight), 128).eval()
+        det.backbone = PooledPixels()
+        with torch.no_grad():
+            f = det.patch_features(normal)
+            assert f.shape == (1, det.settings.feature_dim, 16, 16) and det.settings.feature_dim == 32 + 2 * (weight > 0)
+            bank = f.flatten(2)[0].t()
+            det.set_bank(bank, bank_neighbours(bank, 4))
+            maps[weight] = det(swapped)[0][0, 0], det(normal)[0][0, 0]
+    torch.testing.assert_close(f[0, -2:, 3, 5], torch.tensor([5 * 30 / 15, 3 * 30 / 15]))  # (x, y) of row 3, column 5
+    off_swapped, off_normal = maps[0.0]
+    on_swapped, on_normal = maps[30.0]
+    assert off_normal.max() < 0.05 and on_normal.max() < 0.05  # the normal frame is its own bank (float32 cancellation)
+    # rows away from the seams (rows 4-11 of the 16-row grid: 32-96 px) find their texture with position off ...
+    assert on_swapped[32:96].mean() > 30 * off_swapped[32:96].mean()  # ... and are far from it with position on
+
+
 def test_settings_round_trip_through_a_checkpoint_and_the_cli_set(tmp_path):
     from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
     from fair_edge.models.registry import FAMILIES
     from fair_edge.models.training_contract import settings_overrides
 
-    got = settings_overrides(FAMILIES["patchcore"], ["taps=0,2", "local_windows=1,3", "score_top_k=16"])
-    assert got == {"taps": (0, 2), "local_windows": (1, 3), "score_top_k": 16}
+    got = settings_overrides(FAMILIES["patchcore"], ["taps=0,2", "local_windows=1,3", "score_top_k=16", "position_weight=100"])
+    assert got == {"taps": (0, 2), "local_windows": (1, 3), "score_top_k": 16, "position_weight": 100.0}
     with pytest.raises(ConfigError, match="expected comma-separated integers"):
         settings_overrides(FAMILIES["patchcore"], ["taps=a,b"])
     model = ModelSpec("patchcore", PreprocessConfig(image_size=32), PatchcoreSettings(embed_dim=32, **got))
@@ -345,7 +380,7 @@ def test_settings_round_trip_through_a_checkpoint_and_the_cli_set(tmp_path):
     path = save_checkpoint(tmp_path / "c.pt", Checkpoint(model, model.impl.weights(detector), {}))
     back = load_checkpoint(path)
     assert back.model == model and back.settings.local_windows == (1, 3) and back.settings.taps == (0, 2)
-    assert back.build_detector().patches.windows == (1, 3)
+    assert back.build_detector().patches.windows == (1, 3) and back.settings.position_weight == 100.0
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +390,7 @@ def multiscale_bundle(mvtec_dir, tmp_path_factory):
     from fair_edge.export.build import BuildOptions, build_bundle
 
     settings = PatchcoreSettings(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0, taps=(0, 2),
-                                 local_windows=(1, 3), score_top_k=8)
+                                 local_windows=(1, 3), score_top_k=8, position_weight=50.0)
     model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
     out = tmp_path_factory.mktemp("patchcore-multiscale")
     final = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=8), out / "fit", torch.device("cpu")).run()
@@ -373,7 +408,8 @@ def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bund
     assert ckpt.settings.local_windows == (1, 3) and result.bundle.model == ckpt.model
     assert ckpt.data_summary["coreset_ratio_effective"] == 0.25 and ckpt.data_summary["bank_capped"] is False
     # taps at strides 4 + 16: the patch grid is 32 / 4 = 8 per side, so 16 images x 64 patches x 0.25
-    assert ckpt.state_dict["memory.bank_t"].shape == (32, 16 * 64 // 4)
+    # position_weight adds two channels to each bank row: 32 + 2
+    assert ckpt.state_dict["memory.bank_t"].shape == (34, 16 * 64 // 4)
     assert result.parity_max_abs <= 1e-4
     frames = make_frames(3, seed=7, defect=True)
     ort_maps, ort_scores = select_backend(result.bundle, "onnxruntime").infer_frames(frames)

@@ -9,7 +9,8 @@ a test patch's anomaly is its distance to the nearest bank feature.
       sees its neighbourhood; several windows keep fine and coarse detail side by side) -> the coarser
       tap upsampled to the finer grid (h = S/stride) -> each (window, tap) block averaged over channel
       groups to embed_dim / (2 x windows) channels (the paper's adaptive average pooling, a fixed matrix)
-      -> concatenated: (B, h*h, D) patch features
+      -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
+      [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
       -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
       -> nearest (TopK k=1) -> sqrt -> patch map (B, 1, h, h)
       -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
@@ -39,6 +40,7 @@ TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): 
 LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation (the paper's p = 3)
 MAX_WINDOW = 9  # pixels of the finer tap's grid
 MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
+MAX_POSITION_WEIGHT = 10_000.0  # feature units across the image
 BANK_LIMIT = 200_000  # rows
 # the bank (float32) and its neighbour table (int64) are initializers of the one ONNX file, which protobuf caps at
 # 2 GB; with the backbone (Wide-ResNet-50-2 to layer3: 0.28 GB) and an FP16 copy never beside it, 1 GB leaves room
@@ -55,8 +57,11 @@ class PatchcoreSettings:
     window sizes (pixels of the finer tap's grid, ascending; 1 = no aggregation); each patch feature is the
     concatenation of its descriptors over all windows, so embed_dim must divide by 2 x len(local_windows).
     score_top_k: the image score is the mean of the k highest pixels of the blurred map (1 = its max;
-    at most the map's S x S pixels are used). Checkpoints written before these three were settings
-    load with the defaults, which are what the model then did."""
+    at most the map's S x S pixels are used). position_weight: 0 = off; p > 0 appends each patch's grid
+    position (x, y), scaled to [0, p] across the image, as two feature channels, so a test patch is matched
+    to bank features from about the same place: for fixtured parts (ELPV cells, p = 100 with Lite0, whose
+    nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). Checkpoints written
+    before these were settings load with the defaults, which are what the model then did."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -68,6 +73,7 @@ class PatchcoreSettings:
     taps: tuple[int, int] = TAPS
     local_windows: tuple[int, ...] = LOCAL_WINDOWS
     score_top_k: int = 1
+    position_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("taps", "local_windows"):  # JSON gives lists
@@ -85,6 +91,8 @@ class PatchcoreSettings:
                               f"e.g. (3,) or (1, 3); found {w}.")
         if not 1 <= self.score_top_k <= MAX_TOP_K:
             raise ConfigError(f"score_top_k must be in 1..{MAX_TOP_K} map pixels; found {self.score_top_k}.")
+        if not 0.0 <= self.position_weight <= MAX_POSITION_WEIGHT:
+            raise ConfigError(f"position_weight must be in [0, {MAX_POSITION_WEIGHT:g}] (0 = off); found {self.position_weight}.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
@@ -102,14 +110,19 @@ class PatchcoreSettings:
         if not 0.0 <= self.smooth_sigma <= 32.0:
             raise ConfigError(f"smooth_sigma must be in [0, 32] pixels; found {self.smooth_sigma}.")
         if self.bank_bytes > BANK_BYTES_LIMIT:
-            raise ConfigError(f"a bank of bank_max={self.bank_max} rows x embed_dim={self.embed_dim} takes "
+            raise ConfigError(f"a bank of bank_max={self.bank_max} rows x {self.feature_dim} features takes "
                               f"{self.bank_bytes / 1e9:.2f} GB; at most {BANK_BYTES_LIMIT / 1e9:.0f} GB fits in one ONNX "
                               "file (protobuf's 2 GB limit). Lower bank_max or embed_dim.")
 
     @property
+    def feature_dim(self) -> int:
+        """Columns of a patch feature and of a bank row: embed_dim, plus the two position channels when on."""
+        return self.embed_dim + (2 if self.position_weight > 0 else 0)
+
+    @property
     def bank_bytes(self) -> int:
         """Bytes of the largest bank these settings allow: float32 rows plus the int64 neighbour table."""
-        return self.bank_max * (self.embed_dim * 4 + self.neighbours * 8)
+        return self.bank_max * (self.feature_dim * 4 + self.neighbours * 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,7 +221,14 @@ class PatchcoreDetector(nn.Module):
         taps = settings.taps
         self.patches = PatchFeatures((spec.channels[taps[0]], spec.channels[taps[1]]), settings.embed_dim,
                                      settings.local_windows)
-        bank = torch.randn(settings.bank_max, settings.embed_dim)
+        if settings.position_weight > 0:
+            grid = image_size // (4 * 2 ** taps[0])  # the finer tap's grid (strides 4, 8, 16; S divides by 16)
+            axis = torch.linspace(0.0, settings.position_weight, grid)
+            y, x = torch.meshgrid(axis, axis, indexing="ij")
+            self.register_buffer("position", torch.stack([x, y])[None], persistent=False)  # (1, 2, h, h)
+        else:
+            self.position = None
+        bank = torch.randn(settings.bank_max, settings.feature_dim)
         self.memory = NearestBank(bank, torch.zeros(settings.bank_max, min(settings.neighbours, settings.bank_max),
                                                     dtype=torch.int64))
         self.register_buffer("kernel", gaussian_kernel(settings.smooth_sigma), persistent=False)
@@ -221,19 +241,23 @@ class PatchcoreDetector(nn.Module):
 
     def set_bank(self, bank: torch.Tensor, neighbours: torch.Tensor) -> None:
         """Install the memory bank (M, D) float32 and its neighbour table (M, k) int64, on this module's device."""
-        if bank.ndim != 2 or bank.shape[1] != self.settings.embed_dim or neighbours.shape[0] != bank.shape[0]:
-            raise ConfigError(f"a memory bank must be (rows, {self.settings.embed_dim}) with one neighbour row per bank "
+        if bank.ndim != 2 or bank.shape[1] != self.settings.feature_dim or neighbours.shape[0] != bank.shape[0]:
+            raise ConfigError(f"a memory bank must be (rows, {self.settings.feature_dim}) with one neighbour row per bank "
                               f"row; found bank {tuple(bank.shape)}, neighbours {tuple(neighbours.shape)}.")
         self.memory = NearestBank(bank, neighbours).to(self.pixel_mean.device)
 
     def patch_features(self, colour: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finer tap's stride."""
+        """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finer tap's stride,
+        D = settings.feature_dim (the last two channels the position, when on)."""
         x = (colour - self.pixel_mean) / self.pixel_std
         if x.dtype != self.net_dtype:
             x = x.to(self.net_dtype)
         taps = self.backbone(x)
         fine, coarse = (t if t.dtype == torch.float32 else t.float() for t in (taps[i] for i in self.settings.taps))
-        return self.patches(fine, coarse)
+        features = self.patches(fine, coarse)
+        if self.position is None:
+            return features
+        return torch.cat([features, self.position.expand(features.shape[0], -1, -1, -1)], 1)
 
     def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.patch_features(colour)
