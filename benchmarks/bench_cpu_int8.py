@@ -26,14 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fair_edge.errors import ConfigError
-
 from fair_edge.bench.run import environment, synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
-from fair_edge.training.metrics import image_auroc
+from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import SCORE
-from fair_edge.runtime.backends import CpuPreprocessor
-from fair_edge.runtime.backends import OnnxRuntimeBackend
+from fair_edge.runtime.backends import CpuPreprocessor, OnnxRuntimeBackend
+from fair_edge.training.metrics import image_auroc
 
 
 def graphs(bundle) -> dict[str, Path]:

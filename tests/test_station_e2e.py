@@ -89,7 +89,12 @@ def test_sigterm_drains_and_exits_zero(bundle, conveyor, tmp_path):
     assert proc.returncode == 0, output
     assert "run summary" in output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["inspected"] >= 5 and len(log.read_text().splitlines()) == summary["inspected"]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    # every captured frame has one row: a verdict per inspected frame, and (on a loaded machine) a row with
+    # inspected: false per frame the capture queue dropped
+    inspected = [r for r in rows if r.get("inspected", True)]
+    assert summary["inspected"] >= 5 and len(inspected) == summary["inspected"]
+    assert len(rows) - len(inspected) == summary["dropped"] and summary["not_inspected"] == 0
 
 
 def test_run_without_a_bundle_says_how_to_get_one(conveyor):
