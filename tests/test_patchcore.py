@@ -343,6 +343,7 @@ def test_position_channels_keep_a_match_near_its_place():
     normal = torch.rand(1, 3, 128, 128, generator=gen)
     normal[:, :, 64:] = normal[:, :, 64:] * 0.3 + 0.6  # two different textures, top and bottom
     swapped = torch.roll(normal, 64, dims=2)
+
     class PooledPixels(torch.nn.Module):  # stands in for the backbone: the frame averaged at strides 4, 8, 16
         def forward(self, x):
             return [F.avg_pool2d(x, s).repeat(1, c // 3 + 1, 1, 1)[:, :c] for s, c in ((4, 24), (8, 40), (16, 112))]
