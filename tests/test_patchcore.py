@@ -334,6 +334,44 @@ def test_a_window_changes_the_features_and_two_windows_concatenate_them():
     torch.testing.assert_close(f1[:, :8], F.conv2d(fine, channel_pooling(8, 8)[:, :, None, None]))  # window 1: no pooling
 
 
+def test_the_local_average_counts_its_zero_padding_by_default():
+    """Issue #27: a 3 x 3 window at the map's corner sees 4 map pixels and 5 of zero padding. Counted (the default,
+    PyTorch's and the paper's), a map of ones averages 4/9 there; excluded (the family before #27), 1."""
+    from fair_edge.models.patchcore.model import PatchFeatures
+
+    fine, coarse = torch.ones(1, 2, 6, 6), torch.ones(1, 2, 3, 3)
+    counted = PatchFeatures((2, 2), None, (3,))(fine, coarse)
+    excluded = PatchFeatures((2, 2), None, (3,), local_pad="excluded")(fine, coarse)
+    assert PatchcoreSettings().local_pad == "counted"
+    assert counted[0, 0, 0, 0].item() == pytest.approx(4 / 9) and counted[0, 0, 0, 1].item() == pytest.approx(6 / 9)
+    assert counted[0, 0, 2, 2].item() == pytest.approx(1.0)  # inside: no padding in the window
+    torch.testing.assert_close(excluded[:, :2], torch.ones(1, 2, 6, 6))
+    assert counted.shape == (1, 4, 6, 6)  # channel_reduction "none": both taps' channels whole
+
+
+def test_plain_patchcore_settings_and_old_checkpoints_say_what_they_were_fitted_with(caplog):
+    from fair_edge.models.patchcore.model import BANK_LIMIT, PLAIN
+    from fair_edge.models.registry import FAMILIES
+
+    plain = PatchcoreSettings(**PLAIN)
+    assert plain.feature_dim == 40 + 112 and plain.bank_max == BANK_LIMIT  # Lite0's stride-8 and stride-16 taps whole
+    assert plain.input_stats == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert PatchcoreSettings().input_stats[0] == pytest.approx((127 / 255,) * 3)  # Lite0's own: (pixel - 127) / 128
+    assert PatchcoreSettings(channel_reduction="none", local_windows=(1, 3)).feature_dim == 2 * 152
+    with pytest.raises(ConfigError, match="local_pad must be one of counted, excluded; found 'zero'"):
+        PatchcoreSettings(local_pad="zero")
+    with pytest.raises(ConfigError, match="channel_reduction must be one of grouped, none"):
+        PatchcoreSettings(channel_reduction="pca")
+    # a checkpoint's settings without local_pad were fitted with the padding excluded, and the load says so
+    old = {k: v for k, v in PatchcoreSettings().to_dict().items() if k != "local_pad"}
+    with caplog.at_level("WARNING"):
+        loaded = FAMILIES["patchcore"].settings_from_dict(old)
+    assert loaded.local_pad == "excluded" and "local_pad=excluded" in caplog.text and "fit it again" in caplog.text
+    caplog.clear()
+    assert FAMILIES["patchcore"].settings_from_dict(PatchcoreSettings().to_dict()).local_pad == "counted"
+    assert caplog.text == ""
+
+
 def test_position_channels_keep_a_match_near_its_place():
     """A frame whose top and bottom halves swap places matches the normal frame's bank patch for patch when
     position is off (the same textures, elsewhere); with position_weight the swapped halves are far from it."""
@@ -390,8 +428,11 @@ def multiscale_bundle(mvtec_dir, tmp_path_factory):
 
     from fair_edge.export.build import BuildOptions, build_bundle
 
+    # every non-default construction at once: taps, windows, top-k, position, the padding excluded, ImageNet
+    # statistics and both taps' channels whole
     settings = PatchcoreSettings(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0, taps=(0, 2),
-                                 local_windows=(1, 3), score_top_k=8, position_weight=50.0)
+                                 local_windows=(1, 3), score_top_k=8, position_weight=50.0, local_pad="excluded",
+                                 normalisation="imagenet", channel_reduction="none")
     model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
     out = tmp_path_factory.mktemp("patchcore-multiscale")
     final = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=8), out / "fit", torch.device("cpu")).run()
@@ -409,8 +450,8 @@ def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bund
     assert ckpt.settings.local_windows == (1, 3) and result.bundle.model == ckpt.model
     assert ckpt.data_summary["coreset_ratio_effective"] == 0.25 and ckpt.data_summary["bank_capped"] is False
     # taps at strides 4 + 16: the patch grid is 32 / 4 = 8 per side, so 16 images x 64 patches x 0.25
-    # position_weight adds two channels to each bank row: 32 + 2
-    assert ckpt.state_dict["memory.bank_t"].shape == (34, 16 * 64 // 4)
+    # channels whole (24 + 112 per window, two windows) and position_weight's two channels: 272 + 2
+    assert ckpt.state_dict["memory.bank_t"].shape == (274, 16 * 64 // 4)
     assert result.parity_max_abs <= 1e-4
     frames = make_frames(3, seed=7, defect=True)
     ort_maps, ort_scores = select_backend(result.bundle, "onnxruntime").infer_frames(frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Mapping
 
 import torch
@@ -12,9 +13,11 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.family import ModelFamily
 from fair_edge.models.lgfdr.backbones import LITE0_TAPS
 from fair_edge.models.lgfdr.family import ColourInput
-from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings
+from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings, fitted_before
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 # the network is the frozen backbone; patch aggregation, the bank search and the map stay float32 in every
 # precision (a float16 or int8 |a|^2 - 2ab + |b|^2 would cancel catastrophically)
@@ -39,6 +42,12 @@ class PatchcoreFamily(ModelFamily):
         return PatchcoreSettings()
 
     def settings_from_dict(self, data: Mapping[str, Any]) -> PatchcoreSettings:
+        """Settings of a checkpoint or bundle; one written before a setting existed says what it was fitted with."""
+        old = fitted_before(data)
+        if old:
+            log.warning("this PatchCore model was fitted before %s were settings: it keeps %s (today's defaults: %s); "
+                        "fit it again to use them", ", ".join(old), ", ".join(f"{k}={v}" for k, v in old.items()),
+                        ", ".join(f"{k}={getattr(PatchcoreSettings(), k)}" for k in old))
         return PatchcoreSettings.from_dict(data)
 
     def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:

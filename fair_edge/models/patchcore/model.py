@@ -4,12 +4,13 @@ No network is trained. A frozen ImageNet backbone describes every patch of the n
 locally aggregated mid-level features; a greedy coreset of those patch features is the memory bank;
 a test patch's anomaly is its distance to the nearest bank feature.
 
-    colour (B, 3, S, S) -> normalise -> frozen backbone -> taps (default strides 8 and 16, the layer2 /
-      layer3 analogues) -> local average over each window of ``local_windows`` (default 3x3: each patch
-      sees its neighbourhood; several windows keep fine and coarse detail side by side) -> the coarser
-      tap upsampled to the finer grid (h = S/stride) -> each (window, tap) block averaged over channel
-      groups to embed_dim / (2 x windows) channels (the paper's adaptive average pooling, a fixed matrix)
-      -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
+    colour (B, 3, S, S) -> normalise (the backbone's own statistics, or ImageNet's) -> frozen backbone
+      -> taps (default strides 8 and 16, the layer2 / layer3 analogues) -> local average over each window
+      of ``local_windows`` (default 3x3: each patch sees its neighbourhood; several windows keep fine and
+      coarse detail side by side; the zero padding at the border counted, as PyTorch's and the paper's
+      reference code do) -> the coarser tap upsampled to the finer grid (h = S/stride) -> each (window,
+      tap) block averaged over channel groups to embed_dim / (2 x windows) channels (the paper's adaptive
+      average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
       -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
       -> nearest (TopK k=1) -> sqrt -> patch map (B, 1, h, h)
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.lgfdr.backbones import BACKBONES
+from fair_edge.models.lgfdr.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
 from fair_edge.models.lgfdr.model import gaussian_kernel
 
 TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
@@ -42,6 +43,15 @@ MAX_WINDOW = 9  # pixels of the finer tap's grid
 MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
 MAX_POSITION_WEIGHT = 10_000.0  # feature units across the image
 BANK_LIMIT = 200_000  # rows
+# the 3 x 3 local average's border: "counted" divides every window by its full size, the zero padding included
+# (PyTorch's avg_pool2d default and the paper's reference code); "excluded" divides by the pixels inside the
+# map, which the family did before issue #27 and which lost up to 0.3 image AUROC (BENCHMARKS.md, "suite")
+LOCAL_PADS = ("counted", "excluded")
+NORMALISATIONS = ("backbone", "imagenet")  # the backbone's own input statistics, or ImageNet's for every backbone
+CHANNEL_REDUCTIONS = ("grouped", "none")  # channel groups averaged to embed_dim, or each tap's channels kept whole
+# settings added after checkpoints were written, with the value those checkpoints were fitted with (the
+# dataclass default is what a new fit gets)
+FITTED_BEFORE = {"local_pad": "excluded"}
 # the bank (float32) and its neighbour table (int64) are initializers of the one ONNX file, which protobuf caps at
 # 2 GB; with the backbone (Wide-ResNet-50-2 to layer3: 0.28 GB) and an FP16 copy never beside it, 1 GB leaves room
 BANK_BYTES_LIMIT = 1_000_000_000
@@ -60,8 +70,13 @@ class PatchcoreSettings:
     at most the map's S x S pixels are used). position_weight: 0 = off; p > 0 appends each patch's grid
     position (x, y), scaled to [0, p] across the image, as two feature channels, so a test patch is matched
     to bank features from about the same place: for fixtured parts (ELPV cells, p = 100 with Lite0, whose
-    nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). Checkpoints written
-    before these were settings load with the defaults, which are what the model then did."""
+    nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). local_pad: the
+    local average's border, one of LOCAL_PADS. normalisation: the input statistics, one of NORMALISATIONS.
+    channel_reduction: "grouped" (embed_dim channels) or "none" (each tap's channels whole, for every
+    window: Lite0's taps give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
+    (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
+    written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
+    the default, which is what the model then did)."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -74,8 +89,15 @@ class PatchcoreSettings:
     local_windows: tuple[int, ...] = LOCAL_WINDOWS
     score_top_k: int = 1
     position_weight: float = 0.0
+    local_pad: str = "counted"
+    normalisation: str = "backbone"
+    channel_reduction: str = "grouped"
 
     def __post_init__(self) -> None:
+        for name, allowed in (("local_pad", LOCAL_PADS), ("normalisation", NORMALISATIONS),
+                              ("channel_reduction", CHANNEL_REDUCTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; found {getattr(self, name)!r}.")
         for name in ("taps", "local_windows"):  # JSON gives lists
             value = getattr(self, name)
             if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -97,7 +119,7 @@ class PatchcoreSettings:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
             raise ConfigError(f"embed_dim must be even and in 2..2048; found {self.embed_dim}.")
-        if self.embed_dim % (2 * len(self.local_windows)):
+        if self.channel_reduction == "grouped" and self.embed_dim % (2 * len(self.local_windows)):
             raise ConfigError(f"embed_dim must divide by 2 x len(local_windows) = {2 * len(self.local_windows)} "
                               f"(one channel block per tap and window); found embed_dim={self.embed_dim} with "
                               f"local_windows={self.local_windows}.")
@@ -115,9 +137,25 @@ class PatchcoreSettings:
                               "file (protobuf's 2 GB limit). Lower bank_max or embed_dim.")
 
     @property
+    def descriptor_dim(self) -> int:
+        """Channels of the local descriptor: embed_dim, or the two taps' whole channels per window."""
+        if self.channel_reduction == "grouped":
+            return self.embed_dim
+        channels = BACKBONES[self.backbone].channels
+        return len(self.local_windows) * (channels[self.taps[0]] + channels[self.taps[1]])
+
+    @property
     def feature_dim(self) -> int:
-        """Columns of a patch feature and of a bank row: embed_dim, plus the two position channels when on."""
-        return self.embed_dim + (2 if self.position_weight > 0 else 0)
+        """Columns of a patch feature and of a bank row: the descriptor, plus the two position channels when on."""
+        return self.descriptor_dim + (2 if self.position_weight > 0 else 0)
+
+    @property
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per RGB channel of the input normalisation."""
+        if self.normalisation == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        spec = BACKBONES[self.backbone]
+        return spec.mean, spec.std
 
     @property
     def bank_bytes(self) -> int:
@@ -129,7 +167,21 @@ class PatchcoreSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PatchcoreSettings":
-        return cls(**{k: data[k] for k in asdict(cls()) if k in data})
+        """Settings from a checkpoint, bundle or options; a field the dict lacks takes the value checkpoints
+        were fitted with before it existed (``FITTED_BEFORE``), else the default."""
+        return cls(**{k: data[k] if k in data else FITTED_BEFORE.get(k, v) for k, v in asdict(cls()).items()})
+
+
+def fitted_before(data: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} of the FITTED_BEFORE fields that settings ``data`` (a checkpoint's) lack: what it was fitted with."""
+    return {k: v for k, v in FITTED_BEFORE.items() if k not in data}
+
+
+# the paper's construction (Roth et al. 2022, as its reference code and anomalib build it) on any backbone:
+# `replace(PatchcoreSettings(), **PLAIN)` or `--set local_pad=counted --set normalisation=imagenet
+# --set channel_reduction=none --set bank_max=200000`
+PLAIN = {"local_pad": "counted", "normalisation": "imagenet", "channel_reduction": "none", "bank_max": BANK_LIMIT,
+         "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True}
 
 
 def channel_pooling(channels: int, out: int) -> torch.Tensor:
@@ -144,27 +196,34 @@ def channel_pooling(channels: int, out: int) -> torch.Tensor:
 
 class PatchFeatures(nn.Module):
     """Locally aware patch features. taps [(B, C1, h, h) finer, (B, C2, h', h') coarser] float32 ->
-    (B, D, h, h) float32: for each window of ``windows`` a local average of both taps (stride 1, padding
-    not counted; window 1 is the tap itself), the coarser upsampled to the finer grid; each of the
-    2 x len(windows) blocks pooled over channel groups to D / (2 x len(windows)), concatenated
-    (window-major: [fine w1, coarse w1, fine w2, ...])."""
+    (B, D, h, h) float32: for each window of ``windows`` a local average of both taps (stride 1, zero
+    padding counted or excluded per ``local_pad``; window 1 is the tap itself), the coarser upsampled to
+    the finer grid; each of the 2 x len(windows) blocks pooled over channel groups to embed_dim /
+    (2 x len(windows)) (``grouped``: D = embed_dim) or kept whole (``None``: D = (C1 + C2) x len(windows)),
+    concatenated (window-major: [fine w1, coarse w1, fine w2, ...])."""
 
-    def __init__(self, channels: tuple[int, int], embed_dim: int, windows: tuple[int, ...] = LOCAL_WINDOWS) -> None:
+    def __init__(self, channels: tuple[int, int], embed_dim: int | None, windows: tuple[int, ...] = LOCAL_WINDOWS,
+                 local_pad: str = "counted") -> None:
         super().__init__()
         self.windows = tuple(windows)
-        part = embed_dim // (2 * len(self.windows))
-        blocks = [channel_pooling(c, part) for _ in self.windows for c in channels]
-        self.register_buffer("projection", torch.block_diag(*blocks)[:, :, None, None], persistent=False)
+        self.count_pad = local_pad == "counted"
+        if embed_dim is None:
+            self.projection = None
+        else:
+            part = embed_dim // (2 * len(self.windows))
+            blocks = [channel_pooling(c, part) for _ in self.windows for c in channels]
+            self.register_buffer("projection", torch.block_diag(*blocks)[:, :, None, None], persistent=False)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         parts = []
         for w in self.windows:
             f, c = fine, coarse
             if w > 1:
-                f = F.avg_pool2d(f, w, 1, w // 2, count_include_pad=False)
-                c = F.avg_pool2d(c, w, 1, w // 2, count_include_pad=False)
+                f = F.avg_pool2d(f, w, 1, w // 2, count_include_pad=self.count_pad)
+                c = F.avg_pool2d(c, w, 1, w // 2, count_include_pad=self.count_pad)
             parts += [f, F.interpolate(c, size=fine.shape[-2:], mode="bilinear", align_corners=False)]
-        return F.conv2d(torch.cat(parts, 1), self.projection)
+        features = torch.cat(parts, 1)
+        return features if self.projection is None else F.conv2d(features, self.projection)
 
 
 class NearestBank(nn.Module):
@@ -215,12 +274,14 @@ class PatchcoreDetector(nn.Module):
         super().__init__()
         spec = BACKBONES[settings.backbone]
         self.settings, self.size = settings, image_size
-        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = settings.input_stats
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.backbone = spec.build().eval().requires_grad_(False)
         taps = settings.taps
-        self.patches = PatchFeatures((spec.channels[taps[0]], spec.channels[taps[1]]), settings.embed_dim,
-                                     settings.local_windows)
+        self.patches = PatchFeatures((spec.channels[taps[0]], spec.channels[taps[1]]),
+                                     settings.embed_dim if settings.channel_reduction == "grouped" else None,
+                                     settings.local_windows, settings.local_pad)
         if settings.position_weight > 0:
             grid = image_size // (4 * 2 ** taps[0])  # the finer tap's grid (strides 4, 8, 16; S divides by 16)
             axis = torch.linspace(0.0, settings.position_weight, grid)

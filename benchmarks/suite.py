@@ -1,0 +1,150 @@
+"""The development suite: any family and settings over many products, each product reported, then the mean
+and the worst product. Defaults are chosen on this table, never on one product (issue #27).
+
+    python benchmarks/suite.py --out runs/suite --size 256 --rows pc-default pc-plain \\
+        --product elpv:mono --product stone=/data/products/stone --product concrete=/data/fx/concrete [--threads 1]
+
+Products: ``NAME=DATA`` or ``DATA`` (then its name is the last path part), where DATA is anything ``fair-edge
+train`` reads (``elpv:mono``, an MVTec folder): ELPV mono and poly, the eight real-surface products that
+``../shared/products/make_products.py`` builds (stone, tile, fabric, denim, sand, wood, gravel, bark) and the
+procedural fixtures (``benchmarks/hires_fixture.py``: concrete, woven). Rows: ``ROWS`` (a family and its settings).
+
+Protocol (``bench_equal_time.run_row``): each row fits on the same 80 % of the product's normal training images
+(seed 0) and scores the test split at ``--size`` px; one torch thread unless ``--threads``. Per product and row:
+image AUROC, caught at 0.5 % and 5 % false rejects (share of defective test images above the threshold that
+rejects at most that share of the normal test images), pixel AUROC and AUPRO (FPR <= 0.3) where masks exist, fit
+CPU s, scoring CPU ms per test image (reading and resizing included), bank MB (PatchCore). Each (size, product,
+row) writes OUT/SIZE/PRODUCT/ROW/row.json and is not run again, so the suite resumes after a stop; OUT/suite-SIZE.json
+and OUT/suite-SIZE.md gather what is finished, the Markdown with the mean and the worst product per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_equal_time import Row, bench_data, run_row
+from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.patchcore.model import PLAIN, PatchcoreSettings
+from fair_edge.models.registry import ModelSpec
+from fair_edge.preprocess import PreprocessConfig
+
+METRICS = ("image_auroc", "catch_at_0.5%", "catch_at_5.0%", "pixel_auroc", "aupro")
+
+
+def patchcore(**changes):
+    """A PatchCore row maker: today's defaults with ``changes``, at the size the suite runs."""
+    return lambda size: Row(ModelSpec("patchcore", PreprocessConfig(size), replace(PatchcoreSettings(), **changes)),
+                            0.0, one_pass=True)
+
+
+def lgfdr(steps: int):
+    return lambda size: Row(ModelSpec("lgfdr", PreprocessConfig(size), LgfdrSettings()), 1e-3, steps=steps)
+
+
+# name -> row at a given image size. "pc-plain" is the bar: the paper's PatchCore on the same backbone.
+ROWS = {
+    "pc-default": patchcore(),
+    "pc-plain": patchcore(**PLAIN),
+    "pc-before": patchcore(local_pad="excluded"),  # the family's construction before issue #27
+    "pc-whole": patchcore(channel_reduction="none"),  # padding counted, both taps' channels whole, Lite0 statistics
+    "pc-whole-uncapped": patchcore(channel_reduction="none", bank_max=PLAIN["bank_max"]),
+    "pc-imagenet": patchcore(normalisation="imagenet"),
+    "lgfdr-2000": lgfdr(2000),
+}
+
+
+def parse_product(text: str) -> tuple[str, str]:
+    name, sep, data = text.partition("=")
+    if sep:
+        return name, data
+    return (text.replace(":", "-") if ":" in text else Path(text).name), text
+
+
+def run_product(name: str, data: str, rows: list[str], size: int, out: Path) -> dict:
+    """Every row of ``rows`` on one product at ``size`` px (finished rows read back): {row: row.json}."""
+    results, loaded = {}, None
+    for row_name in rows:
+        folder = out / str(size) / name
+        done = folder / row_name / "row.json"
+        if not done.is_file():
+            loaded = loaded or bench_data(data)
+            full, split, held = loaded
+            print(f"{size} px {name} {row_name}: fitting ...", flush=True)
+            info = run_row(row_name, ROWS[row_name](size), split, held, full.test, None, folder, with_masks=full.has_masks)
+            ckpt = load_checkpoint(Path(info["checkpoint"]))
+            info.update(ckpt.model.impl.facts(ckpt.state_dict), data=data)
+            done.write_text(json.dumps(info, indent=2) + "\n")
+        results[row_name] = json.loads(done.read_text())
+    return results
+
+
+def summary_table(table: dict[str, dict[str, dict]], rows: list[str]) -> str:
+    """Markdown: a line per product and row, then each row's mean and worst product (by image AUROC)."""
+    lines = ["| product | row | image AUROC | caught at 0.5 % | caught at 5 % | pixel AUROC | AUPRO | fit CPU s | "
+             "ms / image | bank MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cell = {"image_auroc": "{:.3f}", "catch_at_0.5%": "{:.1%}", "catch_at_5.0%": "{:.1%}", "pixel_auroc": "{:.3f}",
+            "aupro": "{:.3f}"}
+    for product, by_row in table.items():
+        for row in rows:
+            r = by_row.get(row)
+            if r is None:
+                continue
+            bank = (r.get("memory_bank") or {}).get("mb", "-")
+            ms = r.get("score_cpu_s_per_image")
+            lines.append(f"| {product} | {row} | " + " | ".join(cell[k].format(r[k]) if k in r else "-" for k in METRICS)
+                         + f" | {r['train_cpu_s']} | {'-' if ms is None else round(1000 * ms, 1)} | {bank} |")
+    lines += ["", "| row | products | mean image AUROC | mean caught at 0.5 % | mean caught at 5 % | worst product "
+              "(image AUROC) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        got = {p: by_row[row] for p, by_row in table.items() if row in by_row}
+        if not got:
+            continue
+        worst = min(got, key=lambda p: got[p]["image_auroc"])
+        means = [np.mean([r[k] for r in got.values()]) for k in METRICS[:3]]
+        lines.append(f"| {row} | {len(got)} | {means[0]:.3f} | {means[1]:.1%} | {means[2]:.1%} | "
+                     f"{worst} ({got[worst]['image_auroc']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--product", action="append", required=True, metavar="[NAME=]DATA")
+    ap.add_argument("--rows", nargs="+", default=["pc-default", "pc-plain"], help=f"of {', '.join(ROWS)}")
+    ap.add_argument("--size", type=int, default=256, help="model input px (the demo: 128; fair-edge train: 256)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}.")
+    torch.set_num_threads(args.threads)
+    table = {}
+    for name, data in map(parse_product, args.product):
+        table[name] = run_product(name, data, args.rows, args.size, args.out)
+    # the report gathers every finished product of this size, from this and earlier invocations
+    for folder in sorted((args.out / str(args.size)).iterdir()):
+        finished = {r: json.loads((folder / r / "row.json").read_text()) for r in ROWS if (folder / r / "row.json").is_file()}
+        if finished and folder.name not in table:
+            table[folder.name] = finished
+    rows = [r for r in ROWS if any(r in by_row for by_row in table.values())]
+    report = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv), "machine": f"{platform.machine()}, {args.threads} torch thread(s)",
+              "size": args.size, "products": table}
+    (args.out / f"suite-{args.size}.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = summary_table(table, rows)
+    (args.out / f"suite-{args.size}.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
