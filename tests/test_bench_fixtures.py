@@ -51,3 +51,33 @@ def test_patchcore_variants_are_settings_not_patched_constants():
     assert variants.VARIANTS["pc-window-1"].model.settings.local_windows == (1,)
     assert variants.VARIANTS["pc-taps-s4-s16"].model.settings.taps == (0, 2)
     assert variants.VARIANTS["pc-base"].model.settings == variants.PatchcoreSettings()
+
+
+def test_suite_reports_every_product_the_mean_and_the_worst_and_resumes(mvtec_dir, tmp_path, monkeypatch):
+    """benchmarks/suite.py on two tiny products: a row per product and row, each row's mean and worst product, and
+    a second invocation reads finished rows back instead of fitting them again."""
+    import json
+
+    suite = _script("suite")
+    products = ["--product", f"plate={mvtec_dir}", "--product", f"copy={mvtec_dir}"]
+    argv = ["suite.py", "--out", str(tmp_path), "--size", "32", "--rows", "pc-default", "pc-plain", *products]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str(BENCH))
+    suite.main()
+    report = json.loads((tmp_path / "suite-32.json").read_text())
+    rows = report["products"]["plate"]
+    assert set(report["products"]) == {"plate", "copy"} and set(rows) == {"pc-default", "pc-plain"}
+    assert rows["pc-plain"]["memory_bank"]["dim"] == 152 and rows["pc-default"]["memory_bank"]["dim"] == 128
+    assert 0.0 <= rows["pc-default"]["pixel_auroc"] <= 1.0 and "aupro" in rows["pc-plain"]
+    table = (tmp_path / "suite-32.md").read_text()
+    mean = (rows["pc-plain"]["image_auroc"] + report["products"]["copy"]["pc-plain"]["image_auroc"]) / 2
+    worst = min(("plate", "copy"), key=lambda p: report["products"][p]["pc-plain"]["image_auroc"])
+    assert f"| pc-plain | 2 | {mean:.3f} |" in table and f"| {worst} (" in table.split("| pc-plain | 2 |")[1]
+    assert table.count("| plate | ") == 2 and table.count("| copy | ") == 2
+    done = tmp_path / "32" / "plate" / "pc-default" / "row.json"
+    before = done.stat().st_mtime_ns
+    suite.main()  # resumes: nothing to fit
+    assert done.stat().st_mtime_ns == before
+    with pytest.raises(SystemExit, match="unknown row"):
+        monkeypatch.setattr(sys, "argv", argv[:6] + ["pc-nonesuch"] + products)
+        suite.main()
