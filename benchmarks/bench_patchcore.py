@@ -35,7 +35,7 @@ from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
 from fair_edge.training.data import load_dataset, read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.models.lgfdr.weights import load_backbone_weights
+from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import greedy_coreset
 from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
 from fair_edge.models.registry import ModelSpec, get_family

@@ -19,7 +19,7 @@ from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkp
 from fair_edge.training.data import DatasetSplit, load_dataset, load_images
 from fair_edge.errors import ConfigError
 from fair_edge.models.family import ModelFamily
-from fair_edge.models.lgfdr.family import ColourInput
+from fair_edge.models.family import ColourInput
 from fair_edge.models.registry import FAMILIES, ModelSpec
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides

@@ -16,10 +16,10 @@ from fair_edge.training.evaluate import evaluate
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.checksums import sha256_file
-from fair_edge.models.lgfdr.backbones import BACKBONES
+from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.lgfdr.train import LgfdrTrainer
-from fair_edge.models.lgfdr.weights import WeightsError, load_backbone_weights, package_weights_file
+from fair_edge.models.weights import WeightsError, load_backbone_weights, package_weights_file
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.selection import select_backend

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from fair_edge.models.tensors import TensorSpec
+from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
 
@@ -100,3 +100,10 @@ class ModelFamily(ABC):
     def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """The state dict a checkpoint stores for ``module`` (inverse of ``load_weights``)."""
         return module.state_dict()
+
+
+class ColourInput(nn.Module):
+    """forward(colour (B, 3, S, S) float32 RGB [0, 1]) -> {colour: colour}."""
+
+    def forward(self, colour: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {COLOUR: colour}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.family import ModelFamily
+from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.lgfdr.model import LgfdrDetector, LgfdrSettings
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
@@ -21,13 +21,6 @@ NETWORK_SCOPE = ("/backbone/", "/local_tower/", "/global_tower/", "/srh/")
 # of held-out normal ELPV cells by 1.7 normal-score spreads (towers and SRH alone: 0.02) and cost a converged
 # model 6.9 points of image AUROC (towers and SRH alone: 0.0); BENCHMARKS.md, issue #14
 INT8_SCOPE = ("/local_tower/", "/global_tower/", "/srh/")
-
-
-class ColourInput(nn.Module):
-    """forward(colour (B, 3, S, S) float32 RGB [0, 1]) -> {colour: colour}."""
-
-    def forward(self, colour: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {COLOUR: colour}
 
 
 class LgfdrFamily(ModelFamily):

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.lgfdr.backbones import BACKBONES
+from fair_edge.models.backbones import BACKBONES
+from fair_edge.models.kernels import gaussian_kernel
 
 
 @dataclass(frozen=True)
@@ -129,17 +130,6 @@ class SelectiveHead(nn.Module):
     def forward(self, local: torch.Tensor, glob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gate(torch.cat([local, glob], dim=1))
         return g * local + (1.0 - g) * glob, g
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """(1, 1, k, k) float32 normalised Gaussian, k = 2 * ceil(2 sigma) + 1 (k = 1 for sigma 0)."""
-    if sigma <= 0:
-        return torch.ones(1, 1, 1, 1)
-    radius = int(math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = torch.outer(g, g)
-    return (k / k.sum()).float()[None, None]
 
 
 class LgfdrScorer(nn.Module):

@@ -22,7 +22,7 @@ from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
-from fair_edge.models.lgfdr.weights import load_backbone_weights
+from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.training.train import LossLog, TrainConfig, TrainingInterrupted, epoch_order, steps_per_epoch

@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.family import ModelFamily
-from fair_edge.models.lgfdr.backbones import LITE0_TAPS
-from fair_edge.models.lgfdr.family import ColourInput
+from fair_edge.models.backbones import LITE0_TAPS
+from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings, fitted_before
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig

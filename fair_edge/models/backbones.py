@@ -1,4 +1,4 @@
-"""Frozen ImageNet backbones for LGFDR, truncated to the three feature maps it reconstructs.
+"""Frozen ImageNet backbones shared by the families (LGFDR, PatchCore), truncated to three feature maps.
 
 EfficientNet-Lite0 (Tan & Le, "EfficientNet", 2019; the Lite variants: no squeeze-excite, ReLU6,
 fixed stem/head, TensorFlow "same" padding) up to stage 5, tapped after stages 2, 3, 5
