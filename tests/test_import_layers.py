@@ -3,8 +3,11 @@ above it, none between export/ and calibration/ the wrong way, and model familie
 calibration or runtime code.
 
 Relative imports count like absolute ones (``from ..records import Frame`` in ``fair_edge.line.scheduler`` is
-an edge to ``fair_edge.records``): ``line/`` and most of ``cameras/`` import only that way. The checker runs on
-a folder mapping, so the last tests plant a bad import in a copy of the tree and show that it is reported.
+an edge to ``fair_edge.records``): ``line/`` and most of ``cameras/`` import only that way. A package's
+``__init__`` is a module like any other: ``from . import open_handshake`` is an edge to the package's
+``__init__`` (which may import the importer back), while ``from pkg import mod`` is an edge to ``pkg.mod`` only.
+The checker runs on a folder mapping, so the last tests plant a bad import in a copy of the tree and show that
+it is reported.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            names |= {source} | {f"{source}.{a.name}" for a in node.names}
+            # from pkg import mod: an edge to pkg.mod; from pkg import name: an edge to pkg (its __init__)
+            names |= {f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names}
     return {n for n in names if n in modules} - {name}
 
 
@@ -102,10 +106,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def module_cycle(graph: dict[str, set[str]], folders: dict[str, Path]) -> list[str] | None:
-    # a package's __init__ re-exporting its modules is not a dependency between parts
-    inits = {name for name, path in find_modules(folders).items() if path.name == "__init__.py"}
-    return find_cycle({m: deps - inits for m, deps in graph.items()})
+def module_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle between modules, package ``__init__``s included: ``from . import open_handshake`` in a
+    package's module is an edge to the package's ``__init__``, which may import that module back."""
+    return find_cycle(graph)
 
 
 def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
@@ -136,7 +140,7 @@ def test_relative_imports_are_read(graph):
 
 
 def test_no_module_import_cycle(graph):
-    cycle = module_cycle(graph, FOLDERS)
+    cycle = module_cycle(graph)
     assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
 
 
@@ -197,7 +201,7 @@ def _plant(path: Path, line: str) -> None:
 def test_the_copy_is_clean(tree_copy):
     planted = import_graph(tree_copy)
     assert planted == import_graph(FOLDERS)
-    assert upward_imports(planted) == KNOWN_UPWARD.keys() and module_cycle(planted, tree_copy) is None
+    assert upward_imports(planted) == KNOWN_UPWARD.keys() and module_cycle(planted) is None
 
 
 def test_a_planted_relative_upward_import_is_reported(tree_copy):
@@ -209,7 +213,7 @@ def test_a_planted_relative_upward_import_is_reported(tree_copy):
 
 def test_a_planted_relative_cycle_is_reported(tree_copy):
     _plant(tree_copy["fair_edge"] / "line" / "jsonl.py", "from .recorder import Recorder")  # recorder imports jsonl
-    cycle = module_cycle(import_graph(tree_copy), tree_copy)
+    cycle = module_cycle(import_graph(tree_copy))
     assert cycle is not None and {"fair_edge.line.jsonl", "fair_edge.line.recorder"} <= set(cycle), cycle
 
 
@@ -219,3 +223,18 @@ def test_a_planted_cycle_between_rooms_is_reported(tree_copy):
     assert ("fair_edge.cameras.opencv", "fair_edge.station.inspector") in upward_imports(planted)
     cycle = room_cycle(planted, set(KNOWN_UPWARD))
     assert cycle is not None and {"cameras", "station"} <= set(cycle), cycle
+
+
+def test_a_planted_cycle_through_a_package_init_is_reported(tree_copy):
+    # line/__init__ imports recorder, which imports jsonl: jsonl taking Recorder from the package closes a cycle
+    _plant(tree_copy["fair_edge"] / "line" / "jsonl.py", "from . import Recorder")
+    planted = import_graph(tree_copy)
+    assert "fair_edge.line" in planted["fair_edge.line.jsonl"]
+    cycle = module_cycle(planted)
+    assert cycle is not None and {"fair_edge.line", "fair_edge.line.jsonl"} <= set(cycle), cycle
+
+
+def test_importing_a_module_from_its_package_is_no_edge_to_the_package(graph):
+    # from .. import fields as f (line/handshake/settings.py): an edge to line.fields, not to line's __init__
+    assert "fair_edge.line.fields" in graph["fair_edge.line.handshake.settings"]
+    assert "fair_edge.line" not in graph["fair_edge.line.handshake.settings"]
