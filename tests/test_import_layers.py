@@ -30,9 +30,6 @@ LAYERS = ("core", "models", "calibration", "export", "runtime", "line", "cameras
 # Upward imports the design keeps, each with its reason. The test fails on any other, and on an entry here
 # that the code no longer has (delete it then).
 KNOWN_UPWARD = {
-    ("fair_edge.export.accuracy", "fair_edge.runtime.backends"): "the build checks its ONNX graph on the CPU runtime",
-    ("fair_edge.export.build", "fair_edge.runtime.backends"): "the build checks its ONNX graph on the CPU runtime",
-    ("fair_edge.calibration.int8_gate", "fair_edge.runtime.backends"): "the INT8 gate scores its candidate graphs on the CPU runtime",
     ("fair_edge.cameras.replay", "fair_edge.training.data"): "a folder replays with the image suffixes training reads",
     ("fair_edge.console.actions", "fair_edge.training.collect"): "the NG review exports parts as training images",
     ("fair_edge.console.station_hook", "fair_edge.station.config"): "the console re-reads the station file to swap",
