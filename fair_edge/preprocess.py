@@ -286,7 +286,7 @@ def frames_to_batch(frames: list[np.ndarray], size: int) -> torch.Tensor:
 #   highpass  BT.601 gray, then the high-pass the pipeline is given; by default the exact one:
 #             real FFT x the filter's transfer function (``highpass_transfer``), and for ``sobel_xy``
 #             OpenCV Sobel (reflect-101 border). The other method, the fused CUDA kernel's separable
-#             taps, lives with its plan (``export/highpass_plan.py``); ``runtime.backends.cpu_pipeline``
+#             taps, lives with its plan (``fair_edge/runtime/highpass_plan.py``); ``runtime.backends.cpu_pipeline``
 #             picks by name (``HIGHPASS_METHODS``).
 
 STAGES = ("copy", "resize", "highpass")

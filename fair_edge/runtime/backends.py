@@ -86,12 +86,12 @@ DEFAULT_HIGHPASS = "fft"  # measured faster than "separable" at 256 x 256 (BENCH
 
 def cpu_pipeline(cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> CpuPipeline:
     """The CPU pipeline of ``cfg`` with its high-pass by ``method``: ``fft`` (exact) or ``separable`` (the
-    fused CUDA kernel's taps, ``export.highpass_plan.separable_highpass``; ConfigError for filters with no
+    fused CUDA kernel's taps, ``runtime.highpass_plan.separable_highpass``; ConfigError for filters with no
     compact kernel, e.g. 'ideal'). ``sobel_xy`` is spatial for both."""
     if method not in HIGHPASS_METHODS:
         raise ConfigError(f"CPU high-pass method must be one of {', '.join(HIGHPASS_METHODS)}; found {method!r}.")
     if method == "separable" and cfg.filter != "sobel_xy":
-        from fair_edge.export.highpass_plan import separable_highpass
+        from fair_edge.runtime.highpass_plan import separable_highpass
 
         return CpuPipeline(cfg, separable_highpass(cfg))
     return CpuPipeline(cfg)
