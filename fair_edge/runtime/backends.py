@@ -23,7 +23,7 @@ from fair_edge.calibration.onnx_graph import Inputs, OnnxGraph
 from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import ModelSpec
-from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, SCORE
+from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
 from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock
 from fair_edge.tiling import FrameTiler
 
@@ -63,9 +63,19 @@ class FrameScorer(Protocol):
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime (the CPU default)
+def host_array(value: "np.ndarray | torch.Tensor") -> np.ndarray:
+    """A contiguous float32 host array of ``value`` (a NumPy array or a tensor on any device). The same as
+    ``calibration.onnx_graph.host_array``, written here too so that a frame's path stays in this file (the 8
+    files of docs/architecture.md, checked by tests/test_frame_path.py)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
 class OnnxRuntimeBackend(OnnxGraph):
     """A bundle's ONNX graph on ONNX Runtime as a backend: ``calibration.onnx_graph.OnnxGraph`` (the CPU graph
-    runner the build checks its graphs with) with the backend's name and device.
+    runner the build checks its graphs with: session, input check, ``infer_batched``) with the backend's name
+    and device, and ``infer`` on the frame path.
 
     infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
     """
@@ -77,6 +87,10 @@ class OnnxRuntimeBackend(OnnxGraph):
     def from_bundle(cls, bundle, threads: int = 0) -> "OnnxRuntimeBackend":
         """The backend for ``bundle.onnx_path`` (the graph of the bundle's precision)."""
         return cls(bundle.onnx_path, bundle.model.input_names, threads=threads)
+
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        feeds = {name: host_array(inputs[name]) for name in self.input_names}
+        return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
 
 
 # ----------------------------------------------------------------------------- pre-processing

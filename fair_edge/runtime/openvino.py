@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fair_edge.calibration.onnx_graph import Inputs, host_array
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
+from fair_edge.runtime.backends import Inputs, host_array
 
 
 def _port(ports, name: str, path: Path):
