@@ -75,7 +75,7 @@ def test_threshold_projection_counts_reviewed_parts_only():
 def test_station_file_gets_the_new_threshold_and_stays_loadable(tmp_path):
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump({"bundle": "b", "decision": {"roi": "roi.png"}, "console": {"port": 9001}}))
-    write_station_threshold(path, 0.25)
+    write_station_threshold(path, 0.25, load_station)
     cfg = load_station(path)
     assert cfg.threshold == 0.25 and cfg.roi.name == "roi.png" and cfg.console.port == 9001
 

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from fair_edge.demo.config import DEMO_FALSE_REJECT_RATE
+from fair_edge.training.collect import export_reviewed
 from fair_edge.training.data import DatasetSplit, Sample, elpv_split, read_image
 
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor
@@ -215,7 +216,7 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
         )
         say(f"replaying {n_parts} cells at {line.fps:g} cells/s; simulated PLC on 127.0.0.1:{plc.port}, "
             f"reject gate {line.delay_ms:g} ms downstream")
-        summary = run_station(cfg, threading.Event(), on_start=say)
+        summary = run_station(cfg, threading.Event(), on_start=say, export_reviewed=export_reviewed)
         threading.Event().wait(0.2)  # the station waited for the gate; let the last writes land
         rises = plc.rises(0)
     finally:

@@ -31,7 +31,7 @@ from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
-from fair_edge.station.config import AUTO_POLICY, StationConfig
+from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     from fair_edge.calibration.threshold import Threshold
@@ -258,14 +258,17 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
 
 def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
-                 stack: contextlib.ExitStack, metrics: Metrics | None = None) -> StationConsole:
+                 stack: contextlib.ExitStack, metrics: Metrics | None = None,
+                 export_reviewed: Callable[[Path, Path], dict] | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
-    (started here, closed by ``stack``)."""
+    (started here, closed by ``stack``). The console gets the station's bundle loader and station file
+    loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``."""
+    from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
-    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None,
-                                                 load_model=functools.partial(load_change, backend=cfg.backend,
-                                                                              roi_path=cfg.roi)))
+    links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
+                         load_station=load_station, export_reviewed=export_reviewed)
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
     return console
@@ -311,12 +314,15 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
                 on_tick: Callable[[Inspector], None] | None = None, source: FrameSource | None = None,
                 choice: FrameScorer | None = None,
-                on_console: Callable[[StationConsole], None] | None = None) -> RunSummary:
+                on_console: Callable[[StationConsole], None] | None = None,
+                export_reviewed: Callable[[Path, Path], dict] | None = None) -> RunSummary:
     """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
 
     source: a frame source to use instead of ``cfg.camera.source``; choice: a ``FrameScorer`` to
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
-    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
+    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``);
+    export_reviewed: the console's dataset export (``training.collect.export_reviewed``, a room above the
+    station, so the app hands it in; None: the console's export button answers that it cannot export)."""
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
@@ -333,7 +339,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-        console = open_console(cfg, bundle, faults, stack, line.metrics)
+        console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed)
         line.callbacks.append(console.observe)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
