@@ -39,6 +39,9 @@ from fair_edge.errors import ConfigError
 from fair_edge.tiling import TilingConfig
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
+# still-image files read as frames: training data (training.data) and folder replay (cameras.replay, which
+# adds WebP stills)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PAPER_IMAGE_SIZE = 256  # pixels
 PAPER_CUTOFF = 30.0  # D0 at PAPER_IMAGE_SIZE, frequency-index units
 

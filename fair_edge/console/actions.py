@@ -17,7 +17,7 @@ from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.runtime.hotswap import ModelChange
-from fair_edge.line.fields import is_int, require
+from fair_edge.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)

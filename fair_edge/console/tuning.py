@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
-from fair_edge.line.fields import is_number, require
+from fair_edge.fields import is_number, require
 from fair_edge.records import Verdict
 
 BINS = 30

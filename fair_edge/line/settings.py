@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import fields as f
+from .. import fields as f
 from .handshake.settings import HandshakeSettings
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")

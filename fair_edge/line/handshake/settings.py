@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ...errors import ConfigError, SinkError
-from .. import fields as f
+from ... import fields as f
 from .address import handshake_address
 
 # signal names (a name that crosses the link is defined once, here)
