@@ -117,8 +117,8 @@ def threshold_for(bundle, images: list[np.ndarray], ng_share: float = 0.3) -> fl
     """The score quantile that makes ``ng_share`` of ``images`` NG on this bundle (ONNX Runtime)."""
     from fair_edge.runtime.selection import select_backend
 
-    choice = select_backend(bundle, "onnxruntime")
-    scores = [float(choice.infer_frames([im])[1][0]) for im in images]
+    scorer = select_backend(bundle, "onnxruntime")
+    scores = [float(scorer.infer_frames([im])[1][0]) for im in images]
     return float(np.quantile(scores, 1.0 - ng_share))
 
 

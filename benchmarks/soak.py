@@ -194,12 +194,12 @@ class PlcProcess(ChildServer):
         return [float(t) for t, fc, a, v in rows if fc == "5" and int(a) == address and v == "1"]
 
 
-def measure_rate(choice, images: list[np.ndarray], threshold: float, seconds: float = RATE_PROBE_S) -> float:
+def measure_rate(scorer, images: list[np.ndarray], threshold: float, seconds: float = RATE_PROBE_S) -> float:
     """Parts/s this machine inspects one at a time (the station's batch of 1), over ``seconds``."""
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    insp = Inspector(None, choice, threshold=threshold)
+    insp = Inspector(None, scorer, threshold=threshold)
     insp.inspect([Frame(0, 0.0, images[0])])   # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -331,8 +331,8 @@ def soak(args) -> dict:
     bundle_root = Path(args.bundle) if args.bundle else build_soak_bundle(out / "bundle", images[:12])
     threshold = soak_threshold(bundle_root, images)
     free_mb = shutil.disk_usage(out).free / 2**20
-    choice = select_backend(load_bundle(bundle_root), "onnxruntime")
-    inspected = measure_rate(choice, images, threshold) if args.handshake else None
+    scorer = select_backend(load_bundle(bundle_root), "onnxruntime")
+    inspected = measure_rate(scorer, images, threshold) if args.handshake else None
     measured = min(inspected, GATE_RATE) if inspected is not None else None
     rate = args.rate or (args.rate_fraction * measured if measured is not None else args.fps)
     if args.handshake:
@@ -340,7 +340,7 @@ def soak(args) -> dict:
               f"triggering at {rate:.2f} parts/s")
     hs_plc = HandshakePlcProcess(out / "handshake_plc.json", rate).start() if args.handshake else None
     plc = PlcProcess(out / "plc_writes.txt").start()
-    slow = SlowBackend(choice.backend)
+    slow = SlowBackend(scorer.backend)
     inj = Injectors(FaultySource(images, CAMERA_X * rate if args.handshake else args.fps), slow, plc,
                     out / "ballast.bin", [])
     cfg = StationConfig(
@@ -365,7 +365,7 @@ def soak(args) -> dict:
     faults.start()
     try:
         summary = run_station(cfg, threading.Event(), duration_s=args.minutes * 60, on_tick=tick,
-                              source=inj.source, choice=replace(choice, backend=slow))
+                              source=inj.source, scorer=replace(scorer, backend=slow))
         samples["after"] = proc_sample()
         time.sleep(0.2)
         rises = plc.rises(0)
@@ -393,12 +393,12 @@ def soak_threshold(bundle_root: Path, images: list[np.ndarray]) -> float:
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    choice = select_backend(load_bundle(bundle_root), "onnxruntime")
+    scorer = select_backend(load_bundle(bundle_root), "onnxruntime")
     try:
-        insp = Inspector(None, choice, threshold=1.0)
+        insp = Inspector(None, scorer, threshold=1.0)
         scores = [v.score for i, img in enumerate(images) for v in insp.inspect([Frame(i, 0.0, img)])]
     finally:
-        choice.backend.close()
+        scorer.backend.close()
     return float(np.percentile(scores, 60))
 
 

@@ -110,11 +110,11 @@ def test_model_switch_merges_requests_and_closes_a_replaced_backend():
 
     switch = ModelSwitch()
     first, second = Choice(), Choice()
-    switch.request(ModelChange(choice=first, threshold=0.3, model="a"))
+    switch.request(ModelChange(scorer=first, threshold=0.3, model="a"))
     switch.request(ModelChange(threshold=0.4))
-    switch.request(ModelChange(choice=second, threshold=0.5, model="b"))
+    switch.request(ModelChange(scorer=second, threshold=0.5, model="b"))
     change = switch.take()
-    assert change.choice is second and change.threshold == 0.5 and closed == [first.backend]
+    assert change.scorer is second and change.threshold == 0.5 and closed == [first.backend]
     assert switch.take() is None
     switch.request(ModelChange(threshold=0.7))
     assert switch.take() == ModelChange(threshold=0.7)

@@ -90,16 +90,16 @@ def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarr
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    choice = select_backend(load_bundle(bundle_root), backend)
+    scorer = select_backend(load_bundle(bundle_root), backend)
     try:
-        inspector = Inspector(None, choice, threshold=1.0)
+        inspector = Inspector(None, scorer, threshold=1.0)
         times = []
         for i, image in enumerate(images):
             t0 = time.perf_counter()
             inspector.inspect([Frame(i, time.monotonic(), image)])
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
-        choice.backend.close()
+        scorer.backend.close()
     t = np.asarray(times[1:] or times)
     return {"n": int(t.size), "p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)),
             "mean": float(t.mean())}

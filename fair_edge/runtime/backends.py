@@ -1,4 +1,4 @@
-"""Inference backends over one bundle, the pre-processing that feeds them, and ``BackendChoice``, the
+"""Inference backends over one bundle, the pre-processing that feeds them, and ``BundleScorer``, the
 whole frames -> scores path of one bundle.
 
 One contract for every backend and every model family:
@@ -48,7 +48,7 @@ class Closable(Protocol):
 @runtime_checkable
 class FrameScorer(Protocol):
     """What the inspection loop runs and a hot swap hands over: whole frames in, maps and scores out.
-    ``BackendChoice`` (one bundle) and ``fusion.FusedChoice`` (several, one fused score) are the two.
+    ``BundleScorer`` (one bundle) and ``fusion.FusedScorer`` (several, one fused score) are the two.
 
     infer_frames(frames: list of (H, W, 3) uint8 BGR or (H, W) gray host arrays) -> (maps (N, h, w)
     float32, scores (N,) float32). backend: what to close when the scorer is retired. reason: which
@@ -146,12 +146,12 @@ class CpuPreprocessor:
 
 # ----------------------------------------------------------------------------- one bundle's frames -> scores
 def whole_frames() -> FrameTiler:
-    """The identity tiler of an untiled bundle (``BackendChoice``'s default)."""
+    """The identity tiler of an untiled bundle (``BundleScorer``'s default)."""
     return FrameTiler(None, 0)
 
 
 @dataclass(frozen=True)
-class BackendChoice:
+class BundleScorer:
     """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
     (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path.
     graph_threshold: the decision threshold calibrated on the graph this backend runs, where that is

@@ -284,9 +284,9 @@ def read_bundle(path: Path) -> Bundle | FusedBundle:
 
 def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
     """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
-    from fair_edge.runtime.fusion import FusedBundle, FusedChoice
+    from fair_edge.runtime.fusion import FusedBundle, FusedScorer
 
-    return FusedChoice(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
+    return FusedScorer(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
 
 
 def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
@@ -299,26 +299,26 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     """
     bundle = read_bundle(bundle_path)
     roi = load_roi(roi_path, bundle.image_size)
-    choice = open_scorer(bundle, backend)
+    scorer = open_scorer(bundle, backend)
     if threshold is None:
-        graph = choice.graph_threshold
+        graph = scorer.graph_threshold
         if graph is None and bundle.threshold is None:
-            choice.backend.close()
+            scorer.backend.close()
             raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
                               "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
         threshold = (graph or bundle.threshold).value
-    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)
+    return ModelChange(scorer, float(threshold), roi, model_id(bundle), bundle)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
                 on_tick: Callable[[Inspector], None] | None = None, source: FrameSource | None = None,
-                choice: FrameScorer | None = None,
+                scorer: FrameScorer | None = None,
                 on_console: Callable[[StationConsole], None] | None = None,
                 export_reviewed: Callable[[Path, Path], dict] | None = None) -> RunSummary:
     """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
 
-    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``FrameScorer`` to
+    source: a frame source to use instead of ``cfg.camera.source``; scorer: a ``FrameScorer`` to
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``);
     export_reviewed: the console's dataset export (``training.collect.export_reviewed``, a room above the
@@ -327,13 +327,13 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = choice or open_scorer(bundle, cfg.backend)
-    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+    scorer = scorer or open_scorer(bundle, cfg.backend)
+    threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
     run_id = new_run_id()
     if on_start is not None:
-        on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
+        on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
-        stack.callback(choice.backend.close)
+        stack.callback(scorer.backend.close)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
@@ -343,7 +343,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         line.callbacks.append(console.observe)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
-        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
+        inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
                               model=model_id(bundle))
         inspector.summary.run_id = run_id
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)
