@@ -53,7 +53,7 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
     from fair_edge.console.settings import ConsoleSettings
     from fair_edge.demo.run import match_pulses
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.run import run_station
     from fair_edge.station.config import CameraSettings, StationConfig
 

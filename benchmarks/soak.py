@@ -18,7 +18,7 @@ window):
   slow_inference    every 3rd inference sleeps 0.4 s (verdicts late, queue drops)
 
 With the handshake on (default; ``--no-handshake`` for the free-running line alone) a second PLC
-process (``python -m fair_edge.line.handshake.plc_sim``, Modbus TCP) triggers the parts with part ids:
+process (``python -m fair_edge.line.handshake.sim_handshake_plc``, Modbus TCP) triggers the parts with part ids:
 the camera runs free at 4x the trigger rate and the station inspects the next frame after each
 trigger (reject.handshake). The script first measures the rate this machine sustains (single-frame
 inspection for ``RATE_PROBE_S`` seconds) and triggers at ``--rate-fraction`` of it (or ``--rate``), and of
@@ -59,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fair_edge.line.handshake.plc_sim import HandshakePlcProcess, percentiles
-from fair_edge.line.sim_plc import ChildServer, free_port
+from fair_edge.line.handshake.sim_handshake_plc import HandshakePlcProcess, percentiles
+from fair_edge.line.sim_sink_plc import ChildServer, free_port
 
 FAULT_SCHEDULE = (  # name, start, length (fractions of each window)
     ("camera_unplug", 0.10, 0.02),
@@ -177,15 +177,15 @@ class SlowBackend:
 
 
 class PlcProcess(ChildServer):
-    """The simulated PLC in a process of its own (``python -m fair_edge.line.sim_plc``), as a real
+    """The simulated PLC in a process of its own (``python -m fair_edge.line.sim_sink_plc``), as a real
     PLC is: its receive times are not delayed by the station's threads. ``stop()`` kills it,
     ``start()`` starts it again on the same port (a PLC restart; the fault schedule restarts it with
     ``wait=False`` so it does not stall while a loaded machine starts Python)."""
 
     def __init__(self, log_path: Path) -> None:
         port = free_port()
-        super().__init__([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(port), "--log", str(log_path)],
-                         port, "simulated PLC")
+        super().__init__([sys.executable, "-m", "fair_edge.line.sim_sink_plc", "--port", str(port),
+                          "--log", str(log_path)], port, "simulated PLC")
         self.log_path = log_path
         log_path.unlink(missing_ok=True)
 

@@ -198,7 +198,7 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
                  say: Callable[[str], None]):
     """Replay OUT/conveyor through the station into a simulated PLC. Returns (summary, rows, rises)."""
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.run import run_station
     from fair_edge.station.config import CameraSettings, StationConfig
 

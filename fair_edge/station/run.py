@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
     from fair_edge.cameras import FrameSource
     from fair_edge.console.station_hook import StationConsole
     from fair_edge.export.bundle import Bundle
-    from fair_edge.line.encoder import EncoderSource
+    from fair_edge.line.encoder_source import EncoderSource
     from fair_edge.line.handshake import Handshake
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -223,7 +223,7 @@ class LineSide:
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
     """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
-    from fair_edge.line.encoders import open_encoder
+    from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
