@@ -53,7 +53,7 @@ def measure(bundle_root: Path, source: Path, out: Path, *, clients: int, fps: fl
     from fair_edge.console.settings import ConsoleSettings
     from fair_edge.demo.run import match_pulses
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.run import run_station
     from fair_edge.station.config import CameraSettings, StationConfig
 
@@ -117,8 +117,8 @@ def threshold_for(bundle, images: list[np.ndarray], ng_share: float = 0.3) -> fl
     """The score quantile that makes ``ng_share`` of ``images`` NG on this bundle (ONNX Runtime)."""
     from fair_edge.runtime.selection import select_backend
 
-    choice = select_backend(bundle, "onnxruntime")
-    scores = [float(choice.infer_frames([im])[1][0]) for im in images]
+    scorer = select_backend(bundle, "onnxruntime")
+    scores = [float(scorer.infer_frames([im])[1][0]) for im in images]
     return float(np.quantile(scores, 1.0 - ng_share))
 
 

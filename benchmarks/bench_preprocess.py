@@ -108,7 +108,7 @@ def bench_batch(batch: int, cfg, args, torch, highpass, hw: tuple[int, int], out
         t_unfused = timed_cpu(unfused, args.iters) / batch
         print(f"batch {batch:2d}: unfused {t_unfused * 1e3:9.1f} us/frame (CPU; the fused kernel needs CUDA)")
         return {"batch": batch, "unfused_us": t_unfused * 1e3, "fused_host_us": None, "fused_device_us": None}
-    from fair_edge.export.preprocess_gpu import DeviceFrames, FusedPreprocessor
+    from fair_edge.runtime.preprocess_gpu import DeviceFrames, FusedPreprocessor
 
     host = host.pin_memory()
     host_np = host.numpy()

@@ -18,7 +18,7 @@ window):
   slow_inference    every 3rd inference sleeps 0.4 s (verdicts late, queue drops)
 
 With the handshake on (default; ``--no-handshake`` for the free-running line alone) a second PLC
-process (``python -m fair_edge.line.handshake.plc_sim``, Modbus TCP) triggers the parts with part ids:
+process (``python -m fair_edge.line.handshake.sim_handshake_plc``, Modbus TCP) triggers the parts with part ids:
 the camera runs free at 4x the trigger rate and the station inspects the next frame after each
 trigger (reject.handshake). The script first measures the rate this machine sustains (single-frame
 inspection for ``RATE_PROBE_S`` seconds) and triggers at ``--rate-fraction`` of it (or ``--rate``), and of
@@ -59,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fair_edge.line.handshake.plc_sim import HandshakePlcProcess, percentiles
-from fair_edge.line.sim_plc import ChildServer, free_port
+from fair_edge.line.handshake.sim_handshake_plc import HandshakePlcProcess, percentiles
+from fair_edge.line.sim_sink_plc import ChildServer, free_port
 
 FAULT_SCHEDULE = (  # name, start, length (fractions of each window)
     ("camera_unplug", 0.10, 0.02),
@@ -177,15 +177,15 @@ class SlowBackend:
 
 
 class PlcProcess(ChildServer):
-    """The simulated PLC in a process of its own (``python -m fair_edge.line.sim_plc``), as a real
+    """The simulated PLC in a process of its own (``python -m fair_edge.line.sim_sink_plc``), as a real
     PLC is: its receive times are not delayed by the station's threads. ``stop()`` kills it,
     ``start()`` starts it again on the same port (a PLC restart; the fault schedule restarts it with
     ``wait=False`` so it does not stall while a loaded machine starts Python)."""
 
     def __init__(self, log_path: Path) -> None:
         port = free_port()
-        super().__init__([sys.executable, "-m", "fair_edge.line.sim_plc", "--port", str(port), "--log", str(log_path)],
-                         port, "simulated PLC")
+        super().__init__([sys.executable, "-m", "fair_edge.line.sim_sink_plc", "--port", str(port),
+                          "--log", str(log_path)], port, "simulated PLC")
         self.log_path = log_path
         log_path.unlink(missing_ok=True)
 
@@ -194,12 +194,12 @@ class PlcProcess(ChildServer):
         return [float(t) for t, fc, a, v in rows if fc == "5" and int(a) == address and v == "1"]
 
 
-def measure_rate(choice, images: list[np.ndarray], threshold: float, seconds: float = RATE_PROBE_S) -> float:
+def measure_rate(scorer, images: list[np.ndarray], threshold: float, seconds: float = RATE_PROBE_S) -> float:
     """Parts/s this machine inspects one at a time (the station's batch of 1), over ``seconds``."""
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    insp = Inspector(None, choice, threshold=threshold)
+    insp = Inspector(None, scorer, threshold=threshold)
     insp.inspect([Frame(0, 0.0, images[0])])   # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -331,8 +331,8 @@ def soak(args) -> dict:
     bundle_root = Path(args.bundle) if args.bundle else build_soak_bundle(out / "bundle", images[:12])
     threshold = soak_threshold(bundle_root, images)
     free_mb = shutil.disk_usage(out).free / 2**20
-    choice = select_backend(load_bundle(bundle_root), "onnxruntime")
-    inspected = measure_rate(choice, images, threshold) if args.handshake else None
+    scorer = select_backend(load_bundle(bundle_root), "onnxruntime")
+    inspected = measure_rate(scorer, images, threshold) if args.handshake else None
     measured = min(inspected, GATE_RATE) if inspected is not None else None
     rate = args.rate or (args.rate_fraction * measured if measured is not None else args.fps)
     if args.handshake:
@@ -340,7 +340,7 @@ def soak(args) -> dict:
               f"triggering at {rate:.2f} parts/s")
     hs_plc = HandshakePlcProcess(out / "handshake_plc.json", rate).start() if args.handshake else None
     plc = PlcProcess(out / "plc_writes.txt").start()
-    slow = SlowBackend(choice.backend)
+    slow = SlowBackend(scorer.backend)
     inj = Injectors(FaultySource(images, CAMERA_X * rate if args.handshake else args.fps), slow, plc,
                     out / "ballast.bin", [])
     cfg = StationConfig(
@@ -365,7 +365,7 @@ def soak(args) -> dict:
     faults.start()
     try:
         summary = run_station(cfg, threading.Event(), duration_s=args.minutes * 60, on_tick=tick,
-                              source=inj.source, choice=replace(choice, backend=slow))
+                              source=inj.source, scorer=replace(scorer, backend=slow))
         samples["after"] = proc_sample()
         time.sleep(0.2)
         rises = plc.rises(0)
@@ -393,12 +393,12 @@ def soak_threshold(bundle_root: Path, images: list[np.ndarray]) -> float:
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    choice = select_backend(load_bundle(bundle_root), "onnxruntime")
+    scorer = select_backend(load_bundle(bundle_root), "onnxruntime")
     try:
-        insp = Inspector(None, choice, threshold=1.0)
+        insp = Inspector(None, scorer, threshold=1.0)
         scores = [v.score for i, img in enumerate(images) for v in insp.inspect([Frame(i, 0.0, img)])]
     finally:
-        choice.backend.close()
+        scorer.backend.close()
     return float(np.percentile(scores, 60))
 
 

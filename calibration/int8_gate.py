@@ -39,10 +39,10 @@ import onnx
 from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.calibration.onnx_graph import OnnxGraph
 from fair_edge.errors import BuildError, ConfigError, DataError, ExportError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
-from fair_edge.runtime.backends import OnnxRuntimeBackend
 from fair_edge.tiling import FrameTiler
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class HeldOut:
         return np.r_[np.zeros(self.n_normal, np.int64), np.ones(self.n_defect, np.int64)]
 
     def scores(self, graph: Path) -> np.ndarray:
-        backend = OnnxRuntimeBackend(graph, self.model.input_names)
+        backend = OnnxGraph(graph, self.model.input_names)
         try:
             out = backend.infer_batched(self.inputs)
         finally:

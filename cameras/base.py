@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 
 from fair_edge.errors import CameraError, ConfigError, did_you_mean
-from fair_edge.line.fields import require
+from fair_edge.fields import require
 from fair_edge.records import Frame
 
 log = logging.getLogger(__name__)

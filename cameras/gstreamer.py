@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError
-from fair_edge.line.fields import is_int, is_number, require
+from fair_edge.fields import is_int, is_number, require
 
 from .opencv import OpenCVSource
 

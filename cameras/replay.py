@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fair_edge.training.data import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 from fair_edge.errors import CameraError
+from fair_edge.preprocess import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 
 from .base import EndOfStream, Pacer, check_fps
 from .capture import SourceBase

@@ -14,10 +14,10 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
+from fair_edge.calibration.onnx_graph import OnnxGraph
 from fair_edge.errors import DataError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
-from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0])
 
 
-def graph_delta(reference: OnnxRuntimeBackend, candidate: OnnxRuntimeBackend, inputs: Mapping[str, np.ndarray],
+def graph_delta(reference: OnnxGraph, candidate: OnnxGraph, inputs: Mapping[str, np.ndarray],
                 batch: int = 8) -> GraphDelta:
     """Run both graphs on the same named inputs ({name: (N, C, S, S) float32}) and compare."""
     ref, got = reference.infer_batched(inputs, batch), candidate.infer_batched(inputs, batch)
@@ -86,12 +86,12 @@ def compare_precisions(graphs: Mapping[str, str | Path], frames: Sequence[np.nda
     if reference not in graphs:
         raise DataError(f"reference precision {reference!r} not among the graphs {sorted(graphs)}.")
     inputs = preprocess_frames(frames, model)
-    ref = OnnxRuntimeBackend(graphs[reference], model.input_names)
+    ref = OnnxGraph(graphs[reference], model.input_names)
     ref_scores = ref.infer_batched(inputs)[SCORE]
     auroc_ref = float(roc_auc_score(y, ref_scores))
     out = {}
     for name, path in graphs.items():
-        cand = ref if name == reference else OnnxRuntimeBackend(path, model.input_names)
+        cand = ref if name == reference else OnnxGraph(path, model.input_names)
         scores = cand.infer_batched(inputs)[SCORE]
         auroc = float(roc_auc_score(y, scores))
         out[name] = PrecisionComparison(

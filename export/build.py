@@ -29,6 +29,7 @@ from fair_edge.calibration.frames import frame_scores, model_frames, preprocess_
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
+from fair_edge.calibration.onnx_graph import OnnxGraph
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
@@ -37,7 +38,6 @@ from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bun
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP
-from fair_edge.runtime.backends import OnnxRuntimeBackend
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
@@ -133,7 +133,7 @@ def _fp32_with_parity(ckpt: Checkpoint, out: Path) -> tuple[Path, float]:
     path = export_onnx(ckpt.model, detector, out / PRECISIONS["fp32"].onnx_name, "fp32")
     inputs = {n: t.numpy() for n, t in example_inputs(ckpt.model, batch=3, seed=1).items()}
     ref = torch_reference(detector, inputs, ckpt.model.input_names)
-    got = OnnxRuntimeBackend(path, ckpt.model.input_names).infer(inputs)
+    got = OnnxGraph(path, ckpt.model.input_names).infer(inputs)
     err = float(np.abs(got[ANOMALY_MAP] - ref[ANOMALY_MAP]).max())
     if not err <= PARITY_TOL:
         raise ExportError(f"fp32 ONNX differs from PyTorch by {err:.2e} (max |map diff|); expected <= {PARITY_TOL:.0e}.")
@@ -157,7 +157,7 @@ def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Seq
     """The threshold from whole-frame scores of the deployed graph (stitched for a tiled model)."""
     if not normal:
         return None
-    backend = OnnxRuntimeBackend(graph, ckpt.model.input_names)
+    backend = OnnxGraph(graph, ckpt.model.input_names)
     normal_scores = frame_scores(backend.infer_batched, normal, ckpt.model)
     defect_scores = frame_scores(backend.infer_batched, defects, ckpt.model) if defects else None
     return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
@@ -271,7 +271,7 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     if graph != fp32:
         probe = normal if normal is not None else {n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
         names = ckpt.model.input_names
-        delta = graph_delta(OnnxRuntimeBackend(fp32, names), OnnxRuntimeBackend(graph, names), probe)
+        delta = graph_delta(OnnxGraph(fp32, names), OnnxGraph(graph, names), probe)
     threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
     threshold = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
     cpu = None

@@ -39,6 +39,9 @@ from fair_edge.errors import ConfigError
 from fair_edge.tiling import TilingConfig
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
+# still-image files read as frames: training data (training.data) and folder replay (cameras.replay, which
+# adds WebP stills)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PAPER_IMAGE_SIZE = 256  # pixels
 PAPER_CUTOFF = 30.0  # D0 at PAPER_IMAGE_SIZE, frequency-index units
 
@@ -286,7 +289,7 @@ def frames_to_batch(frames: list[np.ndarray], size: int) -> torch.Tensor:
 #   highpass  BT.601 gray, then the high-pass the pipeline is given; by default the exact one:
 #             real FFT x the filter's transfer function (``highpass_transfer``), and for ``sobel_xy``
 #             OpenCV Sobel (reflect-101 border). The other method, the fused CUDA kernel's separable
-#             taps, lives with its plan (``export/highpass_plan.py``); ``runtime.backends.cpu_pipeline``
+#             taps, lives with its plan (``fair_edge/runtime/highpass_plan.py``); ``runtime.backends.cpu_pipeline``
 #             picks by name (``HIGHPASS_METHODS``).
 
 STAGES = ("copy", "resize", "highpass")

@@ -11,6 +11,7 @@ from fair_edge.console.settings import ConsoleSettings
 from fair_edge.line.settings import RecordSettings
 from fair_edge.station.run import run_station
 from fair_edge.station.config import CameraSettings, StationConfig
+from fair_edge.training.collect import export_reviewed
 
 
 def station_config(bundle_root: Path, source: Path, out: Path, *, fps: float = 20.0, threshold: float | None = None,
@@ -36,7 +37,7 @@ class RunningStation:
 
     def _run(self) -> None:
         try:
-            self.summary = run_station(self.cfg, self.stop, on_console=self._got_console)
+            self.summary = run_station(self.cfg, self.stop, on_console=self._got_console, export_reviewed=export_reviewed)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc
         finally:

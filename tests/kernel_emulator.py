@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fair_edge.export.highpass_plan import plan_highpass
-from fair_edge.export.preprocess_gpu import (DeviceFrames, compile_options, kernel_launch, kernel_source, tile_items,
+from fair_edge.runtime.highpass_plan import plan_highpass
+from fair_edge.runtime.preprocess_gpu import (DeviceFrames, compile_options, kernel_launch, kernel_source, tile_items,
                                              tile_offsets)
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from frames import KERNEL_CONFIGS, SIZES, elpv_dir, errors, random_frame, real_frame

@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 
-from fair_edge.line.sim_plc import ChildServer, LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
+from fair_edge.line.sim_sink_plc import ChildServer, LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
 
 log = logging.getLogger(__name__)
 ModbusTestServer = SimulatedPlc

@@ -75,7 +75,7 @@ def test_threshold_projection_counts_reviewed_parts_only():
 def test_station_file_gets_the_new_threshold_and_stays_loadable(tmp_path):
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump({"bundle": "b", "decision": {"roi": "roi.png"}, "console": {"port": 9001}}))
-    write_station_threshold(path, 0.25)
+    write_station_threshold(path, 0.25, load_station)
     cfg = load_station(path)
     assert cfg.threshold == 0.25 and cfg.roi.name == "roi.png" and cfg.console.port == 9001
 
@@ -110,11 +110,11 @@ def test_model_switch_merges_requests_and_closes_a_replaced_backend():
 
     switch = ModelSwitch()
     first, second = Choice(), Choice()
-    switch.request(ModelChange(choice=first, threshold=0.3, model="a"))
+    switch.request(ModelChange(scorer=first, threshold=0.3, model="a"))
     switch.request(ModelChange(threshold=0.4))
-    switch.request(ModelChange(choice=second, threshold=0.5, model="b"))
+    switch.request(ModelChange(scorer=second, threshold=0.5, model="b"))
     change = switch.take()
-    assert change.choice is second and change.threshold == 0.5 and closed == [first.backend]
+    assert change.scorer is second and change.threshold == 0.5 and closed == [first.backend]
     assert switch.take() is None
     switch.request(ModelChange(threshold=0.7))
     assert switch.take() == ModelChange(threshold=0.7)

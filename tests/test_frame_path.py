@@ -104,7 +104,7 @@ def traced(tmp_path_factory):
     from fair_edge.cameras.opencv import OpenCVSource
     from fair_edge.console.settings import ConsoleSettings
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.config import CameraSettings, StationConfig
     from fair_edge.station.run import run_station
 

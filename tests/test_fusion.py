@@ -1,5 +1,5 @@
 """Score fusion: normalisation and rules, the fused bundle (two FAIR models of different settings),
-its verification, the runtime choice, and the CLI."""
+its verification, the runtime scorer, and the CLI."""
 
 import json
 from dataclasses import replace
@@ -13,7 +13,7 @@ from fair_edge.models.checkpoint import Checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.runtime.fusion import (FusedChoice, NormalStats, build_fused_bundle, fuse_maps, is_fused,
+from fair_edge.runtime.fusion import (FusedScorer, NormalStats, build_fused_bundle, fuse_maps, is_fused,
                               load_fused_bundle)
 from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import TilingConfig
@@ -57,23 +57,23 @@ def fused(tmp_path_factory, tiny_detector):
 def test_fused_bundle_calibrates_one_threshold_on_fused_scores(fused):
     bundle, members, normals = fused
     assert is_fused(bundle.root) and len(bundle.members) == 2 and bundle.rule == "mean"
-    choice = FusedChoice(bundle, "onnxruntime")
-    maps, scores = choice.infer_frames(normals)
+    scorer = FusedScorer(bundle, "onnxruntime")
+    maps, scores = scorer.infer_frames(normals)
     assert maps.shape == (8, 32, 32)
     assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)
     member_maps = [select_backend(m, "onnxruntime").infer_frames(normals)[0] for m in members]
     for st, m in zip(bundle.stats, member_maps):  # stats are the members' own normal scores
         per_frame = m.reshape(8, -1).max(axis=1)
         assert st.mean == pytest.approx(float(per_frame.mean()), rel=1e-5)
-    assert "fusion (mean)" in choice.reason
-    choice.backend.close()
+    assert "fusion (mean)" in scorer.reason
+    scorer.backend.close()
 
 
 def test_every_backend_gives_the_same_fused_scores(fused):
     bundle, _, _ = fused
     frames = make_frames(3, seed=9, size=64, defect=True)
-    ort = FusedChoice(bundle, "onnxruntime").infer_frames(frames)[1]
-    torch_cpu = FusedChoice(bundle, "torch-cpu").infer_frames(frames)[1]
+    ort = FusedScorer(bundle, "onnxruntime").infer_frames(frames)[1]
+    torch_cpu = FusedScorer(bundle, "torch-cpu").infer_frames(frames)[1]
     np.testing.assert_allclose(ort, torch_cpu, rtol=1e-4, atol=1e-4)
 
 

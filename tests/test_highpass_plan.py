@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fair_edge.errors import ConfigError
-from fair_edge.export import fused_mirror
-from fair_edge.export.highpass_plan import ERROR_BUDGET, MAX_RADIUS, plan_highpass
-from fair_edge.export.preprocess_gpu import largest_radius, shared_bytes
+from fair_edge.runtime import fused_mirror
+from fair_edge.runtime.highpass_plan import ERROR_BUDGET, MAX_RADIUS, plan_highpass
+from fair_edge.runtime.preprocess_gpu import largest_radius, shared_bytes
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from frames import SIZES, elpv_dir, errors, random_frame, real_frame
 

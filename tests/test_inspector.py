@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor
+from fair_edge.runtime.backends import BundleScorer, CpuPreprocessor
 from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.cameras import CaptureSettings, CaptureThread, FolderReplaySource, LineSource
 from fair_edge.models.checkpoint import load_checkpoint
@@ -18,13 +18,13 @@ from fair_edge.records import Frame
 
 
 @pytest.fixture(scope="module")
-def choice(trained):
+def scorer(trained):
     final, _ = trained
     model = load_checkpoint(final).model
-    return BackendChoice(TorchBackend(final, torch.device("cpu")), CpuPreprocessor(model), "test: torch cpu")
+    return BundleScorer(TorchBackend(final, torch.device("cpu")), CpuPreprocessor(model), "test: torch cpu")
 
 
-def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, choice, tmp_path):
+def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, scorer, tmp_path):
     final, _ = trained
     split = load_dataset(mvtec_dir)
     folder = tmp_path / "line"
@@ -37,7 +37,7 @@ def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, ch
     capture = CaptureThread(FolderReplaySource(folder, fps=0), CaptureSettings(queue_size=64))
     t_start = time.monotonic()
     with capture:
-        inspector = Inspector(capture, choice, threshold, settings=LoopSettings(max_batch=4, max_wait_ms=5),
+        inspector = Inspector(capture, scorer, threshold, settings=LoopSettings(max_batch=4, max_wait_ms=5),
                               on_verdict=[lambda f, v, m: got.append(v)])
         summary = inspector.run(threading.Event())
     t_end = time.monotonic()
@@ -52,8 +52,8 @@ def test_replayed_sequence_gives_the_eval_scores_in_order(trained, mvtec_dir, ch
                                              "p99_ms": np.percentile(latencies, 99), "max_ms": max(latencies)})
 
 
-def test_malformed_frames_fail_safe(choice):
-    inspector = Inspector(capture=None, choice=choice, threshold=1e9)
+def test_malformed_frames_fail_safe(scorer):
+    inspector = Inspector(capture=None, scorer=scorer, threshold=1e9)
     good = np.full((40, 40, 3), 128, np.uint8)
     frames = [Frame(0, 0.0, good), Frame(1, 0.0, good.astype(np.float32)), Frame(2, 0.0, np.zeros((40, 40, 4), np.uint8))]
     verdicts = inspector.inspect(frames)
@@ -74,10 +74,10 @@ class Broken:
         pass
 
 
-def test_backend_failures_reject_parts_and_fault_the_station(choice):
+def test_backend_failures_reject_parts_and_fault_the_station(scorer):
     images = [np.full((40, 40, 3), 100, np.uint8)] * 3
     capture = CaptureThread(LineSource(images, fps=200, loop=True), CaptureSettings(queue_size=8))
-    broken = BackendChoice(Broken(), choice.preprocess, "broken")
+    broken = BundleScorer(Broken(), scorer.preprocess, "broken")
     verdicts = []
     with capture:
         inspector = Inspector(capture, broken, 0.5, settings=LoopSettings(max_consecutive_errors=4),
@@ -87,7 +87,7 @@ def test_backend_failures_reject_parts_and_fault_the_station(choice):
     assert verdicts and all(v.ng and "device lost" in v.error for v in verdicts)
 
 
-def test_callback_failure_does_not_stop_inspection(choice):
+def test_callback_failure_does_not_stop_inspection(scorer):
     images = [np.full((40, 40, 3), 100, np.uint8)] * 2
 
     def bad_sink(frame, verdict, amap):
@@ -95,30 +95,30 @@ def test_callback_failure_does_not_stop_inspection(choice):
 
     capture = CaptureThread(LineSource(images, fps=0, loop=False), CaptureSettings(queue_size=8))
     with capture:
-        summary = Inspector(capture, choice, 0.5, on_verdict=[bad_sink]).run(threading.Event())
+        summary = Inspector(capture, scorer, 0.5, on_verdict=[bad_sink]).run(threading.Event())
     assert summary.inspected == 2 and summary.callback_errors == 2
 
 
-def test_queue_overflow_is_counted(choice):
+def test_queue_overflow_is_counted(scorer):
     images = [np.full((64, 64, 3), v, np.uint8) for v in range(0, 250, 10)]
     capture = CaptureThread(LineSource(images, fps=0, loop=True), CaptureSettings(queue_size=1))
     with capture:
-        summary = Inspector(capture, choice, 0.5).run(threading.Event(), max_frames=20)
+        summary = Inspector(capture, scorer, 0.5).run(threading.Event(), max_frames=20)
     assert summary.inspected == 20 and summary.dropped > 0
     assert summary.frames_in >= summary.inspected + summary.dropped - 1
 
 
-def test_camera_disconnect_is_survived_and_counted(choice):
+def test_camera_disconnect_is_survived_and_counted(scorer):
     images = [np.full((40, 40, 3), 90, np.uint8)] * 4
     source = LineSource(images, fps=100, loop=True, fail_at={5: "disconnect"}, down_for=2)
     capture = CaptureThread(source, CaptureSettings(queue_size=16, backoff_initial_s=0.01, backoff_max_s=0.05))
     with capture:
-        summary = Inspector(capture, choice, 0.5).run(threading.Event(), max_frames=15, duration_s=20)
+        summary = Inspector(capture, scorer, 0.5).run(threading.Event(), max_frames=15, duration_s=20)
     stats = capture.stats()
     assert summary.inspected == 15 and stats.reconnects >= 1 and summary.lost >= 1
 
 
-def test_stop_event_drains_frames_in_flight(choice):
+def test_stop_event_drains_frames_in_flight(scorer):
     images = [np.full((40, 40, 3), 90, np.uint8)] * 4
     capture = CaptureThread(LineSource(images, fps=0, loop=True), CaptureSettings(queue_size=6, full_policy="drop_newest"))
     stop = threading.Event()
@@ -129,37 +129,37 @@ def test_stop_event_drains_frames_in_flight(choice):
         stop.set()
 
     with capture:
-        summary = Inspector(capture, choice, 0.5, on_verdict=[stop_after_first]).run(stop)
+        summary = Inspector(capture, scorer, 0.5, on_verdict=[stop_after_first]).run(stop)
     assert summary.inspected == len(seen) >= 2  # the queued frames were inspected after the stop
     assert capture.qsize() == 0
 
 
-def test_untiled_frames_skip_the_tiler_with_the_same_maps_scores_and_verdicts(choice, mvtec_dir, monkeypatch):
+def test_untiled_frames_skip_the_tiler_with_the_same_maps_scores_and_verdicts(scorer, mvtec_dir, monkeypatch):
     from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, SCORE
     from fair_edge.preprocess import frame_to_float, resize_float
     from fair_edge.training.data import read_image
 
     frames = [read_image(s.path) for s in load_dataset(mvtec_dir).test]
-    pipeline = choice.preprocess.pipeline
+    pipeline = scorer.preprocess.pipeline
     # the previous path: identity split, frames checked again while scaled, inference, identity stitch
     colour = np.stack([resize_float(frame_to_float(f), pipeline.cfg.image_size) for f in frames])
-    tiles, layouts = choice.tiler.split(frames)
+    tiles, layouts = scorer.tiler.split(frames)
     assert tiles == frames and layouts == [None] * len(frames)
     inputs = {COLOUR: torch.from_numpy(colour), HIGHPASS: torch.from_numpy(pipeline.highpass_of(colour))}
-    out = choice.backend.infer({name: inputs[name] for name in choice.preprocess.names})
-    old_maps, old_scores = choice.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], layouts)
+    out = scorer.backend.infer({name: inputs[name] for name in scorer.preprocess.names})
+    old_maps, old_scores = scorer.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], layouts)
 
     def no_tiler(*args):
         raise AssertionError("an untiled frame went through the tiler")
 
-    monkeypatch.setattr(choice.tiler, "split", no_tiler)
-    monkeypatch.setattr(choice.tiler, "stitch", no_tiler)
-    maps, scores = choice.infer_frames(frames)
+    monkeypatch.setattr(scorer.tiler, "split", no_tiler)
+    monkeypatch.setattr(scorer.tiler, "stitch", no_tiler)
+    maps, scores = scorer.infer_frames(frames)
     np.testing.assert_array_equal(maps, np.stack(old_maps))
     np.testing.assert_array_equal(scores, old_scores)
     assert scores.dtype == old_scores.dtype == np.float32 and maps.dtype == np.float32
     threshold = float(np.median(old_scores))
-    verdicts = Inspector(capture=None, choice=choice, threshold=threshold).inspect(
+    verdicts = Inspector(capture=None, scorer=scorer, threshold=threshold).inspect(
         [Frame(i, 0.0, f) for i, f in enumerate(frames)])
     assert [v.score for v in verdicts] == [float(s) for s in old_scores]
     assert [v.ng for v in verdicts] == [bool(s > threshold) for s in old_scores]

@@ -68,10 +68,10 @@ def test_cpu_backends_run_the_cpu_graph_with_its_threshold(bundle):
 
 def test_auto_on_the_cpu_times_the_installed_engines_and_says_so(bundle):
     pytest.importorskip("openvino")
-    choice = fastest_cpu(bundle, BackendOptions())
-    assert choice.backend.name in ("onnxruntime", "openvino")
-    assert "the fastest CPU engine here (one frame: " in choice.reason
-    assert "onnxruntime" in choice.reason and "openvino" in choice.reason and " ms" in choice.reason
+    scorer = fastest_cpu(bundle, BackendOptions())
+    assert scorer.backend.name in ("onnxruntime", "openvino")
+    assert "the fastest CPU engine here (one frame: " in scorer.reason
+    assert "onnxruntime" in scorer.reason and "openvino" in scorer.reason and " ms" in scorer.reason
     if not gpu_available():
         auto = select_backend(bundle, "auto")
         assert auto.reason.startswith("auto: ") and "torch-cuda" in auto.reason  # why no GPU path was taken

@@ -13,10 +13,10 @@ import re
 import numpy as np
 import pytest
 
-from fair_edge.export import fused_mirror
-from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.runtime import fused_mirror
+from fair_edge.runtime.highpass_plan import plan_highpass
 from fair_edge.errors import KernelError
-from fair_edge.export.preprocess_gpu import DeviceFrames, kernel_launch, kernel_source, tile_items, tile_offsets
+from fair_edge.runtime.preprocess_gpu import DeviceFrames, kernel_launch, kernel_source, tile_items, tile_offsets
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from fair_edge.tiling import TilingConfig, split_frame, tile_layout
 from frames import KERNEL_CONFIGS, SIZES, errors

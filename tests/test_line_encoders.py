@@ -8,7 +8,7 @@ import time
 import pytest
 
 from fair_edge.errors import SinkError
-from fair_edge.line.encoders import open_encoder
+from fair_edge.line.encoder_links import open_encoder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Verdict

@@ -1,5 +1,5 @@
 """The PLC handshake against real loopback servers acting as the PLC: a pymodbus Modbus TCP server
-and an asyncua OPC UA server, each with a PLC program (fair_edge/line/handshake/plc_sim.py) that
+and an asyncua OPC UA server, each with a PLC program (fair_edge/line/handshake/sim_handshake_plc.py) that
 triggers parts with ids, reads results and acknowledges them. The station side here is the real
 handshake thread and triggered capture over a synthetic line, with a stand-in for the inspector
 (the whole station is in tests/test_station_handshake.py)."""
@@ -26,7 +26,7 @@ from fair_edge.records import Verdict
 
 pytest.importorskip("pymodbus")
 from line_servers import wait_for  # noqa: E402
-from fair_edge.line.handshake.plc_sim import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
+from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
 

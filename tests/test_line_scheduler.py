@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fair_edge.errors import ConfigError
-from fair_edge.line.encoder import FakeEncoder
+from fair_edge.line.encoder_source import FakeEncoder
 from fair_edge.line.scheduler import LATE, OK, REFUSED, SCHEDULED, RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut

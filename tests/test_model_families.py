@@ -91,8 +91,8 @@ def test_backends_return_the_same_named_outputs(tiny_ckpt_path, tmp_path):
     frames = make_frames(3, seed=4)
     outs = {}
     for name in ("onnxruntime", "torch-cpu"):
-        choice = select_backend(b, name)
-        outs[name] = choice.backend.infer(choice.preprocess(frames))
+        scorer = select_backend(b, name)
+        outs[name] = scorer.backend.infer(scorer.preprocess(frames))
         assert set(outs[name]) == {ANOMALY_MAP, SCORE}
         assert outs[name][ANOMALY_MAP].shape == (3, 1, 32, 32) and outs[name][SCORE].shape == (3,)
     np.testing.assert_allclose(outs["onnxruntime"][SCORE], outs["torch-cpu"][SCORE], atol=1e-5)

@@ -10,7 +10,7 @@ from fair_edge.preprocess import PreprocessConfig
 
 def _nvrtc_or_skip():
     from fair_edge.errors import GpuUnavailableError
-    from fair_edge.export import nvrtc_build
+    from fair_edge.runtime import nvrtc_build
 
     try:
         nvrtc_build.nvrtc_version()
@@ -28,8 +28,8 @@ CONFIGS = [PreprocessConfig(), PreprocessConfig(filter="sobel_xy"), PreprocessCo
 @pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
 def test_kernel_compiles(target, cfg, half, tmp_path, monkeypatch):
     nvrtc_build = _nvrtc_or_skip()
-    from fair_edge.export.preprocess_gpu import KERNEL_NAME, kernel_source, compile_options
-    from fair_edge.export.highpass_plan import plan_highpass
+    from fair_edge.runtime.preprocess_gpu import KERNEL_NAME, kernel_source, compile_options
+    from fair_edge.runtime.highpass_plan import plan_highpass
 
     monkeypatch.setenv("FAIR_EDGE_CACHE", str(tmp_path))
     binary = nvrtc_build.cached_compile(kernel_source(), "preprocess_kernel.cu", target,

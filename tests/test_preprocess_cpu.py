@@ -8,7 +8,7 @@ from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock, refe
 from fair_edge.runtime.backends import cpu_pipeline
 from frames import KERNEL_CONFIGS, random_frame
 
-SEPARABLE_TOL = 1e-3  # the fused kernel's budget against the reference (export/FUSED_KERNEL.md)
+SEPARABLE_TOL = 1e-3  # the fused kernel's budget against the reference (fair_edge/runtime/FUSED_KERNEL.md)
 
 
 def reference_batch(frames, cfg):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fair_edge.errors import ConfigError, GpuUnavailableError, KernelError
-from fair_edge.export.highpass_plan import plan_highpass
-from fair_edge.export.preprocess_gpu import DeviceFrames, FusedPreprocessor, _output_pointer, shared_bytes
+from fair_edge.runtime.highpass_plan import plan_highpass
+from fair_edge.runtime.preprocess_gpu import DeviceFrames, FusedPreprocessor, _output_pointer, shared_bytes
 from fair_edge.preprocess import PreprocessConfig, reference_input
 from frames import KERNEL_CONFIGS, SIZES, elpv_dir, errors, random_frame, real_frame
 

@@ -130,8 +130,8 @@ def test_a_vanished_socket_is_counted_never_raised(tmp_path):
     notifier.close()
 
 
-class StallingChoice:
-    """A backend choice whose inference blocks while ``stall`` is set (a hung GPU call, a dead lock)."""
+class StallingScorer:
+    """A frame scorer whose inference blocks while ``stall`` is set (a hung GPU call, a dead lock)."""
 
     reason, graph_threshold = "test: stalls on demand", None
 
@@ -148,21 +148,21 @@ class StallingChoice:
 
 def test_a_stalled_inspection_loop_stops_sending_watchdog(path_receiver):
     rx, path = path_receiver
-    choice = StallingChoice()
+    scorer = StallingScorer()
     frame = np.full((32, 32, 3), 128, np.uint8)
     capture = CaptureThread(LineSource([frame], fps=200, loop=True), CaptureSettings(queue_size=4, full_policy="drop_oldest"))
     stop = threading.Event()
     with capture, ServiceNotifier(path, watchdog_s=0.02) as notifier:
-        inspector = Inspector(capture, choice, 0.5)
+        inspector = Inspector(capture, scorer, 0.5)
         loop = threading.Thread(target=inspector.run, args=(stop,), kwargs={"on_iteration": notifier.alive})
         loop.start()
         time.sleep(0.4)
         stall_at = time.monotonic()
-        choice.stall.set()
+        scorer.stall.set()
         time.sleep(0.6)                       # systemd would kill us here: no pings for 30 x the interval
         resume_at = time.monotonic()
-        choice.released.set()
-        choice.stall.clear()
+        scorer.released.set()
+        scorer.stall.clear()
         time.sleep(0.3)
         stop.set()
         loop.join(5)

@@ -43,7 +43,7 @@ def conveyor(mvtec_dir, tmp_path_factory):
 
 
 def test_station_fires_one_pulse_per_ng_part_on_time(bundle, conveyor, trained, mvtec_dir, tmp_path):
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
 
     expected = score_samples(trained[0], load_dataset(mvtec_dir).test).scores
     threshold = float(sorted(expected)[len(expected) // 2])  # half the parts NG, whatever the model
@@ -135,7 +135,7 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     from dataclasses import replace as dc_replace
 
     import fair_edge.station.run as rs
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
 
     real_select = rs.select_backend
     monkeypatch.setattr(rs, "select_backend", lambda b, name: (
@@ -207,7 +207,7 @@ def test_unreachable_plc_shows_the_fault_and_exits_4(bundle, conveyor, tmp_path)
     from typer.testing import CliRunner
 
     from fair_edge.cli import app
-    from fair_edge.line.sim_plc import free_port
+    from fair_edge.line.sim_sink_plc import free_port
 
     url = f"modbus://127.0.0.1:{free_port()}?unit=1&coil=0"   # nothing listens there
     args = ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--fps", "10", "--backend",
@@ -229,7 +229,7 @@ def test_unreachable_plc_shows_the_fault_and_exits_4(bundle, conveyor, tmp_path)
 def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path):
     """reject.encoder + encoder_distance end to end: the capture hook notes the count, the gate fires
     when the (simulated) belt has moved encoder_distance counts, one pulse per NG part."""
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
 
     plc = SimulatedPlc().start()
     try:

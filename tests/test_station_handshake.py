@@ -1,6 +1,6 @@
 """The whole station with the PLC handshake on: bundle -> ONNX Runtime -> one frame per PLC trigger ->
 results by part id to a real Modbus TCP / OPC UA server whose PLC program triggers, reads and
-acknowledges (fair_edge/line/handshake/plc_sim.py); and a real `fair-edge run` process killed with
+acknowledges (fair_edge/line/handshake/sim_handshake_plc.py); and a real `fair-edge run` process killed with
 SIGKILL mid-part (the PLC sees the heartbeat stop) or stopped with SIGTERM (it clears Ready)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fair_edge.station.config import CameraSettings, StationConfig
 
 pytest.importorskip("pymodbus")
 from line_servers import wait_for  # noqa: E402
-from fair_edge.line.handshake.plc_sim import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
+from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 PARTS = 24
 

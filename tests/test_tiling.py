@@ -125,11 +125,11 @@ def test_backends_and_eval_agree_on_tiled_frames(tiled_bundle, tmp_path):
 def test_the_bundle_threshold_comes_from_stitched_frame_scores(tiled_bundle):
     _, bundle, normals = tiled_bundle
     assert bundle.preprocess.tiling == TilingConfig(40, 8)
-    choice = select_backend(bundle, "onnxruntime")
-    _, scores = choice.infer_frames(normals)
+    scorer = select_backend(bundle, "onnxruntime")
+    _, scores = scorer.infer_frames(normals)
     assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)  # 6 normals at 0.5 %: the max
     whole = replace(bundle.model, preprocess=replace(bundle.preprocess, tiling=None))
-    whole_tile_scores = frame_scores(choice.backend.infer_batched, normals, whole)
+    whole_tile_scores = frame_scores(scorer.backend.infer_batched, normals, whole)
     assert not np.allclose(whole_tile_scores, scores)  # the tiled scores are not the whole-frame ones
 
 
@@ -153,18 +153,18 @@ def test_a_frame_mask_lands_on_the_tiled_map_grid():
 
 def test_tiles_go_to_the_backend_in_chunks_of_its_max_batch(tiled_bundle):
     _, bundle, normals = tiled_bundle
-    choice = select_backend(bundle, "onnxruntime")
-    assert choice.max_batch == bundle.max_batch
+    scorer = select_backend(bundle, "onnxruntime")
+    assert scorer.max_batch == bundle.max_batch
     calls = []
-    infer = choice.backend.infer
+    infer = scorer.backend.infer
 
     def counting(inputs):
         calls.append(len(next(iter(inputs.values()))))
         return infer(inputs)
 
-    whole = choice.infer_frames(normals[:2])
-    choice.backend.infer = counting
-    chunked = replace(choice, max_batch=5).infer_frames(normals[:2])
+    whole = scorer.infer_frames(normals[:2])
+    scorer.backend.infer = counting
+    chunked = replace(scorer, max_batch=5).infer_frames(normals[:2])
     assert calls == [5, 5, 5, 3]  # 2 frames x 9 tiles
     np.testing.assert_allclose(chunked[0], whole[0], atol=1e-6)
 
@@ -186,10 +186,10 @@ class CroppingPreprocess:
 
 def test_a_preprocessing_that_crops_tiles_gets_the_whole_frames_once(tiled_bundle):
     _, bundle, normals = tiled_bundle
-    choice = select_backend(bundle, "onnxruntime")
-    host_cut = choice.infer_frames(normals[:3])
-    cropping = CroppingPreprocess(choice.preprocess)
-    in_launch = replace(choice, preprocess=cropping, max_batch=7).infer_frames(normals[:3])
+    scorer = select_backend(bundle, "onnxruntime")
+    host_cut = scorer.infer_frames(normals[:3])
+    cropping = CroppingPreprocess(scorer.preprocess)
+    in_launch = replace(scorer, preprocess=cropping, max_batch=7).infer_frames(normals[:3])
     assert cropping.calls == [(3, 9)]  # 3 frames, 9 tiles each, one call; the backend still gets chunks of 7
     np.testing.assert_allclose(in_launch[0], host_cut[0], atol=1e-6)
     np.testing.assert_allclose(in_launch[1], host_cut[1], atol=1e-6)

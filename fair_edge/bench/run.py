@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor
+from fair_edge.runtime.backends import BundleScorer, CpuPreprocessor
 from fair_edge.runtime.selection import BackendOptions, select_backend
 from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.bench.settings import BenchSettings
@@ -100,19 +100,19 @@ def synthetic_bundle(out: Path, model, precision: str = "fp32", max_batch: int =
     return build_bundle(ckpt, out, options, calib_frames=calib_frames).bundle
 
 
-# ----------------------------------------------------------------------------- choices
-def baseline_choice(bundle, device: torch.device) -> BackendChoice:
+# ----------------------------------------------------------------------------- scorers
+def baseline_scorer(bundle, device: torch.device) -> BundleScorer:
     """PyTorch eager (no CUDA graphs) on ``device`` with the reference CPU pre-processing."""
     if bundle.weights_path is None:
         raise BundleError(f"bundle {bundle.root} holds no PyTorch weights for the baseline; rebuild it with "
                           "`fair-edge build`, or pass --baseline none.")
     backend = TorchBackend(bundle.weights_path, device, cuda_graphs=False)
-    return BackendChoice(backend, CpuPreprocessor(bundle.model, device),
+    return BundleScorer(backend, CpuPreprocessor(bundle.model, device),
                          f"baseline: PyTorch eager on {device.type} with CPU pre-processing")
 
 
-def _check_batches(bundle, choice: BackendChoice, batches: tuple[int, ...]) -> None:
-    if choice.backend.name == "tensorrt" and max(batches) > bundle.max_batch:
+def _check_batches(bundle, scorer: BundleScorer, batches: tuple[int, ...]) -> None:
+    if scorer.backend.name == "tensorrt" and max(batches) > bundle.max_batch:
         raise ConfigError(f"--batches {max(batches)} exceeds the engine's max batch {bundle.max_batch}; "
                           f"pass --batches up to {bundle.max_batch} or rebuild with a larger --max-batch.")
 
@@ -128,23 +128,23 @@ class _Counted:
         return self.preprocess(frames)
 
 
-def _warm(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
+def _warm(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
     """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph;
     only b when no loop is timed: compute mode forms full batches alone)."""
-    sizes = range(1, batch + 1) if loop and choice.backend.device.type == "cuda" else (batch,)
+    sizes = range(1, batch + 1) if loop and scorer.backend.device.type == "cuda" else (batch,)
     for size in sizes:
-        choice.infer_frames(_take(frames, 0, size))
-    _time_batches(choice, frames, batch, seconds)
+        scorer.infer_frames(_take(frames, 0, size))
+    _time_batches(scorer, frames, batch, seconds)
 
 
-def label(choice: BackendChoice) -> tuple[str, str]:
-    """Short names of a choice's backend (e.g. 'torch-cuda graphs') and pre-processing ('fused' / 'cpu')."""
-    b = choice.backend
+def label(scorer: BundleScorer) -> tuple[str, str]:
+    """Short names of a scorer's backend (e.g. 'torch-cuda graphs') and pre-processing ('fused' / 'cpu')."""
+    b = scorer.backend
     if isinstance(b, TorchBackend):
         name = f"torch-{b.device.type} {'graphs' if b.use_graphs else 'eager'}{' compiled' if b.compiled else ''}"
     else:
         name = b.name
-    pre = "fused" if type(choice.preprocess).__name__ == "FusedGpuPreprocessor" else "cpu"
+    pre = "fused" if type(scorer.preprocess).__name__ == "FusedGpuPreprocessor" else "cpu"
     return name, pre
 
 
@@ -177,22 +177,22 @@ class BenchRow:
     vs_baseline: float | None = None
 
 
-def _time_batches(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float) -> list[float]:
+def _time_batches(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float) -> list[float]:
     """Seconds per batch of ``preprocess + infer`` (infer returns host arrays, so each is complete)."""
     times, start, i = [], time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         t = time.perf_counter()
-        choice.infer_frames(_take(frames, i, batch))
+        scorer.infer_frames(_take(frames, i, batch))
         times.append(time.perf_counter() - t)
         i += batch
     return times
 
 
-def time_compute(choice: BackendChoice, frames: list[np.ndarray], batch: int, seconds: float, role: str) -> BenchRow:
-    times_ms = [t * 1000.0 for t in _time_batches(choice, frames, batch, seconds)]
+def time_compute(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float, role: str) -> BenchRow:
+    times_ms = [t * 1000.0 for t in _time_batches(scorer, frames, batch, seconds)]
     total_s = sum(times_ms) / 1000.0
     lat = LatencyStats(times_ms).percentiles()
-    return BenchRow(role, *label(choice), choice.reason, "compute", batch, len(times_ms) * batch / total_s,
+    return BenchRow(role, *label(scorer), scorer.reason, "compute", batch, len(times_ms) * batch / total_s,
                     lat["p50_ms"], lat["p99_ms"], lat["max_ms"], len(times_ms) * batch, 0, total_s, float(batch))
 
 
@@ -252,7 +252,7 @@ def _capture(frames: list[np.ndarray], feed: str | float, batch: int, queue_size
     return CaptureThread(LineSource(frames, fps=fps, loop=True, name="bench"), settings), []
 
 
-def time_loop(choice: BackendChoice, frames: list[np.ndarray], batch: int, settings: BenchSettings,
+def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settings: BenchSettings,
               threshold: float, role: str) -> BenchRow:
     errors: list[str] = []
 
@@ -260,18 +260,18 @@ def time_loop(choice: BackendChoice, frames: list[np.ndarray], batch: int, setti
         if verdict.error and not errors:
             errors.append(verdict.error)
 
-    counted = _Counted(choice.preprocess)
+    counted = _Counted(scorer.preprocess)
     capture, callbacks = _capture(frames, settings.feed, batch, settings.queue_size)
     loop = LoopSettings(max_batch=batch, max_wait_ms=settings.max_wait_ms)
     with capture:
-        inspector = Inspector(capture, replace(choice, preprocess=counted), threshold, settings=loop,
+        inspector = Inspector(capture, replace(scorer, preprocess=counted), threshold, settings=loop,
                               on_verdict=[*callbacks, first_error])
         summary = inspector.run(threading.Event(), duration_s=settings.seconds)
     if errors or summary.fault:
-        raise BenchError(f"{choice.reason}, batch {batch}: {summary.inference_errors} failed batch(es), "
+        raise BenchError(f"{scorer.reason}, batch {batch}: {summary.inference_errors} failed batch(es), "
                          f"first error: {errors[0] if errors else summary.fault}; these numbers would not be speeds.")
     lat = summary.latency
-    return BenchRow(role, *label(choice), choice.reason, "loop", batch, summary.fps,
+    return BenchRow(role, *label(scorer), scorer.reason, "loop", batch, summary.fps,
                     lat["p50_ms"], lat["p99_ms"], lat["max_ms"], summary.inspected, summary.dropped,
                     summary.duration_s, summary.inspected / max(counted.batches, 1))
 
@@ -351,25 +351,25 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         return _stages_report(bundle, settings, command, frames, threshold)
     rows: list[BenchRow] = []
     with ExitStack() as stack:
-        choice = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
-        stack.callback(choice.backend.close)
-        choices = [("backend", choice)]
+        scorer = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
+        stack.callback(scorer.backend.close)
+        scorers = [("backend", scorer)]
         if settings.baseline != "none":
-            base = baseline_choice(bundle, choice.backend.device)
+            base = baseline_scorer(bundle, scorer.backend.device)
             stack.callback(base.backend.close)
-            choices.append(("baseline", base))
-        _check_batches(bundle, choice, settings.batches)
+            scorers.append(("baseline", base))
+        _check_batches(bundle, scorer, settings.batches)
         for batch in settings.batches:
-            for role, ch in choices:
-                _warm(ch, frames, batch, settings.warmup_s, "loop" in settings.modes)
+            for role, sc in scorers:
+                _warm(sc, frames, batch, settings.warmup_s, "loop" in settings.modes)
                 for mode in settings.modes:
-                    row = (time_loop(ch, frames, batch, settings, threshold, role) if mode == "loop"
-                           else time_compute(ch, frames, batch, settings.seconds, role))
+                    row = (time_loop(sc, frames, batch, settings, threshold, role) if mode == "loop"
+                           else time_compute(sc, frames, batch, settings.seconds, role))
                     rows.append(row)
                     if on_row is not None:
                         on_row(row)
-        devices = {ch.backend.device.type for _, ch in choices}
-        compile_s = getattr(choice.backend, "compile_seconds", {})
+        devices = {sc.backend.device.type for _, sc in scorers}
+        compile_s = getattr(scorer.backend, "compile_seconds", {})
     rows = _with_ratios(rows)
     report = BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
     report.compile_seconds = compile_s

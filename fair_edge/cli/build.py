@@ -23,7 +23,7 @@ from fair_edge.training.data import images_for, read_image
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
-from fair_edge.export.highpass_plan import plan_highpass
+from fair_edge.runtime.highpass_plan import plan_highpass
 from fair_edge.models.registry import DEFAULT_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig

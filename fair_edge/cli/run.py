@@ -150,6 +150,7 @@ def run(
 
     from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
     from fair_edge.station.config import StationConfig, load_station
+    from fair_edge.training.collect import export_reviewed
 
     cfg = load_station(station) if station else StationConfig()
     if camera is not None and source is not None:
@@ -173,7 +174,8 @@ def run(
 
     with live or contextlib.nullcontext():
         summary = run_station(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
-                              on_tick=show_live if live else None, on_console=signals.wire_sighup)
+                              on_tick=show_live if live else None, on_console=signals.wire_sighup,
+                              export_reviewed=export_reviewed)
     print_summary(summary, cfg.output)
     console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
     code = exit_code(summary)

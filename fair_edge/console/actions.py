@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -15,7 +17,7 @@ from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.runtime.hotswap import ModelChange
-from fair_edge.line.fields import is_int, require
+from fair_edge.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 
 log = logging.getLogger(__name__)
@@ -28,14 +30,33 @@ REVIEW_LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class StationLinks:
+    """What the console calls in the rooms above it, handed in by ``station.run.open_console`` (rooms import
+    only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
+
+    load_model(bundle folder) -> ModelChange: opens a bundle for a swap (slow; called on a thread of its own;
+        ``station.run.load_change``).
+    load_station(station file) -> the station's settings (``.bundle``: the bundle the file names); raises
+        ConfigError for a file that would not load (``station.config.load_station``). A threshold written
+        to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.
+    export_reviewed(station output folder, dataset folder) -> what was exported
+        (``training.collect.export_reviewed``).
+    """
+
+    load_model: Callable[[Path], ModelChange] | None = None
+    load_station: Callable[[Path], Any] | None = None
+    export_reviewed: Callable[[Path, Path], dict] | None = None
+
+
 class StationActions:
     """Changes asked for from the console. ``station_file``: where an applied threshold is written
-    (None = the station runs from flags only; the audit log still records it). load_model(path) ->
-    ModelChange opens a bundle for a swap (slow; called on a thread of its own); None = no swaps."""
+    (None = the station runs from flags only; the audit log still records it). ``links``: what the
+    changes call in the station and training rooms (``StationLinks``; by default none: no swaps, no
+    station file writes, no exports)."""
 
-    def __init__(self, feed: StationFeed, station_file: Path | None,
-                 load_model: Callable[[Path], ModelChange] | None = None) -> None:
-        self.feed, self.station_file, self.load_model = feed, station_file, load_model
+    def __init__(self, feed: StationFeed, station_file: Path | None, links: StationLinks = StationLinks()) -> None:
+        self.feed, self.station_file, self.links = feed, station_file, links
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
@@ -120,6 +141,9 @@ class StationActions:
     def apply_threshold(self, value, who: str, confirm: bool) -> dict:
         """Apply a new threshold from the next batch on; audit it and write it to the station file."""
         value = tuning.check_threshold(value)
+        if self.station_file is not None and self.links.load_station is None:
+            raise ConfigError(f"this station cannot write its station file {self.station_file} (no station "
+                              "loader was given to check it); the threshold was not changed")
         if confirm is not True:
             raise ConfigError("confirm: expected true (an explicit confirmation), found "
                               f"{confirm!r}; the threshold was not changed")
@@ -128,7 +152,7 @@ class StationActions:
         inspector.switch.request(ModelChange(threshold=value))
         written = ""
         if self.station_file is not None:
-            tuning.write_station_threshold(self.station_file, value)
+            tuning.write_station_threshold(self.station_file, value, self.links.load_station)
             written = str(self.station_file)
         return self.audit.append({"action": "threshold", "who": _who(who), "old": old, "new": value,
                                   "station_file": written, "model": inspector.model})
@@ -139,7 +163,7 @@ class StationActions:
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
         inspector = self._inspector()
-        if self.load_model is None:
+        if self.links.load_model is None:
             raise ConfigError("this station cannot swap bundles (no loader was given)")
         with self._swap_lock:
             if self.swap_status["state"] == "loading":
@@ -152,7 +176,7 @@ class StationActions:
     def _load(self, bundle: Path, inspector, who: str) -> None:
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         try:
-            change = self.load_model(bundle)
+            change = self.links.load_model(bundle)
         except FairEdgeError as exc:
             log.error("bundle swap refused: %s", exc)
             self.swap_status = {"state": "failed", "bundle": str(bundle), "error": str(exc), "since": utc_now()}
@@ -168,10 +192,10 @@ class StationActions:
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
         """The reviewed parts of this output folder as a training/evaluation dataset under datasets/."""
-        from fair_edge.training.collect import export_reviewed
-
+        if self.links.export_reviewed is None:
+            raise ConfigError("this station cannot export reviewed parts (no exporter was given)")
         dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
-        result = export_reviewed(self.feed.output, dest)
+        result = self.links.export_reviewed(self.feed.output, dest)
         self.audit.append({"action": "export", "who": _who(who), "new": result})
         return result
 

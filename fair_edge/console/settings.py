@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fair_edge.errors import ConfigError
-from fair_edge.line import fields as f
+from fair_edge import fields as f
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
-from fair_edge.console.actions import StationActions
+from fair_edge.console.actions import StationActions, StationLinks
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
 DRIFT_EVERY_S = 2.0
@@ -22,13 +22,14 @@ DRIFT_EVERY_S = 2.0
 
 class StationConsole:
     """cfg: the StationConfig; bundle: the loaded Bundle (its calibration distribution feeds the drift
-    watch). ``fault``: something with ``fault(active, reason)`` for the drift alarm (or None)."""
+    watch). ``fault``: something with ``fault(active, reason)`` for the drift alarm (or None). ``links``:
+    what the console calls in the station and training rooms (``actions.StationLinks``)."""
 
-    def __init__(self, cfg, bundle, fault=None, load_model=None) -> None:
+    def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks()) -> None:
         quantiles = bundle.threshold.normal_quantiles if bundle.threshold is not None else ()
         self.feed = StationFeed(cfg.console, cfg.output, quantiles)
         self.feed.bundle_path = bundle.root
-        self.actions = StationActions(self.feed, cfg.source_file, load_model)
+        self.actions = StationActions(self.feed, cfg.source_file, links)
         self.fault = fault if cfg.console.drift_fault else None
         self._drift_checked = 0.0
         self._drift_alarm = False
@@ -53,12 +54,13 @@ class StationConsole:
     def reload_bundle(self, who: str = "SIGHUP") -> None:
         """Swap to the bundle the station file names now (re-read), else reload the current bundle folder
         (rebuilt in place). Returns at once; the load runs in a thread. Safe to call from a signal handler."""
-        from fair_edge.errors import FairEdgeError
-        from fair_edge.station.config import load_station
-
         path = self.feed.bundle_path
+        load_station = self.actions.links.load_station
         try:
             if self.station_file is not None:
+                if load_station is None:
+                    raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader "
+                                      "was given)")
                 path = load_station(self.station_file).bundle or path
             self.actions.swap(str(path), who)
         except FairEdgeError as exc:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
-from fair_edge.line.fields import is_number, require
+from fair_edge.fields import is_number, require
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -76,12 +78,11 @@ def check_threshold(value) -> float:
     return float(value)
 
 
-def write_station_threshold(path: Path, value: float) -> None:
+def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any]) -> None:
     """Set ``decision.threshold`` in the station file (atomic replace, fsync'd; YAML comments are not
-    kept). The result is read back through the station loader, so a file that would not load is
-    never left behind."""
-    from fair_edge.station.config import load_station
-
+    kept). The result is read back through ``load_station`` (the station loader,
+    ``station.config.load_station``, handed in: it raises ConfigError for a file that would not load),
+    so a file that would not load is never left behind."""
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}
     decision = data.get("decision") or {}

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from fair_edge.demo.config import DEMO_FALSE_REJECT_RATE
+from fair_edge.training.collect import export_reviewed
 from fair_edge.training.data import DatasetSplit, Sample, elpv_split, read_image
 
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor
@@ -89,16 +90,16 @@ def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarr
     from fair_edge.station.inspector import Inspector
     from fair_edge.records import Frame
 
-    choice = select_backend(load_bundle(bundle_root), backend)
+    scorer = select_backend(load_bundle(bundle_root), backend)
     try:
-        inspector = Inspector(None, choice, threshold=1.0)
+        inspector = Inspector(None, scorer, threshold=1.0)
         times = []
         for i, image in enumerate(images):
             t0 = time.perf_counter()
             inspector.inspect([Frame(i, time.monotonic(), image)])
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
-        choice.backend.close()
+        scorer.backend.close()
     t = np.asarray(times[1:] or times)
     return {"n": int(t.size), "p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)),
             "mean": float(t.mean())}
@@ -197,7 +198,7 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
                  say: Callable[[str], None]):
     """Replay OUT/conveyor through the station into a simulated PLC. Returns (summary, rows, rises)."""
     from fair_edge.line.settings import RecordSettings, RejectSettings
-    from fair_edge.line.sim_plc import SimulatedPlc
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.run import run_station
     from fair_edge.station.config import CameraSettings, StationConfig
 
@@ -215,7 +216,7 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
         )
         say(f"replaying {n_parts} cells at {line.fps:g} cells/s; simulated PLC on 127.0.0.1:{plc.port}, "
             f"reject gate {line.delay_ms:g} ms downstream")
-        summary = run_station(cfg, threading.Event(), on_start=say)
+        summary = run_station(cfg, threading.Event(), on_start=say, export_reviewed=export_reviewed)
         threading.Event().wait(0.2)  # the station waited for the gate; let the last writes land
         rises = plc.rises(0)
     finally:

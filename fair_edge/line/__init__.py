@@ -14,7 +14,7 @@ What the inspection loop calls (see docs/line-integration.md)::
     scheduler.fault(True, "camera gone")         # station cannot inspect
 """
 
-from .encoder import EncoderSource, FakeEncoder
+from .encoder_source import EncoderSource, FakeEncoder
 from .events import RejectEvent
 from .metrics import Metrics
 from .recorder import Recorder

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..records import Frame, Verdict
-from .encoder import EncoderSource
+from .encoder_source import EncoderSource
 from .events import RejectEvent
 from .settings import RejectSettings
 from .sinks import FanOut, SignalSink, SinkReport, log_reporter, open_fanout

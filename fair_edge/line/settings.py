@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import fields as f
+from .. import fields as f
 from .handshake.settings import HandshakeSettings
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
@@ -30,7 +30,7 @@ class RejectSettings:
         since capture (replaces delay_ms; needs ``encoder``).
     encoder: URL of the belt counter, e.g. ``modbus://10.0.0.5:502?register=100&bits=32``,
         ``opcua://10.0.0.6:4840/?node=ns=2;s=Belt&bits=32`` or ``sim://?counts_per_s=2000``
-        (see ``fair_edge.line.encoders``).
+        (see ``fair_edge.line.encoder_links``).
     pulse_ms: pulse width, ms (a sink URL's ``pulse_ms`` overrides it for that sink).
     min_gap_ms: least time between the falling edge of one pulse and the next rising edge, ms.
     late_ms: how late a rising edge may be and still hit its part, ms (min_gap_ms may shift an

@@ -1,12 +1,12 @@
-"""Inference backends over one bundle, the pre-processing that feeds them, and ``BackendChoice``, the
+"""Inference backends over one bundle, the pre-processing that feeds them, and ``BundleScorer``, the
 whole frames -> scores path of one bundle.
 
 One contract for every backend and every model family:
   infer({input name: (B, C, S, S) float32 tensor on the backend's device})
     -> {anomaly_map: (B, 1, S, S) float32, score: (B,) float32} host NumPy arrays.
 The input names are the bundle model's (``bundle.model.input_names``); the pre-processors make
-exactly those from uint8 frames. ONNX Runtime, the CPU default that every bundle's graph runs on
-(and the build checks its graphs with), is defined here; PyTorch (``pytorch``), TensorRT (``tensorrt``)
+exactly those from uint8 frames. ONNX Runtime, the CPU default that every bundle's graph runs on, is
+defined here over ``calibration.onnx_graph.OnnxGraph`` (which the build checks its graphs with); PyTorch (``pytorch``), TensorRT (``tensorrt``)
 and OpenVINO (``openvino``) each have a module, and ``selection.select_backend`` picks one.
 """
 
@@ -14,20 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from fair_edge.calibration.onnx_graph import Inputs, OnnxGraph
 from fair_edge.calibration.threshold import Threshold
-from fair_edge.errors import BundleError, ConfigError
+from fair_edge.errors import ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
 from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock
 from fair_edge.tiling import FrameTiler
 
-Inputs = Mapping[str, "torch.Tensor | np.ndarray"]  # host engines (ONNX Runtime, OpenVINO) take NumPy arrays too
 Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
 
 
@@ -49,7 +48,7 @@ class Closable(Protocol):
 @runtime_checkable
 class FrameScorer(Protocol):
     """What the inspection loop runs and a hot swap hands over: whole frames in, maps and scores out.
-    ``BackendChoice`` (one bundle) and ``fusion.FusedChoice`` (several, one fused score) are the two.
+    ``BundleScorer`` (one bundle) and ``fusion.FusedScorer`` (several, one fused score) are the two.
 
     infer_frames(frames: list of (H, W, 3) uint8 BGR or (H, W) gray host arrays) -> (maps (N, h, w)
     float32, scores (N,) float32). backend: what to close when the scorer is retired. reason: which
@@ -65,39 +64,24 @@ class FrameScorer(Protocol):
 
 # ----------------------------------------------------------------------------- ONNX Runtime (the CPU default)
 def host_array(value: "np.ndarray | torch.Tensor") -> np.ndarray:
-    """A contiguous float32 host array of ``value`` (a NumPy array or a tensor on any device)."""
+    """A contiguous float32 host array of ``value`` (a NumPy array or a tensor on any device). The same as
+    ``calibration.onnx_graph.host_array``, written here too so that a frame's path stays in this file (the 8
+    files of docs/architecture.md, checked by tests/test_frame_path.py)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().to("cpu", torch.float32).numpy()
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
-class OnnxRuntimeBackend:
-    """infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
+class OnnxRuntimeBackend(OnnxGraph):
+    """A bundle's ONNX graph on ONNX Runtime as a backend: ``calibration.onnx_graph.OnnxGraph`` (the CPU graph
+    runner the build checks its graphs with: session, input check, ``infer_batched``) with the backend's name
+    and device, and ``infer`` on the frame path.
 
-    input_names: the inputs the graph must declare, in order (a bundle's ``model.input_names``);
-    None accepts the graph's own (build-time checks on a graph just written).
+    infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
     """
 
     name = "onnxruntime"
     device = torch.device("cpu")
-
-    def __init__(self, onnx_path: str | Path, input_names: Sequence[str] | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0) -> None:
-        self.path = Path(onnx_path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only; ORT warns about fp16 kernels it emulates on CPU
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
-        except Exception as exc:  # ORT raises its own pybind exception types
-            raise BundleError(
-                f"ONNX Runtime cannot load {self.path}: {type(exc).__name__}: {str(exc)[:300]}. "
-                "Rebuild the bundle with `fair-edge build`."
-            ) from exc
-        self.input_names = tuple(i.name for i in self.session.get_inputs())
-        if input_names is not None and self.input_names != tuple(input_names):
-            raise BundleError(f"{self.path} has inputs {list(self.input_names)}; expected {list(input_names)}. "
-                              "Rebuild the bundle with `fair-edge build`.")
 
     @classmethod
     def from_bundle(cls, bundle, threads: int = 0) -> "OnnxRuntimeBackend":
@@ -108,15 +92,6 @@ class OnnxRuntimeBackend:
         feeds = {name: host_array(inputs[name]) for name in self.input_names}
         return dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
 
-    def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
-        """``infer`` in chunks of ``batch`` images; same names and shapes as ``infer``."""
-        count = len(next(iter(inputs.values())))
-        parts = [self.infer({n: inputs[n][i : i + batch] for n in self.input_names}) for i in range(0, count, batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
-
-    def close(self) -> None:
-        self.session = None
-
 
 # ----------------------------------------------------------------------------- pre-processing
 HIGHPASS_METHODS = ("fft", "separable")
@@ -125,12 +100,12 @@ DEFAULT_HIGHPASS = "fft"  # measured faster than "separable" at 256 x 256 (BENCH
 
 def cpu_pipeline(cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> CpuPipeline:
     """The CPU pipeline of ``cfg`` with its high-pass by ``method``: ``fft`` (exact) or ``separable`` (the
-    fused CUDA kernel's taps, ``export.highpass_plan.separable_highpass``; ConfigError for filters with no
+    fused CUDA kernel's taps, ``runtime.highpass_plan.separable_highpass``; ConfigError for filters with no
     compact kernel, e.g. 'ideal'). ``sobel_xy`` is spatial for both."""
     if method not in HIGHPASS_METHODS:
         raise ConfigError(f"CPU high-pass method must be one of {', '.join(HIGHPASS_METHODS)}; found {method!r}.")
     if method == "separable" and cfg.filter != "sobel_xy":
-        from fair_edge.export.highpass_plan import separable_highpass
+        from fair_edge.runtime.highpass_plan import separable_highpass
 
         return CpuPipeline(cfg, separable_highpass(cfg))
     return CpuPipeline(cfg)
@@ -171,12 +146,12 @@ class CpuPreprocessor:
 
 # ----------------------------------------------------------------------------- one bundle's frames -> scores
 def whole_frames() -> FrameTiler:
-    """The identity tiler of an untiled bundle (``BackendChoice``'s default)."""
+    """The identity tiler of an untiled bundle (``BundleScorer``'s default)."""
     return FrameTiler(None, 0)
 
 
 @dataclass(frozen=True)
-class BackendChoice:
+class BundleScorer:
     """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
     (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path.
     graph_threshold: the decision threshold calibrated on the graph this backend runs, where that is

@@ -131,11 +131,11 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
 def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> np.ndarray:
     from fair_edge.runtime.selection import select_backend
 
-    choice = select_backend(bundle, backend)
+    scorer = select_backend(bundle, backend)
     try:
-        return np.concatenate([choice.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
+        return np.concatenate([scorer.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
     finally:
-        choice.backend.close()
+        scorer.backend.close()
 
 
 def load_fused_bundle(path: str | Path) -> FusedBundle:
@@ -175,15 +175,15 @@ class _Members:
 
     name = "fusion"
 
-    def __init__(self, choices: list) -> None:
-        self.choices = choices
+    def __init__(self, scorers: list) -> None:
+        self.scorers = scorers
 
     def close(self) -> None:
-        for choice in self.choices:
-            choice.backend.close()
+        for scorer in self.scorers:
+            scorer.backend.close()
 
 
-class FusedChoice:
+class FusedScorer:
     """A ``runtime.backends.FrameScorer`` over the member bundles: each member's backend scores the frames,
     ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
     calibrated on the fused score."""
@@ -195,9 +195,9 @@ class FusedChoice:
 
         self.bundle = bundle
         self.backend = _Members([select_backend(m, backend) for m in bundle.members])
-        self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.choices)
+        self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.scorers)
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR. Returns (fused maps (N, h, w) float32, scores (N,) float32)."""
-        maps = [c.infer_frames(frames)[0] for c in self.backend.choices]
+        maps = [c.infer_frames(frames)[0] for c in self.backend.scorers]
         return fuse_maps(maps, self.bundle.stats, self.bundle.rule)

@@ -41,12 +41,12 @@ def model_id(bundle) -> str:
 
 @dataclass(frozen=True)
 class ModelChange:
-    """What changes at the next batch boundary. choice: a ``FrameScorer`` (None = keep the model);
+    """What changes at the next batch boundary. scorer: a ``FrameScorer`` (None = keep the model);
     threshold: the new decision threshold (None = keep); roi: (S, S) float32 weights for the new
     model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
     ``FusedBundle``."""
 
-    choice: FrameScorer | None = None
+    scorer: FrameScorer | None = None
     threshold: float | None = None
     roi: np.ndarray | None = None
     model: str = ""
@@ -68,8 +68,8 @@ class ModelSwitch:
     def request(self, change: ModelChange) -> None:
         with self._lock:
             old, self.pending = self.pending, _merge(self.pending, change)
-        if old is not None and old.choice is not None and change.choice is not None:
-            retire(old.choice)
+        if old is not None and old.scorer is not None and change.scorer is not None:
+            retire(old.scorer)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
@@ -81,16 +81,16 @@ class ModelSwitch:
 def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
     if old is None:
         return new
-    if new.choice is not None:
+    if new.scorer is not None:
         return new
-    return ModelChange(old.choice, new.threshold if new.threshold is not None else old.threshold,
+    return ModelChange(old.scorer, new.threshold if new.threshold is not None else old.threshold,
                        old.roi, old.model, old.bundle)
 
 
-def retire(choice: FrameScorer) -> None:
+def retire(scorer: FrameScorer) -> None:
     """Close the backend of a model that is no longer used (by the loop after a swap, or a pending
     one replaced before it ran); a failing close is logged, never raised."""
     try:
-        choice.backend.close()
+        scorer.backend.close()
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("closing the replaced backend failed")

@@ -85,7 +85,7 @@ class FusedGpuPreprocessor:
     def __init__(self, model: ModelSpec) -> None:
         if not set(model.input_names) <= {HIGHPASS, COLOUR} or HIGHPASS not in model.input_names:
             raise ConfigError(f"the fused kernel makes highpass and colour; {model.describe()} takes {list(model.input_names)}.")
-        from fair_edge.export.preprocess_gpu import FusedPreprocessor
+        from fair_edge.runtime.preprocess_gpu import FusedPreprocessor
 
         self.model, self.cfg = model, model.preprocess
         self.kernel = FusedPreprocessor(self.cfg, half=False)

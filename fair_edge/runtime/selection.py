@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.runtime.backends import BackendChoice, CpuPreprocessor, OnnxRuntimeBackend, cpu_graph
+from fair_edge.runtime.backends import BundleScorer, CpuPreprocessor, OnnxRuntimeBackend, cpu_graph
 from fair_edge.tiling import FrameTiler
 
 
@@ -25,44 +25,44 @@ class BackendOptions:
     compile: bool = False
 
 
-def _tensorrt(bundle, options: BackendOptions) -> BackendChoice:
+def _tensorrt(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.pytorch import gpu_preprocessor
     from fair_edge.runtime.tensorrt import TensorRTBackend
 
     if bundle.engine is None:
         raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
-    return BackendChoice(TensorRTBackend.from_bundle(bundle), gpu_preprocessor(bundle), "TensorRT engine in the bundle")
+    return BundleScorer(TensorRTBackend.from_bundle(bundle), gpu_preprocessor(bundle), "TensorRT engine in the bundle")
 
 
-def _torch_cuda(bundle, options: BackendOptions) -> BackendChoice:
+def _torch_cuda(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.pytorch import TorchBackend, gpu_preprocessor
 
     if not torch.cuda.is_available():
         raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
     backend = TorchBackend(_weights(bundle), torch.device("cuda"), compile=options.compile)
-    return BackendChoice(backend, gpu_preprocessor(bundle),
+    return BundleScorer(backend, gpu_preprocessor(bundle),
                          f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''}")
 
 
-def _torch_cpu(bundle, options: BackendOptions) -> BackendChoice:
+def _torch_cpu(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.pytorch import TorchBackend
 
     backend = TorchBackend(_weights(bundle), torch.device("cpu"), compile=options.compile)
-    return BackendChoice(backend, CpuPreprocessor(bundle.model),
+    return BundleScorer(backend, CpuPreprocessor(bundle.model),
                          f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
 
 
-def _onnxruntime(bundle, options: BackendOptions) -> BackendChoice:
+def _onnxruntime(bundle, options: BackendOptions) -> BundleScorer:
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
+    return BundleScorer(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"ONNX Runtime on the CPU ({what})", threshold)
 
 
-def _openvino(bundle, options: BackendOptions) -> BackendChoice:
+def _openvino(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.openvino import OpenVinoBackend
 
     path, threshold, what = cpu_graph(bundle)
-    return BackendChoice(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
+    return BundleScorer(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"OpenVINO on the CPU ({what})", threshold)
 
 
@@ -72,7 +72,7 @@ def _weights(bundle):
     return bundle.weights_path
 
 
-BACKENDS: dict[str, Callable[..., BackendChoice]] = {
+BACKENDS: dict[str, Callable[..., BundleScorer]] = {
     "tensorrt": _tensorrt,
     "torch-cuda": _torch_cuda,
     "torch-cpu": _torch_cpu,
@@ -89,31 +89,31 @@ def _first_sentence(exc: Exception) -> str:
     return str(exc).split(". ")[0]
 
 
-def probe_ms(choice: BackendChoice, size: int, repeats: int = 3) -> float:
+def probe_ms(scorer: BundleScorer, size: int, repeats: int = 3) -> float:
     """Median milliseconds of pre-processing + inference of one (size, size, 3) frame, after one warm-up."""
     frame = np.full((size, size, 3), 128, np.uint8)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        choice.infer_frames([frame])
+        scorer.infer_frames([frame])
         if i:
             times.append(1000.0 * (time.perf_counter() - start))
     return float(np.median(times))
 
 
-def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BackendChoice:
+def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why."""
-    choices, notes = [], []
+    scorers, notes = [], []
     for name in CPU_CANDIDATES:
         try:
-            choices.append(BACKENDS[name](bundle, options))
+            scorers.append(BACKENDS[name](bundle, options))
         except UNAVAILABLE as exc:
             notes.append(f"{name}: {_first_sentence(exc)}")
-    if not choices:
+    if not scorers:
         raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
-    if len(choices) == 1:
-        return replace(choices[0], reason=f"{choices[0].reason}, the only CPU engine installed")
-    timed = sorted(((probe_ms(c, bundle.image_size), c) for c in choices), key=lambda t: t[0])
+    if len(scorers) == 1:
+        return replace(scorers[0], reason=f"{scorers[0].reason}, the only CPU engine installed")
+    timed = sorted(((probe_ms(c, bundle.image_size), c) for c in scorers), key=lambda t: t[0])
     for _, loser in timed[1:]:
         loser.backend.close()
     ms, best = timed[0]
@@ -121,16 +121,16 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BackendCh
     return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {probe})")
 
 
-def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BackendChoice:
+def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
-    The choice carries the bundle's tiling (``BackendChoice.infer_frames``)."""
-    choice = _select(bundle, name, options)
+    The scorer carries the bundle's tiling (``BundleScorer.infer_frames``)."""
+    scorer = _select(bundle, name, options)
     if bundle.preprocess.tiling is None:
-        return choice
-    return replace(choice, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
+        return scorer
+    return replace(scorer, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
 
 
-def _select(bundle, name: str, options: BackendOptions) -> BackendChoice:
+def _select(bundle, name: str, options: BackendOptions) -> BundleScorer:
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
@@ -138,9 +138,9 @@ def _select(bundle, name: str, options: BackendOptions) -> BackendChoice:
     reasons = []
     for candidate in ("tensorrt", "torch-cuda"):
         try:
-            choice = BACKENDS[candidate](bundle, options)
-            return replace(choice, reason=f"auto: {choice.reason}")
+            scorer = BACKENDS[candidate](bundle, options)
+            return replace(scorer, reason=f"auto: {scorer.reason}")
         except UNAVAILABLE as exc:
             reasons.append(f"{candidate}: {_first_sentence(exc)}")
-    choice = fastest_cpu(bundle, options)
-    return replace(choice, reason=f"auto: {choice.reason} ({'; '.join(reasons)})")
+    scorer = fastest_cpu(bundle, options)
+    return replace(scorer, reason=f"auto: {scorer.reason} ({'; '.join(reasons)})")

@@ -28,7 +28,7 @@ from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.station.inspector import LoopSettings
-from fair_edge.line import fields as f
+from fair_edge import fields as f
 from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
 from fair_edge.runtime.selection import BACKEND_NAMES
 

@@ -112,7 +112,7 @@ class RunSummary:
 
 
 class Inspector:
-    """Runs the loop over one capture thread with one backend choice (see selection.select_backend).
+    """Runs the loop over one capture thread with one frame scorer (see selection.select_backend).
 
     threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
     0 outside) multiplied into the anomaly map before its max, or None for the whole image.
@@ -120,17 +120,17 @@ class Inspector:
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     """
 
-    def __init__(self, capture: CaptureThread, choice: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
+    def __init__(self, capture: CaptureThread, scorer: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
                  model: str = "") -> None:
         if not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
-        self.capture, self.choice, self.threshold = capture, choice, float(threshold)
+        self.capture, self.scorer, self.threshold = capture, scorer, float(threshold)
         self.roi, self.settings, self.model = roi, settings, model
         self.switch = ModelSwitch()
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
-        self.summary = RunSummary(backend=choice.reason)
+        self.summary = RunSummary(backend=scorer.reason)
         self._consecutive_errors = 0
 
     # ------------------------------------------------------------------ batching
@@ -184,7 +184,7 @@ class Inspector:
                 verdicts[frame.seq] = self._emit(frame, None, f"malformed frame: {exc}")
         if good:
             try:
-                maps, scores = self.choice.infer_frames([image for _, image in good])
+                maps, scores = self.scorer.infer_frames([image for _, image in good])
                 if self.roi is not None:
                     scores = (maps * self._roi_on(maps.shape[1:])).reshape(len(maps), -1).max(axis=1)
                 self._consecutive_errors = 0
@@ -207,9 +207,9 @@ class Inspector:
         change = self.switch.take()
         if change is None:
             return
-        if change.choice is not None:
-            old, self.choice, self.roi, self.model = self.choice, change.choice, change.roi, change.model
-            self.summary.backend = change.choice.reason
+        if change.scorer is not None:
+            old, self.scorer, self.roi, self.model = self.scorer, change.scorer, change.roi, change.model
+            self.summary.backend = change.scorer.reason
             retire(old)
             log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
         if change.threshold is not None:

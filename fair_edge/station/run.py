@@ -31,14 +31,14 @@ from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
-from fair_edge.station.config import AUTO_POLICY, StationConfig
+from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     from fair_edge.calibration.threshold import Threshold
     from fair_edge.cameras import FrameSource
     from fair_edge.console.station_hook import StationConsole
     from fair_edge.export.bundle import Bundle
-    from fair_edge.line.encoder import EncoderSource
+    from fair_edge.line.encoder_source import EncoderSource
     from fair_edge.line.handshake import Handshake
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -223,7 +223,7 @@ class LineSide:
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
     """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
-    from fair_edge.line.encoders import open_encoder
+    from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
@@ -258,14 +258,17 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
 
 def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
-                 stack: contextlib.ExitStack, metrics: Metrics | None = None) -> StationConsole:
+                 stack: contextlib.ExitStack, metrics: Metrics | None = None,
+                 export_reviewed: Callable[[Path, Path], dict] | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
-    (started here, closed by ``stack``)."""
+    (started here, closed by ``stack``). The console gets the station's bundle loader and station file
+    loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``."""
+    from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
-    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None,
-                                                 load_model=functools.partial(load_change, backend=cfg.backend,
-                                                                              roi_path=cfg.roi)))
+    links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
+                         load_station=load_station, export_reviewed=export_reviewed)
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
     return console
@@ -281,9 +284,9 @@ def read_bundle(path: Path) -> Bundle | FusedBundle:
 
 def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
     """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
-    from fair_edge.runtime.fusion import FusedBundle, FusedChoice
+    from fair_edge.runtime.fusion import FusedBundle, FusedScorer
 
-    return FusedChoice(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
+    return FusedScorer(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
 
 
 def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
@@ -296,48 +299,51 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     """
     bundle = read_bundle(bundle_path)
     roi = load_roi(roi_path, bundle.image_size)
-    choice = open_scorer(bundle, backend)
+    scorer = open_scorer(bundle, backend)
     if threshold is None:
-        graph = choice.graph_threshold
+        graph = scorer.graph_threshold
         if graph is None and bundle.threshold is None:
-            choice.backend.close()
+            scorer.backend.close()
             raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
                               "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
         threshold = (graph or bundle.threshold).value
-    return ModelChange(choice, float(threshold), roi, model_id(bundle), bundle)
+    return ModelChange(scorer, float(threshold), roi, model_id(bundle), bundle)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
                 duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
                 on_tick: Callable[[Inspector], None] | None = None, source: FrameSource | None = None,
-                choice: FrameScorer | None = None,
-                on_console: Callable[[StationConsole], None] | None = None) -> RunSummary:
+                scorer: FrameScorer | None = None,
+                on_console: Callable[[StationConsole], None] | None = None,
+                export_reviewed: Callable[[Path, Path], dict] | None = None) -> RunSummary:
     """Run the station until stopped; returns the summary (also written to OUTPUT/summary.json).
 
-    source: a frame source to use instead of ``cfg.camera.source``; choice: a ``FrameScorer`` to
+    source: a frame source to use instead of ``cfg.camera.source``; scorer: a ``FrameScorer`` to
     use instead of selecting one from ``cfg.backend`` (both are closed by the station); on_console:
-    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
+    called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``);
+    export_reviewed: the console's dataset export (``training.collect.export_reviewed``, a room above the
+    station, so the app hands it in; None: the console's export button answers that it cannot export)."""
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
     roi = load_roi(cfg.roi, bundle.image_size)
-    choice = choice or open_scorer(bundle, cfg.backend)
-    threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+    scorer = scorer or open_scorer(bundle, cfg.backend)
+    threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
     run_id = new_run_id()
     if on_start is not None:
-        on_start(f"run {run_id}; backend: {choice.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
+        on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
-        stack.callback(choice.backend.close)
+        stack.callback(scorer.backend.close)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-        console = open_console(cfg, bundle, faults, stack, line.metrics)
+        console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed)
         line.callbacks.append(console.observe)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
-        inspector = Inspector(capture, choice, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
+        inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
                               model=model_id(bundle))
         inspector.summary.run_id = run_id
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)

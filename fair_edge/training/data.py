@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
+from fair_edge.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD_NAMES = ("good", "normal", "ok")
 
 

@@ -1,6 +1,6 @@
 // CPU emulation of one launch of the fused pre-processing kernel, for the tests (no GPU needed).
 //
-// The kernel's own source (export/preprocess_kernel.cu, lightly rewritten by tests/kernel_emulator.py:
+// The kernel's own source (fair_edge/runtime/preprocess_kernel.cu, lightly rewritten by tests/kernel_emulator.py:
 // the PTX half conversion and the `extern __shared__` declaration) is compiled by g++ with the CUDA
 // keywords defined away. Every thread of a block is a real std::thread; __syncthreads() is a
 // std::barrier over them, so a missing barrier shows up as a wrong result (or under ThreadSanitizer

@@ -15,12 +15,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import PlcDeviceError, PlcError, SinkError
+from ...errors import PlcDeviceError, PlcError
 from ..sinks.modbus import connect_client, modbus_tcp_client
 from ..sinks.urls import SinkUrl
+from .address import modbus_address
 from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings, ModbusSignals
 
-MODBUS_OPTIONS = ("unit", "timeout_ms")
 MAX_READ = 125   # registers one FC 3 request may read
 
 
@@ -53,12 +53,8 @@ class ModbusLink:
 
     def __init__(self, url: SinkUrl, signals: ModbusSignals, score_scale: float,
                  client_factory: Callable[..., Any] | None = None) -> None:
-        url.check_query(MODBUS_OPTIONS)
-        if not url.host:
-            raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?unit=1, found no host")
-        self.host, self.port = url.host, url.port or 502
-        self.unit = url.get_int("unit", 1)
-        self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
+        address = modbus_address(url)
+        self.host, self.port, self.unit, self.timeout_s = address.host, address.port, address.unit, address.timeout_s
         self.signals, self.score_scale = signals, score_scale
         self.name = f"modbus {self.host}:{self.port} unit {self.unit}"
         self._factory = client_factory or modbus_tcp_client

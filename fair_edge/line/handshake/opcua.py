@@ -17,22 +17,18 @@ from typing import Any
 
 from ...errors import PlcDeviceError, PlcError, SinkError
 from ..sinks.urls import SinkUrl
+from .address import opcua_address
 from .settings import PLC_SIGNALS, STATION_SIGNALS, HandshakeSettings, OpcUaSignals
 
 log = logging.getLogger(__name__)
-
-OPCUA_OPTIONS = ("timeout_ms",)
 
 
 class OpcUaLink:
     """``HandshakeLink`` over one asyncua sync ``Client``."""
 
     def __init__(self, url: SinkUrl, signals: OpcUaSignals) -> None:
-        url.check_query(OPCUA_OPTIONS)
-        if not url.host:
-            raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH, found no host")
-        self.endpoint = f"opc.tcp://{url.netloc}{url.path}"
-        self.timeout_s = url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0
+        address = opcua_address(url)
+        self.endpoint, self.timeout_s = address.endpoint, address.timeout_s
         self.signals = signals
         self.name = f"opcua {self.endpoint}"
         self._client: Any = None

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ...errors import ConfigError
-from .. import fields as f
+from ...errors import ConfigError, SinkError
+from ... import fields as f
+from .address import handshake_address
 
 # signal names (a name that crosses the link is defined once, here)
 TRIGGER, PART_ID, ACK = "trigger", "part_id", "ack"                     # written by the PLC
@@ -162,11 +163,8 @@ class HandshakeSettings:
 
     def check_url(self) -> None:
         """Parse ``url`` as the link would (host, options) without connecting; ``ConfigError`` if bad."""
-        from ...errors import SinkError
-        from . import open_handshake
-
         try:
-            open_handshake(self)
+            handshake_address(self.url)
         except SinkError as exc:
             raise ConfigError(f"reject.handshake.url: {exc}") from exc
 

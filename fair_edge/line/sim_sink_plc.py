@@ -1,6 +1,7 @@
-"""A simulated PLC for demos and tests: a real pymodbus Modbus TCP server on 127.0.0.1, on its own
-asyncio loop thread, recording the monotonic time of every write it receives (server side, so a
-measured pulse time includes the whole client path)."""
+"""A simulated PLC for the reject sinks' pulses (demos and tests): a real pymodbus Modbus TCP server on
+127.0.0.1, on its own asyncio loop thread, recording the monotonic time of every write it receives (server
+side, so a measured pulse time includes the whole client path). The PLC that runs the handshake's program
+is ``handshake.sim_handshake_plc``."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ class SimulatedPlc:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fair_edge.line.sim_plc --port P --log FILE``: the simulated PLC in its own process
+    """``python -m fair_edge.line.sim_sink_plc --port P --log FILE``: the simulated PLC in its own process
     (as a real PLC is), appending each write to FILE as ``t_monotonic function_code address value``
     (CLOCK_MONOTONIC is system-wide, so the times compare with the station's); ends on SIGTERM."""
     import argparse

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean
 
 
 def _fail(where: str, expected: str, found: Any) -> ConfigError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from fair_edge.errors import ConfigError
-from fair_edge.export.highpass_plan import HighpassPlan
+from fair_edge.runtime.highpass_plan import HighpassPlan
 
 GRAY_WEIGHTS = (np.float32(0.299), np.float32(0.587), np.float32(0.114))
 

@@ -1,8 +1,9 @@
 // FAIR model input in one launch: uint8 frames -> (high-pass, colour) network inputs.
 //
 // Same definition as fair_edge/preprocess.py (the float64 reference) and mirrored line by line in
-// export/fused_mirror.py (NumPy, float32). Compiled at run time with NVRTC by export/nvrtc_build.py;
-// the host side is export/preprocess_gpu.py. Compile-time settings (-D):
+// fair_edge/runtime/fused_mirror.py (NumPy, float32). Compiled at run time with NVRTC by
+// fair_edge/runtime/nvrtc_build.py; the host side is fair_edge/runtime/preprocess_gpu.py.
+// Compile-time settings (-D):
 //   IMAGE_SIZE  S, side of the square outputs, pixels
 //   RADIUS      R, half-width of the separable high-pass taps (1 for Sobel)
 //   RANK        separable terms of the high-pass (0 for Sobel)

@@ -1,4 +1,6 @@
-"""Encoder count sources: where the conveyor is, in counts, for distance-based rejects."""
+"""What an encoder is to the reject scheduler: ``EncoderSource``, where the conveyor is, in counts, for
+distance-based rejects, and ``FakeEncoder`` (tests, the simulated belt). The encoders opened from URLs (a
+PLC's counter over Modbus TCP or OPC UA, ``sim://``) are in ``encoder_links``."""
 
 from __future__ import annotations
 

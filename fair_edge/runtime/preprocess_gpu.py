@@ -30,8 +30,8 @@ import numpy as np
 
 from fair_edge.errors import GpuUnavailableError, KernelError
 from fair_edge.export.cuda_api import check, import_cuda
-from fair_edge.export.highpass_plan import RADII, TILE, HighpassPlan, plan_highpass
-from fair_edge.export.nvrtc_build import cached_compile
+from fair_edge.runtime.highpass_plan import RADII, TILE, HighpassPlan, plan_highpass
+from fair_edge.runtime.nvrtc_build import cached_compile
 from fair_edge.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ DEFAULT_SMEM = 48 * 1024
 
 
 def kernel_source() -> str:
-    """The CUDA C source shipped in the package (fair_edge/export/preprocess_kernel.cu)."""
-    return resources.files("fair_edge.export").joinpath("preprocess_kernel.cu").read_text()
+    """The CUDA C source shipped in the package (fair_edge/runtime/preprocess_kernel.cu)."""
+    return resources.files("fair_edge.runtime").joinpath("preprocess_kernel.cu").read_text()
 
 
 def compile_options(plan: HighpassPlan, half: bool) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Belt encoder sources, opened from URLs: where the conveyor is, in counts, read from the PLC.
+"""Belt encoder sources opened from URLs (each an ``encoder_source.EncoderSource``): where the conveyor is,
+in counts, read from the PLC over a link.
 
     modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2
     opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import PlcError, SinkError
-from .encoder import EncoderSource, FakeEncoder
+from .encoder_source import EncoderSource, FakeEncoder
 from .sinks.modbus import connect_client, modbus_tcp_client
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 

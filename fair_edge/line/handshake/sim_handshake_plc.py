@@ -10,8 +10,8 @@ system-wide clock, so times compare with the station's): each trigger, each resu
 trip (ack set -> ``results_ready`` back to 0), heartbeat changes and ``ready`` / ``error`` changes.
 ``check()`` says whether every triggered part got exactly one result, in trigger order.
 
-``python -m fair_edge.line.handshake.plc_sim --port P --rate 10 --report FILE`` runs the Modbus PLC
-in its own process (benchmarks/soak.py) and writes its report as JSON on SIGTERM.
+``python -m fair_edge.line.handshake.sim_handshake_plc --port P --rate 10 --report FILE`` runs the Modbus
+PLC in its own process (benchmarks/soak.py) and writes its report as JSON on SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim_plc import ChildServer, LoopThread, free_port
+from ..sim_sink_plc import ChildServer, LoopThread, free_port
 from .modbus import encode
 from .settings import (ACK, ERROR, HEARTBEAT, PART_ID, READY, RESULT, RESULT_PART_ID, RESULTS_READY,
                        SCORE, TRIGGER, HandshakeSettings, ModbusSignals, OpcUaSignals)
@@ -336,12 +336,12 @@ class OpcUaHandshakePlc(_PlcServer):
 
 
 class HandshakePlcProcess(ChildServer):
-    """The handshake test PLC (``python -m fair_edge.line.handshake.plc_sim``) in a process of its own,
-    triggering at ``rate`` parts/s; ``stop()`` (SIGTERM) makes it write its report to ``report_path``."""
+    """The handshake test PLC (``python -m fair_edge.line.handshake.sim_handshake_plc``) in a process of its
+    own, triggering at ``rate`` parts/s; ``stop()`` (SIGTERM) makes it write its report to ``report_path``."""
 
     def __init__(self, report_path: Path, rate: float) -> None:
         port = free_port()
-        super().__init__([sys.executable, "-m", "fair_edge.line.handshake.plc_sim", "--port", str(port),
+        super().__init__([sys.executable, "-m", "fair_edge.line.handshake.sim_handshake_plc", "--port", str(port),
                           "--rate", f"{rate:.4f}", "--report", str(report_path)], port, "handshake PLC")
         self.report_path = report_path
         self.url = f"modbus://127.0.0.1:{port}?unit=1"
