@@ -299,3 +299,20 @@ def test_nproc_relaunch_writes_repeated_set_options_back():
     assert args[i:i + 4] == ["--set", "a=1", "--set", "b=2"] and args.count("--set") == 2
     ctx = train.make_context("train", ["DATA"])
     assert "--set" not in command_args(ctx)  # no --set given: nothing written (the relaunch used to pass '[]')
+
+
+def test_width_is_asked_of_the_family_not_read_by_attribute():
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.patchcore.model import PatchcoreSettings
+
+    fair, lgfdr, patchcore = FAMILIES["fair"], FAMILIES["lgfdr"], FAMILIES["patchcore"]
+    assert fair.settings_conflicts(FairSettings(width=8), {"width": 32}) == ["--width 32"]
+    assert fair.settings_conflicts(FairSettings(width=32), {"width": 32, "backbone": None}) == []
+    assert lgfdr.settings_conflicts(lgfdr.default_settings(), {"width": 32}) == ["--width 32"]
+    assert fair.settings_flags(FairSettings(width=32)) == ["--width 32"] and fair.settings_flags(FairSettings()) == []
+    assert patchcore.settings_flags(PatchcoreSettings(reweight=False, bank_max=300, taps=(0, 1))) == \
+        ["--bank-max 300", "--no-reweight"]  # a tuple is no flag (--set)
+    r = _invoke("build", "--model", "lgfdr", "--width", 32)
+    assert r.exit_code == 2 and "--width is not a setting of LGFDR (--model lgfdr)" in " ".join(r.output.split()), r.output
+    r = _invoke("bench", "--synthetic-model", "lgfdr", "--synthetic-width", 32)
+    assert r.exit_code == 2 and "the lgfdr family has none" in r.output, r.output

@@ -101,19 +101,11 @@ class ModelFamily(ABC):
         return self.settings_from_dict({**base, **{k: v for k, v in options.items() if k in base and v is not None}})
 
     def settings_conflicts(self, settings: Any, options: Mapping[str, Any]) -> list[str]:
-        """'--NAME V (found W)' for each non-None option that ``settings`` has with another value, and
-        '--NAME V (no NAME in FAMILY)' for one it lacks: what a command that selects by flags must refuse."""
+        """'--NAME VALUE' for each non-None option that ``settings`` has with another value or does not have at
+        all: what a command that selects a checkpoint by flags (``build --width``) must refuse."""
         values = settings.to_dict()
-        out = []
-        for name, value in options.items():
-            flag = f"--{name.replace('_', '-')} {value}"
-            if value is None:
-                continue
-            if name not in values:
-                out.append(f"{flag} ({self.title} has no {name} setting)")
-            elif values[name] != value:
-                out.append(f"{flag} (found {values[name]})")
-        return out
+        return [f"--{name.replace('_', '-')} {value}" for name, value in options.items()
+                if value is not None and (name not in values or values[name] != value)]
 
     def settings_flags(self, settings: Any) -> list[str]:
         """`fair-edge train` flags that give ``settings`` from the defaults: '--NAME VALUE' for each scalar
@@ -121,10 +113,13 @@ class ModelFamily(ABC):
         defaults, values = self.default_settings().to_dict(), settings.to_dict()
         out = []
         for name, value in values.items():
-            flag = "--" + name.replace("_", "-")
+            dashed = name.replace("_", "-")
             if value == defaults.get(name) or not isinstance(value, (bool, int, float, str)):
                 continue
-            out.append((flag if value else "--no-" + name.replace("_", "-")) if isinstance(value, bool) else f"{flag} {value}")
+            if isinstance(value, bool):
+                out.append(f"--{dashed}" if value else f"--no-{dashed}")
+            else:
+                out.append(f"--{dashed} {value}")
         return out
 
     def check_preprocess(self, preprocess: PreprocessConfig) -> None:

@@ -22,8 +22,8 @@ import inspect
 import re
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sized
 
 from fair_edge.errors import ConfigError, lookup
@@ -248,7 +248,8 @@ def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> 
                 if f.name in reserved:
                     raise ConfigError(f"the {key} family's setting {f.name!r} has the name of a `fair-edge train` "
                                       f"option ({', '.join(sorted(reserved))}); rename the setting.")
-                entry = found.setdefault(f.name, {"kind": kind, "defaults": {}, "text": "", "choices": (), "aliases": ()})
+                entry = found.setdefault(f.name, {"kind": kind, "defaults": {}, "text": "", "choices": (),
+                                                  "aliases": ()})
                 if entry["kind"] is not kind:
                     other = next(iter(entry["defaults"]))
                     raise ConfigError(f"setting {f.name!r} is a {kind.__name__} in the {key} family and a "
@@ -258,8 +259,9 @@ def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> 
                 entry["text"] = entry["text"] or texts.get(f.name, "")
                 entry["choices"] = entry["choices"] or tuple(impl.flag_choices.get(f.name, ()))
                 entry["aliases"] += tuple(a for a in impl.flag_aliases.get(f.name, ()) if a not in entry["aliases"])
-    return tuple(SettingFlag(name, e["kind"], tuple(e["defaults"].items()), e["text"] or f"the {name.replace('_', ' ')} setting",
-                             e["choices"], e["aliases"]) for name, e in found.items())
+    return tuple(SettingFlag(name, e["kind"], tuple(e["defaults"].items()),
+                             e["text"] or f"the {name.replace('_', ' ')} setting", e["choices"], e["aliases"])
+                 for name, e in found.items())
 
 
 def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag]) -> None:
