@@ -238,11 +238,11 @@ def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weigh
     given = given_flags(ctx)
     family = get_family(model)
     overrides = {} if resume else settings_overrides(family, set_)  # on --resume: checked against the saved family
-    if not resume:
-        refuse_foreign_flags(family, given, flags)
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
                            tiling=parse_tiling(tile, tile_overlap, roi))
     spec = ModelSpec(family.key, pre, family.settings_from_options({**settings, **overrides}))
+    if not resume:  # on --resume: compared with the saved run instead
+        refuse_foreign_flags(family, given, flags, family.describe(spec.settings))
     out = out or default_train_dir(spec.tag)
     if resume:
         saved = resume_settings(out, given, settings.get("save_every"))

@@ -264,13 +264,14 @@ def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> 
                  for name, e in found.items())
 
 
-def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag]) -> None:
+def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag], describe: str = "") -> None:
     """ConfigError for a settings option the user typed that ``impl`` has in neither of its settings, naming
-    the families it is for: it would silently do nothing."""
+    the families it is for: it would silently do nothing. describe: the model, e.g. 'FAIR width 32'."""
     by_name = {f.name: f for f in flags}
     own = set(impl.setting_names()) | set(config_fields(impl.training().default_train_config()))
     for name in given:
         if name in by_name and name not in own:
             flag = by_name[name]
-            raise ConfigError(f"{flag.flag} is not a setting of {impl.title} (--model {impl.key}); it is for "
-                              f"{', '.join(f'--model {k}' for k in flag.families)}. Leave {flag.flag} out.")
+            raise ConfigError(f"{flag.flag} does not apply to {describe or impl.title}'s training or model settings; "
+                              f"it is a setting of {', '.join(f'--model {k}' for k in flag.families)}. "
+                              f"Leave {flag.flag} out.")
