@@ -43,15 +43,18 @@ from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.backends import OnnxRuntimeBackend
-from fair_edge.training.train import TrainConfig
+from fair_edge.models.training_contract import config_from_options
 
-CFG = TrainConfig(width=32, batch=8, lr=1e-3, steps=1_000_000, save_every=1_000_000, log_every=10, seed=0)
+# each family's own training settings with these values (FAIR: width 32 comes from its model settings)
+CFG = {"batch": 8, "lr": 1e-3, "steps": 1_000_000, "save_every": 1_000_000, "log_every": 10, "seed": 0}
 
 
 def train_for(model: ModelSpec, split, seconds: float, out: Path, weights: str | None = None) -> tuple[Path, dict]:
     """Train ``model`` until ``seconds`` of wall time have passed; returns (final.pt, timing)."""
     start = time.perf_counter()
-    trainer = model.impl.training().make_trainer(split, model, CFG, out, torch.device("cpu"), backbone_weights=weights)
+    training = model.impl.training()
+    cfg = config_from_options(training.default_train_config(), CFG)
+    trainer = training.make_trainer(split, model, cfg, out, torch.device("cpu"), backbone_weights=weights)
     setup = time.perf_counter() - start
     while time.perf_counter() - start < seconds:
         trainer.train_step(trainer.step)

@@ -25,7 +25,7 @@ from fair_edge.training.evaluate import score_samples
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tiling import TilingConfig
-from fair_edge.training.train import TrainConfig, Trainer
+from fair_edge.models.fair.train import TrainConfig, Trainer
 
 
 def run_variant(name: str, pre: PreprocessConfig, args, split) -> dict:

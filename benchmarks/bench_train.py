@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--data elpv:mono] [--widths 32 64 128] [--image-size 256] [--batch 8]
         [--steps 50] [--warmup 10] [--device auto] [--workers 4] [--out runs/bench-train.json]
 
-For each width, one ``fair_edge.training.train.Trainer`` (same model, Adam, scheduler, loss and bf16 autocast
+For each width, one ``fair_edge.models.fair.train.Trainer`` (same model, Adam, scheduler, loss and bf16 autocast
 on CUDA as ``fair-edge train``) is timed with two data pipelines, in the same run:
 
   device-side  ``Trainer.train_step``: the resized colour images already live on the device; rotation,
@@ -43,7 +43,8 @@ from fair_edge.training.data import DatasetSplit, load_dataset
 from fair_edge.errors import FairEdgeError
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
-from fair_edge.training.train import TrainConfig, Trainer, resolve_device
+from fair_edge.models.fair.train import TrainConfig, Trainer
+from fair_edge.training.loop import resolve_device
 
 PIPELINES = {
     "device_side": "Trainer.train_step: images held on the device; rotate, synthesis, gray, high-pass, "

@@ -3,7 +3,7 @@
     python benchmarks/ddp_equivalence.py [--data elpv:mono] [--width 32] [--image-size 64] [--batch 8]
         [--steps 20] [--nproc 2] [--out runs/ddp-equivalence.json]
 
-Runs ``fair_edge.training.train.Trainer`` once in this process and once as ``--nproc`` gloo ranks on the CPU
+Runs ``fair_edge.models.fair.train.Trainer`` once in this process and once as ``--nproc`` gloo ranks on the CPU
 (``torch.multiprocessing.spawn``, ``fair_edge.training.ddp``), same seed, data and global batch, and
 prints both loss curves with their relative difference, and the relative difference of the first
 step's gradients (before any update: the equivalence itself, free of Adam's amplification of float
@@ -26,7 +26,8 @@ import torch.multiprocessing as mp
 
 from fair_edge.training.data import load_dataset
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.training.train import Trainer, TrainConfig, TrainingInterrupted
+from fair_edge.models.fair.train import TrainConfig, Trainer
+from fair_edge.training.loop import TrainingInterrupted
 from fair_edge.training.ddp import from_environment, shutdown
 
 

@@ -75,7 +75,7 @@ def trained(mvtec_dir, tmp_path_factory):
 
     from fair_edge.training.data import load_dataset
     from fair_edge.preprocess import PreprocessConfig
-    from fair_edge.training.train import Trainer, TrainConfig
+    from fair_edge.models.fair.train import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)

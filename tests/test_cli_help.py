@@ -16,7 +16,7 @@ from fair_edge.cli import app
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.station.config import StationConfig
 from fair_edge.station.doc import station_reference
-from fair_edge.training.train import TrainConfig
+from fair_edge.models.fair.train import TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = ("train", "eval", "build", "run", "bench", "demo", "install-service")
@@ -37,14 +37,61 @@ def test_help_shows_defaults_and_no_type_noise_on_flags(command):
 
 
 def test_train_help_defaults_come_from_the_settings():
+    from fair_edge.models.lgfdr.train import LgfdrTrainConfig
+
     text = help_text("train")
     flat = " ".join(text.split())  # --lr and --epochs depend on the model family: each default is named
     for flag, value in (("--width", FairSettings.width), ("--batch", TrainConfig.batch),
                         ("--save-every", TrainConfig.save_every)):
         assert re.search(rf"{flag} .*\[default: {re.escape(str(value))}\]", text), flag
-    assert re.search(rf"--lr .*LGFDR: AdamW .*\[default: {re.escape(f'{TrainConfig.lr:g}')}\]", flat), "--lr"
-    assert re.search(rf"--epochs .*LGFDR 100\) \[default: {TrainConfig.epochs}\]", flat), "--epochs"
-    assert "(LGFDR: runs/train-lgfdr-{backbone}) [default: runs/train-w{width}]" in flat and "frequency-index units" in flat
+    assert f"--lr <float> FAIR / LGFDR: learning rate (Adam as the paper; the demo uses 1e-3 for its short run) " \
+           f"[default: fair {TrainConfig.lr:g}, lgfdr {LgfdrTrainConfig.lr:g}]." in flat, "--lr"
+    assert f"[default: fair {TrainConfig.epochs}, lgfdr {LgfdrTrainConfig.epochs}]" in flat, "--epochs"
+    assert "[default: runs/train-{tag}, the tag naming the family's settings: fair: w128, lgfdr: " \
+           "lgfdr-efficientnet_lite0, patchcore: patchcore-efficientnet_lite0]" in flat and "frequency-index units" in flat
+
+
+def test_help_names_every_registered_family_and_says_what_the_commands_do():
+    """The family lists come from the registry (the old texts said 'train FAIR anomaly detectors', 'FAIR (default)
+    or LGFDR', 'LGFDR by default' for a PatchCore demo, 'UNet' for every family's --fp16 / --int8)."""
+    from fair_edge.demo.config import DEMO_MODEL
+    from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
+
+    titles = [impl.title for impl in FAMILIES.values()]
+    root = " ".join(help_text().split())
+    assert "train anomaly detectors (" + ", ".join(titles[:-1]) + " and " + titles[-1] + ") from normal images" in root
+    train = " ".join(help_text("train").split())
+    assert f"{FAMILIES[DEFAULT_FAMILY].title} (default)" in train and all(t in train.split("(--model)")[0] for t in titles)
+    demo = " ".join(help_text("demo").split())
+    assert f"({FAMILIES[DEMO_MODEL].title} by default, or " in demo and "LGFDR by default" not in demo
+    assert all(f"{key} (" in demo for key in FAMILIES)
+    build = " ".join(help_text("build").split())
+    assert "UNet in float16" not in build and "UNet convs" not in build and "bundle-w{width}" not in build
+    for key, impl in FAMILIES.items():
+        assert f"{impl.tag(impl.default_settings())} ({key})" in build, key
+    assert "The model's network in float16 (" + ", ".join(titles[:-1]) + " or " + titles[-1] + ")" in build
+    evaluate = " ".join(help_text("eval").split())
+    assert "'elpv' / 'elpv:mono' / 'elpv:poly'" in evaluate
+
+
+def test_readme_exit_codes_name_every_code_the_station_returns():
+    from fair_edge.station import run as station_run
+
+    readme = " ".join(README.read_text().split())
+    paragraph = readme.split("**Exit codes** of `fair-edge run`:")[1].split("###")[0]
+    codes = {v for k, v in vars(station_run).items() if k.startswith("EXIT_")}
+    assert codes == {0, 3, 4}
+    for code in sorted(codes | {2}):
+        assert f"{code} " in paragraph and f"; {code} " in paragraph or paragraph.startswith(f" {code} "), code
+    assert "4 rejects were due but a reject sink delivered none of them" in paragraph
+
+
+def test_station_reference_has_every_section_of_the_station_file():
+    from dataclasses import fields
+
+    sections = yaml.safe_load(station_reference())
+    expected = {f.name for f in fields(StationConfig)} - {"threshold", "roi", "source_file"} | {"decision"}
+    assert set(sections) == expected and {"console", "mqtt"} <= set(sections)
 
 
 def test_one_name_and_one_default_for_the_false_reject_rate():

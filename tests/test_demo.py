@@ -10,7 +10,7 @@ from fair_edge.demo.run import match_pulses, plan_conveyor, plan_line, run_demo,
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.training.train import Trainer, TrainConfig
+from fair_edge.models.fair.train import TrainConfig, Trainer
 
 pytest.importorskip("elpv_dataset")
 pytest.importorskip("pymodbus")

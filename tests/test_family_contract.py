@@ -1,11 +1,12 @@
 """The family-neutral training contract: a third family defined here (its module + one registry entry,
-nothing else) trains, builds and runs through the commands; FAIR and LGFDR train the same weights
-through the contract as through their trainers built by hand with the settings of before."""
+nothing else) trains, builds and runs through the commands, and its settings and training settings are
+`fair-edge train` options that reach its trainer; FAIR and LGFDR train the same weights through the contract
+as through their trainers built by hand with the settings of before."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -91,8 +92,11 @@ class MeanColourFamily(ModelFamily):
 
 @dataclass(frozen=True)
 class MeanFit:
+    """batch: images per step of the mean. seed: unused. margin: added to the mean image (a flag test)."""
+
     batch: int = 4
     seed: int = 0
+    margin: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +124,7 @@ class MeanFitter:
             if on_step:
                 on_step(self.step, self.total_steps, float("nan"), 1.0)
         module = self.model.build()
-        module.mean.copy_(self.images.mean(0, keepdim=True))
+        module.mean.copy_(self.images.mean(0, keepdim=True) + self.cfg.margin)
         state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info}
         save_checkpoint(self.out / "last.pt", Checkpoint(self.model, module.state_dict(), {}, state))
         return save_checkpoint(self.out / "final.pt", Checkpoint(self.model, module.state_dict(), {"fit": "mean"}))
@@ -155,6 +159,7 @@ def test_a_third_family_trains_builds_and_runs_through_the_commands(third_family
     assert r.exit_code == 2 and "--set window=3 (saved: 5)" in r.output, r.output
     r = _invoke("train", mvtec_dir, "--model", "meancolour", "--image-size", 32, "--steps", 5, "--out", tmp_path / "x")
     assert r.exit_code == 2 and "--steps does not apply to MeanColour window 3's training" in r.output, r.output
+    assert "it is a setting of --model fair, --model lgfdr" in r.output
     r = _invoke("build", tmp_path / "run" / "final.pt", "--normal", mvtec_dir / "test" / "good", "--out", tmp_path / "b")
     assert r.exit_code == 0 and "MeanColour window 5" in r.output, r.output
     r = _invoke("run", "--bundle", tmp_path / "b", "--source", mvtec_dir / "test" / "blob", "--fps", 5,
@@ -175,8 +180,65 @@ def test_a_third_family_is_a_tune_candidate(third_family):
         "fair-edge train D --model meancolour --image-size 64"
 
 
+def test_a_third_familys_settings_are_train_options_that_reach_its_trainer(third_family, mvtec_dir, tmp_path):
+    text = " ".join(_invoke("train", "--help").output.split())
+    assert "--window <int> MeanColour: side of the box filter over the per-pixel colour distance, pixels " \
+           "[default: 3]." in text, text
+    assert "--margin <float> MeanColour: added to the mean image (a flag test) [default: 0]." in text
+    assert "--batch <int> Images per step [default: fair 8, lgfdr 8, patchcore 8, meancolour 4]." in text
+    r = _invoke("train", mvtec_dir, "--model", "meancolour", "--image-size", 32, "--window", 5, "--margin", 0.25,
+                "--out", tmp_path / "run", "--device", "cpu")
+    assert r.exit_code == 0 and "fitting MeanColour window 5 on cpu: 16 images, one pass in 4 batches of 4" in r.output, \
+        r.output
+    assert load_checkpoint(tmp_path / "run" / "final.pt").settings.window == 5
+    assert load_checkpoint(tmp_path / "run" / "last.pt").train_state["config"] == {"batch": 4, "seed": 0, "margin": 0.25}
+    r = _invoke("train", "--resume", "--out", tmp_path / "run", "--margin", 0.5)
+    assert r.exit_code == 2 and "--margin 0.5 (saved: 0.25)" in r.output, r.output
+    r = _invoke("train", mvtec_dir, "--window", 5, "--out", tmp_path / "fair")
+    assert r.exit_code == 2 and "--window does not apply to FAIR width 128's training or model settings; it is a " \
+        "setting of --model meancolour" in " ".join(r.output.split()), r.output
+
+
+def test_train_options_cover_every_scalar_setting_of_every_family():
+    from fair_edge.cli.train import settings_flags
+    from fair_edge.models.training_contract import FLAG_TYPES
+
+    flags = {f.name: f for f in settings_flags()}
+    for key, impl in FAMILIES.items():
+        for settings in (impl.default_settings(), impl.training().default_train_config()):
+            for name, value in asdict(settings).items():
+                if isinstance(value, FLAG_TYPES) or (value is None and name == "steps"):
+                    assert key in flags[name].families, (key, name)
+                    assert dict(flags[name].defaults)[key] == value, (key, name)
+    assert flags["noise_std"].aliases == ("--feature-noise",) and flags["width"].choices == (32, 64, 128)
+
+
+def test_a_setting_that_clashes_is_refused_when_the_options_are_made():
+    from fair_edge.models.training_contract import setting_flags
+
+    @dataclass(frozen=True)
+    class Clash:
+        """width: a width that is text."""
+
+        width: str = "wide"
+
+        def to_dict(self) -> dict:
+            return asdict(self)
+
+    class ClashFamily(MeanColourFamily):
+        key = "clash"
+
+        def default_settings(self):
+            return Clash()
+
+    with pytest.raises(ConfigError, match="setting 'width' is a str in the clash family and a int in the fair family"):
+        setting_flags({**FAMILIES, "clash": ClashFamily()})
+    with pytest.raises(ConfigError, match="the meancolour family's setting 'window' has the name of a `fair-edge train` option"):
+        setting_flags({"meancolour": MeanColourFamily()}, reserved=("window",))
+
+
 def test_options_and_settings_refusals():
-    from fair_edge.training.train import TrainConfig
+    from fair_edge.models.fair.train import TrainConfig
 
     assert config_from_options(TrainConfig(), {"lr": 1e-3, "steps": None, "nope": 1}).lr == 1e-3
     with pytest.raises(ConfigError, match="--lr does not apply to X's training, whose settings are batch, seed"):
@@ -199,14 +261,15 @@ def test_the_command_trains_the_same_weights_as_the_trainer_with_the_old_setting
     from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.fair.synthesis import SynthesisConfig
     from fair_edge.models.lgfdr.model import LgfdrSettings
-    from fair_edge.training.train import TrainConfig
+    from fair_edge.models.lgfdr.train import LgfdrTrainConfig
+    from fair_edge.models.fair.train import TrainConfig
 
     pre = PreprocessConfig(image_size=32)
-    old = {"fair": (TrainConfig(), FairSettings(width=32), ["--width", 32]),
-           "lgfdr": (TrainConfig(lr=1e-3, epochs=100), LgfdrSettings(), [])}
+    old = {"fair": (TrainConfig(amp=True, synthesis=SynthesisConfig(texture_source="self")), FairSettings(width=32),
+                    ["--width", 32]),
+           "lgfdr": (LgfdrTrainConfig(lr=1e-3, epochs=100), LgfdrSettings(), [])}
     base, settings, flags = old[family]
-    cfg = TrainConfig(**{**asdict(base), "batch": 4, "steps": 2, "save_every": 500, "seed": 3, "amp": True,
-                         "synthesis": SynthesisConfig(texture_source="self")})
+    cfg = replace(base, batch=4, steps=2, save_every=500, seed=3)
     model = ModelSpec(family, pre, settings)
     by_hand = model.impl.training().make_trainer(load_dataset(mvtec_dir), model, cfg, tmp_path / "hand",
                                                  torch.device("cpu")).run()
@@ -236,3 +299,20 @@ def test_nproc_relaunch_writes_repeated_set_options_back():
     assert args[i:i + 4] == ["--set", "a=1", "--set", "b=2"] and args.count("--set") == 2
     ctx = train.make_context("train", ["DATA"])
     assert "--set" not in command_args(ctx)  # no --set given: nothing written (the relaunch used to pass '[]')
+
+
+def test_width_is_asked_of_the_family_not_read_by_attribute():
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.patchcore.model import PatchcoreSettings
+
+    fair, lgfdr, patchcore = FAMILIES["fair"], FAMILIES["lgfdr"], FAMILIES["patchcore"]
+    assert fair.settings_conflicts(FairSettings(width=8), {"width": 32}) == ["--width 32"]
+    assert fair.settings_conflicts(FairSettings(width=32), {"width": 32, "backbone": None}) == []
+    assert lgfdr.settings_conflicts(lgfdr.default_settings(), {"width": 32}) == ["--width 32"]
+    assert fair.settings_flags(FairSettings(width=32)) == ["--width 32"] and fair.settings_flags(FairSettings()) == []
+    assert patchcore.settings_flags(PatchcoreSettings(reweight=False, bank_max=300, taps=(0, 1))) == \
+        ["--bank-max 300", "--no-reweight"]  # a tuple is no flag (--set)
+    r = _invoke("build", "--model", "lgfdr", "--width", 32)
+    assert r.exit_code == 2 and "--width is not a setting of LGFDR (--model lgfdr)" in " ".join(r.output.split()), r.output
+    r = _invoke("bench", "--synthetic-model", "lgfdr", "--synthetic-width", 32)
+    assert r.exit_code == 2 and "the lgfdr family has none" in r.output, r.output

@@ -16,14 +16,14 @@ from fair_edge.training.evaluate import evaluate
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.checksums import sha256_file
+from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.lgfdr.model import LgfdrSettings
-from fair_edge.models.lgfdr.train import LgfdrTrainer
+from fair_edge.models.lgfdr.train import LgfdrTrainConfig, LgfdrTrainer
 from fair_edge.models.weights import WeightsError, load_backbone_weights, package_weights_file
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.selection import select_backend
-from fair_edge.training.train import TrainConfig
 
 SETTINGS = LgfdrSettings(hidden=16, heads=2, layers=1, noise_std=0.5, smooth_sigma=1.0)
 MODEL = ModelSpec("lgfdr", PreprocessConfig(image_size=32), SETTINGS)
@@ -88,7 +88,7 @@ def test_settings_validate():
 @pytest.fixture(scope="module")
 def lgfdr_run(mvtec_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lgfdr")
-    cfg = TrainConfig(batch=4, lr=3e-3, steps=40, save_every=20, log_every=5, seed=0)
+    cfg = LgfdrTrainConfig(batch=4, lr=3e-3, steps=40, save_every=20, log_every=5, seed=0)
     trainer = LgfdrTrainer(load_dataset(mvtec_dir), MODEL, cfg, out, torch.device("cpu"))
     return trainer.run(), out
 
@@ -234,3 +234,18 @@ def test_tensorrt_engine_matches_onnxruntime(lgfdr_run, tmp_path):
             out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
         ref = OnnxRuntimeBackend.from_bundle(b).infer(inputs)
         assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < tol for n in ref)
+
+
+def test_lgfdr_has_its_own_training_settings_and_reads_runs_saved_with_fairs():
+    """LGFDR's runs saved FAIR's TrainConfig before LGFDR had its own: --resume still reads them."""
+    from dataclasses import fields
+
+    from fair_edge.models.fair.train import TrainConfig
+    from fair_edge.models.lgfdr import train as lgfdr_train
+
+    assert lgfdr_train.default_train_config() == LgfdrTrainConfig(lr=1e-3, epochs=100)
+    assert not {"width", "amp", "synthesis"} & {f.name for f in fields(LgfdrTrainConfig)}
+    old = TrainConfig(lr=1e-3, epochs=100, steps=40, seed=2).to_dict()
+    assert LgfdrTrainConfig.from_dict(old) == LgfdrTrainConfig(steps=40, seed=2)
+    with pytest.raises(ConfigError, match="lr must be > 0; found 0"):
+        LgfdrTrainConfig(lr=0.0)

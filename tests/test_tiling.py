@@ -16,7 +16,7 @@ from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import FrameTiler, TilingConfig, split_frame, stitch, tile_layout, tile_weights
-from fair_edge.training.train import TrainConfig, Trainer
+from fair_edge.models.fair.train import TrainConfig, Trainer
 
 
 def test_layout_covers_the_frame_with_the_overlap_and_a_flush_last_tile():

@@ -18,7 +18,7 @@ from torch import nn
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.training.train import TrainConfig
+from fair_edge.models.fair.train import TrainConfig
 from fair_edge.training.ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_equivalence.py"

@@ -14,7 +14,8 @@ from fair_edge.cli import app
 from fair_edge.training.data import load_dataset
 from fair_edge.training.evaluate import evaluate
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.training.train import Trainer, TrainConfig, TrainingInterrupted
+from fair_edge.models.fair.train import TrainConfig, Trainer
+from fair_edge.training.loop import TrainingInterrupted
 
 PRE = PreprocessConfig(image_size=32, cutoff=4.0)
 

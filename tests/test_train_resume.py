@@ -120,7 +120,8 @@ def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch
     import fair_edge.cli.demo as cli
     from fair_edge.training.data import load_dataset
     from fair_edge.demo.config import demo_preprocess, demo_train_config
-    from fair_edge.training.train import Trainer, TrainingInterrupted
+    from fair_edge.models.fair.train import Trainer
+    from fair_edge.training.loop import TrainingInterrupted
 
     trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4, "fair"), tmp_path,
                       torch.device("cpu"))

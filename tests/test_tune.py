@@ -89,7 +89,8 @@ def test_tune_trains_an_lgfdr_candidate_through_the_family_seam(mvtec_dir, tmp_p
     ckpt = load_checkpoint(Path(by_name["lgfdr"].checkpoint))
     assert ckpt.model.family == "lgfdr" and ckpt.data_summary["steps"] == 3
     table = {r["name"]: r for r in csv.DictReader((tmp_path / "tune.csv").open())}
-    assert table["lgfdr"]["family"] == "lgfdr" and table["lgfdr"]["width"] == "" and table["base"]["width"] == "8"
+    assert table["lgfdr"]["family"] == "lgfdr" and table["lgfdr"]["model"] == "LGFDR on efficientnet_lite0"
+    assert table["base"]["model"] == "FAIR width 8"
 
 
 def test_tune_ranks_candidates_on_normal_images_only(mvtec_dir, tmp_path):

@@ -69,16 +69,17 @@ def synthetic_frames(height: int, width: int, count: int = 8, seed: int = 0) -> 
 
 
 def synthetic_model(family: str, width: int | None, image_size: int = 256):
-    """The ModelSpec of a random-weight bench bundle: ``family`` with its default settings (FAIR: ``width``)."""
+    """The ModelSpec of a random-weight bench bundle: ``family`` with its default settings (and ``width``, when
+    given, which the family must have among its settings)."""
     from fair_edge.models.registry import ModelSpec, get_family
     from fair_edge.preprocess import PreprocessConfig
 
     impl = get_family(family)
     if width is not None and width < 1:
         raise ConfigError(f"--synthetic-width must be >= 1 (the paper's widths are 32, 64, 128); found {width}.")
-    settings = impl.settings_from_options({"width": width})
-    if width is not None and getattr(settings, "width", None) != width:
+    if width is not None and "width" not in impl.setting_names():
         raise ConfigError(f"--synthetic-width sets FAIR's UNet width; the {impl.key} family has none. Leave it out.")
+    settings = impl.settings_from_options({"width": width})
     return ModelSpec(impl.key, PreprocessConfig(image_size=image_size), settings)
 
 

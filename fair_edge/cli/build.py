@@ -24,7 +24,7 @@ from fair_edge.cli.common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.runtime.highpass_plan import plan_highpass
-from fair_edge.models.registry import DEFAULT_FAMILY, get_family
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.runs import find_latest_checkpoint
@@ -129,22 +129,42 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
 
 
 def latest_run(width: Optional[int], model: Optional[str]) -> Path:
-    """The newest checkpoint of ``model`` (default family) with its default settings (FAIR: of ``width``)."""
+    """The newest checkpoint of ``model`` (default family) with its default settings (and ``width``, which
+    the family must have: ConfigError otherwise)."""
     impl = get_family(model or DEFAULT_FAMILY)
-    tag = impl.tag(impl.settings_from_options({"width": width}))
+    tag = impl.tag(impl.settings_from_options({"width": width}, given=("width",)))
     hint = f"fair-edge train DATA --width {width}" if width is not None else f"fair-edge train DATA --model {impl.key}"
     return find_latest_checkpoint(tag, train_hint=hint)
+
+
+def _titles_with(setting: str) -> str:
+    """'FAIR' (the titles of the registered families with ``setting``), for help texts."""
+    return " / ".join(impl.title for impl in FAMILIES.values() if setting in impl.setting_names())
+
+
+def _networks() -> str:
+    """'FAIR, LGFDR or PatchCore', from the registry, for help texts."""
+    titles = [impl.title for impl in FAMILIES.values()]
+    return ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else titles[0]
+
+
+def _default_tags() -> str:
+    """'w128 (fair), lgfdr-efficientnet_lite0 (lgfdr), ...': each family's tag at its default settings."""
+    return ", ".join(f"{impl.tag(impl.default_settings())} ({key})" for key, impl in FAMILIES.items())
 
 
 @app.command("build")
 @friendly_errors
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),
-    width: Optional[int] = typer.Option(None, "--width", help="UNet width 32, 64 or 128; must match the checkpoint."),
+    width: Optional[int] = typer.Option(None, "--width", help=f"{_titles_with('width')}: UNet width 32, 64 or 128; "
+                                        "must match the checkpoint."),
     model: Optional[str] = typer.Option(None, "--model", help="Without CHECKPOINT: the latest training run of this "
                                         "model family with its default settings (runs/train-{tag}*)."),
-    fp16: bool = typer.Option(False, "--fp16", help="UNet in float16, scoring in float32."),
-    int8: bool = typer.Option(False, "--int8", help="UNet convs int8 (Q/DQ), calibrated on --calib images."),
+    fp16: bool = typer.Option(False, "--fp16", help=f"The model's network in float16 ({_networks()}); "
+                              "pre-processing and scoring stay float32."),
+    int8: bool = typer.Option(False, "--int8", help=f"The convolutions of the model's INT8 scope in int8 (Q/DQ) "
+                              f"({_networks()}; docs/<family>.md says which), calibrated on --calib images."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Normal images for INT8 calibration: a folder, or any "
                                         "dataset `train` accepts (MVTec folder, VisA CSV, elpv:mono): its training images."),
     calib_images: int = typer.Option(64, "--calib-images", help="Number of calibration images (first N, sorted)."),
@@ -158,7 +178,8 @@ def build(
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
                                             help="Target share of normal images rejected, for the decision threshold."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle directory (default runs/bundle-w{width}-{precision})."),
+    out: Optional[Path] = typer.Option(None, "--out", help=f"Bundle directory [default: runs/bundle-TAG-PRECISION, "
+                                       f"TAG naming the model: {_default_tags()}]."),
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8 quality gate: the most the INT8 graphs may "
                                              "lose against FP32 on held-out images: image AUROC points with --normal and "
@@ -182,10 +203,10 @@ def build(
                               "run of that model.")
         checkpoint = latest_run(width, model)
     ckpt = load_checkpoint(checkpoint)
-    ckpt_width = getattr(ckpt.settings, "width", None)  # --width selects FAIR runs; other families have none
-    if width is not None and width != ckpt_width:
-        raise ConfigError(f"--width {width} does not match the checkpoint {checkpoint} ({ckpt.model.describe()}). "
-                          + (f"Pass --width {ckpt_width} or another checkpoint." if ckpt_width else "Leave out --width."))
+    conflicts = ckpt.model.impl.settings_conflicts(ckpt.settings, {"width": width})
+    if conflicts:
+        raise ConfigError(f"{'; '.join(conflicts)} does not match the checkpoint {checkpoint} "
+                          f"({ckpt.model.describe()}). Leave out --width, or pass another checkpoint.")
     out = out or Path("runs") / f"bundle-{ckpt.model.tag}-{precision}"
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,

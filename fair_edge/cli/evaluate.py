@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.cli.common import console, friendly_errors, progress_bar
+from fair_edge.training.data import BUILTIN_DATASETS
 
 app = typer.Typer()
 
@@ -35,7 +36,7 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
              category: Optional[str] = None) -> dict:
     from fair_edge.training.data import load_dataset
     from fair_edge.training.evaluate import evaluate
-    from fair_edge.training.train import resolve_device
+    from fair_edge.training.loop import resolve_device
 
     split = load_dataset(data, category)
     with progress_bar() as bar:
@@ -50,7 +51,8 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
 @friendly_errors
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `fair-edge train` (e.g. runs/train-w32/final.pt)."),
-    data: str = typer.Argument(..., help="Dataset with a test split: MVTec category folder, VisA CSV, or 'elpv'."),
+    data: str = typer.Argument(..., help="Dataset with a test split: MVTec category folder, VisA split CSV, or "
+                               f"{' / '.join(repr(name) for name in BUILTIN_DATASETS)} (ELPV solar cells)."),
     out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch: int = typer.Option(16, help="Images per forward pass."),

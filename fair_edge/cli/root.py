@@ -15,10 +15,11 @@ from rich.logging import RichHandler
 
 from fair_edge.cli import bench, build, collect, demo, evaluate, fuse, run, service, train, tune
 from fair_edge.cli.common import VerboseAnywhere, console
+from fair_edge.cli.train import family_titles
 
 app = typer.Typer(
     cls=VerboseAnywhere,
-    help="fair-edge: train FAIR anomaly detectors from normal images, build them for NVIDIA GPUs, "
+    help=f"fair-edge: train anomaly detectors ({family_titles()}) from normal images, build them for NVIDIA GPUs, "
     "and run an inspection station.\n\nStart with `fair-edge demo`.",
     no_args_is_help=True,
     add_completion=False,

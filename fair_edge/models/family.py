@@ -17,11 +17,12 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from types import ModuleType
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -37,6 +38,10 @@ class ModelFamily(ABC):
     network_scope: ClassVar[tuple[str, ...]]
     int8_scope: ClassVar[tuple[str, ...]]
     training_module: ClassVar[str]  # dotted name of the module with make_trainer / default_train_config
+    # `fair-edge train` makes one option of every scalar field of the settings and the training settings
+    # (``training_contract.setting_flags``); these add allowed values and further flag names to some of them
+    flag_choices: ClassVar[Mapping[str, tuple]] = {}
+    flag_aliases: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @abstractmethod
     def default_settings(self) -> Any:
@@ -80,10 +85,42 @@ class ModelFamily(ABC):
         """
         return importlib.import_module(self.training_module)
 
-    def settings_from_options(self, options: Mapping[str, Any]) -> Any:
-        """The default settings with the non-None ``options`` whose names are settings fields (command-line flags)."""
+    def setting_names(self) -> tuple[str, ...]:
+        """The fields of this family's settings (``default_settings().to_dict()`` keys)."""
+        return tuple(self.default_settings().to_dict())
+
+    def settings_from_options(self, options: Mapping[str, Any], given: Iterable[str] = ()) -> Any:
+        """The default settings with the non-None ``options`` whose names are settings fields (command-line flags).
+        A name in ``given`` (an option the user typed) that is no field of this family is a ConfigError."""
         base = self.default_settings().to_dict()
+        foreign = [name for name in given if name not in base and options.get(name) is not None]
+        if foreign:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in foreign)
+            raise ConfigError(f"{flags} is not a setting of {self.title} (--model {self.key}), whose settings are "
+                              f"{', '.join(base)}. Leave {flags} out, or pick the family it belongs to.")
         return self.settings_from_dict({**base, **{k: v for k, v in options.items() if k in base and v is not None}})
+
+    def settings_conflicts(self, settings: Any, options: Mapping[str, Any]) -> list[str]:
+        """'--NAME VALUE' for each non-None option that ``settings`` has with another value or does not have at
+        all: what a command that selects a checkpoint by flags (``build --width``) must refuse."""
+        values = settings.to_dict()
+        return [f"--{name.replace('_', '-')} {value}" for name, value in options.items()
+                if value is not None and (name not in values or values[name] != value)]
+
+    def settings_flags(self, settings: Any) -> list[str]:
+        """`fair-edge train` flags that give ``settings`` from the defaults: '--NAME VALUE' for each scalar
+        field that differs (booleans as --NAME / --no-NAME); other fields are not flags (``--set``)."""
+        defaults, values = self.default_settings().to_dict(), settings.to_dict()
+        out = []
+        for name, value in values.items():
+            dashed = name.replace("_", "-")
+            if value == defaults.get(name) or not isinstance(value, (bool, int, float, str)):
+                continue
+            if isinstance(value, bool):
+                out.append(f"--{dashed}" if value else f"--no-{dashed}")
+            else:
+                out.append(f"--{dashed} {value}")
+        return out
 
     def check_preprocess(self, preprocess: PreprocessConfig) -> None:
         """ConfigError when ``preprocess`` (e.g. the image size) does not suit this family."""

@@ -2,12 +2,15 @@
 
 A family's ``training_module`` (``ModelFamily.training_module``) defines:
   default_train_config()  the family's own training settings: a frozen dataclass with ``to_dict`` /
-                          ``from_dict`` (FAIR: ``fair_edge.training.train.TrainConfig``; PatchCore: batch and seed)
+                          ``from_dict`` (FAIR: ``fair_edge.models.fair.train.TrainConfig``, LGFDR: ``LgfdrTrainConfig``,
+                          PatchCore: ``FitConfig``, batch and seed)
   make_trainer(split, model, cfg, out_dir, device, **extras) -> a ``FamilyTrainer``
                           extras: named run inputs a command got from its user, passed only when given
                           (``RUN_EXTRAS``); the family takes the ones it uses as keyword parameters, and
                           ``check_extras`` refuses the others before any work, naming the families that take them.
-The commands never ask which family they hold: flags become training settings through
+The commands never ask which family they hold: every scalar field of a registered family's settings and
+training settings is a `fair-edge train` option (``setting_flags``: typed, its help from the dataclass docstring's
+``name: text`` and its defaults from the dataclass); flags become training settings through
 ``config_from_options`` (a flag the user typed that the family's settings lack is refused), and model
 settings through ``ModelFamily.settings_from_options`` and ``settings_overrides`` (``--set KEY=VALUE``).
 """
@@ -16,6 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sized
 
@@ -142,3 +149,129 @@ def settings_overrides(impl, items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {key}: the {impl.key} setting {key} is not a single value; it cannot be set here.")
         out[key] = value
     return out
+
+
+# ----------------------------------------------------------------------------- settings as command-line options
+FLAG_TYPES = (bool, int, float, str)  # field types that become options; tuples and nested settings stay --set / files
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """One `fair-edge train` option made from a settings field that one or more families have.
+
+    name: the field name (the option is --name with '_' -> '-'). kind: bool, int, float or str.
+    defaults: (family key, its default) for each family with the field, registry order. text: what the field
+    means (from the first family's docstring that says). choices: allowed values (``ModelFamily.flag_choices``),
+    empty for any. aliases: further flag names (``ModelFamily.flag_aliases``)."""
+
+    name: str
+    kind: type
+    defaults: tuple[tuple[str, Any], ...]
+    text: str
+    choices: tuple = ()
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.defaults)
+
+    def help(self, titles: Mapping[str, str], every_family: bool) -> str:
+        """'LGFDR / PatchCore: what it is (one of a, b) [default: x]' ('fair 1e-4, lgfdr 1e-3' when they differ)."""
+        who = "" if every_family else " / ".join(titles[k] for k in self.families) + ": "
+        choices = f" (one of {', '.join(map(str, self.choices))})" if self.choices else ""
+        values = {repr(v) for _, v in self.defaults}
+        shown = [(k, v) for k, v in self.defaults if v is not None]
+        if not shown:
+            default = ""
+        elif len(values) == 1:
+            default = f" [default: {_show(shown[0][1])}]"
+        else:
+            default = " [default: " + ", ".join(f"{k} {_show(v)}" for k, v in shown) + "]"
+        text = self.text[:1].upper() + self.text[1:] if not who else self.text
+        return f"{who}{text}{choices}{default}."
+
+    def check(self, value: Any) -> None:
+        """ConfigError when ``value`` is not among ``choices`` ("did you mean")."""
+        if value is not None and self.choices and value not in self.choices:
+            from fair_edge.errors import did_you_mean
+
+            raise ConfigError(f"{self.flag} must be one of {', '.join(map(str, self.choices))}; found {value}."
+                              f"{did_you_mean(value, self.choices, sentence=True)}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_type(hint: Any) -> type | None:
+    """int for ``int`` or ``int | None``; None for anything that is not one scalar of FLAG_TYPES."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    return hint if hint in FLAG_TYPES else None
+
+
+def field_texts(cls: type) -> dict[str, str]:
+    """{field: its first sentence} from a settings dataclass docstring written 'name: text. other / more: text.'"""
+    doc = " ".join((cls.__doc__ or "").split()).replace("``", "")
+    names = "|".join(re.escape(f.name) for f in dataclasses.fields(cls))
+    labels = list(re.finditer(rf"(?:^|(?<=[\s.;]))((?:{names})(?: / (?:{names}))*): ", doc))
+    out: dict[str, str] = {}
+    for label, following in zip(labels, labels[1:] + [None]):
+        text = doc[label.end(): following.start() if following else len(doc)].strip(" ;")
+        text = re.split(r"(?<=[^.]\.) ", text, maxsplit=1)[0].rstrip(".;, ")
+        for name in label.group(1).split(" / "):
+            out.setdefault(name, text)
+    return out
+
+
+def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> tuple[SettingFlag, ...]:
+    """One SettingFlag per scalar field name over every family's settings and training settings dataclasses.
+
+    families: key -> ModelFamily (the registry). reserved: option names the command has of its own; a field
+    with one of those names, or with another type in another family, is a ConfigError naming both."""
+    reserved = set(reserved)
+    found: dict[str, dict] = {}
+    for key, impl in families.items():
+        for settings in (impl.default_settings(), impl.training().default_train_config()):
+            hints, texts = typing.get_type_hints(type(settings)), field_texts(type(settings))
+            for f in dataclasses.fields(settings):
+                kind = _flag_type(hints.get(f.name))
+                if kind is None:
+                    continue
+                if f.name in reserved:
+                    raise ConfigError(f"the {key} family's setting {f.name!r} has the name of a `fair-edge train` "
+                                      f"option ({', '.join(sorted(reserved))}); rename the setting.")
+                entry = found.setdefault(f.name, {"kind": kind, "defaults": {}, "text": "", "choices": (),
+                                                  "aliases": ()})
+                if entry["kind"] is not kind:
+                    other = next(iter(entry["defaults"]))
+                    raise ConfigError(f"setting {f.name!r} is a {kind.__name__} in the {key} family and a "
+                                      f"{entry['kind'].__name__} in the {other} family; one option cannot take both. "
+                                      "Rename one, or give both the same type.")
+                entry["defaults"].setdefault(key, getattr(settings, f.name))
+                entry["text"] = entry["text"] or texts.get(f.name, "")
+                entry["choices"] = entry["choices"] or tuple(impl.flag_choices.get(f.name, ()))
+                entry["aliases"] += tuple(a for a in impl.flag_aliases.get(f.name, ()) if a not in entry["aliases"])
+    return tuple(SettingFlag(name, e["kind"], tuple(e["defaults"].items()),
+                             e["text"] or f"the {name.replace('_', ' ')} setting", e["choices"], e["aliases"])
+                 for name, e in found.items())
+
+
+def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag], describe: str = "") -> None:
+    """ConfigError for a settings option the user typed that ``impl`` has in neither of its settings, naming
+    the families it is for: it would silently do nothing. describe: the model, e.g. 'FAIR width 32'."""
+    by_name = {f.name: f for f in flags}
+    own = set(impl.setting_names()) | set(config_fields(impl.training().default_train_config()))
+    for name in given:
+        if name in by_name and name not in own:
+            flag = by_name[name]
+            raise ConfigError(f"{flag.flag} does not apply to {describe or impl.title}'s training or model settings; "
+                              f"it is a setting of {', '.join(f'--model {k}' for k in flag.families)}. "
+                              f"Leave {flag.flag} out.")

@@ -30,6 +30,8 @@ SECTION_NOTES = {
               "modbus: holding registers, opcua: node ids); docs/line-integration.md",
     "record": f"image_format: {' | '.join(IMAGE_FORMATS)}",
     "metrics": "Prometheus endpoint; host 127.0.0.1 = this machine only",
+    "mqtt": "url: mqtt://HOST:PORT/PREFIX (verdicts, faults, summary), null = off",
+    "console": "the operator console (fair_edge/console/settings.py); host 127.0.0.1 = this machine only",
 }
 
 
@@ -64,6 +66,7 @@ def station_sections(cfg: StationConfig = StationConfig()) -> dict[str, object]:
         "camera": plain["camera"], "bundle": plain["bundle"], "backend": plain["backend"],
         "batching": plain["batching"], "decision": {"threshold": plain["threshold"], "roi": plain["roi"]},
         "output": plain["output"], "reject": plain["reject"], "record": record, "metrics": plain["metrics"],
+        "mqtt": plain["mqtt"], "console": plain["console"],
     }
 
 

@@ -145,6 +145,10 @@ def _visa(csv_path: Path, category: str | None) -> DatasetSplit:
     return DatasetSplit(category, train, test)
 
 
+ELPV_KINDS = ("mono", "poly")
+BUILTIN_DATASETS = ("elpv",) + tuple(f"elpv:{kind}" for kind in ELPV_KINDS)  # dataset specs of the ELPV cells
+
+
 def elpv_split(kind: str = "mono", test_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
     """ELPV solar cells (package ``elpv-dataset``, CC BY-NC-SA 4.0): probability-0 cells of one kind
     split into train / good test (deterministic), probability-1 cells as defects. No masks."""

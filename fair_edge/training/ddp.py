@@ -10,7 +10,7 @@ of 8 GPUs: ``torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-e
 --rdzv-id fair1 -m fair_edge.cli train DATA --out /shared/runs/w32`` (``--out`` on storage every node
 sees, so ``--resume`` finds ``last.pt``).
 
-What each rank does (``DataParallel`` below, hooked into ``fair_edge.training.train.Trainer``):
+What each rank does (``DataParallel`` below, hooked into ``fair_edge.models.fair.train.Trainer``):
 - it holds the training images and draws the *whole* global batch's rotation and anomaly synthesis
   with the shared seed (identical on every rank, cheap next to the UNet), then keeps its shard,
   ``batch / world`` images: the UNet forward and backward, the cost, are split. The global batch

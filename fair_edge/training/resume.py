@@ -18,15 +18,13 @@ from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides
 
-# flag (the train command's parameter name) -> (part of the saved run, attribute); a flag whose
-# attribute the saved family does not have (e.g. --width for a backbone family) is not compared
+# flag (the train command's parameter name) -> (part of the saved run, attribute) for the options that are no
+# family's settings; an option made from a settings field (``training_contract.setting_flags``) is compared with
+# the saved family's settings or training settings field of its name, and not compared when the family lacks it
 SAVED_FLAGS = {
     "data": ("run", "data"), "category": ("run", "category"), "textures": ("run", "textures"),
     "backbone_weights": ("run", "backbone_weights"), "backbone_sha256": ("run", "backbone_sha256"),
-    "model": ("model", "family"), "width": ("settings", "width"), "backbone": ("settings", "backbone"),
-    "feature_noise": ("settings", "noise_std"),
-    "steps": ("train", "steps"), "epochs": ("train", "epochs"), "batch": ("train", "batch"), "lr": ("train", "lr"),
-    "seed": ("train", "seed"), "amp": ("train", "amp"),
+    "model": ("model", "family"),
     "filter": ("preprocess", "filter"), "cutoff": ("preprocess", "cutoff"), "order": ("preprocess", "order"),
     "image_size": ("preprocess", "image_size"),
 }
@@ -51,7 +49,7 @@ class RunSource:
 @dataclass(frozen=True)
 class SavedRun:
     """run: where the inputs came from. model: family, settings and pre-processing. train: the
-    family's training settings (for FAIR a ``fair_edge.training.train.TrainConfig``)."""
+    family's training settings (for FAIR a ``fair_edge.models.fair.train.TrainConfig``)."""
 
     run: RunSource
     model: ModelSpec
@@ -96,10 +94,15 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
             if _normalise(value) != _normalise(stored):
                 conflicts.append(f"--{name}={value} (saved: {stored})")
             continue
-        if name in FREE_ON_RESUME or name not in SAVED_FLAGS:
+        if name in FREE_ON_RESUME:
             continue
-        part, attr = SAVED_FLAGS[name]
-        stored = getattr(parts[part], attr, _MISSING)
+        if name in SAVED_FLAGS:
+            part, attr = SAVED_FLAGS[name]
+            stored = getattr(parts[part], attr, _MISSING)
+        elif name in saved.model.impl.setting_names():
+            stored = getattr(saved.model.settings, name)
+        else:
+            stored = getattr(saved.train, name, _MISSING)
         if stored is not _MISSING and _normalise(value) != _normalise(stored):
             conflicts.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
     if conflicts:

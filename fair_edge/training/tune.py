@@ -38,20 +38,19 @@ from fair_edge.models.training_contract import config_fields, config_from_option
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
 from fair_edge.tiling import TilingConfig
-from fair_edge.training.train import TrainConfig
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One setting to try: family (a registry key), model input, FAIR's UNet width (a settings option that
     families without a width ignore), training steps (None: the family's default length, e.g. LGFDR's 100
-    epochs) and learning rate (for families trained by steps)."""
+    epochs) and learning rate (for families trained by steps; None: the family's default)."""
 
     name: str
     preprocess: PreprocessConfig
     width: int
     steps: int | None
-    lr: float = TrainConfig.lr
+    lr: float | None = None
     family: str = DEFAULT_FAMILY
 
     def model_spec(self) -> ModelSpec:
@@ -71,12 +70,12 @@ class Candidate:
         p, spec = self.preprocess, self.model_spec()
         fields = config_fields(self.train_config(TuneSettings.batch, TuneSettings.seed))
         cmd = f"fair-edge train {data}" + ("" if spec.family == DEFAULT_FAMILY else f" --model {spec.family}")
-        cmd += f" --width {self.width}" if hasattr(spec.settings, "width") else ""
+        cmd += "".join(f" {flag}" for flag in spec.impl.settings_flags(spec.settings))
         cmd += f" --image-size {p.image_size}"
         if HIGHPASS in spec.input_names:
             cmd += f" --filter {p.filter} --cutoff {p.cutoff:g} --order {p.order}"
         cmd += f" --steps {self.steps}" if self.steps is not None and "steps" in fields else ""
-        cmd += f" --lr {self.lr:g}" if "lr" in fields else ""
+        cmd += f" --lr {self.lr:g}" if self.lr is not None and "lr" in fields else ""
         if p.tiling is not None:
             cmd += f" --tile {p.tiling.tile} --tile-overlap {p.tiling.overlap}"
         return cmd
@@ -228,7 +227,7 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
 def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int) -> None:
     """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one)."""
     fields = ["rank", "name", "family", "status", f"proxy_catch_at_{settings.false_reject_rate:.1%}", "proxy_catch_at_5.0%",
-              "proxy_auroc", "train_s", "width", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
+              "proxy_auroc", "train_s", "model", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     with (out / "tune.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -238,7 +237,7 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
             c = r.candidate
             w.writerow([rank, c.name, c.family, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
                         fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
-                        getattr(c.model_spec().settings, "width", ""), c.steps or "family default", p.image_size, p.filter,
+                        c.model_spec().describe(), c.steps or "family default", p.image_size, p.filter,
                         f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
     best = rows[0]
     if best.status != "done":

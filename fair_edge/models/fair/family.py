@@ -11,6 +11,7 @@ from torch import nn
 from fair_edge.errors import ConfigError
 from fair_edge.models.fair.detector import FairDetector, HalfUNetDetector
 from fair_edge.models.fair.scoring import ScoringConfig
+from fair_edge.models.fair.unet import WIDTHS
 from fair_edge.models.family import ModelFamily
 from fair_edge.models.tensors import COLOUR, HIGHPASS, TensorSpec
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
@@ -20,7 +21,7 @@ UNET_SCOPE = "/unet/"  # node-name prefix of every UNet node in the exported gra
 
 @dataclass(frozen=True)
 class FairSettings:
-    """width: UNet base width c (paper 128). scoring: the anomaly map and score settings."""
+    """width: UNet base width c: 32 (fastest), 64 or 128 (the paper's). scoring: the anomaly map and score settings."""
 
     width: int = 128
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -53,7 +54,8 @@ class FairFamily(ModelFamily):
     title = "FAIR"
     summary = "FAIR: a UNet restores the colour image from its high-pass; MSGMS + CIELAB colour difference"
     cli_help = "UNet restoration"
-    training_module = "fair_edge.models.fair.training"
+    training_module = "fair_edge.models.fair.train"
+    flag_choices = {"width": WIDTHS}  # the command line trains the paper's widths (the library takes any >= 1)
     network_scope = (UNET_SCOPE,)
     int8_scope = network_scope
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ConfigError
+from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.lgfdr.model import LgfdrDetector, LgfdrSettings
 from fair_edge.models.tensors import COLOUR, TensorSpec
@@ -29,6 +30,8 @@ class LgfdrFamily(ModelFamily):
     summary = "LGFDR: local + global towers reconstruct frozen ImageNet features; 1 - cosine per scale"
     cli_help = "feature reconstruction on a frozen ImageNet backbone, docs/lgfdr.md"
     training_module = "fair_edge.models.lgfdr.train"
+    flag_choices = {"backbone": tuple(BACKBONES)}
+    flag_aliases = {"noise_std": ("--feature-noise",)}  # the flag's name before flags came from the settings
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
 

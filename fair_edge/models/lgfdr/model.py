@@ -31,8 +31,8 @@ from fair_edge.models.kernels import gaussian_kernel
 
 @dataclass(frozen=True)
 class LgfdrSettings:
-    """backbone: key of ``backbones.BACKBONES``. hidden: channels inside both towers. heads / layers: of the
-    global tower's attention. noise_std: Gaussian feature noise in training, in units of each channel's
+    """backbone: the frozen ImageNet backbone (``backbones.BACKBONES``). hidden: channels inside both towers. heads / layers: attention heads and
+    layers of the global tower. noise_std: Gaussian feature noise in training, in units of each channel's
     standard deviation over the training images. smooth_sigma: Gaussian smoothing of the map, in pixels."""
 
     backbone: str = "efficientnet_lite0"

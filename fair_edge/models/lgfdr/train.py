@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +26,52 @@ from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
-from fair_edge.training.train import LossLog, TrainConfig, TrainingInterrupted, epoch_order, steps_per_epoch
+from fair_edge.training.loop import LossLog, TrainingInterrupted, epoch_order, steps_per_epoch
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
+# keys of FAIR's training settings that LGFDR runs saved before LGFDR had its own (read and dropped on --resume)
+BORROWED_KEYS = ("width", "amp", "synthesis")
+
+
+@dataclass(frozen=True)
+class LgfdrTrainConfig:
+    """LGFDR's training settings. batch: feature maps per step. lr: AdamW learning rate.
+    epochs: passes over the training images' (precomputed) features. steps: optimisation steps (overrides epochs).
+    lr_milestones: fractions of training at which the learning rate is multiplied by lr_gamma.
+    lr_gamma: the learning-rate factor at each milestone. save_every: write last.pt every this many steps.
+    log_every: a loss.csv row every this many steps. seed: weights, image order and feature noise."""
+
+    batch: int = 8
+    lr: float = 1e-3
+    epochs: int = 100
+    steps: int | None = None
+    lr_milestones: tuple[float, ...] = (0.8, 0.9)
+    lr_gamma: float = 0.2
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "epochs", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1; found {getattr(self, name)}.")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1; found {self.steps}.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0; found {self.lr}.")
+
+    def total_steps(self, n_images: int) -> int:
+        return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LgfdrTrainConfig":
+        """Inverse of ``to_dict``; FAIR's keys in runs saved before LGFDR had its own settings are dropped."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k not in BORROWED_KEYS}
+        return cls(**values)
 
 
 def cosine_loss(recon: torch.Tensor, target: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
@@ -54,13 +97,13 @@ def precompute_features(detector: LgfdrDetector, images: torch.Tensor, device: t
 class LgfdrTrainer:
     """Owns the detector, optimizer and the precomputed features of one training run.
 
-    cfg: batch, lr, steps/epochs, lr milestones, save/log cadence and seed (width, synthesis and amp are FAIR's).
+    cfg: LGFDR's training settings (``LgfdrTrainConfig``).
     weights / weights_sha256: the backbone's initialisation (``weights.load_backbone_weights``).
     """
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
 
-    def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device,
+    def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
         torch.manual_seed(cfg.seed)
@@ -89,7 +132,7 @@ class LgfdrTrainer:
                        "generator": self.generator.get_state(), "config": self.cfg.to_dict(),
                        "run": self.run_info} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
-                       train_config={k: v for k, v in asdict(self.cfg).items() if k not in ("synthesis", "width", "amp")})
+                       train_config=self.cfg.to_dict())
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
 
     def save(self, name: str = "last.pt") -> Path:
@@ -154,12 +197,12 @@ class LgfdrTrainer:
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
 
 
-def default_train_config() -> TrainConfig:
+def default_train_config() -> LgfdrTrainConfig:
     """AdamW 1e-3, batch 8, 100 epochs over the (precomputed) features, x0.2 at 80 % and 90 %."""
-    return TrainConfig(lr=1e-3, epochs=100)
+    return LgfdrTrainConfig()
 
 
-def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device, *,
+def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device, *,
                  textures=None, backbone_weights: str | None = None, backbone_sha256: str | None = None) -> LgfdrTrainer:
     """LGFDR's trainer; ConfigError for FAIR-only options."""
     if textures is not None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.backbones import LITE0_TAPS
+from fair_edge.models.backbones import BACKBONES, LITE0_TAPS
 from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings, fitted_before
 from fair_edge.models.tensors import COLOUR, TensorSpec
@@ -34,6 +34,7 @@ class PatchcoreFamily(ModelFamily):
     summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
     cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
+    flag_choices = {"backbone": tuple(BACKBONES)}
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
 

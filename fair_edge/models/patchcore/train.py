@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitConfig:
-    """PatchCore's training settings: batch (images per backbone pass) and seed (coreset start, projection)."""
+    """PatchCore's training settings. batch: images per backbone pass. seed: coreset start and random projection."""
 
     batch: int = 8
     seed: int = 0

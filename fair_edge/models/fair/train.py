@@ -1,4 +1,4 @@
-"""Training: restore clean colour images from the high-pass of synthetically corrupted ones.
+"""FAIR's trainer: restore clean colour images from the high-pass of synthetically corrupted ones.
 
 The whole pipeline after image decoding runs on the training device: the resized colour images
 are held there as one tensor, and rotation, anomaly synthesis, gray, high-pass, UNet and loss are
@@ -12,14 +12,10 @@ the periodic save of the same step (a second Ctrl-C stops at once, without savin
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
 import math
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +32,23 @@ from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
+from fair_edge.training.loop import LossLog, TrainingInterrupted, epoch_order, sigint_requests_stop, steps_per_epoch
 
 log = logging.getLogger(__name__)
-LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; defaults are the paper's (width 128, batch 8, Adam 1e-4, 800 epochs,
-    learning rate x0.2 at 80% and 90% of training). ``steps`` overrides ``epochs`` when set."""
+    """FAIR's training settings; defaults are the paper's (width 128, batch 8, Adam 1e-4, 800 epochs,
+    learning rate x0.2 at 80% and 90% of training).
+    width: UNet base width c (the model setting's; ``make_trainer`` takes it from there). batch: images per step.
+    lr: learning rate (Adam as the paper; the demo uses 1e-3 for its short run).
+    epochs: passes over the training images (the paper's 800 on MVTec; 400 VisA).
+    steps: optimisation steps (overrides epochs). lr_milestones: fractions of training at which the learning
+    rate is multiplied by lr_gamma. lr_gamma: the learning-rate factor at each milestone.
+    save_every: write last.pt every this many steps. log_every: a loss.csv row every this many steps.
+    seed: random seed (weights, image order, anomaly synthesis). amp: bf16 autocast on CUDA.
+    synthesis: the anomaly synthesis settings."""
 
     width: int = 128
     batch: int = 8
@@ -84,53 +88,6 @@ class TrainConfig:
         values = tuples(data)
         synthesis = SynthesisConfig(**tuples(values.pop("synthesis", {}) or {}))
         return cls(**values, synthesis=synthesis)
-
-
-class TrainingInterrupted(FairEdgeError):
-    """Training stopped by Ctrl-C; ``checkpoint`` holds the state to resume from."""
-
-    def __init__(self, checkpoint: Path, step: int) -> None:
-        super().__init__(f"interrupted after step {step}; state saved to {checkpoint}.")
-        self.checkpoint, self.step = checkpoint, step
-
-
-@contextlib.contextmanager
-def sigint_requests_stop(request_stop):
-    """While active, the first SIGINT calls ``request_stop()`` instead of raising KeyboardInterrupt
-    mid-step; a second SIGINT raises KeyboardInterrupt as usual. Outside the main thread (where
-    Python delivers no signals) this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigint(signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        request_stop()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def steps_per_epoch(n_images: int, batch: int) -> int:
-    return max(1, n_images // batch)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu. Raises ConfigError for an unavailable device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
-    return device
-
-
-def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
-    """The image order of one epoch, a function of (seed, epoch) alone, so resuming repeats it."""
-    return torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 @dataclass
@@ -319,24 +276,18 @@ class Trainer:
                 raise TrainingInterrupted(self.save(), self.state.step)
 
 
-class LossLog:
-    """Append-only CSV of the training loss; on resume, rows after the resumed step are dropped."""
+def default_train_config() -> TrainConfig:
+    """The paper's schedule (``TrainConfig`` defaults: Adam 1e-4, batch 8, 800 epochs)."""
+    return TrainConfig()
 
-    def __init__(self, path: Path, keep_until: int) -> None:
-        rows = []
-        if keep_until > 0 and path.is_file():
-            with path.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
-        self.fh = path.open("w", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=LOSS_CSV_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.fh.flush()
 
-    def write(self, step: int, epoch: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
-        self.writer.writerow({"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{lr:.3g}",
-                              "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed:.1f}"})
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
+def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device, *,
+                 textures: np.ndarray | None = None, parallel=None) -> Trainer:
+    """FAIR's Trainer for ``model`` (its width and scoring win over ``cfg.width``).
+    textures: (T, S, S, 3) float32 RGB [0, 1] images (--textures); given, the synthesis takes its textures from
+    them (texture_source "folder"). parallel: this rank's ``train_ddp.DataParallel`` under torchrun, else None.
+    FAIR has no backbone, so it takes no backbone extras (``training_contract.check_extras`` refuses them)."""
+    if textures is not None and cfg.synthesis.texture_source != "folder":
+        cfg = replace(cfg, synthesis=replace(cfg.synthesis, texture_source="folder"))
+    return Trainer(split, model.preprocess, replace(cfg, width=model.settings.width), out_dir, device,
+                   model.settings.scoring, textures, parallel=parallel)

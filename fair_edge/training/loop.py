@@ -1,0 +1,88 @@
+"""The family-neutral pieces of a training loop: device choice, epoch order, the loss log, Ctrl-C handling.
+
+Each family's trainer (``fair_edge/models/<family>/train.py``) drives its own loop with these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+from fair_edge.errors import ConfigError, FairEdgeError
+
+LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
+
+
+class TrainingInterrupted(FairEdgeError):
+    """Training stopped by Ctrl-C; ``checkpoint`` holds the state to resume from."""
+
+    def __init__(self, checkpoint: Path, step: int) -> None:
+        super().__init__(f"interrupted after step {step}; state saved to {checkpoint}.")
+        self.checkpoint, self.step = checkpoint, step
+
+
+@contextlib.contextmanager
+def sigint_requests_stop(request_stop):
+    """While active, the first SIGINT calls ``request_stop()`` instead of raising KeyboardInterrupt
+    mid-step; a second SIGINT raises KeyboardInterrupt as usual. Outside the main thread (where
+    Python delivers no signals) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        request_stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def steps_per_epoch(n_images: int, batch: int) -> int:
+    return max(1, n_images // batch)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu. Raises ConfigError for an unavailable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
+    return device
+
+
+def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The image order of one epoch, a function of (seed, epoch) alone, so resuming repeats it."""
+    return torch.randperm(n_images, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class LossLog:
+    """Append-only CSV of the training loss; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        rows = []
+        if keep_until > 0 and path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
+        self.fh = path.open("w", newline="")
+        self.writer = csv.DictWriter(self.fh, fieldnames=LOSS_CSV_FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.fh.flush()
+
+    def write(self, step: int, epoch: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
+        self.writer.writerow({"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{lr:.3g}",
+                              "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed:.1f}"})
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
