@@ -77,7 +77,7 @@ def test_packaged_efficientnet_lite0_weights_load_and_match_their_published_hash
 
 
 def test_settings_validate():
-    with pytest.raises(Exception, match="backbone must be one of efficientnet_lite0, resnet18, wide_resnet50_2"):
+    with pytest.raises(Exception, match="backbone must be one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet18, wide_resnet50_2"):
         LgfdrSettings(backbone="vgg16")
     with pytest.raises(Exception, match="divisible by heads"):
         LgfdrSettings(hidden=30, heads=4)
