@@ -11,7 +11,7 @@ import pytest
 import torch
 from frames import elpv_dir
 
-from fair_edge.models.backbones import BACKBONES, LITE_VARIANTS
+from fair_edge.models.backbones import BACKBONES, LITE_VARIANTS, lite_blocks
 from fair_edge.models.weights import WeightsError, load_backbone_weights, package_weights_file
 
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -34,7 +34,10 @@ def test_packaged_weights_load_through_the_normal_path_with_the_documented_taps(
     assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())  # every built parameter from the file
     variant = LITE_VARIANTS[name]
     assert (variant.taps, BACKBONES[name].channels) == TAPS[name]
-    assert variant.blocks == 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    # the table to stage 7 (beyond what is built) is the file's, key for key and shape for shape
+    table = {f"_blocks.{k}": tuple(v.shape) for k, v in lite_blocks(variant, 7).state_dict().items()}
+    assert table == {k: tuple(v.shape) for k, v in state.items() if k.startswith("_blocks.")}
+    assert state["_conv_head.weight"].shape[1] == variant.stages()[-1][5]
     with torch.no_grad():
         taps = module(torch.zeros(2, 3, 64, 48))
     assert [tuple(t.shape) for t in taps] == [(2, c, 64 // s, 48 // s) for c, s in zip(TAPS[name][1], (4, 8, 16))]

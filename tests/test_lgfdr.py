@@ -68,7 +68,7 @@ def test_foreign_keys_and_non_weight_files_refused(tmp_path):
 
 
 def test_packaged_efficientnet_lite0_weights_load_and_match_their_published_hash():
-    path = package_weights_file()
+    path = package_weights_file("efficientnet_lite0")
     module = BACKBONES["efficientnet_lite0"].build()
     source = load_backbone_weights(module, "efficientnet_lite0", None)
     assert source.path == path and source.sha256.startswith("57934424")

