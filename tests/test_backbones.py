@@ -92,6 +92,22 @@ def test_patchcore_int8_scope_is_the_part_after_the_stride_8_tap_for_every_backb
     assert int8_scope("resnet18") == int8_scope("wide_resnet50_2") == ("/backbone/layer3/",)
 
 
+@pytest.mark.parametrize("family", ["lgfdr", "patchcore"])
+def test_both_backbone_families_build_on_lite2_with_its_wider_taps(family):
+    from fair_edge.models.lgfdr.model import LgfdrSettings
+    from fair_edge.models.patchcore.model import PatchcoreSettings
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.preprocess import PreprocessConfig
+
+    settings = {"lgfdr": LgfdrSettings(backbone="efficientnet_lite2", hidden=16, heads=2, layers=1),
+                "patchcore": PatchcoreSettings(backbone="efficientnet_lite2", embed_dim=16)}[family]
+    spec = ModelSpec(family, PreprocessConfig(image_size=32), settings)
+    inputs = spec.impl.input_maker(spec.preprocess)(torch.rand(2, 3, 32, 32))
+    with torch.no_grad():
+        anomaly_map, score = spec.build().eval()(*[inputs[n] for n in spec.input_names])
+    assert anomaly_map.shape == (2, 1, 32, 32) and score.shape == (2,) and spec.tag.endswith("efficientnet_lite2")
+
+
 # ----------------------------------------------------------------------------- PatchCore on Lite1
 @pytest.fixture(scope="module")
 def lite1_bundles(mvtec_dir, tmp_path_factory):

@@ -126,7 +126,7 @@ class EfficientNetLiteFeatures(nn.Module):
     """(B, 3, S, S) input normalised to [-1, 1] -> three maps (B, C_i, S / s, S / s), s = 4, 8, 16, C = variant.channels
     (Lite0 and Lite1: 24, 40, 112; Lite2: 24, 48, 120)."""
 
-    def __init__(self, variant: LiteVariant = LITE_VARIANTS["efficientnet_lite0"]) -> None:
+    def __init__(self, variant: LiteVariant) -> None:
         super().__init__()
         self.taps = variant.taps
         self._pad = same_padding(3, 2)
