@@ -26,6 +26,11 @@ from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.registry import get_family
 
 
+def whole_network(family, settings) -> tuple[str, ...]:
+    """``--scope network``: every convolution of the network quantised, whatever the settings."""
+    return family.network_scope
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
@@ -41,17 +46,17 @@ def main() -> None:
     normal = [read_image(s.path) for s in split.test if s.label == 0]
     defects = [read_image(s.path) for s in split.test if s.label == 1]
     family = type(get_family(ckpt.model.family))
-    default = family.int8_scope
+    default = family.int8_scope_for
     try:
         if args.scope == "network":
-            family.int8_scope = family.network_scope  # a study of the scope, as bench_int8_scope.py does
+            family.int8_scope_for = whole_network  # a study of the scope, as bench_int8_scope.py does
         t0 = time.process_time()
         result = build_bundle(ckpt, args.out, BuildOptions("int8", int8=Int8Settings(num_images=64), engine=False,
                                                            quality=QualityGate(args.max_drop)),
                               calib, normal, defects if args.defects else None, on_gate_step=print)
         cpu_s = time.process_time() - t0
     finally:
-        family.int8_scope = default
+        family.int8_scope_for = default
     b = result.bundle
     graphs = {"fp32": b.reference_onnx_path, "int8": b.onnx_path, "int8-cpu": b.cpu_onnx_path}
     test = compare_precisions(graphs, normal + defects, [0] * len(normal) + [1] * len(defects), b.model)

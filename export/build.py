@@ -147,7 +147,7 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
         return fp32, False
     if prec.name == "fp16":
         return export_onnx(ckpt.model, ckpt.build_detector("cpu"), out / prec.onnx_name, "fp16"), False
-    reused = quantize_int8(fp32, out / prec.onnx_name, calib, ckpt.model.impl.int8_scope, options.int8,
+    reused = quantize_int8(fp32, out / prec.onnx_name, calib, ckpt.model.int8_scope, options.int8,
                            out / CALIB_CACHE, on_image)
     return out / prec.onnx_name, reused
 
@@ -167,7 +167,7 @@ def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptio
     """INT8 only: the CPU engines' graph beside the TensorRT one (``calibration.int8_cpu``), same calibration images."""
     if options.precision != "int8" or calib is None:
         return None
-    quantize_int8_cpu(fp32, out / CPU_INT8_ONNX, calib, ckpt.model.impl.int8_scope, options.int8, out / CPU_CALIB_CACHE)
+    quantize_int8_cpu(fp32, out / CPU_INT8_ONNX, calib, ckpt.model.int8_scope, options.int8, out / CPU_CALIB_CACHE)
     return out / CPU_INT8_ONNX
 
 
@@ -177,7 +177,7 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
     rewriting them with their most sensitive layers float32 where needed (``calibration.int8_gate``)."""
     if options.quality is None:
         return None
-    scope, settings = ckpt.model.impl.int8_scope, options.int8
+    scope, settings = ckpt.model.int8_scope, options.int8
 
     def tensorrt_graph(path: Path, keep_float) -> bool:
         return quantize_int8(fp32, path, calib, scope, settings, out / CALIB_CACHE, keep_float=keep_float)

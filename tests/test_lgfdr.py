@@ -68,7 +68,7 @@ def test_foreign_keys_and_non_weight_files_refused(tmp_path):
 
 
 def test_packaged_efficientnet_lite0_weights_load_and_match_their_published_hash():
-    path = package_weights_file()
+    path = package_weights_file("efficientnet_lite0")
     module = BACKBONES["efficientnet_lite0"].build()
     source = load_backbone_weights(module, "efficientnet_lite0", None)
     assert source.path == path and source.sha256.startswith("57934424")
@@ -77,7 +77,7 @@ def test_packaged_efficientnet_lite0_weights_load_and_match_their_published_hash
 
 
 def test_settings_validate():
-    with pytest.raises(Exception, match="backbone must be one of efficientnet_lite0, resnet18, wide_resnet50_2"):
+    with pytest.raises(Exception, match="backbone must be one of efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet18, wide_resnet50_2"):
         LgfdrSettings(backbone="vgg16")
     with pytest.raises(Exception, match="divisible by heads"):
         LgfdrSettings(hidden=30, heads=4)

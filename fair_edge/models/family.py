@@ -6,7 +6,8 @@ A family is one module (``fair_edge/models/<key>/family.py``) with one ``ModelFa
   build         its PyTorch module: forward(*inputs in ``inputs`` order) -> (anomaly_map, score)
   half          the module the FP16 graph is exported from (float16 network, float32 scoring)
   network_scope node-name prefixes of the exported graph's network (what is not pre- or post-processing)
-  int8_scope    node-name prefixes of the exported graph whose convolutions get Q/DQ in INT8 (within the network)
+  int8_scope    node-name prefixes of the exported graph whose convolutions get Q/DQ in INT8 (within the network);
+                ``int8_scope_for(settings)`` where they depend on the settings (PatchCore: on the backbone)
   settings      a frozen dataclass with ``to_dict``/``from_dict``, stored in checkpoints and bundles
   training      the module whose trainer writes this family's checkpoints (``training_module``)
 and one line in ``fair_edge.models.registry.FAMILIES``.
@@ -124,6 +125,10 @@ class ModelFamily(ABC):
 
     def check_preprocess(self, preprocess: PreprocessConfig) -> None:
         """ConfigError when ``preprocess`` (e.g. the image size) does not suit this family."""
+
+    def int8_scope_for(self, settings: Any) -> tuple[str, ...]:
+        """The ``int8_scope`` of a model with these settings. Default: the family's ``int8_scope``."""
+        return self.int8_scope
 
     def load_weights(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a checkpoint's ``state_dict`` into ``module`` (RuntimeError on a mismatch)."""

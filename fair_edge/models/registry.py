@@ -64,6 +64,11 @@ class ModelSpec:
         return self.impl.describe(self.settings)
 
     @property
+    def int8_scope(self) -> tuple[str, ...]:
+        """Node-name prefixes of this model's exported graph that INT8 quantises (``ModelFamily.int8_scope_for``)."""
+        return self.impl.int8_scope_for(self.settings)
+
+    @property
     def tag(self) -> str:
         return self.impl.tag(self.settings)
 

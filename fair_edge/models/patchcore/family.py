@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ConfigError
-from fair_edge.models.backbones import BACKBONES, LITE0_TAPS
+from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings, fitted_before
 from fair_edge.models.tensors import COLOUR, TensorSpec
@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 # the network is the frozen backbone; patch aggregation, the bank search and the map stay float32 in every
 # precision (a float16 or int8 |a|^2 - 2ab + |b|^2 would cancel catastrophically)
 NETWORK_SCOPE = ("/backbone/",)
-# what INT8 quantises: the backbone after the stride-8 tap (Lite0 blocks 5-10, ResNet layer3), which makes the
-# stride-16 tap. Quantising the whole backbone moved the normal ELPV test cells' scores by 0.74 normal-score
-# spreads and cost 0.85 points of image AUROC (TensorRT Q/DQ graph); the part after the stride-8 tap alone 0.01
-# spreads and 0.03 points (BENCHMARKS.md, "PatchCore")
-INT8_SCOPE = tuple(f"/backbone/_blocks.{i}/" for i in range(LITE0_TAPS[1] + 1, LITE0_TAPS[2] + 1)) + ("/backbone/layer3/",)
+
+
+def int8_scope(backbone: str) -> tuple[str, ...]:
+    """What INT8 quantises: the backbone after the stride-8 tap, which makes the stride-16 tap (``Backbone.after_stride8``:
+    Lite0 blocks 5-10, Lite1 and Lite2 blocks 7-14, ResNet layer3). On Lite0, quantising the whole backbone moved
+    the normal ELPV test cells' scores by 0.74 normal-score spreads and cost 0.85 points of image AUROC (TensorRT
+    Q/DQ graph); the part after the stride-8 tap alone 0.01 spreads and 0.03 points (BENCHMARKS.md, "PatchCore")."""
+    return tuple(f"/backbone/{name}/" for name in BACKBONES[backbone].after_stride8)
+
+
+INT8_SCOPE = int8_scope(PatchcoreSettings.backbone)  # of the default backbone; a model's own: int8_scope_for
 
 
 class PatchcoreFamily(ModelFamily):
@@ -37,6 +43,9 @@ class PatchcoreFamily(ModelFamily):
     flag_choices = {"backbone": tuple(BACKBONES)}
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
+
+    def int8_scope_for(self, settings: PatchcoreSettings) -> tuple[str, ...]:
+        return int8_scope(settings.backbone)
 
     def default_settings(self) -> PatchcoreSettings:
         return PatchcoreSettings()
