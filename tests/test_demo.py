@@ -11,6 +11,7 @@ from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.models.fair.train import TrainConfig, Trainer
+from fair_edge.models.training_contract import config_from_options
 
 pytest.importorskip("elpv_dataset")
 pytest.importorskip("pymodbus")
@@ -58,7 +59,9 @@ def test_demo_station_with_a_tiny_model(family, tmp_path):
         if family == "fair":
             return Trainer(elpv_split("mono"), pre, cfg, tmp_path, torch.device("cpu")).run()
         model = ModelSpec("lgfdr", pre, LgfdrSettings())
-        return model.impl.training().make_trainer(elpv_split("mono"), model, cfg, tmp_path, torch.device("cpu")).run()
+        training = model.impl.training()
+        own = config_from_options(training.default_train_config(), {"batch": 4, "lr": 1e-3, "steps": 3, "save_every": 3})
+        return training.make_trainer(elpv_split("mono"), model, own, tmp_path, torch.device("cpu")).run()
 
     report = run_demo(tmp_path, train=train, evaluate=lambda final: {"skipped": True}, fps=40.0,
                       backend="onnxruntime", say=lambda text: None)

@@ -2,11 +2,10 @@
 
 Data: ELPV mono solar cells (package `elpv-dataset`, CC BY-NC-SA 4.0, Deitsch et al.), probability-0
 cells for training and the good test split, probability-1 cells as defects.
-Model (``--model``): LGFDR by default, at 128 x 128 pixels, LGFDR's default length (100 epochs over the
-normal cells): `fair-edge tune elpv:mono` chooses it from the normal cells alone, and on the real test
-cells it catches about twice as many defects at 0.5 % false rejects as FAIR in the same CPU training
-time (BENCHMARKS.md, "Catching more defects"). FAIR: width 32 at 128 x 128 pixels, 300 steps; the
-Butterworth cutoff follows the image size (``preprocess.scaled_cutoff``: D0 = 30 at 256 px is 15 at 128 px).
+Model (``--model``): ``DEMO_MODEL``, PatchCore, by default, at 128 x 128 pixels, fitted in one pass
+(BENCHMARKS.md, "PatchCore against the peers"). LGFDR: its default length (100 epochs over the normal
+cells). FAIR: width 32 at 128 x 128 pixels, 300 steps; the Butterworth cutoff follows the image size
+(``preprocess.scaled_cutoff``: D0 = 30 at 256 px is 15 at 128 px).
 """
 
 from __future__ import annotations
