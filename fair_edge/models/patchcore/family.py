@@ -12,7 +12,8 @@ from torch import nn
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.family import ColourInput, ModelFamily
-from fair_edge.models.patchcore.model import PatchcoreDetector, PatchcoreSettings, fitted_before
+from fair_edge.models.patchcore.model import (CHANNEL_REDUCTIONS, LOCAL_PADS, NORMALISATIONS, PatchcoreDetector,
+                                              PatchcoreSettings, fitted_before)
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -40,7 +41,8 @@ class PatchcoreFamily(ModelFamily):
     summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
     cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
-    flag_choices = {"backbone": tuple(BACKBONES)}
+    flag_choices = {"backbone": tuple(BACKBONES), "local_pad": LOCAL_PADS, "normalisation": NORMALISATIONS,
+                    "channel_reduction": CHANNEL_REDUCTIONS}
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
 

@@ -71,9 +71,10 @@ class PatchcoreSettings:
     position (x, y), scaled to [0, p] across the image, as two feature channels, so a test patch is matched
     to bank features from about the same place: for fixtured parts (ELPV cells, p = 100 with Lite0, whose
     nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). local_pad: the
-    local average's border, one of LOCAL_PADS. normalisation: the input statistics, one of NORMALISATIONS.
-    channel_reduction: "grouped" (embed_dim channels) or "none" (each tap's channels whole, for every
-    window: Lite0's taps give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
+    local average's border: the zero padding counted (PyTorch's and the paper's) or excluded (the family
+    before issue #27). normalisation: the backbone's own input statistics or ImageNet's. channel_reduction:
+    each tap averaged over channel groups to embed_dim / 2 (grouped), or its channels kept whole (none:
+    Lite0's taps give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
     (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
     the default, which is what the model then did)."""
