@@ -1,0 +1,86 @@
+"""Defect regions end to end: the build records the pixel threshold, the Inspector finds the planted blob
+with a real (tiny, CPU) bundle and its rules decide the verdict; the verdict log carries regions and reasons."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.errors import ConfigError
+from fair_edge.records import Frame
+from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
+from fair_edge.runtime.selection import select_backend
+from fair_edge.station.config import StationConfig
+from fair_edge.station.inspector import Inspector
+from fair_edge.station.run import open_regions
+from fair_edge.station.zones import RegionJudge, RegionSettings
+from fair_edge.training.data import load_dataset, read_image
+
+
+@pytest.fixture(scope="module")
+def plates(mvtec_dir):
+    split = load_dataset(mvtec_dir)
+    defects = [(read_image(s.path), cv2.imread(str(s.mask), cv2.IMREAD_GRAYSCALE) > 0) for s in split.test if s.label]
+    normals = [read_image(s.path) for s in split.test if not s.label]
+    return defects, normals
+
+
+def inspector_for(bundle, section: dict) -> Inspector:
+    choice = select_backend(bundle, "onnxruntime")
+    judge = RegionJudge(RegionSettings.from_dict(section), bundle.pixel_threshold.value)
+    return Inspector(capture=None, choice=choice, threshold=bundle.threshold.value, regions=judge)
+
+
+def test_the_build_records_a_pixel_threshold_from_normal_maps(station_bundles):
+    bundle = station_bundles[0]
+    pt = bundle.pixel_threshold
+    assert pt is not None and pt.quantile == DEFAULT_PIXEL_QUANTILE and pt.n_images == 6
+    assert pt.n_pixels == 6 * bundle.image_size ** 2 and 0 < pt.value <= bundle.threshold.value
+    manifest = json.loads((bundle.root / "bundle.json").read_text())
+    assert manifest["pixel_threshold"]["value"] == pt.value
+
+
+def test_the_inspector_finds_the_blob_where_it_is_and_rules_decide(station_bundles, plates):
+    defects, normals = plates
+    # 48 x 48 plates at 0.1 mm/px: a blob of radius 5..8 px covers 0.8..2 mm²
+    inspector = inspector_for(station_bundles[0], {"mm_per_px": 0.1, "frame": [48, 48],
+                                                   "default": {"min_area_mm2": 0.5}})
+    verdicts = inspector.inspect([Frame(i, 0.0, img) for i, (img, _) in enumerate(defects)])
+    found = 0
+    for v, (_, mask) in zip(verdicts, defects):
+        assert v.error == ""
+        if v.regions:
+            x, y = v.regions[0].centroid
+            ys, xs = np.nonzero(mask)
+            found += int(np.hypot(x - xs.mean(), y - ys.mean()) < 8)   # the largest region sits on the blob
+            assert v.ng == any(r.area_mm2 >= 0.5 for r in v.regions)
+            assert v.ng == bool(v.hits)
+    assert found >= 4, [(v.regions[:1], v.score) for v in verdicts]
+    normal_verdicts = inspector.inspect([Frame(100 + i, 0.0, img) for i, img in enumerate(normals)])
+    assert sum(v.ng for v in normal_verdicts) <= 1
+    # with rules, a defect plate whose regions are all small passes: an ignore-everything zone passes every plate
+    everything = inspector_for(station_bundles[0], {"mm_per_px": 0.1, "frame": [48, 48], "default": {"min_area_mm2": 0.5},
+                                                    "zones": [{"name": "all", "polygon": [[0, 0], [48, 0], [48, 48], [0, 48]],
+                                                               "ignore": True}]})
+    assert not any(v.ng for v in everything.inspect([Frame(i, 0.0, img) for i, (img, _) in enumerate(defects)]))
+
+
+def test_a_frame_of_another_size_than_the_zones_is_rejected_with_the_reason(station_bundles, plates):
+    inspector = inspector_for(station_bundles[0], {"frame": [64, 64], "default": {"min_area_px": 1e9},
+                                                   "zones": [{"name": "a", "polygon": [[0, 0], [9, 0], [9, 9]]}]})
+    (v,) = inspector.inspect([Frame(0, 0.0, plates[1][0])])
+    assert v.ng and "regions: frame is 48 x 48 but the zones were drawn for 64 x 64" in v.error
+
+
+def test_an_old_bundle_without_a_pixel_threshold_turns_regions_off_or_refuses_rules(station_bundles, caplog):
+    from dataclasses import replace
+
+    old = replace(station_bundles[0], pixel_threshold=None)
+    assert open_regions(StationConfig(), old) is None
+    assert "defect regions off" in caplog.text
+    ruled = StationConfig(regions=RegionSettings.from_dict({"default": {"min_area_px": 4}}))
+    with pytest.raises(ConfigError, match="has no calibrated pixel threshold.*regions.pixel_threshold"):
+        open_regions(ruled, old)
+    set_here = StationConfig(regions=RegionSettings.from_dict({"pixel_threshold": 0.3}))
+    assert open_regions(set_here, old).pixel_threshold == 0.3
