@@ -172,3 +172,26 @@ def scale_from_points(p1: tuple[float, float], p2: tuple[float, float], distance
         raise ConfigError(f"a scale calibration needs two different points and a distance > 0 mm; found points "
                           f"{list(p1)}, {list(p2)} and {distance_mm} mm.")
     return distance_mm / dist
+
+
+REGION_COLOUR = (0, 255, 255)     # BGR yellow: a region
+FIRED_COLOUR = (0, 0, 255)        # BGR red: a region that fired a rule
+ZONE_COLOUR = (255, 255, 0)       # BGR cyan: zone outlines
+
+
+def draw_regions(image: np.ndarray, regions, fired: set[int] = frozenset(),
+                 zone_outlines: list[np.ndarray] = ()) -> np.ndarray:
+    """Zone outlines and region boxes drawn on a copy of ``image``.
+
+    image: (H, W, 3) uint8 BGR in frame pixels. regions: ``Region``s (frame pixels). fired: indices of the
+    regions that fired a rule (drawn red, the others yellow). zone_outlines: (K, 2) int32 (x, y) point
+    arrays in frame pixels. Returns (H, W, 3) uint8 BGR."""
+    out = np.array(image, np.uint8, copy=True)
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for pts in zone_outlines:
+        cv2.polylines(out, [np.asarray(pts, np.int32).reshape(-1, 1, 2)], True, ZONE_COLOUR, thick)
+    for i, r in enumerate(regions):
+        x, y, w, h = r.bbox
+        cv2.rectangle(out, (int(x), int(y)), (int(math.ceil(x + w)) - 1, int(math.ceil(y + h)) - 1),
+                      FIRED_COLOUR if i in fired else REGION_COLOUR, thick)
+    return out

@@ -197,3 +197,29 @@ def test_the_scale_from_two_points_and_a_frame_of_another_size_fails_safe():
 def test_without_rules_regions_are_reported_only():
     assert not RegionSettings().has_rules and not judge().decides
     assert judge(default={"max_count": 0}).decides
+
+
+# ----------------------------------------------------------------------------- where a verdict goes
+def test_the_ng_image_shows_region_boxes_zone_outlines_and_the_reason(tmp_path):
+    import json
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Frame
+    from fair_edge.regions import FIRED_COLOUR, ZONE_COLOUR
+
+    seal = {"name": "seal", "polygon": [[100, 150], [300, 150], [300, 260], [100, 260]], "min_area_mm2": 1}
+    j = judge(zones=[seal])
+    amap = pit_2mm2()
+    regions, hits = j.judge(FRAME_HW, amap)
+    frame = Frame(7, 1.0, np.full((400, 400, 3), 90, np.uint8), "cam")
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, overlay_alpha=0.0), run_id="R") as rec:
+        rec.show_zones(j.outlines())
+        rec.record(frame, Verdict(7, 1.0, 1.0, 0.5, True, 1.01, "cam", regions=regions, hits=hits), amap)
+        assert rec.flush()
+    row = json.loads((tmp_path / "verdicts.jsonl").read_text())
+    assert row["reason"] == "region 2 mm² in zone seal ≥ 1 mm²" and row["hits"][0]["zone_id"] == 1
+    overlay = cv2.imread(str(tmp_path / "ng" / "R_00000007_overlay.png"))
+    panel = overlay[overlay.shape[0] - 400:, :400]
+    assert tuple(panel[200, 170]) == FIRED_COLOUR        # the box's top edge (frame y 200)
+    assert tuple(panel[150, 200]) == ZONE_COLOUR         # the zone's top edge (frame y 150)

@@ -360,6 +360,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         stack.callback(scorer.backend.close)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
+        if regions is not None:
+            line.recorder.show_zones(regions.outlines())
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)

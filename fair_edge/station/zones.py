@@ -228,6 +228,13 @@ class RegionJudge:
         """True when rules decide the verdict (any rule given), False when regions are only reported."""
         return self.settings.has_rules
 
+    def outlines(self) -> list[np.ndarray]:
+        """Every zone's outline, (K, 2) int32 (x, y) frame pixels each (for NG images and the console)."""
+        if not self.settings.zones:
+            return []
+        hw = (self.settings.frame[1], self.settings.frame[0])
+        return [pts for zone in self.settings.zones for pts in zone.outline(hw)]
+
     def zone_labels(self, frame_hw: tuple[int, int]) -> np.ndarray:
         """(H, W) uint8: the zone id of every frame pixel (first zone in file order wins; 0 = default)."""
         if self._labels is None or self._labels.shape != tuple(frame_hw):
