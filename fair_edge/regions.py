@@ -92,7 +92,8 @@ class Region:
     centroid: (x, y) frame pixels. area_px: frame pixels². length_px: longest side of the rotated
     minimum-area box, frame pixels. peak / mean: the map's max / mean over the region (score units).
     area_mm2 / length_mm: the same in mm² / mm with a camera scale, else None.
-    zone: the name of the zone its centroid lies in ("" before zones are applied or in the default zone).
+    zone / zone_id: the zone its centroid lies in (``default`` / 0 outside every named zone; "" before
+    zones are applied).
     """
 
     bbox: tuple[float, float, float, float]
@@ -104,6 +105,7 @@ class Region:
     area_mm2: float | None = None
     length_mm: float | None = None
     zone: str = ""
+    zone_id: int = 0
 
     def to_json_dict(self) -> dict:
         out = {"bbox": [round(v, 2) for v in self.bbox], "centroid": [round(v, 2) for v in self.centroid],
@@ -113,7 +115,7 @@ class Region:
             out["area_mm2"] = round(self.area_mm2, 4)
             out["length_mm"] = round(self.length_mm, 4)
         if self.zone:
-            out["zone"] = self.zone
+            out["zone"], out["zone_id"] = self.zone, self.zone_id
         return out
 
 

@@ -223,3 +223,52 @@ def test_the_ng_image_shows_region_boxes_zone_outlines_and_the_reason(tmp_path):
     panel = overlay[overlay.shape[0] - 400:, :400]
     assert tuple(panel[200, 170]) == FIRED_COLOUR        # the box's top edge (frame y 200)
     assert tuple(panel[150, 200]) == ZONE_COLOUR         # the zone's top edge (frame y 150)
+
+
+class RecordingLink:
+    """A handshake link that records every write (the PLC side is tested against real servers in
+    test_line_handshake.py; here only what the station writes with a result matters)."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.writes = []
+
+    def open(self):
+        pass
+
+    def read_inputs(self):
+        return {"trigger": 0, "part_id": 0, "ack": 0}
+
+    def write(self, values):
+        self.writes.append(list(values))
+
+    def close(self):
+        pass
+
+
+def test_the_plc_handshake_writes_region_count_largest_area_and_zone_with_the_result():
+    from fair_edge.line.handshake import Handshake, HandshakeSettings, Ticket
+    from fair_edge.line.handshake.modbus import encode
+    from fair_edge.records import Frame
+
+    settings = HandshakeSettings.from_dict({"url": "modbus://127.0.0.1:1502?unit=1",
+                                            "modbus": {"region_count": 12, "largest_area": 13, "zone_id": 14}})
+    assert settings.region_signals == ("region_count", "largest_area", "zone_id")
+    seal = {"name": "seal", "polygon": [[100, 150], [300, 150], [300, 260], [100, 260]], "min_area_mm2": 1}
+    amap = plant(pit_2mm2(), 80, 80, 2, 2)    # the pit in zone seal and a speck outside it
+    regions, hits = judge(zones=[seal]).judge(FRAME_HW, amap)
+    link = RecordingLink()
+    hs = Handshake(settings, link)
+    ticket = Ticket(part_id=9, t_trigger=0.0, deadline=1e12)
+    hs._order.append(ticket)   # as the trigger of part 9 would (the trigger path: test_line_handshake.py)
+    hs.bind(3, ticket)
+    hs.on_verdict(Frame(3, 0.0, np.zeros((4, 4, 3), np.uint8)), Verdict(3, 0.0, 1.0, 0.5, True, 0.0,
+                                                                        regions=regions, hits=hits))
+    hs._cycle(1.0)
+    (result,) = [w for w in link.writes if w[-1] == ("results_ready", 1)]
+    assert dict(result) == {"result_part_id": 9, "result": 2, "score": 1.0, "region_count": 2,
+                            "largest_area": 200, "zone_id": 1, "results_ready": 1}   # 2.00 mm² in 0.01 mm²
+    assert encode("largest_area", 200, 1000.0) == [200]
+    # without addresses for them, nothing more is written than before
+    assert HandshakeSettings.from_dict({"url": "modbus://127.0.0.1:1502"}).region_signals == ()

@@ -22,7 +22,7 @@ reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +257,7 @@ class RegionJudge:
         names = {0: DEFAULT_ZONE, **{z.zone_id: z.name for z in s.zones}}
         zone_ids = [0 if labels is None else int(labels[min(int(r.centroid[1]), frame_hw[0] - 1),
                                                           min(int(r.centroid[0]), frame_hw[1] - 1)]) for r in regions]
-        regions = tuple(_with_zone(r, names[z]) for r, z in zip(regions, zone_ids))
+        regions = tuple(replace(r, zone=names[z], zone_id=z) for r, z in zip(regions, zone_ids))
         return regions, self._hits(regions, zone_ids)
 
     def _hits(self, regions: tuple[Region, ...], zone_ids: list[int]) -> tuple[RuleHit, ...]:
@@ -275,9 +275,3 @@ class RegionJudge:
             if rules.max_count is not None and len(mine) > rules.max_count:
                 hits.append(RuleHit("max_count", name, zone_id, float(len(mine)), float(rules.max_count), "regions"))
         return tuple(hits)
-
-
-def _with_zone(region: Region, zone: str) -> Region:
-    from dataclasses import replace
-
-    return replace(region, zone=zone)
