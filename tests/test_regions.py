@@ -272,3 +272,22 @@ def test_the_plc_handshake_writes_region_count_largest_area_and_zone_with_the_re
     assert encode("largest_area", 200, 1000.0) == [200]
     # without addresses for them, nothing more is written than before
     assert HandshakeSettings.from_dict({"url": "modbus://127.0.0.1:1502"}).region_signals == ()
+
+
+def test_region_results_count_found_missed_and_false_regions():
+    from fair_edge.training.region_metrics import region_results
+
+    maps = np.zeros((3, 20, 20), np.float32)
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:5, 2:5] = masks[0, 10:14, 10:14] = True      # image 0: two defects, one found, one false region
+    maps[0, 3:6, 3:6] = 1.0
+    maps[0, 17:19, 1:3] = 1.0
+    masks[1, 5:8, 5:8] = True                               # image 1: one defect, missed
+    maps[2, 0:2, 0:2] = maps[2, 10:12, 10:12] = 1.0         # image 2: normal with two regions
+    totals, per_image = region_results(maps, masks, 0.5, np.array([1, 1, 0]))
+    assert per_image == [{"defects": 2, "found": 1, "missed": 1, "regions": 2, "false_regions": 1},
+                         {"defects": 1, "found": 0, "missed": 1, "regions": 0, "false_regions": 0},
+                         {"defects": 0, "found": 0, "missed": 0, "regions": 2, "false_regions": 2}]
+    assert totals["defects_found"] == 1 and totals["defects_missed"] == 2 and totals["region_recall"] == 1 / 3
+    assert totals["false_regions"] == 3 and totals["false_regions_per_image"] == 1.0
+    assert totals["normal_images_with_regions"] == 1

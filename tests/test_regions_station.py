@@ -84,3 +84,41 @@ def test_an_old_bundle_without_a_pixel_threshold_turns_regions_off_or_refuses_ru
         open_regions(ruled, old)
     set_here = StationConfig(regions=RegionSettings.from_dict({"pixel_threshold": 0.3}))
     assert open_regions(set_here, old).pixel_threshold == 0.3
+
+
+def test_eval_reports_region_level_results_with_masks(trained, mvtec_dir, tmp_path):
+    from fair_edge.training.evaluate import evaluate
+
+    result = evaluate(trained[0], load_dataset(mvtec_dir), tmp_path)
+    regions = result["regions"]
+    assert regions["defects"] == 6 and regions["defects_found"] + regions["defects_missed"] == 6
+    assert regions["defects_found"] >= 4 and regions["pixel_threshold_source"] == "test set's normal maps"
+    rows = (tmp_path / "regions.csv").read_text().splitlines()
+    assert rows[0] == "path,label,defects,found,missed,regions,false_regions" and len(rows) == 13
+    given = evaluate(trained[0], load_dataset(mvtec_dir), tmp_path / "given", pixel_threshold=1e9)["regions"]
+    assert given["defects_found"] == 0 and given["false_regions"] == 0 and given["pixel_threshold_source"] == "given"
+
+
+def test_rules_check_replays_a_folder_and_says_what_each_rule_did(station_bundles, conveyor_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "regions": {
+        "mm_per_px": 0.1, "frame": [48, 48], "default": {"min_area_mm2": 0.5}}}))
+    out = tmp_path / "rules.json"
+    r = CliRunner().invoke(app, ["rules", "check", str(station), str(conveyor_dir), "--json", str(out)],
+                           terminal_width=200)
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["images"] == 12 and report["ng_by_rules"] == sum(row["ng"] for row in report["rows"])
+    assert report["fired"].get("default/min_area_mm2", 0) == report["ng_by_rules"] >= 4
+    defect_rows = [row for row in report["rows"] if "defect" in row["image"]]
+    assert sum(row["ng"] for row in defect_rows) >= 4
+    assert "NG by the rules" in r.output and "default/min_area_mm2: fired on" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "regions": {"default": {"min_area_mm2": 1}}}))
+    r = CliRunner().invoke(app, ["rules", "check", str(bad), str(conveyor_dir)])
+    assert r.exit_code == 2 and "regions.default.min_area_mm2: a rule in mm needs the camera scale" in r.output
