@@ -182,18 +182,19 @@ ZONE_COLOUR = (255, 255, 0)       # BGR cyan: zone outlines
 
 
 def draw_regions(image: np.ndarray, regions, fired: set[int] = frozenset(),
-                 zone_outlines: list[np.ndarray] = ()) -> np.ndarray:
+                 zone_outlines: list[np.ndarray] = (), scale: float = 1.0) -> np.ndarray:
     """Zone outlines and region boxes drawn on a copy of ``image``.
 
-    image: (H, W, 3) uint8 BGR in frame pixels. regions: ``Region``s (frame pixels). fired: indices of the
-    regions that fired a rule (drawn red, the others yellow). zone_outlines: (K, 2) int32 (x, y) point
-    arrays in frame pixels. Returns (H, W, 3) uint8 BGR."""
+    image: (H, W, 3) uint8 BGR, the frame scaled by ``scale`` (image pixels per frame pixel). regions:
+    ``Region``s (frame pixels). fired: indices of the regions that fired a rule (drawn red, the others
+    yellow). zone_outlines: (K, 2) int32 (x, y) point arrays in frame pixels. Returns (H, W, 3) uint8 BGR."""
     out = np.array(image, np.uint8, copy=True)
     thick = max(1, round(max(out.shape[:2]) / 400))
     for pts in zone_outlines:
-        cv2.polylines(out, [np.asarray(pts, np.int32).reshape(-1, 1, 2)], True, ZONE_COLOUR, thick)
+        pts = np.round(np.asarray(pts, np.float64) * scale).astype(np.int32)
+        cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, ZONE_COLOUR, thick)
     for i, r in enumerate(regions):
-        x, y, w, h = r.bbox
+        x, y, w, h = (v * scale for v in r.bbox)
         cv2.rectangle(out, (int(x), int(y)), (int(math.ceil(x + w)) - 1, int(math.ceil(y + h)) - 1),
                       FIRED_COLOUR if i in fired else REGION_COLOUR, thick)
     return out

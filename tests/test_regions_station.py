@@ -122,3 +122,31 @@ def test_rules_check_replays_a_folder_and_says_what_each_rule_did(station_bundle
     bad.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "regions": {"default": {"min_area_mm2": 1}}}))
     r = CliRunner().invoke(app, ["rules", "check", str(bad), str(conveyor_dir)])
     assert r.exit_code == 2 and "regions.default.min_area_mm2: a rule in mm needs the camera scale" in r.output
+
+
+def test_a_running_station_puts_regions_and_reasons_in_the_log_the_ng_images_and_the_console(
+        station_bundles, conveyor_dir, tmp_path):
+    import httpx
+
+    from console_station import RunningStation, station_config
+
+    regions = RegionSettings.from_dict({"mm_per_px": 0.1, "frame": [48, 48], "default": {"min_area_mm2": 0.5},
+                                        "zones": [{"name": "corner", "polygon": [[0, 0], [8, 0], [8, 8], [0, 8]],
+                                                   "ignore": True}]})
+    cfg = station_config(station_bundles[0].root, conveyor_dir, tmp_path, regions=regions)
+    with RunningStation(cfg) as st:
+        st.wait_for(lambda: any(v.hits for v in st.console.feed.ng), what="an NG part rejected by a rule")
+        state = httpx.get(st.url + "api/state").json()
+        assert "reason" in state["latest"] and "regions" in state["latest"]
+        gallery = httpx.get(st.url + "api/gallery").json()["parts"]
+        assert any(p["reason"].startswith("region ") and "in zone default ≥ 0.5 mm²" in p["reason"] for p in gallery)
+        seq = next(v.seq for v in st.console.feed.ng if v.hits)
+        image = httpx.get(st.url + f"api/part/{seq}.jpg")
+        assert image.status_code in (200, 404)   # 404 once it left the keep_frames window
+        st.wait_for(lambda: any(r.get("hits") for r in st.verdicts()), what="a logged rule hit")
+    rows = [r for r in st.verdicts() if r.get("inspected", True)]
+    fired = [r for r in rows if r.get("hits")]
+    assert fired and all(r["ng"] for r in fired) and not any(r["ng"] for r in rows if not r.get("hits") and not r.get("error"))
+    assert fired[0]["regions"][fired[0]["hits"][0]["region"]]["area_mm2"] >= 0.5
+    assert fired[0]["reason"] == "; ".join(h["reason"] for h in fired[0]["hits"])
+    assert (tmp_path / "ng").is_dir() and any(p.name.endswith("_overlay.png") for p in (tmp_path / "ng").iterdir())

@@ -367,6 +367,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
         console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed)
         line.callbacks.append(console.observe)
+        if regions is not None:
+            console.feed.show_zones(regions.outlines())
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
