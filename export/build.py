@@ -71,6 +71,8 @@ class BuildOptions:
         get_precision(self.precision)
         if not 1 <= self.max_batch <= 1024:
             raise ConfigError(f"max_batch must be in 1..1024; found {self.max_batch}.")
+        if not 0.5 <= self.pixel_quantile < 1.0:
+            raise ConfigError(f"--pixel-quantile must be in [0.5, 1); found {self.pixel_quantile}.")
 
 
 @dataclass(frozen=True)

@@ -291,3 +291,20 @@ def test_region_results_count_found_missed_and_false_regions():
     assert totals["defects_found"] == 1 and totals["defects_missed"] == 2 and totals["region_recall"] == 1 / 3
     assert totals["false_regions"] == 3 and totals["false_regions_per_image"] == 1.0
     assert totals["normal_images_with_regions"] == 1
+
+
+def test_a_swapped_bundle_brings_its_pixel_threshold_unless_the_station_file_sets_one():
+    from types import SimpleNamespace
+
+    from fair_edge.export.build import BuildOptions
+    from fair_edge.regions import PixelThreshold
+
+    new = SimpleNamespace(root="b2", pixel_threshold=PixelThreshold(0.8, 0.9999, 6, 100), preprocess=SimpleNamespace(
+        tiling=TilingConfig(tile=64, roi=(4, 4, 100, 100))))
+    swapped = judge().for_bundle(new)
+    assert swapped.pixel_threshold == 0.8 and swapped.roi == (4, 4, 100, 100)
+    assert judge(pixel_threshold=0.3).for_bundle(new).pixel_threshold == 0.3
+    old = SimpleNamespace(root="b0", pixel_threshold=None, preprocess=SimpleNamespace(tiling=None))
+    assert judge().for_bundle(old).pixel_threshold == PIXEL_THRESHOLD
+    with pytest.raises(ConfigError, match=r"--pixel-quantile must be in \[0.5, 1\); found 1.5"):
+        BuildOptions(pixel_quantile=1.5)

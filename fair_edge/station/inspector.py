@@ -228,6 +228,8 @@ class Inspector:
         if change.scorer is not None:
             old, self.scorer, self.roi, self.model = self.scorer, change.scorer, change.roi, change.model
             self.summary.backend = change.scorer.reason
+            if self.regions is not None and change.bundle is not None:
+                self.regions = self.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
             retire(old)
             log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
         if change.threshold is not None:

@@ -223,6 +223,19 @@ class RegionJudge:
         self.settings, self.pixel_threshold, self.roi = settings, float(pixel_threshold), roi
         self._labels: np.ndarray | None = None   # (H, W) uint8 zone id per frame pixel, 0 = default
 
+    def for_bundle(self, bundle) -> "RegionJudge":
+        """The judge for a hot-swapped bundle: its calibrated pixel threshold and tiling, unless the station file
+        sets the pixel threshold; a bundle without one keeps the current threshold (logged)."""
+        value = self.settings.pixel_threshold
+        if value is None:
+            calibrated = getattr(bundle, "pixel_threshold", None)
+            if calibrated is None:
+                log.warning("swapped bundle %s has no pixel threshold; regions keep %.6g", getattr(bundle, "root", "?"),
+                            self.pixel_threshold)
+            value = self.pixel_threshold if calibrated is None else calibrated.value
+        tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
+        return RegionJudge(self.settings, value, tiling.roi if tiling is not None else None)
+
     @property
     def decides(self) -> bool:
         """True when rules decide the verdict (any rule given), False when regions are only reported."""
