@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from fair_edge.errors import ConfigError, DataError
 
@@ -132,7 +131,8 @@ def _length(mask: np.ndarray, geo: MapGeometry) -> float:
 
 def extract_regions(anomaly_map: np.ndarray, pixel_threshold: float, geometry: MapGeometry,
                     mm_per_px: float | None = None, max_regions: int = 64) -> tuple[Region, ...]:
-    """Connected components (8-connected) of ``anomaly_map > pixel_threshold``, largest first.
+    """Connected components (8-connected, ``cv2.connectedComponentsWithStats``) of ``anomaly_map >
+    pixel_threshold``, largest first.
 
     anomaly_map: (h, w) float32, host memory (a model map, or a tiled bundle's stitched frame map).
     geometry: the map's place in the frame. mm_per_px: millimetres per frame pixel, None = no mm sizes.
@@ -140,29 +140,23 @@ def extract_regions(anomaly_map: np.ndarray, pixel_threshold: float, geometry: M
     amap = np.asarray(anomaly_map, np.float32)
     if amap.ndim != 2:
         raise ConfigError(f"extract_regions expects an (h, w) map; found shape {tuple(amap.shape)}.")
-    labels, count = ndimage.label(amap > pixel_threshold, structure=EIGHT_CONNECTED)
-    if count == 0:
+    count, labels, stats, centres = cv2.connectedComponentsWithStats((amap > pixel_threshold).astype(np.uint8),
+                                                                     connectivity=8, ltype=cv2.CV_32S)
+    if count <= 1:
         return ()
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones_like(amap), labels, index)
-    keep = index[np.argsort(-sizes, kind="stable")][:max_regions]
-    peaks = ndimage.maximum(amap, labels, keep)
-    means = ndimage.mean(amap, labels, keep)
-    centres = ndimage.center_of_mass(np.ones_like(amap), labels, keep)
-    slices = ndimage.find_objects(labels)
+    keep = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:max_regions] + 1   # largest first
     cell = geometry.sx * geometry.sy
     out = []
-    for k, label in enumerate(keep):
-        sy, sx = slices[label - 1]
-        mask = labels[sy, sx] == label
-        cy, cx = centres[k]
-        bbox = (geometry.x0 + sx.start * geometry.sx, geometry.y0 + sy.start * geometry.sy,
-                (sx.stop - sx.start) * geometry.sx, (sy.stop - sy.start) * geometry.sy)
-        area = float(sizes[label - 1]) * cell
-        length = _length(mask, geometry)
+    for label in keep:
+        x, y, w, h, n = (int(v) for v in stats[label])
+        mask = labels[y : y + h, x : x + w] == label
+        values = amap[y : y + h, x : x + w][mask]
+        cx, cy = centres[label]   # mean of the pixel indices
+        bbox = (geometry.x0 + x * geometry.sx, geometry.y0 + y * geometry.sy, w * geometry.sx, h * geometry.sy)
+        area, length = n * cell, _length(mask, geometry)
         mm = mm_per_px
         out.append(Region(bbox, (geometry.x0 + (cx + 0.5) * geometry.sx, geometry.y0 + (cy + 0.5) * geometry.sy),
-                          area, length, float(peaks[k]), float(means[k]),
+                          area, length, float(values.max()), float(values.mean()),
                           None if mm is None else area * mm * mm, None if mm is None else length * mm))
     return tuple(out)
 
