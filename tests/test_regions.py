@@ -308,3 +308,11 @@ def test_a_swapped_bundle_brings_its_pixel_threshold_unless_the_station_file_set
     assert judge().for_bundle(old).pixel_threshold == PIXEL_THRESHOLD
     with pytest.raises(ConfigError, match=r"--pixel-quantile must be in \[0.5, 1\); found 1.5"):
         BuildOptions(pixel_quantile=1.5)
+
+
+def test_an_ignore_zone_alone_leaves_the_verdict_to_the_score():
+    only_ignore = judge(zones=[{"name": "label", "polygon": [[0, 0], [10, 0], [10, 10]], "ignore": True}])
+    assert not only_ignore.decides
+    ignored_rules = judge(zones=[{"name": "label", "polygon": [[0, 0], [10, 0], [10, 10]], "ignore": True,
+                                  "min_area_px": 1}])
+    assert not ignored_rules.decides

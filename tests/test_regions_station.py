@@ -99,7 +99,7 @@ def test_eval_reports_region_level_results_with_masks(trained, mvtec_dir, tmp_pa
     assert given["defects_found"] == 0 and given["false_regions"] == 0 and given["pixel_threshold_source"] == "given"
 
 
-def test_rules_check_replays_a_folder_and_says_what_each_rule_did(station_bundles, conveyor_dir, tmp_path):
+def test_rules_check_replays_a_folder_and_says_what_each_rule_did(station_bundles, conveyor_dir, mvtec_dir, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
@@ -117,7 +117,13 @@ def test_rules_check_replays_a_folder_and_says_what_each_rule_did(station_bundle
     assert report["fired"].get("default/min_area_mm2", 0) == report["ng_by_rules"] >= 4
     defect_rows = [row for row in report["rows"] if "defect" in row["image"]]
     assert sum(row["ng"] for row in defect_rows) >= 4
-    assert "NG by the rules" in r.output and "default/min_area_mm2: fired on" in r.output
+    assert "NG by the rules" in r.output and "default/min_area_mm2: fired on" in r.output and report["rates"] is None
+    # a labelled test set: caught and false-reject rates by score and by the rules
+    r = CliRunner().invoke(app, ["rules", "check", str(station), str(mvtec_dir), "--json", str(out)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    rates = json.loads(out.read_text())["rates"]
+    assert rates["by_rules"]["caught"] >= 4 / 6 and 0 <= rates["by_rules"]["false_rejects"] <= 1
+    assert set(rates["by_score"]) == {"caught", "false_rejects"} and "by rules: caught" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "regions": {"default": {"min_area_mm2": 1}}}))
     r = CliRunner().invoke(app, ["rules", "check", str(bad), str(conveyor_dir)])

@@ -3,7 +3,7 @@
 Every image is inspected as the station would (its bundle, backend, threshold, ROI, ``regions:``
 section), so what each rule did can be read before the rules go on the line: per image the score,
 the regions, the verdict by score alone and by the rules, and the reasons; per rule how many images it
-rejected.
+rejected; on labelled images (a test set) how the rules change the caught and false-reject rates.
 """
 
 from __future__ import annotations
@@ -44,10 +44,22 @@ class RulesReport:
     def ng_by_rules(self) -> int:
         return sum(r["ng"] for r in self.rows)
 
+    def rates(self) -> dict | None:
+        """On labelled rows: {by_score, by_rules: {caught, false_rejects}} (shares of the defective / normal
+        images rejected), None without labels."""
+        labelled = [r for r in self.rows if r.get("label") is not None]
+        defective = [r for r in labelled if r["label"] == 1]
+        normal = [r for r in labelled if r["label"] == 0]
+        if not labelled:
+            return None
+        share = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows else None  # noqa: E731
+        return {name: {"caught": share(defective, key), "false_rejects": share(normal, key)}
+                for name, key in (("by_score", "ng_by_score"), ("by_rules", "ng"))}
+
     def to_dict(self) -> dict:
         return {"threshold": self.threshold, "pixel_threshold": self.pixel_threshold, "images": self.images,
                 "ng_by_score": self.ng_by_score, "ng_by_rules": self.ng_by_rules, "fired": self.fired,
-                "rows": self.rows}
+                "rates": self.rates(), "rows": self.rows}
 
 
 def row(name: str, verdict: Verdict) -> dict:
@@ -59,8 +71,9 @@ def row(name: str, verdict: Verdict) -> dict:
             "reason": verdict.reason or verdict.error, "hits": [h.to_json_dict() for h in verdict.hits]}
 
 
-def check_frames(cfg: StationConfig, frames: Iterable[tuple[str, np.ndarray]], backend: str | None = None) -> RulesReport:
-    """Inspect ``frames`` ((name, (H, W, 3) uint8 BGR) pairs) with the station ``cfg``'s bundle and rules.
+def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | None = None) -> RulesReport:
+    """Inspect ``frames`` ((name, (H, W, 3) uint8 BGR) or (name, image, label 0 normal / 1 defective) tuples)
+    with the station ``cfg``'s bundle and rules.
 
     backend: overrides ``cfg.backend`` (None = the file's). Raises ConfigError when the station file has no
     bundle or regions are off (``regions.enabled: false``, or a bundle without a pixel threshold)."""
@@ -77,9 +90,9 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple[str, np.ndarray]], b
         inspector = Inspector(None, choice, threshold, roi=load_roi(cfg.roi, bundle.image_size), regions=judge)
         report = RulesReport(threshold, judge.pixel_threshold)
         fired: collections.Counter[str] = collections.Counter()
-        for seq, (name, image) in enumerate(frames):
+        for seq, (name, image, *label) in enumerate(frames):
             (verdict,) = inspector.inspect([Frame(seq, time.monotonic(), image, name)])
-            report.rows.append(row(name, verdict))
+            report.rows.append(dict(row(name, verdict), label=label[0] if label else None))
             fired.update({f"{h.zone}/{h.rule}" for h in verdict.hits})
         report.fired = dict(sorted(fired.items()))
         return report

@@ -14,9 +14,10 @@
 Rules (per zone and in ``default``): ``min_area_mm2`` / ``min_area_px``: a region at least this big
 fires; ``min_length_mm`` / ``min_length_px``: a region at least this long fires; ``max_count``: more
 regions than this in the zone fires; ``ignore: true``: its regions fire nothing and are not counted.
-With any rule given the verdict is NG exactly when a rule fires (or the frame could not be
-inspected); without rules it is the score against the threshold, as before, and regions are only
-reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
+With any rule that can fire (a size limit or a count) the verdict is NG exactly when one fires (or
+the frame could not be inspected); without one it is the score against the threshold, as before
+(an ``ignore`` zone alone changes no verdict: use ``decision.roi`` to mask the score), and regions
+are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class ZoneRules:
     ignore: bool = False
 
     @property
-    def active(self) -> bool:
-        return bool(self.limits) or self.max_count is not None or self.ignore
+    def fires(self) -> bool:
+        """True when a rule here can fire (a size limit or a count; ``ignore`` alone never rejects)."""
+        return not self.ignore and (bool(self.limits) or self.max_count is not None)
 
     @classmethod
     def from_dict(cls, where: str, data: dict) -> "ZoneRules":
@@ -109,7 +111,8 @@ class RegionSettings:
 
     @property
     def has_rules(self) -> bool:
-        return self.default.active or any(z.rules.active for z in self.zones)
+        """True when a rule can fire: the rules then decide the verdict (an ignore zone alone does not)."""
+        return self.default.fires or any(z.rules.fires for z in self.zones)
 
     @classmethod
     def from_dict(cls, data: Any, base: Path | None = None) -> "RegionSettings":
