@@ -27,9 +27,9 @@ def plates(mvtec_dir):
 
 
 def inspector_for(bundle, section: dict) -> Inspector:
-    choice = select_backend(bundle, "onnxruntime")
+    scorer = select_backend(bundle, "onnxruntime")
     judge = RegionJudge(RegionSettings.from_dict(section), bundle.pixel_threshold.value)
-    return Inspector(capture=None, choice=choice, threshold=bundle.threshold.value, regions=judge)
+    return Inspector(capture=None, scorer=scorer, threshold=bundle.threshold.value, regions=judge)
 
 
 def test_the_build_records_a_pixel_threshold_from_normal_maps(station_bundles):

@@ -80,14 +80,14 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
     if cfg.bundle is None:
         raise ConfigError("rules check needs a bundle: set `bundle:` in the station file or pass --bundle.")
     bundle = read_bundle(cfg.bundle)
-    choice = open_scorer(bundle, backend or cfg.backend)
+    scorer = open_scorer(bundle, backend or cfg.backend)
     try:
-        threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
+        threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
         judge = open_regions(cfg, bundle)
         if judge is None:
             raise ConfigError("rules check: defect regions are off (regions.enabled: false, or the bundle has no "
                               "pixel threshold); set regions.pixel_threshold or rebuild the bundle.")
-        inspector = Inspector(None, choice, threshold, roi=load_roi(cfg.roi, bundle.image_size), regions=judge)
+        inspector = Inspector(None, scorer, threshold, roi=load_roi(cfg.roi, bundle.image_size), regions=judge)
         report = RulesReport(threshold, judge.pixel_threshold)
         fired: collections.Counter[str] = collections.Counter()
         for seq, (name, image, *label) in enumerate(frames):
@@ -97,4 +97,4 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
         report.fired = dict(sorted(fired.items()))
         return report
     finally:
-        choice.backend.close()
+        scorer.backend.close()
