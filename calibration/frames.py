@@ -50,7 +50,14 @@ def frame_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.n
                  frames: Sequence[np.ndarray], model: ModelSpec) -> np.ndarray:
     """Decision scores of whole frames, (N,) float32: ``infer_batched(named inputs) -> named outputs``
     scores each frame, or each tile of a tiled model, then stitched (fair_edge.tiling)."""
+    return frame_maps_scores(infer_batched, frames, model)[1]
+
+
+def frame_maps_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                      frames: Sequence[np.ndarray], model: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
+    """As ``frame_scores``, with the frame maps: (N maps (h, w) float32 (stitched for a tiled model),
+    scores (N,) float32)."""
     tiler = FrameTiler(model.preprocess.tiling, model.preprocess.image_size)
     tiles, layouts = tiler.split(list(frames))
     outputs = infer_batched(preprocess_frames(tiles, model))
-    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)[1]
+    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)

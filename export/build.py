@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fair_edge.calibration.frames import frame_scores, model_frames, preprocess_frames
+from fair_edge.calibration.frames import frame_maps_scores, frame_scores, model_frames, preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
@@ -38,6 +38,7 @@ from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bun
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP
+from fair_edge.regions import DEFAULT_PIXEL_QUANTILE, PixelThreshold, calibrate_pixel_threshold
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
@@ -53,7 +54,9 @@ class BuildOptions:
     """precision: fp32 | fp16 | int8. max_batch: the engine profile's and runtime's batch limit.
     int8: calibration settings. false_reject_rate: threshold target on normal images.
     engine: try to build a TensorRT engine. command: the command line that rebuilds (stored).
-    quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none."""
+    quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none.
+    pixel_quantile: the defect regions' pixel threshold = this quantile of the normal maps' pixels
+    (``fair_edge.regions``)."""
 
     precision: str = "fp32"
     max_batch: int = 8
@@ -62,11 +65,14 @@ class BuildOptions:
     engine: bool = True
     command: str = ""
     quality: QualityGate | None = None
+    pixel_quantile: float = DEFAULT_PIXEL_QUANTILE
 
     def __post_init__(self) -> None:
         get_precision(self.precision)
         if not 1 <= self.max_batch <= 1024:
             raise ConfigError(f"max_batch must be in 1..1024; found {self.max_batch}.")
+        if not 0.5 <= self.pixel_quantile < 1.0:
+            raise ConfigError(f"--pixel-quantile must be in [0.5, 1); found {self.pixel_quantile}.")
 
 
 @dataclass(frozen=True)
@@ -153,14 +159,16 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
 
 
 def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Sequence[np.ndarray] | None,
-               source: str, defects: Sequence[np.ndarray] | None) -> Threshold | None:
-    """The threshold from whole-frame scores of the deployed graph (stitched for a tiled model)."""
+               source: str, defects: Sequence[np.ndarray] | None) -> tuple[Threshold | None, PixelThreshold | None]:
+    """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) and
+    the pixel threshold (defect regions) from the same normal frames' maps."""
     if not normal:
-        return None
+        return None, None
     backend = OnnxGraph(graph, ckpt.model.input_names)
-    normal_scores = frame_scores(backend.infer_batched, normal, ckpt.model)
+    normal_maps, normal_scores = frame_maps_scores(backend.infer_batched, normal, ckpt.model)
     defect_scores = frame_scores(backend.infer_batched, defects, ckpt.model) if defects else None
-    return calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source)
+    return (calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source),
+            calibrate_pixel_threshold(normal_maps, options.pixel_quantile, source=source))
 
 
 def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs | None) -> Path | None:
@@ -193,7 +201,7 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
 
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
               delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None,
-              gate: GateReport | None = None) -> dict:
+              gate: GateReport | None = None, pixel: PixelThreshold | None = None) -> dict:
     calibration = None
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
@@ -202,6 +210,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
                   "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
+        "pixel_threshold": pixel.to_dict() if pixel else None,
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
@@ -273,15 +282,15 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         names = ckpt.model.input_names
         delta = graph_delta(OnnxGraph(fp32, names), OnnxGraph(graph, names), probe)
     threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
-    threshold = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
+    threshold, pixel = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
     cpu = None
     if cpu_graph is not None:
-        cpu_threshold = _threshold(cpu_graph, ckpt, options, threshold_frames, source, defect_frames)
+        cpu_threshold, _ = _threshold(cpu_graph, ckpt, options, threshold_frames, source, defect_frames)
         cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
-    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate))
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
-        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate))
+        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate, pixel))
     load_bundle(out)  # verified before it is moved into place
     return delta, parity, reused, engine is not None, note, gate

@@ -5,7 +5,8 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
   cpu: {onnx, threshold} of the INT8 graph for CPU engines, or null};
-  threshold: Threshold or null; calibration: {method, num_images, percentile, cache} or null;
+  threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
+  or null (absent in bundles built before regions); calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   facts: the family's figures about this model (``ModelFamily.facts``, e.g. PatchCore's memory bank MB);
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -32,6 +33,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from fair_edge.calibration.threshold import Threshold
+from fair_edge.regions import PixelThreshold
 from fair_edge.checksums import sha256_file
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.precision import PRECISIONS
@@ -78,6 +80,9 @@ class Bundle:
     weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
     cpu_onnx_path, cpu_threshold: INT8 bundles: the graph CPU engines run (``calibration.int8_cpu``;
     the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on it.
+    pixel_threshold: the defect regions' pixel threshold (``fair_edge.regions``), calibrated on the same
+    normal images as ``threshold``; None in bundles built before regions (the station then finds none
+    unless its file sets ``regions.pixel_threshold``).
     """
 
     root: Path
@@ -93,6 +98,7 @@ class Bundle:
     weights_path: Path | None = None
     cpu_onnx_path: Path | None = None
     cpu_threshold: Threshold | None = None
+    pixel_threshold: PixelThreshold | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -290,6 +296,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             engine=_engine(root, data), build_command=str(data.get("build_command", "")),
             weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
             **_cpu_graph(root, data, graph.get("cpu")),
+            pixel_threshold=PixelThreshold.from_dict(data["pixel_threshold"]) if data.get("pixel_threshold") else None,
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),

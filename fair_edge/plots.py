@@ -7,6 +7,7 @@ Colours are BGR; images are (H, W, 3) uint8.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -244,9 +245,11 @@ def _outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def heatmap_panel(image_bgr: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, lines: list[str], *,
                   threshold: float | None = None, mask: np.ndarray | None = None, show_original: bool = True,
-                  alpha: float = 0.5, min_side: int = 256) -> np.ndarray:
+                  alpha: float = 0.5, min_side: int = 256,
+                  marks: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """A figure a person can read: text lines on top (score, threshold, source), then the image as
     captured, the heat map over it, and the colour scale (with the threshold marked).
+    marks: draws on the heat-map panel at frame size, e.g. defect region boxes (``regions.draw_regions``).
 
     image_bgr: (H, W, 3) uint8 BGR. anomaly_map: (h, w) float. mask: optional (h', w') ground truth,
     outlined on both panels. Images smaller than ``min_side`` are enlarged (nearest neighbour).
@@ -256,6 +259,8 @@ def heatmap_panel(image_bgr: np.ndarray, anomaly_map: np.ndarray, vmin: float, v
     original = np.asarray(image_bgr)
     if mask is not None:
         original, overlay = _outline(original, mask), _outline(overlay, mask)
+    if marks is not None:
+        overlay = marks(overlay)
     if original.shape[0] < min_side:
         size = (round(original.shape[1] * min_side / original.shape[0]), min_side)
         original, overlay = (cv2.resize(p, size, interpolation=cv2.INTER_NEAREST) for p in (original, overlay))

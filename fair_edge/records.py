@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from fair_edge.regions import Region
+
 
 def new_run_id() -> str:
     """A run id that sorts by start time and does not repeat: ``20261129T134000Z-3f2a``."""
@@ -45,6 +47,36 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class RuleHit:
+    """A station rule that fired (``fair_edge.station.zones``).
+
+    rule: its key (``min_area_mm2``, ``min_length_mm``, ``min_area_px``, ``min_length_px``, ``max_count``).
+    zone / zone_id: the zone it belongs to (``default`` / 0 = outside every named zone). value: what was
+    measured (a region's size, or the zone's region count); limit: the rule's number; unit: of both.
+    region: index into ``Verdict.regions`` of the region that fired it, None for ``max_count``.
+    """
+
+    rule: str
+    zone: str
+    zone_id: int
+    value: float
+    limit: float
+    unit: str
+    region: int | None = None
+
+    @property
+    def reason(self) -> str:
+        """In words, e.g. ``region 0.7 mm² in zone seal ≥ 0.5 mm²`` or ``4 regions in zone body > 3``."""
+        if self.rule == "max_count":
+            return f"{self.value:.0f} regions in zone {self.zone} > {self.limit:.0f}"
+        return f"region {self.value:.3g} {self.unit} in zone {self.zone} ≥ {self.limit:.3g} {self.unit}"
+
+    def to_json_dict(self) -> dict:
+        return {"rule": self.rule, "zone": self.zone, "zone_id": self.zone_id, "value": round(self.value, 4),
+                "limit": self.limit, "unit": self.unit, "region": self.region, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The decision for one frame.
 
@@ -54,7 +86,10 @@ class Verdict:
     error: why the frame could not be inspected ("" when it was). Fail-safe rule: a frame that
     cannot be inspected (malformed image, inference failure) gets score None and ng=True, so its
     part is rejected rather than passed unseen. model: id of the model that decided it
-    (``fair_edge.runtime.hotswap.model_id``; "" when unknown).
+    (``fair_edge.runtime.hotswap.model_id``; "" when unknown). regions: the defect regions found in
+    its map, largest first (``fair_edge.regions``; empty when regions are off). hits: the station rules
+    that fired; with rules set, ng = bool(hits) for an inspected frame. Both are per view: a
+    multi-camera part record can hold one Verdict per view.
     """
 
     seq: int
@@ -66,6 +101,18 @@ class Verdict:
     source: str = ""
     error: str = ""
     model: str = ""
+    regions: tuple[Region, ...] = ()
+    hits: tuple[RuleHit, ...] = ()
+
+    @property
+    def largest_region(self) -> Region | None:
+        """The region of largest area (``regions`` is sorted so: the first), None without regions."""
+        return self.regions[0] if self.regions else None
+
+    @property
+    def reason(self) -> str:
+        """Why it is NG in words: the fired rules joined with '; ' ('' when none fired)."""
+        return "; ".join(h.reason for h in self.hits)
 
     @property
     def latency_ms(self) -> float:
@@ -84,4 +131,6 @@ class Verdict:
             "source": self.source,
             **({"error": self.error} if self.error else {}),
             **({"model": self.model} if self.model else {}),
+            **({"regions": [r.to_json_dict() for r in self.regions]} if self.regions else {}),
+            **({"hits": [h.to_json_dict() for h in self.hits], "reason": self.reason} if self.hits else {}),
         }

@@ -33,7 +33,7 @@ def test_every_stage_is_timed_for_both_highpass_methods(tiny_bundle):
     assert [r.highpass for r in rows] == ["fft", "separable"]
     for row in rows:
         assert row.batch == 2 and row.batches >= 1 and set(row.ms_per_frame) == set(STAGE_NAMES)
-        assert all(row.ms_per_frame[s] > 0 for s in ("copy", "resize", "highpass", "inference", "scoring", "decision"))
+        assert all(row.ms_per_frame[s] > 0 for s in STAGE_NAMES)   # regions too: a benchmark row, not a timed test
         assert row.to_dict()["frames_per_s"] == pytest.approx(1000.0 / row.total_ms)
 
 

@@ -2,7 +2,9 @@
 
 Stages: copy (uint8 -> float32), resize, highpass (gray + high-pass, both ``HIGHPASS_METHODS``),
 inference (the UNet), scoring (MSGMS + colour + mean filter + max), decision (ROI-weighted max of
-the anomaly map, the worst case of ``Inspector.inspect``, and the threshold compare).
+the anomaly map, the worst case of ``Inspector.inspect``, and the threshold compare), regions (defect
+regions of every map above the bundle's pixel threshold: connected components, sizes, rotated boxes;
+``fair_edge.regions``; a bundle without one uses the 99th percentile of the first batch's maps).
 
 Inference and scoring run as one ONNX Runtime graph: the session is profiled and each batch's wall
 time is split in proportion to the kernel time of the nodes in the model family's network scope
@@ -24,10 +26,11 @@ import numpy as np
 from fair_edge.errors import ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
 from fair_edge.preprocess import StageClock
+from fair_edge.regions import MapGeometry, extract_regions
 from fair_edge.runtime.backends import HIGHPASS_METHODS, CpuPreprocessor, cpu_graph
 
 log = logging.getLogger(__name__)
-STAGE_NAMES = ("copy", "resize", "highpass", "inference", "scoring", "decision")
+STAGE_NAMES = ("copy", "resize", "highpass", "inference", "scoring", "decision", "regions")
 
 
 @dataclass(frozen=True)
@@ -103,18 +106,28 @@ def time_stages(bundle, backend: str, frames: list[np.ndarray], batch: int, seco
             log.warning("stages: %s high-pass not timed: %s", method, str(exc).split(". ")[0])
             continue
         run = _runner(bundle, backend, threads)
-        run(_host(pipeline(frames[:batch])), StageClock())  # warm-up, untimed
+        warm = run(_host(pipeline(frames[:batch])), StageClock())  # warm-up, untimed
+        pixel = _pixel_threshold(bundle, warm)
         run.wall, clock, n, start = 0.0, StageClock(), 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             take = [frames[(n * batch + i) % len(frames)] for i in range(batch)]
             maps = run(_host(pipeline(take, clock)), clock)
             _decide(maps, roi, threshold)
             clock.lap("decision")
+            for frame, amap in zip(take, maps):
+                extract_regions(amap, pixel, MapGeometry.of(frame.shape[:2], amap.shape), mm_per_px=0.05)
+            clock.lap("regions")
             n += 1
         run.split(clock)
         per_frame = {s: 1000.0 * clock.seconds.get(s, 0.0) / (n * batch) for s in STAGE_NAMES}
         rows.append(StageRow(backend, method, batch, n, per_frame))
     return rows
+
+
+def _pixel_threshold(bundle, maps: np.ndarray) -> float:
+    """The bundle's pixel threshold, else the 99th percentile of ``maps`` ((B, S, S) float32)."""
+    calibrated = getattr(bundle, "pixel_threshold", None)
+    return calibrated.value if calibrated is not None else float(np.percentile(maps, 99))
 
 
 def _host(inputs: dict) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from rich.table import Table
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import images_for, read_image
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar
@@ -47,7 +48,7 @@ def _spec(spec: str) -> str:
 
 def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[str], calib_images: int,
              calib_method: str, normal: Optional[str], defects: Optional[str], frr: float, max_batch: int,
-             out: Path, max_drop: Optional[float] = None) -> str:
+             out: Path, max_drop: Optional[float] = None, pixel_quantile: float = DEFAULT_PIXEL_QUANTILE) -> str:
     args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
     args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
     if calib is not None:
@@ -57,6 +58,7 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
             args += [flag, _spec(folder)]
     args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
     args += ["--max-drop", str(max_drop)] if max_drop is not None else []
+    args += ["--pixel-quantile", str(pixel_quantile)] if pixel_quantile != DEFAULT_PIXEL_QUANTILE else []
     return shlex.join(args)
 
 
@@ -83,6 +85,10 @@ def _summary(result: BuildResult) -> None:
             f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
     else:
         table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
+    if b.pixel_threshold is not None:
+        p = b.pixel_threshold
+        table.add_row("pixel threshold", f"{p.value:.6g}", escape(
+            f"defect regions: the {p.quantile:.4%} quantile of {p.n_pixels} map pixels of {p.n_images} {p.source}"))
     gpu_note = (gpu_preprocessing_note(b.preprocess) if HIGHPASS in b.model.input_names else
                 ("reference (CPU resize, then upload)", "the model takes the colour image only; the fused kernel makes the high-pass"))
     for row in quality_gate_rows(result):
@@ -186,6 +192,9 @@ def build(
                                              "--defects, else FP32 normal-score spreads (mean |INT8 - FP32| / std) with "
                                              "--normal. Over it, the most sensitive layers stay float32 (up to half of "
                                              "them) or the build is refused. Figures go in bundle.json."),
+    pixel_quantile: float = typer.Option(DEFAULT_PIXEL_QUANTILE, "--pixel-quantile", help="Defect regions: the pixel "
+                                         "threshold is this quantile of all normal map pixels (same normal images as "
+                                         "the threshold); in bundle.json as pixel_threshold."),
 ) -> None:
     """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
     if width is not None:
@@ -211,8 +220,8 @@ def build(
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
-                                    normal, defects, false_reject_rate, max_batch, out, max_drop),
-                           QualityGate(max_drop) if max_drop is not None else None)
+                                    normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile),
+                           QualityGate(max_drop) if max_drop is not None else None, pixel_quantile)
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []
     normal_frames = [read_image(p) for p in images_for(normal, "normal", category)] if normal is not None else None

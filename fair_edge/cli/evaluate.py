@@ -30,10 +30,16 @@ def print_metrics(result: dict, out: Path) -> None:
     for key in ("note", "pixel_metrics"):
         if key in result:
             console.print(f"[yellow]{result[key]}[/]")
+    regions = result.get("regions") or {}
+    if "defects" in regions:
+        console.print(f"regions at pixel threshold {regions['pixel_threshold']:.5g} ({regions['pixel_threshold_source']}): "
+                      f"{regions['defects_found']} of {regions['defects']} defects found, {regions['defects_missed']} "
+                      f"missed, {regions['false_regions']} false regions ({regions['false_regions_per_image']:.2f} per "
+                      f"image; {regions['normal_images_with_regions']} normal images with any); per image: regions.csv")
 
 
 def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,
-             category: Optional[str] = None) -> dict:
+             category: Optional[str] = None, pixel_threshold: Optional[float] = None) -> dict:
     from fair_edge.training.data import load_dataset
     from fair_edge.training.evaluate import evaluate
     from fair_edge.training.loop import resolve_device
@@ -42,7 +48,8 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(split.test))
         result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
-                          false_reject_rate=false_reject_rate, progress=lambda n: bar.advance(task, n))
+                          false_reject_rate=false_reject_rate, progress=lambda n: bar.advance(task, n),
+                          pixel_threshold=pixel_threshold)
     print_metrics(result, out)
     return result
 
@@ -61,11 +68,16 @@ def eval_command(
                                             "(the same setting and default as `build --false-reject-rate`)."),
     frr: Optional[float] = typer.Option(None, "--frr", hidden=True, help="Deprecated: --false-reject-rate."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
+    pixel_threshold: Optional[float] = typer.Option(None, "--pixel-threshold", help="Map value above which pixels "
+                                                    "form defect regions, for the region-level results (e.g. a "
+                                                    "bundle's pixel_threshold); default: calibrated on the normal "
+                                                    "test images."),
 ) -> None:
     """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
     if frr is not None:
         console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
         false_reject_rate = frr
     out = out or checkpoint.parent / "eval"
-    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category)
+    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category,
+             pixel_threshold=pixel_threshold)
     console.print(f"[green]report:[/] {out}")

@@ -1,5 +1,6 @@
 """The ``fair-edge`` command line: the root app, its ``--verbose`` option, and one typer sub-app per area
-(``fair_edge.cli.train``, ``evaluate``, ``demo``, ``run``, ``bench``, ``build``, ``collect``, ``tune``, ``fuse``, ``service``)
+(``fair_edge.cli.train``, ``evaluate``, ``demo``, ``run``, ``bench``, ``build``, ``collect``, ``tune``, ``fuse``, ``service``,
+``rules``)
 joined with ``add_typer``.
 
 Commands are thin: they parse options, call library code, and show progress and results.
@@ -13,7 +14,7 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from fair_edge.cli import bench, build, collect, demo, evaluate, fuse, run, service, train, tune
+from fair_edge.cli import bench, build, collect, demo, evaluate, fuse, rules, run, service, train, tune
 from fair_edge.cli.common import VerboseAnywhere, console
 from fair_edge.cli.train import family_titles
 
@@ -40,7 +41,7 @@ def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Sh
 
 
 # One sub-app per area; `fair-edge --help` lists the commands in this order.
-for area in (train, evaluate, demo, run, bench, build, collect, tune, fuse, service):
+for area in (train, evaluate, demo, run, bench, build, collect, tune, fuse, service, rules):
     app.add_typer(area.app)
 
 

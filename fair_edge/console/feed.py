@@ -56,6 +56,11 @@ class StationFeed:
         self.started = time.time()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.count = 0          # verdicts observed (changes = something new to push)
+        self.zone_outlines: list[np.ndarray] = []   # the station's zones, drawn over the live and part images
+
+    def show_zones(self, outlines: list[np.ndarray]) -> None:
+        """Draw these zone outlines ((K, 2) int32 (x, y) frame pixels each) over the console's images."""
+        self.zone_outlines = list(outlines)
 
     def attach(self, inspector, capture, scheduler=None, recorder=None, camera_watch=None,
                bundle_path: Path | None = None) -> None:

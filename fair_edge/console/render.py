@@ -11,16 +11,19 @@ import cv2
 import numpy as np
 
 from fair_edge.plots import heatmap_overlay
+from fair_edge.records import Verdict
+from fair_edge.regions import draw_regions
 
 MAX_SIDE = 480
 JPEG_QUALITY = 80
 
 
 def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: float, alpha: float = 0.5,
-                 max_side: int = MAX_SIDE) -> bytes:
+                 max_side: int = MAX_SIDE, verdict: Verdict | None = None, zone_outlines: list[np.ndarray] = ()) -> bytes:
     """JPEG bytes of ``image`` ((H, W, 3) BGR or (H, W) uint8) scaled to at most ``max_side`` px, with
     ``anomaly_map`` ((S, S) float32, any size) blended on the recorder's scale: 0 .. 2 x threshold, so
-    the threshold is the middle of the colour map and hot spots of NG parts show red."""
+    the threshold is the middle of the colour map and hot spots of NG parts show red; the verdict's
+    defect region boxes (red: fired a rule) and the zone outlines ((K, 2) (x, y) frame pixels) drawn over it."""
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
     scale = min(1.0, max_side / max(bgr.shape[:2]))
     if scale < 1.0:
@@ -28,6 +31,10 @@ def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: f
     if anomaly_map is not None and np.isfinite(anomaly_map).all():
         vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(anomaly_map.max()) + 1e-6
         bgr = heatmap_overlay(bgr, anomaly_map, 0.0, vmax, alpha)
+    if (verdict is not None and verdict.regions) or len(zone_outlines):
+        regions = verdict.regions if verdict is not None else ()
+        fired = {h.region for h in verdict.hits if h.region is not None} if verdict is not None else set()
+        bgr = draw_regions(bgr, regions, fired, zone_outlines, scale)
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError(f"JPEG encoding failed for an image of shape {bgr.shape}")

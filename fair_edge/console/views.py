@@ -15,7 +15,7 @@ RECENT_SHOWN = 24
 def _part(v, labels: dict[int, str]) -> dict:
     return {"seq": v.seq, "score": finite(v.score), "threshold": v.threshold, "ng": v.ng, "source": v.source,
             "latency_ms": round(v.latency_ms, 2), "model": v.model, "error": v.error,
-            "review": labels.get(v.seq, "")}
+            "review": labels.get(v.seq, ""), "regions": len(v.regions), "reason": v.reason}
 
 
 def live_state(feed: StationFeed, actions: StationActions) -> dict:
@@ -38,7 +38,8 @@ def latest_jpeg(feed: StationFeed, cache: JpegCache) -> bytes | None:
     if part is None or part.frame is None:
         return None
     v = part.verdict
-    return cache.get(("live", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold))
+    return cache.get(("live", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold,
+                                                                   verdict=v, zone_outlines=feed.zone_outlines))
 
 
 def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int) -> bytes | None:
@@ -47,7 +48,8 @@ def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int) -> bytes | None:
     if part is None or part.frame is None:
         return None
     v = part.verdict
-    return cache.get(("part", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold))
+    return cache.get(("part", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold,
+                                                                   verdict=v, zone_outlines=feed.zone_outlines))
 
 
 def gallery(feed: StationFeed, actions: StationActions) -> dict:

@@ -10,6 +10,7 @@ per kind; it never reaches the inspection loop.
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
 ``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT`` (the
 heat map over the frame, its colour scale, and the score, threshold, source and sequence number
+written above; defect region boxes (red: fired a rule) and zone outlines drawn on it, the reason
 written above). Every row carries the run id and the capture time in UTC (``time_utc``) beside
 the monotonic one, so runs appended to one folder stay apart and a row can be traced to a real
 moment. A frame the capture queue dropped gets a row too (``inspected: false``, ``reason``):
@@ -18,6 +19,7 @@ every captured part is accounted for in the log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import shutil
@@ -34,6 +36,7 @@ from ..errors import FairEdgeError, RecorderError
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_panel
+from ..regions import draw_regions
 from .settings import RecordSettings
 from .sinks.base import Counters
 
@@ -47,6 +50,11 @@ def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> di
     """The verdict log's row for a captured frame that was never inspected."""
     return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
             "source": frame.source}
+
+
+def _ascii(text: str) -> str:
+    """The reason as the image font can draw it (mm² -> mm2, ≥ -> >=)."""
+    return text.replace("²", "2").replace("≥", ">=")
 
 
 def ng_image_path(folder: Path, run_id: str, seq: int, kind: str, ext: str) -> Path:
@@ -86,8 +94,13 @@ class Recorder:
         self._q: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._stop = threading.Event()
         self._closed = False
+        self.zone_outlines: list[np.ndarray] = []
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
+
+    def show_zones(self, outlines: list[np.ndarray]) -> None:
+        """Draw these zone outlines ((K, 2) int32 (x, y) frame pixels each) on every NG overlay."""
+        self.zone_outlines = list(outlines)
 
     def record(self, frame: Frame | None, verdict: Verdict,
                anomaly_map: np.ndarray | None = None) -> bool:
@@ -182,9 +195,17 @@ class Recorder:
         known = bool(np.isfinite(threshold) and threshold > 0)
         vmax = 2.0 * threshold if known else float(amap.max()) + 1e-6
         lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
-                 f"seq {verdict.seq}  source {verdict.source or '-'}"]
+                 f"seq {verdict.seq}  source {verdict.source or '-'}"] + ([_ascii(verdict.reason)] if verdict.hits else [])
         return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=threshold if known else None,
-                             show_original=False, alpha=self.settings.overlay_alpha, min_side=0)
+                             show_original=False, alpha=self.settings.overlay_alpha, min_side=0,
+                             marks=self._marks(verdict))
+
+    def _marks(self, verdict: Verdict) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Draws the verdict's regions and the zone outlines on the overlay, or None when there is neither."""
+        if not verdict.regions and not self.zone_outlines:
+            return None
+        fired = {h.region for h in verdict.hits if h.region is not None}
+        return functools.partial(draw_regions, regions=verdict.regions, fired=fired, zone_outlines=self.zone_outlines)
 
     def _write_images(self, frame: Frame, verdict: Verdict, amap: np.ndarray | None) -> None:
         if not self._disk_has_room():

@@ -11,6 +11,8 @@
     metrics:  {enabled: false, host: 127.0.0.1, port: 9108}
     mqtt:     {url: null}                # e.g. mqtt://127.0.0.1:1883/line3: verdicts, faults, summary
     console:  {enabled: true, host: 127.0.0.1, port: 8765, token: null, ...}   # fair_edge/console/settings.py
+    regions:  {enabled: true, pixel_threshold: null, mm_per_px: null, frame: null, default: {}, zones: []}
+              # defect regions, camera scale, zones and their rules: fair_edge/station/zones.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -29,6 +31,7 @@ from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.station.inspector import LoopSettings
 from fair_edge import fields as f
+from fair_edge.station.zones import RegionSettings
 from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
 from fair_edge.runtime.selection import BACKEND_NAMES
 
@@ -78,12 +81,13 @@ class StationConfig:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    regions: RegionSettings = field(default_factory=RegionSettings)
     source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics", "mqtt", "console"])
+                                           "reject", "record", "metrics", "mqtt", "console", "regions"])
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -106,6 +110,7 @@ class StationConfig:
             metrics=MetricsSettings.from_dict(d.get("metrics")),
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
             console=ConsoleSettings.from_dict(d.get("console")),
+            regions=RegionSettings.from_dict(d.get("regions")),
         )
 
     def override(self, **changes: Any) -> "StationConfig":

@@ -32,6 +32,9 @@ SECTION_NOTES = {
     "metrics": "Prometheus endpoint; host 127.0.0.1 = this machine only",
     "mqtt": "url: mqtt://HOST:PORT/PREFIX (verdicts, faults, summary), null = off",
     "console": "the operator console (fair_edge/console/settings.py); host 127.0.0.1 = this machine only",
+    "regions": "defect regions; pixel_threshold null = the bundle's; mm_per_px or scale: {points: [[x, y], [x, y]], mm: D}; "
+               "frame: [width, height]; default: rules outside every zone; zones: [{name, polygon or mask, "
+               "min_area_mm2, min_length_mm, min_area_px, min_length_px, max_count, ignore}]; fair_edge/station/zones.py",
 }
 
 
@@ -67,6 +70,7 @@ def station_sections(cfg: StationConfig = StationConfig()) -> dict[str, object]:
         "batching": plain["batching"], "decision": {"threshold": plain["threshold"], "roi": plain["roi"]},
         "output": plain["output"], "reject": plain["reject"], "record": record, "metrics": plain["metrics"],
         "mqtt": plain["mqtt"], "console": plain["console"],
+        "regions": {k: plain["regions"][k] for k in ("enabled", "pixel_threshold", "mm_per_px", "frame", "max_regions")},
     }
 
 

@@ -35,6 +35,7 @@ from fair_edge.records import Frame, Verdict
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
     from fair_edge.cameras import CaptureThread
     from fair_edge.runtime.backends import FrameScorer
+    from fair_edge.station.zones import RegionJudge
 
 log = logging.getLogger(__name__)
 VerdictCallback = Callable[[Frame, Verdict, "np.ndarray | None"], None]
@@ -118,15 +119,18 @@ class Inspector:
     0 outside) multiplied into the anomaly map before its max, or None for the whole image.
     model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
+    regions: finds defect regions in every scored map and applies the station's rules
+    (``fair_edge.station.zones``); with rules, an inspected frame is NG exactly when one fires. None = off.
     """
 
     def __init__(self, capture: CaptureThread, scorer: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
-                 model: str = "") -> None:
+                 model: str = "", regions: RegionJudge | None = None) -> None:
         if not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
         self.capture, self.scorer, self.threshold = capture, scorer, float(threshold)
         self.roi, self.settings, self.model = roi, settings, model
+        self.regions = regions
         self.switch = ModelSwitch()
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
@@ -157,10 +161,24 @@ class Inspector:
             self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
         return self.roi
 
+    def _judge_regions(self, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
+        """(regions, rule hits, error) of one scored frame; the map is ROI-weighted like its score."""
+        amap = anomaly_map if self.roi is None else anomaly_map * self._roi_on(anomaly_map.shape)
+        try:
+            return (*self.regions.judge(frame.image.shape[:2], amap), "")
+        except ConfigError as exc:   # e.g. a frame of another size than the zones: fail safe (NG)
+            return (), (), f"regions: {exc}"
+
     def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
-        ng = bool(error) or score is None or score > self.threshold
+        regions, hits = (), ()
+        if self.regions is not None and anomaly_map is not None and not error:
+            regions, hits, error = self._judge_regions(frame, anomaly_map)
+        if self.regions is not None and self.regions.decides and not error and score is not None:
+            ng = bool(hits)
+        else:
+            ng = bool(error) or score is None or score > self.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
-                          self.model)
+                          self.model, regions, hits)
         self.summary.inspected += 1
         self.summary.ng += int(ng)
         self.latency.add((verdict.t_verdict - frame.t_capture) * 1000.0)  # ms, as Verdict.latency_ms
@@ -210,6 +228,8 @@ class Inspector:
         if change.scorer is not None:
             old, self.scorer, self.roi, self.model = self.scorer, change.scorer, change.roi, change.model
             self.summary.backend = change.scorer.reason
+            if self.regions is not None and change.bundle is not None:
+                self.regions = self.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
             retire(old)
             log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
         if change.threshold is not None:

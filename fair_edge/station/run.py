@@ -32,6 +32,7 @@ from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
+from fair_edge.station.zones import RegionJudge
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     from fair_edge.calibration.threshold import Threshold
@@ -161,6 +162,28 @@ def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_th
             "pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`."
         )
     return bundle.threshold.value
+
+
+def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
+    """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
+    station file's, else the bundle's; a bundle built before regions has none: regions are then off
+    (a logged note), or, when the file sets rules, the station refuses to start (ConfigError)."""
+    settings = cfg.regions
+    if not settings.enabled:
+        return None
+    calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
+    value = settings.pixel_threshold if settings.pixel_threshold is not None else (
+        calibrated.value if calibrated is not None else None)
+    if value is None:
+        fix = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
+               "`fair-edge build --normal HELD_OUT_NORMALS`")
+        if settings.has_rules:
+            raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
+                              f"threshold (built before defect regions, or without normal images); {fix}.")
+        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
+        return None
+    tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
+    return RegionJudge(settings, value, tiling.roi if tiling is not None else None)
 
 
 @dataclass
@@ -329,6 +352,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     roi = load_roi(cfg.roi, bundle.image_size)
     scorer = scorer or open_scorer(bundle, cfg.backend)
     threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
+    regions = open_regions(cfg, bundle)
     run_id = new_run_id()
     if on_start is not None:
         on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
@@ -336,15 +360,19 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         stack.callback(scorer.backend.close)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
+        if regions is not None:
+            line.recorder.show_zones(regions.outlines())
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
         console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed)
         line.callbacks.append(console.observe)
+        if regions is not None:
+            console.feed.show_zones(regions.outlines())
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
-                              model=model_id(bundle))
+                              model=model_id(bundle), regions=regions)
         inspector.summary.run_id = run_id
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)
         if on_console is not None:

@@ -3,6 +3,9 @@
 Outputs in the report folder: metrics.json, scores.csv (one row per image), roc.png, pro.png
 (when masks exist), heatmaps/ (overlays of the worst cases: the highest-scoring normal images
 and the lowest-scoring defective ones), and a suggested decision threshold from normal scores.
+With masks also region-level results (``region_metrics``: defects found / missed, false regions) at a
+pixel threshold (given, e.g. a bundle's ``pixel_threshold``, or calibrated on the test set's normal maps
+as ``fair-edge build`` does on held-out normals) in metrics.json ``regions`` and regions.csv per image.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from fair_edge.training.data import DatasetSplit, Sample, read_image, read_mask
 from fair_edge.errors import DataError
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
+from fair_edge.regions import calibrate_pixel_threshold
 from fair_edge.tiling import FrameTiler
+from fair_edge.training.region_metrics import region_results
 
 log = logging.getLogger(__name__)
 CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval reports the share of defects caught
@@ -101,7 +106,9 @@ def _mask_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray
     return cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
 
 
-def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> dict:
+def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE,
+                    pixel_threshold: float | None = None) -> dict:
+    """pixel_threshold: for the region-level results (with masks); None = calibrated on the normal test maps."""
     labels = scored.labels
     result: dict = {"images": len(labels), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
     if result["normal"] and result["defective"]:
@@ -115,6 +122,7 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
     if scored.masks is not None:
         result["pixel_auroc"] = metrics.pixel_auroc(scored.maps, scored.masks)
         result["aupro"] = metrics.aupro(scored.maps, scored.masks, fpr_limit=0.3)
+        result["regions"], result["regions_per_image"] = _regions(scored, labels, pixel_threshold)
     else:
         result["pixel_metrics"] = "skipped: the test set has no ground-truth masks (image metrics only)."
     if result["normal"]:
@@ -123,10 +131,31 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
     return result
 
 
+def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | None) -> tuple[dict, list[dict]]:
+    """Region-level totals and per-image rows (``region_metrics``); the pixel threshold given or calibrated."""
+    source = "given"
+    if pixel_threshold is None:
+        normal = scored.maps[labels == 0]
+        if not len(normal):
+            return {"note": "region results need a pixel threshold: normal test images or --pixel-threshold"}, []
+        pixel_threshold, source = calibrate_pixel_threshold(list(normal)).value, "test set's normal maps"
+    totals, per_image = region_results(scored.maps, scored.masks, pixel_threshold, labels)
+    return dict(totals, pixel_threshold_source=source), per_image
+
+
 def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8) -> None:
-    """metrics.json, scores.csv, roc.png, pro.png (with masks) and worst-case heatmaps into out_dir."""
+    """metrics.json, scores.csv, regions.csv (with masks), roc.png, pro.png (with masks) and worst-case
+    heatmaps into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    per_image = result.pop("regions_per_image", None)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    if per_image:
+        with (out_dir / "regions.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "label", "defects", "found", "missed", "regions", "false_regions"])
+            for sample, r in zip(scored.samples, per_image):
+                w.writerow([str(sample.path), sample.label, r["defects"], r["found"], r["missed"], r["regions"],
+                            r["false_regions"]])
     with (out_dir / "scores.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "defect_type", "score"])
@@ -163,8 +192,10 @@ def heatmap_lines(sample: Sample, score: float, threshold: float | None) -> list
 
 
 def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: str = "cpu", batch: int = 16,
-             false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE, worst: int = 8, progress=None) -> dict:
-    """Score ``split.test`` and write the report; returns the metrics dict."""
+             false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE, worst: int = 8, progress=None,
+             pixel_threshold: float | None = None) -> dict:
+    """Score ``split.test`` and write the report; returns the metrics dict. pixel_threshold: for the
+    region-level results (None = calibrated on the normal test maps)."""
     if not split.test:
         raise DataError(
             f"dataset {split.name!r} has no test images. eval needs an MVTec-style test/ folder "
@@ -172,7 +203,7 @@ def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: st
         )
     scored = score_samples(checkpoint, split.test, device=device, batch=batch,
                            with_masks=split.has_masks, progress=progress)
-    result = compute_metrics(scored, false_reject_rate)
+    result = compute_metrics(scored, false_reject_rate, pixel_threshold)
     result["dataset"] = split.summary()
     result["checkpoint"] = str(checkpoint)
     write_report(scored, result, out_dir, worst)

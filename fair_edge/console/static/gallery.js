@@ -18,6 +18,7 @@ function card(p) {
   const c = FE.el("div", {class: "card part", "data-seq": p.seq, "data-review": p.review || ""});
   c.append(p.image ? FE.el("img", {src: p.image, alt: `part ${p.seq} heat map`, loading: "lazy"}) : FE.el("div", {class: "muted"}, "no image saved"));
   c.append(FE.el("div", {class: "meta"}, `part ${p.seq} · score ${FE.num(p.score)} > ${FE.num(p.threshold)} · ${p.source}` + (p.error ? " · " + p.error : "")));
+  if (p.reason) c.append(FE.el("div", {class: "meta reason"}, p.reason));
   c.append(FE.el("div", {class: "label " + (p.review || "")}, p.review ? labels[p.review] : "not reviewed"));
   const buttons = FE.el("div", {class: "buttons"});
   for (const label of ["defect", "false_reject"])

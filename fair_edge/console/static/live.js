@@ -28,6 +28,7 @@ function showLatest(v) {
   const frac = v.score === null ? 1 : Math.min(1, v.score / (2 * v.threshold));
   $("score-fill").style.width = (100 * frac) + "%"; $("score-fill").className = "fill" + (v.ng ? " ng" : "");
   $("latest-seq").textContent = v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
+  $("latest-reason").textContent = v.reason || (v.regions ? v.regions + " defect region(s)" : "");
   if (v.seq !== lastSeq) { lastSeq = v.seq; $("live-image").src = "/api/live.jpg?seq=" + v.seq + "&m=" + v.model; }
 }
 

@@ -9,8 +9,8 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``results_ready`` = 0),
    counted ``ack_timeouts``, logged, ``error`` = 10.
 3. no result up (and ``results_ready`` 0 for two polls at least): the oldest triggered part (results
-   go out in trigger order) is written (``result_part_id``, ``result``, ``score``, then
-   ``results_ready`` = 1) once its verdict is in.
+   go out in trigger order) is written (``result_part_id``, ``result``, ``score``, the region signals
+   that have an address, then ``results_ready`` = 1) once its verdict is in.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
 4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
 
@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...errors import PlcDeviceError, PlcError
@@ -40,7 +40,7 @@ from .settings import (ACK, ERROR, ERROR_ACK_TIMEOUT, ERROR_CODES, ERROR_NONE, E
                        ERROR_STATION_FAULT, ERROR_TRIGGER_OVERRUN, HEARTBEAT, HEARTBEAT_MODULUS,
                        HEARTBEAT_STEPS, PART_ID, READY, RESULT, RESULT_NG, RESULT_NONE,
                        RESULT_NOT_INSPECTED, RESULT_OK, RESULT_PART_ID, RESULTS_READY, SCORE, TRIGGER,
-                       HandshakeSettings)
+                       HandshakeSettings, region_values)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Ticket:
     result: int = RESULT_NONE
     score: float | None = None
     t_written: float | None = None
+    regions: dict[str, int] = field(default_factory=dict)   # region signal -> value (``region_values``)
 
 
 class Handshake:
@@ -189,6 +190,7 @@ class Handshake:
             ticket = self._by_seq.pop(verdict.seq, None)
         if ticket is not None:
             code = RESULT_NOT_INSPECTED if verdict.error else (RESULT_NG if verdict.ng else RESULT_OK)
+            ticket.regions = region_values(verdict, self.settings.region_signals)
             self._answer(ticket, code, verdict.score)
 
     def on_drop(self, frame: Frame) -> None:
@@ -300,7 +302,7 @@ class Handshake:
         if head is None:
             return
         self.link.write([(RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
-                         (RESULTS_READY, 1)])
+                         *((n, head.regions.get(n, 0)) for n in self.settings.region_signals), (RESULTS_READY, 1)])
         with self._lock:
             if self._order and self._order[0] is head:
                 self._order.popleft()

@@ -18,7 +18,7 @@ from typing import Any
 from ...errors import PlcDeviceError, PlcError, SinkError
 from ..sinks.urls import SinkUrl
 from .address import opcua_address
-from .settings import PLC_SIGNALS, STATION_SIGNALS, HandshakeSettings, OpcUaSignals
+from .settings import PLC_SIGNALS, REGION_SIGNALS, STATION_SIGNALS, HandshakeSettings, OpcUaSignals
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class OpcUaLink:
             raise PlcError(f"{self.name}: connect failed: {exc} (is the server up and the endpoint path right?)") from exc
         self._client = client
         try:
-            for name in (*PLC_SIGNALS, *STATION_SIGNALS):
+            for name in (*PLC_SIGNALS, *STATION_SIGNALS, *(n for n in REGION_SIGNALS if getattr(self.signals, n))):
                 node = client.get_node(getattr(self.signals, name))
                 self._nodes[name], self._types[name] = node, node.read_data_type_as_variant_type()
         except Exception as exc:  # noqa: BLE001

@@ -4,7 +4,9 @@ The station is a client of the PLC (Modbus TCP server or OPC UA server). Signals
 ``trigger`` (1 = capture the part whose id is in ``part_id``; the station sets it back to 0 when it
 has taken the trigger), ``ack`` (1 = the PLC has read the result; the station sets it back to 0).
 Station -> PLC: ``ready``, ``heartbeat``, ``error``, ``results_ready``, ``result_part_id``,
-``result`` (1 OK, 2 NG, 3 NG not inspected) and ``score``. docs/line-integration.md, "Handshake".
+``result`` (1 OK, 2 NG, 3 NG not inspected) and ``score``; optional, written with each result where an
+address / node is set: ``region_count``, ``largest_area`` and ``zone_id`` (defect regions, see
+``REGION_SIGNALS``). docs/line-integration.md, "Handshake".
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ READY, HEARTBEAT, ERROR = "ready", "heartbeat", "error"                  # writt
 RESULTS_READY, RESULT_PART_ID, RESULT, SCORE = "results_ready", "result_part_id", "result", "score"
 PLC_SIGNALS = (TRIGGER, PART_ID, ACK)
 STATION_SIGNALS = (READY, HEARTBEAT, ERROR, RESULTS_READY, RESULT_PART_ID, RESULT, SCORE)
+# optional, written with each result when given an address / node: defect regions (fair_edge.regions):
+# region_count = regions found (saturated at 65535); largest_area = the largest region's area in 0.01 mm²
+# with a camera scale, else in frame px² (saturated); zone_id = the zone of the first rule that fired,
+# else of the largest region (0 = default zone / none)
+REGION_COUNT, LARGEST_AREA, ZONE_ID = "region_count", "largest_area", "zone_id"
+REGION_SIGNALS = (REGION_COUNT, LARGEST_AREA, ZONE_ID)
 WIDE_SIGNALS = (PART_ID, RESULT_PART_ID)   # 32-bit part ids: two Modbus registers, high word first
 
 # the ``result`` signal
@@ -61,15 +69,21 @@ class ModbusSignals:
     result_part_id: int = 8
     result: int = 10
     score: int = 11
+    region_count: int | None = None
+    largest_area: int | None = None
+    zone_id: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> ModbusSignals:
         s = "reject.handshake.modbus"
         d = f.with_defaults(s, data, cls)
-        out = cls(**{k: f.integer(s, k, v, minimum=0, maximum=65534) for k, v in d.items()})
+        out = cls(**{k: None if v is None and k in REGION_SIGNALS else f.integer(s, k, v, minimum=0, maximum=65534)
+                     for k, v in d.items()})
         used: dict[int, str] = {}
         for name in (x.name for x in fields(cls)):
             address = getattr(out, name)
+            if address is None:
+                continue
             for a in (address, address + 1) if name in WIDE_SIGNALS else (address,):
                 if a in used:
                     raise ConfigError(f"{s}.{name}: expected a register no other signal uses, found {a} "
@@ -98,12 +112,15 @@ class OpcUaSignals:
     result_part_id: str = "ns=2;s=ResultPartId"
     result: str = "ns=2;s=Result"
     score: str = "ns=2;s=Score"
+    region_count: str | None = None
+    largest_area: str | None = None
+    zone_id: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> OpcUaSignals:
         s = "reject.handshake.opcua"
         d = f.with_defaults(s, data, cls)
-        return cls(**{k: f.text(s, k, v) for k, v in d.items()})
+        return cls(**{k: None if v is None and k in REGION_SIGNALS else f.text(s, k, v) for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -171,3 +188,20 @@ class HandshakeSettings:
     @property
     def enabled(self) -> bool:
         return self.url is not None
+
+    @property
+    def region_signals(self) -> tuple[str, ...]:
+        """The optional region signals (``REGION_SIGNALS``) given an address / node for this url's protocol."""
+        signals = self.opcua if (self.url or "").startswith("opcua://") else self.modbus
+        return tuple(n for n in REGION_SIGNALS if getattr(signals, n) is not None)
+
+
+def region_values(verdict: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """The region signals ``names`` of a ``records.Verdict``, 0..65535 each (see ``REGION_SIGNALS``)."""
+    if not names:
+        return {}
+    largest = verdict.largest_region
+    area = 0 if largest is None else (largest.area_mm2 * 100 if largest.area_mm2 is not None else largest.area_px)
+    zone = verdict.hits[0].zone_id if verdict.hits else (0 if largest is None else largest.zone_id)
+    values = {REGION_COUNT: len(verdict.regions), LARGEST_AREA: round(area), ZONE_ID: zone}
+    return {n: max(0, min(0xFFFF, int(values[n]))) for n in names}

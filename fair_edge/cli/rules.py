@@ -1,0 +1,68 @@
+"""``fair-edge rules check STATION FOLDER``: replay a folder of images through the station's region rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fair_edge.cli.common import console, friendly_errors
+
+app = typer.Typer()
+rules_app = typer.Typer(help="The station's defect-region rules (regions: in the station file).", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("check")
+@friendly_errors
+def check(
+    station: Path = typer.Argument(..., help="The station file whose bundle, threshold and regions: section to use."),
+    folder: str = typer.Argument(..., help="A folder of images to replay (sorted by name), or a dataset with a test "
+                                 "split (MVTec folder, VisA CSV): then caught and false-reject rates by score and by "
+                                 "the rules too."),
+    category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
+    bundle: Optional[Path] = typer.Option(None, help="A bundle instead of the station file's."),
+    backend: str = typer.Option("onnxruntime", help="Backend that scores the images."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Inspect every image as the station would and print what each rule did: per image the score, the
+    regions and the verdict by score alone and by the rules (with the reason), then how often each rule fired."""
+    from fair_edge.station.config import load_station
+    from fair_edge.station.rules_check import check_frames
+    cfg = load_station(station).override(bundle=bundle)
+    report = check_frames(cfg, _frames(folder, category), backend)
+    table = Table(title=f"rules check: threshold {report.threshold:.5g}, pixel threshold {report.pixel_threshold:.5g}")
+    for name in ("image", "score", "regions", "by score", "by rules", "reason"):
+        table.add_column(name, justify="right" if name in ("score", "regions") else "left")
+    for r in report.rows:
+        score = "-" if r["score"] is None else f"{r['score']:.4g}"
+        table.add_row(escape(r["image"]), score, str(r["regions"]), "NG" if r["ng_by_score"] else "OK",
+                      "NG" if r["ng"] else "OK", escape(r["reason"]))
+    console.print(table)
+    console.print(f"{report.images} images: NG by score {report.ng_by_score}, NG by the rules {report.ng_by_rules}")
+    for key, count in report.fired.items():
+        console.print(f"  {escape(key)}: fired on {count} image(s)")
+    rates = report.rates()
+    if rates is not None:
+        for name, r in rates.items():
+            caught = "-" if r["caught"] is None else f"{r['caught']:.1%}"
+            false = "-" if r["false_rejects"] is None else f"{r['false_rejects']:.1%}"
+            console.print(f"{name.replace('_', ' ')}: caught {caught} of the defective images, false rejects {false}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"[green]report:[/] {json_out}")
+
+
+def _frames(spec: str, category: Optional[str]):
+    """(name, image[, label]) for a plain folder, or the labelled test split of a dataset."""
+    from fair_edge.training.data import list_images, load_dataset, read_image
+
+    path = Path(spec)
+    if path.is_dir() and any(p.is_file() for p in path.iterdir()) and not (path / "test").is_dir():
+        return ((p.name, read_image(p)) for p in list_images(path))
+    split = load_dataset(spec, category)
+    return ((f"{s.defect_type}/{s.path.name}", read_image(s.path), s.label) for s in split.test)

@@ -1,0 +1,293 @@
+"""The station file's ``regions:`` section: defect regions, the camera scale, zones and their rules.
+
+    regions:
+      enabled: true            # find regions in every scored frame (false: off)
+      pixel_threshold: null    # null = the bundle's calibrated one (bundle.json pixel_threshold)
+      mm_per_px: null          # camera scale, mm per frame pixel; or scale: {points: [[x, y], [x, y]], mm: D}
+      frame: null              # [width, height] of the frames zones are drawn on (needed with zones)
+      default: {}              # rules for regions outside every zone, e.g. {min_area_mm2: 0.5}
+      zones:                   # first zone that holds a region's centroid owns it
+        - {name: seal, polygon: [[100, 40], [500, 40], [500, 90], [100, 90]], min_area_mm2: 0.5}
+        - {name: label, mask: label.png, ignore: true}      # mask image: white = zone, frame-sized
+        - {name: body, polygon: [...], max_count: 3, min_length_mm: 2}
+
+Rules (per zone and in ``default``): ``min_area_mm2`` / ``min_area_px``: a region at least this big
+fires; ``min_length_mm`` / ``min_length_px``: a region at least this long fires; ``max_count``: more
+regions than this in the zone fires; ``ignore: true``: its regions fire nothing and are not counted.
+With any rule that can fire (a size limit or a count) the verdict is NG exactly when one fires (or
+the frame could not be inspected); without one it is the score against the threshold, as before
+(an ``ignore`` zone alone changes no verdict: use ``decision.roi`` to mask the score), and regions
+are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import ConfigError
+from fair_edge import fields as f
+from fair_edge.records import RuleHit
+from fair_edge.regions import MapGeometry, Region, extract_regions, scale_from_points
+
+log = logging.getLogger(__name__)
+
+# rule key -> (Region attribute measured, unit shown, needs the camera scale)
+SIZE_RULES = {
+    "min_area_mm2": ("area_mm2", "mm²", True),
+    "min_length_mm": ("length_mm", "mm", True),
+    "min_area_px": ("area_px", "px²", False),
+    "min_length_px": ("length_px", "px", False),
+}
+RULE_KEYS = (*SIZE_RULES, "max_count", "ignore")
+DEFAULT_ZONE = "default"
+
+
+@dataclass(frozen=True)
+class ZoneRules:
+    """The rules of one zone: size limits (``SIZE_RULES``; None = unused), max_count (None = unused), ignore."""
+
+    limits: tuple[tuple[str, float], ...] = ()
+    max_count: int | None = None
+    ignore: bool = False
+
+    @property
+    def fires(self) -> bool:
+        """True when a rule here can fire (a size limit or a count; ``ignore`` alone never rejects)."""
+        return not self.ignore and (bool(self.limits) or self.max_count is not None)
+
+    @classmethod
+    def from_dict(cls, where: str, data: dict) -> "ZoneRules":
+        limits = tuple((k, f.number(where, k, data[k], minimum=0)) for k in SIZE_RULES if data.get(k) is not None)
+        count = data.get("max_count")
+        return cls(limits, None if count is None else f.integer(where, "max_count", count, minimum=0),
+                   f.boolean(where, "ignore", data.get("ignore", False)))
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A named zone: zone_id (1, 2, ... in file order; 0 is the default zone), polygon (x, y) frame pixels
+    or a mask image path (white = zone), and its rules."""
+
+    name: str
+    zone_id: int
+    rules: ZoneRules
+    polygon: tuple[tuple[float, float], ...] | None = None
+    mask: Path | None = None
+
+    def pixels(self, frame_hw: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool: the frame pixels in this zone."""
+        if self.polygon is not None:
+            out = np.zeros(frame_hw, np.uint8)
+            cv2.fillPoly(out, [np.round(np.asarray(self.polygon)).astype(np.int32)], 1)
+            return out > 0
+        return cv2.imread(str(self.mask), cv2.IMREAD_GRAYSCALE) > 0
+
+    def outline(self, frame_hw: tuple[int, int]) -> list[np.ndarray]:
+        """Its outline(s) as (K, 2) int32 (x, y) point arrays (for drawing on NG images)."""
+        if self.polygon is not None:
+            return [np.round(np.asarray(self.polygon)).astype(np.int32)]
+        contours, _ = cv2.findContours(self.pixels(frame_hw).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        return [c.reshape(-1, 2) for c in contours]
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """The ``regions:`` section (see the module docstring). frame: (width, height) or None."""
+
+    enabled: bool = True
+    pixel_threshold: float | None = None
+    mm_per_px: float | None = None
+    frame: tuple[int, int] | None = None
+    default: ZoneRules = field(default_factory=ZoneRules)
+    zones: tuple[Zone, ...] = ()
+    max_regions: int = 64
+
+    @property
+    def has_rules(self) -> bool:
+        """True when a rule can fire: the rules then decide the verdict (an ignore zone alone does not)."""
+        return self.default.fires or any(z.rules.fires for z in self.zones)
+
+    @classmethod
+    def from_dict(cls, data: Any, base: Path | None = None) -> "RegionSettings":
+        """base: the station file's folder (relative mask paths are read from there)."""
+        s = "regions"
+        d = f.check_keys(s, data, ["enabled", "pixel_threshold", "mm_per_px", "scale", "frame", "default", "zones",
+                                   "max_regions"])
+        scale = _scale(d)
+        frame = _frame(d.get("frame"))
+        default = ZoneRules.from_dict(f"{s}.default", f.check_keys(f"{s}.default", d.get("default"), RULE_KEYS))
+        zones = tuple(_zone(i, z, frame, base) for i, z in enumerate(_list(d.get("zones"))))
+        names = [z.name for z in zones]
+        for name in names:
+            if names.count(name) > 1 or name == DEFAULT_ZONE:
+                raise ConfigError(f"regions.zones: zone name {name!r} is used twice or is reserved "
+                                  f"('{DEFAULT_ZONE}' is the rest of the frame); give each zone its own name.")
+        out = cls(f.boolean(s, "enabled", d.get("enabled", True)),
+                  None if d.get("pixel_threshold") is None else f.number(s, "pixel_threshold", d["pixel_threshold"]),
+                  scale, frame, default, zones, f.integer(s, "max_regions", d.get("max_regions", 64), minimum=1))
+        _check_units(out)
+        return out
+
+
+def _list(value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"regions.zones: expected a list of zones ({{name, polygon or mask, rules}}), found {value!r}")
+    return value
+
+
+def _scale(d: Any) -> float | None:
+    if d.get("mm_per_px") is not None and d.get("scale") is not None:
+        raise ConfigError("regions: give the camera scale once, as mm_per_px or as scale: {points, mm}; found both.")
+    if d.get("mm_per_px") is not None:
+        value = f.number("regions", "mm_per_px", d["mm_per_px"], minimum=0)
+        f.require(value > 0, "regions.mm_per_px", "a number > 0 (mm per frame pixel)", value)
+        return value
+    if d.get("scale") is None:
+        return None
+    sc = f.check_keys("regions.scale", d["scale"], ["points", "mm"])
+    pts = sc.get("points")
+    f.require(isinstance(pts, list) and len(pts) == 2 and all(_is_point(p) for p in pts), "regions.scale.points",
+              "two frame points [[x1, y1], [x2, y2]] a known distance apart", pts)
+    return scale_from_points(tuple(pts[0]), tuple(pts[1]), f.number("regions.scale", "mm", sc.get("mm"), minimum=0))
+
+
+def _is_point(p: Any) -> bool:
+    return isinstance(p, (list, tuple)) and len(p) == 2 and all(f.is_number(v) for v in p)
+
+
+def _frame(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    f.require(isinstance(value, (list, tuple)) and len(value) == 2 and all(f.is_int(v) and v > 0 for v in value),
+              "regions.frame", "[width, height] of the camera's frames in pixels", value)
+    return int(value[0]), int(value[1])
+
+
+def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -> Zone:
+    where = f"regions.zones[{i}]"
+    d = f.check_keys(where, data, ["name", "polygon", "mask", *RULE_KEYS])
+    name = f.text(where, "name", d.get("name"))
+    if frame is None:
+        raise ConfigError(f"{where} ({name}): zones are drawn in frame pixels; set regions.frame: [width, height] "
+                          "to the camera's frame size so they can be checked.")
+    w, h = frame
+    if (d.get("polygon") is None) == (d.get("mask") is None):
+        raise ConfigError(f"{where} ({name}): give exactly one of polygon: [[x, y], ...] or mask: IMAGE; "
+                          f"found {'both' if d.get('polygon') is not None else 'neither'}.")
+    rules = ZoneRules.from_dict(where, d)
+    if d.get("polygon") is not None:
+        pts = d["polygon"]
+        f.require(isinstance(pts, list) and len(pts) >= 3 and all(_is_point(p) for p in pts), f"{where}.polygon",
+                  "at least three [x, y] frame points", pts)
+        for x, y in pts:
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise ConfigError(f"{where}.polygon ({name}): point [{x}, {y}] lies outside the {w} x {h} frame "
+                                  f"(regions.frame); keep every point within x 0..{w}, y 0..{h} or fix regions.frame.")
+        return Zone(name, i + 1, rules, polygon=tuple((float(x), float(y)) for x, y in pts))
+    path = Path(f.text(where, "mask", d["mask"]))
+    path = base / path if base is not None and not path.is_absolute() else path
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if mask is None:
+        raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image; give a black/white mask image.")
+    if mask.shape != (h, w):
+        raise ConfigError(f"{where}.mask ({name}): {path} is {mask.shape[1]} x {mask.shape[0]}; expected the frame "
+                          f"size {w} x {h} (regions.frame). Draw the mask over a saved frame.")
+    return Zone(name, i + 1, rules, mask=path)
+
+
+def _check_units(s: RegionSettings) -> None:
+    """A mm rule needs the camera scale."""
+    if s.mm_per_px is not None:
+        return
+    for where, rules in [("regions.default", s.default)] + [(f"regions.zones[{z.zone_id - 1}]", z.rules) for z in s.zones]:
+        for key, _ in rules.limits:
+            if SIZE_RULES[key][2]:
+                raise ConfigError(f"{where}.{key}: a rule in mm needs the camera scale; set regions.mm_per_px "
+                                  f"(or regions.scale: {{points: [[x1, y1], [x2, y2]], mm: D}}), or use "
+                                  f"{key.replace('mm2', 'px').replace('mm', 'px')} in frame pixels.")
+
+
+class RegionJudge:
+    """Regions and rule hits for one scored frame: ``judge(frame_hw, anomaly_map) -> (regions, hits)``.
+
+    pixel_threshold: map pixels above it form regions (score units). roi: (x, y, w, h) frame pixels a tiled
+    bundle's map covers, None = the whole frame. Zones are rasterised once, at the first frame."""
+
+    def __init__(self, settings: RegionSettings, pixel_threshold: float, roi: tuple[int, ...] | None = None) -> None:
+        self.settings, self.pixel_threshold, self.roi = settings, float(pixel_threshold), roi
+        self._labels: np.ndarray | None = None   # (H, W) uint8 zone id per frame pixel, 0 = default
+
+    def for_bundle(self, bundle) -> "RegionJudge":
+        """The judge for a hot-swapped bundle: its calibrated pixel threshold and tiling, unless the station file
+        sets the pixel threshold; a bundle without one keeps the current threshold (logged)."""
+        value = self.settings.pixel_threshold
+        if value is None:
+            calibrated = getattr(bundle, "pixel_threshold", None)
+            if calibrated is None:
+                log.warning("swapped bundle %s has no pixel threshold; regions keep %.6g", getattr(bundle, "root", "?"),
+                            self.pixel_threshold)
+            value = self.pixel_threshold if calibrated is None else calibrated.value
+        tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
+        return RegionJudge(self.settings, value, tiling.roi if tiling is not None else None)
+
+    @property
+    def decides(self) -> bool:
+        """True when rules decide the verdict (any rule given), False when regions are only reported."""
+        return self.settings.has_rules
+
+    def outlines(self) -> list[np.ndarray]:
+        """Every zone's outline, (K, 2) int32 (x, y) frame pixels each (for NG images and the console)."""
+        if not self.settings.zones:
+            return []
+        hw = (self.settings.frame[1], self.settings.frame[0])
+        return [pts for zone in self.settings.zones for pts in zone.outline(hw)]
+
+    def zone_labels(self, frame_hw: tuple[int, int]) -> np.ndarray:
+        """(H, W) uint8: the zone id of every frame pixel (first zone in file order wins; 0 = default)."""
+        if self._labels is None or self._labels.shape != tuple(frame_hw):
+            labels = np.zeros(frame_hw, np.uint8)
+            for zone in reversed(self.settings.zones):
+                labels[zone.pixels(frame_hw)] = zone.zone_id
+            self._labels = labels
+        return self._labels
+
+    def judge(self, frame_hw: tuple[int, int], anomaly_map: np.ndarray) -> tuple[tuple[Region, ...], tuple[RuleHit, ...]]:
+        """frame_hw: the frame's (H, W); anomaly_map: (h, w) float32 host map of that frame.
+        Raises ConfigError when zones are set and the frame is not ``regions.frame`` in size."""
+        s = self.settings
+        if s.zones and (frame_hw[1], frame_hw[0]) != s.frame:
+            raise ConfigError(f"frame is {frame_hw[1]} x {frame_hw[0]} but the zones were drawn for "
+                              f"{s.frame[0]} x {s.frame[1]} (regions.frame); redraw them or fix the camera.")
+        geo = MapGeometry.of(frame_hw, anomaly_map.shape, self.roi)
+        regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions)
+        labels = self.zone_labels(frame_hw) if s.zones else None
+        names = {0: DEFAULT_ZONE, **{z.zone_id: z.name for z in s.zones}}
+        zone_ids = [0 if labels is None else int(labels[min(int(r.centroid[1]), frame_hw[0] - 1),
+                                                          min(int(r.centroid[0]), frame_hw[1] - 1)]) for r in regions]
+        regions = tuple(replace(r, zone=names[z], zone_id=z) for r, z in zip(regions, zone_ids))
+        return regions, self._hits(regions, zone_ids)
+
+    def _hits(self, regions: tuple[Region, ...], zone_ids: list[int]) -> tuple[RuleHit, ...]:
+        hits: list[RuleHit] = []
+        for zone_id, name, rules in [(0, DEFAULT_ZONE, self.settings.default)] + [
+                (z.zone_id, z.name, z.rules) for z in self.settings.zones]:
+            if rules.ignore:
+                continue
+            mine = [i for i, z in enumerate(zone_ids) if z == zone_id]
+            for i in mine:
+                for key, limit in rules.limits:
+                    value = getattr(regions[i], SIZE_RULES[key][0])
+                    if value is not None and value >= limit:
+                        hits.append(RuleHit(key, name, zone_id, float(value), limit, SIZE_RULES[key][1], i))
+            if rules.max_count is not None and len(mine) > rules.max_count:
+                hits.append(RuleHit("max_count", name, zone_id, float(len(mine)), float(rules.max_count), "regions"))
+        return tuple(hits)

@@ -1,0 +1,47 @@
+"""Region-level results of ``fair-edge eval`` on a test set with masks: defects found, missed, false regions.
+
+On the anomaly map's grid: the predicted regions are the 8-connected components of ``map > pixel
+threshold`` (as the station finds them, ``fair_edge.regions``), the defects the 8-connected components
+of the ground-truth mask. A defect is found when a predicted region overlaps it by at least one pixel;
+a predicted region that overlaps no defect is a false region (on normal images every region is).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from fair_edge.errors import DataError
+from fair_edge.regions import EIGHT_CONNECTED
+
+
+def image_regions(amap: np.ndarray, mask: np.ndarray, pixel_threshold: float) -> dict[str, int]:
+    """One image: amap (h, w) float32, mask (h, w) bool on the same grid. Returns {defects, found, missed,
+    regions, false_regions}."""
+    pred, n_pred = ndimage.label(amap > pixel_threshold, structure=EIGHT_CONNECTED)
+    truth, n_truth = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    both = (pred > 0) & (truth > 0)
+    found = len(np.unique(truth[both]))
+    true_regions = len(np.unique(pred[both]))
+    return {"defects": int(n_truth), "found": found, "missed": int(n_truth) - found, "regions": int(n_pred),
+            "false_regions": int(n_pred) - true_regions}
+
+
+def region_results(maps: np.ndarray, masks: np.ndarray, pixel_threshold: float,
+                   labels: np.ndarray) -> tuple[dict, list[dict[str, int]]]:
+    """maps: (N, h, w) float32; masks: (N, h, w) bool; labels: (N,) 0 normal / 1 defective.
+
+    Returns (totals: pixel_threshold, defects, defects_found, defects_missed, region_recall, false_regions,
+    false_regions_per_image, normal_images_with_regions; one ``image_regions`` dict per image)."""
+    if maps.shape != masks.shape:
+        raise DataError(f"region results need maps and masks on one grid; found {maps.shape} and {masks.shape}.")
+    per_image = [image_regions(m, k, pixel_threshold) for m, k in zip(maps, masks)]
+    defects = sum(r["defects"] for r in per_image)
+    found = sum(r["found"] for r in per_image)
+    false = sum(r["false_regions"] for r in per_image)
+    normal_with = sum(1 for r, y in zip(per_image, labels) if y == 0 and r["regions"] > 0)
+    totals = {"pixel_threshold": float(pixel_threshold), "defects": defects, "defects_found": found,
+              "defects_missed": defects - found, "region_recall": found / defects if defects else None,
+              "false_regions": false, "false_regions_per_image": false / max(len(per_image), 1),
+              "normal_images_with_regions": normal_with}
+    return totals, per_image

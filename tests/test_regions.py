@@ -1,0 +1,318 @@
+"""Defect regions and the station's size / zone rules on synthetic anomaly maps of known size.
+
+The maps are fed straight to the region finder and the rules (``fair_edge.regions``,
+``fair_edge.station.zones``): a frame of 400 x 400 pixels at 0.05 mm/px (20 x 20 mm), its map
+100 x 100 (4 frame pixels per map pixel, so one map pixel is 16 px² = 0.04 mm²).
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.errors import ConfigError, DataError
+from fair_edge.records import Verdict
+from fair_edge.regions import MapGeometry, calibrate_pixel_threshold, extract_regions, scale_from_points
+from fair_edge.station.zones import RegionJudge, RegionSettings
+from fair_edge.tiling import FrameTiler, TilingConfig
+
+FRAME_HW = (400, 400)
+MM_PER_PX = 0.05
+PIXEL_THRESHOLD = 0.5
+
+
+def blank_map() -> np.ndarray:
+    return np.zeros((100, 100), np.float32)
+
+
+def plant(amap: np.ndarray, x: int, y: int, w: int, h: int, value: float = 1.0) -> np.ndarray:
+    """A rectangle of ``value`` at map pixels [y, y + h) x [x, x + w)."""
+    amap[y : y + h, x : x + w] = value
+    return amap
+
+
+def pit_2mm2() -> np.ndarray:
+    """A 2 mm² pit: 10 x 5 map pixels = 40 x 20 frame pixels = 2.0 x 1.0 mm, centred at frame (180, 210)."""
+    return plant(blank_map(), 40, 50, 10, 5)
+
+
+def judge(**section) -> RegionJudge:
+    return RegionJudge(RegionSettings.from_dict({"mm_per_px": MM_PER_PX, "frame": [400, 400], **section}),
+                       PIXEL_THRESHOLD)
+
+
+def test_a_region_has_its_frame_box_centroid_area_length_and_scores():
+    amap = pit_2mm2()
+    amap[52, 45] = 3.0
+    (r,) = extract_regions(amap, PIXEL_THRESHOLD, MapGeometry.of(FRAME_HW, amap.shape), MM_PER_PX)
+    assert r.bbox == (160.0, 200.0, 40.0, 20.0)
+    assert r.centroid == pytest.approx((180.0, 210.0))
+    assert r.area_px == 800.0 and r.area_mm2 == pytest.approx(2.0)
+    assert r.length_px == pytest.approx(40.0) and r.length_mm == pytest.approx(2.0)
+    assert r.peak == 3.0 and r.mean == pytest.approx((49 + 3) / 50)
+
+
+def test_length_is_the_rotated_box_side_of_a_diagonal_scratch():
+    amap = blank_map()
+    for i in range(30):   # a one-pixel diagonal line, 30 map pixels = 30 * 4 * sqrt(2) frame pixels long
+        amap[10 + i, 10 + i] = 1.0
+    (r,) = extract_regions(amap, PIXEL_THRESHOLD, MapGeometry.of(FRAME_HW, amap.shape), MM_PER_PX)
+    assert r.length_px == pytest.approx(30 * 4 * np.sqrt(2), rel=0.05)
+    assert r.area_px == 30 * 16
+
+
+def test_regions_come_largest_first_and_none_from_a_quiet_map():
+    amap = plant(plant(blank_map(), 5, 5, 2, 2), 50, 50, 6, 6)
+    regions = extract_regions(amap, PIXEL_THRESHOLD, MapGeometry.of(FRAME_HW, amap.shape))
+    assert [r.area_px for r in regions] == [36 * 16, 4 * 16] and regions[0].area_mm2 is None
+    assert extract_regions(blank_map(), PIXEL_THRESHOLD, MapGeometry.of(FRAME_HW, (100, 100))) == ()
+
+
+def test_a_2mm2_pit_is_rejected_at_min_area_1_and_passed_at_3():
+    fired = judge(default={"min_area_mm2": 1}).judge(FRAME_HW, pit_2mm2())[1]
+    assert len(fired) == 1 and fired[0].rule == "min_area_mm2" and fired[0].zone == "default"
+    assert fired[0].value == pytest.approx(2.0) and fired[0].limit == 1.0
+    assert fired[0].reason == "region 2 mm² in zone default ≥ 1 mm²"
+    assert judge(default={"min_area_mm2": 3}).judge(FRAME_HW, pit_2mm2())[1] == ()
+
+
+def test_min_length_in_a_named_zone_and_the_reason_in_words():
+    seal = {"name": "seal", "polygon": [[100, 150], [300, 150], [300, 260], [100, 260]], "min_length_mm": 1.5}
+    regions, fired = judge(zones=[seal]).judge(FRAME_HW, pit_2mm2())
+    assert regions[0].zone == "seal"
+    assert [(h.rule, h.zone, h.zone_id) for h in fired] == [("min_length_mm", "seal", 1)]
+    assert fired[0].reason == "region 2 mm in zone seal ≥ 1.5 mm"
+
+
+def test_a_defect_inside_an_ignore_zone_passes(tmp_path):
+    label = {"name": "label", "polygon": [[120, 180], [240, 180], [240, 240], [120, 240]], "ignore": True}
+    j = judge(default={"min_area_mm2": 1}, zones=[label])
+    regions, fired = j.judge(FRAME_HW, pit_2mm2())
+    assert regions[0].zone == "label" and fired == ()
+    # the same zone as a mask image (white = zone)
+    mask = np.zeros(FRAME_HW, np.uint8)
+    mask[180:240, 120:240] = 255
+    cv2.imwrite(str(tmp_path / "label.png"), mask)
+    j = judge(default={"min_area_mm2": 1}, zones=[{"name": "label", "mask": str(tmp_path / "label.png"), "ignore": True}])
+    assert j.judge(FRAME_HW, pit_2mm2())[1] == ()
+    # moved out of the zone, the pit rejects
+    assert len(j.judge(FRAME_HW, plant(blank_map(), 70, 80, 10, 5))[1]) == 1
+
+
+def specks(n: int) -> np.ndarray:
+    amap = blank_map()
+    for i in range(n):
+        plant(amap, 10 + 20 * i, 10, 2, 2)
+    return amap
+
+
+def test_three_specks_pass_at_max_count_3_and_a_fourth_rejects():
+    j = judge(default={"max_count": 3})
+    assert j.judge(FRAME_HW, specks(3))[1] == ()
+    fired = j.judge(FRAME_HW, specks(4))[1]
+    assert [(h.rule, h.value, h.region) for h in fired] == [("max_count", 4.0, None)]
+    assert fired[0].reason == "4 regions in zone default > 3"
+
+
+def test_a_defect_across_a_tile_seam_is_one_region_in_frame_coordinates():
+    """Tiles of 64 frame px (maps of 32: 2 frame px per map px) over a 96 x 160 region at (16, 8) of a
+    200 x 120 frame, overlapping by 16: a bar across the seams is one region with its frame box."""
+    tiling = TilingConfig(tile=64, overlap=16, roi=(16, 8, 160, 96))
+    frame = np.zeros((120, 200, 3), np.uint8)
+    tiler = FrameTiler(tiling, 32)
+    tiles, layouts = tiler.split([frame])
+    layout = layouts[0]
+    bar = (60.0, 40.0, 100.0, 50.0)  # x0, y0, x1, y1 frame pixels: crosses the tile seams at x 64 and 112
+    maps = np.zeros((layout.count, 32, 32), np.float32)
+    for k, (cy, cx) in enumerate(layout.crops):
+        ys = cy + (np.arange(32) + 0.5) * 2
+        xs = cx + (np.arange(32) + 0.5) * 2
+        inside = ((ys[:, None] > bar[1]) & (ys[:, None] < bar[3]) & (xs[None] > bar[0]) & (xs[None] < bar[2]))
+        maps[k] = inside.astype(np.float32)
+    assert len({x for _, x in layout.crops}) > 1
+    frame_maps, _ = tiler.stitch(maps, maps.reshape(len(maps), -1).max(axis=1), layouts)
+    regions, _ = RegionJudge(RegionSettings(), 0.5, tiling.roi).judge(frame.shape[:2], frame_maps[0])
+    assert len(regions) == 1
+    x, y, w, h = regions[0].bbox
+    assert (x, y, x + w, y + h) == pytest.approx(bar, abs=2.0)
+    assert regions[0].area_px == pytest.approx(40 * 10, rel=0.2)
+
+
+def test_pixel_threshold_is_a_quantile_of_normal_map_pixels():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((32, 32), dtype=np.float32) for _ in range(10)]
+    t = calibrate_pixel_threshold(maps, 0.99, source="normals")
+    assert t.value == pytest.approx(np.quantile(np.concatenate([m.ravel() for m in maps]), 0.99))
+    assert (t.n_images, t.n_pixels) == (10, 10240)
+    assert type(t).from_dict(t.to_dict()) == t
+    with pytest.raises(DataError, match="found none"):
+        calibrate_pixel_threshold([])
+    with pytest.raises(ConfigError, match=r"\[0.5, 1\)"):
+        calibrate_pixel_threshold(maps, 1.0)
+
+
+def test_the_verdict_carries_regions_hits_and_the_reason():
+    regions, hits = judge(default={"min_area_mm2": 1}).judge(FRAME_HW, pit_2mm2())
+    v = Verdict(1, 0.0, 1.0, 0.5, True, 0.01, regions=regions, hits=hits)
+    row = v.to_json_dict()
+    assert row["regions"][0]["area_mm2"] == 2.0 and row["regions"][0]["zone"] == "default"
+    assert row["hits"][0]["rule"] == "min_area_mm2" and row["reason"] == "region 2 mm² in zone default ≥ 1 mm²"
+    assert "regions" not in Verdict(1, 0.0, 0.1, 0.5, False, 0.01).to_json_dict()
+
+
+# ----------------------------------------------------------------------------- checked on load
+@pytest.mark.parametrize("section, message", [
+    ({"default": {"min_area_mm2": 1}}, r"regions.default.min_area_mm2: a rule in mm needs the camera scale; "
+                                       r"set regions.mm_per_px"),
+    ({"mm_per_px": 0.05, "zones": [{"name": "a", "polygon": [[0, 0], [10, 0], [10, 10]]}]},
+     r"regions.zones\[0\] \(a\): zones are drawn in frame pixels; set regions.frame"),
+    ({"mm_per_px": 0.05, "frame": [400, 300], "zones": [{"name": "a", "polygon": [[0, 0], [410, 0], [10, 10]]}]},
+     r"regions.zones\[0\].polygon \(a\): point \[410, 0\] lies outside the 400 x 300 frame"),
+    ({"frame": [400, 300], "zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "min_length_mm": 2}]},
+     r"regions.zones\[0\].min_length_mm: a rule in mm needs the camera scale"),
+    ({"frame": [400, 300], "zones": [{"name": "a", "mask": "nowhere.png"}]}, r"nowhere.png is missing"),
+    ({"frame": [400, 300], "zones": [{"name": "default", "polygon": [[0, 0], [1, 0], [1, 1]]}]}, r"reserved"),
+    ({"default": {"min_area": 1}}, r"regions.default.min_area: unknown setting \(did you mean"),
+    ({"mm_per_px": 0.05, "scale": {"points": [[0, 0], [10, 0]], "mm": 1}}, r"once"),
+])
+def test_bad_sections_are_refused_naming_the_field_and_the_fix(section, message):
+    with pytest.raises(ConfigError, match=message):
+        RegionSettings.from_dict(section)
+
+
+def test_a_mask_of_another_size_than_the_frame_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "m.png"), np.zeros((10, 20), np.uint8))
+    with pytest.raises(ConfigError, match=r"is 20 x 10; expected the frame size 400 x 300"):
+        RegionSettings.from_dict({"frame": [400, 300], "zones": [{"name": "a", "mask": str(tmp_path / "m.png")}]})
+
+
+def test_the_scale_from_two_points_and_a_frame_of_another_size_fails_safe():
+    s = RegionSettings.from_dict({"scale": {"points": [[0, 0], [30, 40]], "mm": 2.5}})
+    assert s.mm_per_px == pytest.approx(0.05)
+    assert scale_from_points((0, 0), (0, 100), 5) == 0.05
+    j = judge(zones=[{"name": "a", "polygon": [[0, 0], [10, 0], [10, 10]]}])
+    with pytest.raises(ConfigError, match=r"frame is 640 x 480 but the zones were drawn for 400 x 400"):
+        j.judge((480, 640), blank_map())
+
+
+def test_without_rules_regions_are_reported_only():
+    assert not RegionSettings().has_rules and not judge().decides
+    assert judge(default={"max_count": 0}).decides
+
+
+# ----------------------------------------------------------------------------- where a verdict goes
+def test_the_ng_image_shows_region_boxes_zone_outlines_and_the_reason(tmp_path):
+    import json
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Frame
+    from fair_edge.regions import FIRED_COLOUR, ZONE_COLOUR
+
+    seal = {"name": "seal", "polygon": [[100, 150], [300, 150], [300, 260], [100, 260]], "min_area_mm2": 1}
+    j = judge(zones=[seal])
+    amap = pit_2mm2()
+    regions, hits = j.judge(FRAME_HW, amap)
+    frame = Frame(7, 1.0, np.full((400, 400, 3), 90, np.uint8), "cam")
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, overlay_alpha=0.0), run_id="R") as rec:
+        rec.show_zones(j.outlines())
+        rec.record(frame, Verdict(7, 1.0, 1.0, 0.5, True, 1.01, "cam", regions=regions, hits=hits), amap)
+        assert rec.flush()
+    row = json.loads((tmp_path / "verdicts.jsonl").read_text())
+    assert row["reason"] == "region 2 mm² in zone seal ≥ 1 mm²" and row["hits"][0]["zone_id"] == 1
+    overlay = cv2.imread(str(tmp_path / "ng" / "R_00000007_overlay.png"))
+    panel = overlay[overlay.shape[0] - 400:, :400]
+    assert tuple(panel[200, 170]) == FIRED_COLOUR        # the box's top edge (frame y 200)
+    assert tuple(panel[150, 200]) == ZONE_COLOUR         # the zone's top edge (frame y 150)
+
+
+class RecordingLink:
+    """A handshake link that records every write (the PLC side is tested against real servers in
+    test_line_handshake.py; here only what the station writes with a result matters)."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.writes = []
+
+    def open(self):
+        pass
+
+    def read_inputs(self):
+        return {"trigger": 0, "part_id": 0, "ack": 0}
+
+    def write(self, values):
+        self.writes.append(list(values))
+
+    def close(self):
+        pass
+
+
+def test_the_plc_handshake_writes_region_count_largest_area_and_zone_with_the_result():
+    from fair_edge.line.handshake import Handshake, HandshakeSettings, Ticket
+    from fair_edge.line.handshake.modbus import encode
+    from fair_edge.records import Frame
+
+    settings = HandshakeSettings.from_dict({"url": "modbus://127.0.0.1:1502?unit=1",
+                                            "modbus": {"region_count": 12, "largest_area": 13, "zone_id": 14}})
+    assert settings.region_signals == ("region_count", "largest_area", "zone_id")
+    seal = {"name": "seal", "polygon": [[100, 150], [300, 150], [300, 260], [100, 260]], "min_area_mm2": 1}
+    amap = plant(pit_2mm2(), 80, 80, 2, 2)    # the pit in zone seal and a speck outside it
+    regions, hits = judge(zones=[seal]).judge(FRAME_HW, amap)
+    link = RecordingLink()
+    hs = Handshake(settings, link)
+    ticket = Ticket(part_id=9, t_trigger=0.0, deadline=1e12)
+    hs._order.append(ticket)   # as the trigger of part 9 would (the trigger path: test_line_handshake.py)
+    hs.bind(3, ticket)
+    hs.on_verdict(Frame(3, 0.0, np.zeros((4, 4, 3), np.uint8)), Verdict(3, 0.0, 1.0, 0.5, True, 0.0,
+                                                                        regions=regions, hits=hits))
+    hs._cycle(1.0)
+    (result,) = [w for w in link.writes if w[-1] == ("results_ready", 1)]
+    assert dict(result) == {"result_part_id": 9, "result": 2, "score": 1.0, "region_count": 2,
+                            "largest_area": 200, "zone_id": 1, "results_ready": 1}   # 2.00 mm² in 0.01 mm²
+    assert encode("largest_area", 200, 1000.0) == [200]
+    # without addresses for them, nothing more is written than before
+    assert HandshakeSettings.from_dict({"url": "modbus://127.0.0.1:1502"}).region_signals == ()
+
+
+def test_region_results_count_found_missed_and_false_regions():
+    from fair_edge.training.region_metrics import region_results
+
+    maps = np.zeros((3, 20, 20), np.float32)
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:5, 2:5] = masks[0, 10:14, 10:14] = True      # image 0: two defects, one found, one false region
+    maps[0, 3:6, 3:6] = 1.0
+    maps[0, 17:19, 1:3] = 1.0
+    masks[1, 5:8, 5:8] = True                               # image 1: one defect, missed
+    maps[2, 0:2, 0:2] = maps[2, 10:12, 10:12] = 1.0         # image 2: normal with two regions
+    totals, per_image = region_results(maps, masks, 0.5, np.array([1, 1, 0]))
+    assert per_image == [{"defects": 2, "found": 1, "missed": 1, "regions": 2, "false_regions": 1},
+                         {"defects": 1, "found": 0, "missed": 1, "regions": 0, "false_regions": 0},
+                         {"defects": 0, "found": 0, "missed": 0, "regions": 2, "false_regions": 2}]
+    assert totals["defects_found"] == 1 and totals["defects_missed"] == 2 and totals["region_recall"] == 1 / 3
+    assert totals["false_regions"] == 3 and totals["false_regions_per_image"] == 1.0
+    assert totals["normal_images_with_regions"] == 1
+
+
+def test_a_swapped_bundle_brings_its_pixel_threshold_unless_the_station_file_sets_one():
+    from types import SimpleNamespace
+
+    from fair_edge.export.build import BuildOptions
+    from fair_edge.regions import PixelThreshold
+
+    new = SimpleNamespace(root="b2", pixel_threshold=PixelThreshold(0.8, 0.9999, 6, 100), preprocess=SimpleNamespace(
+        tiling=TilingConfig(tile=64, roi=(4, 4, 100, 100))))
+    swapped = judge().for_bundle(new)
+    assert swapped.pixel_threshold == 0.8 and swapped.roi == (4, 4, 100, 100)
+    assert judge(pixel_threshold=0.3).for_bundle(new).pixel_threshold == 0.3
+    old = SimpleNamespace(root="b0", pixel_threshold=None, preprocess=SimpleNamespace(tiling=None))
+    assert judge().for_bundle(old).pixel_threshold == PIXEL_THRESHOLD
+    with pytest.raises(ConfigError, match=r"--pixel-quantile must be in \[0.5, 1\); found 1.5"):
+        BuildOptions(pixel_quantile=1.5)
+
+
+def test_an_ignore_zone_alone_leaves_the_verdict_to_the_score():
+    only_ignore = judge(zones=[{"name": "label", "polygon": [[0, 0], [10, 0], [10, 10]], "ignore": True}])
+    assert not only_ignore.decides
+    ignored_rules = judge(zones=[{"name": "label", "polygon": [[0, 0], [10, 0], [10, 10]], "ignore": True,
+                                  "min_area_px": 1}])
+    assert not ignored_rules.decides
