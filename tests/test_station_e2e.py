@@ -281,3 +281,35 @@ def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bund
     published = {(m["run_id"], m["seq"]) for m in collector.messages.get("line3/verdicts", [])}
     assert len(logged) == summary.frames_in >= 30 and logged <= published, sorted(logged - published)[:10]
     assert summary.mqtt["disconnects"] >= 1 and collector.messages["line3/summary"][-1]["run_id"] == summary.run_id
+
+
+def test_frames_the_queue_drops_move_the_prometheus_dropped_counter(bundle, conveyor, tmp_path, monkeypatch):
+    """Inference slower than the camera drops frames from the capture queue; each one is counted by
+    ``fair_edge_dropped_total{stage="camera_queue"}``, as many as the run summary and the verdict log say."""
+    from dataclasses import replace as dc_replace
+
+    import fair_edge.line.metrics as line_metrics
+    import fair_edge.station.run as rs
+    from fair_edge.line.settings import MetricsSettings
+
+    real_select = rs.select_backend
+    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+        lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=1, sleep_s=0.2)))(real_select(b, name)))
+    opened = []
+
+    class SeenMetrics(line_metrics.Metrics):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(line_metrics, "Metrics", SeenMetrics)
+    cfg = StationConfig(camera=CameraSettings(source=str(conveyor), fps=20, loop=True, queue_size=2),
+                        bundle=bundle.root, backend="onnxruntime", output=tmp_path,
+                        record=RecordSettings(dir=tmp_path), metrics=MetricsSettings(enabled=True, port=0))
+    summary = run_station(cfg, threading.Event(), duration_s=1.5)
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    dropped_rows = sum(not r.get("inspected", True) for r in rows)
+    assert summary.dropped >= 1 and dropped_rows == summary.dropped
+    text = opened[0].render().decode()
+    assert f'fair_edge_dropped_total{{stage="camera_queue"}} {float(summary.dropped)}' in text
+    assert f"fair_edge_frames_total {float(summary.inspected)}" in text

@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 
@@ -185,9 +186,12 @@ class LineSide:
         return hooks
 
     def on_drop(self, frame: Frame) -> None:
-        """A frame the capture queue dropped: a row in the verdict log (and on MQTT); its triggered
-        part, if any, is answered NG not inspected."""
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT), one more on
+        ``fair_edge_dropped_total{stage="camera_queue"}``; its triggered part, if any, is answered NG
+        not inspected."""
         self.recorder.record_dropped(frame)
+        if self.metrics is not None:
+            self.metrics.count_drop(DROP_STAGE_QUEUE)
         if self.handshake is not None:
             self.handshake.on_drop(frame)
         if self.mqtt is not None:
