@@ -119,6 +119,32 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
     return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
 
 
+def is_unpaced_replay(cfg: StationConfig) -> bool:
+    """True when ``cfg.camera.source`` is a folder or video read without ``camera.fps`` (as fast as
+    inspection takes it: frames are captured long before they can be inspected, so no line time)."""
+    return cfg.camera.fps is None and isinstance(parse_source(cfg.camera.source), REPLAY_SOURCES)
+
+
+def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
+    """Refuse reject pulses the line's time cannot place. Each part is due at the gate
+    ``t_capture + reject.delay_ms`` (or after ``encoder_distance`` counts): that needs a timed line
+    (a camera, or a replay with ``camera.fps``) and the real travel time. ``delay_ms: 0`` (the
+    default) would put the gate at the camera, where no verdict can be in time: every part would be
+    rejected fail-safe. timed_source: False for a folder or video read without fps."""
+    if not cfg.reject.sinks:
+        return
+    if not timed_source:
+        raise ConfigError(f"camera.fps: a folder or video replayed without fps ({cfg.camera.source}) is not a "
+                          "timed line (frames are read long before they can be inspected), so reject pulses "
+                          "cannot be placed; give the line's rate (--fps / camera.fps), or drop the reject sinks "
+                          "(--reject / reject.sinks).")
+    if cfg.reject.encoder_distance is None and cfg.reject.delay_ms <= 0:
+        raise ConfigError("reject.delay_ms: expected the camera -> reject gate travel time in ms (> 0), found "
+                          f"{cfg.reject.delay_ms:g} (a gate at the camera: no verdict is ever in time, every "
+                          "part would be rejected fail-safe); measure it on the line and set --reject-delay-ms / "
+                          "reject.delay_ms, or use reject.encoder_distance.")
+
+
 def camera_fault(stats) -> str:
     """Why the camera cannot deliver frames ('' when it can, was stopped, or a replay reached its end)."""
     if stats.state is CaptureState.RECONNECTING:
@@ -199,6 +225,17 @@ class LineSide:
 
             self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
 
+    def record_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
+        """Verdict callback: the gate gets the verdict first, then the verdict log its row; a verdict that
+        came after its part was decided at the gate is logged with what the gate did (``verdict_late``,
+        ``gate``: e.g. ``rejected_uninspected``)."""
+        from fair_edge.line.scheduler import LATE
+
+        extra = None
+        if self.scheduler is not None and self.scheduler.submit(verdict) == LATE:
+            extra = {"verdict_late": True, "gate": self.scheduler.decision(verdict.seq) or "went_by_undecided"}
+        self.recorder.record(frame, verdict, anomaly_map, extra)
+
     def publish_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
         """Verdict callback: the verdict log's row on MQTT."""
         self.mqtt.publish_row(self.recorder.log_row(verdict))
@@ -236,7 +273,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
     recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
     mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
-    line = LineSide(recorder, None, None, mqtt, [recorder.record])
+    line = LineSide(recorder, None, None, mqtt, [])
     if cfg.reject.encoder:
         line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
     if cfg.reject.handshake.enabled:
@@ -245,10 +282,11 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
         line.callbacks.append(line.handshake.on_verdict)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
-        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
+        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
+                                                             on_part=recorder.record_gate))
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
-        line.callbacks.append(line.scheduler.on_verdict)
+    line.callbacks.insert(0, line.record_verdict)
     if cfg.metrics.enabled:
         metrics = stack.enter_context(Metrics(cfg.metrics).start())
         metrics.watch("recorder", recorder.stats)
@@ -323,6 +361,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     called once with the running ``StationConsole`` (e.g. to wire SIGHUP to ``console.reload_bundle``)."""
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
+    check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
+                        or not is_unpaced_replay(cfg))
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
     roi = load_roi(cfg.roi, bundle.image_size)
     choice = choice or open_scorer(bundle, cfg.backend)

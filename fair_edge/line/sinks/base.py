@@ -60,7 +60,8 @@ class SinkReport:
     """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
     deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
     ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
-    ``late_write`` (a write begun before the deadline that returned after it)."""
+    ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
+    pulse's rising edge written by its deadline)."""
 
     sink: str
     kind: str
@@ -102,7 +103,7 @@ class Output(Protocol):
 
 
 def log_reporter(report: SinkReport) -> None:
-    level = logging.INFO if report.kind == "reconnected" else logging.WARNING
+    level = {"reconnected": logging.INFO, "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
     log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
 
 
@@ -258,6 +259,8 @@ class WorkerSink:
             self._counters.add("late_writes")
             self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
                                              f"after the due time (loaded machine?)")
+        else:
+            self._emit("delivered", ev.seq, "rising edge written by its deadline")
         if self._pulse_s <= 0:
             return
         sleep_until(time.monotonic() + self._pulse_s, self._stop)
