@@ -72,14 +72,15 @@ def undelivered_sinks(rejects: dict) -> list[str]:
     return [name for name, st in sinks.items() if st.get("pulses", 0) > 0 and st.get("delivered", 0) == 0]
 
 
-def load_roi(path: Path | None, size: int) -> np.ndarray | None:
-    """Region-of-interest mask image -> (size, size) float32 weights (nonzero pixels = inspected)."""
+def load_roi(path: Path | None) -> np.ndarray | None:
+    """Region-of-interest mask image -> (H, W) float32 weights at the image's own resolution (nonzero
+    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``)."""
     if path is None:
         return None
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
     if mask is None:
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
-    roi = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    roi = mask > 0
     if not roi.any():
         raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
     return roi.astype(np.float32)
@@ -337,7 +338,7 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     changes then.
     """
     bundle = read_bundle(bundle_path)
-    roi = load_roi(roi_path, bundle.image_size)
+    roi = load_roi(roi_path)
     choice = open_scorer(bundle, backend)
     if threshold is None:
         graph = choice.graph_threshold
@@ -364,7 +365,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
                         or not is_unpaced_replay(cfg))
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
-    roi = load_roi(cfg.roi, bundle.image_size)
+    roi = load_roi(cfg.roi)
     choice = choice or open_scorer(bundle, cfg.backend)
     threshold = resolve_threshold(cfg, bundle, choice.graph_threshold)
     run_id = new_run_id()
