@@ -414,8 +414,6 @@ class RejectScheduler:
             while len(self._decided) > DECIDED_MEMORY:
                 self._decided.popitem(last=False)
         self._counters.add(outcome)
-        self._tell({"seq": part.seq, "event": "gate", "gate": outcome,
-                    "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]})
         if outcome == "passed_uninspected":
             self._raise_alarm(f"part seq {part.seq} passed the gate uninspected (fail_safe: alarm)")
         elif outcome == "gap_missed":
@@ -423,6 +421,8 @@ class RejectScheduler:
                               f"would put its edge past due + late_ms (it would hit the next part)")
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
+        self._tell({"seq": part.seq, "event": "gate", "gate": outcome,   # after the pulse is handed over
+                    "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]})
 
     def _outcome(self, part: _Part) -> str:
         if part.state == GOOD:

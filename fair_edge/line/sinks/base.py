@@ -255,18 +255,18 @@ class WorkerSink:
             self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
-        if time.monotonic() > ev.deadline:   # the write began in time but finished late: say so
+        in_time = time.monotonic() <= ev.deadline
+        if not in_time:   # the write began in time but finished late: say so
             self._counters.add("late_writes")
             self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
                                              f"after the due time (loaded machine?)")
-        else:
+        if self._pulse_s > 0:
+            sleep_until(time.monotonic() + self._pulse_s, self._stop)
+            if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
+                self._level_dirty = True  # write the resting level again once reconnected
+                self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+        if in_time:   # reported after the pulse, so the report never stretches it
             self._emit("delivered", ev.seq, "rising edge written by its deadline")
-        if self._pulse_s <= 0:
-            return
-        sleep_until(time.monotonic() + self._pulse_s, self._stop)
-        if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-            self._level_dirty = True  # write the resting level again once reconnected
-            self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes."""
