@@ -1,8 +1,9 @@
 """Frames for calibration and threshold/accuracy checks: uint8 BGR frames -> a model's named inputs.
 
 Takes any iterable of frames (folders are read with ``fair_edge.training.data``, the loader training uses),
-so it does not depend on where they come from; the inputs are made by the model family's own
-input maker, exactly as at run time on the CPU.
+so it does not depend on where they come from; the inputs are made by the code the station's CPU
+backends run (``fair_edge.preprocess.ModelInputs``), so a threshold is calibrated on the numbers the station
+sees.
 """
 
 from __future__ import annotations
@@ -10,33 +11,21 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from fair_edge.errors import DataError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
-from fair_edge.preprocess import PreprocessConfig, frames_to_batch
+from fair_edge.preprocess import PreprocessConfig, host_inputs
 from fair_edge.tiling import FrameTiler
 
 
 def preprocess_frames(frames: Iterable[np.ndarray], model: ModelSpec, limit: int | None = None) -> dict[str, np.ndarray]:
-    """Pre-process up to ``limit`` frames exactly as at run time.
+    """Pre-process up to ``limit`` frames as the station's CPU backends do (``preprocess.host_inputs``: the same
+    code, not a copy of it).
 
     frames: iterable of (H, W, 3) uint8 BGR (or (H, W) gray) host arrays.
     Returns {input name: (N, C, S, S) float32 array} for ``model.input_names``; DataError if N = 0.
     """
-    make_inputs = model.input_maker("cpu")
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in model.input_names}
-    for i, frame in enumerate(frames):
-        if limit is not None and i >= limit:
-            break
-        with torch.no_grad():
-            inputs = make_inputs(frames_to_batch([frame], model.preprocess.image_size))
-        for name in parts:
-            parts[name].append(inputs[name].numpy())
-    if not parts[model.input_names[0]]:
-        raise DataError("no images to pre-process; pass a folder of normal images.")
-    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    return host_inputs(frames, model, limit)
 
 
 def model_frames(frames: Iterable[np.ndarray], cfg: PreprocessConfig, limit: int | None = None) -> list[np.ndarray]:
@@ -50,14 +39,7 @@ def frame_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.n
                  frames: Sequence[np.ndarray], model: ModelSpec) -> np.ndarray:
     """Decision scores of whole frames, (N,) float32: ``infer_batched(named inputs) -> named outputs``
     scores each frame, or each tile of a tiled model, then stitched (fair_edge.tiling)."""
-    return frame_maps_scores(infer_batched, frames, model)[1]
-
-
-def frame_maps_scores(infer_batched: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
-                      frames: Sequence[np.ndarray], model: ModelSpec) -> tuple[list[np.ndarray], np.ndarray]:
-    """As ``frame_scores``, with the frame maps: (N maps (h, w) float32 (stitched for a tiled model),
-    scores (N,) float32)."""
     tiler = FrameTiler(model.preprocess.tiling, model.preprocess.image_size)
     tiles, layouts = tiler.split(list(frames))
     outputs = infer_batched(preprocess_frames(tiles, model))
-    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)
+    return tiler.stitch(outputs[ANOMALY_MAP][:, 0], outputs[SCORE], layouts)[1]

@@ -84,13 +84,22 @@ class HeldOut:
     """
 
     def __init__(self, model: ModelSpec, normal: Sequence[np.ndarray], defects: Sequence[np.ndarray] = ()) -> None:
-        if len(normal) < 2:
-            raise DataError(f"the INT8 quality gate needs at least 2 held-out normal images (their score spread is "
-                            f"its unit); found {len(normal)}. Pass more with --normal.")
         self.model, self.n_normal, self.n_defect = model, len(normal), len(defects)
         self.tiler = FrameTiler(model.preprocess.tiling, model.preprocess.image_size)
         tiles, self.layouts = self.tiler.split([*normal, *defects])
+        self.n_normal_tiles = len(self.tiler.split(list(normal))[0])
         self.inputs = preprocess_frames(tiles, model)
+
+    @property
+    def normal_inputs(self) -> dict[str, np.ndarray]:
+        """The normal frames' inputs (their tiles for a tiled model): views of ``inputs``."""
+        return {name: value[: self.n_normal_tiles] for name, value in self.inputs.items()}
+
+    def require_for_gate(self) -> None:
+        """DataError unless there are enough normal frames for the gate (their score spread is its unit)."""
+        if self.n_normal < 2:
+            raise DataError(f"the INT8 quality gate needs at least 2 held-out normal images (their score spread is "
+                            f"its unit); found {self.n_normal}. Pass more with --normal.")
 
     @property
     def labels(self) -> np.ndarray:
@@ -98,18 +107,23 @@ class HeldOut:
         return np.r_[np.zeros(self.n_normal, np.int64), np.ones(self.n_defect, np.int64)]
 
     def scores(self, graph: Path) -> np.ndarray:
+        return self.maps_scores(graph)[1]
+
+    def maps_scores(self, graph: Path) -> tuple[list[np.ndarray], np.ndarray]:
+        """(n_normal + n_defect maps (h, w) float32, stitched for a tiled model; their scores (N,) float64)."""
         backend = OnnxGraph(graph, self.model.input_names)
         try:
             out = backend.infer_batched(self.inputs)
         finally:
             backend.close()
-        scores = self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)[1].astype(np.float64)
+        maps, scores = self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)
+        scores = scores.astype(np.float64)
         bad = int((~np.isfinite(scores)).sum())
         if bad:
             raise ExportError(f"{graph.name} scores {bad} of {len(scores)} held-out images as NaN or infinite; expected "
                               "finite scores. Delete the bundle's calibration caches and rebuild; if it persists, build "
                               "with --fp16.")
-        return scores
+        return maps, scores
 
 
 @dataclass(frozen=True)
@@ -286,6 +300,7 @@ def gate_graph(g: Int8Graph, layers: tuple[str, ...], held: HeldOut, ref: np.nda
 def run_gate(fp32: Path, graphs: Sequence[Int8Graph], scope: tuple[str, ...], held: HeldOut, gate: QualityGate,
              on_step: Callable[[str], None] | None = None) -> GateReport:
     """Gate every graph of ``graphs`` (each already written in full INT8) against the FP32 graph ``fp32``."""
+    held.require_for_gate()
     metric = metric_for(held)
     ref = held.scores(fp32)
     results = tuple(gate_graph(g, g.layers(fp32, scope), held, ref, metric, gate, on_step) for g in graphs)

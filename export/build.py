@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fair_edge.calibration.frames import frame_maps_scores, frame_scores, model_frames, preprocess_frames
+from fair_edge.calibration.frames import model_frames, preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
@@ -158,17 +158,17 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
     return out / prec.onnx_name, reused
 
 
-def _threshold(graph: Path, ckpt: Checkpoint, options: BuildOptions, normal: Sequence[np.ndarray] | None,
-               source: str, defects: Sequence[np.ndarray] | None) -> tuple[Threshold | None, PixelThreshold | None]:
-    """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) and
-    the pixel threshold (defect regions) from the same normal frames' maps."""
-    if not normal:
+def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None,
+               source: str) -> tuple[Threshold | None, PixelThreshold | None]:
+    """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) on the
+    held-out frames, pre-processed once per build (``HeldOut``), and the pixel threshold (defect regions)
+    from the same normal frames' maps."""
+    if held is None:
         return None, None
-    backend = OnnxGraph(graph, ckpt.model.input_names)
-    normal_maps, normal_scores = frame_maps_scores(backend.infer_batched, normal, ckpt.model)
-    defect_scores = frame_scores(backend.infer_batched, defects, ckpt.model) if defects else None
-    return (calibrate_threshold(normal_scores, defect_scores, options.false_reject_rate, source=source),
-            calibrate_pixel_threshold(normal_maps, options.pixel_quantile, source=source))
+    maps, scores = held.maps_scores(graph)
+    defect_scores = scores[held.n_normal:] if held.n_defect else None
+    return (calibrate_threshold(scores[: held.n_normal], defect_scores, options.false_reject_rate, source=source),
+            calibrate_pixel_threshold(maps[: held.n_normal], options.pixel_quantile, source=source))
 
 
 def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs | None) -> Path | None:
@@ -180,7 +180,7 @@ def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptio
 
 
 def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs,
-                  normal_frames, defect_frames, on_step: Callable[[str], None] | None) -> GateReport | None:
+                  held: HeldOut, on_step: Callable[[str], None] | None) -> GateReport | None:
     """INT8 with ``options.quality``: gate both INT8 graphs (already written in full INT8) on the held-out frames,
     rewriting them with their most sensitive layers float32 where needed (``calibration.int8_gate``)."""
     if options.quality is None:
@@ -195,7 +195,6 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
 
     graphs = (Int8Graph(out / get_precision("int8").onnx_name, tensorrt_graph, ("Conv",)),
               Int8Graph(out / CPU_INT8_ONNX, cpu_graph, CPU_INT8_OPS))
-    held = HeldOut(ckpt.model, list(normal_frames), list(defect_frames or ()))
     return run_gate(fp32, graphs, scope, held, options.quality, on_step)
 
 
@@ -269,23 +268,28 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note, gate)."""
     save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
     fp32, parity = _fp32_with_parity(ckpt, out)
-    pre = ckpt.preprocess
-    calib = preprocess_frames(model_frames(calib_frames, pre, options.int8.num_images), ckpt.model) if calib_frames else None
+    # held-out frames (else the first calibration images) are pre-processed once, here, for the INT8
+    # calibration (without held-out normals), the accuracy probe, the thresholds and the quality gate
+    threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
+    held = HeldOut(ckpt.model, list(threshold_frames), list(defect_frames or ())) if threshold_frames else None
+    calib = None   # INT8 only
+    if options.precision == "int8" and calib_frames:
+        calib = held.normal_inputs if not normal_frames else preprocess_frames(   # the same first num_images frames
+            model_frames(calib_frames, ckpt.preprocess, options.int8.num_images), ckpt.model)
     graph, reused = _precision_graph(ckpt, out, fp32, options, calib, on_calibration_image)
     cpu_graph = _cpu_int8_graph(ckpt, out, fp32, options, calib)
-    gate = _quality_gate(ckpt, out, fp32, options, calib, normal_frames, defect_frames, on_gate_step)
-    normal = preprocess_frames(model_frames(normal_frames, pre), ckpt.model) if normal_frames else calib
+    gate = _quality_gate(ckpt, out, fp32, options, calib, held, on_gate_step) if normal_frames else None
     source = "held-out normal images" if normal_frames else "calibration images (training data; pass held-out normals for an unbiased rate)"
     delta = None
     if graph != fp32:
-        probe = normal if normal is not None else {n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
+        probe = held.normal_inputs if held is not None else {
+            n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
         names = ckpt.model.input_names
         delta = graph_delta(OnnxGraph(fp32, names), OnnxGraph(graph, names), probe)
-    threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
-    threshold, pixel = _threshold(graph, ckpt, options, threshold_frames, source, defect_frames)
+    threshold, pixel = _threshold(graph, options, held, source)
     cpu = None
     if cpu_graph is not None:
-        cpu_threshold, _ = _threshold(cpu_graph, ckpt, options, threshold_frames, source, defect_frames)
+        cpu_threshold, _ = _threshold(cpu_graph, options, held, source)
         cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
     write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -35,8 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, DataError
 from fair_edge.tiling import TilingConfig
+
+COLOUR = "colour"       # the model input names this module makes (``fair_edge.models.tensors`` re-exports them)
+HIGHPASS = "highpass"
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
 # still-image files read as frames: training data (training.data) and folder replay (cameras.replay, which
@@ -379,3 +382,58 @@ class CpuPipeline:
         highpass = self.highpass(gray_batch(colour))
         clock.lap("highpass")
         return highpass
+
+
+HOST_BATCH = 32   # frames per pre-processing call in ``host_inputs`` (bounds the float32 copies in flight)
+
+
+class ModelInputs:
+    """frames -> a model's named inputs on the host: the one pre-processing that the build (INT8 calibration,
+    threshold, accuracy, quality gate) and the station's CPU backends share (the runtime's ``CpuPreprocessor``
+    is this class with a choice of high-pass method). The colour image and a ``highpass`` input come from
+    ``CpuPipeline``; any other input from the family's input maker applied to the colour image.
+    Returns (B, C, S, S) float32 per input: NumPy arrays (``host`` and every input made by the pipeline) or
+    torch tensors on ``device``.
+
+    model: a ``fair_edge.models.registry.ModelSpec`` (input_names, preprocess, input_maker).
+
+    frames: list of (H, W, 3) uint8 BGR (or (H, W) gray) host arrays, checked by ``preprocess.check_frame``.
+    pipeline: the ``CpuPipeline`` (default: the exact one of ``model.preprocess``).
+    """
+
+    def __init__(self, model, device: torch.device = torch.device("cpu"),
+                 pipeline: CpuPipeline | None = None, host: bool = False) -> None:
+        self.names, self.device = model.input_names, device
+        self.pipeline = pipeline or CpuPipeline(model.preprocess)
+        self.make_inputs = model.input_maker("cpu")
+        self.host = host and set(self.names) <= {COLOUR, HIGHPASS}
+
+    @torch.no_grad()
+    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor | np.ndarray]:
+        colour = self.pipeline.colour(frames, clock)
+        arrays = {COLOUR: colour}
+        if HIGHPASS in self.names:
+            arrays[HIGHPASS] = self.pipeline.highpass_of(colour, clock)
+        if self.host:
+            return {name: arrays[name] for name in self.names}
+        inputs = {name: torch.from_numpy(a) for name, a in arrays.items() if name in self.names}
+        if len(inputs) < len(self.names):
+            inputs = {**self.make_inputs(torch.from_numpy(colour)), **inputs}
+        return {name: inputs[name].to(self.device) for name in self.names}
+
+
+def host_inputs(frames: Iterable[np.ndarray], model, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Up to ``limit`` frames as the station's CPU backends feed them to the model.
+
+    frames: iterable of (H, W, 3) uint8 BGR (or (H, W) gray) host arrays.
+    Returns {input name: (N, C, S, S) float32 NumPy array}; DataError if N = 0.
+    """
+    make = ModelInputs(model, host=True)
+    frames = list(frames)[:limit]
+    if not frames:
+        raise DataError("no images to pre-process; pass a folder of normal images.")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in model.input_names}
+    for i in range(0, len(frames), HOST_BATCH):
+        for name, value in make(frames[i : i + HOST_BATCH]).items():
+            parts[name].append(value if isinstance(value, np.ndarray) else value.numpy())
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}

@@ -156,6 +156,34 @@ def test_export_reviewed_sorts_parts_into_an_mvtec_layout(tmp_path):
     assert len(list((tmp_path / "dataset" / "train" / "good").glob("*.png"))) == 2
 
 
+def test_a_reviewed_part_is_exported_whatever_its_sharpness_and_counted_in_words(tmp_path):
+    """A review is a label a person gave: a soft (Laplacian variance under blur_min), dark or repeated
+    image of a reviewed part is exported all the same; the command prints its counts as words."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    station = tmp_path / "station"
+    (station / "review").mkdir(parents=True)
+    journal = Journal(station / "reviews.jsonl")
+    soft = cv2.GaussianBlur(_plate(5), (0, 0), 6)
+    assert frame_problem(soft, QualitySettings()) == "blurred"
+    images = {1: soft, 2: soft.copy(), 3: (_plate(6) // 12).astype(np.uint8), 4: _plate(7)}
+    for seq, label in ((1, "defect"), (2, "false_reject"), (3, "miss"), (4, "defect")):
+        rel = f"review/r_{seq:08d}_{label}.png"
+        cv2.imwrite(str(station / rel), images[seq])
+        journal.append({"run": "r", "seq": seq, "label": label, "image": rel})
+    journal.append({"run": "r", "seq": 5, "label": "defect", "image": "review/gone.png"})
+    result = export_reviewed(station, tmp_path / "dataset")
+    assert result["test/defect"]["saved"] == 3 and result["train/good"]["saved"] == 1 and result["no_image"] == 1
+    assert len(list((tmp_path / "dataset" / "test" / "defect").glob("*.png"))) == 3
+    run = CliRunner().invoke(app, ["collect", str(tmp_path / "again"), "--reviewed", str(station)])
+    assert run.exit_code == 0, run.output
+    text = " ".join(run.output.split())
+    assert "{" not in text and "3 defects and misses to test/defect" in text, text
+    assert "1 false reject to train/good" in text and "1 reviewed part without an image" in text, text
+
+
 def test_collect_command_counts_what_it_skips(tmp_path):
     from typer.testing import CliRunner
 

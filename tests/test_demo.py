@@ -8,6 +8,7 @@ import torch
 from fair_edge.training.data import elpv_split
 from fair_edge.demo.run import match_pulses, plan_conveyor, plan_line, run_demo, tally
 from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.models.fair.train import TrainConfig, Trainer
@@ -77,7 +78,47 @@ def test_demo_station_with_a_tiny_model(family, tmp_path):
     missed, late = sum(st["missed"] for st in sinks), sum(st["late_writes"] for st in sinks)
     assert report["pulses_received"] + missed == report["pulses_due"]
     assert report["pulses_received"] - report["pulses_on_time"] <= late and missed + late <= 2
-    assert all(abs(e) <= 10 for e in (r["pulse_error_ms"] for r in report["parts"]) if e is not None)
+    assert all(abs(r["pulse_error_ms"]) <= 10 for r in report["parts"] if r["pulse"] == "on time")
+    assert report["pulses_late"] <= late   # a late pulse is shown as such only when its sink said it was written late
     assert not any(r["pulse_error_ms"] is not None for r in report["parts"] if r["in_time"] and not r["ng"])
     assert report["line"]["gate_delay_ms"] >= 400 and report["line"]["warmup_ms"]["n"] > 10
     assert json.loads((tmp_path / "demo_report.json").read_text())["defective"] == 20
+
+
+def test_demo_shows_a_late_pulse_names_its_false_reject_and_points_to_a_real_bank_max_option(capsys, monkeypatch):
+    """A pulse the sink wrote after its deadline is printed 'late (+x ms)' and counted in the pulse range
+    (not 'none'); a normal cell judged NG is named; the capped-bank warning names a command that has the flag."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+    from fair_edge.cli.demo import print_demo
+    from fair_edge.demo.run import pulse_error_stats
+    from fair_edge.models.patchcore.train import RAISE_BANK_MAX, bank_cap_warning
+
+    verdicts = [{"seq": 0, "t_capture": 10.0, "t_verdict": 10.1, "ng": True, "score": 0.9, "source": "000_defect_a.png"},
+                {"seq": 1, "t_capture": 10.1, "t_verdict": 10.2, "ng": True, "score": 0.7, "source": "001_good_b.png"},
+                {"seq": 2, "t_capture": 10.2, "t_verdict": 10.3, "ng": True, "score": 0.8, "source": "002_defect_c.png"}]
+    rows = match_pulses(verdicts, [10.4021, 10.5019, 10.6235], travel_ms=400, late_ms=10,
+                        pulses={0: "delivered", 1: "delivered", 2: "late"})
+    assert [r["pulse"] for r in rows] == ["on time", "on time", "late"]
+    assert rows[2]["pulse_error_ms"] == pytest.approx(23.5)
+    counts = tally(rows)
+    assert counts["pulses_on_time"] == 2 and counts["pulses_late"] == 1 and counts["false_rejects"] == 1
+    summary = {"frames_in": 3, "inspected": 3, "dropped": 0, "lost": 0, "backend": "onnxruntime (cpu)",
+               "latency": {"p50_ms": 100.0, "p99_ms": 100.0, "max_ms": 100.0}}
+    report = {"parts": rows, "summary": summary, "line": {"fps": 10.0, "gate_delay_ms": 400.0}, "threshold": 0.5,
+              "pulse_error_ms": pulse_error_stats(rows), "reject_stats": {}, **counts}
+    monkeypatch.setenv("COLUMNS", "200")
+    print_demo(report)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "late (+23.5 ms" in text and "none" not in text
+    assert "range +1.90 .. +23.50 ms" in text, text
+    assert "false rejects (normal cells judged NG): seq 1 b.png (score 0.7000 > threshold 0.5000)" in text, text
+    assert "pulses on time 2/3, late 1" in text
+
+    warning = bank_cap_warning(385_024, 10_000, PatchcoreSettings(bank_max=10_000))
+    assert RAISE_BANK_MAX in warning
+    words = RAISE_BANK_MAX.strip("`").split()
+    command, flag = words[1], next(w for w in words if w.startswith("--set"))
+    helped = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert helped.exit_code == 0 and flag in helped.output and "--model" in helped.output

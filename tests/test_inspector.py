@@ -163,3 +163,36 @@ def test_untiled_frames_skip_the_tiler_with_the_same_maps_scores_and_verdicts(sc
         [Frame(i, 0.0, f) for i, f in enumerate(frames)])
     assert [v.score for v in verdicts] == [float(s) for s in old_scores]
     assert [v.ng for v in verdicts] == [bool(s > threshold) for s in old_scores]
+
+
+class MapScorer:
+    """A frame scorer whose anomaly map is handed in (a tiled bundle's frame-sized map): the ROI path alone."""
+
+    reason, graph_threshold = "test: fixed map", None
+
+    def __init__(self, amap: np.ndarray) -> None:
+        self.amap = amap
+
+    def infer_frames(self, frames):
+        maps = np.stack([self.amap] * len(frames))
+        return maps, maps.reshape(len(frames), -1).max(1)
+
+
+def test_the_roi_is_built_at_the_maps_resolution_not_the_models_input_size(tmp_path):
+    """A 4-pixel-wide ROI band on a 256 x 256 frame map (a tiled bundle; model input 32 px): a hot pixel
+    3 px beside the band is outside the region and must not decide the score. (Shrinking the mask to the
+    model's 32 px first, as the station did, lost the band altogether: 'all black'; a wider band came back
+    as whole 8 px cells, counting the pixel beside it.)"""
+    import cv2
+
+    from fair_edge.station.run import load_roi
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[:, 130:134] = 255
+    cv2.imwrite(str(tmp_path / "roi.png"), mask)
+    amap = np.full((256, 256), 0.1, np.float32)
+    amap[100, 131] = 0.5          # inside the band
+    amap[50, 137] = 0.9           # 3 px right of the band, in the same 8 px cell as its right edge
+    inspector = Inspector(capture=None, scorer=MapScorer(amap), threshold=0.7, roi=load_roi(tmp_path / "roi.png"))
+    verdict = inspector.inspect([Frame(0, 0.0, np.full((256, 256, 3), 128, np.uint8))])[0]
+    assert verdict.score == pytest.approx(0.5) and not verdict.ng

@@ -281,3 +281,103 @@ def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bund
     published = {(m["run_id"], m["seq"]) for m in collector.messages.get("line3/verdicts", [])}
     assert len(logged) == summary.frames_in >= 30 and logged <= published, sorted(logged - published)[:10]
     assert summary.mqtt["disconnects"] >= 1 and collector.messages["line3/summary"][-1]["run_id"] == summary.run_id
+
+
+def test_frames_the_queue_drops_move_the_prometheus_dropped_counter(bundle, conveyor, tmp_path, monkeypatch):
+    """Inference slower than the camera drops frames from the capture queue; each one is counted by
+    ``fair_edge_dropped_total{stage="camera_queue"}``, as many as the run summary and the verdict log say."""
+    from dataclasses import replace as dc_replace
+
+    import fair_edge.line.metrics as line_metrics
+    import fair_edge.station.run as rs
+    from fair_edge.line.settings import MetricsSettings
+
+    real_select = rs.select_backend
+    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+        lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=1, sleep_s=0.2)))(real_select(b, name)))
+    opened = []
+
+    class SeenMetrics(line_metrics.Metrics):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(line_metrics, "Metrics", SeenMetrics)
+    cfg = StationConfig(camera=CameraSettings(source=str(conveyor), fps=20, loop=True, queue_size=2),
+                        bundle=bundle.root, backend="onnxruntime", output=tmp_path,
+                        record=RecordSettings(dir=tmp_path), metrics=MetricsSettings(enabled=True, port=0))
+    summary = run_station(cfg, threading.Event(), duration_s=1.5)
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    dropped_rows = sum(not r.get("inspected", True) for r in rows)
+    assert summary.dropped >= 1 and dropped_rows == summary.dropped
+    text = opened[0].render().decode()
+    assert f'fair_edge_dropped_total{{stage="camera_queue"}} {float(summary.dropped)}' in text
+    assert f"fair_edge_frames_total {float(summary.inspected)}" in text
+
+
+def test_each_part_record_says_what_the_gate_did_with_it(bundle, conveyor, tmp_path, monkeypatch):
+    """Slow inference makes some verdicts come after their part was rejected fail-safe: such a verdict row
+    says so (verdict_late, gate: rejected_uninspected) instead of passing for an OK part; gate.jsonl has
+    one gate row per captured part that agrees with the verdict log, and one pulse row per rejected part
+    (delivered / late / missed); the PLC saw exactly the pulses written (delivered + late)."""
+    from dataclasses import replace as dc_replace
+
+    import fair_edge.station.run as rs
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
+
+    real_select = rs.select_backend
+    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+        lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=4, sleep_s=0.45)))(real_select(b, name)))
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(
+            camera=CameraSettings(source=str(conveyor), fps=10, loop=True, queue_size=2), bundle=bundle.root,
+            backend="onnxruntime", threshold=1e9, output=tmp_path,   # every verdict OK: a pulse = a fail-safe reject
+            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",), delay_ms=250,
+                                  pulse_ms=20, min_gap_ms=10, late_ms=10),
+            record=RecordSettings(dir=tmp_path, save_ng_images=False))
+        summary = run_station(cfg, threading.Event(), duration_s=2.5)
+        time.sleep(0.1)
+        rises = plc.rises(0)
+    finally:
+        plc.close()
+    rows = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
+    gate = {e["seq"]: e for e in events if e["event"] == "gate"}
+    assert sorted(gate) == sorted(r["seq"] for r in rows) and len(rows) == summary.frames_in
+    late = [r for r in rows if r.get("verdict_late")]
+    assert late and summary.rejects["late_verdicts"] == len(late)
+    for r in rows:
+        g = gate[r["seq"]]
+        if not r.get("inspected", True) or r.get("verdict_late"):
+            assert (g["verdict"], g["gate"]) == ("none", "rejected_uninspected"), (r, g)
+            assert r.get("gate", g["gate"]) == "rejected_uninspected"
+        else:
+            assert (g["verdict"], g["gate"], r["ng"]) == ("ok", "passed", False), (r, g)
+    pulses = {}
+    for e in events:
+        if e["event"] == "pulse":
+            assert e["seq"] not in pulses and e["pulse"] in ("delivered", "late", "missed")
+            pulses[e["seq"]] = e["pulse"]
+    assert sorted(pulses) == sorted(s for s, g in gate.items() if g["gate"] == "rejected_uninspected")
+    assert len(rises) == sum(p in ("delivered", "late") for p in pulses.values())
+    sink = next(iter(summary.rejects["sinks"].values()))
+    assert sink["missed"] == sum(p == "missed" for p in pulses.values()) and sink["late_writes"] == sum(
+        p == "late" for p in pulses.values())
+
+
+def test_rejects_need_a_timed_line_and_the_travel_time(bundle, conveyor, tmp_path):
+    """--reject with a folder read without --fps, or without --reject-delay-ms (default 0: a gate at the
+    camera), is refused before the run, naming the field and the flag."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    base = ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--backend", "onnxruntime",
+            "--reject", "log://test.timing", "--out", str(tmp_path), "--console", "off"]
+    unpaced = CliRunner().invoke(app, [*base, "--reject-delay-ms", "300"])
+    assert unpaced.exit_code == 2 and "camera.fps" in unpaced.output and "not a timed line" in unpaced.output
+    no_delay = CliRunner().invoke(app, [*base, "--fps", "10"])
+    text = " ".join(no_delay.output.split())
+    assert no_delay.exit_code == 2 and "reject.delay_ms" in text and "--reject-delay-ms" in text, text
+    assert not (tmp_path / "verdicts.jsonl").exists()

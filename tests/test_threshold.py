@@ -45,3 +45,38 @@ def test_threshold_errors():
         quantile_threshold([1.0, float("nan")])
     with pytest.raises(ConfigError, match="false-reject rate"):
         quantile_threshold([1.0], 1.5)
+
+
+def test_the_build_scores_held_out_frames_once_with_the_stations_own_pre_processing(tmp_path, monkeypatch):
+    """One pre-processing for build and station: the build's threshold is calibrated on exactly the
+    scores the station's CPU backend gives the same frames, and each held-out frame (normal or defect)
+    is pre-processed once per build, by the station's pipeline."""
+    from export_fixtures import MODEL, make_frames, trained_state
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.checkpoint import Checkpoint
+    from fair_edge.preprocess import CpuPipeline
+    from fair_edge.runtime.selection import select_backend
+
+    normal, defects = make_frames(10, seed=1), make_frames(4, seed=2, defect=True)
+    seen = []
+    real_colour = CpuPipeline.colour
+
+    def counted(self, frames, clock=None):
+        seen.extend(id(f) for f in frames)
+        return real_colour(self, frames, clock)
+
+    monkeypatch.setattr(CpuPipeline, "colour", counted)
+    result = build_bundle(Checkpoint(MODEL, trained_state(100, 0), {}), tmp_path / "b", BuildOptions(engine=False),
+                          calib_frames=make_frames(6, seed=3), normal_frames=normal, defect_frames=defects)
+    assert sorted(seen) == sorted(id(f) for f in [*normal, *defects])   # each once, nothing else
+    monkeypatch.setattr(CpuPipeline, "colour", real_colour)
+    choice = select_backend(result.bundle, "onnxruntime")
+    try:
+        station_normal = choice.infer_frames(normal)[1]
+        station_defects = choice.infer_frames(defects)[1]
+    finally:
+        choice.backend.close()
+    again = calibrate_threshold(station_normal, station_defects, BuildOptions().false_reject_rate)
+    assert result.bundle.threshold.value == again.value
+    assert result.bundle.threshold.to_dict()["normal_quantiles"] == again.to_dict()["normal_quantiles"]

@@ -50,8 +50,8 @@ def collect(
     if every < 1 or max_frames < 1:
         raise ConfigError(f"--every and --max-frames must be >= 1; found {every} and {max_frames}.")
     if reviewed is not None:
-        result = export_reviewed(reviewed, out, quality)
-        console.print(f"[green]exported reviewed parts[/] to {out}: {result}")
+        result = export_reviewed(reviewed, out)
+        console.print(f"[green]exported every reviewed part[/] to {out}: {result['summary']}")
         return
     from fair_edge.cameras import open_source
 

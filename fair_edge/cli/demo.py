@@ -21,10 +21,26 @@ app = typer.Typer()
 
 
 def demo_pulse_text(row: dict) -> str:
+    """The 'reject pulse' cell of a part: on time / fail-safe (+x ms), late (+x ms), missed by the sink, none."""
+    if row.get("pulse") == "late":
+        return f"[red]late[/] ({row['pulse_error_ms']:+.1f} ms: written after its deadline)"
     if row["pulse_error_ms"] is not None:
         how = "on time" if row["in_time"] and row["ng"] else "fail-safe, uninspected"
         return f"{how} ({row['pulse_error_ms']:+.1f} ms)"
+    if row.get("pulse") == "missed":
+        return "[red]missed (not written by its deadline)[/]"
     return "-" if row["in_time"] and not row["ng"] else "[red]none[/]"
+
+
+def false_reject_text(report: dict) -> str:
+    """The demo's false rejects by name: normal cells inspected in time and judged NG."""
+    wrong = [r for r in report["parts"] if not r["defective"] and r["in_time"] and r["ng"]]
+    if not wrong:
+        return "false rejects: none"
+    threshold = report.get("threshold")
+    limit = "" if threshold is None else f" > threshold {threshold:.4f}"
+    return "false rejects (normal cells judged NG): " + ", ".join(
+        f"seq {r['seq']} {r['source'].split('_', 2)[-1]} (score {r['score']:.4f}{limit})" for r in wrong)
 
 
 def print_demo(report: dict) -> None:
@@ -40,6 +56,7 @@ def print_demo(report: dict) -> None:
         table.add_row(str(row["seq"]), row["source"].split("_", 2)[-1], "-" if row["score"] is None else f"{row['score']:.4f}", verdict,
                       demo_pulse_text(row))
     out.print(table)
+    out.print(false_reject_text(report))
     s, lat, line = report["summary"], report["summary"]["latency"], report["line"]
     out.print(
         f"conveyor {line['fps']:g} cells/s, gate {line['gate_delay_ms']:g} ms | frames in {s['frames_in']}, "
@@ -47,7 +64,7 @@ def print_demo(report: dict) -> None:
         f"caught {report['caught']}, missed {report['missed']} (not inspected in time "
         f"{report['missed_not_inspected']}, of which rejected by the fail-safe "
         f"{report['missed_but_rejected_uninspected']}) | false rejects {report['false_rejects']} | pulses on time "
-        f"{report['pulses_on_time']}/{report['pulses_due']} | latency p50 {lat['p50_ms']:.1f} ms, "
+        f"{report['pulses_on_time']}/{report['pulses_due']}, late {report.get('pulses_late', 0)} | latency p50 {lat['p50_ms']:.1f} ms, "
         f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
     )
     pulses, rejects = report["pulse_error_ms"], report.get("reject_stats") or {}

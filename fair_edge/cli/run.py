@@ -132,7 +132,10 @@ def run(
                                                "modbus://10.0.0.5:502?unit=1&coil=0, opcua://HOST:4840/?node=ns=2;s=Reject, "
                                                "gpio://gpiochip0/17, log:// (replaces the station file's reject.sinks)."),
     reject_delay_ms: Optional[float] = typer.Option(None, help="Camera -> reject gate travel time, ms "
-                                                    "(reject.delay_ms)."),
+                                                    "(reject.delay_ms); required with --reject unless the station "
+                                                    "file sets it or encoder_distance: the default 0 is a gate at "
+                                                    "the camera, where no verdict is in time. A folder or video "
+                                                    "with --reject needs --fps (a timed line)."),
     fail_safe: Optional[str] = typer.Option(None, help="A part with no verdict by its due time: reject (reject "
                                             "it then) or alarm (let it pass, raise the fault output)."),
     console_mode: Optional[str] = typer.Option(None, "--console", help="on | off: serve the operator console "

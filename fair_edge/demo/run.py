@@ -121,21 +121,49 @@ def plan_line(fps: float, warmup_ms: dict) -> LinePlan:
     return LinePlan(fps, delay, warmup_ms, notes)
 
 
-def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, late_ms: float) -> list[dict]:
+def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, late_ms: float,
+                 pulses: dict[int, str] | None = None) -> list[dict]:
     """For each logged part (inspected or dropped), the reject pulse that belongs to it: the rising
-    edge nearest its due time (t_capture + travel) within +-late_ms. Returns one row per part with
-    pulse_error_ms (None: no pulse), ``defective`` and ``in_time`` (a verdict before the due time)."""
-    rises = sorted(rises)
+    edge nearest its due time (t_capture + travel) within +-late_ms; for a part whose sink reported
+    its pulse written late (``pulses``: seq -> delivered / late / missed, the gate log's pulse rows),
+    the first edge after due + late_ms. Returns one row per part with ``pulse`` ("on time", "late",
+    "missed" = the sink did not write it, None = no pulse), pulse_error_ms (None: no pulse seen),
+    ``defective`` and ``in_time`` (a verdict before the due time)."""
+    rises, pulses = sorted(rises), pulses or {}
     rows = []
     for v in verdicts:
         due = v["t_capture"] + travel_ms / 1000.0
         near = [r for r in rises if abs(r - due) * 1000.0 <= late_ms]
         error = min(((r - due) * 1000.0 for r in near), key=abs) if near else None
+        pulse = "on time" if near else None
+        after = [r for r in rises if (r - due) * 1000.0 > late_ms]
+        if error is None and pulses.get(v["seq"]) == "late" and after:
+            error, pulse = (after[0] - due) * 1000.0, "late"
+        elif error is None and pulses.get(v["seq"]) == "missed":
+            pulse = "missed"
         inspected = v.get("inspected", True)
         in_time = inspected and v["t_verdict"] < due
-        rows.append(dict(v, defective="_defect_" in v["source"], pulse_error_ms=error, inspected=inspected,
-                         in_time=in_time, ng=v.get("ng", False), score=v.get("score", float("nan"))))
+        rows.append(dict(v, defective="_defect_" in v["source"], pulse_error_ms=error, pulse=pulse,
+                         inspected=inspected, in_time=in_time, ng=v.get("ng", False),
+                         score=v.get("score", float("nan"))))
     return rows
+
+
+def read_pulse_results(gate_log: Path) -> dict[int, str]:
+    """seq -> what the reject sink reported of its pulse (delivered / late / missed), from gate.jsonl."""
+    if not gate_log.is_file():
+        return {}
+    events = (json.loads(text) for text in gate_log.read_text().splitlines())
+    return {e["seq"]: e["pulse"] for e in events if e.get("event") == "pulse"}
+
+
+def pulse_error_stats(rows: list[dict]) -> dict:
+    """Rising edge minus due time over every pulse seen (on time and late), ms: n, p50, p99, min, max."""
+    errors = np.array([r["pulse_error_ms"] for r in rows if r["pulse_error_ms"] is not None])
+    if not errors.size:
+        return {"n": 0}
+    return {"n": int(errors.size), "p50": float(np.percentile(errors, 50)), "p99": float(np.percentile(errors, 99)),
+            "min": float(errors.min()), "max": float(errors.max())}
 
 
 def tally(rows: list[dict]) -> dict:
@@ -147,12 +175,13 @@ def tally(rows: list[dict]) -> dict:
         "caught": sum(r["in_time"] and r["ng"] for r in defective),
         "missed": sum(not (r["in_time"] and r["ng"]) for r in defective),
         "missed_not_inspected": sum(not r["in_time"] for r in defective),
-        "missed_but_rejected_uninspected": sum(not r["in_time"] and r["pulse_error_ms"] is not None
+        "missed_but_rejected_uninspected": sum(not r["in_time"] and r["pulse"] == "on time"
                                                for r in defective),
         "false_rejects": sum((not r["defective"]) and r["in_time"] and r["ng"] for r in rows),
         "rejected_uninspected_good": sum((not r["defective"]) and not r["in_time"]
-                                         and r["pulse_error_ms"] is not None for r in rows),
-        "pulses_on_time": sum(r["pulse_error_ms"] is not None for r in rows),
+                                         and r["pulse"] == "on time" for r in rows),
+        "pulses_on_time": sum(r["pulse"] == "on time" for r in rows),
+        "pulses_late": sum(r["pulse"] == "late" for r in rows),
         "pulses_due": sum((r["in_time"] and r["ng"]) or not r["in_time"] for r in rows),
     }
 
@@ -179,13 +208,10 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
     for note in line.notes:
         say(note)
     summary, rows, rises = run_conveyor(out, result.bundle.root, backend, line, len(plan.parts), say)
-    errors = np.array([r["pulse_error_ms"] for r in rows if r["pulse_error_ms"] is not None])
     report = {
         "line": {"fps": line.fps, "requested_fps": fps, "gate_delay_ms": line.delay_ms,
                  "warmup_ms": line.warmup_ms, "notes": line.notes},
-        "pulse_error_ms": {"n": int(errors.size), **({"p50": float(np.percentile(errors, 50)),
-                           "p99": float(np.percentile(errors, 99)), "min": float(errors.min()),
-                           "max": float(errors.max())} if errors.size else {})},
+        "pulse_error_ms": pulse_error_stats(rows),
         "reject_stats": summary.rejects,
         "eval": metrics, "threshold": result.bundle.threshold.value if result.bundle.threshold else None,
         "summary": summary.to_dict(), "parts": rows, "pulses_received": len(rises), **tally(rows),
@@ -222,4 +248,5 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
     finally:
         plc.close()
     verdicts = [json.loads(text) for text in (station_dir / "verdicts.jsonl").read_text().splitlines()]
-    return summary, match_pulses(verdicts, rises, line.delay_ms, LATE_MS), rises
+    pulses = read_pulse_results(station_dir / "gate.jsonl")
+    return summary, match_pulses(verdicts, rises, line.delay_ms, LATE_MS, pulses), rises

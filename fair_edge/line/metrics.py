@@ -2,7 +2,8 @@
 
 Exposed (names as scraped):
 - ``fair_edge_frames_total``, ``fair_edge_ng_total``: verdicts observed, NG verdicts.
-- ``fair_edge_dropped_total{stage}``: frames dropped before a verdict (camera queue, ...).
+- ``fair_edge_dropped_total{stage}``: frames dropped before a verdict; the station counts
+  ``stage="camera_queue"`` (dropped by the capture queue's full policy; one row each in the log).
 - ``fair_edge_latency_seconds``: histogram of capture -> verdict latency.
 - ``fair_edge_score``: last anomaly score (gauge).
 - ``fair_edge_<component>_total{event}``: counters of watched components, read at scrape time,

@@ -14,7 +14,15 @@ written above; defect region boxes (red: fired a rule) and zone outlines drawn o
 written above). Every row carries the run id and the capture time in UTC (``time_utc``) beside
 the monotonic one, so runs appended to one folder stay apart and a row can be traced to a real
 moment. A frame the capture queue dropped gets a row too (``inspected: false``, ``reason``):
-every captured part is accounted for in the log.
+every captured part is accounted for in the log. A verdict that came after its part was decided
+at the reject gate says what the gate did instead (``verdict_late: true``, ``gate``: e.g.
+``rejected_uninspected``), so an OK verdict of a part rejected fail-safe is never read as a pass.
+
+``DIR/gate.jsonl`` (with reject sinks): what happened to each part at the reject gate, one row per
+event (``RejectScheduler(on_part=recorder.record_gate)``): ``event: gate`` with ``gate`` (passed,
+rejected_ng, rejected_uninspected, passed_uninspected, gap_missed) and ``verdict`` (ng, ok, none =
+not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (delivered, late,
+missed).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from .sinks.base import Counters
 log = logging.getLogger(__name__)
 
 RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", "write_errors")
+GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 
 
@@ -85,6 +94,7 @@ class Recorder:
                                 f"({exc}); pick another dir or fix its permissions") from exc
         self._log = RotatingJsonl(self.dir / "verdicts.jsonl",
                                   int(settings.max_log_mb * 1024 * 1024), settings.keep_files)
+        self._gate_log: RotatingJsonl | None = None   # opened with the first gate event
         self._disk_usage = disk_usage
         self._disk_ok = True
         self._disk_checked = float("-inf")
@@ -103,15 +113,21 @@ class Recorder:
         self.zone_outlines = list(outlines)
 
     def record(self, frame: Frame | None, verdict: Verdict,
-               anomaly_map: np.ndarray | None = None) -> bool:
+               anomaly_map: np.ndarray | None = None, extra: dict | None = None) -> bool:
         """Queue one verdict (and, for an NG part, its frame and map) for writing.
 
         frame.image: (H, W, 3) uint8 BGR or (H, W) uint8; anomaly_map: (h, w) float32, any
-        size (resized to the frame). Pass frame=None to log the verdict only.
+        size (resized to the frame). Pass frame=None to log the verdict only. extra: fields added to
+        the row (``verdict_late``, ``gate``).
         Returns False when the queue was full and the item was dropped (counted).
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
-        return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None))
+        return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None, extra))
+
+    def record_gate(self, row: dict) -> bool:
+        """Log one reject-gate event in ``gate.jsonl`` (``RejectScheduler``'s ``on_part``): row holds
+        seq, event, t (monotonic s) and the event's fields."""
+        return self._put((row, None, None, GATE_LOG))
 
     def _put(self, item: tuple) -> bool:
         try:
@@ -126,7 +142,7 @@ class Recorder:
 
     def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
         """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
-        return self._put((dropped_row(frame, reason), None, None))
+        return self._put((dropped_row(frame, reason), None, None, None))
 
     def stats(self) -> dict[str, int]:
         return self._counters.snapshot()
@@ -151,6 +167,8 @@ class Recorder:
         if self._thread.is_alive():
             log.error("recorder thread did not stop within 5 s")
         self._log.close()
+        if self._gate_log is not None:
+            self._gate_log.close()
 
     def __enter__(self) -> Recorder:
         return self
@@ -162,11 +180,14 @@ class Recorder:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                verdict, frame, amap = self._q.get(timeout=0.1)
+                verdict, frame, amap, extra = self._q.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                self._write_log(verdict)
+                if extra is GATE_LOG:
+                    self._write_gate(verdict)
+                    continue
+                self._write_log(verdict, extra)
                 if frame is not None:
                     self._write_images(frame, verdict, amap)
             finally:
@@ -177,8 +198,20 @@ class Recorder:
         row = verdict.to_json_dict() if isinstance(verdict, Verdict) else verdict
         return {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
 
-    def _write_log(self, verdict: Verdict | dict) -> None:
+    def _write_gate(self, row: dict) -> None:
+        if self._gate_log is None:
+            self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
+                                           self.settings.keep_files)
+        try:
+            self._gate_log.write({"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]), **row})
+        except OSError as exc:
+            self._counters.add("write_errors")
+            self._warn_once("gate-oserror", "gate log write failed: %s", exc)
+
+    def _write_log(self, verdict: Verdict | dict, extra: dict | None = None) -> None:
         row = self.log_row(verdict)
+        if extra:
+            row.update(extra)
         try:
             self._log.write(row)
             self._counters.add("logged")

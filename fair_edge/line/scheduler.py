@@ -25,6 +25,13 @@ Sink failures: a sink that misses a pulse (PLC down) reports it; counted ``sink_
 replayed, and the fault output is held on until the sink reports it is reconnected (with
 ``fail_safe: alarm`` the alarm also latches). More than ``max_pending`` parts between camera and
 gate: the new part is refused, counted, and alarmed.
+
+What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
+``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
+decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no verdict by the due time), and
+``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed"}`` per reject sink
+that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
+was decided, so a verdict that comes after it can be logged with what the gate did.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -53,6 +61,11 @@ SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "passed", "rejected_ng", "re
                       "sink_missed", "sink_errors", "sink_dropped", "sink_late_writes", "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
+
+GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninspected", "gap_missed")
+# a sink's report on a pulse -> what the gate log says happened to it
+PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed"}
+PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
 # what submit() returns
 OK, SCHEDULED, LATE, REFUSED = "ok", "scheduled", "late", "refused"
@@ -118,11 +131,12 @@ class RejectScheduler:
 
     def __init__(self, settings: RejectSettings, sinks: SignalSink | None = None,
                  fault_sinks: SignalSink | None = None,
-                 encoder: EncoderSource | None = None) -> None:
+                 encoder: EncoderSource | None = None, on_part: PartListener | None = None) -> None:
         if settings.encoder_distance is not None and encoder is None:
             raise ConfigError("reject.encoder_distance: expected an encoder source to be "
                               "configured (reject.encoder), found none; configure it or use delay_ms")
         self.settings = settings
+        self.on_part = on_part
         self._encoder = encoder if settings.encoder_distance is not None else None
         self._counters = Counters(SCHEDULER_COUNTERS)
         self._lock = threading.Lock()
@@ -230,9 +244,18 @@ class RejectScheduler:
         """Why the fault output is on now (station fault, sink down, latched alarm), or None."""
         return self._station_fault or self._sink_fault or self._alarm
 
+    def decision(self, seq: int) -> str | None:
+        """How part ``seq`` was decided at the gate (one of ``GATE_OUTCOMES``), or None while it is
+        still on its way (or long forgotten: the last ``DECIDED_MEMORY`` parts are kept)."""
+        with self._lock:
+            return self._decided.get(seq)
+
     def handle_report(self, report: SinkReport) -> None:
         """Listener for sink reports (wired automatically for sinks opened from URLs)."""
         log_reporter(report)
+        if report.kind in PULSE_RESULTS and report.seq is not None:
+            self._tell({"seq": report.seq, "event": "pulse", "sink": report.sink,
+                        "pulse": PULSE_RESULTS[report.kind]})
         if report.kind == "missed":
             self._counters.add("sink_missed")
             self._sink_fault = f"{report.sink} missed reject seq {report.seq}"
@@ -398,6 +421,8 @@ class RejectScheduler:
                               f"would put its edge past due + late_ms (it would hit the next part)")
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
+        self._tell({"seq": part.seq, "event": "gate", "gate": outcome,   # after the pulse is handed over
+                    "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]})
 
     def _outcome(self, part: _Part) -> str:
         if part.state == GOOD:
@@ -423,6 +448,14 @@ class RejectScheduler:
                             uninspected, part.score, part.count)
         self._sinks.pulse(event)
         self._counters.add("fired")
+
+    def _tell(self, row: dict) -> None:
+        if self.on_part is None:
+            return
+        try:
+            self.on_part(dict(row, t=time.monotonic()))
+        except Exception:  # noqa: BLE001 - a broken log must not stop the gate
+            log.exception("reject gate: on_part failed for seq %s", row.get("seq"))
 
     # -- fault output -----------------------------------------------------------------------------
     def _raise_alarm(self, reason: str) -> None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COLOUR = "colour"
-HIGHPASS = "highpass"
+from fair_edge.preprocess import COLOUR, HIGHPASS  # noqa: F401 - re-exported: defined with the code that makes them
 ANOMALY_MAP = "anomaly_map"
 SCORE = "score"
 OUTPUT_NAMES = (ANOMALY_MAP, SCORE)

@@ -23,8 +23,8 @@ from fair_edge.calibration.onnx_graph import Inputs, OnnxGraph
 from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import ModelSpec
-from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, OUTPUT_NAMES, SCORE
-from fair_edge.preprocess import CpuPipeline, PreprocessConfig, StageClock
+from fair_edge.models.tensors import ANOMALY_MAP, OUTPUT_NAMES, SCORE
+from fair_edge.preprocess import CpuPipeline, ModelInputs, PreprocessConfig
 from fair_edge.tiling import FrameTiler
 
 Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
@@ -111,13 +111,9 @@ def cpu_pipeline(cfg: PreprocessConfig, method: str = DEFAULT_HIGHPASS) -> CpuPi
     return CpuPipeline(cfg)
 
 
-class CpuPreprocessor:
-    """The CPU pre-processing: frames -> the model's named inputs (float32 tensors on ``device``).
-
-    frames: (H, W, 3) uint8 BGR (or (H, W) gray) host arrays; each input is (B, C, S, S). The colour
-    image and a ``highpass`` input come from ``preprocess.CpuPipeline`` (NumPy / OpenCV; high-pass
-    method ``highpass``: fft or the fused kernel's separable taps); any other input from the family's
-    input maker applied to the colour image.
+class CpuPreprocessor(ModelInputs):
+    """The CPU pre-processing: frames -> the model's named inputs (``preprocess.ModelInputs``, the
+    build's too), with the high-pass by ``highpass``: fft (exact) or the fused kernel's separable taps.
 
     host: for engines that run on host arrays (ONNX Runtime, OpenVINO): when the pipeline makes every input,
     they are handed on as the NumPy arrays it wrote (no torch on that path); otherwise tensors on ``device``.
@@ -125,23 +121,7 @@ class CpuPreprocessor:
 
     def __init__(self, model: ModelSpec, device: torch.device = torch.device("cpu"),
                  highpass: str = DEFAULT_HIGHPASS, host: bool = False) -> None:
-        self.names, self.device = model.input_names, device
-        self.pipeline = cpu_pipeline(model.preprocess, highpass)
-        self.make_inputs = model.input_maker("cpu")
-        self.host = host and set(self.names) <= {COLOUR, HIGHPASS}
-
-    @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray], clock: StageClock | None = None) -> dict[str, torch.Tensor | np.ndarray]:
-        colour = self.pipeline.colour(frames, clock)
-        arrays = {COLOUR: colour}
-        if HIGHPASS in self.names:
-            arrays[HIGHPASS] = self.pipeline.highpass_of(colour, clock)
-        if self.host:
-            return {name: arrays[name] for name in self.names}
-        inputs = {name: torch.from_numpy(a) for name, a in arrays.items() if name in self.names}
-        if len(inputs) < len(self.names):
-            inputs = {**self.make_inputs(torch.from_numpy(colour)), **inputs}
-        return {name: inputs[name].to(self.device) for name in self.names}
+        super().__init__(model, device, cpu_pipeline(model.preprocess, highpass), host)
 
 
 # ----------------------------------------------------------------------------- one bundle's frames -> scores

@@ -112,11 +112,22 @@ class RunSummary:
         return dict(self.__dict__, fps=round(self.fps, 2), not_inspected=self.not_inspected)
 
 
+def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """ROI weights (H, W) float32 (nonzero = inspected) -> (h, w) float32 0/1 on an anomaly map's grid: a map
+    pixel is inside when any part of the mask under it is (area-averaged when shrinking, so a thin region
+    is never lost; nearest when enlarging)."""
+    h, w = shape
+    shrink = h < roi.shape[0] or w < roi.shape[1]
+    grid = cv2.resize(roi.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
+    return (grid > 0).astype(np.float32)
+
+
 class Inspector:
     """Runs the loop over one capture thread with one frame scorer (see selection.select_backend).
 
-    threshold: score > threshold is NG. roi: (S, S) float32 weights (1 inside the region of interest,
-    0 outside) multiplied into the anomaly map before its max, or None for the whole image.
+    threshold: score > threshold is NG. roi: (H, W) float32 weights at the mask image's resolution (1 inside
+    the region of interest, 0 outside), mapped onto each anomaly map's grid (``roi_on_map``) and multiplied
+    into the map before its max, or None for the whole image.
     model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     regions: finds defect regions in every scored map and applies the station's rules
@@ -131,6 +142,7 @@ class Inspector:
         self.capture, self.scorer, self.threshold = capture, scorer, float(threshold)
         self.roi, self.settings, self.model = roi, settings, model
         self.regions = regions
+        self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
         self.switch = ModelSwitch()
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
@@ -156,10 +168,11 @@ class Inspector:
 
     # ------------------------------------------------------------------ one batch
     def _roi_on(self, shape: tuple[int, int]) -> np.ndarray:
-        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S)."""
-        if self.roi.shape != tuple(shape):
-            self.roi = cv2.resize(self.roi, shape[::-1], interpolation=cv2.INTER_NEAREST)
-        return self.roi
+        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
+        mask itself, once per grid."""
+        if self._roi_grid is None or self._roi_grid[0] is not self.roi or self._roi_grid[1].shape != tuple(shape):
+            self._roi_grid = (self.roi, roi_on_map(self.roi, tuple(shape)))
+        return self._roi_grid[1]
 
     def _judge_regions(self, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
         """(regions, rule hits, error) of one scored frame; the map is ROI-weighted like its score."""

@@ -87,7 +87,7 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
         if judge is None:
             raise ConfigError("rules check: defect regions are off (regions.enabled: false, or the bundle has no "
                               "pixel threshold); set regions.pixel_threshold or rebuild the bundle.")
-        inspector = Inspector(None, scorer, threshold, roi=load_roi(cfg.roi, bundle.image_size), regions=judge)
+        inspector = Inspector(None, scorer, threshold, roi=load_roi(cfg.roi), regions=judge)
         report = RulesReport(threshold, judge.pixel_threshold)
         fired: collections.Counter[str] = collections.Counter()
         for seq, (name, image, *label) in enumerate(frames):

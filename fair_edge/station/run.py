@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 
@@ -72,14 +73,15 @@ def undelivered_sinks(rejects: dict) -> list[str]:
     return [name for name, st in sinks.items() if st.get("pulses", 0) > 0 and st.get("delivered", 0) == 0]
 
 
-def load_roi(path: Path | None, size: int) -> np.ndarray | None:
-    """Region-of-interest mask image -> (size, size) float32 weights (nonzero pixels = inspected)."""
+def load_roi(path: Path | None) -> np.ndarray | None:
+    """Region-of-interest mask image -> (H, W) float32 weights at the image's own resolution (nonzero
+    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``)."""
     if path is None:
         return None
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
     if mask is None:
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
-    roi = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    roi = mask > 0
     if not roi.any():
         raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
     return roi.astype(np.float32)
@@ -117,6 +119,32 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
     if policy == AUTO_POLICY:
         policy = "block" if replay_unpaced else "drop_oldest"
     return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
+
+
+def is_unpaced_replay(cfg: StationConfig) -> bool:
+    """True when ``cfg.camera.source`` is a folder or video read without ``camera.fps`` (as fast as
+    inspection takes it: frames are captured long before they can be inspected, so no line time)."""
+    return cfg.camera.fps is None and isinstance(parse_source(cfg.camera.source), REPLAY_SOURCES)
+
+
+def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
+    """Refuse reject pulses the line's time cannot place. Each part is due at the gate
+    ``t_capture + reject.delay_ms`` (or after ``encoder_distance`` counts): that needs a timed line
+    (a camera, or a replay with ``camera.fps``) and the real travel time. ``delay_ms: 0`` (the
+    default) would put the gate at the camera, where no verdict can be in time: every part would be
+    rejected fail-safe. timed_source: False for a folder or video read without fps."""
+    if not cfg.reject.sinks:
+        return
+    if not timed_source:
+        raise ConfigError(f"camera.fps: a folder or video replayed without fps ({cfg.camera.source}) is not a "
+                          "timed line (frames are read long before they can be inspected), so reject pulses "
+                          "cannot be placed; give the line's rate (--fps / camera.fps), or drop the reject sinks "
+                          "(--reject / reject.sinks).")
+    if cfg.reject.encoder_distance is None and cfg.reject.delay_ms <= 0:
+        raise ConfigError("reject.delay_ms: expected the camera -> reject gate travel time in ms (> 0), found "
+                          f"{cfg.reject.delay_ms:g} (a gate at the camera: no verdict is ever in time, every "
+                          "part would be rejected fail-safe); measure it on the line and set --reject-delay-ms / "
+                          "reject.delay_ms, or use reject.encoder_distance.")
 
 
 def camera_fault(stats) -> str:
@@ -208,15 +236,29 @@ class LineSide:
         return hooks
 
     def on_drop(self, frame: Frame) -> None:
-        """A frame the capture queue dropped: a row in the verdict log (and on MQTT); its triggered
-        part, if any, is answered NG not inspected."""
+        """A frame the capture queue dropped: a row in the verdict log (and on MQTT), one more on
+        ``fair_edge_dropped_total{stage="camera_queue"}``; its triggered part, if any, is answered NG
+        not inspected."""
         self.recorder.record_dropped(frame)
+        if self.metrics is not None:
+            self.metrics.count_drop(DROP_STAGE_QUEUE)
         if self.handshake is not None:
             self.handshake.on_drop(frame)
         if self.mqtt is not None:
             from fair_edge.line.recorder import dropped_row
 
             self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
+
+    def record_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
+        """Verdict callback: the gate gets the verdict first, then the verdict log its row; a verdict that
+        came after its part was decided at the gate is logged with what the gate did (``verdict_late``,
+        ``gate``: e.g. ``rejected_uninspected``)."""
+        from fair_edge.line.scheduler import LATE
+
+        extra = None
+        if self.scheduler is not None and self.scheduler.submit(verdict) == LATE:
+            extra = {"verdict_late": True, "gate": self.scheduler.decision(verdict.seq) or "went_by_undecided"}
+        self.recorder.record(frame, verdict, anomaly_map, extra)
 
     def publish_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
         """Verdict callback: the verdict log's row on MQTT."""
@@ -255,7 +297,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
     recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
     mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
-    line = LineSide(recorder, None, None, mqtt, [recorder.record])
+    line = LineSide(recorder, None, None, mqtt, [])
     if cfg.reject.encoder:
         line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
     if cfg.reject.handshake.enabled:
@@ -264,10 +306,11 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
         line.callbacks.append(line.handshake.on_verdict)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
-        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder))
+        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
+                                                             on_part=recorder.record_gate))
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
-        line.callbacks.append(line.scheduler.on_verdict)
+    line.callbacks.insert(0, line.record_verdict)
     if cfg.metrics.enabled:
         metrics = stack.enter_context(Metrics(cfg.metrics).start())
         metrics.watch("recorder", recorder.stats)
@@ -321,7 +364,7 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     changes then.
     """
     bundle = read_bundle(bundle_path)
-    roi = load_roi(roi_path, bundle.image_size)
+    roi = load_roi(roi_path)
     scorer = open_scorer(bundle, backend)
     if threshold is None:
         graph = scorer.graph_threshold
@@ -348,8 +391,10 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     station, so the app hands it in; None: the console's export button answers that it cannot export)."""
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
+    check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
+                        or not is_unpaced_replay(cfg))
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
-    roi = load_roi(cfg.roi, bundle.image_size)
+    roi = load_roi(cfg.roi)
     scorer = scorer or open_scorer(bundle, cfg.backend)
     threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
     regions = open_regions(cfg, bundle)

@@ -11,7 +11,9 @@ A frame is skipped when it is
 ``fair-edge collect`` saves camera frames into a training folder; ``export_reviewed`` turns the
 parts reviewed in the console into an MVTec-style folder: false rejects are normal parts the
 model got wrong, the most useful images to train on (``train/good``); confirmed defects and
-misses go to ``test/defect`` for evaluation.
+misses go to ``test/defect`` for evaluation. A reviewed part is a label a person gave: it is
+exported whatever the quality checks would say of its image (a sharp cracked cell can have a low
+Laplacian variance); only a missing or unreadable image keeps it out, and that is counted.
 """
 
 from __future__ import annotations
@@ -71,15 +73,16 @@ class Collector:
         self.counts: Counter[str] = Counter({k: 0 for k in ("saved", *SKIP_REASONS)})
         self._thumbs: deque[np.ndarray] = deque(maxlen=quality.memory)
 
-    def add(self, image: np.ndarray | None, name: str) -> str:
-        """Keep or skip one frame; returns "saved" or the reason it was skipped."""
+    def add(self, image: np.ndarray | None, name: str, checked: bool = True) -> str:
+        """Keep or skip one frame; returns "saved" or the reason it was skipped.
+        checked: False keeps any readable image (a reviewed part: a person labelled it)."""
         if image is None or image.dtype != np.uint8 or image.ndim not in (2, 3):
             return self._count("unreadable")
-        problem = frame_problem(image, self.quality)
+        problem = frame_problem(image, self.quality) if checked else ""
         if problem:
             return self._count(problem)
         thumb = cv2.resize(_gray(image), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
-        if any(float(np.abs(thumb - t).mean()) < self.quality.duplicate_diff for t in self._thumbs):
+        if checked and any(float(np.abs(thumb - t).mean()) < self.quality.duplicate_diff for t in self._thumbs):
             return self._count("duplicate")
         path = self.folder / f"{self.prefix}{name}.png"
         if not cv2.imwrite(str(path), image):
@@ -101,16 +104,18 @@ def latest_reviews(entries: list[dict]) -> dict[tuple[str, int], dict]:
     return out
 
 
-def export_reviewed(station_output: Path, dest: Path, quality: QualitySettings = QualitySettings()) -> dict:
-    """Copy the images of reviewed parts (``STATION_OUTPUT/reviews.jsonl``) into ``dest`` (MVTec layout,
-    see REVIEW_FOLDERS), through the same quality and duplicate checks. Returns counts per folder."""
+def export_reviewed(station_output: Path, dest: Path) -> dict:
+    """Copy the image of every reviewed part (``STATION_OUTPUT/reviews.jsonl``) into ``dest`` (MVTec
+    layout, see REVIEW_FOLDERS); no quality or duplicate check (a review is a label a person gave).
+    Returns {"dest", "no_image": reviewed parts whose image is gone, FOLDER: {"saved", "unreadable"},
+    "summary": the counts in words}."""
     from fair_edge.console.journal import REVIEWS, Journal
 
     station_output, dest = Path(station_output), Path(dest)
     reviews = latest_reviews(Journal(station_output / REVIEWS).read())
     if not reviews:
         raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
-    collectors = {folder: Collector(dest / folder, quality) for folder in sorted(set(REVIEW_FOLDERS.values()))}
+    collectors = {folder: Collector(dest / folder) for folder in sorted(set(REVIEW_FOLDERS.values()))}
     missing = 0
     for (run, seq), entry in sorted(reviews.items()):
         folder = REVIEW_FOLDERS.get(entry["label"])
@@ -120,8 +125,25 @@ def export_reviewed(station_output: Path, dest: Path, quality: QualitySettings =
         if image_path is None or not image_path.is_file():
             missing += 1
             continue
-        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), f"{run}_{seq:08d}")
-    return {"dest": str(dest), "no_image": missing, **{k: dict(c.counts) for k, c in collectors.items()}}
+        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), f"{run}_{seq:08d}", checked=False)
+    counts = {k: {"saved": c.counts["saved"], "unreadable": c.counts["unreadable"]} for k, c in collectors.items()}
+    return {"dest": str(dest), "no_image": missing, **counts, "summary": reviewed_summary(counts, missing)}
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def reviewed_summary(counts: dict[str, dict[str, int]], no_image: int) -> str:
+    """``export_reviewed``'s counts in words, e.g. '1 false reject to train/good, 3 defects and misses
+    to test/defect; 1 reviewed part without an image'."""
+    kinds = {"train/good": ("false reject", "false rejects"), "test/defect": ("defect or miss", "defects and misses")}
+    parts = [f"{_n(c['saved'], *kinds.get(folder, ('part', 'parts')))} to {folder}" for folder, c in counts.items()]
+    text = ", ".join(parts)
+    unreadable = sum(c["unreadable"] for c in counts.values())
+    extra = [_n(n, f"reviewed part {why}", f"reviewed parts {why}")
+             for n, why in ((no_image, "without an image"), (unreadable, "with an unreadable image")) if n]
+    return text + ("; " + ", ".join(extra) if extra else "")
 
 
 def collect_from_source(source, collector: Collector, max_saved: int | None = None, every: int = 1,

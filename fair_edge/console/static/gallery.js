@@ -48,8 +48,7 @@ $("refresh").addEventListener("click", load);
 $("export").addEventListener("click", async () => {
   try {
     const r = await FE.post("export", {});
-    FE.say(`dataset written to ${r.dest}: ` + Object.entries(r).filter(([k]) => k.includes("/"))
-      .map(([k, c]) => `${k} ${c.saved} saved`).join(", "));
+    FE.say(`dataset written to ${r.dest}: ${r.summary}`);
   } catch (e) { FE.say(e.message, true); }
 });
 load();

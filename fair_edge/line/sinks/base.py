@@ -60,7 +60,8 @@ class SinkReport:
     """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
     deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
     ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
-    ``late_write`` (a write begun before the deadline that returned after it)."""
+    ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
+    pulse's rising edge written by its deadline)."""
 
     sink: str
     kind: str
@@ -102,7 +103,7 @@ class Output(Protocol):
 
 
 def log_reporter(report: SinkReport) -> None:
-    level = logging.INFO if report.kind == "reconnected" else logging.WARNING
+    level = {"reconnected": logging.INFO, "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
     log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
 
 
@@ -254,16 +255,18 @@ class WorkerSink:
             self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
-        if time.monotonic() > ev.deadline:   # the write began in time but finished late: say so
+        in_time = time.monotonic() <= ev.deadline
+        if not in_time:   # the write began in time but finished late: say so
             self._counters.add("late_writes")
             self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
                                              f"after the due time (loaded machine?)")
-        if self._pulse_s <= 0:
-            return
-        sleep_until(time.monotonic() + self._pulse_s, self._stop)
-        if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-            self._level_dirty = True  # write the resting level again once reconnected
-            self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+        if self._pulse_s > 0:
+            sleep_until(time.monotonic() + self._pulse_s, self._stop)
+            if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
+                self._level_dirty = True  # write the resting level again once reconnected
+                self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+        if in_time:   # reported after the pulse, so the report never stretches it
+            self._emit("delivered", ev.seq, "rising edge written by its deadline")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from ..events import RejectEvent
-from .base import Counters, SINK_COUNTERS
+from .base import Counters, Reporter, SINK_COUNTERS, SinkReport
 from .urls import SinkUrl
 
 
@@ -16,10 +16,11 @@ class LogSink:
     """Writes one INFO line per pulse (WARNING when rejected uninspected) and one per fault change; inline and
     cheap, so it cannot lose an event while another sink's link is down."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, reporter: Reporter | None = None) -> None:
         self._log = logger or logging.getLogger("fair_edge.line.rejects")
         self.name = f"log {self._log.name}"
         self._counters = Counters(SINK_COUNTERS)
+        self._report = reporter
 
     def pulse(self, event: RejectEvent) -> None:
         self._counters.add("pulses")
@@ -31,6 +32,8 @@ class LogSink:
                       " UNINSPECTED" if event.uninspected else "",
                       extra={"reject_seq": event.seq, "reject_uninspected": event.uninspected})
         self._counters.add("delivered")
+        if self._report is not None:
+            self._report(SinkReport(self.name, "delivered", event.seq, "logged"))
 
     def set_fault(self, active: bool, reason: str) -> None:
         self._log.log(logging.WARNING if active else logging.INFO, "fault %s: %s",
@@ -47,4 +50,4 @@ class LogSink:
 def open_log_sink(url: SinkUrl, pulse_ms: float, reporter=None) -> LogSink:
     url.check_query(())
     name = url.netloc or "fair_edge.line.rejects"
-    return LogSink(logging.getLogger(name))
+    return LogSink(logging.getLogger(name), reporter)

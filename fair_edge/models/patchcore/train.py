@@ -54,6 +54,18 @@ def bank_size(patches: int, settings) -> int:
     return max(1, min(settings.bank_max, math.ceil(patches * settings.coreset_ratio), patches))
 
 
+RAISE_BANK_MAX = "`fair-edge train --model patchcore --set bank_max=N`"   # a command that has the option
+
+
+def bank_cap_warning(patches: int, rows: int, settings) -> str:
+    """What a capped coreset logs: the rows asked and kept, and the command that raises bank_max."""
+    share = 100 * bank_cap_facts(patches, rows, settings)["coreset_ratio_effective"]
+    return (f"PatchCore: bank_max={settings.bank_max} caps the coreset: {patches} training patches x "
+            f"coreset_ratio={settings.coreset_ratio:g} would keep {math.ceil(patches * settings.coreset_ratio)} rows; "
+            f"the bank keeps {rows} ({share:.2f} % of the patches). For the ratio asked, train with a larger "
+            f"bank: {RAISE_BANK_MAX}.")
+
+
 def bank_cap_facts(patches: int, rows: int, settings) -> dict:
     """{"coreset_ratio_effective": rows / patches, "bank_capped": whether bank_max bound (rows below the ratio's)}."""
     return {"coreset_ratio_effective": round(rows / max(patches, 1), 5),
@@ -125,11 +137,7 @@ class PatchcoreFitter:
             rows = bank_size(len(patches), self.model.settings)
             self.bank_facts = bank_cap_facts(len(patches), rows, self.model.settings)
             if self.bank_facts["bank_capped"]:
-                log.warning("PatchCore: bank_max=%d caps the coreset: %d training patches x coreset_ratio=%g would "
-                            "keep %d rows; the bank keeps %d (%.2f %% of the patches). Raise bank_max (--set bank_max=N) "
-                            "for the ratio asked.", self.model.settings.bank_max, len(patches),
-                            self.model.settings.coreset_ratio, math.ceil(len(patches) * self.model.settings.coreset_ratio),
-                            rows, 100 * self.bank_facts["coreset_ratio_effective"])
+                log.warning(bank_cap_warning(len(patches), rows, self.model.settings))
             chosen = greedy_coreset(patches, rows, seed=self.cfg.seed)
             bank = patches[chosen]
             t2 = time.perf_counter()
