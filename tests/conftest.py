@@ -133,3 +133,82 @@ def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
     for i, sample in enumerate(load_dataset(mvtec_dir).test):
         (folder / f"{i:03d}_{'defect' if sample.label else 'good'}.png").write_bytes(sample.path.read_bytes())
     return folder
+
+
+# ----------------------------------------------------------------------------- one tiny fitted model per family
+# tests/test_family_checks.py runs the same checks on every family of the registry through these fixtures,
+# named "<family>_run" and "<family>_bundles"; a family added to the registry needs its pair here.
+LGFDR_MODEL_KW = dict(hidden=16, heads=2, layers=1, noise_std=0.5, smooth_sigma=1.0)
+PATCHCORE_MODEL_KW = dict(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0)
+
+
+def _family_bundles(final: Path, root: Path, precisions=("fp32", "fp16", "int8")) -> dict:
+    """BuildResults of ``final`` per precision, calibrated on 12 synthetic frames, threshold from 12 others."""
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.checkpoint import load_checkpoint
+
+    from export_fixtures import make_frames
+
+    ckpt = load_checkpoint(final)
+    calib, normal = make_frames(12, seed=100), make_frames(12, seed=5)
+    return {p: build_bundle(ckpt, root / p, BuildOptions(p, max_batch=4, engine=False), calib_frames=calib,
+                            normal_frames=normal) for p in precisions}
+
+
+@pytest.fixture(scope="session")
+def fair_run(trained):
+    return trained
+
+
+@pytest.fixture(scope="session")
+def fair_bundles(fair_run, tmp_path_factory):
+    return _family_bundles(fair_run[0], tmp_path_factory.mktemp("fair-bundles"))
+
+
+@pytest.fixture(scope="session")
+def lgfdr_run(mvtec_dir, tmp_path_factory):
+    """LGFDR (16 hidden, 1 layer, 32 px) trained 40 steps on the plate: (final.pt, run folder)."""
+    import torch
+
+    from fair_edge.models.lgfdr.model import LgfdrSettings
+    from fair_edge.models.lgfdr.train import LgfdrTrainer
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+    from fair_edge.models.lgfdr.train import LgfdrTrainConfig
+
+    out = tmp_path_factory.mktemp("lgfdr")
+    model = ModelSpec("lgfdr", PreprocessConfig(image_size=32), LgfdrSettings(**LGFDR_MODEL_KW))
+    cfg = LgfdrTrainConfig(batch=4, lr=3e-3, steps=40, save_every=20, log_every=5, seed=0)
+    trainer = LgfdrTrainer(load_dataset(mvtec_dir), model, cfg, out, torch.device("cpu"))
+    return trainer.run(), out
+
+
+@pytest.fixture(scope="session")
+def lgfdr_bundles(lgfdr_run, tmp_path_factory):
+    return _family_bundles(lgfdr_run[0], tmp_path_factory.mktemp("lgfdr-bundles"))
+
+
+@pytest.fixture(scope="session")
+def patchcore_run(mvtec_dir, tmp_path_factory):
+    """PatchCore (32-d, 25 % coreset, 32 px) fitted in one pass over the plate: (final.pt, run folder, the
+    (step, total) of each progress call)."""
+    import torch
+
+    from fair_edge.models.patchcore.model import PatchcoreSettings
+    from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+
+    out = tmp_path_factory.mktemp("patchcore")
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), PatchcoreSettings(**PATCHCORE_MODEL_KW))
+    fitter = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=4, seed=0), out, torch.device("cpu"))
+    steps = []
+    final = fitter.run(lambda step, total, loss, rate: steps.append((step, total)))
+    return final, out, steps
+
+
+@pytest.fixture(scope="session")
+def patchcore_bundles(patchcore_run, tmp_path_factory):
+    return _family_bundles(patchcore_run[0], tmp_path_factory.mktemp("patchcore-bundles"))

@@ -21,6 +21,7 @@ class Replay:
     dues: dict[int, float]            # NG seq -> due time (monotonic s)
     submit_s: list[float]             # how long each submit() call took
     results: dict[int, str] = field(default_factory=dict)
+    submitted: dict[int, float] = field(default_factory=dict)   # seq -> monotonic s just before its submit()
 
 
 def replay(scheduler, n: int, pitch_s: float, defective: set[int], delay_s: float,
@@ -41,6 +42,7 @@ def replay(scheduler, n: int, pitch_s: float, defective: set[int], delay_s: floa
         ng = seq in defective
         v = Verdict(seq, t_cap, 0.9 if ng else 0.1, 0.5, ng, time.monotonic(), "replay")
         t = time.perf_counter()
+        out.submitted[seq] = time.monotonic()
         out.results[seq] = scheduler.submit(v)
         out.submit_s.append(time.perf_counter() - t)
         if ng:
@@ -64,14 +66,17 @@ class RecordingSink:
     def __init__(self, name: str = "recording") -> None:
         self.name = name
         self.pulses: list[tuple[float, RejectEvent]] = []
+        self.handed: list[float] = []   # monotonic s of each pulse() call, in the order of ``pulses``
         self.faults: list[tuple[bool, str]] = []
         self._lock = threading.Lock()
         self.closed = 0
 
     def pulse(self, event: RejectEvent) -> None:
         """Records the edge time a real sink would write: t_edge, or now if handed in late."""
+        now = time.monotonic()
         with self._lock:
-            self.pulses.append((max(time.monotonic(), event.t_edge), event))
+            self.handed.append(now)
+            self.pulses.append((max(now, event.t_edge), event))
 
     def set_fault(self, active: bool, reason: str) -> None:
         with self._lock:
@@ -110,3 +115,34 @@ def report_timing(name: str, errors: list[float]) -> None:
                                 "mean_ms": statistics.fmean(errors),
                                 "max_abs_ms": max(abs(e) for e in errors),
                                 "min_ms": min(errors), "max_ms": max(errors)}) + "\n")
+
+
+class JitterProbe:
+    """The machine's scheduling jitter during a run, measured: a thread that sleeps until a target every
+    ``period_s`` (``sleep_until``, as the reject sinks do) and records how late it woke, in ms. Timing
+    bounds of end-to-end tests are derived from it instead of hoping the machine is idle."""
+
+    def __init__(self, period_s: float = 0.01) -> None:
+        self.period_s = period_s
+        self.late_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jitter-probe", daemon=True)
+
+    def __enter__(self) -> "JitterProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        target = time.monotonic() + self.period_s
+        while not self._stop.is_set():
+            sleep_until(target)
+            self.late_ms.append(1000.0 * (time.monotonic() - target))
+            target = max(target + self.period_s, time.monotonic())
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.late_ms, default=float("inf"))   # no sample: as if the machine were stalled

@@ -24,8 +24,14 @@ def check_rows(rows: list[dict], mode: str) -> None:
     assert {r["role"] for r in rows} == {"backend", "baseline"}
     assert sorted({r["batch"] for r in rows}) == [1, 2]
     for r in rows:
-        assert r["mode"] == mode and r["fps"] > 0 and r["frames"] > 0
+        assert r["mode"] == mode and r["frames"] >= r["batch"]
+        assert r["fps"] == pytest.approx(r["frames"] / r["seconds"])   # frames/s from the row's own count and clock
         assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+        if mode == "compute":   # whole batches, each one timed: their sum is the row's seconds
+            assert r["frames"] % r["batch"] == 0 and r["mean_batch"] == r["batch"]
+            assert r["seconds"] >= r["frames"] / r["batch"] * r["p50_ms"] / 1000 / 2
+        else:
+            assert 1 <= r["mean_batch"] <= r["batch"]
         assert r["vs_baseline"] == pytest.approx(r["fps"] / next(
             b["fps"] for b in rows if b["role"] == "baseline" and b["batch"] == r["batch"]))
 

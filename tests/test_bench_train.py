@@ -50,7 +50,10 @@ def test_bench_train_cpu_smoke(tmp_path: Path, one_thread) -> None:
     assert report["settings"]["widths"] == [8] and report["settings"]["workers"] == 1
     (row,) = report["results"]
     assert row["width"] == 8 and row["batch"] == 4
-    for pipeline in ("device_side", "cpu_side", "loader_only"):
-        assert row[pipeline]["images_per_s"] > 0 and row[pipeline]["steps"] == 2
+    for pipeline in ("device_side", "cpu_side", "loader_only"):   # images/s = steps x batch / the timed seconds
+        timing = row[pipeline]
+        assert timing["steps"] == 2 and timing["seconds"] > 0
+        assert timing["images_per_s"] == pytest.approx(2 * 4 / timing["seconds"]), pipeline
     assert np.isfinite(row["device_side"]["last_loss"]) and np.isfinite(row["cpu_side"]["last_loss"])
-    assert row["ratio_device_over_cpu"] > 0
+    assert row["ratio_device_over_cpu"] == pytest.approx(row["device_side"]["images_per_s"]
+                                                        / row["cpu_side"]["images_per_s"])

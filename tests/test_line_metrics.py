@@ -45,7 +45,13 @@ def test_port_in_use_is_a_metrics_error():
             Metrics(MetricsSettings(port=m.port)).start()
 
 
-def test_close_twice():
+def test_close_frees_the_port_and_is_safe_twice():
     m = Metrics(MetricsSettings(port=0)).start()
+    port = m.port
+    assert "fair_edge_frames_total 0.0" in _scrape(port)
     m.close()
     m.close()
+    with pytest.raises(OSError):   # nothing serves there any more
+        _scrape(port)
+    with Metrics(MetricsSettings(port=port)).start() as again:   # a restarted station gets its port back
+        assert again.port == port and "fair_edge_frames_total 0.0" in _scrape(port)

@@ -2,15 +2,18 @@
 
 import csv
 import json
+import re
 
 import cv2
-
+import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.cli import app
+from fair_edge.errors import CheckpointError
 from fair_edge.training.data import load_dataset
 from fair_edge.training.evaluate import evaluate
 from fair_edge.preprocess import PreprocessConfig
@@ -42,14 +45,22 @@ def test_eval_report(trained, mvtec_dir, tmp_path):
     final, _ = trained
     result = evaluate(final, load_dataset(mvtec_dir), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["images"] == 12 and saved["defective"] == 6
-    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "suggested_threshold", "catch_at_0.5%_false_rejects",
-                "catch_at_5.0%_false_rejects"):
-        assert 0.0 <= saved[key] <= (1.0 if key != "suggested_threshold" else 1e9), key
-    # the blobs are red on a gray plate: even a briefly trained model must separate them well
-    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.9
+    assert saved["images"] == 12 and saved["defective"] == 6 and saved["normal"] == 6
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert len(rows) == 12 and {r["label"] for r in rows} == {"0", "1"}
+    # the image metrics, recomputed here from scores.csv (6 decimals) by their definitions
+    labels = np.array([int(r["label"]) for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    normal, defect = scores[labels == 0], scores[labels == 1]
+    assert saved["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    # 6 normal images: 0.5 % and 5 % both allow no false reject, so the threshold is the highest normal score
+    assert saved["suggested_threshold"] == pytest.approx(normal.max(), abs=2e-6)
+    for rate in ("0.5%", "5.0%"):
+        assert saved[f"catch_at_{rate}_false_rejects"] == pytest.approx((defect > normal.max()).mean()), rate
+    f1 = [2 * (defect >= t).sum() / ((scores >= t).sum() + defect.size) for t in defect]   # NG: score >= t
+    assert saved["f1_max"] == pytest.approx(max(f1), abs=1e-6) and saved == {**saved, **result}
+    # the blobs are red on a gray plate: even a briefly trained model must separate them well
+    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.9 and 0.5 <= result["aupro"] <= 1.0
     for name in ("roc.png", "pro.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     panels = sorted((tmp_path / "heatmaps").glob("*.png"))
@@ -84,7 +95,7 @@ def test_resume_refuses_other_settings(mvtec_dir, tmp_path):
     tiny_trainer(mvtec_dir, tmp_path, steps=3).run()
     other = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=5.0),
                     TrainConfig(width=8, batch=4, steps=3), tmp_path, torch.device("cpu"))
-    with pytest.raises(Exception, match="cannot resume"):
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*last\.pt was trained as .*cutoff=4\.0.*cutoff=5\.0"):
         other.resume()
 
 
@@ -94,10 +105,16 @@ def test_cli_train_and_eval(mvtec_dir, tmp_path):
     result = runner.invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--cutoff", "4",
                                  "--steps", "2", "--batch", "4", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert (out / "final.pt").is_file() and "fair-edge eval" in result.output
+    ckpt = load_checkpoint(out / "final.pt")   # the flags reached the checkpoint
+    assert ckpt.settings.width == 32 and ckpt.preprocess == PRE and ckpt.data_summary["steps"] == 2
+    assert f"next: fair-edge eval {out / 'final.pt'} {mvtec_dir}" in result.output.replace("\n", "")
     result = runner.invoke(app, ["eval", str(out / "final.pt"), str(mvtec_dir), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "image_auroc" in result.output and (out / "eval" / "metrics.json").is_file()
+    saved = json.loads((out / "eval" / "metrics.json").read_text())
+    assert saved["images"] == 12 and (out / "eval" / "scores.csv").read_text().count("\n") == 13
+    printed = dict(re.findall(r"^\W*(\w[\w.%]*)\W+([-\d.]+)\W*$", result.output, re.M))   # the metric table's rows
+    assert printed["images"] == "12" and printed["image_auroc"] == f"{saved['image_auroc']:.4f}"
+    assert printed["suggested_threshold"] == f"{saved['suggested_threshold']:.4f}"
 
 
 @pytest.mark.parametrize("args,message", [
