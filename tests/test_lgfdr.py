@@ -20,6 +20,7 @@ from fair_edge.checksums import sha256_file
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.lgfdr.model import LgfdrSettings
+from fair_edge.models.lgfdr.train import LgfdrTrainConfig
 from fair_edge.models.weights import WeightsError, load_backbone_weights, package_weights_file
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
