@@ -12,8 +12,8 @@ a test patch's anomaly is its distance to the nearest bank feature.
       tap) block averaged over channel groups to embed_dim / (2 x windows) channels (the paper's adaptive
       average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
-      -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
-      -> nearest (two-level minimum: ReduceMin over column groups, ArgMin) -> sqrt -> patch map (B, 1, h, h)
+      -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
+      minimum: ReduceMin over groups of about sqrt(M) rows, ArgMin) -> + ||a||^2 -> sqrt -> patch map (B, 1, h, h)
       -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
     score = max of anomaly_map (with ``score_top_k`` k > 1: the mean of its k highest pixels), times (with ``reweight``) the paper's weight
       w = 1 - softmax(-)[0] over the distances from the most anomalous test patch to its nearest bank
