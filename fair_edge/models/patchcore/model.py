@@ -226,6 +226,14 @@ class PatchFeatures(nn.Module):
         return features if self.projection is None else F.conv2d(features, self.projection)
 
 
+def search_group(rows: int) -> int:
+    """Columns per group of the bank search's two-level minimum: the divisor of ``rows`` nearest sqrt(rows) within
+    a factor 2 of it (the distance matrix then reshapes in place), else round(sqrt(rows)) with a shorter last group."""
+    root = rows ** 0.5
+    divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if rows % d == 0 and root / 2 <= d <= 2 * root]
+    return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
+
+
 class NearestBank(nn.Module):
     """Nearest-neighbour search against the memory bank.
 
@@ -244,7 +252,7 @@ class NearestBank(nn.Module):
         # not divide; ``group_columns`` (groups, group) int64 lists each group's columns, the short last group
         # padded with its last column (which changes neither the minimum nor its first column)
         m = self.rows
-        self.group = max(1, round(m ** 0.5))
+        self.group = search_group(m)
         self.full_groups, self.groups = m // self.group, -(-m // self.group)
         columns = torch.arange(self.groups * self.group).reshape(self.groups, self.group).clamp(max=m - 1)
         self.register_buffer("group_columns", columns, persistent=False)
@@ -275,8 +283,10 @@ class NearestBank(nn.Module):
         here is static-shaped in M, so the graph keeps one dynamic batch and no Loop.
         """
         g, full = self.group, self.full_groups
-        minima = e[:, :full * g].reshape(-1, full, g).amin(-1)  # (N, full)
-        if full < self.groups:
+        if full == self.groups:  # M divides: no Slice, which would copy the whole matrix
+            minima = e.reshape(-1, full, g).amin(-1)  # (N, full)
+        else:
+            minima = e[:, :full * g].reshape(-1, full, g).amin(-1)
             minima = torch.cat([minima, e[:, full * g:].amin(-1, keepdim=True)], -1)
         columns = self.group_columns[minima.argmin(-1)]  # (N, group): the columns of the row's winning group
         value, k = torch.gather(e, 1, columns).min(-1, keepdim=True)
