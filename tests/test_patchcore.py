@@ -69,6 +69,34 @@ def test_bank_search_and_neighbour_table_match_brute_force():
     torch.testing.assert_close(memory.reweight(p[None], index[0, :1]), expected[None], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 7, 50, 97, 1000, 1009])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_grouped_bank_search_matches_brute_force_in_torch_and_onnx(rows, batch, tmp_path):
+    # rows 7, 97, 1009 (primes): groups of 3, 10, 32 columns and a last group of 1, 7, 17 (1009 = 31 x 32 + 17);
+    # rows 50, 1000: groups of 5 and 25 columns, the divisors nearest sqrt(rows)
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(rows)
+    bank, patches = torch.randn(rows, 16, generator=gen), torch.randn(batch, 40, 16, generator=gen)
+    memory = NearestBank(bank, torch.zeros(rows, 1, dtype=torch.int64)).eval()
+    expected = {1: (1, 1), 2: (1, 2), 7: (3, 3), 50: (5, 10), 97: (10, 10), 1000: (25, 40), 1009: (32, 32)}[rows]
+    assert (memory.group, memory.groups) == expected
+    ref = torch.cdist(patches, bank[None].expand(batch, -1, -1))
+    distance, index = memory(patches)
+    torch.testing.assert_close(distance, ref.min(-1).values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(index, ref.argmin(-1))
+
+    path = tmp_path / "search.onnx"
+    torch.onnx.export(memory, (patches[:1],), str(path), dynamo=False, opset_version=17, input_names=["patches"],
+                      output_names=["distance", "index"], dynamic_axes={"patches": {0: "batch"}})
+    ops = {n.op_type for n in __import__("onnx").load(str(path)).graph.node}
+    assert "MatMul" in ops and not ops & {"Loop", "If", "Scan"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_distance, onnx_index = session.run(None, {"patches": patches.numpy()})
+    np.testing.assert_allclose(onnx_distance, distance.numpy(), atol=1e-5, rtol=1e-5)
+    assert np.array_equal(onnx_index, index.numpy())
+
+
 def test_channel_pooling_is_adaptive_average_pooling():
     x = torch.randn(5, 40)
     for out in (16, 64):

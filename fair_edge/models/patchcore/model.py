@@ -12,15 +12,15 @@ a test patch's anomaly is its distance to the nearest bank feature.
       tap) block averaged over channel groups to embed_dim / (2 x windows) channels (the paper's adaptive
       average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
-      -> squared distance to every bank row, ||a||^2 - 2 a.b + ||b||^2 (one MatMul against the bank)
-      -> nearest (TopK k=1) -> sqrt -> patch map (B, 1, h, h)
+      -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
+      minimum: ReduceMin over groups of about sqrt(M) rows, ArgMin) -> + ||a||^2 -> sqrt -> patch map (B, 1, h, h)
       -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
     score = max of anomaly_map (with ``score_top_k`` k > 1: the mean of its k highest pixels), times (with ``reweight``) the paper's weight
       w = 1 - softmax(-)[0] over the distances from the most anomalous test patch to its nearest bank
       feature m* and to m*'s own nearest bank neighbours (eq. 7): a patch whose nearest normal feature
       sits in a sparse part of the bank counts less than one far from a dense cluster.
 
-Every step is an ONNX operator (MatMul, TopK, Gather, Resize, Conv); the bank is a buffer, so it is
+Every step is an ONNX operator (MatMul, ReduceMin, ArgMin, TopK, Gather, Resize, Conv); the bank is a buffer, so it is
 an initializer of the exported graph.
 """
 
@@ -227,6 +227,14 @@ class PatchFeatures(nn.Module):
         return features if self.projection is None else F.conv2d(features, self.projection)
 
 
+def search_group(rows: int) -> int:
+    """Columns per group of the bank search's two-level minimum: the divisor of ``rows`` nearest sqrt(rows) within
+    a factor 2 of it (the distance matrix then reshapes in place), else round(sqrt(rows)) with a shorter last group."""
+    root = rows ** 0.5
+    divisors = [d for d in range(max(1, int(root / 2)), int(2 * root) + 1) if rows % d == 0 and root / 2 <= d <= 2 * root]
+    return min(divisors, key=lambda d: abs(d - root)) if divisors else max(1, round(root))
+
+
 class NearestBank(nn.Module):
     """Nearest-neighbour search against the memory bank.
 
@@ -241,6 +249,14 @@ class NearestBank(nn.Module):
         self.register_buffer("bank_t", bank.float().t().contiguous())
         self.register_buffer("bank_sq", (self.bank_t * self.bank_t).sum(0))
         self.register_buffer("neighbours", neighbours.long().contiguous())
+        # the two-level minimum (``nearest``): groups of about sqrt(M) columns, the last one shorter when M does
+        # not divide; ``group_columns`` (groups, group) int64 lists each group's columns, the short last group
+        # padded with its last column (which changes neither the minimum nor its first column)
+        m = self.rows
+        self.group = search_group(m)
+        self.full_groups, self.groups = m // self.group, -(-m // self.group)
+        columns = torch.arange(self.groups * self.group).reshape(self.groups, self.group).clamp(max=m - 1)
+        self.register_buffer("group_columns", columns, persistent=False)
 
     @property
     def rows(self) -> int:
@@ -251,10 +267,31 @@ class NearestBank(nn.Module):
         return self.bank_t.t()
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sq = (patches * patches).sum(-1, keepdim=True)
-        d2 = sq - 2.0 * torch.matmul(patches, self.bank_t) + self.bank_sq
-        nearest, index = torch.topk(d2, 1, dim=-1, largest=False)
-        return torch.sqrt(torch.clamp(nearest[..., 0], min=0.0)), index[..., 0]
+        b, p, d = patches.shape
+        flat = patches.reshape(b * p, d)
+        # ||a||^2 is the same for every row of one patch, so the search leaves it out and adds it to the minimum
+        excess, index = self.nearest(torch.matmul(flat, self.bank_t) * -2.0 + self.bank_sq)
+        d2 = excess + (flat * flat).sum(-1)
+        return torch.sqrt(torch.clamp(d2, min=0.0)).reshape(b, p), index.reshape(b, p)
+
+    def nearest(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row minimum and its column (the first among equals) of e (N, M) float32 -> ((N,) float32, (N,) int64).
+
+        In two levels of about sqrt(M) each: the minimum of every group of ``group`` columns (one ReduceMin
+        over the whole matrix, the last group shorter when M does not divide), the group holding the row's
+        minimum (ArgMin over M / group), then the column inside it (GatherElements, ArgMin over group).
+        ArgMin and TopK over all M columns were the slowest nodes of the CPU graph (issue #29); every op
+        here is static-shaped in M, so the graph keeps one dynamic batch and no Loop.
+        """
+        g, full = self.group, self.full_groups
+        if full == self.groups:  # M divides: no Slice, which would copy the whole matrix
+            minima = e.reshape(-1, full, g).amin(-1)  # (N, full)
+        else:
+            minima = e[:, :full * g].reshape(-1, full, g).amin(-1)
+            minima = torch.cat([minima, e[:, full * g:].amin(-1, keepdim=True)], -1)
+        columns = self.group_columns[minima.argmin(-1)]  # (N, group): the columns of the row's winning group
+        value, k = torch.gather(e, 1, columns).min(-1, keepdim=True)
+        return value[:, 0], torch.gather(columns, 1, k)[:, 0]
 
     def reweight(self, patch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The paper's weight (B,) for one test patch per image: patch (B, D), index (B,) of its nearest row."""
