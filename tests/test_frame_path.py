@@ -120,7 +120,9 @@ def traced(tmp_path_factory):
     trace = PathTrace()
     plc = SimulatedPlc().start()
     try:
-        cfg = StationConfig(camera=CameraSettings(source=str(video), queue_size=8), bundle=bundle.root,
+        # full_policy block: a loaded machine slows the loop but drops no frame, so all 50 are inspected
+        cfg = StationConfig(camera=CameraSettings(source=str(video), queue_size=8, full_policy="block"),
+                            bundle=bundle.root,
                             backend="onnxruntime", threshold=1e-9, output=work / "out",  # every part NG: pulses
                             record=RecordSettings(dir=work / "out"), console=ConsoleSettings(port=0),
                             reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?coil=0",), delay_ms=300.0))
@@ -140,9 +142,12 @@ def traced(tmp_path_factory):
 def test_the_documented_path_is_the_one_frames_take(traced):
     trace, summary, writes = traced
     steps = documented_steps()
-    assert summary.inspected == 50 and summary.rejects["rejected_ng"] > 0 and writes
+    # every part is NG (threshold 1e-9): each is pulsed, as NG or, when a loaded machine made its verdict late, as
+    # uninspected; both run the same scheduler and sink code
+    pulsed = summary.rejects["rejected_ng"] + summary.rejects["rejected_uninspected"]
+    assert summary.inspected == 50 and pulsed > 0 and writes
     path = set().union(*(files for thread, files in trace.files.items() if thread in PATH_THREADS))
-    assert len(steps) == len(set(steps)) <= 8
+    assert len(steps) == len(set(steps)) <= 10  # 8 before defect regions (issue #30): regions.py, station/zones.py
     assert path == set(steps), (sorted(path - set(steps)), sorted(set(steps) - path))  # no more, no fewer
     assert trace.files["capture"] >= {"cameras/opencv.py", "cameras/capture.py", "fair_edge/line/scheduler.py"}
     assert trace.files["sink"] >= {"fair_edge/line/sinks/base.py", "fair_edge/line/sinks/modbus.py"}
