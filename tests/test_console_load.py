@@ -19,7 +19,11 @@ def load_script():
     return module
 
 
-def test_ten_clients_do_not_slow_the_loop(station_bundles, conveyor_dir, tmp_path):
+def test_ten_clients_are_served_while_the_station_inspects_every_frame(station_bundles, conveyor_dir, tmp_path):
+    """Accounting with and without ten console clients: every frame inspected, none dropped, NG parts found, every
+    client served a stream of events. Whether the clients slow the loop or the pulses (frames/s, share of pulses on
+    time) is a timing claim: `benchmarks/bench_console_load.py` measures it as a ratio in one run (BENCHMARKS.md,
+    "The operator console's cost to the loop"); a loaded CI machine cannot tell it from its own load."""
     bench = load_script()
     bundle = station_bundles[0]
     runs = {n: bench.measure(bundle.root, conveyor_dir, tmp_path / f"c{n}", clients=n, fps=15, frames=60,
@@ -27,8 +31,5 @@ def test_ten_clients_do_not_slow_the_loop(station_bundles, conveyor_dir, tmp_pat
     print(runs)  # the figures (pytest -s shows them)
     for n, r in runs.items():
         assert r["inspected"] == 60 and r["dropped"] == 0 and r["ng"] > 0, r
+    assert runs[0]["clients_served"] == 0 and runs[0]["client_events"] == 0
     assert runs[10]["clients_served"] == 10 and runs[10]["client_events"] >= 10 * 5
-    assert runs[10]["fps"] >= 0.9 * runs[0]["fps"], runs
-    # reject timing: as many pulses on time with ten clients as without (a shared CI machine can make
-    # either run miss one; on a quiet machine both are 100 %: BENCHMARKS.md)
-    assert runs[10]["on_time_share"] >= runs[0]["on_time_share"] - 0.1, runs
