@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -52,3 +53,50 @@ def test_mqtt_url_errors_name_the_form():
         parse_mqtt_url("mqtt://127.0.0.1/line?clientid=x")
     t = parse_mqtt_url("mqtt://127.0.0.1/line3")
     assert (t.port, t.prefix) == (1883, "line3")
+
+
+@needs_broker
+def test_a_verdict_on_mqtt_carries_its_regions_rules_and_what_the_gate_did(tmp_path):
+    """The station's verdict callback publishes the verdict log's own row: its defect regions, the rules that
+    fired, and, for a verdict that came after the gate decided its part, ``verdict_late`` and ``gate`` (before,
+    MQTT published the row without them: a part rejected fail-safe read OK there)."""
+    import numpy as np
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Frame, RuleHit, Verdict
+    from fair_edge.regions import Region
+    from fair_edge.station.run import LineSide
+
+    class LateGate:  # the reject scheduler's answer for a verdict after its part's due time
+        def submit(self, verdict):
+            return "late"
+
+        def decision(self, seq):
+            return "rejected_uninspected"
+
+    region = Region((10.0, 20.0, 40.0, 20.0), (30.0, 30.0), 800.0, 40.0, 0.9, 0.6, 2.0, 2.0, "seal", 1)
+    hit = RuleHit("min_area_mm2", "seal", 1, 2.0, 1.0, "mm²", 0)
+    broker = MosquittoBroker(tmp_path).start()
+    collector = None
+    try:
+        collector = MqttCollector(broker.port, "line/#")
+        with Recorder(RecordSettings(dir=tmp_path / "rec", min_free_mb=0, save_ng_images=False), run_id="R") as rec, \
+                MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line") as pub:
+            line = LineSide(rec, LateGate(), None, pub, [])
+            frame = Frame(7, 1.0, np.zeros((64, 64, 3), np.uint8))
+            line.record_verdict(frame, Verdict(7, 1.0, 0.9, 0.5, True, 1.2, "", "", "m", (region,), (hit,)))
+            assert pub.flush(10.0), pub.stats()
+        deadline = time.monotonic() + 10
+        while not collector.messages.get("line/verdicts") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if collector is not None:
+            collector.close()
+        broker.close()
+    (row,) = collector.messages["line/verdicts"]
+    assert row["seq"] == 7 and row["verdict_late"] is True and row["gate"] == "rejected_uninspected"
+    assert row["regions"][0]["zone"] == "seal" and row["regions"][0]["area_mm2"] == 2.0
+    assert row["hits"][0]["rule"] == "min_area_mm2" and "seal" in row["reason"]
+    logged = [json.loads(x) for x in (tmp_path / "rec" / "verdicts.jsonl").read_text().splitlines()]
+    assert logged == [row]  # the verdict log's row, field for field

@@ -250,19 +250,17 @@ class LineSide:
             self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
 
     def record_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
-        """Verdict callback: the gate gets the verdict first, then the verdict log its row; a verdict that
-        came after its part was decided at the gate is logged with what the gate did (``verdict_late``,
-        ``gate``: e.g. ``rejected_uninspected``)."""
+        """Verdict callback: the gate gets the verdict first, then the verdict log its row, and MQTT the same
+        row; a verdict that came after its part was decided at the gate is logged and published with what
+        the gate did (``verdict_late``, ``gate``: e.g. ``rejected_uninspected``)."""
         from fair_edge.line.scheduler import LATE
 
         extra = None
         if self.scheduler is not None and self.scheduler.submit(verdict) == LATE:
             extra = {"verdict_late": True, "gate": self.scheduler.decision(verdict.seq) or "went_by_undecided"}
         self.recorder.record(frame, verdict, anomaly_map, extra)
-
-    def publish_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
-        """Verdict callback: the verdict log's row on MQTT."""
-        self.mqtt.publish_row(self.recorder.log_row(verdict))
+        if self.mqtt is not None:
+            self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
 
     def publish_fault(self, camera_reason: str) -> None:
         """Publish the fault state on MQTT when it changed (called on every tick)."""
@@ -318,8 +316,6 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             metrics.watch("reject", line.scheduler.stats)
         line.callbacks.append(metrics.on_verdict)
         line.metrics = metrics
-    if mqtt is not None:
-        line.callbacks.append(line.publish_verdict)
     return line
 
 
