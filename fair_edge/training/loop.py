@@ -46,6 +46,18 @@ def sigint_requests_stop(request_stop):
         signal.signal(signal.SIGINT, previous)
 
 
+def check_schedule(cfg, counts: tuple[str, ...]) -> None:
+    """A stepped trainer's settings: ConfigError unless each field of ``counts`` is >= 1, ``steps`` is None or
+    >= 1 and ``lr`` > 0, naming the field and the value found."""
+    for name in counts:
+        if int(getattr(cfg, name)) < 1:
+            raise ConfigError(f"{name} must be >= 1; found {getattr(cfg, name)}.")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1; found {cfg.steps}.")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0; found {cfg.lr}.")
+
+
 def steps_per_epoch(n_images: int, batch: int) -> int:
     return max(1, n_images // batch)
 

@@ -32,7 +32,7 @@ from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
-from fair_edge.training.loop import LossLog, TrainingInterrupted, epoch_order, sigint_requests_stop, steps_per_epoch
+from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,7 @@ class TrainConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
     def __post_init__(self) -> None:
-        for name in ("width", "batch", "epochs", "save_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1; found {getattr(self, name)}.")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1; found {self.steps}.")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0; found {self.lr}.")
+        check_schedule(self, ("width", "batch", "epochs", "save_every", "log_every"))
 
     def total_steps(self, n_images: int) -> int:
         return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)

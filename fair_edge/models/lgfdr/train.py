@@ -26,7 +26,7 @@ from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
-from fair_edge.training.loop import LossLog, TrainingInterrupted, epoch_order, steps_per_epoch
+from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, steps_per_epoch
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
@@ -53,13 +53,7 @@ class LgfdrTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch", "epochs", "save_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1; found {getattr(self, name)}.")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1; found {self.steps}.")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0; found {self.lr}.")
+        check_schedule(self, ("batch", "epochs", "save_every", "log_every"))
 
     def total_steps(self, n_images: int) -> int:
         return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)
