@@ -59,6 +59,8 @@ ROWS = {
     "pc-whole": patchcore(channel_reduction="none"),  # padding counted, both taps' channels whole, Lite0 statistics
     "pc-whole-uncapped": patchcore(channel_reduction="none", bank_max=PLAIN["bank_max"]),
     "pc-imagenet": patchcore(normalisation="imagenet"),
+    "pc-lite1": patchcore(backbone="efficientnet_lite1"),  # issue #27 item 4: the larger Lite backbones on PyPI
+    "pc-lite2": patchcore(backbone="efficientnet_lite2"),
     "lgfdr-2000": lgfdr(2000),
 }
 
