@@ -200,15 +200,17 @@ class CaptureThread:
     Hooks, both called on the reader thread and so kept short (a failure is logged, never ends
     the stream): ``on_capture(frame)`` for every frame read, before it is queued (the reject
     scheduler notes the part and its encoder count here); ``on_drop(frame)`` for every frame the
-    full-queue policy discards (the verdict log accounts for it).
+    full-queue policy discards (the verdict log accounts for it). ``on_queued()`` after a frame is queued
+    and when the stream ends (a consumer waiting on several cameras wakes: ``fair_edge.cameras.mux``).
     """
 
     def __init__(self, source: FrameSource, settings: CaptureSettings | None = None, *,
                  on_capture: Callable[[Frame], None] | None = None,
-                 on_drop: Callable[[Frame], None] | None = None) -> None:
+                 on_drop: Callable[[Frame], None] | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
         self.source = source
         self.settings = settings or CaptureSettings()
-        self._on_capture, self._on_drop = on_capture, on_drop
+        self._on_capture, self._on_drop, self._on_queued = on_capture, on_drop, on_queued
         self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
         self._put = FULL_POLICIES[self.settings.full_policy]
         self._stop = threading.Event()
@@ -364,6 +366,8 @@ class CaptureThread:
             self._counts["dropped_queue_full"] += len(dropped)
         for old in dropped:
             self._call_hook(self._on_drop, old)
+        if self._on_queued is not None:
+            self._on_queued()
 
     def _call_hook(self, hook: Callable[[Frame], None] | None, frame: Frame) -> None:
         if hook is None:
@@ -431,6 +435,8 @@ class CaptureThread:
             self._ended.set()
         with contextlib.suppress(queue.Full):  # if full, the consumer drains it, then sees `_ended`
             self._queue.put_nowait(_END)
+        if self._on_queued is not None:
+            self._on_queued()
 
     def _end_error(self) -> EndOfStream:
         return EndOfStream(f"{self.source.name}: stream ended ({self._end_reason})", self._cause)

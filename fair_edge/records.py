@@ -38,12 +38,14 @@ class Frame:
     t_capture: ``time.monotonic()`` seconds when the frame was captured (or read).
     image: (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory; never mutated after creation.
     source: what produced it (camera name, file name of a replayed image).
+    camera: the station's name for the camera (several cameras: ``cameras[].name``); "" with one camera.
     """
 
     seq: int
     t_capture: float
     image: np.ndarray = field(repr=False)
     source: str = ""
+    camera: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Verdict:
     (``fair_edge.runtime.hotswap.model_id``; "" when unknown). regions: the defect regions found in
     its map, largest first (``fair_edge.regions``; empty when regions are off). hits: the station rules
     that fired; with rules set, ng = bool(hits) for an inspected frame. Both are per view: a
-    multi-camera part record can hold one Verdict per view.
+    multi-camera part record can hold one Verdict per view. camera: the frame's ``Frame.camera``.
     """
 
     seq: int
@@ -103,6 +105,7 @@ class Verdict:
     model: str = ""
     regions: tuple[Region, ...] = ()
     hits: tuple[RuleHit, ...] = ()
+    camera: str = ""
 
     @property
     def largest_region(self) -> Region | None:
@@ -129,6 +132,7 @@ class Verdict:
             "threshold": self.threshold,
             "ng": self.ng,
             "source": self.source,
+            **({"camera": self.camera} if self.camera else {}),
             **({"error": self.error} if self.error else {}),
             **({"model": self.model} if self.model else {}),
             **({"regions": [r.to_json_dict() for r in self.regions]} if self.regions else {}),

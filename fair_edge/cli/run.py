@@ -109,8 +109,9 @@ def print_summary(summary, out: Path) -> None:
              "delivered none of them (PLC unreachable, wrong address).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
 @friendly_errors
 def run(
-    station: Optional[Path] = typer.Option(None, help="Station YAML (camera, bundle, backend, batching, decision, "
-                                           "output, reject, record, metrics, mqtt). Flags override it."),
+    station: Optional[Path] = typer.Option(None, help="Station YAML (camera or cameras + group, bundle, backend, "
+                                           "batching, decision, output, reject, record, metrics, mqtt, console, "
+                                           "regions). Flags override it."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
@@ -123,8 +124,9 @@ def run(
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
     fps: Optional[float] = typer.Option(None, help="Replay --source at this rate, as a camera would (frames "
                                         "inspection cannot keep up with are dropped); default: every frame, "
-                                        "as fast as inspection takes them."),
-    loop: bool = typer.Option(False, "--loop", help="Replay --source forever."),
+                                        "as fast as inspection takes them. With a cameras: list, every "
+                                        "replayed camera."),
+    loop: bool = typer.Option(False, "--loop", help="Replay --source (or every camera of a cameras: list) forever."),
     out: Optional[Path] = typer.Option(None, help="Output folder: verdicts.jsonl, NG images, summary.json."),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many inspected frames."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
@@ -145,23 +147,34 @@ def run(
 ) -> None:
     """Inspect frames from a camera (or a replayed folder/video) and write a verdict per frame.
 
+    Several cameras (a cameras: list in the station file) share one process and one model per bundle;
+    their views of one part give one verdict and one reject (group: by part), or each camera is a lane
+    with its own reject output (group: by lane).
+
     A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
     SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
     capture."""
     from rich.live import Live
 
-    from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, run_station, undelivered_sinks
+    from fair_edge.station.cell import run as run_any
+    from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, undelivered_sinks
     from fair_edge.station.config import StationConfig, load_station
     from fair_edge.training.collect import export_reviewed
 
     cfg = load_station(station) if station else StationConfig()
     if camera is not None and source is not None:
         raise ConfigError("give either --camera or --source, not both.")
+    if cfg.cameras and (camera is not None or source is not None):
+        raise ConfigError(f"--camera / --source: the station file {station} lists {len(cfg.cameras)} cameras "
+                          "(cameras:); change a camera's source there, or drop the flag.")
     cam = cfg.camera
     if camera is not None or source is not None:
         cam = replace(cam, source=str(camera if camera is not None else source))
     cam = replace(cam, fps=fps if fps is not None else cam.fps, loop=loop or cam.loop)
+    if cfg.cameras and (fps is not None or loop):   # --fps / --loop: every camera's replay
+        cfg = replace(cfg, cameras=tuple(replace(v, fps=fps if fps is not None else v.fps, loop=loop or v.loop)
+                                         for v in cfg.cameras))
     batching = replace(cfg.batching, **{k: v for k, v in (("max_batch", max_batch), ("max_wait_ms", max_wait_ms))
                                         if v is not None})
     record = replace(cfg.record, dir=out) if out is not None else cfg.record
@@ -176,7 +189,7 @@ def run(
         live.update(live_table(inspector))
 
     with live or contextlib.nullcontext():
-        summary = run_station(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
+        summary = run_any(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
                               on_tick=show_live if live else None, on_console=signals.wire_sighup,
                               export_reviewed=export_reviewed)
     print_summary(summary, cfg.output)

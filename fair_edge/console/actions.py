@@ -104,7 +104,7 @@ class StationActions:
         else:
             rec = self.feed.recorder
             folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (self.feed.output, "png")
-            image = cv2.imread(str(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext)), cv2.IMREAD_UNCHANGED)
+            image = cv2.imread(str(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext, verdict.camera)), cv2.IMREAD_UNCHANGED)
         if image is None or not cv2.imwrite(str(dest), image):
             log.warning("no image kept for reviewed part %d (label %s)", verdict.seq, label)
             return ""

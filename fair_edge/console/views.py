@@ -60,7 +60,7 @@ def gallery(feed: StationFeed, actions: StationActions) -> dict:
     parts = []
     for v in reversed(list(feed.ng)):
         item = _part(v, actions.labels)
-        overlay = ng_image_path(folder, feed.run_id, v.seq, "overlay", ext).resolve()
+        overlay = ng_image_path(folder, feed.run_id, v.seq, "overlay", ext, v.camera).resolve()
         item["image"] = f"/files/{overlay.relative_to(out).as_posix()}" if overlay.is_relative_to(out) \
             and overlay.is_file() else (f"/api/part/{v.seq}.jpg" if feed.kept_part(v.seq) else "")
         parts.append(item)

@@ -4,6 +4,7 @@ URL: ``mqtt://HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883
 PREFIX defaults to ``fair-edge``). Topics::
 
     PREFIX/verdicts   one JSON object per verdict or dropped frame (the verdict log's row), QoS 1
+    PREFIX/parts      several cameras: one JSON object per part (the verdict log's part row), QoS 1
     PREFIX/faults     {"active": bool, "reason": str, "time_utc": ...} on every change, QoS 1, retained
     PREFIX/summary    the run summary at the end, QoS 1, retained
 
@@ -85,6 +86,11 @@ class MqttPublisher:
     def publish_row(self, row: dict) -> None:
         """A verdict-log row (with run id and UTC time), e.g. a dropped frame's."""
         self.publish("verdicts", row)
+
+    def publish_part(self, row: dict) -> None:
+        """A multi-camera part's row (``fair_edge.station.parts``: its verdict, the worst view's score and
+        camera, every view) on ``PREFIX/parts``."""
+        self.publish("parts", row)
 
     def publish_fault(self, active: bool, reason: str, time_utc: str) -> None:
         self.publish("faults", {"active": active, "reason": reason, "time_utc": time_utc}, retain=True)

@@ -58,7 +58,7 @@ DISK_CHECK_S = 1.0   # re-read free space at most this often
 def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
     """The verdict log's row for a captured frame that was never inspected."""
     return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
-            "source": frame.source}
+            "source": frame.source, **({"camera": frame.camera} if frame.camera else {})}
 
 
 def _ascii(text: str) -> str:
@@ -66,10 +66,11 @@ def _ascii(text: str) -> str:
     return text.replace("²", "2").replace("≥", ">=")
 
 
-def ng_image_path(folder: Path, run_id: str, seq: int, kind: str, ext: str) -> Path:
+def ng_image_path(folder: Path, run_id: str, seq: int, kind: str, ext: str, camera: str = "") -> Path:
     """Where the recorder saves an NG part's image (``ng/RUN_SEQ_KIND.EXT``, so a later run into the
-    same folder overwrites nothing); kind: ``frame`` (as captured) or ``overlay``."""
-    return Path(folder) / "ng" / f"{run_id}_{seq:08d}_{kind}.{ext}"
+    same folder overwrites nothing; ``ng/RUN_CAMERA_SEQ_KIND.EXT`` for a camera of several, whose
+    sequence numbers are its own); kind: ``frame`` (as captured) or ``overlay``."""
+    return Path(folder) / "ng" / f"{run_id}_{camera + '_' if camera else ''}{seq:08d}_{kind}.{ext}"
 
 
 class Recorder:
@@ -123,6 +124,11 @@ class Recorder:
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
         return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None, extra))
+
+    def record_row(self, row: dict) -> bool:
+        """Log a row that is no single frame's verdict (a multi-camera part: ``fair_edge.station.parts``); it
+        needs ``t_capture`` (monotonic s)."""
+        return self._put((row, None, None, None))
 
     def record_gate(self, row: dict) -> bool:
         """Log one reject-gate event in ``gate.jsonl`` (``RejectScheduler``'s ``on_part``): row holds
@@ -246,9 +252,9 @@ class Recorder:
             return
         ext = self.settings.image_format
         try:
-            images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext), frame.image)]
+            images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext, verdict.camera), frame.image)]
             if amap is not None:
-                images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext),
+                images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext, verdict.camera),
                                self._overlay(frame.image, amap, verdict)))
             for path, img in images:
                 if not cv2.imwrite(str(path), img):

@@ -13,6 +13,8 @@
     console:  {enabled: true, host: 127.0.0.1, port: 8765, token: null, ...}   # fair_edge/console/settings.py
     regions:  {enabled: true, pixel_threshold: null, mm_per_px: null, frame: null, default: {}, zones: []}
               # defect regions, camera scale, zones and their rules: fair_edge/station/zones.py
+    cameras:  [{name: top, source: "0"}, {name: left, source: "1"}]   # instead of camera: several
+    group:    {by: part, match: window, window_ms: 30, rule: any}      # views of one part: station/views.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
 Command-line flags override the file.
@@ -31,6 +33,7 @@ from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.station.inspector import LoopSettings
 from fair_edge import fields as f
+from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
 from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
 from fair_edge.runtime.selection import BACKEND_NAMES
@@ -82,12 +85,18 @@ class StationConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     regions: RegionSettings = field(default_factory=RegionSettings)
+    cameras: tuple[ViewSettings, ...] = ()   # several cameras (station/views.py); () = the one ``camera``
+    group: GroupSettings = field(default_factory=GroupSettings)
     source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
 
     @classmethod
     def from_dict(cls, data: Any) -> "StationConfig":
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
-                                           "reject", "record", "metrics", "mqtt", "console", "regions"])
+                                           "reject", "record", "metrics", "mqtt", "console", "regions",
+                                           "cameras", "group"])
+        if d.get("cameras") is not None and d.get("camera") is not None:
+            raise ConfigError("station: expected either camera: (one camera) or cameras: (a list), found both; "
+                              "move the camera into the cameras: list.")
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
@@ -111,7 +120,34 @@ class StationConfig:
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
             console=ConsoleSettings.from_dict(d.get("console")),
             regions=RegionSettings.from_dict(d.get("regions")),
-        )
+            cameras=() if d.get("cameras") is None else parse_views(d["cameras"], FULL_POLICIES),
+            group=GroupSettings.from_dict(d.get("group")),
+        ).checked()
+
+    def checked(self) -> "StationConfig":
+        """Checks that span sections (several cameras with the reject wiring); returns self."""
+        if not self.cameras:
+            if self.group != GroupSettings():
+                raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "
+                                  "the cameras under cameras:.")
+            return self
+        lanes = self.group.by == "lane"
+        for view in self.cameras:
+            if view.reject and not lanes:
+                raise ConfigError(f"cameras ({view.name}).reject: a part station rejects each part once through "
+                                  "reject.sinks; per-camera reject outputs need group.by: lane.")
+        if lanes and self.reject.sinks:
+            raise ConfigError("reject.sinks: a lane station rejects through each camera's own reject: URLs; move "
+                              f"{', '.join(self.reject.sinks)} to the camera of its lane.")
+        if self.reject.handshake.enabled:
+            raise ConfigError("reject.handshake: the PLC handshake runs one camera per trigger; with several cameras "
+                              "use group.match: window (hardware-triggered cameras) and reject.sinks.")
+        if not lanes:
+            if self.group.match == "encoder" and not self.reject.encoder:
+                raise ConfigError("group.match: encoder matches views by belt count, but reject.encoder is not set; "
+                                  "set reject.encoder or use match: window.")
+            self.group.min_ng_views(len(self.cameras))
+        return self
 
     def override(self, **changes: Any) -> "StationConfig":
         """A copy with the given non-None settings replaced (command-line flags win over the file)."""

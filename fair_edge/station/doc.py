@@ -16,6 +16,7 @@ from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
 from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.station.config import FULL_POLICIES, StationConfig
+from fair_edge.station.views import GROUP_BY, MATCH_MODES
 
 # section -> comment naming the allowed values (constants imported, not written again)
 SECTION_NOTES = {
@@ -35,6 +36,12 @@ SECTION_NOTES = {
     "regions": "defect regions; pixel_threshold null = the bundle's; mm_per_px or scale: {points: [[x, y], [x, y]], mm: D}; "
                "frame: [width, height]; default: rules outside every zone; zones: [{name, polygon or mask, "
                "min_area_mm2, min_length_mm, min_area_px, min_length_px, max_count, ignore}]; fair_edge/station/zones.py",
+    "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, bundle, roi, "
+               "threshold, reject, offset_counts}]; bundle / roi / threshold null = the station's; reject: the "
+               "camera's own outputs (by: lane); fair_edge/station/views.py",
+    "group": f"with cameras: by: {' | '.join(GROUP_BY)} (the views of one part, or one line per camera); match: "
+             f"{' | '.join(MATCH_MODES)}; rule: any | count>=K (NG views for an NG part); part_timeout_ms null = "
+             "until the part's due time",
 }
 
 
@@ -71,6 +78,7 @@ def station_sections(cfg: StationConfig = StationConfig()) -> dict[str, object]:
         "output": plain["output"], "reject": plain["reject"], "record": record, "metrics": plain["metrics"],
         "mqtt": plain["mqtt"], "console": plain["console"],
         "regions": {k: plain["regions"][k] for k in ("enabled", "pixel_threshold", "mm_per_px", "frame", "max_regions")},
+        "cameras": None, "group": plain["group"],
     }
 
 

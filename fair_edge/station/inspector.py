@@ -80,7 +80,9 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps).
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
-    recorder: the recorder's counters (rows logged, images saved, drops, write errors)."""
+    recorder: the recorder's counters (rows logged, images saved, drops, write errors).
+    cameras: with several cameras, each camera's counters by name; parts: the part counters
+    (``fair_edge.station.parts``), both empty with one camera."""
 
     backend: str = ""
     run_id: str = ""
@@ -98,6 +100,8 @@ class RunSummary:
     rejects: dict = field(default_factory=dict)
     recorder: dict = field(default_factory=dict)
     mqtt: dict = field(default_factory=dict)
+    cameras: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -122,8 +126,36 @@ def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (grid > 0).astype(np.float32)
 
 
+class ViewDecider:
+    """How one camera's frames are decided: its frame scorer (shared by the cameras of one bundle), threshold,
+    ROI ((H, W) float32 weights at the mask image's resolution, nonzero = inspected, or None), model id and
+    region rules (None = off); ``switch.request()`` changes its model or threshold at the next batch boundary."""
+
+    def __init__(self, scorer: FrameScorer, threshold: float, roi: np.ndarray | None = None, model: str = "",
+                 regions: RegionJudge | None = None) -> None:
+        if not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number; found {threshold}.")
+        self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
+        self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
+        self.switch = ModelSwitch()
+
+    def roi_on(self, shape: tuple[int, int]) -> np.ndarray:
+        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
+        mask itself, once per grid."""
+        if self._roi_grid is None or self._roi_grid[0] is not self.roi or self._roi_grid[1].shape != tuple(shape):
+            self._roi_grid = (self.roi, roi_on_map(self.roi, tuple(shape)))
+        return self._roi_grid[1]
+
+    def score(self, anomaly_map: np.ndarray, family_score: float) -> float:
+        """The image score: the family's own, or with an ROI the maximum of map x ROI."""
+        if self.roi is None:
+            return float(family_score)
+        return float((anomaly_map * self.roi_on(anomaly_map.shape)).max())
+
+
 class Inspector:
-    """Runs the loop over one capture thread with one frame scorer (see selection.select_backend).
+    """Runs the loop over one capture thread (or a ``CaptureMux`` of several cameras) with frame scorers
+    (see selection.select_backend).
 
     threshold: score > threshold is NG. roi: (H, W) float32 weights at the mask image's resolution (1 inside
     the region of interest, 0 outside), mapped onto each anomaly map's grid (``roi_on_map``) and multiplied
@@ -132,22 +164,33 @@ class Inspector:
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     regions: finds defect regions in every scored map and applies the station's rules
     (``fair_edge.station.zones``); with rules, an inspected frame is NG exactly when one fires. None = off.
+    views: camera name -> its own ``ViewDecider`` (several cameras); frames of other cameras use the one made
+    from scorer, threshold, roi, model and regions. The frames of one batch that share a scorer go to it in one
+    inference call, whichever camera took them.
     """
 
     def __init__(self, capture: CaptureThread, scorer: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
-                 model: str = "", regions: RegionJudge | None = None) -> None:
-        if not math.isfinite(threshold):
-            raise ConfigError(f"threshold must be a finite number; found {threshold}.")
-        self.capture, self.scorer, self.threshold = capture, scorer, float(threshold)
-        self.roi, self.settings, self.model = roi, settings, model
-        self.regions = regions
-        self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
-        self.switch = ModelSwitch()
+                 model: str = "", regions: RegionJudge | None = None,
+                 views: dict[str, ViewDecider] | None = None) -> None:
+        self.capture, self.settings = capture, settings
+        self.decider = ViewDecider(scorer, threshold, roi, model, regions)
+        self.views = dict(views or {})
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
         self.summary = RunSummary(backend=scorer.reason)
         self._consecutive_errors = 0
+
+    # the default view's decision (one camera: the station's), as the console reads and changes it
+    scorer = property(lambda self: self.decider.scorer)
+    threshold = property(lambda self: self.decider.threshold)
+    roi = property(lambda self: self.decider.roi)
+    model = property(lambda self: self.decider.model)
+    regions = property(lambda self: self.decider.regions)
+    switch = property(lambda self: self.decider.switch)
+
+    def decider_for(self, frame: Frame) -> ViewDecider:
+        return self.views.get(frame.camera, self.decider)
 
     # ------------------------------------------------------------------ batching
     def _next_batch(self, timeout: float) -> list[Frame] | None:
@@ -167,31 +210,25 @@ class Inspector:
         return batch
 
     # ------------------------------------------------------------------ one batch
-    def _roi_on(self, shape: tuple[int, int]) -> np.ndarray:
-        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
-        mask itself, once per grid."""
-        if self._roi_grid is None or self._roi_grid[0] is not self.roi or self._roi_grid[1].shape != tuple(shape):
-            self._roi_grid = (self.roi, roi_on_map(self.roi, tuple(shape)))
-        return self._roi_grid[1]
-
-    def _judge_regions(self, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
+    def _judge_regions(self, decider: ViewDecider, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
         """(regions, rule hits, error) of one scored frame; the map is ROI-weighted like its score."""
-        amap = anomaly_map if self.roi is None else anomaly_map * self._roi_on(anomaly_map.shape)
+        amap = anomaly_map if decider.roi is None else anomaly_map * decider.roi_on(anomaly_map.shape)
         try:
-            return (*self.regions.judge(frame.image.shape[:2], amap), "")
+            return (*decider.regions.judge(frame.image.shape[:2], amap), "")
         except ConfigError as exc:   # e.g. a frame of another size than the zones: fail safe (NG)
             return (), (), f"regions: {exc}"
 
     def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
+        decider = self.decider_for(frame)
         regions, hits = (), ()
-        if self.regions is not None and anomaly_map is not None and not error:
-            regions, hits, error = self._judge_regions(frame, anomaly_map)
-        if self.regions is not None and self.regions.decides and not error and score is not None:
+        if decider.regions is not None and anomaly_map is not None and not error:
+            regions, hits, error = self._judge_regions(decider, frame, anomaly_map)
+        if decider.regions is not None and decider.regions.decides and not error and score is not None:
             ng = bool(hits)
         else:
-            ng = bool(error) or score is None or score > self.threshold
-        verdict = Verdict(frame.seq, frame.t_capture, score, self.threshold, ng, time.monotonic(), frame.source, error,
-                          self.model, regions, hits)
+            ng = bool(error) or score is None or score > decider.threshold
+        verdict = Verdict(frame.seq, frame.t_capture, score, decider.threshold, ng, time.monotonic(), frame.source,
+                          error, decider.model, regions, hits, frame.camera)
         self.summary.inspected += 1
         self.summary.ng += int(ng)
         self.latency.add((verdict.t_verdict - frame.t_capture) * 1000.0)  # ms, as Verdict.latency_ms
@@ -204,51 +241,59 @@ class Inspector:
         return verdict
 
     def inspect(self, frames: list[Frame]) -> list[Verdict]:
-        """Pre-process, infer and decide one batch; returns its verdicts in frame order."""
-        good, verdicts = [], {}
-        for frame in frames:
+        """Pre-process, infer and decide one batch (one inference call per scorer); returns its verdicts in
+        frame order."""
+        by_scorer: dict[int, list[tuple[Frame, np.ndarray]]] = {}
+        verdicts: dict[int, Verdict] = {}
+        for i, frame in enumerate(frames):
             try:
-                good.append((frame, check_frame(frame.image)))
+                by_scorer.setdefault(id(self.decider_for(frame).scorer), []).append((i, frame, check_frame(frame.image)))
             except ConfigError as exc:
                 self.summary.malformed += 1
                 log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
-                verdicts[frame.seq] = self._emit(frame, None, f"malformed frame: {exc}")
-        if good:
+                verdicts[i] = self._emit(frame, None, f"malformed frame: {exc}")
+        for group in by_scorer.values():
+            scorer = self.decider_for(group[0][1]).scorer
             try:
-                maps, scores = self.scorer.infer_frames([image for _, image in good])
-                if self.roi is not None:
-                    scores = (maps * self._roi_on(maps.shape[1:])).reshape(len(maps), -1).max(axis=1)
+                maps, scores = scorer.infer_frames([image for _, _, image in group])
                 self._consecutive_errors = 0
             except Exception as exc:  # any backend failure: fail safe (NG) and count
                 self.summary.inference_errors += 1
                 self._consecutive_errors += 1
-                log.error("inference failed for %d frame(s): %s", len(good), exc)
-                for frame, _ in good:
-                    verdicts[frame.seq] = self._emit(frame, None, f"inference failed: {exc}")
+                log.error("inference failed for %d frame(s): %s", len(group), exc)
+                for i, frame, _ in group:
+                    verdicts[i] = self._emit(frame, None, f"inference failed: {exc}")
             else:
-                for (frame, _), amap, score in zip(good, maps, scores):
-                    verdicts[frame.seq] = self._emit(frame, float(score), anomaly_map=amap)
-        return [verdicts[f.seq] for f in frames]
+                for (i, frame, _), amap, score in zip(group, maps, scores):
+                    verdicts[i] = self._emit(frame, self.decider_for(frame).score(amap, score), anomaly_map=amap)
+        return [verdicts[i] for i in range(len(frames))]
 
     def apply_switch(self) -> None:
-        """Take a pending model / threshold change (between batches: the last batch finished on the
-        old model). The replaced backend is closed here, after its last batch."""
-        if self.switch.pending is None:
-            return
-        change = self.switch.take()
-        if change is None:
-            return
-        if change.scorer is not None:
-            old, self.scorer, self.roi, self.model = self.scorer, change.scorer, change.roi, change.model
-            self.summary.backend = change.scorer.reason
-            if self.regions is not None and change.bundle is not None:
-                self.regions = self.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
-            retire(old)
-            log.warning("model swapped: now %s from %s", change.model, getattr(change.bundle, "root", "?"))
-        if change.threshold is not None:
-            if self.threshold != change.threshold:
-                log.warning("threshold changed: %.6g -> %.6g", self.threshold, change.threshold)
-            self.threshold = float(change.threshold)
+        """Take pending model / threshold changes (between batches: the last batch finished on the
+        old model). A replaced backend is closed here, after its last batch, unless another camera still
+        uses it."""
+        for name, decider in [("", self.decider), *self.views.items()]:
+            if decider.switch.pending is None:
+                continue
+            change = decider.switch.take()
+            if change is None:
+                continue
+            if change.scorer is not None:
+                old = decider.scorer
+                decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
+                if decider is self.decider:
+                    self.summary.backend = change.scorer.reason
+                if decider.regions is not None and change.bundle is not None:
+                    decider.regions = decider.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
+                if all(d.scorer is not old for d in [self.decider, *self.views.values()]):
+                    retire(old)
+                log.warning("model swapped%s: now %s from %s", f" on camera {name}" if name else "", change.model,
+                            getattr(change.bundle, "root", "?"))
+            if change.threshold is not None:
+                if decider.threshold != change.threshold:
+                    log.warning("threshold changed%s: %.6g -> %.6g", f" on camera {name}" if name else "",
+                                decider.threshold, change.threshold)
+                decider.threshold = float(change.threshold)
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,

@@ -162,11 +162,12 @@ class CameraWatch:
     Called from the inspection loop's tick (every ~0.5 s); sets the output only when the state changes.
     """
 
-    def __init__(self, capture: CaptureThread, scheduler: FaultChannel | None) -> None:
-        self.capture, self.scheduler, self.reason = capture, scheduler, ""
+    def __init__(self, capture: CaptureThread, scheduler: FaultChannel | None, name: str = "") -> None:
+        self.capture, self.scheduler, self.reason, self.name = capture, scheduler, "", name
 
     def __call__(self, _inspector: Inspector | None = None) -> str:
         reason = camera_fault(self.capture.stats())
+        reason = f"camera {self.name}: {reason}" if reason and self.name else reason
         if reason != self.reason:
             if reason:
                 log.error("station cannot inspect: %s", reason)

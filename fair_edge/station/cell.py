@@ -1,0 +1,312 @@
+"""A station of several cameras (``cameras:`` in the station file): one process, one model per distinct
+bundle, the frames of all cameras batched into shared inference calls, one verdict per part.
+
+    cameras ──capture threads──> CaptureMux ──> Inspector (a batch = frames of any camera, one inference
+       │   (on_capture)                          call per bundle; each view decided with its camera's
+       ▼                                         threshold, ROI and rules)
+    PartAssembler <───────── view verdicts ──────────┘
+       │ part opened (first view's capture) ──> RejectScheduler.note_capture(part id)
+       └ part decided (all views, or timed out) ──> RejectScheduler.submit(part verdict) ──> one pulse
+                                                    verdicts.jsonl: a row per view and one per part
+
+``group.by: lane`` skips the assembler: each camera's frames are its own parts, decided by its own
+``RejectScheduler`` on the camera's ``reject`` URLs. ``run`` picks ``run_station`` or ``run_cell`` from the
+station file. Exit codes and fail-safe rules are ``run_station``'s; a camera gone for good holds the fault
+output (naming the camera) while the other cameras go on inspecting, and the run ends with exit code 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from fair_edge.cameras.mux import CaptureMux
+from fair_edge.errors import ConfigError
+from fair_edge.records import Frame, Verdict, new_run_id
+from fair_edge.runtime.hotswap import model_id
+from fair_edge.station.config import CameraSettings, StationConfig
+from fair_edge.station.faults import FaultBoard
+from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
+from fair_edge.station.notify import ServiceNotifier, status_line
+from fair_edge.station.parts import PartAssembler
+from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
+                                   load_roi, open_capture, open_console, open_line_side, open_regions, open_scorer,
+                                   read_bundle, resolve_threshold, run_station)
+from fair_edge.station.views import ViewSettings
+
+log = logging.getLogger(__name__)
+
+NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a part waits this long for its views
+
+
+def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
+    """Run the station the file describes: ``run_cell`` for a ``cameras:`` list, else ``run_station``."""
+    return run_cell(cfg, stop, **kwargs) if cfg.cameras else run_station(cfg, stop, **kwargs)
+
+
+def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
+    """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold
+    where it sets them."""
+    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
+    return dataclasses.replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle,
+                               roi=view.roi or cfg.roi, threshold=cfg.threshold if view.threshold is None else view.threshold)
+
+
+def part_timeout_s(cfg: StationConfig) -> float:
+    """How long a part waits for its views: ``group.part_timeout_ms``, else until its due time at the gate."""
+    if cfg.group.part_timeout_ms is not None:
+        timeout = cfg.group.part_timeout_ms / 1000.0
+        if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
+            raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), found "
+                              f"{cfg.group.part_timeout_ms:g}: the part would reach the gate before its views are all in; "
+                              "lower part_timeout_ms or leave it unset (= the due time).")
+        return timeout
+    if cfg.reject.sinks and cfg.reject.encoder_distance is None:
+        return cfg.reject.delay_ms / 1000.0
+    return NO_GATE_TIMEOUT_S
+
+
+class CellModels:
+    """One loaded model per distinct bundle, and each camera's ``ViewDecider`` over it."""
+
+    def __init__(self, cfg: StationConfig, scorer=None) -> None:
+        self.views: dict[str, ViewDecider] = {}
+        self.bundles: dict[Path, tuple] = {}   # bundle path -> (bundle, scorer)
+        try:
+            for view in cfg.cameras:
+                vcfg = view_config(cfg, view)
+                if vcfg.bundle is None:
+                    raise ConfigError(f"cameras ({view.name}): no bundle; set bundle: for the station or the camera.")
+                key = Path(vcfg.bundle).resolve()
+                if key not in self.bundles:
+                    bundle = read_bundle(vcfg.bundle)
+                    self.bundles[key] = (bundle, scorer or open_scorer(bundle, cfg.backend))
+                bundle, shared = self.bundles[key]
+                self.views[view.name] = ViewDecider(shared, resolve_threshold(vcfg, bundle, shared.graph_threshold),
+                                                    load_roi(vcfg.roi), model_id(bundle), open_regions(vcfg, bundle))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        closed = set()
+        for _, scorer in self.bundles.values():
+            if id(scorer) not in closed:
+                closed.add(id(scorer))
+                scorer.backend.close()
+
+    def close_swapped(self) -> None:
+        """Close backends the cameras took by hot swap (the loaded ones close with ``close``)."""
+        loaded = {id(s) for _, s in self.bundles.values()}
+        for decider in self.views.values():
+            if id(decider.scorer) not in loaded:
+                loaded.add(id(decider.scorer))
+                decider.scorer.backend.close()
+
+
+@dataclasses.dataclass
+class CellLine:
+    """The line side of a cell: the station's ``LineSide`` (recorder, MQTT, metrics, fault output; its
+    scheduler gates parts), and with ``by: lane`` one scheduler per camera."""
+
+    line: LineSide
+    assembler: PartAssembler | None = None
+    lanes: dict = dataclasses.field(default_factory=dict)   # camera -> its RejectScheduler
+    per_camera: dict = dataclasses.field(default_factory=dict)
+
+    def hooks(self, name: str) -> dict[str, Callable[[Frame], None]]:
+        """One camera's capture hooks: its part (or lane) is noted at capture; drops are logged, named."""
+        def on_capture(frame: Frame) -> None:
+            if self.assembler is not None:
+                self.assembler.on_capture(name, frame)
+            elif name in self.lanes:
+                self.lanes[name].note_capture(frame.seq, frame.t_capture)
+
+        def on_drop(frame: Frame) -> None:
+            self.count(name, "dropped")
+            self.line.on_drop(dataclasses.replace(frame, camera=name))
+            if self.assembler is not None:
+                self.assembler.on_drop(name, frame)
+
+        return {"on_capture": on_capture, "on_drop": on_drop}
+
+    def count(self, camera: str, key: str, n: int = 1) -> None:
+        self.per_camera.setdefault(camera, Counter())[key] += n
+
+    def record_view(self, frame: Frame, verdict: Verdict, anomaly_map=None) -> None:
+        """Verdict callback: a lane's gate gets it first; the log a row naming camera and part, MQTT the same."""
+        from fair_edge.line.scheduler import LATE
+
+        self.count(verdict.camera, "inspected")
+        self.count(verdict.camera, "ng", int(verdict.ng))
+        extra: dict = {}
+        if self.assembler is not None:
+            extra["part"] = self.assembler.part_of(verdict.camera, verdict.seq)
+        lane = self.lanes.get(verdict.camera)
+        if lane is not None and lane.submit(verdict) == LATE:
+            extra.update(verdict_late=True, gate=lane.decision(verdict.seq) or "went_by_undecided")
+        self.line.recorder.record(frame, verdict, anomaly_map, extra)
+        if self.line.mqtt is not None:
+            self.line.mqtt.publish_row({**self.line.recorder.log_row(verdict), **extra})
+
+    def on_part(self, verdict: Verdict | None, row: dict) -> None:
+        """The assembler's listener: the gate gets the part's verdict (none when views are missing: the gate
+        rejects it fail-safe at its due time), the log and MQTT the part's row."""
+        from fair_edge.line.scheduler import LATE
+
+        scheduler = self.line.scheduler
+        if verdict is not None and scheduler is not None and scheduler.submit(verdict) == LATE:
+            row = dict(row, verdict_late=True, gate=scheduler.decision(verdict.seq) or "went_by_undecided")
+        self.line.recorder.record_row(row)
+        if self.line.mqtt is not None:
+            self.line.mqtt.publish_part(self.line.recorder.log_row(row))
+
+    def reject_stats(self) -> dict:
+        out = self.line.reject_stats()
+        if self.lanes:
+            out["lanes"] = {name: dict(s.stats(), sinks=s.sink_stats()) for name, s in self.lanes.items()}
+            out["sinks"] = {f"{name}: {sink}": st for name, s in self.lanes.items()
+                            for sink, st in s.sink_stats().items()}
+        return out
+
+
+def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
+    """The station's line side, and the part assembler (``by: part``) or the lanes' schedulers (``by: lane``)."""
+    from fair_edge.line.scheduler import RejectScheduler
+
+    line = open_line_side(cfg, stack, run_id)
+    line.callbacks.remove(line.record_verdict)   # view verdicts are not parts: the cell routes them
+    cell = CellLine(line)
+    line.callbacks.insert(0, cell.record_view)
+    names = [v.name for v in cfg.cameras]
+    if cfg.group.by == "part":
+        scheduler = line.scheduler
+        cell.assembler = PartAssembler(
+            names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
+            on_open=None if scheduler is None else (lambda part, t: scheduler.note_capture(part, t)),
+            count=None if line.encoder is None else line.encoder.count,
+            offsets={v.name: v.offset_counts for v in cfg.cameras})
+        line.callbacks.append(cell.assembler.on_verdict)
+        return cell
+    for view in cfg.cameras:
+        if view.reject:
+            settings = dataclasses.replace(cfg.reject, sinks=view.reject, fault_sinks=())
+            cell.lanes[view.name] = stack.enter_context(RejectScheduler(
+                settings, encoder=line.encoder,
+                on_part=lambda row, name=view.name: line.recorder.record_gate(dict(row, camera=name))))
+    return cell
+
+
+def open_cameras(cfg: StationConfig, cell: CellLine, sources: dict | None = None) -> CaptureMux:
+    """Every camera's capture thread in one mux (not started). sources: camera name -> a frame source to use
+    instead of its ``source`` (tests)."""
+    mux = CaptureMux()
+    captures = {}
+    sources = sources or {}
+    for view in cfg.cameras:
+        vcfg = view_config(cfg, view)
+        gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
+        check_reject_timing(gate, timed_source=view.name in sources or not is_unpaced_replay(vcfg))
+        captures[view.name] = open_capture(vcfg, sources.get(view.name), None, on_queued=mux.wake,
+                                           **cell.hooks(view.name))
+    mux.set_captures(captures)
+    return mux
+
+
+def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
+             duration_s: float | None = None, on_start: Callable[[str], None] | None = None,
+             on_tick: Callable[[Inspector], None] | None = None, scorer=None, sources: dict | None = None,
+             on_console=None, export_reviewed=None) -> RunSummary:
+    """Run a station of several cameras until stopped (see the module doc); returns the summary (also in
+    OUTPUT/summary.json) with each camera's counters and the parts'. scorer: one ``FrameScorer`` for every
+    bundle; sources: camera name -> frame source instead of its ``source`` (both tests). The other
+    arguments are ``run_station``'s."""
+    if not cfg.cameras:
+        raise ConfigError("run_cell: the station file has no cameras: list; use run_station for one camera.")
+    models = CellModels(cfg, scorer)
+    run_id = new_run_id()
+    first = models.views[cfg.cameras[0].name]
+    if on_start is not None:
+        on_start(f"run {run_id}; {len(cfg.cameras)} cameras ({cfg.group.by}s); {len(models.bundles)} model(s); "
+                 f"backend: {first.scorer.reason}")
+    with contextlib.ExitStack() as stack:
+        stack.callback(models.close)
+        stack.callback(models.close_swapped)
+        notifier = stack.enter_context(ServiceNotifier.from_env())
+        cell = open_cell_line(cfg, stack, run_id)
+        line = cell.line
+        mux = stack.enter_context(open_cameras(cfg, cell, sources))
+        faults = FaultBoard(line) if line.scheduler is not None or cell.lanes else None
+        watches = [CameraWatch(capture, faults.channel(f"camera {name}") if faults else None, name)
+                   for name, capture in mux.captures.items()]
+
+        def watch(_inspector=None) -> str:
+            return "; ".join(r for r in (w() for w in watches) if r)
+
+        console = open_console(view_config(cfg, cfg.cameras[0]), list(models.bundles.values())[0][0], faults, stack,
+                               line.metrics, export_reviewed)
+        line.callbacks.append(console.observe)
+        if on_start is not None and console.url:
+            on_start(f"console: {console.url}")
+        inspector = Inspector(mux, first.scorer, first.threshold, settings=cfg.batching, on_verdict=line.callbacks,
+                              views=models.views)
+        inspector.decider = first   # the console's threshold and swap act on the first camera
+        inspector.summary.run_id = run_id
+        console.attach(inspector, mux, line.scheduler, line.recorder, watch)
+        if on_console is not None:
+            on_console(console)
+
+        def tick(insp: Inspector) -> None:
+            reason = watch(insp)
+            line.publish_fault(reason)
+            notifier.status(status_line(insp.summary, reason, mux.stats().dropped_queue_full))
+            console.tick(insp)
+            insp.summary.rejects = cell.reject_stats()
+            if on_tick is not None:
+                on_tick(insp)
+
+        def iteration() -> None:
+            notifier.alive()
+            if cell.assembler is not None:
+                cell.assembler.sweep()
+
+        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
+                                on_iteration=iteration)
+        notifier.stopping(status_line(summary, "stopping"))
+        if cell.assembler is not None:
+            cell.assembler.close_all()
+        finish_cell(cfg, cell, summary, watches, mux)
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    return summary
+
+
+def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches: list[CameraWatch],
+                mux: CaptureMux) -> None:
+    """``finish_line`` for a cell: a camera gone for good is the run's fault (named); the lanes' gates are
+    let finish too; per-camera and part counters go into the summary."""
+    gone = [w() for w in watches]
+    gone = [r for r in gone if "camera gone" in r]
+    if gone and not summary.fault:
+        summary.fault = "; ".join(gone)
+    finish_line(cfg, cell.line, summary, "")
+    travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
+    for lane in cell.lanes.values():
+        if summary.fault:
+            lane.fault(True, summary.fault)
+        lane.wait_idle(timeout_s=(10.0 if cfg.reject.encoder_distance is not None else travel_s) + 1.0)
+        lane.drain_sinks(timeout_s=1.0)
+    summary.rejects = cell.reject_stats()
+    for name, stats in mux.camera_stats().items():
+        counts = cell.per_camera.get(name, Counter())
+        summary.cameras[name] = {"frames_in": stats.frames_in, "inspected": counts["inspected"], "ng": counts["ng"],
+                                 "dropped": stats.dropped_queue_full, "lost": stats.frames_lost_estimate,
+                                 "state": stats.state.value, "end_reason": stats.end_reason}
+    if cell.assembler is not None:
+        summary.parts = dict(cell.assembler.stats)

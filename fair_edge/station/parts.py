@@ -1,0 +1,206 @@
+"""Views of several cameras -> parts: which frames show one part, and the part's one verdict.
+
+``PartAssembler`` is told of every frame at capture (``on_capture``, on the cameras' threads) and
+puts it into a part by the station's ``group.match`` rule (``fair_edge.station.views``); a new part is
+announced at once (``on_open``: the reject gate notes it at its first view's capture time, so it is
+decided at its due time whatever happens to its views). Each view's verdict (``on_verdict``) or drop
+(``on_drop``) is filed with its part. A part closes:
+
+- when every camera's view is inspected: NG when at least ``min_ng`` views are NG (``group.rule``),
+  else OK; its verdict goes to ``on_part`` with the part's row;
+- at ``t_open + timeout_s`` with views missing (a camera took no frame, a frame was dropped or not
+  inspected in time): NG unless the views it has already make it NG, *not inspected*; ``on_part``
+  gets no verdict for the gate (the gate rejects the part fail-safe at its due time, as it does a single
+  camera's part without a verdict) and a row naming the missing cameras;
+- ``close_all()`` at the end of a run closes the rest the same way.
+
+Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
+"ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why}},
+"ng_views", "missing", "rule"}``; ``score`` / ``camera``: the worst view's (highest score / threshold), which
+decided an NG part.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fair_edge.records import Frame, Verdict
+from fair_edge.station.views import GroupSettings
+
+log = logging.getLogger(__name__)
+
+CLOSED_MEMORY = 4096   # closed parts remembered, so a view coming after its part closed is recognised
+PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
+
+
+@dataclass
+class _Part:
+    """A part with its views so far. key: what views are matched on (capture time s, frame seq, or belt count)."""
+
+    part_id: int
+    t_open: float
+    key: float
+    t_close: float
+    seqs: dict[str, int] = field(default_factory=dict)            # camera -> its frame's seq
+    verdicts: dict[str, Verdict] = field(default_factory=dict)    # camera -> its view's verdict
+    dropped: dict[str, str] = field(default_factory=dict)         # camera -> why its frame was not inspected
+
+
+class PartAssembler:
+    """Matches views into parts and decides each part once (see the module doc).
+
+    cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its
+    views after its first view's capture. count: the belt count now (``match: encoder``). offsets: belt
+    counts from the first camera to each one. on_open(part_id, t_capture): a part's first view was
+    captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
+    """
+
+    def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
+                 on_open: Callable[[int, float], None] | None = None, count: Callable[[], int] | None = None,
+                 offsets: dict[str, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if group.match == "encoder" and count is None:
+            raise ValueError("match: encoder needs the belt count (count=)")
+        self.cameras, self.group, self.timeout_s = list(cameras), group, float(timeout_s)
+        self.min_ng = group.min_ng_views(len(self.cameras))
+        self.on_part, self.on_open, self.count, self.clock = on_part, on_open, count, clock
+        self.offsets = dict(offsets or {})
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, _Part] = OrderedDict()
+        self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
+        self._closed: OrderedDict[tuple[str, int], int] = OrderedDict()   # ... for views of closed parts
+        self._next_id = 0
+        self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
+
+    # ---- the cameras' threads -----------------------------------------------------------
+    def on_capture(self, camera: str, frame: Frame) -> int:
+        """File a captured frame under its part (a new one when it matches none); returns the part id."""
+        key = self._key(camera, frame)
+        opened = None
+        with self._lock:
+            part = self._match(camera, key)
+            if part is None:
+                part = _Part(self._next_id, frame.t_capture, key, frame.t_capture + self.timeout_s)
+                self._next_id += 1
+                self._open[part.part_id] = part
+                opened = part
+            part.seqs[camera] = frame.seq
+            self._of[(camera, frame.seq)] = part.part_id
+        if opened is not None and self.on_open is not None:
+            self.on_open(opened.part_id, opened.t_open)
+        return part.part_id
+
+    def on_drop(self, camera: str, frame: Frame, reason: str = "dropped: capture queue full") -> None:
+        """The camera's frame was never inspected (its capture queue dropped it)."""
+        self._file(camera, frame.seq, lambda part: part.dropped.__setitem__(camera, reason))
+
+    # ---- the inspection loop ----------------------------------------------------------------
+    def part_of(self, camera: str, seq: int) -> int | None:
+        """The part id of a camera's frame (open or recently closed), None when unknown."""
+        with self._lock:
+            return self._of.get((camera, seq), self._closed.get((camera, seq)))
+
+    def on_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: object = None) -> None:
+        """A view's verdict (the inspector's callback); closes the part when it was the last view."""
+        self._file(verdict.camera, verdict.seq, lambda part: part.verdicts.__setitem__(verdict.camera, verdict))
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close the parts whose time is up (``t_open + timeout_s``); call it often (the loop's iterations)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            due = [p for p in self._open.values() if p.t_close <= now]
+            for part in due:
+                self._forget(part)
+        for part in due:
+            self._decide(part)
+
+    def close_all(self) -> None:
+        """End of run: close every open part as it stands."""
+        with self._lock:
+            parts = list(self._open.values())
+            for part in parts:
+                self._forget(part)
+        for part in parts:
+            self._decide(part)
+
+    # ---- inside ----------------------------------------------------------------------------
+    def _key(self, camera: str, frame: Frame) -> float:
+        if self.group.match == "sequence":
+            return float(frame.seq)
+        if self.group.match == "encoder":
+            return float(self.count() - self.offsets.get(camera, 0))
+        return frame.t_capture
+
+    def _match(self, camera: str, key: float) -> _Part | None:
+        """The open part this view belongs to (under the lock), None for a new part."""
+        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "sequence": 0}
+        for part in reversed(self._open.values()):
+            if camera not in part.seqs and abs(key - part.key) <= window[self.group.match]:
+                return part
+        return None
+
+    def _file(self, camera: str, seq: int, change: Callable[[_Part], None]) -> None:
+        with self._lock:
+            part = self._open.get(self._of.get((camera, seq), -1))
+            if part is None:
+                if (camera, seq) in self._closed:
+                    self.stats["late_views"] += 1
+                    log.warning("camera %s frame %d: its part %d had closed without it", camera, seq,
+                                self._closed[(camera, seq)])
+                return
+            change(part)
+            complete = len(part.verdicts) + len(part.dropped) == len(self.cameras)
+            if complete:
+                self._forget(part)
+        if complete:
+            self._decide(part)
+
+    def _forget(self, part: _Part) -> None:
+        """Move a part from open to closed (under the lock)."""
+        del self._open[part.part_id]
+        for camera, seq in part.seqs.items():
+            self._of.pop((camera, seq), None)
+            self._closed[(camera, seq)] = part.part_id
+        while len(self._closed) > CLOSED_MEMORY:
+            self._closed.popitem(last=False)
+
+    def _decide(self, part: _Part) -> None:
+        ng_views = [c for c in self.cameras if c in part.verdicts and part.verdicts[c].ng]
+        missing = {c: part.dropped.get(c) or ("not inspected in time" if c in part.seqs else "no frame")
+                   for c in self.cameras if c not in part.verdicts}
+        inspected = not missing or len(ng_views) >= self.min_ng
+        ng = len(ng_views) >= self.min_ng or bool(missing)
+        worst = max(part.verdicts.values(), default=None, key=_badness)
+        row = {"kind": "part", "part": part.part_id, "t_capture": part.t_open, "ng": ng, "inspected": inspected,
+               "score": None if worst is None else worst.score, "camera": None if worst is None else worst.camera,
+               "views": {c: ({"seq": part.verdicts[c].seq, "score": part.verdicts[c].score, "ng": part.verdicts[c].ng}
+                             if c in part.verdicts else {"missing": missing[c]}) for c in self.cameras},
+               "ng_views": ng_views, "missing": sorted(missing), "rule": self.group.rule}
+        if missing:
+            row["reason"] = f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(
+                f"{c} ({why})" for c, why in missing.items())
+        self.stats["parts"] += 1
+        self.stats["ng" if ng else "ok"] += 1
+        self.stats["not_inspected"] += int(not inspected)
+        verdict = None
+        if inspected:
+            decider = worst if ng_views == [] else max((part.verdicts[c] for c in ng_views), key=_badness)
+            verdict = Verdict(part.part_id, part.t_open, None if decider is None else decider.score,
+                              float("nan") if decider is None else decider.threshold, ng, self.clock(),
+                              "" if decider is None else decider.source, "", "" if decider is None else decider.model,
+                              camera="" if decider is None else decider.camera)
+        try:
+            self.on_part(verdict, row)
+        except Exception:   # a sink or log failure must not stop the parts
+            log.exception("part %d: on_part failed", part.part_id)
+
+
+def _badness(verdict: Verdict) -> float:
+    """How far over its threshold a view is (score / threshold; an unscored view is the worst)."""
+    if verdict.score is None:
+        return float("inf")
+    return verdict.score / verdict.threshold if verdict.threshold > 0 else verdict.score

@@ -1,0 +1,148 @@
+"""A station with several cameras: the ``cameras:`` list and the ``group:`` section of the station file.
+
+    cameras:
+      - {name: top,  source: "genicam:Basler-123", bundle: runs/bundle-top}   # bundle / roi / threshold:
+      - {name: left, source: "1", roi: masks/left.png}                       #   the station's when absent
+      - {name: right, source: "2"}
+    group: {by: part, match: window, window_ms: 30, rule: any}
+
+``group.by``:
+- ``part``: the cameras see one part from several sides. Their frames are matched into parts
+  (``match``); the part is NG when its NG views reach the rule (``any`` = one NG view, ``count>=K``
+  = K of them); it is rejected once, at the part's due time (``reject:``: the first view's capture
+  time + ``delay_ms``, or the encoder distance). A view missing when the part closes
+  (``part_timeout_ms`` after its first view, at the latest its due time) makes it a fail-safe reject
+  that names the missing camera.
+- ``lane``: each camera watches its own lane and is a line of its own: its own parts, its own reject
+  output (the camera's ``reject`` URLs), the station's reject timing.
+
+``group.match`` (``by: part``):
+- ``window``: frames captured within ``window_ms`` of a part's first view belong to it (cameras fired
+  by one hardware trigger, or by one light barrier);
+- ``sequence``: the N-th frame of every camera is part N (cameras that count the same triggers; a
+  replay of folders at one rate);
+- ``encoder``: frames captured within ``window_counts`` belt counts of a part's first view (the views
+  are taken at different places along the belt: set each camera's ``offset_counts``).
+
+A station file with ``camera:`` (one camera) works as before; ``cameras:`` and ``camera:`` cannot be
+used together. Several cameras share one model per distinct bundle, and their frames are batched
+into one inference call (``batching.max_batch``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fair_edge import fields as f
+from fair_edge.errors import ConfigError
+
+GROUP_BY = ("part", "lane")
+MATCH_MODES = ("window", "sequence", "encoder")
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+RULE = re.compile(r"^\s*count\s*>=\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """One camera of a multi-camera station.
+
+    name: how records, the console and faults name it (letters, digits, ``_``, ``-``). source, fps,
+    loop, queue_size, full_policy: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
+    this camera's model, region of interest and threshold; None = the station's. reject: this
+    camera's reject output URLs (``group.by: lane`` only; a part station rejects through ``reject.sinks``).
+    offset_counts: belt counts from the first camera to this one (``match: encoder``).
+    """
+
+    name: str
+    source: str
+    fps: float | None = None
+    loop: bool = False
+    queue_size: int = 4
+    full_policy: str = "auto"
+    bundle: Path | None = None
+    roi: Path | None = None
+    threshold: float | None = None
+    reject: tuple[str, ...] = ()
+    offset_counts: int = 0
+
+    @classmethod
+    def from_dict(cls, index: int, data: Any, full_policies: tuple[str, ...]) -> "ViewSettings":
+        where = f"cameras[{index}]"
+        d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "bundle",
+                                       "roi", "threshold", "reject", "offset_counts"])
+        name = f.text(where, "name", d.get("name", f"cam{index}"))
+        f.require(bool(NAME.match(name)), f"{where}.name", "1-32 letters, digits, '_' or '-'", name)
+        f.require("source" in d, f"{where}.source", "a camera spec (index, URL, folder, genicam:...)", "nothing")
+        fps, threshold = d.get("fps"), d.get("threshold")
+        return cls(
+            name=name,
+            source=str(d["source"]),
+            fps=None if fps is None else f.number(where, "fps", fps, minimum=0),
+            loop=f.boolean(where, "loop", d.get("loop", False)),
+            queue_size=f.integer(where, "queue_size", d.get("queue_size", 4), minimum=1),
+            full_policy=f.choice(where, "full_policy", d.get("full_policy", "auto"), full_policies),
+            bundle=Path(f.text(where, "bundle", d["bundle"])) if d.get("bundle") is not None else None,
+            roi=Path(f.text(where, "roi", d["roi"])) if d.get("roi") is not None else None,
+            threshold=None if threshold is None else f.number(where, "threshold", threshold),
+            reject=f.url_list(where, "reject", d.get("reject", [])),
+            offset_counts=f.integer(where, "offset_counts", d.get("offset_counts", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """How the frames of several cameras become parts (see the module doc).
+
+    by: ``part`` or ``lane``. match: ``window``, ``sequence`` or ``encoder``. window_ms: capture-time
+    window of one part, ms. window_counts: encoder-count window of one part. rule: ``any`` or
+    ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
+    = until its due time at the reject gate (``reject.delay_ms``), else 1000 ms.
+    """
+
+    by: str = "part"
+    match: str = "window"
+    window_ms: float = 30.0
+    window_counts: int = 20
+    rule: str = "any"
+    part_timeout_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "GroupSettings":
+        d = f.with_defaults("group", data, cls)
+        rule = f.text("group", "rule", d["rule"])
+        f.require(rule == "any" or bool(RULE.match(rule)), "group.rule", "'any' or 'count>=K'", rule)
+        timeout = d["part_timeout_ms"]
+        return cls(
+            by=f.choice("group", "by", d["by"], GROUP_BY),
+            match=f.choice("group", "match", d["match"], MATCH_MODES),
+            window_ms=f.number("group", "window_ms", d["window_ms"], minimum=0),
+            window_counts=f.integer("group", "window_counts", d["window_counts"], minimum=0),
+            rule=rule.replace(" ", ""),
+            part_timeout_ms=None if timeout is None else f.number("group", "part_timeout_ms", timeout, minimum=1),
+        )
+
+    def min_ng_views(self, n_views: int) -> int:
+        """How many NG views make the part NG (``any`` = 1); ConfigError when the rule asks for more views
+        than the station has."""
+        if self.rule == "any":
+            return 1
+        k = int(RULE.match(self.rule).group(1))
+        if not 1 <= k <= n_views:
+            raise ConfigError(f"group.rule: expected count>=K with 1 <= K <= {n_views} (the cameras of the station), "
+                              f"found {self.rule}; lower K or add cameras.")
+        return k
+
+
+def parse_views(data: Any, full_policies: tuple[str, ...]) -> tuple[ViewSettings, ...]:
+    """The ``cameras:`` list -> its views; ConfigError for an empty list or repeated names."""
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"cameras: expected a list of cameras ({{name, source, ...}} each), found {data!r}.")
+    views = tuple(ViewSettings.from_dict(i, item, full_policies) for i, item in enumerate(data))
+    names = [v.name for v in views]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"cameras: each camera needs its own name; {', '.join(repeated)} is used more than once.")
+    return views

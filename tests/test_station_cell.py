@@ -1,0 +1,428 @@
+"""Several cameras, one part (fair_edge.station.cell): real bundles on ONNX Runtime, replayed cameras, a real
+Modbus TCP server for the reject output. Assertions are order and accounting; no bound hopes the machine is idle."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fair_edge.errors import ConfigError
+from fair_edge.line.settings import RecordSettings, RejectSettings
+from fair_edge.records import Frame, Verdict
+from fair_edge.station.cell import run_cell
+from fair_edge.station.config import StationConfig
+from fair_edge.station.parts import PartAssembler
+from fair_edge.station.views import GroupSettings, ViewSettings
+
+pytest.importorskip("pymodbus")
+
+
+# ----------------------------------------------------------------------------- the assembler alone (fake clock)
+def verdict(camera: str, seq: int, ng: bool, score: float = 0.5) -> Verdict:
+    return Verdict(seq, 0.0, score, 1.0, ng, 0.0, camera=camera)
+
+
+def test_window_match_groups_views_and_any_ng_view_makes_the_part_ng():
+    parts, opened = [], []
+    asm = PartAssembler(["top", "left"], GroupSettings(match="window", window_ms=30), 1.0,
+                        on_part=lambda v, row: parts.append((v, row)), on_open=lambda p, t: opened.append((p, t)),
+                        clock=lambda: 0.0)
+    assert asm.on_capture("top", Frame(0, 10.000, np.zeros(1))) == 0
+    assert asm.on_capture("left", Frame(0, 10.020, np.zeros(1))) == 0     # within 30 ms: the same part
+    assert asm.on_capture("top", Frame(1, 10.025, np.zeros(1))) == 1      # top already seen in part 0: a new part
+    assert asm.on_capture("left", Frame(1, 10.100, np.zeros(1))) == 2     # outside every window
+    assert opened == [(0, 10.0), (1, 10.025), (2, 10.1)]
+    asm.on_verdict(None, verdict("top", 0, False, 0.2))
+    assert parts == []                                                     # left still to come
+    asm.on_verdict(None, verdict("left", 0, True, 3.0))
+    (v, row), = parts
+    assert (v.seq, v.ng, v.camera, v.score) == (0, True, "left", 3.0)
+    assert row["ng_views"] == ["left"] and row["missing"] == [] and row["inspected"]
+    assert row["views"]["top"] == {"seq": 0, "score": 0.2, "ng": False}
+
+
+def test_count_rule_and_a_missing_view_is_named_and_left_to_the_gate():
+    parts = []
+    now = [0.0]
+    asm = PartAssembler(["a", "b", "c"], GroupSettings(match="sequence", rule="count>=2"), 0.5,
+                        on_part=lambda v, row: parts.append((v, row)), clock=lambda: now[0])
+    for cam in "abc":
+        asm.on_capture(cam, Frame(0, 0.0, np.zeros(1)))
+    asm.on_verdict(None, verdict("a", 0, True))
+    asm.on_verdict(None, verdict("b", 0, False))
+    asm.on_verdict(None, verdict("c", 0, False))
+    assert parts[-1][0].ng is False and parts[-1][1]["ng_views"] == ["a"]   # one NG view of three: count>=2 passes
+    asm.on_capture("a", Frame(1, 0.1, np.zeros(1)))
+    asm.on_capture("b", Frame(1, 0.1, np.zeros(1)))
+    asm.on_drop("b", Frame(1, 0.1, np.zeros(1)))
+    asm.on_verdict(None, verdict("a", 1, False))
+    now[0] = 0.59
+    asm.sweep()
+    assert len(parts) == 1                      # not yet timed out
+    now[0] = 0.61
+    asm.sweep()
+    v, row = parts[-1]
+    assert v is None and row["ng"] and not row["inspected"]   # no verdict for the gate: it rejects fail-safe
+    assert row["missing"] == ["b", "c"] and row["views"]["b"] == {"missing": "dropped: capture queue full"}
+    assert row["views"]["c"] == {"missing": "no frame"} and "b (dropped" in row["reason"]
+    asm.on_verdict(None, verdict("c", 1, False))               # a view after its part closed: counted, ignored
+    assert asm.stats == {"parts": 2, "ng": 1, "ok": 1, "not_inspected": 1, "late_views": 0}
+
+
+def test_station_file_with_cameras_is_checked():
+    ok = StationConfig.from_dict({"bundle": "b", "cameras": [{"name": "top", "source": "d1"},
+                                                              {"name": "left", "source": "d2", "threshold": 2}],
+                                  "group": {"match": "sequence", "rule": "count>=2"}})
+    assert [v.name for v in ok.cameras] == ["top", "left"] and ok.cameras[1].threshold == 2.0
+    bad = [({"camera": {"source": "0"}, "cameras": [{"source": "1"}]}, "either camera"),
+           ({"cameras": [{"name": "a", "source": "1"}, {"name": "a", "source": "2"}]}, "a is used more than once"),
+           ({"cameras": [{"name": "a b", "source": "1"}]}, r"cameras\[0\]\.name"),
+           ({"cameras": [{"name": "a"}]}, r"cameras\[0\]\.source"),
+           ({"cameras": [{"source": "1"}], "group": {"rule": "count>=2"}}, "1 <= K <= 1"),
+           ({"cameras": [{"source": "1", "reject": ["log://"]}]}, "group.by: lane"),
+           ({"cameras": [{"source": "1"}], "group": {"by": "lane"}, "reject": {"sinks": ["log://"]}}, "own reject"),
+           ({"cameras": [{"source": "1"}], "group": {"match": "encoder"}}, "reject.encoder"),
+           ({"camera": {"source": "1"}, "group": {"by": "lane"}}, "only a station with a cameras")]
+    for data, words in bad:
+        with pytest.raises(ConfigError, match=words):
+            StationConfig.from_dict(data)
+
+
+# ----------------------------------------------------------------------------- real bundles, replayed cameras
+@pytest.fixture(scope="module")
+def scored(station_bundles, conveyor_dir):
+    """The plate's 12 images with the fp32 bundle's scores: (images sorted by score, threshold between the
+    lowest 8 and the highest)."""
+    from fair_edge.station.run import open_scorer
+
+    paths = sorted(conveyor_dir.iterdir())
+    images = [cv2.imread(str(p)) for p in paths]
+    scorer = open_scorer(station_bundles[0], "onnxruntime")
+    try:
+        _, scores = scorer.infer_frames(images)
+    finally:
+        scorer.backend.close()
+    order = np.argsort(scores)
+    assert scores[order[-1]] > scores[order[7]]
+    return [images[i] for i in order], float((scores[order[7]] + scores[order[-1]]) / 2)
+
+
+def camera_folders(root: Path, images: list[np.ndarray], plan: dict[str, list[int]]) -> dict[str, Path]:
+    """One replay folder per camera: plan[camera] = indices into ``images`` (sorted by score), in order."""
+    out = {}
+    for cam, idx in plan.items():
+        folder = root / cam
+        folder.mkdir()
+        for k, i in enumerate(idx):
+            cv2.imwrite(str(folder / f"{k:03d}.png"), images[i])
+        out[cam] = folder
+    return out
+
+
+def rows(out: Path) -> tuple[list[dict], list[dict]]:
+    lines = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    return [r for r in lines if r.get("kind") != "part"], [r for r in lines if r.get("kind") == "part"]
+
+
+class CountingScorer:
+    """A frame scorer that records how many frames each inference call took."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+        self.reason, self.graph_threshold, self.backend = inner.reason, inner.graph_threshold, inner.backend
+
+    def infer_frames(self, frames):
+        self.calls.append(len(frames))
+        return self.inner.infer_frames(frames)
+
+
+def test_three_cameras_share_one_model_and_batch_across_cameras(station_bundles, scored, tmp_path):
+    """Three unpaced replays (every frame inspected): one model loaded, inference calls of several cameras'
+    frames, one row per view and one per part; the part is NG exactly when its one bad view is."""
+    from fair_edge.station.run import open_scorer
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3], "left": [4, 5, 11, 6], "right": [7, 0, 1, 2]})
+    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+                        cameras=tuple(ViewSettings(c, str(folders[c]), queue_size=4) for c in ("top", "left", "right")),
+                        group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path, save_ng_images=True),
+                        batching=dataclass_replace_batch(3)).checked()
+    scorer = CountingScorer(open_scorer(station_bundles[0], "onnxruntime"))
+    summary = run_cell(cfg, threading.Event(), scorer=scorer)
+    views, parts = rows(tmp_path)
+    assert sum(scorer.calls) == 12 == summary.inspected and max(scorer.calls) > 1   # batched across cameras
+    assert len(scorer.calls) < 12
+    assert sorted((r["camera"], r["seq"]) for r in views) == sorted((c, s) for c in folders for s in range(4))
+    assert all(r["part"] == r["seq"] for r in views)                         # sequence match: frame N = part N
+    assert [p["part"] for p in sorted(parts, key=lambda p: p["part"])] == [0, 1, 2, 3]
+    assert [p["ng"] for p in sorted(parts, key=lambda p: p["part"])] == [False, False, True, False]
+    bad = next(p for p in parts if p["ng"])
+    assert bad["ng_views"] == ["left"] and bad["camera"] == "left" and bad["views"]["left"]["ng"]
+    assert summary.parts == {"parts": 4, "ng": 1, "ok": 3, "not_inspected": 0, "late_views": 0}
+    assert {c: s["inspected"] for c, s in summary.cameras.items()} == {"top": 4, "left": 4, "right": 4}
+    assert summary.cameras["left"]["ng"] == 1 and summary.ng == 1
+    assert sorted(p.name for p in (tmp_path / "ng").iterdir())[0].split("_", 1)[1].startswith("left_00000002")
+
+
+def dataclass_replace_batch(n: int):
+    from fair_edge.station.inspector import LoopSettings
+
+    return LoopSettings(max_batch=n, max_wait_ms=20.0)
+
+
+def test_one_ng_view_is_rejected_once_and_a_missing_view_fail_safe_on_a_real_plc(station_bundles, scored, tmp_path):
+    """Paced replays of three cameras (4 frames/s), the gate 1.2 s after capture, pulses on a Modbus coil:
+    part 1 has one NG view (left) and part 3 has no right view (its camera took 3 frames). Each is rejected
+    exactly once; the others pass. A verdict that came after its part's due time is rejected uninspected
+    (counted); the PLC's rises equal the pulses the sink wrote."""
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3], "left": [4, 11, 5, 6], "right": [7, 0, 1]})
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
+            cameras=tuple(ViewSettings(c, str(folders[c]), fps=4, queue_size=8) for c in ("top", "left", "right")),
+            group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "out"),
+            batching=dataclass_replace_batch(3),
+            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",), delay_ms=1200,
+                                  pulse_ms=20, min_gap_ms=10, late_ms=10)).checked()
+        summary = run_cell(cfg, threading.Event())
+        time.sleep(0.1)
+        rises = plc.rises(0)
+    finally:
+        plc.close()
+    views, parts = rows(tmp_path / "out")
+    by_part = {p["part"]: p for p in parts}
+    assert sorted(by_part) == [0, 1, 2, 3]
+    assert [by_part[i]["ng"] for i in range(4)] == [False, True, False, True]
+    assert by_part[1]["ng_views"] == ["left"] and by_part[3]["missing"] == ["right"]
+    assert by_part[3]["views"]["right"] == {"missing": "no frame"} and not by_part[3]["inspected"]
+    gate = [json.loads(line) for line in (tmp_path / "out" / "gate.jsonl").read_text().splitlines()]
+    decided = {r["seq"]: r["gate"] for r in gate if r["event"] == "gate"}
+    assert sorted(decided) == [0, 1, 2, 3]                             # each part decided once at the gate
+    late = {p["part"] for p in parts if p.get("verdict_late")}
+    for part in range(4):
+        want = {1: "rejected_ng", 3: "rejected_uninspected"}.get(part, "passed")
+        assert decided[part] == ("rejected_uninspected" if part in late else want), (part, decided, late)
+    (sink,) = summary.rejects["sinks"].values()
+    fired = summary.rejects["fired"]
+    assert fired == sum(g.startswith("rejected") for g in decided.values()) >= 2 and sink["pulses"] == fired
+    assert len(rises) == sink["delivered"] + sink["late_writes"] <= fired   # each rise a pulse the sink wrote
+    assert sink["missed"] == fired - sink["delivered"] - sink["late_writes"]
+
+
+def test_a_camera_that_unplugs_faults_the_station_while_the_others_inspect(station_bundles, scored, tmp_path):
+    """The right camera's link dies for good after 2 frames: the fault output (a Modbus coil) rises naming no other
+    camera, top and left inspect all their frames, and the parts without a right view are rejected fail-safe."""
+    from fair_edge.cameras import LineSource
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
+
+    images, threshold = scored
+    good = images[:4]
+    sources = {"top": LineSource(good, fps=4, loop=False, name="top"),
+               "left": LineSource(good, fps=4, loop=False, name="left"),
+               "right": LineSource(good, fps=4, loop=False, fail_at={2: "dead"}, name="right")}
+    plc = SimulatedPlc().start()
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def tick(insp):
+        seen.append(insp.summary.rejects.get("fault_output", ""))
+        if insp.capture.captures["top"].ended and insp.capture.captures["left"].ended and seen[-1]:
+            stop.set()
+
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+            cameras=tuple(ViewSettings(c, c) for c in sources), group=GroupSettings(match="sequence"),
+            record=RecordSettings(dir=tmp_path),
+            reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",),
+                                  fault_sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=1",), delay_ms=1500,
+                                  pulse_ms=20, min_gap_ms=10, late_ms=10)).checked()
+        summary = run_cell(cfg, stop, sources=sources, on_tick=tick, duration_s=60)
+        time.sleep(0.1)
+        fault_rises = plc.rises(1)
+    finally:
+        plc.close()
+    assert stop.is_set()                                     # ended by the test on seeing the fault, not the clock
+    assert any(s.startswith("camera right: camera reconnecting") for s in seen)
+    assert not any("camera top" in s or "camera left" in s for s in seen)
+    assert len(fault_rises) >= 1
+    assert summary.cameras["top"]["inspected"] == summary.cameras["left"]["inspected"] == 4
+    assert summary.cameras["right"]["inspected"] == 2
+    _, parts = rows(tmp_path)
+    by_part = {p["part"]: p for p in parts}
+    assert [by_part[i]["missing"] for i in range(4)] == [[], [], ["right"], ["right"]]
+
+
+def test_a_lane_station_pulses_each_lanes_own_output(station_bundles, scored, tmp_path):
+    """group.by: lane: two cameras, each its own line with its own Modbus coil; lane a's NG part (frame 1) pulses
+    coil 0 only, lane b's (frame 2) coil 1 only: decided per lane, counted per lane, each rise a written pulse."""
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"a": [0, 11, 1, 2], "b": [3, 4, 11, 5]})
+    plc = SimulatedPlc().start()
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
+            cameras=tuple(ViewSettings(c, str(folders[c]), fps=4, queue_size=8,
+                                       reject=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil={i}",))
+                          for i, c in enumerate("ab")),
+            group=GroupSettings(by="lane"), record=RecordSettings(dir=tmp_path / "out"),
+            reject=RejectSettings(delay_ms=1200, pulse_ms=20, min_gap_ms=10, late_ms=10)).checked()
+        summary = run_cell(cfg, threading.Event())
+        time.sleep(0.1)
+        rises = {0: plc.rises(0), 1: plc.rises(1)}
+    finally:
+        plc.close()
+    views, parts = rows(tmp_path / "out")
+    assert parts == [] and sorted((r["camera"], r["seq"]) for r in views) == [(c, s) for c in "ab" for s in range(4)]
+    gate = [json.loads(line) for line in (tmp_path / "out" / "gate.jsonl").read_text().splitlines()]
+    decided = {(r["camera"], r["seq"]): r["gate"] for r in gate if r["event"] == "gate"}
+    assert len(decided) == 8
+    late = {(r["camera"], r["seq"]) for r in views if r.get("verdict_late")}
+    for (cam, seq), outcome in decided.items():
+        want = "rejected_ng" if (cam, seq) in {("a", 1), ("b", 2)} else "passed"
+        assert outcome == ("rejected_uninspected" if (cam, seq) in late else want), (cam, seq, outcome)
+    for i, cam in enumerate("ab"):
+        lane = summary.rejects["lanes"][cam]
+        (sink,) = lane["sinks"].values()
+        assert lane["fired"] == sum(o.startswith("rejected") for (c, _), o in decided.items() if c == cam) >= 1
+        assert len(rises[i]) == sink["delivered"] + sink["late_writes"] <= lane["fired"]
+
+
+def test_hot_swap_of_one_cameras_bundle_leaves_the_others_running(station_bundles, scored, tmp_path):
+    """Two cameras on the fp32 bundle; mid-run the left camera is swapped to the fp16 bundle: from then on its
+    views carry the fp16 model's id, the top camera's all stay on fp32, and no frame goes uninspected."""
+    from fair_edge.runtime.hotswap import model_id
+    from fair_edge.station.run import load_change
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": list(range(8)), "left": list(range(8))})
+    fp32, fp16 = (model_id(b) for b in station_bundles)
+    swapped = []
+
+    def tick(insp):
+        if not swapped:
+            insp.views["left"].switch.request(load_change(station_bundles[1].root, "onnxruntime", None, threshold))
+            swapped.append(insp.summary.inspected)
+
+    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
+                        cameras=tuple(ViewSettings(c, str(folders[c]), fps=3, queue_size=8) for c in ("top", "left")),
+                        group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "o")).checked()
+    summary = run_cell(cfg, threading.Event(), on_tick=tick)
+    views, parts = rows(tmp_path / "o")
+    top = [r["model"] for r in sorted(views, key=lambda r: r["seq"]) if r["camera"] == "top"]
+    left = [r["model"] for r in sorted(views, key=lambda r: r["seq"]) if r["camera"] == "left"]
+    assert swapped and fp32 != fp16
+    assert top == [fp32] * 8
+    assert len(left) == 8 and left[-1] == fp16 and left == sorted(left, key=lambda m: m == fp16)   # fp32 ... fp16
+    assert summary.inspected == 16 and len(parts) == 8
+
+
+
+def test_a_genicam_camera_and_a_replay_grouped_into_parts(station_bundles, scored, tmp_path):
+    """Aravis's simulated GigE camera (5 frames/s) and a replayed camera (5 frames/s) matched by capture time
+    within 100 ms (half their period, so every frame has a partner in reach): every view is in exactly one part,
+    no part has two views of one camera, complete parts are decided by their views and incomplete ones (at most
+    the pairing's first and last) name the missing camera."""
+    from test_cameras_aravis import FAKE, FakeCamera, _aravis_importable
+
+    if FAKE is None or not _aravis_importable():
+        pytest.skip("needs arv-fake-gv-camera-0.8 (apt: aravis-tools) and gir1.2-aravis-0.8; .ci/run installs them")
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"belt": [0, 1, 2, 3, 4, 5, 6, 7]})
+    camera = FakeCamera("FE0042").start()
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
+            cameras=(ViewSettings("gige", "aravis:Aravis-Fake-FE0042", fps=5, queue_size=8),
+                     ViewSettings("belt", str(folders["belt"]), fps=5, queue_size=8)),
+            group=GroupSettings(match="window", window_ms=100), record=RecordSettings(dir=tmp_path / "o")).checked()
+        stop = threading.Event()
+
+        def tick(insp):
+            if insp.capture.captures["belt"].ended:
+                stop.set()
+
+        summary = run_cell(cfg, stop, on_tick=tick, duration_s=60)
+    finally:
+        camera.kill()
+    views, parts = rows(tmp_path / "o")
+    assert summary.cameras["gige"]["inspected"] >= 5 and summary.cameras["belt"]["inspected"] == 8
+    member = [(c, v["seq"]) for p in parts for c, v in p["views"].items() if "seq" in v]
+    assert sorted(member) == sorted((r["camera"], r["seq"]) for r in views if "part" in r and r["part"] is not None)
+    assert len(member) == len(set(member))                                  # each view in one part only
+    complete = [p for p in parts if not p["missing"]]
+    assert len(complete) >= 3 and all(p["inspected"] for p in complete)
+    assert all(p["ng"] == any(v["ng"] for v in p["views"].values()) for p in complete)
+    assert all(p["missing"] in (["gige"], ["belt"]) and not p["inspected"] or p["ng"] for p in parts if p["missing"])
+
+
+def test_part_rows_reach_mqtt_as_logged(station_bundles, scored, tmp_path):
+    """Part rows go to PREFIX/parts (a real mosquitto), field for field as in the verdict log; view rows to
+    PREFIX/verdicts with their camera and part."""
+    from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector
+
+    pytest.importorskip("paho.mqtt")
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
+    from fair_edge.line.settings import MqttSettings
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 11], "left": [1, 2]})
+    broker = MosquittoBroker(tmp_path).start()
+    collector = None
+    try:
+        collector = MqttCollector(broker.port, "cell/#")
+        cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold,
+                            output=tmp_path / "o", mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}/cell"),
+                            cameras=tuple(ViewSettings(c, str(folders[c])) for c in ("top", "left")),
+                            group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "o")).checked()
+        run_cell(cfg, threading.Event())
+        deadline = time.monotonic() + 10
+        while len(collector.messages.get("cell/parts", [])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        if collector is not None:
+            collector.close()
+        broker.close()
+    views, parts = rows(tmp_path / "o")
+    assert sorted(collector.messages["cell/parts"], key=lambda p: p["part"]) == sorted(parts, key=lambda p: p["part"])
+    assert [p["ng"] for p in sorted(parts, key=lambda p: p["part"])] == [False, True]
+    on_wire = sorted((r["camera"], r["seq"], r["part"]) for r in collector.messages["cell/verdicts"])
+    assert on_wire == sorted((r["camera"], r["seq"], r["part"]) for r in views) and len(on_wire) == 4
+
+
+def test_fair_edge_run_takes_a_station_file_with_cameras(station_bundles, scored, tmp_path):
+    """`fair-edge run --station cell.yaml` runs the cell (summary per camera and per part, exit 0); --camera with
+    a cameras: list is refused, naming the file; --fps paces every camera."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 1, 11], "left": [2, 3, 4]})
+    station = tmp_path / "cell.yaml"
+    station.write_text(yaml.safe_dump({
+        "bundle": str(station_bundles[0].root), "backend": "onnxruntime", "output": str(tmp_path / "o"),
+        "decision": {"threshold": threshold}, "console": {"enabled": False},
+        "cameras": [{"name": "top", "source": str(folders["top"])}, {"name": "left", "source": str(folders["left"])}],
+        "group": {"match": "sequence"}}))
+    result = CliRunner().invoke(app, ["run", "--station", str(station), "--fps", "20"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["parts"]["parts"] == 3 and summary["parts"]["ng"] == 1
+    assert {c: s["inspected"] for c, s in summary["cameras"].items()} == {"top": 3, "left": 3}
+    refused = CliRunner().invoke(app, ["run", "--station", str(station), "--camera", "0"], terminal_width=200)
+    assert refused.exit_code == 2 and "lists 2 cameras" in " ".join(refused.output.split())
