@@ -75,16 +75,18 @@ def expected_roi_threshold(maps: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def run_station_with(bundle_root: Path, frames_dir: Path, out: Path, roi: Path | None, threshold: float | None = None):
-    """Open a station on ONNX Runtime over 4 frames; returns (its verdict rows, the console's drift quantiles)."""
+    """Open a station on ONNX Runtime over 4 frames; returns (its verdict rows, the console's drift quantiles,
+    the start lines it printed)."""
     from fair_edge.station.run import run_station
 
     cfg = StationConfig(camera=CameraSettings(source=str(frames_dir)), bundle=bundle_root, backend="onnxruntime",
                         threshold=threshold, roi=roi, output=out, record=RecordSettings(dir=out),
                         console=ConsoleSettings(enabled=False))
-    seen = {}
-    run_station(cfg, threading.Event(), max_frames=4, on_console=lambda c: seen.update(drift=c.feed.drift.quantiles))
+    seen, started = {}, []
+    run_station(cfg, threading.Event(), max_frames=4, on_start=started.append,
+                on_console=lambda c: seen.update(drift=c.feed.drift.quantiles))
     rows = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("score") is not None], seen["drift"]
+    return [r for r in rows if r.get("score") is not None], seen["drift"], started
 
 
 def as_old_bundle(bundle, dest: Path) -> Path:
@@ -114,8 +116,9 @@ def test_an_roi_station_uses_a_threshold_calibrated_on_the_roi_score(bundles, no
     bundle = bundles["fp32"]
     expected, scores = expected_roi_threshold(station_maps(bundle, normals))
     frames = write_pngs(tmp_path / "frames", normals[:4])
-    rows, drift = run_station_with(bundle.root, frames, tmp_path / "out", roi_png)
+    rows, drift, started = run_station_with(bundle.root, frames, tmp_path / "out", roi_png)
     assert [r["threshold"] for r in rows] == pytest.approx([expected] * 4, rel=1e-5)
+    assert "calibrated on max(map x ROI) of 40 held-out normal maps" in started[0]   # which threshold, and why
     assert abs(expected - bundle.threshold.value) > 1e-3   # the family's image-score threshold: another quantity
     # the false-reject measure on the held-out normals: at most the bundle's rate (+ 1/N)
     assert (scores > rows[0]["threshold"]).mean() <= bundle.threshold.false_reject_rate + 1 / N_NORMAL
@@ -128,10 +131,10 @@ def test_an_roi_station_uses_a_threshold_calibrated_on_the_roi_score(bundles, no
 def test_without_an_roi_or_with_a_threshold_nothing_changes(bundles, normals, roi_png, tmp_path):
     bundle = bundles["fp32"]
     frames = write_pngs(tmp_path / "frames", normals[:4])
-    rows, drift = run_station_with(bundle.root, frames, tmp_path / "plain", None)
+    rows, drift, started = run_station_with(bundle.root, frames, tmp_path / "plain", None)
     assert [r["threshold"] for r in rows] == pytest.approx([bundle.threshold.value] * 4)
     assert tuple(drift) == pytest.approx(bundle.threshold.normal_quantiles)
-    rows, _ = run_station_with(bundle.root, frames, tmp_path / "set", roi_png, threshold=0.5)
+    rows, _, _ = run_station_with(bundle.root, frames, tmp_path / "set", roi_png, threshold=0.5)
     assert {r["threshold"] for r in rows} == {0.5}
 
 
@@ -145,9 +148,9 @@ def test_an_old_bundle_with_an_roi_and_no_threshold_refuses_to_start(bundles, no
     message = str(err.value)
     assert "decision.roi" in message and "no held-out normal maps" in message
     assert "fair-edge build --normal" in message and "set decision.threshold" in message   # both fixes
-    rows, drift = run_station_with(old, frames, tmp_path / "set", roi_png, threshold=0.5)   # the second fix
+    rows, drift, started = run_station_with(old, frames, tmp_path / "set", roi_png, threshold=0.5)   # the second fix
     assert {r["threshold"] for r in rows} == {0.5} and drift is None   # no distribution in the ROI score's units
-    rows, _ = run_station_with(old, frames, tmp_path / "plain", None)   # without an ROI it runs as before
+    rows, _, _ = run_station_with(old, frames, tmp_path / "plain", None)   # without an ROI it runs as before
     assert [r["threshold"] for r in rows] == pytest.approx([bundles["fp32"].threshold.value] * 4)
 
 
@@ -164,15 +167,17 @@ def test_a_tampered_or_missing_maps_file_fails_the_bundle_check(bundles, tmp_pat
         load_bundle(missing)
 
 
-def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path):
+def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, caplog):
     from fair_edge.console.actions import _quantiles
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector
     from fair_edge.station.run import load_change, load_roi
 
     bundle = bundles["int8"]
-    change = load_change(bundle.root, "onnxruntime", roi_png)
+    with caplog.at_level("WARNING", logger="fair_edge.station.decision"):
+        change = load_change(bundle.root, "onnxruntime", roi_png)
     try:
+        assert "calibrated on max(map x ROI)" in caplog.text and f"{change.threshold:.6g}" in caplog.text
         # ONNX Runtime runs the INT8 CPU graph: calibrated on that graph's maps
         expected, scores = expected_roi_threshold(station_maps(bundle, normals))
         assert change.threshold == pytest.approx(expected, rel=1e-5)

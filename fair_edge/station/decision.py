@@ -111,5 +111,7 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
             f"calibrated on max(map x ROI) of {calibration.n_normal} held-out normal maps at the bundle's "
             f"false-reject rate {calibration.false_reject_rate:g} (measured {calibration.measured_false_reject_rate:.4g});"
             f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration)
-    log.info("decision threshold %.6g: %s", decided.value, decided.reason)
+    # the default level shows it where it replaces the bundle's threshold (start and hot swap alike)
+    log.log(logging.WARNING if roi is not None and explicit is None else logging.INFO,
+            "decision threshold %.6g: %s", decided.value, decided.reason)
     return decided
