@@ -6,7 +6,8 @@
      (``--max-drop``), the INT8 graphs are measured on held-out frames and their most sensitive layers
      kept float32 until within the limit, or the build is refused (``calibration.int8_gate``),
   3. accuracy of that graph vs fp32 on the available normal frames (ONNX Runtime, CPU),
-  4. decision threshold from normal scores of the deployed graph (plus F1 with defects),
+  4. decision threshold from normal scores of the deployed graph (plus F1 with defects); the normal frames'
+     anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them),
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
 All of it happens in a temporary folder next to the target, moved into place only when complete.
@@ -35,6 +36,7 @@ from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
+from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP
@@ -159,16 +161,17 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
 
 
 def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None,
-               source: str) -> tuple[Threshold | None, PixelThreshold | None]:
+               source: str) -> tuple[Threshold | None, PixelThreshold | None, list[np.ndarray]]:
     """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) on the
-    held-out frames, pre-processed once per build (``HeldOut``), and the pixel threshold (defect regions)
-    from the same normal frames' maps."""
+    held-out frames, pre-processed once per build (``HeldOut``), the pixel threshold (defect regions) from the
+    same normal frames' maps, and those maps ((h, w) float32 each; kept in the bundle: ``export.normal_maps``)."""
     if held is None:
-        return None, None
+        return None, None, []
     maps, scores = held.maps_scores(graph)
     defect_scores = scores[held.n_normal:] if held.n_defect else None
+    normal_maps = maps[: held.n_normal]
     return (calibrate_threshold(scores[: held.n_normal], defect_scores, options.false_reject_rate, source=source),
-            calibrate_pixel_threshold(maps[: held.n_normal], options.pixel_quantile, source=source))
+            calibrate_pixel_threshold(normal_maps, options.pixel_quantile, source=source), normal_maps)
 
 
 def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs | None) -> Path | None:
@@ -200,7 +203,7 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
 
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
               delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None,
-              gate: GateReport | None = None, pixel: PixelThreshold | None = None) -> dict:
+              gate: GateReport | None = None, pixel: PixelThreshold | None = None, maps: dict | None = None) -> dict:
     calibration = None
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
@@ -209,7 +212,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
         "graph": {"onnx": graph.name, "reference_onnx": PRECISIONS["fp32"].onnx_name, "opset": OPSET,
                   "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
-        "pixel_threshold": pixel.to_dict() if pixel else None,
+        "pixel_threshold": pixel.to_dict() if pixel else None, "normal_maps": maps,
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
@@ -286,15 +289,18 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
             n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
         names = ckpt.model.input_names
         delta = graph_delta(OnnxGraph(fp32, names), OnnxGraph(graph, names), probe)
-    threshold, pixel = _threshold(graph, options, held, source)
+    threshold, pixel, normal_maps = _threshold(graph, options, held, source)
+    maps = write_normal_maps(out, NORMAL_MAPS, normal_maps)
     cpu = None
     if cpu_graph is not None:
-        cpu_threshold, _ = _threshold(cpu_graph, options, held, source)
-        cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None}
+        cpu_threshold, _, cpu_maps = _threshold(cpu_graph, options, held, source)
+        cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None,
+               "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, cpu_maps)}
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
-    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel))
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel, maps))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
-        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate, pixel))
+        write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate, pixel,
+                                      maps))
     load_bundle(out)  # verified before it is moved into place
     return delta, parity, reused, engine is not None, note, gate

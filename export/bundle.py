@@ -4,9 +4,11 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   model: {family, family_version, settings, preprocess, inputs, outputs} (``ModelSpec.to_dict`` plus
   the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
-  cpu: {onnx, threshold} of the INT8 graph for CPU engines, or null};
+  cpu: {onnx, threshold, normal_maps} of the INT8 graph for CPU engines, or null};
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
-  or null (absent in bundles built before regions); calibration: {method, num_images, percentile, cache} or null;
+  or null (absent in bundles built before regions); normal_maps: {file, count, of, shape} of the held-out
+  normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
+  null (absent in bundles built before them); calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   facts: the family's figures about this model (``ModelFamily.facts``, e.g. PatchCore's memory bank MB);
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -83,6 +85,9 @@ class Bundle:
     pixel_threshold: the defect regions' pixel threshold (``fair_edge.regions``), calibrated on the same
     normal images as ``threshold``; None in bundles built before regions (the station then finds none
     unless its file sets ``regions.pixel_threshold``).
+    normal_maps_path, cpu_normal_maps_path: the held-out normal maps of the graph / of the CPU graph
+    (``export.normal_maps``: (N, h, w) float32 .npy, checksummed), None in bundles built before them or
+    without normal images.
     """
 
     root: Path
@@ -99,6 +104,8 @@ class Bundle:
     cpu_onnx_path: Path | None = None
     cpu_threshold: Threshold | None = None
     pixel_threshold: PixelThreshold | None = None
+    normal_maps_path: Path | None = None
+    cpu_normal_maps_path: Path | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -246,7 +253,13 @@ def _cpu_graph(root: Path, data: dict, cpu: dict | None) -> dict:
     if not cpu:
         return {}
     threshold = Threshold.from_dict(cpu["threshold"]) if cpu.get("threshold") else None
-    return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold}
+    return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold,
+            "cpu_normal_maps_path": _maps(root, data, cpu.get("normal_maps"))}
+
+
+def _maps(root: Path, data: dict, entry: dict | None) -> Path | None:
+    """The normal maps file of a manifest's ``normal_maps`` entry (None when absent: built before them)."""
+    return _listed(root, data, entry["file"], "normal maps") if entry else None
 
 
 def model_manifest(model: ModelSpec) -> dict:
@@ -297,6 +310,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
             **_cpu_graph(root, data, graph.get("cpu")),
             pixel_threshold=PixelThreshold.from_dict(data["pixel_threshold"]) if data.get("pixel_threshold") else None,
+            normal_maps_path=_maps(root, data, data.get("normal_maps")),
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),

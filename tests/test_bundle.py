@@ -39,7 +39,7 @@ def test_round_trip(built):
     assert b.threshold is not None and b.threshold.n_normal == 30 and b.threshold.source.startswith("held-out")
     assert b.training["source"] == "synthetic stripes"
     assert set(b.versions) >= {"fair_edge", "torch", "onnx", "onnxruntime"}
-    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt"}
+    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt", "normal_maps.npy"}
     assert load_checkpoint(b.weights_path).model == MODEL and load_checkpoint(b.weights_path).train_state is None
     assert b.accuracy["score_spearman"] > 0.99 and built.parity_max_abs <= 1e-4
     assert load_bundle(built.bundle.root / MANIFEST) == b  # the manifest path works too

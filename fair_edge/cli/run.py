@@ -118,8 +118,10 @@ def run(
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
     backend: Optional[str] = typer.Option(None, help="auto (default), " + ", ".join(BACKENDS) + "."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
-                                              "default: the bundle's calibrated one."),
-    roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected)."),
+                                              "default: the bundle's calibrated one (with --roi: calibrated at "
+                                              "start on the bundle's normal maps x ROI)."),
+    roi: Optional[Path] = typer.Option(None, help="Region-of-interest mask image (white = inspected); the score is "
+                                       "then max(anomaly map x ROI)."),
     max_batch: Optional[int] = typer.Option(None, help="Frames per inference (default 1)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a partial batch waits for frames (default 2)."),
     fps: Optional[float] = typer.Option(None, help="Replay --source at this rate, as a camera would (frames "

@@ -206,7 +206,11 @@ class StationActions:
 
 
 def _quantiles(change: ModelChange):
-    threshold = change.bundle.threshold
+    """The calibration distribution of the swapped model's decision score: the change's (with an ROI, of
+    max(map x ROI): ``station.decision``), else, without an ROI, the bundle's threshold's; () = none."""
+    threshold = change.calibration
+    if threshold is None and change.roi is None:
+        threshold = change.bundle.threshold
     return threshold.normal_quantiles if threshold is not None else ()
 
 

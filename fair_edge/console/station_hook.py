@@ -21,12 +21,16 @@ DRIFT_EVERY_S = 2.0
 
 
 class StationConsole:
-    """cfg: the StationConfig; bundle: the loaded Bundle (its calibration distribution feeds the drift
-    watch). ``fault``: something with ``fault(active, reason)`` for the drift alarm (or None). ``links``:
-    what the console calls in the station and training rooms (``actions.StationLinks``)."""
+    """cfg: the StationConfig; bundle: the loaded Bundle. ``fault``: something with ``fault(active, reason)``
+    for the drift alarm (or None). ``links``: what the console calls in the station and training rooms
+    (``actions.StationLinks``). calibration: the ``Threshold`` of the station's decision score, whose
+    distribution feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
+    max(map x ROI)); None = the bundle's threshold's, or none with an ROI (no distribution in its units)."""
 
-    def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks()) -> None:
-        quantiles = bundle.threshold.normal_quantiles if bundle.threshold is not None else ()
+    def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks(), calibration=None) -> None:
+        if calibration is None and getattr(cfg, "roi", None) is None:
+            calibration = bundle.threshold
+        quantiles = calibration.normal_quantiles if calibration is not None else ()
         self.feed = StationFeed(cfg.console, cfg.output, quantiles)
         self.feed.bundle_path = bundle.root
         self.actions = StationActions(self.feed, cfg.source_file, links)

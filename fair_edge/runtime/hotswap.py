@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run time
+    from fair_edge.calibration.threshold import Threshold
     from fair_edge.export.bundle import Bundle
     from fair_edge.runtime.backends import FrameScorer
     from fair_edge.runtime.fusion import FusedBundle
@@ -44,13 +45,16 @@ class ModelChange:
     """What changes at the next batch boundary. scorer: a ``FrameScorer`` (None = keep the model);
     threshold: the new decision threshold (None = keep); roi: (S, S) float32 weights for the new
     model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
-    ``FusedBundle``."""
+    ``FusedBundle``; calibration: the calibration of the new model's decision score (with an ROI, of
+    max(map x ROI): ``station.decision``), whose distribution the console's drift watch and tuning use;
+    None = none in the station's units."""
 
     scorer: FrameScorer | None = None
     threshold: float | None = None
     roi: np.ndarray | None = None
     model: str = ""
     bundle: Bundle | FusedBundle | None = None
+    calibration: Threshold | None = None
 
 
 class ModelSwitch:
@@ -84,7 +88,7 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
     if new.scorer is not None:
         return new
     return ModelChange(old.scorer, new.threshold if new.threshold is not None else old.threshold,
-                       old.roi, old.model, old.bundle)
+                       old.roi, old.model, old.bundle, old.calibration)
 
 
 def retire(scorer: FrameScorer) -> None:

@@ -24,7 +24,8 @@ SECTION_NOTES = {
               f"full_policy: {' | '.join(FULL_POLICIES)}",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),
-    "decision": "threshold null = the bundle's calibrated one; roi: mask image (white = inspected), null = all",
+    "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
+                "maps x roi); roi: mask image (white = inspected), null = all",
     "output": "verdicts.jsonl, NG images, summary.json",
     "reject": f"sinks: URLs {', '.join(s + '://...' for s in SINK_SCHEMES)}; fail_safe: {' | '.join(FAIL_SAFE_POLICIES)}; "
               f"handshake.url: null (off), {', '.join(s + '://...' for s in HANDSHAKE_SCHEMES)} (the PLC handshake; "

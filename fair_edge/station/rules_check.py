@@ -82,12 +82,13 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
     bundle = read_bundle(cfg.bundle)
     scorer = open_scorer(bundle, backend or cfg.backend)
     try:
-        threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
+        roi = load_roi(cfg.roi)
+        threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi).value
         judge = open_regions(cfg, bundle)
         if judge is None:
             raise ConfigError("rules check: defect regions are off (regions.enabled: false, or the bundle has no "
                               "pixel threshold); set regions.pixel_threshold or rebuild the bundle.")
-        inspector = Inspector(None, scorer, threshold, roi=load_roi(cfg.roi), regions=judge)
+        inspector = Inspector(None, scorer, threshold, roi=roi, regions=judge)
         report = RulesReport(threshold, judge.pixel_threshold)
         fired: collections.Counter[str] = collections.Counter()
         for seq, (name, image, *label) in enumerate(frames):

@@ -32,6 +32,7 @@ from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
+from fair_edge.station.decision import DecisionThreshold, decide_threshold
 from fair_edge.station.zones import RegionJudge
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
@@ -179,18 +180,12 @@ class CameraWatch:
         return reason
 
 
-def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None) -> float:
-    """The station file's threshold, else the one calibrated on the graph the backend runs, else the bundle's."""
-    if cfg.threshold is not None:
-        return cfg.threshold
-    if graph_threshold is not None:
-        return graph_threshold.value
-    if bundle.threshold is None:
-        raise ConfigError(
-            f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station file, "
-            "pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`."
-        )
-    return bundle.threshold.value
+def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
+                      roi: np.ndarray | None = None) -> DecisionThreshold:
+    """The station's threshold and why (``station.decision.decide_threshold``): the station file's, else with an
+    ROI one calibrated on max(normal map x ROI), else the one calibrated on the graph the backend runs, else the
+    bundle's. roi: (H, W) float32 mask weights (``load_roi``) or None. ConfigError when there is none."""
+    return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
 
 
 def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
@@ -322,16 +317,20 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 
 def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
                  stack: contextlib.ExitStack, metrics: Metrics | None = None,
-                 export_reviewed: Callable[[Path, Path], dict] | None = None) -> StationConsole:
+                 export_reviewed: Callable[[Path, Path], dict] | None = None,
+                 calibration: Threshold | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
     (started here, closed by ``stack``). The console gets the station's bundle loader and station file
-    loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``."""
+    loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``.
+    calibration: the calibration of the station's score (``DecisionThreshold.calibration``: with an ROI, of
+    max(map x ROI)); its distribution feeds the drift watch and threshold tuning."""
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
     links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
                          load_station=load_station, export_reviewed=export_reviewed)
-    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links))
+    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
+                                                 calibration=calibration))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
     return console
@@ -356,21 +355,20 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
                 threshold: float | None = None) -> ModelChange:
     """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
 
-    threshold: the threshold to use with it; None = the one calibrated on the graph the backend runs,
-    else the bundle's (ConfigError when it has none). Raises our errors for a bad bundle; nothing
-    changes then.
+    threshold: the threshold to use with it; None = calibrated by the station's rule
+    (``station.decision.decide_threshold``: with an ROI, on the bundle's normal maps x ROI; else the one
+    calibrated on the graph the backend runs, else the bundle's; ConfigError when there is none). Raises our
+    errors for a bad bundle; nothing changes then.
     """
     bundle = read_bundle(bundle_path)
     roi = load_roi(roi_path)
     scorer = open_scorer(bundle, backend)
-    if threshold is None:
-        graph = scorer.graph_threshold
-        if graph is None and bundle.threshold is None:
-            scorer.backend.close()
-            raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; rebuild it with "
-                              "`fair-edge build --normal HELD_OUT_NORMALS` or give a threshold.")
-        threshold = (graph or bundle.threshold).value
-    return ModelChange(scorer, float(threshold), roi, model_id(bundle), bundle)
+    try:
+        decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
+    except BaseException:
+        scorer.backend.close()
+        raise
+    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
@@ -393,11 +391,17 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
     roi = load_roi(cfg.roi)
     scorer = scorer or open_scorer(bundle, cfg.backend)
-    threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold)
+    try:
+        decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
+    except BaseException:
+        scorer.backend.close()
+        raise
+    threshold = decided.value
     regions = open_regions(cfg, bundle)
     run_id = new_run_id()
     if on_start is not None:
-        on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g}; camera {cfg.camera.source}")
+        on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
+                 f"camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
         stack.callback(scorer.backend.close)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
@@ -407,7 +411,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
         faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
         watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-        console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed)
+        console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration)
         line.callbacks.append(console.observe)
         if regions is not None:
             console.feed.show_zones(regions.outlines())

@@ -1,0 +1,72 @@
+"""The held-out normal anomaly maps a bundle keeps, so a station can calibrate a threshold on its own score.
+
+A station with a region of interest (``decision.roi``) scores a frame by max(anomaly map x ROI), not by the
+family's image score the bundle's threshold was calibrated on (PatchCore's reweighted top-k, ...). With the
+build's normal maps in the bundle, the station calibrates that score's threshold when it opens, by the
+build's own rule (``fair_edge.station.decision``).
+
+``normal_maps.npy`` (and ``cpu_normal_maps.npy`` for an INT8 bundle's CPU graph): (N, h, w) float32, the
+maps of the deployed graph on the held-out normal frames (the frame map of a tiled model), exactly as the
+threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB); a larger set is subsampled to
+N = MAX_BYTES // (h * w * 4) evenly spaced maps (the manifest's ``count`` against ``of``). Held-out frames
+of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI then needs
+``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fair_edge.errors import BundleError
+
+log = logging.getLogger(__name__)
+NORMAL_MAPS = "normal_maps.npy"
+CPU_NORMAL_MAPS = "cpu_normal_maps.npy"
+MAX_BYTES = 64 << 20
+
+
+def kept_maps(maps: Sequence[np.ndarray], max_bytes: int = MAX_BYTES) -> np.ndarray | None:
+    """maps: N (h, w) float32 host arrays -> (n, h, w) float32, n <= N: all of them, or n evenly spaced ones
+    (first and last included) when N maps exceed ``max_bytes``; None when there are none or their grids differ."""
+    if not maps:
+        return None
+    shapes = {tuple(m.shape) for m in maps}
+    if len(shapes) != 1:
+        log.warning("held-out normal maps not stored: frames of %d sizes give maps of shapes %s; a station with "
+                    "decision.roi will need decision.threshold", len(shapes), sorted(shapes))
+        return None
+    h, w = next(iter(shapes))
+    n = max(1, min(len(maps), max_bytes // (h * w * 4)))
+    index = np.unique(np.linspace(0, len(maps) - 1, n).round().astype(int))
+    if index.size < len(maps):
+        log.warning("storing %d of %d held-out normal maps (%d x %d): the bundle keeps at most %d MiB of them",
+                    index.size, len(maps), h, w, max_bytes >> 20)
+    return np.stack([np.asarray(maps[i], np.float32) for i in index])
+
+
+def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict | None:
+    """Save the kept maps (``kept_maps``) as ``out/name``; returns the manifest entry {file, count, of, shape},
+    or None (nothing written) when none are kept."""
+    kept = kept_maps(maps)
+    if kept is None:
+        return None
+    np.save(out / name, kept, allow_pickle=False)
+    return {"file": name, "count": int(kept.shape[0]), "of": len(maps), "shape": [int(s) for s in kept.shape[1:]]}
+
+
+def read_normal_maps(path: Path) -> np.ndarray:
+    """A bundle's normal maps: (N, h, w) float32 host array, N >= 1, finite. BundleError naming the file and what
+    was found otherwise (the bundle's checksums were verified when it loaded; this checks the content)."""
+    try:
+        maps = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy written "
+                          "by `fair-edge build`. Rebuild the bundle.") from exc
+    if maps.ndim != 3 or maps.shape[0] < 1 or maps.dtype != np.float32 or not np.isfinite(maps).all():
+        raise BundleError(f"normal maps {path}: expected (N >= 1, h, w) finite float32; found shape {maps.shape}, "
+                          f"dtype {maps.dtype}. Rebuild the bundle.")
+    return maps

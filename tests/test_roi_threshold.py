@@ -1,0 +1,205 @@
+"""A station with an ROI decides on max(anomaly map x ROI): its threshold is calibrated when it opens on the
+held-out normal maps the bundle keeps (at the bundle's false-reject rate), not the family's image-score
+threshold; a bundle without those maps refuses to start unless the station file sets a threshold; the maps
+are checksummed; a hot swap and the console's drift distribution follow the same rule (issue #28)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from export_fixtures import MODEL, make_frames, trained_state, write_pngs
+from fair_edge.console.settings import ConsoleSettings
+from fair_edge.errors import BundleError, ConfigError
+from fair_edge.export.bundle import MANIFEST, load_bundle, write_manifest
+from fair_edge.export.normal_maps import NORMAL_MAPS, kept_maps
+from fair_edge.line.settings import RecordSettings
+from fair_edge.station.config import CameraSettings, StationConfig
+
+RATE = 0.1           # the build's false-reject rate: k = ceil(0.9 * 40) = 36th of 40 normal scores
+N_NORMAL = 40
+# a 64 x 64 mask; on the 32 x 32 map grid (area-averaged) it is exactly rows 8..23, columns 4..19
+MASK = (slice(16, 48), slice(8, 40))
+ON_MAP = (slice(None), slice(8, 24), slice(4, 20))
+
+
+@pytest.fixture(scope="module")
+def normals() -> list[np.ndarray]:
+    return make_frames(N_NORMAL, seed=5)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, normals):
+    """fp32 and int8 bundles of the tiny model, threshold at RATE from 40 held-out normals."""
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(MODEL, trained_state(100, 0), {"images": 32, "source": "synthetic stripes"})
+    root = tmp_path_factory.mktemp("roi-bundles")
+    return {p: build_bundle(ckpt, root / p, BuildOptions(p, engine=False, false_reject_rate=RATE),
+                            calib_frames=make_frames(12, seed=100), normal_frames=normals).bundle
+            for p in ("fp32", "int8")}
+
+
+@pytest.fixture(scope="module")
+def roi_png(tmp_path_factory) -> Path:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[MASK] = 255
+    path = tmp_path_factory.mktemp("roi") / "roi.png"
+    cv2.imwrite(str(path), mask)
+    return path
+
+
+def station_maps(bundle, frames, backend: str = "onnxruntime") -> np.ndarray:
+    """The frames' anomaly maps as the station's own backend makes them: (N, 32, 32) float32."""
+    from fair_edge.runtime.selection import select_backend
+
+    scorer = select_backend(bundle, backend)
+    try:
+        return scorer.infer_frames(list(frames))[0]
+    finally:
+        scorer.backend.close()
+
+
+def expected_roi_threshold(maps: np.ndarray) -> tuple[float, np.ndarray]:
+    """Computed here, not with the station's code: the ROI's map pixels by hand, the quantile rule by hand."""
+    scores = np.sort(maps[ON_MAP].reshape(len(maps), -1).max(axis=1))
+    return float(scores[math.ceil((1 - RATE) * len(scores)) - 1]), scores
+
+
+def run_station_with(bundle_root: Path, frames_dir: Path, out: Path, roi: Path | None, threshold: float | None = None):
+    """Open a station on ONNX Runtime over 4 frames; returns (its verdict rows, the console's drift quantiles,
+    the start lines it printed)."""
+    from fair_edge.station.run import run_station
+
+    cfg = StationConfig(camera=CameraSettings(source=str(frames_dir)), bundle=bundle_root, backend="onnxruntime",
+                        threshold=threshold, roi=roi, output=out, record=RecordSettings(dir=out),
+                        console=ConsoleSettings(enabled=False))
+    seen, started = {}, []
+    run_station(cfg, threading.Event(), max_frames=4, on_start=started.append,
+                on_console=lambda c: seen.update(drift=c.feed.drift.quantiles))
+    rows = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("score") is not None], seen["drift"], started
+
+
+def as_old_bundle(bundle, dest: Path) -> Path:
+    """A copy of ``bundle`` as built before the maps were kept: no maps files, no ``normal_maps`` entries
+    (bundle.json re-signed, as the old build wrote it)."""
+    shutil.copytree(bundle.root, dest)
+    data = json.loads((dest / MANIFEST).read_text())
+    for entry in (data, data["graph"].get("cpu") or {}):
+        if entry.get("normal_maps"):
+            (dest / entry.pop("normal_maps")["file"]).unlink()
+    write_manifest(dest, data)
+    return dest
+
+
+def test_the_build_keeps_the_normal_maps_checksummed(bundles, normals):
+    bundle = bundles["fp32"]
+    maps = np.load(bundle.normal_maps_path)
+    assert maps.shape == (N_NORMAL, 32, 32) and maps.dtype == np.float32
+    assert NORMAL_MAPS in bundle.files and bundle.cpu_normal_maps_path is None
+    manifest = json.loads((bundle.root / MANIFEST).read_text())
+    assert manifest["normal_maps"] == {"file": NORMAL_MAPS, "count": N_NORMAL, "of": N_NORMAL, "shape": [32, 32]}
+    np.testing.assert_allclose(maps, station_maps(bundle, normals), rtol=1e-5, atol=1e-6)
+    assert bundles["int8"].cpu_normal_maps_path is not None and bundles["int8"].normal_maps_path is not None
+
+
+def test_an_roi_station_uses_a_threshold_calibrated_on_the_roi_score(bundles, normals, roi_png, tmp_path):
+    bundle = bundles["fp32"]
+    expected, scores = expected_roi_threshold(station_maps(bundle, normals))
+    frames = write_pngs(tmp_path / "frames", normals[:4])
+    rows, drift, started = run_station_with(bundle.root, frames, tmp_path / "out", roi_png)
+    assert [r["threshold"] for r in rows] == pytest.approx([expected] * 4, rel=1e-5)
+    assert "calibrated on max(map x ROI) of 40 held-out normal maps" in started[0]   # which threshold, and why
+    assert abs(expected - bundle.threshold.value) > 1e-3   # the family's image-score threshold: another quantity
+    # the false-reject measure on the held-out normals: at most the bundle's rate (+ 1/N)
+    assert (scores > rows[0]["threshold"]).mean() <= bundle.threshold.false_reject_rate + 1 / N_NORMAL
+    # the console's drift watch and tuning compare live ROI scores with the ROI score's distribution
+    assert drift is not None and drift[0] == pytest.approx(scores[0], rel=1e-5) and drift[-1] == pytest.approx(scores[-1], rel=1e-5)
+    # the verdicts' scores are ROI scores: the first frames' score equals max over the ROI's map pixels
+    assert rows[0]["score"] == pytest.approx(float(station_maps(bundle, normals[:1])[ON_MAP].max()), rel=1e-5)
+
+
+def test_without_an_roi_or_with_a_threshold_nothing_changes(bundles, normals, roi_png, tmp_path):
+    bundle = bundles["fp32"]
+    frames = write_pngs(tmp_path / "frames", normals[:4])
+    rows, drift, started = run_station_with(bundle.root, frames, tmp_path / "plain", None)
+    assert [r["threshold"] for r in rows] == pytest.approx([bundle.threshold.value] * 4)
+    assert tuple(drift) == pytest.approx(bundle.threshold.normal_quantiles)
+    rows, _, _ = run_station_with(bundle.root, frames, tmp_path / "set", roi_png, threshold=0.5)
+    assert {r["threshold"] for r in rows} == {0.5}
+
+
+def test_an_old_bundle_with_an_roi_and_no_threshold_refuses_to_start(bundles, normals, roi_png, tmp_path):
+    old = as_old_bundle(bundles["fp32"], tmp_path / "old")
+    loaded = load_bundle(old)
+    assert loaded.normal_maps_path is None and loaded.threshold is not None
+    frames = write_pngs(tmp_path / "frames", normals[:4])
+    with pytest.raises(ConfigError) as err:
+        run_station_with(old, frames, tmp_path / "out", roi_png)
+    message = str(err.value)
+    assert "decision.roi" in message and "no held-out normal maps" in message
+    assert "fair-edge build --normal" in message and "set decision.threshold" in message   # both fixes
+    rows, drift, started = run_station_with(old, frames, tmp_path / "set", roi_png, threshold=0.5)   # the second fix
+    assert {r["threshold"] for r in rows} == {0.5} and drift is None   # no distribution in the ROI score's units
+    rows, _, _ = run_station_with(old, frames, tmp_path / "plain", None)   # without an ROI it runs as before
+    assert [r["threshold"] for r in rows] == pytest.approx([bundles["fp32"].threshold.value] * 4)
+
+
+def test_a_tampered_or_missing_maps_file_fails_the_bundle_check(bundles, tmp_path):
+    tampered = Path(shutil.copytree(bundles["fp32"].root, tmp_path / "tampered"))
+    maps = np.load(tampered / NORMAL_MAPS)
+    maps[0, 0, 0] *= 0.5   # a lower normal map: a lower ROI threshold
+    np.save(tampered / NORMAL_MAPS, maps)
+    with pytest.raises(BundleError, match=r"normal_maps\.npy fails its checksum.*Rebuild"):
+        load_bundle(tampered)
+    missing = Path(shutil.copytree(bundles["fp32"].root, tmp_path / "missing"))
+    (missing / NORMAL_MAPS).unlink()
+    with pytest.raises(BundleError, match=r"normal_maps\.npy is missing"):
+        load_bundle(missing)
+
+
+def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, caplog):
+    from fair_edge.console.actions import _quantiles
+    from fair_edge.runtime.hotswap import ModelChange
+    from fair_edge.station.inspector import Inspector
+    from fair_edge.station.run import load_change, load_roi
+
+    bundle = bundles["int8"]
+    with caplog.at_level("WARNING", logger="fair_edge.station.decision"):
+        change = load_change(bundle.root, "onnxruntime", roi_png)
+    try:
+        assert "calibrated on max(map x ROI)" in caplog.text and f"{change.threshold:.6g}" in caplog.text
+        # ONNX Runtime runs the INT8 CPU graph: calibrated on that graph's maps
+        expected, scores = expected_roi_threshold(station_maps(bundle, normals))
+        assert change.threshold == pytest.approx(expected, rel=1e-5)
+        assert abs(change.threshold - change.scorer.graph_threshold.value) > 1e-3
+        assert _quantiles(change) == pytest.approx(tuple(np.percentile(scores, np.arange(101))), rel=1e-5)
+        inspector = Inspector(None, change.scorer, 9.0, roi=load_roi(roi_png))
+        inspector.switch.request(change)
+        inspector.apply_switch()
+        assert inspector.threshold == change.threshold
+    finally:
+        change.scorer.backend.close()
+    old = as_old_bundle(bundle, tmp_path / "old")
+    with pytest.raises(ConfigError, match="no held-out normal maps"):
+        load_change(old, "onnxruntime", roi_png)
+    assert load_change(old, "onnxruntime", roi_png, threshold=0.5).threshold == 0.5
+    assert isinstance(load_change(old, "onnxruntime", None), ModelChange)
+
+
+def test_the_maps_kept_are_capped_by_even_subsampling():
+    maps = [np.full((4, 8), i, np.float32) for i in range(10)]
+    kept = kept_maps(maps, max_bytes=4 * 8 * 4 * 4)   # room for 4 maps
+    assert kept.shape == (4, 4, 8) and kept[:, 0, 0].tolist() == [0, 3, 6, 9]
+    assert kept_maps(maps).shape == (10, 4, 8)
+    assert kept_maps([np.zeros((4, 8), np.float32), np.zeros((8, 8), np.float32)]) is None   # two grids
+    assert kept_maps([]) is None
