@@ -88,8 +88,10 @@ class CellModels:
                     bundle = read_bundle(vcfg.bundle)
                     self.bundles[key] = (bundle, scorer or open_scorer(bundle, cfg.backend))
                 bundle, shared = self.bundles[key]
-                self.views[view.name] = ViewDecider(shared, resolve_threshold(vcfg, bundle, shared.graph_threshold),
-                                                    load_roi(vcfg.roi), model_id(bundle), open_regions(vcfg, bundle))
+                roi = load_roi(vcfg.roi)
+                decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
+                self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
+                                                    open_regions(vcfg, bundle))
         except BaseException:
             self.close()
             raise
