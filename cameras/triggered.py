@@ -12,16 +12,21 @@ exposure at the trigger instead (not wired yet: docs/line-integration.md).
 ``TriggeredCapture`` is the ``CaptureThread`` for it: ``stop()`` first wakes a ``read()`` waiting
 for a trigger, so stopping never waits for the next part. ``triggered_capture`` makes the pair.
 
+``TriggerFanout`` serves several cameras from one handshake (a station of several cameras, ``group.match:
+handshake``): every trigger goes to each camera's ``TriggeredSource``, so each takes one frame per part, and
+``part_id(camera, seq)`` says which PLC part a camera's frame shows.
+
 It lives with the cameras (not in ``fair_edge.line.handshake``) because it is a frame source: the line
 room sits below the cameras and never imports them.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 
 from fair_edge.errors import CameraError
-from fair_edge.line.handshake import Handshake
+from fair_edge.line.handshake import Handshake, Ticket
 from fair_edge.records import Frame
 
 from .base import CaptureSettings, EndOfStream, FrameSource
@@ -35,7 +40,7 @@ class TriggeredSource:
     """A ``FrameSource`` that yields one frame per trigger of ``handshake`` (see the module doc).
     Frames: the inner source's images (same shape, dtype and memory); seq counts triggers from 0."""
 
-    def __init__(self, inner: FrameSource, handshake: Handshake) -> None:
+    def __init__(self, inner: FrameSource, handshake: Handshake | _CameraPort) -> None:
         self.inner, self.handshake = inner, handshake
         self.name = f"{inner.name} (triggered)"
         self._seq = 0
@@ -96,7 +101,75 @@ class TriggeredCapture(CaptureThread):
     close = stop
 
 
-def triggered_capture(source: FrameSource, handshake: Handshake, settings: CaptureSettings,
+def triggered_capture(source: FrameSource, handshake: Handshake | _CameraPort, settings: CaptureSettings,
                       **hooks) -> TriggeredCapture:
     """The capture thread (not started) for ``source``: one frame per trigger of ``handshake``."""
     return TriggeredCapture(TriggeredSource(source, handshake), settings, **hooks)
+
+
+class TriggerFanout:
+    """One handshake's triggers for several cameras: ``port(camera)`` is what that camera's ``TriggeredSource``
+    uses in place of the handshake. The camera that asks first takes the next trigger from the handshake and
+    queues it for every other camera; the frame each camera binds to it is remembered here (``ticket``),
+    not in the handshake (sequence numbers are per camera): the station answers each part once, with the
+    verdict of all its views (``Handshake.answer``)."""
+
+    def __init__(self, handshake: Handshake, cameras: list[str]) -> None:
+        self.handshake = handshake
+        self._queues: dict[str, queue.Queue] = {name: queue.Queue() for name in cameras}
+        self._pull = threading.Lock()
+        self._lock = threading.Lock()
+        self._bound: dict[tuple[str, int], Ticket] = {}
+
+    def port(self, camera: str) -> "_CameraPort":
+        return _CameraPort(self, camera)
+
+    def next_trigger(self, camera: str, timeout_s: float) -> Ticket | None:
+        own = self._queues[camera]
+        try:
+            return own.get_nowait()
+        except queue.Empty:
+            pass
+        with self._pull:   # one camera waits on the handshake at a time; the others take from their queues
+            try:
+                return own.get_nowait()
+            except queue.Empty:
+                ticket = self.handshake.next_trigger(timeout_s)
+            if ticket is not None:
+                for name, other in self._queues.items():
+                    if name != camera:
+                        other.put(ticket)
+            return ticket
+
+    def bind(self, camera: str, seq: int, ticket: Ticket) -> None:
+        with self._lock:
+            self._bound[(camera, seq)] = ticket
+
+    def ticket(self, camera: str, seq: int, forget: bool = False) -> Ticket | None:
+        """The ticket (PLC part) camera's frame ``seq`` was taken for, None when unknown."""
+        with self._lock:
+            return self._bound.pop((camera, seq), None) if forget else self._bound.get((camera, seq))
+
+    def part_id(self, camera: str, seq: int) -> int | None:
+        ticket = self.ticket(camera, seq)
+        return None if ticket is None else ticket.part_id
+
+
+class _CameraPort:
+    """The handshake as one camera of a ``TriggerFanout`` sees it (what ``TriggeredSource`` calls)."""
+
+    def __init__(self, fanout: TriggerFanout, camera: str) -> None:
+        self.fanout, self.camera = fanout, camera
+
+    def next_trigger(self, timeout_s: float) -> Ticket | None:
+        return self.fanout.next_trigger(self.camera, timeout_s)
+
+    def bind(self, seq: int, ticket: Ticket) -> None:
+        self.fanout.bind(self.camera, seq, ticket)
+
+    def count_stale_frame(self) -> None:
+        self.fanout.handshake.count_stale_frame()
+
+    def answer_not_inspected(self, ticket: Ticket) -> None:
+        """This camera could not take the part's frame: its view is missing; the part is answered when it
+        closes (not inspected, naming the camera), not here."""

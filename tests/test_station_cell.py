@@ -88,7 +88,10 @@ def test_station_file_with_cameras_is_checked():
            ({"cameras": [{"source": "1", "reject": ["log://"]}]}, "group.by: lane"),
            ({"cameras": [{"source": "1"}], "group": {"by": "lane"}, "reject": {"sinks": ["log://"]}}, "own reject"),
            ({"cameras": [{"source": "1"}], "group": {"match": "encoder"}}, "reject.encoder"),
-           ({"camera": {"source": "1"}, "group": {"by": "lane"}}, "only a station with a cameras")]
+           ({"camera": {"source": "1"}, "group": {"by": "lane"}}, "only a station with a cameras"),
+           ({"cameras": [{"source": "1"}], "reject": {"handshake": {"url": "modbus://127.0.0.1:502?unit=1"}}},
+            "go together"),
+           ({"cameras": [{"source": "1"}], "group": {"match": "handshake"}}, "go together")]
     for data, words in bad:
         with pytest.raises(ConfigError, match=words):
             StationConfig.from_dict(data)
@@ -426,3 +429,42 @@ def test_fair_edge_run_takes_a_station_file_with_cameras(station_bundles, scored
     assert {c: s["inspected"] for c, s in summary["cameras"].items()} == {"top": 3, "left": 3}
     refused = CliRunner().invoke(app, ["run", "--station", str(station), "--camera", "0"], terminal_width=200)
     assert refused.exit_code == 2 and "lists 2 cameras" in " ".join(refused.output.split())
+
+
+def test_the_plc_handshake_answers_each_part_once_from_all_its_views(station_bundles, scored, tmp_path):
+    """group.match: handshake against a real Modbus server whose PLC program triggers 8 parts: each trigger makes
+    both cameras take a frame, the views are matched by the PLC's part id, and the PLC reads one result per part id,
+    NG exactly when a view was NG, with the worst view's score."""
+    from line_servers import wait_for
+    from fair_edge.line.handshake.settings import HandshakeSettings, RESULT_NG, RESULT_OK
+    from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 11], "left": [3, 4, 5, 6]})
+    parts = 8
+    plc = ModbusHandshakePlc().start(rate_hz=4, parts=parts)
+    stop = threading.Event()
+    watcher = threading.Thread(target=lambda: wait_for(lambda: len(plc.program.results) >= parts, 90) and stop.set())
+    watcher.start()
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
+            cameras=tuple(ViewSettings(c, str(folders[c]), loop=True) for c in ("top", "left")),
+            group=GroupSettings(match="handshake"), record=RecordSettings(dir=tmp_path / "o"),
+            reject=RejectSettings(handshake=HandshakeSettings(url=plc.url))).checked()
+        summary = run_cell(cfg, stop, duration_s=120)
+        watcher.join()
+        check = plc.program.check()
+    finally:
+        plc.close()
+    assert check["triggered"] == check["answered"] == check["unique"] == parts and check["in_order"]
+    assert check["unknown"] == check["duplicates"] == 0 and summary.fault == ""
+    views, part_rows = rows(tmp_path / "o")
+    by_plc = {p["plc_part_id"]: p for p in part_rows}
+    assert len(part_rows) == parts and len(views) == 2 * parts
+    for _, plc_part, result, score in plc.program.results:
+        row = by_plc[plc_part]
+        assert row["missing"] == [] and result == (RESULT_NG if row["ng"] else RESULT_OK)
+        assert score == pytest.approx(row["score"], abs=0.0006)
+    assert [by_plc[p]["ng"] for p in sorted(by_plc)][:8] == [False, False, False, True] * 2   # top's 4th view is NG
+    assert summary.rejects["handshake"]["acked"] == parts

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from fair_edge.cameras.mux import CaptureMux
+from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.hotswap import model_id
@@ -66,9 +67,15 @@ def part_timeout_s(cfg: StationConfig) -> float:
             raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), found "
                               f"{cfg.group.part_timeout_ms:g}: the part would reach the gate before its views are all in; "
                               "lower part_timeout_ms or leave it unset (= the due time).")
+        if cfg.reject.handshake.enabled and timeout >= cfg.reject.handshake.result_timeout_ms / 1000.0:
+            raise ConfigError(f"group.part_timeout_ms: expected less than reject.handshake.result_timeout_ms "
+                              f"({cfg.reject.handshake.result_timeout_ms:g}), found {cfg.group.part_timeout_ms:g}: the "
+                              "PLC would time the part out first; lower part_timeout_ms or leave it unset.")
         return timeout
     if cfg.reject.sinks and cfg.reject.encoder_distance is None:
         return cfg.reject.delay_ms / 1000.0
+    if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
+        return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
     return NO_GATE_TIMEOUT_S
 
 
@@ -121,6 +128,7 @@ class CellLine:
     assembler: PartAssembler | None = None
     lanes: dict = dataclasses.field(default_factory=dict)   # camera -> its RejectScheduler
     per_camera: dict = dataclasses.field(default_factory=dict)
+    triggers: TriggerFanout | None = None                     # group.match: handshake
 
     def hooks(self, name: str) -> dict[str, Callable[[Frame], None]]:
         """One camera's capture hooks: its part (or lane) is noted at capture; drops are logged, named."""
@@ -165,6 +173,12 @@ class CellLine:
         scheduler = self.line.scheduler
         if verdict is not None and scheduler is not None and scheduler.submit(verdict) == LATE:
             row = dict(row, verdict_late=True, gate=scheduler.decision(verdict.seq) or "went_by_undecided")
+        if self.triggers is not None:   # the PLC's result for its part id: this part's verdict, once
+            tickets = [self.triggers.ticket(c, v["seq"], forget=True) for c, v in row["views"].items() if "seq" in v]
+            ticket = next((t for t in tickets if t is not None), None)
+            if ticket is not None:
+                self.line.handshake.answer(ticket, verdict)
+                row = dict(row, plc_part_id=ticket.part_id)
         self.line.recorder.record_row(row)
         if self.line.mqtt is not None:
             self.line.mqtt.publish_part(self.line.recorder.log_row(row))
@@ -187,13 +201,17 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     cell = CellLine(line)
     line.callbacks.insert(0, cell.record_view)
     names = [v.name for v in cfg.cameras]
+    if line.handshake is not None:   # one trigger, a frame from every camera, one result per part
+        line.callbacks.remove(line.handshake.on_verdict)
+        cell.triggers = TriggerFanout(line.handshake, names)
     if cfg.group.by == "part":
-        scheduler = line.scheduler
+        scheduler, triggers = line.scheduler, cell.triggers
         cell.assembler = PartAssembler(
             names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
             on_open=None if scheduler is None else (lambda part, t: scheduler.note_capture(part, t)),
             count=None if line.encoder is None else line.encoder.count,
-            offsets={v.name: v.offset_counts for v in cfg.cameras})
+            offsets={v.name: v.offset_counts for v in cfg.cameras},
+            plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)))
         line.callbacks.append(cell.assembler.on_verdict)
         return cell
     for view in cfg.cameras:
@@ -214,9 +232,11 @@ def open_cameras(cfg: StationConfig, cell: CellLine, sources: dict | None = None
     for view in cfg.cameras:
         vcfg = view_config(cfg, view)
         gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
-        check_reject_timing(gate, timed_source=view.name in sources or not is_unpaced_replay(vcfg))
-        captures[view.name] = open_capture(vcfg, sources.get(view.name), None, on_queued=mux.wake,
-                                           **cell.hooks(view.name))
+        triggered = cell.triggers is not None
+        check_reject_timing(gate, timed_source=view.name in sources or triggered or not is_unpaced_replay(vcfg))
+        captures[view.name] = open_capture(vcfg, sources.get(view.name),
+                                           cell.triggers.port(view.name) if triggered else None,
+                                           on_queued=mux.wake, **cell.hooks(view.name))
     mux.set_captures(captures)
     return mux
 
@@ -244,7 +264,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         cell = open_cell_line(cfg, stack, run_id)
         line = cell.line
         mux = stack.enter_context(open_cameras(cfg, cell, sources))
-        faults = FaultBoard(line) if line.scheduler is not None or cell.lanes else None
+        faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None or cell.lanes else None
         watches = [CameraWatch(capture, faults.channel(f"camera {name}") if faults else None, name)
                    for name, capture in mux.captures.items()]
 
@@ -278,6 +298,8 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
             if cell.assembler is not None:
                 cell.assembler.sweep()
 
+        if line.handshake is not None:
+            line.handshake.begin()   # ready rises: the PLC may trigger
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
                                 on_iteration=iteration)
         notifier.stopping(status_line(summary, "stopping"))

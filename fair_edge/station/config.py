@@ -139,9 +139,11 @@ class StationConfig:
         if lanes and self.reject.sinks:
             raise ConfigError("reject.sinks: a lane station rejects through each camera's own reject: URLs; move "
                               f"{', '.join(self.reject.sinks)} to the camera of its lane.")
-        if self.reject.handshake.enabled:
-            raise ConfigError("reject.handshake: the PLC handshake runs one camera per trigger; with several cameras "
-                              "use group.match: window (hardware-triggered cameras) and reject.sinks.")
+        by_plc = not lanes and self.group.match == "handshake"
+        if self.reject.handshake.enabled != by_plc:
+            raise ConfigError("group.match: with several cameras the PLC handshake (reject.handshake.url) and "
+                              "group: {by: part, match: handshake} go together (each trigger: one frame per camera, "
+                              "one result per part id); set both, or neither.")
         if not lanes:
             if self.group.match == "encoder" and not self.reject.encoder:
                 raise ConfigError("group.match: encoder matches views by belt count, but reject.encoder is not set; "

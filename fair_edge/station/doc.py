@@ -41,8 +41,8 @@ SECTION_NOTES = {
                "threshold, reject, offset_counts}]; bundle / roi / threshold null = the station's; reject: the "
                "camera's own outputs (by: lane); fair_edge/station/views.py",
     "group": f"with cameras: by: {' | '.join(GROUP_BY)} (the views of one part, or one line per camera); match: "
-             f"{' | '.join(MATCH_MODES)}; rule: any | count>=K (NG views for an NG part); part_timeout_ms null = "
-             "until the part's due time",
+             f"{' | '.join(MATCH_MODES)} (handshake: the PLC's part id, with reject.handshake); rule: any | "
+             "count>=K (NG views for an NG part); part_timeout_ms null = until the part's due time",
 }
 
 

@@ -56,18 +56,22 @@ class PartAssembler:
 
     cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its
     views after its first view's capture. count: the belt count now (``match: encoder``). offsets: belt
-    counts from the first camera to each one. on_open(part_id, t_capture): a part's first view was
-    captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
+    counts from the first camera to each one. plc_part: (camera, frame) -> the PLC part id its frame was
+    triggered for (``match: handshake``). on_open(part_id, t_capture): a part's first view was captured.
+    on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
     """
 
     def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
                  on_open: Callable[[int, float], None] | None = None, count: Callable[[], int] | None = None,
-                 offsets: dict[str, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 offsets: dict[str, int] | None = None, plc_part: Callable[[str, Frame], int | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if group.match == "encoder" and count is None:
             raise ValueError("match: encoder needs the belt count (count=)")
+        if group.match == "handshake" and plc_part is None:
+            raise ValueError("match: handshake needs the PLC part id of each frame (plc_part=)")
         self.cameras, self.group, self.timeout_s = list(cameras), group, float(timeout_s)
         self.min_ng = group.min_ng_views(len(self.cameras))
-        self.on_part, self.on_open, self.count, self.clock = on_part, on_open, count, clock
+        self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
         self.offsets = dict(offsets or {})
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _Part] = OrderedDict()
@@ -133,11 +137,15 @@ class PartAssembler:
             return float(frame.seq)
         if self.group.match == "encoder":
             return float(self.count() - self.offsets.get(camera, 0))
+        if self.group.match == "handshake":
+            part = self.plc_part(camera, frame)
+            return float("nan") if part is None else float(part)   # nan matches nothing: a part of its own
         return frame.t_capture
 
     def _match(self, camera: str, key: float) -> _Part | None:
         """The open part this view belongs to (under the lock), None for a new part."""
-        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "sequence": 0}
+        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "sequence": 0,
+                  "handshake": 0}
         for part in reversed(self._open.values()):
             if camera not in part.seqs and abs(key - part.key) <= window[self.group.match]:
                 return part

@@ -22,7 +22,9 @@
 - ``sequence``: the N-th frame of every camera is part N (cameras that count the same triggers; a
   replay of folders at one rate);
 - ``encoder``: frames captured within ``window_counts`` belt counts of a part's first view (the views
-  are taken at different places along the belt: set each camera's ``offset_counts``).
+  are taken at different places along the belt: set each camera's ``offset_counts``);
+- ``handshake``: the PLC's part id (``reject.handshake``): every trigger makes each camera take one frame,
+  and the part's verdict is the handshake's result for that part id.
 
 A station file with ``camera:`` (one camera) works as before; ``cameras:`` and ``camera:`` cannot be
 used together. Several cameras share one model per distinct bundle, and their frames are batched
@@ -40,7 +42,7 @@ from fair_edge import fields as f
 from fair_edge.errors import ConfigError
 
 GROUP_BY = ("part", "lane")
-MATCH_MODES = ("window", "sequence", "encoder")
+MATCH_MODES = ("window", "sequence", "encoder", "handshake")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 RULE = re.compile(r"^\s*count\s*>=\s*(\d+)\s*$")
 
@@ -96,7 +98,7 @@ class ViewSettings:
 class GroupSettings:
     """How the frames of several cameras become parts (see the module doc).
 
-    by: ``part`` or ``lane``. match: ``window``, ``sequence`` or ``encoder``. window_ms: capture-time
+    by: ``part`` or ``lane``. match: ``window``, ``sequence``, ``encoder`` or ``handshake``. window_ms: capture-time
     window of one part, ms. window_counts: encoder-count window of one part. rule: ``any`` or
     ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
     = until its due time at the reject gate (``reject.delay_ms``), else 1000 ms.

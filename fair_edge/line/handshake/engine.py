@@ -193,6 +193,15 @@ class Handshake:
             ticket.regions = region_values(verdict, self.settings.region_signals)
             self._answer(ticket, code, verdict.score)
 
+    def answer(self, ticket: Ticket, verdict: Verdict | None) -> None:
+        """The result of a part decided by the station itself (several cameras: the part's verdict from all
+        its views, ``fair_edge.station.parts``); None = the part could not be inspected (a view missing)."""
+        if verdict is None or verdict.error:
+            self._answer(ticket, RESULT_NOT_INSPECTED)
+            return
+        ticket.regions = region_values(verdict, self.settings.region_signals)
+        self._answer(ticket, RESULT_NG if verdict.ng else RESULT_OK, verdict.score)
+
     def on_drop(self, frame: Frame) -> None:
         """The capture queue dropped ``frame``: its part is NG not inspected."""
         with self._lock:
