@@ -468,3 +468,22 @@ def test_the_plc_handshake_answers_each_part_once_from_all_its_views(station_bun
         assert score == pytest.approx(row["score"], abs=0.0006)
     assert [by_plc[p]["ng"] for p in sorted(by_plc)][:8] == [False, False, False, True] * 2   # top's 4th view is NG
     assert summary.rejects["handshake"]["acked"] == parts
+
+
+def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
+    from fair_edge.line.handshake.settings import HandshakeSettings
+    from fair_edge.station.cell import part_timeout_s
+
+    cams = (ViewSettings("a", "1"), ViewSettings("b", "2"))
+    gate = StationConfig(cameras=cams, reject=RejectSettings(sinks=("log://",), delay_ms=400))
+    assert part_timeout_s(gate) == pytest.approx(0.4)                                # unset: the due time
+    with pytest.raises(ConfigError, match=r"at most reject.delay_ms \(400\), found 500"):
+        part_timeout_s(StationConfig(cameras=cams, group=GroupSettings(part_timeout_ms=500), reject=gate.reject))
+    plc = StationConfig(cameras=cams, group=GroupSettings(match="handshake"),
+                        reject=RejectSettings(handshake=HandshakeSettings(url="modbus://127.0.0.1:1?unit=1",
+                                                                          result_timeout_ms=800)))
+    assert part_timeout_s(plc) == pytest.approx(0.4)                                 # half the PLC's time-out
+    with pytest.raises(ConfigError, match="the PLC would time the part out first"):
+        part_timeout_s(StationConfig(cameras=cams, group=GroupSettings(match="handshake", part_timeout_ms=800),
+                                     reject=plc.reject))
+    assert part_timeout_s(StationConfig(cameras=cams)) == 1.0                        # no gate: a second

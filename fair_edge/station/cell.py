@@ -55,22 +55,23 @@ def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
     """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold
     where it sets them."""
     camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
+    threshold = cfg.threshold if view.threshold is None else view.threshold
     return dataclasses.replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle,
-                               roi=view.roi or cfg.roi, threshold=cfg.threshold if view.threshold is None else view.threshold)
+                               roi=view.roi or cfg.roi, threshold=threshold)
 
 
 def part_timeout_s(cfg: StationConfig) -> float:
     """How long a part waits for its views: ``group.part_timeout_ms``, else until its due time at the gate."""
     if cfg.group.part_timeout_ms is not None:
-        timeout = cfg.group.part_timeout_ms / 1000.0
+        timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
         if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
-            raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), found "
-                              f"{cfg.group.part_timeout_ms:g}: the part would reach the gate before its views are all in; "
-                              "lower part_timeout_ms or leave it unset (= the due time).")
+            raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), "
+                              f"found {found:g}: the part would reach the gate before its views are all in; lower "
+                              "part_timeout_ms or leave it unset (= the due time).")
         if cfg.reject.handshake.enabled and timeout >= cfg.reject.handshake.result_timeout_ms / 1000.0:
             raise ConfigError(f"group.part_timeout_ms: expected less than reject.handshake.result_timeout_ms "
-                              f"({cfg.reject.handshake.result_timeout_ms:g}), found {cfg.group.part_timeout_ms:g}: the "
-                              "PLC would time the part out first; lower part_timeout_ms or leave it unset.")
+                              f"({cfg.reject.handshake.result_timeout_ms:g}), found {found:g}: the PLC would time the "
+                              "part out first; lower part_timeout_ms or leave it unset.")
         return timeout
     if cfg.reject.sinks and cfg.reject.encoder_distance is None:
         return cfg.reject.delay_ms / 1000.0
@@ -264,15 +265,17 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         cell = open_cell_line(cfg, stack, run_id)
         line = cell.line
         mux = stack.enter_context(open_cameras(cfg, cell, sources))
-        faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None or cell.lanes else None
+        gates = (line.scheduler, line.handshake, *cell.lanes.values())
+        faults = FaultBoard(line) if any(g is not None for g in gates) else None
         watches = [CameraWatch(capture, faults.channel(f"camera {name}") if faults else None, name)
                    for name, capture in mux.captures.items()]
 
         def watch(_inspector=None) -> str:
             return "; ".join(r for r in (w() for w in watches) if r)
 
-        console = open_console(view_config(cfg, cfg.cameras[0]), list(models.bundles.values())[0][0], faults, stack,
-                               line.metrics, export_reviewed)
+        first_bundle = next(iter(models.bundles.values()))[0]
+        console = open_console(view_config(cfg, cfg.cameras[0]), first_bundle, faults, stack, line.metrics,
+                               export_reviewed)
         line.callbacks.append(console.observe)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")

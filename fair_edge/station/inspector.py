@@ -243,11 +243,12 @@ class Inspector:
     def inspect(self, frames: list[Frame]) -> list[Verdict]:
         """Pre-process, infer and decide one batch (one inference call per scorer); returns its verdicts in
         frame order."""
-        by_scorer: dict[int, list[tuple[Frame, np.ndarray]]] = {}
+        by_scorer: dict[int, list[tuple[int, Frame, np.ndarray]]] = {}   # scorer -> (index in batch, frame, image)
         verdicts: dict[int, Verdict] = {}
         for i, frame in enumerate(frames):
             try:
-                by_scorer.setdefault(id(self.decider_for(frame).scorer), []).append((i, frame, check_frame(frame.image)))
+                image = check_frame(frame.image)
+                by_scorer.setdefault(id(self.decider_for(frame).scorer), []).append((i, frame, image))
             except ConfigError as exc:
                 self.summary.malformed += 1
                 log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)

@@ -194,13 +194,11 @@ class PartAssembler:
         self.stats["parts"] += 1
         self.stats["ng" if ng else "ok"] += 1
         self.stats["not_inspected"] += int(not inspected)
-        verdict = None
-        if inspected:
-            decider = worst if ng_views == [] else max((part.verdicts[c] for c in ng_views), key=_badness)
-            verdict = Verdict(part.part_id, part.t_open, None if decider is None else decider.score,
-                              float("nan") if decider is None else decider.threshold, ng, self.clock(),
-                              "" if decider is None else decider.source, "", "" if decider is None else decider.model,
-                              camera="" if decider is None else decider.camera)
+        verdict = None   # not inspected: the gate gets no verdict and rejects the part fail-safe at its due time
+        if inspected:    # every view in, or enough NG views: the worst NG view decides an NG part
+            decider = max((part.verdicts[c] for c in ng_views), key=_badness) if ng_views else worst
+            verdict = Verdict(part.part_id, part.t_open, decider.score, decider.threshold, ng, self.clock(),
+                              decider.source, "", decider.model, camera=decider.camera)
         try:
             self.on_part(verdict, row)
         except Exception:   # a sink or log failure must not stop the parts
