@@ -16,7 +16,7 @@ from fair_edge.training.data import load_dataset
 from fair_edge.errors import ConfigError
 from fair_edge.training.evaluate import evaluate
 from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
-from fair_edge.models.patchcore.model import NearestBank, PatchcoreSettings, channel_pooling
+from fair_edge.models.patchcore.model import NearestBank, PatchcoreSettings, channel_pooling, memory_bytes
 from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter, bank_size
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
@@ -110,7 +110,11 @@ def test_settings_validate_and_bank_size_follows_ratio_and_cap():
         PatchcoreSettings(embed_dim=33)
     with pytest.raises(ConfigError, match="protobuf's 2 GB limit"):
         PatchcoreSettings(bank_max=200_000, embed_dim=2048)
-    assert PatchcoreSettings().bank_bytes == 10_000 * (128 * 4 + 9 * 8)  # 5.84 MB
+    assert PatchcoreSettings().bank_bytes == 10_000 * (128 * 4 + 4 + 9 * 8 + 8)  # 5.96 MB: bank, norms, tables
+    for rows in (1, 7, 1009, 10_000):   # what the settings and the facts count is what the search module holds
+        bank = NearestBank(torch.zeros(rows, 16), torch.zeros(rows, 3, dtype=torch.long))
+        held = sum(b.numel() * b.element_size() for b in bank.buffers())
+        assert memory_bytes(rows, 16, 3) == held, rows
     assert bank_size(1000, PatchcoreSettings(coreset_ratio=0.1)) == 100
     assert bank_size(10**6, PatchcoreSettings()) == PatchcoreSettings().bank_max
     assert bank_size(3, PatchcoreSettings(coreset_ratio=0.01)) == 1
@@ -195,7 +199,7 @@ def test_bundles_state_the_memory_bank(patchcore_bundles):
 
     for result in patchcore_bundles.values():
         facts = json.loads((result.bundle.root / "bundle.json").read_text())["facts"]["memory_bank"]
-        assert facts == {"rows": 64, "dim": 32, "neighbours": 9, "mb": round((64 * 32 * 4 + 64 * 9 * 8) / 1e6, 3)}
+        assert facts == {"rows": 64, "dim": 32, "neighbours": 9, "mb": round((64 * 32 * 4 + 64 * 4 + 64 * 9 * 8 + 64 * 8) / 1e6, 3)}
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -13,7 +13,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.family import ColourInput, ModelFamily
 from fair_edge.models.patchcore.model import (CHANNEL_REDUCTIONS, LOCAL_PADS, NORMALISATIONS, PatchcoreDetector,
-                                              PatchcoreSettings, fitted_before)
+                                              PatchcoreSettings, fitted_before, memory_bytes)
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -88,10 +88,11 @@ class PatchcoreFamily(ModelFamily):
                               f"found {preprocess.image_size}.")
 
     def facts(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        """The memory bank: rows, feature dim and its float32 size in MB (the graph's largest initializer)."""
+        """The memory bank: rows, feature dim and its size in MB as the graph holds it (``memory_bytes``: the
+        bank, its norms, the neighbour table and the search's column table; the graph's largest initializers)."""
         bank = state_dict["memory.bank_t"]
         table = state_dict["memory.neighbours"]
-        mb = (bank.numel() * 4 + table.numel() * 8) / 1e6
+        mb = memory_bytes(int(bank.shape[1]), int(bank.shape[0]), int(table.shape[1])) / 1e6
         return {"memory_bank": {"rows": int(bank.shape[1]), "dim": int(bank.shape[0]), "neighbours": int(table.shape[1]),
                                 "mb": round(mb, 3)}}
 

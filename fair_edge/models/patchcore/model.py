@@ -160,8 +160,8 @@ class PatchcoreSettings:
 
     @property
     def bank_bytes(self) -> int:
-        """Bytes of the largest bank these settings allow: float32 rows plus the int64 neighbour table."""
-        return self.bank_max * (self.feature_dim * 4 + self.neighbours * 8)
+        """Bytes of the largest bank these settings allow, as the graph holds it (``memory_bytes``)."""
+        return memory_bytes(self.bank_max, self.feature_dim, self.neighbours)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,6 +225,14 @@ class PatchFeatures(nn.Module):
             parts += [f, F.interpolate(c, size=fine.shape[-2:], mode="bilinear", align_corners=False)]
         features = torch.cat(parts, 1)
         return features if self.projection is None else F.conv2d(features, self.projection)
+
+
+def memory_bytes(rows: int, dim: int, neighbours: int) -> int:
+    """Bytes of a ``NearestBank`` of ``rows`` x ``dim`` with ``neighbours`` per row: the float32 bank and its
+    squared norms, the int64 neighbour table and the int64 column table of the two-level search (``search_group``;
+    the short last group padded)."""
+    group = search_group(rows)
+    return rows * (dim * 4 + 4 + neighbours * 8) + -(-rows // group) * group * 8
 
 
 def search_group(rows: int) -> int:
