@@ -5,15 +5,15 @@
 
 Builds one synthetic PatchCore INT8 bundle (random weights, its default 10 000-row random bank, as
 ``fair-edge bench --synthetic-model patchcore --precision int8`` does) and times, per batch:
-  compute   what ``fair-edge bench BUNDLE --backend onnxruntime --mode compute`` times (with ``--threads``): CPU pre-processing of
-            1080p uint8 frames + the CPU INT8 graph (``model.int8-cpu.onnx``) through the bundle's scorer;
+  compute   what ``fair-edge bench BUNDLE --backend onnxruntime --mode compute`` times (with ``--threads``):
+            CPU pre-processing of 1080p uint8 frames + the CPU INT8 graph (``model.int8-cpu.onnx``), the bundle's scorer;
   int8-cpu  the CPU INT8 graph alone on prepared (B, 3, S, S) inputs;
-  int8-trt  the TensorRT Q/DQ graph (``model.int8.onnx``) alone, which ONNX Runtime runs for a bundle without the CPU graph;
+  int8-trt  the TensorRT Q/DQ graph (``model.int8.onnx``) alone: what ONNX Runtime runs without the CPU graph;
   fp32      the bundle's FP32 graph alone on the same inputs (the reference: batching paid there, #29 item 1).
 Rounds interleave every (case, batch) so that the load of a shared machine falls on all alike; the report gives
 the median over rounds, batch 1 / batch B per frame of those medians (> 1: batching pays) and the median of the
-per-round ratios (each round's batch 1 and batch B timed seconds apart, the steadier figure on a loaded machine). ``--profile`` adds ONNX Runtime's
-per-operator time (ms per frame, summed by op type) of both graphs at each batch.
+per-round ratios (each round's batch 1 and batch B timed seconds apart). ``--profile`` adds ONNX Runtime's
+per-operator time (ms per frame, summed by op type, search nodes apart) of every graph at each batch.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def main() -> None:
         tmp = Path(tmp)
         bundle = synthetic_bundle(tmp / "bundle", model, "int8", max_batch=max(batches),
                                   calib_frames=synthetic_frames(height, width, count=8, seed=1))
-        graphs = {"int8-cpu": bundle.root / CPU_INT8_ONNX, "int8-trt": bundle.onnx_path, "fp32": bundle.root / "model.fp32.onnx"}
+        graphs = {"int8-cpu": bundle.root / CPU_INT8_ONNX, "int8-trt": bundle.onnx_path,
+                  "fp32": bundle.root / "model.fp32.onnx"}
         sessions = {name: session(path, args.threads) for name, path in graphs.items()}
         path, threshold, what = cpu_graph(bundle)  # as `--backend onnxruntime` selects it, with --threads
         scorer = BundleScorer(OnnxRuntimeBackend(path, bundle.model.input_names, threads=args.threads),
@@ -125,7 +126,8 @@ def main() -> None:
     print(f"{machine['date_utc']} {machine['cpu']} ({machine['cpu_count']} cores); ORT {ort.__version__}", file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "machine": machine, "rows": rows, "profiles": profiles}, indent=1))
+        report = {"command": "python " + " ".join(sys.argv), "machine": machine, "rows": rows, "profiles": profiles}
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
