@@ -159,7 +159,7 @@ def quantize_int8(
     try:
         with _quiet_ort():
             if not reused:
-                calibrate_ranges(fp32_onnx, reader, ["Conv"], METHODS[settings.method],
+                calibrate_ranges(fp32_onnx, reader, ["Conv"], scope, METHODS[settings.method],
                                  {"symmetric": True, "percentile": settings.percentile},
                                  _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
             quantize_static(

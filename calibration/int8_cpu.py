@@ -64,7 +64,7 @@ def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray],
     reader = _Reader(inputs, on_image)
     with _quiet_ort():
         if not reused:  # ORT's calibrator defaults (percentile: symmetric |x|, entropy and max: signed), our rule
-            calibrate_ranges(fp32_onnx, reader, CPU_INT8_OPS, METHODS[settings.method], {"percentile": settings.percentile},
+            calibrate_ranges(fp32_onnx, reader, CPU_INT8_OPS, scope, METHODS[settings.method], {"percentile": settings.percentile},
                              _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
         quantize_static(
             graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,

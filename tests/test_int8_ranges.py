@@ -65,3 +65,11 @@ def test_zero_based_edges_split_any_float32_range():
         edges = zero_based_edges(values, 2048)
         assert edges.dtype == np.float32 and len(edges) == 2049 and edges[0] == 0 and (np.diff(edges) > 0).all()
         assert edges[-1] >= np.abs(values).max()
+
+
+def test_only_the_tensors_of_nodes_in_scope_are_calibrated(fp32, tmp_path):
+    # /net/b is outside the scope (as PatchCore's blur Conv is): its output y gets no range, its input t does
+    settings = Int8Settings(method="percentile", num_images=8, chunk=4)
+    quantize_int8(fp32, tmp_path / "int8.onnx", calib(), ("/net/a",), settings, tmp_path / "calib.json")
+    text = (tmp_path / "calib.json").read_text()
+    assert '"x"' in text and '"t"' in text and '"y"' not in text
