@@ -7,7 +7,8 @@ fuses DQ -> Conv -> ReLU -> Q itself), biases kept float32 (``QuantizeBias=False
 has no int32 DequantizeLinear). Only nodes inside the model family's ``int8_scope`` are quantised
 (FAIR: ``/unet/``): the scoring subgraph and the final restored image stay float32.
 
-Calibration ranges are written to a cache file (ORT's JSON ``TensorsData``) with a key file next
+Ranges come from ``calibration.ranges`` (ORT's calibrators; a near-constant tensor's percentile histogram by our
+documented rule). They are written to a cache file (ORT's JSON ``TensorsData``) with a key file next
 to it; a rebuild with the same fp32 graph, settings and images reuses the ranges exactly.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from fair_edge.calibration.ranges import calibrate_ranges
 from fair_edge.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
@@ -150,19 +152,18 @@ def quantize_int8(
     if not reused:
         cache_path.unlink(missing_ok=True)
     graph = onnx.load(str(fp32_onnx))
-    extra = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "CalibTensorRangeSymmetric": True,
-        "QuantizeBias": False,
-        "OpTypesToExcludeOutputQuantization": ["Conv"],
-        "CalibPercentile": settings.percentile,
-        "CalibStridedMinMax": _largest_divisor_at_most(len(_Reader(inputs, None)), settings.chunk),
-    }
+    # quantize_static reads the ranges from the cache calibrate_ranges writes (or a matching earlier one)
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+             "OpTypesToExcludeOutputQuantization": ["Conv"]}
+    reader = _Reader(inputs, on_image)
     try:
         with _quiet_ort():
+            if not reused:
+                calibrate_ranges(fp32_onnx, reader, ["Conv"], scope, METHODS[settings.method],
+                                 {"symmetric": True, "percentile": settings.percentile},
+                                 _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
             quantize_static(
-                graph, str(out_onnx), _Reader(inputs, on_image),
+                graph, str(out_onnx), reader,
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],

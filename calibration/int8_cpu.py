@@ -14,7 +14,6 @@ so the UNet runs QLinearConv end to end; scoring stays FP32 as in the TensorRT g
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Collection, Mapping
 
@@ -24,6 +23,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 from fair_edge.calibration.int8 import (METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key,
                                         excluded_nodes)
+from fair_edge.calibration.ranges import calibrate_ranges
 from fair_edge.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,7 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
     if not reused:
         cache_path.unlink(missing_ok=True)
     try:
-        try:
-            _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image, keep_float)
-        except ValueError as exc:
-            if "Too many bins" not in str(exc):
-                raise
-            # A histogram over a near-constant activation (random or dead channels) has no finite bins.
-            log.warning("CPU INT8: %s calibration failed on a near-constant tensor (%s); using max calibration",
-                        settings.method, exc)
-            cache_path.unlink(missing_ok=True)
-            _quantize(fp32_onnx, out_onnx, inputs, scope, replace(settings, method="max"), cache_path, on_image, keep_float)
+        _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image, keep_float, reused)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         raise ExportError(f"CPU INT8 quantisation of {fp32_onnx} failed: {type(exc).__name__}: {str(exc)[:400]}. "
                           f"Delete {cache_path} and rebuild; if it persists, build with --fp16.") from exc
@@ -68,16 +59,17 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
 
 def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray], scope: tuple[str, ...],
               settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None,
-              keep_float: Collection[str]) -> None:
+              keep_float: Collection[str], reused: bool) -> None:
     graph = onnx.load(str(fp32_onnx))
     reader = _Reader(inputs, on_image)
-    extra = {"WeightSymmetric": True, "CalibPercentile": settings.percentile,
-             "CalibStridedMinMax": _largest_divisor_at_most(len(reader), settings.chunk)}
     with _quiet_ort():
+        if not reused:  # ORT's calibrator defaults (percentile: symmetric |x|, entropy and max: signed), our rule
+            calibrate_ranges(fp32_onnx, reader, CPU_INT8_OPS, scope, METHODS[settings.method], {"percentile": settings.percentile},
+                             _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
         quantize_static(
             graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(CPU_INT8_OPS), per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
-            extra_options=extra, calibration_cache_path=str(cache_path),
+            extra_options={"WeightSymmetric": True}, calibration_cache_path=str(cache_path),
         )
