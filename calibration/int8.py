@@ -108,9 +108,14 @@ class _Reader(CalibrationDataReader):
         self.pos = self.start
 
 
+RANGES_VERSION = "2"   # the way ranges are taken (calibration.ranges); a new one makes old caches miss
+
+
 def cache_key(fp32_onnx: Path, settings: Int8Settings, inputs: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over the fp32 graph, the settings and the calibration inputs: equal keys, equal ranges."""
-    h = hashlib.sha256(Path(fp32_onnx).read_bytes())
+    """SHA-256 over the way ranges are taken (``RANGES_VERSION``), the fp32 graph, the settings and the calibration
+    inputs: equal keys, equal ranges."""
+    h = hashlib.sha256(f"ranges v{RANGES_VERSION}".encode())
+    h.update(Path(fp32_onnx).read_bytes())
     h.update(json.dumps(settings.to_dict(), sort_keys=True).encode())
     for name in sorted(inputs):
         h.update(name.encode())

@@ -73,3 +73,18 @@ def test_only_the_tensors_of_nodes_in_scope_are_calibrated(fp32, tmp_path):
     quantize_int8(fp32, tmp_path / "int8.onnx", calib(), ("/net/a",), settings, tmp_path / "calib.json")
     text = (tmp_path / "calib.json").read_text()
     assert '"x"' in text and '"t"' in text and '"y"' not in text
+
+
+def test_a_cache_written_by_another_way_of_taking_ranges_is_not_reused(tmp_path, monkeypatch):
+    """Old calibration caches (ranges taken over [min |x|, max |x|], every Conv) must miss after the change."""
+    import numpy as np
+
+    import fair_edge.calibration.int8 as int8
+
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"graph")
+    inputs = {"x": np.zeros((1, 3), np.float32)}
+    now = int8.cache_key(graph, int8.Int8Settings(), inputs)
+    assert now == int8.cache_key(graph, int8.Int8Settings(), inputs)
+    monkeypatch.setattr(int8, "RANGES_VERSION", "1")
+    assert int8.cache_key(graph, int8.Int8Settings(), inputs) != now
