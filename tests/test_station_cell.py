@@ -427,6 +427,9 @@ def test_fair_edge_run_takes_a_station_file_with_cameras(station_bundles, scored
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["parts"]["parts"] == 3 and summary["parts"]["ng"] == 1
     assert {c: s["inspected"] for c, s in summary["cameras"].items()} == {"top": 3, "left": 3}
+    text = " ".join(result.output.split())
+    assert "3: 1 NG, 0 not inspected" in text
+    assert "camera top" in text and "3 inspected, 1 NG, 0" in text and "camera left" in text
     refused = CliRunner().invoke(app, ["run", "--station", str(station), "--camera", "0"], terminal_width=200)
     assert refused.exit_code == 2 and "lists 2 cameras" in " ".join(refused.output.split())
 

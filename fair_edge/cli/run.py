@@ -83,6 +83,18 @@ def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[fl
     return RejectSettings.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in data.items()})
 
 
+def cell_rows(summary) -> list[tuple[str, object]]:
+    """Rows for a station of several cameras: the parts, then each camera (empty with one camera)."""
+    rows: list[tuple[str, object]] = []
+    if summary.parts:
+        p = summary.parts
+        rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected"))
+    for name, c in summary.cameras.items():
+        rows.append((f"camera {name}", f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} dropped, "
+                                       f"{c['lost']} lost"))
+    return rows
+
+
 def print_summary(summary, out: Path) -> None:
     lat = summary.latency
     table = Table(title=f"run summary ({out}, run {summary.run_id})")
@@ -94,7 +106,7 @@ def print_summary(summary, out: Path) -> None:
             ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
             ("frames/s", f"{summary.fps:.1f}"),
             ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms"),
-            *reject_rows(summary.rejects)]
+            *reject_rows(summary.rejects), *cell_rows(summary)]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
