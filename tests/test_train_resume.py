@@ -119,11 +119,12 @@ def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
 def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
     import fair_edge.cli.demo as cli
     from fair_edge.training.data import load_dataset
-    from fair_edge.demo.config import demo_preprocess, demo_train_config
+    from fair_edge.demo.config import demo_model, demo_train_config
     from fair_edge.models.fair.train import Trainer
     from fair_edge.training.loop import TrainingInterrupted
 
-    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4, "fair"), tmp_path,
+    fair = demo_model("fair")
+    trainer = Trainer(load_dataset(mvtec_dir), fair.preprocess, fair.settings, demo_train_config(4, "fair"), tmp_path,
                       torch.device("cpu"))
     trainer.run_info = {"data": "elpv:mono", "category": None, "textures": None}  # as run_training sets it
     with pytest.raises(TrainingInterrupted):
