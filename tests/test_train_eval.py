@@ -61,7 +61,8 @@ def test_the_unet_width_is_a_model_setting_only(mvtec_dir, tmp_path):
     assert "width" not in load_checkpoint(tmp_path / "last.pt").train_state["config"]
     assert "width" not in ckpt.data_summary["train_config"]
     with pytest.raises(ConfigError, match="takes the model settings .FairSettings."):  # the old argument order
-        Trainer(load_dataset(mvtec_dir), PRE, TrainConfig(batch=4, steps=1), tmp_path, torch.device("cpu"), settings.scoring)
+        Trainer(load_dataset(mvtec_dir), PRE, TrainConfig(batch=4, steps=1), tmp_path, torch.device("cpu"),
+                settings.scoring)
 
 
 def test_eval_report(trained, mvtec_dir, tmp_path):
