@@ -9,7 +9,7 @@ A family's ``training_module`` (``ModelFamily.training_module``) defines:
                           (``RUN_EXTRAS``); the family takes the ones it uses as keyword parameters, and
                           ``check_extras`` refuses the others before any work, naming the families that take them.
 The commands never ask which family they hold: every scalar field of a registered family's settings and
-training settings is a `fair-edge train` option (``setting_flags``: typed, its help from the dataclass docstring's
+training settings (no name in both: ``check_one_place``) is a `fair-edge train` option (``setting_flags``: typed, its help from the dataclass docstring's
 ``name: text`` and its defaults from the dataclass); flags become training settings through
 ``config_from_options`` (a flag the user typed that the family's settings lack is refused), and model
 settings through ``ModelFamily.settings_from_options`` and ``settings_overrides`` (``--set KEY=VALUE``).
