@@ -43,7 +43,7 @@ from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.backends import OnnxRuntimeBackend
-from fair_edge.models.training_contract import config_from_options
+from fair_edge.models.training_contract import check_extras, config_from_options
 
 # each family's own training settings with these values (FAIR: width 32 comes from its model settings)
 CFG = {"batch": 8, "lr": 1e-3, "steps": 1_000_000, "save_every": 1_000_000, "log_every": 10, "seed": 0}
@@ -54,7 +54,9 @@ def train_for(model: ModelSpec, split, seconds: float, out: Path, weights: str |
     start = time.perf_counter()
     training = model.impl.training()
     cfg = config_from_options(training.default_train_config(), CFG)
-    trainer = training.make_trainer(split, model, cfg, out, torch.device("cpu"), backbone_weights=weights)
+    extras = {} if weights is None else {"backbone_weights": weights}  # FAIR takes no backbone extras
+    check_extras(training, extras, model.family, model.describe())
+    trainer = training.make_trainer(split, model, cfg, out, torch.device("cpu"), **extras)
     setup = time.perf_counter() - start
     while time.perf_counter() - start < seconds:
         trainer.train_step(trainer.step)

@@ -22,6 +22,7 @@ import torch
 from fair_edge.training import metrics
 from fair_edge.training.data import load_dataset
 from fair_edge.training.evaluate import score_samples
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.tiling import TilingConfig
@@ -29,10 +30,10 @@ from fair_edge.models.fair.train import TrainConfig, Trainer
 
 
 def run_variant(name: str, pre: PreprocessConfig, args, split) -> dict:
-    cfg = TrainConfig(width=args.width, batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed,
-                      save_every=10**9)
+    cfg = TrainConfig(batch=args.batch, steps=args.steps, lr=args.lr, seed=args.seed, save_every=10**9)
+    settings = FairSettings(width=args.width, scoring=ScoringConfig(smooth=args.smooth))
     start = time.perf_counter()
-    final = Trainer(split, pre, cfg, args.out / name, torch.device("cpu"), ScoringConfig(smooth=args.smooth)).run()
+    final = Trainer(split, pre, settings, cfg, args.out / name, torch.device("cpu")).run()
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     scored = score_samples(final, split.test, batch=32)

@@ -43,6 +43,7 @@ from fair_edge.training.data import DatasetSplit, load_dataset
 from fair_edge.errors import FairEdgeError
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.training.loop import resolve_device
 
@@ -122,8 +123,8 @@ def bench_width(width: int, split: DatasetSplit, args: argparse.Namespace, devic
     """Time the three pipelines for one UNet width on one Trainer (same model and optimizer)."""
     preprocess = PreprocessConfig(image_size=args.image_size)
     n_steps = args.warmup + args.steps
-    cfg = TrainConfig(width=width, batch=args.batch, steps=3 * n_steps, amp=True)
-    trainer = Trainer(split, preprocess, cfg, out_dir, device)
+    cfg = TrainConfig(batch=args.batch, steps=3 * n_steps, amp=True)
+    trainer = Trainer(split, preprocess, FairSettings(width=width), cfg, out_dir, device)
     batch = trainer.batch
     results = {"width": width, "batch": batch, "train_images": len(trainer.images)}
     results["device_side"] = time_steps(trainer.train_step, args.warmup, args.steps, batch, device)

@@ -26,15 +26,16 @@ import torch.multiprocessing as mp
 
 from fair_edge.training.data import load_dataset
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.training.loop import TrainingInterrupted
 from fair_edge.training.ddp import from_environment, shutdown
 
 
-def train_losses(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, parallel=None,
+def train_losses(data: str, pre: PreprocessConfig, settings: FairSettings, cfg: TrainConfig, out: Path, parallel=None,
                  stop_at: int | None = None, resume: bool = False) -> list[float]:
     """Per-step losses of one run; ``stop_at`` stops it there as Ctrl-C does (last.pt is written)."""
-    trainer = Trainer(load_dataset(data), pre, cfg, out, torch.device("cpu"), parallel=parallel)
+    trainer = Trainer(load_dataset(data), pre, settings, cfg, out, torch.device("cpu"), parallel=parallel)
     if resume:
         trainer.resume()
     losses: list[float] = []
@@ -51,9 +52,10 @@ def train_losses(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, 
     return losses
 
 
-def first_gradient(data: str, pre: PreprocessConfig, cfg: TrainConfig, out: Path, parallel=None) -> torch.Tensor:
+def first_gradient(data: str, pre: PreprocessConfig, settings: FairSettings, cfg: TrainConfig, out: Path,
+                   parallel=None) -> torch.Tensor:
     """All UNet parameter gradients of step 0, flattened (after DDP's all-reduce), before any update."""
-    trainer = Trainer(load_dataset(data), pre, cfg, out, torch.device("cpu"), parallel=parallel)
+    trainer = Trainer(load_dataset(data), pre, settings, cfg, out, torch.device("cpu"), parallel=parallel)
     trainer.state.optimizer.step = lambda *args, **kwargs: None  # keep the weights: this is a measurement
     trainer.state.scheduler.step = lambda *args, **kwargs: None
     trainer.train_step(0)
@@ -74,10 +76,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, data: str, pre: PreprocessConfig, cfg: TrainConfig, root: Path) -> None:
+def _rank(rank: int, world: int, port: int, data: str, pre: PreprocessConfig, settings: FairSettings,
+          cfg: TrainConfig, root: Path) -> None:
     parallel = join_group(rank, world, port)
-    grad = first_gradient(data, pre, cfg, root / "ddp-grad", parallel)
-    losses = train_losses(data, pre, cfg, root / "ddp", parallel)
+    grad = first_gradient(data, pre, settings, cfg, root / "ddp-grad", parallel)
+    losses = train_losses(data, pre, settings, cfg, root / "ddp", parallel)
     if rank == 0:
         (root / "ddp.json").write_text(json.dumps(losses))
         torch.save(grad, root / "ddp-grad.pt")
@@ -95,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/ddp-equivalence"))
     args = parser.parse_args(argv)
     pre = PreprocessConfig(image_size=args.image_size, cutoff=30.0 * args.image_size / 256)
-    cfg = TrainConfig(width=args.width, batch=args.batch, lr=1e-3, steps=args.steps, log_every=1, amp=False,
-                      save_every=10 * args.steps)
+    settings = FairSettings(width=args.width)
+    cfg = TrainConfig(batch=args.batch, lr=1e-3, steps=args.steps, log_every=1, amp=False, save_every=10 * args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_rank, args=(args.nproc, free_port(), args.data, pre, cfg, args.out), nprocs=args.nproc, join=True)
+    mp.spawn(_rank, args=(args.nproc, free_port(), args.data, pre, settings, cfg, args.out), nprocs=args.nproc,
+             join=True)
     torch.set_num_threads(1)
-    grad = first_gradient(args.data, pre, cfg, args.out / "single-grad")
+    grad = first_gradient(args.data, pre, settings, cfg, args.out / "single-grad")
     grad_rel = float((grad - torch.load(args.out / "ddp-grad.pt")).norm() / grad.norm())
-    single = np.array(train_losses(args.data, pre, cfg, args.out / "single"))
+    single = np.array(train_losses(args.data, pre, settings, cfg, args.out / "single"))
     ddp = np.array(json.loads((args.out / "ddp.json").read_text()))
     rel = np.abs(ddp - single) / np.abs(single)
     print(f"{'step':>4} {'1 process':>10} {f'{args.nproc} ranks':>10} {'rel diff':>9}")

@@ -75,11 +75,13 @@ def trained(mvtec_dir, tmp_path_factory):
 
     from fair_edge.training.data import load_dataset
     from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.models.fair.family import FairSettings
     from fair_edge.models.fair.train import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
-    trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), cfg, out, torch.device("cpu"))
+    cfg = TrainConfig(batch=4, lr=1e-3, steps=60, save_every=3, log_every=1)
+    trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), FairSettings(width=8), cfg,
+                      out, torch.device("cpu"))
     return trainer.run(), out
 
 

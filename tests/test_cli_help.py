@@ -51,6 +51,16 @@ def test_train_help_defaults_come_from_the_settings():
            "lgfdr-efficientnet_lite0, patchcore: patchcore-efficientnet_lite0]" in flat and "frequency-index units" in flat
 
 
+def test_train_offers_width_once_from_the_model_settings():
+    """FAIR's width is a model setting only (TrainConfig has none): one --width, FairSettings' text and default."""
+    from dataclasses import fields
+
+    flat = " ".join(help_text("train").split())
+    assert flat.count("--width") == 1 and "width" not in {f.name for f in fields(TrainConfig)}
+    assert (f"--width <int> FAIR: UNet base width c: 32 (fastest), 64 or 128 (the paper's) (one of 32, 64, 128) "
+            f"[default: {FairSettings.width}].") in flat
+
+
 def test_help_names_every_registered_family_and_says_what_the_commands_do():
     """The family lists come from the registry (the old texts said 'train FAIR anomaly detectors', 'FAIR (default)
     or LGFDR', 'LGFDR by default' for a PatchCore demo, 'UNet' for every family's --fp16 / --int8)."""

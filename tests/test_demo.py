@@ -11,6 +11,7 @@ from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.models.training_contract import config_from_options
 
@@ -55,10 +56,10 @@ def test_plan_line_slows_an_overloaded_conveyor_and_places_the_gate_above_p99():
 @pytest.mark.parametrize("family", ["fair", "lgfdr"])
 def test_demo_station_with_a_tiny_model(family, tmp_path):
     def train():
-        cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=3, save_every=3)
+        cfg = TrainConfig(batch=4, lr=1e-3, steps=3, save_every=3)
         pre = PreprocessConfig(image_size=32, cutoff=4.0)
         if family == "fair":
-            return Trainer(elpv_split("mono"), pre, cfg, tmp_path, torch.device("cpu")).run()
+            return Trainer(elpv_split("mono"), pre, FairSettings(width=8), cfg, tmp_path, torch.device("cpu")).run()
         model = ModelSpec("lgfdr", pre, LgfdrSettings())
         training = model.impl.training()
         own = config_from_options(training.default_train_config(), {"batch": 4, "lr": 1e-3, "steps": 3, "save_every": 3})

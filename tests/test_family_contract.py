@@ -237,6 +237,35 @@ def test_a_setting_that_clashes_is_refused_when_the_options_are_made():
         setting_flags({"meancolour": MeanColourFamily()}, reserved=("window",))
 
 
+def test_a_setting_lives_in_one_place_the_model_settings_or_the_training_settings():
+    """A family whose training settings repeat a model setting (as FAIR's TrainConfig once repeated its width)
+    is refused when the options are made; no registered family does."""
+    from fair_edge.models.training_contract import config_fields, setting_flags
+
+    @dataclass(frozen=True)
+    class Twice:
+        """window: box filter side. batch: images per step, here too."""
+
+        window: int = 3
+        batch: int = 4
+
+        def to_dict(self) -> dict:
+            return asdict(self)
+
+    class TwiceFamily(MeanColourFamily):
+        key = "twice"
+
+        def default_settings(self):
+            return Twice()
+
+    with pytest.raises(ConfigError, match=r"the twice family has 'batch' in both its model settings \(Twice\) and "
+                                          r"its training settings \(MeanFit\); a setting lives in one place"):
+        setting_flags({"twice": TwiceFamily()})
+    for key, impl in FAMILIES.items():
+        assert not set(impl.setting_names()) & set(config_fields(impl.training().default_train_config())), key
+    assert [f.families for f in setting_flags(FAMILIES) if f.name == "width"] == [("fair",)]
+
+
 def test_options_and_settings_refusals():
     from fair_edge.models.fair.train import TrainConfig
 

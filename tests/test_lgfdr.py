@@ -215,7 +215,26 @@ def test_lgfdr_has_its_own_training_settings_and_reads_runs_saved_with_fairs():
 
     assert lgfdr_train.default_train_config() == LgfdrTrainConfig(lr=1e-3, epochs=100)
     assert not {"width", "amp", "synthesis"} & {f.name for f in fields(LgfdrTrainConfig)}
-    old = TrainConfig(lr=1e-3, epochs=100, steps=40, seed=2).to_dict()
+    old = {"width": 128, **TrainConfig(lr=1e-3, epochs=100, steps=40, seed=2).to_dict()}  # FAIR's then held a width
     assert LgfdrTrainConfig.from_dict(old) == LgfdrTrainConfig(steps=40, seed=2)
     with pytest.raises(ConfigError, match="lr must be > 0; found 0"):
         LgfdrTrainConfig(lr=0.0)
+
+
+def test_bench_lgfdr_trains_fair_without_backbone_extras(mvtec_dir, tmp_path):
+    """benchmarks/bench_lgfdr.py once passed backbone_weights= to FAIR's make_trainer (it takes no backbone
+    extras): FAIR now trains there, and a backbone file given for FAIR is refused by name."""
+    import importlib.util
+    from pathlib import Path
+
+    from fair_edge.models.fair.family import FairSettings
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lgfdr.py"
+    spec = importlib.util.spec_from_file_location("bench_lgfdr", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fair = ModelSpec("fair", PreprocessConfig(image_size=32), FairSettings(width=8))
+    final, timing = bench.train_for(fair, load_dataset(mvtec_dir), 0.0, tmp_path / "fair")
+    assert load_checkpoint(final).model == fair and timing["steps"] == 0
+    with pytest.raises(ConfigError, match="--backbone-weights is not used by FAIR width 8"):
+        bench.train_for(fair, load_dataset(mvtec_dir), 0.0, tmp_path / "fair2", "random")

@@ -16,6 +16,7 @@ from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import FrameTiler, TilingConfig, split_frame, stitch, tile_layout, tile_weights
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 
 
@@ -87,9 +88,9 @@ def test_training_on_tiles(tmp_path):
     pre = replace(PRE, tiling=TilingConfig(40, 8))  # 3 x 3 tiles of 40 px per 80 px frame
     images, kept = load_images([Sample(p) for p in sorted(folder.glob("*.png"))], pre.image_size, tiling=pre.tiling)
     assert images.shape == (36, 3, 32, 32) and len(kept) == 4
-    cfg = TrainConfig(width=WIDTH, batch=4, steps=2, save_every=100, log_every=1)
-    trainer = Trainer(DatasetSplit("t", [Sample(p) for p in sorted(folder.glob("*.png"))]), pre, cfg, tmp_path / "run",
-                      torch.device("cpu"))
+    cfg = TrainConfig(batch=4, steps=2, save_every=100, log_every=1)
+    split = DatasetSplit("t", [Sample(p) for p in sorted(folder.glob("*.png"))])
+    trainer = Trainer(split, pre, FairSettings(WIDTH), cfg, tmp_path / "run", torch.device("cpu"))
     assert trainer.data_summary["train_tiles"] == 36 and trainer.total_steps == 2
     ckpt = load_checkpoint(trainer.run())
     assert ckpt.preprocess.tiling == TilingConfig(40, 8)

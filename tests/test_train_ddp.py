@@ -18,13 +18,15 @@ from torch import nn
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import ConfigError
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig
 from fair_edge.training.ddp import CpuSyncBatchNorm2d, SingleProcess, convert_cpu_sync_batchnorm, shutdown
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_equivalence.py"
 
 PRE = PreprocessConfig(image_size=32, cutoff=4.0)
-CFG = TrainConfig(width=4, batch=4, lr=1e-3, steps=6, save_every=100, log_every=1, amp=False)
+SETTINGS = FairSettings(width=4)
+CFG = TrainConfig(batch=4, lr=1e-3, steps=6, save_every=100, log_every=1, amp=False)
 LOSS_RTOL = 1e-4  # DDP vs one process: float summation order (batch-norm sums, gradient all-reduce) only
 
 
@@ -39,7 +41,7 @@ ddp_equivalence = load_script()
 
 
 def train(data: Path, out: Path, parallel=None, stop_at: int | None = None, resume: bool = False) -> list[float]:
-    return ddp_equivalence.train_losses(str(data), PRE, CFG, out, parallel, stop_at, resume)
+    return ddp_equivalence.train_losses(str(data), PRE, SETTINGS, CFG, out, parallel, stop_at, resume)
 
 
 def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:

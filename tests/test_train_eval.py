@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.cli import app
-from fair_edge.errors import CheckpointError
+from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.training.data import load_dataset
 from fair_edge.training.evaluate import evaluate
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.training.loop import TrainingInterrupted
 
@@ -24,8 +25,8 @@ PRE = PreprocessConfig(image_size=32, cutoff=4.0)
 
 
 def tiny_trainer(mvtec_dir, out, steps=6, **kw):
-    cfg = TrainConfig(width=8, batch=4, lr=1e-3, steps=steps, save_every=3, log_every=1, **kw)
-    return Trainer(load_dataset(mvtec_dir), PRE, cfg, out, torch.device("cpu"))
+    cfg = TrainConfig(batch=4, lr=1e-3, steps=steps, save_every=3, log_every=1, **kw)
+    return Trainer(load_dataset(mvtec_dir), PRE, FairSettings(width=8), cfg, out, torch.device("cpu"))
 
 
 def test_training_writes_checkpoints_and_a_falling_loss(trained):
@@ -39,6 +40,29 @@ def test_training_writes_checkpoints_and_a_falling_loss(trained):
     first = sum(float(r["loss"]) for r in rows[:5]) / 5
     last = sum(float(r["loss"]) for r in rows[-5:]) / 5
     assert last < 0.7 * first
+
+
+def test_the_unet_width_is_a_model_setting_only(mvtec_dir, tmp_path):
+    """The width lives in FairSettings: the Trainer builds its UNet from the model settings it is given."""
+    from dataclasses import fields
+
+    from fair_edge.models.fair.scoring import ScoringConfig
+
+    assert "width" not in {f.name for f in fields(TrainConfig)}
+    with pytest.raises(TypeError):
+        TrainConfig(width=8)
+    settings = FairSettings(width=8, scoring=ScoringConfig(smooth=5))
+    trainer = Trainer(load_dataset(mvtec_dir), PRE, settings, TrainConfig(batch=4, steps=1), tmp_path,
+                      torch.device("cpu"))
+    assert trainer.state.unet.width == 8 and trainer.state.unet.head.in_channels == 8
+    assert trainer.model.settings == settings
+    ckpt = load_checkpoint(trainer.run())
+    assert ckpt.settings == settings and ckpt.state_dict["head.weight"].shape[1] == 8
+    assert "width" not in load_checkpoint(tmp_path / "last.pt").train_state["config"]
+    assert "width" not in ckpt.data_summary["train_config"]
+    with pytest.raises(ConfigError, match="takes the model settings .FairSettings."):  # the old argument order
+        Trainer(load_dataset(mvtec_dir), PRE, TrainConfig(batch=4, steps=1), tmp_path, torch.device("cpu"),
+                settings.scoring)
 
 
 def test_eval_report(trained, mvtec_dir, tmp_path):
@@ -94,7 +118,7 @@ def test_resume_is_exact(mvtec_dir, tmp_path):
 def test_resume_refuses_other_settings(mvtec_dir, tmp_path):
     tiny_trainer(mvtec_dir, tmp_path, steps=3).run()
     other = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=5.0),
-                    TrainConfig(width=8, batch=4, steps=3), tmp_path, torch.device("cpu"))
+                    FairSettings(width=8), TrainConfig(batch=4, steps=3), tmp_path, torch.device("cpu"))
     with pytest.raises(CheckpointError, match=r"cannot resume: .*last\.pt was trained as .*cutoff=4\.0.*cutoff=5\.0"):
         other.resume()
 

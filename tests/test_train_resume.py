@@ -83,6 +83,43 @@ def test_resume_reads_settings_and_refuses_a_changed_flag(mvtec_dir, tmp_path):
     assert result.exit_code == 0 and "at step 3 of 3" in " ".join(result.output.split()), result.output
 
 
+def test_a_run_saved_with_width_in_its_train_config_resumes_with_the_models_width(mvtec_dir, tmp_path):
+    """Runs written before the width was a model setting only also hold it in their saved training settings
+    (``train_state["config"]`` and ``data_summary["train_config"]``); they still resume, at the model's width."""
+    from dataclasses import asdict
+
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.fair.train import TrainConfig, Trainer
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.loop import TrainingInterrupted
+    from fair_edge.training.resume import RunSource, read_saved_run
+
+    cfg = TrainConfig(batch=4, lr=1e-3, steps=3, save_every=1000, log_every=1)
+    trainer = Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32), FairSettings(width=8), cfg, tmp_path,
+                      torch.device("cpu"))
+    trainer.run_info = RunSource(str(mvtec_dir)).to_dict()  # as run_training sets it
+    with pytest.raises(TrainingInterrupted):
+        trainer.run(lambda step, *_: trainer.request_stop())
+    path = tmp_path / "last.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    written_before = {"width": 8, **asdict(cfg)}  # TrainConfig.to_dict() as it was: width first, then the rest
+    payload["train_state"]["config"] = written_before
+    payload["data_summary"]["train_config"] = {k: v for k, v in written_before.items() if k != "synthesis"}
+    torch.save(payload, path)
+
+    saved = read_saved_run(tmp_path)
+    assert saved.train == cfg and saved.model.settings == FairSettings(width=8)
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--width", "32"])
+    assert result.exit_code == 2 and "--width 32 (saved: 8)" in " ".join(result.output.split()), result.output
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--device", "cpu"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "resumed" in text and "at step 1 of 3" in text and "FAIR width 8" in text, text
+    final = load_checkpoint(tmp_path / "final.pt")
+    assert final.settings.width == 8 and final.state_dict["head.weight"].shape[1] == 8
+    assert final.data_summary["steps"] == 3 and "width" not in load_checkpoint(path).train_state["config"]
+
+
 def test_resume_without_a_run_says_what_to_pass(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 2 and "last.pt does not exist" in " ".join(result.output.split())
@@ -119,11 +156,12 @@ def test_cutoff_follows_the_image_size_but_old_settings_keep_theirs():
 def test_demo_continues_an_interrupted_training(mvtec_dir, tmp_path, monkeypatch):
     import fair_edge.cli.demo as cli
     from fair_edge.training.data import load_dataset
-    from fair_edge.demo.config import demo_preprocess, demo_train_config
+    from fair_edge.demo.config import demo_model, demo_train_config
     from fair_edge.models.fair.train import Trainer
     from fair_edge.training.loop import TrainingInterrupted
 
-    trainer = Trainer(load_dataset(mvtec_dir), demo_preprocess(), demo_train_config(4, "fair"), tmp_path,
+    fair = demo_model("fair")
+    trainer = Trainer(load_dataset(mvtec_dir), fair.preprocess, fair.settings, demo_train_config(4, "fair"), tmp_path,
                       torch.device("cpu"))
     trainer.run_info = {"data": "elpv:mono", "category": None, "textures": None}  # as run_training sets it
     with pytest.raises(TrainingInterrupted):

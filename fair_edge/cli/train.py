@@ -227,7 +227,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weigh
           **settings: Any) -> None:
     """`fair-edge train` (``TrainCommand``): ``settings`` are the options made from the families' settings."""
     from fair_edge.models.registry import ModelSpec
-    from fair_edge.models.training_contract import config_fields, config_from_options, refuse_foreign_flags, settings_overrides
+    from fair_edge.models.training_contract import config_from_options, refuse_foreign_flags, settings_overrides
     from fair_edge.training.loop import TrainingInterrupted
     from fair_edge.training.resume import resume_command, resume_settings
     from fair_edge.training.runs import default_train_dir
@@ -255,8 +255,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weigh
             raise ConfigError("train needs DATA (an MVTec folder, a VisA CSV, a folder of normal images or 'elpv'); "
                               "only --resume reads it from OUT/last.pt.")
         base_cfg = family.training().default_train_config()
-        model_fields, train_fields = family.setting_names(), config_fields(base_cfg)  # FAIR's width is in both
-        train_given = [name for name in given if name not in model_fields or name in train_fields]
+        train_given = [name for name in given if name not in family.setting_names()]  # the rest: model settings
         cfg = config_from_options(base_cfg, settings, train_given, family.describe(spec.settings))
     if nproc > 1:
         from fair_edge.training.ddp import command_args, launch

@@ -21,7 +21,7 @@ DEMO_IMAGE_SIZE = 128
 DEMO_STEPS = 300  # FAIR's; LGFDR trains its default 100 epochs, PatchCore fits in one pass
 # training settings of the demo per family, where they differ from the family's defaults (FAIR's 800 epochs
 # would take hours on the CPU); every other family: its own length, last.pt every 500 steps
-DEMO_OWN_SETTINGS = {"fair": {"width": DEMO_WIDTH, "steps": DEMO_STEPS, "save_every": 100}}
+DEMO_OWN_SETTINGS = {"fair": {"steps": DEMO_STEPS, "save_every": 100}}  # FAIR's width 32: demo_model
 DEMO_OTHER_SETTINGS = {"save_every": 500}
 DEMO_LR = 1e-3
 # The demo calibrates its threshold on 59 held-out normal cells: a 0.5 % target

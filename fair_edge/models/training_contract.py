@@ -9,7 +9,7 @@ A family's ``training_module`` (``ModelFamily.training_module``) defines:
                           (``RUN_EXTRAS``); the family takes the ones it uses as keyword parameters, and
                           ``check_extras`` refuses the others before any work, naming the families that take them.
 The commands never ask which family they hold: every scalar field of a registered family's settings and
-training settings is a `fair-edge train` option (``setting_flags``: typed, its help from the dataclass docstring's
+training settings (no name in both: ``check_one_place``) is a `fair-edge train` option (``setting_flags``: typed, its help from the dataclass docstring's
 ``name: text`` and its defaults from the dataclass); flags become training settings through
 ``config_from_options`` (a flag the user typed that the family's settings lack is refused), and model
 settings through ``ModelFamily.settings_from_options`` and ``settings_overrides`` (``--set KEY=VALUE``).
@@ -231,6 +231,17 @@ def field_texts(cls: type) -> dict[str, str]:
     return out
 
 
+def check_one_place(family: str, model: Any, train: Any) -> None:
+    """ConfigError when a field is in both the model settings and the training settings of ``family``: a
+    setting lives in one place (the model's, stored in checkpoints and bundles), and its trainer reads it there."""
+    both = sorted(set(config_fields(model)) & set(config_fields(train)))
+    if both:
+        names = ", ".join(map(repr, both))
+        raise ConfigError(f"the {family} family has {names} in both its model settings ({type(model).__name__}) and "
+                          f"its training settings ({type(train).__name__}); a setting lives in one place. Keep it in "
+                          f"the model settings and let make_trainer read it from the model.")
+
+
 def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> tuple[SettingFlag, ...]:
     """One SettingFlag per scalar field name over every family's settings and training settings dataclasses.
 
@@ -239,7 +250,9 @@ def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> 
     reserved = set(reserved)
     found: dict[str, dict] = {}
     for key, impl in families.items():
-        for settings in (impl.default_settings(), impl.training().default_train_config()):
+        model, train = impl.default_settings(), impl.training().default_train_config()
+        check_one_place(key, model, train)
+        for settings in (model, train):
             hints, texts = typing.get_type_hints(type(settings)), field_texts(type(settings))
             for f in dataclasses.fields(settings):
                 kind = _flag_type(hints.get(f.name))

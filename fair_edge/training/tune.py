@@ -62,7 +62,7 @@ class Candidate:
         """The family's default training settings with this candidate's length, learning rate, batch and seed
         (those the family has: a family fitted in one pass takes batch and seed)."""
         base = get_family(self.family).training().default_train_config()
-        return config_from_options(base, {"width": self.width, "batch": batch, "steps": self.steps, "lr": self.lr,
+        return config_from_options(base, {"batch": batch, "steps": self.steps, "lr": self.lr,
                                           "seed": seed, "save_every": 10**9})
 
     def train_command(self, data: str) -> str:

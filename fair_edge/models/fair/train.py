@@ -28,20 +28,21 @@ from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
 from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
-from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
 from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop, steps_per_epoch
 
 log = logging.getLogger(__name__)
+# keys of training settings saved by runs before they moved to the model settings (read and dropped on --resume)
+MOVED_TO_MODEL_SETTINGS = ("width",)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """FAIR's training settings; defaults are the paper's (width 128, batch 8, Adam 1e-4, 800 epochs,
-    learning rate x0.2 at 80% and 90% of training).
-    width: UNet base width c (the model setting's; ``make_trainer`` takes it from there). batch: images per step.
+    """FAIR's training settings; defaults are the paper's (batch 8, Adam 1e-4, 800 epochs, learning rate x0.2
+    at 80% and 90% of training). The UNet width is a model setting (``FairSettings.width``), not one of these.
+    batch: images per step.
     lr: learning rate (Adam as the paper; the demo uses 1e-3 for its short run).
     epochs: passes over the training images (the paper's 800 on MVTec; 400 VisA).
     steps: optimisation steps (overrides epochs). lr_milestones: fractions of training at which the learning
@@ -50,7 +51,6 @@ class TrainConfig:
     seed: random seed (weights, image order, anomaly synthesis). amp: bf16 autocast on CUDA.
     synthesis: the anomaly synthesis settings."""
 
-    width: int = 128
     batch: int = 8
     lr: float = 1e-4
     epochs: int = 800
@@ -64,7 +64,7 @@ class TrainConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
     def __post_init__(self) -> None:
-        check_schedule(self, ("width", "batch", "epochs", "save_every", "log_every"))
+        check_schedule(self, ("batch", "epochs", "save_every", "log_every"))
 
     def total_steps(self, n_images: int) -> int:
         return self.steps or self.epochs * steps_per_epoch(n_images, self.batch)
@@ -75,11 +75,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        """Inverse of ``to_dict`` (sequences become tuples again; unknown keys are an error)."""
+        """Inverse of ``to_dict`` (sequences become tuples again; unknown keys are an error). ``width``, which
+        runs saved before it became only a model setting hold, is dropped: the checkpoint's model settings
+        carry the width."""
         def tuples(d: dict) -> dict:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
-        values = tuples(data)
+        values = tuples({k: v for k, v in data.items() if k not in MOVED_TO_MODEL_SETTINGS})
         synthesis = SynthesisConfig(**tuples(values.pop("synthesis", {}) or {}))
         return cls(**values, synthesis=synthesis)
 
@@ -118,17 +120,22 @@ class Trainer:
         self,
         data: DatasetSplit,
         preprocess: PreprocessConfig,
+        settings: FairSettings,
         cfg: TrainConfig,
         out_dir: Path,
         device: torch.device,
-        scoring: ScoringConfig = ScoringConfig(),
         textures: np.ndarray | None = None,
         parallel=None,
     ) -> None:
+        """settings: the model's (UNet width and scoring); cfg: how it is trained.
+        textures: (T, S, S, 3) float32 RGB [0, 1] synthesis textures, or None. parallel: see ``make_trainer``."""
         if preprocess.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 for the UNet; found {preprocess.image_size}.")
-        self.preprocess, self.cfg, self.scoring = preprocess, cfg, scoring
-        self.model = ModelSpec("fair", preprocess, FairSettings(cfg.width, scoring))
+        if not isinstance(settings, FairSettings):
+            raise ConfigError(f"FAIR's Trainer takes the model settings (FairSettings) after the pre-processing; "
+                              f"found {type(settings).__name__}. Pass model.settings, then the TrainConfig.")
+        self.preprocess, self.cfg, self.settings = preprocess, cfg, settings
+        self.model = ModelSpec("fair", preprocess, settings)
         self.out_dir, self.device = Path(out_dir), device
         images, kept = load_images(data.train, preprocess.image_size, tiling=preprocess.tiling)
         self.images = torch.from_numpy(images).to(device)
@@ -142,7 +149,7 @@ class Trainer:
         self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)
         torch.manual_seed(cfg.seed)
         self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
-        unet = self.parallel.prepare(UNet(cfg.width, preprocess.in_channels).to(device).train())
+        unet = self.parallel.prepare(UNet(settings.width, preprocess.in_channels).to(device).train())
         self.forward = self.parallel.wrap(unet)  # unet itself, or its DDP wrapper (same parameters)
         optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
         milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
@@ -277,11 +284,10 @@ def default_train_config() -> TrainConfig:
 
 def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: TrainConfig, out_dir: Path, device: torch.device, *,
                  textures: np.ndarray | None = None, parallel=None) -> Trainer:
-    """FAIR's Trainer for ``model`` (its width and scoring win over ``cfg.width``).
+    """FAIR's Trainer for ``model`` (its settings: UNet width and scoring) trained as ``cfg`` says.
     textures: (T, S, S, 3) float32 RGB [0, 1] images (--textures); given, the synthesis takes its textures from
     them (texture_source "folder"). parallel: this rank's ``train_ddp.DataParallel`` under torchrun, else None.
     FAIR has no backbone, so it takes no backbone extras (``training_contract.check_extras`` refuses them)."""
     if textures is not None and cfg.synthesis.texture_source != "folder":
         cfg = replace(cfg, synthesis=replace(cfg.synthesis, texture_source="folder"))
-    return Trainer(split, model.preprocess, replace(cfg, width=model.settings.width), out_dir, device,
-                   model.settings.scoring, textures, parallel=parallel)
+    return Trainer(split, model.preprocess, model.settings, cfg, out_dir, device, textures, parallel=parallel)
