@@ -225,3 +225,41 @@ def test_reload_takes_every_cameras_bundle_from_the_station_file(station_bundles
     swaps = [a for a in (json.loads(x) for x in (out / "audit.jsonl").read_text().splitlines()) if a["action"] == "swap"]
     assert sorted((a["camera"], a["who"], a["new"]["model"]) for a in swaps) == \
         [("left", "SIGHUP", fp32), ("top", "SIGHUP", fp16)]
+
+
+class LaneCounters:
+    """``CellCounters`` of two lanes (no parts): what ``station.cell.CellCounters`` gives with ``group.by: lane``."""
+
+    def cameras(self) -> dict:
+        return {c: {"frames_in": 1, "inspected": 1, "ng": 1, "dropped": 0, "lost": 0, "state": "running",
+                    "end_reason": ""} for c in ("a", "b")}
+
+    def parts(self) -> dict:
+        return {}
+
+
+def test_lanes_list_ng_frames_by_camera_and_seq(tmp_path):
+    """Lanes (no part rows): the gallery lists each NG frame with its camera; frames of two lanes with one seq are
+    two views, each with its own image URL, review and drift key; the tiles show each lane's latest frame."""
+    from fair_edge.console.actions import StationActions
+    from fair_edge.console.feed import StationFeed
+    from fair_edge.console.views import gallery, live_state
+    from fair_edge.records import Frame, Verdict
+
+    feed = StationFeed(ConsoleSettings(port=0), tmp_path)
+    feed.attach_cell(LaneCounters(), {"a": tmp_path / "bundle", "b": tmp_path / "bundle"})
+    for camera, value in (("a", 10), ("b", 200)):
+        frame = Frame(7, 0.0, np.full((8, 8, 3), value, np.uint8), camera=camera)
+        feed.observe(frame, Verdict(7, 0.0, 0.9, 0.5, True, 0.01, camera=camera), None)
+    actions = StationActions(feed, None)
+    listed = gallery(feed, actions)["parts"]
+    assert [(p["camera"], p["seq"], p["image"]) for p in listed] == [("b", 7, "/api/part/b/7.jpg"),
+                                                                     ("a", 7, "/api/part/a/7.jpg")]
+    assert feed.kept_part(7, "a").frame.image[0, 0, 0] == 10 and feed.kept_part(7, "b").frame.image[0, 0, 0] == 200
+    actions.review(7, "defect", "ann", "b")
+    assert actions.labels == {("b", 7): "defect"}
+    assert [p["review"] for p in gallery(feed, actions)["parts"]] == ["defect", ""]
+    state = live_state(feed, actions)
+    assert state["parts"] == {} and state["latest_part"] is None
+    assert [(t["camera"], t["seq"]) for t in state["tiles"]] == [("a", 7), ("b", 7)]
+    assert feed.drift_camera == "a" and len(feed.drift._scores) == 1   # the drift watch follows the first camera
