@@ -1,4 +1,5 @@
-"""A station running in a background thread with its console, for console tests."""
+"""A station running in a background thread with its console, for console tests (one camera, or a cell of
+several: ``station.cell.run`` picks the runner from the settings)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.line.settings import RecordSettings
-from fair_edge.station.run import run_station
+from fair_edge.station.cell import run as run_any
 from fair_edge.station.config import CameraSettings, StationConfig
 from fair_edge.training.collect import export_reviewed
 
@@ -25,10 +26,11 @@ def station_config(bundle_root: Path, source: Path, out: Path, *, fps: float = 2
 
 
 class RunningStation:
-    """``with RunningStation(cfg) as st:`` runs the station until the block ends; ``st.url`` is its console."""
+    """``with RunningStation(cfg) as st:`` runs the station until the block ends; ``st.url`` is its console.
+    kwargs: more arguments for the runner (a cell's ``sources``)."""
 
-    def __init__(self, cfg: StationConfig) -> None:
-        self.cfg, self.stop = cfg, threading.Event()
+    def __init__(self, cfg: StationConfig, **kwargs) -> None:
+        self.cfg, self.stop, self.kwargs = cfg, threading.Event(), kwargs
         self.console = None
         self.summary = None
         self.error: BaseException | None = None
@@ -37,7 +39,8 @@ class RunningStation:
 
     def _run(self) -> None:
         try:
-            self.summary = run_station(self.cfg, self.stop, on_console=self._got_console, export_reviewed=export_reviewed)
+            self.summary = run_any(self.cfg, self.stop, on_console=self._got_console, export_reviewed=export_reviewed,
+                                   **self.kwargs)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc
         finally:

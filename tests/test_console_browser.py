@@ -1,6 +1,7 @@
 """The console in a real headless browser (Debian's chromium + chromedriver through Selenium), during
 a replayed run: counters move, an NG part is reviewed, a threshold is applied and the next verdicts
-use it, a bundle is swapped mid-run with no frame lost.
+use it, a bundle is swapped mid-run with no frame lost; a station of two cameras shows a tile per camera and a view of
+an NG part is reviewed on its own.
 
 FAIR_EDGE_SCREENSHOTS=DIR also saves the live page and the gallery as PNG there (docs/ holds them)."""
 
@@ -15,6 +16,7 @@ import yaml
 
 from console_station import RunningStation, station_config
 from fair_edge.runtime.hotswap import model_id
+from test_console_cell import scored  # noqa: F401 - the module fixture, for the cell test
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -148,3 +150,42 @@ def test_acknowledge_alarm_button(browser, station_bundles, conveyor_dir, tmp_pa
         assert text(browser, "fault-state") == "fault: none"
     audit = [json.loads(x) for x in (out / "audit.jsonl").read_text().splitlines()]
     assert [(a["action"], a["who"], a["old"]) for a in audit] == [("acknowledge_alarm", "operator", alarm)]
+
+
+def test_cell_live_tiles_and_a_view_reviewed_in_the_gallery(browser, station_bundles, tmp_path, request):
+    """Two cameras (colliding seqs 0..3; part 1 NG by its left view): the live page shows a tile per camera and each
+    camera's counters; the gallery shows part 1 with both views, and the left view's button labels that view only."""
+    from test_console_cell import HeldLine, cell
+    from fair_edge.station.views import ViewSettings
+
+    images, threshold = request.getfixturevalue("scored")
+    sources = {"top": HeldLine([images[i] for i in (0, 1, 2, 3)], loop=False, name="top"),
+               "left": HeldLine([images[i] for i in (4, 11, 5, 6)], loop=False, name="left")}
+    out = tmp_path / "out"
+    cfg = cell(station_bundles[0].root, out, [ViewSettings(c, c, queue_size=16) for c in sources], threshold=threshold)
+    with RunningStation(cfg, sources=sources) as st:
+        browser.get(st.url)
+        rows = lambda d: {r.get_attribute("data-camera"): r.find_element("css selector", ".inspected").text  # noqa: E731
+                          for r in d.find_elements("css selector", "#camera-rows tr")}
+        wait(browser, lambda d: rows(d) == {"top": "4", "left": "4"}, what="each camera's counters")
+        tiles = wait(browser, lambda d: len(d.find_elements("css selector", "#tiles figure")) == 2
+                     and d.find_elements("css selector", "#tiles figure"), what="a tile per camera")
+        assert [t.get_attribute("data-camera") for t in tiles] == ["top", "left"]
+        assert "3 · OK" in text(browser, "part-head") and "parts: 4 · NG 1" in text(browser, "part-counters")
+        screenshot(browser, "console-cell-live.png")
+
+        st.wait_for(lambda: list((out / "ng").glob("*_left_00000001_overlay.*")), what="the NG view's overlay")
+        browser.get(st.url + "gallery")
+        part = wait(browser, lambda d: d.find_elements("css selector", ".part.group"), what="the NG part")[0]
+        assert part.get_attribute("data-part") == "1" and "decided by left" in part.text
+        views = part.find_elements("css selector", ".view")
+        assert [(v.get_attribute("data-camera"), v.get_attribute("data-seq")) for v in views] == [("top", "1"), ("left", "1")]
+        views[1].find_element("css selector", "button[data-label=defect]").click()
+        wait(browser, lambda d: d.find_element("css selector", ".view[data-camera=left]").get_attribute("data-review")
+             == "defect", what="the review to be recorded")
+        assert browser.find_element("css selector", ".view[data-camera=top]").get_attribute("data-review") == ""
+        screenshot(browser, "console-cell-gallery.png")
+        for source in sources.values():
+            source.release()
+    (entry,) = [json.loads(x) for x in (out / "reviews.jsonl").read_text().splitlines()]
+    assert (entry["camera"], entry["seq"], entry["label"]) == ("left", 1, "defect")

@@ -168,7 +168,7 @@ def run(
     A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
     SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
-    capture."""
+    capture; with cameras: in the station file, every camera's bundle as the file names it."""
     from rich.live import Live
 
     from fair_edge.station.cell import run as run_any

@@ -1,5 +1,9 @@
 """What an operator can change from the console: review parts, apply a threshold, swap the bundle,
-export the reviewed parts. Each change is written to the audit log (who, when, old, new)."""
+export the reviewed parts. Each change is written to the audit log (who, when, old, new).
+
+With several cameras (``station.cell``) a review names the view (``camera`` and its ``seq``), a threshold is
+applied to one camera (its ``cameras[]`` entry in the station file), and a swap loads a bundle for one camera
+or, unnamed, for every camera that runs the station's bundle; each camera switches through its own decider."""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ from typing import Any
 
 import cv2
 
-from fair_edge.console.feed import StationFeed, finite
+from fair_edge.console.feed import StationFeed, ViewKey, finite
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
-from fair_edge.errors import ConfigError, FairEdgeError
-from fair_edge.runtime.hotswap import ModelChange
+from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
+from fair_edge.runtime.hotswap import ModelChange, retire
 from fair_edge.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 
@@ -31,6 +35,16 @@ REVIEW_LABELS = {
 
 
 @dataclass(frozen=True)
+class CameraBundle:
+    """One camera of several and the bundle it runs. own: the camera names it (``cameras[].bundle``); else it
+    is the station's (``bundle:``)."""
+
+    camera: str
+    bundle: Path
+    own: bool
+
+
+@dataclass(frozen=True)
 class StationLinks:
     """What the console calls in the rooms above it, handed in by ``station.run.open_console`` (rooms import
     only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
@@ -42,9 +56,16 @@ class StationLinks:
         to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.
     export_reviewed(station output folder, dataset folder) -> what was exported
         (``training.collect.export_reviewed``).
+    Several cameras (``station.cell.CellLoader``):
+    load_views(bundle folder, cameras) -> {camera: ModelChange}: opens the bundle once (one backend shared by
+        these cameras) and decides each camera's threshold by the station's rule (with the camera's ROI).
+    camera_bundles(station file or None) -> each camera's ``CameraBundle``, as the file names them now (None:
+        as the station started); ConfigError when the file no longer loads or names other cameras.
     """
 
     load_model: Callable[[Path], ModelChange] | None = None
+    load_views: Callable[[Path, tuple[str, ...]], dict[str, ModelChange]] | None = None
+    camera_bundles: Callable[[Path | None], tuple[CameraBundle, ...]] | None = None
     load_station: Callable[[Path], Any] | None = None
     export_reviewed: Callable[[Path, Path], dict] | None = None
 
@@ -61,44 +82,66 @@ class StationActions:
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
         self._swap_lock = threading.Lock()
-        self.labels: dict[int, str] = {}
+        self.labels: dict[ViewKey, str] = {}   # (camera, seq) -> the newest review label
         for entry in self.reviews.read():  # reviews of this output folder survive a restart
             if entry.get("run") == self.run_id:
-                self.labels[int(entry["seq"])] = entry["label"]
+                self.labels[(str(entry.get("camera", "")), int(entry["seq"]))] = entry["label"]
 
     @property
     def run_id(self) -> str:
         return self.feed.run_id
 
     # ------------------------------------------------------------------ reviews
-    def review(self, seq, label: str, who: str) -> dict:
-        """Record an operator's judgement of part ``seq``: defect / false_reject (NG parts) or miss (passed)."""
+    def review(self, seq, label: str, who: str, camera=None) -> dict:
+        """Record an operator's judgement of view (camera, seq): defect / false_reject (NG views) or miss
+        (passed). camera: the view's camera (several cameras: required; one camera: none)."""
         if label not in REVIEW_LABELS:
             raise ConfigError(f"label: expected one of {', '.join(REVIEW_LABELS)}, found {label!r}")
-        verdict = self.feed.verdict(_seq(seq)) or next((v for v in self.feed.ng if v.seq == seq), None)
+        camera = self._camera(camera, required=True)
+        verdict = self.feed.verdict(_seq(seq), camera)
+        what = f"camera {camera}'s frame {seq}" if camera else f"part {seq}"
         if verdict is None:
-            raise ConfigError(f"seq: expected a part inspected in this run and still in memory, found {seq!r}")
+            raise ConfigError(f"seq: expected a {'frame' if camera else 'part'} inspected in this run and still in "
+                              f"memory, found {what}")
         wanted = REVIEW_LABELS[label][1]
         if (wanted == "ng") != verdict.ng:
-            raise ConfigError(f"label {label!r} is for {'NG' if wanted == 'ng' else 'passed'} parts; part {seq} "
+            raise ConfigError(f"label {label!r} is for {'NG' if wanted == 'ng' else 'passed'} parts; {what} "
                               f"{'was rejected' if verdict.ng else 'passed'}")
         image = self._save_image(verdict, label)
-        entry = self.reviews.append({"run": self.run_id, "seq": verdict.seq, "label": label, "who": _who(who),
-                                     "score": finite(verdict.score), "threshold": verdict.threshold,
+        key = (verdict.camera, verdict.seq)
+        part = self.feed.part_of.get(key)
+        entry = self.reviews.append({"run": self.run_id, **({"camera": camera} if camera else {}), "seq": verdict.seq,
+                                     **({"part": part} if part is not None else {}), "label": label,
+                                     "who": _who(who), "score": finite(verdict.score), "threshold": verdict.threshold,
                                      "model": verdict.model, "source": verdict.source, "image": image})
-        self.labels[verdict.seq] = label
+        self.labels[key] = label
         if label in tuning.DEFECT_LABELS:
-            self.feed.drift.exclude(verdict.seq)
+            self.feed.drift.exclude(key)
         return entry
+
+    def _camera(self, camera, required: bool) -> str:
+        """The camera a request names: "" with one camera (where naming one is an error); with several, one of
+        them, or "" when none is named and ``required`` is False."""
+        cameras = self.feed.cameras()
+        if not cameras:
+            require(camera in (None, ""), "camera", "none (this station has one camera)", camera)
+            return ""
+        if camera in (None, "") and not required:
+            return ""
+        if camera not in cameras:
+            raise ConfigError(f"camera: expected one of {', '.join(cameras)}, found {camera!r}"
+                              f"{did_you_mean(camera, cameras)}")
+        return camera
 
     def _save_image(self, verdict, label: str) -> str:
         """Keep the reviewed part's frame under review/ (the NG folder is reused by later runs): from
         memory while it is kept, else the recorder's NG image. Returns its path relative to the output
         folder ("" when neither exists any more: a passed part that left the keep_frames window)."""
-        rel = Path("review") / f"{self.run_id}_{verdict.seq:08d}_{label}.png"
+        camera = f"{verdict.camera}_" if verdict.camera else ""
+        rel = Path("review") / f"{self.run_id}_{camera}{verdict.seq:08d}_{label}.png"
         dest = self.feed.output / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = self.feed.kept_part(verdict.seq)
+        part = self.feed.kept_part(verdict.seq, verdict.camera)
         if part is not None and part.frame is not None:
             image = part.frame.image
         else:
@@ -106,7 +149,7 @@ class StationActions:
             folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (self.feed.output, "png")
             image = cv2.imread(str(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext, verdict.camera)), cv2.IMREAD_UNCHANGED)
         if image is None or not cv2.imwrite(str(dest), image):
-            log.warning("no image kept for reviewed part %d (label %s)", verdict.seq, label)
+            log.warning("no image kept for reviewed part %s%d (label %s)", camera, verdict.seq, label)
             return ""
         return rel.as_posix()
 
@@ -127,50 +170,85 @@ class StationActions:
                                   "fault": scheduler.fault_reason or ""})
 
     # ------------------------------------------------------------------ threshold
-    def tune(self, proposed: float | None) -> dict:
-        """Distributions and the projection for ``proposed`` (default: the threshold in force)."""
-        current = self.feed.inspector.threshold if self.feed.inspector is not None else float("nan")
+    def tune(self, proposed: float | None, camera=None) -> dict:
+        """Distributions and the projection for ``proposed`` (default: the threshold in force) over the recent
+        views of ``camera`` (several cameras: default the first; one camera: none)."""
+        camera = self._camera(camera, required=False) or self.feed.drift_camera
+        decider = self._decider(camera) if self.feed.inspector is not None else None
+        current = decider.threshold if decider is not None else float("nan")
         proposed = current if proposed is None else tuning.check_threshold(proposed)
-        normal, defect, unreviewed = tuning.split_scores(list(self.feed.recent), self.labels)
-        return {"current": current, "unreviewed_ng": unreviewed,
+        recent = [v for v in list(self.feed.recent) if v.camera == camera]
+        normal, defect, unreviewed = tuning.split_scores(recent, self.labels)
+        quantiles = self.feed.drift.quantiles if camera == self.feed.drift_camera else None
+        return {"current": current, "unreviewed_ng": unreviewed, **({"camera": camera} if camera else {}),
                 "proposed": tuning.projection(normal, defect, proposed),
                 "at_current": tuning.projection(normal, defect, current),
-                "histogram": tuning.histograms(normal, defect, self.feed.drift.quantiles
-                                               if self.feed.drift.quantiles is not None else (), current)}
+                "histogram": tuning.histograms(normal, defect, quantiles if quantiles is not None else (), current)}
 
-    def apply_threshold(self, value, who: str, confirm: bool) -> dict:
-        """Apply a new threshold from the next batch on; audit it and write it to the station file."""
+    def apply_threshold(self, value, who: str, confirm: bool, camera=None) -> dict:
+        """Apply a new threshold from the next batch on; audit it and write it to the station file. Several
+        cameras: to ``camera`` only (required), written as its ``cameras[].threshold``."""
         value = tuning.check_threshold(value)
+        camera = self._camera(camera, required=True)
         if self.station_file is not None and self.links.load_station is None:
             raise ConfigError(f"this station cannot write its station file {self.station_file} (no station "
                               "loader was given to check it); the threshold was not changed")
         if confirm is not True:
             raise ConfigError("confirm: expected true (an explicit confirmation), found "
                               f"{confirm!r}; the threshold was not changed")
-        inspector = self._inspector()
-        old = inspector.threshold
-        inspector.switch.request(ModelChange(threshold=value))
+        decider = self._decider(camera)
+        old = decider.threshold
+        decider.switch.request(ModelChange(threshold=value))
         written = ""
         if self.station_file is not None:
-            tuning.write_station_threshold(self.station_file, value, self.links.load_station)
+            tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
             written = str(self.station_file)
-        return self.audit.append({"action": "threshold", "who": _who(who), "old": old, "new": value,
-                                  "station_file": written, "model": inspector.model})
+        return self.audit.append({"action": "threshold", "who": _who(who), **({"camera": camera} if camera else {}),
+                                  "old": old, "new": value, "station_file": written, "model": decider.model})
+
+    def _decider(self, camera: str):
+        """What decides ``camera``'s views (threshold, model, switch): the inspector's camera view, or with one
+        camera the inspector itself."""
+        inspector = self._inspector()
+        return inspector.views[camera] if camera else inspector
 
     # ------------------------------------------------------------------ hot swap
-    def swap(self, bundle, who: str) -> dict:
-        """Load ``bundle`` in a background thread; the loop switches to it between batches."""
+    def swap(self, bundle, who: str, camera=None) -> dict:
+        """Load ``bundle`` in a background thread; the loop switches to it between batches. Several cameras:
+        for ``camera``, or (none named) for every camera that runs the station's bundle."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
-        inspector = self._inspector()
-        if self.links.load_model is None:
+        camera = self._camera(camera, required=False)
+        if not self.feed.cameras():
+            inspector = self._inspector()
+            if self.links.load_model is None:
+                raise ConfigError("this station cannot swap bundles (no loader was given)")
+            return self._start_swap(self._load, Path(bundle), inspector, _who(who), status={"bundle": bundle})
+        if camera:
+            cameras = (camera,)
+        else:
+            cameras = tuple(c.camera for c in self._camera_bundles(None) if not c.own)
+            if not cameras:
+                raise ConfigError("camera: expected the camera to swap (every camera names its own bundle), "
+                                  f"found none; one of {', '.join(self.feed.cameras())}")
+        return self.swap_cameras({Path(bundle): cameras}, who)
+
+    def swap_cameras(self, plan: dict[Path, tuple[str, ...]], who: str) -> dict:
+        """Several cameras: load each bundle of ``plan`` (bundle -> the cameras to run it) in a background
+        thread; when all loaded, each camera switches through its own decider (none when one fails)."""
+        self._inspector()
+        if self.links.load_views is None:
             raise ConfigError("this station cannot swap bundles (no loader was given)")
+        cameras = [c for group in plan.values() for c in group]
+        bundles = ", ".join(str(b) for b in plan)
+        return self._start_swap(self._load_views, plan, _who(who), status={"bundle": bundles, "cameras": cameras})
+
+    def _start_swap(self, target, *args, status: dict) -> dict:
         with self._swap_lock:
             if self.swap_status["state"] == "loading":
                 raise ConfigError(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
-            self.swap_status = {"state": "loading", "bundle": bundle, "since": utc_now()}
-        threading.Thread(target=self._load, args=(Path(bundle), inspector, _who(who)), name="bundle-swap",
-                         daemon=True).start()
+            self.swap_status = {"state": "loading", **status, "since": utc_now()}
+        threading.Thread(target=target, args=args, name="bundle-swap", daemon=True).start()
         return self.swap_status
 
     def _load(self, bundle: Path, inspector, who: str) -> None:
@@ -188,6 +266,51 @@ class StationActions:
                            "new": {"model": change.model, "bundle": str(change.bundle.root),
                                    "threshold": change.threshold}})
         self.swap_status = {"state": "done", "bundle": str(change.bundle.root), "model": change.model, "since": utc_now()}
+
+    def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str) -> None:
+        """Load every bundle of the plan, then switch each camera; a failure switches none (loaded backends closed)."""
+        changes: dict[str, ModelChange] = {}
+        try:
+            for bundle, cameras in plan.items():
+                changes.update(self.links.load_views(bundle, cameras))
+        except FairEdgeError as exc:
+            for scorer in {id(c.scorer): c.scorer for c in changes.values()}.values():
+                retire(scorer)
+            log.error("bundle swap refused: %s", exc)
+            self.swap_status = {"state": "failed", "bundle": ", ".join(str(b) for b in plan), "error": str(exc),
+                                "since": utc_now()}
+            return
+        for camera, change in changes.items():
+            decider = self._decider(camera)
+            old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
+            decider.switch.request(change)
+            self.feed.camera_bundles[camera] = change.bundle.root
+            if camera == self.feed.drift_camera:
+                self.feed.bundle_path = change.bundle.root
+                self.feed.drift.reset(_quantiles(change))
+            self.audit.append({"action": "swap", "who": who, "camera": camera, "old": old,
+                               "new": {"model": change.model, "bundle": str(change.bundle.root),
+                                       "threshold": change.threshold}})
+        self.swap_status = {"state": "done", "bundle": ", ".join(str(b) for b in plan), "cameras": list(changes),
+                            "models": {c: ch.model for c, ch in changes.items()}, "since": utc_now()}
+
+    def _camera_bundles(self, station_file: Path | None):
+        if self.links.camera_bundles is None:
+            raise ConfigError("this station cannot tell which bundle each camera runs (no loader was given)")
+        return self.links.camera_bundles(station_file)
+
+    def reload_cameras(self, who: str) -> dict:
+        """Several cameras: load every camera's bundle as the station file names it now (the camera's own or the
+        station's; the bundles the cameras run when there is no station file), each camera through its own
+        decider."""
+        plan: dict[Path, tuple[str, ...]] = {}
+        if self.station_file is not None:
+            now = {c.camera: c.bundle for c in self._camera_bundles(self.station_file)}
+        else:
+            now = dict(self.feed.camera_bundles)
+        for camera, bundle in now.items():
+            plan[bundle] = (*plan.get(bundle, ()), camera)
+        return self.swap_cameras(plan, who)
 
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:

@@ -54,22 +54,23 @@ class DriftState:
 
 class DriftWatch:
     """Collects scores of inspected parts (``observe``, O(1), called by the loop) and computes the
-    PSI on demand (``state``, any thread). ``exclude(seq)`` drops a part reviewed as a defect."""
+    PSI on demand (``state``, any thread). ``exclude(key)`` drops a part reviewed as a defect; a key is
+    the view's ``(camera, seq)`` (``feed.view_key``)."""
 
     def __init__(self, quantiles, window: int = 500, min_parts: int = 100, level: float = 0.25) -> None:
         self.quantiles = np.asarray(quantiles, np.float64) if len(quantiles) == 101 else None
         self.window, self.min_parts, self.level = window, min_parts, level
-        self._scores: deque[tuple[int, float]] = deque(maxlen=window)
-        self._excluded: set[int] = set()
+        self._scores: deque[tuple[tuple[str, int], float]] = deque(maxlen=window)
+        self._excluded: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
-    def observe(self, seq: int, score: float | None) -> None:
+    def observe(self, key: tuple[str, int], score: float | None) -> None:
         if score is not None and math.isfinite(score):
-            self._scores.append((seq, score))
+            self._scores.append((key, score))
 
-    def exclude(self, seq: int) -> None:
+    def exclude(self, key: tuple[str, int]) -> None:
         with self._lock:
-            self._excluded.add(seq)
+            self._excluded.add(key)
 
     def reset(self, quantiles) -> None:
         """A new model: its own calibration distribution, and scores of the old one forgotten."""
@@ -80,7 +81,7 @@ class DriftWatch:
     def state(self) -> DriftState:
         with self._lock:
             excluded, quantiles = set(self._excluded), self.quantiles
-        recent = np.array([s for seq, s in list(self._scores) if seq not in excluded])
+        recent = np.array([s for key, s in list(self._scores) if key not in excluded])
         if quantiles is None:
             return DriftState(None, recent.size, self.level, False,
                               "the bundle stores no calibration distribution; rebuild it with `fair-edge build`")

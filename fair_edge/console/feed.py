@@ -6,6 +6,11 @@ the console while it renders), so a slow or absent browser costs the loop nothin
 else (counters, percentiles, images) is read on the console's thread from what the station
 already keeps: the inspector's summary and latencies, the capture thread's stats, the reject
 scheduler's and recorder's counters.
+
+A view is named by its key ``(camera, seq)`` (``view_key``): with several cameras every camera numbers
+its own frames, so seq alone is ambiguous; with one camera the camera is "". A station of several cameras
+(``station.cell``) also hands in its part rows (``observe_part``, the ``PartAssembler``'s rows) and its
+per-camera and part counters (``CellCounters``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -25,6 +31,26 @@ from fair_edge.records import Frame, Verdict
 
 LATENCY_EDGES_MS = tuple(1000.0 * b for b in LATENCY_BUCKETS_S)
 RATE_WINDOW_S = 5.0
+
+
+ViewKey = tuple[str, int]   # (camera, seq): one camera's frame; camera "" with one camera
+
+
+def view_key(verdict: Verdict) -> ViewKey:
+    """The key of a verdict's view: (camera, seq)."""
+    return (verdict.camera, verdict.seq)
+
+
+class CellCounters(Protocol):
+    """What a station of several cameras counts, read by the console (``station.cell.CellCounters``).
+
+    cameras() -> {camera: {"frames_in", "inspected", "ng", "dropped", "lost", "state", "end_reason"}} (the
+    same counters as ``RunSummary.cameras``); parts() -> the part counters ({"parts", "ng", "ok",
+    "not_inspected", "late_views"}; {} when the cameras are lanes, not views of one part)."""
+
+    def cameras(self) -> dict[str, dict]: ...
+
+    def parts(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,13 @@ class StationFeed:
         self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
         self.ng: deque[Verdict] = deque(maxlen=settings.recent_parts)
         self.latest: Part | None = None
+        self.latest_views: dict[str, Part] = {}   # camera -> its latest view (several cameras)
+        self.part_rows: deque[dict] = deque(maxlen=settings.recent_parts)   # PartAssembler rows, oldest first
+        self.ng_part_rows: deque[dict] = deque(maxlen=settings.recent_parts)
+        self.part_of: dict[ViewKey, int] = {}     # view -> its part id, for the views of remembered parts
+        self.cell: CellCounters | None = None
+        self.camera_bundles: dict[str, Path] = {}   # camera -> the bundle it runs (several cameras)
+        self.drift_camera = ""                    # the camera whose scores the drift watch follows
         self.drift = DriftWatch(quantiles, settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
         self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
         self.bundle_path: Path | None = None
@@ -69,6 +102,12 @@ class StationFeed:
         if getattr(recorder, "run_id", None):
             self.run_id = recorder.run_id   # the station's run id: NG image names and log rows carry it
 
+    def attach_cell(self, counters: CellCounters, bundles: dict[str, Path]) -> None:
+        """A station of several cameras: its counters and the bundle each camera runs (in the station file's
+        order). The drift watch follows the first camera (the one whose bundle's calibration it compares with)."""
+        self.cell, self.camera_bundles = counters, dict(bundles)
+        self.drift_camera = next(iter(bundles))
+
     # ------------------------------------------------------------------ loop side (O(1))
     def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
         """Verdict callback: remember the part. Appends only; never blocks, never copies."""
@@ -79,22 +118,49 @@ class StationFeed:
         if verdict.ng:
             self.ng.append(verdict)
         self.latest = part
-        self.drift.observe(verdict.seq, verdict.score)
+        if verdict.camera:
+            self.latest_views[verdict.camera] = part
+        if verdict.camera == self.drift_camera:
+            self.drift.observe(view_key(verdict), verdict.score)
         self.count += 1
 
+    def observe_part(self, row: dict) -> None:
+        """A part row of several cameras' views (``station.parts``: part, ng, views {camera: {seq, ...} |
+        {missing}}, ...). Appends only; never blocks. Called on the inspection loop's thread."""
+        self.part_rows.append(row)
+        if row.get("ng"):
+            self.ng_part_rows.append(row)
+        for camera, view in row.get("views", {}).items():
+            if "seq" in view:
+                self.part_of[(camera, view["seq"])] = row["part"]
+        while len(self.part_of) > self.settings.recent_parts * max(1, len(row.get("views", {}))):
+            self.part_of.pop(next(iter(self.part_of)))
+
     # ------------------------------------------------------------------ console side
-    def kept_part(self, seq: int) -> Part | None:
-        """The kept frame of part ``seq`` (None once it has left the keep_frames window)."""
+    def kept_part(self, seq: int, camera: str = "") -> Part | None:
+        """The kept frame of view (camera, seq) (None once it has left the keep_frames window and is no longer
+        its camera's latest)."""
         for part in reversed(list(self.frames)):
-            if part.verdict.seq == seq:
+            if part.verdict.seq == seq and part.verdict.camera == camera:
                 return part
+        latest = self.latest_views.get(camera) if camera else self.latest
+        if latest is not None and latest.verdict.seq == seq and latest.verdict.camera == camera:
+            return latest
         return None
 
-    def verdict(self, seq: int) -> Verdict | None:
+    def verdict(self, seq: int, camera: str = "") -> Verdict | None:
+        """The verdict of view (camera, seq) while it is among the recent ones (or the NG list)."""
         for v in reversed(list(self.recent)):
-            if v.seq == seq:
+            if v.seq == seq and v.camera == camera:
+                return v
+        for v in reversed(list(self.ng)):
+            if v.seq == seq and v.camera == camera:
                 return v
         return None
+
+    def cameras(self) -> list[str]:
+        """The cameras of a station of several (in the station file's order), [] with one camera."""
+        return list(self.cell.cameras()) if self.cell is not None else []
 
     def latency(self) -> dict:
         """Percentiles and a histogram (ms) of capture -> verdict latency over the recent parts."""
@@ -126,6 +192,12 @@ class StationFeed:
         if self.scheduler is not None:
             out["late_rejects"] = self.scheduler.stats().get("late", 0)
         return out
+
+    def cell_counters(self) -> dict:
+        """Several cameras: {"cameras": {camera: counters}, "parts": part counters}; {} with one camera."""
+        if self.cell is None:
+            return {}
+        return {"cameras": self.cell.cameras(), "parts": self.cell.parts()}
 
     def state(self) -> dict:
         """Camera, PLC, fault and model state as plain values."""

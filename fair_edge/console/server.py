@@ -111,7 +111,8 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
             Response(status_code=404)
 
     async def part_jpg(request: Request) -> Response:
-        data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]))
+        camera = request.path_params.get("camera", "")
+        data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]), camera)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=600"}) if data else \
             Response(status_code=404)
 
@@ -132,7 +133,7 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
             proposed = float(value) if value not in (None, "") else None
         except ValueError:
             return _error(f"threshold: expected a number, found {value!r}")
-        return _run(lambda: actions.tune(proposed))
+        return _run(lambda: actions.tune(proposed, request.query_params.get("camera")))
 
     async def post(request: Request) -> Response:
         refused = _refuse(request, token)
@@ -149,7 +150,8 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
 
     routes = [Route(path, page(name)) for path, name in PAGES.items()] + [
         Route("/api/state", state), Route("/api/events", events), Route("/api/live.jpg", live_jpg),
-        Route("/api/part/{seq:int}.jpg", part_jpg), Route("/api/gallery", gallery), Route("/api/tune", tune),
+        Route("/api/part/{seq:int}.jpg", part_jpg), Route("/api/part/{camera:str}/{seq:int}.jpg", part_jpg),
+        Route("/api/gallery", gallery), Route("/api/tune", tune),
         Route("/api/swap", lambda r: JSONResponse(actions.swap_status)),
         Route("/api/{action:str}", post, methods=["POST"]),
         Route("/files/{path:path}", files),
@@ -158,11 +160,12 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
     return Starlette(routes=routes)
 
 
-# action name -> what it does with the JSON body (each raises ConfigError for bad input)
+# action name -> what it does with the JSON body (each raises ConfigError for bad input); "camera" names the
+# camera of a station of several (the view reviewed, the camera whose threshold or bundle changes)
 POSTS = {
-    "review": lambda a, b: a.review(b.get("seq"), b.get("label"), b.get("who")),
-    "threshold": lambda a, b: a.apply_threshold(b.get("threshold"), b.get("who"), b.get("confirm")),
-    "swap": lambda a, b: a.swap(b.get("bundle"), b.get("who")),
+    "review": lambda a, b: a.review(b.get("seq"), b.get("label"), b.get("who"), b.get("camera")),
+    "threshold": lambda a, b: a.apply_threshold(b.get("threshold"), b.get("who"), b.get("confirm"), b.get("camera")),
+    "swap": lambda a, b: a.swap(b.get("bundle"), b.get("who"), b.get("camera")),
     "export": lambda a, b: a.export_reviewed(b.get("who")),
     "acknowledge_alarm": lambda a, b: a.acknowledge_alarm(b.get("who")),
 }

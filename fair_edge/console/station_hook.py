@@ -3,7 +3,9 @@
 ``run_station`` always makes one (the drift watch, bundle swaps and SIGHUP work without a browser)
 and calls, by name: ``observe`` (a verdict callback), ``attach`` (once the inspector exists),
 ``tick`` (from the loop's ~0.5 s tick: drift alarm to the fault output) and ``close``. The web
-server runs only when ``console.enabled``.
+server runs only when ``console.enabled``. A station of several cameras (``run_cell``) also calls
+``attach_cell`` (its counters and each camera's bundle) and ``observe_part`` (a part row, from
+``CellLine.on_part``).
 """
 
 from __future__ import annotations
@@ -57,11 +59,15 @@ class StationConsole:
 
     def reload_bundle(self, who: str = "SIGHUP") -> None:
         """Swap to the bundle the station file names now (re-read), else reload the current bundle folder
-        (rebuilt in place). Returns at once; the load runs in a thread. Safe to call from a signal handler."""
+        (rebuilt in place). Several cameras: every camera's bundle as the file names it now (its own, else the
+        station's), each camera switching through its own decider. Returns at once; the load runs in a thread.
+        Safe to call from a signal handler."""
         path = self.feed.bundle_path
         load_station = self.actions.links.load_station
         try:
-            if self.station_file is not None:
+            if self.feed.cell is not None:
+                self.actions.reload_cameras(who)
+            elif self.station_file is not None:
                 if load_station is None:
                     raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader "
                                       "was given)")
@@ -75,6 +81,16 @@ class StationConsole:
 
     def attach(self, inspector, capture, scheduler, recorder, camera_watch) -> None:
         self.feed.attach(inspector, capture, scheduler, recorder, camera_watch, self.feed.bundle_path)
+
+    def attach_cell(self, counters, bundles) -> None:
+        """Several cameras: their counters (``feed.CellCounters``) and camera -> the bundle it runs, in the
+        station file's order (the first camera's feeds the drift watch)."""
+        self.feed.attach_cell(counters, bundles)
+
+    def observe_part(self, verdict, row: dict) -> None:
+        """A part row of several cameras' views (``station.parts.PartListener``): the live page's latest part
+        and the gallery's NG parts. verdict: the part's verdict for the gate (unused: the row has it all)."""
+        self.feed.observe_part(row)
 
     def tick(self, _inspector=None) -> None:
         """Raise / clear the fault output on a drift alarm (when console.drift_fault), every 2 s at most."""

@@ -32,13 +32,14 @@ BINS = 30
 DEFECT_LABELS = ("defect", "miss")
 
 
-def split_scores(recent: list[Verdict], labels: dict[int, str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(normal scores, defect scores, unreviewed NG count) from recent verdicts and review labels by seq."""
+def split_scores(recent: list[Verdict], labels: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(normal scores, defect scores, unreviewed NG count) from recent verdicts and review labels by view key
+    (camera, seq); a bare seq is camera "" (one camera)."""
     normal, defect, unreviewed = [], [], 0
     for v in recent:
         if v.score is None:  # not scored (malformed frame, inference failure)
             continue
-        label = labels.get(v.seq)
+        label = labels.get((v.camera, v.seq), None if v.camera else labels.get(v.seq))
         if label in DEFECT_LABELS:
             defect.append(v.score)
         elif label == "false_reject" or (not v.ng and label is None):
@@ -78,15 +79,23 @@ def check_threshold(value) -> float:
     return float(value)
 
 
-def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any]) -> None:
-    """Set ``decision.threshold`` in the station file (atomic replace, fsync'd; YAML comments are not
-    kept). The result is read back through ``load_station`` (the station loader,
-    ``station.config.load_station``, handed in: it raises ConfigError for a file that would not load),
-    so a file that would not load is never left behind."""
+def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any], camera: str = "") -> None:
+    """Set ``decision.threshold`` in the station file, or with ``camera`` that camera's ``cameras[].threshold``
+    (atomic replace, fsync'd; YAML comments are not kept). The result is read back through ``load_station``
+    (the station loader, ``station.config.load_station``, handed in: it raises ConfigError for a file that would
+    not load), so a file that would not load is never left behind."""
     path = Path(path)
     data = yaml.safe_load(path.read_text()) or {}
-    decision = data.get("decision") or {}
-    data["decision"] = {**decision, "threshold": float(value)}
+    if camera:
+        entries = data.get("cameras") or []
+        names = [e.get("name", f"cam{i}") if isinstance(e, dict) else None for i, e in enumerate(entries)]
+        if camera not in names:
+            raise ConfigError(f"{path}: expected camera {camera!r} in its cameras: list, found "
+                              f"{', '.join(map(str, names)) or 'none'}; the threshold was not written")
+        entries[names.index(camera)]["threshold"] = float(value)
+    else:
+        decision = data.get("decision") or {}
+        data["decision"] = {**decision, "threshold": float(value)}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)

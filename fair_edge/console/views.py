@@ -1,36 +1,114 @@
-"""What the pages show, as plain JSON-ready dicts and JPEG bytes (console thread only)."""
+"""What the pages show, as plain JSON-ready dicts and JPEG bytes (console thread only).
+
+A view is addressed by (camera, seq): ``/api/part/SEQ.jpg`` with one camera, ``/api/part/CAMERA/SEQ.jpg`` with
+several (each camera numbers its own frames). With several cameras the live state adds ``cameras`` (each camera's
+counters, model and threshold), ``parts`` (the part counters) and ``tiles`` (every view of the latest part), and
+the gallery lists NG parts with their views.
+"""
 
 from __future__ import annotations
 
 import time
 
 from fair_edge.console.actions import REVIEW_LABELS, StationActions
-from fair_edge.console.feed import StationFeed, finite
+from fair_edge.console.feed import StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
 from fair_edge.line.recorder import ng_image_path
 
 RECENT_SHOWN = 24
 
 
-def _part(v, labels: dict[int, str]) -> dict:
+def part_url(camera: str, seq: int) -> str:
+    """The console's URL of a view's kept frame with its heat map."""
+    return f"/api/part/{camera}/{seq}.jpg" if camera else f"/api/part/{seq}.jpg"
+
+
+def _part(v, labels: dict[ViewKey, str]) -> dict:
     return {"seq": v.seq, "score": finite(v.score), "threshold": v.threshold, "ng": v.ng, "source": v.source,
             "latency_ms": round(v.latency_ms, 2), "model": v.model, "error": v.error,
-            "review": labels.get(v.seq, ""), "regions": len(v.regions), "reason": v.reason}
+            "review": labels.get((v.camera, v.seq), ""), "regions": len(v.regions), "reason": v.reason,
+            **({"camera": v.camera} if v.camera else {})}
 
 
 def live_state(feed: StationFeed, actions: StationActions) -> dict:
     """Everything the live page shows."""
     latest = feed.latest
     recent = list(feed.recent)[-RECENT_SHOWN:]
-    kept = {p.verdict.seq for p in list(feed.frames)} if feed.settings.keep_frames else set()
-    return {
+    kept = {(p.verdict.camera, p.verdict.seq) for p in list(feed.frames)} if feed.settings.keep_frames else set()
+    kept |= {(c, p.verdict.seq) for c, p in list(feed.latest_views.items())}
+    state = {
         "time": time.time(), "run": feed.run_id, "count": feed.count, "rate_fps": feed.rate(),
         "counters": feed.counters(), "latency": feed.latency(), **feed.state(),
         "drift": feed.drift.state().to_dict(),
         "latest": None if latest is None else _part(latest.verdict, actions.labels),
-        "recent": [dict(_part(v, actions.labels), kept=v.seq in kept) for v in reversed(recent)],
+        "recent": [dict(_part(v, actions.labels), kept=(v.camera, v.seq) in kept, image=part_url(v.camera, v.seq))
+                   for v in reversed(recent)],
         "swap": actions.swap_status,
     }
+    if feed.cell is not None:
+        state.update(cell_state(feed, actions, kept))
+    return state
+
+
+def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -> dict:
+    """Several cameras: each camera's counters (``RunSummary.cameras``' own), model and threshold; the part
+    counters; the latest part (none when the cameras are lanes) and a tile per camera: that part's view, or with
+    lanes the camera's latest view."""
+    counters = feed.cell_counters()
+    cameras = []
+    inspector = feed.inspector
+    for name, counts in counters["cameras"].items():
+        decider = inspector.views.get(name) if inspector is not None else None
+        cameras.append({"name": name, "counters": counts, "drift": name == feed.drift_camera,
+                        "model": None if decider is None else {"id": decider.model, "threshold": decider.threshold,
+                                                               "backend": decider.scorer.reason,
+                                                               "bundle": str(feed.camera_bundles.get(name, ""))}})
+    rows = list(feed.part_rows)
+    latest = rows[-1] if rows else None
+    tiles = []
+    for name in counters["cameras"]:
+        if latest is not None:
+            view = latest["views"].get(name, {"missing": "no frame"})
+            seq = view.get("seq")
+        else:
+            part = feed.latest_views.get(name)
+            view, seq = {}, None if part is None else part.verdict.seq
+        tiles.append(_view(feed, actions, name, seq, view.get("missing", ""), kept,
+                           decided=latest is not None and latest.get("camera") == name
+                           and name in latest.get("ng_views", ())))
+    return {"cameras": cameras, "parts": counters["parts"], "tiles": tiles,
+            "latest_part": None if latest is None else _part_head(latest)}
+
+
+def _part_head(row: dict) -> dict:
+    return {"part": row["part"], "ng": row["ng"], "inspected": row["inspected"], "camera": row.get("camera"),
+            "score": finite(row.get("score")), "ng_views": row.get("ng_views", []), "missing": row.get("missing", []),
+            "reason": row.get("reason", ""), "rule": row.get("rule", "")}
+
+
+def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | None, missing: str,
+          kept: set[ViewKey], decided: bool = False) -> dict:
+    """One camera's view of a part as the pages show it: its verdict (while remembered), image and review."""
+    out = {"camera": camera, "seq": seq, "missing": missing, "decided": decided}
+    v = None if seq is None else feed.verdict(seq, camera)
+    if v is not None:
+        out.update(_part(v, actions.labels), decided=decided)
+    if seq is not None:
+        out["image"] = _image(feed, v, camera, seq, kept)
+    return out
+
+
+def _image(feed: StationFeed, v, camera: str, seq: int, kept: set[ViewKey] | None = None) -> str:
+    """The recorder's saved overlay of an NG view (under the output folder), else the kept frame, else ""."""
+    if v is not None and v.ng:
+        rec = feed.recorder
+        folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (feed.output, "png")
+        out = feed.output.resolve()
+        overlay = ng_image_path(folder, feed.run_id, seq, "overlay", ext, camera).resolve()
+        if overlay.is_relative_to(out) and overlay.is_file():
+            return f"/files/{overlay.relative_to(out).as_posix()}"
+    is_kept = (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
+    return part_url(camera, seq) if is_kept else ""
 
 
 def latest_jpeg(feed: StationFeed, cache: JpegCache) -> bytes | None:
@@ -38,32 +116,39 @@ def latest_jpeg(feed: StationFeed, cache: JpegCache) -> bytes | None:
     if part is None or part.frame is None:
         return None
     v = part.verdict
-    return cache.get(("live", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold,
-                                                                   verdict=v, zone_outlines=feed.zone_outlines))
+    return cache.get(("live", v.camera, v.seq, v.model), lambda: overlay_jpeg(
+        part.frame.image, part.anomaly_map, v.threshold, verdict=v, zone_outlines=feed.zone_outlines))
 
 
-def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int) -> bytes | None:
-    """A kept part's frame with its heat map (None once it has left the keep_frames window)."""
-    part = feed.kept_part(seq)
+def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int, camera: str = "") -> bytes | None:
+    """A kept view's frame with its heat map (None once it has left the keep_frames window)."""
+    part = feed.kept_part(seq, camera)
     if part is None or part.frame is None:
         return None
     v = part.verdict
-    return cache.get(("part", v.seq, v.model), lambda: overlay_jpeg(part.frame.image, part.anomaly_map, v.threshold,
-                                                                   verdict=v, zone_outlines=feed.zone_outlines))
+    return cache.get(("part", v.camera, v.seq, v.model), lambda: overlay_jpeg(
+        part.frame.image, part.anomaly_map, v.threshold, verdict=v, zone_outlines=feed.zone_outlines))
 
 
 def gallery(feed: StationFeed, actions: StationActions) -> dict:
-    """NG parts of this run, newest first, with their overlay image (under the output folder) and review."""
-    rec = feed.recorder
-    folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (feed.output, "png")
-    out = feed.output.resolve()
+    """NG parts of this run, newest first, with their overlay image (under the output folder) and review.
+    Several cameras viewing one part: each NG part with all its views (``views``: the camera that decided it
+    marked, missing views named); lanes: each NG view with its camera."""
+    reviewed = {k: sum(1 for lab in actions.labels.values() if lab == k) for k in REVIEW_LABELS}
+    out = {"run": feed.run_id, "reviewed": reviewed, "labels": {k: text for k, (text, _) in REVIEW_LABELS.items()}}
+    if feed.cell is not None and feed.cell.parts():
+        return {**out, "parts": [_gallery_part(feed, actions, row) for row in reversed(list(feed.ng_part_rows))],
+                "cameras": feed.cameras()}
     parts = []
     for v in reversed(list(feed.ng)):
         item = _part(v, actions.labels)
-        overlay = ng_image_path(folder, feed.run_id, v.seq, "overlay", ext, v.camera).resolve()
-        item["image"] = f"/files/{overlay.relative_to(out).as_posix()}" if overlay.is_relative_to(out) \
-            and overlay.is_file() else (f"/api/part/{v.seq}.jpg" if feed.kept_part(v.seq) else "")
+        item["image"] = _image(feed, v, v.camera, v.seq)
         parts.append(item)
-    reviewed = {k: sum(1 for lab in actions.labels.values() if lab == k) for k in REVIEW_LABELS}
-    return {"run": feed.run_id, "parts": parts, "reviewed": reviewed,
-            "labels": {k: text for k, (text, _) in REVIEW_LABELS.items()}}
+    return {**out, "parts": parts}
+
+
+def _gallery_part(feed: StationFeed, actions: StationActions, row: dict) -> dict:
+    views = [_view(feed, actions, camera, view.get("seq"), view.get("missing", ""), None,
+                   decided=camera == row.get("camera") and camera in row.get("ng_views", ()))
+             for camera, view in row["views"].items()]
+    return {**_part_head(row), "views": views}

@@ -13,6 +13,10 @@ bundle, the frames of all cameras batched into shared inference calls, one verdi
 ``RejectScheduler`` on the camera's ``reject`` URLs. ``run`` picks ``run_station`` or ``run_cell`` from the
 station file. Exit codes and fail-safe rules are ``run_station``'s; a camera gone for good holds the fault
 output (naming the camera) while the other cameras go on inspecting, and the run ends with exit code 3.
+
+The console sees every view (a verdict callback), every part row (``CellLine.on_part`` hands it to
+``StationConsole.observe_part``) and each camera's counters (``CellCounters``, the same numbers as the summary's
+``cameras``); its swaps and SIGHUP load bundles per camera through ``CellLoader``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.hotswap import model_id
-from fair_edge.station.config import CameraSettings, StationConfig
+from fair_edge.station.config import CameraSettings, StationConfig, load_station
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
-from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   load_roi, open_capture, open_console, open_line_side, open_regions, open_scorer,
-                                   read_bundle, resolve_threshold, run_station)
+from fair_edge.station.run import (CameraWatch, LineSide, change_for, check_reject_timing, finish_line,
+                                   is_unpaced_replay, load_roi, open_capture, open_console, open_line_side,
+                                   open_regions, open_scorer, read_bundle, resolve_threshold, run_station)
 from fair_edge.station.views import ViewSettings
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,7 @@ class CellModels:
     def __init__(self, cfg: StationConfig, scorer=None) -> None:
         self.views: dict[str, ViewDecider] = {}
         self.bundles: dict[Path, tuple] = {}   # bundle path -> (bundle, scorer)
+        self.calibrations: dict[str, object] = {}   # camera -> the calibration of its decision score (or None)
         try:
             for view in cfg.cameras:
                 vcfg = view_config(cfg, view)
@@ -98,6 +103,7 @@ class CellModels:
                 bundle, shared = self.bundles[key]
                 roi = load_roi(vcfg.roi)
                 decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
+                self.calibrations[view.name] = decided.calibration
                 self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
                                                     open_regions(vcfg, bundle))
         except BaseException:
@@ -130,6 +136,7 @@ class CellLine:
     lanes: dict = dataclasses.field(default_factory=dict)   # camera -> its RejectScheduler
     per_camera: dict = dataclasses.field(default_factory=dict)
     triggers: TriggerFanout | None = None                     # group.match: handshake
+    part_listeners: list = dataclasses.field(default_factory=list)   # also told of every part (the console)
 
     def hooks(self, name: str) -> dict[str, Callable[[Frame], None]]:
         """One camera's capture hooks: its part (or lane) is noted at capture; drops are logged, named."""
@@ -183,6 +190,11 @@ class CellLine:
         self.line.recorder.record_row(row)
         if self.line.mqtt is not None:
             self.line.mqtt.publish_part(self.line.recorder.log_row(row))
+        for listener in self.part_listeners:
+            try:
+                listener(verdict, row)
+            except Exception:   # a viewer must not stop the parts
+                log.exception("part %s: listener %r failed", row.get("part"), listener)
 
     def reject_stats(self) -> dict:
         out = self.line.reject_stats()
@@ -191,6 +203,84 @@ class CellLine:
             out["sinks"] = {f"{name}: {sink}": st for name, s in self.lanes.items()
                             for sink, st in s.sink_stats().items()}
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CellWatch:
+    """Every camera's ``CameraWatch``: called from the loop's tick (each camera's fault named on its own channel);
+    ``reason``, what the console shows, reads the last reasons without changing anything."""
+
+    watches: list[CameraWatch]
+
+    def __call__(self, _inspector: Inspector | None = None) -> str:
+        return "; ".join(r for r in (w() for w in self.watches) if r)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(w.reason for w in self.watches if w.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellCounters:
+    """Each camera's counters and the parts', read on demand: the summary's ``cameras`` and ``parts`` at the end
+    of a run, the console's per-camera counters while it runs (``console.feed.CellCounters``)."""
+
+    cell: CellLine
+    mux: CaptureMux
+
+    def cameras(self) -> dict[str, dict]:
+        out = {}
+        for name, stats in self.mux.camera_stats().items():
+            counts = self.cell.per_camera.get(name, Counter())
+            out[name] = {"frames_in": stats.frames_in, "inspected": counts["inspected"], "ng": counts["ng"],
+                         "dropped": stats.dropped_queue_full, "lost": stats.frames_lost_estimate,
+                         "state": stats.state.value, "end_reason": stats.end_reason}
+        return out
+
+    def parts(self) -> dict:
+        return {} if self.cell.assembler is None else dict(self.cell.assembler.stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellLoader:
+    """What the console calls to change a camera's bundle (``console.actions.StationLinks``): ``load_views`` and
+    ``camera_bundles``. cfg: the running station's settings (each camera's ROI comes from them)."""
+
+    cfg: StationConfig
+
+    def load_views(self, bundle: Path, cameras: tuple[str, ...]) -> dict:
+        """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, the
+        threshold by the station's rule (``load_change``: with an ROI the ROI's own, else the bundle's)."""
+        views = {v.name: v for v in self.cfg.cameras}
+        unknown = [c for c in cameras if c not in views]
+        if unknown:
+            raise ConfigError(f"cameras: expected some of {', '.join(views)}, found {', '.join(unknown)}")
+        loaded = read_bundle(bundle)
+        scorer = open_scorer(loaded, self.cfg.backend)
+        try:
+            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi))
+                    for name in cameras}
+        except BaseException:
+            scorer.backend.close()
+            raise
+
+    def camera_bundles(self, station_file: Path | None = None) -> tuple:
+        """Each camera's bundle (``console.actions.CameraBundle``) as ``station_file`` names it now (re-read), or
+        as the station started (None). ConfigError when the file names other cameras (restart for that)."""
+        from fair_edge.console.actions import CameraBundle
+
+        cfg = self.cfg if station_file is None else load_station(Path(station_file))
+        names, running = [v.name for v in cfg.cameras], [v.name for v in self.cfg.cameras]
+        if names != running:
+            raise ConfigError(f"{station_file}: expected the cameras {', '.join(running)} (the running station's), "
+                              f"found {', '.join(names) or 'none'}; restart the station to change its cameras")
+        out = []
+        for view in cfg.cameras:
+            if (view.bundle or cfg.bundle) is None:
+                raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
+                                  "or the camera")
+            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None))
+        return tuple(out)
 
 
 def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
@@ -269,21 +359,19 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         faults = FaultBoard(line) if any(g is not None for g in gates) else None
         watches = [CameraWatch(capture, faults.channel(f"camera {name}") if faults else None, name)
                    for name, capture in mux.captures.items()]
+        watch = CellWatch(watches)
 
-        def watch(_inspector=None) -> str:
-            return "; ".join(r for r in (w() for w in watches) if r)
-
-        first_bundle = next(iter(models.bundles.values()))[0]
-        console = open_console(view_config(cfg, cfg.cameras[0]), first_bundle, faults, stack, line.metrics,
-                               export_reviewed)
-        line.callbacks.append(console.observe)
+        console = open_cell_console(cfg, models, faults, stack, line, export_reviewed)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(mux, first.scorer, first.threshold, settings=cfg.batching, on_verdict=line.callbacks,
                               views=models.views)
-        inspector.decider = first   # the console's threshold and swap act on the first camera
+        inspector.decider = first   # the summary's backend and the console's top-line model: the first camera's
         inspector.summary.run_id = run_id
         console.attach(inspector, mux, line.scheduler, line.recorder, watch)
+        console.attach_cell(CellCounters(cell, mux),
+                            {v.name: Path(view_config(cfg, v).bundle) for v in cfg.cameras})
+        cell.part_listeners.append(console.observe_part)
         if on_console is not None:
             on_console(console)
 
@@ -314,6 +402,24 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     return summary
 
 
+def open_cell_console(cfg: StationConfig, models: CellModels, faults: FaultBoard | None, stack: contextlib.ExitStack,
+                      line: LineSide, export_reviewed=None):
+    """The cell's console (``open_console``): the first camera's bundle and score calibration feed its drift
+    watch; swaps and SIGHUP load bundles per camera (``CellLoader``); it sees every view."""
+    from fair_edge.console.actions import StationLinks
+
+    name = cfg.cameras[0].name
+    vcfg = view_config(cfg, cfg.cameras[0])
+    bundle = models.bundles[Path(vcfg.bundle).resolve()][0]
+    loader = CellLoader(cfg)
+    links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
+                         camera_bundles=loader.camera_bundles)
+    console = open_console(vcfg, bundle, faults, stack, line.metrics, calibration=models.calibrations.get(name),
+                           links=links)
+    line.callbacks.append(console.observe)
+    return console
+
+
 def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches: list[CameraWatch],
                 mux: CaptureMux) -> None:
     """``finish_line`` for a cell: a camera gone for good is the run's fault (named); the lanes' gates are
@@ -330,10 +436,6 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
         lane.wait_idle(timeout_s=(10.0 if cfg.reject.encoder_distance is not None else travel_s) + 1.0)
         lane.drain_sinks(timeout_s=1.0)
     summary.rejects = cell.reject_stats()
-    for name, stats in mux.camera_stats().items():
-        counts = cell.per_camera.get(name, Counter())
-        summary.cameras[name] = {"frames_in": stats.frames_in, "inspected": counts["inspected"], "ng": counts["ng"],
-                                 "dropped": stats.dropped_queue_full, "lost": stats.frames_lost_estimate,
-                                 "state": stats.state.value, "end_reason": stats.end_reason}
-    if cell.assembler is not None:
-        summary.parts = dict(cell.assembler.stats)
+    counters = CellCounters(cell, mux)
+    summary.cameras.update(counters.cameras())
+    summary.parts = counters.parts()

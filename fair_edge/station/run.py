@@ -38,6 +38,7 @@ from fair_edge.station.zones import RegionJudge
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     from fair_edge.calibration.threshold import Threshold
     from fair_edge.cameras import FrameSource
+    from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
     from fair_edge.export.bundle import Bundle
     from fair_edge.line.encoder_source import EncoderSource
@@ -318,17 +319,19 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
                  stack: contextlib.ExitStack, metrics: Metrics | None = None,
                  export_reviewed: Callable[[Path, Path], dict] | None = None,
-                 calibration: Threshold | None = None) -> StationConsole:
+                 calibration: Threshold | None = None, links: StationLinks | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
     (started here, closed by ``stack``). The console gets the station's bundle loader and station file
     loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``.
     calibration: the calibration of the station's score (``DecisionThreshold.calibration``: with an ROI, of
-    max(map x ROI)); its distribution feeds the drift watch and threshold tuning."""
+    max(map x ROI)); its distribution feeds the drift watch and threshold tuning. links: what the console
+    calls (default: one camera's loaders, as above; a station of several cameras hands in its own)."""
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
-    links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
-                         load_station=load_station, export_reviewed=export_reviewed)
+    if links is None:
+        links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
+                             load_station=load_station, export_reviewed=export_reviewed)
     console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
                                                  calibration=calibration))
     if metrics is not None:
@@ -364,10 +367,18 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     roi = load_roi(roi_path)
     scorer = open_scorer(bundle, backend)
     try:
-        decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
+        return change_for(bundle, scorer, roi, threshold)
     except BaseException:
         scorer.backend.close()
         raise
+
+
+def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarray | None,
+               threshold: float | None = None) -> ModelChange:
+    """The change to a loaded bundle and its opened scorer for a view with this ROI ((H, W) float32 weights or
+    None): the threshold given, else decided by the station's rule (``load_change``). Several cameras that
+    share a bundle share its scorer: one backend, their frames in one inference call."""
+    decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
     return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration)
 
 

@@ -95,12 +95,13 @@ class Collector:
         return what
 
 
-def latest_reviews(entries: list[dict]) -> dict[tuple[str, int], dict]:
-    """The newest review of each part, keyed by (run, seq)."""
-    out: dict[tuple[str, int], dict] = {}
+def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """The newest review of each view, keyed by (run, camera, seq) (camera "" with one camera: each camera of
+    several numbers its own frames)."""
+    out: dict[tuple[str, str, int], dict] = {}
     for e in entries:
         if "seq" in e and "label" in e:
-            out[(str(e.get("run", "")), int(e["seq"]))] = e
+            out[(str(e.get("run", "")), str(e.get("camera", "")), int(e["seq"]))] = e
     return out
 
 
@@ -117,7 +118,7 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
         raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
     collectors = {folder: Collector(dest / folder) for folder in sorted(set(REVIEW_FOLDERS.values()))}
     missing = 0
-    for (run, seq), entry in sorted(reviews.items()):
+    for (run, camera, seq), entry in sorted(reviews.items()):
         folder = REVIEW_FOLDERS.get(entry["label"])
         if folder is None:
             continue
@@ -125,7 +126,8 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
         if image_path is None or not image_path.is_file():
             missing += 1
             continue
-        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), f"{run}_{seq:08d}", checked=False)
+        name = f"{run}_{camera}_{seq:08d}" if camera else f"{run}_{seq:08d}"
+        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), name, checked=False)
     counts = {k: {"saved": c.counts["saved"], "unreadable": c.counts["unreadable"]} for k, c in collectors.items()}
     return {"dest": str(dest), "no_image": missing, **counts, "summary": reviewed_summary(counts, missing)}
 

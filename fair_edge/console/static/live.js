@@ -27,9 +27,39 @@ function showLatest(v) {
   $("score").textContent = FE.num(v.score); $("threshold").textContent = FE.num(v.threshold);
   const frac = v.score === null ? 1 : Math.min(1, v.score / (2 * v.threshold));
   $("score-fill").style.width = (100 * frac) + "%"; $("score-fill").className = "fill" + (v.ng ? " ng" : "");
-  $("latest-seq").textContent = v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
+  $("latest-seq").textContent = v.camera ? `${v.camera} ${v.seq}` : v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
   $("latest-reason").textContent = v.reason || (v.regions ? v.regions + " defect region(s)" : "");
-  if (v.seq !== lastSeq) { lastSeq = v.seq; $("live-image").src = "/api/live.jpg?seq=" + v.seq + "&m=" + v.model; }
+  const key = (v.camera || "") + "/" + v.seq;  // several cameras number their own frames
+  if (key !== lastSeq) { lastSeq = key; $("live-image").src = "/api/live.jpg?seq=" + v.seq + "&c=" + (v.camera || "") + "&m=" + v.model; }
+}
+
+// several cameras: a tile per camera with its view of the latest part, each camera's counters, the part counters
+function showCell(s) {
+  $("cell").classList.toggle("hidden", !s.cameras);
+  if (!s.cameras) return;
+  $("latest-title").textContent = "Latest view";
+  const p = s.latest_part;
+  $("part-head").textContent = p ? `${p.part} · ${p.ng ? "NG" : "OK"}` + (p.ng && p.camera && p.ng_views.length ? ` (decided by ${p.camera})` : "")
+    + (p.missing.length ? ` · missing: ${p.missing.join(", ")}` : "") + (p.reason ? ` · ${p.reason}` : "") : "";
+  const tiles = $("tiles"); tiles.innerHTML = "";
+  for (const t of s.tiles) {
+    const caption = t.missing ? `${t.camera}: missing (${t.missing})`
+      : `${t.camera} · ${t.seq ?? "–"} · ${t.ng === undefined ? "–" : (t.ng ? "NG" : "OK")} · ${FE.num(t.score, 3)}` + (t.decided ? " · decided" : "");
+    tiles.append(FE.el("figure", {class: t.missing ? "missing" : (t.ng ? "ng" : "ok"), "data-camera": t.camera},
+      t.image ? FE.el("img", {src: `${t.image}?r=${s.run}&m=${t.model || ""}`, alt: `${t.camera} ${t.seq}`}) : FE.el("div", {class: "muted"}, "no frame kept"),
+      FE.el("figcaption", {}, caption)));
+  }
+  const body = $("camera-rows"); body.innerHTML = "";
+  for (const c of s.cameras) {
+    const n = c.counters, m = c.model || {};
+    body.append(FE.el("tr", {"data-camera": c.name}, FE.el("td", {}, c.name), FE.el("td", {}, n.state),
+      FE.el("td", {}, String(n.frames_in)), FE.el("td", {class: "inspected"}, String(n.inspected)), FE.el("td", {class: "ng"}, String(n.ng)),
+      FE.el("td", {class: "dropped"}, String(n.dropped)), FE.el("td", {}, String(n.lost)), FE.el("td", {title: m.bundle || ""}, m.id || "–"),
+      FE.el("td", {}, FE.num(m.threshold))));
+  }
+  const q = s.parts || {};
+  $("part-counters").textContent = q.parts === undefined ? "each camera is its own lane: its frames are its parts"
+    : `parts: ${q.parts} · NG ${q.ng} · OK ${q.ok} · not inspected ${q.not_inspected} · views after their part closed ${q.late_views}`;
 }
 
 function showCounters(s) {
@@ -55,8 +85,8 @@ async function acknowledgeAlarm() {
 }
 $("ack-alarm").addEventListener("click", acknowledgeAlarm);
 
-async function markMiss(seq) {
-  try { await FE.post("review", {seq, label: "miss"}); FE.say(`part ${seq} marked as a miss`); }
+async function markMiss(seq, camera) {
+  try { await FE.post("review", camera ? {seq, camera, label: "miss"} : {seq, label: "miss"}); FE.say(`part ${camera ? camera + " " : ""}${seq} marked as a miss`); }
   catch (e) { FE.say(e.message, true); }
 }
 
@@ -64,8 +94,8 @@ function showRecent(rows) {
   const body = $("recent"); body.innerHTML = "";
   for (const v of rows) {
     const review = v.review ? FE.el("span", {}, v.review.replace("_", " "))
-      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v.seq)}, "miss"));
-    body.append(FE.el("tr", {class: v.ng ? "ng" : ""}, FE.el("td", {}, String(v.seq)), FE.el("td", {}, FE.num(v.score)),
+      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v.seq, v.camera)}, "miss"));
+    body.append(FE.el("tr", {class: v.ng ? "ng" : ""}, FE.el("td", {}, v.camera ? `${v.camera} ${v.seq}` : String(v.seq)), FE.el("td", {}, FE.num(v.score)),
       FE.el("td", {}, v.ng ? "NG" : "OK"), FE.el("td", {}, FE.ms(v.latency_ms)), FE.el("td", {}, v.source),
       FE.el("td", {}, v.model), FE.el("td", {}, review)));
   }
@@ -75,11 +105,11 @@ function showRecent(rows) {
 function showStrip(rows, run) {
   const strip = $("strip"); strip.innerHTML = "";
   for (const v of rows.filter(r => r.kept).slice(0, 6))
-    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: `/api/part/${v.seq}.jpg?r=${run}&m=${v.model}`, alt: `part ${v.seq}`}),
-      FE.el("figcaption", {}, `${v.seq} · ${FE.num(v.score, 3)}`)));
+    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: `${v.image}?r=${run}&m=${v.model}`, alt: `part ${v.seq}`}),
+      FE.el("figcaption", {}, `${v.camera ? v.camera + " " : ""}${v.seq} · ${FE.num(v.score, 3)}`)));
 }
 
-function show(s) { showStatus(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run); document.body.dataset.count = s.count; }
+function show(s) { showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run); document.body.dataset.count = s.count; }
 
 FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
 const events = new EventSource("/api/events");

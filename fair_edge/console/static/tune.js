@@ -1,12 +1,31 @@
-// Threshold tuning (projection, confirmed apply), model swap and drift.
+// Threshold tuning (projection, confirmed apply), model swap and drift. Several cameras: the threshold is
+// projected and applied for the camera picked; a swap is for one camera or every camera on the station's bundle.
 "use strict";
 const $ = id => document.getElementById(id);
 let current = null;
+const camera = () => $("camera").value;
+
+function showCameras(cameras) {
+  if (!cameras) return;
+  if (!$("camera").options.length) {
+    for (const c of cameras) { $("camera").append(FE.el("option", {value: c.name}, c.name)); $("swap-camera").append(FE.el("option", {value: c.name}, c.name)); }
+    $("camera-pick").classList.remove("hidden"); $("swap-camera-pick").classList.remove("hidden"); $("camera-models").classList.remove("hidden");
+    project(true);
+  }
+  const body = $("camera-models").querySelector("tbody"); body.innerHTML = "";
+  for (const c of cameras) {
+    const m = c.model || {};
+    body.append(FE.el("tr", {"data-camera": c.name}, FE.el("td", {}, c.name), FE.el("td", {}, m.id || "–"), FE.el("td", {}, FE.num(m.threshold)), FE.el("td", {class: "muted"}, m.bundle || "")));
+  }
+}
 
 async function project(first = false) {
   const value = $("proposed").value;
   try {
-    const t = await FE.get("/api/tune" + (value ? "?threshold=" + encodeURIComponent(value) : ""));
+    const query = new URLSearchParams();
+    if (value && !first) query.set("threshold", value);
+    if (camera()) query.set("camera", camera());
+    const t = await FE.get("/api/tune" + (query.toString() ? "?" + query : ""));
     current = t.current;
     $("current").textContent = FE.num(t.current);
     if (first) $("proposed").value = FE.num(t.current, 6);  // the page opens on the threshold in force
@@ -26,8 +45,9 @@ async function project(first = false) {
 async function status() {
   try {
     const s = await FE.get("/api/state");
+    showCameras(s.cameras);
     if (s.model) { $("model-id").textContent = s.model.id; $("model-bundle").textContent = s.model.bundle; $("model-backend").textContent = s.model.backend; }
-    const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.error ? ": " + w.error : "");
+    const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.models ? " → " + Object.entries(w.models).map(([c, m]) => `${c}: ${m}`).join(", ") : "") + (w.error ? ": " + w.error : "");
     const d = s.drift;
     $("drift-text").textContent = d.psi === null ? d.note :
       `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${d.level}` + (d.alarm ? " — ALARM" : " — ok");
@@ -36,6 +56,7 @@ async function status() {
 
 $("project").addEventListener("click", () => project());
 $("proposed").addEventListener("change", () => project());
+$("camera").addEventListener("change", () => project(true));
 $("apply").addEventListener("click", async () => {
   await project();
   $("confirm-old").textContent = FE.num(current, 6); $("confirm-new").textContent = $("proposed").value;
@@ -44,14 +65,15 @@ $("apply").addEventListener("click", async () => {
 $("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add("hidden"));
 $("apply-confirmed").addEventListener("click", async () => {
   try {
-    const r = await FE.post("threshold", {threshold: Number($("proposed").value), confirm: true});
-    FE.say(`threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write"));
+    const r = await FE.post("threshold", {threshold: Number($("proposed").value), confirm: true, ...(camera() ? {camera: camera()} : {})});
+    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write"));
     $("confirm-box").classList.add("hidden");
     setTimeout(project, 700);
   } catch (e) { FE.say(e.message, true); }
 });
 $("swap-btn").addEventListener("click", async () => {
-  try { await FE.post("swap", {bundle: $("bundle-path").value}); FE.say("loading bundle…"); }
+  const target = $("swap-camera").value;
+  try { await FE.post("swap", {bundle: $("bundle-path").value, ...(target ? {camera: target} : {})}); FE.say("loading bundle…"); }
   catch (e) { FE.say(e.message, true); }
 });
 project(true); status(); setInterval(status, 1000);
