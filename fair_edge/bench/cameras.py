@@ -12,8 +12,12 @@ round r times every N, both arrangements, before round r + 1 starts; the two swa
   thread pool (ONNX Runtime and OpenVINO sessions each keep their own pool, as separate processes would).
 
 Each camera is fed as ``--feed`` says, per camera: ``closed`` = at most ``--queue`` (0: 2) of its frames
-between capture and verdict, nothing dropped, so frames/s is the arrangement's throughput; ``free`` = read as
-fast as possible, oldest dropped; a number = each camera at that many frames/s.
+between capture and verdict, nothing dropped, so frames/s is the arrangement's throughput and latency mostly
+the wait behind the frames in flight; ``free`` = read as fast as possible, oldest dropped; a number = each
+camera at that many frames/s. In both arrangements every camera is made before the first starts, and they
+start one after another, so paced cameras fire at (nearly) the same moments, as cameras triggered by one
+part do. Cameras at the same rate out of phase (lines not in step) are not timed: there the stations'
+calls would overlap less, and their latency would be lower than with cameras in step.
 
 A row pools its rounds: frames/s = frames inspected / seconds timed (each round: the longest of its loops'
 run times), latency = capture -> verdict over every frame. The cell row's ``vs_stations`` = its frames/s /
@@ -195,12 +199,15 @@ def cell(scorers: list[BundleScorer], frames: list[np.ndarray], count: int, sett
 
 def stations(scorers: list[BundleScorer], frames: list[np.ndarray], count: int, settings: BenchSettings,
              threshold: float, stack: ExitStack) -> list[_Loop]:
-    """``count`` single-camera Inspectors (max_batch 1), camera i on ``scorers[i]``, cameras started on ``stack``."""
+    """``count`` single-camera Inspectors (max_batch 1), camera i on ``scorers[i]``. The cameras are all made,
+    then started on ``stack`` one after another, as ``CaptureMux.start`` starts the cell's: paced cameras fire
+    together in both arrangements."""
     loops = []
     for name, scorer in zip(camera_names(count), scorers[:count], strict=True):
         capture, gives = capture_for(frames, settings.feed, 1, settings.queue_size or PER_CAMERA_QUEUE, name=name)
-        stack.enter_context(capture)
         loops.append(_loop(scorer, capture, {name: gives}, threshold, settings, max_batch=1, camera=name))
+    for loop in loops:
+        stack.enter_context(loop.inspector.capture)
     return loops
 
 
