@@ -26,7 +26,7 @@ def check_accounting(row: dict, rounds: int) -> None:
     assert all(count > 0 for count in row["per_camera"].values())          # every camera was served
     assert sum(row["per_camera"].values()) == row["frames"]                # each verdict counted under one camera
     assert row["frames_in"] == row["frames"] + row["dropped"] + row["not_inspected"]   # each frame read: one fate
-    assert row["dropped"] == 0 and row["not_inspected"] == 0               # closed feed; queued frames drained
+    assert row["dropped"] == row["not_inspected"] == row["lost"] == 0      # closed feed; queued frames drained
     assert row["fps"] == pytest.approx(row["frames"] / row["seconds"])
     assert row["rounds"] == rounds == len(row["round_fps"])
     assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
@@ -61,8 +61,8 @@ def test_cell_against_stations(tmp_path):
 
 def test_ratios_pair_each_cell_with_its_stations():
     def row(n: int, arrangement: str, fps: float, rounds: list) -> CameraRow:
-        return CameraRow(n, arrangement, "onnxruntime", "cpu", 1, 1, fps, 1.0, 2.0, 3.0, 10, {}, 10, 0, 0, 1.0, 1.0,
-                         len(rounds), rounds)
+        return CameraRow(n, arrangement, "onnxruntime", "cpu", 1, 1, fps, 1.0, 2.0, 3.0, 10, {}, 10, 0, 0, 0, 1.0,
+                         1.0, len(rounds), rounds)
 
     rows = with_ratios([row(2, "cell", 30.0, [28.0, 32.0]), row(2, "stations", 20.0, [20.0, 16.0]),
                         row(4, "stations", 10.0, [10.0])])

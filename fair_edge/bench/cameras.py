@@ -58,9 +58,9 @@ class CameraRow:
     p50/p99/max_ms: capture -> verdict, milliseconds, every frame of every round. frames: inspected.
     per_camera: frames inspected per camera name (sums to ``frames``). frames_in / dropped / not_inspected:
     frames read, discarded by a full queue, left queued at the stop (frames_in = frames + dropped +
-    not_inspected). seconds: timed, all rounds. mean_batch: frames per inference call. rounds: rounds pooled;
-    round_fps: frames/s of each. vs_stations (cell rows): fps / the stations row's fps, same N; round_ratios:
-    the same, round by round."""
+    not_inspected); lost: frames a paced camera passed while its reader was late (never read). seconds: timed,
+    all rounds. mean_batch: frames per inference call. rounds: rounds pooled; round_fps: frames/s of each.
+    vs_stations (cell rows): fps / the stations row's fps, same N; round_ratios: the same, round by round."""
 
     cameras: int
     arrangement: str
@@ -77,6 +77,7 @@ class CameraRow:
     frames_in: int
     dropped: int
     not_inspected: int
+    lost: int
     seconds: float
     mean_batch: float
     rounds: int
@@ -97,6 +98,7 @@ class _Tally:
     frames_in: int = 0
     dropped: int = 0
     not_inspected: int = 0
+    lost: int = 0
     seconds: float = 0.0
     calls: int = 0
     per_camera: dict = field(default_factory=dict)
@@ -109,12 +111,13 @@ class _Tally:
         summaries = [loop.summary for loop in loops]
         frames, seconds = sum(s.inspected for s in summaries), max(s.duration_s for s in summaries)
         return cls(frames, sum(s.frames_in for s in summaries), sum(s.dropped for s in summaries),
-                   sum(s.not_inspected for s in summaries), seconds, sum(loop.counted.batches for loop in loops),
+                   sum(s.not_inspected for s in summaries), sum(s.lost for s in summaries), seconds,
+                   sum(loop.counted.batches for loop in loops),
                    {name: n for loop in loops for name, n in loop.verdicts.per_camera.items()},
                    [ms for loop in loops for ms in loop.inspector.latency.values], [frames / seconds])
 
     def merge(self, other: _Tally) -> None:
-        for key in ("frames", "frames_in", "dropped", "not_inspected", "seconds", "calls"):
+        for key in ("frames", "frames_in", "dropped", "not_inspected", "lost", "seconds", "calls"):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         for name, n in other.per_camera.items():
             self.per_camera[name] = self.per_camera.get(name, 0) + n
@@ -128,7 +131,7 @@ class _Tally:
                          fps=self.frames / self.seconds, p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"],
                          max_ms=lat["max_ms"], frames=self.frames, per_camera=dict(self.per_camera),
                          frames_in=self.frames_in, dropped=self.dropped, not_inspected=self.not_inspected,
-                         seconds=self.seconds, mean_batch=self.frames / max(self.calls, 1),
+                         lost=self.lost, seconds=self.seconds, mean_batch=self.frames / max(self.calls, 1),
                          rounds=len(self.round_fps), round_fps=list(self.round_fps))
 
 

@@ -31,12 +31,12 @@ def print_cameras(report) -> None:
     table = Table(title=f"fair-edge bench, several cameras: {env['gpu'] or env['cpu']} ({s['frames']} frames, "
                         f"feed {s['feed']} per camera, {s['rounds']} round(s) of {s['seconds']:g} s)")
     for name in ("cameras", "arrangement", "models", "max b", "frames/s", "cell/stations", "p50/p99/max ms",
-                 "mean b", "drops", "per camera", "rounds frames/s"):
+                 "mean b", "drops/lost", "per camera", "rounds frames/s"):
         table.add_column(name, justify="left" if name in ("arrangement", "per camera", "rounds frames/s") else "right")
     for r in report.cameras:
         ratio = "" if r.vs_stations is None else f"{r.vs_stations:.2f}"
         table.add_row(str(r.cameras), r.arrangement, str(r.models), str(r.max_batch), f"{r.fps:.1f}", ratio,
-                      f"{r.p50_ms:.1f}/{r.p99_ms:.1f}/{r.max_ms:.1f}", f"{r.mean_batch:.2f}", str(r.dropped),
+                      f"{r.p50_ms:.1f}/{r.p99_ms:.1f}/{r.max_ms:.1f}", f"{r.mean_batch:.2f}", f"{r.dropped}/{r.lost}",
                       " ".join(str(n) for n in r.per_camera.values()), " ".join(f"{f:.1f}" for f in r.round_fps))
     out = Console()
     (out if out.is_terminal else Console(width=180)).print(table)
