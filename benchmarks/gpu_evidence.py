@@ -273,8 +273,9 @@ def cameras(ctx: Context) -> list[list[str]]:
     """Step 9: ``--mode cameras`` on torch-cuda (synthetic FAIR c = 32), then on step 8's PatchCore engine
     (TensorRT; the dry run: that bundle without an engine on ONNX Runtime) when step 8 built it."""
     counts = str(ctx.size(CAMERAS, 2))
-    timing = ["--mode", "cameras", "--cameras", counts, *ctx.size(["--rounds", "2", "--seconds", "2", "--warmup", "0.5"],
-                                                                  ["--rounds", "1", "--seconds", "0.3", "--warmup", "0.1"])]
+    rounds = ctx.size(["--rounds", "2", "--seconds", "2", "--warmup", "0.5"],
+                      ["--rounds", "1", "--seconds", "0.3", "--warmup", "0.1"])
+    timing = ["--mode", "cameras", "--cameras", counts, *rounds]
     cmds = [_bench(ctx, 32, "cameras", timing)]
     engine = ctx.out / "engine-patchcore"
     if (engine / "bundle.json").is_file():
@@ -294,8 +295,8 @@ def collect_cameras(ctx: Context) -> tuple[dict, list[str]]:
         report = results[key] = json.loads(path.read_text())
         for r in report["cameras"]["rows"]:
             ratio = "" if r["vs_stations"] is None else f", {r['vs_stations']:.2f}x the stations"
-            rows.append(f"| {r['cameras']} cameras {what} {r['backend']} {r['arrangement']} ({r['models']} model(s), max "
-                        f"batch {r['max_batch']}, mean {r['mean_batch']:.2f}) | {r['fps']:.1f} frames/s{ratio}, "
+            rows.append(f"| {r['cameras']} cameras {what} {r['backend']} {r['arrangement']} ({r['models']} model(s), "
+                        f"max batch {r['max_batch']}, mean {r['mean_batch']:.2f}) | {r['fps']:.1f} frames/s{ratio}, "
                         f"p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f} ms |")
     if not results:
         raise FileNotFoundError("no cameras_*.json")

@@ -91,8 +91,8 @@ def test_the_camera_rows_give_the_cell_its_ratio_to_the_stations(tmp_path):
     (tmp_path / "cameras_engine.json").write_text(json.dumps({"cameras": {"backend": "TensorRT", "rows": rows}}))
     results, lines = gpu_evidence.collect_cameras(gpu_evidence.Context(False, tmp_path, {}))
     assert list(results) == ["engine"]   # the torch-cuda run left no file: no row, no error
-    assert lines == ["| 4 cameras PatchCore engine tensorrt cell (1 model(s), max batch 4, mean 3.50) | 900.0 frames/s, "
-                     "1.50x the stations, p50 4.00 / p99 6.00 ms |",
+    assert lines == ["| 4 cameras PatchCore engine tensorrt cell (1 model(s), max batch 4, mean 3.50) | 900.0 "
+                     "frames/s, 1.50x the stations, p50 4.00 / p99 6.00 ms |",
                      "| 4 cameras PatchCore engine tensorrt stations (4 model(s), max batch 1, mean 1.00) | 600.0 "
                      "frames/s, p50 4.00 / p99 6.00 ms |"]
 

@@ -27,7 +27,6 @@ the stations row's, same N.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,6 @@ from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.runtime.selection import BackendOptions, select_backend
 from fair_edge.station.inspector import Inspector, LatencyStats, LoopSettings, RunSummary, ViewDecider
 
-log = logging.getLogger(__name__)
 
 PER_CAMERA_QUEUE = 2     # --queue 0: frames of one camera between capture and verdict (2 x its share of a batch)
 JOIN_SLACK_S = 30.0      # after the stop: time for a loop to finish its batch, drain its queue and stop its camera

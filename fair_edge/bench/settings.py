@@ -96,7 +96,8 @@ class BenchSettings:
         if not self.batches or min(self.batches) < 1:
             raise ConfigError(f"--batches must hold integers >= 1; found {self.batches}.")
         if not self.cameras or min(self.cameras) < 1 or self.rounds < 1:
-            raise ConfigError(f"--cameras must hold integers >= 1 and --rounds be >= 1; found {self.cameras}, {self.rounds}.")
+            raise ConfigError(f"--cameras must hold integers >= 1 and --rounds be >= 1; found {self.cameras}, "
+                              f"{self.rounds}.")
         if not self.seconds > 0:
             raise ConfigError(f"--seconds must be > 0; found {self.seconds}.")
         if isinstance(self.feed, str):
