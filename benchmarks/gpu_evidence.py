@@ -17,6 +17,11 @@ recorded as ``timeout`` and the run goes on; no step starts without its cap left
   8 family_engines  each of those runs built as an FP16 bundle with its TensorRT engine and timed by
                     ``fair-edge bench --backend tensorrt`` (PatchCore: backbone + bank search + blur in the
                     one engine; the bundle's memory-bank rows and MB reported)
+  9 cameras         four cameras (#29): one cell, one model, frames batched across the cameras, against four
+                    single-camera stations with a model copy each (``fair-edge bench --mode cameras``), on
+                    torch-cuda (FAIR c = 32, 1080p frames), then on TensorRT with step 8's PatchCore engine
+                    when it was built. Last and small: the caps of steps 1-8 add up to 535 of the 540 s, so
+                    it runs when they finished at least 40 s under their caps, else it is listed as skipped
 
 Output (``--out``): ``gpu_evidence.json`` (environment, command, per step: cap, seconds, status,
 parsed results), ``gpu_evidence.md`` (rows for BENCHMARKS.md) and ``logs/STEP.log`` per step.
@@ -261,6 +266,43 @@ def collect_family_engines(ctx: Context) -> tuple[dict, list[str]]:
     return results, rows
 
 
+CAMERAS = 4   # the camera count of step 9
+
+
+def cameras(ctx: Context) -> list[list[str]]:
+    """Step 9: ``--mode cameras`` on torch-cuda (synthetic FAIR c = 32), then on step 8's PatchCore engine
+    (TensorRT; the dry run: that bundle without an engine on ONNX Runtime) when step 8 built it."""
+    counts = str(ctx.size(CAMERAS, 2))
+    rounds = ctx.size(["--rounds", "2", "--seconds", "2", "--warmup", "0.5"],
+                      ["--rounds", "1", "--seconds", "0.3", "--warmup", "0.1"])
+    timing = ["--mode", "cameras", "--cameras", counts, *rounds]
+    cmds = [_bench(ctx, 32, "cameras", timing)]
+    engine = ctx.out / "engine-patchcore"
+    if (engine / "bundle.json").is_file():
+        backend = ctx.size(["--backend", "tensorrt", "--frames", "1920x1080"],
+                           ["--backend", "onnxruntime", "--frames", "64x48", "--threads", "1"])
+        cmds.append([*CLI, "bench", str(engine), *backend, *timing, "--json", str(ctx.out / "cameras_engine.json")])
+    return cmds
+
+
+def collect_cameras(ctx: Context) -> tuple[dict, list[str]]:
+    """Rows of step 9: per arrangement frames/s and latency, the cell / stations ratio on the cell's row."""
+    results, rows = {}, []
+    for key, path, what in (("torch", ctx.out / "cameras_c32.json", "FAIR c=32"),
+                            ("engine", ctx.out / "cameras_engine.json", "PatchCore engine")):
+        if not path.is_file():
+            continue
+        report = results[key] = json.loads(path.read_text())
+        for r in report["cameras"]["rows"]:
+            ratio = "" if r["vs_stations"] is None else f", {r['vs_stations']:.2f}x the stations"
+            rows.append(f"| {r['cameras']} cameras {what} {r['backend']} {r['arrangement']} ({r['models']} model(s), "
+                        f"max batch {r['max_batch']}, mean {r['mean_batch']:.2f}) | {r['fps']:.1f} frames/s{ratio}, "
+                        f"p50 {r['p50_ms']:.2f} / p99 {r['p99_ms']:.2f} ms |")
+    if not results:
+        raise FileNotFoundError("no cameras_*.json")
+    return results, rows
+
+
 STEPS = (
     Step("gpu_tests", 75, 60, gpu_tests, collect_gpu_tests),
     Step("preprocess", 35, 30, preprocess, collect_preprocess),
@@ -270,6 +312,7 @@ STEPS = (
     Step("elpv", 100, 90, elpv, lambda ctx: _metrics_row(ctx, "elpv-w32", "short training c=32, 1500 steps")),
     Step("families", 45, 120, families, collect_families),
     Step("family_engines", 50, 150, family_engines, collect_family_engines),
+    Step("cameras", 45, 60, cameras, collect_cameras),
 )
 
 

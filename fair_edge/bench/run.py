@@ -16,6 +16,9 @@ How the loop is fed (``feed``) decides what its latency means:
   understates small-batch throughput; a real camera blocks in its driver instead.
 - a number: a line at that many frames/s (latency at a given line rate; drops if it cannot keep up).
 
+``--mode cameras`` times one cell of N cameras (one model, frames batched across cameras) against N
+single-camera stations (N model copies) in the same process, interleaved: ``fair_edge.bench.cameras``.
+
 The baseline, timed in the same run at every batch size: PyTorch eager (no CUDA graphs) on the
 selected backend's device with the reference CPU pre-processing. Speed does not depend on the
 weights, so ``synthetic_bundle`` (random weights, any family and width) serves when no trained model exists.
@@ -112,13 +115,14 @@ def baseline_scorer(bundle, device: torch.device) -> BundleScorer:
                          f"baseline: PyTorch eager on {device.type} with CPU pre-processing")
 
 
-def _check_batches(bundle, scorer: BundleScorer, batches: tuple[int, ...]) -> None:
+def check_batches(bundle, scorer: BundleScorer, batches: tuple[int, ...], flag: str = "--batches") -> None:
+    """A TensorRT engine runs batches up to the bundle's max_batch; ``flag`` names the option that asked for more."""
     if scorer.backend.name == "tensorrt" and max(batches) > bundle.max_batch:
-        raise ConfigError(f"--batches {max(batches)} exceeds the engine's max batch {bundle.max_batch}; "
-                          f"pass --batches up to {bundle.max_batch} or rebuild with a larger --max-batch.")
+        raise ConfigError(f"{flag} {max(batches)} exceeds the engine's max batch {bundle.max_batch}; "
+                          f"pass {flag} up to {bundle.max_batch} or rebuild with a larger --max-batch.")
 
 
-class _Counted:
+class CountedPreprocess:
     """Wraps a pre-processor to count the batches it sees (mean batch size of a loop run)."""
 
     def __init__(self, preprocess: Callable) -> None:
@@ -129,7 +133,7 @@ class _Counted:
         return self.preprocess(frames)
 
 
-def _warm(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
+def warm(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float, loop: bool) -> None:
     """Compile / capture every batch size the loop can form (1..b on CUDA, where each is a CUDA graph;
     only b when no loop is timed: compute mode forms full batches alone)."""
     sizes = range(1, batch + 1) if loop and scorer.backend.device.type == "cuda" else (batch,)
@@ -177,6 +181,10 @@ class BenchRow:
     mean_batch: float
     vs_baseline: float | None = None
 
+    def line(self) -> str:
+        """One line of progress: 'backend loop batch 4: 11.2 frames/s'."""
+        return f"{self.role} {self.mode} batch {self.batch}: {self.fps:.1f} frames/s"
+
 
 def _time_batches(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float) -> list[float]:
     """Seconds per batch of ``preprocess + infer`` (infer returns host arrays, so each is complete)."""
@@ -221,8 +229,8 @@ class _Gate:
 class _GatedLine(LineSource):
     """A LineSource whose next frame waits for a credit (t_capture is taken after the wait)."""
 
-    def __init__(self, images: list[np.ndarray], gate: _Gate) -> None:
-        super().__init__(images, fps=0.0, loop=True, name="bench")
+    def __init__(self, images: list[np.ndarray], gate: _Gate, name: str = "bench") -> None:
+        super().__init__(images, fps=0.0, loop=True, name=name)
         self.gate = gate
 
     def _grab(self):
@@ -234,8 +242,8 @@ class _GatedLine(LineSource):
 class _GatedCapture(CaptureThread):
     """Stopping opens the gate first, so a reader waiting for a credit ends at once."""
 
-    def __init__(self, source: _GatedLine, settings: CaptureSettings) -> None:
-        super().__init__(source, settings)
+    def __init__(self, source: _GatedLine, settings: CaptureSettings, **hooks) -> None:
+        super().__init__(source, settings, **hooks)
         self.gate = source.gate
 
     def stop(self) -> bool:
@@ -243,14 +251,16 @@ class _GatedCapture(CaptureThread):
         return super().stop()
 
 
-def _capture(frames: list[np.ndarray], feed: str | float, batch: int, queue_size: int) -> tuple[CaptureThread, list]:
-    """The capture thread for ``feed`` and the verdict callbacks it needs."""
+def capture_for(frames: list[np.ndarray], feed: str | float, batch: int, queue_size: int, name: str = "bench",
+                on_queued: Callable[[], None] | None = None) -> tuple[CaptureThread, list]:
+    """The capture thread (not started) of a synthetic camera ``name`` for ``feed``, and the verdict callbacks it
+    needs. queue_size: 0 = 2 x batch. on_queued: the ``CaptureThread`` hook (a ``CaptureMux``'s ``wake``)."""
     settings = CaptureSettings(queue_size=queue_size or 2 * batch, full_policy="drop_oldest")
     if feed == "closed":
         gate = _Gate(settings.queue_size)
-        return _GatedCapture(_GatedLine(frames, gate), settings), [gate.give]
+        return _GatedCapture(_GatedLine(frames, gate, name), settings, on_queued=on_queued), [gate.give]
     fps = 0.0 if feed == "free" else float(feed)
-    return CaptureThread(LineSource(frames, fps=fps, loop=True, name="bench"), settings), []
+    return CaptureThread(LineSource(frames, fps=fps, loop=True, name=name), settings, on_queued=on_queued), []
 
 
 def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settings: BenchSettings,
@@ -261,8 +271,8 @@ def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settin
         if verdict.error and not errors:
             errors.append(verdict.error)
 
-    counted = _Counted(scorer.preprocess)
-    capture, callbacks = _capture(frames, settings.feed, batch, settings.queue_size)
+    counted = CountedPreprocess(scorer.preprocess)
+    capture, callbacks = capture_for(frames, settings.feed, batch, settings.queue_size)
     loop = LoopSettings(max_batch=batch, max_wait_ms=settings.max_wait_ms)
     with capture:
         inspector = Inspector(capture, replace(scorer, preprocess=counted), threshold, settings=loop,
@@ -281,7 +291,9 @@ def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settin
 @dataclass
 class BenchReport:
     """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle.
-    stages: ``--mode stages`` rows. compile_seconds: torch.compile wall time per batch size (``--compile``)."""
+    stages: ``--mode stages`` rows. compile_seconds: torch.compile wall time per batch size (``--compile``).
+    cameras: ``--mode cameras`` rows (``fair_edge.bench.cameras.CameraRow``); cameras_backend: their backend's
+    selection reason."""
 
     rows: list[BenchRow]
     environment: dict
@@ -291,11 +303,14 @@ class BenchReport:
     best: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
     compile_seconds: dict = field(default_factory=dict)
+    cameras: list = field(default_factory=list)
+    cameras_backend: str = ""
 
     def to_dict(self) -> dict:
         return {"command": self.command, "environment": self.environment, "settings": self.settings,
                 "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows],
-                "stages": [r.to_dict() for r in self.stages], "compile_seconds": self.compile_seconds}
+                "stages": [r.to_dict() for r in self.stages], "compile_seconds": self.compile_seconds,
+                "cameras": {"backend": self.cameras_backend, "rows": [asdict(r) for r in self.cameras]}}
 
 
 def environment(devices: set[str]) -> dict:
@@ -350,6 +365,8 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
     threshold = bundle.threshold.value if bundle.threshold is not None else NO_THRESHOLD
     if settings.mode == "stages":
         return _stages_report(bundle, settings, command, frames, threshold)
+    if settings.mode == "cameras":
+        return _cameras_report(bundle, settings, command, frames, threshold, on_row)
     rows: list[BenchRow] = []
     with ExitStack() as stack:
         scorer = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
@@ -359,10 +376,10 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
             base = baseline_scorer(bundle, scorer.backend.device)
             stack.callback(base.backend.close)
             scorers.append(("baseline", base))
-        _check_batches(bundle, scorer, settings.batches)
+        check_batches(bundle, scorer, settings.batches)
         for batch in settings.batches:
             for role, sc in scorers:
-                _warm(sc, frames, batch, settings.warmup_s, "loop" in settings.modes)
+                warm(sc, frames, batch, settings.warmup_s, "loop" in settings.modes)
                 for mode in settings.modes:
                     row = (time_loop(sc, frames, batch, settings, threshold, role) if mode == "loop"
                            else time_compute(sc, frames, batch, settings.seconds, role))
@@ -402,12 +419,23 @@ def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[n
                        stages=stages)
 
 
+def _cameras_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray], threshold: float,
+                    on_row: Callable | None) -> BenchReport:
+    """``--mode cameras``: one cell of N cameras against N single-camera stations (``fair_edge.bench.cameras``)."""
+    from fair_edge.bench.cameras import time_cameras
+
+    rows, scorer = time_cameras(bundle, settings, frames, threshold, on_row)
+    return BenchReport([], environment({scorer.backend.device.type}), _settings_dict(settings), _bundle_info(bundle),
+                       command, cameras=rows, cameras_backend=scorer.reason)
+
+
 def run_synthetic_bench(model, precision: str, settings: BenchSettings, command: str = "",
                         on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
     """Build a random-weight bundle of ``model`` (``synthetic_model``) in a temporary folder, bench it, delete it."""
     calib = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames, seed=1)
     with tempfile.TemporaryDirectory(prefix="fair-edge-bench-") as tmp:
-        bundle = synthetic_bundle(Path(tmp) / "bundle", model, precision, max_batch=max(settings.batches), calib_frames=calib)
+        most = max(settings.cameras) if settings.mode == "cameras" else max(settings.batches)
+        bundle = synthetic_bundle(Path(tmp) / "bundle", model, precision, max_batch=most, calib_frames=calib)
         report = run_bench(bundle, settings, command, on_row)
     report.bundle["synthetic"] = True
     return report

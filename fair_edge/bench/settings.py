@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.errors import ConfigError, did_you_mean
 
-MODES = ("loop", "compute", "both", "stages")
+MODES = ("loop", "compute", "both", "stages", "cameras")
 FEEDS = ("closed", "free")
 BASELINES = ("torch-eager-cpu-pre", "none")
 
@@ -28,15 +28,24 @@ def parse_frames(text: str) -> tuple[int, int]:
     return int(parts[1]), int(parts[0])
 
 
+def _parse_counts(text: str, flag: str, example: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"{flag} must be a comma-separated list of integers >= 1, e.g. {example}; found {text!r}.")
+    return counts
+
+
 def parse_batches(text: str) -> tuple[int, ...]:
     """'1,4,8,16' -> (1, 4, 8, 16): distinct batch sizes >= 1, in the given order."""
-    try:
-        batches = tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
-    except ValueError:
-        batches = ()
-    if not batches or min(batches) < 1:
-        raise ConfigError(f"--batches must be a comma-separated list of integers >= 1, e.g. 1,4,8,16; found {text!r}.")
-    return batches
+    return _parse_counts(text, "--batches", "1,4,8,16")
+
+
+def parse_cameras(text: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4): distinct camera counts >= 1, in the given order."""
+    return _parse_counts(text, "--cameras", "1,2,4")
 
 
 def parse_feed(text: str) -> str | float:
@@ -60,7 +69,9 @@ class BenchSettings:
     (``fair_edge.bench.run`` docstring). max_wait_ms: LoopSettings.max_wait_ms. queue_size: capture queue, 0 = 2 x batch.
     distinct_frames: different frames cycled through. warmup_s: untimed running before each timing.
     torch_threads: torch.set_num_threads for this process, 0 = leave PyTorch's default.
-    compile: torch.compile the PyTorch backend (not the baseline); compile seconds are reported."""
+    compile: torch.compile the PyTorch backend (not the baseline); compile seconds are reported.
+    cameras: camera counts of ``mode="cameras"`` (``fair_edge.bench.cameras``); rounds: how many times each
+    (count, arrangement) is timed there, interleaved; its figures pool all rounds."""
 
     backend: str = "auto"
     baseline: str = "torch-eager-cpu-pre"
@@ -75,6 +86,8 @@ class BenchSettings:
     warmup_s: float = 1.0
     torch_threads: int = 0
     compile: bool = False
+    cameras: tuple[int, ...] = (1, 2, 4)
+    rounds: int = 3
 
     def __post_init__(self) -> None:
         _choose(self.backend, BACKEND_NAMES, "--backend")
@@ -82,6 +95,9 @@ class BenchSettings:
         _choose(self.mode, MODES, "--mode")
         if not self.batches or min(self.batches) < 1:
             raise ConfigError(f"--batches must hold integers >= 1; found {self.batches}.")
+        if not self.cameras or min(self.cameras) < 1 or self.rounds < 1:
+            raise ConfigError(f"--cameras must hold integers >= 1 and --rounds be >= 1; found {self.cameras}, "
+                              f"{self.rounds}.")
         if not self.seconds > 0:
             raise ConfigError(f"--seconds must be > 0; found {self.seconds}.")
         if isinstance(self.feed, str):

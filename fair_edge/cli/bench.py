@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fair_edge.bench.settings import BenchSettings
 from fair_edge.cli.build import describe_fact
 from fair_edge.cli.common import check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
@@ -19,8 +20,37 @@ from fair_edge.runtime.selection import BACKEND_NAMES
 app = typer.Typer()
 
 
+def print_row(row) -> None:
+    """Progress while the bench runs: a timed row (``BenchRow`` / a round's ``CameraRow``) in one line."""
+    console.print(row.line())
+
+
+def print_cameras(report) -> None:
+    """``--mode cameras``: per camera count, the cell and the stations, and the cell / stations ratio."""
+    env, s = report.environment, report.settings
+    table = Table(title=f"fair-edge bench, several cameras: {env['gpu'] or env['cpu']} ({s['frames']} frames, "
+                        f"feed {s['feed']} per camera, {s['rounds']} round(s) of {s['seconds']:g} s)")
+    for name in ("cameras", "arrangement", "models", "max b", "frames/s", "cell/stations", "p50/p99/max ms",
+                 "mean b", "drops/lost", "per camera", "rounds frames/s"):
+        table.add_column(name, justify="left" if name in ("arrangement", "per camera", "rounds frames/s") else "right")
+    for r in report.cameras:
+        ratio = "" if r.vs_stations is None else f"{r.vs_stations:.2f}"
+        table.add_row(str(r.cameras), r.arrangement, str(r.models), str(r.max_batch), f"{r.fps:.1f}", ratio,
+                      f"{r.p50_ms:.1f}/{r.p99_ms:.1f}/{r.max_ms:.1f}", f"{r.mean_batch:.2f}", f"{r.dropped}/{r.lost}",
+                      " ".join(str(n) for n in r.per_camera.values()), " ".join(f"{f:.1f}" for f in r.round_fps))
+    out = Console()
+    (out if out.is_terminal else Console(width=180)).print(table)
+    console.print(f"backend: {report.cameras_backend}")
+    console.print("cell = one model, frames of all cameras batched (max batch = cameras); stations = one model copy "
+                  "and one loop (max batch 1) per camera, threads of this process")
+    for key, value in report.bundle.get("facts", {}).items():
+        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
+
+
 def print_bench(report) -> None:
     env = report.environment
+    if report.cameras:
+        return print_cameras(report)
     if report.stages:
         from fair_edge.bench.stages import stage_table
 
@@ -55,14 +85,23 @@ def bench(
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
     batches: str = typer.Option("1,4,8,16", help="Batch sizes (LoopSettings.max_batch), comma-separated."),
     frames: str = typer.Option("1920x1080", help="Synthetic frame size WIDTHxHEIGHT, uint8 BGR, held in memory."),
-    seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode."),
+    seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode (--mode cameras: per "
+                                  "round, camera count and arrangement)."),
     warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
     mode: str = typer.Option("loop", help="loop (camera thread -> Inspector), compute (pre-process + infer "
-                             "on ready batches), both, or stages (CPU path: ms per frame of copy, resize, "
-                             "high-pass (fft and separable), inference, scoring, decision)."),
+                             "on ready batches), both, stages (CPU path: ms per frame of copy, resize, "
+                             "high-pass (fft and separable), inference, scoring, decision), or cameras (per "
+                             "--cameras count N: one cell of N cameras on one model, frames batched across "
+                             "cameras, against N single-camera stations with a model copy each, threads of "
+                             "one process; --batches and --baseline are not used)."),
+    cameras: Optional[str] = typer.Option(None, help="Camera counts of --mode cameras, comma-separated "
+                                          f"(default {','.join(map(str, BenchSettings.cameras))})."),
+    rounds: int = typer.Option(BenchSettings.rounds, help="--mode cameras: rounds, each timing every camera count "
+                               "and both arrangements for --seconds (interleaved); figures pool the rounds."),
     feed: str = typer.Option("closed", help="loop feeding: closed (<= queue frames in flight, no drops), "
-                             "free (fps=0, drop_oldest), or a line rate in frames/s."),
-    queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch."),
+                             "free (fps=0, drop_oldest), or a line rate in frames/s (--mode cameras: per camera)."),
+    queue: int = typer.Option(0, help="Capture queue size (closed: frames in flight); 0 = 2 x batch "
+                              "(--mode cameras: per camera, 0 = 2)."),
     max_wait_ms: float = typer.Option(2.0, help="How long a partial batch waits for frames."),
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile (inductor) the torch-cpu / torch-cuda "
@@ -78,30 +117,34 @@ def bench(
     """Sustained frames/s and capture -> verdict latency per batch size, against a PyTorch eager baseline.
 
     Speed does not depend on the weights: `fair-edge bench --synthetic-width 64` or
-    `--synthetic-model lgfdr` needs no trained model."""
+    `--synthetic-model lgfdr` needs no trained model. Several cameras on one model against one station per
+    camera: `fair-edge bench --synthetic-model patchcore --mode cameras --cameras 1,2,4`."""
     import shlex
     import sys
 
     from fair_edge.bench.run import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
-    from fair_edge.bench.settings import BenchSettings, parse_batches, parse_feed, parse_frames
+    from fair_edge.bench.settings import parse_batches, parse_cameras, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
 
+    if cameras is not None and mode != "cameras":
+        raise ConfigError(f"--cameras sets the camera counts of --mode cameras; found --mode {mode}. "
+                          f"Add --mode cameras, or leave --cameras out.")
+    counts = BenchSettings.cameras if cameras is None else parse_cameras(cameras)
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
-                             compile=compile)
+                             compile=compile, cameras=counts, rounds=rounds)
     synthetic = synthetic_model is not None or synthetic_width is not None
     if (bundle is None) != synthetic:
         raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
     if synthetic_width is not None:
         check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
-    show = lambda row: console.print(f"{row.role} {row.mode} batch {row.batch}: {row.fps:.1f} frames/s")  # noqa: E731
     if bundle is not None:
-        report = run_bench(load_bundle(bundle), settings, command, on_row=show)
+        report = run_bench(load_bundle(bundle), settings, command, on_row=print_row)
     else:
         model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
-        report = run_synthetic_bench(model, precision, settings, command, on_row=show)
+        report = run_synthetic_bench(model, precision, settings, command, on_row=print_row)
     print_bench(report)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
