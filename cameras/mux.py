@@ -55,8 +55,16 @@ class CaptureMux:
         return self
 
     def stop(self) -> bool:
-        """Stop every camera (idempotent); True when every reader finished."""
-        return all([capture.stop() for capture in self.captures.values()])
+        """Stop every camera at once (each may wait up to its ``stop_timeout_s`` for a read in progress; one after
+        another, N paced cameras would take N frame periods); idempotent. True when every reader finished."""
+        finished: dict[str, bool] = {}
+        stoppers = [threading.Thread(target=lambda n=name, c=capture: finished.__setitem__(n, c.stop()),
+                                     name=f"stop-{name}") for name, capture in self.captures.items()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        return all(finished.values())
 
     close = stop
 
