@@ -44,12 +44,12 @@ def _modbus_stats(sched) -> dict[str, int]:
 
 
 def _check_modbus_run(server, account: PulseAccount, dues: dict[int, float], sink: dict[str, int],
-                      stats: dict[str, int] | None = None) -> dict[str, set[int]]:
+                      stats: dict[str, int] | None = None, late_ms: float = 10) -> dict[str, set[int]]:
     """The Modbus sink's reports against the PLC's record (``check_plc_pulses``), and every counter equal to them:
     the sink's (pulses, delivered, late_writes, missed) and, when given, the scheduler's (fired, sink_missed,
     sink_late_writes)."""
     results = account.results("modbus")
-    kinds = check_plc_pulses(server.rises(0), server.falls(0), results, dues, late_ms=10, pulse_ms=20,
+    kinds = check_plc_pulses(server.rises(0), server.falls(0), results, dues, late_ms=late_ms, pulse_ms=20,
                              io_errors=sink["io_errors"])
     n = {k: len(kinds.get(k, ())) for k in ("delivered", "late", "missed", "unconfirmed")}
     assert sink["pulses"] == len(results) and sink["dropped"] == 0 and sink["device_errors"] == 0
@@ -71,6 +71,7 @@ def test_one_pulse_per_defective_part_on_time(server):
     rejects_log.records.clear()
     account = PulseAccount()
     with RejectScheduler(_settings(server.port), on_part=account.on_part) as sched:
+        sched.check_sinks(10.0)   # connected before the line starts (the outage tests start without it)
         run = replay(sched, n=30, pitch_s=PITCH_S, defective=defective, delay_s=DELAY_S, seed=1)
         scheduled = check_submits(run, DISPATCH_LEAD_S)
         assert account.wait_reported(scheduled, "modbus")
@@ -88,6 +89,7 @@ def test_holding_register_pulse(server):
     account = PulseAccount()
     sink = open_sink(f"modbus://127.0.0.1:{server.port}?unit=1&register=3&value=7&pulse_ms=15",
                      reporter=account.report)
+    assert sink.wait_connected(10.0)
     with RejectScheduler(RejectSettings(delay_ms=DELAY_S * 1000, pulse_ms=20), sinks=sink) as sched:
         run = replay(sched, n=4, pitch_s=PITCH_S, defective={0, 2}, delay_s=DELAY_S, seed=2)
         scheduled = check_submits(run, DISPATCH_LEAD_S)
@@ -128,9 +130,10 @@ def test_submit_never_waits_on_the_plc(server):
     sink = open_modbus_sink(parse_sink_url(f"modbus://127.0.0.1:{server.port}?unit=1&coil=0"), 20,
                             account.report, lambda target: HeldClient(default_client_factory(target)))
     settings = RejectSettings(delay_ms=100, pulse_ms=20, min_gap_ms=10, late_ms=10)
+    assert sink.wait_connected(10.0)                    # (a server still starting on a loaded machine: wait, in order)
     with RejectScheduler(settings, sinks=sink, on_part=account.on_part) as sched:
         assert sched.submit(Verdict(0, time.monotonic(), 0.9, 0.5, True, time.monotonic())) == SCHEDULED
-        assert entered.wait(10.0)                       # the sink is inside its write, held there
+        assert entered.wait(10.0), (account.rows, sink.stats())   # the sink is inside its write, held there
         now = time.monotonic()   # parts 40 ms apart: each gets its own pulse slot (pulse + min gap = 30 ms)
         results = [sched.submit(Verdict(seq, now + 0.04 * seq, 0.9, 0.5, True, time.monotonic()))
                    for seq in range(1, 4)]
@@ -208,6 +211,7 @@ def test_server_goes_away_mid_run_and_returns(server):
     account = PulseAccount()
     runs = []
     with RejectScheduler(_settings(server.port, fail_safe="alarm"), on_part=account.on_part) as sched:
+        sched.check_sinks(10.0)
         for first, defective in ((0, defective_before), (10, defective_during), (20, defective_after)):
             if first == 10:
                 server.stop()
@@ -231,6 +235,58 @@ def test_server_goes_away_mid_run_and_returns(server):
     _report("modbus_mid_run_outage", timing_errors_ms(
         server.rises(0), {s: d for r in runs for s, d in r.dues.items() if s in kinds.get("delivered", ())},
         PITCH_S / 2))
+
+
+class SlowReplyPlc(ModbusTestServer):
+    """The test PLC, but while ``holding`` it answers rising-edge writes only after ``hold_s``: the write is
+    applied (and recorded) at once, its reply is late (a loaded PLC, a congested link)."""
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__()
+        self.holding, self.hold_s = True, hold_s
+
+    async def _action(self, fc, start, address, count, regs, set_values):
+        import asyncio
+
+        out = await super()._action(fc, start, address, count, regs, set_values)
+        if fc == 5 and set_values is not None and set_values[0] and self.holding:
+            await asyncio.sleep(self.hold_s)
+        return out
+
+
+def test_a_write_without_a_reply_is_unconfirmed_not_missed(caplog):
+    """A rising edge that reached the PLC but whose reply timed out is reported ``unconfirmed`` (the PLC may have
+    acted on it), not ``missed``; counted apart (sink and scheduler) and logged; never replayed; its falling edge
+    is still written (the coil does not stay on); the next pulse goes out as usual."""
+    plc = SlowReplyPlc(hold_s=0.3).start()
+    account = PulseAccount()
+    late_ms = 100   # > the 50 ms reply timeout: the sink writes (and retries) well before its deadline
+    try:
+        url = f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0&timeout_ms=50"
+        settings = RejectSettings(sinks=(url,), delay_ms=DELAY_S * 1000, pulse_ms=20, min_gap_ms=10,
+                                  late_ms=late_ms)
+        dues = {}
+        with RejectScheduler(settings, on_part=account.on_part) as sched:
+            sched.check_sinks(5.0)
+            for seq in (0, 1):
+                now = time.monotonic()
+                dues[seq] = now + DELAY_S
+                assert sched.submit(Verdict(seq, now, 0.9, 0.5, True, now)) == SCHEDULED
+                assert account.wait_reported([seq], "modbus")
+                plc.holding = False                                   # the PLC answers in time again
+            stats, sink = sched.stats(), _modbus_stats(sched)
+    finally:
+        plc.close()
+    results = account.results("modbus")
+    assert results[0] == ["unconfirmed"] and sink["io_errors"] >= 1
+    assert any(dues[0] <= r < dues[1] for r in plc.rises(0))          # it did reach the PLC, in its own slot
+    levels = [v for t, fc, a, v in plc.writes if fc == 5 and a == 0]
+    levels = [v for i, v in enumerate(levels) if i == 0 or v != levels[i - 1]]
+    assert levels == [False] + [True, False] * (1 + (results[1] != ["missed"]))   # each pulse ends: never left on
+    assert (stats["sink_unconfirmed"], sink["unconfirmed"], stats["sink_missed"]) == (1, 1, int(results[1] == ["missed"]))
+    kinds = _check_modbus_run(plc, account, dues, sink, stats, late_ms=late_ms)
+    assert kinds["unconfirmed"] == {0}
+    assert "unconfirmed (seq 0)" in caplog.text and "missed (seq 0)" not in caplog.text
 
 
 def test_late_verdict_never_fires(server):

@@ -41,7 +41,8 @@ def test_soak_smoke_loses_no_verdict_and_leaks_nothing(tmp_path, capsys):
     before, after = report["process"]["before"], report["process"]["after"]
     assert after["open_fds"] <= before["open_fds"] and after["threads"] <= before["threads"]
     p = report["pulses"]
-    assert p["on_time"] + p["late_edge"] + p["sink_missed"] + p["unaccounted"] == p["due"]
+    accounted = p["on_time"] + p["late_edge"] + p["sink_missed"]   # an unconfirmed write may or may not show an edge
+    assert accounted <= p["due"] <= accounted + p["sink_unconfirmed"] + p["unaccounted"]
     # the station's own account of its pulses (how close to due they land is the soak's edge_error_ms, a benchmark)
     (sink,) = report["sinks"].values()
     rejects = report["rejects"]
