@@ -238,26 +238,31 @@ def test_server_goes_away_mid_run_and_returns(server):
 
 
 class SlowReplyPlc(ModbusTestServer):
-    """The test PLC, but while ``holding`` it answers rising-edge writes only after ``hold_s``: the write is
-    applied (and recorded) at once, its reply is late (a loaded PLC, a congested link)."""
+    """The test PLC, but it answers rising-edge writes only after ``hold_s`` until it sees the falling edge that
+    follows them: each write is applied (and recorded) at once, its reply is late (a loaded PLC, a congested
+    link). Order, not time, decides which writes are held: those of the first pulse."""
 
     def __init__(self, hold_s: float) -> None:
         super().__init__()
-        self.holding, self.hold_s = True, hold_s
+        self.hold_s, self.held = hold_s, 0
 
     async def _action(self, fc, start, address, count, regs, set_values):
         import asyncio
 
         out = await super()._action(fc, start, address, count, regs, set_values)
-        if fc == 5 and set_values is not None and set_values[0] and self.holding:
-            await asyncio.sleep(self.hold_s)
+        if fc == 5 and set_values is not None and self.held >= 0:
+            if set_values[0]:
+                self.held += 1
+                await asyncio.sleep(self.hold_s)
+            elif self.held:
+                self.held = -1    # the first pulse's falling edge: answer in time from now on
         return out
 
 
 def test_a_write_without_a_reply_is_unconfirmed_not_missed(caplog):
     """A rising edge that reached the PLC but whose reply timed out is reported ``unconfirmed`` (the PLC may have
     acted on it), not ``missed``; counted apart (sink and scheduler) and logged; never replayed; its falling edge
-    is still written (the coil does not stay on); the next pulse goes out as usual."""
+    is still written before the next pulse (queued behind it) goes out, so the coil does not stay on."""
     plc = SlowReplyPlc(hold_s=0.3).start()
     account = PulseAccount()
     late_ms = 100   # > the 50 ms reply timeout: the sink writes (and retries) well before its deadline
@@ -265,25 +270,24 @@ def test_a_write_without_a_reply_is_unconfirmed_not_missed(caplog):
         url = f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0&timeout_ms=50"
         settings = RejectSettings(sinks=(url,), delay_ms=DELAY_S * 1000, pulse_ms=20, min_gap_ms=10,
                                   late_ms=late_ms)
-        dues = {}
         with RejectScheduler(settings, on_part=account.on_part) as sched:
-            sched.check_sinks(5.0)
-            for seq in (0, 1):
-                now = time.monotonic()
-                dues[seq] = now + DELAY_S
-                assert sched.submit(Verdict(seq, now, 0.9, 0.5, True, now)) == SCHEDULED
-                assert account.wait_reported([seq], "modbus")
-                plc.holding = False                                   # the PLC answers in time again
+            sched.check_sinks(10.0)
+            now = time.monotonic()
+            dues = {0: now + DELAY_S, 1: now + 0.07 + DELAY_S}   # 1 is handed over while 0 is still retrying
+            for seq, due in dues.items():
+                assert sched.submit(Verdict(seq, due - DELAY_S, 0.9, 0.5, True, now)) == SCHEDULED
+            assert account.wait_reported(dues, "modbus")
             stats, sink = sched.stats(), _modbus_stats(sched)
     finally:
         plc.close()
     results = account.results("modbus")
-    assert results[0] == ["unconfirmed"] and sink["io_errors"] >= 1
-    assert any(dues[0] <= r < dues[1] for r in plc.rises(0))          # it did reach the PLC, in its own slot
+    assert results[0] == ["unconfirmed"] and sink["io_errors"] >= 1 and plc.held == -1
+    assert plc.rises(0)[0] >= dues[0]                                  # it did reach the PLC, in its own slot
     levels = [v for t, fc, a, v in plc.writes if fc == 5 and a == 0]
     levels = [v for i, v in enumerate(levels) if i == 0 or v != levels[i - 1]]
-    assert levels == [False] + [True, False] * (1 + (results[1] != ["missed"]))   # each pulse ends: never left on
-    assert (stats["sink_unconfirmed"], sink["unconfirmed"], stats["sink_missed"]) == (1, 1, int(results[1] == ["missed"]))
+    assert levels == [False] + [True, False] * (1 + (results[1] != ["missed"])), levels   # each pulse ends
+    missed = int(results[1] == ["missed"])
+    assert (stats["sink_unconfirmed"], sink["unconfirmed"], stats["sink_missed"]) == (1, 1, missed)
     kinds = _check_modbus_run(plc, account, dues, sink, stats, late_ms=late_ms)
     assert kinds["unconfirmed"] == {0}
     assert "unconfirmed (seq 0)" in caplog.text and "missed (seq 0)" not in caplog.text
