@@ -278,7 +278,8 @@ class WorkerSink:
             self._emit("delivered", ev.seq, "rising edge written by its deadline")
 
     def _fall(self, ev: RejectEvent) -> None:
-        """The falling edge, pulse_ms after the last rising-edge write went out (none with pulse_ms 0)."""
+        """The falling edge, pulse_ms from now: after the rising edge's write returned or, unconfirmed, was given
+        up on (so a write that did land still makes a full pulse); none with pulse_ms 0 (the PLC clears it)."""
         if self._pulse_s > 0:
             sleep_until(time.monotonic() + self._pulse_s, self._stop)
             if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
