@@ -72,13 +72,16 @@ def test_demo_station_with_a_tiny_model(family, tmp_path):
     assert s["inspected"] + s["dropped"] == 60     # every part is in the log: inspected or dropped
     assert s["ng"] > 0  # the threshold sits at the 95th percentile of normal scores: some parts are NG
     assert report["caught"] + report["missed"] == 20
-    # each part due a pulse (NG in time, or no verdict in time: fail-safe) gets it on time; or, when the
-    # machine is too loaded to write it by its deadline, it is counted as missed and never sent late; or the
-    # write began in time and returned late: counted by the station as a late write
+    # each pulse the gate fired reached the PLC (an edge), or was counted missed by its sink (not written by its
+    # deadline: never sent late), or unconfirmed (written, no reply: an edge or not); a write that began in time
+    # and returned late is counted a late write. How many land on time is the demo's own report, not asserted.
     sinks = report["reject_stats"]["sinks"].values()
-    missed, late = sum(st["missed"] for st in sinks), sum(st["late_writes"] for st in sinks)
-    assert report["pulses_received"] + missed == report["pulses_due"]
-    assert report["pulses_received"] - report["pulses_on_time"] <= late and missed + late <= 2
+    missed, late = sum(st["missed"] + st["dropped"] for st in sinks), sum(st["late_writes"] for st in sinks)
+    unconfirmed = sum(st["unconfirmed"] for st in sinks)
+    fired = report["reject_stats"]["rejected_ng"] + report["reject_stats"]["rejected_uninspected"]
+    assert sum(st["pulses"] for st in sinks) == fired == report["reject_stats"]["fired"]
+    assert report["pulses_received"] + missed <= fired <= report["pulses_received"] + missed + unconfirmed
+    assert report["pulses_received"] - report["pulses_on_time"] <= late + unconfirmed
     assert all(abs(r["pulse_error_ms"]) <= 10 for r in report["parts"] if r["pulse"] == "on time")
     assert report["pulses_late"] <= late   # a late pulse is shown as such only when its sink said it was written late
     assert not any(r["pulse_error_ms"] is not None for r in report["parts"] if r["in_time"] and not r["ng"])

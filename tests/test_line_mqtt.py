@@ -9,7 +9,7 @@ import pytest
 
 from fair_edge.errors import SinkError
 from fair_edge.line.mqtt import MqttPublisher, parse_mqtt_url
-from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector
+from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector, wait_for
 
 pytest.importorskip("paho.mqtt")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install "
@@ -25,7 +25,8 @@ def test_broker_restart_mid_run_loses_no_verdict(tmp_path):
         with MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line?client_id=station-a") as pub:
             for seq in range(300):
                 if seq == 100:
-                    broker.stop()            # the broker goes away mid-run ...
+                    broker.stop()            # the broker goes away mid-run (the publisher sees it go: order,
+                    assert wait_for(lambda: pub.stats()["disconnects"] >= 1, 10.0)   # not a 1 s window) ...
                 if seq == 200:
                     broker.start()           # ... and comes back (sessions restored from its persistence)
                 pub.publish_row({"run_id": "R", "seq": seq, "t_capture": float(seq), "ng": seq % 3 == 0})

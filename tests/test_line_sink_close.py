@@ -29,12 +29,17 @@ def test_close_finishes_queued_and_running_pulses():
     out = RecordingOutput()
     sink = WorkerSink("coil", out, pulse_ms=30)
     now = time.monotonic()
-    for i, delay in enumerate((0.02, 0.08)):
-        sink.pulse(RejectEvent(seq=i, t_due=now + delay, t_edge=now + delay, deadline=now + delay + 0.01))
+    events = [RejectEvent(seq=i, t_due=now + delay, t_edge=now + delay, deadline=now + delay + 1.0)
+              for i, delay in enumerate((0.02, 0.08))]   # deadlines a loaded machine cannot miss: close is tested
+    for event in events:
+        sink.pulse(event)
     sink.close()  # both pulses are still ahead of us
     levels = [on for _, on in out.writes]
     rises = [t for t, on in out.writes if on]
+    falls = [t for t, on in out.writes if not on]
     assert levels.count(True) == 2 and levels[-1] is False  # both pulsed, and the line ends off
-    assert abs(rises[0] - (now + 0.02)) < 0.01 and abs(rises[1] - (now + 0.08)) < 0.01
+    for event, rise in zip(events, rises):   # each at its edge time, never early; written before its deadline
+        assert event.t_edge <= rise <= event.deadline, (event.seq, 1000 * (rise - event.t_edge))
+        assert min(f for f in falls if f > rise) - rise >= 0.030   # a full pulse_ms, not cut short by close()
     assert sink.stats()["delivered"] == 2 and sink.stats()["missed"] == 0
     sink.close()  # twice is safe

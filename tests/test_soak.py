@@ -41,10 +41,19 @@ def test_soak_smoke_loses_no_verdict_and_leaks_nothing(tmp_path, capsys):
     before, after = report["process"]["before"], report["process"]["after"]
     assert after["open_fds"] <= before["open_fds"] and after["threads"] <= before["threads"]
     p = report["pulses"]
-    assert p["on_time"] > 0 and p["on_time"] + p["late_edge"] + p["sink_missed"] + p["unaccounted"] == p["due"]
+    accounted = p["on_time"] + p["late_edge"] + p["sink_missed"]   # an unconfirmed write may or may not show an edge
+    assert accounted <= p["due"] <= accounted + p["sink_unconfirmed"] + p["unaccounted"]
+    # the station's own account of its pulses (how close to due they land is the soak's edge_error_ms, a benchmark)
+    (sink,) = report["sinks"].values()
+    rejects = report["rejects"]
+    assert sink["pulses"] == rejects["fired"] == rejects["rejected_ng"] + rejects["rejected_uninspected"] > 0
+    assert sink["delivered"] + sink["missed"] + sink.get("unconfirmed", 0) + sink["dropped"] == sink["pulses"]
+    assert (rejects["sink_missed"], rejects["sink_late_writes"]) == (sink["missed"], sink["late_writes"])
+    assert rejects.get("sink_unconfirmed", 0) == sink.get("unconfirmed", 0) and sink["delivered"] > 0
+    assert report["submit_ms"]["n"] == rejects["verdicts"]
     out = capsys.readouterr().out
     assert "| verdicts lost (captured, no log row) | 0 |" in out
-    assert p["edge_error_ms"]["n"] >= p["on_time"] and abs(p["edge_error_ms"]["p50"]) <= 10   # edges near due
+    assert p["edge_error_ms"]["n"] >= p["on_time"]
     hs, rate = report["handshake"], report["rate"]
     assert rate["measured_parts_per_s"] == min(rate["inspection_parts_per_s"], soak.GATE_RATE)   # what the line sustains
     assert rate["run_parts_per_s"] == pytest.approx(0.5 * rate["measured_parts_per_s"])   # measured, then half

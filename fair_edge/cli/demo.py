@@ -29,6 +29,8 @@ def demo_pulse_text(row: dict) -> str:
         return f"{how} ({row['pulse_error_ms']:+.1f} ms)"
     if row.get("pulse") == "missed":
         return "[red]missed (not written by its deadline)[/]"
+    if row.get("pulse") == "unconfirmed":
+        return "[red]unconfirmed (written, no reply by its deadline; no edge seen)[/]"
     return "-" if row["in_time"] and not row["ng"] else "[red]none[/]"
 
 

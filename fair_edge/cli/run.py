@@ -36,11 +36,12 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     sinks = rejects.get("sinks") or {}
     delivered = sum(st.get("delivered", 0) for st in sinks.values())
     missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
+    unconfirmed = sum(st.get("unconfirmed", 0) for st in sinks.values())   # written, no reply: may have landed
     rows += [
         ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),
-        ("pulses delivered / missed", f"{delivered} / {missed}")]
+        ("pulses delivered / missed / unconfirmed", f"{delivered} / {missed} / {unconfirmed}")]
     if rejects.get("fault_output"):
         rows.append(("fault output", f"[bold red]ON: {rejects['fault_output']}[/]"))
     dead = undelivered_sinks(rejects)

@@ -210,7 +210,8 @@ class StationFeed:
             "plc": None if sched is None else {
                 "sinks": len(self.scheduler.settings.sinks), "fault_sinks": len(self.scheduler.settings.fault_sinks),
                 "pending": sched.get("pending", 0), "sink_errors": sched.get("sink_errors", 0),
-                "sink_missed": sched.get("sink_missed", 0), "alarm": self.scheduler.alarm or ""},
+                "sink_missed": sched.get("sink_missed", 0), "sink_unconfirmed": sched.get("sink_unconfirmed", 0),
+                "alarm": self.scheduler.alarm or ""},
             "fault": insp.summary.fault if insp is not None else "",
             "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,
                                                  "threshold": insp.threshold,

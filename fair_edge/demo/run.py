@@ -127,7 +127,8 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
     edge nearest its due time (t_capture + travel) within +-late_ms; for a part whose sink reported
     its pulse written late (``pulses``: seq -> delivered / late / missed, the gate log's pulse rows),
     the first edge after due + late_ms. Returns one row per part with ``pulse`` ("on time", "late",
-    "missed" = the sink did not write it, None = no pulse), pulse_error_ms (None: no pulse seen),
+    "missed" = the sink did not write it, "unconfirmed" = written without a reply and no edge seen,
+    None = no pulse), pulse_error_ms (None: no pulse seen),
     ``defective`` and ``in_time`` (a verdict before the due time)."""
     rises, pulses = sorted(rises), pulses or {}
     rows = []
@@ -139,8 +140,8 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
         after = [r for r in rises if (r - due) * 1000.0 > late_ms]
         if error is None and pulses.get(v["seq"]) == "late" and after:
             error, pulse = (after[0] - due) * 1000.0, "late"
-        elif error is None and pulses.get(v["seq"]) == "missed":
-            pulse = "missed"
+        elif error is None and pulses.get(v["seq"]) in ("missed", "unconfirmed"):
+            pulse = pulses[v["seq"]]
         inspected = v.get("inspected", True)
         in_time = inspected and v["t_verdict"] < due
         rows.append(dict(v, defective="_defect_" in v["source"], pulse_error_ms=error, pulse=pulse,
@@ -150,7 +151,7 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
 
 
 def read_pulse_results(gate_log: Path) -> dict[int, str]:
-    """seq -> what the reject sink reported of its pulse (delivered / late / missed), from gate.jsonl."""
+    """seq -> what the reject sink reported of its pulse (delivered / late / missed / unconfirmed), from gate.jsonl."""
     if not gate_log.is_file():
         return {}
     events = (json.loads(text) for text in gate_log.read_text().splitlines())

@@ -23,13 +23,15 @@ decision: counted ``late_verdicts`` and, when NG, alarmed.
 
 Sink failures: a sink that misses a pulse (PLC down) reports it; counted ``sink_missed``, never
 replayed, and the fault output is held on until the sink reports it is reconnected (with
-``fail_safe: alarm`` the alarm also latches). More than ``max_pending`` parts between camera and
+``fail_safe: alarm`` the alarm also latches). A pulse whose write went out but got no reply by its
+deadline is counted ``sink_unconfirmed`` instead (the PLC may have rejected the part: it is not
+claimed missed), with the same fault output and alarm: nobody knows the part was rejected. More than ``max_pending`` parts between camera and
 gate: the new part is refused, counted, and alarmed.
 
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
 decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no verdict by the due time), and
-``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed"}`` per reject sink
+``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed" | "unconfirmed"}`` per reject sink
 that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
 was decided, so a verdict that comes after it can be logged with what the gate did.
 """
@@ -58,13 +60,15 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "passed", "rejected_ng", "rejected_uninspected",
                       "passed_uninspected", "gap_missed", "late_verdicts", "fired", "alarms", "refused",
-                      "sink_missed", "sink_errors", "sink_dropped", "sink_late_writes", "abandoned")
+                      "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
+                      "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
 GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninspected", "gap_missed")
 # a sink's report on a pulse -> what the gate log says happened to it
-PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed"}
+PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
+                 "unconfirmed": "unconfirmed"}
 PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
 # what submit() returns
@@ -256,9 +260,11 @@ class RejectScheduler:
         if report.kind in PULSE_RESULTS and report.seq is not None:
             self._tell({"seq": report.seq, "event": "pulse", "sink": report.sink,
                         "pulse": PULSE_RESULTS[report.kind]})
-        if report.kind == "missed":
-            self._counters.add("sink_missed")
-            self._sink_fault = f"{report.sink} missed reject seq {report.seq}"
+        if report.kind in ("missed", "unconfirmed"):
+            self._counters.add(f"sink_{report.kind}")
+            self._sink_fault = (f"{report.sink} missed reject seq {report.seq}" if report.kind == "missed" else
+                                f"{report.sink}: reject seq {report.seq} unconfirmed (written, no reply by its "
+                                f"deadline; the PLC may or may not have rejected it)")
             if self.settings.fail_safe == "alarm":
                 self._raise_alarm(self._sink_fault)
             self._update_fault_output()

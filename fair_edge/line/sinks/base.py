@@ -58,7 +58,9 @@ def sleep_until(t_target: float, wake: threading.Event | None = None) -> bool:
 @dataclass(frozen=True)
 class SinkReport:
     """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
-    deadline), ``io_error`` (link failure), ``device_error`` (device refused the write),
+    deadline: no write went out, or the device refused it), ``unconfirmed`` (a write went out but no
+    reply came by the deadline: the PLC may or may not have acted on it; never replayed either),
+    ``io_error`` (link failure), ``device_error`` (device refused the write),
     ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
     pulse's rising edge written by its deadline)."""
@@ -123,7 +125,7 @@ class Counters:
             return dict(self._c)
 
 
-SINK_COUNTERS = ("pulses", "delivered", "missed", "dropped", "io_errors", "device_errors",
+SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
                  "reconnects", "late_writes")
 
 
@@ -133,7 +135,10 @@ class WorkerSink:
     Queue: ``maxsize=queue_size``; when full, the newest pulse is dropped, counted and reported
     (items in a full queue are already late). Link failures: the output is closed and re-opened
     with exponential back-off (``backoff_s`` -> ``backoff_max_s``) while idle, and retried every
-    ~3 ms while a pulse is within its deadline. A pulse past its deadline is never written.
+    ~3 ms while a pulse is within its deadline. A pulse past its deadline is never written. A pulse
+    not written by its deadline is reported ``missed`` when no write of it went out (link down, device
+    refused), ``unconfirmed`` when one went out without a reply (timed out, link dropped mid-write):
+    the PLC may have acted on that one, so the station does not claim it missed the part.
     After a reconnect the resting level (off, or the fault level) is written again.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
@@ -159,6 +164,7 @@ class WorkerSink:
         self._closed = False
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
         self._inflight_lock = threading.Lock()
+        self._unanswered = False     # a write of the current pulse went out without a reply
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -250,9 +256,16 @@ class WorkerSink:
             self._counters.add("missed")
             self._emit("missed", ev.seq, "dequeued after its deadline")
             return
+        self._unanswered = False
         if not self._write_until(True, ev.deadline, ev.seq):
-            self._counters.add("missed")
-            self._emit("missed", ev.seq, "not written by its deadline; not replayed")
+            if self._unanswered:   # the request may have reached the PLC: say so, do not claim a miss
+                self._counters.add("unconfirmed")
+                self._emit("unconfirmed", ev.seq, "written, but no reply by its deadline (the PLC may have "
+                                                  "acted on it); not replayed")
+                self._fall(ev)     # and if it did, the output must not stay on
+            else:
+                self._counters.add("missed")
+                self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
         in_time = time.monotonic() <= ev.deadline
@@ -260,13 +273,18 @@ class WorkerSink:
             self._counters.add("late_writes")
             self._emit("late_write", ev.seq, f"write finished {1000 * (time.monotonic() - ev.t_due):.1f} ms "
                                              f"after the due time (loaded machine?)")
+        self._fall(ev)
+        if in_time:   # reported after the pulse, so the report never stretches it
+            self._emit("delivered", ev.seq, "rising edge written by its deadline")
+
+    def _fall(self, ev: RejectEvent) -> None:
+        """The falling edge, pulse_ms from now: after the rising edge's write returned or, unconfirmed, was given
+        up on (so a write that did land still makes a full pulse); none with pulse_ms 0 (the PLC clears it)."""
         if self._pulse_s > 0:
             sleep_until(time.monotonic() + self._pulse_s, self._stop)
             if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
                 self._level_dirty = True  # write the resting level again once reconnected
                 self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
-        if in_time:   # reported after the pulse, so the report never stretches it
-            self._emit("delivered", ev.seq, "rising edge written by its deadline")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes."""
@@ -284,6 +302,7 @@ class WorkerSink:
                     self._emit("device_error", seq, str(exc))
                     return False  # the link is fine; repeating a refused write will not help
                 except PlcError as exc:
+                    self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
                     self._counters.add("io_errors")
                     self._emit("io_error", seq, str(exc))
                     self._disconnect()
