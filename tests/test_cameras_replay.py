@@ -62,9 +62,10 @@ def test_folder_rate_is_respected(tmp_path):
         frames = _read_all(src)
         elapsed = time.monotonic() - t0
     assert len(frames) == 5
-    gaps = np.diff([f.t_capture for f in frames])
-    assert gaps.min() > 0.03  # 1/25 s = 0.04 s, minus scheduling slack
-    assert 0.12 < elapsed < 1.0  # 4 periods = 0.16 s
+    # never faster than 25 frames/s: frame k is taken k periods after the first slot at the earliest (the pacer's
+    # schedule only moves later; a loaded machine makes frames late, never early). How late is a benchmark's.
+    assert all(f.t_capture - t0 >= k / 25 for k, f in enumerate(frames))
+    assert elapsed >= 4 / 25
 
 
 def test_folder_loop_repeats_in_order_and_seq_keeps_counting(tmp_path):
