@@ -33,7 +33,10 @@ IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
 
 class StandInStation:
     """The handshake, the triggered capture over a synthetic line and a scorer standing in for the
-    inspector: score = mean pixel / 100, NG above 1.0 (so images 200 and 220 are NG)."""
+    inspector: every third triggered frame (seq 1, 4, 7, ...) scores 2.0 + mean pixel / 1000 and is NG (above
+    1.0), the others mean pixel / 1000. Which image a trigger meets depends on timing (the line runs at 200
+    frames/s, 10 per trigger at 20 Hz, so on a steady machine every trigger meets the same image); NG by the
+    trigger count makes both answers occur however the machine is loaded."""
 
     def __init__(self, settings: HandshakeSettings) -> None:
         self.hs = open_handshake(settings).start()
@@ -51,7 +54,7 @@ class StandInStation:
                 frame = self.capture.get(timeout=0.05)
             except Exception:  # noqa: BLE001 - queue.Empty / end of stream: look again or stop
                 continue
-            score = float(frame.image.mean()) / 100.0
+            score = float(frame.image.mean()) / 1000.0 + (2.0 if frame.seq % 3 == 1 else 0.0)
             verdict = Verdict(frame.seq, frame.t_capture, score, 1.0, score > 1.0, time.monotonic(), frame.source)
             self.verdicts.append(verdict)
             self.hs.on_verdict(frame, verdict)

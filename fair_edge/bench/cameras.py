@@ -34,7 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from fair_edge.bench.run import BenchError, CountedPreprocess, capture_for, check_batches, label, warm
+from fair_edge.bench.run import (BenchError, BenchReport, CountedPreprocess, bundle_info, capture_for, check_batches,
+                                 environment, label, settings_dict, warm)
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cameras.mux import CaptureMux
 from fair_edge.runtime.backends import BundleScorer
@@ -296,3 +297,11 @@ def time_cameras(bundle, settings: BenchSettings, frames: list[np.ndarray], thre
                         on_row(one.row(n, arrangement, names))
         rows = [pooled[(n, a)].row(n, a, names) for n in settings.cameras for a in ARRANGEMENTS]
         return with_ratios(rows), scorers[0]
+
+
+def cameras_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray], threshold: float,
+                   on_row: Callable[[CameraRow], None] | None = None) -> BenchReport:
+    """``--mode cameras`` (``run_bench``'s ``reports``): one cell of N cameras against N single-camera stations."""
+    rows, scorer = time_cameras(bundle, settings, frames, threshold, on_row)
+    return BenchReport([], environment({scorer.backend.device.type}), settings_dict(settings), bundle_info(bundle),
+                       command, cameras=rows, cameras_backend=scorer.reason)

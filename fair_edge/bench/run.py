@@ -356,17 +356,27 @@ def _best(rows: list[BenchRow]) -> dict:
     return best
 
 
+# a mode timed by a module above this one (``--mode cameras``: ``fair_edge.bench.cameras.cameras_report``), handed in
+# by the caller: (bundle, settings, command, frames, threshold, on_row) -> BenchReport
+ModeReport = Callable[..., "BenchReport"]
+
+
 def run_bench(bundle, settings: BenchSettings, command: str = "",
-              on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
-    """Time ``bundle`` with ``settings``: per batch, the backend then the baseline, per mode."""
+              on_row: Callable[[BenchRow], None] | None = None,
+              reports: dict[str, ModeReport] | None = None) -> BenchReport:
+    """Time ``bundle`` with ``settings``: per batch, the backend then the baseline, per mode. reports: mode ->
+    its ``ModeReport`` for the modes timed elsewhere (ConfigError when ``settings.mode`` needs one not given)."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     frames = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames)
     threshold = bundle.threshold.value if bundle.threshold is not None else NO_THRESHOLD
     if settings.mode == "stages":
         return _stages_report(bundle, settings, command, frames, threshold)
+    if settings.mode in (reports or {}):
+        return reports[settings.mode](bundle, settings, command, frames, threshold, on_row)
     if settings.mode == "cameras":
-        return _cameras_report(bundle, settings, command, frames, threshold, on_row)
+        raise ConfigError("--mode cameras is timed by fair_edge.bench.cameras.cameras_report; pass it in reports= "
+                          "(`fair-edge bench` does).")
     rows: list[BenchRow] = []
     with ExitStack() as stack:
         scorer = select_backend(bundle, settings.backend, BackendOptions(compile=settings.compile))
@@ -389,21 +399,21 @@ def run_bench(bundle, settings: BenchSettings, command: str = "",
         devices = {sc.backend.device.type for _, sc in scorers}
         compile_s = getattr(scorer.backend, "compile_seconds", {})
     rows = _with_ratios(rows)
-    report = BenchReport(rows, environment(devices), _settings_dict(settings), _bundle_info(bundle), command, _best(rows))
+    report = BenchReport(rows, environment(devices), settings_dict(settings), bundle_info(bundle), command, _best(rows))
     report.compile_seconds = compile_s
     return report
 
 
-def _bundle_info(bundle) -> dict:
+def bundle_info(bundle) -> dict:
     return {"root": str(bundle.root), "model": bundle.model.describe(), "image_size": bundle.image_size,
             "precision": bundle.precision, "max_batch": bundle.max_batch, "training": dict(bundle.training),
             "facts": dict(bundle.facts)}
 
 
-def _settings_dict(settings: BenchSettings) -> dict:
-    settings_dict = asdict(settings)
-    settings_dict["frames"] = f"{settings.frame_hw[1]}x{settings.frame_hw[0]}"
-    return settings_dict
+def settings_dict(settings: BenchSettings) -> dict:
+    out = asdict(settings)
+    out["frames"] = f"{settings.frame_hw[1]}x{settings.frame_hw[0]}"
+    return out
 
 
 def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray],
@@ -415,27 +425,18 @@ def _stages_report(bundle, settings: BenchSettings, command: str, frames: list[n
     stages = [row for batch in settings.batches
               for row in time_stages(bundle, backend, frames, batch, settings.seconds, threshold,
                                      threads=settings.torch_threads)]
-    return BenchReport([], environment({"cpu"}), _settings_dict(settings), _bundle_info(bundle), command,
+    return BenchReport([], environment({"cpu"}), settings_dict(settings), bundle_info(bundle), command,
                        stages=stages)
 
 
-def _cameras_report(bundle, settings: BenchSettings, command: str, frames: list[np.ndarray], threshold: float,
-                    on_row: Callable | None) -> BenchReport:
-    """``--mode cameras``: one cell of N cameras against N single-camera stations (``fair_edge.bench.cameras``)."""
-    from fair_edge.bench.cameras import time_cameras
-
-    rows, scorer = time_cameras(bundle, settings, frames, threshold, on_row)
-    return BenchReport([], environment({scorer.backend.device.type}), _settings_dict(settings), _bundle_info(bundle),
-                       command, cameras=rows, cameras_backend=scorer.reason)
-
-
 def run_synthetic_bench(model, precision: str, settings: BenchSettings, command: str = "",
-                        on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
+                        on_row: Callable[[BenchRow], None] | None = None,
+                        reports: dict[str, ModeReport] | None = None) -> BenchReport:
     """Build a random-weight bundle of ``model`` (``synthetic_model``) in a temporary folder, bench it, delete it."""
     calib = synthetic_frames(*settings.frame_hw, count=settings.distinct_frames, seed=1)
     with tempfile.TemporaryDirectory(prefix="fair-edge-bench-") as tmp:
         most = max(settings.cameras) if settings.mode == "cameras" else max(settings.batches)
         bundle = synthetic_bundle(Path(tmp) / "bundle", model, precision, max_batch=most, calib_frames=calib)
-        report = run_bench(bundle, settings, command, on_row)
+        report = run_bench(bundle, settings, command, on_row, reports)
     report.bundle["synthetic"] = True
     return report

@@ -122,6 +122,7 @@ def bench(
     import shlex
     import sys
 
+    from fair_edge.bench.cameras import cameras_report
     from fair_edge.bench.run import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
     from fair_edge.bench.settings import parse_batches, parse_cameras, parse_feed, parse_frames
     from fair_edge.export.bundle import load_bundle
@@ -141,10 +142,10 @@ def bench(
         check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
     if bundle is not None:
-        report = run_bench(load_bundle(bundle), settings, command, on_row=print_row)
+        report = run_bench(load_bundle(bundle), settings, command, on_row=print_row, reports={"cameras": cameras_report})
     else:
         model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
-        report = run_synthetic_bench(model, precision, settings, command, on_row=print_row)
+        report = run_synthetic_bench(model, precision, settings, command, on_row=print_row, reports={"cameras": cameras_report})
     print_bench(report)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
