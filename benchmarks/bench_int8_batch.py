@@ -24,25 +24,15 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from bench_bank_search import ms_per_frame   # run from benchmarks/: the script's folder is on sys.path
 from fair_edge.bench.run import environment, synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.int8_cpu import CPU_INT8_ONNX
 from fair_edge.runtime.backends import BundleScorer, CpuPreprocessor, OnnxRuntimeBackend, cpu_graph
-
-
-def ms_per_frame(call, batch: int, seconds: float) -> float:
-    """Wall ms per frame of ``call`` over at least ``seconds`` (after one untimed call)."""
-    call()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or n < 2:
-        call()
-        n += 1
-    return (time.perf_counter() - start) / n / batch * 1e3
 
 
 def session(path: Path, threads: int, profile_prefix: str | None = None) -> ort.InferenceSession:

@@ -137,6 +137,23 @@ def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def scored(station_bundles, conveyor_dir):
+    """The plate's 12 images sorted by the fp32 station bundle's score, and a threshold between the lowest 8 and
+    the highest (images[11] is NG, images[:8] pass): the multi-camera station and console tests' parts."""
+    from fair_edge.station.run import open_scorer
+
+    images = [cv2.imread(str(p)) for p in sorted(conveyor_dir.iterdir())]
+    scorer = open_scorer(station_bundles[0], "onnxruntime")
+    try:
+        _, scores = scorer.infer_frames(images)
+    finally:
+        scorer.backend.close()
+    order = np.argsort(scores)
+    assert scores[order[-1]] > scores[order[7]]
+    return [images[i] for i in order], float((scores[order[7]] + scores[order[-1]]) / 2)
+
+
 # ----------------------------------------------------------------------------- one tiny fitted model per family
 # tests/test_family_checks.py runs the same checks on every family of the registry through these fixtures,
 # named "<family>_run" and "<family>_bundles"; a family added to the registry needs its pair here.

@@ -24,23 +24,6 @@ from fair_edge.station.config import StationConfig, load_station
 from fair_edge.station.views import GroupSettings, ViewSettings
 
 
-@pytest.fixture(scope="module")
-def scored(station_bundles, conveyor_dir):
-    """The plate's 12 images sorted by the fp32 bundle's score, and a threshold between the lowest 8 and the
-    highest (images[11] is NG, images[:8] pass)."""
-    from fair_edge.station.run import open_scorer
-
-    images = [cv2.imread(str(p)) for p in sorted(conveyor_dir.iterdir())]
-    scorer = open_scorer(station_bundles[0], "onnxruntime")
-    try:
-        _, scores = scorer.infer_frames(images)
-    finally:
-        scorer.backend.close()
-    order = np.argsort(scores)
-    assert scores[order[-1]] > scores[order[7]]
-    return [images[i] for i in order], float((scores[order[7]] + scores[order[-1]]) / 2)
-
-
 class HeldLine(LineSource):
     """Its images once, as fast as they are read; then it holds (no frame, no end) until ``release()``, and ends:
     the camera goes quiet with every frame delivered, so its counters stand still while the console is read."""

@@ -98,24 +98,6 @@ def test_station_file_with_cameras_is_checked():
 
 
 # ----------------------------------------------------------------------------- real bundles, replayed cameras
-@pytest.fixture(scope="module")
-def scored(station_bundles, conveyor_dir):
-    """The plate's 12 images with the fp32 bundle's scores: (images sorted by score, threshold between the
-    lowest 8 and the highest)."""
-    from fair_edge.station.run import open_scorer
-
-    paths = sorted(conveyor_dir.iterdir())
-    images = [cv2.imread(str(p)) for p in paths]
-    scorer = open_scorer(station_bundles[0], "onnxruntime")
-    try:
-        _, scores = scorer.infer_frames(images)
-    finally:
-        scorer.backend.close()
-    order = np.argsort(scores)
-    assert scores[order[-1]] > scores[order[7]]
-    return [images[i] for i in order], float((scores[order[7]] + scores[order[-1]]) / 2)
-
-
 def camera_folders(root: Path, images: list[np.ndarray], plan: dict[str, list[int]]) -> dict[str, Path]:
     """One replay folder per camera: plan[camera] = indices into ``images`` (sorted by score), in order."""
     out = {}

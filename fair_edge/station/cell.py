@@ -42,7 +42,8 @@ from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, change_for, check_reject_timing, finish_line,
                                    is_unpaced_replay, load_roi, open_capture, open_console, open_line_side,
-                                   open_regions, open_scorer, read_bundle, resolve_threshold, run_station)
+                                   open_regions, open_scorer, read_bundle, resolve_threshold, run_station,
+                                   station_tick)
 from fair_edge.station.views import ViewSettings
 
 log = logging.getLogger(__name__)
@@ -375,14 +376,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         if on_console is not None:
             on_console(console)
 
-        def tick(insp: Inspector) -> None:
-            reason = watch(insp)
-            line.publish_fault(reason)
-            notifier.status(status_line(insp.summary, reason, mux.stats().dropped_queue_full))
-            console.tick(insp)
-            insp.summary.rejects = cell.reject_stats()
-            if on_tick is not None:
-                on_tick(insp)
+        tick = station_tick(line, watch, mux, notifier, console, cell.reject_stats, on_tick)
 
         def iteration() -> None:
             notifier.alive()

@@ -435,15 +435,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if on_console is not None:
             on_console(console)
 
-        def tick(insp: Inspector) -> None:
-            camera_reason = watch(insp)
-            line.publish_fault(camera_reason)
-            notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
-            console.tick(insp)
-            insp.summary.rejects = line.reject_stats()
-            if on_tick is not None:
-                on_tick(insp)
-
+        tick = station_tick(line, watch, capture, notifier, console, line.reject_stats, on_tick)
         if line.handshake is not None:
             line.handshake.begin()   # ready rises: the PLC may trigger
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
@@ -453,6 +445,24 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return summary
+
+
+def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, notifier: ServiceNotifier,
+                 console: StationConsole, rejects: Callable[[], dict],
+                 on_tick: Callable[[Inspector], None] | None) -> Callable[[Inspector], None]:
+    """The inspection loop's ~0.5 s tick (``Inspector.run``'s ``on_tick``): the camera state to the fault output and
+    MQTT, a status line to systemd, the console's tick, the reject counters (``rejects()``) into the summary, then
+    the caller's ``on_tick``. capture: what ``stats()`` the dropped frames come from (a capture thread or a mux)."""
+    def tick(insp: Inspector) -> None:
+        camera_reason = watch(insp)
+        line.publish_fault(camera_reason)
+        notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
+        console.tick(insp)
+        insp.summary.rejects = rejects()
+        if on_tick is not None:
+            on_tick(insp)
+
+    return tick
 
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
