@@ -16,7 +16,6 @@ import yaml
 
 from console_station import RunningStation, station_config
 from fair_edge.runtime.hotswap import model_id
-from test_console_cell import scored  # noqa: F401 - the module fixture, for the cell test
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.keys import Keys  # noqa: E402
