@@ -170,28 +170,36 @@ def pixel_summary(maps: np.ndarray, masks: np.ndarray | None) -> dict:
     return {"pixel_auroc": metrics.pixel_auroc(maps, masks), "aupro": metrics.aupro(maps, masks, fpr_limit=0.3)}
 
 
+def fuse_row(folders: list[Path], rule: str) -> dict:
+    """One fusion of finished rows (each folder holds row.json and scores.npz) under ``rule``: its line summary,
+    pixel metrics where masks exist, and the members' summed fit CPU s and scoring CPU s per image."""
+    data = [np.load(f / "scores.npz") for f in folders]
+    # fair-edge fuse fits each member's stats on its map maxima (PatchCore's re-weighted score is not one)
+    stats = [NormalStats.fit(d["held_map_max"] if "held_map_max" in d else d["held_scores"]) for d in data]
+    labels = data[0]["labels"]
+    for f, d in zip(folders[1:], data[1:]):
+        if not np.array_equal(d["labels"], labels):
+            raise SystemExit(f"{f} scored another test set than {folders[0]}: fusion needs the same images.")
+    masks = None
+    if "masks" in data[0]:
+        masks = np.unpackbits(data[0]["masks"], axis=-1, count=int(data[0]["mask_width"])).astype(bool)
+    members = [json.loads((f / "row.json").read_text()) for f in folders]
+    fused_maps, fused = fuse_maps([d["test_maps"].astype(np.float32) for d in data], stats, rule)
+    per_image = [r.get("score_cpu_s_per_image") for r in members]
+    return {"members": [str(f) for f in folders], "rule": rule,
+            "train_cpu_s": round(sum(r["train_cpu_s"] for r in members), 1),
+            "score_cpu_s_per_image": None if None in per_image else round(sum(per_image), 4),
+            **metrics.line_summary(fused, labels), **pixel_summary(fused_maps, masks)}
+
+
 def fusion_rows(out: Path, fusions: dict[str, tuple[str, ...]] = FUSIONS) -> dict:
     """Each fusion of ``fusions`` (name -> member rows) whose members are finished, under each rule."""
     rows = {}
     for name, members in fusions.items():
-        files = [out / m / "scores.npz" for m in members]
-        if not all(f.is_file() for f in files):
-            continue
-        data = [np.load(f) for f in files]
-        # fair-edge fuse fits each member's stats on its map maxima (PatchCore's re-weighted score is not one)
-        stats = [NormalStats.fit(d["held_map_max"] if "held_map_max" in d else d["held_scores"]) for d in data]
-        labels = data[0]["labels"]
-        masks = None
-        if "masks" in data[0]:
-            masks = np.unpackbits(data[0]["masks"], axis=-1, count=int(data[0]["mask_width"])).astype(bool)
-        members_info = [json.loads((out / m / "row.json").read_text()) for m in members]
-        for rule in RULES:
-            fused_maps, fused = fuse_maps([d["test_maps"].astype(np.float32) for d in data], stats, rule)
-            cpu = sum(r["train_cpu_s"] for r in members_info)
-            per_image = [r.get("score_cpu_s_per_image") for r in members_info]
-            rows[f"{name} ({rule})"] = {"members": list(members), "rule": rule, "train_cpu_s": round(cpu, 1),
-                                        "score_cpu_s_per_image": None if None in per_image else round(sum(per_image), 4),
-                                        **metrics.line_summary(fused, labels), **pixel_summary(fused_maps, masks)}
+        folders = [out / m for m in members]
+        if all((f / "scores.npz").is_file() for f in folders):
+            for rule in RULES:
+                rows[f"{name} ({rule})"] = {**fuse_row(folders, rule), "members": list(members)}
     return rows
 
 

@@ -23,7 +23,7 @@ import torch
 from scipy.stats import spearmanr
 
 from bench_equal_time import bench_data
-from fair_edge import metrics
+from fair_edge.training import metrics
 from fair_edge.training.evaluate import score_samples
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_proxy_set

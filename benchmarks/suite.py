@@ -16,6 +16,11 @@ rejects at most that share of the normal test images), pixel AUROC and AUPRO (FP
 CPU s, scoring CPU ms per test image (reading and resizing included), bank MB (PatchCore). Each (size, product,
 row) writes OUT/SIZE/PRODUCT/ROW/row.json and is not run again, so the suite resumes after a stop; OUT/suite-SIZE.json
 and OUT/suite-SIZE.md gather what is finished, the Markdown with the mean and the worst product per row.
+
+Fusions (``--fuse NAME=A+B``) are computed from finished rows, nothing fitted again: each member is ``ROW`` (this
+size) or ``ROW@SIZE`` (OUT/SIZE/PRODUCT/ROW), fused by ``fair-edge fuse``'s default rule (each member's map in units
+of its held-out normals' spread, then the mean, on the first member's grid). ``--fuse fuse-scales=pc-default+
+pc-default@128`` is two PatchCore banks at two scales. A product lacking a member is skipped and named.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_equal_time import Row, bench_data, run_row
+from bench_equal_time import Row, bench_data, fuse_row, run_row
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PLAIN, PatchcoreSettings
@@ -90,6 +95,28 @@ def run_product(name: str, data: str, rows: list[str], size: int, out: Path) -> 
     return results
 
 
+def parse_fusion(text: str) -> tuple[str, list[tuple[str, int | None]]]:
+    """``NAME=A+B[+...]``, each member ``ROW`` or ``ROW@SIZE`` -> (NAME, [(ROW, SIZE or None), ...])."""
+    name, sep, members = text.partition("=")
+    parts = [m.partition("@") for m in members.split("+")]
+    if not sep or not name or len(parts) < 2 or any(not row or (at and not size.isdigit()) for row, at, size in parts):
+        raise SystemExit(f"--fuse {text!r}: expected NAME=ROW+ROW[@SIZE], e.g. fuse-scales=pc-default+pc-default@128.")
+    return name, [(row, int(size) if at else None) for row, at, size in parts]
+
+
+def fuse_product(name: str, members: list[tuple[str, int | None]], product: str, size: int, out: Path) -> bool:
+    """Write OUT/SIZE/PRODUCT/NAME/row.json from its members' scores; False (and a line) if a member is missing."""
+    folders = [out / str(s or size) / product / row for row, s in members]
+    missing = [str(f) for f in folders if not (f / "scores.npz").is_file()]
+    if missing:
+        print(f"{size} px {product} {name}: skipped, not finished: {', '.join(missing)}", flush=True)
+        return False
+    folder = out / str(size) / product / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "row.json").write_text(json.dumps(fuse_row(folders, "mean"), indent=2) + "\n")
+    return True
+
+
 def summary_table(table: dict[str, dict[str, dict]], rows: list[str]) -> str:
     """Markdown: a line per product and row, then each row's mean and worst product (by image AUROC)."""
     lines = ["| product | row | image AUROC | caught at 0.5 % | caught at 5 % | pixel AUROC | AUPRO | fit CPU s | "
@@ -125,7 +152,10 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=["pc-default", "pc-plain"], help=f"of {', '.join(ROWS)}")
     ap.add_argument("--size", type=int, default=256, help="model input px (the demo: 128; fair-edge train: 256)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fuse", action="append", default=[], metavar="NAME=ROW+ROW[@SIZE]",
+                    help="a fusion of finished rows, computed for every product given (see above)")
     args = ap.parse_args()
+    fusions = [parse_fusion(f) for f in args.fuse]
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}.")
@@ -133,12 +163,14 @@ def main() -> None:
     table = {}
     for name, data in map(parse_product, args.product):
         table[name] = run_product(name, data, args.rows, args.size, args.out)
+        for fusion, members in fusions:
+            fuse_product(fusion, members, name, args.size, args.out)
     # the report gathers every finished product of this size, from this and earlier invocations
     for folder in sorted((args.out / str(args.size)).iterdir()):
-        finished = {r: json.loads((folder / r / "row.json").read_text()) for r in ROWS if (folder / r / "row.json").is_file()}
-        if finished and folder.name not in table:
-            table[folder.name] = finished
-    rows = [r for r in ROWS if any(r in by_row for by_row in table.values())]
+        finished = {r.parent.name: json.loads(r.read_text()) for r in sorted(folder.glob("*/row.json"))}
+        table[folder.name] = {**finished, **table.get(folder.name, {})}
+    names = list(ROWS) + sorted({r for by_row in table.values() for r in by_row} - set(ROWS))
+    rows = [r for r in names if any(r in by_row for by_row in table.values())]
     report = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "machine": f"{platform.machine()}, {args.threads} torch thread(s)",
               "size": args.size, "products": table}

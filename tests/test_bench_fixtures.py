@@ -81,3 +81,41 @@ def test_suite_reports_every_product_the_mean_and_the_worst_and_resumes(mvtec_di
     with pytest.raises(SystemExit, match="unknown row"):
         monkeypatch.setattr(sys, "argv", argv[:6] + ["pc-nonesuch"] + products)
         suite.main()
+
+
+def test_suite_fuses_finished_rows_of_two_sizes_without_fitting_again(mvtec_dir, tmp_path, monkeypatch):
+    """--fuse NAME=ROW+ROW@SIZE: the fused row of each product is the runtime's fusion of the members' saved maps
+    (checked against fuse_maps on them), named in the table; a product missing a member is skipped, not fitted."""
+    import json
+
+    from fair_edge.runtime.fusion import NormalStats, fuse_maps
+    from fair_edge.training.metrics import image_auroc
+
+    suite = _script("suite")
+    monkeypatch.syspath_prepend(str(BENCH))
+    base = ["suite.py", "--out", str(tmp_path), "--rows", "pc-default", "--product", f"plate={mvtec_dir}"]
+    monkeypatch.setattr(sys, "argv", [*base, "--size", "32"])
+    suite.main()
+    fit = tmp_path / "32" / "plate" / "pc-default" / "row.json"
+    fitted = fit.stat().st_mtime_ns
+    monkeypatch.setattr(sys, "argv", [*base, "--size", "48", "--fuse", "two-scales=pc-default+pc-default@32",
+                                      "--fuse", "no-member=pc-default+pc-plain@32"])
+    suite.main()
+    assert fit.stat().st_mtime_ns == fitted  # the 32 px member was read back, not fitted again
+    fused = json.loads((tmp_path / "48" / "plate" / "two-scales" / "row.json").read_text())
+    assert not (tmp_path / "48" / "plate" / "no-member").exists()
+    members = [np.load(tmp_path / str(s) / "plate" / "pc-default" / "scores.npz") for s in (48, 32)]
+    assert members[0]["test_maps"].shape[1:] != members[1]["test_maps"].shape[1:]  # two grids: the fusion resizes
+    _, scores = fuse_maps([m["test_maps"].astype(np.float32) for m in members],
+                          [NormalStats.fit(m["held_map_max"]) for m in members], "mean")
+    assert fused["rule"] == "mean" and fused["image_auroc"] == pytest.approx(image_auroc(scores, members[0]["labels"]))
+    assert "| plate | two-scales |" in (tmp_path / "suite-48.md").read_text()
+    monkeypatch.setattr(sys, "argv", [*base, "--size", "48", "--fuse", "bad=pc-default"])
+    with pytest.raises(SystemExit, match="expected NAME=ROW"):
+        suite.main()
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in BENCH.glob("*.py")))
+def test_every_benchmark_script_imports(script):
+    """A benchmark that no test runs must still import: a module moved in the library breaks it at once here."""
+    _script(script)
