@@ -31,9 +31,9 @@ from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_prox
 
 def proxy_row(name: str, row: dict, proxy, settings: TuneSettings) -> TuneRow:
     """Score one finished bench row on the proxy set; a TuneRow so that tune's own rank_key orders it."""
-    settings = load_checkpoint(Path(row["checkpoint"])).settings
+    fitted = load_checkpoint(Path(row["checkpoint"])).settings
     if "local_window" in row and (tuple(row["taps"]), (int(row["local_window"]),)) != \
-            (tuple(getattr(settings, "taps", ())), tuple(getattr(settings, "local_windows", ()))):
+            (tuple(getattr(fitted, "taps", ())), tuple(getattr(fitted, "local_windows", ()))):
         raise SystemExit(f"{name}: its row.json says taps {row['taps']}, window {row['local_window']}, which its "
                          "checkpoint does not record (a row from before they were settings): fit it again.")
     scored = score_samples(Path(row["checkpoint"]), proxy, batch=32)

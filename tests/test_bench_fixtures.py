@@ -115,6 +115,33 @@ def test_suite_fuses_finished_rows_of_two_sizes_without_fitting_again(mvtec_dir,
         suite.main()
 
 
+def test_tune_rows_ranks_the_suite_rows_of_a_product_by_tunes_rule(mvtec_dir, tmp_path, monkeypatch):
+    """bench_tune_rows.py on the suite's finished rows: every row scored on tune's proxy set and ranked by
+    TuneRow.rank_key, the real figures beside the proxy ones."""
+    import json
+
+    from fair_edge.training.tune import Candidate, TuneRow
+
+    suite, tune_rows = _script("suite"), _script("bench_tune_rows")
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setattr(sys, "argv", ["suite.py", "--out", str(tmp_path), "--size", "32", "--rows", "pc-default",
+                                      "pc-plain", "--product", f"plate={mvtec_dir}"])
+    suite.main()
+    folder = tmp_path / "32" / "plate"
+    monkeypatch.setattr(sys, "argv", ["bench_tune_rows.py", str(mvtec_dir), "--out", str(folder), "--rows",
+                                      "pc-default", "pc-plain"])
+    tune_rows.main()
+    result = json.loads((folder / "tune_rows.json").read_text())
+    table = result["table"]
+    assert [t["name"] for t in table] in (["pc-default", "pc-plain"], ["pc-plain", "pc-default"])
+    assert result["chosen"] == table[0]["name"] and (folder / "proxy").is_dir()
+    keys = [TuneRow(Candidate(t["name"], None, 0, None), "done", t["proxy_auroc"], t["proxy_catch"],
+                    t["proxy_catch_5pct"], 0.0, "").rank_key() for t in table]
+    assert keys == sorted(keys, reverse=True)
+    for t in table:
+        assert t["real_auroc"] == json.loads((folder / t["name"] / "row.json").read_text())["image_auroc"]
+
+
 @pytest.mark.parametrize("script", sorted(p.stem for p in BENCH.glob("*.py")))
 def test_every_benchmark_script_imports(script):
     """A benchmark that no test runs must still import: a module moved in the library breaks it at once here."""
