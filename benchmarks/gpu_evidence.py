@@ -219,9 +219,9 @@ def _metrics_row(ctx: Context, name: str, title: str) -> tuple[dict, list[str]]:
 
 def other_families() -> list[str]:
     """Model families in the registry other than FAIR (the steps above cover FAIR)."""
-    from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
+    from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY
 
-    return [key for key in FAMILIES if key != DEFAULT_FAMILY]
+    return [key for key in FAMILIES if key != WIDTH_FAMILY]
 
 
 def families(ctx: Context) -> list[list[str]]:

@@ -39,7 +39,7 @@ from fair_edge.regions import PixelThreshold
 from fair_edge.checksums import sha256_file
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.precision import PRECISIONS
-from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
+from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.models.tensors import OUTPUT_NAMES
 from fair_edge.preprocess import PreprocessConfig
 
@@ -272,7 +272,7 @@ def _model_spec(data: dict) -> ModelSpec:
     model = data["model"]
     if data["format_version"] == 1:
         settings = {"width": model["width"], "scoring": data["scoring"]}
-        spec = ModelSpec.from_dict({"family": DEFAULT_FAMILY, "settings": settings, "preprocess": data["preprocess"]})
+        spec = ModelSpec.from_dict({"family": LEGACY_FAMILY, "settings": settings, "preprocess": data["preprocess"]})
         if int(model["in_channels"]) != spec.preprocess.in_channels or int(model["image_size"]) != spec.preprocess.image_size:
             raise ConfigError(f"model {model} disagrees with preprocess {spec.preprocess}")
         return spec

@@ -65,13 +65,13 @@ def test_help_names_every_registered_family_and_says_what_the_commands_do():
     """The family lists come from the registry (the old texts said 'train FAIR anomaly detectors', 'FAIR (default)
     or LGFDR', 'LGFDR by default' for a PatchCore demo, 'UNet' for every family's --fp16 / --int8)."""
     from fair_edge.demo.config import DEMO_MODEL
-    from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
+    from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY
 
     titles = [impl.title for impl in FAMILIES.values()]
     root = " ".join(help_text().split())
     assert "train anomaly detectors (" + ", ".join(titles[:-1]) + " and " + titles[-1] + ") from normal images" in root
     train = " ".join(help_text("train").split())
-    assert f"{FAMILIES[DEFAULT_FAMILY].title} (default)" in train and all(t in train.split("(--model)")[0] for t in titles)
+    assert f"{FAMILIES[TRAIN_FAMILY].title} (default)" in train and all(t in train.split("(--model)")[0] for t in titles)
     demo = " ".join(help_text("demo").split())
     assert f"({FAMILIES[DEMO_MODEL].title} by default, or " in demo and "LGFDR by default" not in demo
     assert all(f"{key} (" in demo for key in FAMILIES)

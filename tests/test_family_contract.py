@@ -194,9 +194,13 @@ def test_a_third_familys_settings_are_train_options_that_reach_its_trainer(third
     assert load_checkpoint(tmp_path / "run" / "last.pt").train_state["config"] == {"batch": 4, "seed": 0, "margin": 0.25}
     r = _invoke("train", "--resume", "--out", tmp_path / "run", "--margin", 0.5)
     assert r.exit_code == 2 and "--margin 0.5 (saved: 0.25)" in r.output, r.output
-    r = _invoke("train", mvtec_dir, "--window", 5, "--out", tmp_path / "fair")
+    r = _invoke("train", mvtec_dir, "--model", "fair", "--window", 5, "--out", tmp_path / "fair")
     assert r.exit_code == 2 and "--window does not apply to FAIR width 128's training or model settings; it is a " \
         "setting of --model meancolour" in " ".join(r.output.split()), r.output
+    # without --model, the one family that has every setting typed is trained, and the command says so
+    r = _invoke("train", mvtec_dir, "--window", 5, "--image-size", 32, "--out", tmp_path / "inferred", "--device", "cpu")
+    assert r.exit_code == 0 and "training MeanColour: the settings typed are its own (--model meancolour)" in r.output
+    assert load_checkpoint(tmp_path / "inferred" / "final.pt").settings.window == 5
 
 
 def test_train_options_cover_every_scalar_setting_of_every_family():

@@ -174,7 +174,7 @@ def test_cli_train_eval_build_run_and_bench(mvtec_dir, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "lgfdr", "--textures", "TEXTURES"], "--textures feeds FAIR's anomaly synthesis"),
-    (["--backbone-weights", "w.pth"], "it is for --model lgfdr, --model patchcore"),
+    (["--model", "fair", "--backbone-weights", "w.pth"], "it is for --model lgfdr, --model patchcore"),
     (["--model", "lgfrd"], "Did you mean 'lgfdr'"),
     (["--model", "lgfdr", "--backbone", "resnet18"], "needs its ImageNet weight file"),
 ])

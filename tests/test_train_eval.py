@@ -141,6 +141,26 @@ def test_cli_train_and_eval(mvtec_dir, tmp_path):
     assert printed["suggested_threshold"] == f"{saved['suggested_threshold']:.4f}"
 
 
+def test_train_without_model_fits_patchcore_and_a_fair_setting_picks_fair(mvtec_dir, tmp_path):
+    """The family chosen on the development suite (registry.TRAIN_FAMILY) is what `train DATA` fits; FAIR's own
+    --width picks FAIR, saying so; a setting two other families share names them both and changes nothing."""
+    from fair_edge.models.registry import TRAIN_FAMILY
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(mvtec_dir), "--image-size", "32", "--out", str(tmp_path / "pc"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert TRAIN_FAMILY == "patchcore" and load_checkpoint(tmp_path / "pc" / "final.pt").model.family == "patchcore"
+    result = runner.invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--steps", "1",
+                                 "--batch", "4", "--out", str(tmp_path / "fair"), "--device", "cpu"])
+    assert result.exit_code == 0 and "training FAIR: the settings typed are its own (--model fair)" in result.output
+    assert load_checkpoint(tmp_path / "fair" / "final.pt").settings.width == 32
+    result = runner.invoke(app, ["train", str(mvtec_dir), "--steps", "1", "--out", str(tmp_path / "none")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "without --model fits patchcore, which has no --steps" in text
+    assert "Add --model fair or --model lgfdr, or leave --steps out." in text and not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "nowhere", "--width", "32"], "does not exist"),
     (["train", "elpv", "--width", "48"], "--width must be one of 32, 64, 128"),

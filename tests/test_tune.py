@@ -67,9 +67,11 @@ def test_default_candidates_change_one_thing_at_a_time():
 def test_candidate_commands_name_the_family_and_its_own_flags():
     pre = PreprocessConfig(image_size=64, cutoff=7.5)
     fair = Candidate("base", pre, 16, 100, lr=1e-3).train_command("elpv:mono")
-    assert fair.startswith("fair-edge train elpv:mono --width 16 --image-size 64") and "--steps 100" in fair
+    assert fair.startswith("fair-edge train elpv:mono --model fair --width 16 --image-size 64") and "--steps 100" in fair
     lgfdr = Candidate("lgfdr", pre, 16, None, lr=1e-3, family="lgfdr").train_command("elpv:mono")
     assert lgfdr == "fair-edge train elpv:mono --model lgfdr --image-size 64 --lr 0.001"
+    patchcore = Candidate("pc", pre, 16, None, family="patchcore").train_command("elpv:mono")
+    assert patchcore.startswith("fair-edge train elpv:mono --model patchcore --image-size 64")
 
 
 def test_tune_trains_an_lgfdr_candidate_through_the_family_seam(mvtec_dir, tmp_path):

@@ -14,7 +14,7 @@ from fair_edge.bench.settings import BenchSettings
 from fair_edge.cli.build import describe_fact
 from fair_edge.cli.common import check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
-from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES
+from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 app = typer.Typer()
@@ -144,7 +144,7 @@ def bench(
     if bundle is not None:
         report = run_bench(load_bundle(bundle), settings, command, on_row=print_row, reports={"cameras": cameras_report})
     else:
-        model = make_synthetic_model(synthetic_model or DEFAULT_FAMILY, synthetic_width, image_size)
+        model = make_synthetic_model(synthetic_model or WIDTH_FAMILY, synthetic_width, image_size)
         report = run_synthetic_bench(model, precision, settings, command, on_row=print_row, reports={"cameras": cameras_report})
     print_bench(report)
     if json_out is not None:

@@ -25,7 +25,7 @@ from fair_edge.cli.common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.runtime.highpass_plan import plan_highpass
-from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, get_family
+from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.runs import find_latest_checkpoint
@@ -135,9 +135,9 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
 
 
 def latest_run(width: Optional[int], model: Optional[str]) -> Path:
-    """The newest checkpoint of ``model`` (default family) with its default settings (and ``width``, which
-    the family must have: ConfigError otherwise)."""
-    impl = get_family(model or DEFAULT_FAMILY)
+    """The newest checkpoint of ``model`` (no model: the family --width names, FAIR) with its default settings
+    (and ``width``, which the family must have: ConfigError otherwise)."""
+    impl = get_family(model or WIDTH_FAMILY)
     tag = impl.tag(impl.settings_from_options({"width": width}, given=("width",)))
     hint = f"fair-edge train DATA --width {width}" if width is not None else f"fair-edge train DATA --model {impl.key}"
     return find_latest_checkpoint(tag, train_hint=hint)

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from fair_edge.cli.common import console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
-from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, get_family
+from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import families_with_setting, setting_flags
 from fair_edge.preprocess import FILTERS, PreprocessConfig
@@ -137,7 +137,8 @@ def common_parameters() -> list[inspect.Parameter]:
     return [
         _option("data", Optional[str], typer.Argument(None, help="MVTec category folder, VisA split CSV, folder of "
                 f"normal images, or {' / '.join(repr(name) for name in BUILTIN_DATASETS)}. Not needed with --resume.")),
-        _option("model", str, O(DEFAULT_FAMILY, "--model", help=f"Model family: {family_choices()}.")),
+        _option("model", Optional[str], O(None, "--model", show_default=False, help=f"Model family: {family_choices()} "
+                f"[default: {TRAIN_FAMILY}, or the one family whose own settings you typed, e.g. FAIR's width].")),
         _option("backbone_weights", Optional[str], O(None, help=f"{_backbone_families()}: backbone weight file "
                 "(torchvision .pth; required for resnet18/wide_resnet50_2), or 'random'.")),
         _option("backbone_sha256", Optional[str], O(None, help=f"{_backbone_families()}: SHA-256 the --backbone-weights "
@@ -183,7 +184,7 @@ def _settings_parameter(flag, titles: dict, n_families: int) -> inspect.Paramete
 
 def family_titles(default_first: bool = False) -> str:
     """'FAIR, LGFDR and PatchCore' from the registry; default_first: 'FAIR (default), LGFDR or PatchCore'."""
-    titles = [impl.title + (" (default)" if default_first and key == DEFAULT_FAMILY else "")
+    titles = [impl.title + (" (default)" if default_first and key == TRAIN_FAMILY else "")
               for key, impl in FAMILIES.items()]
     word = " or " if default_first else " and "
     return ", ".join(titles[:-1]) + word + titles[-1] if len(titles) > 1 else titles[0]
@@ -220,14 +221,15 @@ class TrainCommand:
         friendly_errors(train)(ctx, **options)
 
 
-def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weights: Optional[str],
+def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], backbone_weights: Optional[str],
           backbone_sha256: Optional[str], set_: list[str], filter: str, cutoff: Optional[float], order: int,
           image_size: int, device: str, out: Optional[Path], resume: bool, category: Optional[str],
           textures: Optional[Path], nproc: int, tile: Optional[int], tile_overlap: int, roi: Optional[str],
           **settings: Any) -> None:
     """`fair-edge train` (``TrainCommand``): ``settings`` are the options made from the families' settings."""
     from fair_edge.models.registry import ModelSpec
-    from fair_edge.models.training_contract import config_from_options, refuse_foreign_flags, settings_overrides
+    from fair_edge.models.training_contract import (config_from_options, family_from_flags, refuse_foreign_flags,
+                                                    settings_overrides)
     from fair_edge.training.loop import TrainingInterrupted
     from fair_edge.training.resume import resume_command, resume_settings
     from fair_edge.training.runs import default_train_dir
@@ -236,7 +238,11 @@ def train(ctx: typer.Context, *, data: Optional[str], model: str, backbone_weigh
     for flag in flags:
         flag.check(settings.get(flag.name))
     given = given_flags(ctx)
-    family = get_family(model)
+    if model is None and not resume:
+        model = family_from_flags(given, flags, TRAIN_FAMILY)
+        if model != TRAIN_FAMILY:
+            typer.echo(f"training {get_family(model).title}: the settings typed are its own (--model {model}).", err=True)
+    family = get_family(model or TRAIN_FAMILY)  # on --resume: replaced by the saved run's family below
     overrides = {} if resume else settings_overrides(family, set_)  # on --resume: checked against the saved family
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,
                            tiling=parse_tiling(tile, tile_overlap, roi))

@@ -25,7 +25,7 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.models.registry import DEFAULT_FAMILY, ModelSpec
+from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 
 FORMAT = "fair-edge-checkpoint"
@@ -82,7 +82,7 @@ def _model_spec(payload: dict) -> ModelSpec:
     """The model of a version-2 payload, or of a version-1 (FAIR, pre-family) one."""
     if payload["format_version"] == 1:
         legacy = {"width": payload["width"], "scoring": payload["scoring"]}
-        payload = {**payload, "family": DEFAULT_FAMILY, "family_version": 1, "settings": legacy}
+        payload = {**payload, "family": LEGACY_FAMILY, "family_version": 1, "settings": legacy}
     return ModelSpec.from_dict(payload)
 
 

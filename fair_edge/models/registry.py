@@ -25,7 +25,11 @@ FAMILIES: dict[str, ModelFamily] = {
     "lgfdr": LgfdrFamily(),
     "patchcore": PatchcoreFamily(),
 }
-DEFAULT_FAMILY = "fair"  # what files written before families existed hold
+LEGACY_FAMILY = "fair"  # what checkpoints written before families existed hold
+WIDTH_FAMILY = "fair"  # the family whose settings --width / --synthetic-width name (FAIR's UNet width)
+# What `fair-edge train DATA` fits without --model: PatchCore, chosen on the development suite by the rule
+# written before the run (BENCHMARKS.md, "The family `fair-edge train` fits without --model").
+TRAIN_FAMILY = "patchcore"
 
 
 def get_family(key: str) -> ModelFamily:

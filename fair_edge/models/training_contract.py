@@ -277,6 +277,24 @@ def setting_flags(families: Mapping[str, Any], reserved: Iterable[str] = ()) -> 
                  for name, e in found.items())
 
 
+def family_from_flags(given: Iterable[str], flags: Iterable[SettingFlag], default: str) -> str:
+    """The family `fair-edge train` fits when --model is left out: ``default``, unless a settings option the user
+    typed is not ``default``'s; then the one family that has every such option (``--width``: FAIR), or a
+    ConfigError naming the options and the families they belong to."""
+    by_name = {f.name: f for f in flags}
+    foreign = [by_name[name] for name in given if name in by_name and default not in by_name[name].families]
+    if not foreign:
+        return default
+    common = set(foreign[0].families).intersection(*(f.families for f in foreign[1:]))
+    if len(common) == 1:
+        return common.pop()
+    owners = "; ".join(f"{f.flag} is a setting of {', '.join(f.families)}" for f in foreign)
+    choices = sorted(common) or sorted({k for f in foreign for k in f.families})
+    raise ConfigError(f"`fair-edge train` without --model fits {default}, which has no {', '.join(f.flag for f in foreign)} "
+                      f"({owners}). Add {' or '.join(f'--model {k}' for k in choices)}, or leave "
+                      f"{', '.join(f.flag for f in foreign)} out.")
+
+
 def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag], describe: str = "") -> None:
     """ConfigError for a settings option the user typed that ``impl`` has in neither of its settings, naming
     the families it is for: it would silently do nothing. describe: the model, e.g. 'FAIR width 32'."""

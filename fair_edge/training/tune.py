@@ -32,7 +32,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.training.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.training.evaluate import score_samples
-from fair_edge.models.registry import DEFAULT_FAMILY, FAMILIES, ModelSpec, get_family
+from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
 from fair_edge.preprocess import PreprocessConfig
@@ -51,7 +51,7 @@ class Candidate:
     width: int
     steps: int | None
     lr: float | None = None
-    family: str = DEFAULT_FAMILY
+    family: str = WIDTH_FAMILY
 
     def model_spec(self) -> ModelSpec:
         """The model this candidate trains (the family's default settings, with ``width`` where it has one)."""
@@ -66,10 +66,10 @@ class Candidate:
                                           "seed": seed, "save_every": 10**9})
 
     def train_command(self, data: str) -> str:
-        """The `fair-edge train` line that trains this candidate (flags of settings the family has)."""
+        """The `fair-edge train` line that trains this candidate (--model, then flags of settings the family has)."""
         p, spec = self.preprocess, self.model_spec()
         fields = config_fields(self.train_config(TuneSettings.batch, TuneSettings.seed))
-        cmd = f"fair-edge train {data}" + ("" if spec.family == DEFAULT_FAMILY else f" --model {spec.family}")
+        cmd = f"fair-edge train {data} --model {spec.family}"  # named always: train's default family may change
         cmd += "".join(f" {flag}" for flag in spec.impl.settings_flags(spec.settings))
         cmd += f" --image-size {p.image_size}"
         if HIGHPASS in spec.input_names:
