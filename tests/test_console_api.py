@@ -174,7 +174,8 @@ def test_sighup_swaps_to_the_bundle_the_station_file_names(target, station_bundl
         deadline = time.monotonic() + 120
         while len(read()) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        station.write_text(yaml.safe_dump(dict(settings, bundle=str(second.root))))
+        # the file now names the second bundle and a threshold (as the console writes one it applied)
+        station.write_text(yaml.safe_dump(dict(settings, bundle=str(second.root), decision={"threshold": 0.123456})))
         proc.send_signal(signal.SIGHUP)
         while not any(v["model"] == model_id(second) for v in read()) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -185,5 +186,7 @@ def test_sighup_swaps_to_the_bundle_the_station_file_names(target, station_bundl
     models = [v["model"] for v in read()]
     switch = models.index(model_id(second))
     assert switch >= 3 and set(models[:switch]) == {model_id(first)} and set(models[switch:]) == {model_id(second)}
+    thresholds = [v["threshold"] for v in read()]
+    assert 0.123456 not in thresholds[:switch] and set(thresholds[switch:]) == {0.123456}  # the file's, not the bundle's
     seqs = [v["seq"] for v in read()]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))

@@ -174,7 +174,7 @@ def test_swapping_one_camera_leaves_the_others_model_and_threshold(station_bundl
 def test_reload_takes_every_cameras_bundle_from_the_station_file(station_bundles, scored, tmp_path):
     """SIGHUP's reload in a cell: the station file now names fp16 for the station and keeps fp32 for the left
     camera's own bundle: top switches to fp16, left reloads fp32 (audited per camera). A threshold applied from
-    the console to one camera is written to that camera's entry of the station file."""
+    the console to one camera is written to that camera's entry of the station file, and the reload keeps it."""
     images, threshold = scored
     fp32, fp16 = (model_id(b) for b in station_bundles)
     folder = tmp_path / "frames"
@@ -208,6 +208,8 @@ def test_reload_takes_every_cameras_bundle_from_the_station_file(station_bundles
     swaps = [a for a in (json.loads(x) for x in (out / "audit.jsonl").read_text().splitlines()) if a["action"] == "swap"]
     assert sorted((a["camera"], a["who"], a["new"]["model"]) for a in swaps) == \
         [("left", "SIGHUP", fp32), ("top", "SIGHUP", fp16)]
+    assert {a["camera"]: a["new"]["threshold"] for a in swaps} == {"left": 2.5 * threshold, "top": threshold}
+    assert view_rows(out, "left")[-1]["threshold"] == 2.5 * threshold
 
 
 class LaneCounters:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,13 @@ REVIEW_LABELS = {
 @dataclass(frozen=True)
 class CameraBundle:
     """One camera of several and the bundle it runs. own: the camera names it (``cameras[].bundle``); else it
-    is the station's (``bundle:``)."""
+    is the station's (``bundle:``). threshold: the one the station file sets for the camera (its own, else the
+    station's ``decision.threshold``); None = the bundle's, by the station's rule."""
 
     camera: str
     bundle: Path
     own: bool
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,17 @@ class StationLinks:
     """What the console calls in the rooms above it, handed in by ``station.run.open_console`` (rooms import
     only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
 
-    load_model(bundle folder) -> ModelChange: opens a bundle for a swap (slow; called on a thread of its own;
-        ``station.run.load_change``).
+    load_model(bundle folder, threshold=None) -> ModelChange: opens a bundle for a swap (slow; called on a thread
+        of its own; ``station.run.load_change``); threshold None: the bundle's, by the station's rule.
     load_station(station file) -> the station's settings (``.bundle``: the bundle the file names); raises
         ConfigError for a file that would not load (``station.config.load_station``). A threshold written
         to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.
     export_reviewed(station output folder, dataset folder) -> what was exported
         (``training.collect.export_reviewed``).
     Several cameras (``station.cell.CellLoader``):
-    load_views(bundle folder, cameras) -> {camera: ModelChange}: opens the bundle once (one backend shared by
-        these cameras) and decides each camera's threshold by the station's rule (with the camera's ROI).
+    load_views(bundle folder, cameras, thresholds) -> {camera: ModelChange}: opens the bundle once (one backend
+        shared by these cameras); each camera's threshold is ``thresholds[camera]`` where given, else decided by
+        the station's rule (with the camera's ROI).
     camera_bundles(station file or None) -> each camera's ``CameraBundle``, as the file names them now (None:
         as the station started); ConfigError when the file no longer loads or names other cameras.
     """
@@ -213,9 +216,11 @@ class StationActions:
         return inspector.views[camera] if camera else inspector
 
     # ------------------------------------------------------------------ hot swap
-    def swap(self, bundle, who: str, camera=None) -> dict:
+    def swap(self, bundle, who: str, camera=None, threshold: float | None = None) -> dict:
         """Load ``bundle`` in a background thread; the loop switches to it between batches. Several cameras:
-        for ``camera``, or (none named) for every camera that runs the station's bundle."""
+        for ``camera``, or (none named) for every camera that runs the station's bundle. threshold: the one to
+        run it with (SIGHUP: the station file's); None = the bundle's, by the station's rule (a bundle swapped
+        in from the console: its scores are on its own scale)."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
         camera = self._camera(camera, required=False)
@@ -223,7 +228,7 @@ class StationActions:
             inspector = self._inspector()
             if self.links.load_model is None:
                 raise ConfigError("this station cannot swap bundles (no loader was given)")
-            return self._start_swap(self._load, Path(bundle), inspector, _who(who), status={"bundle": bundle})
+            return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold, status={"bundle": bundle})
         if camera:
             cameras = (camera,)
         else:
@@ -231,17 +236,20 @@ class StationActions:
             if not cameras:
                 raise ConfigError("camera: expected the camera to swap (every camera names its own bundle), "
                                   f"found none; one of {', '.join(self.feed.cameras())}")
-        return self.swap_cameras({Path(bundle): cameras}, who)
+        return self.swap_cameras({Path(bundle): cameras}, who, {c: threshold for c in cameras})
 
-    def swap_cameras(self, plan: dict[Path, tuple[str, ...]], who: str) -> dict:
+    def swap_cameras(self, plan: dict[Path, tuple[str, ...]], who: str,
+                     thresholds: dict[str, float | None] | None = None) -> dict:
         """Several cameras: load each bundle of ``plan`` (bundle -> the cameras to run it) in a background
-        thread; when all loaded, each camera switches through its own decider (none when one fails)."""
+        thread; when all loaded, each camera switches through its own decider (none when one fails).
+        thresholds: camera -> the threshold to run with (None or missing: the bundle's, by the station's rule)."""
         self._inspector()
         if self.links.load_views is None:
             raise ConfigError("this station cannot swap bundles (no loader was given)")
         cameras = [c for group in plan.values() for c in group]
         bundles = ", ".join(str(b) for b in plan)
-        return self._start_swap(self._load_views, plan, _who(who), status={"bundle": bundles, "cameras": cameras})
+        return self._start_swap(self._load_views, plan, _who(who), dict(thresholds or {}),
+                                status={"bundle": bundles, "cameras": cameras})
 
     def _start_swap(self, target, *args, status: dict) -> dict:
         with self._swap_lock:
@@ -251,10 +259,10 @@ class StationActions:
         threading.Thread(target=target, args=args, name="bundle-swap", daemon=True).start()
         return self.swap_status
 
-    def _load(self, bundle: Path, inspector, who: str) -> None:
+    def _load(self, bundle: Path, inspector, who: str, threshold: float | None) -> None:
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         try:
-            change = self.links.load_model(bundle)
+            change = self.links.load_model(bundle, threshold=threshold)
         except FairEdgeError as exc:
             log.error("bundle swap refused: %s", exc)
             self.swap_status = {"state": "failed", "bundle": str(bundle), "error": str(exc), "since": utc_now()}
@@ -267,12 +275,12 @@ class StationActions:
                                    "threshold": change.threshold}})
         self.swap_status = {"state": "done", "bundle": str(change.bundle.root), "model": change.model, "since": utc_now()}
 
-    def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str) -> None:
+    def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None]) -> None:
         """Load every bundle of the plan, then switch each camera; a failure switches none (loaded backends closed)."""
         changes: dict[str, ModelChange] = {}
         try:
             for bundle, cameras in plan.items():
-                changes.update(self.links.load_views(bundle, cameras))
+                changes.update(self.links.load_views(bundle, cameras, thresholds))
         except FairEdgeError as exc:
             for scorer in {id(c.scorer): c.scorer for c in changes.values()}.values():
                 retire(scorer)
@@ -300,17 +308,16 @@ class StationActions:
         return self.links.camera_bundles(station_file)
 
     def reload_cameras(self, who: str) -> dict:
-        """Several cameras: load every camera's bundle as the station file names it now (the camera's own or the
-        station's; the bundles the cameras run when there is no station file), each camera through its own
-        decider."""
+        """Several cameras: load every camera's bundle and threshold as the station file names them now (the
+        camera's own or the station's; without a station file, the bundles the cameras run, at the thresholds
+        the station started with), each camera through its own decider."""
+        named = self._camera_bundles(self.station_file)   # no file: as the station started
+        if self.station_file is None:   # each camera's bundle as it runs now (swaps included), reloaded in place
+            named = [replace(c, bundle=self.feed.camera_bundles.get(c.camera, c.bundle)) for c in named]
         plan: dict[Path, tuple[str, ...]] = {}
-        if self.station_file is not None:
-            now = {c.camera: c.bundle for c in self._camera_bundles(self.station_file)}
-        else:
-            now = dict(self.feed.camera_bundles)
-        for camera, bundle in now.items():
-            plan[bundle] = (*plan.get(bundle, ()), camera)
-        return self.swap_cameras(plan, who)
+        for c in named:
+            plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
+        return self.swap_cameras(plan, who, {c.camera: c.threshold for c in named})
 
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:

@@ -41,6 +41,7 @@ class StationConsole:
         self._drift_alarm = False
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
+        self.start_threshold = getattr(cfg, "threshold", None)   # the station's own (file or command line); None = the bundle's
 
     def start(self) -> "StationConsole":
         """Start the web server. A port that cannot be bound is logged and the station inspects on
@@ -58,11 +59,12 @@ class StationConsole:
         return self.server.url if self.server is not None else ""
 
     def reload_bundle(self, who: str = "SIGHUP") -> None:
-        """Swap to the bundle the station file names now (re-read), else reload the current bundle folder
-        (rebuilt in place). Several cameras: every camera's bundle as the file names it now (its own, else the
-        station's), each camera switching through its own decider. Returns at once; the load runs in a thread.
-        Safe to call from a signal handler."""
-        path = self.feed.bundle_path
+        """Swap to the bundle and threshold the station file names now (re-read: a threshold applied from the
+        console and written there is kept), else reload the current bundle folder (rebuilt in place) at the
+        threshold the station started with. Several cameras: every camera's bundle and threshold as the file
+        names them now (its own, else the station's), each camera switching through its own decider. Returns
+        at once; the load runs in a thread. Safe to call from a signal handler."""
+        path, threshold = self.feed.bundle_path, self.start_threshold
         load_station = self.actions.links.load_station
         try:
             if self.feed.cell is not None:
@@ -71,8 +73,9 @@ class StationConsole:
                 if load_station is None:
                     raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader "
                                       "was given)")
-                path = load_station(self.station_file).bundle or path
-            self.actions.swap(str(path), who)
+                now = load_station(self.station_file)
+                path, threshold = now.bundle or path, now.threshold
+            self.actions.swap(str(path), who, threshold=threshold)
         except FairEdgeError as exc:
             log.error("bundle reload (%s) refused: %s", who, exc)
 

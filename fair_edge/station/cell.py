@@ -249,9 +249,10 @@ class CellLoader:
 
     cfg: StationConfig
 
-    def load_views(self, bundle: Path, cameras: tuple[str, ...]) -> dict:
-        """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, the
-        threshold by the station's rule (``load_change``: with an ROI the ROI's own, else the bundle's)."""
+    def load_views(self, bundle: Path, cameras: tuple[str, ...], thresholds: dict | None = None) -> dict:
+        """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, and
+        ``thresholds[camera]`` where given (not None), else the threshold by the station's rule (``load_change``:
+        with an ROI the ROI's own, else the bundle's)."""
         views = {v.name: v for v in self.cfg.cameras}
         unknown = [c for c in cameras if c not in views]
         if unknown:
@@ -259,8 +260,8 @@ class CellLoader:
         loaded = read_bundle(bundle)
         scorer = open_scorer(loaded, self.cfg.backend)
         try:
-            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi))
-                    for name in cameras}
+            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi),
+                                     (thresholds or {}).get(name)) for name in cameras}
         except BaseException:
             scorer.backend.close()
             raise
@@ -280,7 +281,8 @@ class CellLoader:
             if (view.bundle or cfg.bundle) is None:
                 raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
                                   "or the camera")
-            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None))
+            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None,
+                                    view_config(cfg, view).threshold))
         return tuple(out)
 
 
