@@ -66,6 +66,8 @@ ROWS = {
     "pc-imagenet": patchcore(normalisation="imagenet"),
     "pc-lite1": patchcore(backbone="efficientnet_lite1"),  # issue #27 item 4: the larger Lite backbones on PyPI
     "pc-lite2": patchcore(backbone="efficientnet_lite2"),
+    "pc-s4-s8": patchcore(taps=(0, 1)),  # the finer tap at stride 4 (issue #27 item 4: small defects on textures)
+    "pc-s4-s16": patchcore(taps=(0, 2)),
     "lgfdr-2000": lgfdr(2000),
 }
 
