@@ -183,7 +183,7 @@ def _settings_parameter(flag, titles: dict, n_families: int) -> inspect.Paramete
 
 
 def family_titles(default_first: bool = False) -> str:
-    """'FAIR, LGFDR and PatchCore' from the registry; default_first: 'FAIR (default), LGFDR or PatchCore'."""
+    """'FAIR, LGFDR and PatchCore' from the registry; default_first: 'FAIR, LGFDR or PatchCore (default)'."""
     titles = [impl.title + (" (default)" if default_first and key == TRAIN_FAMILY else "")
               for key, impl in FAMILIES.items()]
     word = " or " if default_first else " and "
