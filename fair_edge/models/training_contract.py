@@ -290,9 +290,9 @@ def family_from_flags(given: Iterable[str], flags: Iterable[SettingFlag], defaul
         return common.pop()
     owners = "; ".join(f"{f.flag} is a setting of {', '.join(f.families)}" for f in foreign)
     choices = sorted(common) or sorted({k for f in foreign for k in f.families})
-    raise ConfigError(f"`fair-edge train` without --model fits {default}, which has no {', '.join(f.flag for f in foreign)} "
-                      f"({owners}). Add {' or '.join(f'--model {k}' for k in choices)}, or leave "
-                      f"{', '.join(f.flag for f in foreign)} out.")
+    typed = ", ".join(f.flag for f in foreign)
+    raise ConfigError(f"`fair-edge train` without --model fits {default}, which has no {typed} ({owners}). "
+                      f"Add {' or '.join(f'--model {k}' for k in choices)}, or leave {typed} out.")
 
 
 def refuse_foreign_flags(impl, given: Iterable[str], flags: Iterable[SettingFlag], describe: str = "") -> None:
