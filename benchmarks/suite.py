@@ -106,17 +106,16 @@ def parse_fusion(text: str) -> tuple[str, list[tuple[str, int | None]]]:
     return name, [(row, int(size) if at else None) for row, at, size in parts]
 
 
-def fuse_product(name: str, members: list[tuple[str, int | None]], product: str, size: int, out: Path) -> bool:
-    """Write OUT/SIZE/PRODUCT/NAME/row.json from its members' scores; False (and a line) if a member is missing."""
+def fuse_product(name: str, members: list[tuple[str, int | None]], product: str, size: int, out: Path) -> None:
+    """Write OUT/SIZE/PRODUCT/NAME/row.json from its members' scores (a line instead if a member is missing)."""
     folders = [out / str(s or size) / product / row for row, s in members]
     missing = [str(f) for f in folders if not (f / "scores.npz").is_file()]
     if missing:
         print(f"{size} px {product} {name}: skipped, not finished: {', '.join(missing)}", flush=True)
-        return False
+        return
     folder = out / str(size) / product / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "row.json").write_text(json.dumps(fuse_row(folders, "mean"), indent=2) + "\n")
-    return True
 
 
 def summary_table(table: dict[str, dict[str, dict]], rows: list[str]) -> str:
