@@ -58,7 +58,7 @@ class StationLinks:
         to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.
     export_reviewed(station output folder, dataset folder) -> what was exported
         (``training.collect.export_reviewed``).
-    Several cameras (``station.cell.CellLoader``):
+    Several cameras (``station.cell_console.CellLoader``):
     load_views(bundle folder, cameras, thresholds) -> {camera: ModelChange}: opens the bundle once (one backend
         shared by these cameras); each camera's threshold is ``thresholds[camera]`` where given, else decided by
         the station's rule (with the camera's ROI).

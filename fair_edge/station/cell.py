@@ -16,7 +16,7 @@ output (naming the camera) while the other cameras go on inspecting, and the run
 
 The console sees every view (a verdict callback), every part row (``CellLine.on_part`` hands it to
 ``StationConsole.observe_part``) and each camera's counters (``CellCounters``, the same numbers as the summary's
-``cameras``); its swaps and SIGHUP load bundles per camera through ``CellLoader``.
+``cameras``); its swaps and SIGHUP load bundles per camera through ``cell_console.CellLoader``.
 """
 
 from __future__ import annotations
@@ -35,16 +35,15 @@ from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.hotswap import model_id
-from fair_edge.station.config import CameraSettings, StationConfig, load_station
+from fair_edge.station.cell_console import open_cell_console
+from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
-from fair_edge.station.run import (CameraWatch, LineSide, change_for, check_reject_timing, finish_line,
-                                   is_unpaced_replay, load_roi, open_capture, open_console, open_line_side,
-                                   open_regions, open_scorer, read_bundle, resolve_threshold, run_station,
-                                   station_tick)
-from fair_edge.station.views import ViewSettings
+from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
+                                   load_roi, open_capture, open_line_side, open_regions, open_scorer, read_bundle,
+                                   resolve_threshold, run_station, station_tick)
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,6 @@ NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a 
 def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
     """Run the station the file describes: ``run_cell`` for a ``cameras:`` list, else ``run_station``."""
     return run_cell(cfg, stop, **kwargs) if cfg.cameras else run_station(cfg, stop, **kwargs)
-
-
-def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
-    """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold
-    where it sets them."""
-    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
-    threshold = cfg.threshold if view.threshold is None else view.threshold
-    return dataclasses.replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle,
-                               roi=view.roi or cfg.roi, threshold=threshold)
 
 
 def part_timeout_s(cfg: StationConfig) -> float:
@@ -242,50 +232,6 @@ class CellCounters:
         return {} if self.cell.assembler is None else dict(self.cell.assembler.stats)
 
 
-@dataclasses.dataclass(frozen=True)
-class CellLoader:
-    """What the console calls to change a camera's bundle (``console.actions.StationLinks``): ``load_views`` and
-    ``camera_bundles``. cfg: the running station's settings (each camera's ROI comes from them)."""
-
-    cfg: StationConfig
-
-    def load_views(self, bundle: Path, cameras: tuple[str, ...], thresholds: dict | None = None) -> dict:
-        """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, and
-        ``thresholds[camera]`` where given (not None), else the threshold by the station's rule (``load_change``:
-        with an ROI the ROI's own, else the bundle's)."""
-        views = {v.name: v for v in self.cfg.cameras}
-        unknown = [c for c in cameras if c not in views]
-        if unknown:
-            raise ConfigError(f"cameras: expected some of {', '.join(views)}, found {', '.join(unknown)}")
-        loaded = read_bundle(bundle)
-        scorer = open_scorer(loaded, self.cfg.backend)
-        try:
-            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi),
-                                     (thresholds or {}).get(name)) for name in cameras}
-        except BaseException:
-            scorer.backend.close()
-            raise
-
-    def camera_bundles(self, station_file: Path | None = None) -> tuple:
-        """Each camera's bundle (``console.actions.CameraBundle``) as ``station_file`` names it now (re-read), or
-        as the station started (None). ConfigError when the file names other cameras (restart for that)."""
-        from fair_edge.console.actions import CameraBundle
-
-        cfg = self.cfg if station_file is None else load_station(Path(station_file))
-        names, running = [v.name for v in cfg.cameras], [v.name for v in self.cfg.cameras]
-        if names != running:
-            raise ConfigError(f"{station_file}: expected the cameras {', '.join(running)} (the running station's), "
-                              f"found {', '.join(names) or 'none'}; restart the station to change its cameras")
-        out = []
-        for view in cfg.cameras:
-            if (view.bundle or cfg.bundle) is None:
-                raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
-                                  "or the camera")
-            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None,
-                                    view_config(cfg, view).threshold))
-        return tuple(out)
-
-
 def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
     """The station's line side, and the part assembler (``by: part``) or the lanes' schedulers (``by: lane``)."""
     from fair_edge.line.scheduler import RejectScheduler
@@ -364,7 +310,10 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
                    for name, capture in mux.captures.items()]
         watch = CellWatch(watches)
 
-        console = open_cell_console(cfg, models, faults, stack, line, export_reviewed)
+        lead = cfg.cameras[0]   # its bundle and score calibration feed the console's drift watch
+        bundle = models.bundles[Path(view_config(cfg, lead).bundle).resolve()][0]
+        console = open_cell_console(cfg, bundle, models.calibrations.get(lead.name), faults, stack, line,
+                                    export_reviewed)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(mux, first.scorer, first.threshold, settings=cfg.batching, on_verdict=line.callbacks,
@@ -396,24 +345,6 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return summary
-
-
-def open_cell_console(cfg: StationConfig, models: CellModels, faults: FaultBoard | None, stack: contextlib.ExitStack,
-                      line: LineSide, export_reviewed=None):
-    """The cell's console (``open_console``): the first camera's bundle and score calibration feed its drift
-    watch; swaps and SIGHUP load bundles per camera (``CellLoader``); it sees every view."""
-    from fair_edge.console.actions import StationLinks
-
-    name = cfg.cameras[0].name
-    vcfg = view_config(cfg, cfg.cameras[0])
-    bundle = models.bundles[Path(vcfg.bundle).resolve()][0]
-    loader = CellLoader(cfg)
-    links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
-                         camera_bundles=loader.camera_bundles)
-    console = open_console(vcfg, bundle, faults, stack, line.metrics, calibration=models.calibrations.get(name),
-                           links=links)
-    line.callbacks.append(console.observe)
-    return console
 
 
 def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches: list[CameraWatch],

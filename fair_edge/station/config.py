@@ -169,3 +169,12 @@ def load_station(path: str | Path) -> StationConfig:
         return replace(StationConfig.from_dict(data or {}), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
+    """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold
+    where it sets them."""
+    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
+    threshold = cfg.threshold if view.threshold is None else view.threshold
+    return replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle, roi=view.roi or cfg.roi,
+                   threshold=threshold)

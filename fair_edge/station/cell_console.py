@@ -1,0 +1,74 @@
+"""The console's side of a station of several cameras: what it calls to change a camera's bundle
+(``CellLoader``, handed to ``console.actions.StationLinks``) and the cell's console itself
+(``open_cell_console``: the first camera's bundle and score calibration feed its drift watch)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+from fair_edge.errors import ConfigError
+from fair_edge.station.config import StationConfig, load_station, view_config
+from fair_edge.station.faults import FaultBoard
+from fair_edge.station.run import LineSide, change_for, load_roi, open_console, open_scorer, read_bundle
+
+
+@dataclasses.dataclass(frozen=True)
+class CellLoader:
+    """What the console calls to change a camera's bundle (``console.actions.StationLinks``): ``load_views`` and
+    ``camera_bundles``. cfg: the running station's settings (each camera's ROI comes from them)."""
+
+    cfg: StationConfig
+
+    def load_views(self, bundle: Path, cameras: tuple[str, ...], thresholds: dict | None = None) -> dict:
+        """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, and
+        ``thresholds[camera]`` where given (not None), else the threshold by the station's rule (``load_change``:
+        with an ROI the ROI's own, else the bundle's)."""
+        views = {v.name: v for v in self.cfg.cameras}
+        unknown = [c for c in cameras if c not in views]
+        if unknown:
+            raise ConfigError(f"cameras: expected some of {', '.join(views)}, found {', '.join(unknown)}")
+        loaded = read_bundle(bundle)
+        scorer = open_scorer(loaded, self.cfg.backend)
+        try:
+            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi),
+                                     (thresholds or {}).get(name)) for name in cameras}
+        except BaseException:
+            scorer.backend.close()
+            raise
+
+    def camera_bundles(self, station_file: Path | None = None) -> tuple:
+        """Each camera's bundle (``console.actions.CameraBundle``) as ``station_file`` names it now (re-read), or
+        as the station started (None). ConfigError when the file names other cameras (restart for that)."""
+        from fair_edge.console.actions import CameraBundle
+
+        cfg = self.cfg if station_file is None else load_station(Path(station_file))
+        names, running = [v.name for v in cfg.cameras], [v.name for v in self.cfg.cameras]
+        if names != running:
+            raise ConfigError(f"{station_file}: expected the cameras {', '.join(running)} (the running station's), "
+                              f"found {', '.join(names) or 'none'}; restart the station to change its cameras")
+        out = []
+        for view in cfg.cameras:
+            if (view.bundle or cfg.bundle) is None:
+                raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
+                                  "or the camera")
+            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None,
+                                    view_config(cfg, view).threshold))
+        return tuple(out)
+
+
+def open_cell_console(cfg: StationConfig, bundle, calibration, faults: FaultBoard | None, stack: contextlib.ExitStack,
+                      line: LineSide, export_reviewed=None):
+    """The cell's console (``open_console``): ``bundle`` (the first camera's, loaded) and ``calibration`` (its
+    score's ``Threshold``, or None) feed its drift watch; swaps and SIGHUP load bundles per camera
+    (``CellLoader``); it sees every view."""
+    from fair_edge.console.actions import StationLinks
+
+    loader = CellLoader(cfg)
+    links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
+                         camera_bundles=loader.camera_bundles)
+    console = open_console(view_config(cfg, cfg.cameras[0]), bundle, faults, stack, line.metrics,
+                           calibration=calibration, links=links)
+    line.callbacks.append(console.observe)
+    return console
