@@ -241,7 +241,8 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     if model is None and not resume:
         model = family_from_flags(given, flags, TRAIN_FAMILY)
         if model != TRAIN_FAMILY:
-            typer.echo(f"training {get_family(model).title}: the settings typed are its own (--model {model}).", err=True)
+            title = get_family(model).title
+            typer.echo(f"training {title}: the settings typed are its own (--model {model}).", err=True)
     family = get_family(model or TRAIN_FAMILY)  # on --resume: replaced by the saved run's family below
     overrides = {} if resume else settings_overrides(family, set_)  # on --resume: checked against the saved family
     pre = PreprocessConfig(image_size=image_size, filter=filter, cutoff=cutoff, order=order,

@@ -228,7 +228,8 @@ class StationActions:
             inspector = self._inspector()
             if self.links.load_model is None:
                 raise ConfigError("this station cannot swap bundles (no loader was given)")
-            return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold, status={"bundle": bundle})
+            return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold,
+                                    status={"bundle": bundle})
         if camera:
             cameras = (camera,)
         else:

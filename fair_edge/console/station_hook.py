@@ -41,7 +41,8 @@ class StationConsole:
         self._drift_alarm = False
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
-        self.start_threshold = getattr(cfg, "threshold", None)   # the station's own (file or command line); None = the bundle's
+        # the station's own threshold (file or command line), what SIGHUP without a file keeps; None = the bundle's
+        self.start_threshold = getattr(cfg, "threshold", None)
 
     def start(self) -> "StationConsole":
         """Start the web server. A port that cannot be bound is logged and the station inspects on
