@@ -50,11 +50,11 @@ class CellLoader:
                               f"found {', '.join(names) or 'none'}; restart the station to change its cameras")
         out = []
         for view in cfg.cameras:
-            if (view.bundle or cfg.bundle) is None:
+            seen = view_config(cfg, view)   # the camera's bundle and threshold, else the station's
+            if seen.bundle is None:
                 raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
                                   "or the camera")
-            out.append(CameraBundle(view.name, Path(view.bundle or cfg.bundle), view.bundle is not None,
-                                    view_config(cfg, view).threshold))
+            out.append(CameraBundle(view.name, Path(seen.bundle), view.bundle is not None, seen.threshold))
         return tuple(out)
 
 
