@@ -230,3 +230,33 @@ def test_close_stops_the_thread_counts_undecided_parts_once_and_is_safe_twice(mo
     s.close()
     assert threads and not any(t.is_alive() for t in threads)
     assert s.stats()["abandoned"] == 1 and s.stats()["pending"] == 0 and len(closed) == 1
+
+
+class _HeldSink(RecordingSink):
+    """A sink whose pulse() waits until the test lets it go: the scheduler is caught mid-decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def pulse(self, event) -> None:
+        self.entered.set()
+        self.release.wait(5.0)
+        super().pulse(event)
+
+
+def test_a_part_being_decided_is_still_pending_so_wait_idle_never_returns_before_its_count():
+    """The station reads the reject counters after wait_idle(): a part popped for its gate but not yet counted
+    must keep wait_idle waiting, or the summary shows fewer pulses than the gate log (CI failure of stop 33)."""
+    sink = _HeldSink()
+    with _sched(sink) as s:
+        try:
+            assert s.submit(_v(1, time.monotonic())) == SCHEDULED
+            assert sink.entered.wait(5.0)
+            assert s.stats()["pending"] == 1 and not s.wait_idle(0.05)   # held in pulse(): not idle, not counted
+            assert s.stats()["fired"] == 0
+        finally:
+            sink.release.set()
+        assert s.wait_idle(5.0)
+        assert s.stats()["fired"] == 1 and s.stats()["rejected_ng"] == 1 and len(sink.pulses) == 1

@@ -146,6 +146,7 @@ class RejectScheduler:
         self._lock = threading.Lock()
         self._heap: list[tuple[float, int, int]] = []   # (due time or target count, order, seq)
         self._parts: dict[int, _Part] = {}
+        self._at_gate = 0   # parts popped from the heap whose decision (pulse, counters, row) is not done yet
         self._decided: OrderedDict[int, str] = OrderedDict()
         self._order = itertools.count()
         self._slots = SlotPlan((settings.pulse_ms + settings.min_gap_ms) / 1000.0)
@@ -281,7 +282,7 @@ class RejectScheduler:
     def stats(self) -> dict[str, int]:
         out = self._counters.snapshot()
         with self._lock:
-            out["pending"] = len(self._parts)
+            out["pending"] = len(self._parts) + self._at_gate
         return out
 
     def sink_stats(self) -> dict[str, dict[str, int]]:
@@ -410,10 +411,20 @@ class RejectScheduler:
                 part = self._parts.pop(seq, None)
                 if part is not None:
                     out.append(part)
+            self._at_gate += len(out)
         return out
 
     def _decide(self, part: _Part) -> None:
-        """The part is at the gate: pass it, or hand its pulse to the sinks (edge at the due time)."""
+        """The part is at the gate: pass it, or hand its pulse to the sinks (edge at the due time).
+        It counts as pending until its counters and row are written, so ``wait_idle`` never returns
+        between the pop and the count."""
+        try:
+            self._decide_now(part)
+        finally:
+            with self._lock:
+                self._at_gate -= 1
+
+    def _decide_now(self, part: _Part) -> None:
         outcome = self._outcome(part)
         with self._lock:
             self._decided[part.seq] = outcome
