@@ -68,6 +68,15 @@ ROWS = {
     "pc-lite2": patchcore(backbone="efficientnet_lite2"),
     "pc-s4-s8": patchcore(taps=(0, 1)),  # the finer tap at stride 4 (issue #27 item 4: small defects on textures)
     "pc-s4-s16": patchcore(taps=(0, 2)),
+    # PatchCore's own settings, one change each from pc-default (issue #27 item 3: windows, width, coreset, score)
+    "pc-w1": patchcore(local_windows=(1,)),
+    "pc-w13": patchcore(local_windows=(1, 3)),
+    "pc-w5": patchcore(local_windows=(5,)),
+    "pc-e256": patchcore(embed_dim=256),
+    "pc-bank20k": patchcore(bank_max=20_000),
+    "pc-top64": patchcore(score_top_k=64),
+    "pc-sigma2": patchcore(smooth_sigma=2.0),
+    "pc-noreweight": patchcore(reweight=False),
     "lgfdr-2000": lgfdr(2000),
 }
 
