@@ -52,8 +52,10 @@ def patchcore(**changes):
                             0.0, one_pass=True)
 
 
-def lgfdr(steps: int):
-    return lambda size: Row(ModelSpec("lgfdr", PreprocessConfig(size), LgfdrSettings()), 1e-3, steps=steps)
+def lgfdr(steps: int, **changes):
+    """An LGFDR row maker: its defaults with ``changes``, ``steps`` Adam steps at 1e-3."""
+    return lambda size: Row(ModelSpec("lgfdr", PreprocessConfig(size), replace(LgfdrSettings(), **changes)), 1e-3,
+                            steps=steps)
 
 
 # name -> row at a given image size. "pc-plain" is the bar: the paper's PatchCore on the same backbone.
@@ -78,6 +80,8 @@ ROWS = {
     "pc-sigma2": patchcore(smooth_sigma=2.0),
     "pc-noreweight": patchcore(reweight=False),
     "lgfdr-2000": lgfdr(2000),
+    "lgfdr-2000-n025": lgfdr(2000, noise_std=0.25),  # LGFDR's training noise, its one setting chosen on the suite
+    "lgfdr-2000-n1": lgfdr(2000, noise_std=1.0),
 }
 
 
