@@ -248,7 +248,7 @@ class _HeldSink(RecordingSink):
 
 def test_a_part_being_decided_is_still_pending_so_wait_idle_never_returns_before_its_count():
     """The station reads the reject counters after wait_idle(): a part popped for its gate but not yet counted
-    must keep wait_idle waiting, or the summary shows fewer pulses than the gate log (CI failure of stop 33)."""
+    must keep wait_idle waiting, or the run summary shows fewer pulses than the gate log rejected parts."""
     sink = _HeldSink()
     with _sched(sink) as s:
         try:
