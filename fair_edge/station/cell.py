@@ -310,10 +310,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
                    for name, capture in mux.captures.items()]
         watch = CellWatch(watches)
 
-        lead = cfg.cameras[0]   # its bundle and score calibration feed the console's drift watch
-        bundle = models.bundles[Path(view_config(cfg, lead).bundle).resolve()][0]
-        console = open_cell_console(cfg, bundle, models.calibrations.get(lead.name), faults, stack, line,
-                                    export_reviewed)
+        console = open_cell_console(cfg, models, faults, stack, line, export_reviewed)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(mux, first.scorer, first.threshold, settings=cfg.batching, on_verdict=line.callbacks,

@@ -58,17 +58,20 @@ class CellLoader:
         return tuple(out)
 
 
-def open_cell_console(cfg: StationConfig, bundle, calibration, faults: FaultBoard | None, stack: contextlib.ExitStack,
+def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, stack: contextlib.ExitStack,
                       line: LineSide, export_reviewed=None):
-    """The cell's console (``open_console``): ``bundle`` (the first camera's, loaded) and ``calibration`` (its
-    score's ``Threshold``, or None) feed its drift watch; swaps and SIGHUP load bundles per camera
-    (``CellLoader``); it sees every view."""
+    """The cell's console (``open_console``): the first camera's loaded bundle and score calibration, from
+    ``models`` (``cell.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feed its drift
+    watch; swaps and SIGHUP load bundles per camera (``CellLoader``); it sees every view."""
     from fair_edge.console.actions import StationLinks
 
+    lead = cfg.cameras[0]
+    lead_cfg = view_config(cfg, lead)
+    bundle = models.bundles[Path(lead_cfg.bundle).resolve()][0]
     loader = CellLoader(cfg)
     links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
                          camera_bundles=loader.camera_bundles)
-    console = open_console(view_config(cfg, cfg.cameras[0]), bundle, faults, stack, line.metrics,
-                           calibration=calibration, links=links)
+    console = open_console(lead_cfg, bundle, faults, stack, line.metrics,
+                           calibration=models.calibrations.get(lead.name), links=links)
     line.callbacks.append(console.observe)
     return console
