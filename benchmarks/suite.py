@@ -82,6 +82,9 @@ ROWS = {
     "lgfdr-2000": lgfdr(2000),
     "lgfdr-2000-n025": lgfdr(2000, noise_std=0.25),  # LGFDR's training noise, its one setting chosen on the suite
     "lgfdr-2000-n1": lgfdr(2000, noise_std=1.0),
+    "lgfdr-2000-h64": lgfdr(2000, hidden=64),  # LGFDR's width and depth, chosen on the suite (issue #27 item 3)
+    "lgfdr-2000-l1": lgfdr(2000, layers=1),
+    "lgfdr-2000-l4": lgfdr(2000, layers=4),
 }
 
 
