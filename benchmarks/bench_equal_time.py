@@ -148,6 +148,12 @@ def run_row(name: str, row: Row, split: DatasetSplit, held, test, budget_s: floa
     final = trainer.run()
     info.update(steps=steps, train_cpu_s=round(time.process_time() - c0, 1),
                 train_wall_s=round(time.perf_counter() - w0, 1))
+    return score_row(info, final, held, test, out / name, with_masks)
+
+
+def score_row(info: dict, final: Path, held, test, folder: Path, with_masks: bool = False) -> dict:
+    """Score ``test`` and the ``held`` normals with checkpoint ``final``; adds the line summary, pixel metrics and
+    scoring CPU s per image to ``info``, writes FOLDER/scores.npz and FOLDER/row.json; returns ``info``."""
     c0 = time.process_time()
     test = score_samples(final, test, batch=32, with_masks=with_masks)
     info["score_cpu_s_per_image"] = round((time.process_time() - c0) / len(test.scores), 4)
@@ -155,10 +161,10 @@ def run_row(name: str, row: Row, split: DatasetSplit, held, test, budget_s: floa
     info.update(metrics.line_summary(test.scores, test.labels), **pixel_summary(test.maps, test.masks),
                 checkpoint=str(final))
     extra = {} if test.masks is None else {"masks": np.packbits(test.masks, axis=-1), "mask_width": test.masks.shape[-1]}
-    np.savez_compressed(out / name / "scores.npz", test_maps=np.stack(test.maps).astype(np.float16),
+    np.savez_compressed(folder / "scores.npz", test_maps=np.stack(test.maps).astype(np.float16),
                         test_scores=test.scores, labels=test.labels, held_scores=normal.scores,
                         held_map_max=normal.maps.reshape(len(normal.maps), -1).max(axis=1), **extra)
-    (out / name / "row.json").write_text(json.dumps(info, indent=2) + "\n")
+    (folder / "row.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -17,6 +17,10 @@ CPU s, scoring CPU ms per test image (reading and resizing included), bank MB (P
 row) writes OUT/SIZE/PRODUCT/ROW/row.json and is not run again, so the suite resumes after a stop; OUT/suite-SIZE.json
 and OUT/suite-SIZE.md gather what is finished, the Markdown with the mean and the worst product per row.
 
+Re-scored rows (``rescored(BASE, setting=value)`` in ``ROWS``, e.g. ``lgfdr-2000-s2``) fit nothing: they score
+BASE's finished checkpoint of the same product with a setting used only in scoring changed (a blur), so a
+scoring setting costs minutes, not a fit; list BASE before them in ``--rows``.
+
 Fusions (``--fuse NAME=A+B``) are computed from finished rows, nothing fitted again: each member is ``ROW`` (this
 size) or ``ROW@SIZE`` (OUT/SIZE/PRODUCT/ROW), fused by ``fair-edge fuse``'s default rule (each member's map in units
 of its held-out normals' spread, then the mean, on the first member's grid). ``--fuse fuse-scales=pc-default+
@@ -30,14 +34,14 @@ import datetime
 import json
 import platform
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_equal_time import Row, bench_data, fuse_row, run_row
-from fair_edge.models.checkpoint import load_checkpoint
+from bench_equal_time import Row, bench_data, fuse_row, run_row, score_row
+from fair_edge.models.checkpoint import load_checkpoint, save_checkpoint
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PLAIN, PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
@@ -56,6 +60,19 @@ def lgfdr(steps: int, **changes):
     """An LGFDR row maker: its defaults with ``changes``, ``steps`` Adam steps at 1e-3."""
     return lambda size: Row(ModelSpec("lgfdr", PreprocessConfig(size), replace(LgfdrSettings(), **changes)), 1e-3,
                             steps=steps)
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """A row that fits nothing: it scores row ``base``'s finished checkpoint (same product and size) with the
+    settings ``changes``, which must be used only in scoring (a blur, an image score); its fit CPU s are the base's."""
+
+    base: str
+    changes: dict
+
+
+def rescored(base: str, **changes):
+    return lambda size: Rescore(base, changes)
 
 
 # name -> row at a given image size. "pc-plain" is the bar: the paper's PatchCore on the same backbone.
@@ -85,6 +102,8 @@ ROWS = {
     "lgfdr-2000-h64": lgfdr(2000, hidden=64),  # LGFDR's width and depth, chosen on the suite (issue #27 item 3)
     "lgfdr-2000-l1": lgfdr(2000, layers=1),
     "lgfdr-2000-l4": lgfdr(2000, layers=4),
+    "lgfdr-2000-s2": rescored("lgfdr-2000", smooth_sigma=2.0),  # the blur changes no weight: lgfdr-2000 re-scored
+    "lgfdr-2000-s8": rescored("lgfdr-2000", smooth_sigma=8.0),
 }
 
 
@@ -104,13 +123,35 @@ def run_product(name: str, data: str, rows: list[str], size: int, out: Path) -> 
         if not done.is_file():
             loaded = loaded or bench_data(data)
             full, split, held = loaded
-            print(f"{size} px {name} {row_name}: fitting ...", flush=True)
-            info = run_row(row_name, ROWS[row_name](size), split, held, full.test, None, folder, with_masks=full.has_masks)
+            row = ROWS[row_name](size)
+            if isinstance(row, Rescore):
+                print(f"{size} px {name} {row_name}: re-scoring {row.base} ...", flush=True)
+                info = rescore_row(row_name, row, folder, held, full.test, with_masks=full.has_masks)
+            else:
+                print(f"{size} px {name} {row_name}: fitting ...", flush=True)
+                info = run_row(row_name, row, split, held, full.test, None, folder, with_masks=full.has_masks)
             ckpt = load_checkpoint(Path(info["checkpoint"]))
             info.update(ckpt.model.impl.facts(ckpt.state_dict), data=data)
             done.write_text(json.dumps(info, indent=2) + "\n")
         results[row_name] = json.loads(done.read_text())
     return results
+
+
+def rescore_row(name: str, row: Rescore, folder: Path, held, test, with_masks: bool) -> dict:
+    """Score FOLDER/BASE's checkpoint with ``row.changes`` applied: writes FOLDER/NAME/{rescored.pt,row.json}."""
+    base_json = folder / row.base / "row.json"
+    if not base_json.is_file():
+        raise SystemExit(f"{name} re-scores {row.base}'s checkpoint, and {base_json} does not exist: "
+                         f"run --rows {row.base} {name} (in that order) on {folder.name}.")
+    base = json.loads(base_json.read_text())
+    ckpt = load_checkpoint(Path(base["checkpoint"]))
+    model = replace(ckpt.model, settings=replace(ckpt.settings, **row.changes))
+    model.build(ckpt.state_dict)  # raises if a change would need other weights
+    path = save_checkpoint(folder / name / "rescored.pt", replace(ckpt, model=model, train_state=None))
+    info = {"model": model.describe(), "image_size": model.preprocess.image_size, "rescores": row.base,
+            "changes": row.changes, "settings": model.settings.to_dict(), "steps": base.get("steps"),
+            "train_cpu_s": base["train_cpu_s"]}
+    return score_row(info, path, held, test, folder / name, with_masks)
 
 
 def parse_fusion(text: str) -> tuple[str, list[tuple[str, int | None]]]:

@@ -115,6 +115,38 @@ def test_suite_fuses_finished_rows_of_two_sizes_without_fitting_again(mvtec_dir,
         suite.main()
 
 
+def test_a_rescored_row_scores_its_base_checkpoint_with_the_changed_setting_and_fits_nothing(mvtec_dir, tmp_path,
+                                                                                             monkeypatch):
+    """A ``Rescore`` row scores the base row's checkpoint with the changed scoring setting: with no change it gives
+    the base's scores exactly; with a wider blur, smoother maps; the base is not fitted again; without the base row
+    finished it stops and names the order to run them in."""
+    import json
+
+    suite = _script("suite")
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setitem(suite.ROWS, "pc-same", suite.rescored("pc-default"))
+    monkeypatch.setitem(suite.ROWS, "pc-blur8", suite.rescored("pc-default", smooth_sigma=8.0))
+    base = ["suite.py", "--out", str(tmp_path), "--size", "32", "--product", f"plate={mvtec_dir}", "--rows"]
+    monkeypatch.setattr(sys, "argv", [*base, "pc-blur8"])
+    with pytest.raises(SystemExit, match="run --rows pc-default pc-blur8"):
+        suite.main()
+    monkeypatch.setattr(sys, "argv", [*base, "pc-default", "pc-same", "pc-blur8"])
+    suite.main()
+    folder = tmp_path / "32" / "plate"
+    scores = {r: np.load(folder / r / "scores.npz") for r in ("pc-default", "pc-same", "pc-blur8")}
+    rows = {r: json.loads((folder / r / "row.json").read_text()) for r in scores}
+    np.testing.assert_array_equal(scores["pc-same"]["test_scores"], scores["pc-default"]["test_scores"])
+    assert rows["pc-blur8"]["rescores"] == "pc-default" and rows["pc-blur8"]["changes"] == {"smooth_sigma": 8.0}
+    assert rows["pc-blur8"]["train_cpu_s"] == rows["pc-default"]["train_cpu_s"]
+    assert rows["pc-blur8"]["settings"]["smooth_sigma"] == 8.0
+
+    def roughness(maps):  # mean absolute step between neighbouring pixels, in map units
+        maps = maps.astype(np.float32)
+        return float(np.abs(np.diff(maps, axis=-1)).mean() / (np.abs(maps).mean() + 1e-12))
+
+    assert roughness(scores["pc-blur8"]["test_maps"]) < roughness(scores["pc-default"]["test_maps"])
+
+
 def test_tune_rows_ranks_the_suite_rows_of_a_product_by_tunes_rule(mvtec_dir, tmp_path, monkeypatch):
     """bench_tune_rows.py on the suite's finished rows: every row scored on tune's proxy set and ranked by
     TuneRow.rank_key, the real figures beside the proxy ones."""
