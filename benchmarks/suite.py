@@ -87,6 +87,7 @@ ROWS = {
     "pc-lite2": patchcore(backbone="efficientnet_lite2"),
     "pc-s4-s8": patchcore(taps=(0, 1)),  # the finer tap at stride 4 (issue #27 item 4: small defects on textures)
     "pc-s4-s16": patchcore(taps=(0, 2)),
+    "pc-s4-s8-s16": patchcore(taps=(0, 1, 2), embed_dim=192),  # all three taps, 64 channels each as the default's
     # PatchCore's own settings, one change each from pc-default (issue #27 item 3: windows, width, coreset, score)
     "pc-w1": patchcore(local_windows=(1,)),
     "pc-w13": patchcore(local_windows=(1, 3)),

@@ -294,12 +294,17 @@ def test_tensorrt_engine_matches_onnxruntime(patchcore_run, tmp_path):
 
 # ----------------------------------------------------------------------------- taps, windows and top-k are settings
 def test_taps_windows_and_top_k_validate_with_expected_and_found():
-    with pytest.raises(ConfigError, match=r"taps must be two of .* finer first.*found \(2, 1\)"):
+    with pytest.raises(ConfigError, match=r"taps must be two or three of .* finest first.*found \(2, 1\)"):
         PatchcoreSettings(taps=(2, 1))
     with pytest.raises(ConfigError, match=r"local_windows must be 1 to 3 distinct odd sizes.*found \(2,\)"):
         PatchcoreSettings(local_windows=(2,))
-    with pytest.raises(ConfigError, match=r"embed_dim must divide by 2 x len\(local_windows\) = 4.*embed_dim=34"):
+    with pytest.raises(ConfigError, match=r"embed_dim must divide by len\(taps\) x len\(local_windows\) = 4.*embed_dim=34"):
         PatchcoreSettings(embed_dim=34, local_windows=(1, 3))
+    with pytest.raises(ConfigError, match=r"= 3 .*embed_dim=128 with taps=\(0, 1, 2\)"):
+        PatchcoreSettings(taps=(0, 1, 2))
+    for bad in ((1,), (0, 1, 2, 2), (1, 3)):
+        with pytest.raises(ConfigError, match="taps must be two or three"):
+            PatchcoreSettings(taps=bad)
     with pytest.raises(ConfigError, match="score_top_k must be in 1..65536 map pixels; found 0"):
         PatchcoreSettings(score_top_k=0)
     with pytest.raises(ConfigError, match=r"position_weight must be in \[0, 10000\] \(0 = off\); found -1"):
@@ -453,6 +458,33 @@ def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bund
     # score_top_k=8: the mean of the 8 highest map pixels, times the re-weighting (w <= 1), is below the max
     top = np.sort(torch_maps.reshape(3, -1), axis=1)[:, -8:].mean(1)
     assert np.all(torch_scores <= top + 1e-5) and np.all(top < torch_maps.reshape(3, -1).max(1))
+
+
+def test_three_taps_add_the_coarsest_block_on_the_finest_grid_and_export_with_parity(mvtec_dir, tmp_path):
+    """taps (0, 1, 2): each tap's block is its local average pooled to embed_dim / 3 channels, the coarser two
+    upsampled to the stride-4 grid; the fitted model exports with ONNX parity."""
+    import torch.nn.functional as F
+    from export_fixtures import make_frames
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.patchcore.model import PatchFeatures, channel_pooling
+
+    g = torch.Generator().manual_seed(0)
+    taps = [torch.randn(2, c, n, n, generator=g) for c, n in ((24, 8), (40, 4), (112, 2))]
+    features = PatchFeatures((24, 40, 112), 48, (3,))(*taps)
+    assert features.shape == (2, 48, 8, 8)
+    coarsest = F.interpolate(F.avg_pool2d(taps[2], 3, 1, 1), size=(8, 8), mode="bilinear", align_corners=False)
+    expected = torch.einsum("oc,bchw->bohw", channel_pooling(112, 16), coarsest)
+    torch.testing.assert_close(features[:, 32:], expected, rtol=1e-5, atol=1e-6)
+
+    settings = PatchcoreSettings(embed_dim=48, coreset_ratio=0.25, taps=(0, 1, 2))
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
+    final = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=8), tmp_path / "fit", torch.device("cpu")).run()
+    ckpt = load_checkpoint(final)
+    assert ckpt.settings.taps == (0, 1, 2) and ckpt.state_dict["memory.bank_t"].shape[0] == 48
+    result = build_bundle(ckpt, tmp_path / "fp32", BuildOptions("fp32", max_batch=2, engine=False),
+                          calib_frames=make_frames(4, seed=100), normal_frames=make_frames(4, seed=5))
+    assert result.parity_max_abs <= 1e-4
 
 
 def test_a_capped_coreset_says_so():

@@ -5,11 +5,11 @@ locally aggregated mid-level features; a greedy coreset of those patch features 
 a test patch's anomaly is its distance to the nearest bank feature.
 
     colour (B, 3, S, S) -> normalise (the backbone's own statistics, or ImageNet's) -> frozen backbone
-      -> taps (default strides 8 and 16, the layer2 / layer3 analogues) -> local average over each window
+      -> taps (default strides 8 and 16, the layer2 / layer3 analogues; or three, 4 + 8 + 16) -> local average over each window
       of ``local_windows`` (default 3x3: each patch sees its neighbourhood; several windows keep fine and
       coarse detail side by side; the zero padding at the border counted, as PyTorch's and the paper's
-      reference code do) -> the coarser tap upsampled to the finer grid (h = S/stride) -> each (window,
-      tap) block averaged over channel groups to embed_dim / (2 x windows) channels (the paper's adaptive
+      reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each (window,
+      tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
       average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
       -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
@@ -39,7 +39,7 @@ from fair_edge.models.kernels import gaussian_kernel
 
 TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
 LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation (the paper's p = 3)
-MAX_WINDOW = 9  # pixels of the finer tap's grid
+MAX_WINDOW = 9  # pixels of the finest tap's grid
 MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
 MAX_POSITION_WEIGHT = 10_000.0  # feature units across the image
 BANK_LIMIT = 200_000  # rows
@@ -63,9 +63,10 @@ class PatchcoreSettings:
     coreset_ratio: share of the training patches kept in the bank; bank_max: at most this many rows
     (bank memory = rows x embed_dim x 4 bytes: 10 000 x 128 = 5.1 MB). reweight: the paper's image-score
     weighting with ``neighbours`` bank neighbours. smooth_sigma: Gaussian blur of the map, pixels.
-    taps: two of the backbone's maps (0, 1, 2 = strides 4, 8, 16), finer first. local_windows: 1 to 3 odd
-    window sizes (pixels of the finer tap's grid, ascending; 1 = no aggregation); each patch feature is the
-    concatenation of its descriptors over all windows, so embed_dim must divide by 2 x len(local_windows).
+    taps: two or three of the backbone's maps (0, 1, 2 = strides 4, 8, 16), finest first; the patch grid is
+    the finest tap's. local_windows: 1 to 3 odd window sizes (pixels of the finest tap's grid, ascending;
+    1 = no aggregation); each patch feature is the concatenation of its descriptors over all windows, so
+    embed_dim must divide by len(taps) x len(local_windows).
     score_top_k: the image score is the mean of the k highest pixels of the blurred map (1 = its max;
     at most the map's S x S pixels are used). position_weight: 0 = off; p > 0 appends each patch's grid
     position (x, y), scaled to [0, p] across the image, as two feature channels, so a test patch is matched
@@ -74,7 +75,7 @@ class PatchcoreSettings:
     local average's border: the zero padding counted (PyTorch's and the paper's) or excluded (the family
     before issue #27). normalisation: the backbone's own input statistics or ImageNet's. channel_reduction:
     each tap averaged over channel groups to embed_dim / 2 (grouped), or its channels kept whole (none:
-    Lite0's taps give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
+    Lite0's taps 1 + 2 give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
     (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
     the default, which is what the model then did)."""
@@ -86,7 +87,7 @@ class PatchcoreSettings:
     reweight: bool = True
     neighbours: int = 9
     smooth_sigma: float = 4.0
-    taps: tuple[int, int] = TAPS
+    taps: tuple[int, ...] = TAPS
     local_windows: tuple[int, ...] = LOCAL_WINDOWS
     score_top_k: int = 1
     position_weight: float = 0.0
@@ -105,9 +106,9 @@ class PatchcoreSettings:
                 object.__setattr__(self, name, tuple(value))
             else:
                 raise ConfigError(f"{name} must be a sequence of integers; found {value!r}.")
-        if len(self.taps) != 2 or not 0 <= self.taps[0] < self.taps[1] <= 2:
-            raise ConfigError(f"taps must be two of the backbone's maps 0, 1, 2 (strides 4, 8, 16), finer first, "
-                              f"e.g. (1, 2); found {self.taps}.")
+        if len(self.taps) not in (2, 3) or list(self.taps) != sorted(set(self.taps)) or not set(self.taps) <= {0, 1, 2}:
+            raise ConfigError(f"taps must be two or three of the backbone's maps 0, 1, 2 (strides 4, 8, 16), finest "
+                              f"first, e.g. (1, 2) or (0, 1, 2); found {self.taps}.")
         w = self.local_windows
         if not 1 <= len(w) <= 3 or any(v % 2 == 0 or not 1 <= v <= MAX_WINDOW for v in w) or list(w) != sorted(set(w)):
             raise ConfigError(f"local_windows must be 1 to 3 distinct odd sizes in 1..{MAX_WINDOW}, ascending, "
@@ -120,9 +121,10 @@ class PatchcoreSettings:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
             raise ConfigError(f"embed_dim must be even and in 2..2048; found {self.embed_dim}.")
-        if self.channel_reduction == "grouped" and self.embed_dim % (2 * len(self.local_windows)):
-            raise ConfigError(f"embed_dim must divide by 2 x len(local_windows) = {2 * len(self.local_windows)} "
-                              f"(one channel block per tap and window); found embed_dim={self.embed_dim} with "
+        blocks = len(self.taps) * len(self.local_windows)
+        if self.channel_reduction == "grouped" and self.embed_dim % blocks:
+            raise ConfigError(f"embed_dim must divide by len(taps) x len(local_windows) = {blocks} (one channel block "
+                              f"per tap and window); found embed_dim={self.embed_dim} with taps={self.taps}, "
                               f"local_windows={self.local_windows}.")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"coreset_ratio must be in (0, 1] (share of training patches kept); found {self.coreset_ratio}.")
@@ -139,11 +141,11 @@ class PatchcoreSettings:
 
     @property
     def descriptor_dim(self) -> int:
-        """Channels of the local descriptor: embed_dim, or the two taps' whole channels per window."""
+        """Channels of the local descriptor: embed_dim, or the taps' whole channels per window."""
         if self.channel_reduction == "grouped":
             return self.embed_dim
         channels = BACKBONES[self.backbone].channels
-        return len(self.local_windows) * (channels[self.taps[0]] + channels[self.taps[1]])
+        return len(self.local_windows) * sum(channels[t] for t in self.taps)
 
     @property
     def feature_dim(self) -> int:
@@ -196,14 +198,14 @@ def channel_pooling(channels: int, out: int) -> torch.Tensor:
 
 
 class PatchFeatures(nn.Module):
-    """Locally aware patch features. taps [(B, C1, h, h) finer, (B, C2, h', h') coarser] float32 ->
-    (B, D, h, h) float32: for each window of ``windows`` a local average of both taps (stride 1, zero
-    padding counted or excluded per ``local_pad``; window 1 is the tap itself), the coarser upsampled to
-    the finer grid; each of the 2 x len(windows) blocks pooled over channel groups to embed_dim /
-    (2 x len(windows)) (``grouped``: D = embed_dim) or kept whole (``None``: D = (C1 + C2) x len(windows)),
-    concatenated (window-major: [fine w1, coarse w1, fine w2, ...])."""
+    """Locally aware patch features. taps [(B, C1, h, h) finest, (B, C2, h', h') coarser, ...] float32 (two or
+    three) -> (B, D, h, h) float32: for each window of ``windows`` a local average of every tap (stride 1, zero
+    padding counted or excluded per ``local_pad``; window 1 is the tap itself), the coarser ones upsampled to
+    the finest grid; each of the len(taps) x len(windows) blocks pooled over channel groups to embed_dim /
+    (len(taps) x len(windows)) (``grouped``: D = embed_dim) or kept whole (``None``: D = (C1 + C2 + ...) x
+    len(windows)), concatenated (window-major: [fine w1, coarse w1, fine w2, ...])."""
 
-    def __init__(self, channels: tuple[int, int], embed_dim: int | None, windows: tuple[int, ...] = LOCAL_WINDOWS,
+    def __init__(self, channels: tuple[int, ...], embed_dim: int | None, windows: tuple[int, ...] = LOCAL_WINDOWS,
                  local_pad: str = "counted") -> None:
         super().__init__()
         self.windows = tuple(windows)
@@ -211,18 +213,18 @@ class PatchFeatures(nn.Module):
         if embed_dim is None:
             self.projection = None
         else:
-            part = embed_dim // (2 * len(self.windows))
+            part = embed_dim // (len(channels) * len(self.windows))
             blocks = [channel_pooling(c, part) for _ in self.windows for c in channels]
             self.register_buffer("projection", torch.block_diag(*blocks)[:, :, None, None], persistent=False)
 
-    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    def forward(self, fine: torch.Tensor, *coarser: torch.Tensor) -> torch.Tensor:
         parts = []
         for w in self.windows:
-            f, c = fine, coarse
-            if w > 1:
-                f = F.avg_pool2d(f, w, 1, w // 2, count_include_pad=self.count_pad)
-                c = F.avg_pool2d(c, w, 1, w // 2, count_include_pad=self.count_pad)
-            parts += [f, F.interpolate(c, size=fine.shape[-2:], mode="bilinear", align_corners=False)]
+            for i, tap in enumerate((fine, *coarser)):
+                if w > 1:
+                    tap = F.avg_pool2d(tap, w, 1, w // 2, count_include_pad=self.count_pad)
+                parts.append(tap if i == 0 else
+                             F.interpolate(tap, size=fine.shape[-2:], mode="bilinear", align_corners=False))
         features = torch.cat(parts, 1)
         return features if self.projection is None else F.conv2d(features, self.projection)
 
@@ -325,11 +327,11 @@ class PatchcoreDetector(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.backbone = spec.build().eval().requires_grad_(False)
         taps = settings.taps
-        self.patches = PatchFeatures((spec.channels[taps[0]], spec.channels[taps[1]]),
+        self.patches = PatchFeatures(tuple(spec.channels[t] for t in taps),
                                      settings.embed_dim if settings.channel_reduction == "grouped" else None,
                                      settings.local_windows, settings.local_pad)
         if settings.position_weight > 0:
-            grid = image_size // (4 * 2 ** taps[0])  # the finer tap's grid (strides 4, 8, 16; S divides by 16)
+            grid = image_size // (4 * 2 ** taps[0])  # the finest tap's grid (strides 4, 8, 16; S divides by 16)
             axis = torch.linspace(0.0, settings.position_weight, grid)
             y, x = torch.meshgrid(axis, axis, indexing="ij")
             self.register_buffer("position", torch.stack([x, y])[None], persistent=False)  # (1, 2, h, h)
@@ -354,14 +356,13 @@ class PatchcoreDetector(nn.Module):
         self.memory = NearestBank(bank, neighbours).to(self.pixel_mean.device)
 
     def patch_features(self, colour: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finer tap's stride,
+        """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finest tap's stride,
         D = settings.feature_dim (the last two channels the position, when on)."""
         x = (colour - self.pixel_mean) / self.pixel_std
         if x.dtype != self.net_dtype:
             x = x.to(self.net_dtype)
         taps = self.backbone(x)
-        fine, coarse = (t if t.dtype == torch.float32 else t.float() for t in (taps[i] for i in self.settings.taps))
-        features = self.patches(fine, coarse)
+        features = self.patches(*(t if t.dtype == torch.float32 else t.float() for t in (taps[i] for i in self.settings.taps)))
         if self.position is None:
             return features
         return torch.cat([features, self.position.expand(features.shape[0], -1, -1, -1)], 1)
