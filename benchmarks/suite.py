@@ -97,6 +97,8 @@ ROWS = {
     "pc-top64": patchcore(score_top_k=64),
     "pc-sigma2": patchcore(smooth_sigma=2.0),
     "pc-noreweight": patchcore(reweight=False),
+    "pc-sigma8": rescored("pc-default", smooth_sigma=8.0),  # wider blurs: pc-default's checkpoints re-scored
+    "pc-sigma16": rescored("pc-default", smooth_sigma=16.0),
     "lgfdr-2000": lgfdr(2000),
     "lgfdr-2000-n025": lgfdr(2000, noise_std=0.25),  # LGFDR's training noise, its one setting chosen on the suite
     "lgfdr-2000-n1": lgfdr(2000, noise_std=1.0),
@@ -105,6 +107,7 @@ ROWS = {
     "lgfdr-2000-l4": lgfdr(2000, layers=4),
     "lgfdr-2000-s2": rescored("lgfdr-2000", smooth_sigma=2.0),  # the blur changes no weight: lgfdr-2000 re-scored
     "lgfdr-2000-s8": rescored("lgfdr-2000", smooth_sigma=8.0),
+    "lgfdr-2000-s16": rescored("lgfdr-2000", smooth_sigma=16.0),
 }
 
 
