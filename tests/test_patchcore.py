@@ -172,8 +172,9 @@ def test_one_graph_holds_backbone_bank_search_upsampling_and_blur(patchcore_bund
         assert len(search) == 1 and search[0].name.startswith("/memory/")
         assert {"TopK", "Resize", "Softmax", "GatherElements"} <= {n.op_type for n in g.graph.node}
         blur = [n for n in g.graph.node if n.op_type == "Conv" and not n.name.startswith(("/backbone/", "/patches/"))]
-        assert len(blur) == 1 and list(inits[blur[0].input[1]].dims) == [1, 1, 5, 5]  # sigma 1: 2 * ceil(2) + 1
-        assert inits[blur[0].input[1]].data_type == onnx.TensorProto.FLOAT
+        # sigma 1: 2 * ceil(2) + 1 = 5 taps, a column Conv then a row Conv (the separable Gaussian)
+        assert [list(inits[n.input[1]].dims) for n in blur] == [[1, 1, 5, 1], [1, 1, 1, 5]]
+        assert all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in blur)
         backbone = [n for n in g.graph.node if n.op_type == "Conv" and n.name.startswith("/backbone/")]
         want = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT
         assert backbone and all(inits[n.input[1]].data_type == want for n in backbone)

@@ -26,7 +26,7 @@ from torch import nn
 
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
-from fair_edge.models.kernels import gaussian_kernel
+from fair_edge.models.kernels import GaussianBlur
 
 
 @dataclass(frozen=True)
@@ -142,17 +142,14 @@ class LgfdrScorer(nn.Module):
     def __init__(self, channels: tuple[int, ...], image_size: int, sigma: float) -> None:
         super().__init__()
         self.channels, self.size = tuple(channels), image_size
-        self.register_buffer("kernel", gaussian_kernel(sigma), persistent=False)
+        self.blur = GaussianBlur(sigma)
 
     def forward(self, features: torch.Tensor, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = []
         for f, r in zip(torch.split(features, self.channels, 1), torch.split(fused, self.channels, 1)):
             d = 1.0 - F.cosine_similarity(f, r, dim=1, eps=1e-6).unsqueeze(1)
             maps.append(F.interpolate(d, size=(self.size, self.size), mode="bilinear", align_corners=False))
-        amap = torch.stack(maps, 0).mean(0)
-        pad = self.kernel.shape[-1] // 2
-        if pad:
-            amap = F.conv2d(F.pad(amap, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+        amap = self.blur(torch.stack(maps, 0).mean(0))
         return amap, amap.flatten(1).amax(1)
 
 

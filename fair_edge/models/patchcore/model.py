@@ -35,7 +35,7 @@ from torch import nn
 
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
-from fair_edge.models.kernels import gaussian_kernel
+from fair_edge.models.kernels import GaussianBlur
 
 TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
 LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation (the paper's p = 3)
@@ -340,7 +340,7 @@ class PatchcoreDetector(nn.Module):
         bank = torch.randn(settings.bank_max, settings.feature_dim)
         self.memory = NearestBank(bank, torch.zeros(settings.bank_max, min(settings.neighbours, settings.bank_max),
                                                     dtype=torch.int64))
-        self.register_buffer("kernel", gaussian_kernel(settings.smooth_sigma), persistent=False)
+        self.blur = GaussianBlur(settings.smooth_sigma)
         self.net_dtype = torch.float32
 
     def train(self, mode: bool = True) -> "PatchcoreDetector":
@@ -374,9 +374,7 @@ class PatchcoreDetector(nn.Module):
         distance, index = self.memory(patches)
         amap = F.interpolate(distance.reshape(b, 1, h, w), size=(self.size, self.size), mode="bilinear",
                              align_corners=False)
-        pad = self.kernel.shape[-1] // 2
-        if pad:
-            amap = F.conv2d(F.pad(amap, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+        amap = self.blur(amap)
         k = min(self.settings.score_top_k, self.size * self.size)
         score = amap.flatten(1).amax(1) if k == 1 else torch.topk(amap.flatten(1), k, dim=1).values.mean(1)
         if self.settings.reweight:
