@@ -5,10 +5,10 @@ locally aggregated mid-level features; a greedy coreset of those patch features 
 a test patch's anomaly is its distance to the nearest bank feature.
 
     colour (B, 3, S, S) -> normalise (the backbone's own statistics, or ImageNet's) -> frozen backbone
-      -> taps (default strides 8 and 16, the layer2 / layer3 analogues; or three, 4 + 8 + 16) -> local average over each window
-      of ``local_windows`` (default 3x3: each patch sees its neighbourhood; several windows keep fine and
-      coarse detail side by side; the zero padding at the border counted, as PyTorch's and the paper's
-      reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each (window,
+      -> taps (default strides 8 and 16, the layer2 / layer3 analogues; or all three, 4 + 8 + 16) -> local
+      average over each window of ``local_windows`` (default 3x3: each patch sees its neighbourhood; several
+      windows keep fine and coarse detail side by side; the zero padding at the border counted, as PyTorch's
+      and the paper's reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each (window,
       tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
       average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
@@ -74,7 +74,7 @@ class PatchcoreSettings:
     nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). local_pad: the
     local average's border: the zero padding counted (PyTorch's and the paper's) or excluded (the family
     before issue #27). normalisation: the backbone's own input statistics or ImageNet's. channel_reduction:
-    each tap averaged over channel groups to embed_dim / 2 (grouped), or its channels kept whole (none:
+    each tap averaged over channel groups to embed_dim / len(taps) (grouped), or its channels kept whole (none:
     Lite0's taps 1 + 2 give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
     (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
