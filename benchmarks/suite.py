@@ -77,6 +77,7 @@ class Rescore:
 
 
 def rescored(base: str, **changes):
+    """A re-scored row maker: row ``base``'s checkpoint with the scoring settings ``changes``, at any size."""
     return lambda size: Rescore(base, changes)
 
 
