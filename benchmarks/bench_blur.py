@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     maps = torch.rand(args.batch, 1, args.size, args.size)
-    print(f"| sigma px | taps | 2-D Conv ms | separable ms | ratio (median, range) |\n|---|---|---|---|---|")
+    print("| sigma px | taps | 2-D Conv ms | separable ms | ratio (median, range) |\n|---|---|---|---|---|")
     with torch.no_grad():
         for sigma in args.sigmas:
             blur, taps = GaussianBlur(sigma), gaussian_taps(sigma)

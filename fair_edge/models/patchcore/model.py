@@ -8,8 +8,8 @@ a test patch's anomaly is its distance to the nearest bank feature.
       -> taps (default strides 8 and 16, the layer2 / layer3 analogues; or all three, 4 + 8 + 16) -> local
       average over each window of ``local_windows`` (default 3x3: each patch sees its neighbourhood; several
       windows keep fine and coarse detail side by side; the zero padding at the border counted, as PyTorch's
-      and the paper's reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each (window,
-      tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
+      and the paper's reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each
+      (window, tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
       average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
       -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
@@ -361,8 +361,9 @@ class PatchcoreDetector(nn.Module):
         x = (colour - self.pixel_mean) / self.pixel_std
         if x.dtype != self.net_dtype:
             x = x.to(self.net_dtype)
-        taps = self.backbone(x)
-        features = self.patches(*(t if t.dtype == torch.float32 else t.float() for t in (taps[i] for i in self.settings.taps)))
+        maps = self.backbone(x)
+        taps = (maps[i] if maps[i].dtype == torch.float32 else maps[i].float() for i in self.settings.taps)
+        features = self.patches(*taps)
         if self.position is None:
             return features
         return torch.cat([features, self.position.expand(features.shape[0], -1, -1, -1)], 1)
