@@ -103,6 +103,8 @@ ROWS = {
     "pc-top64": patchcore(score_top_k=64),
     "pc-sigma2": patchcore(smooth_sigma=2.0),
     "pc-noreweight": patchcore(reweight=False),
+    "pc-flip-lr": patchcore(bank_flips="left-right"),  # the bank also fitted on mirrored normals (issue #27 item 4)
+    "pc-flip-all": patchcore(bank_flips="left-right+up-down"),
     "pc-sigma8": rescored("pc-default", smooth_sigma=8.0),  # wider blurs: pc-default's checkpoints re-scored
     "pc-sigma16": rescored("pc-default", smooth_sigma=16.0),
     "lgfdr-2000": lgfdr(2000),

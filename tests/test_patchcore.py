@@ -494,3 +494,33 @@ def test_a_capped_coreset_says_so():
     s = PatchcoreSettings(bank_max=10_000)
     assert bank_cap_facts(385_024, bank_size(385_024, s), s) == {"coreset_ratio_effective": 0.02597, "bank_capped": True}
     assert bank_cap_facts(96_256, bank_size(96_256, s), s) == {"coreset_ratio_effective": 0.1, "bank_capped": False}
+
+
+def test_flipped_views_validate_and_fill_the_bank_with_mirrored_normals(mvtec_dir, tmp_path):
+    """bank_flips fits the bank on each training image and its flipped views: a training image turned upside down
+    is in a four-view bank patch for patch (its map ~ 0), while a bank of the images as they are finds it far."""
+    from fair_edge.models.patchcore.model import flipped_views
+
+    with pytest.raises(ConfigError, match="bank_flips must be one of none, left-right, left-right\\+up-down; found 'rot90'"):
+        PatchcoreSettings(bank_flips="rot90")
+    with pytest.raises(ConfigError, match="bank_flips='left-right' needs position_weight=0 \\(found 100\\)"):
+        PatchcoreSettings(bank_flips="left-right", position_weight=100.0)
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    views = flipped_views(x, "left-right+up-down")
+    assert [v.shape for v in views] == [x.shape] * 4 and torch.equal(views[0], x)
+    assert torch.equal(views[1][..., 0], x[..., 4]) and torch.equal(views[2][:, :, 0], x[:, :, 3])
+    assert torch.equal(views[3][:, :, 0, 0], x[:, :, 3, 4]) and len(flipped_views(x, "none")) == 1
+
+    maps, patches = {}, {}
+    for flips in ("none", "left-right+up-down"):
+        settings = PatchcoreSettings(embed_dim=32, coreset_ratio=1.0, smooth_sigma=0.0, reweight=False, bank_flips=flips)
+        model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
+        fitter = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=4), tmp_path / flips, torch.device("cpu"))
+        ckpt = load_checkpoint(fitter.run())
+        assert ckpt.settings.bank_flips == flips  # the checkpoint (and so bundle.json) says how the bank was fitted
+        patches[flips] = ckpt.data_summary["fit_seconds"]["patches"]
+        with torch.no_grad():
+            maps[flips] = fitter.detector(torch.flip(fitter.images[:4], (2,)))[0]
+    assert patches["left-right+up-down"] == 4 * patches["none"] == 4 * 16 * (32 // 8) ** 2
+    assert maps["left-right+up-down"].amax() < 0.05  # float32 cancellation of |a|^2 - 2ab + |b|^2
+    assert maps["none"].amax(dim=(1, 2, 3)).min() > 1.0

@@ -12,8 +12,8 @@ from torch import nn
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
 from fair_edge.models.family import ColourInput, ModelFamily
-from fair_edge.models.patchcore.model import (CHANNEL_REDUCTIONS, LOCAL_PADS, NORMALISATIONS, PatchcoreDetector,
-                                              PatchcoreSettings, fitted_before, memory_bytes)
+from fair_edge.models.patchcore.model import (BANK_FLIPS, CHANNEL_REDUCTIONS, LOCAL_PADS, NORMALISATIONS,
+                                              PatchcoreDetector, PatchcoreSettings, fitted_before, memory_bytes)
 from fair_edge.models.tensors import COLOUR, TensorSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -42,7 +42,7 @@ class PatchcoreFamily(ModelFamily):
     cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
     flag_choices = {"backbone": tuple(BACKBONES), "local_pad": LOCAL_PADS, "normalisation": NORMALISATIONS,
-                    "channel_reduction": CHANNEL_REDUCTIONS}
+                    "channel_reduction": CHANNEL_REDUCTIONS, "bank_flips": tuple(BANK_FLIPS)}
     network_scope = NETWORK_SCOPE
     int8_scope = INT8_SCOPE
 

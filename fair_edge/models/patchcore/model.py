@@ -49,6 +49,10 @@ BANK_LIMIT = 200_000  # rows
 LOCAL_PADS = ("counted", "excluded")
 NORMALISATIONS = ("backbone", "imagenet")  # the backbone's own input statistics, or ImageNet's for every backbone
 CHANNEL_REDUCTIONS = ("grouped", "none")  # channel groups averaged to embed_dim, or each tap's channels kept whole
+# the views of each training image the bank is fitted on, beside the image itself: the image dimensions flipped
+# (3 = columns: mirrored left-right; 2 = rows: upside down; both = a half turn). Only for surfaces without an
+# orientation: a bank holding mirrored normals accepts a part fitted mirrored or upside down.
+BANK_FLIPS = {"none": (), "left-right": ((3,),), "left-right+up-down": ((3,), (2,), (2, 3))}
 # settings added after checkpoints were written, with the value those checkpoints were fitted with (the
 # dataclass default is what a new fit gets)
 FITTED_BEFORE = {"local_pad": "excluded"}
@@ -78,7 +82,9 @@ class PatchcoreSettings:
     Lite0's taps 1 + 2 give 40 + 112 = 152 per window; embed_dim then unused). The paper's PatchCore
     (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
-    the default, which is what the model then did)."""
+    the default, which is what the model then did). bank_flips: the bank is fitted on each training image
+    and its flipped views (``BANK_FLIPS``: none, left-right = also mirrored, left-right+up-down = also
+    mirrored, upside down and both); fit time only, the bank's cap applies to all views together."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -94,10 +100,11 @@ class PatchcoreSettings:
     local_pad: str = "counted"
     normalisation: str = "backbone"
     channel_reduction: str = "grouped"
+    bank_flips: str = "none"
 
     def __post_init__(self) -> None:
         for name, allowed in (("local_pad", LOCAL_PADS), ("normalisation", NORMALISATIONS),
-                              ("channel_reduction", CHANNEL_REDUCTIONS)):
+                              ("channel_reduction", CHANNEL_REDUCTIONS), ("bank_flips", tuple(BANK_FLIPS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; found {getattr(self, name)!r}.")
         for name in ("taps", "local_windows"):  # JSON gives lists
@@ -117,6 +124,10 @@ class PatchcoreSettings:
             raise ConfigError(f"score_top_k must be in 1..{MAX_TOP_K} map pixels; found {self.score_top_k}.")
         if not 0.0 <= self.position_weight <= MAX_POSITION_WEIGHT:
             raise ConfigError(f"position_weight must be in [0, {MAX_POSITION_WEIGHT:g}] (0 = off); found {self.position_weight}.")
+        if self.bank_flips != "none" and self.position_weight > 0:
+            raise ConfigError(f"bank_flips={self.bank_flips!r} needs position_weight=0 (found {self.position_weight:g}): "
+                              "the position channels tie each patch to its place on a fixtured part, and a flipped "
+                              "view moves every patch. Drop one of the two settings.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
@@ -184,7 +195,12 @@ def fitted_before(data: Mapping[str, Any]) -> dict[str, Any]:
 # `replace(PatchcoreSettings(), **PLAIN)` or `--set local_pad=counted --set normalisation=imagenet
 # --set channel_reduction=none --set bank_max=200000`
 PLAIN = {"local_pad": "counted", "normalisation": "imagenet", "channel_reduction": "none", "bank_max": BANK_LIMIT,
-         "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True}
+         "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True, "bank_flips": "none"}
+
+
+def flipped_views(images: torch.Tensor, bank_flips: str) -> list[torch.Tensor]:
+    """(B, C, H, W) -> [the images, then each view of ``BANK_FLIPS[bank_flips]``], each (B, C, H, W)."""
+    return [images] + [torch.flip(images, dims) for dims in BANK_FLIPS[bank_flips]]
 
 
 def channel_pooling(channels: int, out: int) -> torch.Tensor:

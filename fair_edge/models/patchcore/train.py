@@ -23,7 +23,7 @@ from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import ConfigError
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
-from fair_edge.models.patchcore.model import PatchcoreDetector
+from fair_edge.models.patchcore.model import PatchcoreDetector, flipped_views
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 
@@ -111,13 +111,15 @@ class PatchcoreFitter:
 
     @torch.no_grad()
     def features(self, on_step: Callable[[int, int, float, float], None] | None) -> torch.Tensor:
-        """(N * h * w, D) float32 patch features of every training image, on ``device``."""
+        """(N * V * h * w, D) float32 patch features of every training image and its V - 1 flipped views
+        (``bank_flips``), on ``device``."""
         out = []
         for i in range(self.total_steps):
             t = time.perf_counter()
             chunk = self.images[i * self.batch : (i + 1) * self.batch].to(self.device)
-            f = self.detector.patch_features(chunk)
-            out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+            for view in flipped_views(chunk, self.model.settings.bank_flips):
+                f = self.detector.patch_features(view)
+                out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
             self.step = i + 1
             if on_step is not None:
                 on_step(self.step, self.total_steps, float("nan"), len(chunk) / max(time.perf_counter() - t, 1e-9))
