@@ -105,6 +105,8 @@ ROWS = {
     "pc-noreweight": patchcore(reweight=False),
     "pc-flip-lr": patchcore(bank_flips="left-right"),  # the bank also fitted on mirrored normals (issue #27 item 4)
     "pc-flip-all": patchcore(bank_flips="left-right+up-down"),
+    "pc-chroma25": patchcore(colour_weight=25.0),  # each patch's chromaticity beside its features (issue #27 item 4)
+    "pc-chroma100": patchcore(colour_weight=100.0),
     "pc-sigma8": rescored("pc-default", smooth_sigma=8.0),  # wider blurs: pc-default's checkpoints re-scored
     "pc-sigma16": rescored("pc-default", smooth_sigma=16.0),
     "lgfdr-2000": lgfdr(2000),

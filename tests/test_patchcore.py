@@ -426,11 +426,11 @@ def multiscale_bundle(mvtec_dir, tmp_path_factory):
 
     from fair_edge.export.build import BuildOptions, build_bundle
 
-    # every non-default construction at once: taps, windows, top-k, position, the padding excluded, ImageNet
-    # statistics and both taps' channels whole
+    # every non-default construction at once: taps, windows, top-k, colour, position, the padding excluded,
+    # ImageNet statistics and both taps' channels whole
     settings = PatchcoreSettings(embed_dim=32, coreset_ratio=0.25, smooth_sigma=1.0, taps=(0, 2),
                                  local_windows=(1, 3), score_top_k=8, position_weight=50.0, local_pad="excluded",
-                                 normalisation="imagenet", channel_reduction="none")
+                                 normalisation="imagenet", channel_reduction="none", colour_weight=25.0)
     model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
     out = tmp_path_factory.mktemp("patchcore-multiscale")
     final = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=8), out / "fit", torch.device("cpu")).run()
@@ -448,8 +448,8 @@ def test_non_default_settings_export_with_parity_and_top_k_score(multiscale_bund
     assert ckpt.settings.local_windows == (1, 3) and result.bundle.model == ckpt.model
     assert ckpt.data_summary["coreset_ratio_effective"] == 0.25 and ckpt.data_summary["bank_capped"] is False
     # taps at strides 4 + 16: the patch grid is 32 / 4 = 8 per side, so 16 images x 64 patches x 0.25
-    # channels whole (24 + 112 per window, two windows) and position_weight's two channels: 272 + 2
-    assert ckpt.state_dict["memory.bank_t"].shape == (274, 16 * 64 // 4)
+    # channels whole (24 + 112 per window, two windows), colour_weight's three and position_weight's two: 272 + 5
+    assert ckpt.state_dict["memory.bank_t"].shape == (277, 16 * 64 // 4)
     assert result.parity_max_abs <= 1e-4
     frames = make_frames(3, seed=7, defect=True)
     ort_maps, ort_scores = select_backend(result.bundle, "onnxruntime").infer_frames(frames)
@@ -524,3 +524,38 @@ def test_flipped_views_validate_and_fill_the_bank_with_mirrored_normals(mvtec_di
     assert patches["left-right+up-down"] == 4 * patches["none"] == 4 * 16 * (32 // 8) ** 2
     assert maps["left-right+up-down"].amax() < 0.05  # float32 cancellation of |a|^2 - 2ab + |b|^2
     assert maps["none"].amax(dim=(1, 2, 3)).min() > 1.0
+
+
+def test_colour_channels_see_a_tint_that_keeps_brightness():
+    """colour_weight appends each patch's chromaticity: a backbone that sees only brightness finds a tinted region
+    (grey mean kept) normal, and with colour on the region's patches are w x |tint| from the grey bank."""
+    from fair_edge.models.patchcore.model import PatchcoreDetector
+
+    with pytest.raises(ConfigError, match="colour_weight must be in \\[0, 10000\\] \\(0 = off\\); found -1"):
+        PatchcoreSettings(colour_weight=-1.0)
+    gen = torch.Generator().manual_seed(0)
+    normal = torch.rand(1, 1, 128, 128, generator=gen).expand(1, 3, 128, 128) * 0.6 + 0.2  # grey: chromaticity 0
+    tint = torch.tensor([0.1, 0.0, -0.1]).view(1, 3, 1, 1)  # mean 0: each pixel's grey mean, its brightness, kept
+    tinted = normal.clone()
+    tinted[:, :, 32:96, 32:96] += tint
+
+    class Brightness(torch.nn.Module):  # stands in for a backbone blind to hue: the grey frame at strides 4, 8, 16
+        def forward(self, x):
+            grey = x.mean(1, keepdim=True)
+            return [F.avg_pool2d(grey, s).repeat(1, c, 1, 1) for s, c in ((4, 24), (8, 40), (16, 112))]
+
+    maps = {}
+    for weight in (0.0, 25.0):
+        det = PatchcoreDetector(PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0,
+                                                  colour_weight=weight), 128).eval()
+        det.backbone = Brightness()
+        with torch.no_grad():
+            f = det.patch_features(normal)
+            assert f.shape == (1, 32 + 3 * (weight > 0), 16, 16) and f[:, 32:].abs().sum() < 1e-5  # grey: no colour
+            bank = f.flatten(2)[0].t()
+            det.set_bank(bank, bank_neighbours(bank, 4))
+            maps[weight] = det(tinted)[0][0, 0]
+    assert maps[0.0].amax() < 0.05  # the brightness features are the normal frame's own
+    # cells 5-10 of the 16-cell grid (40-88 px) have their whole 3 x 3 window inside the tint: |tint| x w = 3.54
+    torch.testing.assert_close(maps[25.0][44:84, 44:84], torch.full((40, 40), 25 * 0.02 ** 0.5), atol=0.05, rtol=0)
+    assert maps[25.0][:16].amax() < 0.05  # rows far from the tint stay normal

@@ -10,7 +10,8 @@ a test patch's anomaly is its distance to the nearest bank feature.
       windows keep fine and coarse detail side by side; the zero padding at the border counted, as PyTorch's
       and the paper's reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each
       (window, tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
-      average pooling, a fixed matrix), or kept whole -> concatenated; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
+      average pooling, a fixed matrix), or kept whole -> concatenated; with ``colour_weight`` w > 0 three more channels,
+      the patch's chromaticity (RGB minus its grey mean, pooled to the grid) times w; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
       [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
       -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
       minimum: ReduceMin over groups of about sqrt(M) rows, ArgMin) -> + ||a||^2 -> sqrt -> patch map (B, 1, h, h)
@@ -42,6 +43,7 @@ LOCAL_WINDOWS = (3,)  # default patch neighbourhoods p of the local aggregation 
 MAX_WINDOW = 9  # pixels of the finest tap's grid
 MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
 MAX_POSITION_WEIGHT = 10_000.0  # feature units across the image
+MAX_COLOUR_WEIGHT = 10_000.0  # feature units per unit of chromaticity (RGB in [0, 1])
 BANK_LIMIT = 200_000  # rows
 # the 3 x 3 local average's border: "counted" divides every window by its full size, the zero padding included
 # (PyTorch's avg_pool2d default and the paper's reference code); "excluded" divides by the pixels inside the
@@ -84,7 +86,10 @@ class PatchcoreSettings:
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
     the default, which is what the model then did). bank_flips: the bank is fitted on each training image
     and its flipped views (``BANK_FLIPS``: none, left-right = also mirrored, left-right+up-down = also
-    mirrored, upside down and both); fit time only, the bank's cap applies to all views together."""
+    mirrored, upside down and both); fit time only, the bank's cap applies to all views together.
+    colour_weight: 0 = off; w > 0 appends three channels, the patch's chromaticity (RGB in [0, 1] minus its
+    grey mean per pixel, averaged over the finest tap's stride and a 3 x 3 window of that grid) times w, so a
+    tint that keeps brightness moves the feature (a grey frame's chromaticity is 0)."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -101,6 +106,7 @@ class PatchcoreSettings:
     normalisation: str = "backbone"
     channel_reduction: str = "grouped"
     bank_flips: str = "none"
+    colour_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name, allowed in (("local_pad", LOCAL_PADS), ("normalisation", NORMALISATIONS),
@@ -124,6 +130,8 @@ class PatchcoreSettings:
             raise ConfigError(f"score_top_k must be in 1..{MAX_TOP_K} map pixels; found {self.score_top_k}.")
         if not 0.0 <= self.position_weight <= MAX_POSITION_WEIGHT:
             raise ConfigError(f"position_weight must be in [0, {MAX_POSITION_WEIGHT:g}] (0 = off); found {self.position_weight}.")
+        if not 0.0 <= self.colour_weight <= MAX_COLOUR_WEIGHT:
+            raise ConfigError(f"colour_weight must be in [0, {MAX_COLOUR_WEIGHT:g}] (0 = off); found {self.colour_weight}.")
         if self.bank_flips != "none" and self.position_weight > 0:
             raise ConfigError(f"bank_flips={self.bank_flips!r} needs position_weight=0 (found {self.position_weight:g}): "
                               "the position channels tie each patch to its place on a fixtured part, and a flipped "
@@ -160,8 +168,9 @@ class PatchcoreSettings:
 
     @property
     def feature_dim(self) -> int:
-        """Columns of a patch feature and of a bank row: the descriptor, plus the two position channels when on."""
-        return self.descriptor_dim + (2 if self.position_weight > 0 else 0)
+        """Columns of a patch feature and of a bank row: the descriptor, plus the three colour channels and the two
+        position channels when on."""
+        return self.descriptor_dim + (3 if self.colour_weight > 0 else 0) + (2 if self.position_weight > 0 else 0)
 
     @property
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -195,7 +204,8 @@ def fitted_before(data: Mapping[str, Any]) -> dict[str, Any]:
 # `replace(PatchcoreSettings(), **PLAIN)` or `--set local_pad=counted --set normalisation=imagenet
 # --set channel_reduction=none --set bank_max=200000`
 PLAIN = {"local_pad": "counted", "normalisation": "imagenet", "channel_reduction": "none", "bank_max": BANK_LIMIT,
-         "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True, "bank_flips": "none"}
+         "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True, "bank_flips": "none",
+         "colour_weight": 0.0}
 
 
 def flipped_views(images: torch.Tensor, bank_flips: str) -> list[torch.Tensor]:
@@ -373,16 +383,27 @@ class PatchcoreDetector(nn.Module):
 
     def patch_features(self, colour: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) RGB [0, 1] -> (B, D, h, h) float32 patch features, h = S / the finest tap's stride,
-        D = settings.feature_dim (the last two channels the position, when on)."""
+        D = settings.feature_dim (then the three chromaticity channels and the two position channels, when on)."""
         x = (colour - self.pixel_mean) / self.pixel_std
         if x.dtype != self.net_dtype:
             x = x.to(self.net_dtype)
         maps = self.backbone(x)
         taps = (maps[i] if maps[i].dtype == torch.float32 else maps[i].float() for i in self.settings.taps)
-        features = self.patches(*taps)
-        if self.position is None:
-            return features
-        return torch.cat([features, self.position.expand(features.shape[0], -1, -1, -1)], 1)
+        features = [self.patches(*taps)]
+        if self.settings.colour_weight > 0:
+            features.append(self.chromaticity(colour.float(), features[0].shape[-1]))
+        if self.position is not None:
+            features.append(self.position.expand(colour.shape[0], -1, -1, -1))
+        return features[0] if len(features) == 1 else torch.cat(features, 1)
+
+    def chromaticity(self, colour: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, 3, S, S) RGB [0, 1] -> (B, 3, grid, grid): each pixel minus its grey mean, averaged over the grid's
+        cells (S / grid px) and then a 3 x 3 window of cells (zero padding counted, as the taps' average), times
+        ``colour_weight``."""
+        chroma = colour - colour.mean(1, keepdim=True)
+        cell = self.size // grid
+        chroma = F.avg_pool2d(F.avg_pool2d(chroma, cell, cell), 3, 1, 1, count_include_pad=True)
+        return chroma * self.settings.colour_weight
 
     def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.patch_features(colour)
