@@ -85,8 +85,9 @@ class PatchcoreSettings:
     (``PLAIN``): padding counted, ImageNet statistics, channels whole, the coreset not capped. Checkpoints
     written before a setting existed load with the value they were fitted with (``FITTED_BEFORE``, else
     the default, which is what the model then did). bank_flips: the bank is fitted on each training image
-    and its flipped views (``BANK_FLIPS``: none, left-right = also mirrored, left-right+up-down = also
-    mirrored, upside down and both); fit time only, the bank's cap applies to all views together.
+    and its flipped views: left-right adds its mirror image, left-right+up-down also the image upside down and
+    turned half round; fit time only, one coreset and bank_max over all views; only for surfaces without an
+    orientation (the bank then accepts a part fitted mirrored or upside down).
     colour_weight: 0 = off; w > 0 appends three channels, the patch's chromaticity (RGB in [0, 1] minus its
     grey mean per pixel, averaged over the finest tap's stride and a 3 x 3 window of that grid) times w, so a
     tint that keeps brightness moves the feature (a grey frame's chromaticity is 0)."""
