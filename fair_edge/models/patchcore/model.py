@@ -10,9 +10,10 @@ a test patch's anomaly is its distance to the nearest bank feature.
       windows keep fine and coarse detail side by side; the zero padding at the border counted, as PyTorch's
       and the paper's reference code do) -> the coarser taps upsampled to the finest grid (h = S/stride) -> each
       (window, tap) block averaged over channel groups to embed_dim / (taps x windows) channels (the paper's adaptive
-      average pooling, a fixed matrix), or kept whole -> concatenated; with ``colour_weight`` w > 0 three more channels,
-      the patch's chromaticity (RGB minus its grey mean, pooled to the grid) times w; with ``position_weight`` p > 0 two more channels, the patch's grid position (x, y) in
-      [0, p] (matches then stay near the same place of a fixtured part): (B, h*h, D) patch features
+      average pooling, a fixed matrix), or kept whole -> concatenated; with ``colour_weight`` w > 0 three more
+      channels, the patch's chromaticity (RGB minus its grey mean, pooled to the grid) times w; with
+      ``position_weight`` p > 0 two more, the patch's grid position (x, y) in [0, p] (matches then stay near
+      the same place of a fixtured part): (B, h*h, D) patch features
       -> ||b||^2 - 2 a.b for every bank row b (one MatMul against the bank) -> the nearest row (a two-level
       minimum: ReduceMin over groups of about sqrt(M) rows, ArgMin) -> + ||a||^2 -> sqrt -> patch map (B, 1, h, h)
       -> bilinear to S x S -> Gaussian blur (sigma 4 px, the paper's) -> anomaly_map (B, 1, S, S)
