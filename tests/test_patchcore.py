@@ -370,11 +370,23 @@ def test_plain_patchcore_settings_and_old_checkpoints_say_what_they_were_fitted_
     assert caplog.text == ""
 
 
+def _maps_against_own_bank(settings, backbone, normal, *frames):
+    """A detector with the stand-in ``backbone`` and a bank of ``normal``'s (1, 3, S, S) own patch features:
+    (those features (1, D, h, h), then each frame's anomaly map (S, S))."""
+    from fair_edge.models.patchcore.model import PatchcoreDetector
+
+    det = PatchcoreDetector(settings, normal.shape[-1]).eval()
+    det.backbone = backbone
+    with torch.no_grad():
+        f = det.patch_features(normal)
+        bank = f.flatten(2)[0].t()
+        det.set_bank(bank, bank_neighbours(bank, 4))
+        return (f, *(det(frame)[0][0, 0] for frame in frames))
+
+
 def test_position_channels_keep_a_match_near_its_place():
     """A frame whose top and bottom halves swap places matches the normal frame's bank patch for patch when
     position is off (the same textures, elsewhere); with position_weight the swapped halves are far from it."""
-    from fair_edge.models.patchcore.model import PatchcoreDetector
-
     gen = torch.Generator().manual_seed(0)
     normal = torch.rand(1, 3, 128, 128, generator=gen)
     normal[:, :, 64:] = normal[:, :, 64:] * 0.3 + 0.6  # two different textures, top and bottom
@@ -386,15 +398,9 @@ def test_position_channels_keep_a_match_near_its_place():
 
     maps = {}
     for weight in (0.0, 30.0):
-        det = PatchcoreDetector(PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0,
-                                                  position_weight=weight), 128).eval()
-        det.backbone = PooledPixels()
-        with torch.no_grad():
-            f = det.patch_features(normal)
-            assert f.shape == (1, det.settings.feature_dim, 16, 16) and det.settings.feature_dim == 32 + 2 * (weight > 0)
-            bank = f.flatten(2)[0].t()
-            det.set_bank(bank, bank_neighbours(bank, 4))
-            maps[weight] = det(swapped)[0][0, 0], det(normal)[0][0, 0]
+        settings = PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0, position_weight=weight)
+        f, *maps[weight] = _maps_against_own_bank(settings, PooledPixels(), normal, swapped, normal)
+        assert f.shape == (1, settings.feature_dim, 16, 16) and settings.feature_dim == 32 + 2 * (weight > 0)
     torch.testing.assert_close(f[0, -2:, 3, 5], torch.tensor([5 * 30 / 15, 3 * 30 / 15]))  # (x, y) of row 3, column 5
     off_swapped, off_normal = maps[0.0]
     on_swapped, on_normal = maps[30.0]
@@ -529,8 +535,6 @@ def test_flipped_views_validate_and_fill_the_bank_with_mirrored_normals(mvtec_di
 def test_colour_channels_see_a_tint_that_keeps_brightness():
     """colour_weight appends each patch's chromaticity: a backbone that sees only brightness finds a tinted region
     (grey mean kept) normal, and with colour on the region's patches are w x |tint| from the grey bank."""
-    from fair_edge.models.patchcore.model import PatchcoreDetector
-
     with pytest.raises(ConfigError, match="colour_weight must be in \\[0, 10000\\] \\(0 = off\\); found -1"):
         PatchcoreSettings(colour_weight=-1.0)
     gen = torch.Generator().manual_seed(0)
@@ -546,15 +550,9 @@ def test_colour_channels_see_a_tint_that_keeps_brightness():
 
     maps = {}
     for weight in (0.0, 25.0):
-        det = PatchcoreDetector(PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0,
-                                                  colour_weight=weight), 128).eval()
-        det.backbone = Brightness()
-        with torch.no_grad():
-            f = det.patch_features(normal)
-            assert f.shape == (1, 32 + 3 * (weight > 0), 16, 16) and f[:, 32:].abs().sum() < 1e-5  # grey: no colour
-            bank = f.flatten(2)[0].t()
-            det.set_bank(bank, bank_neighbours(bank, 4))
-            maps[weight] = det(tinted)[0][0, 0]
+        settings = PatchcoreSettings(embed_dim=32, reweight=False, smooth_sigma=0.0, colour_weight=weight)
+        f, maps[weight] = _maps_against_own_bank(settings, Brightness(), normal, tinted)
+        assert f.shape == (1, 32 + 3 * (weight > 0), 16, 16) and f[:, 32:].abs().sum() < 1e-5  # grey: no colour
     assert maps[0.0].amax() < 0.05  # the brightness features are the normal frame's own
     # cells 5-10 of the 16-cell grid (40-88 px) have their whole 3 x 3 window inside the tint: |tint| x w = 3.54
     torch.testing.assert_close(maps[25.0][44:84, 44:84], torch.full((40, 40), 25 * 0.02 ** 0.5), atol=0.05, rtol=0)

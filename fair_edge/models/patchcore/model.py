@@ -130,10 +130,9 @@ class PatchcoreSettings:
                               f"e.g. (3,) or (1, 3); found {w}.")
         if not 1 <= self.score_top_k <= MAX_TOP_K:
             raise ConfigError(f"score_top_k must be in 1..{MAX_TOP_K} map pixels; found {self.score_top_k}.")
-        if not 0.0 <= self.position_weight <= MAX_POSITION_WEIGHT:
-            raise ConfigError(f"position_weight must be in [0, {MAX_POSITION_WEIGHT:g}] (0 = off); found {self.position_weight}.")
-        if not 0.0 <= self.colour_weight <= MAX_COLOUR_WEIGHT:
-            raise ConfigError(f"colour_weight must be in [0, {MAX_COLOUR_WEIGHT:g}] (0 = off); found {self.colour_weight}.")
+        for name, limit in (("position_weight", MAX_POSITION_WEIGHT), ("colour_weight", MAX_COLOUR_WEIGHT)):
+            if not 0.0 <= getattr(self, name) <= limit:
+                raise ConfigError(f"{name} must be in [0, {limit:g}] (0 = off); found {getattr(self, name)}.")
         if self.bank_flips != "none" and self.position_weight > 0:
             raise ConfigError(f"bank_flips={self.bank_flips!r} needs position_weight=0 (found {self.position_weight:g}): "
                               "the position channels tie each patch to its place on a fixtured part, and a flipped "
