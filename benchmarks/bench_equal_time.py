@@ -132,10 +132,10 @@ def run_row(name: str, row: Row, split: DatasetSplit, held, test, budget_s: floa
             with_masks: bool = False) -> dict:
     """Train ``row`` on ``split``, score ``test`` and the ``held`` normals; writes OUT/NAME/row.json."""
     info: dict = {"model": row.model.describe(), "image_size": row.model.preprocess.image_size,
-                  "filter": row.model.preprocess.filter, "cutoff": row.model.preprocess.cutoff, "lr": row.lr}
+                  "filter": row.model.preprocess.filter, "cutoff": row.model.preprocess.cutoff, "lr": row.lr,
+                  "settings": row.model.settings.to_dict()}
     if row.one_pass:
         steps = None
-        info["settings"] = row.model.settings.to_dict()
     elif row.steps is not None:
         steps = row.steps
     else:

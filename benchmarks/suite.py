@@ -41,7 +41,9 @@ import numpy as np
 import torch
 
 from bench_equal_time import Row, bench_data, fuse_row, run_row, score_row
+from fair_edge.demo.config import DEMO_LR, DEMO_STEPS, DEMO_WIDTH
 from fair_edge.models.checkpoint import load_checkpoint, save_checkpoint
+from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PLAIN, PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
@@ -67,13 +69,31 @@ def lgfdr(steps: int, **changes):
     return lambda size: Row(ModelSpec("lgfdr", PreprocessConfig(size), settings), 1e-3, steps=steps)
 
 
+def fair(width: int, steps: int, lr: float):
+    """A FAIR row maker: UNet width ``width``, ``steps`` Adam steps at ``lr`` (batch 8), default scoring."""
+    return lambda size: Row(ModelSpec("fair", PreprocessConfig(size), FairSettings(width)), lr, steps=steps)
+
+
 @dataclass(frozen=True)
 class Rescore:
     """A row that fits nothing: it scores row ``base``'s finished checkpoint (same product and size) with the
-    settings ``changes``, which must be used only in scoring (a blur, an image score); its fit CPU s are the base's."""
+    settings ``changes``, which must be used only in scoring (a blur, an image score); its fit CPU s are the base's.
+    A key ``a.b`` changes field ``b`` of the nested settings ``a`` (FAIR's ``scoring.k_color``)."""
 
     base: str
     changes: dict
+
+
+def changed(settings, changes: dict):
+    """``settings`` (a frozen dataclass) with ``changes``: ``{"field": v}``, or ``{"nested.field": v}`` for a field
+    of a nested dataclass (FAIR's ``scoring.k_color``)."""
+    flat = {k: v for k, v in changes.items() if "." not in k}
+    nested: dict[str, dict] = {}
+    for key in changes.keys() - flat.keys():
+        head, _, tail = key.partition(".")
+        nested.setdefault(head, {})[tail] = changes[key]
+    flat.update({head: replace(getattr(settings, head), **sub) for head, sub in nested.items()})
+    return replace(settings, **flat)
 
 
 def rescored(base: str, **changes):
@@ -118,6 +138,14 @@ ROWS = {
     "lgfdr-2000-s2": rescored("lgfdr-2000", smooth_sigma=2.0),  # the blur changes no weight: lgfdr-2000 re-scored
     "lgfdr-2000-s8": rescored("lgfdr-2000", smooth_sigma=8.0),
     "lgfdr-2000-s16": rescored("lgfdr-2000", smooth_sigma=16.0),
+    # FAIR at the settings a CPU affords: the demo's (`fair-edge demo --model fair`: c = 32, 300 Adam steps at 1e-3),
+    # and its scoring settings re-scored (the colour term's weight, the map's mean filter)
+    "fair-demo": fair(DEMO_WIDTH, DEMO_STEPS, DEMO_LR),
+    "fair-demo-k0": rescored("fair-demo", **{"scoring.k_color": 0.0}),
+    "fair-demo-k1e-3": rescored("fair-demo", **{"scoring.k_color": 1e-3}),
+    "fair-demo-k3e-3": rescored("fair-demo", **{"scoring.k_color": 3e-3}),
+    "fair-demo-sm11": rescored("fair-demo", **{"scoring.smooth": 11}),
+    "fair-demo-sm31": rescored("fair-demo", **{"scoring.smooth": 31}),
 }
 
 
@@ -159,7 +187,7 @@ def rescore_row(name: str, row: Rescore, folder: Path, held, test, with_masks: b
                          f"run --rows {row.base} {name} (in that order) on {folder.name}.")
     base = json.loads(base_json.read_text())
     ckpt = load_checkpoint(Path(base["checkpoint"]))
-    model = replace(ckpt.model, settings=replace(ckpt.settings, **row.changes))
+    model = replace(ckpt.model, settings=changed(ckpt.settings, row.changes))
     model.build(ckpt.state_dict)  # raises if a change would need other weights
     path = save_checkpoint(folder / name / "rescored.pt", replace(ckpt, model=model, train_state=None))
     info = {"model": model.describe(), "image_size": model.preprocess.image_size, "rescores": row.base,

@@ -147,6 +147,30 @@ def test_a_rescored_row_scores_its_base_checkpoint_with_the_changed_setting_and_
     assert roughness(scores["pc-blur8"]["test_maps"]) < roughness(scores["pc-default"]["test_maps"])
 
 
+def test_a_fair_row_fits_and_its_nested_scoring_setting_is_rescored(mvtec_dir, tmp_path, monkeypatch):
+    """A FAIR row trains its steps; a re-scored row with ``scoring.k_color`` changes only that field of the nested
+    scoring settings: without the colour term the maps are the structure term alone, so no higher anywhere."""
+    import json
+
+    suite = _script("suite")
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setitem(suite.ROWS, "fair-tiny", suite.fair(4, 2, 1e-3))
+    monkeypatch.setitem(suite.ROWS, "fair-tiny-k0", suite.rescored("fair-tiny", **{"scoring.k_color": 0.0}))
+    monkeypatch.setitem(suite.ROWS, "fair-tiny-k1", suite.rescored("fair-tiny", **{"scoring.k_color": 1.0}))
+    monkeypatch.setattr(sys, "argv", ["suite.py", "--out", str(tmp_path), "--size", "32", "--product",
+                                      f"plate={mvtec_dir}", "--rows", "fair-tiny", "fair-tiny-k0", "fair-tiny-k1"])
+    suite.main()
+    folder = tmp_path / "32" / "plate"
+    rows = {r: json.loads((folder / r / "row.json").read_text()) for r in ("fair-tiny", "fair-tiny-k0", "fair-tiny-k1")}
+    assert rows["fair-tiny"]["steps"] == 2
+    base, k0 = rows["fair-tiny"]["settings"]["scoring"], rows["fair-tiny-k0"]["settings"]["scoring"]
+    assert k0 == {**base, "k_color": 0.0} and base["k_color"] > 0
+    assert rows["fair-tiny-k0"]["changes"] == {"scoring.k_color": 0.0}
+    maps = {r: np.load(folder / r / "scores.npz")["test_maps"].astype(np.float32) for r in rows}
+    assert (maps["fair-tiny-k0"] <= maps["fair-tiny-k1"] + 1e-3).all()
+    assert (maps["fair-tiny-k1"] - maps["fair-tiny-k0"]).max() > 1e-3  # the colour term is there to remove
+
+
 def test_tune_rows_ranks_the_suite_rows_of_a_product_by_tunes_rule(mvtec_dir, tmp_path, monkeypatch):
     """bench_tune_rows.py on the suite's finished rows: every row scored on tune's proxy set and ranked by
     TuneRow.rank_key, the real figures beside the proxy ones."""
