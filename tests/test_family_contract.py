@@ -285,6 +285,16 @@ def test_options_and_settings_refusals():
         settings_overrides(impl, ["bank_max=lots"])
     with pytest.raises(ConfigError, match="takes KEY=VALUE"):
         settings_overrides(impl, ["reweight"])
+    fair = FAMILIES["fair"]  # a field of a nested group: GROUP.FIELD, the group's other fields kept
+    got = settings_overrides(fair, ["scoring.k_color=0", "scoring.smooth=11"])
+    assert got == {"scoring": {**fair.default_settings().scoring.to_dict(), "k_color": 0.0, "smooth": 11}}
+    assert fair.settings_from_options(got).scoring.gms_c == fair.default_settings().scoring.gms_c
+    with pytest.raises(ConfigError, match=r"scoring is a group of fair settings; set one of them, e.g. --set scoring\.k_color"):
+        settings_overrides(fair, ["scoring=0"])
+    with pytest.raises(ConfigError, match="Did you mean 'k_color'"):
+        settings_overrides(fair, ["scoring.kcolor=0"])
+    with pytest.raises(ConfigError, match="width has no fields"):
+        settings_overrides(fair, ["width.x=1"])
 
 
 # ----------------------------------------------------------------------------- FAIR and LGFDR unchanged

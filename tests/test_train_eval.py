@@ -152,9 +152,11 @@ def test_train_without_model_fits_patchcore_and_a_fair_setting_picks_fair(mvtec_
     assert result.exit_code == 0, result.output
     assert TRAIN_FAMILY == "patchcore" and load_checkpoint(tmp_path / "pc" / "final.pt").model.family == "patchcore"
     result = runner.invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--steps", "1",
-                                 "--batch", "4", "--out", str(tmp_path / "fair"), "--device", "cpu"])
+                                 "--batch", "4", "--set", "scoring.k_color=0", "--out", str(tmp_path / "fair"),
+                                 "--device", "cpu"])
     assert result.exit_code == 0 and "training FAIR: the settings typed are its own (--model fair)" in result.output
-    assert load_checkpoint(tmp_path / "fair" / "final.pt").settings.width == 32
+    fair = load_checkpoint(tmp_path / "fair" / "final.pt").settings
+    assert fair.width == 32 and (fair.scoring.k_color, fair.scoring.smooth) == (0.0, 21)  # one field of the group set
     result = runner.invoke(app, ["train", str(mvtec_dir), "--steps", "1", "--out", str(tmp_path / "none")])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "without --model fits patchcore, which has no --steps" in text

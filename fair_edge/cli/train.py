@@ -144,8 +144,9 @@ def common_parameters() -> list[inspect.Parameter]:
         _option("backbone_sha256", Optional[str], O(None, help=f"{_backbone_families()}: SHA-256 the --backbone-weights "
                 "file must have (default: a published torchvision file).")),
         _option("set_", list[str], O([], "--set", metavar="KEY=VALUE", help="A setting of the model family, KEY=VALUE "
-                "(repeatable), e.g. --set taps=1,2 for patchcore: settings that are not single values; the keys are "
-                "the family's settings (docs/<family>.md).")),
+                "(repeatable), e.g. --set taps=1,2 for patchcore: settings that are not single values; a field of a group "
+                "as GROUP.FIELD, e.g. --set scoring.k_color=0 for fair; the keys are the family's settings "
+                "(docs/<family>.md).")),
         _option("filter", str, O(PreprocessConfig.filter, "--filter", help="High-pass: " + ", ".join(FILTERS) + ".")),
         _option("cutoff", Optional[float], O(None, help="High-pass cutoff D0, frequency-index units (cycles per image "
                 "side) at --image-size [default: 30 x image-size / 256, the paper's 30 at 256 px scaled; 15 at 128 px].")),

@@ -133,9 +133,11 @@ def _parse_value(text: str, default: Any, key: str) -> Any:
 
 
 def settings_overrides(impl, items: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> {field: value} of ``impl``'s model settings, typed like the defaults.
+    """``KEY=VALUE`` strings -> {field: value} of ``impl``'s model settings, typed like the defaults. A key
+    ``GROUP.FIELD`` sets one field of a nested group (FAIR's ``scoring.k_color=0``): {GROUP: the group's
+    defaults with every such field set}.
 
-    ConfigError for a malformed item, an unknown field ("did you mean") or a nested field."""
+    ConfigError for a malformed item, an unknown field or group field ("did you mean"), or a group given whole."""
     defaults = impl.default_settings().to_dict()
     out: dict[str, Any] = {}
     for item in items:
@@ -143,8 +145,20 @@ def settings_overrides(impl, items: Iterable[str]) -> dict[str, Any]:
         if not sep:
             raise ConfigError(f"--set takes KEY=VALUE (a {impl.key} setting); found {item!r}.")
         key = key.strip().lower()
-        lookup(defaults, key, f"a {impl.key} setting for --set")
-        value = _parse_value(text, defaults[key], key)
+        group, dot, field = key.partition(".")
+        lookup(defaults, group, f"a {impl.key} setting for --set")
+        nested = defaults[group]
+        if isinstance(nested, dict):
+            if not dot:
+                raise ConfigError(f"--set {key}: {group} is a group of {impl.key} settings; set one of them, e.g. "
+                                  f"--set {group}.{next(iter(nested))}=VALUE ({', '.join(nested)}).")
+            lookup(nested, field, f"a {impl.key} {group} setting for --set {group}.FIELD")
+            value = _parse_value(text, nested[field], key)
+            out[group] = {**nested, **out.get(group, {}), field: value}
+            continue
+        if dot:
+            raise ConfigError(f"--set {key}: the {impl.key} setting {group} has no fields; use --set {group}=VALUE.")
+        value = _parse_value(text, nested, key)
         if value is None:
             raise ConfigError(f"--set {key}: the {impl.key} setting {key} is not a single value; it cannot be set here.")
         out[key] = value
