@@ -146,6 +146,8 @@ ROWS = {
     "fair-demo-k3e-3": rescored("fair-demo", **{"scoring.k_color": 3e-3}),
     "fair-demo-sm11": rescored("fair-demo", **{"scoring.smooth": 11}),
     "fair-demo-sm31": rescored("fair-demo", **{"scoring.smooth": 31}),
+    "fair-1500": fair(DEMO_WIDTH, 1500, DEMO_LR),  # five times the demo's steps: does FAIR's gap close with training?
+    "fair-1500-k0": rescored("fair-1500", **{"scoring.k_color": 0.0}),
 }
 
 
