@@ -148,20 +148,17 @@ def settings_overrides(impl, items: Iterable[str]) -> dict[str, Any]:
         group, dot, field = key.partition(".")
         lookup(defaults, group, f"a {impl.key} setting for --set")
         nested = defaults[group]
-        if isinstance(nested, dict):
-            if not dot:
-                raise ConfigError(f"--set {key}: {group} is a group of {impl.key} settings; set one of them, e.g. "
-                                  f"--set {group}.{next(iter(nested))}=VALUE ({', '.join(nested)}).")
-            lookup(nested, field, f"a {impl.key} {group} setting for --set {group}.FIELD")
-            value = _parse_value(text, nested[field], key)
-            out[group] = {**nested, **out.get(group, {}), field: value}
-            continue
-        if dot:
+        if isinstance(nested, dict) and not dot:
+            raise ConfigError(f"--set {key}: {group} is a group of {impl.key} settings; set one of them, e.g. --set "
+                              f"{group}.{next(iter(nested))}=VALUE ({', '.join(nested)}).")
+        if dot and not isinstance(nested, dict):
             raise ConfigError(f"--set {key}: the {impl.key} setting {group} has no fields; use --set {group}=VALUE.")
-        value = _parse_value(text, nested, key)
+        if dot:
+            lookup(nested, field, f"a {impl.key} {group} setting for --set {group}.FIELD")
+        value = _parse_value(text, nested[field] if dot else nested, key)
         if value is None:
             raise ConfigError(f"--set {key}: the {impl.key} setting {key} is not a single value; it cannot be set here.")
-        out[key] = value
+        out[group] = {**nested, **out.get(group, {}), field: value} if dot else value
     return out
 
 
