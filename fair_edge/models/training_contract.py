@@ -147,18 +147,18 @@ def settings_overrides(impl, items: Iterable[str]) -> dict[str, Any]:
         key = key.strip().lower()
         group, dot, field = key.partition(".")
         lookup(defaults, group, f"a {impl.key} setting for --set")
-        nested = defaults[group]
-        if isinstance(nested, dict) and not dot:
+        default = defaults[group]  # a value, or a group's {field: value}
+        if isinstance(default, dict) and not dot:
             raise ConfigError(f"--set {key}: {group} is a group of {impl.key} settings; set one of them, e.g. --set "
-                              f"{group}.{next(iter(nested))}=VALUE ({', '.join(nested)}).")
-        if dot and not isinstance(nested, dict):
+                              f"{group}.{next(iter(default))}=VALUE ({', '.join(default)}).")
+        if dot and not isinstance(default, dict):
             raise ConfigError(f"--set {key}: the {impl.key} setting {group} has no fields; use --set {group}=VALUE.")
         if dot:
-            lookup(nested, field, f"a {impl.key} {group} setting for --set {group}.FIELD")
-        value = _parse_value(text, nested[field] if dot else nested, key)
+            lookup(default, field, f"a {impl.key} {group} setting for --set {group}.FIELD")
+        value = _parse_value(text, default[field] if dot else default, key)
         if value is None:
             raise ConfigError(f"--set {key}: the {impl.key} setting {key} is not a single value; it cannot be set here.")
-        out[group] = {**nested, **out.get(group, {}), field: value} if dot else value
+        out[group] = {**default, **out.get(group, {}), field: value} if dot else value
     return out
 
 
