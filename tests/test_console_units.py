@@ -256,3 +256,109 @@ def test_drift_alarm_raises_the_fault_output_when_configured(tmp_path, monkeypat
         console.observe(None, Verdict(100 + i, 0.0, float(s), 9.0, False, 0.01), None)
     console.tick()
     assert calls and calls[-1][0] is True and calls[-1][1].startswith("drift: PSI")
+
+
+class TwoCameras:
+    """``CellCounters`` of two cameras "a" and "b" viewing one part (what ``station.cell.CellCounters`` gives)."""
+
+    def cameras(self) -> dict:
+        return {c: {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "state": "running",
+                    "end_reason": ""} for c in ("a", "b")}
+
+    def parts(self) -> dict:
+        return {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
+
+
+def calibrated(rng, mean: float):
+    """A ``Threshold`` stand-in whose calibration percentiles (101,) are those of N(mean, 1)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(normal_quantiles=tuple(np.percentile(rng.normal(mean, 1, 2000), np.arange(101))))
+
+
+def two_camera_console(tmp_path, rng, calls):
+    """A console of two cameras: "a" calibrated on N(0, 1) scores, "b" on N(5, 1); the fault output records
+    into ``calls``; drift needs 20 parts over the last 500."""
+    from types import SimpleNamespace
+
+    from fair_edge.console.station_hook import StationConsole
+
+    bundle = SimpleNamespace(root=tmp_path, threshold=calibrated(rng, 0.0))
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False, drift_min_parts=20, drift_fault=True))
+    target = SimpleNamespace(fault=lambda active, reason="": calls.append((active, reason)))
+    console = StationConsole(cfg, bundle, fault=target,
+                             calibrations={"a": calibrated(rng, 0.0), "b": calibrated(rng, 5.0)})
+    console.attach_cell(TwoCameras(), {"a": tmp_path / "bundle_a", "b": tmp_path / "bundle_b"})
+    return console
+
+
+def feed_scores(console, camera: str, scores, first_seq: int) -> None:
+    for i, s in enumerate(scores):
+        console.observe(None, Verdict(first_seq + i, 0.0, float(s), 99.0, False, 0.01, camera=camera), None)
+
+
+def test_drift_of_the_second_camera_alarms_names_it_and_clears(tmp_path, monkeypatch):
+    """Only camera b's scores move (far above its own calibration): b's watch alarms, a's does not; the page's
+    combined state is b's, named; tick raises the fault output naming b, and clears it once b is back."""
+    from fair_edge.console import station_hook
+    from fair_edge.console.actions import StationActions
+    from fair_edge.console.views import live_state
+
+    monkeypatch.setattr(station_hook, "DRIFT_EVERY_S", 0.0)   # every tick checks: no clock in the test
+    rng, calls = np.random.default_rng(3), []
+    console = two_camera_console(tmp_path, rng, calls)
+    feed_scores(console, "a", rng.normal(0, 1, 500), 0)
+    feed_scores(console, "b", rng.normal(5, 1, 500), 0)   # each camera scored like its own calibration
+    console.tick()
+    assert calls == [] and not console.feed.drift.state().alarm
+
+    feed_scores(console, "b", rng.normal(9, 1, 500), 500)   # a dirty lens on b
+    states = console.feed.drift.states()
+    assert states["b"].alarm and states["b"].psi > 0.25
+    assert not states["a"].alarm and states["a"].psi < 0.1
+    state = live_state(console.feed, StationActions(console.feed, None))
+    assert state["drift"]["alarm"] and state["drift"]["camera"] == "b" and state["drift"]["psi"] == states["b"].psi
+    assert {c["name"]: c["drift"]["alarm"] for c in state["cameras"]} == {"a": False, "b": True}
+    assert console.drift_metrics() == {"psi": states["b"].psi, "alarm": 1, "parts": 500}
+    console.tick()
+    assert calls == [(True, f"drift: camera b PSI {states['b'].psi:.3f} >= 0.25")]
+    console.tick()
+    assert len(calls) == 1   # told once, not every tick
+
+    feed_scores(console, "b", rng.normal(5, 1, 500), 1000)   # lens cleaned: b's window is normal again
+    console.tick()
+    assert calls[-1] == (False, "") and not console.feed.drift.state().alarm
+
+
+def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(tmp_path):
+    """Swapping camera b's bundle restarts b's drift watch on the new bundle's calibration; a's keeps its parts.
+    Tuning camera b draws b's calibration distribution, not a's."""
+    from types import SimpleNamespace
+
+    from fair_edge.console import tuning
+    from fair_edge.console.actions import StationActions, StationLinks
+
+    rng = np.random.default_rng(4)
+    console = two_camera_console(tmp_path, rng, [])
+    feed = console.feed
+    feed_scores(console, "a", rng.normal(0, 1, 50), 0)
+    feed_scores(console, "b", rng.normal(5, 1, 50), 0)
+    views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 8.0))}
+    console.attach(SimpleNamespace(views=views), None, None, None, None)
+    quantiles_b = np.array(feed.drift.watch("b").quantiles)
+
+    tuned = StationActions(feed, None).tune(None, camera="b")
+    normal = np.array([v.score for v in feed.recent if v.camera == "b"])
+    assert tuned["camera"] == "b" and tuned["current"] == 8.0
+    assert tuned["histogram"] == tuning.histograms(normal, np.array([]), quantiles_b, 8.0)
+
+    new = calibrated(rng, 20.0)
+    change = ModelChange(model="m-new", threshold=21.0, bundle=SimpleNamespace(root=tmp_path / "new", threshold=new),
+                         calibration=new)
+    links = StationLinks(load_views=lambda bundle, cameras, thresholds: {c: change for c in cameras})
+    StationActions(feed, None, links)._load_views({tmp_path / "new": ("b",)}, "ann", {})   # the swap thread's work
+    states = feed.drift.states()
+    assert states["a"].parts == 50 and states["b"].parts == 0
+    assert tuple(feed.drift.watch("b").quantiles) == new.normal_quantiles
+    assert tuple(feed.drift.watch("a").quantiles) != new.normal_quantiles
+    assert feed.camera_bundles["b"] == tmp_path / "new" and feed.bundle_path == tmp_path   # a's bundle leads

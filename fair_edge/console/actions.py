@@ -175,14 +175,16 @@ class StationActions:
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None, camera=None) -> dict:
         """Distributions and the projection for ``proposed`` (default: the threshold in force) over the recent
-        views of ``camera`` (several cameras: default the first; one camera: none)."""
-        camera = self._camera(camera, required=False) or self.feed.drift_camera
+        views of ``camera`` (several cameras: default the first; one camera: none), against that camera's own
+        calibration distribution (its drift watch's)."""
+        camera = self._camera(camera, required=False) or self.feed.lead_camera
         decider = self._decider(camera) if self.feed.inspector is not None else None
         current = decider.threshold if decider is not None else float("nan")
         proposed = current if proposed is None else tuning.check_threshold(proposed)
         recent = [v for v in list(self.feed.recent) if v.camera == camera]
         normal, defect, unreviewed = tuning.split_scores(recent, self.labels)
-        quantiles = self.feed.drift.quantiles if camera == self.feed.drift_camera else None
+        watch = self.feed.drift.watches.get(camera)   # none while a station of several cameras is still starting
+        quantiles = watch.quantiles if watch is not None else None
         return {"current": current, "unreviewed_ng": unreviewed, **({"camera": camera} if camera else {}),
                 "proposed": tuning.projection(normal, defect, proposed),
                 "at_current": tuning.projection(normal, defect, current),
@@ -270,7 +272,7 @@ class StationActions:
             return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
-        self.feed.drift.reset(_quantiles(change))
+        self.feed.drift.reset("", _quantiles(change))
         self.audit.append({"action": "swap", "who": who, "old": old,
                            "new": {"model": change.model, "bundle": str(change.bundle.root),
                                    "threshold": change.threshold}})
@@ -294,9 +296,9 @@ class StationActions:
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
             decider.switch.request(change)
             self.feed.camera_bundles[camera] = change.bundle.root
-            if camera == self.feed.drift_camera:
+            self.feed.drift.reset(camera, _quantiles(change))   # this camera's watch only: the others go on
+            if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
                 self.feed.bundle_path = change.bundle.root
-                self.feed.drift.reset(_quantiles(change))
             self.audit.append({"action": "swap", "who": who, "camera": camera, "old": old,
                                "new": {"model": change.model, "bundle": str(change.bundle.root),
                                        "threshold": change.threshold}})

@@ -10,7 +10,8 @@ scheduler's and recorder's counters.
 A view is named by its key ``(camera, seq)`` (``view_key``): with several cameras every camera numbers
 its own frames, so seq alone is ambiguous; with one camera the camera is "". A station of several cameras
 (``station.cell``) also hands in its part rows (``observe_part``, the ``PartAssembler``'s rows) and its
-per-camera and part counters (``CellCounters``).
+per-camera and part counters (``CellCounters``). Every camera's scores go to its own drift watch
+(``drift.CameraDrift``), compared with the calibration of the bundle that camera runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from fair_edge.console.settings import ConsoleSettings
-from fair_edge.console.drift import DriftWatch
+from fair_edge.console.drift import CameraDrift
 from fair_edge.line.metrics import LATENCY_BUCKETS_S
 from fair_edge.records import Frame, Verdict
 
@@ -68,9 +70,13 @@ class StationFeed:
 
     attach(...) is called by the station once its parts exist; until then the console shows
     "starting". output: the station's output folder (the only folder the console serves files from).
+    quantiles: the calibration percentiles ((101,) float; () = none) of the station's score, for one camera's
+    drift watch (camera ""). camera_quantiles: several cameras: camera -> its own (station file's order), one
+    drift watch each; given, ``quantiles`` is not used.
     """
 
-    def __init__(self, settings: ConsoleSettings, output: Path, quantiles=()) -> None:
+    def __init__(self, settings: ConsoleSettings, output: Path, quantiles=(),
+                 camera_quantiles: Mapping[str, Sequence[float]] | None = None) -> None:
         self.settings, self.output = settings, Path(output)
         self.recent: deque[Verdict] = deque(maxlen=settings.recent_parts)
         self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
@@ -82,8 +88,8 @@ class StationFeed:
         self.part_of: dict[ViewKey, int] = {}     # view -> its part id, for the views of remembered parts
         self.cell: CellCounters | None = None
         self.camera_bundles: dict[str, Path] = {}   # camera -> the bundle it runs (several cameras)
-        self.drift_camera = ""                    # the camera whose scores the drift watch follows
-        self.drift = DriftWatch(quantiles, settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
+        self.drift = CameraDrift({"": quantiles} if camera_quantiles is None else camera_quantiles,
+                                 settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
         self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
         self.bundle_path: Path | None = None
         self.started = time.time()
@@ -104,9 +110,16 @@ class StationFeed:
 
     def attach_cell(self, counters: CellCounters, bundles: dict[str, Path]) -> None:
         """A station of several cameras: its counters and the bundle each camera runs (in the station file's
-        order). The drift watch follows the first camera (the one whose bundle's calibration it compares with)."""
+        order). Each camera has its own drift watch (one not handed a calibration distribution gets a watch
+        that says it has none)."""
         self.cell, self.camera_bundles = counters, dict(bundles)
-        self.drift_camera = next(iter(bundles))
+        self.drift.cover(list(bundles))
+
+    @property
+    def lead_camera(self) -> str:
+        """The first camera of several (the station file's order: the console's top-line model and bundle, and
+        what tuning shows unless told); "" with one camera."""
+        return next(iter(self.camera_bundles), "")
 
     # ------------------------------------------------------------------ loop side (O(1))
     def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
@@ -120,8 +133,7 @@ class StationFeed:
         self.latest = part
         if verdict.camera:
             self.latest_views[verdict.camera] = part
-        if verdict.camera == self.drift_camera:
-            self.drift.observe(view_key(verdict), verdict.score)
+        self.drift.observe(view_key(verdict), verdict.score)
         self.count += 1
 
     def observe_part(self, row: dict) -> None:

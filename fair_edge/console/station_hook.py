@@ -5,7 +5,8 @@ and calls, by name: ``observe`` (a verdict callback), ``attach`` (once the inspe
 ``tick`` (from the loop's ~0.5 s tick: drift alarm to the fault output) and ``close``. The web
 server runs only when ``console.enabled``. A station of several cameras (``run_cell``) also calls
 ``attach_cell`` (its counters and each camera's bundle) and ``observe_part`` (a part row, from
-``CellLine.on_part``).
+``CellLine.on_part``); each of its cameras has its own drift watch, and any camera in alarm holds the
+fault output, named.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 
 from fair_edge.console.actions import StationActions, StationLinks
+from fair_edge.console.drift import alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
 from fair_edge.errors import ConfigError, FairEdgeError
@@ -27,18 +29,24 @@ class StationConsole:
     for the drift alarm (or None). ``links``: what the console calls in the station and training rooms
     (``actions.StationLinks``). calibration: the ``Threshold`` of the station's decision score, whose
     distribution feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
-    max(map x ROI)); None = the bundle's threshold's, or none with an ROI (no distribution in its units)."""
+    max(map x ROI)); None = the bundle's threshold's, or none with an ROI (no distribution in its units).
+    calibrations: several cameras: camera -> the ``Threshold`` of that camera's decision score (None: none), in
+    the station file's order (``station.cell.CellModels.calibrations``); each camera gets its own drift watch
+    on it, and ``calibration`` is not used."""
 
-    def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks(), calibration=None) -> None:
+    def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks(), calibration=None,
+                 calibrations: dict | None = None) -> None:
         if calibration is None and getattr(cfg, "roi", None) is None:
             calibration = bundle.threshold
         quantiles = calibration.normal_quantiles if calibration is not None else ()
-        self.feed = StationFeed(cfg.console, cfg.output, quantiles)
+        per_camera = None if calibrations is None else {
+            camera: t.normal_quantiles if t is not None else () for camera, t in calibrations.items()}
+        self.feed = StationFeed(cfg.console, cfg.output, quantiles, camera_quantiles=per_camera)
         self.feed.bundle_path = bundle.root
         self.actions = StationActions(self.feed, cfg.source_file, links)
         self.fault = fault if cfg.console.drift_fault else None
         self._drift_checked = 0.0
-        self._drift_alarm = False
+        self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
         # the station's own threshold (file or command line), what SIGHUP without a file keeps; None = the bundle's
@@ -88,7 +96,7 @@ class StationConsole:
 
     def attach_cell(self, counters, bundles) -> None:
         """Several cameras: their counters (``feed.CellCounters``) and camera -> the bundle it runs, in the
-        station file's order (the first camera's feeds the drift watch)."""
+        station file's order (each camera's scores feed its own drift watch)."""
         self.feed.attach_cell(counters, bundles)
 
     def observe_part(self, verdict, row: dict) -> None:
@@ -97,19 +105,26 @@ class StationConsole:
         self.feed.observe_part(row)
 
     def tick(self, _inspector=None) -> None:
-        """Raise / clear the fault output on a drift alarm (when console.drift_fault), every 2 s at most."""
+        """Raise / clear the fault output on a drift alarm (when console.drift_fault), every 2 s at most: held
+        while any camera is in alarm, its reason naming them (``drift.alarm_reason``); told again when the
+        cameras in alarm change, not when only their PSI moves."""
         if self.fault is None or time.monotonic() - self._drift_checked < DRIFT_EVERY_S:
             return
         self._drift_checked = time.monotonic()
-        state = self.feed.drift.state()
-        if state.alarm != self._drift_alarm:
-            self._drift_alarm = state.alarm
-            log.error("drift alarm: PSI %.3f >= %.3f", state.psi, state.level) if state.alarm else \
-                log.warning("drift alarm cleared")
-            self.fault.fault(state.alarm, f"drift: PSI {state.psi:.3f} >= {state.level}" if state.alarm else "")
+        alarms = self.feed.drift.alarms()
+        if tuple(alarms) == self._drift_alarmed:
+            return
+        self._drift_alarmed = tuple(alarms)
+        reason = alarm_reason(alarms)
+        if reason:
+            log.error("drift alarm: %s", reason.removeprefix("drift: "))
+        else:
+            log.warning("drift alarm cleared")
+        self.fault.fault(bool(alarms), reason)
 
     def drift_metrics(self) -> dict[str, float]:
-        """For Metrics.watch: fair_edge_drift_psi (-1 while there is no value) and fair_edge_drift_alarm."""
+        """For Metrics.watch: fair_edge_drift_psi (-1 while there is no value), fair_edge_drift_alarm and
+        fair_edge_drift_parts, of the combined state (several cameras: the worst camera's)."""
         state = self.feed.drift.state()
         return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}
 

@@ -1,8 +1,10 @@
 """What the pages show, as plain JSON-ready dicts and JPEG bytes (console thread only).
 
 A view is addressed by (camera, seq): ``/api/part/SEQ.jpg`` with one camera, ``/api/part/CAMERA/SEQ.jpg`` with
-several (each camera numbers its own frames). With several cameras the live state adds ``cameras`` (each camera's
-counters, model and threshold), ``parts`` (the part counters) and ``tiles`` (every view of the latest part), and
+several (each camera numbers its own frames). The live state's ``drift`` is the combined drift state (with several
+cameras the worst camera's, named by its ``camera``). With several cameras the live state adds ``cameras`` (each
+camera's counters, model, threshold and own drift state), ``parts`` (the part counters) and ``tiles`` (every view
+of the latest part), and
 the gallery lists NG parts with their views.
 """
 
@@ -51,15 +53,18 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
 
 
 def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -> dict:
-    """Several cameras: each camera's counters (``RunSummary.cameras``' own), model and threshold; the part
-    counters; the latest part (none when the cameras are lanes) and a tile per camera: that part's view, or with
+    """Several cameras: each camera's counters (``RunSummary.cameras``' own), model, threshold and drift state
+    (``DriftState.to_dict``; None for a camera not watched); the part counters; the latest part (none when the
+    cameras are lanes) and a tile per camera: that part's view, or with
     lanes the camera's latest view."""
     counters = feed.cell_counters()
     cameras = []
     inspector = feed.inspector
+    drift = feed.drift.states()
     for name, counts in counters["cameras"].items():
         decider = inspector.views.get(name) if inspector is not None else None
-        cameras.append({"name": name, "counters": counts, "drift": name == feed.drift_camera,
+        cameras.append({"name": name, "counters": counts,
+                        "drift": drift[name].to_dict() if name in drift else None,
                         "model": None if decider is None else {"id": decider.model, "threshold": decider.threshold,
                                                                "backend": decider.scorer.reason,
                                                                "bundle": str(feed.camera_bundles.get(name, ""))}})

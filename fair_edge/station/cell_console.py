@@ -1,6 +1,6 @@
 """The console's side of a station of several cameras: what it calls to change a camera's bundle
 (``CellLoader``, handed to ``console.actions.StationLinks``) and the cell's console itself
-(``open_cell_console``: the first camera's bundle and score calibration feed its drift watch)."""
+(``open_cell_console``: every camera's score calibration feeds its own drift watch)."""
 
 from __future__ import annotations
 
@@ -60,9 +60,10 @@ class CellLoader:
 
 def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, stack: contextlib.ExitStack,
                       line: LineSide, export_reviewed=None):
-    """The cell's console (``open_console``): the first camera's loaded bundle and score calibration, from
-    ``models`` (``cell.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feed its drift
-    watch; swaps and SIGHUP load bundles per camera (``CellLoader``); it sees every view."""
+    """The cell's console (``open_console``): each camera's score calibration, from ``models``
+    (``cell.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feeds that camera's own
+    drift watch; the first camera's loaded bundle is the console's top-line one; swaps and SIGHUP load bundles
+    per camera (``CellLoader``); it sees every view."""
     from fair_edge.console.actions import StationLinks
 
     lead = cfg.cameras[0]
@@ -72,6 +73,6 @@ def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, sta
     links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
                          camera_bundles=loader.camera_bundles)
     console = open_console(lead_cfg, bundle, faults, stack, line.metrics,
-                           calibration=models.calibrations.get(lead.name), links=links)
+                           links=links, calibrations={v.name: models.calibrations.get(v.name) for v in cfg.cameras})
     line.callbacks.append(console.observe)
     return console

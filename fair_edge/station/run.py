@@ -319,13 +319,16 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
 def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: FaultBoard | None,
                  stack: contextlib.ExitStack, metrics: Metrics | None = None,
                  export_reviewed: Callable[[Path, Path], dict] | None = None,
-                 calibration: Threshold | None = None, links: StationLinks | None = None) -> StationConsole:
+                 calibration: Threshold | None = None, links: StationLinks | None = None,
+                 calibrations: dict[str, Threshold | None] | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
     (started here, closed by ``stack``). The console gets the station's bundle loader and station file
     loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``.
     calibration: the calibration of the station's score (``DecisionThreshold.calibration``: with an ROI, of
     max(map x ROI)); its distribution feeds the drift watch and threshold tuning. links: what the console
-    calls (default: one camera's loaders, as above; a station of several cameras hands in its own)."""
+    calls (default: one camera's loaders, as above; a station of several cameras hands in its own).
+    calibrations: a station of several cameras: camera -> its score's calibration (``CellModels.calibrations``),
+    one drift watch per camera; the ``drift`` metrics are then the worst camera's."""
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
@@ -333,7 +336,7 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
         links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
                              load_station=load_station, export_reviewed=export_reviewed)
     console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
-                                                 calibration=calibration))
+                                                 calibration=calibration, calibrations=calibrations))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
     return console

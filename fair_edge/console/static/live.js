@@ -14,8 +14,8 @@ function showStatus(s) {
             (s.plc.alarm ? " – ALARM " + s.plc.alarm : ""), s.plc.alarm || s.plc.sink_errors ? "bad" : "ok");
   pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
   $("ack-alarm").hidden = !(s.plc && s.plc.alarm);
-  const d = s.drift;
-  pill("drift-state", d.psi === null ? "drift: " + d.note : `drift PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
+  const d = s.drift, where = d.camera ? " " + d.camera : "";  // several cameras: the worst one, named
+  pill("drift-state", d.psi === null ? `drift${where}: ` + d.note : `drift${where} PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
        d.alarm ? "bad" : (d.psi === null ? "" : "ok"));
   if (s.model) { $("model-id").textContent = s.model.id || "?"; $("model-state").title = s.model.bundle + " · " + s.model.backend; }
 }
@@ -51,11 +51,12 @@ function showCell(s) {
   }
   const body = $("camera-rows"); body.innerHTML = "";
   for (const c of s.cameras) {
-    const n = c.counters, m = c.model || {};
+    const n = c.counters, m = c.model || {}, dr = c.drift || {psi: null, note: "not watched"};
     body.append(FE.el("tr", {"data-camera": c.name}, FE.el("td", {}, c.name), FE.el("td", {}, n.state),
       FE.el("td", {}, String(n.frames_in)), FE.el("td", {class: "inspected"}, String(n.inspected)), FE.el("td", {class: "ng"}, String(n.ng)),
       FE.el("td", {class: "dropped"}, String(n.dropped)), FE.el("td", {}, String(n.lost)), FE.el("td", {title: m.bundle || ""}, m.id || "–"),
-      FE.el("td", {}, FE.num(m.threshold))));
+      FE.el("td", {}, FE.num(m.threshold)),
+      FE.el("td", {class: "drift" + (dr.alarm ? " alarm" : ""), title: dr.note || ""}, dr.psi === null ? "–" : dr.psi.toFixed(3) + (dr.alarm ? " ALARM" : ""))));
   }
   const q = s.parts || {};
   $("part-counters").textContent = q.parts === undefined ? "each camera is its own lane: its frames are its parts"

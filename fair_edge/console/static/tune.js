@@ -49,8 +49,9 @@ async function status() {
     if (s.model) { $("model-id").textContent = s.model.id; $("model-bundle").textContent = s.model.bundle; $("model-backend").textContent = s.model.backend; }
     const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.models ? " → " + Object.entries(w.models).map(([c, m]) => `${c}: ${m}`).join(", ") : "") + (w.error ? ": " + w.error : "");
     const d = s.drift;
-    $("drift-text").textContent = d.psi === null ? d.note :
-      `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${d.level}` + (d.alarm ? " — ALARM" : " — ok");
+    const where = d.camera ? `camera ${d.camera} (the worst): ` : "";
+    $("drift-text").textContent = where + (d.psi === null ? d.note :
+      `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${d.level}` + (d.alarm ? " — ALARM" : " — ok"));
   } catch (e) { FE.say(e.message, true); }
 }
 
