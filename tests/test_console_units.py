@@ -303,6 +303,8 @@ def test_drift_of_the_second_camera_alarms_names_it_and_clears(tmp_path, monkeyp
     from fair_edge.console import station_hook
     from fair_edge.console.actions import StationActions
     from fair_edge.console.views import live_state
+    from fair_edge.line.metrics import Metrics
+    from fair_edge.line.settings import MetricsSettings
 
     monkeypatch.setattr(station_hook, "DRIFT_EVERY_S", 0.0)   # every tick checks: no clock in the test
     rng, calls = np.random.default_rng(3), []
@@ -320,6 +322,13 @@ def test_drift_of_the_second_camera_alarms_names_it_and_clears(tmp_path, monkeyp
     assert state["drift"]["alarm"] and state["drift"]["camera"] == "b" and state["drift"]["psi"] == states["b"].psi
     assert {c["name"]: c["drift"]["alarm"] for c in state["cameras"]} == {"a": False, "b": True}
     assert console.drift_metrics() == {"psi": states["b"].psi, "alarm": 1, "parts": 500}
+    metrics = Metrics(MetricsSettings(port=0))
+    metrics.watch_by("drift_camera", "camera", console.camera_drift_metrics)
+    scraped = metrics.render().decode()
+    assert 'fair_edge_drift_camera_alarm{camera="a"} 0.0' in scraped
+    assert 'fair_edge_drift_camera_alarm{camera="b"} 1.0' in scraped
+    assert f'fair_edge_drift_camera_psi{{camera="b"}} {states["b"].psi}' in scraped
+    assert 'fair_edge_drift_camera_parts{camera="a"} 500.0' in scraped
     console.tick()
     assert calls == [(True, f"drift: camera b PSI {states['b'].psi:.3f} >= 0.25")]
     console.tick()

@@ -125,8 +125,11 @@ class StationConsole:
     def drift_metrics(self) -> dict[str, float]:
         """For Metrics.watch: fair_edge_drift_psi (-1 while there is no value), fair_edge_drift_alarm and
         fair_edge_drift_parts, of the combined state (several cameras: the worst camera's)."""
-        state = self.feed.drift.state()
-        return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}
+        return _drift_values(self.feed.drift.state())
+
+    def camera_drift_metrics(self) -> dict[str, dict[str, float]]:
+        """For Metrics.watch_by, several cameras: camera -> each camera's own drift values (as ``drift_metrics``)."""
+        return {camera: _drift_values(state) for camera, state in self.feed.drift.states().items()}
 
     def close(self) -> None:
         if self.server is not None:
@@ -137,3 +140,8 @@ class StationConsole:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drift_values(state) -> dict[str, float]:
+    """A ``DriftState`` as metric values: psi (-1 while there is no value), alarm (0 / 1), parts."""
+    return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}

@@ -9,6 +9,8 @@ Exposed (names as scraped):
 - ``fair_edge_<component>_total{event}``: counters of watched components, read at scrape time,
   e.g. ``fair_edge_reject_total{event="late"}``, ``{event="sink_errors"}``,
   ``fair_edge_recorder_total{event="dropped"}``; gauges such as ``fair_edge_reject_pending``.
+- ``fair_edge_<component>_<gauge>{<label>}``: gauges of components with one value per label
+  (``watch_by``), e.g. each camera's drift: ``fair_edge_drift_camera_psi{camera="left"}``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 StatsFn = Callable[[], dict[str, int]]
+LabelledFn = Callable[[], dict[str, dict[str, float]]]
 
 
 class _StatsCollector:
@@ -33,17 +36,37 @@ class _StatsCollector:
 
     def __init__(self) -> None:
         self._watched: list[tuple[str, StatsFn, frozenset[str]]] = []
+        self._labelled: list[tuple[str, str, LabelledFn]] = []
         self._lock = threading.Lock()
 
     def add(self, name: str, stats: StatsFn, gauges: Iterable[str]) -> None:
         with self._lock:
             self._watched.append((name, stats, frozenset(gauges)))
 
+    def add_labelled(self, name: str, label: str, stats: LabelledFn) -> None:
+        with self._lock:
+            self._labelled.append((name, label, stats))
+
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         with self._lock:
-            watched = list(self._watched)
+            watched, labelled = list(self._watched), list(self._labelled)
+        for name, label, stats in labelled:
+            try:
+                rows = stats()
+            except Exception:  # noqa: BLE001 - a broken component must not break the scrape
+                log.exception("metrics: stats() of %s failed", name)
+                continue
+            families: dict[str, GaugeMetricFamily] = {}
+            for value_of_label, values in rows.items():
+                for key, value in sorted(values.items()):
+                    family = families.get(key)
+                    if family is None:
+                        family = families[key] = GaugeMetricFamily(
+                            f"fair_edge_{name}_{key}", f"{name} {key} by {label}", labels=[label])
+                    family.add_metric([value_of_label], value)
+            yield from families.values()
         for name, stats, gauges in watched:
             try:
                 values = stats()
@@ -103,6 +126,11 @@ class Metrics:
     def watch(self, name: str, stats: StatsFn, gauges: Iterable[str] = ("pending",)) -> None:
         """Expose ``stats()`` (a dict of counters) as ``fair_edge_<name>_total{event=...}``."""
         self._stats.add(name, stats, gauges)
+
+    def watch_by(self, name: str, label: str, stats: LabelledFn) -> None:
+        """Expose ``stats()`` ({label value: {gauge: value}}, read at scrape time) as gauges
+        ``fair_edge_<name>_<gauge>{<label>="..."}``, one sample per label value."""
+        self._stats.add_labelled(name, label, stats)
 
     def start(self) -> Metrics:
         """Serve ``/metrics`` on settings.host:settings.port (port 0 = any free port)."""

@@ -328,7 +328,7 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
     max(map x ROI)); its distribution feeds the drift watch and threshold tuning. links: what the console
     calls (default: one camera's loaders, as above; a station of several cameras hands in its own).
     calibrations: a station of several cameras: camera -> its score's calibration (``CellModels.calibrations``),
-    one drift watch per camera; the ``drift`` metrics are then the worst camera's."""
+    one drift watch per camera; the ``drift`` metrics are then the worst camera's and ``drift_camera`` each camera's."""
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.station_hook import StationConsole
 
@@ -339,6 +339,8 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
                                                  calibration=calibration, calibrations=calibrations))
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
+        if calibrations is not None:   # several cameras: each camera's own, fair_edge_drift_camera_psi{camera}
+            metrics.watch_by("drift_camera", "camera", console.camera_drift_metrics)
     return console
 
 
