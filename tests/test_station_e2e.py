@@ -201,19 +201,25 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     late_write |= sink_reports(caplog, "unconfirmed")   # a write without a reply may still have landed
     if probe.max_ms < 5:   # misses are the loaded machine's (measured by the probe): rare only where it is not loaded
         assert len(missed | late_write) <= max(1, len(wanted) // 10), (missed, late_write, probe.max_ms)
+    # a capture stall on a loaded machine can hand over two frames within a pulse + min_gap (30 ms) of each other:
+    # the second part cannot get its own pulse, and the gate says so (gap_missed, an alarm), never a merged pulse
+    gap_missed = {int(m) for m in re.findall(r"reject alarm: part seq (\d+) not rejected", caplog.text)}
+    for seq in gap_missed:
+        assert any(0 <= dues[seq] - dues[s] < 0.030 + 0.010 for s in dues if s < seq), (seq, "alarmed without a near part")
+    assert summary.rejects["gap_missed"] == len(gap_missed)
     for seq, due in dues.items():
         if seq in unsure | late_write:
             continue
         near = [t for t in rises if abs(t - due) <= 0.010]
-        want = 1 if seq in wanted and seq not in missed else 0
+        want = 1 if seq in wanted and seq not in missed | gap_missed else 0
         assert len(near) == want, (seq, in_time[seq], [round(1000 * (t - due), 1) for t in rises if abs(t - due) < 0.2])
     # and no pulse at any other time: each rise is within +-10 ms of a part that wanted one (or is a write
     # the station itself reported as finished late, within half a pitch)
     assert all(any(abs(t - dues[s]) <= 0.010 for s in wanted | unsure)
                or any(0 <= t - dues[s] <= 0.05 for s in late_write) for t in rises)
     key = "rejected_uninspected" if policy == "reject" else "passed_uninspected"
-    assert summary.rejects[key] == len(late - unsure) or unsure
-    assert (summary.rejects["alarms"] > 0) == (policy == "alarm")
+    assert summary.rejects[key] == len(late - unsure - gap_missed) or unsure
+    assert (summary.rejects["alarms"] > 0) == (policy == "alarm" or bool(gap_missed))
 
 
 def test_replay_without_fps_inspects_every_frame_even_when_inference_is_slow(bundle, conveyor, tmp_path,
