@@ -53,10 +53,8 @@ class _StatsCollector:
         with self._lock:
             watched, labelled = list(self._watched), list(self._labelled)
         for name, label, stats in labelled:
-            try:
-                rows = stats()
-            except Exception:  # noqa: BLE001 - a broken component must not break the scrape
-                log.exception("metrics: stats() of %s failed", name)
+            rows = _read(name, stats)
+            if rows is None:
                 continue
             families: dict[str, GaugeMetricFamily] = {}
             for value_of_label, values in rows.items():
@@ -68,10 +66,8 @@ class _StatsCollector:
                     family.add_metric([value_of_label], value)
             yield from families.values()
         for name, stats, gauges in watched:
-            try:
-                values = stats()
-            except Exception:  # noqa: BLE001 - a broken component must not break the scrape
-                log.exception("metrics: stats() of %s failed", name)
+            values = _read(name, stats)
+            if values is None:
                 continue
             counter = CounterMetricFamily(f"fair_edge_{name}", f"{name} events", labels=["event"])
             for key, value in sorted(values.items()):
@@ -80,6 +76,16 @@ class _StatsCollector:
                 else:
                     counter.add_metric([key], value)
             yield counter
+
+
+def _read(name: str, stats: Callable[[], dict]) -> dict | None:
+    """``stats()`` of a watched component, or None when it raises (logged, and the component left out of this
+    scrape): a broken component must not break the scrape."""
+    try:
+        return stats()
+    except Exception:  # noqa: BLE001 - a broken component must not break the scrape
+        log.exception("metrics: stats() of %s failed", name)
+        return None
 
 
 class Metrics:
