@@ -61,12 +61,25 @@ def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict 
 def read_normal_maps(path: Path) -> np.ndarray:
     """A bundle's normal maps: (N, h, w) float32 host array, N >= 1, finite. BundleError naming the file and what
     was found otherwise (the bundle's checksums were verified when it loaded; this checks the content)."""
-    try:
-        maps = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy written "
-                          "by `fair-edge build`. Rebuild the bundle.") from exc
+    maps = _load(path, mmap=False)
     if maps.ndim != 3 or maps.shape[0] < 1 or maps.dtype != np.float32 or not np.isfinite(maps).all():
         raise BundleError(f"normal maps {path}: expected (N >= 1, h, w) finite float32; found shape {maps.shape}, "
                           f"dtype {maps.dtype}. Rebuild the bundle.")
     return maps
+
+
+def normal_maps_grid(path: Path) -> tuple[int, int]:
+    """(h, w) of a bundle's normal maps, read from the .npy header only (the maps stay on disk). BundleError naming
+    the file when it is not an (N, h, w) array."""
+    shape = _load(path, mmap=True).shape
+    if len(shape) != 3:
+        raise BundleError(f"normal maps {path}: expected (N, h, w); found shape {shape}. Rebuild the bundle.")
+    return int(shape[1]), int(shape[2])
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy written "
+                          "by `fair-edge build`. Rebuild the bundle.") from exc

@@ -134,6 +134,52 @@ def test_the_bundle_threshold_comes_from_stitched_frame_scores(tiled_bundle):
     assert not np.allclose(whole_tile_scores, scores)  # the tiled scores are not the whole-frame ones
 
 
+def test_frames_whose_map_has_another_grid_than_the_held_out_ones_fail_safe(tiled_bundle, caplog):
+    """The threshold is the maximum of 77 x 77 stitched maps (96 px frames); a 136 px frame has more tiles and a
+    larger map, whose maximum is another quantity: NG with both grids named, logged once; the same frames with a
+    threshold the station file sets are decided by it. Both sizes come in one batch (cameras of a cell may differ
+    in resolution): one inference call per size, so neither fails for the other."""
+    from fair_edge.station.decision import decide_threshold
+    from fair_edge.station.inspector import Inspector
+    from fair_edge.records import Frame
+
+    _, bundle, normals = tiled_bundle
+    scorer = select_backend(bundle, "onnxruntime")
+    decided = decide_threshold(None, bundle, None, scorer.graph_threshold)
+    assert decided.grid == (77, 77) and decided.value == bundle.threshold.value
+    with_roi = decide_threshold(None, bundle, np.ones((96, 96), np.float32), scorer.graph_threshold)
+    assert with_roi.grid == (77, 77)
+    assert decide_threshold(0.5, bundle, None, scorer.graph_threshold).grid is None   # the operator's own
+
+    large = make_frames(2, seed=9, size=136)
+    frames = [Frame(i, 0.0, image, "f") for i, image in enumerate([*normals[:2], *large])]
+    inspector = Inspector(None, scorer, decided.value, grid=decided.grid)
+    with caplog.at_level("ERROR", logger="fair_edge.station.inspector"):
+        verdicts = inspector.inspect(frames)
+    same, other = verdicts[:2], verdicts[2:]
+    assert all(v.error == "" and v.ng == (v.score > decided.value) for v in same)
+    assert all(v.ng and v.score is not None and "77 x 77 maps" in v.error and "136 x 136 frame gives a 109 x 109 map"
+               in v.error and "decision.threshold" in v.error for v in other)
+    assert sum("frames rejected" in r.getMessage() for r in caplog.records) == 1   # once per grid, not per frame
+
+    operator = Inspector(None, scorer, 1e9, grid=None).inspect(frames[2:])
+    assert [v.ng for v in operator] == [False, False] and all(v.error == "" for v in operator)
+
+
+def test_a_hot_swap_brings_the_new_bundles_grid(tiled_bundle):
+    from fair_edge.runtime.hotswap import ModelChange
+    from fair_edge.station.inspector import Inspector
+    from fair_edge.station.run import change_for
+
+    _, bundle, _ = tiled_bundle
+    scorer = select_backend(bundle, "onnxruntime")
+    inspector = Inspector(None, scorer, 1.0, grid=None)
+    inspector.switch.request(change_for(bundle, select_backend(bundle, "onnxruntime"), None))
+    inspector.switch.request(ModelChange(threshold=2.0))   # an operator's threshold merged in keeps the grid
+    inspector.apply_switch()
+    assert inspector.decider.grid == (77, 77) and inspector.threshold == 2.0
+
+
 def test_tiler_is_the_identity_without_tiling():
     tiler = FrameTiler(None, 32)
     frames = make_frames(2, seed=0, size=50)

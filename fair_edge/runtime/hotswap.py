@@ -47,7 +47,8 @@ class ModelChange:
     model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
     ``FusedBundle``; calibration: the calibration of the new model's decision score (with an ROI, of
     max(map x ROI): ``station.decision``), whose distribution the console's drift watch and tuning use;
-    None = none in the station's units."""
+    None = none in the station's units. grid: (h, w) of the maps the new model's calibrated threshold came from
+    (``DecisionThreshold.grid``; None = not checked)."""
 
     scorer: FrameScorer | None = None
     threshold: float | None = None
@@ -55,6 +56,7 @@ class ModelChange:
     model: str = ""
     bundle: Bundle | FusedBundle | None = None
     calibration: Threshold | None = None
+    grid: tuple[int, int] | None = None
 
 
 class ModelSwitch:
@@ -88,7 +90,7 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
     if new.scorer is not None:
         return new
     return ModelChange(old.scorer, new.threshold if new.threshold is not None else old.threshold,
-                       old.roi, old.model, old.bundle, old.calibration)
+                       old.roi, old.model, old.bundle, old.calibration, old.grid)
 
 
 def retire(scorer: FrameScorer) -> None:

@@ -96,7 +96,7 @@ class CellModels:
                 decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
                 self.calibrations[view.name] = decided.calibration
                 self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
-                                                    open_regions(vcfg, bundle))
+                                                    open_regions(vcfg, bundle), decided.grid)
         except BaseException:
             self.close()
             raise

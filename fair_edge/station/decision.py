@@ -13,6 +13,12 @@ maps (or a fused bundle) cannot be calibrated so: with an ROI and no threshold t
 
 The ``Threshold`` of the score in force (``DecisionThreshold.calibration``) also feeds the console's drift
 watch and threshold tuning, so they compare live scores with a distribution in the same units.
+
+A calibrated threshold also records the grid of the maps it was calibrated on (``DecisionThreshold.grid``, the
+held-out normal maps' (h, w)). A tiled model's frame map grows with the frame (more tiles), and its maximum over
+more map pixels is another quantity: a frame whose map has another grid is not decided against that threshold
+(``ViewDecider.off_grid``: NG with the reason, the documented fail-safe). A whole-frame model's map is always
+S x S, so it never differs there. A threshold the station file sets has no grid: it is the operator's.
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ class DecisionThreshold:
     """value: the threshold in force (units of the station's score: the family's image score, or
     max(map x ROI) with an ROI). reason: where it came from, in words (logged and shown at start).
     calibration: the calibration of that score (its ``normal_quantiles`` feed the drift watch), None when
-    there is none in the station's units (an ROI on a bundle without normal maps)."""
+    there is none in the station's units (an ROI on a bundle without normal maps). grid: (h, w) of the held-out
+    normal maps the threshold was calibrated on, None when the station file set it or the bundle keeps no maps."""
 
     value: float
     reason: str
     calibration: Threshold | None
+    grid: tuple[int, int] | None = None
 
 
 def roi_scores(maps: np.ndarray, roi: np.ndarray) -> np.ndarray:
@@ -85,6 +93,14 @@ def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_thresh
     return calibrate_roi_threshold(read_normal_maps(path), roi, family.false_reject_rate)
 
 
+def _calibration_grid(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> tuple[int, int] | None:
+    """(h, w) of the held-out normal maps the bundle's thresholds were calibrated on, None when it keeps none."""
+    from fair_edge.export.normal_maps import normal_maps_grid
+
+    path = normal_maps_path(bundle, graph_threshold)
+    return None if path is None else normal_maps_grid(path)
+
+
 def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: np.ndarray | None,
                      graph_threshold: Threshold | None = None) -> DecisionThreshold:
     """The station's threshold (see the module docstring). explicit: ``decision.threshold`` / ``--threshold``
@@ -98,7 +114,7 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
         if family is None:
             raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station "
                               "file, pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`.")
-        decided = DecisionThreshold(family.value, family_reason, family)
+        decided = DecisionThreshold(family.value, family_reason, family, _calibration_grid(bundle, graph_threshold))
     elif calibration is None:
         raise ConfigError(
             f"decision.roi: the station scores max(anomaly map x ROI), but bundle {bundle.root} keeps no held-out "
@@ -110,7 +126,8 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
         decided = DecisionThreshold(calibration.value, (
             f"calibrated on max(map x ROI) of {calibration.n_normal} held-out normal maps at the bundle's "
             f"false-reject rate {calibration.false_reject_rate:g} (measured {calibration.measured_false_reject_rate:.4g});"
-            f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration)
+            f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration,
+            _calibration_grid(bundle, graph_threshold))
     # the default level shows it where it replaces the bundle's threshold (start and hot swap alike)
     log.log(logging.WARNING if roi is not None and explicit is None else logging.INFO,
             "decision threshold %.6g: %s", decided.value, decided.reason)

@@ -9,6 +9,8 @@ Fail-safe rules (documented in the README):
 - a malformed frame (wrong dtype or shape) is counted and gets an NG verdict with ``error`` set;
 - an inference failure gives every frame of that batch an NG verdict with ``error`` set;
   ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
+- a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
+  model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes;
 - stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
   queued are inspected, then the summary is returned.
 """
@@ -129,15 +131,33 @@ def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class ViewDecider:
     """How one camera's frames are decided: its frame scorer (shared by the cameras of one bundle), threshold,
     ROI ((H, W) float32 weights at the mask image's resolution, nonzero = inspected, or None), model id and
-    region rules (None = off); ``switch.request()`` changes its model or threshold at the next batch boundary."""
+    region rules (None = off); ``switch.request()`` changes its model or threshold at the next batch boundary.
+    grid: (h, w) of the maps the threshold was calibrated on (``DecisionThreshold.grid``), None = not checked."""
 
     def __init__(self, scorer: FrameScorer, threshold: float, roi: np.ndarray | None = None, model: str = "",
-                 regions: RegionJudge | None = None) -> None:
+                 regions: RegionJudge | None = None, grid: tuple[int, int] | None = None) -> None:
         if not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
         self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
+        self.grid = grid
         self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
+        self._warned_grids: set[tuple[int, int]] = set()
         self.switch = ModelSwitch()
+
+    def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
+        """"" when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
+        else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per grid.
+        A tiled model's map grows with the frame, and its maximum over more pixels is another quantity."""
+        if self.grid is None or tuple(map_hw) == tuple(self.grid):
+            return ""
+        reason = (f"threshold calibrated on {self.grid[0]} x {self.grid[1]} maps (the bundle's held-out frames), but "
+                  f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {map_hw[0]} x {map_hw[1]} map: a tiled model's "
+                  "score then means something else. Build with held-out normal frames from this camera "
+                  "(`fair-edge build --normal DIR`), or set decision.threshold")
+        if tuple(map_hw) not in self._warned_grids:
+            self._warned_grids.add(tuple(map_hw))
+            log.error("frames rejected: %s", reason)
+        return reason
 
     def roi_on(self, shape: tuple[int, int]) -> np.ndarray:
         """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
@@ -165,16 +185,17 @@ class Inspector:
     regions: finds defect regions in every scored map and applies the station's rules
     (``fair_edge.station.zones``); with rules, an inspected frame is NG exactly when one fires. None = off.
     views: camera name -> its own ``ViewDecider`` (several cameras); frames of other cameras use the one made
-    from scorer, threshold, roi, model and regions. The frames of one batch that share a scorer go to it in one
-    inference call, whichever camera took them.
+    from scorer, threshold, roi, model, regions and grid (the calibrated threshold's map grid: ``ViewDecider``).
+    The frames of one batch that share a scorer and a frame size go to it in one inference call, whichever camera
+    took them.
     """
 
     def __init__(self, capture: CaptureThread, scorer: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
                  model: str = "", regions: RegionJudge | None = None,
-                 views: dict[str, ViewDecider] | None = None) -> None:
+                 views: dict[str, ViewDecider] | None = None, grid: tuple[int, int] | None = None) -> None:
         self.capture, self.settings = capture, settings
-        self.decider = ViewDecider(scorer, threshold, roi, model, regions)
+        self.decider = ViewDecider(scorer, threshold, roi, model, regions, grid)
         self.views = dict(views or {})
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
@@ -241,19 +262,21 @@ class Inspector:
         return verdict
 
     def inspect(self, frames: list[Frame]) -> list[Verdict]:
-        """Pre-process, infer and decide one batch (one inference call per scorer); returns its verdicts in
-        frame order."""
-        by_scorer: dict[int, list[tuple[int, Frame, np.ndarray]]] = {}   # scorer -> (index in batch, frame, image)
+        """Pre-process, infer and decide one batch (one inference call per scorer and frame size); returns its
+        verdicts in frame order."""
+        # (scorer, frame shape) -> (index in batch, frame, image): a tiled model's frame maps, and the fused
+        # kernel's one upload, need frames of one size per call (cameras of a cell may differ in resolution)
+        by_call: dict[tuple[int, tuple[int, ...]], list[tuple[int, Frame, np.ndarray]]] = {}
         verdicts: dict[int, Verdict] = {}
         for i, frame in enumerate(frames):
             try:
                 image = check_frame(frame.image)
-                by_scorer.setdefault(id(self.decider_for(frame).scorer), []).append((i, frame, image))
+                by_call.setdefault((id(self.decider_for(frame).scorer), image.shape), []).append((i, frame, image))
             except ConfigError as exc:
                 self.summary.malformed += 1
                 log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
                 verdicts[i] = self._emit(frame, None, f"malformed frame: {exc}")
-        for group in by_scorer.values():
+        for group in by_call.values():
             scorer = self.decider_for(group[0][1]).scorer
             try:
                 maps, scores = scorer.infer_frames([image for _, _, image in group])
@@ -266,7 +289,9 @@ class Inspector:
                     verdicts[i] = self._emit(frame, None, f"inference failed: {exc}")
             else:
                 for (i, frame, _), amap, score in zip(group, maps, scores):
-                    verdicts[i] = self._emit(frame, self.decider_for(frame).score(amap, score), anomaly_map=amap)
+                    decider = self.decider_for(frame)
+                    verdicts[i] = self._emit(frame, decider.score(amap, score),
+                                             decider.off_grid(frame.image.shape[:2], amap.shape), anomaly_map=amap)
         return [verdicts[i] for i in range(len(frames))]
 
     def apply_switch(self) -> None:
@@ -282,6 +307,7 @@ class Inspector:
             if change.scorer is not None:
                 old = decider.scorer
                 decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
+                decider.grid = change.grid
                 if decider is self.decider:
                     self.summary.backend = change.scorer.reason
                 if decider.regions is not None and change.bundle is not None:

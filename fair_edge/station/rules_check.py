@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-import numpy as np
 
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict
@@ -83,13 +82,13 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
     scorer = open_scorer(bundle, backend or cfg.backend)
     try:
         roi = load_roi(cfg.roi)
-        threshold = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi).value
+        decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
         judge = open_regions(cfg, bundle)
         if judge is None:
             raise ConfigError("rules check: defect regions are off (regions.enabled: false, or the bundle has no "
                               "pixel threshold); set regions.pixel_threshold or rebuild the bundle.")
-        inspector = Inspector(None, scorer, threshold, roi=roi, regions=judge)
-        report = RulesReport(threshold, judge.pixel_threshold)
+        inspector = Inspector(None, scorer, decided.value, roi=roi, regions=judge, grid=decided.grid)
+        report = RulesReport(decided.value, judge.pixel_threshold)
         fired: collections.Counter[str] = collections.Counter()
         for seq, (name, image, *label) in enumerate(frames):
             (verdict,) = inspector.inspect([Frame(seq, time.monotonic(), image, name)])

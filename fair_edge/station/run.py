@@ -384,7 +384,7 @@ def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarra
     None): the threshold given, else decided by the station's rule (``load_change``). Several cameras that
     share a bundle share its scorer: one backend, their frames in one inference call."""
     decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
-    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration)
+    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,
@@ -434,7 +434,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
         inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
-                              model=model_id(bundle), regions=regions)
+                              model=model_id(bundle), regions=regions, grid=decided.grid)
         inspector.summary.run_id = run_id
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)
         if on_console is not None:

@@ -28,7 +28,7 @@
 
 A station file with ``camera:`` (one camera) works as before; ``cameras:`` and ``camera:`` cannot be
 used together. Several cameras share one model per distinct bundle, and their frames are batched
-into one inference call (``batching.max_batch``).
+into one inference call per frame size (``batching.max_batch``).
 """
 
 from __future__ import annotations
