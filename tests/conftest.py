@@ -141,7 +141,7 @@ def conveyor_dir(mvtec_dir, tmp_path_factory) -> Path:
 def scored(station_bundles, conveyor_dir):
     """The plate's 12 images sorted by the fp32 station bundle's score, and a threshold between the lowest 8 and
     the highest (images[11] is NG, images[:8] pass): the multi-camera station and console tests' parts."""
-    from fair_edge.station.run import open_scorer
+    from fair_edge.station.bundles import open_scorer
 
     images = [cv2.imread(str(p)) for p in sorted(conveyor_dir.iterdir())]
     scorer = open_scorer(station_bundles[0], "onnxruntime")

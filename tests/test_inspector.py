@@ -185,7 +185,7 @@ def test_the_roi_is_built_at_the_maps_resolution_not_the_models_input_size(tmp_p
     as whole 8 px cells, counting the pixel beside it.)"""
     import cv2
 
-    from fair_edge.station.run import load_roi
+    from fair_edge.station.bundles import load_roi
 
     mask = np.zeros((256, 256), np.uint8)
     mask[:, 130:134] = 255

@@ -13,7 +13,7 @@ from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import Inspector
-from fair_edge.station.run import open_regions
+from fair_edge.station.bundles import open_regions
 from fair_edge.station.zones import RegionJudge, RegionSettings
 from fair_edge.training.data import load_dataset, read_image
 

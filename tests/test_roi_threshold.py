@@ -171,7 +171,7 @@ def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, 
     from fair_edge.console.actions import _quantiles
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector
-    from fair_edge.station.run import load_change, load_roi
+    from fair_edge.station.bundles import load_change, load_roi
 
     bundle = bundles["int8"]
     with caplog.at_level("WARNING", logger="fair_edge.station.decision"):

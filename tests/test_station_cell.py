@@ -130,7 +130,7 @@ class CountingScorer:
 def test_three_cameras_share_one_model_and_batch_across_cameras(station_bundles, scored, tmp_path):
     """Three unpaced replays (every frame inspected): one model loaded, inference calls of several cameras'
     frames, one row per view and one per part; the part is NG exactly when its one bad view is."""
-    from fair_edge.station.run import open_scorer
+    from fair_edge.station.bundles import open_scorer
 
     images, threshold = scored
     folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3], "left": [4, 5, 11, 6], "right": [7, 0, 1, 2]})
@@ -289,7 +289,7 @@ def test_hot_swap_of_one_cameras_bundle_leaves_the_others_running(station_bundle
     """Two cameras on the fp32 bundle; mid-run the left camera is swapped to the fp16 bundle: from then on its
     views carry the fp16 model's id, the top camera's all stay on fp32, and no frame goes uninspected."""
     from fair_edge.runtime.hotswap import model_id
-    from fair_edge.station.run import load_change
+    from fair_edge.station.bundles import load_change
 
     images, threshold = scored
     folders = camera_folders(tmp_path, images, {"top": list(range(8)), "left": list(range(8))})

@@ -164,11 +164,11 @@ def test_fail_safe_rejects_each_uninspected_part_at_its_own_due_time(policy, bun
     run's own jitter probe shows the machine was not loaded."""
     from dataclasses import replace as dc_replace
 
-    import fair_edge.station.run as rs
+    import fair_edge.station.bundles as station_bundles
     from fair_edge.line.sim_sink_plc import SimulatedPlc
 
-    real_select = rs.select_backend
-    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+    real_select = station_bundles.select_backend
+    monkeypatch.setattr(station_bundles, "select_backend", lambda b, name: (
         lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=4, sleep_s=0.45)))(real_select(b, name)))
     expected = score_samples(trained[0], load_dataset(mvtec_dir).test).scores
     threshold = float(sorted(expected)[len(expected) // 2])
@@ -227,10 +227,10 @@ def test_replay_without_fps_inspects_every_frame_even_when_inference_is_slow(bun
     """A folder read without --fps waits for inspection (block policy): nothing dropped, one row per image."""
     from dataclasses import replace as dc_replace
 
-    import fair_edge.station.run as rs
+    import fair_edge.station.bundles as station_bundles
 
-    real_select = rs.select_backend
-    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+    real_select = station_bundles.select_backend
+    monkeypatch.setattr(station_bundles, "select_backend", lambda b, name: (
         lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=1, sleep_s=0.05)))(real_select(b, name)))
     cfg = StationConfig(camera=CameraSettings(source=str(conveyor), queue_size=2), bundle=bundle.root,
                         backend="onnxruntime", output=tmp_path, record=RecordSettings(dir=tmp_path))
@@ -352,11 +352,11 @@ def test_frames_the_queue_drops_move_the_prometheus_dropped_counter(bundle, conv
     from dataclasses import replace as dc_replace
 
     import fair_edge.line.metrics as line_metrics
-    import fair_edge.station.run as rs
+    import fair_edge.station.bundles as station_bundles
     from fair_edge.line.settings import MetricsSettings
 
-    real_select = rs.select_backend
-    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+    real_select = station_bundles.select_backend
+    monkeypatch.setattr(station_bundles, "select_backend", lambda b, name: (
         lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=1, sleep_s=0.2)))(real_select(b, name)))
     opened = []
 
@@ -386,11 +386,11 @@ def test_each_part_record_says_what_the_gate_did_with_it(bundle, conveyor, tmp_p
     the unconfirmed ones more (written, no reply)."""
     from dataclasses import replace as dc_replace
 
-    import fair_edge.station.run as rs
+    import fair_edge.station.bundles as station_bundles
     from fair_edge.line.sim_sink_plc import SimulatedPlc
 
-    real_select = rs.select_backend
-    monkeypatch.setattr(rs, "select_backend", lambda b, name: (
+    real_select = station_bundles.select_backend
+    monkeypatch.setattr(station_bundles, "select_backend", lambda b, name: (
         lambda c: dc_replace(c, backend=SlowBackend(c.backend, every=4, sleep_s=0.45)))(real_select(b, name)))
     plc = SimulatedPlc().start()
     try:

@@ -169,7 +169,7 @@ def test_frames_whose_map_has_another_grid_than_the_held_out_ones_fail_safe(tile
 def test_a_hot_swap_brings_the_new_bundles_grid(tiled_bundle):
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector
-    from fair_edge.station.run import change_for
+    from fair_edge.station.bundles import change_for
 
     _, bundle, _ = tiled_bundle
     scorer = select_backend(bundle, "onnxruntime")

@@ -52,7 +52,7 @@ class StationLinks:
     only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
 
     load_model(bundle folder, threshold=None) -> ModelChange: opens a bundle for a swap (slow; called on a thread
-        of its own; ``station.run.load_change``); threshold None: the bundle's, by the station's rule.
+        of its own; ``station.bundles.load_change``); threshold None: the bundle's, by the station's rule.
     load_station(station file) -> the station's settings (``.bundle``: the bundle the file names); raises
         ConfigError for a file that would not load (``station.config.load_station``). A threshold written
         to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.

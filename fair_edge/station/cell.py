@@ -41,9 +41,9 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
+from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   load_roi, open_capture, open_line_side, open_regions, open_scorer, read_bundle,
-                                   resolve_threshold, run_station, station_tick)
+                                   open_capture, open_line_side, run_station, station_tick)
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ class DecisionThreshold:
 
 
 def roi_scores(maps: np.ndarray, roi: np.ndarray) -> np.ndarray:
-    """maps: (N, h, w) float32 anomaly maps; roi: (H, W) float32 mask weights (``station.run.load_roi``).
+    """maps: (N, h, w) float32 anomaly maps; roi: (H, W) float32 mask weights (``station.bundles.load_roi``).
     Returns (N,) float64: max(map x ROI on the maps' grid) per map, as ``Inspector.inspect`` scores a frame."""
     grid = roi_on_map(roi, tuple(maps.shape[1:]))
     return (maps * grid).reshape(len(maps), -1).max(axis=1).astype(np.float64)

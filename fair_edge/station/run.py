@@ -1,4 +1,5 @@
-"""Wire a station together from its settings: bundle, backend, camera, recorder, rejects, metrics.
+"""Wire a station together from its settings: bundle and backend (opened by ``station.bundles``), camera,
+recorder, rejects, metrics, console.
 
 ``run_station`` owns every resource it opens and closes them all (also on errors and signals);
 the summary is written to ``OUTPUT/summary.json``. ``exit_code(summary)`` is what `fair-edge run`
@@ -17,23 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import cv2
 import numpy as np
 
 from fair_edge.runtime.backends import FrameScorer
-from fair_edge.runtime.selection import select_backend
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.base import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard
-from fair_edge.runtime.hotswap import ModelChange, model_id
+from fair_edge.runtime.hotswap import model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
+from fair_edge.station.bundles import load_change, load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
-from fair_edge.station.decision import DecisionThreshold, decide_threshold
-from fair_edge.station.zones import RegionJudge
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     from fair_edge.calibration.threshold import Threshold
@@ -73,20 +71,6 @@ def undelivered_sinks(rejects: dict) -> list[str]:
     """Reject sinks that were handed pulses and delivered none (``RunSummary.rejects``)."""
     sinks = (rejects or {}).get("sinks") or {}
     return [name for name, st in sinks.items() if st.get("pulses", 0) > 0 and st.get("delivered", 0) == 0]
-
-
-def load_roi(path: Path | None) -> np.ndarray | None:
-    """Region-of-interest mask image -> (H, W) float32 weights at the image's own resolution (nonzero
-    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``)."""
-    if path is None:
-        return None
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
-    if mask is None:
-        raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
-    roi = mask > 0
-    if not roi.any():
-        raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
-    return roi.astype(np.float32)
 
 
 def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger: Handshake | None = None,
@@ -179,36 +163,6 @@ class CameraWatch:
                 self.scheduler.fault(bool(reason), reason)
             self.reason = reason
         return reason
-
-
-def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
-                      roi: np.ndarray | None = None) -> DecisionThreshold:
-    """The station's threshold and why (``station.decision.decide_threshold``): the station file's, else with an
-    ROI one calibrated on max(normal map x ROI), else the one calibrated on the graph the backend runs, else the
-    bundle's. roi: (H, W) float32 mask weights (``load_roi``) or None. ConfigError when there is none."""
-    return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
-
-
-def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
-    """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
-    station file's, else the bundle's; a bundle built before regions has none: regions are then off
-    (a logged note), or, when the file sets rules, the station refuses to start (ConfigError)."""
-    settings = cfg.regions
-    if not settings.enabled:
-        return None
-    calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
-    value = settings.pixel_threshold if settings.pixel_threshold is not None else (
-        calibrated.value if calibrated is not None else None)
-    if value is None:
-        fix = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
-               "`fair-edge build --normal HELD_OUT_NORMALS`")
-        if settings.has_rules:
-            raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
-                              f"threshold (built before defect regions, or without normal images); {fix}.")
-        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
-        return None
-    tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
-    return RegionJudge(settings, value, tiling.roi if tiling is not None else None)
 
 
 @dataclass
@@ -342,49 +296,6 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
         if calibrations is not None:   # several cameras: each camera's own, fair_edge_drift_camera_psi{camera}
             metrics.watch_by("drift_camera", "camera", console.camera_drift_metrics)
     return console
-
-
-def read_bundle(path: Path) -> Bundle | FusedBundle:
-    """Load and verify a bundle folder from `fair-edge build`, or a fused one from `fair-edge fuse`."""
-    from fair_edge.export.bundle import load_bundle
-    from fair_edge.runtime.fusion import is_fused, load_fused_bundle
-
-    return load_fused_bundle(path) if is_fused(path) else load_bundle(path)
-
-
-def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
-    """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
-    from fair_edge.runtime.fusion import FusedBundle, FusedScorer
-
-    return FusedScorer(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
-
-
-def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
-                threshold: float | None = None) -> ModelChange:
-    """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
-
-    threshold: the threshold to use with it; None = calibrated by the station's rule
-    (``station.decision.decide_threshold``: with an ROI, on the bundle's normal maps x ROI; else the one
-    calibrated on the graph the backend runs, else the bundle's; ConfigError when there is none). Raises our
-    errors for a bad bundle; nothing changes then.
-    """
-    bundle = read_bundle(bundle_path)
-    roi = load_roi(roi_path)
-    scorer = open_scorer(bundle, backend)
-    try:
-        return change_for(bundle, scorer, roi, threshold)
-    except BaseException:
-        scorer.backend.close()
-        raise
-
-
-def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarray | None,
-               threshold: float | None = None) -> ModelChange:
-    """The change to a loaded bundle and its opened scorer for a view with this ROI ((H, W) float32 weights or
-    None): the threshold given, else decided by the station's rule (``load_change``). Several cameras that
-    share a bundle share its scorer: one backend, their frames in one inference call."""
-    decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
-    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid)
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,

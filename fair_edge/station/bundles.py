@@ -1,0 +1,117 @@
+"""What a station decides with, loaded from its settings: the bundle (plain or fused) and the scorer that runs it,
+the ROI mask, the decision threshold, the defect-region rules, and the change a hot swap hands the loop.
+
+A station opens these once (``station.run``, ``station.cell``); the console's bundle swap calls ``load_change`` off
+the inspection loop. Errors are ours (ConfigError, BundleError), raised before anything changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import FrameScorer
+from fair_edge.runtime.hotswap import ModelChange, model_id
+from fair_edge.runtime.selection import select_backend
+from fair_edge.station.config import StationConfig
+from fair_edge.station.decision import DecisionThreshold, decide_threshold
+from fair_edge.station.zones import RegionJudge
+
+if TYPE_CHECKING:  # typing only
+    from fair_edge.calibration.threshold import Threshold
+    from fair_edge.export.bundle import Bundle
+    from fair_edge.runtime.fusion import FusedBundle
+
+log = logging.getLogger(__name__)
+
+
+def load_roi(path: Path | None) -> np.ndarray | None:
+    """Region-of-interest mask image -> (H, W) float32 weights at the image's own resolution (nonzero
+    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``)."""
+    if path is None:
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
+    if mask is None:
+        raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
+    roi = mask > 0
+    if not roi.any():
+        raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
+    return roi.astype(np.float32)
+
+
+def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
+                      roi: np.ndarray | None = None) -> DecisionThreshold:
+    """The station's threshold and why (``station.decision.decide_threshold``): the station file's, else with an
+    ROI one calibrated on max(normal map x ROI), else the one calibrated on the graph the backend runs, else the
+    bundle's. roi: (H, W) float32 mask weights (``load_roi``) or None. ConfigError when there is none."""
+    return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
+
+
+def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
+    """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
+    station file's, else the bundle's; a bundle built before regions has none: regions are then off
+    (a logged note), or, when the file sets rules, the station refuses to start (ConfigError)."""
+    settings = cfg.regions
+    if not settings.enabled:
+        return None
+    calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
+    value = settings.pixel_threshold if settings.pixel_threshold is not None else (
+        calibrated.value if calibrated is not None else None)
+    if value is None:
+        fix = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
+               "`fair-edge build --normal HELD_OUT_NORMALS`")
+        if settings.has_rules:
+            raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
+                              f"threshold (built before defect regions, or without normal images); {fix}.")
+        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
+        return None
+    tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
+    return RegionJudge(settings, value, tiling.roi if tiling is not None else None)
+
+
+def read_bundle(path: Path) -> Bundle | FusedBundle:
+    """Load and verify a bundle folder from `fair-edge build`, or a fused one from `fair-edge fuse`."""
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.runtime.fusion import is_fused, load_fused_bundle
+
+    return load_fused_bundle(path) if is_fused(path) else load_bundle(path)
+
+
+def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
+    """What scores frames with ``bundle``: its backend (``select_backend``), or every member's, fused."""
+    from fair_edge.runtime.fusion import FusedBundle, FusedScorer
+
+    return FusedScorer(bundle, backend) if isinstance(bundle, FusedBundle) else select_backend(bundle, backend)
+
+
+def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
+                threshold: float | None = None) -> ModelChange:
+    """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
+
+    threshold: the threshold to use with it; None = calibrated by the station's rule
+    (``station.decision.decide_threshold``: with an ROI, on the bundle's normal maps x ROI; else the one
+    calibrated on the graph the backend runs, else the bundle's; ConfigError when there is none). Raises our
+    errors for a bad bundle; nothing changes then.
+    """
+    bundle = read_bundle(bundle_path)
+    roi = load_roi(roi_path)
+    scorer = open_scorer(bundle, backend)
+    try:
+        return change_for(bundle, scorer, roi, threshold)
+    except BaseException:
+        scorer.backend.close()
+        raise
+
+
+def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarray | None,
+               threshold: float | None = None) -> ModelChange:
+    """The change to a loaded bundle and its opened scorer for a view with this ROI ((H, W) float32 weights or
+    None): the threshold given, else decided by the station's rule (``load_change``). Several cameras that
+    share a bundle share its scorer: one backend, their frames in one inference call."""
+    decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
+    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid)
