@@ -119,11 +119,12 @@ class CountingScorer:
     """A frame scorer that records how many frames each inference call took."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.calls = inner, []
+        self.inner, self.calls, self.shapes = inner, [], []
         self.reason, self.graph_threshold, self.backend = inner.reason, inner.graph_threshold, inner.backend
 
     def infer_frames(self, frames):
         self.calls.append(len(frames))
+        self.shapes.append({f.shape for f in frames})
         return self.inner.infer_frames(frames)
 
 
@@ -153,6 +154,35 @@ def test_three_cameras_share_one_model_and_batch_across_cameras(station_bundles,
     assert {c: s["inspected"] for c, s in summary.cameras.items()} == {"top": 4, "left": 4, "right": 4}
     assert summary.cameras["left"]["ng"] == 1 and summary.ng == 1
     assert sorted(p.name for p in (tmp_path / "ng").iterdir())[0].split("_", 1)[1].startswith("left_00000002")
+
+
+def test_cameras_of_two_resolutions_share_the_model_one_call_per_frame_size(station_bundles, scored, tmp_path):
+    """A side camera of 1.5 times the top camera's resolution: every inference call holds frames of one size (a
+    tiled model's frame maps, and the GPU kernel's one upload, need that), and every view of every part is decided."""
+    from fair_edge.station.bundles import open_scorer
+
+    images, threshold = scored
+    folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3]})
+    side = tmp_path / "side"
+    side.mkdir()
+    for k, i in enumerate([4, 5, 11, 6]):
+        cv2.imwrite(str(side / f"{k:03d}.png"), cv2.resize(images[i], None, fx=1.5, fy=1.5))
+    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+                        cameras=(ViewSettings("top", str(folders["top"]), queue_size=4),
+                                 ViewSettings("side", str(side), queue_size=4)),
+                        group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path),
+                        batching=dataclass_replace_batch(2)).checked()
+    scorer = CountingScorer(open_scorer(station_bundles[0], "onnxruntime"))
+    summary = run_cell(cfg, threading.Event(), scorer=scorer)
+    views, parts = rows(tmp_path)
+    assert sum(scorer.calls) == 8 == summary.inspected and all(len(shapes) == 1 for shapes in scorer.shapes)
+    assert {next(iter(shapes))[:2] for shapes in scorer.shapes} == {images[0].shape[:2], side_shape(images[4])}
+    assert not any(r.get("error") for r in views) and len(views) == 8
+    assert [p["ng"] for p in sorted(parts, key=lambda p: p["part"])] == [False, False, True, False]
+
+
+def side_shape(image: np.ndarray) -> tuple[int, int]:
+    return cv2.resize(image, None, fx=1.5, fy=1.5).shape[:2]
 
 
 def dataclass_replace_batch(n: int):
