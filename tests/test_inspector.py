@@ -193,6 +193,6 @@ def test_the_roi_is_built_at_the_maps_resolution_not_the_models_input_size(tmp_p
     amap = np.full((256, 256), 0.1, np.float32)
     amap[100, 131] = 0.5          # inside the band
     amap[50, 137] = 0.9           # 3 px right of the band, in the same 8 px cell as its right edge
-    inspector = Inspector(capture=None, scorer=MapScorer(amap), threshold=0.7, roi=load_roi(tmp_path / "roi.png"))
+    inspector = Inspector(capture=None, scorer=MapScorer(amap), threshold=0.7, roi=load_roi(tmp_path / "roi.png", None))
     verdict = inspector.inspect([Frame(0, 0.0, np.full((256, 256, 3), 128, np.uint8))])[0]
     assert verdict.score == pytest.approx(0.5) and not verdict.ng

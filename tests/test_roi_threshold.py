@@ -183,7 +183,7 @@ def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, 
         assert change.threshold == pytest.approx(expected, rel=1e-5)
         assert abs(change.threshold - change.scorer.graph_threshold.value) > 1e-3
         assert _quantiles(change) == pytest.approx(tuple(np.percentile(scores, np.arange(101))), rel=1e-5)
-        inspector = Inspector(None, change.scorer, 9.0, roi=load_roi(roi_png))
+        inspector = Inspector(None, change.scorer, 9.0, roi=load_roi(roi_png, None))
         inspector.switch.request(change)
         inspector.apply_switch()
         assert inspector.threshold == change.threshold

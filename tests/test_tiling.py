@@ -166,6 +166,38 @@ def test_frames_whose_map_has_another_grid_than_the_held_out_ones_fail_safe(tile
     assert [v.ng for v in operator] == [False, False] and all(v.error == "" for v in operator)
 
 
+def test_an_roi_mask_on_a_bundle_tiled_over_part_of_the_frame_is_cropped_to_that_part(tmp_path):
+    """Tiles over tiling.roi (16, 8, 64, 80) of a 96 x 96 frame: the map covers that rectangle only. A frame-sized
+    mask white exactly there weighs every map pixel 1 (resized whole it would squeeze the frame onto the map and
+    leave the map's edges out); a mask white only in its right half keeps the map's right half; a mask that does
+    not reach the rectangle, or is black inside it, is refused naming the rectangle."""
+    import cv2
+    from types import SimpleNamespace
+
+    from fair_edge.station.bundles import load_roi
+    from fair_edge.station.inspector import ViewDecider
+
+    tiling = TilingConfig(40, 8, roi=(16, 8, 64, 80))
+    bundle = SimpleNamespace(preprocess=SimpleNamespace(tiling=tiling))
+    map_hw = tile_layout((96, 96), tiling, 32).map_hw
+
+    def mask(name, white, size=(96, 96)):
+        image = np.zeros(size, np.uint8)
+        image[white] = 255
+        cv2.imwrite(str(tmp_path / name), image)
+        return tmp_path / name
+
+    decider = ViewDecider(None, 1.0, roi=load_roi(mask("all.png", np.s_[8:88, 16:80]), bundle))
+    assert decider.roi.shape == (80, 64) and decider.roi_on(map_hw).all()
+    right = ViewDecider(None, 1.0, roi=load_roi(mask("right.png", np.s_[8:88, 48:80]), bundle)).roi_on(map_hw)
+    assert right[:, map_hw[1] // 2 + 1 :].all() and not right[:, : map_hw[1] // 2 - 1].any()
+    with pytest.raises(ConfigError, match=r"is 64 x 64 pixels.*tiling.roi \[16, 8, 64, 80\].*reaches \(80, 88\)"):
+        load_roi(mask("small.png", np.s_[:, :], size=(64, 64)), bundle)
+    with pytest.raises(ConfigError, match=r"all black inside the bundle's tiling.roi"):
+        load_roi(mask("outside.png", np.s_[:, 85:]), bundle)
+    assert load_roi(tmp_path / "outside.png", None).any()   # a whole-frame bundle: the same mask inspects x >= 85
+
+
 def test_a_hot_swap_brings_the_new_bundles_grid(tiled_bundle):
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector

@@ -43,8 +43,8 @@ def model_id(bundle) -> str:
 @dataclass(frozen=True)
 class ModelChange:
     """What changes at the next batch boundary. scorer: a ``FrameScorer`` (None = keep the model);
-    threshold: the new decision threshold (None = keep); roi: (S, S) float32 weights for the new
-    model's image size, or None; model: the new model's id; bundle: the loaded ``Bundle`` or
+    threshold: the new decision threshold (None = keep); roi: (H, W) float32 mask weights for the new model
+    (``station.bundles.load_roi``), or None; model: the new model's id; bundle: the loaded ``Bundle`` or
     ``FusedBundle``; calibration: the calibration of the new model's decision score (with an ROI, of
     max(map x ROI): ``station.decision``), whose distribution the console's drift watch and tuning use;
     None = none in the station's units. grid: (h, w) of the maps the new model's calibrated threshold came from

@@ -30,18 +30,38 @@ if TYPE_CHECKING:  # typing only
 log = logging.getLogger(__name__)
 
 
-def load_roi(path: Path | None) -> np.ndarray | None:
+def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarray | None:
     """Region-of-interest mask image -> (H, W) float32 weights at the image's own resolution (nonzero
-    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``)."""
+    pixels = inspected); the inspector maps it onto each anomaly map's grid (``roi_on_map``).
+
+    With a tiled bundle whose tiles cover only ``tiling.roi`` (x, y, width, height frame pixels), the anomaly map
+    covers that rectangle, not the frame: the mask is then read in frame pixels (drawn on a whole camera frame)
+    and cropped to the rectangle. ConfigError when the mask is unreadable, all black, or does not reach it."""
     if path is None:
         return None
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
     if mask is None:
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
+    covered = tiling_roi(bundle)
+    if covered is not None:
+        x, y, w, h = covered
+        if mask.shape[0] < y + h or mask.shape[1] < x + w:
+            raise ConfigError(f"decision.roi: {path} is {mask.shape[1]} x {mask.shape[0]} pixels, but the bundle's tiles "
+                              f"cover tiling.roi {list(covered)} in frame pixels, which reaches ({x + w}, {y + h}); with "
+                              "a tiled bundle's tiling.roi the mask is read in frame pixels: draw it on a whole frame.")
+        mask = mask[y : y + h, x : x + w]
     roi = mask > 0
     if not roi.any():
-        raise ConfigError(f"decision.roi: {path} is all black, so nothing would be inspected.")
+        inside = "" if covered is None else f" inside the bundle's tiling.roi {list(covered)}"
+        raise ConfigError(f"decision.roi: {path} is all black{inside}, so nothing would be inspected.")
     return roi.astype(np.float32)
+
+
+def tiling_roi(bundle: Bundle | FusedBundle | None) -> tuple[int, ...] | None:
+    """The frame rectangle (x, y, width, height) a tiled bundle's map covers, None when it covers the whole frame
+    (whole-frame or fused bundles, tiles over the whole frame)."""
+    tiling = bundle.preprocess.tiling if bundle is not None and hasattr(bundle, "preprocess") else None
+    return tiling.roi if tiling is not None else None
 
 
 def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
@@ -70,8 +90,7 @@ def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudg
                               f"threshold (built before defect regions, or without normal images); {fix}.")
         log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
         return None
-    tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
-    return RegionJudge(settings, value, tiling.roi if tiling is not None else None)
+    return RegionJudge(settings, value, tiling_roi(bundle))
 
 
 def read_bundle(path: Path) -> Bundle | FusedBundle:
@@ -99,7 +118,7 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     errors for a bad bundle; nothing changes then.
     """
     bundle = read_bundle(bundle_path)
-    roi = load_roi(roi_path)
+    roi = load_roi(roi_path, bundle)
     scorer = open_scorer(bundle, backend)
     try:
         return change_for(bundle, scorer, roi, threshold)

@@ -92,7 +92,7 @@ class CellModels:
                     bundle = read_bundle(vcfg.bundle)
                     self.bundles[key] = (bundle, scorer or open_scorer(bundle, cfg.backend))
                 bundle, shared = self.bundles[key]
-                roi = load_roi(vcfg.roi)
+                roi = load_roi(vcfg.roi, bundle)
                 decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
                 self.calibrations[view.name] = decided.calibration
                 self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),

@@ -33,7 +33,7 @@ class CellLoader:
         loaded = read_bundle(bundle)
         scorer = open_scorer(loaded, self.cfg.backend)
         try:
-            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi),
+            return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi, loaded),
                                      (thresholds or {}).get(name)) for name in cameras}
         except BaseException:
             scorer.backend.close()

@@ -81,7 +81,7 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
     bundle = read_bundle(cfg.bundle)
     scorer = open_scorer(bundle, backend or cfg.backend)
     try:
-        roi = load_roi(cfg.roi)
+        roi = load_roi(cfg.roi, bundle)
         decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
         judge = open_regions(cfg, bundle)
         if judge is None:

@@ -316,7 +316,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
                         or not is_unpaced_replay(cfg))
     bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
-    roi = load_roi(cfg.roi)
+    roi = load_roi(cfg.roi, bundle)
     scorer = scorer or open_scorer(bundle, cfg.backend)
     try:
         decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
