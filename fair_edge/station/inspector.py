@@ -145,7 +145,7 @@ class ViewDecider:
         self.switch = ModelSwitch()
 
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
-        """"" when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
+        """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per grid.
         A tiled model's map grows with the frame, and its maximum over more pixels is another quantity."""
         if self.grid is None or tuple(map_hw) == tuple(self.grid):
