@@ -139,9 +139,10 @@ def test_frames_whose_map_has_another_grid_than_the_held_out_ones_fail_safe(tile
     larger map, whose maximum is another quantity: NG with both grids named, logged once; the same frames with a
     threshold the station file sets are decided by it. Both sizes come in one batch (cameras of a cell may differ
     in resolution): one inference call per size, so neither fails for the other."""
+    from fair_edge.records import Frame
     from fair_edge.station.decision import decide_threshold
     from fair_edge.station.inspector import Inspector
-    from fair_edge.records import Frame
+    from fair_edge.station.zones import RegionJudge, RegionSettings
 
     _, bundle, normals = tiled_bundle
     scorer = select_backend(bundle, "onnxruntime")
@@ -164,6 +165,10 @@ def test_frames_whose_map_has_another_grid_than_the_held_out_ones_fail_safe(tile
 
     operator = Inspector(None, scorer, 1e9, grid=None).inspect(frames[2:])
     assert [v.ng for v in operator] == [False, False] and all(v.error == "" for v in operator)
+    # region rules decide on the pixel threshold, which holds on any grid: no check then
+    rules = RegionJudge(RegionSettings.from_dict({"default": {"min_area_px": 10**6}}), 1e9, None)
+    by_rules = Inspector(None, scorer, decided.value, grid=decided.grid, regions=rules).inspect(frames[2:])
+    assert [(v.ng, v.error) for v in by_rules] == [(False, ""), (False, "")]
 
 
 def test_an_roi_mask_on_a_bundle_tiled_over_part_of_the_frame_is_cropped_to_that_part(tmp_path):

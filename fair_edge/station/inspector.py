@@ -10,7 +10,8 @@ Fail-safe rules (documented in the README):
 - an inference failure gives every frame of that batch an NG verdict with ``error`` set;
   ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
-  model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes;
+  model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
+  unless region rules decide the verdict;
 - stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
   queued are inspected, then the summary is returned.
 """
@@ -147,8 +148,9 @@ class ViewDecider:
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per grid.
-        A tiled model's map grows with the frame, and its maximum over more pixels is another quantity."""
-        if self.grid is None or tuple(map_hw) == tuple(self.grid):
+        A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. Region rules
+        that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
+        if self.grid is None or tuple(map_hw) == tuple(self.grid) or (self.regions is not None and self.regions.decides):
             return ""
         reason = (f"threshold calibrated on {self.grid[0]} x {self.grid[1]} maps (the bundle's held-out frames), but "
                   f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {map_hw[0]} x {map_hw[1]} map: a tiled model's "
