@@ -35,13 +35,13 @@ from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.hotswap import model_id
+from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.cell_console import open_cell_console
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
-from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
                                    open_capture, open_line_side, run_station, station_tick)
 

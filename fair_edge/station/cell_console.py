@@ -9,9 +9,9 @@ import dataclasses
 from pathlib import Path
 
 from fair_edge.errors import ConfigError
+from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle
 from fair_edge.station.config import StationConfig, load_station, view_config
 from fair_edge.station.faults import FaultBoard
-from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle
 from fair_edge.station.run import LineSide, open_console
 
 

@@ -17,8 +17,9 @@ watch and threshold tuning, so they compare live scores with a distribution in t
 A calibrated threshold also records the grid of the maps it was calibrated on (``DecisionThreshold.grid``, the
 held-out normal maps' (h, w)). A tiled model's frame map grows with the frame (more tiles), and its maximum over
 more map pixels is another quantity: a frame whose map has another grid is not decided against that threshold
-(``ViewDecider.off_grid``: NG with the reason, the documented fail-safe). A whole-frame model's map is always
-S x S, so it never differs there. A threshold the station file sets has no grid: it is the operator's.
+(``ViewDecider.off_grid``: NG with the reason, the documented fail-safe, unless region rules decide the verdict).
+A whole-frame model's map is always S x S, so it never differs there. A threshold the station file sets has no
+grid: it is the operator's.
 """
 
 from __future__ import annotations

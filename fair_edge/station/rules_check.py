@@ -13,12 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict
+from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import Inspector
-from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 
 
 @dataclass
