@@ -178,8 +178,9 @@ def heatmap_overlay(
     """Blend a JET-coloured anomaly map over an image.
 
     image_bgr: (H, W, 3) uint8 BGR. anomaly_map: (h, w) float (any size; resized to (H, W) with
-    bilinear interpolation). vmin, vmax: map values shown as dark blue and dark red; values outside
-    are clipped. alpha: weight of the heat map (0.5 = equal blend).
+    bilinear interpolation); NaN = no score there (a model tiled over part of the frame,
+    ``tiling.place_on_frame``): the image is left as it is. vmin, vmax: map values shown as dark blue and
+    dark red; values outside are clipped. alpha: weight of the heat map (0.5 = equal blend).
     Returns (H, W, 3) uint8 BGR; the same inputs always give the same output.
     """
     image_bgr = np.asarray(image_bgr)
@@ -190,17 +191,20 @@ def heatmap_overlay(
         raise DataError(
             f"anomaly_map must be (h, w) float; found {anomaly_map.shape} {anomaly_map.dtype}. For (1, h, w) pass map[0]."
         )
-    if not np.isfinite(anomaly_map).all():
-        raise DataError("anomaly_map holds NaN or inf; fix the scorer output first.")
+    if np.isinf(anomaly_map).any() or np.isnan(anomaly_map).all():
+        raise DataError("anomaly_map holds inf, or NaN everywhere; fix the scorer output first.")
     if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
         raise ConfigError(f"need finite vmin < vmax; found vmin={vmin}, vmax={vmax}.")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1]; found {alpha}.")
     height, width = image_bgr.shape[:2]
     resized = cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    scaled = np.clip((resized - vmin) / (vmax - vmin), 0.0, 1.0) * 255.0
+    unscored = np.isnan(resized)
+    scaled = np.clip((np.where(unscored, vmin, resized) - vmin) / (vmax - vmin), 0.0, 1.0) * 255.0
     heat = cv2.applyColorMap(np.round(scaled).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(image_bgr, 1.0 - alpha, heat, alpha, 0.0)
+    blended = cv2.addWeighted(image_bgr, 1.0 - alpha, heat, alpha, 0.0)
+    blended[unscored] = image_bgr[unscored]
+    return blended
 
 
 # ---------------------------------------------------------------- readable heat-map panels

@@ -118,6 +118,19 @@ def tile_layout(frame_hw: tuple[int, int], tiling: TilingConfig, map_size: int) 
     return TileLayout(tiling, (h, w), map_size, crops, places, map_hw)
 
 
+def place_on_frame(frame_map: np.ndarray, frame_hw: tuple[int, int], area: tuple[int, ...]) -> np.ndarray:
+    """The stitched map of a model tiled over ``area`` (``tiling.roi``: x, y, width, height frame pixels) placed
+    where it lies in a frame of ``frame_hw`` (H, W), for display: (round(H * sy), round(W * sx)) float32 at the
+    map's own scale (sy, sx = map pixels per frame pixel), NaN outside the area (no score there)."""
+    x, y, aw, ah = area
+    sy, sx = frame_map.shape[0] / ah, frame_map.shape[1] / aw
+    out = np.full((round(frame_hw[0] * sy), round(frame_hw[1] * sx)), np.nan, np.float32)
+    top, left = round(y * sy), round(x * sx)
+    part = frame_map[: out.shape[0] - top, : out.shape[1] - left]
+    out[top : top + part.shape[0], left : left + part.shape[1]] = part
+    return out
+
+
 def split_frame(frame: np.ndarray, layout: TileLayout) -> list[np.ndarray]:
     """frame: (H, W, 3) or (H, W) uint8, host memory. Returns ``layout.count`` tile views
     (tile, tile[, 3]) uint8 (no copy), in the layout's order."""

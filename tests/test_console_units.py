@@ -371,3 +371,20 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     assert tuple(feed.drift.watch("b").quantiles) == new.normal_quantiles
     assert tuple(feed.drift.watch("a").quantiles) != new.normal_quantiles
     assert feed.camera_bundles["b"] == tmp_path / "new" and feed.bundle_path == tmp_path   # a's bundle leads
+
+
+def test_the_live_overlay_of_a_map_over_part_of_the_frame_keeps_the_frame_around_it():
+    """The console's JPEG of a map placed on the frame (NaN outside a tiled model's rectangle): the heat map inside,
+    the frame around it, as the NG images show it; a map of NaN only is no overlay, not an error."""
+    from fair_edge.console.render import overlay_jpeg
+
+    image = np.full((64, 64, 3), 128, np.uint8)
+    amap = np.full((32, 32), np.nan, np.float32)
+    amap[:, 16:] = 1.0
+    out = cv2.imdecode(np.frombuffer(overlay_jpeg(image, amap, threshold=0.5), np.uint8), cv2.IMREAD_COLOR)
+    left, right = out[:, :28].astype(int), out[:, 36:].astype(int)
+    assert np.abs(left - 128).max() <= 3                          # the frame as captured (JPEG's rounding)
+    assert (right[..., 2] - right[..., 0]).mean() > 40            # hot: red over the grey frame
+    blank = cv2.imdecode(np.frombuffer(overlay_jpeg(image, np.full((32, 32), np.nan, np.float32), 0.5), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert np.abs(blank.astype(int) - 128).max() <= 3

@@ -58,6 +58,21 @@ def test_logs_every_verdict_and_saves_ng_overlays(tmp_path):
     assert stats["images"] == 2 and stats["logged"] == 6 and stats["write_errors"] == 0
 
 
+def test_an_ng_overlay_of_a_map_over_part_of_the_frame_keeps_the_frame_around_it(tmp_path):
+    """A tiled model's map placed on the frame (NaN where no tile reached): the NG overlay blends the heat map
+    inside, leaves the frame as captured outside, and writes without an error."""
+    amap = np.full((12, 16), np.nan, np.float32)
+    amap[:, 8:] = _amap()[:, 8:]
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0), run_id="R1") as rec:
+        assert rec.record(_frame(0), _verdict(0, ng=True), amap)
+        assert rec.flush()
+        stats = rec.stats()
+    overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000000_overlay.png"))
+    frame = overlay[overlay.shape[0] - 48 :, :64]
+    assert np.array_equal(frame[:, :30], _frame(0).image[:, :30]) and not np.array_equal(frame[:, 34:], _frame(0).image[:, 34:])
+    assert stats["images"] == 1 and stats["write_errors"] == 0
+
+
 def test_overlay_is_hot_where_the_map_is_high():
     img = np.full((40, 40, 3), 100, np.uint8)
     amap = np.zeros((10, 10), np.float32)

@@ -91,3 +91,19 @@ def test_overlay_rejects_bad_input():
         plots.heatmap_overlay(image, np.zeros((1, 4, 4), np.float32), 0, 1)
     with pytest.raises(ConfigError, match="vmin < vmax"):
         plots.heatmap_overlay(image, np.zeros((4, 4), np.float32), 1, 1)
+    with pytest.raises(DataError, match="inf"):
+        plots.heatmap_overlay(image, np.full((4, 4), np.inf, np.float32), 0, 1)
+    with pytest.raises(DataError, match="NaN everywhere"):
+        plots.heatmap_overlay(image, np.full((4, 4), np.nan, np.float32), 0, 1)
+
+
+def test_overlay_leaves_the_image_as_it_is_where_the_map_has_no_score():
+    """NaN = no score (a model tiled over part of the frame): those pixels keep the image; the rest is blended."""
+    image = np.full((40, 40, 3), 128, np.uint8)
+    anomaly_map = np.full((40, 40), 1.0, np.float32)
+    anomaly_map[:, 20:] = np.nan
+    out = plots.heatmap_overlay(image, anomaly_map, 0.0, 1.0)
+    np.testing.assert_array_equal(out[:, 21:], image[:, 21:])
+    b, r = out[:, :19, 0].astype(int), out[:, :19, 2].astype(int)
+    assert (r > b + 40).all()                                # the scored half: hot, red over the grey image
+

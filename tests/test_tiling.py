@@ -203,6 +203,43 @@ def test_an_roi_mask_on_a_bundle_tiled_over_part_of_the_frame_is_cropped_to_that
     assert load_roi(tmp_path / "outside.png", None).any()   # a whole-frame bundle: the same mask inspects x >= 85
 
 
+def test_a_map_over_part_of_the_frame_is_shown_where_it_lies_and_regions_stay_in_frame_pixels():
+    """Tiles over tiling.roi (16, 8, 64, 80) of a 96 x 96 frame: the verdict callbacks (console, NG images) get the
+    map placed on the frame, NaN outside the rectangle, so a hot spot is drawn where it is; the scores, the regions
+    and their boxes (frame pixels) come from the map as scored. Without map_area the callbacks get the map as is."""
+    from fair_edge.records import Frame
+    from fair_edge.station.inspector import Inspector
+    from fair_edge.station.zones import RegionJudge, RegionSettings
+    from fair_edge.tiling import place_on_frame
+
+    tiling = TilingConfig(40, 8, roi=(16, 8, 64, 80))
+    layout = tile_layout((96, 96), tiling, 32)
+    amap = np.zeros(layout.map_hw, np.float32)                  # (64, 51): 0.8 map px per frame px
+    amap[40:44, 40:44] = 1.0                                    # frame x 16 + 50..55, y 8 + 50..55
+
+    class Fixed:
+        reason, graph_threshold = "test", None
+
+        def infer_frames(self, frames):
+            return np.stack([amap] * len(frames)), np.ones(len(frames), np.float32)
+
+    shown = {}
+    judge = RegionJudge(RegionSettings(), 0.5, tiling.roi)
+    for area in (tiling.roi, None):
+        inspector = Inspector(None, Fixed(), 0.5, regions=judge, map_area=area,
+                              on_verdict=[lambda f, v, m, a=area: shown.update({a: (v, m)})])
+        inspector.inspect([Frame(0, 0.0, np.zeros((96, 96, 3), np.uint8))])
+    (verdict, placed), (_, raw) = shown[tiling.roi], shown[None]
+    assert raw is amap or np.array_equal(raw, amap)
+    assert placed.shape == (77, 76)                             # 96 frame px at 64 / 80 and 51 / 64
+    np.testing.assert_array_equal(placed[6 : 6 + 64, 13 : 13 + 51], amap)   # at round(8 x 0.8), round(16 x 0.797)
+    assert np.isnan(placed[:6]).all() and np.isnan(placed[:, :13]).all() and np.isnan(placed[70:]).all()
+    np.testing.assert_array_equal(place_on_frame(amap, (96, 96), tiling.roi), placed)
+    (region,) = verdict.regions
+    x, y, w, h = region.bbox
+    assert 65 <= x <= 67 and 57 <= y <= 59 and w <= 7 and h <= 7   # frame pixels (16 + 40 / 0.797, 8 + 40 / 0.8)
+
+
 def test_a_hot_swap_brings_the_new_bundles_grid(tiled_bundle):
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector

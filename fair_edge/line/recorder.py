@@ -232,7 +232,7 @@ class Recorder:
         bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
         threshold = verdict.threshold
         known = bool(np.isfinite(threshold) and threshold > 0)
-        vmax = 2.0 * threshold if known else float(amap.max()) + 1e-6
+        vmax = 2.0 * threshold if known else float(np.nanmax(amap)) + 1e-6
         lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
                  f"seq {verdict.seq}  source {verdict.source or '-'}"] + ([_ascii(verdict.reason)] if verdict.hits else [])
         return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=threshold if known else None,

@@ -48,7 +48,8 @@ class ModelChange:
     ``FusedBundle``; calibration: the calibration of the new model's decision score (with an ROI, of
     max(map x ROI): ``station.decision``), whose distribution the console's drift watch and tuning use;
     None = none in the station's units. grid: (h, w) of the maps the new model's calibrated threshold came from
-    (``DecisionThreshold.grid``; None = not checked)."""
+    (``DecisionThreshold.grid``; None = not checked). map_area: the frame rectangle the new model's map covers
+    (a tiled bundle's ``tiling.roi``; None = the whole frame)."""
 
     scorer: FrameScorer | None = None
     threshold: float | None = None
@@ -57,6 +58,7 @@ class ModelChange:
     bundle: Bundle | FusedBundle | None = None
     calibration: Threshold | None = None
     grid: tuple[int, int] | None = None
+    map_area: tuple[int, ...] | None = None
 
 
 class ModelSwitch:
@@ -90,7 +92,7 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
     if new.scorer is not None:
         return new
     return ModelChange(old.scorer, new.threshold if new.threshold is not None else old.threshold,
-                       old.roi, old.model, old.bundle, old.calibration, old.grid)
+                       old.roi, old.model, old.bundle, old.calibration, old.grid, old.map_area)
 
 
 def retire(scorer: FrameScorer) -> None:

@@ -133,4 +133,5 @@ def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarra
     None): the threshold given, else decided by the station's rule (``load_change``). Several cameras that
     share a bundle share its scorer: one backend, their frames in one inference call."""
     decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
-    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid)
+    return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid,
+                       tiling_roi(bundle))

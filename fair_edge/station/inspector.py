@@ -34,6 +34,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict
+from fair_edge.tiling import place_on_frame
 
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
     from fair_edge.cameras import CaptureThread
@@ -133,14 +134,17 @@ class ViewDecider:
     """How one camera's frames are decided: its frame scorer (shared by the cameras of one bundle), threshold,
     ROI ((H, W) float32 weights at the mask image's resolution, nonzero = inspected, or None), model id and
     region rules (None = off); ``switch.request()`` changes its model or threshold at the next batch boundary.
-    grid: (h, w) of the maps the threshold was calibrated on (``DecisionThreshold.grid``), None = not checked."""
+    grid: (h, w) of the maps the threshold was calibrated on (``DecisionThreshold.grid``), None = not checked.
+    map_area: the frame rectangle (x, y, width, height) the model's map covers (a tiled bundle's ``tiling.roi``),
+    None = the whole frame; the verdict callbacks then get the map placed on the frame (``shown_map``)."""
 
     def __init__(self, scorer: FrameScorer, threshold: float, roi: np.ndarray | None = None, model: str = "",
-                 regions: RegionJudge | None = None, grid: tuple[int, int] | None = None) -> None:
+                 regions: RegionJudge | None = None, grid: tuple[int, int] | None = None,
+                 map_area: tuple[int, ...] | None = None) -> None:
         if not math.isfinite(threshold):
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
         self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
-        self.grid = grid
+        self.grid, self.map_area = grid, map_area
         self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
         self._warned_grids: set[tuple[int, int]] = set()
         self.switch = ModelSwitch()
@@ -160,6 +164,14 @@ class ViewDecider:
             self._warned_grids.add(tuple(map_hw))
             log.error("frames rejected: %s", reason)
         return reason
+
+    def shown_map(self, anomaly_map: np.ndarray | None, frame_hw: tuple[int, int]) -> np.ndarray | None:
+        """The map as the verdict callbacks show it (console, NG images): as scored, or, when the map covers only
+        ``map_area``, placed on the frame with NaN around it (``tiling.place_on_frame``), so a hot spot is drawn
+        where it is, beside the region boxes."""
+        if anomaly_map is None or self.map_area is None:
+            return anomaly_map
+        return place_on_frame(anomaly_map, frame_hw, self.map_area)
 
     def roi_on(self, shape: tuple[int, int]) -> np.ndarray:
         """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
@@ -187,7 +199,7 @@ class Inspector:
     regions: finds defect regions in every scored map and applies the station's rules
     (``fair_edge.station.zones``); with rules, an inspected frame is NG exactly when one fires. None = off.
     views: camera name -> its own ``ViewDecider`` (several cameras); frames of other cameras use the one made
-    from scorer, threshold, roi, model, regions and grid (the calibrated threshold's map grid: ``ViewDecider``).
+    from scorer, threshold, roi, model, regions, grid and map_area (``ViewDecider``).
     The frames of one batch that share a scorer and a frame size go to it in one inference call, whichever camera
     took them.
     """
@@ -195,9 +207,10 @@ class Inspector:
     def __init__(self, capture: CaptureThread, scorer: FrameScorer, threshold: float, *, roi: np.ndarray | None = None,
                  settings: LoopSettings = LoopSettings(), on_verdict: list[VerdictCallback] | None = None,
                  model: str = "", regions: RegionJudge | None = None,
-                 views: dict[str, ViewDecider] | None = None, grid: tuple[int, int] | None = None) -> None:
+                 views: dict[str, ViewDecider] | None = None, grid: tuple[int, int] | None = None,
+                 map_area: tuple[int, ...] | None = None) -> None:
         self.capture, self.settings = capture, settings
-        self.decider = ViewDecider(scorer, threshold, roi, model, regions, grid)
+        self.decider = ViewDecider(scorer, threshold, roi, model, regions, grid, map_area)
         self.views = dict(views or {})
         self.on_verdict = list(on_verdict or [])
         self.latency = LatencyStats()
@@ -252,12 +265,13 @@ class Inspector:
             ng = bool(error) or score is None or score > decider.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, decider.threshold, ng, time.monotonic(), frame.source,
                           error, decider.model, regions, hits, frame.camera)
+        shown = decider.shown_map(anomaly_map, frame.image.shape[:2])
         self.summary.inspected += 1
         self.summary.ng += int(ng)
         self.latency.add((verdict.t_verdict - frame.t_capture) * 1000.0)  # ms, as Verdict.latency_ms
         for callback in self.on_verdict:
             try:
-                callback(frame, verdict, anomaly_map)
+                callback(frame, verdict, shown)
             except Exception:  # a sink or recorder failure must not stop inspection; logged and counted
                 self.summary.callback_errors += 1
                 log.exception("verdict callback %r failed for frame %d", callback, frame.seq)
@@ -309,7 +323,7 @@ class Inspector:
             if change.scorer is not None:
                 old = decider.scorer
                 decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
-                decider.grid = change.grid
+                decider.grid, decider.map_area = change.grid, change.map_area
                 if decider is self.decider:
                     self.summary.backend = change.scorer.reason
                 if decider.regions is not None and change.bundle is not None:
