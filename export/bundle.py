@@ -121,6 +121,13 @@ class Bundle:
     def image_size(self) -> int:
         return self.preprocess.image_size
 
+    @property
+    def map_area(self) -> tuple[int, ...] | None:
+        """The frame rectangle (x, y, width, height) its anomaly map covers: a tiled model's ``tiling.roi``;
+        None = the whole frame."""
+        tiling = self.preprocess.tiling
+        return tiling.roi if tiling is not None else None
+
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the bundle's numbers."""

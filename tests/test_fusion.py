@@ -115,3 +115,29 @@ def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):
     (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "stats"}))
     with pytest.raises(BundleError, match="invalid field"):
         load_fused_bundle(copy)
+
+
+def test_members_must_map_the_same_part_of_the_frame(fused, tiny_detector, tmp_path, monkeypatch):
+    """The fused map adds the members' maps pixel by pixel: a member tiled over (8, 8, 48, 48) of the frame and one
+    over the whole frame are refused, naming both; two over the same rectangle fuse, and the station crops masks and
+    places maps by that rectangle (``map_area``)."""
+    from fair_edge.station.bundles import tiling_roi
+
+    _, (whole, _), normals = fused
+    pre = replace(PRE, tiling=TilingConfig(32, 8, roi=(8, 8, 48, 48)))
+    ckpt = Checkpoint(replace(MODEL, preprocess=pre), tiny_detector.unet.state_dict())
+    part = [build_bundle(ckpt, tmp_path / f"part{i}", BuildOptions(engine=False), normal_frames=normals).bundle
+            for i in range(2)]
+    with pytest.raises(ConfigError, match=r"whole: the whole frame; part0: tiling.roi \[8, 8, 48, 48\]"):
+        build_fused_bundle([whole.root, part[0].root], tmp_path / "mixed", normals)
+    assert not (tmp_path / "mixed").exists()                       # refused before anything is copied
+    same = build_fused_bundle([p.root for p in part], tmp_path / "same", normals)
+    assert same.map_area == (8, 8, 48, 48) == tiling_roi(same) and tiling_roi(whole) is None
+    import fair_edge.runtime.fusion as fusion                      # one fused before the check: refused at load
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fusion, "check_same_area", lambda members, where: None)
+        build_fused_bundle([whole.root, part[0].root], tmp_path / "old", normals)
+    with pytest.raises(ConfigError, match="members of .*old map different parts of the frame"):
+        load_fused_bundle(tmp_path / "old")
+

@@ -183,7 +183,7 @@ def test_an_roi_mask_on_a_bundle_tiled_over_part_of_the_frame_is_cropped_to_that
     from fair_edge.station.inspector import ViewDecider
 
     tiling = TilingConfig(40, 8, roi=(16, 8, 64, 80))
-    bundle = SimpleNamespace(preprocess=SimpleNamespace(tiling=tiling))
+    bundle = SimpleNamespace(map_area=tiling.roi)
     map_hw = tile_layout((96, 96), tiling, 32).map_hw
 
     def mask(name, white, size=(96, 96)):

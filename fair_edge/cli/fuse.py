@@ -16,7 +16,9 @@ app = typer.Typer()
 @app.command("fuse")
 @friendly_errors
 def fuse(
-    bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings)."),
+    bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings; "
+                                         "their maps must cover the same part of the frame: the same --roi at "
+                                         "training, or none)."),
     normal: Path = typer.Option(..., "--normal", help="Held-out normal images: each model's score statistics and "
                                 "the fused threshold."),
     out: Path = typer.Option(Path("runs/fused"), help="Output folder (members are copied into it)."),

@@ -5,7 +5,8 @@ A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and 
   {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score.
 Rule (one definition, used by calibration, eval and the station):
   z_i       = (anomaly map_i - mean_i) / std_i      (each model's map in units of its own normal spread)
-  fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly)
+  fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly),
+              so every member's map must cover the same part of the frame (the same ``tiling.roi``, or none)
   score     = max of the fused map
 RULES: "mean" (default: agreement between models lifts a defect, a single model's noise is halved)
 or "max" (a defect seen by any model counts; false rejects add up).
@@ -84,6 +85,11 @@ class FusedBundle:
         return self.members[0].image_size
 
     @property
+    def map_area(self) -> tuple[int, ...] | None:
+        """The frame rectangle every member's map covers (``Bundle.map_area``; checked equal when fused and loaded)."""
+        return self.members[0].map_area
+
+    @property
     def files(self) -> dict[str, str]:
         """Every member's files (``mI/NAME`` -> SHA-256), so a fused bundle has a model id like any other."""
         return {f"m{i}/{name}": sha for i, m in enumerate(self.members) for name, sha in m.files.items()}
@@ -109,10 +115,10 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
         raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")
     if len(normal_frames) < 2:
         raise DataError("fusion needs held-out normal images for each model's score statistics (--normal).")
+    check_same_area([load_bundle(src) for src in member_dirs], "")   # verifies each before anything is copied
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, src in enumerate(member_dirs):
-        load_bundle(src)  # verifies it before copying
         dst = out / f"m{i}"
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst)
@@ -166,7 +172,20 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
             raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(root / entry["path"]))
+    check_same_area(members, f" of {root}")
     return FusedBundle(root, tuple(members), stats, rule, threshold)
+
+
+def check_same_area(members: Sequence, where: str) -> None:
+    """ConfigError naming each member's area unless every member's map covers the same frame rectangle
+    (``Bundle.map_area``): the fused map adds them pixel by pixel on the first member's grid."""
+    areas = [m.map_area for m in members]
+    if len(set(areas)) > 1:
+        found = "; ".join(f"{m.root.name}: {'the whole frame' if a is None else f'tiling.roi {list(a)}'}"
+                          for m, a in zip(members, areas))
+        raise ConfigError(f"the members{where} map different parts of the frame ({found}); the fused map adds them "
+                          "pixel by pixel, so they must cover the same one: train them with the same --roi (or "
+                          "none), then `fair-edge fuse` again.")
 
 
 # ----------------------------------------------------------------------------- runtime

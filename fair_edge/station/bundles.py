@@ -58,10 +58,9 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
 
 
 def tiling_roi(bundle: Bundle | FusedBundle | None) -> tuple[int, ...] | None:
-    """The frame rectangle (x, y, width, height) a tiled bundle's map covers, None when it covers the whole frame
-    (whole-frame or fused bundles, tiles over the whole frame)."""
-    tiling = bundle.preprocess.tiling if bundle is not None and hasattr(bundle, "preprocess") else None
-    return tiling.roi if tiling is not None else None
+    """The frame rectangle (x, y, width, height) a bundle's map covers (``map_area``: a tiled model's
+    ``tiling.roi``, a fused bundle's members'), None when it covers the whole frame or there is no bundle."""
+    return None if bundle is None else bundle.map_area
 
 
 def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
