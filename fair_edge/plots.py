@@ -172,6 +172,11 @@ def save_pro_plot(
 # ---------------------------------------------------------------- overlays
 
 
+def drawable(anomaly_map: np.ndarray) -> bool:
+    """Whether ``heatmap_overlay`` can draw this map: no inf, and at least one scored (not NaN) pixel."""
+    return not np.isinf(anomaly_map).any() and not np.isnan(anomaly_map).all()
+
+
 def heatmap_overlay(
     image_bgr: np.ndarray, anomaly_map: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5
 ) -> np.ndarray:
@@ -191,7 +196,7 @@ def heatmap_overlay(
         raise DataError(
             f"anomaly_map must be (h, w) float; found {anomaly_map.shape} {anomaly_map.dtype}. For (1, h, w) pass map[0]."
         )
-    if np.isinf(anomaly_map).any() or np.isnan(anomaly_map).all():
+    if not drawable(anomaly_map):
         raise DataError("anomaly_map holds inf, or NaN everywhere; fix the scorer output first.")
     if not (np.isfinite(vmin) and np.isfinite(vmax) and vmax > vmin):
         raise ConfigError(f"need finite vmin < vmax; found vmin={vmin}, vmax={vmax}.")

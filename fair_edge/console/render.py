@@ -10,7 +10,7 @@ import threading
 import cv2
 import numpy as np
 
-from fair_edge.plots import heatmap_overlay
+from fair_edge.plots import drawable, heatmap_overlay
 from fair_edge.records import Verdict
 from fair_edge.regions import draw_regions
 
@@ -29,7 +29,7 @@ def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: f
     scale = min(1.0, max_side / max(bgr.shape[:2]))
     if scale < 1.0:
         bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    if anomaly_map is not None and not np.isinf(anomaly_map).any() and not np.isnan(anomaly_map).all():
+    if anomaly_map is not None and drawable(anomaly_map):
         vmax = 2.0 * threshold if np.isfinite(threshold) and threshold > 0 else float(np.nanmax(anomaly_map)) + 1e-6
         bgr = heatmap_overlay(bgr, anomaly_map, 0.0, vmax, alpha)
     if (verdict is not None and verdict.regions) or len(zone_outlines):

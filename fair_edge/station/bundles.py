@@ -42,7 +42,7 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
     if mask is None:
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
-    covered = tiling_roi(bundle)
+    covered = bundle.map_area if bundle is not None else None
     if covered is not None:
         x, y, w, h = covered
         if mask.shape[0] < y + h or mask.shape[1] < x + w:
@@ -55,12 +55,6 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
         inside = "" if covered is None else f" inside the bundle's tiling.roi {list(covered)}"
         raise ConfigError(f"decision.roi: {path} is all black{inside}, so nothing would be inspected.")
     return roi.astype(np.float32)
-
-
-def tiling_roi(bundle: Bundle | FusedBundle | None) -> tuple[int, ...] | None:
-    """The frame rectangle (x, y, width, height) a bundle's map covers (``map_area``: a tiled model's
-    ``tiling.roi``, a fused bundle's members'), None when it covers the whole frame or there is no bundle."""
-    return None if bundle is None else bundle.map_area
 
 
 def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,
@@ -89,7 +83,7 @@ def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudg
                               f"threshold (built before defect regions, or without normal images); {fix}.")
         log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
         return None
-    return RegionJudge(settings, value, tiling_roi(bundle))
+    return RegionJudge(settings, value, bundle.map_area)
 
 
 def read_bundle(path: Path) -> Bundle | FusedBundle:
@@ -133,4 +127,4 @@ def change_for(bundle: Bundle | FusedBundle, scorer: FrameScorer, roi: np.ndarra
     share a bundle share its scorer: one backend, their frames in one inference call."""
     decided = decide_threshold(threshold, bundle, roi, scorer.graph_threshold)
     return ModelChange(scorer, decided.value, roi, model_id(bundle), bundle, decided.calibration, decided.grid,
-                       tiling_roi(bundle))
+                       bundle.map_area)

@@ -35,8 +35,7 @@ from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.hotswap import model_id
-from fair_edge.station.bundles import (load_roi, open_regions, open_scorer, read_bundle, resolve_threshold,
-                                      tiling_roi)
+from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.cell_console import open_cell_console
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
@@ -97,7 +96,7 @@ class CellModels:
                 decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
                 self.calibrations[view.name] = decided.calibration
                 self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
-                                                    open_regions(vcfg, bundle), decided.grid, tiling_roi(bundle))
+                                                    open_regions(vcfg, bundle), decided.grid, bundle.map_area)
         except BaseException:
             self.close()
             raise

@@ -109,13 +109,14 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
     threshold to use, naming the fixes. Logs which threshold is used and why."""
     family, family_reason = _family_threshold(bundle, graph_threshold)
     calibration = family if roi is None else _roi_calibration(bundle, roi, graph_threshold)
+    grid = None if explicit is not None else _calibration_grid(bundle, graph_threshold)
     if explicit is not None:
         decided = DecisionThreshold(float(explicit), "set by decision.threshold / --threshold", calibration)
     elif roi is None:
         if family is None:
             raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station "
                               "file, pass --threshold, or rebuild with `fair-edge build --calib NORMAL_IMAGES`.")
-        decided = DecisionThreshold(family.value, family_reason, family, _calibration_grid(bundle, graph_threshold))
+        decided = DecisionThreshold(family.value, family_reason, family, grid)
     elif calibration is None:
         raise ConfigError(
             f"decision.roi: the station scores max(anomaly map x ROI), but bundle {bundle.root} keeps no held-out "
@@ -127,8 +128,7 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
         decided = DecisionThreshold(calibration.value, (
             f"calibrated on max(map x ROI) of {calibration.n_normal} held-out normal maps at the bundle's "
             f"false-reject rate {calibration.false_reject_rate:g} (measured {calibration.measured_false_reject_rate:.4g});"
-            f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration,
-            _calibration_grid(bundle, graph_threshold))
+            f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration, grid)
     # the default level shows it where it replaces the bundle's threshold (start and hot swap alike)
     log.log(logging.WARNING if roi is not None and explicit is None else logging.INFO,
             "decision threshold %.6g: %s", decided.value, decided.reason)

@@ -154,14 +154,15 @@ class ViewDecider:
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per grid.
         A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. Region rules
         that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
-        if self.grid is None or tuple(map_hw) == tuple(self.grid) or (self.regions is not None and self.regions.decides):
+        map_hw = tuple(map_hw)
+        if self.grid is None or map_hw == tuple(self.grid) or (self.regions is not None and self.regions.decides):
             return ""
         reason = (f"threshold calibrated on {self.grid[0]} x {self.grid[1]} maps (the bundle's held-out frames), but "
                   f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {map_hw[0]} x {map_hw[1]} map: a tiled model's "
                   "score then means something else. Build with held-out normal frames from this camera "
                   "(`fair-edge build --normal DIR`), or set decision.threshold")
-        if tuple(map_hw) not in self._warned_grids:
-            self._warned_grids.add(tuple(map_hw))
+        if map_hw not in self._warned_grids:
+            self._warned_grids.add(map_hw)
             log.error("frames rejected: %s", reason)
         return reason
 

@@ -30,8 +30,7 @@ from fair_edge.runtime.hotswap import model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.station.notify import ServiceNotifier, status_line
-from fair_edge.station.bundles import (load_change, load_roi, open_regions, open_scorer, read_bundle, resolve_threshold,
-                                      tiling_roi)
+from fair_edge.station.bundles import load_change, load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
@@ -347,7 +346,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             on_start(f"console: {console.url}")
         inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
                               model=model_id(bundle), regions=regions, grid=decided.grid,
-                              map_area=tiling_roi(bundle))
+                              map_area=bundle.map_area)
         inspector.summary.run_id = run_id
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)
         if on_console is not None:
