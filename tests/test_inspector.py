@@ -196,3 +196,18 @@ def test_the_roi_is_built_at_the_maps_resolution_not_the_models_input_size(tmp_p
     inspector = Inspector(capture=None, scorer=MapScorer(amap), threshold=0.7, roi=load_roi(tmp_path / "roi.png", None))
     verdict = inspector.inspect([Frame(0, 0.0, np.full((256, 256, 3), 128, np.uint8))])[0]
     assert verdict.score == pytest.approx(0.5) and not verdict.ng
+
+
+def test_a_frame_off_the_calibrated_grid_is_logged_once_per_pair_of_grids(caplog):
+    """The reason is the verdict's error on every such frame and in the log once; after a swap to a bundle calibrated
+    on another grid, the same frames are logged again (the reason names the new grid)."""
+    from fair_edge.station.inspector import ViewDecider
+
+    decider = ViewDecider(None, 1.0, grid=(77, 77))
+    with caplog.at_level("ERROR", logger="fair_edge.station.inspector"):
+        reasons = [decider.off_grid((136, 136), (109, 109)) for _ in range(3)]
+        decider.grid = (64, 64)                                   # what apply_switch does for a swapped bundle
+        swapped = decider.off_grid((136, 136), (109, 109))
+    assert all("77 x 77 maps" in r for r in reasons) and "64 x 64 maps" in swapped
+    assert [r.getMessage().count("x 77 maps") + r.getMessage().count("x 64 maps") for r in caplog.records] == [1, 1]
+

@@ -146,13 +146,13 @@ class ViewDecider:
         self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
         self.grid, self.map_area = grid, map_area
         self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
-        self._warned_grids: set[tuple[int, int]] = set()
+        self._warned_grids: set[tuple[tuple[int, int], tuple[int, ...]]] = set()   # (calibrated, live) grids logged
         self.switch = ModelSwitch()
 
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
-        else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per grid.
-        A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. Region rules
+        else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per pair of
+        grids. A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. Region rules
         that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
         map_hw = tuple(map_hw)
         if self.grid is None or map_hw == tuple(self.grid) or (self.regions is not None and self.regions.decides):
@@ -161,8 +161,8 @@ class ViewDecider:
                   f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {map_hw[0]} x {map_hw[1]} map: a tiled model's "
                   "score then means something else. Build with held-out normal frames from this camera "
                   "(`fair-edge build --normal DIR`), or set decision.threshold")
-        if map_hw not in self._warned_grids:
-            self._warned_grids.add(map_hw)
+        if (self.grid, map_hw) not in self._warned_grids:   # once per pair: a swap may bring another grid
+            self._warned_grids.add((self.grid, map_hw))
             log.error("frames rejected: %s", reason)
         return reason
 
