@@ -146,3 +146,37 @@ def test_members_must_map_the_same_part_of_the_frame(fused, tiny_detector, tmp_p
     with pytest.raises(ConfigError, match="members of .*old map different parts of the frame"):
         load_fused_bundle(tmp_path / "old")
 
+
+
+def test_a_fused_bundle_records_its_grid_and_frames_off_it_fail_safe(fused, tmp_path):
+    """The fused map lies on the first member's grid. With a tiled member first it grows with the frame, so the
+    fused threshold (the maximum over 64 px frames' maps) is another quantity on larger frames: the grid is
+    recorded at fusion and the station's decider refuses frames off it, as for a tiled bundle. A fusion.json
+    written before the grid was kept loads with no grid (no check)."""
+    import shutil
+
+    from fair_edge.records import Frame
+    from fair_edge.station.decision import decide_threshold
+    from fair_edge.station.inspector import Inspector
+
+    _, (whole, tiled), normals = fused
+    bundle = build_fused_bundle([tiled.root, whole.root], tmp_path / "tiled-first", normals)
+    scorer = FusedScorer(bundle, "onnxruntime")
+    maps, _ = scorer.infer_frames(normals[:1])
+    assert bundle.grid == maps.shape[1:] and json.loads((bundle.root / "fusion.json").read_text())["grid"] == list(maps.shape[1:])
+    decided = decide_threshold(None, bundle, None, scorer.graph_threshold)
+    assert decided.grid == bundle.grid
+    large = make_frames(1, seed=9, size=96)
+    verdicts = Inspector(None, scorer, decided.value, grid=decided.grid).inspect(
+        [Frame(0, 0.0, normals[0], "f"), Frame(1, 0.0, large[0], "f")])
+    assert verdicts[0].error == "" and verdicts[1].ng and "96 x 96 frame" in verdicts[1].error
+    scorer.backend.close()
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle.root, old)
+    data = json.loads((old / "fusion.json").read_text())
+    (old / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "grid"}))
+    assert load_fused_bundle(old).grid is None and decide_threshold(None, load_fused_bundle(old), None).grid is None
+    (old / "fusion.json").write_text(json.dumps(dict(data, grid=[32])))
+    with pytest.raises(BundleError, match="invalid field"):
+        load_fused_bundle(old)

@@ -2,7 +2,8 @@
 
 A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and ``fusion.json``:
   format "fair-edge-fusion", version 1; members: [{path, manifest_sha256}]; rule; stats: per member
-  {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score.
+  {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score;
+  grid: [h, w] of the fused maps that threshold was calibrated on (absent in bundles fused before it was kept).
 Rule (one definition, used by calibration, eval and the station):
   z_i       = (anomaly map_i - mean_i) / std_i      (each model's map in units of its own normal spread)
   fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly),
@@ -79,6 +80,7 @@ class FusedBundle:
     stats: tuple[NormalStats, ...]
     rule: str
     threshold: Threshold
+    grid: tuple[int, int] | None = None   # (h, w) of the fused maps ``threshold`` was calibrated on
 
     @property
     def image_size(self) -> int:
@@ -129,7 +131,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     _, fused_scores = fuse_maps(maps, stats, rule)
     threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "members": entries, "rule": rule,
-                "stats": [vars(s) for s in stats], "threshold": threshold.to_dict()}
+                "stats": [vars(s) for s in stats], "threshold": threshold.to_dict(), "grid": list(maps[0].shape[1:])}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return load_fused_bundle(out)
 
@@ -160,7 +162,8 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         entries, rule = data["members"], str(data["rule"])
         stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
         threshold = Threshold.from_dict(data["threshold"])
-    except (KeyError, TypeError, ValueError) as exc:
+        grid = None if data.get("grid") is None else (int(data["grid"][0]), int(data["grid"][1]))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST} is missing or has an invalid field ({exc}); rebuild with `fair-edge fuse`.") from exc
     if rule not in RULES or len(stats) != len(entries):
         raise BundleError(f"{root / MANIFEST}: rule {rule!r} (expected one of {', '.join(RULES)}) with "
@@ -173,7 +176,7 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(root / entry["path"]))
     check_same_area(members, f" of {root}")
-    return FusedBundle(root, tuple(members), stats, rule, threshold)
+    return FusedBundle(root, tuple(members), stats, rule, threshold, grid)
 
 
 def check_same_area(members: Sequence, where: str) -> None:

@@ -15,7 +15,7 @@ The ``Threshold`` of the score in force (``DecisionThreshold.calibration``) also
 watch and threshold tuning, so they compare live scores with a distribution in the same units.
 
 A calibrated threshold also records the grid of the maps it was calibrated on (``DecisionThreshold.grid``, the
-held-out normal maps' (h, w)). A tiled model's frame map grows with the frame (more tiles), and its maximum over
+held-out normal maps' (h, w), or the fused maps' a fused bundle records). A tiled model's frame map grows with the frame (more tiles), and its maximum over
 more map pixels is another quantity: a frame whose map has another grid is not decided against that threshold
 (``ViewDecider.off_grid``: NG with the reason, the documented fail-safe, unless region rules decide the verdict).
 A whole-frame model's map is always S x S, so it never differs there. A threshold the station file sets has no
@@ -95,11 +95,12 @@ def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_thresh
 
 
 def _calibration_grid(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> tuple[int, int] | None:
-    """(h, w) of the held-out normal maps the bundle's thresholds were calibrated on, None when it keeps none."""
+    """(h, w) of the held-out normal maps the bundle's thresholds were calibrated on: read from the maps it keeps,
+    or a fused bundle's recorded ``grid``; None when it keeps neither (built before either was kept)."""
     from fair_edge.export.normal_maps import normal_maps_grid
 
     path = normal_maps_path(bundle, graph_threshold)
-    return None if path is None else normal_maps_grid(path)
+    return getattr(bundle, "grid", None) if path is None else normal_maps_grid(path)
 
 
 def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: np.ndarray | None,
