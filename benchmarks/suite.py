@@ -129,6 +129,7 @@ ROWS = {
     "pc-chroma100": patchcore(colour_weight=100.0),
     "pc-sigma8": rescored("pc-default", smooth_sigma=8.0),  # wider blurs: pc-default's checkpoints re-scored
     "pc-sigma16": rescored("pc-default", smooth_sigma=16.0),
+    "pc-shift2": rescored("pc-default", score_shifts=2),  # four views shifted by half a patch, maps averaged
     "lgfdr-2000": lgfdr(2000),
     "lgfdr-2000-n025": lgfdr(2000, noise_std=0.25),  # LGFDR's training noise, its one setting chosen on the suite
     "lgfdr-2000-n1": lgfdr(2000, noise_std=1.0),

@@ -557,3 +557,48 @@ def test_colour_channels_see_a_tint_that_keeps_brightness():
     # cells 5-10 of the 16-cell grid (40-88 px) have their whole 3 x 3 window inside the tint: |tint| x w = 3.54
     torch.testing.assert_close(maps[25.0][44:84, 44:84], torch.full((40, 40), 25 * 0.02 ** 0.5), atol=0.05, rtol=0)
     assert maps[25.0][:16].amax() < 0.05  # rows far from the tint stay normal
+
+
+def test_score_shifts_average_the_maps_of_shifted_views_placed_back_and_export_with_parity(patchcore_run, tmp_path):
+    """score_shifts=2 with taps at strides 8 + 16: four views shifted by (0 | 4, 0 | 4) px, the edge repeated; the
+    map is the mean of each view's map moved back onto the image (with no blur and no re-weighting, the score is its
+    maximum), the bank unchanged. The re-scored checkpoint exports with ONNX parity; bad values are refused."""
+    from dataclasses import replace
+
+    from export_fixtures import make_frames
+
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.runtime.selection import select_backend
+
+    with pytest.raises(ConfigError, match=r"score_shifts must be in 1..4 \(1 = off\) and divide the finest tap's "
+                                          r"stride \(8 px with taps=\(1, 2\)\); found 3"):
+        PatchcoreSettings(score_shifts=3)
+    with pytest.raises(ConfigError, match="found 0"):
+        PatchcoreSettings(score_shifts=0)
+    ckpt = load_checkpoint(patchcore_run[0])
+    plain = replace(ckpt.settings, smooth_sigma=0.0, reweight=False)
+    one = replace(ckpt.model, settings=plain).build(ckpt.state_dict).eval()
+    four = replace(ckpt.model, settings=replace(plain, score_shifts=2)).build(ckpt.state_dict).eval()
+    assert four.shift_offsets() == [(0, 0), (0, 4), (4, 0), (4, 4)]
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    expected = np.zeros((2, 32, 32), np.float32)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 4), (0, 4)), mode="edge")
+    with torch.no_grad():
+        for dy, dx in four.shift_offsets():
+            view_map = one(torch.from_numpy(padded[:, :, dy : dy + 32, dx : dx + 32].copy()))[0][:, 0].numpy()
+            expected += np.pad(view_map, ((0, 0), (dy, 0), (dx, 0)), mode="edge")[:, :32, :32] / 4
+        amap, score = four(x)
+        unshifted = one(x)[0][:, 0].numpy()
+    np.testing.assert_allclose(amap[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(score.numpy(), expected.reshape(2, -1).max(1), rtol=1e-5)
+    assert not np.allclose(expected, unshifted, atol=1e-3)            # the shifted views do change the map
+
+    model = replace(ckpt.model, settings=replace(ckpt.settings, score_shifts=2))
+    result = build_bundle(replace(ckpt, model=model), tmp_path / "fp32", BuildOptions("fp32", max_batch=2, engine=False),
+                          calib_frames=make_frames(4, seed=100), normal_frames=make_frames(4, seed=5))
+    assert result.parity_max_abs <= 1e-4 and result.bundle.model.settings.score_shifts == 2
+    frames = make_frames(3, seed=7, defect=True)
+    ort_maps, ort_scores = select_backend(result.bundle, "onnxruntime").infer_frames(frames)
+    torch_maps, torch_scores = select_backend(result.bundle, "torch-cpu").infer_frames(frames)
+    np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4, rtol=0)

@@ -45,6 +45,7 @@ MAX_WINDOW = 9  # pixels of the finest tap's grid
 MAX_TOP_K = 65_536  # pixels of the map averaged for the image score
 MAX_POSITION_WEIGHT = 10_000.0  # feature units across the image
 MAX_COLOUR_WEIGHT = 10_000.0  # feature units per unit of chromaticity (RGB in [0, 1])
+MAX_SHIFTS = 4  # views per axis scored by score_shifts
 BANK_LIMIT = 200_000  # rows
 # the 3 x 3 local average's border: "counted" divides every window by its full size, the zero padding included
 # (PyTorch's avg_pool2d default and the paper's reference code); "excluded" divides by the pixels inside the
@@ -91,7 +92,11 @@ class PatchcoreSettings:
     orientation (the bank then accepts a part fitted mirrored or upside down).
     colour_weight: 0 = off; w > 0 appends three channels, the patch's chromaticity (RGB in [0, 1] minus its
     grey mean per pixel, averaged over the finest tap's stride and a 3 x 3 window of that grid) times w, so a
-    tint that keeps brightness moves the feature (a grey frame's chromaticity is 0)."""
+    tint that keeps brightness moves the feature (a grey frame's chromaticity is 0).
+    score_shifts: 1 = off; n > 1 scores n x n views of the image, shifted by multiples of the finest tap's stride / n
+    pixels (edge pixels repeated), and averages their maps placed back on the image: the patch grid sampled n times
+    more densely with the same features, at n x n times the scoring cost; scoring only (the bank is unchanged), and
+    the reweighting uses the unshifted view."""
 
     backbone: str = "efficientnet_lite0"
     embed_dim: int = 128
@@ -109,6 +114,7 @@ class PatchcoreSettings:
     channel_reduction: str = "grouped"
     bank_flips: str = "none"
     colour_weight: float = 0.0
+    score_shifts: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (("local_pad", LOCAL_PADS), ("normalisation", NORMALISATIONS),
@@ -137,6 +143,10 @@ class PatchcoreSettings:
             raise ConfigError(f"bank_flips={self.bank_flips!r} needs position_weight=0 (found {self.position_weight:g}): "
                               "the position channels tie each patch to its place on a fixtured part, and a flipped "
                               "view moves every patch. Drop one of the two settings.")
+        stride = 4 * 2 ** self.taps[0]
+        if not 1 <= self.score_shifts <= MAX_SHIFTS or stride % self.score_shifts:
+            raise ConfigError(f"score_shifts must be in 1..{MAX_SHIFTS} (1 = off) and divide the finest tap's stride "
+                              f"({stride} px with taps={self.taps}); found {self.score_shifts}.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
         if self.embed_dim < 2 or self.embed_dim % 2 or self.embed_dim > 2048:
@@ -206,7 +216,7 @@ def fitted_before(data: Mapping[str, Any]) -> dict[str, Any]:
 # --set channel_reduction=none --set bank_max=200000`
 PLAIN = {"local_pad": "counted", "normalisation": "imagenet", "channel_reduction": "none", "bank_max": BANK_LIMIT,
          "score_top_k": 1, "position_weight": 0.0, "local_windows": (3,), "reweight": True, "bank_flips": "none",
-         "colour_weight": 0.0}
+         "colour_weight": 0.0, "score_shifts": 1}
 
 
 def flipped_views(images: torch.Tensor, bank_flips: str) -> list[torch.Tensor]:
@@ -406,14 +416,30 @@ class PatchcoreDetector(nn.Module):
         chroma = F.avg_pool2d(F.avg_pool2d(chroma, cell, cell), 3, 1, 1, count_include_pad=True)
         return chroma * self.settings.colour_weight
 
+    def shift_offsets(self) -> list[tuple[int, int]]:
+        """(dy, dx) pixels of the views ``score_shifts`` scores, the unshifted one first."""
+        n = self.settings.score_shifts
+        step = 4 * 2 ** self.settings.taps[0] // n
+        return [(dy * step, dx * step) for dy in range(n) for dx in range(n)]
+
     def forward(self, colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s = colour.shape[0], self.size
+        offsets = self.shift_offsets()
+        if len(offsets) > 1:  # view (dy, dx) shows image pixel (y + dy, x + dx) at (y, x); the edge repeated
+            reach = max(dy for dy, _ in offsets)
+            padded = F.pad(colour, (0, reach, 0, reach), mode="replicate")
+            colour = torch.cat([padded[:, :, dy : dy + s, dx : dx + s] for dy, dx in offsets])
         f = self.patch_features(colour)
-        b, d, h, w = f.shape
-        patches = f.flatten(2).transpose(1, 2)  # (B, P, D)
+        _, d, h, w = f.shape
+        patches = f.flatten(2).transpose(1, 2)  # (V x B, P, D), the unshifted view's B first
         distance, index = self.memory(patches)
-        amap = F.interpolate(distance.reshape(b, 1, h, w), size=(self.size, self.size), mode="bilinear",
-                             align_corners=False)
-        amap = self.blur(amap)
+        views = F.interpolate(distance.reshape(-1, 1, h, w), size=(s, s), mode="bilinear", align_corners=False)
+        if len(offsets) > 1:  # each view's map moved back onto the image (its uncovered edge repeated), then the mean
+            views = views.reshape(len(offsets), b, 1, s, s)
+            views = torch.stack([F.pad(views[i], (dx, 0, dy, 0), mode="replicate")[:, :, :s, :s]
+                                 for i, (dy, dx) in enumerate(offsets)]).mean(0)
+            patches, distance, index = patches[:b], distance[:b], index[:b]
+        amap = self.blur(views)
         k = min(self.settings.score_top_k, self.size * self.size)
         score = amap.flatten(1).amax(1) if k == 1 else torch.topk(amap.flatten(1), k, dim=1).values.mean(1)
         if self.settings.reweight:
