@@ -9,7 +9,7 @@ import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.line.encoder_source import FakeEncoder
-from fair_edge.line.scheduler import DISPATCH_LEAD_S, LATE, OK, REFUSED, SCHEDULED, RejectScheduler
+from fair_edge.line.scheduler import DISPATCH_LEAD_S, LATE, OK, REFUSED, SCHEDULED, UNINSPECTED, RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import SinkReport
@@ -260,3 +260,140 @@ def test_a_part_being_decided_is_still_pending_so_wait_idle_never_returns_before
             sink.release.set()
         assert s.wait_idle(5.0)
         assert s.stats()["fired"] == 1 and s.stats()["rejected_ng"] == 1 and len(sink.pulses) == 1
+
+
+class _Belt:
+    """An encoder the test moves by hand (the gate's fake clock, in counts): parts reach the gate only when
+    the test sets ``n``, never because a loaded machine was slow."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def count(self) -> int:
+        return self.n
+
+
+class _LinkSink(RecordingSink):
+    """A recording sink that says whether its link is up (``connected``, as ``WorkerSink`` does)."""
+
+    def __init__(self, name: str, connected: bool) -> None:
+        super().__init__(name)
+        self.connected = connected
+
+
+def test_one_sinks_recovery_never_clears_another_sinks_fault():
+    """Audit bug 4: the stack light reconnecting must not clear the PLC coil's fault; each sink clears its own."""
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults) as s:
+        s.handle_report(SinkReport("plc", "missed", 4, "down"))
+        s.handle_report(SinkReport("plc-2", "missed", 4, "down"))
+        s.handle_report(SinkReport("stack-light", "reconnected", None, "up"))
+        assert faults.faults[-1][0] is True and "plc missed reject seq 4" in s.fault_reason
+        s.handle_report(SinkReport("plc", "reconnected", None, "up"))
+        assert faults.faults[-1][0] is True and s.fault_reason == "plc-2 missed reject seq 4"
+        s.handle_report(SinkReport("plc-2", "reconnected", None, "up"))
+        assert faults.faults[-1] == (False, "cleared") and s.fault_reason is None
+
+
+def test_a_sinks_next_delivered_pulse_clears_its_missed_fault():
+    """Audit bug 5: a miss while the link stays up (refused write, pulse dequeued late) is followed by no
+    reconnect; the sink's next delivered pulse shows it works again. Another sink's delivery does not."""
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults) as s:
+        s.handle_report(SinkReport("plc", "missed", 4, "device refused"))
+        s.handle_report(SinkReport("log", "delivered", 5, "ok"))
+        assert faults.faults[-1][0] is True and "plc missed reject seq 4" in s.fault_reason
+        s.handle_report(SinkReport("plc", "delivered", 5, "ok"))
+        assert faults.faults[-1] == (False, "cleared") and s.fault_reason is None
+
+
+def test_acknowledge_clears_the_miss_of_a_sink_whose_link_is_up_not_of_one_still_down():
+    """Audit bug 5, the operator's rule: acknowledge clears a missed-pulse fault of a sink that is connected
+    (nothing more will clear it until the next NG part); a sink still down keeps its fault until it reconnects."""
+    faults = RecordingSink("fault")
+    fan = FanOut([_LinkSink("plc-down", connected=False), _LinkSink("plc-up", connected=True)])
+    with _sched(fan, faults, fail_safe="alarm") as s:
+        s.handle_report(SinkReport("plc-down", "missed", 3, "link down"))
+        s.handle_report(SinkReport("plc-up", "missed", 4, "device refused"))
+        s.acknowledge_alarm()
+        assert s.alarm is None and s.fault_reason == "plc-down missed reject seq 3"
+        assert faults.faults[-1][0] is True
+        s.handle_report(SinkReport("plc-down", "reconnected", None, "up"))
+        assert faults.faults[-1] == (False, "cleared")
+
+
+def test_a_stuck_output_holds_the_fault_until_the_sink_writes_it_off_again():
+    """Audit bug 6: the link dropped between rising and falling edge (``stuck``: the coil may be left on). The
+    fault output is held through the reconnect, an acknowledge and that pulse's own ``delivered`` report, and
+    drops when the sink reports ``released`` (its resting level written again)."""
+    faults = RecordingSink("fault")
+    with _sched(RecordingSink(), faults) as s:
+        s.handle_report(SinkReport("plc", "stuck", 4, "falling edge not written"))
+        s.handle_report(SinkReport("plc", "delivered", 4, "rising edge written by its deadline"))
+        assert faults.faults[-1][0] is True and "plc: output may be left on after reject seq 4" in s.fault_reason
+        s.handle_report(SinkReport("plc", "reconnected", None, "up"))
+        s.acknowledge_alarm()
+        assert faults.faults[-1][0] is True and "left on" in s.fault_reason
+        s.handle_report(SinkReport("other", "released", None, "off"))
+        assert faults.faults[-1][0] is True
+        s.handle_report(SinkReport("plc", "released", None, "off"))
+        assert faults.faults[-1] == (False, "cleared") and s.fault_reason is None
+        assert s.stats()["sink_errors"] == 1 and s.stats()["alarms"] == 0
+
+
+@pytest.mark.parametrize("ng", [False, True])
+def test_a_verdict_for_a_part_taken_to_the_gate_is_late_never_lost_between(ng):
+    """Audit bug 7: parts taken off the queue together are decided one after the other; a verdict for the second
+    while the first is being decided is late (counted, no false 'passed the gate' alarm), and decision() already
+    says what the gate did. The belt jumps both parts to the gate at once; the gate log hook of the first holds
+    the thread (no timing involved)."""
+    belt, sink = _Belt(), RecordingSink()
+    in_hook, release = threading.Event(), threading.Event()
+
+    def on_part(row):
+        if row["seq"] == 1 and row["event"] == "gate":
+            in_hook.set()
+            release.wait(10.0)
+
+    settings = RejectSettings(delay_ms=0, encoder_distance=100, pulse_ms=5, min_gap_ms=1, late_ms=20)
+    with RejectScheduler(settings, sinks=sink, fault_sinks=RecordingSink("fault"), encoder=belt,
+                         on_part=on_part) as s:
+        try:
+            s.note_capture(1)
+            s.note_capture(2)
+            belt.n = 100                      # both at the gate in one poll
+            assert in_hook.wait(10.0)
+            assert s.submit(_v(2, 0.0, ng=ng)) == LATE
+            assert s.decision(2) == "rejected_uninspected"
+        finally:
+            release.set()
+        assert s.wait_idle(10.0)
+        stats = s.stats()
+    assert stats["late_verdicts"] == 1 and stats["rejected_uninspected"] == 2 and stats["alarms"] == 0
+    assert s.alarm is None and [e.seq for _, e in sink.pulses] == [1, 2]
+
+
+@pytest.mark.parametrize("policy", ["reject", "alarm"])
+def test_a_verdict_with_an_error_is_decided_by_fail_safe_not_as_ng(policy):
+    """Audit bug 8: a verdict whose error is set (inference failed, malformed frame) means the part was not
+    inspected: reject -> pulsed uninspected (``rejected_uninspected``); alarm -> not pulsed, ``passed_uninspected``
+    and the alarm. Counted ``error_verdicts``, not ``ng``. The belt brings the part to the gate (no timing)."""
+    belt, sink, faults, rows = _Belt(), RecordingSink(), RecordingSink("fault"), []
+    settings = RejectSettings(delay_ms=0, encoder_distance=100, pulse_ms=20, min_gap_ms=10, late_ms=10,
+                              fail_safe=policy)
+    with RejectScheduler(settings, sinks=sink, fault_sinks=faults, encoder=belt, on_part=rows.append) as s:
+        s.note_capture(1)
+        error = Verdict(1, 0.0, None, 0.5, True, time.monotonic(), "", "inference failed: CUDA error")
+        assert s.submit(error) == UNINSPECTED
+        belt.n = 100
+        assert s.wait_idle(10.0)
+        stats = s.stats()
+    assert (stats["ng"], stats["error_verdicts"], stats["rejected_ng"]) == (0, 1, 0)
+    gate = [r for r in rows if r["event"] == "gate"]
+    assert [(r["verdict"], r["error"]) for r in gate] == [("none", "inference failed: CUDA error")]
+    if policy == "reject":
+        assert [(e.seq, e.uninspected) for _, e in sink.pulses] == [(1, True)]
+        assert stats["rejected_uninspected"] == 1 and stats["alarms"] == 0 and s.alarm is None
+    else:
+        assert sink.pulses == [] and stats["passed_uninspected"] == 1
+        assert "inference failed" in s.alarm and faults.faults[-1][0] is True

@@ -1,10 +1,18 @@
-"""A sink closed while pulses are queued or in progress finishes them: no output is left on."""
+"""A sink closed while pulses are queued or in progress finishes them: no output is left on. A worker never dies
+of its output (missing driver, a driver bug), and an output left on is reported until it is written off again."""
 
+import sys
 import threading
 import time
 
+import pytest
+
+from fair_edge.errors import PlcError, SinkError
 from fair_edge.line.events import RejectEvent
+from fair_edge.line.sinks import base, open_sink
 from fair_edge.line.sinks.base import WorkerSink
+
+WAIT_S = 10.0   # upper bound for a report to come on a loaded machine (a passing test returns as soon as it does)
 
 
 class RecordingOutput:
@@ -43,3 +51,117 @@ def test_close_finishes_queued_and_running_pulses():
         assert min(f for f in falls if f > rise) - rise >= 0.030   # a full pulse_ms, not cut short by close()
     assert sink.stats()["delivered"] == 2 and sink.stats()["missed"] == 0
     sink.close()  # twice is safe
+
+
+class Reports:
+    """A sink reporter: keeps the report kinds and lets a test wait for one (at most WAIT_S)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, report) -> None:
+        with self.cond:
+            self.kinds.append(report.kind)
+            self.cond.notify_all()
+
+    def wait_for_any(self, *kinds: str) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: any(kind in self.kinds for kind in kinds), WAIT_S)
+
+
+class BrokenOutput(RecordingOutput):
+    """An output whose open() or set() raises something that is not a PlcError until ``fixed`` is set."""
+
+    def __init__(self, fail_on: str, exc: Exception) -> None:
+        super().__init__()
+        self.fail_on, self.exc = fail_on, exc
+        self.fixed = threading.Event()
+
+    def open(self) -> None:
+        if self.fail_on == "open" and not self.fixed.is_set():
+            raise self.exc
+
+    def set(self, on: bool) -> None:
+        if self.fail_on == "set" and not self.fixed.is_set():
+            raise self.exc
+        super().set(on)
+
+
+def _event(seq: int, deadline_s: float) -> RejectEvent:
+    """A pulse due now, its deadline ``deadline_s`` seconds from now."""
+    now = time.monotonic()
+    return RejectEvent(seq=seq, t_due=now, t_edge=now, deadline=now + deadline_s)
+
+
+@pytest.mark.parametrize(("fail_on", "exc"), [
+    ("open", SinkError("modbus:// sinks need the 'pymodbus' package: pip install 'fair-edge[plc]'")),
+    ("set", RuntimeError("driver bug"))])
+def test_an_output_raising_anything_is_a_link_failure_and_the_worker_lives(fail_on, exc):
+    """Audit bug 2: the worker caught only PlcError, so a missing driver (open) or a driver bug (set) killed its
+    thread and pulses vanished unreported. Now the pulse is reported (missed: nothing went out; unconfirmed: a
+    write may have) and, once the output works again, the same worker delivers the next pulse."""
+    reports, out = Reports(), BrokenOutput(fail_on, exc)
+    sink = WorkerSink("coil", out, pulse_ms=5, backoff_s=0.01, backoff_max_s=0.05, reporter=reports)
+    try:
+        sink.pulse(_event(1, 0.2))
+        assert reports.wait_for_any("missed", "unconfirmed"), reports.kinds
+        stats = sink.stats()
+        assert stats["missed"] + stats["unconfirmed"] == 1 and stats["delivered"] == 0
+        out.fixed.set()
+        sink.pulse(_event(2, 5.0))
+        assert reports.wait_for_any("delivered"), reports.kinds
+        assert sink.stats()["delivered"] == 1 and [on for _, on in out.writes][-2:] == [True, False]
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize(("url", "package"), [("modbus://127.0.0.1:5020?coil=0", "pymodbus"),
+                                               ("opcua://127.0.0.1:4840/x?node=ns=2;s=Reject", "asyncua")])
+def test_a_missing_driver_package_stops_the_sink_at_open_naming_the_install(monkeypatch, url, package):
+    """Audit bug 2: the driver import is checked on the caller's thread when the sink is opened (the station
+    refuses to start, exit 2), not first on the worker's thread where the failure was silent."""
+    for module in (package, f"{package}.client", f"{package}.sync"):
+        monkeypatch.setitem(sys.modules, module, None)   # import fails: the package is not installed
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(SinkError, match=rf"'{package}' package.*pip install 'fair-edge\[plc\]'"):
+        open_sink(url, pulse_ms=20)
+    assert not {t.name for t in threading.enumerate()} - before   # no worker started
+
+
+def test_a_falling_edge_not_written_is_reported_stuck_then_released_once_written(monkeypatch):
+    """Audit bug 6: the link drops after the rising edge: the output may be left on (``stuck``). When the link is
+    back the resting level is written and the sink says so (``released``): the scheduler holds the fault output
+    between the two."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.02)   # give up on the falling edge quickly
+
+    class DropsAfterRise(RecordingOutput):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = threading.Event()
+            self.up.set()
+
+        def open(self) -> None:
+            if not self.up.is_set():
+                raise PlcError("link down")
+
+        def set(self, on: bool) -> None:
+            if not self.up.is_set():
+                raise PlcError("link down")
+            super().set(on)
+            if on:
+                self.up.clear()   # the link dies right after the rising edge landed
+
+    reports, out = Reports(), DropsAfterRise()
+    sink = WorkerSink("coil", out, pulse_ms=5, backoff_s=0.01, backoff_max_s=0.05, reporter=reports)
+    try:
+        now = time.monotonic()
+        sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + 5.0))
+        assert reports.wait_for_any("stuck"), reports.kinds
+        assert [on for _, on in out.writes][-1] is True and "released" not in reports.kinds
+        out.up.set()
+        assert reports.wait_for_any("released"), reports.kinds
+        assert [on for _, on in out.writes][-1] is False
+        assert reports.kinds.index("stuck") < reports.kinds.index("released")
+    finally:
+        sink.close()

@@ -7,12 +7,14 @@ count ``count_at_capture + reject.encoder_distance``. Its verdict may come any t
 
 - known good (an OK verdict in time) -> no pulse;
 - NG verdict in time -> pulse at the due time;
-- no verdict in time (slow inference, frame dropped from the queue, inference error on the way)
-  -> ``fail_safe: reject``: pulse at the due time, counted ``rejected_uninspected``;
+- no verdict in time (slow inference, frame dropped from the queue), or a verdict whose ``error`` is
+  set (inference failed, malformed frame: the part was not inspected; counted ``error_verdicts``,
+  not ``ng``) -> ``fail_safe: reject``: pulse at the due time, counted ``rejected_uninspected``;
   ``fail_safe: alarm``: no pulse, counted ``passed_uninspected``, the fault output latches.
 
 A verdict that comes after its part was decided is counted ``late_verdicts`` and never fires:
-the gate only ever acts on the part in front of it. The decision cut-off is
+the gate only ever acts on the part in front of it. A part is decided (its outcome recorded) under
+the same lock that takes it off the heap, so a verdict is either in time or late, never neither. The decision cut-off is
 ``DISPATCH_LEAD_S`` before the due time (the event then goes to the sinks, which time the edge
 themselves). A pulse that ``min_gap_ms`` would push past ``due + late_ms`` is not fired either
 (it would hit the next part): counted ``gap_missed`` and alarmed.
@@ -21,16 +23,22 @@ A verdict for a part that was never noted at capture (callers without a capture 
 from its own ``t_capture``; if that due time is already past, the part went by without a
 decision: counted ``late_verdicts`` and, when NG, alarmed.
 
-Sink failures: a sink that misses a pulse (PLC down) reports it; counted ``sink_missed``, never
-replayed, and the fault output is held on until the sink reports it is reconnected (with
-``fail_safe: alarm`` the alarm also latches). A pulse whose write went out but got no reply by its
-deadline is counted ``sink_unconfirmed`` instead (the PLC may have rejected the part: it is not
-claimed missed), with the same fault output and alarm: nobody knows the part was rejected. More than ``max_pending`` parts between camera and
-gate: the new part is refused, counted, and alarmed.
+Sink failures, one fault entry per sink (one sink's recovery never clears another's fault): a sink
+that misses a pulse (PLC down, device refused the write, pulse dequeued after its deadline) reports
+it; counted ``sink_missed``, never replayed, and the fault output is held on until that sink reports
+``reconnected`` or ``delivered`` (it works again), or the operator acknowledges while that sink's
+link is up (with ``fail_safe: alarm`` the alarm also latches). A pulse whose write went out but got
+no reply by its deadline is counted ``sink_unconfirmed`` instead (the PLC may have rejected the
+part: it is not claimed missed), with the same fault output and alarm: nobody knows the part was
+rejected. A ``stuck`` report (falling edge not written: the output may be left on) holds the fault
+output until that sink reports ``released`` (its resting level written again); an acknowledge does
+not clear it. More than ``max_pending`` parts between camera and gate: the new part is refused,
+counted, and alarmed.
 
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
-decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no verdict by the due time), and
+decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no usable verdict by the due time, with
+``"error"`` added when its verdict came with one), and
 ``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed" | "unconfirmed"}`` per reject sink
 that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
 was decided, so a verdict that comes after it can be logged with what the gate did.
@@ -58,7 +66,7 @@ from .sinks.base import Counters, sleep_until
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "passed", "rejected_ng", "rejected_uninspected",
+SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "error_verdicts", "passed", "rejected_ng", "rejected_uninspected",
                       "passed_uninspected", "gap_missed", "late_verdicts", "fired", "alarms", "refused",
                       "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
                       "abandoned")
@@ -72,7 +80,9 @@ PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "miss
 PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
 # what submit() returns
-OK, SCHEDULED, LATE, REFUSED = "ok", "scheduled", "late", "refused"
+OK, SCHEDULED, LATE, REFUSED, UNINSPECTED = "ok", "scheduled", "late", "refused", "uninspected"
+# a sink's fault entry: PULSE_FAULT after a missed / unconfirmed pulse, STUCK_FAULT after a falling edge not written
+PULSE_FAULT, STUCK_FAULT = "pulse", "stuck"
 UNKNOWN, GOOD, NG = "unknown", "good", "ng"
 
 
@@ -123,6 +133,7 @@ class _Part:
     state: str = UNKNOWN
     score: float | None = None  # None until a verdict with a score arrives
     t_edge: float | None = None  # set when the part's reject slot is taken
+    error: str = ""  # a verdict came with this error (not inspected): decided as if no verdict came
 
 
 class RejectScheduler:
@@ -146,14 +157,15 @@ class RejectScheduler:
         self._lock = threading.Lock()
         self._heap: list[tuple[float, int, int]] = []   # (due time or target count, order, seq)
         self._parts: dict[int, _Part] = {}
-        self._at_gate = 0   # parts popped from the heap whose decision (pulse, counters, row) is not done yet
+        self._at_gate = 0   # parts popped (and decided) whose pulse, counters and row are not done yet
         self._decided: OrderedDict[int, str] = OrderedDict()
         self._order = itertools.count()
         self._slots = SlotPlan((settings.pulse_ms + settings.min_gap_ms) / 1000.0)
         self._station_fault: str | None = None
-        self._sink_fault: str | None = None
+        self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE_FAULT | STUCK_FAULT) -> reason
         self._alarm: str | None = None
         self._fault_shown = False
+        self._fault_lock = threading.RLock()   # fault state + output writes: sink threads report concurrently
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -198,32 +210,41 @@ class RejectScheduler:
 
     def submit(self, verdict: Verdict, encoder_count: int | None = None) -> str:
         """Hand over a verdict; never blocks on I/O. Returns ``ok`` (good part in time),
-        ``scheduled`` (NG in time: pulse at the due time), ``late`` (its part was already
-        decided, or went by undecided) or ``refused`` (see the module doc).
+        ``scheduled`` (NG in time: pulse at the due time), ``uninspected`` (a verdict with ``error``
+        set in time: the part was not inspected, ``fail_safe`` decides it at the due time), ``late``
+        (its part was already decided, or went by undecided) or ``refused`` (see the module doc).
         encoder_count: the count at capture, for a part not noted by ``note_capture``."""
+        uninspected = bool(verdict.error)
         self._counters.add("verdicts")
-        self._counters.add("ng", int(verdict.ng))
+        self._counters.add("error_verdicts" if uninspected else "ng", int(uninspected or verdict.ng))
         refused = False
         with self._lock:
             part = self._parts.get(verdict.seq)
             decided = self._decided.get(verdict.seq)
-            if part is None and decided is None and verdict.ng:
+            if part is None and decided is None and (verdict.ng or uninspected):
                 refused = len(self._parts) >= self.settings.max_pending
                 part = None if refused else self._place_unnoted(verdict, encoder_count)
-            if part is not None:
+            if part is not None and uninspected:   # the part stays UNKNOWN: fail_safe decides it
+                part.error = verdict.error
+            elif part is not None:
                 part.state, part.score = (NG if verdict.ng else GOOD), verdict.score
         if part is not None:
+            if uninspected:
+                log.warning("part seq %d: verdict has an error (%s); decided by fail_safe: %s at its due time",
+                            verdict.seq, verdict.error, self.settings.fail_safe)
+                return UNINSPECTED
             return SCHEDULED if verdict.ng else OK
         if refused:
             self._counters.add("refused")
             self._raise_alarm(f"reject seq {verdict.seq} refused: {self.settings.max_pending} parts "
                               f"already between camera and gate (reject.max_pending)")
             return REFUSED
-        if decided is None and not verdict.ng:
+        if decided is None and not (verdict.ng or uninspected):
             return OK   # a good part nobody noted: nothing to do at the gate
         self._counters.add("late_verdicts")
         if decided is None:
-            self._raise_alarm(f"NG part seq {verdict.seq}: verdict came after the part passed the gate")
+            what = "uninspected (verdict error)" if uninspected else "NG"
+            self._raise_alarm(f"{what} part seq {verdict.seq}: verdict came after the part passed the gate")
         else:
             log.warning("verdict for seq %d came after its part was decided (%s); not fired",
                         verdict.seq, decided)
@@ -232,13 +253,20 @@ class RejectScheduler:
     def fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect (backend dead, camera gone) while ``active``: the fault
         output is held on; it drops when the fault clears and no alarm is latched."""
-        self._station_fault = (reason or "station fault") if active else None
-        self._update_fault_output()
+        with self._fault_lock:
+            self._station_fault = (reason or "station fault") if active else None
+            self._update_fault_output()
 
     def acknowledge_alarm(self) -> None:
-        """Operator reset of a latched alarm (part passed uninspected, refused, gap missed)."""
-        self._alarm = None
-        self._update_fault_output()
+        """Operator reset of a latched alarm (part passed uninspected, refused, gap missed, sink miss).
+        It also clears the missed / unconfirmed pulse fault of each sink whose link is up (a refused
+        write, a pulse dequeued late: the sink works); a sink still down keeps its fault until it
+        reconnects, and a stuck output keeps its fault until the sink writes it off again."""
+        with self._fault_lock:
+            self._alarm = None
+            for key in [k for k in self._sink_faults if k[1] == PULSE_FAULT and self._sink_link_up(k[0])]:
+                del self._sink_faults[key]
+            self._update_fault_output()
 
     @property
     def alarm(self) -> str | None:
@@ -246,8 +274,10 @@ class RejectScheduler:
 
     @property
     def fault_reason(self) -> str | None:
-        """Why the fault output is on now (station fault, sink down, latched alarm), or None."""
-        return self._station_fault or self._sink_fault or self._alarm
+        """Why the fault output is on now (station fault, sink faults, latched alarm), or None."""
+        with self._fault_lock:
+            sink_faults = "; ".join(self._sink_faults.values()) or None
+            return self._station_fault or sink_faults or self._alarm
 
     def decision(self, seq: int) -> str | None:
         """How part ``seq`` was decided at the gate (one of ``GATE_OUTCOMES``), or None while it is
@@ -263,17 +293,24 @@ class RejectScheduler:
                         "pulse": PULSE_RESULTS[report.kind]})
         if report.kind in ("missed", "unconfirmed"):
             self._counters.add(f"sink_{report.kind}")
-            self._sink_fault = (f"{report.sink} missed reject seq {report.seq}" if report.kind == "missed" else
-                                f"{report.sink}: reject seq {report.seq} unconfirmed (written, no reply by its "
-                                f"deadline; the PLC may or may not have rejected it)")
-            if self.settings.fail_safe == "alarm":
-                self._raise_alarm(self._sink_fault)
-            self._update_fault_output()
-        elif report.kind == "reconnected" and self._sink_fault is not None:
-            self._sink_fault = None
-            self._update_fault_output()
+            reason = (f"{report.sink} missed reject seq {report.seq}" if report.kind == "missed" else
+                      f"{report.sink}: reject seq {report.seq} unconfirmed (written, no reply by its "
+                      f"deadline; the PLC may or may not have rejected it)")
+            with self._fault_lock:
+                self._sink_faults[(report.sink, PULSE_FAULT)] = reason
+                if self.settings.fail_safe == "alarm":
+                    self._raise_alarm(reason)
+                self._update_fault_output()
+        elif report.kind in ("reconnected", "delivered"):   # that sink works again: its pulse fault clears
+            self._clear_sink_fault(report.sink, PULSE_FAULT)
+        elif report.kind == "released":
+            self._clear_sink_fault(report.sink, STUCK_FAULT)
         elif report.kind in ("io_error", "device_error", "stuck"):
             self._counters.add("sink_errors")
+            if report.kind == "stuck":
+                self._set_sink_fault(report.sink, STUCK_FAULT,
+                                     f"{report.sink}: output may be left on after reject seq {report.seq} "
+                                     f"(falling edge not written); held until the sink writes it off again")
         elif report.kind == "dropped":
             self._counters.add("sink_dropped")
         elif report.kind == "late_write":
@@ -381,10 +418,10 @@ class RejectScheduler:
     def _run(self) -> None:
         wait = self._wait_time if self._encoder is None else self._wait_count
         while not self._stop.is_set():
-            for part in wait():
-                self._decide(part)
+            for part, outcome in wait():
+                self._decide(part, outcome)
 
-    def _wait_time(self) -> list[_Part]:
+    def _wait_time(self) -> list[tuple[_Part, str]]:
         with self._lock:
             self._wake.clear()
             head = self._heap[0][0] if self._heap else None
@@ -395,70 +432,77 @@ class RejectScheduler:
             return []
         return self._pop_due(time.monotonic() + DISPATCH_LEAD_S)
 
-    def _wait_count(self) -> list[_Part]:
+    def _wait_count(self) -> list[tuple[_Part, str]]:
         self._stop.wait(self.settings.encoder_poll_ms / 1000.0)
-        due = self._pop_due(self._encoder.count())
-        now = time.monotonic()
-        for part in due:  # the part is at the gate now
-            part.t_due = now
-        return due
+        return self._pop_due(self._encoder.count(), at_gate=True)
 
-    def _pop_due(self, now: float) -> list[_Part]:
+    def _pop_due(self, now: float, at_gate: bool = False) -> list[tuple[_Part, str]]:
+        """Take the parts due by ``now`` (monotonic s, or the encoder count) off the heap and decide
+        them, under one lock: from here on a verdict for them is late (``submit`` finds them in
+        ``_decided``), never placed again nor taken for a part that went by undecided.
+        at_gate: encoder mode: the parts are at the gate now (their t_due is set to now)."""
         out = []
         with self._lock:
+            t_now = time.monotonic()
             while self._heap and self._heap[0][0] <= now:
                 _, _, seq = heapq.heappop(self._heap)
                 part = self._parts.pop(seq, None)
-                if part is not None:
-                    out.append(part)
+                if part is None:
+                    continue
+                if at_gate:
+                    part.t_due = t_now
+                outcome = self._outcome(part)
+                self._decided[seq] = outcome
+                while len(self._decided) > DECIDED_MEMORY:
+                    self._decided.popitem(last=False)
+                out.append((part, outcome))
             self._at_gate += len(out)
         return out
 
-    def _decide(self, part: _Part) -> None:
-        """The part is at the gate: pass it, or hand its pulse to the sinks (edge at the due time).
-        It counts as pending until its counters and row are written, so ``wait_idle`` never returns
-        between the pop and the count."""
+    def _decide(self, part: _Part, outcome: str) -> None:
+        """The part is at the gate, decided: pass it, or hand its pulse to the sinks (edge at the due
+        time). It counts as pending until its counters and row are written, so ``wait_idle`` never
+        returns between the pop and the count."""
         try:
-            self._decide_now(part)
+            self._decide_now(part, outcome)
         finally:
             with self._lock:
                 self._at_gate -= 1
 
-    def _decide_now(self, part: _Part) -> None:
-        outcome = self._outcome(part)
-        with self._lock:
-            self._decided[part.seq] = outcome
-            while len(self._decided) > DECIDED_MEMORY:
-                self._decided.popitem(last=False)
+    def _decide_now(self, part: _Part, outcome: str) -> None:
         self._counters.add(outcome)
         if outcome == "passed_uninspected":
-            self._raise_alarm(f"part seq {part.seq} passed the gate uninspected (fail_safe: alarm)")
+            why = f" (verdict error: {part.error})" if part.error else ""
+            self._raise_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
         elif outcome == "gap_missed":
             self._raise_alarm(f"part seq {part.seq} not rejected: min_gap_ms after the previous pulse "
                               f"would put its edge past due + late_ms (it would hit the next part)")
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
-        self._tell({"seq": part.seq, "event": "gate", "gate": outcome,   # after the pulse is handed over
-                    "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]})
+        row = {"seq": part.seq, "event": "gate", "gate": outcome,
+               "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]}
+        if part.error:
+            row["error"] = part.error
+        self._tell(row)   # after the pulse is handed over
 
     def _outcome(self, part: _Part) -> str:
+        """The part's gate outcome (one of ``GATE_OUTCOMES``); takes its reject slot. Under self._lock."""
         if part.state == GOOD:
             return "passed"
         if part.state == UNKNOWN and self.settings.fail_safe == "alarm":
             return "passed_uninspected"
-        with self._lock:
-            self._slots.prune(part.t_due)
-            start = self._slots.earliest(part.t_due)
-            if start > part.t_due + self.settings.late_ms / 1000.0:
-                return "gap_missed"
-            self._slots.take(start)
+        self._slots.prune(part.t_due)
+        start = self._slots.earliest(part.t_due)
+        if start > part.t_due + self.settings.late_ms / 1000.0:
+            return "gap_missed"
+        self._slots.take(start)
         part.t_edge = start
         return "rejected_uninspected" if part.state == UNKNOWN else "rejected_ng"
 
     def _fire(self, part: _Part, uninspected: bool) -> None:
         if uninspected:
-            log.warning("part seq %d: no verdict by its due time; rejected uninspected (fail_safe: reject)",
-                        part.seq)
+            why = f"verdict error ({part.error})" if part.error else "no verdict by its due time"
+            log.warning("part seq %d: %s; rejected uninspected (fail_safe: reject)", part.seq, why)
         if part.t_edge is None:
             raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
@@ -478,15 +522,39 @@ class RejectScheduler:
     def _raise_alarm(self, reason: str) -> None:
         self._counters.add("alarms")
         log.error("reject alarm: %s", reason)
-        self._alarm = reason
-        self._update_fault_output()
+        with self._fault_lock:
+            self._alarm = reason
+            self._update_fault_output()
+
+    def _set_sink_fault(self, sink: str, cause: str, reason: str) -> None:
+        """Hold the fault output for ``sink`` (cause: PULSE_FAULT or STUCK_FAULT) until it clears."""
+        with self._fault_lock:
+            self._sink_faults[(sink, cause)] = reason
+            self._update_fault_output()
+
+    def _clear_sink_fault(self, sink: str, cause: str) -> None:
+        """``sink`` recovered from ``cause``: drop its entry (other sinks' entries stay)."""
+        with self._fault_lock:
+            if self._sink_faults.pop((sink, cause), None) is not None:
+                log.info("reject sink %s: %s fault cleared", sink, cause)
+                self._update_fault_output()
+
+    def _sink_link_up(self, name: str) -> bool:
+        """Whether sink ``name`` says its link is up (``connected``); True for a sink that does not say
+        (in-memory sinks, a name no sink of ours has)."""
+        for fan in (self._sinks, self._faults):
+            for sink in getattr(fan, "sinks", [fan]):
+                if getattr(sink, "name", None) == name:
+                    return bool(getattr(sink, "connected", True))
+        return True
 
     def _update_fault_output(self) -> None:
-        reason = self.fault_reason
-        active = reason is not None
-        if active or self._fault_shown:
-            self._faults.set_fault(active, reason or "cleared")
-        self._fault_shown = active
+        with self._fault_lock:
+            reason = self.fault_reason
+            active = reason is not None
+            if active or self._fault_shown:
+                self._faults.set_fault(active, reason or "cleared")
+            self._fault_shown = active
 
     def _own(self, urls: tuple[str, ...], name: str) -> FanOut:
         fan = open_fanout(urls, self.settings.pulse_ms, self.handle_report, name)

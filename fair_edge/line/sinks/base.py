@@ -61,7 +61,8 @@ class SinkReport:
     deadline: no write went out, or the device refused it), ``unconfirmed`` (a write went out but no
     reply came by the deadline: the PLC may or may not have acted on it; never replayed either),
     ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written),
+    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written: the output may
+    be left on), ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
     pulse's rising edge written by its deadline)."""
 
@@ -95,7 +96,9 @@ class SignalSink(Protocol):
 
 class Output(Protocol):
     """A blocking output driver. ``set`` raises ``PlcDeviceError`` for a refusing device reply,
-    ``PlcError`` for a link failure; ``open`` raises ``PlcError``."""
+    ``PlcError`` for a link failure; ``open`` raises ``PlcError``. Any other exception from ``open``
+    or ``set`` (a driver bug, a missing package, GPIO permissions lost) is logged by the worker and
+    handled as a link failure: the worker never dies of it."""
 
     def open(self) -> None: ...
 
@@ -105,7 +108,8 @@ class Output(Protocol):
 
 
 def log_reporter(report: SinkReport) -> None:
-    level = {"reconnected": logging.INFO, "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
+    level = {"reconnected": logging.INFO, "released": logging.INFO,
+             "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
     log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
 
 
@@ -139,7 +143,11 @@ class WorkerSink:
     not written by its deadline is reported ``missed`` when no write of it went out (link down, device
     refused), ``unconfirmed`` when one went out without a reply (timed out, link dropped mid-write):
     the PLC may have acted on that one, so the station does not claim it missed the part.
-    After a reconnect the resting level (off, or the fault level) is written again.
+    After a reconnect the resting level (off, or the fault level) is written again. A falling edge
+    not written within ``FALL_RETRY_S`` is reported ``stuck`` (the output may be left on); the next
+    write of the resting level is reported ``released``. ``open``/``set`` raising anything but
+    ``PlcError`` is logged and handled as a link failure (pulses reported missed), so the worker
+    thread never dies.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
@@ -165,6 +173,8 @@ class WorkerSink:
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
+        self._stuck = False          # "stuck" reported; "released" not yet (resting level not rewritten)
+        self._odd_error = ""         # the last non-PlcError failure logged (logged again only when it changes)
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -235,18 +245,27 @@ class WorkerSink:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                item = self._q.get(timeout=IDLE_POLL_S)
-            except queue.Empty:
-                item = None
-            if isinstance(item, RejectEvent):
-                try:
-                    self._do_pulse(item)
-                finally:
-                    self._track(-1)
-            elif not self._connected and time.monotonic() >= self._next_try:
-                self._try_connect()
-            if self._connected and self._level_dirty:
-                self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
+                self._step()
+            except Exception:  # noqa: BLE001 - a bug here must not end the sink: log, drop the link, go on
+                log.exception("sink %s: worker step failed; link reset", self.name)
+                self._disconnect()
+                self._stop.wait(IDLE_POLL_S)
+
+    def _step(self) -> None:
+        """One worker iteration: a queued pulse, or a (re)connect attempt while idle; then the resting level."""
+        try:
+            item = self._q.get(timeout=IDLE_POLL_S)
+        except queue.Empty:
+            item = None
+        if isinstance(item, RejectEvent):
+            try:
+                self._do_pulse(item)
+            finally:
+                self._track(-1)
+        elif not self._connected and time.monotonic() >= self._next_try:
+            self._try_connect()
+        if self._connected and self._level_dirty:
+            self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
 
     def _do_pulse(self, ev: RejectEvent) -> None:
         if not self._connected:
@@ -284,6 +303,7 @@ class WorkerSink:
             sleep_until(time.monotonic() + self._pulse_s, self._stop)
             if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
                 self._level_dirty = True  # write the resting level again once reconnected
+                self._stuck = True        # "released" once it is
                 self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
@@ -294,32 +314,48 @@ class WorkerSink:
             if self._connected:
                 try:
                     self._out.set(on)
-                    if on == self._level:
-                        self._level_dirty = False
-                    return True
                 except PlcDeviceError as exc:
                     self._counters.add("device_errors")
                     self._emit("device_error", seq, str(exc))
                     return False  # the link is fine; repeating a refused write will not help
-                except PlcError as exc:
+                except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: the link is not usable
+                    if not isinstance(exc, PlcError):
+                        self._log_odd_failure("write to the output", exc)
                     self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
                     self._counters.add("io_errors")
                     self._emit("io_error", seq, str(exc))
                     self._disconnect()
+                else:
+                    self._odd_error = ""   # the output works: a later failure is news again
+                    self._wrote(on, seq)
+                    return True
             if time.monotonic() + RETRY_STEP_S > deadline:
                 return False
             time.sleep(RETRY_STEP_S)
         return False
+
+    def _wrote(self, on: bool, seq: int | None) -> None:
+        """A write of ``on`` succeeded: the resting level is confirmed when ``on`` is it, and a
+        ``stuck`` output is ``released``."""
+        if on != self._level:
+            return
+        self._level_dirty = False
+        if self._stuck:
+            self._stuck = False
+            self._emit("released", seq, f"output back at its resting level ({'on' if on else 'off'})")
 
     def _try_connect(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._next_try:
             return
         try:
             self._out.open()
-        except PlcError as exc:
+        except Exception as exc:  # noqa: BLE001 - PlcError, or anything else: a failed connect, never a dead worker
             self._next_try = time.monotonic() + self._delay
             self._delay = min(self._delay * 2.0, self._backoff[1])
-            log.debug("sink %s: connect failed: %s", self.name, exc)
+            if isinstance(exc, PlcError):
+                log.debug("sink %s: connect failed: %s", self.name, exc)
+            else:
+                self._log_odd_failure("open the output", exc)
             return
         was_down = self._next_try > 0.0
         self._connected = True
@@ -329,6 +365,16 @@ class WorkerSink:
         if was_down:
             self._counters.add("reconnects")
             self._emit("reconnected", None, "link is up again")
+
+    def _log_odd_failure(self, what: str, exc: Exception) -> None:
+        """An output failure that is not a ``PlcError`` (missing driver package, lost permissions, a
+        driver bug): logged as an error with its traceback once per distinct message (it repeats on
+        every retry), then handled as a link failure by the caller."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._odd_error:
+            self._odd_error = text
+            log.error("sink %s: cannot %s (%s); handled as a link failure: retried, pulses meanwhile "
+                      "reported missed or unconfirmed", self.name, what, text, exc_info=exc)
 
     def _disconnect(self) -> None:
         self._connected = False

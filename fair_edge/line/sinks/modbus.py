@@ -59,15 +59,23 @@ def parse_modbus_url(url: SinkUrl) -> tuple[ModbusTarget, float | None]:
     return target, pulse
 
 
+def modbus_client_class() -> Any:
+    """pymodbus's ``ModbusTcpClient`` class, or SinkError naming the package and the install command when
+    pymodbus is missing. Sinks call it when they are opened (the station's thread, at start), so a missing
+    package stops the start instead of failing later on a sink's own thread."""
+    try:
+        from pymodbus.client import ModbusTcpClient
+    except ImportError as exc:
+        raise SinkError(f"modbus:// sinks, encoders and handshakes need the 'pymodbus' package, found it "
+                        f"missing ({exc}): pip install 'fair-edge[plc]'") from exc
+    return ModbusTcpClient
+
+
 def modbus_tcp_client(host: str, *, port: int, timeout: float, retries: int = 0) -> Any:
     """The one place fair-edge makes a pymodbus ``ModbusTcpClient`` (reject sinks, encoder counters, the PLC handshake):
     timeout in seconds, no internal retries by default (callers retry within their own deadlines); SinkError
     with the install command when pymodbus is missing."""
-    try:
-        from pymodbus.client import ModbusTcpClient
-    except ImportError as exc:
-        raise SinkError("modbus:// sinks, encoders and handshakes need pymodbus: pip install 'fair-edge[plc]'") from exc
-    return ModbusTcpClient(host, port=port, timeout=timeout, retries=retries)
+    return modbus_client_class()(host, port=port, timeout=timeout, retries=retries)
 
 
 def default_client_factory(target: ModbusTarget) -> Any:
@@ -128,7 +136,11 @@ class ModbusOutput:
 
 def open_modbus_sink(url: SinkUrl, pulse_ms: float, reporter: Reporter = log_reporter,
                      client_factory: Callable[[ModbusTarget], Any] | None = None) -> WorkerSink:
+    """Parse ``url`` and start its worker. Without ``client_factory`` pymodbus must be installed: checked here,
+    on the caller's thread (``SinkError`` with the install command), not first on the worker's."""
     target, url_pulse = parse_modbus_url(url)
+    if client_factory is None:
+        modbus_client_class()
     output = ModbusOutput(target, client_factory or default_client_factory)
     return WorkerSink(target.label, output, pulse_ms if url_pulse is None else url_pulse,
                       reporter=reporter)

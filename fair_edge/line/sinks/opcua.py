@@ -48,12 +48,20 @@ def parse_opcua_url(url: SinkUrl) -> tuple[OpcUaTarget, float | None]:
     return target, pulse
 
 
-def default_client_factory(target: OpcUaTarget) -> Any:
+def opcua_client_class() -> Any:
+    """asyncua's sync ``Client`` class, or SinkError naming the package and the install command when asyncua
+    is missing (checked when a sink is opened, on the caller's thread)."""
     try:
         from asyncua.sync import Client
     except ImportError as exc:
-        raise SinkError("opcua:// sinks need asyncua: pip install 'fair-edge[plc]'") from exc
-    return Client(target.endpoint, timeout=target.timeout_s)
+        raise SinkError(f"opcua:// sinks need the 'asyncua' package, found it missing ({exc}): "
+                        f"pip install 'fair-edge[plc]'") from exc
+    return Client
+
+
+def default_client_factory(target: OpcUaTarget) -> Any:
+    """An asyncua sync client for ``target`` (timeout in seconds)."""
+    return opcua_client_class()(target.endpoint, timeout=target.timeout_s)
 
 
 def _is_status_error(exc: BaseException) -> bool:
@@ -134,7 +142,11 @@ class OpcUaOutput:
 
 def open_opcua_sink(url: SinkUrl, pulse_ms: float, reporter: Reporter = log_reporter,
                     client_factory: Callable[[OpcUaTarget], Any] | None = None) -> WorkerSink:
+    """Parse ``url`` and start its worker. Without ``client_factory`` asyncua must be installed: checked here,
+    on the caller's thread (``SinkError`` with the install command), not first on the worker's."""
     target, url_pulse = parse_opcua_url(url)
+    if client_factory is None:
+        opcua_client_class()
     width = pulse_ms if url_pulse is None else url_pulse
     if target.mode == "counter":
         width = 0.0
