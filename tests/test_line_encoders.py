@@ -1,19 +1,22 @@
 """Encoder-timed rejects against real servers whose belt counter runs at a changing speed and wraps:
-a pymodbus server (16-bit register, 32-bit register pair) and an asyncua server (UInt32 node)."""
+a pymodbus server (16-bit register, 32-bit register pair) and an asyncua server (UInt32 node); and the
+unwrapping across link outages and counter resets against a scripted counter."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
-from fair_edge.errors import SinkError
-from fair_edge.line.encoder_links import open_encoder
+from fair_edge.errors import PlcError, SinkError
+from fair_edge.line.encoder_links import PolledEncoder, open_encoder
+from fair_edge.line.encoder_source import mark, went_unseen
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Verdict
 from line_replay import EPS_S, PulseAccount, RecordingSink, report_timing
-from line_servers import Belt, CounterPlc, OpcUaCounterServer
+from line_servers import Belt, CounterPlc, OpcUaCounterServer, wait_for
 
 SPEEDS = [(0.0, 3000.0), (0.5, 800.0), (1.0, 5000.0), (1.4, 1500.0)]   # counts/s, changing
 DISTANCE = 900                                                          # camera -> gate, counts
@@ -120,3 +123,138 @@ def test_simulated_encoder_and_url_errors():
         open_encoder("modbus://127.0.0.1:502?register=1&bits=24")
     with pytest.raises(SinkError, match="register=N"):
         open_encoder("modbus://127.0.0.1:502")
+    with pytest.raises(SinkError, match=r"jitter: expected 0 \.\. 16383 counts .* found 20000; lower it"):
+        open_encoder("modbus://127.0.0.1:502?register=1&bits=16&jitter=20000")
+
+
+# ----------------------------------------------------------------------------- outages and counter resets
+class ScriptedCounter:
+    """A PLC counter the test sets (``raw``) and cuts off (``down``: open and read raise ``PlcError``).
+    reads: good reads served so far."""
+
+    name = "scripted plc"
+
+    def __init__(self, raw: int) -> None:
+        self.raw, self.down, self.reads = raw, False, 0
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        if self.down:
+            raise PlcError("scripted plc: connect refused")
+
+    def read(self) -> int:
+        with self._lock:
+            if self.down:
+                raise PlcError("scripted plc: read timed out")
+            self.reads += 1
+            return self.raw
+
+    def close(self) -> None:
+        pass
+
+    def set(self, raw: int) -> None:
+        with self._lock:
+            self.raw = raw
+
+
+def settle(counter: ScriptedCounter, timeout_s: float = 10.0) -> None:
+    """Wait until the encoder has taken the counter's current value (two good reads later: the thread
+    takes one reading before it reads the next). A wait, not a bound."""
+    first = counter.reads
+    assert wait_for(lambda: counter.reads >= first + 2, timeout_s), "the encoder thread stopped reading"
+
+
+def cut(counter: ScriptedCounter, enc: PolledEncoder) -> None:
+    """Drop the link and wait until the encoder has seen a read fail."""
+    errors = enc.stats()["read_errors"]
+    counter.down = True
+    assert wait_for(lambda: enc.stats()["read_errors"] > errors, 10.0)
+
+
+def test_a_link_outage_counts_the_travel_it_hid_and_names_the_parts_that_went_by_unseen():
+    """The belt moves 300 counts while the link is down: after the reconnect the count is unwrapped from
+    the reading before the outage (it was re-based on the first new reading, losing the 300 counts, so every
+    part on the belt fired 300 counts late). A gate inside the 300 counts went by unseen."""
+    counter = ScriptedCounter(0xFFFF_FF00)                     # 32 bit, wraps during the outage
+    with PolledEncoder(counter, 32, 0.001) as enc:
+        counter.set(0xFFFF_FF00 + 500)
+        settle(counter)
+        assert enc.count() == 500 and enc.fault_reason is None
+        count, epoch = mark(enc)
+        cut(counter, enc)
+        assert "link down" in enc.fault_reason and "count held at 500" in enc.fault_reason
+        counter.set((0xFFFF_FF00 + 800) & 0xFFFF_FFFF)          # 300 counts of travel nobody saw
+        counter.down = False
+        settle(counter)
+        stats = enc.stats()
+        assert enc.count() == 800, f"expected the 300 counts moved during the outage counted, found {stats}"
+        assert enc.fault_reason is None and stats["position_lost"] == 0 and stats["reconnects"] >= 1
+        assert stats["wraps"] == 1 and (count, epoch) == (500, 0)
+        assert "passed count 650 during a link outage (count 500 -> 800)" in went_unseen(enc, 650, epoch)
+        assert went_unseen(enc, 500, epoch) is None and went_unseen(enc, 800, epoch) is None
+        assert went_unseen(enc, 1500, epoch) is None             # a gate still ahead: decided as usual
+
+
+def test_a_counter_reset_with_the_link_up_loses_the_position_instead_of_freezing_the_count():
+    """The PLC re-initialises its counter (51000 -> 0) while the link stays up: that was taken for jitter
+    and the count froze until the raw counter passed 51000 again (the gate waited with no fault). Now the
+    position is lost (new epoch, counted, named for the parts noted before) and the count goes on."""
+    counter = ScriptedCounter(50_000)
+    with PolledEncoder(counter, 32, 0.001, jitter=16) as enc:
+        counter.set(51_000)
+        settle(counter)
+        before = mark(enc)
+        counter.set(50_990)                                     # dither: within jitter, held
+        settle(counter)
+        assert mark(enc) == before == (1000, 0)
+        counter.set(0)                                          # the reset
+        settle(counter)
+        counter.set(700)
+        settle(counter)
+        stats = enc.stats()
+    assert stats["count"] == 1700, f"expected the count to go on after the reset (1000 + 700), found {stats}"
+    assert stats["position_lost"] == 1 and stats["position_epoch"] == 1 and stats["read_errors"] == 0
+    reason = went_unseen(enc, 1500, before[1])
+    assert "position lost" in reason and "from 51000 to 0 with the link up at count 1000" in reason
+    assert went_unseen(enc, 2500, 1) is None                     # a part noted after the reset is placed
+
+
+def test_a_counter_reset_during_an_outage_loses_the_position():
+    """A PLC that restarted during the outage shows a counter far behind its last reading: no plausible
+    forward step, so the travel is unknown and the parts in flight are unplaced."""
+    counter = ScriptedCounter(90_000)
+    with PolledEncoder(counter, 32, 0.001) as enc:
+        settle(counter)
+        cut(counter, enc)
+        counter.set(40)
+        counter.down = False
+        settle(counter)
+        stats = enc.stats()
+        reason = went_unseen(enc, 10, 0)
+    assert stats["position_lost"] == 1 and stats["count"] == 0 and enc.fault_reason is None
+    assert "from 90000 to 40 after a link outage" in reason
+
+
+def test_parts_on_the_belt_during_a_link_outage_fire_at_their_own_count():
+    """The audit's case: an NG part noted at count 100, gate 500 counts on; the link drops at count 200 and
+    the belt moves 300 counts meanwhile. Its pulse must come when the counter reaches 600, not 300 counts
+    later (it fired at another part)."""
+    counter = ScriptedCounter(7_000)
+    sink = RecordingSink()
+    settings = RejectSettings(encoder_distance=500, pulse_ms=10, min_gap_ms=5, late_ms=10, encoder_poll_ms=1)
+    with PolledEncoder(counter, 32, 0.001) as enc, \
+            RejectScheduler(settings, sinks=sink, fault_sinks=RecordingSink("fault"), encoder=enc) as sched:
+        counter.set(7_100)
+        settle(counter)
+        assert sched.note_capture(1) == 100
+        sched.submit(Verdict(1, time.monotonic(), 0.9, 0.5, True, time.monotonic()))
+        counter.set(7_200)
+        settle(counter)
+        cut(counter, enc)
+        counter.set(7_500)
+        counter.down = False
+        settle(counter)
+        assert enc.count() == 500 and sink.pulses == []          # 100 counts before its gate
+        counter.set(7_600)
+        assert wait_for(lambda: sink.pulses, 10.0), f"no pulse at count 600: encoder {enc.stats()}"
+    assert [e.seq for _, e in sink.pulses] == [1] and sink.pulses[0][1].count == 100

@@ -18,11 +18,12 @@ from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.triggered import triggered_capture
 from fair_edge.errors import ConfigError
 from fair_edge.line.handshake import HandshakeSettings, Ticket, open_handshake
+from fair_edge.line.handshake.engine import Handshake
 from fair_edge.line.handshake.modbus import encode, runs
 from fair_edge.line.handshake.settings import (ERROR_ACK_TIMEOUT, ERROR_NONE, ERROR_STATION_FAULT,
                                                RESULT_NG, RESULT_NOT_INSPECTED, RESULT_OK)
 from fair_edge.line.settings import RejectSettings
-from fair_edge.records import Verdict
+from fair_edge.records import Frame, Verdict
 
 pytest.importorskip("pymodbus")
 from line_servers import wait_for  # noqa: E402
@@ -221,3 +222,87 @@ def test_an_ack_left_over_from_before_the_station_connected_acknowledges_nothing
         station.close()
         plc.close()
     assert up == 1 and stats["acked"] == 0 and plc.program.results[0][1] == 5
+
+
+# ----------------------------------------------------------------------------- a late ack (scripted PLC, fake clock)
+class ScriptedPlc:
+    """A ``HandshakeLink`` over a dict of signals the test sets as the PLC would; ``writes`` holds every
+    ``write`` the station made, in order."""
+
+    name = "scripted plc"
+
+    def __init__(self) -> None:
+        self.signals = {"trigger": 0, "part_id": 0, "ack": 0}
+        self.writes: list[list[tuple[str, object]]] = []
+
+    def open(self) -> None:
+        pass
+
+    def read_inputs(self) -> dict[str, int]:
+        return {k: int(self.signals[k]) for k in ("trigger", "part_id", "ack")}
+
+    def write(self, values) -> None:
+        self.writes.append(list(values))
+        self.signals.update(values)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says (``advance``); an hour ahead of the real clock, so a
+    part's deadline (fake) is never behind ``next_trigger``'s real-time check however slow the machine."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic() + 3600.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        self.t += seconds
+        return self.t
+
+
+def trigger_and_answer(hs: Handshake, plc: ScriptedPlc, clock: FakeClock, seq: int, part_id: int, ng: bool) -> None:
+    """The PLC triggers ``part_id``; the station takes it (one poll), frame ``seq`` inspects it, its verdict
+    comes, and the next poll writes its result."""
+    plc.signals.update(part_id=part_id, trigger=1)
+    hs._cycle(clock.advance(0.005))
+    ticket = hs.next_trigger(0.0)
+    assert ticket is not None and ticket.part_id == part_id
+    hs.bind(seq, ticket)
+    hs.on_verdict(Frame(seq, 0.0, None, "line"), Verdict(seq, 0.0, 0.9 if ng else 0.1, 0.5, ng, 0.0, "line"))
+    hs._cycle(clock.advance(0.005))
+    assert plc.signals["results_ready"] == 1 and plc.signals["result_part_id"] == part_id
+
+
+def test_a_late_ack_for_a_withdrawn_result_never_acknowledges_the_next_one():
+    """The audit's case: part 1001's result is withdrawn after ack_timeout_ms; the PLC's ack for it comes late.
+    That ack stayed 1 and acknowledged part 1002's result on the next poll (counted acked, error 10 cleared)
+    although the PLC never read it. Now the withdrawal writes ack = 0 with results_ready = 0, a stale ack is set
+    back to 0, and a result is written with ack = 0 before results_ready = 1: only an ack that rises after it
+    counts."""
+    plc, clock = ScriptedPlc(), FakeClock()
+    hs = Handshake(HandshakeSettings(url="modbus://127.0.0.1:1", poll_ms=5, ack_timeout_ms=50), plc, clock=clock)
+    assert hs._connect()                       # no thread: the test runs each poll (_cycle) at a time it sets
+    hs.begin()
+    trigger_and_answer(hs, plc, clock, 0, 1001, ng=False)
+    hs._cycle(clock.advance(0.051))            # no ack within 50 ms: withdrawn
+    withdrawal = next(w for w in reversed(plc.writes) if ("results_ready", 0) in w)
+    assert ("ack", 0) in withdrawal and withdrawal[-1] == ("results_ready", 0), withdrawal
+    assert hs.error_code == ERROR_ACK_TIMEOUT and hs.stats()["ack_timeouts"] == 1
+    plc.signals["ack"] = 1                     # the PLC's late ack for part 1001
+    trigger_and_answer(hs, plc, clock, 1, 1002, ng=True)
+    for _ in range(3):                         # polls with part 1002's result up; the PLC has not acked it
+        hs._cycle(clock.advance(0.005))
+    stats = hs.stats()
+    assert plc.signals["results_ready"] == 1 and plc.signals["result_part_id"] == 1002, plc.writes[-3:]
+    assert stats["acked"] == 0 and stats["stale_acks"] == 1 and hs.error_code == ERROR_ACK_TIMEOUT, stats
+    result_write = next(w for w in plc.writes if ("result_part_id", 1002) in w)
+    assert result_write[0] == ("ack", 0) and result_write[-1] == ("results_ready", 1)
+    plc.signals["ack"] = 1                     # now the PLC reads part 1002 and acks it
+    hs._cycle(clock.advance(0.005))
+    stats = hs.stats()
+    assert stats["acked"] == 1 and hs.error_code == ERROR_NONE and plc.signals["results_ready"] == 0
+    assert plc.signals["ack"] == 0

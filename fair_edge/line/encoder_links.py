@@ -1,8 +1,8 @@
 """Belt encoder sources opened from URLs (each an ``encoder_source.EncoderSource``): where the conveyor is,
 in counts, read from the PLC over a link.
 
-    modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2
-    opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5
+    modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2&jitter=16
+    opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5&jitter=16
     sim://?counts_per_s=2000                   # a simulated belt at constant speed (demos, tests)
 
 A PLC's counter is a 16- or 32-bit register that wraps (``bits``); a 32-bit counter on Modbus
@@ -10,13 +10,21 @@ is a pair of 16-bit registers (``register`` and ``register + 1``, high word firs
 ``order=lo_hi``). ``PolledEncoder`` reads it on its own thread every ``poll_ms`` and unwraps
 it into a non-decreasing count, so ``count()`` is cheap and never does I/O (the reject
 scheduler calls it every ``reject.encoder_poll_ms``). A read that fails keeps the last count
-(the gate waits: no part is decided on a guessed position), is counted and logged, and the
-link is reopened with back-off; after a reconnect the count goes on from the first new reading
-(belt travel during the outage is not seen, and a PLC that restarted its counter is no problem).
+(the gate waits: no part is decided on a guessed position; ``fault_reason`` says so while the
+link is down), is counted and logged, and the link is reopened with back-off. After a reconnect
+the count is unwrapped from the last reading before the outage, so the belt travel during the
+outage is counted; the span of counts the belt covered unseen is remembered (``went_unseen``:
+a part whose gate lay in it went by while nobody watched). A step the unwrapping cannot explain
+(the counter went back by more than ``jitter`` counts: a PLC that restarted or re-initialised
+its counter, with or without an outage, or an outage longer than half the counter range of
+travel) loses the belt position: ``position_epoch`` goes up, counted ``position_lost``, logged
+as an error, and the count goes on from the new reading; the positions of the parts noted
+before it are unknown (``went_unseen`` names the loss for them).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -31,6 +39,8 @@ from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off after a failed read: first, most
+JITTER_COUNTS = 16        # default ``jitter``: a step back of at most this many counts is dither, held
+BLIND_SPANS = 64          # link outages remembered for ``went_unseen`` (the latest)
 
 
 class CounterReader(Protocol):
@@ -49,20 +59,32 @@ class CounterReader(Protocol):
 class PolledEncoder:
     """``EncoderSource`` over a ``CounterReader``: polls it every ``poll_s`` on a daemon thread.
 
-    bits: counter width (16 or 32); a step back of less than half the range is treated as
-    jitter and ignored (the count never decreases), a larger one as a wrap.
+    bits: counter width (16 or 32). Each reading is unwrapped from the last one taken (also across
+    a link outage): a step forward of less than half the range is belt travel (over a wrap when
+    the raw value went down); a step back of at most ``jitter`` counts is dither and held (the
+    count never decreases: it goes on once the raw counter passes its old value); any other step
+    loses the belt position (``position_epoch`` + 1, see the module doc).
     ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the device).
     """
 
-    def __init__(self, reader: CounterReader, bits: int, poll_s: float) -> None:
+    def __init__(self, reader: CounterReader, bits: int, poll_s: float, jitter: int = JITTER_COUNTS) -> None:
         self.reader, self.bits, self.poll_s = reader, bits, poll_s
         self.name = reader.name
         self._modulus = 1 << bits
+        if not 0 <= jitter < self._modulus // 4:
+            raise SinkError(f"encoder {self.name}: jitter: expected 0 .. {self._modulus // 4 - 1} counts "
+                            f"(under a quarter of the {bits}-bit range), found {jitter}; lower it")
+        self.jitter = jitter
         self._lock = threading.Lock()
         self._last_raw: int | None = None
         self._count = 0
         self.origin_raw: int | None = None   # the raw counter value that count() == 0 stands for
-        self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0}
+        self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0, "position_lost": 0}
+        self._epoch = 0
+        self._lost: str | None = None        # why the position was last lost
+        self._held: int | None = None        # the count held since reads began to fail (None: link up)
+        self._down: str | None = None        # the read failure while held
+        self._spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=BLIND_SPANS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
@@ -77,9 +99,41 @@ class PolledEncoder:
         with self._lock:
             return self._count
 
+    def mark(self) -> tuple[int, int]:
+        """``(count(), position_epoch)`` read together: what to note for a part at capture."""
+        with self._lock:
+            return self._count, self._epoch
+
+    @property
+    def position_epoch(self) -> int:
+        """How many times the belt position was lost since start: a count noted under an older
+        epoch says nothing about where that part is now."""
+        with self._lock:
+            return self._epoch
+
+    @property
+    def fault_reason(self) -> str | None:
+        """Why the count cannot be trusted to move now (the link is down: the count is held), or None."""
+        with self._lock:
+            return None if self._held is None else self._down
+
+    def went_unseen(self, target: int, epoch: int) -> str | None:
+        """Why a part noted under ``epoch`` (``mark()``) whose gate is at count ``target`` cannot be
+        decided at the gate, or None when it can: its position was lost since it was noted, or the
+        belt carried it past ``target`` during a link outage (the count jumped over it)."""
+        with self._lock:
+            if epoch != self._epoch:
+                return (f"encoder {self.name}: belt position lost after the part was noted "
+                        f"({self._lost}); where it is now is unknown")
+            for held, resumed in self._spans:
+                if held < target < resumed:
+                    return (f"encoder {self.name}: the belt passed count {target} during a link outage "
+                            f"(count {held} -> {resumed}): the part went by the gate unseen")
+        return None
+
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counters, count=self._count)
+            return dict(self._counters, count=self._count, position_epoch=self._epoch)
 
     def close(self) -> None:
         self._stop.set()
@@ -97,19 +151,43 @@ class PolledEncoder:
         self.close()
 
     def _take(self, raw: int) -> None:
+        """One good reading: unwrap it, close an outage's blind span, or lose the position."""
         with self._lock:
             self._counters["reads"] += 1
-            if self._last_raw is not None:
-                step = (raw - self._last_raw) % self._modulus
-                if step < self._modulus // 2:
-                    if raw < self._last_raw:
-                        self._counters["wraps"] += 1
-                    self._count += step
-                    self._last_raw = raw
-            else:
-                self._last_raw = raw
-                if self.origin_raw is None:
-                    self.origin_raw = (raw - self._count) % self._modulus
+            lost = self._unwrap(raw)
+            if lost is not None:
+                self._epoch += 1
+                self._counters["position_lost"] += 1
+                self._lost = lost
+                self._spans.clear()     # the parts they concern are in the old epoch
+            elif self._held is not None and self._count > self._held:
+                self._spans.append((self._held, self._count))
+            self._held = self._down = None
+        if lost is not None:
+            log.error("encoder %s: belt position lost: %s; the parts on the belt are at unknown positions",
+                      self.name, lost)
+
+    def _unwrap(self, raw: int) -> str | None:
+        """(under the lock) Count ``raw`` in; returns why the position is lost, or None."""
+        if self._last_raw is None:
+            self._last_raw = raw
+            if self.origin_raw is None:
+                self.origin_raw = (raw - self._count) % self._modulus
+            return None
+        last, step = self._last_raw, (raw - self._last_raw) % self._modulus
+        if step < self._modulus // 2:
+            if raw < last:
+                self._counters["wraps"] += 1
+            self._count += step
+            self._last_raw = raw
+            return None
+        if self._modulus - step <= self.jitter:
+            return None                 # dither: held until the raw counter passes ``last`` again
+        self._last_raw = raw            # count on from here
+        outage = "after a link outage" if self._held is not None else "with the link up"
+        return (f"raw counter went from {last} to {raw} {outage} at count {self._count}: expected a step "
+                f"forward under {self._modulus // 2} or back at most jitter={self.jitter} (a counter "
+                f"reset or restart, or too long an outage)")
 
     def _run(self) -> None:
         delay = BACKOFF_S[0]
@@ -120,10 +198,7 @@ class PolledEncoder:
                 self._take(self.reader.read())
                 delay = BACKOFF_S[0]
             except PlcError as exc:
-                with self._lock:
-                    self._counters["read_errors"] += 1
-                log.warning("encoder %s: read failed (%s); count held at %d, reconnecting in %.2f s",
-                            self.name, exc, self.count(), delay)
+                self._read_failed(exc, delay)
                 if self._stop.wait(delay):
                     return
                 delay = min(2 * delay, BACKOFF_S[1])
@@ -132,13 +207,23 @@ class PolledEncoder:
                 continue
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
+    def _read_failed(self, exc: PlcError, delay: float) -> None:
+        """The count is held from the first failed read until the next good one."""
+        with self._lock:
+            self._counters["read_errors"] += 1
+            if self._held is None:
+                self._held = self._count
+            self._down = f"encoder {self.name}: link down ({exc}); count held at {self._held}"
+            count = self._count
+        log.warning("encoder %s: read failed (%s); count held at %d, reconnecting in %.2f s",
+                    self.name, exc, count, delay)
+
     def _reopen(self) -> None:
         try:
             self.reader.close()
             self.reader.open()
             with self._lock:
-                self._counters["reconnects"] += 1
-                self._last_raw = None   # the PLC may have restarted its counter: count on from here
+                self._counters["reconnects"] += 1   # the next reading is unwrapped from the last one
             log.warning("encoder %s: reconnected", self.name)
         except PlcError as exc:
             log.debug("encoder %s: reopen failed: %s", self.name, exc)
@@ -148,7 +233,7 @@ class ModbusCounter:
     """A counter in one (16-bit) or two (32-bit) Modbus registers, via pymodbus's sync client."""
 
     def __init__(self, url: SinkUrl, bits: int, client_factory: Callable[..., Any] | None = None) -> None:
-        url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms"))
+        url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms", "jitter"))
         if not url.host or "register" not in url.query:
             raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?register=N[&bits=32], found "
                             f"host={url.host!r}, register={url.query.get('register')!r}")
@@ -196,7 +281,7 @@ class OpcUaCounter:
     """A counter in one OPC UA integer node, via asyncua's sync client."""
 
     def __init__(self, url: SinkUrl, bits: int) -> None:
-        url.check_query(("node", "bits", "poll_ms", "timeout_ms"))
+        url.check_query(("node", "bits", "poll_ms", "timeout_ms", "jitter"))
         node = url.query.get("node", "")
         if not url.host or not node:
             raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
@@ -267,9 +352,13 @@ def _poll_s(url: SinkUrl, default_ms: float) -> float:
     return url.get_float("poll_ms", default_ms, minimum=0.1) / 1000.0
 
 
+def _jitter(url: SinkUrl) -> int:
+    return url.get_int("jitter", JITTER_COUNTS)
+
+
 ENCODER_SCHEMES: dict[str, Callable[[SinkUrl], Any]] = {
-    "modbus": lambda u: PolledEncoder(ModbusCounter(u, _bits(u)), _bits(u), _poll_s(u, 2.0)),
-    "opcua": lambda u: PolledEncoder(OpcUaCounter(u, _bits(u)), _bits(u), _poll_s(u, 5.0)),
+    "modbus": lambda u: PolledEncoder(ModbusCounter(u, _bits(u)), _bits(u), _poll_s(u, 2.0), _jitter(u)),
+    "opcua": lambda u: PolledEncoder(OpcUaCounter(u, _bits(u)), _bits(u), _poll_s(u, 5.0), _jitter(u)),
     "sim": lambda u: open_sim_encoder(u),
 }
 

@@ -21,6 +21,27 @@ class EncoderSource(Protocol):
     def count(self) -> int: ...
 
 
+def mark(encoder: EncoderSource) -> tuple[int, int]:
+    """``(count, position epoch)`` to note for a part at capture. An encoder that can lose the belt
+    position (``encoder_links.PolledEncoder``: a counter reset, an outage it cannot unwrap) has
+    ``mark()``; any other never loses it (epoch 0)."""
+    own = getattr(encoder, "mark", None)
+    return own() if own is not None else (int(encoder.count()), 0)
+
+
+def went_unseen(encoder: EncoderSource, target: int, epoch: int) -> str | None:
+    """Why a part noted as ``(count, epoch)`` by ``mark`` whose gate is at count ``target`` cannot be
+    decided at the gate (its position was lost since, or the belt carried it past ``target`` while
+    the encoder could not be read), or None when it can."""
+    own = getattr(encoder, "went_unseen", None)
+    return own(target, epoch) if own is not None else None
+
+
+def fault_reason(encoder: EncoderSource) -> str | None:
+    """Why the encoder's count is held now (its link is down), or None."""
+    return getattr(encoder, "fault_reason", None)
+
+
 class FakeEncoder:
     """A conveyor at constant speed: ``count = start + counts_per_s * (monotonic() - t0)``.
 

@@ -6,11 +6,15 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    gives the part the next camera frame) and ``trigger`` is set back to 0. A trigger while the
    station cannot inspect, or beyond ``max_parts`` waiting, is answered at once: NG not inspected.
 2. a result is up (``results_ready`` = 1) and ``ack`` = 1: ``ack`` and then ``results_ready`` go
-   back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``results_ready`` = 0),
-   counted ``ack_timeouts``, logged, ``error`` = 10.
+   back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``ack`` = 0 and
+   ``results_ready`` = 0), counted ``ack_timeouts``, logged, ``error`` = 10. ``ack`` = 1 while no
+   result is up (a late ack for a withdrawn result) acknowledges nothing: it is set back to 0 and
+   counted ``stale_acks``.
 3. no result up (and ``results_ready`` 0 for two polls at least): the oldest triggered part (results
-   go out in trigger order) is written (``result_part_id``, ``result``, ``score``, the region signals
-   that have an address, then ``results_ready`` = 1) once its verdict is in.
+   go out in trigger order) is written (``ack`` = 0, ``result_part_id``, ``result``, ``score``, the
+   region signals that have an address, then ``results_ready`` = 1) once its verdict is in. So an
+   ack counts only when it rises after its result was written: an ack the PLC wrote for an
+   earlier result never acknowledges the next one.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
 4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
 
@@ -30,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,7 +53,7 @@ BACKOFF_S = (0.05, 2.0)   # reconnect back-off: first, most
 FINISH_S = 2.0            # finish(): most time to answer and get acks for the parts still open
 HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
                       "expired", "overruns", "withdrawn", "io_errors", "device_errors", "reconnects",
-                      "stale_frames")
+                      "stale_frames", "stale_acks")
 
 
 class HandshakeLink(Protocol):
@@ -91,8 +96,10 @@ class Handshake:
     frame), ``fault()`` (the station cannot inspect), ``finish()`` then ``close()``.
     """
 
-    def __init__(self, settings: HandshakeSettings, link: HandshakeLink) -> None:
-        self.settings, self.link, self.name = settings, link, link.name
+    def __init__(self, settings: HandshakeSettings, link: HandshakeLink,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: monotonic seconds for the poll cycle's ``now`` and a result's ``t_written`` (tests fake it)."""
+        self.settings, self.link, self.name, self._clock = settings, link, link.name, clock
         self._poll_s = settings.poll_ms / 1000.0
         self._beat_s = settings.heartbeat_ms / 1000.0 / HEARTBEAT_STEPS
         self._counters = Counters(HANDSHAKE_COUNTERS)
@@ -237,7 +244,7 @@ class Handshake:
                     self._stop.wait(min(self._poll_s * 10, max(0.0, self._next_try - time.monotonic())))
                     continue
                 try:
-                    self._cycle(time.monotonic())
+                    self._cycle(self._clock())
                 except PlcError as exc:
                     self._link_failed(exc)
                 self._stop.wait(self._poll_s)
@@ -250,6 +257,8 @@ class Handshake:
             self._take_trigger(inputs[PART_ID], now)
         if self._up is not None:
             self._check_ack(bool(inputs[ACK]), now)
+        elif inputs[ACK]:
+            self._clear_stale_ack()
         if self._up is None and now >= self._next_result:
             self._write_next(now)
         if now >= self._next_beat:
@@ -299,9 +308,17 @@ class Handshake:
             self._counters.add("ack_timeouts")
             self._fail(ERROR_ACK_TIMEOUT, f"part {up.part_id}: no ack within {self.settings.ack_timeout_ms:g} ms "
                                           f"(reject.handshake.ack_timeout_ms); result withdrawn")
-            self.link.write([(RESULTS_READY, 0)])
+            self.link.write([(ACK, 0), (RESULTS_READY, 0)])   # a late ack for it then rises from 0: stale
             self._next_result = now + 2 * self._poll_s
             self._up = None
+
+    def _clear_stale_ack(self) -> None:
+        """``ack`` = 1 with no result up (the PLC acknowledged a result already withdrawn): set it back to 0,
+        so it cannot be taken for the next result's ack."""
+        self._counters.add("stale_acks")
+        log.warning("handshake %s: ack = 1 with no result up (late, for a withdrawn result?): set back to 0, "
+                    "acknowledges nothing; the PLC must ack only a result that is up (results_ready = 1)", self.name)
+        self.link.write([(ACK, 0)])
 
     def _write_next(self, now: float) -> None:
         with self._lock:
@@ -310,12 +327,12 @@ class Handshake:
             head = self._order[0] if self._order and self._order[0].result != RESULT_NONE else None
         if head is None:
             return
-        self.link.write([(RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
+        self.link.write([(ACK, 0), (RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
                          *((n, head.regions.get(n, 0)) for n in self.settings.region_signals), (RESULTS_READY, 1)])
         with self._lock:
             if self._order and self._order[0] is head:
                 self._order.popleft()
-        head.t_written = time.monotonic()
+        head.t_written = self._clock()
         self._up = head
         self._counters.add("results")
 
