@@ -388,3 +388,214 @@ def test_the_live_overlay_of_a_map_over_part_of_the_frame_keeps_the_frame_around
     blank = cv2.imdecode(np.frombuffer(overlay_jpeg(image, np.full((32, 32), np.nan, np.float32), 0.5), np.uint8),
                          cv2.IMREAD_COLOR)
     assert np.abs(blank.astype(int) - 128).max() <= 3
+
+
+# ----------------------------------------------------------------------------- console actions of a cell, no threads
+class InlineThread:
+    """``threading.Thread`` for the console's swap thread: its target runs at ``start()``, on the caller's thread,
+    so a test sees the swap's outcome when ``swap`` returns (no waiting, no timing)."""
+
+    def __init__(self, target, args=(), name=None, daemon=None) -> None:
+        self.target, self.args = target, args
+
+    def start(self) -> None:
+        self.target(*self.args)
+
+
+@pytest.fixture
+def inline_swaps(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from fair_edge.console import actions
+
+    monkeypatch.setattr(actions, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+
+
+class Backend:
+    """A loaded backend that records its ``close()`` into ``closed``."""
+
+    def __init__(self, name: str, closed: list) -> None:
+        self.name, self.closed = name, closed
+
+    def close(self) -> None:
+        self.closed.append(self.name)
+
+
+def cell_console(tmp_path, links, station_file=None, **console):
+    """A console of a two-camera cell as ``station.cell_console`` opens it: camera "a" names its own bundle a_own
+    (the lead: the console's top-line bundle), camera "b" runs the station's bundle; deciders with thresholds 3.0
+    (a) and 7.0 (b) and a switch each. Returns (console, views: camera -> decider)."""
+    from types import SimpleNamespace
+
+    from fair_edge.console.station_hook import StationConsole
+
+    settings = {"enabled": False, **console}
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(**settings), source_file=station_file)
+    bundle = SimpleNamespace(root=tmp_path / "a_own", threshold=None)
+    st = StationConsole(cfg, bundle, links=links, calibrations={"a": None, "b": None})
+    st.attach_cell(TwoCameras(), {"a": tmp_path / "a_own", "b": tmp_path / "station"})
+    views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 7.0))}
+    st.attach(SimpleNamespace(views=views), None, None, None, None)
+    return st, views
+
+
+def named_bundles(tmp_path):
+    """What ``CellLoader.camera_bundles`` says of ``cell_console``'s cameras: a on its own bundle at 3.0, b on the
+    station's at 7.0."""
+    from fair_edge.console.actions import CameraBundle
+
+    return (CameraBundle("a", tmp_path / "a_own", True, 3.0), CameraBundle("b", tmp_path / "station", False, 7.0))
+
+
+def recording_loader(loads: list, closed: list, fail_on: str = ""):
+    """``StationLinks.load_views``: records (bundle name, cameras, thresholds) into ``loads`` and returns a change
+    per camera on one Backend per bundle; raises onnxruntime's kind of RuntimeError for bundle ``fail_on``."""
+    from types import SimpleNamespace
+
+    def load_views(bundle, cameras, thresholds):
+        loads.append((bundle.name, tuple(cameras), {c: thresholds.get(c) for c in cameras}))
+        if bundle.name == fail_on:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
+        scorer = SimpleNamespace(backend=Backend(bundle.name, closed))
+        return {c: ModelChange(scorer=scorer, model=f"m-{bundle.name}", threshold=thresholds.get(c) or 99.0,
+                               bundle=SimpleNamespace(root=bundle, threshold=None)) for c in cameras}
+
+    return load_views
+
+
+def test_sighup_in_a_cell_reloads_each_camera_once_from_its_own_bundle(tmp_path, inline_swaps, caplog):
+    """SIGHUP in a cell: one load per bundle, a on its own (3.0), b on the station's (7.0); no second swap of the
+    lead camera's bundle onto b (which dropped b's threshold), and no "already loading" refusal."""
+    from fair_edge.console.actions import StationLinks
+
+    loads, closed = [], []
+    links = StationLinks(load_views=recording_loader(loads, closed), camera_bundles=lambda f: named_bundles(tmp_path))
+    console, views = cell_console(tmp_path, links)
+    console.reload_bundle("SIGHUP")
+    assert loads == [("a_own", ("a",), {"a": 3.0}), ("station", ("b",), {"b": 7.0})]
+    assert console.feed.camera_bundles == {"a": tmp_path / "a_own", "b": tmp_path / "station"}
+    assert (views["a"].switch.take().threshold, views["b"].switch.take().threshold) == (3.0, 7.0)
+    assert console.actions.swap_status["state"] == "done" and closed == []
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    swaps = [(e["camera"], e["new"]["model"]) for e in console.actions.audit.read() if e["action"] == "swap"]
+    assert swaps == [("a", "m-a_own"), ("b", "m-station")]
+
+
+def test_a_loader_failing_with_any_error_fails_the_swap_and_closes_what_it_loaded(tmp_path, inline_swaps):
+    """A loader raising something other than a FairEdgeError (onnxruntime's RuntimeError) ends the swap as failed
+    with its text, closes the backend loaded before it and switches no camera; the next swap is not refused.
+    With one camera likewise."""
+    from types import SimpleNamespace
+
+    from fair_edge.console.actions import StationLinks
+    from fair_edge.console.station_hook import StationConsole
+
+    loads, closed = [], []
+    links = StationLinks(load_views=recording_loader(loads, closed, fail_on="station"),
+                         camera_bundles=lambda f: named_bundles(tmp_path))
+    console, views = cell_console(tmp_path, links)
+    console.reload_bundle("SIGHUP")   # loads a_own, then the station's bundle fails
+    status = console.actions.swap_status
+    assert status["state"] == "failed" and "RuntimeError" in status["error"] and "Load model failed" in status["error"]
+    assert closed == ["a_own"] and views["a"].switch.take() is None and views["b"].switch.take() is None
+    assert console.feed.camera_bundles["a"] == tmp_path / "a_own" and not console.actions.audit.read()
+    assert console.actions.swap(str(tmp_path / "a_own"), "ann", camera="b")["cameras"] == ["b"]   # not refused
+    assert console.actions.swap_status["state"] == "done" and views["b"].switch.take().model == "m-a_own"
+
+    def load_model(bundle, threshold=None):
+        raise RuntimeError("CUDA out of memory")
+
+    cfg = StationConfig(output=tmp_path / "one", console=ConsoleSettings(enabled=False))
+    one = StationConsole(cfg, SimpleNamespace(root=tmp_path / "b0", threshold=None),
+                         links=StationLinks(load_model=load_model))
+    one.attach(SimpleNamespace(model="m0", threshold=1.0, switch=ModelSwitch()), None, None, None, None)
+    one.actions.swap(str(tmp_path / "b1"), "ann")
+    assert one.actions.swap_status["state"] == "failed" and "CUDA out of memory" in one.actions.swap_status["error"]
+    one.actions.swap(str(tmp_path / "b2"), "ann")   # not refused as "already loading"
+    assert one.actions.swap_status["bundle"] == str(tmp_path / "b2")
+
+
+def test_a_threshold_the_station_file_cannot_take_changes_nothing(tmp_path):
+    """The station file is written and checked before the switch: a file the loader refuses, one that is no longer
+    valid YAML or not a mapping is a ConfigError naming the file (the API's 400), with no threshold change, no audit
+    entry and the file as it was."""
+    from fair_edge.console.actions import StationLinks
+
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": "0"}, {"name": "b", "source": "1"}]}))
+    original = station.read_text()
+
+    def refuse(path):
+        raise ConfigError(f"{path}: bundle: runs/x does not exist")
+
+    links = StationLinks(load_station=refuse, camera_bundles=lambda f: named_bundles(tmp_path))
+    console, views = cell_console(tmp_path, links, station_file=station)
+    with pytest.raises(ConfigError) as refused:
+        console.actions.apply_threshold(5.5, "ann", True, camera="b")
+    assert views["b"].switch.take() is None and station.read_text() == original
+    assert str(refused.value).startswith(f"{station}: bundle: runs/x does not exist; fix the station file")
+    assert not (tmp_path / "station.yaml.tmp").exists()
+    for text, found in (("cameras: [ {name: a, source: 0}, \n", "expected valid YAML"),
+                        ("- just\n- a list\n", "expected a mapping of station settings, found list"),
+                        ("cameras: {a: 1}\n", "cameras: expected a list of cameras, found dict")):
+        station.write_text(text)   # an operator's half-saved edit
+        with pytest.raises(Exception) as refused:
+            console.actions.apply_threshold(6.5, "ann", True, camera="a")
+        assert views["a"].switch.take() is None and station.read_text() == text
+        assert refused.type is ConfigError and str(refused.value).startswith(f"{station}: {found}")
+        assert str(refused.value).endswith("apply the threshold again (it was not changed)")
+    assert not [e for e in console.actions.audit.read() if e["action"] == "threshold"]
+
+    links = StationLinks(load_station=load_station, camera_bundles=lambda f: named_bundles(tmp_path))
+    station.write_text(original)
+    console, views = cell_console(tmp_path / "ok", links, station_file=station)
+    entry = console.actions.apply_threshold(5.5, "ann", True, camera="b")   # a file that loads: applied and written
+    assert (entry["old"], entry["new"]) == (7.0, 5.5) and views["b"].switch.take().threshold == 5.5
+    assert yaml.safe_load(station.read_text())["cameras"][1]["threshold"] == 5.5
+
+
+def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path):
+    """An NG part stays in the gallery long after its views left the recent verdicts: every view keeps its label
+    and OK/NG, a passed view can still be reviewed; a defect corrected to a false reject counts in drift again."""
+    from fair_edge.console.actions import StationLinks
+    from fair_edge.console.views import gallery
+
+    console, _ = cell_console(tmp_path, StationLinks(), recent_parts=10, keep_frames=0, drift_min_parts=1)
+
+    def part(pid: int, ng_b: bool) -> None:
+        """Part ``pid`` seen by a and b (seq = pid), NG by b's view when ``ng_b``; the row comes after a's view and
+        before b's (the part assembler hears a view before the console does)."""
+        row = {"part": pid, "ng": ng_b, "inspected": True, "camera": "b", "views": {}, "ng_views": ["b"] if ng_b else [],
+               "missing": [], "rule": "any"}
+        verdicts = {c: Verdict(pid, 0.0, 0.9 if c == "b" and ng_b else 0.2, 0.5, c == "b" and ng_b, 0.01, camera=c)
+                    for c in ("a", "b")}
+        for c, v in verdicts.items():
+            row["views"][c] = {"seq": pid, "score": v.score, "ng": v.ng}
+        console.observe(None, verdicts["a"], None)
+        console.observe_part(None, row)
+        console.observe(None, verdicts["b"], None)
+
+    part(0, True)
+    actions = console.actions
+    actions.review(0, "defect", "ann", camera="b")
+    assert console.feed.drift.watch("b").state().parts == 0
+    for pid in range(1, 6):
+        part(pid, False)   # 10 more views: part 0's have left the recent ones (10)
+    assert console.feed.verdict(0, "a") is None
+    (listed,) = gallery(console.feed, actions)["parts"]
+    views = {v["camera"]: v for v in listed["views"]}
+    assert (views["a"]["ng"], views["a"]["review"], views["b"]["ng"], views["b"]["review"]) == (False, "", True, "defect")
+    assert actions.review(0, "miss", "ann", camera="a")["label"] == "miss"   # the passed view is still reviewable
+    views = {v["camera"]: v for v in gallery(console.feed, actions)["parts"][0]["views"]}
+    assert (views["a"]["review"], views["a"]["score"], views["a"]["threshold"]) == ("miss", 0.2, 0.5)
+
+    actions.review(0, "false_reject", "ann", camera="b")   # corrected: newest wins, a normal part again
+    assert actions.labels[("b", 0)] == "false_reject" and console.feed.drift.watch("b").state().parts == 6
+    for pid in range(6, 16):
+        part(pid, pid % 2 == 0)   # 5 more NG parts: the gallery (10 parts) still lists part 0
+    assert 0 in [p["part"] for p in gallery(console.feed, actions)["parts"]] and ("a", 0) in actions.listed
+    for pid in range(16, 26):
+        part(pid, True)   # part 0 leaves the gallery: its views are forgotten
+    assert 0 not in [p["part"] for p in gallery(console.feed, actions)["parts"]] and ("a", 0) not in actions.listed
+    assert len(actions.listed) == 20 and not actions._awaited

@@ -185,6 +185,19 @@ def test_a_mask_of_another_size_than_the_frame_is_refused(tmp_path):
         RegionSettings.from_dict({"frame": [400, 300], "zones": [{"name": "a", "mask": str(tmp_path / "m.png")}]})
 
 
+def test_a_zone_after_the_255th_is_judged_and_more_than_65535_are_refused_on_load():
+    """Zone ids are stored in a label image per frame pixel: zone 256 (after 255 tiny ignore zones) owns a
+    region at its centroid, with its own rule firing; 65536 zones are refused on load, naming regions.zones."""
+    pads = [{"name": f"pad{i}", "polygon": [[0, 0], [1, 0], [1, 1]], "ignore": True} for i in range(255)]
+    seal = {"name": "seal", "polygon": [[100, 100], [300, 100], [300, 300], [100, 300]], "min_area_px": 1}
+    j = judge(zones=[*pads, seal])
+    assert j.settings.zones[-1].zone_id == 256
+    (region,), (hit,) = j.judge(FRAME_HW, plant(blank_map(), 45, 45, 10, 10))
+    assert (region.zone, region.zone_id) == ("seal", 256) and (hit.zone, hit.zone_id) == ("seal", 256)
+    with pytest.raises(ConfigError, match=r"regions.zones: expected at most 65535 zones, found 65536"):
+        RegionSettings.from_dict({"frame": [400, 400], "zones": [pads[0]] * 65536})
+
+
 def test_the_scale_from_two_points_and_a_frame_of_another_size_fails_safe():
     s = RegionSettings.from_dict({"scale": {"points": [[0, 0], [30, 40]], "mm": 2.5}})
     assert s.mm_per_px == pytest.approx(0.05)

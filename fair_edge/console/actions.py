@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,13 +17,14 @@ from typing import Any
 
 import cv2
 
-from fair_edge.console.feed import StationFeed, ViewKey, finite
+from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
 from fair_edge.runtime.hotswap import ModelChange, retire
 from fair_edge.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
+from fair_edge.records import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,11 @@ class StationActions:
         self.swap_status: dict = {"state": "idle"}
         self._swap_lock = threading.Lock()
         self.labels: dict[ViewKey, str] = {}   # (camera, seq) -> the newest review label
+        # several cameras: the verdicts of the views of the NG parts the gallery lists (``feed.ng_part_rows``), kept
+        # while it lists them (a passed view leaves ``feed.recent`` long before its NG part leaves the gallery)
+        self.listed: dict[ViewKey, Verdict] = {}
+        self._listed_parts: deque[tuple[ViewKey, ...]] = deque()   # each listed part's view keys, oldest first
+        self._awaited: set[ViewKey] = set()   # views of listed parts whose verdict has not come yet
         for entry in self.reviews.read():  # reviews of this output folder survive a restart
             if entry.get("run") == self.run_id:
                 self.labels[(str(entry.get("camera", "")), int(entry["seq"]))] = entry["label"]
@@ -94,6 +101,43 @@ class StationActions:
     def run_id(self) -> str:
         return self.feed.run_id
 
+    # ------------------------------------------------------------------ loop side (with the feed's; never blocks)
+    def observe(self, verdict: Verdict) -> None:
+        """Verdict callback (after ``feed.observe``): keeps the verdict of an awaited view of a listed NG part."""
+        key = view_key(verdict)
+        if key in self._awaited:
+            self._awaited.discard(key)
+            self.listed[key] = verdict
+
+    def observe_part(self, row: dict) -> None:
+        """A part row (after ``feed.observe_part``): an NG part's views are kept while the gallery lists it: those
+        already seen from ``feed.recent`` (newest first, stopping once all are found), the others when they come;
+        the views of a part the gallery no longer lists are forgotten."""
+        if not row.get("ng"):
+            return
+        keys = tuple((camera, view["seq"]) for camera, view in row.get("views", {}).items() if "seq" in view)
+        self._listed_parts.append(keys)
+        while len(self._listed_parts) > (self.feed.ng_part_rows.maxlen or len(self._listed_parts)):
+            for key in self._listed_parts.popleft():
+                self.listed.pop(key, None)
+                self._awaited.discard(key)
+        self._awaited.update(keys)   # awaited first: a view that comes meanwhile is kept by ``observe``
+        wanted = set(keys)
+        for v in reversed(list(self.feed.recent)):   # a copy: a part decided at its due time may be off the loop
+            if not wanted:
+                break
+            key = view_key(v)
+            if key in wanted:
+                wanted.discard(key)
+                self._awaited.discard(key)
+                self.listed.setdefault(key, v)
+
+    def verdict(self, seq: int, camera: str = "") -> Verdict | None:
+        """The verdict of view (camera, seq) while it is among the recent ones, the NG list, or a view of an NG
+        part the gallery lists."""
+        verdict = self.feed.verdict(seq, camera)
+        return verdict if verdict is not None else self.listed.get((camera, seq))
+
     # ------------------------------------------------------------------ reviews
     def review(self, seq, label: str, who: str, camera=None) -> dict:
         """Record an operator's judgement of view (camera, seq): defect / false_reject (NG views) or miss
@@ -101,7 +145,7 @@ class StationActions:
         if label not in REVIEW_LABELS:
             raise ConfigError(f"label: expected one of {', '.join(REVIEW_LABELS)}, found {label!r}")
         camera = self._camera(camera, required=True)
-        verdict = self.feed.verdict(_seq(seq), camera)
+        verdict = self.verdict(_seq(seq), camera)
         what = f"camera {camera}'s frame {seq}" if camera else f"part {seq}"
         if verdict is None:
             raise ConfigError(f"seq: expected a {'frame' if camera else 'part'} inspected in this run and still in "
@@ -120,6 +164,8 @@ class StationActions:
         self.labels[key] = label
         if label in tuning.DEFECT_LABELS:
             self.feed.drift.exclude(key)
+        else:   # a false reject (a corrected defect too) is a normal part: back into its camera's drift sample
+            self.feed.drift.include(key)
         return entry
 
     def _camera(self, camera, required: bool) -> str:
@@ -203,11 +249,11 @@ class StationActions:
                               f"{confirm!r}; the threshold was not changed")
         decider = self._decider(camera)
         old = decider.threshold
-        decider.switch.request(ModelChange(threshold=value))
         written = ""
-        if self.station_file is not None:
+        if self.station_file is not None:   # written and checked first: a file that fails changes nothing
             tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
             written = str(self.station_file)
+        decider.switch.request(ModelChange(threshold=value))
         return self.audit.append({"action": "threshold", "who": _who(who), **({"camera": camera} if camera else {}),
                                   "old": old, "new": value, "station_file": written, "model": decider.model})
 
@@ -259,16 +305,29 @@ class StationActions:
             if self.swap_status["state"] == "loading":
                 raise ConfigError(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
             self.swap_status = {"state": "loading", **status, "since": utc_now()}
-        threading.Thread(target=target, args=args, name="bundle-swap", daemon=True).start()
+        threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap", daemon=True).start()
         return self.swap_status
+
+    def _guarded(self, target, *args) -> None:
+        """The swap thread: ``target(*args)``. Whatever it raises ends the swap as failed (logged, its text in
+        ``swap_status``), never left "loading": that would refuse every later swap and SIGHUP until a restart."""
+        try:
+            target(*args)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self._swap_failed(str(self.swap_status.get("bundle", "")), exc)
+
+    def _swap_failed(self, bundle: str, exc: Exception) -> None:
+        """A swap that did not happen: logged (a traceback for what is not a FairEdgeError) and in ``swap_status``."""
+        text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
+        log.error("bundle swap refused: %s", text, exc_info=not isinstance(exc, FairEdgeError))
+        self.swap_status = {"state": "failed", "bundle": bundle, "error": text, "since": utc_now()}
 
     def _load(self, bundle: Path, inspector, who: str, threshold: float | None) -> None:
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         try:
             change = self.links.load_model(bundle, threshold=threshold)
-        except FairEdgeError as exc:
-            log.error("bundle swap refused: %s", exc)
-            self.swap_status = {"state": "failed", "bundle": str(bundle), "error": str(exc), "since": utc_now()}
+        except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
+            self._swap_failed(str(bundle), exc)
             return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
@@ -284,12 +343,10 @@ class StationActions:
         try:
             for bundle, cameras in plan.items():
                 changes.update(self.links.load_views(bundle, cameras, thresholds))
-        except FairEdgeError as exc:
-            for scorer in {id(c.scorer): c.scorer for c in changes.values()}.values():
-                retire(scorer)
-            log.error("bundle swap refused: %s", exc)
-            self.swap_status = {"state": "failed", "bundle": ", ".join(str(b) for b in plan), "error": str(exc),
-                                "since": utc_now()}
+        except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
+            for scorer in {id(c.scorer): c.scorer for c in changes.values() if c.scorer is not None}.values():
+                retire(scorer)   # the bundles loaded before the failure: no camera runs them
+            self._swap_failed(", ".join(str(b) for b in plan), exc)
             return
         for camera, change in changes.items():
             decider = self._decider(camera)

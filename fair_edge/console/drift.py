@@ -82,6 +82,11 @@ class DriftWatch:
         with self._lock:
             self._excluded.add(key)
 
+    def include(self, key: tuple[str, int]) -> None:
+        """Undo ``exclude``: a review corrected from defect to false reject counts the part again."""
+        with self._lock:
+            self._excluded.discard(key)
+
     def reset(self, quantiles) -> None:
         """A new model: its own calibration distribution, and scores of the old one forgotten."""
         with self._lock:
@@ -144,6 +149,12 @@ class CameraDrift:
         watch = self.watches.get(key[0])
         if watch is not None:
             watch.exclude(key)
+
+    def include(self, key: tuple[str, int]) -> None:
+        """Count a part again in its camera's watch (a review corrected from defect to a normal label)."""
+        watch = self.watches.get(key[0])
+        if watch is not None:
+            watch.include(key)
 
     def reset(self, camera: str, quantiles: Sequence[float]) -> None:
         """``camera`` runs a new model: its watch starts over on that model's distribution (a camera not watched

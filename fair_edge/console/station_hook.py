@@ -76,9 +76,10 @@ class StationConsole:
         path, threshold = self.feed.bundle_path, self.start_threshold
         load_station = self.actions.links.load_station
         try:
-            if self.feed.cell is not None:
+            if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
                 self.actions.reload_cameras(who)
-            elif self.station_file is not None:
+                return
+            if self.station_file is not None:
                 if load_station is None:
                     raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader "
                                       "was given)")
@@ -90,6 +91,7 @@ class StationConsole:
 
     def observe(self, frame, verdict, anomaly_map) -> None:
         self.feed.observe(frame, verdict, anomaly_map)
+        self.actions.observe(verdict)
 
     def attach(self, inspector, capture, scheduler, recorder, camera_watch) -> None:
         self.feed.attach(inspector, capture, scheduler, recorder, camera_watch, self.feed.bundle_path)
@@ -101,8 +103,10 @@ class StationConsole:
 
     def observe_part(self, verdict, row: dict) -> None:
         """A part row of several cameras' views (``station.parts.PartListener``): the live page's latest part
-        and the gallery's NG parts. verdict: the part's verdict for the gate (unused: the row has it all)."""
+        and the gallery's NG parts, whose views' verdicts stay reviewable while it lists them. verdict: the part's
+        verdict for the gate (unused: the row has it all)."""
         self.feed.observe_part(row)
+        self.actions.observe_part(row)
 
     def tick(self, _inspector=None) -> None:
         """Raise / clear the fault output on a drift alarm (when console.drift_fault), every 2 s at most: held

@@ -83,11 +83,16 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
     """Set ``decision.threshold`` in the station file, or with ``camera`` that camera's ``cameras[].threshold``
     (atomic replace, fsync'd; YAML comments are not kept). The result is read back through ``load_station``
     (the station loader, ``station.config.load_station``, handed in: it raises ConfigError for a file that would
-    not load), so a file that would not load is never left behind."""
+    not load), so a file that would not load is never left behind. Every failure (a file that cannot be read or
+    written, is not valid YAML, or is not a station file's mapping) is a ConfigError naming the file and the fix,
+    with the file left as it was."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _station_data(path)
     if camera:
         entries = data.get("cameras") or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"{path}: cameras: expected a list of cameras, found {type(entries).__name__}; "
+                              "fix the station file, then apply the threshold again (it was not changed)")
         names = [e.get("name", f"cam{i}") if isinstance(e, dict) else None for i, e in enumerate(entries)]
         if camera not in names:
             raise ConfigError(f"{path}: expected camera {camera!r} in its cameras: list, found "
@@ -95,15 +100,44 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
         entries[names.index(camera)]["threshold"] = float(value)
     else:
         decision = data.get("decision") or {}
+        if not isinstance(decision, dict):
+            raise ConfigError(f"{path}: decision: expected a mapping, found {type(decision).__name__}; fix the "
+                              "station file, then apply the threshold again (it was not changed)")
         data["decision"] = {**decision, "threshold": float(value)}
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
     try:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
         load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
-    except ConfigError:
-        tmp.unlink()
-        raise
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except ConfigError as exc:   # named as the operator knows it: the station file, not its .tmp copy
+        raise ConfigError(f"{str(exc).replace(str(tmp), str(path))}; fix the station file, then apply the "
+                          "threshold again (it was not changed)") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: could not be written ({exc.strerror or exc}); free disk space or make its "
+                          "folder writable, then apply the threshold again (it was not changed)") from exc
+    finally:
+        tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load or was half written
+
+
+def _station_data(path: Path) -> dict:
+    """The station file's YAML as a mapping ({} for an empty file); ConfigError naming the file and the fix for a
+    file that cannot be read, is not valid YAML or is not a mapping."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the station file ({exc.strerror or exc}); restore it, then apply "
+                          "the threshold again (it was not changed)") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: expected valid YAML, found {getattr(exc, 'problem', None) or exc}{line}; fix "
+                          "the station file, then apply the threshold again (it was not changed)") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of station settings, found {type(data).__name__}; fix the "
+                          "station file, then apply the threshold again (it was not changed)")
+    return data

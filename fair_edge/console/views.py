@@ -92,13 +92,18 @@ def _part_head(row: dict) -> dict:
 
 
 def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | None, missing: str,
-          kept: set[ViewKey], decided: bool = False) -> dict:
-    """One camera's view of a part as the pages show it: its verdict (while remembered), image and review."""
+          kept: set[ViewKey], decided: bool = False, row_view: dict | None = None) -> dict:
+    """One camera's view of a part as the pages show it: its verdict (while remembered: ``actions.verdict``), image
+    and review. row_view: the part row's entry for the view ({seq, score, ng}), its score and OK/NG once the
+    verdict is forgotten. The review label is ``actions.labels``' whether or not the verdict is remembered."""
     out = {"camera": camera, "seq": seq, "missing": missing, "decided": decided}
-    v = None if seq is None else feed.verdict(seq, camera)
+    v = None if seq is None else actions.verdict(seq, camera)
     if v is not None:
         out.update(_part(v, actions.labels), decided=decided)
+    elif row_view is not None and seq is not None:
+        out.update(score=finite(row_view.get("score")), ng=row_view.get("ng"))
     if seq is not None:
+        out["review"] = actions.labels.get((camera, seq), "")
         out["image"] = _image(feed, v, camera, seq, kept)
     return out
 
@@ -154,6 +159,6 @@ def gallery(feed: StationFeed, actions: StationActions) -> dict:
 
 def _gallery_part(feed: StationFeed, actions: StationActions, row: dict) -> dict:
     views = [_view(feed, actions, camera, view.get("seq"), view.get("missing", ""), None,
-                   decided=camera == row.get("camera") and camera in row.get("ng_views", ()))
+                   decided=camera == row.get("camera") and camera in row.get("ng_views", ()), row_view=view)
              for camera, view in row["views"].items()]
     return {**_part_head(row), "views": views}

@@ -46,6 +46,7 @@ SIZE_RULES = {
 }
 RULE_KEYS = (*SIZE_RULES, "max_count", "ignore")
 DEFAULT_ZONE = "default"
+MAX_ZONES = int(np.iinfo(np.uint16).max)   # zone ids 1..MAX_ZONES fit the (H, W) uint16 label image
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class RegionSettings:
         scale = _scale(d)
         frame = _frame(d.get("frame"))
         default = ZoneRules.from_dict(f"{s}.default", f.check_keys(f"{s}.default", d.get("default"), RULE_KEYS))
-        zones = tuple(_zone(i, z, frame, base) for i, z in enumerate(_list(d.get("zones"))))
+        zones = tuple(_zone(i, z, frame, base) for i, z in enumerate(_zone_list(d.get("zones"))))
         names = [z.name for z in zones]
         for name in names:
             if names.count(name) > 1 or name == DEFAULT_ZONE:
@@ -136,11 +137,15 @@ class RegionSettings:
         return out
 
 
-def _list(value: Any) -> list:
+def _zone_list(value: Any) -> list:
+    """The zones: a list of at most MAX_ZONES (their ids, 1.., are stored in a uint16 label image)."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise ConfigError(f"regions.zones: expected a list of zones ({{name, polygon or mask, rules}}), found {value!r}")
+    if len(value) > MAX_ZONES:
+        raise ConfigError(f"regions.zones: expected at most {MAX_ZONES} zones, found {len(value)}; merge zones "
+                          "that share their rules into one mask image.")
     return value
 
 
@@ -224,7 +229,7 @@ class RegionJudge:
 
     def __init__(self, settings: RegionSettings, pixel_threshold: float, roi: tuple[int, ...] | None = None) -> None:
         self.settings, self.pixel_threshold, self.roi = settings, float(pixel_threshold), roi
-        self._labels: np.ndarray | None = None   # (H, W) uint8 zone id per frame pixel, 0 = default
+        self._labels: np.ndarray | None = None   # (H, W) uint16 zone id per frame pixel, 0 = default
 
     def for_bundle(self, bundle) -> "RegionJudge":
         """The judge for a hot-swapped bundle: its calibrated pixel threshold and tiling, unless the station file
@@ -252,9 +257,10 @@ class RegionJudge:
         return [pts for zone in self.settings.zones for pts in zone.outline(hw)]
 
     def zone_labels(self, frame_hw: tuple[int, int]) -> np.ndarray:
-        """(H, W) uint8: the zone id of every frame pixel (first zone in file order wins; 0 = default)."""
+        """(H, W) uint16: the zone id of every frame pixel (first zone in file order wins; 0 = default; at most
+        MAX_ZONES zones, checked on load)."""
         if self._labels is None or self._labels.shape != tuple(frame_hw):
-            labels = np.zeros(frame_hw, np.uint8)
+            labels = np.zeros(frame_hw, np.uint16)
             for zone in reversed(self.settings.zones):
                 labels[zone.pixels(frame_hw)] = zone.zone_id
             self._labels = labels
