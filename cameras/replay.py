@@ -34,6 +34,10 @@ class FolderReplaySource(SourceBase):
     gray: load as (H, W) uint8 gray instead of (H, W, 3) uint8 BGR.
     Unreadable images are skipped with a warning and counted in ``skipped``; they use no
     sequence number. Frames: ``source`` = the image's file name.
+    Pixels are taken as stored: an EXIF orientation tag is ignored (``IMREAD_IGNORE_ORIENTATION``), as the
+    training reader (``fair_edge.training.data.read_image``) ignores it, because every model was trained,
+    evaluated and thresholded on the images that reader gives. Applying the tag here would replay a rotated
+    JPEG turned (a 20 x 60 image as 60 x 20): another frame size, and a part the model never saw that way.
     """
 
     def __init__(self, folder: str | Path, *, fps: float = 0.0, loop: bool = False, gray: bool = False,
@@ -42,7 +46,7 @@ class FolderReplaySource(SourceBase):
         self.folder = Path(folder)
         self.fps = check_fps(fps, f"folder {self.folder}")
         self.loop = loop
-        self.flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+        self.flags = (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
         self.suffixes = tuple(s.lower() for s in suffixes)
         self.name = name or f"folder:{self.folder}"
         self.skipped = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import time
 
 import cv2
@@ -132,3 +133,36 @@ def test_open_source_detects_folder_and_video(tmp_path):
     with open_source(str(video), fps=0, loop=True) as src:
         assert isinstance(src, VideoReplaySource) and src.loop
         assert src.read().source == "clip.avi"
+
+
+def _jpeg_with_exif_orientation(image: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of ``image`` carrying an EXIF APP1 segment whose only tag is Orientation (0x0112)."""
+    ok, jpeg = cv2.imencode(".jpg", image)
+    assert ok
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd  # big-endian TIFF, IFD at offset 8
+    data = jpeg.tobytes()
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]  # APP1 after SOI
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_folder_replay_ignores_exif_orientation_as_training_does(tmp_path, gray):
+    """One orientation policy: a JPEG tagged "rotate 90" (stored 20 x 60) is 20 x 60 in the training reader
+    (train, eval, build, rules check), in its mask and in the station's folder replay; OpenCV's own default
+    would turn it to 60 x 20 in the replay only."""
+    from fair_edge.training.data import read_image, read_mask
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = np.zeros((20, 60, 3), np.uint8)
+    image[:, :30] = 200  # left half bright: a rotation would move it
+    (folder / "rot.jpg").write_bytes(_jpeg_with_exif_orientation(image, 6))
+    assert cv2.imread(str(folder / "rot.jpg")).shape == (60, 20, 3)  # the tag is there; OpenCV honours it by default
+    with FolderReplaySource(folder, gray=gray) as src:
+        frame = src.read().image
+    trained = read_image(folder / "rot.jpg")
+    assert trained.shape == (20, 60, 3) and frame.shape[:2] == (20, 60)
+    expected = cv2.cvtColor(trained, cv2.COLOR_BGR2GRAY) if gray else trained
+    assert np.abs(frame.astype(int) - expected.astype(int)).max() <= 2  # same pixels, same place
+    (tmp_path / "rot_mask.jpg").write_bytes(_jpeg_with_exif_orientation(image, 6))
+    assert read_mask(tmp_path / "rot_mask.jpg", (20, 60))[:, :30].all()

@@ -1,9 +1,14 @@
+import logging
+import re
+import shutil
+
 import cv2
 import numpy as np
 import pytest
 
-from fair_edge.training.data import load_dataset, load_images, read_image, read_mask
+from fair_edge.training.data import load_dataset, load_images, read_frame, read_image, read_mask
 from fair_edge.errors import DataError
+from fair_edge.tiling import TilingConfig
 
 
 def test_mvtec_layout(mvtec_dir):
@@ -64,3 +69,85 @@ def test_bad_inputs_are_named(tmp_path):
     cv2.imwrite(str(tmp_path / "m.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(DataError, match="masks must have the image's size"):
         read_mask(tmp_path / "m.png", (20, 30))
+
+
+def _write_visa(tmp_path, rows):
+    """A VisA split CSV in tmp_path/split.csv with ``rows`` of (split, label, image path, mask path or '')."""
+    lines = ["object,split,label,image,mask"] + [f"plate,{split},{label},{image},{mask}" for split, label, image, mask in rows]
+    (tmp_path / "split.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "split.csv"
+
+
+def test_visa_train_row_labelled_anomalous_is_refused_naming_the_row(tmp_path, mvtec_dir):
+    """Training takes normal images only: a train row labelled anomaly is an error naming its CSV line and the
+    fix, never trained on as normal and never dropped in silence."""
+    good = sorted((mvtec_dir / "train/good").iterdir())
+    blob = sorted((mvtec_dir / "test/blob").iterdir())
+    csv_path = _write_visa(tmp_path, [("train", "normal", good[0], ""), ("train", "normal", good[1], ""),
+                                      ("train", "anomaly", blob[0], ""), ("test", "anomaly", blob[1], "")])
+    with pytest.raises(DataError, match=r"1 'train' row\(s\) labelled anomalous: line 4 \(.*000\.png, label 'anomaly'\)"
+                                        r".*Move those rows to the test split") as info:
+        load_dataset(csv_path)
+    assert "relabel them 'normal'" in str(info.value)
+
+
+@pytest.mark.parametrize("label", ["OK", "Good", "NORMAL", " normal ", "0"])
+def test_visa_normal_labels_are_the_good_names_in_any_case(tmp_path, mvtec_dir, label):
+    good = sorted((mvtec_dir / "train/good").iterdir())
+    blob = sorted((mvtec_dir / "test/blob").iterdir())
+    split = load_dataset(_write_visa(tmp_path, [("train", label, good[0], ""), ("test", label, good[1], ""),
+                                                ("test", "anomaly", blob[0], "")]))
+    assert [s.label for s in split.train] == [0]
+    assert [(s.label, s.defect_type) for s in split.test] == [(0, "good"), (1, "anomaly")]
+
+
+@pytest.mark.parametrize("folder", ["OK", "Good", "Normal", "good"])
+def test_mvtec_good_test_folder_in_any_case_is_normal(tmp_path, mvtec_dir, folder):
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    (root / "test/good").rename(root / "test" / folder)
+    split = load_dataset(root)
+    normal = [s for s in split.test if s.label == 0]
+    assert len(normal) == 6 and {s.defect_type for s in normal} == {"good"}
+    assert {s.defect_type for s in split.test if s.label == 1} == {"blob"}
+
+
+def test_undersized_image_is_skipped_naming_the_file_and_the_fix(tmp_path, caplog):
+    """A 3 x 1 px thumbnail among good images is skipped like an unreadable file, with a warning naming it."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), np.full((20, 30, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "tiny.png"), np.full((1, 3, 3), 128, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        images, kept = load_images(load_dataset(folder).train, 16)
+    assert images.shape == (2, 3, 16, 16) and [s.path.name for s in kept] == ["a.png", "b.png"]
+    assert re.search(r"tiny\.png \(3 x 1 px\) cannot be a model input: .*Remove the file", caplog.text)
+    assert "skipped 1 unreadable or undersized image(s) of 3" in caplog.text
+    with pytest.raises(DataError, match=r"tiny\.png \(3 x 1 px\) cannot be a model input"):
+        read_frame(folder / "tiny.png")
+
+
+def test_frame_smaller_than_the_tile_names_the_file(tmp_path, caplog):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "big.png"), np.full((32, 32, 3), 128, np.uint8))  # one tile
+    cv2.imwrite(str(folder / "small.png"), np.full((20, 30, 3), 128, np.uint8))
+    tiling = TilingConfig(tile=32, overlap=0)
+    with caplog.at_level(logging.WARNING):
+        images, kept = load_images(load_dataset(folder).train, 16, tiling=tiling)
+    assert [s.path.name for s in kept] == ["big.png"] and len(images) == 1
+    assert re.search(r"small\.png \(30 x 20 px\) cannot be a model input: tiling needs a region of at least 32 x 32",
+                     caplog.text)
+    with pytest.raises(DataError, match=r"none of the 1 images could be read .*small\.png \(30 x 20 px\)"):
+        load_images([load_dataset(folder).train[1]], 16, tiling=tiling)
+
+
+def test_missing_mask_of_one_defect_is_counted_and_named(tmp_path, mvtec_dir):
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    (root / "ground_truth/blob/002_mask.png").unlink()
+    split = load_dataset(root)
+    assert not split.has_masks and split.has_any_masks
+    assert [s.path.name for s in split.missing_masks] == ["002.png"]
+

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import logging
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -93,6 +95,55 @@ def test_eval_report(trained, mvtec_dir, tmp_path):
     assert defect.shape[0] > 256 and defect.shape[1] > 2 * 256  # text, image and heat map (enlarged), scale
     assert (defect == 255).all(axis=-1)[-256:, :512].any()  # the mask outline
 
+
+
+def test_eval_with_a_missing_mask_computes_pixel_metrics_on_the_others(trained, mvtec_dir, tmp_path, caplog):
+    """One defective image without its mask: image metrics on all 12, pixel and region metrics on the 11 with
+    ground truth (6 normal, 5 defective), and the report counts and names the one without."""
+    final, _ = trained
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    (root / "ground_truth/blob/002_mask.png").unlink()
+    full = evaluate(final, load_dataset(mvtec_dir), tmp_path / "full")
+    with caplog.at_level(logging.WARNING):
+        result = evaluate(final, load_dataset(root), tmp_path / "part")
+    assert result["images"] == 12 and result["image_auroc"] == pytest.approx(full["image_auroc"])
+    assert result["masks_missing"] == {"count": 1, "first": [str(root / "test/blob/002.png")]}
+    assert "pixel_auroc" in result and "aupro" in result and result["regions"]["defects"] >= 5
+    assert result["regions"]["defects"] < full["regions"]["defects"]
+    assert result["pixel_metrics"].startswith("pixel metrics computed on 5 of 6 defective images: 1 has no "
+                                              "ground-truth mask (002.png;")
+    assert "002.png" in caplog.text
+    rows = list(csv.DictReader((tmp_path / "part" / "regions.csv").open()))
+    assert len(rows) == 11 and str(root / "test/blob/002.png") not in {r["path"] for r in rows}
+    assert (tmp_path / "part" / "pro.png").is_file()
+
+
+def test_eval_skips_an_undersized_image_naming_it(trained, mvtec_dir, tmp_path, caplog):
+    """A 3 x 1 px thumbnail among the test images is skipped as an unreadable one is, the warning naming it."""
+    final, _ = trained
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    cv2.imwrite(str(root / "test/good/zz.png"), np.full((1, 3, 3), 128, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        result = evaluate(final, load_dataset(root), tmp_path / "eval")
+    assert result["images"] == 12 and result["dataset"]["test_normal"] == 7
+    assert re.search(r"zz\.png \(3 x 1 px\) cannot be a model input: .*Remove the file", caplog.text)
+    assert "skipped 1 unreadable or undersized image(s) of 13" in caplog.text
+
+
+def test_cli_train_skips_an_undersized_image_naming_it(mvtec_dir, tmp_path):
+    """`fair-edge train` on 16 good images and a 3 x 1 px thumbnail fits on the 16, the warning naming the file."""
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    cv2.imwrite(str(root / "train/good/zz.png"), np.full((1, 3, 3), 128, np.uint8))
+    result = CliRunner().invoke(app, ["train", str(root), "--model", "patchcore", "--image-size", "32",
+                                      "--out", str(tmp_path / "pc"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = load_checkpoint(tmp_path / "pc" / "final.pt").data_summary
+    assert (summary["train_images"], summary["train_images_used"]) == (17, 16)
+    printed = "".join(result.output.split())  # the CLI logs through rich, wrapped to the console width
+    assert "zz.png(3x1px)cannotbeamodelinput" in printed, result.output
 
 def test_resume_is_exact(mvtec_dir, tmp_path):
     straight = tiny_trainer(mvtec_dir, tmp_path / "a", steps=6)

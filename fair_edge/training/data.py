@@ -14,12 +14,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fair_edge.errors import DataError
-from fair_edge.preprocess import IMAGE_SUFFIXES
+from fair_edge.errors import ConfigError, DataError
+from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
+from fair_edge.tiling import tile_layout
 
 log = logging.getLogger(__name__)
 
-GOOD_NAMES = ("good", "normal", "ok")
+GOOD_NAMES = ("good", "normal", "ok")  # names of normal images, compared lower-cased: MVTec test/ folders, VisA labels
+VISA_GOOD_LABELS = (*GOOD_NAMES, "0")  # a VisA CSV label that means normal (lower-cased); any other label is a defect
+NAMED_AT_MOST = 5  # how many files (or CSV rows) one message names; the rest are counted
+
+
+def is_good_name(name: str) -> bool:
+    """True when a test folder name or a CSV label means normal: one of GOOD_NAMES in any case ("OK", "Good")."""
+    return name.strip().lower() in GOOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,19 @@ class DatasetSplit:
 
     @property
     def has_masks(self) -> bool:
-        """True when every defective test image has a mask (pixel metrics are possible)."""
+        """True when every defective test image has a mask (pixel metrics on all of them)."""
         defects = [s for s in self.test if s.label == 1]
         return bool(defects) and all(s.mask is not None for s in defects)
+
+    @property
+    def has_any_masks(self) -> bool:
+        """True when at least one defective test image has a mask (pixel metrics on those that have one)."""
+        return any(s.mask is not None for s in self.test if s.label == 1)
+
+    @property
+    def missing_masks(self) -> list[Sample]:
+        """The defective test images without a ground-truth mask."""
+        return [s for s in self.test if s.label == 1 and s.mask is None]
 
     def summary(self) -> dict:
         return {
@@ -60,6 +78,10 @@ class DatasetSplit:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
 
+    Pixels are taken as stored: an EXIF orientation tag is ignored (IMREAD_UNCHANGED never rotates). This is
+    the one orientation policy of fair-edge: every model was trained on images read here, and the station's
+    folder replay (``fair_edge.cameras.replay``) and the masks (``read_mask``) read the same way, so a part is
+    inspected and scored in the orientation it was trained in. A camera frame carries no EXIF.
     Raises DataError naming the file when it is missing, unreadable or truncated.
     """
     path = Path(path)
@@ -82,8 +104,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
-    """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W)."""
-    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
+
+    As ``read_image``, an EXIF orientation tag is ignored, so the mask lies on the pixels its image has."""
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags) if path.is_file() else None
     if mask is None:
         raise DataError(f"mask {path} is missing or unreadable.")
     if mask.shape != tuple(image_shape):
@@ -92,6 +117,24 @@ def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
             "masks must have the image's size."
         )
     return mask > 0
+
+
+def read_frame(path: str | Path, tiling=None) -> np.ndarray:
+    """``read_image``, then the checks a model input needs: at least 2 x 2 pixels and, for a tiled model
+    (``tiling``: a ``fair_edge.tiling.TilingConfig``), room for one tile (in its region of interest).
+
+    Raises DataError naming the file, its size and the fix, so train and eval skip it as an unreadable file.
+    """
+    image = read_image(path)
+    try:
+        check_frame(image)
+        if tiling is not None:
+            tile_layout(tuple(image.shape[:2]), tiling, tiling.tile)
+    except ConfigError as exc:
+        h, w = image.shape[:2]
+        raise DataError(f"{path} ({w} x {h} px) cannot be a model input: {exc} Remove the file from the dataset "
+                        "or replace it with a full-size image of the part.") from exc
+    return image
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -113,7 +156,7 @@ def _mvtec(root: Path) -> DatasetSplit:
     if test_dir.is_dir():
         for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
             for p in list_images(type_dir):
-                if type_dir.name in GOOD_NAMES:
+                if is_good_name(type_dir.name):
                     test.append(Sample(p))
                     continue
                 mask = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
@@ -134,15 +177,32 @@ def _visa(csv_path: Path, category: str | None) -> DatasetSplit:
     if category not in objects:
         raise DataError(f"category {category!r} is not in {csv_path}; it has {', '.join(objects)}.")
     base = csv_path.parent.parent if not (csv_path.parent / rows[0]["image"]).exists() else csv_path.parent
-    train, test = [], []
-    for r in (r for r in rows if r["object"] == category):
-        bad = r["label"].strip().lower() not in ("normal", "good", "0")
+    train, test, bad_train = [], [], []
+    for line, r in enumerate(rows, start=2):  # line 1 is the header
+        if r["object"] != category:
+            continue
+        bad = (r["label"] or "").strip().lower() not in VISA_GOOD_LABELS
         mask = base / r["mask"] if bad and r.get("mask") else None
         sample = Sample(base / r["image"], int(bad), "anomaly" if bad else "good", mask)
-        (train if r["split"] == "train" else test).append(sample)
+        is_train = (r["split"] or "").strip().lower() == "train"
+        if is_train and bad:
+            bad_train.append(f"line {line} ({r['image']}, label {r['label']!r})")
+        (train if is_train else test).append(sample)
+    if bad_train:
+        raise DataError(_visa_bad_train_message(csv_path, bad_train))
     if not train:
         raise DataError(f"{csv_path}: category {category!r} has no 'train' rows.")
     return DatasetSplit(category, train, test)
+
+
+def _visa_bad_train_message(csv_path: Path, rows: list[str]) -> str:
+    """The refusal of train rows labelled anomalous: training takes normal images only."""
+    shown = "; ".join(rows[:NAMED_AT_MOST]) + (f"; and {len(rows) - NAMED_AT_MOST} more"
+                                                      if len(rows) > NAMED_AT_MOST else "")
+    return (f"{csv_path}: {len(rows)} 'train' row(s) labelled anomalous: {shown}. Training takes normal images "
+            f"only (labels {', '.join(VISA_GOOD_LABELS)}, any case). Move those rows to the test split "
+            "(split=test), or relabel them 'normal' if the images are normal, or use a split CSV whose train "
+            "rows are all normal (VisA's 1cls.csv).")
 
 
 ELPV_KINDS = ("mono", "poly")
@@ -223,7 +283,8 @@ def images_for(spec: str | Path, role: str, category: str | None = None) -> list
 
 
 def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
-    """Read and resize samples to colour model images, skipping unreadable files with a warning.
+    """Read and resize samples to colour model images, skipping unreadable files (and images too small to be a
+    model input or to hold one tile: ``read_frame``) with a warning naming each, and a count.
 
     tiling: None, or a ``fair_edge.tiling.TilingConfig``: each image then gives its tiles (each resized
     to ``size``), in ``FrameTiler.split`` order. Returns (images (N, 3, size, size) float32 RGB in
@@ -234,18 +295,21 @@ def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None)
 
     tiler = FrameTiler(tiling, size)
     images, kept, skipped = [], [], []
+    first_problem = ""
     for sample in samples:
         try:
-            tiles, _ = tiler.split([read_image(sample.path)])
+            tiles, _ = tiler.split([read_frame(sample.path, tiling)])
             images.extend(resize_frame(t, size) for t in tiles)
             kept.append(sample)
         except DataError as exc:
             skipped.append(sample.path)
+            first_problem = first_problem or str(exc)
             log.warning("skipping %s", exc)
         if progress is not None:
             progress()
     if skipped:
-        log.warning("skipped %d unreadable image(s) of %d", len(skipped), len(samples))
+        log.warning("skipped %d unreadable or undersized image(s) of %d", len(skipped), len(samples))
     if not images:
-        raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path if samples else '-'}).")
+        raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path if samples else '-'}"
+                        f"{f'; {first_problem}' if first_problem else ''}).")
     return np.stack(images), kept

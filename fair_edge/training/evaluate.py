@@ -6,6 +6,9 @@ and the lowest-scoring defective ones), and a suggested decision threshold from 
 With masks also region-level results (``region_metrics``: defects found / missed, false regions) at a
 pixel threshold (given, e.g. a bundle's ``pixel_threshold``, or calibrated on the test set's normal maps
 as ``fair-edge build`` does on held-out normals) in metrics.json ``regions`` and regions.csv per image.
+A defective image without a mask takes part in the image metrics only: the pixel and region metrics are computed
+on the normal images and the defective images that have masks, and metrics.json says how many defective images
+lack one and names the first few (``masks_missing``), as the printed report does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fair_edge import plots
 from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import DatasetSplit, Sample, read_image, read_mask
+from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.errors import DataError
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
@@ -38,35 +41,57 @@ CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval repor
 
 @dataclass
 class ScoredSet:
-    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool or None."""
+    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool or None.
+
+    mask_known: (N,) bool, which rows of ``masks`` are ground truth (normal images, and defective ones with a
+    mask file); a defective image without a mask has an all-False placeholder row. None = all known.
+    """
 
     samples: list[Sample]
     scores: np.ndarray
     maps: np.ndarray
     masks: np.ndarray | None
+    mask_known: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
+    def with_masks_only(self) -> "ScoredSet":
+        """The images whose mask is known (all of them when ``mask_known`` is None): what pixel metrics use."""
+        if self.masks is None or self.mask_known is None or self.mask_known.all():
+            return self
+        keep = np.flatnonzero(self.mask_known)
+        return ScoredSet([self.samples[i] for i in keep], self.scores[keep], self.maps[keep], self.masks[keep])
+
+    def missing_masks(self) -> list[Sample]:
+        """The scored defective images without a mask (empty when masks were not read)."""
+        if self.masks is None or self.mask_known is None:
+            return []
+        return [s for s, known in zip(self.samples, self.mask_known) if not known]
+
 
 def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu", batch: int = 16,
                   with_masks: bool = False, progress=None) -> ScoredSet:
-    """Score ``samples`` with the checkpoint's model; unreadable images are skipped with a warning.
+    """Score ``samples`` with the checkpoint's model; unreadable images, and images too small to be a model
+    input or to hold one tile (``read_frame``), are skipped with a warning naming each, and counted.
 
     A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
-    stitches them (fair_edge.tiling); maps are then frame maps at the model's scale."""
+    stitches them (fair_edge.tiling); maps are then frame maps at the model's scale.
+    with_masks: read each defective image's mask; one without a mask gets a placeholder row, marked in
+    ``ScoredSet.mask_known`` (pixel metrics leave it out)."""
     ckpt = load_checkpoint(checkpoint)
     scorer = TorchScorer(ckpt, device)
     tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
-    kept, scores, maps, masks = [], [], [], []
+    kept, scores, maps, masks, known, skipped = [], [], [], [], [], 0
     for start in range(0, len(samples), batch):
         images, chunk = [], []
         for sample in samples[start : start + batch]:
             try:
-                images.append(read_image(sample.path))
+                images.append(read_frame(sample.path, ckpt.preprocess.tiling))
                 chunk.append(sample)
             except DataError as exc:
+                skipped += 1
                 log.warning("skipping %s", exc)
         if images:
             frame_maps, frame_scores, layouts = _score_frames(scorer, tiler, images, batch)
@@ -75,13 +100,19 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
             scores.append(frame_scores)
         if with_masks and images:  # a bad mask is an error in the dataset, not a skippable image
             for sample, image, m, layout in zip(chunk, images, frame_maps, layouts):
-                mask = np.zeros(image.shape[:2], bool) if sample.label == 0 else read_mask(sample.mask, image.shape[:2])
-                masks.append(_mask_to_map(mask, layout, m.shape))
+                has_mask = sample.label == 0 or sample.mask is not None
+                mask = read_mask(sample.mask, image.shape[:2]) if sample.label and has_mask else None
+                masks.append(_mask_to_map(np.zeros(image.shape[:2], bool) if mask is None else mask, layout, m.shape))
+                known.append(has_mask)
         if progress is not None:
             progress(len(samples[start : start + batch]))
+    if skipped:
+        log.warning("skipped %d unreadable or undersized image(s) of %d", skipped, len(samples))
     if not kept:
         raise DataError("no test image could be read.")
-    return ScoredSet(kept, np.concatenate(scores), np.stack(maps), np.stack(masks) if with_masks else None)
+    if not with_masks:
+        return ScoredSet(kept, np.concatenate(scores), np.stack(maps), None)
+    return ScoredSet(kept, np.concatenate(scores), np.stack(maps), np.stack(masks), np.array(known, bool))
 
 
 def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
@@ -120,15 +151,36 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
     else:
         result["note"] = "image AUROC needs both normal and defective test images; only one class was given."
     if scored.masks is not None:
-        result["pixel_auroc"] = metrics.pixel_auroc(scored.maps, scored.masks)
-        result["aupro"] = metrics.aupro(scored.maps, scored.masks, fpr_limit=0.3)
-        result["regions"], result["regions_per_image"] = _regions(scored, labels, pixel_threshold)
+        pixel = scored.with_masks_only()
+        result["pixel_auroc"] = metrics.pixel_auroc(pixel.maps, pixel.masks)
+        result["aupro"] = metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3)
+        result["regions"], result["regions_per_image"] = _regions(pixel, pixel.labels, pixel_threshold)
+        missing = scored.missing_masks()
+        if missing:
+            result["masks_missing"] = _missing_masks_entry(missing)
+            result["pixel_metrics"] = _missing_masks_note(missing, int(pixel.labels.sum()))
+            log.warning(result["pixel_metrics"])
     else:
-        result["pixel_metrics"] = "skipped: the test set has no ground-truth masks (image metrics only)."
+        result["pixel_metrics"] = ("skipped: no defective test image has a ground-truth mask (MVTec: "
+                                   "ground_truth/<type>/<stem>_mask.png; VisA: the mask column); image metrics only.")
     if result["normal"]:
         result["suggested_threshold"] = quantile_threshold(scored.scores[labels == 0], false_reject_rate)
         result["suggested_threshold_false_reject_rate"] = false_reject_rate
     return result
+
+
+def _missing_masks_entry(missing: list[Sample]) -> dict:
+    """metrics.json ``masks_missing``: how many defective images have no mask, the first few by path."""
+    return {"count": len(missing), "first": [str(s.path) for s in missing[:NAMED_AT_MOST]]}
+
+
+def _missing_masks_note(missing: list[Sample], with_mask: int) -> str:
+    """The report line when some defective images have no mask: what the pixel metrics cover, which lack one, the fix."""
+    names = ", ".join(s.path.name for s in missing[:NAMED_AT_MOST])
+    more = f" and {len(missing) - NAMED_AT_MOST} more" if len(missing) > NAMED_AT_MOST else ""
+    return (f"pixel metrics computed on {with_mask} of {with_mask + len(missing)} defective images: "
+            f"{len(missing)} {'has' if len(missing) == 1 else 'have'} no ground-truth mask ({names}{more}; all in metrics.json masks_missing); they count "
+            "in the image metrics only. Add their masks (MVTec: ground_truth/<type>/<stem>_mask.png) to include them.")
 
 
 def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | None) -> tuple[dict, list[dict]]:
@@ -149,11 +201,12 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image = result.pop("regions_per_image", None)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    pixel = scored.with_masks_only()  # the images the pixel and region metrics cover
     if per_image:
         with (out_dir / "regions.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "defects", "found", "missed", "regions", "false_regions"])
-            for sample, r in zip(scored.samples, per_image):
+            for sample, r in zip(pixel.samples, per_image):
                 w.writerow([str(sample.path), sample.label, r["defects"], r["found"], r["missed"], r["regions"],
                             r["false_regions"]])
     with (out_dir / "scores.csv").open("w", newline="") as fh:
@@ -166,7 +219,7 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
         fpr, tpr, _ = metrics.roc_curve(scored.scores, labels)
         plots.save_roc_plot(out_dir / "roc.png", fpr, tpr, result["image_auroc"], name="image ROC")
     if scored.masks is not None:
-        fpr, pro, _ = metrics.pro_curve(scored.maps, scored.masks)
+        fpr, pro, _ = metrics.pro_curve(pixel.maps, pixel.masks)
         plots.save_pro_plot(out_dir / "pro.png", fpr, pro, result["aupro"], fpr_limit=0.3)
     heat_dir = out_dir / "heatmaps"
     heat_dir.mkdir(exist_ok=True)
@@ -179,8 +232,9 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     for tag, indices in (("normal-highest", worst_normal), ("defect-lowest", worst_defect)):
         for rank, i in enumerate(indices):
             sample = scored.samples[i]
+            known = scored.masks is not None and (scored.mask_known is None or scored.mask_known[i])
             panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax, heatmap_lines(sample, scored.scores[i], threshold),
-                                        threshold=threshold, mask=None if scored.masks is None else scored.masks[i])
+                                        threshold=threshold, mask=scored.masks[i] if known else None)
             cv2.imwrite(str(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png"), panel)
 
 
@@ -202,7 +256,7 @@ def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: st
             "(test/good and test/<defect>), a VisA CSV with test rows, or 'elpv'."
         )
     scored = score_samples(checkpoint, split.test, device=device, batch=batch,
-                           with_masks=split.has_masks, progress=progress)
+                           with_masks=split.has_any_masks, progress=progress)
     result = compute_metrics(scored, false_reject_rate, pixel_threshold)
     result["dataset"] = split.summary()
     result["checkpoint"] = str(checkpoint)
