@@ -14,7 +14,7 @@ from fair_edge.cli import app
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.runtime.fusion import (FusedScorer, NormalStats, build_fused_bundle, fuse_maps, is_fused,
-                              load_fused_bundle)
+                              load_fused_bundle, write_fusion_manifest)
 from fair_edge.runtime.selection import select_backend
 from fair_edge.tiling import TilingConfig
 
@@ -109,11 +109,52 @@ def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bundle.root, copy)
     data = json.loads((copy / "fusion.json").read_text())
-    (copy / "fusion.json").write_text(json.dumps(dict(data, rule="median")))
+    write_fusion_manifest(copy, dict(data, rule="median"))   # checksummed, so the field checks are reached
     with pytest.raises(BundleError, match="rule 'median'"):
         load_fused_bundle(copy)
-    (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "stats"}))
+    write_fusion_manifest(copy, {k: v for k, v in data.items() if k != "stats"})
     with pytest.raises(BundleError, match="invalid field"):
+        load_fused_bundle(copy)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["threshold"].update(value=1e9),                  # never reject anything
+    lambda d: d["stats"][1].update(std=1e6),                     # silence member 1
+    lambda d: d.update(rule="max"),
+])
+def test_an_edited_fusion_manifest_is_refused(fused, tmp_path, edit):
+    """fusion.json carries the checksum of its own content (as bundle.json does): an edited threshold, member
+    std or rule is refused, naming the file and the fix; a re-fused bundle of another threshold has another
+    model id (fusion.json's SHA-256 is among ``files``)."""
+    import shutil
+
+    from fair_edge.runtime.hotswap import model_id
+
+    bundle, _, _ = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    data = json.loads((copy / "fusion.json").read_text())
+    assert data["metadata_sha256"] and not (copy / "fusion.json.tmp").exists()
+    edit(data)
+    (copy / "fusion.json").write_text(json.dumps(data, indent=2))
+    with pytest.raises(BundleError, match=r"fusion\.json was changed after fusion.*`fair-edge fuse"):
+        load_fused_bundle(copy)
+    write_fusion_manifest(copy, data)   # what `fair-edge fuse` writes: loads, and is another model
+    assert "fusion.json" in load_fused_bundle(copy).files
+    assert model_id(load_fused_bundle(copy)) != model_id(bundle)
+
+
+def test_a_fusion_manifest_without_its_checksum_is_refused(fused, tmp_path):
+    """A fusion.json written before the checksum existed cannot be verified: refused with the fix, as a
+    bundle.json without its metadata checksum is (``export.bundle``)."""
+    import shutil
+
+    bundle, _, _ = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    data = json.loads((copy / "fusion.json").read_text())
+    (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "metadata_sha256"}))
+    with pytest.raises(BundleError, match=r"has no metadata_sha256 .*fair-edge fuse B1 B2"):
         load_fused_bundle(copy)
 
 
@@ -151,8 +192,9 @@ def test_members_must_map_the_same_part_of_the_frame(fused, tiny_detector, tmp_p
 def test_a_fused_bundle_records_its_grid_and_frames_off_it_fail_safe(fused, tmp_path):
     """The fused map lies on the first member's grid. With a tiled member first it grows with the frame, so the
     fused threshold (the maximum over 64 px frames' maps) is another quantity on larger frames: the grid is
-    recorded at fusion and the station's decider refuses frames off it, as for a tiled bundle. A fusion.json
-    written before the grid was kept loads with no grid (no check)."""
+    recorded at fusion and the station's decider refuses frames off it, as for a tiled bundle. A (checksummed)
+    fusion.json with no grid loads with no grid (no check); one fused before the grid was kept also predates the
+    metadata checksum and is refused (test_a_fusion_manifest_without_its_checksum_is_refused)."""
     import shutil
 
     from fair_edge.records import Frame
@@ -175,8 +217,8 @@ def test_a_fused_bundle_records_its_grid_and_frames_off_it_fail_safe(fused, tmp_
     old = tmp_path / "old"
     shutil.copytree(bundle.root, old)
     data = json.loads((old / "fusion.json").read_text())
-    (old / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "grid"}))
+    write_fusion_manifest(old, {k: v for k, v in data.items() if k != "grid"})
     assert load_fused_bundle(old).grid is None and decide_threshold(None, load_fused_bundle(old), None).grid is None
-    (old / "fusion.json").write_text(json.dumps(dict(data, grid=[32])))
+    write_fusion_manifest(old, dict(data, grid=[32]))
     with pytest.raises(BundleError, match="invalid field"):
         load_fused_bundle(old)

@@ -217,3 +217,146 @@ def test_an_lgfdr_run_resumes_from_its_own_last_pt(mvtec_dir, tmp_path):
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and "at step 4 of 4" in text and "LGFDR" in text, text
     assert "settings: 32 x 32 px; learning rate 0.001" in text and "high-pass" not in text  # LGFDR takes no high-pass
+
+
+def normals_folder(mvtec_dir, folder):
+    """A folder of normal images: a copy of the fixture's 16 training images (a test may add or remove some)."""
+    import shutil
+
+    shutil.copytree(mvtec_dir / "train" / "good", folder)
+    return folder
+
+
+def test_resume_refuses_other_training_images_naming_them(mvtec_dir, tmp_path):
+    """Images added to the data folder after an interrupted run: --resume would continue on other data, with
+    another epoch length and the old learning-rate milestones. It is refused naming a few files and the count,
+    and the fix; put back as they were, the run resumes."""
+    import shutil
+
+    data = normals_folder(mvtec_dir, tmp_path / "data")
+    runner = CliRunner()
+    result = runner.invoke(app, tiny_run(data, tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(tmp_path / "run" / "last.pt").train_state
+    assert len(saved["data_files"]) == 16 and saved["total_steps"] == 3
+    for i in range(5):
+        shutil.copy(data / "000.png", data / f"x{i}.png")
+    (data / "015.png").unlink()
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "it was trained on 16 images" in text and "the data now has 20 images" in text, text
+    assert f"5 added ({data / 'x0.png'}, {data / 'x1.png'}, {data / 'x2.png'} and 2 more)" in text, text
+    assert f"1 missing ({data / '015.png'})" in text and "--overwrite" in text, text
+    for i in range(5):
+        (data / f"x{i}.png").unlink()
+    shutil.copy(mvtec_dir / "train" / "good" / "015.png", data / "015.png")
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "at step 3 of 3" in " ".join(result.output.split()), result.output
+
+
+def test_resume_refuses_another_step_budget_and_a_changed_image(mvtec_dir, tmp_path):
+    """An epoch budget follows the number of images: 16 images, batch 4, 1 epoch = 4 steps; with 4 more it would be
+    5 steps (and milestones at other steps). The stored budget is compared; an image of another size is named."""
+    import shutil
+
+    from fair_edge.errors import ConfigError
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.fair.train import TrainConfig, Trainer
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.loop import TrainingInterrupted
+
+    data = normals_folder(mvtec_dir, tmp_path / "data")
+    cfg = TrainConfig(batch=4, lr=1e-3, epochs=1, save_every=1000, log_every=1)
+
+    def trainer():
+        return Trainer(load_dataset(data), PreprocessConfig(image_size=32), FairSettings(width=8), cfg,
+                       tmp_path / "run", torch.device("cpu"))
+
+    first = trainer()
+    with pytest.raises(TrainingInterrupted):
+        first.run(lambda step, *_: first.request_stop())
+    for i in range(4):
+        shutil.copy(data / "000.png", data / f"x{i}.png")
+    with pytest.raises(ConfigError, match=r"16 images with a budget of 4 steps \(saved at step 1\); the data now has "
+                                          r"20 images, a budget of 5: 4 added"):
+        trainer().resume()
+    for i in range(4):
+        (data / f"x{i}.png").unlink()
+    (data / "003.png").write_bytes((data / "003.png").read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match=r"1 changed \(another size\) \(.*003\.png\)"):
+        trainer().resume()
+
+
+def test_a_patchcore_fit_resumed_on_other_images_is_refused(mvtec_dir, tmp_path):
+    """Resuming a finished PatchCore fit re-writes final.pt from last.pt's bank: on other images it is refused."""
+    import shutil
+
+    data = normals_folder(mvtec_dir, tmp_path / "data")
+    runner = CliRunner()
+    args = ["train", str(data), "--model", "patchcore", "--image-size", "32", "--batch", "8", "--set", "embed_dim=16",
+            "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert runner.invoke(app, args).exit_code == 0
+    shutil.copy(data / "000.png", data / "new.png")
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "run")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"1 added ({data / 'new.png'})" in text, text
+
+
+def test_training_again_into_a_run_folder_is_refused_unless_overwrite(mvtec_dir, tmp_path):
+    """The same train command run again (--resume forgotten) would restart at step 0, truncate loss.csv and
+    overwrite last.pt; and an interrupted second run would leave the first run's final.pt beside its last.pt, which
+    `build --width 32` picks. Refused, naming the folder and the choices; --overwrite deletes the old run first."""
+    runner = CliRunner()
+    run = tmp_path / "run"
+    assert runner.invoke(app, tiny_run(mvtec_dir, run)).exit_code == 0
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "final.pt", "loss.csv")}
+    result = runner.invoke(app, tiny_run(mvtec_dir, run, steps="5"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"{run} already holds a training run (last.pt and final.pt)" in text, text
+    assert f"fair-edge train --resume --out {run}" in text and "another --out" in text and "--overwrite" in text
+    assert {name: (run / name).read_bytes() for name in before} == before    # nothing touched
+    (run / "final.pt").unlink()                                             # an interrupted run: last.pt alone
+    assert runner.invoke(app, tiny_run(mvtec_dir, run)).exit_code == 2
+    result = runner.invoke(app, [*tiny_run(mvtec_dir, run, steps="5"), "--overwrite"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"--overwrite: deleted {run / 'last.pt'}" in text, text
+    assert load_checkpoint(run / "final.pt").data_summary["steps"] == 5
+    assert len(logged_rows(run / "loss.csv")) == 1                          # the new run's rows only (step 5)
+    result = runner.invoke(app, ["train", "--resume", "--overwrite", "--out", str(run)])
+    assert result.exit_code == 2 and "pass one" in result.output, result.output
+
+
+def test_resume_refuses_changed_tiling_flags(mvtec_dir, tmp_path):
+    """--tile, --tile-overlap and --roi are compared with the saved pre-processing's tiling, as --image-size is
+    (they were silently ignored: the run went on untiled)."""
+    runner = CliRunner()
+    assert runner.invoke(app, tiny_run(mvtec_dir, tmp_path)).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--tile", "32", "--tile-overlap", "8"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--tile 32 (saved: None)" in text and "--tile-overlap 8 (saved: 0)" in text, text
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path), "--tile-overlap", "0"])
+    assert result.exit_code == 0, result.output
+
+
+def test_resume_settings_compare_a_tiled_runs_tiling(tmp_path):
+    from fair_edge.errors import ConfigError
+    from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.fair.train import TrainConfig
+    from fair_edge.models.fair.unet import UNet
+    from fair_edge.models.registry import ModelSpec
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.tiling import TilingConfig
+    from fair_edge.training.resume import resume_settings
+
+    pre = PreprocessConfig(image_size=32, tiling=TilingConfig(32, 8, (0, 0, 64, 64)))
+    state = {"step": 1, "config": TrainConfig().to_dict(), "run": {"data": "somewhere"}}
+    save_checkpoint(tmp_path / "last.pt", Checkpoint(ModelSpec("fair", pre, FairSettings(8)), UNet(8).state_dict(), {},
+                                                     state))
+    same = resume_settings(tmp_path, {"tile": 32, "tile_overlap": 8, "roi": "0, 0, 64, 64"}, None)
+    assert same.model.preprocess == pre
+    with pytest.raises(ConfigError, match=r"--tile 48 \(saved: 32\); --roi 0,0,96,96 \(saved: 0,0,64,64\)"):
+        resume_settings(tmp_path, {"tile": 48, "roi": "0,0,96,96"}, None)

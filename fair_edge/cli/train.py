@@ -157,7 +157,10 @@ def common_parameters() -> list[inspect.Parameter]:
                 "family's settings: " + ", ".join(f"{k}: {impl.tag(impl.default_settings())}"
                                                   for k, impl in FAMILIES.items()) + "].")),
         _option("resume", bool, O(False, "--resume", help="Continue exactly from OUT/last.pt with the settings saved "
-                "there (data, model, sizes, step budget); other flags may be left out.")),
+                "there (data, model, sizes, step budget); other flags may be left out. Refused when the training "
+                "images changed since.")),
+        _option("overwrite", bool, O(False, "--overwrite", help="Start a new run in an OUT folder that already holds "
+                "one, deleting its last.pt, final.pt and loss.csv (without it, train refuses such a folder).")),
         _option("category", Optional[str], O(None, help="Product inside a VisA CSV or an MVTec root.")),
         _option("textures", Optional[Path], O(None, help="Folder of texture images (e.g. DTD) for anomaly synthesis.")),
         _option("nproc", int, O(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
@@ -224,7 +227,7 @@ class TrainCommand:
 
 def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], backbone_weights: Optional[str],
           backbone_sha256: Optional[str], set_: list[str], filter: str, cutoff: Optional[float], order: int,
-          image_size: int, device: str, out: Optional[Path], resume: bool, category: Optional[str],
+          image_size: int, device: str, out: Optional[Path], resume: bool, overwrite: bool, category: Optional[str],
           textures: Optional[Path], nproc: int, tile: Optional[int], tile_overlap: int, roi: Optional[str],
           **settings: Any) -> None:
     """`fair-edge train` (``TrainCommand``): ``settings`` are the options made from the families' settings."""
@@ -233,8 +236,10 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
                                                     settings_overrides)
     from fair_edge.training.loop import TrainingInterrupted
     from fair_edge.training.resume import resume_command, resume_settings
-    from fair_edge.training.runs import default_train_dir
+    from fair_edge.training.runs import check_fresh_run, clear_run, default_train_dir
 
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in OUT and --overwrite deletes it to start again: pass one.")
     flags = settings_flags()
     for flag in flags:
         flag.check(settings.get(flag.name))
@@ -265,10 +270,17 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
         base_cfg = family.training().default_train_config()
         train_given = [name for name in given if name not in family.setting_names()]  # the rest: model settings
         cfg = config_from_options(base_cfg, settings, train_given, family.describe(spec.settings))
+    if not (resume or overwrite):
+        check_fresh_run(out)  # never wipe a run, nor leave its final.pt beside a new run's last.pt
     if nproc > 1:
         from fair_edge.training.ddp import command_args, launch
 
         raise typer.Exit(launch(nproc, command_args(ctx, skip=("nproc",))))
+    from fair_edge.training.ddp import is_main_process
+
+    if overwrite and is_main_process():
+        for path in clear_run(out):
+            console.print(f"--overwrite: deleted {escape(str(path))}", highlight=False)
     try:
         final, split = run_training(data, preprocess=spec.preprocess, cfg=cfg, out=out, device=device, resume=resume,
                                     category=category, textures=textures, model=spec,
@@ -277,8 +289,6 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
         console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    from fair_edge.training.ddp import is_main_process
-
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
         console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)

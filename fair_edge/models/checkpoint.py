@@ -9,6 +9,8 @@ Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=Tru
 Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
 ``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
+Loading checks every record's CRC-32 in the zip container first (``_verify_crc``), so a file damaged later
+(one flipped bit on a disk or in a copy) is refused instead of loading with altered weights.
 """
 
 from __future__ import annotations
@@ -86,17 +88,35 @@ def _model_spec(payload: dict) -> ModelSpec:
     return ModelSpec.from_dict(payload)
 
 
+_FIX = "Use an earlier checkpoint from the same folder or train again."
+
+
+def _verify_crc(path: Path) -> None:
+    """CheckpointError naming the first record of the zip container (``torch.save``'s format) whose CRC-32
+    differs from the one recorded when it was written. A file that is no zip at all (an old ``torch.save``
+    format, or a foreign file) is left to ``torch.load``; a damaged zip directory raises BadZipFile."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its record {bad} fails the CRC-32 check (the file changed after it "
+            f"was written: a disk or copy error). {_FIX}"
+        )
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint with ``weights_only=True``; raises CheckpointError naming the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Train one with `fair-edge train DATA --out DIR`.")
     try:
+        _verify_crc(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Use an earlier checkpoint from the same folder or train again."
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}). {_FIX}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fair-edge checkpoint (no '{FORMAT}' marker).")

@@ -3,7 +3,10 @@
 A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and ``fusion.json``:
   format "fair-edge-fusion", version 1; members: [{path, manifest_sha256}]; rule; stats: per member
   {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score;
-  grid: [h, w] of the fused maps that threshold was calibrated on (absent in bundles fused before it was kept).
+  grid: [h, w] of the fused maps that threshold was calibrated on (null or absent: no grid check);
+  metadata_sha256: SHA-256 of fusion.json itself (canonical JSON of every other key, ``export.bundle.metadata_digest``),
+  so an edited threshold, member std or rule is refused like an edited bundle.json. A fusion.json without it
+  (fused before it was written) is refused with the fix, `fair-edge fuse` again, as bundle.json is.
 Rule (one definition, used by calibration, eval and the station):
   z_i       = (anomaly map_i - mean_i) / std_i      (each model's map in units of its own normal spread)
   fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly),
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.errors import BundleError, ConfigError, DataError
 
 FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, "fusion.json"
+FUSE_COMMAND = "`fair-edge fuse B1 B2 --normal DIR --out FUSED`"   # the fix named when fusion.json is refused
 RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
@@ -81,6 +86,7 @@ class FusedBundle:
     rule: str
     threshold: Threshold
     grid: tuple[int, int] | None = None   # (h, w) of the fused maps ``threshold`` was calibrated on
+    manifest_sha256: str = ""             # SHA-256 of fusion.json (stats, rule, threshold, members)
 
     @property
     def image_size(self) -> int:
@@ -93,8 +99,10 @@ class FusedBundle:
 
     @property
     def files(self) -> dict[str, str]:
-        """Every member's files (``mI/NAME`` -> SHA-256), so a fused bundle has a model id like any other."""
-        return {f"m{i}/{name}": sha for i, m in enumerate(self.members) for name, sha in m.files.items()}
+        """Every member's files (``mI/NAME`` -> SHA-256) and fusion.json's, so a fused bundle has a model id like
+        any other, and another threshold, rule or member statistics is another model id."""
+        files = {f"m{i}/{name}": sha for i, m in enumerate(self.members) for name, sha in m.files.items()}
+        return {**files, MANIFEST: self.manifest_sha256}
 
 
 def is_fused(path: str | Path) -> bool:
@@ -132,8 +140,39 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "members": entries, "rule": rule,
                 "stats": [vars(s) for s in stats], "threshold": threshold.to_dict(), "grid": list(maps[0].shape[1:])}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_fusion_manifest(out, manifest)
     return load_fused_bundle(out)
+
+
+def write_fusion_manifest(root: str | Path, manifest: dict) -> Path:
+    """Write ``root/fusion.json`` with its metadata checksum (``export.bundle.metadata_digest``), atomically
+    (temporary file + rename: a crash leaves the old fusion.json or the new one, never half of one)."""
+    from fair_edge.export.bundle import METADATA_KEY, metadata_digest
+
+    data = {k: v for k, v in manifest.items() if k != METADATA_KEY}
+    data[METADATA_KEY] = metadata_digest(data)
+    path, tmp = Path(root) / MANIFEST, Path(root) / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _verify_metadata(path: Path, data: dict) -> None:
+    """BundleError unless fusion.json's content is what ``fair-edge fuse`` wrote (its recorded metadata checksum).
+    One without a checksum (fused before it was written) is refused too, as bundle.json is: its threshold,
+    member statistics and rule cannot be verified."""
+    from fair_edge.export.bundle import METADATA_KEY, metadata_digest
+
+    recorded, found = data.get(METADATA_KEY), metadata_digest(data)
+    if recorded is None:
+        raise BundleError(f"{path} has no {METADATA_KEY} (fused by an older fair-edge), so its threshold, member "
+                          f"statistics and rule cannot be verified. Fuse the member bundles again: {FUSE_COMMAND}.")
+    if recorded != found:
+        raise BundleError(f"{path} was changed after fusion: its metadata checksum is {found[:16]}..., `fair-edge "
+                          f"fuse` recorded {str(recorded)[:16]}.... A fused bundle's threshold, member statistics and "
+                          "rule are fixed when it is fused. For another decision threshold set decision.threshold in "
+                          "the station file or pass `fair-edge run --threshold`; for any other change, fuse the member "
+                          f"bundles again: {FUSE_COMMAND}.")
 
 
 def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> np.ndarray:
@@ -152,12 +191,16 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
 
     root = Path(path)
     try:
-        data = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = (root / MANIFEST).read_bytes()
+        data = json.loads(raw)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{root / MANIFEST} is missing or not JSON ({exc}); rebuild with `fair-edge fuse`.") from exc
+    if not isinstance(data, dict):
+        data = {"format": type(data).__name__}
     if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{root / MANIFEST}: expected format {FORMAT} version {FORMAT_VERSION}; "
                           f"found {data.get('format')} version {data.get('format_version')}.")
+    _verify_metadata(root / MANIFEST, data)
     try:
         entries, rule = data["members"], str(data["rule"])
         stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
@@ -176,7 +219,7 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(root / entry["path"]))
     check_same_area(members, f" of {root}")
-    return FusedBundle(root, tuple(members), stats, rule, threshold, grid)
+    return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest())
 
 
 def check_same_area(members: Sequence, where: str) -> None:

@@ -3,11 +3,15 @@
 A resumed run needs only its folder: the data spec, pre-processing and training settings (step
 budget included) come from the checkpoint. A flag given again must agree with the saved value;
 one that differs is refused, because it would silently make a different run (another learning-rate
-schedule, another filter). ``--device`` and ``--save-every`` may change, they do not change the result.
+schedule, another filter, another tiling). ``--device`` and ``--save-every`` may change, they do not change
+the result. The training images are compared too: each trainer stores their names and sizes
+(``training_files``) and its step budget in ``train_state``, and ``check_same_data`` refuses a resume on
+images added, removed or changed since, which would be another epoch length and learning-rate schedule.
 """
 
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,6 +21,9 @@ from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides
+
+log = logging.getLogger(__name__)
+NAMED = 3  # files named in a refusal, per kind (added, missing, changed); the rest are counted
 
 # flag (the train command's parameter name) -> (part of the saved run, attribute) for the options that are no
 # family's settings; an option made from a settings field (``training_contract.setting_flags``) is compared with
@@ -28,6 +35,8 @@ SAVED_FLAGS = {
     "filter": ("preprocess", "filter"), "cutoff": ("preprocess", "cutoff"), "order": ("preprocess", "order"),
     "image_size": ("preprocess", "image_size"),
 }
+# flags compared with the saved pre-processing's tiling (``TilingConfig``; None: no tiling) by ``_saved_tiling``
+TILING_FLAGS = ("tile", "tile_overlap", "roi")
 FREE_ON_RESUME = ("device", "save_every", "out", "resume", "verbose")
 _MISSING = object()
 
@@ -96,7 +105,9 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
             continue
         if name in FREE_ON_RESUME:
             continue
-        if name in SAVED_FLAGS:
+        if name in TILING_FLAGS:
+            stored, value = _saved_tiling(saved.model.preprocess.tiling, name), _given_tiling(name, value)
+        elif name in SAVED_FLAGS:
             part, attr = SAVED_FLAGS[name]
             stored = getattr(parts[part], attr, _MISSING)
         elif name in saved.model.impl.setting_names():
@@ -113,6 +124,64 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
     if save_every is not None:  # a family that saves only at the end has no save_every: nothing to change
         saved = replace(saved, train=config_from_options(saved.train, {"save_every": save_every}))
     return saved
+
+
+def training_files(samples) -> list[list]:
+    """[[path, bytes], ...] of the training images (``Sample``s), sorted by path: what identifies the data a run
+    trains on (``train_state["data_files"]``). A file that cannot be read counts with -1 bytes."""
+    def size(path: Path) -> int:
+        try:
+            return Path(path).stat().st_size
+        except OSError:
+            return -1
+
+    return sorted([str(s.path), size(s.path)] for s in samples)
+
+
+def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> None:
+    """ConfigError unless the run saved in ``path`` (its ``train_state``) was trained on the same ``files``
+    (``training_files``) with the same step budget ``total_steps``: naming the images added, missing or changed
+    (a few, then a count) and the fix. A run saved before these were stored is resumed with a warning."""
+    if "data_files" not in state or "total_steps" not in state:
+        log.warning("%s was saved by an older fair-edge that did not record its training images: the data of this "
+                    "resume cannot be compared with the data it was trained on.", path)
+        return
+    saved = {name: size for name, size in state["data_files"]}
+    now = {name: size for name, size in files}
+    changes = [_named(what, names) for what, names in (
+        ("added", sorted(now.keys() - saved.keys())), ("missing", sorted(saved.keys() - now.keys())),
+        ("changed (another size)", sorted(n for n in now.keys() & saved.keys() if now[n] != saved[n])))
+        if names]
+    budget = int(state["total_steps"])
+    if not changes and budget == total_steps:
+        return
+    found = "; ".join(changes) if changes else "the same files, another budget"
+    raise ConfigError(
+        f"cannot resume {path}: it was trained on {len(saved)} images with a budget of {budget} steps (saved at step "
+        f"{state.get('step')}); the data now has {len(files)} images, a budget of {total_steps}: {found}. --resume "
+        "continues the same run, so it needs the same images: restore the images as they were to continue it, or start "
+        "a new run on the data as it is now (another --out, or --overwrite to replace this one)."
+    )
+
+
+def _named(what: str, names: list[str]) -> str:
+    """'2 added (a.png, b.png)' or '12 added (a.png, b.png, c.png and 9 more)'."""
+    shown = ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
+    return f"{len(names)} {what} ({shown})"
+
+
+def _saved_tiling(tiling, name: str):
+    """The value of --tile / --tile-overlap / --roi that made the saved ``tiling`` (None: the run is not tiled)."""
+    if name == "tile":
+        return None if tiling is None else tiling.tile
+    if name == "tile_overlap":
+        return 0 if tiling is None else tiling.overlap
+    return None if tiling is None or tiling.roi is None else ",".join(map(str, tiling.roi))
+
+
+def _given_tiling(name: str, value):
+    """--roi as typed, spaces dropped ('8, 8, 48, 48' is the saved '8,8,48,48'); the other tiling flags as given."""
+    return value.replace(" ", "") if name == "roi" and isinstance(value, str) else value
 
 
 def resume_command(out: Path) -> str:

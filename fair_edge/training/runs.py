@@ -5,15 +5,21 @@ the model family's (``ModelSpec.tag``: ``w32`` for FAIR width 32, ``lgfdr-effici
   last.pt       the newest checkpoint (rolling; also written on Ctrl-C),
   final.pt      written when training completes,
   loss.csv      one row per logged step.
+A folder holds one run: ``fair-edge train`` without ``--resume`` refuses a folder that already holds
+``last.pt`` or ``final.pt`` (``check_fresh_run``), so re-running a command never wipes an interrupted run and
+never leaves an earlier run's ``final.pt`` beside a newer run's ``last.pt``; ``--overwrite`` deletes that run
+first (``clear_run``).
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
-from fair_edge.errors import CheckpointError
+from fair_edge.errors import CheckpointError, ConfigError
 
 RUNS_ROOT = Path("runs")
+RUN_FILES = ("last.pt", "final.pt", "loss.csv")  # what one run writes; last.pt or final.pt: a run is there
 
 
 def default_train_dir(tag: str, root: Path = RUNS_ROOT) -> Path:
@@ -35,3 +41,29 @@ def find_latest_checkpoint(tag: str, root: Path = RUNS_ROOT, train_hint: str = "
             f"`{train_hint}` or pass the checkpoint path explicitly."
         )
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def check_fresh_run(out: Path) -> None:
+    """ConfigError when ``out`` already holds a run (``last.pt`` or ``final.pt``): a new run there would overwrite
+    an interrupted run's work, or leave the old ``final.pt`` beside the new ``last.pt`` (``find_latest_checkpoint``
+    would pick the old one). Names the folder and the choices."""
+    found = [name for name in RUN_FILES[:2] if (Path(out) / name).is_file()]
+    if found:
+        folder = shlex.quote(str(out))
+        raise ConfigError(
+            f"{out} already holds a training run ({' and '.join(found)}); a new run there would overwrite it. "
+            f"Continue that run with `fair-edge train --resume --out {folder}`, train into another --out folder, "
+            "or pass --overwrite to delete it and start again."
+        )
+
+
+def clear_run(out: Path) -> list[Path]:
+    """Delete the run files (``RUN_FILES``) of ``out`` (``--overwrite``); returns those deleted. Other files
+    (an eval folder, notes) are kept."""
+    deleted = []
+    for name in RUN_FILES:
+        path = Path(out) / name
+        if path.is_file():
+            path.unlink()
+            deleted.append(path)
+    return deleted

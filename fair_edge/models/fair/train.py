@@ -31,6 +31,7 @@ from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
+from fair_edge.training.resume import check_same_data, training_files
 from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Trainer:
         images, kept = load_images(data.train, preprocess.image_size, tiling=preprocess.tiling)
         self.images = torch.from_numpy(images).to(device)
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
+        self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
         self.batch = min(cfg.batch, len(images))
         if self.batch < cfg.batch:
             log.warning("only %d training images: batch reduced from %d to %d", len(images), cfg.batch, self.batch)
@@ -171,7 +173,8 @@ class Trainer:
             state_dict=self.state.unet.state_dict(),
             data_summary=dict(self.data_summary, steps=self.state.step, batch=self.batch,
                               train_config={k: v for k, v in asdict(self.cfg).items() if k != "synthesis"}),
-            train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info)
+            train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info,
+                             data_files=self.data_files, total_steps=self.total_steps)
             if with_train_state else None,
         )
 
@@ -183,7 +186,7 @@ class Trainer:
         return self.out_dir / name
 
     def resume(self) -> None:
-        """Load ``out_dir/last.pt`` and check it was made with the same settings."""
+        """Load ``out_dir/last.pt`` and check it was made with the same settings, images and step budget."""
         ckpt = load_checkpoint(self.out_dir / "last.pt")
         if ckpt.train_state is None:
             raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
@@ -192,6 +195,7 @@ class Trainer:
                 f"cannot resume: {self.out_dir / 'last.pt'} was trained as {ckpt.model.describe()} with "
                 f"{ckpt.preprocess}; this run asks for {self.model.describe()} with {self.preprocess}."
             )
+        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps)
         self.state.unet.load_state_dict(ckpt.state_dict)
         self.state.load(ckpt.train_state)
 

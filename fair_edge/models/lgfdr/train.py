@@ -26,6 +26,7 @@ from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
+from fair_edge.training.resume import check_same_data, training_files
 from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, steps_per_epoch
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
@@ -111,6 +112,7 @@ class LgfdrTrainer:
         self.batch = min(cfg.batch, len(kept))
         self.total_steps = cfg.total_steps(len(kept))
         self.data_summary = dict(data.summary(), train_images_used=len(kept), backbone_weights=self.weight_source.to_dict())
+        self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
         self.params = [p for n, p in self.detector.named_parameters() if not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=1e-4)
         milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
@@ -124,7 +126,8 @@ class LgfdrTrainer:
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
         train_state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                        "generator": self.generator.get_state(), "config": self.cfg.to_dict(),
-                       "run": self.run_info} if with_train_state else None
+                       "run": self.run_info, "data_files": self.data_files,
+                       "total_steps": self.total_steps} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
                        train_config=self.cfg.to_dict())
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
@@ -133,10 +136,11 @@ class LgfdrTrainer:
         return save_checkpoint(self.out_dir / name, self.checkpoint())
 
     def resume(self) -> None:
-        """Load ``out_dir/last.pt`` and check it was made with the same model settings."""
+        """Load ``out_dir/last.pt`` and check it was made with the same model settings, images and step budget."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
-        self.model.impl.load_weights(self.detector, ckpt.state_dict)
         state = ckpt.train_state
+        check_same_data(self.out_dir / "last.pt", state, self.data_files, self.total_steps)
+        self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

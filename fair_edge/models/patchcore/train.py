@@ -26,6 +26,7 @@ from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
 from fair_edge.models.patchcore.model import PatchcoreDetector, flipped_views
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
+from fair_edge.training.resume import check_same_data, training_files
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,23 @@ class PatchcoreFitter:
         self.use_amp = False
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images),
                                  backbone_weights=self.weight_source.to_dict())
+        self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
         self.timings: dict[str, float] = {}
         self.bank_facts: dict = {}  # coreset_ratio_effective, bank_capped (bank_cap_facts)
 
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
-        train_state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info} if with_train_state else None
+        train_state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info,
+                       "data_files": self.data_files, "total_steps": self.total_steps} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch, train_config=self.cfg.to_dict(),
                        bank_rows=self.detector.memory.rows, fit_seconds=self.timings, **self.bank_facts)
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
 
     def resume(self) -> None:
-        """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings), so ``run`` only re-writes final.pt."""
+        """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings and images), so ``run`` only
+        re-writes final.pt."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
+        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps)
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(ckpt.train_state["step"])
         self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
