@@ -19,6 +19,7 @@ Usage from the inspection loop::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -354,8 +355,10 @@ class CaptureThread:
             gap = frame.seq - last.seq - 1
             if gap > 0:
                 lost = gap
-            elif self._after_outage and (fps := self._nominal_fps()):
-                lost = max(0, round((frame.t_capture - last.t_capture) * fps) - 1)
+            elif self._after_outage:   # frames lost that seq does not count: say so on the frame
+                frame = dataclasses.replace(frame, resumed=True)
+                if fps := self._nominal_fps():
+                    lost = max(0, round((frame.t_capture - last.t_capture) * fps) - 1)
         self._last, self._after_outage = frame, False
         self._call_hook(self._on_capture, frame)
         with self._lock:

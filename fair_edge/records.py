@@ -39,6 +39,8 @@ class Frame:
     image: (H, W, 3) uint8 BGR or (H, W) uint8 gray, host memory; never mutated after creation.
     source: what produced it (camera name, file name of a replayed image).
     camera: the station's name for the camera (several cameras: ``cameras[].name``); "" with one camera.
+    resumed: the first frame after frames were lost that ``seq`` does not count (a missed read or a reconnect
+    with no gap in seq): from here on, seq no longer tells which trigger a frame answers.
     """
 
     seq: int
@@ -46,6 +48,7 @@ class Frame:
     image: np.ndarray = field(repr=False)
     source: str = ""
     camera: str = ""
+    resumed: bool = False
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def test_disconnect_reconnects_with_exponential_backoff_and_counts_lost_frames(c
         stats = cap.stats()
     assert [f.seq for f in frames] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
     assert (stats.reconnects, stats.read_errors, stats.frames_lost_estimate) == (1, 1, 1)
+    assert not any(f.resumed for f in frames)   # the gap in seq counts the lost frame
     for delay, attempt in (("0.01", 1), ("0.02", 2), ("0.04", 3)):
         assert f"reconnecting in {delay} s (attempt {attempt})" in caplog.text
     assert "reconnected after" in caplog.text
@@ -138,6 +139,7 @@ def test_outage_without_seq_gap_is_estimated_from_time_and_nominal_fps():
         stats = cap.stats()
     assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6, 7]
     assert 15 <= stats.frames_lost_estimate <= 60  # ~0.21 s at 100 fps, minus the frame seen
+    assert [f.resumed for f in frames] == [False] * 3 + [True] + [False] * 3   # seq hides the loss: said so
 
 
 def test_single_missed_frame_is_counted_without_reconnecting():

@@ -75,6 +75,70 @@ def test_count_rule_and_a_missing_view_is_named_and_left_to_the_gate():
     assert asm.stats == {"parts": 2, "ng": 1, "ok": 1, "not_inspected": 1, "late_views": 0}
 
 
+def _sequence_cell(order: tuple[str, str], outage: set, resumed_at: int, parts: list):
+    """Two cameras at match: sequence, a part every 0.1 s (fake clock); ``left`` takes no frame of the physical
+    parts in ``outage`` and marks its frame of ``resumed_at`` resumed (as the capture thread does); physical part 9
+    is defective on ``left`` only. Returns the assembler and {(camera, seq): physical part}."""
+    now = [0.0]
+    asm = PartAssembler(["top", "left"], GroupSettings(match="sequence", window_ms=30), 0.4, clock=lambda: now[0],
+                        on_part=lambda v, row: parts.append(row))
+    seqs, physical_of = {"top": 0, "left": 0}, {}
+    for physical in range(12):
+        now[0] = physical * 0.1
+        asm.sweep()
+        for cam in order:
+            if cam == "left" and physical in outage:
+                continue
+            frame = Frame(seqs[cam], now[0] + (0.005 if cam == order[1] else 0.0), np.zeros(1),
+                          resumed=cam == "left" and physical == resumed_at)
+            physical_of[(cam, frame.seq)] = physical
+            seqs[cam] += 1
+            asm.on_capture(cam, frame)
+            ng = cam == "left" and physical == 9
+            asm.on_verdict(frame, Verdict(frame.seq, frame.t_capture, 3.0 if ng else 0.1, 1.0, ng, now[0], camera=cam))
+    now[0] = 5.0
+    asm.sweep()
+    return asm, physical_of
+
+
+@pytest.mark.parametrize("order", [("top", "left"), ("left", "top")])
+def test_sequence_match_after_an_outage_pairs_views_by_capture_time_until_in_step(order):
+    """A camera whose seq does not count the frames it lost (a re-opened USB camera) is out of step: its N-th frame
+    is no longer part N. Its views are matched by capture time until one joins a part, then its seq offset is
+    learned again: the parts it missed are fail-safe rejects, every later part pairs the same physical part, and
+    the defect only ``left`` sees is on the right part, whichever camera's frame comes first."""
+    parts: list = []
+    _, physical_of = _sequence_cell(order, {4, 5}, 6, parts)
+    rows = sorted(parts, key=lambda r: r["part"])
+    assert len(rows) == 12
+    for row in rows:
+        seen = {physical_of[(c, v["seq"])] for c, v in row["views"].items() if "seq" in v}
+        assert len(seen) == 1, row                                   # never two physical parts in one
+    missing = [row["missing"] for row in rows]
+    assert missing == [[]] * 4 + [["left"]] * 2 + [[]] * 6
+    ng = [physical_of[("top", row["views"]["top"]["seq"])] for row in rows if row["ng"] and row["inspected"]]
+    assert ng == [9]
+
+
+def test_sequence_match_out_of_step_with_no_part_near_is_a_part_of_its_own_until_one_matches():
+    """The resumed frame comes 50 ms after the others (outside window_ms 30): it cannot be placed, so it is a part
+    of its own with ``top`` missing (fail-safe), and ``top``'s part misses ``left``; the next frames, in time,
+    bring ``left`` back in step. Without the resumed mark, the old code paired left's frames with the wrong parts."""
+    parts: list = []
+    now = [0.0]
+    asm = PartAssembler(["top", "left"], GroupSettings(match="sequence", window_ms=30), 0.4, clock=lambda: now[0],
+                        on_part=lambda v, row: parts.append(row))
+    asm.on_capture("top", Frame(0, 0.0, np.zeros(1)))
+    asm.on_capture("left", Frame(0, 0.0, np.zeros(1)))
+    asm.on_capture("top", Frame(1, 0.1, np.zeros(1)))        # left lost this one and the next
+    asm.on_capture("top", Frame(2, 0.2, np.zeros(1)))
+    assert asm.on_capture("left", Frame(1, 0.25, np.zeros(1), resumed=True)) == 3   # no part near: its own
+    assert asm.on_capture("top", Frame(3, 0.3, np.zeros(1))) == 4
+    assert asm.on_capture("left", Frame(2, 0.3, np.zeros(1))) == 4                  # in step again: offset 1
+    assert asm.on_capture("top", Frame(4, 0.4, np.zeros(1))) == 5
+    assert asm.on_capture("left", Frame(3, 0.4, np.zeros(1))) == 5
+
+
 def test_station_file_with_cameras_is_checked():
     ok = StationConfig.from_dict({"bundle": "b", "cameras": [{"name": "top", "source": "d1"},
                                                               {"name": "left", "source": "d2", "threshold": 2}],

@@ -14,6 +14,13 @@ decided at its due time whatever happens to its views). Each view's verdict (``o
   camera's part without a verdict) and a row naming the missing cameras;
 - ``close_all()`` at the end of a run closes the rest the same way.
 
+``match: sequence`` after an outage: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
+that its seq does not count) can no longer be placed by its seq. That camera is matched by capture time
+(``window_ms``) instead, to the nearest open part it is missing, and its seq offset is learned again from that
+part; until one matches, each of its frames is a part of its own (its other views missing: fail-safe). A part
+opened by such a frame takes its count from the first camera in step that joins it. Views are never paired by a
+count that may be off.
+
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why}},
 "ng_views", "missing", "rule"}``; ``score`` / ``camera``: the worst view's (highest score / threshold), which
@@ -73,6 +80,8 @@ class PartAssembler:
         self.min_ng = group.min_ng_views(len(self.cameras))
         self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
         self.offsets = dict(offsets or {})
+        self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
+        self._resync: set[str] = set()           # ... cameras whose seq lost step in an outage (matched by time)
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _Part] = OrderedDict()
         self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
@@ -83,10 +92,14 @@ class PartAssembler:
     # ---- the cameras' threads -----------------------------------------------------------
     def on_capture(self, camera: str, frame: Frame) -> int:
         """File a captured frame under its part (a new one when it matches none); returns the part id."""
-        key = self._key(camera, frame)
+        key = None if self.group.match == "sequence" else self._key(camera, frame)
         opened = None
         with self._lock:
-            part = self._match(camera, key)
+            if key is None:   # sequence: placed under the lock (offsets and cameras out of step)
+                part = self._match_sequence(camera, frame)
+                key = self._sequence_key(camera, frame)
+            else:
+                part = self._match(camera, key)
             if part is None:
                 part = _Part(self._next_id, frame.t_capture, key, frame.t_capture + self.timeout_s)
                 self._next_id += 1
@@ -133,8 +146,7 @@ class PartAssembler:
 
     # ---- inside ----------------------------------------------------------------------------
     def _key(self, camera: str, frame: Frame) -> float:
-        if self.group.match == "sequence":
-            return float(frame.seq)
+        """What a view is matched on (``window``, ``encoder``, ``handshake``; ``sequence``: ``_sequence_key``)."""
         if self.group.match == "encoder":
             return float(self.count() - self.offsets.get(camera, 0))
         if self.group.match == "handshake":
@@ -144,12 +156,49 @@ class PartAssembler:
 
     def _match(self, camera: str, key: float) -> _Part | None:
         """The open part this view belongs to (under the lock), None for a new part."""
-        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "sequence": 0,
-                  "handshake": 0}
+        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "handshake": 0}
         for part in reversed(self._open.values()):
             if camera not in part.seqs and abs(key - part.key) <= window[self.group.match]:
                 return part
         return None
+
+    def _sequence_key(self, camera: str, frame: Frame) -> float:
+        """The part count a frame of a camera in step answers (nan for one out of step: it matches no count)."""
+        if camera in self._resync:
+            return float("nan")
+        return float(frame.seq + self._seq_offset.get(camera, 0))
+
+    def _match_sequence(self, camera: str, frame: Frame) -> _Part | None:
+        """``match: sequence`` (under the lock): the open part of this frame's count; for a camera out of step,
+        the nearest open part by capture time within ``window_ms``, whose count re-learns its offset. A frame in
+        step joining a part opened out of step gives that part its count (and its out-of-step views theirs)."""
+        if frame.resumed and camera not in self._resync:
+            self._resync.add(camera)
+            log.warning("camera %s: frames were lost that its sequence numbers do not count; its views are matched "
+                        "by capture time (group.window_ms) until one joins a part", camera)
+        key = self._sequence_key(camera, frame)
+        free = [p for p in reversed(self._open.values()) if camera not in p.seqs]
+        part = next((p for p in free if p.key == key), None)
+        if part is not None:
+            return part
+        near = [p for p in free if abs(p.t_open - frame.t_capture) <= self.group.window_ms / 1000.0
+                and (p.key != p.key or camera in self._resync)]   # nan: a part opened out of step
+        part = min(near, key=lambda p: abs(p.t_open - frame.t_capture), default=None)
+        if part is None:
+            return None
+        if part.key != part.key and key == key:   # an out-of-step part takes this camera's count
+            part.key = key
+            for other, seq in part.seqs.items():
+                self._learn_offset(other, int(key) - seq)
+        elif part.key == part.key:
+            self._learn_offset(camera, int(part.key) - frame.seq)
+        return part
+
+    def _learn_offset(self, camera: str, offset: int) -> None:
+        if camera in self._resync:
+            self._resync.discard(camera)
+            self._seq_offset[camera] = offset
+            log.warning("camera %s: in step again (its frame seq + %d = the part count)", camera, offset)
 
     def _file(self, camera: str, seq: int, change: Callable[[_Part], None]) -> None:
         with self._lock:

@@ -20,7 +20,8 @@
 - ``window``: frames captured within ``window_ms`` of a part's first view belong to it (cameras fired
   by one hardware trigger, or by one light barrier);
 - ``sequence``: the N-th frame of every camera is part N (cameras that count the same triggers; a
-  replay of folders at one rate);
+  replay of folders at one rate); after an outage that a camera's frame numbers do not count, its views
+  are matched by capture time (``window_ms``) until one joins a part and its count is learned again;
 - ``encoder``: frames captured within ``window_counts`` belt counts of a part's first view (the views
   are taken at different places along the belt: set each camera's ``offset_counts``);
 - ``handshake``: the PLC's part id (``reject.handshake``): every trigger makes each camera take one frame,
