@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import OrderedDict
 
 from fair_edge.errors import CameraError
 from fair_edge.line.handshake import Handshake, Ticket
@@ -34,6 +35,7 @@ from .capture import CaptureThread
 
 WAIT_STEP_S = 0.05     # a read waiting for a trigger checks for stop this often
 MAX_STALE = 16         # frames skipped at most for one trigger before the next one is taken anyway
+FAILED_MEMORY = 1024   # triggers some (not all) cameras failed, remembered in case the others fail them too
 
 
 class TriggeredSource:
@@ -120,6 +122,8 @@ class TriggerFanout:
         self._pull = threading.Lock()
         self._lock = threading.Lock()
         self._bound: dict[tuple[str, int], Ticket] = {}
+        self._cameras = frozenset(cameras)
+        self._failed: OrderedDict[int, set[str]] = OrderedDict()   # id(ticket) -> cameras whose read failed it
 
     def port(self, camera: str) -> "_CameraPort":
         return _CameraPort(self, camera)
@@ -150,6 +154,21 @@ class TriggerFanout:
         with self._lock:
             return self._bound.pop((camera, seq), None) if forget else self._bound.get((camera, seq))
 
+    def failed(self, camera: str, ticket: Ticket) -> None:
+        """``camera`` could not take a frame for ``ticket``. Its view is missing: while another camera took one,
+        the part is answered when it closes (not inspected, naming the camera). When every camera failed, no part
+        opens to answer it: it is answered NG not inspected here, at once."""
+        with self._lock:
+            cameras = self._failed.setdefault(id(ticket), set())
+            cameras.add(camera)
+            everyone = cameras >= self._cameras
+            if everyone:
+                del self._failed[id(ticket)]
+            while len(self._failed) > FAILED_MEMORY:
+                self._failed.popitem(last=False)
+        if everyone:
+            self.handshake.answer_not_inspected(ticket)
+
     def part_id(self, camera: str, seq: int) -> int | None:
         ticket = self.ticket(camera, seq)
         return None if ticket is None else ticket.part_id
@@ -171,5 +190,5 @@ class _CameraPort:
         self.fanout.handshake.count_stale_frame()
 
     def answer_not_inspected(self, ticket: Ticket) -> None:
-        """This camera could not take the part's frame: its view is missing; the part is answered when it
-        closes (not inspected, naming the camera), not here."""
+        """This camera could not take the part's frame (``TriggerFanout.failed``)."""
+        self.fanout.failed(self.camera, ticket)

@@ -69,7 +69,7 @@ def test_count_rule_and_a_missing_view_is_named_and_left_to_the_gate():
     asm.sweep()
     v, row = parts[-1]
     assert v is None and row["ng"] and not row["inspected"]   # no verdict for the gate: it rejects fail-safe
-    assert row["missing"] == ["b", "c"] and row["views"]["b"] == {"missing": "dropped: capture queue full"}
+    assert row["missing"] == ["b", "c"] and row["views"]["b"] == {"missing": "dropped: capture queue full", "seq": 1}
     assert row["views"]["c"] == {"missing": "no frame"} and "b (dropped" in row["reason"]
     asm.on_verdict(None, verdict("c", 1, False))               # a view after its part closed: counted, ignored
     assert asm.stats == {"parts": 2, "ng": 1, "ok": 1, "not_inspected": 1, "late_views": 0}
@@ -137,6 +137,88 @@ def test_sequence_match_out_of_step_with_no_part_near_is_a_part_of_its_own_until
     assert asm.on_capture("left", Frame(2, 0.3, np.zeros(1))) == 4                  # in step again: offset 1
     assert asm.on_capture("top", Frame(4, 0.4, np.zeros(1))) == 5
     assert asm.on_capture("left", Frame(3, 0.4, np.zeros(1))) == 5
+
+
+def test_a_view_whose_inspection_failed_leaves_the_part_uninspected_and_an_ng_part_keeps_its_regions():
+    """A view with ``error`` (inference failed: score None, ng True) is not an inspected NG view: the part is not
+    inspected (no verdict for the gate: fail-safe), its row names the error and keeps the frame's seq. An NG part
+    decided by a rule carries the deciding view's regions and hits (the PLC's region signals) and the rule's reason."""
+    from fair_edge.records import RuleHit
+    from fair_edge.regions import Region
+
+    parts = []
+    asm = PartAssembler(["top", "left"], GroupSettings(match="sequence"), 1.0, clock=lambda: 0.0,
+                        on_part=lambda v, row: parts.append((v, row)))
+    for cam in ("top", "left"):
+        asm.on_capture(cam, Frame(0, 0.0, np.zeros(1)))
+    asm.on_verdict(None, Verdict(0, 0.0, None, 1.0, True, 0.0, error="inference failed: CUDA error", camera="top"))
+    asm.on_verdict(None, verdict("left", 0, False, 0.2))
+    v, row = parts[-1]
+    assert v is None and row["ng"] and not row["inspected"] and row["missing"] == ["top"]
+    assert row["views"]["top"] == {"missing": "not inspected: inference failed: CUDA error", "seq": 0}
+    assert "top (not inspected: inference failed" in row["reason"] and asm.stats["not_inspected"] == 1
+
+    region = Region((1, 1, 4, 4), (3, 3), 16.0, 4.0, 0.9, 0.8, zone="seal", zone_id=2)
+    hit = RuleHit("min_area_px", "seal", 2, 16.0, 10.0, "px²", 0)
+    for cam in ("top", "left"):
+        asm.on_capture(cam, Frame(1, 0.1, np.zeros(1)))
+    asm.on_verdict(None, Verdict(1, 0.1, 0.9, 1.0, True, 0.0, regions=(region,), hits=(hit,), camera="top"))
+    asm.on_verdict(None, verdict("left", 1, False, 0.2))
+    v, row = parts[-1]
+    assert v.ng and v.regions == (region,) and v.hits == (hit,) and row["inspected"]
+    assert row["reason"] == f"top: {hit.reason}"
+
+
+class _PlcLink:
+    name = "scripted plc"
+
+    def write(self, values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_handshake_cell_answers_a_part_whose_views_all_dropped_or_that_no_camera_could_take():
+    """match: handshake. Both cameras' frames of PLC part 7 are dropped from their queues: the part closes with both
+    views missing and is answered 3 (NG not inspected), its tickets forgotten. Both cameras' reads fail for part 8:
+    no part opens, and the fanout answers it 3 once the last camera failed. Before, neither was ever answered, and
+    the unanswered part held every later result back until it timed out."""
+    from fair_edge.cameras.triggered import TriggerFanout
+    from fair_edge.line.handshake import Handshake
+    from fair_edge.line.handshake.settings import RESULT_NOT_INSPECTED, HandshakeSettings
+    from fair_edge.station.cell import CellLine
+    from types import SimpleNamespace
+
+    hs = Handshake(HandshakeSettings(url="modbus://127.0.0.1:1"), _PlcLink())
+    hs._connected = True
+    hs.begin()
+    fan = TriggerFanout(hs, ["top", "left"])
+    rows: list = []
+    line = SimpleNamespace(scheduler=None, mqtt=None, handshake=hs,
+                           recorder=SimpleNamespace(record_row=rows.append, log_row=lambda r: r))
+    cell = CellLine(line, triggers=fan)
+    asm = PartAssembler(["top", "left"], GroupSettings(match="handshake"), 0.5, on_part=cell.on_part,
+                        plc_part=lambda cam, fr: fan.part_id(cam, fr.seq), clock=lambda: 0.0)
+
+    def trigger(part_id):
+        hs._take_trigger(part_id, time.monotonic())
+        return {c: fan.port(c).next_trigger(0.1) for c in ("top", "left")}
+
+    tickets = trigger(7)
+    for cam in ("top", "left"):
+        frame = Frame(0, 0.0, np.zeros(1))
+        fan.port(cam).bind(0, tickets[cam])
+        asm.on_capture(cam, frame)
+        asm.on_drop(cam, frame)
+    assert rows[-1]["missing"] == ["left", "top"] and rows[-1]["plc_part_id"] == 7
+    assert tickets["top"].result == RESULT_NOT_INSPECTED and fan.ticket("top", 0) is None and fan.ticket("left", 0) is None
+
+    tickets = trigger(8)
+    fan.port("top").answer_not_inspected(tickets["top"])
+    assert tickets["top"].result != RESULT_NOT_INSPECTED          # left may still take the part's frame
+    fan.port("left").answer_not_inspected(tickets["left"])
+    assert tickets["top"].result == RESULT_NOT_INSPECTED and len(rows) == 1
 
 
 def test_station_file_with_cameras_is_checked():

@@ -22,7 +22,7 @@ opened by such a frame takes its count from the first camera in step that joins 
 count that may be off.
 
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
-"ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why}},
+"ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
 "ng_views", "missing", "rule"}``; ``score`` / ``camera``: the worst view's (highest score / threshold), which
 decided an NG part.
 """
@@ -226,32 +226,45 @@ class PartAssembler:
             self._closed.popitem(last=False)
 
     def _decide(self, part: _Part) -> None:
-        ng_views = [c for c in self.cameras if c in part.verdicts and part.verdicts[c].ng]
-        missing = {c: part.dropped.get(c) or ("not inspected in time" if c in part.seqs else "no frame")
-                   for c in self.cameras if c not in part.verdicts}
+        inspected_views = {c: v for c, v in part.verdicts.items() if not v.error}
+        ng_views = [c for c in self.cameras if c in inspected_views and inspected_views[c].ng]
+        missing = {c: (f"not inspected: {part.verdicts[c].error}" if c in part.verdicts else
+                       part.dropped.get(c) or ("not inspected in time" if c in part.seqs else "no frame"))
+                   for c in self.cameras if c not in inspected_views}
         inspected = not missing or len(ng_views) >= self.min_ng
         ng = len(ng_views) >= self.min_ng or bool(missing)
         worst = max(part.verdicts.values(), default=None, key=_badness)
         row = {"kind": "part", "part": part.part_id, "t_capture": part.t_open, "ng": ng, "inspected": inspected,
                "score": None if worst is None else worst.score, "camera": None if worst is None else worst.camera,
-               "views": {c: ({"seq": part.verdicts[c].seq, "score": part.verdicts[c].score, "ng": part.verdicts[c].ng}
-                             if c in part.verdicts else {"missing": missing[c]}) for c in self.cameras},
+               "views": {c: _view_row(part, c, missing.get(c)) for c in self.cameras},
                "ng_views": ng_views, "missing": sorted(missing), "rule": self.group.rule}
-        if missing:
-            row["reason"] = f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(
-                f"{c} ({why})" for c, why in missing.items())
+        reasons = [f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(
+            f"{c} ({why})" for c, why in missing.items())] if missing else []
+        reasons += [f"{c}: {inspected_views[c].reason}" for c in ng_views if inspected_views[c].reason]
+        if reasons:
+            row["reason"] = "; ".join(reasons)
         self.stats["parts"] += 1
         self.stats["ng" if ng else "ok"] += 1
         self.stats["not_inspected"] += int(not inspected)
         verdict = None   # not inspected: the gate gets no verdict and rejects the part fail-safe at its due time
-        if inspected:    # every view in, or enough NG views: the worst NG view decides an NG part
+        if inspected:    # every view in, or enough NG views: the worst NG view decides an NG part (its regions too)
             decider = max((part.verdicts[c] for c in ng_views), key=_badness) if ng_views else worst
             verdict = Verdict(part.part_id, part.t_open, decider.score, decider.threshold, ng, self.clock(),
-                              decider.source, "", decider.model, camera=decider.camera)
+                              decider.source, "", decider.model, decider.regions if ng else (),
+                              decider.hits if ng else (), camera=decider.camera)
         try:
             self.on_part(verdict, row)
         except Exception:   # a sink or log failure must not stop the parts
             log.exception("part %d: on_part failed", part.part_id)
+
+
+def _view_row(part: _Part, camera: str, missing: str | None) -> dict:
+    """A camera's entry in the part row: {seq, score, ng} of its verdict; {missing: why} (with the frame's seq when
+    it took one: a dropped frame, one not inspected in time or one whose inspection failed)."""
+    if missing is None:
+        v = part.verdicts[camera]
+        return {"seq": v.seq, "score": v.score, "ng": v.ng}
+    return {"missing": missing, **({"seq": part.seqs[camera]} if camera in part.seqs else {})}
 
 
 def _badness(verdict: Verdict) -> float:
