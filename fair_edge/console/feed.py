@@ -202,7 +202,7 @@ class StationFeed:
             c = self.capture.stats()
             out.update(frames_in=c.frames_in, dropped=c.dropped_queue_full, lost=c.frames_lost_estimate)
         if self.scheduler is not None:
-            out["late_rejects"] = self.scheduler.stats().get("late", 0)
+            out["late_rejects"] = self.scheduler.stats()["late_verdicts"]   # verdicts after their part's gate
         return out
 
     def cell_counters(self) -> dict:
