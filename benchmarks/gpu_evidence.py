@@ -202,7 +202,7 @@ def _train_eval(ctx: Context, name: str, model: list[str], family: str = "fair")
     size = ctx.size(["--image-size", "256", "--device", "cuda"], ["--image-size", "32", "--cutoff", "4", "--device", "cpu"])
     steps = ["--steps", ctx.size("1500", "2")] if "steps" in fields else []
     lr = ["--lr", "1e-3"] if "lr" in fields else []
-    return [[*CLI, "train", ctx.data, *model, "--batch", "8", *lr, *steps, *size, "--out", str(run)],
+    return [[*CLI, "train", ctx.data, *model, "--batch", "8", *lr, *steps, *size, "--out", str(run), "--overwrite"],
             [*CLI, "eval", str(run / "final.pt"), ctx.data, "--device", ctx.size("cuda", "cpu"),
              "--out", str(run / "eval")]]
 
