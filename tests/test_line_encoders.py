@@ -258,3 +258,111 @@ def test_parts_on_the_belt_during_a_link_outage_fire_at_their_own_count():
         counter.set(7_600)
         assert wait_for(lambda: sink.pulses, 10.0), f"no pulse at count 600: encoder {enc.stats()}"
     assert [e.seq for _, e in sink.pulses] == [1] and sink.pulses[0][1].count == 100
+
+
+# ----------------------------------------------------------------------------- the gate when the position is unknown
+def _gate(counter: ScriptedCounter, distance: int):
+    """A polled encoder over ``counter`` and a scheduler on it, recording pulses, fault levels and gate rows."""
+    sink, faults, rows = RecordingSink(), RecordingSink("fault"), []
+    settings = RejectSettings(encoder_distance=distance, pulse_ms=10, min_gap_ms=5, late_ms=10, encoder_poll_ms=1)
+    enc = PolledEncoder(counter, 32, 0.001)
+    return enc, lambda: RejectScheduler(settings, sinks=sink, fault_sinks=faults, encoder=enc,
+                                        on_part=rows.append), sink, faults, rows
+
+
+def _ng(seq: int) -> Verdict:
+    return Verdict(seq, time.monotonic(), 0.9, 0.5, True, time.monotonic())
+
+
+def test_a_lost_position_decides_every_part_on_the_belt_at_once_without_a_pulse():
+    """The PLC resets its counter with two NG parts between camera and gate: their gates (counts 600, 700) mean
+    nothing now. They were decided at their old counts (a pulse on whatever part was there then); now both are
+    decided ``position_lost`` in the poll that sees the loss, no pulse, one alarm naming both (latched), counted.
+    A part noted after the loss is placed in the new epoch and fires at its own count."""
+    counter = ScriptedCounter(50_000)
+    enc, scheduler, sink, faults, rows = _gate(counter, 500)
+    with enc, scheduler() as sched:
+        counter.set(50_100)
+        settle(counter)
+        assert sched.note_capture(1) == 100
+        counter.set(50_200)
+        settle(counter)
+        assert sched.note_capture(2) == 200
+        assert [sched.submit(_ng(seq)) for seq in (1, 2)] == ["scheduled", "scheduled"]
+        counter.set(0)                                           # the reset: position lost, count stays 200
+        assert wait_for(lambda: sched.decision(1) and sched.decision(2), 10.0), \
+            f"parts of the lost position not decided at the loss: encoder {enc.stats()}, gate {sched.stats()}"
+        assert enc.count() == 200                                 # far before their old gates (600, 700)
+        assert (sched.decision(1), sched.decision(2)) == ("position_lost", "position_lost")
+        assert sched.wait_idle(10.0)
+        stats = sched.stats()
+        assert sink.pulses == [] and stats["position_lost"] == 2 and stats["fired"] == 0 and stats["alarms"] == 1
+        assert "parts seq 1, 2" in sched.alarm and "position lost" in sched.alarm and "no pulse" in sched.alarm
+        assert faults.faults[-1][0] is True and "position_lost" in sched.fault_reason
+        gate = [r for r in rows if r["event"] == "gate"]
+        assert [(r["seq"], r["gate"], r["verdict"]) for r in gate] == [(1, "position_lost", "ng"),
+                                                                       (2, "position_lost", "ng")]
+        assert all("from 50200 to 0 with the link up" in r["reason"] for r in gate)
+
+        counter.set(100)                                          # count 300, new epoch
+        settle(counter)
+        assert sched.note_capture(3) == 300
+        assert sched.submit(_ng(3)) == "scheduled"
+        counter.set(600)                                          # count 800: part 3's gate
+        assert wait_for(lambda: sink.pulses, 10.0), f"no pulse at count 800: encoder {enc.stats()}"
+        assert sched.wait_idle(10.0)
+        assert sched.decision(3) == "rejected_ng" and sched.stats()["position_lost"] == 2
+        sched.acknowledge_alarm()
+        assert faults.faults[-1] == (False, "cleared")
+    assert [(e.seq, e.count) for _, e in sink.pulses] == [(3, 300)]
+
+
+def test_a_part_whose_gate_went_by_during_a_link_outage_is_position_lost_the_next_fires_at_its_count():
+    """Part 1's gate (count 400) lies inside the 300 counts the belt moved while the link was down (200 -> 500): it
+    went by unseen, and was fired at count 500, on whatever part was at the gate then. Now it is ``position_lost``
+    (no pulse, alarm naming it); part 2's gate (600) comes after the outage: it fires there."""
+    counter = ScriptedCounter(7_000)
+    enc, scheduler, sink, faults, rows = _gate(counter, 300)
+    with enc, scheduler() as sched:
+        counter.set(7_100)
+        settle(counter)
+        assert sched.note_capture(1) == 100
+        counter.set(7_300)
+        settle(counter)
+        assert sched.note_capture(2) == 300
+        assert [sched.submit(_ng(seq)) for seq in (1, 2)] == ["scheduled", "scheduled"]
+        cut(counter, enc)
+        counter.set(7_500)
+        counter.down = False
+        settle(counter)
+        assert enc.count() == 500
+        assert wait_for(lambda: sched.decision(1), 10.0), f"part 1 not decided: {sched.stats()}"
+        assert sched.decision(1) == "position_lost" and sched.decision(2) is None
+        assert sched.wait_idle(0) is False and sink.pulses == []    # part 2 still on its way, nothing fired
+        assert "part seq 1:" in sched.alarm and "passed count 400 during a link outage" in sched.alarm
+        gate = {r["seq"]: r for r in rows if r["event"] == "gate"}
+        assert "count 300 -> 500" in gate[1]["reason"] and sched.stats()["position_lost"] == 1
+        counter.set(7_600)
+        assert wait_for(lambda: sink.pulses, 10.0), f"no pulse at count 600: encoder {enc.stats()}"
+        assert sched.wait_idle(10.0)
+        stats = sched.stats()
+    assert [(e.seq, e.count) for _, e in sink.pulses] == [(2, 300)]
+    assert stats["rejected_ng"] == 1 and stats["position_lost"] == 1 and stats["alarms"] == 1
+
+
+def test_the_fault_output_is_on_while_the_encoders_link_is_down_and_drops_when_it_is_back():
+    """While the count is held the gate waits (no part decided on a guessed position), and nothing said so: the
+    fault output stayed off. Now it is on with the encoder's reason, and drops when the link is back (no alarm)."""
+    counter = ScriptedCounter(1_000)
+    enc, scheduler, sink, faults, rows = _gate(counter, 300)
+    with enc, scheduler() as sched:
+        settle(counter)
+        assert sched.fault_reason is None
+        cut(counter, enc)
+        assert wait_for(lambda: faults.faults and faults.faults[-1][0] is True, 10.0), \
+            f"fault output not raised while the encoder link is down: {faults.faults}"
+        assert "link down" in faults.faults[-1][1] and "count held at 0" in sched.fault_reason
+        counter.down = False
+        settle(counter)
+        assert wait_for(lambda: faults.faults[-1] == (False, "cleared"), 10.0), faults.faults
+        assert sched.alarm is None and sched.fault_reason is None and sched.stats()["alarms"] == 0

@@ -42,6 +42,8 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),
         ("pulses delivered / missed / unconfirmed", f"{delivered} / {missed} / {unconfirmed}")]
+    if rejects.get("position_lost"):   # encoder mode: the gate could not know where these parts were
+        rows.append(("[bold red]position lost (no pulse, alarmed)[/]", rejects["position_lost"]))
     if rejects.get("fault_output"):
         rows.append(("fault output", f"[bold red]ON: {rejects['fault_output']}[/]"))
     dead = undelivered_sinks(rejects)

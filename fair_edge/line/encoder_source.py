@@ -37,6 +37,12 @@ def went_unseen(encoder: EncoderSource, target: int, epoch: int) -> str | None:
     return own(target, epoch) if own is not None else None
 
 
+def position_epoch(encoder: EncoderSource) -> int:
+    """How many times ``encoder`` lost the belt position (``mark``'s epoch now); 0 for an encoder that
+    cannot lose it."""
+    return int(getattr(encoder, "position_epoch", 0))
+
+
 def fault_reason(encoder: EncoderSource) -> str | None:
     """Why the encoder's count is held now (its link is down), or None."""
     return getattr(encoder, "fault_reason", None)

@@ -20,7 +20,8 @@ at the reject gate says what the gate did instead (``verdict_late: true``, ``gat
 
 ``DIR/gate.jsonl`` (with reject sinks): what happened to each part at the reject gate, one row per
 event (``RejectScheduler(on_part=recorder.record_gate)``): ``event: gate`` with ``gate`` (passed,
-rejected_ng, rejected_uninspected, passed_uninspected, gap_missed) and ``verdict`` (ng, ok, none =
+rejected_ng, rejected_uninspected, passed_uninspected, gap_missed, position_lost: encoder mode, the
+gate could not know where the part was, no pulse, ``reason`` says why) and ``verdict`` (ng, ok, none =
 not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (delivered, late,
 missed).
 """

@@ -23,6 +23,19 @@ A verdict for a part that was never noted at capture (callers without a capture 
 from its own ``t_capture``; if that due time is already past, the part went by without a
 decision: counted ``late_verdicts`` and, when NG, alarmed.
 
+Encoder mode: each part is noted with the encoder's ``(count, position epoch)`` (``encoder_source.mark``).
+A part whose position the gate cannot know is decided ``position_lost``, whatever its verdict: the belt
+position was lost after it was noted (a counter reset, an implausible jump: the encoder's
+``position_epoch`` went up; every part of an older epoch is taken off the heap at once, in the poll that
+sees the new epoch, under the lock that pops it), or its gate count lay inside a span the belt covered
+while the encoder's link was down (``encoder_source.went_unseen``; decided when the count jumps past it).
+Such a part gets **no pulse** under either ``fail_safe`` (a pulse at a guessed place may kick a good
+neighbour and let the bad part through, as ``gap_missed`` is not fired onto the next part); the alarm is
+raised naming the parts and why (latched until ``acknowledge_alarm``: lines that must not run on with
+unknown parts stop there), and their gate rows carry ``"reason"``. While the encoder's link is down
+(``encoder_source.fault_reason``: the count is held, the gate waits), the fault output is held on with
+that reason, checked every ``encoder_poll_ms``; it drops when the link is back (no alarm latched by it).
+
 Sink failures, one fault entry per sink (one sink's recovery never clears another's fault): a sink
 that misses a pulse (PLC down, device refused the write, pulse dequeued after its deadline) reports
 it; counted ``sink_missed``, never replayed, and the fault output is held on until that sink reports
@@ -38,7 +51,7 @@ counted, and alarmed.
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
 decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no usable verdict by the due time, with
-``"error"`` added when its verdict came with one), and
+``"error"`` added when its verdict came with one, ``"reason"`` for ``position_lost``), and
 ``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed" | "unconfirmed"}`` per reject sink
 that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
 was decided, so a verdict that comes after it can be logged with what the gate did.
@@ -58,6 +71,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..records import Frame, Verdict
+from . import encoder_source
 from .encoder_source import EncoderSource
 from .events import RejectEvent
 from .settings import RejectSettings
@@ -67,13 +81,14 @@ from .sinks.base import Counters, sleep_until
 log = logging.getLogger(__name__)
 
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "error_verdicts", "passed", "rejected_ng", "rejected_uninspected",
-                      "passed_uninspected", "gap_missed", "late_verdicts", "fired", "alarms", "refused",
-                      "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
+                      "passed_uninspected", "gap_missed", "position_lost", "late_verdicts", "fired", "alarms",
+                      "refused", "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
                       "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
-GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninspected", "gap_missed")
+GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninspected", "gap_missed",
+                 "position_lost")
 # a sink's report on a pulse -> what the gate log says happened to it
 PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
                  "unconfirmed": "unconfirmed"}
@@ -124,7 +139,8 @@ class SlotPlan:
 @dataclass
 class _Part:
     """A part between camera and gate. t_due: monotonic s (time mode; set when the count is
-    reached in encoder mode). target: encoder count at the gate (encoder mode)."""
+    reached in encoder mode). target: encoder count at the gate (encoder mode); count, epoch: the
+    encoder's ``mark()`` at capture."""
 
     seq: int
     t_due: float | None
@@ -134,6 +150,8 @@ class _Part:
     score: float | None = None  # None until a verdict with a score arrives
     t_edge: float | None = None  # set when the part's reject slot is taken
     error: str = ""  # a verdict came with this error (not inspected): decided as if no verdict came
+    epoch: int = 0   # the encoder's position epoch when the count was noted
+    unseen: str = ""  # why the gate could not know where the part was (outcome position_lost)
 
 
 class RejectScheduler:
@@ -164,6 +182,8 @@ class RejectScheduler:
         self._station_fault: str | None = None
         self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE_FAULT | STUCK_FAULT) -> reason
         self._alarm: str | None = None
+        self._encoder_fault: str | None = None   # the encoder's link is down (count held), polled
+        self._epoch = 0   # the encoder's position epoch the heap's parts were last checked against
         self._fault_shown = False
         self._fault_lock = threading.RLock()   # fault state + output writes: sink threads report concurrently
         self._wake = threading.Event()
@@ -187,11 +207,11 @@ class RejectScheduler:
         decided at its due time whatever happens to its frame. t_capture: monotonic s (now when
         None). Returns the encoder count at capture, or None without an encoder."""
         t_capture = time.monotonic() if t_capture is None else t_capture
-        count = int(self._encoder.count()) if self._encoder is not None else None
+        count, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
         with self._lock:
             refused = len(self._parts) >= self.settings.max_pending
             if not refused and seq not in self._parts and seq not in self._decided:
-                self._add(self._new_part(seq, t_capture, count))
+                self._add(self._new_part(seq, t_capture, count, epoch))
         if refused:
             self._counters.add("refused")
             self._raise_alarm(f"part seq {seq} refused: {self.settings.max_pending} parts already "
@@ -274,10 +294,11 @@ class RejectScheduler:
 
     @property
     def fault_reason(self) -> str | None:
-        """Why the fault output is on now (station fault, sink faults, latched alarm), or None."""
+        """Why the fault output is on now (station fault, encoder link down, sink faults, latched alarm),
+        or None."""
         with self._fault_lock:
             sink_faults = "; ".join(self._sink_faults.values()) or None
-            return self._station_fault or sink_faults or self._alarm
+            return self._station_fault or self._encoder_fault or sink_faults or self._alarm
 
     def decision(self, seq: int) -> str | None:
         """How part ``seq`` was decided at the gate (one of ``GATE_OUTCOMES``), or None while it is
@@ -386,12 +407,12 @@ class RejectScheduler:
         self.close()
 
     # -- placing parts (under self._lock) -------------------------------------------------------
-    def _new_part(self, seq: int, t_capture: float, count: int | None) -> _Part | None:
+    def _new_part(self, seq: int, t_capture: float, count: int | None, epoch: int = 0) -> _Part | None:
         if self._encoder is None:
             return _Part(seq, t_capture + self.settings.delay_ms / 1000.0)
         if count is None:
             return None
-        return _Part(seq, None, count + self.settings.encoder_distance, count)
+        return _Part(seq, None, count + self.settings.encoder_distance, count, epoch=epoch)
 
     def _add(self, part: _Part | None) -> None:
         if part is None:
@@ -403,12 +424,14 @@ class RejectScheduler:
             self._wake.set()
 
     def _place_unnoted(self, verdict: Verdict, count: int | None) -> _Part | None:
-        """An NG verdict for a part nobody noted at capture: place it if its gate is still ahead."""
-        part = self._new_part(verdict.seq, verdict.t_capture, count)
+        """An NG verdict for a part nobody noted at capture: place it if its gate is still ahead. Encoder
+        mode: ``count`` (the caller's count at capture) is taken to be of the position epoch now."""
+        now_count, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
+        part = self._new_part(verdict.seq, verdict.t_capture, count, epoch)
         if part is None:
             return None
         ahead = (part.t_due - DISPATCH_LEAD_S > time.monotonic() if part.target is None
-                 else self._encoder.count() < part.target)
+                 else now_count < part.target)
         if not ahead:
             return None
         self._add(part)
@@ -418,8 +441,12 @@ class RejectScheduler:
     def _run(self) -> None:
         wait = self._wait_time if self._encoder is None else self._wait_count
         while not self._stop.is_set():
-            for part, outcome in wait():
-                self._decide(part, outcome)
+            decided = wait()
+            try:
+                self._alarm_lost([part for part, outcome in decided if outcome == "position_lost"])
+            finally:
+                for part, outcome in decided:
+                    self._decide(part, outcome)
 
     def _wait_time(self) -> list[tuple[_Part, str]]:
         with self._lock:
@@ -434,30 +461,53 @@ class RejectScheduler:
 
     def _wait_count(self) -> list[tuple[_Part, str]]:
         self._stop.wait(self.settings.encoder_poll_ms / 1000.0)
+        self._check_encoder_fault()
         return self._pop_due(self._encoder.count(), at_gate=True)
 
     def _pop_due(self, now: float, at_gate: bool = False) -> list[tuple[_Part, str]]:
         """Take the parts due by ``now`` (monotonic s, or the encoder count) off the heap and decide
         them, under one lock: from here on a verdict for them is late (``submit`` finds them in
         ``_decided``), never placed again nor taken for a part that went by undecided.
-        at_gate: encoder mode: the parts are at the gate now (their t_due is set to now)."""
+        at_gate: encoder mode: the parts are at the gate now (their t_due is set to now); when the
+        encoder's position epoch went up, every part noted under an older one is taken too (its
+        position is unknown); a part whose position the encoder cannot vouch for is ``position_lost``."""
         out = []
         with self._lock:
             t_now = time.monotonic()
+            popped = self._pop_lost_epochs() if at_gate else []
             while self._heap and self._heap[0][0] <= now:
                 _, _, seq = heapq.heappop(self._heap)
                 part = self._parts.pop(seq, None)
-                if part is None:
-                    continue
+                if part is not None:
+                    popped.append(part)
+            for part in popped:
                 if at_gate:
                     part.t_due = t_now
                 outcome = self._outcome(part)
-                self._decided[seq] = outcome
+                self._decided[part.seq] = outcome
                 while len(self._decided) > DECIDED_MEMORY:
                     self._decided.popitem(last=False)
                 out.append((part, outcome))
             self._at_gate += len(out)
         return out
+
+    def _pop_lost_epochs(self) -> list[_Part]:
+        """(under self._lock) When the encoder lost the belt position since the last poll, take every part
+        noted under an older position epoch off the heap (in belt order): none of them can be found again."""
+        epoch = encoder_source.position_epoch(self._encoder)
+        if epoch == self._epoch:
+            return []
+        self._epoch = epoch
+        keep, lost = [], []
+        for entry in self._heap:
+            part = self._parts.get(entry[2])
+            if part is not None:
+                (lost if part.epoch < epoch else keep).append(entry)
+        if not lost:
+            return []
+        self._heap = keep
+        heapq.heapify(self._heap)
+        return [self._parts.pop(seq) for _, _, seq in sorted(lost)]
 
     def _decide(self, part: _Part, outcome: str) -> None:
         """The part is at the gate, decided: pass it, or hand its pulse to the sinks (edge at the due
@@ -471,7 +521,9 @@ class RejectScheduler:
 
     def _decide_now(self, part: _Part, outcome: str) -> None:
         self._counters.add(outcome)
-        if outcome == "passed_uninspected":
+        if outcome == "position_lost":
+            pass   # no pulse: the gate does not know where the part is (alarmed for the batch by _alarm_lost)
+        elif outcome == "passed_uninspected":
             why = f" (verdict error: {part.error})" if part.error else ""
             self._raise_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
         elif outcome == "gap_missed":
@@ -483,10 +535,19 @@ class RejectScheduler:
                "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]}
         if part.error:
             row["error"] = part.error
+        if part.unseen:
+            row["reason"] = part.unseen
         self._tell(row)   # after the pulse is handed over
 
     def _outcome(self, part: _Part) -> str:
         """The part's gate outcome (one of ``GATE_OUTCOMES``); takes its reject slot. Under self._lock."""
+        if part.target is not None:
+            unseen = encoder_source.went_unseen(self._encoder, part.target, part.epoch)
+            if unseen is None and part.epoch < self._epoch:   # an encoder that does not say why
+                unseen = f"belt position lost after the part was noted (epoch {part.epoch} -> {self._epoch})"
+            if unseen is not None:
+                part.unseen = unseen
+                return "position_lost"
         if part.state == GOOD:
             return "passed"
         if part.state == UNKNOWN and self.settings.fail_safe == "alarm":
@@ -518,7 +579,32 @@ class RejectScheduler:
         except Exception:  # noqa: BLE001 - a broken log must not stop the gate
             log.exception("reject gate: on_part failed for seq %s", row.get("seq"))
 
+    def _alarm_lost(self, parts: list[_Part]) -> None:
+        """One alarm for the parts decided ``position_lost`` in one poll, naming them and why."""
+        if not parts:
+            return
+        by_reason: dict[str, list[int]] = {}
+        for part in parts:
+            by_reason.setdefault(part.unseen, []).append(part.seq)
+        whats = [f"part{'s' if len(seqs) > 1 else ''} seq {', '.join(map(str, seqs))}: {reason}"
+                 for reason, seqs in by_reason.items()]
+        self._raise_alarm(f"not rejected, position unknown at the gate (position_lost; no pulse, it could hit "
+                          f"another part): {'; '.join(whats)}")
+
     # -- fault output -----------------------------------------------------------------------------
+    def _check_encoder_fault(self) -> None:
+        """Hold the fault output while the encoder says its count is held (link down); drop it when back."""
+        reason = encoder_source.fault_reason(self._encoder)
+        if reason == self._encoder_fault:
+            return
+        with self._fault_lock:
+            if reason is None:
+                log.info("reject gate: encoder fault cleared (%s)", self._encoder_fault)
+            elif self._encoder_fault is None:   # logged once per outage; the output shows the latest reason
+                log.warning("reject gate: %s; parts wait at their counts", reason)
+            self._encoder_fault = reason
+            self._update_fault_output()
+
     def _raise_alarm(self, reason: str) -> None:
         self._counters.add("alarms")
         log.error("reject alarm: %s", reason)
