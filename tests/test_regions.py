@@ -280,7 +280,7 @@ def test_the_plc_handshake_writes_region_count_largest_area_and_zone_with_the_re
                                                                         regions=regions, hits=hits))
     hs._cycle(1.0)
     (result,) = [w for w in link.writes if w[-1] == ("results_ready", 1)]
-    assert dict(result) == {"result_part_id": 9, "result": 2, "score": 1.0, "region_count": 2,
+    assert dict(result) == {"ack": 0, "result_part_id": 9, "result": 2, "score": 1.0, "region_count": 2,
                             "largest_area": 200, "zone_id": 1, "results_ready": 1}   # 2.00 mm² in 0.01 mm²
     assert encode("largest_area", 200, 1000.0) == [200]
     # without addresses for them, nothing more is written than before
