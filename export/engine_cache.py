@@ -4,15 +4,19 @@ Engines only load on the GPU and TensorRT version that built them, and a bundle 
 none for a Jetson. ``device_bundle(source, cache, target, build)`` gives the station a bundle with an engine for
 *this* machine:
   key         SHA-256 over the source bundle's own checksum (bundle.json's ``metadata_sha256``, which covers
-              every file's SHA-256 and every setting), the GPU name, its compute capability and the TensorRT
-              version: the same three facts ``bundle.check_engine_target`` refuses a mismatch on;
+              every file's SHA-256 and every setting; a format-1 bundle, written before that checksum existed,
+              the SHA-256 of its bundle.json file, which lists every file's), the GPU name, its compute
+              capability and the TensorRT version: the same three facts ``bundle.check_engine_target`` refuses
+              a mismatch on;
   CACHE/KEY/  a device bundle: the source bundle's files (hard links where the file system allows), the
               engine and its timing cache, and a bundle.json rewritten by ``write_manifest`` with the engine
-              and ``device_bundle: {source, source_metadata_sha256, key}`` (so every file is checksummed again);
+              and ``device_bundle: {source, source_metadata_sha256, key}`` (so every file is checksummed again;
+              a format-1 source gives a format-1 device bundle: its settings keep their format-1 layout);
   hit         ``load_bundle(CACHE/KEY, target)`` passes (files, checksums, engine target) and it was made from
               this very source bundle; anything else (no entry, a truncated or corrupt engine, a changed
               bundle, another GPU or TensorRT) rebuilds the entry in a staging folder moved into place whole.
-``python -m fair_edge.export.engine_cache --bundle B --cache DIR`` prints the device bundle's path (stdout only).
+``python -m fair_edge.export.engine_cache --bundle B --cache DIR`` prints the device bundle's path (stdout only);
+an error is one line on stderr, never a traceback: exit 2 for a bad bundle or cache volume, 1 for anything else.
 """
 
 from __future__ import annotations
@@ -65,6 +69,31 @@ def _manifest(root: Path) -> dict:
     return json.loads((root / MANIFEST).read_text())
 
 
+def _source(root: Path) -> tuple[dict, str]:
+    """(bundle.json's content, the source digest the key is made from) of a loaded bundle: its
+    ``metadata_sha256``, or for a format-1 bundle (no such checksum) the SHA-256 of its bundle.json bytes, read
+    once, so the digest is of the very content used."""
+    raw = (root / MANIFEST).read_bytes()
+    data = json.loads(raw)
+    if data.get(METADATA_KEY) is not None:
+        return data, str(data[METADATA_KEY])
+    if data.get("format_version") == 1:
+        return data, hashlib.sha256(raw).hexdigest()
+    raise BundleError(f"{root / MANIFEST} has no {METADATA_KEY} (format {data.get('format_version')!r}): expected "
+                      "one in every bundle of format 2 or later. Rebuild the bundle with `fair-edge build`.")
+
+
+def _write_device_manifest(staging: Path, manifest: dict, format_version: int) -> None:
+    """bundle.json of the device bundle (``write_manifest``: every file checksummed). A format-1 source stays
+    format 1, as its settings are laid out (without the metadata checksum format 1 never had)."""
+    path = write_manifest(staging, manifest)
+    if format_version == 1:
+        data = json.loads(path.read_text())
+        data.pop(METADATA_KEY, None)
+        data["format_version"] = 1
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def _check_entry(entry: Path, digest: str, target: EngineTarget) -> str:
     """'' when ``entry`` is a device bundle of the source ``digest`` with an engine for ``target``; else why not."""
     if not entry.is_dir():
@@ -108,7 +137,7 @@ def _assemble(staging: Path, source: Bundle, data: dict, digest: str, key: str, 
                           "compute_capability": list(built.compute_capability),
                           "timing_cache": TIMING_CACHE if (staging / TIMING_CACHE).is_file() else None}
     manifest["device_bundle"] = {"source": str(source.root), "source_metadata_sha256": digest, "key": key}
-    write_manifest(staging, manifest)
+    _write_device_manifest(staging, manifest, data.get("format_version"))
     return seconds
 
 
@@ -140,8 +169,7 @@ def device_bundle(source: str | Path, cache: str | Path, target: EngineTarget, b
     (see the module doc). Raises BundleError for a bad source bundle; a failed engine build leaves the cache as
     it was (no entry, or the unusable one) and raises what ``build`` raised."""
     src = load_bundle(source)
-    data = _manifest(src.root)
-    digest = str(data[METADATA_KEY])
+    data, digest = _source(src.root)
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     key = engine_key(digest, target)
@@ -188,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. a read-only or full cache volume
         print(f"error: engine cache {args.cache}: {exc}. Mount a writable volume there (docs/jetson.md).", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the container's entrypoint: one clear line, not a traceback
+        log.debug("engine cache failed", exc_info=True)
+        print(f"error: engine cache for {args.bundle} failed unexpectedly: {type(exc).__name__}: {exc}. Check the "
+              f"bundle (`fair-edge bench {args.bundle}`), or rebuild it with `fair-edge build`; please report this.",
+              file=sys.stderr)
+        return 1
     note = "cached" if result.hit else f"built in {result.seconds:.0f} s ({result.reason})"
     print(f"engine cache: {result.bundle} ({note})", file=sys.stderr)
     print(result.bundle)

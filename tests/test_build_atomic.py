@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import typer
 from export_fixtures import make_frames, write_pngs
@@ -73,3 +75,72 @@ def test_dataset_without_that_role_is_a_clear_error(tiny_ckpt_path, mvtec_dir, t
     assert r.exit_code == 0 and load_bundle(tmp_path / "b1").threshold.n_normal == 4  # a plain folder: all of it
     r = invoke(tiny_ckpt_path, "--normal", "elpv:nonsense", "--out", tmp_path / "b2")
     assert r.exit_code == 2 and not (tmp_path / "b2").exists()
+
+
+HELD_BUILD = r'''
+"""`fair-edge build ARGS` in which the graphs are written and the build then waits (in the staging folder) until
+it is stopped: READY is written at that point, so the parent signals it exactly there."""
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+import fair_edge.export.build as build_module
+from fair_edge.cli.build import build
+
+
+def hold(*args, **kwargs):
+    Path(sys.argv[1]).write_text("the staging folder holds the graphs")
+    while True:
+        time.sleep(1)
+
+
+build_module._threshold = hold
+app = typer.Typer()
+app.command("build")(build)
+
+
+@app.callback()
+def _main() -> None:
+    """Subcommand mode, as on the real app."""
+
+
+app(["build", *sys.argv[2:]])
+'''
+
+
+def test_sigterm_stops_a_build_like_ctrl_c_leaving_nothing(tiny_ckpt_path, tmp_path):
+    """`kill PID` (systemctl stop, a CI timeout) in the middle of a build: the staging folder with its half-written
+    graphs is removed, as after Ctrl-C; exit 143 with one line, no traceback. The old SIGTERM handler is back after a
+    build in this process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    normal = write_pngs(tmp_path / "normal", make_frames(4, seed=3))
+    (tmp_path / "out").mkdir()
+    ready, script = tmp_path / "ready", tmp_path / "held_build.py"
+    script.write_text(HELD_BUILD)
+    child = subprocess.Popen([sys.executable, str(script), str(ready), str(tiny_ckpt_path), "--normal", str(normal),
+                              "--out", str(tmp_path / "out" / "b"), "--no-engine"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + 600   # a bound for a stuck child, not a timing assumption
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), child.communicate(timeout=60)
+        assert [p.name.startswith(".b.building-") for p in (tmp_path / "out").iterdir()] == [True]
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert list((tmp_path / "out").iterdir()) == [] and "Traceback" not in err and "SIGTERM" in err
+
+    before = signal.getsignal(signal.SIGTERM)
+    r = invoke(tiny_ckpt_path, "--int8", "--out", tmp_path / "b")
+    assert r.exit_code == 2 and signal.getsignal(signal.SIGTERM) is before

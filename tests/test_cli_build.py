@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+from pathlib import Path
 
 import pytest
 import typer
@@ -105,3 +107,65 @@ def test_summary_says_which_gpu_pre_processing_the_station_gets():
     assert gpu_preprocessing_note(PreprocessConfig(filter="sobel_xy"))[0] == "fused CUDA kernel"
     path, detail = gpu_preprocessing_note(PreprocessConfig(cutoff=5.0))
     assert path == "reference (PyTorch)" and "cutoff=10.1 (higher)" in detail
+
+
+@pytest.fixture(scope="module")
+def products(tmp_path_factory):
+    """An MVTec root of two products, a and b: without --category it is refused (which product?)."""
+    root = tmp_path_factory.mktemp("mvtec")
+    for product, seed in (("a", 10), ("b", 20)):
+        write_pngs(root / product / "train" / "good", make_frames(6, seed=seed))
+        write_pngs(root / product / "test" / "good", make_frames(6, seed=seed + 1))
+        write_pngs(root / product / "test" / "crack", make_frames(4, seed=seed + 2, defect=True))
+    return root.resolve()
+
+
+def parse_build_command(command: str) -> dict:
+    """The options of a stored ``fair-edge build ...`` line as the build command itself reads them."""
+    words = shlex.split(command)
+    assert words[:2] == ["fair-edge", "build"], command
+    return typer.main.get_command(app).commands["build"].make_context("build", words[2:]).params
+
+
+def test_the_stored_build_command_has_every_option_that_was_given(tiny_ckpt_path, products, tmp_path, monkeypatch):
+    """bundle.json's build_command (quoted by every 'Rebuild it with' error), read back by the build command, gives
+    every option this build was given; each option of the command is given here, so a new one must be thought of
+    (--model is not stored: the checkpoint it picked is; --width, which must match the checkpoint, separately)."""
+    import fair_edge.cli.build as cli
+    from fair_edge.errors import ExportError
+
+    stored = []
+
+    def stop(ckpt, out, options, *args, **kwargs):
+        stored.append(options.command)
+        raise ExportError("stopped: only the stored command is checked")
+
+    monkeypatch.setattr(cli, "build_bundle", stop)
+    out = tmp_path / "b"
+    expected = {"checkpoint": Path(tiny_ckpt_path).resolve(), "fp16": False, "int8": True, "calib": str(products),
+                "calib_images": 5, "calib_method": "max", "normal": str(products), "defects": str(products),
+                "category": "a", "false_reject_rate": 0.02, "max_batch": 2, "out": out.resolve(), "engine": False,
+                "max_drop": 0.5, "pixel_quantile": 0.999}
+    r = invoke(tiny_ckpt_path, "--int8", "--calib", products, "--calib-images", 5, "--calib-method", "max", "--normal",
+               products, "--defects", products, "--category", "a", "--false-reject-rate", 0.02, "--max-batch", 2,
+               "--out", out, "--no-engine", "--max-drop", 0.5, "--pixel-quantile", 0.999)
+    assert r.exit_code == 2 and "stopped: only the stored command" in r.output and len(stored) == 1, r.output
+    parsed = parse_build_command(stored[0])
+    assert set(parsed) - {"model", "width"} == set(expected), "an option of `fair-edge build` this test does not give"
+    assert {k: parsed[k] for k in expected} == expected, stored[0]
+    by_width = cli._command(Path(tiny_ckpt_path), 32, "fp16", None, 64, "percentile", None, None, 0.01, 8, out)
+    assert parse_build_command(by_width)["width"] == 32 and parse_build_command(by_width)["engine"] is True
+
+
+def test_the_stored_command_of_one_product_in_a_multi_product_root_rebuilds_it(tiny_ckpt_path, products, tmp_path):
+    """The rebuild command a bundle quotes works: it names --category (without it, the root's two products are
+    refused)."""
+    out = tmp_path / "b"
+    r = invoke(tiny_ckpt_path, "--normal", products, "--category", "b", "--out", out, "--no-engine")
+    assert r.exit_code == 0, r.output
+    first = load_bundle(out)
+    assert first.threshold.n_normal == 6
+    again = runner.invoke(app, ["build", *shlex.split(first.build_command)[2:]], env={"COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    rebuilt = load_bundle(out)
+    assert rebuilt.threshold.value == first.threshold.value and rebuilt.build_command == first.build_command

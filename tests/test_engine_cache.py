@@ -107,3 +107,68 @@ def test_command_line_without_tensorrt_says_what_to_install(sources, tmp_path, c
     code = main(["--bundle", str(sources["int8"]), "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr()
     assert code == 2 and err.out == "" and "TensorRT is not installed" in err.err
+
+
+def _format_1(src: Path, root: Path) -> Path:
+    """A copy of bundle ``src`` with bundle.json as format 1 wrote it: the FAIR layout before model families
+    (model {width, in_channels, image_size}, top-level preprocess and scoring) and no metadata checksum."""
+    import shutil
+
+    from fair_edge.models.tensors import OUTPUT_NAMES
+
+    shutil.copytree(src, root)
+    data = json.loads((root / MANIFEST).read_text())
+    data.pop("metadata_sha256")
+    model = data.pop("model")
+    pre, settings = model["preprocess"], model["settings"]
+    data.update(format_version=1, preprocess=pre, scoring=settings["scoring"],
+                model={"width": settings["width"], "in_channels": 1, "image_size": pre["image_size"]})
+    data["graph"].update(inputs=["highpass", "colour"], outputs=list(OUTPUT_NAMES))
+    (root / MANIFEST).write_text(json.dumps(data, indent=2))
+    return root
+
+
+def test_a_format_1_bundle_is_cached_by_the_sha256_of_its_bundle_json(sources, tmp_path):
+    """Format-1 bundles still load, so the cache takes them: keyed on the SHA-256 of bundle.json (format 1 has no
+    metadata checksum), a format-1 device bundle with the engine; a hit the second time, and a rebuild when
+    bundle.json changes (format 1 cannot verify its settings, so the file's bytes are what identifies it)."""
+    old = _format_1(sources["fp16"], tmp_path / "v1")
+    build = Builder()
+    first = device_bundle(old, tmp_path / "cache", ORIN, build)
+    digest = hashlib.sha256((old / MANIFEST).read_bytes()).hexdigest()
+    data = json.loads((first.bundle / MANIFEST).read_text())
+    assert not first.hit and first.key == engine_key(digest, ORIN) and len(build.calls) == 1
+    assert data["format_version"] == 1 and data["device_bundle"]["source_metadata_sha256"] == digest
+    b = load_bundle(first.bundle, ORIN)
+    assert b.engine.gpu_name == "Orin" and b.precision == "fp16" and b.model == load_bundle(old).model
+    assert device_bundle(old, tmp_path / "cache", ORIN, build).hit and len(build.calls) == 1
+    edited = json.loads((old / MANIFEST).read_text())
+    edited["build_command"] = "fair-edge build final.pt --fp16"
+    (old / MANIFEST).write_text(json.dumps(edited, indent=2))
+    again = device_bundle(old, tmp_path / "cache", ORIN, build)
+    assert not again.hit and again.key != first.key and len(build.calls) == 2
+
+
+def test_the_entrypoint_reports_a_format_1_bundle_and_any_unexpected_error_without_a_traceback(
+        sources, tmp_path, capsys, monkeypatch):
+    """``main`` (the container's entrypoint) on a format-1 bundle prints the device bundle's path, exit 0; an error
+    that is not the bundle's or the volume's (a builder bug) is one line naming it, exit 1, no traceback."""
+    import fair_edge.export.engine_cache as engine_cache
+    import fair_edge.export.tensorrt as tensorrt
+
+    old = _format_1(sources["fp16"], tmp_path / "v1")
+    monkeypatch.setattr(tensorrt, "current_target", lambda: ORIN)
+    monkeypatch.setattr(engine_cache, "tensorrt_builder", Builder())
+    code = main(["--bundle", str(old), "--cache", str(tmp_path / "cache")])
+    out = capsys.readouterr()
+    assert code == 0 and Path(out.out.strip()).parent == tmp_path / "cache" and "Traceback" not in out.err
+
+    def broken(onnx, engine, bundle, timing_cache):
+        raise KeyError("optimization_profile")
+
+    monkeypatch.setattr(engine_cache, "tensorrt_builder", broken)
+    code = main(["--bundle", str(sources["int8"]), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr()
+    assert code == 1 and err.out == "" and "Traceback" not in err.err
+    assert "error: engine cache" in err.err and "KeyError" in err.err and "optimization_profile" in err.err
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []   # no staging left

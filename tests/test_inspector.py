@@ -211,3 +211,103 @@ def test_a_frame_off_the_calibrated_grid_is_logged_once_per_pair_of_grids(caplog
     assert all("77 x 77 maps" in r for r in reasons) and "64 x 64 maps" in swapped
     assert [r.getMessage().count("x 77 maps") + r.getMessage().count("x 64 maps") for r in caplog.records] == [1, 1]
 
+
+
+class ClosingBackend:
+    """Records its close in ``closed``; a closed one cannot infer (an ONNX Runtime session released)."""
+
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self.name, self.closed, self.is_closed = name, closed, False
+
+    def close(self) -> None:
+        self.is_closed = True
+        self.closed.append(self.name)
+
+
+class NamedScorer:
+    """A frame scorer over a ``ClosingBackend``: zero maps while open, the backend's error once closed."""
+
+    graph_threshold = None
+
+    def __init__(self, name: str, closed: list[str]) -> None:
+        self.reason, self.backend = f"test: {name}", ClosingBackend(name, closed)
+
+    def infer_frames(self, frames):
+        if self.backend.is_closed:
+            raise RuntimeError(f"{self.backend.name}: session closed")
+        return np.zeros((len(frames), 8, 8), np.float32), np.zeros(len(frames), np.float32)
+
+
+def _cell_inspector(first, cameras=("x", "y")):
+    """An inspector over views that all run ``first`` (a cell's cameras on one bundle share its scorer)."""
+    from fair_edge.station.inspector import ViewDecider
+
+    views = {c: ViewDecider(first, 1.0, model=first.backend.name) for c in cameras}
+    inspector = Inspector(capture=None, scorer=first, threshold=1.0, views=views)
+    inspector.decider = views[cameras[0]]   # as run_cell does
+    return inspector
+
+
+def test_a_swap_on_one_camera_never_closes_a_scorer_another_cameras_pending_change_holds():
+    """Line idle (changes wait for a batch): cameras x and y swap to P (one scorer for both, as the console's
+    cell loader gives), then x alone swaps to Q. P must stay open for y; at the next batch y runs P, x runs Q, and
+    only the scorer nobody runs any more (A) is closed; P is closed when y leaves it too."""
+    from fair_edge.runtime.hotswap import ModelChange
+
+    closed: list[str] = []
+    a, p, q, r = (NamedScorer(n, closed) for n in "apqr")
+    inspector = _cell_inspector(a)
+    x, y = inspector.views["x"], inspector.views["y"]
+    x.switch.request(ModelChange(scorer=p, model="p"))
+    y.switch.request(ModelChange(scorer=p, model="p"))
+    x.switch.request(ModelChange(scorer=q, model="q"))   # replaces x's pending P; y's still holds it
+    assert closed == []
+    inspector.apply_switch()
+    assert (x.model, y.model) == ("q", "p") and closed == ["a"]
+    frame = np.full((40, 40, 3), 128, np.uint8)
+    verdicts = inspector.inspect([Frame(0, 0.0, frame, camera="x"), Frame(0, 0.0, frame, camera="y")])
+    assert [(v.camera, v.model, v.error) for v in verdicts] == [("x", "q", ""), ("y", "p", "")]
+    y.switch.request(ModelChange(scorer=r, model="r"))
+    inspector.apply_switch()
+    assert closed == ["a", "p"] and not q.backend.is_closed and not r.backend.is_closed
+
+
+def test_a_pending_change_replaced_before_it_ran_is_closed_when_nothing_holds_it():
+    """One camera: swap to P, then to Q before a batch came. P never ran and nobody holds it: it is closed (at the
+    next batch, or when the run ends without one), exactly once, and the camera's old scorer after its last batch."""
+    from fair_edge.runtime.hotswap import ModelChange
+
+    closed: list[str] = []
+    a, p, q = (NamedScorer(n, closed) for n in "apq")
+    inspector = Inspector(capture=None, scorer=a, threshold=1.0)
+    inspector.switch.request(ModelChange(scorer=p, model="p"))
+    inspector.switch.request(ModelChange(threshold=2.0))
+    inspector.switch.request(ModelChange(scorer=q, model="q"))
+    inspector.apply_switch()
+    assert sorted(closed) == ["a", "p"] and (inspector.model, inspector.threshold) == ("q", 1.0)
+    inspector.apply_switch()   # nothing pending: nothing more closed
+    assert sorted(closed) == ["a", "p"]
+
+    closed.clear()
+    idle = Inspector(EndedCapture(), a, 1.0)
+    idle.switch.request(ModelChange(scorer=p, model="p"))
+    idle.switch.request(ModelChange(scorer=q, model="q"))
+    idle.run(threading.Event())   # the stream ends before any batch
+    assert closed == ["p"] and idle.switch.pending.scorer is q   # the change still waiting keeps its scorer
+
+
+class EndedCapture:
+    """A capture whose stream has already ended: the loop stops before any batch."""
+
+    def get(self, timeout):
+        from fair_edge.cameras import EndOfStream
+
+        raise EndOfStream("ended")
+
+    def stop(self) -> None:
+        pass
+
+    def stats(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(frames_in=0, dropped_queue_full=0, frames_lost_estimate=0)

@@ -2,11 +2,20 @@
 
 A thin typer command over ``fair_edge.export.build.build_bundle``; register it with
 ``app.command("build")(build)``.
+
+bundle.json keeps the command that rebuilds the bundle (``build_command``, quoted by every "Rebuild it with"
+error): every option that changes the result, the checkpoint and datasets as absolute paths. SIGTERM (``kill``,
+``systemctl stop``, a CI timeout) stops a build as Ctrl-C does: the temporary staging folder is removed and the
+previous bundle kept; the command then exits 143 (128 + SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -48,7 +57,10 @@ def _spec(spec: str) -> str:
 
 def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[str], calib_images: int,
              calib_method: str, normal: Optional[str], defects: Optional[str], frr: float, max_batch: int,
-             out: Path, max_drop: Optional[float] = None, pixel_quantile: float = DEFAULT_PIXEL_QUANTILE) -> str:
+             out: Path, max_drop: Optional[float] = None, pixel_quantile: float = DEFAULT_PIXEL_QUANTILE,
+             category: Optional[str] = None, engine: bool = True) -> str:
+    """The ``fair-edge build`` command line that builds this bundle again, from any folder: every option that
+    changes the result (--model is not needed: the checkpoint it chose is named)."""
     args = ["fair-edge", "build", str(ckpt.resolve())] + (["--width", str(width)] if width is not None else [])
     args += {"fp16": ["--fp16"], "int8": ["--int8"]}.get(precision, [])
     if calib is not None:
@@ -56,10 +68,43 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
     for flag, folder in (("--normal", normal), ("--defects", defects)):
         if folder is not None:
             args += [flag, _spec(folder)]
+    args += ["--category", category] if category is not None else []   # the product inside a VisA CSV / MVTec root
     args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
     args += ["--max-drop", str(max_drop)] if max_drop is not None else []
     args += ["--pixel-quantile", str(pixel_quantile)] if pixel_quantile != DEFAULT_PIXEL_QUANTILE else []
+    args += [] if engine else ["--no-engine"]
     return shlex.join(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a build, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same cleanup runs
+    (``build_bundle`` removes its staging folder on any BaseException)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """For the duration: SIGTERM raises ``Terminated`` in the main thread, once (a second SIGTERM while the cleanup
+    runs is ignored, so it is not cut short); then the previous handler is back. A ``Terminated`` that ends the
+    block exits 143 (128 + SIGTERM) with one line on stderr. Outside the main thread (no signals there): nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def on_sigterm(signum, _frame) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Terminated(f"signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except Terminated:
+        print("error: build stopped by SIGTERM; an unfinished bundle was removed (a previous bundle at --out is "
+              "kept). Run the command again to build it.", file=sys.stderr)
+        raise typer.Exit(128 + signal.SIGTERM) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(result: BuildResult) -> None:
@@ -161,6 +206,7 @@ def _default_tags() -> str:
 
 @app.command("build")
 @friendly_errors
+@sigterm_as_interrupt()
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),
     width: Optional[int] = typer.Option(None, "--width", help=f"{_titles_with('width')}: UNet width 32, 64 or 128; "
@@ -220,7 +266,8 @@ def build(
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
-                                    normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile),
+                                    normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile,
+                                    category, engine),
                            QualityGate(max_drop) if max_drop is not None else None, pixel_quantile)
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []

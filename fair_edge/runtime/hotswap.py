@@ -7,6 +7,12 @@ calls ``take()``, so a batch that is already being inferred finishes on the old
 model and the next one uses the new; capture never pauses. Every verdict carries the id of the model
 that decided it (``Verdict.model``).
 
+Closing: a backend is closed only when nothing can run it any more. A request that replaces a change still
+waiting does not close that change's scorer: in a cell the cameras of one bundle share one scorer, and another
+camera's pending change may hold it while the line is idle (changes are taken only when a batch arrives). The
+replaced scorer waits in its switch (``take_replaced``) until the loop, which sees every camera's switch, retires
+the scorers that no camera runs and no pending change holds (``retire_unused``).
+
 Model id: the first 12 hex digits of a SHA-256 over the bundle's file checksums (the files
 listed in bundle.json, which include the weights and graphs), so a rebuilt bundle gets a new id
 and an unchanged one keeps it.
@@ -65,25 +71,44 @@ class ModelSwitch:
     """A one-item slot between the threads that ask for a change and the inspection loop.
 
     A second request before the loop took the first merges into it (the newest value of each
-    field wins); a replaced backend that never ran is closed.
+    field wins). shared (every ``ViewDecider``'s switch): the scorer of a replaced change that never
+    ran is not closed here, since a cell's cameras share one scorer per bundle and another camera's
+    change may hold it, but kept for the loop (``take_replaced``, then ``retire_unused``). A switch
+    that is not shared (nobody else can hold its scorers) closes it at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self._lock = threading.Lock()
+        self.shared = shared
         # written under the lock; the loop reads it without (a stale None only waits a batch)
         self.pending: ModelChange | None = None
+        self._replaced: list[FrameScorer] = []   # scorers of changes replaced before they ran (shared only)
 
     def request(self, change: ModelChange) -> None:
         with self._lock:
             old, self.pending = self.pending, _merge(self.pending, change)
-        if old is not None and old.scorer is not None and change.scorer is not None:
-            retire(old.scorer)
+            replaced = old.scorer if old is not None and change.scorer is not None else None
+            if replaced is not None and self.shared:
+                self._replaced.append(replaced)
+        if replaced is not None and not self.shared:
+            retire(replaced)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
         with self._lock:
             change, self.pending = self.pending, None
         return change
+
+    def take_replaced(self) -> list[FrameScorer]:
+        """The scorers of changes replaced before they ran (once): the loop retires those nothing holds."""
+        with self._lock:
+            replaced, self._replaced = self._replaced, []
+        return replaced
+
+    def holds(self) -> FrameScorer | None:
+        """The scorer the pending change would run, or None."""
+        pending = self.pending
+        return None if pending is None else pending.scorer
 
 
 def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
@@ -102,3 +127,16 @@ def retire(scorer: FrameScorer) -> None:
         scorer.backend.close()
     except Exception:  # noqa: BLE001 - see the docstring
         log.exception("closing the replaced backend failed")
+
+
+def retire_unused(candidates: list[FrameScorer], in_use: list[FrameScorer | None]) -> list[FrameScorer]:
+    """Close each of ``candidates`` (once) that is not in ``in_use`` (the scorers the cameras run and those their
+    pending changes hold); returns the ones closed. Called by the loop, which sees every camera's switch."""
+    held = {id(s) for s in in_use if s is not None}
+    closed: list[FrameScorer] = []
+    for scorer in candidates:
+        if id(scorer) not in held:
+            held.add(id(scorer))   # once, however often it was replaced
+            retire(scorer)
+            closed.append(scorer)
+    return closed

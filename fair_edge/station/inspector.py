@@ -31,7 +31,7 @@ import numpy as np
 
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.hotswap import ModelSwitch, retire
+from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict
 from fair_edge.tiling import place_on_frame
@@ -147,7 +147,7 @@ class ViewDecider:
         self.grid, self.map_area = grid, map_area
         self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
         self._warned_grids: set[tuple[tuple[int, int], tuple[int, ...]]] = set()   # (calibrated, live) grids logged
-        self.switch = ModelSwitch()
+        self.switch = ModelSwitch(shared=True)   # its replaced scorers: the loop retires them
 
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
@@ -311,33 +311,55 @@ class Inspector:
                                              decider.off_grid(frame.image.shape[:2], amap.shape), anomaly_map=amap)
         return [verdicts[i] for i in range(len(frames))]
 
+    def _deciders(self) -> list[ViewDecider]:
+        """Every camera's decider (the default one first; a cell's first camera may be both)."""
+        return [self.decider, *self.views.values()]
+
+    def _in_use(self) -> list[FrameScorer | None]:
+        """The scorers a camera runs or a pending change holds: none of them may be closed."""
+        return [s for d in self._deciders() for s in (d.scorer, d.switch.holds())]
+
     def apply_switch(self) -> None:
         """Take pending model / threshold changes (between batches: the last batch finished on the
-        old model). A replaced backend is closed here, after its last batch, unless another camera still
-        uses it."""
+        old model). Then the replaced backends (the cameras' previous ones, and those of changes replaced
+        before they ran) are closed, after their last batch, unless a camera still runs one or a change
+        still waiting holds it (a cell's cameras share one scorer per bundle)."""
+        done: list[FrameScorer] = []
         for name, decider in [("", self.decider), *self.views.items()]:
             if decider.switch.pending is None:
                 continue
             change = decider.switch.take()
+            done += decider.switch.take_replaced()
             if change is None:
                 continue
             if change.scorer is not None:
-                old = decider.scorer
-                decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
-                decider.grid, decider.map_area = change.grid, change.map_area
-                if decider is self.decider:
-                    self.summary.backend = change.scorer.reason
-                if decider.regions is not None and change.bundle is not None:
-                    decider.regions = decider.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
-                if all(d.scorer is not old for d in [self.decider, *self.views.values()]):
-                    retire(old)
-                log.warning("model swapped%s: now %s from %s", f" on camera {name}" if name else "", change.model,
-                            getattr(change.bundle, "root", "?"))
+                done.append(decider.scorer)
+                self._swap_model(name, decider, change)
             if change.threshold is not None:
                 if decider.threshold != change.threshold:
                     log.warning("threshold changed%s: %.6g -> %.6g", f" on camera {name}" if name else "",
                                 decider.threshold, change.threshold)
                 decider.threshold = float(change.threshold)
+        if done:
+            retire_unused(done, self._in_use())
+
+    def _swap_model(self, name: str, decider: ViewDecider, change) -> None:
+        """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire)."""
+        decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
+        decider.grid, decider.map_area = change.grid, change.map_area
+        if decider is self.decider:
+            self.summary.backend = change.scorer.reason
+        if decider.regions is not None and change.bundle is not None:
+            decider.regions = decider.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
+        log.warning("model swapped%s: now %s from %s", f" on camera {name}" if name else "", change.model,
+                    getattr(change.bundle, "root", "?"))
+
+    def retire_replaced(self) -> None:
+        """At the end of a run: close the scorers of changes replaced before they ran that nothing holds (a
+        change still waiting keeps its scorer; whoever opened the cameras' scorers closes those)."""
+        done = [s for d in self._deciders() for s in d.switch.take_replaced()]
+        if done:
+            retire_unused(done, self._in_use())
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
@@ -372,6 +394,7 @@ class Inspector:
         finally:
             self.capture.stop()
             self._drain(max_frames)
+            self.retire_replaced()
             self.summary.duration_s = time.monotonic() - t0
             self._fill_capture_stats()
         return self.summary
