@@ -7,7 +7,11 @@
      kept float32 until within the limit, or the build is refused (``calibration.int8_gate``),
   3. accuracy of that graph vs fp32 on the available normal frames (ONNX Runtime, CPU),
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects); the normal frames'
-     anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them),
+     anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them);
+     likewise for every other graph a backend runs: an INT8 bundle's CPU graph (``graph.cpu``) and, for FP16/INT8,
+     the FP32 reference graph (``fp32_threshold``, ``fp32_normal_maps.npy``: the PyTorch backends run the FP32
+     weights). The FP32 graph is scored on the held-out frames once per build (``_HeldOut``), shared by the
+     quality gate, the accuracy probe and its threshold,
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
 All of it happens in a temporary folder next to the target, moved into place only when complete.
@@ -36,10 +40,10 @@ from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
-from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
+from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
-from fair_edge.models.tensors import ANOMALY_MAP
+from fair_edge.models.tensors import ANOMALY_MAP, SCORE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE, PixelThreshold, calibrate_pixel_threshold
 
 log = logging.getLogger(__name__)
@@ -160,6 +164,58 @@ def _precision_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOpti
     return out / prec.onnx_name, reused
 
 
+class _HeldOut(HeldOut):
+    """``HeldOut`` that runs the FP32 reference graph on the held-out frames once per build: its outputs are kept and
+    shared by the quality gate (``held.scores(fp32)``), the accuracy probe (``reference_graph``) and the thresholds
+    of an FP32 bundle or of the FP32 weights (``maps_scores(fp32)``). Every other graph runs as in ``HeldOut``."""
+
+    def __init__(self, model, normal: Sequence[np.ndarray], defects: Sequence[np.ndarray], reference: Path) -> None:
+        super().__init__(model, normal, defects)
+        self.reference, self._outputs = Path(reference), None
+
+    def reference_outputs(self) -> dict[str, np.ndarray]:
+        """{anomaly_map: (T, 1, S, S), score: (T,)} float32: the FP32 graph on all T held-out inputs (tiles), run once."""
+        if self._outputs is None:
+            graph = OnnxGraph(self.reference, self.model.input_names)
+            try:
+                self._outputs = graph.infer_batched(self.inputs)
+            finally:
+                graph.close()
+        return self._outputs
+
+    def maps_scores(self, graph: Path) -> tuple[list[np.ndarray], np.ndarray]:
+        if Path(graph) != self.reference:
+            return super().maps_scores(graph)
+        out = self.reference_outputs()
+        maps, scores = self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)
+        scores = np.asarray(scores, np.float64)
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:
+            raise ExportError(f"{self.reference.name} scores {bad} of {len(scores)} held-out images as NaN or infinite; "
+                              "expected finite scores. Check the checkpoint (train again if its weights hold NaN).")
+        return maps, scores
+
+    def reference_graph(self) -> "_RecordedNormals":
+        """The FP32 graph's kept outputs on the normal inputs, as ``graph_delta``'s reference graph."""
+        return _RecordedNormals(self)
+
+
+class _RecordedNormals:
+    """An ``OnnxGraph`` stand-in for ``graph_delta``: ``infer_batched(held.normal_inputs)`` returns the FP32 outputs
+    ``_HeldOut`` kept ({anomaly_map: (T_normal, 1, S, S), score: (T_normal,)}); other inputs run the graph."""
+
+    def __init__(self, held: _HeldOut) -> None:
+        self.held = held
+
+    def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
+        held, n = self.held, self.held.n_normal_tiles
+        kept = len(next(iter(inputs.values()))) == n and all(
+            np.may_share_memory(inputs[k], held.inputs[k]) for k in held.model.input_names)
+        if not kept:
+            return OnnxGraph(held.reference, held.model.input_names).infer_batched(inputs, batch)
+        return {k: v[:n] for k, v in held.reference_outputs().items()}
+
+
 def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None,
                source: str) -> tuple[Threshold | None, PixelThreshold | None, list[np.ndarray]]:
     """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) on the
@@ -201,9 +257,22 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
     return run_gate(fp32, graphs, scope, held, options.quality, on_step)
 
 
+def _fp32_reference(graph: Path, fp32: Path, options: BuildOptions, held: HeldOut | None, source: str,
+                    out: Path) -> dict:
+    """FP16/INT8: the manifest's ``fp32_threshold`` and ``fp32_normal_maps`` (``fp32_normal_maps.npy`` written):
+    the threshold and maps of the FP32 reference graph, which the PyTorch backends' FP32 weights reproduce
+    (parity-checked); both None for an FP32 bundle (its threshold is that graph's) or without frames."""
+    if graph == fp32 or held is None:
+        return {"fp32_threshold": None, "fp32_normal_maps": None}
+    threshold, _, maps = _threshold(fp32, options, held, source)
+    return {"fp32_threshold": threshold.to_dict() if threshold else None,
+            "fp32_normal_maps": write_normal_maps(out, FP32_NORMAL_MAPS, maps)}
+
+
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
               delta: GraphDelta | None, calib_count: int, engine: dict | None, cpu: dict | None = None,
-              gate: GateReport | None = None, pixel: PixelThreshold | None = None, maps: dict | None = None) -> dict:
+              gate: GateReport | None = None, pixel: PixelThreshold | None = None, maps: dict | None = None,
+              fp32: dict | None = None) -> dict:
     calibration = None
     if options.precision == "int8":
         calibration = {**options.int8.to_dict(), "images_used": calib_count, "cache": CALIB_CACHE, "library": "onnxruntime.quantization"}
@@ -213,6 +282,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
                   "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
         "pixel_threshold": pixel.to_dict() if pixel else None, "normal_maps": maps,
+        **(fp32 or {"fp32_threshold": None, "fp32_normal_maps": None}),
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
@@ -274,7 +344,7 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     # held-out frames (else the first calibration images) are pre-processed once, here, for the INT8
     # calibration (without held-out normals), the accuracy probe, the thresholds and the quality gate
     threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
-    held = HeldOut(ckpt.model, list(threshold_frames), list(defect_frames or ())) if threshold_frames else None
+    held = _HeldOut(ckpt.model, list(threshold_frames), list(defect_frames or ()), fp32) if threshold_frames else None
     calib = None   # INT8 only
     if options.precision == "int8" and calib_frames:
         calib = held.normal_inputs if not normal_frames else preprocess_frames(   # the same first num_images frames
@@ -288,7 +358,8 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         probe = held.normal_inputs if held is not None else {
             n: t.numpy() for n, t in example_inputs(ckpt.model, 4).items()}
         names = ckpt.model.input_names
-        delta = graph_delta(OnnxGraph(fp32, names), OnnxGraph(graph, names), probe)
+        reference = held.reference_graph() if held is not None else OnnxGraph(fp32, names)
+        delta = graph_delta(reference, OnnxGraph(graph, names), probe)
     threshold, pixel, normal_maps = _threshold(graph, options, held, source)
     maps = write_normal_maps(out, NORMAL_MAPS, normal_maps)
     cpu = None
@@ -296,11 +367,13 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         cpu_threshold, _, cpu_maps = _threshold(cpu_graph, options, held, source)
         cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None,
                "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, cpu_maps)}
+    fp32_ref = _fp32_reference(graph, fp32, options, held, source, out)
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
-    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel, maps))
+    write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel, maps,
+                                  fp32_ref))
     engine, note = _try_engine(out, graph, ckpt, options)
     if engine is not None:
         write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, engine, cpu, gate, pixel,
-                                      maps))
+                                      maps, fp32_ref))
     load_bundle(out)  # verified before it is moved into place
     return delta, parity, reused, engine is not None, note, gate

@@ -8,7 +8,10 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
   or null (absent in bundles built before regions); normal_maps: {file, count, of, shape} of the held-out
   normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
-  null (absent in bundles built before them); calibration: {method, num_images, percentile, cache} or null;
+  null (absent in bundles built before them); fp32_threshold, fp32_normal_maps: FP16/INT8 bundles: the
+  Threshold and the {file, count, of, shape} normal maps of the FP32 reference graph (the numbers the PyTorch
+  backends' FP32 weights make, parity-checked), null for FP32 bundles or without normal images (absent in
+  bundles built before them); calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   facts: the family's figures about this model (``ModelFamily.facts``, e.g. PatchCore's memory bank MB);
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -29,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -88,6 +92,9 @@ class Bundle:
     normal_maps_path, cpu_normal_maps_path: the held-out normal maps of the graph / of the CPU graph
     (``export.normal_maps``: (N, h, w) float32 .npy, checksummed), None in bundles built before them or
     without normal images.
+    fp32_threshold, fp32_normal_maps_path: FP16/INT8 bundles: the threshold and normal maps of the FP32
+    reference graph, which the PyTorch backends' FP32 weights reproduce (parity-checked at build); None for
+    FP32 bundles (``threshold`` is the FP32 graph's), without normal images, or in bundles built before them.
     """
 
     root: Path
@@ -106,6 +113,8 @@ class Bundle:
     pixel_threshold: PixelThreshold | None = None
     normal_maps_path: Path | None = None
     cpu_normal_maps_path: Path | None = None
+    fp32_threshold: Threshold | None = None
+    fp32_normal_maps_path: Path | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -218,6 +227,7 @@ def _verify_files(root: Path, data: dict) -> dict[str, str]:
         raise BundleError(f"{root / MANIFEST} lists no files. {_rebuild_hint(data)}")
     checksums = {}
     for rel, entry in files.items():
+        _check_entry(root, data, rel, entry)
         path = root / rel
         if not path.is_file():
             raise BundleError(f"bundle file {path} is missing (listed in {MANIFEST}). {_rebuild_hint(data)}")
@@ -235,6 +245,18 @@ def _verify_files(root: Path, data: dict) -> dict[str, str]:
             )
         checksums[rel] = digest
     return checksums
+
+
+def _check_entry(root: Path, data: dict, rel: str, entry: object) -> None:
+    """BundleError naming the file unless its ``files`` entry is {sha256: 64 hex digits, bytes: size >= 0} (a
+    damaged entry in a format-1 manifest, whose content carries no checksum, would otherwise fail as a traceback)."""
+    ok = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
+          and isinstance(entry.get("bytes"), int) and not isinstance(entry.get("bytes"), bool) and entry["bytes"] >= 0)
+    if not ok:
+        found = repr(entry) if len(repr(entry)) <= 120 else repr(entry)[:117] + "..."
+        raise BundleError(f"{root / MANIFEST} has a damaged checksum entry for {rel!r}: expected {{\"sha256\": 64 hex "
+                          f"digits, \"bytes\": file size}}; found {found}. The manifest was edited or damaged after the "
+                          f"build, so the file cannot be verified. {_rebuild_hint(data)}")
 
 
 def _listed(root: Path, data: dict, rel: str | None, what: str) -> Path:
@@ -318,6 +340,8 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             **_cpu_graph(root, data, graph.get("cpu")),
             pixel_threshold=PixelThreshold.from_dict(data["pixel_threshold"]) if data.get("pixel_threshold") else None,
             normal_maps_path=_maps(root, data, data.get("normal_maps")),
+            fp32_threshold=Threshold.from_dict(data["fp32_threshold"]) if data.get("fp32_threshold") else None,
+            fp32_normal_maps_path=_maps(root, data, data.get("fp32_normal_maps")),
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),
@@ -334,7 +358,8 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
 
 def check_engine_target(bundle: Bundle, target: EngineTarget) -> EngineInfo:
     """The bundle's engine if it was built for ``target``; else BundleError with the rebuild command."""
-    hint = f"Rebuild on this machine with `{bundle.build_command}`." if bundle.build_command else "Rebuild on this machine with `fair-edge build`."
+    command = shlex.join(w for w in shlex.split(bundle.build_command or "fair-edge build") if w != "--no-engine")
+    hint = f"Rebuild on this machine with `{command}`."   # the engine is what is wanted: without --no-engine
     eng = bundle.engine
     if eng is None:
         raise BundleError(f"bundle {bundle.root} has no TensorRT engine (built where TensorRT was absent). {hint}")

@@ -5,8 +5,9 @@ family's image score the bundle's threshold was calibrated on (PatchCore's rewei
 build's normal maps in the bundle, the station calibrates that score's threshold when it opens, by the
 build's own rule (``fair_edge.station.decision``).
 
-``normal_maps.npy`` (and ``cpu_normal_maps.npy`` for an INT8 bundle's CPU graph): (N, h, w) float32, the
-maps of the deployed graph on the held-out normal frames (the frame map of a tiled model), exactly as the
+``normal_maps.npy`` (and ``cpu_normal_maps.npy`` for an INT8 bundle's CPU graph, ``fp32_normal_maps.npy`` for
+an FP16/INT8 bundle's FP32 reference graph, which the PyTorch backends' FP32 weights reproduce): (N, h, w) float32,
+the maps of that graph on the held-out normal frames (the frame map of a tiled model), exactly as the
 threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB); a larger set is subsampled to
 N = MAX_BYTES // (h * w * 4) evenly spaced maps (the manifest's ``count`` against ``of``). Held-out frames
 of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI then needs
@@ -26,6 +27,7 @@ from fair_edge.errors import BundleError
 log = logging.getLogger(__name__)
 NORMAL_MAPS = "normal_maps.npy"
 CPU_NORMAL_MAPS = "cpu_normal_maps.npy"
+FP32_NORMAL_MAPS = "fp32_normal_maps.npy"
 MAX_BYTES = 64 << 20
 
 

@@ -39,7 +39,8 @@ def test_round_trip(built):
     assert b.threshold is not None and b.threshold.n_normal == 30 and b.threshold.source.startswith("held-out")
     assert b.training["source"] == "synthetic stripes"
     assert set(b.versions) >= {"fair_edge", "torch", "onnx", "onnxruntime"}
-    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt", "normal_maps.npy"}
+    assert set(b.files) == {"model.fp32.onnx", "model.fp16.onnx", "weights.pt", "normal_maps.npy", "fp32_normal_maps.npy"}
+    assert b.fp32_threshold is not None and b.fp32_threshold.n_normal == 30   # the FP32 weights' (PyTorch backends)
     assert load_checkpoint(b.weights_path).model == MODEL and load_checkpoint(b.weights_path).train_state is None
     assert b.accuracy["score_spearman"] > 0.99 and built.parity_max_abs <= 1e-4
     assert load_bundle(built.bundle.root / MANIFEST) == b  # the manifest path works too
@@ -146,5 +147,33 @@ def test_engine_for_another_gpu_or_tensorrt_refused(copy):
 
 
 def test_no_engine_refused_for_tensorrt_target(built):
+    """The rebuild hint is the stored build command without --no-engine: following it builds the engine wanted."""
+    from dataclasses import replace
+
     with pytest.raises(BundleError, match="has no TensorRT engine"):
         check_engine_target(built.bundle, EngineTarget("10.13.0", "Orin", (8, 7)))
+    no_engine = replace(built.bundle, build_command="fair-edge build 'runs/my run/final.pt' --fp16 --no-engine --out b")
+    with pytest.raises(BundleError, match=r"Rebuild on this machine with `fair-edge build 'runs/my run/final.pt' --fp16 "
+                                          r"--out b`"):
+        check_engine_target(no_engine, EngineTarget("10.13.0", "Orin", (8, 7)))
+
+
+@pytest.mark.parametrize("damage, found", [
+    (lambda e: "deadbeef", "found 'deadbeef'"),                   # a string instead of {sha256, bytes}
+    (lambda e: {"sha256": e["sha256"]}, "found {'sha256': "),      # bytes missing
+    (lambda e: {"sha256": e["sha256"], "bytes": "12"}, "'bytes': '12'"),
+])
+def test_a_format_1_manifest_with_a_damaged_files_entry_names_the_file(copy, damage, found):
+    """Format-1 manifests carry no metadata checksum (they load with a warning), so a damaged ``files`` entry
+    reaches the file checks: refused as a BundleError naming the file, what was expected and the fix."""
+    from test_model_families import _legacy_bundle
+
+    _legacy_bundle(copy)
+    data = json.loads((copy / MANIFEST).read_text())
+    data["files"]["weights.pt"] = damage(data["files"]["weights.pt"])
+    (copy / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    message = str(err.value)
+    assert "damaged checksum entry for 'weights.pt'" in message and found in message
+    assert '{"sha256": 64 hex digits, "bytes": file size}' in message and "Rebuild it with" in message

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from export_fixtures import MODEL, PRE, make_frames, write_pngs
-from fair_edge.models.checkpoint import Checkpoint
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
 from fair_edge.cli import app
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.build import BuildOptions, build_bundle
@@ -221,4 +221,58 @@ def test_a_fused_bundle_records_its_grid_and_frames_off_it_fail_safe(fused, tmp_
     assert load_fused_bundle(old).grid is None and decide_threshold(None, load_fused_bundle(old), None).grid is None
     write_fusion_manifest(old, dict(data, grid=[32]))
     with pytest.raises(BundleError, match="invalid field"):
+        load_fused_bundle(old)
+
+
+def test_fusion_records_the_graph_each_member_was_fitted_on(fused):
+    bundle, _, _ = fused
+    data = json.loads((bundle.root / "fusion.json").read_text())
+    fitted = [m["fitted_on"] for m in data["members"]]
+    assert fitted == [{"backend": "onnxruntime", "graph": "model.fp32.onnx"}] * 2   # the default --backend
+    assert [(f.backend, f.graph) for f in bundle.fitted_on] == [("onnxruntime", "model.fp32.onnx")] * 2
+    # FP32 members: the PyTorch backends' weights reproduce the same graph, so nothing to warn about
+    scorer = FusedScorer(bundle, "torch-cpu")
+    assert scorer.off_graph == []
+    scorer.backend.close()
+
+
+def test_a_member_run_on_another_graph_than_fitted_warns_naming_the_fix(fused, tmp_path, caplog):
+    """Member statistics and the fused threshold hold for the graphs fusion ran: an FP16 member fitted on ONNX
+    Runtime (its FP16 graph) and run on PyTorch (FP32 weights) is warned about, naming both fixes; the station
+    still starts (a threshold calibrated on another graph warns, as the PyTorch backends do on an older bundle)."""
+    _, (whole, _), normals = fused
+    ckpt = load_checkpoint(whole.weights_path)
+    half = build_bundle(ckpt, tmp_path / "half", BuildOptions("fp16", engine=False), normal_frames=normals).bundle
+    bundle = build_fused_bundle([half.root, whole.root], tmp_path / "mixed", normals)
+    assert bundle.fitted_on[0].graph == "model.fp16.onnx" and bundle.fitted_on[1].graph == "model.fp32.onnx"
+    with caplog.at_level("WARNING", logger="fair_edge.runtime.fusion"):
+        same = FusedScorer(bundle, "onnxruntime")
+    assert same.off_graph == [] and caplog.text == ""
+    same.backend.close()
+    with caplog.at_level("WARNING", logger="fair_edge.runtime.fusion"):
+        other = FusedScorer(bundle, "torch-cpu")
+    assert len(other.off_graph) == 1 and "member m0 runs model.fp32.onnx on torch-cpu" in other.off_graph[0]
+    assert "fitted on model.fp16.onnx (onnxruntime)" in caplog.text and "calibrated on another graph" in caplog.text
+    assert "--backend torch-cpu`" in caplog.text and "run the station with --backend onnxruntime" in caplog.text
+    assert other.infer_frames(normals[:2])[1].shape == (2,)
+    other.backend.close()
+
+
+def test_an_older_fusion_manifest_without_fitted_graphs_loads_with_a_warning(fused, tmp_path, caplog):
+    import shutil
+
+    bundle, _, _ = fused
+    old = tmp_path / "old"
+    shutil.copytree(bundle.root, old)
+    data = json.loads((old / "fusion.json").read_text())
+    for member in data["members"]:
+        member.pop("fitted_on")
+    write_fusion_manifest(old, data)   # checksummed as an older `fair-edge fuse` wrote it
+    with caplog.at_level("WARNING", logger="fair_edge.runtime.fusion"):
+        loaded = load_fused_bundle(old)
+    assert loaded.fitted_on == (None, None) and loaded.threshold == bundle.threshold
+    assert "records no graph its member statistics" in caplog.text and "--backend BACKEND`" in caplog.text
+    data["members"][0]["fitted_on"] = {"backend": "onnxruntime", "graph": "model.fp32.onnx"}
+    (old / "fusion.json").write_text(json.dumps(data))   # added by hand, not by `fair-edge fuse`: checksum differs
+    with pytest.raises(BundleError, match="changed after fusion"):
         load_fused_bundle(old)

@@ -97,6 +97,9 @@ def as_old_bundle(bundle, dest: Path) -> Path:
     for entry in (data, data["graph"].get("cpu") or {}):
         if entry.get("normal_maps"):
             (dest / entry.pop("normal_maps")["file"]).unlink()
+    if data.get("fp32_normal_maps"):   # an FP16/INT8 bundle's FP32 graph's maps: kept since after the others
+        (dest / data.pop("fp32_normal_maps")["file"]).unlink()
+    data.pop("fp32_threshold", None)
     write_manifest(dest, data)
     return dest
 
@@ -194,6 +197,23 @@ def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, 
         load_change(old, "onnxruntime", roi_png)
     assert load_change(old, "onnxruntime", roi_png, threshold=0.5).threshold == 0.5
     assert isinstance(load_change(old, "onnxruntime", None), ModelChange)
+
+
+def test_an_roi_station_on_the_fp32_weights_calibrates_on_the_fp32_graphs_maps(bundles, normals, roi_png):
+    """The PyTorch backends run the FP32 weights: on an INT8 bundle the ROI threshold comes from the FP32 reference
+    graph's normal maps (fp32_normal_maps.npy), not the INT8 graph's."""
+    from fair_edge.station.bundles import load_change
+
+    bundle = bundles["int8"]
+    change = load_change(bundle.root, "torch-cpu", roi_png)
+    try:
+        assert change.scorer.graph_threshold == bundle.fp32_threshold and bundle.fp32_normal_maps_path is not None
+        expected, _ = expected_roi_threshold(station_maps(bundle, normals, "torch-cpu"))
+        assert change.threshold == pytest.approx(expected, rel=1e-4)
+        int8_graph, _ = expected_roi_threshold(np.load(bundle.normal_maps_path))
+        assert abs(change.threshold - int8_graph) > 1e-4   # the INT8 graph's maps: another threshold (> 10x the tolerance)
+    finally:
+        change.scorer.backend.close()
 
 
 def test_the_maps_kept_are_capped_by_even_subsampling():

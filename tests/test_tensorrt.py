@@ -251,3 +251,27 @@ def test_real_engine_matches_onnxruntime(tiny_ckpt_path, tmp_path):
         out = backend.infer({n: torch.from_numpy(a).cuda() for n, a in inputs.items()})
     ref = OnnxRuntimeBackend(b.onnx_path, b.model.input_names).infer(inputs)
     assert result.engine_built and all(np.abs(out[n] - ref[n]).max() < 1e-3 for n in ref)
+
+
+def test_a_station_batch_over_the_engine_limit_is_split_into_engine_batches(fake_trt, tiny_ckpt_path, tmp_path, monkeypatch):
+    """An untiled bundle's station batch (batching.max_batch, or several cameras' frames) larger than the engine
+    profile's max batch goes to the engine in chunks of at most that limit, not in one call it refuses."""
+    import fair_edge.runtime.pytorch as torch_runtime
+    from fair_edge.runtime.backends import CpuPreprocessor
+    from fair_edge.runtime.selection import select_backend
+
+    fake = fake_trt()
+    b = build_bundle(load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", max_batch=4)).bundle
+    init = trt_backend.TensorRTBackend.__init__   # the fake computes on host memory: CPU tensors, CPU pre-processing
+    monkeypatch.setattr(trt_backend.TensorRTBackend, "__init__",
+                        lambda self, path, names, device=None: init(self, path, names, torch.device("cpu")))
+    monkeypatch.setattr(torch_runtime, "gpu_preprocessor", lambda bundle: CpuPreprocessor(bundle.model))
+    scorer = select_backend(b, "tensorrt")
+    frames = make_frames(10, seed=3)
+    before = sum(c[0] == "enqueue" for c in fake.calls)
+    maps, scores = scorer.infer_frames(frames)   # before the fix: EngineError "batch must be 1..4", every frame lost
+    assert sum(c[0] == "enqueue" for c in fake.calls) - before == 3   # 4 + 4 + 2
+    assert scorer.max_batch == 4 and scorer.backend.max_batch == 4 and scorer.graph == "model.fp32.onnx"
+    expected = preprocess_frames(frames, MODEL)["highpass"].reshape(10, -1).max(axis=1)   # the fake's score
+    assert maps.shape == (10, 32, 32) and scores.shape == (10,)
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)

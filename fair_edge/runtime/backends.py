@@ -135,14 +135,23 @@ class BundleScorer:
     """A backend, the pre-processing that feeds it, why it was chosen, and the bundle's tiling
     (identity for whole-frame bundles): ``infer_frames`` is the whole frames -> verdict-scores path.
     graph_threshold: the decision threshold calibrated on the graph this backend runs, where that is
-    not the bundle's main graph (the CPU INT8 graph)."""
+    not the bundle's main graph (the CPU INT8 graph; the FP32 reference graph for the PyTorch backends on an
+    FP16/INT8 bundle, whose FP32 weights reproduce it).
+    max_batch: frames (tiles) per backend call: the TensorRT engine profile's limit (every bundle), the bundle's
+    ``max_batch`` for a tiled one; None = all at once.
+    backend_name: the ``selection.BACKENDS`` name that made it ('' when made by hand). graph: the file name of
+    the bundle's ONNX graph whose numbers this backend reproduces, and on which its threshold is calibrated: the
+    precision's graph (its TensorRT engine; the CPU engines on FP32/FP16), the INT8 CPU graph, or the FP32
+    reference graph (the PyTorch backends' weights.pt, parity-checked against it); '' when made by hand."""
 
     backend: Backend
     preprocess: Preprocess
     reason: str
     graph_threshold: Threshold | None = None
     tiler: FrameTiler = field(default_factory=whole_frames)
-    max_batch: int | None = None  # tiles per backend call (a TensorRT engine's profile); None = all at once
+    max_batch: int | None = None  # frames or tiles per backend call; None = all at once
+    backend_name: str = ""
+    graph: str = ""
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), checked by ``preprocess.check_frame``,

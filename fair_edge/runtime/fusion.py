@@ -1,7 +1,9 @@
 """Score fusion: one decision from several models (any families, sizes or tilings) with one threshold.
 
 A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and ``fusion.json``:
-  format "fair-edge-fusion", version 1; members: [{path, manifest_sha256}]; rule; stats: per member
+  format "fair-edge-fusion", version 1; members: [{path, manifest_sha256, fitted_on: {backend, graph}}]
+  (fitted_on: the backend ``fair-edge fuse --backend`` ran the member on and the file name of the graph whose
+  numbers it made, ``BundleScorer.graph``; absent in fusion.json files fused before it); rule; stats: per member
   {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score;
   grid: [h, w] of the fused maps that threshold was calibrated on (null or absent: no grid check);
   metadata_sha256: SHA-256 of fusion.json itself (canonical JSON of every other key, ``export.bundle.metadata_digest``),
@@ -14,13 +16,20 @@ Rule (one definition, used by calibration, eval and the station):
   score     = max of the fused map
 RULES: "mean" (default: agreement between models lifts a defect, a single model's noise is halved)
 or "max" (a defect seen by any model counts; false rejects add up).
-Every member runs on the backend the station selects for it, so fusion runs wherever they run.
+Every member runs on the backend the station selects for it, so fusion runs wherever they run. The member
+statistics and the threshold hold for the graphs they were fitted on: a station whose backend runs a member on
+another graph (PyTorch's FP32 weights, or TensorRT's FP16/INT8 graph, where the fusion ran an INT8 member's CPU
+graph on ONNX Runtime) loads with a warning naming the fix: fuse with ``--backend`` matching the station's, or run
+the station on the backend the fusion was fitted on. A warning, not a refusal, by the rule a bundle's threshold
+follows on another graph (``selection.fp32_threshold``): such stations ran before, and the fix is the
+operator's; a fusion.json without ``fitted_on`` loads with a warning too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,8 +42,16 @@ import numpy as np
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.errors import BundleError, ConfigError, DataError
 
+log = logging.getLogger(__name__)
 FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, "fusion.json"
 FUSE_COMMAND = "`fair-edge fuse B1 B2 --normal DIR --out FUSED`"   # the fix named when fusion.json is refused
+
+
+def fuse_command(backend: str) -> str:
+    """``FUSE_COMMAND`` with ``--backend backend``: the fix named when a member runs another graph than it was fitted on."""
+    return f"{FUSE_COMMAND[:-1]} --backend {backend}`"
+
+
 RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
@@ -77,6 +94,19 @@ def fuse_maps(maps: Sequence[np.ndarray], stats: Sequence[NormalStats], rule: st
 
 # ----------------------------------------------------------------------------- the fused bundle
 @dataclass(frozen=True)
+class FittedOn:
+    """What a member's statistics were fitted on: backend, the ``selection.BACKENDS`` name ``fair-edge fuse`` ran it
+    on; graph, the file name of the member's graph whose numbers that backend made (``BundleScorer.graph``)."""
+
+    backend: str
+    graph: str
+
+    @classmethod
+    def of(cls, scorer) -> "FittedOn":
+        return cls(str(getattr(scorer, "backend_name", "")), str(getattr(scorer, "graph", "")))
+
+
+@dataclass(frozen=True)
 class FusedBundle:
     """A verified fused bundle: member bundles (export.bundle.Bundle), stats, rule and threshold."""
 
@@ -87,6 +117,7 @@ class FusedBundle:
     threshold: Threshold
     grid: tuple[int, int] | None = None   # (h, w) of the fused maps ``threshold`` was calibrated on
     manifest_sha256: str = ""             # SHA-256 of fusion.json (stats, rule, threshold, members)
+    fitted_on: tuple[FittedOn | None, ...] = ()   # per member; None: fused before it was recorded
 
     @property
     def image_size(self) -> int:
@@ -134,7 +165,11 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
         shutil.copytree(src, dst)
         entries.append({"path": dst.name, "manifest_sha256": _sha(dst / MEMBER_MANIFEST)})
     members = [load_bundle(out / e["path"]) for e in entries]
-    maps = [_member_maps(m, normal_frames, backend) for m in members]
+    maps = []
+    for entry, member in zip(entries, members):
+        member_maps, fitted = _member_maps(member, normal_frames, backend)
+        maps.append(member_maps)
+        entry["fitted_on"] = vars(fitted)
     stats = [NormalStats.fit(m.reshape(len(m), -1).max(axis=1)) for m in maps]
     _, fused_scores = fuse_maps(maps, stats, rule)
     threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
@@ -175,14 +210,29 @@ def _verify_metadata(path: Path, data: dict) -> None:
                           f"bundles again: {FUSE_COMMAND}.")
 
 
-def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> np.ndarray:
+def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> tuple[np.ndarray, FittedOn]:
+    """(the member's maps (N, h, w) float32 of ``frames`` on ``backend``, what they were made on)."""
     from fair_edge.runtime.selection import select_backend
 
     scorer = select_backend(bundle, backend)
     try:
-        return np.concatenate([scorer.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
+        maps = np.concatenate([scorer.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
+        return maps, FittedOn.of(scorer)
     finally:
         scorer.backend.close()
+
+
+def _fitted_on(root: Path, entries: list) -> tuple[FittedOn | None, ...]:
+    """Each member entry's ``fitted_on`` (None where absent: fused before it was recorded, with a warning)."""
+    fitted = tuple(FittedOn(str(e["fitted_on"]["backend"]), str(e["fitted_on"]["graph"])) if e.get("fitted_on") else None
+                   for e in entries)
+    if any(f is None for f in fitted):
+        log.warning("%s records no graph its member statistics and threshold were fitted on (fused by an older "
+                    "fair-edge): if the station's backend runs a member on another graph than `fair-edge fuse --backend` "
+                    "did (default onnxruntime), the fused threshold was calibrated on another graph and its false-reject "
+                    "rate can differ. Fuse again with --backend matching the station's: %s.",
+                    root / MANIFEST, fuse_command("BACKEND"))
+    return fitted
 
 
 def load_fused_bundle(path: str | Path) -> FusedBundle:
@@ -219,7 +269,11 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(root / entry["path"]))
     check_same_area(members, f" of {root}")
-    return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest())
+    try:
+        fitted = _fitted_on(root, entries)
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{root / MANIFEST} has an invalid members[].fitted_on ({exc}); rebuild with `fair-edge fuse`.") from exc
+    return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest(), fitted)
 
 
 def check_same_area(members: Sequence, where: str) -> None:
@@ -251,7 +305,8 @@ class _Members:
 class FusedScorer:
     """A ``runtime.backends.FrameScorer`` over the member bundles: each member's backend scores the frames,
     ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
-    calibrated on the fused score."""
+    calibrated on the fused score, of the graphs the members ran on when fused (``FusedBundle.fitted_on``); a
+    member run here on another graph is warned about (``check_fitted_graphs``)."""
 
     graph_threshold = None
 
@@ -261,8 +316,27 @@ class FusedScorer:
         self.bundle = bundle
         self.backend = _Members([select_backend(m, backend) for m in bundle.members])
         self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.scorers)
+        self.off_graph = check_fitted_graphs(bundle, self.backend.scorers)
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR. Returns (fused maps (N, h, w) float32, scores (N,) float32)."""
         maps = [c.infer_frames(frames)[0] for c in self.backend.scorers]
         return fuse_maps(maps, self.bundle.stats, self.bundle.rule)
+
+
+def check_fitted_graphs(bundle: FusedBundle, scorers: Sequence) -> list[str]:
+    """One line per member whose scorer here runs another graph than the one its statistics were fitted on
+    (``FittedOn.graph`` against ``BundleScorer.graph``), each also logged as a warning naming both fixes; [] when
+    all match or were not recorded (an older fusion.json: warned about when loaded)."""
+    lines = []
+    for i, (fitted, scorer) in enumerate(zip(bundle.fitted_on, scorers)):
+        graph = getattr(scorer, "graph", "")
+        if fitted is None or not graph or not fitted.graph or graph == fitted.graph:
+            continue
+        here = getattr(scorer, "backend_name", "") or scorer.backend.name
+        lines.append(f"member {bundle.members[i].root.name} runs {graph} on {here}, but its statistics and the "
+                     f"fused threshold were fitted on {fitted.graph} ({fitted.backend})")
+        log.warning("%s of %s: the fused threshold was calibrated on another graph, so the false-reject rate can differ "
+                    "from the one fusion measured. Fuse again with the station's backend (%s), or run the station "
+                    "with --backend %s.", lines[-1], bundle.root, fuse_command(here), fitted.backend)
+    return lines

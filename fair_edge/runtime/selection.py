@@ -2,10 +2,17 @@
 built for this GPU, then PyTorch on CUDA with CUDA graphs, then the fastest installed CPU engine, timed on
 one frame), with the reason it was chosen. ``BACKEND_NAMES`` is the one list ``--backend`` and the station
 file accept. The backends themselves: ``backends`` (the contract and ONNX Runtime), ``pytorch``,
-``tensorrt``, ``openvino``, each imported only when chosen."""
+``tensorrt``, ``openvino``, each imported only when chosen.
+
+Each backend's scorer carries the threshold calibrated on the graph it runs (``graph_threshold``, None: the
+bundle's own): the CPU engines run an INT8 bundle's CPU graph (``cpu_threshold``); the PyTorch backends always
+run the FP32 weights, so on an FP16/INT8 bundle they carry the FP32 reference graph's ``fp32_threshold`` (a
+bundle built before it was kept runs on the bundle's threshold with a warning that it was calibrated on another
+graph). TensorRT runs the precision's graph, in chunks of at most the engine profile's batch."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -13,9 +20,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fair_edge.calibration.threshold import Threshold
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
 from fair_edge.runtime.backends import BundleScorer, CpuPreprocessor, OnnxRuntimeBackend, cpu_graph
 from fair_edge.tiling import FrameTiler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,16 @@ def _tensorrt(bundle, options: BackendOptions) -> BundleScorer:
 
     if bundle.engine is None:
         raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
-    return BundleScorer(TensorRTBackend.from_bundle(bundle), gpu_preprocessor(bundle), "TensorRT engine in the bundle")
+    backend = TensorRTBackend.from_bundle(bundle)
+    return BundleScorer(backend, gpu_preprocessor(bundle), "TensorRT engine in the bundle",
+                        max_batch=engine_batch(bundle, backend.max_batch), backend_name="tensorrt",
+                        graph=bundle.onnx_path.name)
+
+
+def engine_batch(bundle, profile_max: int) -> int:
+    """Frames (tiles) per TensorRT call: the engine profile's max batch, at most the bundle's ``max_batch`` (the
+    build makes them equal); a larger station batch is split into chunks of this size, never refused."""
+    return max(1, min(int(profile_max), int(bundle.max_batch)))
 
 
 def _torch_cuda(bundle, options: BackendOptions) -> BundleScorer:
@@ -41,7 +60,9 @@ def _torch_cuda(bundle, options: BackendOptions) -> BundleScorer:
         raise ConfigError("--backend torch-cuda: PyTorch sees no CUDA GPU. Use --backend onnxruntime or torch-cpu.")
     backend = TorchBackend(_weights(bundle), torch.device("cuda"), compile=options.compile)
     return BundleScorer(backend, gpu_preprocessor(bundle),
-                         f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''}")
+                         f"PyTorch on CUDA with CUDA graphs{' and torch.compile' if options.compile else ''} (FP32 weights)",
+                         fp32_threshold(bundle, "torch-cuda"), backend_name="torch-cuda",
+                         graph=bundle.reference_onnx_path.name)
 
 
 def _torch_cpu(bundle, options: BackendOptions) -> BundleScorer:
@@ -49,13 +70,34 @@ def _torch_cpu(bundle, options: BackendOptions) -> BundleScorer:
 
     backend = TorchBackend(_weights(bundle), torch.device("cpu"), compile=options.compile)
     return BundleScorer(backend, CpuPreprocessor(bundle.model),
-                         f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU")
+                         f"PyTorch {'torch.compile' if options.compile else 'eager'} on the CPU (FP32 weights)",
+                         fp32_threshold(bundle, "torch-cpu"), backend_name="torch-cpu",
+                         graph=bundle.reference_onnx_path.name)
+
+
+def fp32_threshold(bundle, name: str) -> Threshold | None:
+    """The threshold of the FP32 weights the PyTorch backend ``name`` runs: None on an FP32 bundle (the bundle's
+    threshold is the FP32 graph's), the bundle's ``fp32_threshold`` on an FP16/INT8 one. An FP16/INT8 bundle
+    built before that was kept gives None (the station then uses the bundle's threshold, as it did) with a
+    warning: that threshold was calibrated on the FP16/INT8 graph, another graph than the one this runs."""
+    if bundle.precision == "fp32":
+        return None
+    if bundle.fp32_threshold is not None or bundle.threshold is None:
+        return bundle.fp32_threshold
+    hint = f"`{bundle.build_command}`" if bundle.build_command else "`fair-edge build CHECKPOINT --out BUNDLE`"
+    log.warning("--backend %s runs the FP32 weights of %s bundle %s, but its threshold %.6g was calibrated on the "
+                "%s graph (%s), another graph, and the bundle keeps no threshold of the FP32 graph (built before it "
+                "did): its false-reject rate can differ from the %g the build measured. Rebuild the bundle with %s "
+                "(it then keeps fp32_threshold for the PyTorch backends), run --backend onnxruntime or tensorrt, or "
+                "set decision.threshold.", name, bundle.precision.upper(), bundle.root, bundle.threshold.value,
+                bundle.precision.upper(), bundle.onnx_path.name, bundle.threshold.measured_false_reject_rate, hint)
+    return None
 
 
 def _onnxruntime(bundle, options: BackendOptions) -> BundleScorer:
     path, threshold, what = cpu_graph(bundle)
     return BundleScorer(OnnxRuntimeBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
-                         f"ONNX Runtime on the CPU ({what})", threshold)
+                         f"ONNX Runtime on the CPU ({what})", threshold, backend_name="onnxruntime", graph=path.name)
 
 
 def _openvino(bundle, options: BackendOptions) -> BundleScorer:
@@ -63,7 +105,7 @@ def _openvino(bundle, options: BackendOptions) -> BundleScorer:
 
     path, threshold, what = cpu_graph(bundle)
     return BundleScorer(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
-                         f"OpenVINO on the CPU ({what})", threshold)
+                         f"OpenVINO on the CPU ({what})", threshold, backend_name="openvino", graph=path.name)
 
 
 def _weights(bundle):
@@ -123,11 +165,13 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
 
 def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
-    The scorer carries the bundle's tiling (``BundleScorer.infer_frames``)."""
+    The scorer carries the bundle's tiling (``BundleScorer.infer_frames``), and its batch limit: TensorRT's
+    engine profile always, the bundle's ``max_batch`` tiles per call for a tiled bundle."""
     scorer = _select(bundle, name, options)
     if bundle.preprocess.tiling is None:
         return scorer
-    return replace(scorer, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=bundle.max_batch)
+    step = min(scorer.max_batch or bundle.max_batch, bundle.max_batch)
+    return replace(scorer, tiler=FrameTiler(bundle.preprocess.tiling, bundle.image_size), max_batch=step)
 
 
 def _select(bundle, name: str, options: BackendOptions) -> BundleScorer:

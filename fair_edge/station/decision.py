@@ -2,7 +2,8 @@
 
 A station without an ROI decides on the family's image score, against (in this order) the station file's
 threshold (``decision.threshold`` / ``--threshold``), the one calibrated on the graph its backend runs (an
-INT8 bundle's CPU graph), or the bundle's. With an ROI (``decision.roi``) it decides on
+INT8 bundle's CPU graph; the FP32 reference graph for the PyTorch backends on an FP16/INT8 bundle), or the
+bundle's. With an ROI (``decision.roi``) it decides on
 max(anomaly map x ROI) instead (``station.inspector``), a different quantity: the bundle's threshold does
 not apply. Unless the station file sets one, the threshold is then calibrated here, when the station (or
 a hot-swapped bundle) opens: the same rule as the build's (``calibration.threshold.calibrate_threshold``,
@@ -70,11 +71,15 @@ def calibrate_roi_threshold(maps: np.ndarray, roi: np.ndarray, false_reject_rate
 
 
 def normal_maps_path(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> Path | None:
-    """The normal maps of the graph the backend runs: the CPU graph's when the backend has its threshold
-    (``FrameScorer.graph_threshold``), else the bundle's; None when the bundle keeps none (older, or fused)."""
-    if graph_threshold is not None:
-        return getattr(bundle, "cpu_normal_maps_path", None)
-    return getattr(bundle, "normal_maps_path", None)
+    """The normal maps of the graph the backend runs, told by the threshold it carries
+    (``FrameScorer.graph_threshold``): the FP32 reference graph's when that is the bundle's ``fp32_threshold``
+    (the PyTorch backends on an FP16/INT8 bundle), the CPU graph's for any other, else the bundle's; None when
+    the bundle keeps none (older, or fused)."""
+    if graph_threshold is None:
+        return getattr(bundle, "normal_maps_path", None)
+    if graph_threshold == getattr(bundle, "fp32_threshold", None):
+        return getattr(bundle, "fp32_normal_maps_path", None)
+    return getattr(bundle, "cpu_normal_maps_path", None)
 
 
 def _family_threshold(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> tuple[Threshold | None, str]:
