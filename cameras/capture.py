@@ -365,6 +365,8 @@ class CaptureThread:
             self._counts["frames_in"] += 1
             self._counts["frames_lost_estimate"] += lost
         dropped = self._put(self._queue, frame, self._stop)
+        if self._put is _put_block:   # gives a frame up only when stop() is called: not a queue drop (not inspected)
+            dropped = []
         with self._lock:
             self._counts["dropped_queue_full"] += len(dropped)
         for old in dropped:

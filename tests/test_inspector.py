@@ -108,6 +108,20 @@ def test_queue_overflow_is_counted(scorer):
     assert summary.frames_in >= summary.inspected + summary.dropped - 1
 
 
+def test_max_frames_is_exact_with_batches_and_a_blocking_replay_stopped_drops_nothing(scorer):
+    """--max-frames 5 with batches of 4 inspects 5 frames, not 8; the blocking replay's reader, stopped while it waits
+    for room, gives its frame up: not a queue drop (counted not inspected, no "dropped" row)."""
+    images = [np.full((40, 40, 3), v, np.uint8) for v in range(0, 200, 20)]
+    dropped = []
+    capture = CaptureThread(LineSource(images, fps=0, loop=True), CaptureSettings(queue_size=4, full_policy="block"),
+                            on_drop=dropped.append)
+    with capture:
+        summary = Inspector(capture, scorer, 0.5, settings=LoopSettings(max_batch=4, max_wait_ms=50)).run(
+            threading.Event(), max_frames=5)
+    assert summary.inspected == 5 and summary.dropped == 0 and dropped == []
+    assert summary.not_inspected == summary.frames_in - 5
+
+
 def test_camera_disconnect_is_survived_and_counted(scorer):
     images = [np.full((40, 40, 3), 90, np.uint8)] * 4
     source = LineSource(images, fps=100, loop=True, fail_at={5: "disconnect"}, down_for=2)

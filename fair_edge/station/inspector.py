@@ -230,8 +230,9 @@ class Inspector:
         return self.views.get(frame.camera, self.decider)
 
     # ------------------------------------------------------------------ batching
-    def _next_batch(self, timeout: float) -> list[Frame] | None:
-        """Up to max_batch frames; [] when none came within ``timeout``; None at end of stream."""
+    def _next_batch(self, timeout: float, room: int | None = None) -> list[Frame] | None:
+        """Up to max_batch frames (and at most ``room``: what ``--max-frames`` leaves); [] when none came within
+        ``timeout``; None at end of stream."""
         try:
             batch = [self.capture.get(timeout=timeout)]
         except queue.Empty:
@@ -239,7 +240,8 @@ class Inspector:
         except EndOfStream:
             return None
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
-        while len(batch) < self.settings.max_batch:
+        most = self.settings.max_batch if room is None else min(self.settings.max_batch, room)
+        while len(batch) < most:
             try:
                 batch.append(self.capture.get(timeout=max(deadline - time.monotonic(), 0.0)))
             except (queue.Empty, EndOfStream):
@@ -378,7 +380,7 @@ class Inspector:
                     break
                 if max_frames is not None and self.summary.inspected >= max_frames:
                     break
-                batch = self._next_batch(timeout=0.05)
+                batch = self._next_batch(timeout=0.05, room=self._room(max_frames))
                 if batch is None:
                     break
                 if batch:
@@ -402,11 +404,15 @@ class Inspector:
     def _drain(self, max_frames: int | None) -> None:
         """After capture stopped: inspect the frames already queued (frames in flight)."""
         while max_frames is None or self.summary.inspected < max_frames:
-            batch = self._next_batch(timeout=0.0)
+            batch = self._next_batch(timeout=0.0, room=self._room(max_frames))
             if not batch:
                 return
             self.apply_switch()
             self.inspect(batch)
+
+    def _room(self, max_frames: int | None) -> int | None:
+        """Frames ``--max-frames`` still allows (None: no limit)."""
+        return None if max_frames is None else max(1, max_frames - self.summary.inspected)
 
     def _fill_capture_stats(self) -> None:
         stats = self.capture.stats()
