@@ -4,6 +4,7 @@ naming ``section.field``, the expected form and the value found."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -56,13 +57,15 @@ def with_defaults(section: str, data: Any, cls: type) -> dict[str, Any]:
 
 def number(section: str, key: str, value: Any, minimum: float | None = None,
            maximum: float | None = None) -> float:
-    """A real number (bool refused) within [minimum, maximum]."""
+    """A finite real number (bool, NaN and YAML's ``.inf`` refused) within [minimum, maximum]."""
     where = f"{section}.{key}"
     bounds = _bounds_text(minimum, maximum)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(where, f"a number{bounds}", value)
-    if value != value or (minimum is not None and value < minimum) or (
-            maximum is not None and value > maximum):
+    if not _finite(value):
+        raise ConfigError(f"{where}: expected a finite number{bounds}, found {value!r}; "
+                          "write the number itself (YAML's .inf / .nan are not numbers a station can use)")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise _fail(where, f"a number{bounds}", value)
     return float(value)
 
@@ -110,6 +113,14 @@ def url_list(section: str, key: str, value: Any) -> tuple[str, ...]:
             raise _fail(f"{section}.{key}[{i}]", "a URL like 'modbus://10.0.0.5:502?coil=0'", item)
         out.append(item)
     return tuple(out)
+
+
+def _finite(value: int | float) -> bool:
+    """True for a number a float holds finitely (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _bounds_text(minimum: float | None, maximum: float | None) -> str:

@@ -45,6 +45,26 @@ def test_match_pulses_pairs_each_part_with_its_edge_and_tallies_uninspected_defe
     assert counts["pulses_due"] == 4 and counts["pulses_on_time"] == 3
 
 
+def test_a_verdict_the_gate_did_not_decide_on_is_not_counted_in_time():
+    """A verdict inside the gate's decision lead (DISPATCH_LEAD_S before the due time), one the station logged
+    ``verdict_late`` (the gate had rejected the part fail-safe) or one with an ``error`` (no verdict to the gate)
+    was counted 'in time': its fail-safe pulse became a false reject of a good part or a caught defect."""
+    from fair_edge.line.scheduler import DISPATCH_LEAD_S
+
+    due = 100.0 + 0.4
+    base = {"t_capture": 100.0, "score": 0.1, "ng": False}
+    verdicts = [dict(base, seq=7, t_verdict=due - DISPATCH_LEAD_S / 3, verdict_late=True,
+                     gate="rejected_uninspected", source="007_good_x.png"),             # what the station logs
+                dict(base, seq=8, t_verdict=due - DISPATCH_LEAD_S / 3, source="008_good_y.png"),   # not marked late
+                dict(base, seq=9, t_verdict=due - 0.2, ng=True, error="inference failed", source="009_defect_z.png"),
+                dict(base, seq=10, t_verdict=due - 0.2, ng=True, source="010_defect_w.png")]
+    rows = match_pulses(verdicts, [due + 0.0005], travel_ms=400, late_ms=10)
+    assert [r["in_time"] for r in rows] == [False, False, False, True]
+    counts = tally(rows)
+    assert counts["false_rejects"] == 0 and counts["rejected_uninspected_good"] == 2
+    assert counts["caught"] == 1 and counts["missed_not_inspected"] == 1
+
+
 def test_plan_line_slows_an_overloaded_conveyor_and_places_the_gate_above_p99():
     fast = plan_line(10.0, {"mean": 20.0, "p50": 19.0, "p99": 40.0})
     assert fast.fps == 10.0 and fast.delay_ms == 400.0

@@ -101,3 +101,71 @@ def test_a_verdict_on_mqtt_carries_its_regions_rules_and_what_the_gate_did(tmp_p
     assert row["hits"][0]["rule"] == "min_area_mm2" and "seal" in row["reason"]
     logged = [json.loads(x) for x in (tmp_path / "rec" / "verdicts.jsonl").read_text().splitlines()]
     assert logged == [row]  # the verdict log's row, field for field
+
+
+class FakePaho:
+    """paho's client as MqttPublisher drives it; the test plays the network thread (connect, PUBACK, drop)."""
+
+    def __init__(self, target) -> None:
+        self.published: list[tuple[int, str]] = []   # (mid, topic)
+        self._mid = 0
+
+    def connect_async(self, host, port, keepalive):
+        pass
+
+    def loop_start(self):
+        pass
+
+    def loop_stop(self):
+        pass
+
+    def disconnect(self):
+        self.on_disconnect(self, None, None, 0)   # paho reports a disconnect() too
+
+    def publish(self, topic, data, qos, retain):
+        self._mid += 1
+        self.published.append((self._mid, topic))
+
+        class Info:
+            mid = self._mid
+        return Info()
+
+    def connect(self):
+        self.on_connect(self, None, None, 0)
+
+    def ack(self, mid):
+        self.on_publish(self, None, mid)
+
+
+def test_mqtt_counters_count_a_first_send_once_and_only_a_send_after_a_reconnect_as_resent(caplog):
+    """Messages published before the first CONNACK were counted ``resent`` and logged as 'sending N ... again';
+    the close logged 'reconnecting, messages kept'. Each counter moves for what it names now."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fair_edge.line.mqtt")
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=FakePaho).start()
+    paho = pub._client
+    for i in range(3):
+        pub.publish("verdicts", {"seq": i})            # before the first connection: queued, not sent
+    assert paho.published == [] and pub.stats()["published"] == 3
+    paho.connect()                                     # first connection: each sent once, none again
+    assert [mid for mid, _ in paho.published] == [1, 2, 3]
+    assert pub.stats()["resent"] == 0 and pub.stats()["connects"] == 1
+    paho.ack(1)
+    pub._on_disconnect(paho, None, None, "link lost")  # the broker goes away with 2 and 3 unacknowledged
+    pub.publish("verdicts", {"seq": 3})                # queued while away: a first send at the reconnect
+    paho.connect()
+    assert [mid for mid, _ in paho.published] == [1, 2, 3, 4, 5, 6]
+    stats = pub.stats()
+    assert (stats["resent"], stats["connects"], stats["disconnects"], stats["acked"]) == (2, 2, 1, 1)
+    for mid in (4, 5, 6):
+        paho.ack(mid)
+    pub.close(timeout_s=1.0)
+    stats = pub.stats()
+    assert (stats["acked"], stats["outbox"], stats["disconnects"], stats["resent"]) == (4, 0, 1, 2)
+    messages = [r.getMessage() for r in caplog.records]
+    again = [m for m in messages if "again" in m]
+    assert again == ["mqtt 127.0.0.1:1883: connected; sending 2 unacknowledged message(s) again"]
+    assert sum("reconnecting" in m for m in messages) == 1       # the lost link, not the close
+    assert any("sending 3 queued message(s)" in m for m in messages)
+    assert any("disconnected (closed)" in m for m in messages)

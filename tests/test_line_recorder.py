@@ -181,3 +181,85 @@ def test_two_runs_into_one_folder_stay_apart_and_dropped_frames_are_logged(tmp_p
     assert rows[1]["reason"].startswith("dropped") and rows[1]["seq"] == 1
     assert all(r["time_utc"].endswith("Z") and r["time_utc"][:2] == "20" for r in rows)
     assert len(list((tmp_path / "ng").glob("*_frame.png"))) == 2
+
+
+class FullDisk:
+    """A disk with ``room`` bytes left, for the verdict log's file: a write takes what fits and then raises
+    ENOSPC (a short write, as a full disk does), and closing a file raises while the disk is full."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def open(self, path, mode="r", *args, **kwargs):
+        import builtins
+
+        if mode != "ab":
+            return builtins.open(path, mode, *args, **kwargs)
+        return FullDiskFile(builtins.open(path, "ab", buffering=0), self)
+
+
+class FullDiskFile:
+    def __init__(self, raw, disk: FullDisk) -> None:
+        self.raw, self.disk = raw, disk
+
+    def write(self, data: bytes) -> int:
+        import errno
+
+        taken = self.raw.write(data[:self.disk.room])
+        self.disk.room -= taken
+        if taken < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return taken
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        import errno
+
+        self.raw.close()
+        if self.disk.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_never_leaves_a_torn_or_glued_row_and_logs_the_failed_close_once(tmp_path, monkeypatch, caplog):
+    """A full disk wrote part of a row; after the reopen the next row was glued onto it (an unparseable line),
+    and every failed close logged a traceback. Now each failed write is cut back off the file: every line
+    parses, ``logged`` counts exactly the rows in the file, and the failed close is logged once."""
+    import fair_edge.line.jsonl as jsonl
+
+    disk = FullDisk(room=500)   # a few rows fit, then a row is cut mid-line
+    monkeypatch.setattr(jsonl, "open", disk.open, raising=False)
+    settings = RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0, queue_size=256)
+    with Recorder(settings) as rec:
+        for i in range(20):
+            rec.record(None, _verdict(i, False))
+        assert rec.flush()
+        disk.room = 10 ** 9     # the operator frees space
+        for i in range(20, 25):
+            rec.record(None, _verdict(i, False))
+        assert rec.flush()
+        stats = rec.stats()
+    lines = (tmp_path / "verdicts.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b""     # the file ends with a whole line
+    rows = [json.loads(line) for line in lines[:-1]]   # every line parses
+    seqs = [r["seq"] for r in rows]
+    assert stats["write_errors"] >= 15 and stats["logged"] == len(rows) == stats["queued"] - stats["write_errors"]
+    assert seqs == sorted(seqs) and seqs[-5:] == [20, 21, 22, 23, 24] and 0 < len(seqs) < 25
+    closes = [r for r in caplog.records if "closing" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(closes) == 1 and closes[0].exc_info is None
+
+
+def test_a_log_found_ending_mid_line_is_cut_back_to_its_last_whole_row(tmp_path):
+    """A torn last line left by a crash (or a cut that failed) is never glued onto: it is cut off at reopen."""
+    from fair_edge.line.jsonl import RotatingJsonl
+
+    path = tmp_path / "verdicts.jsonl"
+    path.write_bytes(b'{"seq":1}\n{"seq":2,"sco')
+    log = RotatingJsonl(path, max_bytes=10 ** 6, keep=1)
+    log.write({"seq": 3})
+    log.close()
+    assert path.read_text().splitlines() == ['{"seq":1}', '{"seq":3}'] and log.torn_cut == 1

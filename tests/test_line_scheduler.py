@@ -397,3 +397,47 @@ def test_a_verdict_with_an_error_is_decided_by_fail_safe_not_as_ng(policy):
     else:
         assert sink.pulses == [] and stats["passed_uninspected"] == 1
         assert "inference failed" in s.alarm and faults.faults[-1][0] is True
+
+
+def test_parts_still_on_the_belt_when_the_run_ends_are_abandoned_counted_and_logged():
+    """Each part between camera and gate at the end gets one gate row ``abandoned`` (no pulse) and is counted
+    there, before a summary takes the counters; a verdict for it afterwards is late, and close() counts none again."""
+    rows, sink = [], RecordingSink()
+    s = RejectScheduler(RejectSettings(delay_ms=600_000, pulse_ms=20), sinks=sink, fault_sinks=RecordingSink("f"),
+                        on_part=rows.append)
+    t = time.monotonic()
+    for seq in (1, 2, 3):
+        s.note_capture(seq, t + seq)
+    assert s.submit(_v(2, t + 2)) == SCHEDULED and s.submit(_v(3, t + 3, ng=False)) == OK
+    assert s.abandon_pending() == 3
+    assert s.stats()["abandoned"] == 3 and s.stats()["pending"] == 0
+    assert [(r["seq"], r["event"], r["gate"], r["verdict"]) for r in rows] == [
+        (1, "gate", "abandoned", "none"), (2, "gate", "abandoned", "ng"), (3, "gate", "abandoned", "ok")]
+    assert s.submit(_v(1, t + 1)) == LATE and s.decision(1) == "abandoned"
+    s.close()
+    assert s.stats()["abandoned"] == 3 and len(rows) == 3 and sink.pulses == []
+
+
+def test_the_run_summary_and_gate_log_show_the_abandoned_parts(tmp_path):
+    """summary.rejects was copied before the scheduler closed, the only place abandoned was counted: summary.json
+    and MQTT said abandoned 0, and gate.jsonl had no row for those parts."""
+    import json
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.station.config import StationConfig
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.run import LineSide, finish_line
+
+    cfg = StationConfig(reject=RejectSettings(sinks=("log://test.abandon",), delay_ms=1.0))   # the stop waits ~1 s
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as recorder:
+        gate = RejectScheduler(RejectSettings(delay_ms=600_000), sinks=RecordingSink(),   # a belt that stopped
+                               fault_sinks=RecordingSink("f"), on_part=recorder.record_gate)
+        with gate:
+            for seq in (7, 8):
+                gate.note_capture(seq)
+            summary = RunSummary()
+            finish_line(cfg, LineSide(recorder, gate, None, None, []), summary, "")
+    assert summary.rejects["abandoned"] == 2 and summary.rejects["pending"] == 0
+    logged = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
+    assert [(r["seq"], r["gate"]) for r in logged if r["event"] == "gate"] == [(7, "abandoned"), (8, "abandoned")]

@@ -56,3 +56,31 @@ def test_metrics_settings():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         RejectSettings().delay_ms = 3
+
+
+def test_load_time_url_parsers_cover_every_sink_scheme():
+    """Every scheme the station can open is parsed on load (a scheme added to one table and not the other
+    would load unchecked, or be refused though it works)."""
+    from fair_edge.line.settings import SINK_URL_PARSERS
+    from fair_edge.line.sinks import SINK_SCHEMES
+
+    assert set(SINK_URL_PARSERS) == set(SINK_SCHEMES)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10 ** 400])
+def test_a_number_field_refuses_what_no_float_holds_finitely(value):
+    from fair_edge import fields
+
+    with pytest.raises(ConfigError, match=r"reject\.delay_ms: expected a finite number >= 0, found .*\.inf"):
+        fields.number("reject", "delay_ms", value, minimum=0)
+    assert fields.number("reject", "delay_ms", 10 ** 6, minimum=0) == 1e6
+
+
+def test_reject_and_mqtt_urls_are_parsed_when_read():
+    from fair_edge.line.settings import MqttSettings
+
+    with pytest.raises(ConfigError, match=r"^reject\.sinks\[0\]: .*unknown option 'pulse' \(did you mean 'pulse_ms'"):
+        RejectSettings.from_dict({"sinks": ["modbus://10.0.0.5:502?unit=1&coil=0&pulse=50"]})
+    with pytest.raises(ConfigError, match=r"^mqtt\.url: .*unknown option 'keepalive'.*fix the URL"):
+        MqttSettings.from_dict({"url": "mqtt://10.0.0.9:1883/line3?keepalive=10"})
+    assert MqttSettings.from_dict({"url": "mqtt://10.0.0.9/line3"}).url == "mqtt://10.0.0.9/line3"

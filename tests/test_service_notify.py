@@ -211,3 +211,51 @@ def test_status_line_names_the_state_and_the_live_drop_count():
     assert status_line(summary, "camera reconnecting", 3).startswith("camera reconnecting: 5 inspected")
     summary.fault = "10 inference failures in a row"
     assert status_line(summary, "stopping") == "10 inference failures in a row: 5 inspected, 1 NG, 0 dropped"
+
+
+class RecordingNotifier(ServiceNotifier):
+    """A notifier whose datagrams are kept in a list (no receiver thread: nothing to wait for)."""
+
+    def __init__(self, clock) -> None:
+        super().__init__("/nonexistent/notify", clock=clock)
+        self.sent_fields: list[dict] = []
+
+    def send(self, **fields) -> bool:
+        self.sent_fields.append(fields)
+        return True
+
+    def statuses(self) -> list[str]:
+        return [f["STATUS"] for f in self.sent_fields if "STATUS" in f]
+
+
+def test_status_shows_the_fault_output_reason_at_once_and_when_it_changes():
+    """systemctl status said 'inspecting' while the reject gate held the fault output on (PLC unreachable);
+    docs/jetson.md promises the status 'every 5 s, or on a fault'."""
+    from types import SimpleNamespace
+
+    from fair_edge.station.run import LineSide, station_tick
+
+    class Gate:   # the reject scheduler as the tick sees it
+        fault_reason = None
+
+    gate, clock = Gate(), Clock()
+    line = LineSide(recorder=None, scheduler=gate, encoder=None, mqtt=None, callbacks=[])
+    capture = SimpleNamespace(stats=lambda: SimpleNamespace(dropped_queue_full=0))
+    console = SimpleNamespace(tick=lambda insp: None)
+    insp = SimpleNamespace(summary=SimpleNamespace(fault="", inspected=6, ng=2, dropped=0, rejects={}))
+    notifier = RecordingNotifier(clock)
+    tick = station_tick(line, lambda insp: "", capture, notifier, console, lambda: {}, None)
+    notifier.alive()                                   # READY + STATUS=inspecting
+    for reason in (None, "modbus 127.0.0.1:9 unit 1 coil 0 missed reject seq 2",
+                   "modbus 127.0.0.1:9 unit 1 coil 0 missed reject seq 2",
+                   "modbus 127.0.0.1:9 unit 1 coil 0 missed reject seq 5", None):
+        clock.t += 0.5                                 # a tick every 0.5 s, well inside status_every_s
+        gate.fault_reason = reason
+        tick(insp)
+    assert notifier.statuses() == [
+        "inspecting",
+        "modbus 127.0.0.1:9 unit 1 coil 0 missed reject seq 2: 6 inspected, 2 NG, 0 dropped",
+        "modbus 127.0.0.1:9 unit 1 coil 0 missed reject seq 5: 6 inspected, 2 NG, 0 dropped",
+        "inspecting: 6 inspected, 2 NG, 0 dropped",
+    ]
+    notifier.close()

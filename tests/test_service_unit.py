@@ -147,3 +147,17 @@ def _writable(folder: Path) -> bool:
         return False
     (folder / ".probe").unlink()
     return True
+
+
+@pytest.mark.parametrize("section,field", [
+    ("mqtt: {url: 'mqtt://10.0.0.9:1883/line3?keepalive=10'}", "mqtt.url"),
+    ("reject: {sinks: ['modbus://10.0.0.5:502?unit=1&coil=0&pulse=50'], delay_ms: 400}", "reject.sinks[0]"),
+])
+def test_a_station_file_whose_url_cannot_start_is_refused_before_a_unit_restart_loops_on_it(tmp_path, section, field):
+    """A URL typo used to load and pass this check, then fail at every start of the unit (Restart=always)."""
+    station = station_file(tmp_path)
+    station.write_text(station.read_text() + section + "\n")
+    r = CliRunner().invoke(app, ["install-service", "--station", str(station), "--print", "--exec", sys.executable],
+                           env={"COLUMNS": "400"})
+    assert r.exit_code == 2 and f"{field}:" in r.output and "fix the URL" in r.output, r.output
+    assert "[Service]" not in r.stdout

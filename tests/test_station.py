@@ -44,3 +44,87 @@ def test_station_errors_name_the_field(tmp_path, text, message):
 def test_missing_station_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_station(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text,field", [
+    ("camera: {source: samples/, fps: 0}", "camera.fps"),
+    ("camera: {source: samples/, fps: -5}", "camera.fps"),
+    ("cameras: [{name: top, source: a/}, {name: side, source: b/, fps: 0}]", "cameras[1].fps"),
+])
+def test_fps_zero_is_refused_on_load_naming_the_field_and_the_fix(tmp_path, text, field):
+    """A replay reads fps 0 as "as fast as possible": it passed the timed-line check (only ``fps: null`` was
+    refused with reject sinks), replayed unpaced under drop_oldest and put reject pulses on a clock the frames
+    do not keep. The docs give 0 no meaning: it is refused where it is read, with the two ways out."""
+    (tmp_path / "s.yaml").write_text(text + "\nreject: {sinks: ['log://audit'], delay_ms: 300}\n")
+    with pytest.raises(ConfigError) as info:
+        load_station(tmp_path / "s.yaml")
+    message = str(info.value)
+    assert f"{field}: expected a rate in frames/s > 0, or null" in message
+    assert "leave fps out" in message and "give the line's rate" in message
+
+
+def test_fps_zero_from_a_flag_is_refused_too():
+    """``fair-edge run --fps 0`` replaces camera.fps after the file is read: the settings refuse it when made."""
+    from dataclasses import replace
+
+    from fair_edge.station.config import CameraSettings
+
+    with pytest.raises(ConfigError, match=r"camera\.fps: expected a rate in frames/s > 0.*--fps"):
+        replace(StationConfig().camera, fps=0.0)
+    assert CameraSettings(source="samples/", fps=12.5).fps == 12.5 and CameraSettings().fps is None
+
+
+@pytest.mark.parametrize("text,field", [
+    ("decision: {threshold: .inf}", "decision.threshold"),
+    ("decision: {threshold: -.inf}", "decision.threshold"),
+    ("reject: {sinks: ['log://audit'], delay_ms: .inf}", "reject.delay_ms"),
+    ("batching: {max_batch: 4, max_wait_ms: .inf}", "batching.max_wait_ms"),
+    ("camera: {source: samples/, fps: .inf}", "camera.fps"),
+    ("reject: {pulse_ms: .nan}", "reject.pulse_ms"),
+    ("record: {max_log_mb: .inf}", "record.max_log_mb"),
+])
+def test_infinite_numbers_are_refused_on_load(tmp_path, text, field):
+    """YAML's .inf loaded: a threshold failed only at start, max_wait_ms .inf crashed the loop (OverflowError),
+    delay_ms .inf killed the gate's thread and left the station deaf to SIGTERM."""
+    (tmp_path / "s.yaml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_station(tmp_path / "s.yaml")
+    assert f"{field}: expected a finite number" in str(info.value)
+
+
+@pytest.mark.parametrize("text,field,why", [
+    ("mqtt: {url: 'mqtt://10.0.0.9:1883/line3?keepalive=10'}", "mqtt.url", "did you mean 'keepalive_s'"),
+    ("mqtt: {url: 'mqtts://10.0.0.9/line3'}", "mqtt.url", "expected mqtt://HOST:PORT/PREFIX"),
+    ("reject: {sinks: ['modbus://10.0.0.5:502?unit=1&coil=0&pulse=50'], delay_ms: 400}", "reject.sinks[0]",
+     "did you mean 'pulse_ms'"),
+    ("reject: {sinks: ['log://a', 'modbus://10.0.0.5:502?unit=1'], delay_ms: 400}", "reject.sinks[1]",
+     "exactly one of coil=N or register=N"),
+    ("reject: {sinks: ['modbos://10.0.0.5:502?coil=0'], delay_ms: 400}", "reject.sinks[0]", "did you mean 'modbus://'"),
+    ("reject: {fault_sinks: ['gpio://gpiochip0/seventeen']}", "reject.fault_sinks[0]", "gpio://gpiochip0/17"),
+    ("reject: {fault_sinks: ['opcua://10.0.0.6:4840/?node=ns=2;s=Lamp&mode=blink']}", "reject.fault_sinks[0]",
+     "mode"),
+    ("reject: {sinks: ['log://'], encoder: 'sim://?counts=3', encoder_distance: 10}", "reject.encoder",
+     "did you mean 'counts_per_s'"),
+    ("reject: {sinks: ['log://'], encoder: 'modbus://10.0.0.5:502?bits=32', encoder_distance: 10}",
+     "reject.encoder", "register=N"),
+    ("cameras: [{name: a, source: a/, reject: ['log://', 'modbus://10.0.0.5?coil=0&unti=1']}, {name: b, source: b/}]\n"
+     "group: {by: lane}", "cameras[0].reject[1]", "did you mean 'unit'"),
+])
+def test_urls_are_parsed_on_load_naming_the_field(tmp_path, text, field, why):
+    """A URL that only `contains ://` loaded, passed install-service's check and then failed at every start
+    (a systemd restart loop) naming only the URL. It is parsed on load now, by the station's own parsers."""
+    (tmp_path / "s.yaml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_station(tmp_path / "s.yaml")
+    message = str(info.value)
+    assert f"s.yaml: {field}: " in message and why in message and "fix the URL" in message
+
+
+def test_good_urls_of_every_kind_load(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "reject: {sinks: ['modbus://10.0.0.5:502?unit=1&coil=0&pulse_ms=50', 'opcua://10.0.0.6:4840/?node=ns=2;s=R',"
+        " 'jetson://BOARD/12', 'log://'], fault_sinks: ['gpio://gpiochip0/17?active=low'], encoder_distance: 800,\n"
+        "  encoder: 'modbus://10.0.0.5:502?register=100&bits=32'}\n"
+        "mqtt: {url: 'mqtt://10.0.0.9:1883/line3?client_id=st-1&keepalive_s=10'}\n")
+    cfg = load_station(tmp_path / "s.yaml")
+    assert len(cfg.reject.sinks) == 4 and cfg.mqtt.url.endswith("keepalive_s=10")

@@ -129,7 +129,7 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
     the first edge after due + late_ms. Returns one row per part with ``pulse`` ("on time", "late",
     "missed" = the sink did not write it, "unconfirmed" = written without a reply and no edge seen,
     None = no pulse), pulse_error_ms (None: no pulse seen),
-    ``defective`` and ``in_time`` (a verdict before the due time)."""
+    ``defective`` and ``in_time`` (``verdict_in_time``: the gate decided the part on its verdict)."""
     rises, pulses = sorted(rises), pulses or {}
     rows = []
     for v in verdicts:
@@ -143,11 +143,22 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
         elif error is None and pulses.get(v["seq"]) in ("missed", "unconfirmed"):
             pulse = pulses[v["seq"]]
         inspected = v.get("inspected", True)
-        in_time = inspected and v["t_verdict"] < due
+        in_time = verdict_in_time(v, due)
         rows.append(dict(v, defective="_defect_" in v["source"], pulse_error_ms=error, pulse=pulse,
                          inspected=inspected, in_time=in_time, ng=v.get("ng", False),
                          score=v.get("score", float("nan"))))
     return rows
+
+
+def verdict_in_time(row: dict, due: float) -> bool:
+    """Whether the gate decided the part of verdict-log ``row`` on its verdict: an inspected frame whose
+    verdict came before the gate's decision cut-off (``DISPATCH_LEAD_S`` before ``due``, monotonic s), that the
+    station did not log as late (``verdict_late``: the gate had decided it, e.g. rejected it fail-safe) and that
+    carries no ``error`` (a verdict with an error is no verdict to the gate: ``fail_safe`` decided the part)."""
+    from fair_edge.line.scheduler import DISPATCH_LEAD_S
+
+    return (bool(row.get("inspected", True)) and not row.get("verdict_late") and not row.get("error")
+            and row["t_verdict"] < due - DISPATCH_LEAD_S)
 
 
 def read_pulse_results(gate_log: Path) -> dict[int, str]:

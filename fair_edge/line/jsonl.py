@@ -17,6 +17,9 @@ class RotatingJsonl:
     max_bytes: rotate before a line would take the file past this size.
     keep: rotated files kept (``.1`` newest .. ``.keep`` oldest); 0 = start over in place.
     Raises ``OSError`` from ``write`` (the caller counts it); the next write reopens the file.
+    Every line of the file is a whole row: a write that fails part-way (a full disk takes half a line) is cut
+    back off the file, and a file found not ending in a newline when it is (re)opened (a cut that failed
+    too, a crash mid-line) has its torn last line cut off, so no row is ever glued onto a piece of another.
     """
 
     def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
@@ -25,19 +28,42 @@ class RotatingJsonl:
         self.keep = int(keep)
         self._f = None
         self.rotations = 0
+        self.torn_cut = 0          # torn (partly written) lines cut off the file
+        self._close_failed = False  # a failed close was logged (once)
 
     def write(self, obj: dict[str, Any]) -> None:
         line = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
         if self._f is None:
-            self._f = open(self.path, "ab")
+            self._open()
         if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes:
             self._rotate()
+        start = self._f.tell()
         try:
             self._f.write(line)
             self._f.flush()
         except OSError:
             self._close_quietly()
+            self._cut_back(start)
             raise
+
+    def _open(self) -> None:
+        """Open for appending, first cutting off a torn last line (the file does not end in a newline)."""
+        end = _whole_lines_end(self.path)
+        if end is not None:
+            os.truncate(self.path, end)
+            self.torn_cut += 1
+            log.warning("%s: cut off a torn last line at byte %d (a write had failed part-way)", self.path, end)
+        self._f = open(self.path, "ab")
+
+    def _cut_back(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (its length before a write that failed part-way); if that
+        fails too, the next ``_open`` cuts the torn line."""
+        try:
+            if os.path.getsize(self.path) > size:
+                os.truncate(self.path, size)
+                self.torn_cut += 1
+        except OSError as exc:
+            log.debug("%s: cutting a failed write back to %d bytes failed: %s", self.path, size, exc)
 
     def _rotate(self) -> None:
         self._close_quietly()
@@ -53,15 +79,46 @@ class RotatingJsonl:
         else:
             self.path.unlink()
         self.rotations += 1
-        self._f = open(self.path, "ab")
+        self._open()
 
     def _close_quietly(self) -> None:
+        """Close the file; a failure (the unwritten rest of a line on a full disk) is logged once per
+        object, later ones at debug level (the caller counts the write errors)."""
         f, self._f = self._f, None
-        if f is not None:
-            try:
-                f.close()
-            except OSError:
-                log.warning("closing %s failed", self.path, exc_info=True)
+        if f is None:
+            return
+        try:
+            f.close()
+        except OSError as exc:
+            if not self._close_failed:
+                self._close_failed = True
+                log.warning("closing %s failed: %s (further close failures are not logged)", self.path, exc)
+            else:
+                log.debug("closing %s failed again: %s", self.path, exc)
 
     def close(self) -> None:
         self._close_quietly()
+
+
+def _whole_lines_end(path: Path, block: int = 4096) -> int | None:
+    """None when ``path`` is missing, empty or ends in a newline; else the length of its whole lines (the
+    byte after its last newline, 0 when it has none): where a torn last line begins."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            if pos == size and chunk.endswith(b"\n"):
+                return None
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                return start + nl + 1
+            pos = start
+    return 0

@@ -31,6 +31,9 @@ from .sinks.urls import parse_sink_url
 
 log = logging.getLogger(__name__)
 
+# published: handed to publish(); acked: acknowledged by the broker; resent: sent again after a reconnect (sent on
+# an earlier connection, never acknowledged; a message queued before the first connection is sent once, not
+# "again"); outbox_dropped: dropped beyond max_outbox; connects; disconnects: links lost (close() is not one)
 MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects")
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
 
@@ -66,8 +69,10 @@ class MqttPublisher:
         self._outbox: OrderedDict[int, tuple[str, bytes, bool]] = OrderedDict()   # key -> (topic, payload, retain)
         self._mids: dict[int, int] = {}   # paho message id -> outbox key
         self._early_acks: dict[int, float] = {}   # mid -> monotonic s of a PUBACK that beat _send
+        self._handed: set[int] = set()   # outbox keys handed to paho at least once (sent again: ``resent``)
         self._key = 0
         self._connected = False
+        self._closing = False   # close() disconnects on purpose: not a link lost
         self._client = (client_factory or _paho_client)(self.target)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -106,7 +111,8 @@ class MqttPublisher:
             key = self._key
             self._outbox[key] = (f"{self.target.prefix}/{topic}", data, retain)
             while len(self._outbox) > self.target.max_outbox:
-                self._outbox.popitem(last=False)
+                dropped, _ = self._outbox.popitem(last=False)
+                self._handed.discard(dropped)
                 self._counters.add("outbox_dropped")
         self._counters.add("published")
         self._send(key)
@@ -128,6 +134,7 @@ class MqttPublisher:
         if not self.flush(timeout_s):
             log.warning("mqtt %s:%d: closing with %d message(s) unacknowledged", self.target.host,
                         self.target.port, self.stats()["outbox"])
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -147,6 +154,8 @@ class MqttPublisher:
         topic, data, retain = item
         mid = self._client.publish(topic, data, qos=1, retain=retain).mid
         with self._lock:
+            if key in self._outbox:
+                self._handed.add(key)
             t_ack = self._early_acks.pop(mid, None)
             if t_ack is not None and time.monotonic() - t_ack < EARLY_ACK_S:
                 self._ack(key)
@@ -154,6 +163,7 @@ class MqttPublisher:
                 self._mids[mid] = key
 
     def _ack(self, key: int) -> None:
+        self._handed.discard(key)
         if self._outbox.pop(key, None) is not None:
             self._counters.add("acked")
 
@@ -166,20 +176,33 @@ class MqttPublisher:
             self._mids.clear()
             self._early_acks.clear()
             keys = list(self._outbox)
+            again = sum(key in self._handed for key in keys)   # sent before, never acknowledged
         self._counters.add("connects")
-        if keys:
-            log.warning("mqtt %s:%d: connected; sending %d unacknowledged message(s) again", self.target.host,
-                        self.target.port, len(keys))
-            self._counters.add("resent", len(keys))
+        self._log_connected(len(keys), again)
+        self._counters.add("resent", again)
         for key in keys:
             self._send(key)
+
+    def _log_connected(self, waiting: int, again: int) -> None:
+        """Say what a connect sends: messages queued before it (first sends, at info level) and messages sent
+        on an earlier connection and never acknowledged (sent again, a warning)."""
+        where = f"mqtt {self.target.host}:{self.target.port}"
+        if again:
+            log.warning("%s: connected; sending %d unacknowledged message(s) again", where, again)
+        if waiting > again:
+            log.info("%s: connected; sending %d queued message(s)", where, waiting - again)
+        elif not waiting:
+            log.info("%s: connected", where)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
             self._connected = False
+        where = f"mqtt {self.target.host}:{self.target.port}"
+        if self._closing:   # close(): not a lost link, nothing reconnects
+            log.info("%s: disconnected (closed)", where)
+            return
         self._counters.add("disconnects")
-        log.warning("mqtt %s:%d: disconnected (%s); reconnecting, messages kept", self.target.host,
-                    self.target.port, reason_code)
+        log.warning("%s: disconnected (%s); reconnecting, messages kept", where, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._lock:

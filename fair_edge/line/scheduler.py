@@ -50,7 +50,8 @@ counted, and alarmed.
 
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
-decided (OUTCOME: one of ``GATE_OUTCOMES``; verdict "none" = no usable verdict by the due time, with
+decided (OUTCOME: one of ``GATE_OUTCOMES``, or ``abandoned`` for a part still on its way when the run ended:
+``abandon_pending``; verdict "none" = no usable verdict by the due time, with
 ``"error"`` added when its verdict came with one, ``"reason"`` for ``position_lost``), and
 ``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed" | "unconfirmed"}`` per reject sink
 that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
@@ -92,6 +93,7 @@ GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninsp
 # a sink's report on a pulse -> what the gate log says happened to it
 PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
                  "unconfirmed": "unconfirmed"}
+ABANDONED = "abandoned"   # a part still between camera and gate when the run ended: no decision, no pulse
 PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
 # what submit() returns
@@ -382,8 +384,28 @@ class RejectScheduler:
             time.sleep(0.005)
         return not self.stats()["pending"]
 
+    def abandon_pending(self) -> int:
+        """The run ends with parts still between camera and gate (a stopped belt, a stop before their travel
+        time): take them off the belt undecided, in belt order. Each is counted ``abandoned``, remembered (a
+        verdict for it is late) and told to ``on_part`` (one gate row, ``"gate": "abandoned"``); no pulse.
+        Call it before the counters go into a summary. Returns how many parts were abandoned."""
+        with self._lock:
+            order = [seq for _, _, seq in sorted(self._heap)]
+            parts = [self._parts.pop(seq) for seq in order if seq in self._parts] + list(self._parts.values())
+            self._heap, self._parts = [], {}
+            for part in parts:
+                self._remember(part.seq, ABANDONED)
+        if not parts:
+            return 0
+        self._counters.add(ABANDONED, len(parts))
+        log.warning("reject gate: run ended with %d part(s) undecided (abandoned, not pulsed): seq %s", len(parts),
+                    ", ".join(str(p.seq) for p in parts[:20]) + (" ..." if len(parts) > 20 else ""))
+        for part in parts:
+            self._tell(self._gate_row(part, ABANDONED))
+        return len(parts)
+
     def close(self) -> None:
-        """Stop the thread (undecided parts are counted as abandoned) and close owned sinks."""
+        """Stop the thread (undecided parts are abandoned: ``abandon_pending``) and close owned sinks."""
         if self._closed:
             return
         self._closed = True
@@ -392,11 +414,7 @@ class RejectScheduler:
         self._thread.join(timeout=2.0)
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop within 2 s")
-        with self._lock:
-            left, self._heap, self._parts = len(self._parts), [], {}
-        if left:
-            self._counters.add("abandoned", left)
-            log.warning("reject scheduler closed with %d parts undecided", left)
+        self.abandon_pending()
         for sink in self._owned:
             sink.close()
 
@@ -484,12 +502,16 @@ class RejectScheduler:
                 if at_gate:
                     part.t_due = t_now
                 outcome = self._outcome(part)
-                self._decided[part.seq] = outcome
-                while len(self._decided) > DECIDED_MEMORY:
-                    self._decided.popitem(last=False)
+                self._remember(part.seq, outcome)
                 out.append((part, outcome))
             self._at_gate += len(out)
         return out
+
+    def _remember(self, seq: int, outcome: str) -> None:
+        """(under self._lock) Part ``seq`` was decided ``outcome``: a verdict for it from now on is late."""
+        self._decided[seq] = outcome
+        while len(self._decided) > DECIDED_MEMORY:
+            self._decided.popitem(last=False)
 
     def _pop_lost_epochs(self) -> list[_Part]:
         """(under self._lock) When the encoder lost the belt position since the last poll, take every part
@@ -531,13 +553,18 @@ class RejectScheduler:
                               f"would put its edge past due + late_ms (it would hit the next part)")
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
+        self._tell(self._gate_row(part, outcome))   # after the pulse is handed over
+
+    @staticmethod
+    def _gate_row(part: _Part, outcome: str) -> dict:
+        """The gate log's row for a decided (or abandoned) part."""
         row = {"seq": part.seq, "event": "gate", "gate": outcome,
                "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]}
         if part.error:
             row["error"] = part.error
         if part.unseen:
             row["reason"] = part.unseen
-        self._tell(row)   # after the pulse is handed over
+        return row
 
     def _outcome(self, part: _Part) -> str:
         """The part's gate outcome (one of ``GATE_OUTCOMES``); takes its reject slot. Under self._lock."""

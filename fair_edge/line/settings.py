@@ -1,7 +1,9 @@
 """Settings of the line side of a station: the ``reject:``, ``record:`` and ``metrics:`` sections.
 
 Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``ConfigError`` naming
-the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``.
+the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``. Every URL (reject and fault sinks,
+the encoder, the handshake, MQTT) is parsed on load by the parser the station uses at start, nothing opened, so a
+typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service.
 """
 
 from __future__ import annotations
@@ -10,13 +12,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SinkError
 from .. import fields as f
+from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
+from .mqtt import parse_mqtt_url
+from .sinks.gpio import parse_gpio_url
+from .sinks.modbus import parse_modbus_url
+from .sinks.opcua import parse_opcua_url
+from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
 IMAGE_FORMATS = ("png", "jpg")
+
+# A sink URL read as the sink's opener reads it (scheme, host, options), without opening anything; one entry per
+# scheme of ``fair_edge.line.sinks.SINK_SCHEMES`` (tests hold the two tables to the same schemes).
+SINK_URL_PARSERS = {
+    "modbus": parse_modbus_url,
+    "opcua": parse_opcua_url,
+    "gpio": parse_gpio_url,
+    "jetson": parse_gpio_url,
+    "log": lambda url: url.check_query(()),
+}
+
+
+def check_sink_url(where: str, url: str) -> str:
+    """Parse ``url`` as ``open_sink`` will at start (scheme, host, options; nothing is opened), so a typo is
+    refused when the station file is read, not at every start of a service; ``ConfigError`` names ``where``."""
+    try:
+        parsed: SinkUrl = parse_sink_url(url)
+        scheme_entry(SINK_URL_PARSERS, parsed, "sink")(parsed)
+    except SinkError as exc:
+        raise ConfigError(f"{where}: {exc}; fix the URL (docs/line-integration.md lists each sink's options)") from exc
+    return url
+
+
+def check_sink_urls(section: str, key: str, urls: tuple[str, ...]) -> tuple[str, ...]:
+    """``check_sink_url`` for each URL of ``section.key``, named ``section.key[i]``."""
+    for i, url in enumerate(urls):
+        check_sink_url(f"{section}.{key}[{i}]", url)
+    return urls
+
+
+def check_encoder_url(where: str, url: str) -> str:
+    """Parse ``url`` as the station's encoder opener will (``open_encoder``: scheme, host, options; the encoder is
+    made, not started: nothing connects); ``ConfigError`` naming ``where``."""
+    try:
+        open_encoder(url)
+    except SinkError as exc:
+        raise ConfigError(f"{where}: {exc}; fix the URL (docs/line-integration.md, \"Encoder mode\")") from exc
+    return url
 
 
 @dataclass(frozen=True)
@@ -72,8 +118,8 @@ class RejectSettings:
                 "remove delay_ms when the reject follows an encoder")
         dist = d["encoder_distance"]
         return cls(
-            sinks=f.url_list(s, "sinks", d["sinks"]),
-            fault_sinks=f.url_list(s, "fault_sinks", d["fault_sinks"]),
+            sinks=check_sink_urls(s, "sinks", f.url_list(s, "sinks", d["sinks"])),
+            fault_sinks=check_sink_urls(s, "fault_sinks", f.url_list(s, "fault_sinks", d["fault_sinks"])),
             delay_ms=f.number(s, "delay_ms", d["delay_ms"], minimum=0),
             encoder_distance=None if dist is None else f.integer(s, "encoder_distance", dist, 1),
             pulse_ms=f.number(s, "pulse_ms", d["pulse_ms"], minimum=0.1),
@@ -82,7 +128,8 @@ class RejectSettings:
             fail_safe=f.choice(s, "fail_safe", d["fail_safe"], FAIL_SAFE_POLICIES),
             max_pending=f.integer(s, "max_pending", d["max_pending"], minimum=1),
             encoder_poll_ms=f.number(s, "encoder_poll_ms", d["encoder_poll_ms"], minimum=0.05, maximum=100),
-            encoder=None if d["encoder"] is None else f.text(s, "encoder", d["encoder"]),
+            encoder=None if d["encoder"] is None else check_encoder_url(f"{s}.encoder",
+                                                                        f.text(s, "encoder", d["encoder"])),
             require_sinks_at_start=f.boolean(s, "require_sinks_at_start", d["require_sinks_at_start"]),
             handshake=HandshakeSettings.from_dict(d.get("handshake")),
         )
@@ -151,11 +198,23 @@ def _path_text(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """MQTT publishing (``fair_edge.line.mqtt``). url: ``mqtt://HOST:PORT/PREFIX`` or None (off)."""
+    """MQTT publishing (``fair_edge.line.mqtt``). url: ``mqtt://HOST:PORT/PREFIX`` or None (off); parsed on
+    load as the publisher parses it at start (``parse_mqtt_url``), so a typo is refused naming ``mqtt.url``."""
 
     url: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> MqttSettings:
         d = f.with_defaults("mqtt", data, cls)
-        return cls(url=None if d["url"] is None else f.text("mqtt", "url", d["url"]))
+        return cls(url=None if d["url"] is None else check_mqtt_url(f.text("mqtt", "url", d["url"])))
+
+
+def check_mqtt_url(url: str) -> str:
+    """``parse_mqtt_url(url)``, or ``ConfigError`` naming ``mqtt.url`` and the fix."""
+    try:
+        parse_mqtt_url(url)
+    except SinkError as exc:
+        found = str(exc).removeprefix("mqtt.url: ")
+        raise ConfigError(f"mqtt.url: {found}; fix the URL: mqtt://HOST:PORT/PREFIX?client_id=..&keepalive_s=.."
+                          "&max_outbox=.. (docs/line-integration.md, \"MQTT\")") from exc
+    return url

@@ -35,17 +35,33 @@ from fair_edge.station.inspector import LoopSettings
 from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
-from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings
+from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings, check_sink_urls
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
 FULL_POLICIES = (AUTO_POLICY, *CAPTURE_POLICIES)
 
 
+def check_fps(where: str, fps: Any) -> float | None:
+    """A camera's ``fps`` (``where`` = ``camera`` or ``cameras[i]``): None (a folder or video read as fast as
+    inspection takes it, every frame inspected) or a rate > 0 frames/s. 0 is refused: a replay source reads
+    it as "as fast as possible", so it would pass for a timed line (reject pulses placed on a clock the
+    frames do not keep) and drop frames."""
+    if fps is None:
+        return None
+    value = f.number(where, "fps", fps)
+    if value <= 0:
+        raise ConfigError(f"{where}.fps: expected a rate in frames/s > 0, or null, found {fps!r}; leave fps out "
+                          "(null, no --fps) to replay a folder or video unpaced (every frame inspected, no reject "
+                          "pulses), or give the line's rate (e.g. fps: 10 / --fps 10) to replay it as a camera.")
+    return value
+
+
 @dataclass(frozen=True)
 class CameraSettings:
     """source: a camera spec (index, /dev/videoN, RTSP URL, video file, image folder, gst/csi/genicam:...).
-    fps: replay rate for folders and videos; None = read them as fast as inspection takes them.
+    fps: replay rate for folders and videos, frames/s > 0 (0 is refused: ``check_fps``); None = read them as fast
+    as inspection takes them.
     loop: replay forever. queue_size / full_policy: the capture queue and what a full queue does:
     ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
     inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line)."""
@@ -56,14 +72,16 @@ class CameraSettings:
     queue_size: int = 4
     full_policy: str = AUTO_POLICY
 
+    def __post_init__(self) -> None:
+        check_fps("camera", self.fps)   # also for settings made by flags (--fps 0), not read from a file
+
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":
         s = "camera"
         d = f.with_defaults(s, data, cls)
-        fps = d["fps"]
         return cls(
             source=str(d["source"]),
-            fps=None if fps is None else f.number(s, "fps", fps, minimum=0),
+            fps=check_fps(s, d["fps"]),
             loop=f.boolean(s, "loop", d["loop"]),
             queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
             full_policy=f.choice(s, "full_policy", d["full_policy"], FULL_POLICIES),
@@ -126,6 +144,9 @@ class StationConfig:
 
     def checked(self) -> "StationConfig":
         """Checks that span sections (several cameras with the reject wiring); returns self."""
+        for i, view in enumerate(self.cameras):
+            check_fps(f"cameras[{i}]", view.fps)
+            check_sink_urls(f"cameras[{i}]", "reject", view.reject)
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "

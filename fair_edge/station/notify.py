@@ -12,7 +12,8 @@ The station sends:
   READY=1 + STATUS    at the first iteration of the inspection loop (the station is inspecting, not merely alive);
   WATCHDOG=1          from the loop (``alive()`` once per iteration, sent at most every WATCHDOG_USEC / 2), so a
                       hung loop (a stuck inference, a dead lock) stops the pings and systemd restarts it;
-  STATUS=...          counters and faults, at most every ``status_every_s`` unless the text's state changes;
+  STATUS=...          counters and faults (the station's, the camera's, or why the fault output is on), at most
+                      every ``status_every_s`` unless the text's state changes (a fault is sent at once);
   STOPPING=1          when inspection ends (before the parts on the belt are drained).
 Without ``$NOTIFY_SOCKET`` every call is a no-op. A send that fails (socket gone, buffer full) is counted and
 logged once; it never stops inspection.
@@ -131,10 +132,10 @@ class ServiceNotifier:
             self.send(WATCHDOG=1)
 
     def status(self, text: str) -> None:
-        """STATUS=text (``systemctl status`` shows it): sent when its first word changes, else every status_every_s."""
+        """STATUS=text (``systemctl status`` shows it): sent when its state changes, else every status_every_s."""
         if self.sock is None:
             return
-        now, state = self.clock(), text.split(":", 1)[0]
+        now, state = self.clock(), status_state(text)
         if state == self._status_state and now - self._last_status < self.settings.status_every_s:
             return
         self._status_state, self._last_status = state, now
@@ -162,10 +163,17 @@ class ServiceNotifier:
         self.close()
 
 
+def status_state(text: str) -> str:
+    """The state a STATUS text leads with: all before its last ': ' (a fault reason may hold colons itself:
+    'reject sink modbus 10.0.0.5:502: connect failed: N inspected, ...'), the whole text without one."""
+    return text.rsplit(": ", 1)[0]
+
+
 def status_line(summary, reason: str = "", dropped: int | None = None) -> str:
     """One STATUS text from a ``RunSummary``: '<state>: N inspected, M NG, K dropped', state = the fault or
-    ``reason`` when there is one ('stopping', 'camera reconnecting'), else 'inspecting'. dropped: the capture
-    queue's count while running (the summary fills its own only when the run ends)."""
+    ``reason`` when there is one ('stopping', 'camera reconnecting', the reason the fault output is on), else
+    'inspecting'. dropped: the capture queue's count while running (the summary fills its own only when the
+    run ends)."""
     state = summary.fault or reason or "inspecting"
     dropped = summary.dropped if dropped is None else dropped
     return f"{state}: {summary.inspected} inspected, {summary.ng} NG, {dropped} dropped"

@@ -213,9 +213,14 @@ class LineSide:
         if self.mqtt is not None:
             self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
 
+    def fault_reason(self, camera_reason: str = "") -> str:
+        """Why the station's fault output is on now ('' when it is off): the camera's fault, else the reject
+        gate's (a sink down, an encoder link down, a latched alarm)."""
+        return camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+
     def publish_fault(self, camera_reason: str) -> None:
         """Publish the fault state on MQTT when it changed (called on every tick)."""
-        reason = camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+        reason = self.fault_reason(camera_reason)
         if self.mqtt is not None and reason != self.fault_shown:
             self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
             self.fault_shown = reason
@@ -368,12 +373,14 @@ def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, not
                  console: StationConsole, rejects: Callable[[], dict],
                  on_tick: Callable[[Inspector], None] | None) -> Callable[[Inspector], None]:
     """The inspection loop's ~0.5 s tick (``Inspector.run``'s ``on_tick``): the camera state to the fault output and
-    MQTT, a status line to systemd, the console's tick, the reject counters (``rejects()``) into the summary, then
-    the caller's ``on_tick``. capture: what ``stats()`` the dropped frames come from (a capture thread or a mux)."""
+    MQTT, a status line to systemd (led by the fault output's reason while it is on), the console's tick, the reject
+    counters (``rejects()``) into the summary, then the caller's ``on_tick``. capture: what ``stats()`` the dropped
+    frames come from (a capture thread or a mux)."""
     def tick(insp: Inspector) -> None:
         camera_reason = watch(insp)
         line.publish_fault(camera_reason)
-        notifier.status(status_line(insp.summary, camera_reason, capture.stats().dropped_queue_full))
+        notifier.status(status_line(insp.summary, line.fault_reason(camera_reason),
+                                    capture.stats().dropped_queue_full))
         console.tick(insp)
         insp.summary.rejects = rejects()
         if on_tick is not None:
@@ -384,7 +391,8 @@ def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, not
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
     """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
-    (they are decided and pulsed there), flush the log, and fill the summary's line counters."""
+    (they are decided and pulsed there; those that do not within their travel time are abandoned: counted,
+    one gate row each), flush the log, and fill the summary's line counters."""
     if not summary.fault and camera_state.startswith("camera gone"):
         summary.fault = camera_state
     if line.handshake is not None:
@@ -396,6 +404,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
         if cfg.reject.encoder_distance is not None:
             travel_s = 10.0   # a stopped belt never brings its parts to the gate: wait at most this
         line.scheduler.wait_idle(timeout_s=travel_s + 1.0)
+        line.scheduler.abandon_pending()   # counted and logged before the summary takes the gate's counters
         line.scheduler.drain_sinks(timeout_s=1.0)
     line.recorder.flush()
     summary.rejects = line.reject_stats()
