@@ -113,6 +113,24 @@ def test_install_writes_the_unit_atomically_and_prints_the_commands(tmp_path, mo
     assert calls == []
 
 
+def test_installing_another_station_under_a_taken_name_is_refused_unless_forced(tmp_path):
+    """A second station installed with the same --name replaced the first one's unit without a word. Now the same
+    unit again is fine, a different one is refused naming the unit, what it runs and the fixes, and --force replaces."""
+    units = tmp_path / "units"
+    units.mkdir()
+    first, second = station_file(tmp_path / "a"), station_file(tmp_path / "b")
+    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--exec", sys.executable,
+            "--working-dir", str(tmp_path)]
+    assert CliRunner().invoke(app, [*args, "--station", str(first)]).exit_code == 0
+    assert CliRunner().invoke(app, [*args, "--station", str(first)]).exit_code == 0          # the same unit again
+    refused = CliRunner().invoke(app, [*args, "--station", str(second)], env={"COLUMNS": "300"})
+    unit = units / "fair-edge.service"
+    assert refused.exit_code == 2 and "already holds another unit" in refused.output and "--force" in refused.output
+    assert f"--station {first}" in unit.read_text()
+    forced = CliRunner().invoke(app, [*args, "--station", str(second), "--force"])
+    assert forced.exit_code == 0 and f"--station {second}" in unit.read_text()
+
+
 def test_print_goes_to_stdout_and_errors_name_the_fix(tmp_path):
     station = station_file(tmp_path)
     printed = CliRunner().invoke(app, ["install-service", "--station", str(station), "--print", "--exec", sys.executable])

@@ -47,6 +47,8 @@ def install_service(
     watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
                                      "ping from the inspection loop for this long and systemd restarts the station."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
+    force: bool = typer.Option(False, "--force", help="Replace a different unit of the same --name (another station's); "
+                               "without it, install-service refuses to."),
 ) -> None:
     """Write a systemd unit that runs the station at boot, restarts it on a crash or a hung inspection loop
     (Type=notify, WatchdogSec=, Restart=always), and print the systemctl commands to enable it."""
@@ -61,7 +63,7 @@ def install_service(
         return
     if settings.user == "root":
         console.print("note: the station will run as root; pass --user with a dedicated account (see docs/jetson.md).")
-    path = install_unit(settings, unit_dir)
+    path = install_unit(settings, unit_dir, replace=force)
     console.print(f"wrote {path}. To start it now and at every boot (fair-edge does not run these):")
     for command in systemctl_commands(settings):
         console.print(f"  {command}", highlight=False)

@@ -140,18 +140,29 @@ def default_user() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
+def _exec_line(unit: Path) -> str:
+    """The ExecStart= command of an installed unit, for the error that names it."""
+    lines = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
+    return f"`{lines[0][len('ExecStart='):]}`" if lines else "no ExecStart="
+
+
 def systemctl_commands(s: ServiceSettings) -> list[str]:
     """What to run after installing (printed, never run by fair-edge)."""
     return ["sudo systemctl daemon-reload", f"sudo systemctl enable --now {s.unit_name}",
             f"systemctl status {s.unit_name}", f"journalctl -u {s.unit_name} -f"]
 
 
-def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR) -> Path:
-    """Write the unit into ``unit_dir`` atomically (0644); ConfigError naming the fix when it cannot."""
+def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = False) -> Path:
+    """Write the unit into ``unit_dir`` atomically (0644); ConfigError naming the fix when it cannot, or when a
+    different unit of that name is there (another station's, unless ``replace``: ``--force``)."""
     target = Path(unit_dir) / s.unit_name
+    text = render_unit(s)
+    if not replace and target.is_file() and target.read_text() != text:
+        raise ConfigError(f"{target} already holds another unit (it runs {_exec_line(target)}); installing would replace "
+                          f"it. Give this station its own --name (e.g. --name {s.name}-2), or pass --force to replace it.")
     tmp = target.with_name(f".{s.unit_name}.tmp")
     try:
-        tmp.write_text(render_unit(s))
+        tmp.write_text(text)
         tmp.chmod(0o644)
         os.replace(tmp, target)
     except PermissionError as exc:
