@@ -619,3 +619,43 @@ def test_the_late_rejects_counter_moves_with_verdicts_after_their_gate(tmp_path)
         now = time.monotonic()
         assert scheduler.submit(Verdict(1, now - 0.5, 0.9, 0.5, True, now)) == LATE   # due 0.4 s ago
         assert feed.counters()["late_rejects"] == 1
+
+
+def test_a_relabelled_part_exported_again_is_in_its_new_labels_folder_only(tmp_path):
+    """A review changed from false_reject to defect, exported again into the same folder, left the first
+    export's copy in train/good: a confirmed defect among the training normals."""
+    station = tmp_path / "station"
+    (station / "review").mkdir(parents=True)
+    journal = Journal(station / "reviews.jsonl")
+    cv2.imwrite(str(station / "review" / "p1.png"), _plate(1))
+    cv2.imwrite(str(station / "review" / "p2.png"), _plate(2))
+    journal.append({"run": "r1", "seq": 1, "label": "false_reject", "image": "review/p1.png"})
+    journal.append({"run": "r1", "seq": 2, "label": "defect", "image": "review/p2.png"})
+    dest = tmp_path / "dataset"
+    assert export_reviewed(station, dest)["moved"] == 0
+    journal.append({"run": "r1", "seq": 1, "label": "defect", "image": "review/p1.png"})  # the operator corrects
+    result = export_reviewed(station, dest)
+    assert sorted(p.name for p in (dest / "train" / "good").iterdir()) == []
+    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == ["r1_00000001.png", "r1_00000002.png"]
+    assert result["moved"] == 1 and "1 reviewed part moved" in result["summary"]
+
+
+def test_collect_refuses_a_duration_that_is_not_positive_and_an_unwritable_out(tmp_path):
+    """--duration -1 read 0 frames and exited 0; an OUT that cannot be created gave an OSError traceback."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    src = tmp_path / "cam"
+    src.mkdir()
+    cv2.imwrite(str(src / "000.png"), _plate(0))
+    for duration in ("-1", "0"):
+        r = CliRunner().invoke(app, ["collect", str(tmp_path / "out"), "--source", str(src), "--duration", duration])
+        assert r.exit_code == 2 and "--duration must be > 0 seconds" in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "out").exists()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    r = CliRunner().invoke(app, ["collect", str(blocked / "out"), "--source", str(src)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "could not create the output folder" in text, r.output
+    assert str(blocked / "out") in "".join(r.output.split())  # the folder named (rich may fold a long path)

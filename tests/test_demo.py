@@ -146,3 +146,18 @@ def test_demo_shows_a_late_pulse_names_its_false_reject_and_points_to_a_real_ban
     command, flag = words[1], next(w for w in words if w.startswith("--set"))
     helped = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert helped.exit_code == 0 and flag in helped.output and "--model" in helped.output
+
+
+@pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "-3"), ("--false-reject-rate", "5")])
+def test_demo_refuses_an_impossible_line_before_any_work(tmp_path, monkeypatch, flag, value):
+    """--fps 0 was refused only after minutes of training, evaluation and building."""
+    from typer.testing import CliRunner
+
+    import fair_edge.demo.run as demo_run
+    from fair_edge.cli import app
+
+    started = []
+    monkeypatch.setattr(demo_run, "run_demo", lambda *a, **k: started.append(1))
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), flag, value])
+    assert r.exit_code == 2 and f"{flag} must be" in " ".join(r.output.split()), r.output
+    assert started == [] and not (tmp_path / "demo").exists()

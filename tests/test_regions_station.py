@@ -156,3 +156,48 @@ def test_a_running_station_puts_regions_and_reasons_in_the_log_the_ng_images_and
     assert fired[0]["regions"][fired[0]["hits"][0]["region"]]["area_mm2"] >= 0.5
     assert fired[0]["reason"] == "; ".join(h["reason"] for h in fired[0]["hits"])
     assert (tmp_path / "ng").is_dir() and any(p.name.endswith("_overlay.png") for p in (tmp_path / "ng").iterdir())
+
+
+def test_rules_check_json_creates_its_folder(station_bundles, conveyor_dir, tmp_path):
+    """--json into a folder that does not exist yet crashed with a traceback after the whole replay."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "regions": {
+        "mm_per_px": 0.1, "frame": [48, 48], "default": {"min_area_mm2": 0.5}}}))
+    out = tmp_path / "not" / "yet" / "rules.json"
+    r = CliRunner().invoke(app, ["rules", "check", str(station), str(conveyor_dir), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["images"] == 12
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    r = CliRunner().invoke(app, ["rules", "check", str(station), str(conveyor_dir), "--json", str(blocked / "r.json")])
+    assert r.exit_code == 2 and "--json" in r.output and "cannot create its folder" in " ".join(r.output.split())
+
+
+def test_rules_check_scores_with_the_station_files_backend_unless_told(station_bundles, conveyor_dir, tmp_path,
+                                                                       monkeypatch):
+    """--backend defaulted to onnxruntime, ignoring the station file's backend: (the library's None: the file's)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+    from fair_edge.station import rules_check
+
+    asked = []
+
+    def fake_check(cfg, frames, backend=None):
+        asked.append((cfg.backend, backend))
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(rules_check, "check_frames", fake_check)
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root), "backend": "torch-cpu"}))
+    CliRunner().invoke(app, ["rules", "check", str(station), str(conveyor_dir)])
+    CliRunner().invoke(app, ["rules", "check", str(station), str(conveyor_dir), "--backend", "onnxruntime"])
+    assert asked == [("torch-cpu", None), ("torch-cpu", "onnxruntime")]
+    help_text = " ".join(CliRunner().invoke(app, ["rules", "check", "--help"], terminal_width=200).output.split())
+    assert "station file's" in help_text

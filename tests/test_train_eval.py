@@ -229,3 +229,40 @@ def test_cli_errors_are_one_clear_line(args, message):
 def test_cli_help_teaches():
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0 and "--resume" in result.output and "--width" in result.output
+
+
+def test_eval_into_an_earlier_report_folder_holds_this_run_only(trained, mvtec_dir, tmp_path):
+    """A second eval into the same folder (the default CHECKPOINT_DIR/eval) on a set without masks and with fewer
+    images left the first run's regions.csv, pro.png and heat-map panels beside the new metrics.json."""
+    out = tmp_path / "eval"
+    evaluate(trained[0], load_dataset(mvtec_dir), out)
+    assert (out / "regions.csv").is_file() and (out / "pro.png").is_file()
+    (out / "notes.txt").write_text("mine")  # not the report's: kept
+    no_masks = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, no_masks)
+    shutil.rmtree(no_masks / "ground_truth")
+    for i in range(3):
+        (no_masks / "test" / "blob" / f"{i:03d}.png").unlink()
+    result = evaluate(trained[0], load_dataset(no_masks), out)
+    assert result["images"] == 9 and "aupro" not in result
+    assert not (out / "regions.csv").exists() and not (out / "pro.png").exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "roc.png").is_file()
+    panels = sorted((out / "heatmaps").glob("*.png"))
+    assert len(panels) == 6 + 3  # this run's worst normals and defects, none of the first run's
+    scored = {f"{float(r['score']):.4f}-{r['path'].rsplit('/', 1)[-1][:-4]}"
+              for r in csv.DictReader((out / "scores.csv").open())}
+    assert all(p.name.split("-", 3)[-1][:-4] in scored for p in panels)
+
+
+@pytest.mark.parametrize("batch", ["0", "-2"])
+def test_eval_refuses_a_batch_below_one_naming_it(trained, mvtec_dir, tmp_path, batch):
+    """--batch 0 crashed with a ValueError (range step 0); a negative one said no test image could be read."""
+    result = CliRunner().invoke(app, ["eval", str(trained[0]), str(mvtec_dir), "--batch", batch,
+                                      "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"--batch must be >= 1 image per forward pass; found {batch}" in text, text
+    assert not (tmp_path / "ev").exists()
+    from fair_edge.training.evaluate import score_samples
+
+    with pytest.raises(ConfigError, match="batch must be >= 1"):
+        score_samples(trained[0], load_dataset(mvtec_dir).test, batch=0)

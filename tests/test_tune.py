@@ -122,3 +122,82 @@ def test_cli_tune_help_and_bad_width():
     assert result.exit_code == 0 and "--budget-min" in result.output and "--false-reject-rate" in result.output
     bad = runner.invoke(app, ["tune", "elpv", "--width", "33"])
     assert bad.exit_code == 2 and "--width" in bad.output
+
+
+def _stub_tune(monkeypatch):
+    """Replace the candidates' training with one finished row per call (recorded), for the CLI's checks."""
+    from fair_edge.training import tune as tune_module
+
+    calls = []
+
+    def fake(split, candidates, out, settings, device, data, on_row=None):
+        calls.append(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
+
+    monkeypatch.setattr(tune_module, "tune", fake)
+    return calls
+
+
+def test_cli_tune_refuses_an_earlier_run_unless_overwrite(mvtec_dir, tmp_path, monkeypatch):
+    """A second tune into the same --out silently replaced tune.json, tune.csv and the candidates' checkpoints."""
+    calls = _stub_tune(monkeypatch)
+    out = tmp_path / "t"
+    (out / "candidates" / "base").mkdir(parents=True)
+    (out / "candidates" / "base" / "final.pt").write_bytes(b"first run")
+    (out / "tune.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    args = ["tune", str(mvtec_dir), "--image-size", "32", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "already holds a tune run" in text and "--overwrite" in text, r.output
+    assert calls == [] and (out / "candidates" / "base" / "final.pt").read_bytes() == b"first run"
+    r = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert calls == [out] and not (out / "candidates").exists() and not (out / "tune.json").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    from fair_edge.training.tune import check_fresh_tune
+
+    check_fresh_tune(tmp_path / "fresh")  # nothing there: no error
+
+
+def test_cli_tune_checks_image_size_and_rate_before_writing_anything(mvtec_dir, tmp_path):
+    """--image-size 100 wrote the proxy set, then every candidate was dropped and an IndexError followed;
+    --false-reject-rate 5 was refused only after every candidate had trained."""
+    out = tmp_path / "t"
+    r = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--image-size", "100", "--out", str(out)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--image-size 100" in text and "multiple of 16" in text, r.output
+    r = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--false-reject-rate", "5", "--out", str(out)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "false_reject_rate must be a share in [0, 1)" in text and "found 5.0" in text, r.output
+    assert not out.exists()
+
+
+def test_candidates_dropped_by_their_family_are_named_and_none_left_is_an_error(caplog):
+    odd = Candidate("base", PreprocessConfig(image_size=72, cutoff=8.0), 32, 100)
+    with caplog.at_level("WARNING", logger="fair_edge.training.tune"):
+        kept = default_candidates(odd, frame_side=100)
+    assert "base" not in [c.name for c in kept]
+    assert "dropped candidate base" in caplog.text and "multiple of 16" in caplog.text
+    with pytest.raises(ConfigError, match="no tune candidate fits its model family"):
+        default_candidates(Candidate("base", PreprocessConfig(image_size=100, cutoff=8.0), 32, 100), frame_side=1000)
+    with pytest.raises(ConfigError, match="at least one candidate"):
+        tune(DatasetSplit("x", []), [], Path("/nonexistent/never-written"))
+
+
+def test_width_double_is_offered_only_at_a_width_train_accepts():
+    """--width 128 added a width-256 candidate whose train command `fair-edge train` refuses."""
+    def widths(width):
+        pre = PreprocessConfig(image_size=32)
+        return {c.name: c.width for c in default_candidates(Candidate("base", pre, width, 5, 1e-3), 48)}
+
+    assert widths(64)["width-double"] == 128 and "width-double" not in widths(128)
+
+
+def test_tune_lr_help_says_which_candidates_use_it():
+    import typer
+
+    command = typer.main.get_command(app).commands["tune"]
+    lr = next(p for p in command.params if p.name == "lr")
+    assert "every candidate" not in lr.help and "LGFDR" in lr.help and "own" in lr.help

@@ -31,7 +31,7 @@ def collect(
                                             "(reviews.jsonl) instead of reading a camera."),
     max_frames: int = typer.Option(200, help="Stop after saving this many frames."),
     every: int = typer.Option(1, help="Consider every N-th frame only."),
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (> 0)."),
     blur_min: float = typer.Option(Q.blur_min, help="Skip frames whose Laplacian variance is below this (blurred)."),
     duplicate_diff: float = typer.Option(Q.duplicate_diff, help="Skip frames whose 32x32 gray thumbnail differs "
                                          "from a recently kept one by less than this mean level (near-duplicate)."),
@@ -49,6 +49,9 @@ def collect(
         raise ConfigError(f"give exactly one of --camera, --source or --reviewed; found {len(chosen)}.")
     if every < 1 or max_frames < 1:
         raise ConfigError(f"--every and --max-frames must be >= 1; found {every} and {max_frames}.")
+    if duration is not None and not duration > 0:
+        raise ConfigError(f"--duration must be > 0 seconds (leave it out to stop at --max-frames or the end of the "
+                          f"source); found {duration:g}.")
     if reviewed is not None:
         result = export_reviewed(reviewed, out)
         console.print(f"[green]exported every reviewed part[/] to {out}: {result['summary']}")

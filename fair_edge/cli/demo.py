@@ -109,6 +109,16 @@ def reusable_demo_model(final: Path, model) -> bool:
     return True
 
 
+def check_demo_line(fps: float, false_reject_rate: float) -> None:
+    """ConfigError naming the flag when --fps or --false-reject-rate cannot work, before minutes of training."""
+    from fair_edge.errors import ConfigError
+
+    if not fps > 0:
+        raise ConfigError(f"--fps must be > 0 cells per second; found {fps:g}. Pass e.g. --fps 10.")
+    if not 0.0 <= false_reject_rate < 1.0:
+        raise ConfigError(f"--false-reject-rate must be a share in [0, 1) (0.05 is 5 %); found {false_reject_rate:g}.")
+
+
 def demo_help() -> str:
     """The command's help, naming the default family and the others from the registry."""
     from fair_edge.models.registry import FAMILIES
@@ -130,7 +140,7 @@ def demo(
     steps: Optional[int] = typer.Option(None, help="Training steps when no demo model exists yet [default: PatchCore one "
                                         f"pass; LGFDR 100 epochs over the normal cells; FAIR {DEMO_STEPS}]."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if OUT/final.pt exists."),
-    fps: float = typer.Option(10.0, help="Conveyor rate, cells per second."),
+    fps: float = typer.Option(10.0, help="Conveyor rate, cells per second (> 0)."),
     device: str = typer.Option("auto", help="Training/eval device: auto, cpu, cuda or cuda:N."),
     backend: str = typer.Option("auto", help="Station backend: " + ", ".join(BACKEND_NAMES) + "."),
     false_reject_rate: float = typer.Option(DEMO_FALSE_REJECT_RATE, "--false-reject-rate",
@@ -142,6 +152,7 @@ def demo(
     from fair_edge.demo.run import run_demo
     from fair_edge.training.loop import TrainingInterrupted
 
+    check_demo_line(fps, false_reject_rate)
     spec = demo_model(model)
 
     def train_or_reuse() -> Path:

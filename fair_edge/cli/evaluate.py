@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.cli.common import console, friendly_errors, progress_bar
+from fair_edge.errors import ConfigError
 from fair_edge.training.data import BUILTIN_DATASETS
 
 app = typer.Typer()
@@ -62,7 +63,7 @@ def eval_command(
                                f"{' / '.join(repr(name) for name in BUILTIN_DATASETS)} (ELPV solar cells)."),
     out: Optional[Path] = typer.Option(None, help="Report folder [default: next to the checkpoint, eval/]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    batch: int = typer.Option(16, help="Images per forward pass."),
+    batch: int = typer.Option(16, help="Images per forward pass (>= 1)."),
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, "--false-reject-rate",
                                             help="Target share of normal images rejected, for the suggested threshold "
                                             "(the same setting and default as `build --false-reject-rate`)."),
@@ -73,7 +74,10 @@ def eval_command(
                                                     "bundle's pixel_threshold); default: calibrated on the normal "
                                                     "test images."),
 ) -> None:
-    """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold."""
+    """Evaluate a checkpoint: metrics.json, scores.csv, ROC/PRO plots, worst-case heatmaps, threshold. The report
+    folder holds this evaluation only: an earlier report's files there are replaced."""
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1 image per forward pass; found {batch}. Pass e.g. --batch 16.")
     if frr is not None:
         console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
         false_reject_rate = frr

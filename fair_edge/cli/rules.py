@@ -26,14 +26,18 @@ def check(
                                  "the rules too."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
     bundle: Optional[Path] = typer.Option(None, help="A bundle instead of the station file's."),
-    backend: str = typer.Option("onnxruntime", help="Backend that scores the images."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    backend: Optional[str] = typer.Option(None, help="Backend that scores the images [default: the station "
+                                          "file's backend:]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here (its folder "
+                                            "is created)."),
 ) -> None:
     """Inspect every image as the station would and print what each rule did: per image the score, the
     regions and the verdict by score alone and by the rules (with the reason), then how often each rule fired."""
     from fair_edge.station.config import load_station
     from fair_edge.station.rules_check import check_frames
     cfg = load_station(station).override(bundle=bundle)
+    if json_out is not None:
+        json_folder(json_out)  # before the replay: a path that cannot be written fails now, not after it
     report = check_frames(cfg, _frames(folder, category), backend)
     table = Table(title=f"rules check: threshold {report.threshold:.5g}, pixel threshold {report.pixel_threshold:.5g}")
     for name in ("image", "score", "regions", "by score", "by rules", "reason"):
@@ -55,6 +59,20 @@ def check(
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         console.print(f"[green]report:[/] {json_out}")
+
+
+def json_folder(json_out: Path) -> Path:
+    """Create the folder of ``--json`` (as bench does); ConfigError naming --json when it cannot be created."""
+    from fair_edge.errors import ConfigError
+
+    try:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--json {json_out}: cannot create its folder {json_out.parent} ({exc.strerror or exc}); "
+                          "expected a path this user can write.") from None
+    if json_out.is_dir():
+        raise ConfigError(f"--json {json_out} is a folder; expected a file path, e.g. {json_out / 'rules.json'}.")
+    return json_out.parent
 
 
 def _frames(spec: str, category: Optional[str]):

@@ -13,7 +13,9 @@ parts reviewed in the console into an MVTec-style folder: false rejects are norm
 model got wrong, the most useful images to train on (``train/good``); confirmed defects and
 misses go to ``test/defect`` for evaluation. A reviewed part is a label a person gave: it is
 exported whatever the quality checks would say of its image (a sharp cracked cell can have a low
-Laplacian variance); only a missing or unreadable image keeps it out, and that is counted.
+Laplacian variance); only a missing or unreadable image keeps it out, and that is counted. Exporting again
+into the same folder after a label changed moves the part: each reviewed part is in the folder of its
+newest label only (``remove_earlier_exports``), never a confirmed defect left among the normals.
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ class Collector:
 
     def __init__(self, folder: Path, quality: QualitySettings = QualitySettings(), prefix: str = "") -> None:
         self.folder, self.quality, self.prefix = Path(folder), quality, prefix
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"could not create the output folder {self.folder} ({exc.strerror or exc}); expected a "
+                            "folder this user can write, or a path where one can be created") from None
         self.counts: Counter[str] = Counter({k: 0 for k in ("saved", *SKIP_REASONS)})
         self._thumbs: deque[np.ndarray] = deque(maxlen=quality.memory)
 
@@ -108,8 +114,10 @@ def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:
 def export_reviewed(station_output: Path, dest: Path) -> dict:
     """Copy the image of every reviewed part (``STATION_OUTPUT/reviews.jsonl``) into ``dest`` (MVTec
     layout, see REVIEW_FOLDERS); no quality or duplicate check (a review is a label a person gave).
-    Returns {"dest", "no_image": reviewed parts whose image is gone, FOLDER: {"saved", "unreadable"},
-    "summary": the counts in words}."""
+    An earlier export of a reviewed part into ``dest`` is removed first (``remove_earlier_exports``), so
+    each part is in the folder of its newest label only.
+    Returns {"dest", "no_image": reviewed parts whose image is gone, "moved": parts whose earlier export was in
+    another folder (or whose new label has none), FOLDER: {"saved", "unreadable"}, "summary": the counts in words}."""
     from fair_edge.console.journal import REVIEWS, Journal
 
     station_output, dest = Path(station_output), Path(dest)
@@ -117,6 +125,7 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
     if not reviews:
         raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
     collectors = {folder: Collector(dest / folder) for folder in sorted(set(REVIEW_FOLDERS.values()))}
+    moved = remove_earlier_exports(reviews, dest)
     missing = 0
     for (run, camera, seq), entry in sorted(reviews.items()):
         folder = REVIEW_FOLDERS.get(entry["label"])
@@ -126,25 +135,48 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
         if image_path is None or not image_path.is_file():
             missing += 1
             continue
-        name = f"{run}_{camera}_{seq:08d}" if camera else f"{run}_{seq:08d}"
-        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), name, checked=False)
+        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), export_name(run, camera, seq),
+                               checked=False)
     counts = {k: {"saved": c.counts["saved"], "unreadable": c.counts["unreadable"]} for k, c in collectors.items()}
-    return {"dest": str(dest), "no_image": missing, **counts, "summary": reviewed_summary(counts, missing)}
+    return {"dest": str(dest), "no_image": missing, "moved": moved, **counts,
+            "summary": reviewed_summary(counts, missing, moved)}
+
+
+def export_name(run: str, camera: str, seq: int) -> str:
+    """The file stem of a reviewed part in an export (camera left out with one camera)."""
+    return f"{run}_{camera}_{seq:08d}" if camera else f"{run}_{seq:08d}"
+
+
+def remove_earlier_exports(reviews: dict[tuple[str, str, int], dict], dest: Path) -> int:
+    """Delete every earlier export of the reviewed parts (``latest_reviews``) from ``dest``'s label folders
+    (REVIEW_FOLDERS), so that after this export each part is in the folder of its newest label only (a review
+    changed from false_reject to defect must not leave the part among the training normals). Returns how many
+    parts were moved: found in a folder other than their newest label's (or with a label that has none)."""
+    moved = 0
+    for (run, camera, seq), entry in reviews.items():
+        name = f"{export_name(run, camera, seq)}.png"
+        found = [folder for folder in sorted(set(REVIEW_FOLDERS.values())) if (Path(dest) / folder / name).is_file()]
+        for folder in found:
+            (Path(dest) / folder / name).unlink()
+        moved += any(folder != REVIEW_FOLDERS.get(entry["label"]) for folder in found)
+    return moved
 
 
 def _n(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def reviewed_summary(counts: dict[str, dict[str, int]], no_image: int) -> str:
+def reviewed_summary(counts: dict[str, dict[str, int]], no_image: int, moved: int = 0) -> str:
     """``export_reviewed``'s counts in words, e.g. '1 false reject to train/good, 3 defects and misses
-    to test/defect; 1 reviewed part without an image'."""
+    to test/defect; 1 reviewed part without an image, 1 reviewed part moved (its label changed since an
+    earlier export)'."""
     kinds = {"train/good": ("false reject", "false rejects"), "test/defect": ("defect or miss", "defects and misses")}
     parts = [f"{_n(c['saved'], *kinds.get(folder, ('part', 'parts')))} to {folder}" for folder, c in counts.items()]
     text = ", ".join(parts)
     unreadable = sum(c["unreadable"] for c in counts.values())
     extra = [_n(n, f"reviewed part {why}", f"reviewed parts {why}")
-             for n, why in ((no_image, "without an image"), (unreadable, "with an unreadable image")) if n]
+             for n, why in ((no_image, "without an image"), (unreadable, "with an unreadable image"),
+                            (moved, "moved (its label changed since an earlier export)")) if n]
     return text + ("; " + ", ".join(extra) if extra else "")
 
 

@@ -28,7 +28,7 @@ from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
-from fair_edge.errors import DataError
+from fair_edge.errors import ConfigError, DataError
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
 from fair_edge.regions import calibrate_pixel_threshold
@@ -80,6 +80,8 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     stitches them (fair_edge.tiling); maps are then frame maps at the model's scale.
     with_masks: read each defective image's mask; one without a mask gets a placeholder row, marked in
     ``ScoredSet.mask_known`` (pixel metrics leave it out)."""
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1 image (or tile) per forward pass; found {batch}.")
     ckpt = load_checkpoint(checkpoint)
     scorer = TorchScorer(ckpt, device)
     tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
@@ -195,10 +197,28 @@ def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | Non
     return dict(totals, pixel_threshold_source=source), per_image
 
 
+REPORT_FILES = ("metrics.json", "scores.csv", "regions.csv", "roc.png", "pro.png")  # what write_report writes
+HEATMAP_TAGS = ("normal-highest", "defect-lowest")  # heatmaps/TAG-RANK-SCORE-STEM.png
+
+
+def clear_report(out_dir: Path) -> list[Path]:
+    """Delete what an earlier ``write_report`` wrote into ``out_dir`` (REPORT_FILES and the heat-map panels
+    under heatmaps/), so the folder holds one evaluation only: a run without masks leaves no earlier
+    regions.csv or pro.png, a smaller test set no earlier panels. Other files are kept; returns those deleted."""
+    out_dir = Path(out_dir)
+    found = [out_dir / name for name in REPORT_FILES if (out_dir / name).is_file()]
+    if (out_dir / "heatmaps").is_dir():
+        found += [p for tag in HEATMAP_TAGS for p in sorted((out_dir / "heatmaps").glob(f"{tag}-*.png")) if p.is_file()]
+    for path in found:
+        path.unlink()
+    return found
+
+
 def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8) -> None:
     """metrics.json, scores.csv, regions.csv (with masks), roc.png, pro.png (with masks) and worst-case
-    heatmaps into out_dir."""
+    heatmaps into out_dir, after deleting an earlier report's (``clear_report``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_report(out_dir)
     per_image = result.pop("regions_per_image", None)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     pixel = scored.with_masks_only()  # the images the pixel and region metrics cover
@@ -229,7 +249,7 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     worst_normal = normal_idx[np.argsort(-scored.scores[normal_idx])][:worst]
     worst_defect = defect_idx[np.argsort(scored.scores[defect_idx])][:worst]
     threshold = result.get("suggested_threshold")
-    for tag, indices in (("normal-highest", worst_normal), ("defect-lowest", worst_defect)):
+    for tag, indices in zip(HEATMAP_TAGS, (worst_normal, worst_defect)):
         for rank, i in enumerate(indices):
             sample = scored.samples[i]
             known = scored.masks is not None and (scored.mask_known is None or scored.mask_known[i])

@@ -11,13 +11,17 @@
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings and the train command),
-and keeps each candidate's final.pt under OUT/candidates/NAME/.
+and keeps each candidate's final.pt under OUT/candidates/NAME/. A folder holds one tune run: ``tune`` refuses
+an OUT that already holds one (``check_fresh_tune``) unless told to delete it first (``clear_tune``, --overwrite).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +42,9 @@ from fair_edge.models.training_contract import config_fields, config_from_option
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
 from fair_edge.tiling import TilingConfig
+
+log = logging.getLogger(__name__)
+TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy")  # what one tune run writes under OUT
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,15 @@ class Candidate:
 
     def fits(self) -> bool:
         """Whether the family accepts this candidate's pre-processing (e.g. image size a multiple of 16)."""
+        return not self.misfit()
+
+    def misfit(self) -> str:
+        """Why the family refuses this candidate's pre-processing (its ConfigError), "" when it accepts it."""
         try:
             get_family(self.family).check_preprocess(self.preprocess)
-        except ConfigError:
-            return False
-        return True
+        except ConfigError as exc:
+            return str(exc)
+        return ""
 
 
 @dataclass(frozen=True)
@@ -108,13 +119,19 @@ class TuneSettings:
             raise ConfigError(f"holdout must be in 0.05..0.5 of the normal images; found {self.holdout}.")
         if not self.budget_s > 0:
             raise ConfigError(f"budget must be > 0 seconds; found {self.budget_s}.")
+        if not 0.0 <= self.false_reject_rate < 1.0:
+            raise ConfigError(f"false_reject_rate must be a share in [0, 1) (0.005 is 0.5 %); found "
+                              f"{self.false_reject_rate}.")
 
 
 def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
     """The base (FAIR), then one change at a time, cheapest first: every other registered family (LGFDR,
     PatchCore: at the same image size, their default length and learning rate), cutoff x0.5 / x2, Gaussian
     and Sobel filters, steps x2, (when frames are at least 3 model inputs wide) tiling at twice the model's
-    scale, else image size x2 (with the cutoff scaled along), and width x2 (about 4x the cost of the base) last."""
+    scale, else image size x2 (with the cutoff scaled along), and width x2 (about 4x the cost of the base) last,
+    when the doubled width is one the family's command line trains (``flag_choices``; FAIR: 32, 64, 128).
+    A candidate the family refuses (``Candidate.misfit``) is dropped with a warning naming it and why; ConfigError
+    when none is left."""
     p = base.preprocess
     others = []
     for key, impl in FAMILIES.items():
@@ -133,8 +150,62 @@ def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
     elif p.tiling is None:
         out.append(replace(base, name="size-double", preprocess=replace(p, image_size=2 * p.image_size,
                                                                         cutoff=2 * p.cutoff)))
-    out.append(replace(base, name="width-double", width=base.width * 2))
-    return [c for c in out if c.fits()]
+    if _width_trainable(base.family, 2 * base.width):
+        out.append(replace(base, name="width-double", width=base.width * 2))
+    return _fitting(out)
+
+
+def _width_trainable(family: str, width: int) -> bool:
+    """Whether ``fair-edge train --width WIDTH`` accepts ``width`` for ``family`` (any width when the family
+    names no choices)."""
+    choices = get_family(family).flag_choices.get("width")
+    return not choices or width in choices
+
+
+def _fitting(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates their family accepts; each dropped one is named in a warning with the reason (the base
+    first: every other candidate changes one thing of it). ConfigError when none is left."""
+    kept, dropped = [], []
+    for cand in candidates:
+        reason = cand.misfit()
+        if reason:
+            dropped.append(f"{cand.name}: {reason}")
+            log.warning("tune: dropped candidate %s (the %s family refuses it): %s", cand.name, cand.family, reason)
+        else:
+            kept.append(cand)
+    if not kept:
+        raise ConfigError(f"no tune candidate fits its model family ({'; '.join(dropped)}); change the base "
+                          "settings, e.g. --image-size to a multiple of 16.")
+    return kept
+
+
+def check_fresh_tune(out: Path) -> None:
+    """ConfigError when ``out`` already holds a tune run (any of ``TUNE_OUTPUTS``: tune.json, tune.csv,
+    candidates/, proxy/): a new run would replace its results and checkpoints, or mix its files with the new
+    run's. Names the folder and the choices."""
+    found = [name for name in TUNE_OUTPUTS if (Path(out) / name).exists()]
+    if found:
+        raise ConfigError(
+            f"{out} already holds a tune run ({' and '.join(found)}); a new run there would overwrite it. Tune into "
+            f"another folder (--out NEW_FOLDER), or pass --overwrite to delete that run first: "
+            f"`fair-edge tune DATA --out {shlex.quote(str(out))} --overwrite`."
+        )
+
+
+def clear_tune(out: Path) -> list[Path]:
+    """Delete what a tune run wrote under ``out`` (``TUNE_OUTPUTS``; --overwrite); returns those deleted. Other
+    files are kept."""
+    deleted = []
+    for name in TUNE_OUTPUTS:
+        path = Path(out) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        deleted.append(path)
+    return deleted
 
 
 def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -207,7 +278,11 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
 def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: TuneSettings = TuneSettings(),
          device: torch.device = torch.device("cpu"), data_name: str = "DATA",
          on_row: Callable[[TuneRow], None] | None = None) -> list[TuneRow]:
-    """Run the candidates within the budget; write tune.csv and tune.json; rows best first."""
+    """Run the candidates within the budget; write tune.csv and tune.json; rows best first. ConfigError before
+    anything is written when there is no candidate."""
+    if not candidates:
+        raise ConfigError("tune needs at least one candidate; found none (default_candidates gives the base and "
+                          "one change at a time).")
     out.mkdir(parents=True, exist_ok=True)
     train, held = split_normals(split.train, settings.holdout, settings.seed)
     proxy = write_proxy_set(held, out / "proxy", settings)
