@@ -11,11 +11,16 @@ Sequence numbers follow the camera's frame (block) ids, so frames the camera sen
 arrived show up as gaps (16-bit GVSP ids wrap 65535 -> 1). After a reconnect the ids restart:
 numbering goes on from the last frame, and the capture thread estimates the frames lost in
 the outage from its duration and the nominal frame rate.
+
+``Frame.t_capture`` is when the frame's first packet reached the host (the buffer's system timestamp, on
+``time.monotonic()``), not when it was taken from the stream's buffers: frames that waited there come out
+stamped old, so a triggered capture skips them (``stale_frames``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -51,6 +56,20 @@ def frame_step(last_id: int, frame_id: int) -> int:
     return (frame_id - last_id) % GVSP_ID_MODULUS
 
 
+def monotonic_from_system_ns(system_ns: int) -> float:
+    """An Aravis buffer's system timestamp -> ``time.monotonic()`` seconds (``Frame.t_capture``).
+
+    Aravis stamps a buffer with the host's wall clock (``g_get_real_time() * 1000``: CLOCK_REALTIME, ns) when
+    the frame's first packet arrives, so a frame that waited in the stream's buffers keeps the time it came in.
+    Its age on the wall clock is taken off ``time.monotonic()`` now. 0 (no timestamp) or a time ahead of now
+    (the wall clock was set back meanwhile) is stamped now; a wall clock set forward meanwhile makes the frame
+    look older than it is (a triggered capture then skips it as stale)."""
+    now_monotonic, now_wall_ns = time.monotonic(), time.time_ns()
+    if system_ns <= 0:
+        return now_monotonic
+    return now_monotonic - max(0, now_wall_ns - system_ns) / 1e9
+
+
 class AravisSource(SourceBase):
     """Frames from a GenICam camera via Aravis.
 
@@ -74,7 +93,7 @@ class AravisSource(SourceBase):
     def nominal_fps(self) -> float | None:
         return self.fps or self._rate
 
-    def _connect(self) -> tuple[np.ndarray, str]:
+    def _connect(self) -> tuple[np.ndarray, str, float]:
         aravis = _aravis()
         aravis.update_device_list()
         try:
@@ -93,7 +112,7 @@ class AravisSource(SourceBase):
         self._last_id = None
         return self._grab()
 
-    def _grab(self) -> tuple[np.ndarray, str]:
+    def _grab(self) -> tuple[np.ndarray, str, float]:
         aravis = _aravis()
         buffer = self._stream.timeout_pop_buffer(int(self.timeout_s * 1e6))
         if buffer is None:
@@ -104,9 +123,10 @@ class AravisSource(SourceBase):
                 raise FrameMissed(f"{self.name}: incomplete frame ({status.value_nick})")
             image = self._image(buffer)
             self._number(buffer.get_frame_id())
+            t_grabbed = monotonic_from_system_ns(buffer.get_system_timestamp())
         finally:
             self._stream.push_buffer(buffer)
-        return image, self.name
+        return image, self.name, t_grabbed
 
     def _image(self, buffer) -> np.ndarray:
         fmt = self._camera.get_pixel_format_as_string()

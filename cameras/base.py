@@ -190,6 +190,8 @@ class CaptureStats:
     full-queue policy. read_errors: reads that raised (missed frames and link failures).
     reconnects: successful reconnections. frames_lost_estimate: frames the source produced
     that never reached us (sequence gaps, or outage time x nominal fps where seq shows none).
+    unreadable: files the source skipped because it could not decode them (a replayed folder's corrupt
+    image): they are not frames, so an unpaced replay's files = frames_in + unreadable.
     """
 
     frames_in: int = 0
@@ -197,5 +199,6 @@ class CaptureStats:
     read_errors: int = 0
     reconnects: int = 0
     frames_lost_estimate: int = 0
+    unreadable: int = 0
     state: CaptureState = CaptureState.NEW
     end_reason: str = ""

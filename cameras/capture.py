@@ -43,19 +43,31 @@ _END = object()  # end-of-stream marker put in the queue after the last frame
 class SourceBase:
     """Context-manager plumbing and the sequence counter shared by the concrete sources.
 
-    Subclasses implement ``_connect() -> np.ndarray`` (open and return the first image),
-    ``_grab() -> tuple[np.ndarray, str]`` (next image and its ``Frame.source`` label) and
+    Subclasses implement ``_connect()`` (open and return the first image as ``_grab`` does),
+    ``_grab() -> (image, label)`` or ``(image, label, t_grabbed)`` (next image, its ``Frame.source``
+    label and, where the driver knows it, when the image was taken in ``time.monotonic()`` seconds) and
     ``_release()`` (also called after a failed ``_connect``, so it must cope with a
     half-open state). The first image read by ``_connect`` is returned by the next ``read()``,
     so fail-fast opening loses no frame. Sequence numbers keep counting across reconnects.
+
+    ``Frame.t_capture`` is when the image was grabbed, not when ``read()`` returned it: the driver's
+    time where ``_grab`` gives one, else the moment ``_connect`` / ``_grab`` returned it (the first image
+    keeps its time of ``open()``, however late it is read). A triggered capture relies on it to skip
+    images taken before the trigger (``fair_edge.cameras.triggered``). A source that makes an image only
+    when asked (``on_demand``: an unpaced replay or synthetic line) has no timeline: its first image is
+    stamped when read, so a replayed folder's first file is a frame like the others.
+    ``interrupt()`` (any thread) ends a wait inside ``_grab`` that is not the device's (a replay's
+    pacing); here it does nothing. ``unreadable`` counts files a source skipped because it could not
+    decode them (replays; ``CaptureStats.unreadable``).
     """
 
     name: str = "source"
 
     def __init__(self) -> None:
         self._is_open = False
-        self._pending: tuple[np.ndarray, str] | None = None
+        self._pending: tuple[np.ndarray, str, float] | None = None
         self._seq = 0
+        self.unreadable = 0
 
     @property
     def nominal_fps(self) -> float | None:
@@ -65,11 +77,16 @@ class SourceBase:
     def is_open(self) -> bool:
         return self._is_open
 
+    @property
+    def on_demand(self) -> bool:
+        """True when the source makes an image only when read (no timeline; here: False)."""
+        return False
+
     def open(self) -> None:
         if self._is_open:
             return
         try:
-            first = self._connect()
+            first = stamped(self._connect())
             check_image(first[0], self.name)
         except BaseException:
             self._release_logged()
@@ -82,11 +99,16 @@ class SourceBase:
         if not self._is_open:
             raise CameraError(f"{self.name}: read() on a closed source; call open() first (or use `with`)")
         if self._pending is not None:
-            image, label = self._pending
+            image, label, t_grabbed = self._pending
             self._pending = None
+            if self.on_demand:   # made for this read: it is taken now
+                t_grabbed = time.monotonic()
         else:
-            image, label = self._grab()
-        return self._make_frame(image, label)
+            image, label, t_grabbed = stamped(self._grab())
+        return self._make_frame(image, label, t_grabbed)
+
+    def interrupt(self) -> None:
+        """End a wait of ``_grab`` early (capture is stopping); a source that waits on its own implements it."""
 
     def close(self) -> None:
         if not self._is_open:
@@ -108,9 +130,9 @@ class SourceBase:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _make_frame(self, image: np.ndarray, label: str) -> Frame:
+    def _make_frame(self, image: np.ndarray, label: str, t_grabbed: float) -> Frame:
         image = freeze(image)  # checked once, by the inspection loop (a malformed frame: an NG verdict)
-        frame = Frame(seq=self._seq, t_capture=time.monotonic(), image=image, source=label)
+        frame = Frame(seq=self._seq, t_capture=t_grabbed, image=image, source=label)
         self._seq += 1
         return frame
 
@@ -122,6 +144,15 @@ class SourceBase:
 
     def _release(self) -> None:
         raise NotImplementedError
+
+
+def stamped(grabbed: tuple) -> tuple[np.ndarray, str, float]:
+    """``(image, label)`` or ``(image, label, t_grabbed)`` from a source's ``_grab`` -> with the time it was
+    taken (``time.monotonic()`` s): the source's own, else now (it was grabbed just before)."""
+    if len(grabbed) == 3:
+        return grabbed
+    image, label = grabbed
+    return image, label, time.monotonic()
 
 
 def check_image(image: object, source: str) -> np.ndarray:
@@ -247,8 +278,9 @@ class CaptureThread:
         if self._thread is None:
             self._finish(CaptureState.STOPPED, "stop() called")
             return True
-        # the end marker goes in after the reader's last frame: a frame read while stopping is still
-        # queued ahead of it, so the consumer inspects it instead of losing it
+        self._interrupt_source()
+        # the end marker goes in after the reader's last frame; a frame the reader gets from read() after
+        # this point is not accepted (``_accept``): the run has ended, nothing may still arrive
         self._thread.join(self.settings.stop_timeout_s)
         self._finish(CaptureState.STOPPED, "stop() called")
         if self._thread.is_alive():
@@ -258,6 +290,16 @@ class CaptureThread:
         return True
 
     close = stop
+
+    def _interrupt_source(self) -> None:
+        """Wake a reader waiting inside the source (a paced replay): ``interrupt()`` where the source has one."""
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is None:
+            return
+        try:
+            interrupt()
+        except Exception:  # logged: stopping goes on, joined within stop_timeout_s
+            log.exception("camera %s: interrupt() failed", self.source.name)
 
     def __enter__(self) -> CaptureThread:
         return self.start()
@@ -309,8 +351,9 @@ class CaptureThread:
         return self._queue.qsize()
 
     def stats(self) -> CaptureStats:
+        unreadable = getattr(self.source, "unreadable", 0)
         with self._lock:
-            return CaptureStats(**self._counts, state=self._state, end_reason=self._end_reason)
+            return CaptureStats(**self._counts, unreadable=unreadable, state=self._state, end_reason=self._end_reason)
 
     # ---- reader thread ---------------------------------------------------------------
     def _run(self) -> None:
@@ -349,6 +392,9 @@ class CaptureThread:
         return "stop() called", None
 
     def _accept(self, frame: Frame) -> None:
+        if self._stop.is_set():   # read after stop(): the run has ended; not counted, queued or noted (no hook)
+            log.debug("camera %s: frame %d read after stop(); discarded", self.source.name, frame.seq)
+            return
         lost = 0
         last = self._last
         if last is not None:

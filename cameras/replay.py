@@ -32,8 +32,9 @@ class FolderReplaySource(SourceBase):
     fps: replay rate, frames per second; 0 = as fast as possible.
     loop: start again after the last image; else :class:`EndOfStream`.
     gray: load as (H, W) uint8 gray instead of (H, W, 3) uint8 BGR.
-    Unreadable images are skipped with a warning and counted in ``skipped``; they use no
-    sequence number. Frames: ``source`` = the image's file name.
+    Unreadable images are skipped with a warning and counted in ``unreadable`` (``CaptureStats.unreadable``,
+    the run summary's ``unreadable``; ``skipped`` is the same count); they use no sequence number.
+    Frames: ``source`` = the image's file name.
     Pixels are taken as stored: an EXIF orientation tag is ignored (``IMREAD_IGNORE_ORIENTATION``), as the
     training reader (``fair_edge.training.data.read_image``) ignores it, because every model was trained,
     evaluated and thresholded on the images that reader gives. Applying the tag here would replay a rotated
@@ -49,7 +50,6 @@ class FolderReplaySource(SourceBase):
         self.flags = (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
         self.suffixes = tuple(s.lower() for s in suffixes)
         self.name = name or f"folder:{self.folder}"
-        self.skipped = 0
         self._files: list[Path] = []
         self._index = 0
         self._pacer = Pacer(self.fps)
@@ -57,6 +57,20 @@ class FolderReplaySource(SourceBase):
     @property
     def nominal_fps(self) -> float | None:
         return self.fps or None
+
+    @property
+    def on_demand(self) -> bool:
+        """Unpaced: an image is read from its file when asked (``SourceBase``)."""
+        return self.fps == 0
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable files skipped (the name ``unreadable`` has in ``CaptureStats``)."""
+        return self.unreadable
+
+    def interrupt(self) -> None:
+        """End a pacing wait now (capture is stopping): ``stop()`` need not wait out 1 / fps."""
+        self._pacer.wake()
 
     def _connect(self) -> tuple[np.ndarray, str]:
         if not self.folder.is_dir():
@@ -88,10 +102,10 @@ class FolderReplaySource(SourceBase):
             if image is not None:
                 self._pacer.wait()
                 return image, path.name
-            self.skipped += 1
+            self.unreadable += 1
             failures_in_row += 1
-            log.warning("camera %s: skipping unreadable image %s (%d skipped so far)",
-                        self.name, path, self.skipped)
+            log.warning("camera %s: skipping unreadable image %s (%d unreadable so far)",
+                        self.name, path, self.unreadable)
             if failures_in_row >= len(self._files):
                 raise EndOfStream(f"{self.name}: none of the {len(self._files)} images is readable")
 
@@ -122,6 +136,15 @@ class VideoReplaySource(SourceBase):
     def nominal_fps(self) -> float | None:
         period = self._pacer.period
         return 1.0 / period if period > 0 else None
+
+    @property
+    def on_demand(self) -> bool:
+        """Unpaced: a frame is decoded when asked (``SourceBase``)."""
+        return self._pacer.period == 0
+
+    def interrupt(self) -> None:
+        """End a pacing wait now (capture is stopping): ``stop()`` need not wait out 1 / fps."""
+        self._pacer.wake()
 
     def _connect(self) -> tuple[np.ndarray, str]:
         if not self.path.is_file():

@@ -91,6 +91,11 @@ class LineSource(SourceBase):
     def nominal_fps(self) -> float | None:
         return self.fps or None
 
+    @property
+    def on_demand(self) -> bool:
+        """fps 0: a slot passes when the reader asks (``SourceBase``)."""
+        return self.fps == 0
+
     def _connect(self) -> tuple[np.ndarray, str]:
         if self._down_remaining != 0:
             if self._down_remaining > 0:

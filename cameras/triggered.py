@@ -2,19 +2,22 @@
 
 ``TriggeredSource`` wraps any frame source. Its ``read()`` waits for the next trigger the handshake
 took, then returns the first frame the camera captured at or after the moment the trigger was
-seen (frames stamped earlier, e.g. queued in a camera driver, are skipped and counted
-``stale_frames``), renumbered so that one frame = one triggered part (no sequence gaps are counted
-as lost). The handshake learns which frame inspects which part (``Handshake.bind``). A read that
-fails answers the part NG not inspected and raises as the camera did (the capture thread
-reconnects). A free-running camera works as it is; a camera in software-trigger mode would take the
-exposure at the trigger instead (not wired yet: docs/line-integration.md).
+seen (frames stamped earlier, e.g. queued in a camera driver or grabbed at ``open()``, are skipped and
+counted ``stale_frames``; ``Frame.t_capture`` is when the image was grabbed: ``SourceBase``), renumbered
+so that one frame = one triggered part (no sequence gaps are counted as lost). The handshake learns
+which frame inspects which part (``Handshake.bind``). A read that fails answers the part NG not inspected
+and raises as the camera did (the capture thread reconnects). A free-running camera works as it is; a
+camera in software-trigger mode would take the exposure at the trigger instead (not wired yet:
+docs/line-integration.md).
 
 ``TriggeredCapture`` is the ``CaptureThread`` for it: ``stop()`` first wakes a ``read()`` waiting
 for a trigger, so stopping never waits for the next part. ``triggered_capture`` makes the pair.
 
 ``TriggerFanout`` serves several cameras from one handshake (a station of several cameras, ``group.match:
 handshake``): every trigger goes to each camera's ``TriggeredSource``, so each takes one frame per part, and
-``part_id(camera, seq)`` says which PLC part a camera's frame shows.
+``part_id(camera, seq)`` says which PLC part a camera's frame shows. A camera back from an outage never takes a
+trigger queued for it past its deadline (dropped, counted ``expired``), and at most ``max_queued`` wait for one
+camera (beyond: the oldest dropped, counted ``overflow``, that view missing).
 
 It lives with the cameras (not in ``fair_edge.line.handshake``) because it is a frame source: the line
 room sits below the cameras and never imports them.
@@ -22,9 +25,12 @@ room sits below the cameras and never imports them.
 
 from __future__ import annotations
 
-import queue
+import collections
+import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fair_edge.errors import CameraError
 from fair_edge.line.handshake import Handshake, Ticket
@@ -36,6 +42,10 @@ from .capture import CaptureThread
 WAIT_STEP_S = 0.05     # a read waiting for a trigger checks for stop this often
 MAX_STALE = 16         # frames skipped at most for one trigger before the next one is taken anyway
 FAILED_MEMORY = 1024   # triggers some (not all) cameras failed, remembered in case the others fail them too
+MAX_QUEUED = 64        # triggers queued for one camera of a TriggerFanout at most (when the handshake has no max_parts)
+FANOUT_COUNTERS = ("expired", "overflow")   # TriggerFanout.stats(): tickets dropped, and why
+
+log = logging.getLogger(__name__)
 
 
 class TriggeredSource:
@@ -76,9 +86,16 @@ class TriggeredSource:
         self.handshake.bind(out.seq, ticket)
         return out
 
+    @property
+    def unreadable(self) -> int:
+        return getattr(self.inner, "unreadable", 0)
+
     def interrupt(self) -> None:
-        """Make a ``read()`` waiting for a trigger end the stream (capture is stopping)."""
+        """Make a ``read()`` waiting for a trigger end the stream and wake the inner source (capture is stopping)."""
         self._interrupted.set()
+        interrupt = getattr(self.inner, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
 
     def close(self) -> None:
         self.inner.close()
@@ -92,15 +109,10 @@ class TriggeredSource:
 
 
 class TriggeredCapture(CaptureThread):
-    """``CaptureThread`` over a ``TriggeredSource``; ``stop()`` does not wait for a trigger."""
+    """``CaptureThread`` over a ``TriggeredSource``; ``stop()`` does not wait for a trigger (it calls the
+    source's ``interrupt()``, as for every source)."""
 
     source: TriggeredSource
-
-    def stop(self) -> bool:
-        self.source.interrupt()
-        return super().stop()
-
-    close = stop
 
 
 def triggered_capture(source: FrameSource, handshake: Handshake | _CameraPort, settings: CaptureSettings,
@@ -114,36 +126,79 @@ class TriggerFanout:
     uses in place of the handshake. The camera that asks first takes the next trigger from the handshake and
     queues it for every other camera; the frame each camera binds to it is remembered here (``ticket``),
     not in the handshake (sequence numbers are per camera): the station answers each part once, with the
-    verdict of all its views (``Handshake.answer``)."""
+    verdict of all its views (``Handshake.answer``).
 
-    def __init__(self, handshake: Handshake, cameras: list[str]) -> None:
-        self.handshake = handshake
-        self._queues: dict[str, queue.Queue] = {name: queue.Queue() for name in cameras}
+    A camera that was not reading (an outage, a reconnect) never takes a queued ticket past its deadline: the
+    part has left and will not be answered (the handshake skips its own the same way), so a frame taken now
+    would show another part. Such tickets are dropped when the camera asks, counted ``expired``. Each camera
+    holds at most ``max_queued`` tickets (default: the handshake's ``max_parts``); beyond that its oldest is
+    dropped, counted ``overflow``, and its view of that part is missing (``failed``). ``stats()``: the counts.
+    clock: monotonic seconds, compared with ``Ticket.deadline`` (tests fake it).
+    """
+
+    def __init__(self, handshake: Handshake, cameras: list[str], max_queued: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.handshake, self._clock = handshake, clock
+        self.max_queued = max_queued or getattr(getattr(handshake, "settings", None), "max_parts", MAX_QUEUED)
+        self._queues: dict[str, collections.deque[Ticket]] = {name: collections.deque() for name in cameras}
         self._pull = threading.Lock()
         self._lock = threading.Lock()
         self._bound: dict[tuple[str, int], Ticket] = {}
         self._cameras = frozenset(cameras)
         self._failed: OrderedDict[int, set[str]] = OrderedDict()   # id(ticket) -> cameras whose read failed it
+        self._counts = dict.fromkeys(FANOUT_COUNTERS, 0)
 
     def port(self, camera: str) -> "_CameraPort":
         return _CameraPort(self, camera)
 
     def next_trigger(self, camera: str, timeout_s: float) -> Ticket | None:
-        own = self._queues[camera]
-        try:
-            return own.get_nowait()
-        except queue.Empty:
-            pass
-        with self._pull:   # one camera waits on the handshake at a time; the others take from their queues
-            try:
-                return own.get_nowait()
-            except queue.Empty:
-                ticket = self.handshake.next_trigger(timeout_s)
-            if ticket is not None:
-                for name, other in self._queues.items():
-                    if name != camera:
-                        other.put(ticket)
+        ticket = self._take_queued(camera)
+        if ticket is not None:
             return ticket
+        with self._pull:   # one camera waits on the handshake at a time; the others take from their queues
+            ticket = self._take_queued(camera)
+            if ticket is not None:
+                return ticket
+            ticket = self.handshake.next_trigger(timeout_s)
+            if ticket is not None:
+                for name in self._queues:
+                    if name != camera:
+                        self._queue(name, ticket)
+            return ticket
+
+    def stats(self) -> dict[str, int]:
+        """Tickets dropped: ``expired`` (past their deadline when a camera asked or queued), ``overflow`` (a
+        camera's queue full)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def _take_queued(self, camera: str) -> Ticket | None:
+        """The oldest ticket queued for ``camera`` still within its deadline; older ones are dropped, counted."""
+        now, expired = self._clock(), []
+        with self._lock:
+            own = self._queues[camera]
+            while own and own[0].deadline <= now:
+                expired.append(own.popleft())
+            self._counts["expired"] += len(expired)
+            ticket = own.popleft() if own else None
+        if expired:
+            log.warning("camera %s: %d queued trigger(s) past their deadline dropped (parts %s): not read in time, "
+                        "the parts have left", camera, len(expired), ", ".join(str(t.part_id) for t in expired))
+        return ticket
+
+    def _queue(self, camera: str, ticket: Ticket) -> None:
+        """Queue ``ticket`` for ``camera``; a full queue drops its oldest (that view is missing, ``failed``)."""
+        with self._lock:
+            own = self._queues[camera]
+            dropped = own.popleft() if len(own) >= self.max_queued else None
+            own.append(ticket)
+            expired = dropped is not None and dropped.deadline <= self._clock()   # not answered anyway
+            if dropped is not None:
+                self._counts["expired" if expired else "overflow"] += 1
+        if dropped is not None and not expired:
+            log.warning("camera %s: %d triggers already queued (the camera is not reading); part %d dropped for it",
+                        camera, self.max_queued, dropped.part_id)
+            self.failed(camera, dropped)
 
     def bind(self, camera: str, seq: int, ticket: Ticket) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, parse_source
-from fair_edge.cameras.aravis import frame_step
+from fair_edge.cameras.aravis import frame_step, monotonic_from_system_ns
+from fair_edge.cameras.triggered import triggered_capture
+from fair_edge.line.handshake.engine import Ticket
 
 FAKE = shutil.which("arv-fake-gv-camera-0.8")
 
@@ -98,3 +100,62 @@ def test_camera_killed_mid_run_is_reconnected_and_lost_frames_counted(camera):
     assert stats.reconnects >= 1 and stats.read_errors >= 2
     assert stats.frames_lost_estimate >= 20             # ~1.5 s + reconnect at 20 frames/s, estimated
     assert len(after) == 5 and after[-1].seq > first[-1].seq
+
+
+def test_a_buffer_system_timestamp_maps_onto_the_monotonic_clock():
+    """Aravis stamps a buffer with the wall clock (g_get_real_time() * 1000 ns) as its first packet arrives."""
+    now_ns, now = time.time_ns(), time.monotonic()
+    assert monotonic_from_system_ns(now_ns - 2_000_000_000) == pytest.approx(now - 2.0, abs=0.05)
+    assert monotonic_from_system_ns(0) >= now                      # no timestamp: now
+    assert monotonic_from_system_ns(now_ns + 10**12) >= now        # ahead of now (clock set back): now
+
+
+class TriggerFromTest:
+    """The handshake as ``TriggeredSource`` calls it; ``trigger()`` hands it a part."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.triggers, self.stale = queue.Queue(), 0
+
+    def trigger(self, part_id: int) -> float:
+        now = time.monotonic()
+        self.triggers.put(Ticket(part_id, now, now + 60))
+        return now
+
+    def next_trigger(self, timeout_s: float):
+        import queue
+
+        try:
+            return self.triggers.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def count_stale_frame(self) -> None:
+        self.stale += 1
+
+    def bind(self, seq, ticket) -> None:
+        pass
+
+    def answer_not_inspected(self, ticket) -> None:
+        pass
+
+
+@needs_fake_camera
+def test_triggered_frames_that_waited_in_the_stream_buffers_are_skipped_as_stale(camera):
+    """No part for a while: the image grabbed at open and the frames that filled the stream's buffers are all
+    older than the next trigger. Each comes out stamped when it arrived (the buffer's system timestamp), so the
+    triggered source skips them (stale_frames) and takes a frame from after the trigger. Before, every frame was
+    stamped when popped, after the trigger, and the part was inspected on an image from before it."""
+    source = parse_source(f"aravis:Aravis-Fake-{camera.serial}", fps=20, timeout_s=0.5)
+    hs = TriggerFromTest()
+    with triggered_capture(source, hs, CaptureSettings(queue_size=4)) as cap:
+        deadline = time.monotonic() + 20
+        while source._stream.get_n_buffers()[1] < 3 and time.monotonic() < deadline:   # the idle gap
+            time.sleep(0.05)
+        waiting = source._stream.get_n_buffers()[1]
+        assert waiting >= 3, "the fake camera filled no stream buffers"
+        t_trigger = hs.trigger(1)
+        frame = cap.get(timeout=10)
+    assert frame.t_capture >= t_trigger
+    assert hs.stale >= 1 + waiting          # the image grabbed at open and every frame that waited in a buffer

@@ -226,3 +226,68 @@ def test_stop_racing_a_full_drop_oldest_queue_never_crashes_the_reader(caplog):
         cap.get(timeout=2)
         assert cap.stop() is True
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_stop_wakes_a_slowly_paced_replay_and_no_frame_comes_after_it(tmp_path):
+    """A replay paced at one frame per 1000 s: stop() wakes the pacer (the source's interrupt()) and returns
+    at once, and the image the reader then gets is neither counted, queued nor handed to on_capture. Before,
+    stop() gave up after stop_timeout_s (False), and the reader delivered a frame after the run had ended."""
+    import threading
+
+    import cv2
+
+    from fair_edge.cameras import FolderReplaySource
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    captured, first = [], threading.Event()
+
+    def on_capture(frame: Frame) -> None:
+        captured.append(frame.seq)
+        first.set()
+
+    cap = CaptureThread(FolderReplaySource(tmp_path, fps=0.001, loop=True), CaptureSettings(stop_timeout_s=5),
+                        on_capture=on_capture).start()
+    assert first.wait(10)                 # frame 0 is in; the reader now waits ~1000 s for the next slot
+    assert cap.stop() is True, "stop() did not wake the paced replay: it waited stop_timeout_s"
+    assert not cap.alive
+    assert captured == [0] and cap.stats().frames_in == 1
+    assert [f.seq for f in drain(cap)] == [0]
+
+
+def test_a_frame_read_after_stop_is_not_accepted():
+    """A source whose read() returns only when interrupted: that frame arrives after stop() and is dropped
+    unseen (no hook, not counted, not queued)."""
+    import threading
+
+    from fair_edge.cameras.capture import SourceBase
+
+    class WaitsForInterrupt(SourceBase):
+        name = "waits"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.woken, self.grabs = threading.Event(), 0
+
+        def interrupt(self) -> None:
+            self.woken.set()
+
+        def _connect(self):
+            return IMAGES[0], self.name
+
+        def _grab(self):
+            self.grabs += 1
+            self.woken.wait()
+            return IMAGES[1], self.name
+
+        def _release(self) -> None:
+            pass
+
+    source, captured = WaitsForInterrupt(), []
+    cap = CaptureThread(source, CaptureSettings(stop_timeout_s=5), on_capture=lambda f: captured.append(f.seq)).start()
+    assert cap.get(timeout=5).seq == 0
+    deadline = time.monotonic() + 5
+    while source.grabs == 0 and time.monotonic() < deadline:   # the reader is in (or entering) the wait
+        time.sleep(0.005)
+    assert cap.stop() is True
+    assert captured == [0] and cap.stats().frames_in == 1 and drain(cap) == []

@@ -58,8 +58,8 @@ def test_folder_gray_option_gives_2d_frames(tmp_path):
 
 def test_folder_rate_is_respected(tmp_path):
     folder = _write_images(tmp_path / "imgs", [f"{i}.png" for i in range(5)])
+    t0 = time.monotonic()   # before open(): the first slot is there (its image keeps the time it was grabbed)
     with FolderReplaySource(folder, fps=25) as src:
-        t0 = time.monotonic()
         frames = _read_all(src)
         elapsed = time.monotonic() - t0
     assert len(frames) == 5
@@ -82,10 +82,34 @@ def test_unreadable_image_is_skipped_with_warning_and_counted(tmp_path, caplog):
     (folder / "b.png").write_bytes(b"not a png")
     with caplog.at_level(logging.WARNING), FolderReplaySource(folder) as src:
         frames = _read_all(src)
-        assert src.skipped == 1
+        assert src.skipped == src.unreadable == 1
     assert [f.source for f in frames] == ["a.png", "c.png"]
     assert [f.seq for f in frames] == [0, 1]
     assert "b.png" in caplog.text
+
+
+def test_an_unreadable_image_is_counted_in_the_capture_stats_and_the_run_summary(tmp_path):
+    """An unpaced replay of 5 files, one corrupt: 4 verdicts and 1 unreadable, in CaptureStats and in the run
+    summary (summary.json), so frames_in + unreadable = the files. Before, only a log line said so."""
+    import threading
+
+    from fair_edge.cameras import CaptureSettings, CaptureThread
+    from fair_edge.station.inspector import Inspector
+
+    class ZeroScorer:
+        reason, graph_threshold = "test: zero maps", None
+
+        def infer_frames(self, frames):
+            return np.zeros((len(frames), 4, 4), np.float32), np.zeros(len(frames), np.float32)
+
+    folder = _write_images(tmp_path / "imgs", [f"{i}.png" for i in range(5)])
+    (folder / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with CaptureThread(FolderReplaySource(folder), CaptureSettings(full_policy="block")) as capture:
+        summary = Inspector(capture, ZeroScorer(), threshold=1.0).run(threading.Event())
+    stats = capture.stats()
+    assert stats.frames_in == 4 and stats.unreadable == 1
+    assert summary.inspected == summary.frames_in == 4 and summary.to_dict()["unreadable"] == 1
+    assert summary.frames_in + summary.unreadable == 5
 
 
 def test_folder_with_no_readable_image_fails_on_open(tmp_path):

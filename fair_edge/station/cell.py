@@ -225,6 +225,7 @@ class CellCounters:
             counts = self.cell.per_camera.get(name, Counter())
             out[name] = {"frames_in": stats.frames_in, "inspected": counts["inspected"], "ng": counts["ng"],
                          "dropped": stats.dropped_queue_full, "lost": stats.frames_lost_estimate,
+                         "unreadable": stats.unreadable,
                          "state": stats.state.value, "end_reason": stats.end_reason}
         return out
 

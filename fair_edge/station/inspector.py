@@ -82,7 +82,8 @@ class LatencyStats:
 class RunSummary:
     """What a run did. frames_in/dropped/lost come from the capture thread: every frame read is
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
-    ``lost`` counts parts the camera never delivered (outages, sequence gaps).
+    ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
+    skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
     cameras: with several cameras, each camera's counters by name; parts: the part counters
@@ -98,6 +99,7 @@ class RunSummary:
     callback_errors: int = 0
     dropped: int = 0
     lost: int = 0
+    unreadable: int = 0
     duration_s: float = 0.0
     fault: str = ""
     latency: dict = field(default_factory=dict)
@@ -419,4 +421,5 @@ class Inspector:
         self.summary.frames_in = stats.frames_in
         self.summary.dropped = stats.dropped_queue_full
         self.summary.lost = stats.frames_lost_estimate
+        self.summary.unreadable = getattr(stats, "unreadable", 0)   # a capture that reads no files has none
         self.summary.latency = self.latency.percentiles()
