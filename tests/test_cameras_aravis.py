@@ -13,7 +13,7 @@ import pytest
 from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, parse_source
 from fair_edge.cameras.aravis import frame_step, monotonic_from_system_ns
 from fair_edge.cameras.triggered import triggered_capture
-from fair_edge.line.handshake.engine import Ticket
+from test_cameras_triggered import FakeHandshake
 
 FAKE = shutil.which("arv-fake-gv-camera-0.8")
 
@@ -110,37 +110,6 @@ def test_a_buffer_system_timestamp_maps_onto_the_monotonic_clock():
     assert monotonic_from_system_ns(now_ns + 10**12) >= now        # ahead of now (clock set back): now
 
 
-class TriggerFromTest:
-    """The handshake as ``TriggeredSource`` calls it; ``trigger()`` hands it a part."""
-
-    def __init__(self) -> None:
-        import queue
-
-        self.triggers, self.stale = queue.Queue(), 0
-
-    def trigger(self, part_id: int) -> float:
-        now = time.monotonic()
-        self.triggers.put(Ticket(part_id, now, now + 60))
-        return now
-
-    def next_trigger(self, timeout_s: float):
-        import queue
-
-        try:
-            return self.triggers.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-
-    def count_stale_frame(self) -> None:
-        self.stale += 1
-
-    def bind(self, seq, ticket) -> None:
-        pass
-
-    def answer_not_inspected(self, ticket) -> None:
-        pass
-
-
 @needs_fake_camera
 def test_triggered_frames_that_waited_in_the_stream_buffers_are_skipped_as_stale(camera):
     """No part for a while: the image grabbed at open and the frames that filled the stream's buffers are all
@@ -148,14 +117,14 @@ def test_triggered_frames_that_waited_in_the_stream_buffers_are_skipped_as_stale
     triggered source skips them (stale_frames) and takes a frame from after the trigger. Before, every frame was
     stamped when popped, after the trigger, and the part was inspected on an image from before it."""
     source = parse_source(f"aravis:Aravis-Fake-{camera.serial}", fps=20, timeout_s=0.5)
-    hs = TriggerFromTest()
+    hs = FakeHandshake()
     with triggered_capture(source, hs, CaptureSettings(queue_size=4)) as cap:
         deadline = time.monotonic() + 20
         while source._stream.get_n_buffers()[1] < 3 and time.monotonic() < deadline:   # the idle gap
             time.sleep(0.05)
         waiting = source._stream.get_n_buffers()[1]
         assert waiting >= 3, "the fake camera filled no stream buffers"
-        t_trigger = hs.trigger(1)
+        t_trigger = hs.trigger(1).t_trigger
         frame = cap.get(timeout=10)
     assert frame.t_capture >= t_trigger
     assert hs.stale >= 1 + waiting          # the image grabbed at open and every frame that waited in a buffer
