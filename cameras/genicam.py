@@ -21,14 +21,17 @@ from .capture import SourceBase
 log = logging.getLogger(__name__)
 
 # PFNC pixel format -> (channels, conversion to our uint8 BGR / gray); others are refused.
+# PFNC names a Bayer pattern by the sensor's top-left 2 x 2 (BayerRG8 = R G / G B); OpenCV's classic codes name it
+# by the second row's second and third pixels, so PFNC BayerRG is OpenCV BayerBG (its alias COLOR_BayerRGGB2BGR,
+# missing from older OpenCV), and so on for the other three.
 PIXEL_FORMATS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray] | None]] = {
     "Mono8": (1, None),
     "BGR8": (3, None),
     "RGB8": (3, lambda a: cv2.cvtColor(a, cv2.COLOR_RGB2BGR)),
-    "BayerRG8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerRG2BGR)),
-    "BayerBG8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerBG2BGR)),
-    "BayerGR8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGR2BGR)),
-    "BayerGB8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGB2BGR)),
+    "BayerRG8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerBG2BGR)),
+    "BayerBG8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerRG2BGR)),
+    "BayerGR8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGB2BGR)),
+    "BayerGB8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGR2BGR)),
 }
 
 

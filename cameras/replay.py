@@ -13,7 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fair_edge.errors import CameraError
+from fair_edge.errors import CameraError, DataError
+from fair_edge.images import read_image
 from fair_edge.preprocess import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 
 from .base import EndOfStream, Pacer, check_fps
@@ -35,10 +36,11 @@ class FolderReplaySource(SourceBase):
     Unreadable images are skipped with a warning and counted in ``unreadable`` (``CaptureStats.unreadable``,
     the run summary's ``unreadable``; ``skipped`` is the same count); they use no sequence number.
     Frames: ``source`` = the image's file name.
-    Pixels are taken as stored: an EXIF orientation tag is ignored (``IMREAD_IGNORE_ORIENTATION``), as the
-    training reader (``fair_edge.training.data.read_image``) ignores it, because every model was trained,
-    evaluated and thresholded on the images that reader gives. Applying the tag here would replay a rotated
-    JPEG turned (a 20 x 60 image as 60 x 20): another frame size, and a part the model never saw that way.
+    Each file is decoded by the training reader (``fair_edge.images.read_image``), because every model was
+    trained, evaluated and thresholded on the images it gives: pixels as stored (an EXIF orientation tag is
+    ignored: applying it would replay a rotated JPEG turned, 20 x 60 as 60 x 20, a part the model never saw that
+    way) and 16-bit pixels scaled by 1/257 (OpenCV's own 16 -> 8-bit drop truncates: 1 LSB off on a quarter of the
+    pixels).
     """
 
     def __init__(self, folder: str | Path, *, fps: float = 0.0, loop: bool = False, gray: bool = False,
@@ -47,7 +49,7 @@ class FolderReplaySource(SourceBase):
         self.folder = Path(folder)
         self.fps = check_fps(fps, f"folder {self.folder}")
         self.loop = loop
-        self.flags = (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
+        self.gray = gray
         self.suffixes = tuple(s.lower() for s in suffixes)
         self.name = name or f"folder:{self.folder}"
         self._files: list[Path] = []
@@ -88,6 +90,15 @@ class FolderReplaySource(SourceBase):
     def _grab(self) -> tuple[np.ndarray, str]:
         return self._next_image()
 
+    def _decode(self, path: Path) -> np.ndarray | None:
+        """The file's pixels as training reads them (``fair_edge.images.read_image``: as stored, 16-bit / 257),
+        gray when asked; None when it cannot be decoded."""
+        try:
+            image = read_image(path)
+        except DataError:
+            return None
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if self.gray else image
+
     def _next_image(self) -> tuple[np.ndarray, str]:
         """Next readable image, paced; skips and counts unreadable files."""
         failures_in_row = 0
@@ -98,7 +109,7 @@ class FolderReplaySource(SourceBase):
                 self._index = 0
             path = self._files[self._index]
             self._index += 1
-            image = cv2.imread(str(path), self.flags)
+            image = self._decode(path)
             if image is not None:
                 self._pacer.wait()
                 return image, path.name

@@ -188,3 +188,19 @@ def test_bare_specs_pick_the_opencv_kind():
                        ("http://cam/mjpg", "url")]:
         src = parse_source(spec)
         assert isinstance(src, OpenCVSource) and src.kind == kind
+
+
+@pytest.mark.parametrize("pfnc, top_left", [("BayerRG8", "RGGB"), ("BayerBG8", "BGGR"), ("BayerGR8", "GRBG"),
+                                             ("BayerGB8", "GBRG")])
+def test_bayer_formats_demosaic_to_the_colour_the_sensor_saw(pfnc, top_left):
+    """PFNC names a Bayer pattern by the sensor's top-left 2 x 2; a flat part of BGR (10, 50, 200) mosaicked that
+    way comes out as (10, 50, 200), not with red and blue swapped (OpenCV's classic codes name patterns otherwise)."""
+    from fair_edge.cameras.genicam import PIXEL_FORMATS
+
+    value = {"B": 10, "G": 50, "R": 200}
+    mosaic = np.zeros((8, 8), np.uint8)
+    for (dy, dx), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), top_left):
+        mosaic[dy::2, dx::2] = value[colour]
+    channels, convert = PIXEL_FORMATS[pfnc]
+    assert channels == 1
+    assert convert(mosaic)[2:6, 2:6].reshape(-1, 3).tolist() == [[10, 50, 200]] * 16

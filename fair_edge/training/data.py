@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
+from fair_edge.images import read_image  # noqa: F401 - the readers' one decoder, imported from here too
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -75,34 +76,6 @@ class DatasetSplit:
 
 
 # ----------------------------------------------------------------------------- pixels
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
-
-    Pixels are taken as stored: an EXIF orientation tag is ignored (IMREAD_UNCHANGED never rotates). This is
-    the one orientation policy of fair-edge: every model was trained on images read here, and the station's
-    folder replay (``fair_edge.cameras.replay``) and the masks (``read_mask``) read the same way, so a part is
-    inspected and scored in the orientation it was trained in. A camera frame carries no EXIF.
-    Raises DataError naming the file when it is missing, unreadable or truncated.
-    """
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"{path} is not a readable image (empty, truncated or an unsupported format).")
-    if image.dtype == np.uint16:
-        image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise DataError(f"{path}: expected 8- or 16-bit pixels; found {image.dtype}.")
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
-
-
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
 
