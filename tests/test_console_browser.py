@@ -188,3 +188,30 @@ def test_cell_live_tiles_and_a_view_reviewed_in_the_gallery(browser, station_bun
             source.release()
     (entry,) = [json.loads(x) for x in (out / "reviews.jsonl").read_text().splitlines()]
     assert (entry["camera"], entry["seq"], entry["label"]) == ("left", 1, "defect")
+
+
+def test_confirming_the_threshold_shown_unedited_applies_it_exactly(browser, tmp_path):
+    """The tune page shows the threshold in force rounded (6 digits); confirming it without an edit applies the
+    exact value (was: the rounded text), an edited field what was typed. A stand-in station, no bundle."""
+    from fair_edge.console.server import ConsoleServer
+    from test_console_units import one_camera_console, verdict
+
+    console, inspector = one_camera_console(tmp_path)
+    inspector.threshold = exact = 0.123456789012
+    console.observe(None, verdict(1, 0.05, threshold=exact), None)
+    console.feed.settings = console.feed.settings.__class__(port=0)
+    with ConsoleServer(console.feed, console.actions) as server:
+        browser.get(server.url + "tune")
+        wait(browser, lambda d: text(d, "current") not in ("", "–"), what="the threshold in force")
+        assert browser.find_element("id", "proposed").get_attribute("value") == "0.123457"
+        for typed, applied in ((None, exact), ("0.25", 0.25)):
+            if typed is not None:
+                field = browser.find_element("id", "proposed")
+                field.send_keys(Keys.CONTROL, "a")
+                field.send_keys(typed)
+            browser.find_element("id", "apply").click()
+            wait(browser, lambda d: d.find_element("id", "apply-confirmed").is_displayed(), what="the confirmation")
+            browser.find_element("id", "apply-confirmed").click()
+            wait(browser, lambda d: "threshold" in text(d, "message"), what="the applied threshold")
+            assert inspector.switch.take().threshold == applied
+            browser.execute_script("document.getElementById('message').textContent = ''")

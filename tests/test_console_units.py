@@ -293,8 +293,10 @@ def two_camera_console(tmp_path, rng, calls):
 
 
 def feed_scores(console, camera: str, scores, first_seq: int) -> None:
+    """Passed views of ``camera`` with these scores, decided by its model "m-CAMERA"."""
     for i, s in enumerate(scores):
-        console.observe(None, Verdict(first_seq + i, 0.0, float(s), 99.0, False, 0.01, camera=camera), None)
+        console.observe(None, Verdict(first_seq + i, 0.0, float(s), 99.0, False, 0.01, camera=camera,
+                                      model=f"m-{camera}"), None)
 
 
 def test_drift_of_the_second_camera_alarms_names_it_and_clears(tmp_path, monkeypatch):
@@ -659,3 +661,255 @@ def test_collect_refuses_a_duration_that_is_not_positive_and_an_unwritable_out(t
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "could not create the output folder" in text, r.output
     assert str(blocked / "out") in "".join(r.output.split())  # the folder named (rich may fold a long path)
+
+
+# ---------------------------------------------------------------------------------------------- one camera, no station
+LOCAL = "http://127.0.0.1:8765"   # a page of this machine: the Host a console without a token accepts
+
+
+def one_camera_console(tmp_path, links=None, station_file=None, attach=True, **console):
+    """A console of a one-camera station as ``station.run`` opens it, over a stand-in inspector (model "m1" at
+    threshold 1.0, its own switch), calibrated on N(0, 1). Returns (console, inspector)."""
+    from types import SimpleNamespace
+
+    from fair_edge.console.actions import StationLinks
+    from fair_edge.console.station_hook import StationConsole
+
+    rng = np.random.default_rng(0)
+    bundle = SimpleNamespace(root=tmp_path, threshold=calibrated(rng, 0.0))
+    settings = {"enabled": False, "drift_min_parts": 10, **console}
+    cfg = StationConfig(output=tmp_path, source_file=station_file, console=ConsoleSettings(**settings))
+    st = StationConsole(cfg, bundle, links=links or StationLinks())
+    summary = SimpleNamespace(inspected=0, ng=0, malformed=0, inference_errors=0, fault="", backend="fake")
+    inspector = SimpleNamespace(model="m1", threshold=1.0, switch=ModelSwitch(), summary=summary)
+    if attach:
+        st.attach(inspector, None, None, None, None)
+    return st, inspector
+
+
+def api(console, token=None, base_url=LOCAL):
+    """An in-process client of the console's app (no server, no port)."""
+    import threading
+    import warnings
+
+    from fair_edge.console.server import build_app
+
+    with warnings.catch_warnings():   # starlette's note about httpx, not about the console
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
+
+    app = build_app(console.feed, console.actions, token, threading.Event())
+    return TestClient(app, raise_server_exceptions=False, base_url=base_url)
+
+
+def verdict(seq, score, ng=False, model="m1", threshold=1.0):
+    return Verdict(seq, 0.0, score, threshold, ng, 0.01, model=model)
+
+
+def test_a_change_refused_for_its_operator_name_changes_nothing(tmp_path):
+    """Every input (the operator's name first) is checked before anything changes: a threshold with a blank name
+    is neither written to the station file nor switched to; an export runs no exporter; a review saves no image."""
+    from fair_edge.console.actions import StationLinks
+    from fair_edge.records import Frame
+
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"bundle": str(tmp_path), "decision": {"threshold": None}}))
+    original = station.read_text()
+    exported = []
+    links = StationLinks(load_station=load_station, export_reviewed=lambda out, dest: exported.append(dest) or {})
+    console, inspector = one_camera_console(tmp_path, links, station_file=station, keep_frames=8)
+    console.observe(Frame(1, 0.0, np.zeros((8, 8, 3), np.uint8)), verdict(1, 2.0, ng=True), None)
+    client = api(console)
+    for who in ("", "   ", None, 7, "x" * 81):
+        for action, body in (("threshold", {"threshold": 7.5, "confirm": True}), ("export", {}),
+                             ("review", {"seq": 1, "label": "defect"})):
+            r = client.post("/api/" + action, json={**body, "who": who})
+            assert r.status_code == 400 and r.json()["error"].startswith("who: expected the operator's name"), r.text
+    assert station.read_text() == original and inspector.switch.take() is None
+    assert exported == [] and not (tmp_path / "review").exists()
+    assert not (tmp_path / "audit.jsonl").exists() and not (tmp_path / "reviews.jsonl").exists()
+    assert client.post("/api/threshold", json={"threshold": 7.5, "confirm": True, "who": "ann"}).status_code == 200
+    assert inspector.switch.take().threshold == 7.5 and yaml.safe_load(station.read_text())["decision"]["threshold"] == 7.5
+
+
+def test_odd_fields_and_a_starting_station_get_an_answer_naming_them(tmp_path):
+    """A review label that is no string is a 400 naming the field (was a TypeError: 500); /api/tune before the
+    inspector is attached says the station is still starting (503; was NaN in JSON: 500), as every action does."""
+    console, _ = one_camera_console(tmp_path)
+    console.observe(None, verdict(1, 2.0, ng=True), None)
+    client = api(console)
+    for label in ([], {}, [1], {"a": 1}, 3):
+        r = client.post("/api/review", json={"seq": 1, "label": label, "who": "ann"})
+        assert r.status_code == 400 and r.json()["error"].startswith("label: expected one of defect, false_reject"), r.text
+
+    starting, _ = one_camera_console(tmp_path / "starting", attach=False)
+    client = api(starting)
+    for query in ("", "?threshold=0.5"):
+        r = client.get("/api/tune" + query)
+        assert r.status_code == 503 and "the station is still starting" in r.json()["error"], r.text
+    r = client.post("/api/threshold", json={"threshold": 2.0, "confirm": True, "who": "ann"})
+    assert r.status_code == 503 and "still starting" in r.json()["error"]
+    assert client.get("/api/state").status_code == 200
+
+
+def test_tuning_after_a_swap_projects_the_model_in_force_only(tmp_path):
+    """The old model's scores (another scale) leave the projection once the model changed: model m1 scored ~100
+    under 150; m2 scores ~0.5 under 1.0, so at 1.0 no m2 part would be rejected."""
+    rng = np.random.default_rng(1)
+    console, inspector = one_camera_console(tmp_path)
+    for seq, score in enumerate(rng.normal(100, 5, 300)):
+        console.observe(None, verdict(seq, float(score), model="m1", threshold=150.0), None)
+    inspector.model, inspector.threshold = "m2", 1.0   # swapped
+    for seq, score in enumerate(rng.normal(0.5, 0.1, 100), start=300):
+        console.observe(None, verdict(seq, float(score), model="m2"), None)
+    tuned = api(console).get("/api/tune").json()
+    assert tuned["current"] == 1.0 and tuned["at_current"]["normal_parts"] == 100
+    assert tuned["at_current"]["false_reject_rate"] == 0.0 and tuned["histogram"]["edges"][-1] < 10
+
+
+def test_the_shared_live_state_follows_changes_without_verdicts(tmp_path):
+    """The shared snapshot is rebuilt each period whatever the verdict count: a camera lost and a fault raised
+    show without a new part; its version grows only when its content changed; ``since`` gives one built no
+    earlier (a stream's first event, a page's fetch), whatever the period."""
+    import json
+    from types import SimpleNamespace
+
+    from fair_edge.console.server import SharedState
+
+    console, inspector = one_camera_console(tmp_path)
+    camera = SimpleNamespace(state=SimpleNamespace(value="running"), frames_in=1, dropped_queue_full=0,
+                             frames_lost_estimate=0)
+    console.feed.capture = SimpleNamespace(stats=lambda: camera)
+    console.observe(None, verdict(1, 0.5), None)
+    shared = SharedState(console.feed, console.actions, period=0.0)
+    version, text = shared.get()
+    assert shared.get()[0] == version   # nothing changed: nothing new to send
+    camera.state = SimpleNamespace(value="disconnected")
+    inspector.summary.fault = "camera: no frames for 2 s"
+    newer, text = shared.get()
+    state = json.loads(text)
+    assert newer > version and state["version"] == newer and state["count"] == 1
+    assert state["camera"]["state"] == "disconnected" and state["fault"] == "camera: no frames for 2 s"
+
+    import time
+
+    slow = SharedState(console.feed, console.actions, period=3600.0)
+    old, _ = slow.get()
+    inspector.summary.fault = ""
+    fresh, text = slow.get(since=time.monotonic())
+    assert fresh > old and json.loads(text)["fault"] == ""
+
+
+def sse_states(url: str, until, limit_s: float = 30.0) -> list[dict]:
+    """The ``state`` events of /api/events until ``until(states)`` holds; fails after ``limit_s`` (a keep-alive
+    comment comes at least every 10 s, so the loop always gets to check)."""
+    import json
+    import time
+
+    import httpx
+
+    states, deadline = [], time.monotonic() + limit_s
+    with httpx.stream("GET", url + "api/events", timeout=httpx.Timeout(5, read=limit_s)) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line[6:]))
+            if until(states):
+                return states
+            assert time.monotonic() < deadline, f"expected the awaited event within {limit_s} s, found {states}"
+    raise AssertionError(f"the event stream ended; found {states}")
+
+
+def test_a_new_live_page_starts_no_older_than_its_fetch(tmp_path):
+    """A page opened after a change without new verdicts (a fault raised) gets as its first event a snapshot no
+    older than its own fetch of /api/state (was: the one cached when the first page opened)."""
+    import httpx
+
+    from fair_edge.console.server import ConsoleServer
+
+    console, inspector = one_camera_console(tmp_path)
+    console.observe(None, verdict(1, 0.5), None)
+    console.feed.settings = ConsoleSettings(port=0, live_fps=0.1)   # one rebuild each 10 s unless asked for
+    with ConsoleServer(console.feed, console.actions) as server:
+        first = sse_states(server.url, lambda s: len(s) == 1)[0]
+        assert first["fault"] == ""
+        inspector.summary.fault = "camera: no frames for 2 s"
+        fetched = httpx.get(server.url + "api/state").json()
+        opened = sse_states(server.url, lambda s: len(s) == 1)[0]
+        assert fetched["fault"] == opened["fault"] == "camera: no frames for 2 s"
+        assert opened["version"] >= fetched["version"] > first["version"]   # what live.js compares
+
+
+def test_an_open_live_page_sees_a_fault_without_new_parts(tmp_path):
+    """A camera that stops sends no verdict: its fault still reaches a page that is open."""
+    from fair_edge.console.server import ConsoleServer
+
+    console, inspector = one_camera_console(tmp_path)
+    console.observe(None, verdict(1, 0.5), None)
+    console.feed.settings = ConsoleSettings(port=0, live_fps=20)
+
+    def raise_fault(states):
+        if len(states) == 1:   # the page is open: the camera stops, no verdict comes
+            inspector.summary.fault = "camera: lost"
+        return bool(states) and states[-1]["fault"] == "camera: lost"
+
+    with ConsoleServer(console.feed, console.actions) as server:
+        states = sse_states(server.url, raise_fault)
+    assert states[-1]["count"] == states[0]["count"] == 1
+
+
+def test_a_console_off_loopback_needs_a_token_however_its_settings_were_built(tmp_path):
+    """ConsoleSettings built in code (not through the station file) are checked when served: off loopback without
+    a token is a ConfigError naming console.token, before anything listens."""
+    from fair_edge.console.server import ConsoleServer
+
+    console, _ = one_camera_console(tmp_path)
+    for settings in (ConsoleSettings(host="0.0.0.0", port=0), ConsoleSettings(host="0.0.0.0", port=0, enabled=False)):
+        console.feed.settings = settings
+        with pytest.raises(ConfigError, match="console.token: expected a token when console.host is '0.0.0.0'"):
+            ConsoleServer(console.feed, console.actions)
+    console.feed.settings = ConsoleSettings(host="0.0.0.0", port=0, token="t" * 16)
+    ConsoleServer(console.feed, console.actions).close()   # with a token: served
+
+
+def test_without_a_token_only_this_machines_names_reach_the_console(tmp_path):
+    """DNS rebinding: a page of another site whose name points at 127.0.0.1 sends its own Host. Without a token
+    such a request is refused (403 naming the Host), reads included; this machine's names pass with any port.
+    With a token the token decides."""
+    console, inspector = one_camera_console(tmp_path)
+    body = {"threshold": 4.0, "confirm": True, "who": "x"}
+    for host in ("attacker.example:8765", "attacker.example", "127.0.0.1.attacker.example", "localhost.evil:80",
+                 "[::2]:8765", "10.0.0.5:8765", ""):
+        client = api(console)
+        r = client.post("/api/threshold", json=body, headers={"Host": host})
+        assert r.status_code == 403 and r.json()["error"].startswith("Host: expected this machine"), (host, r.text)
+        assert repr(host) in r.json()["error"] or (not host and "found 'none'" in r.json()["error"])
+        assert client.get("/api/state", headers={"Host": host}).status_code == 403
+    assert inspector.switch.take() is None
+    for host in ("127.0.0.1:8765", "localhost:1234", "LOCALHOST", "[::1]:8765", "127.0.0.1"):
+        r = api(console).post("/api/threshold", json=body, headers={"Host": host})
+        assert r.status_code == 200, (host, r.text)
+    assert inspector.switch.take().threshold == 4.0
+    token = "s3cret-token-123"
+    r = api(console, token=token).post("/api/threshold", json=body,
+                                       headers={"Host": "console.plant.example", "X-Fair-Edge-Token": token})
+    assert r.status_code == 200
+
+
+def test_the_journal_syncs_its_folder_when_it_creates_the_file(tmp_path, monkeypatch):
+    """A journal's first entry creates the file: the folder holding its name is fsync'd too (once)."""
+    import os
+    import stat
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    journal = Journal(tmp_path / "logs" / "audit.jsonl")
+    journal.append({"action": "threshold"})
+    assert synced == ["file", "folder"]
+    journal.append({"action": "threshold"})
+    assert synced == ["file", "folder", "file"]

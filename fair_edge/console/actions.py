@@ -36,6 +36,11 @@ REVIEW_LABELS = {
 }
 
 
+class StationStarting(ConfigError):
+    """Asked before the station attached its inspector (the console serves while the station starts): nothing
+    changed; the API answers 503 so a page tries again."""
+
+
 @dataclass(frozen=True)
 class CameraBundle:
     """One camera of several and the bundle it runs. own: the camera names it (``cameras[].bundle``); else it
@@ -141,8 +146,10 @@ class StationActions:
     # ------------------------------------------------------------------ reviews
     def review(self, seq, label: str, who: str, camera=None) -> dict:
         """Record an operator's judgement of view (camera, seq): defect / false_reject (NG views) or miss
-        (passed). camera: the view's camera (several cameras: required; one camera: none)."""
-        if label not in REVIEW_LABELS:
+        (passed). camera: the view's camera (several cameras: required; one camera: none). Every input is checked
+        before anything is written (the image under review/ included)."""
+        who = _who(who)
+        if not isinstance(label, str) or label not in REVIEW_LABELS:
             raise ConfigError(f"label: expected one of {', '.join(REVIEW_LABELS)}, found {label!r}")
         camera = self._camera(camera, required=True)
         verdict = self.verdict(_seq(seq), camera)
@@ -159,7 +166,7 @@ class StationActions:
         part = self.feed.part_of.get(key)
         entry = self.reviews.append({"run": self.run_id, **({"camera": camera} if camera else {}), "seq": verdict.seq,
                                      **({"part": part} if part is not None else {}), "label": label,
-                                     "who": _who(who), "score": finite(verdict.score), "threshold": verdict.threshold,
+                                     "who": who, "score": finite(verdict.score), "threshold": verdict.threshold,
                                      "model": verdict.model, "source": verdict.source, "image": image})
         self.labels[key] = label
         if label in tuning.DEFECT_LABELS:
@@ -222,12 +229,13 @@ class StationActions:
     def tune(self, proposed: float | None, camera=None) -> dict:
         """Distributions and the projection for ``proposed`` (default: the threshold in force) over the recent
         views of ``camera`` (several cameras: default the first; one camera: none), against that camera's own
-        calibration distribution (its drift watch's)."""
+        calibration distribution (its drift watch's). Only the views the model in force decided: another model's
+        scores (before a swap) are on another scale. StationStarting before the inspector is attached."""
         camera = self._camera(camera, required=False) or self.feed.lead_camera
-        decider = self._decider(camera) if self.feed.inspector is not None else None
-        current = decider.threshold if decider is not None else float("nan")
+        decider = self._decider(camera)
+        current = decider.threshold
         proposed = current if proposed is None else tuning.check_threshold(proposed)
-        recent = [v for v in list(self.feed.recent) if v.camera == camera]
+        recent = [v for v in list(self.feed.recent) if v.camera == camera and v.model == decider.model]
         normal, defect, unreviewed = tuning.split_scores(recent, self.labels)
         watch = self.feed.drift.watches.get(camera)   # none while a station of several cameras is still starting
         quantiles = watch.quantiles if watch is not None else None
@@ -238,7 +246,9 @@ class StationActions:
 
     def apply_threshold(self, value, who: str, confirm: bool, camera=None) -> dict:
         """Apply a new threshold from the next batch on; audit it and write it to the station file. Several
-        cameras: to ``camera`` only (required), written as its ``cameras[].threshold``."""
+        cameras: to ``camera`` only (required), written as its ``cameras[].threshold``. Every input is checked
+        before anything changes (the station file, the switch)."""
+        who = _who(who)
         value = tuning.check_threshold(value)
         camera = self._camera(camera, required=True)
         if self.station_file is not None and self.links.load_station is None:
@@ -254,7 +264,7 @@ class StationActions:
             tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
             written = str(self.station_file)
         decider.switch.request(ModelChange(threshold=value))
-        return self.audit.append({"action": "threshold", "who": _who(who), **({"camera": camera} if camera else {}),
+        return self.audit.append({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
                                   "old": old, "new": value, "station_file": written, "model": decider.model})
 
     def _decider(self, camera: str):
@@ -381,17 +391,19 @@ class StationActions:
 
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
-        """The reviewed parts of this output folder as a training/evaluation dataset under datasets/."""
+        """The reviewed parts of this output folder as a training/evaluation dataset under datasets/ (the operator's
+        name is checked before anything is exported)."""
+        who = _who(who)
         if self.links.export_reviewed is None:
             raise ConfigError("this station cannot export reviewed parts (no exporter was given)")
         dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
         result = self.links.export_reviewed(self.feed.output, dest)
-        self.audit.append({"action": "export", "who": _who(who), "new": result})
+        self.audit.append({"action": "export", "who": who, "new": result})
         return result
 
     def _inspector(self):
         if self.feed.inspector is None:
-            raise ConfigError("the station is still starting; try again in a moment")
+            raise StationStarting("the station is still starting (no inspector yet); try again in a moment")
         return self.feed.inspector
 
 

@@ -2,7 +2,8 @@
 changes (``audit.jsonl``), next to ``verdicts.jsonl`` in the station's output folder.
 
 Each entry is one line, written with a single ``write`` on a file opened for appending, flushed
-and ``fsync``-ed before the call returns, so an acknowledged review survives a crash or power cut.
+and ``fsync``-ed before the call returns (its folder too when the call created the file), so an
+acknowledged review survives a crash or power cut.
 Nothing is ever rewritten: a corrected review is a newer line for the same part (the newest wins).
 A torn last line (power lost mid-write) is skipped on reading and counted.
 """
@@ -45,6 +46,7 @@ class Journal:
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                created = not self.path.exists()
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     size = os.fstat(fd).st_size
@@ -54,6 +56,8 @@ class Journal:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                if created:   # the file's name lives in its folder: durable only once the folder is too
+                    _fsync_folder(self.path.parent)
             except OSError as exc:
                 raise RecorderError(f"{self.path}: expected a writable log file, found {exc}; "
                                     "free disk space or fix the folder's permissions") from exc
@@ -76,3 +80,12 @@ class Journal:
             log.warning("%s: %d unreadable line(s) skipped (a crash mid-write?)", self.path, torn)
         self.torn_lines = torn
         return entries
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder, so a file just created in it survives a power cut (its entry is in the folder)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -2,14 +2,19 @@
 
 Pages (plain HTML/CSS/JS shipped in ``static/``): ``/`` live view, ``/gallery`` NG review,
 ``/tune`` threshold tuning and model swap. Updates are pushed over server-sent events
-(``/api/events``): one ``state`` event whenever something new was inspected, at most
-``live_fps`` a second, and a comment line every 10 s to keep proxies from closing the stream.
+(``/api/events``): one ``state`` event whenever the live state changed (a new part, the camera, a
+fault, ...), at most ``live_fps`` a second, and a comment line every 10 s to keep proxies from closing
+the stream. Each snapshot carries a ``version`` (growing with its content), shared with ``/api/state``: a
+stream's first event is never older than the stream, and a page drops a snapshot older than one it has.
 
 Security: the server binds ``console.host`` (127.0.0.1 unless configured). Every request that
 changes something is a POST with a JSON body (a cross-site form cannot send one without a CORS
 preflight, which this server never grants) and, when ``console.token`` is set (required off
-loopback), the header ``X-Fair-Edge-Token``. Files are served only from the station's output
-folder: a path that resolves outside it (``..``, an absolute path, a symlink) is refused with 404.
+loopback), the header ``X-Fair-Edge-Token``. Without a token, a request whose ``Host`` is not this
+machine (the bind address, localhost, a loopback address) is refused with 403: a page of another site
+whose name was re-pointed at 127.0.0.1 (DNS rebinding) reads and changes nothing. Files are served only
+from the station's output folder: a path that resolves outside it (``..``, an absolute path, a symlink)
+is refused with 404.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from importlib import resources
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fair_edge.console import views
-from fair_edge.console.actions import StationActions
+from fair_edge.console.actions import StationActions, StationStarting
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.render import JpegCache
+from fair_edge.console.settings import is_loopback
 from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
@@ -56,22 +64,32 @@ def safe_file(root: Path, rel: str) -> Path | None:
 
 
 class SharedState:
-    """The live state as JSON, computed at most once per ``period`` seconds and only when a new part
-    was inspected, whatever the number of connected browsers (each gets the same text)."""
+    """The live state as JSON, rebuilt at most once per ``period`` seconds whatever the number of connected
+    browsers (each gets the same text), new parts or not: a camera lost or a fault raised shows without a
+    verdict. ``version`` grows only when the content changed (its ``time`` aside), so a stream sends a
+    snapshot when it changed and a page can tell an older snapshot from a newer one."""
 
     def __init__(self, feed: StationFeed, actions: StationActions, period: float) -> None:
         self.feed, self.actions, self.period = feed, actions, period
         self._lock = threading.Lock()
-        self._text, self._count, self._at = "", -1, 0.0
+        self._text, self._content, self._version, self._at = "", "", 0, float("-inf")
 
-    def get(self) -> tuple[int, str]:
+    def get(self, since: float | None = None) -> tuple[int, str]:
+        """(version, JSON text) of a snapshot built less than ``period`` ago, and not before ``since`` (a
+        ``time.monotonic()``: a stream's opening, a page's fetch) where given."""
         with self._lock:
             now = time.monotonic()
-            if self._count != self.feed.count and (now - self._at >= self.period or not self._text):
-                self._count = self.feed.count
-                self._text = json.dumps(views.live_state(self.feed, self.actions))
-                self._at = now
-            return self._count, self._text
+            if now - self._at >= self.period or (since is not None and self._at < since):
+                self._build(now)
+            return self._version, self._text
+
+    def _build(self, now: float) -> None:
+        state = views.live_state(self.feed, self.actions)
+        content = json.dumps({k: v for k, v in state.items() if k != "time"})
+        if content != self._content:
+            self._version += 1
+            self._content, self._text = content, json.dumps({**state, "version": self._version})
+        self._at = now
 
 
 def build_app(feed: StationFeed, actions: StationActions, token: str | None, stop: threading.Event) -> Starlette:
@@ -85,18 +103,20 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         return handler
 
     async def state(request: Request) -> Response:
-        return JSONResponse(views.live_state(feed, actions))
+        _, text = shared.get(since=time.monotonic())   # fresh, and the newest snapshot a stream sends from now on
+        return Response(text, media_type="application/json")
 
     async def events(request: Request) -> Response:
         async def stream():
-            seen, last_sent = -1, time.monotonic()
+            opened = last_sent = time.monotonic()
+            seen = 0   # versions start at 1: the first snapshot (built after the stream opened) is always sent
             period = 1.0 / feed.settings.live_fps
             while not stop.is_set():
                 if await request.is_disconnected():
                     return
-                count, text = shared.get()
-                if count != seen and text:
-                    seen, last_sent = count, time.monotonic()
+                version, text = shared.get(since=opened)
+                if version > seen:
+                    seen, last_sent = version, time.monotonic()
                     yield f"event: state\ndata: {text}\n\n"
                 elif time.monotonic() - last_sent > KEEPALIVE_S:
                     last_sent = time.monotonic()
@@ -157,7 +177,42 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         Route("/files/{path:path}", files),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    guard = [] if token is not None else [Middleware(LocalHostOnly, bind=feed.settings.host)]
+    return Starlette(routes=routes, middleware=guard)
+
+
+class LocalHostOnly:
+    """ASGI middleware of a console without a token: refuses (403, naming the Host found) every request whose
+    ``Host`` header is not this machine: the bind address, localhost or a loopback address (127.0.0.0/8,
+    [::1]), with any port. A name of another site re-pointed at 127.0.0.1 (DNS rebinding) gets nothing."""
+
+    def __init__(self, app, bind: str) -> None:
+        self.app, self.bind = app, bind.strip("[]").lower()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "")
+            if not self.allowed(host):
+                response = _error(f"Host: expected this machine ({self.names()}; any port), found {host or 'none'!r}; "
+                                  "open the console as http://127.0.0.1:PORT/, or set console.token to reach it "
+                                  "under another name", 403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def names(self) -> str:
+        """The names a Host may give, for an error."""
+        bind = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return ", ".join(dict.fromkeys((bind, "localhost", "127.0.0.1", "[::1]")))
+
+    def allowed(self, host: str) -> bool:
+        """Whether a Host header (name or address, [IPv6], optional :port) names this machine."""
+        name = host.strip().lower()
+        if name.startswith("["):   # [::1]:8765
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:   # name:port (a bare IPv6 address has several colons)
+            name = name.partition(":")[0]
+        return bool(name) and (name == self.bind or is_loopback(name))
 
 
 # action name -> what it does with the JSON body (each raises ConfigError for bad input); "camera" names the
@@ -185,6 +240,8 @@ def _refuse(request: Request, token: str | None) -> Response | None:
 def _run(fn) -> Response:
     try:
         return JSONResponse(fn())
+    except StationStarting as exc:   # no inspector yet: nothing changed, try again shortly
+        return _error(str(exc), 503)
     except FairEdgeError as exc:  # bad input, or a change that cannot be made: nothing changed
         return _error(str(exc))
 
@@ -195,12 +252,15 @@ def _error(message: str, status: int = 400) -> Response:
 
 class ConsoleServer:
     """uvicorn serving the console in a daemon thread. ``start()`` returns once it listens (or raises
-    ConfigError naming the port); ``close()`` stops it within about a second (safe twice)."""
+    ConfigError naming the port); ``close()`` stops it within about a second (safe twice). Settings built in
+    code are checked as the station file's are (``ConsoleSettings.check``): no token off loopback is a
+    ConfigError here."""
 
     def __init__(self, feed: StationFeed, actions: StationActions) -> None:
         import uvicorn
 
         self.settings = feed.settings
+        self.settings.check(serving=True)
         self._stop = threading.Event()
         app = build_app(feed, actions, self.settings.token, self._stop)
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port, log_level="warning",

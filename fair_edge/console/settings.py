@@ -62,11 +62,12 @@ class ConsoleSettings:
         out.check()
         return out
 
-    def check(self) -> None:
-        """Refuse a console reachable from other machines without a token, and a port out of range."""
+    def check(self, serving: bool | None = None) -> None:
+        """Refuse a console reachable from other machines without a token, and a port out of range. serving:
+        whether it is served (None: ``enabled``; ``ConsoleServer`` says True whatever ``enabled`` says)."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"console.port: expected an integer in [0, 65535], found {self.port}")
-        if self.enabled and not self.loopback and not self.token:
+        if (self.enabled if serving is None else serving) and not self.loopback and not self.token:
             raise ConfigError(f"console.token: expected a token when console.host is {self.host!r} (reachable from "
                               "other machines), found none; set console.token to a long random string, or bind "
                               "console.host to 127.0.0.1")

@@ -2,6 +2,7 @@
 "use strict";
 const $ = id => document.getElementById(id);
 let lastSeq = null;
+let shownVersion = 0;  // the newest snapshot shown: an older one (a stream's first event racing the fetch) is dropped
 
 function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
 
@@ -110,7 +111,12 @@ function showStrip(rows, run) {
       FE.el("figcaption", {}, `${v.camera ? v.camera + " " : ""}${v.seq} · ${FE.num(v.score, 3)}`)));
 }
 
-function show(s) { showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run); document.body.dataset.count = s.count; }
+function show(s) {
+  if (s.version < shownVersion) return;
+  shownVersion = s.version;
+  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run);
+  document.body.dataset.count = s.count;
+}
 
 FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
 const events = new EventSource("/api/events");

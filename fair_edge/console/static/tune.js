@@ -3,7 +3,10 @@
 "use strict";
 const $ = id => document.getElementById(id);
 let current = null;
+let filled = null;  // {text, value}: the threshold in force as the field shows it (rounded) and exactly
 const camera = () => $("camera").value;
+// the proposed threshold: the exact one in force while the field still shows it unedited, else what was typed
+const proposed = () => filled && $("proposed").value === filled.text ? filled.value : Number($("proposed").value);
 
 function showCameras(cameras) {
   if (!cameras) return;
@@ -23,12 +26,12 @@ async function project(first = false) {
   const value = $("proposed").value;
   try {
     const query = new URLSearchParams();
-    if (value && !first) query.set("threshold", value);
+    if (value && !first) query.set("threshold", String(proposed()));
     if (camera()) query.set("camera", camera());
     const t = await FE.get("/api/tune" + (query.toString() ? "?" + query : ""));
     current = t.current;
     $("current").textContent = FE.num(t.current);
-    if (first) $("proposed").value = FE.num(t.current, 6);  // the page opens on the threshold in force
+    if (first) { filled = {text: FE.num(t.current, 6), value: t.current}; $("proposed").value = filled.text; }  // the page opens on the threshold in force
     $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
     $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
     $("n-normal").textContent = t.proposed.normal_parts; $("n-defect").textContent = t.proposed.defect_parts;
@@ -66,7 +69,7 @@ $("apply").addEventListener("click", async () => {
 $("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add("hidden"));
 $("apply-confirmed").addEventListener("click", async () => {
   try {
-    const r = await FE.post("threshold", {threshold: Number($("proposed").value), confirm: true, ...(camera() ? {camera: camera()} : {})});
+    const r = await FE.post("threshold", {threshold: proposed(), confirm: true, ...(camera() ? {camera: camera()} : {})});
     FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write"));
     $("confirm-box").classList.add("hidden");
     setTimeout(project, 700);
