@@ -246,6 +246,7 @@ class CaptureThread:
         self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
         self._put = FULL_POLICIES[self.settings.full_policy]
         self._stop = threading.Event()
+        self._t_stop = float("inf")   # time.monotonic() when stop() was called
         self._ended = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -274,13 +275,14 @@ class CaptureThread:
         Returns True if the thread finished (or never started), False if it is still
         blocked inside ``source.read()`` (logged; it is a daemon and exits on its own).
         """
+        self._t_stop = time.monotonic()
         self._stop.set()
         if self._thread is None:
             self._finish(CaptureState.STOPPED, "stop() called")
             return True
         self._interrupt_source()
-        # the end marker goes in after the reader's last frame; a frame the reader gets from read() after
-        # this point is not accepted (``_accept``): the run has ended, nothing may still arrive
+        # the end marker goes in after the reader's last frame: a frame taken before this call and read while
+        # stopping is still queued ahead of it and inspected; one taken after it is not accepted (``_accept``)
         self._thread.join(self.settings.stop_timeout_s)
         self._finish(CaptureState.STOPPED, "stop() called")
         if self._thread.is_alive():
@@ -392,8 +394,8 @@ class CaptureThread:
         return "stop() called", None
 
     def _accept(self, frame: Frame) -> None:
-        if self._stop.is_set():   # read after stop(): the run has ended; not counted, queued or noted (no hook)
-            log.debug("camera %s: frame %d read after stop(); discarded", self.source.name, frame.seq)
+        if frame.t_capture >= self._t_stop:   # taken after stop(): the run has ended; not counted, queued or noted
+            log.debug("camera %s: frame %d taken after stop(); discarded", self.source.name, frame.seq)
             return
         lost = 0
         last = self._last

@@ -291,3 +291,47 @@ def test_a_frame_read_after_stop_is_not_accepted():
         time.sleep(0.005)
     assert cap.stop() is True
     assert captured == [0] and cap.stats().frames_in == 1 and drain(cap) == []
+
+
+def test_a_frame_taken_before_stop_but_read_while_stopping_is_still_inspected():
+    """The reader is inside read() when stop() is called, with an image the camera took before it: that frame is
+    queued ahead of the end marker and inspected (its part was on the line); only images taken after stop() are
+    dropped."""
+    import threading
+
+    from fair_edge.cameras.capture import SourceBase
+
+    class TookItEarlier(SourceBase):
+        name = "earlier"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside, self.release = threading.Event(), threading.Event()
+
+        def _connect(self):
+            return IMAGES[0], self.name
+
+        def _grab(self):
+            t_taken = time.monotonic()
+            self.inside.set()
+            self.release.wait()
+            if self.grabs_done:
+                raise EndOfStream("done")
+            self.grabs_done = True
+            return IMAGES[1], self.name, t_taken
+
+        grabs_done = False
+
+        def _release(self) -> None:
+            pass
+
+    source = TookItEarlier()
+    cap = CaptureThread(source, CaptureSettings(stop_timeout_s=5)).start()
+    assert cap.get(timeout=5).seq == 0 and source.inside.wait(5)
+    stopper = threading.Thread(target=cap.stop)
+    stopper.start()
+    while not cap._stop.is_set():
+        time.sleep(0.001)
+    source.release.set()
+    stopper.join(10)
+    assert [f.seq for f in drain(cap)] == [1] and cap.stats().frames_in == 2
