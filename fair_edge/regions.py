@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -130,13 +131,17 @@ def _length(mask: np.ndarray, geo: MapGeometry) -> float:
 
 
 def extract_regions(anomaly_map: np.ndarray, pixel_threshold: float, geometry: MapGeometry,
-                    mm_per_px: float | None = None, max_regions: int = 64) -> tuple[Region, ...]:
+                    mm_per_px: float | None = None, max_regions: int = 64,
+                    group: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[Region, ...]:
     """Connected components (8-connected, ``cv2.connectedComponentsWithStats``) of ``anomaly_map >
     pixel_threshold``, largest first.
 
     anomaly_map: (h, w) float32, host memory (a model map, or a tiled bundle's stitched frame map).
     geometry: the map's place in the frame. mm_per_px: millimetres per frame pixel, None = no mm sizes.
-    max_regions: at most this many regions, the largest (a map all above threshold is still one region)."""
+    max_regions: at most this many regions (per group with ``group``), the largest (a map all above threshold
+    is still one region). group: (N, 2) frame centroids (x, y) -> (N,) int group ids (a station's zones): each
+    region's ``zone_id`` is its group, and the limit applies per group, so the regions of one zone (an ignored
+    texture, say) never crowd out another zone's."""
     amap = np.asarray(anomaly_map, np.float32)
     if amap.ndim != 2:
         raise ConfigError(f"extract_regions expects an (h, w) map; found shape {tuple(amap.shape)}.")
@@ -144,7 +149,19 @@ def extract_regions(anomaly_map: np.ndarray, pixel_threshold: float, geometry: M
                                                                      connectivity=8, ltype=cv2.CV_32S)
     if count <= 1:
         return ()
-    keep = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:max_regions] + 1   # largest first
+    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable") + 1   # largest first
+    groups = np.zeros(count, np.int64)
+    if group is not None:
+        frame_xy = np.stack([geometry.x0 + (centres[:, 0] + 0.5) * geometry.sx,
+                             geometry.y0 + (centres[:, 1] + 0.5) * geometry.sy], axis=1)
+        groups = np.asarray(group(frame_xy), np.int64)
+    taken: dict[int, int] = {}
+    keep = []
+    for label in order:
+        g = int(groups[label])
+        if taken.get(g, 0) < max_regions:
+            taken[g] = taken.get(g, 0) + 1
+            keep.append(label)
     cell = geometry.sx * geometry.sy
     out = []
     for label in keep:
@@ -157,7 +174,8 @@ def extract_regions(anomaly_map: np.ndarray, pixel_threshold: float, geometry: M
         mm = mm_per_px
         out.append(Region(bbox, (geometry.x0 + (cx + 0.5) * geometry.sx, geometry.y0 + (cy + 0.5) * geometry.sy),
                           area, length, float(values.max()), float(values.mean()),
-                          None if mm is None else area * mm * mm, None if mm is None else length * mm))
+                          None if mm is None else area * mm * mm, None if mm is None else length * mm,
+                          zone_id=int(groups[label])))
     return tuple(out)
 
 

@@ -312,13 +312,16 @@ def test_a_swapped_bundle_brings_its_pixel_threshold_unless_the_station_file_set
     from fair_edge.export.build import BuildOptions
     from fair_edge.regions import PixelThreshold
 
-    new = SimpleNamespace(root="b2", pixel_threshold=PixelThreshold(0.8, 0.9999, 6, 100), preprocess=SimpleNamespace(
-        tiling=TilingConfig(tile=64, roi=(4, 4, 100, 100))))
+    new = SimpleNamespace(root="b2", pixel_threshold=PixelThreshold(0.8, 0.9999, 6, 100), map_area=(4, 4, 100, 100))
     swapped = judge().for_bundle(new)
     assert swapped.pixel_threshold == 0.8 and swapped.roi == (4, 4, 100, 100)
     assert judge(pixel_threshold=0.3).for_bundle(new).pixel_threshold == 0.3
-    old = SimpleNamespace(root="b0", pixel_threshold=None, preprocess=SimpleNamespace(tiling=None))
+    old = SimpleNamespace(root="b0", pixel_threshold=None, map_area=None)
     assert judge().for_bundle(old).pixel_threshold == PIXEL_THRESHOLD
+    # a fused bundle has no preprocess, only its members' map_area: a swap to one tiled over part of the frame
+    # places its map there (before, it was taken as covering the whole frame: regions 4.6 times too large)
+    fused = SimpleNamespace(root="f", map_area=(16, 8, 64, 80))
+    assert judge(pixel_threshold=0.3).for_bundle(fused).roi == (16, 8, 64, 80)
     with pytest.raises(ConfigError, match=r"--pixel-quantile must be in \[0.5, 1\); found 1.5"):
         BuildOptions(pixel_quantile=1.5)
 
@@ -329,3 +332,34 @@ def test_an_ignore_zone_alone_leaves_the_verdict_to_the_score():
     ignored_rules = judge(zones=[{"name": "label", "polygon": [[0, 0], [10, 0], [10, 10]], "ignore": True,
                                   "min_area_px": 1}])
     assert not ignored_rules.decides
+
+
+def test_regions_of_an_ignored_zone_never_crowd_out_another_zones_defects():
+    """max_regions holds per zone: 12 texture blobs in the ignored zone (max_regions 8) and three small pits in
+    seal (min_area_px 4, max_count 2). Before, the 8 largest regions of the whole map were kept, all texture, and
+    seal's defects passed unseen."""
+    label = {"name": "label", "polygon": [[0, 200], [400, 200], [400, 400], [0, 400]], "ignore": True}
+    seal = {"name": "seal", "polygon": [[0, 0], [400, 0], [400, 100], [0, 100]], "min_area_px": 4, "max_count": 2}
+    amap = blank_map()
+    for i in range(12):
+        plant(amap, 4 + 8 * i, 60, 3, 3)            # texture: 3 x 3 map px = 144 frame px each, in label
+    for i in range(3):
+        plant(amap, 10 + 20 * i, 10, 1, 1)          # pits: 1 map px = 16 frame px each, in seal
+    j = judge(zones=[label, seal], max_regions=8)
+    regions, fired = j.judge(FRAME_HW, amap)
+    assert sum(r.zone == "label" for r in regions) == 8 and sum(r.zone == "seal" for r in regions) == 3
+    assert sorted(h.rule for h in fired) == ["max_count"] + ["min_area_px"] * 3
+    with pytest.raises(ConfigError, match=r"regions.zones \(seal\).max_count: expected less than regions.max_regions "
+                                          r"\(2\), found 2"):
+        judge(zones=[seal], max_regions=2)
+
+
+def test_a_size_exactly_at_its_limit_fires_with_a_scale_from_two_points():
+    """The README's scale, 40.8 mm over 816 px, is 0.049999999999999996 mm/px: a 20 x 20 px region came out at
+    0.9999999999999999 mm² and passed a 1 mm² limit ("1 mm² or more rejects"). It fires now, as with 0.05."""
+    amap = plant(blank_map(), 40, 40, 5, 5)          # 20 x 20 frame px
+    for scale in ({"scale": {"points": [[102, 40], [918, 40]], "mm": 40.8}}, {"mm_per_px": 0.05}):
+        settings = RegionSettings.from_dict({"frame": [400, 400], "default": {"min_area_mm2": 1.0,
+                                                                             "min_length_mm": 1.0}, **scale})
+        fired = RegionJudge(settings, PIXEL_THRESHOLD).judge(FRAME_HW, amap)[1]
+        assert sorted(h.rule for h in fired) == ["min_area_mm2", "min_length_mm"], scale

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -46,6 +46,9 @@ SIZE_RULES = {
 }
 RULE_KEYS = (*SIZE_RULES, "max_count", "ignore")
 DEFAULT_ZONE = "default"
+# a size exactly at its limit fires ("1 mm² or more"), also when the mm come out 1 ulp short (a scale from two
+# points: 40.8 mm / 816 px = 0.049999999999999996 mm/px)
+LIMIT_TOLERANCE = 1e-9
 MAX_ZONES = int(np.iinfo(np.uint16).max)   # zone ids 1..MAX_ZONES fit the (H, W) uint16 label image
 
 
@@ -134,7 +137,17 @@ class RegionSettings:
                   None if d.get("pixel_threshold") is None else f.number(s, "pixel_threshold", d["pixel_threshold"]),
                   scale, frame, default, zones, f.integer(s, "max_regions", d.get("max_regions", 64), minimum=1))
         _check_units(out)
+        _check_counts(out)
         return out
+
+
+def _check_counts(s: "RegionSettings") -> None:
+    """A zone keeps at most ``max_regions`` regions, so a ``max_count`` of that many or more could never fire."""
+    for where, rules in [("regions.default", s.default)] + [(f"regions.zones ({z.name})", z.rules) for z in s.zones]:
+        if rules.max_count is not None and rules.max_count >= s.max_regions:
+            raise ConfigError(f"{where}.max_count: expected less than regions.max_regions ({s.max_regions}), found "
+                              f"{rules.max_count}: a zone keeps at most max_regions regions, so the rule could never "
+                              "fire; raise regions.max_regions or lower max_count.")
 
 
 def _zone_list(value: Any) -> list:
@@ -232,8 +245,9 @@ class RegionJudge:
         self._labels: np.ndarray | None = None   # (H, W) uint16 zone id per frame pixel, 0 = default
 
     def for_bundle(self, bundle) -> "RegionJudge":
-        """The judge for a hot-swapped bundle: its calibrated pixel threshold and tiling, unless the station file
-        sets the pixel threshold; a bundle without one keeps the current threshold (logged)."""
+        """The judge for a hot-swapped bundle (plain or fused): its calibrated pixel threshold and the frame
+        rectangle its map covers (``map_area``), unless the station file sets the pixel threshold; a bundle
+        without one keeps the current threshold (logged)."""
         value = self.settings.pixel_threshold
         if value is None:
             calibrated = getattr(bundle, "pixel_threshold", None)
@@ -241,8 +255,7 @@ class RegionJudge:
                 log.warning("swapped bundle %s has no pixel threshold; regions keep %.6g", getattr(bundle, "root", "?"),
                             self.pixel_threshold)
             value = self.pixel_threshold if calibrated is None else calibrated.value
-        tiling = bundle.preprocess.tiling if hasattr(bundle, "preprocess") else None
-        return RegionJudge(self.settings, value, tiling.roi if tiling is not None else None)
+        return RegionJudge(self.settings, value, bundle.map_area)   # a fused bundle's too (its members')
 
     @property
     def decides(self) -> bool:
@@ -274,13 +287,24 @@ class RegionJudge:
             raise ConfigError(f"frame is {frame_hw[1]} x {frame_hw[0]} but the zones were drawn for "
                               f"{s.frame[0]} x {s.frame[1]} (regions.frame); redraw them or fix the camera.")
         geo = MapGeometry.of(frame_hw, anomaly_map.shape, self.roi)
-        regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions)
-        labels = self.zone_labels(frame_hw) if s.zones else None
+        regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions,
+                                  group=self._zone_of(frame_hw))
         names = {0: DEFAULT_ZONE, **{z.zone_id: z.name for z in s.zones}}
-        zone_ids = [0 if labels is None else int(labels[min(int(r.centroid[1]), frame_hw[0] - 1),
-                                                          min(int(r.centroid[0]), frame_hw[1] - 1)]) for r in regions]
-        regions = tuple(replace(r, zone=names[z], zone_id=z) for r, z in zip(regions, zone_ids))
-        return regions, self._hits(regions, zone_ids)
+        regions = tuple(replace(r, zone=names[r.zone_id]) for r in regions)
+        return regions, self._hits(regions, [r.zone_id for r in regions])
+
+    def _zone_of(self, frame_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+        """(N, 2) frame centroids (x, y) -> (N,) zone ids (0 = default; first zone in file order wins)."""
+        labels = self.zone_labels(frame_hw) if self.settings.zones else None
+
+        def zone_of(xy: np.ndarray) -> np.ndarray:
+            if labels is None:
+                return np.zeros(len(xy), np.int64)
+            rows = np.clip(xy[:, 1].astype(np.int64), 0, frame_hw[0] - 1)
+            cols = np.clip(xy[:, 0].astype(np.int64), 0, frame_hw[1] - 1)
+            return labels[rows, cols].astype(np.int64)
+
+        return zone_of
 
     def _hits(self, regions: tuple[Region, ...], zone_ids: list[int]) -> tuple[RuleHit, ...]:
         hits: list[RuleHit] = []
@@ -292,7 +316,7 @@ class RegionJudge:
             for i in mine:
                 for key, limit in rules.limits:
                     value = getattr(regions[i], SIZE_RULES[key][0])
-                    if value is not None and value >= limit:
+                    if value is not None and value >= limit * (1 - LIMIT_TOLERANCE):
                         hits.append(RuleHit(key, name, zone_id, float(value), limit, SIZE_RULES[key][1], i))
             if rules.max_count is not None and len(mine) > rules.max_count:
                 hits.append(RuleHit("max_count", name, zone_id, float(len(mine)), float(rules.max_count), "regions"))

@@ -25,7 +25,7 @@ RESULTS_READY, RESULT_PART_ID, RESULT, SCORE = "results_ready", "result_part_id"
 PLC_SIGNALS = (TRIGGER, PART_ID, ACK)
 STATION_SIGNALS = (READY, HEARTBEAT, ERROR, RESULTS_READY, RESULT_PART_ID, RESULT, SCORE)
 # optional, written with each result when given an address / node: defect regions (fair_edge.regions):
-# region_count = regions found (saturated at 65535); largest_area = the largest region's area in 0.01 mm²
+# region_count = regions reported (at most regions.max_regions per zone, the largest); largest_area = the largest region's area in 0.01 mm²
 # with a camera scale, else in frame px² (saturated); zone_id = the zone of the first rule that fired,
 # else of the largest region (0 = default zone / none)
 REGION_COUNT, LARGEST_AREA, ZONE_ID = "region_count", "largest_area", "zone_id"
