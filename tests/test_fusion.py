@@ -276,3 +276,20 @@ def test_an_older_fusion_manifest_without_fitted_graphs_loads_with_a_warning(fus
     (old / "fusion.json").write_text(json.dumps(data))   # added by hand, not by `fair-edge fuse`: checksum differs
     with pytest.raises(BundleError, match="changed after fusion"):
         load_fused_bundle(old)
+
+
+def test_a_swap_that_region_rules_cannot_judge_is_refused(fused):
+    """A fused bundle has no pixel threshold (its map is in normal-spread units). With region rules deciding the
+    verdict, a swap to it is refused as the start is (before, it kept the old model's pixel threshold, another
+    scale, with a warning); with regions.pixel_threshold set it loads."""
+    from fair_edge.station.bundles import load_change
+    from fair_edge.station.zones import RegionSettings
+
+    bundle = fused[0]
+    rules = RegionSettings.from_dict({"default": {"min_area_px": 10}})
+    with pytest.raises(ConfigError, match="sets rules but bundle .* has no calibrated pixel threshold"):
+        load_change(bundle.root, "onnxruntime", None, regions=rules)
+    change = load_change(bundle.root, "onnxruntime", None,
+                         regions=RegionSettings.from_dict({"pixel_threshold": 2.0, "default": {"min_area_px": 10}}))
+    change.scorer.backend.close()
+    load_change(bundle.root, "onnxruntime", None, regions=RegionSettings.from_dict({})).scorer.backend.close()

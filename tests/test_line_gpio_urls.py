@@ -31,6 +31,8 @@ def test_jetson_url():
     ("gpio://gpiochip0/x", "expected gpio://gpiochip0/17"),
     ("jetson://PHYS/12", "expected numbering BOARD | BCM"),
     ("gpio://gpiochip0/17?active=maybe", "active: expected one of high | low"),
+    ("gpio://gpiochip0/17?pulse_ms=inf", "pulse_ms: expected a finite number >= 0, found 'inf'"),   # was taken
+    ("gpio://gpiochip0/17?pulse_ms=nan", "pulse_ms: expected a finite number >= 0, found 'nan'"),
 ])
 def test_bad_gpio_urls(url, message):
     with pytest.raises(SinkError, match=message):

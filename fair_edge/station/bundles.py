@@ -20,7 +20,7 @@ from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
 from fair_edge.station.decision import DecisionThreshold, decide_threshold
-from fair_edge.station.zones import RegionJudge
+from fair_edge.station.zones import RegionJudge, RegionSettings
 
 if TYPE_CHECKING:  # typing only
     from fair_edge.calibration.threshold import Threshold
@@ -65,6 +65,11 @@ def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_th
     return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
 
 
+# what to do when a bundle has no pixel threshold for the regions
+PIXEL_FIX = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
+             "`fair-edge build --normal HELD_OUT_NORMALS`")
+
+
 def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
     """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
     station file's, else the bundle's; a bundle built before regions has none: regions are then off
@@ -72,18 +77,24 @@ def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudg
     settings = cfg.regions
     if not settings.enabled:
         return None
+    value = region_pixel_threshold(settings, bundle)
+    if value is None:
+        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, PIXEL_FIX)
+        return None
+    return RegionJudge(settings, value, bundle.map_area)
+
+
+def region_pixel_threshold(settings: RegionSettings, bundle: Bundle | FusedBundle) -> float | None:
+    """The pixel threshold regions use with ``bundle``: the station file's, else the bundle's; None when neither
+    has one. ConfigError when rules decide the verdict and there is none (at start, and for a swap: a bundle of
+    another scale, a fused one among them, must not be judged by the old model's pixel threshold)."""
     calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
     value = settings.pixel_threshold if settings.pixel_threshold is not None else (
         calibrated.value if calibrated is not None else None)
-    if value is None:
-        fix = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
-               "`fair-edge build --normal HELD_OUT_NORMALS`")
-        if settings.has_rules:
-            raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
-                              f"threshold (built before defect regions, or without normal images); {fix}.")
-        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, fix)
-        return None
-    return RegionJudge(settings, value, bundle.map_area)
+    if value is None and settings.enabled and settings.has_rules:
+        raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
+                          f"threshold (built before defect regions, fused, or without normal images); {PIXEL_FIX}.")
+    return value
 
 
 def read_bundle(path: Path) -> Bundle | FusedBundle:
@@ -102,15 +113,18 @@ def open_scorer(bundle: Bundle | FusedBundle, backend: str) -> FrameScorer:
 
 
 def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
-                threshold: float | None = None) -> ModelChange:
+                threshold: float | None = None, regions: RegionSettings | None = None) -> ModelChange:
     """Load and verify a bundle (plain or fused) and open its backend (slow: call it off the inspection loop).
 
     threshold: the threshold to use with it; None = calibrated by the station's rule
     (``station.decision.decide_threshold``: with an ROI, on the bundle's normal maps x ROI; else the one
     calibrated on the graph the backend runs, else the bundle's; ConfigError when there is none). Raises our
-    errors for a bad bundle; nothing changes then.
+    errors for a bad bundle; nothing changes then. regions: the station's ``regions:``; a bundle its rules cannot
+    judge (no pixel threshold) is refused (``region_pixel_threshold``).
     """
     bundle = read_bundle(bundle_path)
+    if regions is not None:
+        region_pixel_threshold(regions, bundle)
     roi = load_roi(roi_path, bundle)
     scorer = open_scorer(bundle, backend)
     try:

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from fair_edge.errors import ConfigError
-from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle
+from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle, region_pixel_threshold
 from fair_edge.station.config import StationConfig, load_station, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.run import LineSide, open_console
@@ -31,6 +31,7 @@ class CellLoader:
         if unknown:
             raise ConfigError(f"cameras: expected some of {', '.join(views)}, found {', '.join(unknown)}")
         loaded = read_bundle(bundle)
+        region_pixel_threshold(self.cfg.regions, loaded)   # rules cannot judge a bundle without one: refused
         scorer = open_scorer(loaded, self.cfg.backend)
         try:
             return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi, loaded),

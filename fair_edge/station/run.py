@@ -292,7 +292,8 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
     from fair_edge.console.station_hook import StationConsole
 
     if links is None:
-        links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi),
+        links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi,
+                                                          regions=cfg.regions),
                              load_station=load_station, export_reviewed=export_reviewed)
     console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
                                                  calibration=calibration, calibrations=calibrations))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -47,8 +48,8 @@ class SinkUrl:
             value = float(raw)
         except ValueError:
             value = None
-        if value is None or not value >= minimum:
-            raise SinkError(f"{self.raw}: {key}: expected a number >= {minimum}, found {raw!r}")
+        if value is None or not value >= minimum or not math.isfinite(value):
+            raise SinkError(f"{self.raw}: {key}: expected a finite number >= {minimum:g}, found {raw!r}")
         return value
 
     def get_choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
