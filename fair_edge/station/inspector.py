@@ -333,7 +333,6 @@ class Inspector:
             if decider.switch.pending is None:
                 continue
             change = decider.switch.take()
-            done += decider.switch.take_replaced()
             if change is None:
                 continue
             if change.scorer is not None:
@@ -344,8 +343,7 @@ class Inspector:
                     log.warning("threshold changed%s: %.6g -> %.6g", f" on camera {name}" if name else "",
                                 decider.threshold, change.threshold)
                 decider.threshold = float(change.threshold)
-        if done:
-            retire_unused(done, self._in_use())
+        self.retire_replaced(done)
 
     def _swap_model(self, name: str, decider: ViewDecider, change) -> None:
         """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire)."""
@@ -358,10 +356,11 @@ class Inspector:
         log.warning("model swapped%s: now %s from %s", f" on camera {name}" if name else "", change.model,
                     getattr(change.bundle, "root", "?"))
 
-    def retire_replaced(self) -> None:
-        """At the end of a run: close the scorers of changes replaced before they ran that nothing holds (a
-        change still waiting keeps its scorer; whoever opened the cameras' scorers closes those)."""
-        done = [s for d in self._deciders() for s in d.switch.take_replaced()]
+    def retire_replaced(self, done: list[FrameScorer] | None = None) -> None:
+        """Close ``done`` (scorers cameras stopped running) and the scorers of changes replaced before they ran,
+        unless a camera runs one or a change still waiting holds it. Also called at the end of a run (whoever
+        opened the cameras' own scorers closes those)."""
+        done = [*(done or ()), *(s for d in self._deciders() for s in d.switch.take_replaced())]
         if done:
             retire_unused(done, self._in_use())
 
