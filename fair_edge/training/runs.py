@@ -14,6 +14,7 @@ first (``clear_run``).
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 from fair_edge.errors import CheckpointError, ConfigError
@@ -60,10 +61,20 @@ def check_fresh_run(out: Path) -> None:
 def clear_run(out: Path) -> list[Path]:
     """Delete the run files (``RUN_FILES``) of ``out`` (``--overwrite``); returns those deleted. Other files
     (an eval folder, notes) are kept."""
+    return remove_outputs(out, RUN_FILES)
+
+
+def remove_outputs(out: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete ``out/NAME`` for each of ``names`` that is there (a folder with what it holds; a link, not what it
+    points to): what a command's ``--overwrite`` clears of its earlier run. Returns those deleted."""
     deleted = []
-    for name in RUN_FILES:
+    for name in names:
         path = Path(out) / name
-        if path.is_file():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
             path.unlink()
-            deleted.append(path)
+        else:
+            continue
+        deleted.append(path)
     return deleted

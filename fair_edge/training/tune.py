@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import shlex
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.training.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.training.evaluate import score_samples
+from fair_edge.training.runs import remove_outputs
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
@@ -195,17 +195,7 @@ def check_fresh_tune(out: Path) -> None:
 def clear_tune(out: Path) -> list[Path]:
     """Delete what a tune run wrote under ``out`` (``TUNE_OUTPUTS``; --overwrite); returns those deleted. Other
     files are kept."""
-    deleted = []
-    for name in TUNE_OUTPUTS:
-        path = Path(out) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        deleted.append(path)
-    return deleted
+    return remove_outputs(out, TUNE_OUTPUTS)
 
 
 def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample], list[Sample]]:
