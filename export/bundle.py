@@ -166,13 +166,20 @@ def write_manifest(root: str | Path, manifest: dict) -> Path:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")):
         rel = path.relative_to(root).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            **{k: v for k, v in manifest.items() if k != METADATA_KEY}, "files": files}
+    return write_signed_json(root / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                              **manifest, "files": files})
+
+
+def write_signed_json(path: Path, data: dict) -> Path:
+    """Write ``data`` with its metadata checksum (``METADATA_KEY``: ``metadata_digest`` of the rest; any old one
+    replaced) to ``path``, atomically (temporary file + rename: a crash leaves the old file or the new one, never
+    half of one). bundle.json and fusion.json are written so."""
+    data = {k: v for k, v in data.items() if k != METADATA_KEY}
     data[METADATA_KEY] = metadata_digest(data)
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, root / MANIFEST)
-    return root / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _rebuild_hint(data: dict) -> str:

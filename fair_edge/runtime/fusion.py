@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,16 +179,10 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
 
 
 def write_fusion_manifest(root: str | Path, manifest: dict) -> Path:
-    """Write ``root/fusion.json`` with its metadata checksum (``export.bundle.metadata_digest``), atomically
-    (temporary file + rename: a crash leaves the old fusion.json or the new one, never half of one)."""
-    from fair_edge.export.bundle import METADATA_KEY, metadata_digest
+    """Write ``root/fusion.json`` with its metadata checksum, atomically (``export.bundle.write_signed_json``)."""
+    from fair_edge.export.bundle import write_signed_json
 
-    data = {k: v for k, v in manifest.items() if k != METADATA_KEY}
-    data[METADATA_KEY] = metadata_digest(data)
-    path, tmp = Path(root) / MANIFEST, Path(root) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_signed_json(Path(root) / MANIFEST, manifest)
 
 
 def _verify_metadata(path: Path, data: dict) -> None:
