@@ -61,8 +61,7 @@ def test_settings_are_frozen():
 def test_load_time_url_parsers_cover_every_sink_scheme():
     """Every scheme the station can open is parsed on load (a scheme added to one table and not the other
     would load unchecked, or be refused though it works)."""
-    from fair_edge.line.settings import SINK_URL_PARSERS
-    from fair_edge.line.sinks import SINK_SCHEMES
+    from fair_edge.line.sinks import SINK_SCHEMES, SINK_URL_PARSERS
 
     assert set(SINK_URL_PARSERS) == set(SINK_SCHEMES)
 

@@ -17,32 +17,17 @@ from .. import fields as f
 from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
 from .mqtt import parse_mqtt_url
-from .sinks.gpio import parse_gpio_url
-from .sinks.modbus import parse_modbus_url
-from .sinks.opcua import parse_opcua_url
-from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
+from .sinks import parse_sink
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
 IMAGE_FORMATS = ("png", "jpg")
 
-# A sink URL read as the sink's opener reads it (scheme, host, options), without opening anything; one entry per
-# scheme of ``fair_edge.line.sinks.SINK_SCHEMES`` (tests hold the two tables to the same schemes).
-SINK_URL_PARSERS = {
-    "modbus": parse_modbus_url,
-    "opcua": parse_opcua_url,
-    "gpio": parse_gpio_url,
-    "jetson": parse_gpio_url,
-    "log": lambda url: url.check_query(()),
-}
-
-
 def check_sink_url(where: str, url: str) -> str:
     """Parse ``url`` as ``open_sink`` will at start (scheme, host, options; nothing is opened), so a typo is
     refused when the station file is read, not at every start of a service; ``ConfigError`` names ``where``."""
     try:
-        parsed: SinkUrl = parse_sink_url(url)
-        scheme_entry(SINK_URL_PARSERS, parsed, "sink")(parsed)
+        parse_sink(url)
     except SinkError as exc:
         raise ConfigError(f"{where}: {exc}; fix the URL (docs/line-integration.md lists each sink's options)") from exc
     return url

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .base import FanOut, Reporter, SignalSink, SinkReport, WorkerSink, log_reporter
-from .gpio import open_gpio_sink
+from .gpio import open_gpio_sink, parse_gpio_url
 from .log import LogSink, open_log_sink
-from .modbus import open_modbus_sink
-from .opcua import open_opcua_sink
+from .modbus import open_modbus_sink, parse_modbus_url
+from .opcua import open_opcua_sink, parse_opcua_url
 from .urls import SinkUrl, parse_sink_url, scheme_entry
 
 SinkOpener = Callable[[SinkUrl, float, Reporter], SignalSink]
@@ -23,6 +23,23 @@ SINK_SCHEMES: dict[str, SinkOpener] = {
     "jetson": open_gpio_sink,
     "log": open_log_sink,
 }
+
+
+# what each opener reads from its URL (scheme, host, options), without opening anything: one entry per scheme of
+# SINK_SCHEMES (tests hold the two tables to the same schemes); ``parse_sink`` checks a URL so on load
+SINK_URL_PARSERS: dict[str, Callable[[SinkUrl], object]] = {
+    "modbus": parse_modbus_url,
+    "opcua": parse_opcua_url,
+    "gpio": parse_gpio_url,
+    "jetson": parse_gpio_url,
+    "log": lambda url: url.check_query(()),
+}
+
+
+def parse_sink(url: str) -> None:
+    """Read ``url`` as ``open_sink`` will (``SINK_URL_PARSERS``), opening nothing; ``SinkError`` as it would raise."""
+    parsed = parse_sink_url(url)
+    scheme_entry(SINK_URL_PARSERS, parsed, "sink")(parsed)
 
 
 def open_sink(url: str, pulse_ms: float = 50.0, reporter: Reporter = log_reporter) -> SignalSink:
@@ -45,5 +62,5 @@ def open_fanout(urls: Iterable[str], pulse_ms: float = 50.0,
     return FanOut(sinks, name)
 
 
-__all__ = ["SINK_SCHEMES", "FanOut", "LogSink", "SignalSink", "SinkReport", "WorkerSink",
-           "open_fanout", "open_sink", "parse_sink_url"]
+__all__ = ["SINK_SCHEMES", "SINK_URL_PARSERS", "FanOut", "LogSink", "SignalSink", "SinkReport", "WorkerSink",
+           "open_fanout", "open_sink", "parse_sink", "parse_sink_url"]
