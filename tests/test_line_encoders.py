@@ -274,6 +274,16 @@ def _ng(seq: int) -> Verdict:
     return Verdict(seq, time.monotonic(), 0.9, 0.5, True, time.monotonic())
 
 
+def _ng_parts_noted_at(counter, sched, raw: dict[int, int], start: int) -> None:
+    """For each part seq, in order: the PLC's counter moves to ``raw[seq]`` and the part is noted there (its count
+    from ``start``, where the gate's count began), then all are handed NG verdicts, each scheduled."""
+    for seq, value in raw.items():
+        counter.set(value)
+        settle(counter)
+        assert sched.note_capture(seq) == value - start
+    assert [sched.submit(_ng(seq)) for seq in raw] == ["scheduled"] * len(raw)
+
+
 def test_a_lost_position_decides_every_part_on_the_belt_at_once_without_a_pulse():
     """The PLC resets its counter with two NG parts between camera and gate: their gates (counts 600, 700) mean
     nothing now. They were decided at their old counts (a pulse on whatever part was there then); now both are
@@ -282,13 +292,7 @@ def test_a_lost_position_decides_every_part_on_the_belt_at_once_without_a_pulse(
     counter = ScriptedCounter(50_000)
     enc, scheduler, sink, faults, rows = _gate(counter, 500)
     with enc, scheduler() as sched:
-        counter.set(50_100)
-        settle(counter)
-        assert sched.note_capture(1) == 100
-        counter.set(50_200)
-        settle(counter)
-        assert sched.note_capture(2) == 200
-        assert [sched.submit(_ng(seq)) for seq in (1, 2)] == ["scheduled", "scheduled"]
+        _ng_parts_noted_at(counter, sched, {1: 50_100, 2: 50_200}, start=50_000)
         counter.set(0)                                           # the reset: position lost, count stays 200
         assert wait_for(lambda: sched.decision(1) and sched.decision(2), 10.0), \
             f"parts of the lost position not decided at the loss: encoder {enc.stats()}, gate {sched.stats()}"
@@ -324,13 +328,7 @@ def test_a_part_whose_gate_went_by_during_a_link_outage_is_position_lost_the_nex
     counter = ScriptedCounter(7_000)
     enc, scheduler, sink, faults, rows = _gate(counter, 300)
     with enc, scheduler() as sched:
-        counter.set(7_100)
-        settle(counter)
-        assert sched.note_capture(1) == 100
-        counter.set(7_300)
-        settle(counter)
-        assert sched.note_capture(2) == 300
-        assert [sched.submit(_ng(seq)) for seq in (1, 2)] == ["scheduled", "scheduled"]
+        _ng_parts_noted_at(counter, sched, {1: 7_100, 2: 7_300}, start=7_000)
         cut(counter, enc)
         counter.set(7_500)
         counter.down = False
