@@ -329,9 +329,11 @@ class Inspector:
         before they ran) are closed, after their last batch, unless a camera still runs one or a change
         still waiting holds it (a cell's cameras share one scorer per bundle)."""
         done: list[FrameScorer] = []
+        taken = False
         for name, decider in [("", self.decider), *self.views.items()]:
             if decider.switch.pending is None:
                 continue
+            taken = True
             change = decider.switch.take()
             if change is None:
                 continue
@@ -343,7 +345,8 @@ class Inspector:
                     log.warning("threshold changed%s: %.6g -> %.6g", f" on camera {name}" if name else "",
                                 decider.threshold, change.threshold)
                 decider.threshold = float(change.threshold)
-        self.retire_replaced(done)
+        if taken:   # replaced scorers exist only while a change is pending: nothing to do on a batch without one
+            self.retire_replaced(done)
 
     def _swap_model(self, name: str, decider: ViewDecider, change) -> None:
         """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire)."""
