@@ -133,3 +133,21 @@ def test_each_cameras_queue_of_triggers_is_bounded():
     assert hs.answered == [1]
     assert [fan.next_trigger("b", 0.0).part_id for _ in range(3)] == [3, 4, 5]
     assert fan.stats() == {"expired": 0, "overflow": 2} and fan.max_queued == 3
+
+
+def test_the_fanouts_dropped_tickets_reach_the_summary_and_the_run_table():
+    """The fanout's counts were kept but never shown: the cell's reject stats carry them under
+    ``handshake.fanout`` (summary.json's ``rejects.handshake.fanout``) and ``fair-edge run``'s table has a row."""
+    from fair_edge.cli.run import reject_rows
+    from fair_edge.station.cell import CellLine
+
+    hs = FakeHandshake(max_parts=1)
+    fan = TriggerFanout(hs, ["a", "b"])
+    for part in (1, 2, 3):               # b never reads: parts 1 and 2 overflow its queue of one
+        hs.trigger(part, t_trigger=0.0)
+        fan.next_trigger("a", 0.0)
+    counts = {"triggers": 3, "results": 3, "acked": 3, "ack_timeouts": 0, "expired": 0, "error": 0}
+    cell = CellLine(SimpleNamespace(reject_stats=lambda: {"handshake": dict(counts)}), triggers=fan)
+    stats = cell.reject_stats()
+    assert stats["handshake"]["fanout"] == {"expired": 0, "overflow": 2}
+    assert ("handshake: camera triggers expired / overflow", "0 / 2") in reject_rows(stats)

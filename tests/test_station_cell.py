@@ -648,3 +648,44 @@ def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
         part_timeout_s(StationConfig(cameras=cams, group=GroupSettings(match="handshake", part_timeout_ms=800),
                                      reject=plc.reject))
     assert part_timeout_s(StationConfig(cameras=cams)) == 1.0                        # no gate: a second
+
+
+def test_a_lanes_dead_reject_output_holds_the_stations_fault_output(station_bundles, scored, tmp_path):
+    """group.by: lane, lane a's coil on a port where no PLC listens: its NG part's pulse is missed, and that lane
+    fault reaches the station's fault output (reject.fault_sinks, a coil that rises) and the reason the tick
+    shows names the lane. Before, a lane's faults reached neither: its rejects were lost with only a log line."""
+    import socket
+
+    from fair_edge.line.sim_sink_plc import SimulatedPlc
+
+    images, threshold = scored
+    with socket.socket() as s:                          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    folders = camera_folders(tmp_path, images, {"a": [0, 11, 1, 2], "b": [3, 4, 5, 6]})
+    plc = SimulatedPlc().start()
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def tick(insp):
+        seen.append(insp.summary.rejects.get("fault_output", ""))
+        if "lane a:" in seen[-1]:
+            stop.set()
+
+    try:
+        cfg = StationConfig(
+            bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
+            cameras=(ViewSettings("a", str(folders["a"]), fps=4, loop=True, reject=(f"modbus://127.0.0.1:{dead}?unit=1&coil=0",)),
+                     ViewSettings("b", str(folders["b"]), fps=4, loop=True,
+                                  reject=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0",))),
+            group=GroupSettings(by="lane"), record=RecordSettings(dir=tmp_path / "out"),
+            reject=RejectSettings(fault_sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=1",), delay_ms=1200,
+                                  pulse_ms=20, min_gap_ms=10, late_ms=10)).checked()
+        run_cell(cfg, stop, on_tick=tick, duration_s=60)
+        time.sleep(0.1)
+        fault_rises = plc.rises(1)
+    finally:
+        plc.close()
+    assert stop.is_set()                                # ended by the test on seeing the lane's fault
+    assert not any("lane b" in s for s in seen)
+    assert len(fault_rises) >= 1

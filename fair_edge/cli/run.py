@@ -31,6 +31,9 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     rows: list[tuple[str, object]] = [] if hs is None else [
         ("handshake: triggers / results / acked", f"{hs['triggers']} / {hs['results']} / {hs['acked']}"),
         ("handshake: ack timeouts / expired / error", f"{hs['ack_timeouts']} / {hs['expired']} / {hs['error']}")]
+    if hs is not None and "fanout" in hs:   # several cameras: triggers a camera never took (it was not reading)
+        rows.append(("handshake: camera triggers expired / overflow",
+                     f"{hs['fanout']['expired']} / {hs['fanout']['overflow']}"))
     if "sinks" not in rejects:
         return rows
     sinks = rejects.get("sinks") or {}

@@ -188,7 +188,11 @@ class CellLine:
                 log.exception("part %s: listener %r failed", row.get("part"), listener)
 
     def reject_stats(self) -> dict:
+        """The line's reject counters; a cell's lanes and their sinks; with ``match: handshake``, the tickets the
+        trigger fanout dropped (``handshake.fanout``: ``expired``, ``overflow``)."""
         out = self.line.reject_stats()
+        if self.triggers is not None and "handshake" in out:
+            out["handshake"] = dict(out["handshake"], fanout=self.triggers.stats())
         if self.lanes:
             out["lanes"] = {name: dict(s.stats(), sinks=s.sink_stats()) for name, s in self.lanes.items()}
             out["sinks"] = {f"{name}: {sink}": st for name, s in self.lanes.items()
@@ -196,12 +200,38 @@ class CellLine:
         return out
 
 
+@dataclasses.dataclass
+class LaneWatch:
+    """One ``by: lane`` camera's reject gate, watched like a camera from the loop's tick: while the lane's own
+    fault is on (its reject output down, missed or stuck, a latched alarm, the encoder link down), the station's
+    fault output (``reject.fault_sinks``), systemd's STATUS, MQTT and the console name it ("lane top: ...").
+    A lane holds no fault output of its own, so before this its faults were only in the log and the summary."""
+
+    name: str
+    lane: object                     # the lane's RejectScheduler (``fault_reason``)
+    channel: object | None           # a FaultBoard channel (None without a gate to hold)
+    reason: str = ""
+
+    def __call__(self, _inspector: Inspector | None = None) -> str:
+        own = self.lane.fault_reason
+        reason = f"lane {self.name}: {own}" if own else ""
+        if reason != self.reason:
+            if reason:
+                log.error("reject lane %s faulted: %s", self.name, own)
+            elif self.reason:
+                log.warning("reject lane %s: fault cleared", self.name)
+            if self.channel is not None:
+                self.channel.fault(bool(reason), reason)
+            self.reason = reason
+        return reason
+
+
 @dataclasses.dataclass(frozen=True)
 class CellWatch:
-    """Every camera's ``CameraWatch``: called from the loop's tick (each camera's fault named on its own channel);
-    ``reason``, what the console shows, reads the last reasons without changing anything."""
+    """Every camera's ``CameraWatch`` and every lane's ``LaneWatch``: called from the loop's tick (each fault named
+    on its own channel); ``reason``, what the console shows, reads the last reasons without changing anything."""
 
-    watches: list[CameraWatch]
+    watches: list[CameraWatch | LaneWatch]
 
     def __call__(self, _inspector: Inspector | None = None) -> str:
         return "; ".join(r for r in (w() for w in self.watches) if r)
@@ -309,7 +339,8 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         faults = FaultBoard(line) if any(g is not None for g in gates) else None
         watches = [CameraWatch(capture, faults.channel(f"camera {name}") if faults else None, name)
                    for name, capture in mux.captures.items()]
-        watch = CellWatch(watches)
+        watch = CellWatch([*watches, *(LaneWatch(name, lane, faults.channel(f"lane {name}") if faults else None)
+                                       for name, lane in cell.lanes.items())])
 
         console = open_cell_console(cfg, models, faults, stack, line, export_reviewed)
         if on_start is not None and console.url:
