@@ -66,25 +66,40 @@ class TriggeredSource:
         self.inner.open()
 
     def read(self) -> Frame:
-        ticket = None
-        while ticket is None:
-            if self._interrupted.is_set():
-                raise EndOfStream(f"{self.name}: stopped while waiting for a trigger")
-            ticket = self.handshake.next_trigger(WAIT_STEP_S)
-        try:
-            frame = self.inner.read()
-            for _ in range(MAX_STALE):
-                if frame.t_capture >= ticket.t_trigger:
-                    break
-                self.handshake.count_stale_frame()
-                frame = self.inner.read()
-        except CameraError:
+        """The first frame stamped at or after the next trigger. Frames stamped before it are skipped (counted
+        ``stale_frames``); after ``MAX_STALE`` of them the part is answered not inspected and the next trigger
+        is waited for: a frame from before the trigger shows another part, so it is never bound to this one."""
+        while True:
+            ticket = None
+            while ticket is None:
+                if self._interrupted.is_set():
+                    raise EndOfStream(f"{self.name}: stopped while waiting for a trigger")
+                ticket = self.handshake.next_trigger(WAIT_STEP_S)
+            frame = self._frame_after(ticket)
+            if frame is not None:
+                break
+            log.warning("%s: %d frames in a row were taken before part %d's trigger; part answered not inspected",
+                        self.name, MAX_STALE + 1, ticket.part_id)
             self.handshake.answer_not_inspected(ticket)
-            raise
         out = Frame(self._seq, frame.t_capture, frame.image, frame.source)
         self._seq += 1
         self.handshake.bind(out.seq, ticket)
         return out
+
+    def _frame_after(self, ticket: Ticket) -> Frame | None:
+        """The inner source's first frame stamped at or after ``ticket``'s trigger, skipping at most ``MAX_STALE``
+        older ones (each counted); None when the last one read is still older. A failed read answers the
+        part not inspected and raises."""
+        try:
+            for _ in range(MAX_STALE + 1):
+                frame = self.inner.read()
+                if frame.t_capture >= ticket.t_trigger:
+                    return frame
+                self.handshake.count_stale_frame()
+        except CameraError:
+            self.handshake.answer_not_inspected(ticket)
+            raise
+        return None
 
     @property
     def unreadable(self) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 from fair_edge.cameras import LineSource
 from fair_edge.cameras.triggered import TriggerFanout, TriggeredSource
 from fair_edge.line.handshake.engine import Ticket
+from fair_edge.records import Frame
 
 IMAGES = [np.full((8, 8), k, np.uint8) for k in range(64)]  # slot k of the line shows pixels = k
 LATER = 3600.0                                               # a deadline no test reaches
@@ -94,6 +95,36 @@ def test_a_source_that_waits_for_the_reader_gives_its_first_image_to_the_first_t
     frame = source.read()
     source.close()
     assert int(frame.image[0, 0]) == 0 and hs.stale == 0
+
+
+class _StampedSource:
+    """Hands out frames stamped with the times given, in order (pixels = index); a camera whose driver holds
+    more old frames than ``MAX_STALE``."""
+
+    name = "stamped"
+
+    def __init__(self, stamps: list[float]) -> None:
+        self.stamps, self.reads = stamps, 0
+
+    def read(self) -> Frame:
+        k, self.reads = self.reads, self.reads + 1
+        return Frame(k, self.stamps[k], np.full((8, 8), k, np.uint8))
+
+
+def test_a_part_is_never_bound_to_a_frame_from_before_its_trigger():
+    """More stale frames than MAX_STALE wait before part 1's trigger: its part is answered not inspected (all
+    17 read are counted stale) and the next trigger gets the first fresh frame. Before, the 17th stale frame,
+    showing an earlier part, was bound to part 1 and inspected as it."""
+    from fair_edge.cameras.triggered import MAX_STALE
+
+    hs = FakeHandshake()
+    inner = _StampedSource([0.0] * (MAX_STALE + 1) + [20.0, 21.0])
+    source = TriggeredSource(inner, hs)
+    hs.trigger(1, t_trigger=10.0)
+    hs.trigger(2, t_trigger=10.0)
+    frame = source.read()
+    assert hs.answered == [1] and hs.stale == MAX_STALE + 1
+    assert frame.seq == 0 and int(frame.image[0, 0]) == MAX_STALE + 1 and hs.bound[0].part_id == 2
 
 
 # ----------------------------------------------------------------------------- several cameras, one handshake

@@ -67,9 +67,19 @@ def collect(
             timer.start()
         with open_source(str(camera if camera is not None else source)) as src:
             read = collect_from_source(src, collector, max_saved=max_frames, every=every, stop=stop)
+            skipped_files = int(getattr(src, "unreadable", 0))
     finally:
         if timer is not None:
             timer.cancel()
-    c = collector.counts
-    console.print(f"read {read} frames: saved {c['saved']}, skipped {c['badly_exposed']} badly exposed, "
-                  f"{c['blurred']} blurred, {c['duplicate']} near-duplicates, {c['unreadable']} unreadable -> {out}")
+    console.print(collect_line(read, skipped_files, collector.counts, out))
+
+
+def collect_line(read: int, skipped_files: int, c, out: Path) -> str:
+    """The closing line of a camera / source collect. read: frames read; skipped_files: files the source itself
+    skipped as undecodable (a replayed folder's ``unreadable``: not frames, so not in ``read``); c: the
+    collector's counts. The unreadable count is both kinds, so with --every 1 read + skipped_files = saved +
+    all skipped."""
+    files = f" and {skipped_files} unreadable file{'' if skipped_files == 1 else 's'}" if skipped_files else ""
+    return (f"read {read} frames{files}: saved {c['saved']}, skipped {c['badly_exposed']} badly exposed, "
+            f"{c['blurred']} blurred, {c['duplicate']} near-duplicates, {c['unreadable'] + skipped_files} "
+            f"unreadable -> {out}")

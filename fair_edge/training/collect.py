@@ -15,11 +15,14 @@ misses go to ``test/defect`` for evaluation. A reviewed part is a label a person
 exported whatever the quality checks would say of its image (a sharp cracked cell can have a low
 Laplacian variance); only a missing or unreadable image keeps it out, and that is counted. Exporting again
 into the same folder after a label changed moves the part: each reviewed part is in the folder of its
-newest label only (``remove_earlier_exports``), never a confirmed defect left among the normals.
+newest label only (``remove_contradicting_exports``), never a confirmed defect left among the normals. What an
+operator labelled is not lost by exporting again: an earlier copy in the newest label's folder is replaced only
+by a new copy written in full, and kept (and counted as kept) when the part's image is gone or unreadable now.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,15 +93,29 @@ class Collector:
         thumb = cv2.resize(_gray(image), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
         if checked and any(float(np.abs(thumb - t).mean()) < self.quality.duplicate_diff for t in self._thumbs):
             return self._count("duplicate")
-        path = self.folder / f"{self.prefix}{name}.png"
-        if not cv2.imwrite(str(path), image):
-            raise DataError(f"could not write {path}; expected a writable folder with free space")
+        write_png(self.folder / f"{self.prefix}{name}.png", image)
         self._thumbs.append(thumb)
         return self._count("saved")
 
     def _count(self, what: str) -> str:
         self.counts[what] += 1
         return what
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` as the PNG ``path`` in full or not at all: encoded, written to ``PATH.tmp`` and renamed
+    over ``path``, so an earlier file of that name stays whole until the new one is complete."""
+    ok, data = cv2.imencode(".png", image)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if not ok:
+            raise OSError("OpenCV could not encode the image as PNG")
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); expected a writable "
+                        "folder with free space; an earlier file of that name is left as it was") from None
 
 
 def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:
@@ -114,10 +131,15 @@ def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:
 def export_reviewed(station_output: Path, dest: Path) -> dict:
     """Copy the image of every reviewed part (``STATION_OUTPUT/reviews.jsonl``) into ``dest`` (MVTec
     layout, see REVIEW_FOLDERS); no quality or duplicate check (a review is a label a person gave).
-    An earlier export of a reviewed part into ``dest`` is removed first (``remove_earlier_exports``), so
-    each part is in the folder of its newest label only.
-    Returns {"dest", "no_image": reviewed parts whose image is gone, "moved": parts whose earlier export was in
-    another folder (or whose new label has none), FOLDER: {"saved", "unreadable"}, "summary": the counts in words}."""
+    Exporting again into the same ``dest``: a new copy replaces the one in the newest label's folder only once
+    written in full; when the image is gone or unreadable now the earlier copy there is kept; a copy in a
+    folder the newest label contradicts is removed (``remove_contradicting_exports``), so each part is in the
+    folder of its newest label only.
+    Returns {"dest", "no_image": reviewed parts whose image is gone, "kept": parts without a new copy (image
+    gone or unreadable) whose earlier copy in their label's folder was kept, "moved": parts whose copy in another
+    folder was removed and that are in their label's folder now, "removed": parts whose copy in another folder
+    was removed and that have no copy in their label's folder (no image to export), FOLDER: {"saved",
+    "unreadable"}, "summary": the counts in words}."""
     from fair_edge.console.journal import REVIEWS, Journal
 
     station_output, dest = Path(station_output), Path(dest)
@@ -125,21 +147,37 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
     if not reviews:
         raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
     collectors = {folder: Collector(dest / folder) for folder in sorted(set(REVIEW_FOLDERS.values()))}
-    moved = remove_earlier_exports(reviews, dest)
-    missing = 0
-    for (run, camera, seq), entry in sorted(reviews.items()):
-        folder = REVIEW_FOLDERS.get(entry["label"])
-        if folder is None:
-            continue
-        image_path = station_output / entry["image"] if entry.get("image") else None
-        if image_path is None or not image_path.is_file():
-            missing += 1
-            continue
-        collectors[folder].add(cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED), export_name(run, camera, seq),
-                               checked=False)
+    tally: Counter[str] = Counter({k: 0 for k in ("no_image", "kept", "moved", "removed")})
+    for key, entry in sorted(reviews.items()):
+        tally.update(export_part(station_output, dest, key, entry, collectors))
     counts = {k: {"saved": c.counts["saved"], "unreadable": c.counts["unreadable"]} for k, c in collectors.items()}
-    return {"dest": str(dest), "no_image": missing, "moved": moved, **counts,
-            "summary": reviewed_summary(counts, missing, moved)}
+    return {"dest": str(dest), **tally, **counts,
+            "summary": reviewed_summary(counts, tally["no_image"], tally["moved"], tally["kept"], tally["removed"])}
+
+
+def export_part(station_output: Path, dest: Path, key: tuple[str, str, int], entry: dict,
+                collectors: dict[str, Collector]) -> list[str]:
+    """Export one reviewed part (``key`` = (run, camera, seq), ``entry`` its newest review) into its label's folder
+    of ``dest``, then remove its copies from the other folders. Returns what happened beyond a plain save, each of
+    "no_image", "kept", "moved", "removed" at most once (see ``export_reviewed``)."""
+    name = export_name(*key)
+    folder = REVIEW_FOLDERS.get(entry["label"])
+    events: list[str] = []
+    in_place = False
+    if folder is not None:
+        image_path = station_output / entry["image"] if entry.get("image") else None
+        written = False
+        if image_path is None or not image_path.is_file():
+            events.append("no_image")
+        else:
+            image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+            written = collectors[folder].add(image, name, checked=False) == "saved"
+        if not written and (dest / folder / f"{name}.png").is_file():
+            events.append("kept")
+        in_place = written or "kept" in events
+    if remove_contradicting_exports(name, folder, dest):
+        events.append("moved" if in_place else "removed")
+    return events
 
 
 def export_name(run: str, camera: str, seq: int) -> str:
@@ -147,36 +185,42 @@ def export_name(run: str, camera: str, seq: int) -> str:
     return f"{run}_{camera}_{seq:08d}" if camera else f"{run}_{seq:08d}"
 
 
-def remove_earlier_exports(reviews: dict[tuple[str, str, int], dict], dest: Path) -> int:
-    """Delete every earlier export of the reviewed parts (``latest_reviews``) from ``dest``'s label folders
-    (REVIEW_FOLDERS), so that after this export each part is in the folder of its newest label only (a review
-    changed from false_reject to defect must not leave the part among the training normals). Returns how many
-    parts were moved: found in a folder other than their newest label's (or with a label that has none)."""
-    moved = 0
-    for (run, camera, seq), entry in reviews.items():
-        name = f"{export_name(run, camera, seq)}.png"
-        found = [folder for folder in sorted(set(REVIEW_FOLDERS.values())) if (Path(dest) / folder / name).is_file()]
-        for folder in found:
-            (Path(dest) / folder / name).unlink()
-        moved += any(folder != REVIEW_FOLDERS.get(entry["label"]) for folder in found)
-    return moved
+def remove_contradicting_exports(name: str, folder: str | None, dest: Path) -> list[str]:
+    """Delete the earlier exports ``NAME.png`` of one reviewed part from those of ``dest``'s label folders
+    (REVIEW_FOLDERS) that are not ``folder``, its newest label's (None: a label without a folder, every copy goes),
+    so that a review changed from false_reject to defect does not leave the part among the training normals.
+    The copy in ``folder`` itself is left to ``export_part``. Returns the folders a copy was removed from."""
+    removed = []
+    for other in sorted(set(REVIEW_FOLDERS.values()) - {folder}):
+        path = Path(dest) / other / f"{name}.png"
+        if path.is_file():
+            path.unlink()
+            removed.append(other)
+    return removed
 
 
 def _n(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def reviewed_summary(counts: dict[str, dict[str, int]], no_image: int, moved: int = 0) -> str:
+def reviewed_summary(counts: dict[str, dict[str, int]], no_image: int, moved: int = 0, kept: int = 0,
+                     removed: int = 0) -> str:
     """``export_reviewed``'s counts in words, e.g. '1 false reject to train/good, 3 defects and misses
-    to test/defect; 1 reviewed part without an image, 1 reviewed part moved (its label changed since an
-    earlier export)'."""
+    to test/defect; 1 reviewed part without an image, 1 earlier export kept (no new image to replace it),
+    1 reviewed part moved (its label changed since an earlier export)'."""
     kinds = {"train/good": ("false reject", "false rejects"), "test/defect": ("defect or miss", "defects and misses")}
     parts = [f"{_n(c['saved'], *kinds.get(folder, ('part', 'parts')))} to {folder}" for folder, c in counts.items()]
     text = ", ".join(parts)
     unreadable = sum(c["unreadable"] for c in counts.values())
     extra = [_n(n, f"reviewed part {why}", f"reviewed parts {why}")
-             for n, why in ((no_image, "without an image"), (unreadable, "with an unreadable image"),
-                            (moved, "moved (its label changed since an earlier export)")) if n]
+             for n, why in ((no_image, "without an image"), (unreadable, "with an unreadable image")) if n]
+    if kept:
+        extra.append(_n(kept, "earlier export kept (no new image to replace it)",
+                        "earlier exports kept (no new image to replace them)"))
+    extra += [_n(n, f"reviewed part {why}", f"reviewed parts {why}")
+              for n, why in ((moved, "moved (its label changed since an earlier export)"),
+                             (removed, "removed from an earlier label's folder (no image to export under the new "
+                                       "label)")) if n]
     return text + ("; " + ", ".join(extra) if extra else "")
 
 
