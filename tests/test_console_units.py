@@ -913,3 +913,82 @@ def test_the_journal_syncs_its_folder_when_it_creates_the_file(tmp_path, monkeyp
     assert synced == ["file", "folder"]
     journal.append({"action": "threshold"})
     assert synced == ["file", "folder", "file"]
+
+
+def _reviewed_station(tmp_path, labels):
+    """A station output with one reviewed image per seq: labels = {seq: label}; returns (station, journal)."""
+    station = tmp_path / "station"
+    (station / "review").mkdir(parents=True)
+    journal = Journal(station / "reviews.jsonl")
+    for seq, label in labels.items():
+        cv2.imwrite(str(station / "review" / f"p{seq}.png"), _plate(seq))
+        journal.append({"run": "r1", "seq": seq, "label": label, "image": f"review/p{seq}.png"})
+    return station, journal
+
+
+def test_exporting_again_keeps_an_earlier_copy_whose_image_is_gone_and_says_so(tmp_path):
+    """Exporting again into the same folder deleted the earlier, good copy of a reviewed part whose image had
+    since gone from the station output (or become unreadable): the training set lost a labelled image. A copy in
+    a folder the newest label contradicts is still removed, and the summary says what happened to each."""
+    station, journal = _reviewed_station(tmp_path, {1: "false_reject", 2: "false_reject", 3: "false_reject",
+                                                    4: "defect"})
+    dest = tmp_path / "dataset"
+    export_reviewed(station, dest)
+    earlier = {n: (dest / "train" / "good" / f"r1_0000000{n}.png").read_bytes() for n in (1, 2, 3)}
+    (station / "review" / "p1.png").unlink()                   # image gone, label unchanged
+    (station / "review" / "p2.png").write_bytes(b"not a png")  # image unreadable, label unchanged
+    (station / "review" / "p3.png").unlink()                   # image gone and relabelled: a defect after all
+    journal.append({"run": "r1", "seq": 3, "label": "defect", "image": "review/p3.png"})
+    result = export_reviewed(station, dest)
+    good = dest / "train" / "good"
+    assert sorted(p.name for p in good.iterdir()) == ["r1_00000001.png", "r1_00000002.png"]
+    assert all((good / f"r1_0000000{n}.png").read_bytes() == earlier[n] for n in (1, 2))
+    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == ["r1_00000004.png"]
+    assert (result["no_image"], result["kept"], result["moved"], result["removed"]) == (2, 2, 0, 1)
+    assert result["train/good"] == {"saved": 0, "unreadable": 1} and result["test/defect"]["saved"] == 1
+    text = result["summary"]
+    assert "2 reviewed parts without an image" in text and "1 reviewed part with an unreadable image" in text, text
+    assert "2 earlier exports kept" in text and "1 reviewed part removed from an earlier label's folder" in text, text
+
+
+def test_a_failed_rewrite_of_a_reviewed_part_leaves_its_earlier_copy_whole(tmp_path, monkeypatch):
+    """A new copy replaces the earlier one in the label's folder only once written in full: a write that fails
+    (a full disk) raises an error naming the file and leaves the earlier copy and no partial file behind."""
+    from fair_edge.errors import DataError
+
+    station, _ = _reviewed_station(tmp_path, {1: "false_reject"})
+    dest = tmp_path / "dataset"
+    export_reviewed(station, dest)
+    copy = dest / "train" / "good" / "r1_00000001.png"
+    earlier = copy.read_bytes()
+    cv2.imwrite(str(station / "review" / "p1.png"), _plate(9))   # a newer image of the same part
+
+    def full_disk(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(copy), "write_bytes", full_disk)
+    monkeypatch.setattr(cv2, "imwrite", lambda *a: False)        # the same fault for a direct OpenCV write
+    with pytest.raises(DataError, match="r1_00000001.png"):
+        export_reviewed(station, dest)
+    assert copy.read_bytes() == earlier
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["r1_00000001.png"]
+
+
+def test_collect_from_a_folder_counts_the_files_the_replay_skips_as_unreadable(tmp_path):
+    """`collect --source` printed '0 unreadable' however many files the folder replay skipped as undecodable
+    (the replay skips them itself, so the collector never saw them), and 'read N frames' left them out."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    src = tmp_path / "cam"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i:03d}.png"), _plate(20 + i))
+    (src / "003.png").write_bytes(b"not a png")
+    (src / "004.png").write_bytes(b"")
+    result = CliRunner().invoke(app, ["collect", str(tmp_path / "train"), "--source", str(src)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "read 3 frames and 2 unreadable files: saved 3," in text and "2 unreadable ->" in text, text
+    assert len(list((tmp_path / "train").glob("*.png"))) == 3

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import typer
 
@@ -74,7 +74,7 @@ def collect(
     console.print(collect_line(read, skipped_files, collector.counts, out))
 
 
-def collect_line(read: int, skipped_files: int, c, out: Path) -> str:
+def collect_line(read: int, skipped_files: int, c: Mapping[str, int], out: Path) -> str:
     """The closing line of a camera / source collect. read: frames read; skipped_files: files the source itself
     skipped as undecodable (a replayed folder's ``unreadable``: not frames, so not in ``read``); c: the
     collector's counts. The unreadable count is both kinds, so with --every 1 read + skipped_files = saved +
