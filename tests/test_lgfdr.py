@@ -86,6 +86,13 @@ def test_settings_validate():
     assert ModelSpec.from_dict(MODEL.to_dict()) == MODEL and MODEL.input_names == ("colour",)
 
 
+@pytest.mark.parametrize("heads, layers", [(0, 2), (4, 0), (0, 0)])
+def test_zero_heads_or_layers_is_a_config_error_not_a_division_by_zero(heads, layers):
+    """`train --model lgfdr --heads 0` divided hidden by heads before checking heads (ZeroDivisionError)."""
+    with pytest.raises(ConfigError, match=rf"heads and layers must be >= 1; found heads={heads}, layers={layers}\."):
+        LgfdrSettings(heads=heads, layers=layers)
+
+
 # ----------------------------------------------------------------------------- train, eval, bundle
 def test_training_lowers_the_loss_and_writes_a_self_contained_checkpoint(lgfdr_run):
     final, out = lgfdr_run

@@ -602,3 +602,70 @@ def test_score_shifts_average_the_maps_of_shifted_views_placed_back_and_export_w
     torch_maps, torch_scores = select_backend(result.bundle, "torch-cpu").infer_frames(frames)
     np.testing.assert_allclose(ort_maps, torch_maps, atol=1e-4, rtol=0)
     np.testing.assert_allclose(ort_scores, torch_scores, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- one neighbour (audit item 1)
+def _scored_with_table(settings, bank_rows: int, neighbours: int):
+    """A 32 px detector of ``settings`` whose bank is the first ``bank_rows`` (at most 16) patch features of a flat grey frame,
+    with a neighbour table of ``neighbours`` columns: (detector, the anomaly map (1, 1, 32, 32) and score (1,)
+    of that frame with a bright square)."""
+    torch.manual_seed(0)
+    det = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings).build()
+    normal = torch.rand(1, 3, 32, 32) * 0.1 + 0.45
+    with torch.no_grad():
+        bank = det.patch_features(normal).flatten(2)[0].t()[:bank_rows].contiguous()
+        det.set_bank(bank, bank_neighbours(bank, neighbours))
+        defect = normal.clone()
+        defect[:, :, 8:20, 8:20] = 1.0
+        amap, score = det(defect)
+    return det, amap, score
+
+
+@pytest.mark.parametrize("bank_rows, neighbours", [(16, 1), (1, 9)])
+def test_a_one_column_neighbour_table_scores_the_unweighted_map_not_zero(bank_rows, neighbours):
+    """The paper's weight 1 - softmax([d])[0] is 0 with no bank neighbour (neighbours=1, or a one-row bank): every
+    image scored 0, the threshold was 0 and no part was rejected. Such a table now skips the weight."""
+    settings = PatchcoreSettings(backbone="resnet18", embed_dim=16, bank_max=40, neighbours=neighbours)
+    det, amap, score = _scored_with_table(settings, bank_rows, neighbours)
+    assert det.memory.neighbours.shape == (bank_rows, 1) and float(score[0]) > 0
+    torch.testing.assert_close(score, amap.flatten(1).amax(1))
+    assert not det.memory.can_reweight
+
+
+def test_new_fits_refuse_one_neighbour_with_reweight_and_name_the_fix(mvtec_dir, tmp_path):
+    one = PatchcoreSettings(**PATCHCORE_MODEL_KW, neighbours=1)   # valid settings: a checkpoint may hold them
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), one)
+    with pytest.raises(ConfigError, match=r"neighbours must be in 2\.\.64 with reweight on .*found neighbours=1\. "
+                                          r"Raise --neighbours \(default 9\), or .*--no-reweight"):
+        PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=4), tmp_path / "r", torch.device("cpu"))
+    PatchcoreSettings(**PATCHCORE_MODEL_KW, neighbours=1, reweight=False).check_fit()  # the table then goes unused
+    PatchcoreSettings(**PATCHCORE_MODEL_KW, neighbours=2).check_fit()
+
+
+def test_an_old_checkpoint_with_one_neighbour_and_reweight_still_loads_and_says_what_changed(tmp_path, caplog):
+    from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+
+    settings = PatchcoreSettings(backbone="resnet18", embed_dim=16, bank_max=40, neighbours=1)
+    det, amap, _ = _scored_with_table(settings, 16, 1)
+    model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
+    path = save_checkpoint(tmp_path / "old.pt", Checkpoint(model, model.impl.weights(det), {}))
+    with caplog.at_level("WARNING"):
+        back = load_checkpoint(path)
+        loaded = back.build_detector()
+    assert back.settings.neighbours == 1 and back.settings.reweight
+    assert "one-column neighbour table (neighbours=1, 16 bank row(s))" in caplog.text
+    assert "build it again (fair-edge build)" in caplog.text
+    defect = torch.rand(1, 3, 32, 32) * 0.1 + 0.45
+    defect[:, :, 8:20, 8:20] = 1.0
+    with torch.no_grad():
+        amap, score = loaded(defect)
+    assert float(score[0]) > 0 and torch.allclose(score, amap.flatten(1).amax(1))
+
+
+def test_tiled_score_ignores_only_the_settings_that_change_a_whole_frame_score():
+    from fair_edge.models.registry import FAMILIES
+
+    pc = FAMILIES["patchcore"]
+    assert set(pc.tiled_score_ignores(PatchcoreSettings())) == {"reweight"}
+    assert set(pc.tiled_score_ignores(PatchcoreSettings(score_top_k=8, reweight=False))) == {"score_top_k"}
+    assert pc.tiled_score_ignores(PatchcoreSettings(reweight=False)) == {}

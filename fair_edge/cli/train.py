@@ -7,9 +7,10 @@ A thin typer command over ``each family's trainer (``ModelFamily.training()``)``
 from __future__ import annotations
 
 import inspect
+import logging
 import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import typer
 from rich.markup import escape
@@ -23,6 +24,7 @@ from fair_edge.preprocess import FILTERS, PreprocessConfig
 from fair_edge.training.data import BUILTIN_DATASETS
 
 app = typer.Typer()
+log = logging.getLogger(__name__)
 
 
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool, model,
@@ -127,6 +129,20 @@ def given_flags(ctx: typer.Context) -> dict:
     return {name: value for name, value in ctx.params.items() if typed(name)}
 
 
+def tiled_score_warnings(family, settings, typed: Iterable[str]) -> list[str]:
+    """One line per setting the user typed (``typed``: names from the flags and --set) whose value a tiled model's
+    frame score leaves out (``ModelFamily.tiled_score_ignores``; PatchCore's score_top_k > 1
+    and reweight): the frame score is the maximum of the stitched map. Defaults left untyped say nothing."""
+    ignored = family.tiled_score_ignores(settings)
+    typed, lines = set(typed), []
+    for name in (n for n in ignored if n in typed):
+        value = getattr(settings, name)
+        flag = f"--{name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
+        lines.append(f"{flag} ({ignored[name]}) is not used with --tile: a tiled model's frame score is the maximum "
+                     f"of its stitched map. Leave {flag} out, or train without --tile for the whole-frame score.")
+    return lines
+
+
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
@@ -166,7 +182,8 @@ def common_parameters() -> list[inspect.Parameter]:
         _option("nproc", int, O(1, help="Processes on this machine (DDP via torchrun, one GPU each, or the CPU with "
                 "gloo); --batch is the global batch and must divide by it. Multi-node: see fair_edge/training/ddp.py.")),
         _option("tile", Optional[int], O(None, help="Tiled inspection: square tiles of this many frame pixels, each "
-                "resized to --image-size (for large frames with small defects).")),
+                "resized to --image-size (for large frames with small defects). The frame score is the maximum of "
+                "the stitched tile maps (PatchCore's --score-top-k and --reweight are not used).")),
         _option("tile_overlap", int, O(0, help="Pixels shared by neighbouring tiles (blended when stitching).")),
         _option("roi", Optional[str], O(None, help="Tiled region of interest 'x,y,width,height' in frame pixels.")),
     ]
@@ -256,6 +273,9 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     spec = ModelSpec(family.key, pre, family.settings_from_options({**settings, **overrides}))
     if not resume:  # on --resume: compared with the saved run instead
         refuse_foreign_flags(family, given, flags, family.describe(spec.settings))
+        if pre.tiling is not None:
+            for line in tiled_score_warnings(family, spec.settings, [*given, *overrides]):
+                log.warning(line)
     out = out or default_train_dir(spec.tag)
     if resume:
         saved = resume_settings(out, given, settings.get("save_every"))

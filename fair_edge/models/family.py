@@ -126,6 +126,11 @@ class ModelFamily(ABC):
     def check_preprocess(self, preprocess: PreprocessConfig) -> None:
         """ConfigError when ``preprocess`` (e.g. the image size) does not suit this family."""
 
+    def tiled_score_ignores(self, settings: Any) -> dict[str, str]:
+        """{setting: what it does} for settings whose values a tiled model's frame score (the stitched map's
+        maximum) leaves out. Default: none."""
+        return {}
+
     def int8_scope_for(self, settings: Any) -> tuple[str, ...]:
         """The ``int8_scope`` of a model with these settings. Default: the family's ``int8_scope``."""
         return self.int8_scope

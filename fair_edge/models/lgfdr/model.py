@@ -47,10 +47,10 @@ class LgfdrSettings:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; found {self.backbone!r}.")
+        if self.heads < 1 or self.layers < 1:  # before ``hidden % heads``, which heads=0 would divide by
+            raise ConfigError(f"heads and layers must be >= 1; found heads={self.heads}, layers={self.layers}.")
         if self.hidden < 8 or self.hidden % self.heads:
             raise ConfigError(f"hidden must be >= 8 and divisible by heads ({self.heads}); found {self.hidden}.")
-        if self.heads < 1 or self.layers < 1:
-            raise ConfigError(f"heads and layers must be >= 1; found heads={self.heads}, layers={self.layers}.")
         if not 0.0 <= self.noise_std <= 10.0:
             raise ConfigError(f"feature noise must be in [0, 10] (channel standard deviations); found {self.noise_std}.")
         if not 0.0 <= self.smooth_sigma <= 32.0:

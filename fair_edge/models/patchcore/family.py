@@ -35,6 +35,15 @@ def int8_scope(backbone: str) -> tuple[str, ...]:
 INT8_SCOPE = int8_scope(PatchcoreSettings.backbone)  # of the default backbone; a model's own: int8_scope_for
 
 
+# a model with reweight on whose neighbour table has one column: neighbours=1 (which fits refuse since; before, the
+# weight was 0, so every score was 0) or a one-row bank
+UNWEIGHTED_CHECKPOINT = ("this PatchCore model has reweight on but a one-column neighbour table (neighbours=%d, %d bank "
+                         "row(s)), so no bank row has a neighbour to weigh against: it scores without the weight. Such "
+                         "a model scored 0 for every image in releases that applied the weight anyway, so a bundle "
+                         "built from it then has threshold 0 and rejects no part: build it again (fair-edge build), or "
+                         "fit again with neighbours >= 2.")
+
+
 class PatchcoreFamily(ModelFamily):
     key = "patchcore"
     title = "PatchCore"
@@ -82,6 +91,17 @@ class PatchcoreFamily(ModelFamily):
     def tag(self, settings: PatchcoreSettings) -> str:
         return f"patchcore-{settings.backbone}"
 
+    def tiled_score_ignores(self, settings: PatchcoreSettings) -> dict[str, str]:
+        """{setting: what it does} for the settings whose values a tiled model's frame score leaves out: that score
+        is the maximum of the stitched map (``tiling.stitch``), not this graph's score (``score_top_k`` > 1, the
+        ``reweight`` weight); `fair-edge train --tile` warns when one was typed."""
+        ignored = {}
+        if settings.score_top_k > 1:
+            ignored["score_top_k"] = f"the image score as the mean of the {settings.score_top_k} highest map pixels"
+        if settings.reweight:
+            ignored["reweight"] = "the paper's image-score weight"
+        return ignored
+
     def check_preprocess(self, preprocess: PreprocessConfig) -> None:
         if preprocess.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16 for PatchCore (backbone stride 16); "
@@ -103,3 +123,5 @@ class PatchcoreFamily(ModelFamily):
             raise RuntimeError(f"PatchCore weights without {', '.join(missing)}")
         module.set_bank(state_dict["memory.bank_t"].t(), state_dict["memory.neighbours"])
         module.load_state_dict(state_dict)
+        if module.settings.reweight and not module.memory.can_reweight:
+            log.warning(UNWEIGHTED_CHECKPOINT, module.settings.neighbours, module.memory.rows)

@@ -20,7 +20,10 @@ a test patch's anomaly is its distance to the nearest bank feature.
     score = max of anomaly_map (with ``score_top_k`` k > 1: the mean of its k highest pixels), times (with ``reweight``) the paper's weight
       w = 1 - softmax(-)[0] over the distances from the most anomalous test patch to its nearest bank
       feature m* and to m*'s own nearest bank neighbours (eq. 7): a patch whose nearest normal feature
-      sits in a sparse part of the bank counts less than one far from a dense cluster.
+      sits in a sparse part of the bank counts less than one far from a dense cluster. The weight needs m* and
+      at least one neighbour: a new fit refuses ``neighbours`` 1 with reweight on, and a neighbour table of one
+      column (an older checkpoint fitted so, whose weight was 0 for every image, or a bank of one row) scores
+      without it.
 
 Every step is an ONNX operator (MatMul, ReduceMin, ArgMin, TopK, Gather, Resize, Conv); the bank is a buffer, so it is
 an initializer of the exported graph.
@@ -70,13 +73,16 @@ class PatchcoreSettings:
     """backbone: key of ``BACKBONES``. embed_dim: patch feature channels (half from each tap).
     coreset_ratio: share of the training patches kept in the bank; bank_max: at most this many rows
     (bank memory = rows x embed_dim x 4 bytes: 10 000 x 128 = 5.1 MB). reweight: the paper's image-score
-    weighting with ``neighbours`` bank neighbours. smooth_sigma: Gaussian blur of the map, pixels.
+    weighting by the nearest bank row's neighbourhood (whole-frame models only: a tiled frame's score is the
+    maximum of its stitched map). neighbours: bank rows the reweighting compares, the nearest row included (2..64
+    for a fit with reweight on; 1 only with reweight off). smooth_sigma: Gaussian blur of the map, pixels.
     taps: two or three of the backbone's maps (0, 1, 2 = strides 4, 8, 16), finest first; the patch grid is
     the finest tap's. local_windows: 1 to 3 odd window sizes (pixels of the finest tap's grid, ascending;
     1 = no aggregation); each patch feature is the concatenation of its descriptors over all windows, so
     embed_dim must divide by len(taps) x len(local_windows).
     score_top_k: the image score is the mean of the k highest pixels of the blurred map (1 = its max;
-    at most the map's S x S pixels are used). position_weight: 0 = off; p > 0 appends each patch's grid
+    at most the map's S x S pixels are used; whole-frame models only: a tiled frame's score is the maximum of
+    its stitched map). position_weight: 0 = off; p > 0 appends each patch's grid
     position (x, y), scaled to [0, p] across the image, as two feature channels, so a test patch is matched
     to bank features from about the same place: for fixtured parts (ELPV cells, p = 100 with Lite0, whose
     nearest-patch distances are about 11: a shift of one 16 x 16-grid cell costs 6.7). local_pad: the
@@ -168,6 +174,15 @@ class PatchcoreSettings:
             raise ConfigError(f"a bank of bank_max={self.bank_max} rows x {self.feature_dim} features takes "
                               f"{self.bank_bytes / 1e9:.2f} GB; at most {BANK_BYTES_LIMIT / 1e9:.0f} GB fits in one ONNX "
                               "file (protobuf's 2 GB limit). Lower bank_max or embed_dim.")
+
+    def check_fit(self) -> None:
+        """ConfigError for settings a checkpoint may hold but a new fit must not: ``neighbours`` 1 with ``reweight``
+        (the weight 1 - softmax([d])[0] is 0, so every score was 0 and no part was ever rejected)."""
+        if self.reweight and self.neighbours < 2:
+            raise ConfigError(f"neighbours must be in 2..64 with reweight on (the paper's weight compares the nearest "
+                              f"bank row with its bank neighbours, at least one; with none every image scores 0); "
+                              f"found neighbours={self.neighbours}. Raise --neighbours (default 9), or turn the "
+                              f"weighting off with --no-reweight (--set reweight=false).")
 
     @property
     def descriptor_dim(self) -> int:
@@ -340,8 +355,15 @@ class NearestBank(nn.Module):
         value, k = torch.gather(e, 1, columns).min(-1, keepdim=True)
         return value[:, 0], torch.gather(columns, 1, k)[:, 0]
 
+    @property
+    def can_reweight(self) -> bool:
+        """Whether the neighbour table has a neighbour beside each row itself: with one column (neighbours 1, or a
+        bank of one row) the paper's weight 1 - softmax([d])[0] is 0 for every image."""
+        return self.neighbours.shape[1] >= 2
+
     def reweight(self, patch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The paper's weight (B,) for one test patch per image: patch (B, D), index (B,) of its nearest row."""
+        """The paper's weight (B,) for one test patch per image: patch (B, D), index (B,) of its nearest row.
+        Only with ``can_reweight`` (one column gives 0)."""
         rows = self.bank_t[:, self.neighbours[index]].permute(1, 2, 0)  # (B, k, D): m* and its nearest bank rows
         distance = torch.sqrt(torch.clamp(((rows - patch.unsqueeze(1)) ** 2).sum(-1), min=0.0))
         return 1.0 - torch.softmax(distance, dim=-1)[:, 0]
@@ -442,7 +464,7 @@ class PatchcoreDetector(nn.Module):
         amap = self.blur(views)
         k = min(self.settings.score_top_k, self.size * self.size)
         score = amap.flatten(1).amax(1) if k == 1 else torch.topk(amap.flatten(1), k, dim=1).values.mean(1)
-        if self.settings.reweight:
+        if self.settings.reweight and self.memory.can_reweight:
             worst = torch.topk(distance, 1, dim=1).indices  # (B, 1): the most anomalous patch
             patch = torch.gather(patches, 1, worst.unsqueeze(-1).expand(b, 1, d))[:, 0]
             score = score * self.memory.reweight(patch, torch.gather(index, 1, worst)[:, 0])

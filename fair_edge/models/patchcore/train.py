@@ -73,6 +73,10 @@ def bank_cap_facts(patches: int, rows: int, settings) -> dict:
             "bank_capped": rows < min(patches, math.ceil(patches * settings.coreset_ratio))}
 
 
+UNWEIGHTED_BANK = ("PatchCore: the bank has %d row(s), so no row has a bank neighbour and the reweighting is skipped "
+                   "(scores are the unweighted map's); more training images or a larger coreset_ratio give it one")
+
+
 class PatchcoreFitter:
     """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt."""
 
@@ -80,6 +84,7 @@ class PatchcoreFitter:
 
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
+        model.settings.check_fit()  # a checkpoint may hold neighbours=1 with reweight; a new fit may not
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
         self.detector: PatchcoreDetector = model.build(device=device)
         self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
@@ -149,6 +154,8 @@ class PatchcoreFitter:
             bank = patches[chosen]
             t2 = time.perf_counter()
             self.detector.set_bank(bank, bank_neighbours(bank, self.model.settings.neighbours))
+            if self.model.settings.reweight and not self.detector.memory.can_reweight:
+                log.warning(UNWEIGHTED_BANK, rows)
             self.timings = {"features": round(t1 - t0, 3), "coreset": round(t2 - t1, 3),
                             "neighbours": round(time.perf_counter() - t2, 3), "patches": len(patches)}
         save_checkpoint(self.out_dir / "last.pt", self.checkpoint())
