@@ -161,3 +161,20 @@ def test_demo_refuses_an_impossible_line_before_any_work(tmp_path, monkeypatch, 
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), flag, value])
     assert r.exit_code == 2 and f"{flag} must be" in " ".join(r.output.split()), r.output
     assert started == [] and not (tmp_path / "demo").exists()
+
+
+def test_a_dropped_part_has_a_null_score_and_the_report_is_strict_json(tmp_path):
+    """demo_report.json had ``"score": NaN`` for every dropped part (no JSON for JSON.parse, jq, Go)."""
+    verdicts = [{"seq": 0, "t_capture": 10.0, "t_verdict": 10.1, "ng": True, "score": 0.9, "source": "000_defect_a.png"},
+                {"seq": 1, "t_capture": 10.1, "t_verdict": 10.1, "inspected": False, "source": "001_defect_b.png"}]
+    rows = match_pulses(verdicts, [10.4], travel_ms=400, late_ms=10)
+    assert [r["score"] for r in rows] == [0.9, None]
+    from fair_edge.demo.run import write_report
+
+    write_report({"parts": rows, "eval": {"auroc": float("nan")}}, tmp_path / "demo_report.json")
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    report = json.loads((tmp_path / "demo_report.json").read_text(), parse_constant=strict)
+    assert [r["score"] for r in report["parts"]] == [0.9, None] and report["eval"] == {"auroc": None}

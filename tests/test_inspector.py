@@ -325,3 +325,104 @@ class EndedCapture:
         from types import SimpleNamespace
 
         return SimpleNamespace(frames_in=0, dropped_queue_full=0, frames_lost_estimate=0)
+
+
+class _NoFrames:
+    """A camera that ends at once (or never delivered): a run that inspected nothing."""
+
+    def get(self, timeout=None):
+        from fair_edge.cameras import EndOfStream
+        raise EndOfStream("no frame")
+
+    def stop(self):
+        return True
+
+    def stats(self):
+        from types import SimpleNamespace
+        return SimpleNamespace(frames_in=0, dropped_queue_full=0, frames_lost_estimate=0)
+
+
+class _NeverCalled:
+    reason = "fake"
+
+    def infer_frames(self, images):
+        raise AssertionError("no frame to infer")
+
+
+def test_latency_stats_hold_fixed_memory_the_live_window_exact_and_the_run_within_its_stated_bound():
+    """Every latency was kept forever (~32 B a frame: ~166 MB a day at 60 frames/s). Now the memory stays fixed,
+    the last 2000 are exact, and the run's p50 / p99 are within RUN_REL_ERROR (max exact)."""
+    import tracemalloc
+
+    from fair_edge.station.inspector import LatencyStats
+
+    values = np.random.default_rng(0).lognormal(3.0, 0.8, 60_000)   # ms, a long tail
+    stats = LatencyStats()
+    for v in values[:10_000]:
+        stats.add(float(v))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for v in values[10_000:]:
+        stats.add(float(v))
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 50_000, f"{grown} bytes more for 50,000 latencies"   # the old list: ~1.6 MB
+    window = stats.percentiles(window=2000)
+    last = values[-2000:]
+    assert window == {"p50_ms": np.percentile(last, 50), "p99_ms": np.percentile(last, 99), "max_ms": last.max()}
+    run = stats.percentiles()
+    exact = {"p50_ms": np.percentile(values, 50), "p99_ms": np.percentile(values, 99)}
+    for key, want in exact.items():
+        assert abs(run[key] - want) <= 0.005 * want * (1 + 1e-9), (key, run[key], want)
+    assert run["max_ms"] == values.max() and stats.count == 60_000
+
+
+def test_the_run_percentiles_are_within_half_a_percent_even_at_a_buckets_edges():
+    """A latency at either edge of its bucket (the bucket's largest error), low to high: within RUN_REL_ERROR."""
+    from fair_edge.station.inspector import RUN_HIGH_MS, RUN_LOW_MS, RUN_REL_ERROR, LatencyStats, LogBuckets
+
+    for i in (1, 2, 700, 1500, LogBuckets.SIZE - 3):   # the last bucket: over RUN_HIGH_MS (27.8 h)
+        top = RUN_LOW_MS * LogBuckets.GROWTH ** i
+        for edge in (top, top / LogBuckets.GROWTH * (1 + 1e-12)):
+            stats = LatencyStats(window=1)   # one kept: the run's p50 comes from the buckets
+            for ms in (0.5 * RUN_LOW_MS, edge, 10 * RUN_HIGH_MS):
+                stats.add(ms)
+            p50 = stats.percentiles()["p50_ms"]
+            assert abs(p50 - edge) <= RUN_REL_ERROR * edge * (1 + 1e-9), (i, edge, p50)
+
+
+@pytest.mark.parametrize("value", [1e-4, 0.0013, 1.0, 7.25, 33.3333, 999.9, 123456.0])
+def test_run_latency_percentiles_are_exact_up_to_the_window_and_within_half_a_percent_beyond(value):
+    """Exact while every latency is kept; one more: p50 within 0.5 % (0.001 ms under 0.001 ms), max exact."""
+    from fair_edge.station.inspector import RUN_LOW_MS, RUN_REL_ERROR, LatencyStats
+
+    stats = LatencyStats(window=10)
+    for _ in range(10):
+        stats.add(value)
+    assert stats.exact and stats.percentiles() == {"p50_ms": value, "p99_ms": value, "max_ms": value}
+    stats.add(value)
+    got = stats.percentiles()
+    assert not stats.exact and got["max_ms"] == value
+    assert abs(got["p50_ms"] - value) <= max(RUN_REL_ERROR * value * (1 + 1e-9), RUN_LOW_MS)
+    with pytest.raises(ValueError, match="between 1 and the 10 latencies kept; found 11"):
+        stats.percentiles(window=11)
+
+
+def test_a_run_that_inspected_nothing_writes_null_latency_in_strict_json_and_prints_it(monkeypatch):
+    """summary.json and the retained MQTT summary held bare NaN (not JSON for Node-RED, jq, Go) when the camera
+    never delivered a frame; the summary table printed 'nan'."""
+    import json
+
+    from rich.console import Console
+
+    import fair_edge.cli.run as cli_run
+
+    summary = Inspector(_NoFrames(), _NeverCalled(), 1.0).run(threading.Event())
+    assert summary.inspected == 0
+    text = json.dumps(summary.to_dict(), indent=2, default=str, allow_nan=False)   # raised on NaN
+    assert json.loads(text)["latency"] == {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(cli_run, "Console", lambda: console)   # print_summary's table goes to this console
+    cli_run.print_summary(summary, "out")
+    printed = " ".join(console.export_text().split())
+    assert "latency p50 / p99 / max │ - (no frame inspected)" in printed, printed

@@ -169,3 +169,33 @@ def test_mqtt_counters_count_a_first_send_once_and_only_a_send_after_a_reconnect
     assert sum("reconnecting" in m for m in messages) == 1       # the lost link, not the close
     assert any("sending 3 queued message(s)" in m for m in messages)
     assert any("disconnected (closed)" in m for m in messages)
+
+
+def test_a_nan_or_infinity_in_a_message_is_sent_as_null_so_strict_json_parsers_read_it(caplog):
+    """The retained summary of a run that inspected nothing held bare NaN: Node-RED's JSON.parse rejected it, and
+    the bad message stayed retained. Every payload is strict JSON now; a non-finite number is null, logged once."""
+    import logging
+    import math
+
+    from fair_edge.station.inspector import LatencyStats
+
+    class Recording(FakePaho):
+        def publish(self, topic, data, qos, retain):
+            self.payloads = [*getattr(self, "payloads", []), (topic, data, retain)]
+            return super().publish(topic, data, qos, retain)
+
+    def strict(token):
+        raise ValueError(f"not JSON: {token}")
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=Recording).start()
+    pub._client.connect()
+    pub.publish_summary({"inspected": 0, "latency": LatencyStats().percentiles(), "fps": 0.0})
+    pub.publish("verdicts", {"seq": 1, "score": math.nan, "regions": [{"area": math.inf}], "n": (1, -math.inf)})
+    pub.publish("verdicts", {"seq": 2, "score": float("nan")})
+    got = [(topic, json.loads(data, parse_constant=strict), retain) for topic, data, retain in pub._client.payloads]
+    assert got == [("a/summary", {"inspected": 0, "latency": {"p50_ms": None, "p99_ms": None, "max_ms": None},
+                                  "fps": 0.0}, True),
+                   ("a/verdicts", {"seq": 1, "score": None, "regions": [{"area": None}], "n": [1, None]}, False),
+                   ("a/verdicts", {"seq": 2, "score": None}, False)]
+    assert sum("NaN or an infinite number" in r.getMessage() for r in caplog.records) == 1   # once per topic

@@ -263,3 +263,147 @@ def test_a_log_found_ending_mid_line_is_cut_back_to_its_last_whole_row(tmp_path)
     log.write({"seq": 3})
     log.close()
     assert path.read_text().splitlines() == ['{"seq":1}', '{"seq":3}'] and log.torn_cut == 1
+
+
+def _settled(stats) -> int:
+    """Queued rows that ended one way or another (the new counters read as 0 where a recorder lacks them)."""
+    return sum(stats.get(k, 0) for k in ("logged", "gate_logged", "rows_failed", "lost_at_close"))
+
+
+def test_close_writes_every_queued_row_and_skips_only_the_images_past_its_deadline(tmp_path, monkeypatch, caplog):
+    """close() waited 5 s for NG images, then threw away what was still queued: verdict rows vanished and no
+    counter said so. Now past the image deadline the rest is written rows only (images counted skipped).
+    The writer's NG image writes hang until close gives up on images (a slow disk), so the order is fixed."""
+    import fair_edge.line.recorder as recmod
+
+    real = recmod.cv2.imwrite
+    holder = {}
+
+    def slow_imwrite(path, img):
+        assert holder["rec"].images_off.wait(10), "close never stopped the images"
+        return real(path, img)
+
+    monkeypatch.setattr(recmod.cv2, "imwrite", slow_imwrite)
+    rec = holder["rec"] = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=64), run_id="R1")
+    for i in range(40):
+        assert rec.record(_frame(i), _verdict(i, ng=True), _amap())
+    rec.close(images_s=0.0)
+    stats = rec.stats()
+    rows = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in rows] == list(range(40))
+    assert stats["queued"] == stats["logged"] == 40 and stats["pending"] == 0 and stats["lost_at_close"] == 0
+    assert stats["images"] <= 1 and stats["images"] + stats["images_skipped"] == 40 and stats["write_errors"] == 0
+    assert sum("no longer saved" in r.getMessage() for r in caplog.records) == 1
+
+
+class HungDisk:
+    """The verdict log's file: every write hangs until ``release`` is set (an unplugged NFS share)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open(self, path, mode="r", *args, **kwargs):
+        import builtins
+
+        f = builtins.open(path, mode, *args, **kwargs)
+        if mode != "ab":
+            return f
+        release = self.release
+
+        class Hung:
+            def write(self, data):
+                release.wait(30)
+                return f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+        return Hung()
+
+
+def test_a_writer_hung_at_close_counts_every_unwritten_row_and_close_returns(tmp_path, monkeypatch, caplog):
+    """Only a writer stuck past close's row deadline leaves rows unwritten: each is counted lost_at_close
+    (the counters add up, pending 0) and logged as an error; close does not wait for the disk; a row handed in
+    after close is counted too. The hang lasts until the test releases it, so nothing depends on timing."""
+    import fair_edge.line.jsonl as jsonl
+
+    disk = HungDisk()
+    monkeypatch.setattr(jsonl, "open", disk.open, raising=False)
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, save_ng_images=False))
+    try:
+        for i in range(5):
+            assert rec.record(None, _verdict(i, ng=False))
+        rec.close(images_s=0.0, rows_s=0.05)
+        stats = rec.stats()
+        assert stats["queued"] == 5 and stats["lost_at_close"] == 5 and stats["logged"] == 0 and stats["pending"] == 0
+        assert any(r.levelname == "ERROR" and "lost_at_close" in r.getMessage() for r in caplog.records)
+        assert not rec.record(None, _verdict(5, ng=False))           # after close: counted, never queued for nobody
+        after = rec.stats()
+        assert after["queued"] == 6 and after["lost_at_close"] == 6 and after["pending"] == 0
+    finally:
+        disk.release.set()
+        rec._thread.join(10)
+    assert not rec._thread.is_alive() and rec.stats()["pending"] == 0   # the late write changed no counter
+
+
+def test_gate_rows_are_counted_so_queued_adds_up(tmp_path):
+    """gate.jsonl rows counted queued but never logged: summary.json showed rows missing with no error."""
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:
+        for seq in range(5):
+            rec.record(None, _verdict(seq, ng=False))
+            rec.record_gate({"seq": seq, "event": "gate", "t": 1.4, "gate": "passed", "verdict": "ok"})
+        assert rec.flush()
+        stats = rec.stats()
+    assert len((tmp_path / "gate.jsonl").read_text().splitlines()) == 5
+    assert stats["queued"] == 10 == _settled(stats) and stats.get("gate_logged") == 5 and stats["logged"] == 5
+
+
+def test_a_malformed_row_is_counted_and_never_stops_the_writer(tmp_path, caplog):
+    """A row the log cannot take (no t_capture) killed the writer thread: every later row was lost silently."""
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:
+        rec.record_row({"seq": 1, "part": "no capture time"})
+        rec.record(None, _verdict(2, ng=False))
+        assert rec.flush(timeout=10)
+        stats = rec.stats()
+    rows = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in rows] == [2]
+    assert stats["queued"] == 2 == _settled(stats) and stats.get("rows_failed") == 1 and stats["write_errors"] == 1
+    assert any(r.levelname == "ERROR" and "t_capture" in r.getMessage() for r in caplog.records)
+
+
+def test_the_run_summary_gets_the_recorder_counters_from_after_its_close(tmp_path):
+    """finish_line copied the counters before the recorder closed: rows written later (parts the gate abandons
+    at its close, the rest of the queue) were in verdicts.jsonl / gate.jsonl but not in summary.json."""
+    from fair_edge.station.config import StationConfig
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.run import LineSide, finish_line
+
+    summary = RunSummary()
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:
+        rec.record(None, _verdict(0, ng=False))
+        finish_line(StationConfig(), LineSide(rec, None, None, None, []), summary, "")
+        assert summary.recorder["logged"] == 1                        # now: for the MQTT summary
+        rec.record_gate({"seq": 0, "event": "gate", "t": 1.4, "gate": "abandoned", "verdict": "none"})
+        rec.record(None, _verdict(1, ng=False))
+    final = summary.recorder
+    assert final["logged"] == 2 and final.get("gate_logged") == 1 and final["queued"] == 3 == _settled(final)
+
+
+def test_the_metrics_endpoint_shows_the_recorder_counters_and_pending(tmp_path):
+    """metrics.watch("recorder", recorder.stats): every counter a fair_edge_recorder_total event, pending a gauge."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import generate_latest
+
+    from fair_edge.line.metrics import Metrics
+
+    metrics = Metrics()
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:
+        metrics.watch("recorder", rec.stats)
+        rec.record(None, _verdict(0, ng=False))
+        rec.record_gate({"seq": 0, "event": "gate", "t": 1.4, "gate": "passed", "verdict": "ok"})
+        assert rec.flush()
+        text = generate_latest(metrics.registry).decode()
+    assert 'fair_edge_recorder_total{event="gate_logged"} 1.0' in text
+    assert 'fair_edge_recorder_total{event="logged"} 1.0' in text
+    assert 'fair_edge_recorder_total{event="queued"} 2.0' in text
+    assert "fair_edge_recorder_pending 0.0" in text

@@ -41,7 +41,7 @@ from fair_edge.cameras.mux import CaptureMux
 from fair_edge.runtime.backends import BundleScorer
 from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.runtime.selection import BackendOptions, select_backend
-from fair_edge.station.inspector import Inspector, LatencyStats, LoopSettings, RunSummary, ViewDecider
+from fair_edge.station.inspector import Inspector, LoopSettings, RunSummary, ViewDecider, exact_percentiles
 
 
 PER_CAMERA_QUEUE = 2     # --queue 0: frames of one camera between capture and verdict (2 x its share of a batch)
@@ -113,7 +113,7 @@ class _Tally:
                    sum(s.not_inspected for s in summaries), sum(s.lost for s in summaries), seconds,
                    sum(loop.counted.batches for loop in loops),
                    {name: n for loop in loops for name, n in loop.verdicts.per_camera.items()},
-                   [ms for loop in loops for ms in loop.inspector.latency.values], [frames / seconds])
+                   [ms for loop in loops for ms in loop.verdicts.latency_ms], [frames / seconds])
 
     def merge(self, other: _Tally) -> None:
         for key in ("frames", "frames_in", "dropped", "not_inspected", "lost", "seconds", "calls"):
@@ -124,7 +124,7 @@ class _Tally:
         self.round_fps += other.round_fps
 
     def row(self, count: int, arrangement: str, label: tuple[str, str]) -> CameraRow:
-        lat = LatencyStats(self.latency_ms).percentiles()
+        lat = exact_percentiles(self.latency_ms)
         cell = arrangement == "cell"
         return CameraRow(count, arrangement, *label, models=1 if cell else count, max_batch=count if cell else 1,
                          fps=self.frames / self.seconds, p50_ms=lat["p50_ms"], p99_ms=lat["p99_ms"],
@@ -136,17 +136,20 @@ class _Tally:
 
 class _Verdicts:
     """The verdict callback of one loop: gives each camera's closed-feed credit back, counts frames per camera,
-    keeps the first failed verdict. gives: camera name -> its capture's verdict callbacks; camera: the name a
+    keeps every latency (ms: the bench's percentiles are exact, the station's ``LatencyStats`` bounded) and the first
+    failed verdict. gives: camera name -> its capture's verdict callbacks; camera: the name a
     single-camera loop's verdicts count under (their ``camera`` is empty)."""
 
     def __init__(self, gives: dict[str, list], camera: str = "") -> None:
         self.gives, self.camera = gives, camera
         self.per_camera = {name: 0 for name in gives}
         self.errors: list[str] = []
+        self.latency_ms: list[float] = []
 
     def on_verdict(self, frame, verdict, anomaly_map) -> None:
         name = verdict.camera or self.camera
         self.per_camera[name] += 1
+        self.latency_ms.append(verdict.latency_ms)
         for give in self.gives[name]:
             give(frame, verdict, anomaly_map)
         if verdict.error and not self.errors:
@@ -234,6 +237,8 @@ def time_arrangement(loops_of: Callable[[ExitStack], list[_Loop]], seconds: floa
     problems += [f"{type(loop.failure).__name__}: {loop.failure}" for loop in loops if loop.failure is not None]
     problems += [loop.summary.fault for loop in loops if loop.summary is not None and loop.summary.fault]
     problems += [f"first failed verdict: {e}" for loop in loops for e in loop.verdicts.errors[:1]]
+    problems += [f"no frame inspected in {seconds:g} s (time it for longer: --seconds)" for loop in loops
+                 if loop.summary is not None and not loop.verdicts.latency_ms]
     if problems:
         raise BenchError(f"{what}: {problems[0]}; these numbers would not be speeds.")
     return loops

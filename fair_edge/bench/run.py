@@ -48,7 +48,7 @@ from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cameras import CaptureSettings, CaptureThread, EndOfStream, LineSource
 from fair_edge.errors import BundleError, ConfigError, FairEdgeError
-from fair_edge.station.inspector import Inspector, LatencyStats, LoopSettings
+from fair_edge.station.inspector import Inspector, LoopSettings, exact_percentiles
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _time_batches(scorer: BundleScorer, frames: list[np.ndarray], batch: int, se
 def time_compute(scorer: BundleScorer, frames: list[np.ndarray], batch: int, seconds: float, role: str) -> BenchRow:
     times_ms = [t * 1000.0 for t in _time_batches(scorer, frames, batch, seconds)]
     total_s = sum(times_ms) / 1000.0
-    lat = LatencyStats(times_ms).percentiles()
+    lat = exact_percentiles(times_ms)
     return BenchRow(role, *label(scorer), scorer.reason, "compute", batch, len(times_ms) * batch / total_s,
                     lat["p50_ms"], lat["p99_ms"], lat["max_ms"], len(times_ms) * batch, 0, total_s, float(batch))
 
@@ -266,8 +266,10 @@ def capture_for(frames: list[np.ndarray], feed: str | float, batch: int, queue_s
 def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settings: BenchSettings,
               threshold: float, role: str) -> BenchRow:
     errors: list[str] = []
+    latency_ms: list[float] = []   # every frame's: the bench's percentiles are exact (the station's are bounded)
 
-    def first_error(frame, verdict, amap) -> None:
+    def on_verdict(frame, verdict, amap) -> None:   # every latency, and the first failed verdict
+        latency_ms.append(verdict.latency_ms)
         if verdict.error and not errors:
             errors.append(verdict.error)
 
@@ -276,12 +278,15 @@ def time_loop(scorer: BundleScorer, frames: list[np.ndarray], batch: int, settin
     loop = LoopSettings(max_batch=batch, max_wait_ms=settings.max_wait_ms)
     with capture:
         inspector = Inspector(capture, replace(scorer, preprocess=counted), threshold, settings=loop,
-                              on_verdict=[*callbacks, first_error])
+                              on_verdict=[*callbacks, on_verdict])
         summary = inspector.run(threading.Event(), duration_s=settings.seconds)
     if errors or summary.fault:
         raise BenchError(f"{scorer.reason}, batch {batch}: {summary.inference_errors} failed batch(es), "
                          f"first error: {errors[0] if errors else summary.fault}; these numbers would not be speeds.")
-    lat = summary.latency
+    if not latency_ms:
+        raise BenchError(f"{scorer.reason}, batch {batch}: no frame inspected in {settings.seconds:g} s; "
+                         "time it for longer (--seconds).")
+    lat = exact_percentiles(latency_ms)
     return BenchRow(role, *label(scorer), scorer.reason, "loop", batch, summary.fps,
                     lat["p50_ms"], lat["p99_ms"], lat["max_ms"], summary.inspected, summary.dropped,
                     summary.duration_s, summary.inspected / max(counted.batches, 1))

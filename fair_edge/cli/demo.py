@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.cli.evaluate import run_eval
+from fair_edge.cli.run import latency_text
 from fair_edge.cli.train import family_choices, run_training
 from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.demo.config import DEMO_DATA, DEMO_FALSE_REJECT_RATE, DEMO_MODEL, DEMO_STEPS, demo_model, demo_train_config
@@ -66,8 +67,8 @@ def print_demo(report: dict) -> None:
         f"caught {report['caught']}, missed {report['missed']} (not inspected in time "
         f"{report['missed_not_inspected']}, of which rejected by the fail-safe "
         f"{report['missed_but_rejected_uninspected']}) | false rejects {report['false_rejects']} | pulses on time "
-        f"{report['pulses_on_time']}/{report['pulses_due']}, late {report.get('pulses_late', 0)} | latency p50 {lat['p50_ms']:.1f} ms, "
-        f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms | {s['backend'].split(' (')[0]}"
+        f"{report['pulses_on_time']}/{report['pulses_due']}, late {report.get('pulses_late', 0)} | latency p50 / p99 / max {latency_text(lat)} | "
+        f"{s['backend'].split(' (')[0]}"
     )
     pulses, rejects = report["pulse_error_ms"], report.get("reject_stats") or {}
     if pulses["n"]:

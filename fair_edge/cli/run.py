@@ -55,15 +55,22 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     return rows
 
 
+def latency_text(lat: dict, digits: int = 1) -> str:
+    """'p50 / p99 / max ms' of a latency dict (``LatencyStats.percentiles``); '- (no frame inspected)' when its
+    values are None."""
+    if lat.get("p50_ms") is None:
+        return "- (no frame inspected)"
+    return " / ".join(f"{lat[k]:.{digits}f}" for k in ("p50_ms", "p99_ms", "max_ms")) + " ms"
+
+
 def live_table(inspector) -> Table:
-    s, lat = inspector.summary, inspector.latency.percentiles(window=2000)
+    s, lat = inspector.summary, inspector.latency.percentiles(window=inspector.latency.window)   # the last 2000
     camera = inspector.capture.stats()
     table = Table(title=f"fair-edge station (run {s.run_id})", show_header=False)
     for name, value in (("camera", camera.state.value), ("frames in", camera.frames_in),
                         ("dropped (queue full) / lost", f"{camera.dropped_queue_full} / {camera.frames_lost_estimate}"),
                         ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
-                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency",
-                        f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms"),
+                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency", latency_text(lat)),
                         *reject_rows(s.rejects)):
         table.add_row(name, str(value))
     return table
@@ -102,7 +109,6 @@ def cell_rows(summary) -> list[tuple[str, object]]:
 
 
 def print_summary(summary, out: Path) -> None:
-    lat = summary.latency
     table = Table(title=f"run summary ({out}, run {summary.run_id})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -111,7 +117,7 @@ def print_summary(summary, out: Path) -> None:
             ("not inspected (queued at stop)", summary.not_inspected),
             ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
             ("frames/s", f"{summary.fps:.1f}"),
-            ("latency p50 / p99 / max", f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['max_ms']:.2f} ms"),
+            ("latency p50 / p99 / max", latency_text(summary.latency, digits=2)),
             *reject_rows(summary.rejects), *cell_rows(summary)]
     for name, value in rows:
         table.add_row(name, str(value))

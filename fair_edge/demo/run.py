@@ -129,7 +129,8 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
     the first edge after due + late_ms. Returns one row per part with ``pulse`` ("on time", "late",
     "missed" = the sink did not write it, "unconfirmed" = written without a reply and no edge seen,
     None = no pulse), pulse_error_ms (None: no pulse seen),
-    ``defective`` and ``in_time`` (``verdict_in_time``: the gate decided the part on its verdict)."""
+    ``defective``, ``in_time`` (``verdict_in_time``: the gate decided the part on its verdict) and ``score``
+    (None for a part without one: dropped, or failed)."""
     rises, pulses = sorted(rises), pulses or {}
     rows = []
     for v in verdicts:
@@ -146,7 +147,7 @@ def match_pulses(verdicts: list[dict], rises: list[float], travel_ms: float, lat
         in_time = verdict_in_time(v, due)
         rows.append(dict(v, defective="_defect_" in v["source"], pulse_error_ms=error, pulse=pulse,
                          inspected=inspected, in_time=in_time, ng=v.get("ng", False),
-                         score=v.get("score", float("nan"))))
+                         score=v.get("score")))   # a dropped part has none: None (JSON null), never NaN
     return rows
 
 
@@ -228,8 +229,15 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
         "eval": metrics, "threshold": result.bundle.threshold.value if result.bundle.threshold else None,
         "summary": summary.to_dict(), "parts": rows, "pulses_received": len(rises), **tally(rows),
     }
-    (out / "demo_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_report(report, out / "demo_report.json")
     return report
+
+
+def write_report(report: dict, path: Path) -> None:
+    """``report`` as strict JSON (a NaN or infinite number, e.g. an undefined metric, written as null)."""
+    from fair_edge.records import json_safe
+
+    path.write_text(json.dumps(json_safe(report), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_parts: int,

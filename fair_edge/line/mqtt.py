@@ -8,6 +8,8 @@ PREFIX defaults to ``fair-edge``). Topics::
     PREFIX/faults     {"active": bool, "reason": str, "time_utc": ...} on every change, QoS 1, retained
     PREFIX/summary    the run summary at the end, QoS 1, retained
 
+Payloads are strict JSON (what Node-RED's JSON.parse, jq and Go read): a NaN or infinite number is sent as null.
+
 Never blocks inspection: ``publish`` puts the message in an outbox and hands it to paho's network
 thread. A message stays in the outbox until the broker acknowledges it (PUBACK); while the broker is
 away, messages wait there (at most ``max_outbox``; beyond that the oldest are dropped and counted),
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SinkError
+from ..records import json_safe
 from .sinks.base import Counters
 from .sinks.urls import parse_sink_url
 
@@ -73,6 +76,7 @@ class MqttPublisher:
         self._key = 0
         self._connected = False
         self._closing = False   # close() disconnects on purpose: not a link lost
+        self._nonfinite_topics: set[str] = set()   # topics whose NaN / inf were logged
         self._client = (client_factory or _paho_client)(self.target)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -104,8 +108,14 @@ class MqttPublisher:
         self.publish("summary", summary, retain=True)
 
     def publish(self, topic: str, payload: dict, retain: bool = False) -> None:
-        """Queue ``payload`` (JSON) for ``PREFIX/topic``; never blocks, never raises on a dead link."""
-        data = json.dumps(payload, default=str, separators=(",", ":")).encode()
+        """Queue ``payload`` (strict JSON: NaN / inf as null) for ``PREFIX/topic``; never blocks, never raises on a
+        dead link."""
+        text, replaced = strict_json(payload)
+        if replaced and topic not in self._nonfinite_topics:   # logged once per topic
+            self._nonfinite_topics.add(topic)
+            log.warning("mqtt %s/%s: a message held NaN or an infinite number; sent as null (strict JSON)",
+                        self.target.prefix, topic)
+        data = text.encode()
         with self._lock:
             self._key += 1
             key = self._key
@@ -211,6 +221,15 @@ class MqttPublisher:
                 self._early_acks[mid] = time.monotonic()   # acked before _send noted the mid
             else:
                 self._ack(key)
+
+
+def strict_json(payload: dict) -> tuple[str, bool]:
+    """(compact strict JSON of ``payload``: no NaN / Infinity tokens, other types as ``str``; whether a NaN or
+    infinite number in it was written as null)."""
+    try:
+        return json.dumps(payload, default=str, separators=(",", ":"), allow_nan=False), False
+    except ValueError:   # NaN or inf somewhere: rare, so the common case pays no walk through the payload
+        return json.dumps(json_safe(payload), default=str, separators=(",", ":"), allow_nan=False), True
 
 
 def _paho_client(target: MqttTarget) -> Any:

@@ -24,6 +24,19 @@ rejected_ng, rejected_uninspected, passed_uninspected, gap_missed, position_lost
 gate could not know where the part was, no pulse, ``reason`` says why) and ``verdict`` (ng, ok, none =
 not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (delivered, late,
 missed).
+
+Closing: every row queued is written, NG images only for up to ``images_s`` (5 s): past it (or once
+``stop_images`` was called) the writer writes the remaining rows without their images (counted
+``images_skipped``, one warning). Only a writer stuck longer than ``rows_s`` more (a hung disk) leaves
+rows unwritten: counted ``lost_at_close`` and logged as an error, as is a row handed in after close.
+
+Counters (``stats()``): every row handed in is ``queued`` or ``dropped`` (full queue, never queued);
+each queued row ends as exactly one of ``logged`` (verdicts.jsonl), ``gate_logged`` (gate.jsonl),
+``rows_failed`` (its write raised) or ``lost_at_close``; ``pending`` (a gauge) is the rest, still
+queued or being written, 0 after close:
+``queued = logged + gate_logged + rows_failed + lost_at_close + pending``. ``images``: NG parts whose
+images were saved; ``images_skipped``: not saved (disk guard, close deadline); ``write_errors``: every
+failed write, rows (= ``rows_failed``) and NG images.
 """
 
 from __future__ import annotations
@@ -51,9 +64,13 @@ from .sinks.base import Counters
 
 log = logging.getLogger(__name__)
 
-RECORDER_COUNTERS = ("queued", "logged", "images", "dropped", "images_skipped", "write_errors")
+RECORDER_COUNTERS = ("queued", "logged", "gate_logged", "rows_failed", "lost_at_close", "dropped",
+                     "images", "images_skipped", "write_errors")
+ROW_OUTCOMES = ("logged", "gate_logged", "rows_failed", "lost_at_close")   # each queued row ends as one
 GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 DISK_CHECK_S = 1.0   # re-read free space at most this often
+CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
+CLOSE_ROWS_S = 5.0    # close(): then the remaining rows get at most this long (only a hung disk needs it)
 
 
 def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
@@ -80,6 +97,7 @@ class Recorder:
     disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
     disk_check_s: free space is re-read at most this often, seconds.
     run_id: written in every row and NG image name (a new one when None).
+    ``images_off``: set once NG images are no longer saved (``stop_images``, or close past its deadline).
     """
 
     def __init__(self, settings: RecordSettings,
@@ -105,7 +123,16 @@ class Recorder:
         self._counters = Counters(RECORDER_COUNTERS)
         self._q: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._stop = threading.Event()
+        self.images_off = threading.Event()
         self._closed = False
+        # _lock: a row is counted queued, taken by the writer, settled and given up on under it, so each
+        # queued row ends as exactly one ROW_OUTCOMES counter
+        self._lock = threading.Lock()
+        self._accepting = True              # False once the writer has stopped (or close gave up on it)
+        self._abandoned = False             # close gave up on a stuck writer (it counted the writer's rows)
+        self._row_settled = False           # the writer's item in hand has its row counted (images next)
+        self._on_close: list[Callable[[dict[str, int]], None]] = []
+        self._finished = False              # close() is done: on_close calls at once
         self.zone_outlines: list[np.ndarray] = []
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
@@ -137,14 +164,26 @@ class Recorder:
         return self._put((row, None, None, GATE_LOG))
 
     def _put(self, item: tuple) -> bool:
-        try:
-            self._q.put_nowait(item)
-        except queue.Full:
-            self._counters.add("dropped")
-            self._warn_once("dropped", "recorder queue full (%d): dropping verdicts; the disk "
-                            "is too slow for this frame rate", self._q.maxsize)
+        with self._lock:
+            if not self._accepting:
+                self._counters.add("queued")
+                self._counters.add("lost_at_close")
+                late = True
+            else:
+                late = False
+                try:
+                    self._q.put_nowait(item)
+                except queue.Full:
+                    self._counters.add("dropped")
+                    self._warn_once("dropped", "recorder queue full (%d): dropping verdicts; the disk "
+                                    "is too slow for this frame rate", self._q.maxsize)
+                    return False
+                self._counters.add("queued")
+        if late:
+            self._error_once("late", "recorder: a row came after the recorder closed (seq %s): not written, "
+                             "counted lost_at_close; close the recorder after what feeds it",
+                             item[0].get("seq") if isinstance(item[0], dict) else getattr(item[0], "seq", None))
             return False
-        self._counters.add("queued")
         return True
 
     def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
@@ -152,30 +191,89 @@ class Recorder:
         return self._put((dropped_row(frame, reason), None, None, None))
 
     def stats(self) -> dict[str, int]:
-        return self._counters.snapshot()
+        """The counters (see the module doc) and ``pending``: rows queued and not yet settled (a gauge)."""
+        out = self._counters.snapshot()
+        out["pending"] = out["queued"] - sum(out[k] for k in ROW_OUTCOMES)
+        return out
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is written (tests, shutdown). True if done."""
+        """Wait until everything queued so far is written, at most ``timeout`` s (tests, shutdown). True if done."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
             if self._q.unfinished_tasks == 0:
                 return True
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.005)
-        return False
 
-    def close(self) -> None:
-        """Write what is queued (up to 5 s), stop the thread, close the log; safe twice."""
+    def stop_images(self, reason: str) -> None:
+        """From now on write rows only: NG images still queued or recorded later are skipped (counted
+        ``images_skipped``); reason: why, for the one warning (e.g. the run ended with images unsaved)."""
+        if self.images_off.is_set():
+            return
+        self.images_off.set()
+        log.warning("recorder: NG images no longer saved (%s); %d item(s) not yet written: their rows are written, "
+                    "their images counted images_skipped", reason, self._q.unfinished_tasks)
+
+    def on_close(self, fn: Callable[[dict[str, int]], None]) -> None:
+        """Call ``fn(stats())`` when the recorder has closed (its final counters; at once when it already has):
+        a run summary takes its counters from here, after the last row."""
+        with self._lock:
+            if not self._finished:
+                self._on_close.append(fn)
+                return
+        self._call_on_close(fn)
+
+    def close(self, images_s: float = CLOSE_IMAGES_S, rows_s: float = CLOSE_ROWS_S) -> None:
+        """Write what is queued and stop the writer; safe twice.
+
+        images_s: NG images are saved for at most this long, seconds (none when ``stop_images`` was called);
+        then the remaining rows only (images counted ``images_skipped``). rows_s: the writer then gets at most
+        this long to finish, seconds; rows it still holds (a hung disk) are counted ``lost_at_close`` and
+        logged as an error. Then the ``on_close`` callbacks get the final counters.
+        """
         if self._closed:
             return
         self._closed = True
-        self.flush()
+        if not self.images_off.is_set() and not self.flush(images_s):
+            self.stop_images(f"closing, NG images still unsaved after {images_s:g} s")
+        self.images_off.set()   # rows handed in from now on are written without images: close stays bounded
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=rows_s)
         if self._thread.is_alive():
-            log.error("recorder thread did not stop within 5 s")
-        self._log.close()
-        if self._gate_log is not None:
-            self._gate_log.close()
+            self._abandon(rows_s)
+        with self._lock:
+            self._finished = True
+            hooks, self._on_close = self._on_close, []
+        for fn in hooks:
+            self._call_on_close(fn)
+
+    def _abandon(self, waited_s: float) -> None:
+        """Give up on a writer stuck past close's deadline: the rows it holds and those queued are counted
+        ``lost_at_close`` (if it finishes one later, that row is in the file but stays counted lost)."""
+        with self._lock:
+            self._accepting = False
+            self._abandoned = True
+            lost = 0
+            while True:
+                try:
+                    self._q.get_nowait()
+                except queue.Empty:
+                    break
+                self._q.task_done()
+                lost += 1
+            in_hand = self._q.unfinished_tasks   # the writer's item (0 or 1): taken, not yet done
+            if in_hand and not self._row_settled:
+                lost += in_hand
+            self._counters.add("lost_at_close", lost)
+        log.error("recorder: the writer did not finish within %g s of closing (a hung disk?): %d row(s) not "
+                  "written, counted lost_at_close; check the disk under %s", waited_s, lost, self.dir)
+
+    def _call_on_close(self, fn: Callable[[dict[str, int]], None]) -> None:
+        try:
+            fn(self.stats())
+        except Exception:  # noqa: BLE001 - a summary hook must not break the shutdown
+            log.exception("recorder: on_close callback %r failed", fn)
 
     def __enter__(self) -> Recorder:
         return self
@@ -185,27 +283,68 @@ class Recorder:
 
     # -- writer thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                verdict, frame, amap, extra = self._q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                if extra is GATE_LOG:
-                    self._write_gate(verdict)
+        """Write queued items until stopped and nothing is queued; then close the log files."""
+        try:
+            while True:
+                try:
+                    item = self._q.get(timeout=0.1)
+                except queue.Empty:
+                    if self._stop.is_set() and self._stopped_idle():
+                        return
                     continue
-                self._write_log(verdict, extra)
-                if frame is not None:
-                    self._write_images(frame, verdict, amap)
-            finally:
-                self._q.task_done()
+                try:
+                    self._write_item(item)
+                except Exception:  # noqa: BLE001 - a bug in one item must never stop the writer
+                    self._counters.add("write_errors")
+                    self._error_once("item", "recorder: writing an item failed", exc_info=True)
+                finally:
+                    with self._lock:   # with _row_settled, so close's _abandon sees one consistent state
+                        self._row_settled = False
+                        self._q.task_done()
+        finally:
+            self._log.close()
+            if self._gate_log is not None:
+                self._gate_log.close()
+
+    def _stopped_idle(self) -> bool:
+        """Stopped and nothing queued: accept no more rows (a later one is counted lost_at_close). True to exit."""
+        with self._lock:
+            if self._q.empty():
+                self._accepting = False
+                return True
+        return False
+
+    def _write_item(self, item: tuple) -> None:
+        """One queued item: its row (settled as one ROW_OUTCOMES counter), then an NG part's images."""
+        row, frame, amap, extra = item
+        with self._lock:
+            if self._abandoned:   # close gave up on this writer and counted this row lost_at_close
+                return
+        outcome = self._write_gate(row) if extra is GATE_LOG else self._write_log(row, extra)
+        with self._lock:
+            late = self._abandoned
+            if not late:
+                self._counters.add(outcome)
+                self._row_settled = True
+        if late:
+            log.warning("recorder: row seq %s was %s after close gave up on it (counted lost_at_close)",
+                        row.get("seq") if isinstance(row, dict) else getattr(row, "seq", None),
+                        "written" if outcome != "rows_failed" else "tried")
+            return
+        if frame is None:
+            return
+        if self.images_off.is_set():
+            self._counters.add("images_skipped")
+            return
+        self._write_images(frame, row, amap)
 
     def log_row(self, verdict: Verdict | dict) -> dict:
         """The verdict log's row for a verdict (or a dropped frame's row): run id and UTC time first."""
         row = verdict.to_json_dict() if isinstance(verdict, Verdict) else verdict
         return {"run_id": self.run_id, "time_utc": self.clock.iso(row["t_capture"]), **row}
 
-    def _write_gate(self, row: dict) -> None:
+    def _write_gate(self, row: dict) -> str:
+        """Write one gate.jsonl row; returns its outcome: ``gate_logged`` or ``rows_failed`` (counted, logged once)."""
         if self._gate_log is None:
             self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
                                            self.settings.keep_files)
@@ -214,17 +353,31 @@ class Recorder:
         except OSError as exc:
             self._counters.add("write_errors")
             self._warn_once("gate-oserror", "gate log write failed: %s", exc)
+            return "rows_failed"
+        except Exception:  # noqa: BLE001 - a malformed row (a bug upstream) must never stop the writer
+            self._counters.add("write_errors")
+            self._error_once("gate-bad", "gate row not written: expected a JSON-able row with 't' (monotonic s), "
+                             "found %r", row, exc_info=True)
+            return "rows_failed"
+        return "gate_logged"
 
-    def _write_log(self, verdict: Verdict | dict, extra: dict | None = None) -> None:
-        row = self.log_row(verdict)
-        if extra:
-            row.update(extra)
+    def _write_log(self, verdict: Verdict | dict, extra: dict | None = None) -> str:
+        """Write one verdicts.jsonl row; returns its outcome: ``logged`` or ``rows_failed`` (counted, logged once)."""
         try:
+            row = self.log_row(verdict)
+            if extra:
+                row.update(extra)
             self._log.write(row)
-            self._counters.add("logged")
         except OSError as exc:
             self._counters.add("write_errors")
             self._warn_once("log-oserror", "verdict log write failed: %s", exc)
+            return "rows_failed"
+        except Exception:  # noqa: BLE001 - a malformed row (a bug upstream) must never stop the writer
+            self._counters.add("write_errors")
+            self._error_once("log-bad", "verdict row not written: expected a Verdict or a JSON-able row with "
+                             "'t_capture' (monotonic s), found %r", verdict, exc_info=True)
+            return "rows_failed"
+        return "logged"
 
     def _overlay(self, image: np.ndarray, amap: np.ndarray, verdict: Verdict) -> np.ndarray:
         """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
@@ -292,3 +445,8 @@ class Recorder:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(msg + " (further occurrences only counted)", *args)
+
+    def _error_once(self, key: str, msg: str, *args: object, exc_info: bool = False) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.error(msg + " (further occurrences only counted)", *args, exc_info=exc_info)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 from collections import Counter
@@ -372,7 +371,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
             cell.assembler.close_all()
         finish_cell(cfg, cell, summary, watches, mux)
     cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    (cfg.output / "summary.json").write_text(summary.to_json())
     return summary
 
 

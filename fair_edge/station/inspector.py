@@ -18,11 +18,14 @@ Fail-safe rules (documented in the README):
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -33,7 +36,7 @@ from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
 from fair_edge.preprocess import check_frame
-from fair_edge.records import Frame, Verdict
+from fair_edge.records import Frame, Verdict, json_safe
 from fair_edge.tiling import place_on_frame
 
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
@@ -61,21 +64,98 @@ class LoopSettings:
             raise ConfigError(f"batching.max_wait_ms must be >= 0; found {self.max_wait_ms}.")
 
 
-@dataclass
-class LatencyStats:
-    """Capture -> verdict latencies in milliseconds."""
+LATENCY_KEYS = ("p50_ms", "p99_ms", "max_ms")
+LIVE_WINDOW = 2000        # latencies kept, newest last: the live view's window (``fair-edge run``'s table)
+RUN_REL_ERROR = 0.005     # a long run's p50 / p99 are within this share of the exact value (``LogBuckets``)
+RUN_LOW_MS = 1e-3         # latencies at or under this (ms) share one bucket
+RUN_HIGH_MS = 1e8         # latencies over this (ms, 27.8 h) share one bucket
 
-    values: list[float] = field(default_factory=list)
+
+def exact_percentiles(values) -> dict[str, float | None]:
+    """p50 / p99 (numpy's linear interpolation) and max of ``values`` (ms, any iterable); each None when there
+    are none (JSON null: a bare NaN is no JSON for strict parsers)."""
+    data = np.fromiter(values, dtype=np.float64)
+    if data.size == 0:
+        return dict.fromkeys(LATENCY_KEYS)
+    return {"p50_ms": float(np.percentile(data, 50)), "p99_ms": float(np.percentile(data, 99)),
+            "max_ms": float(data.max())}
+
+
+class LogBuckets:
+    """Counts of values (ms) in fixed log-spaced buckets: O(1) per value, fixed memory (2,535 buckets, ~20 KB).
+
+    Bucket i >= 1 holds (RUN_LOW_MS g^(i-1), RUN_LOW_MS g^i] with g = (1 + e) / (1 - e), e = RUN_REL_ERROR, and
+    stands for 2 RUN_LOW_MS g^i / (g + 1): within e of every value in it. Bucket 0 holds values <= RUN_LOW_MS, the
+    last those over RUN_HIGH_MS."""
+
+    GROWTH = (1 + RUN_REL_ERROR) / (1 - RUN_REL_ERROR)
+    _LOG_GROWTH = math.log(GROWTH)
+    SIZE = math.ceil(math.log(RUN_HIGH_MS / RUN_LOW_MS) / _LOG_GROWTH) + 2
+    VALUES = np.concatenate([[RUN_LOW_MS], 2 * RUN_LOW_MS * GROWTH ** np.arange(1, SIZE - 1) / (GROWTH + 1), [np.inf]])
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.SIZE   # a list: one increment per value is cheaper than a numpy item
 
     def add(self, ms: float) -> None:
-        self.values.append(ms)
+        if ms <= RUN_LOW_MS:
+            self.counts[0] += 1
+        elif ms < RUN_HIGH_MS:
+            self.counts[min(math.ceil(math.log(ms / RUN_LOW_MS) / self._LOG_GROWTH), self.SIZE - 2)] += 1
+        else:   # also inf and NaN: never an exception in the inspection loop
+            self.counts[-1] += 1
 
-    def percentiles(self, window: int | None = None) -> dict[str, float]:
-        data = np.asarray(self.values[-window:] if window else self.values)
-        if data.size == 0:
-            return {"p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
-        return {"p50_ms": float(np.percentile(data, 50)), "p99_ms": float(np.percentile(data, 99)),
-                "max_ms": float(data.max())}
+    def percentile(self, q: float, low: float, high: float) -> float:
+        """The q-th percentile (0..100) as ``np.percentile`` interpolates it, from the buckets' values clamped to
+        [low, high] (the exact min and max); within RUN_REL_ERROR of the exact one for values over RUN_LOW_MS."""
+        cum = np.cumsum(self.counts)
+        rank = (int(cum[-1]) - 1) * q / 100.0
+        below = math.floor(rank)
+        at = np.searchsorted(cum, [below, min(below + 1, int(cum[-1]) - 1)], side="right")
+        a, b = np.clip(self.VALUES[at], low, high)
+        return float(a + (rank - below) * (b - a))
+
+
+class LatencyStats:
+    """Capture -> verdict latencies (ms) of one run, in fixed memory: the last ``window`` exactly (the live view)
+    and the whole run's count, min, max and ``LogBuckets``.
+
+    ``percentiles()`` (the run summary) is exact while the run has at most ``window`` latencies; beyond, p50 / p99
+    come from the buckets, within 0.5 % (RUN_REL_ERROR) of the exact value (0.001 ms for latencies under 0.001 ms)
+    and max stays exact. ``percentiles(window=n)``: the last n, exact."""
+
+    def __init__(self, window: int = LIVE_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"LatencyStats window must be >= 1 latency; found {window}.")
+        self.window, self.recent, self.count = window, deque(maxlen=window), 0
+        self.min_ms, self.max_ms = math.inf, -math.inf
+        self.buckets = LogBuckets()
+
+    def add(self, ms: float) -> None:
+        self.recent.append(ms)
+        self.buckets.add(ms)
+        self.count += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+        if ms < self.min_ms:
+            self.min_ms = ms
+
+    @property
+    def exact(self) -> bool:
+        """Whether ``percentiles()`` is exact: every latency of the run is still kept."""
+        return self.count <= len(self.recent)
+
+    def percentiles(self, window: int | None = None) -> dict[str, float | None]:
+        """p50 / p99 / max (ms) over the last ``window`` latencies (exact; at most the ``window`` kept), or with
+        None over the whole run (see the class doc); each None when there are none."""
+        if window is not None:
+            if not 1 <= window <= self.window:
+                raise ValueError(f"latency window: between 1 and the {self.window} latencies kept; found {window}. "
+                                 f"Make LatencyStats(window={window}) to keep more.")
+            return exact_percentiles(itertools.islice(reversed(self.recent), window))
+        if self.exact:
+            return exact_percentiles(self.recent)
+        return {"p50_ms": self.buckets.percentile(50, self.min_ms, self.max_ms),
+                "p99_ms": self.buckets.percentile(99, self.min_ms, self.max_ms), "max_ms": float(self.max_ms)}
 
 
 @dataclass
@@ -86,6 +166,8 @@ class RunSummary:
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
+    latency: p50_ms / p99_ms / max_ms of capture -> verdict over the run (``LatencyStats.percentiles``): each None
+    when no frame was inspected; exact up to LIVE_WINDOW frames, beyond p50 / p99 within 0.5 % (max exact).
     cameras: with several cameras, each camera's counters by name; parts: the part counters
     (``fair_edge.station.parts``), both empty with one camera."""
 
@@ -120,6 +202,11 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__, fps=round(self.fps, 2), not_inspected=self.not_inspected)
+
+    def to_json(self) -> str:
+        """summary.json's text: strict JSON (a NaN or infinite number written as null, never a bare NaN that
+        JavaScript's JSON.parse refuses), indented, one trailing newline."""
+        return json.dumps(json_safe(self.to_dict()), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import threading
 import time
@@ -366,7 +365,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         notifier.stopping(status_line(summary, "stopping"))
         finish_line(cfg, line, summary, watch())
     cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    (cfg.output / "summary.json").write_text(summary.to_json())
     return summary
 
 
@@ -393,7 +392,10 @@ def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, not
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
     """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
     (they are decided and pulsed there; those that do not within their travel time are abandoned: counted,
-    one gate row each), flush the log, and fill the summary's line counters."""
+    one gate row each), write the log, and fill the summary's line counters. The log: NG images still
+    queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
+    ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
+    final counters, after the last row: the ones summary.json gets)."""
     if not summary.fault and camera_state.startswith("camera gone"):
         summary.fault = camera_state
     if line.handshake is not None:
@@ -407,9 +409,14 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
         line.scheduler.wait_idle(timeout_s=travel_s + 1.0)
         line.scheduler.abandon_pending()   # counted and logged before the summary takes the gate's counters
         line.scheduler.drain_sinks(timeout_s=1.0)
-    line.recorder.flush()
+    from fair_edge.line.recorder import CLOSE_IMAGES_S
+
+    if not line.recorder.flush(timeout=CLOSE_IMAGES_S):
+        line.recorder.stop_images(f"the run ended with NG images unsaved after {CLOSE_IMAGES_S:g} s")
+        line.recorder.flush(timeout=1.0)   # the rows left: quick without their images; close() waits longer
     summary.rejects = line.reject_stats()
     summary.recorder = line.recorder.stats()
+    line.recorder.on_close(functools.partial(setattr, summary, "recorder"))
     if line.mqtt is not None:
         line.publish_fault(summary.fault)
         summary.mqtt = line.mqtt.stats()
