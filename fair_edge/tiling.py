@@ -24,7 +24,6 @@ import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError
@@ -83,11 +82,14 @@ class TileLayout:
         return len(self.crops)
 
     def mask_to_map(self, mask: np.ndarray) -> np.ndarray:
-        """(H, W) bool frame mask -> (map_h, map_w) bool on the frame map's grid (ROI crop, nearest)."""
+        """(H, W) bool frame mask -> (map_h, map_w) bool on the frame map's grid: the ROI crop, brought to the
+        grid by ``fair_edge.masks.mask_on_map_grid`` (nearest sampling, plus the most-covered map pixel of
+        each defect region nearest sampling would lose, so every defect inside the ROI keeps a map pixel)."""
+        from fair_edge.masks import mask_on_map_grid  # eval only; keeps SciPy off the station's import
+
         h, w = self.frame_hw
         x0, y0, rw, rh = self.tiling.roi if self.tiling.roi is not None else (0, 0, w, h)
-        region = np.ascontiguousarray(mask[y0 : y0 + rh, x0 : x0 + rw], dtype=np.uint8)
-        return cv2.resize(region, self.map_hw[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        return mask_on_map_grid(np.asarray(mask, bool)[y0 : y0 + rh, x0 : x0 + rw], self.map_hw)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

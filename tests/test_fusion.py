@@ -293,3 +293,15 @@ def test_a_swap_that_region_rules_cannot_judge_is_refused(fused):
                          regions=RegionSettings.from_dict({"pixel_threshold": 2.0, "default": {"min_area_px": 10}}))
     change.scorer.backend.close()
     load_change(bundle.root, "onnxruntime", None, regions=RegionSettings.from_dict({})).scorer.backend.close()
+
+
+def test_fusion_with_a_tiled_member_refuses_held_out_images_of_two_sizes_naming_them(fused, tmp_path):
+    """The tiled member (32 px tiles) maps 64 px frames to 64 x 64 and 80 px frames to 80 x 80; one fused threshold
+    needs one grid: a DataError naming two images and their sizes, not NumPy's stacking error."""
+    from fair_edge.errors import DataError
+
+    _, members, normals = fused
+    frames = [*normals[:3], *make_frames(2, seed=8, size=80)]
+    with pytest.raises(DataError, match=r"member m1 is tiled and maps held-out normal image 1 \(64 x 64 px\) to a "
+                                        r"64 x 64 map but image 4 \(80 x 80 px\) to 80 x 80 .*Pass --normal images of one"):
+        build_fused_bundle([m.root for m in members], tmp_path / "fused", frames)

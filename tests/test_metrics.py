@@ -271,3 +271,36 @@ def test_line_summary_names_each_rate_and_agrees_with_its_parts():
     assert list(out) == ["image_auroc", "catch_at_0.5%", "catch_at_50.0%"]
     assert out["image_auroc"] == image_auroc(scores, labels)
     assert out["catch_at_50.0%"] == catch_rate(scores, labels, 0.5) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- images of several sizes (tiled models)
+
+
+def ragged_maps_and_masks(rng):
+    """Two images of other sizes (14 x 14 and 10 x 12), each with defect regions."""
+    big_maps, big_masks = random_maps_and_masks(rng, n=1, size=14)
+    small_masks = np.zeros((10, 12), bool)
+    small_masks[2:4, 3:6] = small_masks[7, 9:11] = True
+    small_maps = (rng.integers(0, 7, (10, 12)) + 2.0 * small_masks * rng.random((10, 12))).astype(np.float32)
+    return [big_maps[0], small_maps], [big_masks[0], small_masks]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_metrics_of_images_of_several_sizes_pool_pixels_and_label_regions_per_image(seed):
+    """Lists of (H_i, W_i) maps: pixel AUROC over the concatenated flattened pixels, AUPRO with each image's
+    own regions and all normal pixels pooled (checked by counting, threshold by threshold)."""
+    maps, masks = ragged_maps_and_masks(np.random.default_rng(seed))
+    flat_maps = np.concatenate([m.ravel() for m in maps])
+    flat_masks = np.concatenate([k.ravel() for k in masks])
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-12)
+    regions = [(i, labelled == r) for i, mask in enumerate(masks)
+               for labelled, count in [ndimage.label(mask, structure=np.ones((3, 3)))] for r in range(1, count + 1)]
+    fprs, pros = [], []
+    for t in [np.inf] + sorted(np.unique(flat_maps).tolist(), reverse=True):
+        fprs.append(sum(((m >= t) & ~k).sum() for m, k in zip(maps, masks)) / (~flat_masks).sum())
+        pros.append(np.mean([((maps[i] >= t) & region).sum() / region.sum() for i, region in regions]))
+    assert metrics.aupro(maps, masks, fpr_limit=0.3) == pytest.approx(brute_area(fprs, pros, 0.3) / 0.3, abs=1e-9)
+    binned = metrics.aupro(maps, masks, num_thresholds=5)
+    assert 0.0 <= binned <= 1.0
+    with pytest.raises(DataError, match=r"maps\[1\] and masks\[1\]"):
+        metrics.pixel_auroc(maps, [masks[0], masks[1][:, :5]])

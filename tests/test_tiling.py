@@ -327,3 +327,99 @@ def test_torch_cuda_crops_tiles_in_the_kernel_and_agrees_with_onnxruntime(tiled_
     ort_maps, ort_scores = select_backend(bundle, "onnxruntime").infer_frames(normals[:3])
     np.testing.assert_allclose(maps, ort_maps, atol=1e-3)
     np.testing.assert_allclose(scores, ort_scores, atol=1e-3)
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--tile", "64", "--score-top-k", "8"], ["--score-top-k 8 (the image score as the mean of the 8 highest map pixels)"]),
+    (["--tile", "64", "--set", "score_top_k=8", "--reweight"], ["--score-top-k 8", "--reweight (the paper's"]),
+    (["--tile", "64"], []),                        # reweight on by default: not typed, nothing said
+    (["--tile", "64", "--score-top-k", "1", "--no-reweight"], []),   # what the tiled score does anyway
+    (["--score-top-k", "8"], []),                  # whole frames: the setting is used
+])
+def test_train_warns_of_patchcore_score_settings_a_tiled_frame_score_ignores(flags, warned):
+    """A tiled frame's score is its stitched map's maximum, so PatchCore's --score-top-k > 1 and --reweight change
+    nothing there; train said nothing of it. Run without DATA: the warning comes before that refusal. (The CLI
+    replaces the root logger's handlers, caplog's included, so the records are taken on the command's logger.)"""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("fair_edge.cli.train")
+    logger.addHandler(handler)
+    try:
+        result = CliRunner().invoke(app, ["train", "--model", "patchcore", *flags])
+    finally:
+        logger.removeHandler(handler)
+    assert result.exit_code != 0 and "train needs DATA" in result.output, result.output
+    lines = [r.getMessage() for r in records]
+    assert len(lines) == len(warned), lines
+    for line, start in zip(lines, warned):
+        assert line.startswith(start) and "is not used with --tile: a tiled model's frame score is the maximum" in line
+
+
+def test_a_defect_smaller_than_a_tiled_map_pixel_keeps_one():
+    """80 px frames at 20 / 40 map px per frame px: nearest sampling reads even frame rows and columns only, so a
+    1 px defect at (3, 5) would vanish; it keeps the map pixel holding it, (1, 2), also inside an ROI."""
+    mask = np.zeros((80, 80), bool)
+    mask[3, 5] = True
+    on_map = tile_layout((80, 80), TilingConfig(40, 0), 20).mask_to_map(mask)
+    assert on_map.shape == (40, 40) and on_map.sum() == 1 and on_map[1, 2]
+    in_roi = tile_layout((80, 80), TilingConfig(40, 0, roi=(1, 0, 60, 40)), 20).mask_to_map(mask)  # crop column 1..
+    assert in_roi.shape == (20, 30) and in_roi.sum() == 1 and in_roi[1, 2]
+
+
+def two_size_test_set(root):
+    """An MVTec-layout test set of 96 and 112 px frames (normal, and defective with masks)."""
+    import cv2
+    from conftest import make_defect
+
+    rng = np.random.default_rng(4)
+    for sub in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+        (root / sub).mkdir(parents=True)
+    for i, size in enumerate((96, 112, 96, 112)):
+        cv2.imwrite(str(root / f"test/good/{i:03d}.png"), make_frames(1, seed=20 + i, size=size)[0])
+        image, mask = make_defect(rng, size)
+        cv2.imwrite(str(root / f"test/blob/{i:03d}.png"), image)
+        cv2.imwrite(str(root / f"ground_truth/blob/{i:03d}_mask.png"), mask)
+    write_pngs(root / "train/good", make_frames(2, seed=30, size=96))
+    return root
+
+
+def test_eval_of_a_tiled_model_on_images_of_two_sizes(tiled_bundle, tmp_path):
+    """96 and 112 px frames stitch to 77 x 77 and 90 x 90 maps: maps come as a list, pixel AUROC pools every
+    pixel, AUPRO labels regions per image, region results per image; tune's scoring (no masks) works too."""
+    from sklearn.metrics import roc_auc_score
+
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.evaluate import compute_metrics, evaluate
+
+    ckpt_path = tiled_bundle[0]
+    split = load_dataset(two_size_test_set(tmp_path / "plate"))
+    scored = score_samples(ckpt_path, split.test, with_masks=True)
+    assert isinstance(scored.maps, list) and {m.shape for m in scored.maps} == {(77, 77), (90, 90)}
+    assert [m.shape for m in scored.masks] == [m.shape for m in scored.maps] and all(k.any() for k in scored.masks[:4])
+    result = compute_metrics(scored)
+    pixels = np.concatenate([m.ravel() for m in scored.maps])
+    truth = np.concatenate([k.ravel() for k in scored.masks])
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(truth, pixels), abs=1e-9)
+    assert 0.0 <= result["aupro"] <= 1.0 and result["regions"]["defects"] >= 4
+    report = evaluate(ckpt_path, split, tmp_path / "eval")
+    assert report["pixel_auroc"] == pytest.approx(result["pixel_auroc"]) and (tmp_path / "eval" / "pro.png").is_file()
+    assert len((tmp_path / "eval" / "regions.csv").read_text().splitlines()) == 9
+    plain = score_samples(ckpt_path, split.test)
+    assert plain.masks is None and [m.shape for m in plain.maps] == [m.shape for m in scored.maps]
+
+
+def test_a_tiled_bundle_refuses_frames_of_two_sizes_in_one_call_naming_them(tiled_bundle):
+    """Their stitched maps differ in size (77 x 77, 90 x 90): a clear refusal, not NumPy's stacking error."""
+    _, bundle, normals = tiled_bundle
+    scorer = select_backend(bundle, "onnxruntime")
+    with pytest.raises(ConfigError, match=r"frame 0 of 96 x 96 px and frame 1 of 112 x 112 px, whose maps are "
+                                          r"77 x 77 and 90 x 90\. Call infer_frames once per frame size"):
+        scorer.infer_frames([normals[0], make_frames(1, seed=9, size=112)[0]])
+    scorer.backend.close()

@@ -266,3 +266,80 @@ def test_eval_refuses_a_batch_below_one_naming_it(trained, mvtec_dir, tmp_path, 
 
     with pytest.raises(ConfigError, match="batch must be >= 1"):
         score_samples(trained[0], load_dataset(mvtec_dir).test, batch=0)
+
+
+def test_a_defect_that_nearest_sampling_loses_keeps_the_map_pixel_it_covers_most():
+    """48 px mask -> 32 px grid (map pixel j covers mask columns [1.5 j, 1.5 j + 1.5)): nearest sampling reads mask
+    rows and columns 0, 1, 3, 4, 6, ..., never row 2. A defect on row 2, columns 2..4, lies in map row 1 and map
+    columns 1 (1 mask px), 2 (1.5 px) and 3 (0.5 px): it keeps map pixel (1, 2). Masks whose defects survive
+    nearest sampling come out exactly as nearest sampling gives them."""
+    from scipy import ndimage
+
+    from fair_edge.training.evaluate import _mask_to_map
+
+    mask = np.zeros((48, 48), bool)
+    mask[2, 2:5] = True
+    on_map = _mask_to_map(mask, None, (32, 32))
+    assert on_map.sum() == 1 and on_map[1, 2]
+    mask[20:26, 20:30] = True  # a second defect, kept by nearest sampling: unchanged, and the first one added
+    nearest = cv2.resize(mask.astype(np.uint8), (32, 32), interpolation=cv2.INTER_NEAREST) > 0
+    on_map = _mask_to_map(mask, None, (32, 32))
+    assert (on_map == (nearest | (np.arange(32)[:, None] == 1) & (np.arange(32) == 2))).all() and not nearest[1, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random masks on random grids: nearest's pixels kept, one pixel more per lost defect
+        size, grid = rng.integers(20, 90, 2), tuple(int(v) for v in rng.integers(6, 40, 2))
+        mask = rng.random(size) < 0.02
+        nearest = cv2.resize(mask.astype(np.uint8), grid[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        on_map = _mask_to_map(mask, None, grid)
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        lost = count - len(np.unique(cv2.resize(labelled, grid[::-1], interpolation=cv2.INTER_NEAREST))) + 1
+        assert (on_map >= nearest).all() and on_map.sum() - nearest.sum() <= lost and (lost == 0) == (on_map == nearest).all()
+
+
+def dotted_copy(mvtec_dir, root, dot):
+    """A copy of the plate whose masks mark only ``dot`` (None: no pixel), as a defect too small for the grid."""
+    shutil.copytree(mvtec_dir, root)
+    for path in (root / "ground_truth/blob").glob("*_mask.png"):
+        mask = np.zeros((48, 48), np.uint8)
+        if dot is not None:
+            mask[dot] = 255
+        cv2.imwrite(str(path), mask)
+    return root
+
+
+def test_eval_keeps_defects_too_small_for_the_map_grid(trained, mvtec_dir, tmp_path):
+    """Each 48 px test image's mask marks one pixel on row and column 23, which nearest sampling to the 32 px map
+    never reads: every defect still has a map pixel, so the pixel and region metrics cover all six."""
+    final, _ = trained
+    root = dotted_copy(mvtec_dir, tmp_path / "plate", (23, 23))
+    result = evaluate(final, load_dataset(root), tmp_path / "eval")
+    assert "pixel_auroc" in result and "aupro" in result and "pixel_metrics" not in result
+    assert result["regions"]["defects"] == 6
+
+
+def test_eval_without_a_defect_pixel_in_any_mask_writes_image_metrics_and_skips_pixel_metrics(trained, mvtec_dir,
+                                                                                            tmp_path):
+    final, _ = trained
+    root = dotted_copy(mvtec_dir, tmp_path / "plate", None)
+    result = evaluate(final, load_dataset(root), tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["image_auroc"] == result["image_auroc"] and "pixel_auroc" not in saved and "aupro" not in saved
+    assert saved["pixel_metrics"].startswith("pixel metrics skipped: Pixel AUROC is undefined with one class only")
+    assert (tmp_path / "eval" / "scores.csv").is_file() and not (tmp_path / "eval" / "pro.png").exists()
+
+
+def test_eval_f1_threshold_is_the_stations_threshold():
+    """The station rejects when score > threshold: at eval's f1_threshold it rejects every defect it counts, and
+    the value is fair-edge build's F1-optimal threshold (here the highest normal score, 0.3, not a defect's 0.5)."""
+    from pathlib import Path
+
+    from fair_edge.calibration.threshold import f1_optimal_threshold
+    from fair_edge.training.data import Sample
+    from fair_edge.training.evaluate import ScoredSet, compute_metrics
+
+    normal, defect = np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6])
+    samples = [Sample(Path(f"{i}.png"), int(i >= 3)) for i in range(5)]
+    result = compute_metrics(ScoredSet(samples, np.r_[normal, defect], np.zeros((5, 4, 4), np.float32), None))
+    assert result["f1_threshold"] == 0.3 == f1_optimal_threshold(normal, defect)[0] and result["f1_max"] == 1.0
+    assert (defect > result["f1_threshold"]).all() and not (normal > result["f1_threshold"]).any()
+    assert "score > f1_threshold" in result["f1_threshold_rule"]

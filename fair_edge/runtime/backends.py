@@ -155,7 +155,7 @@ class BundleScorer:
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR (or (H, W) gray), checked by ``preprocess.check_frame``,
-        one size per batch when tiled.
+        one size per batch when tiled (ConfigError naming two frames otherwise: their stitched maps differ in size).
 
         Returns (maps (N, h, w) float32: the model's map, or the stitched frame map of a tiled bundle;
         scores (N,) float32). Whole frames go straight to pre-processing and the backend. Tiles of
@@ -165,6 +165,13 @@ class BundleScorer:
         if self.tiler.tiling is None:
             return self._infer_whole(frames)
         tiles, layouts = self.tiler.split(frames)
+        other = next((i for i, lay in enumerate(layouts) if lay.map_hw != layouts[0].map_hw), None)
+        if other is not None:
+            (h0, w0), (h1, w1) = layouts[0].frame_hw, layouts[other].frame_hw
+            raise ConfigError(f"a tiled bundle scores frames of one size per call (their stitched maps are returned as one "
+                              f"array); found frame 0 of {w0} x {h0} px and frame {other} of {w1} x {h1} px, whose maps "
+                              f"are {layouts[0].map_hw[1]} x {layouts[0].map_hw[0]} and {layouts[other].map_hw[1]} x "
+                              f"{layouts[other].map_hw[0]}. Call infer_frames once per frame size, as the station does.")
         step = self.max_batch or len(tiles)
         crops_itself = hasattr(self.preprocess, "tiles") and layouts[0] is not None and len(set(layouts)) == 1
         if crops_itself:

@@ -204,15 +204,42 @@ def _verify_metadata(path: Path, data: dict) -> None:
 
 
 def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> tuple[np.ndarray, FittedOn]:
-    """(the member's maps (N, h, w) float32 of ``frames`` on ``backend``, what they were made on)."""
+    """(the member's maps (N, h, w) float32 of ``frames`` on ``backend``, what they were made on).
+
+    Frames are scored one size at a time (a tiled member takes one size per call). DataError naming two of the
+    held-out images when a tiled member's maps of them differ in size: the fused threshold is calibrated on
+    maps of one grid."""
     from fair_edge.runtime.selection import select_backend
 
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, frame in enumerate(frames):
+        by_size.setdefault(tuple(frame.shape[:2]), []).append(i)
     scorer = select_backend(bundle, backend)
     try:
-        maps = np.concatenate([scorer.infer_frames(list(frames[i : i + batch])) [0] for i in range(0, len(frames), batch)])
-        return maps, FittedOn.of(scorer)
+        maps: list = [None] * len(frames)
+        for index in by_size.values():
+            for start in range(0, len(index), batch):
+                chunk = index[start : start + batch]
+                for i, m in zip(chunk, scorer.infer_frames([frames[i] for i in chunk])[0]):
+                    maps[i] = m
+        _check_one_grid(bundle, frames, maps)
+        return np.stack(maps), FittedOn.of(scorer)
     finally:
         scorer.backend.close()
+
+
+def _check_one_grid(bundle, frames: Sequence[np.ndarray], maps: list[np.ndarray]) -> None:
+    """DataError naming two held-out images (by position in --normal's file-name order) and their sizes when
+    the member's maps of them differ in size (a tiled member on images of several sizes)."""
+    other = next((i for i, m in enumerate(maps) if m.shape != maps[0].shape), None)
+    if other is None:
+        return
+    (h0, w0), (h1, w1) = frames[0].shape[:2], frames[other].shape[:2]
+    raise DataError(f"member {Path(bundle.root).name} is tiled and maps held-out normal image 1 ({w0} x {h0} px) to a "
+                    f"{maps[0].shape[1]} x {maps[0].shape[0]} map but image {other + 1} ({w1} x {h1} px) to "
+                    f"{maps[other].shape[1]} x {maps[other].shape[0]} (images in file-name order); the fused threshold "
+                    "is calibrated on maps of one grid. Pass --normal images of one size, the size the station's "
+                    "camera gives, then `fair-edge fuse` again.")
 
 
 def _fitted_on(root: Path, entries: list) -> tuple[FittedOn | None, ...]:

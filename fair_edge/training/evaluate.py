@@ -25,13 +25,14 @@ import torch
 
 from fair_edge import plots
 from fair_edge.training import metrics
-from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, quantile_threshold
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optimal_threshold, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
 from fair_edge.regions import calibrate_pixel_threshold
+from fair_edge.masks import mask_on_map_grid
 from fair_edge.tiling import FrameTiler
 from fair_edge.training.region_metrics import region_results
 
@@ -41,7 +42,9 @@ CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval repor
 
 @dataclass
 class ScoredSet:
-    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool or None.
+    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool or None. A tiled model on images
+    of several sizes gives maps of several sizes: maps (and masks) are then lists of N (h_i, w_i) arrays
+    (``metrics`` pools their pixels for pixel AUROC and labels AUPRO's regions per image).
 
     mask_known: (N,) bool, which rows of ``masks`` are ground truth (normal images, and defective ones with a
     mask file); a defective image without a mask has an all-False placeholder row. None = all known.
@@ -49,8 +52,8 @@ class ScoredSet:
 
     samples: list[Sample]
     scores: np.ndarray
-    maps: np.ndarray
-    masks: np.ndarray | None
+    maps: np.ndarray | list[np.ndarray]
+    masks: np.ndarray | list[np.ndarray] | None
     mask_known: np.ndarray | None = None
 
     @property
@@ -62,7 +65,12 @@ class ScoredSet:
         if self.masks is None or self.mask_known is None or self.mask_known.all():
             return self
         keep = np.flatnonzero(self.mask_known)
-        return ScoredSet([self.samples[i] for i in keep], self.scores[keep], self.maps[keep], self.masks[keep])
+        return ScoredSet([self.samples[i] for i in keep], self.scores[keep], _take(self.maps, keep),
+                         _take(self.masks, keep))
+
+    def pixels(self) -> np.ndarray:
+        """Every map pixel of every image, flattened: (sum of h_i * w_i,) float32."""
+        return np.concatenate([np.ravel(m) for m in self.maps]) if isinstance(self.maps, list) else self.maps.ravel()
 
     def missing_masks(self) -> list[Sample]:
         """The scored defective images without a mask (empty when masks were not read)."""
@@ -71,13 +79,25 @@ class ScoredSet:
         return [s for s, known in zip(self.samples, self.mask_known) if not known]
 
 
+def _take(arrays: np.ndarray | list[np.ndarray], keep: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """Rows ``keep`` of an (N, h, w) array, or entries of a list of per-image arrays."""
+    return [arrays[i] for i in keep] if isinstance(arrays, list) else arrays[keep]
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Per-image (h, w) arrays as one (N, h, w) array when they share a shape, else the list itself (a tiled
+    model's stitched maps of images of several sizes; see ``ScoredSet``)."""
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else list(arrays)
+
+
 def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu", batch: int = 16,
                   with_masks: bool = False, progress=None) -> ScoredSet:
     """Score ``samples`` with the checkpoint's model; unreadable images, and images too small to be a model
     input or to hold one tile (``read_frame``), are skipped with a warning naming each, and counted.
 
     A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
-    stitches them (fair_edge.tiling); maps are then frame maps at the model's scale.
+    stitches them (fair_edge.tiling); maps are then frame maps at the model's scale, a list of them when the
+    images come in several sizes (``ScoredSet``).
     with_masks: read each defective image's mask; one without a mask gets a placeholder row, marked in
     ``ScoredSet.mask_known`` (pixel metrics leave it out)."""
     if batch < 1:
@@ -113,8 +133,8 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     if not kept:
         raise DataError("no test image could be read.")
     if not with_masks:
-        return ScoredSet(kept, np.concatenate(scores), np.stack(maps), None)
-    return ScoredSet(kept, np.concatenate(scores), np.stack(maps), np.stack(masks), np.array(known, bool))
+        return ScoredSet(kept, np.concatenate(scores), _stack(maps), None)
+    return ScoredSet(kept, np.concatenate(scores), _stack(maps), _stack(masks), np.array(known, bool))
 
 
 def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
@@ -133,34 +153,49 @@ def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarra
 
 
 def _mask_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool frame mask -> bool mask on the anomaly map's grid ``shape``."""
+    """(H, W) bool frame mask -> bool mask on the anomaly map's grid ``shape`` (h, w).
+
+    Rule (``fair_edge.masks.mask_on_map_grid``; a tiled model's ``TileLayout.mask_to_map`` crops to its ROI first):
+    the map pixels nearest sampling marks, as published benchmark numbers use, plus, for each 8-connected
+    defect region (at mask resolution) nearest sampling would lose entirely, the one map pixel it covers
+    most (largest overlap area). Every defect keeps at least one map pixel; masks whose regions all
+    survive nearest sampling are unchanged."""
     if layout is not None:
         return layout.mask_to_map(mask)
-    return cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    return mask_on_map_grid(mask, shape)
+
+
+F1_THRESHOLD_RULE = "NG when score > f1_threshold (the station's rule; fair-edge build's F1-optimal threshold)"
 
 
 def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE,
                     pixel_threshold: float | None = None) -> dict:
-    """pixel_threshold: for the region-level results (with masks); None = calibrated on the normal test maps."""
+    """pixel_threshold: for the region-level results (with masks); None = calibrated on the normal test maps.
+
+    f1_max / f1_threshold: the best image-level F1 and the threshold reaching it under the station's rule (NG
+    when score > threshold; ``calibration.threshold.f1_optimal_threshold``, as ``fair-edge build`` reports it),
+    so it can be used as a station threshold as it is. Pixel metrics that cannot be computed (e.g. the masks
+    mark no defect pixel) are reported as skipped in ``pixel_metrics``, with the reason; the image metrics stay."""
     labels = scored.labels
     result: dict = {"images": len(labels), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
     if result["normal"] and result["defective"]:
         result["image_auroc"] = metrics.image_auroc(scored.scores, labels)
-        f1, thr = metrics.f1_max(scored.scores, labels)
-        result.update(f1_max=f1, f1_threshold=thr)
+        thr, f1 = f1_optimal_threshold(scored.scores[labels == 0], scored.scores[labels == 1])
+        result.update(f1_max=f1, f1_threshold=thr, f1_threshold_rule=F1_THRESHOLD_RULE)
         for rate in CATCH_AT_FALSE_REJECTS:
             result[f"catch_at_{rate:.1%}_false_rejects"] = metrics.catch_rate(scored.scores, labels, rate)
     else:
         result["note"] = "image AUROC needs both normal and defective test images; only one class was given."
     if scored.masks is not None:
         pixel = scored.with_masks_only()
-        result["pixel_auroc"] = metrics.pixel_auroc(pixel.maps, pixel.masks)
-        result["aupro"] = metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3)
+        notes = _pixel_metrics(pixel, result)
         result["regions"], result["regions_per_image"] = _regions(pixel, pixel.labels, pixel_threshold)
         missing = scored.missing_masks()
         if missing:
             result["masks_missing"] = _missing_masks_entry(missing)
-            result["pixel_metrics"] = _missing_masks_note(missing, int(pixel.labels.sum()))
+            notes.append(_missing_masks_note(missing, int(pixel.labels.sum())))
+        if notes:
+            result["pixel_metrics"] = " ".join(notes)
             log.warning(result["pixel_metrics"])
     else:
         result["pixel_metrics"] = ("skipped: no defective test image has a ground-truth mask (MVTec: "
@@ -169,6 +204,19 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
         result["suggested_threshold"] = quantile_threshold(scored.scores[labels == 0], false_reject_rate)
         result["suggested_threshold_false_reject_rate"] = false_reject_rate
     return result
+
+
+def _pixel_metrics(pixel: ScoredSet, result: dict) -> list[str]:
+    """Put pixel AUROC and AUPRO (FPR to 0.3) of ``pixel`` (the images with known masks) into ``result``; when
+    they cannot be computed, return the line saying so and why (else [])."""
+    try:
+        result["pixel_auroc"] = metrics.pixel_auroc(pixel.maps, pixel.masks)
+        result["aupro"] = metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3)
+    except DataError as exc:
+        result.pop("pixel_auroc", None)
+        return [f"pixel metrics skipped: {exc} Image metrics are computed; check the ground-truth masks "
+                "(MVTec: ground_truth/<type>/<stem>_mask.png, white = defect)."]
+    return []
 
 
 def _missing_masks_entry(missing: list[Sample]) -> dict:
@@ -189,12 +237,27 @@ def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | Non
     """Region-level totals and per-image rows (``region_metrics``); the pixel threshold given or calibrated."""
     source = "given"
     if pixel_threshold is None:
-        normal = scored.maps[labels == 0]
+        normal = [m for m, label in zip(scored.maps, labels) if label == 0]
         if not len(normal):
             return {"note": "region results need a pixel threshold: normal test images or --pixel-threshold"}, []
-        pixel_threshold, source = calibrate_pixel_threshold(list(normal)).value, "test set's normal maps"
-    totals, per_image = region_results(scored.maps, scored.masks, pixel_threshold, labels)
+        pixel_threshold, source = calibrate_pixel_threshold(normal).value, "test set's normal maps"
+    totals, per_image = region_results(*_on_one_grid(scored.maps, scored.masks), pixel_threshold, labels)
     return dict(totals, pixel_threshold_source=source), per_image
+
+
+def _on_one_grid(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """(N, h, w) maps and masks as they are; lists of maps and masks of several sizes padded at the bottom and
+    right to one (N, h_max, w_max) grid: maps with -inf (never above a pixel threshold), masks with False, so
+    the padding adds no region to any image and joins none."""
+    if not isinstance(maps, list):
+        return maps, masks
+    h, w = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
+    grid_maps = np.full((len(maps), h, w), -np.inf, np.float32)
+    grid_masks = np.zeros((len(maps), h, w), bool)
+    for i, (m, k) in enumerate(zip(maps, masks)):
+        grid_maps[i, : m.shape[0], : m.shape[1]] = m
+        grid_masks[i, : k.shape[0], : k.shape[1]] = k
+    return grid_maps, grid_masks
 
 
 REPORT_FILES = ("metrics.json", "scores.csv", "regions.csv", "roc.png", "pro.png")  # what write_report writes
@@ -238,12 +301,13 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     if "image_auroc" in result:
         fpr, tpr, _ = metrics.roc_curve(scored.scores, labels)
         plots.save_roc_plot(out_dir / "roc.png", fpr, tpr, result["image_auroc"], name="image ROC")
-    if scored.masks is not None:
+    if scored.masks is not None and "aupro" in result:
         fpr, pro, _ = metrics.pro_curve(pixel.maps, pixel.masks)
         plots.save_pro_plot(out_dir / "pro.png", fpr, pro, result["aupro"], fpr_limit=0.3)
     heat_dir = out_dir / "heatmaps"
     heat_dir.mkdir(exist_ok=True)
-    vmin, vmax = float(np.percentile(scored.maps, 1)), float(scored.maps.max())
+    pixels = scored.pixels()
+    vmin, vmax = float(np.percentile(pixels, 1)), float(pixels.max())
     normal_idx = np.where(labels == 0)[0]
     defect_idx = np.where(labels == 1)[0]
     worst_normal = normal_idx[np.argsort(-scored.scores[normal_idx])][:worst]

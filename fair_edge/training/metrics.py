@@ -3,7 +3,13 @@
 Pure NumPy/SciPy, exact (every distinct score is a threshold; ties are handled like
 scikit-learn: average ranks for AUROC, a straight segment across a tie group on a curve).
 
-Convention everywhere: a sample or pixel is predicted anomalous when ``score >= threshold``.
+Convention everywhere: a sample or pixel is predicted anomalous when ``score >= threshold``
+(the station's rule is NG when score > threshold: ``calibration.threshold.f1_optimal_threshold`` gives
+the best-F1 threshold under that rule).
+
+Pixel metrics take (N, H, W) arrays, or lists of N (H_i, W_i) arrays for images of several sizes (a
+tiled model's stitched maps): pixel AUROC pools all pixels, AUPRO labels regions per image.
+``fair_edge.masks.mask_on_map_grid`` brings a ground-truth mask to a map's grid without losing small defects.
 
 Memory: the curves are built from ONE sorted copy of the normal scores plus the anomalous
 scores, so 200 x 256 x 256 float32 maps need a few hundred MB at most, not a dense
@@ -83,6 +89,37 @@ def _check_fpr_limit(fpr_limit: float) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise ConfigError(f"fpr_limit must be in (0, 1]; found {fpr_limit}. The paper uses 0.3.")
     return float(fpr_limit)
+
+
+def _ragged(maps) -> bool:
+    """True for a list or tuple of per-image maps whose shapes differ (images of several sizes)."""
+    return isinstance(maps, (list, tuple)) and len({np.shape(m) for m in maps}) > 1
+
+
+def _image_pairs(maps, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-image maps (h_i, w_i) real and masks (h_i, w_i) bool of images of several sizes, each pair checked
+    as (N, H, W) arrays are: same shape, 2-D, no NaN, 0/1 masks. Returns (maps, masks) as lists."""
+    if len(maps) != len(masks):
+        raise DataError(f"maps and masks must hold one entry per image; found {len(maps)} maps and {len(masks)} masks.")
+    out_maps, out_masks = [], []
+    for i, (image_map, mask) in enumerate(zip(maps, masks)):
+        image_map, mask = _as_scores(image_map, f"maps[{i}]"), _as_binary(mask, f"masks[{i}]")
+        if image_map.shape != mask.shape or image_map.ndim != 2:
+            raise DataError(f"maps[{i}] and masks[{i}] must be (H, W) of one shape; found {image_map.shape} and "
+                            f"{mask.shape}.")
+        out_maps.append(image_map)
+        out_masks.append(mask)
+    return out_maps, out_masks
+
+
+def _pooled(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel of images of several sizes as one (1, 1, P) map and mask (pixel AUROC ignores where a pixel is)."""
+    maps, masks = _image_pairs(maps, masks)
+    flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])[None, None]  # noqa: E731
+    return flat(maps), flat(masks)
+
+
+# ---------------------------------------------------------------- masks on the map grid
 
 
 # ---------------------------------------------------------------- the exact staircase curve
@@ -175,10 +212,13 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """Area under the per-pixel ROC curve over all pixels of all images.
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool ground truth, True = defect pixel.
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool ground truth, True = defect pixel. Images of
+    several sizes: lists of N (H_i, W_i) maps and masks, their pixels pooled (concatenated, flattened).
     Returns a float in [0, 1], equal to sklearn's ``roc_auc_score(masks.ravel(), maps.ravel())``.
     Raises DataError on shape mismatch or when the masks hold no defect pixel (or only defects).
     """
+    if _ragged(maps) or _ragged(masks):
+        maps, masks = _pooled(maps, masks)
     return _auroc(*_split(maps, masks, ("maps", "masks"), 3, "Pixel AUROC"))
 
 
@@ -204,6 +244,7 @@ def _region_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.
     1 / (number of regions * area of r), so the summed weight above a threshold is the PRO.
     """
     scores, weights, n_regions = [], [], 0
+    normal = [image_map[~mask] for image_map, mask in zip(maps, masks)]
     for image_map, mask in zip(maps, masks):
         regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
         if count == 0:
@@ -213,15 +254,17 @@ def _region_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.
         scores.append(image_map[mask])
         weights.append(1.0 / area[ids - 1])
         n_regions += count
-    return maps[~masks], np.concatenate(scores), np.concatenate(weights) / n_regions
+    return np.concatenate(normal), np.concatenate(scores), np.concatenate(weights) / n_regions
 
 
-def _quantise(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
-    """Replace every score by the largest of ``num_thresholds`` evenly spaced thresholds below it."""
+def _quantise(maps, num_thresholds: int):
+    """Replace every score by the largest of ``num_thresholds`` evenly spaced thresholds below it.
+    maps: (N, H, W) array, or a list of (H_i, W_i) arrays (returned as a list)."""
     if int(num_thresholds) != num_thresholds or num_thresholds < 2:
         raise ConfigError(f"num_thresholds must be an integer >= 2, or None for the exact curve; found {num_thresholds}.")
-    thresholds = np.linspace(maps.min(), maps.max(), int(num_thresholds))
-    out = np.empty(maps.shape, dtype=np.float64)
+    low, high = min(m.min() for m in maps), max(m.max() for m in maps)
+    thresholds = np.linspace(low, high, int(num_thresholds))
+    out = [None] * len(maps) if isinstance(maps, list) else np.empty(maps.shape, dtype=np.float64)
     for i, image_map in enumerate(maps):  # one image at a time keeps the index array small
         out[i] = thresholds[np.searchsorted(thresholds, image_map, side="right") - 1]
     return out
@@ -232,7 +275,8 @@ def pro_curve(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-region-overlap curve: (fpr, pro, thresholds), 1-D float64 of equal length K.
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel.
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel. Images of several
+    sizes: lists of N (H_i, W_i) maps and masks (regions are per image, normal pixels pooled).
     At threshold t (pixel predicted defective when map >= t): PRO = mean over all ground-truth
     regions (8-connected components of each image's mask) of the fraction of the region predicted
     defective; FPR = predicted-defective normal pixels / all normal pixels (pixels outside the
@@ -240,13 +284,16 @@ def pro_curve(
     num_thresholds: None = exact (every distinct score); K = K thresholds evenly spaced from the
     lowest to the highest score (scores are rounded down to them), as many public evaluators do.
     """
-    maps = _as_scores(maps, "maps")
-    masks = _as_binary(masks, "masks")
-    _check_pair(maps, masks, ("maps", "masks"), 3)
-    defects = int(masks.sum())
-    if defects == 0 or defects == masks.size:
+    if _ragged(maps) or _ragged(masks):
+        maps, masks = _image_pairs(maps, masks)
+    else:
+        maps = _as_scores(maps, "maps")
+        masks = _as_binary(masks, "masks")
+        _check_pair(maps, masks, ("maps", "masks"), 3)
+    defects, pixels = sum(int(k.sum()) for k in masks), sum(k.size for k in masks)
+    if defects == 0 or defects == pixels:
         raise DataError(
-            f"AUPRO needs both defect and normal pixels; masks hold {defects} defect pixel(s) of {masks.size}. "
+            f"AUPRO needs both defect and normal pixels; masks hold {defects} defect pixel(s) of {pixels}. "
             f"Evaluate on a set that includes anomalous images with their masks and normal pixels."
         )
     if num_thresholds is not None:
@@ -258,8 +305,8 @@ def pro_curve(
 def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
     """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit (so 1.0 is perfect).
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel.
-    The curve (see ``pro_curve``) is integrated with the trapezoid rule and linearly interpolated
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel (or lists of N
+    (H_i, W_i) arrays, images of several sizes). The curve (see ``pro_curve``) is integrated with the trapezoid rule and linearly interpolated
     exactly at fpr_limit. A random map scores about fpr_limit / 2 (0.15 at the paper's 0.3).
     Raises ConfigError for fpr_limit outside (0, 1]; DataError for bad shapes or empty masks.
     """
@@ -277,6 +324,9 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     scores, labels: any equal shape (image level (N,) or pixel level (N, H, W)); labels bool or 0/1.
     Predicted anomalous means score >= threshold. The returned threshold is the score of an
     anomalous sample (the best F1 always falls on one); of equal F1 values the highest threshold wins.
+    Not a station threshold (the station rejects when score > threshold, so at this one it passes that
+    sample): for that use ``calibration.threshold.f1_optimal_threshold``, as ``fair-edge eval`` and
+    ``fair-edge build`` do.
     Raises DataError on shape mismatch, NaN scores or a single class.
     """
     negative, positive = _split(scores, labels, ("scores", "labels"), None, "F1")
