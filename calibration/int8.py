@@ -26,6 +26,7 @@ from typing import Callable, Collection, Mapping
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import load_tensors_data
 
 from fair_edge.calibration.ranges import calibrate_ranges
 from fair_edge.errors import ConfigError, ExportError
@@ -123,6 +124,25 @@ def cache_key(fp32_onnx: Path, settings: Int8Settings, inputs: Mapping[str, np.n
     return h.hexdigest()
 
 
+def reusable_cache(cache_path: Path, key: str) -> bool:
+    """True when the calibration cache at ``cache_path`` may be reused: its key file (``NAME.key``) holds ``key`` and
+    ONNX Runtime reads the cache. A cache that does not parse (damaged: a disk error, an interrupted copy) is deleted
+    with a warning, so that the ranges are calibrated again instead of failing every rebuild; one whose key differs is
+    deleted silently (other graph, settings or images). False with no cache."""
+    key_path = cache_path.with_name(cache_path.name + ".key")
+    if not (cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key):
+        cache_path.unlink(missing_ok=True)
+        return False
+    try:
+        load_tensors_data(cache_path)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        log.warning("calibration cache %s does not parse (%s: %s): calibrating again", cache_path.name,
+                    type(exc).__name__, str(exc)[:200])
+        cache_path.unlink()
+        return False
+    return True
+
+
 def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
@@ -153,9 +173,7 @@ def quantize_int8(
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
-    reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
-    if not reused:
-        cache_path.unlink(missing_ok=True)
+    reused = reusable_cache(cache_path, key)
     graph = onnx.load(str(fp32_onnx))
     # quantize_static reads the ranges from the cache calibrate_ranges writes (or a matching earlier one)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,

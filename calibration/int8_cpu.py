@@ -22,7 +22,7 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 from fair_edge.calibration.int8 import (METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key,
-                                        excluded_nodes)
+                                        excluded_nodes, reusable_cache)
 from fair_edge.calibration.ranges import calibrate_ranges
 from fair_edge.errors import ExportError
 
@@ -44,9 +44,7 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
-    reused = cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key
-    if not reused:
-        cache_path.unlink(missing_ok=True)
+    reused = reusable_cache(cache_path, key)
     try:
         _quantize(fp32_onnx, out_onnx, inputs, scope, settings, cache_path, on_image, keep_float, reused)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:

@@ -14,11 +14,15 @@
      quality gate, the accuracy probe and its threshold,
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
-All of it happens in a temporary folder next to the target, moved into place only when complete.
+All of it happens in a temporary folder next to the target, moved into place only when complete, its folder and
+files given the modes a plain ``mkdir``/``open`` would have (``apply_umask``: the account that loads the bundle, e.g. a
+station's service account, reads it as it reads any other file of the builder's). A rebuild into the same ``--out``
+reuses the previous bundle's caches (``KEPT_ON_REBUILD``) only where they still match its bundle.json.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -36,8 +40,9 @@ from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_I
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
 from fair_edge.calibration.onnx_graph import OnnxGraph
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
+from fair_edge.checksums import sha256_file
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, TensorRTMissingError
+from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
 from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
@@ -53,6 +58,9 @@ TIMING_CACHE = "timing.cache"
 ENGINE = "model.engine"
 WEIGHTS = "weights.pt"
 KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB_CACHE + ".key", TIMING_CACHE)
+# with --no-engine the TensorRT timing cache is not kept: no engine is built, and a cache of another GPU must not travel
+# in the bundle to the machine that builds its engine (the Jetson's engine cache)
+ENGINE_ONLY = (TIMING_CACHE,)
 
 
 @dataclass(frozen=True)
@@ -108,19 +116,85 @@ def check_inputs(out: Path, options: BuildOptions, has_calib: bool, has_normal: 
                         "normal images or a dataset (e.g. data/bracket, elpv:mono): its training images are used.")
 
 
-def _staging(out: Path) -> Path:
+def _staging(out: Path, options: BuildOptions) -> Path:
     """A fresh folder next to ``out`` (same file system, so the final move is a rename), seeded with the
-    previous bundle's reusable caches."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    for name in KEPT_ON_REBUILD:
-        if (out / name).is_file():
+    previous bundle's reusable caches (``_kept_files``). BundleError naming ``--out`` where that folder cannot be
+    made (a read-only or someone else's folder)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as exc:
+        raise BundleError(
+            f"--out {out}: cannot create the bundle's temporary folder in {out.parent} ({exc.strerror or exc}); the "
+            "bundle is built next to --out and moved into place, so that folder must be writable by this account. "
+            "Choose an --out in a folder you can write, or make that folder writable.") from exc
+    try:
+        for name in _kept_files(out, options):
             shutil.copy2(out / name, staging / name)
+    except OSError as exc:
+        _discard(staging)
+        raise BundleError(f"--out {out}: cannot copy the previous bundle's cache {exc.filename} "
+                          f"({exc.strerror or exc}). Make it readable, or delete {out} to build afresh.") from exc
     return staging
 
 
+def _kept_files(out: Path, options: BuildOptions) -> list[str]:
+    """The ``KEPT_ON_REBUILD`` files of the bundle at ``out`` that a rebuild may reuse: each listed in its bundle.json
+    with the SHA-256 it has now (a damaged or changed cache is left behind and made anew: INT8 ranges
+    recalibrated, a timing cache rebuilt); not the timing cache when no engine is wanted (``ENGINE_ONLY``)."""
+    names = [n for n in KEPT_ON_REBUILD if (out / n).is_file() and (options.engine or n not in ENGINE_ONLY)]
+    if not names:
+        return []
+    try:
+        listed = json.loads((out / MANIFEST).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s): none of its caches is reused", out / MANIFEST, exc)
+        return []
+    kept = []
+    for name in names:
+        entry = listed.get(name) if isinstance(listed, dict) else None
+        if isinstance(entry, dict) and entry.get("sha256") == sha256_file(out / name):
+            kept.append(name)
+        else:
+            anew = "TensorRT times its tactics anew" if name in ENGINE_ONLY else "the INT8 ranges are calibrated again"
+            log.warning("%s does not match the SHA-256 its bundle.json records (damaged or changed after the build): "
+                        "not reused; %s", out / name, anew)
+    return kept
+
+
+def current_umask() -> int:
+    """The process's file mode creation mask (e.g. 0o022), read from /proc where Linux shows it, so that no other
+    thread ever sees a changed mask; elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path, linked: bool = True) -> None:
+    """Give ``root``, its folders and files the modes a plain ``mkdir``/``open`` makes under the current umask: folders
+    0o777 & ~umask, files 0o666 & ~umask (e.g. 0o755 and 0o644). ``tempfile.mkdtemp`` makes 0o700 and ONNX Runtime
+    writes its calibration caches 0o600, which would survive the final rename: a bundle readable by its builder
+    alone. linked=False leaves files with other hard links (shared with a source bundle) as they are."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
+        elif linked or path.stat().st_nlink == 1:
+            os.chmod(path, 0o666 & ~mask)
+
+
 def _move_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder."""
+    """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder, given the umask's modes."""
+    apply_umask(staging)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
@@ -128,6 +202,20 @@ def _move_into_place(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeError:
+    """``exc`` with every path in the (removed) staging folder named as in ``out``: the file the user can act on (a
+    kept cache came from there); ``exc`` itself when it names none."""
+    message = str(exc)
+    if str(staging) not in message:
+        return exc
+    try:
+        renamed = type(exc)(message.replace(str(staging), str(out)))
+    except TypeError:  # an error class with another constructor: keep it as raised
+        return exc
+    renamed.__dict__.update(exc.__dict__)
+    return renamed
 
 
 def _discard(staging: Path) -> None:
@@ -324,11 +412,17 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     start = time.perf_counter()
     out = Path(out)
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
-    staging = _staging(out)
+    staging = _staging(out, options)
     try:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
                             on_gate_step)
         _move_into_place(staging, out)
+    except FairEdgeError as exc:
+        _discard(staging)
+        renamed = _named_in_place(exc, staging, out)
+        if renamed is exc:
+            raise
+        raise renamed from exc
     except BaseException:
         _discard(staging)
         raise

@@ -187,14 +187,32 @@ def _rebuild_hint(data: dict) -> str:
     return f"Rebuild it with `{cmd}`." if cmd else "Rebuild it with `fair-edge build CHECKPOINT --out BUNDLE`."
 
 
+def _unreadable(root: Path, path: Path, exc: OSError, data: dict) -> BundleError:
+    """The BundleError for a file or folder of the bundle at ``root`` that cannot be read (``exc``'s file, else
+    ``path``): for want of permission, what the account loading it needs and how to give it; otherwise the system's
+    reason and the rebuild hint."""
+    name = exc.filename if isinstance(exc.filename, (str, os.PathLike)) else path
+    if isinstance(exc, PermissionError):
+        return BundleError(
+            f"bundle file {name} cannot be read by this account: {exc.strerror or exc}. A bundle must be readable "
+            "(files) and searchable (folders) by the account that loads it, e.g. a station's service account: make it "
+            f"so (`chmod -R a+rX {root}`, or chown it to that account), or rebuild it with `fair-edge build`, which "
+            "gives it the modes of the builder's umask (0644 files, 0755 folders under umask 022).")
+    return BundleError(f"bundle file {name} cannot be read: {type(exc).__name__}: {exc}. {_rebuild_hint(data)}")
+
+
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST
-    if not root.is_dir():
-        raise BundleError(f"bundle {root} does not exist or is not a directory. Build one with `fair-edge build`.")
-    if not path.is_file():
-        raise BundleError(f"{root} has no {MANIFEST}; it is not a fair-edge bundle. Build one with `fair-edge build`.")
     try:
-        data = json.loads(path.read_text())
+        if not root.is_dir():
+            raise BundleError(f"bundle {root} does not exist or is not a directory. Build one with `fair-edge build`.")
+        if not path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST}; it is not a fair-edge bundle. Build one with `fair-edge build`.")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(root, path, exc, {}) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged. Rebuild it with `fair-edge build`.") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -209,9 +227,10 @@ def _read_manifest(root: Path) -> dict:
 
 
 def _verify_metadata(path: Path, data: dict) -> None:
-    """Refuse a bundle.json whose content differs from what its build recorded (format 2 onwards;
-    format-1 bundles, written before the metadata checksum existed, load with a warning)."""
-    if data.get("format_version") == 1:
+    """Refuse a bundle.json whose content differs from what its build recorded. A format-1 bundle without the metadata
+    checksum (written before it existed) loads with a warning; one that carries it (later format-1 builds wrote it) is
+    verified like format 2."""
+    if data.get("format_version") == 1 and METADATA_KEY not in data:
         log.warning("%s is bundle format 1: its settings carry no checksum and are not verified. %s",
                     path, _rebuild_hint(data))
         return
@@ -235,23 +254,31 @@ def _verify_files(root: Path, data: dict) -> dict[str, str]:
     checksums = {}
     for rel, entry in files.items():
         _check_entry(root, data, rel, entry)
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"bundle file {path} is missing (listed in {MANIFEST}). {_rebuild_hint(data)}")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise BundleError(
-                f"bundle file {path} is {size} bytes; {MANIFEST} expects {entry['bytes']} (truncated or replaced). "
-                f"{_rebuild_hint(data)}"
-            )
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            raise BundleError(
-                f"bundle file {path} fails its checksum: SHA-256 {digest[:16]}..., expected {entry['sha256'][:16]}... "
-                f"(modified after the build). {_rebuild_hint(data)}"
-            )
-        checksums[rel] = digest
+        try:
+            checksums[rel] = _verify_file(root, data, rel, entry)
+        except OSError as exc:
+            raise _unreadable(root, root / rel, exc, data) from exc
     return checksums
+
+
+def _verify_file(root: Path, data: dict, rel: str, entry: dict) -> str:
+    """The SHA-256 of the bundle file ``rel``; BundleError unless it exists with the size and SHA-256 of ``entry``."""
+    path = root / rel
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing (listed in {MANIFEST}). {_rebuild_hint(data)}")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise BundleError(
+            f"bundle file {path} is {size} bytes; {MANIFEST} expects {entry['bytes']} (truncated or replaced). "
+            f"{_rebuild_hint(data)}"
+        )
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise BundleError(
+            f"bundle file {path} fails its checksum: SHA-256 {digest[:16]}..., expected {entry['sha256'][:16]}... "
+            f"(modified after the build). {_rebuild_hint(data)}"
+        )
+    return digest
 
 
 def _check_entry(root: Path, data: dict, rel: str, entry: object) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from fair_edge.errors import BundleError, FairEdgeError
-from fair_edge.export.build import ENGINE, TIMING_CACHE
+from fair_edge.export.build import ENGINE, TIMING_CACHE, apply_umask
 from fair_edge.export.bundle import MANIFEST, METADATA_KEY, Bundle, EngineTarget, load_bundle, write_manifest
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _assemble(staging: Path, source: Bundle, data: dict, digest: str, key: str, cache: Path,
               build: EngineBuilder) -> float:
-    """The device bundle in ``staging``: source files (not its engine), a new engine, the rewritten manifest."""
+    """The device bundle in ``staging``: source files (not its engine nor any timing cache: one made on another GPU,
+    kept by an older build even with --no-engine, would only be refused), a new engine, the rewritten manifest."""
     old_engine = data.get("engine") or {}
-    skip = {old_engine.get("file"), old_engine.get("timing_cache")}
+    skip = {old_engine.get("file"), old_engine.get("timing_cache"), ENGINE, TIMING_CACHE}
     for rel in data["files"]:
         if rel not in skip:
             _link_or_copy(source.root / rel, staging / rel)
@@ -183,6 +184,7 @@ def device_bundle(source: str | Path, cache: str | Path, target: EngineTarget, b
     try:
         seconds = _assemble(staging, src, data, digest, key, cache, build)
         load_bundle(staging, target)  # verified before it is moved into place
+        apply_umask(staging, linked=False)  # mkdtemp's 0700 would leave it to this account; links keep the source's
         _replace(staging, entry)
     except BaseException:
         shutil.rmtree(staging, onerror=_log_leftover)
@@ -196,6 +198,23 @@ def tensorrt_builder(onnx: Path, engine: Path, bundle: Bundle, timing_cache: Pat
     from fair_edge.export.tensorrt import EngineSettings, build_engine
 
     return build_engine(onnx, engine, bundle.model.inputs, EngineSettings(max_batch=bundle.max_batch), timing_cache)
+
+
+def _under(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def os_error_line(exc: OSError, bundle: Path, cache: Path) -> str:
+    """The entrypoint's one line for ``exc``, worded by where its file lies: in the source ``bundle`` (this account
+    cannot read it: permissions), in the ``cache`` volume or none named (not writable, or full), or elsewhere."""
+    path = Path(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+    if path is not None and _under(path, bundle):
+        return (f"error: cannot read {path} of the bundle {bundle}: {exc.strerror or exc}. The engine cache runs as an "
+                f"account that must be able to read every file of the bundle: make it readable (`chmod -R a+rX "
+                f"{bundle}`), or rebuild it with `fair-edge build`, which gives it the modes of the builder's umask.")
+    if path is None or _under(path, cache):
+        return f"error: engine cache {cache}: {exc}. Mount a writable volume there (docs/jetson.md)."
+    return f"error: engine cache for {bundle}: {exc}. Check that this account can read and write {path}."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except FairEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # e.g. a read-only or full cache volume
-        print(f"error: engine cache {args.cache}: {exc}. Mount a writable volume there (docs/jetson.md).", file=sys.stderr)
+    except OSError as exc:  # an unreadable bundle file, or a read-only or full cache volume
+        print(os_error_line(exc, args.bundle, args.cache), file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the container's entrypoint: one clear line, not a traceback
         log.debug("engine cache failed", exc_info=True)

@@ -13,6 +13,7 @@ Supports TensorRT 10.x (JetPack) and 11.x (desktop), following their documented 
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,7 @@ INSTALL_HINT = (
     "`sudo apt install python3-libnvinfer`, plus `pip install cuda-python` for JetPack's CUDA version."
 )
 MIN_MAJOR = 10
+log = logging.getLogger(__name__)
 
 
 def import_tensorrt() -> ModuleType:
@@ -99,11 +101,27 @@ def parser_errors(parser: "trt.OnnxParser") -> str:
 
 
 def _load_timing_cache(config: "trt.IBuilderConfig", path: Path | None) -> "trt.ITimingCache":
+    """Attach the timing cache at ``path`` (absent: a new, empty one) to ``config``. TensorRT refuses a cache made on
+    another GPU (``set_timing_cache`` returns False: its CUDA device properties differ): a timing cache only speeds
+    builds up, so the build goes on with a fresh one (a warning), which is written back to ``path`` afterwards."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        raise EngineError(f"TensorRT rejected the timing cache {path}; delete it and build again.")
-    return cache
+    if config.set_timing_cache(cache, False):
+        return cache
+    if data:
+        log.warning("TensorRT refused the timing cache %s (made on another GPU or TensorRT version); building with a "
+                    "new one, which replaces it. Only this build's speed is affected.", path.name if path else "")
+        cache = config.create_timing_cache(b"")
+        if config.set_timing_cache(cache, False):
+            return cache
+    raise EngineError(f"TensorRT {_version()} refused a new, empty timing cache; expected it to accept one. Check the "
+                      "TensorRT installation (`python3 -c 'import tensorrt'`) and the GPU driver.")
+
+
+def _version() -> str:
+    import tensorrt as trt
+
+    return str(trt.__version__)
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, inputs: Sequence[TensorSpec],
@@ -136,11 +154,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, inputs: Sequenc
         profile.set_shape(spec.name, dims(1), dims(opt), dims(settings.max_batch))
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    _load_timing_cache(config, cache_path)
+    timing = _load_timing_cache(config, cache_path)  # held until the build is done, as TensorRT requires
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path}; see the log above.")
     Path(engine_path).write_bytes(bytes(memoryview(serialized)))
     if cache_path is not None:
         cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    del timing
     return target

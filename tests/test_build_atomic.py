@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import typer
@@ -144,3 +145,77 @@ def test_sigterm_stops_a_build_like_ctrl_c_leaving_nothing(tiny_ckpt_path, tmp_p
     before = signal.getsignal(signal.SIGTERM)
     r = invoke(tiny_ckpt_path, "--int8", "--out", tmp_path / "b")
     assert r.exit_code == 2 and signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.fixture
+def umask_022():
+    """The process umask set to 0o022 for the test (a desktop account's usual mask), restored after."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_a_built_bundle_has_the_modes_of_the_umask(tiny_ckpt_path, tmp_path, umask_022):
+    """The staging folder (mkdtemp: 0700) and ONNX Runtime's calibration caches (mkstemp: 0600) get the umask's modes
+    before the rename: under umask 022 the bundle is 0755 with 0644 files, readable by a station's service account."""
+    out = tmp_path / "b"
+    build_bundle(load_checkpoint(tiny_ckpt_path), out, BuildOptions("int8", engine=False), make_frames(4, seed=2),
+                 make_frames(4, seed=3))
+    assert (out.stat().st_mode & 0o777) == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert "calibration.json" in modes and "calibration-cpu.json" in modes
+    assert modes == dict.fromkeys(modes, 0o644)
+
+
+def test_a_damaged_calibration_cache_is_calibrated_again_not_reused(tiny_ckpt_path, tmp_path):
+    """A calibration.json damaged after the build (its key file intact) no longer matches bundle.json's SHA-256: the
+    same build command calibrates again and succeeds (before: ORT failed on the cache, every time); an intact one
+    is reused."""
+    ckpt, out = load_checkpoint(tiny_ckpt_path), tmp_path / "b"
+    calib, normal, options = make_frames(4, seed=2), make_frames(4, seed=3), BuildOptions("int8", engine=False)
+    first = build_bundle(ckpt, out, options, calib, normal)
+    cache = out / "calibration.json"
+    good = cache.read_bytes()
+    cache.write_bytes(good[:100])
+    again = build_bundle(ckpt, out, options, calib, normal)
+    assert not again.calibration_reused and cache.read_bytes() == good
+    assert again.bundle.threshold == first.bundle.threshold
+    assert build_bundle(ckpt, out, options, calib, normal).calibration_reused   # intact: reused
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_an_error_names_the_bundle_files_not_the_removed_staging_folder(tiny_ckpt_path, tmp_path, monkeypatch):
+    """An error raised inside the build that names a file of the staging folder (removed when the build fails) names it
+    as in --out: the file the user can act on."""
+    out = tmp_path / "b"
+
+    def fail(ckpt, staging):
+        raise ExportError(f"cannot read {staging / 'calibration.json'}; delete it and rebuild")
+
+    monkeypatch.setattr(build_module, "_fp32_with_parity", fail)
+    with pytest.raises(ExportError) as err:
+        build_bundle(load_checkpoint(tiny_ckpt_path), out, BuildOptions("fp32", engine=False))
+    assert f"cannot read {out / 'calibration.json'}; delete it" in str(err.value) and ".building-" not in str(err.value)
+
+
+def test_an_out_in_an_unwritable_folder_is_one_error_naming_it(tiny_ckpt_path, tmp_path, monkeypatch):
+    """--out in a folder this account cannot write (someone else's, read-only): one line naming --out and the fix,
+    exit 2, no PermissionError traceback. (Simulated: the tests run as root, which may write anywhere.)"""
+    import tempfile
+
+    def denied(prefix=None, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(dir) / f"{prefix}xyz"))
+
+    out = tmp_path / "theirs" / "b"
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", denied)
+        r = invoke(tiny_ckpt_path, "--out", out, "--no-engine")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    flat = " ".join(r.output.split())
+    assert f"--out {out}" in flat and "Permission denied" in flat and "writable" in flat
+    blocker = tmp_path / "file"   # a real OSError: its parent is a file
+    blocker.write_text("")
+    r = invoke(tiny_ckpt_path, "--out", blocker / "b", "--no-engine")
+    assert r.exit_code == 2 and "Traceback" not in r.output and f"--out {blocker / 'b'}" in " ".join(r.output.split())

@@ -177,3 +177,43 @@ def test_a_format_1_manifest_with_a_damaged_files_entry_names_the_file(copy, dam
     message = str(err.value)
     assert "damaged checksum entry for 'weights.pt'" in message and found in message
     assert '{"sha256": 64 hex digits, "bytes": file size}' in message and "Rebuild it with" in message
+
+
+def test_a_format_1_manifest_that_carries_its_checksum_is_verified(copy):
+    """Format-1 bundles written once the metadata checksum existed carry it: an edit after the build is refused as in
+    format 2 (before: every format-1 bundle skipped the check); without the checksum, format 1 still loads."""
+    from fair_edge.export.bundle import metadata_digest
+    from test_model_families import _legacy_bundle
+
+    _legacy_bundle(copy)
+    data = json.loads((copy / MANIFEST).read_text())
+    data["metadata_sha256"] = metadata_digest(data)   # as the build wrote it
+    (copy / MANIFEST).write_text(json.dumps(data, indent=2))
+    built = load_bundle(copy).threshold.value
+    data["threshold"]["value"] = built * 10           # edited afterwards, checksum left as built
+    (copy / MANIFEST).write_text(json.dumps(data, indent=2))
+    with pytest.raises(BundleError, match=r"was changed after the build.*Rebuild it with `fair-edge build"):
+        load_bundle(copy)
+    del data["metadata_sha256"]
+    (copy / MANIFEST).write_text(json.dumps(data, indent=2))
+    assert load_bundle(copy).threshold.value == built * 10   # format 1 without a checksum: loads (with a warning)
+
+
+def test_an_unreadable_bundle_file_is_a_bundle_error_naming_it_and_the_fix(copy, monkeypatch):
+    """A file this account may not read (a bundle built by another account with a private umask) is a BundleError
+    naming the file and the permissions fix, not a PermissionError traceback. (Simulated: the tests run as root.)"""
+    import fair_edge.export.bundle as bundle_module
+
+    real = bundle_module.sha256_file
+
+    def private(path, *args):
+        if path.name == "model.fp16.onnx":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(bundle_module, "sha256_file", private)
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    message = str(err.value)
+    assert f"bundle file {copy / 'model.fp16.onnx'} cannot be read by this account: Permission denied" in message
+    assert f"chmod -R a+rX {copy}" in message and "umask" in message

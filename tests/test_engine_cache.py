@@ -172,3 +172,76 @@ def test_the_entrypoint_reports_a_format_1_bundle_and_any_unexpected_error_witho
     assert code == 1 and err.out == "" and "Traceback" not in err.err
     assert "error: engine cache" in err.err and "KeyError" in err.err and "optimization_profile" in err.err
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []   # no staging left
+
+
+def _with_timing_cache(src: Path, root: Path) -> Path:
+    """A copy of bundle ``src`` that carries a timing.cache of another GPU among its checksummed files, as a
+    --no-engine rebuild over a bundle with an engine kept it (before that was fixed)."""
+    import shutil
+
+    from fair_edge.export.bundle import write_manifest
+
+    shutil.copytree(src, root)
+    (root / "timing.cache").write_bytes(b"timings of NVIDIA GeForce RTX 4090")
+    data = json.loads((root / MANIFEST).read_text())
+    for key in ("files", "format", "format_version"):
+        data.pop(key)
+    write_manifest(root, data)
+    return root
+
+
+def test_the_source_bundles_timing_cache_is_never_used(sources, tmp_path):
+    """The device engine is built with the cache volume's own timing cache (none on a first start), never with one the
+    source bundle carries: TensorRT refuses a cache made on another GPU."""
+    src = _with_timing_cache(sources["fp16"], tmp_path / "src")
+    assert "timing.cache" in load_bundle(src).files
+    build = Builder()
+    first = device_bundle(src, tmp_path / "cache", ORIN, build)
+    assert build.calls == [("model.fp16.onnx", 4, False)]    # no timing cache when the engine was built
+    assert (first.bundle / "timing.cache").read_bytes() == b"timings" and load_bundle(first.bundle, ORIN)
+
+
+def test_a_device_bundle_has_the_modes_of_the_umask(sources, tmp_path):
+    """The device bundle's folder (mkdtemp: 0700) and the files written for it get the umask's modes, so the station's
+    service account reads what the entrypoint (maybe another account) cached."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        entry = device_bundle(sources["int8"], tmp_path / "cache", ORIN, Builder()).bundle
+    finally:
+        os.umask(old)
+    assert (entry.stat().st_mode & 0o777) == 0o755
+    for name in ("model.engine", "timing.cache", MANIFEST):
+        assert ((entry / name).stat().st_mode & 0o777) == 0o644, name
+
+
+def test_the_entrypoint_words_an_os_error_by_where_its_file_lies(sources, tmp_path, capsys, monkeypatch):
+    """An unreadable file of the source bundle (built by another account) is named with the permissions fix, not
+    blamed on the cache volume; an unwritable cache volume still says to mount a writable one."""
+    import tempfile
+
+    import fair_edge.export.engine_cache as engine_cache
+    import fair_edge.export.tensorrt as tensorrt
+
+    monkeypatch.setattr(tensorrt, "current_target", lambda: ORIN)
+    monkeypatch.setattr(engine_cache, "tensorrt_builder", Builder())
+
+    def unreadable(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_cache, "_link_or_copy", unreadable)
+        code = main(["--bundle", str(sources["int8"]), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read {sources['int8']}/" in err and "of the bundle" in err, err
+    assert f"chmod -R a+rX {sources['int8']}" in err and "Mount a writable volume" not in err
+
+    def read_only(prefix=None, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(dir) / f"{prefix}xyz"))
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", read_only)
+        code = main(["--bundle", str(sources["int8"]), "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"engine cache {tmp_path / 'cache'}" in err and "Mount a writable volume" in err, err

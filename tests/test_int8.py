@@ -125,3 +125,20 @@ def test_compare_precisions_reports_auroc_delta_and_correlation(int8):
 def test_int8_settings_validate():
     with pytest.raises(ConfigError, match="entropy, percentile, max"):
         Int8Settings(method="minmax")
+
+
+def test_a_damaged_cache_with_its_key_is_calibrated_again(int8, tmp_path, caplog):
+    """A cache whose key file matches but which does not parse (a disk error, an interrupted copy) is deleted and the
+    ranges calibrated again, with a warning; before, ORT failed on it, and on every rebuild."""
+    from fair_edge.calibration.int8 import cache_key
+
+    cache = tmp_path / "calib.json"
+    (tmp_path / "calib.json.key").write_text(cache_key(int8["fp32"], int8["settings"], int8["calib"]) + "\n")
+    cache.write_text('{"calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.Perc')
+    calls = []
+    with caplog.at_level("WARNING", logger="fair_edge.calibration.int8"):
+        reused = quantize_int8(int8["fp32"], tmp_path / "again.onnx", int8["calib"], SCOPE, int8["settings"], cache,
+                               on_image=lambda: calls.append(1))
+    assert reused is False and len(calls) == 16 and "does not parse" in caplog.text
+    assert (tmp_path / "again.onnx").read_bytes() == int8["int8"].read_bytes()   # the same ranges, calibrated again
+    assert quantize_int8(int8["fp32"], tmp_path / "again.onnx", int8["calib"], SCOPE, int8["settings"], cache) is True

@@ -275,3 +275,61 @@ def test_a_station_batch_over_the_engine_limit_is_split_into_engine_batches(fake
     expected = preprocess_frames(frames, MODEL)["highpass"].reshape(10, -1).max(axis=1)   # the fake's score
     assert maps.shape == (10, 32, 32) and scores.shape == (10,)
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def _timing_caches_per_gpu(fake, monkeypatch) -> dict:
+    """Make the fake's timing caches follow TensorRT's documented rule (``IBuilderConfig.set_timing_cache``: "A failure
+    will be reported if the CUDA device property in the provided cache is different from current environment"): a cache
+    remembers the GPU that made it and is refused, False, on another. Returns {"gpu": name}: change it to move GPUs."""
+    gpu = {"gpu": "NVIDIA GeForce RTX 4090"}
+
+    class Cache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data or f"timings of {gpu['gpu']}".encode()
+
+        def serialize(self) -> bytes:
+            return self.data
+
+    def create_timing_cache(self, data):
+        fake.calls.append(("timing_in", bytes(data)))
+        self.cache = Cache(bytes(data))
+        return self.cache
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        return bool(ignore_mismatch) or cache.data == f"timings of {gpu['gpu']}".encode()
+
+    config = type(fake.Builder(None).create_builder_config())
+    monkeypatch.setattr(config, "create_timing_cache", create_timing_cache)
+    monkeypatch.setattr(config, "set_timing_cache", set_timing_cache)
+    monkeypatch.setattr(config, "get_timing_cache", lambda self: self.cache)
+    return gpu
+
+
+def test_a_timing_cache_of_another_gpu_is_replaced_not_an_error(fake_trt, tiny_ckpt_path, tmp_path, monkeypatch,
+                                                                 caplog):
+    """A bundle built with its engine on one GPU, rebuilt (the command its refusal prints) on another: TensorRT refuses
+    the kept timing cache, and the build goes on with a new one (a warning) instead of failing every time on a file
+    of the removed staging folder."""
+    fake = fake_trt()
+    gpu = _timing_caches_per_gpu(fake, monkeypatch)
+    ckpt, out = load_checkpoint(tiny_ckpt_path), tmp_path / "b"
+    build_bundle(ckpt, out, BuildOptions("fp32"))
+    assert (out / "timing.cache").read_bytes() == b"timings of NVIDIA GeForce RTX 4090"
+    gpu["gpu"] = "Orin"
+    fake.calls.clear()
+    with caplog.at_level("WARNING", logger="fair_edge.export.tensorrt"):
+        result = build_bundle(ckpt, out, BuildOptions("fp32"))
+    assert result.engine_built and "refused the timing cache" in caplog.text and "another GPU" in caplog.text
+    assert [c for c in fake.calls if c[0] == "timing_in"] == [("timing_in", b"timings of NVIDIA GeForce RTX 4090"),
+                                                              ("timing_in", b"")]
+    assert load_bundle(out).engine.timing_cache.read_bytes() == b"timings of Orin"   # replaced by this GPU's
+
+
+def test_a_no_engine_rebuild_does_not_keep_the_timing_cache(fake_trt, tiny_ckpt_path, tmp_path):
+    """docs/jetson.md: the workstation rebuilds with --no-engine into the same --out; the workstation GPU's timing cache
+    is not carried into that bundle (the Jetson's engine build would only be refused it)."""
+    fake_trt()
+    ckpt, out = load_checkpoint(tiny_ckpt_path), tmp_path / "b"
+    assert build_bundle(ckpt, out, BuildOptions("fp32")).engine_built and (out / "timing.cache").is_file()
+    b = build_bundle(ckpt, out, BuildOptions("fp32", engine=False)).bundle
+    assert b.engine is None and "timing.cache" not in b.files and not (out / "timing.cache").exists()
