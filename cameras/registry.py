@@ -41,12 +41,32 @@ def _csi(target: str, *, width: int = 1920, height: int = 1080, fps: float = 30,
     return GStreamerSource(pipeline, fps=fps, name=name or f"csi:{int(target)}")
 
 
+GENTL_PATH = "GENICAM_GENTL64_PATH"   # the GenTL standard's variable: folders holding producers (.cti), os.pathsep
+
+
+def gentl_producer(environ: dict[str, str] | None = None) -> Path:
+    """The GenTL producer (.cti) a ``genicam:`` spec without ``cti`` uses: the one ``.cti`` file in the folders
+    of ``$GENICAM_GENTL64_PATH``, which camera SDK installers set (the GenTL standard's way to find producers;
+    a station file and the command line both reach it, a systemd unit through ``install-service --env``).
+    ConfigError naming the variable, what it holds and the fix when it finds none or several."""
+    value = (os.environ if environ is None else environ).get(GENTL_PATH, "")
+    folders = [Path(f) for f in value.split(os.pathsep) if f]
+    found = sorted({p for f in folders if f.is_dir() for p in f.glob("*.cti") if p.is_file()})
+    fix = (f"set {GENTL_PATH} to the folder of your camera SDK's GenTL producer, e.g. "
+           f"{GENTL_PATH}=/opt/pylon/lib/gentlproducer/gtl (for a service: fair-edge install-service ... "
+           f"--env {GENTL_PATH}=DIR), or pass cti=PATH where the source is opened in code")
+    if len(found) == 1:
+        return found[0]
+    what = (f"found {len(found)}: {', '.join(map(str, found))}" if found else
+            f"found none in {value!r}" if value else "it is not set")
+    raise ConfigError(f"genicam source: expected one GenTL producer (.cti) in the folders of {GENTL_PATH}; "
+                      f"{what}; {fix}")
+
+
 def _genicam(target: str, *, cti: str | Path | None = None, index: int = 0, timeout_s: float = 2.0,
              fps: float | None = None, name: str | None = None) -> GenICamSource:
-    if cti is None:
-        raise ConfigError("genicam source: option cti is missing; expected the path of your camera "
-                          "SDK's GenTL producer, e.g. cti=/opt/pylon/lib/gentlproducer/gtl/ProducerU3V.cti")
-    return GenICamSource(cti, serial=target or None, index=index, timeout_s=timeout_s, fps=fps, name=name)
+    return GenICamSource(gentl_producer() if cti is None else cti, serial=target or None, index=index,
+                         timeout_s=timeout_s, fps=fps, name=name)
 
 
 def _line(target: str, **opts: object) -> LineSource:

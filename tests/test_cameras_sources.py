@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -132,8 +133,26 @@ def test_genicam_without_harvesters_names_the_package_and_cti(tmp_path, monkeypa
     assert isinstance(parse_source("genicam:", cti=cti), GenICamSource)
 
 
-def test_genicam_spec_without_cti_is_a_config_error():
-    with pytest.raises(ConfigError, match="cti"):
+def test_genicam_spec_without_cti_finds_the_producer_the_sdk_put_on_the_gentl_path(tmp_path, monkeypatch):
+    """A station file or --camera cannot carry cti=, so `genicam:SERIAL` takes the one .cti in the folders of
+    GENICAM_GENTL64_PATH (set by camera SDKs). Before, every documented genicam: spec failed at start asking for
+    a cti= option no command or station file could give. None or several: a ConfigError naming the variable."""
+    from fair_edge.cameras.registry import GENTL_PATH
+
+    sdk, other = tmp_path / "sdk", tmp_path / "other"
+    sdk.mkdir(), other.mkdir()
+    monkeypatch.delenv(GENTL_PATH, raising=False)
+    with pytest.raises(ConfigError, match=f"{GENTL_PATH}.*it is not set"):
+        parse_source("genicam:12345678")
+    monkeypatch.setenv(GENTL_PATH, f"{tmp_path / 'gone'}{os.pathsep}{other}")
+    with pytest.raises(ConfigError, match="found none in"):
+        parse_source("genicam:12345678")
+    (sdk / "ProducerGEV.cti").write_bytes(b"")
+    monkeypatch.setenv(GENTL_PATH, f"{other}{os.pathsep}{sdk}")
+    source = parse_source("genicam:12345678")
+    assert isinstance(source, GenICamSource) and source.cti == sdk / "ProducerGEV.cti" and source.serial == "12345678"
+    (other / "ProducerU3V.cti").write_bytes(b"")
+    with pytest.raises(ConfigError, match="found 2: .*ProducerU3V.cti"):
         parse_source("genicam:12345678")
 
 

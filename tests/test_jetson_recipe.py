@@ -141,3 +141,14 @@ def test_entrypoint_runs_another_command_as_given(tmp_path):
     tools = fake_tools(tmp_path)
     result = entrypoint(["fair-edge", "bench", "/bundle"], tools["env"])
     assert result.returncode == 0 and tools["log"].read_text().splitlines() == ["fair-edge bench /bundle"]
+
+
+def test_numpy_stays_below_2_beside_ubuntus_opencv():
+    """Ubuntu's python3-opencv (apt, for GStreamer) is built against NumPy 1.x and fails to import under NumPy 2,
+    which an unpinned `numpy>=1.24` installs: every numpy the recipe and the native install ask pip for caps at <2."""
+    steps = dockerfile_instructions((RECIPE / "Dockerfile").read_text())
+    assert any("python3-opencv" in arg for word, arg in steps if word == "RUN")
+    pip_numpy = [spec for word, arg in steps if word == "RUN" for spec in re.findall(r'"(numpy[^"]*)"', arg)]
+    native = re.findall(r'venv/bin/pip install[^\n]*', (ROOT / "docs" / "jetson.md").read_text())
+    assert pip_numpy and all("<2" in spec for spec in pip_numpy), pip_numpy
+    assert any('"numpy<2"' in line and "fair-edge" in line for line in native), native

@@ -239,7 +239,7 @@ def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
     verdicts = [json.loads(v) for v in (tmp_path / "station" / "verdicts.jsonl").read_text().splitlines()]
     assert summary["inspected"] == len(verdicts) == 6 and summary["inference_errors"] == 0
     assert sum(v["ng"] for v in verdicts) >= 5
-    r = invoke("fuse", tmp_path / "bundle--fp16", tmp_path / "bundle--int8", "--normal", mvtec_dir / "test" / "good",
+    r = invoke("fuse", tmp_path / "bundle--fp16", tmp_path / "bundle--int8", "--normal", mvtec_dir,   # its test/good
                "--out", tmp_path / "fused")
     assert r.exit_code == 0 and "m1: m1: PatchCore on efficientnet_lite0" in r.output, r.output
     r = invoke("bench", "--synthetic-model", "patchcore", "--image-size", 32, "--frames", "64x48", "--batches", 1,

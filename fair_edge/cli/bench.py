@@ -90,7 +90,7 @@ def bench(
     warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
     mode: str = typer.Option("loop", help="loop (camera thread -> Inspector), compute (pre-process + infer "
                              "on ready batches), both, stages (CPU path: ms per frame of copy, resize, "
-                             "high-pass (fft and separable), inference, scoring, decision), or cameras (per "
+                             "high-pass (fft and separable), inference, scoring, decision, regions), or cameras (per "
                              "--cameras count N: one cell of N cameras on one model, frames batched across "
                              "cameras, against N single-camera stations with a model copy each, threads of "
                              "one process; --batches and --baseline are not used)."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,18 +20,21 @@ def fuse(
     bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings; "
                                          "their maps must cover the same part of the frame: the same --roi at "
                                          "training, or none)."),
-    normal: Path = typer.Option(..., "--normal", help="Held-out normal images: each model's score statistics and "
-                                "the fused threshold."),
+    normal: str = typer.Option(..., "--normal", help="Held-out normal images: each model's score statistics and "
+                               "the fused threshold. A folder, or a dataset `train` takes (its held-out normal "
+                               "test images), as for `build --normal`."),
+    category: Optional[str] = typer.Option(None, "--category", help="Product inside a VisA CSV or an MVTec root "
+                                           "given as --normal."),
     out: Path = typer.Option(Path("runs/fused"), help="Output folder (members are copied into it)."),
     rule: str = typer.Option("mean", help=f"How normalised maps combine: {', '.join(RULES)}."),
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, help="Target false-reject rate of the threshold."),
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
 ) -> None:
     """Fuse several bundles: each model's map is normalised by its own normal scores, then combined."""
-    from fair_edge.training.data import list_images, read_image
+    from fair_edge.training.data import images_for, read_image
     from fair_edge.runtime.fusion import build_fused_bundle
 
-    frames = [read_image(p) for p in list_images(normal)]
+    frames = [read_image(p) for p in images_for(normal, "normal", category)]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
         console.print(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")

@@ -20,7 +20,7 @@ from fair_edge.station.views import GROUP_BY, MATCH_MODES
 
 # section -> comment naming the allowed values (constants imported, not written again)
 SECTION_NOTES = {
-    "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:; "
+    "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:, aravis:; "
               f"full_policy: {' | '.join(FULL_POLICIES)}",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),

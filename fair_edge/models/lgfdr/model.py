@@ -32,9 +32,9 @@ from fair_edge.models.kernels import GaussianBlur
 @dataclass(frozen=True)
 class LgfdrSettings:
     """backbone: the frozen ImageNet backbone (``backbones.BACKBONES``). hidden: channels inside both towers.
-    heads / layers: attention heads and layers of the global tower (4 layers won on eight of nine development
-    products but lost on ELPV poly, so the default stays 2: BENCHMARKS.md; checkpoints keep the layers they were
-    fitted with). noise_std: Gaussian feature noise in training, in units of each channel's standard deviation
+    heads: attention heads of the global tower; hidden must divide by it. layers: transformer layers of the
+    global tower (4 won on eight of nine development products but lost on ELPV poly, so the default stays 2:
+    BENCHMARKS.md; checkpoints keep the layers they were fitted with). noise_std: Gaussian feature noise in training, in units of each channel's standard deviation
     over the training images. smooth_sigma: Gaussian smoothing of the map, in pixels."""
 
     backbone: str = "efficientnet_lite0"
