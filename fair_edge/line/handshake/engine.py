@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off: first, most
 FINISH_S = 2.0            # finish(): most time to answer and get acks for the parts still open
+RESULT_REST_POLLS = 2     # after a result is acked or withdrawn, results_ready is 0 for this many polls (counted, not
+                          # timed: a poll late or early never shortens the rest the PLC sees)
 HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
                       "expired", "overruns", "withdrawn", "io_errors", "device_errors", "reconnects",
                       "stale_frames", "stale_acks")
@@ -108,7 +110,7 @@ class Handshake:
         self._by_seq: dict[int, Ticket] = {}
         self._triggers: queue.Queue[Ticket] = queue.Queue(maxsize=settings.max_parts)
         self._up: Ticket | None = None       # the result now up (results_ready = 1)
-        self._next_result = 0.0              # no result is written before this (monotonic s)
+        self._rest_polls = 0                 # polls results_ready still stays 0 before the next result is written
         self._station_fault: str | None = None
         self._latched = ERROR_NONE
         self._inspecting = False             # set by begin(): the station is running
@@ -259,8 +261,11 @@ class Handshake:
             self._check_ack(bool(inputs[ACK]), now)
         elif inputs[ACK]:
             self._clear_stale_ack()
-        if self._up is None and now >= self._next_result:
-            self._write_next(now)
+        if self._up is None:
+            if self._rest_polls:
+                self._rest_polls -= 1
+            if not self._rest_polls:
+                self._write_next(now)
         if now >= self._next_beat:
             self._heartbeat = (self._heartbeat + 1) % HEARTBEAT_MODULUS
             self.link.write([(HEARTBEAT, self._heartbeat)])
@@ -297,7 +302,7 @@ class Handshake:
         up = self._up
         if ack:
             self.link.write([(ACK, 0), (RESULTS_READY, 0)])
-            self._next_result = now + 2 * self._poll_s   # results_ready stays 0 for 2 polls at least
+            self._rest_polls = RESULT_REST_POLLS   # results_ready stays 0 for 2 polls at least
             self._counters.add("acked")
             self._up = None
             if self._latched in (ERROR_ACK_TIMEOUT, ERROR_RESULT_TIMEOUT, ERROR_TRIGGER_OVERRUN):
@@ -309,7 +314,7 @@ class Handshake:
             self._fail(ERROR_ACK_TIMEOUT, f"part {up.part_id}: no ack within {self.settings.ack_timeout_ms:g} ms "
                                           f"(reject.handshake.ack_timeout_ms); result withdrawn")
             self.link.write([(ACK, 0), (RESULTS_READY, 0)])   # a late ack for it then rises from 0: stale
-            self._next_result = now + 2 * self._poll_s
+            self._rest_polls = RESULT_REST_POLLS
             self._up = None
 
     def _clear_stale_ack(self) -> None:
