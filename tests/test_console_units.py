@@ -992,3 +992,24 @@ def test_collect_from_a_folder_counts_the_files_the_replay_skips_as_unreadable(t
     text = " ".join(result.output.split())
     assert "read 3 frames and 2 unreadable files: saved 3," in text and "2 unreadable ->" in text, text
     assert len(list((tmp_path / "train").glob("*.png"))) == 3
+
+
+def test_applying_a_threshold_keeps_the_station_files_mode_and_its_symlink(tmp_path):
+    """A station file kept 0600 because it holds console.token became 0644 (readable by every local account) after
+    an operator applied a threshold, and a symlinked station file was replaced by a plain file while its target kept
+    the old threshold. Now the mode is kept and the link's target is written."""
+    import os
+    import stat
+
+    from fair_edge.station.config import load_station
+
+    real = tmp_path / "managed" / "station.yaml"
+    real.parent.mkdir()
+    real.write_text("bundle: b\nconsole: {token: secret-token-123}\n")
+    real.chmod(0o600)
+    link = tmp_path / "station.yaml"
+    link.symlink_to(real)
+    write_station_threshold(link, 0.25, load_station)
+    assert link.is_symlink() and stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    assert load_station(real).threshold == 0.25
+    assert sorted(p.name for p in real.parent.iterdir()) == ["station.yaml"]   # no .tmp left behind

@@ -55,3 +55,21 @@ def test_bad_target_is_refused():
     nvrtc_build = _nvrtc_or_skip()
     with pytest.raises(KernelError, match="sm_90"):
         nvrtc_build.compile_source("", "x.cu", "hopper")
+
+
+def test_a_damaged_cache_entry_is_compiled_again_never_handed_to_the_driver(tmp_path, monkeypatch):
+    """The cache used any non-empty entry: a torn write's bytes went to cuModuleLoadData on every start (the GPU
+    pre-processing then fell back to the CPU until someone deleted the cache). Each entry now carries its binary's
+    SHA-256; one that fails it is compiled again and replaced. NVRTC is faked: this is the cache, not the compiler."""
+    from fair_edge.runtime import nvrtc_build
+
+    monkeypatch.setenv("FAIR_EDGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(nvrtc_build, "nvrtc_version", lambda: (12, 6))
+    compiled: list[str] = []
+    monkeypatch.setattr(nvrtc_build, "compile_source", lambda source, *rest: compiled.append(source) or b"\x7fELF ok")
+    assert nvrtc_build.cached_compile("src", "k.cu", "sm_87") == b"\x7fELF ok" and len(compiled) == 1
+    assert nvrtc_build.cached_compile("src", "k.cu", "sm_87") == b"\x7fELF ok" and len(compiled) == 1   # cached
+    (entry,) = tmp_path.rglob("*.cubin")
+    entry.write_bytes(entry.read_bytes()[:-2] + b"??")                                              # torn / damaged
+    assert nvrtc_build.cached_compile("src", "k.cu", "sm_87") == b"\x7fELF ok" and len(compiled) == 2
+    assert nvrtc_build.cached_compile("src", "k.cu", "sm_87") == b"\x7fELF ok" and len(compiled) == 2   # replaced

@@ -15,11 +15,13 @@ bundle's calibration distribution (held-out normals) is shown beside it for that
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import yaml
@@ -81,7 +83,8 @@ def check_threshold(value) -> float:
 
 def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any], camera: str = "") -> None:
     """Set ``decision.threshold`` in the station file, or with ``camera`` that camera's ``cameras[].threshold``
-    (atomic replace, fsync'd; YAML comments are not kept). The result is read back through ``load_station``
+    (atomic replace, fsync'd, keeping the file's mode and owner, through a symlink to its target; YAML comments
+    are not kept). The result is read back through ``load_station``
     (the station loader, ``station.config.load_station``, handed in: it raises ConfigError for a file that would
     not load), so a file that would not load is never left behind. Every failure (a file that cannot be read or
     written, is not valid YAML, or is not a station file's mapping) is a ConfigError naming the file and the fix,
@@ -104,14 +107,12 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
             raise ConfigError(f"{path}: decision: expected a mapping, found {type(decision).__name__}; fix the "
                               "station file, then apply the threshold again (it was not changed)")
         data["decision"] = {**decision, "threshold": float(value)}
-    tmp = path.with_name(path.name + ".tmp")
+    target = path.resolve()   # a symlinked station file: its target is rewritten, the link stays
+    tmp = target.with_name(target.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_like(target, tmp, lambda f: yaml.safe_dump(data, f, sort_keys=False))
         load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except ConfigError as exc:   # named as the operator knows it: the station file, not its .tmp copy
         raise ConfigError(f"{str(exc).replace(str(tmp), str(path))}; fix the station file, then apply the "
                           "threshold again (it was not changed)") from exc
@@ -120,6 +121,22 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
                           "folder writable, then apply the threshold again (it was not changed)") from exc
     finally:
         tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load or was half written
+
+
+def _write_like(original: Path, tmp: Path, write: Callable[[IO[str]], object]) -> None:
+    """Write ``tmp`` (by ``write(file)``, flushed and fsynced) with ``original``'s mode and, where this account may,
+    its owner: a station file kept 0600 because it holds ``console.token`` stays so. ``tmp`` must not exist yet
+    (O_EXCL: a leftover or planted link there is refused, not followed)."""
+    st = original.stat()
+    tmp.unlink(missing_ok=True)   # a leftover of a write that died; O_EXCL below refuses anything put back
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        with contextlib.suppress(PermissionError):   # only root may give a file away; the mode is what matters
+            os.fchown(fd, st.st_uid, st.st_gid)
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _station_data(path: Path) -> dict:

@@ -9,6 +9,7 @@ CUDA minor-version compatibility), ``compute_XX`` gives PTX (portable, JIT-compi
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from fair_edge.errors import KernelError
 from fair_edge.export.cuda_api import check, import_cuda
+
+log = logging.getLogger(__name__)
 
 TARGET = re.compile(r"^(sm|compute)_\d{2,3}[af]?$")
 
@@ -69,15 +72,26 @@ def _program_log(nvrtc, prog) -> str:
     return log.decode(errors="replace").rstrip("\x00 \n")
 
 
+CACHE_DIGEST = 32   # bytes of SHA-256 in front of each cached binary: an entry whose digest fails is compiled again
+
+
 def cached_compile(source: str, name: str, target: str, options: tuple[str, ...] = ()) -> bytes:
-    """``compile_source`` through the disk cache (atomic writes; a corrupt entry is just recompiled)."""
+    """``compile_source`` through the disk cache. An entry is the binary's SHA-256 followed by the binary, written
+    to a temporary file, fsynced and renamed into place; one whose digest does not match (a torn write, a disk
+    error, an entry of an older layout) is compiled again and replaced, never handed to the driver."""
     key = hashlib.sha256("\0".join([source, target, *options, repr(nvrtc_version())]).encode()).hexdigest()
     path = cache_dir() / f"{Path(name).stem}-{target}-{key[:24]}.{'cubin' if target.startswith('sm_') else 'ptx'}"
-    if path.is_file() and path.stat().st_size > 0:
-        return path.read_bytes()
+    cached = path.read_bytes() if path.is_file() else b""
+    digest, binary = cached[:CACHE_DIGEST], cached[CACHE_DIGEST:]
+    if binary and hashlib.sha256(binary).digest() == digest:
+        return binary
+    if cached:
+        log.warning("kernel cache entry %s is damaged (its checksum fails); compiling the kernel again", path)
     binary = compile_source(source, name, target, options)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-        tmp.write(binary)
+        tmp.write(hashlib.sha256(binary).digest() + binary)
+        tmp.flush()
+        os.fsync(tmp.fileno())
     os.replace(tmp.name, path)
     return binary
