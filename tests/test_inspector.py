@@ -310,6 +310,59 @@ def test_a_pending_change_replaced_before_it_ran_is_closed_when_nothing_holds_it
     assert closed == ["p"] and idle.switch.pending.scorer is q   # the change still waiting keeps its scorer
 
 
+class IdleCapture:
+    """A camera on a line at rest: no frame ever comes (``get`` times out). At its ``snapshot_at``-th call (the loop's
+    next iteration, before the run's end closes anything) it calls ``snapshot`` and sets ``stop``."""
+
+    def __init__(self, stop: threading.Event, snapshot, snapshot_at: int = 2) -> None:
+        self.stop_event, self.snapshot, self.snapshot_at, self.calls = stop, snapshot, snapshot_at, 0
+
+    def get(self, timeout=None):
+        import queue
+
+        self.calls += 1
+        if self.calls == self.snapshot_at:
+            self.snapshot()
+            self.stop_event.set()
+        raise queue.Empty
+
+    def stop(self) -> None:
+        pass
+
+    def stats(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(frames_in=0, dropped_queue_full=0, frames_lost_estimate=0)
+
+
+def test_swaps_on_a_line_at_rest_close_the_replaced_models_at_the_next_idle_iteration(monkeypatch):
+    """Ten swaps while no frame comes (console swaps, SIGHUPs on a stopped belt): each replaced pending change's
+    scorer is closed at the loop's next idle iteration, not kept open until a batch comes; the change still waiting
+    (and the scorer running) stay open. With nothing replaced, an idle iteration calls nothing of the swap's module
+    (runtime/hotswap.py stays off the loop's idle and frame path)."""
+    from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
+
+    closed: list[str] = []
+    running = NamedScorer("a", closed)
+    loaded = [NamedScorer(f"s{i}", closed) for i in range(10)]
+    stop = threading.Event()
+    seen: list[list[str]] = []
+    inspector = Inspector(IdleCapture(stop, lambda: seen.append(list(closed))), running, 1.0)
+    for i, scorer in enumerate(loaded):
+        inspector.switch.request(ModelChange(scorer=scorer, model=f"s{i}"))
+    inspector.run(stop)
+    assert seen == [[f"s{i}" for i in range(9)]], seen   # closed at the first idle iteration, before the run ended
+    assert not running.backend.is_closed and inspector.switch.pending.scorer is loaded[9]
+    assert not loaded[9].backend.is_closed and inspector.switch.parked == 0
+
+    calls: list[str] = []
+    monkeypatch.setattr(ModelSwitch, "take_replaced", lambda self: calls.append("take_replaced") or [])
+    stop = threading.Event()
+    quiet = Inspector(IdleCapture(stop, lambda: seen.append(list(calls)), snapshot_at=3), NamedScorer("b", closed), 1.0)
+    quiet.run(stop)
+    assert seen[-1] == []   # two idle iterations with nothing parked: no call into the swap's module
+
+
 class EndedCapture:
     """A capture whose stream has already ended: the loop stops before any batch."""
 

@@ -38,7 +38,7 @@ from fair_edge.bench.run import (BenchError, BenchReport, CountedPreprocess, bun
                                  environment, label, settings_dict, warm)
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cameras.mux import CaptureMux
-from fair_edge.runtime.backends import BundleScorer
+from fair_edge.runtime.backends import BundleScorer, close_scorer
 from fair_edge.runtime.pytorch import TorchBackend
 from fair_edge.runtime.selection import BackendOptions, select_backend
 from fair_edge.station.inspector import Inspector, LoopSettings, RunSummary, ViewDecider, exact_percentiles
@@ -254,7 +254,7 @@ def load_copies(bundle, settings: BenchSettings, count: int) -> list[BundleScore
             scorers.append(replace(select_backend(bundle, backend_key(scorers[0]), options), reason=scorers[0].reason))
     except BaseException:
         for scorer in scorers:
-            scorer.backend.close()
+            close_scorer(scorer)
         raise
     return scorers
 

@@ -21,7 +21,8 @@ from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
-from fair_edge.runtime.hotswap import ModelChange, retire
+from fair_edge.runtime.backends import close_scorer
+from fair_edge.runtime.hotswap import ModelChange
 from fair_edge.fields import is_int, require
 from fair_edge.line.recorder import ng_image_path
 from fair_edge.records import Verdict
@@ -355,7 +356,7 @@ class StationActions:
                 changes.update(self.links.load_views(bundle, cameras, thresholds))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             for scorer in {id(c.scorer): c.scorer for c in changes.values() if c.scorer is not None}.values():
-                retire(scorer)   # the bundles loaded before the failure: no camera runs them
+                close_scorer(scorer)   # the bundles loaded before the failure: no camera runs them
             self._swap_failed(", ".join(str(b) for b in plan), exc)
             return
         for camera, change in changes.items():

@@ -85,6 +85,7 @@ class LinePlan:
 def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarray]) -> dict:
     """Time the station's inspection (pre-process + inference + decision) of each image, one at a
     time, with the station's own Inspector and backend; the first call is not timed."""
+    from fair_edge.runtime.backends import close_scorer
     from fair_edge.runtime.selection import select_backend
     from fair_edge.export.bundle import load_bundle
     from fair_edge.station.inspector import Inspector
@@ -99,7 +100,7 @@ def measure_inspection_ms(bundle_root: Path, backend: str, images: list[np.ndarr
             inspector.inspect([Frame(i, time.monotonic(), image)])
             times.append((time.perf_counter() - t0) * 1000.0)
     finally:
-        scorer.backend.close()
+        close_scorer(scorer)
     t = np.asarray(times[1:] or times)
     return {"n": int(t.size), "p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)),
             "mean": float(t.mean())}

@@ -12,6 +12,7 @@ and OpenVINO (``openvino``) each have a module, and ``selection.select_backend``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -26,6 +27,8 @@ from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, OUTPUT_NAMES, SCORE
 from fair_edge.preprocess import CpuPipeline, ModelInputs, PreprocessConfig
 from fair_edge.tiling import FrameTiler
+
+log = logging.getLogger(__name__)
 
 Preprocess = Callable[[list[np.ndarray]], "dict[str, torch.Tensor | np.ndarray]"]
 
@@ -198,3 +201,21 @@ def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
     if bundle.cpu_onnx_path is not None:
         return bundle.cpu_onnx_path, bundle.cpu_threshold, "int8 CPU graph"
     return bundle.onnx_path, None, f"{bundle.precision} graph"
+
+
+def close_scorer(scorer: FrameScorer) -> None:
+    """Close what a model that is no longer used holds (after a swap, a pending one replaced before it ran, a load
+    that failed, the station's exit): its backend, then its pre-processing where that has a ``close`` (the fused
+    GPU kernel: its CUDA module, staging buffer and context retain). Each failing close is logged, never raised,
+    and does not keep the other from closing. Safe to call twice on one scorer."""
+    _close(scorer.backend, "backend")
+    preprocess = getattr(scorer, "preprocess", None)   # a fused scorer has none: its members close with its backend
+    if callable(getattr(preprocess, "close", None)):
+        _close(preprocess, "pre-processing")
+
+
+def _close(part, what: str) -> None:
+    try:
+        part.close()
+    except Exception:  # noqa: BLE001 - see close_scorer's docstring
+        log.exception("closing the %s (%s) of a model no longer used failed", what, type(part).__name__)

@@ -40,6 +40,7 @@ import numpy as np
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.runtime.backends import close_scorer
 
 log = logging.getLogger(__name__)
 FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, "fusion.json"
@@ -225,7 +226,7 @@ def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int 
         _check_one_grid(bundle, frames, maps)
         return np.stack(maps), FittedOn.of(scorer)
     finally:
-        scorer.backend.close()
+        close_scorer(scorer)
 
 
 def _check_one_grid(bundle, frames: Sequence[np.ndarray], maps: list[np.ndarray]) -> None:
@@ -318,8 +319,11 @@ class _Members:
         self.scorers = scorers
 
     def close(self) -> None:
+        """Close each member's backend, then its pre-processing where that has a ``close`` (a GPU member's fused
+        kernel: its device buffer and CUDA module), with ``runtime.backends.close_scorer``, which calls this for a
+        fused scorer. A failing close is logged and does not keep the other members open."""
         for scorer in self.scorers:
-            scorer.backend.close()
+            close_scorer(scorer)
 
 
 class FusedScorer:

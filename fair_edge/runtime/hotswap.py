@@ -7,11 +7,12 @@ calls ``take()``, so a batch that is already being inferred finishes on the old
 model and the next one uses the new; capture never pauses. Every verdict carries the id of the model
 that decided it (``Verdict.model``).
 
-Closing: a backend is closed only when nothing can run it any more. A request that replaces a change still
-waiting does not close that change's scorer: in a cell the cameras of one bundle share one scorer, and another
-camera's pending change may hold it while the line is idle (changes are taken only when a batch arrives). The
-replaced scorer waits in its switch (``take_replaced``) until the loop, which sees every camera's switch, retires
-the scorers that no camera runs and no pending change holds (``retire_unused``).
+Closing: a model's backend and its pre-processing (``runtime.backends.close_scorer``) are closed only when nothing can run it any more.
+A request that replaces a change still waiting does not close that change's scorer: in a cell the cameras of one
+bundle share one scorer, and another camera's pending change may hold it (changes are taken only when a batch
+arrives). The replaced scorer waits in its switch (``parked``, ``take_replaced``) until the loop, which sees every
+camera's switch, retires the scorers that no camera runs and no pending change holds (``retire_unused``): at the
+next batch, or on the next idle loop iteration while the line is at rest.
 
 Model id: the first 12 hex digits of a SHA-256 over the bundle's file checksums (the files
 listed in bundle.json, which include the weights and graphs), so a rebuilt bundle gets a new id
@@ -83,6 +84,9 @@ class ModelSwitch:
         # written under the lock; the loop reads it without (a stale None only waits a batch)
         self.pending: ModelChange | None = None
         self._replaced: list[FrameScorer] = []   # scorers of changes replaced before they ran (shared only)
+        # how many wait in _replaced, written under the lock; the loop reads it without, on idle iterations only
+        # (a plain attribute, no call into this module: a stale 0 only waits an iteration)
+        self.parked = 0
 
     def request(self, change: ModelChange) -> None:
         with self._lock:
@@ -90,8 +94,11 @@ class ModelSwitch:
             replaced = old.scorer if old is not None and change.scorer is not None else None
             if replaced is not None and self.shared:
                 self._replaced.append(replaced)
+                self.parked = len(self._replaced)
         if replaced is not None and not self.shared:
-            retire(replaced)
+            from fair_edge.runtime.backends import close_scorer   # off the frame path: swaps only
+
+            close_scorer(replaced)
 
     def take(self) -> ModelChange | None:
         """The pending change (once), or None. Called by the loop between batches."""
@@ -102,7 +109,7 @@ class ModelSwitch:
     def take_replaced(self) -> list[FrameScorer]:
         """The scorers of changes replaced before they ran (once): the loop retires those nothing holds."""
         with self._lock:
-            replaced, self._replaced = self._replaced, []
+            replaced, self._replaced, self.parked = self._replaced, [], 0
         return replaced
 
     def holds(self) -> FrameScorer | None:
@@ -120,23 +127,16 @@ def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
                        old.roi, old.model, old.bundle, old.calibration, old.grid, old.map_area)
 
 
-def retire(scorer: FrameScorer) -> None:
-    """Close the backend of a model that is no longer used (by the loop after a swap, or a pending
-    one replaced before it ran); a failing close is logged, never raised."""
-    try:
-        scorer.backend.close()
-    except Exception:  # noqa: BLE001 - see the docstring
-        log.exception("closing the replaced backend failed")
-
-
 def retire_unused(candidates: list[FrameScorer], in_use: list[FrameScorer | None]) -> list[FrameScorer]:
     """Close each of ``candidates`` (once) that is not in ``in_use`` (the scorers the cameras run and those their
     pending changes hold); returns the ones closed. Called by the loop, which sees every camera's switch."""
+    from fair_edge.runtime.backends import close_scorer   # off the frame path: swaps only
+
     held = {id(s) for s in in_use if s is not None}
     closed: list[FrameScorer] = []
     for scorer in candidates:
         if id(scorer) not in held:
             held.add(id(scorer))   # once, however often it was replaced
-            retire(scorer)
+            close_scorer(scorer)
             closed.append(scorer)
     return closed

@@ -298,9 +298,12 @@ class FusedPreprocessor:
                                           (launch.values, launch.types), 0), "cuLaunchKernel")
 
     def close(self) -> None:
-        """Free the staging buffers, unload the module, release the primary context. Safe to call twice."""
+        """Free the staging buffers, unload the module, release the primary context. Safe to call twice, from any
+        thread: the context is made current first (cuModuleUnload unloads from the current context; a thread that
+        retires a swapped-out scorer may never have run the kernel)."""
         drv = self._driver
-        calls = [("cuMemFree", lambda ptr=ptr: drv.cuMemFree(ptr)) for ptr, _ in self._buffers.values()]
+        calls = [("cuCtxSetCurrent", lambda: drv.cuCtxSetCurrent(self._ctx) if self._ctx else (0,))]
+        calls += [("cuMemFree", lambda ptr=ptr: drv.cuMemFree(ptr)) for ptr, _ in self._buffers.values()]
         calls += [("cuModuleUnload", lambda: drv.cuModuleUnload(self._module) if self._module else (0,)),
                   ("cuDevicePrimaryCtxRelease", lambda: drv.cuDevicePrimaryCtxRelease(self._device) if self._ctx else (0,))]
         for what, call in calls:

@@ -116,6 +116,12 @@ class FusedGpuPreprocessor:
     def _inputs(self, highpass: torch.Tensor, colour: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: t for name, t in ((HIGHPASS, highpass), (COLOUR, colour)) if name in self.model.input_names}
 
+    def close(self) -> None:
+        """Free the kernel's device memory (the staging buffer of up to max_batch frames: max_batch x H x W x C
+        bytes), unload its CUDA module and release its context retain (``FusedPreprocessor.close``). Called when its
+        scorer is retired (``runtime.backends.close_scorer``); safe to call twice. The outputs it returned are torch's."""
+        self.kernel.close()
+
 
 def gpu_preprocessor(bundle) -> Preprocess:
     """The fused kernel for ``bundle``'s model, or the CPU reference feeding CUDA tensors (logged)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.backends import FrameScorer
+from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
@@ -130,7 +131,7 @@ def load_change(bundle_path: Path, backend: str, roi_path: Path | None,
     try:
         return change_for(bundle, scorer, roi, threshold)
     except BaseException:
-        scorer.backend.close()
+        close_scorer(scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
         raise
 
 

@@ -33,6 +33,7 @@ from fair_edge.cameras.mux import CaptureMux
 from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
+from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import model_id
 from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.cell_console import open_cell_console
@@ -101,19 +102,20 @@ class CellModels:
             raise
 
     def close(self) -> None:
+        """Retire each loaded scorer once (``runtime.backends.close_scorer``: its backend and its pre-processing)."""
         closed = set()
         for _, scorer in self.bundles.values():
             if id(scorer) not in closed:
                 closed.add(id(scorer))
-                scorer.backend.close()
+                close_scorer(scorer)
 
     def close_swapped(self) -> None:
-        """Close backends the cameras took by hot swap (the loaded ones close with ``close``)."""
+        """Retire the scorers the cameras took by hot swap (the loaded ones close with ``close``)."""
         loaded = {id(s) for _, s in self.bundles.values()}
         for decider in self.views.values():
             if id(decider.scorer) not in loaded:
                 loaded.add(id(decider.scorer))
-                decider.scorer.backend.close()
+                close_scorer(decider.scorer)
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from fair_edge.errors import ConfigError
+from fair_edge.runtime.backends import close_scorer
 from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle, region_pixel_threshold
 from fair_edge.station.config import StationConfig, load_station, view_config
 from fair_edge.station.faults import FaultBoard
@@ -37,7 +38,7 @@ class CellLoader:
             return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi, loaded),
                                      (thresholds or {}).get(name)) for name in cameras}
         except BaseException:
-            scorer.backend.close()
+            close_scorer(scorer)
             raise
 
     def camera_bundles(self, station_file: Path | None = None) -> tuple:

@@ -454,6 +454,11 @@ class Inspector:
         if done:
             retire_unused(done, self._in_use())
 
+    def _parked(self) -> bool:
+        """Whether a camera's switch holds scorers of changes replaced before they ran (``ModelSwitch.parked``, read
+        as a plain attribute: an idle iteration calls nothing of the swap's module unless there is something)."""
+        return any(d.switch.parked for d in self._deciders())
+
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
             on_tick: Callable[["Inspector"], None] | None = None,
@@ -477,6 +482,8 @@ class Inspector:
                 if batch:
                     self.apply_switch()
                     self.inspect(batch)
+                elif self._parked():   # the line at rest: swaps replaced while no frame came close now, not later
+                    self.retire_replaced()
                 if self._consecutive_errors >= self.settings.max_consecutive_errors:
                     self.summary.fault = f"{self._consecutive_errors} inference failures in a row"
                     log.error("station fault: %s; stopping", self.summary.fault)

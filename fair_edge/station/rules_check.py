@@ -15,6 +15,7 @@ from typing import Iterable
 
 from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict
+from fair_edge.runtime.backends import close_scorer
 from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import Inspector
@@ -96,4 +97,4 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
         report.fired = dict(sorted(fired.items()))
         return report
     finally:
-        scorer.backend.close()
+        close_scorer(scorer)

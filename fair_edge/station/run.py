@@ -25,6 +25,7 @@ from fair_edge.cameras.base import CaptureState
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard
+from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
@@ -326,7 +327,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     try:
         decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
     except BaseException:
-        scorer.backend.close()
+        close_scorer(scorer)
         raise
     threshold = decided.value
     regions = open_regions(cfg, bundle)
@@ -335,7 +336,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
                  f"camera {cfg.camera.source}")
     with contextlib.ExitStack() as stack:
-        stack.callback(scorer.backend.close)
+        stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
         notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
         line = open_line_side(cfg, stack, run_id)
         if regions is not None:
@@ -353,6 +354,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                               model=model_id(bundle), regions=regions, grid=decided.grid,
                               map_area=bundle.map_area)
         inspector.summary.run_id = run_id
+        stack.callback(retire_swapped, inspector, scorer)
         console.attach(inspector, capture, line.scheduler, line.recorder, watch)
         if on_console is not None:
             on_console(console)
@@ -367,6 +369,13 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     cfg.output.mkdir(parents=True, exist_ok=True)
     (cfg.output / "summary.json").write_text(summary.to_json())
     return summary
+
+
+def retire_swapped(inspector: Inspector, loaded: FrameScorer) -> None:
+    """At the station's exit: retire the scorer the loop ran last when a hot swap put it there (``loaded``, the one
+    the station opened, closes on its own)."""
+    if inspector.scorer is not loaded:
+        close_scorer(inspector.scorer)
 
 
 def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, notifier: ServiceNotifier,
