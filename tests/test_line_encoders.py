@@ -364,3 +364,47 @@ def test_the_fault_output_is_on_while_the_encoders_link_is_down_and_drops_when_i
         settle(counter)
         assert wait_for(lambda: faults.faults[-1] == (False, "cleared"), 10.0), faults.faults
         assert sched.alarm is None and sched.fault_reason is None and sched.stats()["alarms"] == 0
+
+
+def test_a_lost_position_with_300_parts_on_the_belt_logs_a_gate_row_for_each_and_every_verdict(tmp_path):
+    """A stopped belt holds 300 parts when the PLC resets its counter: the poll that sees it decides all 300
+    ``position_lost`` and tells 300 gate rows at once. Through recorder.record_gate (a queue of 64 items of any
+    kind) most were dropped, and a verdict row with them (the audit: 271 position_lost, 128 rows). The recorder's
+    writer is held in an NG image meanwhile (a disk that stalls a moment): every row still gets in."""
+    import json
+    from collections import namedtuple
+
+    import numpy as np
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Frame
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stalled_disk(_path):
+        entered.set()
+        assert release.wait(30), "the test never released the disk"
+        return namedtuple("Usage", "total used free")(10**12, 0, 10**12)
+
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_size=64), disk_usage=stalled_disk)
+    rec.record(Frame(0, 1.0, np.zeros((8, 8, 3), np.uint8), "t"), _ng(0), np.ones((4, 4), np.float32))
+    assert entered.wait(10), "the recorder's writer never took the NG image"
+    counter = ScriptedCounter(50_000)
+    settings = RejectSettings(encoder_distance=500, pulse_ms=10, min_gap_ms=5, late_ms=10, encoder_poll_ms=1)
+    with PolledEncoder(counter, 32, 0.001) as enc, \
+            RejectScheduler(settings, sinks=RecordingSink(), fault_sinks=RecordingSink("fault"), encoder=enc,
+                            on_part=rec.record_gate) as sched:
+        counter.set(50_100)                                       # the belt stopped at count 100
+        settle(counter)
+        assert [sched.note_capture(seq) for seq in range(1, 301)] == [100] * 300
+        counter.set(0)                                            # the reset: position lost
+        assert wait_for(lambda: sched.decision(300), 10.0), f"not decided at the loss: {sched.stats()}"
+        assert sched.wait_idle(10.0) and sched.stats()["position_lost"] == 300
+        assert rec.record(None, _ng(301))                         # a verdict row coming in beside the burst
+    release.set()
+    rec.close()
+    gate = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
+    assert [(r["seq"], r["gate"]) for r in gate] == [(seq, "position_lost") for seq in range(1, 301)]
+    stats = rec.stats()
+    assert stats["dropped"] == 0 and stats["gate_logged"] == 300 and stats["logged"] == 2 and stats["pending"] == 0

@@ -1,7 +1,12 @@
 """The recorder: a JSONL log of every verdict and NG frames saved with heatmap overlays.
 
 All writing happens on the recorder's own thread behind a bounded queue; ``record()`` never
-blocks. Full queue: the newest item is dropped and counted (``dropped``). Disk guard: when the
+blocks. The queue is bounded twice: NG parts whose images are to be saved (``record.queue_size``, 64: an
+image is large and slow to write; one more NG part is logged without its images, counted ``images_skipped``:
+the disk is too slow for the rate of NG images) and rows (``row_limit``, 16384 items of any kind: rows are small, so a burst
+of gate rows, one per part when the run ends with parts on the belt or when an encoder loses the belt
+position, fits beside the verdicts; past it, the newest row is dropped, counted ``dropped``, and the warning
+names the disk only when the writer has written nothing for ``WRITER_STUCK_S``). Disk guard: when the
 free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
 ``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is
 back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors`` and logged once
@@ -30,12 +35,12 @@ Closing: every row queued is written, NG images only for up to ``images_s`` (5 s
 ``images_skipped``, one warning). Only a writer stuck longer than ``rows_s`` more (a hung disk) leaves
 rows unwritten: counted ``lost_at_close`` and logged as an error, as is a row handed in after close.
 
-Counters (``stats()``): every row handed in is ``queued`` or ``dropped`` (full queue, never queued);
+Counters (``stats()``): every row handed in is ``queued`` or ``dropped`` (``row_limit`` reached, never queued);
 each queued row ends as exactly one of ``logged`` (verdicts.jsonl), ``gate_logged`` (gate.jsonl),
 ``rows_failed`` (its write raised) or ``lost_at_close``; ``pending`` (a gauge) is the rest, still
 queued or being written, 0 after close:
 ``queued = logged + gate_logged + rows_failed + lost_at_close + pending``. ``images``: NG parts whose
-images were saved; ``images_skipped``: not saved (disk guard, close deadline); ``write_errors``: every
+images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` reached, close deadline); ``write_errors``: every
 failed write, rows (= ``rows_failed``) and NG images.
 """
 
@@ -71,6 +76,8 @@ GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
 CLOSE_ROWS_S = 5.0    # close(): then the remaining rows get at most this long (only a hung disk needs it)
+ROW_LIMIT = 16384     # queued items (rows, with or without images) at most: 16 x reject.max_pending's default
+WRITER_STUCK_S = 1.0  # a full row queue whose writer wrote nothing for this long names the disk, seconds
 
 
 def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
@@ -96,13 +103,16 @@ class Recorder:
 
     disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
     disk_check_s: free space is re-read at most this often, seconds.
+    row_limit: items (rows) queued at most (at least ``settings.queue_size``); NG images count against
+    ``settings.queue_size`` as well.
     run_id: written in every row and NG image name (a new one when None).
     ``images_off``: set once NG images are no longer saved (``stop_images``, or close past its deadline).
     """
 
     def __init__(self, settings: RecordSettings,
                  disk_usage: Callable[[Path], Any] = shutil.disk_usage,
-                 disk_check_s: float = DISK_CHECK_S, run_id: str | None = None) -> None:
+                 disk_check_s: float = DISK_CHECK_S, run_id: str | None = None,
+                 row_limit: int = ROW_LIMIT) -> None:
         self.settings = settings
         self.run_id = run_id or new_run_id()
         self.clock = WallClock()
@@ -121,7 +131,10 @@ class Recorder:
         self._disk_check_s = disk_check_s
         self._warned: set[str] = set()
         self._counters = Counters(RECORDER_COUNTERS)
-        self._q: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self._q: queue.Queue = queue.Queue()   # bounded by _full(), under _lock: NG images and rows apart
+        self._row_limit = max(int(row_limit), settings.queue_size)
+        self._images_waiting = 0            # queued items holding an NG image (not yet taken by the writer)
+        self._writer_seen = time.monotonic()  # when the writer last wrote a row or found nothing to write
         self._stop = threading.Event()
         self.images_off = threading.Event()
         self._closed = False
@@ -148,7 +161,8 @@ class Recorder:
         frame.image: (H, W, 3) uint8 BGR or (H, W) uint8; anomaly_map: (h, w) float32, any
         size (resized to the frame). Pass frame=None to log the verdict only. extra: fields added to
         the row (``verdict_late``, ``gate``).
-        Returns False when the queue was full and the item was dropped (counted).
+        Returns False when the row was dropped (``row_limit`` reached, counted ``dropped``); an NG part past
+        ``record.queue_size`` images waiting is still logged, without its images (counted ``images_skipped``).
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
         return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None, extra))
@@ -164,6 +178,11 @@ class Recorder:
         return self._put((row, None, None, GATE_LOG))
 
     def _put(self, item: tuple) -> bool:
+        """Queue one item (never blocks): False when it was dropped (``row_limit`` reached) or came late. An NG
+        part past ``record.queue_size`` images waiting goes in without its images (``images_skipped``): the row
+        is what accounts for the part, the images are what a slow disk cannot keep up with."""
+        image = item[1] is not None
+        full = skipped = None
         with self._lock:
             if not self._accepting:
                 self._counters.add("queued")
@@ -171,20 +190,51 @@ class Recorder:
                 late = True
             else:
                 late = False
-                try:
+                full = self._full(image)
+                if full == "images":
+                    item, image, skipped, full = (item[0], None, None, item[3]), False, full, self._full(False)
+                    self._counters.add("images_skipped")
+                if full is None:
                     self._q.put_nowait(item)
-                except queue.Full:
+                    self._images_waiting += image
+                    self._counters.add("queued")
+                else:
                     self._counters.add("dropped")
-                    self._warn_once("dropped", "recorder queue full (%d): dropping verdicts; the disk "
-                                    "is too slow for this frame rate", self._q.maxsize)
-                    return False
-                self._counters.add("queued")
+        if skipped is not None:
+            self._warn_full(skipped)
+        if full is not None:
+            self._warn_full(full)
+            return False
         if late:
             self._error_once("late", "recorder: a row came after the recorder closed (seq %s): not written, "
                              "counted lost_at_close; close the recorder after what feeds it",
                              item[0].get("seq") if isinstance(item[0], dict) else getattr(item[0], "seq", None))
             return False
         return True
+
+    def _full(self, image: bool) -> str | None:
+        """(under self._lock) Which bound a new item would pass: ``images`` (an NG image beyond
+        ``settings.queue_size`` waiting), ``rows`` (``row_limit`` items waiting), or None when it fits."""
+        if image and self._images_waiting >= self.settings.queue_size:
+            return "images"
+        if self._q.qsize() >= self._row_limit:
+            return "rows"
+        return None
+
+    def _warn_full(self, bound: str) -> None:
+        """The one warning per bound for items dropped there; a full row queue names the writer's last write, so
+        a burst (the writer busy) is not blamed on the disk (the writer stuck)."""
+        if bound == "images":
+            self._warn_once("dropped-images", "recorder: %d NG images waiting to be saved (record.queue_size): "
+                            "logging NG parts without their images (counted images_skipped); the disk under %s is "
+                            "too slow for this rate of NG images", self.settings.queue_size, self.dir)
+            return
+        idle_s = time.monotonic() - self._writer_seen
+        why = (f"the writer has written nothing for {idle_s:.1f} s: the disk under {self.dir} is hung or far too slow"
+               if idle_s >= WRITER_STUCK_S else
+               "the writer is writing: rows come in faster than it writes them (a burst larger than the bound)")
+        self._warn_once("dropped-rows", "recorder: %d rows waiting to be written (the most it holds): dropping "
+                        "rows, counted dropped; %s", self._row_limit, why)
 
     def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
         """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
@@ -257,10 +307,11 @@ class Recorder:
             lost = 0
             while True:
                 try:
-                    self._q.get_nowait()
+                    item = self._q.get_nowait()
                 except queue.Empty:
                     break
                 self._q.task_done()
+                self._images_waiting -= item[1] is not None
                 lost += 1
             in_hand = self._q.unfinished_tasks   # the writer's item (0 or 1): taken, not yet done
             if in_hand and not self._row_settled:
@@ -289,9 +340,13 @@ class Recorder:
                 try:
                     item = self._q.get(timeout=0.1)
                 except queue.Empty:
+                    self._writer_seen = time.monotonic()
                     if self._stop.is_set() and self._stopped_idle():
                         return
                     continue
+                if item[1] is not None:
+                    with self._lock:
+                        self._images_waiting -= 1
                 try:
                     self._write_item(item)
                 except Exception:  # noqa: BLE001 - a bug in one item must never stop the writer
@@ -326,6 +381,7 @@ class Recorder:
             if not late:
                 self._counters.add(outcome)
                 self._row_settled = True
+                self._writer_seen = time.monotonic()
         if late:
             log.warning("recorder: row seq %s was %s after close gave up on it (counted lost_at_close)",
                         row.get("seq") if isinstance(row, dict) else getattr(row, "seq", None),

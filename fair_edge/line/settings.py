@@ -127,8 +127,9 @@ class RecordSettings:
     dir: output folder (created). save_ng_images: write NG frames with heatmap overlays.
     image_format: ``png`` (lossless) or ``jpg``. max_log_mb: rotate the JSONL log past this size, MB.
     keep_files: rotated logs kept (``verdicts.jsonl.1`` .. ``.N``). min_free_mb: stop saving images
-    when the disk has less free space than this, MB (logging goes on). queue_size: frames waiting
-    for the writer thread; a full queue drops the newest item (counted). overlay_alpha: heatmap
+    when the disk has less free space than this, MB (logging goes on). queue_size: NG parts whose
+    images wait for the writer thread; past it an NG part is logged without its images (counted images_skipped);
+    rows without images are not limited by it. overlay_alpha: heatmap
     weight in the blend, 0..1.
     """
 
