@@ -401,6 +401,8 @@ def test_a_lost_position_with_300_parts_on_the_belt_logs_a_gate_row_for_each_and
         counter.set(0)                                            # the reset: position lost
         assert wait_for(lambda: sched.decision(300), 10.0), f"not decided at the loss: {sched.stats()}"
         assert sched.wait_idle(10.0) and sched.stats()["position_lost"] == 300
+        named = "parts seq " + ", ".join(map(str, range(1, 21))) + " and 280 more (all in gate.jsonl): "
+        assert named in sched.alarm and ", 21," not in sched.alarm   # the reason names 20 parts, not 300
         assert rec.record(None, _ng(301))                         # a verdict row coming in beside the burst
     release.set()
     rec.close()
