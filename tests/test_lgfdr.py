@@ -245,3 +245,81 @@ def test_bench_lgfdr_trains_fair_without_backbone_extras(mvtec_dir, tmp_path):
     assert load_checkpoint(final).model == fair and timing["steps"] == 0
     with pytest.raises(ConfigError, match="--backbone-weights is not used by FAIR width 8"):
         bench.train_for(fair, load_dataset(mvtec_dir), 0.0, tmp_path / "fair2", "random")
+
+
+# ----------------------------------------------------------------------------- the training loop
+def _normals(mvtec_dir, folder, n):
+    """A folder of the fixture's first ``n`` normal training images (48 x 48 px)."""
+    import shutil
+
+    folder.mkdir()
+    for path in sorted((mvtec_dir / "train" / "good").iterdir())[:n]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _trainer(data, out, cfg, pre=MODEL.preprocess):
+    from fair_edge.models.lgfdr.train import LgfdrTrainer
+
+    return LgfdrTrainer(load_dataset(data), ModelSpec("lgfdr", pre, SETTINGS), cfg, out, torch.device("cpu"))
+
+
+def test_tiled_training_counts_batch_and_epochs_in_tiles(mvtec_dir, tmp_path, caplog):
+    """--tile: 4 images of 48 px in 24 px tiles are 16 feature maps; batch and step budget were taken from the 4
+    images (batch 4, 3 steps for 3 epochs of batch 8: 12 of the 16 tiles ever trained) instead of the 16 tiles."""
+    from fair_edge.tiling import TilingConfig
+
+    tiled = PreprocessConfig(image_size=32, tiling=TilingConfig(24))
+    trainer = _trainer(_normals(mvtec_dir, tmp_path / "four", 4), tmp_path / "run", LgfdrTrainConfig(batch=8, epochs=3),
+                       tiled)
+    assert (len(trainer.images), trainer.batch, trainer.total_steps) == (16, 8, 3 * 16 // 8)
+    assert trainer.data_summary["train_tiles"] == 16 and trainer.data_summary["train_images_used"] == 4
+    with caplog.at_level("WARNING"):
+        small = _trainer(_normals(mvtec_dir, tmp_path / "two", 2), tmp_path / "run2", LgfdrTrainConfig(batch=16),
+                         tiled)
+    assert small.batch == 8 and "only 8 training tiles: batch reduced from 16 to 8" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_ctrl_c_mid_step_saves_at_the_step_boundary_and_resume_is_exact(mvtec_dir, tmp_path):
+    """A real SIGINT raised right after the third optimizer step (the step is still in flight): LGFDR caught the
+    KeyboardInterrupt and saved the updated weights as step 2, so --resume repeated step 3. Now the step finishes,
+    last.pt is step 3, and resuming gives the uninterrupted run's weights exactly."""
+    import signal
+
+    from fair_edge.training.loop import TrainingInterrupted
+
+    cfg = LgfdrTrainConfig(batch=4, steps=6, save_every=100, log_every=1)
+    full = _trainer(mvtec_dir, tmp_path / "full", cfg)
+    full.run()
+    stopped = _trainer(mvtec_dir, tmp_path / "stopped", cfg)
+    real_step, calls = stopped.optimizer.step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C now; the handler runs before the step ends
+        return result
+
+    stopped.optimizer.step = step_then_ctrl_c
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        stopped.run()
+    assert info.value.step == 3 and load_checkpoint(tmp_path / "stopped" / "last.pt").train_state["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is handler  # the run put the previous handler back
+    resumed = _trainer(mvtec_dir, tmp_path / "stopped", cfg)
+    resumed.resume()
+    resumed.run()
+    for a, b in zip(full.params, resumed.params):
+        assert torch.equal(a, b)
+
+
+def test_loss_csv_lr_is_the_rate_the_logged_step_trained_with(mvtec_dir, tmp_path):
+    """The lr column was read after scheduler.step(): step 2, the last at 1e-3 before the milestone, showed 0.0002."""
+    import csv
+
+    cfg = LgfdrTrainConfig(batch=4, lr=1e-3, steps=4, lr_milestones=(0.5,), save_every=100, log_every=1)
+    _trainer(mvtec_dir, tmp_path, cfg).run()  # milestone at step 2: steps 1-2 train at 1e-3, steps 3-4 at 2e-4
+    with (tmp_path / "loss.csv").open() as fh:
+        assert [float(row["lr"]) for row in csv.DictReader(fh)] == pytest.approx([1e-3, 1e-3, 2e-4, 2e-4])

@@ -119,3 +119,119 @@ def test_cli_nproc_launches_torchrun(mvtec_dir, tmp_path):
     assert proc.returncode == 0, text
     assert "2 processes (DDP) of 2" in text and text.count("training FAIR width 32") == 1 and text.count("done:") == 1
     assert load_checkpoint(out / "final.pt").data_summary["steps"] == 2
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and small data under DDP
+def stop_on_rank0_only(rank: int, world: int, port: int, data: Path, root: Path) -> None:
+    """Rank 0 is asked to stop after step 2, rank 1 not (yet): torchrun passes Ctrl-C to the ranks one after the
+    other, so a step boundary can fall between the two. Writes the step each rank stopped at (None: it did not)."""
+    from fair_edge.models.fair.train import Trainer
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.loop import TrainingInterrupted
+
+    parallel = ddp_equivalence.join_group(rank, world, port)
+    trainer = Trainer(load_dataset(data), PRE, SETTINGS, CFG, root / "run", torch.device("cpu"), parallel=parallel)
+
+    def on_step(step, *_):
+        if rank == 0 and step == 2:
+            trainer.request_stop()
+
+    stopped = None
+    try:
+        trainer.run(on_step)
+    except TrainingInterrupted as exc:
+        stopped = exc.step
+    (root / f"stop{rank}.json").write_text(json.dumps(stopped))
+    shutdown()
+
+
+def test_ranks_stop_at_the_same_step_when_the_signal_reaches_one_first(mvtec_dir, tmp_path):
+    """Rank 0 stopped and waited in the save's barrier while rank 1 went on into step 3's collectives (a hang
+    until torchrun's shutdown timeout killed both). Now the ranks agree: both stop after step 2, last.pt is step 2."""
+    import time
+
+    context = mp.spawn(stop_on_rank0_only, args=(2, ddp_equivalence.free_port(), mvtec_dir, tmp_path), nprocs=2,
+                       join=False)
+    deadline = time.monotonic() + 300  # a guard against the old hang only; the ranks end in seconds
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung: they did not stop at the same step")
+    assert [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in (0, 1)] == [2, 2]
+    assert load_checkpoint(tmp_path / "run" / "last.pt").train_state["step"] == 2
+
+
+def test_fewer_images_than_the_batch_reduce_it_to_a_multiple_of_the_processes(mvtec_dir, tmp_path, caplog):
+    """5 images, --batch 8, 2 processes: the batch became 5 silently, then the first step said "--batch 5 must
+    divide by the 2 processes" although 8 was typed. Now it is 4, with a warning naming both counts."""
+    import shutil
+
+    from fair_edge.models.fair.train import Trainer
+    from fair_edge.training.data import load_dataset
+
+    class TwoProcesses(SingleProcess):  # the batch arithmetic of a 2-rank run, without a process group
+        world = 2
+
+    data = tmp_path / "five"
+    data.mkdir()
+    for path in sorted((mvtec_dir / "train" / "good").iterdir())[:5]:
+        shutil.copy(path, data / path.name)
+    with caplog.at_level("WARNING"):
+        trainer = Trainer(load_dataset(data), PRE, SETTINGS, TrainConfig(batch=8, steps=1), tmp_path / "run",
+                          torch.device("cpu"), parallel=TwoProcesses())
+    assert trainer.batch == 4
+    assert "only 5 training images: batch reduced from 8 to 4 (a multiple of the 2 processes)" in caplog.text
+
+
+def test_fewer_images_than_processes_is_a_config_error_naming_both():
+    from fair_edge.training.loop import usable_batch
+
+    with pytest.raises(ConfigError, match="--batch 8: only 1 training images for 2 processes.*--nproc 1 or fewer"):
+        usable_batch(8, 1, world=2)
+    assert usable_batch(8, 5) == 5 and usable_batch(4, 5, world=2) == 4  # a batch that fits is left as typed
+
+
+def _signalled_torchrun(sigval):
+    def torchrun(args):
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+
+        raise SignalException(f"Process 1 got signal: {sigval}", sigval=sigval)
+
+    return torchrun
+
+
+def test_launch_returns_130_on_ctrl_c_without_a_traceback(monkeypatch, capsys):
+    """torchrun's agent re-raises the SIGINT it passed on to the ranks as SignalException: it reached the user as a
+    traceback and exit code 1. (A unit test with a stand-in torchrun: a real Ctrl-C to a real torchrun on a loaded
+    CPU lands at an unpredictable point of start-up or training.)"""
+    import signal
+
+    from fair_edge.training.ddp import launch
+
+    monkeypatch.setattr("torch.distributed.run.main", _signalled_torchrun(signal.SIGINT))
+    assert launch(2, ["DATA"]) == 130
+    assert capsys.readouterr().err == ""  # rank 0 has printed where the state is and how to resume
+    monkeypatch.setattr("torch.distributed.run.main", _signalled_torchrun(signal.SIGTERM))
+    assert launch(2, ["DATA"]) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])
+def test_only_rank_0_prints_the_interruption_and_resume_command(mvtec_dir, tmp_path, monkeypatch, rank, printed):
+    """Every rank printed "interrupted after step N" and "Resume with: ...": twice under --nproc 2."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+    from fair_edge.training.loop import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted(tmp_path / "run" / "last.pt", 5)
+
+    monkeypatch.setattr("fair_edge.cli.train.run_training", interrupted)
+    monkeypatch.setenv("RANK", rank)
+    result = CliRunner().invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--steps", "9",
+                                      "--device", "cpu", "--out", str(tmp_path / "run")], env={"COLUMNS": "200"})
+    assert result.exit_code == 130, result.output
+    assert ("interrupted after step 5" in result.output) == printed
+    assert ("Resume with: fair-edge train --resume" in result.output) == printed

@@ -343,3 +343,11 @@ def test_eval_f1_threshold_is_the_stations_threshold():
     assert result["f1_threshold"] == 0.3 == f1_optimal_threshold(normal, defect)[0] and result["f1_max"] == 1.0
     assert (defect > result["f1_threshold"]).all() and not (normal > result["f1_threshold"]).any()
     assert "score > f1_threshold" in result["f1_threshold_rule"]
+
+
+def test_loss_csv_lr_is_the_rate_the_logged_step_trained_with(mvtec_dir, tmp_path):
+    """The lr column was read after scheduler.step(), so each row showed the next step's rate: step 2, the last at
+    1e-3 before the milestone, showed 0.0002."""
+    tiny_trainer(mvtec_dir, tmp_path, steps=4, lr_milestones=(0.5,), amp=False).run()  # steps 1-2: 1e-3, 3-4: 2e-4
+    with (tmp_path / "loss.csv").open() as fh:
+        assert [float(row["lr"]) for row in csv.DictReader(fh)] == pytest.approx([1e-3, 1e-3, 2e-4, 2e-4])

@@ -306,8 +306,9 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
                                     category=category, textures=textures, model=spec,
                                     backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
     except TrainingInterrupted as exc:
-        console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
-        console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
+        if is_main_process():  # under torchrun every rank stops at the same step; rank 0 says so once
+            console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
+            console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)

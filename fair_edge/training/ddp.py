@@ -20,7 +20,10 @@ What each rank does (``DataParallel`` below, hooked into ``fair_edge.models.fair
 - DDP averages gradients, so each step equals a single-process step on the same global batch up
   to float summation order (measured: BENCHMARKS.md, ``tests/test_train_ddp.py``);
 - the loss it reports is the mean over ranks; only rank 0 writes ``loss.csv`` and checkpoints,
-  every rank loads ``last.pt`` on ``--resume``.
+  every rank loads ``last.pt`` on ``--resume``;
+- Ctrl-C reaches torchrun, which passes SIGINT on to every rank: the ranks agree on the step boundary to
+  stop at (``DataParallel.any``), rank 0 saves ``last.pt`` and prints the resume command, and ``launch``
+  returns 130.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import warnings
 
@@ -62,6 +66,9 @@ class SingleProcess:
 
     def mean(self, loss: torch.Tensor) -> float:
         return float(loss)
+
+    def any(self, flag: bool) -> bool:
+        return flag
 
     def barrier(self) -> None:
         pass
@@ -136,6 +143,13 @@ class DataParallel:
         dist.all_reduce(total)
         return float(total) / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any: the ranks agree on a stop request (Ctrl-C reaches
+        them one after the other, possibly either side of a step boundary)."""
+        votes = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return bool(votes.item())
+
     def barrier(self) -> None:
         dist.barrier()
 
@@ -174,7 +188,10 @@ def ddp_group():
 
 
 def launch(nproc: int, train_args: list[str]) -> int:
-    """Run ``fair-edge train train_args`` in ``nproc`` local processes via torchrun; exit code."""
+    """Run ``fair-edge train train_args`` in ``nproc`` local processes via torchrun; exit code: 0, 1 when a rank
+    failed, 128 + the signal number when a signal stopped the launcher (130 for Ctrl-C: torchrun passed it on to
+    the ranks, which saved ``last.pt`` at a step boundary, and rank 0 printed how to resume)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
@@ -186,6 +203,13 @@ def launch(nproc: int, train_args: list[str]) -> int:
         failures = {f.local_rank: f.exitcode for f in exc.failures.values()}
         print(f"error: DDP training failed: exit code per local rank {failures}", file=sys.stderr)
         return 1
+    except SignalException as exc:  # torchrun caught a signal and has stopped the ranks with it
+        signum = int(exc.sigval)
+        if signum != signal.SIGINT:  # Ctrl-C: rank 0 has already said where the state is and how to resume
+            print(f"error: DDP training stopped by {signal.Signals(signum).name}, which torchrun passed on to every "
+                  f"rank; --resume continues from the last periodic save (--save-every), if one was written.",
+                  file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 
 from fair_edge.errors import ConfigError, FairEdgeError
+
+log = logging.getLogger(__name__)
 
 LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
 
@@ -60,6 +63,21 @@ def check_schedule(cfg, counts: tuple[str, ...]) -> None:
 
 def steps_per_epoch(n_images: int, batch: int) -> int:
     return max(1, n_images // batch)
+
+
+def usable_batch(batch: int, n_items: int, items: str = "training images", world: int = 1) -> int:
+    """The batch a run trains with: ``batch`` (per step, over all processes) when ``n_items`` (the images, or tiles,
+    one step draws from) hold that many, else the largest multiple of ``world`` (processes) not above ``n_items``,
+    with a warning naming both counts. ConfigError when there are fewer items than processes."""
+    if batch <= n_items:
+        return batch
+    reduced = n_items - n_items % world
+    if reduced < 1:
+        raise ConfigError(f"--batch {batch}: only {n_items} {items} for {world} processes, each of which needs at "
+                          f"least one per step; use --nproc {n_items} or fewer, or more {items}.")
+    of = f" (a multiple of the {world} processes)" if world > 1 else ""
+    log.warning("only %d %s: batch reduced from %d to %d%s", n_items, items, batch, reduced, of)
+    return reduced
 
 
 def resolve_device(name: str) -> torch.device:

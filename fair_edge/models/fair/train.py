@@ -12,7 +12,6 @@ the periodic save of the same step (a second Ctrl-C stops at once, without savin
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,9 +31,9 @@ from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig,
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
 from fair_edge.training.resume import check_same_data, training_files
-from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop, steps_per_epoch
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
+                                     steps_per_epoch, usable_batch)
 
-log = logging.getLogger(__name__)
 # keys of training settings saved by runs before they moved to the model settings (read and dropped on --resume)
 MOVED_TO_MODEL_SETTINGS = ("width",)
 
@@ -142,15 +141,14 @@ class Trainer:
         self.images = torch.from_numpy(images).to(device)
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
-        self.batch = min(cfg.batch, len(images))
-        if self.batch < cfg.batch:
-            log.warning("only %d training images: batch reduced from %d to %d", len(images), cfg.batch, self.batch)
+        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
+        items = "training tiles" if preprocess.tiling is not None else "training images"
+        self.batch = usable_batch(cfg.batch, len(images), items, self.parallel.world)
         self.total_steps = cfg.total_steps(len(images))
         self.highpass = HighPass(preprocess).to(device)
         tex = torch.from_numpy(textures).to(device) if textures is not None else None
         self.synthesizer = AnomalySynthesizer(cfg.synthesis, textures=tex)
         torch.manual_seed(cfg.seed)
-        self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
         unet = self.parallel.prepare(UNet(settings.width, preprocess.in_channels).to(device).train())
         self.forward = self.parallel.wrap(unet)  # unet itself, or its DDP wrapper (same parameters)
         optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.lr)
@@ -240,7 +238,9 @@ class Trainer:
 
         on_step(step, total, loss, images_per_s) is called after every step (progress display).
         Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step
-        boundary and raises TrainingInterrupted.
+        boundary and raises TrainingInterrupted. Under DDP the ranks agree on the step to stop at (a rank
+        whose signal comes a moment later stops at the same boundary). loss.csv's ``lr`` is the learning
+        rate the logged step trained with (read before the scheduler steps).
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
@@ -263,6 +263,7 @@ class Trainer:
         t0 = t_window = time.perf_counter()
         n_window = 0
         while self.state.step < self.total_steps:
+            lr = self.state.optimizer.param_groups[0]["lr"]  # this step's; train_step ends with scheduler.step()
             loss = self.train_step(self.state.step)
             self.state.step += 1
             n_window += self.batch
@@ -270,14 +271,13 @@ class Trainer:
             if math.isnan(loss):
                 raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
             if log_file and (self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps):
-                log_file.write(self.state.step, self.state.step // per_epoch, loss,
-                               self.state.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
+                log_file.write(self.state.step, self.state.step // per_epoch, loss, lr, rate, time.perf_counter() - t0)
                 t_window, n_window = time.perf_counter(), 0
             if self.state.step % self.cfg.save_every == 0:
                 self.save()
             if on_step is not None:
                 on_step(self.state.step, self.total_steps, loss, rate)
-            if self.stop_requested and self.state.step < self.total_steps:
+            if self.state.step < self.total_steps and self.parallel.any(self.stop_requested):
                 raise TrainingInterrupted(self.save(), self.state.step)
 
 

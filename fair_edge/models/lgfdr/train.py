@@ -5,7 +5,10 @@ reconstruct the clean ones.
 Loss = mean over scales of (1 - cosine) between the clean features and the fused reconstruction,
 plus half the same for each tower's own reconstruction (so that both towers learn to reconstruct
 and the gate chooses between two working reconstructions, instead of one tower absorbing all).
-Resuming is exact, as in FAIR's trainer: step, optimizer, scheduler and the noise generator are saved.
+Resuming is exact, as in FAIR's trainer: step, optimizer, scheduler and the noise generator are saved, and
+Ctrl-C (SIGINT) only asks the loop to stop: the step in flight finishes, then ``last.pt`` is written at that step
+boundary (a second Ctrl-C stops at once, without saving). With tiling, a batch, an epoch and the step budget count
+tiles (one feature map each), as FAIR's do.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.training.resume import check_same_data, training_files
-from fair_edge.training.loop import LossLog, TrainingInterrupted, check_schedule, epoch_order, steps_per_epoch
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
+                                     steps_per_epoch, usable_batch)
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
@@ -37,8 +41,9 @@ BORROWED_KEYS = ("width", "amp", "synthesis")
 
 @dataclass(frozen=True)
 class LgfdrTrainConfig:
-    """LGFDR's training settings. batch: feature maps per step. lr: AdamW learning rate.
-    epochs: passes over the training images' (precomputed) features. steps: optimisation steps (overrides epochs).
+    """LGFDR's training settings. batch: feature maps (images, or tiles when tiled) per step.
+    lr: AdamW learning rate. epochs: passes over the training images' (or tiles') precomputed features.
+    steps: optimisation steps (overrides epochs).
     lr_milestones: fractions of training at which the learning rate is multiplied by lr_gamma.
     lr_gamma: the learning-rate factor at each milestone. save_every: write last.pt every this many steps.
     log_every: a loss.csv row every this many steps. seed: weights, image order and feature noise."""
@@ -109,9 +114,12 @@ class LgfdrTrainer:
         self.detector.feature_mean.copy_(self.images.mean((0, 2, 3)))
         self.detector.feature_std.copy_(self.images.std((0, 2, 3)).clamp_min(1e-6))
         self.images = (self.images - self.detector.feature_mean.view(1, -1, 1, 1)) / self.detector.feature_std.view(1, -1, 1, 1)
-        self.batch = min(cfg.batch, len(kept))
-        self.total_steps = cfg.total_steps(len(kept))
-        self.data_summary = dict(data.summary(), train_images_used=len(kept), backbone_weights=self.weight_source.to_dict())
+        n_maps = len(self.images)  # feature maps: one per image, or per tile when tiled
+        items = "training tiles" if model.preprocess.tiling is not None else "training images"
+        self.batch = usable_batch(cfg.batch, n_maps, items)
+        self.total_steps = cfg.total_steps(n_maps)
+        self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=n_maps,
+                                 backbone_weights=self.weight_source.to_dict())
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
         self.params = [p for n, p in self.detector.named_parameters() if not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=1e-4)
@@ -120,6 +128,7 @@ class LgfdrTrainer:
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
         self.use_amp = False
+        self.stop_requested = False
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
 
     # -------------------------------------------------------------------- checkpoints
@@ -165,34 +174,46 @@ class LgfdrTrainer:
         return float(loss.detach())
 
     # -------------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted."""
+        self.stop_requested = True
+
     def run(self, on_step=None) -> Path:
-        """Train to ``total_steps``; returns ``final.pt``. on_step(step, total, loss, images_per_s) after each step."""
+        """Train to ``total_steps``; returns ``final.pt``. on_step(step, total, loss, images_per_s) after each step.
+        Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step boundary and
+        raises TrainingInterrupted. loss.csv's ``lr`` is the learning rate the logged step trained with."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.step)
-        t0 = time.perf_counter()
+        self.stop_requested = False
         try:
-            while self.step < self.total_steps:
-                t = time.perf_counter()
-                loss = self.train_step(self.step)
-                self.step += 1
-                rate = self.batch / max(time.perf_counter() - t, 1e-9)
-                if math.isnan(loss):
-                    raise FairEdgeError(f"loss became NaN at step {self.step}; lower --lr or check the data.")
-                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    log_file.write(self.step, self.step // steps_per_epoch(len(self.images), self.batch), loss,
-                                   self.optimizer.param_groups[0]["lr"], rate, time.perf_counter() - t0)
-                if self.step % self.cfg.save_every == 0:
-                    self.save()
-                if on_step is not None:
-                    on_step(self.step, self.total_steps, loss, rate)
-        except KeyboardInterrupt:
-            path = self.save()
-            raise TrainingInterrupted(path, self.step) from None
+            with sigint_requests_stop(self.request_stop):
+                self._loop(on_step, log_file)
         finally:
             log_file.close()
         self.detector.eval()
         self.save()
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+
+    def _loop(self, on_step, log_file: LossLog) -> None:
+        """Steps until ``total_steps``, or until a stop is requested (then: save ``last.pt``, TrainingInterrupted)."""
+        t0 = time.perf_counter()
+        while self.step < self.total_steps:
+            t = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's; train_step ends with scheduler.step()
+            loss = self.train_step(self.step)
+            self.step += 1
+            rate = self.batch / max(time.perf_counter() - t, 1e-9)
+            if math.isnan(loss):
+                raise FairEdgeError(f"loss became NaN at step {self.step}; lower --lr or check the data.")
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                log_file.write(self.step, self.step // steps_per_epoch(len(self.images), self.batch), loss, lr, rate,
+                               time.perf_counter() - t0)
+            if self.step % self.cfg.save_every == 0:
+                self.save()
+            if on_step is not None:
+                on_step(self.step, self.total_steps, loss, rate)
+            if self.stop_requested and self.step < self.total_steps:
+                raise TrainingInterrupted(self.save(), self.step)
 
 
 def default_train_config() -> LgfdrTrainConfig:
