@@ -2,7 +2,9 @@
 
 Both replay at ``fps`` frames per second (0 = as fast as the reader asks), optionally
 looping, in a deterministic order, and set ``Frame.source`` to the file name. A replay that
-reaches its end without ``loop`` raises :class:`EndOfStream`, which ends a CaptureThread.
+reaches its end without ``loop`` raises :class:`EndOfStream`, which ends a CaptureThread. A looping
+folder replay none of whose images can be read any more (the folder was removed or emptied) raises
+:class:`CameraError`: a camera fault, which the CaptureThread's reconnect and give-up rules handle.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ class FolderReplaySource(SourceBase):
 
     folder: directory holding images with a suffix in ``suffixes`` (case-insensitive).
     fps: replay rate, frames per second; 0 = as fast as possible.
-    loop: start again after the last image; else :class:`EndOfStream`.
+    loop: start again after the last image; else :class:`EndOfStream`. With loop, a pass over every file in
+    which none is readable (the folder removed or emptied while replaying) is a camera fault,
+    :class:`CameraError`, never an end: the capture thread reconnects (reads the folder again) and gives up by its
+    rules. Without loop, a folder none of whose images is readable is refused at open as :class:`EndOfStream`.
     gray: load as (H, W) uint8 gray instead of (H, W, 3) uint8 BGR.
     Unreadable images are skipped with a warning and counted in ``unreadable`` (``CaptureStats.unreadable``,
     the run summary's ``unreadable``; ``skipped`` is the same count); they use no sequence number.
@@ -118,7 +123,17 @@ class FolderReplaySource(SourceBase):
             log.warning("camera %s: skipping unreadable image %s (%d unreadable so far)",
                         self.name, path, self.unreadable)
             if failures_in_row >= len(self._files):
-                raise EndOfStream(f"{self.name}: none of the {len(self._files)} images is readable")
+                raise self._none_readable()
+
+    def _none_readable(self) -> CameraError:
+        """Every file failed in a row. Looping: a camera fault (the folder was removed or emptied while it
+        replayed; a reconnect reads it again); else the end of a replay that has nothing to give."""
+        text = (f"{self.name}: none of the {len(self._files)} images is readable in {self.folder} (expected at "
+                "least one image that decodes)")
+        if self.loop:
+            return CameraError(f"{text}: the folder was removed, emptied or its images damaged; put readable "
+                               "images back (a running replay reconnects to them)")
+        return EndOfStream(text)
 
     def _release(self) -> None:
         self._pacer.wake()

@@ -123,6 +123,48 @@ def test_folder_with_no_readable_image_fails_on_open(tmp_path):
         FolderReplaySource(folder).open()
 
 
+def test_a_looping_folder_whose_images_all_became_unreadable_is_a_camera_fault(tmp_path):
+    """--loop replaying a folder that is then removed: every file fails, which is a camera fault (CameraError,
+    reconnect rules), not the end of a replay (EndOfStream, a normal end and exit 0). It names the folder; the
+    capture thread reconnects and, with the folder still gone, gives up: the station's "camera gone" fault.
+    Without loop the same folder is refused at open as the end it was."""
+    import shutil
+
+    from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread
+    from fair_edge.station.run import camera_fault
+
+    folder = _write_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    with FolderReplaySource(folder, loop=True) as src:
+        assert src.read().source == "a.png"
+        shutil.rmtree(folder)
+        with pytest.raises(CameraError, match="none of the 3 images is readable") as info:
+            src.read()
+    assert not isinstance(info.value, EndOfStream) and str(folder) in str(info.value)
+
+    folder = _write_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    frames = []
+
+    def remove_after_two(frame):   # on the reader thread, before the frame is queued: no race with the reader
+        frames.append(frame.source)
+        if len(frames) == 2:
+            shutil.rmtree(folder)
+
+    settings = CaptureSettings(queue_size=16, full_policy="block", backoff_initial_s=0.0, max_reconnects=2)
+    with CaptureThread(FolderReplaySource(folder, loop=True), settings, on_capture=remove_after_two) as capture:
+        assert len(list(capture)) == 2    # until the stream ends: the reader gave up
+        stats = capture.stats()
+    assert stats.state is CaptureState.ENDED and stats.reconnects == 0 and stats.read_errors == 1
+    assert stats.end_reason.startswith("gave up after 2 reconnect attempts")
+    assert camera_fault(stats).startswith("camera gone: gave up")
+
+    (folder := tmp_path / "junk").mkdir()
+    (folder / "x.png").write_bytes(b"junk")
+    with pytest.raises(EndOfStream, match="none of the 1 images is readable"):
+        FolderReplaySource(folder).open()
+    with pytest.raises(CameraError, match="none of the 1 images is readable"):   # looping: refused at open too
+        FolderReplaySource(folder, loop=True).open()
+
+
 def test_video_replay_reads_every_frame_then_ends(tmp_path):
     path = _write_video(tmp_path / "clip.avi", n=6)
     with VideoReplaySource(path, fps=0) as src:

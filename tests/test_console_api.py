@@ -2,6 +2,7 @@
 with audit and station file, bundle hot swap, security (token, path traversal, JSON-only actions)."""
 
 import json
+import logging
 import os
 import time
 
@@ -190,3 +191,69 @@ def test_sighup_swaps_to_the_bundle_the_station_file_names(target, station_bundl
     assert 0.123456 not in thresholds[:switch] and set(thresholds[switch:]) == {0.123456}  # the file's, not the bundle's
     seqs = [v["seq"] for v in read()]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_sighup_with_a_station_file_python_cannot_read_is_refused_and_the_station_inspects_on(
+        station_bundles, conveyor_dir, tmp_path, caplog):
+    """`fair-edge run`'s SIGHUP handler on a running station whose file gained a Latin-1 comment ('# Prüfstation'):
+    each reload is refused with a log line naming the file and the station inspects on; at the stop it returns its
+    summary with no inference error. Before, the handler re-read the file in the main thread and the
+    UnicodeDecodeError surfaced wherever the inspection loop was: a crash, or, inside inference, a good part counted
+    NG (inference error) and rejected uninspected."""
+    import signal
+    import threading
+
+    from fair_edge.cli.run import StationSignals
+    from fair_edge.station.cell import run as run_any
+
+    station, out = tmp_path / "station.yaml", tmp_path / "out"
+    station.write_text(yaml.safe_dump({"bundle": str(station_bundles[0].root)}))
+    cfg = station_config(station_bundles[0].root, conveyor_dir, out, console=ConsoleSettings(enabled=False),
+                         source_file=station)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signals = StationSignals()
+    wired, refused = threading.Event(), threading.Event()
+
+    class Refusals(logging.Handler):
+        def emit(self, record):
+            if "bundle reload refused (SIGHUP)" in record.getMessage():
+                refused.set()
+
+    def wire(console):
+        signals.wire_sighup(console)
+        wired.set()
+
+    def operator():   # off the main thread, as a shell would: SIGHUPs in a row once parts flow, then a stop
+        try:
+            assert wired.wait(120)
+            until(lambda: signals.console.feed.count >= 3)
+            station.write_bytes(station.read_bytes() + "# Prüfstation\n".encode("latin-1"))
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGHUP)
+            assert refused.wait(60)
+            seen = signals.console.feed.count
+            until(lambda: signals.console.feed.count >= seen + 3)   # it inspects on after the refusal
+        finally:
+            signals.stop.set()
+
+    def until(predicate, timeout=60.0):
+        end = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < end:
+            time.sleep(0.05)
+
+    handler = Refusals()
+    logging.getLogger().addHandler(handler)
+    helper = threading.Thread(target=operator, daemon=True)
+    try:
+        helper.start()
+        summary = run_any(cfg, signals.stop, on_console=wire)   # the main thread: where the signal handler runs
+    finally:
+        signals.stop.set()
+        logging.getLogger().removeHandler(handler)
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        helper.join(60)
+    assert refused.is_set() and summary.inference_errors == 0 and summary.inspected >= 6
+    messages = [r.getMessage() for r in caplog.records if "bundle reload refused (SIGHUP)" in r.getMessage()]
+    assert messages and all(f"station file {station}: expected " in m for m in messages)
+    assert json.loads((out / "summary.json").read_text())["inference_errors"] == 0

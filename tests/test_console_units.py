@@ -484,6 +484,84 @@ def test_sighup_in_a_cell_reloads_each_camera_once_from_its_own_bundle(tmp_path,
     assert swaps == [("a", "m-a_own"), ("b", "m-station")]
 
 
+def test_a_station_file_python_cannot_read_or_decode_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    """A Latin-1 comment ('# Prüfstation') or a file the station's user may not read: a ConfigError naming the file,
+    what was expected and the fix; before, UnicodeDecodeError / PermissionError escaped load_station (on SIGHUP: in
+    the middle of the inspection loop)."""
+    from pathlib import Path
+
+    station = tmp_path / "station.yaml"
+    station.write_bytes("# Prüfstation\nbundle: b\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as refused:
+        load_station(station)
+    text = str(refused.value)
+    assert text.startswith(f"station file {station}: expected ") and "found byte 0xfc at offset 4" in text
+    assert "save the file as" in text
+
+    station.write_text("bundle: b\n")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)   # root reads any file: chmod 000 would not refuse it
+    with pytest.raises(ConfigError, match=rf"station file {station} cannot be read \(Permission denied\); give"):
+        load_station(station)
+
+
+def test_sighup_reloads_raise_nothing_run_one_at_a_time_and_are_logged_when_refused(tmp_path, caplog):
+    """SIGHUP's handler only asks (``request_reload``); the console's reload thread re-reads the station file. A
+    reload whose loader raises anything (here UnicodeDecodeError, then a Latin-1 file through the real loader) is
+    logged "bundle reload refused" and the station goes on. SIGHUPs during a reload are one more reload after it,
+    never a second one at the same time. Before, the handler ran the reload itself in the main thread, raising there."""
+    import threading
+    from types import SimpleNamespace
+
+    from fair_edge.cli.run import StationSignals
+    from fair_edge.console.actions import StationLinks
+    from fair_edge.console.station_hook import StationConsole
+
+    station = tmp_path / "station.yaml"
+    station.write_bytes("# Prüfstation\nbundle: b\n".encode("latin-1"))
+    entered, release, lock = [threading.Event(), threading.Event()], threading.Event(), threading.Lock()
+    calls, running, most = [], [0], [0]
+
+    def load(path):   # the first reload waits inside the loader until released: SIGHUPs arrive meanwhile
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(path)
+            entered[len(calls) - 1].set()
+        try:
+            if len(calls) == 1:
+                assert release.wait(30)
+                raise UnicodeDecodeError("utf-8", b"\xfc", 0, 1, "invalid start byte")
+            return load_station(path)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False), source_file=station)
+    console = StationConsole(cfg, SimpleNamespace(root=tmp_path / "b0", threshold=None),
+                             links=StationLinks(load_station=load))
+    signals = StationSignals.__new__(StationSignals)   # its SIGHUP handler, without taking the test's SIGINT
+    signals.console = console
+    console.watch_reloads()
+    try:
+        signals.on_hup(1, None)   # returns at once, raising nothing, whatever the reload meets
+        assert entered[0].wait(30)
+        for _ in range(3):
+            signals.on_hup(1, None)
+        release.set()
+        assert entered[1].wait(30)
+    finally:
+        release.set()
+        console.close()   # waits for the reload in progress
+    assert calls == [station, station] and most[0] == 1
+    refused = [r.getMessage() for r in caplog.records if "bundle reload refused (SIGHUP)" in r.getMessage()]
+    assert len(refused) == 2 and "UnicodeDecodeError" in refused[0]
+    assert refused[1].startswith(f"bundle reload refused (SIGHUP): station file {station}: expected ")
+
+
 def test_a_loader_failing_with_any_error_fails_the_swap_and_closes_what_it_loaded(tmp_path, inline_swaps):
     """A loader raising something other than a FairEdgeError (onnxruntime's RuntimeError) ends the swap as failed
     with its text, closes the backend loaded before it and switches no camera; the next swap is not refused.

@@ -230,7 +230,9 @@ def run(
 
 class StationSignals:
     """`fair-edge run`'s signals: Ctrl-C and SIGTERM set ``stop`` (the station drains and exits 0); SIGHUP,
-    once the console exists, loads the bundle the station file names (``StationConsole.reload_bundle``)."""
+    once the console exists, loads the bundle the station file names (``StationConsole.reload_bundle``) on the
+    console's reload thread: the handler only asks (``request_reload``), so nothing a reload meets is raised in the
+    main thread, and SIGHUPs in a row never run two reloads at once."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -245,10 +247,12 @@ class StationSignals:
         """``run_station``'s on_console hook (where the OS has SIGHUP)."""
         self.console = station_console
         if hasattr(signal, "SIGHUP"):
+            station_console.watch_reloads()
             signal.signal(signal.SIGHUP, self.on_hup)
 
     def on_hup(self, signum: int, frame: object) -> None:
-        self.console.reload_bundle("SIGHUP")
+        """Runs in the main thread, wherever the inspection loop is: only asks for the reload (raises nothing)."""
+        self.console.request_reload("SIGHUP")
 
 
 def console_settings(current, mode: Optional[str], port: Optional[int]):

@@ -2,7 +2,8 @@
 
 ``run_station`` always makes one (the drift watch, bundle swaps and SIGHUP work without a browser)
 and calls, by name: ``observe`` (a verdict callback), ``attach`` (once the inspector exists),
-``tick`` (from the loop's ~0.5 s tick: drift alarm to the fault output) and ``close``. The web
+``tick`` (from the loop's ~0.5 s tick: drift alarm to the fault output) and ``close``. SIGHUP calls
+``request_reload`` (signal-safe), which the reload thread (``watch_reloads``) turns into ``reload_bundle``. The web
 server runs only when ``console.enabled``. A station of several cameras (``run_cell``) also calls
 ``attach_cell`` (its counters and each camera's bundle) and ``observe_part`` (a part row, from
 ``CellLine.on_part``); each of its cameras has its own drift watch, and any camera in alarm holds the
@@ -12,6 +13,7 @@ fault output, named.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from fair_edge.console.actions import StationActions, StationLinks
@@ -22,6 +24,8 @@ from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
 DRIFT_EVERY_S = 2.0
+RELOAD_POLL_S = 0.2   # how often the reload thread looks for a requested reload, s (a SIGHUP's latency)
+RELOAD_JOIN_S = 2.0   # how long close() waits for a reload in progress, s
 
 
 class StationConsole:
@@ -51,6 +55,9 @@ class StationConsole:
         self.station_file = cfg.source_file
         # the station's own threshold (file or command line), what SIGHUP without a file keeps; None = the bundle's
         self.start_threshold = getattr(cfg, "threshold", None)
+        self._reload_wanted: str | None = None   # who asked for a reload not yet begun (``request_reload``)
+        self._reloader: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def start(self) -> "StationConsole":
         """Start the web server. A port that cannot be bound is logged and the station inspects on
@@ -67,12 +74,39 @@ class StationConsole:
     def url(self) -> str:
         return self.server.url if self.server is not None else ""
 
+    def request_reload(self, who: str = "SIGHUP") -> None:
+        """Ask the reload thread (``watch_reloads``) for ``reload_bundle(who)`` and return at once: what a signal
+        handler calls. It only sets an attribute (no lock, no I/O, nothing that raises), so what the reload meets (a
+        station file that cannot be read, a damaged bundle) is logged on that thread and never surfaces in the
+        inspection loop the signal interrupted. Requests made before a reload starts are that one reload; one made
+        while a reload or a bundle swap is in progress is one more reload after it (the station file as it is
+        then), never two at once."""
+        self._reload_wanted = who
+
+    def watch_reloads(self) -> None:
+        """Start the reload thread that serves ``request_reload`` (once; from the main program, not from a
+        signal handler); it ends at ``close``."""
+        if self._reloader is None:
+            self._reloader = threading.Thread(target=self._serve_reloads, name="station-reload", daemon=True)
+            self._reloader.start()
+
+    def _serve_reloads(self) -> None:
+        """The reload thread: every RELOAD_POLL_S, a requested reload once no swap is loading (one at a time)."""
+        while not self._closed.wait(RELOAD_POLL_S):
+            if self._reload_wanted is None or self.actions.swap_status.get("state") == "loading":
+                continue
+            # a request landing between these two steps is served by this reload: it reads the file after them
+            who, self._reload_wanted = self._reload_wanted, None
+            self.reload_bundle(who)
+
     def reload_bundle(self, who: str = "SIGHUP") -> None:
         """Swap to the bundle and threshold the station file names now (re-read: a threshold applied from the
         console and written there is kept), else reload the current bundle folder (rebuilt in place) at the
         threshold the station started with. Several cameras: every camera's bundle and threshold as the file
-        names them now (its own, else the station's), each camera switching through its own decider. Returns
-        at once; the load runs in a thread. Safe to call from a signal handler."""
+        names them now (its own, else the station's), each camera switching through its own decider. Reads the
+        station file in the calling thread, then returns; the load runs in a thread. Raises nothing: whatever stops
+        the reload is logged as "bundle reload refused" and the station goes on with what it runs (a signal handler
+        calls ``request_reload`` instead: this reads a file)."""
         path, threshold = self.feed.bundle_path, self.start_threshold
         load_station = self.actions.links.load_station
         try:
@@ -86,8 +120,9 @@ class StationConsole:
                 now = load_station(self.station_file)
                 path, threshold = now.bundle or path, now.threshold
             self.actions.swap(str(path), who, threshold=threshold)
-        except FairEdgeError as exc:
-            log.error("bundle reload (%s) refused: %s", who, exc)
+        except Exception as exc:  # noqa: BLE001 - a reload never stops the station (see the docstring)
+            text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
+            log.error("bundle reload refused (%s): %s", who, text, exc_info=not isinstance(exc, FairEdgeError))
 
     def observe(self, frame, verdict, anomaly_map) -> None:
         self.feed.observe(frame, verdict, anomaly_map)
@@ -136,6 +171,10 @@ class StationConsole:
         return {camera: _drift_values(state) for camera, state in self.feed.drift.states().items()}
 
     def close(self) -> None:
+        """Stop the reload thread (waiting up to RELOAD_JOIN_S for a reload in progress) and the web server."""
+        self._closed.set()
+        if self._reloader is not None:
+            self._reloader.join(RELOAD_JOIN_S)
         if self.server is not None:
             self.server.close()
 
