@@ -257,6 +257,8 @@ class CaptureThread:
         self._cause: BaseException | None = None
         self._last: Frame | None = None
         self._after_outage = False
+        self._outage_cause = ""       # the last link error of the outage under way ('' when none)
+        self.down_at_stop = ""        # why the camera was not delivering when stop() was called ('' when it was)
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> CaptureThread:
@@ -272,11 +274,15 @@ class CaptureThread:
     def stop(self) -> bool:
         """Stop the reader and join it within ``settings.stop_timeout_s``. Idempotent.
 
+        A camera still down (reconnecting, or given up) has its unfinished outage counted now: see
+        ``_count_open_outage``; ``down_at_stop`` then says why it was down.
         Returns True if the thread finished (or never started), False if it is still
         blocked inside ``source.read()`` (logged; it is a daemon and exits on its own).
         """
-        self._t_stop = time.monotonic()
-        self._stop.set()
+        if not self._stop.is_set():   # the first call: the run's end (a second one moves nothing)
+            self._t_stop = time.monotonic()
+            self._stop.set()
+            self._count_open_outage()
         if self._thread is None:
             self._finish(CaptureState.STOPPED, "stop() called")
             return True
@@ -292,6 +298,27 @@ class CaptureThread:
         return True
 
     close = stop
+
+    def _count_open_outage(self) -> None:
+        """At ``stop()``: frames lost to an outage no frame came back to end. A resumed frame counts its outage
+        (``_accept``); one still open at the stop gets (t_stop - last frame's t_capture) x nominal fps - 1 (none
+        without a nominal fps, e.g. a triggered camera) and sets ``down_at_stop``. Read after ``_stop`` is set: a
+        reader seen reconnecting now accepts no frame after it, so the outage is never counted twice."""
+        with self._lock:
+            state, end_reason = self._state, self._end_reason
+        if state is CaptureState.RECONNECTING:
+            self.down_at_stop = f"reconnecting ({self._outage_cause})"
+        elif state is CaptureState.ENDED and end_reason.startswith("gave up"):
+            self.down_at_stop = end_reason
+        else:
+            return
+        last, fps = self._last, self._nominal_fps()
+        if last is not None and fps:
+            lost = max(0, round((self._t_stop - last.t_capture) * fps) - 1)
+            with self._lock:
+                self._counts["frames_lost_estimate"] += lost
+            log.warning("camera %s: still down at stop (%s): about %d frame(s) lost since the last one",
+                        self.source.name, self.down_at_stop, lost)
 
     def _interrupt_source(self) -> None:
         """Wake a reader waiting inside the source (a paced replay): ``interrupt()`` where the source has one."""
@@ -433,6 +460,7 @@ class CaptureThread:
     def _reconnect(self, cause: CameraError) -> tuple[str, BaseException | None] | None:
         """Close, back off, reopen. Returns None when reconnected, else (end reason, cause)."""
         name, s = self.source.name, self.settings
+        self._outage_cause = str(cause)   # set before the state: a stop() that sees it reconnecting can say why
         self._set_state(CaptureState.RECONNECTING)
         self._close_source()
         t_down = time.monotonic()
@@ -450,6 +478,7 @@ class CaptureThread:
                 return f"source ended: {exc}", exc.cause
             except CameraError as exc:
                 cause = exc
+                self._outage_cause = str(exc)
                 continue
             self._count("reconnects")
             self._set_state(CaptureState.RUNNING)

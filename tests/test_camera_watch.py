@@ -88,3 +88,31 @@ def test_a_replay_that_ends_is_not_a_fault():
     with CaptureThread(source, CaptureSettings(queue_size=8)) as capture:
         assert wait_for(lambda: capture.ended)
         assert CameraWatch(capture, None)() == ""
+
+
+def test_a_camera_still_down_when_the_run_stops_it_keeps_the_fault_and_is_not_back(caplog):
+    """Audit: the station's last watch() came after the run had stopped the capture (state STOPPED), so a camera
+    still reconnecting was logged "camera back: inspecting again" and the fault output was cleared while it was
+    dead. Now a stopped capture changes nothing, and ``at_stop()`` names the camera as down when the run stopped."""
+    images = [np.full((20, 20, 3), 50, np.uint8)] * 3
+    source = LineSource(images, fps=100, loop=True, fail_at={5: "dead"})
+    settings = CaptureSettings(queue_size=4, backoff_initial_s=30, backoff_max_s=30)   # reconnecting until stopped
+    light = RecordingSink()
+    with RejectScheduler(RejectSettings(), sinks=RecordingSink(), fault_sinks=light) as scheduler:
+        capture = CaptureThread(source, settings).start()
+        watch = CameraWatch(capture, scheduler, "top")
+        assert wait_for(lambda: watch() == "camera top: camera reconnecting")
+        capture.stop()
+        assert watch() == "camera top: camera reconnecting"   # the run stopped it: not back
+        at_stop = watch.at_stop()
+    assert at_stop.startswith("camera top: camera down when the run stopped: reconnecting (line: link lost")
+    assert [active for active, _ in light.levels] == [True]
+    assert "camera back" not in caplog.text
+
+
+def test_a_camera_delivering_when_the_run_stops_it_is_no_fault():
+    source = LineSource([np.zeros((20, 20, 3), np.uint8)] * 3, fps=0, loop=True)
+    with CaptureThread(source, CaptureSettings(queue_size=2)) as capture:
+        capture.get(timeout=5)
+    watch = CameraWatch(capture, None)
+    assert watch() == "" and watch.at_stop() == ""

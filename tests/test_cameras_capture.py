@@ -18,6 +18,7 @@ from fair_edge.cameras import (
     LineSource,
     OpenCVSource,
 )
+from fair_edge.cameras.capture import SourceBase
 from fair_edge.errors import CameraError, ConfigError
 from fair_edge.records import Frame
 
@@ -335,3 +336,59 @@ def test_a_frame_taken_before_stop_but_read_while_stopping_is_still_inspected():
     source.release.set()
     stopper.join(10)
     assert [f.seq for f in drain(cap)] == [1] and cap.stats().frames_in == 2
+
+
+
+class DiesAfterItsFirstFrame(SourceBase):
+    """A 50 fps camera whose first frame was taken ``age_s`` before it was read, then whose link dies for good
+    (every read and reopen fails): an outage no frame ever ends."""
+
+    name = "dies"
+    nominal_fps = 50.0
+
+    def __init__(self, age_s: float) -> None:
+        super().__init__()
+        self.age_s, self.opened = age_s, 0
+
+    def _connect(self):
+        self.opened += 1
+        if self.opened > 1:
+            raise CameraError("dies: camera unreachable")
+        return IMAGES[0], self.name, time.monotonic() - self.age_s
+
+    def _grab(self):
+        raise CameraError("dies: link lost")
+
+    def _release(self) -> None:
+        pass
+
+
+def wait_for_state(cap: CaptureThread, state: CaptureState, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while cap.stats().state is not state:
+        if time.monotonic() > deadline:
+            pytest.fail(f"capture never reached {state}: {cap.stats()}")
+        time.sleep(0.005)
+
+
+def test_stop_while_the_camera_is_down_counts_the_unfinished_outage_as_lost():
+    """Audit: frames lost were estimated only when a frame came back after the outage, so a camera still down when
+    the run stopped lost none (summary lost 0). Now stop() estimates the open outage, (t_stop - last frame's
+    t_capture) x nominal fps - 1, once, and says why the camera was down (``down_at_stop``)."""
+    cap = CaptureThread(DiesAfterItsFirstFrame(age_s=1.0), CaptureSettings(backoff_initial_s=30, backoff_max_s=30))
+    cap.start()
+    last = cap.get(timeout=5)
+    wait_for_state(cap, CaptureState.RECONNECTING)   # in its 30 s back-off: no frame will end this outage
+    assert cap.stop() is True
+    lost = cap.stats().frames_lost_estimate
+    assert lost == round((cap._t_stop - last.t_capture) * 50.0) - 1 >= 49   # the frame seen was 1 s old
+    assert cap.down_at_stop == "reconnecting (dies: link lost)"
+    cap.stop()
+    assert cap.stats().frames_lost_estimate == lost and cap.stats().state is CaptureState.STOPPED   # counted once
+
+
+def test_stop_while_frames_come_counts_no_outage():
+    settings = CaptureSettings(queue_size=2, nominal_fps=50.0)
+    with CaptureThread(LineSource(IMAGES, fps=0), settings) as cap:   # on demand: seq has no gaps
+        cap.get(timeout=2)
+    assert cap.down_at_stop == "" and cap.stats().frames_lost_estimate == 0

@@ -689,3 +689,42 @@ def test_a_lanes_dead_reject_output_holds_the_stations_fault_output(station_bund
     assert stop.is_set()                                # ended by the test on seeing the lane's fault
     assert not any("lane b" in s for s in seen)
     assert len(fault_rises) >= 1
+
+
+def test_a_camera_still_down_when_the_cell_stops_is_the_runs_fault_and_keeps_the_fault_output(station_bundles, scored,
+                                                                                             tmp_path, caplog):
+    """Audit: finish_cell asked each camera watch after inspection had stopped the cameras, so a camera still
+    reconnecting read as back ("camera back", its fault output channel cleared) and was no fault of the run. Now
+    it is the run's fault, named (exit code 3), its outage counted in its lost frames, its fault output left on."""
+    import logging
+
+    from fair_edge.cameras import CaptureState, LineSource
+    from fair_edge.station.config import ConsoleSettings
+    from fair_edge.station.run import EXIT_FAULT, exit_code
+
+    images, threshold = scored
+    good = images[:4]
+    sources = {"top": LineSource(good, fps=10, loop=True, name="top"),
+               "right": LineSource(good, fps=10, loop=True, fail_at={3: "dead"}, name="right")}
+    stop, down_ticks = threading.Event(), []
+
+    def tick(insp):   # ticks are >= 0.5 s apart: two that see the outage put >= 0.5 s of it before the stop
+        if insp.capture.captures["right"].stats().state is CaptureState.RECONNECTING:
+            down_ticks.append(insp.summary.rejects.get("fault_output"))
+            if len(down_ticks) >= 2:
+                stop.set()
+
+    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+                        cameras=tuple(ViewSettings(c, c) for c in sources), group=GroupSettings(match="sequence"),
+                        record=RecordSettings(dir=tmp_path), console=ConsoleSettings(enabled=False),
+                        reject=RejectSettings(fault_sinks=("log://test.cell.down.fault",))).checked()
+    caplog.set_level(logging.INFO, logger="test.cell.down.fault")
+    summary = run_cell(cfg, stop, sources=sources, on_tick=tick, duration_s=120)
+    assert stop.is_set() and down_ticks[-1] == "camera right: camera reconnecting"
+    assert summary.fault.startswith("camera right: camera down when the run stopped: reconnecting (right: ")
+    assert exit_code(summary) == EXIT_FAULT
+    assert summary.cameras["right"]["lost"] >= 4   # >= 0.5 s at 10 fps, minus the frame seen
+    assert "camera back" not in caplog.text
+    levels = [r.fault_active for r in caplog.records if r.name == "test.cell.down.fault"]
+    assert levels and all(levels)
+    assert json.loads((tmp_path / "summary.json").read_text())["fault"] == summary.fault

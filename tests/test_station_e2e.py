@@ -446,3 +446,80 @@ def test_rejects_need_a_timed_line_and_the_travel_time(bundle, conveyor, tmp_pat
     text = " ".join(no_delay.output.split())
     assert no_delay.exit_code == 2 and "reject.delay_ms" in text and "--reject-delay-ms" in text, text
     assert not (tmp_path / "verdicts.jsonl").exists()
+
+
+def test_a_full_disk_at_summary_json_is_logged_and_the_run_ends_with_its_exit_code(bundle, conveyor, tmp_path,
+                                                                                 monkeypatch):
+    """Audit: writing summary.json on a full disk raised OSError (ENOSPC) out of run_station: a traceback, exit 1
+    instead of the run's code, no summary table, and summary.json left 0 bytes (its open had truncated the older
+    one). Now it is written to summary.json.tmp and renamed; a failed write is an error naming the path, the older
+    summary stays whole, the table is printed and the exit code is the run's (0)."""
+    import errno
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    real = Path.write_text
+
+    def disk_full(self, data, *args, **kwargs):
+        if not self.name.startswith("summary.json"):
+            return real(self, data, *args, **kwargs)
+        with open(self, "w"):   # what a real write does first: the file is created (truncated) ...
+            pass
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))   # ... then the disk is full
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"run_id": "older"}\n')
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    result = CliRunner().invoke(app, ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--backend",
+                                      "onnxruntime", "--out", str(out), "--console", "off"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "run summary" in result.output
+    assert json.loads((out / "summary.json").read_text()) == {"run_id": "older"}
+    assert not (out / "summary.json.tmp").exists()
+    said = "".join(result.output.split())   # the CLI's log handler wraps lines: compare without white space
+    assert f"summary.jsonnotwrittento{out / 'summary.json'}" in said and "Nospaceleft" in said, result.output
+    assert len((out / "verdicts.jsonl").read_text().splitlines()) == 12   # the verdict log is whole
+
+
+def test_a_camera_still_down_when_the_run_stops_is_a_fault_and_its_frames_are_lost(bundle, conveyor, tmp_path,
+                                                                                   caplog):
+    """Audit: a camera dead when the run stopped ended as "camera back: inspecting again", the fault output
+    cleared, lost 0, no fault, exit 0 (the last camera check ran after inspection had stopped the capture, and an
+    outage was counted only when a frame came back). Now: the run's fault (exit code 3) naming the camera down,
+    the fault output left on, the open outage counted lost, no "camera back"."""
+    import logging
+
+    import cv2
+
+    from fair_edge.cameras import CaptureState, LineSource
+    from fair_edge.station.config import ConsoleSettings
+    from fair_edge.station.run import EXIT_FAULT, exit_code
+
+    images = [cv2.imread(str(p)) for p in sorted(conveyor.iterdir())[:4]]
+    source = LineSource(images, fps=10, loop=True, fail_at={5: "dead"})
+    cfg = StationConfig(bundle=bundle.root, backend="onnxruntime", output=tmp_path,
+                        record=RecordSettings(dir=tmp_path), console=ConsoleSettings(enabled=False),
+                        reject=RejectSettings(sinks=("log://test.down.rejects",),
+                                              fault_sinks=("log://test.down.fault",), delay_ms=300))
+    stop, down_ticks = threading.Event(), []
+
+    def tick(insp):   # ticks are >= 0.5 s apart: two that see the outage put >= 0.5 s of it before the stop
+        if insp.capture.stats().state is CaptureState.RECONNECTING:
+            down_ticks.append(insp.summary.rejects.get("fault_output"))
+            if len(down_ticks) >= 2:
+                stop.set()
+
+    caplog.set_level(logging.INFO, logger="test.down.fault")
+    summary = run_station(cfg, stop, source=source, on_tick=tick, duration_s=120)
+    assert stop.is_set() and down_ticks[-1] == "camera reconnecting"
+    assert summary.fault.startswith("camera down when the run stopped: reconnecting (line: ")
+    assert exit_code(summary) == EXIT_FAULT == 3
+    assert summary.inspected == 5 and summary.lost >= 4   # >= 0.5 s at 10 fps, minus the frame seen
+    assert "camera back" not in caplog.text
+    levels = [r.fault_active for r in caplog.records if r.name == "test.down.fault"]
+    assert levels and all(levels)   # raised, never dropped before the station exited
+    assert json.loads((tmp_path / "summary.json").read_text())["fault"] == summary.fault

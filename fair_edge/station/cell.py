@@ -43,7 +43,7 @@ from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   open_capture, open_line_side, run_station, station_tick)
+                                   open_capture, open_line_side, run_station, station_tick, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -372,19 +372,18 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
         if cell.assembler is not None:
             cell.assembler.close_all()
         finish_cell(cfg, cell, summary, watches, mux)
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "summary.json").write_text(summary.to_json())
+    write_summary(summary, cfg.output)
     return summary
 
 
 def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches: list[CameraWatch],
                 mux: CaptureMux) -> None:
-    """``finish_line`` for a cell: a camera gone for good is the run's fault (named); the lanes' gates are
-    let finish too; per-camera and part counters go into the summary."""
-    gone = [w() for w in watches]
-    gone = [r for r in gone if "camera gone" in r]
-    if gone and not summary.fault:
-        summary.fault = "; ".join(gone)
+    """``finish_line`` for a cell: a camera gone for good or still down at the stop is the run's fault (each named;
+    ``CameraWatch.at_stop``: the fault output they held stays on); the lanes' gates are let finish too; per-camera
+    and part counters go into the summary."""
+    down = [r for r in (w.at_stop() for w in watches) if r]
+    if down and not summary.fault:
+        summary.fault = "; ".join(down)
     finish_line(cfg, cell.line, summary, "")
     travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
     for lane in cell.lanes.values():

@@ -2,8 +2,9 @@
 recorder, rejects, metrics, console.
 
 ``run_station`` owns every resource it opens and closes them all (also on errors and signals);
-the summary is written to ``OUTPUT/summary.json``. ``exit_code(summary)`` is what `fair-edge run`
-returns: 0 fine, 3 station fault, 4 rejects were due but a reject sink delivered none of them.
+the summary is written to ``OUTPUT/summary.json`` (``write_summary``: a failed write is logged, never fatal).
+``exit_code(summary)`` is what `fair-edge run` returns: 0 fine, 3 station fault (also a camera gone, or still down
+when the run stopped), 4 rejects were due but a reject sink delivered none of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -146,14 +148,18 @@ class CameraWatch:
     """Holds the reject scheduler's fault output on while the camera cannot deliver frames.
 
     Called from the inspection loop's tick (every ~0.5 s); sets the output only when the state changes.
+    Once the run has stopped the capture, ``at_stop()`` says whether the camera was down then (a stopped
+    capture is not a camera back: the fault held stays on).
     """
 
     def __init__(self, capture: CaptureThread, scheduler: FaultChannel | None, name: str = "") -> None:
         self.capture, self.scheduler, self.reason, self.name = capture, scheduler, "", name
 
     def __call__(self, _inspector: Inspector | None = None) -> str:
-        reason = camera_fault(self.capture.stats())
-        reason = f"camera {self.name}: {reason}" if reason and self.name else reason
+        stats = self.capture.stats()
+        if stats.state is CaptureState.STOPPED:   # the run stopped it: nothing changed at the camera
+            return self.reason
+        reason = self._named(camera_fault(stats))
         if reason != self.reason:
             if reason:
                 log.error("station cannot inspect: %s", reason)
@@ -163,6 +169,20 @@ class CameraWatch:
                 self.scheduler.fault(bool(reason), reason)
             self.reason = reason
         return reason
+
+    def at_stop(self) -> str:
+        """After the capture was stopped: the run's camera fault, '' when the camera was delivering frames.
+        A camera gone for good ("camera gone: ..."), or one still down at the stop ("camera down when the run
+        stopped: reconnecting (...)", ``CaptureThread.down_at_stop``; its unfinished outage is in the lost count).
+        Changes no output and logs nothing: the fault output the last tick held stays on (``finish_line``)."""
+        reason = camera_fault(self.capture.stats())
+        down = getattr(self.capture, "down_at_stop", "")
+        if not reason and down:
+            reason = f"camera down when the run stopped: {down}"
+        return self._named(reason)
+
+    def _named(self, reason: str) -> str:
+        return f"camera {self.name}: {reason}" if reason and self.name else reason
 
 
 @dataclass
@@ -365,10 +385,31 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
                                 on_iteration=notifier.alive)
         notifier.stopping(status_line(summary, "stopping"))
-        finish_line(cfg, line, summary, watch())
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    (cfg.output / "summary.json").write_text(summary.to_json())
+        finish_line(cfg, line, summary, watch.at_stop())
+    write_summary(summary, cfg.output)
     return summary
+
+
+def write_summary(summary: RunSummary, output: Path) -> Path | None:
+    """Write ``output/summary.json`` (the folder is made): to ``summary.json.tmp`` first, then renamed over the old
+    file, so a full disk or a read-only folder never leaves a 0-byte or half summary (an older one stays whole).
+    A failed write (OSError) is logged naming the path, the error and the fix, and the run goes on to its summary
+    table and exit code: the verdict log and the counters do not depend on it. Returns the path, None if not
+    written."""
+    path = output / "summary.json"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(summary.to_json())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("summary.json not written to %s: %s; expected a writable folder with free space (the run's "
+                  "counters are in the summary printed and, with MQTT, its retained summary): free space on that "
+                  "disk or fix the folder's permissions", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return None
+    return path
 
 
 def retire_swapped(inspector: Inspector, loaded: FrameScorer) -> None:
@@ -404,8 +445,9 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     one gate row each), write the log, and fill the summary's line counters. The log: NG images still
     queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
     ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
-    final counters, after the last row: the ones summary.json gets)."""
-    if not summary.fault and camera_state.startswith("camera gone"):
+    final counters, after the last row: the ones summary.json gets). camera_state: ``CameraWatch.at_stop()``, a
+    camera gone or still down at the stop ('' when it was delivering): the run's fault unless it has one."""
+    if not summary.fault and camera_state:
         summary.fault = camera_state
     if line.handshake is not None:
         line.handshake.finish(summary.fault)   # ready drops; open parts are answered and acked
