@@ -28,6 +28,7 @@ What each rank does (``DataParallel`` below, hooked into ``fair_edge.models.fair
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import os
@@ -140,14 +141,14 @@ class DataParallel:
 
     def mean(self, loss: torch.Tensor) -> float:
         total = loss.detach().clone()
-        dist.all_reduce(total)
+        all_reduce_held(total)
         return float(total) / self.world
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any: the ranks agree on a stop request (Ctrl-C reaches
         them one after the other, possibly either side of a step boundary)."""
         votes = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        all_reduce_held(votes, op=dist.ReduceOp.MAX)
         return bool(votes.item())
 
     def barrier(self) -> None:
@@ -170,6 +171,21 @@ def from_environment(device: torch.device) -> tuple[DataParallel | SingleProcess
 def is_main_process() -> bool:
     """True outside torchrun and on rank 0 within it (the rank that prints and writes files)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+# The last tensors Python handed to a collective, kept referenced until the process ends. A gloo worker thread
+# drops its reference to a finished collective's tensors a moment after wait() returns; when that is the last
+# reference to a tensor Python made, the drop needs the GIL. Freeing the process group (the DDP reducer going,
+# after destroy_process_group) joins those threads while holding the GIL: a worker still waiting for it then
+# deadlocks the rank (seen once in the full suite under load: test_cli_nproc_launches_torchrun hung). Held here,
+# the worker's drop is never the last one.
+_HELD: collections.deque[torch.Tensor] = collections.deque(maxlen=8)
+
+
+def all_reduce_held(tensor: torch.Tensor, **kwargs) -> None:
+    """``dist.all_reduce(tensor, **kwargs)`` (waited for), ``tensor`` then kept referenced (``_HELD``)."""
+    dist.all_reduce(tensor, **kwargs)
+    _HELD.append(tensor)
 
 
 def shutdown() -> None:
