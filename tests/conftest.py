@@ -231,3 +231,34 @@ def patchcore_run(mvtec_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def patchcore_bundles(patchcore_run, tmp_path_factory):
     return _family_bundles(patchcore_run[0], tmp_path_factory.mktemp("patchcore-bundles"))
+
+
+class StalledDisk:
+    """``disk_usage`` of a disk that stalls: a recorder's writer waits in it, in its first NG image, until
+    ``release`` is set, so everything recorded meanwhile waits in the queue (the order is fixed, no timing luck)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, _path):
+        from collections import namedtuple
+
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the disk"
+        return namedtuple("Usage", "total used free")(10**12, 0, 10**12)
+
+
+def held_recorder(tmp_path: Path, queue_size: int = 64, **kw):
+    """(a Recorder whose writer is held in its first NG image, seq 0, logged, until ``disk.release`` is set; disk)."""
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Frame, Verdict
+
+    disk = StalledDisk()
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_size=queue_size), disk_usage=disk, **kw)
+    assert rec.record(Frame(0, 1.0, np.zeros((8, 8, 3), np.uint8), "t"), Verdict(0, 1.0, 0.9, 0.5, True, 0.0, "t"),
+                      np.ones((4, 4), np.float32))
+    assert disk.entered.wait(10), "the recorder's writer never took the first NG image"
+    return rec, disk

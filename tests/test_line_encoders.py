@@ -372,24 +372,10 @@ def test_a_lost_position_with_300_parts_on_the_belt_logs_a_gate_row_for_each_and
     kind) most were dropped, and a verdict row with them (the audit: 271 position_lost, 128 rows). The recorder's
     writer is held in an NG image meanwhile (a disk that stalls a moment): every row still gets in."""
     import json
-    from collections import namedtuple
 
-    import numpy as np
+    from conftest import held_recorder
 
-    from fair_edge.line.recorder import Recorder
-    from fair_edge.line.settings import RecordSettings
-    from fair_edge.records import Frame
-
-    entered, release = threading.Event(), threading.Event()
-
-    def stalled_disk(_path):
-        entered.set()
-        assert release.wait(30), "the test never released the disk"
-        return namedtuple("Usage", "total used free")(10**12, 0, 10**12)
-
-    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_size=64), disk_usage=stalled_disk)
-    rec.record(Frame(0, 1.0, np.zeros((8, 8, 3), np.uint8), "t"), _ng(0), np.ones((4, 4), np.float32))
-    assert entered.wait(10), "the recorder's writer never took the NG image"
+    rec, disk = held_recorder(tmp_path)
     counter = ScriptedCounter(50_000)
     settings = RejectSettings(encoder_distance=500, pulse_ms=10, min_gap_ms=5, late_ms=10, encoder_poll_ms=1)
     with PolledEncoder(counter, 32, 0.001) as enc, \
@@ -404,7 +390,7 @@ def test_a_lost_position_with_300_parts_on_the_belt_logs_a_gate_row_for_each_and
         named = "parts seq " + ", ".join(map(str, range(1, 21))) + " and 280 more (all in gate.jsonl): "
         assert named in sched.alarm and ", 21," not in sched.alarm   # the reason names 20 parts, not 300
         assert rec.record(None, _ng(301))                         # a verdict row coming in beside the burst
-    release.set()
+    disk.release.set()
     rec.close()
     gate = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
     assert [(r["seq"], r["gate"]) for r in gate] == [(seq, "position_lost") for seq in range(1, 301)]

@@ -16,6 +16,8 @@ from fair_edge.line.settings import RecordSettings
 from fair_edge.errors import DataError, RecorderError
 from fair_edge.records import Frame, Verdict
 
+from conftest import held_recorder
+
 Usage = namedtuple("Usage", "total used free")
 
 
@@ -413,29 +415,6 @@ def test_the_metrics_endpoint_shows_the_recorder_counters_and_pending(tmp_path):
     assert "fair_edge_recorder_pending 0.0" in text
 
 
-class StalledDisk:
-    """``disk_usage`` of a disk that stalls: the writer's first NG image waits in it until ``release`` is set, so
-    everything recorded meanwhile waits in the queue (the order is fixed, no timing luck)."""
-
-    def __init__(self) -> None:
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def __call__(self, _path):
-        self.entered.set()
-        assert self.release.wait(30), "the test never released the disk"
-        return Usage(10**12, 0, 10**12)
-
-
-def _held_recorder(tmp_path, queue_size=64, **kw):
-    """A Recorder whose writer is held in its first NG image (seq 0) until the returned disk's ``release``."""
-    disk = StalledDisk()
-    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_size=queue_size), disk_usage=disk,
-                   run_id="R1", **kw)
-    assert rec.record(_frame(0), _verdict(0, True), _amap())
-    assert disk.entered.wait(10), "the writer never took the first NG image"
-    return rec, disk
-
-
 def _gate_row(seq):
     return {"seq": seq, "event": "gate", "t": 1.0 + seq, "gate": "abandoned", "verdict": "none"}
 
@@ -444,7 +423,7 @@ def test_a_burst_of_gate_rows_is_never_dropped_nor_a_verdict_beside_it(tmp_path,
     """A run ending with 300 parts on the belt tells 300 gate rows at once: the queue held 64 items of any kind, so
     236 gate rows (and the verdict rows coming in beside them) were dropped, with a warning blaming the disk.
     Rows now only count against the row bound: all are written, none dropped, no warning."""
-    rec, disk = _held_recorder(tmp_path)
+    rec, disk = held_recorder(tmp_path)
     assert all(rec.record_gate(_gate_row(seq)) for seq in range(1, 301))
     assert all(rec.record(None, _verdict(seq, ng=False)) for seq in range(301, 311))
     assert rec.record(_frame(311), _verdict(311, True), _amap())       # an NG part's images too (1 of 64)
@@ -464,7 +443,7 @@ def test_a_slow_disk_skips_ng_images_past_queue_size_while_every_row_goes_on(tmp
     """A disk too slow for the NG rate never blocks the loop: past record.queue_size NG images waiting, an NG
     part is logged without its images (images_skipped), warned once naming the images; rows without images (OK
     verdicts, gate rows) still queue and are written (they were dropped with the images)."""
-    rec, disk = _held_recorder(tmp_path, queue_size=2)
+    rec, disk = held_recorder(tmp_path, queue_size=2)
     ng = [rec.record(_frame(seq), _verdict(seq, True), _amap()) for seq in range(1, 5)]
     ok = [rec.record(None, _verdict(seq, ng=False)) for seq in range(5, 10)]
     gate = [rec.record_gate(_gate_row(seq)) for seq in range(1, 5)]
@@ -488,7 +467,7 @@ def test_rows_past_the_row_limit_are_dropped_and_the_warning_blames_the_disk_onl
     import fair_edge.line.recorder as recmod
 
     monkeypatch.setattr(recmod, "WRITER_STUCK_S", 0.0 if stuck else 1e9)
-    rec, disk = _held_recorder(tmp_path, queue_size=2, row_limit=10)
+    rec, disk = held_recorder(tmp_path, queue_size=2, row_limit=10)
     taken = [rec.record_gate(_gate_row(seq)) for seq in range(1, 16)]
     disk.release.set()
     rec.close()

@@ -448,24 +448,10 @@ def test_a_run_ending_with_300_parts_on_the_belt_logs_300_abandoned_gate_rows(tm
     236 of 300 were dropped (the audit's 259 abandoned, 72 rows). The recorder's writer is held in an NG image
     meanwhile (a disk that stalls a moment), so nothing is written during the burst: every row still gets in."""
     import json
-    from collections import namedtuple
 
-    import numpy as np
+    from conftest import held_recorder
 
-    from fair_edge.line.recorder import Recorder
-    from fair_edge.line.settings import RecordSettings
-    from fair_edge.records import Frame
-
-    entered, release = threading.Event(), threading.Event()
-
-    def stalled_disk(_path):
-        entered.set()
-        assert release.wait(30), "the test never released the disk"
-        return namedtuple("Usage", "total used free")(10**12, 0, 10**12)
-
-    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_size=64), disk_usage=stalled_disk)
-    rec.record(Frame(0, 1.0, np.zeros((8, 8, 3), np.uint8), "t"), _v(0, 1.0), np.ones((4, 4), np.float32))
-    assert entered.wait(10), "the recorder's writer never took the NG image"
+    rec, disk = held_recorder(tmp_path)
     s = RejectScheduler(RejectSettings(delay_ms=600_000, pulse_ms=20), sinks=RecordingSink(),
                         fault_sinks=RecordingSink("f"), on_part=rec.record_gate)
     t = time.monotonic()
@@ -474,7 +460,7 @@ def test_a_run_ending_with_300_parts_on_the_belt_logs_300_abandoned_gate_rows(tm
     assert s.abandon_pending() == 300
     assert rec.record(None, _v(301, t, ng=False))       # a verdict row coming in beside the burst
     s.close()
-    release.set()
+    disk.release.set()
     rec.close()
     gate = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
     assert [(r["seq"], r["gate"]) for r in gate] == [(seq, "abandoned") for seq in range(1, 301)]

@@ -404,36 +404,31 @@ class Recorder:
         if self._gate_log is None:
             self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
                                            self.settings.keep_files)
-        try:
-            self._gate_log.write({"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]), **row})
-        except OSError as exc:
-            self._counters.add("write_errors")
-            self._warn_once("gate-oserror", "gate log write failed: %s", exc)
-            return "rows_failed"
-        except Exception:  # noqa: BLE001 - a malformed row (a bug upstream) must never stop the writer
-            self._counters.add("write_errors")
-            self._error_once("gate-bad", "gate row not written: expected a JSON-able row with 't' (monotonic s), "
-                             "found %r", row, exc_info=True)
-            return "rows_failed"
-        return "gate_logged"
+        return self._write_row(self._gate_log, lambda: {"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]),
+                                                        **row}, "gate", "a JSON-able row with 't' (monotonic s)", row, "gate_logged")
 
     def _write_log(self, verdict: Verdict | dict, extra: dict | None = None) -> str:
         """Write one verdicts.jsonl row; returns its outcome: ``logged`` or ``rows_failed`` (counted, logged once)."""
+        return self._write_row(self._log, lambda: {**self.log_row(verdict), **(extra or {})}, "verdict",
+                               "a Verdict or a JSON-able row with 't_capture' (monotonic s)", verdict, "logged")
+
+    def _write_row(self, log_file: RotatingJsonl, make: Callable[[], dict], kind: str, needs: str, given: object,
+                   done: str) -> str:
+        """Write the row ``make()`` builds to ``log_file``; ``done`` when written, else ``rows_failed``: an
+        ``OSError`` (full disk) or a malformed row (a bug upstream: ``needs`` names what a row must hold), each
+        counted in ``write_errors`` and logged once per kind; the writer thread never stops for either."""
         try:
-            row = self.log_row(verdict)
-            if extra:
-                row.update(extra)
-            self._log.write(row)
+            log_file.write(make())
         except OSError as exc:
             self._counters.add("write_errors")
-            self._warn_once("log-oserror", "verdict log write failed: %s", exc)
+            self._warn_once(f"{kind}-oserror", "%s log write failed: %s", kind, exc)
             return "rows_failed"
-        except Exception:  # noqa: BLE001 - a malformed row (a bug upstream) must never stop the writer
+        except Exception:  # noqa: BLE001 - see the docstring
             self._counters.add("write_errors")
-            self._error_once("log-bad", "verdict row not written: expected a Verdict or a JSON-able row with "
-                             "'t_capture' (monotonic s), found %r", verdict, exc_info=True)
+            self._error_once(f"{kind}-bad", "%s row not written: expected %s, found %r", kind, needs, given,
+                             exc_info=True)
             return "rows_failed"
-        return "logged"
+        return done
 
     def _overlay(self, image: np.ndarray, amap: np.ndarray, verdict: Verdict) -> np.ndarray:
         """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
