@@ -1,11 +1,13 @@
 """Field checkers for settings sections: each returns the clean value or raises ``ConfigError``
-naming ``section.field``, the expected form and the value found."""
+naming ``section.field``, the expected form and the value found; and the station file's text
+(``read_station_text``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, did_you_mean
@@ -131,3 +133,18 @@ def _bounds_text(minimum: float | None, maximum: float | None) -> str:
     if maximum is not None:
         return f" <= {maximum}"
     return ""
+
+
+def read_station_text(path: Path) -> str:
+    """The station file's text; ConfigError naming the file and the fix when it cannot be read (permissions, an I/O
+    error) or decoded (a Latin-1 comment in a UTF-8 locale). The station loader and the console's threshold writer
+    both read it through here."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as exc:
+        found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        raise ConfigError(f"station file {path}: expected {exc.encoding} text, found {found} (another encoding, "
+                          f"e.g. Latin-1); save the file as {exc.encoding}") from exc
+    except OSError as exc:
+        raise ConfigError(f"station file {path} cannot be read ({exc.strerror or exc}); give the station's user "
+                          "read access to it") from exc

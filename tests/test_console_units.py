@@ -1091,3 +1091,17 @@ def test_applying_a_threshold_keeps_the_station_files_mode_and_its_symlink(tmp_p
     assert link.is_symlink() and stat.S_IMODE(os.stat(real).st_mode) == 0o600
     assert load_station(real).threshold == 0.25
     assert sorted(p.name for p in real.parent.iterdir()) == ["station.yaml"]   # no .tmp left behind
+
+
+def test_applying_a_threshold_to_a_station_file_python_cannot_decode_is_a_config_error(tmp_path):
+    """The console's threshold writer read the station file on its own and let a UnicodeDecodeError through (a
+    Latin-1 comment: the API's 500) where the station loader names the file; both read it through
+    ``fields.read_station_text`` now, and the file is left as it was."""
+    station = tmp_path / "station.yaml"
+    station.write_bytes("# Prüfstation\nbundle: b\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as refused:
+        write_station_threshold(station, 0.25, load_station)
+    text = str(refused.value)
+    assert text.startswith(f"station file {station}: expected ") and "found byte 0xfc at offset 4" in text
+    assert text.endswith("then apply the threshold again (it was not changed)")
+    assert station.read_bytes() == "# Prüfstation\nbundle: b\n".encode("latin-1")

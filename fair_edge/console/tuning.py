@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
-from fair_edge.fields import is_number, require
+from fair_edge.fields import is_number, read_station_text, require
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -141,12 +141,11 @@ def _write_like(original: Path, tmp: Path, write: Callable[[IO[str]], object]) -
 
 def _station_data(path: Path) -> dict:
     """The station file's YAML as a mapping ({} for an empty file); ConfigError naming the file and the fix for a
-    file that cannot be read, is not valid YAML or is not a mapping."""
+    file that cannot be read or decoded (``fields.read_station_text``), is not valid YAML or is not a mapping."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the station file ({exc.strerror or exc}); restore it, then apply "
-                          "the threshold again (it was not changed)") from exc
+        data = yaml.safe_load(read_station_text(path))
+    except ConfigError as exc:   # cannot be read or decoded: named with its fix by read_station_text
+        raise ConfigError(f"{exc}, then apply the threshold again (it was not changed)") from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

@@ -185,26 +185,13 @@ def load_station(path: str | Path) -> StationConfig:
     if not path.is_file():
         raise ConfigError(f"station file {path} does not exist. See `fair-edge run --help` for its fields.")
     try:
-        data = yaml.safe_load(read_station_text(path))
+        data = yaml.safe_load(f.read_station_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
     try:
         return replace(StationConfig.from_dict(data or {}), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-def read_station_text(path: Path) -> str:
-    """The station file's text; ConfigError naming the file when it cannot be read or decoded."""
-    try:
-        return path.read_text()
-    except UnicodeDecodeError as exc:
-        found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
-        raise ConfigError(f"station file {path}: expected {exc.encoding} text, found {found} (another encoding, "
-                          f"e.g. Latin-1); save the file as {exc.encoding}") from exc
-    except OSError as exc:
-        raise ConfigError(f"station file {path} cannot be read ({exc.strerror or exc}); give the station's user "
-                          "read access to it") from exc
 
 
 def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
