@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -154,3 +155,10 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def json_file_text(value: Any) -> str:
+    """``value`` as the text of a JSON report file (summary.json, demo_report.json): strict JSON (``json_safe``: a
+    NaN or infinite number as null, which JavaScript's JSON.parse reads), indented, other types as ``str``, one
+    trailing newline."""
+    return json.dumps(json_safe(value), indent=2, default=str, allow_nan=False) + "\n"

@@ -129,8 +129,8 @@ def print_summary(summary, out: Path) -> None:
 @app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
              "2 the station could not start (bad flag or station file, missing bundle, a camera that cannot be "
              "opened, reject.require_sinks_at_start with a sink unreachable); 3 the station faulted while running "
-             "(the backend kept failing, or the camera is gone for good or still down when the run stopped); 4 rejects were due but a reject sink "
-             "delivered none of them (PLC unreachable, wrong address).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
+             "(the backend kept failing, or the camera is gone for good or still down when the run stopped); 4 "
+             "rejects were due but a reject sink delivered none of them (PLC unreachable, wrong address).\n\nThe station file (--station), every field at its default:\n\n\b\n" + station_reference())
 @friendly_errors
 def run(
     station: Optional[Path] = typer.Option(None, help="Station YAML (camera or cameras + group, bundle, backend, "

@@ -236,9 +236,9 @@ def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path],
 
 def write_report(report: dict, path: Path) -> None:
     """``report`` as strict JSON (a NaN or infinite number, e.g. an undefined metric, written as null)."""
-    from fair_edge.records import json_safe
+    from fair_edge.records import json_file_text
 
-    path.write_text(json.dumps(json_safe(report), indent=2, default=str, allow_nan=False) + "\n")
+    path.write_text(json_file_text(report))
 
 
 def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_parts: int,

@@ -404,8 +404,9 @@ class Recorder:
         if self._gate_log is None:
             self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
                                            self.settings.keep_files)
-        return self._write_row(self._gate_log, lambda: {"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]),
-                                                        **row}, "gate", "a JSON-able row with 't' (monotonic s)", row, "gate_logged")
+        make = lambda: {"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]), **row}  # noqa: E731
+        return self._write_row(self._gate_log, make, "gate", "a JSON-able row with 't' (monotonic s)", row,
+                               "gate_logged")
 
     def _write_log(self, verdict: Verdict | dict, extra: dict | None = None) -> str:
         """Write one verdicts.jsonl row; returns its outcome: ``logged`` or ``rows_failed`` (counted, logged once)."""

@@ -15,8 +15,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.backends import FrameScorer
-from fair_edge.runtime.backends import close_scorer
+from fair_edge.runtime.backends import FrameScorer, close_scorer
 from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig

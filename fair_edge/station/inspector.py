@@ -19,7 +19,6 @@ Fail-safe rules (documented in the README):
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import queue
@@ -36,7 +35,7 @@ from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
 from fair_edge.preprocess import check_frame
-from fair_edge.records import Frame, Verdict, json_safe
+from fair_edge.records import Frame, Verdict, json_file_text
 from fair_edge.tiling import place_on_frame
 
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
@@ -206,7 +205,7 @@ class RunSummary:
     def to_json(self) -> str:
         """summary.json's text: strict JSON (a NaN or infinite number written as null, never a bare NaN that
         JavaScript's JSON.parse refuses), indented, one trailing newline."""
-        return json.dumps(json_safe(self.to_dict()), indent=2, default=str, allow_nan=False) + "\n"
+        return json_file_text(self.to_dict())
 
 
 def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
