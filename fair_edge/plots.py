@@ -234,6 +234,20 @@ def colour_bar(height: int, vmin: float, vmax: float, threshold: float | None = 
     return bar
 
 
+def threshold_mark(score: float, anomaly_map: np.ndarray, threshold: float | None) -> tuple[float | None, list[str]]:
+    """Whether a panel may mark ``threshold`` (image-score scale) on the colour scale of ``anomaly_map`` ((h, w)
+    float, NaN = unscored): only when ``score`` is the map's maximum (within 1e-3 relative). PatchCore's default
+    re-weighting multiplies the maximum by a weight in (0, 1], a top-k score averages pixels: there a map pixel
+    above the mark does not mean a score above the threshold. Returns (threshold, []) when the mark is true, else
+    (None, [a text line giving the map's maximum and why the threshold is not marked])."""
+    if threshold is None or not drawable(anomaly_map):
+        return threshold, []
+    top = float(np.nanmax(anomaly_map))
+    if abs(score - top) <= 1e-3 * max(abs(score), abs(top)) + 1e-9:
+        return threshold, []
+    return None, [f"map max {top:.4f}; score != map max, thr not marked"]
+
+
 def text_strip(width: int, lines: list[str]) -> np.ndarray:
     """White strip with one line of black text per entry. Returns (22 * len(lines) + 6, width, 3) uint8."""
     strip = np.full((_LINE_HEIGHT * len(lines) + 6, width, 3), 255, np.uint8)

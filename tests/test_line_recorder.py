@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.plots import heatmap_overlay
+from fair_edge.plots import colour_bar, heatmap_overlay
 from fair_edge.line.recorder import Recorder
 from fair_edge.line.settings import RecordSettings
 from fair_edge.errors import DataError, RecorderError
@@ -477,3 +477,16 @@ def test_rows_past_the_row_limit_are_dropped_and_the_warning_blames_the_disk_onl
     warned = [r.getMessage() for r in caplog.records if "dropping" in r.getMessage()]
     assert len(warned) == 1 and "10 rows waiting" in warned[0]
     assert ("disk under" in warned[0]) is stuck and ("burst" in warned[0]) is not stuck
+
+
+@pytest.mark.parametrize("score, marked", [(1.0, True), (0.6, False)])
+def test_an_ng_overlay_marks_the_threshold_on_the_map_scale_only_when_the_score_is_the_map_maximum(tmp_path, score,
+                                                                                                   marked):
+    """A re-weighted PatchCore score (0.6 x the map max 1.0) against threshold 0.5: a mark at 0.5 on the map's
+    colour scale would show map pixels "above the threshold" in parts judged OK; the overlay names the map max."""
+    with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0), run_id="R1") as rec:
+        assert rec.record(_frame(0), Verdict(0, 1.0, score, 0.5, True, 1.01, "test"), _amap())
+        assert rec.flush()
+    overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000000_overlay.png"))
+    bar = overlay[overlay.shape[0] - 48:, 64:]
+    assert np.array_equal(bar, colour_bar(48, 0.0, 1.0, 0.5 if marked else None))

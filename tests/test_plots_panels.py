@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.plots import colour_bar, heatmap_overlay, heatmap_panel
+from fair_edge.plots import colour_bar, heatmap_overlay, heatmap_panel, threshold_mark
 
 
 def scene():
@@ -67,3 +67,13 @@ def test_text_changes_with_the_score():
 def test_strip_height_follows_the_lines(lines):
     image, amap, _ = scene()
     assert heatmap_panel(image, amap, 0.0, 1.0, lines, min_side=0).shape[0] == 40 + 22 * len(lines) + 6
+
+
+def test_the_threshold_is_marked_on_the_map_scale_only_when_the_score_is_the_map_maximum():
+    """PatchCore's re-weighted score (weight x map max) or a top-k score is not on the map's scale: a map pixel
+    above a mark there does not mean a score above the threshold, so the panel says so instead of marking it."""
+    _, amap, _ = scene()  # map max 1.0
+    assert threshold_mark(1.0, amap, 0.5) == (0.5, [])
+    mark, why = threshold_mark(0.6, amap, 0.5)  # re-weighted: 0.6 x max
+    assert mark is None and why == ["map max 1.0000; score != map max, thr not marked"]
+    assert threshold_mark(0.6, amap, None) == (None, [])

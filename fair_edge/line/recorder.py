@@ -62,7 +62,7 @@ import numpy as np
 from ..errors import FairEdgeError, RecorderError
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
-from ..plots import heatmap_panel
+from ..plots import heatmap_panel, threshold_mark
 from ..regions import draw_regions
 from .settings import RecordSettings
 from .sinks.base import Counters
@@ -439,9 +439,10 @@ class Recorder:
         threshold = verdict.threshold
         known = bool(np.isfinite(threshold) and threshold > 0)
         vmax = 2.0 * threshold if known else float(np.nanmax(amap)) + 1e-6
+        mark, why = threshold_mark(verdict.score, amap, threshold if known else None)
         lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
-                 f"seq {verdict.seq}  source {verdict.source or '-'}"] + ([_ascii(verdict.reason)] if verdict.hits else [])
-        return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=threshold if known else None,
+                 f"seq {verdict.seq}  source {verdict.source or '-'}", *why] + ([_ascii(verdict.reason)] if verdict.hits else [])
+        return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=mark,
                              show_original=False, alpha=self.settings.overlay_alpha, min_side=0,
                              marks=self._marks(verdict))
 

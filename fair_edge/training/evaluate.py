@@ -317,8 +317,10 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
         for rank, i in enumerate(indices):
             sample = scored.samples[i]
             known = scored.masks is not None and (scored.mask_known is None or scored.mask_known[i])
-            panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax, heatmap_lines(sample, scored.scores[i], threshold),
-                                        threshold=threshold, mask=scored.masks[i] if known else None)
+            mark, why = plots.threshold_mark(float(scored.scores[i]), scored.maps[i], threshold)
+            panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
+                                        [*heatmap_lines(sample, scored.scores[i], threshold), *why],
+                                        threshold=mark, mask=scored.masks[i] if known else None)
             cv2.imwrite(str(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png"), panel)
 
 
