@@ -13,6 +13,9 @@ from typing import Any
 from .errors import ConfigError, did_you_mean
 
 
+DAY_MS = 86_400_000.0  # the longest time a station field may hold, ms: one day; a longer one is a typo (1e300 loaded)
+
+
 def _fail(where: str, expected: str, found: Any) -> ConfigError:
     return ConfigError(f"{where}: expected {expected}, found {found!r}")
 
@@ -126,12 +129,13 @@ def _finite(value: int | float) -> bool:
 
 
 def _bounds_text(minimum: float | None, maximum: float | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
-    if minimum is not None:
-        return f" >= {minimum}"
-    if maximum is not None:
-        return f" <= {maximum}"
+    low, high = (None if x is None else f"{x:.15g}" for x in (minimum, maximum))  # 86400000.0 -> 86400000
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    if high is not None:
+        return f" <= {high}"
     return ""
 
 

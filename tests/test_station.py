@@ -30,7 +30,7 @@ def test_station_file_loads(tmp_path):
     ("batching: {max_batch: 0}", "batching.max_batch: expected an integer in [1, 256], found 0"),
     ("backend: tensorrtx", "station.backend: expected one of auto"),
     ("decision: {threshold: high}", "decision.threshold: expected a number"),
-    ("reject: {delay_ms: abc}", "reject.delay_ms: expected a number >= 0, found 'abc'"),
+    ("reject: {delay_ms: abc}", "reject.delay_ms: expected a number in [0, 86400000], found 'abc'"),
     ("camera: {full_policy: wait}", "camera.full_policy: expected one of auto | drop_oldest | drop_newest | block"),
     ("camera: [1, 2", "not valid YAML"),
 ])
@@ -90,6 +90,25 @@ def test_infinite_numbers_are_refused_on_load(tmp_path, text, field):
     with pytest.raises(ConfigError) as info:
         load_station(tmp_path / "s.yaml")
     assert f"{field}: expected a finite number" in str(info.value)
+
+
+@pytest.mark.parametrize("text,field", [
+    ("batching: {max_batch: 4, max_wait_ms: 1.0e+300}", "batching.max_wait_ms"),
+    ("reject: {sinks: ['log://audit'], delay_ms: 1.0e+300}", "reject.delay_ms"),
+    ("reject: {pulse_ms: 1.0e+300}", "reject.pulse_ms"),
+    ("reject: {min_gap_ms: 1.0e+300}", "reject.min_gap_ms"),
+    ("reject: {late_ms: 1.0e+300}", "reject.late_ms"),
+    ("reject: {handshake: {ack_timeout_ms: 1.0e+300}}", "reject.handshake.ack_timeout_ms"),
+    ("reject: {handshake: {result_timeout_ms: 1.0e+300}}", "reject.handshake.result_timeout_ms"),
+])
+def test_times_longer_than_a_day_are_refused_on_load(tmp_path, text, field):
+    """A finite but absurd time (a typo: 1e300 ms) loaded like .inf did, and crashed the loop or the gate's
+    thread the same way (a wait longer than threading.TIMEOUT_MAX); every time field holds at most one day."""
+    (tmp_path / "s.yaml").write_text(text + "\n")
+    with pytest.raises(ConfigError, match=rf"{field}: expected a number in \[[0-9.]+, 86400000\], found 1e\+300"):
+        load_station(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(text.replace("1.0e+300", "86400000") + "\n")
+    load_station(tmp_path / "s.yaml")
 
 
 @pytest.mark.parametrize("text,field,why", [

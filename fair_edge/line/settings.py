@@ -1,7 +1,7 @@
 """Settings of the line side of a station: the ``reject:``, ``record:`` and ``metrics:`` sections.
 
 Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``ConfigError`` naming
-the field, e.g. ``reject.delay_ms: expected a number >= 0, found 'abc'``. Every URL (reject and fault sinks,
+the field, e.g. ``reject.delay_ms: expected a number in [0, 86400000], found 'abc'``. Every URL (reject and fault sinks,
 the encoder, the handshake, MQTT) is parsed on load by the parser the station uses at start, nothing opened, so a
 typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service.
 """
@@ -105,11 +105,11 @@ class RejectSettings:
         return cls(
             sinks=check_sink_urls(s, "sinks", f.url_list(s, "sinks", d["sinks"])),
             fault_sinks=check_sink_urls(s, "fault_sinks", f.url_list(s, "fault_sinks", d["fault_sinks"])),
-            delay_ms=f.number(s, "delay_ms", d["delay_ms"], minimum=0),
+            delay_ms=f.number(s, "delay_ms", d["delay_ms"], minimum=0, maximum=f.DAY_MS),
             encoder_distance=None if dist is None else f.integer(s, "encoder_distance", dist, 1),
-            pulse_ms=f.number(s, "pulse_ms", d["pulse_ms"], minimum=0.1),
-            min_gap_ms=f.number(s, "min_gap_ms", d["min_gap_ms"], minimum=0),
-            late_ms=f.number(s, "late_ms", d["late_ms"], minimum=0),
+            pulse_ms=f.number(s, "pulse_ms", d["pulse_ms"], minimum=0.1, maximum=f.DAY_MS),
+            min_gap_ms=f.number(s, "min_gap_ms", d["min_gap_ms"], minimum=0, maximum=f.DAY_MS),
+            late_ms=f.number(s, "late_ms", d["late_ms"], minimum=0, maximum=f.DAY_MS),
             fail_safe=f.choice(s, "fail_safe", d["fail_safe"], FAIL_SAFE_POLICIES),
             max_pending=f.integer(s, "max_pending", d["max_pending"], minimum=1),
             encoder_poll_ms=f.number(s, "encoder_poll_ms", d["encoder_poll_ms"], minimum=0.05, maximum=100),

@@ -125,7 +125,8 @@ class StationConfig:
             backend=f.choice("station", "backend", d.get("backend", "auto"), BACKEND_NAMES),
             batching=LoopSettings(
                 max_batch=f.integer("batching", "max_batch", batching["max_batch"], minimum=1, maximum=256),
-                max_wait_ms=f.number("batching", "max_wait_ms", batching["max_wait_ms"], minimum=0),
+                max_wait_ms=f.number("batching", "max_wait_ms", batching["max_wait_ms"], minimum=0,
+                                     maximum=f.DAY_MS),
                 max_consecutive_errors=f.integer("batching", "max_consecutive_errors",
                                                  batching["max_consecutive_errors"], minimum=1),
             ),

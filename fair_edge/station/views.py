@@ -121,10 +121,11 @@ class GroupSettings:
         return cls(
             by=f.choice("group", "by", d["by"], GROUP_BY),
             match=f.choice("group", "match", d["match"], MATCH_MODES),
-            window_ms=f.number("group", "window_ms", d["window_ms"], minimum=0),
+            window_ms=f.number("group", "window_ms", d["window_ms"], minimum=0, maximum=f.DAY_MS),
             window_counts=f.integer("group", "window_counts", d["window_counts"], minimum=0),
             rule=rule.replace(" ", ""),
-            part_timeout_ms=None if timeout is None else f.number("group", "part_timeout_ms", timeout, minimum=1),
+            part_timeout_ms=None if timeout is None else f.number("group", "part_timeout_ms", timeout, minimum=1,
+                                                                          maximum=f.DAY_MS),
         )
 
     def min_ng_views(self, n_views: int) -> int:

@@ -167,8 +167,8 @@ class HandshakeSettings:
                               f"{HEARTBEAT_STEPS * poll:g}, found {heartbeat:g}; raise it or lower poll_ms")
         out = cls(
             url=url, poll_ms=poll, heartbeat_ms=heartbeat,
-            ack_timeout_ms=f.number(s, "ack_timeout_ms", d["ack_timeout_ms"], minimum=1),
-            result_timeout_ms=f.number(s, "result_timeout_ms", d["result_timeout_ms"], minimum=1),
+            ack_timeout_ms=f.number(s, "ack_timeout_ms", d["ack_timeout_ms"], minimum=1, maximum=f.DAY_MS),
+            result_timeout_ms=f.number(s, "result_timeout_ms", d["result_timeout_ms"], minimum=1, maximum=f.DAY_MS),
             score_scale=f.number(s, "score_scale", d["score_scale"], minimum=1e-6),
             max_parts=f.integer(s, "max_parts", d["max_parts"], minimum=1, maximum=4096),
             modbus=ModbusSignals.from_dict(d.get("modbus")),
