@@ -356,7 +356,7 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     feed_scores(console, "b", rng.normal(5, 1, 50), 0)
     views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 8.0))}
     console.attach(SimpleNamespace(views=views), None, None, None, None)
-    quantiles_b = np.array(feed.drift.watch("b").quantiles)
+    quantiles_b = np.array(feed.drift.watches["b"].quantiles)
 
     tuned = StationActions(feed, None).tune(None, camera="b")
     normal = np.array([v.score for v in feed.recent if v.camera == "b"])
@@ -370,8 +370,8 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     StationActions(feed, None, links)._load_views({tmp_path / "new": ("b",)}, "ann", {})   # the swap thread's work
     states = feed.drift.states()
     assert states["a"].parts == 50 and states["b"].parts == 0
-    assert tuple(feed.drift.watch("b").quantiles) == new.normal_quantiles
-    assert tuple(feed.drift.watch("a").quantiles) != new.normal_quantiles
+    assert tuple(feed.drift.watches["b"].quantiles) == new.normal_quantiles
+    assert tuple(feed.drift.watches["a"].quantiles) != new.normal_quantiles
     assert feed.camera_bundles["b"] == tmp_path / "new" and feed.bundle_path == tmp_path   # a's bundle leads
 
 
@@ -659,7 +659,7 @@ def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path
     part(0, True)
     actions = console.actions
     actions.review(0, "defect", "ann", camera="b")
-    assert console.feed.drift.watch("b").state().parts == 0
+    assert console.feed.drift.watches["b"].state().parts == 0
     for pid in range(1, 6):
         part(pid, False)   # 10 more views: part 0's have left the recent ones (10)
     assert console.feed.verdict(0, "a") is None
@@ -671,7 +671,7 @@ def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path
     assert (views["a"]["review"], views["a"]["score"], views["a"]["threshold"]) == ("miss", 0.2, 0.5)
 
     actions.review(0, "false_reject", "ann", camera="b")   # corrected: newest wins, a normal part again
-    assert actions.labels[("b", 0)] == "false_reject" and console.feed.drift.watch("b").state().parts == 6
+    assert actions.labels[("b", 0)] == "false_reject" and console.feed.drift.watches["b"].state().parts == 6
     for pid in range(6, 16):
         part(pid, pid % 2 == 0)   # 5 more NG parts: the gallery (10 parts) still lists part 0
     assert 0 in [p["part"] for p in gallery(console.feed, actions)["parts"]] and ("a", 0) in actions.listed

@@ -84,7 +84,7 @@ def run_station_with(bundle_root: Path, frames_dir: Path, out: Path, roi: Path |
                         console=ConsoleSettings(enabled=False))
     seen, started = {}, []
     run_station(cfg, threading.Event(), max_frames=4, on_start=started.append,
-                on_console=lambda c: seen.update(drift=c.feed.drift.watch("").quantiles))
+                on_console=lambda c: seen.update(drift=c.feed.drift.watches[""].quantiles))
     rows = [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines()]
     return [r for r in rows if r.get("score") is not None], seen["drift"], started
 

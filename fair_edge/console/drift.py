@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fair_edge.errors import ConfigError
 
 DECILES = tuple(range(10, 100, 10))
 
@@ -126,14 +125,6 @@ class CameraDrift:
         """Watch exactly ``cameras`` (in this order): a camera already watched keeps its watch, a new one gets
         a watch without a calibration distribution; watches of other cameras (one camera's "") are dropped."""
         self.watches = {c: self.watches.get(c) or self._new(()) for c in cameras}
-
-    def watch(self, camera: str) -> DriftWatch:
-        """``camera``'s watch; ConfigError naming the watched cameras for a camera not watched."""
-        watch = self.watches.get(camera)
-        if watch is None:
-            raise ConfigError(f"drift watch: expected one of the cameras {', '.join(map(repr, self.watches))}, "
-                              f"found {camera!r}")
-        return watch
 
     def observe(self, key: tuple[str, int], score: float | None) -> None:
         """A part's score to its camera's watch (O(1)); a camera first seen here gets a watch without a
