@@ -17,6 +17,8 @@ from fair_edge.line.sinks.modbus import ModbusOutput, parse_modbus_url  # noqa: 
 from fair_edge.records import Verdict  # noqa: E402
 from line_replay import JitterProbe, PulseAccount, capture_logger, check_plc_pulses, check_submits  # noqa: E402
 from line_replay import replay, report_timing as _report, timing_errors_ms  # noqa: E402
+from fair_edge.line.events import RejectEvent  # noqa: E402
+from fair_edge.line.sinks import base  # noqa: E402
 from fair_edge.line.sinks.base import sleep_until  # noqa: E402
 from line_servers import ModbusTestServer, wait_for  # noqa: E402
 
@@ -296,6 +298,72 @@ def test_a_write_without_a_reply_is_unconfirmed_not_missed(caplog):
     kinds = _check_modbus_run(plc, account, dues, sink, stats, late_ms=late_ms)
     assert kinds["unconfirmed"] == {0}
     assert "unconfirmed (seq 0)" in caplog.text and "missed (seq 0)" not in caplog.text
+
+
+class ReadCountingPlc(ModbusTestServer):
+    """The test PLC, also counting the read requests it answers per (function code, address): the sinks' idle
+    probes (FC 1 coil, FC 3 holding register)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[tuple[int, int], int] = {}
+
+    async def _action(self, fc, start, address, count, regs, set_values):
+        if fc in (1, 3):
+            self.reads[(fc, address)] = self.reads.get((fc, address), 0) + 1
+        return await super()._action(fc, start, address, count, regs, set_values)
+
+
+def test_a_plc_that_goes_away_while_idle_raises_the_fault_output_before_any_pulse(monkeypatch):
+    """Audit (line safety): the PLC stops while no pulse is due. The idle sink's probe (a read of its coil) finds the
+    link down and the fault output goes on, naming the sink, before any part reaches the gate; it drops when the
+    sink reconnects. The probe never writes: the PLC saw no write but the resting level at each connect."""
+    monkeypatch.setattr(base, "PROBE_S", 0.05)
+    plc = ReadCountingPlc().start()
+    fault_log = capture_logger("test.fault")
+    fault_log.records.clear()
+    try:
+        with RejectScheduler(_settings(plc.port)) as sched:
+            sched.check_sinks(10.0)
+            assert wait_for(lambda: plc.reads.get((1, 0), 0) >= 2, 10.0), plc.reads   # probed while idle: FC 1
+            assert sched.fault_reason is None
+            plc.stop()
+            assert wait_for(lambda: sched.fault_reason is not None, 10.0)
+            reason = sched.fault_reason
+            assert reason.startswith(f"modbus 127.0.0.1:{plc.port} unit 1 coil 0: link down since "), reason
+            assert reason.endswith(", reconnecting")
+            plc.start()
+            assert wait_for(lambda: sched.fault_reason is None, 10.0), sched.fault_reason
+            stats, sink = sched.stats(), _modbus_stats(sched)
+    finally:
+        plc.close()
+    shown = [(r.fault_active, r.getMessage()) for r in fault_log.records if hasattr(r, "fault_active")]
+    assert shown == [(True, f"fault ON: {reason}"), (False, "fault off: cleared")], shown
+    assert (stats["fired"], stats["sink_missed"], stats["sink_link_downs"]) == (0, 0, 1)
+    assert sink["link_downs"] == 1 and sink["reconnects"] == 1 and sink["io_errors"] >= 1
+    assert {v for _, fc, a, v in plc.writes if fc == 5 and a == 0} == {False}   # resting level only, never a pulse
+
+
+def test_the_idle_probe_reads_back_and_never_clears_a_pulse_ms_0_register(monkeypatch):
+    """A ``pulse_ms=0`` sink writes the value and leaves clearing it to the PLC (a handshake). The idle probe reads
+    the register back (FC 3) and never writes: probe after probe, the value the PLC has not cleared yet stays."""
+    monkeypatch.setattr(base, "PROBE_S", 0.02)
+    plc = ReadCountingPlc().start()
+    account = PulseAccount()
+    sink = open_sink(f"modbus://127.0.0.1:{plc.port}?unit=1&register=3&value=7&pulse_ms=0", reporter=account.report)
+    try:
+        assert sink.wait_connected(10.0)
+        now = time.monotonic()
+        sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + 5.0))
+        assert account.wait_reported([1], "modbus") and account.results("modbus")[1] == ["delivered"]
+        probed = plc.reads.get((3, 3), 0)
+        assert wait_for(lambda: plc.reads.get((3, 3), 0) >= probed + 3, 10.0), plc.reads   # 3 probes after the pulse
+        values = [v for _, v in plc.register_writes(3)]
+        assert [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]] == [0, 7], values
+        assert sink.stats()["link_downs"] == 0
+    finally:
+        sink.close()
+        plc.close()
 
 
 def test_late_verdict_never_fires(server):

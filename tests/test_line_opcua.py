@@ -8,14 +8,15 @@ import pytest
 
 pytest.importorskip("asyncua")
 
-from fair_edge.errors import PlcDeviceError, SinkError  # noqa: E402
+from fair_edge.errors import PlcDeviceError, PlcError, SinkError  # noqa: E402
+from fair_edge.line.sinks import base  # noqa: E402
 from fair_edge.line.scheduler import DISPATCH_LEAD_S, RejectScheduler  # noqa: E402
 from fair_edge.line.settings import RejectSettings  # noqa: E402
 from fair_edge.line.sinks import open_sink, parse_sink_url  # noqa: E402
 from fair_edge.line.sinks.opcua import OpcUaOutput, parse_opcua_url  # noqa: E402
 from line_replay import PulseAccount, check_plc_pulses, check_submits, replay, report_timing  # noqa: E402
 from line_replay import timing_errors_ms  # noqa: E402
-from line_servers import OpcUaTestServer  # noqa: E402
+from line_servers import OpcUaTestServer, wait_for  # noqa: E402
 
 PITCH_S = 0.040
 DELAY_S = 0.200
@@ -94,6 +95,49 @@ def test_writing_a_read_only_or_missing_node_is_a_device_error(server):
         out.set(True)
     out.close()
     out.close()
+
+
+def test_the_probe_reads_the_node_and_never_writes_it(server):
+    """``OpcUaOutput.probe`` (the idle link check) reads the node: the server sees no write, a node left True
+    stays True; a Bad status reply is a ``PlcDeviceError`` (the server answered), a dead client a ``PlcError``."""
+    target, _ = parse_opcua_url(parse_sink_url(server.url("ns=2;s=Reject")))
+    out = OpcUaOutput(target)
+    out.open()
+    try:
+        out.set(True)
+        written = len(server.changes["Reject"])   # (the server records each write before it replies)
+        for _ in range(3):
+            out.probe()
+        assert len(server.changes["Reject"]) == written and out._node.read_value() is True
+        out.set(False)
+        node = out._node
+        out._node = out._client.get_node("ns=2;s=NoSuchNode")
+        with pytest.raises(PlcDeviceError, match="server refused the read"):
+            out.probe()
+        out._node = node
+    finally:
+        out.close()
+    with pytest.raises(PlcError, match="not connected"):
+        out.probe()
+
+
+def test_an_opcua_server_that_goes_away_while_idle_is_reported_link_down(monkeypatch):
+    """Audit (line safety): the server stops while no pulse is due; the idle sink's probe finds it and reports
+    ``link_down`` (the scheduler's fault output), once."""
+    monkeypatch.setattr(base, "PROBE_S", 0.05)
+    srv = OpcUaTestServer().start()
+    kinds: list[str] = []
+    sink = open_sink(srv.url("ns=2;s=Reject"), pulse_ms=20, reporter=lambda r: kinds.append(r.kind))
+    try:
+        _wait_connected(sink)
+        assert kinds == []
+    finally:
+        srv.close()   # (once: the test server's close is not safe twice)
+    try:
+        assert wait_for(lambda: "link_down" in kinds, 10.0), kinds
+        assert kinds.count("link_down") == 1 and sink.stats()["link_downs"] == 1
+    finally:
+        sink.close()
 
 
 def test_bad_opcua_url():

@@ -341,6 +341,33 @@ def test_a_stuck_output_holds_the_fault_until_the_sink_writes_it_off_again():
         assert s.stats()["sink_errors"] == 1 and s.stats()["alarms"] == 0
 
 
+def test_a_sink_link_down_holds_the_fault_output_until_that_sink_reconnects(caplog):
+    """Audit (line safety): a sink whose link went down while no pulse was due raised no fault. ``link_down`` now
+    holds the fault output, naming the sink, once per outage (counted once); it is no alarm (an acknowledge does
+    not clear a link still down), another sink's recovery and a delivery do not clear it, its ``reconnected``
+    does. Logged as a warning (reconnected: info); counted ``sink_link_downs``, not ``sink_errors``."""
+    faults = RecordingSink("fault")
+    caplog.set_level("INFO", logger="fair_edge.line.sinks.base")
+    fan = FanOut([_LinkSink("plc", connected=False), _LinkSink("light", connected=True)])
+    with _sched(fan, faults, fail_safe="alarm") as s:
+        s.handle_report(SinkReport("plc", "link_down", None, "probe (read back) failed: timed out"))
+        assert faults.faults[-1][0] is True
+        reason = s.fault_reason
+        assert reason.startswith("plc: link down since ") and reason.endswith(", reconnecting")
+        s.handle_report(SinkReport("plc", "link_down", None, "again"))   # a repeat: same reason, no new change
+        s.handle_report(SinkReport("light", "reconnected", None, "up"))
+        s.handle_report(SinkReport("plc", "delivered", 3, "ok"))
+        s.acknowledge_alarm()
+        assert s.fault_reason == reason and faults.faults[-1] == (True, reason) and s.alarm is None
+        s.handle_report(SinkReport("plc", "reconnected", None, "up"))
+        assert faults.faults[-1] == (False, "cleared") and s.fault_reason is None
+        st = s.stats()
+    assert (st["sink_link_downs"], st["sink_errors"], st["alarms"]) == (1, 0, 0)
+    levels = {r.getMessage().split(": ")[1].split(" ")[0]: r.levelname for r in caplog.records
+              if r.name == "fair_edge.line.sinks.base"}
+    assert levels["link_down"] == "WARNING" and levels["reconnected"] == "INFO"
+
+
 @pytest.mark.parametrize("ng", [False, True])
 def test_a_verdict_for_a_part_taken_to_the_gate_is_late_never_lost_between(ng):
     """Audit bug 7: parts taken off the queue together are decided one after the other; a verdict for the second

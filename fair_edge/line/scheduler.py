@@ -45,8 +45,11 @@ no reply by its deadline is counted ``sink_unconfirmed`` instead (the PLC may ha
 part: it is not claimed missed), with the same fault output and alarm: nobody knows the part was
 rejected. A ``stuck`` report (falling edge not written: the output may be left on) holds the fault
 output until that sink reports ``released`` (its resting level written again); an acknowledge does
-not clear it. More than ``max_pending`` parts between camera and gate: the new part is refused,
-counted, and alarmed.
+not clear it. A ``link_down`` report (the sink's link failed on a write or on an idle probe, or its
+first connect failed: a PLC that went away is found within about ``sinks.base.PROBE_S`` plus the driver's
+timeout, before any pulse is due) holds the fault output, naming the sink and since when, until that sink
+reports ``reconnected``; counted ``sink_link_downs``, no alarm latched, an acknowledge does not clear it.
+More than ``max_pending`` parts between camera and gate: the new part is refused, counted, and alarmed.
 
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
@@ -84,7 +87,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "error_verdicts", "passed", "rejected_ng", "rejected_uninspected",
                       "passed_uninspected", "gap_missed", "position_lost", "late_verdicts", "fired", "alarms",
                       "refused", "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
-                      "abandoned")
+                      "sink_link_downs", "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
@@ -99,8 +102,9 @@ PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate
 
 # what submit() returns
 OK, SCHEDULED, LATE, REFUSED, UNINSPECTED = "ok", "scheduled", "late", "refused", "uninspected"
-# a sink's fault entry: PULSE_FAULT after a missed / unconfirmed pulse, STUCK_FAULT after a falling edge not written
-PULSE_FAULT, STUCK_FAULT = "pulse", "stuck"
+# a sink's fault entry: PULSE_FAULT after a missed / unconfirmed pulse, STUCK_FAULT after a falling edge not written,
+# LINK_FAULT while its link is down (``link_down`` .. ``reconnected``)
+PULSE_FAULT, STUCK_FAULT, LINK_FAULT = "pulse", "stuck", "link"
 UNKNOWN, GOOD, NG = "unknown", "good", "ng"
 
 
@@ -183,7 +187,7 @@ class RejectScheduler:
         self._order = itertools.count()
         self._slots = SlotPlan((settings.pulse_ms + settings.min_gap_ms) / 1000.0)
         self._station_fault: str | None = None
-        self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE_FAULT | STUCK_FAULT) -> reason
+        self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE/STUCK/LINK_FAULT) -> reason
         self._alarm: str | None = None
         self._encoder_fault: str | None = None   # the encoder's link is down (count held), polled
         self._epoch = 0   # the encoder's position epoch the heap's parts were last checked against
@@ -193,6 +197,8 @@ class RejectScheduler:
         self._stop = threading.Event()
         self._closed = False
         self._owned: list[SignalSink] = []
+        self._sinks: SignalSink | None = None    # (None while opening: a sink may report before all are open)
+        self._faults: SignalSink | None = None
         try:
             self._sinks = sinks if sinks is not None else self._own(settings.sinks, "rejects")
             self._faults = (fault_sinks if fault_sinks is not None
@@ -201,6 +207,7 @@ class RejectScheduler:
             for sink in self._owned:
                 sink.close()
             raise
+        self._update_fault_output()   # a fault reported while the sinks were opened (a link down at start)
         self._thread = threading.Thread(target=self._run, name="reject-scheduler", daemon=True)
         self._thread.start()
 
@@ -284,7 +291,8 @@ class RejectScheduler:
         """Operator reset of a latched alarm (part passed uninspected, refused, gap missed, sink miss).
         It also clears the missed / unconfirmed pulse fault of each sink whose link is up (a refused
         write, a pulse dequeued late: the sink works); a sink still down keeps its fault until it
-        reconnects, and a stuck output keeps its fault until the sink writes it off again."""
+        reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
+        keeps its fault until it reconnects."""
         with self._fault_lock:
             self._alarm = None
             for key in [k for k in self._sink_faults if k[1] == PULSE_FAULT and self._sink_link_up(k[0])]:
@@ -325,8 +333,12 @@ class RejectScheduler:
                 if self.settings.fail_safe == "alarm":
                     self._raise_alarm(reason)
                 self._update_fault_output()
+        elif report.kind == "link_down":
+            self._link_fault(report.sink)
         elif report.kind in ("reconnected", "delivered"):   # that sink works again: its pulse fault clears
             self._clear_sink_fault(report.sink, PULSE_FAULT)
+            if report.kind == "reconnected":
+                self._clear_sink_fault(report.sink, LINK_FAULT)
         elif report.kind == "released":
             self._clear_sink_fault(report.sink, STUCK_FAULT)
         elif report.kind in ("io_error", "device_error", "stuck"):
@@ -640,10 +652,20 @@ class RejectScheduler:
             self._update_fault_output()
 
     def _set_sink_fault(self, sink: str, cause: str, reason: str) -> None:
-        """Hold the fault output for ``sink`` (cause: PULSE_FAULT or STUCK_FAULT) until it clears."""
+        """Hold the fault output for ``sink`` (cause: PULSE_FAULT, STUCK_FAULT or LINK_FAULT) until it clears."""
         with self._fault_lock:
             self._sink_faults[(sink, cause)] = reason
             self._update_fault_output()
+
+    def _link_fault(self, sink: str) -> None:
+        """``sink`` reported its link down: hold the fault output until it reports ``reconnected``. The reason
+        names the sink and the wall-clock time of the first report (kept through repeats, so the fault output
+        and MQTT see one change per outage); counted ``sink_link_downs`` once per outage."""
+        with self._fault_lock:
+            if (sink, LINK_FAULT) not in self._sink_faults:
+                self._counters.add("sink_link_downs")
+                since = time.strftime("%H:%M:%S")
+                self._set_sink_fault(sink, LINK_FAULT, f"{sink}: link down since {since}, reconnecting")
 
     def _clear_sink_fault(self, sink: str, cause: str) -> None:
         """``sink`` recovered from ``cause``: drop its entry (other sinks' entries stay)."""
@@ -662,7 +684,11 @@ class RejectScheduler:
         return True
 
     def _update_fault_output(self) -> None:
+        """Hold the fault sinks on with the current reason while a fault holds, write them off once when it clears;
+        nothing until they are open."""
         with self._fault_lock:
+            if self._faults is None:   # still opening the sinks: __init__ shows it once they are
+                return
             reason = self.fault_reason
             active = reason is not None
             if active or self._fault_shown:

@@ -6,6 +6,10 @@ A sink turns ``RejectEvent``s into pulses and a fault flag into a held level. ``
 dead PLC cannot stall the scheduler or the inspection loop. Edges are timed with ``sleep_until``
 (precise waits on a loaded machine: block coarsely, then finish with short sleeps), which the
 scheduler uses too.
+
+An idle, connected output is probed about every ``PROBE_S`` (``Output.probe``: a read, never a write), so a PLC
+that went away is reported ``link_down`` within about ``PROBE_S`` plus the driver's timeout, not first when an NG
+part's pulse fails at the gate.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level
 CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for at most this long
 COARSE_MARGIN_S = 0.002   # wake this early from the coarse wait (Linux timer slack + GIL hand-off)
 FINE_STEP_S = 0.0002      # then sleep in steps this short (yields the GIL; no pure busy loop)
+PROBE_S = 1.0             # an idle, connected link is probed (read, never written) this often, seconds
 
 
 def sleep_until(t_target: float, wake: threading.Event | None = None) -> bool:
@@ -61,7 +66,9 @@ class SinkReport:
     deadline: no write went out, or the device refused it), ``unconfirmed`` (a write went out but no
     reply came by the deadline: the PLC may or may not have acted on it; never replayed either),
     ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``reconnected``, ``stuck`` (falling edge not written: the output may
+    ``dropped`` (queue full), ``link_down`` (the link failed, on a write or an idle probe, or the first
+    connect after start failed: once per outage), ``reconnected`` (the link is up again after an
+    outage), ``stuck`` (falling edge not written: the output may
     be left on), ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
     pulse's rising edge written by its deadline)."""
@@ -98,7 +105,12 @@ class Output(Protocol):
     """A blocking output driver. ``set`` raises ``PlcDeviceError`` for a refusing device reply,
     ``PlcError`` for a link failure; ``open`` raises ``PlcError``. Any other exception from ``open``
     or ``set`` (a driver bug, a missing package, GPIO permissions lost) is logged by the worker and
-    handled as a link failure: the worker never dies of it."""
+    handled as a link failure: the worker never dies of it.
+
+    Optional ``probe()``: check that the link answers without writing (read the output back); raises
+    like ``set``. The worker calls it about every ``PROBE_S`` while idle and connected. Outputs without
+    it (GPIO, local lines) are not probed. It must never write: a ``pulse_ms=0`` output stays on until
+    the PLC clears it."""
 
     def open(self) -> None: ...
 
@@ -108,7 +120,7 @@ class Output(Protocol):
 
 
 def log_reporter(report: SinkReport) -> None:
-    level = {"reconnected": logging.INFO, "released": logging.INFO,
+    level = {"reconnected": logging.INFO, "released": logging.INFO, "link_down": logging.WARNING,
              "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
     log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
 
@@ -130,7 +142,7 @@ class Counters:
 
 
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
-                 "reconnects", "late_writes")
+                 "link_downs", "reconnects", "late_writes")
 
 
 class WorkerSink:
@@ -148,6 +160,11 @@ class WorkerSink:
     write of the resting level is reported ``released``. ``open``/``set`` raising anything but
     ``PlcError`` is logged and handled as a link failure (pulses reported missed), so the worker
     thread never dies.
+    Link watch: while idle and connected the output is probed every ``probe_s`` seconds (default
+    ``PROBE_S``; ``Output.probe``, a read, never a write; any successful write counts as one). A probe
+    that fails is a link failure like a write's (``io_errors``, link closed, reconnect with back-off).
+    The link going down (a write or a probe fails, or the first connect after start fails) is reported
+    ``link_down`` once per outage, and ``reconnected`` when it is back.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
@@ -155,7 +172,10 @@ class WorkerSink:
 
     def __init__(self, name: str, output: Output, pulse_ms: float, *, queue_size: int = 16,
                  backoff_s: float = 0.05, backoff_max_s: float = 2.0,
-                 reporter: Reporter = log_reporter) -> None:
+                 reporter: Reporter = log_reporter, probe_s: float | None = None) -> None:
+        probe_s = PROBE_S if probe_s is None else probe_s
+        if not probe_s > 0:
+            raise ValueError(f"sink {name}: probe_s: expected seconds > 0, found {probe_s!r}")
         self.name = name
         self._out = output
         self._pulse_s = pulse_ms / 1000.0
@@ -175,6 +195,9 @@ class WorkerSink:
         self._unanswered = False     # a write of the current pulse went out without a reply
         self._stuck = False          # "stuck" reported; "released" not yet (resting level not rewritten)
         self._odd_error = ""         # the last non-PlcError failure logged (logged again only when it changes)
+        self._probe_s = probe_s
+        self._next_probe = 0.0       # monotonic s: probe the idle link from then on (pushed back by each good write)
+        self._down_reported = False  # "link_down" reported for the current outage; "reconnected" not yet
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -252,7 +275,8 @@ class WorkerSink:
                 self._stop.wait(IDLE_POLL_S)
 
     def _step(self) -> None:
-        """One worker iteration: a queued pulse, or a (re)connect attempt while idle; then the resting level."""
+        """One worker iteration: a queued pulse, or while idle a (re)connect attempt or a due link probe; then the
+        resting level."""
         try:
             item = self._q.get(timeout=IDLE_POLL_S)
         except queue.Empty:
@@ -264,6 +288,8 @@ class WorkerSink:
                 self._track(-1)
         elif not self._connected and time.monotonic() >= self._next_try:
             self._try_connect()
+        elif self._connected and not self._inflight and time.monotonic() >= self._next_probe:
+            self._probe()
         if self._connected and self._level_dirty:
             self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
 
@@ -319,20 +345,53 @@ class WorkerSink:
                     self._emit("device_error", seq, str(exc))
                     return False  # the link is fine; repeating a refused write will not help
                 except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: the link is not usable
-                    if not isinstance(exc, PlcError):
-                        self._log_odd_failure("write to the output", exc)
                     self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
-                    self._counters.add("io_errors")
-                    self._emit("io_error", seq, str(exc))
-                    self._disconnect()
+                    self._link_failed("write to the output", exc, seq)
                 else:
                     self._odd_error = ""   # the output works: a later failure is news again
+                    self._next_probe = time.monotonic() + self._probe_s   # the write proved the link
                     self._wrote(on, seq)
                     return True
             if time.monotonic() + RETRY_STEP_S > deadline:
                 return False
             time.sleep(RETRY_STEP_S)
         return False
+
+    def _probe(self) -> None:
+        """Idle and connected: check that the link still answers (``Output.probe``, a read) so a PLC that went
+        away is reported now, not when the next pulse fails. A refused read is an answer: the link is up."""
+        probe = getattr(self._out, "probe", None)
+        if probe is None:   # a local output (GPIO): nothing to lose between writes
+            self._next_probe = float("inf")
+            return
+        try:
+            probe()
+        except PlcDeviceError as exc:
+            log.debug("sink %s: probe refused by the device (the link is up): %s", self.name, exc)
+        except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: handled as a write's would be
+            self._link_failed("probe (read back) the output", exc, None)
+        else:
+            self._odd_error = ""
+        self._next_probe = time.monotonic() + self._probe_s
+
+    def _link_failed(self, what: str, exc: Exception, seq: int | None) -> None:
+        """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported (``io_error``;
+        ``link_down`` once per outage), the link closed; the worker reconnects with back-off."""
+        if not isinstance(exc, PlcError):
+            self._log_odd_failure(what, exc)
+        self._counters.add("io_errors")
+        self._emit("io_error", seq, str(exc))
+        self._disconnect()   # before link_down: a listener that asks sees the link down
+        self._link_down(f"{what} failed: {exc}")
+
+    def _link_down(self, detail: str) -> None:
+        """Report ``link_down`` once per outage (the first failure; retries say nothing until ``reconnected``)."""
+        if self._down_reported:
+            return
+        self._down_reported = True
+        self._counters.add("link_downs")
+        self._emit("link_down", None, f"{detail}; reconnecting with back-off "
+                                      f"({self._backoff[0]:g} s -> {self._backoff[1]:g} s)")
 
     def _wrote(self, on: bool, seq: int | None) -> None:
         """A write of ``on`` succeeded: the resting level is confirmed when ``on`` is it, and a
@@ -356,12 +415,15 @@ class WorkerSink:
                 log.debug("sink %s: connect failed: %s", self.name, exc)
             else:
                 self._log_odd_failure("open the output", exc)
+            self._link_down(f"connect failed: {exc}")   # the first connect after start, or after an odd reset
             return
-        was_down = self._next_try > 0.0
+        was_down = self._next_try > 0.0 or self._down_reported
         self._connected = True
         self._delay = self._backoff[0]
         self._next_try = 0.0
         self._level_dirty = True
+        self._down_reported = False
+        self._next_probe = time.monotonic() + self._probe_s
         if was_down:
             self._counters.add("reconnects")
             self._emit("reconnected", None, "link is up again")

@@ -6,6 +6,7 @@ URLs:
 - ``jetson://BOARD/12?active=high`` : pin 12 in BOARD numbering (also BCM, CVM, TEGRA_SOC),
   through ``Jetson.GPIO``.
 Both take ``pulse_ms``. The driver packages are imported only when such a sink is opened.
+The outputs have no ``probe``: a local line has no link that can go away between writes.
 
 Permissions: the user running the station needs read/write on /dev/gpiochipN: add it to the
 ``gpio`` group (``sudo usermod -aG gpio $USER``, log in again) or install a udev rule such as

@@ -4,6 +4,8 @@ URL: ``modbus://HOST:PORT?unit=1&coil=0&pulse_ms=50`` (coil: True, then False af
 or ``modbus://HOST:PORT?unit=1&register=N&value=1`` (holding register: value, then 0 after
 pulse_ms; ``pulse_ms=0`` writes the value only and leaves clearing it to the PLC).
 Other options: ``timeout_ms`` (connect/response timeout, default 100).
+While idle the sink's worker probes the link by reading back what it writes (FC 1 for the coil, FC 3 for
+the register), never by writing.
 
 pymodbus 3.10+ names the unit ``device_id=`` (older 3.x: ``slave=``); this module targets the
 installed 3.16 API and passes ``device_id``.
@@ -127,6 +129,23 @@ class ModbusOutput:
         if result.isError():
             raise PlcDeviceError(f"{t.label}: device refused the write: {result} "
                                  f"(check the address and unit id in the PLC program)")
+
+    def probe(self) -> None:
+        """Check the link answers without writing: read back the coil (FC 1) or holding register (FC 3) that
+        ``set`` writes. ``PlcError`` when the link fails, ``PlcDeviceError`` when the device refuses the read
+        (it answered: the link is up)."""
+        if self._client is None:
+            raise PlcError(f"{self.target.label}: not connected")
+        t = self.target
+        try:
+            if t.coil is not None:
+                result = self._client.read_coils(t.coil, count=1, device_id=t.unit)
+            else:
+                result = self._client.read_holding_registers(t.register, count=1, device_id=t.unit)
+        except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
+            raise PlcError(f"{t.label}: probe (read back) failed: {exc}") from exc
+        if result.isError():
+            raise PlcDeviceError(f"{t.label}: device refused the read back: {result}")
 
     def close(self) -> None:
         client, self._client = self._client, None

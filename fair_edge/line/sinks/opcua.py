@@ -3,7 +3,8 @@
 URL: ``opcua://HOST:PORT/PATH?node=ns=2;s=Reject`` with ``mode=pulse`` (default: write True,
 then False after pulse_ms) or ``mode=counter`` (add 1 to an integer node per reject; the PLC
 acts on each change). Other options: ``pulse_ms``, ``timeout_ms`` (default 1000).
-The value is written with the node's own data type (read once after connecting).
+The value is written with the node's own data type (read once after connecting). While idle the sink's
+worker probes the link by reading the node's value, never by writing it.
 """
 
 from __future__ import annotations
@@ -127,6 +128,18 @@ class OpcUaOutput:
             raise PlcError(f"{self.target.label}: write failed: {exc}") from exc
         if self.target.mode == "counter":
             self._count = value
+
+    def probe(self) -> None:
+        """Check the link answers without writing: read the node's value. ``PlcError`` when the link fails,
+        ``PlcDeviceError`` for a Bad status reply (the server answered: the link is up)."""
+        if self._node is None:
+            raise PlcError(f"{self.target.label}: not connected")
+        try:
+            self._node.read_value()
+        except Exception as exc:  # noqa: BLE001
+            if _is_status_error(exc):
+                raise PlcDeviceError(f"{self.target.label}: server refused the read: {exc}") from exc
+            raise PlcError(f"{self.target.label}: probe (read) failed: {exc}") from exc
 
     def close(self) -> None:
         client, self._client, self._node = self._client, None, None
