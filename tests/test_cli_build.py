@@ -169,3 +169,11 @@ def test_the_stored_command_of_one_product_in_a_multi_product_root_rebuilds_it(t
     assert again.exit_code == 0, again.output
     rebuilt = load_bundle(out)
     assert rebuilt.threshold.value == first.threshold.value and rebuilt.build_command == first.build_command
+
+
+def test_the_summary_of_a_colour_only_model_names_no_high_pass(patchcore_run, folders, tmp_path):
+    """PatchCore takes the colour image only: the summary named FAIR's filter (butterworth) for it and said the
+    fused kernel made a high-pass."""
+    r = invoke(patchcore_run[0], "--normal", folders["normal"], "--out", tmp_path / "b", "--no-engine")
+    assert r.exit_code == 0, r.output
+    assert "filter" not in r.output and "the model takes the colour image only (no high-pass)" in r.output

@@ -113,7 +113,9 @@ def _summary(result: BuildResult) -> None:
     for rel in sorted(b.files):
         table.add_row("file", escape(rel), f"{(b.root / rel).stat().st_size / 1e6:.2f} MB")
     inputs = ", ".join(f"{s.name} {s.channels}x{s.size}x{s.size}" for s in b.model.inputs)
-    table.add_row("model", escape(b.model.describe()), escape(f"inputs {inputs}; filter {b.preprocess.filter}"))
+    highpass = HIGHPASS in b.model.input_names
+    table.add_row("model", escape(b.model.describe()),
+                  escape(f"inputs {inputs}" + (f"; filter {b.preprocess.filter}" if highpass else "")))
     table.add_row("precision", b.precision, f"max batch {b.max_batch}")
     for key, value in b.facts.items():
         table.add_row(key.replace("_", " "), escape(describe_fact(value)), "")
@@ -134,8 +136,8 @@ def _summary(result: BuildResult) -> None:
         p = b.pixel_threshold
         table.add_row("pixel threshold", f"{p.value:.6g}", escape(
             f"defect regions: the {p.quantile:.4%} quantile of {p.n_pixels} map pixels of {p.n_images} {p.source}"))
-    gpu_note = (gpu_preprocessing_note(b.preprocess) if HIGHPASS in b.model.input_names else
-                ("reference (CPU resize, then upload)", "the model takes the colour image only; the fused kernel makes the high-pass"))
+    gpu_note = (gpu_preprocessing_note(b.preprocess) if highpass else
+                ("reference (CPU resize, then upload)", "the model takes the colour image only (no high-pass)"))
     for row in quality_gate_rows(result):
         table.add_row(*row)
     table.add_row("GPU pre-processing", *gpu_note)
