@@ -71,3 +71,39 @@ def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray],
             nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
             extra_options={"WeightSymmetric": True}, calibration_cache_path=str(cache_path),
         )
+    pool_float_taps(out_onnx)
+
+
+def pool_float_taps(path: Path) -> int:
+    """Rewrite the graph at ``path`` so that every AveragePool reads the float tensor, not its Q/DQ copy; drop the
+    Q/DQ pairs left unread. Returns the number of pools rewired.
+
+    Why: the quantised Add before PatchCore's 3 x 3 local average (zero padding counted) leaves the average reading
+    DequantizeLinear's output. ONNX Runtime pools that in float, as written; OpenVINO 2026.4 moves the
+    dequantisation behind the pool and scored the graph 10-20 x too high, so every part was NG under `auto` whenever
+    OpenVINO timed faster. The pool is cheap and outside ``CPU_INT8_OPS``: in float it is the same on both engines."""
+    graph = onnx.load(str(path))
+    made_by = {out: node for node in graph.graph.node for out in node.output}
+    rewired = 0
+    for node in graph.graph.node:
+        dq = made_by.get(node.input[0]) if node.op_type == "AveragePool" else None
+        q = made_by.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+            rewired += 1
+    if rewired:
+        _drop_unread(graph.graph)
+        onnx.save(graph, str(path))
+    return rewired
+
+
+def _drop_unread(graph: onnx.GraphProto) -> None:
+    """Remove Q/DQ nodes whose outputs nothing reads (neither a node nor a graph output), until none is left."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(out in read for out in n.output)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)

@@ -4,6 +4,7 @@ scores close to FP32, its own threshold, and the CPU backends (ONNX Runtime, Ope
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,28 @@ def test_an_int8_bundle_without_the_fp32_threshold_warns_on_torch_and_runs(bundl
     with caplog.at_level("WARNING", logger="fair_edge.runtime.selection"):
         select_backend(loaded, "onnxruntime")   # its own CPU graph's threshold: nothing to warn about
     assert caplog.text == ""
+
+
+def test_auto_leaves_out_a_cpu_engine_whose_scores_differ_from_onnxruntimes(bundle, monkeypatch, caplog):
+    """The bundle's CPU threshold was calibrated on ONNX Runtime; an engine that scores the same graph otherwise
+    (OpenVINO scored a PatchCore INT8 graph 10-20 x higher: every part NG) is not used however fast it is."""
+    from types import SimpleNamespace
+
+    from fair_edge.runtime import selection
+
+    closed = []
+    ort_scorer = selection.BACKENDS["onnxruntime"](bundle, BackendOptions())
+
+    def skewed(_bundle, _options):   # instant, and ten times ONNX Runtime's scores
+        infer = lambda frames: (lambda m, s: (m, 10.0 * s))(*ort_scorer.infer_frames(frames))  # noqa: E731
+        return SimpleNamespace(infer_frames=infer, reason="OpenVINO on the CPU",
+                               backend=SimpleNamespace(name="openvino", close=lambda: closed.append("openvino")))
+
+    monkeypatch.setitem(selection.BACKENDS, "openvino", skewed)
+    chosen = fastest_cpu(bundle, BackendOptions())
+    assert chosen.backend.name == "onnxruntime" and closed == ["openvino"]
+    assert "openvino left out: it scores a grey frame" in chosen.reason and "calibrated on onnxruntime" in chosen.reason
+    assert "openvino scores unlike onnxruntime" in caplog.text
+
+    monkeypatch.setitem(selection.BACKENDS, "openvino", lambda b, o: replace(ort_scorer, reason="OpenVINO stand-in"))
+    assert "left out" not in fastest_cpu(bundle, BackendOptions()).reason   # equal scores: timed as before

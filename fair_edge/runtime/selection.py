@@ -131,16 +131,24 @@ def _first_sentence(exc: Exception) -> str:
     return str(exc).split(". ")[0]
 
 
-def probe_ms(scorer: BundleScorer, size: int, repeats: int = 3) -> float:
-    """Median milliseconds of pre-processing + inference of one (size, size, 3) frame, after one warm-up."""
+def probe(scorer: BundleScorer, size: int, repeats: int = 3) -> tuple[float, float]:
+    """(median milliseconds of pre-processing + inference of one (size, size, 3) grey frame after one warm-up,
+    that frame's image score)."""
     frame = np.full((size, size, 3), 128, np.uint8)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        scorer.infer_frames([frame])
+        _, scores = scorer.infer_frames([frame])
         if i:
             times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
+    return float(np.median(times)), float(scores[0])
+
+
+def agrees(score: float, reference: float, threshold: Threshold | None) -> bool:
+    """Whether an engine's score of the probe frame is the reference engine's, as two int8 engines running one
+    graph may differ: within 5 % of the larger of the reference score and the graph's threshold."""
+    scale = max(abs(reference), abs(threshold.value) if threshold is not None else 0.0)
+    return abs(score - reference) <= 0.05 * scale + 1e-6
 
 
 def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleScorer:
@@ -155,12 +163,21 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
         raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
     if len(scorers) == 1:
         return replace(scorers[0], reason=f"{scorers[0].reason}, the only CPU engine installed")
-    timed = sorted(((probe_ms(c, bundle.image_size), c) for c in scorers), key=lambda t: t[0])
-    for _, loser in timed[1:]:
+    probed = [(*probe(c, bundle.image_size), c) for c in scorers]
+    reference = probed[0]   # ONNX Runtime: the engine the build calibrated the graph's threshold on
+    left_out = [p for p in probed[1:] if not agrees(p[1], reference[1], reference[2].graph_threshold)]
+    timed = sorted((p for p in probed if p not in left_out), key=lambda p: p[0])
+    for _, _, loser in [*timed[1:], *left_out]:
         loser.backend.close()
-    ms, best = timed[0]
-    probe = ", ".join(f"{c.backend.name} {t:.1f} ms" for t, c in timed)
-    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {probe})")
+    best = timed[0][2]
+    times = ", ".join(f"{c.backend.name} {ms:.1f} ms" for ms, _, c in sorted(probed, key=lambda p: p[0]))
+    why = "".join(f"; {c.backend.name} left out: it scores a grey frame {score:.4g}, {reference[2].backend.name} "
+                  f"{reference[1]:.4g}, and the threshold was calibrated on {reference[2].backend.name}"
+                  for _, score, c in left_out)
+    for _, _, c in left_out:
+        log.warning("auto: %s scores unlike %s on this bundle (%s); it is not used", c.backend.name,
+                    reference[2].backend.name, why.lstrip("; "))
+    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {times}{why})")
 
 
 def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BundleScorer:
