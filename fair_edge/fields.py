@@ -1,6 +1,6 @@
 """Field checkers for settings sections: each returns the clean value or raises ``ConfigError``
 naming ``section.field``, the expected form and the value found; and the station file's text
-(``read_station_text``)."""
+(``read_station_text``) and YAML (``station_yaml``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import ConfigError, did_you_mean
 
@@ -152,3 +154,38 @@ def read_station_text(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"station file {path} cannot be read ({exc.strerror or exc}); give the station's user "
                           "read access to it") from exc
+
+
+class StationLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any depth): plain YAML keeps the last
+    one silently, so a second ``decision:`` block appended at the bottom of a station file wiped the threshold tuned
+    in the first. Merge keys (``<<: *anchor``) still merge: a key set beside them overrides the merged one, as YAML
+    says; only keys written twice in the same mapping are refused."""
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[Any, int] = {}   # key -> line (1-based) where this mapping first gives it
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1   # yes / true: one key
+            if key in first:
+                raise ConfigError(f"station file {self.name}: expected each key once in a mapping, found {key!r} "
+                                  f"twice (line {first[key]} and line {line}); YAML would keep only the last one "
+                                  f"and drop the first unseen: write {key_node.value} once (merge the two, or "
+                                  "delete the one not meant)")
+            first[key] = line
+        return node
+
+
+def station_yaml(text: str, path: Path) -> Any:
+    """The station file's YAML document (``text`` read from ``path`` by ``read_station_text``), loaded by
+    ``StationLoader``: a key given twice is a ConfigError naming the file, the key and both lines; invalid YAML
+    raises ``yaml.YAMLError`` for the caller to name. The station loader and the console's threshold writer both
+    load it through here."""
+    loader = StationLoader(text)
+    loader.name = str(path)   # named in the duplicate-key error and in YAML's own marks
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

@@ -1105,3 +1105,17 @@ def test_applying_a_threshold_to_a_station_file_python_cannot_decode_is_a_config
     assert text.startswith(f"station file {station}: expected ") and "found byte 0xfc at offset 4" in text
     assert text.endswith("then apply the threshold again (it was not changed)")
     assert station.read_bytes() == "# Prüfstation\nbundle: b\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("record", ["yes", "[1, 2]"])
+def test_applying_a_threshold_to_a_station_file_whose_record_is_not_a_mapping_is_a_config_error(tmp_path, record):
+    """``record: yes`` made the read-back ``load_station`` raise a TypeError (the API's 500) instead of a
+    ConfigError naming the file, the section and the fix; the file is left as it was."""
+    station = tmp_path / "station.yaml"
+    station.write_text(f"bundle: b\nrecord: {record}\n")
+    with pytest.raises(ConfigError) as refused:
+        write_station_threshold(station, 0.25, load_station)
+    text = str(refused.value)
+    assert text.startswith(f"{station}: record: expected a mapping of settings, found ")
+    assert text.endswith("then apply the threshold again (it was not changed)")
+    assert station.read_text() == f"bundle: b\nrecord: {record}\n"

@@ -479,3 +479,19 @@ def test_a_run_that_inspected_nothing_writes_null_latency_in_strict_json_and_pri
     cli_run.print_summary(summary, "out")
     printed = " ".join(console.export_text().split())
     assert "latency p50 / p99 / max │ - (no frame inspected)" in printed, printed
+
+
+@pytest.mark.parametrize("wait", [float("inf"), float("nan"), 1e20, -1.0, 86_400_001])
+def test_loop_settings_refuse_a_max_wait_the_station_file_would_refuse(wait):
+    """``run --max-wait-ms inf`` (or 1e20) replaced the checked file value and crashed the loop's wait with an
+    OverflowError (no summary.json); NaN was taken silently. The settings check it when made, as the file does."""
+    from dataclasses import replace
+
+    from fair_edge.errors import ConfigError
+
+    pattern = r"batching\.max_wait_ms \(--max-wait-ms\): expected a (finite )?number in \[0, 86400000\], found "
+    with pytest.raises(ConfigError, match=pattern):
+        LoopSettings(max_batch=4, max_wait_ms=wait)
+    with pytest.raises(ConfigError, match=pattern):
+        replace(LoopSettings(), max_wait_ms=wait)
+    assert LoopSettings(max_wait_ms=0).max_wait_ms == 0 and LoopSettings(max_wait_ms=86_400_000).max_batch == 1

@@ -147,3 +147,74 @@ def test_good_urls_of_every_kind_load(tmp_path):
         "mqtt: {url: 'mqtt://10.0.0.9:1883/line3?client_id=st-1&keepalive_s=10'}\n")
     cfg = load_station(tmp_path / "s.yaml")
     assert len(cfg.reject.sinks) == 4 and cfg.mqtt.url.endswith("keepalive_s=10")
+
+
+@pytest.mark.parametrize("value", ["yes", "false", "0", "''", "[save_ng_images: false]", "off"])
+def test_a_record_section_that_is_not_a_mapping_is_refused(tmp_path, value):
+    """``record: yes`` or a list crashed the load (TypeError: dict() argument after ** must be a mapping; the
+    console's threshold write a 500) and ``record: false`` loaded as the defaults, NG images still saved, while
+    ``metrics: false`` was refused: every record: that is not a mapping is refused now, with the fix."""
+    (tmp_path / "s.yaml").write_text(f"bundle: b\nrecord: {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_station(tmp_path / "s.yaml")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 's.yaml'}: record: expected a mapping of settings, found ")
+    assert "record: {save_ng_images: false}" in message
+    (tmp_path / "s.yaml").write_text("bundle: b\nrecord:\n")   # null: the defaults, as before
+    assert load_station(tmp_path / "s.yaml").record.save_ng_images is True
+
+
+@pytest.mark.parametrize("document", ["false", "0", "[bundle: b]", "bundle"])
+def test_a_station_file_that_is_not_a_mapping_is_refused_naming_the_file(tmp_path, document):
+    """A file holding just ``false`` (or 0) loaded as all defaults (``data or {}``); only an empty file is that."""
+    (tmp_path / "s.yaml").write_text(document + "\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: station: expected a mapping of settings, found "):
+        load_station(tmp_path / "s.yaml")
+    for empty in ("", "# only a comment\n", "---\n"):
+        (tmp_path / "s.yaml").write_text(empty)
+        assert load_station(tmp_path / "s.yaml").batching.max_batch == 1
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("bundle: b\ndecision:\n  threshold: 0.31\nreject:\n  sinks: [log://]\n  delay_ms: 400\ndecision:\n  roi: r.png\n",
+     "'decision'", (2, 7)),
+    ("decision:\n  threshold: 0.31\n  roi: r.png\n  threshold: 0.5\n", "'threshold'", (2, 4)),   # nested
+    ("reject: {sinks: ['log://'], delay_ms: 400, delay_ms: 300}\n", "'delay_ms'", (1, 1)),      # flow style
+    ("cameras:\n  - {name: a, source: a/, fps: 5, fps: 10}\n  - {name: b, source: b/}\n", "'fps'", (2, 2)),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, key, lines):
+    """YAML keeps the last of two equal keys: a second ``decision:`` block appended at the bottom of the file
+    silently wiped ``threshold: 0.31``. Both the station loader and the console's threshold writer refuse it now."""
+    from fair_edge.console.tuning import write_station_threshold
+
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    for load in (lambda: load_station(path), lambda: write_station_threshold(path, 0.2, load_station)):
+        with pytest.raises(ConfigError) as info:
+            load()
+        message = str(info.value)
+        assert message.startswith(f"station file {path}: expected each key once in a mapping, found {key} twice "
+                                  f"(line {lines[0]} and line {lines[1]})")
+    assert "then apply the threshold again (it was not changed)" in message and path.read_text() == text
+
+
+def test_yaml_merge_keys_and_anchors_still_load(tmp_path):
+    """Only keys written twice in one mapping are refused: a key set beside a merge key (``<<: *anchor``)
+    overrides the merged one, as YAML says, and an alias used twice is no duplicate."""
+    (tmp_path / "s.yaml").write_text(
+        "cameras:\n"
+        "  - &top {name: top, source: a/, fps: 5, threshold: 0.4}\n"
+        "  - <<: *top\n"
+        "    name: side\n"
+        "    source: b/\n"
+        "group: {by: part, match: window}\n")
+    cfg = load_station(tmp_path / "s.yaml")
+    assert [(v.name, v.source, v.fps, v.threshold) for v in cfg.cameras] == [("top", "a/", 5, 0.4),
+                                                                             ("side", "b/", 5, 0.4)]
+
+
+def test_a_record_key_that_is_not_text_is_named_as_an_unknown_setting(tmp_path):
+    """``record: {1: 2}`` went through dict(**...) and raised a TypeError (keywords must be strings)."""
+    (tmp_path / "s.yaml").write_text("record: {1: 2}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml: record\.1: unknown setting"):
+        load_station(tmp_path / "s.yaml")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +78,20 @@ def print_bench(report) -> None:
         console.print(f"torch.compile batch {batch}: {seconds:.1f} s (first call; cached for later runs)")
 
 
+def finite_feed(text: str) -> str | float:
+    """``--feed``: ``parse_feed``'s closed | free | a line rate in frames/s, the rate finite and its period
+    (1 / rate, s) one a thread can wait (<= ``threading.TIMEOUT_MAX``): inf passed as > 0 and crashed the feeding
+    thread (OverflowError), as did 1e-300 (a period of 1e300 s)."""
+    from fair_edge.bench.settings import parse_feed
+
+    feed = parse_feed(text)
+    if isinstance(feed, float) and not (math.isfinite(feed) and feed * threading.TIMEOUT_MAX >= 1):
+        raise ConfigError(f"--feed: expected closed, free, or a finite line rate in frames/s >= "
+                          f"{1 / threading.TIMEOUT_MAX:.2g} (e.g. 500), found {text!r}; for the fastest feeding "
+                          "without drops use closed, with drops free.")
+    return feed
+
+
 @app.command()
 @friendly_errors
 def bench(
@@ -124,15 +140,17 @@ def bench(
 
     from fair_edge.bench.cameras import cameras_report
     from fair_edge.bench.run import run_bench, run_synthetic_bench, synthetic_model as make_synthetic_model
-    from fair_edge.bench.settings import parse_batches, parse_cameras, parse_feed, parse_frames
+    from fair_edge.bench.settings import parse_batches, parse_cameras, parse_frames
     from fair_edge.export.bundle import load_bundle
+    from fair_edge.station.inspector import LoopSettings
 
     if cameras is not None and mode != "cameras":
         raise ConfigError(f"--cameras sets the camera counts of --mode cameras; found --mode {mode}. "
                           f"Add --mode cameras, or leave --cameras out.")
     counts = BenchSettings.cameras if cameras is None else parse_cameras(cameras)
+    LoopSettings(max_wait_ms=max_wait_ms)   # checked before any model is built: finite, in [0, a day]
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
-                             frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=parse_feed(feed),
+                             frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=finite_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
                              compile=compile, cameras=counts, rounds=rounds)
     synthetic = synthetic_model is not None or synthetic_width is not None

@@ -49,9 +49,7 @@ def collect(
         raise ConfigError(f"give exactly one of --camera, --source or --reviewed; found {len(chosen)}.")
     if every < 1 or max_frames < 1:
         raise ConfigError(f"--every and --max-frames must be >= 1; found {every} and {max_frames}.")
-    if duration is not None and not duration > 0:
-        raise ConfigError(f"--duration must be > 0 seconds (leave it out to stop at --max-frames or the end of the "
-                          f"source); found {duration:g}.")
+    check_duration(duration)
     if reviewed is not None:
         result = export_reviewed(reviewed, out)
         console.print(f"[green]exported every reviewed part[/] to {out}: {result['summary']}")
@@ -72,6 +70,16 @@ def collect(
         if timer is not None:
             timer.cancel()
     console.print(collect_line(read, skipped_files, collector.counts, out))
+
+
+def check_duration(duration: Optional[float]) -> None:
+    """``--duration``, seconds: None (stop at --max-frames or the end of the source) or a number > 0 that the stop
+    timer can wait (<= ``threading.TIMEOUT_MAX``, ~292 years); inf or 1e20 killed the timer's thread with an
+    OverflowError and the collect ran on, and NaN or <= 0 stopped nothing or everything."""
+    if duration is not None and not 0 < duration <= threading.TIMEOUT_MAX:   # also False for NaN
+        raise ConfigError(f"--duration must be > 0 seconds and at most {threading.TIMEOUT_MAX:.0f} (the longest wait "
+                          f"its stop timer takes); found {duration:g}. Give the time to collect for, or leave it out "
+                          "to stop at --max-frames or the end of the source.")
 
 
 def collect_line(read: int, skipped_files: int, c: Mapping[str, int], out: Path) -> str:

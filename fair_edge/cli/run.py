@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from dataclasses import replace
@@ -188,6 +189,7 @@ def run(
     from fair_edge.station.config import StationConfig, load_station
     from fair_edge.training.collect import export_reviewed
 
+    check_stop_flags(max_frames, duration)
     cfg = load_station(station) if station else StationConfig()
     if camera is not None and source is not None:
         raise ConfigError("give either --camera or --source, not both.")
@@ -226,6 +228,18 @@ def run(
                       f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
     if code:
         raise typer.Exit(code)
+
+
+def check_stop_flags(max_frames: Optional[int], duration: Optional[float]) -> None:
+    """``--max-frames`` (inspected frames) and ``--duration`` (seconds): None (run until stopped) or > 0, and a
+    finite duration. 0 or -1 stopped the station at once with exit 0, as if it had run; NaN never compared as
+    reached, so the run never stopped."""
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames: expected a number of inspected frames >= 1, found {max_frames}; give how "
+                          "many frames to inspect, or leave it out to run until stopped.")
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise ConfigError(f"--duration: expected a finite number of seconds > 0, found {duration:g}; give how long "
+                          "to run, or leave it out to run until stopped.")
 
 
 class StationSignals:

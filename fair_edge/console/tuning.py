@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
-from fair_edge.fields import is_number, read_station_text, require
+from fair_edge.fields import is_number, read_station_text, require, station_yaml
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -141,10 +141,11 @@ def _write_like(original: Path, tmp: Path, write: Callable[[IO[str]], object]) -
 
 def _station_data(path: Path) -> dict:
     """The station file's YAML as a mapping ({} for an empty file); ConfigError naming the file and the fix for a
-    file that cannot be read or decoded (``fields.read_station_text``), is not valid YAML or is not a mapping."""
+    file that cannot be read or decoded (``fields.read_station_text``), gives a key twice (``fields.StationLoader``),
+    is not valid YAML or is not a mapping."""
     try:
-        data = yaml.safe_load(read_station_text(path))
-    except ConfigError as exc:   # cannot be read or decoded: named with its fix by read_station_text
+        data = station_yaml(read_station_text(path), path)
+    except ConfigError as exc:   # unreadable, undecodable, a key given twice: named with its fix in fields
         raise ConfigError(f"{exc}, then apply the threshold again (it was not changed)") from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)

@@ -22,6 +22,7 @@ Command-line flags override the file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,19 @@ class CameraSettings:
         )
 
 
+def record_section(data: Any) -> Mapping[str, Any]:
+    """The station file's ``record:`` section as a mapping ({} when left out or null), refused when it is anything
+    else: ``record: false`` ("no recording") loaded as the defaults, NG images still saved, and ``record: yes`` or a
+    list crashed the load with a TypeError."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"record: expected a mapping of settings, found {data!r}; write the settings under it, "
+                          "e.g. record: {save_ng_images: false} to keep the verdict log without NG images, or leave "
+                          "record: out for the defaults")
+    return data
+
+
 @dataclass(frozen=True)
 class StationConfig:
     camera: CameraSettings = field(default_factory=CameraSettings)
@@ -134,7 +148,7 @@ class StationConfig:
             roi=Path(f.text("decision", "roi", decision["roi"])) if decision.get("roi") is not None else None,
             output=output,
             reject=RejectSettings.from_dict(d.get("reject")),
-            record=RecordSettings.from_dict(dict({"dir": str(output)}, **(d.get("record") or {}))),
+            record=RecordSettings.from_dict({"dir": str(output), **record_section(d.get("record"))}),
             metrics=MetricsSettings.from_dict(d.get("metrics")),
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
             console=ConsoleSettings.from_dict(d.get("console")),
@@ -181,16 +195,17 @@ class StationConfig:
 def load_station(path: str | Path) -> StationConfig:
     """Read and validate a station YAML file; raises ConfigError naming the file and field. A file that cannot be
     read (permissions, an I/O error) or decoded as text (a Latin-1 comment in a UTF-8 locale) is a ConfigError
-    naming the file too: SIGHUP's reload re-reads it on a running station, which refuses the reload and goes on."""
+    naming the file too: SIGHUP's reload re-reads it on a running station, which refuses the reload and goes on. A key
+    given twice in one mapping is refused naming both lines (``fields.StationLoader``): YAML would keep the last."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"station file {path} does not exist. See `fair-edge run --help` for its fields.")
     try:
-        data = yaml.safe_load(f.read_station_text(path))
+        data = f.station_yaml(f.read_station_text(path), path)   # a key given twice: ConfigError naming it
     except yaml.YAMLError as exc:
         raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
-    try:
-        return replace(StationConfig.from_dict(data or {}), source_file=path)
+    try:   # an empty file is all defaults; a document that is not a mapping (just `false`) is refused
+        return replace(StationConfig.from_dict({} if data is None else data), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

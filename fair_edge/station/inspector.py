@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
+from fair_edge import fields as f
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
@@ -49,8 +50,11 @@ VerdictCallback = Callable[[Frame, Verdict, "np.ndarray | None"], None]
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """max_batch: frames per inference. max_wait_ms: how long a partial batch waits for more frames.
-    max_consecutive_errors: failed inference batches in a row before the station faults."""
+    """max_batch: frames per inference. max_wait_ms: how long a partial batch waits for more frames, ms, finite
+    in [0, ``fields.DAY_MS``]. max_consecutive_errors: failed inference batches in a row before the station faults.
+
+    Checked when made, as the station file checks them: ``run --max-wait-ms`` / ``bench --max-wait-ms`` replace the
+    file's value, and inf or 1e20 crashed the loop (OverflowError from the wait) while NaN was taken silently."""
 
     max_batch: int = 1
     max_wait_ms: float = 2.0
@@ -59,8 +63,7 @@ class LoopSettings:
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ConfigError(f"batching.max_batch must be >= 1; found {self.max_batch}.")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"batching.max_wait_ms must be >= 0; found {self.max_wait_ms}.")
+        f.number("batching", "max_wait_ms (--max-wait-ms)", self.max_wait_ms, minimum=0, maximum=f.DAY_MS)
 
 
 LATENCY_KEYS = ("p50_ms", "p99_ms", "max_ms")
