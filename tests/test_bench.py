@@ -93,3 +93,15 @@ def test_parsers():
     with pytest.raises(ConfigError, match="--seconds must be > 0"):
         BenchSettings(seconds=0)
 
+
+@pytest.mark.parametrize("changes, named", [
+    ({"seconds": float("inf")}, "--seconds"), ({"seconds": float("nan")}, "--seconds"),
+    ({"warmup_s": float("inf")}, "--warmup"), ({"torch_threads": 10**20}, "--threads"),
+    ({"queue_size": 10**20}, "--queue"),
+])
+def test_bench_settings_refuse_what_ran_forever_or_overflowed(changes, named):
+    """--seconds / --warmup inf ran forever, --threads past 2**63 overflowed in torch, --queue 1e20 never filled."""
+    with pytest.raises(ConfigError, match=named):
+        BenchSettings(**changes)
+    BenchSettings(seconds=86_400, warmup_s=86_400, torch_threads=1024, queue_size=1_000_000)
+

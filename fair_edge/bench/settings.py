@@ -10,6 +10,9 @@ from fair_edge.errors import ConfigError, did_you_mean
 MODES = ("loop", "compute", "both", "stages", "cameras")
 FEEDS = ("closed", "free")
 BASELINES = ("torch-eager-cpu-pre", "none")
+DAY_S = 86_400.0        # the longest --seconds / --warmup: a longer one is a typo (inf ran forever)
+MAX_COUNT = 1_000_000   # the largest --queue
+MAX_THREADS = 1024      # the most torch threads (--threads); past 2**63 torch raised an OverflowError
 
 
 def _choose(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -98,15 +101,17 @@ class BenchSettings:
         if not self.cameras or min(self.cameras) < 1 or self.rounds < 1:
             raise ConfigError(f"--cameras must hold integers >= 1 and --rounds be >= 1; found {self.cameras}, "
                               f"{self.rounds}.")
-        if not self.seconds > 0:
-            raise ConfigError(f"--seconds must be > 0; found {self.seconds}.")
+        if not 0 < self.seconds <= DAY_S:
+            raise ConfigError(f"--seconds must be > 0 and at most a day ({DAY_S:g}); found {self.seconds}.")
         if isinstance(self.feed, str):
             _choose(self.feed, FEEDS, "--feed")
         elif not self.feed > 0:
             raise ConfigError(f"--feed line rate must be > 0 frames/s; found {self.feed}.")
-        if self.queue_size < 0 or self.distinct_frames < 1 or self.warmup_s < 0 or self.torch_threads < 0:
-            raise ConfigError("--queue, --warmup and --threads must be >= 0 and distinct_frames >= 1; found "
-                              f"{self.queue_size}, {self.warmup_s}, {self.torch_threads}, {self.distinct_frames}.")
+        if (not 0 <= self.queue_size <= MAX_COUNT or self.distinct_frames < 1 or not 0 <= self.warmup_s <= DAY_S
+                or not 0 <= self.torch_threads <= MAX_THREADS):
+            raise ConfigError(f"--queue must be in [0, {MAX_COUNT}], --warmup in [0, {DAY_S:g}] s, --threads in "
+                              f"[0, {MAX_THREADS}] and distinct_frames >= 1; found {self.queue_size}, {self.warmup_s}, "
+                              f"{self.torch_threads}, {self.distinct_frames}.")
 
     @property
     def modes(self) -> tuple[str, ...]:
