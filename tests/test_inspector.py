@@ -495,3 +495,13 @@ def test_loop_settings_refuse_a_max_wait_the_station_file_would_refuse(wait):
     with pytest.raises(ConfigError, match=pattern):
         replace(LoopSettings(), max_wait_ms=wait)
     assert LoopSettings(max_wait_ms=0).max_wait_ms == 0 and LoopSettings(max_wait_ms=86_400_000).max_batch == 1
+
+
+def test_loop_settings_refuse_a_max_batch_the_station_file_would_refuse():
+    """The file caps batching.max_batch at 256; --max-batch replaced it unchecked above that."""
+    from fair_edge.errors import ConfigError
+
+    for batch in (0, 257):
+        with pytest.raises(ConfigError, match=rf"batching\.max_batch \(--max-batch\): expected an integer in \[1, 256\], found {batch}"):
+            LoopSettings(max_batch=batch)
+    assert LoopSettings(max_batch=256).max_batch == 256

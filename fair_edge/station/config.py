@@ -32,7 +32,7 @@ import yaml
 from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
-from fair_edge.station.inspector import LoopSettings
+from fair_edge.station.inspector import MAX_BATCH, LoopSettings
 from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
@@ -138,7 +138,7 @@ class StationConfig:
             bundle=Path(f.text("station", "bundle", d["bundle"])) if d.get("bundle") is not None else None,
             backend=f.choice("station", "backend", d.get("backend", "auto"), BACKEND_NAMES),
             batching=LoopSettings(
-                max_batch=f.integer("batching", "max_batch", batching["max_batch"], minimum=1, maximum=256),
+                max_batch=f.integer("batching", "max_batch", batching["max_batch"], minimum=1, maximum=MAX_BATCH),
                 max_wait_ms=f.number("batching", "max_wait_ms", batching["max_wait_ms"], minimum=0,
                                      maximum=f.DAY_MS),
                 max_consecutive_errors=f.integer("batching", "max_consecutive_errors",

@@ -61,11 +61,11 @@ class LoopSettings:
     max_consecutive_errors: int = 10
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"batching.max_batch must be >= 1; found {self.max_batch}.")
+        f.integer("batching", "max_batch (--max-batch)", self.max_batch, minimum=1, maximum=MAX_BATCH)
         f.number("batching", "max_wait_ms (--max-wait-ms)", self.max_wait_ms, minimum=0, maximum=f.DAY_MS)
 
 
+MAX_BATCH = 256           # the most frames per inference call (batching.max_batch, --max-batch)
 LATENCY_KEYS = ("p50_ms", "p99_ms", "max_ms")
 LIVE_WINDOW = 2000        # latencies kept, newest last: the live view's window (``fair-edge run``'s table)
 RUN_REL_ERROR = 0.005     # a long run's p50 / p99 are within this share of the exact value (``LogBuckets``)
