@@ -1,5 +1,6 @@
 """Image files -> frames: the one decoder every reader of an image file uses (training, eval, build, the station's
-folder replay), so a file gives the same pixels on every path."""
+folder replay; ground-truth, ROI and zone masks through ``decode_file``), so a file gives the same pixels on every
+path and a bad file is a DataError naming it, never an OpenCV exception."""
 
 from __future__ import annotations
 
@@ -10,6 +11,35 @@ import numpy as np
 
 from fair_edge.errors import DataError
 
+MAX_PIXELS = 2**30  # OpenCV's limit on a decoded image (CV_IO_MAX_IMAGE_PIXELS), pixels; larger ones are refused
+
+
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
+    """Read a file and decode it with OpenCV's ``imdecode(flags)``: the one decoder of every image file fair-edge
+    reads (images, ground-truth masks, the station's ROI and zone masks). what: the file's role, for messages.
+
+    Returns the decoded array as OpenCV gives it. Raises DataError naming the file when it is missing, unreadable,
+    empty (0 bytes), truncated or of an unsupported format, or when OpenCV refuses it (what OpenCV said; an image
+    over MAX_PIXELS = 2^30 pixels, e.g. a header declaring 100000 x 100000, is refused that way), never cv2.error.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from exc
+    if not data.size:
+        raise DataError(f"{what} {path} is empty (0 bytes); replace it with the image file.")
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        said = " ".join(str(exc).split()).split("error: ", 1)[-1]   # without OpenCV's version and source line
+        raise DataError(f"{what} {path} could not be decoded; OpenCV said: {said}. Images over 2^30 pixels "
+                        f"({MAX_PIXELS} px, e.g. a header declaring 100000 x 100000) are refused; check the file "
+                        "is the image you meant (not damaged) and save it at its real size.") from exc
+    if image is None:
+        raise DataError(f"{path} is not a readable {what} (truncated or an unsupported format).")
+    return image
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
@@ -19,16 +49,10 @@ def read_image(path: str | Path) -> np.ndarray:
     trained on images read here, and the station's folder replay (``fair_edge.cameras.replay``) decodes with this
     same function and the masks (``fair_edge.training.data.read_mask``) the same way, so a part is inspected and
     scored as it was trained. A camera frame carries no EXIF.
-    Raises DataError naming the file when it is missing, unreadable or truncated.
+    Raises DataError naming the file when it is missing, unreadable, empty, truncated or too large (``decode_file``).
     """
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"{path} is not a readable image (empty, truncated or an unsupported format).")
+    image = decode_file(path, cv2.IMREAD_UNCHANGED, "image")
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:

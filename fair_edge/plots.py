@@ -25,15 +25,30 @@ _MARGINS = (70, 20, 40, 55)
 # ---------------------------------------------------------------- small drawing helpers
 
 
+def drawable_text(text: object) -> str:
+    """``text`` as the Hershey font draws it: ASCII, anything else as a Python backslash escape (é -> \\xe9,
+    ≥ -> \\u2265; a file name that is not UTF-8, e.g. Latin-1 from a Windows share, holds surrogates:
+    \\udce9). Every text drawn here goes through it: OpenCV crashes the process (segfault) on a surrogate."""
+    return str(text).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _text_width(text: str, scale: float) -> int:
+    """Width in pixels of ``text`` drawn at ``scale`` (after ``drawable_text``)."""
+    return cv2.getTextSize(drawable_text(text), _FONT, scale, 1)[0][0]
+
+
 def _text(canvas: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45, anchor: str = "left") -> None:
-    """Draw text with its baseline at org; anchor 'left', 'centre' or 'right' aligns horizontally."""
+    """Draw text with its baseline at org; anchor 'left', 'centre' or 'right' aligns horizontally. Non-ASCII
+    characters are drawn escaped (``drawable_text``)."""
+    text = drawable_text(text)
     (width, _), _ = cv2.getTextSize(text, _FONT, scale, 1)
     shift = {"left": 0, "centre": width // 2, "right": width}[anchor]
     cv2.putText(canvas, text, (org[0] - shift, org[1]), _FONT, scale, _BLACK, 1, cv2.LINE_AA)
 
 
 def _vertical_text(canvas: np.ndarray, text: str, centre: tuple[int, int], scale: float = 0.45) -> None:
-    """Draw text rotated 90 degrees counter-clockwise, centred at centre (x, y)."""
+    """Draw text rotated 90 degrees counter-clockwise, centred at centre (x, y); escaped as ``_text`` does."""
+    text = drawable_text(text)
     (width, height), baseline = cv2.getTextSize(text, _FONT, scale, 1)
     strip = np.full((height + baseline + 4, width + 4, 3), 255, np.uint8)
     cv2.putText(strip, text, (2, height + 2), _FONT, scale, _BLACK, 1, cv2.LINE_AA)
@@ -76,10 +91,24 @@ def _write_png(path: str | Path, canvas: np.ndarray) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"plot files are PNG; expected a path ending in .png, found {str(path)!r}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), canvas):
-        raise DataError(f"OpenCV could not write {str(path)!r}; check that the folder is writable.")
+    write_png(path, canvas)
     return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as a PNG file, creating missing parent folders. Encoded by
+    OpenCV, written by Python: any file name Python can open works (OpenCV's own writer crashes on a name
+    that is not UTF-8). Raises DataError naming the file when it cannot be encoded or written."""
+    path = Path(path)
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise DataError(f"OpenCV could not encode a PNG for {path} (image {image.shape} {image.dtype}).")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.tobytes())
+    except OSError as exc:
+        raise DataError(f"could not write {path}: {exc}; check that the folder is writable and the disk has "
+                        "room.") from exc
 
 
 # ---------------------------------------------------------------- line plots
@@ -144,7 +173,7 @@ def save_line_plot(
     legend = [(i, label) for i, (_, _, label) in enumerate(checked) if label]
     for row, (i, label) in enumerate(legend):  # legend in the lower-right corner of the box
         y_row = top + box_h - 12 - 20 * (len(legend) - 1 - row)
-        x_row = left + box_w - 12 - cv2.getTextSize(label, _FONT, 0.45, 1)[0][0]
+        x_row = left + box_w - 12 - _text_width(label, 0.45)
         cv2.line(canvas, (x_row - 28, y_row - 4), (x_row - 6, y_row - 4), _CURVE_COLOURS[i % len(_CURVE_COLOURS)], 2)
         _text(canvas, label, (x_row, y_row))
     _text(canvas, title, (left + box_w // 2, top - 14), 0.55, "centre")

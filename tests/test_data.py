@@ -151,3 +151,123 @@ def test_missing_mask_of_one_defect_is_counted_and_named(tmp_path, mvtec_dir):
     assert not split.has_masks and split.has_any_masks
     assert [s.path.name for s in split.missing_masks] == ["002.png"]
 
+
+
+# ----------------------------------------------------------------------------- files OpenCV refuses, CSV encodings
+def write_png_bomb(path, width=100_000, height=100_000):
+    """A 74-byte PNG whose header declares width x height pixels (10^10 by default: over OpenCV's 2^30 limit,
+    which ``cv2.imdecode`` refuses with cv2.error, not None)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_over_opencvs_pixel_limit_or_empty_is_a_data_error_naming_it(tmp_path):
+    """A header declaring 100000 x 100000 px gave cv2.error from read_image (train, eval and build stopped with a
+    traceback instead of skipping the file); now DataError naming the file, what OpenCV said and the limit."""
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    with pytest.raises(DataError, match=r"image .*bomb\.png could not be decoded; OpenCV said: .*"
+                                        r"CV_IO_MAX_IMAGE_PIXELS.* Images over 2\^30 pixels"):
+        read_image(bomb)
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"zero\.png is empty \(0 bytes\)"):
+        read_image(tmp_path / "zero.png")
+
+
+@pytest.mark.parametrize("content", [b"", None])
+def test_an_empty_or_oversized_mask_is_a_data_error_naming_it(tmp_path, content):
+    """A 0-byte ground-truth mask (and one over 2^30 px) gave cv2.error (imdecode of an empty buffer) in eval."""
+    mask = tmp_path / "001_mask.png"
+    if content is None:
+        write_png_bomb(mask)
+    else:
+        mask.write_bytes(content)
+    with pytest.raises(DataError, match=r"mask .*001_mask\.png (is empty|could not be decoded)"):
+        read_mask(mask, (32, 32))
+
+
+def test_training_skips_an_oversized_image_naming_it(tmp_path, caplog):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((40, 40, 3), 90, np.uint8))
+    bomb = write_png_bomb(tmp_path / "bomb.png")
+    from fair_edge.training.data import Sample
+
+    with caplog.at_level(logging.WARNING):
+        images, kept = load_images([Sample(good), Sample(bomb)], 32)
+    assert images.shape == (1, 3, 32, 32) and [s.path for s in kept] == [good]
+    assert "bomb.png could not be decoded" in caplog.text
+
+
+def test_a_folder_replay_counts_an_oversized_image_as_unreadable_and_goes_on(tmp_path):
+    """The station's folder replay decodes with read_image: the cv2.error escaped its reader ("reader crashed",
+    exit 3). Now the file is counted unreadable and the replay goes on to the next one."""
+    from fair_edge.cameras import EndOfStream, FolderReplaySource
+
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(folder / name), np.full((12, 16, 3), 50, np.uint8))
+    write_png_bomb(folder / "b.png")
+    frames = []
+    with FolderReplaySource(folder) as src:
+        with pytest.raises(EndOfStream):
+            for _ in range(10):
+                frames.append(src.read())
+        assert src.unreadable == 1
+    assert [f.source for f in frames] == ["a.png", "c.png"]
+
+
+def _visa_csv(path, mvtec_dir, encoding="utf-8", header="object,split,label,image,mask", label="normal"):
+    """A one-category VisA CSV over the plate: train rows for its train images, one test row."""
+    rows = [header] + [f"plate,train,{label},{p.relative_to(path.parent).as_posix()}," for p in
+                       sorted((mvtec_dir / "train/good").glob("*.png"))[:3]]
+    path.write_bytes(("\n".join(rows) + "\n").encode(encoding))
+    return path
+
+
+def test_a_visa_csv_saved_by_excel_with_a_byte_order_mark_loads(tmp_path, mvtec_dir):
+    """Excel's "CSV UTF-8" starts the file with a BOM: the first column was read as '\\ufeffobject' and the CSV
+    refused as missing columns its header shows."""
+    shutil.copytree(mvtec_dir, tmp_path / "plate")
+    csv_path = _visa_csv(tmp_path / "split.csv", tmp_path / "plate", encoding="utf-8-sig")
+    assert csv_path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert len(load_dataset(csv_path).train) == 3
+
+
+def test_a_visa_csv_that_is_not_utf8_is_a_data_error_naming_the_byte_and_the_fix(tmp_path, mvtec_dir):
+    shutil.copytree(mvtec_dir, tmp_path / "plate")
+    csv_path = _visa_csv(tmp_path / "split.csv", tmp_path / "plate", encoding="latin-1", label="normal_dégât")
+    offset = csv_path.read_bytes().index(b"\xe9")
+    with pytest.raises(DataError, match=rf"split\.csv is not UTF-8 text: byte 0xe9 at byte offset {offset} .*"
+                                        r"Save the CSV as UTF-8"):
+        load_dataset(csv_path)
+
+
+def test_a_visa_csv_without_the_columns_lists_the_columns_it_has(tmp_path, mvtec_dir):
+    shutil.copytree(mvtec_dir, tmp_path / "plate")
+    csv_path = _visa_csv(tmp_path / "split.csv", tmp_path / "plate", header="product,split,label,image,mask")
+    with pytest.raises(DataError, match=r"found columns 'product', 'split', 'label', 'image', 'mask' and 3 row"):
+        load_dataset(csv_path)
+
+
+def test_a_test_folder_without_train_good_loads_for_eval_and_training_is_told_what_is_missing(tmp_path, mvtec_dir):
+    """eval reads only test/: a category with no (or an empty) train/good was refused as holding no images."""
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    shutil.rmtree(root / "train")
+    split = load_dataset(root, need_train=False)
+    assert split.train == [] and len(split.test) == 12 and split.has_masks
+    with pytest.raises(DataError, match=r"has a test/ folder but no train/good folder: training needs normal "
+                                        r"images in .*train/good"):
+        load_dataset(root)
+    (root / "train" / "good").mkdir(parents=True)
+    assert len(load_dataset(root, need_train=False).test) == 12
+    with pytest.raises(DataError, match=r"train/good holds no images"):
+        load_dataset(root)

@@ -490,3 +490,31 @@ def test_an_ng_overlay_marks_the_threshold_on_the_map_scale_only_when_the_score_
     overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000000_overlay.png"))
     bar = overlay[overlay.shape[0] - 48:, 64:]
     assert np.array_equal(bar, colour_bar(48, 0.0, 1.0, 0.5 if marked else None))
+
+
+def test_an_ng_overlay_of_a_frame_whose_source_name_is_not_utf8_is_written(tmp_path):
+    """A replayed file with a Latin-1 name (``d\\xe9g\\xe2t.png`` from a Windows share: surrogates in Python) put
+    on the NG overlay crashed the station (OpenCV segfault, exit 139, no summary.json). Run in a child process,
+    so a crash fails this test only."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from fair_edge.line.recorder import Recorder\n"
+        "from fair_edge.line.settings import RecordSettings\n"
+        "from fair_edge.records import Frame, Verdict\n"
+        "name = 'd\\udce9g\\udce2t.png'\n"
+        "amap = np.zeros((12, 16), np.float32); amap[3:6, 4:8] = 1.0\n"
+        "with Recorder(RecordSettings(dir=Path(sys.argv[1]), min_free_mb=0), run_id='R1') as rec:\n"
+        "    rec.record(Frame(0, 1.0, np.full((48, 64, 3), 80, np.uint8), name), "
+        "Verdict(0, 1.0, 0.9, 0.5, True, 1.01, name), amap)\n"
+        "    assert rec.flush()\n"
+        "    print(rec.stats()['images'], rec.stats()['write_errors'])\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert child.stdout.split() == ["1", "0"]
+    overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000000_overlay.png"))
+    assert overlay is not None and overlay.shape[0] > 48

@@ -107,3 +107,25 @@ def test_overlay_leaves_the_image_as_it_is_where_the_map_has_no_score():
     b, r = out[:, :19, 0].astype(int), out[:, :19, 2].astype(int)
     assert (r > b + 40).all()                                # the scored half: hot, red over the grey image
 
+
+
+def test_text_with_a_file_name_that_is_not_utf8_is_drawn_escaped(tmp_path):
+    """A Latin-1 file name (from a Windows share) holds surrogates in Python: OpenCV's getTextSize / putText
+    crashed the process on them (segfault, exit 139). Drawn in a child process, so a crash fails this test only."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from fair_edge import plots\n"
+        "name = 'd\\udce9g\\udce2t.png \\u2265 1 mm\\u00b2'\n"
+        "strip = plots.text_strip(300, ['source ' + name])\n"
+        "x = np.linspace(0, 1, 5)\n"
+        "plots.save_line_plot(sys.argv[1], [(x, x, name)], name, name, name)\n"
+        "print(plots.drawable_text(name))\n"
+    )
+    out = tmp_path / "plot.png"
+    child = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert child.stdout.strip() == r"d\udce9g\udce2t.png \u2265 1 mm\xb2"
+    assert read_png(out).shape == (480, 640, 3)

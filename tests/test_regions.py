@@ -363,3 +363,39 @@ def test_a_size_exactly_at_its_limit_fires_with_a_scale_from_two_points():
                                                                              "min_length_mm": 1.0}, **scale})
         fired = RegionJudge(settings, PIXEL_THRESHOLD).judge(FRAME_HW, amap)[1]
         assert sorted(h.rule for h in fired) == ["min_area_mm2", "min_length_mm"], scale
+
+
+def test_a_zone_mask_redrawn_or_removed_while_the_station_runs_changes_nothing_until_reloaded(tmp_path):
+    """The zone mask was read again from disk at the first frame after each bundle swap (a new RegionJudge):
+    redrawn at another size it gave IndexError, removed TypeError, out of the inspection loop (station exit 1).
+    Its pixels are now read and checked once, when the station file loads."""
+    from types import SimpleNamespace
+
+    mask = np.zeros(FRAME_HW, np.uint8)
+    mask[180:240, 120:240] = 255
+    path = tmp_path / "label.png"
+    cv2.imwrite(str(path), mask)
+    j = judge(default={"min_area_mm2": 1}, zones=[{"name": "label", "mask": str(path), "ignore": True}])
+    cv2.imwrite(str(path), np.full((32, 32), 255, np.uint8))   # the operator redraws it at another size ...
+    swapped = j.for_bundle(SimpleNamespace(pixel_threshold=None, map_area=None, root="b2"))  # as a swap does
+    inside, outside = pit_2mm2(), plant(blank_map(), 70, 80, 10, 5)
+    assert swapped.judge(FRAME_HW, inside)[1] == () and len(swapped.judge(FRAME_HW, outside)[1]) == 1
+    path.unlink()                                               # ... or removes it
+    again = j.for_bundle(SimpleNamespace(pixel_threshold=None, map_area=None, root="b3"))
+    assert again.judge(FRAME_HW, inside)[1] == () and len(again.judge(FRAME_HW, outside)[1]) == 1
+    assert [len(o) for o in again.outlines()] == [4]
+    # loading the section again (as SIGHUP's reload does) reads and checks the file again
+    with pytest.raises(ConfigError, match=r"label\.png is missing"):
+        judge(zones=[{"name": "label", "mask": str(path), "ignore": True}])
+
+
+def test_a_zone_mask_over_opencvs_pixel_limit_is_a_config_error_naming_it(tmp_path):
+    from test_data import write_png_bomb
+
+    path = write_png_bomb(tmp_path / "label.png")
+    with pytest.raises(ConfigError, match=r"regions.zones\[0\].mask \(label\): zone mask .*label\.png could not be "
+                                          r"decoded; OpenCV said: .*2\^30 pixels"):
+        judge(zones=[{"name": "label", "mask": str(path), "ignore": True}])
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"label\.png is empty \(0 bytes\)"):
+        judge(zones=[{"name": "label", "mask": str(path), "ignore": True}])

@@ -223,3 +223,17 @@ def test_the_maps_kept_are_capped_by_even_subsampling():
     assert kept_maps(maps).shape == (10, 4, 8)
     assert kept_maps([np.zeros((4, 8), np.float32), np.zeros((8, 8), np.float32)]) is None   # two grids
     assert kept_maps([]) is None
+
+
+def test_an_roi_mask_over_opencvs_pixel_limit_or_empty_is_a_config_error_naming_it(tmp_path):
+    """decision.roi read with cv2.imread: a header declaring 100000 x 100000 px raised cv2.error at start."""
+    from fair_edge.station.bundles import load_roi
+    from test_data import write_png_bomb
+
+    path = write_png_bomb(tmp_path / "roi.png")
+    with pytest.raises(ConfigError, match=r"decision.roi: ROI mask .*roi\.png could not be decoded; OpenCV said: "
+                                          r".*2\^30 pixels"):
+        load_roi(path, None)
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"decision.roi: ROI mask .*roi\.png is empty \(0 bytes\)"):
+        load_roi(path, None)

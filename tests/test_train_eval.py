@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import os
 import re
 import shutil
 
@@ -351,3 +352,72 @@ def test_loss_csv_lr_is_the_rate_the_logged_step_trained_with(mvtec_dir, tmp_pat
     tiny_trainer(mvtec_dir, tmp_path, steps=4, lr_milestones=(0.5,), amp=False).run()  # steps 1-2: 1e-3, 3-4: 2e-4
     with (tmp_path / "loss.csv").open() as fh:
         assert [float(row["lr"]) for row in csv.DictReader(fh)] == pytest.approx([1e-3, 1e-3, 2e-4, 2e-4])
+
+
+def test_eval_of_a_file_name_that_is_not_utf8_writes_the_whole_report(trained, mvtec_dir, tmp_path):
+    """A Latin-1 ``dégât.png`` (from a Windows share) stopped eval with UnicodeEncodeError writing regions.csv,
+    after the earlier report was deleted; its panel text and file name crashed OpenCV. The CSV files stay UTF-8:
+    the byte that is not UTF-8 is written as \\xNN."""
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    odd = os.fsdecode(b"d\xe9g\xe2t")
+    (root / "test/blob/000.png").rename(root / "test/blob" / f"{odd}.png")
+    (root / "ground_truth/blob/000_mask.png").rename(root / "ground_truth/blob" / f"{odd}_mask.png")
+    out = tmp_path / "eval"
+    result = evaluate(trained[0], load_dataset(root), out)
+    assert result["images"] == 12 and result["regions"]["defects"] >= 6
+    shown = str(root / "test/blob") + "/d\\xe9g\\xe2t.png"
+    for name in ("scores.csv", "regions.csv"):
+        rows = list(csv.DictReader((out / name).open(encoding="utf-8")))
+        assert len(rows) == 12 and shown in {r["path"] for r in rows}, name
+    json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    panels = list((out / "heatmaps").iterdir())
+    assert len(panels) == 12 and any(p.name.endswith(f"-{odd}.png") for p in panels)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_eval_that_fails_halfway_leaves_the_earlier_report_as_it_was(trained, mvtec_dir, tmp_path, monkeypatch):
+    """The report is written into a temporary folder and moved in at the end: before, the earlier report was
+    deleted first, and an error halfway left half a report (metrics.json and scores.csv of the new run only)."""
+    from fair_edge import plots
+
+    out = tmp_path / "eval"
+    evaluate(trained[0], load_dataset(mvtec_dir), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    no_masks = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, no_masks)
+    shutil.rmtree(no_masks / "ground_truth")
+
+    def fail(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(plots, "save_roc_plot", fail)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(trained[0], load_dataset(no_masks), out, false_reject_rate=0.2)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_eval_refuses_a_pixel_threshold_that_is_not_finite_naming_the_flag(trained, mvtec_dir, tmp_path, value):
+    """--pixel-threshold nan was taken, and metrics.json held a bare NaN (not JSON)."""
+    result = CliRunner().invoke(app, ["eval", str(trained[0]), str(mvtec_dir), "--pixel-threshold", value,
+                                      "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"--pixel-threshold must be a finite map value (score units); found {value}" \
+        in text, text
+    assert not (tmp_path / "ev").exists()
+
+
+def test_eval_of_a_dataset_without_training_images_needs_only_its_test_folder(trained, mvtec_dir, tmp_path):
+    """eval reads test/ only: a category with no train/good (or an empty one) was refused as 'holds no images'."""
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    shutil.rmtree(root / "train")
+    for case in ("missing", "empty"):
+        result = CliRunner().invoke(app, ["eval", str(trained[0]), str(root), "--out", str(tmp_path / case),
+                                          "--device", "cpu"])
+        assert result.exit_code == 0, (case, result.output)
+        saved = json.loads((tmp_path / case / "metrics.json").read_text())
+        assert saved["images"] == 12 and saved["dataset"]["train_images"] == 0
+        (root / "train" / "good").mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,7 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
     from fair_edge.training.evaluate import evaluate
     from fair_edge.training.loop import resolve_device
 
-    split = load_dataset(data, category)
+    split = load_dataset(data, category, need_train=False)   # eval reads the test split only
     with progress_bar() as bar:
         task = bar.add_task("eval", total=len(split.test))
         result = evaluate(checkpoint, split, out, device=str(resolve_device(device)), batch=batch,
@@ -78,6 +79,10 @@ def eval_command(
     folder holds this evaluation only: an earlier report's files there are replaced."""
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1 image per forward pass; found {batch}. Pass e.g. --batch 16.")
+    if pixel_threshold is not None and not math.isfinite(pixel_threshold):
+        raise ConfigError(f"--pixel-threshold must be a finite map value (score units); found {pixel_threshold}. "
+                          "Pass e.g. a bundle's pixel_threshold, or leave it out to calibrate on the normal test "
+                          "images.")
     if frr is not None:
         console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
         false_reject_rate = frr

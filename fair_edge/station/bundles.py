@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, DataError
+from fair_edge.images import decode_file
 from fair_edge.runtime.backends import FrameScorer, close_scorer
 from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
@@ -39,9 +40,12 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
     and cropped to the rectangle. ConfigError when the mask is unreadable, all black, or does not reach it."""
     if path is None:
         return None
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if Path(path).is_file() else None
-    if mask is None:
+    if not Path(path).is_file():
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
+    try:
+        mask = decode_file(path, cv2.IMREAD_GRAYSCALE, "ROI mask")
+    except DataError as exc:
+        raise ConfigError(f"decision.roi: {exc} Give a black/white mask image.") from exc
     covered = bundle.map_area if bundle is not None else None
     if covered is not None:
         x, y, w, h = covered

@@ -18,6 +18,7 @@ With any rule that can fire (a size limit or a count) the verdict is NG exactly 
 the frame could not be inspected); without one it is the score against the threshold, as before
 (an ``ignore`` zone alone changes no verdict: use ``decision.roi`` to mask the score), and regions
 are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
+A zone mask's pixels are read once, when the station file loads (a SIGHUP reload reads and checks them again).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from fair_edge.errors import ConfigError
+from fair_edge.errors import ConfigError, DataError
 from fair_edge import fields as f
+from fair_edge.images import decode_file
 from fair_edge.records import RuleHit
 from fair_edge.regions import MapGeometry, Region, extract_regions, scale_from_points
 
@@ -76,21 +78,24 @@ class ZoneRules:
 @dataclass(frozen=True)
 class Zone:
     """A named zone: zone_id (1, 2, ... in file order; 0 is the default zone), polygon (x, y) frame pixels
-    or a mask image path (white = zone), and its rules."""
+    or a mask image path (white = zone), and its rules. mask_pixels: the mask's (H, W) bool pixels, read and
+    checked once when the station file loads (``_zone``); the file is never read again (a mask redrawn or
+    removed while the station runs changes nothing until the station file is loaded again, e.g. by SIGHUP)."""
 
     name: str
     zone_id: int
     rules: ZoneRules
     polygon: tuple[tuple[float, float], ...] | None = None
     mask: Path | None = None
+    mask_pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def pixels(self, frame_hw: tuple[int, int]) -> np.ndarray:
-        """(H, W) bool: the frame pixels in this zone."""
+        """(H, W) bool: the frame pixels in this zone (a mask zone's as loaded; no disk access)."""
         if self.polygon is not None:
             out = np.zeros(frame_hw, np.uint8)
             cv2.fillPoly(out, [np.round(np.asarray(self.polygon)).astype(np.int32)], 1)
             return out > 0
-        return cv2.imread(str(self.mask), cv2.IMREAD_GRAYSCALE) > 0
+        return self.mask_pixels
 
     def outline(self, frame_hw: tuple[int, int]) -> list[np.ndarray]:
         """Its outline(s) as (K, 2) int32 (x, y) point arrays (for drawing on NG images)."""
@@ -213,13 +218,18 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
         return Zone(name, i + 1, rules, polygon=tuple((float(x), float(y)) for x, y in pts))
     path = Path(f.text(where, "mask", d["mask"]))
     path = base / path if base is not None and not path.is_absolute() else path
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
-    if mask is None:
+    if not path.is_file():
         raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image; give a black/white mask image.")
+    try:
+        mask = decode_file(path, cv2.IMREAD_GRAYSCALE, "zone mask")
+    except DataError as exc:
+        raise ConfigError(f"{where}.mask ({name}): {exc} Give a black/white mask image.") from exc
     if mask.shape != (h, w):
         raise ConfigError(f"{where}.mask ({name}): {path} is {mask.shape[1]} x {mask.shape[0]}; expected the frame "
                           f"size {w} x {h} (regions.frame). Draw the mask over a saved frame.")
-    return Zone(name, i + 1, rules, mask=path)
+    pixels = mask > 0
+    pixels.setflags(write=False)
+    return Zone(name, i + 1, rules, mask=path, mask_pixels=pixels)
 
 
 def _check_units(s: RegionSettings) -> None:

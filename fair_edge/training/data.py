@@ -7,6 +7,7 @@ read by ``read_image`` / ``read_mask`` when needed, so a bad file is reported by
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
-from fair_edge.images import read_image  # noqa: F401 - the readers' one decoder, imported from here too
+from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -79,11 +80,11 @@ class DatasetSplit:
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
 
-    As ``read_image``, an EXIF orientation tag is ignored, so the mask lies on the pixels its image has."""
-    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
-    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags) if path.is_file() else None
-    if mask is None:
+    As ``read_image``, an EXIF orientation tag is ignored, so the mask lies on the pixels its image has.
+    Raises DataError naming the mask when it is missing, empty, unreadable or too large (``images.decode_file``)."""
+    if not Path(path).is_file():
         raise DataError(f"mask {path} is missing or unreadable.")
+    mask = decode_file(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION, "mask")
     if mask.shape != tuple(image_shape):
         raise DataError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; "
@@ -122,8 +123,13 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- layouts
-def _mvtec(root: Path) -> DatasetSplit:
-    train = [Sample(p) for p in list_images(root / "train" / "good")]
+def _mvtec(root: Path, need_train: bool = True) -> DatasetSplit:
+    """need_train False (eval): train/good may be missing or empty (the split then has no training images)."""
+    good = root / "train" / "good"
+    if need_train or (good.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in good.iterdir())):
+        train = [Sample(p) for p in list_images(good)]
+    else:
+        train = []
     test: list[Sample] = []
     test_dir = root / "test"
     if test_dir.is_dir():
@@ -137,12 +143,28 @@ def _mvtec(root: Path) -> DatasetSplit:
     return DatasetSplit(root.name, train, test)
 
 
-def _visa(csv_path: Path, category: str | None) -> DatasetSplit:
-    with csv_path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def _visa_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
+    """The header and rows of a VisA split CSV, read as UTF-8 (a leading byte-order mark, as Excel's "CSV UTF-8"
+    writes, is dropped). Raises DataError naming the file, the first byte that is not UTF-8 and the fix."""
+    raw = csv_path.read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+                        "cannot be decoded (a Latin-1 or Windows code-page file?). Save the CSV as UTF-8 "
+                        "(Excel: \"CSV UTF-8\").") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
+def _visa(csv_path: Path, category: str | None, need_train: bool = True) -> DatasetSplit:
+    columns, rows = _visa_rows(csv_path)
     needed = {"object", "split", "label", "image"}
-    if not rows or not needed <= set(rows[0]):
-        raise DataError(f"{csv_path}: expected a VisA split CSV with columns {sorted(needed)} (+ mask).")
+    if not rows or not needed <= set(columns):
+        found = ", ".join(repr(c) for c in columns) or "none"
+        raise DataError(f"{csv_path}: expected a VisA split CSV with columns {sorted(needed)} (+ mask) and at least "
+                        f"one row; found columns {found} and {len(rows)} row(s).")
     objects = sorted({r["object"] for r in rows})
     if category is None and len(objects) > 1:
         raise DataError(f"{csv_path} holds {len(objects)} products ({', '.join(objects)}); pick one with --category.")
@@ -163,7 +185,7 @@ def _visa(csv_path: Path, category: str | None) -> DatasetSplit:
         (train if is_train else test).append(sample)
     if bad_train:
         raise DataError(_visa_bad_train_message(csv_path, bad_train))
-    if not train:
+    if not train and need_train:
         raise DataError(f"{csv_path}: category {category!r} has no 'train' rows.")
     return DatasetSplit(category, train, test)
 
@@ -208,27 +230,31 @@ def elpv_split(kind: str = "mono", test_fraction: float = 0.2, seed: int = 0) ->
     return DatasetSplit(f"elpv-{kind}", train, test_good + [Sample(p, 1, "defective") for p in bad])
 
 
-def load_dataset(spec: str | Path, category: str | None = None) -> DatasetSplit:
+def load_dataset(spec: str | Path, category: str | None = None, *, need_train: bool = True) -> DatasetSplit:
     """Find the layout of ``spec`` and list its samples.
 
     spec: ``elpv`` / ``elpv:mono`` / ``elpv:poly``; an MVTec category folder (has train/good);
     a VisA split CSV file; or a plain folder of normal images (training only).
+    need_train: False for a command that reads the test split only (eval): an MVTec folder then needs only its
+    test/ folder (train/good may be missing or empty), a VisA category no 'train' rows.
     """
     text = str(spec)
     if text.startswith("elpv"):
         return elpv_split(text.partition(":")[2] or "mono")
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return _visa(path, category)
+        return _visa(path, category, need_train)
     if not path.is_dir():
         raise DataError(
             f"dataset {path} does not exist. Give an MVTec category folder (with train/good), "
             "a VisA split CSV, a folder of normal images, or 'elpv' for the built-in demo data."
         )
-    if (path / "train" / "good").is_dir():
-        return _mvtec(path)
-    if category and (path / category / "train" / "good").is_dir():
-        return _mvtec(path / category)
+    for root in (path, path / category) if category else (path,):
+        if (root / "train" / "good").is_dir() or (not need_train and (root / "test").is_dir()):
+            return _mvtec(root, need_train)
+    if (path / "test").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        raise DataError(f"{path} has a test/ folder but no train/good folder: training needs normal images in "
+                        f"{path / 'train' / 'good'}; add them there, or give a folder of normal images.")
     return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])
 
 

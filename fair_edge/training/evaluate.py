@@ -9,17 +9,20 @@ as ``fair-edge build`` does on held-out normals) in metrics.json ``regions`` and
 A defective image without a mask takes part in the image metrics only: the pixel and region metrics are computed
 on the normal images and the defective images that have masks, and metrics.json says how many defective images
 lack one and names the first few (``masks_missing``), as the printed report does.
+The report is written whole or not at all (an earlier one stays as it was when writing fails); file names are
+written as UTF-8, a byte that is not UTF-8 as \\xNN (``report_name``).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -29,6 +32,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optima
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.errors import ConfigError, DataError
+from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
 from fair_edge.regions import calibrate_pixel_threshold
@@ -221,12 +225,12 @@ def _pixel_metrics(pixel: ScoredSet, result: dict) -> list[str]:
 
 def _missing_masks_entry(missing: list[Sample]) -> dict:
     """metrics.json ``masks_missing``: how many defective images have no mask, the first few by path."""
-    return {"count": len(missing), "first": [str(s.path) for s in missing[:NAMED_AT_MOST]]}
+    return {"count": len(missing), "first": [report_name(s.path) for s in missing[:NAMED_AT_MOST]]}
 
 
 def _missing_masks_note(missing: list[Sample], with_mask: int) -> str:
     """The report line when some defective images have no mask: what the pixel metrics cover, which lack one, the fix."""
-    names = ", ".join(s.path.name for s in missing[:NAMED_AT_MOST])
+    names = ", ".join(report_name(s.path.name) for s in missing[:NAMED_AT_MOST])
     more = f" and {len(missing) - NAMED_AT_MOST} more" if len(missing) > NAMED_AT_MOST else ""
     return (f"pixel metrics computed on {with_mask} of {with_mask + len(missing)} defective images: "
             f"{len(missing)} {'has' if len(missing) == 1 else 'have'} no ground-truth mask ({names}{more}; all in metrics.json masks_missing); they count "
@@ -277,26 +281,57 @@ def clear_report(out_dir: Path) -> list[Path]:
     return found
 
 
+def report_name(path: str | Path) -> str:
+    """A file name as the report writes it (scores.csv, regions.csv, metrics.json, panel text): its bytes read as
+    UTF-8, each byte that is not UTF-8 as \\xNN (a Latin-1 ``dégât.png`` from a Windows share:
+    ``d\\xe9g\\xe2t.png``).
+    So the CSV files stay valid UTF-8 that a spreadsheet or pandas opens, a UTF-8 name reads as it is, and an
+    odd name shows which byte is odd (writing the raw bytes back would make the whole CSV unreadable as UTF-8)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8) -> None:
     """metrics.json, scores.csv, regions.csv (with masks), roc.png, pro.png (with masks) and worst-case
-    heatmaps into out_dir, after deleting an earlier report's (``clear_report``)."""
+    heatmaps into out_dir, replacing an earlier report's (``clear_report``). The files are written into a
+    temporary folder inside out_dir first and moved in when all are written: a report that fails halfway leaves
+    the earlier report as it was (and no temporary folder)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clear_report(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".eval-partial-", dir=out_dir))
+    try:
+        _write_report_files(scored, result, staging, worst)
+        clear_report(out_dir)
+        _move_report(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_report(staging: Path, out_dir: Path) -> None:
+    """Move a report written into ``staging`` into ``out_dir`` (renames within one file system)."""
+    for name in REPORT_FILES:
+        if (staging / name).is_file():
+            os.replace(staging / name, out_dir / name)
+    (out_dir / "heatmaps").mkdir(exist_ok=True)
+    for path in sorted((staging / "heatmaps").iterdir()):
+        os.replace(path, out_dir / "heatmaps" / path.name)
+
+
+def _write_report_files(scored: ScoredSet, result: dict, out_dir: Path, worst: int) -> None:
+    """Every report file into the (empty) folder out_dir; file names in text as ``report_name`` gives them."""
     per_image = result.pop("regions_per_image", None)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(json_file_text(result), encoding="utf-8")
     pixel = scored.with_masks_only()  # the images the pixel and region metrics cover
     if per_image:
-        with (out_dir / "regions.csv").open("w", newline="") as fh:
+        with (out_dir / "regions.csv").open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "defects", "found", "missed", "regions", "false_regions"])
             for sample, r in zip(pixel.samples, per_image):
-                w.writerow([str(sample.path), sample.label, r["defects"], r["found"], r["missed"], r["regions"],
-                            r["false_regions"]])
-    with (out_dir / "scores.csv").open("w", newline="") as fh:
+                w.writerow([report_name(sample.path), sample.label, r["defects"], r["found"], r["missed"],
+                            r["regions"], r["false_regions"]])
+    with (out_dir / "scores.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "defect_type", "score"])
         for sample, score in zip(scored.samples, scored.scores):
-            w.writerow([str(sample.path), sample.label, sample.defect_type, f"{score:.6f}"])
+            w.writerow([report_name(sample.path), sample.label, report_name(sample.defect_type), f"{score:.6f}"])
     labels = scored.labels
     if "image_auroc" in result:
         fpr, tpr, _ = metrics.roc_curve(scored.scores, labels)
@@ -304,8 +339,14 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     if scored.masks is not None and "aupro" in result:
         fpr, pro, _ = metrics.pro_curve(pixel.maps, pixel.masks)
         plots.save_pro_plot(out_dir / "pro.png", fpr, pro, result["aupro"], fpr_limit=0.3)
-    heat_dir = out_dir / "heatmaps"
+    _write_heatmaps(scored, result, out_dir / "heatmaps", worst)
+
+
+def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int) -> None:
+    """The worst cases' panels (``HEATMAP_TAGS``): the ``worst`` highest-scoring normal images and lowest-scoring
+    defective ones, as heat_dir/TAG-RANK-SCORE-STEM.png (STEM: the image's own, any bytes)."""
     heat_dir.mkdir(exist_ok=True)
+    labels = scored.labels
     pixels = scored.pixels()
     vmin, vmax = float(np.percentile(pixels, 1)), float(pixels.max())
     normal_idx = np.where(labels == 0)[0]
@@ -321,14 +362,14 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
             panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
                                         [*heatmap_lines(sample, scored.scores[i], threshold), *why],
                                         threshold=mark, mask=scored.masks[i] if known else None)
-            cv2.imwrite(str(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png"), panel)
+            plots.write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
 
 
 def heatmap_lines(sample: Sample, score: float, threshold: float | None) -> list[str]:
     """The text above an eval heat-map panel: file, truth, score against the suggested threshold."""
     truth = "normal" if sample.label == 0 else f"defect ({sample.defect_type})"
     verdict = "" if threshold is None else (" > " if score > threshold else " <= ") + f"threshold {threshold:.4f}"
-    return [f"{sample.path.name}: {truth}", f"score {score:.4f}{verdict}"]
+    return [f"{report_name(sample.path.name)}: {truth}", f"score {score:.4f}{verdict}"]
 
 
 def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: str = "cpu", batch: int = 16,
@@ -336,6 +377,9 @@ def evaluate(checkpoint: Path, split: DatasetSplit, out_dir: Path, *, device: st
              pixel_threshold: float | None = None) -> dict:
     """Score ``split.test`` and write the report; returns the metrics dict. pixel_threshold: for the
     region-level results (None = calibrated on the normal test maps)."""
+    if pixel_threshold is not None and not np.isfinite(pixel_threshold):
+        raise ConfigError(f"pixel_threshold must be a finite map value, or None to calibrate it; found "
+                          f"{pixel_threshold}.")
     if not split.test:
         raise DataError(
             f"dataset {split.name!r} has no test images. eval needs an MVTec-style test/ folder "
