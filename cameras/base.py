@@ -84,9 +84,11 @@ def check_fps(fps: float, source: str) -> float:
 class Pacer:
     """Spaces calls to ``wait()`` at ``1 / fps`` seconds (monotonic clock).
 
-    fps: frames per second, 0 = no waiting. A late caller is not made to catch up with a
-    burst: the next slot is counted from the later of the schedule and now. ``wake()``
-    (thread-safe) ends a pending wait early; ``reset()`` restarts the schedule.
+    fps: frames per second, 0 = no waiting. Consecutive returns of ``wait()`` are at least
+    ``1 / fps`` s apart: a late caller, or a wait that overslept (the thread woke late on a
+    loaded machine), is not made to catch up with a burst; the next slot is counted from the
+    later of the schedule and the time this wait returned. ``wake()`` (thread-safe) ends a
+    pending wait early; ``reset()`` restarts the schedule.
     """
 
     def __init__(self, fps: float) -> None:
@@ -110,6 +112,8 @@ class Pacer:
         delay = self._next - now
         if delay > 0:
             self._wake.wait(delay)
+            # an oversleep moves the schedule, not the spacing: the next slot is one period after this return
+            self._next = max(self._next, time.monotonic())
         self._next += self.period
 
 

@@ -185,6 +185,39 @@ def test_video_replay_loops_and_uses_file_rate_by_default(tmp_path):
     assert np.diff([f.t_capture for f in frames]).min() > 0.012  # paced at 1/50 s
 
 
+class _SleepyClock:
+    """A fake monotonic clock (s) whose waits take their timeout plus ``oversleep_s[i]`` on the i-th wait (then 0):
+    a thread woken late by a loaded machine, made deterministic."""
+
+    def __init__(self, oversleep_s):
+        self.t = 100.0
+        self.oversleep_s = list(oversleep_s)
+
+    def monotonic(self):
+        return self.t
+
+    def wait(self, timeout):
+        self.t += timeout + (self.oversleep_s.pop(0) if self.oversleep_s else 0.0)
+        return False
+
+
+def test_pacer_spaces_returns_by_a_period_even_after_an_oversleep(monkeypatch):
+    from fair_edge.cameras import base
+
+    clock = _SleepyClock([0.050, 0.0, 0.007])       # the first wait wakes 50 ms late, the third 7 ms late
+    monkeypatch.setattr(base, "time", clock)
+    pacer = base.Pacer(50.0)                          # period 20 ms
+    monkeypatch.setattr(pacer._wake, "wait", clock.wait)
+    returns = []
+    for _ in range(6):
+        pacer.wait()
+        returns.append(clock.t)
+    gaps = np.diff(returns)
+    # late returns are allowed (the machine was busy); two returns closer than a period are a burst (a replayed pair
+    # ~0 ms apart). Each gap is exactly the period, or the period plus that wait's oversleep.
+    assert gaps == pytest.approx([0.070, 0.020, 0.027, 0.020, 0.020]), gaps
+
+
 def test_video_replay_missing_file_raises_camera_error(tmp_path):
     with pytest.raises(CameraError, match="no such video file"):
         VideoReplaySource(tmp_path / "nope.avi").open()

@@ -20,6 +20,11 @@ from line_servers import Belt, CounterPlc, OpcUaCounterServer, wait_for
 
 SPEEDS = [(0.0, 3000.0), (0.5, 800.0), (1.0, 5000.0), (1.4, 1500.0)]   # counts/s, changing
 DISTANCE = 900                                                          # camera -> gate, counts
+# reject timing, ms. NG parts 7 and 8 are captured 96 counts apart at 800 counts/s and reach the gate at 5000 counts/s,
+# 19 ms apart; a poll that sees part 7 late (a loaded machine) sees both at once: the same due time. late_ms covers
+# 3 x (pulse + gap), so bunched neighbours all fit (with late_ms 10 < pulse + gap, part 8 was gap_missed: correct
+# for those settings, but not what this test is about)
+PULSE_MS, GAP_MS, LATE_MS = 10, 5, 50
 
 
 def unwrap(raw: int, start: int, bits: int) -> int:
@@ -31,7 +36,8 @@ def run_parts(encoder, n: int = 12, pitch_s: float = 0.12, defective=frozenset({
     """Capture n parts at a fixed pitch (the count is noted at capture); NG verdicts for ``defective``."""
     sink = RecordingSink()
     account = PulseAccount()
-    settings = RejectSettings(encoder_distance=DISTANCE, pulse_ms=10, min_gap_ms=5, late_ms=10)
+    settings = RejectSettings(encoder_distance=DISTANCE, pulse_ms=PULSE_MS, min_gap_ms=GAP_MS, late_ms=LATE_MS)
+    assert settings.late_ms >= 3 * (settings.pulse_ms + settings.min_gap_ms)   # bunched NG neighbours fit
     counts = {}
     with RejectScheduler(settings, sinks=sink, fault_sinks=RecordingSink("fault"), encoder=encoder,
                          on_part=account.on_part) as sched:
@@ -64,7 +70,7 @@ def check_pulses(name, belt: Belt, base: int, sink, counts, stats, defective, ga
         assert event.count == counts[event.seq]
         reached = belt.time_of(base + counts[event.seq] + DISTANCE)
         assert event.t_due >= reached - EPS_S, (event.seq, 1000 * (event.t_due - reached))
-        assert t_edge >= event.t_edge >= event.t_due and event.deadline == pytest.approx(event.t_due + 0.010)
+        assert t_edge >= event.t_edge >= event.t_due and event.deadline == pytest.approx(event.t_due + LATE_MS / 1000)
         errors.append(1000.0 * (t_edge - reached))
     report_timing(name, errors)
 
