@@ -16,9 +16,11 @@ from fair_edge.errors import ConfigError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.cell import run_cell
-from fair_edge.station.config import StationConfig
+from fair_edge.station.config import ConsoleSettings, StationConfig
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.views import GroupSettings, ViewSettings
+
+NO_CONSOLE = ConsoleSettings(enabled=False)   # these runs need no console: none binds its fixed port (8765)
 
 pytest.importorskip("pymodbus")
 
@@ -281,7 +283,8 @@ def test_three_cameras_share_one_model_and_batch_across_cameras(station_bundles,
 
     images, threshold = scored
     folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3], "left": [4, 5, 11, 6], "right": [7, 0, 1, 2]})
-    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+    cfg = StationConfig(console=NO_CONSOLE, bundle=station_bundles[0].root, backend="onnxruntime",
+                        threshold=threshold, output=tmp_path,
                         cameras=tuple(ViewSettings(c, str(folders[c]), queue_size=4) for c in ("top", "left", "right")),
                         group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path, save_ng_images=True),
                         batching=dataclass_replace_batch(3)).checked()
@@ -313,7 +316,8 @@ def test_cameras_of_two_resolutions_share_the_model_one_call_per_frame_size(stat
     side.mkdir()
     for k, i in enumerate([4, 5, 11, 6]):
         cv2.imwrite(str(side / f"{k:03d}.png"), cv2.resize(images[i], None, fx=1.5, fy=1.5))
-    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
+    cfg = StationConfig(console=NO_CONSOLE, bundle=station_bundles[0].root, backend="onnxruntime",
+                        threshold=threshold, output=tmp_path,
                         cameras=(ViewSettings("top", str(folders["top"]), queue_size=4),
                                  ViewSettings("side", str(side), queue_size=4)),
                         group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path),
@@ -348,7 +352,7 @@ def test_one_ng_view_is_rejected_once_and_a_missing_view_fail_safe_on_a_real_plc
     folders = camera_folders(tmp_path, images, {"top": [0, 1, 2, 3], "left": [4, 11, 5, 6], "right": [7, 0, 1]})
     plc = SimulatedPlc().start()
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
             cameras=tuple(ViewSettings(c, str(folders[c]), fps=4, queue_size=8) for c in ("top", "left", "right")),
             group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "out"),
@@ -401,7 +405,7 @@ def test_a_camera_that_unplugs_faults_the_station_while_the_others_inspect(stati
             stop.set()
 
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
             cameras=tuple(ViewSettings(c, c) for c in sources), group=GroupSettings(match="sequence"),
             record=RecordSettings(dir=tmp_path),
@@ -433,7 +437,7 @@ def test_a_lane_station_pulses_each_lanes_own_output(station_bundles, scored, tm
     folders = camera_folders(tmp_path, images, {"a": [0, 11, 1, 2], "b": [3, 4, 11, 5]})
     plc = SimulatedPlc().start()
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
             cameras=tuple(ViewSettings(c, str(folders[c]), fps=4, queue_size=8,
                                        reject=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil={i}",))
@@ -477,7 +481,8 @@ def test_hot_swap_of_one_cameras_bundle_leaves_the_others_running(station_bundle
             insp.views["left"].switch.request(load_change(station_bundles[1].root, "onnxruntime", None, threshold))
             swapped.append(insp.summary.inspected)
 
-    cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
+    cfg = StationConfig(console=NO_CONSOLE, bundle=station_bundles[0].root, backend="onnxruntime",
+                        threshold=threshold, output=tmp_path / "o",
                         cameras=tuple(ViewSettings(c, str(folders[c]), fps=3, queue_size=8) for c in ("top", "left")),
                         group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "o")).checked()
     summary = run_cell(cfg, threading.Event(), on_tick=tick)
@@ -504,7 +509,7 @@ def test_a_genicam_camera_and_a_replay_grouped_into_parts(station_bundles, score
     folders = camera_folders(tmp_path, images, {"belt": [0, 1, 2, 3, 4, 5, 6, 7]})
     camera = FakeCamera("FE0042").start()
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
             cameras=(ViewSettings("gige", "aravis:Aravis-Fake-FE0042", fps=5, queue_size=8),
                      ViewSettings("belt", str(folders["belt"]), fps=5, queue_size=8)),
@@ -545,8 +550,8 @@ def test_part_rows_reach_mqtt_as_logged(station_bundles, scored, tmp_path):
     collector = None
     try:
         collector = MqttCollector(broker.port, "cell/#")
-        cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold,
-                            output=tmp_path / "o", mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}/cell"),
+        cfg = StationConfig(console=NO_CONSOLE, bundle=station_bundles[0].root, backend="onnxruntime",
+                            threshold=threshold, output=tmp_path / "o", mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}/cell"),
                             cameras=tuple(ViewSettings(c, str(folders[c])) for c in ("top", "left")),
                             group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "o")).checked()
         run_cell(cfg, threading.Event())
@@ -608,7 +613,7 @@ def test_the_plc_handshake_answers_each_part_once_from_all_its_views(station_bun
     watcher = threading.Thread(target=lambda: wait_for(lambda: len(plc.program.results) >= parts, 90) and stop.set())
     watcher.start()
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "o",
             cameras=tuple(ViewSettings(c, str(folders[c]), loop=True) for c in ("top", "left")),
             group=GroupSettings(match="handshake"), record=RecordSettings(dir=tmp_path / "o"),
@@ -673,7 +678,7 @@ def test_a_lanes_dead_reject_output_holds_the_stations_fault_output(station_bund
             stop.set()
 
     try:
-        cfg = StationConfig(
+        cfg = StationConfig(console=NO_CONSOLE,
             bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path / "out",
             cameras=(ViewSettings("a", str(folders["a"]), fps=4, loop=True, reject=(f"modbus://127.0.0.1:{dead}?unit=1&coil=0",)),
                      ViewSettings("b", str(folders["b"]), fps=4, loop=True,
@@ -699,7 +704,6 @@ def test_a_camera_still_down_when_the_cell_stops_is_the_runs_fault_and_keeps_the
     import logging
 
     from fair_edge.cameras import CaptureState, LineSource
-    from fair_edge.station.config import ConsoleSettings
     from fair_edge.station.run import EXIT_FAULT, exit_code
 
     images, threshold = scored
