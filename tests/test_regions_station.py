@@ -201,3 +201,19 @@ def test_rules_check_scores_with_the_station_files_backend_unless_told(station_b
     assert asked == [("torch-cpu", None), ("torch-cpu", "onnxruntime")]
     help_text = " ".join(CliRunner().invoke(app, ["rules", "check", "--help"], terminal_width=200).output.split())
     assert "station file's" in help_text
+
+
+def test_a_failure_inside_region_judging_is_decided_fail_safe_and_counted(station_bundles, plates, monkeypatch, caplog):
+    """Only a ConfigError was caught: any other exception (a zone mask that changed size under a running station
+    raised an IndexError) ended the run. Now the frame is NG with the reason, logged, and counted."""
+    inspector = inspector_for(station_bundles[0], {"default": {"min_area_px": 1e9}})
+    judge = inspector.decider_for(Frame(0, 0.0, plates[1][0])).regions
+
+    def broken(*_args):
+        raise IndexError("boolean index did not match")
+
+    monkeypatch.setattr(judge, "judge", broken)
+    v1, v2 = inspector.inspect([Frame(0, 0.0, plates[1][0]), Frame(1, 0.0, plates[1][1])])
+    assert v1.ng and v2.ng and v1.error == "regions: judging failed: IndexError: boolean index did not match"
+    assert inspector.summary.region_errors == 2 and inspector.summary.to_dict()["region_errors"] == 2
+    assert caplog.text.count("Traceback") == 1   # the first failure with its traceback, the others one line each

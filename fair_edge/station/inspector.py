@@ -166,6 +166,7 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
+    region_errors: frames whose defect-region judging failed unexpectedly (a bug, logged): decided NG, fail-safe.
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
     latency: p50_ms / p99_ms / max_ms of capture -> verdict over the run (``LatencyStats.percentiles``): each None
@@ -181,6 +182,7 @@ class RunSummary:
     malformed: int = 0
     inference_errors: int = 0
     callback_errors: int = 0
+    region_errors: int = 0
     dropped: int = 0
     lost: int = 0
     unreadable: int = 0
@@ -347,6 +349,11 @@ class Inspector:
             return (*decider.regions.judge(frame.image.shape[:2], amap), "")
         except ConfigError as exc:   # e.g. a frame of another size than the zones: fail safe (NG)
             return (), (), f"regions: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug in judging must not end the run: fail safe (NG), logged
+            log.error("regions: judging frame %d failed (%s: %s); the part is decided fail-safe (NG)", frame.seq,
+                      type(exc).__name__, exc, exc_info=not self.summary.region_errors)
+            self.summary.region_errors += 1
+            return (), (), f"regions: judging failed: {type(exc).__name__}: {exc}"
 
     def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
         decider = self.decider_for(frame)
