@@ -109,3 +109,53 @@ def test_a_checkpoint_that_is_no_zip_still_loads(tmp_path):
                **ckpt.model.to_dict(), "state_dict": ckpt.state_dict, "data_summary": {}, "train_state": None}
     torch.save(payload, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert load_checkpoint(tmp_path / "legacy.pt").model == ckpt.model
+
+
+@pytest.mark.parametrize("name, text", [
+    ("loss.csv", "step,epoch,loss,lr,images_per_s,elapsed_s\n10,0,0.5,0.001,3.2,1.0\n"),  # tab completion in runs/x/
+    ("station.yaml", "model:\n  bundle: bundles/x\nsource: cam0\n"),                     # the IndexError case
+    ("notes.txt", "hello"),                                                              # 'h' was KeyError: 101
+    ("settings.json", '{"width": 32}'),
+])
+def test_a_text_file_is_refused_naming_it_and_the_fix(tmp_path, name, text):
+    """A text file given as CHECKPOINT is refused before torch.load (which raised IndexError or KeyError on
+    some), naming the file, what it is and which file to pass."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=rf"{name} is not a checkpoint written by fair-edge train \(not a "
+                                              rf"torch.save zip file; found a text file starting .*final.pt"):
+        load_checkpoint(path)
+
+
+def test_an_empty_file_and_a_foreign_zip_are_refused(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty \(0 bytes\).*earlier checkpoint"):
+        load_checkpoint(tmp_path / "empty.pt")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
+        archive.writestr("readme.txt", "not a checkpoint")
+    with pytest.raises(CheckpointError, match="archive.pt is not a checkpoint written by fair-edge train .*no data.pkl"):
+        load_checkpoint(tmp_path / "archive.pt")
+
+
+def test_refusals_never_suggest_loading_with_weights_only_false(tmp_path):
+    """torch's weights-only error advises re-running torch.load with weights_only=False (which runs any code
+    in the file): the CheckpointError keeps torch's reason and drops that advice."""
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        torch.save({"format": "fair-edge-checkpoint", "x": Evil()}, fh, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match=r"evil.pt is corrupt or was not written by fair-edge train") as info:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(info.value)
+    assert "weights_only" not in message and "safe_globals" not in message and "\x1b" not in message
+    assert "unsupported global" in message.lower()  # torch's reason: it names the refused object
+
+
+def test_a_field_of_the_wrong_type_is_refused(tmp_path):
+    """tiling saved as a string (not a dict) raised AttributeError instead of a CheckpointError."""
+    path, _ = make(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["preprocess"]["tiling"] = "abc"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="bad.pt is missing or has an invalid field"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -251,12 +251,13 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     from fair_edge.models.registry import ModelSpec
     from fair_edge.models.training_contract import (config_from_options, family_from_flags, refuse_foreign_flags,
                                                     settings_overrides)
-    from fair_edge.training.loop import TrainingInterrupted
+    from fair_edge.training.loop import TrainingInterrupted, check_seed
     from fair_edge.training.resume import resume_command, resume_settings
     from fair_edge.training.runs import check_fresh_run, clear_run, default_train_dir
 
     if resume and overwrite:
         raise ConfigError("--resume continues the run in OUT and --overwrite deletes it to start again: pass one.")
+    check_nproc(nproc)
     flags = settings_flags()
     for flag in flags:
         flag.check(settings.get(flag.name))
@@ -290,6 +291,8 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
         base_cfg = family.training().default_train_config()
         train_given = [name for name in given if name not in family.setting_names()]  # the rest: model settings
         cfg = config_from_options(base_cfg, settings, train_given, family.describe(spec.settings))
+        if hasattr(cfg, "seed"):  # every family's seed, whether or not its config checks it (PatchCore's does not)
+            check_seed(cfg.seed)
     if not (resume or overwrite):
         check_fresh_run(out)  # never wipe a run, nor leave its final.pt beside a new run's last.pt
     if nproc > 1:
@@ -316,6 +319,16 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
 
 
 app.command("train")(TrainCommand())
+
+NPROC_MAX = 1024  # processes on one machine: one per GPU, or CPU processes (gloo); more is a typing slip
+
+
+def check_nproc(nproc: int) -> None:
+    """ConfigError unless --nproc (processes on this machine) is in 1..NPROC_MAX, naming the value found."""
+    if not 1 <= nproc <= NPROC_MAX:
+        raise ConfigError(f"--nproc is the number of training processes on this machine (one per GPU, or CPU "
+                          f"processes); it must be from 1 to {NPROC_MAX}; found {nproc}. Use --nproc 1 (the default) "
+                          f"to train in this process.")
 
 
 def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):

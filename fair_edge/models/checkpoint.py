@@ -10,13 +10,15 @@ Version 1 files (written before model families existed: ``width`` and ``scoring`
 ``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
 Loading checks every record's CRC-32 in the zip container first (``_verify_crc``), so a file damaged later
-(one flipped bit on a disk or in a copy) is refused instead of loading with altered weights.
+(one flipped bit on a disk or in a copy) is refused instead of loading with altered weights; a file that is
+no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is refused before anything is unpickled.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +91,53 @@ def _model_spec(payload: dict) -> ModelSpec:
 
 
 _FIX = "Use an earlier checkpoint from the same folder or train again."
+_FOREIGN_FIX = "Pass the final.pt (or last.pt) that `fair-edge train` wrote in its output folder, e.g. runs/NAME/final.pt."
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch.save's pre-zip format pickles this first
+_HEAD_BYTES = 64
+
+
+def _describe_head(head: bytes) -> str:
+    """What a file that is no checkpoint looks like, from its first bytes: 'a text file starting 'step,epoch,...''
+    or 'a binary file'."""
+    for cut in range(4):  # the head may end inside a multi-byte UTF-8 character
+        try:
+            text = head[: len(head) - cut].decode("utf-8").removeprefix("\ufeff")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return "a binary file"
+    if not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "a binary file"
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return f"a text file starting {first[:40]!r}"
+
+
+def _check_container(path: Path) -> None:
+    """CheckpointError unless ``path`` can be a ``torch.save`` file: empty files, files that are neither a zip
+    (``torch.save``'s format) nor torch's legacy pre-zip format (a loss.csv, a YAML or an image picked by tab
+    completion), and zips without the record ``torch.save`` writes. A zip file whose records fail their
+    CRC-32 check (``_verify_crc``) is refused naming the record. A truncated zip is left to ``torch.load``."""
+    with path.open("rb") as fh:
+        head = fh.read(_HEAD_BYTES)
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was never completely written. {_FIX}")
+    if zipfile.is_zipfile(path):
+        _verify_crc(path)
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise CheckpointError(f"{path} is not a checkpoint written by fair-edge train (a zip file, but not "
+                                      f"one torch.save wrote: it has no data.pkl record). {_FOREIGN_FIX}")
+        return
+    if head.startswith(b"PK\x03\x04") or _LEGACY_MAGIC in head[:32]:
+        return  # a zip cut short (torch.load says so) or torch's legacy format (no CRCs to check)
+    raise CheckpointError(f"{path} is not a checkpoint written by fair-edge train (not a torch.save zip file; "
+                          f"found {_describe_head(head)}). {_FOREIGN_FIX}")
 
 
 def _verify_crc(path: Path) -> None:
     """CheckpointError naming the first record of the zip container (``torch.save``'s format) whose CRC-32
-    differs from the one recorded when it was written. A file that is no zip at all (an old ``torch.save``
-    format, or a foreign file) is left to ``torch.load``; a damaged zip directory raises BadZipFile."""
-    if not zipfile.is_zipfile(path):
-        return
+    differs from the one recorded when it was written; a damaged zip directory raises BadZipFile."""
     with zipfile.ZipFile(path) as archive:
         bad = archive.testzip()
     if bad is not None:
@@ -106,24 +147,50 @@ def _verify_crc(path: Path) -> None:
         )
 
 
+def _load_reason(exc: Exception) -> str:
+    """torch.load's error in a few words, without its advice to load with ``weights_only=False`` or to allowlist
+    the refused object (either would run code the file holds: fair-edge never does). At most 200 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its advice with terminal codes
+    text = text.split("WeightsUnpickler error:", 1)[-1]  # what the weights-only unpickler refused
+    kept = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line.lower()
+            and "weights only" not in line.lower() and not line.strip().startswith("Check the documentation")]
+    reason = re.split(r"\s+Please\b", " ".join(kept))[0]
+    if len(reason) > 200:  # whole sentences where they fit
+        reason = reason[:200][: reason[:200].rfind(". ") + 1] or reason[:200]
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _read_payload(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``; any failure is a CheckpointError naming the file."""
+    try:
+        _check_container(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except (PermissionError, IsADirectoryError) as exc:  # the file is fine, this user cannot read it
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}. Check its permissions.") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: never retried with code execution
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or was not written by fair-edge train: it holds something other than "
+            f"tensors and plain values ({_load_reason(exc)}), and fair-edge never loads code from a checkpoint. "
+            f"{_FIX}"
+        ) from exc
+    except Exception as exc:  # torch.load raises many types for damaged files (RuntimeError, EOFError, KeyError...)
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_load_reason(exc)}). {_FIX}") from exc
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint with ``weights_only=True``; raises CheckpointError naming the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Train one with `fair-edge train DATA --out DIR`.")
-    try:
-        _verify_crc(path)
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}). {_FIX}"
-        ) from exc
+    payload = _read_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fair-edge checkpoint (no '{FORMAT}' marker).")
     version = payload.get("format_version")
     if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint format version {version}; this fair-edge ({fair_edge.__version__}) reads "
+            f"{path} has checkpoint format version {version!r}; this fair-edge ({fair_edge.__version__}) reads "
             f"versions {', '.join(map(str, READABLE_VERSIONS))}. Use the fair-edge release that wrote it, or retrain."
         )
     try:
@@ -133,5 +200,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             data_summary=payload.get("data_summary") or {},
             train_state=payload.get("train_state"),
         )
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path} is missing or has an invalid field: {exc}") from exc

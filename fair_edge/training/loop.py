@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
+import numbers
 import signal
 import threading
 from pathlib import Path
@@ -49,16 +51,40 @@ def sigint_requests_stop(request_stop):
         signal.signal(signal.SIGINT, previous)
 
 
+SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes; torch takes it too
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """ConfigError unless ``seed`` is a whole number in 0..2^32-1 (torch and numpy take it; past 2^63 torch's
+    generators raise OverflowError), naming ``flag`` and the value found."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed ({flag}) must be a whole number from 0 to {SEED_MAX}; found {seed!r}. "
+                          f"Pass e.g. {flag} 0.")
+
+
+def _check_rate(name: str, value: float, fix: str) -> None:
+    """ConfigError unless ``value`` is a finite number > 0: nan and inf train on to a NaN loss."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        finite = " (not a finite number)" if isinstance(value, float) and not math.isfinite(value) else ""
+        raise ConfigError(f"{name} must be > 0; found {value}{finite}. {fix}")
+
+
 def check_schedule(cfg, counts: tuple[str, ...]) -> None:
     """A stepped trainer's settings: ConfigError unless each field of ``counts`` is >= 1, ``steps`` is None or
-    >= 1 and ``lr`` > 0, naming the field and the value found."""
+    >= 1, ``lr`` and (where the trainer has one) ``lr_gamma`` are finite and > 0, and ``seed`` is in
+    0..2^32-1, naming the field, its flag and the value found."""
     for name in counts:
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1; found {getattr(cfg, name)}.")
     if cfg.steps is not None and cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1; found {cfg.steps}.")
-    if not cfg.lr > 0:
-        raise ConfigError(f"lr must be > 0; found {cfg.lr}.")
+    _check_rate("lr", cfg.lr, "Set the learning rate with --lr to a finite number above 0, e.g. --lr 1e-4.")
+    if hasattr(cfg, "lr_gamma"):
+        _check_rate("lr_gamma", cfg.lr_gamma, "--lr-gamma multiplies the learning rate at each milestone "
+                    "(0 stops learning, a negative factor climbs the loss): set a finite factor above 0, e.g. "
+                    "--lr-gamma 0.2 (the default), or 1 to keep the rate.")
+    if hasattr(cfg, "seed"):
+        check_seed(cfg.seed)
 
 
 def steps_per_epoch(n_images: int, batch: int) -> int:
