@@ -201,3 +201,13 @@ def test_tune_lr_help_says_which_candidates_use_it():
     command = typer.main.get_command(app).commands["tune"]
     lr = next(p for p in command.params if p.name == "lr")
     assert "every candidate" not in lr.help and "LGFDR" in lr.help and "own" in lr.help
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_tune_refuses_a_seed_torch_cannot_take(seed):
+    """tune --seed past 2**63 overflowed in torch after PatchCore's feature pass; -1 too in numpy."""
+    from fair_edge.training.tune import TuneSettings
+
+    with pytest.raises(ConfigError, match=r"seed \(--seed\) must be a whole number from 0 to 4294967295"):
+        TuneSettings(seed=seed)
+    assert TuneSettings(seed=2**32 - 1).seed == 2**32 - 1

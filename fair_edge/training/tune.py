@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fair_edge.training import metrics
+from fair_edge.training.loop import check_seed
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.training.data import DatasetSplit, Sample, read_image
 from fair_edge.errors import ConfigError, DataError
@@ -122,6 +123,7 @@ class TuneSettings:
         if not 0.0 <= self.false_reject_rate < 1.0:
             raise ConfigError(f"false_reject_rate must be a share in [0, 1) (0.005 is 0.5 %); found "
                               f"{self.false_reject_rate}.")
+        check_seed(self.seed)
 
 
 def default_candidates(base: Candidate, frame_side: int) -> list[Candidate]:
