@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from threading import RLock
 from typing import Any
 
 import cv2
@@ -40,6 +41,16 @@ REVIEW_LABELS = {
 class StationStarting(ConfigError):
     """Asked before the station attached its inspector (the console serves while the station starts): nothing
     changed; the API answers 503 so a page tries again."""
+
+
+class SwapBusy(ConfigError):
+    """A swap (or a reload) asked for while a bundle is loading: nothing changed. The console answers 400; a
+    SIGHUP reload waits and runs once the swap in progress is done (``StationConsole.reload_bundle``)."""
+
+
+class AlarmChanged(ConfigError):
+    """An acknowledgement of an alarm the operator was shown while another one, raised since, is latched: nothing
+    was cleared; the API answers 409 so the page shows the new alarm first."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,10 @@ class StationActions:
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
-        self._swap_lock = threading.Lock()
+        # held across a threshold's station file write, switch request and audit row, and across a swap's start (a
+        # reload holds it from reading the station file to starting its swap): two applies (each POST runs in a
+        # thread of its own) take turns, and a threshold is never applied between a reload's read and its start
+        self.lock = RLock()
         self.labels: dict[ViewKey, str] = {}   # (camera, seq) -> the newest review label
         # several cameras: the verdicts of the views of the NG parts the gallery lists (``feed.ng_part_rows``), kept
         # while it lists them (a passed view leaves ``feed.recent`` long before its NG part leaves the gallery)
@@ -211,17 +225,22 @@ class StationActions:
         return rel.as_posix()
 
     # ------------------------------------------------------------------ reject gate
-    def acknowledge_alarm(self, who: str) -> dict:
+    def acknowledge_alarm(self, who: str, seen=None) -> dict:
         """The operator's reset of a latched reject alarm (a part passed uninspected, was refused, or
         missed its gap): ``RejectScheduler.acknowledge_alarm``; the fault output drops unless a fault
-        (camera, backend, sink down) still holds it. Audited with the alarm it cleared."""
+        (camera, backend, sink down) still holds it. Audited with the alarm it cleared (read and cleared at once:
+        one raised meanwhile is the one named). seen: the alarm text the page showed (None: whatever is latched);
+        AlarmChanged, nothing cleared, when another alarm is latched now."""
         who = _who(who)
+        require(seen is None or isinstance(seen, str), "alarm", "the alarm text the page showed (a string)", seen)
         scheduler = self.feed.scheduler
         if scheduler is None:
             raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks): no alarm to "
                               "acknowledge")
-        old = scheduler.alarm
-        scheduler.acknowledge_alarm()
+        try:
+            old = scheduler.acknowledge_alarm(seen)
+        except ConfigError as exc:   # only for an alarm raised since the page showed its own
+            raise AlarmChanged(str(exc)) from exc
         log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
         return self.audit.append({"action": "acknowledge_alarm", "who": who, "old": old or "",
                                   "fault": scheduler.fault_reason or ""})
@@ -248,7 +267,11 @@ class StationActions:
     def apply_threshold(self, value, who: str, confirm: bool, camera=None) -> dict:
         """Apply a new threshold from the next batch on; audit it and write it to the station file. Several
         cameras: to ``camera`` only (required), written as its ``cameras[].threshold``. Every input is checked
-        before anything changes (the station file, the switch)."""
+        before anything changes (the station file, the switch). Refused (SwapBusy) while a bundle loads (its
+        change carries the threshold it was started with) and while a loaded bundle waits for its first batch
+        (the scores tuned on are the old model's); applies take turns (``lock``): the station file, the switch
+        and the audit log end with the same last threshold. The audit's ``old``: the threshold in force, or the
+        one applied before it that still waits for the next batch."""
         who = _who(who)
         value = tuning.check_threshold(value)
         camera = self._camera(camera, required=True)
@@ -259,14 +282,32 @@ class StationActions:
             raise ConfigError("confirm: expected true (an explicit confirmation), found "
                               f"{confirm!r}; the threshold was not changed")
         decider = self._decider(camera)
-        old = decider.threshold
-        written = ""
-        if self.station_file is not None:   # written and checked first: a file that fails changes nothing
-            tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
-            written = str(self.station_file)
-        decider.switch.request(ModelChange(threshold=value))
-        return self.audit.append({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
-                                  "old": old, "new": value, "station_file": written, "model": decider.model})
+        with self.lock:
+            self._threshold_can_change(decider, camera)
+            pending = decider.switch.pending
+            old = pending.threshold if pending is not None and pending.threshold is not None else decider.threshold
+            written = ""
+            if self.station_file is not None:   # written and checked first: a file that fails changes nothing
+                tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
+                written = str(self.station_file)
+            decider.switch.request(ModelChange(threshold=value))
+            return self.audit.append({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
+                                      "old": old, "new": value, "station_file": written, "model": decider.model})
+
+    def _threshold_can_change(self, decider, camera: str) -> None:
+        """SwapBusy while a bundle loads for ``camera`` (a SIGHUP reload's change carries the station file's
+        threshold as it read it, a console swap's the new bundle's own: either would undo the threshold) or while
+        ``decider``'s switch holds a loaded model that has not run yet (the scores tuned on are the old model's, on
+        another scale)."""
+        status = self.swap_status
+        if status.get("state") == "loading" and (camera in status.get("cameras", ()) or "cameras" not in status):
+            raise SwapBusy(f"a bundle is loading ({status.get('bundle', '')}); apply the threshold once it "
+                           "runs (the threshold was not changed)")
+        pending = decider.switch.pending
+        if pending is not None and pending.scorer is not None:
+            where = f" on camera {camera}" if camera else ""
+            raise SwapBusy(f"a new bundle (model {pending.model}) waits for the next part{where}; tune and apply the "
+                           "threshold once it runs (the threshold was not changed)")
 
     def _decider(self, camera: str):
         """What decides ``camera``'s views (threshold, model, switch): the inspector's camera view, or with one
@@ -312,9 +353,10 @@ class StationActions:
                                 status={"bundle": bundles, "cameras": cameras})
 
     def _start_swap(self, target, *args, status: dict) -> dict:
-        with self._swap_lock:
+        """Run ``target(*args)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while one loads."""
+        with self.lock:
             if self.swap_status["state"] == "loading":
-                raise ConfigError(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
+                raise SwapBusy(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
             self.swap_status = {"state": "loading", **status, "since": utc_now()}
         threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap", daemon=True).start()
         return self.swap_status

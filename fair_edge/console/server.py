@@ -38,7 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fair_edge.console import views
-from fair_edge.console.actions import StationActions, StationStarting
+from fair_edge.console.actions import AlarmChanged, StationActions, StationStarting
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.render import JpegCache
 from fair_edge.console.settings import is_loopback
@@ -222,7 +222,7 @@ POSTS = {
     "threshold": lambda a, b: a.apply_threshold(b.get("threshold"), b.get("who"), b.get("confirm"), b.get("camera")),
     "swap": lambda a, b: a.swap(b.get("bundle"), b.get("who"), b.get("camera")),
     "export": lambda a, b: a.export_reviewed(b.get("who")),
-    "acknowledge_alarm": lambda a, b: a.acknowledge_alarm(b.get("who")),
+    "acknowledge_alarm": lambda a, b: a.acknowledge_alarm(b.get("who"), b.get("alarm")),
 }
 
 
@@ -242,6 +242,8 @@ def _run(fn) -> Response:
         return JSONResponse(fn())
     except StationStarting as exc:   # no inspector yet: nothing changed, try again shortly
         return _error(str(exc), 503)
+    except AlarmChanged as exc:   # another alarm than the one the page showed is latched: nothing cleared
+        return _error(str(exc), 409)
     except FairEdgeError as exc:  # bad input, or a change that cannot be made: nothing changed
         return _error(str(exc))
 

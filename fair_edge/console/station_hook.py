@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from fair_edge.console.actions import StationActions, StationLinks
+from fair_edge.console.actions import StationActions, StationLinks, SwapBusy
 from fair_edge.console.drift import alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
@@ -104,25 +104,37 @@ class StationConsole:
         console and written there is kept), else reload the current bundle folder (rebuilt in place) at the
         threshold the station started with. Several cameras: every camera's bundle and threshold as the file
         names them now (its own, else the station's), each camera switching through its own decider. Reads the
-        station file in the calling thread, then returns; the load runs in a thread. Raises nothing: whatever stops
+        station file in the calling thread, then returns; the load runs in a thread. The file is read and the swap
+        started under ``actions.lock``, and no threshold is applied while it loads: a threshold applied from the
+        console is either in the file this reads or refused until the reloaded bundle runs. A bundle swap
+        loading already (the console's, started first) puts the reload back as requested (``request_reload``):
+        it runs once that swap is done, with the station file as it is then. Raises nothing: whatever else stops
         the reload is logged as "bundle reload refused" and the station goes on with what it runs (a signal handler
         calls ``request_reload`` instead: this reads a file)."""
-        path, threshold = self.feed.bundle_path, self.start_threshold
-        load_station = self.actions.links.load_station
         try:
-            if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
-                self.actions.reload_cameras(who)
-                return
-            if self.station_file is not None:
-                if load_station is None:
-                    raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader "
-                                      "was given)")
-                now = load_station(self.station_file)
-                path, threshold = now.bundle or path, now.threshold
-            self.actions.swap(str(path), who, threshold=threshold)
+            with self.actions.lock:
+                self._reload(who)
+        except SwapBusy as exc:   # a swap loads: this reload follows it (the reload thread waits for the swap)
+            self._reload_wanted = self._reload_wanted or who
+            log.warning("bundle reload (%s) waits for the swap in progress: %s", who, exc)
         except Exception as exc:  # noqa: BLE001 - a reload never stops the station (see the docstring)
             text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
             log.error("bundle reload refused (%s): %s", who, text, exc_info=not isinstance(exc, FairEdgeError))
+
+    def _reload(self, who: str) -> None:
+        """``reload_bundle``'s read of the station file and start of the swap (the caller holds ``actions.lock``)."""
+        if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
+            self.actions.reload_cameras(who)
+            return
+        path, threshold = self.feed.bundle_path, self.start_threshold
+        if self.station_file is not None:
+            load_station = self.actions.links.load_station
+            if load_station is None:
+                raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader was "
+                                  "given)")
+            now = load_station(self.station_file)
+            path, threshold = now.bundle or path, now.threshold
+        self.actions.swap(str(path), who, threshold=threshold)
 
     def observe(self, frame, verdict, anomaly_map) -> None:
         self.feed.observe(frame, verdict, anomaly_map)

@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -108,35 +109,43 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
                               "station file, then apply the threshold again (it was not changed)")
         data["decision"] = {**decision, "threshold": float(value)}
     target = path.resolve()   # a symlinked station file: its target is rewritten, the link stays
-    tmp = target.with_name(target.name + ".tmp")
+    tmp: Path | None = None
     try:
-        _write_like(target, tmp, lambda f: yaml.safe_dump(data, f, sort_keys=False))
+        tmp = _write_like(target, lambda f: yaml.safe_dump(data, f, sort_keys=False))
         load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
         os.replace(tmp, target)
-    except ConfigError as exc:   # named as the operator knows it: the station file, not its .tmp copy
-        raise ConfigError(f"{str(exc).replace(str(tmp), str(path))}; fix the station file, then apply the "
-                          "threshold again (it was not changed)") from exc
+    except ConfigError as exc:   # named as the operator knows it: the station file, not its temporary copy
+        text = str(exc) if tmp is None else str(exc).replace(str(tmp), str(path))
+        raise ConfigError(f"{text}; fix the station file, then apply the threshold again (it was not "
+                          "changed)") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: could not be written ({exc.strerror or exc}); free disk space or make its "
                           "folder writable, then apply the threshold again (it was not changed)") from exc
     finally:
-        tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load or was half written
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load
 
 
-def _write_like(original: Path, tmp: Path, write: Callable[[IO[str]], object]) -> None:
-    """Write ``tmp`` (by ``write(file)``, flushed and fsynced) with ``original``'s mode and, where this account may,
-    its owner: a station file kept 0600 because it holds ``console.token`` stays so. ``tmp`` must not exist yet
-    (O_EXCL: a leftover or planted link there is refused, not followed)."""
+def _write_like(original: Path, write: Callable[[IO[str]], object]) -> Path:
+    """A new file beside ``original`` (``NAME.XXXXXXXX.tmp``, a name of its own: two writes at once never share or
+    remove each other's), written by ``write(file)``, flushed and fsynced, with ``original``'s mode and, where this
+    account may, its owner: a station file kept 0600 because it holds ``console.token`` stays so. Returns its path;
+    a write that fails removes it. Created with O_EXCL (``tempfile.mkstemp``): a planted link is never followed."""
     st = original.stat()
-    tmp.unlink(missing_ok=True)   # a leftover of a write that died; O_EXCL below refuses anything put back
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        with contextlib.suppress(PermissionError):   # only root may give a file away; the mode is what matters
-            os.fchown(fd, st.st_uid, st.st_gid)
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    fd, name = tempfile.mkstemp(prefix=f"{original.name}.", suffix=".tmp", dir=original.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            with contextlib.suppress(PermissionError):   # only root may give a file away; the mode is what matters
+                os.fchown(fd, st.st_uid, st.st_gid)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)   # half written: never left behind
+        raise
+    return tmp
 
 
 def _station_data(path: Path) -> dict:

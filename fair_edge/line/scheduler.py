@@ -287,17 +287,24 @@ class RejectScheduler:
             self._station_fault = (reason or "station fault") if active else None
             self._update_fault_output()
 
-    def acknowledge_alarm(self) -> None:
+    def acknowledge_alarm(self, seen: str | None = None) -> str | None:
         """Operator reset of a latched alarm (part passed uninspected, refused, gap missed, sink miss).
         It also clears the missed / unconfirmed pulse fault of each sink whose link is up (a refused
         write, a pulse dequeued late: the sink works); a sink still down keeps its fault until it
         reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
-        keeps its fault until it reconnects."""
+        keeps its fault until it reconnects. Returns the alarm it cleared (None: none was latched), read and
+        cleared at once: an alarm raised meanwhile is the one returned, never cleared unnamed. seen: the alarm
+        the operator was shown (None: whatever is latched); ConfigError, nothing cleared, when another is latched."""
         with self._fault_lock:
+            cleared = self._alarm
+            if seen is not None and cleared is not None and cleared != seen:
+                raise ConfigError(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer "
+                                  f"one: {cleared}; read it, then acknowledge again (nothing was cleared)")
             self._alarm = None
             for key in [k for k in self._sink_faults if k[1] == PULSE_FAULT and self._sink_link_up(k[0])]:
                 del self._sink_faults[key]
             self._update_fault_output()
+        return cleared
 
     @property
     def alarm(self) -> str | None:

@@ -3,6 +3,7 @@
 const $ = id => document.getElementById(id);
 let lastSeq = null;
 let shownVersion = 0;  // the newest snapshot shown: an older one (a stream's first event racing the fetch) is dropped
+let shownAlarm = "";   // the reject alarm shown, sent with its acknowledgement (a newer one latched: 409)
 
 function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
 
@@ -14,7 +15,8 @@ function showStatus(s) {
   else pill("plc-state", `PLC: ${s.plc.sinks} output(s), ${s.plc.pending} pending, ${s.plc.sink_errors} errors` +
             (s.plc.alarm ? " – ALARM " + s.plc.alarm : ""), s.plc.alarm || s.plc.sink_errors ? "bad" : "ok");
   pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
-  $("ack-alarm").hidden = !(s.plc && s.plc.alarm);
+  shownAlarm = (s.plc && s.plc.alarm) || "";
+  $("ack-alarm").hidden = !shownAlarm;
   const d = s.drift, where = d.camera ? " " + d.camera : "";  // several cameras: the worst one, named
   pill("drift-state", d.psi === null ? `drift${where}: ` + d.note : `drift${where} PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
        d.alarm ? "bad" : (d.psi === null ? "" : "ok"));
@@ -80,7 +82,7 @@ function showCounters(s) {
 
 async function acknowledgeAlarm() {
   try {
-    const r = await FE.post("acknowledge_alarm", {});
+    const r = await FE.post("acknowledge_alarm", {alarm: shownAlarm});
     FE.say(`alarm acknowledged: ${r.old || "none latched"}` + (r.fault ? ` (fault output still on: ${r.fault})` : ""));
     $("ack-alarm").hidden = true;
   } catch (e) { FE.say(e.message, true); }
