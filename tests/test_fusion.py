@@ -305,3 +305,71 @@ def test_fusion_with_a_tiled_member_refuses_held_out_images_of_two_sizes_naming_
     with pytest.raises(DataError, match=r"member m1 is tiled and maps held-out normal image 1 \(64 x 64 px\) to a "
                                         r"64 x 64 map but image 4 \(80 x 80 px\) to 80 x 80 .*Pass --normal images of one"):
         build_fused_bundle([m.root for m in members], tmp_path / "fused", frames)
+
+
+def _tree(root):
+    """{relative path: bytes} of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_fused_bundle_fused_again_from_its_own_members_into_itself_is_replaced_whole(fused, tmp_path):
+    """`fair-edge fuse FUSED/m0 FUSED/m1 --out FUSED` (the fix an old fusion.json names, with the only copies of the
+    members an upgrade often leaves): the fused bundle is made next to --out and moved into place, so its members
+    are read before anything is deleted (it deleted m0, then failed copying it); nothing is left beside it."""
+    import shutil
+
+    bundle, _, normals = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    members_before = {k: v for k, v in _tree(copy).items() if not k.startswith("fusion")}
+    data = json.loads((copy / "fusion.json").read_text())
+    (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "metadata_sha256"}))
+    with pytest.raises(BundleError, match="has no metadata_sha256"):
+        load_fused_bundle(copy)
+    again = build_fused_bundle([copy / "m0", copy / "m1"], copy, normals)
+    assert again.root == copy and load_fused_bundle(copy).threshold.value == pytest.approx(bundle.threshold.value)
+    assert {k: v for k, v in _tree(copy).items() if not k.startswith("fusion")} == members_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]   # no staging or replaced folder left
+
+
+@pytest.mark.parametrize("failure", ["oserror", "dataerror"])
+def test_a_refusion_that_fails_midway_leaves_the_fused_bundle_as_it_was(fused, tmp_path, monkeypatch, failure):
+    """A failure after the members are copied (a full disk writing fusion.json; a refused statistic) leaves --out
+    byte for byte as it was and nothing beside it; an OSError is a BundleError naming the path, not a traceback."""
+    import errno
+    import shutil
+
+    from fair_edge.errors import DataError
+    from fair_edge.runtime import fusion
+
+    bundle, _, normals = fused
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.root, copy)
+    before = _tree(copy)
+
+    def fail(root, manifest):
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", str(root / "fusion.json"))
+        raise DataError(f"refused at {root}")
+
+    monkeypatch.setattr(fusion, "write_fusion_manifest", fail)
+    expected = (BundleError, r"--out .*copy: cannot write the fused bundle \(.*fusion\.json: No space left") \
+        if failure == "oserror" else (DataError, r"refused at .*copy$")
+    with pytest.raises(expected[0], match=expected[1]):
+        build_fused_bundle([copy / "m0", copy / "m1"], copy, normals)
+    assert _tree(copy) == before and load_fused_bundle(copy).threshold == bundle.threshold
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_fuse_refuses_an_out_that_is_not_a_fused_bundle(fused, tmp_path):
+    """The fused bundle replaces --out whole: a folder of other files, or a member bundle itself, is refused
+    before anything is written, not replaced (nor mixed with m0, m1 as before)."""
+    _, members, normals = fused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    for out in (other, members[0].root):
+        with pytest.raises(BundleError, match="exists and is not a fused bundle .*choose an empty or new directory"):
+            build_fused_bundle([m.root for m in members], out, normals)
+    assert (other / "notes.txt").read_text() == "keep" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert not (members[0].root / "m0").exists()

@@ -179,3 +179,53 @@ def test_a_station_file_whose_url_cannot_start_is_refused_before_a_unit_restart_
                            env={"COLUMNS": "400"})
     assert r.exit_code == 2 and f"{field}:" in r.output and "fix the URL" in r.output, r.output
     assert "[Service]" not in r.stdout
+
+
+def test_this_stations_own_unit_with_other_settings_is_named_as_such_and_updated_with_force(tmp_path):
+    """After an upgrade (a new venv) or with another --watchdog-sec, the unit already there runs this very station
+    file: it was called "another unit" with "Give this station its own --name" first, which installs a second
+    service on the same camera. Now it is named as this station's unit, the differing lines shown, --force offered
+    (not --name), and --force updates it and prints the restart."""
+    units = tmp_path / "units"
+    units.mkdir()
+    station = station_file(tmp_path / "line 3 (50%)")   # quoted and %-escaped in ExecStart
+    old_exec, new_exec = tmp_path / "venv-1" / "fair-edge", tmp_path / "venv-2" / "fair-edge"
+    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--working-dir", str(tmp_path),
+            "--station", str(station)]
+    assert CliRunner().invoke(app, [*args, "--exec", str(old_exec)]).exit_code == 0
+    unit = units / "fair-edge.service"
+    before = unit.read_text()
+    for changed, lines in ((["--exec", str(new_exec)], ("- ExecStart=" + str(old_exec), "+ ExecStart=" + str(new_exec))),
+                           (["--exec", str(old_exec), "--watchdog-sec", "60"], ("- WatchdogSec=30", "+ WatchdogSec=60"))):
+        refused = CliRunner().invoke(app, [*args, *changed], env={"COLUMNS": "400"})
+        assert refused.exit_code == 2, refused.output
+        out = refused.output
+        assert "is already this station's unit" in out and "another unit" not in out, out
+        assert all(line in out for line in lines), out
+        assert "pass --force" in out and "systemctl restart fair-edge.service" in out
+        assert "its own --name" not in out and unit.read_text() == before
+    forced = CliRunner().invoke(app, [*args, "--exec", str(new_exec), "--force"], env={"COLUMNS": "200"})
+    assert forced.exit_code == 0 and f"ExecStart={new_exec} run" in unit.read_text()
+    assert "sudo systemctl restart fair-edge.service" in forced.output
+    assert sorted(p.name for p in units.iterdir()) == ["fair-edge.service"]   # no second unit for the same station
+
+
+def test_a_unit_naming_the_station_by_another_path_is_still_this_stations(tmp_path):
+    """The station file is compared resolved: a unit written with a relative --station (against its
+    WorkingDirectory=) or through a link is this station's; a unit of another station keeps the --name advice."""
+    from fair_edge.station.service_unit import installed_station
+
+    units = tmp_path / "units"
+    units.mkdir()
+    s = settings(tmp_path)
+    link = tmp_path / "current"
+    link.symlink_to(s.station.parent)
+    unit = units / s.unit_name
+    relative = render_unit(s).replace(quote_arg(str(s.station)), quote_arg(f"current/{s.station.name}"))
+    assert installed_station(relative) == s.station.resolve()
+    unit.write_text(relative.replace("WatchdogSec=30", "WatchdogSec=45"))
+    with pytest.raises(ConfigError, match=r"already this station's unit(.|\n)*- WatchdogSec=45\n  \+ WatchdogSec=30"):
+        install_unit(s, units)
+    other = settings(tmp_path, station=station_file(tmp_path / "line4"))
+    with pytest.raises(ConfigError, match=r"already holds another unit .*its own --name"):
+        install_unit(other, units)

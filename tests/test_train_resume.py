@@ -360,3 +360,28 @@ def test_resume_settings_compare_a_tiled_runs_tiling(tmp_path):
     assert same.model.preprocess == pre
     with pytest.raises(ConfigError, match=r"--tile 48 \(saved: 32\); --roi 0,0,96,96 \(saved: 0,0,64,64\)"):
         resume_settings(tmp_path, {"tile": 48, "roi": "0,0,96,96"}, None)
+
+
+def test_a_run_whose_budget_this_release_computes_otherwise_is_refused_naming_that_not_the_images(mvtec_dir, tmp_path):
+    """A run written by a release that computed another step budget for the same settings (LGFDR with --tile counted
+    --epochs in images before 75ab9ff, in tiles since: a saved 4000 is 24000 now), on unchanged images: the refusal
+    said to restore the images (they are the same) and --steps is refused as a changed flag. Now it names the two
+    budgets and the options that work, and no fix about the images."""
+    runner = CliRunner()
+    data = normals_folder(mvtec_dir, tmp_path / "data")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(data), "--model", "lgfdr", "--image-size", "32", "--epochs", "1",
+                                 "--batch", "4", "--device", "cpu", "--save-every", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = torch.load(out / "last.pt", weights_only=False)
+    assert payload["train_state"]["total_steps"] == 4 and payload["train_state"]["config"]["steps"] is None
+    payload["train_state"]["total_steps"] = 9   # what the release that wrote it computed for these settings
+    torch.save(payload, out / "last.pt")
+    result = runner.invoke(app, ["train", "--resume", "--out", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "its 16 training images are unchanged" in text and "restore the images" not in text, text
+    assert "this release computes a budget of 4 steps for its saved settings where the release that wrote the run " \
+           "computed 9 (saved at step 4)" in text, text
+    assert "finish the run with the fair-edge release that wrote it" in text and "start a new run" in text, text
+    assert "--overwrite" in text and "with --steps 9 to train as many steps as this run planned" in text, text

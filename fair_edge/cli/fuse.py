@@ -25,7 +25,9 @@ def fuse(
                                "test images), as for `build --normal`."),
     category: Optional[str] = typer.Option(None, "--category", help="Product inside a VisA CSV or an MVTec root "
                                            "given as --normal."),
-    out: Path = typer.Option(Path("runs/fused"), help="Output folder (members are copied into it)."),
+    out: Path = typer.Option(Path("runs/fused"), help="Output folder: new, empty, or a fused bundle to replace whole "
+                             "(members are copied into it; it is made next to --out and moved into place, so a fused "
+                             "bundle's own m0, m1 can be fused again into it)."),
     rule: str = typer.Option("mean", help=f"How normalised maps combine: {', '.join(RULES)}."),
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, help="Target false-reject rate of the threshold."),
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),

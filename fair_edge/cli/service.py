@@ -47,8 +47,10 @@ def install_service(
     watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
                                      "ping from the inspection loop for this long and systemd restarts the station."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
-    force: bool = typer.Option(False, "--force", help="Replace a different unit of the same --name (another station's); "
-                               "without it, install-service refuses to."),
+    force: bool = typer.Option(False, "--force", help="Replace a different unit already there under --name: this "
+                               "station's own (e.g. written from an older venv, or with another --watchdog-sec), to "
+                               "update it, or another station's; without it, install-service refuses, saying which and "
+                               "what differs."),
 ) -> None:
     """Write a systemd unit that runs the station at boot, restarts it on a crash or a hung inspection loop
     (Type=notify, WatchdogSec=, Restart=always), and print the systemctl commands to enable it."""
@@ -63,7 +65,10 @@ def install_service(
         return
     if settings.user == "root":
         console.print("note: the station will run as root; pass --user with a dedicated account (see docs/jetson.md).")
+    target = Path(unit_dir) / settings.unit_name
+    updated = target.is_file() and target.read_text() != render_unit(settings)
     path = install_unit(settings, unit_dir, replace=force)
-    console.print(f"wrote {path}. To start it now and at every boot (fair-edge does not run these):")
-    for command in systemctl_commands(settings):
+    when = "To restart it with these settings and start it" if updated else "To start it now and"
+    console.print(f"wrote {path}. {when} at every boot (fair-edge does not run these):")
+    for command in systemctl_commands(settings, updated):
         console.print(f"  {command}", highlight=False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ import cv2
 import numpy as np
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
-from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.errors import BundleError, ConfigError, DataError, FairEdgeError
 from fair_edge.runtime.backends import close_scorer
 
 log = logging.getLogger(__name__)
@@ -148,23 +149,62 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
                        rule: str = "mean", false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE,
                        backend: str = "onnxruntime") -> FusedBundle:
     """Copy the member bundles into ``out``, fit each one's normal stats and the fused threshold on
-    ``normal_frames`` ((H, W, 3) uint8 BGR held-out normals), write fusion.json; returns the loaded bundle."""
-    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, load_bundle
+    ``normal_frames`` ((H, W, 3) uint8 BGR held-out normals), write fusion.json; returns the loaded bundle.
+
+    As ``fair-edge build`` does (``export.build``), the fused bundle is made in a temporary folder next to ``out``
+    and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
+    --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
+    something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
+    from fair_edge.export.build import BuildOptions, _discard, _named_in_place, _staging
+    from fair_edge.export.bundle import load_bundle
 
     out = Path(out)
     if len(member_dirs) < 2:
         raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")
     if len(normal_frames) < 2:
         raise DataError("fusion needs held-out normal images for each model's score statistics (--normal).")
+    _check_out(out)
     check_same_area([load_bundle(src) for src in member_dirs], "")   # verifies each before anything is copied
-    out.mkdir(parents=True, exist_ok=True)
+    staging = _staging(out, BuildOptions(engine=False))   # a fused bundle has no build caches of its own to keep
+    try:
+        _fuse_into(staging, member_dirs, normal_frames, rule, false_reject_rate, backend)
+    except FairEdgeError as exc:
+        _discard(staging)
+        renamed = _named_in_place(exc, staging, out)
+        if renamed is exc:
+            raise
+        raise renamed from exc
+    except OSError as exc:
+        _discard(staging)
+        raise BundleError(f"--out {out}: cannot write the fused bundle ({_os_error(exc)}); {out} is left as it was. "
+                          "Free disk space or make its folder writable, then `fair-edge fuse` again.") from exc
+    except BaseException:
+        _discard(staging)
+        raise
+    _replace_out(staging, out)
+    return load_fused_bundle(out)
+
+
+def _check_out(out: Path) -> None:
+    """BundleError unless ``out`` is absent, empty or a fused bundle (which the new one replaces whole)."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} is a file; pass a directory for the fused bundle.")
+    if out.is_dir() and any(out.iterdir()) and not is_fused(out):
+        raise BundleError(f"--out {out} exists and is not a fused bundle (no {MANIFEST}); the fused bundle replaces "
+                          "its --out whole, so choose an empty or new directory, or a fused bundle to replace.")
+
+
+def _fuse_into(root: Path, member_dirs: Sequence[str | Path], normal_frames: Sequence[np.ndarray], rule: str,
+               false_reject_rate: float, backend: str) -> None:
+    """Every file of the fused bundle into the (empty, temporary) folder ``root``: members m0, m1, ..., fusion.json."""
+    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, load_bundle
+
     entries = []
     for i, src in enumerate(member_dirs):
-        dst = out / f"m{i}"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+        dst = root / f"m{i}"
+        _copy_member(Path(src), dst)
         entries.append({"path": dst.name, "manifest_sha256": _sha(dst / MEMBER_MANIFEST)})
-    members = [load_bundle(out / e["path"]) for e in entries]
+    members = [load_bundle(root / e["path"]) for e in entries]
     maps = []
     for entry, member in zip(entries, members):
         member_maps, fitted = _member_maps(member, normal_frames, backend)
@@ -175,8 +215,47 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "members": entries, "rule": rule,
                 "stats": [vars(s) for s in stats], "threshold": threshold.to_dict(), "grid": list(maps[0].shape[1:])}
-    write_fusion_manifest(out, manifest)
-    return load_fused_bundle(out)
+    write_fusion_manifest(root, manifest)
+
+
+def _copy_member(src: Path, dst: Path) -> None:
+    """Copy the member bundle ``src`` to ``dst``; BundleError naming the member file that could not be read."""
+    try:
+        shutil.copytree(src, dst)
+    except OSError as exc:
+        raise BundleError(f"cannot copy member bundle {src} into the fused bundle ({_os_error(exc)}); nothing was "
+                          "changed. Make its files readable by this account, then `fair-edge fuse` again.") from exc
+
+
+def _os_error(exc: OSError) -> str:
+    """``exc`` as "PATH: reason", the first failure of a ``shutil.Error`` (copytree's list of them) included."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first = exc.args[0][0]
+        return f"{first[0]}: {first[-1]}" if isinstance(first, tuple) and len(first) == 3 else str(first)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def _replace_out(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out`` (``export.build._move_into_place``: the previous fused bundle
+    there is renamed aside, then removed). BundleError naming ``out`` where the move fails, with the previous bundle
+    put back when it had been moved aside; a previous bundle that cannot be removed once the new one is in place is
+    a warning naming it."""
+    from fair_edge.export.build import _discard, _move_into_place
+
+    aside = out.parent / f".{out.name}.replaced-{os.getpid()}"   # where _move_into_place puts the previous one
+    try:
+        _move_into_place(staging, out)
+    except OSError as exc:
+        if not staging.exists():   # the new bundle is in place; only removing the previous one failed
+            log.warning("the fused bundle is in place at %s, but its previous one could not be removed (%s): "
+                        "delete %s", out, _os_error(exc), aside)
+            return
+        if not out.exists() and aside.exists():
+            os.replace(aside, out)
+        _discard(staging)
+        raise BundleError(f"--out {out}: cannot move the fused bundle into place ({_os_error(exc)}); {out} is left "
+                          "as it was. Make its folder writable by this account, then `fair-edge fuse` again.") from exc
 
 
 def write_fusion_manifest(root: str | Path, manifest: dict) -> Path:

@@ -146,20 +146,79 @@ def _exec_line(unit: Path) -> str:
     return f"`{lines[0][len('ExecStart='):]}`" if lines else "no ExecStart="
 
 
-def systemctl_commands(s: ServiceSettings) -> list[str]:
-    """What to run after installing (printed, never run by fair-edge)."""
-    return ["sudo systemctl daemon-reload", f"sudo systemctl enable --now {s.unit_name}",
-            f"systemctl status {s.unit_name}", f"journalctl -u {s.unit_name} -f"]
+def _unit_value(text: str, key: str) -> str | None:
+    """The value of the first ``key=`` line of a unit's text, None when it has none."""
+    line = next((line for line in text.splitlines() if line.startswith(f"{key}=")), None)
+    return None if line is None else line[len(key) + 1:]
+
+
+def _unquote(text: str) -> list[str] | None:
+    """The arguments of an ExecStart= value, ``quote_arg`` undone (quotes, backslash escapes, ``%%``, ``$$``);
+    None when it does not parse (unbalanced quotes)."""
+    import shlex
+
+    try:
+        return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(text)]
+    except ValueError:
+        return None
+
+
+def installed_station(text: str) -> Path | None:
+    """The station file an installed unit's text runs (its ExecStart's ``--station FILE`` or ``--station=FILE``,
+    relative to its WorkingDirectory= when relative), resolved; None when it names none (not a station's unit)."""
+    args = _unquote(_unit_value(text, "ExecStart") or "") or []
+    found = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--station"), None)
+    found = found or next((a.split("=", 1)[1] for a in args if a.startswith("--station=")), None)
+    if not found:
+        return None
+    workdir = (_unit_value(text, "WorkingDirectory") or "/").replace("%%", "%").lstrip("-")
+    return (Path(workdir) / Path(found).expanduser()).resolve()
+
+
+def _differing_lines(installed: str, text: str) -> str:
+    """The lines of the installed unit (``-``) and of the new one (``+``) that differ, one per line, indented."""
+    import difflib
+
+    changed = [line for line in difflib.ndiff(installed.splitlines(), text.splitlines()) if line[:2] in ("- ", "+ ")]
+    return "".join(f"\n  {line}" for line in changed)
+
+
+def systemctl_commands(s: ServiceSettings, updated: bool = False) -> list[str]:
+    """What to run after installing (printed, never run by fair-edge). updated: a unit of that name was there
+    (``--force``): a running station keeps its old settings until restarted, so the restart is among them."""
+    start = ([f"sudo systemctl enable {s.unit_name}", f"sudo systemctl restart {s.unit_name}"] if updated
+             else [f"sudo systemctl enable --now {s.unit_name}"])
+    return ["sudo systemctl daemon-reload", *start, f"systemctl status {s.unit_name}", f"journalctl -u {s.unit_name} -f"]
+
+
+def check_replace(s: ServiceSettings, target: Path, text: str) -> None:
+    """ConfigError when ``target`` holds a unit other than ``text``. This station's own unit (its ExecStart runs
+    the same station file, resolved: e.g. written from an older venv, or with another --watchdog-sec) is named as
+    such, with the differing lines and --force to update it; a second --name would run the same station twice (two
+    processes on one camera and PLC). A unit of another station, or of none, is named by what it runs, with --name
+    for this one or --force to replace it."""
+    installed = target.read_text()
+    if installed == text:
+        return
+    station = installed_station(installed)
+    if station is not None and station == Path(s.station).resolve():
+        raise ConfigError(
+            f"{target} is already this station's unit (it runs {s.station}) with other settings; installing would "
+            f"change these lines:{_differing_lines(installed, text)}\nTo update it, pass --force, then run `sudo "
+            f"systemctl daemon-reload` and `sudo systemctl restart {s.unit_name}`. Do not give it another --name: that "
+            "would be a second service running the same station file (two processes on one camera).")
+    raise ConfigError(f"{target} already holds another unit (it runs {_exec_line(target)}); installing would replace "
+                      f"it. Give this station its own --name (e.g. --name {s.name}-2), or pass --force to replace it.")
 
 
 def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = False) -> Path:
     """Write the unit into ``unit_dir`` atomically (0644); ConfigError naming the fix when it cannot, or when a
-    different unit of that name is there (another station's, unless ``replace``: ``--force``)."""
+    different unit of that name is there unless ``replace`` (``--force``; ``check_replace``: this station's own
+    unit with other settings, or another station's)."""
     target = Path(unit_dir) / s.unit_name
     text = render_unit(s)
-    if not replace and target.is_file() and target.read_text() != text:
-        raise ConfigError(f"{target} already holds another unit (it runs {_exec_line(target)}); installing would replace "
-                          f"it. Give this station its own --name (e.g. --name {s.name}-2), or pass --force to replace it.")
+    if not replace and target.is_file():
+        check_replace(s, target, text)
     tmp = target.with_name(f".{s.unit_name}.tmp")
     try:
         tmp.write_text(text)

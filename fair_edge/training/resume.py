@@ -6,7 +6,8 @@ one that differs is refused, because it would silently make a different run (ano
 schedule, another filter, another tiling). ``--device`` and ``--save-every`` may change, they do not change
 the result. The training images are compared too: each trainer stores their names and sizes
 (``training_files``) and its step budget in ``train_state``, and ``check_same_data`` refuses a resume on
-images added, removed or changed since, which would be another epoch length and learning-rate schedule.
+images added, removed or changed since, which would be another epoch length and learning-rate schedule; on the
+same images with another budget (a release that counts the budget otherwise) it names that cause and the options.
 """
 
 from __future__ import annotations
@@ -155,13 +156,29 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> N
     budget = int(state["total_steps"])
     if not changes and budget == total_steps:
         return
-    found = "; ".join(changes) if changes else "the same files, another budget"
+    if not changes:
+        raise ConfigError(_budget_changed(path, state, len(files), budget, total_steps))
+    found = "; ".join(changes)
     raise ConfigError(
         f"cannot resume {path}: it was trained on {len(saved)} images with a budget of {budget} steps (saved at step "
         f"{state.get('step')}); the data now has {len(files)} images, a budget of {total_steps}: {found}. --resume "
         "continues the same run, so it needs the same images: restore the images as they were to continue it, or start "
         "a new run on the data as it is now (another --out, or --overwrite to replace this one)."
     )
+
+
+def _budget_changed(path: Path, state: dict, n_files: int, budget: int, total_steps: int) -> str:
+    """The refusal of a resume on unchanged images whose step budget this release computes otherwise (e.g. LGFDR with
+    --tile counts --epochs in tiles since 75ab9ff: a saved budget of 4000 is 24000 now): the files are not the
+    cause, and a flag cannot change the budget of a resumed run (--steps is refused as a changed setting)."""
+    again = (f", with --steps {budget} to train as many steps as this run planned"
+             if "steps" in (state.get("config") or {}) else "")
+    return (f"cannot resume {path}: its {n_files} training images are unchanged, but this release computes a budget "
+            f"of {total_steps} steps for its saved settings where the release that wrote the run computed {budget} "
+            f"(saved at step {state.get('step')}): the step budget, and the learning-rate schedule with it, is counted "
+            "differently now. --resume continues the same run with the same budget, which this release cannot do, "
+            "and no flag changes it. Either finish the run with the fair-edge release that wrote it, or start a new "
+            f"run with this one in another --out (or --overwrite to replace this one){again}.")
 
 
 def _named(what: str, names: list[str]) -> str:
