@@ -116,7 +116,7 @@ def check_inputs(out: Path, options: BuildOptions, has_calib: bool, has_normal: 
                         "normal images or a dataset (e.g. data/bracket, elpv:mono): its training images are used.")
 
 
-def _staging(out: Path, options: BuildOptions) -> Path:
+def staging_folder(out: Path, options: BuildOptions) -> Path:
     """A fresh folder next to ``out`` (same file system, so the final move is a rename), seeded with the
     previous bundle's reusable caches (``_kept_files``). BundleError naming ``--out`` where that folder cannot be
     made (a read-only or someone else's folder)."""
@@ -132,7 +132,7 @@ def _staging(out: Path, options: BuildOptions) -> Path:
         for name in _kept_files(out, options):
             shutil.copy2(out / name, staging / name)
     except OSError as exc:
-        _discard(staging)
+        discard_staging(staging)
         raise BundleError(f"--out {out}: cannot copy the previous bundle's cache {exc.filename} "
                           f"({exc.strerror or exc}). Make it readable, or delete {out} to build afresh.") from exc
     return staging
@@ -192,7 +192,7 @@ def apply_umask(root: Path, linked: bool = True) -> None:
             os.chmod(path, 0o666 & ~mask)
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
     """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder, given the umask's modes."""
     apply_umask(staging)
     old = None
@@ -204,7 +204,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def _named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeError:
+def named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeError:
     """``exc`` with every path in the (removed) staging folder named as in ``out``: the file the user can act on (a
     kept cache came from there); ``exc`` itself when it names none."""
     message = str(exc)
@@ -218,7 +218,7 @@ def _named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeErr
     return renamed
 
 
-def _discard(staging: Path) -> None:
+def discard_staging(staging: Path) -> None:
     def report(func, path, exc_info) -> None:
         log.warning("could not remove %s of an unfinished bundle: %s", path, exc_info[1])
 
@@ -412,19 +412,19 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     start = time.perf_counter()
     out = Path(out)
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
-    staging = _staging(out, options)
+    staging = staging_folder(out, options)
     try:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
                             on_gate_step)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except FairEdgeError as exc:
-        _discard(staging)
-        renamed = _named_in_place(exc, staging, out)
+        discard_staging(staging)
+        renamed = named_in_place(exc, staging, out)
         if renamed is exc:
             raise
         raise renamed from exc
     except BaseException:
-        _discard(staging)
+        discard_staging(staging)
         raise
     delta, parity, reused, engine_built, note, gate = parts
     return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)

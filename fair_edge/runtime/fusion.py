@@ -155,7 +155,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
     --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
     something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
-    from fair_edge.export.build import BuildOptions, _discard, _named_in_place, _staging
+    from fair_edge.export.build import BuildOptions, discard_staging, named_in_place, staging_folder
     from fair_edge.export.bundle import load_bundle
 
     out = Path(out)
@@ -165,21 +165,21 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
         raise DataError("fusion needs held-out normal images for each model's score statistics (--normal).")
     _check_out(out)
     check_same_area([load_bundle(src) for src in member_dirs], "")   # verifies each before anything is copied
-    staging = _staging(out, BuildOptions(engine=False))   # a fused bundle has no build caches of its own to keep
+    staging = staging_folder(out, BuildOptions(engine=False))   # a fused bundle has no build caches of its own to keep
     try:
         _fuse_into(staging, member_dirs, normal_frames, rule, false_reject_rate, backend)
     except FairEdgeError as exc:
-        _discard(staging)
-        renamed = _named_in_place(exc, staging, out)
+        discard_staging(staging)
+        renamed = named_in_place(exc, staging, out)
         if renamed is exc:
             raise
         raise renamed from exc
     except OSError as exc:
-        _discard(staging)
+        discard_staging(staging)
         raise BundleError(f"--out {out}: cannot write the fused bundle ({_os_error(exc)}); {out} is left as it was. "
                           "Free disk space or make its folder writable, then `fair-edge fuse` again.") from exc
     except BaseException:
-        _discard(staging)
+        discard_staging(staging)
         raise
     _replace_out(staging, out)
     return load_fused_bundle(out)
@@ -237,15 +237,15 @@ def _os_error(exc: OSError) -> str:
 
 
 def _replace_out(staging: Path, out: Path) -> None:
-    """Move the finished ``staging`` folder to ``out`` (``export.build._move_into_place``: the previous fused bundle
+    """Move the finished ``staging`` folder to ``out`` (``export.build.move_into_place``: the previous fused bundle
     there is renamed aside, then removed). BundleError naming ``out`` where the move fails, with the previous bundle
     put back when it had been moved aside; a previous bundle that cannot be removed once the new one is in place is
     a warning naming it."""
-    from fair_edge.export.build import _discard, _move_into_place
+    from fair_edge.export.build import discard_staging, move_into_place
 
-    aside = out.parent / f".{out.name}.replaced-{os.getpid()}"   # where _move_into_place puts the previous one
+    aside = out.parent / f".{out.name}.replaced-{os.getpid()}"   # where move_into_place puts the previous one
     try:
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except OSError as exc:
         if not staging.exists():   # the new bundle is in place; only removing the previous one failed
             log.warning("the fused bundle is in place at %s, but its previous one could not be removed (%s): "
@@ -253,7 +253,7 @@ def _replace_out(staging: Path, out: Path) -> None:
             return
         if not out.exists() and aside.exists():
             os.replace(aside, out)
-        _discard(staging)
+        discard_staging(staging)
         raise BundleError(f"--out {out}: cannot move the fused bundle into place ({_os_error(exc)}); {out} is left "
                           "as it was. Make its folder writable by this account, then `fair-edge fuse` again.") from exc
 
