@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import struct
 import subprocess
 import time
 
@@ -35,24 +37,57 @@ needs_fake_camera = pytest.mark.skipif(
            "(pip: fair-edge[aravis]); .ci/run installs them")
 
 
+GVCP_PORT = 3956   # GigE Vision control port: the simulator always listens on it (the client looks there too)
+
+
 class FakeCamera:
-    """arv-fake-gv-camera-0.8 on 127.0.0.1 (GVCP port 3956)."""
+    """arv-fake-gv-camera-0.8 on 127.0.0.1 (GVCP port 3956). ``start`` returns once the simulator answers a GVCP
+    discovery with this camera's serial, so a test never talks to a camera that is still starting up."""
 
     def __init__(self, serial: str = "FE0001") -> None:
         self.serial, self.proc = serial, None
 
-    def start(self) -> "FakeCamera":
+    def start(self, timeout_s: float = 10.0) -> "FakeCamera":
         self.proc = subprocess.Popen([FAKE, "-i", "127.0.0.1", "-s", self.serial], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.kill()
+            raise
         return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Send GVCP DISCOVERY_CMD to 127.0.0.1:3956 every 50 ms until an ack names this serial (the bootstrap
+        registers' serial number, 0xD8..0xE8 of the ack's payload). Raises naming what answered instead when
+        the simulator exits (its port taken) or ``timeout_s`` passes."""
+        answered: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.05)
+            req = 0
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                req = req % 0xFFFF + 1
+                sock.sendto(struct.pack(">BBHHH", 0x42, 0x01, 0x0002, 0, req), ("127.0.0.1", GVCP_PORT))
+                try:
+                    ack = sock.recv(2048)
+                except (socket.timeout, ConnectionRefusedError):
+                    continue
+                serial = ack[8 + 0xD8:8 + 0xE8].split(b"\0")[0].decode(errors="replace")
+                if ack[2:4] == b"\x00\x03" and serial == self.serial:
+                    return
+                answered.add(serial)
+        state = "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}"
+        raise RuntimeError(f"fake GigE camera {self.serial}: expected it to answer a GVCP discovery on "
+                           f"127.0.0.1:{GVCP_PORT} within {timeout_s:g} s, found it {state} and answers from "
+                           f"{sorted(answered) or 'no camera'}; is another simulator holding the port "
+                           f"(pgrep -a arv-fake-gv-camera)?")
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
-
 
 @pytest.fixture
 def camera():

@@ -19,6 +19,15 @@ def images(n: int, value: int) -> list[np.ndarray]:
     return [np.full((8, 8, 3), value + i, np.uint8) for i in range(n)]
 
 
+def wait_until(cond, timeout_s: float = 10.0) -> bool:
+    """Poll ``cond()`` every 5 ms until it is true or ``timeout_s`` passed (a bound for a hung test, never a timing
+    claim); returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bool(cond())
+
+
 def make_mux(sources: dict) -> CaptureMux:
     mux = CaptureMux()
     mux.set_captures({name: CaptureThread(src, CaptureSettings(queue_size=16, full_policy="block"), on_queued=mux.wake)
@@ -32,7 +41,8 @@ def test_every_frame_once_tagged_and_in_turn_until_every_camera_ended():
                     "c": LineSource(images(3, 200), loop=False, name="c")})
     got = []
     with mux:
-        time.sleep(0.2)   # let every camera queue its frames, so the turn order is what is tested
+        # every camera queued all its frames and its end (queues of 16 hold them), so the turn order is what is tested
+        assert wait_until(lambda: mux.ended), mux.camera_stats()
         while True:
             try:
                 got.append(mux.get(timeout=5))

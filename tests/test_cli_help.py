@@ -4,6 +4,7 @@ station file's fields listed from the settings classes, `-v` anywhere, plain pro
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -170,17 +171,30 @@ def test_exit_codes_documented_alike():
         assert text in readme and text in run_help, text
 
 
-def test_plain_progress_lines_every_interval():
+def test_plain_progress_lines_every_interval(monkeypatch):
+    """The timer thread prints a line every interval while a step is slow (no update comes), and a last line at
+    the end. The test waits for the lines (two per step), never for a time; the lines' clock is faked
+    (cli_common's ``time.monotonic``: 12.5 s a step), so elapsed and left are exact however slow the machine."""
+    clock = [1000.0]
+    monkeypatch.setattr(cli_common, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     out = Console(file=open("/dev/null", "w"), record=True, width=200)
     progress = cli_common.PlainProgress(out, ("loss",), every_s=0.05)
+
+    def shown(prefix: str) -> int:
+        return sum(line.startswith(prefix) for line in out.export_text(clear=False).splitlines())
+
     with progress:
         task = progress.add_task("train", total=100, loss="")
         for step in range(1, 6):
+            clock[0] += 12.5
             progress.update(task, completed=step * 10, loss=f"loss {1 / step:.4f}")
-            time.sleep(0.06)
+            deadline = time.monotonic() + 10   # a bound for a hung timer thread, not a timing claim
+            while shown(f"train {step * 10}/100 ") < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert shown(f"train {step * 10}/100 ") >= 2, out.export_text(clear=False)
     lines = out.export_text().splitlines()
-    assert len(lines) >= 4, lines  # about one per 0.05 s, plus the last one
-    assert re.fullmatch(r"train 50/100 \(50%\) loss 0\.2000 \| 0:00 elapsed, about 0:0\d left", lines[-1]), lines[-1]
+    assert len(lines) >= 11, lines   # two (or more) per step while it lasted, plus the last one
+    assert lines[-1] == "train 50/100 (50%) loss 0.2000 | 1:02 elapsed, about 1:02 left", lines[-1]
 
 
 def test_train_in_a_log_prints_progress_lines(mvtec_dir, tmp_path, monkeypatch):

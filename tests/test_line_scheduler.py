@@ -29,6 +29,20 @@ def _sched(sink, faults=None, encoder=None, **kw):
                            encoder=encoder)
 
 
+IN_TIME_MS = 500   # delay_ms where a test's verdicts must be in time: submitted microseconds after capture, so only
+                   # a stall of the whole process for half a second in that window could make one late
+
+
+def wait_decided(s: RejectScheduler, seqs, timeout_s: float = 10.0) -> None:
+    """Wait until the gate has decided every part in ``seqs`` (``decision``); a wait on the scheduler's own record,
+    never a guess at how long its thread takes. Fails naming the parts still undecided after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(s.decision(seq) is None for seq in seqs) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert all(s.decision(seq) is not None for seq in seqs), \
+        f"parts {[q for q in seqs if s.decision(q) is None]} not decided within {timeout_s:g} s"
+
+
 def assert_handed_in_plan(sink: RecordingSink, dues: dict[int, float]) -> None:
     """Each pulse planned for its part's due time, and handed to the sink no earlier than DISPATCH_LEAD_S before
     it (never early). How late a loaded machine hands it in is measured, not asserted (report_timing)."""
@@ -44,7 +58,7 @@ def test_out_of_order_verdicts_fire_in_due_order_on_time():
     with _sched(sink) as s:
         run = replay(s, n=12, pitch_s=0.035, defective={0, 1, 2, 6, 7, 11}, delay_s=0.1,
                      latency_s=(0.001, 0.080), seed=7)
-        time.sleep(0.15)
+        assert s.wait_idle(10.0)   # every placed part decided and handed over (close() would abandon the rest)
     scheduled = check_submits(run, DISPATCH_LEAD_S)   # submit() returned before the cut-off / began after it
     assert [e.seq for _, e in sink.pulses] == scheduled and scheduled   # every scheduled part, in due order
     assert_handed_in_plan(sink, run.dues)
@@ -80,7 +94,8 @@ def test_each_captured_part_is_decided_at_its_own_due_time(policy):
     verdict -> fail_safe (reject: fired at its own due time; alarm: not fired, alarm), and a
     verdict after the due time never fires (not on this part, not on a neighbour)."""
     sink, faults = RecordingSink(), RecordingSink("fault")
-    with _sched(sink, faults, fail_safe=policy, delay_ms=80) as s:
+    delay_s = IN_TIME_MS / 1000.0
+    with _sched(sink, faults, fail_safe=policy, delay_ms=IN_TIME_MS) as s:
         t0 = time.monotonic()
         caps = {seq: t0 + 0.040 * seq for seq in range(5)}
         for seq, t in caps.items():
@@ -89,16 +104,16 @@ def test_each_captured_part_is_decided_at_its_own_due_time(policy):
         assert s.submit(_v(1, caps[1])) == SCHEDULED
         # seq 2 and 3: no verdict in time; seq 4: an OK verdict in time
         assert s.submit(_v(4, caps[4], ng=False)) == OK
-        time.sleep(caps[3] + 0.080 + 0.020 - time.monotonic())
-        assert s.submit(_v(3, caps[3])) == LATE        # NG, 20 ms after its part passed the gate
+        wait_decided(s, (2, 3))                          # both went by the gate without a verdict
+        assert s.submit(_v(3, caps[3])) == LATE        # NG, after its part passed the gate
         assert s.submit(_v(2, caps[2], ng=False)) == LATE
-        time.sleep(0.15)
+        assert s.wait_idle(10.0)                         # seq 4 (and 1) decided too before close()
         stats = s.stats()
     fired = {e.seq: (t, e) for t, e in sink.pulses}
     if policy == "reject":
         assert sorted(fired) == [1, 2, 3]
         assert [fired[q][1].uninspected for q in (1, 2, 3)] == [False, True, True]
-        assert_handed_in_plan(sink, {seq: caps[seq] + 0.080 for seq in fired})
+        assert_handed_in_plan(sink, {seq: caps[seq] + delay_s for seq in fired})
         assert stats["rejected_uninspected"] == 2 and stats["rejected_ng"] == 1 and stats["alarms"] == 0
     else:
         assert sorted(fired) == [1]
@@ -108,13 +123,13 @@ def test_each_captured_part_is_decided_at_its_own_due_time(policy):
 
 def test_min_gap_shifts_within_late_ms_and_never_fires_on_the_next_part():
     sink, faults = RecordingSink(), RecordingSink("fault")
-    with _sched(sink, faults) as s:
+    with _sched(sink, faults, delay_ms=IN_TIME_MS) as s:
         t = time.monotonic()
         assert s.submit(_v(1, t)) == SCHEDULED
         assert s.submit(_v(2, t + 0.005)) == SCHEDULED   # 5 ms apart < pulse 20 + gap 10: cannot fire
         assert s.submit(_v(3, t + 0.060)) == SCHEDULED   # 60 ms after: no conflict
         assert s.submit(_v(4, t + 0.085)) == SCHEDULED   # 25 ms after 3: shifted 5 ms (<= late_ms)
-        time.sleep(0.25)
+        assert s.wait_idle(10.0)
         stats = s.stats()
     events = {e.seq: e for _, e in sink.pulses}
     assert sorted(events) == [1, 3, 4] and stats["gap_missed"] == 1 and faults.faults[-1][0] is True
@@ -159,24 +174,37 @@ def test_sink_miss_holds_the_fault_output_until_the_sink_reconnects():
 
 
 def test_encoder_distance_fires_when_the_count_is_reached():
-    enc = FakeEncoder(counts_per_s=10_000)
-    sink = RecordingSink()
-    with _sched(sink, encoder=enc, encoder_distance=1200, delay_ms=0, fail_safe="reject") as s:
-        targets = {}
+    """Parts captured two at a time, their verdicts reversed; each NG part gets one pulse, in belt order, once the
+    belt reached its target count (capture count + encoder_distance) and never before. The test moves the belt
+    (``_TimedBelt``: 350 counts per step, at least 35 ms apart, as 10 000 counts/s) and waits until the gate has
+    decided each part that reached it before the next step, so every verdict is in time and no two parts reach
+    the gate in one poll however slow the machine; how soon after the count the gate fires is measured
+    (report_timing), not asserted."""
+    belt, sink = _TimedBelt(), RecordingSink()
+    with _sched(sink, encoder=belt, encoder_distance=1200, delay_ms=0, fail_safe="reject") as s:
+        gates, targets = {}, {}              # every part's target count; the NG parts'
+
+        def step() -> None:
+            belt.move_to(belt.n + 350)
+            wait_decided(s, [seq for seq, target in gates.items() if target <= belt.n])
+            time.sleep(0.035)                # the belt's pace: parts reach the gate apart, as on a line
+
         for pair in range(3):                # capture two parts, then their verdicts reversed
             for seq in (2 * pair, 2 * pair + 1):
-                c = s.note_capture(seq)
+                gates[seq] = s.note_capture(seq) + 1200
                 if seq % 2 == 0:
-                    targets[seq] = c + 1200
-                time.sleep(0.035)
+                    targets[seq] = gates[seq]
+                step()
             for seq in (2 * pair + 1, 2 * pair):
-                assert s.submit(_v(seq, 0.0, ng=seq in targets)) in (SCHEDULED, OK)
-        time.sleep(0.2)
-    dues = {seq: enc.time_of(t) for seq, t in targets.items()}   # when the belt reached each target count
+                assert s.submit(_v(seq, 0.0, ng=seq in targets)) == (SCHEDULED if seq in targets else OK)
+        while belt.n < max(gates.values()):  # the belt runs on until every part passed the gate
+            step()
+        assert s.wait_idle(10.0)
+    dues = {seq: belt.time_of(t) for seq, t in targets.items()}   # when the belt reached each target count
     assert [e.seq for _, e in sink.pulses] == sorted(targets)   # one pulse per NG part, in belt order
     # the gate fires once the count is reached, never before; how soon after is measured (encoder_poll_ms and
     # the machine's wake-up latency), not asserted: benchmarks, and report_timing below
-    assert all(e.t_due >= dues[e.seq] - 1e-9 and e.t_edge >= e.t_due for _, e in sink.pulses), sink.pulses
+    assert all(e.t_due >= dues[e.seq] and e.t_edge >= e.t_due for _, e in sink.pulses), sink.pulses
     report_timing("scheduler_encoder", [1000 * (e.t_due - dues[e.seq]) for _, e in sink.pulses])
 
 
@@ -201,9 +229,9 @@ def test_fanout_isolates_a_broken_sink():
 
     good = RecordingSink()
     fan = FanOut([Broken("broken"), good])
-    with _sched(fan, delay_ms=10) as s:
-        s.submit(_v(1, time.monotonic()))
-        time.sleep(0.08)
+    with _sched(fan, delay_ms=IN_TIME_MS) as s:
+        assert s.submit(_v(1, time.monotonic())) == SCHEDULED
+        assert s.wait_idle(10.0)
     assert len(good.pulses) == 1 and fan.errors == 1
     fan.close()
     fan.close()
@@ -271,6 +299,23 @@ class _Belt:
 
     def count(self) -> int:
         return self.n
+
+
+class _TimedBelt(_Belt):
+    """A ``_Belt`` that remembers when the test moved it (monotonic s), so a pulse can be checked against the
+    moment its part's target count was reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[tuple[float, int]] = [(time.monotonic(), 0)]
+
+    def move_to(self, n: int) -> None:
+        self.moves.append((time.monotonic(), n))   # stamped before the count changes: never after the gate saw it
+        self.n = n
+
+    def time_of(self, count: int) -> float:
+        """Monotonic s at which the belt first stood at ``count`` or beyond."""
+        return next(t for t, n in self.moves if n >= count)
 
 
 class _LinkSink(RecordingSink):

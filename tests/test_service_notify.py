@@ -20,8 +20,13 @@ from fair_edge.station.notify import ServiceNotifier, socket_address, watchdog_i
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd notify is Linux-only")
 
 
+SENT_AT = "X_SENT_AT"   # a field StampingNotifier adds: the sender's monotonic s just before the datagram went out
+
+
 class Receiver:
-    """A systemd stand-in: a bound AF_UNIX datagram socket collecting (monotonic time, {key: value}) messages."""
+    """A systemd stand-in: a bound AF_UNIX datagram socket collecting (monotonic time, {key: value}) messages. The
+    time is the sender's stamp (``SENT_AT``, taken off the message) when the datagram carries one, else when the
+    receiver read it (late by however long this thread waited for the CPU)."""
 
     def __init__(self, address) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -38,7 +43,12 @@ class Receiver:
                 data = self.sock.recv(4096)
             except socket.timeout:
                 continue
-            self.messages.append((time.monotonic(), dict(line.split("=", 1) for line in data.decode().split("\n"))))
+            self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        msg = dict(line.split("=", 1) for line in data.decode().split("\n"))
+        stamp = msg.pop(SENT_AT, None)
+        self.messages.append((time.monotonic() if stamp is None else float(stamp), msg))
 
     def keys(self) -> list[str]:
         return [key for _, msg in self.messages for key in msg]
@@ -47,9 +57,19 @@ class Receiver:
         return [t for t, msg in self.messages if key in msg]
 
     def close(self) -> None:
-        time.sleep(0.1)  # let the last datagrams in
+        """Stop the reader, then take every datagram still queued: a datagram sent before this call is already in
+        the socket's queue (a local datagram socket hands it over in sendto), so none is lost however late this
+        thread ran. Safe to call twice."""
         self._stop.set()
-        self._thread.join(2)
+        self._thread.join(10)
+        if self.sock.fileno() == -1:
+            return
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self._keep(self.sock.recv(4096))
+            except BlockingIOError:
+                break
         self.sock.close()
 
 
@@ -130,50 +150,78 @@ def test_a_vanished_socket_is_counted_never_raised(tmp_path):
     notifier.close()
 
 
+class StampingNotifier(ServiceNotifier):
+    """A notifier whose datagrams carry the monotonic time they were sent (``SENT_AT``): the receiver's clock says
+    when its thread got to read them, which on a loaded machine can be long after."""
+
+    def send(self, **fields: object) -> bool:
+        return super().send(**fields, **{SENT_AT: repr(time.monotonic())})
+
+
 class StallingScorer:
-    """A frame scorer whose inference blocks while ``stall`` is set (a hung GPU call, a dead lock)."""
+    """A frame scorer whose inference blocks while ``stall`` is set (a hung GPU call, a dead lock). ``stalled`` is
+    set, and ``t_stalled`` stamped (monotonic s), as a call begins to block."""
 
     reason, graph_threshold = "test: stalls on demand", None
 
     def __init__(self) -> None:
-        self.stall, self.released, self.calls = threading.Event(), threading.Event(), 0
+        self.stall, self.released, self.stalled, self.calls = threading.Event(), threading.Event(), threading.Event(), 0
+        self.t_stalled: float | None = None
 
     def infer_frames(self, frames):
         self.calls += 1
         if self.stall.is_set():
+            self.t_stalled = time.monotonic()
+            self.stalled.set()
             self.released.wait(10)
         n = len(frames)
         return np.zeros((n, 4, 4), np.float32), np.zeros(n, np.float32)
 
 
 def test_a_stalled_inspection_loop_stops_sending_watchdog(path_receiver):
+    """Pings while the loop runs, none while it is stuck in inference (from the moment the scorer blocks to its
+    release, by the sender's own stamps), pings again after. The test waits for each of those on what happened
+    (pings received, the scorer blocked), never on how long a loaded machine takes; the stall itself lasts
+    at least 30 watchdog intervals, where systemd would have killed the service."""
     rx, path = path_receiver
     scorer = StallingScorer()
     frame = np.full((32, 32, 3), 128, np.uint8)
     capture = CaptureThread(LineSource([frame], fps=200, loop=True), CaptureSettings(queue_size=4, full_policy="drop_oldest"))
     stop = threading.Event()
-    with capture, ServiceNotifier(path, watchdog_s=0.02) as notifier:
+    with capture, StampingNotifier(path, watchdog_s=0.02) as notifier:
         inspector = Inspector(capture, scorer, 0.5)
         loop = threading.Thread(target=inspector.run, args=(stop,), kwargs={"on_iteration": notifier.alive})
         loop.start()
-        time.sleep(0.4)
-        stall_at = time.monotonic()
-        scorer.stall.set()
-        time.sleep(0.6)                       # systemd would kill us here: no pings for 30 x the interval
-        resume_at = time.monotonic()
-        scorer.released.set()
-        scorer.stall.clear()
-        time.sleep(0.3)
-        stop.set()
-        loop.join(5)
+        try:
+            assert wait_until(lambda: len(rx.times("WATCHDOG")) >= 5), rx.keys()
+            scorer.stall.set()
+            assert scorer.stalled.wait(10), "the inspection loop never reached the stalled inference"
+            time.sleep(0.6)                   # systemd would kill us here: no pings for 30 x the interval
+            scorer.stall.clear()              # before the release: the loop's next inference does not block
+            resume_at = time.monotonic()
+            scorer.released.set()
+            assert wait_until(lambda: len([t for t in rx.times("WATCHDOG") if t > resume_at]) >= 3), rx.keys()
+        finally:
+            scorer.released.set()
+            stop.set()
+            loop.join(5)
     rx.close()
-    pings = rx.times("WATCHDOG")
-    before = [t for t in pings if t < stall_at]
-    during = [t for t in pings if stall_at + 0.05 < t < resume_at]  # one ping may be in flight as it stalls
+    pings, stalled_at = rx.times("WATCHDOG"), scorer.t_stalled
+    before = [t for t in pings if t < stalled_at]
+    during = [t for t in pings if stalled_at <= t <= resume_at]   # sent while the loop's thread was blocked
     after = [t for t in pings if t > resume_at]
     print(f"pings before {len(before)}, during the stall {len(during)}, after {len(after)}")
     assert len(before) >= 5 and during == [] and len(after) >= 3
     assert rx.keys()[0] == "READY" and "STOPPING" in rx.keys()
+
+
+def wait_until(cond, timeout_s: float = 10.0) -> bool:
+    """Poll ``cond()`` every 10 ms until it is true or ``timeout_s`` passed (a bound for a hung test, never a
+    timing claim); returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(cond())
 
 
 def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles, conveyor_dir, tmp_path, monkeypatch):
