@@ -217,7 +217,7 @@ def test_a_threshold_is_refused_while_a_loaded_bundle_waits_for_its_first_part(t
     console.attach(inspector, None, None, None, None)
     console.actions.swap(str(tmp_path / "b1"), "ann")
     assert console.actions.swap_status["state"] == "done"
-    with pytest.raises(SwapBusy, match=r"a new bundle \(model m-new\) waits for the next part; tune and apply"):
+    with pytest.raises(SwapBusy, match=r"a new bundle \(model m-new\) waits to be taken \(at the next part, .*\); tune and apply"):
         console.actions.apply_threshold(2.5, "bob", True)
     assert inspector.switch.pending == loaded
     assert [e["action"] for e in console.actions.audit.read()] == ["swap"]
@@ -233,7 +233,7 @@ def test_a_threshold_for_one_camera_is_refused_while_its_own_bundle_waits_only(t
     links = StationLinks(camera_bundles=lambda f: named_bundles(tmp_path))
     console, views = cell_console(tmp_path, links)
     views["a"].switch.request(change(tmp_path / "a2", 0.1, model="m-a2"))
-    with pytest.raises(SwapBusy, match=r"model m-a2\) waits for the next part on camera a"):
+    with pytest.raises(SwapBusy, match=r"model m-a2\) waits to be taken on camera a"):
         console.actions.apply_threshold(4.0, "ann", True, camera="a")
     console.actions.apply_threshold(8.0, "ann", True, camera="b")
     assert views["b"].switch.take().threshold == 8.0 and views["a"].switch.take().model == "m-a2"

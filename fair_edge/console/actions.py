@@ -306,8 +306,9 @@ class StationActions:
         pending = decider.switch.pending
         if pending is not None and pending.scorer is not None:
             where = f" on camera {camera}" if camera else ""
-            raise SwapBusy(f"a new bundle (model {pending.model}) waits for the next part{where}; tune and apply the "
-                           "threshold once it runs (the threshold was not changed)")
+            raise SwapBusy(f"a new bundle (model {pending.model}) waits to be taken{where} (at the next part, or "
+                           "within about 50 ms on a line at rest); tune and apply the threshold once it runs (the "
+                           "threshold was not changed)")
 
     def _decider(self, camera: str):
         """What decides ``camera``'s views (threshold, model, switch): the inspector's camera view, or with one

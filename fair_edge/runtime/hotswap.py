@@ -9,8 +9,8 @@ that decided it (``Verdict.model``).
 
 Closing: a model's backend and its pre-processing (``runtime.backends.close_scorer``) are closed only when nothing
 can run it any more. A request that replaces a change still waiting does not close that change's scorer: in a cell the cameras of one
-bundle share one scorer, and another camera's pending change may hold it (changes are taken only when a batch
-arrives). The replaced scorer waits in its switch (``parked``, ``take_replaced``) until the loop, which sees every
+bundle share one scorer, and another camera's pending change may hold it (changes are taken when a batch arrives,
+or on the next idle loop iteration while the line is at rest). The replaced scorer waits in its switch (``parked``, ``take_replaced``) until the loop, which sees every
 camera's switch, retires the scorers that no camera runs and no pending change holds (``retire_unused``): at the
 next batch, or on the next idle loop iteration while the line is at rest.
 

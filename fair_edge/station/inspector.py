@@ -463,6 +463,11 @@ class Inspector:
         if done:
             retire_unused(done, self._in_use())
 
+    def _pending(self) -> bool:
+        """Whether a camera's switch holds a change not yet taken (read as a plain attribute, as ``_parked``): on a
+        line at rest the loop takes it at once, so a swapped bundle or an applied threshold never waits for a part."""
+        return any(d.switch.pending is not None for d in self._deciders())
+
     def _parked(self) -> bool:
         """Whether a camera's switch holds scorers of changes replaced before they ran (``ModelSwitch.parked``, read
         as a plain attribute: an idle iteration calls nothing of the swap's module unless there is something)."""
@@ -491,6 +496,8 @@ class Inspector:
                 if batch:
                     self.apply_switch()
                     self.inspect(batch)
+                elif self._pending():   # the line at rest: a swap or threshold takes effect now, not at the next part
+                    self.apply_switch()
                 elif self._parked():   # the line at rest: swaps replaced while no frame came close now, not later
                     self.retire_replaced()
                 if self._consecutive_errors >= self.settings.max_consecutive_errors:
