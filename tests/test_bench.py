@@ -105,3 +105,11 @@ def test_bench_settings_refuse_what_ran_forever_or_overflowed(changes, named):
         BenchSettings(**changes)
     BenchSettings(seconds=86_400, warmup_s=86_400, torch_threads=1024, queue_size=1_000_000)
 
+
+
+def test_loop_batches_above_the_stations_limit_are_refused_before_any_row_is_timed():
+    """--batches 1,16,512 timed every earlier row, then failed at 512 (LoopSettings caps max_batch at 256), naming
+    --max-batch; the compute mode, which runs no loop, still takes it."""
+    with pytest.raises(ConfigError, match=r"--batches: the loop mode .* at most 256 frames per call.*found 512"):
+        BenchSettings(batches=(1, 16, 512))
+    assert BenchSettings(batches=(1, 512), mode="compute").batches == (1, 512)

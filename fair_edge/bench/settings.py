@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fair_edge.runtime.selection import BACKEND_NAMES
+from fair_edge.station.inspector import MAX_BATCH
 from fair_edge.errors import ConfigError, did_you_mean
 
 MODES = ("loop", "compute", "both", "stages", "cameras")
@@ -98,6 +99,10 @@ class BenchSettings:
         _choose(self.mode, MODES, "--mode")
         if not self.batches or min(self.batches) < 1:
             raise ConfigError(f"--batches must hold integers >= 1; found {self.batches}.")
+        if "loop" in self.modes and max(self.batches) > MAX_BATCH:   # the station's loop takes at most that many
+            raise ConfigError(f"--batches: the loop mode runs the station's loop, which takes at most {MAX_BATCH} "
+                              f"frames per call (batching.max_batch); found {max(self.batches)}. Use --mode compute "
+                              f"to time larger batches, or sizes up to {MAX_BATCH}.")
         if not self.cameras or min(self.cameras) < 1 or self.rounds < 1:
             raise ConfigError(f"--cameras must hold integers >= 1 and --rounds be >= 1; found {self.cameras}, "
                               f"{self.rounds}.")
