@@ -1,9 +1,11 @@
 """Image files -> frames: the one decoder every reader of an image file uses (training, eval, build, the station's
 folder replay; ground-truth, ROI and zone masks through ``decode_file``), so a file gives the same pixels on every
-path and a bad file is a DataError naming it, never an OpenCV exception."""
+path and a bad file is a DataError naming it, never an OpenCV exception; and the one PNG writer (``write_png``: whole
+or not at all, any file name)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -62,3 +64,23 @@ def read_image(path: str | Path) -> np.ndarray:
     elif image.shape[2] == 4:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as the PNG ``path`` in full or not at all: encoded by OpenCV,
+    written by Python to ``PATH.tmp`` (any name Python can open: OpenCV's own writer crashes on a name that is not
+    UTF-8) and renamed over ``path``, so an earlier file of that name stays whole until the new one is complete.
+    Missing parent folders are made. Raises DataError naming the file when it cannot be encoded or written."""
+    path = Path(path)
+    ok, data = cv2.imencode(".png", image)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if not ok:
+            raise OSError(f"OpenCV could not encode the image ({image.shape} {image.dtype}) as PNG")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data.tobytes())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); expected a writable "
+                        "folder with free space; an earlier file of that name is left as it was") from None

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
+from fair_edge.images import write_png
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of each axis span
@@ -93,22 +94,6 @@ def _write_png(path: str | Path, canvas: np.ndarray) -> Path:
         raise ConfigError(f"plot files are PNG; expected a path ending in .png, found {str(path)!r}.")
     write_png(path, canvas)
     return path
-
-
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write ``image`` ((H, W, 3) or (H, W) uint8) as a PNG file, creating missing parent folders. Encoded by
-    OpenCV, written by Python: any file name Python can open works (OpenCV's own writer crashes on a name
-    that is not UTF-8). Raises DataError naming the file when it cannot be encoded or written."""
-    path = Path(path)
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise DataError(f"OpenCV could not encode a PNG for {path} (image {image.shape} {image.dtype}).")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.tobytes())
-    except OSError as exc:
-        raise DataError(f"could not write {path}: {exc}; check that the folder is writable and the disk has "
-                        "room.") from exc
 
 
 # ---------------------------------------------------------------- line plots

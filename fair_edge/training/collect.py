@@ -22,7 +22,6 @@ by a new copy written in full, and kept (and counted as kept) when the part's im
 
 from __future__ import annotations
 
-import os
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
+from fair_edge.images import write_png
 
 SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
 # review label -> folder of the exported dataset
@@ -100,22 +100,6 @@ class Collector:
     def _count(self, what: str) -> str:
         self.counts[what] += 1
         return what
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write ``image`` as the PNG ``path`` in full or not at all: encoded, written to ``PATH.tmp`` and renamed
-    over ``path``, so an earlier file of that name stays whole until the new one is complete."""
-    ok, data = cv2.imencode(".png", image)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if not ok:
-            raise OSError("OpenCV could not encode the image as PNG")
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); expected a writable "
-                        "folder with free space; an earlier file of that name is left as it was") from None
 
 
 def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:

@@ -31,6 +31,7 @@ from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optimal_threshold, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
+from fair_edge.images import write_png
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
@@ -362,7 +363,7 @@ def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int)
             panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
                                         [*heatmap_lines(sample, scored.scores[i], threshold), *why],
                                         threshold=mark, mask=scored.masks[i] if known else None)
-            plots.write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
+            write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
 
 
 def heatmap_lines(sample: Sample, score: float, threshold: float | None) -> list[str]:
