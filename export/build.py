@@ -193,15 +193,23 @@ def apply_umask(root: Path, linked: bool = True) -> None:
 
 
 def move_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder, given the umask's modes."""
+    """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder, given the umask's modes. The
+    previous bundle is renamed aside first; when the move fails it is put back and the OSError raised (``out`` as it
+    was). A previous bundle that cannot be removed once the new one is in place is a warning naming it."""
     apply_umask(staging)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
         os.replace(out, old)
-    os.replace(staging, out)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
-        shutil.rmtree(old)
+        shutil.rmtree(old, onerror=lambda _f, path, exc_info: log.warning(
+            "%s is in place, but its previous version could not be removed (%s): delete %s", out, exc_info[1], old))
 
 
 def named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeError:

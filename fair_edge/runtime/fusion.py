@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,21 +237,13 @@ def _os_error(exc: OSError) -> str:
 
 def _replace_out(staging: Path, out: Path) -> None:
     """Move the finished ``staging`` folder to ``out`` (``export.build.move_into_place``: the previous fused bundle
-    there is renamed aside, then removed). BundleError naming ``out`` where the move fails, with the previous bundle
-    put back when it had been moved aside; a previous bundle that cannot be removed once the new one is in place is
-    a warning naming it."""
+    there is renamed aside, put back if the move fails, else removed). BundleError naming ``out`` where the move
+    fails."""
     from fair_edge.export.build import discard_staging, move_into_place
 
-    aside = out.parent / f".{out.name}.replaced-{os.getpid()}"   # where move_into_place puts the previous one
     try:
         move_into_place(staging, out)
     except OSError as exc:
-        if not staging.exists():   # the new bundle is in place; only removing the previous one failed
-            log.warning("the fused bundle is in place at %s, but its previous one could not be removed (%s): "
-                        "delete %s", out, _os_error(exc), aside)
-            return
-        if not out.exists() and aside.exists():
-            os.replace(aside, out)
         discard_staging(staging)
         raise BundleError(f"--out {out}: cannot move the fused bundle into place ({_os_error(exc)}); {out} is left "
                           "as it was. Make its folder writable by this account, then `fair-edge fuse` again.") from exc
