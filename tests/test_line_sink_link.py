@@ -1,6 +1,9 @@
 """A reject sink's link that goes down while no pulse is due raises the fault output (audit: an idle worker never
-touched its link, so a PLC that went away was found only when the first NG part's pulse failed at the gate).
-Phases follow the fake output's own calls (probes, opens, writes), never timers: order, not speed."""
+touched its link, so a PLC that went away was found only when the first NG part's pulse failed at the gate), and
+only when the link cannot be re-established: one failed write or probe that the reconnect gets past holds no fault
+(audit: a single Modbus timeout flashed the fault output, which may stop the line).
+Phases follow the fake output's own calls (probes, opens, writes) and the sink's reports, never timers: order, not
+speed."""
 
 import threading
 import time
@@ -21,40 +24,60 @@ FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05, "probe_s": PROBE_S}
 
 
 class LinkOutput:
-    """A PLC output whose link the test cuts and restores. Counts every probe, open and write; a probe or write
-    counted after ``cut()`` fails (the count and the check are one step under the lock, so which probe was the
-    first after the cut is exact)."""
+    """A PLC output whose link the test cuts, mutes and restores. Counts every probe, open and write; a call counted
+    after ``cut()`` fails (the count and the check are one step under the lock, so which probe was the first after
+    the cut is exact). ``mute()``: connects succeed, writes and probes fail (a PLC whose TCP stack answers and whose
+    application does not). ``glitch(op)``: the next ``op`` ("set" or "probe") fails once (one Modbus timeout).
+    ``trace`` lists each call (``open``, ``set``, ``probe``; ``:fail`` when it failed) and each report the
+    ``Listener`` got (``report:KIND``), in the order they happened."""
 
     def __init__(self, up: bool = True) -> None:
         self.cond = threading.Condition()
         self.up = up
-        self.probes = self.failed_opens = 0
+        self.muted = False
+        self.glitches: set[str] = set()
+        self.probes = self.opens = self.failed_opens = 0
         self.writes: list[bool] = []
+        self.trace: list[str] = []
 
-    def _check(self, what: str) -> None:
-        if not self.up:
-            raise PlcError(f"fake plc: {what} failed: link cut")
+    def _call(self, op: str, fails: bool) -> None:
+        """Record ``op`` (under the lock) and raise the link failure when it ``fails``."""
+        self.trace.append(f"{op}:fail" if fails else op)
+        self.cond.notify_all()
+        if fails:
+            raise PlcError(f"fake plc: {op} failed: link cut")
+
+    def _fails(self, op: str) -> bool:
+        if op in self.glitches:
+            self.glitches.discard(op)
+            return True
+        return not self.up or self.muted
 
     def open(self) -> None:
         with self.cond:
+            self.opens += 1
             self.failed_opens += not self.up
-            self.cond.notify_all()
-            self._check("connect")
+            self._call("open", not self.up)
 
     def set(self, on: bool) -> None:
         with self.cond:
-            self._check("write")
-            self.writes.append(on)
-            self.cond.notify_all()
+            fails = self._fails("set")
+            if not fails:
+                self.writes.append(on)
+            self._call("set", fails)
 
     def probe(self) -> None:
         with self.cond:
             self.probes += 1
-            self.cond.notify_all()
-            self._check("read")
+            self._call("probe", self._fails("probe"))
 
     def close(self) -> None:
         pass
+
+    def note(self, entry: str) -> None:
+        with self.cond:
+            self.trace.append(entry)
+            self.cond.notify_all()
 
     def cut(self) -> int:
         """Cut the link; returns how many probes were made before the cut."""
@@ -62,27 +85,50 @@ class LinkOutput:
             self.up = False
             return self.probes
 
+    def mute(self) -> None:
+        with self.cond:
+            self.muted = True
+
+    def glitch(self, op: str) -> int:
+        """The next ``op`` fails once; returns how many probes were made before."""
+        with self.cond:
+            self.glitches.add(op)
+            return self.probes
+
     def restore(self) -> None:
         with self.cond:
-            self.up = True
+            self.up, self.muted = True, False
 
     def wait(self, cond) -> bool:
         with self.cond:
             return self.cond.wait_for(lambda: cond(self), WAIT_S)
 
+    def before(self, entry: str) -> list[str]:
+        """The trace before the first ``entry`` (a copy)."""
+        with self.cond:
+            return self.trace[:self.trace.index(entry)] if entry in self.trace else []
+
+    def after(self, entry: str) -> list[str]:
+        """The trace after the first ``entry`` (a copy)."""
+        with self.cond:
+            return self.trace[self.trace.index(entry) + 1:] if entry in self.trace else []
+
 
 class Listener:
-    """The sink's reporter: hands each report to the scheduler (once there is one), then keeps its kind, so a test
-    that saw a kind knows the scheduler has acted on it."""
+    """The sink's reporter: hands each report to the scheduler (once there is one), then keeps its kind (and notes it
+    in the output's trace), so a test that saw a kind knows the scheduler has acted on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: LinkOutput | None = None) -> None:
         self.kinds: list[str] = []
         self.cond = threading.Condition()
         self.scheduler: RejectScheduler | None = None
+        self.out = out
 
     def __call__(self, report) -> None:
         if self.scheduler is not None:
             self.scheduler.handle_report(report)
+        if self.out is not None:
+            self.out.note(f"report:{report.kind}")
         with self.cond:
             self.kinds.append(report.kind)
             self.cond.notify_all()
@@ -92,32 +138,52 @@ class Listener:
             return self.cond.wait_for(lambda: kind in self.kinds, WAIT_S)
 
 
-def _gate(sink: WorkerSink, listener: Listener, faults: RecordingSink) -> RejectScheduler:
-    sched = RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=sink, fault_sinks=faults)
+def _station(out: LinkOutput, listener: Listener, faults: RecordingSink, pulse_ms: float = 20,
+             **fast: float) -> tuple[RejectScheduler, WorkerSink]:
+    """The scheduler first (its reject fan-out still empty), then the sink on ``out``: every report the sink makes,
+    its first connect's included, reaches the scheduler, however long building the scheduler takes (order, not
+    speed). The caller closes both."""
+    fan = FanOut([], "rejects")
+    sched = RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=fan, fault_sinks=faults)
     listener.scheduler = sched
-    return sched
+    sink = WorkerSink("plc", out, pulse_ms=pulse_ms, reporter=listener, **{**FAST, **fast})
+    fan.sinks.append(sink)
+    return sched, sink
+
+
+def _in_order(trace: list[str], *entries: str) -> bool:
+    """Whether ``entries`` occur in ``trace`` in this order (the first occurrence of each, after the previous)."""
+    at = -1
+    for entry in entries:
+        if entry not in trace[at + 1:]:
+            return False
+        at = trace.index(entry, at + 1)
+    return True
 
 
 def test_a_link_cut_while_idle_raises_the_fault_output_before_any_pulse_and_reconnect_clears_it():
-    """No pulse is due: the first probe after the cut finds the link down, the fault output goes on naming the sink
-    (one ``link_down`` however many reconnects fail), and drops when the sink reports ``reconnected``."""
-    out, listener, faults = LinkOutput(), Listener(), RecordingSink("fault")
-    sink = WorkerSink("plc", out, pulse_ms=20, reporter=listener, **FAST)
+    """No pulse is due: the first probe after the cut finds the link failing, the reconnect that follows fails and
+    reports ``link_down`` (a PLC gone: found within about probe period + probe timeout + one connect timeout); the
+    fault output goes on naming the sink (one ``link_down`` however many reconnects fail), and drops when the sink
+    reports ``reconnected``."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    sched, sink = _station(out, listener, faults)
     try:
-        assert sink.wait_connected(WAIT_S)
-        with _gate(sink, listener, faults) as sched:
+        with sched:
             assert out.wait(lambda o: o.probes >= 2)          # idle, connected, probed: all well
             assert faults.faults == [] and sched.fault_reason is None and listener.kinds == []
             writes_before = list(out.writes)
             probes_at_cut = out.cut()
             assert listener.wait_for("link_down"), listener.kinds
-            assert out.probes == probes_at_cut + 1             # found by the first probe after the cut
-            active, reason = faults.faults[-1]
+            assert out.probes == probes_at_cut + 1             # found by the first probe after the cut ...
+            assert _in_order(out.trace, "probe:fail", "report:io_error", "open:fail", "report:link_down"), out.trace
+            active, reason = faults.faults[-1]                 # ... and reported by the reconnect that failed
             assert active and reason.startswith("plc: link down since ") and reason.endswith(", reconnecting")
             assert sched.fault_reason == reason
             assert out.wait(lambda o: o.failed_opens >= 3)    # reconnect retried ...
             assert listener.kinds.count("link_down") == 1     # ... and reported once per outage
-            assert faults.faults[-1][0] is True and out.writes == writes_before   # the probe never wrote
+            assert faults.faults == [(True, reason)] and out.writes == writes_before   # the probe never wrote
             out.restore()
             assert listener.wait_for("reconnected"), listener.kinds
             assert faults.faults[-1] == (False, "cleared") and sched.fault_reason is None
@@ -131,11 +197,12 @@ def test_a_link_cut_while_idle_raises_the_fault_output_before_any_pulse_and_reco
 
 def test_a_first_connect_that_fails_at_start_is_reported_link_down_then_reconnected():
     """The PLC is unreachable when the station starts: the fault output is on before any pulse is due, and drops
-    when the first connect succeeds."""
+    when the first connect succeeds. (The scheduler exists before the sink's first connect: the test does not
+    depend on how long building it takes.)"""
     out, listener, faults = LinkOutput(up=False), Listener(), RecordingSink("fault")
-    sink = WorkerSink("plc", out, pulse_ms=20, reporter=listener, **FAST)
+    sched, sink = _station(out, listener, faults)
     try:
-        with _gate(sink, listener, faults) as sched:
+        with sched:
             assert out.wait(lambda o: o.failed_opens >= 3)
             assert listener.wait_for("link_down"), listener.kinds
             assert listener.kinds.count("link_down") == 1 and not sink.connected
@@ -151,10 +218,10 @@ def test_an_acknowledge_does_not_clear_a_link_that_is_still_down_and_a_miss_is_s
     """The link goes down while idle, then a pulse is due: it is reported missed (never replayed) beside the link
     fault; the operator's acknowledge clears neither while the link is down; the reconnect clears both."""
     out, listener, faults = LinkOutput(), Listener(), RecordingSink("fault")
-    sink = WorkerSink("plc", out, pulse_ms=5, reporter=listener, **FAST)
+    sched, sink = _station(out, listener, faults, pulse_ms=5)
     try:
-        assert sink.wait_connected(WAIT_S)
-        with _gate(sink, listener, faults) as sched:
+        with sched:
+            assert out.wait(lambda o: o.probes >= 1)          # connected, resting level written
             out.cut()
             assert listener.wait_for("link_down"), listener.kinds
             now = time.monotonic()
@@ -170,6 +237,104 @@ def test_an_acknowledge_does_not_clear_a_link_that_is_still_down_and_a_miss_is_s
     finally:
         sink.close()
 
+
+def test_one_failed_probe_that_the_reconnect_gets_past_raises_no_link_down_and_no_fault():
+    """Audit: one probe times out (a single Modbus timeout); the worker reconnects at once, rewrites the resting level
+    and the next probes are answered. That is an ``io_error`` (counted), not a link that went down: the fault output
+    never goes on (where it stops the line, one timeout stopped it)."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    sched, sink = _station(out, listener, faults)
+    try:
+        with sched:
+            assert out.wait(lambda o: o.probes >= 2)
+            at = out.glitch("probe")
+            assert out.wait(lambda o: o.probes >= at + 3), out.trace   # the failed probe, then two answered ones
+            assert _in_order(out.after("probe:fail"), "report:io_error", "open", "set", "probe", "probe"), out.trace
+            assert "link_down" not in listener.kinds, listener.kinds
+            assert faults.faults == [] and sched.fault_reason is None
+            stats, sink_stats = sched.stats(), sink.stats()
+        assert (sink_stats["io_errors"], sink_stats["link_downs"]) == (1, 0)
+        assert (stats["sink_errors"], stats["sink_link_downs"], stats["alarms"]) == (1, 0, 0)
+    finally:
+        sink.close()
+
+
+def test_one_failed_pulse_write_that_the_reconnect_gets_past_delivers_the_pulse_without_a_fault():
+    """Audit: the rising edge's write fails once (a timeout); the worker reconnects within ~3 ms and writes the pulse
+    by its deadline. Delivered, one ``io_error``, no ``link_down``, and the fault output never flashes."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    sched, sink = _station(out, listener, faults, probe_s=1000.0)   # no probe: the write is the only check
+    try:
+        with sched:
+            assert out.wait(lambda o: o.writes == [False])   # connected, resting level written
+            out.glitch("set")
+            now = time.monotonic()
+            sink.pulse(RejectEvent(seq=3, t_due=now, t_edge=now, deadline=now + WAIT_S))
+            assert listener.wait_for("delivered"), listener.kinds
+            assert _in_order(out.after("set:fail"), "report:io_error", "open", "set", "set", "report:delivered")
+            assert out.writes == [False, True, False]
+            assert "link_down" not in listener.kinds and "missed" not in listener.kinds, listener.kinds
+            assert faults.faults == [] and sched.fault_reason is None
+            sink_stats = sink.stats()
+        assert (sink_stats["delivered"], sink_stats["io_errors"], sink_stats["link_downs"]) == (1, 1, 0)
+    finally:
+        sink.close()
+
+
+def test_a_pulse_write_that_fails_and_a_reconnect_that_fails_report_link_down_once_after_the_failed_connect():
+    """The PLC went away and a pulse is due: the write fails (no ``link_down`` yet: it may be a glitch), the reconnect
+    fails: ``link_down`` once (however many reconnects fail meanwhile), the pulse unconfirmed (its write went out
+    without a reply), the fault output held."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    sched, sink = _station(out, listener, faults, probe_s=1000.0)
+    try:
+        with sched:
+            assert out.wait(lambda o: o.writes == [False])
+            out.cut()
+            now = time.monotonic()
+            sink.pulse(RejectEvent(seq=4, t_due=now, t_edge=now, deadline=now + 0.05))
+            assert listener.wait_for("unconfirmed"), listener.kinds
+            assert _in_order(out.trace, "set:fail", "report:io_error", "open:fail", "report:link_down"), out.trace
+            assert out.wait(lambda o: o.failed_opens >= 3)
+            assert listener.kinds.count("link_down") == 1 and "reconnected" not in listener.kinds, listener.kinds
+            assert faults.faults[-1][0] is True and "plc: link down since" in sched.fault_reason
+    finally:
+        sink.close()
+
+
+def test_two_link_failures_in_a_row_with_successful_reconnects_report_link_down_and_hold_it_until_answered():
+    """A PLC whose TCP stack accepts connects while its application answers nothing: the probe fails, the reconnect
+    succeeds, the resting level's write fails again: ``link_down`` (the second failure in a row). Reconnects that
+    succeed while writes still fail do not report ``reconnected``: the fault output stays on, one change, no flash;
+    the first write answered again reports ``reconnected`` and the fault clears."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    sched, sink = _station(out, listener, faults)
+    try:
+        with sched:
+            assert out.wait(lambda o: o.probes >= 2)
+            out.mute()
+            assert listener.wait_for("link_down"), listener.kinds
+            assert _in_order(out.trace, "probe:fail", "report:io_error", "open", "set:fail", "report:io_error",
+                             "report:link_down"), out.trace
+            first = out.before("report:link_down")
+            assert first.count("probe:fail") == 1 and first.count("set:fail") == 1, out.trace   # the second failure
+            reason = sched.fault_reason
+            assert reason is not None and reason.startswith("plc: link down since ")
+            assert out.wait(lambda o: o.after("report:link_down").count("open") >= 3), out.trace   # connects ok ...
+            assert out.after("report:link_down").count("set:fail") >= 2, out.trace                # ... writes fail
+            assert "reconnected" not in listener.kinds[listener.kinds.index("link_down"):], listener.kinds
+            assert listener.kinds.count("link_down") == 1 and faults.faults == [(True, reason)], faults.faults
+            out.restore()
+            assert out.wait(lambda o: "report:reconnected" in o.after("report:link_down")), out.trace
+            assert faults.faults == [(True, reason), (False, "cleared")] and sched.fault_reason is None
+            stats, sink_stats = sched.stats(), sink.stats()
+        assert sink_stats["link_downs"] == 1 and stats["sink_link_downs"] == 1 and stats["alarms"] == 0
+    finally:
+        sink.close()
 
 
 def test_a_link_down_reported_while_the_scheduler_still_opens_its_sinks_reaches_the_fault_output(monkeypatch):

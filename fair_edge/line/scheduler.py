@@ -45,9 +45,10 @@ no reply by its deadline is counted ``sink_unconfirmed`` instead (the PLC may ha
 part: it is not claimed missed), with the same fault output and alarm: nobody knows the part was
 rejected. A ``stuck`` report (falling edge not written: the output may be left on) holds the fault
 output until that sink reports ``released`` (its resting level written again); an acknowledge does
-not clear it. A ``link_down`` report (the sink's link failed on a write or on an idle probe, or its
-first connect failed: a PLC that went away is found within about ``sinks.base.PROBE_S`` plus the driver's
-timeout, before any pulse is due) holds the fault output, naming the sink and since when, until that sink
+not clear it. A ``link_down`` report (the sink's link cannot be re-established: a connect failed, or a write /
+probe failed twice in a row though the reconnect between succeeded; a single failure the reconnect gets past is
+only an ``io_error``; a PLC that went away is found within about ``sinks.base.PROBE_S`` + the probe's timeout + one
+connect timeout, before any pulse is due) holds the fault output, naming the sink and since when, until that sink
 reports ``reconnected``; counted ``sink_link_downs``, no alarm latched, an acknowledge does not clear it.
 More than ``max_pending`` parts between camera and gate: the new part is refused, counted, and alarmed.
 

@@ -8,8 +8,14 @@ dead PLC cannot stall the scheduler or the inspection loop. Edges are timed with
 scheduler uses too.
 
 An idle, connected output is probed about every ``PROBE_S`` (``Output.probe``: a read, never a write), so a PLC
-that went away is reported ``link_down`` within about ``PROBE_S`` plus the driver's timeout, not first when an NG
-part's pulse fails at the gate.
+that went away is found while no part is on its way, not first when an NG part's pulse fails at the gate.
+``link_down`` (the station's fault output) is reported when the link cannot be re-established: a connect that
+fails (the first at start, or the first after the link dropped), or a second link failure (write or probe) in a
+row whose reconnect in between succeeded (a PLC whose TCP stack answers and whose application does not). One
+failed write or probe that the reconnect and the next write or probe get past (a single Modbus timeout) is an
+``io_error`` only: the fault output does not flash. A PLC that went away is reported within about ``PROBE_S`` +
+the probe's timeout + one connect timeout; one whose application stopped, about ``PROBE_S`` + the probe's timeout
++ a connect + the resting level's write timeout.
 """
 
 from __future__ import annotations
@@ -66,9 +72,10 @@ class SinkReport:
     deadline: no write went out, or the device refused it), ``unconfirmed`` (a write went out but no
     reply came by the deadline: the PLC may or may not have acted on it; never replayed either),
     ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``link_down`` (the link failed, on a write or an idle probe, or the first
-    connect after start failed: once per outage), ``reconnected`` (the link is up again after an
-    outage), ``stuck`` (falling edge not written: the output may
+    ``dropped`` (queue full), ``link_down`` (the link cannot be re-established: a connect failed, or a
+    write / probe failed twice in a row with a successful reconnect between; once per outage),
+    ``reconnected`` (the link is up again after a link failure; after a ``link_down``, once a write or
+    probe is answered again), ``stuck`` (falling edge not written: the output may
     be left on), ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
     pulse's rising edge written by its deadline)."""
@@ -162,9 +169,14 @@ class WorkerSink:
     thread never dies.
     Link watch: while idle and connected the output is probed every ``probe_s`` seconds (default
     ``PROBE_S``; ``Output.probe``, a read, never a write; any successful write counts as one). A probe
-    that fails is a link failure like a write's (``io_errors``, link closed, reconnect with back-off).
-    The link going down (a write or a probe fails, or the first connect after start fails) is reported
-    ``link_down`` once per outage, and ``reconnected`` when it is back.
+    that fails is a link failure like a write's (``io_errors``, ``io_error``, link closed, reconnected at
+    once). ``link_down`` is reported once per outage when the link cannot be re-established: a connect
+    attempt fails (at start, or after a disconnect), or a write / probe fails for the second time in a row,
+    no write or probe answered since the first though the reconnect between them succeeded (TCP up, PLC
+    application not answering). A single failure that the reconnect and the next write or probe get past
+    reports no ``link_down``. After a ``link_down``, ``reconnected`` is reported when a write or probe is
+    answered again (a connect alone does not prove the link), so the fault output is held, not flashed, while
+    a mute PLC accepts connects. A device that refuses a write or probe has answered: the link is up.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
@@ -198,6 +210,7 @@ class WorkerSink:
         self._probe_s = probe_s
         self._next_probe = 0.0       # monotonic s: probe the idle link from then on (pushed back by each good write)
         self._down_reported = False  # "link_down" reported for the current outage; "reconnected" not yet
+        self._failures = 0           # link failures (write / probe) in a row: none answered since the first
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -341,15 +354,16 @@ class WorkerSink:
                 try:
                     self._out.set(on)
                 except PlcDeviceError as exc:
+                    self._link_answered()   # the device answered: the link is fine
                     self._counters.add("device_errors")
                     self._emit("device_error", seq, str(exc))
-                    return False  # the link is fine; repeating a refused write will not help
+                    return False  # repeating a refused write will not help
                 except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: the link is not usable
                     self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
                     self._link_failed("write to the output", exc, seq)
                 else:
                     self._odd_error = ""   # the output works: a later failure is news again
-                    self._next_probe = time.monotonic() + self._probe_s   # the write proved the link
+                    self._link_answered()   # the write proved the link
                     self._wrote(on, seq)
                     return True
             if time.monotonic() + RETRY_STEP_S > deadline:
@@ -368,24 +382,43 @@ class WorkerSink:
             probe()
         except PlcDeviceError as exc:
             log.debug("sink %s: probe refused by the device (the link is up): %s", self.name, exc)
+            self._link_answered()
         except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: handled as a write's would be
             self._link_failed("probe (read back) the output", exc, None)
         else:
             self._odd_error = ""
+            self._link_answered()
         self._next_probe = time.monotonic() + self._probe_s
 
     def _link_failed(self, what: str, exc: Exception, seq: int | None) -> None:
-        """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported (``io_error``;
-        ``link_down`` once per outage), the link closed; the worker reconnects with back-off."""
+        """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported ``io_error``, the
+        link closed; the worker reconnects at once. The first failure in a row is no ``link_down`` (one timeout
+        that the reconnect gets past must not flash the fault output; a reconnect that fails reports it); the
+        second in a row, no write or probe answered since the first although the reconnect succeeded, is."""
         if not isinstance(exc, PlcError):
             self._log_odd_failure(what, exc)
         self._counters.add("io_errors")
         self._emit("io_error", seq, str(exc))
+        self._failures += 1
         self._disconnect()   # before link_down: a listener that asks sees the link down
-        self._link_down(f"{what} failed: {exc}")
+        if self._failures >= 2:
+            self._link_down(f"{what} failed again after a reconnect ({self._failures} link failures in a row, "
+                            f"none answered between them): {exc}")
+
+    def _link_answered(self) -> None:
+        """A write or probe was answered (done, or refused by the device): the link works. Ends a run of link
+        failures and, after a ``link_down``, reports ``reconnected`` (a connect alone is not enough: a PLC whose
+        TCP stack accepts while its application does not answer is still down)."""
+        self._failures = 0
+        self._next_probe = time.monotonic() + self._probe_s
+        if self._down_reported:
+            self._down_reported = False
+            self._counters.add("reconnects")
+            self._emit("reconnected", None, "link is up again (connected, the output answers)")
 
     def _link_down(self, detail: str) -> None:
-        """Report ``link_down`` once per outage (the first failure; retries say nothing until ``reconnected``)."""
+        """Report ``link_down`` once per outage (a failed connect, or the second link failure in a row; later
+        failures say nothing until ``reconnected``)."""
         if self._down_reported:
             return
         self._down_reported = True
@@ -415,16 +448,15 @@ class WorkerSink:
                 log.debug("sink %s: connect failed: %s", self.name, exc)
             else:
                 self._log_odd_failure("open the output", exc)
-            self._link_down(f"connect failed: {exc}")   # the first connect after start, or after an odd reset
+            self._link_down(f"connect failed: {exc}")   # the first failed connect: at start, or after a disconnect
             return
-        was_down = self._next_try > 0.0 or self._down_reported
+        was_down = self._next_try > 0.0
         self._connected = True
         self._delay = self._backoff[0]
         self._next_try = 0.0
-        self._level_dirty = True
-        self._down_reported = False
+        self._level_dirty = True   # written next: that write (or a pulse's) tells whether the PLC answers
         self._next_probe = time.monotonic() + self._probe_s
-        if was_down:
+        if was_down and not self._down_reported:   # after a link_down, reconnected waits for an answer
             self._counters.add("reconnects")
             self._emit("reconnected", None, "link is up again")
 
