@@ -28,9 +28,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -224,6 +225,25 @@ def named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeErro
         return exc
     renamed.__dict__.update(exc.__dict__)
     return renamed
+
+
+@contextmanager
+def staged(out: Path, options: BuildOptions) -> Iterator[Path]:
+    """A staging folder beside ``out`` (``staging_folder``) for the body to write the new bundle into. On any exception
+    it is removed (``discard_staging``), and a FairEdgeError naming a path in it is raised again naming that path in
+    ``out`` (``named_in_place``), the file the user can act on."""
+    staging = staging_folder(out, options)
+    try:
+        yield staging
+    except FairEdgeError as exc:
+        discard_staging(staging)
+        renamed = named_in_place(exc, staging, out)
+        if renamed is exc:
+            raise
+        raise renamed from exc
+    except BaseException:
+        discard_staging(staging)
+        raise
 
 
 def discard_staging(staging: Path) -> None:
@@ -420,20 +440,10 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     start = time.perf_counter()
     out = Path(out)
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
-    staging = staging_folder(out, options)
-    try:
+    with staged(out, options) as staging:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
                             on_gate_step)
         move_into_place(staging, out)
-    except FairEdgeError as exc:
-        discard_staging(staging)
-        renamed = named_in_place(exc, staging, out)
-        if renamed is exc:
-            raise
-        raise renamed from exc
-    except BaseException:
-        discard_staging(staging)
-        raise
     delta, parity, reused, engine_built, note, gate = parts
     return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
 

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
-from fair_edge.errors import BundleError, ConfigError, DataError, FairEdgeError
+from fair_edge.errors import BundleError, ConfigError, DataError
 from fair_edge.runtime.backends import close_scorer
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
     --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
     something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
-    from fair_edge.export.build import BuildOptions, discard_staging, named_in_place, staging_folder
+    from fair_edge.export.build import BuildOptions, staged
     from fair_edge.export.bundle import load_bundle
 
     out = Path(out)
@@ -164,22 +164,12 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
         raise DataError("fusion needs held-out normal images for each model's score statistics (--normal).")
     _check_out(out)
     check_same_area([load_bundle(src) for src in member_dirs], "")   # verifies each before anything is copied
-    staging = staging_folder(out, BuildOptions(engine=False))   # a fused bundle has no build caches of its own to keep
-    try:
-        _fuse_into(staging, member_dirs, normal_frames, rule, false_reject_rate, backend)
-    except FairEdgeError as exc:
-        discard_staging(staging)
-        renamed = named_in_place(exc, staging, out)
-        if renamed is exc:
-            raise
-        raise renamed from exc
-    except OSError as exc:
-        discard_staging(staging)
-        raise BundleError(f"--out {out}: cannot write the fused bundle ({_os_error(exc)}); {out} is left as it was. "
-                          "Free disk space or make its folder writable, then `fair-edge fuse` again.") from exc
-    except BaseException:
-        discard_staging(staging)
-        raise
+    with staged(out, BuildOptions(engine=False)) as staging:   # a fused bundle has no build caches of its own to keep
+        try:
+            _fuse_into(staging, member_dirs, normal_frames, rule, false_reject_rate, backend)
+        except OSError as exc:
+            raise BundleError(f"--out {out}: cannot write the fused bundle ({_os_error(exc)}); {out} is left as it "
+                              "was. Free disk space or make its folder writable, then `fair-edge fuse` again.") from exc
     _replace_out(staging, out)
     return load_fused_bundle(out)
 
