@@ -159,3 +159,15 @@ def test_a_field_of_the_wrong_type_is_refused(tmp_path):
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="bad.pt is missing or has an invalid field"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("weights", [[1, 2], {"w": "not a tensor"}, None])
+def test_weights_that_are_not_a_mapping_of_tensors_are_refused(tmp_path, weights):
+    """A state_dict saved as a list reached the family's build and raised a TypeError there."""
+    path, _ = make(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = weights
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt has an invalid field: state_dict must map weight names to "
+                                              r"tensors, found (list|dict|NoneType)"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -193,10 +193,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} has checkpoint format version {version!r}; this fair-edge ({fair_edge.__version__}) reads "
             f"versions {', '.join(map(str, READABLE_VERSIONS))}. Use the fair-edge release that wrote it, or retrain."
         )
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"checkpoint {path} has an invalid field: state_dict must map weight names to tensors, "
+                              f"found {type(weights).__name__}. {_FIX}")
     try:
         return Checkpoint(
             model=_model_spec(payload),
-            state_dict=payload["state_dict"],
+            state_dict=weights,
             data_summary=payload.get("data_summary") or {},
             train_state=payload.get("train_state"),
         )
