@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from fair_edge.runtime.selection import BACKEND_NAMES
 from fair_edge.station.inspector import MAX_BATCH
 from fair_edge.errors import ConfigError, did_you_mean
+from fair_edge.fields import DAY_MS
 
 MODES = ("loop", "compute", "both", "stages", "cameras")
 FEEDS = ("closed", "free")
 BASELINES = ("torch-eager-cpu-pre", "none")
-DAY_S = 86_400.0        # the longest --seconds / --warmup: a longer one is a typo (inf ran forever)
+DAY_S = DAY_MS / 1000.0  # the longest --seconds / --warmup: a longer one is a typo (inf ran forever)
 MAX_COUNT = 1_000_000   # the largest --queue
 MAX_THREADS = 1024      # the most torch threads (--threads); past 2**63 torch raised an OverflowError
 
