@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import time
@@ -14,6 +15,8 @@ import numpy as np
 
 from fair_edge.regions import Region
 
+log = logging.getLogger(__name__)
+
 
 def new_run_id() -> str:
     """A run id that sorts by start time and does not repeat: ``20261129T134000Z-3f2a``."""
@@ -21,14 +24,27 @@ def new_run_id() -> str:
 
 
 class WallClock:
-    """Turns ``time.monotonic()`` seconds into UTC wall-clock time, with the offset read once
-    (at construction) so all times of a run share one clock and NTP steps do not reorder them."""
+    """Turns ``time.monotonic()`` seconds into UTC wall-clock time.
+
+    The offset between the two clocks is held while it drifts by less than ``STEP_S`` (so the times of
+    one run share one clock and sub-second NTP slews do not jitter them), and follows a step of the wall
+    clock larger than that (an NTP correction after a Jetson without a clock battery booted at its last
+    shutdown time), logged once per step: ``time_utc`` then stays a real moment, the one ``audit.jsonl``
+    names. Ordering comes from the monotonic times, never from ``time_utc``.
+    """
+
+    STEP_S = 1.0
 
     def __init__(self) -> None:
         self.offset_s = time.time() - time.monotonic()
 
     def iso(self, t_monotonic: float) -> str:
         """ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T13:40:00.123Z``."""
+        offset_now = time.time() - time.monotonic()
+        if abs(offset_now - self.offset_s) > self.STEP_S:
+            log.warning("the wall clock stepped by %+.1f s; time_utc follows it from here",
+                        offset_now - self.offset_s)
+            self.offset_s = offset_now
         t = datetime.fromtimestamp(t_monotonic + self.offset_s, timezone.utc)
         return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 

@@ -518,3 +518,31 @@ def test_an_ng_overlay_of_a_frame_whose_source_name_is_not_utf8_is_written(tmp_p
     assert child.stdout.split() == ["1", "0"]
     overlay = cv2.imread(str(tmp_path / "ng" / "R1_00000000_overlay.png"))
     assert overlay is not None and overlay.shape[0] > 48
+
+
+def test_time_utc_follows_a_step_of_the_wall_clock_after_the_recorder_started(tmp_path, monkeypatch, caplog):
+    """A Jetson without a clock battery starts the station at its last shutdown time; NTP then steps the clock
+    forward by days. ``time_utc`` must name the real moment from then on (as ``audit.jsonl`` does), not stay
+    off by the step for the rest of the run; a slew under a second leaves the held offset alone."""
+    import time as time_mod
+    from datetime import datetime, timezone
+
+    real_time = time_mod.time
+    behind_s = [3 * 86400.0]
+    monkeypatch.setattr(time_mod, "time", lambda: real_time() - behind_s[0])
+    rec = Recorder(RecordSettings(dir=tmp_path, save_ng_images=False))
+    try:
+        before = datetime.fromisoformat(rec.clock.iso(time_mod.monotonic()).replace("Z", "+00:00"))
+        assert (datetime.now(timezone.utc) - before).total_seconds() == pytest.approx(3 * 86400, abs=5)
+        behind_s[0] = 0.0                                   # NTP steps the clock to the true time
+        with caplog.at_level("WARNING"):
+            stamp = rec.clock.iso(time_mod.monotonic())
+        after = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs((datetime.now(timezone.utc) - after).total_seconds()) < 5, stamp
+        assert "wall clock stepped by +259200" in caplog.text
+        offset = rec.clock.offset_s
+        behind_s[0] = 0.3                                   # a slew under a second: the held offset stays
+        rec.clock.iso(time_mod.monotonic())
+        assert rec.clock.offset_s == offset
+    finally:
+        rec.close()

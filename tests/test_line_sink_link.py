@@ -7,6 +7,7 @@ speed."""
 
 import threading
 import time
+from datetime import datetime, timezone
 
 from fair_edge.errors import PlcError
 from fair_edge.line.events import RejectEvent
@@ -180,6 +181,8 @@ def test_a_link_cut_while_idle_raises_the_fault_output_before_any_pulse_and_reco
             assert _in_order(out.trace, "probe:fail", "report:io_error", "open:fail", "report:link_down"), out.trace
             active, reason = faults.faults[-1]                 # ... and reported by the reconnect that failed
             assert active and reason.startswith("plc: link down since ") and reason.endswith(", reconnecting")
+            since = datetime.strptime(reason[len("plc: link down since "):-len(", reconnecting")], "%Y-%m-%dT%H:%M:%SZ")
+            assert abs((datetime.now(timezone.utc).replace(tzinfo=None) - since).total_seconds()) < 60, reason  # UTC, dated
             assert sched.fault_reason == reason
             assert out.wait(lambda o: o.failed_opens >= 3)    # reconnect retried ...
             assert listener.kinds.count("link_down") == 1     # ... and reported once per outage

@@ -667,12 +667,12 @@ class RejectScheduler:
 
     def _link_fault(self, sink: str) -> None:
         """``sink`` reported its link down: hold the fault output until it reports ``reconnected``. The reason
-        names the sink and the wall-clock time of the first report (kept through repeats, so the fault output
+        names the sink and the UTC time of the first report (``2026-12-06T10:07:22Z``) (kept through repeats, so the fault output
         and MQTT see one change per outage); counted ``sink_link_downs`` once per outage."""
         with self._fault_lock:
             if (sink, LINK_FAULT) not in self._sink_faults:
                 self._counters.add("sink_link_downs")
-                since = time.strftime("%H:%M:%S")
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 self._set_sink_fault(sink, LINK_FAULT, f"{sink}: link down since {since}, reconnecting")
 
     def _clear_sink_fault(self, sink: str, cause: str) -> None:
