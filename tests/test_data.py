@@ -271,3 +271,49 @@ def test_a_test_folder_without_train_good_loads_for_eval_and_training_is_told_wh
     assert len(load_dataset(root, need_train=False).test) == 12
     with pytest.raises(DataError, match=r"train/good holds no images"):
         load_dataset(root)
+
+
+@pytest.mark.parametrize("value", [1, 255, 256, 65535])
+def test_a_16_bit_mask_keeps_every_nonzero_pixel_as_a_defect(tmp_path, value):
+    """A 16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array saved as PNG) was cut to its high byte,
+    so it read as all normal: the defective image's defect pixels were pooled as normal pixels."""
+    stored = np.zeros((24, 32), np.uint16)
+    stored[4:10, 5:12] = value
+    stored[20, 30] = value
+    cv2.imwrite(str(tmp_path / "m16.png"), stored)
+    assert cv2.imread(str(tmp_path / "m16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    mask = read_mask(tmp_path / "m16.png", (24, 32))
+    assert mask.dtype == bool and mask.shape == (24, 32)
+    assert np.array_equal(mask, stored > 0) and mask.sum() == 43
+
+
+def test_an_8_bit_and_a_colour_mask_read_as_before(tmp_path):
+    """8-bit masks, grey or colour, give the same defect pixels as before: colour by its luminance > 0."""
+    grey = np.zeros((16, 16), np.uint8)
+    grey[2:5, 2:5] = 1
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    assert np.array_equal(read_mask(tmp_path / "g.png", (16, 16)), grey > 0)
+    colour = np.zeros((16, 16, 3), np.uint8)
+    colour[1, 1] = (0, 0, 255)   # red: luminance 76, a defect pixel
+    colour[2, 2] = (0, 1, 0)     # faint green: luminance 0.587 -> 1, a defect pixel
+    colour[3, 3] = (1, 0, 0)     # faint blue: luminance 0.114 -> 0, normal (as OpenCV's greyscale decode gives it)
+    cv2.imwrite(str(tmp_path / "c.png"), colour)
+    expected = cv2.imread(str(tmp_path / "c.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert np.array_equal(read_mask(tmp_path / "c.png", (16, 16)), expected)
+    assert expected[1, 1] and not expected[3, 3]
+
+
+def test_a_mask_with_no_defect_pixel_is_a_warning_naming_it(tmp_path, caplog):
+    """A defective image whose mask marks nothing adds no defect to the pixel metrics: said, naming the mask."""
+    cv2.imwrite(str(tmp_path / "007_mask.png"), np.zeros((16, 16), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="fair_edge.training.data"):
+        mask = read_mask(tmp_path / "007_mask.png", (16, 16))
+    assert not mask.any()
+    assert re.search(r"007_mask\.png marks no defect pixel.*remove the mask", caplog.text)
+    caplog.clear()
+    marked = np.zeros((16, 16), np.uint16)
+    marked[3, 3] = 1
+    cv2.imwrite(str(tmp_path / "008_mask.png"), marked)
+    with caplog.at_level(logging.WARNING, logger="fair_edge.training.data"):
+        assert read_mask(tmp_path / "008_mask.png", (16, 16)).sum() == 1
+    assert "marks no defect pixel" not in caplog.text

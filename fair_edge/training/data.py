@@ -77,20 +77,40 @@ class DatasetSplit:
 
 
 # ----------------------------------------------------------------------------- pixels
+MASK_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION  # one channel, stored depth
+
+
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
 
+    A pixel is a defect pixel when its stored value is nonzero (the MVTec rule), at the file's own bit depth: a
+    16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array saved as PNG) is read at 16 bits, not cut to its
+    high byte (which made it all normal). A colour mask is reduced to its luminance (0.299 R + 0.587 G + 0.114 B,
+    rounded, at its depth) first, so a defect pixel is one whose luminance is nonzero, as before.
     As ``read_image``, an EXIF orientation tag is ignored, so the mask lies on the pixels its image has.
+    A mask with no defect pixel at all is read as it is and logged as a warning naming it (its defective image
+    then adds no defect pixel or region to the pixel metrics).
     Raises DataError naming the mask when it is missing, empty, unreadable or too large (``images.decode_file``)."""
     if not Path(path).is_file():
         raise DataError(f"mask {path} is missing or unreadable.")
-    mask = decode_file(path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION, "mask")
+    mask = decode_file(path, MASK_FLAGS, "mask")
     if mask.shape != tuple(image_shape):
         raise DataError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; "
             "masks must have the image's size."
         )
-    return mask > 0
+    defect = mask > 0
+    if not defect.any():
+        _warn_empty_mask(path)
+    return defect
+
+
+def _warn_empty_mask(path: Path) -> None:
+    """Log that the ground-truth mask ``path`` marks no defect pixel, and what to do about it."""
+    log.warning("ground-truth mask %s marks no defect pixel (every pixel reads as 0); its defective image adds no "
+                "defect pixel or region to the pixel metrics. Draw the defect in it (any nonzero value marks a defect "
+                "pixel), or remove the mask (VisA: clear its mask column) to list the image as missing its mask.",
+                path)
 
 
 def read_frame(path: str | Path, tiling=None) -> np.ndarray:
