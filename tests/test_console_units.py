@@ -2,6 +2,8 @@
 projection and station-file writing, fault board, model switch, frame quality filters and collect."""
 
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from fair_edge.training.collect import Collector, QualitySettings, export_review
 from fair_edge.console.journal import Journal
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.tuning import projection, split_scores, write_station_threshold
-from fair_edge.console.drift import DriftWatch, psi
+from fair_edge.console.drift import DriftState, DriftWatch, Reference, alarm_reason, noise_floor, psi
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
@@ -38,14 +40,66 @@ def test_psi_is_small_for_the_same_distribution_and_alarms_on_a_shift():
     q = np.percentile(rng.normal(0, 1, 5000), np.arange(101))
     assert psi(rng.normal(0, 1, 1000), q) < 0.05
     assert psi(rng.normal(1.0, 1, 1000), q) > 0.25 and psi(rng.normal(0, 2.0, 1000), q) > 0.25
-    watch = DriftWatch(q, window=200, min_parts=50, level=0.25)
+    watch = DriftWatch(Reference(tuple(q), 5000), window=200, min_parts=50, level=0.25)
     for i in range(49):
         watch.observe(i, 0.0)
     assert watch.state().psi is None and "waiting" in watch.state().note
     for i, s in enumerate(rng.normal(1.5, 1, 200)):
         watch.observe(100 + i, float(s))
     assert watch.state().alarm
-    assert DriftWatch((), 10, 10).state().note.startswith("the bundle stores no calibration")
+    assert DriftWatch(Reference(), 10, 10).state().note.startswith("the bundle stores no calibration")
+
+
+def stable_line_alarms(calibration_normals: int, seeds: int = 200, shift_sd: float = 0.0) -> float:
+    """Share of ``seeds`` bundles, each calibrated (``calibrate_threshold``) on ``calibration_normals`` normal
+    scores Gamma(4, 0.05) (mean 0.2, sd 0.1), whose drift watch (500 parts, level 0.25) alarms on 500 recent normal
+    scores from the same distribution moved by ``shift_sd`` standard deviations."""
+    from fair_edge.calibration.threshold import calibrate_threshold
+
+    rng, alarms = np.random.default_rng(7), 0
+    for _ in range(seeds):
+        watch = DriftWatch(Reference.of(calibrate_threshold(rng.gamma(4, 0.05, calibration_normals))),
+                           window=500, min_parts=100, level=0.25)
+        for i, s in enumerate(rng.gamma(4, 0.05, 500) + 0.1 * shift_sd):
+            watch.observe(("", i), float(s))
+        alarms += watch.state().alarm
+    return alarms / seeds
+
+
+def test_a_stable_line_does_not_alarm_on_a_bundle_calibrated_on_few_normals():
+    """59 calibration normals (the demo's): their deciles are noisy, so a stable line's PSI is ~0.16 and the
+    plain level 0.25 alarmed on ~16 % of bundles, for ever; against max(level, noise floor) <= 3 %."""
+    assert stable_line_alarms(59) <= 0.03
+
+
+def test_a_one_sd_mean_shift_still_alarms_with_few_calibration_normals():
+    assert stable_line_alarms(59, shift_sd=1.0) >= 0.9
+
+
+def test_the_drift_state_shows_the_raw_psi_and_what_it_was_compared_with():
+    """psi as computed; noise = 27.88 (1 / parts + 1 / calibration normals); alarm_at = max(level, noise), on the
+    page (to_dict) and in the fault output's reason."""
+    rng = np.random.default_rng(8)
+    calibration = rng.normal(0, 1, 59)
+    q = np.percentile(calibration, np.arange(101))
+    watch = DriftWatch(Reference(tuple(q), 59), window=500, min_parts=100, level=0.25)
+    recent = rng.normal(1.0, 1, 500)
+    for i, s in enumerate(recent):
+        watch.observe(("", i), float(s))
+    state = watch.state()
+    assert state.psi == psi(recent, q) and state.noise == pytest.approx(27.88 * (1 / 500 + 1 / 59))
+    assert state.noise == noise_floor(500, 59) and state.alarm_at == state.noise > 0.25
+    assert state.alarm == (state.psi >= state.alarm_at)
+    shown = state.to_dict()
+    assert shown["psi"] == state.psi and shown["noise"] == state.noise and shown["alarm_at"] == state.alarm_at
+    assert shown["level"] == 0.25
+    large = DriftState(0.3, 500, 0.25, True, noise=noise_floor(500, 5000))   # the noise floor below the level
+    assert large.alarm_at == 0.25 and DriftState(None, 3, 0.25, False, "waiting").to_dict()["alarm_at"] is None
+    assert alarm_reason({"": replace(state, psi=0.612, alarm=True)}) == f"drift: PSI 0.612 >= {state.alarm_at:.3g}"
+    assert alarm_reason({"b": large, "c": replace(large, psi=0.3004)}) == \
+        "drift: camera b PSI 0.300 >= 0.25, camera c PSI 0.300 >= 0.25"
+    no_size = DriftWatch(Reference(tuple(q), 0), 10, 10).state()
+    assert no_size.psi is None and "names no size (n_normal 0" in no_size.note
 
 
 def test_journal_is_append_only_and_survives_a_torn_line(tmp_path):
@@ -221,9 +275,10 @@ def test_drift_reaches_the_metrics(tmp_path):
 
     rng = np.random.default_rng(1)
     bundle = SimpleNamespace(root=tmp_path, threshold=SimpleNamespace(
-        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101)))))
+        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101))), n_normal=2000))
     cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False, drift_min_parts=20))
     console = StationConsole(cfg, bundle)
+    assert console.feed.drift.watches[""].reference.n == 2000   # the bundle's n_normal, for the noise floor
     for i, s in enumerate(rng.normal(2.0, 1, 100)):
         console.observe(None, Verdict(i, 0.0, float(s), 9.0, False, 0.01), None)
     metrics = Metrics(MetricsSettings(port=0))
@@ -244,7 +299,7 @@ def test_drift_alarm_raises_the_fault_output_when_configured(tmp_path, monkeypat
     target = SimpleNamespace(fault=lambda active, reason="": calls.append((active, reason)))
     rng = np.random.default_rng(2)
     bundle = SimpleNamespace(root=tmp_path, threshold=SimpleNamespace(
-        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101)))))
+        normal_quantiles=tuple(np.percentile(rng.normal(0, 1, 2000), np.arange(101))), n_normal=2000))
     cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False, drift_min_parts=20, drift_fault=True))
     console = StationConsole(cfg, bundle, fault=target)
     monkeypatch.setattr(station_hook, "DRIFT_EVERY_S", 0.0)
@@ -269,11 +324,11 @@ class TwoCameras:
         return {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
 
 
-def calibrated(rng, mean: float):
-    """A ``Threshold`` stand-in whose calibration percentiles (101,) are those of N(mean, 1)."""
+def calibrated(rng, mean: float, n: int = 2000):
+    """A ``Threshold`` stand-in whose calibration percentiles (101,) are those of ``n`` draws of N(mean, 1)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(normal_quantiles=tuple(np.percentile(rng.normal(mean, 1, 2000), np.arange(101))))
+    return SimpleNamespace(normal_quantiles=tuple(np.percentile(rng.normal(mean, 1, n), np.arange(101))), n_normal=n)
 
 
 def two_camera_console(tmp_path, rng, calls):
@@ -363,7 +418,7 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     assert tuned["camera"] == "b" and tuned["current"] == 8.0
     assert tuned["histogram"] == tuning.histograms(normal, np.array([]), quantiles_b, 8.0)
 
-    new = calibrated(rng, 20.0)
+    new = calibrated(rng, 20.0, n=59)
     change = ModelChange(model="m-new", threshold=21.0, bundle=SimpleNamespace(root=tmp_path / "new", threshold=new),
                          calibration=new)
     links = StationLinks(load_views=lambda bundle, cameras, thresholds: {c: change for c in cameras})
@@ -371,6 +426,7 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     states = feed.drift.states()
     assert states["a"].parts == 50 and states["b"].parts == 0
     assert tuple(feed.drift.watches["b"].quantiles) == new.normal_quantiles
+    assert feed.drift.watches["b"].reference.n == 59 and feed.drift.watches["a"].reference.n == 2000   # the noise floor's
     assert tuple(feed.drift.watches["a"].quantiles) != new.normal_quantiles
     assert feed.camera_bundles["b"] == tmp_path / "new" and feed.bundle_path == tmp_path   # a's bundle leads
 

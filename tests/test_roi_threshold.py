@@ -171,7 +171,7 @@ def test_a_tampered_or_missing_maps_file_fails_the_bundle_check(bundles, tmp_pat
 
 
 def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, caplog):
-    from fair_edge.console.actions import _quantiles
+    from fair_edge.console.actions import _reference
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector
     from fair_edge.station.bundles import load_change, load_roi
@@ -185,7 +185,9 @@ def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, 
         expected, scores = expected_roi_threshold(station_maps(bundle, normals))
         assert change.threshold == pytest.approx(expected, rel=1e-5)
         assert abs(change.threshold - change.scorer.graph_threshold.value) > 1e-3
-        assert _quantiles(change) == pytest.approx(tuple(np.percentile(scores, np.arange(101))), rel=1e-5)
+        reference = _reference(change)
+        assert reference.quantiles == pytest.approx(tuple(np.percentile(scores, np.arange(101))), rel=1e-5)
+        assert reference.n == scores.size
         inspector = Inspector(None, change.scorer, 9.0, roi=load_roi(roi_png, None))
         inspector.switch.request(change)
         inspector.apply_switch()

@@ -18,6 +18,7 @@ from typing import Any
 
 import cv2
 
+from fair_edge.console.drift import Reference
 from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
@@ -385,7 +386,7 @@ class StationActions:
             return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
-        self.feed.drift.reset("", _quantiles(change))
+        self.feed.drift.reset("", _reference(change))
         self.audit.append({"action": "swap", "who": who, "old": old,
                            "new": {"model": change.model, "bundle": str(change.bundle.root),
                                    "threshold": change.threshold}})
@@ -407,7 +408,7 @@ class StationActions:
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
             decider.switch.request(change)
             self.feed.camera_bundles[camera] = change.bundle.root
-            self.feed.drift.reset(camera, _quantiles(change))   # this camera's watch only: the others go on
+            self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
                 self.feed.bundle_path = change.bundle.root
             self.audit.append({"action": "swap", "who": who, "camera": camera, "old": old,
@@ -451,13 +452,14 @@ class StationActions:
         return self.feed.inspector
 
 
-def _quantiles(change: ModelChange):
-    """The calibration distribution of the swapped model's decision score: the change's (with an ROI, of
-    max(map x ROI): ``station.decision``), else, without an ROI, the bundle's threshold's; () = none."""
+def _reference(change: ModelChange) -> Reference:
+    """The calibration distribution of the swapped model's decision score and its size (the drift watch's
+    ``Reference``): the change's (with an ROI, of max(map x ROI): ``station.decision``), else, without an ROI, the
+    bundle's threshold's; ``Reference()`` = none."""
     threshold = change.calibration
     if threshold is None and change.roi is None:
         threshold = change.bundle.threshold
-    return threshold.normal_quantiles if threshold is not None else ()
+    return Reference.of(threshold)
 
 
 def _seq(value) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from fair_edge.console.settings import ConsoleSettings
-from fair_edge.console.drift import CameraDrift
+from fair_edge.console.drift import CameraDrift, Reference
 from fair_edge.line.metrics import LATENCY_BUCKETS_S
 from fair_edge.records import Frame, Verdict
 
@@ -70,13 +70,13 @@ class StationFeed:
 
     attach(...) is called by the station once its parts exist; until then the console shows
     "starting". output: the station's output folder (the only folder the console serves files from).
-    quantiles: the calibration percentiles ((101,) float; () = none) of the station's score, for one camera's
-    drift watch (camera ""). camera_quantiles: several cameras: camera -> its own (station file's order), one
-    drift watch each; given, ``quantiles`` is not used.
+    reference: the calibration distribution of the station's score and its size (``drift.Reference``; none by
+    default), for one camera's drift watch (camera ""). camera_references: several cameras: camera -> its own
+    (station file's order), one drift watch each; given, ``reference`` is not used.
     """
 
-    def __init__(self, settings: ConsoleSettings, output: Path, quantiles=(),
-                 camera_quantiles: Mapping[str, Sequence[float]] | None = None) -> None:
+    def __init__(self, settings: ConsoleSettings, output: Path, reference: Reference = Reference(),
+                 camera_references: Mapping[str, Reference] | None = None) -> None:
         self.settings, self.output = settings, Path(output)
         self.recent: deque[Verdict] = deque(maxlen=settings.recent_parts)
         self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
@@ -88,7 +88,7 @@ class StationFeed:
         self.part_of: dict[ViewKey, int] = {}     # view -> its part id, for the views of remembered parts
         self.cell: CellCounters | None = None
         self.camera_bundles: dict[str, Path] = {}   # camera -> the bundle it runs (several cameras)
-        self.drift = CameraDrift({"": quantiles} if camera_quantiles is None else camera_quantiles,
+        self.drift = CameraDrift({"": reference} if camera_references is None else camera_references,
                                  settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
         self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
         self.bundle_path: Path | None = None

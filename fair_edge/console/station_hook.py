@@ -17,7 +17,7 @@ import threading
 import time
 
 from fair_edge.console.actions import StationActions, StationLinks, SwapBusy
-from fair_edge.console.drift import alarm_reason
+from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
 from fair_edge.errors import ConfigError, FairEdgeError
@@ -32,7 +32,7 @@ class StationConsole:
     """cfg: the StationConfig; bundle: the loaded Bundle. ``fault``: something with ``fault(active, reason)``
     for the drift alarm (or None). ``links``: what the console calls in the station and training rooms
     (``actions.StationLinks``). calibration: the ``Threshold`` of the station's decision score, whose
-    distribution feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
+    distribution (with its size, ``n_normal``) feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
     max(map x ROI)); None = the bundle's threshold's, or none with an ROI (no distribution in its units).
     calibrations: several cameras: camera -> the ``Threshold`` of that camera's decision score (None: none), in
     the station file's order (``station.cell.CellModels.calibrations``); each camera gets its own drift watch
@@ -42,10 +42,8 @@ class StationConsole:
                  calibrations: dict | None = None) -> None:
         if calibration is None and getattr(cfg, "roi", None) is None:
             calibration = bundle.threshold
-        quantiles = calibration.normal_quantiles if calibration is not None else ()
-        per_camera = None if calibrations is None else {
-            camera: t.normal_quantiles if t is not None else () for camera, t in calibrations.items()}
-        self.feed = StationFeed(cfg.console, cfg.output, quantiles, camera_quantiles=per_camera)
+        per_camera = None if calibrations is None else {camera: Reference.of(t) for camera, t in calibrations.items()}
+        self.feed = StationFeed(cfg.console, cfg.output, Reference.of(calibration), camera_references=per_camera)
         self.feed.bundle_path = bundle.root
         self.actions = StationActions(self.feed, cfg.source_file, links)
         self.fault = fault if cfg.console.drift_fault else None

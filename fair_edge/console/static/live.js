@@ -18,7 +18,7 @@ function showStatus(s) {
   shownAlarm = (s.plc && s.plc.alarm) || "";
   $("ack-alarm").hidden = !shownAlarm;
   const d = s.drift, where = d.camera ? " " + d.camera : "";  // several cameras: the worst one, named
-  pill("drift-state", d.psi === null ? `drift${where}: ` + d.note : `drift${where} PSI ${d.psi.toFixed(3)} (alarm ≥ ${d.level})`,
+  pill("drift-state", d.psi === null ? `drift${where}: ` + d.note : `drift${where} PSI ${d.psi.toFixed(3)} (alarm ≥ ${+d.alarm_at.toPrecision(3)})`,
        d.alarm ? "bad" : (d.psi === null ? "" : "ok"));
   if (s.model) { $("model-id").textContent = s.model.id || "?"; $("model-state").title = s.model.bundle + " · " + s.model.backend; }
 }

@@ -54,7 +54,8 @@ async function status() {
     const d = s.drift;
     const where = d.camera ? `camera ${d.camera} (the worst): ` : "";
     $("drift-text").textContent = where + (d.psi === null ? d.note :
-      `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${d.level}` + (d.alarm ? " — ALARM" : " — ok"));
+      `PSI ${d.psi.toFixed(3)} over ${d.parts} recent normal parts vs the bundle's calibration scores; alarm at ${+d.alarm_at.toPrecision(3)}` +
+      ` (the larger of the level ${d.level} and a stable line's sampling noise ${d.noise.toFixed(3)})` + (d.alarm ? " — ALARM" : " — ok"));
   } catch (e) { FE.say(e.message, true); }
 }
 
