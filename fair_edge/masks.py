@@ -1,5 +1,7 @@
 """Ground-truth masks on an anomaly map's grid: ``mask_on_map_grid`` shrinks a defect mask to the map's
-resolution without losing a defect smaller than a map pixel (eval's pixel and region metrics, tiled or not)."""
+resolution without losing a defect smaller than a map pixel (eval's pixel AUROC), and ``labels_on_map_grid`` brings
+its defect regions there as integer labels, each region keeping the identity it has at mask resolution (eval's
+AUPRO and region results: a thin scratch that nearest sampling breaks into pieces stays one defect)."""
 
 from __future__ import annotations
 
@@ -19,17 +21,34 @@ def mask_on_map_grid(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     of which nearest sampling keeps no pixel gets the one map pixel it covers most (largest overlap area, in
     mask pixels; of equal ones the first in row-major order). So every defect keeps at least one map pixel,
     and a mask whose regions all survive nearest sampling comes out exactly as before.
+    Equal to ``labels_on_map_grid(mask, shape) > 0``.
+    """
+    return labels_on_map_grid(mask, shape) > 0
+
+
+def labels_on_map_grid(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool ground-truth mask -> (h, w) int32 region labels on an anomaly map's grid ``shape`` = (h, w):
+    0 = normal, k > 0 = the mask's k-th defect region (8-connected component at mask resolution, as MVTec AD's
+    AUPRO counts them; ``scipy.ndimage.label`` order).
+
+    The map pixels are those of ``mask_on_map_grid`` (``labels > 0`` equals it exactly), each holding the label of
+    the region that marks it: nearest sampling of the label image, and each region nearest sampling loses gets the
+    map pixel it covers most, with its own label. So a 1 px scratch that nearest sampling leaves as scattered map
+    pixels is still one region. A map pixel holds one label: a lost region whose best map pixel already holds
+    another region (two defects inside one map pixel) is counted with that one. When ``shape`` is the mask's own
+    size the labels are the mask's components.
     """
     mask = np.asarray(mask, bool)
     regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    sampled = cv2.resize(regions.astype(np.int32), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_NEAREST)
-    out = sampled > 0
-    lost = np.setdiff1d(np.arange(1, count + 1), sampled)
+    out = cv2.resize(regions.astype(np.int32), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_NEAREST)
+    lost = np.setdiff1d(np.arange(1, count + 1), out)
     boxes = ndimage.find_objects(regions)
     for label in lost:
         box = boxes[label - 1]
         area = _area_in_cells(regions[box] == label, (box[0].start, box[1].start), mask.shape, out.shape)
-        out[np.unravel_index(int(np.argmax(area)), area.shape)] = True
+        cell = np.unravel_index(int(np.argmax(area)), area.shape)
+        if out[cell] == 0:
+            out[cell] = label
     return out
 
 

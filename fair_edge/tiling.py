@@ -85,11 +85,17 @@ class TileLayout:
         """(H, W) bool frame mask -> (map_h, map_w) bool on the frame map's grid: the ROI crop, brought to the
         grid by ``fair_edge.masks.mask_on_map_grid`` (nearest sampling, plus the most-covered map pixel of
         each defect region nearest sampling would lose, so every defect inside the ROI keeps a map pixel)."""
-        from fair_edge.masks import mask_on_map_grid  # eval only; keeps SciPy off the station's import
+        return self.labels_to_map(mask) > 0
+
+    def labels_to_map(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) bool frame mask -> (map_h, map_w) int32 region labels on the frame map's grid: the ROI crop's
+        8-connected defect regions, each keeping its label on the grid (``fair_edge.masks.labels_on_map_grid``;
+        ``labels > 0`` is ``mask_to_map``), so eval's AUPRO and region results count a thin scratch once."""
+        from fair_edge.masks import labels_on_map_grid  # eval only; keeps SciPy off the station's import
 
         h, w = self.frame_hw
         x0, y0, rw, rh = self.tiling.roi if self.tiling.roi is not None else (0, 0, w, h)
-        return mask_on_map_grid(np.asarray(mask, bool)[y0 : y0 + rh, x0 : x0 + rw], self.map_hw)
+        return labels_on_map_grid(np.asarray(mask, bool)[y0 : y0 + rh, x0 : x0 + rw], self.map_hw)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

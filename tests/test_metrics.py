@@ -304,3 +304,69 @@ def test_pixel_metrics_of_images_of_several_sizes_pool_pixels_and_label_regions_
     assert 0.0 <= binned <= 1.0
     with pytest.raises(DataError, match=r"maps\[1\] and masks\[1\]"):
         metrics.pixel_auroc(maps, [masks[0], masks[1][:, :5]])
+
+
+# ---------------------------------------------------------------- region labels (masks brought to a smaller map grid)
+
+
+def scratch_and_blob_case():
+    """Three 64 px images on a 32 px map grid (map pixel = 2 x 2 mask pixels, maps constant over each, so nearest
+    upsampling gives the full-size map exactly): a block-aligned blob the map finds (score 10), a 1 px scratch it
+    misses (score -1 on every map pixel the scratch touches), a normal image; background scores 0.0 .. 0.6."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    full = np.zeros((3, 64, 64), np.uint8)
+    full[0, 20:40, 12:30] = 1
+    cv2.line(full[1], (2, 5), (60, 35), 1, 1)
+    full = full > 0
+    maps = (rng.integers(0, 7, (3, 32, 32)) / 10).astype(np.float32)
+    touched = full.reshape(3, 32, 2, 32, 2).any(axis=(2, 4))
+    maps[0][touched[0]] = 10.0
+    maps[1][touched[1]] = -1.0
+    return maps, full
+
+
+def test_aupro_of_grid_region_labels_equals_the_full_size_reference_for_a_broken_scratch():
+    """MVTec AD's AUPRO counts the 8-connected regions of the mask itself: here 2 (the blob found, the scratch
+    missed), so PRO is 0.5 up to FPR 0.3 and AUPRO 0.5 with the map upsampled to the mask's 64 px. On the 32 px
+    grid nearest sampling breaks the scratch into 14 pieces; labelled again there it would count 15 regions (AUPRO
+    1/15); carried as labels (``labels_on_map_grid``) it is one region and AUPRO equals the reference."""
+    from fair_edge.masks import labels_on_map_grid, mask_on_map_grid
+
+    maps, full = scratch_and_blob_case()
+    labels = np.stack([labels_on_map_grid(k, (32, 32)) for k in full])
+    grid = np.stack([mask_on_map_grid(k, (32, 32)) for k in full])
+    assert ((labels > 0) == grid).all() and ndimage.label(grid[1], structure=np.ones((3, 3)))[1] > 1
+    upsampled = maps.repeat(2, axis=1).repeat(2, axis=2)
+    reference = brute_aupro_exact(upsampled, full, 0.3)
+    assert reference == pytest.approx(0.5, abs=1e-12)
+    assert metrics.aupro(maps, labels) == pytest.approx(reference, abs=1e-12)
+    assert metrics.aupro(list(maps), list(labels)) == pytest.approx(reference, abs=1e-12)
+    assert metrics.aupro(maps, grid) < 0.1  # a bool mask is labelled on its own grid, as before
+    assert metrics.pixel_auroc(maps, labels) == metrics.pixel_auroc(maps, grid)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_region_labels_are_the_regions_and_a_bool_mask_is_labelled_as_before(seed):
+    """Signed integer ground truth: each distinct positive label one region of its image (checked by brute
+    force with two regions merged under one label), 0 normal; a mask's own 8-connected labels give exactly the
+    bool mask's curve; pixel AUROC takes labels > 0. Negative labels are refused naming the fix; unsigned 0/255
+    masks are still refused as before."""
+    maps, masks = random_maps_and_masks(np.random.default_rng(seed))
+    labelled = np.stack([ndimage.label(k, structure=np.ones((3, 3)))[0] for k in masks]).astype(np.int32)
+    for a, b in zip(metrics.pro_curve(maps, labelled), metrics.pro_curve(maps, masks)):
+        np.testing.assert_array_equal(a, b)
+    assert metrics.pixel_auroc(maps, labelled) == metrics.pixel_auroc(maps, masks)
+    merged = labelled.copy()
+    merged[0][merged[0] == 2] = 1  # image 0's regions 1 and 2 now count as one
+    regions = [(i, merged[i] == r) for i in range(len(merged)) for r in np.unique(merged[i][merged[i] > 0])]
+    fprs, pros = [], []
+    for t in [np.inf] + sorted(np.unique(maps).tolist(), reverse=True):
+        fprs.append(((maps >= t) & ~masks).sum() / (~masks).sum())
+        pros.append(np.mean([((maps[i] >= t) & region).sum() / region.sum() for i, region in regions]))
+    assert metrics.aupro(maps, merged) == pytest.approx(brute_area(fprs, pros, 0.3) / 0.3, abs=1e-9)
+    with pytest.raises(DataError, match="must be >= 0.*scipy.ndimage.label"):
+        metrics.aupro(maps, -labelled)
+    with pytest.raises(DataError, match="only 0 and 1"):
+        metrics.aupro(maps, masks.astype(np.uint8) * 255)

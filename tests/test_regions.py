@@ -399,3 +399,77 @@ def test_a_zone_mask_over_opencvs_pixel_limit_is_a_config_error_naming_it(tmp_pa
     path.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"label\.png is empty \(0 bytes\)"):
         judge(zones=[{"name": "label", "mask": str(path), "ignore": True}])
+
+
+def thin_diagonal_scratch(size: int = 256) -> np.ndarray:
+    """(size, size) bool: a 1 px line from (5, 20) to (250, 140), one 8-connected defect."""
+    mask = np.zeros((size, size), np.uint8)
+    cv2.line(mask, (5, 20), (250, 140), 1, 1)
+    return mask > 0
+
+
+def test_a_thin_scratch_on_a_half_size_map_grid_is_one_defect_in_region_results():
+    """A 1 px diagonal scratch at 256 px brought to a 128 px map grid: nearest sampling leaves scattered map
+    pixels (61 pieces if labelled again on the grid), but its region labels keep it one defect, found by a map
+    that marks its pixels and missed by one that does not; the labels' pixels are ``mask_on_map_grid``'s.
+    Eval's metrics on such labels say the same (one defect, AUPRO 1 for the perfect map)."""
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    from fair_edge.masks import labels_on_map_grid, mask_on_map_grid
+    from fair_edge.training.data import Sample
+    from fair_edge.training.evaluate import ScoredSet, compute_metrics
+    from fair_edge.training.region_metrics import region_results
+
+    labels = labels_on_map_grid(thin_diagonal_scratch(), (128, 128))
+    assert labels.dtype == np.int32 and ((labels > 0) == mask_on_map_grid(thin_diagonal_scratch(), (128, 128))).all()
+    assert ndimage.label(labels > 0, structure=np.ones((3, 3)))[1] > 10 and set(np.unique(labels)) == {0, 1}
+    perfect = (labels > 0).astype(np.float32)[None]
+    totals, per_image = region_results(perfect, labels[None], 0.5, np.array([1]))
+    assert per_image == [{"defects": 1, "found": 1, "missed": 0, "regions": int(ndimage.label(perfect[0] > 0.5,
+                          structure=np.ones((3, 3)))[1]), "false_regions": 0}]
+    assert totals["defects"] == 1 and totals["defects_found"] == 1 and totals["region_recall"] == 1.0
+    totals, _ = region_results(np.zeros_like(perfect), labels[None], 0.5, np.array([1]))
+    assert totals["defects"] == 1 and totals["defects_missed"] == 1
+    scored = ScoredSet([Sample(Path("scratch.png"), 1), Sample(Path("good.png"), 0)], np.array([1.0, 0.0]),
+                       np.stack([perfect[0], np.zeros((128, 128), np.float32)]),
+                       np.stack([labels, np.zeros_like(labels)]))
+    result = compute_metrics(scored, pixel_threshold=0.5)
+    assert result["regions"]["defects"] == 1 and result["regions"]["defects_found"] == 1
+    assert result["aupro"] == pytest.approx(1.0) and result["pixel_auroc"] == pytest.approx(1.0)
+
+
+def test_a_defect_nearest_sampling_loses_keeps_its_own_label_and_same_size_labels_are_the_components():
+    """48 px mask -> 32 px grid: the defect on mask row 2 (nearest sampling reads rows 0, 1, 3, ...) keeps map pixel
+    (1, 2) with its own label (1), the block defect its label 2; labels > 0 is mask_on_map_grid, on random masks
+    too, where each map pixel's label names a region that overlaps that map pixel. At the mask's own size the labels
+    are the mask's 8-connected components; a tiled layout's labels_to_map crops to the ROI first, as mask_to_map."""
+    from scipy import ndimage
+
+    from fair_edge.masks import labels_on_map_grid, mask_on_map_grid
+    from fair_edge.tiling import tile_layout
+
+    mask = np.zeros((48, 48), bool)
+    mask[2, 2:5] = True
+    mask[20:26, 20:30] = True
+    labels = labels_on_map_grid(mask, (32, 32))
+    assert labels[1, 2] == 1 and (labels == 1).sum() == 1 and set(np.unique(labels)) == {0, 1, 2}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        size, grid = rng.integers(20, 90, 2), tuple(int(v) for v in rng.integers(6, 40, 2))
+        mask = rng.random(size) < 0.05
+        labels = labels_on_map_grid(mask, grid)
+        assert ((labels > 0) == mask_on_map_grid(mask, grid)).all()
+        full, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        for i, j in np.argwhere(labels > 0):
+            # the map pixel's mask rows and columns, and one more each side (cv2's nearest rounds a few one off)
+            rows = slice(max(int(i * size[0] / grid[0]) - 1, 0), int(np.ceil((i + 1) * size[0] / grid[0])) + 1)
+            cols = slice(max(int(j * size[1] / grid[1]) - 1, 0), int(np.ceil((j + 1) * size[1] / grid[1])) + 1)
+            assert labels[i, j] in full[rows, cols]
+        np.testing.assert_array_equal(labels_on_map_grid(mask, tuple(int(v) for v in size)), full)
+    frame = np.zeros((80, 80), bool)
+    frame[3, 5] = frame[10:20, 10:12] = True
+    layout = tile_layout((80, 80), TilingConfig(40, 0, roi=(1, 0, 60, 40)), 20)
+    assert ((layout.labels_to_map(frame) > 0) == layout.mask_to_map(frame)).all()
+    assert set(np.unique(layout.labels_to_map(frame))) == {0, 1, 2}

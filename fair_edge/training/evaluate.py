@@ -37,7 +37,7 @@ from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
 from fair_edge.regions import calibrate_pixel_threshold
-from fair_edge.masks import mask_on_map_grid
+from fair_edge.masks import labels_on_map_grid
 from fair_edge.tiling import FrameTiler
 from fair_edge.training.region_metrics import region_results
 
@@ -47,9 +47,12 @@ CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval repor
 
 @dataclass
 class ScoredSet:
-    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool or None. A tiled model on images
-    of several sizes gives maps of several sizes: maps (and masks) are then lists of N (h_i, w_i) arrays
-    (``metrics`` pools their pixels for pixel AUROC and labels AUPRO's regions per image).
+    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) int32 region labels on the map grid or
+    None: 0 = normal, k > 0 = the k-th defect region (8-connected, at mask resolution) of that image's mask
+    (``fair_edge.masks.labels_on_map_grid``), so ``masks > 0`` is the defect mask and AUPRO and the region results
+    count a thin scratch as the one defect it is. A tiled model on images of several sizes gives maps of several
+    sizes: maps (and masks) are then lists of N (h_i, w_i) arrays (``metrics`` pools their pixels for pixel AUROC
+    and takes AUPRO's regions per image).
 
     mask_known: (N,) bool, which rows of ``masks`` are ground truth (normal images, and defective ones with a
     mask file); a defective image without a mask has an all-False placeholder row. None = all known.
@@ -129,7 +132,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
             for sample, image, m, layout in zip(chunk, images, frame_maps, layouts):
                 has_mask = sample.label == 0 or sample.mask is not None
                 mask = read_mask(sample.mask, image.shape[:2]) if sample.label and has_mask else None
-                masks.append(_mask_to_map(np.zeros(image.shape[:2], bool) if mask is None else mask, layout, m.shape))
+                masks.append(_labels_to_map(np.zeros(image.shape[:2], bool) if mask is None else mask, layout, m.shape))
                 known.append(has_mask)
         if progress is not None:
             progress(len(samples[start : start + batch]))
@@ -165,9 +168,16 @@ def _mask_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray
     defect region (at mask resolution) nearest sampling would lose entirely, the one map pixel it covers
     most (largest overlap area). Every defect keeps at least one map pixel; masks whose regions all
     survive nearest sampling are unchanged."""
+    return _labels_to_map(mask, layout, shape) > 0
+
+
+def _labels_to_map(mask: np.ndarray, layout, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool frame mask -> int32 region labels on the anomaly map's grid ``shape`` (h, w): the pixels of
+    ``_mask_to_map`` (``labels > 0`` equals it), each holding the label of its defect region at mask resolution
+    (``fair_edge.masks.labels_on_map_grid``), so a scratch that the grid breaks into pieces stays one region."""
     if layout is not None:
-        return layout.mask_to_map(mask)
-    return mask_on_map_grid(mask, shape)
+        return layout.labels_to_map(mask)
+    return labels_on_map_grid(mask, shape)
 
 
 F1_THRESHOLD_RULE = "NG when score > f1_threshold (the station's rule; fair-edge build's F1-optimal threshold)"
@@ -252,13 +262,13 @@ def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | Non
 
 def _on_one_grid(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     """(N, h, w) maps and masks as they are; lists of maps and masks of several sizes padded at the bottom and
-    right to one (N, h_max, w_max) grid: maps with -inf (never above a pixel threshold), masks with False, so
-    the padding adds no region to any image and joins none."""
+    right to one (N, h_max, w_max) grid: maps with -inf (never above a pixel threshold), masks with False (or
+    label 0), so the padding adds no region to any image and joins none."""
     if not isinstance(maps, list):
         return maps, masks
     h, w = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
     grid_maps = np.full((len(maps), h, w), -np.inf, np.float32)
-    grid_masks = np.zeros((len(maps), h, w), bool)
+    grid_masks = np.zeros((len(maps), h, w), np.asarray(masks[0]).dtype)
     for i, (m, k) in enumerate(zip(maps, masks)):
         grid_maps[i, : m.shape[0], : m.shape[1]] = m
         grid_masks[i, : k.shape[0], : k.shape[1]] = k
@@ -362,7 +372,7 @@ def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int)
             mark, why = plots.threshold_mark(float(scored.scores[i]), scored.maps[i], threshold)
             panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
                                         [*heatmap_lines(sample, scored.scores[i], threshold), *why],
-                                        threshold=mark, mask=scored.masks[i] if known else None)
+                                        threshold=mark, mask=scored.masks[i] > 0 if known else None)
             write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
 
 

@@ -1,9 +1,12 @@
 """Region-level results of ``fair-edge eval`` on a test set with masks: defects found, missed, false regions.
 
 On the anomaly map's grid: the predicted regions are the 8-connected components of ``map > pixel
-threshold`` (as the station finds them, ``fair_edge.regions``), the defects the 8-connected components
-of the ground-truth mask. A defect is found when a predicted region overlaps it by at least one pixel;
-a predicted region that overlaps no defect is a false region (on normal images every region is).
+threshold`` (as the station finds them, ``fair_edge.regions``), the defects the ground truth's regions: the
+8-connected components of a bool mask, or, given signed integer region labels
+(``fair_edge.masks.labels_on_map_grid``: each region of the full-size mask keeps its label on the map's grid), each
+distinct positive label, so a thin scratch that the smaller grid breaks into pieces is one defect, as at mask
+resolution. A defect is found when a predicted region overlaps it by at least one pixel; a predicted region that
+overlaps no defect is a false region (on normal images every region is).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from scipy import ndimage
 
 from fair_edge.errors import DataError
 from fair_edge.regions import EIGHT_CONNECTED
+from fair_edge.training.metrics import truth_regions
 
 
 def image_regions(amap: np.ndarray, mask: np.ndarray, pixel_threshold: float) -> dict[str, int]:
-    """One image: amap (h, w) float32, mask (h, w) bool on the same grid. Returns {defects, found, missed,
-    regions, false_regions}."""
+    """One image: amap (h, w) float32, mask (h, w) on the same grid: bool, or signed integer region labels (0 =
+    normal; ``metrics.truth_regions``). Returns {defects, found, missed, regions, false_regions}."""
     pred, n_pred = ndimage.label(amap > pixel_threshold, structure=EIGHT_CONNECTED)
-    truth, n_truth = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    truth, n_truth = truth_regions(mask)
     both = (pred > 0) & (truth > 0)
     found = len(np.unique(truth[both]))
     true_regions = len(np.unique(pred[both]))
@@ -29,7 +33,8 @@ def image_regions(amap: np.ndarray, mask: np.ndarray, pixel_threshold: float) ->
 
 def region_results(maps: np.ndarray, masks: np.ndarray, pixel_threshold: float,
                    labels: np.ndarray) -> tuple[dict, list[dict[str, int]]]:
-    """maps: (N, h, w) float32; masks: (N, h, w) bool; labels: (N,) 0 normal / 1 defective.
+    """maps: (N, h, w) float32; masks: (N, h, w) bool, or signed integer region labels (``image_regions``);
+    labels: (N,) 0 normal / 1 defective.
 
     Returns (totals: pixel_threshold, defects, defects_found, defects_missed, region_recall, false_regions,
     false_regions_per_image, normal_images_with_regions; one ``image_regions`` dict per image)."""
