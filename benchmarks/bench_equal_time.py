@@ -160,7 +160,8 @@ def score_row(info: dict, final: Path, held, test, folder: Path, with_masks: boo
     normal = score_samples(final, held, batch=32)
     info.update(metrics.line_summary(test.scores, test.labels), **pixel_summary(test.maps, test.masks),
                 checkpoint=str(final))
-    extra = {} if test.masks is None else {"masks": np.packbits(test.masks, axis=-1), "mask_width": test.masks.shape[-1]}
+    extra = {} if test.masks is None else {"masks": np.packbits(test.masks > 0, axis=-1), "mask_width": test.masks.shape[-1],
+                                           "mask_labels": np.asarray(test.masks, np.int32)}
     np.savez_compressed(folder / "scores.npz", test_maps=np.stack(test.maps).astype(np.float16),
                         test_scores=test.scores, labels=test.labels, held_scores=normal.scores,
                         held_map_max=normal.maps.reshape(len(normal.maps), -1).max(axis=1), **extra)
@@ -169,7 +170,8 @@ def score_row(info: dict, final: Path, held, test, folder: Path, with_masks: boo
 
 
 def pixel_summary(maps: np.ndarray, masks: np.ndarray | None) -> dict:
-    """{"pixel_auroc", "aupro"} of (N, S, S) maps against (N, S, S) bool masks; {} without masks."""
+    """{"pixel_auroc", "aupro"} of (N, S, S) maps against (N, S, S) bool masks or int32 region labels
+    (``fair_edge.masks.labels_on_map_grid``); {} without masks."""
     if masks is None:
         return {}
     maps = np.asarray(maps, np.float32)
@@ -187,7 +189,9 @@ def fuse_row(folders: list[Path], rule: str) -> dict:
         if not np.array_equal(d["labels"], labels):
             raise SystemExit(f"{f} scored another test set than {folders[0]}: fusion needs the same images.")
     masks = None
-    if "masks" in data[0]:
+    if "mask_labels" in data[0]:   # each region of the full-size mask one region (rows scored before d59d62b: bool)
+        masks = data[0]["mask_labels"]
+    elif "masks" in data[0]:
         masks = np.unpackbits(data[0]["masks"], axis=-1, count=int(data[0]["mask_width"])).astype(bool)
     members = [json.loads((f / "row.json").read_text()) for f in folders]
     fused_maps, fused = fuse_maps([d["test_maps"].astype(np.float32) for d in data], stats, rule)

@@ -89,7 +89,7 @@ def test_suite_fuses_finished_rows_of_two_sizes_without_fitting_again(mvtec_dir,
     import json
 
     from fair_edge.runtime.fusion import NormalStats, fuse_maps
-    from fair_edge.training.metrics import image_auroc
+    from fair_edge.training.metrics import aupro, image_auroc
 
     suite = _script("suite")
     monkeypatch.syspath_prepend(str(BENCH))
@@ -109,6 +109,12 @@ def test_suite_fuses_finished_rows_of_two_sizes_without_fitting_again(mvtec_dir,
     _, scores = fuse_maps([m["test_maps"].astype(np.float32) for m in members],
                           [NormalStats.fit(m["held_map_max"]) for m in members], "mean")
     assert fused["rule"] == "mean" and fused["image_auroc"] == pytest.approx(image_auroc(scores, members[0]["labels"]))
+    labels = members[0]["mask_labels"]     # regions as the full-size mask has them, which the fused AUPRO reads
+    assert labels.dtype == np.int32 and np.array_equal(labels > 0, np.unpackbits(
+        members[0]["masks"], axis=-1, count=int(members[0]["mask_width"])).astype(bool))
+    fused_maps, _ = fuse_maps([m["test_maps"].astype(np.float32) for m in members],
+                              [NormalStats.fit(m["held_map_max"]) for m in members], "mean")
+    assert fused["aupro"] == pytest.approx(aupro(fused_maps, labels, fpr_limit=0.3))
     assert "| plate | two-scales |" in (tmp_path / "suite-48.md").read_text()
     monkeypatch.setattr(sys, "argv", [*base, "--size", "48", "--fuse", "bad=pc-default"])
     with pytest.raises(SystemExit, match="expected NAME=ROW"):
