@@ -87,3 +87,48 @@ def test_build_refuses_a_loss_csv_given_as_checkpoint(tmp_path):
                            env={"COLUMNS": "400"})
     assert refused(result, "loss.csv is not a checkpoint written by fair-edge train", "final.pt"), result.output
     assert "weights_only" not in result.output
+
+
+def _pretend(monkeypatch, folder, *, read_only: bool = False, writable: bool = True):
+    """Make ``folder`` look mounted read-only (os.statvfs's ST_RDONLY) or not writable (os.access): root writes
+    through chmod 0o555, so the test says what the kernel would; every other path is answered as it is."""
+    import os
+    from types import SimpleNamespace
+
+    real_statvfs, real_access = os.statvfs, os.access
+
+    def statvfs(path):
+        st = real_statvfs(path)
+        if os.path.realpath(path) != os.path.realpath(folder) or not read_only:
+            return st
+        fields = {name: getattr(st, name) for name in dir(st) if name.startswith("f_")}
+        return SimpleNamespace(**{**fields, "f_flag": st.f_flag | os.ST_RDONLY})
+
+    def access(path, mode, **kwargs):
+        if os.path.realpath(path) == os.path.realpath(folder) and not writable and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("read_only, words", [(True, "is on a read-only file system"),
+                                              (False, "is not writable by this account")])
+@pytest.mark.parametrize("model", [FAIR_QUICK, ["--model", "patchcore", "--backbone-weights", "random",
+                                                "--image-size", "32", "--device", "cpu"]])
+def test_train_into_a_read_only_out_is_refused_before_training(mvtec_dir, tmp_path, monkeypatch, read_only, words,
+                                                              model):
+    """A read-only --out crashed with a raw `OSError: [Errno 30] Read-only file system` traceback from the trainer's
+    mkdir (FAIR, LGFDR) or at the first checkpoint (PatchCore, after the fit); now one line names the folder and
+    the fix before the data loads, for every family."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _pretend(monkeypatch, disk, read_only=read_only, writable=False)
+    result = train(mvtec_dir, disk / "run", *model)
+    assert refused(result, f"--out {disk / 'run'}: {disk} {words} (it would be made in {disk}, the nearest folder "
+                   "that exists)", "Choose an --out"), result.output
+    assert result.output.startswith("error: --out"), result.output   # the first line: nothing loaded or trained
+    assert not (disk / "run").exists()
+    result = train(mvtec_dir, disk, *model)    # an existing folder
+    assert refused(result, f"--out {disk}: {disk} {words}; a training run writes its checkpoints there"), result.output

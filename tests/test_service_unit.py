@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import shutil
 import stat
@@ -229,3 +231,25 @@ def test_a_unit_naming_the_station_by_another_path_is_still_this_stations(tmp_pa
     other = settings(tmp_path, station=station_file(tmp_path / "line4"))
     with pytest.raises(ConfigError, match=r"already holds another unit .*its own --name"):
         install_unit(other, units)
+
+
+@pytest.mark.parametrize("code, fix", [
+    (errno.EROFS, r".*units is on a read-only file system\. Remount it read-write .*--print > fair-edge\.service"),
+    (errno.ENOSPC, r"no space left on the disk of .*units \(.*\)\. Free disk space"),
+    (errno.EIO, r"Input/output error\. Fix .*units, or use --print > fair-edge\.service"),
+])
+def test_a_read_only_or_full_unit_dir_is_refused_by_name_and_leaves_no_temporary_file(tmp_path, monkeypatch,
+                                                                                        code, fix):
+    """A read-only (EROFS) or full (ENOSPC) unit folder gave a raw OSError traceback and left a 0-byte
+    .fair-edge.service.tmp; now a ConfigError names the folder and the fix, and the temporary file is gone."""
+    units, s = tmp_path / "units", settings(tmp_path)
+    units.mkdir()
+
+    def write_text(path, *args, **kwargs):
+        path.touch()   # the file is made, then its write fails (a full disk); a read-only one fails either way
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(ConfigError, match=rf"^cannot write {units / 'fair-edge.service'}: {fix}"):
+        install_unit(s, units)
+    assert list(units.iterdir()) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -278,6 +279,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
             for line in tiled_score_warnings(family, spec.settings, [*given, *overrides]):
                 log.warning(line)
     out = out or default_train_dir(spec.tag)
+    check_out_writable(out)  # before the data loads and the model trains: not at the first checkpoint
     if resume:
         saved = resume_settings(out, given, settings.get("save_every"))
         spec, cfg, source = saved.model, saved.train, saved.run
@@ -329,6 +331,34 @@ def check_nproc(nproc: int) -> None:
         raise ConfigError(f"--nproc is the number of training processes on this machine (one per GPU, or CPU "
                           f"processes); it must be from 1 to {NPROC_MAX}; found {nproc}. Use --nproc 1 (the default) "
                           f"to train in this process.")
+
+
+def check_out_writable(out: Path) -> None:
+    """ConfigError naming --out unless a run can be written there: ``out`` is a folder, or a path whose nearest
+    existing folder is writable and searchable by this account on a file system mounted read-write (root writes
+    anywhere but on a read-only mount). Checked without creating anything, so a refused run leaves no folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; a training run writes a folder (last.pt, final.pt, loss.csv). "
+                          "Pass a new or existing folder.")
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    where = "" if folder == out else f" (it would be made in {folder}, the nearest folder that exists)"
+    if _read_only_mount(folder):
+        raise ConfigError(f"--out {out}: {folder} is on a read-only file system{where}; a training run writes its "
+                          "checkpoints there. Choose an --out on a writable disk, or remount that disk read-write.")
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise ConfigError(f"--out {out}: {folder} is not writable by this account{where}; a training run writes "
+                          "its checkpoints there. Choose an --out you can write, or make that folder writable.")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    """True when ``folder`` lies on a file system mounted read-only (False when that cannot be told)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):

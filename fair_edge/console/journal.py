@@ -1,9 +1,11 @@
 """Append-only, crash-safe JSONL logs: operator reviews (``reviews.jsonl``) and the audit trail of
 changes (``audit.jsonl``), next to ``verdicts.jsonl`` in the station's output folder.
 
-Each entry is one line, written with a single ``write`` on a file opened for appending, flushed
-and ``fsync``-ed before the call returns (its folder too when the call created the file), so an
-acknowledged review survives a crash or power cut.
+Each entry is one line, written at the end of a file opened for appending (again for the rest when a
+nearly full disk takes only part of it), flushed and ``fsync``-ed before the call returns (its folder
+too when the call created the file), so an acknowledged review survives a crash or power cut. An
+entry that cannot be written whole is cut off again and raises RecorderError: nothing half-written
+is ever confirmed.
 Nothing is ever rewritten: a corrected review is a newer line for the same part (the newest wins).
 A torn last line (power lost mid-write) is skipped on reading and counted.
 """
@@ -11,8 +13,10 @@ A torn last line (power lost mid-write) is skipped on reading and counted.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -52,8 +56,7 @@ class Journal:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
                         line = b"\n" + line  # a torn last line stays torn; this entry starts on its own line
-                    os.write(fd, line)
-                    os.fsync(fd)
+                    _append_whole(fd, line, size, self.path)
                 finally:
                     os.close(fd)
                 if created:   # the file's name lives in its folder: durable only once the folder is too
@@ -80,6 +83,52 @@ class Journal:
             log.warning("%s: %d unreadable line(s) skipped (a crash mid-write?)", self.path, torn)
         self.torn_lines = torn
         return entries
+
+
+def _append_whole(fd: int, line: bytes, size: int, path: Path) -> None:
+    """Write all of ``line`` at the end of the file open on ``fd`` (``size`` bytes before it) and fsync it, or leave
+    the file as it was. A nearly full disk takes only part of a write and says so by a short count, not an error:
+    the rest is written again until all is there; a write that makes no progress, or any OSError (ENOSPC, EIO, a
+    failed fsync), truncates the file back to ``size`` bytes and raises RecorderError naming the file, the bytes
+    written of those expected and the free space, so a caller never confirms an entry that a reader would skip."""
+    written = 0
+    try:
+        while written < len(line):
+            n = os.write(fd, line[written:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "the disk took no more bytes (a write returned 0)")
+            written += n
+        os.fsync(fd)
+    except OSError as exc:
+        undone = _truncate(fd, size)
+        raise RecorderError(
+            f"{path}: wrote {written} of {len(line)} bytes of a new entry ({exc.strerror or exc}; "
+            f"{_free_space(path.parent)} free on its disk); expected the whole line. {undone} The entry was not "
+            "recorded: free disk space or fix the disk, then repeat the action.") from exc
+
+
+def _truncate(fd: int, size: int) -> str:
+    """Cut the file on ``fd`` back to ``size`` bytes (its length before a failed append); a sentence saying so."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:
+        return (f"The file could not be cut back to its {size} bytes ({exc.strerror or exc}): it may end in a "
+                "partial line, which reading skips.")
+    return f"The file was cut back to its {size} bytes, as before."
+
+
+def _free_space(folder: Path) -> str:
+    """Free space for this account in ``folder``'s file system, e.g. '12.0 KiB' ('unknown' when it cannot be read)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "unknown"
+    free = st.f_bavail * st.f_frsize
+    if free < 1024:
+        return f"{free} bytes"
+    power = min(3, int(math.log(free, 1024)))
+    return f"{free / 1024 ** power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
 
 
 def _fsync_folder(folder: Path) -> None:

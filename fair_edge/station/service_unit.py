@@ -13,6 +13,7 @@ backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart, ``$`` too (v
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -224,11 +225,32 @@ def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = 
         tmp.write_text(text)
         tmp.chmod(0o644)
         os.replace(tmp, target)
-    except PermissionError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {target}: {exc.strerror}. Run with sudo, or use --print > {s.unit_name} "
-                          "and copy it there.") from exc
     except FileNotFoundError as exc:
         raise ConfigError(f"cannot write {target}: {unit_dir} does not exist. Is this a systemd machine? "
                           "Use --print to see the unit.") from exc
+    except OSError as exc:
+        _discard(tmp)
+        raise ConfigError(f"cannot write {target}: {_write_fix(exc, s, unit_dir)}") from exc
     return target
+
+
+def _write_fix(exc: OSError, s: ServiceSettings, unit_dir: Path) -> str:
+    """What went wrong writing the unit into ``unit_dir``, and the fix, by errno (the unit was not installed)."""
+    by_hand = f"use --print > {s.unit_name} and copy it there"
+    if isinstance(exc, PermissionError):
+        return f"{exc.strerror}. Run with sudo, or {by_hand}."
+    if exc.errno == errno.EROFS:
+        return (f"{unit_dir} is on a read-only file system. Remount it read-write (`sudo mount -o remount,rw` on "
+                f"the file system holding it) and install again, or {by_hand} by hand.")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the disk of {unit_dir} ({exc.strerror}). Free disk space, then install again."
+    return f"{exc.strerror or exc}. Fix {unit_dir}, or {by_hand}."
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a half-written unit file; nothing to do where it was never made (on a read-only file system even
+    unlinking a missing file fails, with EROFS)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
