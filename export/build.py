@@ -18,13 +18,19 @@ All of it happens in a temporary folder next to the target, moved into place onl
 files given the modes a plain ``mkdir``/``open`` would have (``apply_umask``: the account that loads the bundle, e.g. a
 station's service account, reads it as it reads any other file of the builder's). A rebuild into the same ``--out``
 reuses the previous bundle's caches (``KEPT_ON_REBUILD``) only where they still match its bundle.json.
+The staging folder's name carries the builder's process id (``.NAME.building-PID-xxxxxxxx``): what a killed build
+(SIGKILL, a power cut) leaves beside ``--out`` is removed by the next build or fuse into it (``clear_leftovers``),
+and a previous bundle a kill left renamed aside (``.NAME.replaced-PID``) is put back. A full, over-quota or read-only
+disk is a BundleError naming ``--out``'s disk and its free space (``disk_problem``), never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,7 +52,7 @@ from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
-from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
+from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, free_space, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
@@ -62,6 +68,7 @@ KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB
 # with --no-engine the TensorRT timing cache is not kept: no engine is built, and a cache of another GPU must not travel
 # in the bundle to the machine that builds its engine (the Jetson's engine cache)
 ENGINE_ONLY = (TIMING_CACHE,)
+STALE_AGE_S = 3600.0   # a staging folder without a process id (older fair-edge) unchanged this long is abandoned, s
 
 
 @dataclass(frozen=True)
@@ -123,20 +130,144 @@ def staging_folder(out: Path, options: BuildOptions) -> Path:
     made (a read-only or someone else's folder)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     except OSError as exc:
+        disk = disk_problem(out, exc)
+        if disk:
+            raise BundleError(f"--out {out}: cannot create the bundle's temporary folder in {out.parent}: {disk}, "
+                              "then run it again.") from exc
         raise BundleError(
             f"--out {out}: cannot create the bundle's temporary folder in {out.parent} ({exc.strerror or exc}); the "
             "bundle is built next to --out and moved into place, so that folder must be writable by this account. "
             "Choose an --out in a folder you can write, or make that folder writable.") from exc
+    name = None
     try:
         for name in _kept_files(out, options):
             shutil.copy2(out / name, staging / name)
     except OSError as exc:
         discard_staging(staging)
-        raise BundleError(f"--out {out}: cannot copy the previous bundle's cache {exc.filename} "
-                          f"({exc.strerror or exc}). Make it readable, or delete {out} to build afresh.") from exc
+        disk = disk_problem(out, exc)
+        fix = f"{disk}, then run it again" if disk else f"Make it readable, or delete {out} to build afresh"
+        cache = out / name if name else exc.filename
+        raise BundleError(f"--out {out}: cannot copy the previous bundle's cache {cache} ({exc.strerror or exc}). "
+                          f"{fix}.") from exc
     return staging
+
+
+def disk_problem(out: Path, exc: OSError) -> str | None:
+    """What a write beside ``out`` that failed on its disk means and the fix, as one clause ("the disk of --out B is
+    full (12.0 MB free on the disk of DIR). Free space ... disk"): full (ENOSPC), over quota (EDQUOT) or read-only
+    (EROFS); None for any other OSError (a permission, a missing folder: the caller's own words)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "full" if exc.errno == errno.ENOSPC else "over this account's quota"
+        return (f"the disk of --out {out} is {full} ({free_space(out.parent)}). Free space on that disk or choose an "
+                "--out on another disk")
+    if exc.errno == errno.EROFS:
+        return f"--out {out} is on a read-only file system. Choose an --out on a writable disk"
+    return None
+
+
+def clear_leftovers(out: Path, now: float | None = None) -> None:
+    """Tidy what killed builds or fuses into ``out`` (SIGKILL, a power cut: no cleanup ran) left beside it, each
+    named in a warning: staging folders ``.NAME.building-PID-xxxxxxxx`` whose process no longer runs, and those of
+    an older fair-edge (no PID) unchanged for ``STALE_AGE_S`` (``now``: time.time(), s) are removed; a previous
+    bundle renamed aside (``.NAME.replaced-PID``, its process gone) is removed when ``out`` exists (a kill while
+    deleting it), and put back as ``out`` when ``out`` is missing (a kill between ``move_into_place``'s two
+    renames) and it is the only one and holds a manifest; otherwise the warning names the ``mv`` that restores it.
+    Folders of live processes (a build running beside this one) are kept. Never raises."""
+    try:
+        names = sorted(os.listdir(out.parent))
+    except OSError:
+        return   # no folder yet (nothing to tidy), or unreadable: the build's own checks name it
+    now = time.time() if now is None else now
+    building = re.compile(rf"\.{re.escape(out.name)}\.building-(?:(\d+)-)?[a-z0-9_]{{8}}")
+    replaced = re.compile(rf"\.{re.escape(out.name)}\.replaced-(\d+)")
+    for name in names:
+        match = building.fullmatch(name)
+        if match and _real_dir(out.parent / name):
+            why = _abandoned(out.parent / name, match.group(1), now)
+            if why:
+                _remove_leftover(out.parent / name, f"an unfinished build or fuse into {out} ({why})")
+    dead = [out.parent / n for n in names if (m := replaced.fullmatch(n)) and _real_dir(out.parent / n)
+            and not pid_alive(int(m.group(1)))]
+    if dead and os.path.lexists(out):
+        for old in dead:
+            _remove_leftover(old, f"the previous version of {out}, which a finished build replaced")
+    elif dead:
+        _restore(out, dead)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists (this account's or another's); always True where that cannot be asked
+    without signalling it (not POSIX), so nothing of a live build is ever removed."""
+    if os.name != "posix":
+        return True
+    if pid <= 0:
+        return False   # never a builder's id (0 and negatives address process groups)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True    # exists, owned by another account
+    except (OverflowError, ValueError):
+        return False   # no process can have that id
+    return True
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _abandoned(folder: Path, pid: str | None, now: float) -> str | None:
+    """Why the staging ``folder`` is abandoned ("process 123 no longer runs"), or None while its builder may run."""
+    if pid is not None:
+        return None if pid_alive(int(pid)) else f"process {pid} no longer runs"
+    try:
+        newest = max([folder.stat().st_mtime] + [p.lstat().st_mtime for p in folder.rglob("*")])
+    except OSError:
+        return None
+    idle = now - newest
+    return f"unchanged for {idle / 60:.0f} min" if idle > STALE_AGE_S else None
+
+
+def _folder_mb(folder: Path) -> float:
+    """The size of the files under ``folder``, MB (2**20 bytes); what can be read of it."""
+    total = 0
+    try:
+        for path in folder.rglob("*"):
+            try:
+                total += 0 if path.is_dir() else path.lstat().st_size
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return total / 2**20
+
+
+def _remove_leftover(folder: Path, what: str) -> None:
+    size = _folder_mb(folder)
+    log.warning("removing %s: left by %s, %.1f MB", folder, what, size)
+    discard_staging(folder)
+
+
+def _restore(out: Path, dead: list[Path]) -> None:
+    """``out`` is missing and ``dead`` hold previous versions a killed build renamed aside: the only one, if it holds a
+    manifest, is put back as ``out``; else a warning names them and the fix."""
+    from fair_edge.runtime.fusion import MANIFEST as FUSION_MANIFEST
+
+    old = dead[0]
+    if len(dead) == 1 and any((old / m).is_file() for m in (MANIFEST, FUSION_MANIFEST)):
+        try:
+            os.replace(old, out)
+            log.warning("%s was missing: a build or fuse killed while moving its result into place left the previous "
+                        "version in %s; it is back as %s", out, old, out)
+            return
+        except OSError as exc:
+            log.warning("cannot put back %s as %s (%s)", old, out, exc.strerror or exc)
+    log.warning("%s is missing; %s: previous versions of it that killed builds or fuses renamed aside, not put back "
+                "(more than one, or no manifest in it). To restore one: `mv %s %s`", out, ", ".join(map(str, dead)),
+                old, out)
 
 
 def _kept_files(out: Path, options: BuildOptions) -> list[str]:
@@ -231,7 +362,8 @@ def named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeErro
 def staged(out: Path, options: BuildOptions) -> Iterator[Path]:
     """A staging folder beside ``out`` (``staging_folder``) for the body to write the new bundle into. On any exception
     it is removed (``discard_staging``), and a FairEdgeError naming a path in it is raised again naming that path in
-    ``out`` (``named_in_place``), the file the user can act on."""
+    ``out`` (``named_in_place``), the file the user can act on; an OSError of a full, over-quota or read-only disk
+    is a BundleError naming ``out``'s disk and its free space (``disk_problem``)."""
     staging = staging_folder(out, options)
     try:
         yield staging
@@ -241,6 +373,16 @@ def staged(out: Path, options: BuildOptions) -> Iterator[Path]:
         if renamed is exc:
             raise
         raise renamed from exc
+    except OSError as exc:
+        disk = disk_problem(out, exc)
+        written = _folder_mb(staging) if disk else 0.0
+        discard_staging(staging)
+        if disk is None:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise named_in_place(BundleError(
+            f"--out {out}: cannot write the bundle ({where}{exc.strerror or exc}; {written:.1f} MB were written): "
+            f"{disk}, then run it again. {out} is left as it was."), staging, out) from exc
     except BaseException:
         discard_staging(staging)
         raise
@@ -439,6 +581,7 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     """
     start = time.perf_counter()
     out = Path(out)
+    clear_leftovers(out)   # first: a previous bundle it puts back is checked as --out
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
     with staged(out, options) as staging:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,

@@ -12,11 +12,14 @@ threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB); a l
 N = MAX_BYTES // (h * w * 4) evenly spaced maps (the manifest's ``count`` against ``of``). Held-out frames
 of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI then needs
 ``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
+A write that fails (a full disk) is a BundleError naming the file and the free space on its disk (``free_space``,
+shared by every writer of a build: numpy only, so the station's side imports it without torch).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -56,8 +59,27 @@ def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict 
     kept = kept_maps(maps)
     if kept is None:
         return None
-    np.save(out / name, kept, allow_pickle=False)
+    try:
+        np.save(out / name, kept, allow_pickle=False)
+    except OSError as exc:   # a full disk: numpy says "6144 requested and 4064 written", or ENOSPC
+        (out / name).unlink(missing_ok=True)
+        raise BundleError(f"cannot write the held-out normal maps {out / name} ({kept.nbytes / 2**20:.2f} MB: "
+                          f"{exc.strerror or exc}); {free_space(out)}. Free space on that disk or choose an --out "
+                          "on another disk, then build again.") from exc
     return {"file": name, "count": int(kept.shape[0]), "of": len(maps), "shape": [int(s) for s in kept.shape[1:]]}
+
+
+def free_space(path: Path) -> str:
+    """"12.3 MB free on the disk of PATH" (MB = 2**20 bytes; the disk of ``path``, or of its nearest existing folder
+    above), or "free space on the disk of PATH unknown (reason)": the figure a disk-full error names."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        return f"free space on the disk of {path} unknown ({exc.strerror or exc})"
+    return f"{free / 2**20:.1f} MB free on the disk of {path}"
 
 
 def read_normal_maps(path: Path) -> np.ndarray:

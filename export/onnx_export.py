@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ExportError
+from fair_edge.export.normal_maps import free_space
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, BATCH_DIM, OUTPUT_NAMES, SCORE
 
@@ -43,7 +44,8 @@ def example_inputs(model: ModelSpec, batch: int = 2, seed: int = 0) -> dict[str,
 def export_onnx(model: ModelSpec, module: nn.Module, path: str | Path, precision: str = "fp32") -> Path:
     """Write ``module`` (the family's module for ``model``, eval mode, any device) as ONNX at ``path``.
 
-    precision: fp32 or fp16 (the family's ``half`` module). Raises ExportError naming the failing step.
+    precision: fp32 or fp16 (the family's ``half`` module). Raises ExportError naming the failing step; one that
+    cannot write ``path`` (a full disk) names the free space there instead of blaming the exporter.
     """
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"export_onnx writes fp32 or fp16 graphs; found {precision!r} (int8 is made by calibration).")
@@ -70,14 +72,30 @@ def export_onnx(model: ModelSpec, module: nn.Module, path: str | Path, precision
         inline_initializer_identities(graph)
         _set_output_shapes(graph, model.preprocess.image_size)
         onnx.checker.check_model(graph)
+    except OSError as exc:  # the file could not be written (a full disk): not the exporter's fault
+        raise ExportError(_write_failed(path, exc)) from exc
     except Exception as exc:  # the exporter raises many types; we re-raise one of ours with the cause
         raise ExportError(
             f"ONNX export of {model.describe()} ({precision}, opset {OPSET}) failed: {type(exc).__name__}: "
             f"{str(exc)[:500]}. Check that the checkpoint loads with `fair-edge eval`, and report the torch version if it does."
         ) from exc
     graph.producer_name = "fair-edge"
-    onnx.save(graph, str(path))
+    try:
+        onnx.save(graph, str(path))
+    except OSError as exc:
+        raise ExportError(_write_failed(path, exc)) from exc
     return path
+
+
+def _write_failed(path: Path, exc: OSError) -> str:
+    """The ExportError text of an ONNX file that could not be written: the file, the reason, the free space on its
+    disk and the fix (the export itself worked). The half-written file is removed."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass   # the build's staging folder it lies in is removed with it
+    return (f"cannot write the ONNX graph {path} ({exc.strerror or exc}); {free_space(path.parent)}. Free space on "
+            "that disk or choose an --out on another disk, then build again.")
 
 
 def _set_output_shapes(graph: onnx.ModelProto, image_size: int) -> None:

@@ -219,3 +219,131 @@ def test_an_out_in_an_unwritable_folder_is_one_error_naming_it(tiny_ckpt_path, t
     blocker.write_text("")
     r = invoke(tiny_ckpt_path, "--out", blocker / "b", "--no-engine")
     assert r.exit_code == 2 and "Traceback" not in r.output and f"--out {blocker / 'b'}" in " ".join(r.output.split())
+
+
+def test_a_full_disk_writing_the_normal_maps_is_one_error_and_keeps_the_previous_bundle(tiny_ckpt_path, tmp_path,
+                                                                                        monkeypatch):
+    """np.save on a full disk ("6144 requested and 4064 written", an OSError without errno) was a traceback. Now a
+    BundleError naming the file as in --out and the free space; the previous bundle stays, no staging folder is left."""
+    import numpy as np
+
+    from fair_edge.errors import BundleError
+
+    ckpt, out, frames = load_checkpoint(tiny_ckpt_path), tmp_path / "b", make_frames(4, seed=3)
+    first = build_bundle(ckpt, out, BuildOptions("fp32", engine=False), normal_frames=frames)
+
+    def short_write(path, array, allow_pickle=True):
+        Path(path).write_bytes(b"\x93NUMPY half")
+        raise OSError("6144 requested and 4064 written")
+
+    monkeypatch.setattr(np, "save", short_write)
+    with pytest.raises(BundleError) as err:
+        build_bundle(ckpt, out, BuildOptions("fp32", engine=False), normal_frames=frames)
+    message = str(err.value)
+    assert f"cannot write the held-out normal maps {out / 'normal_maps.npy'} (" in message
+    assert "6144 requested and 4064 written" in message and f"MB free on the disk of {out}" in message
+    assert ".building-" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == first.bundle
+
+
+@pytest.mark.parametrize("code, words", [(28, "is full ("), (122, "is over this account's quota ("),
+                                         (30, "is on a read-only file system")])
+def test_a_full_or_read_only_disk_anywhere_in_a_build_names_out_and_its_free_space(tiny_ckpt_path, tmp_path,
+                                                                                   monkeypatch, code, words):
+    """Any other write of the build that meets a full, over-quota or read-only disk (ENOSPC, EDQUOT, EROFS; here
+    bundle.json) is one BundleError naming --out's disk, its free space and the fix, not a traceback; the previous
+    bundle stays and the staging folder is removed."""
+    ckpt, out, options = load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", engine=False)
+    first = build_bundle(ckpt, out, options)
+
+    def full(root, manifest):
+        raise OSError(code, os.strerror(code), str(Path(root) / "bundle.json"))
+
+    monkeypatch.setattr(build_module, "write_manifest", full)
+    with pytest.raises(build_module.BundleError) as err:
+        build_bundle(ckpt, out, options)
+    message = str(err.value)
+    assert message.startswith(f"--out {out}: cannot write the bundle ({out / 'bundle.json'}: {os.strerror(code)}")
+    assert words in message and "then run it again" in message and ".building-" not in message
+    if code != 30:
+        assert f"MB free on the disk of {tmp_path})" in message and "another disk" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == first.bundle
+
+
+def _dead_pid() -> int:
+    """A process id no process can have (above the kernel's pid_max)."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+
+
+def _leftover(folder: Path, size: int = 1000) -> Path:
+    folder.mkdir()
+    (folder / "model.fp32.onnx").write_bytes(b"x" * size)
+    return folder
+
+
+def test_staging_folders_of_killed_builds_are_removed_and_those_of_live_ones_kept(tmp_path, caplog):
+    """A build killed by SIGKILL (a long TensorRT build stopped, a power cut) left its hidden `.b.building-*` folder
+    for good: 7 kills left 199 MB. Now the folder names its process id and the next build into b removes those
+    whose process is gone, and those of an older fair-edge (no id) unchanged for an hour, each named in a warning
+    with its size; a live build's, a fresh old-style one and another bundle's are kept."""
+    dead, now = _dead_pid(), 1_000_000_000.0
+    gone = [_leftover(tmp_path / f".b.building-{dead}-abcd_123", 3 << 19), _leftover(tmp_path / ".b.building-old_1234")]
+    kept = [_leftover(tmp_path / f".b.building-{os.getppid()}-abcd_123"), _leftover(tmp_path / ".b.building-new_1234"),
+            _leftover(tmp_path / f".c.building-{dead}-abcd_123"), _leftover(tmp_path / f".b.building-{dead}-x")]
+    for folder, mtime in ((gone[1], now - 2 * 3600), (kept[1], now - 60)):
+        for path in (folder / "model.fp32.onnx", folder):
+            os.utime(path, (mtime, mtime))
+    with caplog.at_level("WARNING"):
+        build_module.clear_leftovers(tmp_path / "b", now=now)
+    assert [p.exists() for p in gone] == [False, False] and all(p.exists() for p in kept)
+    removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removing")]
+    assert len(removed) == 2 and f"removing {gone[0]}: " in removed[0] and removed[0].endswith("1.5 MB")
+    assert f"process {dead} no longer runs" in removed[0]
+    assert f"removing {gone[1]}: " in removed[1] and "unchanged for 120 min" in removed[1]
+
+
+def test_a_previous_bundle_a_killed_build_left_renamed_aside_is_put_back_or_removed(tmp_path, caplog):
+    """move_into_place renames the previous bundle to `.b.replaced-PID`, then the new one to b: a kill between the two
+    left no b at all. The next build puts it back (the only one, with its manifest); with b in place a dead one (a
+    kill while deleting it) is removed; a live process's is kept; two, or one without a manifest, are only named."""
+    import shutil
+
+    dead, out = _dead_pid(), tmp_path / "b"
+    aside = tmp_path / f".b.replaced-{dead}"
+    aside.mkdir()
+    (aside / "bundle.json").write_text("{}")
+    build_module.clear_leftovers(out)
+    assert (out / "bundle.json").read_text() == "{}" and not aside.exists()
+    partial, live = _leftover(tmp_path / f".b.replaced-{dead}"), _leftover(tmp_path / f".b.replaced-{os.getppid()}")
+    build_module.clear_leftovers(out)
+    assert not partial.exists() and live.exists()
+    shutil.rmtree(live)
+    shutil.rmtree(out)
+    two = [_leftover(tmp_path / f".b.replaced-{dead}"), _leftover(tmp_path / f".b.replaced-{dead + 1}")]
+    with caplog.at_level("WARNING"):
+        build_module.clear_leftovers(out)
+    assert not out.exists() and all(p.exists() for p in two)
+    assert f"To restore one: `mv {two[0]} {out}`" in caplog.text
+
+
+def test_a_build_after_a_killed_one_tidies_its_leftovers_and_names_its_staging_by_pid(tiny_ckpt_path, tmp_path,
+                                                                                       monkeypatch):
+    """The build itself tidies first: the previous bundle a kill left aside is back before it is checked and
+    replaced, the dead staging folder is gone, and the new staging folder carries this process's id."""
+    import re
+
+    ckpt, out, options, dead = load_checkpoint(tiny_ckpt_path), tmp_path / "b", BuildOptions("fp32", engine=False), \
+        _dead_pid()
+    build_bundle(ckpt, out, options)
+    os.replace(out, tmp_path / f".b.replaced-{dead}")
+    _leftover(tmp_path / f".b.building-{dead}-abcd_123")
+    seen, real = [], build_module._build_into
+
+    def recording(staging, *args, **kwargs):
+        seen.append(staging.name)
+        return real(staging, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "_build_into", recording)
+    again = build_bundle(ckpt, out, options)
+    assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == again.bundle
+    assert re.fullmatch(rf"\.b\.building-{os.getpid()}-[a-z0-9_]{{8}}", seen[0])

@@ -171,3 +171,29 @@ def test_weights_that_are_not_a_mapping_of_tensors_are_refused(tmp_path, weights
     with pytest.raises(CheckpointError, match=r"bad.pt has an invalid field: state_dict must map weight names to "
                                               r"tensors, found (list|dict|NoneType)"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos\n31499392 vs 31499284")])
+def test_a_full_disk_is_one_error_naming_the_file_and_free_space_and_leaves_no_tmp(tmp_path, monkeypatch, failure):
+    """`train`, `build`, `tune` on a full disk: torch.save's RuntimeError ("unexpected pos", as torch reports ENOSPC)
+    or OSError was a raw traceback, and the half-written last.pt.tmp stayed, filling the disk further. Now: one
+    CheckpointError naming the file, the free space on its disk and the fix; no .tmp left."""
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    def short_write(payload, f):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise failure
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 << 20, 97 << 20, 3 << 20))
+    with pytest.raises(CheckpointError) as err:
+        make(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'c.pt'} (") and "\n" not in message
+    assert f"3.0 MB free on the disk of {tmp_path}" in message and "choose another --out" in message
+    assert list(tmp_path.iterdir()) == []   # no c.pt.tmp

@@ -9,6 +9,7 @@ from export_fixtures import MODEL, SIZE, make_frames
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.export.accuracy import graph_delta
+from fair_edge.errors import ExportError
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.runtime.backends import OnnxRuntimeBackend
 
@@ -67,3 +68,25 @@ def test_fp16_close_to_fp32(graphs):
     print(f"fp16 vs fp32: {d}")
     assert d.map_max_abs < 1e-2 and d.score_max_abs < 1e-2  # fp16 keeps ~3 significant digits
     assert d.score_spearman > 0.99
+
+
+def test_a_full_disk_names_the_file_and_free_space_not_the_exporter(tiny_detector, tmp_path, monkeypatch):
+    """An OSError (ENOSPC) while the exporter wrote the graph was reported as a failed export: "Check that the
+    checkpoint loads with fair-edge eval, and report the torch version" (the wrong fix). Now it names the file, the
+    free space on its disk and the fix, and removes the half-written file."""
+    import errno
+    from pathlib import Path
+
+    import torch
+
+    def full(net, args, f, **kwargs):
+        Path(f).write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", full)
+    with pytest.raises(ExportError) as err:
+        export_onnx(MODEL, tiny_detector, tmp_path / "m.onnx")
+    message = str(err.value)
+    assert f"cannot write the ONNX graph {tmp_path / 'm.onnx'} (No space left on device)" in message
+    assert f"MB free on the disk of {tmp_path}" in message and "another disk" in message
+    assert "torch version" not in message and list(tmp_path.iterdir()) == []

@@ -373,3 +373,42 @@ def test_fuse_refuses_an_out_that_is_not_a_fused_bundle(fused, tmp_path):
             build_fused_bundle([m.root for m in members], out, normals)
     assert (other / "notes.txt").read_text() == "keep" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     assert not (members[0].root / "m0").exists()
+
+
+@pytest.mark.parametrize("code, words", [(28, "is full ("), (30, "is on a read-only file system"),
+                                         (13, "Make its files readable by this account")])
+def test_a_member_copy_that_fails_names_the_disk_of_out_or_the_member_by_its_errno(fused, tmp_path, monkeypatch,
+                                                                                  code, words):
+    """`fuse` on a full disk said "Make its files readable by this account" (any OSError blamed the member). Now a
+    full (ENOSPC) or read-only (EROFS) disk names --out's disk, its free space and the fix; a permission error still
+    names the member; nothing is left beside --out."""
+    import os
+    import shutil
+
+    _, members, normals = fused
+    out = tmp_path / "f"
+
+    def fail(src, dst, *, follow_symlinks=True):
+        raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", fail)
+    with pytest.raises(BundleError) as err:
+        build_fused_bundle([m.root for m in members], out, normals)
+    message = str(err.value)
+    assert f"cannot copy member bundle {members[0].root} into the fused bundle" in message and words in message
+    assert ".building-" not in message and list(tmp_path.iterdir()) == []
+    if code != 13:
+        assert f"--out {out}" in message and "readable" not in message and "`fair-edge fuse` again" in message
+    if code == 28:
+        assert f"MB free on the disk of {tmp_path})" in message
+
+
+def test_fuse_removes_the_staging_folder_a_killed_fuse_left(fused, tmp_path):
+    """A fuse killed by SIGKILL left its `.f.building-*` folder beside --out for good; the next fuse removes it."""
+    from pathlib import Path
+
+    _, members, normals = fused
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    (tmp_path / f".f.building-{dead}-abcd_123" / "m0").mkdir(parents=True)
+    build_fused_bundle([m.root for m in members], tmp_path / "f", normals)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

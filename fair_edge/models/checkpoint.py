@@ -8,7 +8,9 @@ Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=Tru
   train_state: optional dict to resume exactly (step, optimizer, scheduler, RNG states).
 Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
 ``family``/``settings``) are FAIR checkpoints and still load.
-Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
+Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint; a write that
+fails (a full disk: ``torch.save`` says "unexpected pos" or raises OSError) removes its temporary file and is a
+CheckpointError naming the file, the free space on its disk and the fix.
 Loading checks every record's CRC-32 in the zip container first (``_verify_crc``), so a file damaged later
 (one flipped bit on a disk or in a copy) is refused instead of loading with altered weights; a file that is
 no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is refused before anything is unpickled.
@@ -16,6 +18,7 @@ no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is r
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -29,9 +32,11 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
+from fair_edge.export.normal_maps import free_space
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 
+log = logging.getLogger(__name__)
 FORMAT = "fair-edge-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -64,9 +69,9 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically. Returns the path."""
+    """Write ``ckpt`` to ``path`` atomically (``PATH.tmp``, then renamed). Returns the path. A failed write (a full
+    disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the free space there and the fix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -77,9 +82,31 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "train_state": ckpt.train_state,
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as RuntimeError ("unexpected pos ...")
+        _discard(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}); {free_space(path.parent)}. "
+                              "Free space on that disk or choose another --out, then run again.") from exc
     return path
+
+
+def _discard(tmp: Path) -> None:
+    """Remove the half-written ``tmp`` of a failed save, so it does not keep filling the disk."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the unfinished checkpoint %s (%s): delete it", tmp, exc)
+
+
+def _write_reason(exc: Exception) -> str:
+    """A failed write in one line of at most 200 characters: the OSError's reason, or torch's error."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _model_spec(payload: dict) -> ModelSpec:

@@ -154,10 +154,11 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
     --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
     something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
-    from fair_edge.export.build import BuildOptions, staged
+    from fair_edge.export.build import BuildOptions, clear_leftovers, staged
     from fair_edge.export.bundle import load_bundle
 
     out = Path(out)
+    clear_leftovers(out)   # what a killed fuse left beside --out; first, so a previous bundle it puts back is checked
     if len(member_dirs) < 2:
         raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")
     if len(normal_frames) < 2:
@@ -208,12 +209,35 @@ def _fuse_into(root: Path, member_dirs: Sequence[str | Path], normal_frames: Seq
 
 
 def _copy_member(src: Path, dst: Path) -> None:
-    """Copy the member bundle ``src`` to ``dst``; BundleError naming the member file that could not be read."""
+    """Copy the member bundle ``src`` to ``dst`` (in the staging folder beside --out); BundleError naming the file and
+    the fix by the first failure's errno: a full or over-quota disk (ENOSPC, EDQUOT) or a read-only one (EROFS) is
+    --out's disk, with its free space (``export.build.disk_problem``); any other is a member file that could not be
+    read."""
+    failures: list[OSError] = []   # copytree keeps only the text of a file's OSError: its errno is kept here
+
+    def copy(a: str, b: str) -> object:
+        try:
+            return shutil.copy2(a, b)
+        except OSError as exc:
+            failures.append(exc)
+            raise
+
     try:
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, copy_function=copy)
     except OSError as exc:
-        raise BundleError(f"cannot copy member bundle {src} into the fused bundle ({_os_error(exc)}); nothing was "
-                          "changed. Make its files readable by this account, then `fair-edge fuse` again.") from exc
+        raise BundleError(_copy_failure(src, dst, (failures or [exc])[0], exc)) from exc
+
+
+def _copy_failure(src: Path, dst: Path, first: OSError, exc: OSError) -> str:
+    """The message of a member copy that failed with ``exc`` (``first``: the first file's OSError inside it)."""
+    from fair_edge.export.build import disk_problem
+
+    disk = disk_problem(dst.parent, first)   # dst.parent: the staging folder, named as --out when raised (``staged``)
+    if disk:
+        return (f"cannot copy member bundle {src} into the fused bundle ({_os_error(exc)}): {disk}, then "
+                "`fair-edge fuse` again. Nothing was changed.")
+    return (f"cannot copy member bundle {src} into the fused bundle ({_os_error(exc)}); nothing was changed. Make its "
+            "files readable by this account, then `fair-edge fuse` again.")
 
 
 def _os_error(exc: OSError) -> str:
