@@ -15,6 +15,8 @@ none for a Jetson. ``device_bundle(source, cache, target, build)`` gives the sta
   hit         ``load_bundle(CACHE/KEY, target)`` passes (files, checksums, engine target) and it was made from
               this very source bundle; anything else (no entry, a truncated or corrupt engine, a changed
               bundle, another GPU or TensorRT) rebuilds the entry in a staging folder moved into place whole.
+              A staging folder names its builder's process (``.KEY.building-PID-xxxxxxxx``): one a build killed
+              outright left is removed by the next build (``clear_killed_builds``).
 ``python -m fair_edge.export.engine_cache --bundle B --cache DIR`` prints the device bundle's path (stdout only);
 an error is one line on stderr, never a traceback: exit 2 for a bad bundle or cache volume, 1 for anything else.
 """
@@ -26,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from fair_edge.errors import BundleError, FairEdgeError
-from fair_edge.export.build import ENGINE, TIMING_CACHE, apply_umask
+from fair_edge.export.build import ENGINE, TIMING_CACHE, apply_umask, pid_alive
 from fair_edge.export.bundle import MANIFEST, METADATA_KEY, Bundle, EngineTarget, load_bundle, write_manifest
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,25 @@ def _log_leftover(func, path, exc_info) -> None:
     log.warning("engine cache: could not remove %s: %s", path, exc_info[1])
 
 
+KILLED_BUILD = re.compile(r"\.[0-9a-f]{16}\.(?:building|old)-(\d+)(?:-[a-z0-9_]{8})?")  # .KEY.building-PID-xxxxxxxx
+
+
+def clear_killed_builds(cache: Path) -> list[Path]:
+    """Remove what engine builds killed outright (the container stopped, a power cut) left in ``cache``: staging
+    folders ``.KEY.building-PID-xxxxxxxx`` and replaced entries ``.KEY.old-PID`` whose process no longer runs, each
+    named in a warning (an engine can be hundreds of MB on a Jetson's SD card); those of a live process stay.
+    Returns the folders removed."""
+    removed = []
+    for path in sorted(cache.iterdir()):
+        match = KILLED_BUILD.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not pid_alive(int(match.group(1))):
+            log.warning("engine cache: removing %s, left by an engine build whose process %s no longer runs",
+                        path, match.group(1))
+            shutil.rmtree(path, onerror=_log_leftover)
+            removed.append(path)
+    return removed
+
+
 def prune(cache: Path, keep: int, current: Path) -> list[Path]:
     """Remove all but the ``keep`` most recently used entries (``current`` always stays); returns those removed."""
     entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".") and p != current),
@@ -180,7 +202,8 @@ def device_bundle(source: str | Path, cache: str | Path, target: EngineTarget, b
         os.utime(entry)  # most recently used, for prune
         return CachedEngine(entry, True, key)
     log.warning("engine cache: building a TensorRT engine for %s: %s", src.root, reason)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.building-", dir=cache))
+    clear_killed_builds(cache)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.building-{os.getpid()}-", dir=cache))
     try:
         seconds = _assemble(staging, src, data, digest, key, cache, build)
         load_bundle(staging, target)  # verified before it is moved into place

@@ -245,3 +245,22 @@ def test_the_entrypoint_words_an_os_error_by_where_its_file_lies(sources, tmp_pa
         code = main(["--bundle", str(sources["int8"]), "--cache", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 2 and f"engine cache {tmp_path / 'cache'}" in err and "Mount a writable volume" in err, err
+
+
+def test_the_folders_of_engine_builds_killed_outright_are_removed_and_a_live_builds_kept(sources, tmp_path, caplog):
+    """A container stopped mid-build leaves its staging folder (an engine of hundreds of MB on an SD card) in the
+    cache; the next build removes those whose process no longer runs, never a live build's."""
+    import os
+
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1 if Path("/proc/sys/kernel/pid_max").exists() else 2**22 + 1
+    cache = tmp_path / "cache"
+    stale = [cache / f".{'a' * 16}.building-{dead}-abcd_123", cache / f".{'b' * 16}.old-{dead}"]
+    live = cache / f".{'c' * 16}.building-{os.getppid()}-abcd_123"
+    for folder in (*stale, live):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "model.engine").write_bytes(b"x" * 64)
+    with caplog.at_level("WARNING", logger="fair_edge.export.engine_cache"):
+        entry = device_bundle(sources["int8"], cache, ORIN, Builder())
+    assert not entry.hit and all(not folder.exists() for folder in stale) and live.is_dir()
+    assert all(str(folder) in caplog.text for folder in stale) and str(live) not in caplog.text
+    assert not [p for p in cache.iterdir() if ".building-" in p.name and p != live]  # this build's own is gone too
