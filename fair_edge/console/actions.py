@@ -1,5 +1,8 @@
 """What an operator can change from the console: review parts, apply a threshold, swap the bundle,
-export the reviewed parts. Each change is written to the audit log (who, when, old, new).
+export the reviewed parts. Each change is written to the audit log (who, when, old, new): a change whose row could
+not be written is refused before anything changes (``Journal.check_writable``: the answer's error is true); one
+made whose row still fails (the disk filled meanwhile) stands and is answered as made, with a ``warning`` ("made
+but not audited: ...", logged as an error), never as a failure.
 
 With several cameras (``station.cell``) a review names the view (``camera`` and its ``seq``), a threshold is
 applied to one camera (its ``cameras[]`` entry in the station file), and a swap loads a bundle for one camera
@@ -22,7 +25,7 @@ from fair_edge.console.drift import Reference
 from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
-from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
+from fair_edge.errors import ConfigError, FairEdgeError, RecorderError, did_you_mean
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import ModelChange
 from fair_edge.fields import is_int, require
@@ -238,13 +241,14 @@ class StationActions:
         if scheduler is None:
             raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks): no alarm to "
                               "acknowledge")
+        self.audit.check_writable()   # an acknowledgement that could not be audited clears nothing
         try:
             old = scheduler.acknowledge_alarm(seen)
         except ConfigError as exc:   # only for an alarm raised since the page showed its own
             raise AlarmChanged(str(exc)) from exc
         log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
-        return self.audit.append({"action": "acknowledge_alarm", "who": who, "old": old or "",
-                                  "fault": scheduler.fault_reason or ""})
+        return self._audited({"action": "acknowledge_alarm", "who": who, "old": old or "",
+                              "fault": scheduler.fault_reason or ""})
 
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None, camera=None) -> dict:
@@ -272,7 +276,8 @@ class StationActions:
         change carries the threshold it was started with) and while a loaded bundle waits for its first batch
         (the scores tuned on are the old model's); applies take turns (``lock``): the station file, the switch
         and the audit log end with the same last threshold. The audit's ``old``: the threshold in force, or the
-        one applied before it that still waits for the next batch."""
+        one applied before it that still waits for the next batch. An audit log that cannot be written refuses the
+        apply (RecorderError, nothing changed); one that fails once the threshold is applied: a ``warning``."""
         who = _who(who)
         value = tuning.check_threshold(value)
         camera = self._camera(camera, required=True)
@@ -285,6 +290,7 @@ class StationActions:
         decider = self._decider(camera)
         with self.lock:
             self._threshold_can_change(decider, camera)
+            self.audit.check_writable()   # before the station file and the switch: refused, nothing changed
             pending = decider.switch.pending
             old = pending.threshold if pending is not None and pending.threshold is not None else decider.threshold
             written = ""
@@ -292,8 +298,19 @@ class StationActions:
                 tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
                 written = str(self.station_file)
             decider.switch.request(ModelChange(threshold=value))
-            return self.audit.append({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
-                                      "old": old, "new": value, "station_file": written, "model": decider.model})
+            return self._audited({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
+                                  "old": old, "new": value, "station_file": written, "model": decider.model})
+
+    def _audited(self, row: dict) -> dict:
+        """Append ``row`` to the audit log once its change is made; returns what was written. A log that fails now
+        (the disk filled since ``audit.check_writable``) cannot undo the change: logged as an error, and the row is
+        returned with a ``warning`` ("made but not audited: <the log's error>") so the answer says what happened."""
+        try:
+            return self.audit.append(row)
+        except RecorderError as exc:
+            warning = f"made but not audited: {exc}"
+            log.error("console %s by %s %s", row.get("action", "change"), row.get("who", "?"), warning)
+            return {"time": utc_now(), **row, "warning": warning}
 
     def _threshold_can_change(self, decider, camera: str) -> None:
         """SwapBusy while a bundle loads for ``camera`` (a SIGHUP reload's change carries the station file's
@@ -355,10 +372,12 @@ class StationActions:
                                 status={"bundle": bundles, "cameras": cameras})
 
     def _start_swap(self, target, *args, status: dict) -> dict:
-        """Run ``target(*args)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while one loads."""
+        """Run ``target(*args)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while one loads,
+        RecorderError (nothing started) while the audit log cannot be written."""
         with self.lock:
             if self.swap_status["state"] == "loading":
                 raise SwapBusy(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
+            self.audit.check_writable()
             self.swap_status = {"state": "loading", **status, "since": utc_now()}
         threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap", daemon=True).start()
         return self.swap_status
@@ -378,31 +397,53 @@ class StationActions:
         self.swap_status = {"state": "failed", "bundle": bundle, "error": text, "since": utc_now()}
 
     def _load(self, bundle: Path, inspector, who: str, threshold: float | None) -> None:
+        """One camera: load ``bundle``, then switch to it (none when the load fails or the audit log can no longer be
+        written: the loaded backend closed, the swap failed). Done with a ``warning`` when the switch is made but
+        its audit row fails."""
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         try:
             change = self.links.load_model(bundle, threshold=threshold)
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             self._swap_failed(str(bundle), exc)
             return
+        if not self._still_auditable(str(bundle), [change]):
+            return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
         self.feed.drift.reset("", _reference(change))
-        self.audit.append({"action": "swap", "who": who, "old": old,
-                           "new": {"model": change.model, "bundle": str(change.bundle.root),
-                                   "threshold": change.threshold}})
-        self.swap_status = {"state": "done", "bundle": str(change.bundle.root), "model": change.model, "since": utc_now()}
+        row = self._audited({"action": "swap", "who": who, "old": old,
+                             "new": {"model": change.model, "bundle": str(change.bundle.root),
+                                     "threshold": change.threshold}})
+        self.swap_status = {"state": "done", "bundle": str(change.bundle.root), "model": change.model,
+                            **_warning([row]), "since": utc_now()}
+
+    def _still_auditable(self, bundles: str, changes: list[ModelChange]) -> bool:
+        """Whether the audit log can still be written once the (slow) load is done; if not, the swap fails before
+        any camera switches and the loaded ``changes``' backends are closed (no camera runs them)."""
+        try:
+            self.audit.check_writable()
+        except RecorderError as exc:
+            _close_loaded(changes)
+            self._swap_failed(bundles, exc)
+            return False
+        return True
 
     def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None]) -> None:
-        """Load every bundle of the plan, then switch each camera; a failure switches none (loaded backends closed)."""
+        """Load every bundle of the plan, then switch each camera; a failure (a load, an audit log that can no longer
+        be written) switches none (loaded backends closed). Once switching, every camera switches: an audit row that
+        fails then is the swap's ``warning``, not a stop (the cameras after it would keep the old model)."""
         changes: dict[str, ModelChange] = {}
+        bundles = ", ".join(str(b) for b in plan)
         try:
             for bundle, cameras in plan.items():
                 changes.update(self.links.load_views(bundle, cameras, thresholds))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
-            for scorer in {id(c.scorer): c.scorer for c in changes.values() if c.scorer is not None}.values():
-                close_scorer(scorer)   # the bundles loaded before the failure: no camera runs them
-            self._swap_failed(", ".join(str(b) for b in plan), exc)
+            _close_loaded(changes.values())   # the bundles loaded before the failure: no camera runs them
+            self._swap_failed(bundles, exc)
             return
+        if not self._still_auditable(bundles, list(changes.values())):
+            return
+        rows = []
         for camera, change in changes.items():
             decider = self._decider(camera)
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
@@ -411,11 +452,11 @@ class StationActions:
             self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
                 self.feed.bundle_path = change.bundle.root
-            self.audit.append({"action": "swap", "who": who, "camera": camera, "old": old,
-                               "new": {"model": change.model, "bundle": str(change.bundle.root),
-                                       "threshold": change.threshold}})
-        self.swap_status = {"state": "done", "bundle": ", ".join(str(b) for b in plan), "cameras": list(changes),
-                            "models": {c: ch.model for c, ch in changes.items()}, "since": utc_now()}
+            rows.append(self._audited({"action": "swap", "who": who, "camera": camera, "old": old,
+                                       "new": {"model": change.model, "bundle": str(change.bundle.root),
+                                               "threshold": change.threshold}}))
+        self.swap_status = {"state": "done", "bundle": bundles, "cameras": list(changes),
+                            "models": {c: ch.model for c, ch in changes.items()}, **_warning(rows), "since": utc_now()}
 
     def _camera_bundles(self, station_file: Path | None):
         if self.links.camera_bundles is None:
@@ -437,14 +478,15 @@ class StationActions:
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
         """The reviewed parts of this output folder as a training/evaluation dataset under datasets/ (the operator's
-        name is checked before anything is exported)."""
+        name is checked before anything is exported; an audit log that cannot be written refuses it, one that fails
+        once exported adds a ``warning``)."""
         who = _who(who)
         if self.links.export_reviewed is None:
             raise ConfigError("this station cannot export reviewed parts (no exporter was given)")
+        self.audit.check_writable()
         dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
         result = self.links.export_reviewed(self.feed.output, dest)
-        self.audit.append({"action": "export", "who": who, "new": result})
-        return result
+        return {**result, **_warning([self._audited({"action": "export", "who": who, "new": result})])}
 
     def _inspector(self):
         if self.feed.inspector is None:
@@ -460,6 +502,18 @@ def _reference(change: ModelChange) -> Reference:
     if threshold is None and change.roi is None:
         threshold = change.bundle.threshold
     return Reference.of(threshold)
+
+
+def _close_loaded(changes) -> None:
+    """Close the scorers of loaded ``changes`` no camera will run (each shared scorer once)."""
+    for scorer in {id(c.scorer): c.scorer for c in changes if c.scorer is not None}.values():
+        close_scorer(scorer)
+
+
+def _warning(rows: list[dict]) -> dict:
+    """{"warning": the distinct warnings of audit ``rows`` (``_audited``), joined} where any has one, else {}."""
+    warnings = list(dict.fromkeys(row["warning"] for row in rows if "warning" in row))
+    return {"warning": "; ".join(warnings)} if warnings else {}
 
 
 def _seq(value) -> int:

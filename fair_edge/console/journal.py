@@ -66,6 +66,23 @@ class Journal:
                                     "free disk space or fix the folder's permissions") from exc
         return entry
 
+    def check_writable(self) -> None:
+        """Raise RecorderError (as ``append`` does) unless the file can be opened for appending now: a cheap check
+        (one open and close, no byte written; a file the check had to create is removed again, so a change refused
+        for another reason leaves no empty log) made before a change that must be logged, so one that could not be
+        is refused before anything changes. A disk that fills between this check and ``append`` is found by
+        ``append``."""
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                created = not self.path.exists()
+                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+                if created:
+                    self.path.unlink()
+            except OSError as exc:   # the text of ``append``'s
+                raise RecorderError(f"{self.path}: expected a writable log file, found {exc}; "
+                                    "free disk space or fix the folder's permissions") from exc
+
     def read(self) -> list[dict[str, Any]]:
         """Every complete entry in order (a torn or unreadable line is skipped and counted)."""
         if not self.path.is_file():

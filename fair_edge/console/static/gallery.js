@@ -79,7 +79,7 @@ $("refresh").addEventListener("click", load);
 $("export").addEventListener("click", async () => {
   try {
     const r = await FE.post("export", {});
-    FE.say(`dataset written to ${r.dest}: ${r.summary}`);
+    FE.say(`dataset written to ${r.dest}: ${r.summary}` + (r.warning ? " — WARNING: " + r.warning : ""), !!r.warning);
   } catch (e) { FE.say(e.message, true); }
 });
 load();

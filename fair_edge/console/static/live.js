@@ -83,7 +83,7 @@ function showCounters(s) {
 async function acknowledgeAlarm() {
   try {
     const r = await FE.post("acknowledge_alarm", {alarm: shownAlarm});
-    FE.say(`alarm acknowledged: ${r.old || "none latched"}` + (r.fault ? ` (fault output still on: ${r.fault})` : ""));
+    FE.say(`alarm acknowledged: ${r.old || "none latched"}` + (r.fault ? ` (fault output still on: ${r.fault})` : "") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning);
     $("ack-alarm").hidden = true;
   } catch (e) { FE.say(e.message, true); }
 }

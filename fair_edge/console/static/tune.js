@@ -50,7 +50,7 @@ async function status() {
     const s = await FE.get("/api/state");
     showCameras(s.cameras);
     if (s.model) { $("model-id").textContent = s.model.id; $("model-bundle").textContent = s.model.bundle; $("model-backend").textContent = s.model.backend; }
-    const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.models ? " → " + Object.entries(w.models).map(([c, m]) => `${c}: ${m}`).join(", ") : "") + (w.error ? ": " + w.error : "");
+    const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.models ? " → " + Object.entries(w.models).map(([c, m]) => `${c}: ${m}`).join(", ") : "") + (w.error ? ": " + w.error : "") + (w.warning ? " — WARNING: " + w.warning : "");
     const d = s.drift;
     const where = d.camera ? `camera ${d.camera} (the worst): ` : "";
     $("drift-text").textContent = where + (d.psi === null ? d.note :
@@ -71,7 +71,7 @@ $("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add
 $("apply-confirmed").addEventListener("click", async () => {
   try {
     const r = await FE.post("threshold", {threshold: proposed(), confirm: true, ...(camera() ? {camera: camera()} : {})});
-    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write"));
+    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning);
     $("confirm-box").classList.add("hidden");
     setTimeout(project, 700);
   } catch (e) { FE.say(e.message, true); }
