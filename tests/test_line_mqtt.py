@@ -56,6 +56,22 @@ def test_mqtt_url_errors_name_the_form():
     assert (t.port, t.prefix) == (1883, "line3")
 
 
+def test_two_stations_on_one_broker_get_different_default_client_ids():
+    """A broker closes the older of two connections with one client id: the default is this process's own (host,
+    prefix, pid), so line 3 and line 4 (or a station's second process) never knock each other off."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    line3, line4 = parse_mqtt_url("mqtt://127.0.0.1/line3"), parse_mqtt_url("mqtt://127.0.0.1/line4")
+    assert line3.client_id == f"fair-edge-{socket.gethostname()}-line3-{os.getpid()}" != line4.client_id
+    other = subprocess.run([sys.executable, "-c", "from fair_edge.line.mqtt import parse_mqtt_url as p; "
+                            "print(p('mqtt://127.0.0.1/line3').client_id)"], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() != line3.client_id      # the same station file in another process
+    assert parse_mqtt_url("mqtt://127.0.0.1/line3?client_id=st-1").client_id == "st-1"
+
+
 @needs_broker
 def test_a_verdict_on_mqtt_carries_its_regions_rules_and_what_the_gate_did(tmp_path):
     """The station's verdict callback publishes the verdict log's own row: its defect regions, the rules that

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -52,13 +54,19 @@ class MqttTarget:
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
-    """``mqtt://HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..``; ``SinkError`` if bad."""
+    """``mqtt://HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..``; ``SinkError`` if bad.
+
+    Without ``client_id`` the id is this process's own, ``fair-edge-HOSTNAME-PREFIX-PID``: a broker closes the
+    older of two connections with one id, so a shared default made two stations on one broker (or a second
+    process of one station) knock each other off every few seconds. The session is clean, so a new id per
+    start loses nothing."""
     parsed = parse_sink_url(url)
     if parsed.scheme != "mqtt" or not parsed.host:
         raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX, found {url!r}")
     parsed.check_query(("client_id", "keepalive_s", "max_outbox"))
-    return MqttTarget(parsed.host, parsed.port or 1883, parsed.path.strip("/") or "fair-edge",
-                      parsed.query.get("client_id", "fair-edge-station"),
+    prefix = parsed.path.strip("/") or "fair-edge"
+    return MqttTarget(parsed.host, parsed.port or 1883, prefix,
+                      parsed.query.get("client_id", f"fair-edge-{socket.gethostname()}-{prefix}-{os.getpid()}"),
                       parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1))
 
 
