@@ -13,21 +13,41 @@ from typing import Optional
 import typer
 
 from fair_edge.cli.common import console, friendly_errors
-from fair_edge.station.service_unit import (UNIT_DIR, ServiceSettings, default_executable, default_user, install_unit,
-                                    render_unit, systemctl_commands)
+from fair_edge.station.service_unit import (ENCODER_DRAIN_S, STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings,
+                                            belt_drain_ms, default_executable, default_user, install_unit,
+                                            render_unit, stop_timeout_sec, systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
 
 
-def _check_station(station: Path, printing: bool) -> None:
-    """Load the station file as `fair-edge run` will (a unit pointing at a broken one would restart forever)."""
+def _check_station(station: Path, printing: bool):
+    """Load the station file as `fair-edge run` will (a unit pointing at a broken one would restart forever); its
+    ``StationConfig``, or None with --print when it is not on this machine."""
     from fair_edge.station.config import load_station
 
     if not station.is_file() and printing:
         console.print(f"note: {station} does not exist here; create it on the station machine before starting the unit.")
-        return
-    load_station(station)
+        return None
+    return load_station(station)
+
+
+def _stop_timeout(cfg, given: Optional[int]) -> int:
+    """TimeoutStopSec=, s: --timeout-stop-sec, else sized from the station's reject timing (``stop_timeout_sec``),
+    else (no station file here) the default; a note when the unit may cut the belt's drain short."""
+    if given is None and cfg is not None:
+        return stop_timeout_sec(cfg)
+    if given is None:
+        console.print(f"note: TimeoutStopSec={STOP_SEC_MIN} (the station file was not read) lets a stop wait for "
+                      f"parts at most {STOP_SEC_MIN - STOP_MARGIN_S} s from the gate (reject.delay_ms + pulse_ms + "
+                      "late_ms); for a longer belt pass --timeout-stop-sec.")
+        return STOP_SEC_MIN
+    if cfg is not None and 1 <= given < stop_timeout_sec(cfg):
+        console.print(f"note: --timeout-stop-sec {given} is less than the {stop_timeout_sec(cfg)} s the station needs "
+                      f"to stop ({belt_drain_ms(cfg) / 1000.0:g} s for the parts on its belt to reach the gate + "
+                      f"{STOP_MARGIN_S} s to write the log); systemd may kill it first, those parts get no reject "
+                      "pulse and summary.json is not written.")
+    return given
 
 
 @app.command("install-service")
@@ -46,6 +66,12 @@ def install_service(
                                             "OMP_NUM_THREADS=4); PYTHONUNBUFFERED=1 is always set."),
     watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
                                      "ping from the inspection loop for this long and systemd restarts the station."),
+    timeout_stop_sec: Optional[int] = typer.Option(
+        None, "--timeout-stop-sec", help="TimeoutStopSec=: how long `systemctl stop` waits, after SIGTERM, for "
+        "the parts on the belt to reach the reject gate and the log and summary.json to be written before it "
+        "kills the station [default: from the station file: reject.delay_ms + pulse_ms + late_ms (encoder mode: "
+        f"{ENCODER_DRAIN_S:g} s for the belt) + {STOP_MARGIN_S} s, at least {STOP_SEC_MIN}]. Install again (--force) "
+        "after changing the reject timing."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
     force: bool = typer.Option(False, "--force", help="Replace a different unit already there under --name: this "
                                "station's own (e.g. written from an older venv, or with another --watchdog-sec), to "
@@ -53,13 +79,15 @@ def install_service(
                                "what differs."),
 ) -> None:
     """Write a systemd unit that runs the station at boot, restarts it on a crash or a hung inspection loop
-    (Type=notify, WatchdogSec=, Restart=always), and print the systemctl commands to enable it."""
+    (Type=notify, WatchdogSec=, Restart=always) and, when stopped, waits for the parts on the belt to reach the
+    reject gate (TimeoutStopSec=, from the station's reject timing); print the systemctl commands to enable it."""
     station = station.expanduser().resolve()
-    _check_station(station, print_only)
+    cfg = _check_station(station, print_only)
     settings = ServiceSettings(
         station=station, executable=(executable.expanduser().resolve() if executable else default_executable()),
         user=user or default_user(), working_dir=(working_dir or Path.cwd()).expanduser().resolve(), name=name,
-        group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec)
+        group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec,
+        timeout_stop_sec=_stop_timeout(cfg, timeout_stop_sec))
     if print_only:
         sys.stdout.write(render_unit(settings))
         return

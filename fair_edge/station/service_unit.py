@@ -6,7 +6,8 @@
   Restart=always                    like any exit or crash, restarted after RestartSec (StartLimitIntervalSec=0:
                                     a line station keeps trying, e.g. while its camera is unplugged);
   ExecReload=kill -HUP $MAINPID     `systemctl reload` loads the bundle again without stopping capture;
-  TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first.
+  TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first: ``stop_timeout_sec``
+                                    sizes it from the station's reject timing (a long belt needs more than 60 s).
 Quoting follows systemd.syntax(7) and systemd.service(5): arguments with spaces or quotes are double-quoted with
 backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart, ``$`` too (variable expansion).
 """
@@ -14,16 +15,26 @@ backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart, ``$`` too (v
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fair_edge.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fair_edge.station.config import StationConfig
+
 UNIT_DIR = Path("/etc/systemd/system")
+STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
+STOP_MARGIN_S = 30       # s added to the belt's drain: queued frames, the recorder's close (5 s of NG images), sinks
+ENCODER_DRAIN_S = 10.0   # s: encoder mode's wait for the parts on the belt at a stop (station.run.finish_line):
+                         # a stopped belt never brings them to the gate, so it is bounded, not the belt's travel
+MAX_SEC = 7 * 86400      # the longest of the unit's times, s (a week); reject timing may reach 3 days (3 x 1 day)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
 
@@ -33,7 +44,8 @@ class ServiceSettings:
     """One station's unit. station: the station YAML (absolute). executable: the ``fair-edge`` program (absolute).
     user/group: the account it runs as (group None = the user's). working_dir: where relative paths of the
     station file resolve. environment: extra ``KEY=VALUE`` pairs. Seconds: watchdog_sec (no WATCHDOG=1 for that
-    long = hung), restart_sec, timeout_start_sec (bundle load and backend warm-up), timeout_stop_sec."""
+    long = hung), restart_sec, timeout_start_sec (bundle load and backend warm-up), timeout_stop_sec (SIGTERM ->
+    SIGKILL: the parts on the belt reach the gate, the log and summary.json are written; ``stop_timeout_sec``)."""
 
     station: Path
     executable: Path
@@ -45,7 +57,7 @@ class ServiceSettings:
     watchdog_sec: int = 30
     restart_sec: int = 5
     timeout_start_sec: int = 300
-    timeout_stop_sec: int = 60
+    timeout_stop_sec: int = STOP_SEC_MIN   # install-service: stop_timeout_sec(the station)
 
     def __post_init__(self) -> None:
         for what, path in (("--station", self.station), ("the fair-edge executable", self.executable),
@@ -62,6 +74,8 @@ class ServiceSettings:
                             ("timeout_start_sec", self.timeout_start_sec), ("timeout_stop_sec", self.timeout_stop_sec)):
             if value < 1:
                 raise ConfigError(f"{what} must be >= 1 s; found {value}.")
+            if value > MAX_SEC:
+                raise ConfigError(f"{what} must be at most {MAX_SEC} s (a week); found {value}: a typo? Give seconds.")
         texts = [str(self.station), str(self.executable), str(self.working_dir), self.user, self.group or "",
                  *self.environment]
         if any("\n" in t or "\r" in t for t in texts):
@@ -70,6 +84,31 @@ class ServiceSettings:
     @property
     def unit_name(self) -> str:
         return f"{self.name}.service"
+
+
+def belt_drain_ms(cfg: StationConfig) -> float:
+    """How long, ms, a stopping station waits for the parts already on its belt (``finish_line``, ``finish_cell``):
+    ``reject.delay_ms`` (encoder mode, ``reject.encoder_distance``: ``ENCODER_DRAIN_S``, its bound at a stop, since
+    a delay in counts has no time) + the widest pulse (``reject.pulse_ms``, or a sink URL's ``pulse_ms``, of
+    ``reject.sinks`` and each camera's ``reject``) + ``reject.late_ms``. One reject timing serves all sinks and lanes."""
+    reject = cfg.reject
+    travel_ms = ENCODER_DRAIN_S * 1000.0 if reject.encoder_distance is not None else reject.delay_ms
+    urls = (*reject.sinks, *(url for view in cfg.cameras for url in view.reject))
+    return travel_ms + max([reject.pulse_ms, *(_url_pulse_ms(url) for url in urls)]) + reject.late_ms
+
+
+def _url_pulse_ms(url: str) -> float:
+    """A sink URL's own ``pulse_ms`` option, ms; 0 when it sets none (the station's ``reject.pulse_ms`` then)."""
+    from fair_edge.line.sinks.urls import parse_sink_url
+
+    return parse_sink_url(url).get_float("pulse_ms", 0.0)
+
+
+def stop_timeout_sec(cfg: StationConfig) -> int:
+    """TimeoutStopSec= for the station ``cfg``, s: max(``STOP_SEC_MIN``, the belt's drain (``belt_drain_ms``)
+    rounded up + ``STOP_MARGIN_S``), so that systemd's SIGKILL does not cut the drain: e.g. 60 for the default
+    station, 101 for ``reject.delay_ms: 70000``; at most ``MAX_SEC`` (a sink URL's pulse_ms has no upper bound)."""
+    return min(MAX_SEC, max(STOP_SEC_MIN, math.ceil(belt_drain_ms(cfg) / 1000.0) + STOP_MARGIN_S))
 
 
 def _escape(text: str, dollar: bool) -> str:
