@@ -71,6 +71,7 @@ def test_operator_session_in_a_browser(browser, station_bundles, conveyor_dir, t
         wait(browser, lambda d: int(text(d, "inspected")) >= start + 5, what="counters to move")
         assert text(browser, "model-id") == model_id(first)
         assert text(browser, "verdict") in ("OK", "NG") and text(browser, "p50") != "–"
+        assert text(browser, "rows-failed") == "0"          # every verdict row written (a full disk: counted, red)
         wait(browser, lambda d: d.execute_script("return document.getElementById('live-image').naturalWidth") > 0,
              what="the live image")
         wait(browser, lambda d: len(d.find_elements("css selector", "#strip img")) >= 3, what="the latest frames")

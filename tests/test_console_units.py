@@ -1175,3 +1175,23 @@ def test_applying_a_threshold_to_a_station_file_whose_record_is_not_a_mapping_is
     assert text.startswith(f"{station}: record: expected a mapping of settings, found ")
     assert text.endswith("then apply the threshold again (it was not changed)")
     assert station.read_text() == f"bundle: b\nrecord: {record}\n"
+
+
+def test_the_console_counters_carry_the_recorders_rows_not_written(tmp_path):
+    """On a full disk the verdict log lost rows and the console's counters had no recorder counter: the live
+    state said nothing. Now they carry rows logged, failed (not in the log), dropped and every write error."""
+    import json
+    from types import SimpleNamespace
+
+    from fair_edge.console.feed import StationFeed
+
+    feed = StationFeed(ConsoleSettings(port=0), tmp_path)
+    assert {k: feed.counters()[k] for k in ("rows_logged", "rows_failed", "rows_dropped", "write_errors")} == \
+        {"rows_logged": 0, "rows_failed": 0, "rows_dropped": 0, "write_errors": 0}   # no recorder yet
+    stats = {"logged": 7, "rows_failed": 3, "dropped": 2, "write_errors": 5}
+    feed.attach(None, None, None, SimpleNamespace(stats=lambda: dict(stats), run_id="r1"))
+    counters = json.loads(json.dumps(feed.counters()))
+    assert (counters["rows_logged"], counters["rows_failed"], counters["rows_dropped"], counters["write_errors"]) \
+        == (7, 3, 2, 5)
+    stats["rows_failed"] = 4   # read live, never kept twice
+    assert feed.counters()["rows_failed"] == 4

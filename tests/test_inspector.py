@@ -506,3 +506,80 @@ def test_loop_settings_refuse_a_max_batch_the_station_file_would_refuse():
         with pytest.raises(ConfigError, match=rf"batching\.max_batch \(--max-batch\): expected an integer in \[1, 256\], found {batch}"):
             LoopSettings(max_batch=batch)
     assert LoopSettings(max_batch=256).max_batch == 256
+
+
+def _printed_summary(monkeypatch, summary, log_dir=None) -> str:
+    """print_summary's table and the lines after it, as one line of text (rich's wrapping undone)."""
+    from rich.console import Console
+
+    import fair_edge.cli.run as cli_run
+
+    table, lines = Console(record=True, width=200), Console(record=True, width=400)
+    monkeypatch.setattr(cli_run, "Console", lambda: table)   # the table
+    monkeypatch.setattr(cli_run, "console", lines)           # the lines after it (stderr)
+    cli_run.print_summary(summary, "out", log_dir)
+    return " ".join((table.export_text() + lines.export_text()).split())
+
+
+def test_the_summary_shows_verdict_rows_the_log_could_not_write(monkeypatch):
+    """On a full disk 297 of 579 verdict rows were not written and nothing the operator saw said so: the summary
+    had no recorder counter (summary.json, the only file holding rows_failed, could not be written to that disk)."""
+    from fair_edge.station.inspector import RunSummary
+
+    recorder = {"queued": 5, "logged": 2, "gate_logged": 0, "rows_failed": 3, "lost_at_close": 0, "dropped": 0,
+                "images": 0, "images_skipped": 0, "write_errors": 3, "pending": 0}
+    printed = _printed_summary(monkeypatch, RunSummary(inspected=5, recorder=recorder), "rec")
+    assert "verdict log │ 2 logged, 3 not written (write errors) │" in printed, printed
+    assert "3 log row(s) not written (the verdict log row above says why); they are not in the log: check the " \
+           "disk under rec (full, unplugged, read-only)." in printed, printed
+    assert "NG images" not in printed   # no image was lost: no row for them
+
+    recorder.update(logged=5, rows_failed=0, write_errors=0, gate_logged=4)
+    printed = _printed_summary(monkeypatch, RunSummary(inspected=5, recorder=recorder))
+    assert "verdict log / gate log │ 5 / 4 logged │" in printed and "not written" not in printed, printed
+
+    recorder.update(rows_failed=1, dropped=2, lost_at_close=4, images=6, images_skipped=7, write_errors=1 + 8)
+    printed = _printed_summary(monkeypatch, RunSummary(inspected=5, recorder=recorder))
+    assert ("5 / 4 logged, 1 not written (write errors), 2 dropped (writer backlog full), 4 lost at close (disk "
+            "hung) │") in printed, printed
+    assert "NG images │ 6 saved, 7 skipped, 8 write errors │" in printed and "7 log row(s) not written" \
+        in printed, printed
+    assert "verdict log" not in _printed_summary(monkeypatch, RunSummary(inspected=5))   # no recorder: no row
+
+
+def test_the_summary_counts_the_rows_a_failing_disk_kept_out_of_the_log(tmp_path, monkeypatch):
+    """The numbers shown are the log's: a disk that refuses three rows (ENOSPC) and then takes the rest leaves
+    3 rows in verdicts.jsonl, and the summary, the console counters and the status line say 3 logged, 3 not."""
+    import errno
+    import json
+
+    from fair_edge.console.feed import StationFeed
+    from fair_edge.console.settings import ConsoleSettings
+    from fair_edge.line.jsonl import RotatingJsonl
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Verdict
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.notify import status_line
+
+    write = RotatingJsonl.write
+
+    def full_for_some(self, obj):
+        if 2 <= obj.get("seq", 0) <= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, obj)
+
+    monkeypatch.setattr(RotatingJsonl, "write", full_for_some)
+    feed = StationFeed(ConsoleSettings(port=0), tmp_path)
+    with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:
+        feed.attach(None, None, None, rec)
+        for seq in range(6):
+            rec.record(None, Verdict(seq, 1.0, 0.1, 0.5, False, 1.01, "test"))
+        assert rec.flush()
+        counters = json.loads(json.dumps(feed.counters()))   # as /api/state serves them
+        summary = RunSummary(inspected=6, recorder=rec.stats())
+    rows = (tmp_path / "verdicts.jsonl").read_text().splitlines()
+    assert [json.loads(r)["seq"] for r in rows] == [0, 1, 5]
+    assert "verdict log │ 3 logged, 3 not written (write errors) │" in _printed_summary(monkeypatch, summary)
+    assert (counters["rows_logged"], counters["rows_failed"], counters["write_errors"]) == (3, 3, 3)
+    assert status_line(summary) == "inspecting: 6 inspected, 0 NG, 0 dropped, 3 log rows not written"

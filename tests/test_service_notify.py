@@ -261,6 +261,23 @@ def test_status_line_names_the_state_and_the_live_drop_count():
     assert status_line(summary, "stopping") == "10 inference failures in a row: 5 inspected, 1 NG, 0 dropped"
 
 
+def test_status_line_names_the_log_rows_the_recorder_could_not_write():
+    """On a full disk the verdict log lost rows while `systemctl status` said only 'inspecting: N inspected, ...'.
+    Rows not written (rows_failed, dropped, lost_at_close) are now in the line when there are any; the state word
+    (what makes a STATUS go out at once) is unchanged."""
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.notify import status_line, status_state
+
+    summary = RunSummary(inspected=5, ng=1)
+    live = {"logged": 2, "rows_failed": 3, "dropped": 0, "lost_at_close": 0, "write_errors": 3}
+    text = status_line(summary, "", 0, live)
+    assert text == "inspecting: 5 inspected, 1 NG, 0 dropped, 3 log rows not written" and \
+        status_state(text) == "inspecting"
+    assert status_line(summary, "", 0, dict(live, rows_failed=0)) == "inspecting: 5 inspected, 1 NG, 0 dropped"
+    summary.recorder = dict(live, dropped=2, lost_at_close=1)   # at the stop: the summary's own counters
+    assert status_line(summary, "stopping") == "stopping: 5 inspected, 1 NG, 0 dropped, 6 log rows not written"
+
+
 class RecordingNotifier(ServiceNotifier):
     """A notifier whose datagrams are kept in a list (no receiver thread: nothing to wait for)."""
 

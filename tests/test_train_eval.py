@@ -1,6 +1,7 @@
 """End to end on the CPU: train a tiny model on the generated plate, evaluate it, resume exactly."""
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -421,3 +422,79 @@ def test_eval_of_a_dataset_without_training_images_needs_only_its_test_folder(tr
         saved = json.loads((tmp_path / case / "metrics.json").read_text())
         assert saved["images"] == 12 and saved["dataset"]["train_images"] == 0
         (root / "train" / "good").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.mark.parametrize("read_only, words", [(True, "is on a read-only file system"),
+                                              (False, "is not writable by this account")])
+def test_eval_into_a_read_only_out_is_refused_before_scoring(trained, mvtec_dir, tmp_path, monkeypatch, read_only,
+                                                             words):
+    """`eval --out DIR` on a read-only disk scored the whole test set, then crashed with a raw OSError traceback
+    from the report's mkdir / mkdtemp; now one line names the folder and the fix before the data loads."""
+    from fair_edge.training import evaluate as evaluate_module
+    from test_cli_train_flags import _pretend
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _pretend(monkeypatch, disk, read_only=read_only, writable=False)
+    scored = []
+    monkeypatch.setattr(evaluate_module, "score_samples", lambda *a, **k: scored.append(a) or pytest.fail("scored"))
+    for out, where in ((disk / "ev", f" (it would be made in {disk}, the nearest folder that exists)"), (disk, "")):
+        result = CliRunner().invoke(app, ["eval", str(trained[0]), str(mvtec_dir), "--out", str(out),
+                                          "--device", "cpu"], env={"COLUMNS": "400"})
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and text.startswith(f"error: --out {out}: {disk} {words}{where}; an "
+                                                         "evaluation writes its report there. Choose an --out"), text
+    assert scored == [] and not (disk / "ev").exists()
+
+
+@pytest.mark.parametrize("code, words, left", [
+    (errno.EROFS, "{out} is on a read-only file system. Choose an --out on a writable disk", "nothing was written"),
+    (errno.EACCES, "this account cannot write in {out}. Choose an --out you can write", "nothing was written")])
+def test_a_report_folder_that_cannot_be_made_is_one_clear_error(trained, mvtec_dir, tmp_path, monkeypatch, code,
+                                                               words, left):
+    """write_report's mkdir / mkdtemp on a read-only or foreign folder raised a bare OSError (a traceback from the
+    CLI); now a FairEdgeError (still an OSError) naming the folder, the cause and the fix."""
+    import tempfile
+
+    from fair_edge.errors import FairEdgeError
+
+    out = tmp_path / "ev"
+
+    def refuse(*args, dir=None, **kwargs):
+        raise (PermissionError if code == errno.EACCES else OSError)(code, os.strerror(code), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(FairEdgeError) as caught:
+        evaluate(trained[0], load_dataset(mvtec_dir), out)
+    text = str(caught.value)
+    assert isinstance(caught.value, OSError)
+    assert text.startswith(f"the evaluation report was not written to {out} ({out}: {os.strerror(code)}); {left}: "
+                           + words.format(out=out)) and text.endswith("then run eval again."), text
+    result = CliRunner().invoke(app, ["eval", str(trained[0]), str(mvtec_dir), "--out", str(out), "--device", "cpu"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "\nerror: the evaluation report was not written to" in result.output, \
+        result.output   # after the scoring's progress line: the report is written last
+    assert "Traceback" not in result.output
+
+
+def test_a_full_disk_while_writing_the_report_names_the_disk_and_keeps_the_earlier_report(trained, mvtec_dir,
+                                                                                         tmp_path, monkeypatch):
+    """A full disk while the report files were written raised a bare OSError; now it names the disk, its free
+    space and the fix, and says the earlier report is left as it was (it is)."""
+    from fair_edge import plots
+    from fair_edge.errors import FairEdgeError
+
+    out = tmp_path / "ev"
+    evaluate(trained[0], load_dataset(mvtec_dir), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(plots, "save_roc_plot", full)
+    with pytest.raises(FairEdgeError, match=rf"^the evaluation report was not written to {re.escape(str(out))} "
+                       r"\(.*roc\.png: No space left on device\); an earlier report there is left as it was: the "
+                       rf"disk of {re.escape(str(out))} is full \([\d.]+ MB free\)\. Free space on that disk or "
+                       r"choose an --out on another disk, then run eval again\.$"):
+        evaluate(trained[0], load_dataset(mvtec_dir), out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

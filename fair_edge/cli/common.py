@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -46,6 +48,37 @@ def friendly_errors(fn):
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
+
+
+def check_out_writable(out: Path, writer: str = "a training run", writes: str = "its checkpoints",
+                       files: str = "last.pt, final.pt, loss.csv") -> None:
+    """ConfigError naming --out unless ``writer`` (what the command is: "a training run", "an evaluation") can
+    write there: ``out`` is a folder, or a path whose nearest existing folder is writable and searchable by this
+    account on a file system mounted read-write (root writes anywhere but on a read-only mount). writes: what it
+    writes there ("its checkpoints"); files: the files it writes, for the message when ``out`` is a file. Checked
+    without creating anything, so a refused run leaves no folder, and before the work, not after it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; {writer} writes a folder ({files}). "
+                          "Pass a new or existing folder.")
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    where = "" if folder == out else f" (it would be made in {folder}, the nearest folder that exists)"
+    if _read_only_mount(folder):
+        raise ConfigError(f"--out {out}: {folder} is on a read-only file system{where}; {writer} writes {writes} "
+                          "there. Choose an --out on a writable disk, or remount that disk read-write.")
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise ConfigError(f"--out {out}: {folder} is not writable by this account{where}; {writer} writes "
+                          f"{writes} there. Choose an --out you can write, or make that folder writable.")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    """True when ``folder`` lies on a file system mounted read-only (False when that cannot be told)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_width(width: int, flag: str = "--width") -> int:

@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.cli.common import console, friendly_errors, progress_bar
+from fair_edge.cli.common import check_out_writable, console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.training.data import BUILTIN_DATASETS
 
 app = typer.Typer()
+REPORT_FOLDER = "metrics.json, scores.csv, roc.png, heatmaps/"   # what an --out that is a file is told eval writes
 
 
 def print_metrics(result: dict, out: Path) -> None:
@@ -87,6 +88,7 @@ def eval_command(
         console.print("[yellow]--frr is deprecated; use --false-reject-rate.[/]")
         false_reject_rate = frr
     out = out or checkpoint.parent / "eval"
+    check_out_writable(out, "an evaluation", "its report", REPORT_FOLDER)   # before scoring, not after it
     run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category,
              pixel_threshold=pixel_threshold)
     console.print(f"[green]report:[/] {out}")

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.cli.common import console, friendly_errors
@@ -109,7 +110,40 @@ def cell_rows(summary) -> list[tuple[str, object]]:
     return rows
 
 
-def print_summary(summary, out: Path) -> None:
+def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
+    """Rows for the recorder in the summary (``RunSummary.recorder``, ``Recorder.stats()``; empty when the run has
+    none): the verdict log's rows written, and in red the rows that were not (``rows_failed``: their write raised,
+    a full or unplugged disk; ``dropped``: the writer's backlog full; ``lost_at_close``: a hung disk at the stop),
+    then, only when some NG images were not saved, how many were, were skipped (``images_skipped``: disk guard,
+    queue, close deadline) and failed (image write errors: ``write_errors`` less ``rows_failed``). ``rows_failed``
+    covers gate.jsonl rows too."""
+    if not recorder:
+        return []
+    logged = f"{recorder.get('logged', 0)}"
+    label = "verdict log"
+    if recorder.get("gate_logged"):
+        logged, label = f"{logged} / {recorder['gate_logged']}", "verdict log / gate log"
+    parts = [f"{logged} logged"]
+    for key, words in (("rows_failed", "not written (write errors)"), ("dropped", "dropped (writer backlog full)"),
+                       ("lost_at_close", "lost at close (disk hung)")):
+        if recorder.get(key):
+            parts.append(f"[bold red]{recorder[key]} {words}[/]")
+    rows: list[tuple[str, object]] = [(label, ", ".join(parts))]
+    image_errors = recorder.get("write_errors", 0) - recorder.get("rows_failed", 0)
+    if recorder.get("images_skipped") or image_errors > 0:
+        rows.append(("NG images", f"{recorder.get('images', 0)} saved, {recorder.get('images_skipped', 0)} skipped, "
+                                  f"{image_errors} write errors"))
+    return rows
+
+
+def rows_not_logged(recorder: dict) -> int:
+    """Rows handed to the recorder that never reached its logs: ``rows_failed`` + ``dropped`` + ``lost_at_close``."""
+    return sum(recorder.get(key, 0) for key in ("rows_failed", "dropped", "lost_at_close"))
+
+
+def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
+    """The run's summary table (out: the output folder, in its title), then, in red, a station fault and rows the
+    recorder did not write (log_dir: where it writes, named in the fix; default ``out``)."""
     table = Table(title=f"run summary ({out}, run {summary.run_id})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -119,12 +153,17 @@ def print_summary(summary, out: Path) -> None:
             ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
             ("frames/s", f"{summary.fps:.1f}"),
             ("latency p50 / p99 / max", latency_text(summary.latency, digits=2)),
-            *reject_rows(summary.rejects), *cell_rows(summary)]
+            *recorder_rows(summary.recorder), *reject_rows(summary.rejects), *cell_rows(summary)]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
     if summary.fault:
         console.print(f"[bold red]station fault:[/] {summary.fault}")
+    lost = rows_not_logged(summary.recorder)
+    if lost:
+        console.print(f"[bold red]{lost} log row(s) not written[/] (the verdict log row above says why); they are "
+                      f"not in the log: check the disk under {escape(str(log_dir or out))} (full, unplugged, "
+                      "read-only).")
 
 
 @app.command(epilog="Exit codes: 0 stopped normally (Ctrl-C, SIGTERM, --max-frames, --duration, end of a replay); "
@@ -220,7 +259,7 @@ def run(
         summary = run_any(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
                               on_tick=show_live if live else None, on_console=signals.wire_sighup,
                               export_reviewed=export_reviewed)
-    print_summary(summary, cfg.output)
+    print_summary(summary, cfg.output, cfg.record.dir)
     console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
     code = exit_code(summary)
     if code == EXIT_REJECTS_UNDELIVERED:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -16,7 +15,7 @@ from typing import Any, Iterable, Optional
 import typer
 from rich.markup import escape
 
-from fair_edge.cli.common import console, friendly_errors, progress_bar
+from fair_edge.cli.common import check_out_writable, console, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
@@ -331,34 +330,6 @@ def check_nproc(nproc: int) -> None:
         raise ConfigError(f"--nproc is the number of training processes on this machine (one per GPU, or CPU "
                           f"processes); it must be from 1 to {NPROC_MAX}; found {nproc}. Use --nproc 1 (the default) "
                           f"to train in this process.")
-
-
-def check_out_writable(out: Path) -> None:
-    """ConfigError naming --out unless a run can be written there: ``out`` is a folder, or a path whose nearest
-    existing folder is writable and searchable by this account on a file system mounted read-write (root writes
-    anywhere but on a read-only mount). Checked without creating anything, so a refused run leaves no folder."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; a training run writes a folder (last.pt, final.pt, loss.csv). "
-                          "Pass a new or existing folder.")
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    where = "" if folder == out else f" (it would be made in {folder}, the nearest folder that exists)"
-    if _read_only_mount(folder):
-        raise ConfigError(f"--out {out}: {folder} is on a read-only file system{where}; a training run writes its "
-                          "checkpoints there. Choose an --out on a writable disk, or remount that disk read-write.")
-    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
-        raise ConfigError(f"--out {out}: {folder} is not writable by this account{where}; a training run writes "
-                          "its checkpoints there. Choose an --out you can write, or make that folder writable.")
-
-
-def _read_only_mount(folder: Path) -> bool:
-    """True when ``folder`` lies on a file system mounted read-only (False when that cannot be told)."""
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
 
 
 def parse_tiling(tile: Optional[int], overlap: int, roi: Optional[str]):

@@ -169,11 +169,16 @@ def status_state(text: str) -> str:
     return text.rsplit(": ", 1)[0]
 
 
-def status_line(summary, reason: str = "", dropped: int | None = None) -> str:
+def status_line(summary, reason: str = "", dropped: int | None = None, recorder: dict | None = None) -> str:
     """One STATUS text from a ``RunSummary``: '<state>: N inspected, M NG, K dropped', state = the fault or
     ``reason`` when there is one ('stopping', 'camera reconnecting', the reason the fault output is on), else
     'inspecting'. dropped: the capture queue's count while running (the summary fills its own only when the
-    run ends)."""
+    run ends). recorder: the recorder's counters (``Recorder.stats()``) while running, default
+    ``summary.recorder``; rows it did not write (``rows_failed`` + ``dropped`` + ``lost_at_close``: a full or
+    unplugged disk) add ', R log rows not written' when there are any."""
     state = summary.fault or reason or "inspecting"
     dropped = summary.dropped if dropped is None else dropped
-    return f"{state}: {summary.inspected} inspected, {summary.ng} NG, {dropped} dropped"
+    text = f"{state}: {summary.inspected} inspected, {summary.ng} NG, {dropped} dropped"
+    counts = getattr(summary, "recorder", None) if recorder is None else recorder
+    unwritten = sum((counts or {}).get(key, 0) for key in ("rows_failed", "dropped", "lost_at_close"))
+    return text + (f", {unwritten} log rows not written" if unwritten else "")

@@ -16,6 +16,7 @@ written as UTF-8, a byte that is not UTF-8 as \\xNN (``report_name``).
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import shutil
@@ -32,7 +33,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optima
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.images import write_png
-from fair_edge.errors import ConfigError, DataError
+from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
 from fair_edge.preprocess import resize_frame
@@ -305,15 +306,58 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     """metrics.json, scores.csv, regions.csv (with masks), roc.png, pro.png (with masks) and worst-case
     heatmaps into out_dir, replacing an earlier report's (``clear_report``). The files are written into a
     temporary folder inside out_dir first and moved in when all are written: a report that fails halfway leaves
-    the earlier report as it was (and no temporary folder)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eval-partial-", dir=out_dir))
+    the earlier report as it was (and no temporary folder). A write that fails (a read-only or full disk, a
+    folder this account cannot write) raises ReportWriteError naming out_dir, the cause and the fix."""
     try:
-        _write_report_files(scored, result, staging, worst)
-        clear_report(out_dir)
-        _move_report(staging, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".eval-partial-", dir=out_dir))
+    except OSError as exc:
+        raise ReportWriteError(report_write_failure(out_dir, exc, "nothing was written")) from exc
+    try:
+        try:
+            _write_report_files(scored, result, staging, worst)
+        except OSError as exc:
+            raise ReportWriteError(report_write_failure(out_dir, exc, "an earlier report there is left as it "
+                                                                      "was")) from exc
+        try:
+            clear_report(out_dir)
+            _move_report(staging, out_dir)
+        except OSError as exc:
+            raise ReportWriteError(report_write_failure(out_dir, exc, "the report there is incomplete")) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class ReportWriteError(FairEdgeError, OSError):
+    """The eval report could not be written (``write_report``); an OSError still, for callers that catch one."""
+
+
+def report_write_failure(out_dir: Path, exc: OSError, left: str) -> str:
+    """The message of a report write into ``out_dir`` that failed with ``exc``: the file and the error, the
+    cause and its fix by errno (read-only, full or over-quota disk, no permission), and what ``left`` there."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.EROFS:
+        fix = (f"{out_dir} is on a read-only file system. Choose an --out on a writable disk, or remount that disk "
+               "read-write")
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (f"the disk of {out_dir} is {'full' if exc.errno == errno.ENOSPC else 'over quota'}"
+               f"{_free_space(out_dir)}. Free space on that disk or choose an --out on another disk")
+    elif isinstance(exc, PermissionError):
+        fix = f"this account cannot write in {out_dir}. Choose an --out you can write, or make that folder writable"
+    else:
+        fix = f"fix {out_dir} or choose another --out"
+    return (f"the evaluation report was not written to {out_dir} ({where}{exc.strerror or exc}); {left}: {fix}, "
+            "then run eval again.")
+
+
+def _free_space(folder: Path) -> str:
+    """' (N MB free)' on the disk of ``folder`` (its nearest existing parent); '' when that cannot be told."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f" ({shutil.disk_usage(folder).free / 1e6:.1f} MB free)"
+    except OSError:
+        return ""
 
 
 def _move_report(staging: Path, out_dir: Path) -> None:

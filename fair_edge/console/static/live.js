@@ -71,6 +71,8 @@ function showCounters(s) {
   $("inspected").textContent = c.inspected; $("ng-count").textContent = c.ng; $("rate").textContent = s.rate_fps.toFixed(1);
   $("frames-in").textContent = c.frames_in; $("dropped").textContent = c.dropped; $("lost").textContent = c.lost;
   $("malformed").textContent = c.malformed; $("late").textContent = c.late_rejects;
+  const unlogged = (c.rows_failed || 0) + (c.rows_dropped || 0);   // verdict / gate rows a full disk kept out of the log
+  $("rows-failed").textContent = unlogged; $("rows-failed").style.color = unlogged > 0 ? "var(--ng)" : "";
   const l = s.latency;
   $("p50").textContent = FE.ms(l.p50_ms); $("p90").textContent = FE.ms(l.p90_ms); $("p99").textContent = FE.ms(l.p99_ms); $("pmax").textContent = FE.ms(l.max_ms);
   const top = l.edges_ms[l.edges_ms.length - 1];
