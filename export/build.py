@@ -51,8 +51,9 @@ from fair_edge.checksums import sha256_file
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
-from fair_edge.export.bundle import MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
-from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, free_space, write_normal_maps
+from fair_edge.export.bundle import FUSION_MANIFEST, MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
+from fair_edge.disk import free_space
+from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
@@ -254,8 +255,6 @@ def _remove_leftover(folder: Path, what: str) -> None:
 def _restore(out: Path, dead: list[Path]) -> None:
     """``out`` is missing and ``dead`` hold previous versions a killed build renamed aside: the only one, if it holds a
     manifest, is put back as ``out``; else a warning names them and the fix."""
-    from fair_edge.runtime.fusion import MANIFEST as FUSION_MANIFEST
-
     old = dead[0]
     if len(dead) == 1 and any((old / m).is_file() for m in (MANIFEST, FUSION_MANIFEST)):
         try:

@@ -52,6 +52,7 @@ FORMAT = "fair-edge-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
+FUSION_MANIFEST = "fusion.json"   # a fused bundle's manifest (written by fair_edge.runtime.fusion)
 METADATA_KEY = "metadata_sha256"
 
 

@@ -12,19 +12,19 @@ threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB); a l
 N = MAX_BYTES // (h * w * 4) evenly spaced maps (the manifest's ``count`` against ``of``). Held-out frames
 of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI then needs
 ``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
-A write that fails (a full disk) is a BundleError naming the file and the free space on its disk (``free_space``,
-shared by every writer of a build: numpy only, so the station's side imports it without torch).
+A write that fails (a full disk) is a BundleError naming the file and the free space on its disk
+(``fair_edge.disk.free_space``, the wording every writer uses).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from fair_edge.disk import free_space
 from fair_edge.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,6 @@ def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict 
                           f"{exc.strerror or exc}); {free_space(out)}. Free space on that disk or choose an --out "
                           "on another disk, then build again.") from exc
     return {"file": name, "count": int(kept.shape[0]), "of": len(maps), "shape": [int(s) for s in kept.shape[1:]]}
-
-
-def free_space(path: Path) -> str:
-    """"12.3 MB free on the disk of PATH" (MB = 2**20 bytes; the disk of ``path``, or of its nearest existing folder
-    above), or "free space on the disk of PATH unknown (reason)": the figure a disk-full error names."""
-    where = Path(path)
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError as exc:
-        return f"free space on the disk of {path} unknown ({exc.strerror or exc})"
-    return f"{free / 2**20:.1f} MB free on the disk of {path}"
 
 
 def read_normal_maps(path: Path) -> np.ndarray:

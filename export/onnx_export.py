@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ExportError
-from fair_edge.export.normal_maps import free_space
+from fair_edge.disk import free_space
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, BATCH_DIM, OUTPUT_NAMES, SCORE
 

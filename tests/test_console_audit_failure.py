@@ -45,8 +45,8 @@ class ReadOnly:
 def disk_fills(journal) -> None:
     """``journal.append`` fails as a full disk makes it (the open worked: ``check_writable`` passes)."""
     def full(entry):
-        raise RecorderError(f"{journal.path}: wrote 0 of 120 bytes of a new entry (No space left on device; 0 bytes "
-                            "free on its disk); expected the whole line.")
+        raise RecorderError(f"{journal.path}: wrote 0 of 120 bytes of a new entry (No space left on device; 0.0 MB "
+                            "free on the disk of out); expected the whole line.")
     journal.append = full
 
 

@@ -40,7 +40,7 @@ def test_a_short_write_on_a_full_disk_raises_and_leaves_the_file_as_it_was(tmp_p
     journal.append({"action": "review", "seq": 1})
     before = journal.path.read_bytes()
     left = _script_writes(monkeypatch, journal, "half", then)
-    with pytest.raises(RecorderError, match=r"audit\.jsonl: wrote \d+ of \d+ bytes .* free on its disk.*cut back "
+    with pytest.raises(RecorderError, match=r"audit\.jsonl: wrote \d+ of \d+ bytes .* MB free on the disk of .*cut back "
                                             rf"to its {len(before)} bytes"):
         journal.append({"action": "threshold", "old": 0.3, "new": 0.35})
     assert left == []   # the rest was tried again before giving up

@@ -16,12 +16,12 @@ import datetime as dt
 import errno
 import json
 import logging
-import math
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from fair_edge.disk import free_space
 from fair_edge.errors import RecorderError
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _append_whole(fd: int, line: bytes, size: int, path: Path) -> None:
         undone = _truncate(fd, size)
         raise RecorderError(
             f"{path}: wrote {written} of {len(line)} bytes of a new entry ({exc.strerror or exc}; "
-            f"{_free_space(path.parent)} free on its disk); expected the whole line. {undone} The entry was not "
+            f"{free_space(path.parent)}); expected the whole line. {undone} The entry was not "
             "recorded: free disk space or fix the disk, then repeat the action.") from exc
 
 
@@ -134,18 +134,6 @@ def _truncate(fd: int, size: int) -> str:
                 "partial line, which reading skips.")
     return f"The file was cut back to its {size} bytes, as before."
 
-
-def _free_space(folder: Path) -> str:
-    """Free space for this account in ``folder``'s file system, e.g. '12.0 KiB' ('unknown' when it cannot be read)."""
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return "unknown"
-    free = st.f_bavail * st.f_frsize
-    if free < 1024:
-        return f"{free} bytes"
-    power = min(3, int(math.log(free, 1024)))
-    return f"{free / 1024 ** power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.export.normal_maps import free_space
+from fair_edge.disk import free_space
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 

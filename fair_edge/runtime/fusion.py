@@ -40,10 +40,11 @@ import numpy as np
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
 from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.export.bundle import FUSION_MANIFEST
 from fair_edge.runtime.backends import close_scorer
 
 log = logging.getLogger(__name__)
-FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, "fusion.json"
+FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, FUSION_MANIFEST
 FUSE_COMMAND = "`fair-edge fuse B1 B2 --normal DIR --out FUSED`"   # the fix named when fusion.json is refused
 
 

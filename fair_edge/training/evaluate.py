@@ -33,6 +33,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optima
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.images import write_png
+from fair_edge.disk import free_space
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
@@ -341,23 +342,13 @@ def report_write_failure(out_dir: Path, exc: OSError, left: str) -> str:
                "read-write")
     elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = (f"the disk of {out_dir} is {'full' if exc.errno == errno.ENOSPC else 'over quota'}"
-               f"{_free_space(out_dir)}. Free space on that disk or choose an --out on another disk")
+               f" ({free_space(out_dir)}). Free space on that disk or choose an --out on another disk")
     elif isinstance(exc, PermissionError):
         fix = f"this account cannot write in {out_dir}. Choose an --out you can write, or make that folder writable"
     else:
         fix = f"fix {out_dir} or choose another --out"
     return (f"the evaluation report was not written to {out_dir} ({where}{exc.strerror or exc}); {left}: {fix}, "
             "then run eval again.")
-
-
-def _free_space(folder: Path) -> str:
-    """' (N MB free)' on the disk of ``folder`` (its nearest existing parent); '' when that cannot be told."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return f" ({shutil.disk_usage(folder).free / 1e6:.1f} MB free)"
-    except OSError:
-        return ""
 
 
 def _move_report(staging: Path, out_dir: Path) -> None:
