@@ -59,12 +59,16 @@ class StationConsole:
 
     def start(self) -> "StationConsole":
         """Start the web server. A port that cannot be bound is logged and the station inspects on
-        without a console: a viewing tool never stops the line."""
+        without a console: a viewing tool never stops the line. The log asks first whether another station holds
+        the port (the usual cause: the service still running while a `fair-edge run` is started by hand)."""
         if self.server is not None:
             try:
                 self.server.start()
             except ConfigError as exc:
-                log.error("console not served: %s", exc)
+                log.error("console not served: port %s on %s cannot be bound. Is another station already running on "
+                          "this port (`systemctl status fair-edge`, or a `fair-edge run` in another terminal)? Stop "
+                          "that one first; if another program holds the port: %s", self.server.settings.port,
+                          self.server.settings.host, exc)
                 self.server = None
         return self
 

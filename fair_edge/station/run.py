@@ -3,6 +3,10 @@ recorder, rejects, metrics, console.
 
 ``run_station`` owns every resource it opens and closes them all (also on errors and signals);
 the summary is written to ``OUTPUT/summary.json`` (``write_summary``: a failed write is logged, never fatal).
+One station per output folder: ``station_lock`` holds ``OUTPUT/.station.lock`` (and one in ``record.dir`` when
+that is elsewhere) from before the model loads until the summary is written, so a second `fair-edge run` on the
+same folder is refused naming the running one's pid before it opens a reject or fault output, the verdict log or
+a port (a second station's fault sinks writing their resting level would clear the first one's latched alarm).
 ``exit_code(summary)`` is what `fair-edge run` returns: 0 fine, 3 station fault (also a camera gone, or still down
 when the run stopped), 4 rejects were due but a reject sink delivered none of them.
 """
@@ -17,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -31,6 +35,7 @@ from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
+from fair_edge.runlock import hold_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.bundles import load_change, load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
@@ -58,6 +63,10 @@ EXIT_OK = 0
 DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
+STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
+STATION_BUSY = ("{folder}: a station is already running on this output folder ({holder}): stop it first "
+                "(`systemctl stop fair-edge` or Ctrl-C in its terminal), or give this one another output folder "
+                "(output: in the station file, or --out).")
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -133,6 +142,26 @@ def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
                           f"{cfg.reject.delay_ms:g} (a gate at the camera: no verdict is ever in time, every "
                           "part would be rejected fail-safe); measure it on the line and set --reject-delay-ms / "
                           "reject.delay_ms, or use reject.encoder_distance.")
+
+
+@contextlib.contextmanager
+def station_lock(cfg: StationConfig) -> Iterator[None]:
+    """Hold the station's run lock (``STATION_LOCK``) in its output folder and, when the verdict log goes elsewhere,
+    in ``record.dir`` while the block runs: ConfigError (``STATION_BUSY``, naming the running station's pid and
+    station file, the folder and the fix) when another station holds either. The same thread may take it again
+    inside (``open_line_side`` does: a no-op under ``run_station``, the lock of a station of several cameras)."""
+    what = f"fair-edge run --station {cfg.source_file.resolve()}" if cfg.source_file else "fair-edge run"
+    folders = {Path(cfg.output).resolve(): Path(cfg.output)}
+    folders.setdefault(Path(cfg.record.dir).resolve(), Path(cfg.record.dir))
+    with contextlib.ExitStack() as stack:
+        for folder in folders.values():
+            stack.enter_context(hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder)))
+        yield
+
+
+def station_busy(folder: Path, holder: str) -> str:
+    """The refusal of a station whose output folder another station holds (``holder``: its pid and station file)."""
+    return STATION_BUSY.format(folder=folder, holder=holder)
 
 
 def camera_fault(stats) -> str:
@@ -261,7 +290,8 @@ class LineSide:
 
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
-    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it)."""
+    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it), the station's run
+    lock first (``station_lock``; already held under ``run_station``): a station refused there opens none of them."""
     from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -269,6 +299,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     from fair_edge.line.scheduler import RejectScheduler
     from fair_edge.line.settings import SINK_CHECK_S
 
+    stack.enter_context(station_lock(cfg))
     recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
     mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
     line = LineSide(recorder, None, None, mqtt, [])
@@ -341,52 +372,54 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
     check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
                         or not is_unpaced_replay(cfg))
-    bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
-    roi = load_roi(cfg.roi, bundle)
-    scorer = scorer or open_scorer(bundle, cfg.backend)
-    try:
-        decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
-    except BaseException:
-        close_scorer(scorer)
-        raise
-    threshold = decided.value
-    regions = open_regions(cfg, bundle)
-    run_id = new_run_id()
-    if on_start is not None:
-        on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
-                 f"camera {cfg.camera.source}")
-    with contextlib.ExitStack() as stack:
-        stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
-        notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
-        line = open_line_side(cfg, stack, run_id)
-        if regions is not None:
-            line.recorder.show_zones(regions.outlines())
-        capture = stack.enter_context(open_capture(cfg, source, line.handshake, **line.capture_hooks()))  # fails fast
-        faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
-        watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-        console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration)
-        line.callbacks.append(console.observe)
-        if regions is not None:
-            console.feed.show_zones(regions.outlines())
-        if on_start is not None and console.url:
-            on_start(f"console: {console.url}")
-        inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
-                              model=model_id(bundle), regions=regions, grid=decided.grid,
-                              map_area=bundle.map_area)
-        inspector.summary.run_id = run_id
-        stack.callback(retire_swapped, inspector, scorer)
-        console.attach(inspector, capture, line.scheduler, line.recorder, watch)
-        if on_console is not None:
-            on_console(console)
+    with station_lock(cfg):   # before the model loads and anything opens: a second station here is refused
+        bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
+        roi = load_roi(cfg.roi, bundle)
+        scorer = scorer or open_scorer(bundle, cfg.backend)
+        try:
+            decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
+        except BaseException:
+            close_scorer(scorer)
+            raise
+        threshold = decided.value
+        regions = open_regions(cfg, bundle)
+        run_id = new_run_id()
+        if on_start is not None:
+            on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
+                     f"camera {cfg.camera.source}")
+        with contextlib.ExitStack() as stack:
+            stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
+            notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
+            line = open_line_side(cfg, stack, run_id)
+            if regions is not None:
+                line.recorder.show_zones(regions.outlines())
+            capture = stack.enter_context(open_capture(cfg, source, line.handshake,  # fails fast
+                                                       **line.capture_hooks()))
+            faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
+            watch = CameraWatch(capture, faults.channel("camera") if faults else None)
+            console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration)
+            line.callbacks.append(console.observe)
+            if regions is not None:
+                console.feed.show_zones(regions.outlines())
+            if on_start is not None and console.url:
+                on_start(f"console: {console.url}")
+            inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
+                                  model=model_id(bundle), regions=regions, grid=decided.grid,
+                                  map_area=bundle.map_area)
+            inspector.summary.run_id = run_id
+            stack.callback(retire_swapped, inspector, scorer)
+            console.attach(inspector, capture, line.scheduler, line.recorder, watch)
+            if on_console is not None:
+                on_console(console)
 
-        tick = station_tick(line, watch, capture, notifier, console, line.reject_stats, on_tick)
-        if line.handshake is not None:
-            line.handshake.begin()   # ready rises: the PLC may trigger
-        summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
-                                on_iteration=notifier.alive)
-        notifier.stopping(status_line(summary, "stopping"))
-        finish_line(cfg, line, summary, watch.at_stop())
-    write_summary(summary, cfg.output)
+            tick = station_tick(line, watch, capture, notifier, console, line.reject_stats, on_tick)
+            if line.handshake is not None:
+                line.handshake.begin()   # ready rises: the PLC may trigger
+            summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
+                                    on_iteration=notifier.alive)
+            notifier.stopping(status_line(summary, "stopping"))
+            finish_line(cfg, line, summary, watch.at_stop())
+        write_summary(summary, cfg.output)
     return summary
 
 

@@ -9,18 +9,33 @@ A folder holds one run: ``fair-edge train`` without ``--resume`` refuses a folde
 ``last.pt`` or ``final.pt`` (``check_fresh_run``), so re-running a command never wipes an interrupted run and
 never leaves an earlier run's ``final.pt`` beside a newer run's ``last.pt``; ``--overwrite`` deletes that run
 first (``clear_run``).
+One process at a time per folder: ``hold_run_lock`` holds ``OUT/.train.lock`` for the whole run (``--resume`` and
+``--overwrite`` too; under DDP the ``--nproc`` launcher or rank 0), taken before anything is read or written there,
+so a second ``fair-edge train`` into the same ``--out`` is refused naming the first one's pid, even before the
+first has saved its first ``last.pt``. A lone ``loss.csv`` (a run that crashed before its first save) is no run
+to keep: the same command run again starts afresh, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import shlex
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 from fair_edge.errors import CheckpointError, ConfigError
+from fair_edge.runlock import hold_lock
 
 RUNS_ROOT = Path("runs")
 RUN_FILES = ("last.pt", "final.pt", "loss.csv")  # what one run writes; last.pt or final.pt: a run is there
+RUN_LOCK = ".train.lock"   # in OUT while a run trains there (hold_run_lock)
+RUN_LOCK_ENV = "FAIR_EDGE_TRAIN_LOCK"   # set while held: the lock file a --nproc launcher holds for its ranks
+RUN_BUSY = ("--out {folder}: a training run is already writing to this folder ({holder}); a second one would write "
+            "the same last.pt, final.pt and loss.csv. Wait for it to finish (or stop it with Ctrl-C, then continue "
+            "it with `fair-edge train --resume --out {folder}`), or train into another --out folder.")
 
 
 def default_train_dir(tag: str, root: Path = RUNS_ROOT) -> Path:
@@ -56,6 +71,36 @@ def check_fresh_run(out: Path) -> None:
             f"Continue that run with `fair-edge train --resume --out {folder}`, train into another --out folder, "
             "or pass --overwrite to delete it and start again."
         )
+
+
+@contextlib.contextmanager
+def hold_run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.train.lock`` (``RUN_LOCK``) while the block runs, ``out`` made if missing (and removed again if
+    the run leaves it empty): ConfigError (``RUN_BUSY``, naming the other run's pid and the choices) when another
+    ``fair-edge train`` holds it. Take it before the run reads or writes ``out`` (``check_fresh_run``, ``clear_run``,
+    ``--resume``). Under torchrun only rank 0 takes it, and a rank that a ``--nproc`` launcher started (the launcher
+    holds it: ``RUN_LOCK_ENV`` names its lock file) takes nothing."""
+    from fair_edge.training.ddp import is_main_process
+
+    path = Path(out).resolve() / RUN_LOCK
+    if not is_main_process() or os.environ.get(RUN_LOCK_ENV) == str(path):
+        yield
+        return
+    with hold_lock(Path(out), RUN_LOCK, "fair-edge train", functools.partial(run_busy, out)):
+        before = os.environ.get(RUN_LOCK_ENV)
+        os.environ[RUN_LOCK_ENV] = str(path)   # the ranks a --nproc launch starts inherit it
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(RUN_LOCK_ENV, None)
+            else:
+                os.environ[RUN_LOCK_ENV] = before
+
+
+def run_busy(out: Path, holder: str) -> str:
+    """The refusal of a run whose ``--out`` another run holds (``holder``: its pid)."""
+    return RUN_BUSY.format(folder=shlex.quote(str(out)), holder=holder)
 
 
 def clear_run(out: Path) -> list[Path]:

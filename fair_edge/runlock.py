@@ -1,0 +1,133 @@
+"""One process at a time per folder: an exclusive ``flock`` on a lock file in the folder a run writes.
+
+A station (``OUTPUT/.station.lock``, ``station.run.station_lock``) and a training run (``OUT/.train.lock``,
+``training.runs.hold_run_lock``) hold one for as long as they run, taken before they open or write anything, so
+a second process started on the same folder is refused naming the first one's pid instead of pulsing the same
+PLC output or writing the same files. The lock file holds the holder's pid and what it runs (one line each),
+written once the lock is held; it is removed when the lock is let go (a lock file left by a process killed
+outright holds no lock: the kernel let go of it with the process, and the next run takes it over).
+
+The lock is the kernel's (``fcntl.flock``): it goes with the process however the process ends, on a local disk and
+on NFS (as a POSIX lock). Within one process the same thread may take a folder's lock again (a no-op inside the
+outer hold); another thread of the same process is refused like another process. Where the OS has no ``fcntl``
+(Windows) nothing is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+from fair_edge.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+_HELD: dict[Path, int] = {}   # lock file -> the thread (id) of this process holding it
+_HELD_GUARD = threading.Lock()
+
+
+def holder_of(path: Path) -> str:
+    """Who holds the lock file ``path``, from what it holds: ``pid N (WHAT)``, ``pid N``, or ``a process whose pid
+    is not written yet`` (it took the lock a moment ago) / ``... unknown`` when the file cannot be read."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return "a process whose pid cannot be read"
+    pid = lines[0].strip() if lines else ""
+    if not pid.isdigit():
+        return "a process whose pid is not written yet"
+    what = lines[1].strip() if len(lines) > 1 else ""
+    return f"pid {pid}" + (f", {what}" if what else "")
+
+
+@contextlib.contextmanager
+def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder/name`` while the block runs (the folder is made if missing, and removed
+    again at the end when the lock made it and it is still empty). ``what``: written beside the pid (e.g. the
+    station file). ``busy(holder)``: the refusal's text for the holder (``holder_of``: its pid and what it runs),
+    raised as ConfigError when another process (or another thread of this one) holds the lock. A lock file that
+    cannot be made (a read-only or full disk) is logged and the block runs unlocked: what the run writes next meets
+    the same disk and reports it in its own words. Yields the lock file's path."""
+    folder = Path(folder)
+    path = folder.resolve() / name
+    with _HELD_GUARD:
+        holder = _HELD.get(path)
+    if holder == threading.get_ident():   # this thread holds it already: nothing more to take or let go
+        yield path
+        return
+    if holder is not None:
+        raise ConfigError(busy(holder_of(path)))
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    fd = _acquire(path, what, busy, folder)
+    if fd is not None:
+        with _HELD_GUARD:
+            _HELD[path] = threading.get_ident()
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            with _HELD_GUARD:
+                _HELD.pop(path, None)
+            _release(path, fd, made)
+
+
+def _acquire(path: Path, what: str, busy: Callable[[str], str], folder: Path) -> int | None:
+    """The open, locked lock file's descriptor with this process's pid and ``what`` written in it; None when the
+    OS has no flock or the file cannot be made (logged). ConfigError (``busy``) when another process holds it."""
+    if fcntl is None:
+        return None
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.warning("no run lock in %s (%s): a second run on this folder would not be refused", folder, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(busy(holder_of(path))) from None
+        except OSError as exc:   # a file system without locks
+            os.close(fd)
+            log.warning("no run lock in %s (%s): a second run on this folder would not be refused", folder, exc)
+            return None
+        if _same_file(fd, path):
+            break
+        os.close(fd)   # the holder before let go and removed the file after we opened it: open the new one
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n{what}\n".encode())
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (a lock file removed by its last holder does not)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _release(path: Path, fd: int, made: list[Path]) -> None:
+    """Remove the lock file (still locked, so no one takes the old file), let go, then remove the folders the lock
+    made (``made``, deepest first) that are still empty."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    os.close(fd)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -1,0 +1,243 @@
+"""One process per output folder: a station (``OUTPUT/.station.lock``) and a training run (``OUT/.train.lock``)
+hold an flock for as long as they run, and a second one started on the same folder is refused naming the first
+one's pid before it opens or writes anything (fair_edge.runlock).
+
+The other process is a real one: a child python that takes the lock, says so on stdout and holds it until its
+stdin closes, so no test waits on a clock. The lock files' names are written out here (not imported) so the same
+tests run against a tree without the locks and fail there."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fair_edge.errors import ConfigError
+from fair_edge.line.settings import RecordSettings, RejectSettings
+from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
+
+HOLDER = """
+import sys
+from pathlib import Path
+from fair_edge.errors import ConfigError
+from fair_edge.runlock import hold_lock
+folder, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    with hold_lock(folder, name, "test holder", lambda holder: "busy: " + holder):
+        print("held", flush=True)
+        if mode == "hold":
+            sys.stdin.read()   # until the test closes our stdin
+except ConfigError as exc:
+    print(exc, flush=True)
+    sys.exit(3)
+"""
+
+
+@contextlib.contextmanager
+def held_by_child(folder: Path, name: str):
+    """A child process holding ``folder/name`` until the block ends; yields its pid."""
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), name, "hold"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait(60)
+
+
+def child_takes(folder: Path, name: str) -> tuple[int, str]:
+    """A child process tries to take ``folder/name`` and lets it go: (exit code, what it printed); 3 = refused."""
+    done = subprocess.run([sys.executable, "-c", HOLDER, str(folder), name, "try"], capture_output=True, text=True,
+                          timeout=60)
+    return done.returncode, done.stdout
+
+
+class Sinks:
+    """A ``rec://NAME`` reject sink scheme whose sinks are ``RecordingSink``s: ``opened`` names each one opened."""
+
+    def __init__(self, monkeypatch) -> None:
+        from fair_edge.line import sinks
+        from line_replay import RecordingSink
+
+        self.opened: list[str] = []
+        self.made: list[RecordingSink] = []
+
+        def open_rec(url, pulse_ms, reporter):
+            self.opened.append(str(url))
+            self.made.append(RecordingSink(str(url)))
+            return self.made[-1]
+
+        monkeypatch.setitem(sinks.SINK_SCHEMES, "rec", open_rec)
+        monkeypatch.setitem(sinks.SINK_URL_PARSERS, "rec", lambda url: None)
+
+
+def station(bundle_root: Path, source: Path, out: Path) -> StationConfig:
+    """A replayed station with a reject sink and a fault sink (``rec://``), no console."""
+    return StationConfig(camera=CameraSettings(source=str(source), fps=20), bundle=bundle_root, backend="onnxruntime",
+                         output=out, record=RecordSettings(dir=out),
+                         reject=RejectSettings(sinks=("rec://reject",), fault_sinks=("rec://fault",), delay_ms=500),
+                         console=ConsoleSettings(enabled=False), source_file=out.parent / "station.yaml")
+
+
+# ------------------------------------------------------------------------------------------------------- station
+def test_a_station_on_an_output_folder_another_holds_is_refused_before_any_sink_opens(
+        station_bundles, conveyor_dir, tmp_path, monkeypatch):
+    """Bug: a second `fair-edge run` on a running station's file ran beside it: it pulsed the same PLC output, wrote
+    the same verdict log, and its fault sink wrote its resting level OFF, clearing the first station's latched
+    alarm. Now it is refused naming the running one's pid, with no sink opened and nothing written."""
+    from fair_edge.station.run import run_station
+
+    sinks = Sinks(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    with held_by_child(out, ".station.lock") as pid:
+        with pytest.raises(ConfigError) as err:
+            run_station(station(station_bundles[0].root, conveyor_dir, out), threading.Event(), max_frames=3)
+    text = " ".join(str(err.value).split())
+    assert f"pid {pid}" in text and str(out) in text, text
+    assert "a station is already running on this output folder" in text and "systemctl stop fair-edge" in text
+    assert "another output folder" in text
+    assert sinks.opened == [] and sinks.made == []          # no reject or fault output touched
+    assert sorted(p.name for p in out.iterdir()) == []      # no verdict log, gate log or summary.json
+
+
+def test_a_station_of_several_cameras_takes_the_lock_before_its_line_side_opens(tmp_path, monkeypatch):
+    """A station of several cameras opens its line side through ``open_line_side`` too: refused there before the
+    recorder or a sink opens."""
+    from fair_edge.station.run import open_line_side
+
+    sinks = Sinks(monkeypatch)
+    out = tmp_path / "out"
+    cfg = StationConfig(output=out, record=RecordSettings(dir=out), console=ConsoleSettings(enabled=False),
+                        reject=RejectSettings(sinks=("rec://reject",), fault_sinks=("rec://fault",), delay_ms=500))
+    with held_by_child(out, ".station.lock") as pid, contextlib.ExitStack() as stack:
+        with pytest.raises(ConfigError, match=f"pid {pid}"):
+            open_line_side(cfg, stack, "run1")
+    assert sinks.opened == [] and not (out / "verdicts.jsonl").exists()
+
+
+def test_the_station_holds_its_lock_while_it_runs_and_lets_go_at_the_end(station_bundles, conveyor_dir, tmp_path,
+                                                                          monkeypatch):
+    """While a station runs, another process cannot take its output folder's lock; after the run it can, no lock
+    file is left, and a second run on the same folder runs."""
+    from fair_edge.station.run import run_station
+
+    Sinks(monkeypatch)
+    out = tmp_path / "out"
+    cfg = station(station_bundles[0].root, conveyor_dir, out)
+    during: list[tuple[int, str]] = []
+    run_station(cfg, threading.Event(), max_frames=2,
+                on_start=lambda line: during.append(child_takes(out, ".station.lock")) if not during else None)
+    code, said = during[0]
+    assert code == 3 and "station.yaml" in said, said       # refused: the running station's pid and station file
+    assert not (out / ".station.lock").exists()
+    assert child_takes(out, ".station.lock")[0] == 0
+    assert run_station(cfg, threading.Event(), max_frames=2).frames_in >= 1
+
+
+def test_a_busy_console_port_asks_first_whether_another_station_runs_there(tmp_path, caplog):
+    """A console port that cannot be bound: the log asks first whether another station is running on it (the
+    service still running while a `fair-edge run` is started by hand), then gives the server's own advice."""
+    from fair_edge.console.station_hook import StationConsole
+
+    cfg = StationConfig(output=tmp_path, console=ConsoleSettings(port=18765))
+    console = StationConsole(cfg, SimpleNamespace(root=tmp_path / "b", threshold=None))
+
+    def port_taken():   # what ConsoleServer.start raises when uvicorn cannot bind (no port is bound here)
+        console.server.close()
+        raise ConfigError("console.port: expected a free port on 127.0.0.1, found 18765 unusable; pick another "
+                          "port (0 = any) or --console off")
+
+    console.server.start = port_taken
+    with caplog.at_level(logging.ERROR, logger="fair_edge.console.station_hook"):
+        console.start()
+    assert console.url == ""
+    text = " ".join(r.getMessage() for r in caplog.records if r.name == "fair_edge.console.station_hook")
+    assert "port 18765" in text and "Is another station already running on this port" in text, text
+    assert text.index("another station") < text.index("pick another port")
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def tiny_trainer(mvtec_dir: Path, out: Path, steps: int = 2):
+    import torch
+
+    from fair_edge.models.fair.family import FairSettings
+    from fair_edge.models.fair.train import TrainConfig, Trainer
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+
+    cfg = TrainConfig(batch=2, lr=1e-3, steps=steps, save_every=100, log_every=1)
+    return Trainer(load_dataset(mvtec_dir), PreprocessConfig(image_size=32, cutoff=4.0), FairSettings(width=8), cfg,
+                   out, torch.device("cpu"))
+
+
+def test_a_training_run_into_an_out_folder_another_holds_is_refused_before_writing(mvtec_dir, tmp_path):
+    """Bug: a second `fair-edge train --out X` started before the first's first save passed ``check_fresh_run``
+    (no last.pt yet), and both wrote the same last.pt, final.pt and loss.csv. The run's lock is refused naming the
+    first run's pid and the choices; nothing is written."""
+    from fair_edge.training.runs import hold_run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with held_by_child(out, ".train.lock") as pid:
+        with pytest.raises(ConfigError) as err, hold_run_lock(out):
+            tiny_trainer(mvtec_dir, out).run()
+    text = " ".join(str(err.value).split())
+    assert f"pid {pid}" in text and f"--out {out}" in text and "--resume" in text and "another --out" in text, text
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_the_training_lock_is_held_for_the_run_and_let_go_after(mvtec_dir, tmp_path):
+    """Held while the run trains (another process is refused), gone after it (no lock file; the next run takes it);
+    a refused or finished run that made the folder and left it empty removes it."""
+    from fair_edge.training.runs import hold_run_lock
+
+    out = tmp_path / "run"
+    with hold_run_lock(out):
+        assert child_takes(out, ".train.lock")[0] == 3
+        final = tiny_trainer(mvtec_dir, out).run()
+    assert final.is_file() and not (out / ".train.lock").exists()
+    assert child_takes(out, ".train.lock")[0] == 0
+    with hold_run_lock(out):   # --resume / --overwrite into the same folder afterwards
+        pass
+    with hold_run_lock(tmp_path / "a" / "b"):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "a").exists()
+
+
+def test_ddp_ranks_take_no_training_lock(tmp_path, monkeypatch):
+    """Under torchrun only rank 0 takes the lock, and a rank the --nproc launcher started (which holds the lock for
+    its ranks, and names it in FAIR_EDGE_TRAIN_LOCK) takes none: neither is refused by the launcher's lock."""
+    from fair_edge.training.runs import RUN_LOCK_ENV, hold_run_lock
+
+    out = tmp_path / "run"
+    with held_by_child(out, ".train.lock"):
+        monkeypatch.setenv("RANK", "1")
+        with hold_run_lock(out):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv(RUN_LOCK_ENV, str((out / ".train.lock").resolve()))
+        with hold_run_lock(out):
+            pass
+        monkeypatch.delenv(RUN_LOCK_ENV)
+        with pytest.raises(ConfigError):
+            with hold_run_lock(out):
+                pass
+
+
+def test_a_launcher_names_its_lock_for_its_ranks_while_it_holds_it(tmp_path, monkeypatch):
+    """The ranks a --nproc launch starts inherit FAIR_EDGE_TRAIN_LOCK (the launcher's lock file) while it holds it."""
+    from fair_edge.training.runs import RUN_LOCK_ENV, hold_run_lock
+
+    monkeypatch.delenv(RUN_LOCK_ENV, raising=False)
+    with hold_run_lock(tmp_path):
+        assert os.environ[RUN_LOCK_ENV] == str((tmp_path / ".train.lock").resolve())
+    assert RUN_LOCK_ENV not in os.environ
