@@ -15,6 +15,7 @@ to it; a rebuild with the same fp32 graph, settings and images reuses the ranges
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -25,15 +26,22 @@ from typing import Callable, Collection, Mapping
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import load_tensors_data
 
-from fair_edge.calibration.ranges import calibrate_ranges
+from fair_edge.calibration.ranges import calibrate_ranges, require_int8_onnxruntime
 from fair_edge.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
 
-METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile, "max": CalibrationMethod.MinMax}
+# --calib-method: the name of ORT's CalibrationMethod member (``calibration_method``; ORT's quantization is imported
+# only by the INT8 functions, ``ranges.require_int8_onnxruntime``)
+METHODS = {"entropy": "Entropy", "percentile": "Percentile", "max": "MinMax"}
+
+
+def calibration_method(name: str):
+    """ORT's ``CalibrationMethod`` for a ``METHODS`` name ('entropy', 'percentile', 'max')."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return CalibrationMethod[METHODS[name]]
 
 
 @dataclass(frozen=True)
@@ -82,31 +90,43 @@ def _quiet_ort():
             log.debug("onnxruntime.quantization: %s", buf.getvalue().strip())
 
 
-class _Reader(CalibrationDataReader):
-    """Feeds one image at a time to ORT's calibrator; supports ORT's chunking via set_range."""
+def _reader(inputs: Mapping[str, np.ndarray], on_image: Callable[[], None] | None):
+    """ORT's ``CalibrationDataReader`` over ``inputs`` ({name: (N, C, S, S) float32}): one image per ``get_next``;
+    ``on_image`` called for each. Its class is made on first use (ORT's quantization is imported only by INT8)."""
+    return _reader_class()(inputs, on_image)
 
-    def __init__(self, inputs: Mapping[str, np.ndarray], on_image: Callable[[], None] | None) -> None:
-        self.inputs, self.on_image = inputs, on_image
-        self.start, self.end = 0, len(self)
-        self.pos = 0
 
-    def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+@functools.lru_cache(maxsize=None)
+def _reader_class() -> type:
+    from onnxruntime.quantization import CalibrationDataReader
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.start, self.end, self.pos = start_index, end_index, start_index
+    class _Reader(CalibrationDataReader):
+        """Feeds one image at a time to ORT's calibrator; supports ORT's chunking via set_range."""
 
-    def get_next(self) -> dict | None:
-        if self.pos >= self.end:
-            return None
-        i = self.pos
-        self.pos += 1
-        if self.on_image is not None:
-            self.on_image()
-        return {name: array[i : i + 1] for name, array in self.inputs.items()}
+        def __init__(self, inputs: Mapping[str, np.ndarray], on_image: Callable[[], None] | None) -> None:
+            self.inputs, self.on_image = inputs, on_image
+            self.start, self.end = 0, len(self)
+            self.pos = 0
 
-    def rewind(self) -> None:
-        self.pos = self.start
+        def __len__(self) -> int:
+            return len(next(iter(self.inputs.values())))
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.start, self.end, self.pos = start_index, end_index, start_index
+
+        def get_next(self) -> dict | None:
+            if self.pos >= self.end:
+                return None
+            i = self.pos
+            self.pos += 1
+            if self.on_image is not None:
+                self.on_image()
+            return {name: array[i : i + 1] for name, array in self.inputs.items()}
+
+        def rewind(self) -> None:
+            self.pos = self.start
+
+    return _Reader
 
 
 RANGES_VERSION = "2"   # the way ranges are taken (calibration.ranges); a new one makes old caches miss
@@ -128,7 +148,11 @@ def reusable_cache(cache_path: Path, key: str) -> bool:
     """True when the calibration cache at ``cache_path`` may be reused: its key file (``NAME.key``) holds ``key`` and
     ONNX Runtime reads the cache. A cache that does not parse (damaged: a disk error, an interrupted copy) is deleted
     with a warning, so that the ranges are calibrated again instead of failing every rebuild; one whose key differs is
-    deleted silently (other graph, settings or images). False with no cache."""
+    deleted silently (other graph, settings or images). False with no cache. ExportError on an onnxruntime older
+    than INT8 needs (``ranges.require_int8_onnxruntime``)."""
+    require_int8_onnxruntime()
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
     key_path = cache_path.with_name(cache_path.name + ".key")
     if not (cache_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key):
         cache_path.unlink(missing_ok=True)
@@ -169,7 +193,11 @@ def quantize_int8(
     cache_path: ORT calibration cache (JSON); reused when its key file matches, else rewritten.
     on_image: called once per calibration image (progress bars). Returns True if the cache was reused.
     keep_float: names of in-scope nodes to leave float32 (the INT8 quality gate's fallback, ``int8_gate``).
+    ExportError on an onnxruntime older than INT8 needs (>= 1.27: ``ranges.require_int8_onnxruntime``).
     """
+    require_int8_onnxruntime()
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
@@ -178,18 +206,18 @@ def quantize_int8(
     # quantize_static reads the ranges from the cache calibrate_ranges writes (or a matching earlier one)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
              "OpTypesToExcludeOutputQuantization": ["Conv"]}
-    reader = _Reader(inputs, on_image)
+    reader, method = _reader(inputs, on_image), calibration_method(settings.method)
     try:
         with _quiet_ort():
             if not reused:
-                calibrate_ranges(fp32_onnx, reader, ["Conv"], scope, METHODS[settings.method],
+                calibrate_ranges(fp32_onnx, reader, ["Conv"], scope, method,
                                  {"symmetric": True, "percentile": settings.percentile},
                                  _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
             quantize_static(
                 graph, str(out_onnx), reader,
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
+                nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=method,
                 extra_options=extra, calibration_cache_path=str(cache_path),
             )
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:

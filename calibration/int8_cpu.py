@@ -19,11 +19,10 @@ from typing import Callable, Collection, Mapping
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-from fair_edge.calibration.int8 import (METHODS, Int8Settings, _quiet_ort, _Reader, _largest_divisor_at_most, cache_key,
-                                        excluded_nodes, reusable_cache)
-from fair_edge.calibration.ranges import calibrate_ranges
+from fair_edge.calibration.int8 import (Int8Settings, _largest_divisor_at_most, _quiet_ort, _reader, cache_key,
+                                        calibration_method, excluded_nodes, reusable_cache)
+from fair_edge.calibration.ranges import calibrate_ranges, require_int8_onnxruntime
 from fair_edge.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,9 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
     inputs: {input name: (N, C, S, S) float32} calibration inputs. scope: node-name prefixes to quantise
     (the family's ``int8_scope``). cache_path: ORT calibration cache, reused when its key file matches.
     keep_float: in-scope nodes to leave float32 (``int8_gate``). Returns True if the cache was reused.
+    ExportError on an onnxruntime older than INT8 needs (>= 1.27: ``ranges.require_int8_onnxruntime``).
     """
+    require_int8_onnxruntime()
     fp32_onnx, out_onnx, cache_path = Path(fp32_onnx), Path(out_onnx), Path(cache_path)
     key = "cpu-u8s8:" + cache_key(fp32_onnx, settings, inputs)
     key_path = cache_path.with_name(cache_path.name + ".key")
@@ -58,17 +59,19 @@ def quantize_int8_cpu(fp32_onnx: str | Path, out_onnx: str | Path, inputs: Mappi
 def _quantize(fp32_onnx: Path, out_onnx: Path, inputs: Mapping[str, np.ndarray], scope: tuple[str, ...],
               settings: Int8Settings, cache_path: Path, on_image: Callable[[], None] | None,
               keep_float: Collection[str], reused: bool) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     graph = onnx.load(str(fp32_onnx))
-    reader = _Reader(inputs, on_image)
+    reader, method = _reader(inputs, on_image), calibration_method(settings.method)
     with _quiet_ort():
         if not reused:  # ORT's calibrator defaults (percentile: symmetric |x|, entropy and max: signed), our rule
-            calibrate_ranges(fp32_onnx, reader, CPU_INT8_OPS, scope, METHODS[settings.method], {"percentile": settings.percentile},
+            calibrate_ranges(fp32_onnx, reader, CPU_INT8_OPS, scope, method, {"percentile": settings.percentile},
                              _largest_divisor_at_most(len(reader), settings.chunk), cache_path)
         quantize_static(
             graph, str(out_onnx), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(CPU_INT8_OPS), per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=METHODS[settings.method],
+            nodes_to_exclude=excluded_nodes(graph, scope, keep_float), calibrate_method=method,
             extra_options={"WeightSymmetric": True}, calibration_cache_path=str(cache_path),
         )
     pool_float_taps(out_onnx)

@@ -34,6 +34,7 @@ def documented_steps() -> list[str]:
 
 COUNTED = {("fair_edge/preprocess.py", "check_frame"), ("cameras/capture.py", "check_image"),
            ("fair_edge/station/inspector.py", "Inspector._emit"), ("fair_edge/runtime/backends.py", "OnnxRuntimeBackend.infer")}
+COUNTED_FILES = {rel for rel, _ in COUNTED}
 
 
 def repo_file(code) -> str | None:
@@ -41,6 +42,40 @@ def repo_file(code) -> str | None:
     if not code.co_filename.startswith(SOURCES):
         return None
     return Path(code.co_filename).relative_to(ROOT).as_posix()
+
+
+def qualname(frame) -> str:
+    """The qualified name (``Class.method``) of the code a frame runs: ``co_qualname`` from Python 3.11, else
+    ``derived_qualname`` (Python 3.10)."""
+    return getattr(frame.f_code, "co_qualname", None) or derived_qualname(frame)
+
+
+def derived_qualname(frame) -> str:
+    """``co_qualname`` without Python 3.11: for a method, the class up ``type(self)``'s MRO whose attribute runs this
+    very code object, then the name (``Inspector._emit`` for a subclass instance too); else the bare ``co_name``
+    (enough for ``COUNTED``'s module-level functions; a nested function's would lack its ``<locals>`` prefix)."""
+    code = frame.f_code
+    owner = frame.f_locals.get("self") if code.co_argcount else None
+    for cls in type(owner).__mro__ if owner is not None else ():
+        if getattr(cls.__dict__.get(code.co_name), "__code__", None) is code:
+            return f"{cls.__qualname__}.{code.co_name}"
+    return code.co_name
+
+
+def test_derived_qualname_names_the_defining_class_as_co_qualname_does():
+    class Base:
+        def method(self):
+            return sys._getframe()
+
+    class Sub(Base):
+        pass
+
+    def plain():
+        return sys._getframe()
+
+    frame = Sub().method()
+    assert derived_qualname(frame).endswith("<locals>.Base.method") and derived_qualname(plain()) == "plain"
+    assert qualname(frame) == derived_qualname(frame)  # co_qualname on 3.11+, the same name
 
 
 LOOP = "fair_edge/station/inspector.py"  # the inspection loop: what called it (run_station) is not the path
@@ -75,8 +110,8 @@ class PathTrace:
         rel = repo_file(frame.f_code) if event == "call" else None
         if rel is None:
             return
-        if (rel, frame.f_code.co_qualname) in COUNTED:
-            self.calls[(rel, frame.f_code.co_qualname)] += 1
+        if rel in COUNTED_FILES and (rel, qualname(frame)) in COUNTED:
+            self.calls[(rel, qualname(frame))] += 1
         if self.on:
             (self.side if on_the_side(frame) else self.files)[thread].add(rel)
 

@@ -11,6 +11,9 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from fair_edge.training import metrics
 from fair_edge.errors import ConfigError, DataError
 
+# NumPy 2 renamed trapz to trapezoid; JetPack 6 keeps NumPy < 2 (pyproject: numpy>=1.24)
+trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 # ---------------------------------------------------------------- independent references
 
 
@@ -102,7 +105,7 @@ def test_roc_curve_points_lie_on_sklearn_curve(seed):
         assert sk_points[(x, y)] == t
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0) and np.all(np.diff(thresholds) < 0)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 # ---------------------------------------------------------------- F1

@@ -434,7 +434,7 @@ class PatchcoreDetector(nn.Module):
         cells (S / grid px) and then a 3 x 3 window of cells (zero padding counted, as the taps' average), times
         ``colour_weight``."""
         chroma = colour - colour.mean(1, keepdim=True)
-        cell = self.size // grid
+        cell = self.size // int(grid)  # a traced tensor under the ONNX exporter: torch < 2.10's pools take ints only
         chroma = F.avg_pool2d(F.avg_pool2d(chroma, cell, cell), 3, 1, 1, count_include_pad=True)
         return chroma * self.settings.colour_weight
 
