@@ -90,6 +90,27 @@ def test_errors_name_the_problem(tiny_ckpt_path, folders, tmp_path):
     assert (tmp_path / "foreign" / "notes.txt").exists()
 
 
+def test_int8_on_an_onnxruntime_without_int8_calibration_is_refused_before_the_export(tiny_ckpt_path, folders,
+                                                                                      tmp_path, monkeypatch):
+    """Python 3.10 (onnxruntime <= 1.23): --int8 is refused in one line before the checkpoint loads and the FP32 graph
+    is exported, not after."""
+    import torch
+
+    from fair_edge.cli import build as build_cli
+    from fair_edge.errors import ExportError
+
+    def old_onnxruntime():
+        raise ExportError("INT8 calibration needs onnxruntime >= 1.27 (Python >= 3.11); found onnxruntime 1.23.2.")
+
+    def exported(*args, **kwargs):
+        raise AssertionError("the FP32 graph was exported before the INT8 refusal")
+
+    monkeypatch.setattr(build_cli, "require_int8_onnxruntime", old_onnxruntime)
+    monkeypatch.setattr(torch.onnx, "export", exported)
+    r = invoke(tiny_ckpt_path, "--int8", "--calib", folders["calib"], "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "needs onnxruntime >= 1.27" in r.output and not (tmp_path / "x").exists()
+
+
 def test_export_failure_is_reported(tiny_ckpt_path, tmp_path, monkeypatch):
     import torch
 

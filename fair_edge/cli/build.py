@@ -26,6 +26,7 @@ from rich.table import Table
 
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
+from fair_edge.calibration.ranges import require_int8_onnxruntime
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
@@ -254,6 +255,8 @@ def build(
     if calib_method not in METHODS:
         raise ConfigError(f"--calib-method must be one of {', '.join(METHODS)}; found {calib_method!r}."
                           + did_you_mean(calib_method, METHODS, sentence=True))
+    if precision == "int8":
+        require_int8_onnxruntime()   # before the checkpoint loads and the FP32 graph exports: not after
     if checkpoint is None:
         if width is None and model is None:
             raise ConfigError("pass a CHECKPOINT, or --width {32,64,128} / --model FAMILY to use the latest training "
