@@ -124,6 +124,23 @@ def test_a_station_of_several_cameras_takes_the_lock_before_its_line_side_opens(
     assert sinks.opened == [] and not (out / "verdicts.jsonl").exists()
 
 
+def test_a_station_of_several_cameras_is_refused_before_its_models_load(tmp_path, monkeypatch):
+    """run_cell takes the lock before it loads a model (minutes for TensorRT engines) and before anything opens."""
+    from fair_edge.station import cell as cell_module
+    from fair_edge.station.views import ViewSettings
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the lock refused the station")
+
+    monkeypatch.setattr(cell_module, "CellModels", loaded)
+    out = tmp_path / "out"
+    cfg = StationConfig(output=out, record=RecordSettings(dir=out), console=ConsoleSettings(enabled=False),
+                        cameras=(ViewSettings("a", str(tmp_path)), ViewSettings("b", str(tmp_path))))
+    with held_by_child(out, ".station.lock") as pid:
+        with pytest.raises(ConfigError, match=f"pid {pid}"):
+            cell_module.run_cell(cfg, threading.Event(), max_frames=1)
+
+
 def test_the_station_holds_its_lock_while_it_runs_and_lets_go_at_the_end(station_bundles, conveyor_dir, tmp_path,
                                                                           monkeypatch):
     """While a station runs, another process cannot take its output folder's lock; after the run it can, no lock

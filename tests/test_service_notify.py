@@ -293,6 +293,33 @@ class RecordingNotifier(ServiceNotifier):
         return [f["STATUS"] for f in self.sent_fields if "STATUS" in f]
 
 
+def test_the_running_status_names_the_log_rows_a_full_disk_kept_out():
+    """While the station runs (not only in the end-of-run summary) the systemd status counts the verdict rows the
+    recorder could not write, from the recorder's live counters."""
+    from types import SimpleNamespace
+
+    from fair_edge.station.run import LineSide, station_tick
+
+    counts = {"rows_failed": 0, "dropped": 0, "lost_at_close": 0}
+    recorder = SimpleNamespace(stats=lambda: dict(counts))
+    clock = Clock()
+    line = LineSide(recorder=recorder, scheduler=None, encoder=None, mqtt=None, callbacks=[])
+    capture = SimpleNamespace(stats=lambda: SimpleNamespace(dropped_queue_full=0))
+    insp = SimpleNamespace(summary=SimpleNamespace(fault="", inspected=6, ng=2, dropped=0, rejects={}))
+    notifier = RecordingNotifier(clock)
+    tick = station_tick(line, lambda insp: "", capture, notifier, SimpleNamespace(tick=lambda insp: None),
+                        lambda: {}, None)
+    notifier.alive()
+    clock.t += 10.0
+    tick(insp)
+    counts["rows_failed"] = 4                          # the disk filled: four rows not written
+    clock.t += 10.0
+    tick(insp)
+    assert notifier.statuses()[-2:] == ["inspecting: 6 inspected, 2 NG, 0 dropped",
+                                        "inspecting: 6 inspected, 2 NG, 0 dropped, 4 log rows not written"]
+    notifier.close()
+
+
 def test_status_shows_the_fault_output_reason_at_once_and_when_it_changes():
     """systemctl status said 'inspecting' while the reject gate held the fault output on (PLC unreachable);
     docs/jetson.md promises the status 'every 5 s, or on a fault'."""

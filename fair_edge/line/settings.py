@@ -21,6 +21,8 @@ from .sinks import parse_sink
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
+ENCODER_STOP_WAIT_S = 10.0  # s: at a stop in encoder mode, how long the parts on the belt are waited for (a stopped
+                            # belt never brings them to the gate); service_unit sizes TimeoutStopSec with it
 IMAGE_FORMATS = ("png", "jpg")
 
 def check_sink_url(where: str, url: str) -> str:

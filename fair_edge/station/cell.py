@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -43,7 +44,8 @@ from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   open_capture, open_line_side, run_station, station_tick, write_summary)
+                                   open_capture, open_line_side, run_station, station_lock, station_tick, stop_wait_s,
+                                   write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +325,14 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     arguments are ``run_station``'s."""
     if not cfg.cameras:
         raise ConfigError("run_cell: the station file has no cameras: list; use run_station for one camera.")
+    with station_lock(cfg):   # before the models load and anything opens: a second station here is refused
+        return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, scorer, sources, on_console,
+                         export_reviewed)
+
+
+def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None, duration_s: float | None,
+              on_start, on_tick, scorer, sources: dict | None, on_console, export_reviewed) -> RunSummary:
+    """``run_cell``'s body, under the station's run lock."""
     models = CellModels(cfg, scorer)
     run_id = new_run_id()
     first = models.views[cfg.cameras[0].name]
@@ -368,7 +378,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
             line.handshake.begin()   # ready rises: the PLC may trigger
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
                                 on_iteration=iteration)
-        notifier.stopping(status_line(summary, "stopping"))
+        notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
         if cell.assembler is not None:
             cell.assembler.close_all()
         finish_cell(cfg, cell, summary, watches, mux)
@@ -385,11 +395,11 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     if down and not summary.fault:
         summary.fault = "; ".join(down)
     finish_line(cfg, cell.line, summary, "")
-    travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
+    deadline = time.monotonic() + stop_wait_s(cfg)   # one wait for every lane: their belts run at once
     for lane in cell.lanes.values():
         if summary.fault:
             lane.fault(True, summary.fault)
-        lane.wait_idle(timeout_s=(10.0 if cfg.reject.encoder_distance is not None else travel_s) + 1.0)
+        lane.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
         lane.drain_sinks(timeout_s=1.0)
     summary.rejects = cell.reject_stats()
     counters = CellCounters(cell, mux)

@@ -417,7 +417,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                 line.handshake.begin()   # ready rises: the PLC may trigger
             summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
                                     on_iteration=notifier.alive)
-            notifier.stopping(status_line(summary, "stopping"))
+            notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
             finish_line(cfg, line, summary, watch.at_stop())
         write_summary(summary, cfg.output)
     return summary
@@ -463,13 +463,24 @@ def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, not
         camera_reason = watch(insp)
         line.publish_fault(camera_reason)
         notifier.status(status_line(insp.summary, line.fault_reason(camera_reason),
-                                    capture.stats().dropped_queue_full))
+                                    capture.stats().dropped_queue_full,
+                                    line.recorder.stats() if line.recorder is not None else None))
         console.tick(insp)
         insp.summary.rejects = rejects()
         if on_tick is not None:
             on_tick(insp)
 
     return tick
+
+
+def stop_wait_s(cfg: StationConfig) -> float:
+    """How long a stop waits for the parts on the belt to reach the gate, s: their travel (delay + pulse + late) and
+    1 s, or in encoder mode ``ENCODER_STOP_WAIT_S`` and 1 s (a stopped belt never brings them)."""
+    from fair_edge.line.settings import ENCODER_STOP_WAIT_S
+
+    reject = cfg.reject
+    travel_s = (reject.delay_ms + reject.pulse_ms + reject.late_ms) / 1000.0
+    return (ENCODER_STOP_WAIT_S if reject.encoder_distance is not None else travel_s) + 1.0
 
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
@@ -487,10 +498,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)
-        travel_s = (cfg.reject.delay_ms + cfg.reject.pulse_ms + cfg.reject.late_ms) / 1000.0
-        if cfg.reject.encoder_distance is not None:
-            travel_s = 10.0   # a stopped belt never brings its parts to the gate: wait at most this
-        line.scheduler.wait_idle(timeout_s=travel_s + 1.0)
+        line.scheduler.wait_idle(timeout_s=stop_wait_s(cfg))
         line.scheduler.abandon_pending()   # counted and logged before the summary takes the gate's counters
         line.scheduler.drain_sinks(timeout_s=1.0)
     from fair_edge.line.recorder import CLOSE_IMAGES_S

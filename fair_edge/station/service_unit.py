@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fair_edge.errors import ConfigError
+from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 
 if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
 UNIT_DIR = Path("/etc/systemd/system")
 STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
 STOP_MARGIN_S = 30       # s added to the belt's drain: queued frames, the recorder's close (5 s of NG images), sinks
-ENCODER_DRAIN_S = 10.0   # s: encoder mode's wait for the parts on the belt at a stop (station.run.finish_line):
-                         # a stopped belt never brings them to the gate, so it is bounded, not the belt's travel
+ENCODER_DRAIN_S = ENCODER_STOP_WAIT_S   # s: encoder mode's wait for the parts on the belt at a stop
 MAX_SEC = 7 * 86400      # the longest of the unit's times, s (a week); reject timing may reach 3 days (3 x 1 day)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
