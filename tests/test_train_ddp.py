@@ -235,3 +235,77 @@ def test_only_rank_0_prints_the_interruption_and_resume_command(mvtec_dir, tmp_p
     assert result.exit_code == 130, result.output
     assert ("interrupted after step 5" in result.output) == printed
     assert ("Resume with: fair-edge train --resume" in result.output) == printed
+
+
+# ----------------------------------------------------------------------------- --resume under --nproc
+def _train_context(args: list[str]):
+    """The click context of `fair-edge train ARGS`, parsed as the command line would be (nothing runs)."""
+    import typer
+
+    from fair_edge.cli import app
+
+    command = typer.main.get_command(app).commands["train"]
+    return command.make_context("train", list(args))
+
+
+def test_command_args_hand_the_ranks_only_the_flags_typed():
+    """`train --resume --nproc 2 --out RUN` gave every rank `--image-size 256 --filter butterworth --order 2
+    --tile-overlap 0` too (the defaults, written back), which each rank compared with last.pt: a run at another size
+    was refused naming --image-size 256, a flag the user never typed. The ranks get what was typed, nothing more."""
+    from fair_edge.training.ddp import command_args
+
+    ctx = _train_context(["--resume", "--nproc", "2", "--out", "RUN"])
+    assert command_args(ctx, skip=("nproc",)) == ["--out", "RUN", "--resume"]
+    typed = ["DATA", "--image-size", "64", "--set", "scoring.k_color=0", "--no-amp", "--nproc", "2", "--out", "R"]
+    args = command_args(_train_context(typed), skip=("nproc",))
+    assert args[0] == "DATA" and sorted(args[1:]) == sorted(["--image-size", "64", "--set", "scoring.k_color=0",
+                                                            "--no-amp", "--out", "R"])
+
+
+def test_the_resume_command_printed_under_torchrun_names_the_processes(mvtec_dir, tmp_path, monkeypatch):
+    """Ctrl-C under `--nproc 2` printed `fair-edge train --resume --out RUN`: one process, not the exact continuation
+    of a 2-process run. Rank 0 now prints --nproc 2 (the world size torchrun gave it)."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+    from fair_edge.training.loop import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted(tmp_path / "run" / "last.pt", 5)
+
+    monkeypatch.setattr("fair_edge.cli.train.run_training", interrupted)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["train", str(mvtec_dir), "--width", "32", "--image-size", "32", "--steps", "9",
+                                      "--device", "cpu", "--out", str(tmp_path / "run")], env={"COLUMNS": "400"})
+    assert result.exit_code == 130, result.output
+    assert f"Resume with: fair-edge train --resume --out {tmp_path / 'run'} --nproc 2" in result.output, result.output
+    from fair_edge.cli.train import resume_hint
+
+    monkeypatch.setenv("WORLD_SIZE", "4")  # 2 machines of 2: no --nproc launch continues it
+    assert "the same torchrun command on every machine" in resume_hint(tmp_path / "run")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    assert resume_hint(tmp_path / "run") == f"fair-edge train --resume --out {tmp_path / 'run'}"
+
+
+def test_cli_resume_with_nproc_continues_a_run_at_another_image_size(mvtec_dir, tmp_path):
+    """The real launch: a 2-process run at --image-size 32, then `train --resume --nproc 2 --out RUN` (nothing else
+    typed) continues it; it was refused with "--image-size 256 (saved: 32)"."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "fair_edge.cli", "train", *args], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"})
+        text = " ".join((proc.stdout + proc.stderr).split())
+        assert proc.returncode == 0, text
+        return text
+
+    cli(str(mvtec_dir), "--width", "32", "--image-size", "32", "--cutoff", "4", "--steps", "2", "--batch", "4",
+        "--device", "cpu", "--save-every", "1", "--out", str(out), "--no-amp", "--nproc", "2")
+    text = cli("--resume", "--nproc", "2", "--device", "cpu", "--out", str(out))
+    assert f"resumed {out / 'last.pt'} at step 2 of 2" in text and "2 processes (DDP) of 2" in text, text
+    assert load_checkpoint(out / "final.pt").preprocess.image_size == 32

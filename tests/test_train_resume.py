@@ -385,3 +385,133 @@ def test_a_run_whose_budget_this_release_computes_otherwise_is_refused_naming_th
            "computed 9 (saved at step 4)" in text, text
     assert "finish the run with the fair-edge release that wrote it" in text and "start a new run" in text, text
     assert "--overwrite" in text and "with --steps 9 to train as many steps as this run planned" in text, text
+
+
+# ----------------------------------------------------------------------------- --resume from another folder
+def _stop_after_step(monkeypatch, step: int):
+    """FAIR's trainer asks itself to stop after ``step`` (as the first Ctrl-C does), in this process."""
+    from fair_edge.models.fair.train import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, s):
+        if s == step - 1:
+            self.request_stop()
+        return original(self, s)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_a_run_started_with_a_relative_data_path_resumes_from_another_folder(mvtec_dir, tmp_path, monkeypatch):
+    """`fair-edge train data/plate ...`, then from another folder `train --resume --out /abs/RUN`: "dataset
+    data/plate does not exist" (DATA and the image names were saved relative to the folder training started in), and
+    DATA given again, relative from there or absolute, was refused as a changed flag. Now the paths are saved
+    absolute and the images named from the dataset root; a DATA given again is compared by the folder it names."""
+    normals_folder(mvtec_dir, tmp_path / "start" / "data" / "plate")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    runner = CliRunner()
+    with monkeypatch.context() as patch:
+        _stop_after_step(patch, 2)
+        result = runner.invoke(app, tiny_run("data/plate", "run", steps="4"))
+    assert result.exit_code == 130, result.output
+    run = tmp_path / "start" / "run"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = runner.invoke(app, ["train", "--resume", "--out", str(run)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"resumed {run / 'last.pt'} at step 2 of 4" in text, text
+    for data in ("../start/data/plate", str(tmp_path / "start" / "data" / "plate")):  # relative from here, absolute
+        result = runner.invoke(app, ["train", data, "--resume", "--out", str(run)])
+        assert result.exit_code == 0 and "at step 4 of 4" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["train", str(mvtec_dir), "--resume", "--out", str(run)])  # another folder
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{mvtec_dir} (saved: {tmp_path / 'start' / 'data' / 'plate'})" in text, text
+
+
+def test_a_run_saved_with_paths_relative_to_its_start_folder_still_resumes(mvtec_dir, tmp_path, monkeypatch):
+    """A last.pt written before the paths were saved absolute holds DATA as typed and the image names as found from
+    the folder training started in. From there it resumes as before; from elsewhere, DATA given again as it is from
+    there resumes it, and without DATA the refusal says where the path came from and what to do."""
+    normals_folder(mvtec_dir, tmp_path / "start" / "data" / "plate")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    runner = CliRunner()
+    with monkeypatch.context() as patch:
+        _stop_after_step(patch, 1)
+        assert runner.invoke(app, tiny_run("data/plate", "run", steps="3")).exit_code == 130
+    path = tmp_path / "start" / "run" / "last.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload["train_state"]
+    state["run"] = {"data": "data/plate", "category": None, "textures": None, "backbone_weights": None,
+                    "backbone_sha256": None}  # as older releases wrote it
+    state["data_files"] = [[f"data/plate/{name}", size] for name, size in state["data_files"]]
+    torch.save(payload, path)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = runner.invoke(app, ["train", "--resume", "--out", str(path.parent)], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"{path} holds DATA as 'data/plate', a path relative to the folder its training started in" in text, text
+    assert f"fair-edge train PATH --resume --out {path.parent}" in text, text
+    result = runner.invoke(app, ["train", "../start/data/plate", "--resume", "--out", str(path.parent)])
+    assert result.exit_code == 0 and "at step 1 of 3" in " ".join(result.output.split()), result.output
+    torch.save(payload, path)  # the old last.pt again, resumed from the folder its training started in
+    monkeypatch.chdir(tmp_path / "start")
+    result = runner.invoke(app, ["train", "--resume", "--out", "run"])
+    assert result.exit_code == 0 and "at step 1 of 3" in " ".join(result.output.split()), result.output
+
+
+# ----------------------------------------------------------------------------- loss.csv elapsed_s over a resume
+@pytest.mark.parametrize("family", ["fair", "lgfdr"])
+def test_elapsed_s_goes_on_over_a_resume(mvtec_dir, tmp_path, monkeypatch, family):
+    """loss.csv's elapsed_s restarted at 0 after --resume. The training seconds are saved in last.pt and counted on.
+    (A fake clock, 1 s per reading: no timing luck.)"""
+    from fair_edge.models.registry import ModelSpec, get_family
+    from fair_edge.models.training_contract import config_from_options
+    from fair_edge.preprocess import PreprocessConfig
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.loop import TrainingInterrupted
+
+    readings = iter(range(10**6))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(readings)))
+    impl = get_family(family)
+    spec = ModelSpec(family, PreprocessConfig(image_size=32), impl.settings_from_options({"width": 8}))
+    cfg = config_from_options(impl.training().default_train_config(),
+                              {"batch": 4, "steps": 6, "log_every": 1, "save_every": 1000, "lr": 1e-3})
+
+    def trainer():
+        return impl.training().make_trainer(load_dataset(mvtec_dir), spec, cfg, tmp_path, torch.device("cpu"))
+
+    first = trainer()
+    with pytest.raises(TrainingInterrupted):
+        first.run(lambda step, *_: step == 3 and first.request_stop())
+    second = trainer()
+    second.resume()
+    second.run()
+    rows = logged_rows(tmp_path / "loss.csv")
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(a < b for a, b in zip(elapsed, elapsed[1:])), elapsed
+    assert load_checkpoint(tmp_path / "last.pt").train_state["elapsed_s"] >= elapsed[-1]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C during a PatchCore fit
+def test_ctrl_c_during_a_patchcore_fit_says_nothing_was_saved(mvtec_dir, tmp_path, monkeypatch):
+    """Ctrl-C in a PatchCore fit ended with exit code 130 and no word, though `train --help` said Ctrl-C saves
+    last.pt and prints the resume command: a fit in one pass has no step to save at. It now says so, and the help
+    says which families Ctrl-C saves."""
+    from fair_edge.cli.train import TrainCommand
+    from fair_edge.models.patchcore.train import PatchcoreFitter
+
+    def interrupted(self, on_step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PatchcoreFitter, "features", interrupted)
+    result = CliRunner().invoke(app, ["train", str(mvtec_dir), "--model", "patchcore", "--image-size", "32",
+                                      "--set", "embed_dim=16", "--device", "cpu", "--out", str(tmp_path / "run")],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 130, result.output
+    assert "interrupted: PatchCore fits in one pass; nothing was saved; run the same command again" in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+    help_text = " ".join(TrainCommand().__doc__.split())
+    assert "For FAIR and LGFDR, Ctrl-C finishes the current step, saves OUT/last.pt" in help_text
+    assert "a PatchCore fit is one pass, so Ctrl-C saves nothing" in help_text

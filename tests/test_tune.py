@@ -211,3 +211,22 @@ def test_tune_refuses_a_seed_torch_cannot_take(seed):
     with pytest.raises(ConfigError, match=r"seed \(--seed\) must be a whole number from 0 to 4294967295"):
         TuneSettings(seed=seed)
     assert TuneSettings(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_the_recommended_train_command_trains_with_the_tune_seed(mvtec_dir, tmp_path, monkeypatch):
+    """`tune --seed 7` trained its candidates with seed 7 and recommended a `fair-edge train` line without --seed,
+    which trains with seed 0: another model than the one ranked. The line (printed and in tune.json) says --seed 7;
+    at the default seed it stays out."""
+    from fair_edge.training.tune import TuneRow, write_results
+
+    _stub_tune(monkeypatch)
+    result = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--image-size", "32", "--seed", "7", "--out",
+                                      str(tmp_path / "t")], env={"COLUMNS": "400"})
+    assert result.exit_code == 0 and "--seed 7" in result.output.split("next:")[1], result.output
+    pre = PreprocessConfig(image_size=32, cutoff=4.0)
+    for cand in (Candidate("base", pre, 8, 3, lr=1e-3), Candidate("pc", pre, 8, None, family="patchcore")):
+        assert cand.train_command("d", TuneSettings(seed=7)).endswith(" --seed 7")
+        assert "--seed" not in cand.train_command("d", TuneSettings()) and "--seed" not in cand.train_command("d")
+    write_results([TuneRow(Candidate("base", pre, 8, 3), "done", 0.9, 0.5, 0.5, 1.0)], tmp_path,
+                  TuneSettings(seed=7), "DATA", 10, 3)
+    assert json.loads((tmp_path / "tune.json").read_text())["chosen"]["train_command"].endswith(" --seed 7")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -39,7 +40,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     from fair_edge.training.loop import resolve_device
     from fair_edge.training.ddp import ddp_group, from_environment
     from fair_edge.models.training_contract import check_extras
-    from fair_edge.training.resume import RunSource
+    from fair_edge.training.resume import RunSource, data_root, training_files
 
     split = load_dataset(data, category)
     texture_images = None
@@ -55,8 +56,10 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     check_extras(training, extras, model.family, model.describe())
     with console.status(f"loading {len(split.train)} training images of {split.name}"):
         trainer = training.make_trainer(split, model, cfg, out, dev, **{k: v for k, v in extras.items() if v is not None})
-    trainer.run_info = RunSource(str(data), category, None if textures is None else str(textures),
-                                 backbone_weights, backbone_sha256).to_dict()
+    source = RunSource.of(data, category, textures, backbone_weights, backbone_sha256)  # absolute paths
+    trainer.run_info = source.to_dict()
+    if hasattr(trainer, "data_files"):  # named from the dataset root: the run resumes from any folder
+        trainer.data_files = training_files(split.train, data_root(source.data))
     if resume:
         trainer.resume()
     if not parallel.is_main:
@@ -81,7 +84,23 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
             bar.update(task, completed=step, loss="" if trainer.fits_once else f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
         with ddp_group():
-            return trainer.run(on_step), split
+            return run_trainer(trainer, on_step, model), split
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the one pass of a family fitted once (PatchCore): nothing was saved (``str``: what to do)."""
+
+
+def run_trainer(trainer, on_step, model) -> Path:
+    """``trainer.run(on_step)``; Ctrl-C during a fit in one pass (``trainer.fits_once``), which has no step boundary
+    to save at, is FitInterrupted saying so (a stepped trainer saves last.pt itself: TrainingInterrupted)."""
+    try:
+        return trainer.run(on_step)
+    except KeyboardInterrupt:
+        if not trainer.fits_once:
+            raise
+        raise FitInterrupted(f"interrupted: {model.impl.title} fits in one pass; nothing was saved; run the same "
+                             "command again.") from None
 
 
 def describe_settings(pre, cfg, high_pass: bool = True) -> str:
@@ -220,9 +239,10 @@ class TrainCommand:
 
     @property
     def __doc__(self) -> str:  # the command's help (typer reads it with inspect.getdoc)
-        return (f"Train a model from normal images: {family_titles(default_first=True)} (--model). Ctrl-C finishes "
-                "the current step, saves OUT/last.pt and prints the command that resumes it (`fair-edge train "
-                "--resume --out OUT`). Every family's settings are options here, typed, with their defaults; an "
+        return (f"Train a model from normal images: {family_titles(default_first=True)} (--model). For FAIR and "
+                "LGFDR, Ctrl-C finishes the current step, saves OUT/last.pt and prints the command that resumes it "
+                "(`fair-edge train --resume --out OUT`); a PatchCore fit is one pass, so Ctrl-C saves nothing: run "
+                "the same command again. Every family's settings are options here, typed, with their defaults; an "
                 "option names the families it applies to unless it applies to all.")
 
     @property
@@ -252,7 +272,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     from fair_edge.models.training_contract import (config_from_options, family_from_flags, refuse_foreign_flags,
                                                     settings_overrides)
     from fair_edge.training.loop import TrainingInterrupted, check_seed
-    from fair_edge.training.resume import resume_command, resume_settings
+    from fair_edge.training.resume import resume_settings, resume_source
     from fair_edge.training.runs import check_fresh_run, clear_run, default_train_dir
 
     if resume and overwrite:
@@ -281,7 +301,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     check_out_writable(out)  # before the data loads and the model trains: not at the first checkpoint
     if resume:
         saved = resume_settings(out, given, settings.get("save_every"))
-        spec, cfg, source = saved.model, saved.train, saved.run
+        spec, cfg, source = saved.model, saved.train, resume_source(saved.run, given, out)
         data, category, backbone_weights, backbone_sha256 = (source.data, source.category, source.backbone_weights,
                                                              source.backbone_sha256)
         textures = Path(source.textures) if source.textures else None
@@ -312,7 +332,10 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     except TrainingInterrupted as exc:
         if is_main_process():  # under torchrun every rank stops at the same step; rank 0 says so once
             console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
-            console.print(f"Resume with: {resume_command(out)}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"Resume with: {resume_hint(out)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except FitInterrupted as exc:
+        console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(130) from None
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
@@ -320,6 +343,19 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
 
 
 app.command("train")(TrainCommand())
+
+
+def resume_hint(out: Path) -> str:
+    """The command that continues an interrupted run in ``out``, in as many processes as it ran in: under torchrun
+    (``WORLD_SIZE``) on one machine with ``--nproc``; on several machines, the same torchrun launch on each."""
+    from fair_edge.training.resume import resume_command
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):  # several machines: not launched by --nproc
+        args = shlex.join(["train", "--resume", "--out", str(out)])
+        return f"the same torchrun command on every machine, with `{args}` after `-m fair_edge.cli`"
+    return resume_command(out, world)
+
 
 NPROC_MAX = 1024  # processes on one machine: one per GPU, or CPU processes (gloo); more is a typing slip
 

@@ -74,7 +74,7 @@ def tune(
         table.add_row(r.candidate.name, r.status, f(r.proxy_catch), f(r.proxy_catch_5pct), f(r.proxy_auroc))
     console.print(table)
     console.print(f"[green]chosen:[/] {rows[0].candidate.name}; {out / 'tune.json'}\n"
-                  f"next: {rows[0].candidate.train_command(data)}")
+                  f"next: {rows[0].candidate.train_command(data, settings)}")
 
 
 def base_preprocess(image_size: int, cutoff: Optional[float]) -> PreprocessConfig:

@@ -230,11 +230,16 @@ def launch(nproc: int, train_args: list[str]) -> int:
 
 
 def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
-    """The parsed options of a click/typer command (``ctx``) written back as command-line arguments."""
+    """The options the user typed on a click/typer command (``ctx``), written back as command-line arguments.
+
+    Defaults are left out: each torchrun rank parses the arguments again and reads what it is not given from the same
+    defaults, and a rank of ``train --resume`` compares every flag it is given with the run saved in last.pt, so a
+    default written back (``--image-size 256``) would refuse a run saved at another size, naming a flag the user
+    never typed."""
     args: list[str] = []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name in skip or value is None:
+        if param.name in skip or value is None or not _typed(ctx, param.name):
             continue
         if param.param_type_name == "argument":
             args.append(str(value))
@@ -247,3 +252,10 @@ def command_args(ctx, skip: tuple[str, ...] = ()) -> list[str]:
         else:
             args += [param.opts[0], str(value)]
     return args
+
+
+def _typed(ctx, name: str) -> bool:
+    """Whether the parameter ``name`` of ``ctx`` came from the command line or its environment variable, not from
+    its default (compared by name: typer may bring its own copy of click's ParameterSource enum)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")

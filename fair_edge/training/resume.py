@@ -8,12 +8,18 @@ the result. The training images are compared too: each trainer stores their name
 (``training_files``) and its step budget in ``train_state``, and ``check_same_data`` refuses a resume on
 images added, removed or changed since, which would be another epoch length and learning-rate schedule; on the
 same images with another budget (a release that counts the budget otherwise) it names that cause and the options.
+
+A run resumes from any folder: DATA, --textures and --backbone-weights are saved as absolute paths and the image
+names relative to the dataset root (``RunSource.files_from_root``). Runs saved before held them as typed, relative
+to the folder their training started in; they still resume (``resume_source``, ``check_same_data``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides
+from fair_edge.models.weights import RANDOM
 
 log = logging.getLogger(__name__)
 NAMED = 3  # files named in a refusal, per kind (added, missing, changed); the rest are counted
@@ -39,21 +46,67 @@ SAVED_FLAGS = {
 # flags compared with the saved pre-processing's tiling (``TilingConfig``; None: no tiling) by ``_saved_tiling``
 TILING_FLAGS = ("tile", "tile_overlap", "roi")
 FREE_ON_RESUME = ("device", "save_every", "out", "resume", "verbose")
+# run inputs that may be paths, compared by the file they name (``same_input``), not as text
+PATH_FLAGS = ("data", "textures", "backbone_weights")
 _MISSING = object()
 
 
 @dataclass(frozen=True)
 class RunSource:
-    """Where a run's inputs came from: the DATA argument, --category, --textures and the backbone file (as given)."""
+    """Where a run's inputs came from: the DATA argument, --category, --textures and the backbone file.
+
+    Saved with absolute paths (``of``) and ``files_from_root`` True: the run's ``data_files`` are relative to the
+    dataset root (``data_root``). Runs saved before hold the paths as typed, relative to the folder their training
+    started in, and ``data_files`` as the image paths were found from there (``files_from_root`` False)."""
 
     data: str
     category: str | None = None
     textures: str | None = None
     backbone_weights: str | None = None
     backbone_sha256: str | None = None
+    files_from_root: bool = False
+
+    @classmethod
+    def of(cls, data, category: str | None = None, textures=None, backbone_weights: str | None = None,
+           backbone_sha256: str | None = None) -> "RunSource":
+        """The source a run saves: DATA (unless a built-in dataset), --textures and --backbone-weights (unless
+        'random') made absolute from the current folder, so a resume from another folder finds them."""
+        return cls(absolute_input("data", data), category, absolute_input("textures", textures),
+                   absolute_input("backbone_weights", backbone_weights), backbone_sha256, files_from_root=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_builtin_dataset(data) -> bool:
+    """Whether ``load_dataset`` reads DATA as the built-in ELPV data ('elpv', 'elpv:mono', ...), not as a path."""
+    return str(data).startswith("elpv")
+
+
+def _is_path(name: str, value) -> bool:
+    """Whether the run input ``name`` (data, textures, backbone_weights) with ``value`` names a file or folder."""
+    if value is None:
+        return False
+    if name == "data":
+        return not is_builtin_dataset(value)
+    return not (name == "backbone_weights" and str(value) == RANDOM)
+
+
+def absolute_input(name: str, value) -> str | None:
+    """``value`` of the run input ``name`` as saved: an absolute path (not resolving links) when it is a path,
+    else as given (a built-in dataset, 'random', None)."""
+    if value is None:
+        return None
+    return os.path.abspath(os.fspath(value)) if _is_path(name, value) else str(value)
+
+
+def data_root(data) -> str | None:
+    """The folder the names of ``data_files`` are relative to: DATA itself (an MVTec folder or root, a folder of
+    images), a VisA CSV's folder; None for the built-in data (its images are named by their absolute paths).
+    Decided from the text alone, so an old run's relative DATA gives the same root from any folder."""
+    if data is None or is_builtin_dataset(data):
+        return None
+    return str(Path(data).parent) if str(data).lower().endswith(".csv") else str(data)
 
 
 @dataclass(frozen=True)
@@ -106,6 +159,11 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
             continue
         if name in FREE_ON_RESUME:
             continue
+        if name in PATH_FLAGS:
+            stored = getattr(saved.run, name)
+            if not same_input(name, value, stored):
+                conflicts.append(f"--{name.replace('_', '-')} {value} (saved: {stored})")
+            continue
         if name in TILING_FLAGS:
             stored, value = _saved_tiling(saved.model.preprocess.tiling, name), _given_tiling(name, value)
         elif name in SAVED_FLAGS:
@@ -127,16 +185,73 @@ def resume_settings(out: Path, given: dict, save_every: int | None) -> SavedRun:
     return saved
 
 
-def training_files(samples) -> list[list]:
-    """[[path, bytes], ...] of the training images (``Sample``s), sorted by path: what identifies the data a run
-    trains on (``train_state["data_files"]``). A file that cannot be read counts with -1 bytes."""
+def same_input(name: str, value, stored) -> bool:
+    """Whether DATA / --textures / --backbone-weights (``name``) given again on a resume as ``value`` is the saved
+    ``stored``: the same text (a built-in dataset, 'random'), or the same path resolved from here. A run saved
+    before paths were stored absolute holds a path relative to the folder its training started in, unknown here:
+    the given path matches when it resolves to it from here or ends with it (the images are compared after)."""
+    if str(value) == str(stored):
+        return True
+    if not (_is_path(name, value) and _is_path(name, stored)):
+        return False
+    here, saved = Path(value).resolve(), Path(stored)
+    if here == saved.resolve():
+        return True
+    if saved.is_absolute():
+        return False
+    tail = [part for part in Path(os.path.normpath(saved)).parts if part not in (os.pardir, os.curdir)]
+    return bool(tail) and list(here.parts[-len(tail):]) == tail
+
+
+def resume_source(saved: RunSource, given: dict, out: Path) -> RunSource:
+    """The inputs a resume reads: those saved in ``out/last.pt``, or DATA / --textures / --backbone-weights given
+    again (``resume_settings`` has checked them against the saved ones). A run saved before paths were stored
+    absolute holds them relative to the folder its training started in: one not found from here is a ConfigError
+    naming it, where it came from and the fix."""
+    source = saved
+    for name in PATH_FLAGS:
+        if given.get(name) is not None:
+            source = replace(source, **{name: str(given[name])})
+            continue
+        value = getattr(saved, name)
+        if _is_path(name, value) and not Path(value).is_absolute() and not Path(value).exists():
+            flag = "DATA" if name == "data" else f"--{name.replace('_', '-')}"
+            again = "PATH --resume" if name == "data" else f"--resume {flag} PATH"
+            raise ConfigError(
+                f"--resume: {Path(out) / 'last.pt'} holds {flag} as {value!r}, a path relative to the folder its "
+                f"training started in (an older fair-edge saved it as typed), and {value!r} is not found from here "
+                f"({os.getcwd()}). Run the resume from the folder the training started in, or give {flag} again as "
+                f"it is from here: fair-edge train {again} --out {out}")
+    return source
+
+
+def training_files(samples, root: str | None = None) -> list[list]:
+    """[[name, bytes], ...] of the training images (``Sample``s), sorted by name: what identifies the data a run
+    trains on (``train_state["data_files"]``). name: the path relative to ``root`` (``data_root``; the run then
+    resumes from any folder), or the path as found when ``root`` is None. A file that cannot be read counts with
+    -1 bytes."""
     def size(path: Path) -> int:
         try:
             return Path(path).stat().st_size
         except OSError:
             return -1
 
-    return sorted([str(s.path), size(s.path)] for s in samples)
+    def name(path: Path) -> str:
+        return str(path) if root is None else os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+    return sorted([name(s.path), size(s.path)] for s in samples)
+
+
+def saved_files(state: dict) -> tuple[dict, str | None]:
+    """({name: bytes} of the images a run saved (``train_state``), the folder the names are relative to, None when
+    they are paths). A run saved before ``files_from_root`` named them by their paths as found from the folder its
+    training started in: they are made relative to its DATA, as ``training_files`` names them now."""
+    run = state.get("run") or {}
+    root = data_root(run.get("data"))
+    files = {name: size for name, size in state["data_files"]}
+    if root is None or run.get("files_from_root"):
+        return files, root
+    return {os.path.relpath(name, root): size for name, size in files.items()}, root
 
 
 def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> None:
@@ -147,9 +262,9 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> N
         log.warning("%s was saved by an older fair-edge that did not record its training images: the data of this "
                     "resume cannot be compared with the data it was trained on.", path)
         return
-    saved = {name: size for name, size in state["data_files"]}
+    saved, root = saved_files(state)
     now = {name: size for name, size in files}
-    changes = [_named(what, names) for what, names in (
+    changes = [_named(what, [_shown(n, root) for n in names]) for what, names in (
         ("added", sorted(now.keys() - saved.keys())), ("missing", sorted(saved.keys() - now.keys())),
         ("changed (another size)", sorted(n for n in now.keys() & saved.keys() if now[n] != saved[n])))
         if names]
@@ -181,6 +296,11 @@ def _budget_changed(path: Path, state: dict, n_files: int, budget: int, total_st
             f"run with this one in another --out (or --overwrite to replace this one){again}.")
 
 
+def _shown(name: str, root: str | None) -> str:
+    """An image name of ``data_files`` as the user finds it: under the dataset root when it is relative to one."""
+    return name if root is None else os.path.normpath(os.path.join(root, name))
+
+
 def _named(what: str, names: list[str]) -> str:
     """'2 added (a.png, b.png)' or '12 added (a.png, b.png, c.png and 9 more)'."""
     shown = ", ".join(names[:NAMED]) + (f" and {len(names) - NAMED} more" if len(names) > NAMED else "")
@@ -201,9 +321,38 @@ def _given_tiling(name: str, value):
     return value.replace(" ", "") if name == "roi" and isinstance(value, str) else value
 
 
-def resume_command(out: Path) -> str:
-    """The command that continues the run in ``out`` (everything else is read from its last.pt)."""
-    return shlex.join(["fair-edge", "train", "--resume", "--out", str(out)])
+class TrainingClock:
+    """Seconds a run has trained, carried over Ctrl-C and --resume (loss.csv's ``elapsed_s``, saved in
+    ``train_state["elapsed_s"]``): those saved before, plus those since ``start()``."""
+
+    @staticmethod
+    def now() -> float:
+        """Seconds of a monotonic clock (``time.perf_counter``)."""
+        return time.perf_counter()
+
+    def __init__(self, before_s: float = 0.0) -> None:
+        self.before_s, self.started = float(before_s), None
+
+    @classmethod
+    def resumed(cls, state: dict) -> "TrainingClock":
+        """The clock of a resumed ``train_state``; at 0 for a run saved before it held ``elapsed_s``."""
+        return cls(state.get("elapsed_s", 0.0))
+
+    def start(self) -> None:
+        """Count from now (the training loop starts), keeping the seconds counted so far."""
+        self.before_s, self.started = self.elapsed(), self.now()
+
+    def elapsed(self) -> float:
+        """Training seconds so far, this run's and those before its resume."""
+        return self.before_s + (0.0 if self.started is None else self.now() - self.started)
+
+
+def resume_command(out: Path, nproc: int = 1) -> str:
+    """The command that continues the run in ``out`` (everything else is read from its last.pt). nproc: the
+    processes it trained in on this machine, written as --nproc when more than one: the exact continuation
+    trains in as many (each splits the global batch its own way)."""
+    return shlex.join(["fair-edge", "train", "--resume", "--out", str(out),
+                       *(["--nproc", str(nproc)] if nproc > 1 else [])])
 
 
 def _normalise(value):

@@ -73,10 +73,13 @@ class Candidate:
         return config_from_options(base, {"batch": batch, "steps": self.steps, "lr": self.lr,
                                           "seed": seed, "save_every": 10**9})
 
-    def train_command(self, data: str) -> str:
-        """The `fair-edge train` line that trains this candidate (--model, then flags of settings the family has)."""
+    def train_command(self, data: str, settings: TuneSettings | None = None) -> str:
+        """The `fair-edge train` line that trains this candidate (--model, then flags of settings the family has)
+        as tune trained it with ``settings`` (their seed, written when it is not the family's default)."""
         p, spec = self.preprocess, self.model_spec()
-        fields = config_fields(self.train_config(TuneSettings.batch, TuneSettings.seed))
+        settings = settings or TuneSettings()
+        cfg = self.train_config(settings.batch, settings.seed)
+        fields = config_fields(cfg)
         cmd = f"fair-edge train {data} --model {spec.family}"  # named always: train's default family may change
         cmd += "".join(f" {flag}" for flag in spec.impl.settings_flags(spec.settings))
         cmd += f" --image-size {p.image_size}"
@@ -86,6 +89,9 @@ class Candidate:
         cmd += f" --lr {self.lr:g}" if self.lr is not None and "lr" in fields else ""
         if p.tiling is not None:
             cmd += f" --tile {p.tiling.tile} --tile-overlap {p.tiling.overlap}"
+        default = get_family(self.family).training().default_train_config()
+        if "seed" in fields and cfg.seed != default.seed:  # tune --seed N trained with N; train's default is 0
+            cmd += f" --seed {cfg.seed}"
         return cmd
 
     def fits(self) -> bool:
@@ -311,7 +317,7 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
         raise DataError("the budget ended before any candidate finished; raise --budget-min.")
     chosen = {"name": best.candidate.name, "family": best.candidate.family, "width": best.candidate.width,
               "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
-              "train_command": best.candidate.train_command(data)}
+              "train_command": best.candidate.train_command(data, settings)}
     summary = {"chosen": chosen, "rule": "max proxy catch at the target false-reject rate, then proxy AUROC",
                "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
                "proxy_kinds": list(settings.kinds), "proxy_sizes": list(settings.sizes),

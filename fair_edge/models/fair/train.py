@@ -30,7 +30,7 @@ from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
-from fair_edge.training.resume import check_same_data, training_files
+from fair_edge.training.resume import TrainingClock, check_same_data, training_files
 from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
                                      steps_per_epoch, usable_batch)
 
@@ -95,6 +95,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     generator: torch.Generator
     step: int = 0
+    clock: TrainingClock = field(default_factory=TrainingClock)  # training seconds, carried over a resume
 
     def to_dict(self) -> dict:
         return {
@@ -102,6 +103,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "elapsed_s": self.clock.elapsed(),
         }
 
     def load(self, state: dict) -> None:
@@ -109,6 +111,7 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        self.clock = TrainingClock.resumed(state)
 
 
 class Trainer:
@@ -260,7 +263,8 @@ class Trainer:
     def _loop(self, on_step, log_file: "LossLog | None") -> None:
         """Steps until ``total_steps``; ``log_file`` is None on DDP ranks other than 0."""
         per_epoch = steps_per_epoch(len(self.images), self.batch)
-        t0 = t_window = time.perf_counter()
+        t_window = time.perf_counter()
+        self.state.clock.start()
         n_window = 0
         while self.state.step < self.total_steps:
             lr = self.state.optimizer.param_groups[0]["lr"]  # this step's; train_step ends with scheduler.step()
@@ -271,7 +275,8 @@ class Trainer:
             if math.isnan(loss):
                 raise FairEdgeError(f"loss became NaN at step {self.state.step}; lower --lr or check the data.")
             if log_file and (self.state.step % self.cfg.log_every == 0 or self.state.step == self.total_steps):
-                log_file.write(self.state.step, self.state.step // per_epoch, loss, lr, rate, time.perf_counter() - t0)
+                elapsed = self.state.clock.elapsed()
+                log_file.write(self.state.step, self.state.step // per_epoch, loss, lr, rate, elapsed)
                 t_window, n_window = time.perf_counter(), 0
             if self.state.step % self.cfg.save_every == 0:
                 self.save()

@@ -29,7 +29,7 @@ from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
-from fair_edge.training.resume import check_same_data, training_files
+from fair_edge.training.resume import TrainingClock, check_same_data, training_files
 from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
                                      steps_per_epoch, usable_batch)
 
@@ -127,6 +127,7 @@ class LgfdrTrainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=cfg.lr_gamma)
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
+        self.clock = TrainingClock()  # training seconds, carried over a resume (loss.csv's elapsed_s)
         self.use_amp = False
         self.stop_requested = False
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
@@ -136,7 +137,7 @@ class LgfdrTrainer:
         train_state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                        "generator": self.generator.get_state(), "config": self.cfg.to_dict(),
                        "run": self.run_info, "data_files": self.data_files,
-                       "total_steps": self.total_steps} if with_train_state else None
+                       "total_steps": self.total_steps, "elapsed_s": self.clock.elapsed()} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
                        train_config=self.cfg.to_dict())
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
@@ -154,6 +155,7 @@ class LgfdrTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        self.clock = TrainingClock.resumed(state)
 
     # -------------------------------------------------------------------- one step
     def train_step(self, step: int) -> float:
@@ -196,7 +198,7 @@ class LgfdrTrainer:
 
     def _loop(self, on_step, log_file: LossLog) -> None:
         """Steps until ``total_steps``, or until a stop is requested (then: save ``last.pt``, TrainingInterrupted)."""
-        t0 = time.perf_counter()
+        self.clock.start()
         while self.step < self.total_steps:
             t = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]  # this step's; train_step ends with scheduler.step()
@@ -207,7 +209,7 @@ class LgfdrTrainer:
                 raise FairEdgeError(f"loss became NaN at step {self.step}; lower --lr or check the data.")
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                 log_file.write(self.step, self.step // steps_per_epoch(len(self.images), self.batch), loss, lr, rate,
-                               time.perf_counter() - t0)
+                               self.clock.elapsed())
             if self.step % self.cfg.save_every == 0:
                 self.save()
             if on_step is not None:
