@@ -273,7 +273,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
                                                     settings_overrides)
     from fair_edge.training.loop import TrainingInterrupted, check_seed
     from fair_edge.training.resume import resume_settings, resume_source
-    from fair_edge.training.runs import check_fresh_run, clear_run, default_train_dir
+    from fair_edge.training.runs import check_fresh_run, clear_run, default_train_dir, hold_run_lock
 
     if resume and overwrite:
         raise ConfigError("--resume continues the run in OUT and --overwrite deletes it to start again: pass one.")
@@ -299,6 +299,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
                 log.warning(line)
     out = out or default_train_dir(spec.tag)
     check_out_writable(out)  # before the data loads and the model trains: not at the first checkpoint
+    ctx.with_resource(hold_run_lock(out))  # until the command ends: a 2nd train into OUT is refused, naming us
     if resume:
         saved = resume_settings(out, given, settings.get("save_every"))
         spec, cfg, source = saved.model, saved.train, resume_source(saved.run, given, out)
