@@ -546,3 +546,107 @@ def test_time_utc_follows_a_step_of_the_wall_clock_after_the_recorder_started(tm
         assert rec.clock.offset_s == offset
     finally:
         rec.close()
+
+
+def test_the_end_of_run_warning_counts_only_the_ng_images_it_skips(tmp_path, caplog):
+    """stop_images while the writer saves NG part 0's images (held inside them by the disk check) and part 1
+    waits: the warning counted every item not yet done (2), part 0 included, whose images were then saved (both
+    files, counted images). Now it counts the images it skips (1, = images_skipped) and says part 0 is finished."""
+    import re
+
+    rec, disk = held_recorder(tmp_path)
+    assert rec.record(_frame(1), _verdict(1, True), _amap())
+    with caplog.at_level("WARNING"):
+        rec.stop_images("the run ended with NG images unsaved")
+    disk.release.set()
+    rec.close()
+    stats = rec.stats()
+    (warned,) = [r.getMessage() for r in caplog.records if "no longer saved" in r.getMessage()]
+    assert (stats["images"], stats["images_skipped"]) == (1, 1)
+    assert re.findall(r"\d+", warned) == ["1"] and "being saved now is finished" in warned, warned
+    saved = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "ng").iterdir())
+    assert saved == ["00000000_frame.png", "00000000_overlay.png"], saved
+
+
+class SlowImages:
+    """A fake clock (seconds) moved by the NG image stages the recorder times: drawing an overlay takes
+    ``draw_s`` and each image write (encode + write) ``write_s``; the overlay of part ``hold_seq`` waits inside
+    until ``release`` is set (the writer held mid-part, by an event)."""
+
+    def __init__(self, draw_s: float, write_s: float, hold_seq: int) -> None:
+        self.now, self.draw_s, self.write_s, self.hold_seq = 100.0, draw_s, write_s, hold_seq
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def overlay(self, image, amap, verdict):
+        self.now += self.draw_s
+        if verdict.seq == self.hold_seq:
+            self.entered.set()
+            assert self.release.wait(30), "the test never released the writer"
+        return image
+
+    def imwrite(self, real):
+        def write(path, img):
+            self.now += self.write_s
+            return real(path, img)
+        return write
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_a_full_image_queue_says_how_long_an_ng_part_takes_to_save_not_that_the_disk_is_slow(tmp_path, monkeypatch,
+                                                                                            caplog, fmt):
+    """With 20 MP frames the PNG encoder (not the disk) falls behind, yet the warning said "the disk under DIR is
+    too slow". Now it gives the seconds an NG part's images took (fake clock: 0.7 s drawing, 2 x 0.6 s encoding and
+    writing), the rate they keep up with, and the fix: jpg when the format is png; no disk is named then."""
+    import fair_edge.line.recorder as recmod
+
+    slow = SlowImages(draw_s=0.7, write_s=0.6, hold_seq=1)
+    monkeypatch.setattr(recmod.cv2, "imwrite", slow.imwrite(recmod.cv2.imwrite))
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=2, image_format=fmt), timer=slow)
+    rec._overlay = slow.overlay
+    try:
+        assert rec.record(_frame(0), _verdict(0, True), _amap()) and rec.flush(30)   # timed: 1.90 s
+        assert rec.record(_frame(1), _verdict(1, True), _amap()) and slow.entered.wait(30)
+        with caplog.at_level("WARNING"):
+            for seq in (2, 3, 4):   # 2 and 3 wait (record.queue_size 2); 4 is logged without its images
+                assert rec.record(_frame(seq), _verdict(seq, True), _amap())
+    finally:
+        slow.release.set()
+        rec.close()
+    (warned,) = [r.getMessage() for r in caplog.records if "without their images" in r.getMessage()]
+    assert "2 NG images waiting" in warned and "record.queue_size" in warned
+    assert (f"take 1.90 s to save here (0.70 s drawing the overlay, 1.20 s encoding {fmt} and writing, mean of 1): "
+            "at most 0.53 NG parts a second") in warned, warned
+    assert ("record.image_format: jpg" in warned) is (fmt == "png") and "record.save_ng_images: false" in warned
+    if fmt == "png":
+        assert "disk" not in warned, warned
+    assert rec.stats()["images"] == 4 and rec.stats()["images_skipped"] == 1
+
+
+def test_ng_images_past_record_queue_mb_are_logged_without_their_images(tmp_path, caplog):
+    """64 queued 20 MP frames held 3.75 GiB: the image queue is bounded in bytes too (record.queue_mb). With 1 MB
+    and frames of 0.75 MB, the writer held in part 0: part 1 waits (none was waiting: always taken), parts 2 and 3
+    would pass 1 MB and are logged without their images, warned once naming record.queue_mb."""
+    from conftest import StalledDisk
+
+    from fair_edge.errors import ConfigError
+
+    disk = StalledDisk()
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=1, queue_mb=1), disk_usage=disk)
+    try:
+        assert rec.record(_frame(0, 512, 512), _verdict(0, True), _amap()) and disk.entered.wait(30)
+        for seq in (1, 2, 3):
+            assert rec.record(_frame(seq, 512, 512), _verdict(seq, True), _amap())
+        assert rec.stats()["images_skipped"] == 2
+    finally:
+        disk.release.set()
+        rec.close()
+    stats = rec.stats()
+    assert (stats["images"], stats["images_skipped"], stats["logged"]) == (2, 2, 4)
+    warned = [r.getMessage() for r in caplog.records if "without their images" in r.getMessage()]
+    assert len(warned) == 1 and "NG images of 1 MB waiting to be saved (record.queue_mb: 1)" in warned[0], warned
+    assert RecordSettings.from_dict({"queue_mb": 512}).queue_mb == 512.0 and RecordSettings().queue_mb == 1024.0
+    with pytest.raises(ConfigError, match=r"record\.queue_mb: expected a number >= 1, found 0"):
+        RecordSettings.from_dict({"queue_mb": 0})

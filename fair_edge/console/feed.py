@@ -81,6 +81,10 @@ class StationFeed:
         self.recent: deque[Verdict] = deque(maxlen=settings.recent_parts)
         self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
         self.ng: deque[Verdict] = deque(maxlen=settings.recent_parts)
+        # view -> its verdicts in ``recent`` / ``ng``, oldest first (kept and trimmed with them, by ``observe`` only):
+        # ``verdict`` looks a view up in O(1), not by scanning thousands of verdicts for each view a page shows
+        self._recent_index: dict[ViewKey, list[Verdict]] = {}
+        self._ng_index: dict[ViewKey, list[Verdict]] = {}
         self.latest: Part | None = None
         self.latest_views: dict[str, Part] = {}   # camera -> its latest view (several cameras)
         self.part_rows: deque[dict] = deque(maxlen=settings.recent_parts)   # PartAssembler rows, oldest first
@@ -125,11 +129,11 @@ class StationFeed:
     def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
         """Verdict callback: remember the part. Appends only; never blocks, never copies."""
         part = Part(verdict, frame, anomaly_map)
-        self.recent.append(verdict)
+        _append(self.recent, self._recent_index, verdict)
         if self.settings.keep_frames:
             self.frames.append(part)
         if verdict.ng:
-            self.ng.append(verdict)
+            _append(self.ng, self._ng_index, verdict)
         self.latest = part
         if verdict.camera:
             self.latest_views[verdict.camera] = part
@@ -161,14 +165,11 @@ class StationFeed:
         return None
 
     def verdict(self, seq: int, camera: str = "") -> Verdict | None:
-        """The verdict of view (camera, seq) while it is among the recent ones (or the NG list)."""
-        for v in reversed(list(self.recent)):
-            if v.seq == seq and v.camera == camera:
-                return v
-        for v in reversed(list(self.ng)):
-            if v.seq == seq and v.camera == camera:
-                return v
-        return None
+        """The verdict of view (camera, seq) while it is among the recent ones (or the NG list): the newest recent
+        one, else the newest NG one. O(1) (an index kept with the lists): any thread may call it."""
+        key = (camera, seq)
+        found = _newest(self._recent_index, key)
+        return found if found is not None else _newest(self._ng_index, key)
 
     def cameras(self) -> list[str]:
         """The cameras of a station of several (in the station file's order), [] with one camera."""
@@ -236,6 +237,36 @@ class StationFeed:
                                                  "threshold": insp.threshold,
                                                  "bundle": str(self.bundle_path or "")},
         }
+
+
+def _append(kept: deque[Verdict], index: dict[ViewKey, list[Verdict]], verdict: Verdict) -> None:
+    """Append ``verdict`` to the bounded ``kept`` and its view's entry of ``index``; the verdict ``kept`` drops
+    when full (its oldest, so the oldest of its view's entry) leaves the index too. Loop thread only (the one
+    writer); a reader on another thread sees a verdict a moment before or after it is kept, never a torn entry."""
+    if kept.maxlen is not None and len(kept) == kept.maxlen:
+        old = kept[0]
+        key = view_key(old)
+        entries = index.get(key)
+        if entries:
+            if len(entries) == 1:
+                del index[key]
+            else:
+                entries.pop(0)
+    kept.append(verdict)
+    key = view_key(verdict)
+    entries = index.get(key)
+    if entries is None:
+        index[key] = [verdict]
+    else:
+        entries.append(verdict)
+
+
+def _newest(index: dict[ViewKey, list[Verdict]], key: ViewKey) -> Verdict | None:
+    """The newest verdict of view ``key`` in ``index``; None when it has none (or lost it while being read)."""
+    try:
+        return index[key][-1]
+    except (KeyError, IndexError):
+        return None
 
 
 def finite(value: float) -> float | None:

@@ -145,7 +145,8 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
     async def gallery(request: Request) -> Response:
-        return JSONResponse(views.gallery(feed, actions))
+        # built and encoded in a worker thread: thousands of NG parts take a while, and the live page must not wait
+        return await asyncio.to_thread(lambda: JSONResponse(views.gallery(feed, actions)))
 
     async def tune(request: Request) -> Response:
         value = request.query_params.get("threshold")

@@ -143,22 +143,37 @@ def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int, camera: str = "") -
 def gallery(feed: StationFeed, actions: StationActions) -> dict:
     """NG parts of this run, newest first, with their overlay image (under the output folder) and review.
     Several cameras viewing one part: each NG part with all its views (``views``: the camera that decided it
-    marked, missing views named); lanes: each NG view with its camera."""
-    reviewed = {k: sum(1 for lab in actions.labels.values() if lab == k) for k in REVIEW_LABELS}
+    marked, missing views named); lanes: each NG view with its camera. Time linear in the parts listed (each
+    view's verdict is looked up, not searched for); the server builds it off its event loop."""
+    labels = list(actions.labels.values())   # a copy: a review (another thread) may add one meanwhile
+    reviewed = {k: sum(1 for lab in labels if lab == k) for k in REVIEW_LABELS}
     out = {"run": feed.run_id, "reviewed": reviewed, "labels": {k: text for k, (text, _) in REVIEW_LABELS.items()}}
+    kept = _kept_views(feed)
     if feed.cell is not None and feed.cell.parts():
-        return {**out, "parts": [_gallery_part(feed, actions, row) for row in reversed(list(feed.ng_part_rows))],
+        return {**out, "parts": [_gallery_part(feed, actions, row, kept)
+                                 for row in reversed(list(feed.ng_part_rows))],
                 "cameras": feed.cameras()}
     parts = []
     for v in reversed(list(feed.ng)):
         item = _part(v, actions.labels)
-        item["image"] = _image(feed, v, v.camera, v.seq)
+        item["image"] = _image(feed, v, v.camera, v.seq, kept)
         parts.append(item)
     return {**out, "parts": parts}
 
 
-def _gallery_part(feed: StationFeed, actions: StationActions, row: dict) -> dict:
-    views = [_view(feed, actions, camera, view.get("seq"), view.get("missing", ""), None,
+def _kept_views(feed: StationFeed) -> set[ViewKey]:
+    """The views whose frame ``feed.kept_part`` finds now (kept frames, each camera's latest, the latest), as one
+    set: a page of thousands of views asks once, not once a view."""
+    kept = {(p.verdict.camera, p.verdict.seq) for p in list(feed.frames)}
+    kept |= {(c, p.verdict.seq) for c, p in list(feed.latest_views.items())}
+    latest = feed.latest
+    if latest is not None:
+        kept.add((latest.verdict.camera, latest.verdict.seq))
+    return kept
+
+
+def _gallery_part(feed: StationFeed, actions: StationActions, row: dict, kept: set[ViewKey] | None = None) -> dict:
+    views = [_view(feed, actions, camera, view.get("seq"), view.get("missing", ""), kept,
                    decided=camera == row.get("camera") and camera in row.get("ng_views", ()), row_view=view)
              for camera, view in row["views"].items()]
     return {**_part_head(row), "views": views}

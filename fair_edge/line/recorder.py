@@ -1,16 +1,17 @@
 """The recorder: a JSONL log of every verdict and NG frames saved with heatmap overlays.
 
-All writing happens on the recorder's own thread behind a bounded queue; ``record()`` never
-blocks. The queue is bounded twice: NG parts whose images are to be saved (``record.queue_size``, 64: an
-image is large and slow to write; one more NG part is logged without its images, counted ``images_skipped``:
-the disk is too slow for the rate of NG images) and rows (``row_limit``, 16384 items of any kind: rows are small, so a burst
-of gate rows, one per part when the run ends with parts on the belt or when an encoder loses the belt
-position, fits beside the verdicts; past it, the newest row is dropped, counted ``dropped``, and the warning
-names the disk only when the writer has written nothing for ``WRITER_STUCK_S``). Disk guard: when the
-free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
-``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is
-back. An ``OSError`` (full disk, unplugged drive) is counted in ``write_errors`` and logged once
-per kind; it never reaches the inspection loop.
+All writing happens on the recorder's own thread behind a bounded queue; ``record()`` never blocks. The queue is
+bounded twice: NG parts whose images are to be saved (``record.queue_size``, 64, and ``record.queue_mb``, 1024 MB of
+their frames: an image is large and slow to draw, encode and write; one more NG part is logged without its images,
+counted ``images_skipped``, and the one warning says how long an NG part's images take to save here, so a PNG
+encoder too slow for the rate of NG images is not blamed on the disk) and rows (``row_limit``, 16384 items of any
+kind: rows are small, so a burst of gate rows, one per part when the run ends with parts on the belt or when an
+encoder loses the belt position, fits beside the verdicts; past it, the newest row is dropped, counted ``dropped``,
+and the warning names the disk only when the writer has written nothing for ``WRITER_STUCK_S``). Disk guard: when
+the free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
+``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is back. An ``OSError``
+(full disk, unplugged drive) is counted in ``write_errors`` and logged once per kind; it never reaches the
+inspection loop.
 
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
 ``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT`` (the
@@ -78,12 +79,21 @@ CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most th
 CLOSE_ROWS_S = 5.0    # close(): then the remaining rows get at most this long (only a hung disk needs it)
 ROW_LIMIT = 16384     # queued items (rows, with or without images) at most: 16 x reject.max_pending's default
 WRITER_STUCK_S = 1.0  # a full row queue whose writer wrote nothing for this long names the disk, seconds
+IMAGE_BOUNDS = ("images", "image_bytes")   # _full's bounds of NG images waiting: record.queue_size, .queue_mb
 
 
 def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
     """The verdict log's row for a captured frame that was never inspected."""
     return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
             "source": frame.source, **({"camera": frame.camera} if frame.camera else {})}
+
+
+def _image_bytes(item: tuple) -> int:
+    """Bytes a queued item holds in NG images: its frame's and its map's (0 for a row only)."""
+    frame, amap = item[1], item[2]
+    if frame is None:
+        return 0
+    return int(getattr(frame.image, "nbytes", 0)) + int(getattr(amap, "nbytes", 0))
 
 
 def _ascii(text: str) -> str:
@@ -106,13 +116,15 @@ class Recorder:
     row_limit: items (rows) queued at most (at least ``settings.queue_size``); NG images count against
     ``settings.queue_size`` as well.
     run_id: written in every row and NG image name (a new one when None).
+    timer: seconds, ``time.perf_counter``-like (tests hand in a fake clock): times each NG part's images (drawing
+    the overlay; encoding and writing them) for the warning of a full image queue.
     ``images_off``: set once NG images are no longer saved (``stop_images``, or close past its deadline).
     """
 
     def __init__(self, settings: RecordSettings,
                  disk_usage: Callable[[Path], Any] = shutil.disk_usage,
                  disk_check_s: float = DISK_CHECK_S, run_id: str | None = None,
-                 row_limit: int = ROW_LIMIT) -> None:
+                 row_limit: int = ROW_LIMIT, timer: Callable[[], float] = time.perf_counter) -> None:
         self.settings = settings
         self.run_id = run_id or new_run_id()
         self.clock = WallClock()
@@ -134,6 +146,13 @@ class Recorder:
         self._q: queue.Queue = queue.Queue()   # bounded by _full(), under _lock: NG images and rows apart
         self._row_limit = max(int(row_limit), settings.queue_size)
         self._images_waiting = 0            # queued items holding an NG image (not yet taken by the writer)
+        self._image_bytes = 0               # their frames' and maps' bytes (record.queue_mb)
+        self._image_budget = int(settings.queue_mb * 1024 * 1024)
+        # (under _lock) the writer's item in hand holds images it has not yet started or skipped: stop_images
+        # counts them; and it is saving its images now (they are saved whatever stop_images says)
+        self._image_pending = self._saving = False
+        self._timer = timer
+        self._image_times = (0, 0.0, 0.0)   # NG parts saved, seconds drawing overlays, seconds encoding + writing
         self._writer_seen = time.monotonic()  # when the writer last wrote a row or found nothing to write
         self._stop = threading.Event()
         self.images_off = threading.Event()
@@ -182,6 +201,7 @@ class Recorder:
         part past ``record.queue_size`` images waiting goes in without its images (``images_skipped``): the row
         is what accounts for the part, the images are what a slow disk cannot keep up with."""
         image = item[1] is not None
+        size = _image_bytes(item)
         full = skipped = None
         with self._lock:
             if not self._accepting:
@@ -190,13 +210,15 @@ class Recorder:
                 late = True
             else:
                 late = False
-                full = self._full(image)
-                if full == "images":
-                    item, image, skipped, full = (item[0], None, None, item[3]), False, full, self._full(False)
+                full = self._full(image, size)
+                if full in IMAGE_BOUNDS:
+                    item, image, size, skipped = (item[0], None, None, item[3]), False, 0, full
+                    full = self._full(False, 0)
                     self._counters.add("images_skipped")
                 if full is None:
                     self._q.put_nowait(item)
                     self._images_waiting += image
+                    self._image_bytes += size
                     self._counters.add("queued")
                 else:
                     self._counters.add("dropped")
@@ -212,22 +234,30 @@ class Recorder:
             return False
         return True
 
-    def _full(self, image: bool) -> str | None:
+    def _full(self, image: bool, size: int) -> str | None:
         """(under self._lock) Which bound a new item would pass: ``images`` (an NG image beyond
-        ``settings.queue_size`` waiting), ``rows`` (``row_limit`` items waiting), or None when it fits."""
+        ``settings.queue_size`` waiting), ``image_bytes`` (its ``size`` bytes beyond ``settings.queue_mb`` of
+        images waiting; an NG part with none waiting always fits), ``rows`` (``row_limit`` items waiting), or None
+        when it fits."""
         if image and self._images_waiting >= self.settings.queue_size:
             return "images"
+        if image and self._images_waiting and self._image_bytes + size > self._image_budget:
+            return "image_bytes"
         if self._q.qsize() >= self._row_limit:
             return "rows"
         return None
 
     def _warn_full(self, bound: str) -> None:
-        """The one warning per bound for items dropped there; a full row queue names the writer's last write, so
-        a burst (the writer busy) is not blamed on the disk (the writer stuck)."""
-        if bound == "images":
-            self._warn_once("dropped-images", "recorder: %d NG images waiting to be saved (record.queue_size): "
-                            "logging NG parts without their images (counted images_skipped); the disk under %s is "
-                            "too slow for this rate of NG images", self.settings.queue_size, self.dir)
+        """The one warning per bound for items dropped there (one for both image bounds); a full image queue says
+        how long an NG part's images take to save here (``_images_slow``); a full row queue names the writer's
+        last write, so a burst (the writer busy) is not blamed on the disk (the writer stuck)."""
+        if bound in IMAGE_BOUNDS:
+            waiting = (f"{self.settings.queue_size} NG images waiting to be saved (record.queue_size)"
+                       if bound == "images" else
+                       f"NG images of {self._image_bytes / 2**20:.0f} MB waiting to be saved (record.queue_mb: "
+                       f"{self.settings.queue_mb:g})")
+            self._warn_once("dropped-images", "recorder: %s: logging NG parts without their images (counted "
+                            "images_skipped); %s", waiting, self._images_slow())
             return
         idle_s = time.monotonic() - self._writer_seen
         why = (f"the writer has written nothing for {idle_s:.1f} s: the disk under {self.dir} is hung or far too slow"
@@ -235,6 +265,23 @@ class Recorder:
                "the writer is writing: rows come in faster than it writes them (a burst larger than the bound)")
         self._warn_once("dropped-rows", "recorder: %d rows waiting to be written (the most it holds): dropping "
                         "rows, counted dropped; %s", self._row_limit, why)
+
+    def _images_slow(self) -> str:
+        """Why NG images fall behind, in words: the seconds an NG part's images take to save here (drawing the
+        overlay; encoding and writing both images), measured by the writer, and what makes them faster. The disk
+        is not blamed: drawing and PNG-encoding the images of a 20 MP frame alone take about 1 s a part."""
+        saved, draw_s, save_s = self._image_times
+        fmt = self.settings.image_format
+        fix = ("set record.image_format: jpg (it encodes large frames about 5x faster than png, into smaller files) "
+               "or save none (record.save_ng_images: false)" if fmt == "png" else
+               "save none (record.save_ng_images: false), or give record.dir a faster disk")
+        if not saved:
+            return (f"NG parts come faster than their images are saved (none saved yet: large frames take long "
+                    f"to encode as {fmt}); {fix}")
+        each_s = (draw_s + save_s) / saved
+        return (f"each NG part's images take {each_s:.2f} s to save here ({draw_s / saved:.2f} s drawing the overlay, "
+                f"{save_s / saved:.2f} s encoding {fmt} and writing, mean of {saved}): at most "
+                f"{1 / max(each_s, 1e-9):.2g} NG parts a second keep their images; {fix}")
 
     def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
         """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
@@ -259,11 +306,14 @@ class Recorder:
     def stop_images(self, reason: str) -> None:
         """From now on write rows only: NG images still queued or recorded later are skipped (counted
         ``images_skipped``); reason: why, for the one warning (e.g. the run ended with images unsaved)."""
-        if self.images_off.is_set():
-            return
-        self.images_off.set()
-        log.warning("recorder: NG images no longer saved (%s); %d item(s) not yet written: their rows are written, "
-                    "their images counted images_skipped", reason, self._q.unfinished_tasks)
+        with self._lock:   # with the writer's choice for its item in hand: the count below is exact
+            if self.images_off.is_set():
+                return
+            self.images_off.set()
+            skipped, saving = self._images_waiting + self._image_pending, self._saving
+        log.warning("recorder: NG images no longer saved (%s): %d NG part(s) still queued are logged without their "
+                    "images (counted images_skipped)%s", reason, skipped,
+                    "; the NG part whose images are being saved now is finished" if saving else "")
 
     def on_close(self, fn: Callable[[dict[str, int]], None]) -> None:
         """Call ``fn(stats())`` when the recorder has closed (its final counters; at once when it already has):
@@ -312,6 +362,7 @@ class Recorder:
                     break
                 self._q.task_done()
                 self._images_waiting -= item[1] is not None
+                self._image_bytes -= _image_bytes(item)
                 lost += 1
             in_hand = self._q.unfinished_tasks   # the writer's item (0 or 1): taken, not yet done
             if in_hand and not self._row_settled:
@@ -347,6 +398,8 @@ class Recorder:
                 if item[1] is not None:
                     with self._lock:
                         self._images_waiting -= 1
+                        self._image_bytes -= _image_bytes(item)
+                        self._image_pending = True
                 try:
                     self._write_item(item)
                 except Exception:  # noqa: BLE001 - a bug in one item must never stop the writer
@@ -355,6 +408,7 @@ class Recorder:
                 finally:
                     with self._lock:   # with _row_settled, so close's _abandon sees one consistent state
                         self._row_settled = False
+                        self._image_pending = self._saving = False
                         self._q.task_done()
         finally:
             self._log.close()
@@ -389,7 +443,10 @@ class Recorder:
             return
         if frame is None:
             return
-        if self.images_off.is_set():
+        with self._lock:   # decided with stop_images, which counts the images skipped
+            skip, self._image_pending = self.images_off.is_set(), False
+            self._saving = not skip
+        if skip:
             self._counters.add("images_skipped")
             return
         self._write_images(frame, row, amap)
@@ -459,13 +516,17 @@ class Recorder:
             return
         ext = self.settings.image_format
         try:
+            start = self._timer()
             images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext, verdict.camera), frame.image)]
             if amap is not None:
                 images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext, verdict.camera),
                                self._overlay(frame.image, amap, verdict)))
+            drawn = self._timer()
             for path, img in images:
                 if not cv2.imwrite(str(path), img):
                     raise OSError(f"cv2.imwrite returned False for {path}")
+            saved, draw_s, save_s = self._image_times
+            self._image_times = (saved + 1, draw_s + drawn - start, save_s + self._timer() - drawn)   # one writer
             self._counters.add("images")
         except (OSError, cv2.error, FairEdgeError) as exc:  # a bad frame or full disk never stops the writer
             self._counters.add("write_errors")

@@ -131,8 +131,9 @@ class RecordSettings:
     keep_files: rotated logs kept (``verdicts.jsonl.1`` .. ``.N``). min_free_mb: stop saving images
     when the disk has less free space than this, MB (logging goes on). queue_size: NG parts whose
     images wait for the writer thread; past it an NG part is logged without its images (counted images_skipped);
-    rows without images are not limited by it. overlay_alpha: heatmap
-    weight in the blend, 0..1.
+    rows without images are not limited by it. queue_mb: the same bound in memory, MB: the frames (and maps) of
+    the NG parts waiting, 1024 by default (64 frames of 5 MP BGR; 17 of 20 MP); an NG part with none waiting is
+    always taken, however large. overlay_alpha: heatmap weight in the blend, 0..1.
     """
 
     dir: Path = Path("records")
@@ -142,6 +143,7 @@ class RecordSettings:
     keep_files: int = 5
     min_free_mb: float = 500.0
     queue_size: int = 64
+    queue_mb: float = 1024.0
     overlay_alpha: float = 0.5
 
     @classmethod
@@ -156,6 +158,7 @@ class RecordSettings:
             keep_files=f.integer(s, "keep_files", d["keep_files"], minimum=0),
             min_free_mb=f.number(s, "min_free_mb", d["min_free_mb"], minimum=0),
             queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
+            queue_mb=f.number(s, "queue_mb", d["queue_mb"], minimum=1),
             overlay_alpha=f.number(s, "overlay_alpha", d["overlay_alpha"], 0, 1),
         )
 
