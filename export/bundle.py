@@ -6,8 +6,8 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
   cpu: {onnx, threshold, normal_maps} of the INT8 graph for CPU engines, or null};
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
-  or null (absent in bundles built before regions); normal_maps: {file, count, of, shape} of the held-out
-  normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
+  or null (absent in bundles built before regions); normal_maps: {file, count, of, shape: the full maps' [h, w],
+  pool: f when max-pooled by f to fit 64 MiB (the file then .npz)} of the held-out normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
   null (absent in bundles built before them); fp32_threshold, fp32_normal_maps: FP16/INT8 bundles: the
   Threshold and the {file, count, of, shape} normal maps of the FP32 reference graph (the numbers the PyTorch
   backends' FP32 weights make, parity-checked), null for FP32 bundles or without normal images (absent in

@@ -8,10 +8,18 @@ build's own rule (``fair_edge.station.decision``).
 ``normal_maps.npy`` (and ``cpu_normal_maps.npy`` for an INT8 bundle's CPU graph, ``fp32_normal_maps.npy`` for
 an FP16/INT8 bundle's FP32 reference graph, which the PyTorch backends' FP32 weights reproduce): (N, h, w) float32,
 the maps of that graph on the held-out normal frames (the frame map of a tiled model), exactly as the
-threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB); a larger set is subsampled to
-N = MAX_BYTES // (h * w * 4) evenly spaced maps (the manifest's ``count`` against ``of``). Held-out frames
-of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI then needs
-``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
+threshold's scores came from them. Size cap: at most ``MAX_BYTES`` (64 MiB). Every held-out map is kept: when
+the full maps exceed the cap they are max-pooled by the smallest integer factor f that fits (each f x f block of
+map pixels -> its maximum; the last row/column of blocks may be partial) and stored as ``normal_maps.npz``
+(``cpu_``, ``fp32_`` alike) holding ``maps`` (N, ceil(h / f), ceil(w / f)) float32, ``pool`` f and ``grid``
+(h, w), the full maps' grid; the manifest entry records ``pool`` and ``shape`` [h, w] too. A station
+calibrating on pooled maps gets a threshold at or slightly above the one the full maps give, never below
+(``station.decision.roi_scores``). Only when even one value per map exceeds the cap are the maps subsampled to
+evenly spaced ones (the manifest's ``count`` against ``of``). Bundles built before pooling stored at most
+64 MiB of full maps, subsampled (a 20 MP tiled bundle: 3 maps); they still load, and the station warns when
+they hold too few maps for the bundle's false-reject rate.
+Held-out frames of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI
+then needs ``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
 A write that fails (a full disk) is a BundleError naming the file and the free space on its disk
 (``fair_edge.disk.free_space``, the wording every writer uses).
 """
@@ -19,6 +27,8 @@ A write that fails (a full disk) is a BundleError naming the file and the free s
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -31,12 +41,48 @@ log = logging.getLogger(__name__)
 NORMAL_MAPS = "normal_maps.npy"
 CPU_NORMAL_MAPS = "cpu_normal_maps.npy"
 FP32_NORMAL_MAPS = "fp32_normal_maps.npy"
+POOLED_SUFFIX = ".npz"   # pooled maps: normal_maps.npz, with their factor and full grid
 MAX_BYTES = 64 << 20
 
 
-def kept_maps(maps: Sequence[np.ndarray], max_bytes: int = MAX_BYTES) -> np.ndarray | None:
-    """maps: N (h, w) float32 host arrays -> (n, h, w) float32, n <= N: all of them, or n evenly spaced ones
-    (first and last included) when N maps exceed ``max_bytes``; None when there are none or their grids differ."""
+@dataclass(frozen=True)
+class NormalMaps:
+    """A bundle's held-out normal maps. maps: (n, h', w') float32 host array; pool: the max-pooling factor f
+    (1 = the full maps); grid: (h, w) of the full maps, h' = ceil(h / f), w' = ceil(w / f)."""
+
+    maps: np.ndarray
+    pool: int
+    grid: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+
+def max_pool(a: np.ndarray, f: int) -> np.ndarray:
+    """(..., h, w) -> (..., ceil(h / f), ceil(w / f)): the maximum of each f x f block (a partial last block is
+    padded with copies of its edge, which leaves its maximum unchanged). f = 1 returns ``a`` itself."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2:]
+    hp, wp = -(-h // f), -(-w // f)
+    padded = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, hp * f - h), (0, wp * f - w)], mode="edge")
+    return padded.reshape(*a.shape[:-2], hp, f, wp, f).max(axis=(-3, -1))
+
+
+def pool_factor(n: int, h: int, w: int, max_bytes: int = MAX_BYTES) -> int | None:
+    """The smallest integer f >= 1 such that n maps of h x w float32 max-pooled by f fit in ``max_bytes``;
+    None when even one value per map (f = max(h, w)) does not."""
+    for f in range(1, max(h, w) + 1):
+        if n * math.ceil(h / f) * math.ceil(w / f) * 4 <= max_bytes:
+            return f
+    return None
+
+
+def kept_maps(maps: Sequence[np.ndarray], max_bytes: int = MAX_BYTES) -> NormalMaps | None:
+    """maps: N (h, w) float32 host arrays -> the ``NormalMaps`` to store, within ``max_bytes``: all N full maps
+    when they fit, else all N max-pooled by the smallest factor that fits (``pool_factor``), else (not even one
+    value per map fits) n evenly spaced ones (first and last included) at one value each. None when there are
+    none or their grids differ."""
     if not maps:
         return None
     shapes = {tuple(m.shape) for m in maps}
@@ -45,52 +91,102 @@ def kept_maps(maps: Sequence[np.ndarray], max_bytes: int = MAX_BYTES) -> np.ndar
                     "decision.roi will need decision.threshold", len(shapes), sorted(shapes))
         return None
     h, w = next(iter(shapes))
-    n = max(1, min(len(maps), max_bytes // (h * w * 4)))
-    index = np.unique(np.linspace(0, len(maps) - 1, n).round().astype(int))
-    if index.size < len(maps):
-        log.warning("storing %d of %d held-out normal maps (%d x %d): the bundle keeps at most %d MiB of them",
-                    index.size, len(maps), h, w, max_bytes >> 20)
-    return np.stack([np.asarray(maps[i], np.float32) for i in index])
+    f = pool_factor(len(maps), h, w, max_bytes)
+    index = np.arange(len(maps))
+    if f is None:   # not even one value per map fits: subsample
+        f = max(h, w)
+        n = max(1, max_bytes // 4)
+        index = np.unique(np.linspace(0, len(maps) - 1, n).round().astype(int))
+        log.warning("storing %d of %d held-out normal maps (%d x %d, one value each): the bundle keeps at most %d "
+                    "MiB of them", index.size, len(maps), h, w, max_bytes >> 20)
+    elif f > 1:
+        log.info("storing all %d held-out normal maps (%d x %d) max-pooled %d x %d to fit the bundle's %d MiB: a "
+                 "station with decision.roi calibrates on them a threshold at or slightly above the full maps' one",
+                 len(maps), h, w, f, f, max_bytes >> 20)
+    pooled = np.stack([max_pool(np.asarray(maps[i], np.float32), f) for i in index])
+    return NormalMaps(pooled, f, (int(h), int(w)))
+
+
+def stored_name(name: str, pool: int) -> str:
+    """The file name the maps are stored under: ``name`` (.npy) for full maps, with .npz when pooled."""
+    return name if pool == 1 else str(Path(name).with_suffix(POOLED_SUFFIX))
 
 
 def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict | None:
-    """Save the kept maps (``kept_maps``) as ``out/name``; returns the manifest entry {file, count, of, shape},
+    """Save the kept maps (``kept_maps`` within ``MAX_BYTES``) as ``out/name`` (.npy), or as ``out/<name>.npz`` when
+    pooled; returns the manifest entry {file, count, of, shape: the full maps' [h, w]} plus {pool: f} when pooled,
     or None (nothing written) when none are kept."""
-    kept = kept_maps(maps)
+    kept = kept_maps(maps, MAX_BYTES)
     if kept is None:
         return None
+    path = out / stored_name(name, kept.pool)
     try:
-        np.save(out / name, kept, allow_pickle=False)
+        if kept.pool == 1:
+            np.save(path, kept.maps, allow_pickle=False)
+        else:
+            with open(path, "wb") as fh:
+                np.savez(fh, maps=kept.maps, pool=np.int64(kept.pool), grid=np.asarray(kept.grid, np.int64))
     except OSError as exc:   # a full disk: numpy says "6144 requested and 4064 written", or ENOSPC
-        (out / name).unlink(missing_ok=True)
-        raise BundleError(f"cannot write the held-out normal maps {out / name} ({kept.nbytes / 2**20:.2f} MB: "
+        path.unlink(missing_ok=True)
+        raise BundleError(f"cannot write the held-out normal maps {path} ({kept.maps.nbytes / 2**20:.2f} MB: "
                           f"{exc.strerror or exc}); {free_space(out)}. Free space on that disk or choose an --out "
                           "on another disk, then build again.") from exc
-    return {"file": name, "count": int(kept.shape[0]), "of": len(maps), "shape": [int(s) for s in kept.shape[1:]]}
+    entry = {"file": path.name, "count": len(kept), "of": len(maps), "shape": list(kept.grid)}
+    return entry if kept.pool == 1 else {**entry, "pool": kept.pool}
 
 
-def read_normal_maps(path: Path) -> np.ndarray:
-    """A bundle's normal maps: (N, h, w) float32 host array, N >= 1, finite. BundleError naming the file and what
-    was found otherwise (the bundle's checksums were verified when it loaded; this checks the content)."""
-    maps = _load(path, mmap=False)
-    if maps.ndim != 3 or maps.shape[0] < 1 or maps.dtype != np.float32 or not np.isfinite(maps).all():
-        raise BundleError(f"normal maps {path}: expected (N >= 1, h, w) finite float32; found shape {maps.shape}, "
-                          f"dtype {maps.dtype}. Rebuild the bundle.")
-    return maps
+def read_normal_maps(path: Path) -> NormalMaps:
+    """A bundle's normal maps (full .npy, or pooled .npz with their factor and grid): ``NormalMaps`` with N >= 1
+    finite float32 maps. BundleError naming the file and what was found otherwise (the bundle's checksums were
+    verified when it loaded; this checks the content)."""
+    stored = _load(path, mmap=False)
+    if isinstance(stored, np.ndarray):
+        _check_maps(path, stored)
+        return NormalMaps(stored, 1, (int(stored.shape[1]), int(stored.shape[2])))
+    maps, pool, grid = stored
+    _check_maps(path, maps)
+    if tuple(maps.shape[1:]) != (math.ceil(grid[0] / pool), math.ceil(grid[1] / pool)):
+        raise BundleError(f"normal maps {path}: maps of {maps.shape[1]} x {maps.shape[2]} are not the {grid[0]} x "
+                          f"{grid[1]} grid max-pooled by {pool}. Rebuild the bundle.")
+    return NormalMaps(maps, pool, grid)
 
 
 def normal_maps_grid(path: Path) -> tuple[int, int]:
-    """(h, w) of a bundle's normal maps, read from the .npy header only (the maps stay on disk). BundleError naming
-    the file when it is not an (N, h, w) array."""
-    shape = _load(path, mmap=True).shape
-    if len(shape) != 3:
-        raise BundleError(f"normal maps {path}: expected (N, h, w); found shape {shape}. Rebuild the bundle.")
-    return int(shape[1]), int(shape[2])
+    """(h, w) of a bundle's normal maps, the full maps' grid (a pooled .npz records it), read without loading the
+    maps. BundleError naming the file when it is not an (N, h, w) array."""
+    stored = _load(path, mmap=True)
+    if not isinstance(stored, np.ndarray):
+        return stored[2]
+    if stored.ndim != 3:
+        raise BundleError(f"normal maps {path}: expected (N, h, w); found shape {stored.shape}. Rebuild the bundle.")
+    return int(stored.shape[1]), int(stored.shape[2])
 
 
-def _load(path: Path, mmap: bool) -> np.ndarray:
+def _check_maps(path: Path, maps: np.ndarray) -> None:
+    if maps.ndim != 3 or maps.shape[0] < 1 or maps.dtype != np.float32 or not np.isfinite(maps).all():
+        raise BundleError(f"normal maps {path}: expected (N >= 1, h, w) finite float32; found shape {maps.shape}, "
+                          f"dtype {maps.dtype}. Rebuild the bundle.")
+
+
+def _load(path: Path, mmap: bool) -> np.ndarray | tuple[np.ndarray, int, tuple[int, int]]:
+    """The .npy array (memory-mapped with ``mmap``), or a pooled .npz's (maps, pool, grid): its maps are read only
+    without ``mmap``, an empty (0, 0, 0) array otherwise."""
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy written "
-                          "by `fair-edge build`. Rebuild the bundle.") from exc
+        stored = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if isinstance(stored, np.ndarray):
+            return stored
+        with stored:
+            return _pooled(path, stored, mmap)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy or a pooled "
+                          ".npz (maps, pool, grid) written by `fair-edge build`. Rebuild the bundle.") from exc
+
+
+def _pooled(path: Path, stored, mmap: bool) -> tuple[np.ndarray, int, tuple[int, int]]:
+    pool, grid = np.asarray(stored["pool"]), np.asarray(stored["grid"])
+    if pool.shape != () or not np.issubdtype(pool.dtype, np.integer) or int(pool) < 1 or grid.shape != (2,) \
+            or not np.issubdtype(grid.dtype, np.integer) or (grid < 1).any():
+        raise BundleError(f"normal maps {path}: expected pool (an integer >= 1) and grid (h, w >= 1); found pool "
+                          f"{pool!r}, grid {grid!r}. Rebuild the bundle.")
+    maps = np.zeros((0, 0, 0), np.float32) if mmap else stored["maps"]
+    return maps, int(pool), (int(grid[0]), int(grid[1]))

@@ -218,13 +218,130 @@ def test_an_roi_station_on_the_fp32_weights_calibrates_on_the_fp32_graphs_maps(b
         change.scorer.backend.close()
 
 
-def test_the_maps_kept_are_capped_by_even_subsampling():
-    maps = [np.full((4, 8), i, np.float32) for i in range(10)]
-    kept = kept_maps(maps, max_bytes=4 * 8 * 4 * 4)   # room for 4 maps
-    assert kept.shape == (4, 4, 8) and kept[:, 0, 0].tolist() == [0, 3, 6, 9]
-    assert kept_maps(maps).shape == (10, 4, 8)
+def test_the_maps_kept_are_all_kept_max_pooled_to_fit_the_cap():
+    """Full maps over the cap used to be subsampled (a 20 MP tiled bundle kept 3 of 1000); now every map is kept,
+    max-pooled by the smallest factor that fits."""
+    maps = [np.arange(32, dtype=np.float32).reshape(4, 8) + 100 * i for i in range(10)]
+    kept = kept_maps(maps, max_bytes=4 * 8 * 4 * 4)   # room for 4 full maps: 10 pooled 2 x 2 (2 x 4 cells each)
+    assert kept.maps.shape == (10, 2, 4) and kept.pool == 2 and kept.grid == (4, 8)
+    np.testing.assert_array_equal(kept.maps[1], [[109, 111, 113, 115], [125, 127, 129, 131]])
+    assert kept_maps(maps).pool == 1 and kept_maps(maps).maps.shape == (10, 4, 8)   # under the cap: full maps
+    odd = kept_maps([np.arange(15, dtype=np.float32).reshape(3, 5)] * 4, max_bytes=4 * 2 * 3 * 4)
+    assert odd.pool == 2 and odd.maps[0].tolist() == [[6, 8, 9], [11, 13, 14]]   # partial edge cells: their max
+    tiny = kept_maps(maps, max_bytes=4 * 4)   # not even one value per map fits: 4 evenly spaced maps, one value each
+    assert tiny.maps.shape == (4, 1, 1) and tiny.maps[:, 0, 0].tolist() == [31, 331, 631, 931]
     assert kept_maps([np.zeros((4, 8), np.float32), np.zeros((8, 8), np.float32)]) is None   # two grids
     assert kept_maps([]) is None
+
+
+def _peak_maps(n: int, seed: int, shape=(24, 36)) -> list[np.ndarray]:
+    """n normal maps (float32): low noise plus one peak per map (its height random) at a random place."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for _ in range(n):
+        m = (0.1 * rng.random(shape)).astype(np.float32)
+        m[rng.integers(shape[0]), rng.integers(shape[1])] = 1.0 + 0.1 * rng.standard_normal()
+        maps.append(m)
+    return maps
+
+
+def test_maps_over_the_cap_keep_every_map_pooled_and_the_roi_threshold_is_conservative(tmp_path, monkeypatch):
+    """250 held-out maps whose full size exceeds the cap: all 250 stored (pooled, factor and grid recorded), the
+    station calibrates on 250 scores, and the pooled threshold is at or slightly above the exact one on full maps."""
+    from fair_edge.export import normal_maps
+    from fair_edge.station.decision import calibrate_roi_threshold
+
+    monkeypatch.setattr(normal_maps, "MAX_BYTES", 250 * 6 * 9 * 4)   # room for 250 maps of 6 x 9: pool 4
+    maps = _peak_maps(250, seed=1)
+    entry = normal_maps.write_normal_maps(tmp_path, NORMAL_MAPS, maps)
+    assert entry == {"file": "normal_maps.npz", "count": 250, "of": 250, "shape": [24, 36], "pool": 4}
+    stored = normal_maps.read_normal_maps(tmp_path / entry["file"])
+    assert len(stored) == 250 and stored.pool == 4 and stored.grid == (24, 36) and stored.maps.shape == (250, 6, 9)
+    assert normal_maps.normal_maps_grid(tmp_path / entry["file"]) == (24, 36)   # the off-grid check's full grid
+    roi = np.zeros((48, 72), np.float32)
+    roi[10:31, 13:50] = 1   # on the 24 x 36 map grid: rows 5..15, columns 6..24, not on the 4 x 4 cells' edges
+    rate = 0.02   # k = ceil(0.98 * 250) = 245th of 250
+    pooled = calibrate_roi_threshold(stored, roi, rate)
+    full = np.stack(maps)[:, 5:16, 6:25].reshape(250, -1).max(axis=1)   # by hand: the ROI's map pixels
+    exact = float(np.sort(full)[math.ceil((1 - rate) * 250) - 1])
+    assert pooled.n_normal == 250
+    assert exact <= pooled.value <= exact + 0.05   # conservative, never lower; the margin: the peaks' spread / 2
+    assert calibrate_roi_threshold(np.stack(maps), roi, rate).value == pytest.approx(exact)   # full maps: exact
+
+
+def test_a_bundle_with_pooled_maps_loads_and_both_station_paths_use_the_full_grid(normals, roi_png, tmp_path,
+                                                                                  monkeypatch, caplog):
+    """A build whose maps exceed the cap stores them all pooled (normal_maps.npz, checksummed); the bundle loads,
+    the ROI threshold is calibrated on all 40 (at or above the exact one, and the log says so), and the grid the
+    off-grid check compares with is the full maps' 32 x 32 with and without an ROI."""
+    from fair_edge.export import normal_maps
+    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.models.checkpoint import Checkpoint
+    from fair_edge.station.bundles import load_roi
+    from fair_edge.station.decision import decide_threshold
+
+    monkeypatch.setattr(normal_maps, "MAX_BYTES", N_NORMAL * 16 * 16 * 4)   # the 32 x 32 maps fit pooled 2 x 2
+    ckpt = Checkpoint(MODEL, trained_state(100, 0), {"images": 32, "source": "synthetic stripes"})
+    bundle = build_bundle(ckpt, tmp_path / "pooled", BuildOptions("fp32", engine=False, false_reject_rate=RATE),
+                          normal_frames=normals).bundle
+    manifest = json.loads((bundle.root / MANIFEST).read_text())
+    assert manifest["normal_maps"] == {"file": "normal_maps.npz", "count": N_NORMAL, "of": N_NORMAL,
+                                       "shape": [32, 32], "pool": 2}
+    loaded = load_bundle(bundle.root)
+    assert loaded.normal_maps_path.name == "normal_maps.npz" and "normal_maps.npz" in loaded.files
+    with caplog.at_level("WARNING", logger="fair_edge.station.decision"):
+        decided = decide_threshold(None, loaded, load_roi(roi_png, loaded))
+    expected, _ = expected_roi_threshold(station_maps(loaded, normals))
+    assert decided.calibration.n_normal == N_NORMAL and decided.grid == (32, 32)
+    assert decided.value == pytest.approx(expected, rel=1e-5)   # the ROI's map pixels fill whole 2 x 2 cells: exact
+    assert "max-pooled 2 x 2 (of 32 x 32)" in caplog.text and "never below" in caplog.text
+    assert "keeps only" not in caplog.text
+    assert decide_threshold(None, loaded, None).grid == (32, 32)   # the family's threshold: same grid check
+
+
+def test_the_pooled_roi_score_bounds_the_full_one_for_any_roi_and_sign():
+    """Each pooled map's ROI score is >= its full map's, whatever the ROI and even where maps are negative."""
+    from fair_edge.export.normal_maps import NormalMaps, max_pool
+    from fair_edge.station.decision import roi_scores
+
+    rng = np.random.default_rng(3)
+    maps = rng.standard_normal((40, 13, 17)).astype(np.float32) - 1.5   # mostly negative
+    for seed in range(20):
+        roi = (np.random.default_rng(seed).random((26, 34)) < 0.05).astype(np.float32)
+        roi[0, 0] = 1
+        full = roi_scores(maps, roi)
+        for f in (2, 3, 5):
+            pooled = roi_scores(NormalMaps(max_pool(maps, f), f, (13, 17)), roi)
+            assert (pooled >= full).all(), (seed, f)
+
+
+def test_an_roi_station_on_a_bundle_with_few_maps_warns_naming_them(bundles, roi_png, tmp_path, caplog):
+    """A bundle built before pooling kept at most 64 MiB of full maps (3 of a 20 MP tiled bundle's 1000): with
+    fewer maps than ceil(1 / rate) the threshold is their highest ROI score; the station says so and names the
+    fixes instead of logging "measured 0" alone."""
+    from fair_edge.station.bundles import load_change
+
+    few = Path(shutil.copytree(bundles["fp32"].root, tmp_path / "few"))
+    np.save(few / NORMAL_MAPS, np.load(few / NORMAL_MAPS)[:3])   # an old-style store of 3 maps (rate 0.1 needs 10)
+    data = json.loads((few / MANIFEST).read_text())
+    data["normal_maps"]["count"] = 3
+    write_manifest(few, data)
+    with caplog.at_level("WARNING", logger="fair_edge.station.decision"):
+        change = load_change(few, "onnxruntime", roi_png)
+    try:
+        assert change.threshold == pytest.approx(expected_roi_threshold(np.load(few / NORMAL_MAPS))[0])   # still works
+        text = caplog.text
+        assert "keeps only 3 held-out normal maps, fewer than the 10" in text
+        assert "1/3 = 0.333 at best" in text
+        assert "about 1/4 = 25 % of normal parts exceed, against the 10 % asked" in text
+        assert "Rebuild the bundle" in text and "set decision.threshold" in text
+        assert "measured 0 on only 3 maps" in text   # never a bare "measured 0"
+    finally:
+        change.scorer.backend.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fair_edge.station.decision"):   # 40 maps resolve 0.1: no warning
+        load_change(bundles["fp32"].root, "onnxruntime", roi_png).scorer.backend.close()
+    assert "keeps only" not in caplog.text
 
 
 def test_an_roi_mask_over_opencvs_pixel_limit_or_empty_is_a_config_error_naming_it(tmp_path):

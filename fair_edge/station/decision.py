@@ -12,6 +12,14 @@ on max(normal map x ROI) of the held-out normal maps the bundle keeps (``export.
 mapped onto their grid by ``roi_on_map``, the inspector's own mapping. A bundle built before it kept those
 maps (or a fused bundle) cannot be calibrated so: with an ROI and no threshold the station refuses to start.
 
+Maps too large to keep in full (a tiled 20 MP bundle's) are stored max-pooled by an integer factor f
+(``export.normal_maps``); the ROI is then pooled alike, a cell counting as inside when any of its pixels is, so
+each normal map's score is at or above its full map's max(map x ROI) and the threshold is conservative: at or
+slightly above the full maps' one, never below (said in the log line). With fewer maps n than ceil(1 / rate)
+(bundles built before pooling kept 64 MiB of full maps: 3 of a 20 MP tiled bundle's), the rule takes the
+highest of the n scores, which about 1 / (n + 1) of normal parts exceed: the station warns, naming n, the rate
+it resolves and the fixes (rebuild, or set ``decision.threshold``).
+
 The ``Threshold`` of the score in force (``DecisionThreshold.calibration``) also feeds the console's drift
 watch and threshold tuning, so they compare live scores with a distribution in the same units.
 
@@ -26,6 +34,7 @@ grid: it is the operator's.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +43,7 @@ import numpy as np
 
 from fair_edge.calibration.threshold import Threshold, calibrate_threshold
 from fair_edge.errors import ConfigError
+from fair_edge.export.normal_maps import NormalMaps, max_pool, normal_maps_grid, read_normal_maps
 from fair_edge.station.inspector import roi_on_map
 
 if TYPE_CHECKING:  # typing only
@@ -58,16 +68,48 @@ class DecisionThreshold:
     grid: tuple[int, int] | None = None
 
 
-def roi_scores(maps: np.ndarray, roi: np.ndarray) -> np.ndarray:
-    """maps: (N, h, w) float32 anomaly maps; roi: (H, W) float32 mask weights (``station.bundles.load_roi``).
-    Returns (N,) float64: max(map x ROI on the maps' grid) per map, as ``Inspector.inspect`` scores a frame."""
-    grid = roi_on_map(roi, tuple(maps.shape[1:]))
-    return (maps * grid).reshape(len(maps), -1).max(axis=1).astype(np.float64)
+def roi_scores(maps: np.ndarray | NormalMaps, roi: np.ndarray) -> np.ndarray:
+    """maps: (N, h, w) float32 anomaly maps, or a bundle's ``NormalMaps`` (maybe max-pooled); roi: (H, W) float32
+    mask weights (``station.bundles.load_roi``). Returns (N,) float64: max(map x ROI on the maps' grid) per map, as
+    ``Inspector.inspect`` scores a frame. Pooled maps (factor f): the ROI is mapped onto the full grid, then each
+    f x f cell weighs its pixels' largest ROI weight (any pixel inside counts; their smallest where the cell's max
+    is negative), so each score is an upper bound of the full map's: at or above it, never below."""
+    if not isinstance(maps, NormalMaps):
+        maps = NormalMaps(maps, 1, (int(maps.shape[1]), int(maps.shape[2])))
+    grid = roi_on_map(roi, maps.grid)
+    if maps.pool == 1:
+        return (maps.maps * grid).reshape(len(maps), -1).max(axis=1).astype(np.float64)
+    inside, least = max_pool(grid, maps.pool), -max_pool(-grid, maps.pool)
+    scores = np.empty(len(maps), np.float64)
+    for start in range(0, len(maps), 64):   # 64 maps at a time: the temporaries stay a fraction of the maps
+        cells = maps.maps[start : start + 64]
+        bound = np.where(cells >= 0, cells * inside, cells * least)   # max over the cell of map x ROI <= this
+        scores[start : start + len(cells)] = bound.reshape(len(cells), -1).max(axis=1)
+    return scores
 
 
-def calibrate_roi_threshold(maps: np.ndarray, roi: np.ndarray, false_reject_rate: float, source: str = ROI_SOURCE) -> Threshold:
-    """The build's threshold rule (``calibrate_threshold``) on ``roi_scores(maps, roi)``."""
+def calibrate_roi_threshold(maps: np.ndarray | NormalMaps, roi: np.ndarray, false_reject_rate: float,
+                            source: str = ROI_SOURCE) -> Threshold:
+    """The build's threshold rule (``calibrate_threshold``) on ``roi_scores(maps, roi)``; on pooled maps at or
+    slightly above the full maps' threshold, never below (the source says so)."""
+    if isinstance(maps, NormalMaps) and maps.pool > 1:
+        source = f"{source}; maps max-pooled {maps.pool} x {maps.pool}: at or above the full maps' threshold"
     return calibrate_threshold(roi_scores(maps, roi), false_reject_rate=false_reject_rate, source=source)
+
+
+def few_maps_warning(n: int, false_reject_rate: float) -> str:
+    """Empty when n normal scores resolve ``false_reject_rate`` (n >= ceil(1 / rate); a rate of 0 asks for their
+    maximum at any n); else the warning: what the threshold then is, the rate n maps resolve, and the fixes."""
+    if false_reject_rate <= 0 or n >= math.ceil(1 / false_reject_rate - 1e-9):
+        return ""
+    need = math.ceil(1 / false_reject_rate - 1e-9)
+    return (f"decision.roi: the bundle keeps only {n} held-out normal maps, fewer than the {need} its false-reject "
+            f"rate {false_reject_rate:g} needs: {n} maps resolve false-reject rates of 1/{n} = {1 / n:.3g} at best, "
+            f"so the threshold is the highest of their {n} ROI scores, which about 1/{n + 1} = {100 / (n + 1):.2g} % "
+            f"of normal parts exceed, against the {100 * false_reject_rate:.2g} % asked. Rebuild the bundle with "
+            "this fair-edge (it keeps every held-out normal map, pooled to fit) and at least "
+            f"{math.ceil(2 / false_reject_rate - 1e-9)} held-out normal images (`fair-edge build --normal HELD_OUT_NORMALS`), or set decision.threshold in the station "
+            "file (or pass --threshold) in the ROI score's units.")
 
 
 def normal_maps_path(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> Path | None:
@@ -88,22 +130,33 @@ def _family_threshold(bundle: Bundle | FusedBundle, graph_threshold: Threshold |
     return bundle.threshold, "the bundle's, calibrated at build on the family's image score"
 
 
-def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_threshold: Threshold | None) -> Threshold | None:
-    """The ROI score's threshold from the bundle's normal maps, None without maps."""
-    from fair_edge.export.normal_maps import read_normal_maps
-
+def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_threshold: Threshold | None,
+                     in_force: bool) -> tuple[Threshold, str] | None:
+    """The ROI score's threshold from the bundle's normal maps and how they were kept, in words (pooled, few);
+    None without maps. Logs ``few_maps_warning`` when they are too few for the rate and the threshold is
+    ``in_force`` (not when the station file sets one)."""
     path = normal_maps_path(bundle, graph_threshold)
     family, _ = _family_threshold(bundle, graph_threshold)
     if path is None or family is None:
         return None
-    return calibrate_roi_threshold(read_normal_maps(path), roi, family.false_reject_rate)
+    maps = read_normal_maps(path)
+    calibration = calibrate_roi_threshold(maps, roi, family.false_reject_rate)
+    measured = f"measured {calibration.measured_false_reject_rate:.4g}"
+    warning = few_maps_warning(len(maps), family.false_reject_rate)
+    if warning:
+        if in_force:
+            log.warning("%s", warning)
+        measured += f" on only {len(maps)} maps, which resolve rates of {1 / len(maps):.3g} at best: see the warning"
+    if maps.pool > 1:
+        h, w = maps.grid
+        measured += (f"; maps stored max-pooled {maps.pool} x {maps.pool} (of {h} x {w}), an ROI cell counting when "
+                     "any pixel is inside: the threshold is at or slightly above the full maps', never below")
+    return calibration, measured
 
 
 def _calibration_grid(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> tuple[int, int] | None:
     """(h, w) of the held-out normal maps the bundle's thresholds were calibrated on: read from the maps it keeps,
     or a fused bundle's recorded ``grid``; None when it keeps neither (built before either was kept)."""
-    from fair_edge.export.normal_maps import normal_maps_grid
-
     path = normal_maps_path(bundle, graph_threshold)
     return getattr(bundle, "grid", None) if path is None else normal_maps_grid(path)
 
@@ -114,7 +167,8 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
     (None = calibrated); roi: (H, W) float32 mask weights or None. Raises ConfigError when there is no
     threshold to use, naming the fixes. Logs which threshold is used and why."""
     family, family_reason = _family_threshold(bundle, graph_threshold)
-    calibration = family if roi is None else _roi_calibration(bundle, roi, graph_threshold)
+    roi_calibration = None if roi is None else _roi_calibration(bundle, roi, graph_threshold, explicit is None)
+    calibration = family if roi is None else (roi_calibration[0] if roi_calibration else None)
     grid = None if explicit is not None else _calibration_grid(bundle, graph_threshold)
     if explicit is not None:
         decided = DecisionThreshold(float(explicit), "set by decision.threshold / --threshold", calibration)
@@ -133,7 +187,7 @@ def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: 
     else:
         decided = DecisionThreshold(calibration.value, (
             f"calibrated on max(map x ROI) of {calibration.n_normal} held-out normal maps at the bundle's "
-            f"false-reject rate {calibration.false_reject_rate:g} (measured {calibration.measured_false_reject_rate:.4g});"
+            f"false-reject rate {calibration.false_reject_rate:g} ({roi_calibration[1]});"
             f" the bundle's image-score threshold {family.value:.6g} is for the whole-image score"), calibration, grid)
     # the default level shows it where it replaces the bundle's threshold (start and hot swap alike)
     log.log(logging.WARNING if roi is not None and explicit is None else logging.INFO,
