@@ -72,6 +72,23 @@ def test_a_threshold_the_audit_log_cannot_take_is_refused_before_anything_change
     assert not audit_path(console).exists()
 
 
+def test_a_threshold_on_an_already_full_disk_is_refused_before_anything_changes(tmp_path, monkeypatch):
+    """A full disk still opens an existing audit.jsonl: the check also wants room for the row, so the change is
+    refused (before: applied, then answered "made but not audited")."""
+    console, decider, station = station_console(tmp_path, StationLinks(load_station=load_station))
+    audit = audit_path(console)
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    audit.write_text('{"action": "earlier"}\n')
+    real_statvfs = os.statvfs
+    full = lambda path: SimpleNamespace(f_bavail=0, f_bfree=0, f_blocks=4096, f_frsize=4096) if Path(path) == audit.parent else real_statvfs(path)
+    monkeypatch.setattr(os, "statvfs", full)
+    r = api(console).post("/api/threshold", json={"who": "ann", "threshold": 0.9, "confirm": True})
+    assert r.status_code == 400, r.text
+    assert "expected at least 64 KiB free for its next entry, found 0 bytes" in r.json()["error"]
+    assert file_threshold(station) == 0.5 and decider.switch.take() is None
+    assert audit.read_text() == '{"action": "earlier"}\n'
+
+
 def test_a_threshold_applied_whose_audit_row_fails_is_answered_as_applied_with_a_warning(tmp_path, caplog):
     """The disk fills between the check and the row: the threshold is in the station file and the switch, so the
     answer is a 200 saying so, with a ``warning``; the error is logged (before: a 400 for a change that was made)."""

@@ -124,6 +124,21 @@ def test_a_station_of_several_cameras_takes_the_lock_before_its_line_side_opens(
     assert sinks.opened == [] and not (out / "verdicts.jsonl").exists()
 
 
+def test_a_station_sharing_another_ones_verdict_log_folder_is_told_to_move_record_dir(tmp_path):
+    """Two stations with their own outputs but one record.dir: the refusal names the verdict-log folder and
+    record.dir, not `output:` (moving the output would not help)."""
+    from fair_edge.station.run import station_lock
+
+    shared = tmp_path / "shared-log"
+    cfg = StationConfig(output=tmp_path / "b", record=RecordSettings(dir=shared), console=ConsoleSettings(enabled=False))
+    with held_by_child(shared, ".station.lock") as pid:
+        with pytest.raises(ConfigError, match=f"pid {pid}") as refused:
+            with station_lock(cfg):
+                pass
+    text = " ".join(str(refused.value).split())
+    assert "this verdict-log folder" in text and "record.dir" in text and "output:" not in text
+
+
 def test_a_station_of_several_cameras_is_refused_before_its_models_load(tmp_path, monkeypatch):
     """run_cell takes the lock before it loads a model (minutes for TensorRT engines) and before anything opens."""
     from fair_edge.station import cell as cell_module

@@ -25,6 +25,7 @@ from fair_edge.disk import free_space
 from fair_edge.errors import RecorderError
 
 log = logging.getLogger(__name__)
+MIN_FREE_BYTES = 64 * 1024   # check_writable: room for the next entry (one is under 1 KiB) and then some
 
 REVIEWS = "reviews.jsonl"
 AUDIT = "audit.jsonl"
@@ -70,8 +71,8 @@ class Journal:
         """Raise RecorderError (as ``append`` does) unless the file can be opened for appending now: a cheap check
         (one open and close, no byte written; a file the check had to create is removed again, so a change refused
         for another reason leaves no empty log) made before a change that must be logged, so one that could not be
-        is refused before anything changes. A disk that fills between this check and ``append`` is found by
-        ``append``."""
+        is refused before anything changes; so is a disk with less than ``MIN_FREE_BYTES`` free (an existing file
+        opens on a full disk). A disk that fills between this check and ``append`` is found by ``append``."""
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +80,13 @@ class Journal:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
                 if created:
                     self.path.unlink()
+                free = _free_bytes(self.path.parent)
             except OSError as exc:   # the text of ``append``'s
                 raise RecorderError(f"{self.path}: expected a writable log file, found {exc}; "
                                     "free disk space or fix the folder's permissions") from exc
+            if free is not None and free < MIN_FREE_BYTES:   # a full disk opens an existing file, then takes no row
+                raise RecorderError(f"{self.path}: expected at least {MIN_FREE_BYTES // 1024} KiB free for its next "
+                                    f"entry, found {free} bytes ({free_space(self.path.parent)}); free disk space")
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete entry in order (a torn or unreadable line is skipped and counted)."""
@@ -143,3 +148,12 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes this account may still write on ``folder``'s disk; None where that cannot be told."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize

@@ -64,9 +64,10 @@ DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: droppe
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
-STATION_BUSY = ("{folder}: a station is already running on this output folder ({holder}): stop it first "
-                "(`systemctl stop fair-edge` or Ctrl-C in its terminal), or give this one another output folder "
-                "(output: in the station file, or --out).")
+STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}): stop it first "
+                "(`systemctl stop fair-edge` or Ctrl-C in its terminal), or give this one another {fix}.")
+BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the station file, or --out)"),
+                "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -151,17 +152,19 @@ def station_lock(cfg: StationConfig) -> Iterator[None]:
     station file, the folder and the fix) when another station holds either. The same thread may take it again
     inside (``open_line_side`` does: a no-op under ``run_station``, the lock of a station of several cameras)."""
     what = f"fair-edge run --station {cfg.source_file.resolve()}" if cfg.source_file else "fair-edge run"
-    folders = {Path(cfg.output).resolve(): Path(cfg.output)}
-    folders.setdefault(Path(cfg.record.dir).resolve(), Path(cfg.record.dir))
+    folders = {Path(cfg.output).resolve(): (Path(cfg.output), "output")}
+    folders.setdefault(Path(cfg.record.dir).resolve(), (Path(cfg.record.dir), "record"))
     with contextlib.ExitStack() as stack:
-        for folder in folders.values():
-            stack.enter_context(hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder)))
+        for folder, kind in folders.values():
+            stack.enter_context(hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder, kind)))
         yield
 
 
-def station_busy(folder: Path, holder: str) -> str:
-    """The refusal of a station whose output folder another station holds (``holder``: its pid and station file)."""
-    return STATION_BUSY.format(folder=folder, holder=holder)
+def station_busy(folder: Path, kind: str, holder: str) -> str:
+    """The refusal of a station whose output folder (``kind`` "output") or verdict-log folder ("record": record.dir
+    elsewhere) another station holds (``holder``: its pid and station file), naming the setting that moves it."""
+    what, fix = BUSY_FOLDERS[kind]
+    return STATION_BUSY.format(folder=folder, what=what, holder=holder, fix=fix)
 
 
 def camera_fault(stats) -> str:
