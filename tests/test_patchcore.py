@@ -522,11 +522,12 @@ def test_flipped_views_validate_and_fill_the_bank_with_mirrored_normals(mvtec_di
         settings = PatchcoreSettings(embed_dim=32, coreset_ratio=1.0, smooth_sigma=0.0, reweight=False, bank_flips=flips)
         model = ModelSpec("patchcore", PreprocessConfig(image_size=32), settings)
         fitter = PatchcoreFitter(load_dataset(mvtec_dir), model, FitConfig(batch=4), tmp_path / flips, torch.device("cpu"))
+        first = fitter.images[:4].clone()  # the fit frees its images after the backbone pass
         ckpt = load_checkpoint(fitter.run())
         assert ckpt.settings.bank_flips == flips  # the checkpoint (and so bundle.json) says how the bank was fitted
         patches[flips] = ckpt.data_summary["fit_seconds"]["patches"]
         with torch.no_grad():
-            maps[flips] = fitter.detector(torch.flip(fitter.images[:4], (2,)))[0]
+            maps[flips] = fitter.detector(torch.flip(first, (2,)))[0]
     assert patches["left-right+up-down"] == 4 * patches["none"] == 4 * 16 * (32 // 8) ** 2
     assert maps["left-right+up-down"].amax() < 0.05  # float32 cancellation of |a|^2 - 2ab + |b|^2
     assert maps["none"].amax(dim=(1, 2, 3)).min() > 1.0

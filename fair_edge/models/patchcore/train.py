@@ -5,6 +5,11 @@ backbone (the progress bar counts them), and the greedy coreset of all patch fea
 ``final.pt`` and ``last.pt`` are written together when the bank is complete; an interrupted fit
 leaves nothing half-made (re-running it costs one pass), and resuming a finished fit only re-writes
 ``final.pt`` from ``last.pt``.
+
+Memory: the fit holds the training images (float32), then their patch features, then the coreset's working set
+beside the features (the images freed). ``fit_memory`` estimates the peak from the image count and settings, and
+the fitter refuses a fit that does not fit in the memory available (``available_memory``) before it reads the
+images, naming the fixes; an allocation that fails anyway ends in the same kind of message (``out_of_memory``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.training.data import DatasetSplit, load_images
-from fair_edge.errors import ConfigError
+from fair_edge.training.data import DatasetSplit, load_images, read_frame
+from fair_edge.errors import ConfigError, DataError
 from fair_edge.models.weights import load_backbone_weights
-from fair_edge.models.patchcore.coreset import bank_neighbours, greedy_coreset
-from fair_edge.models.patchcore.model import PatchcoreDetector, flipped_views
+from fair_edge.models.patchcore.coreset import bank_neighbours, distance_step, greedy_coreset, greedy_coreset_bytes
+from fair_edge.models.patchcore.model import BANK_FLIPS, PatchcoreDetector, flipped_views, memory_bytes
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.training.resume import check_same_data, training_files
@@ -77,8 +82,181 @@ UNWEIGHTED_BANK = ("PatchCore: the bank has %d row(s), so no row has a bank neig
                    "(scores are the unweighted map's); more training images or a larger coreset_ratio give it one")
 
 
+# bytes per input pixel of a batch that a backbone pass holds (the taps' activations, no gradients), measured at
+# 256 px, batch 8, on the CPU: efficientnet_lite0 384, wide_resnet50_2 608
+PASS_BYTES_PER_PIXEL = 640
+MEMORY_SLACK = 1.1  # the allocator's share on top of the tensors (freed blocks not yet returned, fragmentation)
+GIB = 2 ** 30
+
+
+def in_words(size: int) -> str:
+    """Bytes as "3.2 GiB" (1 GiB and over) or "310 MiB"."""
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2 ** 20:.0f} MiB"
+
+
+def patch_rows(images: int, image_size: int, settings) -> int:
+    """Rows of the patch features of ``images`` training images (tiles) at ``image_size`` px: images x views
+    (``bank_flips``) x the finest tap's grid, ceil(S / stride) squared."""
+    grid = math.ceil(image_size / (4 * 2 ** settings.taps[0]))
+    return images * (1 + len(BANK_FLIPS[settings.bank_flips])) * grid * grid
+
+
+def fit_memory(images: int, image_size: int, settings, batch: int, on_cpu: bool = True) -> dict[str, int]:
+    """Bytes a fit of ``images`` training images (tiles) needs at its peak, by part and where it lies.
+
+    {"images": float32 (images, 3, S, S); "features": patch rows x feature_dim float32; "coreset": the greedy
+    coreset's (or the bank and neighbour table's, if larger) working set beside the features; "pass": one backbone
+    batch; "host": the peak in RAM; "device": the peak in accelerator memory (0 when ``on_cpu``)}. Phases: reading
+    (the images twice while they are stacked), the backbone pass (images + features + a batch), the coreset
+    (features + coreset: the images are freed). Peaks are times ``MEMORY_SLACK``.
+    """
+    rows = patch_rows(images, image_size, settings)
+    dim = settings.feature_dim
+    parts = {"images": images * 3 * image_size * image_size * 4, "features": rows * dim * 4,
+             "pass": PASS_BYTES_PER_PIXEL * batch * image_size * image_size}
+    bank = bank_size(rows, settings)
+    bank_work = memory_bytes(bank, dim, settings.neighbours) + 4 * bank * distance_step(bank, most=4096)
+    parts["coreset"] = max(greedy_coreset_bytes(rows, dim), bank_work)
+    on_device = parts["features"] + max(parts["pass"], parts["coreset"])
+    if on_cpu:
+        host = max(2 * parts["images"], parts["images"] + parts["features"] + parts["pass"], on_device)
+        return dict(parts, host=int(host * MEMORY_SLACK), device=0)
+    return dict(parts, host=int(2 * parts["images"] * MEMORY_SLACK), device=int(on_device * MEMORY_SLACK))
+
+
+MEMINFO = "/proc/meminfo"
+# (limit, usage, stat, the stat's reclaimable page cache) of a container's memory cgroup: v2, then v1
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+                 "inactive_file"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"))
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes of RAM this process can still take, where the figure comes from), or (None, "") where it cannot be
+    told: psutil's or /proc/meminfo's MemAvailable, lowered to a container's memory limit less its use (cgroup v2 or
+    v1, page cache not counted) and to an address-space limit (ulimit -v) less this process's size."""
+    found = []
+    try:
+        import psutil
+
+        found.append((int(psutil.virtual_memory().available), "available RAM"))
+    except Exception:  # noqa: BLE001 - psutil missing or unable to tell: /proc below
+        meminfo = _read_fields(MEMINFO)
+        if "MemAvailable" in meminfo:
+            found.append((meminfo["MemAvailable"] * 1024, "available RAM"))
+    for limit_file, usage_file, stat_file, cache in CGROUP_FILES:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2 ** 60:
+            found.append((limit - usage + _read_fields(stat_file).get(cache, 0), "the container's memory limit"))
+            break
+    try:
+        import resource
+
+        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if cap != resource.RLIM_INFINITY:
+            size = _read_fields("/proc/self/status").get("VmSize", 0) * 1024
+            found.append((cap - size, "the address-space limit (ulimit -v)"))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else (None, "")
+
+
+def _read_fields(path: str) -> dict[str, int]:
+    """{name: first number} of a "name: number ..." / "name number" file (/proc/meminfo, memory.stat); {} unreadable."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for words in (line.replace(":", " ", 1).split() for line in lines):
+        if len(words) >= 2 and words[1].isdigit():
+            out[words[0]] = int(words[1])
+    return out
+
+
+def _read_int(path: str) -> int | None:
+    """The integer in a one-line file (a cgroup limit or usage); None when unreadable or "max" (no limit)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def memory_fixes(settings, on_cpu: bool) -> str:
+    """The ways to a smaller fit: fewer images, a smaller --image-size, and the settings that shrink the features."""
+    fixes = ["fewer training images", "a smaller --image-size (memory goes with its square)"]
+    if settings.channel_reduction == "none" or settings.embed_dim > 64:
+        fixes.append("fewer feature channels (--set embed_dim=64"
+                     + (" --set channel_reduction=grouped" if settings.channel_reduction == "none" else "") + ")")
+    if settings.bank_flips != "none":
+        fixes.append(f"--set bank_flips=none (its {len(BANK_FLIPS[settings.bank_flips]) + 1} views multiply the features)")
+    if settings.taps[0] == 0:
+        fixes.append("taps without the stride-4 map (--set taps=1,2: a quarter of the patches)")
+    fixes.append("a machine with more memory" if on_cpu else "a GPU with more memory, or --device cpu")
+    return ", ".join(fixes[:-1]) + " or " + fixes[-1]
+
+
+def describe_fit(images: int, tiles: int, image_size: int, settings, need: dict[str, int]) -> tuple[str, str]:
+    """(the fit, its parts) in words: ("16 training images (64 tiles) at 256 px", "images 48 MiB, patch features
+    32 MiB = 65536 patches x 128 channels, coreset 71 MiB") for ``need`` = ``fit_memory``."""
+    subject = f"{images} training images" + (f" ({tiles} tiles)" if tiles != images else "") + f" at {image_size} px"
+    rows = patch_rows(tiles, image_size, settings)
+    return subject, (f"images {in_words(need['images'])}, patch features {in_words(need['features'])} = {rows} "
+                     f"patches x {settings.feature_dim} channels, coreset {in_words(need['coreset'])}")
+
+
+def check_fit_memory(need: dict[str, int], what: tuple[str, str], settings, device: torch.device) -> None:
+    """ConfigError before a fit that needs more memory than is available (``need``: ``fit_memory``, against
+    ``available_memory`` and, on a GPU, its free memory), naming the fit (``what``: ``describe_fit``), the estimate,
+    what is available and the fixes. Otherwise logs the estimate (one line)."""
+    on_cpu = device.type != "cuda"
+    checks = [(need["host"], *available_memory(), "memory")]
+    if not on_cpu:
+        free, _ = torch.cuda.mem_get_info(device)
+        checks.append((need["device"], int(free), f"free memory of {device}", "GPU memory"))
+    subject, parts = what
+    for needed, available, source, kind in checks:
+        if available is not None and needed > available:
+            raise ConfigError(f"a PatchCore fit of {subject} needs about {in_words(needed)} of {kind} at its peak "
+                              f"({parts}); {in_words(available)} is available ({source}). Fit with "
+                              f"{memory_fixes(settings, on_cpu)}.")
+    room = " and ".join(f"{in_words(n)} of {kind} ({in_words(a)} available)" if a is not None else
+                        f"{in_words(n)} of {kind} (available memory unknown)" for n, a, _, kind in checks)
+    log.info("PatchCore fit of %s: about %s at its peak (%s)", subject, room, parts)
+
+
+OOM_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure: MemoryError, torch.cuda.OutOfMemoryError, or the RuntimeError of torch's CPU
+    allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXT))
+
+
+def frame_tiles(samples, image_size: int, tiling) -> int:
+    """Tiles per training image: 1 untiled; tiled, those of the first readable image of the first few (1 if none)."""
+    if tiling is None:
+        return 1
+    from fair_edge.tiling import tile_layout
+
+    for sample in samples[:8]:
+        try:
+            return tile_layout(tuple(read_frame(sample.path, tiling).shape[:2]), tiling, image_size).count
+        except (DataError, ConfigError):
+            continue
+    return 1
+
+
 class PatchcoreFitter:
-    """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt."""
+    """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt.
+
+    Refuses (ConfigError) a fit that needs more memory than is available before reading the images
+    (``check_fit_memory``); ``images`` (N, 3, S, S) float32 is freed (None) once the backbone pass is done."""
 
     fits_once = True  # one pass over the data, no optimisation steps (models.training_contract.FamilyTrainer)
 
@@ -88,8 +266,18 @@ class PatchcoreFitter:
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
         self.detector: PatchcoreDetector = model.build(device=device)
         self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
-        images, kept = load_images(data.train, model.preprocess.image_size, tiling=model.preprocess.tiling)
-        self.images = torch.from_numpy(images)
+        size, tiling = model.preprocess.image_size, model.preprocess.tiling
+        tiles = len(data.train) * frame_tiles(data.train, size, tiling)
+        self.memory_needed = fit_memory(tiles, size, model.settings, min(cfg.batch, tiles), device.type != "cuda")
+        self.fit_text = describe_fit(len(data.train), tiles, size, model.settings, self.memory_needed)
+        check_fit_memory(self.memory_needed, self.fit_text, model.settings, device)
+        try:
+            images, kept = load_images(data.train, size, tiling=tiling)
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise self.out_of_memory_error("reading the images", exc) from exc
+        self.images: torch.Tensor | None = torch.from_numpy(images)
         self.batch = min(cfg.batch, len(self.images))
         self.total_steps = -(-len(self.images) // self.batch)
         self.step = 0
@@ -119,21 +307,46 @@ class PatchcoreFitter:
         self.bank_facts = {k: ckpt.data_summary[k] for k in ("coreset_ratio_effective", "bank_capped")
                            if k in ckpt.data_summary}
 
+    def out_of_memory_error(self, phase: str, exc: BaseException) -> ConfigError:
+        """The ConfigError of an allocation that failed during ``phase`` ("the coreset"): the fit, the estimate, what
+        is available, the allocator's words and the fixes."""
+        available, source = available_memory()
+        there = f"{in_words(available)} available ({source})" if available is not None else "available memory unknown"
+        need = self.memory_needed
+        estimate = f"about {in_words(need['host'])} of memory" + (
+            f" and {in_words(need['device'])} of GPU memory" if need["device"] else "")
+        words = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return ConfigError(f"a PatchCore fit of {self.fit_text[0]} ran out of memory during {phase} (estimated peak "
+                           f"{estimate}: {self.fit_text[1]}; {there}): {words}. Fit with "
+                           f"{memory_fixes(self.model.settings, self.device.type != 'cuda')}.")
+
     @torch.no_grad()
     def features(self, on_step: Callable[[int, int, float, float], None] | None) -> torch.Tensor:
         """(N * V * h * w, D) float32 patch features of every training image and its V - 1 flipped views
-        (``bank_flips``), on ``device``."""
-        out = []
+        (``bank_flips``), on ``device``: batch by batch, each view's images in order, written into one tensor
+        allocated after the first batch (no second copy, as concatenating the batches made)."""
+        if self.images is None:
+            raise ConfigError("this fitter's images were freed after its backbone pass (a fit that failed after it); "
+                              "make a new PatchcoreFitter to fit again.")
+        out, filled = None, 0
+        views = 1 + len(BANK_FLIPS[self.model.settings.bank_flips])
         for i in range(self.total_steps):
             t = time.perf_counter()
             chunk = self.images[i * self.batch : (i + 1) * self.batch].to(self.device)
             for view in flipped_views(chunk, self.model.settings.bank_flips):
                 f = self.detector.patch_features(view)
-                out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+                f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+                if out is None:
+                    out = f.new_empty((len(self.images) * views * (len(f) // len(chunk)), f.shape[1]))
+                out[filled : filled + len(f)] = f
+                filled += len(f)
             self.step = i + 1
             if on_step is not None:
                 on_step(self.step, self.total_steps, float("nan"), len(chunk) / max(time.perf_counter() - t, 1e-9))
-        return torch.cat(out)
+        if out is None or filled != len(out):
+            raise ConfigError(f"the backbone gave {filled} patch rows for {len(self.images)} images x {views} views; "
+                              f"expected {0 if out is None else len(out)} (the same grid for every image).")
+        return out
 
     def run(self, on_step: Callable[[int, int, float, float], None] | None = None) -> Path:
         """Fit the bank (unless resumed from a finished fit); write last.pt and final.pt; returns final.pt.
@@ -143,21 +356,32 @@ class PatchcoreFitter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.step < self.total_steps:
             self.detector.eval()
-            t0 = time.perf_counter()
-            patches = self.features(on_step)
-            t1 = time.perf_counter()
-            rows = bank_size(len(patches), self.model.settings)
-            self.bank_facts = bank_cap_facts(len(patches), rows, self.model.settings)
-            if self.bank_facts["bank_capped"]:
-                log.warning(bank_cap_warning(len(patches), rows, self.model.settings))
-            chosen = greedy_coreset(patches, rows, seed=self.cfg.seed)
-            bank = patches[chosen]
-            t2 = time.perf_counter()
-            self.detector.set_bank(bank, bank_neighbours(bank, self.model.settings.neighbours))
+            phase = "the backbone pass"
+            try:
+                t0 = time.perf_counter()
+                patches = self.features(on_step)
+                self.images = None  # not needed any more: the coreset's room
+                t1 = time.perf_counter()
+                count = len(patches)
+                rows = bank_size(count, self.model.settings)
+                self.bank_facts = bank_cap_facts(count, rows, self.model.settings)
+                if self.bank_facts["bank_capped"]:
+                    log.warning(bank_cap_warning(count, rows, self.model.settings))
+                phase = "the coreset"
+                bank = patches[greedy_coreset(patches, rows, seed=self.cfg.seed)]
+                del patches
+                t2 = time.perf_counter()
+                phase = "the bank's neighbour table"
+                self.detector.set_bank(bank, bank_neighbours(bank, self.model.settings.neighbours))
+            except (MemoryError, RuntimeError) as exc:
+                self.step = 0  # no bank: a second run() must not write one that is empty
+                if not out_of_memory(exc):
+                    raise
+                raise self.out_of_memory_error(phase, exc) from exc
             if self.model.settings.reweight and not self.detector.memory.can_reweight:
                 log.warning(UNWEIGHTED_BANK, rows)
             self.timings = {"features": round(t1 - t0, 3), "coreset": round(t2 - t1, 3),
-                            "neighbours": round(time.perf_counter() - t2, 3), "patches": len(patches)}
+                            "neighbours": round(time.perf_counter() - t2, 3), "patches": count}
         save_checkpoint(self.out_dir / "last.pt", self.checkpoint())
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
 
