@@ -158,10 +158,11 @@ def score_row(info: dict, final: Path, held, test, folder: Path, with_masks: boo
     test = score_samples(final, test, batch=32, with_masks=with_masks)
     info["score_cpu_s_per_image"] = round((time.process_time() - c0) / len(test.scores), 4)
     normal = score_samples(final, held, batch=32)
-    info.update(metrics.line_summary(test.scores, test.labels), **pixel_summary(test.maps, test.masks),
-                checkpoint=str(final))
-    extra = {} if test.masks is None else {"masks": np.packbits(test.masks > 0, axis=-1), "mask_width": test.masks.shape[-1],
-                                           "mask_labels": np.asarray(test.masks, np.int32)}
+    info.update(metrics.line_summary(test.scores, test.labels),
+                **pixel_summary(test.maps, test.masks, test.regions), checkpoint=str(final))
+    extra = {} if test.masks is None else {"masks": np.packbits(test.masks, axis=-1),
+                                           "mask_width": test.masks.shape[-1],
+                                           "mask_labels": np.asarray(test.regions, np.int32)}
     np.savez_compressed(folder / "scores.npz", test_maps=np.stack(test.maps).astype(np.float16),
                         test_scores=test.scores, labels=test.labels, held_scores=normal.scores,
                         held_map_max=normal.maps.reshape(len(normal.maps), -1).max(axis=1), **extra)
@@ -169,13 +170,15 @@ def score_row(info: dict, final: Path, held, test, folder: Path, with_masks: boo
     return info
 
 
-def pixel_summary(maps: np.ndarray, masks: np.ndarray | None) -> dict:
-    """{"pixel_auroc", "aupro"} of (N, S, S) maps against (N, S, S) bool masks or int32 region labels
-    (``fair_edge.masks.labels_on_map_grid``); {} without masks."""
+def pixel_summary(maps: np.ndarray, masks: np.ndarray | None, regions: np.ndarray | None = None) -> dict:
+    """{"pixel_auroc", "aupro"} of (N, S, S) maps against (N, S, S) bool masks; AUPRO's regions the (N, S, S) int32
+    region labels ``regions`` (``fair_edge.masks.labels_on_map_grid``; regions > 0 == masks), or None for the
+    masks' 8-connected components on the map grid; {} without masks."""
     if masks is None:
         return {}
     maps = np.asarray(maps, np.float32)
-    return {"pixel_auroc": metrics.pixel_auroc(maps, masks), "aupro": metrics.aupro(maps, masks, fpr_limit=0.3)}
+    return {"pixel_auroc": metrics.pixel_auroc(maps, masks),
+            "aupro": metrics.aupro(maps, masks, fpr_limit=0.3, regions=regions)}
 
 
 def fuse_row(folders: list[Path], rule: str) -> dict:
@@ -188,9 +191,10 @@ def fuse_row(folders: list[Path], rule: str) -> dict:
     for f, d in zip(folders[1:], data[1:]):
         if not np.array_equal(d["labels"], labels):
             raise SystemExit(f"{f} scored another test set than {folders[0]}: fusion needs the same images.")
-    masks = None
-    if "mask_labels" in data[0]:   # each region of the full-size mask one region (rows scored before d59d62b: bool)
-        masks = data[0]["mask_labels"]
+    masks = regions = None
+    if "mask_labels" in data[0]:   # each region of the full-size mask one region (older rows: the masks' own)
+        regions = data[0]["mask_labels"]
+        masks = regions > 0
     elif "masks" in data[0]:
         masks = np.unpackbits(data[0]["masks"], axis=-1, count=int(data[0]["mask_width"])).astype(bool)
     members = [json.loads((f / "row.json").read_text()) for f in folders]
@@ -199,7 +203,7 @@ def fuse_row(folders: list[Path], rule: str) -> dict:
     return {"members": [str(f) for f in folders], "rule": rule,
             "train_cpu_s": round(sum(r["train_cpu_s"] for r in members), 1),
             "score_cpu_s_per_image": None if None in per_image else round(sum(per_image), 4),
-            **metrics.line_summary(fused, labels), **pixel_summary(fused_maps, masks)}
+            **metrics.line_summary(fused, labels), **pixel_summary(fused_maps, masks, regions)}
 
 
 def fusion_rows(out: Path, fusions: dict[str, tuple[str, ...]] = FUSIONS) -> dict:

@@ -334,7 +334,8 @@ def test_aupro_of_grid_region_labels_equals_the_full_size_reference_for_a_broken
     """MVTec AD's AUPRO counts the 8-connected regions of the mask itself: here 2 (the blob found, the scratch
     missed), so PRO is 0.5 up to FPR 0.3 and AUPRO 0.5 with the map upsampled to the mask's 64 px. On the 32 px
     grid nearest sampling breaks the scratch into 14 pieces; labelled again there it would count 15 regions (AUPRO
-    1/15); carried as labels (``labels_on_map_grid``) it is one region and AUPRO equals the reference."""
+    1/15); carried as explicit labels (``labels_on_map_grid``, ``regions=``) it is one region and AUPRO equals the
+    reference."""
     from fair_edge.masks import labels_on_map_grid, mask_on_map_grid
 
     maps, full = scratch_and_blob_case()
@@ -344,23 +345,24 @@ def test_aupro_of_grid_region_labels_equals_the_full_size_reference_for_a_broken
     upsampled = maps.repeat(2, axis=1).repeat(2, axis=2)
     reference = brute_aupro_exact(upsampled, full, 0.3)
     assert reference == pytest.approx(0.5, abs=1e-12)
-    assert metrics.aupro(maps, labels) == pytest.approx(reference, abs=1e-12)
-    assert metrics.aupro(list(maps), list(labels)) == pytest.approx(reference, abs=1e-12)
-    assert metrics.aupro(maps, grid) < 0.1  # a bool mask is labelled on its own grid, as before
-    assert metrics.pixel_auroc(maps, labels) == metrics.pixel_auroc(maps, grid)
+    assert metrics.aupro(maps, grid, regions=labels) == pytest.approx(reference, abs=1e-12)
+    assert metrics.aupro(list(maps), list(grid), regions=list(labels)) == pytest.approx(reference, abs=1e-12)
+    assert metrics.aupro(maps, grid) < 0.1  # a mask alone is labelled on its own grid, as before
+    assert metrics.aupro(maps, grid.astype(np.int32)) == metrics.aupro(maps, grid)  # its dtype changes nothing
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_region_labels_are_the_regions_and_a_bool_mask_is_labelled_as_before(seed):
-    """Signed integer ground truth: each distinct positive label one region of its image (checked by brute
+    """Explicit ``regions=`` labels: each distinct positive label one region of its image (checked by brute
     force with two regions merged under one label), 0 normal; a mask's own 8-connected labels give exactly the
-    bool mask's curve; pixel AUROC takes labels > 0. Negative labels are refused naming the fix; unsigned 0/255
-    masks are still refused as before."""
+    bool mask's curve. Negative labels are refused naming the fix; 0/255 masks are still refused as before, and
+    labels passed as the mask are a mask that is not 0/1."""
     maps, masks = random_maps_and_masks(np.random.default_rng(seed))
     labelled = np.stack([ndimage.label(k, structure=np.ones((3, 3)))[0] for k in masks]).astype(np.int32)
-    for a, b in zip(metrics.pro_curve(maps, labelled), metrics.pro_curve(maps, masks)):
+    for a, b in zip(metrics.pro_curve(maps, masks, regions=labelled), metrics.pro_curve(maps, masks)):
         np.testing.assert_array_equal(a, b)
-    assert metrics.pixel_auroc(maps, labelled) == metrics.pixel_auroc(maps, masks)
+    with pytest.raises(DataError, match="only 0 and 1"):
+        metrics.pixel_auroc(maps, labelled)
     merged = labelled.copy()
     merged[0][merged[0] == 2] = 1  # image 0's regions 1 and 2 now count as one
     regions = [(i, merged[i] == r) for i in range(len(merged)) for r in np.unique(merged[i][merged[i] > 0])]
@@ -368,8 +370,57 @@ def test_region_labels_are_the_regions_and_a_bool_mask_is_labelled_as_before(see
     for t in [np.inf] + sorted(np.unique(maps).tolist(), reverse=True):
         fprs.append(((maps >= t) & ~masks).sum() / (~masks).sum())
         pros.append(np.mean([((maps[i] >= t) & region).sum() / region.sum() for i, region in regions]))
-    assert metrics.aupro(maps, merged) == pytest.approx(brute_area(fprs, pros, 0.3) / 0.3, abs=1e-9)
+    assert metrics.aupro(maps, masks, regions=merged) == pytest.approx(brute_area(fprs, pros, 0.3) / 0.3, abs=1e-9)
     with pytest.raises(DataError, match="must be >= 0.*scipy.ndimage.label"):
-        metrics.aupro(maps, -labelled)
+        metrics.aupro(maps, masks, regions=-labelled)
     with pytest.raises(DataError, match="only 0 and 1"):
         metrics.aupro(maps, masks.astype(np.uint8) * 255)
+
+
+def two_blobs_one_found():
+    """One 32 px image with two separate defects: blob A (4 x 4) scored high (found), blob B (10 x 10) missed."""
+    rng = np.random.default_rng(0)
+    maps = rng.random((1, 32, 32)).astype(np.float32)
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 2:6, 2:6] = True
+    mask[0, 20:30, 20:30] = True
+    maps[0, 2:6, 2:6] += 5
+    return maps, mask
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int8, np.uint8, np.float32])
+def test_an_integer_0_1_mask_is_a_mask_whatever_its_dtype(dtype):
+    """A 0/1 mask of any dtype (``mask.astype(int)``, torch ``.long()``) is the bool mask: two separate blobs are
+    two regions (AUPRO counts the missed one), never one region label."""
+    maps, mask = two_blobs_one_found()
+    expected = metrics.aupro(maps, mask)
+    assert metrics.aupro(maps, mask.astype(dtype)) == expected
+    assert metrics.aupro(list(maps), list(mask.astype(dtype))) == expected
+    for a, b in zip(metrics.pro_curve(maps, mask.astype(dtype)), metrics.pro_curve(maps, mask)):
+        np.testing.assert_array_equal(a, b)
+    assert metrics.pixel_auroc(maps, mask.astype(dtype)) == metrics.pixel_auroc(maps, mask)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_an_integer_0_255_mask_is_refused_naming_the_fix(dtype):
+    """A 0/255 mask (a PNG read as it is) is refused as before, signed integer ones too (never read as labels)."""
+    maps, mask = two_blobs_one_found()
+    for call in (metrics.aupro, metrics.pro_curve, metrics.pixel_auroc):
+        with pytest.raises(DataError, match=r"only 0 and 1; found \[255\]. Binarise it first, e.g. masks > 0"):
+            call(maps, mask.astype(dtype) * 255)
+
+
+def test_explicit_regions_must_be_integer_labels_of_the_mask():
+    """``regions=`` is what makes labels: one label over both blobs makes them one region (the found one then
+    covers 16 of 116 pixels); labels whose > 0 differs from the mask, float labels, or the wrong shape are refused."""
+    maps, mask = two_blobs_one_found()
+    one = mask.astype(np.int32)
+    two = ndimage.label(mask[0], structure=np.ones((3, 3)))[0][None]
+    assert metrics.aupro(maps, mask, regions=two) == metrics.aupro(maps, mask)
+    assert metrics.aupro(maps, mask, regions=one) < metrics.aupro(maps, mask)
+    with pytest.raises(DataError, match=r"regions\[0\] > 0 must be exactly the defect mask; found 100 pixel"):
+        metrics.aupro(maps, mask, regions=np.where(two == 2, 0, two))
+    with pytest.raises(DataError, match=r"must be integer region labels.*float32"):
+        metrics.aupro(maps, mask, regions=one.astype(np.float32))
+    with pytest.raises(DataError, match="one entry per image; found 2 regions and 1 masks"):
+        metrics.pro_curve(maps, mask, regions=np.concatenate([two, two]))

@@ -412,7 +412,8 @@ def test_a_thin_scratch_on_a_half_size_map_grid_is_one_defect_in_region_results(
     """A 1 px diagonal scratch at 256 px brought to a 128 px map grid: nearest sampling leaves scattered map
     pixels (61 pieces if labelled again on the grid), but its region labels keep it one defect, found by a map
     that marks its pixels and missed by one that does not; the labels' pixels are ``mask_on_map_grid``'s.
-    Eval's metrics on such labels say the same (one defect, AUPRO 1 for the perfect map)."""
+    Eval's metrics on such labels (``ScoredSet.regions``) say the same (one defect, AUPRO 1 for the perfect map);
+    the same mask without its labels is the grid's own 8-connected pieces, whatever its dtype."""
     from pathlib import Path
 
     from scipy import ndimage
@@ -426,15 +427,18 @@ def test_a_thin_scratch_on_a_half_size_map_grid_is_one_defect_in_region_results(
     assert labels.dtype == np.int32 and ((labels > 0) == mask_on_map_grid(thin_diagonal_scratch(), (128, 128))).all()
     assert ndimage.label(labels > 0, structure=np.ones((3, 3)))[1] > 10 and set(np.unique(labels)) == {0, 1}
     perfect = (labels > 0).astype(np.float32)[None]
-    totals, per_image = region_results(perfect, labels[None], 0.5, np.array([1]))
-    assert per_image == [{"defects": 1, "found": 1, "missed": 0, "regions": int(ndimage.label(perfect[0] > 0.5,
-                          structure=np.ones((3, 3)))[1]), "false_regions": 0}]
+    pieces = int(ndimage.label(labels > 0, structure=np.ones((3, 3)))[1])
+    totals, per_image = region_results(perfect, labels[None] > 0, 0.5, np.array([1]), regions=labels[None])
+    assert per_image == [{"defects": 1, "found": 1, "missed": 0, "regions": pieces, "false_regions": 0}]
     assert totals["defects"] == 1 and totals["defects_found"] == 1 and totals["region_recall"] == 1.0
-    totals, _ = region_results(np.zeros_like(perfect), labels[None], 0.5, np.array([1]))
+    totals, _ = region_results(np.zeros_like(perfect), labels[None] > 0, 0.5, np.array([1]), regions=labels[None])
     assert totals["defects"] == 1 and totals["defects_missed"] == 1
+    for mask in (labels[None] > 0, labels[None]):  # no regions=: the mask's own pieces, int labels 0/1 or bool
+        assert region_results(perfect, mask, 0.5, np.array([1]))[0]["defects"] == pieces
+    masks = np.stack([labels > 0, np.zeros((128, 128), bool)])
     scored = ScoredSet([Sample(Path("scratch.png"), 1), Sample(Path("good.png"), 0)], np.array([1.0, 0.0]),
-                       np.stack([perfect[0], np.zeros((128, 128), np.float32)]),
-                       np.stack([labels, np.zeros_like(labels)]))
+                       np.stack([perfect[0], np.zeros((128, 128), np.float32)]), masks,
+                       regions=np.stack([labels, np.zeros_like(labels)]))
     result = compute_metrics(scored, pixel_threshold=0.5)
     assert result["regions"]["defects"] == 1 and result["regions"]["defects_found"] == 1
     assert result["aupro"] == pytest.approx(1.0) and result["pixel_auroc"] == pytest.approx(1.0)
@@ -473,3 +477,37 @@ def test_a_defect_nearest_sampling_loses_keeps_its_own_label_and_same_size_label
     layout = tile_layout((80, 80), TilingConfig(40, 0, roi=(1, 0, 60, 40)), 20)
     assert ((layout.labels_to_map(frame) > 0) == layout.mask_to_map(frame)).all()
     assert set(np.unique(layout.labels_to_map(frame))) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int64, np.int32, np.uint8])
+def test_region_results_count_each_blob_of_a_0_1_mask_of_any_dtype(dtype):
+    """Two separate blobs in a 0/1 mask are two defects (one found, one missed) whatever the mask's dtype: an int64
+    mask (``mask.astype(int)``, torch ``.long()``) is never read as region labels. Explicit ``regions=`` that
+    disagree with the mask are refused naming the fix."""
+    from pathlib import Path
+
+    from fair_edge.errors import DataError
+    from fair_edge.training import metrics
+    from fair_edge.training.data import Sample
+    from fair_edge.training.evaluate import ScoredSet, compute_metrics
+    from fair_edge.training.region_metrics import image_regions, region_results
+
+    amap = np.zeros((32, 32), np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[2:6, 2:6] = mask[20:30, 20:30] = True
+    amap[2:6, 2:6] = 5.0
+    expected = {"defects": 2, "found": 1, "missed": 1, "regions": 1, "false_regions": 0}
+    assert image_regions(amap, mask.astype(dtype), 1.5) == expected
+    totals, per_image = region_results(amap[None], mask.astype(dtype)[None], 1.5, np.array([1]))
+    assert per_image == [expected] and totals["defects"] == 2 and totals["defects_missed"] == 1
+    scored = ScoredSet([Sample(Path("two.png"), 1), Sample(Path("good.png"), 0)], np.array([1.0, 0.0]),
+                       np.stack([amap, np.zeros_like(amap)]), np.stack([mask, np.zeros_like(mask)]).astype(dtype))
+    result = compute_metrics(scored, pixel_threshold=1.5)  # a caller's ScoredSet with 0/1 masks, no regions
+    assert result["regions"]["defects"] == 2 and result["regions"]["defects_missed"] == 1
+    assert result["aupro"] == metrics.aupro(scored.maps, scored.masks.astype(bool))
+    one_label = mask.astype(np.int32)
+    assert image_regions(amap, mask, 1.5, one_label)["defects"] == 1
+    with pytest.raises(DataError, match="regions > 0 must be exactly the defect mask; found 100 pixel"):
+        image_regions(amap, mask, 1.5, np.where(np.arange(32)[None, :] < 16, one_label, 0))
+    with pytest.raises(DataError, match=r"regions on the masks' grid; found \(1, 16, 16\)"):
+        region_results(amap[None], mask[None], 1.5, np.array([1]), regions=one_label[None, :16, :16])

@@ -298,6 +298,26 @@ def test_a_defect_that_nearest_sampling_loses_keeps_the_map_pixel_it_covers_most
         assert (on_map >= nearest).all() and on_map.sum() - nearest.sum() <= lost and (lost == 0) == (on_map == nearest).all()
 
 
+def test_scored_masks_are_bool_and_their_region_labels_a_field_of_their_own(trained, mvtec_dir, tmp_path):
+    """score_samples with masks: ``masks`` bool defect masks on the map grid (as every reader takes them), and
+    ``regions`` the int32 labels of the full-size masks' regions (``regions > 0`` is ``masks``), kept row for row
+    when a defective image without a mask is left out of the pixel metrics; eval's AUPRO reads them explicitly."""
+    from fair_edge.training import metrics
+    from fair_edge.training.evaluate import compute_metrics, score_samples
+
+    final, _ = trained
+    root = tmp_path / "plate"
+    shutil.copytree(mvtec_dir, root)
+    (root / "ground_truth/blob/002_mask.png").unlink()
+    scored = score_samples(final, load_dataset(root).test, with_masks=True)
+    assert scored.masks.dtype == bool and scored.regions.dtype == np.int32
+    assert ((scored.regions > 0) == scored.masks).all() and scored.masks.any()
+    pixel = scored.with_masks_only()
+    assert len(pixel.regions) == len(pixel.masks) == 11 and ((pixel.regions > 0) == pixel.masks).all()
+    result = compute_metrics(scored)
+    assert result["aupro"] == metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3, regions=pixel.regions)
+
+
 def dotted_copy(mvtec_dir, root, dot):
     """A copy of the plate whose masks mark only ``dot`` (None: no pixel), as a defect too small for the grid."""
     shutil.copytree(mvtec_dir, root)

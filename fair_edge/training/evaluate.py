@@ -49,12 +49,13 @@ CATCH_AT_FALSE_REJECTS = (0.005, 0.05)  # false-reject rates at which eval repor
 
 @dataclass
 class ScoredSet:
-    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) int32 region labels on the map grid or
-    None: 0 = normal, k > 0 = the k-th defect region (8-connected, at mask resolution) of that image's mask
-    (``fair_edge.masks.labels_on_map_grid``), so ``masks > 0`` is the defect mask and AUPRO and the region results
+    """Scores of a test set. maps: (N, S, S) float32; masks: (N, S, S) bool defect masks on the map grid, or None.
+    regions: None (each mask's 8-connected components are its defects), or (N, S, S) int32 region labels on the
+    map grid: 0 = normal, k > 0 = the k-th defect region (8-connected, at mask resolution) of that image's mask
+    (``fair_edge.masks.labels_on_map_grid``; ``regions > 0`` equals ``masks``), so AUPRO and the region results
     count a thin scratch as the one defect it is. A tiled model on images of several sizes gives maps of several
-    sizes: maps (and masks) are then lists of N (h_i, w_i) arrays (``metrics`` pools their pixels for pixel AUROC
-    and takes AUPRO's regions per image).
+    sizes: maps (and masks, regions) are then lists of N (h_i, w_i) arrays (``metrics`` pools their pixels for
+    pixel AUROC and takes AUPRO's regions per image).
 
     mask_known: (N,) bool, which rows of ``masks`` are ground truth (normal images, and defective ones with a
     mask file); a defective image without a mask has an all-False placeholder row. None = all known.
@@ -65,6 +66,7 @@ class ScoredSet:
     maps: np.ndarray | list[np.ndarray]
     masks: np.ndarray | list[np.ndarray] | None
     mask_known: np.ndarray | None = None
+    regions: np.ndarray | list[np.ndarray] | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -76,7 +78,7 @@ class ScoredSet:
             return self
         keep = np.flatnonzero(self.mask_known)
         return ScoredSet([self.samples[i] for i in keep], self.scores[keep], _take(self.maps, keep),
-                         _take(self.masks, keep))
+                         _take(self.masks, keep), None, None if self.regions is None else _take(self.regions, keep))
 
     def pixels(self) -> np.ndarray:
         """Every map pixel of every image, flattened: (sum of h_i * w_i,) float32."""
@@ -115,7 +117,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     ckpt = load_checkpoint(checkpoint)
     scorer = TorchScorer(ckpt, device)
     tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
-    kept, scores, maps, masks, known, skipped = [], [], [], [], [], 0
+    kept, scores, maps, masks, regions, known, skipped = [], [], [], [], [], [], 0
     for start in range(0, len(samples), batch):
         images, chunk = [], []
         for sample in samples[start : start + batch]:
@@ -134,7 +136,9 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
             for sample, image, m, layout in zip(chunk, images, frame_maps, layouts):
                 has_mask = sample.label == 0 or sample.mask is not None
                 mask = read_mask(sample.mask, image.shape[:2]) if sample.label and has_mask else None
-                masks.append(_labels_to_map(np.zeros(image.shape[:2], bool) if mask is None else mask, layout, m.shape))
+                labels = _labels_to_map(np.zeros(image.shape[:2], bool) if mask is None else mask, layout, m.shape)
+                masks.append(labels > 0)
+                regions.append(labels)
                 known.append(has_mask)
         if progress is not None:
             progress(len(samples[start : start + batch]))
@@ -144,7 +148,8 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
         raise DataError("no test image could be read.")
     if not with_masks:
         return ScoredSet(kept, np.concatenate(scores), _stack(maps), None)
-    return ScoredSet(kept, np.concatenate(scores), _stack(maps), _stack(masks), np.array(known, bool))
+    return ScoredSet(kept, np.concatenate(scores), _stack(maps), _stack(masks), np.array(known, bool),
+                     _stack(regions))
 
 
 def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
@@ -228,7 +233,7 @@ def _pixel_metrics(pixel: ScoredSet, result: dict) -> list[str]:
     they cannot be computed, return the line saying so and why (else [])."""
     try:
         result["pixel_auroc"] = metrics.pixel_auroc(pixel.maps, pixel.masks)
-        result["aupro"] = metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3)
+        result["aupro"] = metrics.aupro(pixel.maps, pixel.masks, fpr_limit=0.3, regions=pixel.regions)
     except DataError as exc:
         result.pop("pixel_auroc", None)
         return [f"pixel metrics skipped: {exc} Image metrics are computed; check the ground-truth masks "
@@ -258,23 +263,27 @@ def _regions(scored: ScoredSet, labels: np.ndarray, pixel_threshold: float | Non
         if not len(normal):
             return {"note": "region results need a pixel threshold: normal test images or --pixel-threshold"}, []
         pixel_threshold, source = calibrate_pixel_threshold(normal).value, "test set's normal maps"
-    totals, per_image = region_results(*_on_one_grid(scored.maps, scored.masks), pixel_threshold, labels)
+    maps, masks, regions = _on_one_grid(scored.maps, scored.masks, scored.regions)
+    totals, per_image = region_results(maps, masks, pixel_threshold, labels, regions=regions)
     return dict(totals, pixel_threshold_source=source), per_image
 
 
-def _on_one_grid(maps, masks) -> tuple[np.ndarray, np.ndarray]:
-    """(N, h, w) maps and masks as they are; lists of maps and masks of several sizes padded at the bottom and
-    right to one (N, h_max, w_max) grid: maps with -inf (never above a pixel threshold), masks with False (or
-    label 0), so the padding adds no region to any image and joins none."""
+def _on_one_grid(maps, masks, regions=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(N, h, w) maps, masks and regions (None: none) as they are; lists of them of several sizes padded at the
+    bottom and right to one (N, h_max, w_max) grid: maps with -inf (never above a pixel threshold), masks with
+    False, regions with label 0, so the padding adds no region to any image and joins none."""
     if not isinstance(maps, list):
-        return maps, masks
+        return maps, masks, regions
     h, w = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
     grid_maps = np.full((len(maps), h, w), -np.inf, np.float32)
-    grid_masks = np.zeros((len(maps), h, w), np.asarray(masks[0]).dtype)
+    grid_masks = np.zeros((len(maps), h, w), bool)
+    grid_regions = None if regions is None else np.zeros((len(maps), h, w), np.int32)
     for i, (m, k) in enumerate(zip(maps, masks)):
         grid_maps[i, : m.shape[0], : m.shape[1]] = m
         grid_masks[i, : k.shape[0], : k.shape[1]] = k
-    return grid_maps, grid_masks
+        if regions is not None:
+            grid_regions[i, : k.shape[0], : k.shape[1]] = regions[i]
+    return grid_maps, grid_masks, grid_regions
 
 
 REPORT_FILES = ("metrics.json", "scores.csv", "regions.csv", "roc.png", "pro.png")  # what write_report writes
@@ -383,7 +392,7 @@ def _write_report_files(scored: ScoredSet, result: dict, out_dir: Path, worst: i
         fpr, tpr, _ = metrics.roc_curve(scored.scores, labels)
         plots.save_roc_plot(out_dir / "roc.png", fpr, tpr, result["image_auroc"], name="image ROC")
     if scored.masks is not None and "aupro" in result:
-        fpr, pro, _ = metrics.pro_curve(pixel.maps, pixel.masks)
+        fpr, pro, _ = metrics.pro_curve(pixel.maps, pixel.masks, regions=pixel.regions)
         plots.save_pro_plot(out_dir / "pro.png", fpr, pro, result["aupro"], fpr_limit=0.3)
     _write_heatmaps(scored, result, out_dir / "heatmaps", worst)
 
@@ -407,7 +416,7 @@ def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int)
             mark, why = plots.threshold_mark(float(scored.scores[i]), scored.maps[i], threshold)
             panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
                                         [*heatmap_lines(sample, scored.scores[i], threshold), *why],
-                                        threshold=mark, mask=scored.masks[i] > 0 if known else None)
+                                        threshold=mark, mask=scored.masks[i] if known else None)
             write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
 
 

@@ -9,10 +9,12 @@ the best-F1 threshold under that rule).
 
 Pixel metrics take (N, H, W) arrays, or lists of N (H_i, W_i) arrays for images of several sizes (a
 tiled model's stitched maps): pixel AUROC pools all pixels, AUPRO takes regions per image.
-Their ground truth is a bool (or 0/1) mask, whose defect regions AUPRO labels itself (8-connected), or signed
-integer region labels (0 = normal, each positive value one defect region of that image; ``defect = labels > 0``):
+Their ground truth is a bool (or 0/1, any dtype) mask; anything else is refused. AUPRO labels the mask's defect
+regions itself (8-connected), unless given them explicitly: ``regions=`` per-image integer region labels (0 =
+normal, each positive value one defect region of that image; ``regions > 0`` must equal the mask).
 ``fair_edge.masks.labels_on_map_grid`` brings a mask's regions to a smaller map's grid that way, so a thin
 scratch nearest sampling breaks into pieces stays one region, as MVTec AD's AUPRO counts it at mask resolution.
+A mask's dtype never makes it region labels: an int64 0/1 mask is a mask.
 
 Memory: the curves are built from ONE sorted copy of the normal scores plus the anomalous
 scores, so 200 x 256 x 256 float32 maps need a few hundred MB at most, not a dense
@@ -49,20 +51,26 @@ def _as_binary(values: np.ndarray, name: str) -> np.ndarray:
     return values.astype(bool)
 
 
-def _as_truth(values: np.ndarray, name: str) -> np.ndarray:
-    """Pixel ground truth: signed integer region labels (>= 0) as they are; anything else as ``_as_binary``."""
-    values = np.asarray(values)
-    if values.dtype.kind != "i":
-        return _as_binary(values, name)
-    if values.size and values.min() < 0:
-        raise DataError(f"{name} as region labels must be >= 0 (0 = normal pixel, k > 0 = defect region k); found "
-                        f"{int(values.min())}. Label the mask with scipy.ndimage.label, or pass it as bool.")
-    return values
+def region_labels(regions: np.ndarray, mask: np.ndarray, name: str = "regions") -> np.ndarray:
+    """Explicit region labels checked against their mask -> integer array as given.
 
-
-def _defect(truth: np.ndarray) -> np.ndarray:
-    """Bool defect pixels of ``_as_truth`` ground truth (a mask, or region labels > 0)."""
-    return truth if truth.dtype == bool else truth > 0
+    regions: integer array (any integer dtype), 0 = normal pixel, k > 0 = defect region k of its image;
+    mask: the bool defect mask of the same pixels. Raises DataError unless regions is integer, >= 0, of the
+    mask's shape and ``regions > 0`` equals the mask, naming what was found and the fix."""
+    regions, mask = np.asarray(regions), np.asarray(mask, bool)
+    if regions.dtype.kind not in "iu":
+        raise DataError(f"{name} must be integer region labels (0 = normal pixel, k > 0 = defect region k); found "
+                        f"dtype {regions.dtype}. Label the mask with scipy.ndimage.label, or leave {name} out.")
+    if regions.shape != mask.shape:
+        raise DataError(f"{name} and its mask must have the same shape; found {regions.shape} and {mask.shape}.")
+    if regions.size and regions.min() < 0:
+        raise DataError(f"{name} must be >= 0 (0 = normal pixel, k > 0 = defect region k); found "
+                        f"{int(regions.min())}. Label the mask with scipy.ndimage.label, or leave {name} out.")
+    differ = int(np.count_nonzero((regions > 0) != mask))
+    if differ:
+        raise DataError(f"{name} > 0 must be exactly the defect mask; found {differ} pixel(s) where they differ. "
+                        f"Pass the mask as {name} > 0 (e.g. fair_edge.masks.labels_on_map_grid's labels > 0).")
+    return regions
 
 
 def _as_scores(values: np.ndarray, name: str) -> np.ndarray:
@@ -117,13 +125,12 @@ def _ragged(maps) -> bool:
 
 def _image_pairs(maps, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-image maps (h_i, w_i) real and masks (h_i, w_i) of images of several sizes, each pair checked
-    as (N, H, W) arrays are: same shape, 2-D, no NaN, 0/1 masks or region labels (``_as_truth``). Returns (maps,
-    masks) as lists, masks bool or labels as given."""
+    as (N, H, W) arrays are: same shape, 2-D, no NaN, 0/1 masks. Returns (maps, masks bool) as lists."""
     if len(maps) != len(masks):
         raise DataError(f"maps and masks must hold one entry per image; found {len(maps)} maps and {len(masks)} masks.")
     out_maps, out_masks = [], []
     for i, (image_map, mask) in enumerate(zip(maps, masks)):
-        image_map, mask = _as_scores(image_map, f"maps[{i}]"), _as_truth(mask, f"masks[{i}]")
+        image_map, mask = _as_scores(image_map, f"maps[{i}]"), _as_binary(mask, f"masks[{i}]")
         if image_map.shape != mask.shape or image_map.ndim != 2:
             raise DataError(f"maps[{i}] and masks[{i}] must be (H, W) of one shape; found {image_map.shape} and "
                             f"{mask.shape}.")
@@ -132,11 +139,20 @@ def _image_pairs(maps, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return out_maps, out_masks
 
 
+def _image_regions(masks: list[np.ndarray], regions) -> list[np.ndarray]:
+    """Per-image region labels ``regions`` (a list, or an (N, H, W) array) checked against the per-image bool
+    ``masks`` (``region_labels``). Returns them as a list."""
+    if len(regions) != len(masks):
+        raise DataError(f"regions and masks must hold one entry per image; found {len(regions)} regions and "
+                        f"{len(masks)} masks.")
+    return [region_labels(r, k, f"regions[{i}]") for i, (r, k) in enumerate(zip(regions, masks))]
+
+
 def _pooled(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     """Every pixel of images of several sizes as one (1, 1, P) map and mask (pixel AUROC ignores where a pixel is)."""
     maps, masks = _image_pairs(maps, masks)
     flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])[None, None]  # noqa: E731
-    return flat(maps), flat([_defect(k) for k in masks])
+    return flat(maps), flat(masks)
 
 
 # ---------------------------------------------------------------- the exact staircase curve
@@ -229,16 +245,13 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """Area under the per-pixel ROC curve over all pixels of all images.
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool ground truth, True = defect pixel, or signed
-    integer region labels (defect = label > 0). Images of several sizes: lists of N (H_i, W_i) maps and masks,
-    their pixels pooled (concatenated, flattened).
-    Returns a float in [0, 1], equal to sklearn's ``roc_auc_score(masks.ravel() > 0, maps.ravel())``.
-    Raises DataError on shape mismatch or when the masks hold no defect pixel (or only defects).
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool (or 0/1) ground truth, True = defect pixel.
+    Images of several sizes: lists of N (H_i, W_i) maps and masks, their pixels pooled (concatenated, flattened).
+    Returns a float in [0, 1], equal to sklearn's ``roc_auc_score(masks.ravel(), maps.ravel())``.
+    Raises DataError on shape mismatch, masks not 0/1, or when the masks hold no defect pixel (or only defects).
     """
     if _ragged(maps) or _ragged(masks):
         maps, masks = _pooled(maps, masks)
-    else:
-        masks = _defect(_as_truth(masks, "masks"))
     return _auroc(*_split(maps, masks, ("maps", "masks"), 3, "Pixel AUROC"))
 
 
@@ -257,37 +270,39 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 # ---------------------------------------------------------------- AUPRO
 
 
-def truth_regions(truth: np.ndarray) -> tuple[np.ndarray, int]:
+def truth_regions(mask: np.ndarray, regions: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """One image's ground truth -> (region ids (h, w) int, 0 = normal and 1..count the regions, count).
 
-    truth: (h, w) bool mask, its regions its 8-connected components (labelled here); or signed integer region
-    labels (e.g. ``fair_edge.masks.labels_on_map_grid``), each distinct positive label one region however its
-    pixels lie on this grid."""
-    truth = np.asarray(truth)
-    if truth.dtype.kind != "i":
-        regions, count = ndimage.label(truth, structure=_EIGHT_CONNECTED)
-        return regions, int(count)
-    ids, regions = np.unique(truth, return_inverse=True)
-    regions = regions.reshape(truth.shape)
-    if ids[0] != 0:  # no normal pixel: every label is a region
-        return regions + 1, int(ids.size)
-    return regions, int(ids.size) - 1
+    mask: (h, w) defect mask (nonzero = defect). regions: None = the mask's 8-connected components (labelled
+    here); else that image's explicit region labels (checked with ``region_labels``; e.g.
+    ``fair_edge.masks.labels_on_map_grid``), each distinct positive label one region however its pixels lie on
+    this grid. The mask's dtype never decides this."""
+    if regions is None:
+        ids, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        return ids, int(count)
+    regions = region_labels(regions, mask)
+    values, ids = np.unique(regions, return_inverse=True)
+    ids = ids.reshape(regions.shape)
+    if values[0] != 0:  # no normal pixel: every label is a region
+        return ids + 1, int(values.size)
+    return ids, int(values.size) - 1
 
 
-def _region_pixels(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _region_pixels(maps, masks, regions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (normal-pixel scores, defect-pixel scores, defect-pixel weights summing to 1).
 
-    A defect pixel of region r (``truth_regions``: an 8-connected component of one image's bool mask, or one
-    region label) weighs 1 / (number of regions * area of r), so the summed weight above a threshold is the PRO.
+    A defect pixel of region r (``truth_regions``: an 8-connected component of one image's mask, or one of its
+    explicit ``regions`` labels) weighs 1 / (number of regions * area of r), so the summed weight above a
+    threshold is the PRO. regions: None, or one label array per image.
     """
     scores, weights, n_regions = [], [], 0
-    normal = [image_map[~_defect(mask)] for image_map, mask in zip(maps, masks)]
-    for image_map, mask in zip(maps, masks):
-        regions, count = truth_regions(mask)
+    normal = [image_map[~mask] for image_map, mask in zip(maps, masks)]
+    for i, (image_map, mask) in enumerate(zip(maps, masks)):
+        regions_i, count = truth_regions(mask, None if regions is None else regions[i])
         if count == 0:
             continue
-        defect = regions > 0
-        ids = regions[defect]
+        defect = regions_i > 0
+        ids = regions_i[defect]
         area = np.bincount(ids, minlength=count + 1)[1:].astype(np.float64)
         scores.append(image_map[defect])
         weights.append(1.0 / area[ids - 1])
@@ -309,28 +324,31 @@ def _quantise(maps, num_thresholds: int):
 
 
 def pro_curve(
-    maps: np.ndarray, masks: np.ndarray, num_thresholds: int | None = None
+    maps: np.ndarray, masks: np.ndarray, num_thresholds: int | None = None, *, regions=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-region-overlap curve: (fpr, pro, thresholds), 1-D float64 of equal length K.
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel, or signed integer region
-    labels (0 = normal; ``fair_edge.masks.labels_on_map_grid`` for masks bigger than the maps). Images of several
-    sizes: lists of N (H_i, W_i) maps and masks (regions are per image, normal pixels pooled).
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool (or 0/1), True = defect pixel. regions: None =
+    each image's regions are its mask's 8-connected components; else (N, H, W) integer region labels (0 = normal,
+    each distinct positive label one region of its image; ``regions > 0`` must equal masks, else DataError), e.g.
+    ``fair_edge.masks.labels_on_map_grid`` for masks bigger than the maps. Images of several sizes: lists of N
+    (H_i, W_i) maps, masks (and regions); regions are per image, normal pixels pooled.
     At threshold t (pixel predicted defective when map >= t): PRO = mean over all ground-truth
-    regions (8-connected components of each image's bool mask, or each image's distinct positive labels, see
-    ``truth_regions``) of the fraction of the region predicted
+    regions (see ``truth_regions``) of the fraction of the region predicted
     defective; FPR = predicted-defective normal pixels / all normal pixels (pixels outside the
     masks, all images pooled). Points go from (0, 0) to (1, 1) with falling thresholds.
     num_thresholds: None = exact (every distinct score); K = K thresholds evenly spaced from the
     lowest to the highest score (scores are rounded down to them), as many public evaluators do.
     """
-    if _ragged(maps) or _ragged(masks):
+    if _ragged(maps) or _ragged(masks) or _ragged(regions):
         maps, masks = _image_pairs(maps, masks)
     else:
         maps = _as_scores(maps, "maps")
-        masks = _as_truth(masks, "masks")
+        masks = _as_binary(masks, "masks")
         _check_pair(maps, masks, ("maps", "masks"), 3)
-    defects, pixels = sum(int(np.count_nonzero(k)) for k in masks), sum(k.size for k in masks)
+    if regions is not None:
+        regions = _image_regions(masks, regions)
+    defects, pixels = sum(int(k.sum()) for k in masks), sum(k.size for k in masks)
     if defects == 0 or defects == pixels:
         raise DataError(
             f"AUPRO needs both defect and normal pixels; masks hold {defects} defect pixel(s) of {pixels}. "
@@ -338,20 +356,24 @@ def pro_curve(
         )
     if num_thresholds is not None:
         maps = _quantise(maps, num_thresholds)
-    fpr, pro, thresholds = _staircase(*_region_pixels(maps, masks))
+    fpr, pro, thresholds = _staircase(*_region_pixels(maps, masks, regions))
     return fpr, pro, thresholds.astype(np.float64)
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int | None = None) -> float:
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int | None = None, *,
+          regions=None) -> float:
     """Area under the PRO curve for FPR in [0, fpr_limit], divided by fpr_limit (so 1.0 is perfect).
 
-    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool, True = defect pixel, or signed integer region
-    labels (see ``pro_curve``; or lists of N (H_i, W_i) arrays, images of several sizes). The curve (see
-    ``pro_curve``) is integrated with the trapezoid rule and linearly interpolated exactly at fpr_limit. A random map scores about fpr_limit / 2 (0.15 at the paper's 0.3).
-    Raises ConfigError for fpr_limit outside (0, 1]; DataError for bad shapes or empty masks.
+    maps: (N, H, W) float anomaly maps. masks: (N, H, W) bool (or 0/1), True = defect pixel. regions: None =
+    the masks' 8-connected components, or explicit integer region labels with ``regions > 0 == masks`` (see
+    ``pro_curve``). Images of several sizes: lists of N (H_i, W_i) arrays. The curve (see ``pro_curve``) is
+    integrated with the trapezoid rule and linearly interpolated exactly at fpr_limit. A random map scores about
+    fpr_limit / 2 (0.15 at the paper's 0.3).
+    Raises ConfigError for fpr_limit outside (0, 1]; DataError for bad shapes, masks not 0/1, empty masks, or
+    regions that are not labels of the masks.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    fpr, pro, _ = pro_curve(maps, masks, num_thresholds)
+    fpr, pro, _ = pro_curve(maps, masks, num_thresholds, regions=regions)
     return _area(fpr, pro, fpr_limit) / fpr_limit
 
 
