@@ -52,7 +52,7 @@ from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import FUSION_MANIFEST, MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
-from fair_edge.disk import free_space
+from fair_edge.disk import write_failure
 from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
@@ -157,15 +157,12 @@ def staging_folder(out: Path, options: BuildOptions) -> Path:
 
 def disk_problem(out: Path, exc: OSError) -> str | None:
     """What a write beside ``out`` that failed on its disk means and the fix, as one clause ("the disk of --out B is
-    full (12.0 MB free on the disk of DIR). Free space ... disk"): full (ENOSPC), over quota (EDQUOT) or read-only
-    (EROFS); None for any other OSError (a permission, a missing folder: the caller's own words)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        full = "full" if exc.errno == errno.ENOSPC else "over this account's quota"
-        return (f"the disk of --out {out} is {full} ({free_space(out.parent)}). Free space on that disk or choose an "
-                "--out on another disk")
-    if exc.errno == errno.EROFS:
-        return f"--out {out} is on a read-only file system. Choose an --out on a writable disk"
-    return None
+    full (12.0 MB free on the disk of DIR). Free space ... disk"; ``disk.write_failure``, the wording every writer
+    uses): full (ENOSPC), over quota (EDQUOT) or read-only (EROFS); None for any other OSError (a permission, a
+    missing folder: the caller's own words)."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return None
+    return write_failure(out.parent, exc, named=f"--out {out}")
 
 
 def clear_leftovers(out: Path, now: float | None = None) -> None:
@@ -199,10 +196,13 @@ def clear_leftovers(out: Path, now: float | None = None) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists (this account's or another's); always True where that cannot be asked
-    without signalling it (not POSIX), so nothing of a live build is ever removed."""
+    """True while process ``pid`` exists (this account's or another's) and is not this one (a leftover named with
+    this process's pid is an earlier process's: a container's entrypoint gets the same pid at every start); always
+    True where that cannot be asked without signalling it (not POSIX), so nothing of a live build is ever removed."""
     if os.name != "posix":
         return True
+    if pid == os.getpid():
+        return False
     if pid <= 0:
         return False   # never a builder's id (0 and negatives address process groups)
     try:

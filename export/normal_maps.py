@@ -20,8 +20,8 @@ evenly spaced ones (the manifest's ``count`` against ``of``). Bundles built befo
 they hold too few maps for the bundle's false-reject rate.
 Held-out frames of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI
 then needs ``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
-A write that fails (a full disk) is a BundleError naming the file and the free space on its disk
-(``fair_edge.disk.free_space``, the wording every writer uses).
+A write that fails (a full or read-only disk) is a BundleError naming the file, the cause and the fix
+(``fair_edge.disk.write_failure``, the wording every writer uses).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fair_edge.disk import free_space
+from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,10 @@ def write_normal_maps(out: Path, name: str, maps: Sequence[np.ndarray]) -> dict 
         else:
             with open(path, "wb") as fh:
                 np.savez(fh, maps=kept.maps, pool=np.int64(kept.pool), grid=np.asarray(kept.grid, np.int64))
-    except OSError as exc:   # a full disk: numpy says "6144 requested and 4064 written", or ENOSPC
-        path.unlink(missing_ok=True)
+    except OSError as exc:   # a full disk: numpy says "6144 requested and 4064 written", or ENOSPC; or EROFS...
+        discard_unfinished(path, "normal maps file")
         raise BundleError(f"cannot write the held-out normal maps {path} ({kept.maps.nbytes / 2**20:.2f} MB: "
-                          f"{exc.strerror or exc}); {free_space(out)}. Free space on that disk or choose an --out "
-                          "on another disk, then build again.") from exc
+                          f"{exc.strerror or exc}): {write_failure(out, exc)}, then build again.") from exc
     entry = {"file": path.name, "count": len(kept), "of": len(maps), "shape": list(kept.grid)}
     return entry if kept.pool == 1 else {**entry, "pool": kept.pool}
 

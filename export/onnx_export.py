@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fair_edge.errors import ExportError
-from fair_edge.disk import free_space
+from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, BATCH_DIM, OUTPUT_NAMES, SCORE
 
@@ -45,7 +45,8 @@ def export_onnx(model: ModelSpec, module: nn.Module, path: str | Path, precision
     """Write ``module`` (the family's module for ``model``, eval mode, any device) as ONNX at ``path``.
 
     precision: fp32 or fp16 (the family's ``half`` module). Raises ExportError naming the failing step; one that
-    cannot write ``path`` (a full disk) names the free space there instead of blaming the exporter.
+    cannot write ``path`` (a full or read-only disk) names the cause and fix (``_write_failed``) instead of blaming
+    the exporter.
     """
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"export_onnx writes fp32 or fp16 graphs; found {precision!r} (int8 is made by calibration).")
@@ -88,14 +89,12 @@ def export_onnx(model: ModelSpec, module: nn.Module, path: str | Path, precision
 
 
 def _write_failed(path: Path, exc: OSError) -> str:
-    """The ExportError text of an ONNX file that could not be written: the file, the reason, the free space on its
-    disk and the fix (the export itself worked). The half-written file is removed."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass   # the build's staging folder it lies in is removed with it
-    return (f"cannot write the ONNX graph {path} ({exc.strerror or exc}); {free_space(path.parent)}. Free space on "
-            "that disk or choose an --out on another disk, then build again.")
+    """The ExportError text of an ONNX file that could not be written: the file, the reason, the cause and fix by
+    errno (``disk.write_failure``: a full disk with its free space, a read-only one...; the export itself worked).
+    The half-written file is removed."""
+    discard_unfinished(path, "ONNX graph")
+    return (f"cannot write the ONNX graph {path} ({exc.strerror or exc}): {write_failure(path.parent, exc)}, then "
+            "build again.")
 
 
 def _set_output_shapes(graph: onnx.ModelProto, image_size: int) -> None:

@@ -1,9 +1,21 @@
-"""The free space a disk-full error names: one wording for every writer (checkpoints, bundles, reports, logs)."""
+"""What a failed write means and its fix, in one wording for every writer (checkpoints, bundles, reports, logs,
+unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
+by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
+(``discard_unfinished``)."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# errnos whose text libraries that keep no errno (torch.save's RuntimeError: "open file failed with strerror:
+# Read-only file system") still show: found by their os.strerror text
+_KNOWN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def free_space(path: Path) -> str:
@@ -17,3 +29,53 @@ def free_space(path: Path) -> str:
     except OSError as exc:
         return f"free space on the disk of {path} unknown ({exc.strerror or exc})"
     return f"{free / 2**20:.1f} MB free on the disk of {path}"
+
+
+def _failed_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write: the OSError's, else the one whose text (``os.strerror``) the error shows (torch
+    reports a read-only disk as RuntimeError "... strerror: Read-only file system"); None where there is neither
+    (torch's "unexpected pos", numpy's "6144 requested and 4064 written": a short write)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    text = str(exc)
+    return next((code for code in _KNOWN if os.strerror(code) in text), None)
+
+
+def write_failure(path: str | Path, exc: BaseException, out_flag: str | None = "--out", *,
+                  named: str | None = None) -> str:
+    """The cause of a write into the folder ``path`` that failed with ``exc`` and its fix, as one clause without
+    the final period, for a message that has already named the file and the error ("cannot write X (reason): "
+    + this + ", then run again."). By errno (``_failed_errno``):
+      ENOSPC / EDQUOT: "the disk of PATH is full (12.0 MB free on the disk of PATH). Free space on that disk or
+        choose an --out on another disk" ("is over this account's quota" for EDQUOT);
+      EROFS: "PATH is on a read-only file system. Choose an --out on a writable disk, or remount that disk read-write";
+      EACCES / EPERM: "this account cannot write in PATH. Choose an --out you can write, or make that folder writable";
+      none (a short write): "the disk of PATH may be full (...)" and the full disk's fix;
+      any other: "fix PATH or choose another --out".
+    ``out_flag``: the option that chooses another folder (None where there is none: only the disk's own fix is
+    given). ``named``: how the message names ``path`` (e.g. "--out runs/b"); the free space is always ``path``'s."""
+    name = str(path) if named is None else named
+    code = _failed_errno(exc)
+    flag = f" or choose an {out_flag} on another disk" if out_flag else ""
+    if code in (errno.ENOSPC, errno.EDQUOT, None):
+        state = {errno.ENOSPC: "is full", errno.EDQUOT: "is over this account's quota", None: "may be full"}[code]
+        return f"the disk of {name} {state} ({free_space(Path(path))}). Free space on that disk{flag}"
+    if code == errno.EROFS:
+        fix = f"Choose an {out_flag} on a writable disk, or remount that disk" if out_flag else "Remount that disk"
+        return f"{name} is on a read-only file system. {fix} read-write"
+    if code in (errno.EACCES, errno.EPERM):
+        fix = f"Choose an {out_flag} you can write, or make that folder writable" if out_flag else "Make it writable"
+        return f"this account cannot write in {name}. {fix}"
+    return f"fix {name} or choose another {out_flag}" if out_flag else f"fix {name}"
+
+
+def discard_unfinished(path: str | Path, what: str = "file") -> None:
+    """Remove the half-written ``path`` (a ``what``: "checkpoint", "ONNX graph") of a failed write, so it does not
+    keep filling the disk. One that was never made is fine: on a read-only file system even unlinking a missing
+    file fails (EROFS). One that exists and cannot be removed is a warning naming it ("...: delete it")."""
+    path = Path(path)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        if os.path.lexists(path):
+            log.warning("could not remove the unfinished %s %s (%s): delete it", what, path, exc.strerror or exc)

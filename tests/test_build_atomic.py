@@ -246,6 +246,30 @@ def test_a_full_disk_writing_the_normal_maps_is_one_error_and_keeps_the_previous
     assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == first.bundle
 
 
+def test_a_read_only_disk_writing_the_normal_maps_names_the_maps_and_says_read_only(tmp_path, monkeypatch):
+    """np.save on a read-only disk (EROFS, the file never made): the cleanup's unlink failed with EROFS too (as
+    unlinking even a missing file does there) and escaped as a bare OSError instead of the maps' BundleError, whose
+    fix was "Free space on that disk" anyway. Now a BundleError naming the maps, the read-only disk and its fix."""
+    import errno
+
+    import numpy as np
+
+    from fair_edge.errors import BundleError
+    from fair_edge.export.normal_maps import write_normal_maps
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(np, "save", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(BundleError) as err:
+        write_normal_maps(tmp_path, "normal_maps.npy", [np.zeros((4, 4), np.float32)] * 3)
+    message = str(err.value)
+    assert message.startswith(f"cannot write the held-out normal maps {tmp_path / 'normal_maps.npy'} (")
+    assert message.endswith(f"Read-only file system): {tmp_path} is on a read-only file system. Choose an --out on "
+                            "a writable disk, or remount that disk read-write, then build again."), message
+
+
 @pytest.mark.parametrize("code, words", [(28, "is full ("), (122, "is over this account's quota ("),
                                          (30, "is on a read-only file system")])
 def test_a_full_or_read_only_disk_anywhere_in_a_build_names_out_and_its_free_space(tiny_ckpt_path, tmp_path,
@@ -267,6 +291,9 @@ def test_a_full_or_read_only_disk_anywhere_in_a_build_names_out_and_its_free_spa
     assert words in message and "then run it again" in message and ".building-" not in message
     if code != 30:
         assert f"MB free on the disk of {tmp_path})" in message and "another disk" in message
+    else:   # the wording every writer uses (fair_edge.disk.write_failure): the fix names remounting too
+        assert f"--out {out} is on a read-only file system. Choose an --out on a writable disk, or remount that disk " \
+               "read-write, then run it again." in message, message
     assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == first.bundle
 
 

@@ -195,5 +195,35 @@ def test_a_full_disk_is_one_error_naming_the_file_and_free_space_and_leaves_no_t
         make(tmp_path)
     message = str(err.value)
     assert message.startswith(f"cannot write checkpoint {tmp_path / 'c.pt'} (") and "\n" not in message
-    assert f"3.0 MB free on the disk of {tmp_path}" in message and "choose another --out" in message
+    assert f"3.0 MB free on the disk of {tmp_path}" in message and "choose an --out on another disk" in message
     assert list(tmp_path.iterdir()) == []   # no c.pt.tmp
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(30, "Read-only file system"),
+    RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: Read-only file system")])
+def test_a_read_only_disk_says_read_only_not_free_space_and_warns_of_no_tmp(tmp_path, monkeypatch, caplog, failure):
+    """A disk remounted read-only mid-training (ext4 errors=remount-ro, the Ubuntu/JetPack default): the save said
+    "Free space on that disk" (the disk had plenty), and warned "could not remove the unfinished checkpoint c.pt.tmp
+    (Read-only file system): delete it" about a file that was never made (unlinking even a missing file fails with
+    EROFS there). Now it says read-only and how to fix it, and nothing about a .tmp. torch reports this case as a
+    RuntimeError with the text only (no errno)."""
+    import logging
+    from pathlib import Path
+
+    def read_only(payload, f):
+        raise failure
+
+    def unlink(self, missing_ok=False):   # as on a read-only mount, even for a missing file
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(torch, "save", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as err:
+        make(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'c.pt'} (") and "\n" not in message
+    assert f"{tmp_path} is on a read-only file system. Choose an --out on a writable disk, or remount that disk " \
+           "read-write, then run again." in message, message
+    assert "Free space" not in message and "MB free" not in message
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

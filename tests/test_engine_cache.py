@@ -254,7 +254,8 @@ def test_the_folders_of_engine_builds_killed_outright_are_removed_and_a_live_bui
 
     dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1 if Path("/proc/sys/kernel/pid_max").exists() else 2**22 + 1
     cache = tmp_path / "cache"
-    stale = [cache / f".{'a' * 16}.building-{dead}-abcd_123", cache / f".{'b' * 16}.old-{dead}"]
+    stale = [cache / f".{'a' * 16}.building-{dead}-abcd_123", cache / f".{'b' * 16}.old-{dead}",
+             cache / f".{'d' * 16}.building-{os.getpid()}-abcd_123"]   # a container's entrypoint: the same pid each start
     live = cache / f".{'c' * 16}.building-{os.getppid()}-abcd_123"
     for folder in (*stale, live):
         (folder / "sub").mkdir(parents=True)

@@ -90,3 +90,27 @@ def test_a_full_disk_names_the_file_and_free_space_not_the_exporter(tiny_detecto
     assert f"cannot write the ONNX graph {tmp_path / 'm.onnx'} (No space left on device)" in message
     assert f"MB free on the disk of {tmp_path}" in message and "another disk" in message
     assert "torch version" not in message and list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_disk_says_read_only_not_free_space(tiny_detector, tmp_path, monkeypatch):
+    """A read-only disk (EROFS: the graph file is never made) was reported as a full one: "Free space on that
+    disk". Now it names the read-only file system and its fix."""
+    import errno
+    from pathlib import Path
+
+    import torch
+
+    def read_only(net, args, f, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(f))
+
+    def unlink(self, missing_ok=False):   # as on a read-only mount, even for a missing file
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(torch.onnx, "export", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(ExportError) as err:
+        export_onnx(MODEL, tiny_detector, tmp_path / "m.onnx")
+    message = str(err.value)
+    assert message == (f"cannot write the ONNX graph {tmp_path / 'm.onnx'} (Read-only file system): {tmp_path} is on "
+                       "a read-only file system. Choose an --out on a writable disk, or remount that disk read-write, "
+                       "then build again."), message

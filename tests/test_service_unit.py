@@ -234,8 +234,10 @@ def test_a_unit_naming_the_station_by_another_path_is_still_this_stations(tmp_pa
 
 
 @pytest.mark.parametrize("code, fix", [
-    (errno.EROFS, r".*units is on a read-only file system\. Remount it read-write .*--print > fair-edge\.service"),
-    (errno.ENOSPC, r"no space left on the disk of .*units \(.*\)\. Free disk space"),
+    (errno.EROFS, r".*units is on a read-only file system\. Remount that disk read-write \(`sudo mount -o remount,rw` "
+                  r".*--print > fair-edge\.service"),
+    (errno.ENOSPC, r"the disk of .*units is full \([\d.]+ MB free on the disk of .*units\)\. Free space on that disk, "
+                   r"then install again\.$"),
     (errno.EIO, r"Input/output error\. Fix .*units, or use --print > fair-edge\.service"),
 ])
 def test_a_read_only_or_full_unit_dir_is_refused_by_name_and_leaves_no_temporary_file(tmp_path, monkeypatch,

@@ -9,8 +9,8 @@ Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=Tru
 Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
 ``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint; a write that
-fails (a full disk: ``torch.save`` says "unexpected pos" or raises OSError) removes its temporary file and is a
-CheckpointError naming the file, the free space on its disk and the fix.
+fails (a full disk: ``torch.save`` says "unexpected pos" or raises OSError; a disk remounted read-only mid-run)
+removes its temporary file and is a CheckpointError naming the file, the cause and the fix (``disk.write_failure``).
 Loading checks every record's CRC-32 in the zip container first (``_verify_crc``), so a file damaged later
 (one flipped bit on a disk or in a copy) is refused instead of loading with altered weights; a file that is
 no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is refused before anything is unpickled.
@@ -18,7 +18,6 @@ no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is r
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import re
@@ -32,11 +31,10 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.disk import free_space
+from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 
-log = logging.getLogger(__name__)
 FORMAT = "fair-edge-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -70,7 +68,8 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically (``PATH.tmp``, then renamed). Returns the path. A failed write (a full
-    disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the free space there and the fix."""
+    or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
+    free space of a full disk) and the fix (``disk.write_failure``)."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -86,19 +85,11 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:   # torch.save reports a full disk as RuntimeError ("unexpected pos ...")
-        _discard(tmp)
-        raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}); {free_space(path.parent)}. "
-                              "Free space on that disk or choose another --out, then run again.") from exc
+    except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
+        discard_unfinished(tmp, "checkpoint")
+        raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): "
+                              f"{write_failure(path.parent, exc)}, then run again.") from exc
     return path
-
-
-def _discard(tmp: Path) -> None:
-    """Remove the half-written ``tmp`` of a failed save, so it does not keep filling the disk."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("could not remove the unfinished checkpoint %s (%s): delete it", tmp, exc)
 
 
 def _write_reason(exc: Exception) -> str:

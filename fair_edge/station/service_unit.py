@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 
@@ -274,22 +275,20 @@ def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = 
 
 
 def _write_fix(exc: OSError, s: ServiceSettings, unit_dir: Path) -> str:
-    """What went wrong writing the unit into ``unit_dir``, and the fix, by errno (the unit was not installed)."""
+    """What went wrong writing the unit into ``unit_dir``, and the fix, by errno (the unit was not installed); a
+    read-only, full or over-quota disk in the wording every writer uses (``disk.write_failure``)."""
     by_hand = f"use --print > {s.unit_name} and copy it there"
     if isinstance(exc, PermissionError):
         return f"{exc.strerror}. Run with sudo, or {by_hand}."
     if exc.errno == errno.EROFS:
-        return (f"{unit_dir} is on a read-only file system. Remount it read-write (`sudo mount -o remount,rw` on "
-                f"the file system holding it) and install again, or {by_hand} by hand.")
+        return (f"{write_failure(unit_dir, exc, None)} (`sudo mount -o remount,rw` on the file system holding it) "
+                f"and install again, or {by_hand} by hand.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the disk of {unit_dir} ({exc.strerror}). Free disk space, then install again."
+        return f"{write_failure(unit_dir, exc, None)}, then install again."
     return f"{exc.strerror or exc}. Fix {unit_dir}, or {by_hand}."
 
 
 def _discard(tmp: Path) -> None:
-    """Remove a half-written unit file; nothing to do where it was never made (on a read-only file system even
-    unlinking a missing file fails, with EROFS)."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
+    """Remove a half-written unit file (``disk.discard_unfinished``: nothing to do where it was never made, a
+    warning naming one that cannot be removed)."""
+    discard_unfinished(tmp, "unit file")

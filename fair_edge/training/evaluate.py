@@ -16,7 +16,6 @@ written as UTF-8, a byte that is not UTF-8 as \\xNN (``report_name``).
 from __future__ import annotations
 
 import csv
-import errno
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optima
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
 from fair_edge.images import write_png
-from fair_edge.disk import free_space
+from fair_edge.disk import write_failure
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
@@ -346,16 +345,7 @@ def report_write_failure(out_dir: Path, exc: OSError, left: str) -> str:
     """The message of a report write into ``out_dir`` that failed with ``exc``: the file and the error, the
     cause and its fix by errno (read-only, full or over-quota disk, no permission), and what ``left`` there."""
     where = f"{exc.filename}: " if exc.filename else ""
-    if exc.errno == errno.EROFS:
-        fix = (f"{out_dir} is on a read-only file system. Choose an --out on a writable disk, or remount that disk "
-               "read-write")
-    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = (f"the disk of {out_dir} is {'full' if exc.errno == errno.ENOSPC else 'over quota'}"
-               f" ({free_space(out_dir)}). Free space on that disk or choose an --out on another disk")
-    elif isinstance(exc, PermissionError):
-        fix = f"this account cannot write in {out_dir}. Choose an --out you can write, or make that folder writable"
-    else:
-        fix = f"fix {out_dir} or choose another --out"
+    fix = write_failure(out_dir, exc)
     return (f"the evaluation report was not written to {out_dir} ({where}{exc.strerror or exc}); {left}: {fix}, "
             "then run eval again.")
 
