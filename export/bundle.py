@@ -50,7 +50,8 @@ from fair_edge.preprocess import PreprocessConfig
 log = logging.getLogger(__name__)
 FORMAT = "fair-edge-bundle"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+POOLED_MAPS_VERSION = 3   # a bundle holding max-pooled normal maps (*normal_maps.npz): fair-edge before them refuses it
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "bundle.json"
 FUSION_MANIFEST = "fusion.json"   # a fused bundle's manifest (written by fair_edge.runtime.fusion)
 METADATA_KEY = "metadata_sha256"
@@ -161,13 +162,18 @@ def metadata_digest(data: dict) -> str:
 
 def write_manifest(root: str | Path, manifest: dict) -> Path:
     """Add ``format``, ``format_version``, the checksums of every file under ``root`` and the metadata
-    checksum; write bundle.json atomically."""
+    checksum; write bundle.json atomically. The version is ``FORMAT_VERSION``, or ``POOLED_MAPS_VERSION`` when the
+    bundle holds max-pooled normal maps (``export.normal_maps``: maps over 64 MiB), so a station of a fair-edge
+    that cannot read those refuses the bundle naming its version instead of failing on the maps; a ``manifest``
+    naming its own ``format_version`` (a device bundle keeps its source's) keeps it."""
     root = Path(root)
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")):
         rel = path.relative_to(root).as_posix()
         files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return write_signed_json(root / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION,
+    pooled = any(rel.endswith("normal_maps.npz") for rel in files)
+    return write_signed_json(root / MANIFEST, {"format": FORMAT,
+                                              "format_version": POOLED_MAPS_VERSION if pooled else FORMAT_VERSION,
                                               **manifest, "files": files})
 
 

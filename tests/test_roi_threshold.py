@@ -287,6 +287,7 @@ def test_a_bundle_with_pooled_maps_loads_and_both_station_paths_use_the_full_gri
     manifest = json.loads((bundle.root / MANIFEST).read_text())
     assert manifest["normal_maps"] == {"file": "normal_maps.npz", "count": N_NORMAL, "of": N_NORMAL,
                                        "shape": [32, 32], "pool": 2}
+    assert manifest["format_version"] == 3   # a fair-edge that cannot read pooled maps refuses it by its version
     loaded = load_bundle(bundle.root)
     assert loaded.normal_maps_path.name == "normal_maps.npz" and "normal_maps.npz" in loaded.files
     with caplog.at_level("WARNING", logger="fair_edge.station.decision"):
