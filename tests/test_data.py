@@ -317,3 +317,36 @@ def test_a_mask_with_no_defect_pixel_is_a_warning_naming_it(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fair_edge.training.data"):
         assert read_mask(tmp_path / "008_mask.png", (16, 16)).sum() == 1
     assert "marks no defect pixel" not in caplog.text
+
+
+def test_the_training_images_are_held_once_not_as_a_list_and_its_stacked_copy(tmp_path):
+    """load_images fills one preallocated array (the PatchCore fit's host peak was the list plus np.stack's copy:
+    twice the training set); the result equals the stacked images, frames of several tile counts and a skipped file
+    included."""
+    import tracemalloc
+
+    from fair_edge.preprocess import resize_frame
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
+    (folder / "99.png").write_bytes(b"")                              # skipped: the buffer is trimmed
+    samples = load_dataset(folder).train
+    tracemalloc.start()
+    images, kept = load_images(samples, 64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    expected = np.stack([resize_frame(read_frame(s.path), 64) for s in kept])
+    assert np.array_equal(images, expected) and len(kept) == 24
+    assert peak < 1.6 * images.nbytes, (peak, images.nbytes)           # np.stack of a list: about 2x
+
+    wide = tmp_path / "wide"                                          # the first frame has 1 tile, later ones 2
+    wide.mkdir()
+    cv2.imwrite(str(wide / "a.png"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    for name in ("b.png", "c.png"):
+        cv2.imwrite(str(wide / name), rng.integers(0, 255, (32, 64, 3), np.uint8))
+    tiling = TilingConfig(tile=32, overlap=0)
+    tiled, kept = load_images(load_dataset(wide).train, 16, tiling=tiling)
+    assert tiled.shape == (5, 3, 16, 16) and len(kept) == 3

@@ -313,12 +313,13 @@ def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None)
     from fair_edge.tiling import FrameTiler
 
     tiler = FrameTiler(tiling, size)
-    images, kept, skipped = [], [], []
+    images, kept, skipped = ImageBuffer(len(samples)), [], []
     first_problem = ""
     for sample in samples:
         try:
             tiles, _ = tiler.split([read_frame(sample.path, tiling)])
-            images.extend(resize_frame(t, size) for t in tiles)
+            for tile in tiles:
+                images.append(resize_frame(tile, size), per_sample=len(tiles))
             kept.append(sample)
         except DataError as exc:
             skipped.append(sample.path)
@@ -328,7 +329,29 @@ def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None)
             progress()
     if skipped:
         log.warning("skipped %d unreadable or undersized image(s) of %d", len(skipped), len(samples))
-    if not images:
+    if not images.count:
         raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path if samples else '-'}"
                         f"{f'; {first_problem}' if first_problem else ''}).")
-    return np.stack(images), kept
+    return images.array(), kept
+
+
+class ImageBuffer:
+    """Model images filled into one preallocated (capacity, 3, S, S) array as they are read, so the training set is
+    held once, not as a list and then its ``np.stack`` copy (twice the memory at the fit's largest moment). The
+    capacity is the number of samples times the first sample's tiles; it grows by half when a sample gives more."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples, self.count, self._data = samples, 0, None
+
+    def append(self, image: np.ndarray, per_sample: int = 1) -> None:
+        if self._data is None:
+            self._data = np.empty((max(1, self.samples * per_sample), *image.shape), image.dtype)
+        elif self.count == len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data[:max(1, len(self._data) // 2)])])
+        self._data[self.count] = image
+        self.count += 1
+
+    def array(self) -> np.ndarray:
+        """(count, 3, S, S), contiguous: the buffer's filled part (a view: skipped files leave their unused rows
+        behind it, never a second copy of the images)."""
+        return self._data[:self.count]

@@ -107,7 +107,7 @@ def fit_memory(images: int, image_size: int, settings, batch: int, on_cpu: bool 
     {"images": float32 (images, 3, S, S); "features": patch rows x feature_dim float32; "coreset": the greedy
     coreset's (or the bank and neighbour table's, if larger) working set beside the features; "pass": one backbone
     batch; "host": the peak in RAM; "device": the peak in accelerator memory (0 when ``on_cpu``)}. Phases: reading
-    (the images twice while they are stacked), the backbone pass (images + features + a batch), the coreset
+    (the images, held once: ``data.ImageBuffer``), the backbone pass (images + features + a batch), the coreset
     (features + coreset: the images are freed). Peaks are times ``MEMORY_SLACK``.
     """
     rows = patch_rows(images, image_size, settings)
@@ -119,9 +119,9 @@ def fit_memory(images: int, image_size: int, settings, batch: int, on_cpu: bool 
     parts["coreset"] = max(greedy_coreset_bytes(rows, dim), bank_work)
     on_device = parts["features"] + max(parts["pass"], parts["coreset"])
     if on_cpu:
-        host = max(2 * parts["images"], parts["images"] + parts["features"] + parts["pass"], on_device)
+        host = max(parts["images"] + parts["features"] + parts["pass"], on_device)
         return dict(parts, host=int(host * MEMORY_SLACK), device=0)
-    return dict(parts, host=int(2 * parts["images"] * MEMORY_SLACK), device=int(on_device * MEMORY_SLACK))
+    return dict(parts, host=int(parts["images"] * MEMORY_SLACK), device=int(on_device * MEMORY_SLACK))
 
 
 MEMINFO = "/proc/meminfo"
