@@ -18,14 +18,20 @@ log = logging.getLogger(__name__)
 _KNOWN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def free_space(path: Path) -> str:
-    """"12.3 MB free on the disk of PATH" (MB = 2**20 bytes, the space this account may use on the disk of ``path``
-    or of its nearest existing folder above), or "free space on the disk of PATH unknown (reason)"."""
+def free_bytes(path: str | Path) -> int:
+    """Bytes this account may still write on the disk of ``path`` or of its nearest existing folder above; raises
+    OSError when that cannot be read."""
     where = Path(path)
     while not where.exists() and where != where.parent:
         where = where.parent
+    return shutil.disk_usage(where).free
+
+
+def free_space(path: Path) -> str:
+    """"12.3 MB free on the disk of PATH" (MB = 2**20 bytes, ``free_bytes``), or "free space on the disk of PATH
+    unknown (reason)"."""
     try:
-        free = shutil.disk_usage(where).free
+        free = free_bytes(path)
     except OSError as exc:
         return f"free space on the disk of {path} unknown ({exc.strerror or exc})"
     return f"{free / 2**20:.1f} MB free on the disk of {path}"

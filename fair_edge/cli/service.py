@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from fair_edge.cli.common import console, friendly_errors
-from fair_edge.station.service_unit import (ENCODER_DRAIN_S, STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings,
+from fair_edge.line.settings import ENCODER_STOP_WAIT_S
+from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings,
                                             belt_drain_ms, default_executable, default_user, install_unit,
                                             render_unit, stop_timeout_sec, systemctl_commands)
 
@@ -70,7 +71,7 @@ def install_service(
         None, "--timeout-stop-sec", help="TimeoutStopSec=: how long `systemctl stop` waits, after SIGTERM, for "
         "the parts on the belt to reach the reject gate and the log and summary.json to be written before it "
         "kills the station [default: from the station file: reject.delay_ms + pulse_ms + late_ms (encoder mode: "
-        f"{ENCODER_DRAIN_S:g} s for the belt) + {STOP_MARGIN_S} s, at least {STOP_SEC_MIN}]. Install again (--force) "
+        f"{ENCODER_STOP_WAIT_S:g} s for the belt) + {STOP_MARGIN_S} s, at least {STOP_SEC_MIN}]. Install again (--force) "
         "after changing the reject timing."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
     force: bool = typer.Option(False, "--force", help="Replace a different unit already there under --name: this "

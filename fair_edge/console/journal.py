@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fair_edge.disk import free_space
+from fair_edge.disk import free_bytes, free_space
 from fair_edge.errors import RecorderError
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,13 @@ class Journal:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
                 if created:
                     self.path.unlink()
-                free = _free_bytes(self.path.parent)
             except OSError as exc:   # the text of ``append``'s
                 raise RecorderError(f"{self.path}: expected a writable log file, found {exc}; "
                                     "free disk space or fix the folder's permissions") from exc
+            try:
+                free = free_bytes(self.path.parent)
+            except OSError:
+                free = None   # cannot be told: ``append`` finds a full disk
             if free is not None and free < MIN_FREE_BYTES:   # a full disk opens an existing file, then takes no row
                 raise RecorderError(f"{self.path}: expected at least {MIN_FREE_BYTES // 1024} KiB free for its next "
                                     f"entry, found {free} bytes ({free_space(self.path.parent)}); free disk space")
@@ -148,12 +151,3 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _free_bytes(folder: Path) -> int | None:
-    """Bytes this account may still write on ``folder``'s disk; None where that cannot be told."""
-    try:
-        st = os.statvfs(folder)
-    except (OSError, AttributeError):
-        return None
-    return st.f_bavail * st.f_frsize

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 UNIT_DIR = Path("/etc/systemd/system")
 STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
 STOP_MARGIN_S = 30       # s added to the belt's drain: queued frames, the recorder's close (5 s of NG images), sinks
-ENCODER_DRAIN_S = ENCODER_STOP_WAIT_S   # s: encoder mode's wait for the parts on the belt at a stop
 MAX_SEC = 7 * 86400      # the longest of the unit's times, s (a week); reject timing may reach 3 days (3 x 1 day)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
@@ -89,11 +88,11 @@ class ServiceSettings:
 
 def belt_drain_ms(cfg: StationConfig) -> float:
     """How long, ms, a stopping station waits for the parts already on its belt (``finish_line``, ``finish_cell``):
-    ``reject.delay_ms`` (encoder mode, ``reject.encoder_distance``: ``ENCODER_DRAIN_S``, its bound at a stop, since
+    ``reject.delay_ms`` (encoder mode, ``reject.encoder_distance``: ``ENCODER_STOP_WAIT_S``, its bound at a stop, since
     a delay in counts has no time) + the widest pulse (``reject.pulse_ms``, or a sink URL's ``pulse_ms``, of
     ``reject.sinks`` and each camera's ``reject``) + ``reject.late_ms``. One reject timing serves all sinks and lanes."""
     reject = cfg.reject
-    travel_ms = ENCODER_DRAIN_S * 1000.0 if reject.encoder_distance is not None else reject.delay_ms
+    travel_ms = ENCODER_STOP_WAIT_S * 1000.0 if reject.encoder_distance is not None else reject.delay_ms
     urls = (*reject.sinks, *(url for view in cfg.cameras for url in view.reject))
     return travel_ms + max([reject.pulse_ms, *(_url_pulse_ms(url) for url in urls)]) + reject.late_ms
 
