@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from export_fixtures import MODEL, PRE, make_frames, write_pngs
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
 from fair_edge.cli import app
-from fair_edge.errors import BundleError, ConfigError
+from fair_edge.errors import BundleError, ConfigError, DataError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.runtime.fusion import (FusedScorer, NormalStats, build_fused_bundle, fuse_maps, is_fused,
                               load_fused_bundle, write_fusion_manifest)
@@ -37,7 +37,12 @@ def test_bad_fusion_inputs_are_refused():
         fuse_maps([m, m], [NormalStats(0, 1)] * 2, "median")
     with pytest.raises(ConfigError, match=">= 2 models"):
         fuse_maps([m], [NormalStats(0, 1)], "mean")
-    assert NormalStats.fit(np.array([1.0, 1.0])).std > 0  # a constant model does not divide by zero
+    # a model whose normal scores do not spread has no unit: refused naming it (was std 1e-12, threshold 0)
+    for flat in (np.array([1.0, 1.0]), np.zeros(3), np.array([5.0, 5.0 + 1e-9])):
+        with pytest.raises(DataError, match=r"member m1 \(b1\): its scores of the \d held-out normal images do not "
+                                            r"spread .* pass more varied normal images with --normal"):
+            NormalStats.fit(flat, "member m1 (b1)")
+    assert NormalStats.fit(np.array([1.0, 1.5])).std == pytest.approx(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,44 @@ def test_cli_fuse(fused, tmp_path):
     assert load_fused_bundle(tmp_path / "f").rule == "max"
     one = CliRunner().invoke(app, ["fuse", str(members[0].root), "--normal", str(folder), "--out", str(tmp_path / "g")])
     assert one.exit_code == 2 and "at least 2 bundles" in one.output
+
+
+def test_cli_fuse_refuses_held_out_normals_whose_scores_do_not_spread(fused, tmp_path):
+    """Twelve copies of one image fused with std clamped to 1e-12: threshold 0, every normal part rejected."""
+    _, members, normals = fused
+    folder = write_pngs(tmp_path / "same", [normals[0]] * 6)
+    result = CliRunner().invoke(app, ["fuse", str(members[0].root), str(members[1].root), "--normal", str(folder),
+                                      "--out", str(tmp_path / "f")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"member m0 ({members[0].root})" in text and "6 held-out normal images do not spread" in text
+    assert "pass more varied normal images with --normal" in text and not (tmp_path / "f").exists()
+
+
+def test_cli_fuse_skips_held_out_images_that_cannot_be_a_model_input(fused, tmp_path, caplog):
+    """A 1 x 1 px normal was scored into the members' statistics, and a truncated one (or one smaller than the
+    tiled member's tile) stopped the fuse; now each is skipped with a warning naming it, as train and eval do."""
+    import logging
+
+    import cv2
+
+    from fair_edge.cli.fuse import app as fuse_app   # without the root app's logging set-up: caplog sees warnings
+
+    bundle, members, normals = fused
+    folder = write_pngs(tmp_path / "normals", normals)
+    cv2.imwrite(str(folder / "zz_1px.png"), np.full((1, 1, 3), 255, np.uint8))
+    cv2.imwrite(str(folder / "zz_small.png"), normals[0][:20, :20])   # under the tiled member's 32 px tile
+    (folder / "zz_truncated.png").write_bytes((folder / "000.png").read_bytes()[:300])
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(fuse_app, [str(members[0].root), str(members[1].root), "--normal", str(folder),
+                                               "--out", str(tmp_path / "f")])   # the sub-app's one command
+    assert result.exit_code == 0, result.output
+    for name in ("zz_1px.png", "zz_small.png", "zz_truncated.png"):
+        assert str(folder / name) in caplog.text
+    assert "skipped 3 unreadable or undersized image(s) of 11" in caplog.text
+    again = load_fused_bundle(tmp_path / "f")
+    for got, want in zip(again.stats, bundle.stats):   # fitted on the 8 normals alone, as the fixture's
+        assert got.mean == pytest.approx(want.mean, rel=1e-5) and got.std == pytest.approx(want.std, rel=1e-4)
 
 
 def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):

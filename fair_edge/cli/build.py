@@ -30,7 +30,7 @@ from fair_edge.calibration.ranges import require_int8_onnxruntime
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import images_for, read_image
+from fair_edge.training.data import images_for, read_frames
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
@@ -182,6 +182,18 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
     return "fused CUDA kernel", f"radius {plan.radius}, {plan.rank} separable term(s)"
 
 
+def held_frames(spec: Optional[str], role: str, category: Optional[str], tiling, flag: str,
+                limit: Optional[int] = None) -> Optional[list]:
+    """The frames ((H, W, 3) uint8 BGR) of the first ``limit`` images of ``spec`` that play ``role``
+    (``images_for``), None without ``spec``. Files that cannot be a model input (unreadable, truncated, under
+    2 x 2 px or smaller than one tile of ``tiling``) are skipped with a warning naming each, and counted, as
+    train and eval skip them (``read_frames``); DataError naming ``flag`` when none is left."""
+    if spec is None:
+        return None
+    paths = images_for(spec, role, category)[:limit]
+    return [frame for _, frame in read_frames(paths, tiling, what=f"{flag} images")]
+
+
 def latest_run(width: Optional[int], model: Optional[str]) -> Path:
     """The newest checkpoint of ``model`` (no model: the family --width names, FAIR) with its default settings
     (and ``width``, which the family must have: ConfigError otherwise)."""
@@ -275,14 +287,15 @@ def build(
                                     category, engine),
                            QualityGate(max_drop) if max_drop is not None else None, pixel_quantile)
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
-    calib_paths = images_for(calib, "train", category)[:calib_images] if calib is not None else []
-    normal_frames = [read_image(p) for p in images_for(normal, "normal", category)] if normal is not None else None
-    defect_frames = [read_image(p) for p in images_for(defects, "defect", category)] if defects is not None else None
+    tiling = ckpt.preprocess.tiling
+    calib_frames = held_frames(calib, "train", category, tiling, "--calib", calib_images)
+    normal_frames = held_frames(normal, "normal", category, tiling, "--normal")
+    defect_frames = held_frames(defects, "defect", category, tiling, "--defects")
     console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
     with progress_bar() as progress:
         task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
-                                 total=len(calib_paths) or None)
-        result = build_bundle(ckpt, out, options, [read_image(p) for p in calib_paths] or None, normal_frames,
+                                 total=len(calib_frames or ()) or None)
+        result = build_bundle(ckpt, out, options, calib_frames, normal_frames,
                               defect_frames, on_calibration_image=lambda: progress.advance(task),
                               on_gate_step=lambda text: progress.update(task, description=f"INT8 quality gate: {text}"))
     _summary(result)

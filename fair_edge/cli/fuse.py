@@ -33,12 +33,23 @@ def fuse(
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
 ) -> None:
     """Fuse several bundles: each model's map is normalised by its own normal scores, then combined."""
-    from fair_edge.training.data import images_for, read_image
+    from fair_edge.training.data import images_for, read_frames
     from fair_edge.runtime.fusion import build_fused_bundle
 
-    frames = [read_image(p) for p in images_for(normal, "normal", category)]
+    paths = images_for(normal, "normal", category)
+    frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
         console.print(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
     console.print(f"[green]fused bundle:[/] {out} (rule {rule}, threshold {fused.threshold.value:.4g} at "
                   f"{false_reject_rate:.1%} false rejects)\nnext: fair-edge run --bundle {out} --source FRAMES")
+
+
+def largest_tiling(bundles: list[Path]):
+    """The tiling (``fair_edge.tiling.TilingConfig``) of the member with the largest tile, None when no member is
+    tiled: a held-out image that holds its tile holds every member's (members map the same ``tiling.roi``, or
+    none), so the images are checked against it before any member scores them."""
+    from fair_edge.export.bundle import load_bundle
+
+    tilings = [t for t in (load_bundle(path).preprocess.tiling for path in bundles) if t is not None]
+    return max(tilings, key=lambda t: t.tile, default=None)

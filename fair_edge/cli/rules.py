@@ -76,11 +76,17 @@ def json_folder(json_out: Path) -> Path:
 
 
 def _frames(spec: str, category: Optional[str]):
-    """(name, image[, label]) for a plain folder, or the labelled test split of a dataset."""
-    from fair_edge.training.data import list_images, load_dataset, read_image
+    """(name, image[, label]) for a plain folder, or the labelled test split of a dataset, read one at a time.
+    Unreadable, truncated and undersized (under 2 x 2 px) files are skipped with a warning naming each, and
+    counted, as eval skips them (``read_frames``); DataError when none is left."""
+    from fair_edge.errors import DataError
+    from fair_edge.training.data import list_images, load_dataset, read_frames
 
     path = Path(spec)
     if path.is_dir() and any(p.is_file() for p in path.iterdir()) and not (path / "test").is_dir():
-        return ((p.name, read_image(p)) for p in list_images(path))
+        return ((p.name, image) for p, image in read_frames(list_images(path)))
     split = load_dataset(spec, category)
-    return ((f"{s.defect_type}/{s.path.name}", read_image(s.path), s.label) for s in split.test)
+    if not split.test:
+        raise DataError(f"{spec} has no test images to replay; pass a folder of images or a dataset with a test "
+                        "split (MVTec test/ folders, VisA test rows).")
+    return ((f"{s.defect_type}/{s.path.name}", image, s.label) for s, image in read_frames(split.test))

@@ -46,7 +46,7 @@ def tune(
     """Choose settings from normal images only: train candidates (FAIR with one setting changed at a time,
     and each other model family: LGFDR, PatchCore), rank them by proxy defects caught at the target
     false-reject rate."""
-    from fair_edge.training.data import load_dataset, read_image
+    from fair_edge.training.data import load_dataset, read_frames
     from fair_edge.training.loop import resolve_device
     from fair_edge.training.tune import Candidate, check_fresh_tune, clear_tune, default_candidates
     from fair_edge.training.tune import tune as run_tune
@@ -57,7 +57,8 @@ def tune(
     if not overwrite:
         check_fresh_tune(out)  # never replace an earlier run's results and checkpoints unasked
     split = load_dataset(data, category)
-    side = min(read_image(split.train[0].path).shape[:2]) if split.train else 0
+    # the first image that can be a model input (unreadable and undersized ones are skipped, as training skips them)
+    side = min(next(read_frames(split.train))[1].shape[:2]) if split.train else 0
     candidates = default_candidates(Candidate("base", pre, width, steps, lr), side)
     if overwrite:
         for path in clear_tune(out):

@@ -53,6 +53,7 @@ def fuse_command(backend: str) -> str:
     return f"{FUSE_COMMAND[:-1]} --backend {backend}`"
 
 
+SPREAD_FLOOR = 1e-6   # least std of a member's normal scores, as a share of their mean (float32 keeps ~7 digits)
 RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
@@ -67,11 +68,21 @@ class NormalStats:
     std: float
 
     @classmethod
-    def fit(cls, normal_scores: np.ndarray) -> "NormalStats":
+    def fit(cls, normal_scores: np.ndarray, member: str = "a member") -> "NormalStats":
+        """Mean and std (ddof 0) of ``normal_scores`` ((N,) frame scores of one model). member: the model, for
+        messages. DataError when there are fewer than 2 finite scores, or when they do not spread (std 0, or
+        under SPREAD_FLOOR of their mean: float32 rounding): the spread is the unit of the fused map, and a
+        unit of 0 would make every part's fused score near infinite (as the INT8 gate's ``normal_spread``)."""
         scores = np.asarray(normal_scores, np.float64)
         if scores.size < 2 or not np.all(np.isfinite(scores)):
             raise DataError(f"fusion needs >= 2 finite normal scores per model; found {scores.size}.")
-        return cls(float(scores.mean()), max(float(scores.std()), 1e-12))
+        mean, std = float(scores.mean()), float(scores.std())
+        if not std > SPREAD_FLOOR * abs(mean):
+            raise DataError(f"{member}: its scores of the {scores.size} held-out normal images do not spread (mean "
+                            f"{mean:.6g}, std {std:.3g}; expected a std over {SPREAD_FLOOR:g} of the mean), so its map "
+                            "has no unit to be fused in; pass more varied normal images with --normal (different "
+                            "parts, not copies of one image).")
+        return cls(mean, std)
 
 
 def fuse_maps(maps: Sequence[np.ndarray], stats: Sequence[NormalStats], rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +212,8 @@ def _fuse_into(root: Path, member_dirs: Sequence[str | Path], normal_frames: Seq
         member_maps, fitted = _member_maps(member, normal_frames, backend)
         maps.append(member_maps)
         entry["fitted_on"] = vars(fitted)
-    stats = [NormalStats.fit(m.reshape(len(m), -1).max(axis=1)) for m in maps]
+    stats = [NormalStats.fit(m.reshape(len(m), -1).max(axis=1), f"member m{i} ({src})")
+             for i, (m, src) in enumerate(zip(maps, member_dirs))]
     _, fused_scores = fuse_maps(maps, stats, rule)
     threshold = calibrate_threshold(fused_scores, None, false_reject_rate, source="held-out normal images")
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "members": entries, "rule": rule,

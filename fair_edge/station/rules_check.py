@@ -24,7 +24,8 @@ from fair_edge.station.inspector import Inspector
 @dataclass
 class RulesReport:
     """rows: one dict per image (``row``). fired: ``zone/rule`` -> images it fired on. images: how many
-    were inspected; ng_by_score: score > threshold; ng_by_rules: NG with the rules (the station's verdict)."""
+    were inspected; ng_by_score: score > threshold, or not inspectable (``rejected_by_score``); ng_by_rules:
+    NG with the rules (the station's verdict)."""
 
     threshold: float
     pixel_threshold: float
@@ -61,10 +62,15 @@ class RulesReport:
                 "rates": self.rates(), "rows": self.rows}
 
 
+def rejected_by_score(verdict: Verdict) -> bool:
+    """The verdict by score alone, as the station decides without rules (``Inspector``): NG when the score is over
+    the threshold, or when the frame could not be inspected or judged (an error, or no score: fail safe)."""
+    return bool(verdict.error) or verdict.score is None or verdict.score > verdict.threshold
+
+
 def row(name: str, verdict: Verdict) -> dict:
     """One image's line of the report."""
-    return {"image": name, "score": verdict.score, "ng_by_score": bool(verdict.score is not None
-                                                                        and verdict.score > verdict.threshold),
+    return {"image": name, "score": verdict.score, "ng_by_score": rejected_by_score(verdict),
             "ng": verdict.ng, "regions": len(verdict.regions),
             "largest_area_mm2": verdict.largest_region.area_mm2 if verdict.regions else None,
             "reason": verdict.reason or verdict.error, "hits": [h.to_json_dict() for h in verdict.hits]}

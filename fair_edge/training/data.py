@@ -11,6 +11,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -129,6 +130,43 @@ def read_frame(path: str | Path, tiling=None) -> np.ndarray:
         raise DataError(f"{path} ({w} x {h} px) cannot be a model input: {exc} Remove the file from the dataset "
                         "or replace it with a full-size image of the part.") from exc
     return image
+
+
+_Item = TypeVar("_Item", Sample, Path)   # what read_frames is given, and gives back with each frame
+
+
+def read_frames(items: Sequence[_Item], tiling=None, *, what: str = "images",
+                progress: Callable[[], None] | None = None) -> Iterator[tuple[_Item, np.ndarray]]:
+    """(item, frame) for each of ``items`` (``Sample`` records or image paths) whose file ``read_frame`` reads,
+    in order, frame (H, W, 3) uint8 BGR; the others (unreadable, truncated, under 2 x 2 px, or too small for one
+    tile of ``tiling``, a ``fair_edge.tiling.TilingConfig`` or None) are skipped with a warning naming each, and
+    a count once all were read. The one skip rule of every command that reads a list of images (training, build,
+    fuse, rules check): a frame is read only as it is asked for, so a replay holds one at a time.
+
+    progress: called once per item, read or skipped. what: the images' role for the refusal ("--normal images").
+    Raises DataError naming the first file and its problem when none could be read."""
+    skipped, read, first_problem = 0, 0, ""
+    for item in items:
+        try:
+            frame = read_frame(_path_of(item), tiling)
+        except DataError as exc:
+            skipped += 1
+            first_problem = first_problem or str(exc)
+            log.warning("skipping %s", exc)
+        else:
+            read += 1
+            yield item, frame
+        if progress is not None:
+            progress()
+    if skipped:
+        log.warning("skipped %d unreadable or undersized image(s) of %d", skipped, len(items))
+    if not read:
+        raise DataError(f"none of the {len(items)} {what} could be read (first: {_path_of(items[0]) if items else '-'}"
+                        f"{f'; {first_problem}' if first_problem else ''}).")
+
+
+def _path_of(item: Sample | Path) -> Path:
+    return item.path if isinstance(item, Sample) else Path(item)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -303,7 +341,7 @@ def images_for(spec: str | Path, role: str, category: str | None = None) -> list
 
 def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
     """Read and resize samples to colour model images, skipping unreadable files (and images too small to be a
-    model input or to hold one tile: ``read_frame``) with a warning naming each, and a count.
+    model input or to hold one tile) with a warning naming each, and a count (``read_frames``).
 
     tiling: None, or a ``fair_edge.tiling.TilingConfig``: each image then gives its tiles (each resized
     to ``size``), in ``FrameTiler.split`` order. Returns (images (N, 3, size, size) float32 RGB in
@@ -313,25 +351,12 @@ def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None)
     from fair_edge.tiling import FrameTiler
 
     tiler = FrameTiler(tiling, size)
-    images, kept, skipped = ImageBuffer(len(samples)), [], []
-    first_problem = ""
-    for sample in samples:
-        try:
-            tiles, _ = tiler.split([read_frame(sample.path, tiling)])
-            for tile in tiles:
-                images.append(resize_frame(tile, size), per_sample=len(tiles))
-            kept.append(sample)
-        except DataError as exc:
-            skipped.append(sample.path)
-            first_problem = first_problem or str(exc)
-            log.warning("skipping %s", exc)
-        if progress is not None:
-            progress()
-    if skipped:
-        log.warning("skipped %d unreadable or undersized image(s) of %d", len(skipped), len(samples))
-    if not images.count:
-        raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path if samples else '-'}"
-                        f"{f'; {first_problem}' if first_problem else ''}).")
+    images, kept = ImageBuffer(len(samples)), []
+    for sample, frame in read_frames(samples, tiling, progress=progress):
+        tiles, _ = tiler.split([frame])
+        for tile in tiles:
+            images.append(resize_frame(tile, size), per_sample=len(tiles))
+        kept.append(sample)
     return images.array(), kept
 
 
