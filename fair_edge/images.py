@@ -66,6 +66,16 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
+def gray_2d(frame: np.ndarray) -> np.ndarray:
+    """``frame`` with a trailing channel of 1 dropped: an (H, W, 1) gray frame, as a mono camera driver may hand it,
+    -> its (H, W) view (no copy); any other array is returned as it is. ``preprocess.check_frame`` accepts such
+    frames by this rule (written inline there: the frame path runs no code of this file, tests/test_frame_path.py);
+    every drawer or checker of a frame that turns (H, W) gray into BGR or reads it as gray (the recorder's NG
+    images, the console's overlay, ``collect``'s quality checks) uses this function, so a frame the station
+    inspects is drawn and checked too."""
+    return frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
+
+
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write ``image`` ((H, W, 3) or (H, W) uint8) as the PNG ``path`` in full or not at all: encoded by OpenCV,
     written by Python to ``PATH.tmp`` (any name Python can open: OpenCV's own writer crashes on a name that is not

@@ -115,7 +115,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
     none): the verdict log's rows written, and in red the rows that were not (``rows_failed``: their write raised,
     a full or unplugged disk; ``dropped``: the writer's backlog full; ``lost_at_close``: a hung disk at the stop),
     then, only when some NG images were not saved, how many were, were skipped (``images_skipped``: disk guard,
-    queue, close deadline) and failed (image write errors: ``write_errors`` less ``rows_failed``). ``rows_failed``
+    queue, close deadline), failed on the disk (image write errors: ``write_errors`` less ``rows_failed``) and, when
+    any, could not be drawn (``images_failed``: a frame or map the overlay refuses, not the disk). ``rows_failed``
     covers gate.jsonl rows too."""
     if not recorder:
         return []
@@ -130,9 +131,11 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
             parts.append(f"[bold red]{recorder[key]} {words}[/]")
     rows: list[tuple[str, object]] = [(label, ", ".join(parts))]
     image_errors = recorder.get("write_errors", 0) - recorder.get("rows_failed", 0)
-    if recorder.get("images_skipped") or image_errors > 0:
-        rows.append(("NG images", f"{recorder.get('images', 0)} saved, {recorder.get('images_skipped', 0)} skipped, "
-                                  f"{image_errors} write errors"))
+    not_drawn = recorder.get("images_failed", 0)
+    if recorder.get("images_skipped") or image_errors > 0 or not_drawn:
+        text = (f"{recorder.get('images', 0)} saved, {recorder.get('images_skipped', 0)} skipped, "
+                f"{image_errors} write errors")
+        rows.append(("NG images", text + (f", {not_drawn} not drawn (frame or map refused)" if not_drawn else "")))
     return rows
 
 

@@ -8,11 +8,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..records import json_safe
+
 log = logging.getLogger(__name__)
 
 
+def json_line(obj: dict[str, Any]) -> bytes:
+    """One row as a compact line of strict JSON, newline-terminated, UTF-8: a NaN or infinite number is written as
+    null (``records.json_safe``), never a bare NaN / Infinity that JavaScript's JSON.parse and strict readers refuse."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:   # NaN or inf somewhere: rare, so the common row pays no walk through it
+        text = json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
 class RotatingJsonl:
-    """Writes one JSON object per line, flushed after each line.
+    """Writes one JSON object per line (strict JSON: ``json_line``), flushed after each line.
 
     max_bytes: rotate before a line would take the file past this size.
     keep: rotated files kept (``.1`` newest .. ``.keep`` oldest); 0 = start over in place.
@@ -32,7 +44,7 @@ class RotatingJsonl:
         self._close_failed = False  # a failed close was logged (once)
 
     def write(self, obj: dict[str, Any]) -> None:
-        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+        line = json_line(obj)
         if self._f is None:
             self._open()
         if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes:

@@ -41,8 +41,10 @@ each queued row ends as exactly one of ``logged`` (verdicts.jsonl), ``gate_logge
 ``rows_failed`` (its write raised) or ``lost_at_close``; ``pending`` (a gauge) is the rest, still
 queued or being written, 0 after close:
 ``queued = logged + gate_logged + rows_failed + lost_at_close + pending``. ``images``: NG parts whose
-images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` reached, close deadline); ``write_errors``: every
-failed write, rows (= ``rows_failed``) and NG images.
+images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` reached, close deadline);
+``images_failed``: not saved because the frame or map could not be drawn or encoded (a frame the overlay refuses,
+e.g. a bad shape: a bug upstream, not the disk; the part's row is logged); ``write_errors``: every failed write to
+the disk, rows (= ``rows_failed``) and NG images.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
+from ..images import gray_2d
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_panel, threshold_mark
@@ -71,7 +74,7 @@ from .sinks.base import Counters
 log = logging.getLogger(__name__)
 
 RECORDER_COUNTERS = ("queued", "logged", "gate_logged", "rows_failed", "lost_at_close", "dropped",
-                     "images", "images_skipped", "write_errors")
+                     "images", "images_skipped", "images_failed", "write_errors")
 ROW_OUTCOMES = ("logged", "gate_logged", "rows_failed", "lost_at_close")   # each queued row ends as one
 GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 DISK_CHECK_S = 1.0   # re-read free space at most this often
@@ -94,6 +97,11 @@ def _image_bytes(item: tuple) -> int:
     if frame is None:
         return 0
     return int(getattr(frame.image, "nbytes", 0)) + int(getattr(amap, "nbytes", 0))
+
+
+def _shape_of(array: object) -> str:
+    """``(H, W, C) dtype`` of an array for a message; the type's name for anything else (``None``: no map)."""
+    return f"{array.shape} {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
 
 
 def _ascii(text: str) -> str:
@@ -492,6 +500,7 @@ class Recorder:
         """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
         middle of the colour map (green) and hot spots of NG parts show red on every image; above it
         the score, threshold, source and sequence number, beside it the colour scale."""
+        image = gray_2d(image)
         bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
         threshold = verdict.threshold
         known = bool(np.isfinite(threshold) and threshold > 0)
@@ -511,13 +520,17 @@ class Recorder:
         return functools.partial(draw_regions, regions=verdict.regions, fired=fired, zone_outlines=self.zone_outlines)
 
     def _write_images(self, frame: Frame, verdict: Verdict, amap: np.ndarray | None) -> None:
+        """Save an NG part's frame and overlay. Neither a bad frame nor a full disk stops the writer: a frame or map
+        that cannot be drawn or encoded is counted ``images_failed``, a failed disk write ``write_errors``, each
+        warned once."""
         if not self._disk_has_room():
             self._counters.add("images_skipped")
             return
         ext = self.settings.image_format
+        start = self._timer()
         try:
-            start = self._timer()
-            images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext, verdict.camera), frame.image)]
+            images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext, verdict.camera),
+                       gray_2d(frame.image))]
             if amap is not None:
                 images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext, verdict.camera),
                                self._overlay(frame.image, amap, verdict)))
@@ -525,15 +538,19 @@ class Recorder:
             for path, img in images:
                 if not cv2.imwrite(str(path), img):
                     raise OSError(f"cv2.imwrite returned False for {path}")
-            saved, draw_s, save_s = self._image_times
-            self._image_times = (saved + 1, draw_s + drawn - start, save_s + self._timer() - drawn)   # one writer
-            self._counters.add("images")
-        except (OSError, cv2.error, FairEdgeError) as exc:  # a bad frame or full disk never stops the writer
+        except OSError as exc:
             self._counters.add("write_errors")
-            self._warn_once("image-oserror", "saving NG image failed: %s", exc)
-        except (RecorderError, cv2.error) as exc:
-            self._counters.add("write_errors")
-            self._warn_once("image-bad", "NG image seq %d not saved: %s", verdict.seq, exc)
+            self._warn_once("image-oserror", "saving NG image failed: %s; check the disk under %s", exc, self.dir)
+            return
+        except (cv2.error, FairEdgeError) as exc:   # what the overlay or the encoder refuses
+            self._counters.add("images_failed")
+            self._warn_once("image-bad", "NG image seq %d not saved: its frame %s or map %s could not be drawn or "
+                            "encoded (%s); the part is in the verdict log", verdict.seq, _shape_of(frame.image),
+                            _shape_of(amap), " ".join(str(exc).split()))
+            return
+        saved, draw_s, save_s = self._image_times
+        self._image_times = (saved + 1, draw_s + drawn - start, save_s + self._timer() - drawn)   # one writer
+        self._counters.add("images")
 
     def _disk_has_room(self) -> bool:
         now = time.monotonic()

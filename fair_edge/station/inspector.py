@@ -6,9 +6,11 @@ the ``on_verdict`` callbacks (verdict log, reject scheduler, metrics), whose fai
 and counted but never stop inspection.
 
 Fail-safe rules (documented in the README):
-- a malformed frame (wrong dtype or shape) is counted and gets an NG verdict with ``error`` set;
-- an inference failure gives every frame of that batch an NG verdict with ``error`` set;
-  ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
+- a malformed frame (wrong dtype or shape, or smaller than a tiled model's tiles or ``tiling.roi`` need) is
+  counted and gets an NG verdict with ``error`` set;
+- an inference failure gives every frame of that batch an NG verdict with ``error`` set; so does inference output
+  that decides nothing (a NaN or -inf score, a map holding NaN or -inf: ``unusable_output``) for its frames, and
+  the batch counts as failed; ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
   model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
   unless region rules decide the verdict;
@@ -37,7 +39,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict, json_file_text
-from fair_edge.tiling import place_on_frame
+from fair_edge.tiling import FrameTiler, TilingConfig, place_on_frame
 
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
     from fair_edge.cameras import CaptureThread
@@ -213,6 +215,40 @@ class RunSummary:
         return json_file_text(self.to_dict())
 
 
+def unusable_output(anomaly_map: np.ndarray, score: float) -> str:
+    """Why one frame's inference output decides nothing ('' when it decides): a score (the decided one, float) that
+    is NaN or -inf, or an anomaly map ((h, w) float32) holding NaN or -inf. Such output is a backend fault (an FP16
+    overflow, a corrupt engine); compared with the threshold it would pass the part (NaN > t is False). +inf is a
+    score above every threshold: NG as scored."""
+    if math.isnan(score) or score == -math.inf:
+        what = f"an anomaly score of {score}"
+    else:
+        low = float(anomaly_map.min())   # NaN when any pixel is NaN
+        if not (math.isnan(low) or low == -math.inf):
+            return ""
+        what = f"an anomaly map holding {low}"
+    return (f"the backend returned {what} (expected finite numbers; a broken output such as an FP16 overflow or a "
+            "corrupt engine). Try another backend (`fair-edge run --backend`) or rebuild the bundle")
+
+
+def frame_tilers(scorer: FrameScorer) -> list[FrameTiler]:
+    """The tilers ``scorer`` cuts frames with: a tiled bundle's (``BundleScorer.tiler``), each tiled member's of a
+    fused scorer (``FusedScorer.backend.scorers``); [] for whole-frame models and scorers without a tiler."""
+    tiler = getattr(scorer, "tiler", None)
+    if tiler is not None:
+        return [tiler] if tiler.tiling is not None else []
+    members = getattr(getattr(scorer, "backend", None), "scorers", ())
+    return [tiler for member in members for tiler in frame_tilers(member)]
+
+
+def smallest_frame(tiling: TilingConfig) -> tuple[int, int]:
+    """(height, width) px of the smallest frame ``tiling`` fits: one tile, or its ``roi`` (x + width, y + height)."""
+    if tiling.roi is None:
+        return tiling.tile, tiling.tile
+    x, y, width, height = tiling.roi
+    return y + height, x + width
+
+
 def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """ROI weights (H, W) float32 (nonzero = inspected) -> (h, w) float32 0/1 on an anomaly map's grid: a map
     pixel is inside when any part of the mask under it is (area-averaged when shrinking, so a thin region
@@ -258,6 +294,32 @@ class ViewDecider:
             self._warned_grids.add((self.grid, map_hw))
             log.error("frames rejected: %s", reason)
         return reason
+
+    def check_fits(self, frame_hw: tuple[int, int]) -> None:
+        """Raise ConfigError when a frame of ``frame_hw`` (H, W) px is smaller than a tiling of this view's scorer
+        takes (one tile, or its ``tiling.roi``): a camera switched to binning or a smaller sensor ROI. Checked with
+        the frame (a malformed frame, NG), not left to the tiler inside inference, where it counted as a backend
+        failure and faulted the station."""
+        for tiler in frame_tilers(self.scorer):
+            need_h, need_w = smallest_frame(tiler.tiling)
+            if frame_hw[0] >= need_h and frame_hw[1] >= need_w:
+                continue
+            tiles = (f"{tiler.tiling.tile} px tiles" if tiler.tiling.roi is None
+                     else f"tiling.roi {list(tiler.tiling.roi)} (x, y, width, height)")
+            raise ConfigError(
+                f"this {frame_hw[1]} x {frame_hw[0]} px frame is smaller than the bundle's tiled model takes: its "
+                f"{tiles} need frames of at least {need_w} x {need_h} px{self._calibrated_frames(tiler)}. Set the "
+                "camera back to the resolution the bundle was built for (binning, decimation or sensor ROI changed?), "
+                "or build a bundle from frames of this size.")
+
+    def _calibrated_frames(self, tiler: FrameTiler) -> str:
+        """'; it was calibrated on frames of about W x H px': the frame size the threshold's calibration grid
+        (``grid``, map pixels) comes from, at ``tiler``'s scale (image_size / tile map pixels per frame pixel); ''
+        when no grid is recorded or the map covers only ``tiling.roi``."""
+        if self.grid is None or tiler.tiling.roi is not None:
+            return ""
+        per_px = tiler.image_size / tiler.tiling.tile
+        return f"; it was calibrated on frames of about {round(self.grid[1] / per_px)} x {round(self.grid[0] / per_px)} px"
 
     def shown_map(self, anomaly_map: np.ndarray | None, frame_hw: tuple[int, int]) -> np.ndarray | None:
         """The map as the verdict callbacks show it (console, NG images): as scored, or, when the map covers only
@@ -386,9 +448,11 @@ class Inspector:
         by_call: dict[tuple[int, tuple[int, ...]], list[tuple[int, Frame, np.ndarray]]] = {}
         verdicts: dict[int, Verdict] = {}
         for i, frame in enumerate(frames):
+            decider = self.decider_for(frame)
             try:
                 image = check_frame(frame.image)
-                by_call.setdefault((id(self.decider_for(frame).scorer), image.shape), []).append((i, frame, image))
+                decider.check_fits(image.shape[:2])
+                by_call.setdefault((id(decider.scorer), image.shape), []).append((i, frame, image))
             except ConfigError as exc:
                 self.summary.malformed += 1
                 log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
@@ -397,19 +461,44 @@ class Inspector:
             scorer = self.decider_for(group[0][1]).scorer
             try:
                 maps, scores = scorer.infer_frames([image for _, _, image in group])
-                self._consecutive_errors = 0
             except Exception as exc:  # any backend failure: fail safe (NG) and count
-                self.summary.inference_errors += 1
-                self._consecutive_errors += 1
-                log.error("inference failed for %d frame(s): %s", len(group), exc)
+                self._count_failed_batch(f"inference failed for {len(group)} frame(s): {exc}")
                 for i, frame, _ in group:
                     verdicts[i] = self._emit(frame, None, f"inference failed: {exc}")
             else:
-                for (i, frame, _), amap, score in zip(group, maps, scores):
-                    decider = self.decider_for(frame)
-                    verdicts[i] = self._emit(frame, decider.score(amap, score),
-                                             decider.off_grid(frame.image.shape[:2], amap.shape), anomaly_map=amap)
+                verdicts.update(self._decide_scored(group, maps, scores))
         return [verdicts[i] for i in range(len(frames))]
+
+    def _count_failed_batch(self, why: str) -> None:
+        """One failed inference batch (an exception, or output that decides nothing): counted, logged, and one more
+        towards ``max_consecutive_errors``."""
+        self.summary.inference_errors += 1
+        self._consecutive_errors += 1
+        log.error("%s", why)
+
+    def _decide_scored(self, group: list[tuple[int, Frame, np.ndarray]], maps: np.ndarray,
+                       scores: np.ndarray) -> dict[int, Verdict]:
+        """The verdicts (by index in the batch) of one inference call's frames, from its maps (N, h, w) float32 and
+        scores (N,) float32. A frame whose output decides nothing (``unusable_output``) is NG with ``error`` set, as
+        a failed inference, and makes its batch a failed one; a batch without one ends a run of failed batches."""
+        decided = []   # (index in batch, frame, map, decided score, why the output is unusable or '')
+        for (i, frame, _), amap, family_score in zip(group, maps, scores):
+            score = self.decider_for(frame).score(amap, family_score)
+            decided.append((i, frame, amap, score, unusable_output(amap, score)))
+        unusable = [why for *_, why in decided if why]
+        if unusable:
+            self._count_failed_batch(f"inference gave unusable output for {len(unusable)} of {len(group)} "
+                                     f"frame(s): {unusable[0]}")
+        else:
+            self._consecutive_errors = 0
+        verdicts = {}
+        for i, frame, amap, score, why in decided:
+            if why:
+                verdicts[i] = self._emit(frame, None, f"inference failed: {why}")
+            else:
+                off_grid = self.decider_for(frame).off_grid(frame.image.shape[:2], amap.shape)
+                verdicts[i] = self._emit(frame, score, off_grid, anomaly_map=amap)
+        return verdicts
 
     def _deciders(self) -> list[ViewDecider]:
         """Every camera's decider (the default one first; a cell's first camera may be both)."""

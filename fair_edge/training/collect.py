@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
-from fair_edge.images import write_png
+from fair_edge.images import gray_2d, write_png
 
 SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
 # review label -> folder of the exported dataset
@@ -50,13 +50,16 @@ class QualitySettings:
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 gray of an (H, W, 3) BGR, (H, W, 1) or (H, W) uint8 frame."""
+    image = gray_2d(image)
     if image.ndim == 2:
         return image
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
 def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
-    """"" for a usable frame, else "badly_exposed" or "blurred". image: (H, W, 3) BGR or (H, W) uint8."""
+    """"" for a usable frame, else "badly_exposed" or "blurred". image: (H, W, 3) BGR, or (H, W) / (H, W, 1) gray
+    uint8."""
     gray = _gray(image)
     mean = float(gray.mean())
     clipped = float(((gray <= 2) | (gray >= 253)).mean())
