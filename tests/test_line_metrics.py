@@ -55,3 +55,23 @@ def test_close_frees_the_port_and_is_safe_twice():
         _scrape(port)
     with Metrics(MetricsSettings(port=port)).start() as again:   # a restarted station gets its port back
         assert again.port == port and "fair_edge_frames_total 0.0" in _scrape(port)
+
+
+def test_an_idle_connection_is_dropped(monkeypatch):
+    """A client that connects and says nothing held a server thread forever (1000 idle sockets: 1000 threads).
+    Now the server gives up on it after IDLE_TIMEOUT_S (0.2 s here; the client waits up to 30 s) and closes it,
+    ending its thread; scrapes go on."""
+    import socket
+
+    from fair_edge.line import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "IDLE_TIMEOUT_S", 0.2, raising=False)
+    with Metrics(MetricsSettings(port=0)).start() as m:
+        idle = [socket.create_connection(("127.0.0.1", m.port), timeout=30) for _ in range(5)]
+        try:
+            for sock in idle:
+                assert sock.recv(1) == b"", "expected the server to close an idle connection"
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "fair_edge_frames_total 0.0" in _scrape(m.port)

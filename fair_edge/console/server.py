@@ -8,26 +8,33 @@ the stream. Each snapshot carries a ``version`` (growing with its content), shar
 stream's first event is never older than the stream, and a page drops a snapshot older than one it has.
 
 Security: the server binds ``console.host`` (127.0.0.1 unless configured). Every request that
-changes something is a POST with a JSON body (a cross-site form cannot send one without a CORS
-preflight, which this server never grants) and, when ``console.token`` is set (required off
-loopback), the header ``X-Fair-Edge-Token``. Without a token, a request whose ``Host`` is not this
-machine (the bind address, localhost, a loopback address) is refused with 403: a page of another site
-whose name was re-pointed at 127.0.0.1 (DNS rebinding) reads and changes nothing. Files are served only
-from the station's output folder: a path that resolves outside it (``..``, an absolute path, a symlink)
-is refused with 404.
+changes something is a POST with a JSON body of at most ``MAX_BODY_BYTES`` (a cross-site form cannot send
+one without a CORS preflight, which this server never grants; a larger body is refused with 413 before it
+is read) and, when ``console.token`` is set (required off loopback), the header ``X-Fair-Edge-Token``.
+Token or not, a request whose ``Host`` is not a name of this machine (the bind address, localhost, a
+loopback address, a name in ``console.allowed_hosts``; bound off loopback, also any IP address) is
+refused with 403, reads included: a page of another site whose name was re-pointed at this machine (DNS
+rebinding) reads and changes nothing. Reads need no token: bound off loopback, anyone who reaches the port
+sees the live and NG images and the logs (``ConsoleServer.start`` logs a warning saying so). Files are
+served only from the station's output folder (``/files/``) and the recorder's folder (``/records/``,
+``record.dir``, where it is elsewhere): a path that resolves outside it (``..``, an absolute path, a
+symlink) is refused with 404; a file is streamed in chunks, up to its size when opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import mimetypes
+import os
 import threading
 import time
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -49,6 +56,8 @@ STATIC = Path(str(resources.files("fair_edge.console") / "static"))
 PAGES = {"/": "live.html", "/gallery": "gallery.html", "/tune": "tune.html"}
 KEEPALIVE_S = 10.0
 TOKEN_HEADER = "x-fair-edge-token"
+MAX_BODY_BYTES = 64 * 1024   # an action's JSON is under 1 KB; parsing megabytes would hold the GIL for seconds
+FILE_CHUNK_BYTES = 64 * 1024   # /files/ and /records/ send a file in pieces this size, never whole
 
 
 def safe_file(root: Path, rel: str) -> Path | None:
@@ -63,10 +72,48 @@ def safe_file(root: Path, rel: str) -> Path | None:
     return path
 
 
+def open_file_part(path: Path) -> tuple[BinaryIO, int]:
+    """(binary file object, its size in bytes now) of ``path``: what a response sends of a file that may grow."""
+    handle = open(path, "rb")
+    try:
+        return handle, os.fstat(handle.fileno()).st_size
+    except OSError:
+        handle.close()
+        raise
+
+
+def file_chunks(handle: BinaryIO, size: int, chunk: int = FILE_CHUNK_BYTES):
+    """The first ``size`` bytes of open binary ``handle``, ``chunk`` bytes at a time (closed at the end or when
+    the client leaves): memory per download is one chunk, however large the file."""
+    with handle:
+        left = size
+        while left > 0:
+            data = handle.read(min(chunk, left))
+            if not data:   # truncated meanwhile (a log rotated): the client sees a short body, not garbage
+                return
+            left -= len(data)
+            yield data
+
+
+async def serve_file(root: Path | None, rel: str) -> Response:
+    """``rel`` under ``root`` (traversal-safe, ``safe_file``) streamed up to its size when opened: the station
+    may be appending to it, and a body longer than its Content-Length is a broken response."""
+    path = None if root is None else safe_file(root, rel)
+    if path is None:
+        return Response("not found", status_code=404)
+    try:
+        handle, size = await asyncio.to_thread(open_file_part, path)
+    except OSError:
+        return Response("not found", status_code=404)
+    return StreamingResponse(file_chunks(handle, size), headers={"Content-Length": str(size)},
+                             media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+
+
 class SharedState:
     """The live state as JSON, rebuilt at most once per ``period`` seconds whatever the number of connected
-    browsers (each gets the same text), new parts or not: a camera lost or a fault raised shows without a
-    verdict. ``version`` grows only when the content changed (its ``time`` aside), so a stream sends a
+    browsers and pollers of /api/state (each gets the same text), new parts or not: a camera lost or a fault
+    raised shows without a verdict. A new event stream forces one rebuild (its first event is never older than
+    the stream), and so does every action (``stale``): what an operator changed shows on the next read. ``version`` grows only when the content changed (its ``time`` aside), so a stream sends a
     snapshot when it changed and a page can tell an older snapshot from a newer one."""
 
     def __init__(self, feed: StationFeed, actions: StationActions, period: float) -> None:
@@ -76,12 +123,18 @@ class SharedState:
 
     def get(self, since: float | None = None) -> tuple[int, str]:
         """(version, JSON text) of a snapshot built less than ``period`` ago, and not before ``since`` (a
-        ``time.monotonic()``: a stream's opening, a page's fetch) where given."""
+        ``time.monotonic()``: a stream's opening) where given."""
         with self._lock:
             now = time.monotonic()
             if now - self._at >= self.period or (since is not None and self._at < since):
                 self._build(now)
             return self._version, self._text
+
+    def stale(self) -> None:
+        """Make the next ``get`` rebuild: an operator's action (a review, a threshold) shows on the very next read,
+        not up to one period later."""
+        with self._lock:
+            self._at = float("-inf")
 
     def _build(self, now: float) -> None:
         state = views.live_state(self.feed, self.actions)
@@ -103,7 +156,7 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         return handler
 
     async def state(request: Request) -> Response:
-        _, text = shared.get(since=time.monotonic())   # fresh, and the newest snapshot a stream sends from now on
+        _, text = shared.get()   # the shared snapshot (at most one period old): pollers cost no rebuild each
         return Response(text, media_type="application/json")
 
     async def events(request: Request) -> Response:
@@ -137,12 +190,10 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
             Response(status_code=404)
 
     async def files(request: Request) -> Response:
-        path = safe_file(feed.output, request.path_params["path"])
-        if path is None:
-            return Response("not found", status_code=404)
-        # read once: the station may be appending to it (a streamed file would outgrow its Content-Length)
-        data = await asyncio.to_thread(path.read_bytes)
-        return Response(data, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        return await serve_file(feed.output, request.path_params["path"])
+
+    async def records(request: Request) -> Response:   # record.dir: NG images, verdicts.jsonl (views.file_url)
+        return await serve_file(views.records_dir(feed), request.path_params["path"])
 
     async def gallery(request: Request) -> Response:
         # built and encoded in a worker thread: thousands of NG parts take a while, and the live page must not wait
@@ -160,14 +211,19 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         refused = _refuse(request, token)
         if refused is not None:
             return refused
+        raw = await bounded_body(request, MAX_BODY_BYTES)
+        if isinstance(raw, Response):
+            return raw
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):   # RecursionError: JSON nested thousands deep
             return _error("expected a JSON object in the request body")
         if not isinstance(body, dict):
             return _error("expected a JSON object in the request body")
         handler = POSTS[request.path_params["action"]]
-        return await asyncio.to_thread(_run, lambda: handler(actions, body))
+        answer = await asyncio.to_thread(_run, lambda: handler(actions, body))
+        shared.stale()
+        return answer
 
     routes = [Route(path, page(name)) for path, name in PAGES.items()] + [
         Route("/api/state", state), Route("/api/events", events), Route("/api/live.jpg", live_jpg),
@@ -175,28 +231,57 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         Route("/api/gallery", gallery), Route("/api/tune", tune),
         Route("/api/swap", lambda r: JSONResponse(actions.swap_status)),
         Route("/api/{action:str}", post, methods=["POST"]),
-        Route("/files/{path:path}", files),
+        Route("/files/{path:path}", files), Route("/records/{path:path}", records),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    guard = [] if token is not None else [Middleware(LocalHostOnly, bind=feed.settings.host)]
-    return Starlette(routes=routes, middleware=guard)
+    guard = Middleware(LocalHostOnly, bind=feed.settings.host, allowed_hosts=feed.settings.allowed_hosts)
+    return Starlette(routes=routes, middleware=[guard])
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | Response:
+    """The request's body, or a 413 answer once it is known to exceed ``limit`` bytes: by its Content-Length
+    before anything is read, else by the bytes streamed so far (a chunked body declares none)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            return _error(f"Content-Length: expected a byte count, found {declared!r}")
+        if size > limit:
+            return _too_large(limit, f"{size} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _too_large(limit, f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int, found: str) -> Response:
+    return _error(f"request body: expected at most {limit} bytes ({limit // 1024} KiB; an action's JSON is "
+                  f"under 1 KB), found {found}; send the action's fields only", 413)
 
 
 class LocalHostOnly:
-    """ASGI middleware of a console without a token: refuses (403, naming the Host found) every request whose
-    ``Host`` header is not this machine: the bind address, localhost or a loopback address (127.0.0.0/8,
-    [::1]), with any port. A name of another site re-pointed at 127.0.0.1 (DNS rebinding) gets nothing."""
+    """ASGI middleware: refuses (403, naming the Host found) every request whose ``Host`` header is not a name
+    of this machine: the bind address, localhost, a loopback address (127.0.0.0/8, [::1]), a name of
+    ``allowed_hosts`` and, bound off loopback, any IP address; with any port. A DNS-rebinding page sends the
+    name of its own site (never an IP address: its origin would then be that address), so it gets nothing,
+    token or not."""
 
-    def __init__(self, app, bind: str) -> None:
+    def __init__(self, app, bind: str, allowed_hosts=()) -> None:
         self.app, self.bind = app, bind.strip("[]").lower()
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.any_address = not is_loopback(self.bind)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             host = Headers(scope=scope).get("host", "")
             if not self.allowed(host):
                 response = _error(f"Host: expected this machine ({self.names()}; any port), found {host or 'none'!r}; "
-                                  "open the console as http://127.0.0.1:PORT/, or set console.token to reach it "
-                                  "under another name", 403)
+                                  "open the console as http://127.0.0.1:PORT/ (or by the address it is bound to), "
+                                  "or add the name to console.allowed_hosts", 403)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -204,7 +289,8 @@ class LocalHostOnly:
     def names(self) -> str:
         """The names a Host may give, for an error."""
         bind = f"[{self.bind}]" if ":" in self.bind else self.bind
-        return ", ".join(dict.fromkeys((bind, "localhost", "127.0.0.1", "[::1]")))
+        extra = (*sorted(self.allowed_hosts), *(("any IP address",) if self.any_address else ()))
+        return ", ".join(dict.fromkeys((bind, "localhost", "127.0.0.1", "[::1]", *extra)))
 
     def allowed(self, host: str) -> bool:
         """Whether a Host header (name or address, [IPv6], optional :port) names this machine."""
@@ -213,7 +299,19 @@ class LocalHostOnly:
             name = name[1:].partition("]")[0]
         elif name.count(":") == 1:   # name:port (a bare IPv6 address has several colons)
             name = name.partition(":")[0]
-        return bool(name) and (name == self.bind or is_loopback(name))
+        if not name:
+            return False
+        return name == self.bind or is_loopback(name) or name in self.allowed_hosts or \
+            (self.any_address and is_address(name))
+
+
+def is_address(name: str) -> bool:
+    """Whether ``name`` is an IPv4 or IPv6 address (not a name DNS could re-point)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 # action name -> what it does with the JSON body (each raises ConfigError for bad input); "camera" names the
@@ -230,12 +328,23 @@ POSTS = {
 def _refuse(request: Request, token: str | None) -> Response | None:
     if request.path_params["action"] not in POSTS:
         return JSONResponse({"error": f"unknown action; valid: {', '.join(POSTS)}"}, status_code=404)
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         return _error("expected Content-Type: application/json", 415)
     if token is not None and not hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
         return _error("this action needs the console token (console.token in the station file) in the "
                       "X-Fair-Edge-Token header", 403)
     return None
+
+
+def open_reads_warning(settings, port: int) -> str:
+    """What a console bound off loopback (``ConsoleSettings``, listening on ``port``) lets anyone read (its reads
+    need no token), for a warning at start; "" on loopback."""
+    if settings.loopback:
+        return ""
+    return (f"console.host {settings.host!r}: anyone who can reach port {port} reads the live and NG "
+            "images, the verdict log and the station state without the token (console.token guards changes only); "
+            "bind console.host to 127.0.0.1 and reach it through an SSH tunnel or an authenticating proxy to "
+            "keep reads private")
 
 
 def _run(fn) -> Response:
@@ -281,6 +390,9 @@ class ConsoleServer:
             raise ConfigError(f"console.port: expected a free port on {self.settings.host}, found "
                               f"{self.settings.port} unusable; pick another port (0 = any) or --console off")
         log.warning("console on %s", self.url)
+        exposed = open_reads_warning(self.settings, self.port)
+        if exposed:
+            log.warning("%s", exposed)
         return self
 
     @property

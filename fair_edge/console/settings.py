@@ -1,6 +1,6 @@
 """The ``console:`` section of the station file.
 
-    console: {enabled: true, host: 127.0.0.1, port: 8765, token: null, recent_parts: 2000,
+    console: {enabled: true, host: 127.0.0.1, port: 8765, token: null, allowed_hosts: [], recent_parts: 2000,
               keep_frames: 32, live_fps: 4, drift_window: 500, drift_min_parts: 100,
               drift_alarm: 0.25, drift_fault: false}
 """
@@ -19,7 +19,11 @@ from fair_edge import fields as f
 class ConsoleSettings:
     """enabled: serve the console during `fair-edge run`. host: bind address (127.0.0.1 = this
     machine only). port: TCP port (0 = any free port). token: needed by every action that changes
-    something when host is not a loopback address (then it is required). recent_parts: verdicts kept
+    something when set; required when host is not a loopback address; printable ASCII (an HTTP header
+    carries nothing else). allowed_hosts: names (besides localhost, loopback addresses and the bind
+    address; off loopback also any IP address) a browser may reach the console under (its ``Host``
+    header, any port), e.g. ``[station7.plant.example]``: every other name is refused, so a page whose
+    name was re-pointed at this machine (DNS rebinding) reads nothing. recent_parts: verdicts kept
     in memory for the live page and threshold tuning. keep_frames: latest frames kept in memory so
     an operator can flag a passed part as a miss with its image. live_fps: most live-image updates
     per second sent to browsers. drift_window / drift_min_parts / drift_alarm: the drift watch (see
@@ -30,6 +34,7 @@ class ConsoleSettings:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     recent_parts: int = 2000
     keep_frames: int = 32
     live_fps: float = 4.0
@@ -51,6 +56,7 @@ class ConsoleSettings:
             host=f.text(s, "host", d["host"]),
             port=f.integer(s, "port", d["port"], minimum=0, maximum=65535),
             token=None if d["token"] is None else f.text(s, "token", d["token"]),
+            allowed_hosts=host_names(d["allowed_hosts"]),
             recent_parts=f.integer(s, "recent_parts", d["recent_parts"], minimum=10, maximum=1_000_000),
             keep_frames=f.integer(s, "keep_frames", d["keep_frames"], minimum=0, maximum=4096),
             live_fps=f.number(s, "live_fps", d["live_fps"], minimum=0.1, maximum=60),
@@ -74,6 +80,39 @@ class ConsoleSettings:
         if self.token is not None and len(self.token) < 12:
             raise ConfigError(f"console.token: expected at least 12 characters, found {len(self.token)}; "
                               "use a long random string (e.g. `python -c 'import secrets; print(secrets.token_hex(16))'`)")
+        if self.token is not None:
+            check_token_characters(self.token)
+
+
+TOKEN_CHARACTERS = frozenset(chr(c) for c in range(0x21, 0x7F))   # printable ASCII, no space
+
+
+def check_token_characters(token: str) -> None:
+    """Refuse a token with a character an HTTP header cannot carry as written: header values are read as
+    latin-1 bytes, so a non-ASCII token (UTF-8 on the wire) never matches; spaces are trimmed by clients."""
+    bad = next(((i, ch) for i, ch in enumerate(token) if ch not in TOKEN_CHARACTERS), None)
+    if bad is not None:
+        i, ch = bad
+        raise ConfigError(f"console.token: expected printable ASCII characters only (letters, digits, punctuation; "
+                          f"no spaces), found {ch!r} at position {i}; an HTTP header carries ASCII only, so this "
+                          "token could never match: use e.g. "
+                          "`python -c 'import secrets; print(secrets.token_hex(16))'`")
+
+
+def host_names(value: Any) -> tuple[str, ...]:
+    """console.allowed_hosts: a list of host names (a single name is a list of one), lowercased, no port."""
+    where = "console.allowed_hosts"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of host names like ['station7.plant.example'], found {value!r}")
+    names = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in "/:@ "):
+            raise ConfigError(f"{where}[{i}]: expected a host name without scheme, port or path like "
+                              f"'station7.plant.example' (IP addresses need no entry), found {name!r}")
+        names.append(name.strip().lower())
+    return tuple(names)
 
 
 def is_loopback(host: str) -> bool:

@@ -11,6 +11,7 @@ the gallery lists NG parts with their views.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from fair_edge.console.actions import REVIEW_LABELS, StationActions
 from fair_edge.console.feed import StationFeed, ViewKey, finite
@@ -108,15 +109,34 @@ def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | No
     return out
 
 
+def records_dir(feed: StationFeed) -> Path | None:
+    """The recorder's folder (``record.dir``: NG images, verdicts.jsonl), served under ``/records/``; None
+    without a recorder."""
+    rec = feed.recorder
+    return None if rec is None else Path(rec.dir)
+
+
+def file_url(feed: StationFeed, path: Path) -> str:
+    """The console's URL of a file under the output folder (``/files/``) or the recorder's folder
+    (``/records/``, where ``record.dir`` is elsewhere); "" for a file under neither."""
+    path = path.resolve()
+    for prefix, root in (("/files/", feed.output), ("/records/", records_dir(feed))):
+        root = None if root is None else root.resolve()
+        if root is not None and path.is_relative_to(root):
+            return prefix + path.relative_to(root).as_posix()
+    return ""
+
+
 def _image(feed: StationFeed, v, camera: str, seq: int, kept: set[ViewKey] | None = None) -> str:
-    """The recorder's saved overlay of an NG view (under the output folder), else the kept frame, else ""."""
+    """The recorder's saved overlay of an NG view (under the output or the recorder's folder), else the kept
+    frame, else ""."""
     if v is not None and v.ng:
         rec = feed.recorder
         folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (feed.output, "png")
-        out = feed.output.resolve()
-        overlay = ng_image_path(folder, feed.run_id, seq, "overlay", ext, camera).resolve()
-        if overlay.is_relative_to(out) and overlay.is_file():
-            return f"/files/{overlay.relative_to(out).as_posix()}"
+        overlay = ng_image_path(folder, feed.run_id, seq, "overlay", ext, camera)
+        url = file_url(feed, overlay) if overlay.is_file() else ""
+        if url:
+            return url
     is_kept = (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
     return part_url(camera, seq) if is_kept else ""
 
@@ -141,7 +161,7 @@ def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int, camera: str = "") -
 
 
 def gallery(feed: StationFeed, actions: StationActions) -> dict:
-    """NG parts of this run, newest first, with their overlay image (under the output folder) and review.
+    """NG parts of this run, newest first, with their overlay image (``file_url``) and review.
     Several cameras viewing one part: each NG part with all its views (``views``: the camera that decided it
     marked, missing views named); lanes: each NG view with its camera. Time linear in the parts listed (each
     view's verdict is looked up, not searched for); the server builds it off its event loop."""

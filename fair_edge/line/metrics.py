@@ -11,14 +11,20 @@ Exposed (names as scraped):
   ``fair_edge_recorder_total{event="dropped"}``; gauges such as ``fair_edge_reject_pending``.
 - ``fair_edge_<component>_<gauge>{<label>}``: gauges of components with one value per label
   (``watch_by``), e.g. each camera's drift: ``fair_edge_drift_camera_psi{camera="left"}``.
+
+Each connection is served by a thread of its own that gives up on a client silent for ``IDLE_TIMEOUT_S``:
+idle sockets (a scanner, a stuck scraper) are dropped instead of holding a thread each forever.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..errors import MetricsError
 from ..records import Verdict
@@ -27,6 +33,7 @@ from .settings import MetricsSettings
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+IDLE_TIMEOUT_S = 10.0   # a connection silent this long (no request, or a request cut short) is dropped
 StatsFn = Callable[[], dict[str, int]]
 LabelledFn = Callable[[], dict[str, dict[str, float]]]
 
@@ -88,6 +95,43 @@ def _read(name: str, stats: Callable[[], dict]) -> dict | None:
         return None
 
 
+class _IdleTimeoutHandler(WSGIRequestHandler):
+    """Serves one connection; its socket times out after ``timeout`` seconds without a byte (set per server by
+    ``serve_metrics``), which ends the connection and its thread. Logs no request."""
+
+    timeout = IDLE_TIMEOUT_S
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:   # an idle client: drop it (socketserver closes the socket)
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Log nothing."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, daemon threads (never waited for at close)."""
+
+    daemon_threads = True
+
+
+def serve_metrics(host: str, port: int, registry, idle_timeout_s: float) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` (prometheus_client's WSGI app) on host:port (0 = any free port) in a daemon thread,
+    dropping a connection silent for ``idle_timeout_s`` seconds. Returns (server, its thread); OSError when the
+    port cannot be bound."""
+    from prometheus_client import make_wsgi_app
+
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = type("MetricsServer", (_ThreadingServer,), {"address_family": family})
+    handler_class = type("MetricsHandler", (_IdleTimeoutHandler,), {"timeout": idle_timeout_s})
+    server = make_server(address[0], port, make_wsgi_app(registry), server_class, handler_class)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
 class Metrics:
     """Station metrics. ``observe(verdict)`` per verdict, ``count_drop(stage)`` per lost frame,
     ``watch(name, stats_fn)`` for components with counters (scheduler, recorder, sinks).
@@ -139,14 +183,13 @@ class Metrics:
         self._stats.add_labelled(name, label, stats)
 
     def start(self) -> Metrics:
-        """Serve ``/metrics`` on settings.host:settings.port (port 0 = any free port)."""
-        from prometheus_client import start_http_server
-
+        """Serve ``/metrics`` on settings.host:settings.port (port 0 = any free port); a connection idle for
+        ``IDLE_TIMEOUT_S`` is dropped."""
         if self._server is not None:
             return self
         try:
-            self._server, self._thread = start_http_server(
-                self.settings.port, addr=self.settings.host, registry=self.registry)
+            self._server, self._thread = serve_metrics(self.settings.host, self.settings.port, self.registry,
+                                                       idle_timeout_s=IDLE_TIMEOUT_S)
         except OSError as exc:
             raise MetricsError(f"metrics.port: expected a free port on {self.settings.host}, "
                                f"found {self.settings.port} unusable ({exc}); pick another "
