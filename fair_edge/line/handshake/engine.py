@@ -16,7 +16,9 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    ack counts only when it rises after its result was written: an ack the PLC wrote for an
    earlier result never acknowledges the next one.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
-4. ``heartbeat`` + 1 every heartbeat_ms / 5; ``ready`` / ``error`` when they change.
+4. ``heartbeat`` + 1 (modulo 65536) every heartbeat_ms / 5; ``ready`` / ``error`` when they change. The link
+   writes the counter in its register's / node's own range (``HandshakeLink.write``; OPC UA: an Int16 node
+   wraps 32767 -> -32768), so every value it hands the link can be written, a reconnect's included.
 
 ``ready`` is 1 while the link is up, the station inspects (from ``begin()``) and no station fault
 is held (``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
@@ -24,7 +26,10 @@ must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake 
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
 withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges nothing) and parts
-past their timeout are dropped: nothing stale is replayed.
+past their timeout are dropped: nothing stale is replayed. A link that refuses the PLC's setup at connect (an
+OPC UA node whose data type cannot hold its signal: ``ConfigError``) stays down, logged as an error naming the
+node (again only when the reason changes), and is retried with the same back-off, so a PLC program that is
+fixed is picked up without a restart; the thread never dies of it.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ...errors import PlcDeviceError, PlcError
+from ...errors import ConfigError, PlcDeviceError, PlcError
 from ...records import Frame, Verdict
 from ..sinks.base import Counters
 from .settings import (ACK, ERROR, ERROR_ACK_TIMEOUT, ERROR_CODES, ERROR_NONE, ERROR_RESULT_TIMEOUT,
@@ -60,7 +65,8 @@ HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked
 
 class HandshakeLink(Protocol):
     """One PLC connection (``ModbusLink``, ``OpcUaLink``). ``open`` / ``read_inputs`` / ``write``
-    raise ``PlcError`` on a link failure (``PlcDeviceError`` when the device refuses)."""
+    raise ``PlcError`` on a link failure (``PlcDeviceError`` when the device refuses); ``open`` raises
+    ``ConfigError`` when the PLC's signals cannot carry the handshake (a node of the wrong data type)."""
 
     name: str
 
@@ -120,6 +126,7 @@ class Handshake:
         self._taken: int | None = None       # part id taken whose trigger is not yet written back to 0
         self._connected = False
         self._delay, self._next_try, self._was_up = BACKOFF_S[0], 0.0, False
+        self._refused = ""                   # the last ConfigError a connect met (logged again only when it changes)
         self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"handshake-{self.name}", daemon=True)
@@ -385,18 +392,28 @@ class Handshake:
                 self._counters.add("withdrawn")
                 self._up = None
             self.link.write([(ACK, 0), (RESULTS_READY, 0), (HEARTBEAT, self._heartbeat)])   # a stale ack acks nothing
-        except PlcError as exc:
+        except (PlcError, ConfigError) as exc:
             self.link.close()
             self._next_try = time.monotonic() + self._delay
             self._delay = min(2 * self._delay, BACKOFF_S[1])
-            log.debug("handshake %s: connect failed: %s", self.name, exc)
+            if isinstance(exc, ConfigError):
+                self._log_refusal(exc)
+            else:
+                log.debug("handshake %s: connect failed: %s", self.name, exc)
             return False
-        self._connected, self._delay, self._shown = True, BACKOFF_S[0], None
+        self._connected, self._delay, self._shown, self._refused = True, BACKOFF_S[0], None, ""
         if self._was_up:
             self._counters.add("reconnects")
             log.warning("handshake %s: reconnected", self.name)
         self._was_up = True
         return True
+
+    def _log_refusal(self, exc: ConfigError) -> None:
+        """A connect refused the PLC's setup: logged as an error when the reason is new (retried every back-off
+        step, so the same reason is not logged again)."""
+        if str(exc) != self._refused:
+            self._refused = str(exc)
+            log.error("handshake %s: the PLC's setup cannot carry the handshake, not ready: %s", self.name, exc)
 
     def _link_failed(self, exc: PlcError) -> None:
         self._counters.add("device_errors" if isinstance(exc, PlcDeviceError) else "io_errors")

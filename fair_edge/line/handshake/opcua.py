@@ -6,6 +6,13 @@ URL: ``opcua://HOST:PORT/PATH?timeout_ms=1000`` (``NoSecurity`` endpoints). Each
 its node's own data type (read once per connect); the score is the float score itself (NaN on the
 wire for a part that was not scored). In a ``write`` the last signal is the last node of the Write
 request, so ``results_ready`` follows its data.
+
+Node types are checked at connect (``check_node_types``): a node whose type cannot hold what crosses the link
+(a String heartbeat, a Boolean result, an integer score, a ResultPartId narrower than PartId) is refused with a
+``ConfigError`` naming the signal, the node and its type, so no value that can never be written reaches a
+Write (and no reconnect retries one). The heartbeat counter (0..65535) is wrapped into its node's range
+(``heartbeat_value``): a Siemens INT (Int16) node counts 0..32767, -32768..-1, 0..., + 1 each step in the
+node's own arithmetic.
 """
 
 from __future__ import annotations
@@ -15,12 +22,25 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import PlcDeviceError, PlcError, SinkError
+from ...errors import ConfigError, PlcDeviceError, PlcError, SinkError
+from ..sinks.opcua import encoding_problem, integer_range, type_name, wrap_integer
 from ..sinks.urls import SinkUrl
 from .address import opcua_address
-from .settings import PLC_SIGNALS, REGION_SIGNALS, STATION_SIGNALS, HandshakeSettings, OpcUaSignals
+from .settings import (ACK, ERROR, ERROR_CODES, HEARTBEAT, PART_ID, PLC_SIGNALS, READY, REGION_SIGNALS, RESULT,
+                       RESULT_NOT_INSPECTED, RESULT_PART_ID, RESULTS_READY, SCORE, STATION_SIGNALS, TRIGGER,
+                       HandshakeSettings, OpcUaSignals)
 
 log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {"Float": 1 << 24, "Double": 1 << 53}   # float data type -> integers it holds exactly: -this..this
+# what the station reads from / writes to each signal's node: (text, lowest, highest) of the integers it must hold
+# exactly; result_part_id: whatever PartId holds (the station echoes the PLC's ids); score: Float / Double only
+SIGNAL_VALUES = {TRIGGER: ("0 / 1", 0, 1), ACK: ("0 / 1", 0, 1), READY: ("0 / 1", 0, 1),
+                 RESULTS_READY: ("0 / 1", 0, 1), PART_ID: ("a number (the part id)", 0, 1),
+                 HEARTBEAT: ("a number or a Boolean (the counter wraps within the node's range)", 0, 1),
+                 ERROR: (f"the error codes 0..{max(ERROR_CODES)}", 0, max(ERROR_CODES)),
+                 RESULT: (f"the result codes 0..{RESULT_NOT_INSPECTED}", 0, RESULT_NOT_INSPECTED),
+                 **{name: ("the region values 0..65535", 0, 0xFFFF) for name in REGION_SIGNALS}}
 
 
 class OpcUaLink:
@@ -58,6 +78,11 @@ class OpcUaLink:
             self.close()
             raise PlcError(f"{self.name}: cannot read node {getattr(self.signals, name)!r} ({name}): {exc}; "
                            f"check reject.handshake.opcua") from exc
+        try:
+            check_node_types(self.signals, self._types)
+        except ConfigError:
+            self.close()
+            raise
 
     def read_inputs(self) -> dict[str, int]:
         """The PLC's signals ``{trigger, part_id, ack}`` as integers, in one Read call."""
@@ -74,8 +99,10 @@ class OpcUaLink:
         nodes, variants = [], []
         for name, value in values:
             vtype = self._types[name]
+            wire = _convert(heartbeat_value(value, vtype) if name == HEARTBEAT else value, vtype, ua)
+            self._check_encodable(name, wire)
             nodes.append(self._nodes[name])
-            variants.append(ua.Variant(_convert(value, vtype, ua), vtype))
+            variants.append(ua.Variant(wire, vtype))
         try:
             client.write_values(nodes, variants)
         except Exception as exc:  # noqa: BLE001
@@ -85,6 +112,15 @@ class OpcUaLink:
         client, self._client, self._nodes = self._client, None, {}
         if client is not None:
             _quiet_disconnect(client, self.name)
+
+    def _check_encodable(self, name: str, value: Any) -> None:
+        """``PlcDeviceError`` naming the signal, node, type and ``value`` when the node's type cannot hold it (not a
+        link failure; ``check_node_types`` keeps the station's own values from getting here)."""
+        problem = encoding_problem(value, self._types[name])
+        if problem:
+            raise PlcDeviceError(f"{self.name}: cannot write {name} = {value!r} to node "
+                                 f"{getattr(self.signals, name)!r} of data type {type_name(self._types[name])} "
+                                 f"({problem}); check reject.handshake.opcua.{name}")
 
     def _client_or_raise(self) -> Any:
         if self._client is None:
@@ -101,6 +137,52 @@ class OpcUaLink:
 def open_opcua_link(url: SinkUrl, settings: HandshakeSettings) -> OpcUaLink:
     """The ``opcua://`` entry of ``HANDSHAKE_SCHEMES`` (not connected yet)."""
     return OpcUaLink(url, settings.opcua)
+
+
+def exact_range(vtype: Any) -> tuple[int, int] | None:
+    """The integers a node of data type ``vtype`` holds exactly, (lowest, highest): an integer type's range,
+    (0, 1) for Boolean, -2**24..2**24 for Float, -2**53..2**53 for Double; None for any other type (String, ...)."""
+    name = type_name(vtype)
+    if name == "Boolean":
+        return 0, 1
+    if name in FLOAT_TYPES:
+        return -FLOAT_TYPES[name], FLOAT_TYPES[name]
+    return integer_range(vtype)
+
+
+def check_node_types(signals: OpcUaSignals, types: dict[str, Any]) -> None:
+    """``ConfigError`` for the first signal in ``types`` (signal -> its node's data type, as read at connect)
+    whose node cannot hold what crosses the link (``SIGNAL_VALUES``): it names the signal, the node, its type,
+    what it must hold and the fix."""
+    for name, vtype in types.items():
+        expected = _type_expected(name, types)
+        if expected:
+            raise ConfigError(f"reject.handshake.opcua.{name}: node {getattr(signals, name)!r} has data type "
+                              f"{type_name(vtype)}, expected a type that holds {expected}; change the PLC tag's "
+                              f"type or point reject.handshake.opcua.{name} at a node that holds it")
+
+
+def _type_expected(name: str, types: dict[str, Any]) -> str:
+    """What signal ``name``'s node must hold, when its type ``types[name]`` does not; "" when it does."""
+    if name == SCORE:
+        return "" if type_name(types[name]) in FLOAT_TYPES else "the score (Float or Double; NaN = not scored)"
+    if name == RESULT_PART_ID:
+        lowest, highest = exact_range(types[PART_ID]) or (0, 0)   # (a PartId node of no number type is refused first)
+        what = f"every part id the PartId node ({type_name(types[PART_ID])}) holds, {lowest}..{highest}"
+    else:
+        what, lowest, highest = SIGNAL_VALUES[name]
+    held = exact_range(types[name])
+    return "" if held is not None and held[0] <= lowest and highest <= held[1] else what
+
+
+def heartbeat_value(beat: int | float | bool | None, vtype: Any) -> Any:
+    """The heartbeat counter ``beat`` (0..65535) as a node of data type ``vtype`` holds it: wrapped into an
+    integer type's range (``wrap_integer``, two's complement: Int16 32767 -> -32768 ... -1 -> 0; Byte / SByte
+    modulo 256), its lowest bit on a Boolean node (it toggles), as is on a wider integer or a float node.
+    Every step still changes the node, which is all the PLC's watchdog looks at."""
+    if type_name(vtype) == "Boolean":
+        return bool(int(beat) % 2)
+    return wrap_integer(int(beat), vtype)
 
 
 def _convert(value: float | int | bool | None, vtype: Any, ua: Any) -> Any:

@@ -3,8 +3,12 @@
 URL: ``opcua://HOST:PORT/PATH?node=ns=2;s=Reject`` with ``mode=pulse`` (default: write True,
 then False after pulse_ms) or ``mode=counter`` (add 1 to an integer node per reject; the PLC
 acts on each change). Other options: ``pulse_ms``, ``timeout_ms`` (default 1000).
-The value is written with the node's own data type (read once after connecting). While idle the sink's
-worker probes the link by reading the node's value, never by writing it.
+The value is written with the node's own data type (read once after connecting). A counter wraps within
+that type's range as the PLC's own integer arithmetic does (``wrap_integer``: Int16 32767 -> -32768, UInt16
+65535 -> 0); counter mode on a node that is not an integer is refused at connect (``PlcDeviceError``). A value
+the node's type cannot hold is a ``PlcDeviceError`` naming the node and the type (checked before the
+write: never a link failure, never retried). While idle the sink's worker probes the link by reading the
+node's value, never by writing it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,49 @@ log = logging.getLogger(__name__)
 
 OPCUA_OPTIONS = ("node", "mode", "pulse_ms", "timeout_ms")
 OPCUA_MODES = ("pulse", "counter")
+# integer data types (asyncua ``VariantType`` names) -> (bits, signed)
+INTEGER_TYPES = {"SByte": (8, True), "Byte": (8, False), "Int16": (16, True), "UInt16": (16, False),
+                 "Int32": (32, True), "UInt32": (32, False), "Int64": (64, True), "UInt64": (64, False)}
+
+
+def type_name(vtype: Any) -> str:
+    """An asyncua ``VariantType``'s name (``Int16``), or its text for anything else."""
+    return str(getattr(vtype, "name", vtype))
+
+
+def integer_range(vtype: Any) -> tuple[int, int] | None:
+    """(lowest, highest) value a node of integer type ``vtype`` holds (Int16: (-32768, 32767)); None when
+    ``vtype`` is not an integer type."""
+    spec = INTEGER_TYPES.get(type_name(vtype))
+    if spec is None:
+        return None
+    bits, signed = spec
+    lowest = -(1 << (bits - 1)) if signed else 0
+    return lowest, lowest + (1 << bits) - 1
+
+
+def wrap_integer(value: int, vtype: Any) -> int:
+    """``value`` wrapped into integer type ``vtype``'s range as the PLC's own counter arithmetic wraps (two's
+    complement, modulo 2**bits): Int16 32767 + 1 -> -32768, UInt16 65535 + 1 -> 0, Byte 256 -> 0; so the step
+    from one value to the next, taken in the node's type, is still + 1. ``value`` itself for a non-integer type."""
+    span = integer_range(vtype)
+    if span is None:
+        return value
+    lowest, highest = span
+    return (value - lowest) % (highest - lowest + 1) + lowest
+
+
+def encoding_problem(value: Any, vtype: Any) -> str:
+    """Why ``value`` cannot be written as data type ``vtype`` (asyncua's encoder's reason: a number out of the
+    type's range, a bool for a String node, ...), or "" when it can. Encodes locally: nothing is sent."""
+    from asyncua import ua
+    from asyncua.ua.ua_binary import variant_to_binary
+
+    try:
+        variant_to_binary(ua.Variant(value, vtype))
+    except Exception as exc:  # noqa: BLE001 - asyncua raises UaError, the Variant itself may raise others
+        return str(exc)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -74,8 +121,8 @@ def _is_status_error(exc: BaseException) -> bool:
 
 
 class OpcUaOutput:
-    """``Output`` over one OPC UA client; a Bad status reply raises ``PlcDeviceError``,
-    anything else ``PlcError``."""
+    """``Output`` over one OPC UA client; a Bad status reply or a value the node's type cannot hold raises
+    ``PlcDeviceError``, anything else ``PlcError``."""
 
     def __init__(self, target: OpcUaTarget,
                  client_factory: Callable[[OpcUaTarget], Any] = default_client_factory) -> None:
@@ -109,6 +156,11 @@ class OpcUaOutput:
         except Exception as exc:  # noqa: BLE001
             self.close()
             raise PlcError(f"{self.target.label}: cannot read the node: {exc}") from exc
+        if self.target.mode == "counter" and integer_range(self._vtype) is None:
+            self.close()
+            raise PlcDeviceError(f"{self.target.label}: mode=counter expected an integer node (SByte, Byte, Int16, "
+                                 f"UInt16, Int32, UInt32, Int64, UInt64), found data type {type_name(self._vtype)}; "
+                                 f"point node= at an integer tag or use mode=pulse")
 
     def set(self, on: bool) -> None:
         if self._node is None:
@@ -116,9 +168,10 @@ class OpcUaOutput:
         if self.target.mode == "counter":
             if not on:
                 return
-            value: Any = self._count + 1
+            value: Any = wrap_integer(self._count + 1, self._vtype)
         else:
             value = bool(on)
+        self._check_encodable(value)
         try:
             self._node.write_value(value, self._vtype)
         except Exception as exc:  # noqa: BLE001
@@ -128,6 +181,15 @@ class OpcUaOutput:
             raise PlcError(f"{self.target.label}: write failed: {exc}") from exc
         if self.target.mode == "counter":
             self._count = value
+
+    def _check_encodable(self, value: Any) -> None:
+        """``PlcDeviceError`` naming the node, its type and ``value`` when the type cannot hold ``value`` (a
+        configuration error: repeating the write, or reconnecting, would not help)."""
+        problem = encoding_problem(value, self._vtype)
+        if problem:
+            raise PlcDeviceError(f"{self.target.label}: cannot write {value!r} to node {self.target.node} of data "
+                                 f"type {type_name(self._vtype)} ({problem}); point node= at a node of a type "
+                                 f"that holds it (mode={self.target.mode})")
 
     def probe(self) -> None:
         """Check the link answers without writing: read the node's value. ``PlcError`` when the link fails,
