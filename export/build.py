@@ -21,7 +21,9 @@ reuses the previous bundle's caches (``KEPT_ON_REBUILD``) only where they still 
 The staging folder's name carries the builder's process id (``.NAME.building-PID-xxxxxxxx``): what a killed build
 (SIGKILL, a power cut) leaves beside ``--out`` is removed by the next build or fuse into it (``clear_leftovers``),
 and a previous bundle a kill left renamed aside (``.NAME.replaced-PID``) is put back. A full, over-quota or read-only
-disk is a BundleError naming ``--out``'s disk and its free space (``disk_problem``), never a traceback.
+disk is a BundleError naming ``--out``'s disk and its free space (``disk_problem``), never a traceback. An ``--out``
+that is a symbolic link (to a folder on another disk) is followed (``bundle_target``): the bundle goes where it
+points, the link is kept.
 """
 
 from __future__ import annotations
@@ -165,6 +167,19 @@ def disk_problem(out: Path, exc: OSError) -> str | None:
     return write_failure(out.parent, exc, named=f"--out {out}")
 
 
+def bundle_target(out: Path) -> Path:
+    """The folder a build or fuse into ``--out out`` writes: ``out`` itself, or, when ``out`` is a symbolic link (to a
+    folder, or to one not made yet), where it points, resolved once and said in a warning. The link is kept: renaming
+    it aside put the bundle beside it, on the link's disk, and left the link as ``.NAME.replaced-PID``, which is
+    tidied here (``clear_leftovers`` beside the link; the target's side is the caller's)."""
+    if not out.is_symlink():
+        return out
+    clear_leftovers(out)
+    target = Path(os.path.realpath(out))
+    log.warning("--out %s is a link to %s: the bundle is written there and the link kept", out, target)
+    return target
+
+
 def clear_leftovers(out: Path, now: float | None = None) -> None:
     """Tidy what killed builds or fuses into ``out`` (SIGKILL, a power cut: no cleanup ran) left beside it, each
     named in a warning: staging folders ``.NAME.building-PID-xxxxxxxx`` whose process no longer runs, and those of
@@ -172,6 +187,8 @@ def clear_leftovers(out: Path, now: float | None = None) -> None:
     bundle renamed aside (``.NAME.replaced-PID``, its process gone) is removed when ``out`` exists (a kill while
     deleting it), and put back as ``out`` when ``out`` is missing (a kill between ``move_into_place``'s two
     renames) and it is the only one and holds a manifest; otherwise the warning names the ``mv`` that restores it.
+    Such a leftover that is a symbolic link (an older fair-edge renamed a linked ``--out`` aside) is unlinked, what
+    it points to kept, or put back as ``out`` alike.
     Folders of live processes (a build running beside this one) are kept. Never raises."""
     try:
         names = sorted(os.listdir(out.parent))
@@ -186,7 +203,7 @@ def clear_leftovers(out: Path, now: float | None = None) -> None:
             why = _abandoned(out.parent / name, match.group(1), now)
             if why:
                 _remove_leftover(out.parent / name, f"an unfinished build or fuse into {out} ({why})")
-    dead = [out.parent / n for n in names if (m := replaced.fullmatch(n)) and _real_dir(out.parent / n)
+    dead = [out.parent / n for n in names if (m := replaced.fullmatch(n)) and _dir_or_link(out.parent / n)
             and not pid_alive(int(m.group(1)))]
     if dead and os.path.lexists(out):
         for old in dead:
@@ -220,6 +237,11 @@ def _real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
+def _dir_or_link(path: Path) -> bool:
+    """A real folder, or a symbolic link (to anything, or dangling): what a previous ``--out`` renamed aside can be."""
+    return path.is_symlink() or path.is_dir()
+
+
 def _abandoned(folder: Path, pid: str | None, now: float) -> str | None:
     """Why the staging ``folder`` is abandoned ("process 123 no longer runs"), or None while its builder may run."""
     if pid is not None:
@@ -247,6 +269,16 @@ def _folder_mb(folder: Path) -> float:
 
 
 def _remove_leftover(folder: Path, what: str) -> None:
+    """Remove the leftover ``folder`` with a warning naming it, ``what`` left it and its size; a symbolic link is
+    unlinked, what it points to kept."""
+    if folder.is_symlink():
+        try:
+            target = os.readlink(folder)
+            folder.unlink()
+            log.warning("removing %s: a link to %s left by %s (%s itself is kept)", folder, target, what, target)
+        except OSError as exc:
+            log.warning("could not remove %s, left by %s: %s", folder, what, exc.strerror or exc)
+        return
     size = _folder_mb(folder)
     log.warning("removing %s: left by %s, %.1f MB", folder, what, size)
     discard_staging(folder)
@@ -579,7 +611,7 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     failed build leaves ``out`` as it was (absent, or the previous bundle) and nothing else behind.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = bundle_target(Path(out))   # a link to a folder: built there, the link kept
     clear_leftovers(out)   # first: a previous bundle it puts back is checked as --out
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
     with staged(out, options) as staging:

@@ -374,3 +374,48 @@ def test_a_build_after_a_killed_one_tidies_its_leftovers_and_names_its_staging_b
     again = build_bundle(ckpt, out, options)
     assert [p.name for p in tmp_path.iterdir()] == ["b"] and load_bundle(out) == again.bundle
     assert re.fullmatch(rf"\.b\.building-{os.getpid()}-[a-z0-9_]{{8}}", seen[0])
+
+
+def _linked_out(tmp_path: Path) -> tuple[Path, Path]:
+    """``links/b -> ../disk/b_real`` (a folder on another disk): (the link, its target)."""
+    target, links = tmp_path / "disk" / "b_real", tmp_path / "links"
+    target.mkdir(parents=True)
+    links.mkdir()
+    (links / "b").symlink_to(Path("..") / "disk" / "b_real")
+    return links / "b", target
+
+
+def test_an_out_that_is_a_link_gets_the_bundle_where_it_points_and_stays_a_link(tiny_ckpt_path, tmp_path, caplog):
+    """`build --out LINK` (a link to a folder on a bigger disk) renamed the link aside and put the bundle beside it,
+    on the link's disk, leaving `.b.replaced-PID` (the link) for good. Now the bundle is built where the link points
+    (said in a warning), twice over, and the link is kept with nothing beside it."""
+    link, target = _linked_out(tmp_path)
+    ckpt, options = load_checkpoint(tiny_ckpt_path), BuildOptions("fp32", engine=False)
+    with caplog.at_level("WARNING"):
+        first = build_bundle(ckpt, link, options)
+    assert f"--out {link} is a link to {target}: the bundle is written there" in caplog.text
+    again = build_bundle(ckpt, link, options)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("..", "disk", "b_real")
+    assert [p.name for p in link.parent.iterdir()] == ["b"] and [p.name for p in target.parent.iterdir()] == ["b_real"]
+    assert (target / "bundle.json").is_file() and load_bundle(link) == again.bundle
+    assert first.bundle.root == again.bundle.root == target
+
+
+def test_a_link_an_older_build_left_renamed_aside_is_unlinked_and_its_target_kept(tmp_path, caplog):
+    """What an older fair-edge left after `build --out LINK`: b a real folder, `.b.replaced-PID` the link (no later
+    build removed it: only real folders were tidied). Now it is unlinked, what it points to kept; missing b, it is
+    put back as b."""
+    dead, out = _dead_pid(), tmp_path / "links" / "b"
+    _, target = _linked_out(tmp_path)
+    aside = out.parent / f".b.replaced-{dead}"
+    os.replace(out, aside)
+    out.mkdir()
+    (target / "bundle.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        build_module.clear_leftovers(out)
+    assert not os.path.lexists(aside) and (target / "bundle.json").is_file() and out.is_dir()
+    assert f"removing {aside}: a link to" in caplog.text
+    out.rmdir()
+    (out.parent / f".b.replaced-{dead}").symlink_to(target)
+    build_module.clear_leftovers(out)
+    assert out.is_symlink() and (out / "bundle.json").read_text() == "{}"

@@ -62,3 +62,43 @@ def test_bench_compile_flag(tmp_path):
     assert backend["backend"] == "torch-cpu eager compiled" and "torch.compile" in backend["detail"]
     assert next(row for row in report["results"] if row["role"] == "baseline")["backend"] == "torch-cpu eager"
     assert "torch.compile batch 1" in r.output
+
+
+NO_HOME = """
+import os, pwd
+os.environ.pop("HOME", None)
+os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+def no_entry(uid):
+    raise KeyError(f"getpwuid(): uid not found: {uid}")
+pwd.getpwuid = no_entry          # a uid without a passwd entry (a container run with --user 54321)
+import fair_edge.runtime.pytorch   # the PyTorch backends import fair_edge.runtime.compiled
+from fair_edge.runtime.compiled import cache_dir
+print(cache_dir())
+"""
+
+
+def test_without_a_home_folder_the_pytorch_backends_import_and_cache_under_tempdir():
+    """HOME unset and a uid without a passwd entry: importing the PyTorch backends raised "Could not determine home
+    directory" (Path.home() at import), so torch-cpu and bench crashed and `auto` recorded TensorRT as unavailable
+    for that reason (a GPU station on the CPU). Now the cache folder is worked out at the first compile, falling back
+    to <tempdir>/fair-edge-<uid>/inductor."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", CACHE_ENV)}
+    result = subprocess.run([sys.executable, "-c", NO_HOME], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = os.path.join(tempfile.gettempdir(), f"fair-edge-{os.getuid()}", "inductor")
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_the_cache_folder_is_the_homes_or_the_one_given(monkeypatch, tmp_path):
+    from fair_edge.runtime.compiled import default_cache
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "given"))
+    assert cache_dir() == tmp_path / "given"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache() == tmp_path / ".cache" / "fair-edge" / "inductor" == cache_dir()

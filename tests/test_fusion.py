@@ -455,3 +455,18 @@ def test_fuse_removes_the_staging_folder_a_killed_fuse_left(fused, tmp_path):
     (tmp_path / f".f.building-{dead}-abcd_123" / "m0").mkdir(parents=True)
     build_fused_bundle([m.root for m in members], tmp_path / "f", normals)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_fuse_into_an_out_that_is_a_link_writes_where_it_points_and_keeps_the_link(fused, tmp_path):
+    """`fuse --out LINK` replaced the link by the fused bundle (on the link's disk) and left the link aside as
+    `.LINK.replaced-PID` for good; now the fused bundle is written where the link points and the link kept."""
+    bundle, members, normals = fused
+    target, links = tmp_path / "disk" / "fused_real", tmp_path / "links"
+    target.mkdir(parents=True)
+    links.mkdir()
+    (links / "fused").symlink_to(target)
+    for _ in range(2):   # a new fused bundle, then one replacing it
+        again = build_fused_bundle([m.root for m in members], links / "fused", normals)
+    assert (links / "fused").is_symlink() and [p.name for p in links.iterdir()] == ["fused"]
+    assert [p.name for p in target.parent.iterdir()] == ["fused_real"] and is_fused(target)
+    assert again.root == target and again.threshold.value == pytest.approx(bundle.threshold.value)

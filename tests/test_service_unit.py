@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -345,3 +346,89 @@ def test_a_unit_installed_before_the_belt_got_longer_is_shown_with_the_stop_time
     assert "+ TimeoutStopSec=101" in refused.output and "pass --force" in refused.output
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
     assert "TimeoutStopSec=101" in (units / "fair-edge.service").read_text().splitlines()
+
+
+def executable_in(folder: Path) -> Path:
+    """A runnable stand-in for the fair-edge program in ``folder`` (systemd-analyze verify checks it is executable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / "fair-edge"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    return program
+
+
+def test_a_dollar_in_the_executable_path_stays_single(tmp_path):
+    """systemd expands $VARIABLES in ExecStart's arguments only: a venv path with '$' was written with '$$' in the
+    executable too, so systemd looked for '.../venv$$1/fair-edge' and the unit never started. Now the executable's
+    '$' stays single; the arguments' are still doubled."""
+    s = settings(tmp_path / "svc $HOME", executable=executable_in(tmp_path / "venv$1" / "bin"))
+    exec_start = next(line for line in render_unit(s).splitlines() if line.startswith("ExecStart="))
+    assert exec_start.startswith(f"ExecStart={s.executable} run --station "), exec_start
+    assert "$$HOME" in exec_start and exec_start.count("$$") == 1
+    if SYSTEMD_ANALYZE is not None:
+        unit = tmp_path / s.unit_name
+        unit.write_text(render_unit(s))
+        result = verify(unit)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("char", ['"', "\\", "'"])
+def test_an_executable_path_systemd_refuses_is_refused_by_name(tmp_path, char):
+    """systemd refuses an executable path holding a quote or a backslash ("Executable name contains special
+    characters"): the unit was written and never started. Now install-service refuses it, naming the path."""
+    program = executable_in(tmp_path / f"venv{char}1" / "bin")
+    with pytest.raises(ConfigError, match=rf"^the fair-edge executable {re.escape(str(program))} contains "
+                                          rf"{re.escape(repr(char))}: systemd refuses"):
+        settings(tmp_path, executable=program)
+    if SYSTEMD_ANALYZE is not None:   # the refusal matches systemd's own
+        text = render_unit(settings(tmp_path, executable=Path("/bin/true"))).replace(
+            "ExecStart=/bin/true", "ExecStart=" + quote_arg(str(program), dollar=False))
+        unit = tmp_path / "refused.service"
+        unit.write_text(text)
+        assert "Executable name contains special characters" in verify(unit).stderr
+
+
+def release_layout(tmp_path: Path) -> tuple[Path, Path]:
+    """``root/releases/v1``, ``v2`` (a station file each) and ``root/current -> releases/v1``: (root, current)."""
+    root = tmp_path / "srv"
+    for version in ("v1", "v2"):
+        station_file(root / "releases" / version)
+    current = root / "current"
+    current.symlink_to(Path("releases") / "v1")
+    return root, current
+
+
+def test_install_service_keeps_the_links_in_the_paths_it_writes(tmp_path, monkeypatch):
+    """With `current -> releases/v1`, the unit named releases/v1 (paths resolved, the default working folder
+    physical): after switching `current` to v2, a restart still ran v1. Now the paths are absolute with their links
+    kept, the default working folder is the one $PWD names, and the same station is still recognised through them."""
+    root, current = release_layout(tmp_path)
+    units = tmp_path / "units"
+    units.mkdir()
+    program = executable_in(current / "venv" / "bin")
+    monkeypatch.chdir(current)
+    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--exec", "venv/bin/fair-edge"]
+    r = CliRunner().invoke(app, [*args, "--station", "station.yaml"], env={"PWD": str(current)})
+    assert r.exit_code == 0, r.output
+    lines = (units / "fair-edge.service").read_text().splitlines()
+    assert f"ExecStart={program} run --station {current / 'station.yaml'}" in lines, lines
+    assert f"WorkingDirectory={current}" in lines, lines
+    explicit = CliRunner().invoke(app, [*args, "--station", str(current / "station.yaml"), "--working-dir",
+                                        str(current), "--print"], env={"PWD": str(current)})
+    assert explicit.exit_code == 0 and explicit.stdout.splitlines() == lines
+    # the same station through another path (resolved) is still this station's unit, not "another unit"
+    other = CliRunner().invoke(app, [*args, "--station", str(root / "releases" / "v1" / "station.yaml")],
+                               env={"PWD": str(current), "COLUMNS": "400"})
+    assert other.exit_code == 2 and "is already this station's unit" in other.output, other.output
+
+
+def test_a_pwd_that_is_not_the_current_folder_is_not_used(tmp_path, monkeypatch):
+    from fair_edge.station.service_unit import absolute_path, logical_cwd
+
+    root, current = release_layout(tmp_path)
+    monkeypatch.chdir(current)
+    monkeypatch.setenv("PWD", str(root / "releases" / "v2"))       # stale: another folder
+    assert logical_cwd() == os.getcwd() == str((root / "releases" / "v1").resolve())
+    monkeypatch.setenv("PWD", str(current))
+    assert logical_cwd() == str(current) and absolute_path("a/../station.yaml") == current / "station.yaml"
+    assert absolute_path("~/x") == Path.home() / "x"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fair_edge.errors import ConfigError
@@ -218,3 +220,30 @@ def test_a_record_key_that_is_not_text_is_named_as_an_unknown_setting(tmp_path):
     (tmp_path / "s.yaml").write_text("record: {1: 2}\n")
     with pytest.raises(ConfigError, match=r"s\.yaml: record\.1: unknown setting"):
         load_station(tmp_path / "s.yaml")
+
+
+def test_a_tilde_in_any_path_field_means_the_home_folder(tmp_path, monkeypatch):
+    """`output: ~/station_out` wrote into a folder literally named '~' in the current folder, and `bundle: ~/...`
+    was refused as '<cwd>/~/...'. Now every path field of the station file expands '~' on load, as a shell does."""
+    import cv2
+    import numpy as np
+
+    home = tmp_path / "home"
+    home.mkdir()
+    cv2.imwrite(str(home / "zone.png"), np.full((4, 6), 255, np.uint8))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "station.yaml"
+    path.write_text("camera: {source: ~/clips}\nbundle: ~/bundles/b\noutput: ~/station_out\n"
+                    "decision: {roi: ~/roi.png}\nrecord: {dir: ~/records}\n"
+                    "regions: {frame: [6, 4], zones: [{name: z, mask: ~/zone.png}]}\n")
+    cfg = load_station(path)
+    assert (cfg.camera.source, cfg.bundle, cfg.output, cfg.roi, cfg.record.dir, cfg.regions.zones[0].mask) == (
+        str(home / "clips"), home / "bundles" / "b", home / "station_out", home / "roi.png", home / "records",
+        home / "zone.png")
+    path.write_text("cameras:\n  - {name: a, source: ~/clips/a.avi, bundle: ~/b, roi: ~/a.png}\n"
+                    "  - {name: b, source: '1'}\noutput: ~/out\nbundle: runs/b\n")
+    cfg = load_station(path)
+    a, b = cfg.cameras
+    assert (a.source, a.bundle, a.roi, b.source) == (str(home / "clips" / "a.avi"), home / "b", home / "a.png", "1")
+    assert cfg.output == cfg.record.dir == home / "out" and cfg.bundle == Path("runs/b")   # relative stays relative

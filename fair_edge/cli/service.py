@@ -14,9 +14,9 @@ import typer
 
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
-from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings,
+from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
                                             belt_drain_ms, default_executable, default_user, install_unit,
-                                            render_unit, stop_timeout_sec, systemctl_commands)
+                                            logical_cwd, render_unit, stop_timeout_sec, systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
@@ -62,7 +62,7 @@ def install_service(
                                        "it needs the camera (group video), the bundle and the output folder."),
     group: Optional[str] = typer.Option(None, "--group", help="Group it runs as [default: the user's]."),
     working_dir: Optional[Path] = typer.Option(None, "--working-dir", help="Where relative paths in the station file "
-                                               "resolve [default: the current folder]."),
+                                               "resolve [default: the current folder, as $PWD names it]."),
     env: Optional[list[str]] = typer.Option(None, "--env", help="Extra environment KEY=VALUE, repeatable (e.g. "
                                             "OMP_NUM_THREADS=4); PYTHONUNBUFFERED=1 is always set."),
     watchdog_sec: int = typer.Option(_DEFAULTS["watchdog_sec"], "--watchdog-sec", help="WatchdogSec=: no "
@@ -81,12 +81,14 @@ def install_service(
 ) -> None:
     """Write a systemd unit that runs the station at boot, restarts it on a crash or a hung inspection loop
     (Type=notify, WatchdogSec=, Restart=always) and, when stopped, waits for the parts on the belt to reach the
-    reject gate (TimeoutStopSec=, from the station's reject timing); print the systemctl commands to enable it."""
-    station = station.expanduser().resolve()
+    reject gate (TimeoutStopSec=, from the station's reject timing); print the systemctl commands to enable it.
+    Paths go into the unit absolute but with their links kept (a `current -> releases/vN` link is followed at
+    each start, so switching it switches the station)."""
+    station = absolute_path(station)
     cfg = _check_station(station, print_only)
     settings = ServiceSettings(
-        station=station, executable=(executable.expanduser().resolve() if executable else default_executable()),
-        user=user or default_user(), working_dir=(working_dir or Path.cwd()).expanduser().resolve(), name=name,
+        station=station, executable=(absolute_path(executable) if executable else default_executable()),
+        user=user or default_user(), working_dir=absolute_path(working_dir or logical_cwd()), name=name,
         group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec,
         timeout_stop_sec=_stop_timeout(cfg, timeout_stop_sec))
     if print_only:

@@ -4,13 +4,16 @@ Compilation happens at the first call with a new shape (each batch size the loop
 minutes on a small CPU (inductor writes and builds C++ with the system compiler; Triton on CUDA).
 Inductor's on-disk caches (FX graph cache, compiled kernels) make a later process reuse that work;
 they live under ``TORCHINDUCTOR_CACHE_DIR``, which defaults here to ``~/.cache/fair-edge/inductor``
-instead of PyTorch's ``/tmp`` folder so the cache survives a reboot of the station PC.
+instead of PyTorch's ``/tmp`` folder so the cache survives a reboot of the station PC. Without a home folder
+(HOME unset and a uid with no passwd entry, as in a container run with ``--user``) it falls back to
+``<tempdir>/fair-edge-<uid>/inductor``; the folder is worked out at the first compile, never at import.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +22,22 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-DEFAULT_CACHE = Path.home() / ".cache" / "fair-edge" / "inductor"
+
+
+def default_cache() -> Path:
+    """``~/.cache/fair-edge/inductor``; ``<tempdir>/fair-edge-<uid>/inductor`` when there is no home folder."""
+    try:
+        return Path.home() / ".cache" / "fair-edge" / "inductor"
+    except RuntimeError:   # HOME unset and the uid has no passwd entry
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        return Path(tempfile.gettempdir()) / f"fair-edge-{uid}" / "inductor"
 
 
 def cache_dir() -> Path:
-    """The inductor cache folder in use (``TORCHINDUCTOR_CACHE_DIR``, set to ``DEFAULT_CACHE`` if unset)."""
-    return Path(os.environ.setdefault(CACHE_ENV, str(DEFAULT_CACHE)))
+    """The inductor cache folder in use (``TORCHINDUCTOR_CACHE_DIR``, set to ``default_cache()`` if unset)."""
+    if not os.environ.get(CACHE_ENV):
+        os.environ[CACHE_ENV] = str(default_cache())
+    return Path(os.environ[CACHE_ENV])
 
 
 class CompiledModule:

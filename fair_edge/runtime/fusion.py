@@ -166,10 +166,10 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
     --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
     something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
-    from fair_edge.export.build import BuildOptions, clear_leftovers, staged
+    from fair_edge.export.build import BuildOptions, bundle_target, clear_leftovers, staged
     from fair_edge.export.bundle import load_bundle
 
-    out = Path(out)
+    out = bundle_target(Path(out))   # a link to a folder: fused there, the link kept
     clear_leftovers(out)   # what a killed fuse left beside --out; first, so a previous bundle it puts back is checked
     if len(member_dirs) < 2:
         raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")

@@ -17,11 +17,13 @@
     group:    {by: part, match: window, window_ms: 30, rule: any}      # views of one part: station/views.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
-Command-line flags override the file.
+A path field that starts with ``~`` (``output: ~/station_out``) is read as in a shell: under the home folder
+(``home_expanded``). Command-line flags override the file.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,6 +104,37 @@ def record_section(data: Any) -> Mapping[str, Any]:
     return data
 
 
+def expand_home(value: Any) -> Any:
+    """A path text starting with ``~`` or ``~user`` with that home folder put in (``os.path.expanduser``; left as
+    given when there is no home folder); any other value as given (a camera index, a URL, a value the field's own
+    check refuses)."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+
+def _with_home(data: Any, keys: tuple[str, ...]) -> Any:
+    """A copy of the mapping ``data`` with ``expand_home`` applied to ``keys``; ``data`` itself when it is not a
+    mapping (its section's check refuses it, naming it)."""
+    if not isinstance(data, Mapping):
+        return data
+    return {**data, **{key: expand_home(data[key]) for key in keys if key in data}}
+
+
+def home_expanded(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The station file's top-level mapping with ``~`` expanded in every path field, before any is read: bundle,
+    output, decision.roi, record.dir, camera.source (a folder or video), cameras[i].source / bundle / roi and
+    regions.zones[i].mask. Without it ``output: ~/station_out`` wrote into a folder named ``~`` in the current one."""
+    out = _with_home(d, ("bundle", "output"))
+    for section, keys in (("decision", ("roi",)), ("record", ("dir",)), ("camera", ("source",))):
+        if section in out:
+            out[section] = _with_home(out[section], keys)
+    if isinstance(out.get("cameras"), list):
+        out["cameras"] = [_with_home(view, ("source", "bundle", "roi")) for view in out["cameras"]]
+    regions = out.get("regions")
+    if isinstance(regions, Mapping) and isinstance(regions.get("zones"), list):
+        out["regions"] = {**regions, "zones": [_with_home(zone, ("mask",)) for zone in regions["zones"]]}
+    return out
+
+
 @dataclass(frozen=True)
 class StationConfig:
     camera: CameraSettings = field(default_factory=CameraSettings)
@@ -126,6 +159,7 @@ class StationConfig:
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
                                            "reject", "record", "metrics", "mqtt", "console", "regions",
                                            "cameras", "group"])
+        d = home_expanded(d)
         if d.get("cameras") is not None and d.get("camera") is not None:
             raise ConfigError("station: expected either camera: (one camera) or cameras: (a list), found both; "
                               "move the camera into the cameras: list.")

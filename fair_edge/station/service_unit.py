@@ -9,7 +9,10 @@
   TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first: ``stop_timeout_sec``
                                     sizes it from the station's reject timing (a long belt needs more than 60 s).
 Quoting follows systemd.syntax(7) and systemd.service(5): arguments with spaces or quotes are double-quoted with
-backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart, ``$`` too (variable expansion).
+backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart's arguments, ``$`` too (variable expansion; the
+executable path itself is not expanded, so its ``$`` stays single). systemd refuses an executable path holding a
+quote or a backslash, so such a path is refused here, by name. Paths are written absolute but not resolved
+(``absolute_path``): a ``current -> releases/vN`` link stays in the unit, so switching it switches the station.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ STOP_MARGIN_S = 30       # s added to the belt's drain: queued frames, the recor
 MAX_SEC = 7 * 86400      # the longest of the unit's times, s (a week); reject timing may reach 3 days (3 x 1 day)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
+EXEC_REFUSED = "\"'\\"   # characters systemd refuses in an executable path ("Executable name contains special characters")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ServiceSettings:
                            ("--working-dir", self.working_dir)):
             if not Path(path).is_absolute():
                 raise ConfigError(f"{what} must be an absolute path in a unit file; found {path}.")
+        _check_executable(self.executable)
         if not _UNIT_NAME.fullmatch(self.name):
             raise ConfigError(f"--name {self.name!r}: a unit name takes letters, digits and :_.-\\ only; e.g. fair-edge-line3.")
         for pair in self.environment:
@@ -111,14 +116,46 @@ def stop_timeout_sec(cfg: StationConfig) -> int:
     return min(MAX_SEC, max(STOP_SEC_MIN, math.ceil(belt_drain_ms(cfg) / 1000.0) + STOP_MARGIN_S))
 
 
+def _check_executable(executable: Path) -> None:
+    """ConfigError when systemd would refuse ``executable`` as ExecStart's program (a quote or a backslash in it:
+    the unit would never start), naming the path and the fix."""
+    refused = sorted({c for c in str(executable) if c in EXEC_REFUSED})
+    if refused:
+        found = " ".join(repr(c) for c in refused)
+        raise ConfigError(f"the fair-edge executable {executable} contains {found}: systemd refuses an executable "
+                          "path with a quote or a backslash (\"Executable name contains special characters\") and "
+                          "the unit would never start. Install fair-edge (its venv) under a folder without them, or "
+                          "link to it from one (ln -s ... /usr/local/bin/fair-edge) and pass --exec with the link.")
+
+
+def absolute_path(path: Path | str, cwd: str | None = None) -> Path:
+    """``path`` (``~`` expanded) made absolute against ``cwd`` (default ``logical_cwd()``) and normalised, its links
+    kept: a unit naming ``/srv/current/station.yaml`` follows ``current`` when it is switched to a new release."""
+    return Path(os.path.normpath(os.path.join(cwd or logical_cwd(), os.path.expanduser(str(path)))))
+
+
+def logical_cwd() -> str:
+    """The current folder as the shell names it: ``$PWD`` when it is absolute and is this folder (it keeps the links
+    the user ``cd``-ed through, like ``pwd -L``), else the physical ``os.getcwd()``."""
+    pwd = os.environ.get("PWD", "")
+    try:
+        if os.path.isabs(pwd) and os.path.normpath(pwd) == pwd and os.path.samefile(pwd, os.curdir):
+            return pwd
+    except OSError:   # $PWD names a folder that is gone
+        pass
+    return os.getcwd()
+
+
 def _escape(text: str, dollar: bool) -> str:
     text = text.replace("%", "%%")
     return text.replace("$", "$$") if dollar else text
 
 
-def quote_arg(arg: str) -> str:
-    """One ExecStart argument: double-quoted (with \\\\ and \\" escaped) when it holds spaces, quotes or backslashes."""
-    arg = _escape(arg, dollar=True)
+def quote_arg(arg: str, dollar: bool = True) -> str:
+    """One ExecStart word: double-quoted (with \\\\ and \\" escaped) when it holds spaces, quotes or backslashes;
+    ``%`` doubled, and ``$`` too unless ``dollar`` is False (the executable: systemd expands variables only in the
+    arguments after it)."""
+    arg = _escape(arg, dollar=dollar)
     if arg and not re.search(r"[\s\"'\\;]", arg):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -130,7 +167,7 @@ def _environment(pair: str) -> str:
 
 def render_unit(s: ServiceSettings) -> str:
     """The unit file text for ``s`` (see the module doc)."""
-    command = [str(s.executable), "run", "--station", str(s.station)]
+    arguments = ["run", "--station", str(s.station)]
     lines = [
         "# Written by `fair-edge install-service`; see docs/jetson.md.",
         "[Unit]",
@@ -142,7 +179,7 @@ def render_unit(s: ServiceSettings) -> str:
         "[Service]",
         "Type=notify",
         "NotifyAccess=main",
-        "ExecStart=" + " ".join(quote_arg(a) for a in command),
+        "ExecStart=" + " ".join([quote_arg(str(s.executable), dollar=False), *(quote_arg(a) for a in arguments)]),
         "ExecReload=/bin/kill -HUP $MAINPID",
         f"WorkingDirectory={_escape(str(s.working_dir), dollar=False)}",
         f"User={s.user}",
@@ -162,7 +199,8 @@ def render_unit(s: ServiceSettings) -> str:
 
 
 def default_executable() -> Path:
-    """The ``fair-edge`` program of this installation: beside this Python (a venv's bin/), else on PATH."""
+    """The ``fair-edge`` program of this installation: beside this Python (a venv's bin/), else on PATH; absolute,
+    its links kept (``absolute_path``)."""
     beside = Path(sys.executable).parent / "fair-edge"
     if beside.is_file():
         return beside
@@ -170,7 +208,7 @@ def default_executable() -> Path:
     if found is None:
         raise ConfigError("cannot find the fair-edge program (not beside this Python, not on PATH); pass --exec "
                           "/path/to/fair-edge.")
-    return Path(found).resolve()
+    return absolute_path(found)
 
 
 def default_user() -> str:
