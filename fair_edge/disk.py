@@ -1,7 +1,7 @@
 """What a failed write means and its fix, in one wording for every writer (checkpoints, bundles, reports, logs,
 unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
 by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
-(``discard_unfinished``)."""
+(``discard_unfinished``); where this account's caches go (``user_cache``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,16 @@ log = logging.getLogger(__name__)
 # errnos whose text libraries that keep no errno (torch.save's RuntimeError: "open file failed with strerror:
 # Read-only file system") still show: found by their os.strerror text
 _KNOWN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def user_cache() -> Path:
+    """This account's cache folder for fair-edge: ``~/.cache/fair-edge``, or ``<tempdir>/fair-edge-<uid>`` when there
+    is no home folder (HOME unset and a uid without a passwd entry, as in many containers: ``Path.home()`` raises)."""
+    try:
+        return Path.home() / ".cache" / "fair-edge"
+    except RuntimeError:
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        return Path(tempfile.gettempdir()) / f"fair-edge-{uid}"
 
 
 def free_bytes(path: str | Path) -> int:

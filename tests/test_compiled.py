@@ -3,7 +3,10 @@ compile time per batch size, and ``fair-edge bench --compile``. Both tests compi
 second reuses inductor's on-disk cache (a cold compile takes minutes on a busy 2-core machine)."""
 
 import json
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +105,17 @@ def test_the_cache_folder_is_the_homes_or_the_one_given(monkeypatch, tmp_path):
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache() == tmp_path / ".cache" / "fair-edge" / "inductor" == cache_dir()
+
+
+def test_without_a_home_folder_compiled_kernels_cache_under_tempdir(monkeypatch, tmp_path):
+    """The CUDA kernel's NVRTC cache had the same import-free but call-time Path.home() that raises without a home
+    folder: it now falls back to this account's temp cache, as the inductor cache does."""
+    from fair_edge.runtime import nvrtc_build
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("FAIR_EDGE_CACHE", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert nvrtc_build.cache_dir() == tmp_path / f"fair-edge-{os.getuid()}" / "kernels"

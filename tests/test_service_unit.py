@@ -432,3 +432,33 @@ def test_a_pwd_that_is_not_the_current_folder_is_not_used(tmp_path, monkeypatch)
     monkeypatch.setenv("PWD", str(current))
     assert logical_cwd() == str(current) and absolute_path("a/../station.yaml") == current / "station.yaml"
     assert absolute_path("~/x") == Path.home() / "x"
+
+
+def test_print_onto_a_full_disk_is_one_line_naming_standard_output(tmp_path):
+    """`--print > /dev/full` (a redirection onto a full disk) ended in a Python traceback; it is one error line
+    naming standard output and the fix, exit 2, and nothing more at exit."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    station = station_file(tmp_path / "cfg")
+    code = ("import sys; from fair_edge.cli import main; "
+            f"sys.argv = ['fair-edge', 'install-service', '--station', {str(station)!r}, '--print', "
+            f"'--exec', {sys.executable!r}]; main()")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-c", code], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert re.search(r"cannot write the unit to standard output \(No space left on device\).*--print", r.stderr, re.S)
+
+
+def test_printed_paths_keep_their_brackets(tmp_path, monkeypatch):
+    """Paths are printed as they are: '[b]' in a folder name was read as Rich markup (bold) and dropped, and '[/'
+    stopped the command with a MarkupError."""
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)
+    station = station_file(tmp_path / "cfg [b]")
+    units = tmp_path / "units [" / "x]"   # the text '[/x]' in the path: a Rich close tag
+    units.mkdir(parents=True)
+    r = CliRunner().invoke(app, ["install-service", "--station", str(station), "--unit-dir", str(units), "--user",
+                                 "inspect", "--exec", sys.executable, "--working-dir", str(tmp_path)],
+                           env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert f"wrote {units / 'fair-edge.service'}." in r.output, r.output

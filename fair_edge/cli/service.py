@@ -5,14 +5,18 @@ It writes a file and prints the ``systemctl`` commands to run; it never runs the
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from fair_edge.cli.common import console, friendly_errors
+from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
                                             belt_drain_ms, default_executable, default_user, install_unit,
@@ -28,7 +32,7 @@ def _check_station(station: Path, printing: bool):
     from fair_edge.station.config import load_station
 
     if not station.is_file() and printing:
-        console.print(f"note: {station} does not exist here; create it on the station machine before starting the unit.")
+        console.print(f"note: {escape(str(station))} does not exist here; create it on the station machine before starting the unit.")
         return None
     return load_station(station)
 
@@ -92,7 +96,7 @@ def install_service(
         group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec,
         timeout_stop_sec=_stop_timeout(cfg, timeout_stop_sec))
     if print_only:
-        sys.stdout.write(render_unit(settings))
+        print_unit(render_unit(settings))
         return
     if settings.user == "root":
         console.print("note: the station will run as root; pass --user with a dedicated account (see docs/jetson.md).")
@@ -100,6 +104,22 @@ def install_service(
     updated = target.is_file() and target.read_text() != render_unit(settings)
     path = install_unit(settings, unit_dir, replace=force)
     when = "To restart it with these settings and start it" if updated else "To start it now and"
-    console.print(f"wrote {path}. {when} at every boot (fair-edge does not run these):")
+    console.print(f"wrote {escape(str(path))}. {when} at every boot (fair-edge does not run these):")
     for command in systemctl_commands(settings, updated):
-        console.print(f"  {command}", highlight=False)
+        console.print(f"  {escape(command)}", highlight=False)
+
+
+def print_unit(text: str) -> None:
+    """Write the unit to standard output (--print); a write that fails (a full disk under a redirection, a closed
+    pipe) is one ConfigError naming standard output, and the rest of the output is sent to /dev/null so Python's
+    flush at exit does not fail again with a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):   # no file descriptor (captured in a test)
+            pass
+        raise ConfigError(f"cannot write the unit to standard output ({exc.strerror or exc}): send --print's output "
+                          "to a file on a disk with free space, or leave out --print to install the unit.") from exc

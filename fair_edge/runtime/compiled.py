@@ -13,24 +13,22 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fair_edge.disk import user_cache
+
 log = logging.getLogger(__name__)
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def default_cache() -> Path:
-    """``~/.cache/fair-edge/inductor``; ``<tempdir>/fair-edge-<uid>/inductor`` when there is no home folder."""
-    try:
-        return Path.home() / ".cache" / "fair-edge" / "inductor"
-    except RuntimeError:   # HOME unset and the uid has no passwd entry
-        uid = os.getuid() if hasattr(os, "getuid") else "user"
-        return Path(tempfile.gettempdir()) / f"fair-edge-{uid}" / "inductor"
+    """``~/.cache/fair-edge/inductor``; ``<tempdir>/fair-edge-<uid>/inductor`` when there is no home folder
+    (``fair_edge.disk.user_cache``)."""
+    return user_cache() / "inductor"
 
 
 def cache_dir() -> Path:

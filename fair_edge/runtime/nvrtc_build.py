@@ -15,6 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from fair_edge.disk import user_cache
 from fair_edge.errors import KernelError
 from fair_edge.export.cuda_api import check, import_cuda
 
@@ -24,8 +25,9 @@ TARGET = re.compile(r"^(sm|compute)_\d{2,3}[af]?$")
 
 
 def cache_dir() -> Path:
-    """Folder of compiled kernels (created on first use)."""
-    root = os.environ.get("FAIR_EDGE_CACHE") or Path.home() / ".cache" / "fair-edge"
+    """Folder of compiled kernels (created on first use): under ``$FAIR_EDGE_CACHE``, else this account's cache
+    (``fair_edge.disk.user_cache``: a temp folder when there is no home folder)."""
+    root = os.environ.get("FAIR_EDGE_CACHE") or user_cache()
     return Path(root) / "kernels"
 
 
