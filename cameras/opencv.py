@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, ConfigError
+from fair_edge.images import utf8_problem
 
 from .base import EndOfStream, FrameMissed
 from .capture import SourceBase
@@ -104,7 +105,8 @@ def _default_api(kind: str) -> int:
 class OpenCVSource(SourceBase):
     """Frames from ``cv2.VideoCapture``.
 
-    target: camera index (``0``), device path (``/dev/video0``), URL (``rtsp://...``) or file.
+    target: camera index (``0``), device path (``/dev/video0``), URL (``rtsp://...``) or file; a target that is not
+    UTF-8 (a Latin-1 file name) is refused at open as a :class:`CameraError` naming it (OpenCV would crash on it).
     api: OpenCV backend (``cv2.CAP_*``); default V4L2 for local cameras on Linux, else any.
     width, height, fps: requested capture format (the device may choose another; logged).
     buffer_size: driver-side frame buffer; 1 keeps latency low for live inspection.
@@ -133,6 +135,11 @@ class OpenCVSource(SourceBase):
         return self._fps_seen or self.fps
 
     def _connect(self) -> tuple[np.ndarray, str]:
+        problem = "" if self.kind == "index" else utf8_problem(self.target)
+        if problem:   # OpenCV crashes the process (segfault) on a name that is not UTF-8
+            raise CameraError(f"cannot open the {self.kind} target: {problem}; OpenCV opens a source only by a "
+                              "UTF-8 name. Rename the file or its folder to UTF-8 (`convmv -f latin1 -t utf8 "
+                              "--notest PATH`), or copy it to a UTF-8 name.")
         cap = self._create()
         self._cap = cap
         if not cap.isOpened():

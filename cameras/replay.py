@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, DataError
-from fair_edge.images import read_image
+from fair_edge.images import image_files, read_image, utf8_problem
 from fair_edge.preprocess import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 
 from .base import EndOfStream, Pacer, check_fps
@@ -31,7 +31,9 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".web
 class FolderReplaySource(SourceBase):
     """Images of one folder (not recursive), sorted by file name.
 
-    folder: directory holding images with a suffix in ``suffixes`` (case-insensitive).
+    folder: directory holding images with a suffix in ``suffixes`` (case-insensitive); hidden files (a name starting
+    with ".", e.g. a macOS AppleDouble ``._NAME.png``, which holds no image) are not listed (``images.image_files``,
+    training's rule).
     fps: replay rate, frames per second; 0 = as fast as possible.
     loop: start again after the last image; else :class:`EndOfStream`. With loop, a pass over every file in
     which none is readable (the folder removed or emptied while replaying) is a camera fault,
@@ -83,8 +85,7 @@ class FolderReplaySource(SourceBase):
         if not self.folder.is_dir():
             raise CameraError(f"{self.name}: expected a folder of images, found "
                               f"{'a file' if self.folder.exists() else 'nothing'} at {self.folder}")
-        self._files = sorted(p for p in self.folder.iterdir()
-                             if p.is_file() and p.suffix.lower() in self.suffixes)
+        self._files = image_files(self.folder, self.suffixes)
         if not self._files:
             raise CameraError(f"{self.name}: the folder {self.folder} holds no images (looked for "
                               f"{', '.join(self.suffixes)}); put the images to replay there, or give a video file.")
@@ -142,8 +143,9 @@ class FolderReplaySource(SourceBase):
 class VideoReplaySource(SourceBase):
     """Frames of a video file, decoded by OpenCV.
 
-    path: the video file. fps: replay rate in frames per second; ``None`` = the file's own
-    rate (as fast as possible if the file does not state one); 0 = as fast as possible.
+    path: the video file; its path must be UTF-8 (OpenCV opens it by name and crashes on one that is not: such a
+    path is refused at open as a :class:`CameraError` naming it). fps: replay rate in frames per second; ``None`` =
+    the file's own rate (as fast as possible if the file does not state one); 0 = as fast as possible.
     loop: rewind at the end; else :class:`EndOfStream`.
     Frames: (H, W, 3) uint8 BGR, ``source`` = the file name.
     """
@@ -175,6 +177,11 @@ class VideoReplaySource(SourceBase):
     def _connect(self) -> tuple[np.ndarray, str]:
         if not self.path.is_file():
             raise CameraError(f"{self.name}: no such video file {self.path}; check the path")
+        problem = utf8_problem(self.path)
+        if problem:
+            raise CameraError(f"{self.name}: the video path {problem}; OpenCV opens a video only by a UTF-8 name. "
+                              "Rename the file or its folder to UTF-8 (`convmv -f latin1 -t utf8 --notest PATH`), "
+                              "or copy it to a UTF-8 name.")
         cap = self._cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise CameraError(f"{self.name}: OpenCV could not open {self.path}; check it plays elsewhere "

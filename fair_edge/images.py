@@ -1,7 +1,13 @@
 """Image files -> frames: the one decoder every reader of an image file uses (training, eval, build, the station's
 folder replay; ground-truth, ROI and zone masks through ``decode_file``), so a file gives the same pixels on every
-path and a bad file is a DataError naming it, never an OpenCV exception; and the one PNG writer (``write_png``: whole
-or not at all, any file name)."""
+path and a bad file is a DataError naming it, never an OpenCV exception; the one image writer (``write_png``,
+``write_image``; ``encode_image`` + ``write_whole`` for a caller that counts encoder and disk failures apart: whole or
+not at all, any file name); and the one rule of which files of a folder are images (``image_files``).
+
+No file name reaches OpenCV: its readers and writers take a ``str``, and a name that is not UTF-8 (a Latin-1 folder
+from a Windows share: surrogate escapes in Python) crashes the process (segfault) there. Files are read and written
+by Python and decoded / encoded in memory; a video, which only OpenCV can open by name, is checked first
+(``utf8_problem``)."""
 
 from __future__ import annotations
 
@@ -76,21 +82,84 @@ def gray_2d(frame: np.ndarray) -> np.ndarray:
     return frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write ``image`` ((H, W, 3) or (H, W) uint8) as the PNG ``path`` in full or not at all: encoded by OpenCV,
-    written by Python to ``PATH.tmp`` (any name Python can open: OpenCV's own writer crashes on a name that is not
-    UTF-8) and renamed over ``path``, so an earlier file of that name stays whole until the new one is complete.
-    Missing parent folders are made. Raises DataError naming the file when it cannot be encoded or written."""
+def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
+    """``image`` ((H, W, 3) or (H, W) uint8) encoded as the format ``suffix`` names (".png", ".jpg"; OpenCV's
+    defaults: JPEG quality 95). Raises DataError naming the image's shape and dtype when OpenCV refuses it."""
+    try:
+        ok, data = cv2.imencode(suffix, image)
+        said = "" if ok else "it returned no data"
+    except cv2.error as exc:
+        ok, said = False, " ".join(str(exc).split()).split("error: ", 1)[-1]
+    if not ok:
+        raise DataError(f"OpenCV could not encode the image ({_shape_of(image)}) as {suffix}: {said}; expected "
+                        "(H, W, 3) or (H, W) uint8 pixels")
+    return data.tobytes()
+
+
+def write_whole(path: str | Path, data: bytes) -> None:
+    """Write ``data`` as the file ``path`` in full or not at all: by Python to ``PATH.tmp`` (any name Python can open,
+    UTF-8 or not) and renamed over ``path``, so an earlier file of that name stays whole until the new one is
+    complete. The folder must exist. Raises OSError (``PATH.tmp`` removed) when it cannot be written."""
     path = Path(path)
-    ok, data = cv2.imencode(".png", image)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        if not ok:
-            raise OSError(f"OpenCV could not encode the image ({image.shape} {image.dtype}) as PNG")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as exc:
+    except OSError:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: str | Path, image: np.ndarray, suffix: str | None = None) -> None:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as the file ``path``, in the format ``suffix`` names (None: the
+    path's own suffix, ".png" or ".jpg"), whole or not at all and under any file name (``write_whole``; OpenCV's own
+    writer crashes on a name that is not UTF-8). Missing parent folders are made. Raises DataError naming the file
+    when it cannot be encoded or written."""
+    path = Path(path)
+    try:
+        data = encode_image(image, suffix or path.suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(path, data)
+    except (OSError, DataError) as exc:
         raise DataError(f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); expected a writable "
                         "folder with free space; an earlier file of that name is left as it was") from None
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as the PNG ``path`` (whatever its suffix), whole or not at all,
+    under any file name (``write_image``). Raises DataError naming the file when it cannot be encoded or written."""
+    write_image(path, image, ".png")
+
+
+def _shape_of(image: object) -> str:
+    """``(H, W, C) dtype`` of an array for a message; the type's name for anything else."""
+    return f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+
+
+def utf8_problem(path: str | Path) -> str:
+    """"" when ``path`` can be handed to OpenCV by name (it is UTF-8), else what is wrong, for a message: the path
+    with its bytes that are not UTF-8 written \\xNN and the first of them, e.g. "clip\\xe9.avi is not UTF-8 (byte
+    0xe9 at byte offset 4)". OpenCV crashes the process (segfault) on a name that is not UTF-8."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = raw.decode("utf-8", "backslashreplace")
+        return f"{shown} is not UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset {exc.start})"
+    return ""
+
+
+def is_hidden_name(name: str) -> bool:
+    """True for a hidden file name, one starting with ".": a macOS AppleDouble ``._NAME.png`` (the Finder's
+    metadata, not an image, left on a USB stick or share a Mac wrote to), ``.DS_Store``, an editor's ``.NAME.swp``.
+    No such file is ever taken for an image."""
+    return name.startswith(".")
+
+
+def image_files(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name: files whose suffix is one of ``suffixes``
+    (lower-case, compared case-insensitively) and whose name is not hidden (``is_hidden_name``: no ``._NAME.png``).
+    The one rule of which files of a folder are images (training, eval, build, the station's folder replay).
+    Raises OSError when the folder cannot be read."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if not is_hidden_name(p.name) and p.suffix.lower() in suffixes and p.is_file())

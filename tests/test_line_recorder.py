@@ -282,14 +282,14 @@ def test_close_writes_every_queued_row_and_skips_only_the_images_past_its_deadli
     The writer's NG image writes hang until close gives up on images (a slow disk), so the order is fixed."""
     import fair_edge.line.recorder as recmod
 
-    real = recmod.cv2.imwrite
+    real = recmod.write_whole
     holder = {}
 
-    def slow_imwrite(path, img):
+    def slow_write(path, data):
         assert holder["rec"].images_off.wait(10), "close never stopped the images"
-        return real(path, img)
+        return real(path, data)
 
-    monkeypatch.setattr(recmod.cv2, "imwrite", slow_imwrite)
+    monkeypatch.setattr(recmod, "write_whole", slow_write)
     rec = holder["rec"] = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=64), run_id="R1")
     for i in range(40):
         assert rec.record(_frame(i), _verdict(i, ng=True), _amap())
@@ -587,10 +587,11 @@ class SlowImages:
             assert self.release.wait(30), "the test never released the writer"
         return image
 
-    def imwrite(self, real):
-        def write(path, img):
+    def write(self, real):
+        """``real`` (the recorder's file writer, ``images.write_whole``) taking ``write_s`` on the fake clock."""
+        def write(path, data):
             self.now += self.write_s
-            return real(path, img)
+            return real(path, data)
         return write
 
 
@@ -603,7 +604,7 @@ def test_a_full_image_queue_says_how_long_an_ng_part_takes_to_save_not_that_the_
     import fair_edge.line.recorder as recmod
 
     slow = SlowImages(draw_s=0.7, write_s=0.6, hold_seq=1)
-    monkeypatch.setattr(recmod.cv2, "imwrite", slow.imwrite(recmod.cv2.imwrite))
+    monkeypatch.setattr(recmod, "write_whole", slow.write(recmod.write_whole))
     rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=2, image_format=fmt), timer=slow)
     rec._overlay = slow.overlay
     try:

@@ -63,7 +63,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..images import gray_2d
+from ..images import encode_image, gray_2d, write_whole
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_panel, threshold_mark
@@ -536,8 +536,7 @@ class Recorder:
                                self._overlay(frame.image, amap, verdict)))
             drawn = self._timer()
             for path, img in images:
-                if not cv2.imwrite(str(path), img):
-                    raise OSError(f"cv2.imwrite returned False for {path}")
+                write_whole(path, encode_image(img, f".{ext}"))   # any file name: OpenCV's writer crashes on non-UTF-8
         except OSError as exc:
             self._counters.add("write_errors")
             self._warn_once("image-oserror", "saving NG image failed: %s; check the disk under %s", exc, self.dir)

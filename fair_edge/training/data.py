@@ -18,6 +18,7 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
+from fair_edge.images import image_files, is_hidden_name
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -170,11 +171,12 @@ def _path_of(item: Sample | Path) -> Path:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Sorted image files directly inside ``folder``. Raises DataError if missing or empty."""
+    """Sorted image files directly inside ``folder`` (``images.image_files``: hidden files, such as a macOS
+    AppleDouble ``._NAME.png`` beside each image, are not images). Raises DataError if missing or empty."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder, IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return files
@@ -182,23 +184,46 @@ def list_images(folder: str | Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- layouts
 def _mvtec(root: Path, need_train: bool = True) -> DatasetSplit:
-    """need_train False (eval): train/good may be missing or empty (the split then has no training images)."""
+    """need_train False (eval): train/good may be missing or empty (the split then has no training images).
+    test/: one folder per type (``mvtec_test_types``: hidden, NAS and empty folders are skipped)."""
     good = root / "train" / "good"
-    if need_train or (good.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in good.iterdir())):
+    if need_train or (good.is_dir() and image_files(good, IMAGE_SUFFIXES)):
         train = [Sample(p) for p in list_images(good)]
     else:
         train = []
     test: list[Sample] = []
-    test_dir = root / "test"
-    if test_dir.is_dir():
-        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
-            for p in list_images(type_dir):
-                if is_good_name(type_dir.name):
-                    test.append(Sample(p))
-                    continue
-                mask = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
-                test.append(Sample(p, 1, type_dir.name, mask if mask.is_file() else None))
+    for type_dir, files in mvtec_test_types(root / "test"):
+        for p in files:
+            if is_good_name(type_dir.name):
+                test.append(Sample(p))
+                continue
+            mask = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
+            test.append(Sample(p, 1, type_dir.name, mask if mask.is_file() else None))
     return DatasetSplit(root.name, train, test)
+
+
+def is_dataset_folder(name: str) -> bool:
+    """False for a folder no dataset keeps images in: a hidden one (``.ipynb_checkpoints``, ``.Trashes``) or a NAS's
+    "@" folder (Synology's ``@eaDir`` thumbnails, ``@Recycle``); True for any other name."""
+    return not (is_hidden_name(name) or name.startswith("@"))
+
+
+def mvtec_test_types(test_dir: Path) -> list[tuple[Path, list[Path]]]:
+    """(folder, its image files) for each type folder of an MVTec ``test/`` folder (good, crack, ...), sorted by
+    name. Hidden and NAS folders are left out (``is_dataset_folder``); a folder that holds no image (a stray
+    ``test/scratch``) is skipped with a warning naming it, so it stops neither training (which never reads test/)
+    nor eval (which reports on the other types). [] when ``test_dir`` is not a folder."""
+    if not test_dir.is_dir():
+        return []
+    types = []
+    for folder in sorted(d for d in test_dir.iterdir() if d.is_dir() and is_dataset_folder(d.name)):
+        files = image_files(folder, IMAGE_SUFFIXES)
+        if files:
+            types.append((folder, files))
+        else:
+            log.warning("skipping the test folder %s: it holds no images (%s); put that type's test images there, "
+                        "or remove the folder", folder, ", ".join(IMAGE_SUFFIXES))
+    return types
 
 
 def _visa_rows(csv_path: Path) -> tuple[list[str], list[dict]]:
@@ -310,7 +335,7 @@ def load_dataset(spec: str | Path, category: str | None = None, *, need_train: b
     for root in (path, path / category) if category else (path,):
         if (root / "train" / "good").is_dir() or (not need_train and (root / "test").is_dir()):
             return _mvtec(root, need_train)
-    if (path / "test").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+    if (path / "test").is_dir() and not image_files(path, IMAGE_SUFFIXES):
         raise DataError(f"{path} has a test/ folder but no train/good folder: training needs normal images in "
                         f"{path / 'train' / 'good'}; add them there, or give a folder of normal images.")
     return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])

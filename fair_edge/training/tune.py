@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 
 from fair_edge.training import metrics
 from fair_edge.training.loop import check_seed
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.training.data import DatasetSplit, Sample, read_image
+from fair_edge.images import write_png
+from fair_edge.training.data import DatasetSplit, Sample, read_frames
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.training.evaluate import score_samples
 from fair_edge.training.runs import remove_outputs
@@ -218,21 +218,21 @@ def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[lis
 
 
 def write_proxy_set(held: list[Sample], out: Path, settings: TuneSettings) -> list[Sample]:
-    """Held-out normals (label 0) + one planted copy each (label 1), written as PNGs under ``out``."""
+    """Held-out normals (label 0) + one planted copy each (label 1), written as PNGs under ``out`` (any file name).
+    Each held-out file is read by training's one skip rule (``data.read_frames``): an unreadable one (truncated, a
+    macOS ``._NAME.png``) is skipped with a warning naming it, as training skips it; DataError when none is
+    readable."""
     rng = np.random.default_rng(settings.seed + 1)
     kinds = [(k, s) for s in settings.sizes for k in settings.kinds]
     samples = []
-    (out / "good").mkdir(parents=True, exist_ok=True)
-    for i, sample in enumerate(held):
-        frame = read_image(sample.path)
+    for i, (_, frame) in enumerate(read_frames(held, what="held-out normal images")):
         good = out / "good" / f"{i:04d}.png"
-        cv2.imwrite(str(good), frame)
+        write_png(good, frame)
         kind, size = kinds[i % len(kinds)]
         bad_frame, _ = plant(frame, kind, size, rng)
-        folder = out / f"{kind}-{size}"
-        folder.mkdir(exist_ok=True)
-        cv2.imwrite(str(folder / f"{i:04d}.png"), bad_frame)
-        samples += [Sample(good), Sample(folder / f"{i:04d}.png", 1, f"{kind}-{size}")]
+        bad = out / f"{kind}-{size}" / f"{i:04d}.png"
+        write_png(bad, bad_frame)
+        samples += [Sample(good), Sample(bad, 1, f"{kind}-{size}")]
     return samples
 
 
