@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.bench.settings import BenchSettings
@@ -42,11 +43,11 @@ def print_cameras(report) -> None:
                       " ".join(str(n) for n in r.per_camera.values()), " ".join(f"{f:.1f}" for f in r.round_fps))
     out = Console()
     (out if out.is_terminal else Console(width=180)).print(table)
-    console.print(f"backend: {report.cameras_backend}")
+    console.print(f"backend: {escape(str(report.cameras_backend))}")
     console.print("cell = one model, frames of all cameras batched (max batch = cameras); stations = one model copy "
                   "and one loop (max batch 1) per camera, threads of this process")
     for key, value in report.bundle.get("facts", {}).items():
-        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
+        console.print(f"{key.replace('_', ' ')}: {escape(describe_fact(value))}")
 
 
 def print_bench(report) -> None:
@@ -69,9 +70,9 @@ def print_bench(report) -> None:
                       f"{r.p50_ms:.1f}/{r.p99_ms:.1f}/{r.max_ms:.1f}", str(r.dropped), f"{r.mean_batch:.1f}")
     out = Console()
     (out if out.is_terminal else Console(width=160)).print(table)  # a piped log keeps whole rows
-    console.print(f"backend: {report.rows[0].detail}" if report.rows else "no rows timed")
+    console.print(f"backend: {escape(str(report.rows[0].detail))}" if report.rows else "no rows timed")
     for key, value in report.bundle.get("facts", {}).items():
-        console.print(f"{key.replace('_', ' ')}: {describe_fact(value)}")
+        console.print(f"{key.replace('_', ' ')}: {escape(describe_fact(value))}")
     for key, best in report.best.items():
         console.print(f"best batch {key}: {best['batch']} ({best['fps']:.1f} frames/s)")
     for batch, seconds in report.compile_seconds.items():
@@ -168,4 +169,4 @@ def bench(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
-        console.print(f"[green]results:[/] {json_out}")
+        console.print(f"[green]results:[/] {escape(str(json_out))}")

@@ -31,7 +31,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import images_for, read_frames
-from fair_edge.cli.common import check_width, friendly_errors, progress_bar
+from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.runtime.highpass_plan import plan_highpass
@@ -145,8 +145,9 @@ def _summary(result: BuildResult) -> None:
     table.add_row("TensorRT engine", "built" if result.engine_built else "NOT built", escape(result.engine_note))
     table.add_row("time", f"{result.seconds:.1f} s", "calibration cache reused" if result.calibration_reused else "")
     console.print(table)
-    root = escape(str(b.root))
-    console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]")
+    root = escape(shell_word(b.root))
+    console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]",
+                  soft_wrap=True)
 
 
 def quality_gate_rows(result: BuildResult) -> list[tuple[str, str, str]]:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import typer
+from rich.markup import escape
 
-from fair_edge.cli.common import console, friendly_errors
+from fair_edge.cli.common import console, friendly_errors, print_plain, replay_spec
 from fair_edge.training.collect import QualitySettings
 from fair_edge.errors import ConfigError
 
@@ -52,7 +53,7 @@ def collect(
     check_duration(duration)
     if reviewed is not None:
         result = export_reviewed(reviewed, out)
-        console.print(f"[green]exported every reviewed part[/] to {out}: {result['summary']}")
+        console.print(f"[green]exported every reviewed part[/] to {escape(str(out))}: {escape(result['summary'])}")
         return
     from fair_edge.cameras import open_source
 
@@ -63,13 +64,13 @@ def collect(
     try:
         if timer is not None:
             timer.start()
-        with open_source(str(camera if camera is not None else source)) as src:
+        with open_source(camera if camera is not None else replay_spec(source)) as src:
             read = collect_from_source(src, collector, max_saved=max_frames, every=every, stop=stop)
             skipped_files = int(getattr(src, "unreadable", 0))
     finally:
         if timer is not None:
             timer.cancel()
-    console.print(collect_line(read, skipped_files, collector.counts, out))
+    print_plain(collect_line(read, skipped_files, collector.counts, out))
 
 
 def check_duration(duration: Optional[float]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,36 @@ def friendly_errors(fn):
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
+
+
+def print_plain(text: str) -> None:
+    """Print ``text`` as it is on stderr, one line per line: no Rich markup (a path's ``[b]`` is text, its ``[/`` no
+    MarkupError), no highlighting, no wrapping (a ``next:`` command stays one line to copy). For lines with paths
+    that carry no style of their own, and lines made by library code (``on_start``)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def shell_word(path: str | Path) -> str:
+    """``path`` as one word of a command a user can paste into a shell (the ``next:`` lines): quoted
+    (``shlex.quote``) when it holds spaces, quotes or other shell characters, and with ``./`` in front when it is
+    relative and starts with ``-`` (``-run1/final.pt`` -> ``./-run1/final.pt``; the command would take it for an
+    option: 'No such option: -r'). A name that is no path ('elpv') and starts with no ``-`` is left as it is."""
+    text = str(path)
+    return shlex.quote("./" + text if text.startswith("-") else text)
+
+
+def replay_spec(source: Path) -> str:
+    """The camera source spec of ``--source PATH`` (run, collect): ``folder:PATH`` for an existing folder,
+    ``video:PATH`` for an existing file (kinds of ``fair_edge.cameras.registry.SOURCES``), so a folder of frames
+    named for its date (``20240115``, or ``./20240115``: pathlib drops the ``./``) is replayed, not opened as
+    camera index 20240115 by the bare-target guess (``AUTO_RULES``: all digits = a camera index). Any other PATH
+    as typed: a number that names no file or folder stays a camera index, a missing file gets the source's own
+    error."""
+    if source.is_dir():
+        return f"folder:{source}"
+    if source.is_file():
+        return f"video:{source}"
+    return str(source)
 
 
 def check_out_writable(out: Path, writer: str = "a training run", writes: str = "its checkpoints",

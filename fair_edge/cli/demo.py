@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import console, friendly_errors
+from fair_edge.cli.common import console, friendly_errors, print_plain
 from fair_edge.cli.evaluate import run_eval
 from fair_edge.cli.run import latency_text
 from fair_edge.cli.train import family_choices, run_training
@@ -87,12 +87,13 @@ def can_continue(out: Path, cfg, model) -> bool:
     try:
         saved = read_saved_run(out)
     except CheckpointError as exc:
-        console.print(f"[yellow]not continuing {out / 'last.pt'}: {escape(str(exc))}[/] Training from the start.")
+        console.print(f"[yellow]not continuing {escape(str(out / 'last.pt'))}: {escape(str(exc))}[/] Training from "
+                      "the start.")
         return False
     same = saved.train == cfg and saved.model == model
     if not same:
-        console.print(f"[yellow]{out / 'last.pt'} was trained with other settings (e.g. --steps or --model); training "
-                      "from the start.[/]")
+        console.print(f"[yellow]{escape(str(out / 'last.pt'))} was trained with other settings (e.g. --steps or "
+                      "--model); training from the start.[/]")
     return same
 
 
@@ -159,19 +160,19 @@ def demo(
     def train_or_reuse() -> Path:
         final = out / "final.pt"
         if final.is_file() and not retrain and reusable_demo_model(final, spec):
-            console.print(f"reusing demo model {final} (--retrain to train again)")
+            print_plain(f"reusing demo model {final} (--retrain to train again)")
             return final
         cfg = demo_train_config(steps, spec.family)
         resume = not retrain and can_continue(out, cfg, spec)
         if resume:
-            console.print(f"continuing the interrupted demo training in {out / 'last.pt'} (--retrain to start over)")
+            print_plain(f"continuing the interrupted demo training in {out / 'last.pt'} (--retrain to start over)")
         return run_training(DEMO_DATA, preprocess=spec.preprocess, cfg=cfg, out=out, device=device, resume=resume,
                             model=spec)[0]
 
     try:
         report = run_demo(out, train=train_or_reuse, fps=fps, backend=backend,
                           false_reject_rate=false_reject_rate,
-                          say=console.print,
+                          say=print_plain,
                           evaluate=lambda final: run_eval(final, DEMO_DATA, out / "report", device=device, batch=32,
                                                           false_reject_rate=false_reject_rate))
     except TrainingInterrupted as exc:
@@ -179,4 +180,5 @@ def demo(
                       highlight=False)
         raise typer.Exit(130) from None
     print_demo(report)
-    console.print(f"[green]demo report:[/] {out / 'demo_report.json'}; verdicts: {out / 'station' / 'verdicts.jsonl'}")
+    console.print(f"[green]demo report:[/] {escape(str(out / 'demo_report.json'))}; verdicts: "
+                  f"{escape(str(out / 'station' / 'verdicts.jsonl'))}")

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
@@ -20,7 +21,7 @@ REPORT_FOLDER = "metrics.json, scores.csv, roc.png, heatmaps/"   # what an --out
 
 
 def print_metrics(result: dict, out: Path) -> None:
-    table = Table(title=f"evaluation ({out})")
+    table = Table(title=escape(f"evaluation ({out})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     catch = [k for k in result if k.startswith("catch_at_")]
@@ -32,7 +33,7 @@ def print_metrics(result: dict, out: Path) -> None:
     Console().print(table)
     for key in ("note", "pixel_metrics"):
         if key in result:
-            console.print(f"[yellow]{result[key]}[/]")
+            console.print(f"[yellow]{escape(str(result[key]))}[/]")
     regions = result.get("regions") or {}
     if "defects" in regions:
         console.print(f"regions at pixel threshold {regions['pixel_threshold']:.5g} ({regions['pixel_threshold_source']}): "
@@ -91,4 +92,4 @@ def eval_command(
     check_out_writable(out, "an evaluation", "its report", REPORT_FOLDER)   # before scoring, not after it
     run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category,
              pixel_threshold=pixel_threshold)
-    console.print(f"[green]report:[/] {out}")
+    console.print(f"[green]report:[/] {escape(str(out))}")

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.cli.common import console, friendly_errors
+from fair_edge.cli.common import console, friendly_errors, print_plain, shell_word
 from fair_edge.runtime.fusion import RULES
 
 app = typer.Typer()
@@ -40,9 +41,10 @@ def fuse(
     frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
-        console.print(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
-    console.print(f"[green]fused bundle:[/] {out} (rule {rule}, threshold {fused.threshold.value:.4g} at "
-                  f"{false_reject_rate:.1%} false rejects)\nnext: fair-edge run --bundle {out} --source FRAMES")
+        print_plain(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
+    console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g} "
+                  f"at {false_reject_rate:.1%} false rejects)")
+    print_plain(f"next: fair-edge run --bundle {shell_word(out)} --source FRAMES")
 
 
 def largest_tiling(bundles: list[Path]):

@@ -58,7 +58,7 @@ def check(
             console.print(f"{name.replace('_', ' ')}: caught {caught} of the defective images, false rejects {false}")
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        console.print(f"[green]report:[/] {json_out}")
+        console.print(f"[green]report:[/] {escape(str(json_out))}")
 
 
 def json_folder(json_out: Path) -> Path:

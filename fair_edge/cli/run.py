@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import console, friendly_errors
+from fair_edge.cli.common import console, friendly_errors, print_plain, replay_spec
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.selection import BACKENDS
 from fair_edge.station.doc import station_reference
@@ -53,7 +53,7 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
         rows.append(("fault output", f"[bold red]ON: {rejects['fault_output']}[/]"))
     dead = undelivered_sinks(rejects)
     if dead:
-        rows.append(("[bold red]sinks that delivered nothing[/]", ", ".join(dead)))
+        rows.append(("[bold red]sinks that delivered nothing[/]", escape(", ".join(dead))))
     return rows
 
 
@@ -105,8 +105,8 @@ def cell_rows(summary) -> list[tuple[str, object]]:
         p = summary.parts
         rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected"))
     for name, c in summary.cameras.items():
-        rows.append((f"camera {name}", f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} dropped, "
-                                       f"{c['lost']} lost"))
+        rows.append((escape(f"camera {name}"), f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} "
+                                               f"dropped, {c['lost']} lost"))
     return rows
 
 
@@ -147,7 +147,7 @@ def rows_not_logged(recorder: dict) -> int:
 def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
     """The run's summary table (out: the output folder, in its title), then, in red, a station fault and rows the
     recorder did not write (log_dir: where it writes, named in the fix; default ``out``)."""
-    table = Table(title=f"run summary ({out}, run {summary.run_id})")
+    table = Table(title=escape(f"run summary ({out}, run {summary.run_id})"))
     table.add_column("")
     table.add_column("value", justify="right")
     rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
@@ -161,7 +161,7 @@ def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
         table.add_row(name, str(value))
     Console().print(table)
     if summary.fault:
-        console.print(f"[bold red]station fault:[/] {summary.fault}")
+        console.print(f"[bold red]station fault:[/] {escape(str(summary.fault))}")
     lost = rows_not_logged(summary.recorder)
     if lost:
         console.print(f"[bold red]{lost} log row(s) not written[/] (the verdict log row above says why); they are "
@@ -240,7 +240,7 @@ def run(
                           "(cameras:); change a camera's source there, or drop the flag.")
     cam = cfg.camera
     if camera is not None or source is not None:
-        cam = replace(cam, source=str(camera if camera is not None else source))
+        cam = replace(cam, source=camera if camera is not None else replay_spec(source))
     cam = replace(cam, fps=fps if fps is not None else cam.fps, loop=loop or cam.loop)
     if cfg.cameras and (fps is not None or loop):   # --fps / --loop: every camera's replay
         cfg = replace(cfg, cameras=tuple(replace(v, fps=fps if fps is not None else v.fps, loop=loop or v.loop)
@@ -259,14 +259,14 @@ def run(
         live.update(live_table(inspector))
 
     with live or contextlib.nullcontext():
-        summary = run_any(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=console.print,
+        summary = run_any(cfg, signals.stop, max_frames=max_frames, duration_s=duration, on_start=print_plain,
                               on_tick=show_live if live else None, on_console=signals.wire_sighup,
                               export_reviewed=export_reviewed)
     print_summary(summary, cfg.output, cfg.record.dir)
-    console.print(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
+    print_plain(f"verdicts: {cfg.record.dir / 'verdicts.jsonl'}")
     code = exit_code(summary)
     if code == EXIT_REJECTS_UNDELIVERED:
-        console.print(f"[bold red]rejects were due but {', '.join(undelivered_sinks(summary.rejects))} "
+        console.print(f"[bold red]rejects were due but {escape(', '.join(undelivered_sinks(summary.rejects)))} "
                       f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
     if code:
         raise typer.Exit(code)

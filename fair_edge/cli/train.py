@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import typer
 from rich.markup import escape
 
-from fair_edge.cli.common import check_out_writable, console, friendly_errors, progress_bar
+from fair_edge.cli.common import check_out_writable, console, friendly_errors, print_plain, progress_bar, shell_word
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
@@ -54,7 +54,7 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     extras = {"textures": texture_images, "backbone_weights": backbone_weights, "backbone_sha256": backbone_sha256,
               "parallel": parallel if parallel.world > 1 else None}
     check_extras(training, extras, model.family, model.describe())
-    with console.status(f"loading {len(split.train)} training images of {split.name}"):
+    with console.status(escape(f"loading {len(split.train)} training images of {split.name}")):
         trainer = training.make_trainer(split, model, cfg, out, dev, **{k: v for k, v in extras.items() if v is not None})
     source = RunSource.of(data, category, textures, backbone_weights, backbone_sha256)  # absolute paths
     trainer.run_info = source.to_dict()
@@ -66,13 +66,13 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         with ddp_group():
             return trainer.run(), split
     if resume:
-        console.print(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
+        print_plain(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
     ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
     if trainer.fits_once:
-        console.print(f"fitting {model.describe()} on {dev}: {len(trainer.images)} images, one pass in "
-                      f"{trainer.total_steps} batches of {trainer.batch} -> {out}")
+        print_plain(f"fitting {model.describe()} on {dev}: {len(trainer.images)} images, one pass in "
+                    f"{trainer.total_steps} batches of {trainer.batch} -> {out}")
     else:
-        console.print(
+        print_plain(
             f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
             f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
             f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
@@ -121,8 +121,8 @@ def describe_settings(pre, cfg, high_pass: bool = True) -> str:
 def next_hint(final: Path, data: str, split) -> str:
     """What to run after training, for the data at hand (eval needs a test split)."""
     if split.test:
-        return f"next: fair-edge eval {shlex.quote(str(final))} {shlex.quote(str(data))}"
-    return (f"next: fair-edge build {shlex.quote(str(final))} --normal HELD_OUT_NORMALS   (a folder of normal images "
+        return f"next: fair-edge eval {shell_word(final)} {shell_word(data)}"
+    return (f"next: fair-edge build {shell_word(final)} --normal HELD_OUT_NORMALS   (a folder of normal images "
             f"not used in training sets the decision threshold; `fair-edge eval` needs a dataset with a test split: "
             f"an MVTec folder with test/good and test/<defect>, or a VisA CSV)")
 
@@ -333,14 +333,14 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     except TrainingInterrupted as exc:
         if is_main_process():  # under torchrun every rank stops at the same step; rank 0 says so once
             console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
-            console.print(f"Resume with: {resume_hint(out)}", markup=False, highlight=False, soft_wrap=True)
+            print_plain(f"Resume with: {resume_hint(out)}")
         raise typer.Exit(130) from None
     except FitInterrupted as exc:
         console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(130) from None
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
-        console.print(next_hint(final, data, split), markup=False, highlight=False, soft_wrap=True)
+        print_plain(next_hint(final, data, split))
 
 
 app.command("train")(TrainCommand())

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import check_width, console, friendly_errors
+from fair_edge.cli.common import check_width, console, friendly_errors, print_plain, shell_word
 from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import WIDTH_FAMILY, get_family
@@ -63,7 +63,7 @@ def tune(
     if overwrite:
         for path in clear_tune(out):
             console.print(f"--overwrite: deleted {escape(str(path))}", highlight=False)
-    console.print(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
+    print_plain(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
     rows = run_tune(split, candidates, out, settings, resolve_device(device), data,
                     on_row=lambda r: console.print(f"  {r.candidate.name}: proxy catch {r.proxy_catch:.3f}, "
                                                    f"AUROC {r.proxy_auroc:.3f} ({r.train_s:.0f} s)"))
@@ -74,8 +74,8 @@ def tune(
         f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         table.add_row(r.candidate.name, r.status, f(r.proxy_catch), f(r.proxy_catch_5pct), f(r.proxy_auroc))
     console.print(table)
-    console.print(f"[green]chosen:[/] {rows[0].candidate.name}; {out / 'tune.json'}\n"
-                  f"next: {rows[0].candidate.train_command(data, settings)}")
+    console.print(f"[green]chosen:[/] {escape(rows[0].candidate.name)}; {escape(str(out / 'tune.json'))}")
+    print_plain(f"next: {rows[0].candidate.train_command(shell_word(data), settings)}")
 
 
 def base_preprocess(image_size: int, cutoff: Optional[float]) -> PreprocessConfig:

@@ -9,13 +9,16 @@ as ``fair-edge build`` does on held-out normals) in metrics.json ``regions`` and
 A defective image without a mask takes part in the image metrics only: the pixel and region metrics are computed
 on the normal images and the defective images that have masks, and metrics.json says how many defective images
 lack one and names the first few (``masks_missing``), as the printed report does.
-The report is written whole or not at all (an earlier one stays as it was when writing fails); file names are
-written as UTF-8, a byte that is not UTF-8 as \\xNN (``report_name``).
+The report is written whole or not at all (an earlier one stays as it was when writing fails), except that a
+heat-map panel that cannot be written is a logged warning, not a failed report; file names are written as UTF-8, a
+byte that is not UTF-8 as \\xNN (``report_name``); a panel's name takes the image's stem, shortened with a hash
+when the name would pass 255 bytes (``panel_name``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import shutil
@@ -286,7 +289,7 @@ def _on_one_grid(maps, masks, regions=None) -> tuple[np.ndarray, np.ndarray, np.
 
 
 REPORT_FILES = ("metrics.json", "scores.csv", "regions.csv", "roc.png", "pro.png")  # what write_report writes
-HEATMAP_TAGS = ("normal-highest", "defect-lowest")  # heatmaps/TAG-RANK-SCORE-STEM.png
+HEATMAP_TAGS = ("normal-highest", "defect-lowest")  # heatmaps/TAG-RANK-SCORE-STEM.png (panel_name)
 
 
 def clear_report(out_dir: Path) -> list[Path]:
@@ -316,7 +319,8 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     heatmaps into out_dir, replacing an earlier report's (``clear_report``). The files are written into a
     temporary folder inside out_dir first and moved in when all are written: a report that fails halfway leaves
     the earlier report as it was (and no temporary folder). A write that fails (a read-only or full disk, a
-    folder this account cannot write) raises ReportWriteError naming out_dir, the cause and the fix."""
+    folder this account cannot write) raises ReportWriteError naming out_dir, the cause and the fix; a heat-map
+    panel that cannot be written is a logged warning only (``_write_heatmaps``)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".eval-partial-", dir=out_dir))
@@ -389,7 +393,9 @@ def _write_report_files(scored: ScoredSet, result: dict, out_dir: Path, worst: i
 
 def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int) -> None:
     """The worst cases' panels (``HEATMAP_TAGS``): the ``worst`` highest-scoring normal images and lowest-scoring
-    defective ones, as heat_dir/TAG-RANK-SCORE-STEM.png (STEM: the image's own, any bytes)."""
+    defective ones, as heat_dir/TAG-RANK-SCORE-STEM.png (``panel_name``: STEM the image's own, shortened to fit a
+    file name). A panel that cannot be made or written is a warning naming it, never a failed report: the metrics,
+    scores and plots are written already, and the other panels still are."""
     heat_dir.mkdir(exist_ok=True)
     labels = scored.labels
     pixels = scored.pixels()
@@ -402,12 +408,52 @@ def _write_heatmaps(scored: ScoredSet, result: dict, heat_dir: Path, worst: int)
     for tag, indices in zip(HEATMAP_TAGS, (worst_normal, worst_defect)):
         for rank, i in enumerate(indices):
             sample = scored.samples[i]
-            known = scored.masks is not None and (scored.mask_known is None or scored.mask_known[i])
-            mark, why = plots.threshold_mark(float(scored.scores[i]), scored.maps[i], threshold)
-            panel = plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
-                                        [*heatmap_lines(sample, scored.scores[i], threshold), *why],
-                                        threshold=mark, mask=scored.masks[i] if known else None)
-            write_png(heat_dir / f"{tag}-{rank:02d}-{scored.scores[i]:.4f}-{sample.path.stem}.png", panel)
+            path = heat_dir / panel_name(tag, rank, float(scored.scores[i]), sample.path.stem)
+            try:
+                write_png(path, _heatmap_panel(scored, i, vmin, vmax, threshold))
+            except (OSError, DataError) as exc:
+                log.warning("eval: heat-map panel %s of %s not written (%s); the rest of the report is.",
+                            report_name(path.name), report_name(sample.path), exc)
+
+
+def _heatmap_panel(scored: ScoredSet, i: int, vmin: float, vmax: float, threshold: float | None) -> np.ndarray:
+    """The heat-map panel of test image ``i`` ((H, W, 3) uint8 BGR; ``plots.heatmap_panel``); vmin, vmax: the
+    colour scale in map units, shared by every panel of the report."""
+    sample = scored.samples[i]
+    known = scored.masks is not None and (scored.mask_known is None or scored.mask_known[i])
+    mark, why = plots.threshold_mark(float(scored.scores[i]), scored.maps[i], threshold)
+    return plots.heatmap_panel(read_image(sample.path), scored.maps[i], vmin, vmax,
+                               [*heatmap_lines(sample, scored.scores[i], threshold), *why],
+                               threshold=mark, mask=scored.masks[i] if known else None)
+
+
+NAME_MAX_BYTES = 255  # the longest file name (one path component) Linux file systems take, in bytes
+WRITE_SUFFIX = ".tmp"  # images.write_png writes PATH.tmp first: a panel's name leaves room for it
+HASH_CHARS = 8  # hex digits of the full stem's SHA-1 that keep two shortened stems apart
+
+
+def panel_name(tag: str, rank: int, score: float, stem: str) -> str:
+    """The heat-map panel's file name ``TAG-RANK-SCORE-STEM.png``, e.g. ``defect-lowest-03-0.4521-000.png``. A stem
+    too long for the name (and the writer's ``.tmp``) to fit NAME_MAX_BYTES bytes (80 x '日' is 240 bytes) is cut
+    at a whole character, and ``~`` and HASH_CHARS hex digits of its SHA-1 keep two such stems apart:
+    ``...-日日日~1a2b3c4d.png``. stem: as ``Path.stem`` gives it (a byte that is not UTF-8 as a surrogate)."""
+    head, tail = f"{tag}-{rank:02d}-{score:.4f}-", ".png"
+    room = NAME_MAX_BYTES - len(os.fsencode(head + tail + WRITE_SUFFIX))
+    if len(os.fsencode(stem)) <= room:
+        return head + stem + tail
+    digest = hashlib.sha1(os.fsencode(stem)).hexdigest()[:HASH_CHARS]
+    return head + _cut_to_bytes(stem, room - 1 - HASH_CHARS) + "~" + digest + tail
+
+
+def _cut_to_bytes(text: str, limit: int) -> str:
+    """The longest start of ``text`` whose file-name bytes (``os.fsencode``) are at most ``limit``, cut between
+    characters (a UTF-8 character is never split; a non-UTF-8 byte, a surrogate, is one character)."""
+    used = 0
+    for n, char in enumerate(text):
+        used += len(os.fsencode(char))
+        if used > limit:
+            return text[:n]
+    return text
 
 
 def heatmap_lines(sample: Sample, score: float, threshold: float | None) -> list[str]:
