@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from threading import RLock
+from threading import Event, Lock, RLock
 from typing import Any
 
 import cv2
@@ -51,6 +51,10 @@ class StationStarting(ConfigError):
 class SwapBusy(ConfigError):
     """A swap (or a reload) asked for while a bundle is loading: nothing changed. The console answers 400; a
     SIGHUP reload waits and runs once the swap in progress is done (``StationConsole.reload_bundle``)."""
+
+
+class StationStopping(ConfigError):
+    """A swap (or a reload) asked for once the station is stopping (``StationActions.close``): nothing is loaded."""
 
 
 class AlarmChanged(ConfigError):
@@ -108,6 +112,11 @@ class StationActions:
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
+        self._swapper: threading.Thread | None = None   # the swap thread last started ("bundle-swap"), joined by close
+        self._closed = Event()   # set by ``close``: no swap starts, and one loading switches no camera
+        # held by ``close`` to set ``_closed`` and by a swap thread from its last look at it through its switch: a swap
+        # either switches before close returns, or never
+        self._switching = Lock()
         # held across a threshold's station file write, switch request and audit row, and across a swap's start (a
         # reload holds it from reading the station file to starting its swap): two applies (each POST runs in a
         # thread of its own) take turns, and a threshold is never applied between a reload's read and its start
@@ -376,12 +385,51 @@ class StationActions:
         """Run ``target(*args)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while one loads,
         RecorderError (nothing started) while the audit log cannot be written."""
         with self.lock:
+            if self._closed.is_set():
+                raise StationStopping(f"the station is stopping: bundle {status.get('bundle', '')} was not loaded")
             if self.swap_status["state"] == "loading":
                 raise SwapBusy(f"a bundle is already loading ({self.swap_status['bundle']}); wait for it")
             self.audit.check_writable()
             self.swap_status = {"state": "loading", **status, "since": utc_now()}
-        threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap", daemon=True).start()
+            # a daemon still, so a load stuck past ``close``'s wait cannot hold the process up; ``close`` joins it
+            self._swapper = threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap",
+                                             daemon=True)
+            self._swapper.start()
         return self.swap_status
+
+    def close(self, timeout_s: float) -> bool:
+        """At the station's stop: no swap starts from now on (StationStopping), a swap loading switches no camera
+        (what it loaded is closed), and the swap thread is joined, waiting up to ``timeout_s`` seconds for a load in
+        progress (a backend still in native code when the interpreter exits aborts the process). Returns whether
+        no swap thread is left running; one still loading after ``timeout_s`` is logged as a warning."""
+        self.refuse_swaps()
+        swapper = self._swapper
+        if swapper is None:
+            return True
+        swapper.join(timeout_s)
+        if swapper.is_alive():
+            log.warning("the station stops while bundle %s is still loading (waited %.0f s for it): the process may "
+                        "exit with the load unfinished", self.swap_status.get("bundle", ""), timeout_s)
+            return False
+        return True
+
+    def refuse_swaps(self) -> None:
+        """``close``'s first step, without the wait: no swap starts from now on, and one loading switches no camera
+        (a swap switching now has switched when this returns)."""
+        with self._switching:
+            self._closed.set()
+
+    def _stopped(self, bundles: str, changes) -> bool:
+        """Whether the station is stopping (``close``): then the loaded ``changes``' backends are closed (no camera
+        will run them) and the swap ends as failed, logged as a warning. Asked before a load, and right before a
+        switch holding ``_switching`` (so ``close`` cannot come between the answer and the switch)."""
+        if not self._closed.is_set():
+            return False
+        _close_loaded(changes)
+        log.warning("bundle swap dropped: the station is stopping (%s not switched to)", bundles)
+        self.swap_status = {"state": "failed", "bundle": bundles, "error": "the station is stopping",
+                            "since": utc_now()}
+        return True
 
     def _guarded(self, target, *args) -> None:
         """The swap thread: ``target(*args)``. Whatever it raises ends the swap as failed (logged, its text in
@@ -402,12 +450,21 @@ class StationActions:
         written: the loaded backend closed, the swap failed). Done with a ``warning`` when the switch is made but
         its audit row fails."""
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
+        if self._stopped(str(bundle), []):
+            return
         try:
             change = self.links.load_model(bundle, threshold=threshold)
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             self._swap_failed(str(bundle), exc)
             return
-        if not self._still_auditable(str(bundle), [change]):
+        with self._switching:
+            if not self._stopped(str(bundle), [change]):
+                self._switch(inspector, change, old, who, str(bundle))
+
+    def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str) -> None:
+        """One camera: hand the loaded ``change`` (of ``bundle``, as asked for) to ``inspector``'s switch and audit
+        it (``_load``)."""
+        if not self._still_auditable(bundle, [change]):
             return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
@@ -437,11 +494,20 @@ class StationActions:
         bundles = ", ".join(str(b) for b in plan)
         try:
             for bundle, cameras in plan.items():
+                if self._stopped(bundles, changes.values()):   # the station stops: load no more bundles
+                    return
                 changes.update(self.links.load_views(bundle, cameras, thresholds))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             _close_loaded(changes.values())   # the bundles loaded before the failure: no camera runs them
             self._swap_failed(bundles, exc)
             return
+        with self._switching:
+            if not self._stopped(bundles, changes.values()):
+                self._switch_views(changes, bundles, who)
+
+    def _switch_views(self, changes: dict[str, ModelChange], bundles: str, who: str) -> None:
+        """Several cameras: switch each camera of ``changes`` (camera -> its loaded change) and audit it
+        (``_load_views``)."""
         if not self._still_auditable(bundles, list(changes.values())):
             return
         rows = []

@@ -195,10 +195,12 @@ class StationFeed:
     def counters(self) -> dict:
         """The station's own counters, read (never kept twice). The recorder's: ``rows_logged`` (verdicts.jsonl),
         ``rows_failed`` (rows whose write raised: a full or unplugged disk; not in the log), ``rows_dropped`` (rows
-        never queued, the writer's backlog full), ``write_errors`` (every failed write, rows and NG images)."""
+        never queued, the writer's backlog full), ``write_errors`` (every failed write, rows and NG images),
+        ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
+        the part is in the log)."""
         out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
                "inference_errors": 0, "late_rejects": 0, "rows_logged": 0, "rows_failed": 0, "rows_dropped": 0,
-               "write_errors": 0}
+               "write_errors": 0, "images_failed": 0}
         if self.inspector is not None:
             s = self.inspector.summary
             out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors)
@@ -210,7 +212,8 @@ class StationFeed:
         if self.recorder is not None:
             r = self.recorder.stats()
             out.update(rows_logged=r.get("logged", 0), rows_failed=r.get("rows_failed", 0),
-                       rows_dropped=r.get("dropped", 0), write_errors=r.get("write_errors", 0))
+                       rows_dropped=r.get("dropped", 0), write_errors=r.get("write_errors", 0),
+                       images_failed=r.get("images_failed", 0))
         return out
 
     def cell_counters(self) -> dict:

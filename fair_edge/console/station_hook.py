@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from fair_edge.console.actions import StationActions, StationLinks, SwapBusy
+from fair_edge.console.actions import StationActions, StationLinks, StationStopping, SwapBusy
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
@@ -25,7 +25,10 @@ from fair_edge.errors import ConfigError, FairEdgeError
 log = logging.getLogger(__name__)
 DRIFT_EVERY_S = 2.0
 RELOAD_POLL_S = 0.2   # how often the reload thread looks for a requested reload, s (a SIGHUP's latency)
-RELOAD_JOIN_S = 2.0   # how long close() waits for a reload in progress, s
+RELOAD_JOIN_S = 2.0   # how long close() waits for a reload in progress to read the station file, s
+# how long close() waits for a bundle loading on the swap thread (``auto`` times its backends for seconds; a TensorRT
+# engine deserializes for seconds), s: a backend left in native code at the interpreter's exit aborts the process
+SWAP_JOIN_S = 30.0
 
 
 class StationConsole:
@@ -119,6 +122,8 @@ class StationConsole:
         except SwapBusy as exc:   # a swap loads: this reload follows it (the reload thread waits for the swap)
             self._reload_wanted = self._reload_wanted or who
             log.warning("bundle reload (%s) waits for the swap in progress: %s", who, exc)
+        except StationStopping as exc:   # asked for as the station stops (``close``): nothing to reload into
+            log.warning("bundle reload (%s) not started: %s", who, exc)
         except Exception as exc:  # noqa: BLE001 - a reload never stops the station (see the docstring)
             text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
             log.error("bundle reload refused (%s): %s", who, text, exc_info=not isinstance(exc, FairEdgeError))
@@ -185,10 +190,14 @@ class StationConsole:
         return {camera: _drift_values(state) for camera, state in self.feed.drift.states().items()}
 
     def close(self) -> None:
-        """Stop the reload thread (waiting up to RELOAD_JOIN_S for a reload in progress) and the web server."""
+        """Stop the reload thread (waiting up to RELOAD_JOIN_S for a reload in progress to start its swap), the swap
+        thread (waiting up to SWAP_JOIN_S for a bundle loading; one loading still switches no camera, and no swap
+        starts after this: ``StationActions.close``) and the web server."""
         self._closed.set()
+        self.actions.refuse_swaps()   # first: a reload that starts its swap from now on is refused
         if self._reloader is not None:
             self._reloader.join(RELOAD_JOIN_S)
+        self.actions.close(SWAP_JOIN_S)
         if self.server is not None:
             self.server.close()
 
