@@ -110,6 +110,10 @@ def test_replay_spec_names_the_kind_of_an_existing_path_only(tmp_path, monkeypat
     assert replay_spec(Path("7")) == "video:7"
     assert replay_spec(Path("3")) == "3"   # names nothing here: still a camera index
     assert replay_spec(Path("missing.avi")) == "missing.avi"
+    doubled = Path("/" + str(tmp_path / "20240115"))   # '//abs/folder': 'folder://...' would be read as a URL
+    assert replay_spec(doubled) == f"folder:{tmp_path / '20240115'}"
+    from fair_edge.cameras.registry import parse_source   # the spec names the folder replay, not OpenCV
+    assert type(parse_source(replay_spec(doubled))).__name__ == "FolderReplaySource"
 
 
 @pytest.mark.parametrize("typed", ["20240115", "./20240115"])

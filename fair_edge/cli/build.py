@@ -11,11 +11,7 @@ previous bundle kept; the command then exits 143 (128 + SIGTERM).
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-import signal
-import sys
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +27,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import images_for, read_frames
-from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word
+from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.runtime.highpass_plan import plan_highpass
@@ -77,35 +73,8 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
     return shlex.join(args)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM during a build, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the same cleanup runs
-    (``build_bundle`` removes its staging folder on any BaseException)."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """For the duration: SIGTERM raises ``Terminated`` in the main thread, once (a second SIGTERM while the cleanup
-    runs is ignored, so it is not cut short); then the previous handler is back. A ``Terminated`` that ends the
-    block exits 143 (128 + SIGTERM) with one line on stderr. Outside the main thread (no signals there): nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
-
-    def on_sigterm(signum, _frame) -> None:
-        if not fired:
-            fired.append(signum)
-            raise Terminated(f"signal {signum} (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    except Terminated:
-        print("error: build stopped by SIGTERM; an unfinished bundle was removed (a previous bundle at --out is "
-              "kept). Run the command again to build it.", file=sys.stderr)
-        raise typer.Exit(128 + signal.SIGTERM) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+BUILD_STOPPED = ("build stopped by SIGTERM; an unfinished bundle was removed (a previous bundle at --out is kept). "
+                 "Run the command again to build it.")
 
 
 def _summary(result: BuildResult) -> None:
@@ -222,7 +191,7 @@ def _default_tags() -> str:
 
 @app.command("build")
 @friendly_errors
-@sigterm_as_interrupt()
+@sigterm_as_interrupt(BUILD_STOPPED)
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),
     width: Optional[int] = typer.Option(None, "--width", help=f"{_titles_with('width')}: UNet width 32, 64 or 128; "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import shlex
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
 from fair_edge.models.fair.unet import WIDTHS
+from fair_edge.shell import shell_word  # noqa: F401  (re-exported: every command's ``next:`` lines quote with it)
 
 console = Console(stderr=True)
 EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped by Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: stopped by SIGTERM (kill, systemctl stop, a CI timeout)
 PROGRESS_EVERY_S = 10.0  # plain progress lines in logs (output not a terminal)
 VERBOSE_FLAGS = ("-v", "--verbose")
 
@@ -51,20 +56,47 @@ def friendly_errors(fn):
     return wrapper
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a command under ``sigterm_as_interrupt``, raised in the main thread like Ctrl-C's
+    KeyboardInterrupt, so the same cleanup runs (a build's or an eval report's staging folder is removed)."""
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """The exit code of a command stopped by ``exc``: 143 for SIGTERM (``Terminated``), 130 for Ctrl-C."""
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt(stopped: str):
+    """For the duration: SIGTERM raises ``Terminated`` in the main thread, once (a second SIGTERM while the cleanup
+    runs is ignored, so it is not cut short); then the previous handler is back. A ``Terminated`` that ends the
+    block exits 143 (128 + SIGTERM) with ``error: STOPPED`` on stderr (``stopped``: what was stopped, what is left
+    and what to do). Usable as a decorator. Outside the main thread (no signals there): nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def on_sigterm(signum, _frame) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Terminated(f"signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except Terminated:
+        print(f"error: {stopped}", file=sys.stderr)
+        raise typer.Exit(EXIT_TERMINATED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def print_plain(text: str) -> None:
     """Print ``text`` as it is on stderr, one line per line: no Rich markup (a path's ``[b]`` is text, its ``[/`` no
     MarkupError), no highlighting, no wrapping (a ``next:`` command stays one line to copy). For lines with paths
     that carry no style of their own, and lines made by library code (``on_start``)."""
     console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def shell_word(path: str | Path) -> str:
-    """``path`` as one word of a command a user can paste into a shell (the ``next:`` lines): quoted
-    (``shlex.quote``) when it holds spaces, quotes or other shell characters, and with ``./`` in front when it is
-    relative and starts with ``-`` (``-run1/final.pt`` -> ``./-run1/final.pt``; the command would take it for an
-    option: 'No such option: -r'). A name that is no path ('elpv') and starts with no ``-`` is left as it is."""
-    text = str(path)
-    return shlex.quote("./" + text if text.startswith("-") else text)
 
 
 def replay_spec(source: Path) -> str:
@@ -74,10 +106,11 @@ def replay_spec(source: Path) -> str:
     camera index 20240115 by the bare-target guess (``AUTO_RULES``: all digits = a camera index). Any other PATH
     as typed: a number that names no file or folder stays a camera index, a missing file gets the source's own
     error."""
+    text = "/" + str(source).lstrip("/") if str(source).startswith("//") else str(source)   # 'KIND://' is a URL
     if source.is_dir():
-        return f"folder:{source}"
+        return f"folder:{text}"
     if source.is_file():
-        return f"video:{source}"
+        return f"video:{text}"
     return str(source)
 
 

@@ -1,4 +1,8 @@
-"""``fair-edge eval``: score a labelled test set with a checkpoint, print the metrics, write the report."""
+"""``fair-edge eval``: score a labelled test set with a checkpoint, print the metrics, write the report.
+
+Ctrl-C, and SIGTERM (``kill``, ``systemctl stop``, a CI timeout) alike, stop it with one line: the report being written
+is removed (its staging folder), an earlier one is kept; exit 130 after Ctrl-C, 143 after SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.cli.common import check_out_writable, console, friendly_errors, progress_bar
+from fair_edge.cli.common import (Terminated, check_out_writable, console, friendly_errors, interrupt_exit_code,
+                                  progress_bar, sigterm_as_interrupt)
 from fair_edge.errors import ConfigError
 from fair_edge.training.data import BUILTIN_DATASETS
 
@@ -58,6 +63,14 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
     return result
 
 
+def stopped_line(exc: BaseException, out: Path) -> str:
+    """The one line of an eval stopped by ``exc`` (Ctrl-C, or SIGTERM: ``Terminated``): its unfinished report files
+    were removed (``write_report``'s staging folder), so OUT holds no complete new report."""
+    how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    return (f"eval {how}; no complete new report was written to {out} (its unfinished files were removed). Run the "
+            "same command again.")
+
+
 @app.command("eval")
 @friendly_errors
 def eval_command(
@@ -90,6 +103,11 @@ def eval_command(
         false_reject_rate = frr
     out = out or checkpoint.parent / "eval"
     check_out_writable(out, "an evaluation", "its report", REPORT_FOLDER)   # before scoring, not after it
-    run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate, category=category,
-             pixel_threshold=pixel_threshold)
+    with sigterm_as_interrupt(stopped_line(Terminated(), out)):  # SIGTERM: cleaned up as after Ctrl-C, exit 143
+        try:
+            run_eval(checkpoint, data, out, device=device, batch=batch, false_reject_rate=false_reject_rate,
+                     category=category, pixel_threshold=pixel_threshold)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the report's staging folder is gone
+            console.print(f"error: {stopped_line(exc, out)}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(interrupt_exit_code(exc)) from None
     console.print(f"[green]report:[/] {escape(str(out))}")

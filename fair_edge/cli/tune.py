@@ -1,7 +1,13 @@
-"""``fair-edge tune DATA``: rank candidate settings on proxy defects planted in held-out normal images."""
+"""``fair-edge tune DATA``: rank candidate settings on proxy defects planted in held-out normal images.
+
+Ctrl-C (exit 130) or SIGTERM (exit 143) stops a tune with one line: nothing is chosen and tune has no --resume, so the
+same command starts over; it deletes what the interrupted run left in OUT (candidates/, proxy/ without tune.json or
+tune.csv). A second tune into an OUT that a running tune holds (``TUNE_LOCK``) is refused.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional
 
@@ -9,14 +15,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import check_width, console, friendly_errors, print_plain, shell_word
+from fair_edge.cli.common import (Terminated, check_width, console, friendly_errors, interrupt_exit_code,
+                                  print_plain, sigterm_as_interrupt)
 from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import WIDTH_FAMILY, get_family
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.runlock import hold_lock
 from fair_edge.training.tune import TuneSettings
 
 _TUNE = TuneSettings()
+TUNE_LOCK = ".tune.lock"  # held in OUT while a tune runs: a second tune there is refused, not mixed in
+START_OVER = "nothing chosen; run the same command again to start over"
 
 app = typer.Typer()
 
@@ -34,7 +44,8 @@ def tune(
     false_reject_rate: float = typer.Option(_TUNE.false_reject_rate, help="Target false-reject rate of the ranking."),
     holdout: float = typer.Option(_TUNE.holdout, help="Share of the normal images held out for the proxy test."),
     out: Path = typer.Option(Path("runs/tune"), help="Output folder: tune.csv, tune.json, candidates/, proxy/. "
-                             "One holding an earlier tune run is refused unless --overwrite."),
+                             "One holding an earlier finished tune run is refused unless --overwrite; what an "
+                             "interrupted one left is deleted."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier tune run in OUT (tune.csv, "
                                    "tune.json, candidates/, proxy/) before this one."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -47,8 +58,8 @@ def tune(
     and each other model family: LGFDR, PatchCore), rank them by proxy defects caught at the target
     false-reject rate."""
     from fair_edge.training.data import load_dataset, read_frames
-    from fair_edge.training.loop import resolve_device
-    from fair_edge.training.tune import Candidate, check_fresh_tune, clear_tune, default_candidates
+    from fair_edge.training.loop import TrainingInterrupted, resolve_device
+    from fair_edge.training.tune import Candidate, check_fresh_tune, default_candidates
     from fair_edge.training.tune import tune as run_tune
 
     check_width(width)
@@ -60,13 +71,23 @@ def tune(
     # the first image that can be a model input (unreadable and undersized ones are skipped, as training skips them)
     side = min(next(read_frames(split.train))[1].shape[:2]) if split.train else 0
     candidates = default_candidates(Candidate("base", pre, width, steps, lr), side)
-    if overwrite:
-        for path in clear_tune(out):
-            console.print(f"--overwrite: deleted {escape(str(path))}", highlight=False)
-    print_plain(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
-    rows = run_tune(split, candidates, out, settings, resolve_device(device), data,
-                    on_row=lambda r: console.print(f"  {r.candidate.name}: proxy catch {r.proxy_catch:.3f}, "
-                                                   f"AUROC {r.proxy_auroc:.3f} ({r.train_s:.0f} s)"))
+    finished: list = []
+
+    def on_row(r) -> None:
+        finished.append(r)
+        console.print(f"  {r.candidate.name}: proxy catch {r.proxy_catch:.3f}, AUROC {r.proxy_auroc:.3f} "
+                      f"({r.train_s:.0f} s)")
+
+    busy = functools.partial(tune_busy, out)
+    with sigterm_as_interrupt(f"tune stopped by SIGTERM; {START_OVER}."), \
+            hold_lock(out, TUNE_LOCK, "fair-edge tune", busy):  # held until the results are written
+        clear_earlier(out, overwrite)
+        print_plain(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
+        try:
+            rows = run_tune(split, candidates, out, settings, resolve_device(device), data, on_row=on_row)
+        except (TrainingInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C; SIGTERM is Terminated, a KeyboardInterrupt
+            print_plain(stopped_line(exc, len(finished)))
+            raise typer.Exit(interrupt_exit_code(exc)) from None
     table = Table(title=f"candidates, best first (proxy defects, {false_reject_rate:.1%} false rejects)")
     for col in ("name", "status", "catch", "catch@5%", "AUROC"):
         table.add_column(col)
@@ -75,7 +96,39 @@ def tune(
         table.add_row(r.candidate.name, r.status, f(r.proxy_catch), f(r.proxy_catch_5pct), f(r.proxy_auroc))
     console.print(table)
     console.print(f"[green]chosen:[/] {escape(rows[0].candidate.name)}; {escape(str(out / 'tune.json'))}")
-    print_plain(f"next: {rows[0].candidate.train_command(shell_word(data), settings)}")
+    print_plain(f"next: {rows[0].candidate.train_command(data, settings)}")
+
+
+def stopped_line(exc: BaseException, finished: int) -> str:
+    """The one line of a tune stopped by ``exc`` (Ctrl-C: TrainingInterrupted from a stepped trainer, else
+    KeyboardInterrupt; SIGTERM: ``Terminated``) after ``finished`` candidates: tune has no --resume, and a
+    candidate's last.pt is no result, so it says nothing was chosen and how to start over."""
+    how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    return f"tune {how} after {finished} candidate{'' if finished == 1 else 's'}; {START_OVER}"
+
+
+def clear_earlier(out: Path, overwrite: bool) -> None:
+    """Delete, each named on stderr, an earlier tune run in ``out`` (--overwrite), or what an interrupted one left
+    there (candidates/, proxy/ without tune.json or tune.csv: ``unfinished_tune``), so the new run's files are its
+    own. Call it holding ``TUNE_LOCK``: no other tune is writing there."""
+    from fair_edge.training.runs import remove_outputs
+    from fair_edge.training.tune import clear_tune, unfinished_tune
+
+    if overwrite:
+        for path in clear_tune(out):
+            console.print(f"--overwrite: deleted {escape(str(path))}", highlight=False)
+        return
+    left = unfinished_tune(out)
+    if left:
+        print_plain(f"note: {out} holds an unfinished tune run ({', '.join(left)}; no tune.json or tune.csv: it was "
+                    "interrupted); deleted it to start over.")
+        remove_outputs(out, tuple(left))
+
+
+def tune_busy(out: Path, holder: str) -> str:
+    """The refusal of a tune into an ``out`` that another tune is writing (``holder``: its pid)."""
+    return (f"--out {out} is in use by another fair-edge tune ({holder}); wait for it to end, or tune into another "
+            "folder (--out NEW_FOLDER).")
 
 
 def base_preprocess(image_size: int, cutoff: Optional[float]) -> PreprocessConfig:

@@ -21,10 +21,13 @@ import csv
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,7 +36,7 @@ from fair_edge import plots
 from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optimal_threshold, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frame, read_image, read_mask
+from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frames, read_image, read_mask
 from fair_edge.images import write_png
 from fair_edge.disk import write_failure
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
@@ -107,7 +110,8 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu", batch: int = 16,
                   with_masks: bool = False, progress=None) -> ScoredSet:
     """Score ``samples`` with the checkpoint's model; unreadable images, and images too small to be a model
-    input or to hold one tile (``read_frame``), are skipped with a warning naming each, and counted.
+    input or to hold one tile, are skipped with a warning naming each, and counted (``data.read_frames``, the
+    skip rule of training; DataError naming the first file when none is readable).
 
     A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
     stitches them (fair_edge.tiling); maps are then frame maps at the model's scale, a list of them when the
@@ -119,16 +123,9 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
     ckpt = load_checkpoint(checkpoint)
     scorer = TorchScorer(ckpt, device)
     tiler = FrameTiler(ckpt.preprocess.tiling, ckpt.preprocess.image_size)
-    kept, scores, maps, masks, regions, known, skipped = [], [], [], [], [], [], 0
-    for start in range(0, len(samples), batch):
-        images, chunk = [], []
-        for sample in samples[start : start + batch]:
-            try:
-                images.append(read_frame(sample.path, ckpt.preprocess.tiling))
-                chunk.append(sample)
-            except DataError as exc:
-                skipped += 1
-                log.warning("skipping %s", exc)
+    kept, scores, maps, masks, regions, known = [], [], [], [], [], []
+    for passed, read in _read_in_runs(samples, ckpt.preprocess.tiling, batch):
+        chunk, images = [sample for sample, _ in read], [frame for _, frame in read]
         if images:
             frame_maps, frame_scores, layouts = _score_frames(scorer, tiler, images, batch)
             kept.extend(chunk)
@@ -143,15 +140,33 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
                 regions.append(labels)
                 known.append(has_mask)
         if progress is not None:
-            progress(len(samples[start : start + batch]))
-    if skipped:
-        log.warning("skipped %d unreadable or undersized image(s) of %d", skipped, len(samples))
-    if not kept:
-        raise DataError("no test image could be read.")
+            progress(passed)
     if not with_masks:
         return ScoredSet(kept, np.concatenate(scores), _stack(maps), None)
     return ScoredSet(kept, np.concatenate(scores), _stack(maps), _stack(masks), np.array(known, bool),
                      _stack(regions))
+
+
+def _read_in_runs(samples: list[Sample], tiling, size: int) -> Iterator[tuple[int, list[tuple[Sample, np.ndarray]]]]:
+    """``samples`` in consecutive runs of ``size`` (the last one shorter), as (samples in the run, [(sample, frame)]
+    of those read), frame (H, W, 3) uint8 BGR. Read by training's one skip rule (``data.read_frames``): an
+    unreadable image, or one too small to be a model input or to hold one ``tiling`` tile, is skipped with a
+    warning naming it, the count once all were read; DataError naming the first file when none is readable."""
+    position = 0  # samples read or skipped so far; read_frames counts one only after the consumer is done with it
+
+    def passed() -> None:
+        nonlocal position
+        position += 1
+
+    run, end = [], size
+    for sample, frame in read_frames(samples, tiling, what="test images", progress=passed):
+        while position >= end:  # this sample (index ``position``) starts a later run
+            yield size, run
+            run, end = [], end + size
+        run.append((sample, frame))
+    for start in range(end - size, len(samples), size):  # the last run, and runs after it that were all skipped
+        yield min(size, len(samples) - start), run
+        run = []
 
 
 def _score_frames(scorer: TorchScorer, tiler: FrameTiler, images: list[np.ndarray], batch: int):
@@ -292,17 +307,65 @@ REPORT_FILES = ("metrics.json", "scores.csv", "regions.csv", "roc.png", "pro.png
 HEATMAP_TAGS = ("normal-highest", "defect-lowest")  # heatmaps/TAG-RANK-SCORE-STEM.png (panel_name)
 
 
-def clear_report(out_dir: Path) -> list[Path]:
+STAGING_PREFIX = ".eval-partial-"  # write_report's staging folder: .eval-partial-PID-xxxxxxxx inside the report folder
+_STAGING_NAME = re.compile(rf"{re.escape(STAGING_PREFIX)}(?:(\d+)-)?[a-z0-9_]{{8}}")  # no PID: an older fair-edge's
+
+
+def clear_report(out_dir: Path, keep: Path | None = None) -> list[Path]:
     """Delete what an earlier ``write_report`` wrote into ``out_dir`` (REPORT_FILES and the heat-map panels
     under heatmaps/), so the folder holds one evaluation only: a run without masks leaves no earlier
-    regions.csv or pro.png, a smaller test set no earlier panels. Other files are kept; returns those deleted."""
+    regions.csv or pro.png, a smaller test set no earlier panels; and the staging folders of evals killed while
+    writing (``abandoned_staging``; ``keep``: the one being written now). Other files are kept; returns those
+    deleted."""
     out_dir = Path(out_dir)
     found = [out_dir / name for name in REPORT_FILES if (out_dir / name).is_file()]
     if (out_dir / "heatmaps").is_dir():
         found += [p for tag in HEATMAP_TAGS for p in sorted((out_dir / "heatmaps").glob(f"{tag}-*.png")) if p.is_file()]
     for path in found:
         path.unlink()
+    for folder, why in abandoned_staging(out_dir, keep):
+        log.warning("eval: removing %s, the unfinished report of an earlier eval (%s)", folder, why)
+        shutil.rmtree(folder, ignore_errors=True)
+        found.append(folder)
     return found
+
+
+def abandoned_staging(out_dir: Path, keep: Path | None = None, now: float | None = None) -> list[tuple[Path, str]]:
+    """(folder, why) for each staging folder of ``write_report`` in ``out_dir`` (``.eval-partial-PID-xxxxxxxx``)
+    that no running eval writes: its process no longer runs (a SIGKILL, a power cut: no cleanup ran), or, for one of
+    an older fair-edge (``.eval-partial-xxxxxxxx``, no PID), it is unchanged for ``STALE_AGE_S``; the rule of
+    ``fair_edge.export.build.clear_leftovers``. ``keep``: a folder never listed (this process's own, being written);
+    now: time.time(), s."""
+    try:
+        names = sorted(n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX))
+    except OSError:
+        return []
+    if not names:
+        return []
+    from fair_edge.export.build import STALE_AGE_S, pid_alive  # here: export.build imports onnx, which eval needs not
+
+    now = time.time() if now is None else now
+    found = []
+    for name in names:
+        folder, match = out_dir / name, _STAGING_NAME.fullmatch(name)
+        if not match or folder == keep or folder.is_symlink() or not folder.is_dir():
+            continue
+        if match.group(1) is not None:
+            why = None if pid_alive(int(match.group(1))) else f"process {match.group(1)} no longer runs"
+        else:
+            idle = now - _newest_change(folder)
+            why = f"unchanged for {idle / 60:.0f} min" if idle > STALE_AGE_S else None
+        if why:
+            found.append((folder, why))
+    return found
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time (s since the epoch) of ``folder`` and what it holds; +inf when unreadable."""
+    try:
+        return max([folder.stat().st_mtime] + [p.lstat().st_mtime for p in folder.rglob("*")])
+    except OSError:
+        return float("inf")
 
 
 def report_name(path: str | Path) -> str:
@@ -317,13 +380,15 @@ def report_name(path: str | Path) -> str:
 def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8) -> None:
     """metrics.json, scores.csv, regions.csv (with masks), roc.png, pro.png (with masks) and worst-case
     heatmaps into out_dir, replacing an earlier report's (``clear_report``). The files are written into a
-    temporary folder inside out_dir first and moved in when all are written: a report that fails halfway leaves
-    the earlier report as it was (and no temporary folder). A write that fails (a read-only or full disk, a
+    temporary folder inside out_dir first (``.eval-partial-PID-xxxxxxxx``) and moved in when all are written: a
+    report that fails or is interrupted halfway (Ctrl-C; SIGTERM where the command turns it into an interrupt)
+    leaves the earlier report as it was (and no temporary folder); one left by an eval killed outright is removed
+    by the next report into out_dir (``clear_report``). A write that fails (a read-only or full disk, a
     folder this account cannot write) raises ReportWriteError naming out_dir, the cause and the fix; a heat-map
     panel that cannot be written is a logged warning only (``_write_heatmaps``)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".eval-partial-", dir=out_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     except OSError as exc:
         raise ReportWriteError(report_write_failure(out_dir, exc, "nothing was written")) from exc
     try:
@@ -333,7 +398,7 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
             raise ReportWriteError(report_write_failure(out_dir, exc, "an earlier report there is left as it "
                                                                       "was")) from exc
         try:
-            clear_report(out_dir)
+            clear_report(out_dir, keep=staging)
             _move_report(staging, out_dir)
         except OSError as exc:
             raise ReportWriteError(report_write_failure(out_dir, exc, "the report there is incomplete")) from exc

@@ -12,7 +12,9 @@
    not reached are listed as skipped.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings and the train command),
 and keeps each candidate's final.pt under OUT/candidates/NAME/. A folder holds one tune run: ``tune`` refuses
-an OUT that already holds one (``check_fresh_tune``) unless told to delete it first (``clear_tune``, --overwrite).
+an OUT that already holds a finished one (tune.json or tune.csv: ``check_fresh_tune``) unless told to delete it
+first (``clear_tune``, --overwrite); what an interrupted run left (candidates/, proxy/ without results:
+``unfinished_tune``) is deleted by the next run into OUT.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,10 +45,12 @@ from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
+from fair_edge.shell import shell_word
 from fair_edge.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
 TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy")  # what one tune run writes under OUT
+TUNE_RESULTS = ("tune.json", "tune.csv")  # written once every candidate has run: a finished run holds them
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,14 @@ class Candidate:
 
     def train_command(self, data: str, settings: TuneSettings | None = None) -> str:
         """The `fair-edge train` line that trains this candidate (--model, then flags of settings the family has)
-        as tune trained it with ``settings`` (their seed, written when it is not the family's default)."""
+        as tune trained it with ``settings`` (their seed, written when it is not the family's default). data: the
+        dataset as the user gave it, written as one shell word (``shell_word``: quoted, ``./`` before a leading
+        ``-``), so the line runs as it is pasted."""
         p, spec = self.preprocess, self.model_spec()
         settings = settings or TuneSettings()
         cfg = self.train_config(settings.batch, settings.seed)
         fields = config_fields(cfg)
-        cmd = f"fair-edge train {data} --model {spec.family}"  # named always: train's default family may change
+        cmd = f"fair-edge train {shell_word(data)} --model {spec.family}"  # named always: train's default family may change
         cmd += "".join(f" {flag}" for flag in spec.impl.settings_flags(spec.settings))
         cmd += f" --image-size {p.image_size}"
         if HIGHPASS in spec.input_names:
@@ -188,16 +195,25 @@ def _fitting(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def check_fresh_tune(out: Path) -> None:
-    """ConfigError when ``out`` already holds a tune run (any of ``TUNE_OUTPUTS``: tune.json, tune.csv,
-    candidates/, proxy/): a new run would replace its results and checkpoints, or mix its files with the new
-    run's. Names the folder and the choices."""
-    found = [name for name in TUNE_OUTPUTS if (Path(out) / name).exists()]
+    """ConfigError when ``out`` already holds a finished tune run (``TUNE_RESULTS``: tune.json or tune.csv): a new
+    run would replace its results and checkpoints, or mix its files with the new run's. Names the folder and the
+    choices. What an interrupted run left (``unfinished_tune``) is no run to keep: the caller deletes it."""
+    found = [name for name in TUNE_RESULTS if (Path(out) / name).exists()]
     if found:
         raise ConfigError(
             f"{out} already holds a tune run ({' and '.join(found)}); a new run there would overwrite it. Tune into "
             f"another folder (--out NEW_FOLDER), or pass --overwrite to delete that run first: "
             f"`fair-edge tune DATA --out {shlex.quote(str(out))} --overwrite`."
         )
+
+
+def unfinished_tune(out: Path) -> list[str]:
+    """What an interrupted tune run left in ``out`` (the names of ``TUNE_OUTPUTS`` there: candidates/, proxy/)
+    when it holds no results (``TUNE_RESULTS``); [] when there is none, or when the run finished."""
+    out = Path(out)
+    if any((out / name).exists() for name in TUNE_RESULTS):
+        return []
+    return [name for name in TUNE_OUTPUTS if os.path.lexists(out / name)]
 
 
 def clear_tune(out: Path) -> list[Path]:
