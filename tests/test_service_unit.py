@@ -462,3 +462,16 @@ def test_printed_paths_keep_their_brackets(tmp_path, monkeypatch):
                            env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert f"wrote {units / 'fair-edge.service'}." in r.output, r.output
+
+
+def test_a_dot_dot_after_a_link_is_resolved_as_the_system_does(tmp_path):
+    """`current/../station.yaml` names the file above where `current` points (as `ls` finds it), not the one beside
+    the link: normalising the text named a file that does not exist, or another station's. Links before no `..`
+    are kept."""
+    from fair_edge.station.service_unit import absolute_path
+
+    (tmp_path / "releases" / "v3").mkdir(parents=True)
+    (tmp_path / "current").symlink_to(tmp_path / "releases" / "v3")
+    assert absolute_path("../station.yaml", cwd=str(tmp_path / "current")) == tmp_path / "releases" / "station.yaml"
+    assert absolute_path("current/./a/../b.yaml", cwd=str(tmp_path)) == tmp_path / "current" / "b.yaml"   # a: no link
+    assert absolute_path("current/station.yaml", cwd=str(tmp_path)) == tmp_path / "current" / "station.yaml"

@@ -515,3 +515,19 @@ def test_ctrl_c_during_a_patchcore_fit_says_nothing_was_saved(mvtec_dir, tmp_pat
     help_text = " ".join(TrainCommand().__doc__.split())
     assert "For FAIR and LGFDR, Ctrl-C finishes the current step, saves OUT/last.pt" in help_text
     assert "a PatchCore fit is one pass, so Ctrl-C saves nothing" in help_text
+
+
+def test_hidden_files_a_run_listed_before_they_were_skipped_do_not_stop_its_resume(tmp_path):
+    """A run started before hidden files were skipped listed a folder's macOS ._NAME.png files among its images; they
+    are not read now, so its resume said they were 'missing' (still on disk) and refused the run."""
+    from fair_edge.errors import ConfigError
+    from fair_edge.training.resume import check_same_data
+
+    data = tmp_path / "data"
+    data.mkdir()
+    state = {"run": {"data": str(data), "files_from_root": True}, "total_steps": 100, "step": 40,
+             "data_files": [["000.png", 900], ["._000.png", 64], ["sub/.x/001.png", 900]]}
+    check_same_data(tmp_path / "last.pt", state, [["000.png", 900]], 100)
+    with pytest.raises(ConfigError, match="missing"):   # a file the listing still reads stays one the run needs
+        check_same_data(tmp_path / "last.pt", {**state, "data_files": [*state["data_files"], ["002.png", 9]]},
+                        [["000.png", 900]], 100)

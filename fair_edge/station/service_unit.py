@@ -130,8 +130,19 @@ def _check_executable(executable: Path) -> None:
 
 def absolute_path(path: Path | str, cwd: str | None = None) -> Path:
     """``path`` (``~`` expanded) made absolute against ``cwd`` (default ``logical_cwd()``) and normalised, its links
-    kept: a unit naming ``/srv/current/station.yaml`` follows ``current`` when it is switched to a new release."""
-    return Path(os.path.normpath(os.path.join(cwd or logical_cwd(), os.path.expanduser(str(path)))))
+    kept: a unit naming ``/srv/current/station.yaml`` follows ``current`` when it is switched to a new release.
+    A ``..`` after a link goes up from where the link points, as the system resolves it (``current/..`` is the
+    folder above ``releases/v3``, not ``current``'s own folder); after any other name it drops that name."""
+    joined = os.path.join(cwd or logical_cwd(), os.path.expanduser(str(path)))
+    kept = os.sep
+    for part in joined.split(os.sep):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            kept = os.path.dirname(os.path.realpath(kept) if os.path.islink(kept) else kept)
+        else:
+            kept = os.path.join(kept, part)
+    return Path(kept)
 
 
 def logical_cwd() -> str:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fair_edge.images import is_hidden_name
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
@@ -263,6 +264,11 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> N
                     "resume cannot be compared with the data it was trained on.", path)
         return
     saved, root = saved_files(state)
+    hidden = sorted(name for name in saved if any(is_hidden_name(part) for part in Path(name).parts))
+    if hidden:   # listed by a fair-edge before hidden files were skipped: a macOS ._NAME.png is no image anyway
+        log.warning("%d hidden file(s) the run listed (%s) are no longer read as images; the run resumes without "
+                    "them", len(hidden), ", ".join(_shown(n, root) for n in hidden[:3]))
+        saved = {name: size for name, size in saved.items() if name not in hidden}
     now = {name: size for name, size in files}
     changes = [_named(what, [_shown(n, root) for n in names]) for what, names in (
         ("added", sorted(now.keys() - saved.keys())), ("missing", sorted(saved.keys() - now.keys())),
