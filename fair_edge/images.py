@@ -91,7 +91,7 @@ def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
     except cv2.error as exc:
         ok, said = False, " ".join(str(exc).split()).split("error: ", 1)[-1]
     if not ok:
-        raise DataError(f"OpenCV could not encode the image ({_shape_of(image)}) as {suffix}: {said}; expected "
+        raise DataError(f"OpenCV could not encode the image ({shape_text(image)}) as {suffix}: {said}; expected "
                         "(H, W, 3) or (H, W) uint8 pixels")
     return data.tobytes()
 
@@ -131,9 +131,19 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     write_image(path, image, ".png")
 
 
-def _shape_of(image: object) -> str:
-    """``(H, W, C) dtype`` of an array for a message; the type's name for anything else."""
+def shape_text(image: object) -> str:
+    """``(H, W, C) dtype`` of an array for a message; the type's name for anything else (``NoneType``: none)."""
     return f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+
+
+def read_stored(path: str | Path, what: str) -> np.ndarray | None:
+    """An image fair-edge stored (an NG frame, a reviewed part) as written, (H, W) or (H, W, C) uint8 as a rule,
+    read under any file name (``decode_file``: OpenCV's reader crashes on a name that is not UTF-8); None when it
+    is gone or unreadable. what: the image's role, for the log."""
+    try:
+        return decode_file(path, cv2.IMREAD_UNCHANGED, what)
+    except DataError:
+        return None
 
 
 def utf8_problem(path: str | Path) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 from threading import Event, Lock, RLock
 from typing import Any
 
-import cv2
 
 from fair_edge.console.drift import Reference
 from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
@@ -29,7 +28,7 @@ from fair_edge.errors import ConfigError, DataError, FairEdgeError, RecorderErro
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import ModelChange
 from fair_edge.fields import is_int, require
-from fair_edge.images import decode_file, write_png
+from fair_edge.images import read_stored, write_png
 from fair_edge.line.recorder import ng_image_path
 from fair_edge.records import Verdict
 
@@ -232,7 +231,7 @@ class StationActions:
         else:
             rec = self.feed.recorder
             folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (self.feed.output, "png")
-            image = _read_ng_frame(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext, verdict.camera))
+            image = read_stored(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext, verdict.camera), "NG frame")
         if image is None or not _kept(dest, image):
             log.warning("no image kept for reviewed part %s%d (label %s)", camera, verdict.seq, label)
             return ""
@@ -592,16 +591,6 @@ def _who(value) -> str:
     require(isinstance(value, str) and bool(value.strip()) and len(value) <= 80, "who",
             "the operator's name (1..80 characters)", value)
     return value.strip()
-
-
-def _read_ng_frame(path: Path):
-    """The recorder's saved NG frame ``path`` as written ((H, W) or (H, W, 3) uint8), read under any file name
-    (``images.decode_file``: OpenCV's reader crashes on a name that is not UTF-8); None when it is gone or
-    unreadable."""
-    try:
-        return decode_file(path, cv2.IMREAD_UNCHANGED, "NG frame")
-    except DataError:
-        return None
 
 
 def _kept(dest: Path, image) -> bool:

@@ -63,7 +63,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..images import encode_image, gray_2d, write_whole
+from ..images import encode_image, gray_2d, shape_text, write_whole
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heatmap_panel, threshold_mark
@@ -97,11 +97,6 @@ def _image_bytes(item: tuple) -> int:
     if frame is None:
         return 0
     return int(getattr(frame.image, "nbytes", 0)) + int(getattr(amap, "nbytes", 0))
-
-
-def _shape_of(array: object) -> str:
-    """``(H, W, C) dtype`` of an array for a message; the type's name for anything else (``None``: no map)."""
-    return f"{array.shape} {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
 
 
 def _ascii(text: str) -> str:
@@ -544,8 +539,8 @@ class Recorder:
         except (cv2.error, FairEdgeError) as exc:   # what the overlay or the encoder refuses
             self._counters.add("images_failed")
             self._warn_once("image-bad", "NG image seq %d not saved: its frame %s or map %s could not be drawn or "
-                            "encoded (%s); the part is in the verdict log", verdict.seq, _shape_of(frame.image),
-                            _shape_of(amap), " ".join(str(exc).split()))
+                            "encoded (%s); the part is in the verdict log", verdict.seq, shape_text(frame.image),
+                            shape_text(amap), " ".join(str(exc).split()))
             return
         saved, draw_s, save_s = self._image_times
         self._image_times = (saved + 1, draw_s + drawn - start, save_s + self._timer() - drawn)   # one writer

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
-from fair_edge.images import decode_file, gray_2d, write_png
+from fair_edge.images import gray_2d, read_stored, write_png
 
 SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
 # review label -> folder of the exported dataset
@@ -157,22 +157,13 @@ def export_part(station_output: Path, dest: Path, key: tuple[str, str, int], ent
         if image_path is None or not image_path.is_file():
             events.append("no_image")
         else:
-            written = collectors[folder].add(_read_stored(image_path), name, checked=False) == "saved"
+            written = collectors[folder].add(read_stored(image_path, "reviewed image"), name, checked=False) == "saved"
         if not written and (dest / folder / f"{name}.png").is_file():
             events.append("kept")
         in_place = written or "kept" in events
     if remove_contradicting_exports(name, folder, dest):
         events.append("moved" if in_place else "removed")
     return events
-
-
-def _read_stored(path: Path) -> np.ndarray | None:
-    """A station's stored image (an NG frame, a reviewed part) as written, (H, W) or (H, W, C) uint8 as a rule, read
-    under any file name (``images.decode_file``); None when it is unreadable (``Collector.add`` counts it)."""
-    try:
-        return decode_file(path, cv2.IMREAD_UNCHANGED, "reviewed image")
-    except DataError:
-        return None
 
 
 def export_name(run: str, camera: str, seq: int) -> str:
