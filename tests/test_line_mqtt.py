@@ -215,3 +215,160 @@ def test_a_nan_or_infinity_in_a_message_is_sent_as_null_so_strict_json_parsers_r
                    ("a/verdicts", {"seq": 1, "score": None, "regions": [{"area": None}], "n": [1, None]}, False),
                    ("a/verdicts", {"seq": 2, "score": None}, False)]
     assert sum("NaN or an infinite number" in r.getMessage() for r in caplog.records) == 1   # once per topic
+
+
+# ---------------------------------------------------------------------------------------------- mqtt-edges
+def test_a_wildcard_nul_or_fragment_in_the_mqtt_prefix_is_refused_naming_mqtt_url():
+    """``mqtt://host/cell+2`` passed the URL check and then every publish raised ValueError (wildcard topic);
+    ``mqtt://host/line#3`` published as ``line`` (urlsplit reads '#3' as a fragment), under another station's
+    topics. Both are refused now; a leading '/' is kept as written, a trailing one dropped."""
+    with pytest.raises(SinkError, match=r"mqtt\.url: .*'\+'.*remove it"):
+        parse_mqtt_url("mqtt://127.0.0.1:1883/cell+2")
+    with pytest.raises(SinkError, match=r"mqtt\.url: .*'#'.*fragment.*Remove the '#'"):
+        parse_mqtt_url("mqtt://127.0.0.1:1883/line#3")
+    with pytest.raises(SinkError, match=r"mqtt\.url: .*'#'"):
+        parse_mqtt_url("mqtt://127.0.0.1:1883/line3?client_id=a#b")
+    with pytest.raises(SinkError, match=r"mqtt\.url: .*NUL"):
+        parse_mqtt_url("mqtt://127.0.0.1:1883/line\x003")
+    assert parse_mqtt_url("mqtt://127.0.0.1:1883//plant/line3").prefix == "/plant/line3"
+    assert parse_mqtt_url("mqtt://127.0.0.1:1883/plant/line3/").prefix == "plant/line3"
+    assert parse_mqtt_url("mqtt://127.0.0.1:1883").prefix == parse_mqtt_url("mqtt://127.0.0.1/").prefix == "fair-edge"
+
+
+class StrictPaho(FakePaho):
+    """FakePaho that refuses a wildcard topic the way paho does (ValueError from ``publish``)."""
+
+    def publish(self, topic, data, qos, retain):
+        if "+" in topic or "#" in topic:
+            raise ValueError("Publish topic cannot contain wildcards.")
+        return super().publish(topic, data, qos, retain)
+
+
+def test_publish_never_raises_a_refused_message_is_dropped_counted_and_logged_once(caplog):
+    """paho's ValueError for a wildcard topic went up through ``publish`` into the verdict callback (one traceback
+    per frame) and, for a message queued before the connection, out of paho's on_connect. A message paho refuses,
+    or one that cannot be encoded, is now dropped (it never could be sent), counted ``refused``, logged once per
+    topic; the rest go on."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=StrictPaho).start()
+    paho = pub._client
+    pub.publish("ver+dicts", {"seq": 0})          # queued before the connection: refused at the connect
+    pub.publish("verdicts", {"seq": 1})
+    paho.connect()
+    pub.publish("ver+dicts", {"seq": 2})          # connected: refused at once
+    pub.publish("verdicts", {("not", "a str key"): 3})   # json cannot encode it
+    pub.publish("verdicts", {"seq": 4})
+    assert [topic for _, topic in paho.published] == ["a/verdicts", "a/verdicts"]
+    for mid, _ in paho.published:
+        paho.ack(mid)
+    stats = pub.stats()
+    assert (stats["refused"], stats["outbox"], stats["acked"]) == (3, 0, 2), stats
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 2 and "a/ver+dicts" in refused[0] and "wildcards" in refused[0]   # once per topic
+    pub.close(timeout_s=1.0)
+
+
+def test_the_latest_fault_is_sent_again_after_a_reconnect_over_the_will():
+    """While the link is down the broker may publish the will ('station gone') over PREFIX/faults; after the
+    reconnect the latest fault message is published again (retained), its PUBACK counted nowhere else."""
+    class Recording(FakePaho):
+        def publish(self, topic, data, qos, retain):
+            self.payloads = [*getattr(self, "payloads", []), (topic, json.loads(data), retain)]
+            return super().publish(topic, data, qos, retain)
+
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=Recording).start()
+    paho = pub._client
+    paho.connect()
+    pub.publish_fault(False, "cleared", "T0")
+    paho.ack(1)
+    pub._on_disconnect(paho, None, None, "link lost")
+    paho.connect()
+    assert paho.payloads[-1] == ("a/faults", {"active": False, "reason": "cleared", "time_utc": "T0"}, True)
+    paho.ack(paho.published[-1][0])
+    stats = pub.stats()
+    assert (stats["fault_restated"], stats["published"], stats["acked"], stats["outbox"]) == (1, 1, 1, 0), stats
+    pub.close(timeout_s=1.0)
+
+
+def retained_faults(port: int, topic: str) -> list[dict]:
+    """What a subscriber arriving now sees on ``topic`` (the retained message, if any)."""
+    collector = MqttCollector(port, topic)
+    try:
+        wait_for(lambda: collector.messages.get(topic), 5.0)
+        return collector.messages.get(topic, [])
+    finally:
+        collector.close()
+
+
+@needs_broker
+def test_a_fresh_station_replaces_a_fault_an_earlier_one_left_retained(tmp_path):
+    """A station killed while faulted leaves ``{"active": true}`` retained on PREFIX/faults; a restarted, healthy
+    station published faults only on a change from '' and so never replaced it: dashboards showed the line faulted
+    for good. The first tick publishes the current state now."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.station.run import LineSide
+
+    broker = MosquittoBroker(tmp_path).start()
+    try:
+        old = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="old-station")
+        old.connect("127.0.0.1", broker.port)
+        old.loop_start()
+        left = {"active": True, "reason": "camera top: camera gone", "time_utc": "2026-12-01T00:00:00Z"}
+        old.publish("line3/faults", json.dumps(left), qos=1, retain=True).wait_for_publish(5)
+        old.disconnect()
+        old.loop_stop()
+        with Recorder(RecordSettings(dir=tmp_path / "rec", min_free_mb=0, save_ng_images=False), run_id="R") as rec, \
+                MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line3") as pub:
+            line = LineSide(rec, None, None, pub, [])
+            for _ in range(3):
+                line.publish_fault("")              # the station's ticks: healthy
+            assert pub.flush(10.0), pub.stats()
+            assert pub.stats()["published"] == 1    # the first tick only
+        seen = retained_faults(broker.port, "line3/faults")
+    finally:
+        broker.close()
+    assert [(m["active"], m["reason"]) for m in seen] == [(False, "cleared")], seen
+
+
+@needs_broker
+def test_a_station_that_dies_is_shown_gone_on_faults_by_its_will(tmp_path):
+    """A station process killed without a goodbye leaves its last 'no fault' retained: a dashboard read the line
+    healthy while nothing inspected. The connection's will puts 'station gone' there (retained); a clean close
+    does not."""
+    import signal
+    import subprocess
+    import sys
+
+    broker = MosquittoBroker(tmp_path).start()
+    station = None
+    try:
+        url = f"mqtt://127.0.0.1:{broker.port}/line3"
+        with MqttPublisher(url) as pub:             # a clean close leaves the last state, not the will
+            pub.publish_fault(False, "cleared", "T0")
+        assert [m["active"] for m in retained_faults(broker.port, "line3/faults")] == [False]
+        code = ("import sys; from fair_edge.line.mqtt import MqttPublisher; "
+                f"p = MqttPublisher({url!r}).start(); p.publish_fault(False, 'cleared', 'T1'); "
+                "assert p.flush(10.0); print('ready', flush=True); sys.stdin.read()")
+        station = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)
+        assert station.stdout.readline().strip() == "ready"
+        station.send_signal(signal.SIGKILL)
+        station.wait(10)
+        collector = MqttCollector(broker.port, "line3/faults")
+        try:
+            assert wait_for(lambda: any(m["active"] for m in collector.messages.get("line3/faults", [])), 10.0), \
+                collector.messages
+            seen = collector.messages["line3/faults"][-1]
+        finally:
+            collector.close()
+    finally:
+        if station is not None and station.poll() is None:
+            station.kill()
+        broker.close()
+    assert seen["active"] is True and seen["reason"].startswith("station gone") and seen["time_utc"] is None

@@ -1,11 +1,16 @@
 """MQTT: verdicts, fault changes and the run summary published to a broker (paho-mqtt).
 
 URL: ``mqtt://HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883 by default;
-PREFIX defaults to ``fair-edge``). Topics::
+PREFIX defaults to ``fair-edge``). PREFIX is the URL's path without its first '/' and any trailing '/'
+(``mqtt://HOST//plant/line3`` publishes to ``/plant/line3/...``); a '+', '#' or NUL in it is refused (MQTT
+wildcards; a '#' would also end the URL's path). Topics::
 
     PREFIX/verdicts   one JSON object per verdict or dropped frame (the verdict log's row), QoS 1
     PREFIX/parts      several cameras: one JSON object per part (the verdict log's part row), QoS 1
-    PREFIX/faults     {"active": bool, "reason": str, "time_utc": ...} on every change, QoS 1, retained
+    PREFIX/faults     {"active": bool, "reason": str, "time_utc": ...} at start and on every change, QoS 1,
+                      retained; sent again after each reconnect; the connection's last will puts
+                      {"active": true, "reason": "station gone: ...", "time_utc": null} there (retained)
+                      when the station dies or its link is cut without a goodbye
     PREFIX/summary    the run summary at the end, QoS 1, retained
 
 Payloads are strict JSON (what Node-RED's JSON.parse, jq and Go read): a NaN or infinite number is sent as null.
@@ -15,6 +20,8 @@ thread. A message stays in the outbox until the broker acknowledges it (PUBACK);
 away, messages wait there (at most ``max_outbox``; beyond that the oldest are dropped and counted),
 and after each reconnect every unacknowledged message is sent again, so a broker that goes away and
 comes back loses nothing (a subscriber may see a message twice: rows carry ``run_id`` and ``seq``).
+``publish`` never raises: a message paho refuses (a bad topic or payload) is dropped, counted ``refused`` and
+logged once per topic.
 """
 
 from __future__ import annotations
@@ -38,8 +45,15 @@ log = logging.getLogger(__name__)
 
 # published: handed to publish(); acked: acknowledged by the broker; resent: sent again after a reconnect (sent on
 # an earlier connection, never acknowledged; a message queued before the first connection is sent once, not
-# "again"); outbox_dropped: dropped beyond max_outbox; connects; disconnects: links lost (close() is not one)
-MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects")
+# "again"); outbox_dropped: dropped beyond max_outbox; connects; disconnects: links lost (close() is not one);
+# refused: messages that could not be encoded or that paho refused (dropped, logged once per topic);
+# fault_restated: the latest PREFIX/faults message sent again after a reconnect (the will may have replaced it)
+MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects", "refused",
+                 "fault_restated")
+FAULTS_TOPIC = "faults"
+GONE_REASON = "station gone: its MQTT connection ended without a goodbye (killed, crashed or cut off)"
+WILDCARDS = {"+": "'+' (MQTT's one-level wildcard)", "\0": "a NUL character"}
+RESTATED_KEY = 0   # the outbox key of a restated fault: outbox keys start at 1, so its PUBACK counts nothing
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
 
 
@@ -60,14 +74,31 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     older of two connections with one id, so a shared default made two stations on one broker (or a second
     process of one station) knock each other off every few seconds. The session is clean, so a new id per
     start loses nothing."""
+    if isinstance(url, str) and "#" in url:
+        raise SinkError(f"mqtt.url: {url!r} holds '#': a URL ends its path at '#' (the rest is a fragment), so the "
+                        "topic prefix would be cut short there and the station would publish under another "
+                        "prefix's topics; '#' is also MQTT's multi-level wildcard, not allowed in a topic one "
+                        "publishes to. Remove the '#', e.g. mqtt://HOST:PORT/line3")
     parsed = parse_sink_url(url)
     if parsed.scheme != "mqtt" or not parsed.host:
         raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX, found {url!r}")
     parsed.check_query(("client_id", "keepalive_s", "max_outbox"))
-    prefix = parsed.path.strip("/") or "fair-edge"
+    prefix = topic_prefix(parsed.path, url)
     return MqttTarget(parsed.host, parsed.port or 1883, prefix,
                       parsed.query.get("client_id", f"fair-edge-{socket.gethostname()}-{prefix}-{os.getpid()}"),
                       parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1))
+
+
+def topic_prefix(path: str, url: str) -> str:
+    """The topic prefix from a URL's ``path``: without its first '/' (a second one stays: ``//plant/line3`` is
+    ``/plant/line3``) and any trailing '/'; ``fair-edge`` when empty. ``SinkError`` naming ``url`` for a
+    wildcard or NUL, which no published topic may hold."""
+    prefix = path[1:].rstrip("/") if path.startswith("/") else path.rstrip("/")
+    for char, what in WILDCARDS.items():
+        if char in prefix:
+            raise SinkError(f"mqtt.url: the topic prefix {prefix!r} of {url!r} holds {what}, which no topic a "
+                            "station publishes to may hold; remove it, e.g. mqtt://HOST:PORT/cell2")
+    return prefix or "fair-edge"
 
 
 class MqttPublisher:
@@ -85,6 +116,8 @@ class MqttPublisher:
         self._connected = False
         self._closing = False   # close() disconnects on purpose: not a link lost
         self._nonfinite_topics: set[str] = set()   # topics whose NaN / inf were logged
+        self._refused_topics: set[str] = set()   # topics whose refused message was logged
+        self._last_fault: tuple[int, str, bytes] | None = None   # (outbox key, topic, payload) of the latest fault
         self._client = (client_factory or _paho_client)(self.target)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -116,8 +149,14 @@ class MqttPublisher:
         self.publish("summary", summary, retain=True)
 
     def publish(self, topic: str, payload: dict, retain: bool = False) -> None:
-        """Queue ``payload`` (strict JSON: NaN / inf as null) for ``PREFIX/topic``; never blocks, never raises on a
-        dead link."""
+        """Queue ``payload`` (strict JSON: NaN / inf as null) for ``PREFIX/topic``; never blocks, never raises: a
+        message that cannot be encoded or sent is dropped, counted ``refused`` and logged once per topic."""
+        try:
+            self._queue(topic, payload, retain)
+        except Exception as exc:   # the inspection loop calls this: a bad message must not stop it
+            self._refused(f"{self.target.prefix}/{topic}", exc)
+
+    def _queue(self, topic: str, payload: dict, retain: bool) -> None:
         text, replaced = strict_json(payload)
         if replaced and topic not in self._nonfinite_topics:   # logged once per topic
             self._nonfinite_topics.add(topic)
@@ -128,6 +167,8 @@ class MqttPublisher:
             self._key += 1
             key = self._key
             self._outbox[key] = (f"{self.target.prefix}/{topic}", data, retain)
+            if topic == FAULTS_TOPIC:
+                self._last_fault = (key, f"{self.target.prefix}/{topic}", data)
             while len(self._outbox) > self.target.max_outbox:
                 dropped, _ = self._outbox.popitem(last=False)
                 self._handed.discard(dropped)
@@ -170,7 +211,14 @@ class MqttPublisher:
         if item is None:
             return   # sent again from _on_connect
         topic, data, retain = item
-        mid = self._client.publish(topic, data, qos=1, retain=retain).mid
+        try:
+            mid = self._client.publish(topic, data, qos=1, retain=retain).mid
+        except Exception as exc:   # paho refuses a bad topic or payload: it never will take it, so drop it
+            with self._lock:
+                self._outbox.pop(key, None)
+                self._handed.discard(key)
+            self._refused(topic, exc)
+            return
         with self._lock:
             if key in self._outbox:
                 self._handed.add(key)
@@ -179,6 +227,30 @@ class MqttPublisher:
                 self._ack(key)
             else:
                 self._mids[mid] = key
+
+    def _refused(self, topic: str, exc: Exception) -> None:
+        """Count a message that could not be encoded or sent; log it once per topic."""
+        self._counters.add("refused")
+        if topic not in self._refused_topics:
+            self._refused_topics.add(topic)
+            log.warning("mqtt %s: message refused and dropped (%s: %s); further refusals on this topic are only "
+                        "counted (stats 'refused')", topic, type(exc).__name__, exc)
+
+    def _restate_fault(self) -> None:
+        """After a reconnect, publish the latest fault message again when it was already acknowledged: while the
+        link was down the broker may have published the will ('station gone') over it."""
+        with self._lock:
+            last = self._last_fault
+            if last is None or last[0] in self._outbox:
+                return   # nothing published yet, or still waiting: the outbox sends it
+        try:
+            mid = self._client.publish(last[1], last[2], qos=1, retain=True).mid
+        except Exception as exc:
+            self._refused(last[1], exc)
+            return
+        with self._lock:
+            self._mids[mid] = RESTATED_KEY
+        self._counters.add("fault_restated")
 
     def _ack(self, key: int) -> None:
         self._handed.discard(key)
@@ -198,6 +270,7 @@ class MqttPublisher:
         self._counters.add("connects")
         self._log_connected(len(keys), again)
         self._counters.add("resent", again)
+        self._restate_fault()
         for key in keys:
             self._send(key)
 
@@ -250,4 +323,11 @@ def _paho_client(target: MqttTarget) -> Any:
     client.reconnect_delay_set(min_delay=1, max_delay=4)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    client.will_set(f"{target.prefix}/{FAULTS_TOPIC}", gone_payload(), qos=1, retain=True)
     return client
+
+
+def gone_payload() -> str:
+    """The last will on PREFIX/faults: what the broker retains there when the station's connection ends without a
+    DISCONNECT (the station killed, crashed or cut off). ``time_utc`` is null: the will is set at connect."""
+    return strict_json({"active": True, "reason": GONE_REASON, "time_utc": None})[0]

@@ -228,7 +228,7 @@ class LineSide:
     mqtt: MqttPublisher | None
     callbacks: list[VerdictCallback]
     metrics: Metrics | None = None
-    fault_shown: str = ""
+    fault_shown: str | None = None   # the fault reason last published on MQTT ('' none); None: nothing yet
     handshake: Handshake | None = None   # reject.handshake
 
     def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
@@ -271,7 +271,8 @@ class LineSide:
         return camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
 
     def publish_fault(self, camera_reason: str) -> None:
-        """Publish the fault state on MQTT when it changed (called on every tick)."""
+        """Publish the fault state on MQTT on the first tick and whenever it changed (called on every tick): the
+        first one replaces a fault an earlier station left retained there."""
         reason = self.fault_reason(camera_reason)
         if self.mqtt is not None and reason != self.fault_shown:
             self.mqtt.publish_fault(bool(reason), reason or "cleared", self.recorder.clock.iso(time.monotonic()))
