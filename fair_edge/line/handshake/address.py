@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import SinkError
+from ..sinks.modbus import UNIT_MAX
 from ..sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 MODBUS_OPTIONS = ("unit", "timeout_ms")
@@ -16,7 +17,7 @@ OPCUA_OPTIONS = ("timeout_ms",)
 
 @dataclass(frozen=True)
 class ModbusAddress:
-    """``modbus://HOST:PORT?unit=1&timeout_ms=100``: port 502 and unit 1 unless given; timeout in seconds."""
+    """``modbus://HOST:PORT?unit=1&timeout_ms=100``: port 502 and unit 1 (0..255) unless given; timeout in seconds."""
 
     host: str
     port: int
@@ -33,11 +34,11 @@ class OpcUaAddress:
 
 
 def modbus_address(url: SinkUrl) -> ModbusAddress:
-    """``SinkError`` for an unknown option or a missing host."""
+    """``SinkError`` for an unknown option, a missing host or a unit outside 0..255."""
     url.check_query(MODBUS_OPTIONS)
     if not url.host:
         raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?unit=1, found no host")
-    return ModbusAddress(url.host, url.port or 502, url.get_int("unit", 1),
+    return ModbusAddress(url.host, url.port or 502, url.get_int("unit", 1, maximum=UNIT_MAX),
                          url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0)
 
 

@@ -26,7 +26,11 @@ must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake 
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
 withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges nothing) and parts
-past their timeout are dropped: nothing stale is replayed. A link that refuses the PLC's setup at connect (an
+past their timeout are dropped: nothing stale is replayed. A device's refusal of a read or write (a Modbus
+exception reply such as 0x06 busy, an OPC UA bad status: ``PlcDeviceError``) is no outage: the link answered, so
+it stays up, the result that is up stays up, the refusal is counted ``device_errors`` (logged when a run of them
+begins) and the poll is tried again next cycle. A Modbus gateway's 0x0A / 0x0B (the PLC behind it is off) is a
+link failure. A link that refuses the PLC's setup at connect (an
 OPC UA node whose data type cannot hold its signal: ``ConfigError``) stays down, logged as an error naming the
 node (again only when the reason changes), and is retried with the same back-off, so a PLC program that is
 fixed is picked up without a restart; the thread never dies of it.
@@ -93,6 +97,7 @@ class Ticket:
     result: int = RESULT_NONE
     score: float | None = None
     t_written: float | None = None
+    acked: bool = False      # its ack was seen; ack = 0 and results_ready = 0 are written (again, if refused) next
     regions: dict[str, int] = field(default_factory=dict)   # region signal -> value (``region_values``)
 
 
@@ -127,6 +132,7 @@ class Handshake:
         self._connected = False
         self._delay, self._next_try, self._was_up = BACKOFF_S[0], 0.0, False
         self._refused = ""                   # the last ConfigError a connect met (logged again only when it changes)
+        self._device_refusing = False        # the last poll ended in a device's refusal (logged once per run)
         self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"handshake-{self.name}", daemon=True)
@@ -252,13 +258,22 @@ class Handshake:
                 if not self._connected and not self._connect():
                     self._stop.wait(min(self._poll_s * 10, max(0.0, self._next_try - time.monotonic())))
                     continue
-                try:
-                    self._cycle(self._clock())
-                except PlcError as exc:
-                    self._link_failed(exc)
+                self._poll(self._clock())
                 self._stop.wait(self._poll_s)
         finally:
             self._last_words()
+
+    def _poll(self, now: float) -> None:
+        """One poll cycle at ``now`` (monotonic s) on a connected link: a device's refusal keeps the link and retries
+        next cycle, a link failure drops it."""
+        try:
+            self._cycle(now)
+        except PlcDeviceError as exc:
+            self._device_refused(exc)
+        except PlcError as exc:
+            self._link_failed(exc)
+        else:
+            self._device_refusing = False
 
     def _cycle(self, now: float) -> None:
         inputs = self.link.read_inputs()
@@ -306,8 +321,12 @@ class Handshake:
         self._taken = None
 
     def _check_ack(self, ack: bool, now: float) -> None:
+        """The result up: acked (``ack`` = 1 now, or seen before and its clearing write refused, which may have
+        cleared ``ack`` already) -> ack and results_ready back to 0; past ``ack_timeout_ms`` -> withdrawn (counted
+        once the withdrawal is written)."""
         up = self._up
-        if ack:
+        if ack or up.acked:
+            up.acked = True
             self.link.write([(ACK, 0), (RESULTS_READY, 0)])
             self._rest_polls = RESULT_REST_POLLS   # results_ready stays 0 for 2 polls at least
             self._counters.add("acked")
@@ -317,10 +336,10 @@ class Handshake:
                             up.part_id, self._latched)
                 self._latched = ERROR_NONE
         elif now - up.t_written > self.settings.ack_timeout_ms / 1000.0:
+            self.link.write([(ACK, 0), (RESULTS_READY, 0)])   # a late ack for it then rises from 0: stale
             self._counters.add("ack_timeouts")
             self._fail(ERROR_ACK_TIMEOUT, f"part {up.part_id}: no ack within {self.settings.ack_timeout_ms:g} ms "
                                           f"(reject.handshake.ack_timeout_ms); result withdrawn")
-            self.link.write([(ACK, 0), (RESULTS_READY, 0)])   # a late ack for it then rises from 0: stale
             self._rest_polls = RESULT_REST_POLLS
             self._up = None
 
@@ -415,8 +434,21 @@ class Handshake:
             self._refused = str(exc)
             log.error("handshake %s: the PLC's setup cannot carry the handshake, not ready: %s", self.name, exc)
 
+    def _device_refused(self, exc: PlcDeviceError) -> None:
+        """The device refused a read or write of this poll (Modbus busy, a bad status): it answered, so the link,
+        the result that is up and its ack stay as they are; counted ``device_errors``, logged when a run of
+        refusals begins, and the next poll tries again (each step of a cycle is safe to repeat)."""
+        self._counters.add("device_errors")
+        if not self._device_refusing:
+            self._device_refusing = True
+            log.warning("handshake %s: %s; link kept, tried again next poll (logged again after a poll that "
+                        "succeeds)", self.name, exc)
+
     def _link_failed(self, exc: PlcError) -> None:
-        self._counters.add("device_errors" if isinstance(exc, PlcDeviceError) else "io_errors")
+        """A link failure (I/O error, timeout, a gateway whose PLC is off): counted ``io_errors``, the link closed
+        and reopened with back-off (the reconnect withdraws a result that was up)."""
+        self._counters.add("io_errors")
+        self._device_refusing = False
         log.warning("handshake %s: %s; reconnecting", self.name, exc)
         self._connected = False
         self.link.close()

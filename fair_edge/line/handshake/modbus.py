@@ -6,7 +6,9 @@ registers, high word first; ``score`` = round(score * score_scale) saturated to 
 also for a part that was not scored: score None). Registers that lie next to each other
 are written in one request (a PLC sees them change together); the register of the last signal
 in a ``write`` goes in the last request (so ``results_ready`` never rises before its data).
-pymodbus 3.10+ API (``device_id=``), as in ``fair_edge.line.sinks.modbus``.
+pymodbus 3.10+ API (``device_id=``), as in ``fair_edge.line.sinks.modbus``. An exception reply is the device's
+refusal (``PlcDeviceError``), except a gateway's 0x0A / 0x0B (the PLC behind it is off): a link failure
+(``PlcError``), sorted by ``sinks.modbus.check_reply``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import PlcDeviceError, PlcError
-from ..sinks.modbus import connect_client, modbus_tcp_client
+from ...errors import PlcError
+from ..sinks.modbus import check_reply, connect_client, modbus_tcp_client
 from ..sinks.urls import SinkUrl
 from .address import modbus_address
 from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings, ModbusSignals
@@ -116,10 +118,8 @@ class ModbusLink:
             result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
             raise PlcError(f"{self.name}: {what} failed: {exc}") from exc
-        if result.isError():
-            raise PlcDeviceError(f"{self.name}: device refused the {what} at register {args[0]}: {result} "
-                                 f"(check reject.handshake.modbus addresses and the unit id)")
-        return result
+        return check_reply(result, f"{self.name}: the {what} at register {args[0]}",
+                           " (check reject.handshake.modbus addresses and the unit id)")
 
 
 def open_modbus_link(url: SinkUrl, settings: HandshakeSettings) -> ModbusLink:

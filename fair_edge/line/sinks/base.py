@@ -110,7 +110,8 @@ class SignalSink(Protocol):
 
 class Output(Protocol):
     """A blocking output driver. ``set`` raises ``PlcDeviceError`` for a refusing device reply,
-    ``PlcError`` for a link failure; ``open`` raises ``PlcError``. Any other exception from ``open``
+    ``PlcError`` for a link failure (a gateway's reply that the device behind it does not answer, Modbus 0x0A /
+    0x0B, is one); ``open`` raises ``PlcError``. Any other exception from ``open``
     or ``set`` (a driver bug, a missing package, GPIO permissions lost) is logged by the worker and
     handled as a link failure: the worker never dies of it.
 
@@ -177,6 +178,11 @@ class WorkerSink:
     reports no ``link_down``. After a ``link_down``, ``reconnected`` is reported when a write or probe is
     answered again (a connect alone does not prove the link), so the fault output is held, not flashed, while
     a mute PLC accepts connects. A device that refuses a write or probe has answered: the link is up.
+    A refused write of the resting level is reported once (``device_error``) and not rewritten until the next
+    reconnect or the next change of the level (``set_fault`` with the other level): a PLC that refuses it keeps
+    refusing, and a rewrite every ``IDLE_POLL_S`` would log a warning each time. An exception reply that is a
+    gateway's "the device behind me does not answer" (Modbus 0x0A / 0x0B) is no refusal: the output raises
+    ``PlcError`` for it, a link failure like any other.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
@@ -200,6 +206,9 @@ class WorkerSink:
         self._connected = False
         self._level = False          # wanted resting level (fault outputs)
         self._level_dirty = True     # resting level not yet confirmed written
+        self._level_refused: bool | None = None   # a resting level the device refused: not rewritten until a
+                                                  # reconnect or a change of the level clears this
+        self._refused = False        # the last _write_until ended in the device's refusal
         self._stop = threading.Event()
         self._closed = False
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
@@ -226,6 +235,8 @@ class WorkerSink:
             self._emit("dropped", event.seq, f"queue full ({self._q.maxsize} waiting)")
 
     def set_fault(self, active: bool, reason: str) -> None:
+        if bool(active) != self._level:
+            self._level_refused = None   # a new level: written even if the device refused the old one
         self._level = bool(active)
         self._level_dirty = True
         try:
@@ -303,8 +314,17 @@ class WorkerSink:
             self._try_connect()
         elif self._connected and not self._inflight and time.monotonic() >= self._next_probe:
             self._probe()
-        if self._connected and self._level_dirty:
-            self._write_until(self._level, time.monotonic() + RETRY_STEP_S, None)
+        if self._connected and self._level_dirty and self._level_refused != self._level:
+            self._write_resting_level()
+
+    def _write_resting_level(self) -> None:
+        """Write the resting level (one try and one retry step). Refused by the device: remembered in
+        ``_level_refused``, so it is not rewritten (and reported) again until a reconnect or a new level."""
+        level = self._level
+        if not self._write_until(level, time.monotonic() + RETRY_STEP_S, None) and self._refused:
+            self._level_refused = level
+            log.warning("sink %s: the device refused the resting level (%s); not rewritten until the link is "
+                        "reconnected or the level changes", self.name, "on" if level else "off")
 
     def _do_pulse(self, ev: RejectEvent) -> None:
         if not self._connected:
@@ -346,7 +366,9 @@ class WorkerSink:
                 self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
-        """Write ``on`` (True = active) until it succeeds or ``deadline`` passes."""
+        """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
+        ``_refused`` says whether the device refused it (not retried) rather than the link failing."""
+        self._refused = False
         while not self._stop.is_set():
             if not self._connected:
                 self._try_connect(force=True)
@@ -357,6 +379,7 @@ class WorkerSink:
                     self._link_answered()   # the device answered: the link is fine
                     self._counters.add("device_errors")
                     self._emit("device_error", seq, str(exc))
+                    self._refused = True
                     return False  # repeating a refused write will not help
                 except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: the link is not usable
                     self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
@@ -455,6 +478,7 @@ class WorkerSink:
         self._delay = self._backoff[0]
         self._next_try = 0.0
         self._level_dirty = True   # written next: that write (or a pulse's) tells whether the PLC answers
+        self._level_refused = None  # even if the device refused it before the reconnect
         self._next_probe = time.monotonic() + self._probe_s
         if was_down and not self._down_reported:   # after a link_down, reconnected waits for an answer
             self._counters.add("reconnects")

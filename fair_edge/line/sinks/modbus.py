@@ -4,8 +4,16 @@ URL: ``modbus://HOST:PORT?unit=1&coil=0&pulse_ms=50`` (coil: True, then False af
 or ``modbus://HOST:PORT?unit=1&register=N&value=1`` (holding register: value, then 0 after
 pulse_ms; ``pulse_ms=0`` writes the value only and leaves clearing it to the PLC).
 Other options: ``timeout_ms`` (connect/response timeout, default 100).
+Ranges, checked when the URL is parsed (the station file is read): ``unit`` 0..255 (0 is the broadcast
+address: no device replies to it, so every write times out; many Modbus TCP PLCs ignore the unit id),
+``coil`` / ``register`` 0..65535, ``value`` 0..65535.
 While idle the sink's worker probes the link by reading back what it writes (FC 1 for the coil, FC 3 for
 the register), never by writing.
+
+Exception replies: codes 0x0A (gateway path unavailable) and 0x0B (gateway target device failed to respond)
+come from a gateway whose PLC behind it is off or unreachable: a link failure (``PlcError``). Every other code
+(0x01 illegal function, 0x02 illegal address, 0x03 illegal value, 0x04 device failure, 0x06 busy, ...) is the
+device's own answer: ``PlcDeviceError`` (the link is up). ``check_reply`` sorts them, for the handshake too.
 
 pymodbus 3.10+ names the unit ``device_id=`` (older 3.x: ``slave=``); this module targets the
 installed 3.16 API and passes ``device_id``.
@@ -22,6 +30,10 @@ from .base import Reporter, WorkerSink, log_reporter
 from .urls import SinkUrl
 
 MODBUS_OPTIONS = ("unit", "coil", "register", "value", "pulse_ms", "timeout_ms")
+UNIT_MAX = 255        # a Modbus unit (device) id is one byte; 0 = broadcast (no reply)
+ADDRESS_MAX = 65535   # coil / register addresses are 16-bit, 0-based
+WORD_MAX = 65535      # a holding register holds one 16-bit unsigned word
+GATEWAY_CODES = {0x0A: "gateway path unavailable", 0x0B: "gateway target device failed to respond"}
 
 
 @dataclass(frozen=True)
@@ -48,14 +60,14 @@ def parse_modbus_url(url: SinkUrl) -> tuple[ModbusTarget, float | None]:
     url.check_query(MODBUS_OPTIONS)
     if not url.host:
         raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?coil=N, found no host")
-    coil = url.get_int("coil", None)
-    register = url.get_int("register", None)
+    coil = url.get_int("coil", None, maximum=ADDRESS_MAX)
+    register = url.get_int("register", None, maximum=ADDRESS_MAX)
     if (coil is None) == (register is None):
         raise SinkError(f"{url.raw}: expected exactly one of coil=N or register=N, found "
                         f"{'both' if coil is not None else 'neither'}")
     target = ModbusTarget(
-        host=url.host, port=url.port or 502, unit=url.get_int("unit", 1),
-        coil=coil, register=register, value=url.get_int("value", 1),
+        host=url.host, port=url.port or 502, unit=url.get_int("unit", 1, maximum=UNIT_MAX),
+        coil=coil, register=register, value=url.get_int("value", 1, maximum=WORD_MAX),
         timeout_s=url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0)
     pulse = url.get_float("pulse_ms", -1.0, minimum=0.0) if "pulse_ms" in url.query else None
     return target, pulse
@@ -86,6 +98,20 @@ def default_client_factory(target: ModbusTarget) -> Any:
     return modbus_tcp_client(target.host, port=target.port, timeout=target.timeout_s)
 
 
+def check_reply(result: Any, what: str, hint: str = "") -> Any:
+    """``result`` when it is no exception reply. An exception reply with a gateway code (``GATEWAY_CODES``: the
+    device behind a gateway is off or unreachable) raises ``PlcError`` (a link failure); any other code
+    ``PlcDeviceError`` (the device answered and refused). what: the request, named in the message (e.g.
+    ``"modbus 10.0.0.5:502 unit 1 coil 0: the write"``); hint: appended to a refusal's message."""
+    if not result.isError():
+        return result
+    code = getattr(result, "exception_code", None)
+    if code in GATEWAY_CODES:
+        raise PlcError(f"{what} failed: exception 0x{code:02X} ({GATEWAY_CODES[code]}): the gateway answers, the "
+                       f"device behind it does not (is the PLC on and reachable from the gateway?)")
+    raise PlcDeviceError(f"{what}: device refused it: {result}{hint}")
+
+
 def connect_client(client: Any, label: str) -> Any:
     """``client.connect()``, or ``PlcError`` naming ``label`` (the client is closed then); returns
     the connected client. Shared by the sinks, the encoder and the handshake."""
@@ -102,7 +128,7 @@ def connect_client(client: Any, label: str) -> Any:
 class ModbusOutput:
     """``Output`` over one Modbus client. The client is made by ``client_factory(target)``
     (tests hand in another); a device's exception reply (``result.isError()``) raises
-    ``PlcDeviceError``, a transport failure ``PlcError``."""
+    ``PlcDeviceError``, a transport failure or a gateway's 0x0A / 0x0B reply ``PlcError`` (``check_reply``)."""
 
     def __init__(self, target: ModbusTarget,
                  client_factory: Callable[[ModbusTarget], Any] = default_client_factory) -> None:
@@ -126,14 +152,12 @@ class ModbusOutput:
                                                      device_id=t.unit)
         except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
             raise PlcError(f"{t.label}: write failed: {exc}") from exc
-        if result.isError():
-            raise PlcDeviceError(f"{t.label}: device refused the write: {result} "
-                                 f"(check the address and unit id in the PLC program)")
+        check_reply(result, f"{t.label}: the write", " (check the address and unit id in the PLC program)")
 
     def probe(self) -> None:
         """Check the link answers without writing: read back the coil (FC 1) or holding register (FC 3) that
-        ``set`` writes. ``PlcError`` when the link fails, ``PlcDeviceError`` when the device refuses the read
-        (it answered: the link is up)."""
+        ``set`` writes. ``PlcError`` when the link fails (a gateway's 0x0A / 0x0B reply too), ``PlcDeviceError``
+        when the device refuses the read (it answered: the link is up)."""
         if self._client is None:
             raise PlcError(f"{self.target.label}: not connected")
         t = self.target
@@ -144,8 +168,7 @@ class ModbusOutput:
                 result = self._client.read_holding_registers(t.register, count=1, device_id=t.unit)
         except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
             raise PlcError(f"{t.label}: probe (read back) failed: {exc}") from exc
-        if result.isError():
-            raise PlcDeviceError(f"{t.label}: device refused the read back: {result}")
+        check_reply(result, f"{t.label}: the read back")
 
     def close(self) -> None:
         client, self._client = self._client, None

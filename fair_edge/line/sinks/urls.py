@@ -28,7 +28,10 @@ class SinkUrl:
                 raise SinkError(f"{self.raw}: unknown option '{key}'{hint}; valid: "
                                 f"{', '.join(allowed)}")
 
-    def get_int(self, key: str, default: int | None, minimum: int = 0) -> int | None:
+    def get_int(self, key: str, default: int | None, minimum: int = 0, maximum: int | None = None) -> int | None:
+        """``key``'s integer (decimal, or 0x / 0o / 0b prefixed), ``default`` when the URL does not give it;
+        ``SinkError`` naming the key, the range (``minimum``..``maximum``; no upper bound when None) and the value
+        found when it is not an integer in it."""
         raw = self.query.get(key)
         if raw is None:
             return default
@@ -36,8 +39,9 @@ class SinkUrl:
             value = int(raw, 0)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise SinkError(f"{self.raw}: {key}: expected an integer >= {minimum}, found {raw!r}")
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            wanted = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            raise SinkError(f"{self.raw}: {key}: expected an integer {wanted}, found {raw!r}")
         return value
 
     def get_float(self, key: str, default: float, minimum: float = 0.0) -> float:
