@@ -362,3 +362,34 @@ def test_a_link_down_reported_while_the_scheduler_still_opens_its_sinks_reaches_
         assert faults.faults[-1][1].startswith("plc: link down since ") and sched.fault_reason == faults.faults[-1][1]
         out.restore()
         assert wait_for(lambda: faults.faults[-1] == (False, "cleared"), WAIT_S), faults.faults
+
+
+def test_after_a_link_down_a_plc_that_accepts_and_never_answers_is_reconnected_with_back_off():
+    """A PLC (or a gateway whose PLC is off) that accepts connects and answers no write was reconnected at once after
+    every failure, about 60 times a second with a warning each; after the link_down each reconnect waits the back-off
+    (here 0.3 s doubling to 1.2 s; an idle worker's poll alone spaces them 0.05 s), measured on the fake's own clock
+    readings: a loaded machine only widens them."""
+    out, faults = LinkOutput(), RecordingSink("fault")
+    listener = Listener(out)
+    opened: list[float] = []
+    real_open = out.open
+
+    def timed_open() -> None:
+        opened.append(time.monotonic())
+        real_open()
+
+    out.open = timed_open
+    sched, sink = _station(out, listener, faults, backoff_s=0.3, backoff_max_s=1.2)
+    try:
+        with sched:
+            assert out.wait(lambda o: o.probes >= 1)
+            out.mute()
+            assert listener.wait_for("link_down"), listener.kinds
+            start = len(opened)
+            assert out.wait(lambda o: len(opened) >= start + 3), out.trace
+            gaps = [b - a for a, b in zip(opened[start - 1:], opened[start:start + 3])]
+            assert all(gap >= 0.28 for gap in gaps), gaps
+            out.restore()
+            assert listener.wait_for("reconnected"), listener.kinds
+    finally:
+        sink.close()

@@ -417,14 +417,18 @@ class WorkerSink:
         """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported ``io_error``, the
         link closed; the worker reconnects at once. The first failure in a row is no ``link_down`` (one timeout
         that the reconnect gets past must not flash the fault output; a reconnect that fails reports it); the
-        second in a row, no write or probe answered since the first although the reconnect succeeded, is."""
+        second in a row, no write or probe answered since the first although the reconnect succeeded, is, and the
+        next reconnect waits the back-off (a PLC or gateway that accepts connections and never answers was
+        reconnected 60 times a second, one warning each)."""
         if not isinstance(exc, PlcError):
             self._log_odd_failure(what, exc)
         self._counters.add("io_errors")
         self._emit("io_error", seq, str(exc))
         self._failures += 1
         self._disconnect()   # before link_down: a listener that asks sees the link down
-        if self._failures >= 2:
+        if self._failures >= 2:   # the reconnect got no answer either: the next waits the back-off
+            self._next_try = time.monotonic() + self._delay
+            self._delay = min(self._delay * 2.0, self._backoff[1])
             self._link_down(f"{what} failed again after a reconnect ({self._failures} link failures in a row, "
                             f"none answered between them): {exc}")
 
@@ -433,6 +437,7 @@ class WorkerSink:
         failures and, after a ``link_down``, reports ``reconnected`` (a connect alone is not enough: a PLC whose
         TCP stack accepts while its application does not answer is still down)."""
         self._failures = 0
+        self._delay = self._backoff[0]
         self._next_probe = time.monotonic() + self._probe_s
         if self._down_reported:
             self._down_reported = False
@@ -474,9 +479,8 @@ class WorkerSink:
             self._link_down(f"connect failed: {exc}")   # the first failed connect: at start, or after a disconnect
             return
         was_down = self._next_try > 0.0
-        self._connected = True
-        self._delay = self._backoff[0]
-        self._next_try = 0.0
+        self._connected = True   # the back-off is reset once the link answers (_link_answered), not here: a PLC
+        self._next_try = 0.0     # or gateway that accepts and never answers is reconnected with back-off
         self._level_dirty = True   # written next: that write (or a pulse's) tells whether the PLC answers
         self._level_refused = None  # even if the device refused it before the reconnect
         self._next_probe = time.monotonic() + self._probe_s
