@@ -31,7 +31,9 @@ class OnnxGraph:
     """infer({input name: (B, C, S, S) float32}) -> {anomaly_map: (B, 1, S, S), score: (B,)} float32 host arrays.
 
     input_names: the inputs the graph must declare, in order (a bundle's ``model.input_names``);
-    None accepts the graph's own (build-time checks on a graph just written).
+    None accepts the graph's own (build-time checks on a graph just written). The outputs must include
+    ``OUTPUT_NAMES``. A bundle's graphs were checked against bundle.json's input shapes when it loaded
+    (``export.bundle.load_bundle``), so a graph taking other sizes is refused there, before a frame.
     """
 
     def __init__(self, onnx_path: str | Path, input_names: Sequence[str] | None = None,
@@ -50,6 +52,10 @@ class OnnxGraph:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         if input_names is not None and self.input_names != tuple(input_names):
             raise BundleError(f"{self.path} has inputs {list(self.input_names)}; expected {list(input_names)}. "
+                              "Rebuild the bundle with `fair-edge build`.")
+        output_names = [o.name for o in self.session.get_outputs()]
+        if not set(OUTPUT_NAMES) <= set(output_names):
+            raise BundleError(f"{self.path} has outputs {output_names}; expected {list(OUTPUT_NAMES)}. "
                               "Rebuild the bundle with `fair-edge build`.")
 
     def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:

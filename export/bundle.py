@@ -18,10 +18,13 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   compute_capability, timing_cache} or null; build_command: the command that rebuilds it;
   quality_gate: INT8 built with --max-drop: {metric, unit, limit, n_normal, n_defect, graphs: {onnx name:
   {fp32, int8, drop, full_drop, kept_float, layers, sensitivity}}} (``calibration.int8_gate``), else null;
-  files: {relative name: {sha256, bytes}} for every other file in the bundle;
+  files: {relative name: {sha256, bytes}} for every other file in the bundle (names without '..' that stay inside
+  its folder, links followed: ``inside_folder``; a graph's external-data files, if any, among them);
   metadata_sha256: SHA-256 of bundle.json itself (canonical JSON of every other key, ``metadata_digest``),
   so an edited threshold, cutoff or any other setting is refused like a modified file.
-``load_bundle`` verifies all of it; ``check_engine_target`` refuses an engine built elsewhere.
+``load_bundle`` verifies all of it, and that each graph takes the model's inputs and returns its outputs
+(``export.onnx_scan`` reads that from the graph without its weights); ``check_engine_target`` refuses an engine
+built elsewhere.
 Version 1 bundles (before model families: model {width, in_channels, image_size}, top-level
 preprocess and scoring) are FAIR bundles and still load.
 """
@@ -34,7 +37,7 @@ import logging
 import os
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -42,6 +45,7 @@ from fair_edge.calibration.threshold import Threshold
 from fair_edge.regions import PixelThreshold
 from fair_edge.checksums import sha256_file
 from fair_edge.errors import BundleError, ConfigError
+from fair_edge.export.onnx_scan import FLOAT, GraphFacts, GraphFormatError, scan_graph
 from fair_edge.export.precision import PRECISIONS
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.models.tensors import OUTPUT_NAMES
@@ -260,12 +264,35 @@ def _verify_files(root: Path, data: dict) -> dict[str, str]:
         raise BundleError(f"{root / MANIFEST} lists no files. {_rebuild_hint(data)}")
     checksums = {}
     for rel, entry in files.items():
+        inside_folder(root, rel, root / MANIFEST, "file", _rebuild_hint(data))
         _check_entry(root, data, rel, entry)
         try:
             checksums[rel] = _verify_file(root, data, rel, entry)
         except OSError as exc:
             raise _unreadable(root, root / rel, exc, data) from exc
     return checksums
+
+
+def inside_folder(root: Path, rel: object, named_in: Path, what: str, fix: str) -> Path:
+    """``root / rel`` when ``rel`` is a relative name without '..' whose path, links followed, stays inside the
+    folder ``root`` (a link to another file of the folder is kept; the folder itself may be reached through one);
+    else BundleError naming ``named_in`` (the manifest that names it), the name, what was found and ``fix``. A
+    bundle's files (bundle.json) and a fused bundle's members (fusion.json) are checked so: a manifest naming
+    '../other.onnx', an absolute path or a link leading out would have the station run files nobody verified."""
+    expected = f"a relative name inside {root}, without '..'"
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{named_in} names a {what} {rel!r}: expected {expected}. {fix}")
+    name = PurePosixPath(rel)
+    if name.is_absolute() or ".." in name.parts:
+        found = "an absolute path" if name.is_absolute() else "a name with '..'"
+        raise BundleError(f"{named_in} names the {what} {rel!r}, outside the bundle: expected {expected}; found "
+                          f"{found}. {fix}")
+    path, folder = root / rel, root.resolve()
+    target = path.resolve()
+    if not target.is_relative_to(folder):
+        raise BundleError(f"{named_in} names the {what} {rel!r}, a symbolic link leading outside the bundle (to "
+                          f"{target}): expected {expected}, links included. {fix}")
+    return path
 
 
 def _verify_file(root: Path, data: dict, rel: str, entry: dict) -> str:
@@ -354,11 +381,75 @@ def _model_spec(data: dict) -> ModelSpec:
     return spec
 
 
+def _check_graphs(bundle: Bundle, data: dict) -> None:
+    """Refuse a graph of the bundle (its precision's, the FP32 reference, the INT8 CPU one) that ONNX Runtime or
+    OpenVINO would run on files nobody verified, or that disagrees with bundle.json's model: read from the graph's
+    protobuf without its weights (``onnx_scan``), so before any engine loads it."""
+    for path in dict.fromkeys(p for p in (bundle.onnx_path, bundle.reference_onnx_path, bundle.cpu_onnx_path) if p):
+        facts = _scan(bundle.root, data, path)
+        _check_external_data(bundle.root, data, path, facts)
+        _check_graph_io(data, path, bundle.model, facts)
+
+
+def _scan(root: Path, data: dict, path: Path) -> GraphFacts:
+    try:
+        return scan_graph(path)
+    except GraphFormatError as exc:
+        raise BundleError(f"graph {path} is not a readable ONNX model ({exc}). {_rebuild_hint(data)}") from exc
+    except OSError as exc:
+        raise _unreadable(root, path, exc, data) from exc
+
+
+def _check_external_data(root: Path, data: dict, path: Path, facts: GraphFacts) -> None:
+    """BundleError unless every external-data file the graph names (weights kept beside it, which ONNX Runtime and
+    OpenVINO read) is a bundle file listed with its checksum. `fair-edge build` writes graphs with their weights
+    inside, so a bundle it built names none."""
+    for location in facts.external_files:
+        side = PurePosixPath(location)
+        rel = None if not location or side.is_absolute() or ".." in side.parts else \
+            (PurePosixPath(path.relative_to(root).as_posix()).parent / side).as_posix()
+        if rel is None or rel not in data["files"]:
+            where = "a file outside the bundle" if rel is None else f"a file {MANIFEST} does not list with a checksum"
+            raise BundleError(
+                f"graph {path} keeps weights in the external-data file {location!r}, {where}: ONNX Runtime and "
+                f"OpenVINO would run the graph on weights nobody verified. Expected every tensor inside the graph (as "
+                f"`fair-edge build` writes it) or in a checksummed bundle file. {_rebuild_hint(data)}")
+
+
+def _dims_text(dims: tuple | None) -> str:
+    return "unstated" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _check_graph_io(data: dict, path: Path, model: ModelSpec, facts: GraphFacts) -> None:
+    """BundleError unless the graph takes bundle.json's model inputs (names in order; float32; every fixed dim as the
+    model's (B, C, S, S), the batch dim not fixed) and returns ``OUTPUT_NAMES``: a graph that disagrees would load,
+    then fail on every frame."""
+    hint = _rebuild_hint(data)
+    expected_names, found_names = list(model.input_names), [i.name for i in facts.inputs]
+    if found_names != expected_names:
+        raise BundleError(f"graph {path} takes inputs {found_names}; {MANIFEST}'s model ({model.describe()}) "
+                          f"feeds {expected_names}. {hint}")
+    for spec, found in zip(model.inputs, facts.inputs):
+        expected = spec.shape()
+        agrees = found.dims is None or (len(found.dims) == len(expected) and all(
+            not isinstance(f, int) if isinstance(e, str) else (f == e or not isinstance(f, int))
+            for e, f in zip(expected, found.dims)))
+        if not agrees or found.elem_type not in (0, FLOAT):
+            dtype = "float32" if found.elem_type in (0, FLOAT) else f"ONNX element type {found.elem_type}"
+            raise BundleError(f"graph {path} takes input {spec.name!r} as {dtype} {_dims_text(found.dims)}; "
+                              f"{MANIFEST}'s model ({model.describe()}) feeds it float32 {_dims_text(expected)}. {hint}")
+    missing = [n for n in OUTPUT_NAMES if n not in facts.outputs]
+    if missing:
+        raise BundleError(f"graph {path} returns outputs {list(facts.outputs)}; a bundle's graph must return "
+                          f"{list(OUTPUT_NAMES)} (missing {missing}). {hint}")
+
+
 def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
     """Read and verify a bundle directory (or its bundle.json).
 
-    Checks the format version, that every listed file exists with its size and SHA-256, and the
-    settings' validity. With ``target`` (the TensorRT runtime's machine), also requires an engine
+    Checks the format version, that every listed file lies inside the bundle folder (``inside_folder``) and exists
+    with its size and SHA-256, the settings' validity, and that each graph keeps no weights in unlisted files and
+    takes the model's inputs and returns its outputs (``_check_graphs``). With ``target`` (the TensorRT runtime's machine), also requires an engine
     built for exactly that TensorRT version and GPU. Raises BundleError naming the problem and the
     command that rebuilds the bundle.
     """
@@ -392,6 +483,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise BundleError(f"{root / MANIFEST} has a missing or invalid field: {type(exc).__name__}: {exc}. {_rebuild_hint(data)}") from exc
+    _check_graphs(bundle, data)
     if target is not None:
         check_engine_target(bundle, target)
     return bundle

@@ -19,7 +19,9 @@ evenly spaced ones (the manifest's ``count`` against ``of``). Bundles built befo
 64 MiB of full maps, subsampled (a 20 MP tiled bundle: 3 maps); they still load, and the station warns when
 they hold too few maps for the bundle's false-reject rate.
 Held-out frames of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI
-then needs ``decision.threshold``. The files are listed in bundle.json's checksums like every other file.
+then needs ``decision.threshold``. The files are listed in bundle.json's checksums like every other file, and
+reading one checks the cap again before any array is read (each .npy header's shape x item size, each .npz
+member's inflated size), so a damaged or hostile file is a BundleError, not a full memory.
 A write that fails (a full or read-only disk) is a BundleError naming the file, the cause and the fix
 (``fair_edge.disk.write_failure``, the wording every writer uses).
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +46,7 @@ CPU_NORMAL_MAPS = "cpu_normal_maps.npy"
 FP32_NORMAL_MAPS = "fp32_normal_maps.npy"
 POOLED_SUFFIX = ".npz"   # pooled maps: normal_maps.npz, with their factor and full grid
 MAX_BYTES = 64 << 20
+HEADER_ALLOWANCE = 1 << 16   # a .npy header's most bytes (format 2.0 allows more; fair-edge writes 1.0, < 64 KiB)
 
 
 @dataclass(frozen=True)
@@ -169,16 +173,58 @@ def _check_maps(path: Path, maps: np.ndarray) -> None:
 
 def _load(path: Path, mmap: bool) -> np.ndarray | tuple[np.ndarray, int, tuple[int, int]]:
     """The .npy array (memory-mapped with ``mmap``), or a pooled .npz's (maps, pool, grid): its maps are read only
-    without ``mmap``, an empty (0, 0, 0) array otherwise."""
+    without ``mmap``, an empty (0, 0, 0) array otherwise. Every array's size is checked against ``MAX_BYTES`` before
+    it is read (``_check_sizes``), so a damaged or hostile file is refused instead of filling the memory."""
     try:
+        _check_sizes(path)
         stored = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if isinstance(stored, np.ndarray):
             return stored
         with stored:
             return _pooled(path, stored, mmap)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BundleError(f"normal maps {path} cannot be read ({exc}); expected an (N, h, w) float32 .npy or a pooled "
                           ".npz (maps, pool, grid) written by `fair-edge build`. Rebuild the bundle.") from exc
+    except MemoryError as exc:
+        raise BundleError(f"normal maps {path} do not fit in this machine's memory; `fair-edge build` keeps them "
+                          f"within {MAX_BYTES >> 20} MiB. Rebuild the bundle.") from exc
+
+
+def _check_sizes(path: Path) -> None:
+    """BundleError naming the file unless every array it holds is at most ``MAX_BYTES`` (what `fair-edge build`
+    writes), judged from the .npy header (shape x item size) and, in a .npz, from each member's stated
+    uncompressed size too, before any array is read. zipfile never inflates a member past its stated size."""
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        with open(path, "rb") as fh:
+            _check_header(path, "", fh, path.stat().st_size)
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > MAX_BYTES + HEADER_ALLOWANCE:
+                raise BundleError(f"normal maps {path}: member {info.filename!r} inflates to {info.file_size} bytes; "
+                                  f"a bundle's normal maps are at most {MAX_BYTES} bytes ({MAX_BYTES >> 20} MiB). "
+                                  "Rebuild the bundle.")
+            with archive.open(info) as fh:
+                _check_header(path, f" member {info.filename!r}", fh, info.file_size)
+
+
+def _check_header(path: Path, member: str, fh, stored_bytes: int) -> None:
+    """BundleError unless the .npy array in ``fh`` (``stored_bytes`` long, header included) declares at most
+    ``MAX_BYTES`` of data (shape x item size) that its bytes hold."""
+    version = np.lib.format.read_magic(fh)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version[0]}.{version[1]}{member}; `fair-edge build` writes 1.0")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(fh)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape}{member}")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > MAX_BYTES or declared > stored_bytes - fh.tell():
+        raise BundleError(f"normal maps {path}{member}: declares a {dtype} array of shape {shape} ({declared} bytes) "
+                          f"in {stored_bytes} bytes; expected at most {MAX_BYTES} bytes ({MAX_BYTES >> 20} MiB), held "
+                          "in the file. Rebuild the bundle.")
 
 
 def _pooled(path: Path, stored, mmap: bool) -> tuple[np.ndarray, int, tuple[int, int]]:

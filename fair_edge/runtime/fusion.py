@@ -355,7 +355,7 @@ def _fitted_on(root: Path, entries: list) -> tuple[FittedOn | None, ...]:
 
 def load_fused_bundle(path: str | Path) -> FusedBundle:
     """Read and verify ``fusion.json`` and every member bundle (checksums of their manifests)."""
-    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, load_bundle
+    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, inside_folder, load_bundle
 
     root = Path(path)
     try:
@@ -381,11 +381,14 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
                           f"{len(stats)} stats for {len(entries)} members; rebuild with `fair-edge fuse`.")
     members = []
     for entry in entries:
-        manifest = root / entry["path"] / MEMBER_MANIFEST
+        # fuse copies each member inside the fused folder (m0, m1, ...): a path leading out names one never verified
+        member = inside_folder(root, entry.get("path") if isinstance(entry, dict) else None, root / MANIFEST,
+                               "member", f"Rebuild with {FUSE_COMMAND}.")
+        manifest = member / MEMBER_MANIFEST
         if not manifest.is_file() or _sha(manifest) != entry["manifest_sha256"]:
             raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
-        members.append(load_bundle(root / entry["path"]))
+        members.append(load_bundle(member))
     check_same_area(members, f" of {root}")
     try:
         fitted = _fitted_on(root, entries)
