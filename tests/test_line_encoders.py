@@ -131,6 +131,11 @@ def test_simulated_encoder_and_url_errors():
         open_encoder("modbus://127.0.0.1:502")
     with pytest.raises(SinkError, match=r"jitter: expected 0 \.\. 16383 counts .* found 20000; lower it"):
         open_encoder("modbus://127.0.0.1:502?register=1&bits=16&jitter=20000")
+    # Modbus ranges, checked when the station file is read (unit=256 reached pymodbus, which refused every read)
+    with pytest.raises(SinkError, match=r"unit: expected an integer in 0\.\.255, found '256'"):
+        open_encoder("modbus://127.0.0.1:502?register=1&unit=256")
+    with pytest.raises(SinkError, match=r"register: expected an integer in 0\.\.65534, found '65535'"):
+        open_encoder("modbus://127.0.0.1:502?register=65535&bits=32")   # its second word would be past 65535
 
 
 # ----------------------------------------------------------------------------- outages and counter resets

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from ..errors import PlcError, SinkError
 from .encoder_source import EncoderSource, FakeEncoder
-from .sinks.modbus import connect_client, modbus_tcp_client
+from .sinks.modbus import ADDRESS_MAX, UNIT_MAX, connect_client, modbus_tcp_client
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,9 @@ class ModbusCounter:
             raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?register=N[&bits=32], found "
                             f"host={url.host!r}, register={url.query.get('register')!r}")
         self.host, self.port = url.host, url.port or 502
-        self.unit, self.register = url.get_int("unit", 1), url.get_int("register", 0)
         self.words = bits // 16
+        self.unit = url.get_int("unit", 1, maximum=UNIT_MAX)
+        self.register = url.get_int("register", 0, maximum=ADDRESS_MAX + 1 - self.words)   # its last word too
         self.hi_first = url.get_choice("order", "hi_lo", ("hi_lo", "lo_hi")) == "hi_lo"
         self.table = url.get_choice("table", "holding", ("holding", "input"))
         self.timeout_s = url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0
