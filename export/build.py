@@ -55,6 +55,7 @@ from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, F
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import FUSION_MANIFEST, MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
 from fair_edge.disk import write_failure
+from fair_edge.shell import shell_word
 from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
 from fair_edge.export.precision import PRECISIONS, get_precision
@@ -174,6 +175,14 @@ def bundle_target(out: Path) -> Path:
     tidied here (``clear_leftovers`` beside the link; the target's side is the caller's)."""
     if not out.is_symlink():
         return out
+    try:
+        os.path.realpath(out, strict=True)
+    except FileNotFoundError:
+        pass   # a link to a folder not made yet: built there
+    except OSError as exc:   # ELOOP: the link leads back to itself
+        raise BundleError(f"--out {out} is a symbolic link that never reaches a folder ({exc.strerror}: "
+                          f"{os.readlink(out)!r}); remove the link (`rm {shell_word(str(out))}`) or point it at a folder, then "
+                          "run the command again.") from exc
     clear_leftovers(out)
     target = Path(os.path.realpath(out))
     log.warning("--out %s is a link to %s: the bundle is written there and the link kept", out, target)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import fair_edge.export.build as build_module
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.cli.build import build
-from fair_edge.errors import ExportError
+from fair_edge.errors import BundleError, ExportError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 
@@ -399,6 +399,20 @@ def test_an_out_that_is_a_link_gets_the_bundle_where_it_points_and_stays_a_link(
     assert [p.name for p in link.parent.iterdir()] == ["b"] and [p.name for p in target.parent.iterdir()] == ["b_real"]
     assert (target / "bundle.json").is_file() and load_bundle(link) == again.bundle
     assert first.bundle.root == again.bundle.root == target
+
+
+def test_an_out_link_that_leads_back_to_itself_is_refused_by_name(tiny_ckpt_path, tmp_path):
+    """`build --out LOOP` (a link pointing at itself, or two links at each other) ended in a RuntimeError traceback
+    ("Symlink loop"), and `fuse` blamed the folder's permissions. Now it is one error naming the link and the fix,
+    and nothing is written beside it."""
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    result = invoke(tiny_ckpt_path, "--no-engine", "--out", loop)
+    assert result.exit_code != 0 and not isinstance(result.exception, RuntimeError), result.output
+    assert f"--out {loop} is a symbolic link that never reaches a folder" in " ".join(result.output.split())
+    with pytest.raises(BundleError, match="never reaches a folder"):
+        build_bundle(load_checkpoint(tiny_ckpt_path), loop, BuildOptions("fp32", engine=False))
+    assert [p.name for p in tmp_path.iterdir()] == ["loop"]
 
 
 def test_a_link_an_older_build_left_renamed_aside_is_unlinked_and_its_target_kept(tmp_path, caplog):

@@ -11,6 +11,7 @@ previous bundle kept; the command then exits 143 (128 + SIGTERM).
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -66,7 +67,7 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
         if folder is not None:
             args += [flag, _spec(folder)]
     args += ["--category", category] if category is not None else []   # the product inside a VisA CSV / MVTec root
-    args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", str(out.resolve())]
+    args += ["--false-reject-rate", str(frr), "--max-batch", str(max_batch), "--out", os.path.abspath(out)]
     args += ["--max-drop", str(max_drop)] if max_drop is not None else []
     args += ["--pixel-quantile", str(pixel_quantile)] if pixel_quantile != DEFAULT_PIXEL_QUANTILE else []
     args += [] if engine else ["--no-engine"]
