@@ -158,6 +158,10 @@ def test_a_bad_fusion_manifest_is_refused(fused, tmp_path):
     write_fusion_manifest(copy, {k: v for k, v in data.items() if k != "stats"})
     with pytest.raises(BundleError, match="invalid field"):
         load_fused_bundle(copy)
+    members = [{k: v for k, v in m.items() if k != "manifest_sha256"} for m in data["members"]]
+    write_fusion_manifest(copy, dict(data, members=members))   # was a KeyError traceback
+    with pytest.raises(BundleError, match="changed since fusion"):
+        load_fused_bundle(copy)
 
 
 @pytest.mark.parametrize("edit", [

@@ -385,7 +385,7 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         member = inside_folder(root, entry.get("path") if isinstance(entry, dict) else None, root / MANIFEST,
                                "member", f"Rebuild with {FUSE_COMMAND}.")
         manifest = member / MEMBER_MANIFEST
-        if not manifest.is_file() or _sha(manifest) != entry["manifest_sha256"]:
+        if not manifest.is_file() or _sha(manifest) != entry.get("manifest_sha256"):
             raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
                               "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
         members.append(load_bundle(member))
