@@ -196,6 +196,17 @@ def test_collector_skips_dark_blurred_and_duplicate_frames(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
 
 
+def test_collector_counts_a_two_or_four_channel_frame_as_unreadable(tmp_path):
+    """A camera's packed (H, W, 2) frame or a BGRA one stopped `fair-edge collect` with an OpenCV error
+    (cvtColor's channel check); it is counted as unreadable, as any frame the checks cannot read, and the next
+    frame is kept."""
+    c = Collector(tmp_path / "out", QualitySettings())
+    sharp = _plate(0)
+    packed, bgra = np.ascontiguousarray(sharp[:, :, :2]), cv2.cvtColor(sharp, cv2.COLOR_BGR2BGRA)
+    assert [c.add(packed, "a"), c.add(bgra, "b"), c.add(sharp, "c")] == ["unreadable", "unreadable", "saved"]
+    assert c.counts["unreadable"] == 2 and [p.name for p in (tmp_path / "out").iterdir()] == ["c.png"]
+
+
 def test_export_reviewed_sorts_parts_into_an_mvtec_layout(tmp_path):
     station = tmp_path / "station"
     (station / "review").mkdir(parents=True)

@@ -57,6 +57,12 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
+def _is_gray_or_bgr(image: np.ndarray) -> bool:
+    """True for the frames ``frame_problem`` reads: (H, W), (H, W, 1) or (H, W, 3); a 2- or 4-channel frame (a
+    camera's raw packed format, BGRA) is not one."""
+    return image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
+
+
 def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
     """"" for a usable frame, else "badly_exposed" or "blurred". image: (H, W, 3) BGR, or (H, W) / (H, W, 1) gray
     uint8."""
@@ -88,7 +94,7 @@ class Collector:
     def add(self, image: np.ndarray | None, name: str, checked: bool = True) -> str:
         """Keep or skip one frame; returns "saved" or the reason it was skipped.
         checked: False keeps any readable image (a reviewed part: a person labelled it)."""
-        if image is None or image.dtype != np.uint8 or image.ndim not in (2, 3):
+        if image is None or image.dtype != np.uint8 or not _is_gray_or_bgr(image):
             return self._count("unreadable")
         problem = frame_problem(image, self.quality) if checked else ""
         if problem:
