@@ -27,8 +27,19 @@ def test_jetson_url():
     assert pulse is None
 
 
+@pytest.mark.parametrize("url, line", [("jetson://CVM/GPIO09", "GPIO09"), ("jetson://tegra_soc/DAP4_SCLK", "DAP4_SCLK"),
+                                       ("jetson://BCM/18", 18)])
+def test_jetson_pins_are_numbers_in_board_and_bcm_and_names_in_cvm_and_tegra_soc(url, line):
+    """Jetson.GPIO's CVM and TEGRA_SOC channels are names ('GPIO09'): the URL took only digits there, so the
+    documented modes could not be used (a number never matches such a channel)."""
+    target, _ = parse_gpio_url(parse_sink_url(url))
+    assert target.line == line and target.chip in ("CVM", "TEGRA_SOC", "BCM")
+
+
 @pytest.mark.parametrize("url, message", [
     ("gpio://gpiochip0/x", "expected gpio://gpiochip0/17"),
+    ("jetson://CVM/12", "CVM names its pins; expected a pin name such as jetson://CVM/GPIO09"),
+    ("jetson://BOARD/GPIO09", "BOARD numbers its pins; expected jetson://BOARD/12"),
     ("jetson://PHYS/12", "expected numbering BOARD | BCM"),
     ("gpio://gpiochip0/17?active=maybe", "active: expected one of high | low"),
     ("gpio://gpiochip0/17?pulse_ms=inf", "pulse_ms: expected a finite number >= 0, found 'inf'"),   # was taken

@@ -3,8 +3,9 @@
 URLs:
 - ``gpio://gpiochip0/17?active=high`` : line offset 17 of /dev/gpiochip0 (libgpiod v2, the
   ``gpiod`` package >= 2.1). ``active=low`` inverts the level (open-collector / sinking inputs).
-- ``jetson://BOARD/12?active=high`` : pin 12 in BOARD numbering (also BCM, CVM, TEGRA_SOC),
-  through ``Jetson.GPIO``.
+- ``jetson://BOARD/12?active=high`` : pin 12 in BOARD numbering (also BCM), through ``Jetson.GPIO``;
+  ``jetson://CVM/GPIO09`` and ``jetson://TEGRA_SOC/DAP4_SCLK``: a pin by the name Jetson.GPIO gives it in the
+  CVM or TEGRA_SOC numbering (these two name pins, they do not number them).
 Both take ``pulse_ms``. The driver packages are imported only when such a sink is opened.
 The outputs have no ``probe``: a local line has no link that can go away between writes.
 
@@ -18,6 +19,7 @@ opto-isolated input or a relay driver, never a solenoid directly; see docs/line-
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 GPIO_OPTIONS = ("active", "pulse_ms")
 JETSON_MODES = ("BOARD", "BCM", "CVM", "TEGRA_SOC")
+JETSON_NAMED_MODES = ("CVM", "TEGRA_SOC")   # Jetson.GPIO's channels in these modes are names, e.g. 'GPIO09'
+PIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PERMISSION_FIX = ("add the user to the 'gpio' group (sudo usermod -aG gpio $USER) or install a "
                   "udev rule giving that group rw on /dev/gpiochip*; see docs/line-integration.md")
 
@@ -37,7 +41,7 @@ PERMISSION_FIX = ("add the user to the 'gpio' group (sudo usermod -aG gpio $USER
 class GpioTarget:
     kind: str         # "gpiod" or "jetson"
     chip: str         # /dev/gpiochipN, or the Jetson numbering mode
-    line: int         # line offset or pin number
+    line: int | str   # line offset or pin number; a pin's name in Jetson's CVM and TEGRA_SOC modes
     active_low: bool = False
 
     @property
@@ -49,20 +53,37 @@ def parse_gpio_url(url: SinkUrl) -> tuple[GpioTarget, float | None]:
     url.check_query(GPIO_OPTIONS)
     active = url.get_choice("active", "high", ("high", "low"))
     pin = url.path.strip("/")
-    if not url.netloc or not pin.isdigit():
-        example = "jetson://BOARD/12" if url.scheme == "jetson" else "gpio://gpiochip0/17"
-        raise SinkError(f"{url.raw}: expected {example}, found chip={url.netloc!r} line={pin!r}")
     if url.scheme == "jetson":
-        mode = url.netloc.upper()
-        if mode not in JETSON_MODES:
-            raise SinkError(f"{url.raw}: expected numbering {' | '.join(JETSON_MODES)}, "
-                            f"found {url.netloc!r}")
-        target = GpioTarget("jetson", mode, int(pin), active == "low")
+        target = GpioTarget("jetson", _jetson_mode(url), _jetson_pin(url, pin), active == "low")
     else:
+        if not url.netloc or not pin.isdigit():
+            raise SinkError(f"{url.raw}: expected gpio://gpiochip0/17, found chip={url.netloc!r} line={pin!r}")
         chip = url.netloc if url.netloc.startswith("/") else f"/dev/{url.netloc}"
         target = GpioTarget("gpiod", chip, int(pin), active == "low")
     pulse = url.get_float("pulse_ms", 0.0) if "pulse_ms" in url.query else None
     return target, pulse
+
+
+def _jetson_mode(url: SinkUrl) -> str:
+    mode = url.netloc.upper()
+    if mode not in JETSON_MODES:
+        raise SinkError(f"{url.raw}: expected numbering {' | '.join(JETSON_MODES)}, found {url.netloc!r}")
+    return mode
+
+
+def _jetson_pin(url: SinkUrl, pin: str) -> int | str:
+    """The pin as Jetson.GPIO takes it: a number in BOARD and BCM numbering, a name (e.g. GPIO09) in CVM and
+    TEGRA_SOC, whose channels are names; SinkError naming the URL and an example of the mode's form."""
+    mode = url.netloc.upper()
+    if mode in JETSON_NAMED_MODES:
+        if not PIN_NAME.fullmatch(pin):
+            raise SinkError(f"{url.raw}: {mode} names its pins; expected a pin name such as jetson://CVM/GPIO09 or "
+                            f"jetson://TEGRA_SOC/DAP4_SCLK (Jetson.GPIO's name for it), found {pin!r}. To give a "
+                            "header pin number, use BOARD numbering: jetson://BOARD/12.")
+        return pin
+    if not pin.isdigit():
+        raise SinkError(f"{url.raw}: {mode} numbers its pins; expected jetson://{mode}/12, found {pin!r}")
+    return int(pin)
 
 
 def _import(module: str, package: str) -> Any:
