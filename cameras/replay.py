@@ -17,23 +17,22 @@ import numpy as np
 
 from fair_edge.errors import CameraError, DataError
 from fair_edge.images import image_files, read_image, utf8_problem
-from fair_edge.preprocess import IMAGE_SUFFIXES as TRAINING_SUFFIXES
+from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replays the files training reads
 
 from .base import EndOfStream, Pacer, check_fps
 from .capture import SourceBase
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (*TRAINING_SUFFIXES, ".webp")  # what training reads, plus WebP stills
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".ts")
 
 
 class FolderReplaySource(SourceBase):
     """Images of one folder (not recursive), sorted by file name.
 
-    folder: directory holding images with a suffix in ``suffixes`` (case-insensitive); hidden files (a name starting
-    with ".", e.g. a macOS AppleDouble ``._NAME.png``, which holds no image) are not listed (``images.image_files``,
-    training's rule).
+    folder: directory holding images with a suffix in ``suffixes`` (case-insensitive; default ``IMAGE_SUFFIXES``,
+    the list training reads, WebP included); hidden files (a name starting with ".", e.g. a macOS AppleDouble
+    ``._NAME.png``, which holds no image) are not listed (``images.image_files``, training's rule).
     fps: replay rate, frames per second; 0 = as fast as possible.
     loop: start again after the last image; else :class:`EndOfStream`. With loop, a pass over every file in
     which none is readable (the folder removed or emptied while replaying) is a camera fault,

@@ -1,8 +1,13 @@
 """Image files -> frames: the one decoder every reader of an image file uses (training, eval, build, the station's
-folder replay; ground-truth, ROI and zone masks through ``decode_file``), so a file gives the same pixels on every
-path and a bad file is a DataError naming it, never an OpenCV exception; the one image writer (``write_png``,
+folder replay; ground-truth, ROI and zone masks through ``read_mask_pixels``), so a file gives the same pixels on
+every path and a bad file is a DataError naming it, never an OpenCV exception; the one image writer (``write_png``,
 ``write_image``; ``encode_image`` + ``write_whole`` for a caller that counts encoder and disk failures apart: whole or
-not at all, any file name); and the one rule of which files of a folder are images (``image_files``).
+not at all, any file name); and the one rule of which files of a folder are images (``image_files``, with
+``left_out_images`` naming the image files a listing leaves out for their suffix).
+
+One orientation policy: pixels are taken as stored. An EXIF orientation tag (JPEG, PNG, WebP) is ignored
+(``IMREAD_IGNORE_ORIENTATION``), and so is a TIFF's Orientation tag, which OpenCV's TIFF decoder applies whatever
+the flags (``tiff_as_stored``).
 
 No file name reaches OpenCV: its readers and writers take a ``str``, and a name that is not UTF-8 (a Latin-1 folder
 from a Windows share: surrogate escapes in Python) crashes the process (segfault) there. Files are read and written
@@ -12,6 +17,7 @@ by Python and decoded / encoded in memory; a video, which only OpenCV can open b
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -20,13 +26,23 @@ import numpy as np
 from fair_edge.errors import DataError
 
 MAX_PIXELS = 2**30  # OpenCV's limit on a decoded image (CV_IO_MAX_IMAGE_PIXELS), pixels; larger ones are refused
+# a mask file (ground-truth, ROI, zone) decoded: one channel (a colour mask by its luminance), at its stored depth
+MASK_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+TIFF_ORIENTATION_TAG = 274   # TIFF tag Orientation; value 1 = rows top to bottom, columns left to right (as stored)
+# image formats OpenCV reads whose suffix is in no fair-edge image list (lower-case): a folder listing names the
+# files it leaves out for that reason (``left_out_images``). JPEG / BMP aliases, Netpbm, JPEG 2000, float (PFM,
+# OpenEXR, Radiance), Sun raster, AVIF, GIF, JPEG XL.
+OTHER_IMAGE_SUFFIXES = (".jpe", ".jfif", ".dib", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".jp2", ".pfm", ".exr",
+                        ".hdr", ".pic", ".sr", ".ras", ".avif", ".gif", ".jxl")
 
 
 def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
     """Read a file and decode it with OpenCV's ``imdecode(flags)``: the one decoder of every image file fair-edge
     reads (images, ground-truth masks, the station's ROI and zone masks). what: the file's role, for messages.
 
-    Returns the decoded array as OpenCV gives it. Raises DataError naming the file when it is missing, unreadable,
+    Pixels come as stored, in every format: an orientation tag is ignored (EXIF: ``IMREAD_IGNORE_ORIENTATION`` is
+    added to ``flags``; a TIFF's: ``tiff_as_stored``). Otherwise the decoded array is as OpenCV gives it (depth,
+    channels in OpenCV's order). Raises DataError naming the file when it is missing, unreadable,
     empty (0 bytes), truncated or of an unsupported format, or when OpenCV refuses it (what OpenCV said; an image
     over MAX_PIXELS = 2^30 pixels, e.g. a header declaring 100000 x 100000, is refused that way), never cv2.error.
     """
@@ -37,8 +53,9 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str =
         raise DataError(f"cannot read {what} {path}: {exc}") from exc
     if not data.size:
         raise DataError(f"{what} {path} is empty (0 bytes); replace it with the image file.")
+    tiff_as_stored(data)
     try:
-        image = cv2.imdecode(data, flags)
+        image = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:
         said = " ".join(str(exc).split()).split("error: ", 1)[-1]   # without OpenCV's version and source line
         raise DataError(f"{what} {path} could not be decoded; OpenCV said: {said}. Images over 2^30 pixels "
@@ -49,13 +66,63 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str =
     return image
 
 
+def tiff_as_stored(data: np.ndarray) -> None:
+    """Set the Orientation tag of a TIFF's first IFD to 1 (as stored) in ``data``, the file's bytes (uint8, written
+    in place), so OpenCV decodes its pixels as stored: its TIFF decoder turns and flips them by that tag whatever
+    the flags (``IMREAD_UNCHANGED`` and ``IMREAD_IGNORE_ORIENTATION`` included; a tag of 6 turned a stored 96 x 64
+    image into 64 x 96). Nothing else changes; data that is not a TIFF (classic or BigTIFF, either byte order), or
+    has no such tag, is left as it is."""
+    found = tiff_orientation_value(data)
+    if found is not None:
+        offset, fmt = found
+        struct.pack_into(fmt, data, offset, 1)
+
+
+def tiff_orientation_value(data: np.ndarray) -> tuple[int, str] | None:
+    """Where a TIFF's first IFD holds its Orientation value: (byte offset in ``data``, struct format of the value:
+    byte order + "H" for a SHORT as the standard has it, "I" for a LONG); None when ``data`` (a file's bytes) is not
+    a TIFF, has no Orientation tag, or its header or first IFD is cut short (the decoder then names the file)."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[:2]))
+    if order is None or data.size < 16:
+        return None
+    version = struct.unpack_from(order + "H", data, 2)[0]
+    if version not in (42, 43):   # 42: classic TIFF, 43: BigTIFF (64-bit offsets)
+        return None
+    big = version == 43
+    count_fmt, entry_size, value_at = ("Q", 20, 12) if big else ("H", 12, 8)
+    first_ifd = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
+    entries_at = first_ifd + struct.calcsize(count_fmt)
+    if entries_at > data.size:
+        return None
+    count = min(struct.unpack_from(order + count_fmt, data, first_ifd)[0], (data.size - entries_at) // entry_size)
+    for entry in range(entries_at, entries_at + count * entry_size, entry_size):
+        tag, kind = struct.unpack_from(order + "HH", data, entry)
+        if tag == TIFF_ORIENTATION_TAG:
+            fmt = {3: "H", 4: "I"}.get(kind)   # TIFF field types 3 SHORT, 4 LONG
+            return (entry + value_at, order + fmt) if fmt else None
+    return None
+
+
+def read_mask_pixels(path: str | Path, what: str = "mask") -> np.ndarray:
+    """A mask image file -> (H, W) bool, True where its stored value is nonzero: the one reader of ground-truth,
+    ROI and zone masks. what: the file's role, for messages ("ROI mask", "zone mask").
+
+    Read at the file's own depth (``MASK_FLAGS``): a 16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array
+    saved as PNG) keeps its pixels (cut to its high byte it read all zero). A colour mask is read by its luminance
+    (0.299 R + 0.587 G + 0.114 B, rounded, at its depth). Pixels as stored (``decode_file``): an orientation tag,
+    EXIF or TIFF, is ignored, as for the images the mask is drawn on. A mask with no pixel set is returned as it is
+    (the caller decides what that means). Raises DataError naming the file when it is missing, empty, unreadable
+    or too large (``decode_file``)."""
+    return decode_file(path, MASK_FLAGS, what) > 0
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
 
-    Pixels are taken as stored: an EXIF orientation tag is ignored (IMREAD_UNCHANGED never rotates). This is
+    Pixels are taken as stored: an orientation tag, EXIF or a TIFF's, is ignored (``decode_file``). This is
     the one orientation policy of fair-edge, and 16-bit pixels are scaled by 1/257 (rounded): every model was
     trained on images read here, and the station's folder replay (``fair_edge.cameras.replay``) decodes with this
-    same function and the masks (``fair_edge.training.data.read_mask``) the same way, so a part is inspected and
+    same function and the masks (``read_mask_pixels``) the same way, so a part is inspected and
     scored as it was trained. A camera frame carries no EXIF.
     Raises DataError naming the file when it is missing, unreadable, empty, truncated or too large (``decode_file``).
     """
@@ -173,3 +240,14 @@ def image_files(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
     Raises OSError when the folder cannot be read."""
     return sorted(p for p in Path(folder).iterdir()
                   if not is_hidden_name(p.name) and p.suffix.lower() in suffixes and p.is_file())
+
+
+def left_out_images(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The image files directly inside ``folder`` that ``image_files(folder, suffixes)`` leaves out for their suffix,
+    sorted by name: files (not hidden) whose suffix, compared case-insensitively, is an image format OpenCV reads
+    that ``suffixes`` (lower-case) does not hold (``OTHER_IMAGE_SUFFIXES``: a ``.pgm``, ``.jp2``, ``.gif``).
+    Any other file (a ``README.txt``, a ``labels.csv``) is no image and not named. Raises OSError when the folder
+    cannot be read."""
+    other = set(OTHER_IMAGE_SUFFIXES) - set(suffixes)
+    return sorted(p for p in Path(folder).iterdir()
+                  if not is_hidden_name(p.name) and p.suffix.lower() in other and p.is_file())

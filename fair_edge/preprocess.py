@@ -42,9 +42,9 @@ COLOUR = "colour"       # the model input names this module makes (``fair_edge.m
 HIGHPASS = "highpass"
 
 FILTERS = ("butterworth", "gaussian", "ideal", "sobel_xy")
-# still-image files read as frames: training data (training.data) and folder replay (cameras.replay, which
-# adds WebP stills)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# still-image files read as frames (lower-case, compared case-insensitively): the one list of training data,
+# eval, build, fuse, tune, rules check (training.data) and the station's folder replay (cameras.replay)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PAPER_IMAGE_SIZE = 256  # pixels
 PAPER_CUTOFF = 30.0  # D0 at PAPER_IMAGE_SIZE, frequency-index units
 

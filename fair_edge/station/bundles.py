@@ -11,11 +11,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
-from fair_edge.images import decode_file
+from fair_edge.images import read_mask_pixels
 from fair_edge.runtime.backends import FrameScorer, close_scorer
 from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
@@ -37,13 +36,16 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
 
     With a tiled bundle whose tiles cover only ``tiling.roi`` (x, y, width, height frame pixels), the anomaly map
     covers that rectangle, not the frame: the mask is then read in frame pixels (drawn on a whole camera frame)
-    and cropped to the rectangle. ConfigError when the mask is unreadable, all black, or does not reach it."""
+    and cropped to the rectangle. Read as every mask is (``images.read_mask_pixels``): a pixel is inspected when its
+    stored value is nonzero, at the file's own depth (8- or 16-bit, a colour mask by its luminance), and an
+    orientation tag (EXIF or TIFF) is ignored, as for the frames it is laid on.
+    ConfigError when the mask is unreadable, all black, or does not reach it."""
     if path is None:
         return None
     if not Path(path).is_file():
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
     try:
-        mask = decode_file(path, cv2.IMREAD_GRAYSCALE, "ROI mask")
+        mask = read_mask_pixels(path, "ROI mask")
     except DataError as exc:
         raise ConfigError(f"decision.roi: {exc} Give a black/white mask image.") from exc
     covered = bundle.map_area if bundle is not None else None
@@ -54,11 +56,11 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
                               f"cover tiling.roi {list(covered)} in frame pixels, which reaches ({x + w}, {y + h}); with "
                               "a tiled bundle's tiling.roi the mask is read in frame pixels: draw it on a whole frame.")
         mask = mask[y : y + h, x : x + w]
-    roi = mask > 0
-    if not roi.any():
+    if not mask.any():
         inside = "" if covered is None else f" inside the bundle's tiling.roi {list(covered)}"
-        raise ConfigError(f"decision.roi: {path} is all black{inside}, so nothing would be inspected.")
-    return roi.astype(np.float32)
+        raise ConfigError(f"decision.roi: {path} is all black{inside}, so nothing would be inspected; draw the "
+                          "inspected area in white (any nonzero value), or set roi: null to inspect the whole frame.")
+    return mask.astype(np.float32)
 
 
 def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_threshold: Threshold | None = None,

@@ -33,7 +33,7 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
 from fair_edge import fields as f
-from fair_edge.images import decode_file
+from fair_edge.images import read_mask_pixels
 from fair_edge.records import RuleHit
 from fair_edge.regions import MapGeometry, Region, extract_regions, scale_from_points
 
@@ -221,13 +221,15 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
     if not path.is_file():
         raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image; give a black/white mask image.")
     try:
-        mask = decode_file(path, cv2.IMREAD_GRAYSCALE, "zone mask")
+        pixels = read_mask_pixels(path, "zone mask")   # nonzero at its own depth, orientation tags ignored
     except DataError as exc:
         raise ConfigError(f"{where}.mask ({name}): {exc} Give a black/white mask image.") from exc
-    if mask.shape != (h, w):
-        raise ConfigError(f"{where}.mask ({name}): {path} is {mask.shape[1]} x {mask.shape[0]}; expected the frame "
-                          f"size {w} x {h} (regions.frame). Draw the mask over a saved frame.")
-    pixels = mask > 0
+    if pixels.shape != (h, w):
+        raise ConfigError(f"{where}.mask ({name}): {path} is {pixels.shape[1]} x {pixels.shape[0]}; expected the "
+                          f"frame size {w} x {h} (regions.frame). Draw the mask over a saved frame.")
+    if not pixels.any():
+        raise ConfigError(f"{where}.mask ({name}): {path} is all black, so the zone would hold no pixel; draw the "
+                          "zone in white (any nonzero value) over a saved frame, or remove the zone.")
     pixels.setflags(write=False)
     return Zone(name, i + 1, rules, mask=path, mask_pixels=pixels)
 

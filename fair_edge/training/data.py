@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-import cv2
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
-from fair_edge.images import image_files, is_hidden_name
+from fair_edge.images import image_files, is_hidden_name, left_out_images, read_mask_pixels
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -79,9 +78,6 @@ class DatasetSplit:
 
 
 # ----------------------------------------------------------------------------- pixels
-MASK_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION  # one channel, stored depth
-
-
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
 
@@ -89,19 +85,19 @@ def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array saved as PNG) is read at 16 bits, not cut to its
     high byte (which made it all normal). A colour mask is reduced to its luminance (0.299 R + 0.587 G + 0.114 B,
     rounded, at its depth) first, so a defect pixel is one whose luminance is nonzero, as before.
-    As ``read_image``, an EXIF orientation tag is ignored, so the mask lies on the pixels its image has.
+    As ``read_image``, an orientation tag (EXIF or TIFF) is ignored, so the mask lies on the pixels its image has
+    (``images.read_mask_pixels``, the reader of the station's ROI and zone masks too).
     A mask with no defect pixel at all is read as it is and logged as a warning naming it (its defective image
     then adds no defect pixel or region to the pixel metrics).
     Raises DataError naming the mask when it is missing, empty, unreadable or too large (``images.decode_file``)."""
     if not Path(path).is_file():
         raise DataError(f"mask {path} is missing or unreadable.")
-    mask = decode_file(path, MASK_FLAGS, "mask")
-    if mask.shape != tuple(image_shape):
+    defect = read_mask_pixels(path, "mask")
+    if defect.shape != tuple(image_shape):
         raise DataError(
-            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; "
+            f"mask {path} is {defect.shape[1]}x{defect.shape[0]} but its image is {image_shape[1]}x{image_shape[0]}; "
             "masks must have the image's size."
         )
-    defect = mask > 0
     if not defect.any():
         _warn_empty_mask(path)
     return defect
@@ -171,15 +167,37 @@ def _path_of(item: Sample | Path) -> Path:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Sorted image files directly inside ``folder`` (``images.image_files``: hidden files, such as a macOS
-    AppleDouble ``._NAME.png`` beside each image, are not images). Raises DataError if missing or empty."""
+    """Sorted image files directly inside ``folder`` (``folder_images``: hidden files, such as a macOS
+    AppleDouble ``._NAME.png`` beside each image, are not images; image files of another format are left out with
+    a warning). Raises DataError if missing or empty."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist.")
-    files = image_files(folder, IMAGE_SUFFIXES)
+    files = folder_images(folder)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return files
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The images of ``folder`` that a command reads (``images.image_files`` with ``IMAGE_SUFFIXES``), sorted by
+    name. Image files it leaves out for their suffix (``images.left_out_images``: a ``.pgm``, a ``.gif``) are
+    logged once, as a warning counting them and naming the first few; other files (a ``README.txt``) are not.
+    Raises OSError when the folder cannot be read."""
+    files = image_files(folder, IMAGE_SUFFIXES)
+    left_out = left_out_images(folder, IMAGE_SUFFIXES)
+    if left_out:
+        _warn_left_out(folder, left_out)
+    return files
+
+
+def _warn_left_out(folder: Path, left_out: list[Path]) -> None:
+    """Log the image files of ``folder`` that are not read for their suffix: a count and the first names."""
+    shown = ", ".join(p.name for p in left_out[:NAMED_AT_MOST])
+    more = f" and {len(left_out) - NAMED_AT_MOST} more" if len(left_out) > NAMED_AT_MOST else ""
+    log.warning("%s: %d image file(s) left out: their suffix is none of those fair-edge reads as images (%s): "
+                "%s%s. Save them as PNG to use them, or move them out of the folder.", folder, len(left_out),
+                ", ".join(IMAGE_SUFFIXES), shown, more)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -193,13 +211,36 @@ def _mvtec(root: Path, need_train: bool = True) -> DatasetSplit:
         train = []
     test: list[Sample] = []
     for type_dir, files in mvtec_test_types(root / "test"):
-        for p in files:
-            if is_good_name(type_dir.name):
-                test.append(Sample(p))
-                continue
-            mask = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
-            test.append(Sample(p, 1, type_dir.name, mask if mask.is_file() else None))
+        if is_good_name(type_dir.name):
+            test.extend(Sample(p) for p in files)
+            continue
+        masks = mask_files(root / "ground_truth" / type_dir.name)
+        test.extend(Sample(p, 1, type_dir.name, mask_of(p, masks)) for p in files)
     return DatasetSplit(root.name, train, test)
+
+
+def mask_files(folder: Path) -> dict[str, list[Path]]:
+    """The files directly inside an MVTec ``ground_truth/<type>`` folder by lower-cased name (hidden ones left
+    out), each name's files sorted; {} when the folder is missing or cannot be read (its images then have no mask,
+    as before)."""
+    found: dict[str, list[Path]] = {}
+    try:
+        files = sorted(p for p in folder.iterdir() if not is_hidden_name(p.name) and p.is_file())
+    except OSError:
+        return {}
+    for p in files:
+        found.setdefault(p.name.lower(), []).append(p)
+    return found
+
+
+def mask_of(image: Path, masks: dict[str, list[Path]]) -> Path | None:
+    """The ground-truth mask of the test image ``image`` among ``masks`` (``mask_files``): ``<stem>_mask.png``,
+    its name compared case-insensitively (``000.PNG`` -> ``000_mask.PNG`` or ``000_mask.png``), as the image's
+    suffix is; of names equal but for case the exact one, else the first sorted. None when there is none."""
+    name = f"{image.stem}_mask.png"
+    found = masks.get(name.lower(), [])
+    exact = [p for p in found if p.name == name]
+    return (exact or found or [None])[0]
 
 
 def is_dataset_folder(name: str) -> bool:
@@ -217,7 +258,7 @@ def mvtec_test_types(test_dir: Path) -> list[tuple[Path, list[Path]]]:
         return []
     types = []
     for folder in sorted(d for d in test_dir.iterdir() if d.is_dir() and is_dataset_folder(d.name)):
-        files = image_files(folder, IMAGE_SUFFIXES)
+        files = folder_images(folder)
         if files:
             types.append((folder, files))
         else:
