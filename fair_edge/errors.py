@@ -48,6 +48,12 @@ class PlcDeviceError(PlcError):
     """The device answered with a Modbus exception reply or an OPC UA bad status (the link is fine)."""
 
 
+class PlcBindingError(PlcError):
+    """The server answered that a node the link bound at connect is gone or changed its data type (OPC UA
+    BadNodeIdUnknown, BadNodeIdInvalid, BadTypeMismatch: a PLC program download): nothing was written, and
+    the link reconnects to bind its nodes again, as after a link failure."""
+
+
 class SinkError(FairEdgeError):
     """A signal sink URL is malformed, names an unknown scheme, or its driver package is missing."""
 

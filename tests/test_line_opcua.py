@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("asyncua")
 
-from fair_edge.errors import PlcDeviceError, PlcError, SinkError  # noqa: E402
+from fair_edge.errors import PlcBindingError, PlcDeviceError, PlcError, SinkError  # noqa: E402
 from fair_edge.line.sinks import base  # noqa: E402
 from fair_edge.line.scheduler import DISPATCH_LEAD_S, RejectScheduler  # noqa: E402
 from fair_edge.line.settings import RejectSettings  # noqa: E402
@@ -99,7 +99,8 @@ def test_writing_a_read_only_or_missing_node_is_a_device_error(server):
 
 def test_the_probe_reads_the_node_and_never_writes_it(server):
     """``OpcUaOutput.probe`` (the idle link check) reads the node: the server sees no write, a node left True
-    stays True; a Bad status reply is a ``PlcDeviceError`` (the server answered), a dead client a ``PlcError``."""
+    stays True; a Bad status reply is a ``PlcDeviceError`` (the server answered), a node that is gone a
+    ``PlcBindingError`` (re-bind: a link failure), a dead client a ``PlcError``."""
     target, _ = parse_opcua_url(parse_sink_url(server.url("ns=2;s=Reject")))
     out = OpcUaOutput(target)
     out.open()
@@ -111,8 +112,11 @@ def test_the_probe_reads_the_node_and_never_writes_it(server):
         assert len(server.changes["Reject"]) == written and out._node.read_value() is True
         out.set(False)
         node = out._node
-        out._node = out._client.get_node("ns=2;s=NoSuchNode")
+        out._node = out._client.get_node("i=85")   # the Objects folder: no Value attribute (BadAttributeIdInvalid)
         with pytest.raises(PlcDeviceError, match="server refused the read"):
+            out.probe()
+        out._node = out._client.get_node("ns=2;s=NoSuchNode")
+        with pytest.raises(PlcBindingError, match="BadNodeIdUnknown: the node is gone"):
             out.probe()
         out._node = node
     finally:

@@ -5,10 +5,11 @@ then, and the settings need not import the links, which import the settings)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import SinkError
 from ..sinks.modbus import UNIT_MAX
+from ..sinks.opcua import split_userinfo, without_userinfo
 from ..sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 MODBUS_OPTIONS = ("unit", "timeout_ms")
@@ -27,10 +28,13 @@ class ModbusAddress:
 
 @dataclass(frozen=True)
 class OpcUaAddress:
-    """``opcua://HOST:PORT/PATH?timeout_ms=1000`` as the ``opc.tcp://`` endpoint; timeout in seconds."""
+    """``opcua://[USER:PASSWORD@]HOST:PORT/PATH?timeout_ms=1000`` as the ``opc.tcp://`` endpoint (without the
+    user and password, which go to the client only); timeout in seconds."""
 
     endpoint: str
     timeout_s: float
+    user: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
 
 def modbus_address(url: SinkUrl) -> ModbusAddress:
@@ -43,12 +47,14 @@ def modbus_address(url: SinkUrl) -> ModbusAddress:
 
 
 def opcua_address(url: SinkUrl) -> OpcUaAddress:
-    """``SinkError`` for an unknown option or a missing host."""
+    """``SinkError`` for an unknown option or a missing host (the URL it quotes has no user and password)."""
+    url = without_userinfo(url)
     url.check_query(OPCUA_OPTIONS)
     if not url.host:
         raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH, found no host")
-    return OpcUaAddress(f"opc.tcp://{url.netloc}{url.path}",
-                        url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0)
+    hostport, user, password = split_userinfo(url.netloc)
+    return OpcUaAddress(f"opc.tcp://{hostport}{url.path}",
+                        url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0, user, password)
 
 
 ADDRESS_PARSERS: dict[str, Callable[[SinkUrl], ModbusAddress | OpcUaAddress]] = {

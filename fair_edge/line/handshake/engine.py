@@ -12,7 +12,8 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    counted ``stale_acks``.
 3. no result up (and ``results_ready`` 0 for two polls at least): the oldest triggered part (results
    go out in trigger order) is written (``ack`` = 0, ``result_part_id``, ``result``, ``score``, the
-   region signals that have an address, then ``results_ready`` = 1) once its verdict is in. So an
+   region signals that have an address, then ``results_ready`` = 1, which the link writes only once all of
+   the data was written: ``HandshakeLink.write``) once its verdict is in. So an
    ack counts only when it rises after its result was written: an ack the PLC wrote for an
    earlier result never acknowledges the next one.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
@@ -24,12 +25,16 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
 is held (``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
 must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
 is held on ``error`` until a later part completes the handshake in time (written and acked).
-The link is reopened with back-off (50 ms -> 2 s); after a reconnect a result that was up is
+The link is reopened with back-off (50 ms -> 2 s; back to 50 ms only after a poll that succeeds, so a link that
+connects and fails its first poll again, say a node that stays refused, is not reopened every 50 ms); after a
+reconnect a result that was up is
 withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges nothing) and parts
 past their timeout are dropped: nothing stale is replayed. A device's refusal of a read or write (a Modbus
 exception reply such as 0x06 busy, an OPC UA bad status: ``PlcDeviceError``) is no outage: the link answered, so
 it stays up, the result that is up stays up, the refusal is counted ``device_errors`` (logged when a run of them
-begins) and the poll is tried again next cycle. A Modbus gateway's 0x0A / 0x0B (the PLC behind it is off) is a
+begins) and the poll is tried again next cycle; the heartbeat and ``ready`` / ``error`` of that cycle are still
+written. An OPC UA node that is gone or changed its data type (``PlcBindingError``) is a link failure: the link is
+reopened, which reads its nodes and their types again. A Modbus gateway's 0x0A / 0x0B (the PLC behind it is off) is a
 link failure. A link that refuses the PLC's setup at connect (an
 OPC UA node whose data type cannot hold its signal: ``ConfigError``) stays down, logged as an error naming the
 node (again only when the reason changes), and is retried with the same back-off, so a PLC program that is
@@ -70,7 +75,9 @@ HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked
 class HandshakeLink(Protocol):
     """One PLC connection (``ModbusLink``, ``OpcUaLink``). ``open`` / ``read_inputs`` / ``write``
     raise ``PlcError`` on a link failure (``PlcDeviceError`` when the device refuses); ``open`` raises
-    ``ConfigError`` when the PLC's signals cannot carry the handshake (a node of the wrong data type)."""
+    ``ConfigError`` when the PLC's signals cannot carry the handshake (a node of the wrong data type).
+    ``write`` writes its pairs in order; a last pair ``results_ready`` = 1 is written only when every pair before
+    it was (Modbus: one FC 16 request; OPC UA: a Write of its own after the data's Write succeeded node by node)."""
 
     name: str
 
@@ -265,7 +272,7 @@ class Handshake:
 
     def _poll(self, now: float) -> None:
         """One poll cycle at ``now`` (monotonic s) on a connected link: a device's refusal keeps the link and retries
-        next cycle, a link failure drops it."""
+        next cycle, a link failure drops it; a cycle that succeeds starts the reconnect back-off over."""
         try:
             self._cycle(now)
         except PlcDeviceError as exc:
@@ -274,8 +281,20 @@ class Handshake:
             self._link_failed(exc)
         else:
             self._device_refusing = False
+            self._delay = BACKOFF_S[0]
 
     def _cycle(self, now: float) -> None:
+        """One poll: the PLC's signals, trigger, ack and result (``_exchange``), then the heartbeat and Ready / Error
+        (``_show``). A device's refusal in the first part does not keep the second from being written (a Result node
+        that refuses writes must not starve the PLC's watchdog or hide the Error code); it is raised after it."""
+        try:
+            self._exchange(now)
+        except PlcDeviceError:
+            self._show(now)   # the link answered: the station is alive and says so
+            raise
+        self._show(now)
+
+    def _exchange(self, now: float) -> None:
         inputs = self.link.read_inputs()
         if inputs[TRIGGER]:
             self._take_trigger(inputs[PART_ID], now)
@@ -288,6 +307,9 @@ class Handshake:
                 self._rest_polls -= 1
             if not self._rest_polls:
                 self._write_next(now)
+
+    def _show(self, now: float) -> None:
+        """``heartbeat`` + 1 when due; ``error`` / ``ready`` when they changed (logged when the error does)."""
         if now >= self._next_beat:
             self._heartbeat = (self._heartbeat + 1) % HEARTBEAT_MODULUS
             self.link.write([(HEARTBEAT, self._heartbeat)])
@@ -358,8 +380,13 @@ class Handshake:
             head = self._order[0] if self._order and self._order[0].result != RESULT_NONE else None
         if head is None:
             return
-        self.link.write([(ACK, 0), (RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
-                         *((n, head.regions.get(n, 0)) for n in self.settings.region_signals), (RESULTS_READY, 1)])
+        try:
+            self.link.write([(ACK, 0), (RESULT_PART_ID, head.part_id), (RESULT, head.result), (SCORE, head.score),
+                             *((n, head.regions.get(n, 0)) for n in self.settings.region_signals),
+                             (RESULTS_READY, 1)])
+        except PlcDeviceError as exc:   # the link wrote results_ready = 1 only if all its data was written
+            raise PlcDeviceError(f"part {head.part_id}'s result not shown (Results Ready left 0; written again "
+                                 f"next poll until its result timeout): {exc}") from exc
         with self._lock:
             if self._order and self._order[0] is head:
                 self._order.popleft()
@@ -420,7 +447,7 @@ class Handshake:
             else:
                 log.debug("handshake %s: connect failed: %s", self.name, exc)
             return False
-        self._connected, self._delay, self._shown, self._refused = True, BACKOFF_S[0], None, ""
+        self._connected, self._shown, self._refused = True, None, ""   # the back-off restarts after a good poll
         if self._was_up:
             self._counters.add("reconnects")
             log.warning("handshake %s: reconnected", self.name)
@@ -453,6 +480,7 @@ class Handshake:
         self._connected = False
         self.link.close()
         self._next_try = time.monotonic() + self._delay
+        self._delay = min(2 * self._delay, BACKOFF_S[1])   # reset by the next poll that succeeds
 
     def _last_words(self) -> None:
         """Thread end: ``ready`` = 0 (with the current error), then close the link."""

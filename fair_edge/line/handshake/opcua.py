@@ -2,11 +2,20 @@
 (``OpcUaSignals``), read and written with one Read / Write service call per step (asyncua's sync
 client, which runs its own event loop thread, as ``fair_edge.line.sinks.opcua`` does).
 
-URL: ``opcua://HOST:PORT/PATH?timeout_ms=1000`` (``NoSecurity`` endpoints). Each value is written with
-its node's own data type (read once per connect); the score is the float score itself (NaN on the
-wire for a part that was not scored). In a ``write`` the last signal is the last node of the Write
-request, so ``results_ready`` follows its data.
+URL: ``opcua://[USER:PASSWORD@]HOST:PORT/PATH?timeout_ms=1000`` (``NoSecurity`` endpoints; the user and password go
+to the client only, never into the link's name or a log line). Each value is written with its node's own data type
+(read at each connect); the score is the float score itself (NaN on the wire for a part that was not scored).
+Node ids ``nsu=URI;s=Name`` are resolved against the server's NamespaceArray at each connect (``bind_nodes``), so a
+PLC that restarts with its namespace at another index is followed; ``ns=2;...`` is taken as it is.
 
+A Write applies each node on its own: one node refused leaves the others written. So every node's status is
+checked, and a result's write (``results_ready`` = 1 last) is two Writes: the data nodes, then, only once every
+one of them took its value, ``results_ready`` = 1 alone. A data node refused raises before the flag is written:
+the PLC never sees Results Ready = 1 beside a Result, Score or Result Part Id that kept the previous part's value.
+
+A node that is gone or whose data type changed since the connect (BadNodeIdUnknown, BadNodeIdInvalid,
+BadTypeMismatch on a read or write: a PLC program download) raises ``PlcBindingError``, a link failure: the
+handshake reconnects with its back-off and the connect reads every node and its type again and checks them.
 Node types are checked at connect (``check_node_types``): a node whose type cannot hold what crosses the link
 (a String heartbeat, a Boolean result, an integer score, a ResultPartId narrower than PartId) is refused with a
 ``ConfigError`` naming the signal, the node and its type, so no value that can never be written reaches a
@@ -22,8 +31,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import ConfigError, PlcDeviceError, PlcError, SinkError
-from ..sinks.opcua import encoding_problem, integer_range, type_name, wrap_integer
+from ...errors import ConfigError, PlcBindingError, PlcDeviceError, PlcError, SinkError
+from ..sinks.opcua import (BINDING_STATUSES, bind_nodes, client_with_login, encoding_problem, error_text,
+                           integer_range, status_name, type_name, wrap_integer)
 from ..sinks.urls import SinkUrl
 from .address import opcua_address
 from .settings import (ACK, ERROR, ERROR_CODES, HEARTBEAT, PART_ID, PLC_SIGNALS, READY, REGION_SIGNALS, RESULT,
@@ -49,6 +59,7 @@ class OpcUaLink:
     def __init__(self, url: SinkUrl, signals: OpcUaSignals) -> None:
         address = opcua_address(url)
         self.endpoint, self.timeout_s = address.endpoint, address.timeout_s
+        self._login = (address.user, address.password)
         self.signals = signals
         self.name = f"opcua {self.endpoint}"
         self._client: Any = None
@@ -59,54 +70,100 @@ class OpcUaLink:
         self.close()
         try:
             from asyncua import ua
-            from asyncua.sync import Client
         except ImportError as exc:
             raise SinkError("an opcua:// handshake needs asyncua: pip install 'fair-edge[plc]'") from exc
         self._ua = ua
-        client = Client(self.endpoint, timeout=self.timeout_s)
+        client = client_with_login(self.endpoint, self.timeout_s, *self._login)
         try:
             client.connect()
         except Exception as exc:  # noqa: BLE001 - any failure here is the link's
             _quiet_disconnect(client, self.name)
-            raise PlcError(f"{self.name}: connect failed: {exc} (is the server up and the endpoint path right?)") from exc
+            raise PlcError(f"{self.name}: connect failed: {error_text(exc, self.timeout_s)} "
+                           f"(is the server up and the endpoint path right?)") from exc
         self._client = client
         try:
-            for name in (*PLC_SIGNALS, *STATION_SIGNALS, *(n for n in REGION_SIGNALS if getattr(self.signals, n))):
-                node = client.get_node(getattr(self.signals, name))
-                self._nodes[name], self._types[name] = node, node.read_data_type_as_variant_type()
-        except Exception as exc:  # noqa: BLE001
-            self.close()
-            raise PlcError(f"{self.name}: cannot read node {getattr(self.signals, name)!r} ({name}): {exc}; "
-                           f"check reject.handshake.opcua") from exc
-        try:
+            self._bind(client)
             check_node_types(self.signals, self._types)
         except ConfigError:
             self.close()
             raise
+        except PlcError as exc:
+            self.close()
+            raise PlcError(f"{self.name}: {exc}; check reject.handshake.opcua") from exc
+
+    def _bind(self, client: Any) -> None:
+        """Find every signal's node (``nsu=`` ids resolved now) and read its data type; ``PlcError`` naming the
+        node and the signal when one cannot be read."""
+        names = [*PLC_SIGNALS, *STATION_SIGNALS, *(n for n in REGION_SIGNALS if getattr(self.signals, n))]
+        try:
+            nodes = bind_nodes(client, [getattr(self.signals, n) for n in names])
+        except PlcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a node id asyncua cannot parse
+            raise PlcError(f"cannot parse a node id of {names}: {error_text(exc)}") from exc
+        for name, node in zip(names, nodes):
+            try:
+                self._nodes[name], self._types[name] = node, node.read_data_type_as_variant_type()
+            except Exception as exc:  # noqa: BLE001
+                raise PlcError(f"cannot read node {getattr(self.signals, name)!r} ({name}): "
+                               f"{error_text(exc, self.timeout_s)}") from exc
 
     def read_inputs(self) -> dict[str, int]:
-        """The PLC's signals ``{trigger, part_id, ack}`` as integers, in one Read call."""
+        """The PLC's signals ``{trigger, part_id, ack}`` as integers, in one Read call (each node's status
+        checked)."""
         client = self._client_or_raise()
         try:
-            values = client.read_values([self._nodes[n] for n in PLC_SIGNALS])
+            replies = client.read_attributes([self._nodes[n] for n in PLC_SIGNALS], self._ua.AttributeIds.Value)
         except Exception as exc:  # noqa: BLE001
             raise self._error("read", exc) from exc
-        return {n: int(v) for n, v in zip(PLC_SIGNALS, values)}
+        self._check_statuses("read", PLC_SIGNALS, [r.StatusCode for r in replies])
+        values = {n: r.Value.Value for n, r in zip(PLC_SIGNALS, replies)}
+        empty = [n for n, v in values.items() if v is None]
+        if empty:
+            raise PlcDeviceError(f"{self.name}: the read of {', '.join(empty)} returned no value; check "
+                                 f"reject.handshake.opcua")
+        return {n: int(v) for n, v in values.items()}
 
     def write(self, values: Sequence[tuple[str, float | int | bool | None]]) -> None:
-        """Write ``(signal, value)`` pairs in one Write call, in this order."""
+        """Write ``(signal, value)`` pairs in this order, each node's status checked: ``PlcDeviceError`` (refused)
+        or ``PlcBindingError`` (node gone or retyped) naming every node that did not take its value. A result's
+        write (the last pair ``results_ready`` = 1) is two Writes: the others first, then the flag alone, sent
+        only when all of them succeeded."""
+        pairs = list(values)
+        if len(pairs) > 1 and pairs[-1][0] == RESULTS_READY and pairs[-1][1]:
+            self._write_nodes(pairs[:-1])
+            pairs = pairs[-1:]
+        self._write_nodes(pairs)
+
+    def _write_nodes(self, pairs: Sequence[tuple[str, float | int | bool | None]]) -> None:
+        """One Write of ``pairs``; raises when the service or any node's write failed."""
         client, ua = self._client_or_raise(), self._ua
         nodes, variants = [], []
-        for name, value in values:
+        for name, value in pairs:
             vtype = self._types[name]
             wire = _convert(heartbeat_value(value, vtype) if name == HEARTBEAT else value, vtype, ua)
             self._check_encodable(name, wire)
             nodes.append(self._nodes[name])
             variants.append(ua.Variant(wire, vtype))
         try:
-            client.write_values(nodes, variants)
+            statuses = client.write_values(nodes, variants, raise_on_partial_error=False)
         except Exception as exc:  # noqa: BLE001
             raise self._error("write", exc) from exc
+        self._check_statuses("write", [name for name, _ in pairs], statuses)
+
+    def _check_statuses(self, what: str, names: Sequence[str], statuses: Sequence[Any]) -> None:
+        """``PlcBindingError`` when a node of ``names`` answered that it is gone or retyped (``BINDING_STATUSES``),
+        else ``PlcDeviceError`` when one answered another Bad status; each named with its node and status."""
+        bad = {name: status_name(status) for name, status in zip(names, statuses) if not status.is_good()}
+        if not bad:
+            return
+        listed = ", ".join(f"{name} (node {getattr(self.signals, name)!r}): {status}" for name, status in bad.items())
+        if any(status in BINDING_STATUSES for status in bad.values()):
+            raise PlcBindingError(f"{self.name}: server refused the {what} of {listed}: a node is gone or its data "
+                                  f"type changed since the connect (a PLC program download?); reconnecting to "
+                                  f"read the nodes again")
+        raise PlcDeviceError(f"{self.name}: server refused the {what} of {listed} (check the node ids and their "
+                             f"access level)")
 
     def close(self) -> None:
         client, self._client, self._nodes = self._client, None, {}
@@ -128,10 +185,14 @@ class OpcUaLink:
         return self._client
 
     def _error(self, what: str, exc: Exception) -> PlcError:
+        """A whole Read / Write service failed: a Bad service status (``PlcBindingError`` / ``PlcDeviceError``), or
+        the link (``PlcError``, the exception's type named when its text is empty: a timeout)."""
         if isinstance(exc, self._ua.UaStatusCodeError):
-            return PlcDeviceError(f"{self.name}: server refused the {what}: {exc} "
-                                  f"(check the node ids and their access level)")
-        return PlcError(f"{self.name}: {what} failed: {exc}")
+            status = status_name(exc)
+            kind = PlcBindingError if status in BINDING_STATUSES else PlcDeviceError
+            return kind(f"{self.name}: server refused the {what}: {error_text(exc)} "
+                        f"(check the node ids and their access level)")
+        return PlcError(f"{self.name}: {what} failed: {error_text(exc, self.timeout_s)}")
 
 
 def open_opcua_link(url: SinkUrl, settings: HandshakeSettings) -> OpcUaLink:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ...errors import PlcDeviceError, PlcError
+from ...errors import PlcBindingError, PlcDeviceError, PlcError
 from ..events import RejectEvent
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,9 @@ class WorkerSink:
     reconnect or the next change of the level (``set_fault`` with the other level): a PLC that refuses it keeps
     refusing, and a rewrite every ``IDLE_POLL_S`` would log a warning each time. An exception reply that is a
     gateway's "the device behind me does not answer" (Modbus 0x0A / 0x0B) is no refusal: the output raises
-    ``PlcError`` for it, a link failure like any other.
+    ``PlcError`` for it, a link failure like any other; so is an OPC UA node that is gone or changed its data type
+    since the connect (``PlcBindingError``, from a write or a probe): the reconnect reads it again, and a node still
+    gone fails that connect (``link_down``) at once.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
@@ -382,7 +384,8 @@ class WorkerSink:
                     self._refused = True
                     return False  # repeating a refused write will not help
                 except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: the link is not usable
-                    self._unanswered = self._unanswered or on   # a rising edge sent, no reply: it may have landed
+                    # a rising edge sent, no reply: it may have landed (a binding error is a reply: it did not)
+                    self._unanswered = self._unanswered or (on and not isinstance(exc, PlcBindingError))
                     self._link_failed("write to the output", exc, seq)
                 else:
                     self._odd_error = ""   # the output works: a later failure is news again

@@ -3,22 +3,29 @@
 URL: ``opcua://HOST:PORT/PATH?node=ns=2;s=Reject`` with ``mode=pulse`` (default: write True,
 then False after pulse_ms) or ``mode=counter`` (add 1 to an integer node per reject; the PLC
 acts on each change). Other options: ``pulse_ms``, ``timeout_ms`` (default 1000).
-The value is written with the node's own data type (read once after connecting). A counter wraps within
-that type's range as the PLC's own integer arithmetic does (``wrap_integer``: Int16 32767 -> -32768, UInt16
-65535 -> 0); counter mode on a node that is not an integer is refused at connect (``PlcDeviceError``). A value
-the node's type cannot hold is a ``PlcDeviceError`` naming the node and the type (checked before the
-write: never a link failure, never retried). While idle the sink's worker probes the link by reading the
-node's value, never by writing it.
+``opcua://USER:PASSWORD@HOST:PORT/PATH?...`` logs in with that user name token: the user and password go to the
+client only, never into the sink's name, a log line or a fault reason. A node id ``nsu=URI;s=Reject`` is resolved
+against the server's NamespaceArray at each connect (``bind_nodes``): a namespace index (``ns=2``) is the server's
+to give and can change when it restarts with its namespaces registered in another order; a URI cannot.
+The value is written with the node's own data type (read after each connect; pulse mode writes 1 / 0 to a number
+node). A counter wraps within that type's range as the PLC's own integer arithmetic does (``wrap_integer``: Int16
+32767 -> -32768, UInt16 65535 -> 0); counter mode on a node that is not an integer is refused at connect
+(``PlcDeviceError``). A value the node's type cannot hold is a ``PlcDeviceError`` naming the node and the type
+(checked before the write: never a link failure, never retried). While idle the sink's worker probes the link by
+reading the node's value and data type, never by writing it. A node that is gone or whose data type changed since
+the connect (BadNodeIdUnknown, BadNodeIdInvalid, BadTypeMismatch, or a probe that reads another data type: a PLC
+program download) is a ``PlcBindingError``: the worker reconnects at once and the connect reads the node and its
+type again; a node still gone makes that connect fail (``link_down``, the fault output).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...errors import PlcDeviceError, PlcError, SinkError
+from ...errors import PlcBindingError, PlcDeviceError, PlcError, SinkError
 from .base import Reporter, WorkerSink, log_reporter
 from .urls import SinkUrl
 
@@ -29,6 +36,11 @@ OPCUA_MODES = ("pulse", "counter")
 # integer data types (asyncua ``VariantType`` names) -> (bits, signed)
 INTEGER_TYPES = {"SByte": (8, True), "Byte": (8, False), "Int16": (16, True), "UInt16": (16, False),
                  "Int32": (32, True), "UInt32": (32, False), "Int64": (64, True), "UInt64": (64, False)}
+# status codes that say the node bound at connect is gone or changed type: bind it again (PlcBindingError)
+BINDING_STATUSES = ("BadNodeIdUnknown", "BadNodeIdInvalid", "BadTypeMismatch")
+# asyncua's own log lines when a client is torn down on a dead link (each with a 30-line traceback): demoted
+TEARDOWN_LOGGER = "asyncua.client.client"
+TEARDOWN_MESSAGE = "raised during disconnect"
 
 
 def type_name(vtype: Any) -> str:
@@ -71,12 +83,116 @@ def encoding_problem(value: Any, vtype: Any) -> str:
     return ""
 
 
+def error_text(exc: BaseException, timeout_s: float | None = None) -> str:
+    """``exc`` for a log line or a report: ``TypeName: message``, or the type's name alone when the message is
+    empty (``str(TimeoutError())`` is ""), ``TimeoutError (no reply within 1 s)`` with ``timeout_s``; an OPC UA
+    status error's own text, which ends with its code: ``...(BadTypeMismatch)``."""
+    text, name = str(exc), type(exc).__name__
+    if _is_status_error(exc):
+        return text or name
+    if isinstance(exc, TimeoutError) and timeout_s is not None and not text:
+        return f"{name} (no reply within {timeout_s:g} s)"
+    return f"{name}: {text}" if text else name
+
+
+def status_name(code: Any) -> str:
+    """The name of an OPC UA status (an asyncua ``StatusCode``, a status error or its integer): ``BadTypeMismatch``."""
+    from asyncua import ua
+
+    value = getattr(code, "code", None) if _is_status_error(code) else getattr(code, "value", code)
+    try:
+        return ua.StatusCode(int(value)).name
+    except Exception:  # noqa: BLE001 - a code asyncua does not know: its number
+        return f"0x{int(value):08X}"
+
+
+def data_type_text(node_id: Any) -> str:
+    """A DataType node id as text: a built-in type's name (``i=4`` -> ``Int16``), else the id (``ns=3;i=3002``)."""
+    from asyncua import ua
+
+    if getattr(node_id, "NamespaceIndex", None) == 0 and node_id.Identifier in ua.VariantType._value2member_map_:
+        return ua.VariantType(node_id.Identifier).name
+    return node_id.to_string() if hasattr(node_id, "to_string") else str(node_id)
+
+
+def split_userinfo(netloc: str) -> tuple[str, str, str]:
+    """``user:password@host:port`` -> (``host:port``, user, password), percent-decoded; "" for a part not given."""
+    from urllib.parse import unquote
+
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        return netloc, "", ""
+    user, _, password = userinfo.partition(":")
+    return hostport, unquote(user), unquote(password)
+
+
+def without_userinfo(url: SinkUrl) -> SinkUrl:
+    """``url`` whose ``raw`` text (what error messages quote) has no ``user:password@``; ``netloc`` keeps it."""
+    scheme, sep, rest = url.raw.partition("://")
+    authority, slash, tail = rest.partition("/")
+    authority, query_sep, query = authority.partition("?")
+    clean = split_userinfo(authority)[0]
+    return replace(url, raw=f"{scheme}{sep}{clean}{query_sep}{query}{slash}{tail}")
+
+
+def client_with_login(endpoint: str, timeout_s: float, user: str, password: str) -> Any:
+    """asyncua's sync ``Client`` for ``endpoint`` (no userinfo in it) logging in as ``user`` when given; asyncua's
+    teardown tracebacks are demoted (``quiet_asyncua_teardown``)."""
+    client = opcua_client_class()(endpoint, timeout=timeout_s)
+    if user:
+        client.set_user(user)
+        client.set_password(password)
+    quiet_asyncua_teardown()
+    return client
+
+
+class _TeardownFilter(logging.Filter):
+    """Drops asyncua's "close_session raised during disconnect" errors (a traceback each time a client on a dead
+    link is closed, which every outage does) and logs them again at debug level under this module's logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if TEARDOWN_MESSAGE not in str(record.msg):
+            return True
+        log.debug("asyncua: %s", record.getMessage(), exc_info=record.exc_info)
+        return False
+
+
+def quiet_asyncua_teardown() -> None:
+    """Install ``_TeardownFilter`` on asyncua's client logger (once; other asyncua messages pass)."""
+    logger = logging.getLogger(TEARDOWN_LOGGER)
+    if not any(isinstance(f, _TeardownFilter) for f in logger.filters):
+        logger.addFilter(_TeardownFilter())
+
+
+def bind_nodes(client: Any, node_ids: Sequence[str]) -> list[Any]:
+    """asyncua ``Node``s for ``node_ids`` (``ns=2;s=Reject`` or ``nsu=URI;s=Reject``) on a connected ``client``;
+    a ``nsu=`` id is resolved against the server's NamespaceArray (read once, only when one is given).
+    ``PlcError`` naming the URI and the array when the server has no such namespace."""
+    from asyncua import ua
+
+    parsed = [ua.NodeId.from_string(text) for text in node_ids]
+    array: list[str] | None = None
+    nodes = []
+    for text, node_id in zip(node_ids, parsed):
+        uri = getattr(node_id, "NamespaceUri", None)
+        if uri:
+            array = client.get_namespace_array() if array is None else array
+            if uri not in array:
+                raise PlcError(f"node {text!r}: expected namespace {uri!r} in the server's NamespaceArray, found "
+                               f"{array}; check the URI after nsu= (or the PLC program)")
+            node_id = ua.NodeId(node_id.Identifier, array.index(uri), node_id.NodeIdType)
+        nodes.append(client.get_node(node_id))
+    return nodes
+
+
 @dataclass(frozen=True)
 class OpcUaTarget:
-    endpoint: str       # opc.tcp://host:port/path
+    endpoint: str       # opc.tcp://host:port/path, without user:password@
     node: str           # e.g. ns=2;s=Reject
     mode: str = "pulse"
     timeout_s: float = 1.0
+    user: str = field(default="", repr=False)       # the URL's user name token: given to the client only
+    password: str = field(default="", repr=False)
 
     @property
     def label(self) -> str:
@@ -84,14 +200,15 @@ class OpcUaTarget:
 
 
 def parse_opcua_url(url: SinkUrl) -> tuple[OpcUaTarget, float | None]:
+    url = without_userinfo(url)
     url.check_query(OPCUA_OPTIONS)
     node = url.query.get("node", "")
     if not url.host or not node:
         raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=Reject, "
                         f"found host={url.host!r} node={node!r}")
-    endpoint = f"opc.tcp://{url.netloc}{url.path}"
-    target = OpcUaTarget(endpoint, node, url.get_choice("mode", "pulse", OPCUA_MODES),
-                         url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0)
+    hostport, user, password = split_userinfo(url.netloc)
+    target = OpcUaTarget(f"opc.tcp://{hostport}{url.path}", node, url.get_choice("mode", "pulse", OPCUA_MODES),
+                         url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0, user, password)
     pulse = url.get_float("pulse_ms", 0.0) if "pulse_ms" in url.query else None
     return target, pulse
 
@@ -108,8 +225,8 @@ def opcua_client_class() -> Any:
 
 
 def default_client_factory(target: OpcUaTarget) -> Any:
-    """An asyncua sync client for ``target`` (timeout in seconds)."""
-    return opcua_client_class()(target.endpoint, timeout=target.timeout_s)
+    """An asyncua sync client for ``target`` (timeout in seconds; the URL's user and password, if any)."""
+    return client_with_login(target.endpoint, target.timeout_s, target.user, target.password)
 
 
 def _is_status_error(exc: BaseException) -> bool:
@@ -122,7 +239,7 @@ def _is_status_error(exc: BaseException) -> bool:
 
 class OpcUaOutput:
     """``Output`` over one OPC UA client; a Bad status reply or a value the node's type cannot hold raises
-    ``PlcDeviceError``, anything else ``PlcError``."""
+    ``PlcDeviceError``, a node gone or retyped since the connect ``PlcBindingError``, anything else ``PlcError``."""
 
     def __init__(self, target: OpcUaTarget,
                  client_factory: Callable[[OpcUaTarget], Any] = default_client_factory) -> None:
@@ -131,36 +248,43 @@ class OpcUaOutput:
         self._client: Any = None
         self._node: Any = None
         self._vtype: Any = None
+        self._dtype: Any = None     # the node's DataType (a NodeId) as read at connect; the probe compares
         self._count = 0
 
     def open(self) -> None:
         self.close()
+        label = self.target.label
         try:
             client = self._factory(self.target)
         except SinkError:
             raise
         except Exception as exc:  # noqa: BLE001 - client construction is part of the link
-            raise PlcError(f"{self.target.label}: client failed: {exc}") from exc
+            raise PlcError(f"{label}: client failed: {error_text(exc)}") from exc
         try:
             client.connect()
         except Exception as exc:  # noqa: BLE001
             self._close_client(client)
-            raise PlcError(f"{self.target.label}: connect failed: {exc} "
+            raise PlcError(f"{label}: connect failed: {error_text(exc, self.target.timeout_s)} "
                            f"(is the server up and the endpoint path right?)") from exc
         self._client = client
         try:
-            self._node = client.get_node(self.target.node)
-            self._vtype = self._node.read_data_type_as_variant_type()
-            if self.target.mode == "counter":
-                self._count = int(self._node.read_value())
+            self._bind(client)
         except Exception as exc:  # noqa: BLE001
             self.close()
-            raise PlcError(f"{self.target.label}: cannot read the node: {exc}") from exc
+            raise PlcError(f"{label}: cannot read the node: {error_text(exc, self.target.timeout_s)}") from exc
         if self.target.mode == "counter" and integer_range(self._vtype) is None:
             self.close()
-            raise PlcDeviceError(f"{self.target.label}: mode=counter expected an integer node (SByte, Byte, Int16, "
+            raise PlcDeviceError(f"{label}: mode=counter expected an integer node (SByte, Byte, Int16, "
                                  f"UInt16, Int32, UInt32, Int64, UInt64), found data type {type_name(self._vtype)}; "
                                  f"point node= at an integer tag or use mode=pulse")
+
+    def _bind(self, client: Any) -> None:
+        """Find the node (``nsu=`` resolved now), read its data type and, in counter mode, its count."""
+        self._node = bind_nodes(client, [self.target.node])[0]
+        self._dtype = self._node.read_data_type()
+        self._vtype = self._node.read_data_type_as_variant_type()
+        if self.target.mode == "counter":
+            self._count = int(self._node.read_value())
 
     def set(self, on: bool) -> None:
         if self._node is None:
@@ -170,17 +294,37 @@ class OpcUaOutput:
                 return
             value: Any = wrap_integer(self._count + 1, self._vtype)
         else:
-            value = bool(on)
+            value = self._pulse_value(on)
         self._check_encodable(value)
         try:
             self._node.write_value(value, self._vtype)
         except Exception as exc:  # noqa: BLE001
-            if _is_status_error(exc):
-                raise PlcDeviceError(f"{self.target.label}: server refused the write: {exc} "
-                                     f"(check the node id and its access level)") from exc
-            raise PlcError(f"{self.target.label}: write failed: {exc}") from exc
+            raise self._failure("write", exc) from exc
         if self.target.mode == "counter":
             self._count = value
+
+    def _pulse_value(self, on: bool) -> Any:
+        """Pulse mode's ``on`` as the node's type holds it: True / False, 1 / 0 on an integer node, 1.0 / 0.0 on a
+        float node (any other type: True / False, refused by ``_check_encodable``)."""
+        if integer_range(self._vtype) is not None:
+            return int(on)
+        if type_name(self._vtype) in ("Float", "Double"):
+            return float(on)
+        return bool(on)
+
+    def _failure(self, what: str, exc: Exception) -> PlcError:
+        """The error for a failed ``what`` (write, read): ``PlcBindingError`` for a node gone or retyped,
+        ``PlcDeviceError`` for any other Bad status, ``PlcError`` (link failure) for anything else."""
+        label = self.target.label
+        if _is_status_error(exc):
+            status = status_name(exc)
+            if status in BINDING_STATUSES:
+                return PlcBindingError(f"{label}: server refused the {what}: {status}: the node is gone or its "
+                                       f"data type changed since the connect (a PLC program download?); "
+                                       f"reconnecting to read it again")
+            return PlcDeviceError(f"{label}: server refused the {what}: {error_text(exc)} "
+                                  f"(check the node id and its access level)")
+        return PlcError(f"{label}: {what} failed: {error_text(exc, self.target.timeout_s)}")
 
     def _check_encodable(self, value: Any) -> None:
         """``PlcDeviceError`` naming the node, its type and ``value`` when the type cannot hold ``value`` (a
@@ -192,16 +336,24 @@ class OpcUaOutput:
                                  f"that holds it (mode={self.target.mode})")
 
     def probe(self) -> None:
-        """Check the link answers without writing: read the node's value. ``PlcError`` when the link fails,
-        ``PlcDeviceError`` for a Bad status reply (the server answered: the link is up)."""
+        """Check the link answers without writing: read the node's value and data type (one Read). ``PlcError``
+        when the link fails, ``PlcBindingError`` when the node is gone or its data type is no longer the one read
+        at connect, ``PlcDeviceError`` for another Bad status reply (the server answered: the link is up)."""
         if self._node is None:
             raise PlcError(f"{self.target.label}: not connected")
+        from asyncua import ua
+
         try:
-            self._node.read_value()
+            value, dtype = self._node.read_attributes([ua.AttributeIds.Value, ua.AttributeIds.DataType])
         except Exception as exc:  # noqa: BLE001
-            if _is_status_error(exc):
-                raise PlcDeviceError(f"{self.target.label}: server refused the read: {exc}") from exc
-            raise PlcError(f"{self.target.label}: probe (read) failed: {exc}") from exc
+            raise self._failure("read", exc) from exc
+        for reply in (value, dtype):
+            if not reply.StatusCode.is_good():
+                raise self._failure("read", ua.UaStatusCodeError(reply.StatusCode.value))
+        if dtype.Value.Value != self._dtype:
+            raise PlcBindingError(f"{self.target.label}: the node's data type changed from "
+                                  f"{data_type_text(self._dtype)} to {data_type_text(dtype.Value.Value)} since the "
+                                  f"connect (a PLC program download?); reconnecting to read it again")
 
     def close(self) -> None:
         client, self._client, self._node = self._client, None, None
