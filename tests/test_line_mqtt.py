@@ -49,7 +49,7 @@ def test_broker_restart_mid_run_loses_no_verdict(tmp_path):
 
 def test_mqtt_url_errors_name_the_form():
     with pytest.raises(SinkError, match="mqtt://HOST:PORT/PREFIX"):
-        parse_mqtt_url("mqtts://broker")
+        parse_mqtt_url("mqqt://broker")
     with pytest.raises(SinkError, match="did you mean 'client_id'"):
         parse_mqtt_url("mqtt://127.0.0.1/line?clientid=x")
     t = parse_mqtt_url("mqtt://127.0.0.1/line3")
@@ -126,7 +126,7 @@ class FakePaho:
         self.published: list[tuple[int, str]] = []   # (mid, topic)
         self._mid = 0
 
-    def connect_async(self, host, port, keepalive):
+    def connect_async(self, host, port, keepalive, **options):
         pass
 
     def loop_start(self):
@@ -148,6 +148,11 @@ class FakePaho:
 
     def connect(self):
         self.on_connect(self, None, None, 0)
+
+    def attempt(self):
+        """A connection attempt starts (paho calls on_pre_connect when one is set)."""
+        if getattr(self, "on_pre_connect", None) is not None:
+            self.on_pre_connect(self, None)
 
     def ack(self, mid):
         self.on_publish(self, None, mid)
@@ -372,3 +377,284 @@ def test_a_station_that_dies_is_shown_gone_on_faults_by_its_will(tmp_path):
             station.kill()
         broker.close()
     assert seen["active"] is True and seen["reason"].startswith("station gone") and seen["time_utc"] is None
+
+
+# ---------------------------------------------------------------------------------------------- mqtt-refusals
+def broker_with(tmp_path, extra: str, anonymous: bool = True) -> MosquittoBroker:
+    """A MosquittoBroker (not started) whose config ends with ``extra`` (per-listener lines apply to its port)."""
+    broker = MosquittoBroker(tmp_path)
+    text = broker.conf.read_text()
+    if not anonymous:
+        text = text.replace("allow_anonymous true", "allow_anonymous false")
+    broker.conf.write_text(text + extra)
+    return broker
+
+
+def collected(collector: MqttCollector, topic: str, count: int) -> list:
+    """``collector``'s messages on ``topic`` once it holds ``count`` of them (at most 10 s)."""
+    wait_for(lambda: len(collector.messages.get(topic, [])) >= count, 10.0)
+    return collector.messages.get(topic, [])
+
+
+@needs_broker
+def test_a_broker_acl_refusal_is_counted_refused_not_acked_and_logged_once_per_topic(tmp_path, caplog):
+    """A broker whose ACL denies the station's topics answered every PUBACK 'not authorized' (0x87), which MQTT
+    3.1.1 cannot carry: the station counted all 7 messages ``acked`` and logged nothing while the broker dropped
+    them. MQTT 5 carries the reason: each is counted ``refused`` and dropped (not sent again), logged once per topic
+    naming the reason and the broker's ACL."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    (tmp_path / "acl").write_text("topic read #\n")          # anonymous clients may read, not publish
+    broker = broker_with(tmp_path, f"acl_file {tmp_path / 'acl'}\n").start()
+    try:
+        with MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line3") as pub:
+            pub.publish_fault(False, "cleared", "T0")
+            for seq in range(5):
+                pub.publish_row({"seq": seq})
+            pub.publish_summary({"inspected": 5})
+            assert pub.flush(10.0), pub.stats()
+            stats = pub.stats()
+    finally:
+        broker.close()
+    assert (stats["published"], stats["acked"], stats["refused"], stats["connects"]) == (7, 0, 7, 1), stats
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 3, refused                           # faults, verdicts, summary: once each
+    assert all("Not authorized (0x87)" in m and "ACL" in m for m in refused), refused
+
+
+class V311OnlyBroker:
+    """A TCP server that answers every CONNECT as a broker that speaks only MQTT 3.1.1 answers an MQTT 5 one:
+    CONNACK 'unacceptable protocol version' (3.1.1 form), then it closes; ``connects`` counts CONNECTs."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.connects = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(4096):
+                    self.connects += 1
+                    conn.sendall(b"\x20\x02\x00\x01")   # CONNACK, return code 1: unacceptable protocol version
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@needs_broker
+def test_mqtt_5_by_default_and_protocol_3_1_1_for_a_broker_that_speaks_only_that(tmp_path, caplog):
+    """MQTT 5 (reason codes) is the default; a broker that speaks only 3.1.1 refuses it, which is logged as one
+    error naming ``protocol=3.1.1`` however often the client retries; with it the station publishes as before."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    old = V311OnlyBroker()
+    try:
+        pub = MqttPublisher(f"mqtt://127.0.0.1:{old.port}/line3").start()
+        pub.publish_row({"seq": 0})
+        assert wait_for(lambda: old.connects >= 3, 20.0), old.connects   # retried: still one error
+        pub.close(timeout_s=0.1)
+    finally:
+        old.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Unsupported protocol version" in errors[0] and "protocol=3.1.1" in errors[0], errors
+    assert (pub.stats()["connects"], pub.stats()["disconnects"]) == (0, 0)
+    broker = MosquittoBroker(tmp_path).start()
+    collector = None
+    try:
+        collector = MqttCollector(broker.port, "line3/#")
+        with MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line3?protocol=3.1.1") as pub:
+            assert pub._client.protocol == 4               # paho's MQTTv311
+            pub.publish_row({"seq": 1})
+            assert pub.flush(10.0), pub.stats()
+        assert collected(collector, "line3/verdicts", 1) == [{"seq": 1}]
+    finally:
+        if collector is not None:
+            collector.close()
+        broker.close()
+    with pytest.raises(SinkError, match=r"protocol: expected one of 5 \| 3\.1\.1, found '4'"):
+        parse_mqtt_url("mqtt://127.0.0.1/line3?protocol=4")
+
+
+@needs_broker
+def test_a_message_over_the_brokers_max_packet_size_is_refused_locally_and_blocks_nothing(tmp_path, caplog):
+    """One ~3 kB verdict row against a broker with max_packet_size 2000 was sent, the broker closed the link on it,
+    and every reconnect sent it first again: every later verdict and fault stayed in the outbox. MQTT 5's CONNACK
+    says the broker's limit: the message is refused here (counted, logged once with its size and the limit), the
+    link stays up and the rest arrive."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    broker = broker_with(tmp_path, "max_packet_size 2000\n").start()
+    collector = None
+    try:
+        collector = MqttCollector(broker.port, "line3/#")
+        with MqttPublisher(f"mqtt://127.0.0.1:{broker.port}/line3") as pub:
+            assert wait_for(lambda: pub.stats()["connects"] == 1, 10.0)
+            pub.publish_row({"seq": 0})
+            pub.publish_row({"seq": 1, "regions": [{"bbox": [1, 2, 3, 4], "area_px": 123.4}] * 80})
+            for seq in range(2, 10):
+                pub.publish_row({"seq": seq})
+            assert pub.flush(10.0), pub.stats()
+            stats = pub.stats()
+        got = [m["seq"] for m in collected(collector, "line3/verdicts", 9)]
+    finally:
+        if collector is not None:
+            collector.close()
+        broker.close()
+    assert got == [0, *range(2, 10)], got
+    assert (stats["refused"], stats["acked"], stats["disconnects"], stats["connects"]) == (1, 9, 0, 1), stats
+    (refused,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert "line3/verdicts" in refused and "Maximum Packet Size of 2000 bytes" in refused
+    assert "max_packet_size" in refused   # the broker setting that sets the limit
+
+
+class DroppingPaho(FakePaho):
+    """FakePaho with paho's ``drop_out_messages`` (what the publisher calls at each connect)."""
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self.drops = 0
+
+    def drop_out_messages(self):
+        self.drops += 1
+        return []
+
+
+def test_a_message_unacknowledged_at_three_lost_links_in_a_row_is_dropped_as_refused(caplog):
+    """Over MQTT 3.1.1 (or from a broker that does not say its limit) a message the broker closes the link on was
+    sent first again after every reconnect, for good. The oldest unacknowledged message at 3 lost links in a
+    row (KICKS_BEFORE_DROP) is dropped as refused (logged); the messages behind it go out; paho's own copies are
+    dropped at each connect so only the outbox sends again."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=DroppingPaho).start()
+    paho = pub._client
+    paho.connect()
+    for seq in range(3):
+        pub.publish("verdicts", {"seq": seq})
+    paho.ack(1)                                        # seq 0 arrives; the broker closes the link on seq 1
+    for _ in range(3):
+        pub._on_disconnect(paho, None, None, "Unspecified error")
+        sent = len(paho.published)
+        paho.connect()
+    assert [mid for mid, _ in paho.published[sent:]] == [sent + 1]   # seq 2 only: seq 1 is gone
+    paho.ack(sent + 1)
+    stats = pub.stats()
+    assert (stats["refused"], stats["acked"], stats["outbox"], stats["disconnects"]) == (1, 2, 0, 3), stats
+    assert paho.drops == 4
+    (dropped,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert "a/verdicts" in dropped and "unacknowledged at 3 lost links in a row" in dropped
+    pub.close(timeout_s=0.1)
+
+
+def test_one_lost_link_is_one_disconnect_and_a_link_never_up_is_none(caplog):
+    """paho reported one keep-alive loss twice (two warnings, disconnects +2), and a connection the broker refused
+    counted as a lost link every retry (8 s: connects 0, disconnects 4). Now: once per link that had connected."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=FakePaho).start()
+    paho = pub._client
+    paho.connect()
+    pub._on_disconnect(paho, None, None, "Keep alive timeout")
+    pub._on_disconnect(paho, None, None, "Keep alive timeout")   # the same loss, reported again
+    for _ in range(3):                                          # attempts that end before a CONNACK
+        paho.attempt()
+        pub._on_disconnect(paho, None, None, "Unspecified error")
+    assert (pub.stats()["connects"], pub.stats()["disconnects"]) == (1, 1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("reconnecting" in m for m in messages) == 1
+    assert sum("before the broker accepted it" in m for m in messages) == 1, messages
+    pub.close(timeout_s=0.1)
+
+
+def mosquitto_password_file(folder, user: str, password: str):
+    import shutil
+    import subprocess
+
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        pytest.skip("mosquitto_passwd is not installed (it comes with mosquitto)")
+    path = folder / "passwords"
+    subprocess.run([tool, "-b", "-c", str(path), user, password], check=True, capture_output=True)
+    return path
+
+
+@needs_broker
+def test_user_and_password_in_the_url_log_in_and_are_never_shown(tmp_path, caplog):
+    """``mqtt://op:secret@HOST`` was accepted and the credentials dropped (the broker said 'not authorized', each
+    retry a warning). They log in now; the password shows in no log line, repr or URL error (``op:***@``); a wrong
+    one is one error naming the cause and the fix however often the client retries, and no lost link."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="fair_edge.line.mqtt")
+    passwords = mosquitto_password_file(tmp_path, "op", "s3cr/t")
+    broker = broker_with(tmp_path, f"password_file {passwords}\n", anonymous=False).start()
+    try:
+        url = f"mqtt://op:s3cr%2Ft@127.0.0.1:{broker.port}/line3"
+        with MqttPublisher(url) as pub:
+            pub.publish_row({"seq": 0})
+            assert pub.flush(10.0), pub.stats()
+            assert "s3cr" not in repr(pub.target)
+        wrong = MqttPublisher(f"mqtt://op:wrong@127.0.0.1:{broker.port}/line3")
+        attempts = []
+        refused = wrong._client.on_connect
+        wrong._client.on_connect = lambda *a: (attempts.append(1), refused(*a))
+        wrong.start()
+        assert wait_for(lambda: len(attempts) >= 3, 20.0), attempts
+        wrong.close(timeout_s=0.1)
+    finally:
+        broker.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "s3cr" in m or "wrong" in m], messages
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "Not authorized" in errors[0] and "USER:PASSWORD@" in errors[0], errors
+    assert (wrong.stats()["connects"], wrong.stats()["disconnects"]) == (0, 0), wrong.stats()
+    with pytest.raises(SinkError) as bad:
+        parse_mqtt_url("mqtt://op:s3cret@127.0.0.1/line3?clientid=x")
+    assert "op:***@127.0.0.1" in str(bad.value) and "s3cret" not in str(bad.value)
+
+
+@needs_broker
+def test_mqtts_checks_the_broker_certificate_against_the_ca_store(tmp_path, caplog, monkeypatch):
+    """``mqtts://`` was refused; a TLS-only port with ``mqtt://`` said only 'Unspecified error' every few seconds.
+    mqtts:// now uses TLS with this machine's CA store (here: SSL_CERT_FILE, as OpenSSL reads it); an untrusted
+    certificate is one error naming the CA store."""
+    import logging
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test's certificate)")
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    broker = broker_with(tmp_path, f"certfile {cert}\nkeyfile {key}\n").start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))   # a CA store without the broker's CA
+        untrusted = MqttPublisher(f"mqtts://127.0.0.1:{broker.port}/line3").start()
+        assert wait_for(lambda: any("TLS" in r.getMessage() for r in caplog.records), 10.0)
+        untrusted.close(timeout_s=0.1)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with MqttPublisher(f"mqtts://127.0.0.1:{broker.port}/line3") as pub:
+            pub.publish_row({"seq": 0})
+            assert pub.flush(10.0), pub.stats()
+    finally:
+        broker.close()
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "CERTIFICATE_VERIFY_FAILED" in error and "CA store" in error, error
+    assert parse_mqtt_url("mqtts://broker/line3").port == 8883

@@ -115,7 +115,7 @@ def test_times_longer_than_a_day_are_refused_on_load(tmp_path, text, field):
 
 @pytest.mark.parametrize("text,field,why", [
     ("mqtt: {url: 'mqtt://10.0.0.9:1883/line3?keepalive=10'}", "mqtt.url", "did you mean 'keepalive_s'"),
-    ("mqtt: {url: 'mqtts://10.0.0.9/line3'}", "mqtt.url", "expected mqtt://HOST:PORT/PREFIX"),
+    ("mqtt: {url: 'mqqt://10.0.0.9/line3'}", "mqtt.url", "expected mqtt://HOST:PORT/PREFIX"),
     ("reject: {sinks: ['modbus://10.0.0.5:502?unit=1&coil=0&pulse=50'], delay_ms: 400}", "reject.sinks[0]",
      "did you mean 'pulse_ms'"),
     ("reject: {sinks: ['log://a', 'modbus://10.0.0.5:502?unit=1'], delay_ms: 400}", "reject.sinks[1]",

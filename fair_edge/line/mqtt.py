@@ -1,7 +1,11 @@
 """MQTT: verdicts, fault changes and the run summary published to a broker (paho-mqtt).
 
-URL: ``mqtt://HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883 by default;
-PREFIX defaults to ``fair-edge``). PREFIX is the URL's path without its first '/' and any trailing '/'
+URL: ``mqtt://[USER:PASSWORD@]HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883 by default;
+PREFIX defaults to ``fair-edge``); ``mqtts://`` is MQTT over TLS (port 8883 by default), the broker's certificate
+checked against this machine's CA store and its name. USER and PASSWORD (percent-encoded) go to the broker only:
+logs, errors and stats name ``HOST:PORT``, a URL shown in an error reads ``USER:***@``. MQTT 5 by default, so the
+broker can say why it refuses a message; ``protocol=3.1.1`` for a broker that speaks only 3.1.1.
+PREFIX is the URL's path without its first '/' and any trailing '/'
 (``mqtt://HOST//plant/line3`` publishes to ``/plant/line3/...``); a '+', '#' or NUL in it is refused (MQTT
 wildcards; a '#' would also end the URL's path). Topics::
 
@@ -20,8 +24,13 @@ thread. A message stays in the outbox until the broker acknowledges it (PUBACK);
 away, messages wait there (at most ``max_outbox``; beyond that the oldest are dropped and counted),
 and after each reconnect every unacknowledged message is sent again, so a broker that goes away and
 comes back loses nothing (a subscriber may see a message twice: rows carry ``run_id`` and ``seq``).
-``publish`` never raises: a message paho refuses (a bad topic or payload) is dropped, counted ``refused`` and
-logged once per topic.
+``publish`` never raises. A message is dropped, counted ``refused`` and logged once per topic and cause when paho
+refuses it (a bad topic or payload), when it is larger than the broker's Maximum Packet Size (MQTT 5 CONNACK), when
+the broker's PUBACK refuses it (reason code >= 0x80: an ACL denying the topic, a quota), or when it was the oldest
+unacknowledged message at ``KICKS_BEFORE_DROP`` lost links in a row (a broker that closes the link on it, e.g. over
+3.1.1, which has no reason codes): one bad message must not stop every later one. A refused connection (CONNACK,
+TCP, TLS) is logged once per cause, naming the fix, until a connection succeeds; ``disconnects`` counts links lost
+after their CONNACK, once each.
 """
 
 from __future__ import annotations
@@ -30,11 +39,13 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..errors import SinkError
 from ..records import json_safe
@@ -45,8 +56,10 @@ log = logging.getLogger(__name__)
 
 # published: handed to publish(); acked: acknowledged by the broker; resent: sent again after a reconnect (sent on
 # an earlier connection, never acknowledged; a message queued before the first connection is sent once, not
-# "again"); outbox_dropped: dropped beyond max_outbox; connects; disconnects: links lost (close() is not one);
-# refused: messages that could not be encoded or that paho refused (dropped, logged once per topic);
+# "again"); outbox_dropped: dropped beyond max_outbox; connects; disconnects: links lost after their CONNACK, once
+# each (close() is not one, nor a connection attempt the broker refused);
+# refused: messages dropped because they never will be delivered (paho or the broker refuses them, too large for the
+# broker, or the oldest unacknowledged at KICKS_BEFORE_DROP lost links in a row; logged once per topic and cause);
 # fault_restated: the latest PREFIX/faults message sent again after a reconnect (the will may have replaced it)
 MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects", "refused",
                  "fault_restated")
@@ -55,38 +68,81 @@ GONE_REASON = "station gone: its MQTT connection ended without a goodbye (killed
 WILDCARDS = {"+": "'+' (MQTT's one-level wildcard)", "\0": "a NUL character"}
 RESTATED_KEY = 0   # the outbox key of a restated fault: outbox keys start at 1, so its PUBACK counts nothing
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
+KICKS_BEFORE_DROP = 3   # lost links in a row with one message the oldest unacknowledged: the broker will not take it
+PROTOCOLS = ("5", "3.1.1")
+SCHEMES = {"mqtt": 1883, "mqtts": 8883}   # scheme -> default port
+CONNECT_FIXES = {   # CONNACK reason (lower case) -> what to do about it
+    "not authorized": "the broker refuses these credentials (or anonymous clients): check USER:PASSWORD@ in "
+                      "mqtt.url (mqtt://USER:PASSWORD@HOST:PORT/PREFIX, percent-encoded) against the broker's "
+                      "password file, or allow the client in its config",
+    "bad user name or password": "fix USER:PASSWORD@ in mqtt.url (percent-encode ':', '@', '/', '#' in them) or the "
+                                 "broker's password file",
+    "unsupported protocol version": "the broker speaks only MQTT 3.1.1: add protocol=3.1.1 to mqtt.url",
+    "client identifier not valid": "set another client_id in mqtt.url",
+}
 
 
 @dataclass(frozen=True)
 class MqttTarget:
+    """Where and how to connect. password: never in a repr, a log line or an error."""
+
     host: str
     port: int
     prefix: str
     client_id: str
     keepalive_s: int
     max_outbox: int
+    tls: bool = False
+    protocol: str = "5"   # one of PROTOCOLS
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
-    """``mqtt://HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..``; ``SinkError`` if bad.
+    """``mqtt[s]://[USER:PASSWORD@]HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..&protocol=..``;
+    ``SinkError`` if bad, showing the URL with its password as ``***``.
 
     Without ``client_id`` the id is this process's own, ``fair-edge-HOSTNAME-PREFIX-PID``: a broker closes the
     older of two connections with one id, so a shared default made two stations on one broker (or a second
     process of one station) knock each other off every few seconds. The session is clean, so a new id per
     start loses nothing."""
+    shown = without_password(url) if isinstance(url, str) else url
     if isinstance(url, str) and "#" in url:
-        raise SinkError(f"mqtt.url: {url!r} holds '#': a URL ends its path at '#' (the rest is a fragment), so the "
+        raise SinkError(f"mqtt.url: {shown!r} holds '#': a URL ends its path at '#' (the rest is a fragment), so the "
                         "topic prefix would be cut short there and the station would publish under another "
                         "prefix's topics; '#' is also MQTT's multi-level wildcard, not allowed in a topic one "
-                        "publishes to. Remove the '#', e.g. mqtt://HOST:PORT/line3")
-    parsed = parse_sink_url(url)
-    if parsed.scheme != "mqtt" or not parsed.host:
-        raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX, found {url!r}")
-    parsed.check_query(("client_id", "keepalive_s", "max_outbox"))
-    prefix = topic_prefix(parsed.path, url)
-    return MqttTarget(parsed.host, parsed.port or 1883, prefix,
+                        "publishes to. Remove the '#' (in a password write it %23), e.g. mqtt://HOST:PORT/line3")
+    parsed = parse_sink_url(shown)
+    if parsed.scheme not in SCHEMES or not parsed.host:
+        raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX (or mqtts:// for TLS), found {shown!r}")
+    parsed.check_query(("client_id", "keepalive_s", "max_outbox", "protocol"))
+    prefix = topic_prefix(parsed.path, shown)
+    username, password = url_credentials(url)
+    return MqttTarget(parsed.host, parsed.port or SCHEMES[parsed.scheme], prefix,
                       parsed.query.get("client_id", f"fair-edge-{socket.gethostname()}-{prefix}-{os.getpid()}"),
-                      parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1))
+                      parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1),
+                      tls=parsed.scheme == "mqtts", protocol=parsed.get_choice("protocol", "5", PROTOCOLS),
+                      username=username, password=password)
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its ``USER:PASSWORD@`` written ``***`` (the URL as errors may show it); the
+    host part ends at the first '/' or '?' after ``//`` and the user info at its last '@', as ``urlsplit`` reads it
+    (a '#' in a password is hidden too)."""
+    scheme, sep, rest = url.partition("://")
+    ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+    host_end = min(ends, default=len(rest))
+    userinfo, at, hostport = rest[:host_end].rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostport}{rest[host_end:]}"
+
+
+def url_credentials(url: str) -> tuple[str | None, str | None]:
+    """(user, password) of ``url``'s ``USER:PASSWORD@``, percent-decoded; None for a part it lacks."""
+    parts = urlsplit(url)
+    return (None if parts.username is None else unquote(parts.username),
+            None if parts.password is None else unquote(parts.password))
 
 
 def topic_prefix(path: str, url: str) -> str:
@@ -106,25 +162,32 @@ class MqttPublisher:
 
     def __init__(self, url: str, client_factory: Any = None) -> None:
         self.target = parse_mqtt_url(url)
+        self._where = f"mqtt {self.target.host}:{self.target.port}"   # log label: never the user or password
         self._counters = Counters(MQTT_COUNTERS)
         self._lock = threading.Lock()
         self._outbox: OrderedDict[int, tuple[str, bytes, bool]] = OrderedDict()   # key -> (topic, payload, retain)
         self._mids: dict[int, int] = {}   # paho message id -> outbox key
-        self._early_acks: dict[int, float] = {}   # mid -> monotonic s of a PUBACK that beat _send
+        self._early_acks: dict[int, tuple[float, Any]] = {}   # mid -> (monotonic s, reason) of a PUBACK that beat _send
         self._handed: set[int] = set()   # outbox keys handed to paho at least once (sent again: ``resent``)
         self._key = 0
-        self._connected = False
+        self._link = "down"   # down | trying (connecting) | refused (CONNACK said no) | up (CONNACK said yes)
         self._closing = False   # close() disconnects on purpose: not a link lost
+        self._max_packet: int | None = None   # bytes: the broker's Maximum Packet Size (MQTT 5 CONNACK), None: unsaid
+        self._suspect: tuple[int, int] | None = None   # (outbox key, lost links in a row it was oldest unacknowledged)
         self._nonfinite_topics: set[str] = set()   # topics whose NaN / inf were logged
-        self._refused_topics: set[str] = set()   # topics whose refused message was logged
+        self._refused_logged: set[tuple[str, str]] = set()   # (topic, cause) of refused messages logged
+        self._problems_logged: set[str] = set()   # connection problems logged since the last connect
         self._last_fault: tuple[int, str, bytes] | None = None   # (outbox key, topic, payload) of the latest fault
         self._client = (client_factory or _paho_client)(self.target)
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
 
     def start(self) -> MqttPublisher:
-        self._client.connect_async(self.target.host, self.target.port, keepalive=self.target.keepalive_s)
+        clean = {"clean_start": True} if self.target.protocol == "5" else {}   # 3.1.1: clean_session in the client
+        self._client.connect_async(self.target.host, self.target.port, keepalive=self.target.keepalive_s, **clean)
         self._client.loop_start()
         return self
 
@@ -154,7 +217,7 @@ class MqttPublisher:
         try:
             self._queue(topic, payload, retain)
         except Exception as exc:   # the inspection loop calls this: a bad message must not stop it
-            self._refused(f"{self.target.prefix}/{topic}", exc)
+            self._count_refused(f"{self.target.prefix}/{topic}", "client", f"{type(exc).__name__}: {exc}")
 
     def _queue(self, topic: str, payload: dict, retain: bool) -> None:
         text, replaced = strict_json(payload)
@@ -191,8 +254,7 @@ class MqttPublisher:
 
     def close(self, timeout_s: float = 2.0) -> None:
         if not self.flush(timeout_s):
-            log.warning("mqtt %s:%d: closing with %d message(s) unacknowledged", self.target.host,
-                        self.target.port, self.stats()["outbox"])
+            log.warning("%s: closing with %d message(s) unacknowledged", self._where, self.stats()["outbox"])
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
@@ -207,34 +269,45 @@ class MqttPublisher:
     def _send(self, key: int) -> None:
         # paho calls on_publish holding its own lock: never call into paho while holding ours
         with self._lock:
-            item = self._outbox.get(key) if self._connected else None
+            item = self._outbox.get(key) if self._link == "up" else None
+            limit = self._max_packet
         if item is None:
             return   # sent again from _on_connect
         topic, data, retain = item
+        size = publish_packet_size(topic, data, self.target.protocol == "5")
+        if limit is not None and size > limit:   # the broker would close the link on it, every time
+            self._drop(key, topic, "size", f"{size} bytes, more than the broker's Maximum Packet Size of {limit} "
+                                           "bytes; raise it in the broker's config (mosquitto: max_packet_size)")
+            return
         try:
             mid = self._client.publish(topic, data, qos=1, retain=retain).mid
         except Exception as exc:   # paho refuses a bad topic or payload: it never will take it, so drop it
-            with self._lock:
-                self._outbox.pop(key, None)
-                self._handed.discard(key)
-            self._refused(topic, exc)
+            self._drop(key, topic, "client", f"{type(exc).__name__}: {exc}")
             return
         with self._lock:
             if key in self._outbox:
                 self._handed.add(key)
-            t_ack = self._early_acks.pop(mid, None)
-            if t_ack is not None and time.monotonic() - t_ack < EARLY_ACK_S:
-                self._ack(key)
+            early = self._early_acks.pop(mid, None)
+            if early is not None and time.monotonic() - early[0] < EARLY_ACK_S:
+                self._settle(key, early[1])
             else:
                 self._mids[mid] = key
 
-    def _refused(self, topic: str, exc: Exception) -> None:
-        """Count a message that could not be encoded or sent; log it once per topic."""
+    def _drop(self, key: int, topic: str, cause: str, why: str) -> None:
+        """Take outbox ``key`` (a message on ``topic``) out for good: it never will be delivered (``why``)."""
+        with self._lock:
+            self._outbox.pop(key, None)
+            self._handed.discard(key)
+        self._count_refused(topic, cause, why)
+
+    def _count_refused(self, topic: str, cause: str, why: str) -> None:
+        """Count a message dropped as undeliverable; log it once per topic and ``cause`` (client | size | broker |
+        kicked), saying ``why`` and the fix."""
         self._counters.add("refused")
-        if topic not in self._refused_topics:
-            self._refused_topics.add(topic)
-            log.warning("mqtt %s: message refused and dropped (%s: %s); further refusals on this topic are only "
-                        "counted (stats 'refused')", topic, type(exc).__name__, exc)
+        if (topic, cause) not in self._refused_logged:
+            self._refused_logged.add((topic, cause))
+            log.warning("mqtt %s: message refused and dropped (%s); further refusals on this topic are only "
+                        "counted (stats 'refused')", topic, why)
 
     def _restate_fault(self) -> None:
         """After a reconnect, publish the latest fault message again when it was already acknowledged: while the
@@ -246,23 +319,51 @@ class MqttPublisher:
         try:
             mid = self._client.publish(last[1], last[2], qos=1, retain=True).mid
         except Exception as exc:
-            self._refused(last[1], exc)
+            self._count_refused(last[1], "client", f"{type(exc).__name__}: {exc}")
             return
         with self._lock:
             self._mids[mid] = RESTATED_KEY
         self._counters.add("fault_restated")
 
-    def _ack(self, key: int) -> None:
+    def _settle(self, key: int, reason: Any) -> None:
+        """The broker's PUBACK for outbox ``key``: acknowledged, or (MQTT 5 reason code >= 0x80) refused and dropped.
+        Called holding ``_lock``."""
+        if not getattr(reason, "is_failure", False):
+            self._handed.discard(key)
+            if self._outbox.pop(key, None) is not None:
+                self._counters.add("acked")
+            return
+        item = self._outbox.pop(key, None)
         self._handed.discard(key)
-        if self._outbox.pop(key, None) is not None:
-            self._counters.add("acked")
+        topic = item[0] if item is not None else f"{self.target.prefix}/{FAULTS_TOPIC}"   # None: a restated fault
+        why = f"the broker's PUBACK says {reason} (0x{reason.value:02X}); " + (
+            f"let this station's user publish to {self.target.prefix}/# in the broker's ACL (mosquitto: acl_file)"
+            if reason.value == 0x87 else "see the broker's log")
+        if item is None:
+            if (topic, "broker") not in self._refused_logged:
+                self._refused_logged.add((topic, "broker"))
+                log.warning("mqtt %s: the restated fault was refused (%s)", topic, why)
+            return
+        self._count_refused(topic, "broker", why)
+
+    def _on_pre_connect(self, client, userdata) -> None:
+        with self._lock:
+            self._link = "trying"
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.warning("mqtt %s:%d: connection refused: %s", self.target.host, self.target.port, reason_code)
+            with self._lock:
+                self._link = "refused"   # paho reports the close that follows: not a lost link
+            fix = CONNECT_FIXES.get(str(reason_code).lower(), "see the broker's log")
+            self._problem(logging.ERROR, f"connection refused by the broker: {reason_code}; {fix}")
             return
+        forget = getattr(client, "drop_out_messages", None)
+        if forget is not None:   # paho would send its unacknowledged copies again itself: the outbox does that
+            forget()
         with self._lock:
-            self._connected = True
+            self._link = "up"
+            self._max_packet = getattr(properties, "MaximumPacketSize", None)
+            self._problems_logged.clear()
             self._mids.clear()
             self._early_acks.clear()
             keys = list(self._outbox)
@@ -277,31 +378,83 @@ class MqttPublisher:
     def _log_connected(self, waiting: int, again: int) -> None:
         """Say what a connect sends: messages queued before it (first sends, at info level) and messages sent
         on an earlier connection and never acknowledged (sent again, a warning)."""
-        where = f"mqtt {self.target.host}:{self.target.port}"
         if again:
-            log.warning("%s: connected; sending %d unacknowledged message(s) again", where, again)
+            log.warning("%s: connected; sending %d unacknowledged message(s) again", self._where, again)
         if waiting > again:
-            log.info("%s: connected; sending %d queued message(s)", where, waiting - again)
+            log.info("%s: connected; sending %d queued message(s)", self._where, waiting - again)
         elif not waiting:
-            log.info("%s: connected", where)
+            log.info("%s: connected", self._where)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """paho could not open the TCP (or TLS) connection; it retries. Called inside paho's ``except``."""
+        with self._lock:
+            self._link = "down"
+        exc = sys.exc_info()[1]
+        cause = "?" if exc is None else f"{type(exc).__name__}: {exc}"
+        if exc is not None and type(exc).__module__ == "ssl":
+            self._problem(logging.ERROR, f"TLS connection failed ({cause}); mqtts:// checks the broker's "
+                          "certificate against this machine's CA store and its name: install the broker's CA there "
+                          "(update-ca-certificates) and use the name its certificate holds, or use mqtt:// for a "
+                          "plain port")
+        else:
+            self._problem(logging.WARNING, f"cannot connect ({cause}); is the broker up and listening on "
+                          f"{self.target.host}:{self.target.port}? retrying, messages kept")
+
+    def _problem(self, level: int, text: str) -> None:
+        """Log a connection problem once until a connection succeeds (paho retries every few seconds)."""
+        with self._lock:
+            if text in self._problems_logged:
+                return
+            self._problems_logged.add(text)
+        log.log(level, "%s: %s", self._where, text)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
-            self._connected = False
-        where = f"mqtt {self.target.host}:{self.target.port}"
+            was, self._link = self._link, "down"
         if self._closing:   # close(): not a lost link, nothing reconnects
-            log.info("%s: disconnected (closed)", where)
+            if was != "down":
+                log.info("%s: disconnected (closed)", self._where)
             return
-        self._counters.add("disconnects")
-        log.warning("%s: disconnected (%s); reconnecting, messages kept", where, reason_code)
+        if was == "up":
+            self._counters.add("disconnects")
+            log.warning("%s: disconnected (%s); reconnecting, messages kept", self._where, reason_code)
+            self._blame_oldest()
+        elif was == "trying":
+            self._problem(logging.WARNING, f"the link ended before the broker accepted it ({reason_code}); " + (
+                "the broker did not answer within keepalive_s (stalled or overloaded); retrying"
+                if "keep alive" in str(reason_code).lower() else
+                "a TLS-only port ends plain mqtt:// links so (use mqtts://), else see the broker's log"))
+        # was "refused" (the close after a refused CONNACK, logged there) or "down" (paho reports one loss twice)
+
+    def _blame_oldest(self) -> None:
+        """A link was lost: the oldest unacknowledged message is the one the broker read last. The oldest at
+        ``KICKS_BEFORE_DROP`` losses in a row is dropped as refused: the broker closes the link on it (too large,
+        or refused over MQTT 3.1.1, which cannot say so), and sending it again would block every later message."""
+        with self._lock:
+            oldest = next((key for key in self._outbox if key in self._handed), None)
+            kicks = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == oldest else 1
+            self._suspect = None if oldest is None or kicks >= KICKS_BEFORE_DROP else (oldest, kicks)
+            item = self._outbox.get(oldest) if oldest is not None and kicks >= KICKS_BEFORE_DROP else None
+        if item is not None:
+            self._drop(oldest, item[0], "kicked", f"{len(item[1])} bytes, unacknowledged at {kicks} lost links in "
+                       "a row: the broker closes the link on it (too large for it, or refused where MQTT 3.1.1 "
+                       "cannot say why); see the broker's log")
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._lock:
             key = self._mids.pop(mid, None)
             if key is None:
-                self._early_acks[mid] = time.monotonic()   # acked before _send noted the mid
+                self._early_acks[mid] = (time.monotonic(), reason_code)   # acked before _send noted the mid
             else:
-                self._ack(key)
+                self._settle(key, reason_code)
+
+
+def publish_packet_size(topic: str, payload: bytes, v5: bool) -> int:
+    """Bytes of the QoS 1 PUBLISH packet paho sends for ``payload`` on ``topic`` (MQTT 5: with an empty property
+    list), as a broker's Maximum Packet Size counts them: fixed header, remaining length, topic, id, payload."""
+    remaining = 2 + len(topic.encode()) + 2 + (1 if v5 else 0) + len(payload)
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining
 
 
 def strict_json(payload: dict) -> tuple[str, bool]:
@@ -319,7 +472,15 @@ def _paho_client(target: MqttTarget) -> Any:
         from paho.mqtt.enums import CallbackAPIVersion
     except ImportError as exc:
         raise SinkError("mqtt needs paho-mqtt: pip install 'fair-edge[mqtt]'") from exc
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, clean_session=True)
+    if target.protocol == "5":   # PUBACK and CONNACK carry reason codes; CONNACK the broker's Maximum Packet Size
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, clean_session=True,
+                             protocol=mqtt.MQTTv311)
+    if target.username is not None:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()   # this machine's CA store; the broker's name checked against its certificate
     client.reconnect_delay_set(min_delay=1, max_delay=4)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
