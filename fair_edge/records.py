@@ -70,6 +70,17 @@ class Frame:
     resumed: bool = False
 
 
+def size_text(value: float) -> str:
+    """A region size or a rule's limit (mm², mm, px², px) as a reason writes it, never in scientific notation (the
+    reason is read on the line, in logs and on the PLC's HMI): 3 significant figures below 1000 (``0.7``, ``12.3``,
+    ``0.000025``), the whole number from there on (``2024``, ``5000``)."""
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 999.5:   # 3 significant figures would round 999.7 up to 1e+03
+        return f"{value:.0f}"
+    return np.format_float_positional(value, precision=3, unique=False, fractional=False, trim="-")
+
+
 @dataclass(frozen=True)
 class RuleHit:
     """A station rule that fired (``fair_edge.station.zones``).
@@ -90,10 +101,12 @@ class RuleHit:
 
     @property
     def reason(self) -> str:
-        """In words, e.g. ``region 0.7 mm² in zone seal ≥ 0.5 mm²`` or ``4 regions in zone body > 3``."""
+        """In words, e.g. ``region 0.7 mm² in zone seal ≥ 0.5 mm²``, ``region 2024 px² in zone default ≥ 50 px²`` or
+        ``4 regions in zone body > 3`` (sizes as ``size_text`` writes them)."""
         if self.rule == "max_count":
             return f"{self.value:.0f} regions in zone {self.zone} > {self.limit:.0f}"
-        return f"region {self.value:.3g} {self.unit} in zone {self.zone} ≥ {self.limit:.3g} {self.unit}"
+        return (f"region {size_text(self.value)} {self.unit} in zone {self.zone} ≥ {size_text(self.limit)} "
+                f"{self.unit}")
 
     def to_json_dict(self) -> dict:
         return {"rule": self.rule, "zone": self.zone, "zone_id": self.zone_id, "value": round(self.value, 4),

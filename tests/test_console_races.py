@@ -136,7 +136,7 @@ def test_a_threshold_is_refused_while_a_reload_loads_and_kept_by_it(tmp_path):
     is refused while the bundle loads (nothing written or switched) and accepted once it runs."""
     loading, release = threading.Event(), threading.Event()
 
-    def load_model(bundle, threshold=None):
+    def load_model(bundle, threshold=None, regions=None):
         loading.set()
         assert release.wait(WAIT_S)   # the engine is being deserialized
         return change(bundle, threshold)
@@ -165,7 +165,7 @@ def test_a_reload_reads_a_threshold_applied_while_it_starts(tmp_path, monkeypatc
 
     loads, reload_blocked, sighup = [], threading.Event(), []
 
-    def load_model(bundle, threshold=None):
+    def load_model(bundle, threshold=None, regions=None):
         loads.append(threshold)
         reload_blocked.set()   # unguarded, the reload got here with the file's old threshold
         return change(bundle, threshold)
@@ -246,7 +246,7 @@ def test_a_sighup_while_a_console_swap_loads_runs_after_it(tmp_path, caplog):
     promised. Now it waits as requested and runs once the swap is done, with the station file as it is then."""
     loads, release, second = [], threading.Event(), threading.Event()
 
-    def load_model(bundle, threshold=None):
+    def load_model(bundle, threshold=None, regions=None):
         loads.append((Path(bundle).name, threshold))
         if len(loads) == 1:
             assert release.wait(WAIT_S)   # the operator's bundle loads

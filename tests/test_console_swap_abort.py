@@ -34,7 +34,7 @@ class GatedLoader:
     def __init__(self) -> None:
         self.loading, self.release, self.closed = threading.Event(), threading.Event(), threading.Event()
 
-    def __call__(self, bundle, threshold=None) -> ModelChange:
+    def __call__(self, bundle, threshold=None, regions=None) -> ModelChange:
         self.loading.set()
         assert self.release.wait(WAIT_S)
         backend = SimpleNamespace(close=self.closed.set)

@@ -825,7 +825,8 @@ def one_camera_console(tmp_path, links=None, station_file=None, attach=True, **c
     settings = {"enabled": False, "drift_min_parts": 10, **console}
     cfg = StationConfig(output=tmp_path, source_file=station_file, console=ConsoleSettings(**settings))
     st = StationConsole(cfg, bundle, links=links or StationLinks())
-    summary = SimpleNamespace(inspected=0, ng=0, malformed=0, inference_errors=0, fault="", backend="fake")
+    summary = SimpleNamespace(inspected=0, ng=0, malformed=0, inference_errors=0, region_errors=0, fault="",
+                              backend="fake")
     inspector = SimpleNamespace(model="m1", threshold=1.0, switch=ModelSwitch(), summary=summary)
     if attach:
         st.attach(inspector, None, None, None, None)

@@ -118,7 +118,8 @@ def test_sequence_match_after_an_outage_pairs_views_by_capture_time_until_in_ste
         assert len(seen) == 1, row                                   # never two physical parts in one
     missing = [row["missing"] for row in rows]
     assert missing == [[]] * 4 + [["left"]] * 2 + [[]] * 6
-    ng = [physical_of[("top", row["views"]["top"]["seq"])] for row in rows if row["ng"] and row["inspected"]]
+    ng = [physical_of[next((c, v["seq"]) for c, v in row["views"].items() if "seq" in v)]   # decided NG by left:
+          for row in rows if row["ng"] and row["inspected"]]                                  # top may not be in
     assert ng == [9]
 
 
@@ -642,7 +643,7 @@ def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
 
     cams = (ViewSettings("a", "1"), ViewSettings("b", "2"))
     gate = StationConfig(cameras=cams, reject=RejectSettings(sinks=("log://",), delay_ms=400))
-    assert part_timeout_s(gate) == pytest.approx(0.4)                                # unset: the due time
+    assert part_timeout_s(gate) == pytest.approx(0.3)                                # unset: 100 ms before the due time
     with pytest.raises(ConfigError, match=r"at most reject.delay_ms \(400\), found 500"):
         part_timeout_s(StationConfig(cameras=cams, group=GroupSettings(part_timeout_ms=500), reject=gate.reject))
     plc = StationConfig(cameras=cams, group=GroupSettings(match="handshake"),

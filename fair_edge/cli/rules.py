@@ -1,4 +1,5 @@
-"""``fair-edge rules check STATION FOLDER``: replay a folder of images through the station's region rules."""
+"""``fair-edge rules check STATION FOLDER [--camera NAME]``: replay a folder of images through the station's region
+rules (a station of several cameras: one camera's)."""
 
 from __future__ import annotations
 
@@ -20,26 +21,34 @@ app.add_typer(rules_app, name="rules")
 @rules_app.command("check")
 @friendly_errors
 def check(
-    station: Path = typer.Argument(..., help="The station file whose bundle, threshold and regions: section to use."),
+    station: Path = typer.Argument(..., help="The station file whose bundle, threshold, ROI and regions: section to "
+                                   "use."),
     folder: str = typer.Argument(..., help="A folder of images to replay (sorted by name), or a dataset with a test "
                                  "split (MVTec folder, VisA CSV): then caught and false-reject rates by score and by "
                                  "the rules too."),
     category: Optional[str] = typer.Option(None, help="Product inside a VisA CSV or an MVTec root."),
-    bundle: Optional[Path] = typer.Option(None, help="A bundle instead of the station file's."),
+    camera: Optional[str] = typer.Option(None, help="A station file of several cameras (cameras:): the camera whose "
+                                         "bundle, ROI, threshold and regions: to use, each the station's where the "
+                                         "camera sets none; required there, refused for a one-camera file."),
+    bundle: Optional[Path] = typer.Option(None, help="A bundle instead of the station file's (with --camera: "
+                                          "instead of that camera's)."),
     backend: Optional[str] = typer.Option(None, help="Backend that scores the images [default: the station "
                                           "file's backend:]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON here (its folder "
                                             "is created)."),
 ) -> None:
     """Inspect every image as the station would and print what each rule did: per image the score, the
-    regions and the verdict by score alone and by the rules (with the reason), then how often each rule fired."""
+    regions and the verdict by score alone and by the rules (with the reason), then how often each rule fired.
+    A station file of several cameras is checked one camera at a time: --camera NAME."""
     from fair_edge.station.config import load_station
-    from fair_edge.station.rules_check import check_frames
-    cfg = load_station(station).override(bundle=bundle)
+    from fair_edge.station.rules_check import camera_config, check_frames
+    cfg = camera_config(load_station(station), camera).override(bundle=bundle)
     if json_out is not None:
         json_folder(json_out)  # before the replay: a path that cannot be written fails now, not after it
     report = check_frames(cfg, _frames(folder, category), backend)
-    table = Table(title=f"rules check: threshold {report.threshold:.5g}, pixel threshold {report.pixel_threshold:.5g}")
+    seen_by = "" if camera is None else f" (camera {escape(camera)})"
+    table = Table(title=f"rules check{seen_by}: threshold {report.threshold:.5g}, "
+                        f"pixel threshold {report.pixel_threshold:.5g}")
     for name in ("image", "score", "regions", "by score", "by rules", "reason"):
         table.add_column(name, justify="right" if name in ("score", "regions") else "left")
     for r in report.rows:
@@ -57,7 +66,7 @@ def check(
             false = "-" if r["false_rejects"] is None else f"{r['false_rejects']:.1%}"
             console.print(f"{name.replace('_', ' ')}: caught {caught} of the defective images, false rejects {false}")
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        json_out.write_text(json.dumps({"camera": camera, **report.to_dict()}, indent=2) + "\n")
         console.print(f"[green]report:[/] {escape(str(json_out))}")
 
 

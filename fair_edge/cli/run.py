@@ -72,7 +72,8 @@ def live_table(inspector) -> Table:
     for name, value in (("camera", camera.state.value), ("frames in", camera.frames_in),
                         ("dropped (queue full) / lost", f"{camera.dropped_queue_full} / {camera.frames_lost_estimate}"),
                         ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
-                        ("inference errors", s.inference_errors), ("p50 / p99 / max latency", latency_text(lat)),
+                        ("inference errors", s.inference_errors), ("region errors", s.region_errors),
+                        ("p50 / p99 / max latency", latency_text(lat)),
                         *reject_rows(s.rejects)):
         table.add_row(name, str(value))
     return table
@@ -154,7 +155,7 @@ def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
             ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
             ("not inspected (queued at stop)", summary.not_inspected),
             ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
-            ("frames/s", f"{summary.fps:.1f}"),
+            ("region errors", summary.region_errors), ("frames/s", f"{summary.fps:.1f}"),
             ("latency p50 / p99 / max", latency_text(summary.latency, digits=2)),
             *recorder_rows(summary.recorder), *reject_rows(summary.rejects), *cell_rows(summary)]
     for name, value in rows:
@@ -178,7 +179,9 @@ def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
 def run(
     station: Optional[Path] = typer.Option(None, help="Station YAML (camera or cameras + group, bundle, backend, "
                                            "batching, decision, output, reject, record, metrics, mqtt, console, "
-                                           "regions). Flags override it."),
+                                           "regions). Flags override it, and a reload (SIGHUP) keeps --bundle and "
+                                           "--threshold over the file it re-reads, until a threshold applied from "
+                                           "the console is in force."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
@@ -223,9 +226,12 @@ def run(
     A folder or video replayed without --fps is read with back-pressure: every frame is inspected.
     Ctrl-C or SIGTERM stops capture, finishes the frames in flight, prints the summary and exits 0.
     SIGHUP loads the bundle the station file names (or reloads the current one) without stopping
-    capture; with cameras: in the station file, every camera's bundle as the file names it."""
+    capture; with cameras: in the station file, every camera's bundle as the file names it. --bundle and
+    --threshold stay over the file across a reload (the log names them), until a threshold applied from
+    the console (written to the file) is in force: a reload keeps that one."""
     from rich.live import Live
 
+    from fair_edge.console.station_hook import ReloadFlags
     from fair_edge.station.cell import run as run_any
     from fair_edge.station.run import EXIT_REJECTS_UNDELIVERED, exit_code, undelivered_sinks
     from fair_edge.station.config import StationConfig, load_station
@@ -252,7 +258,7 @@ def run(
                        batching=batching, output=out, record=record,
                        reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe),
                        console=console_settings(cfg.console, console_mode, console_port))
-    signals = StationSignals()
+    signals = StationSignals(ReloadFlags(bundle=bundle, threshold=threshold, backend=backend, roi=roi))
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
 
     def show_live(inspector) -> None:
@@ -288,11 +294,14 @@ class StationSignals:
     """`fair-edge run`'s signals: Ctrl-C and SIGTERM set ``stop`` (the station drains and exits 0); SIGHUP,
     once the console exists, loads the bundle the station file names (``StationConsole.reload_bundle``) on the
     console's reload thread: the handler only asks (``request_reload``), so nothing a reload meets is raised in the
-    main thread, and SIGHUPs in a row never run two reloads at once."""
+    main thread, and SIGHUPs in a row never run two reloads at once. reload_flags: the command line's flags over
+    the station file (``station_hook.ReloadFlags``), which every reload applies again over the file it re-reads
+    (None: none given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reload_flags=None) -> None:
         self.stop = threading.Event()
         self.console = None
+        self.reload_flags = reload_flags
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.on_stop)
 
@@ -300,8 +309,11 @@ class StationSignals:
         self.stop.set()
 
     def wire_sighup(self, station_console) -> None:
-        """``run_station``'s on_console hook (where the OS has SIGHUP)."""
+        """``run_station``'s on_console hook: the command line's flags kept over the station file across reloads,
+        and, where the OS has SIGHUP, the reload thread and the handler."""
         self.console = station_console
+        if self.reload_flags is not None:
+            station_console.keep_flags(self.reload_flags)
         if hasattr(signal, "SIGHUP"):
             station_console.watch_reloads()
             signal.signal(signal.SIGHUP, self.on_hup)

@@ -65,12 +65,15 @@ class AlarmChanged(ConfigError):
 class CameraBundle:
     """One camera of several and the bundle it runs. own: the camera names it (``cameras[].bundle``); else it
     is the station's (``bundle:``). threshold: the one the station file sets for the camera (its own, else the
-    station's ``decision.threshold``); None = the bundle's, by the station's rule."""
+    station's ``decision.threshold``); None = the bundle's, by the station's rule. regions: the camera's
+    ``regions:`` settings as the station file sets them (``station.config.view_config``: its own keys over the
+    station's), which a reload applies; None = keep the ones in force."""
 
     camera: str
     bundle: Path
     own: bool
     threshold: float | None = None
+    regions: Any = None
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,20 @@ class StationLinks:
     """What the console calls in the rooms above it, handed in by ``station.run.open_console`` (rooms import
     only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
 
-    load_model(bundle folder, threshold=None) -> ModelChange: opens a bundle for a swap (slow; called on a thread
-        of its own; ``station.bundles.load_change``); threshold None: the bundle's, by the station's rule.
+    load_model(bundle folder, threshold=None[, regions=]) -> ModelChange: opens a bundle for a swap (slow; called on a
+        thread of its own; ``station.bundles.load_change``); threshold None: the bundle's, by the station's rule.
+        regions (given when the camera judges regions): the ``regions:`` settings the swapped model is to be judged
+        by (a reload's re-read ones, else those in force); a bundle their rules cannot judge is refused.
     load_station(station file) -> the station's settings (``.bundle``: the bundle the file names); raises
         ConfigError for a file that would not load (``station.config.load_station``). A threshold written
         to the station file is checked with it first; SIGHUP re-reads the bundle the file names with it.
     export_reviewed(station output folder, dataset folder) -> what was exported
         (``training.collect.export_reviewed``).
     Several cameras (``station.cell_console.CellLoader``):
-    load_views(bundle folder, cameras, thresholds) -> {camera: ModelChange}: opens the bundle once (one backend
-        shared by these cameras); each camera's threshold is ``thresholds[camera]`` where given, else decided by
-        the station's rule (with the camera's ROI).
+    load_views(bundle folder, cameras, thresholds[, regions=]) -> {camera: ModelChange}: opens the bundle once (one
+        backend shared by these cameras); each camera's threshold is ``thresholds[camera]`` where given, else decided
+        by the station's rule (with the camera's ROI). regions (given when some camera judges regions): camera -> the
+        ``regions:`` settings to check the bundle against, as ``load_model``'s (the others: the station's own).
     camera_bundles(station file or None) -> each camera's ``CameraBundle``, as the file names them now (None:
         as the station started); ConfigError when the file no longer loads or names other cameras.
     """
@@ -344,11 +350,12 @@ class StationActions:
         return inspector.views[camera] if camera else inspector
 
     # ------------------------------------------------------------------ hot swap
-    def swap(self, bundle, who: str, camera=None, threshold: float | None = None) -> dict:
+    def swap(self, bundle, who: str, camera=None, threshold: float | None = None, regions=None) -> dict:
         """Load ``bundle`` in a background thread; the loop switches to it between batches. Several cameras:
         for ``camera``, or (none named) for every camera that runs the station's bundle. threshold: the one to
         run it with (SIGHUP: the station file's); None = the bundle's, by the station's rule (a bundle swapped
-        in from the console: its scores are on its own scale)."""
+        in from the console: its scores are on its own scale). regions: the ``regions:`` settings to judge with
+        from then on (SIGHUP: the station file's, re-read); None = keep the ones in force."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
         camera = self._camera(camera, required=False)
@@ -356,7 +363,7 @@ class StationActions:
             inspector = self._inspector()
             if self.links.load_model is None:
                 raise ConfigError("this station cannot swap bundles (no loader was given)")
-            return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold,
+            return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold, regions,
                                     status={"bundle": bundle})
         if camera:
             cameras = (camera,)
@@ -365,19 +372,21 @@ class StationActions:
             if not cameras:
                 raise ConfigError("camera: expected the camera to swap (every camera names its own bundle), "
                                   f"found none; one of {', '.join(self.feed.cameras())}")
-        return self.swap_cameras({Path(bundle): cameras}, who, {c: threshold for c in cameras})
+        return self.swap_cameras({Path(bundle): cameras}, who, {c: threshold for c in cameras},
+                                 None if regions is None else dict.fromkeys(cameras, regions))
 
     def swap_cameras(self, plan: dict[Path, tuple[str, ...]], who: str,
-                     thresholds: dict[str, float | None] | None = None) -> dict:
+                     thresholds: dict[str, float | None] | None = None, regions: dict | None = None) -> dict:
         """Several cameras: load each bundle of ``plan`` (bundle -> the cameras to run it) in a background
         thread; when all loaded, each camera switches through its own decider (none when one fails).
-        thresholds: camera -> the threshold to run with (None or missing: the bundle's, by the station's rule)."""
+        thresholds: camera -> the threshold to run with (None or missing: the bundle's, by the station's rule).
+        regions: camera -> the ``regions:`` settings it judges with from then on (a reload's); missing: keep."""
         self._inspector()
         if self.links.load_views is None:
             raise ConfigError("this station cannot swap bundles (no loader was given)")
         cameras = [c for group in plan.values() for c in group]
         bundles = ", ".join(str(b) for b in plan)
-        return self._start_swap(self._load_views, plan, _who(who), dict(thresholds or {}),
+        return self._start_swap(self._load_views, plan, _who(who), dict(thresholds or {}), dict(regions or {}),
                                 status={"bundle": bundles, "cameras": cameras})
 
     def _start_swap(self, target, *args, status: dict) -> dict:
@@ -444,18 +453,23 @@ class StationActions:
         log.error("bundle swap refused: %s", text, exc_info=not isinstance(exc, FairEdgeError))
         self.swap_status = {"state": "failed", "bundle": bundle, "error": text, "since": utc_now()}
 
-    def _load(self, bundle: Path, inspector, who: str, threshold: float | None) -> None:
-        """One camera: load ``bundle``, then switch to it (none when the load fails or the audit log can no longer be
-        written: the loaded backend closed, the swap failed). Done with a ``warning`` when the switch is made but
-        its audit row fails."""
+    def _load(self, bundle: Path, inspector, who: str, threshold: float | None, regions=None) -> None:
+        """One camera: load ``bundle``, checked against ``regions`` (a reload's, else those in force), then switch
+        to it, with ``regions`` when given (none when the load fails or the audit log can no longer be written: the
+        loaded backend closed, the swap failed). Done with a ``warning`` when the switch is made but its audit row
+        fails."""
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         if self._stopped(str(bundle), []):
             return
+        checked = regions if regions is not None else regions_in_force(inspector)
         try:
-            change = self.links.load_model(bundle, threshold=threshold)
+            change = self.links.load_model(bundle, threshold=threshold,
+                                           **({} if checked is None else {"regions": checked}))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             self._swap_failed(str(bundle), exc)
             return
+        if regions is not None:
+            change = replace(change, regions=regions)
         with self._switching:
             if not self._stopped(str(bundle), [change]):
                 self._switch(inspector, change, old, who, str(bundle))
@@ -467,6 +481,8 @@ class StationActions:
             return
         inspector.switch.request(change)
         self.feed.bundle_path = change.bundle.root
+        if change.regions is not None:   # the reloaded zones, drawn on the live page and the NG images
+            self._show_zones(change.regions.outlines())
         self.feed.drift.reset("", _reference(change))
         row = self._audited({"action": "swap", "who": who, "old": old,
                              "new": {"model": change.model, "bundle": str(change.bundle.root),
@@ -485,21 +501,29 @@ class StationActions:
             return False
         return True
 
-    def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None]) -> None:
-        """Load every bundle of the plan, then switch each camera; a failure (a load, an audit log that can no longer
-        be written) switches none (loaded backends closed). Once switching, every camera switches: an audit row that
-        fails then is the swap's ``warning``, not a stop (the cameras after it would keep the old model)."""
+    def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None],
+                    regions: dict | None = None) -> None:
+        """Load every bundle of the plan, each checked against its cameras' ``regions`` (a reload's, else those in
+        force), then switch each camera (with its ``regions`` where given); a failure (a load, an audit log that can
+        no longer be written) switches none (loaded backends closed). Once switching, every camera switches: an
+        audit row that fails then is the swap's ``warning``, not a stop (the cameras after it would keep the old
+        model)."""
         changes: dict[str, ModelChange] = {}
         bundles = ", ".join(str(b) for b in plan)
+        regions = regions or {}
         try:
             for bundle, cameras in plan.items():
                 if self._stopped(bundles, changes.values()):   # the station stops: load no more bundles
                     return
-                changes.update(self.links.load_views(bundle, cameras, thresholds))
+                checked = {c: r for c in cameras if (r := regions.get(c, self._regions_of(c))) is not None}
+                changes.update(self.links.load_views(bundle, cameras, thresholds,
+                                                     **({"regions": checked} if checked else {})))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
             _close_loaded(changes.values())   # the bundles loaded before the failure: no camera runs them
             self._swap_failed(bundles, exc)
             return
+        changes = {c: change if c not in regions else replace(change, regions=regions[c])
+                   for c, change in changes.items()}
         with self._switching:
             if not self._stopped(bundles, changes.values()):
                 self._switch_views(changes, bundles, who)
@@ -530,16 +554,27 @@ class StationActions:
         return self.links.camera_bundles(station_file)
 
     def reload_cameras(self, who: str) -> dict:
-        """Several cameras: load every camera's bundle and threshold as the station file names them now (the
-        camera's own or the station's; without a station file, the bundles the cameras run, at the thresholds
-        the station started with), each camera through its own decider."""
+        """Several cameras: load every camera's bundle, threshold and ``regions:`` as the station file names them now
+        (the camera's own or the station's; without a station file, the bundles the cameras run, at the thresholds
+        the station started with, regions kept), each camera through its own decider."""
         named = self._camera_bundles(self.station_file)   # no file: as the station started
         if self.station_file is None:   # each camera's bundle as it runs now (swaps included), reloaded in place
-            named = [replace(c, bundle=self.feed.camera_bundles.get(c.camera, c.bundle)) for c in named]
+            named = [replace(c, bundle=self.feed.camera_bundles.get(c.camera, c.bundle), regions=None) for c in named]
         plan: dict[Path, tuple[str, ...]] = {}
         for c in named:
             plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
-        return self.swap_cameras(plan, who, {c.camera: c.threshold for c in named})
+        return self.swap_cameras(plan, who, {c.camera: c.threshold for c in named},
+                                 {c.camera: c.regions for c in named if c.regions is not None})
+
+    def _regions_of(self, camera: str):
+        """The ``regions:`` settings ``camera``'s decider judges with (``regions_in_force``)."""
+        return regions_in_force(self._decider(camera))
+
+    def _show_zones(self, outlines: list) -> None:
+        """Draw these zone outlines ((K, 2) int32 frame points each) on the live page and the NG images from now on."""
+        self.feed.show_zones(outlines)
+        if self.feed.recorder is not None:
+            self.feed.recorder.show_zones(outlines)
 
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
@@ -558,6 +593,18 @@ class StationActions:
         if self.feed.inspector is None:
             raise StationStarting("the station is still starting (no inspector yet); try again in a moment")
         return self.feed.inspector
+
+
+def regions_in_force(decider):
+    """The ``regions:`` settings (``station.zones.RegionSettings``) ``decider`` (an inspector or a camera's
+    ``ViewDecider``) judges with, or will once its pending change is taken; None when it judges no regions (a swap
+    then keeps them off, so nothing is to be checked)."""
+    switch = getattr(decider, "switch", None)
+    pending = getattr(switch, "pending", None)
+    if pending is not None and pending.regions is not None:
+        return pending.regions if pending.regions.enabled else None
+    judge = getattr(decider, "regions", None)   # a stand-in decider without regions judges none
+    return None if judge is None else judge.settings
 
 
 def _reference(change: ModelChange) -> Reference:

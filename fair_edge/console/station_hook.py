@@ -7,7 +7,8 @@ and calls, by name: ``observe`` (a verdict callback), ``attach`` (once the inspe
 server runs only when ``console.enabled``. A station of several cameras (``run_cell``) also calls
 ``attach_cell`` (its counters and each camera's bundle) and ``observe_part`` (a part row, from
 ``CellLine.on_part``); each of its cameras has its own drift watch, and any camera in alarm holds the
-fault output, named.
+fault output, named. ``keep_flags`` (``fair-edge run``) hands in the command-line flags a reload applies over
+the station file it re-reads (``ReloadFlags``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from fair_edge.console.actions import StationActions, StationLinks, StationStopping, SwapBusy
+from fair_edge.console.actions import (CameraBundle, StationActions, StationLinks, StationStarting,
+                                      StationStopping, SwapBusy)
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer
@@ -29,6 +33,27 @@ RELOAD_JOIN_S = 2.0   # how long close() waits for a reload in progress to read 
 # how long close() waits for a bundle loading on the swap thread (``auto`` times its backends for seconds; a TensorRT
 # engine deserializes for seconds), s: a backend left in native code at the interpreter's exit aborts the process
 SWAP_JOIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class ReloadFlags:
+    """The command-line flags (``fair-edge run``) that override the station file, as a reload applies them over the
+    file it re-reads; None: not given (the file's). bundle (--bundle): loaded instead of the file's ``bundle:`` (with
+    several cameras: by every camera that names no bundle of its own). threshold (--threshold): instead of the
+    file's ``decision.threshold`` (several cameras: for every camera that sets no threshold of its own), until a
+    threshold applied from the console is in force: see ``StationConsole.reload_bundle``. backend (--backend) and
+    roi (--roi): a reload loads with the backend and ROI the station started with whatever the file says now, so
+    these stay in force anyway; they are only named in the reload's log line."""
+
+    bundle: Path | None = None
+    threshold: float | None = None
+    backend: str | None = None
+    roi: Path | None = None
+
+    def words(self) -> list[str]:
+        """The flags given that a reload does not read the file for, as the log names them ("--backend tensorrt")."""
+        return [f"--{name} {value} (kept from the start)" for name, value in (("backend", self.backend),
+                                                                               ("roi", self.roi)) if value is not None]
 
 
 class StationConsole:
@@ -54,8 +79,10 @@ class StationConsole:
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
-        # the station's own threshold (file or command line), what SIGHUP without a file keeps; None = the bundle's
+        # the station's own threshold (file or command line); None = the bundle's. SIGHUP without a file keeps the
+        # threshold in force when the station has its own, else reloads at the bundle's
         self.start_threshold = getattr(cfg, "threshold", None)
+        self.flags = ReloadFlags()   # what a reload applies over the station file it re-reads (``keep_flags``)
         self._reload_wanted: str | None = None   # who asked for a reload not yet begun (``request_reload``)
         self._reloader: threading.Thread | None = None
         self._closed = threading.Event()
@@ -74,6 +101,11 @@ class StationConsole:
                           self.server.settings.host, exc)
                 self.server = None
         return self
+
+    def keep_flags(self, flags: ReloadFlags) -> None:
+        """Keep the command-line flags that override the station file in force across reloads (``ReloadFlags``):
+        ``fair-edge run`` applied them once, over the file as it read it at the start."""
+        self.flags = flags
 
     @property
     def url(self) -> str:
@@ -105,11 +137,18 @@ class StationConsole:
             self.reload_bundle(who)
 
     def reload_bundle(self, who: str = "SIGHUP") -> None:
-        """Swap to the bundle and threshold the station file names now (re-read: a threshold applied from the
-        console and written there is kept), else reload the current bundle folder (rebuilt in place) at the
-        threshold the station started with. Several cameras: every camera's bundle and threshold as the file
-        names them now (its own, else the station's), each camera switching through its own decider. Reads the
-        station file in the calling thread, then returns; the load runs in a thread. The file is read and the swap
+        """Swap to the bundle, threshold and ``regions:`` (rules, zones, scale) the station file names now (re-read: a
+        threshold applied from the console and written there is kept; the regions go with the bundle, each change
+        logged), with the command-line flags (``keep_flags``) over it as at the start, named in one log line: --bundle
+        instead of the file's bundle, --threshold instead of its threshold, until an operator applies a threshold from
+        the console. That one is written to the file: a reload that finds the file's threshold in force (and not the
+        flag's) keeps it, and the flag's hold on the threshold ends there (later reloads take the file's). Without a
+        station file: reload the current bundle folder (rebuilt in place), regions kept, at the threshold in force when
+        the station has its own (--threshold, or one applied since), else at the bundle's. Several cameras: every
+        camera's bundle, threshold and regions as the file names them now (its own, else the station's or the flag's),
+        each camera switching through its own decider; a threshold applied to a camera is written as its own, which
+        the flag does not override. Reads the station file in the calling thread, then returns; the load runs in a
+        thread. The file is read and the swap
         started under ``actions.lock``, and no threshold is applied while it loads: a threshold applied from the
         console is either in the file this reads or refused until the reloaded bundle runs. A bundle swap
         loading already (the console's, started first) puts the reload back as requested (``request_reload``):
@@ -131,17 +170,74 @@ class StationConsole:
     def _reload(self, who: str) -> None:
         """``reload_bundle``'s read of the station file and start of the swap (the caller holds ``actions.lock``)."""
         if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
+            self._reload_cameras(who)
+            return
+        if self.station_file is None:   # the bundle folder in force rebuilt in place, regions kept
+            kept = None if self.start_threshold is None else threshold_in_force(self._inspector())
+            self.actions.swap(str(self.feed.bundle_path), who, threshold=kept)
+            return
+        now = self._read_station_file()   # a regions: section that does not load refuses the reload
+        threshold, threshold_words = self._threshold_over(now.threshold)
+        path = self.flags.bundle or now.bundle or self.feed.bundle_path
+        bundle_words = [] if self.flags.bundle is None else [
+            f"--bundle {self.flags.bundle} over the station file's {now.bundle or '(none)'}"]
+        self._log_flags(who, bundle_words + threshold_words)
+        self.actions.swap(str(path), who, threshold=threshold, regions=now.regions)
+
+    def _read_station_file(self):
+        """The station file's settings now (``StationLinks.load_station``: ConfigError for one that does not load)."""
+        load_station = self.actions.links.load_station
+        if load_station is None:
+            raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader was given)")
+        return load_station(self.station_file)
+
+    def _threshold_over(self, file_threshold: float | None) -> tuple[float | None, list[str]]:
+        """One camera: the threshold a reload runs with (None: the bundle's) and the log's words on --threshold. The
+        flag's, over ``file_threshold`` (the file's ``decision.threshold`` now); but when the threshold in force is
+        the file's and not the flag's, an operator applied it from the console (which writes it there): it is kept,
+        and the flag no longer overrides the file's threshold (this reload and the later ones)."""
+        flag = self.flags.threshold
+        if flag is None:
+            return file_threshold, []
+        if file_threshold is not None and file_threshold == threshold_in_force(self._inspector()) != flag:
+            self.flags = replace(self.flags, threshold=None)
+            return file_threshold, [f"--threshold {flag:.6g} no longer: the station file's {file_threshold:.6g}, "
+                                    "applied from the console, is in force and kept"]
+        return flag, [f"--threshold {flag:.6g} over the station file's {_threshold_text(file_threshold)}"]
+
+    def _reload_cameras(self, who: str) -> None:
+        """Several cameras: ``actions.reload_cameras``, with --bundle for each camera that names no bundle of its own
+        and --threshold for each that sets no threshold of its own in the station file now."""
+        if self.station_file is None or (self.flags.bundle is None and self.flags.threshold is None):
+            if self.station_file is not None:
+                self._log_flags(who, [])
             self.actions.reload_cameras(who)
             return
-        path, threshold = self.feed.bundle_path, self.start_threshold
-        if self.station_file is not None:
-            load_station = self.actions.links.load_station
-            if load_station is None:
-                raise ConfigError(f"cannot re-read the station file {self.station_file} (no station loader was "
-                                  "given)")
-            now = load_station(self.station_file)
-            path, threshold = now.bundle or path, now.threshold
-        self.actions.swap(str(path), who, threshold=threshold)
+        camera_bundles = self.actions.links.camera_bundles
+        if camera_bundles is None:
+            raise ConfigError("this station cannot tell which bundle each camera runs (no loader was given)")
+        named = camera_bundles(self.station_file)   # ConfigError when it names other cameras
+        own_threshold = {view.name: view.threshold is not None for view in self._read_station_file().cameras}
+        if set(own_threshold) != {c.camera for c in named}:
+            raise ConfigError(f"{self.station_file}: its cameras changed while the reload read it (expected "
+                              f"{', '.join(c.camera for c in named)}, found {', '.join(own_threshold) or 'none'}); "
+                              "send the reload again")
+        flagged = [flags_over_camera(c, self.flags, own_threshold[c.camera]) for c in named]
+        self._log_flags(who, camera_flag_words(self.flags, named, own_threshold))
+        self.actions.swap_cameras(swap_plan(flagged), who, {c.camera: c.threshold for c in flagged},
+                                  {c.camera: c.regions for c in flagged if c.regions is not None})
+
+    def _inspector(self):
+        """The inspector (one camera: what decides, ``threshold_in_force``); StationStarting before ``attach``."""
+        if self.feed.inspector is None:
+            raise StationStarting("the station is still starting (no inspector yet); reload again in a moment")
+        return self.feed.inspector
+
+    def _log_flags(self, who: str, words: list[str]) -> None:
+        """One log line naming the command-line flags that still override the station file (none given: no line)."""
+        words = words + self.flags.words()
+        if words:
+            log.warning("bundle reload (%s): flags given on the command line: %s", who, "; ".join(words))
 
     def observe(self, frame, verdict, anomaly_map) -> None:
         self.feed.observe(frame, verdict, anomaly_map)
@@ -211,3 +307,47 @@ class StationConsole:
 def _drift_values(state) -> dict[str, float]:
     """A ``DriftState`` as metric values: psi (-1 while there is no value), alarm (0 / 1), parts."""
     return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}
+
+
+def threshold_in_force(decider) -> float:
+    """The threshold ``decider`` (an inspector, or a camera's ``ViewDecider``) decides with, or will from its next
+    batch: the one its switch holds for it (an apply or a swap not yet taken), else its own."""
+    pending = decider.switch.pending
+    return pending.threshold if pending is not None and pending.threshold is not None else decider.threshold
+
+
+def flags_over_camera(named: CameraBundle, flags: ReloadFlags, own_threshold: bool) -> CameraBundle:
+    """One camera of several as a reload loads it: ``named`` (its bundle and threshold as the station file names them
+    now) with --bundle when it names no bundle of its own, and --threshold when it sets no threshold of its own
+    (``own_threshold``: its ``cameras[].threshold`` is set; the console writes an applied threshold there)."""
+    bundle = flags.bundle if flags.bundle is not None and not named.own else named.bundle
+    threshold = flags.threshold if flags.threshold is not None and not own_threshold else named.threshold
+    return replace(named, bundle=bundle, threshold=threshold)
+
+
+def camera_flag_words(flags: ReloadFlags, named, own_threshold: dict[str, bool]) -> list[str]:
+    """The log's words on --bundle / --threshold in a reload of several cameras: each flag given, over the station
+    file's values, and the cameras it applies to (those naming no bundle / threshold of their own)."""
+    words = []
+    if flags.bundle is not None:
+        cameras = ", ".join(c.camera for c in named if not c.own) or "none (each names its own)"
+        words.append(f"--bundle {flags.bundle} over the station file's, for cameras {cameras}")
+    if flags.threshold is not None:
+        cameras = ", ".join(c.camera for c in named if not own_threshold[c.camera]) or "none (each sets its own)"
+        words.append(f"--threshold {flags.threshold:.6g} over the station file's, for cameras {cameras}")
+    return words
+
+
+def swap_plan(named) -> dict[Path, tuple[str, ...]]:
+    """bundle -> the cameras to run it, in the station file's order, for ``actions.swap_cameras``: one load per
+    bundle (``named``: each camera's ``CameraBundle``)."""
+    plan: dict[Path, tuple[str, ...]] = {}
+    for c in named:
+        plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
+    return plan
+
+
+def _threshold_text(threshold: float | None) -> str:
+    """A station file's threshold for the log: the value, or what None means."""
+    return "(none: the bundle's)" if threshold is None else f"{threshold:.6g}"
+

@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,7 +56,9 @@ class ModelChange:
     max(map x ROI): ``station.decision``), whose distribution the console's drift watch and tuning use;
     None = none in the station's units. grid: (h, w) of the maps the new model's calibrated threshold came from
     (``DecisionThreshold.grid``; None = not checked). map_area: the frame rectangle the new model's map covers
-    (a tiled bundle's ``tiling.roi``; None = the whole frame)."""
+    (a tiled bundle's ``tiling.roi``; None = the whole frame). regions: the station's ``regions:`` settings
+    (``station.zones.RegionSettings``) the camera judges regions by from then on, as a SIGHUP reload re-read them;
+    None = keep the ones in force (a console swap)."""
 
     scorer: FrameScorer | None = None
     threshold: float | None = None
@@ -66,6 +68,7 @@ class ModelChange:
     calibration: Threshold | None = None
     grid: tuple[int, int] | None = None
     map_area: tuple[int, ...] | None = None
+    regions: Any = None
 
 
 class ModelSwitch:
@@ -119,12 +122,15 @@ class ModelSwitch:
 
 
 def _merge(old: ModelChange | None, new: ModelChange) -> ModelChange:
+    """``new`` requested while ``old`` waits: a new model replaces the old one's fields, a threshold only that;
+    re-read regions settings are kept unless ``new`` brings its own."""
     if old is None:
         return new
+    regions = new.regions if new.regions is not None else old.regions
     if new.scorer is not None:
-        return new
+        return replace(new, regions=regions)
     return ModelChange(old.scorer, new.threshold if new.threshold is not None else old.threshold,
-                       old.roi, old.model, old.bundle, old.calibration, old.grid, old.map_area)
+                       old.roi, old.model, old.bundle, old.calibration, old.grid, old.map_area, regions)
 
 
 def retire_unused(candidates: list[FrameScorer], in_use: list[FrameScorer | None]) -> list[FrameScorer]:

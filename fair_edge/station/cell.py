@@ -50,6 +50,10 @@ from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, f
 log = logging.getLogger(__name__)
 
 NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a part waits this long for its views
+# group.part_timeout_ms unset, reject.delay_ms timing: a part closes this long before its due time (half the delay
+# when that is shorter), so it is decided before the gate's cut-off (line.scheduler.DISPATCH_LEAD_S, 3 ms before the
+# due time) even when the loop sweeps it late: every iteration sweeps, and an idle one waits 50 ms for frames
+PART_CLOSE_MARGIN_S = 0.1
 
 
 def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
@@ -58,7 +62,9 @@ def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
 
 
 def part_timeout_s(cfg: StationConfig) -> float:
-    """How long a part waits for its views: ``group.part_timeout_ms``, else until its due time at the gate."""
+    """How long a part waits for its views, s: ``group.part_timeout_ms``, else until ``PART_CLOSE_MARGIN_S`` (at most
+    half of ``reject.delay_ms``) before its due time at the gate, so a view missing then is the gate's fail-safe
+    decision; with the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
         if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
@@ -71,7 +77,8 @@ def part_timeout_s(cfg: StationConfig) -> float:
                               "part out first; lower part_timeout_ms or leave it unset.")
         return timeout
     if cfg.reject.sinks and cfg.reject.encoder_distance is None:
-        return cfg.reject.delay_ms / 1000.0
+        delay = cfg.reject.delay_ms / 1000.0
+        return delay - min(PART_CLOSE_MARGIN_S, delay / 2)
     if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
         return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
     return NO_GATE_TIMEOUT_S
@@ -133,16 +140,21 @@ class CellLine:
     part_listeners: list = dataclasses.field(default_factory=list)   # also told of every part (the console)
 
     def hooks(self, name: str) -> dict[str, Callable[[Frame], None]]:
-        """One camera's capture hooks: its part (or lane) is noted at capture; drops are logged, named."""
+        """One camera's capture hooks: its part (or lane) is noted at capture; drops are logged, named, with their
+        part. A frame taken for a part already decided (NG by its other views) lets go of its PLC ticket: the
+        part's answer went out without it."""
         def on_capture(frame: Frame) -> None:
             if self.assembler is not None:
-                self.assembler.on_capture(name, frame)
+                part = self.assembler.on_capture(name, frame)
+                if self.triggers is not None and self.assembler.decided(part):
+                    self.triggers.ticket(name, frame.seq, forget=True)
             elif name in self.lanes:
                 self.lanes[name].note_capture(frame.seq, frame.t_capture)
 
         def on_drop(frame: Frame) -> None:
             self.count(name, "dropped")
-            self.line.on_drop(dataclasses.replace(frame, camera=name))
+            part = None if self.assembler is None else self.assembler.part_of(name, frame.seq)
+            self.line.on_drop(dataclasses.replace(frame, camera=name), None if part is None else {"part": part})
             if self.assembler is not None:
                 self.assembler.on_drop(name, frame)
 

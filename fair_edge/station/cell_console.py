@@ -23,16 +23,19 @@ class CellLoader:
 
     cfg: StationConfig
 
-    def load_views(self, bundle: Path, cameras: tuple[str, ...], thresholds: dict | None = None) -> dict:
+    def load_views(self, bundle: Path, cameras: tuple[str, ...], thresholds: dict | None = None,
+                   regions: dict | None = None) -> dict:
         """Open ``bundle`` once (one backend for these cameras) and each camera's ``ModelChange``: its ROI, and
         ``thresholds[camera]`` where given (not None), else the threshold by the station's rule (``load_change``:
-        with an ROI the ROI's own, else the bundle's)."""
+        with an ROI the ROI's own, else the bundle's). regions: camera -> the ``regions:`` settings to check the
+        bundle against (a reload's re-read ones, or those in force); the others: the camera's as the station started."""
         views = {v.name: v for v in self.cfg.cameras}
         unknown = [c for c in cameras if c not in views]
         if unknown:
             raise ConfigError(f"cameras: expected some of {', '.join(views)}, found {', '.join(unknown)}")
         loaded = read_bundle(bundle)
-        region_pixel_threshold(self.cfg.regions, loaded)   # rules cannot judge a bundle without one: refused
+        for name in cameras:   # rules (each camera's regions:) cannot judge a bundle without one: refused
+            region_pixel_threshold((regions or {}).get(name) or view_config(self.cfg, views[name]).regions, loaded)
         scorer = open_scorer(loaded, self.cfg.backend)
         try:
             return {name: change_for(loaded, scorer, load_roi(view_config(self.cfg, views[name]).roi, loaded),
@@ -53,11 +56,12 @@ class CellLoader:
                               f"found {', '.join(names) or 'none'}; restart the station to change its cameras")
         out = []
         for view in cfg.cameras:
-            seen = view_config(cfg, view)   # the camera's bundle and threshold, else the station's
+            seen = view_config(cfg, view)   # the camera's bundle, threshold and regions, else the station's
             if seen.bundle is None:
                 raise ConfigError(f"{station_file}: cameras ({view.name}): no bundle; set bundle: for the station "
                                   "or the camera")
-            out.append(CameraBundle(view.name, Path(seen.bundle), view.bundle is not None, seen.threshold))
+            out.append(CameraBundle(view.name, Path(seen.bundle), view.bundle is not None, seen.threshold,
+                                    seen.regions))
         return tuple(out)
 
 

@@ -14,6 +14,7 @@
     regions:  {enabled: true, pixel_threshold: null, mm_per_px: null, frame: null, default: {}, zones: []}
               # defect regions, camera scale, zones and their rules: fair_edge/station/zones.py
     cameras:  [{name: top, source: "0"}, {name: left, source: "1"}]   # instead of camera: several
+              # each may set its own bundle, roi, threshold and regions: (its keys over the station's regions:)
     group:    {by: part, match: window, window_ms: 30, rule: any}      # views of one part: station/views.py
 
 Every field is checked on load; an error names the field, the expected form and the value found.
@@ -119,19 +120,35 @@ def _with_home(data: Any, keys: tuple[str, ...]) -> Any:
     return {**data, **{key: expand_home(data[key]) for key in keys if key in data}}
 
 
+def _regions_with_home(regions: Any) -> Any:
+    """A ``regions:`` mapping with ``expand_home`` applied to each zone's mask; ``regions`` itself when it holds no
+    list of zones (its check refuses what is malformed, naming it)."""
+    if isinstance(regions, Mapping) and isinstance(regions.get("zones"), list):
+        return {**regions, "zones": [_with_home(zone, ("mask",)) for zone in regions["zones"]]}
+    return regions
+
+
+def _camera_with_home(view: Any) -> Any:
+    """One ``cameras:`` item with ``~`` expanded in source, bundle, roi and its regions' zone masks."""
+    out = _with_home(view, ("source", "bundle", "roi"))
+    if isinstance(out, Mapping) and "regions" in out:
+        out = {**out, "regions": _regions_with_home(out["regions"])}
+    return out
+
+
 def home_expanded(d: Mapping[str, Any]) -> dict[str, Any]:
     """The station file's top-level mapping with ``~`` expanded in every path field, before any is read: bundle,
-    output, decision.roi, record.dir, camera.source (a folder or video), cameras[i].source / bundle / roi and
-    regions.zones[i].mask. Without it ``output: ~/station_out`` wrote into a folder named ``~`` in the current one."""
+    output, decision.roi, record.dir, camera.source (a folder or video), cameras[i].source / bundle / roi /
+    regions.zones[j].mask and regions.zones[i].mask. Without it ``output: ~/station_out`` wrote into a folder named
+    ``~`` in the current one."""
     out = _with_home(d, ("bundle", "output"))
     for section, keys in (("decision", ("roi",)), ("record", ("dir",)), ("camera", ("source",))):
         if section in out:
             out[section] = _with_home(out[section], keys)
     if isinstance(out.get("cameras"), list):
-        out["cameras"] = [_with_home(view, ("source", "bundle", "roi")) for view in out["cameras"]]
-    regions = out.get("regions")
-    if isinstance(regions, Mapping) and isinstance(regions.get("zones"), list):
-        out["regions"] = {**regions, "zones": [_with_home(zone, ("mask",)) for zone in regions["zones"]]}
+        out["cameras"] = [_camera_with_home(view) for view in out["cameras"]]
+    if "regions" in out:
+        out["regions"] = _regions_with_home(out["regions"])
     return out
 
 
@@ -187,7 +204,7 @@ class StationConfig:
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
             console=ConsoleSettings.from_dict(d.get("console")),
             regions=RegionSettings.from_dict(d.get("regions")),
-            cameras=() if d.get("cameras") is None else parse_views(d["cameras"], FULL_POLICIES),
+            cameras=() if d.get("cameras") is None else parse_views(d["cameras"], FULL_POLICIES, d.get("regions")),
             group=GroupSettings.from_dict(d.get("group")),
         ).checked()
 
@@ -245,9 +262,10 @@ def load_station(path: str | Path) -> StationConfig:
 
 
 def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
-    """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold
-    where it sets them."""
+    """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold /
+    regions where it sets them (its ``regions:`` already holds the station's keys it does not set)."""
     camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
     threshold = cfg.threshold if view.threshold is None else view.threshold
+    regions = cfg.regions if view.regions is None else view.regions
     return replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle, roi=view.roi or cfg.roi,
-                   threshold=threshold)
+                   threshold=threshold, regions=regions)

@@ -38,11 +38,12 @@ SECTION_NOTES = {
                "frame: [width, height]; default: rules outside every zone; zones: [{name, polygon or mask, "
                "min_area_mm2, min_length_mm, min_area_px, min_length_px, max_count, ignore}]; fair_edge/station/zones.py",
     "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, bundle, roi, "
-               "threshold, reject, offset_counts}]; bundle / roi / threshold null = the station's; reject: the "
+               "threshold, regions, reject, offset_counts}]; bundle / roi / threshold / regions null = the station's; "
+               "regions: its keys over the station's regions: (zones of another frame: its own); reject: the "
                "camera's own outputs (by: lane); fair_edge/station/views.py",
     "group": f"with cameras: by: {' | '.join(GROUP_BY)} (the views of one part, or one line per camera); match: "
              f"{' | '.join(MATCH_MODES)} (handshake: the PLC's part id, with reject.handshake); rule: any | "
-             "count>=K (NG views for an NG part); part_timeout_ms null = until the part's due time",
+             "count>=K (NG views for an NG part); part_timeout_ms null = 100 ms before the part's due time (half of reject.delay_ms when shorter; with the PLC handshake half of its result_timeout_ms, at most 1 s; with neither, 1 s)",
 }
 
 

@@ -14,6 +14,10 @@ Fail-safe rules (documented in the README):
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
   model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
   unless region rules decide the verdict;
+- a frame whose defect regions cannot be judged (zones drawn for another frame size, ``regions.frame``; or judging
+  failed) is counted (``region_errors``) and logged (a size once per camera and frame size); when region rules
+  decide the verdict it is a frame the station cannot judge: NG with ``error`` set (the reject gate's
+  ``fail_safe`` decides its part), else its score decides, without regions;
 - stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
   queued are inspected, then the summary is returned.
 """
@@ -39,6 +43,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict, json_file_text
+from fair_edge.station.zones import judge_for_bundle, settings_change
 from fair_edge.tiling import FrameTiler, TilingConfig, place_on_frame
 
 if TYPE_CHECKING:  # typing only: the loop needs no backend or camera code to import
@@ -168,7 +173,9 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
-    region_errors: frames whose defect-region judging failed unexpectedly (a bug, logged): decided NG, fail-safe.
+    region_errors: frames whose defect regions could not be judged: of another size than the zones were drawn for
+    (``regions.frame``; logged once per camera and frame size) or judging failed unexpectedly (a bug, logged); NG
+    with ``error`` set when region rules decide (fail-safe), else decided by their score without regions.
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
     latency: p50_ms / p99_ms / max_ms of capture -> verdict over the run (``LatencyStats.percentiles``): each None
@@ -229,6 +236,24 @@ def unusable_output(anomaly_map: np.ndarray, score: float) -> str:
         what = f"an anomaly map holding {low}"
     return (f"the backend returned {what} (expected finite numbers; a broken output such as an FP16 overflow or a "
             "corrupt engine). Try another backend (`fair-edge run --backend`) or rebuild the bundle")
+
+
+def _on_camera(name: str) -> str:
+    """' on camera NAME' for a log line about one camera's decider; '' for a station's one camera."""
+    return f" on camera {name}" if name else ""
+
+
+def _of_camera(name: str) -> str:
+    """' of camera NAME' for a log line about one camera's frame; '' for a station's one camera."""
+    return f" of camera {name}" if name else ""
+
+
+def _region_error_outcome(decider: ViewDecider) -> str:
+    """What becomes of a frame whose regions cannot be judged (the fail-safe rule in the module doc)."""
+    if decider.regions is not None and decider.regions.decides:
+        return ("region rules decide this camera's verdicts, so each such frame is NG with this error, not inspected "
+                "(fail-safe: the reject gate's fail_safe decides its part)")
+    return "regions only report on this camera, so each such frame is decided by its score, without regions"
 
 
 def frame_tilers(scorer: FrameScorer) -> list[FrameTiler]:
@@ -372,6 +397,8 @@ class Inspector:
         self.latency = LatencyStats()
         self.summary = RunSummary(backend=scorer.reason)
         self._consecutive_errors = 0
+        # (camera, frame (H, W), regions.frame) whose zone size mismatch was logged: once each, again after a reload
+        self._zone_sizes_logged: set[tuple[str, tuple[int, int], tuple[int, int] | None]] = set()
 
     # the default view's decision (one camera: the station's), as the console reads and changes it
     scorer = property(lambda self: self.decider.scorer)
@@ -405,23 +432,40 @@ class Inspector:
 
     # ------------------------------------------------------------------ one batch
     def _judge_regions(self, decider: ViewDecider, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
-        """(regions, rule hits, error) of one scored frame; the map is ROI-weighted like its score."""
+        """(regions, rule hits, why they could not be judged or '') of one scored frame; the map is ROI-weighted like
+        its score. A frame they cannot be judged on is counted (``region_errors``) and logged."""
         amap = anomaly_map if decider.roi is None else anomaly_map * decider.roi_on(anomaly_map.shape)
         try:
             return (*decider.regions.judge(frame.image.shape[:2], amap), "")
-        except ConfigError as exc:   # e.g. a frame of another size than the zones: fail safe (NG)
+        except ConfigError as exc:   # a frame of another size than the zones were drawn for
+            self.summary.region_errors += 1
+            self._log_zone_size(decider, frame, exc)
             return (), (), f"regions: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug in judging must not end the run: fail safe (NG), logged
-            log.error("regions: judging frame %d failed (%s: %s); the part is decided fail-safe (NG)", frame.seq,
-                      type(exc).__name__, exc, exc_info=not self.summary.region_errors)
+            log.error("regions: judging frame %d%s failed (%s: %s); %s", frame.seq, _of_camera(frame.camera),
+                      type(exc).__name__, exc, _region_error_outcome(decider), exc_info=not self.summary.region_errors)
             self.summary.region_errors += 1
             return (), (), f"regions: judging failed: {type(exc).__name__}: {exc}"
+
+    def _log_zone_size(self, decider: ViewDecider, frame: Frame, exc: ConfigError) -> None:
+        """Log a frame size the zones were not drawn for, as an error, once per camera, frame size and zone frame
+        (every such frame is counted in ``region_errors``; a reload to other zones logs again)."""
+        key = (frame.camera, tuple(frame.image.shape[:2]), decider.regions.settings.frame)
+        if key in self._zone_sizes_logged:
+            return
+        self._zone_sizes_logged.add(key)
+        where = f"camera {frame.camera}: " if frame.camera else ""
+        outcome = _region_error_outcome(decider)
+        log.error("%sregions cannot be judged on this camera's frames: %s. %s (counted in region_errors; logged once "
+                  "per camera and frame size)", where, exc, outcome[0].upper() + outcome[1:])
 
     def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
         decider = self.decider_for(frame)
         regions, hits = (), ()
         if decider.regions is not None and anomaly_map is not None and not error:
-            regions, hits, error = self._judge_regions(decider, frame, anomaly_map)
+            regions, hits, unjudged = self._judge_regions(decider, frame, anomaly_map)
+            if decider.regions.decides:   # rules cannot decide this frame: NG, not inspected (fail-safe)
+                error = unjudged
         if decider.regions is not None and decider.regions.decides and not error and score is not None:
             ng = bool(hits)
         else:
@@ -504,6 +548,14 @@ class Inspector:
         """Every camera's decider (the default one first; a cell's first camera may be both)."""
         return [self.decider, *self.views.values()]
 
+    def _named_deciders(self) -> list[tuple[str, ViewDecider]]:
+        """(camera name, decider) of every camera, each decider once: the views by name, and the default decider
+        as "" only when it is none of them (one camera; in a cell it is the first camera's view, named so)."""
+        named = list(self.views.items())
+        if not any(decider is self.decider for _, decider in named):
+            named.insert(0, ("", self.decider))
+        return named
+
     def _in_use(self) -> list[FrameScorer | None]:
         """The scorers a camera runs or a pending change holds: none of them may be closed."""
         return [s for d in self._deciders() for s in (d.scorer, d.switch.holds())]
@@ -515,7 +567,7 @@ class Inspector:
         still waiting holds it (a cell's cameras share one scorer per bundle)."""
         done: list[FrameScorer] = []
         taken = False
-        for name, decider in [("", self.decider), *self.views.items()]:
+        for name, decider in self._named_deciders():
             if decider.switch.pending is None:
                 continue
             taken = True
@@ -527,22 +579,40 @@ class Inspector:
                 self._swap_model(name, decider, change)
             if change.threshold is not None:
                 if decider.threshold != change.threshold:
-                    log.warning("threshold changed%s: %.6g -> %.6g", f" on camera {name}" if name else "",
-                                decider.threshold, change.threshold)
+                    log.warning("threshold changed%s: %.6g -> %.6g", _on_camera(name), decider.threshold,
+                                change.threshold)
                 decider.threshold = float(change.threshold)
         if taken:   # replaced scorers exist only while a change is pending: nothing to do on a batch without one
             self.retire_replaced(done)
 
     def _swap_model(self, name: str, decider: ViewDecider, change) -> None:
-        """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire)."""
+        """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire),
+        judging regions with the change's re-read ``regions:`` (a SIGHUP reload's; logged when they changed), else
+        with the rules in force, at the new bundle's pixel threshold and map area."""
         decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
         decider.grid, decider.map_area = change.grid, change.map_area
         if decider is self.decider:
             self.summary.backend = change.scorer.reason
-        if decider.regions is not None and change.bundle is not None:
-            decider.regions = decider.regions.for_bundle(change.bundle)   # its pixel threshold and tiling
-        log.warning("model swapped%s: now %s from %s", f" on camera {name}" if name else "", change.model,
+        log.warning("model swapped%s: now %s from %s", _on_camera(name), change.model,
                     getattr(change.bundle, "root", "?"))
+        if change.bundle is not None:
+            self._swap_regions(name, decider, change)
+
+    @staticmethod
+    def _swap_regions(name: str, decider: ViewDecider, change) -> None:
+        """``decider``'s region judge for the swapped bundle: the change's ``regions`` settings (a reload's), else the
+        rules in force (none stay none); what changed in the settings is logged, naming the camera."""
+        old = decider.regions
+        if change.regions is None and old is None:
+            return
+        if old is None:
+            decider.regions = judge_for_bundle(change.regions, change.bundle, camera=name)
+        else:
+            decider.regions = old.for_bundle(change.bundle, change.regions, camera=name)   # its pixel threshold, tiling
+        if change.regions is not None:
+            what = settings_change(None if old is None else old.settings, change.regions)
+            if what:
+                log.warning("regions changed%s: %s", _on_camera(name), what)
 
     def retire_replaced(self, done: list[FrameScorer] | None = None) -> None:
         """Close ``done`` (scorers cameras stopped running) and the scorers of changes replaced before they ran,

@@ -4,14 +4,18 @@
 puts it into a part by the station's ``group.match`` rule (``fair_edge.station.views``); a new part is
 announced at once (``on_open``: the reject gate notes it at its first view's capture time, so it is
 decided at its due time whatever happens to its views). Each view's verdict (``on_verdict``) or drop
-(``on_drop``) is filed with its part. A part closes:
+(``on_drop``) is filed with its part. A part is decided once:
 
-- when every camera's view is inspected: NG when at least ``min_ng`` views are NG (``group.rule``),
-  else OK; its verdict goes to ``on_part`` with the part's row;
+- as soon as its inspected NG views reach ``min_ng`` (``group.rule``): NG, whatever its other views would say;
+  its verdict goes to ``on_part`` at once with the part's row, whose ``views`` name the views not in yet
+  ``{"missing": NOT_AWAITED}`` (not listed in ``missing``: they were not needed). The part stays open until its
+  other views are in or its time is up, so they still join it (no part of their own) and are not counted late;
+- when every camera's view is in: NG when at least ``min_ng`` views are NG, else OK; its verdict goes to
+  ``on_part`` with the part's row;
 - at ``t_open + timeout_s`` with views missing (a camera took no frame, a frame was dropped or not
-  inspected in time): NG unless the views it has already make it NG, *not inspected*; ``on_part``
-  gets no verdict for the gate (the gate rejects the part fail-safe at its due time, as it does a single
-  camera's part without a verdict) and a row naming the missing cameras;
+  inspected in time): NG, *not inspected*; ``on_part`` gets no verdict for the gate (the gate rejects the part
+  fail-safe at its due time, as it does a single camera's part without a verdict) and a row naming the
+  missing cameras;
 - ``close_all()`` at the end of a run closes the rest the same way.
 
 ``match: sequence`` after an outage: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
@@ -23,8 +27,9 @@ count that may be off.
 
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
-"ng_views", "missing", "rule"}``; ``score`` / ``camera``: the worst view's (highest score / threshold), which
-decided an NG part.
+"ng_views", "missing", "rule"}``; ``score`` / ``camera``: the deciding view's (``_deciding_view``): an NG part's
+worst NG view (highest score / threshold), the one that decided it; an OK part's worst view; None for a part
+NG only because views are missing (no view decided it: ``missing`` names them).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from fair_edge.station.views import GroupSettings
 log = logging.getLogger(__name__)
 
 CLOSED_MEMORY = 4096   # closed parts remembered, so a view coming after its part closed is recognised
+NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
 
 
@@ -56,6 +62,13 @@ class _Part:
     seqs: dict[str, int] = field(default_factory=dict)            # camera -> its frame's seq
     verdicts: dict[str, Verdict] = field(default_factory=dict)    # camera -> its view's verdict
     dropped: dict[str, str] = field(default_factory=dict)         # camera -> why its frame was not inspected
+    decided: bool = False   # its verdict is out (NG by the views before the rest): it closes without another
+
+    def in_hand(self) -> "_Part":
+        """A copy of the views so far (under the lock): a part decided while open is decided from this, as the
+        cameras' threads may file more views meanwhile."""
+        return _Part(self.part_id, self.t_open, self.key, self.t_close, dict(self.seqs), dict(self.verdicts),
+                     dict(self.dropped), self.decided)
 
 
 class PartAssembler:
@@ -121,8 +134,15 @@ class PartAssembler:
         with self._lock:
             return self._of.get((camera, seq), self._closed.get((camera, seq)))
 
+    def decided(self, part_id: int) -> bool:
+        """Whether the part's verdict is out: decided (NG by its views in hand) or closed."""
+        with self._lock:
+            part = self._open.get(part_id)
+            return part is None or part.decided
+
     def on_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: object = None) -> None:
-        """A view's verdict (the inspector's callback); closes the part when it was the last view."""
+        """A view's verdict (the inspector's callback); decides the part when it was the last view or its NG
+        views now reach the rule."""
         self._file(verdict.camera, verdict.seq, lambda part: part.verdicts.__setitem__(verdict.camera, verdict))
 
     def sweep(self, now: float | None = None) -> None:
@@ -133,7 +153,8 @@ class PartAssembler:
             for part in due:
                 self._forget(part)
         for part in due:
-            self._decide(part)
+            if not part.decided:
+                self._decide(part)
 
     def close_all(self) -> None:
         """End of run: close every open part as it stands."""
@@ -142,7 +163,8 @@ class PartAssembler:
             for part in parts:
                 self._forget(part)
         for part in parts:
-            self._decide(part)
+            if not part.decided:
+                self._decide(part)
 
     # ---- inside ----------------------------------------------------------------------------
     def _key(self, camera: str, frame: Frame) -> float:
@@ -213,8 +235,17 @@ class PartAssembler:
             complete = len(part.verdicts) + len(part.dropped) == len(self.cameras)
             if complete:
                 self._forget(part)
-        if complete:
-            self._decide(part)
+            early = not complete and not part.decided and self._ng_in_hand(part)
+            decide = not part.decided and (complete or early)
+            if decide:
+                part.decided = True
+                in_hand = part.in_hand() if early else part   # still open: other threads may file views
+        if decide:
+            self._decide(in_hand, early=early)
+
+    def _ng_in_hand(self, part: _Part) -> bool:
+        """Whether the part's inspected NG views already reach the rule: its other views cannot change it."""
+        return sum(1 for v in part.verdicts.values() if v.ng and not v.error) >= self.min_ng
 
     def _forget(self, part: _Part) -> None:
         """Move a part from open to closed (under the lock)."""
@@ -225,18 +256,20 @@ class PartAssembler:
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
 
-    def _decide(self, part: _Part) -> None:
+    def _decide(self, part: _Part, early: bool = False) -> None:
+        """Tell ``on_part`` the part's verdict (None when not inspected) and row. early: decided NG by its views in
+        hand, the others not in yet (``NOT_AWAITED``)."""
         inspected_views = {c: v for c, v in part.verdicts.items() if not v.error}
         ng_views = [c for c in self.cameras if c in inspected_views and inspected_views[c].ng]
-        missing = {c: (f"not inspected: {part.verdicts[c].error}" if c in part.verdicts else
-                       part.dropped.get(c) or ("not inspected in time" if c in part.seqs else "no frame"))
-                   for c in self.cameras if c not in inspected_views}
+        absent = {c: _why_missing(part, c, early) for c in self.cameras if c not in inspected_views}
+        missing = {c: why for c, why in absent.items() if why != NOT_AWAITED}   # not awaited: not missing
         inspected = not missing or len(ng_views) >= self.min_ng
         ng = len(ng_views) >= self.min_ng or bool(missing)
-        worst = max(part.verdicts.values(), default=None, key=_badness)
+        decider = _deciding_view(inspected_views, ng_views, ng)
         row = {"kind": "part", "part": part.part_id, "t_capture": part.t_open, "ng": ng, "inspected": inspected,
-               "score": None if worst is None else worst.score, "camera": None if worst is None else worst.camera,
-               "views": {c: _view_row(part, c, missing.get(c)) for c in self.cameras},
+               "score": None if decider is None else decider.score,
+               "camera": None if decider is None else decider.camera,
+               "views": {c: _view_row(part, c, absent.get(c)) for c in self.cameras},
                "ng_views": ng_views, "missing": sorted(missing), "rule": self.group.rule}
         reasons = [f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(
             f"{c} ({why})" for c, why in missing.items())] if missing else []
@@ -247,8 +280,7 @@ class PartAssembler:
         self.stats["ng" if ng else "ok"] += 1
         self.stats["not_inspected"] += int(not inspected)
         verdict = None   # not inspected: the gate gets no verdict and rejects the part fail-safe at its due time
-        if inspected:    # every view in, or enough NG views: the worst NG view decides an NG part (its regions too)
-            decider = max((part.verdicts[c] for c in ng_views), key=_badness) if ng_views else worst
+        if inspected:    # every view in, or enough NG views: the deciding view's regions decide an NG part too
             verdict = Verdict(part.part_id, part.t_open, decider.score, decider.threshold, ng, self.clock(),
                               decider.source, "", decider.model, decider.regions if ng else (),
                               decider.hits if ng else (), camera=decider.camera)
@@ -256,6 +288,28 @@ class PartAssembler:
             self.on_part(verdict, row)
         except Exception:   # a sink or log failure must not stop the parts
             log.exception("part %d: on_part failed", part.part_id)
+
+
+def _why_missing(part: _Part, camera: str, early: bool) -> str:
+    """Why a camera's view did not decide the part: its inspection failed, its frame was dropped, (early) it was
+    not in yet when the part was decided NG, or (at the part's close) it was not inspected in time or never taken."""
+    if camera in part.verdicts:
+        return f"not inspected: {part.verdicts[camera].error}"
+    if camera in part.dropped:
+        return part.dropped[camera]
+    if early:
+        return NOT_AWAITED
+    return "not inspected in time" if camera in part.seqs else "no frame"
+
+
+def _deciding_view(inspected_views: dict[str, Verdict], ng_views: list[str], ng: bool) -> Verdict | None:
+    """The view the part's row and verdict name: the worst NG view (highest score / threshold: the one that decided
+    an NG part), else for an OK part its worst view; None for a part NG only because views are missing."""
+    if ng_views:
+        return max((inspected_views[c] for c in ng_views), key=_badness)
+    if not ng:
+        return max(inspected_views.values(), key=_badness, default=None)
+    return None
 
 
 def _view_row(part: _Part, camera: str, missing: str | None) -> dict:

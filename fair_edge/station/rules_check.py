@@ -4,6 +4,8 @@ Every image is inspected as the station would (its bundle, backend, threshold, R
 section), so what each rule did can be read before the rules go on the line: per image the score,
 the regions, the verdict by score alone and by the rules, and the reasons; per rule how many images it
 rejected; on labelled images (a test set) how the rules change the caught and false-reject rates.
+A station of several cameras (``cameras:``) is checked one camera at a time (``camera_config``): that
+camera's bundle, ROI, threshold and regions, as the station inspects its frames.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
-from fair_edge.station.config import StationConfig
+from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.inspector import Inspector
 
 
@@ -76,12 +78,37 @@ def row(name: str, verdict: Verdict) -> dict:
             "reason": verdict.reason or verdict.error, "hits": [h.to_json_dict() for h in verdict.hits]}
 
 
+def camera_config(cfg: StationConfig, camera: str | None) -> StationConfig:
+    """The settings one camera of the station ``cfg`` inspects with: a one-camera station's own (``camera`` None),
+    or for a station of several cameras (``cameras:``) camera ``camera``'s (``view_config``: its bundle, ROI,
+    threshold and regions where it sets them, else the station's). ConfigError when a station of several cameras
+    names none or an unknown one, or a one-camera station names one."""
+    names = [view.name for view in cfg.cameras]
+    if not names:
+        if camera is not None:
+            raise ConfigError(f"--camera {camera}: the station file has one camera (camera:), not a cameras: list; "
+                              "leave --camera out.")
+        return cfg
+    if camera is None:
+        raise ConfigError(f"rules check: the station file has several cameras ({', '.join(names)}), each with its "
+                          "own bundle, ROI, threshold and regions; name the one to check with --camera, e.g. "
+                          f"--camera {names[0]}.")
+    if camera not in names:
+        raise ConfigError(f"--camera: expected one of the station file's cameras ({', '.join(names)}), found "
+                          f"{camera}.")
+    return view_config(cfg, cfg.cameras[names.index(camera)])
+
+
 def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | None = None) -> RulesReport:
     """Inspect ``frames`` ((name, (H, W, 3) uint8 BGR) or (name, image, label 0 normal / 1 defective) tuples)
-    with the station ``cfg``'s bundle and rules.
+    with the station ``cfg``'s bundle and rules: one camera's settings (a station of several cameras: pick one
+    with ``camera_config`` first).
 
     backend: overrides ``cfg.backend`` (None = the file's). Raises ConfigError when the station file has no
-    bundle or regions are off (``regions.enabled: false``, or a bundle without a pixel threshold)."""
+    bundle, has several cameras, or regions are off (``regions.enabled: false``, or a bundle without a pixel
+    threshold)."""
+    if cfg.cameras:
+        camera_config(cfg, None)   # names the cameras to choose from
     if cfg.bundle is None:
         raise ConfigError("rules check needs a bundle: set `bundle:` in the station file or pass --bundle.")
     bundle = read_bundle(cfg.bundle)

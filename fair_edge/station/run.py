@@ -238,19 +238,20 @@ class LineSide:
             hooks["on_capture"] = self.scheduler.on_capture
         return hooks
 
-    def on_drop(self, frame: Frame) -> None:
+    def on_drop(self, frame: Frame, extra: dict | None = None) -> None:
         """A frame the capture queue dropped: a row in the verdict log (and on MQTT), one more on
         ``fair_edge_dropped_total{stage="camera_queue"}``; its triggered part, if any, is answered NG
-        not inspected."""
-        self.recorder.record_dropped(frame)
+        not inspected. extra: fields added to its row (a cell's ``part``)."""
+        from fair_edge.line.recorder import dropped_row
+
+        row = {**dropped_row(frame), **(extra or {})}
+        self.recorder.record_row(row)
         if self.metrics is not None:
             self.metrics.count_drop(DROP_STAGE_QUEUE)
         if self.handshake is not None:
             self.handshake.on_drop(frame)
         if self.mqtt is not None:
-            from fair_edge.line.recorder import dropped_row
-
-            self.mqtt.publish_row(self.recorder.log_row(dropped_row(frame)))
+            self.mqtt.publish_row(self.recorder.log_row(row))
 
     def record_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
         """Verdict callback: the gate gets the verdict first, then the verdict log its row, and MQTT the same

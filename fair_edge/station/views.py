@@ -1,18 +1,25 @@
 """A station with several cameras: the ``cameras:`` list and the ``group:`` section of the station file.
 
     cameras:
-      - {name: top,  source: "genicam:Basler-123", bundle: runs/bundle-top}   # bundle / roi / threshold:
-      - {name: left, source: "1", roi: masks/left.png}                       #   the station's when absent
-      - {name: right, source: "2"}
+      - {name: top,  source: "genicam:Basler-123", bundle: runs/bundle-top}   # bundle / roi / threshold /
+      - {name: left, source: "1", roi: masks/left.png}                       #   regions: the station's when absent
+      - {name: right, source: "2", regions: {mm_per_px: 0.05}}               # its own scale, the station's rules
     group: {by: part, match: window, window_ms: 30, rule: any}
+
+A camera's ``regions:`` is the station's ``regions:`` with each key the camera gives replacing the station's
+(``camera_regions``): ``default:`` and ``zones:`` whole, and ``mm_per_px`` or ``scale`` the station's camera scale
+given either way; a key it leaves out is the station's. Zones are drawn on one frame size: a camera whose
+``frame:`` differs from the station's gives its own ``zones:`` (``zones: []`` for none), else the file is refused
+(keeping the station's zones would judge every frame of it as an error). A camera without ``regions:`` uses the
+station's whole: cameras of other frame sizes than ``regions.frame`` need their own when the station has zones.
 
 ``group.by``:
 - ``part``: the cameras see one part from several sides. Their frames are matched into parts
-  (``match``); the part is NG when its NG views reach the rule (``any`` = one NG view, ``count>=K``
-  = K of them); it is rejected once, at the part's due time (``reject:``: the first view's capture
-  time + ``delay_ms``, or the encoder distance). A view missing when the part closes
-  (``part_timeout_ms`` after its first view, at the latest its due time) makes it a fail-safe reject
-  that names the missing camera.
+  (``match``); the part is NG as soon as its NG views reach the rule (``any`` = one NG view, ``count>=K``
+  = K of them), without waiting for its other views; it is rejected once, at the part's due time (``reject:``:
+  the first view's capture time + ``delay_ms``, or the encoder distance). A view missing when the part closes
+  (``part_timeout_ms`` after its first view; unset: 100 ms before its due time, or half of ``delay_ms`` when
+  that is shorter) makes it a fail-safe reject at the gate that names the missing camera.
 - ``lane``: each camera watches its own lane and is a line of its own: its own parts, its own reject
   output (the camera's ``reject`` URLs), the station's reject timing.
 
@@ -35,17 +42,23 @@ into one inference call per frame size (``batching.max_batch``).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from fair_edge import fields as f
 from fair_edge.errors import ConfigError
+from fair_edge.station.zones import RegionSettings
 
 GROUP_BY = ("part", "lane")
 MATCH_MODES = ("window", "sequence", "encoder", "handshake")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 RULE = re.compile(r"^\s*count\s*>=\s*(\d+)\s*$")
+# the keys of a regions: section (RegionSettings' fields, and scale: the camera scale given by two points)
+REGION_KEYS = (*(field.name for field in dataclass_fields(RegionSettings)), "scale")
+SCALE_KEYS = ("mm_per_px", "scale")   # one camera scale, given either way
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,9 @@ class ViewSettings:
     loop, queue_size, full_policy: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
     this camera's model, region of interest and threshold; None = the station's. reject: this
     camera's reject output URLs (``group.by: lane`` only; a part station rejects through ``reject.sinks``).
-    offset_counts: belt counts from the first camera to this one (``match: encoder``).
+    offset_counts: belt counts from the first camera to this one (``match: encoder``). regions: this camera's
+    ``regions:`` (its scale, frame, zones and rules: the station's with the camera's keys over them,
+    ``camera_regions``); None = the station's.
     """
 
     name: str
@@ -70,12 +85,16 @@ class ViewSettings:
     threshold: float | None = None
     reject: tuple[str, ...] = ()
     offset_counts: int = 0
+    regions: RegionSettings | None = None
 
     @classmethod
-    def from_dict(cls, index: int, data: Any, full_policies: tuple[str, ...]) -> "ViewSettings":
+    def from_dict(cls, index: int, data: Any, full_policies: tuple[str, ...],
+                  station_regions: Any = None) -> "ViewSettings":
+        """station_regions: the station file's ``regions:`` mapping as written (None = left out), which the
+        camera's own ``regions:`` keys go over."""
         where = f"cameras[{index}]"
         d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "bundle",
-                                       "roi", "threshold", "reject", "offset_counts"])
+                                       "roi", "threshold", "reject", "offset_counts", "regions"])
         name = f.text(where, "name", d.get("name", f"cam{index}"))
         f.require(bool(NAME.match(name)), f"{where}.name", "1-32 letters, digits, '_' or '-'", name)
         f.require("source" in d, f"{where}.source", "a camera spec (index, URL, folder, genicam:...)", "nothing")
@@ -92,7 +111,50 @@ class ViewSettings:
             threshold=None if threshold is None else f.number(where, "threshold", threshold),
             reject=f.url_list(where, "reject", d.get("reject", [])),
             offset_counts=f.integer(where, "offset_counts", d.get("offset_counts", 0)),
+            regions=None if d.get("regions") is None else camera_regions(f"{where} ({name})", station_regions,
+                                                                          d["regions"]),
         )
+
+
+def camera_regions(where: str, station: Any, camera: Any) -> RegionSettings:
+    """One camera's ``regions:`` (``where``: ``cameras[i] (name)``, for errors): the station's ``regions:`` mapping
+    (``station``, as written; None = left out) with each key of the camera's mapping (``camera``) replacing the
+    station's: ``default:`` and ``zones:`` whole, ``mm_per_px`` or ``scale`` both of the station's (one camera
+    scale). Checked as the station's section is (``RegionSettings.from_dict``); a ConfigError names the camera."""
+    own = f.check_keys(f"{where}.regions", camera, REGION_KEYS)
+    shared = station if isinstance(station, Mapping) else {}
+    check_zone_frame(where, shared, own)
+    replaced = SCALE_KEYS if any(key in own for key in SCALE_KEYS) else ()
+    merged = {**{key: value for key, value in shared.items() if key not in replaced}, **own}
+    try:
+        return RegionSettings.from_dict(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}, its regions: over the station's: {exc}") from None
+
+
+def check_zone_frame(where: str, shared: Mapping[str, Any], own: Mapping[str, Any]) -> None:
+    """Zones are drawn on one frame size: a camera that sets its own ``regions.frame`` (``own``), other than the
+    station's (``shared``), cannot keep the station's zones (every frame of it would be an error). ConfigError
+    naming the camera, both sizes and the fix. Frames that are not [width, height] are left to the section's
+    own check."""
+    zones = shared.get("zones")
+    if "frame" not in own or "zones" in own or not isinstance(zones, list) or not zones:
+        return
+    frame, station_frame = frame_size(own["frame"]), frame_size(shared.get("frame"))
+    if frame is None or station_frame is None or frame == station_frame:
+        return
+    names = ", ".join(str(z.get("name")) for z in zones if isinstance(z, Mapping))
+    raise ConfigError(f"{where}.regions.frame: this camera's frames are {frame[0]} x {frame[1]}, but the station's "
+                      f"zones ({names}) were drawn on {station_frame[0]} x {station_frame[1]} frames "
+                      "(regions.frame), so every frame of it would be an error; give the camera its own zones: drawn "
+                      f"on its {frame[0]} x {frame[1]} frames (zones: [] for none), or fix its frame.")
+
+
+def frame_size(value: Any) -> tuple[int, int] | None:
+    """A ``regions.frame`` as written -> (width, height) px; None when it is not two positive integers."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(f.is_int(v) and v > 0 for v in value):
+        return int(value[0]), int(value[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -102,7 +164,8 @@ class GroupSettings:
     by: ``part`` or ``lane``. match: ``window``, ``sequence``, ``encoder`` or ``handshake``. window_ms: capture-time
     window of one part, ms. window_counts: encoder-count window of one part. rule: ``any`` or
     ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
-    = until its due time at the reject gate (``reject.delay_ms``), else 1000 ms.
+    = until 100 ms before its due time at the reject gate (``reject.delay_ms``; half of it when that is
+    shorter: ``station.cell.part_timeout_s``), with the PLC handshake half its result timeout, else 1000 ms.
     """
 
     by: str = "part"
@@ -140,11 +203,12 @@ class GroupSettings:
         return k
 
 
-def parse_views(data: Any, full_policies: tuple[str, ...]) -> tuple[ViewSettings, ...]:
-    """The ``cameras:`` list -> its views; ConfigError for an empty list or repeated names."""
+def parse_views(data: Any, full_policies: tuple[str, ...], station_regions: Any = None) -> tuple[ViewSettings, ...]:
+    """The ``cameras:`` list -> its views; ConfigError for an empty list or repeated names. station_regions: the
+    station file's ``regions:`` mapping as written, the base of each camera's own ``regions:``."""
     if not isinstance(data, list) or not data:
         raise ConfigError(f"cameras: expected a list of cameras ({{name, source, ...}} each), found {data!r}.")
-    views = tuple(ViewSettings.from_dict(i, item, full_policies) for i, item in enumerate(data))
+    views = tuple(ViewSettings.from_dict(i, item, full_policies, station_regions) for i, item in enumerate(data))
     names = [v.name for v in views]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

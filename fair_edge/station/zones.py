@@ -18,11 +18,16 @@ With any rule that can fire (a size limit or a count) the verdict is NG exactly 
 the frame could not be inspected); without one it is the score against the threshold, as before
 (an ``ignore`` zone alone changes no verdict: use ``decision.roi`` to mask the score), and regions
 are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
-A zone mask's pixels are read once, when the station file loads (a SIGHUP reload reads and checks them again).
+A zone mask's pixels are read once, when the station file loads. A SIGHUP reload reads and checks the whole section
+again (a section that does not load refuses the reload, naming it) and each camera takes it with its reloaded bundle
+(``RegionJudge.for_bundle``), the change logged (``settings_change``).
+A frame of another size than ``frame`` (zones set) cannot be judged: ``judge`` raises a ConfigError naming both
+sizes and the fix; the inspector logs it once per camera and frame size and counts it (``region_errors``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -122,6 +127,14 @@ class RegionSettings:
     def has_rules(self) -> bool:
         """True when a rule can fire: the rules then decide the verdict (an ignore zone alone does not)."""
         return self.default.fires or any(z.rules.fires for z in self.zones)
+
+    def outlines(self) -> list[np.ndarray]:
+        """Every zone's outline, (K, 2) int32 (x, y) frame pixels each (for NG images and the console); [] when
+        regions are off or there are no zones."""
+        if not self.enabled or not self.zones:
+            return []
+        hw = (self.frame[1], self.frame[0])
+        return [pts for zone in self.zones for pts in zone.outline(hw)]
 
     @classmethod
     def from_dict(cls, data: Any, base: Path | None = None) -> "RegionSettings":
@@ -256,18 +269,12 @@ class RegionJudge:
         self.settings, self.pixel_threshold, self.roi = settings, float(pixel_threshold), roi
         self._labels: np.ndarray | None = None   # (H, W) uint16 zone id per frame pixel, 0 = default
 
-    def for_bundle(self, bundle) -> "RegionJudge":
-        """The judge for a hot-swapped bundle (plain or fused): its calibrated pixel threshold and the frame
-        rectangle its map covers (``map_area``), unless the station file sets the pixel threshold; a bundle
-        without one keeps the current threshold (logged)."""
-        value = self.settings.pixel_threshold
-        if value is None:
-            calibrated = getattr(bundle, "pixel_threshold", None)
-            if calibrated is None:
-                log.warning("swapped bundle %s has no pixel threshold; regions keep %.6g", getattr(bundle, "root", "?"),
-                            self.pixel_threshold)
-            value = self.pixel_threshold if calibrated is None else calibrated.value
-        return RegionJudge(self.settings, value, bundle.map_area)   # a fused bundle's too (its members')
+    def for_bundle(self, bundle, settings: RegionSettings | None = None, camera: str = "") -> "RegionJudge | None":
+        """The judge for a hot-swapped bundle (plain or fused): these rules, or ``settings`` (the ``regions:`` a
+        SIGHUP reload re-read), with the bundle's calibrated pixel threshold and the frame rectangle its map covers
+        (``map_area``), unless the settings set the pixel threshold; a bundle without one keeps the current
+        threshold (logged, naming ``camera`` when given). None when ``settings`` turn regions off."""
+        return judge_for_bundle(self.settings if settings is None else settings, bundle, self.pixel_threshold, camera)
 
     @property
     def decides(self) -> bool:
@@ -276,10 +283,7 @@ class RegionJudge:
 
     def outlines(self) -> list[np.ndarray]:
         """Every zone's outline, (K, 2) int32 (x, y) frame pixels each (for NG images and the console)."""
-        if not self.settings.zones:
-            return []
-        hw = (self.settings.frame[1], self.settings.frame[0])
-        return [pts for zone in self.settings.zones for pts in zone.outline(hw)]
+        return self.settings.outlines()
 
     def zone_labels(self, frame_hw: tuple[int, int]) -> np.ndarray:
         """(H, W) uint16: the zone id of every frame pixel (first zone in file order wins; 0 = default; at most
@@ -296,8 +300,7 @@ class RegionJudge:
         Raises ConfigError when zones are set and the frame is not ``regions.frame`` in size."""
         s = self.settings
         if s.zones and (frame_hw[1], frame_hw[0]) != s.frame:
-            raise ConfigError(f"frame is {frame_hw[1]} x {frame_hw[0]} but the zones were drawn for "
-                              f"{s.frame[0]} x {s.frame[1]} (regions.frame); redraw them or fix the camera.")
+            raise ConfigError(zone_frame_mismatch(frame_hw, s.frame))
         geo = MapGeometry.of(frame_hw, anomaly_map.shape, self.roi)
         regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions,
                                   group=self._zone_of(frame_hw))
@@ -333,3 +336,73 @@ class RegionJudge:
             if rules.max_count is not None and len(mine) > rules.max_count:
                 hits.append(RuleHit("max_count", name, zone_id, float(len(mine)), float(rules.max_count), "regions"))
         return tuple(hits)
+
+
+def zone_frame_mismatch(frame_hw: tuple[int, int], zones_frame: tuple[int, int]) -> str:
+    """Why a frame of ``frame_hw`` (H, W) px cannot be judged by zones drawn on ``zones_frame`` (width, height)
+    frames (``regions.frame``): both sizes and the two fixes."""
+    (h, w), (zw, zh) = frame_hw, zones_frame
+    return (f"frame is {w} x {h} but the zones were drawn for {zw} x {zh} (regions.frame); expected {zw} x {zh} px "
+            f"frames, found {w} x {h}: set the camera back to {zw} x {zh} (binning, decimation or sensor ROI changed?), "
+            f"or redraw the zones on a {w} x {h} frame and set regions.frame: [{w}, {h}]")
+
+
+def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = None,
+                     camera: str = "") -> RegionJudge | None:
+    """The judge of ``settings`` for ``bundle`` (plain or fused; its ``map_area`` is the frame rectangle its map
+    covers): pixel threshold = the settings', else the bundle's calibrated one, else ``fallback`` (the one in force
+    before a swap; logged). None when the settings turn regions off, or when there is no pixel threshold at all
+    (logged, as at start: ``station.bundles.open_regions``). A loader refuses a bundle that rules cannot judge
+    before it gets here (``station.bundles.region_pixel_threshold``). camera: named in the logs ('' = one camera)."""
+    if not settings.enabled:
+        return None
+    value = settings.pixel_threshold
+    if value is None:
+        calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
+        value = calibrated.value if calibrated is not None else fallback
+        where = f" (camera {camera})" if camera else ""
+        if calibrated is None and value is not None:
+            log.warning("swapped bundle %s has no pixel threshold; regions%s keep %.6g", getattr(bundle, "root", "?"),
+                        where, value)
+        elif value is None:
+            log.warning("defect regions off%s: bundle %s has no calibrated pixel threshold; set "
+                        "regions.pixel_threshold or rebuild the bundle with `fair-edge build --normal "
+                        "HELD_OUT_NORMALS`", where, getattr(bundle, "root", "?"))
+            return None
+    return RegionJudge(settings, value, bundle.map_area)   # a fused bundle's too (its members')
+
+
+def settings_items(settings: RegionSettings | None) -> dict[str, str]:
+    """What a ``regions:`` section sets, as {what: value in words}, for ``settings_change``: {"regions": "off"}
+    when it is None or disabled. A mask zone's value names its file and a digest of the pixels read (a mask
+    redrawn under the same name is a change)."""
+    if settings is None or not settings.enabled:
+        return {"regions": "off"}
+    items = {"regions": "on", "pixel_threshold": "the bundle's" if settings.pixel_threshold is None
+             else f"{settings.pixel_threshold:g}",
+             "mm_per_px": "none" if settings.mm_per_px is None else f"{settings.mm_per_px:g}",
+             "frame": "none" if settings.frame is None else f"{settings.frame[0]} x {settings.frame[1]}",
+             "max_regions": str(settings.max_regions), "zones": ", ".join(z.name for z in settings.zones) or "none"}
+    for where, rules in [(DEFAULT_ZONE, settings.default), *((f"zone {z.name}", z.rules) for z in settings.zones)]:
+        items.update({f"{where} {key}": f"{limit:g}" for key, limit in rules.limits})
+        if rules.max_count is not None:
+            items[f"{where} max_count"] = str(rules.max_count)
+        if rules.ignore:
+            items[f"{where} ignore"] = "true"
+    for zone in settings.zones:
+        items[f"zone {zone.name} shape"] = (
+            "polygon " + " ".join(f"{x:g},{y:g}" for x, y in zone.polygon) if zone.polygon is not None
+            else f"mask {zone.mask} #{hashlib.sha256(np.packbits(zone.mask_pixels).tobytes()).hexdigest()[:8]}")
+    return items
+
+
+def settings_change(old: RegionSettings | None, new: RegionSettings | None) -> str:
+    """What changed from ``old`` to ``new`` regions: settings (None = off), in words: "default min_area_px 50 ->
+    5000; zone seal removed"-like items "what old -> new" ('unset' where one side does not set it); '' when nothing
+    did. Regions turned off is "regions on -> off" alone."""
+    before, after = settings_items(old), settings_items(new)
+    if after["regions"] == "off":
+        return "" if before["regions"] == "off" else "regions on -> off"
+    keys = [*before, *(k for k in after if k not in before)]
+    return "; ".join(f"{k} {before.get(k, 'unset')} -> {after.get(k, 'unset')}" for k in keys
+                     if before.get(k) != after.get(k))
