@@ -96,7 +96,7 @@ def test_cell_console_groups_views_by_part_and_reviews_one_view(station_bundles,
         assert (views["left"]["seq"], views["left"]["ng"], views["left"]["decided"]) == (1, True, True)
         assert views["left"]["image"].startswith("/files/ng/") and "_left_00000001_overlay" in views["left"]["image"]
         assert get(views["left"]["image"].lstrip("/")).status_code == 200
-        assert views["top"]["image"] == "/api/part/top/1.jpg"
+        assert views["top"]["image"].startswith(f"/api/part/top/1.jpg?r={gallery['run']}&m=")   # the run in the URL
 
         unnamed = post("review", {"seq": 1, "label": "defect", "who": "ann"})
         assert unnamed.status_code == 400 and "top, left" in unnamed.json()["error"]
@@ -238,8 +238,8 @@ def test_lanes_list_ng_frames_by_camera_and_seq(tmp_path):
         feed.observe(frame, Verdict(7, 0.0, 0.9, 0.5, True, 0.01, camera=camera), None)
     actions = StationActions(feed, None)
     listed = gallery(feed, actions)["parts"]
-    assert [(p["camera"], p["seq"], p["image"]) for p in listed] == [("b", 7, "/api/part/b/7.jpg"),
-                                                                     ("a", 7, "/api/part/a/7.jpg")]
+    assert [(p["camera"], p["seq"], p["image"]) for p in listed] == [("b", 7, f"/api/part/b/7.jpg?r={feed.run_id}&m="),
+                                                                     ("a", 7, f"/api/part/a/7.jpg?r={feed.run_id}&m=")]
     assert feed.kept_part(7, "a").frame.image[0, 0, 0] == 10 and feed.kept_part(7, "b").frame.image[0, 0, 0] == 200
     actions.review(7, "defect", "ann", "b")
     assert actions.labels == {("b", 7): "defect"}

@@ -199,11 +199,12 @@ class StationFeed:
         ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
         the part is in the log)."""
         out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
-               "inference_errors": 0, "late_rejects": 0, "rows_logged": 0, "rows_failed": 0, "rows_dropped": 0,
-               "write_errors": 0, "images_failed": 0}
+               "inference_errors": 0, "region_errors": 0, "late_rejects": 0, "rows_logged": 0, "rows_failed": 0,
+               "rows_dropped": 0, "write_errors": 0, "images_failed": 0}
         if self.inspector is not None:
             s = self.inspector.summary
-            out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors)
+            out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors,
+                       region_errors=s.region_errors)
         if self.capture is not None:
             c = self.capture.stats()
             out.update(frames_in=c.frames_in, dropped=c.dropped_queue_full, lost=c.frames_lost_estimate)
@@ -215,6 +216,14 @@ class StationFeed:
                        rows_dropped=r.get("dropped", 0), write_errors=r.get("write_errors", 0),
                        images_failed=r.get("images_failed", 0))
         return out
+
+    def ng_in_run(self) -> int:
+        """NG verdicts of this run so far, kept or not: the inspector's count (``len(self.ng)`` before it is attached);
+        several cameras: NG parts, or with lanes NG frames of every camera."""
+        if self.cell is not None:
+            parts = self.cell.parts()
+            return parts.get("ng", 0) if parts else sum(c.get("ng", 0) for c in self.cell.cameras().values())
+        return self.inspector.summary.ng if self.inspector is not None else len(self.ng)
 
     def cell_counters(self) -> dict:
         """Several cameras: {"cameras": {camera: counters}, "parts": part counters}; {} with one camera."""

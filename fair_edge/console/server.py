@@ -5,7 +5,16 @@ Pages (plain HTML/CSS/JS shipped in ``static/``): ``/`` live view, ``/gallery`` 
 (``/api/events``): one ``state`` event whenever the live state changed (a new part, the camera, a
 fault, ...), at most ``live_fps`` a second, and a comment line every 10 s to keep proxies from closing
 the stream. Each snapshot carries a ``version`` (growing with its content), shared with ``/api/state``: a
-stream's first event is never older than the stream, and a page drops a snapshot older than one it has.
+stream's first event is never older than the stream, and a page drops a snapshot older than one it has. Versions
+start again at 1 in a new process (a restarted station): each snapshot also carries the ``epoch`` of its server
+process, and a page shows the first snapshot of another epoch whatever its version.
+
+A page's part numbers name parts of the run it was built from (``run`` in its state and gallery): a review posts
+that ``run``, and one for a run other than the station's (a page left open across a restart, whose seq now names
+another part) is refused with 409 and nothing recorded. A part's image URL (``views.part_url``) carries its run and
+model: a browser never shows an earlier run's picture cached under the same seq, and an URL of another run is 404.
+``/api/live.jpg?seq=N&c=CAMERA`` is the picture of that view while its frame is kept (the one whose verdict the page
+shows beside it), else the latest.
 
 Security: the server binds ``console.host`` (127.0.0.1 unless configured). Every request that
 changes something is a POST with a JSON body of at most ``MAX_BODY_BYTES`` (a cross-site form cannot send
@@ -120,6 +129,7 @@ class SharedState:
         self.feed, self.actions, self.period = feed, actions, period
         self._lock = threading.Lock()
         self._text, self._content, self._version, self._at = "", "", 0, float("-inf")
+        self.epoch = f"{os.getpid()}-{time.time_ns()}"   # this server process: its versions count from 1
 
     def get(self, since: float | None = None) -> tuple[int, str]:
         """(version, JSON text) of a snapshot built less than ``period`` ago, and not before ``since`` (a
@@ -141,7 +151,7 @@ class SharedState:
         content = json.dumps({k: v for k, v in state.items() if k != "time"})
         if content != self._content:
             self._version += 1
-            self._content, self._text = content, json.dumps({**state, "version": self._version})
+            self._content, self._text = content, json.dumps({**state, "version": self._version, "epoch": self.epoch})
         self._at = now
 
 
@@ -179,14 +189,21 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def live_jpg(request: Request) -> Response:
-        data = await asyncio.to_thread(views.latest_jpeg, feed, cache)
+        seq = wanted_seq(request.query_params.get("seq"))
+        camera = request.query_params.get("c", "")
+        data = await asyncio.to_thread(views.live_jpeg, feed, cache, seq, camera)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"}) if data else \
             Response(status_code=404)
 
     async def part_jpg(request: Request) -> Response:
         camera = request.path_params.get("camera", "")
+        run = request.query_params.get("r")
+        if run is not None and run != feed.run_id:   # a page of an earlier run: its seq names another part now
+            return Response("not found: a part of another run", status_code=404)
         data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]), camera)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=600"}) if data else \
+        # cached only under an URL naming this run (views.part_url): the same seq is another part after a restart
+        caching = "max-age=600" if run is not None else "no-cache"
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": caching}) if data else \
             Response(status_code=404)
 
     async def files(request: Request) -> Response:
@@ -197,7 +214,7 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
 
     async def gallery(request: Request) -> Response:
         # built and encoded in a worker thread: thousands of NG parts take a while, and the live page must not wait
-        return await asyncio.to_thread(lambda: JSONResponse(views.gallery(feed, actions)))
+        return await asyncio.to_thread(lambda: JSONResponse(gallery_page(feed, actions)))
 
     async def tune(request: Request) -> Response:
         value = request.query_params.get("threshold")
@@ -220,6 +237,10 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
             return _error("expected a JSON object in the request body")
         if not isinstance(body, dict):
             return _error("expected a JSON object in the request body")
+        if request.path_params["action"] == "review":
+            restarted = other_run(body.get("run"), actions.run_id)
+            if restarted is not None:
+                return restarted
         handler = POSTS[request.path_params["action"]]
         answer = await asyncio.to_thread(_run, lambda: handler(actions, body))
         shared.stale()
@@ -236,6 +257,39 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
     ]
     guard = Middleware(LocalHostOnly, bind=feed.settings.host, allowed_hosts=feed.settings.allowed_hosts)
     return Starlette(routes=routes, middleware=[guard])
+
+
+def wanted_seq(value: str | None) -> int | None:
+    """The seq a live image request names (``?seq=N``), None when it names none or no number (then the latest)."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def other_run(posted, run: str) -> Response | None:
+    """The 409 answer to a review posted from a page of run ``posted`` while the station runs ``run`` (its part
+    numbers name other parts now: the station restarted); None when it is this run's or names none (an API
+    client)."""
+    if posted is None or posted == run:
+        return None
+    return _error(f"run: expected a part of this run ({run}), found one of run {posted!r}: the station restarted "
+                  "since this page was loaded and its part numbers name other parts now; nothing was recorded; "
+                  "reload the page and review the part there", 409)
+
+
+def gallery_page(feed: StationFeed, actions: StationActions) -> dict:
+    """The NG gallery (``views.gallery``) with what it cannot list (``gallery_bound``, counted first: parts coming
+    while the list is built add to the list, never to the count of parts left out)."""
+    bound = gallery_bound(feed)
+    return {**views.gallery(feed, actions), **bound}
+
+
+def gallery_bound(feed: StationFeed) -> dict:
+    """What the NG gallery cannot list: ``ng_in_run`` (NG parts of this run so far, ``StationFeed.ng_in_run``) and
+    ``listed_at_most`` (``console.recent_parts``: the gallery lists the newest that many, and only those can be
+    reviewed, their verdicts still in memory)."""
+    return {"ng_in_run": feed.ng_in_run(), "listed_at_most": feed.settings.recent_parts}
 
 
 async def bounded_body(request: Request, limit: int) -> bytes | Response:

@@ -24,7 +24,9 @@ class ConsoleSettings:
     address; off loopback also any IP address) a browser may reach the console under (its ``Host``
     header, any port), e.g. ``[station7.plant.example]``: every other name is refused, so a page whose
     name was re-pointed at this machine (DNS rebinding) reads nothing. recent_parts: verdicts kept
-    in memory for the live page and threshold tuning. keep_frames: latest frames kept in memory so
+    in memory for the live page and threshold tuning, and the NG parts the NG review lists (the newest this many
+    of the run; the page says how many older ones it no longer lists: a part can be reviewed only while its
+    verdict is kept). keep_frames: latest frames kept in memory so
     an operator can flag a passed part as a miss with its image. live_fps: most live-image updates
     per second sent to browsers. drift_window / drift_min_parts / drift_alarm: the drift watch (see
     fair_edge.console.drift): recent parts compared, parts needed before a value, PSI alarm level.

@@ -1,7 +1,8 @@
 """What the pages show, as plain JSON-ready dicts and JPEG bytes (console thread only).
 
 A view is addressed by (camera, seq): ``/api/part/SEQ.jpg`` with one camera, ``/api/part/CAMERA/SEQ.jpg`` with
-several (each camera numbers its own frames). The live state's ``drift`` is the combined drift state (with several
+several (each camera numbers its own frames); its URL also names the run and model (``?r=RUN&m=MODEL``), as a
+cached picture is one part's only within its run. The live state's ``drift`` is the combined drift state (with several
 cameras the worst camera's, named by its ``camera``). With several cameras the live state adds ``cameras`` (each
 camera's counters, model, threshold and own drift state), ``parts`` (the part counters) and ``tiles`` (every view
 of the latest part), and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from fair_edge.console.actions import REVIEW_LABELS, StationActions
 from fair_edge.console.feed import StationFeed, ViewKey, finite
@@ -21,9 +23,12 @@ from fair_edge.line.recorder import ng_image_path
 RECENT_SHOWN = 24
 
 
-def part_url(camera: str, seq: int) -> str:
-    """The console's URL of a view's kept frame with its heat map."""
-    return f"/api/part/{camera}/{seq}.jpg" if camera else f"/api/part/{seq}.jpg"
+def part_url(camera: str, seq: int, run: str, model: str) -> str:
+    """The console's URL of a view's kept frame with its heat map, naming the run and the model of its verdict:
+    seqs start again at 0 in every run, so the same path is another part after a restart and a browser must not
+    show the picture it cached under it (the server answers 404 to an URL of another run)."""
+    path = f"/api/part/{quote(camera, safe='')}/{seq}.jpg" if camera else f"/api/part/{seq}.jpg"
+    return f"{path}?{urlencode({'r': run, 'm': model})}"
 
 
 def _part(v, labels: dict[ViewKey, str]) -> dict:
@@ -44,7 +49,8 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
         "counters": feed.counters(), "latency": feed.latency(), **feed.state(),
         "drift": feed.drift.state().to_dict(),
         "latest": None if latest is None else _part(latest.verdict, actions.labels),
-        "recent": [dict(_part(v, actions.labels), kept=(v.camera, v.seq) in kept, image=part_url(v.camera, v.seq))
+        "recent": [dict(_part(v, actions.labels), kept=(v.camera, v.seq) in kept,
+                        image=part_url(v.camera, v.seq, feed.run_id, v.model))
                    for v in reversed(recent)],
         "swap": actions.swap_status,
     }
@@ -138,7 +144,7 @@ def _image(feed: StationFeed, v, camera: str, seq: int, kept: set[ViewKey] | Non
         if url:
             return url
     is_kept = (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
-    return part_url(camera, seq) if is_kept else ""
+    return part_url(camera, seq, feed.run_id, v.model if v is not None else "") if is_kept else ""
 
 
 def latest_jpeg(feed: StationFeed, cache: JpegCache) -> bytes | None:
@@ -148,6 +154,13 @@ def latest_jpeg(feed: StationFeed, cache: JpegCache) -> bytes | None:
     v = part.verdict
     return cache.get(("live", v.camera, v.seq, v.model), lambda: overlay_jpeg(
         part.frame.image, part.anomaly_map, v.threshold, verdict=v, zone_outlines=feed.zone_outlines))
+
+
+def live_jpeg(feed: StationFeed, cache: JpegCache, seq: int | None, camera: str = "") -> bytes | None:
+    """The live image of view (camera, seq), the part whose verdict the page shows beside it, while its frame is kept
+    (``part_jpeg``); the latest part's when seq is None or no longer kept (None before the first part)."""
+    data = part_jpeg(feed, cache, seq, camera) if seq is not None else None
+    return data if data is not None else latest_jpeg(feed, cache)
 
 
 def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int, camera: str = "") -> bytes | None:

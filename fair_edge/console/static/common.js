@@ -29,9 +29,11 @@ const FE = {
     for (const c of children) e.append(c);
     return e;
   },
-  say(text, bad = false) {
+  // an ISO 8601 time of the station (UTC, "…Z") as this browser's local date and time
+  when(iso) { const t = new Date(iso); return isNaN(t) ? String(iso) : t.toLocaleString(); },
+  say(text, bad = false, title = "") {
     const box = document.getElementById("message");
-    box.textContent = text; box.className = bad ? "message bad" : "message";
+    box.textContent = text; box.className = bad ? "message bad" : "message"; box.title = title;
   },
   // an SVG bar chart: series = [{counts, cls}], edges = bin edges (len counts + 1), marks = [{x, cls, label}]
   histogram(svg, edges, series, marks = []) {

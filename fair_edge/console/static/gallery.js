@@ -1,13 +1,16 @@
-// NG review: every NG part of this run with its heat map; the operator's judgement goes to reviews.jsonl.
+// NG review: the NG parts of this run still in memory (the newest console.recent_parts; the page says how many older
+// ones it no longer lists) with their heat maps; the operator's judgement goes to reviews.jsonl. Each review names
+// the run the page was built from: after a restart the same number is another part, and the station refuses it (409).
 // Several cameras: each NG part with all its views (the deciding view marked, missing views named); a review
 // labels one view (camera and seq).
 "use strict";
 const $ = id => document.getElementById(id);
 let labels = {};
+let run = null;   // the run this page lists parts of
 
 async function review(seq, label, card, camera) {
   try {
-    await FE.post("review", camera ? {seq, camera, label} : {seq, label});
+    await FE.post("review", {seq, label, run, ...(camera ? {camera} : {})});
     card.querySelector(".label").textContent = labels[label];
     card.querySelector(".label").className = "label " + label;
     card.dataset.review = label;
@@ -58,8 +61,14 @@ function partCard(p) {
   return c;
 }
 
+// "N older NG parts of this run not listed": the console keeps the newest listed_at_most (console.recent_parts)
+function notListed(g) {
+  const older = g.ng_in_run === undefined ? 0 : g.ng_in_run - g.parts.length;
+  return older > 0 ? ` · ${older} older NG parts of this run not listed (the console keeps the newest ${g.listed_at_most}, console.recent_parts; they can no longer be reviewed here; their verdicts are in verdicts.jsonl)` : "";
+}
+
 function showCounts(g) {
-  $("review-counts").textContent = `${g.parts.length} NG parts · ` +
+  $("review-counts").textContent = `${g.parts.length} NG parts` + notListed(g) + " · " +
     Object.entries(g.reviewed).map(([k, n]) => `${n} ${labels[k]}`).join(" · ");
 }
 
@@ -68,7 +77,7 @@ async function counts() { try { showCounts(await FE.get("/api/gallery")); } catc
 async function load() {
   try {
     const g = await FE.get("/api/gallery");
-    labels = g.labels;
+    labels = g.labels; run = g.run;
     showCounts(g);
     const box = $("gallery"); box.innerHTML = "";
     for (const p of g.parts) box.append(p.views ? partCard(p) : card(p));

@@ -3,6 +3,11 @@
 const $ = id => document.getElementById(id);
 let lastSeq = null;
 let shownVersion = 0;  // the newest snapshot shown: an older one (a stream's first event racing the fetch) is dropped
+let shownEpoch = null; // the server process it came from: a restarted station counts its versions from 1 again
+let shownRun = null;   // the run the page shows: its part numbers are what a miss posts, with this run
+let recentHeld = false;   // the pointer is over the Recent parts table: its rows stay put until it leaves
+let heldRecent = null;    // [rows, run] of the newest snapshot while the table is held
+let connectionLost = false;
 let shownAlarm = "";   // the reject alarm shown, sent with its acknowledgement (a newer one latched: 409)
 
 function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
@@ -33,7 +38,8 @@ function showLatest(v) {
   $("latest-seq").textContent = v.camera ? `${v.camera} ${v.seq}` : v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
   $("latest-reason").textContent = v.reason || (v.regions ? v.regions + " defect region(s)" : "");
   const key = (v.camera || "") + "/" + v.seq;  // several cameras number their own frames
-  if (key !== lastSeq) { lastSeq = key; $("live-image").src = "/api/live.jpg?seq=" + v.seq + "&c=" + (v.camera || "") + "&m=" + v.model; }
+  // the picture of this very part (while its frame is kept: the server's fallback is the latest)
+  if (key !== lastSeq) { lastSeq = key; $("live-image").src = "/api/live.jpg?" + new URLSearchParams({seq: v.seq, c: v.camera || "", r: shownRun || "", m: v.model}); }
 }
 
 // several cameras: a tile per camera with its view of the latest part, each camera's counters, the part counters
@@ -49,7 +55,7 @@ function showCell(s) {
     const caption = t.missing ? `${t.camera}: missing (${t.missing})`
       : `${t.camera} · ${t.seq ?? "–"} · ${t.ng === undefined ? "–" : (t.ng ? "NG" : "OK")} · ${FE.num(t.score, 3)}` + (t.decided ? " · decided" : "");
     tiles.append(FE.el("figure", {class: t.missing ? "missing" : (t.ng ? "ng" : "ok"), "data-camera": t.camera},
-      t.image ? FE.el("img", {src: `${t.image}?r=${s.run}&m=${t.model || ""}`, alt: `${t.camera} ${t.seq}`}) : FE.el("div", {class: "muted"}, "no frame kept"),
+      t.image ? FE.el("img", {src: t.image, alt: `${t.camera} ${t.seq}`}) : FE.el("div", {class: "muted"}, "no frame kept"),
       FE.el("figcaption", {}, caption)));
   }
   const body = $("camera-rows"); body.innerHTML = "";
@@ -73,6 +79,8 @@ function showCounters(s) {
   $("malformed").textContent = c.malformed; $("late").textContent = c.late_rejects;
   const unlogged = (c.rows_failed || 0) + (c.rows_dropped || 0);   // verdict / gate rows a full disk kept out of the log
   $("rows-failed").textContent = unlogged; $("rows-failed").style.color = unlogged > 0 ? "var(--ng)" : "";
+  const unjudged = c.region_errors || 0;   // frames whose regions could not be judged (zones drawn for another size)
+  $("region-errors").textContent = unjudged; $("region-errors").style.color = unjudged > 0 ? "var(--ng)" : "";
   const l = s.latency;
   $("p50").textContent = FE.ms(l.p50_ms); $("p90").textContent = FE.ms(l.p90_ms); $("p99").textContent = FE.ms(l.p99_ms); $("pmax").textContent = FE.ms(l.max_ms);
   const top = l.edges_ms[l.edges_ms.length - 1];
@@ -91,39 +99,66 @@ async function acknowledgeAlarm() {
 }
 $("ack-alarm").addEventListener("click", acknowledgeAlarm);
 
-async function markMiss(seq, camera) {
-  try { await FE.post("review", camera ? {seq, camera, label: "miss"} : {seq, label: "miss"}); FE.say(`part ${camera ? camera + " " : ""}${seq} marked as a miss`); }
-  catch (e) { FE.say(e.message, true); }
+// a passed part marked as a miss, once the operator confirmed it by its number (a miss cannot be withdrawn here);
+// the run of the snapshot the row came from goes with it: after a restart the same number is another part (409)
+async function markMiss(v, run, cell) {
+  const name = v.camera ? `${v.camera} frame ${v.seq}` : `part ${v.seq}`;
+  if (!confirm(`Mark ${name} (passed, score ${FE.num(v.score)}) as a miss, a defect the station let through?`)) return;
+  try {
+    await FE.post("review", {seq: v.seq, label: "miss", run, ...(v.camera ? {camera: v.camera} : {})});
+    cell.textContent = "miss";
+    FE.say(`${name} marked as a miss`);
+  } catch (e) { FE.say(e.message, true); }
 }
 
-function showRecent(rows) {
+// the Recent parts table holds still while the pointer is over it: rows rebuilt under it would move another part
+// under the button aimed at
+function holdRecent(held) {
+  recentHeld = held;
+  $("recent-held").classList.toggle("hidden", !held);
+  if (!held && heldRecent) { const [rows, run] = heldRecent; heldRecent = null; showRecent(rows, run); }
+}
+$("recent").closest("table").addEventListener("pointerenter", () => holdRecent(true));
+$("recent").closest("table").addEventListener("pointerleave", () => holdRecent(false));
+
+function showRecent(rows, run) {
+  if (recentHeld) { heldRecent = [rows, run]; return; }
   const body = $("recent"); body.innerHTML = "";
   for (const v of rows) {
-    const review = v.review ? FE.el("span", {}, v.review.replace("_", " "))
-      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v.seq, v.camera)}, "miss"));
-    body.append(FE.el("tr", {class: v.ng ? "ng" : ""}, FE.el("td", {}, v.camera ? `${v.camera} ${v.seq}` : String(v.seq)), FE.el("td", {}, FE.num(v.score)),
+    const cell = FE.el("td", {});
+    cell.append(v.review ? FE.el("span", {}, v.review.replace("_", " "))
+      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v, run, cell)}, "miss")));
+    body.append(FE.el("tr", {class: v.ng ? "ng" : "", "data-seq": v.seq}, FE.el("td", {}, v.camera ? `${v.camera} ${v.seq}` : String(v.seq)), FE.el("td", {}, FE.num(v.score)),
       FE.el("td", {}, v.ng ? "NG" : "OK"), FE.el("td", {}, FE.ms(v.latency_ms)), FE.el("td", {}, v.source),
-      FE.el("td", {}, v.model), FE.el("td", {}, review)));
+      FE.el("td", {}, v.model), cell));
   }
 }
 
-// the latest kept frames (each image is fetched once: a part's picture never changes)
-function showStrip(rows, run) {
+// the latest kept frames (each image is fetched once: a part's picture never changes, and its URL names its run)
+function showStrip(rows) {
   const strip = $("strip"); strip.innerHTML = "";
   for (const v of rows.filter(r => r.kept).slice(0, 6))
-    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: `${v.image}?r=${run}&m=${v.model}`, alt: `part ${v.seq}`}),
+    strip.append(FE.el("figure", {class: v.ng ? "ng" : "ok"}, FE.el("img", {src: v.image, alt: `part ${v.seq}`}),
       FE.el("figcaption", {}, `${v.camera ? v.camera + " " : ""}${v.seq} · ${FE.num(v.score, 3)}`)));
 }
 
+// a snapshot of another server process (the station restarted) is shown whatever its version: versions count from 1
+// again there, and dropping it as older would freeze the page on the old run
 function show(s) {
-  if (s.version < shownVersion) return;
-  shownVersion = s.version;
-  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent); showStrip(s.recent, s.run);
-  document.body.dataset.count = s.count;
+  if (s.epoch === shownEpoch && s.version < shownVersion) return;
+  if (s.epoch !== shownEpoch) {
+    if (shownEpoch !== null) FE.say(`the station restarted: run ${s.run}`);
+    shownEpoch = s.epoch; lastSeq = null;
+  }
+  shownVersion = s.version; shownRun = s.run;
+  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent, s.run); showStrip(s.recent);
+  document.body.dataset.count = s.count; document.body.dataset.run = s.run;
 }
 
-FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
+const refetch = () => FE.get("/api/state").then(show).catch(e => FE.say(e.message, true));
+refetch();
 const events = new EventSource("/api/events");
 events.addEventListener("state", e => show(JSON.parse(e.data)));
-events.onerror = () => FE.say("connection to the station lost; retrying…", true);
-events.onopen = () => FE.say("");
+events.onerror = () => { connectionLost = true; FE.say("connection to the station lost; retrying…", true); };
+// reconnected (perhaps to a restarted station): the state is fetched again, and only the connection message cleared
+events.onopen = () => { if (connectionLost) { connectionLost = false; FE.say(""); refetch(); } };

@@ -3,6 +3,9 @@
 "use strict";
 const $ = id => document.getElementById(id);
 let current = null;
+const loaded = {};   // camera ("" with one) -> the threshold in force when this page first showed it
+let polled;          // the threshold in force the last poll of the state found (undefined before the first)
+let projecting = false;
 let filled = null;  // {text, value}: the threshold in force as the field shows it (rounded) and exactly
 const camera = () => $("camera").value;
 // the proposed threshold: the exact one in force while the field still shows it unedited, else what was typed
@@ -30,7 +33,7 @@ async function project(first = false) {
     if (camera()) query.set("camera", camera());
     const t = await FE.get("/api/tune" + (query.toString() ? "?" + query : ""));
     current = t.current;
-    $("current").textContent = FE.num(t.current);
+    showInForce(t.current);
     if (first) { filled = {text: FE.num(t.current, 6), value: t.current}; $("proposed").value = filled.text; }  // the page opens on the threshold in force
     $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
     $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
@@ -45,10 +48,41 @@ async function project(first = false) {
   } catch (e) { FE.say(e.message, true); }
 }
 
+// the threshold in force, and whether it changed since the page loaded (another operator, a reload, this page)
+function showInForce(value) {
+  if (!(camera() in loaded)) loaded[camera()] = value;
+  const was = loaded[camera()];
+  $("current").textContent = FE.num(value);
+  $("current-changed").textContent = value !== was ? `changed since this page loaded (was ${FE.num(was, 6)})` : "";
+  if (!$("confirm-box").classList.contains("hidden")) $("confirm-old").textContent = FE.num(value, 6);
+}
+
+// the threshold in force as the polled state has it (several cameras: the camera picked, else the first)
+function polledThreshold(s) {
+  if (s.cameras) {
+    const c = s.cameras.find(c => c.name === camera()) || s.cameras[0];
+    return c && c.model ? c.model.threshold : null;
+  }
+  return s.model ? s.model.threshold : null;
+}
+
+// a threshold changed elsewhere (another operator's page, a reload): in force, its marker and rates projected anew
+async function follow(s) {
+  const now = polledThreshold(s);
+  if (now === null || now === undefined) return;
+  const changed = polled !== undefined && now !== polled;
+  polled = now;
+  if ((changed || now !== current) && current !== null && !projecting) {
+    projecting = true;
+    try { await project(); } finally { projecting = false; }
+  }
+}
+
 async function status() {
   try {
     const s = await FE.get("/api/state");
     showCameras(s.cameras);
+    follow(s);
     if (s.model) { $("model-id").textContent = s.model.id; $("model-bundle").textContent = s.model.bundle; $("model-backend").textContent = s.model.backend; }
     const w = s.swap; $("swap-status").textContent = w.state + (w.bundle ? " " + w.bundle : "") + (w.model ? " → model " + w.model : "") + (w.models ? " → " + Object.entries(w.models).map(([c, m]) => `${c}: ${m}`).join(", ") : "") + (w.error ? ": " + w.error : "") + (w.warning ? " — WARNING: " + w.warning : "");
     const d = s.drift;
@@ -61,7 +95,7 @@ async function status() {
 
 $("project").addEventListener("click", () => project());
 $("proposed").addEventListener("change", () => project());
-$("camera").addEventListener("change", () => project(true));
+$("camera").addEventListener("change", () => { polled = undefined; project(true); });
 $("apply").addEventListener("click", async () => {
   await project();
   $("confirm-old").textContent = FE.num(current, 6); $("confirm-new").textContent = $("proposed").value;
@@ -71,7 +105,7 @@ $("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add
 $("apply-confirmed").addEventListener("click", async () => {
   try {
     const r = await FE.post("threshold", {threshold: proposed(), confirm: true, ...(camera() ? {camera: camera()} : {})});
-    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${r.time}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning);
+    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${FE.when(r.time)}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning, `${r.time} (UTC)`);
     $("confirm-box").classList.add("hidden");
     setTimeout(project, 700);
   } catch (e) { FE.say(e.message, true); }
