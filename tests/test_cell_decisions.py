@@ -138,37 +138,32 @@ def test_a_handshake_part_ng_by_one_view_is_answered_at_once_and_a_later_frame_l
     assert len(rows) == 1 and cell.assembler.stats["late_views"] == 0
 
 
-@pytest.mark.parametrize("delay_ms", [800, 400, 120])
-def test_the_default_part_timeout_closes_a_part_missing_a_view_before_the_gate_decides_it(delay_ms):
-    """group.part_timeout_ms unset: a part missing a view (not NG by the others) closes early enough that the loop,
-    sweeping at least every LOOP_POLL_S, decides it before the gate's cut-off (due time - DISPATCH_LEAD_S): no
-    verdict for the gate (its fail-safe decision) and a row saying not inspected, never a verdict after the gate
-    has decided. Before, the part closed at its due time, after the cut-off."""
+@pytest.mark.parametrize("delay_ms, view_ms", [(150, 100), (420, 350)])
+def test_the_default_part_timeout_waits_for_a_view_that_comes_before_the_gates_cut_off(delay_ms, view_ms):
+    """group.part_timeout_ms unset: a part waits for its views until its due time. A view inspected before the
+    gate's cut-off (due time - DISPATCH_LEAD_S) completes the part in time, with its verdict; a part closed earlier
+    (a margin before the due time, as one version did) turned such good parts into fail-safe rejects, and gained
+    nothing: a view still missing at the cut-off leaves the gate without a verdict, which it decides fail-safe."""
     cfg = gated_cell(delay_ms)
-    timeout = part_timeout_s(cfg)
+    assert part_timeout_s(cfg) == pytest.approx(delay_ms / 1000)
     now = [100.0]
     gate = Gate(now)
-    asm = PartAssembler(list(CAMERAS), GroupSettings(match="window", window_ms=60), timeout, on_part=gate,
-                        clock=lambda: now[0])
-    asm.on_capture("top", Frame(0, 100.0, np.zeros(1)))
-    asm.on_capture("left", Frame(0, 100.0, np.zeros(1)))
+    asm = PartAssembler(list(CAMERAS), GroupSettings(match="window", window_ms=60), part_timeout_s(cfg),
+                        on_part=gate, clock=lambda: now[0])
+    for camera in CAMERAS:
+        asm.on_capture(camera, Frame(0, 100.0, np.zeros(1)))
     asm.on_verdict(None, view("top", 0, 0.1, False))
     asm.on_verdict(None, view("left", 0, 0.2, False))
-    t_cutoff = 100.0 + delay_ms / 1000 - DISPATCH_LEAD_S
-    sweeps = 0
-    while not gate.parts and now[0] < 110.0:   # the loop: a sweep every LOOP_POLL_S at worst
-        now[0] = 100.0 + sweeps * LOOP_POLL_S + LOOP_POLL_S / 2
-        sweeps += 1
+    t = 100.0
+    while t < 100.0 + view_ms / 1000:   # the loop sweeps every LOOP_POLL_S while the last view is inspected
+        now[0] = t
         asm.sweep()
-    (t, verdict, row), = gate.parts
-    assert t < t_cutoff, f"decided {t - 100.0:.3f} s after capture; the gate decides at {t_cutoff - 100.0:.3f} s"
-    assert verdict is None and row["ng"] and not row["inspected"]
-    assert row["missing"] == ["right"] and row["views"]["right"] == {"missing": "no frame"}
-
-
-def test_the_default_part_timeout_leaves_the_views_most_of_the_delay():
-    assert part_timeout_s(gated_cell(800)) == pytest.approx(0.7)   # 100 ms before the due time
-    assert part_timeout_s(gated_cell(120)) == pytest.approx(0.06)  # a short delay: half of it
+        t += LOOP_POLL_S
+    now[0] = 100.0 + view_ms / 1000
+    asm.on_verdict(None, view("right", 0, 0.3, False))
+    (t_decided, verdict, row), = gate.parts
+    assert t_decided < 100.0 + delay_ms / 1000 - DISPATCH_LEAD_S
+    assert verdict is not None and not verdict.ng and row["inspected"] and row["missing"] == []
 
 
 # ----------------------------------------------------------------------------- item 4: the view a part row names

@@ -643,7 +643,7 @@ def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
 
     cams = (ViewSettings("a", "1"), ViewSettings("b", "2"))
     gate = StationConfig(cameras=cams, reject=RejectSettings(sinks=("log://",), delay_ms=400))
-    assert part_timeout_s(gate) == pytest.approx(0.3)                                # unset: 100 ms before the due time
+    assert part_timeout_s(gate) == pytest.approx(0.4)                                # unset: the due time
     with pytest.raises(ConfigError, match=r"at most reject.delay_ms \(400\), found 500"):
         part_timeout_s(StationConfig(cameras=cams, group=GroupSettings(part_timeout_ms=500), reject=gate.reject))
     plc = StationConfig(cameras=cams, group=GroupSettings(match="handshake"),

@@ -50,10 +50,6 @@ from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, f
 log = logging.getLogger(__name__)
 
 NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a part waits this long for its views
-# group.part_timeout_ms unset, reject.delay_ms timing: a part closes this long before its due time (half the delay
-# when that is shorter), so it is decided before the gate's cut-off (line.scheduler.DISPATCH_LEAD_S, 3 ms before the
-# due time) even when the loop sweeps it late: every iteration sweeps, and an idle one waits 50 ms for frames
-PART_CLOSE_MARGIN_S = 0.1
 
 
 def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
@@ -62,9 +58,10 @@ def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
 
 
 def part_timeout_s(cfg: StationConfig) -> float:
-    """How long a part waits for its views, s: ``group.part_timeout_ms``, else until ``PART_CLOSE_MARGIN_S`` (at most
-    half of ``reject.delay_ms``) before its due time at the gate, so a view missing then is the gate's fail-safe
-    decision; with the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``)."""
+    """How long a part waits for its views, s: ``group.part_timeout_ms``, else until its due time at the gate (a view
+    that comes before the gate's cut-off completes the part in time; one still missing leaves the gate without a
+    verdict, which it decides fail-safe: closing the part earlier would only take latency from every view); with
+    the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
         if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
@@ -77,8 +74,7 @@ def part_timeout_s(cfg: StationConfig) -> float:
                               "part out first; lower part_timeout_ms or leave it unset.")
         return timeout
     if cfg.reject.sinks and cfg.reject.encoder_distance is None:
-        delay = cfg.reject.delay_ms / 1000.0
-        return delay - min(PART_CLOSE_MARGIN_S, delay / 2)
+        return cfg.reject.delay_ms / 1000.0
     if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
         return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
     return NO_GATE_TIMEOUT_S

@@ -18,8 +18,8 @@ station's whole: cameras of other frame sizes than ``regions.frame`` need their 
   (``match``); the part is NG as soon as its NG views reach the rule (``any`` = one NG view, ``count>=K``
   = K of them), without waiting for its other views; it is rejected once, at the part's due time (``reject:``:
   the first view's capture time + ``delay_ms``, or the encoder distance). A view missing when the part closes
-  (``part_timeout_ms`` after its first view; unset: 100 ms before its due time, or half of ``delay_ms`` when
-  that is shorter) makes it a fail-safe reject at the gate that names the missing camera.
+  (``part_timeout_ms`` after its first view; unset: its due time, when the gate has had no verdict for it)
+  makes it a fail-safe reject at the gate; its row names the missing camera.
 - ``lane``: each camera watches its own lane and is a line of its own: its own parts, its own reject
   output (the camera's ``reject`` URLs), the station's reject timing.
 
@@ -164,8 +164,8 @@ class GroupSettings:
     by: ``part`` or ``lane``. match: ``window``, ``sequence``, ``encoder`` or ``handshake``. window_ms: capture-time
     window of one part, ms. window_counts: encoder-count window of one part. rule: ``any`` or
     ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
-    = until 100 ms before its due time at the reject gate (``reject.delay_ms``; half of it when that is
-    shorter: ``station.cell.part_timeout_s``), with the PLC handshake half its result timeout, else 1000 ms.
+    = until its due time at the reject gate (``reject.delay_ms``: ``station.cell.part_timeout_s``), with the PLC
+    handshake half its result timeout (at most 1000 ms), else 1000 ms.
     """
 
     by: str = "part"
