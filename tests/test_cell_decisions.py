@@ -154,11 +154,10 @@ def test_the_default_part_timeout_waits_for_a_view_that_comes_before_the_gates_c
         asm.on_capture(camera, Frame(0, 100.0, np.zeros(1)))
     asm.on_verdict(None, view("top", 0, 0.1, False))
     asm.on_verdict(None, view("left", 0, 0.2, False))
-    t = 100.0
-    while t < 100.0 + view_ms / 1000:   # the loop sweeps every LOOP_POLL_S while the last view is inspected
+    sweeps = [100.0 + i * LOOP_POLL_S for i in range(int(view_ms / 1000 / LOOP_POLL_S))]
+    for t in sweeps + [100.0 + (view_ms - 5) / 1000]:   # the loop sweeps while the last view is inspected
         now[0] = t
         asm.sweep()
-        t += LOOP_POLL_S
     now[0] = 100.0 + view_ms / 1000
     asm.on_verdict(None, view("right", 0, 0.3, False))
     (t_decided, verdict, row), = gate.parts
