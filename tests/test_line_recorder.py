@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fair_edge.plots import colour_bar, heatmap_overlay
-from fair_edge.line.recorder import Recorder
+from fair_edge.line.recorder import Recorder, dropped_row
 from fair_edge.line.settings import RecordSettings
 from fair_edge.errors import DataError, RecorderError
 from fair_edge.records import Frame, Verdict
@@ -178,7 +178,7 @@ def test_two_runs_into_one_folder_stay_apart_and_dropped_frames_are_logged(tmp_p
     for _ in range(2):
         with Recorder(settings) as rec:
             rec.record(_frame(0), _verdict(0, True), _amap())
-            rec.record_dropped(_frame(1))
+            rec.record_row(dropped_row(_frame(1)))   # what LineSide.on_drop logs
             rec.flush()
             ids.append(rec.run_id)
     rows = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]

@@ -286,10 +286,6 @@ class Recorder:
                 f"{save_s / saved:.2f} s encoding {fmt} and writing, mean of {saved}): at most "
                 f"{1 / max(each_s, 1e-9):.2g} NG parts a second keep their images; {fix}")
 
-    def record_dropped(self, frame: Frame, reason: str = "dropped: capture queue full") -> bool:
-        """Log a captured frame that will never be inspected (``CaptureThread(on_drop=...)``)."""
-        return self._put((dropped_row(frame, reason), None, None, None))
-
     def stats(self) -> dict[str, int]:
         """The counters (see the module doc) and ``pending``: rows queued and not yet settled (a gauge)."""
         out = self._counters.snapshot()
