@@ -241,6 +241,27 @@ def test_without_a_station_file_a_reload_keeps_the_threshold_in_force(monkeypatc
                                                                         ("other", OWN_THRESHOLD)]
 
 
+def test_without_a_station_file_or_threshold_a_reload_keeps_a_threshold_applied_from_the_console(monkeypatch,
+                                                                                                  tmp_path):
+    """`fair-edge run --bundle B` (no station file, no --threshold): a reload rebuilds B at the bundle's threshold
+    until an operator applies one from the console (0.45); from then on a reload keeps it, as a run started with
+    --threshold does. Before, this run went back to the bundle's threshold (0.7) without saying so."""
+    loads = []
+
+    def scenario(console, decider):
+        console.reload_bundle("SIGHUP")
+        take(decider)
+        assert decider.threshold == OWN_THRESHOLD   # nothing applied yet: the bundle's
+        console.actions.apply_threshold(0.45, "ann", True)
+        take(decider)
+        console.reload_bundle("SIGHUP")
+        take(decider)
+        assert decider.threshold == 0.45
+
+    run_command(monkeypatch, tmp_path, ["--bundle", str(tmp_path / "fp16")], scenario, one_camera(monkeypatch, loads))
+    assert [(bundle, threshold) for bundle, threshold, *_ in loads] == [("fp16", None), ("fp16", 0.45)]
+
+
 # ------------------------------------------------------------------------------------------------- several cameras
 class Counters:
     """``CellCounters`` of cameras top and left (what ``station.cell.CellCounters`` gives the console)."""
@@ -302,3 +323,25 @@ def test_a_cell_reload_keeps_the_flags_for_cameras_without_their_own_and_a_thres
     assert reload_lines(caplog)[0] == (
         f"bundle reload (SIGHUP): flags given on the command line: --bundle {tmp_path / 'fp16'} over the station "
         "file's, for cameras top; --threshold 0.5 over the station file's, for cameras top")
+
+
+def test_a_cell_file_without_a_station_bundle_reloads_with_the_flags_bundle_as_at_the_start(monkeypatch, tmp_path,
+                                                                                         caplog):
+    """A cell file with no station ``bundle:`` (top names none, left its own), run with --bundle fp16 standing for
+    the station's, as the start allows: every reload was refused ("cameras (top): no bundle"). Now top reloads
+    fp16, as at the start, and left its own, and the log names the flag."""
+    camera = {"source": str(tmp_path), "fps": 5, "loop": True}
+    station = tmp_path / "cell.yaml"
+    station.write_text(yaml.safe_dump({"backend": "openvino", "group": {"match": "sequence"}, "cameras": [
+        {"name": "top", **camera}, {"name": "left", **camera, "bundle": str(tmp_path / "left_own")}]}))
+    loads = []
+
+    def scenario(console, views):
+        console.reload_bundle("SIGHUP")
+        assert console.actions.swap_status["state"] == "done", console.actions.swap_status
+
+    run_command(monkeypatch, tmp_path, ["--station", str(station), "--bundle", str(tmp_path / "fp16")], scenario,
+                two_cameras(loads))
+    assert sorted(loads) == [("left", "left_own", None), ("top", "fp16", None)]
+    assert reload_lines(caplog) == [f"bundle reload (SIGHUP): flags given on the command line: --bundle "
+                                    f"{tmp_path / 'fp16'} over the station file's, for cameras top"]

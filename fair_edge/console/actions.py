@@ -95,8 +95,9 @@ class StationLinks:
         backend shared by these cameras); each camera's threshold is ``thresholds[camera]`` where given, else decided
         by the station's rule (with the camera's ROI). regions (given when some camera judges regions): camera -> the
         ``regions:`` settings to check the bundle against, as ``load_model``'s (the others: the station's own).
-    camera_bundles(station file or None) -> each camera's ``CameraBundle``, as the file names them now (None:
-        as the station started); ConfigError when the file no longer loads or names other cameras.
+    camera_bundles(station file or None[, bundle=]) -> each camera's ``CameraBundle``, as the file names them now
+        (None: as the station started; bundle: --bundle over the file's ``bundle:``); ConfigError when the file no
+        longer loads or names other cameras.
     """
 
     load_model: Callable[[Path], ModelChange] | None = None
@@ -117,6 +118,9 @@ class StationActions:
         self.reviews = Journal(feed.output / REVIEWS)
         self.audit = Journal(feed.output / AUDIT)
         self.swap_status: dict = {"state": "idle"}
+        # whether a threshold was applied from here since the start: without a station file (nothing else holds it),
+        # a reload keeps the threshold in force from then on (``StationConsole.reload_bundle``)
+        self.threshold_applied = False
         self._swapper: threading.Thread | None = None   # the swap thread last started ("bundle-swap"), joined by close
         self._closed = Event()   # set by ``close``: no swap starts, and one loading switches no camera
         # held by ``close`` to set ``_closed`` and by a swap thread from its last look at it through its switch: a swap
@@ -313,6 +317,7 @@ class StationActions:
                 tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
                 written = str(self.station_file)
             decider.switch.request(ModelChange(threshold=value))
+            self.threshold_applied = True
             return self._audited({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
                                   "old": old, "new": value, "station_file": written, "model": decider.model})
 

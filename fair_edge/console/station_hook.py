@@ -80,7 +80,8 @@ class StationConsole:
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
         # the station's own threshold (file or command line); None = the bundle's. SIGHUP without a file keeps the
-        # threshold in force when the station has its own, else reloads at the bundle's
+        # threshold in force when the station has its own or one was applied from the console since
+        # (``actions.threshold_applied``), else reloads at the bundle's
         self.start_threshold = getattr(cfg, "threshold", None)
         self.flags = ReloadFlags()   # what a reload applies over the station file it re-reads (``keep_flags``)
         self._reload_wanted: str | None = None   # who asked for a reload not yet begun (``request_reload``)
@@ -173,7 +174,8 @@ class StationConsole:
             self._reload_cameras(who)
             return
         if self.station_file is None:   # the bundle folder in force rebuilt in place, regions kept
-            kept = None if self.start_threshold is None else threshold_in_force(self._inspector())
+            given = self.start_threshold is not None or self.actions.threshold_applied
+            kept = threshold_in_force(self._inspector()) if given else None
             self.actions.swap(str(self.feed.bundle_path), who, threshold=kept)
             return
         now = self._read_station_file()   # a regions: section that does not load refuses the reload
@@ -216,7 +218,8 @@ class StationConsole:
         camera_bundles = self.actions.links.camera_bundles
         if camera_bundles is None:
             raise ConfigError("this station cannot tell which bundle each camera runs (no loader was given)")
-        named = camera_bundles(self.station_file)   # ConfigError when it names other cameras
+        # --bundle over the file's bundle: as at the start (a file with none reloads). ConfigError: other cameras
+        named = camera_bundles(self.station_file, bundle=self.flags.bundle)
         own_threshold = {view.name: view.threshold is not None for view in self._read_station_file().cameras}
         if set(own_threshold) != {c.camera for c in named}:
             raise ConfigError(f"{self.station_file}: its cameras changed while the reload read it (expected "
@@ -318,11 +321,11 @@ def threshold_in_force(decider) -> float:
 
 def flags_over_camera(named: CameraBundle, flags: ReloadFlags, own_threshold: bool) -> CameraBundle:
     """One camera of several as a reload loads it: ``named`` (its bundle and threshold as the station file names them
-    now) with --bundle when it names no bundle of its own, and --threshold when it sets no threshold of its own
-    (``own_threshold``: its ``cameras[].threshold`` is set; the console writes an applied threshold there)."""
-    bundle = flags.bundle if flags.bundle is not None and not named.own else named.bundle
+    now, --bundle already standing for the file's: ``CellLoader.camera_bundles(bundle=)``) with --threshold when it
+    sets no threshold of its own (``own_threshold``: its ``cameras[].threshold`` is set; the console writes an
+    applied threshold there)."""
     threshold = flags.threshold if flags.threshold is not None and not own_threshold else named.threshold
-    return replace(named, bundle=bundle, threshold=threshold)
+    return replace(named, threshold=threshold)
 
 
 def camera_flag_words(flags: ReloadFlags, named, own_threshold: dict[str, bool]) -> list[str]:
