@@ -2,6 +2,7 @@
 its verification, the runtime scorer, and the CLI."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -201,8 +202,9 @@ def test_a_fusion_manifest_without_its_checksum_is_refused(fused, tmp_path):
     shutil.copytree(bundle.root, copy)
     data = json.loads((copy / "fusion.json").read_text())
     (copy / "fusion.json").write_text(json.dumps({k: v for k, v in data.items() if k != "metadata_sha256"}))
-    with pytest.raises(BundleError, match=r"has no metadata_sha256 .*fair-edge fuse B1 B2"):
-        load_fused_bundle(copy)
+    command = f"`fair-edge fuse {copy}/m0 {copy}/m1 --normal DIR --rule mean --false-reject-rate 0.005 --backend "
+    with pytest.raises(BundleError, match=r"has no metadata_sha256 .*" + re.escape(command)):
+        load_fused_bundle(copy)   # the command as this fusion.json records it (tests/test_fuse_rebuild_command.py)
 
 
 def test_members_must_map_the_same_part_of_the_frame(fused, tiny_detector, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and 
   grid: [h, w] of the fused maps that threshold was calibrated on (null or absent: no grid check);
   metadata_sha256: SHA-256 of fusion.json itself (canonical JSON of every other key, ``export.bundle.metadata_digest``),
   so an edited threshold, member std or rule is refused like an edited bundle.json. A fusion.json without it
-  (fused before it was written) is refused with the fix, `fair-edge fuse` again, as bundle.json is.
+  (fused before it was written) is refused with the fix, as bundle.json is: the `fair-edge fuse` command that fuses
+  its members again with the rule and false-reject rate it records (``refuse_command``).
 Rule (one definition, used by calibration, eval and the station):
   z_i       = (anomaly map_i - mean_i) / std_i      (each model's map in units of its own normal spread)
   fused map = RULE(z_1, ..., z_n) per pixel, on the first member's map grid (others resized bilinearly),
@@ -42,6 +43,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.errors import BundleError, ConfigError, DataError
 from fair_edge.export.bundle import FUSION_MANIFEST
 from fair_edge.runtime.backends import close_scorer
+from fair_edge.shell import shell_word
 
 log = logging.getLogger(__name__)
 FORMAT, FORMAT_VERSION, MANIFEST = "fair-edge-fusion", 1, FUSION_MANIFEST
@@ -291,14 +293,59 @@ def _verify_metadata(path: Path, data: dict) -> None:
 
     recorded, found = data.get(METADATA_KEY), metadata_digest(data)
     if recorded is None:
+        command = refuse_command(path.parent, data)
+        which = "" if command == FUSE_COMMAND else (" with the rule and false-reject rate it records, DIR being "
+                                                    "held-out normal images of the product")
         raise BundleError(f"{path} has no {METADATA_KEY} (fused by an older fair-edge), so its threshold, member "
-                          f"statistics and rule cannot be verified. Fuse the member bundles again: {FUSE_COMMAND}.")
+                          f"statistics and rule cannot be verified. Fuse the member bundles again{which}: {command}.")
     if recorded != found:
         raise BundleError(f"{path} was changed after fusion: its metadata checksum is {found[:16]}..., `fair-edge "
                           f"fuse` recorded {str(recorded)[:16]}.... A fused bundle's threshold, member statistics and "
                           "rule are fixed when it is fused. For another decision threshold set decision.threshold in "
                           "the station file or pass `fair-edge run --threshold`; for any other change, fuse the member "
                           f"bundles again: {FUSE_COMMAND}.")
+
+
+def refuse_command(root: Path, data: dict) -> str:
+    """The `fair-edge fuse` command that fuses the members of the fused bundle ``root`` again as its fusion.json
+    ``data`` records them: its member folders (ROOT/m0 ROOT/m1 ...: a fuse reads them before it replaces ROOT),
+    --rule, --false-reject-rate, --backend where every member records the one it was fitted on, and --out ROOT,
+    each path quoted for the shell (``shell.shell_word``); --normal stays DIR (fusion.json does not record the
+    images). ``FUSE_COMMAND`` where the members, rule or rate cannot be read: a command without them would fuse
+    with the defaults (rule mean, 0.5 % false rejects), another decision than the one the operator had."""
+    try:
+        entries = data["members"]
+        members = [root / _member_folder(entry["path"]) for entry in entries]
+        rule, rate = data["rule"], float(data["threshold"]["false_reject_rate"])
+        if len(members) < 2 or not isinstance(rule, str) or rule not in RULES or not 0.0 < rate < 1.0:
+            return FUSE_COMMAND
+    except (KeyError, IndexError, TypeError, ValueError):
+        return FUSE_COMMAND
+    words = ["fair-edge", "fuse", *map(shell_word, members), "--normal", "DIR", "--rule", rule,
+             "--false-reject-rate", repr(rate)]
+    backend = _recorded_backend(entries)
+    words += ["--backend", backend] if backend else []
+    return "`" + " ".join([*words, "--out", shell_word(root)]) + "`"
+
+
+def _member_folder(name: object) -> str:
+    """A member entry's ``path``: one folder name inside the fused bundle (``m0``); ValueError otherwise."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise ValueError(f"member path {name!r} is no folder name inside the fused bundle")
+    return name
+
+
+def _recorded_backend(entries: list) -> str | None:
+    """The ``selection.BACKENDS`` name every member entry's ``fitted_on`` records, when they all record the same
+    one; None otherwise (fused before it was recorded: ``fair-edge fuse``'s default, onnxruntime, then stands)."""
+    from fair_edge.runtime.selection import BACKENDS
+
+    names = set()
+    for entry in entries:
+        fitted = entry.get("fitted_on")
+        names.add(fitted.get("backend") if isinstance(fitted, dict) else None)
+    name = names.pop() if len(names) == 1 else None
+    return name if isinstance(name, str) and name in BACKENDS else None
 
 
 def _member_maps(bundle, frames: Sequence[np.ndarray], backend: str, batch: int = 8) -> tuple[np.ndarray, FittedOn]:

@@ -8,7 +8,11 @@ Each backend's scorer carries the threshold calibrated on the graph it runs (``g
 bundle's own): the CPU engines run an INT8 bundle's CPU graph (``cpu_threshold``); the PyTorch backends always
 run the FP32 weights, so on an FP16/INT8 bundle they carry the FP32 reference graph's ``fp32_threshold`` (a
 bundle built before it was kept runs on the bundle's threshold with a warning that it was calibrated on another
-graph). TensorRT runs the precision's graph, in chunks of at most the engine profile's batch."""
+graph). TensorRT runs the precision's graph, in chunks of at most the engine profile's batch.
+
+``auto`` leaves out a CPU engine whose score of a grey frame is not ONNX Runtime's (on which a CPU graph's threshold is
+calibrated); a named ``openvino`` is refused where it scores so on an INT8 bundle built before bb4c96d
+(``refuse_unlike_onnxruntime``), whose CPU graph OpenVINO scores 10-20 x too high."""
 
 from __future__ import annotations
 
@@ -180,6 +184,55 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
     return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {times}{why})")
 
 
+def refuse_unlike_onnxruntime(bundle, scorer: BundleScorer) -> BundleScorer:
+    """``scorer`` (OpenVINO, named by --backend or the station file) unless it scores the bundle's int8 CPU graph
+    otherwise than ONNX Runtime, on which the graph's threshold was calibrated. Only a graph built before fair-edge
+    bb4c96d is in doubt: its average pool reads a Q/DQ copy of its input (``openvino.dequantised_pools``), which
+    OpenVINO 2026.4 scores 10-20 x too high, so every part is NG. Such a graph alone is run on both engines on
+    ``probe``'s grey frame; scores that ``agrees`` would not accept (the check ``auto`` makes) are a BundleError
+    naming the bundle, both scores and the fix: rebuild it (its ``build_command``), or run ONNX Runtime.
+
+    Cost on a correct bundle (an FP32/FP16 one, or an INT8 one built since): a scan of the int8 graph's nodes,
+    about 2 ms for a 1.3 MB PatchCore graph; the probe (an ONNX Runtime session and two frames per engine, about
+    0.1 s on that graph) runs only on a graph built before."""
+    from fair_edge.runtime.openvino import dequantised_pools
+
+    pools = dequantised_pools(bundle.cpu_onnx_path) if bundle.cpu_onnx_path is not None else []
+    if not pools:
+        return scorer
+    try:
+        reference = BACKENDS["onnxruntime"](bundle, BackendOptions())
+        try:
+            score, expected = probe(scorer, bundle.image_size, 1)[1], probe(reference, bundle.image_size, 1)[1]
+        finally:
+            reference.backend.close()
+    except BaseException:
+        scorer.backend.close()
+        raise
+    if agrees(score, expected, reference.graph_threshold):
+        log.info("%s: its int8 CPU graph predates bb4c96d (%s reads a Q/DQ copy), but OpenVINO scores it like "
+                 "ONNX Runtime here (grey frame %.4g and %.4g)", bundle.root, pools[0], score, expected)
+        return scorer
+    scorer.backend.close()
+    raise BundleError(unlike_onnxruntime_message(bundle, scorer.graph, pools[0], score, expected))
+
+
+def unlike_onnxruntime_message(bundle, graph: str, pool: str, score: float, expected: float) -> str:
+    """Why OpenVINO is refused on ``bundle``: its int8 CPU graph ``graph``, whose AveragePool ``pool`` reads a Q/DQ
+    copy, scores ``probe``'s grey frame ``score`` on OpenVINO and ``expected`` on ONNX Runtime."""
+    threshold = bundle.cpu_threshold
+    calibrated = f"its threshold {threshold.value:.4g} was" if threshold is not None else "its threshold was"
+    rebuild = f"`{bundle.build_command or 'fair-edge build CHECKPOINT --int8 --out BUNDLE'}`"
+    return (f"backend openvino: OpenVINO scores the int8 CPU graph {graph} of bundle {bundle.root} unlike ONNX "
+            f"Runtime, on which {calibrated} calibrated: a grey frame scores {score:.4g} on OpenVINO and "
+            f"{expected:.4g} on ONNX Runtime (they differ by {abs(score - expected):.4g}, more than the 5 % two "
+            "engines may), so its parts would be judged on another scale (every part NG when OpenVINO scores "
+            f"higher). The graph's average pool {pool} reads a quantised copy of its input: the bundle was built "
+            "before fair-edge bb4c96d, whose build makes that pool read the float tensor "
+            "(calibration.int8_cpu.pool_float_taps), which OpenVINO scores as ONNX Runtime does. Rebuild the bundle "
+            f"with {rebuild}, or run it with --backend onnxruntime (station file: backend: onnxruntime) or auto.")
+
+
 def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
     The scorer carries the bundle's tiling (``BundleScorer.infer_frames``), and its batch limit: TensorRT's
@@ -195,7 +248,8 @@ def _select(bundle, name: str, options: BackendOptions) -> BundleScorer:
     if name != "auto":
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
-        return BACKENDS[name](bundle, options)
+        scorer = BACKENDS[name](bundle, options)
+        return refuse_unlike_onnxruntime(bundle, scorer) if name == "openvino" else scorer
     reasons = []
     for candidate in ("tensorrt", "torch-cuda"):
         try:
