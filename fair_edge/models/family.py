@@ -35,7 +35,9 @@ class ModelFamily(ABC):
     title: ClassVar[str]  # the family's name in prose and help texts, e.g. "LGFDR"
     summary: ClassVar[str]
     cli_help: ClassVar[str]  # a few words after the key in `--model` help texts
-    version: ClassVar[int] = 1  # of the settings/weights layout this code writes and reads
+    # of the settings/weights layout this code writes; it reads every version up to it, and a release refuses a
+    # newer one (``ModelSpec.from_dict``): raise it with each setting whose value an older release would not apply
+    version: ClassVar[int] = 1
     network_scope: ClassVar[tuple[str, ...]]
     int8_scope: ClassVar[tuple[str, ...]]
     training_module: ClassVar[str]  # dotted name of the module with make_trainer / default_train_config
@@ -147,6 +149,19 @@ class ModelFamily(ABC):
     def weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """The state dict a checkpoint stores for ``module`` (inverse of ``load_weights``)."""
         return module.state_dict()
+
+
+def refuse_unknown_settings(what: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
+    """ConfigError naming the keys of a checkpoint's or bundle's settings dict ``data`` that are no field in
+    ``known`` (this release's fields of ``what``, e.g. "PatchCore"): settings of a newer fair-edge, which dropped
+    unread would make the model score otherwise than the one that was fitted."""
+    known = tuple(known)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{what} setting(s) {', '.join(unknown)} are unknown to this fair-edge, which reads "
+                          f"{', '.join(known)}: the checkpoint or bundle was written by a newer fair-edge, and "
+                          "without them the model would score otherwise than it was fitted to. Upgrade fair-edge "
+                          "to the release that wrote it (or newer), or train and build the model again with this one.")
 
 
 class ColourInput(nn.Module):

@@ -11,7 +11,9 @@ same images with another budget (a release that counts the budget otherwise) it 
 
 A run resumes from any folder: DATA, --textures and --backbone-weights are saved as absolute paths and the image
 names relative to the dataset root (``RunSource.files_from_root``). Runs saved before held them as typed, relative
-to the folder their training started in; they still resume (``resume_source``, ``check_same_data``).
+to the folder their training started in; they still resume (``resume_source``, ``check_same_data``). A run saved
+before its images were listed is compared by the image count and dataset name its checkpoint's summary recorded
+(``check_same_summary``): a relative DATA read from another folder that holds other images is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fair_edge.images import is_hidden_name
 from fair_edge.models.checkpoint import load_checkpoint
@@ -255,13 +257,17 @@ def saved_files(state: dict) -> tuple[dict, str | None]:
     return {os.path.relpath(name, root): size for name, size in files.items()}, root
 
 
-def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> None:
+def check_same_data(path: Path, state: dict, files: list, total_steps: int, recorded: Mapping | None = None,
+                    loaded: Mapping | None = None) -> None:
     """ConfigError unless the run saved in ``path`` (its ``train_state``) was trained on the same ``files``
     (``training_files``) with the same step budget ``total_steps``: naming the images added, missing or changed
-    (a few, then a count) and the fix. A run saved before these were stored is resumed with a warning."""
+    (a few, then a count) and the fix. A run saved before these were stored (an older fair-edge) is compared by
+    what its checkpoint's ``data_summary`` (``recorded``) says of its images with this run's (``loaded``): another
+    image count or dataset name is refused (``check_same_summary``), else it resumes with a warning."""
     if "data_files" not in state or "total_steps" not in state:
-        log.warning("%s was saved by an older fair-edge that did not record its training images: the data of this "
-                    "resume cannot be compared with the data it was trained on.", path)
+        recorded, loaded = recorded or {}, loaded or {}
+        check_same_summary(path, state, recorded, loaded)
+        log.warning(_unlisted_images(path, state, recorded, loaded))
         return
     saved, root = saved_files(state)
     hidden = sorted(name for name in saved if any(is_hidden_name(part) for part in Path(name).parts))
@@ -286,6 +292,57 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int) -> N
         "continues the same run, so it needs the same images: restore the images as they were to continue it, or start "
         "a new run on the data as it is now (another --out, or --overwrite to replace this one)."
     )
+
+
+# the keys of data_summary that compare a run saved without its image list with the data loaded now
+SUMMARY_KEYS = {"train_images_used": "image count", "name": "dataset name"}
+
+
+def check_same_summary(path: Path, state: dict, recorded: Mapping, loaded: Mapping) -> None:
+    """ConfigError when a run saved without its image list (``state`` lacks ``data_files``) recorded in its
+    ``data_summary`` (``recorded``) another image count or dataset name than the data loaded now (``loaded``, this
+    run's summary): other data, e.g. a relative DATA resolved from another folder that holds its own copy. Keys
+    either summary lacks are not compared."""
+    differ = [key for key in SUMMARY_KEYS if key in recorded and key in loaded and recorded[key] != loaded[key]]
+    if not differ:
+        return
+    found = "; ".join(f"{SUMMARY_KEYS[key]}: {recorded[key]!r} then, {loaded[key]!r} now" for key in differ)
+    data = (state.get("run") or {}).get("data")
+    if _is_relative_path(data):
+        where = (f"its DATA was saved as typed, {data!r}, a path relative to the folder its training started in, "
+                 f"and is read now from {os.getcwd()} (that is {os.path.abspath(str(data))}) unless given again")
+        fix = ("Run the resume from the folder its training started in, or give DATA again as it is from here (the "
+               f"folder that holds the images it was trained on): fair-edge train PATH --resume --out "
+               f"{Path(path).parent}")
+    else:
+        where = f"its DATA was saved as {data!r}"
+        fix = ("Restore the images as they were to continue it, or start a new run on the data as it is now "
+               "(another --out, or --overwrite to replace this one).")
+    raise ConfigError(
+        f"cannot resume {path}: an older fair-edge saved it without its list of training images, and what it recorded "
+        f"of them differs from the data loaded now ({found}); {where}. --resume continues the same run, so it needs "
+        f"the same images. {fix}")
+
+
+def _unlisted_images(path: Path, state: dict, recorded: Mapping, loaded: Mapping) -> str:
+    """The warning of a resume whose run was saved without its image list (``check_same_summary`` has passed): what
+    was compared, and where a relative DATA is read from now."""
+    known = " and ".join(f"{SUMMARY_KEYS[key]} {recorded[key]!r}" for key in SUMMARY_KEYS
+                         if key in recorded and key in loaded)
+    text = (f"{path} was saved by an older fair-edge that did not record its training images"
+            + (f" (only their {known}, which the data loaded now has too)" if known else "")
+            + ": the images of this resume cannot be compared with those it was trained on.")
+    data = (state.get("run") or {}).get("data")
+    if _is_relative_path(data):
+        text += (f" Its DATA was saved as typed, {data!r}, a path relative to the folder its training started in, "
+                 f"and is read from the current folder, {os.getcwd()}, unless given again: if that is not the folder "
+                 "its training started in, stop and resume from there.")
+    return text
+
+
+def _is_relative_path(data) -> bool:
+    """Whether a saved DATA is a path relative to the folder its training started in (an older fair-edge's)."""
+    return _is_path("data", data) and not Path(data).is_absolute()
 
 
 def _budget_changed(path: Path, state: dict, n_files: int, budget: int, total_steps: int) -> str:

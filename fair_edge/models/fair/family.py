@@ -12,7 +12,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.fair.detector import FairDetector, HalfUNetDetector
 from fair_edge.models.fair.scoring import ScoringConfig
 from fair_edge.models.fair.unet import WIDTHS
-from fair_edge.models.family import ModelFamily
+from fair_edge.models.family import ModelFamily, refuse_unknown_settings
 from fair_edge.models.tensors import COLOUR, HIGHPASS, TensorSpec
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 
@@ -35,6 +35,10 @@ class FairSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FairSettings":
+        """Inverse of ``to_dict``; a key that is no field, here or in ``scoring`` (a newer release's setting), is a
+        ConfigError naming it (``refuse_unknown_settings``), never dropped."""
+        refuse_unknown_settings("FAIR", data, ("width", "scoring"))
+        refuse_unknown_settings("FAIR scoring", data["scoring"], ScoringConfig().to_dict())
         return cls(width=int(data["width"]), scoring=ScoringConfig.from_dict(data["scoring"]))
 
 

@@ -196,7 +196,8 @@ class Trainer:
                 f"cannot resume: {self.out_dir / 'last.pt'} was trained as {ckpt.model.describe()} with "
                 f"{ckpt.preprocess}; this run asks for {self.model.describe()} with {self.preprocess}."
             )
-        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps)
+        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps,
+                        ckpt.data_summary, self.data_summary)
         self.state.unet.load_state_dict(ckpt.state_dict)
         self.state.load(ckpt.train_state)
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES
+from fair_edge.models.family import refuse_unknown_settings
 from fair_edge.models.kernels import GaussianBlur
 
 
@@ -61,8 +62,11 @@ class LgfdrSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LgfdrSettings":
-        known = {k: data[k] for k in asdict(cls()) if k in data}
-        return cls(**known)
+        """Inverse of ``to_dict``; a field the dict lacks takes the default, a key that is no field (a newer
+        release's setting) is a ConfigError naming it (``refuse_unknown_settings``), never dropped."""
+        fields = asdict(cls())
+        refuse_unknown_settings("LGFDR", data, fields)
+        return cls(**{k: data[k] for k in fields if k in data})
 
 
 class LocalTower(nn.Module):

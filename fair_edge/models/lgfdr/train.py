@@ -149,7 +149,8 @@ class LgfdrTrainer:
         """Load ``out_dir/last.pt`` and check it was made with the same model settings, images and step budget."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
         state = ckpt.train_state
-        check_same_data(self.out_dir / "last.pt", state, self.data_files, self.total_steps)
+        check_same_data(self.out_dir / "last.pt", state, self.data_files, self.total_steps, ckpt.data_summary,
+                        self.data_summary)
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])

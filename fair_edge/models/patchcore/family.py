@@ -50,6 +50,13 @@ class PatchcoreFamily(ModelFamily):
     summary = "PatchCore: nearest-neighbour distance to a coreset memory bank of frozen ImageNet patch features"
     cli_help = "distance to a memory bank of frozen ImageNet patch features, fitted in one pass, docs/patchcore.md"
     training_module = "fair_edge.models.patchcore.train"
+    # 2: the settings added while 1 was written (taps, local_windows, score_top_k, position_weight, local_pad,
+    # normalisation, channel_reduction, bank_flips, colour_weight, score_shifts) change scores, and a release that
+    # reads only 1 dropped those it lacked unread (a model fitted with local_pad=counted or score_shifts=2 scored
+    # otherwise there), so it must refuse them. Every checkpoint and bundle is written as 2, whatever its values:
+    # releases that read 1 know different subsets of these settings, so no one set of values is safe for all of them
+    # (today's default local_pad=counted is already misread by a release without local_pad). 1 is read as before.
+    version = 2
     flag_choices = {"backbone": tuple(BACKBONES), "local_pad": LOCAL_PADS, "normalisation": NORMALISATIONS,
                     "channel_reduction": CHANNEL_REDUCTIONS, "bank_flips": tuple(BANK_FLIPS)}
     network_scope = NETWORK_SCOPE
@@ -63,12 +70,13 @@ class PatchcoreFamily(ModelFamily):
 
     def settings_from_dict(self, data: Mapping[str, Any]) -> PatchcoreSettings:
         """Settings of a checkpoint or bundle; one written before a setting existed says what it was fitted with."""
+        settings = PatchcoreSettings.from_dict(data)
         old = fitted_before(data)
         if old:
             log.warning("this PatchCore model was fitted before %s were settings: it keeps %s (today's defaults: %s); "
                         "fit it again to use them", ", ".join(old), ", ".join(f"{k}={v}" for k, v in old.items()),
                         ", ".join(f"{k}={getattr(PatchcoreSettings(), k)}" for k in old))
-        return PatchcoreSettings.from_dict(data)
+        return settings
 
     def inputs(self, preprocess: PreprocessConfig) -> tuple[TensorSpec, ...]:
         return (TensorSpec(COLOUR, 3, preprocess.image_size, "resized RGB frame in [0, 1]"),)

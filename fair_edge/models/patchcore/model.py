@@ -40,6 +40,7 @@ from torch import nn
 
 from fair_edge.errors import ConfigError
 from fair_edge.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from fair_edge.models.family import refuse_unknown_settings
 from fair_edge.models.kernels import GaussianBlur
 
 TAPS = (1, 2)  # default taps, of the backbone's three maps (strides 4, 8, 16): the layer2 / layer3 analogues
@@ -217,8 +218,11 @@ class PatchcoreSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PatchcoreSettings":
         """Settings from a checkpoint, bundle or options; a field the dict lacks takes the value checkpoints
-        were fitted with before it existed (``FITTED_BEFORE``), else the default."""
-        return cls(**{k: data[k] if k in data else FITTED_BEFORE.get(k, v) for k, v in asdict(cls()).items()})
+        were fitted with before it existed (``FITTED_BEFORE``), else the default. A key that is no field (a newer
+        release's setting) is a ConfigError naming it (``refuse_unknown_settings``), never dropped."""
+        fields = asdict(cls())
+        refuse_unknown_settings("PatchCore", data, fields)
+        return cls(**{k: data[k] if k in data else FITTED_BEFORE.get(k, v) for k, v in fields.items()})
 
 
 def fitted_before(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -300,7 +300,8 @@ class PatchcoreFitter:
         """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings and images), so ``run`` only
         re-writes final.pt."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
-        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps)
+        check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps,
+                        ckpt.data_summary, self.data_summary)
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(ckpt.train_state["step"])
         self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
