@@ -33,13 +33,14 @@ def verdict(camera: str, seq: int, ng: bool, score: float = 0.5) -> Verdict:
 def test_window_match_groups_views_and_any_ng_view_makes_the_part_ng():
     parts, opened = [], []
     asm = PartAssembler(["top", "left"], GroupSettings(match="window", window_ms=30), 1.0,
-                        on_part=lambda v, row: parts.append((v, row)), on_open=lambda p, t: opened.append((p, t)),
+                        on_part=lambda v, row: parts.append((v, row)),
+                        on_open=lambda p, t, count: opened.append((p, t, count)),
                         clock=lambda: 0.0)
     assert asm.on_capture("top", Frame(0, 10.000, np.zeros(1))) == 0
     assert asm.on_capture("left", Frame(0, 10.020, np.zeros(1))) == 0     # within 30 ms: the same part
     assert asm.on_capture("top", Frame(1, 10.025, np.zeros(1))) == 1      # top already seen in part 0: a new part
     assert asm.on_capture("left", Frame(1, 10.100, np.zeros(1))) == 2     # outside every window
-    assert opened == [(0, 10.0), (1, 10.025), (2, 10.1)]
+    assert opened == [(0, 10.0, None), (1, 10.025, None), (2, 10.1, None)]   # no belt count outside match: encoder
     asm.on_verdict(None, verdict("top", 0, False, 0.2))
     assert parts == []                                                     # left still to come
     asm.on_verdict(None, verdict("left", 0, True, 3.0))

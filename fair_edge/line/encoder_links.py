@@ -1,8 +1,8 @@
 """Belt encoder sources opened from URLs (each an ``encoder_source.EncoderSource``): where the conveyor is,
 in counts, read from the PLC over a link.
 
-    modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2&jitter=16
-    opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5&jitter=16
+    modbus://HOST:PORT?unit=1&register=100&bits=32&order=hi_lo&table=holding&poll_ms=2&jitter=16&max_counts_per_s=0
+    opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount&bits=32&poll_ms=5&jitter=16&max_counts_per_s=0
     sim://?counts_per_s=2000                   # a simulated belt at constant speed (demos, tests)
 
 A PLC's counter is a 16- or 32-bit register that wraps (``bits``); a 32-bit counter on Modbus
@@ -11,15 +11,19 @@ is a pair of 16-bit registers (``register`` and ``register + 1``, high word firs
 it into a non-decreasing count, so ``count()`` is cheap and never does I/O (the reject
 scheduler calls it every ``reject.encoder_poll_ms``). A read that fails keeps the last count
 (the gate waits: no part is decided on a guessed position; ``fault_reason`` says so while the
-link is down), is counted and logged, and the link is reopened with back-off. After a reconnect
+link is down), is counted and logged, and the link is reopened with back-off; a part captured meanwhile has no
+position (``mark()`` says ``None``: the held count is where the belt was when the link dropped, not
+where it is; the gate decides such a part ``position_lost``). After a reconnect
 the count is unwrapped from the last reading before the outage, so the belt travel during the
 outage is counted; the span of counts the belt covered unseen is remembered (``went_unseen``:
 a part whose gate lay in it went by while nobody watched). A step the unwrapping cannot explain
 (the counter went back by more than ``jitter`` counts: a PLC that restarted or re-initialised
 its counter, with or without an outage, or an outage longer than half the counter range of
-travel) loses the belt position: ``position_epoch`` goes up, counted ``position_lost``, logged
-as an error, and the count goes on from the new reading; the positions of the parts noted
-before it are unknown (``went_unseen`` names the loss for them).
+travel), or with the link up a step forward longer than the belt can have travelled since the last
+reading (a counter reset from the upper half of its range looks like a step forward over a wrap: see
+``PolledEncoder.plausible_step``) loses the belt position: ``position_epoch`` goes up, counted
+``position_lost``, logged as an error, and the count goes on from the new reading; the positions of the
+parts noted before it are unknown (``went_unseen`` names the loss for them).
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ log = logging.getLogger(__name__)
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off after a failed read: first, most
 JITTER_COUNTS = 16        # default ``jitter``: a step back of at most this many counts is dither, held
 BLIND_SPANS = 64          # link outages remembered for ``went_unseen`` (the latest)
+# plausible travel between two readings with the link up (PolledEncoder.plausible_step): counts <
+# RANGE_FLOOR of the counter range + SPEED_MARGIN x the fastest speed measured x the time between the readings
+SPEED_MARGIN = 4.0
+RANGE_FLOOR = 1 / 16      # 16 bit: 4096 counts, 32 bit: 268435456 counts
+SPEED_SPAN_S = 0.1        # the belt speed is measured over readings at least this far apart (s)
 
 
 class CounterReader(Protocol):
@@ -61,14 +70,19 @@ class PolledEncoder:
 
     bits: counter width (16 or 32). Each reading is unwrapped from the last one taken (also across
     a link outage): a step forward of less than half the range is belt travel (over a wrap when
-    the raw value went down); a step back of at most ``jitter`` counts is dither and held (the
-    count never decreases: it goes on once the raw counter passes its old value); any other step
-    loses the belt position (``position_epoch`` + 1, see the module doc).
-    ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the device).
+    the raw value went down), unless the link was up and the step is longer than ``plausible_step``
+    allows; a step back of at most ``jitter`` counts is dither and held (the count never decreases:
+    it goes on once the raw counter passes its old value); any other step loses the belt position
+    (``position_epoch`` + 1, see the module doc). max_counts_per_s: the belt's top speed, counts/s, if
+    known (URL option; ``peak_speed`` starts there instead of at 0: a belt read seldom, ``poll_ms`` of
+    hundreds, that runs fast from the start). clock: monotonic seconds, the time of each reading (a
+    test's fake clock). ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names
+    the device).
     """
 
-    def __init__(self, reader: CounterReader, bits: int, poll_s: float, jitter: int = JITTER_COUNTS) -> None:
-        self.reader, self.bits, self.poll_s = reader, bits, poll_s
+    def __init__(self, reader: CounterReader, bits: int, poll_s: float, jitter: int = JITTER_COUNTS,
+                 max_counts_per_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reader, self.bits, self.poll_s, self.clock = reader, bits, poll_s, clock
         self.name = reader.name
         self._modulus = 1 << bits
         if not 0 <= jitter < self._modulus // 4:
@@ -85,12 +99,15 @@ class PolledEncoder:
         self._held: int | None = None        # the count held since reads began to fail (None: link up)
         self._down: str | None = None        # the read failure while held
         self._spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=BLIND_SPANS)
+        self._last_t = 0.0                   # clock() at the last good reading
+        self._speed_from: tuple[float, int] | None = None   # (clock(), count) where the speed span began
+        self.peak_speed = float(max_counts_per_s)   # the fastest belt speed measured (or stated) since start, counts/s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
     def start(self) -> PolledEncoder:
         self.reader.open()
-        self._take(self.reader.read())
+        self._take(self.reader.read(), self.clock())
         self._thread.start()
         return self
 
@@ -99,10 +116,20 @@ class PolledEncoder:
         with self._lock:
             return self._count
 
-    def mark(self) -> tuple[int, int]:
-        """``(count(), position_epoch)`` read together: what to note for a part at capture."""
+    def mark(self) -> tuple[int | None, int]:
+        """``(count(), position_epoch)`` read together: what to note for a part at capture; ``(None,
+        position_epoch)`` while the link is down (the count is held where the belt was when it dropped:
+        where a part captured now is on the belt is unknown)."""
         with self._lock:
-            return self._count, self._epoch
+            return (self._count if self._held is None else None), self._epoch
+
+    def plausible_step(self, elapsed_s: float) -> int:
+        """The longest step forward, in counts, that is belt travel in ``elapsed_s`` seconds between two
+        readings with the link up: ``RANGE_FLOOR`` of the counter range (16 bit: 4096; covers a belt
+        whose speed is not measured yet) + ``SPEED_MARGIN`` x ``peak_speed`` (the fastest the belt was
+        measured to go, over readings ``SPEED_SPAN_S`` apart, or ``max_counts_per_s`` when faster) x
+        ``elapsed_s``. A longer one is a counter reset, not travel."""
+        return int(self._modulus * RANGE_FLOOR + SPEED_MARGIN * self.peak_speed * max(0.0, elapsed_s))
 
     @property
     def position_epoch(self) -> int:
@@ -150,11 +177,13 @@ class PolledEncoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _take(self, raw: int) -> None:
-        """One good reading: unwrap it, close an outage's blind span, or lose the position."""
+    def _take(self, raw: int, t: float) -> None:
+        """One good reading (taken at clock() ``t``): unwrap it, close an outage's blind span, or lose the position."""
         with self._lock:
             self._counters["reads"] += 1
-            lost = self._unwrap(raw)
+            lost = self._unwrap(raw, t - self._last_t)
+            self._last_t = t
+            self._measure_speed(t)
             if lost is not None:
                 self._epoch += 1
                 self._counters["position_lost"] += 1
@@ -167,8 +196,9 @@ class PolledEncoder:
             log.error("encoder %s: belt position lost: %s; the parts on the belt are at unknown positions",
                       self.name, lost)
 
-    def _unwrap(self, raw: int) -> str | None:
-        """(under the lock) Count ``raw`` in; returns why the position is lost, or None."""
+    def _unwrap(self, raw: int, elapsed_s: float) -> str | None:
+        """(under the lock) Count ``raw`` in, read ``elapsed_s`` after the last good reading; returns why the
+        position is lost, or None."""
         if self._last_raw is None:
             self._last_raw = raw
             if self.origin_raw is None:
@@ -176,6 +206,10 @@ class PolledEncoder:
             return None
         last, step = self._last_raw, (raw - self._last_raw) % self._modulus
         if step < self._modulus // 2:
+            implausible = self._implausible(last, raw, step, elapsed_s)
+            if implausible is not None:
+                self._last_raw = raw    # count on from here
+                return implausible
             if raw < last:
                 self._counters["wraps"] += 1
             self._count += step
@@ -189,13 +223,36 @@ class PolledEncoder:
                 f"forward under {self._modulus // 2} or back at most jitter={self.jitter} (a counter "
                 f"reset or restart, or too long an outage)")
 
+    def _implausible(self, last: int, raw: int, step: int, elapsed_s: float) -> str | None:
+        """(under the lock) Why a step forward of ``step`` counts (raw ``last`` -> ``raw``) in ``elapsed_s`` is no
+        belt travel, or None when it may be: with the link up, one longer than ``plausible_step``. After an outage
+        the travel is unknown: any step forward under half the range is taken (see the module doc)."""
+        most = self.plausible_step(elapsed_s)
+        if self._held is not None or step <= most:
+            return None
+        return (f"raw counter went from {last} to {raw} with the link up at count {self._count}: a step forward "
+                f"of {step} counts in {elapsed_s:.3f} s, expected at most {most} (belt speed measured up to "
+                f"{self.peak_speed:.0f} counts/s; a counter reset or restart; a belt that can go faster from "
+                f"the start: give its top speed as max_counts_per_s= on the encoder URL)")
+
+    def _measure_speed(self, t: float) -> None:
+        """(under the lock) Raise ``peak_speed`` to the speed over the readings since the span began, once the
+        span is ``SPEED_SPAN_S`` long (the count is unwrapped travel: a lost position adds nothing to it)."""
+        if self._speed_from is None:
+            self._speed_from = (t, self._count)
+            return
+        t0, count0 = self._speed_from
+        if t - t0 >= SPEED_SPAN_S:
+            self.peak_speed = max(self.peak_speed, (self._count - count0) / (t - t0))
+            self._speed_from = (t, self._count)
+
     def _run(self) -> None:
         delay = BACKOFF_S[0]
         next_t = time.monotonic()
         while not self._stop.is_set():
             next_t += self.poll_s
             try:
-                self._take(self.reader.read())
+                self._take(self.reader.read(), self.clock())
                 delay = BACKOFF_S[0]
             except PlcError as exc:
                 self._read_failed(exc, delay)
@@ -233,7 +290,8 @@ class ModbusCounter:
     """A counter in one (16-bit) or two (32-bit) Modbus registers, via pymodbus's sync client."""
 
     def __init__(self, url: SinkUrl, bits: int, client_factory: Callable[..., Any] | None = None) -> None:
-        url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms", "jitter"))
+        url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms", "jitter",
+                         "max_counts_per_s"))
         if not url.host or "register" not in url.query:
             raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?register=N[&bits=32], found "
                             f"host={url.host!r}, register={url.query.get('register')!r}")
@@ -282,7 +340,7 @@ class OpcUaCounter:
     """A counter in one OPC UA integer node, via asyncua's sync client."""
 
     def __init__(self, url: SinkUrl, bits: int) -> None:
-        url.check_query(("node", "bits", "poll_ms", "timeout_ms", "jitter"))
+        url.check_query(("node", "bits", "poll_ms", "timeout_ms", "jitter", "max_counts_per_s"))
         node = url.query.get("node", "")
         if not url.host or not node:
             raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
@@ -357,9 +415,16 @@ def _jitter(url: SinkUrl) -> int:
     return url.get_int("jitter", JITTER_COUNTS)
 
 
+def _polled(reader: CounterReader, url: SinkUrl, bits: int, default_poll_ms: float) -> PolledEncoder:
+    """``reader`` polled with the URL's ``poll_ms``, ``jitter`` and ``max_counts_per_s`` (the belt's top speed, 0: not
+    stated)."""
+    return PolledEncoder(reader, bits, _poll_s(url, default_poll_ms), _jitter(url),
+                         url.get_float("max_counts_per_s", 0.0))
+
+
 ENCODER_SCHEMES: dict[str, Callable[[SinkUrl], Any]] = {
-    "modbus": lambda u: PolledEncoder(ModbusCounter(u, _bits(u)), _bits(u), _poll_s(u, 2.0), _jitter(u)),
-    "opcua": lambda u: PolledEncoder(OpcUaCounter(u, _bits(u)), _bits(u), _poll_s(u, 5.0), _jitter(u)),
+    "modbus": lambda u: _polled(ModbusCounter(u, _bits(u)), u, _bits(u), 2.0),
+    "opcua": lambda u: _polled(OpcUaCounter(u, _bits(u)), u, _bits(u), 5.0),
     "sim": lambda u: open_sim_encoder(u),
 }
 

@@ -21,9 +21,11 @@ class EncoderSource(Protocol):
     def count(self) -> int: ...
 
 
-def mark(encoder: EncoderSource) -> tuple[int, int]:
-    """``(count, position epoch)`` to note for a part at capture. An encoder that can lose the belt
-    position (``encoder_links.PolledEncoder``: a counter reset, an outage it cannot unwrap) has
+def mark(encoder: EncoderSource) -> tuple[int | None, int]:
+    """``(count, position epoch)`` to note for a part at capture; count None while the encoder cannot
+    say where the belt is now (``PolledEncoder``: its link is down and the count it holds is where the
+    belt was when the link dropped): a part captured then has no position. An encoder that can lose the
+    belt position (``encoder_links.PolledEncoder``: a counter reset, an outage it cannot unwrap) has
     ``mark()``; any other never loses it (epoch 0)."""
     own = getattr(encoder, "mark", None)
     return own() if own is not None else (int(encoder.count()), 0)

@@ -28,7 +28,9 @@ A part whose position the gate cannot know is decided ``position_lost``, whateve
 position was lost after it was noted (a counter reset, an implausible jump: the encoder's
 ``position_epoch`` went up; every part of an older epoch is taken off the heap at once, in the poll that
 sees the new epoch, under the lock that pops it), or its gate count lay inside a span the belt covered
-while the encoder's link was down (``encoder_source.went_unseen``; decided when the count jumps past it).
+while the encoder's link was down (``encoder_source.went_unseen``; decided when the count jumps past it), or it
+was captured while the link was down (``mark`` had no count for it: the held count is where the belt was when the
+link dropped; decided as soon as its verdict comes or the link is back, whichever is first).
 Such a part gets **no pulse** under either ``fail_safe`` (a pulse at a guessed place may kick a good
 neighbour and let the bad part through, as ``gap_missed`` is not fired onto the next part); the alarm is
 raised naming the parts and why (latched until ``acknowledge_alarm``: lines that must not run on with
@@ -147,8 +149,9 @@ class SlotPlan:
 @dataclass
 class _Part:
     """A part between camera and gate. t_due: monotonic s (time mode; set when the count is
-    reached in encoder mode). target: encoder count at the gate (encoder mode); count, epoch: the
-    encoder's ``mark()`` at capture."""
+    reached in encoder mode). target: encoder count at the gate (encoder mode; None for a part
+    captured while the encoder's link was down: no position); count, epoch: the encoder's
+    ``mark()`` at capture."""
 
     seq: int
     t_due: float | None
@@ -182,6 +185,7 @@ class RejectScheduler:
         self._counters = Counters(SCHEDULER_COUNTERS)
         self._lock = threading.Lock()
         self._heap: list[tuple[float, int, int]] = []   # (due time or target count, order, seq)
+        self._blind: list[int] = []   # encoder mode: seqs of parts captured while its link was down (not on the heap)
         self._parts: dict[int, _Part] = {}
         self._at_gate = 0   # parts popped (and decided) whose pulse, counters and row are not done yet
         self._decided: OrderedDict[int, str] = OrderedDict()
@@ -213,12 +217,15 @@ class RejectScheduler:
         self._thread.start()
 
     # -- called by the camera thread and the inspection loop ----------------------------------
-    def note_capture(self, seq: int, t_capture: float | None = None) -> int | None:
+    def note_capture(self, seq: int, t_capture: float | None = None, count: int | None = None) -> int | None:
         """A part was captured (call it on the camera thread, right at capture): it will be
         decided at its due time whatever happens to its frame. t_capture: monotonic s (now when
-        None). Returns the encoder count at capture, or None without an encoder."""
+        None). count: the part's belt count when the caller knows it better than the encoder's count now
+        (a cell's part first seen by a camera downstream: its count at the camera at offset 0); the
+        position epoch is the encoder's now. Returns the encoder count noted, or None without an encoder."""
         t_capture = time.monotonic() if t_capture is None else t_capture
-        count, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
+        count_now, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
+        count = count_now if count is None or count_now is None else int(count)
         with self._lock:
             refused = len(self._parts) >= self.settings.max_pending
             if not refused and seq not in self._parts and seq not in self._decided:
@@ -446,15 +453,22 @@ class RejectScheduler:
         self.close()
 
     # -- placing parts (under self._lock) -------------------------------------------------------
-    def _new_part(self, seq: int, t_capture: float, count: int | None, epoch: int = 0) -> _Part | None:
+    def _new_part(self, seq: int, t_capture: float, count: int | None, epoch: int = 0) -> _Part:
+        """A part to place: due ``delay_ms`` after ``t_capture``, or at ``count + encoder_distance``; encoder
+        mode with ``count`` None (the encoder had no position at capture): a part with no target, which the
+        gate decides ``position_lost`` (``_pop_blind``)."""
         if self._encoder is None:
             return _Part(seq, t_capture + self.settings.delay_ms / 1000.0)
         if count is None:
-            return None
+            why = encoder_source.fault_reason(self._encoder)
+            return _Part(seq, None, epoch=epoch, unseen=f"captured while the encoder link was down"
+                         f"{f' ({why})' if why else ''}: where it is on the belt is unknown")
         return _Part(seq, None, count + self.settings.encoder_distance, count, epoch=epoch)
 
-    def _add(self, part: _Part | None) -> None:
-        if part is None:
+    def _add(self, part: _Part) -> None:
+        if self._encoder is not None and part.target is None:
+            self._parts[part.seq] = part
+            self._blind.append(part.seq)
             return
         key = part.t_due if part.target is None else part.target
         self._parts[part.seq] = part
@@ -464,11 +478,14 @@ class RejectScheduler:
 
     def _place_unnoted(self, verdict: Verdict, count: int | None) -> _Part | None:
         """An NG verdict for a part nobody noted at capture: place it if its gate is still ahead. Encoder
-        mode: ``count`` (the caller's count at capture) is taken to be of the position epoch now."""
+        mode: ``count`` (the caller's count at capture) is taken to be of the position epoch now (none given:
+        not placed); while the encoder's link is down its gate is ahead when the held count is short of it."""
+        if self._encoder is not None and count is None:
+            return None
         now_count, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
         part = self._new_part(verdict.seq, verdict.t_capture, count, epoch)
-        if part is None:
-            return None
+        if part.target is not None and now_count is None:
+            now_count = self._encoder.count()
         ahead = (part.t_due - DISPATCH_LEAD_S > time.monotonic() if part.target is None
                  else now_count < part.target)
         if not ahead:
@@ -509,11 +526,12 @@ class RejectScheduler:
         ``_decided``), never placed again nor taken for a part that went by undecided.
         at_gate: encoder mode: the parts are at the gate now (their t_due is set to now); when the
         encoder's position epoch went up, every part noted under an older one is taken too (its
-        position is unknown); a part whose position the encoder cannot vouch for is ``position_lost``."""
+        position is unknown), and the parts captured while its link was down that are due (``_pop_blind``); a
+        part whose position the encoder cannot vouch for is ``position_lost``."""
         out = []
         with self._lock:
             t_now = time.monotonic()
-            popped = self._pop_lost_epochs() if at_gate else []
+            popped = self._pop_lost_epochs() + self._pop_blind() if at_gate else []
             while self._heap and self._heap[0][0] <= now:
                 _, _, seq = heapq.heappop(self._heap)
                 part = self._parts.pop(seq, None)
@@ -552,6 +570,20 @@ class RejectScheduler:
         heapq.heapify(self._heap)
         return [self._parts.pop(seq) for _, _, seq in sorted(lost)]
 
+    def _pop_blind(self) -> list[_Part]:
+        """(under self._lock) The parts captured while the encoder's link was down (no position) that the gate
+        can decide now, in capture order: each once its verdict came (the gate row shows it) or the link is back
+        (waiting tells nothing more: its frame may never be inspected)."""
+        link_up = encoder_source.fault_reason(self._encoder) is None
+        due: list[int] = []
+        waiting: list[int] = []
+        for seq in self._blind:
+            part = self._parts.get(seq)
+            if part is not None:   # (None: abandoned at the end of the run)
+                (due if link_up or part.state != UNKNOWN or part.error else waiting).append(seq)
+        self._blind = waiting
+        return [self._parts.pop(seq) for seq in due]
+
     def _decide(self, part: _Part, outcome: str) -> None:
         """The part is at the gate, decided: pass it, or hand its pulse to the sinks (edge at the due
         time). It counts as pending until its counters and row are written, so ``wait_idle`` never
@@ -589,6 +621,8 @@ class RejectScheduler:
 
     def _outcome(self, part: _Part) -> str:
         """The part's gate outcome (one of ``GATE_OUTCOMES``); takes its reject slot. Under self._lock."""
+        if self._encoder is not None and part.target is None:   # captured while the link was down
+            return "position_lost"
         if part.target is not None:
             unseen = encoder_source.went_unseen(self._encoder, part.target, part.epoch)
             if unseen is None and part.epoch < self._epoch:   # an encoder that does not say why

@@ -5,7 +5,7 @@ bundle, the frames of all cameras batched into shared inference calls, one verdi
        │   (on_capture)                          call per bundle; each view decided with its camera's
        ▼                                         threshold, ROI and rules)
     PartAssembler <───────── view verdicts ──────────┘
-       │ part opened (first view's capture) ──> RejectScheduler.note_capture(part id)
+       │ part opened (first view's capture) ──> RejectScheduler.note_capture(part id[, its belt count])
        └ part decided (all views, or timed out) ──> RejectScheduler.submit(part verdict) ──> one pulse
                                                     verdicts.jsonl: a row per view and one per part
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
-from fair_edge.station.parts import PartAssembler
+from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
                                    open_capture, open_line_side, run_station, station_lock, station_tick, stop_wait_s,
                                    write_summary)
@@ -61,7 +62,8 @@ def part_timeout_s(cfg: StationConfig) -> float:
     """How long a part waits for its views, s: ``group.part_timeout_ms``, else until its due time at the gate (a view
     that comes before the gate's cut-off completes the part in time; one still missing leaves the gate without a
     verdict, which it decides fail-safe: closing the part earlier would only take latency from every view); with
-    the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``)."""
+    the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``); ``math.inf`` where the part closes
+    by belt count instead (``part_close_by_count``: a slow or stopped belt must not time a good part out)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
         if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
@@ -73,11 +75,30 @@ def part_timeout_s(cfg: StationConfig) -> float:
                               f"({cfg.reject.handshake.result_timeout_ms:g}), found {found:g}: the PLC would time the "
                               "part out first; lower part_timeout_ms or leave it unset.")
         return timeout
+    if part_close_by_count(cfg) is not None:
+        return math.inf
     if cfg.reject.sinks and cfg.reject.encoder_distance is None:
         return cfg.reject.delay_ms / 1000.0
     if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
         return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
     return NO_GATE_TIMEOUT_S
+
+
+def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
+    """``match: encoder`` with ``group.part_timeout_ms`` unset: where a part closes on the belt, counted from its key
+    (its count at the camera at offset 0). With ``reject.encoder_distance``: at the gate's count, the count at which
+    the gate decides the part (a view in before it completes the part in time; one still missing leaves the gate
+    without a verdict, which it decides fail-safe, so closing earlier gains nothing and closing later helps no view).
+    Without it and without a timed gate: ``NO_GATE_TIMEOUT_S`` after the belt passed the furthest camera's window
+    (its view's inspection). None otherwise (the part closes by time: ``part_timeout_s``)."""
+    if cfg.group.match != "encoder" or cfg.group.part_timeout_ms is not None:
+        return None
+    if cfg.reject.encoder_distance is not None:
+        return CloseByCount(cfg.reject.encoder_distance)
+    if cfg.reject.sinks:   # a timed gate (reject.delay_ms): the part's due time
+        return None
+    furthest = max((v.offset_counts for v in cfg.cameras), default=0)
+    return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S)
 
 
 class CellModels:
@@ -290,9 +311,9 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         scheduler, triggers = line.scheduler, cell.triggers
         cell.assembler = PartAssembler(
             names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
-            on_open=None if scheduler is None else (lambda part, t: scheduler.note_capture(part, t)),
+            on_open=None if scheduler is None else (lambda part, t, count: scheduler.note_capture(part, t, count)),
             count=None if line.encoder is None else line.encoder.count,
-            offsets={v.name: v.offset_counts for v in cfg.cameras},
+            offsets={v.name: v.offset_counts for v in cfg.cameras}, close_by_count=part_close_by_count(cfg),
             plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)))
         line.callbacks.append(cell.assembler.on_verdict)
         return cell

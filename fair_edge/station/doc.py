@@ -43,7 +43,7 @@ SECTION_NOTES = {
                "camera's own outputs (by: lane); fair_edge/station/views.py",
     "group": f"with cameras: by: {' | '.join(GROUP_BY)} (the views of one part, or one line per camera); match: "
              f"{' | '.join(MATCH_MODES)} (handshake: the PLC's part id, with reject.handshake); rule: any | "
-             "count>=K (NG views for an NG part); part_timeout_ms null = the part's due time (with the PLC handshake half of its result_timeout_ms, at most 1 s; with neither, 1 s)",
+             "count>=K (NG views for an NG part); part_timeout_ms null = the part's due time (match: encoder: the belt at its gate count, without encoder_distance 1 s after the furthest camera; with the PLC handshake half of its result_timeout_ms, at most 1 s; with neither, 1 s)",
 }
 
 

@@ -2,9 +2,9 @@
 
 ``PartAssembler`` is told of every frame at capture (``on_capture``, on the cameras' threads) and
 puts it into a part by the station's ``group.match`` rule (``fair_edge.station.views``); a new part is
-announced at once (``on_open``: the reject gate notes it at its first view's capture time, so it is
-decided at its due time whatever happens to its views). Each view's verdict (``on_verdict``) or drop
-(``on_drop``) is filed with its part. A part is decided once:
+announced at once (``on_open``: the reject gate notes it at its first view's capture time, with ``match: encoder``
+at its belt count, so it is decided at its due time whatever happens to its views). Each view's verdict
+(``on_verdict``) or drop (``on_drop``) is filed with its part. A part is decided once:
 
 - as soon as its inspected NG views reach ``min_ng`` (``group.rule``): NG, whatever its other views would say;
   its verdict goes to ``on_part`` at once with the part's row, whose ``views`` name the views not in yet
@@ -12,11 +12,18 @@ decided at its due time whatever happens to its views). Each view's verdict (``o
   other views are in or its time is up, so they still join it (no part of their own) and are not counted late;
 - when every camera's view is in: NG when at least ``min_ng`` views are NG, else OK; its verdict goes to
   ``on_part`` with the part's row;
-- at ``t_open + timeout_s`` with views missing (a camera took no frame, a frame was dropped or not
+- at ``t_open + timeout_s``, or with ``close_by_count`` (``match: encoder``) when the belt count reaches the part's
+  key + ``counts`` (and ``grace_s`` more), with views missing (a camera took no frame, a frame was dropped or not
   inspected in time): NG, *not inspected*; ``on_part`` gets no verdict for the gate (the gate rejects the part
   fail-safe at its due time, as it does a single camera's part without a verdict) and a row naming the
   missing cameras;
 - ``close_all()`` at the end of a run closes the rest the same way.
+
+``match: encoder``: the part's key is its belt count at the camera at offset 0 (a view's count minus its camera's
+``offsets``), whichever camera sees it first. A view captured after its part closed (its key within
+``window_counts`` of a recently closed part that its camera did not see) is filed under that part, late: counted
+``late_views`` when its verdict (or drop) comes, never a part of its own (which the gate would note at a count
+where no such part is, and reject fail-safe on a neighbour).
 
 ``match: sequence`` after an outage: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
 that its seq does not count) can no longer be placed by its seq. That camera is matched by capture time
@@ -39,7 +46,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.views import GroupSettings
@@ -47,8 +54,19 @@ from fair_edge.station.views import GroupSettings
 log = logging.getLogger(__name__)
 
 CLOSED_MEMORY = 4096   # closed parts remembered, so a view coming after its part closed is recognised
+RECENT_KEYS = 256      # match: encoder: closed parts whose keys a view captured after its part closed is matched on
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
+# on_open(part id, its first view's capture time (monotonic s), its belt count with match: encoder else None)
+OpenListener = Callable[[int, float, "int | None"], None]
+
+
+class CloseByCount(NamedTuple):
+    """``match: encoder``: a part closes when the belt count reaches its key + ``counts``, then ``grace_s`` later
+    (``station.cell.part_close_by_count``); a stopped belt keeps it open."""
+
+    counts: int
+    grace_s: float = 0.0
 
 
 @dataclass
@@ -63,6 +81,8 @@ class _Part:
     verdicts: dict[str, Verdict] = field(default_factory=dict)    # camera -> its view's verdict
     dropped: dict[str, str] = field(default_factory=dict)         # camera -> why its frame was not inspected
     decided: bool = False   # its verdict is out (NG by the views before the rest): it closes without another
+    count_close: float | None = None   # close_by_count: the belt count it closes at (grace_s after it)
+    t_counted: float | None = None     # ... when a sweep first saw the belt there (monotonic s)
 
     def in_hand(self) -> "_Part":
         """A copy of the views so far (under the lock): a part decided while open is decided from this, as the
@@ -75,30 +95,35 @@ class PartAssembler:
     """Matches views into parts and decides each part once (see the module doc).
 
     cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its
-    views after its first view's capture. count: the belt count now (``match: encoder``). offsets: belt
-    counts from the first camera to each one. plc_part: (camera, frame) -> the PLC part id its frame was
-    triggered for (``match: handshake``). on_open(part_id, t_capture): a part's first view was captured.
-    on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
+    views after its first view's capture (``math.inf``: no time limit). count: the belt count now (``match:
+    encoder``). offsets: belt counts from the camera at offset 0 to each one. close_by_count (``match: encoder``):
+    a part also closes when the belt has carried it this far (``CloseByCount``). plc_part: (camera, frame) -> the
+    PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's first
+    view was captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
     """
 
     def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
-                 on_open: Callable[[int, float], None] | None = None, count: Callable[[], int] | None = None,
-                 offsets: dict[str, int] | None = None, plc_part: Callable[[str, Frame], int | None] | None = None,
+                 on_open: OpenListener | None = None, count: Callable[[], int] | None = None,
+                 offsets: dict[str, int] | None = None, close_by_count: CloseByCount | None = None,
+                 plc_part: Callable[[str, Frame], int | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if group.match == "encoder" and count is None:
             raise ValueError("match: encoder needs the belt count (count=)")
+        if close_by_count is not None and group.match != "encoder":
+            raise ValueError(f"close_by_count: expected group.match encoder, found {group.match!r}")
         if group.match == "handshake" and plc_part is None:
             raise ValueError("match: handshake needs the PLC part id of each frame (plc_part=)")
         self.cameras, self.group, self.timeout_s = list(cameras), group, float(timeout_s)
         self.min_ng = group.min_ng_views(len(self.cameras))
         self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
-        self.offsets = dict(offsets or {})
+        self.offsets, self.close_by_count = dict(offsets or {}), close_by_count
         self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
         self._resync: set[str] = set()           # ... cameras whose seq lost step in an outage (matched by time)
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _Part] = OrderedDict()
         self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
         self._closed: OrderedDict[tuple[str, int], int] = OrderedDict()   # ... for views of closed parts
+        self._recent: OrderedDict[int, tuple[float, set[str]]] = OrderedDict()   # encoder: closed id -> key, cameras
         self._next_id = 0
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
 
@@ -113,15 +138,19 @@ class PartAssembler:
                 key = self._sequence_key(camera, frame)
             else:
                 part = self._match(camera, key)
+            if part is None and self.group.match == "encoder":
+                late = self._match_closed(camera, key)
+                if late is not None:   # filed under its closed part: late_views when its verdict comes
+                    self._closed[(camera, frame.seq)] = late
+                    return late
             if part is None:
-                part = _Part(self._next_id, frame.t_capture, key, frame.t_capture + self.timeout_s)
-                self._next_id += 1
-                self._open[part.part_id] = part
+                part = self._new_part(frame.t_capture, key)
                 opened = part
             part.seqs[camera] = frame.seq
             self._of[(camera, frame.seq)] = part.part_id
         if opened is not None and self.on_open is not None:
-            self.on_open(opened.part_id, opened.t_open)
+            count = int(opened.key) if self.group.match == "encoder" else None
+            self.on_open(opened.part_id, opened.t_open, count)
         return part.part_id
 
     def on_drop(self, camera: str, frame: Frame, reason: str = "dropped: capture queue full") -> None:
@@ -146,10 +175,12 @@ class PartAssembler:
         self._file(verdict.camera, verdict.seq, lambda part: part.verdicts.__setitem__(verdict.camera, verdict))
 
     def sweep(self, now: float | None = None) -> None:
-        """Close the parts whose time is up (``t_open + timeout_s``); call it often (the loop's iterations)."""
+        """Close the parts whose time is up (``t_open + timeout_s``) or that the belt carried far enough
+        (``close_by_count``); call it often (the loop's iterations)."""
         now = self.clock() if now is None else now
+        count = None if self.close_by_count is None else self.count()
         with self._lock:
-            due = [p for p in self._open.values() if p.t_close <= now]
+            due = [p for p in self._open.values() if p.t_close <= now or self._carried_off(p, count, now)]
             for part in due:
                 self._forget(part)
         for part in due:
@@ -175,6 +206,34 @@ class PartAssembler:
             part = self.plc_part(camera, frame)
             return float("nan") if part is None else float(part)   # nan matches nothing: a part of its own
         return frame.t_capture
+
+    def _new_part(self, t_capture: float, key: float) -> _Part:
+        """(under the lock) Open a part: its first view was captured at ``t_capture`` (monotonic s)."""
+        part = _Part(self._next_id, t_capture, key, t_capture + self.timeout_s)
+        if self.close_by_count is not None:
+            part.count_close = key + self.close_by_count.counts
+        self._next_id += 1
+        self._open[part.part_id] = part
+        return part
+
+    def _carried_off(self, part: _Part, count: int | None, now: float) -> bool:
+        """(under the lock) Whether the belt (at ``count``) carried the part to its close count ``grace_s`` ago."""
+        if part.count_close is None or count is None or count < part.count_close:
+            return False
+        if part.t_counted is None:
+            part.t_counted = now
+        return now >= part.t_counted + self.close_by_count.grace_s
+
+    def _match_closed(self, camera: str, key: float) -> int | None:
+        """(under the lock) ``match: encoder``: the recently closed part a view captured after its close belongs to
+        (the nearest key within ``window_counts`` whose part this camera did not see), None when there is none."""
+        near = [(abs(key - k), part_id) for part_id, (k, seen) in self._recent.items()
+                if camera not in seen and abs(key - k) <= self.group.window_counts]
+        if not near:
+            return None
+        part_id = min(near)[1]
+        self._recent[part_id][1].add(camera)   # a second frame of this camera is a part of its own, as when open
+        return part_id
 
     def _match(self, camera: str, key: float) -> _Part | None:
         """The open part this view belongs to (under the lock), None for a new part."""
@@ -255,6 +314,10 @@ class PartAssembler:
             self._closed[(camera, seq)] = part.part_id
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
+        if self.group.match == "encoder":
+            self._recent[part.part_id] = (part.key, set(part.seqs))
+            while len(self._recent) > RECENT_KEYS:
+                self._recent.popitem(last=False)
 
     def _decide(self, part: _Part, early: bool = False) -> None:
         """Tell ``on_part`` the part's verdict (None when not inspected) and row. early: decided NG by its views in

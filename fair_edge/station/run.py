@@ -287,7 +287,13 @@ class LineSide:
                 target.fault(active, reason)
 
     def reject_stats(self) -> dict:
+        """The reject gate's counters (``fault_output``: why its fault output is on, '' off; ``sinks``: per sink),
+        ``handshake``'s, and ``encoder``'s own (reads, read_errors, reconnects, wraps, position_lost: belt-position
+        losses, whether or not a part was on the belt; count, position_epoch) for an encoder that keeps them."""
         out = {} if self.handshake is None else {"handshake": self.handshake.stats()}
+        encoder_stats = getattr(self.encoder, "stats", None)
+        if encoder_stats is not None:
+            out["encoder"] = encoder_stats()
         if self.scheduler is None:
             return out
         return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
@@ -326,6 +332,9 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         metrics.watch("recorder", recorder.stats)
         if line.scheduler is not None:
             metrics.watch("reject", line.scheduler.stats)
+        encoder_stats = getattr(line.encoder, "stats", None)   # fair_edge_encoder_total{event="read_errors"}, ...
+        if encoder_stats is not None:
+            metrics.watch("encoder", encoder_stats, gauges=("count", "position_epoch"))
         line.callbacks.append(metrics.on_verdict)
         line.metrics = metrics
     return line
