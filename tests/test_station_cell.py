@@ -558,7 +558,8 @@ def test_part_rows_reach_mqtt_as_logged(station_bundles, scored, tmp_path):
                             group=GroupSettings(match="sequence"), record=RecordSettings(dir=tmp_path / "o")).checked()
         run_cell(cfg, threading.Event())
         deadline = time.monotonic() + 10
-        while len(collector.messages.get("cell/parts", [])) < 2 and time.monotonic() < deadline:
+        while ((len(collector.messages.get("cell/parts", [])) < 2 or not collector.messages.get("cell/summary"))
+               and time.monotonic() < deadline):
             time.sleep(0.05)
     finally:
         if collector is not None:
@@ -569,6 +570,12 @@ def test_part_rows_reach_mqtt_as_logged(station_bundles, scored, tmp_path):
     assert [p["ng"] for p in sorted(parts, key=lambda p: p["part"])] == [False, True]
     on_wire = sorted((r["camera"], r["seq"], r["part"]) for r in collector.messages["cell/verdicts"])
     assert on_wire == sorted((r["camera"], r["seq"], r["part"]) for r in views) and len(on_wire) == 4
+    # the retained summary carries the cell's counters as summary.json does (it was published before they were in:
+    # cameras {} and parts {})
+    on_mqtt, written = collector.messages["cell/summary"][-1], json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert on_mqtt["parts"] == written["parts"] and on_mqtt["parts"]["parts"] == 2
+    assert on_mqtt["cameras"].keys() == written["cameras"].keys() == {"top", "left"}
+    assert on_mqtt["rejects"] == written["rejects"]
 
 
 def test_fair_edge_run_takes_a_station_file_with_cameras(station_bundles, scored, tmp_path):

@@ -45,8 +45,8 @@ from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   open_capture, open_line_side, run_station, station_lock, station_tick, stop_wait_s,
-                                   write_summary)
+                                   open_capture, open_line_side, publish_summary, run_station, station_lock,
+                                   station_tick, stop_wait_s, write_summary)
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     down = [r for r in (w.at_stop() for w in watches) if r]
     if down and not summary.fault:
         summary.fault = "; ".join(down)
-    finish_line(cfg, cell.line, summary, "")
+    finish_line(cfg, cell.line, summary, "", publish=False)   # published below, with the cell's counters in
     deadline = time.monotonic() + stop_wait_s(cfg)   # one wait for every lane: their belts run at once
     for lane in cell.lanes.values():
         if summary.fault:
@@ -434,3 +434,4 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     counters = CellCounters(cell, mux)
     summary.cameras.update(counters.cameras())
     summary.parts = counters.parts()
+    publish_summary(cell.line, summary)

@@ -497,14 +497,17 @@ def stop_wait_s(cfg: StationConfig) -> float:
     return (ENCODER_STOP_WAIT_S if reject.encoder_distance is not None else travel_s) + 1.0
 
 
-def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str) -> None:
+def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str,
+                publish: bool = True) -> None:
     """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
     (they are decided and pulsed there; those that do not within their travel time are abandoned: counted,
     one gate row each), write the log, and fill the summary's line counters. The log: NG images still
     queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
     ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
     final counters, after the last row: the ones summary.json gets). camera_state: ``CameraWatch.at_stop()``, a
-    camera gone or still down at the stop ('' when it was delivering): the run's fault unless it has one."""
+    camera gone or still down at the stop ('' when it was delivering): the run's fault unless it has one.
+    publish: False leaves the MQTT summary to the caller (``publish_summary``), which fills more counters first (a
+    cell's cameras, parts and lanes)."""
     if not summary.fault and camera_state:
         summary.fault = camera_state
     if line.handshake is not None:
@@ -523,6 +526,13 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     summary.rejects = line.reject_stats()
     summary.recorder = line.recorder.stats()
     line.recorder.on_close(functools.partial(setattr, summary, "recorder"))
+    if publish:
+        publish_summary(line, summary)
+
+
+def publish_summary(line: LineSide, summary: RunSummary) -> None:
+    """The run's last fault state and its summary on MQTT (retained ``PREFIX/summary``), with MQTT's own counters;
+    nothing without MQTT."""
     if line.mqtt is not None:
         line.publish_fault(summary.fault)
         summary.mqtt = line.mqtt.stats()
