@@ -23,13 +23,18 @@ DOWN_OFFSET, DISTANCE, WINDOW = 4000, 8400, 50
 
 
 class Belt:
-    """The belt counter the station's encoder URL opens to (``open_encoder`` patched): the test sets ``at``."""
+    """The belt counter the station's encoder URL opens to (``open_encoder`` patched): the test sets ``at``, and
+    ``down`` for a link outage (``mark()`` has no position, the count is held)."""
 
     def __init__(self) -> None:
         self.at = 0
+        self.down = False
 
     def count(self) -> int:
         return self.at
+
+    def mark(self) -> tuple[int | None, int]:
+        return (None if self.down else self.at), 0
 
     def __enter__(self) -> "Belt":
         return self
@@ -118,7 +123,7 @@ def test_an_encoder_cells_part_with_a_view_missing_closes_when_the_belt_reaches_
     from fair_edge.station.cell import part_close_by_count
 
     cfg = station(tmp_path)
-    assert part_timeout_s(cfg) == float("inf") and part_close_by_count(cfg) == (DISTANCE, 0.0)
+    assert part_timeout_s(cfg) == float("inf") and part_close_by_count(cfg) == (DISTANCE, 0.0, NO_GATE_TIMEOUT_S)
     cell = EncoderCell(cfg, monkeypatch, stack)
     cell.capture("up", 0, 1000, t=100.0)
     cell.inspected("up", 0)
@@ -155,7 +160,8 @@ def test_without_a_gate_count_a_part_closes_a_second_after_the_belt_passed_its_f
 
     cfg = station(tmp_path, gate=False)
     close = part_close_by_count(cfg)
-    assert close == (DOWN_OFFSET + WINDOW, NO_GATE_TIMEOUT_S) and part_timeout_s(cfg) == float("inf")
+    assert close == (DOWN_OFFSET + WINDOW, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
+    assert part_timeout_s(cfg) == float("inf")
     belt, rows = Belt(), []
     asm = PartAssembler(["up", "down"], cfg.group, part_timeout_s(cfg), on_part=lambda v, row: rows.append(row),
                         count=belt.count, offsets={"up": 0, "down": DOWN_OFFSET}, close_by_count=close)
@@ -170,6 +176,33 @@ def test_without_a_gate_count_a_part_closes_a_second_after_the_belt_passed_its_f
     asm.sweep(now=700.0 + NO_GATE_TIMEOUT_S)
     (row,) = rows
     assert row["missing"] == ["down", "up"]                  # up's frame taken, not inspected; down's never taken
+
+
+def test_while_the_encoder_has_no_position_an_encoder_cells_parts_close_by_time(tmp_path, monkeypatch, stack):
+    """The review's case: the encoder's link is down, its count held at 50000. Each part's views get keys 4000
+    apart (held count - camera offset), so they never match: two parts each, and none closed while the count did
+    not move (a part closed only when the belt reached its gate count): 600 physical parts left 1200 open, none
+    decided, the gate refused parts once its max_pending filled. Now a part closes NO_GATE_TIMEOUT_S after it
+    opened while the encoder has no position: the open parts stay bounded (a second of parts) and all are decided
+    once the link is back (the gate decides them ``position_lost``: captured with no position)."""
+    cell = EncoderCell(station(tmp_path), monkeypatch, stack)
+    cell.belt.at, cell.belt.down = 50_000, True
+    opened: set[int] = set()
+    most_open = 0
+    for seq in range(50):                                     # 10 parts/s for 5 s
+        t = 100.0 + seq * 0.1
+        for camera in ("up", "down"):
+            cell.capture(camera, seq, 50_000, t=t)
+            opened.add(cell.assembler.part_of(camera, seq))
+        cell.assembler.sweep(now=t + 0.05)
+        most_open = max(most_open, len(opened) - cell.assembler.stats["parts"])
+    assert most_open <= 2 * 11, f"expected at most a second of parts open, found {most_open} of {len(opened)}"
+    cell.assembler.sweep(now=105.0 + NO_GATE_TIMEOUT_S)
+    assert cell.assembler.stats["parts"] == len(opened) == len(cell.rows) == 100   # two halves of each part
+    assert all(not row["inspected"] for row in cell.rows)
+    cell.belt.down = False
+    assert cell.run_out() == []                               # no position: no pulse on a guessed one
+    assert cell.gate.stats()["position_lost"] == 100
 
 
 # --------------------------------------------------------------------------- where the gate notes a part (item 4)

@@ -1,7 +1,9 @@
 """The belt encoder's faults at the gate, against a scripted PLC counter with a fake clock: a part captured while the
 encoder's link is down has no position (it was noted at the held count and pulsed early, on another part); a counter
-reset from the upper half of its range with the link up is a lost position, not travel (it was taken for a wrap and
-every part on the belt was "reached" at once), while a fast belt's genuine wrap between two slow reads still counts;
+reset from the upper half of its range with the link up, once the belt speed is measured, is a lost position, not
+travel (it was taken for a wrap and every part on the belt was "reached" at once), while a fast belt's genuine wrap
+between two slow reads still counts, and so does a belt read seldom or refreshed in bursts before its speed is
+measured (it lost the position for good); a read that hangs gives no position once the last reading is stale;
 and the encoder's own counters reach summary.json's ``rejects`` and /metrics."""
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+
+from fair_edge.errors import PlcError
 
 import pytest
 
@@ -154,7 +158,8 @@ def test_a_counter_reset_from_the_upper_half_with_the_link_up_loses_the_position
     """The PLC re-initialises its counter to 0 from the upper half of its range (the link up, the belt at 2000
     counts/s): the step forward over the "wrap" (16 bit: 25536 counts in 2 ms) was taken as travel, every part on the
     belt reached its gate at once and the NG one was pulsed on whatever was at the gate, no alarm, a phantom wrap.
-    Now it is a lost position: no wrap, no travel, the parts on the belt ``position_lost``, no pulse, alarmed."""
+    Now it is a lost position: no wrap, no travel, the parts on the belt ``position_lost``, no pulse, alarmed. The
+    belt's speed is measured first (500 counts over 0.25 s): before, any step under half the range is travel."""
     counter = TimedCounter(high)
     enc, scheduler, sink, faults, rows = _gate(counter, 5000, bits, counter.clock)
     with enc, scheduler() as sched:
@@ -181,7 +186,7 @@ def test_a_counter_reset_from_the_upper_half_with_the_link_up_loses_the_position
 def test_a_fast_belt_wrapping_between_two_slow_reads_is_travel():
     """A 16-bit counter on a belt measured at 100000 counts/s; one reading comes 0.2 s after the last (a slow
     reply): the counter moved 20000 counts over a wrap, more than the bound's floor (4096) but travel at that speed:
-    counted, a wrap, no lost position. The same step on a belt measured standing still would be a reset."""
+    counted, a wrap, no lost position. The same step on a belt measured at 1000 counts/s is a reset."""
     counter = TimedCounter(50_000)
     with PolledEncoder(counter, 16, 0.001, clock=counter.clock) as enc:
         settle(counter)
@@ -192,14 +197,129 @@ def test_a_fast_belt_wrapping_between_two_slow_reads_is_travel():
         stats = enc.stats()
     assert stats["count"] == 32_000 and stats["position_lost"] == 0 and stats["wraps"] == 1, stats
 
-    standing = TimedCounter(50_000)
-    with PolledEncoder(standing, 16, 0.001, clock=standing.clock) as enc:
-        settle(standing)
-        _run_belt(standing, 50_000, standing.t, 0.0, 3, 0.05, 16)            # measured at 0 counts/s
-        standing.set(4464, standing.t + 0.2)                                 # 20000 counts "in 0.2 s"
-        settle(standing)
+    slow = TimedCounter(50_000)
+    with PolledEncoder(slow, 16, 0.001, clock=slow.clock) as enc:
+        settle(slow)
+        _run_belt(slow, 50_000, slow.t, 1000.0, 3, 0.05, 16)                # measured at 1000 counts/s
+        slow.set(4464, slow.t + 0.2)                                         # 20000 counts "in 0.2 s"
+        settle(slow)
         stats = enc.stats()
-    assert stats["position_lost"] == 1 and stats["count"] == 0 and stats["wraps"] == 0, stats
+    assert stats["position_lost"] == 1 and stats["count"] == 150 and stats["wraps"] == 0, stats
+
+
+def test_a_reset_after_the_belt_stood_still_is_still_a_lost_position():
+    """A PLC restarted while its belt stood: the counter, still for a minute, jumps from the upper half of its range
+    to 0. The plausible travel is reckoned since the counter last moved, at most STEP_SPAN_MAX_S (2 s): over the
+    whole minute it allowed 244000 counts, so the reset was taken as travel and every part on the belt fired."""
+    belt = TimedCounter(50_000)
+    with PolledEncoder(belt, 16, 0.001, clock=belt.clock) as enc:
+        settle(belt)
+        raw, t = _run_belt(belt, 50_000, belt.t, 1000.0, 3, 0.05, 16)   # measured at 1000 counts/s
+        belt.set(raw, t + 60.0)                                            # a minute standing: no movement
+        settle(belt)
+        belt.set(0, t + 60.002)                                            # the restart: 15386 counts "forward"
+        settle(belt)
+        stats = enc.stats()
+    assert stats["position_lost"] == 1 and stats["wraps"] == 0 and stats["count"] == 150, stats
+
+
+def test_a_belt_read_seldom_counts_from_its_first_reading():
+    """The review's case: a 16-bit counter at 20000 counts/s read every 250 ms (5000 counts a reading, over the
+    bound's floor of 4096 before any speed was measured). The first step was a lost position, and every one after
+    it too (the speed was measured only over counted travel: it stayed 0): after 10 s the count was 0, 40 losses.
+    Now a step before the speed is measured is travel: 200000 counts, no loss, the speed measured."""
+    counter = TimedCounter(0)
+    with PolledEncoder(counter, 16, 0.001, clock=counter.clock) as enc:
+        settle(counter)
+        _run_belt(counter, 0, counter.t, 20_000.0, 40, 0.25, 16)
+        stats = enc.stats()
+        assert enc.peak_speed == pytest.approx(20_000.0)
+    assert stats["count"] == 200_000 and stats["position_lost"] == 0, stats
+
+
+def test_a_register_the_plc_refreshes_in_bursts_counts_its_travel():
+    """The PLC copies its counter into the register every 250 ms (5000 counts at 20000 counts/s) and it is read
+    every 2 ms: each burst is a step of 5000 counts 2 ms after the last reading. The first one was taken for a
+    counter reset and the count never moved again. Now every burst is travel (the bound counts from when the
+    counter last moved, and applies once a speed is measured): 40000 counts in 2 s, no loss."""
+    counter = TimedCounter(0)
+    raw, t = 0, counter.t
+    with PolledEncoder(counter, 16, 0.001, clock=counter.clock) as enc:
+        settle(counter)
+        for _ in range(8):
+            for still in (0.05, 0.1, 0.15, 0.2, 0.248):                        # readings in between: no change
+                counter.set(raw, t + still)
+                settle(counter)
+            raw, t = (raw + 5000) % 65_536, t + 0.25
+            counter.set(raw, t)
+            settle(counter)
+        stats = enc.stats()
+    assert stats["count"] == 40_000 and stats["position_lost"] == 0, stats
+
+
+def test_after_a_refused_step_the_belt_is_measured_afresh_and_counted():
+    """A belt measured at 100 counts/s speeds up and is read seldom: its first 20000-count step in 0.25 s is over
+    the bound, a lost position. The speed measured before said nothing of the steps after it: each later step was
+    refused too and the count stopped for good. Now the loss forgets the speed: the next steps are travel."""
+    counter = TimedCounter(0)
+    with PolledEncoder(counter, 16, 0.001, clock=counter.clock) as enc:
+        settle(counter)
+        raw, t = _run_belt(counter, 0, counter.t, 100.0, 4, 0.05, 16)            # 20 counts, 100 counts/s
+        raw, t = _run_belt(counter, raw, t, 80_000.0, 1, 0.25, 16)               # 20000 counts: refused
+        assert enc.stats()["position_lost"] == 1
+        _run_belt(counter, raw, t, 80_000.0, 6, 0.25, 16)
+        stats = enc.stats()
+    assert stats["position_lost"] == 1 and stats["count"] == 20 + 6 * 20_000, stats
+
+
+class HangingCounter(ScriptedCounter):
+    """A scripted counter whose link drops the way TCP links drop: with ``hang`` set, the next read waits until
+    ``release()`` and then fails (the client's timeout). ``clock``: the test's fake clock (``now``, s)."""
+
+    def __init__(self, raw: int) -> None:
+        super().__init__(raw)
+        self.now = 100.0
+        self.hang = False
+        self.hanging, self._released = threading.Event(), threading.Event()
+
+    def read(self) -> int:
+        if self.hang:
+            self.hanging.set()
+            self._released.wait(10.0)
+            raise PlcError("hanging plc: read timed out")
+        return super().read()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def clock(self) -> float:
+        return self.now
+
+
+def test_a_read_that_hangs_gives_no_position_once_the_last_reading_is_stale():
+    """The review's case: the link drops and the read in flight hangs until its timeout (OPC UA: 1 s). Until it
+    failed, ``mark()`` gave the last good count: a part captured 0.6 s into the hang was noted 12000 counts short
+    (at 20000 counts/s) and pulsed early, on another part. Now a part marked more than ``stale_s`` (here 0.25 s)
+    after the last good reading has no position; within it, the count extrapolated by the measured speed."""
+    counter = HangingCounter(0)
+    with PolledEncoder(counter, 32, 0.001, clock=counter.clock) as enc:
+        for raw in (2500, 5000):                                               # 20000 counts/s, 0.125 s apart
+            counter.now += 0.125
+            counter.set(raw)
+            settle(counter)
+        counter.hang = True
+        assert counter.hanging.wait(10.0)
+        last_good = counter.now                                                # 100.25, count 5000
+        counter.now = last_good + 0.02                                         # an ordinary poll's lag
+        assert mark(enc) == (5000, 0)
+        counter.now = last_good + 0.125
+        assert mark(enc) == (7500, 0), f"expected the count extrapolated (5000 + 20000 x 0.125), found {mark(enc)}"
+        counter.now = last_good + 0.6
+        assert mark(enc) == (None, 0), f"expected no position 0.6 s into a hanging read, found {mark(enc)}"
+        assert enc.fault_reason is None                                        # the read has not failed yet
+        counter.release()
+        assert wait_for(lambda: enc.fault_reason is not None, 10.0)
+        assert mark(enc) == (None, 0)
 
 
 def test_a_belt_whose_top_speed_is_stated_may_step_far_before_its_speed_is_measured():

@@ -13,17 +13,23 @@ scheduler calls it every ``reject.encoder_poll_ms``). A read that fails keeps th
 (the gate waits: no part is decided on a guessed position; ``fault_reason`` says so while the
 link is down), is counted and logged, and the link is reopened with back-off; a part captured meanwhile has no
 position (``mark()`` says ``None``: the held count is where the belt was when the link dropped, not
-where it is; the gate decides such a part ``position_lost``). After a reconnect
+where it is; the gate decides such a part ``position_lost``). A read that hangs (a dropped TCP link: the read
+in flight waits for its timeout) is noticed before it fails: ``mark()`` says ``None`` once the last good
+reading is older than ``PolledEncoder.stale_s``; until then it extrapolates the count by the measured belt speed
+(see ``PolledEncoder.mark``). After a reconnect
 the count is unwrapped from the last reading before the outage, so the belt travel during the
 outage is counted; the span of counts the belt covered unseen is remembered (``went_unseen``:
 a part whose gate lay in it went by while nobody watched). A step the unwrapping cannot explain
 (the counter went back by more than ``jitter`` counts: a PLC that restarted or re-initialised
 its counter, with or without an outage, or an outage longer than half the counter range of
 travel), or with the link up a step forward longer than the belt can have travelled since the last
-reading (a counter reset from the upper half of its range looks like a step forward over a wrap: see
-``PolledEncoder.plausible_step``) loses the belt position: ``position_epoch`` goes up, counted
+reading, once the belt's speed is measured (a counter reset from the upper half of its range looks like a
+step forward over a wrap: see ``PolledEncoder.plausible_step``; before a speed is measured any step forward under
+half the range is travel, so a belt read seldom or a register the PLC refreshes in bursts counts from the start)
+loses the belt position: ``position_epoch`` goes up, counted
 ``position_lost``, logged as an error, and the count goes on from the new reading; the positions of the
-parts noted before it are unknown (``went_unseen`` names the loss for them).
+parts noted before it are unknown (``went_unseen`` names the loss for them), and the measured speed is
+forgotten: the belt is measured afresh from the new reading (a step refused wrongly stops no count).
 """
 
 from __future__ import annotations
@@ -48,8 +54,13 @@ BLIND_SPANS = 64          # link outages remembered for ``went_unseen`` (the lat
 # plausible travel between two readings with the link up (PolledEncoder.plausible_step): counts <
 # RANGE_FLOOR of the counter range + SPEED_MARGIN x the fastest speed measured x the time between the readings
 SPEED_MARGIN = 4.0
+STEP_SPAN_MAX_S = 2.0   # s: the longest time a step's plausible travel is reckoned over (a burst register's interval)
 RANGE_FLOOR = 1 / 16      # 16 bit: 4096 counts, 32 bit: 268435456 counts
 SPEED_SPAN_S = 0.1        # the belt speed is measured over readings at least this far apart (s)
+# mark(): a reading older than max(STALE_POLLS x poll_s, STALE_FLOOR_S) gives no position (a read hangs: the link
+# dropped); one older than max(FRESH_POLLS x poll_s, FRESH_FLOOR_S) is extrapolated by the measured speed
+STALE_POLLS, STALE_FLOOR_S = 10, 0.25
+FRESH_POLLS, FRESH_FLOOR_S = 2, 0.05
 
 
 class CounterReader(Protocol):
@@ -68,16 +79,16 @@ class CounterReader(Protocol):
 class PolledEncoder:
     """``EncoderSource`` over a ``CounterReader``: polls it every ``poll_s`` on a daemon thread.
 
-    bits: counter width (16 or 32). Each reading is unwrapped from the last one taken (also across
-    a link outage): a step forward of less than half the range is belt travel (over a wrap when
-    the raw value went down), unless the link was up and the step is longer than ``plausible_step``
-    allows; a step back of at most ``jitter`` counts is dither and held (the count never decreases:
-    it goes on once the raw counter passes its old value); any other step loses the belt position
-    (``position_epoch`` + 1, see the module doc). max_counts_per_s: the belt's top speed, counts/s, if
-    known (URL option; ``peak_speed`` starts there instead of at 0: a belt read seldom, ``poll_ms`` of
-    hundreds, that runs fast from the start). clock: monotonic seconds, the time of each reading (a
-    test's fake clock). ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names
-    the device).
+    bits: counter width (16 or 32). Each reading is unwrapped from the last one taken (also across a link outage): a
+    step forward of less than half the range is belt travel (over a wrap when the raw value went down), unless the
+    link was up, the belt speed is known (``peak_speed`` > 0: measured over steps taken as travel, or stated) and
+    the step is longer than ``plausible_step`` allows; a step back of at most ``jitter`` counts is dither and held
+    (the count never decreases: it goes on once the raw counter passes its old value); any other step loses the belt
+    position (``position_epoch`` + 1, see the module doc) and forgets the measured speed. max_counts_per_s: the
+    belt's top speed, counts/s, if known (URL option; ``peak_speed`` starts there instead of at 0: a belt read
+    seldom, ``poll_ms`` of hundreds, that runs fast from the start). clock: monotonic seconds, the time of each
+    reading (a test's fake clock). ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the
+    device).
     """
 
     def __init__(self, reader: CounterReader, bits: int, poll_s: float, jitter: int = JITTER_COUNTS,
@@ -100,8 +111,13 @@ class PolledEncoder:
         self._down: str | None = None        # the read failure while held
         self._spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=BLIND_SPANS)
         self._last_t = 0.0                   # clock() at the last good reading
+        self._moved_t = 0.0                  # clock() at the last good reading that moved the raw counter
         self._speed_from: tuple[float, int] | None = None   # (clock(), count) where the speed span began
-        self.peak_speed = float(max_counts_per_s)   # the fastest belt speed measured (or stated) since start, counts/s
+        self.stated_speed = float(max_counts_per_s)   # the belt's top speed as stated (URL), counts/s; 0: not stated
+        self.peak_speed = self.stated_speed  # the fastest belt speed measured (or stated) since the position was found
+        self.speed: float | None = None      # the belt speed over the latest span, counts/s (None: not measured)
+        self.stale_s = max(STALE_POLLS * poll_s, STALE_FLOOR_S)   # mark(): an older reading gives no position
+        self.fresh_s = max(FRESH_POLLS * poll_s, FRESH_FLOOR_S)   # ... a younger one is taken as it is
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
@@ -117,19 +133,32 @@ class PolledEncoder:
             return self._count
 
     def mark(self) -> tuple[int | None, int]:
-        """``(count(), position_epoch)`` read together: what to note for a part at capture; ``(None,
-        position_epoch)`` while the link is down (the count is held where the belt was when it dropped:
-        where a part captured now is on the belt is unknown)."""
+        """``(count, position_epoch)`` read together: what to note for a part at capture. count: ``count()`` while
+        the last good reading is at most ``fresh_s`` old (the lag of an ordinary poll); older (a read in flight
+        longer than a poll takes), ``count()`` + the latest measured ``speed`` x its age (``count()`` when no speed
+        is measured); None while the link is down (the count is held where the belt was when it dropped) or the
+        last good reading is older than ``stale_s`` (a read hangs: the link dropped, its timeout has not yet told):
+        where a part captured now is on the belt is unknown."""
+        now = self.clock()
         with self._lock:
-            return (self._count if self._held is None else None), self._epoch
+            age = max(0.0, now - self._last_t)
+            if self._held is not None or age > self.stale_s:
+                return None, self._epoch
+            if age <= self.fresh_s or not self.speed:
+                return self._count, self._epoch
+            return self._count + round(self.speed * age), self._epoch
 
     def plausible_step(self, elapsed_s: float) -> int:
         """The longest step forward, in counts, that is belt travel in ``elapsed_s`` seconds between two
-        readings with the link up: ``RANGE_FLOOR`` of the counter range (16 bit: 4096; covers a belt
-        whose speed is not measured yet) + ``SPEED_MARGIN`` x ``peak_speed`` (the fastest the belt was
-        measured to go, over readings ``SPEED_SPAN_S`` apart, or ``max_counts_per_s`` when faster) x
-        ``elapsed_s``. A longer one is a counter reset, not travel."""
-        return int(self._modulus * RANGE_FLOOR + SPEED_MARGIN * self.peak_speed * max(0.0, elapsed_s))
+        readings with the link up, once ``peak_speed`` is known (before, any step under half the range is
+        travel): ``RANGE_FLOOR`` of the counter range (16 bit: 4096) + ``SPEED_MARGIN`` x ``peak_speed`` (the
+        fastest the belt was measured to go, over readings ``SPEED_SPAN_S`` apart, or ``max_counts_per_s`` when
+        faster) x ``elapsed_s`` (since the raw counter last moved: a register the PLC refreshes in bursts steps
+        the travel of the whole burst interval), at most ``STEP_SPAN_MAX_S``: a belt that stood still, then jumps (a
+        PLC restarted while the belt stopped) is held to that much travel. A longer one is a counter reset, not
+        travel."""
+        span_s = min(max(0.0, elapsed_s), STEP_SPAN_MAX_S)
+        return int(self._modulus * RANGE_FLOOR + SPEED_MARGIN * self.peak_speed * span_s)
 
     @property
     def position_epoch(self) -> int:
@@ -181,43 +210,45 @@ class PolledEncoder:
         """One good reading (taken at clock() ``t``): unwrap it, close an outage's blind span, or lose the position."""
         with self._lock:
             self._counters["reads"] += 1
-            lost = self._unwrap(raw, t - self._last_t)
+            lost = self._unwrap(raw, t)
             self._last_t = t
-            self._measure_speed(t)
             if lost is not None:
+                self._forget_speed(t)
                 self._epoch += 1
                 self._counters["position_lost"] += 1
                 self._lost = lost
                 self._spans.clear()     # the parts they concern are in the old epoch
-            elif self._held is not None and self._count > self._held:
-                self._spans.append((self._held, self._count))
+            else:
+                self._measure_speed(t)
+                if self._held is not None and self._count > self._held:
+                    self._spans.append((self._held, self._count))
             self._held = self._down = None
         if lost is not None:
             log.error("encoder %s: belt position lost: %s; the parts on the belt are at unknown positions",
                       self.name, lost)
 
-    def _unwrap(self, raw: int, elapsed_s: float) -> str | None:
-        """(under the lock) Count ``raw`` in, read ``elapsed_s`` after the last good reading; returns why the
-        position is lost, or None."""
+    def _unwrap(self, raw: int, t: float) -> str | None:
+        """(under the lock) Count ``raw`` in, read at clock() ``t``; returns why the position is lost, or None."""
         if self._last_raw is None:
-            self._last_raw = raw
+            self._last_raw, self._moved_t = raw, t
             if self.origin_raw is None:
                 self.origin_raw = (raw - self._count) % self._modulus
             return None
         last, step = self._last_raw, (raw - self._last_raw) % self._modulus
+        if step == 0:
+            return None
         if step < self._modulus // 2:
-            implausible = self._implausible(last, raw, step, elapsed_s)
+            implausible = self._implausible(last, raw, step, t - self._moved_t)
+            self._last_raw, self._moved_t = raw, t   # refused: count on from here
             if implausible is not None:
-                self._last_raw = raw    # count on from here
                 return implausible
             if raw < last:
                 self._counters["wraps"] += 1
             self._count += step
-            self._last_raw = raw
             return None
         if self._modulus - step <= self.jitter:
             return None                 # dither: held until the raw counter passes ``last`` again
-        self._last_raw = raw            # count on from here
+        self._last_raw, self._moved_t = raw, t   # count on from here
         outage = "after a link outage" if self._held is not None else "with the link up"
         return (f"raw counter went from {last} to {raw} {outage} at count {self._count}: expected a step "
                 f"forward under {self._modulus // 2} or back at most jitter={self.jitter} (a counter "
@@ -225,26 +256,35 @@ class PolledEncoder:
 
     def _implausible(self, last: int, raw: int, step: int, elapsed_s: float) -> str | None:
         """(under the lock) Why a step forward of ``step`` counts (raw ``last`` -> ``raw``) in ``elapsed_s`` is no
-        belt travel, or None when it may be: with the link up, one longer than ``plausible_step``. After an outage
-        the travel is unknown: any step forward under half the range is taken (see the module doc)."""
+        belt travel, or None when it may be: with the link up and the belt speed known, one longer than
+        ``plausible_step`` (``elapsed_s``: since the raw counter last moved). After an outage, or before a speed is
+        measured, the travel is unknown: any step forward under half the range is taken (see the module doc)."""
         most = self.plausible_step(elapsed_s)
-        if self._held is not None or step <= most:
+        if self._held is not None or self.peak_speed <= 0 or step <= most:
             return None
         return (f"raw counter went from {last} to {raw} with the link up at count {self._count}: a step forward "
-                f"of {step} counts in {elapsed_s:.3f} s, expected at most {most} (belt speed measured up to "
+                f"of {step} counts in {elapsed_s:.3f} s since it last moved, expected at most {most} (belt speed "
+                f"measured up to "
                 f"{self.peak_speed:.0f} counts/s; a counter reset or restart; a belt that can go faster from "
                 f"the start: give its top speed as max_counts_per_s= on the encoder URL)")
 
     def _measure_speed(self, t: float) -> None:
-        """(under the lock) Raise ``peak_speed`` to the speed over the readings since the span began, once the
-        span is ``SPEED_SPAN_S`` long (the count is unwrapped travel: a lost position adds nothing to it)."""
+        """(under the lock) Set ``speed`` to the speed over the readings since the span began, once the span is
+        ``SPEED_SPAN_S`` long, and raise ``peak_speed`` to it (the count is unwrapped travel the bound allowed)."""
         if self._speed_from is None:
             self._speed_from = (t, self._count)
             return
         t0, count0 = self._speed_from
         if t - t0 >= SPEED_SPAN_S:
-            self.peak_speed = max(self.peak_speed, (self._count - count0) / (t - t0))
+            self.speed = (self._count - count0) / (t - t0)
+            self.peak_speed = max(self.peak_speed, self.speed)
             self._speed_from = (t, self._count)
+
+    def _forget_speed(self, t: float) -> None:
+        """(under the lock) The position was lost: the speed measured so far says nothing of the steps ahead (a
+        refused step may have been travel); measure it afresh from the reading at clock() ``t``."""
+        self.speed, self.peak_speed = None, self.stated_speed
+        self._speed_from = (t, self._count)
 
     def _run(self) -> None:
         delay = BACKOFF_S[0]

@@ -63,7 +63,8 @@ def part_timeout_s(cfg: StationConfig) -> float:
     that comes before the gate's cut-off completes the part in time; one still missing leaves the gate without a
     verdict, which it decides fail-safe: closing the part earlier would only take latency from every view); with
     the PLC handshake, half its result timeout (at most ``NO_GATE_TIMEOUT_S``); ``math.inf`` where the part closes
-    by belt count instead (``part_close_by_count``: a slow or stopped belt must not time a good part out)."""
+    by belt count instead (``part_close_by_count``: a slow or stopped belt must not time a good part out; while the
+    encoder has no position, ``NO_GATE_TIMEOUT_S`` after it opened)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
         if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
@@ -90,15 +91,18 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
     the gate decides the part (a view in before it completes the part in time; one still missing leaves the gate
     without a verdict, which it decides fail-safe, so closing earlier gains nothing and closing later helps no view).
     Without it and without a timed gate: ``NO_GATE_TIMEOUT_S`` after the belt passed the furthest camera's window
-    (its view's inspection). None otherwise (the part closes by time: ``part_timeout_s``)."""
+    (its view's inspection). Either way, while the encoder has no belt position (its link is down: the count does not
+    move), ``NO_GATE_TIMEOUT_S`` after the part opened, as a part without a gate count (the gate decides a part
+    captured then ``position_lost``; kept open, the parts would pile up until the link is back). None otherwise (the
+    part closes by time: ``part_timeout_s``)."""
     if cfg.group.match != "encoder" or cfg.group.part_timeout_ms is not None:
         return None
     if cfg.reject.encoder_distance is not None:
-        return CloseByCount(cfg.reject.encoder_distance)
+        return CloseByCount(cfg.reject.encoder_distance, 0.0, NO_GATE_TIMEOUT_S)
     if cfg.reject.sinks:   # a timed gate (reject.delay_ms): the part's due time
         return None
     furthest = max((v.offset_counts for v in cfg.cameras), default=0)
-    return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S)
+    return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
 
 
 class CellModels:
@@ -297,6 +301,7 @@ class CellCounters:
 
 def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
     """The station's line side, and the part assembler (``by: part``) or the lanes' schedulers (``by: lane``)."""
+    from fair_edge.line import encoder_source
     from fair_edge.line.scheduler import RejectScheduler
 
     line = open_line_side(cfg, stack, run_id)
@@ -313,6 +318,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
             on_open=None if scheduler is None else (lambda part, t, count: scheduler.note_capture(part, t, count)),
             count=None if line.encoder is None else line.encoder.count,
+            position=None if line.encoder is None else (lambda: encoder_source.mark(line.encoder)[0]),
             offsets={v.name: v.offset_counts for v in cfg.cameras}, close_by_count=part_close_by_count(cfg),
             plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)))
         line.callbacks.append(cell.assembler.on_verdict)

@@ -12,11 +12,12 @@ at its belt count, so it is decided at its due time whatever happens to its view
   other views are in or its time is up, so they still join it (no part of their own) and are not counted late;
 - when every camera's view is in: NG when at least ``min_ng`` views are NG, else OK; its verdict goes to
   ``on_part`` with the part's row;
-- at ``t_open + timeout_s``, or with ``close_by_count`` (``match: encoder``) when the belt count reaches the part's
-  key + ``counts`` (and ``grace_s`` more), with views missing (a camera took no frame, a frame was dropped or not
-  inspected in time): NG, *not inspected*; ``on_part`` gets no verdict for the gate (the gate rejects the part
-  fail-safe at its due time, as it does a single camera's part without a verdict) and a row naming the
-  missing cameras;
+- at ``t_open + timeout_s``, or with ``close_by_count`` (``match: encoder``) when the belt count reaches the
+  part's key + ``counts`` (and ``grace_s`` more), or while the encoder has no belt position (``position()`` None:
+  its link is down, the count does not move) at ``t_open + unplaced_s``, with views missing (a camera took no frame,
+  a frame was dropped or not inspected in time): NG, *not inspected*; ``on_part`` gets no verdict for the gate (the
+  gate rejects the part fail-safe at its due time, as it does a single camera's part without a verdict) and a row
+  naming the missing cameras;
 - ``close_all()`` at the end of a run closes the rest the same way.
 
 ``match: encoder``: the part's key is its belt count at the camera at offset 0 (a view's count minus its camera's
@@ -42,6 +43,7 @@ NG only because views are missing (no view decided it: ``missing`` names them).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -63,10 +65,13 @@ OpenListener = Callable[[int, float, "int | None"], None]
 
 class CloseByCount(NamedTuple):
     """``match: encoder``: a part closes when the belt count reaches its key + ``counts``, then ``grace_s`` later
-    (``station.cell.part_close_by_count``); a stopped belt keeps it open."""
+    (``station.cell.part_close_by_count``); a stopped belt keeps it open. While the encoder has no belt position
+    (its link is down: the count is held and would keep every part open), a part closes ``unplaced_s`` after its
+    first view's capture (s; inf: never by time)."""
 
     counts: int
     grace_s: float = 0.0
+    unplaced_s: float = math.inf
 
 
 @dataclass
@@ -94,17 +99,19 @@ class _Part:
 class PartAssembler:
     """Matches views into parts and decides each part once (see the module doc).
 
-    cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its
-    views after its first view's capture (``math.inf``: no time limit). count: the belt count now (``match:
-    encoder``). offsets: belt counts from the camera at offset 0 to each one. close_by_count (``match: encoder``):
-    a part also closes when the belt has carried it this far (``CloseByCount``). plc_part: (camera, frame) -> the
-    PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's first
-    view was captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
+    cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its views after
+    its first view's capture (``math.inf``: no time limit). count: the belt count now (``match: encoder``). offsets:
+    belt counts from the camera at offset 0 to each one. close_by_count (``match: encoder``): a part also closes
+    when the belt has carried it this far (``CloseByCount``). position: the belt count parts close by, None while
+    the encoder has no position (``encoder_source.mark``'s count); default ``count``. plc_part: (camera, frame) ->
+    the PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's
+    first view was captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
     """
 
     def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
                  on_open: OpenListener | None = None, count: Callable[[], int] | None = None,
                  offsets: dict[str, int] | None = None, close_by_count: CloseByCount | None = None,
+                 position: Callable[[], int | None] | None = None,
                  plc_part: Callable[[str, Frame], int | None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if group.match == "encoder" and count is None:
@@ -117,6 +124,7 @@ class PartAssembler:
         self.min_ng = group.min_ng_views(len(self.cameras))
         self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
         self.offsets, self.close_by_count = dict(offsets or {}), close_by_count
+        self.position = position or count
         self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
         self._resync: set[str] = set()           # ... cameras whose seq lost step in an outage (matched by time)
         self._lock = threading.Lock()
@@ -176,9 +184,10 @@ class PartAssembler:
 
     def sweep(self, now: float | None = None) -> None:
         """Close the parts whose time is up (``t_open + timeout_s``) or that the belt carried far enough
-        (``close_by_count``); call it often (the loop's iterations)."""
+        (``close_by_count``; with no belt position, ``unplaced_s`` after they opened); call it often (the loop's
+        iterations)."""
         now = self.clock() if now is None else now
-        count = None if self.close_by_count is None else self.count()
+        count = None if self.close_by_count is None else self.position()
         with self._lock:
             due = [p for p in self._open.values() if p.t_close <= now or self._carried_off(p, count, now)]
             for part in due:
@@ -217,8 +226,13 @@ class PartAssembler:
         return part
 
     def _carried_off(self, part: _Part, count: int | None, now: float) -> bool:
-        """(under the lock) Whether the belt (at ``count``) carried the part to its close count ``grace_s`` ago."""
-        if part.count_close is None or count is None or count < part.count_close:
+        """(under the lock) Whether the belt (at ``count``) carried the part to its close count ``grace_s`` ago; with
+        no belt position (``count`` None), whether it opened ``unplaced_s`` ago."""
+        if part.count_close is None:
+            return False
+        if count is None:
+            return now >= part.t_open + self.close_by_count.unplaced_s
+        if count < part.count_close:
             return False
         if part.t_counted is None:
             part.t_counted = now

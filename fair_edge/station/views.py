@@ -165,7 +165,10 @@ class GroupSettings:
     window of one part, ms. window_counts: encoder-count window of one part. rule: ``any`` or
     ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
     = until its due time at the reject gate (``reject.delay_ms``: ``station.cell.part_timeout_s``), with the PLC
-    handshake half its result timeout (at most 1000 ms), else 1000 ms.
+    handshake half its result timeout (at most 1000 ms), else 1000 ms; with ``match: encoder`` a part closes by
+    belt count instead (``station.cell.part_close_by_count``): when the belt reaches its gate count
+    (``reject.encoder_distance``), without one 1000 ms after the belt passed the furthest camera's
+    ``window_counts``, and while the encoder has no belt position (its link is down) 1000 ms after it opened.
     """
 
     by: str = "part"
