@@ -229,3 +229,23 @@ def test_bayer_formats_demosaic_to_the_colour_the_sensor_saw(pfnc, top_left):
     channels, convert = PIXEL_FORMATS[pfnc]
     assert channels == 1
     assert convert(mosaic)[2:6, 2:6].reshape(-1, 3).tolist() == [[10, 50, 200]] * 16
+
+
+def test_the_station_start_line_never_shows_an_rtsp_password(station_bundles, tmp_path):
+    """`fair-edge run --camera rtsp://admin:PASS@host/...` printed the password in its start line (stdout: the
+    journal under systemd), though the camera's own errors redact it. The line now names the camera redacted; the
+    camera then fails to open (nothing listens), as it would."""
+    import threading
+
+    from fair_edge.console.settings import ConsoleSettings
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.station.config import CameraSettings, StationConfig
+    from fair_edge.station.run import run_station
+
+    cfg = StationConfig(camera=CameraSettings(source="rtsp://admin:CamPass99@127.0.0.1:9/stream1"),
+                        bundle=station_bundles[0].root, backend="onnxruntime", output=tmp_path,
+                        record=RecordSettings(dir=tmp_path), console=ConsoleSettings(enabled=False))
+    started: list[str] = []
+    with pytest.raises(Exception):
+        run_station(cfg, threading.Event(), max_frames=1, on_start=started.append)
+    assert started and "CamPass99" not in started[0] and "rtsp://admin:***@127.0.0.1:9/stream1" in started[0]

@@ -28,6 +28,7 @@ import numpy as np
 from fair_edge.runtime.backends import FrameScorer
 from fair_edge.cameras import CaptureSettings, CaptureThread, parse_source
 from fair_edge.cameras.base import CaptureState
+from fair_edge.cameras.opencv import redact_url
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard
@@ -400,7 +401,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         run_id = new_run_id()
         if on_start is not None:
             on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
-                     f"camera {cfg.camera.source}")
+                     f"camera {redact_url(str(cfg.camera.source))}")   # an RTSP URL's password never shown
         with contextlib.ExitStack() as stack:
             stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
             notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
