@@ -85,6 +85,32 @@ def test_the_unit_runs_the_station_under_the_watchdog(tmp_path):
     assert shlex.split(env_line[len("Environment="):].replace("%%", "%")) == list(s.environment)
 
 
+def test_the_unit_is_hardened_without_hiding_the_stations_files_or_devices(tmp_path):
+    """Was: no hardening line at all (`systemd-analyze security` 9.5 UNSAFE; NG images and logs written 0644; the
+    soft open-files limit 1024, which a burst of console readers used up). The sandboxing that would hide the
+    station's files or its camera, GPU and GPIO devices stays off."""
+    lines = render_unit(settings(tmp_path)).splitlines()
+    service = lines[lines.index("[Service]"):lines.index("[Install]")]
+    for line in ("NoNewPrivileges=yes", "RestrictSUIDSGID=yes", "ProtectKernelModules=yes",
+                 "ProtectControlGroups=yes", "UMask=0027", "LimitNOFILE=65536"):
+        assert line in service, line
+    assert not [line for line in lines if line.startswith(("ProtectSystem=", "ProtectHome=", "PrivateTmp=",
+                                                            "PrivateDevices="))]
+
+
+@needs_analyze
+def test_systemd_rates_the_unit_better_than_unsafe(tmp_path):
+    """`systemd-analyze security` scores exposure 0..10; the unit without hardening scored 9.5 (UNSAFE)."""
+    s = settings(tmp_path)
+    unit = tmp_path / s.unit_name
+    unit.write_text(render_unit(s))
+    rated = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", str(unit)], capture_output=True, text=True,
+                           timeout=60)
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", rated.stdout + rated.stderr)
+    assert score is not None, rated.stdout + rated.stderr
+    assert float(score.group(1)) < 9.0, score.group(0)
+
+
 def test_quoting_and_settings_are_checked():
     assert quote_arg("/usr/bin/fair-edge") == "/usr/bin/fair-edge"
     assert quote_arg("/a b/c\"d") == '"/a b/c\\"d"' and quote_arg("50%") == "50%%" and quote_arg("$X") == "$$X"

@@ -28,6 +28,12 @@ sees the live and NG images and the logs (``ConsoleServer.start`` logs a warning
 served only from the station's output folder (``/files/``) and the recorder's folder (``/records/``,
 ``record.dir``, where it is elsewhere): a path that resolves outside it (``..``, an absolute path, a
 symlink) is refused with 404; a file is streamed in chunks, up to its size when opened.
+The console shares the station's process, so its readers must not take what the station needs (open files, the
+event loop): uvicorn answers 503 once ``MAX_CONNECTIONS`` connections are open, and ``/api/events`` answers 503
+(and closes the connection) while ``MAX_EVENT_STREAMS`` streams are open; every other route still answers then.
+Every response says it may not be framed by another page (``X-Frame-Options: DENY``, ``Content-Security-Policy:
+frame-ancestors 'none'``: a hostile page cannot lay the console under its own buttons to steal a click) and may not
+be read as another type than it declares (``X-Content-Type-Options: nosniff``).
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ KEEPALIVE_S = 10.0
 TOKEN_HEADER = "x-fair-edge-token"
 MAX_BODY_BYTES = 64 * 1024   # an action's JSON is under 1 KB; parsing megabytes would hold the GIL for seconds
 FILE_CHUNK_BYTES = 64 * 1024   # /files/ and /records/ send a file in pieces this size, never whole
+MAX_CONNECTIONS = 64   # open at once (uvicorn's limit_concurrency; 503 above): each holds a file descriptor
+MAX_EVENT_STREAMS = 32   # open /api/events streams (each never ends): half the connections, the rest for other routes
+SAFE_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
+                (b"x-content-type-options", b"nosniff"))   # on every response (SafeHeaders)
 
 
 def safe_file(root: Path, rel: str) -> Path | None:
@@ -155,10 +165,54 @@ class SharedState:
         self._at = now
 
 
-def build_app(feed: StationFeed, actions: StationActions, token: str | None, stop: threading.Event) -> Starlette:
-    """The console's ASGI app over one station feed."""
+class StreamSlots:
+    """Counts the open event streams, at most ``limit`` (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a slot for a new stream; False (nothing taken) while ``limit`` streams are open."""
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+class SlotStream(StreamingResponse):
+    """A streaming response that gives its ``StreamSlots`` slot back when it ends, however it ends (the stream
+    stopped, the client left, the server closing)."""
+
+    def __init__(self, content, slots: StreamSlots, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back()
+
+
+def too_many_streams(limit: int) -> Response:
+    """The 503 answer to an event stream opened while ``limit`` are open (its connection closed after it)."""
+    return JSONResponse({"error": f"/api/events: expected at most {limit} open event streams, found {limit} open "
+                                  "already; close console pages left open elsewhere, or poll /api/state instead"},
+                        status_code=503, headers={"Connection": "close", "Retry-After": "10"})
+
+
+def build_app(feed: StationFeed, actions: StationActions, token: str | None, stop: threading.Event,
+              max_streams: int = MAX_EVENT_STREAMS) -> Starlette:
+    """The console's ASGI app over one station feed; at most ``max_streams`` open ``/api/events`` streams."""
     cache = JpegCache()
     shared = SharedState(feed, actions, 1.0 / feed.settings.live_fps)
+    slots = StreamSlots(max_streams)
 
     def page(name: str):
         async def handler(request: Request) -> Response:
@@ -170,6 +224,9 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         return Response(text, media_type="application/json")
 
     async def events(request: Request) -> Response:
+        if not slots.take():
+            return too_many_streams(slots.limit)
+
         async def stream():
             opened = last_sent = time.monotonic()
             seen = 0   # versions start at 1: the first snapshot (built after the stream opened) is always sent
@@ -185,8 +242,8 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
                     last_sent = time.monotonic()
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(period)
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return SlotStream(stream(), slots, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def live_jpg(request: Request) -> Response:
         seq = wanted_seq(request.query_params.get("seq"))
@@ -256,7 +313,7 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     guard = Middleware(LocalHostOnly, bind=feed.settings.host, allowed_hosts=feed.settings.allowed_hosts)
-    return Starlette(routes=routes, middleware=[guard])
+    return Starlette(routes=routes, middleware=[Middleware(SafeHeaders), guard])
 
 
 def wanted_seq(value: str | None) -> int | None:
@@ -359,6 +416,29 @@ class LocalHostOnly:
             (self.any_address and is_address(name))
 
 
+class SafeHeaders:
+    """ASGI middleware: adds ``SAFE_HEADERS`` to every response (the Host check's refusals included): no page of
+    another site may frame the console (clickjacking an action such as acknowledging an alarm), and no browser
+    reads a file as another type than the one it is sent as."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_safe(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in SAFE_HEADERS if name not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_safe)
+
+
 def is_address(name: str) -> bool:
     """Whether ``name`` is an IPv4 or IPv6 address (not a name DNS could re-point)."""
     try:
@@ -430,7 +510,8 @@ class ConsoleServer:
         self._stop = threading.Event()
         app = build_app(feed, actions, self.settings.token, self._stop)
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=1,
+                                limit_concurrency=MAX_CONNECTIONS)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
 

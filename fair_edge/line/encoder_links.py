@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from ..errors import PlcError, SinkError
 from .encoder_source import EncoderSource, FakeEncoder
 from .sinks.modbus import ADDRESS_MAX, UNIT_MAX, connect_client, modbus_tcp_client
+from .sinks.opcua import client_with_login, split_userinfo, without_userinfo
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ class ModbusCounter:
         url.check_query(("unit", "register", "bits", "order", "table", "poll_ms", "timeout_ms", "jitter",
                          "max_counts_per_s"))
         if not url.host or "register" not in url.query:
-            raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?register=N[&bits=32], found "
+            raise SinkError(f"{url.shown}: expected modbus://HOST:PORT?register=N[&bits=32], found "
                             f"host={url.host!r}, register={url.query.get('register')!r}")
         self.host, self.port = url.host, url.port or 502
         self.words = bits // 16
@@ -377,15 +378,19 @@ class ModbusCounter:
 
 
 class OpcUaCounter:
-    """A counter in one OPC UA integer node, via asyncua's sync client."""
+    """A counter in one OPC UA integer node, via asyncua's sync client. A ``USER:PASSWORD@`` in the URL logs in as
+    that user (as the OPC UA sink does, ``sinks.opcua.client_with_login``); the endpoint, the name and every error,
+    log line and fault reason are without it."""
 
     def __init__(self, url: SinkUrl, bits: int) -> None:
+        url = without_userinfo(url)
         url.check_query(("node", "bits", "poll_ms", "timeout_ms", "jitter", "max_counts_per_s"))
         node = url.query.get("node", "")
         if not url.host or not node:
             raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
                             f"found host={url.host!r} node={node!r}")
-        self.endpoint, self.node_id = f"opc.tcp://{url.netloc}{url.path}", node
+        hostport, self._user, self._password = split_userinfo(url.netloc)
+        self.endpoint, self.node_id = f"opc.tcp://{hostport}{url.path}", node
         self.mask = (1 << bits) - 1
         self.timeout_s = url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0
         self.name = f"opcua {self.endpoint} {node}"
@@ -394,9 +399,7 @@ class OpcUaCounter:
 
     def open(self) -> None:
         self.close()
-        from asyncua.sync import Client
-
-        client = Client(self.endpoint, timeout=self.timeout_s)
+        client = client_with_login(self.endpoint, self.timeout_s, self._user, self._password)
         try:
             client.connect()
             self._node = client.get_node(self.node_id)

@@ -45,7 +45,8 @@ from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   open_capture, open_line_side, publish_summary, run_station, station_lock,
+                                   open_capture, open_line_side, publish_summary, raise_open_files_limit,
+                                   run_station, station_lock,
                                    station_tick, stop_wait_s, write_summary)
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a 
 
 
 def run(cfg: StationConfig, stop: threading.Event, **kwargs) -> RunSummary:
-    """Run the station the file describes: ``run_cell`` for a ``cameras:`` list, else ``run_station``."""
+    """Run the station the file describes: ``run_cell`` for a ``cameras:`` list, else ``run_station`` (with the
+    process's open-files limit raised first: ``raise_open_files_limit``)."""
+    raise_open_files_limit()
     return run_cell(cfg, stop, **kwargs) if cfg.cameras else run_station(cfg, stop, **kwargs)
 
 

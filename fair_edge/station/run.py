@@ -67,6 +67,7 @@ EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered n
 STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
 STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}): stop it first "
                 "(`systemctl stop fair-edge` or Ctrl-C in its terminal), or give this one another {fix}.")
+OPEN_FILES = 65536   # the soft open-files limit a station raises itself to (its hard limit where that is lower)
 BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the station file, or --out)"),
                 "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
 
@@ -368,6 +369,28 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
         if calibrations is not None:   # several cameras: each camera's own, fair_edge_drift_camera_psi{camera}
             metrics.watch_by("drift_camera", "camera", console.camera_drift_metrics)
     return console
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit, at most ``wanted``, and return the soft limit now.
+    The console shares the station's process: at a soft limit of 1024 (systemd's default) a burst of console
+    readers could take the descriptors the camera, the verdict log and the PLC links need. Never lowers it; a
+    platform without the ``resource`` module, or a refusal, leaves it as it was (logged at debug)."""
+    try:
+        import resource
+    except ImportError:   # not POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("open-files limit: kept %d (raising it to %d was refused: %s)", soft, target, exc)
+            return soft
+        log.debug("open-files limit: raised from %d to %d (hard limit %s)", soft, target, hard)
+        return target
+    return soft
 
 
 def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | None = None,

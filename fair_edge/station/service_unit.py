@@ -8,6 +8,11 @@
   ExecReload=kill -HUP $MAINPID     `systemctl reload` loads the bundle again without stopping capture;
   TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first: ``stop_timeout_sec``
                                     sizes it from the station's reject timing (a long belt needs more than 60 s).
+  HARDENING                         no privilege gain (setuid), no kernel modules loaded, cgroups read-only,
+                                    UMask=0027 (NG images and logs not world-readable), LimitNOFILE=65536. Not
+                                    ProtectSystem/ProtectHome/PrivateTmp/PrivateDevices: the station writes its
+                                    station file, outputs and caches wherever the site put them, and needs the
+                                    camera, GPU and GPIO devices.
 Quoting follows systemd.syntax(7) and systemd.service(5): arguments with spaces or quotes are double-quoted with
 backslash escapes, ``%`` is doubled (specifiers) and, in ExecStart's arguments, ``$`` too (variable expansion; the
 executable path itself is not expanded, so its ``$`` stays single). systemd refuses an executable path holding a
@@ -37,6 +42,14 @@ if TYPE_CHECKING:
 UNIT_DIR = Path("/etc/systemd/system")
 STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
 STOP_MARGIN_S = 30       # s added to the belt's drain: queued frames, the recorder's close (5 s of NG images), sinks
+HARDENING = (   # [Service] lines that take nothing the station needs (see the module doc and docs/jetson.md)
+    "NoNewPrivileges=yes",
+    "RestrictSUIDSGID=yes",
+    "ProtectKernelModules=yes",
+    "ProtectControlGroups=yes",
+    "UMask=0027",
+    "LimitNOFILE=65536",
+)
 MAX_SEC = 7 * 86400      # the longest of the unit's times, s (a week); reject timing may reach 3 days (3 x 1 day)
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+")
@@ -202,6 +215,7 @@ def render_unit(s: ServiceSettings) -> str:
         f"TimeoutStartSec={s.timeout_start_sec}",
         f"TimeoutStopSec={s.timeout_stop_sec}",
         "KillSignal=SIGTERM",
+        *HARDENING,
         "",
         "[Install]",
         "WantedBy=multi-user.target",

@@ -21,11 +21,16 @@ class SinkUrl:
     netloc: str = ""
     query: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def shown(self) -> str:
+        """``raw`` without a ``user:password@``: what an error message quotes (``hide_userinfo``)."""
+        return hide_userinfo(self.raw)
+
     def check_query(self, allowed: tuple[str, ...]) -> None:
         for key in self.query:
             if key not in allowed:
                 hint = did_you_mean(key, allowed)
-                raise SinkError(f"{self.raw}: unknown option '{key}'{hint}; valid: "
+                raise SinkError(f"{self.shown}: unknown option '{key}'{hint}; valid: "
                                 f"{', '.join(allowed)}")
 
     def get_int(self, key: str, default: int | None, minimum: int = 0, maximum: int | None = None) -> int | None:
@@ -41,7 +46,7 @@ class SinkUrl:
             value = None
         if value is None or value < minimum or (maximum is not None and value > maximum):
             wanted = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-            raise SinkError(f"{self.raw}: {key}: expected an integer {wanted}, found {raw!r}")
+            raise SinkError(f"{self.shown}: {key}: expected an integer {wanted}, found {raw!r}")
         return value
 
     def get_float(self, key: str, default: float, minimum: float = 0.0) -> float:
@@ -53,15 +58,26 @@ class SinkUrl:
         except ValueError:
             value = None
         if value is None or not value >= minimum or not math.isfinite(value):
-            raise SinkError(f"{self.raw}: {key}: expected a finite number >= {minimum:g}, found {raw!r}")
+            raise SinkError(f"{self.shown}: {key}: expected a finite number >= {minimum:g}, found {raw!r}")
         return value
 
     def get_choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.query.get(key, default)
         if value not in allowed:
-            raise SinkError(f"{self.raw}: {key}: expected one of {' | '.join(allowed)}, "
+            raise SinkError(f"{self.shown}: {key}: expected one of {' | '.join(allowed)}, "
                             f"found {value!r}")
         return value
+
+
+def hide_userinfo(url: str) -> str:
+    """``url`` (``scheme://[user:password@]host:port/path?query``) without its ``user:password@``: an OPC UA URL's
+    password never reaches an error message, a log line or a fault reason."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority = rest[:end]
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{rest[end:]}"
 
 
 def parse_sink_url(url: str) -> SinkUrl:
@@ -73,12 +89,12 @@ def parse_sink_url(url: str) -> SinkUrl:
     try:
         port = parts.port
     except ValueError as exc:
-        raise SinkError(f"{url}: expected a port number 1..65535 after ':'") from exc
+        raise SinkError(f"{hide_userinfo(url)}: expected a port number 1..65535 after ':'") from exc
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     query: dict[str, str] = {}
     for key, value in pairs:
         if key in query:
-            raise SinkError(f"{url}: option '{key}' given twice; give it once")
+            raise SinkError(f"{hide_userinfo(url)}: option '{key}' given twice; give it once")
         query[key] = value
     return SinkUrl(url, parts.scheme.lower(), parts.hostname or "", port, parts.path,
                    parts.netloc, query)
@@ -90,6 +106,6 @@ def scheme_entry(table: dict, url: SinkUrl, what: str):
     entry = table.get(url.scheme)
     if entry is None:
         hint = did_you_mean(url.scheme, table, suffix="://")
-        raise SinkError(f"{url.raw}: unknown {what} scheme '{url.scheme}'{hint}; valid: "
+        raise SinkError(f"{url.shown}: unknown {what} scheme '{url.scheme}'{hint}; valid: "
                         f"{', '.join(s + '://' for s in table)}")
     return entry
