@@ -212,11 +212,23 @@ def _unreadable(root: Path, path: Path, exc: OSError, data: dict) -> BundleError
     return BundleError(f"bundle file {name} cannot be read: {type(exc).__name__}: {exc}. {_rebuild_hint(data)}")
 
 
+def _fused_given(root: Path) -> str:
+    """The refusal for a fused bundle (``fusion.json``, members ``m0``, ``m1``, ...) given where one bundle is read."""
+    members = sorted(p.name for p in root.glob("m[0-9]*") if (p / MANIFEST).is_file())
+    held = f" (members {', '.join(members)})" if members else ""
+    first = root / (members[0] if members else "m0")
+    return (f"{root} is a fused bundle: it holds {FUSION_MANIFEST}{held}, not {MANIFEST}; this command takes one "
+            f"bundle. Give one of its members (e.g. {first}), or run the fused bundle with `fair-edge run --bundle "
+            f"{root}`.")
+
+
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     try:
         if not root.is_dir():
             raise BundleError(f"bundle {root} does not exist or is not a directory. Build one with `fair-edge build`.")
+        if not path.is_file() and (root / FUSION_MANIFEST).is_file():
+            raise BundleError(_fused_given(root))
         if not path.is_file():
             raise BundleError(f"{root} has no {MANIFEST}; it is not a fair-edge bundle. Build one with `fair-edge build`.")
         raw = path.read_bytes()

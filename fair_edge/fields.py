@@ -148,6 +148,9 @@ def read_station_text(path: Path) -> str:
     try:
         return path.read_text()
     except UnicodeDecodeError as exc:
+        if b"\x00" in exc.object:   # text in any 8-bit encoding has no NUL bytes: an image, a model, an archive
+            raise ConfigError(f"station file {path} is a binary file (it holds NUL bytes, e.g. an image or a model), "
+                              f"not a YAML text file; give --station the station's .yaml file") from exc
         found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
         raise ConfigError(f"station file {path}: expected {exc.encoding} text, found {found} (another encoding, "
                           f"e.g. Latin-1); save the file as {exc.encoding}") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import getpass
+import json
 import os
 import re
 import shlex
@@ -24,6 +26,7 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed here "
                                    "(Debian: apt-get install systemd); the unit is then not verified")
 
+USER = getpass.getuser()   # install-service refuses a --user that is not an account here (the unit could never start)
 app = typer.Typer()
 app.command("install-service")(install_service)
 
@@ -34,9 +37,10 @@ def _main() -> None:
 
 
 def station_file(folder: Path, name: str = "station.yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """A station file in ``folder`` whose bundle (absolute, beside it) exists: installing checks it is there."""
+    (folder / "bundle-w32-int8").mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text("camera: {source: \"0\"}\nbundle: runs/bundle-w32-int8\n")
+    path.write_text(f"camera: {{source: \"0\"}}\nbundle: {json.dumps(str(folder / 'bundle-w32-int8'))}\n")
     return path
 
 
@@ -129,12 +133,12 @@ def test_install_writes_the_unit_atomically_and_prints_the_commands(tmp_path, mo
     units = tmp_path / "units"
     units.mkdir()
     r = CliRunner().invoke(app, ["install-service", "--station", str(station), "--unit-dir", str(units), "--name",
-                                 "fair-edge-line3", "--user", "inspect", "--env", "OMP_NUM_THREADS=4",
+                                 "fair-edge-line3", "--user", USER, "--env", "OMP_NUM_THREADS=4",
                                  "--exec", sys.executable, "--working-dir", str(tmp_path)], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     unit = units / "fair-edge-line3.service"
     text = unit.read_text()
-    assert "User=inspect" in text and '"OMP_NUM_THREADS=4"' in text and f"--station {station}" in text
+    assert f"User={USER}" in text and '"OMP_NUM_THREADS=4"' in text and f"--station {station}" in text
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644 and [p.name for p in units.iterdir()] == [unit.name]
     for command in ("sudo systemctl daemon-reload", "sudo systemctl enable --now fair-edge-line3.service",
                     "journalctl -u fair-edge-line3.service -f"):
@@ -148,7 +152,7 @@ def test_installing_another_station_under_a_taken_name_is_refused_unless_forced(
     units = tmp_path / "units"
     units.mkdir()
     first, second = station_file(tmp_path / "a"), station_file(tmp_path / "b")
-    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--exec", sys.executable,
+    args = ["install-service", "--unit-dir", str(units), "--user", USER, "--exec", sys.executable,
             "--working-dir", str(tmp_path)]
     assert CliRunner().invoke(app, [*args, "--station", str(first)]).exit_code == 0
     assert CliRunner().invoke(app, [*args, "--station", str(first)]).exit_code == 0          # the same unit again
@@ -218,8 +222,8 @@ def test_this_stations_own_unit_with_other_settings_is_named_as_such_and_updated
     units = tmp_path / "units"
     units.mkdir()
     station = station_file(tmp_path / "line 3 (50%)")   # quoted and %-escaped in ExecStart
-    old_exec, new_exec = tmp_path / "venv-1" / "fair-edge", tmp_path / "venv-2" / "fair-edge"
-    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--working-dir", str(tmp_path),
+    old_exec, new_exec = executable_in(tmp_path / "venv-1"), executable_in(tmp_path / "venv-2")
+    args = ["install-service", "--unit-dir", str(units), "--user", USER, "--working-dir", str(tmp_path),
             "--station", str(station)]
     assert CliRunner().invoke(app, [*args, "--exec", str(old_exec)]).exit_code == 0
     unit = units / "fair-edge.service"
@@ -363,7 +367,7 @@ def test_a_unit_installed_before_the_belt_got_longer_is_shown_with_the_stop_time
     units = tmp_path / "units"
     units.mkdir()
     station = station_file(tmp_path / "line3")
-    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--exec", sys.executable,
+    args = ["install-service", "--unit-dir", str(units), "--user", USER, "--exec", sys.executable,
             "--working-dir", str(tmp_path), "--station", str(station)]
     assert CliRunner().invoke(app, args).exit_code == 0
     station.write_text(station.read_text() + LONG_BELT)
@@ -433,7 +437,7 @@ def test_install_service_keeps_the_links_in_the_paths_it_writes(tmp_path, monkey
     units.mkdir()
     program = executable_in(current / "venv" / "bin")
     monkeypatch.chdir(current)
-    args = ["install-service", "--unit-dir", str(units), "--user", "inspect", "--exec", "venv/bin/fair-edge"]
+    args = ["install-service", "--unit-dir", str(units), "--user", USER, "--exec", "venv/bin/fair-edge"]
     r = CliRunner().invoke(app, [*args, "--station", "station.yaml"], env={"PWD": str(current)})
     assert r.exit_code == 0, r.output
     lines = (units / "fair-edge.service").read_text().splitlines()
@@ -484,7 +488,7 @@ def test_printed_paths_keep_their_brackets(tmp_path, monkeypatch):
     units = tmp_path / "units [" / "x]"   # the text '[/x]' in the path: a Rich close tag
     units.mkdir(parents=True)
     r = CliRunner().invoke(app, ["install-service", "--station", str(station), "--unit-dir", str(units), "--user",
-                                 "inspect", "--exec", sys.executable, "--working-dir", str(tmp_path)],
+                                 USER, "--exec", sys.executable, "--working-dir", str(tmp_path)],
                            env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert f"wrote {units / 'fair-edge.service'}." in r.output, r.output

@@ -51,6 +51,8 @@ def collect(
     if every < 1 or max_frames < 1:
         raise ConfigError(f"--every and --max-frames must be >= 1; found {every} and {max_frames}.")
     check_duration(duration)
+    if source is not None:
+        check_out_outside(out, source)
     if reviewed is not None:
         result = export_reviewed(reviewed, out)
         console.print(f"[green]exported every reviewed part[/] to {escape(str(out))}: {escape(result['summary'])}")
@@ -71,6 +73,16 @@ def collect(
         if timer is not None:
             timer.cancel()
     print_plain(collect_line(read, skipped_files, collector.counts, out))
+
+
+def check_out_outside(out: Path, source: Path) -> None:
+    """ConfigError when ``out`` is the --source folder or inside it: the replay would read the frames it saves there
+    (and save the source's images into it again, under new names)."""
+    folder, target = source.resolve(), out.resolve()
+    if folder.is_dir() and (target == folder or folder in target.parents):
+        where = "is the --source folder" if target == folder else f"is inside the --source folder {source}"
+        raise ConfigError(f"collect: OUT {out} {where}: the images read from it would be saved into it again. "
+                          f"Give a new folder outside it, e.g. {folder.parent / (folder.name + '_collected')}.")
 
 
 def check_duration(duration: Optional[float]) -> None:

@@ -19,8 +19,9 @@ from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
-                                            belt_drain_ms, default_executable, default_user, install_unit,
-                                            logical_cwd, render_unit, stop_timeout_sec, systemctl_commands)
+                                            belt_drain_ms, check_on_this_machine, default_executable, default_user,
+                                            install_unit, logical_cwd, render_unit, stop_timeout_sec,
+                                            systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
@@ -61,7 +62,8 @@ def install_service(
     station: Path = typer.Option(..., "--station", help="Station YAML the service runs (`fair-edge run --station FILE`)."),
     print_only: bool = typer.Option(False, "--print", help="Write the unit to stdout instead of --unit-dir."),
     unit_dir: Path = typer.Option(UNIT_DIR, "--unit-dir", help="Where the unit file goes (needs root for the default)."),
-    name: str = typer.Option(_DEFAULTS["name"], "--name", help="Unit name, e.g. fair-edge-line3 (-> NAME.service)."),
+    name: str = typer.Option(_DEFAULTS["name"], "--name", help="Unit name, e.g. fair-edge-line3 (-> NAME.service; "
+                             "a trailing .service is not doubled)."),
     user: Optional[str] = typer.Option(None, "--user", help="Account the station runs as [default: $SUDO_USER or you]; "
                                        "it needs the camera (group video), the bundle and the output folder."),
     group: Optional[str] = typer.Option(None, "--group", help="Group it runs as [default: the user's]."),
@@ -98,6 +100,7 @@ def install_service(
     if print_only:
         print_unit(render_unit(settings))
         return
+    check_on_this_machine(settings, cfg)   # a unit that could never start would restart forever
     if settings.user == "root":
         console.print("note: the station will run as root; pass --user with a dedicated account (see docs/jetson.md).")
     target = Path(unit_dir) / settings.unit_name

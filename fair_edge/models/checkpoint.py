@@ -197,9 +197,26 @@ def _read_payload(path: Path) -> Any:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_load_reason(exc)}). {_FIX}") from exc
 
 
+def _folder_given(path: Path) -> str:
+    """The refusal for a folder given as a checkpoint file: a bundle (bundle.json), a fused bundle (fusion.json),
+    a training run (final.pt in it) or another folder, each with its fix."""
+    if (path / "bundle.json").is_file() or (path / "fusion.json").is_file():
+        kind, use = (("a bundle", f"`fair-edge run --bundle {path}` or `fair-edge bench {path}`")
+                     if (path / "bundle.json").is_file() else ("a fused bundle", f"`fair-edge run --bundle {path}`"))
+        return (f"checkpoint {path} is {kind} folder, not a checkpoint file: this command reads the .pt file "
+                "`fair-edge train` wrote (e.g. runs/NAME/final.pt), the one the bundle was built from. Give that "
+                f"file; to run the bundle itself use {use}.")
+    runs = sorted(p.name for p in path.glob("*.pt"))
+    found = f"; it holds {', '.join(runs[:5])}: give one, e.g. {path / runs[0]}" if runs else (
+        "; give the .pt file `fair-edge train DATA --out DIR` wrote (DIR/final.pt)")
+    return f"checkpoint {path} is a folder, not a checkpoint file{found}."
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint with ``weights_only=True``; raises CheckpointError naming the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(_folder_given(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Train one with `fair-edge train DATA --out DIR`.")
     payload = _read_payload(path)

@@ -243,12 +243,26 @@ class StationConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _folder_given(path: Path) -> str:
+    """The refusal for a folder given as the station file: a bundle (pass it as --bundle), one holding YAML files
+    (name one), or another folder."""
+    if (path / "bundle.json").is_file() or (path / "fusion.json").is_file():
+        return (f"station file {path} is a bundle folder, not a station YAML file: pass it as --bundle {path} "
+                "(with --source), or give --station the YAML file that names it (bundle: ...).")
+    yamls = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))[:5]
+    held = f" it holds {', '.join(yamls)}: give one, e.g. --station {path / yamls[0]}" if yamls else (
+        " give the station YAML file (see `fair-edge run --help` for its fields)")
+    return f"station file {path} is a folder, not a YAML file;{held}."
+
+
 def load_station(path: str | Path) -> StationConfig:
     """Read and validate a station YAML file; raises ConfigError naming the file and field. A file that cannot be
     read (permissions, an I/O error) or decoded as text (a Latin-1 comment in a UTF-8 locale) is a ConfigError
     naming the file too: SIGHUP's reload re-reads it on a running station, which refuses the reload and goes on. A key
     given twice in one mapping is refused naming both lines (``fields.StationLoader``): YAML would keep the last."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(_folder_given(path))
     if not path.is_file():
         raise ConfigError(f"station file {path} does not exist. See `fair-edge run --help` for its fields.")
     try:

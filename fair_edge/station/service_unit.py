@@ -101,7 +101,102 @@ class ServiceSettings:
 
     @property
     def unit_name(self) -> str:
-        return f"{self.name}.service"
+        """The unit file's name: ``name`` + ``.service`` (a ``--name`` that already ends in ``.service`` keeps one)."""
+        return f"{unit_stem(self.name)}.service"
+
+
+def unit_stem(name: str) -> str:
+    """``name`` without a trailing ``.service``: ``--name line3.service`` is the unit line3.service, not
+    line3.service.service."""
+    return name[:-len(".service")] if name.endswith(".service") and name != ".service" else name
+
+
+def check_on_this_machine(s: ServiceSettings, cfg: StationConfig | None) -> None:
+    """ConfigError, naming the flag or field, what is there and the fix, when the unit ``s`` could never start on
+    this machine (systemd would restart it every ``restart_sec`` forever): --working-dir not a folder, the
+    executable missing, a folder or not executable, --user / --group not an account here, or a relative path of
+    the station file ``cfg`` (bundle, roi, a camera's folder or video) not found from --working-dir. --print skips
+    this: its unit may be for another machine."""
+    _check_working_dir(s.working_dir)
+    _check_program(s.executable)
+    _check_accounts(s.user, s.group)
+    if cfg is not None:
+        _check_station_paths(cfg, s.working_dir)
+
+
+def _check_working_dir(folder: Path) -> None:
+    if not folder.exists():
+        raise ConfigError(f"--working-dir {folder} does not exist: the unit could never start (systemd: \"Changing "
+                          "to the requested working directory failed\") and would restart forever. Create it, or "
+                          "pass the folder the station file's relative paths start from.")
+    if not folder.is_dir():
+        raise ConfigError(f"--working-dir {folder} is a file, not a folder: the unit could never start. Pass the "
+                          f"folder the station file's relative paths start from (e.g. {folder.parent}).")
+
+
+def _check_program(executable: Path) -> None:
+    fix = "Pass --exec with the fair-edge program (e.g. /opt/venv/bin/fair-edge; `which fair-edge` names it)."
+    if not executable.exists():
+        raise ConfigError(f"the fair-edge executable {executable} (--exec) does not exist: the unit could never "
+                          f"start. {fix}")
+    if executable.is_dir():
+        raise ConfigError(f"the fair-edge executable {executable} (--exec) is a folder, not a program: the unit "
+                          f"could never start. {fix}")
+    if not os.access(executable, os.X_OK):
+        raise ConfigError(f"the fair-edge executable {executable} (--exec) is not executable: the unit could never "
+                          f"start. `chmod +x {executable}`, or {fix[0].lower()}{fix[1:]}")
+
+
+def _check_accounts(user: str, group: str | None) -> None:
+    import grp
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--user {user}: no such account on this machine; the unit could never start. Create it "
+                          f"(`sudo useradd --system --groups video {user}`) or pass an existing one.") from None
+    if group is None:
+        return
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(f"--group {group}: no such group on this machine; the unit could never start. Create it "
+                          f"(`sudo groupadd {group}`), pass an existing one, or leave out --group (the user's).") from None
+
+
+def _station_paths(cfg: StationConfig) -> list[tuple[str, Path]]:
+    """(field, path) of the station file's paths read at start: bundle, decision.roi, camera.source and each
+    ``cameras[i]``'s source / bundle / roi, where the source is a folder or video (not an index, device, URL or
+    ``KIND:`` spec)."""
+    found = [("bundle", cfg.bundle), ("decision.roi", cfg.roi)]
+    if not cfg.cameras:
+        found.append(("camera.source", _source_path(cfg.camera.source)))
+    for i, view in enumerate(cfg.cameras):
+        found += [(f"cameras[{i}].source", _source_path(view.source)), (f"cameras[{i}].bundle", view.bundle),
+                  (f"cameras[{i}].roi", view.roi)]
+    return [(what, Path(path)) for what, path in found if path is not None]
+
+
+def _source_path(source: str) -> str | None:
+    """A camera source that names a folder or a video file; None for an index, /dev/..., a URL, a pipeline or a
+    ``KIND:`` spec."""
+    text = source.strip()
+    if not text or text.isdigit() or text.startswith("/dev/") or "!" in text or re.match(r"^[A-Za-z][\w+.-]*:", text):
+        return None
+    return text
+
+
+def _check_station_paths(cfg: StationConfig, working_dir: Path) -> None:
+    """ConfigError for the first relative path of the station file missing from ``working_dir`` (where the unit
+    runs it): `fair-edge run` would fail at each start."""
+    for what, path in _station_paths(cfg):
+        if path.is_absolute() or (working_dir / path).exists():
+            continue
+        raise ConfigError(f"{cfg.source_file}: {what}: {path} is not found from --working-dir {working_dir} (no "
+                          f"{working_dir / path}), where the unit runs the station; it could never start. Pass "
+                          "--working-dir with the folder it is relative to, or make the path absolute in the station "
+                          "file.")
 
 
 def belt_drain_ms(cfg: StationConfig) -> float:
@@ -311,7 +406,7 @@ def check_replace(s: ServiceSettings, target: Path, text: str) -> None:
             f"systemctl daemon-reload` and `sudo systemctl restart {s.unit_name}`. Do not give it another --name: that "
             "would be a second service running the same station file (two processes on one camera).")
     raise ConfigError(f"{target} already holds another unit (it runs {_exec_line(target)}); installing would replace "
-                      f"it. Give this station its own --name (e.g. --name {s.name}-2), or pass --force to replace it.")
+                      f"it. Give this station its own --name (e.g. --name {unit_stem(s.name)}-2), or pass --force to replace it.")
 
 
 def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = False) -> Path:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from fair_edge.errors import ConfigError, DataError
+from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
 from fair_edge.images import image_files, is_hidden_name, left_out_images, read_mask_pixels
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
@@ -368,6 +368,11 @@ def load_dataset(spec: str | Path, category: str | None = None, *, need_train: b
     path = Path(spec)
     if path.is_file() and path.suffix.lower() == ".csv":
         return _visa(path, category, need_train)
+    if path.exists() and not path.is_dir():
+        raise DataError(
+            f"dataset {path} is a file ({path.suffix or 'no suffix'}), not a dataset folder: give an MVTec category "
+            "folder (with train/good), a VisA split CSV (.csv), a folder of normal images, or 'elpv' for the "
+            "built-in demo data.")
     if not path.is_dir():
         raise DataError(
             f"dataset {path} does not exist. Give an MVTec category folder (with train/good), "
@@ -376,10 +381,32 @@ def load_dataset(spec: str | Path, category: str | None = None, *, need_train: b
     for root in (path, path / category) if category else (path,):
         if (root / "train" / "good").is_dir() or (not need_train and (root / "test").is_dir()):
             return _mvtec(root, need_train)
+    categories = mvtec_categories(path, need_train)
+    if categories:
+        raise DataError(_mvtec_root_message(path, category, categories))
     if (path / "test").is_dir() and not image_files(path, IMAGE_SUFFIXES):
         raise DataError(f"{path} has a test/ folder but no train/good folder: training needs normal images in "
                         f"{path / 'train' / 'good'}; add them there, or give a folder of normal images.")
     return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])
+
+
+def mvtec_categories(path: Path, need_train: bool = True) -> list[str]:
+    """The subfolders of ``path`` laid out as MVTec categories (train/good, or test/ when ``need_train`` is
+    False), sorted: non-empty when ``path`` is an MVTec root (e.g. mvtec_ad/ holding bottle/, cable/, ...)."""
+    def is_category(folder: Path) -> bool:
+        return (folder / "train" / "good").is_dir() or (not need_train and (folder / "test").is_dir())
+
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not is_hidden_name(p.name) and is_category(p))
+
+
+def _mvtec_root_message(path: Path, category: str | None, categories: list[str]) -> str:
+    """The refusal for an MVTec root given without --category, or with one it does not hold."""
+    shown = ", ".join(categories[:20]) + (f" and {len(categories) - 20} more" if len(categories) > 20 else "")
+    if category is None:
+        return (f"{path} is an MVTec root holding the categories {shown}: pick one with --category NAME (e.g. "
+                f"--category {categories[0]}), or give the category folder ({path / categories[0]}).")
+    return (f"{path} is an MVTec root with no category {category!r}{did_you_mean(category, categories)}; it holds "
+            f"{shown}. Pass one of them to --category.")
 
 
 IMAGE_ROLES = ("train", "normal", "defect")
