@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cli.build import describe_fact
-from fair_edge.cli.common import check_width, console, friendly_errors
+from fair_edge.cli.common import check_file_writable, check_width, console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY
 from fair_edge.runtime.selection import BACKEND_NAMES
@@ -154,6 +154,8 @@ def bench(
                              frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=finite_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
                              compile=compile, cameras=counts, rounds=rounds)
+    if json_out is not None:
+        check_file_writable(json_out, "--json", "bench.json")   # before the timing, not after it
     synthetic = synthetic_model is not None or synthetic_width is not None
     if (bundle is None) != synthetic:
         raise ConfigError("give either a BUNDLE or --synthetic-model / --synthetic-width (random weights), not both or neither.")
@@ -167,6 +169,16 @@ def bench(
         report = run_synthetic_bench(model, precision, settings, command, on_row=print_row, reports={"cameras": cameras_report})
     print_bench(report)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        write_json(json_out, report.to_dict())
         console.print(f"[green]results:[/] {escape(str(json_out))}")
+
+
+def write_json(path: Path, results: dict) -> None:
+    """Write ``results`` (the report's dict) as JSON to ``path`` (--json), making its folder; ConfigError naming
+    --json and the path when it cannot be written after all (the disk filled, the folder went away)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: the results could not be written ({exc.strerror or exc}); the table above "
+                          "holds them. Pass a file path this account can write.") from None

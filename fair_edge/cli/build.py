@@ -174,6 +174,28 @@ def latest_run(width: Optional[int], model: Optional[str]) -> Path:
     return find_latest_checkpoint(tag, train_hint=hint)
 
 
+def model_family(model: Optional[str]) -> Optional[str]:
+    """The registry key --model names (case and spaces ignored), None when not given; ConfigError naming --model,
+    the families and the closest one for a name that is none, with or without CHECKPOINT."""
+    if model is None:
+        return None
+    try:
+        return get_family(model).key
+    except ConfigError as exc:
+        raise ConfigError(f"--model: {exc}") from None
+
+
+def check_same_family(family: Optional[str], ckpt, checkpoint: Path) -> None:
+    """ConfigError when --model names a family (``family``, a registry key; None: not given) other than the one
+    of the checkpoint ``ckpt`` loaded from ``checkpoint``: the bundle is built from the checkpoint's model, so
+    --model, like --width, must match it."""
+    if family is None or family == ckpt.model.family:
+        return
+    raise ConfigError(f"--model {family} does not match the checkpoint {checkpoint}, a {ckpt.model.family} model "
+                      f"({ckpt.model.describe()}); the bundle is built from the checkpoint's model. Leave out --model, "
+                      f"or pass a {family} checkpoint.")
+
+
 def _titles_with(setting: str) -> str:
     """'FAIR' (the titles of the registered families with ``setting``), for help texts."""
     return " / ".join(impl.title for impl in FAMILIES.values() if setting in impl.setting_names())
@@ -198,7 +220,8 @@ def build(
     width: Optional[int] = typer.Option(None, "--width", help=f"{_titles_with('width')}: UNet width 32, 64 or 128; "
                                         "must match the checkpoint."),
     model: Optional[str] = typer.Option(None, "--model", help="Without CHECKPOINT: the latest training run of this "
-                                        "model family with its default settings (runs/train-{tag}*)."),
+                                        "model family with its default settings (runs/train-{tag}*); with one, "
+                                        "must match its family."),
     fp16: bool = typer.Option(False, "--fp16", help=f"The model's network in float16 ({_networks()}); "
                               "pre-processing and scoring stay float32."),
     int8: bool = typer.Option(False, "--int8", help=f"The convolutions of the model's INT8 scope in int8 (Q/DQ) "
@@ -231,6 +254,7 @@ def build(
     """Export a trained checkpoint to a self-describing bundle (and a TensorRT engine where possible)."""
     if width is not None:
         check_width(width)
+    family = model_family(model)
     precision = _precision(fp16, int8)
     if precision == "int8" and calib is None:
         raise ConfigError("--int8 needs normal images for calibration; pass --calib with a folder of normal images "
@@ -246,6 +270,7 @@ def build(
                               "run of that model.")
         checkpoint = latest_run(width, model)
     ckpt = load_checkpoint(checkpoint)
+    check_same_family(family, ckpt, checkpoint)
     conflicts = ckpt.model.impl.settings_conflicts(ckpt.settings, {"width": width})
     if conflicts:
         raise ConfigError(f"{'; '.join(conflicts)} does not match the checkpoint {checkpoint} "

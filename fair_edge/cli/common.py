@@ -137,6 +137,29 @@ def check_out_writable(out: Path, writer: str = "a training run", writes: str = 
                           f"{writes} there. Choose an --out you can write, or make that folder writable.")
 
 
+def check_file_writable(path: Path, flag: str, example: str) -> None:
+    """ConfigError naming ``flag`` (--json) unless a file can be written at ``path`` after the work: ``path`` is no
+    folder, its nearest existing folder (``path``'s own, or the one its folders would be made in) is a folder, not a
+    file, and this account can write there on a file system mounted read-write, and an existing file at ``path`` is
+    writable. example: a file name for the fix when ``path`` is a folder. Checked without creating anything, before
+    the work, so a mistyped path is not found after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; expected a file path, e.g. {path / example}.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder, so no file can be written under it; "
+                          "expected a file path in a folder (or one to be made).")
+    if _read_only_mount(folder):
+        raise ConfigError(f"{flag} {path}: {folder} is on a read-only file system; choose a path on a writable disk.")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK | (0 if target is path else os.X_OK),
+                     effective_ids=os.access in os.supports_effective_ids):
+        raise ConfigError(f"{flag} {path}: {target} is not writable by this account; choose a path you can write.")
+
+
 def _read_only_mount(folder: Path) -> bool:
     """True when ``folder`` lies on a file system mounted read-only (False when that cannot be told)."""
     try:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import console, friendly_errors, print_plain
+from fair_edge.cli.common import check_out_writable, console, friendly_errors, print_plain
 from fair_edge.cli.evaluate import run_eval
 from fair_edge.cli.run import latency_text
 from fair_edge.cli.train import family_choices, run_training
@@ -121,6 +121,20 @@ def check_demo_line(fps: float, false_reject_rate: float) -> None:
         raise ConfigError(f"--false-reject-rate must be a share in [0, 1) (0.05 is 5 %); found {false_reject_rate:g}.")
 
 
+def check_demo_inputs(out: Path, backend: str, device: str) -> None:
+    """ConfigError naming the flag, before the demo trains (minutes): --out that is a file or cannot be written,
+    --backend not in ``BACKEND_NAMES``, --device not one ``resolve_device`` takes (or CUDA with no GPU)."""
+    from fair_edge.errors import ConfigError, did_you_mean
+    from fair_edge.training.loop import resolve_device
+
+    check_out_writable(out, "the demo", "its model, report, bundle and station output",
+                       "final.pt, report/, bundle/, station/")
+    if backend not in BACKEND_NAMES:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKEND_NAMES)}; found {backend!r}."
+                          + did_you_mean(backend, BACKEND_NAMES, sentence=True))
+    resolve_device(device)
+
+
 def demo_help() -> str:
     """The command's help, naming the default family and the others from the registry."""
     from fair_edge.models.registry import FAMILIES
@@ -156,6 +170,7 @@ def demo(
 
     check_demo_line(fps, false_reject_rate)
     spec = demo_model(model)
+    check_demo_inputs(out, backend, device)
 
     def train_or_reuse() -> Path:
         final = out / "final.pt"

@@ -15,8 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fair_edge.cli.common import (Terminated, check_width, console, friendly_errors, interrupt_exit_code,
-                                  print_plain, sigterm_as_interrupt)
+from fair_edge.cli.common import (Terminated, check_out_writable, check_width, console, friendly_errors,
+                                  interrupt_exit_code, print_plain, sigterm_as_interrupt)
 from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WIDTH
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import WIDTH_FAMILY, get_family
@@ -63,6 +63,8 @@ def tune(
     from fair_edge.training.tune import tune as run_tune
 
     check_width(width)
+    check_out_writable(out, "a tune run", "its results and candidates", "tune.csv, tune.json, candidates/, proxy/")
+    run_device = resolve_device(device)   # before the data loads and candidates train
     pre = base_preprocess(image_size, cutoff)
     settings = TuneSettings(holdout=holdout, false_reject_rate=false_reject_rate, budget_s=budget_min * 60, seed=seed)
     if not overwrite:
@@ -84,7 +86,7 @@ def tune(
         clear_earlier(out, overwrite)
         print_plain(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
         try:
-            rows = run_tune(split, candidates, out, settings, resolve_device(device), data, on_row=on_row)
+            rows = run_tune(split, candidates, out, settings, run_device, data, on_row=on_row)
         except (TrainingInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C; SIGTERM is Terminated, a KeyboardInterrupt
             print_plain(stopped_line(exc, len(finished)))
             raise typer.Exit(interrupt_exit_code(exc)) from None

@@ -10,6 +10,7 @@ import csv
 import logging
 import math
 import numbers
+import re
 import signal
 import threading
 from pathlib import Path
@@ -106,10 +107,19 @@ def usable_batch(batch: int, n_items: int, items: str = "training images", world
     return reduced
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # what --device accepts (train, eval, tune, demo): N a GPU's index
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu. Raises ConfigError for an unavailable device."""
+    """--device: 'auto' -> cuda when available, else cpu; 'cpu', 'cuda' or 'cuda:N' (N >= 0, the GPU's index) as
+    named (case and surrounding spaces ignored). Raises ConfigError for any other name (torch's own devices, 'mps', 'gpu', 'cuda:x', are not offered) and
+    for CUDA when no GPU is visible."""
+    typed, name = name, name.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", name):
+        raise ConfigError(f"--device must be one of {DEVICE_NAMES} (N the GPU's index, e.g. cuda:0); found {typed!r}. "
+                          "Use cuda for an NVIDIA GPU, cpu for the processor, or auto (a GPU when one is visible).")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")

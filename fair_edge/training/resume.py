@@ -270,12 +270,12 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int, reco
         log.warning(_unlisted_images(path, state, recorded, loaded))
         return
     saved, root = saved_files(state)
-    hidden = sorted(name for name in saved if any(is_hidden_name(part) for part in Path(name).parts))
+    now = {name: size for name, size in files}
+    hidden = sorted(name for name in saved if name not in now and _listed_hidden(name, root))  # one read now counts
     if hidden:   # listed by a fair-edge before hidden files were skipped: a macOS ._NAME.png is no image anyway
         log.warning("%d hidden file(s) the run listed (%s) are no longer read as images; the run resumes without "
                     "them", len(hidden), ", ".join(_shown(n, root) for n in hidden[:3]))
         saved = {name: size for name, size in saved.items() if name not in hidden}
-    now = {name: size for name, size in files}
     changes = [_named(what, [_shown(n, root) for n in names]) for what, names in (
         ("added", sorted(now.keys() - saved.keys())), ("missing", sorted(saved.keys() - now.keys())),
         ("changed (another size)", sorted(n for n in now.keys() & saved.keys() if now[n] != saved[n])))
@@ -292,6 +292,17 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int, reco
         "continues the same run, so it needs the same images: restore the images as they were to continue it, or start "
         "a new run on the data as it is now (another --out, or --overwrite to replace this one)."
     )
+
+
+def _listed_hidden(name: str, root: str | None) -> bool:
+    """True when ``name``, an image a run saved (``saved_files``), is one the image listing now skips as hidden: its
+    file name, or a folder of it below the data root (``root``), starts with "." (``is_hidden_name``). The folders
+    above the data never count: the built-in data's absolute paths (``root`` None) lie under wherever Python is
+    installed (a ``.venv``, ``~/.pyenv``, ``~/.local``), and a name outside the root (a VisA CSV's images, beside
+    its folder) leaves it by ".."."""
+    path = Path(name)
+    below_root = path.parts if root is not None and not path.is_absolute() else (path.name,)
+    return any(is_hidden_name(part) for part in below_root if part not in (os.pardir, os.curdir))
 
 
 # the keys of data_summary that compare a run saved without its image list with the data loaded now
