@@ -219,3 +219,18 @@ class MqttCollector:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says (``advance``); an hour ahead of the real clock, so a
+    part's deadline (fake) is never behind ``next_trigger``'s real-time check however slow the machine."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic() + 3600.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        self.t += seconds
+        return self.t

@@ -26,7 +26,7 @@ from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Frame, Verdict
 
 pytest.importorskip("pymodbus")
-from line_servers import wait_for  # noqa: E402
+from line_servers import FakeClock, wait_for  # noqa: E402
 from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
@@ -278,21 +278,6 @@ class ScriptedPlc:
 
     def close(self) -> None:
         pass
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says (``advance``); an hour ahead of the real clock, so a
-    part's deadline (fake) is never behind ``next_trigger``'s real-time check however slow the machine."""
-
-    def __init__(self) -> None:
-        self.t = time.monotonic() + 3600.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 def trigger_and_answer(hs: Handshake, plc: ScriptedPlc, clock: FakeClock, seq: int, part_id: int, ng: bool) -> None:

@@ -27,7 +27,7 @@ from fair_edge.line.handshake.sim_handshake_plc import OPCUA_TYPES  # noqa: E402
 from fair_edge.line.sinks import base, open_sink, parse_sink_url  # noqa: E402
 from fair_edge.line.sinks.opcua import OpcUaOutput, parse_opcua_url  # noqa: E402
 from fair_edge.records import Frame, Verdict  # noqa: E402
-from line_servers import LoopThread, free_port, wait_for  # noqa: E402
+from line_servers import FakeClock, LoopThread, free_port, wait_for  # noqa: E402
 
 URI = "urn:fair-edge:binding"
 SECRET = "s3cr3t-pw"
@@ -153,21 +153,6 @@ def handshake_nodes() -> dict[str, tuple[str, object]]:
     for signal, type_name in OPCUA_TYPES.items():
         out[getattr(signals, signal).partition(";s=")[2]] = (type_name, False if type_name == "Boolean" else 0)
     return out
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says (``advance``); an hour ahead of the real clock, so a
-    part's deadline (fake) is never behind ``next_trigger``'s real-time check."""
-
-    def __init__(self) -> None:
-        self.t = time.monotonic() + 3600.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> float:
-        self.t += seconds
-        return self.t
 
 
 def handshake_on(srv: NodeServer, clock: FakeClock, signals: OpcUaSignals | None = None, **settings) -> Handshake:
