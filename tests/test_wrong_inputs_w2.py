@@ -5,7 +5,6 @@ checkpoint, a file as a dataset or a folder as a station file, an MVTec root, co
 from __future__ import annotations
 
 import getpass
-import sys
 from pathlib import Path
 
 import pytest
