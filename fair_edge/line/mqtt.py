@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import SinkError
 from ..records import json_safe
 from .sinks.base import Counters
-from .sinks.urls import parse_sink_url
+from .sinks.urls import hide_userinfo, parse_sink_url
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     older of two connections with one id, so a shared default made two stations on one broker (or a second
     process of one station) knock each other off every few seconds. The session is clean, so a new id per
     start loses nothing."""
-    shown = without_password(url) if isinstance(url, str) else url
+    shown = hide_userinfo(url) if isinstance(url, str) else url
     if isinstance(url, str) and "#" in url:
         raise SinkError(f"mqtt.url: {shown!r} holds '#': a URL ends its path at '#' (the rest is a fragment), so the "
                         "topic prefix would be cut short there and the station would publish under another "
@@ -123,19 +123,6 @@ def parse_mqtt_url(url: str) -> MqttTarget:
                       parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1),
                       tls=parsed.scheme == "mqtts", protocol=parsed.get_choice("protocol", "5", PROTOCOLS),
                       username=username, password=password)
-
-
-def without_password(url: str) -> str:
-    """``url`` with the password of its ``USER:PASSWORD@`` written ``***`` (the URL as errors may show it); the
-    host part ends at the first '/' or '?' after ``//`` and the user info at its last '@', as ``urlsplit`` reads it
-    (a '#' in a password is hidden too)."""
-    scheme, sep, rest = url.partition("://")
-    ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-    host_end = min(ends, default=len(rest))
-    userinfo, at, hostport = rest[:host_end].rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostport}{rest[host_end:]}"
 
 
 def url_credentials(url: str) -> tuple[str | None, str | None]:

@@ -23,7 +23,7 @@ class SinkUrl:
 
     @property
     def shown(self) -> str:
-        """``raw`` without a ``user:password@``: what an error message quotes (``hide_userinfo``)."""
+        """``raw`` with its password written ``***``: what an error message quotes (``hide_userinfo``)."""
         return hide_userinfo(self.raw)
 
     def check_query(self, allowed: tuple[str, ...]) -> None:
@@ -70,14 +70,17 @@ class SinkUrl:
 
 
 def hide_userinfo(url: str) -> str:
-    """``url`` (``scheme://[user:password@]host:port/path?query``) without its ``user:password@``: an OPC UA URL's
-    password never reaches an error message, a log line or a fault reason."""
+    """``url`` (``scheme://[user:password@]host:port/path?query``) with the password of its ``user:password@``
+    written ``***``: a password never reaches an error message, a log line or a fault reason, and the user it
+    logged in as is still named. The host part ends at the first '/' or '?' after ``//`` and the user info at its
+    last '@', as ``urlsplit`` reads it (a raw '#' in a password is hidden too)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    host_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hostport = rest[:host_end].rpartition("@")
+    if not sep or not at:
         return url
-    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    authority = rest[:end]
-    return f"{scheme}{sep}{authority.rpartition('@')[2]}{rest[end:]}"
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{hostport}{rest[host_end:]}" if ":" in userinfo else url
 
 
 def parse_sink_url(url: str) -> SinkUrl:
