@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from ..errors import PlcError, SinkError
 from .encoder_source import EncoderSource, FakeEncoder
 from .sinks.modbus import ADDRESS_MAX, UNIT_MAX, connect_client, modbus_tcp_client
-from .sinks.opcua import client_with_login, split_userinfo, without_userinfo
+from .sinks.opcua import client_with_login, split_userinfo
 from .sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 log = logging.getLogger(__name__)
@@ -383,11 +383,10 @@ class OpcUaCounter:
     log line and fault reason are without it."""
 
     def __init__(self, url: SinkUrl, bits: int) -> None:
-        url = without_userinfo(url)
         url.check_query(("node", "bits", "poll_ms", "timeout_ms", "jitter", "max_counts_per_s"))
         node = url.query.get("node", "")
         if not url.host or not node:
-            raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
+            raise SinkError(f"{url.shown}: expected opcua://HOST:PORT/PATH?node=ns=2;s=BeltCount, "
                             f"found host={url.host!r} node={node!r}")
         hostport, self._user, self._password = split_userinfo(url.netloc)
         self.endpoint, self.node_id = f"opc.tcp://{hostport}{url.path}", node

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ...errors import SinkError
 from ..sinks.modbus import UNIT_MAX
-from ..sinks.opcua import split_userinfo, without_userinfo
+from ..sinks.opcua import split_userinfo
 from ..sinks.urls import SinkUrl, parse_sink_url, scheme_entry
 
 MODBUS_OPTIONS = ("unit", "timeout_ms")
@@ -41,17 +41,16 @@ def modbus_address(url: SinkUrl) -> ModbusAddress:
     """``SinkError`` for an unknown option, a missing host or a unit outside 0..255."""
     url.check_query(MODBUS_OPTIONS)
     if not url.host:
-        raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?unit=1, found no host")
+        raise SinkError(f"{url.shown}: expected modbus://HOST:PORT?unit=1, found no host")
     return ModbusAddress(url.host, url.port or 502, url.get_int("unit", 1, maximum=UNIT_MAX),
                          url.get_float("timeout_ms", 100.0, minimum=1.0) / 1000.0)
 
 
 def opcua_address(url: SinkUrl) -> OpcUaAddress:
-    """``SinkError`` for an unknown option or a missing host (the URL it quotes has no user and password)."""
-    url = without_userinfo(url)
+    """``SinkError`` for an unknown option or a missing host (the URL it quotes shows no password: ``SinkUrl.shown``)."""
     url.check_query(OPCUA_OPTIONS)
     if not url.host:
-        raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH, found no host")
+        raise SinkError(f"{url.shown}: expected opcua://HOST:PORT/PATH, found no host")
     hostport, user, password = split_userinfo(url.netloc)
     return OpcUaAddress(f"opc.tcp://{hostport}{url.path}",
                         url.get_float("timeout_ms", 1000.0, minimum=1.0) / 1000.0, user, password)

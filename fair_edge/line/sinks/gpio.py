@@ -57,7 +57,7 @@ def parse_gpio_url(url: SinkUrl) -> tuple[GpioTarget, float | None]:
         target = GpioTarget("jetson", _jetson_mode(url), _jetson_pin(url, pin), active == "low")
     else:
         if not url.netloc or not pin.isdigit():
-            raise SinkError(f"{url.raw}: expected gpio://gpiochip0/17, found chip={url.netloc!r} line={pin!r}")
+            raise SinkError(f"{url.shown}: expected gpio://gpiochip0/17, found chip={url.netloc!r} line={pin!r}")
         chip = url.netloc if url.netloc.startswith("/") else f"/dev/{url.netloc}"
         target = GpioTarget("gpiod", chip, int(pin), active == "low")
     pulse = url.get_float("pulse_ms", 0.0) if "pulse_ms" in url.query else None
@@ -67,7 +67,7 @@ def parse_gpio_url(url: SinkUrl) -> tuple[GpioTarget, float | None]:
 def _jetson_mode(url: SinkUrl) -> str:
     mode = url.netloc.upper()
     if mode not in JETSON_MODES:
-        raise SinkError(f"{url.raw}: expected numbering {' | '.join(JETSON_MODES)}, found {url.netloc!r}")
+        raise SinkError(f"{url.shown}: expected numbering {' | '.join(JETSON_MODES)}, found {url.netloc!r}")
     return mode
 
 
@@ -77,12 +77,12 @@ def _jetson_pin(url: SinkUrl, pin: str) -> int | str:
     mode = url.netloc.upper()
     if mode in JETSON_NAMED_MODES:
         if not PIN_NAME.fullmatch(pin):
-            raise SinkError(f"{url.raw}: {mode} names its pins; expected a pin name such as jetson://CVM/GPIO09 or "
+            raise SinkError(f"{url.shown}: {mode} names its pins; expected a pin name such as jetson://CVM/GPIO09 or "
                             f"jetson://TEGRA_SOC/DAP4_SCLK (Jetson.GPIO's name for it), found {pin!r}. To give a "
                             "header pin number, use BOARD numbering: jetson://BOARD/12.")
         return pin
     if not pin.isdigit():
-        raise SinkError(f"{url.raw}: {mode} numbers its pins; expected jetson://{mode}/12, found {pin!r}")
+        raise SinkError(f"{url.shown}: {mode} numbers its pins; expected jetson://{mode}/12, found {pin!r}")
     return int(pin)
 
 

@@ -59,11 +59,11 @@ def parse_modbus_url(url: SinkUrl) -> tuple[ModbusTarget, float | None]:
     """-> (target, pulse_ms or None when the URL does not set it)."""
     url.check_query(MODBUS_OPTIONS)
     if not url.host:
-        raise SinkError(f"{url.raw}: expected modbus://HOST:PORT?coil=N, found no host")
+        raise SinkError(f"{url.shown}: expected modbus://HOST:PORT?coil=N, found no host")
     coil = url.get_int("coil", None, maximum=ADDRESS_MAX)
     register = url.get_int("register", None, maximum=ADDRESS_MAX)
     if (coil is None) == (register is None):
-        raise SinkError(f"{url.raw}: expected exactly one of coil=N or register=N, found "
+        raise SinkError(f"{url.shown}: expected exactly one of coil=N or register=N, found "
                         f"{'both' if coil is not None else 'neither'}")
     target = ModbusTarget(
         host=url.host, port=url.port or 502, unit=url.get_int("unit", 1, maximum=UNIT_MAX),

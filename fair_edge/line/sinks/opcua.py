@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import PlcBindingError, PlcDeviceError, PlcError, SinkError
@@ -126,15 +126,6 @@ def split_userinfo(netloc: str) -> tuple[str, str, str]:
     return hostport, unquote(user), unquote(password)
 
 
-def without_userinfo(url: SinkUrl) -> SinkUrl:
-    """``url`` whose ``raw`` text (what error messages quote) has no ``user:password@``; ``netloc`` keeps it."""
-    scheme, sep, rest = url.raw.partition("://")
-    authority, slash, tail = rest.partition("/")
-    authority, query_sep, query = authority.partition("?")
-    clean = split_userinfo(authority)[0]
-    return replace(url, raw=f"{scheme}{sep}{clean}{query_sep}{query}{slash}{tail}")
-
-
 def client_with_login(endpoint: str, timeout_s: float, user: str, password: str) -> Any:
     """asyncua's sync ``Client`` for ``endpoint`` (no userinfo in it) logging in as ``user`` when given; asyncua's
     teardown tracebacks are demoted (``quiet_asyncua_teardown``)."""
@@ -200,11 +191,10 @@ class OpcUaTarget:
 
 
 def parse_opcua_url(url: SinkUrl) -> tuple[OpcUaTarget, float | None]:
-    url = without_userinfo(url)
     url.check_query(OPCUA_OPTIONS)
     node = url.query.get("node", "")
     if not url.host or not node:
-        raise SinkError(f"{url.raw}: expected opcua://HOST:PORT/PATH?node=ns=2;s=Reject, "
+        raise SinkError(f"{url.shown}: expected opcua://HOST:PORT/PATH?node=ns=2;s=Reject, "
                         f"found host={url.host!r} node={node!r}")
     hostport, user, password = split_userinfo(url.netloc)
     target = OpcUaTarget(f"opc.tcp://{hostport}{url.path}", node, url.get_choice("mode", "pulse", OPCUA_MODES),
