@@ -234,3 +234,119 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.t += seconds
         return self.t
+
+
+class NodeServer:
+    """An asyncua server (``opc.tcp://127.0.0.1:PORT/fair/``) with one writable node ``ns=IDX;s=NAME`` per entry of
+    ``nodes`` (name -> (VariantType name, start value)) in namespace ``URI``, registered after ``first`` (namespace
+    URIs registered before it: ``URI`` gets index 2 + len(first)). ``changes[name]`` lists each value written, in
+    order (recorded before the server replies). users: {user: password} required to log in (None: anonymous);
+    write_delay_s: each Write service waits this long. The test changes nodes as a PLC program download would
+    (``read_only``, ``delete``, ``retype``) and plays the PLC (``set``)."""
+
+    URI = "urn:fair-edge:plc"   # the namespace of its nodes
+
+    def __init__(self, nodes: dict[str, tuple[str, object]], port: int | None = None, first: tuple[str, ...] = (),
+                 users: dict[str, str] | None = None, write_delay_s: float = 0.0) -> None:
+        self.port, self.nodes, self.first, self.users = port or free_port(), dict(nodes), first, users
+        self.write_delay_s = write_delay_s
+        self.changes: dict[str, list[object]] = {name: [] for name in nodes}
+        self.vars: dict[str, object] = {}
+        self._lt = LoopThread()
+        self._server = None
+        self._line = None
+        self.idx = 0
+
+    async def _start(self) -> None:
+        from asyncua import Server, ua
+
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/fair/")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.users is not None:
+            self._require_login(server)
+        for uri in self.first:
+            await server.register_namespace(uri)
+        self.idx = await server.register_namespace(self.URI)
+        self._server, self._line = server, await server.nodes.objects.add_object(self.idx, "Line")
+        for name, (type_name, start) in self.nodes.items():
+            await self._add(name, type_name, start)
+        if self.write_delay_s:
+            self._slow_writes(server)
+        await server.start()
+
+    def _require_login(self, server) -> None:
+        from asyncua import ua
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        users = self.users
+
+        class Users:
+            def get_user(self, iserver, username=None, password=None, certificate=None):
+                return User(role=UserRole.Admin) if users.get(username) == password else None
+
+        server.iserver.set_user_manager(Users())
+        server.set_identity_tokens([ua.UserNameIdentityToken])
+
+    def _slow_writes(self, server) -> None:
+        import asyncio
+
+        write = server.iserver.attribute_service.write
+
+        async def slow_write(params, user=None):
+            await asyncio.sleep(self.write_delay_s)
+            return await write(params, user)
+
+        server.iserver.attribute_service.write = slow_write
+
+    async def _add(self, name: str, type_name: str, start: object) -> None:
+        from asyncua import ua
+
+        var = await self._line.add_variable(ua.NodeId(name, self.idx), name,
+                                            ua.Variant(start, getattr(ua.VariantType, type_name)))
+        await var.set_writable()
+        self.vars[name] = var
+        self._server.iserver.aspace.add_datachange_callback(var.nodeid, ua.AttributeIds.Value, self._recorder(name))
+
+    def _recorder(self, name: str):
+        async def on_change(_handle, datavalue):
+            self.changes[name].append(datavalue.Value.Value)
+        return on_change
+
+    def __enter__(self) -> NodeServer:
+        self._lt.call(self._start(), timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            self._lt.call(server.stop())
+        self._lt.close()
+
+    def url(self, query: str = "", userinfo: str = "") -> str:
+        return f"opcua://{userinfo}127.0.0.1:{self.port}/fair/" + (f"?{query}" if query else "")
+
+    def set(self, name: str, value: object) -> None:
+        """The PLC writes ``value`` to its own node (in the node's type)."""
+        from asyncua import ua
+
+        var = self.vars[name]
+        vtype = getattr(ua.VariantType, self.nodes[name][0])
+        self._lt.call(var.write_value(ua.Variant(value, vtype)))
+
+    def value(self, name: str) -> object:
+        return self._lt.call(self.vars[name].read_value())
+
+    def read_only(self, name: str) -> None:
+        self._lt.call(self.vars[name].set_read_only())
+
+    def delete(self, name: str) -> None:
+        self._lt.call(self._server.delete_nodes([self.vars.pop(name)]))
+
+    def retype(self, name: str, type_name: str, start: object = 0) -> None:
+        """Delete node ``name`` and add it again (same node id) with data type ``type_name``."""
+        if name in self.vars:
+            self.delete(name)
+        self.nodes[name] = (type_name, start)
+        self._lt.call(self._add(name, type_name, start))

@@ -20,57 +20,10 @@ from fair_edge.line.handshake.settings import HEARTBEAT_MODULUS, HandshakeSettin
 from fair_edge.line.handshake.sim_handshake_plc import OPCUA_TYPES  # noqa: E402
 from fair_edge.line.sinks import open_sink, parse_sink_url  # noqa: E402
 from fair_edge.line.sinks.opcua import OpcUaOutput, parse_opcua_url  # noqa: E402
-from line_servers import LoopThread, free_port, wait_for  # noqa: E402
+from line_servers import NodeServer, wait_for  # noqa: E402
 
 INT_MAX = {"SByte": 127, "Byte": 255, "Int16": 32767, "UInt16": 65535, "Int32": 2**31 - 1, "UInt32": 2**32 - 1}
 INT_MIN = {"SByte": -128, "Byte": 0, "Int16": -32768, "UInt16": 0, "Int32": -(2**31), "UInt32": 0}
-
-
-class TypedNodeServer:
-    """An OPC UA server (``opc.tcp://127.0.0.1:PORT/fair/``) with one writable node ``ns=2;s=NAME`` per entry of
-    ``nodes`` (name -> (VariantType name, start value)); ``changes[name]`` lists each value written, in order
-    (recorded before the server replies)."""
-
-    def __init__(self, nodes: dict[str, tuple[str, object]]) -> None:
-        self.port, self.nodes = free_port(), nodes
-        self.changes: dict[str, list[object]] = {name: [] for name in nodes}
-        self._lt = LoopThread()
-        self._server = None
-
-    async def _start(self) -> None:
-        from asyncua import Server, ua
-
-        server = Server()
-        await server.init()
-        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/fair/")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        idx = await server.register_namespace("urn:fair-edge:wrap")
-        line = await server.nodes.objects.add_object(idx, "Line")
-        for name, (type_name, start) in self.nodes.items():
-            var = await line.add_variable(ua.NodeId(name, idx), name,
-                                          ua.Variant(start, getattr(ua.VariantType, type_name)))
-            await var.set_writable()
-            server.iserver.aspace.add_datachange_callback(var.nodeid, ua.AttributeIds.Value, self._recorder(name))
-        await server.start()
-        self._server = server
-
-    def _recorder(self, name: str):
-        async def on_change(_handle, datavalue):
-            self.changes[name].append(datavalue.Value.Value)
-        return on_change
-
-    def __enter__(self) -> TypedNodeServer:
-        self._lt.call(self._start(), timeout=30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            self._lt.call(server.stop())
-        self._lt.close()
-
-    def url(self, query: str = "") -> str:
-        return f"opcua://127.0.0.1:{self.port}/fair/" + (f"?{query}" if query else "")
 
 
 def handshake_nodes() -> dict[str, tuple[str, object]]:
@@ -91,7 +44,7 @@ EXTRA_NODES = {**{f"Count{t}": (t, INT_MAX[t] - 1) for t in INT_MAX}, "SinkCount
 @pytest.fixture(scope="module")
 def server():
     """One server for the module (an asyncua server takes seconds to start); each test uses its own nodes."""
-    with TypedNodeServer({**handshake_nodes(), **EXTRA_NODES}) as srv:
+    with NodeServer({**handshake_nodes(), **EXTRA_NODES}) as srv:
         yield srv
 
 
