@@ -220,3 +220,20 @@ def test_a_part_first_seen_downstream_is_gated_from_its_count_at_offset_0(tmp_pa
     cell.sweep(3000 + DISTANCE, t=103.0)
     assert [(r["part"], r["missing"]) for r in cell.rows] == [(0, []), (1, ["up"])]
     assert cell.run_out() == [(1, 3000)]
+
+
+@pytest.mark.parametrize("offset", [DISTANCE, DISTANCE + 1])
+def test_a_camera_at_or_past_the_reject_gate_is_refused_at_load(tmp_path, offset):
+    """A camera whose offset_counts reaches reject.encoder_distance sees its part at or after the gate: it could never
+    reject it, so the file is refused, naming the camera, both counts and the fix."""
+    from fair_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"cameras \(down\)\.offset_counts: expected less than "
+                                          rf"reject\.encoder_distance \({DISTANCE}\), found {offset}"):
+        StationConfig.from_dict({
+            "output": str(tmp_path / "out"),
+            "reject": {"encoder": "modbus://127.0.0.1:5020?register=10", "sinks": ["log://"],
+                       "encoder_distance": DISTANCE},
+            "cameras": [{"name": "up", "source": "0"}, {"name": "down", "source": "1", "offset_counts": offset}],
+            "group": {"by": "part", "match": "encoder"}})
+    assert station(tmp_path).cameras[1].offset_counts == DOWN_OFFSET < DISTANCE    # before the gate: accepted

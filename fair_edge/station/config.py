@@ -235,8 +235,23 @@ class StationConfig:
             if self.group.match == "encoder" and not self.reject.encoder:
                 raise ConfigError("group.match: encoder matches views by belt count, but reject.encoder is not set; "
                                   "set reject.encoder or use match: window.")
+            self._check_offsets_before_gate()
             self.group.min_ng_views(len(self.cameras))
         return self
+
+    def _check_offsets_before_gate(self) -> None:
+        """``match: encoder`` with ``reject.encoder_distance``: every camera must see the part before the gate does
+        (``offset_counts`` below ``encoder_distance``, both counted from the camera at offset 0); a camera at or past
+        the gate could never reject the part it sees."""
+        distance = self.reject.encoder_distance
+        if self.group.match != "encoder" or distance is None:
+            return
+        for view in self.cameras:
+            if view.offset_counts >= distance:
+                raise ConfigError(f"cameras ({view.name}).offset_counts: expected less than reject.encoder_distance "
+                                  f"({distance}), found {view.offset_counts}: this camera sees a part at or after "
+                                  "the reject gate, too late to reject it; measure both from the camera at offset 0 "
+                                  "(move the gate further down the belt or this camera up it).")
 
     def override(self, **changes: Any) -> "StationConfig":
         """A copy with the given non-None settings replaced (command-line flags win over the file)."""
