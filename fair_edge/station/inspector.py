@@ -14,7 +14,7 @@ Fail-safe rules (documented in the README):
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
   model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
   unless region rules decide the verdict;
-- a frame whose defect regions cannot be judged (zones drawn for another frame size, ``regions.frame``; or judging
+- a frame whose defect regions cannot be judged (a frame of another size than ``regions.frame``, the size its scale and zones are for; or judging
   failed) is counted (``region_errors``) and logged (a size once per camera and frame size); when region rules
   decide the verdict it is a frame the station cannot judge: NG with ``error`` set (the reject gate's
   ``fail_safe`` decides its part), else its score decides, without regions;
@@ -173,8 +173,8 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
-    region_errors: frames whose defect regions could not be judged: of another size than the zones were drawn for
-    (``regions.frame``; logged once per camera and frame size) or judging failed unexpectedly (a bug, logged); NG
+    region_errors: frames whose defect regions could not be judged: of another size than ``regions.frame`` (the size its
+    scale and zones are for; logged once per camera and frame size) or judging failed unexpectedly (a bug, logged); NG
     with ``error`` set when region rules decide (fail-safe), else decided by their score without regions.
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
@@ -448,8 +448,8 @@ class Inspector:
             return (), (), f"regions: judging failed: {type(exc).__name__}: {exc}"
 
     def _log_zone_size(self, decider: ViewDecider, frame: Frame, exc: ConfigError) -> None:
-        """Log a frame size the zones were not drawn for, as an error, once per camera, frame size and zone frame
-        (every such frame is counted in ``region_errors``; a reload to other zones logs again)."""
+        """Log a frame size other than ``regions.frame``, as an error, once per camera, frame size and zone frame
+        (every such frame is counted in ``region_errors``; a reload to another frame logs again)."""
         key = (frame.camera, tuple(frame.image.shape[:2]), decider.regions.settings.frame)
         if key in self._zone_sizes_logged:
             return

@@ -4,7 +4,7 @@
       enabled: true            # find regions in every scored frame (false: off)
       pixel_threshold: null    # null = the bundle's calibrated one (bundle.json pixel_threshold)
       mm_per_px: null          # camera scale, mm per frame pixel; or scale: {points: [[x, y], [x, y]], mm: D}
-      frame: null              # [width, height] of the frames zones are drawn on (needed with zones)
+      frame: null              # [width, height] of the frames the scale and zones are for (needed with zones)
       default: {}              # rules for regions outside every zone, e.g. {min_area_mm2: 0.5}
       zones:                   # first zone that holds a region's centroid owns it
         - {name: seal, polygon: [[100, 40], [500, 40], [500, 90], [100, 90]], min_area_mm2: 0.5}
@@ -21,8 +21,11 @@ are only reported. Checked on load: a zone outside ``frame``, a mm rule without 
 A zone mask's pixels are read once, when the station file loads. A SIGHUP reload reads and checks the whole section
 again (a section that does not load refuses the reload, naming it) and each camera takes it with its reloaded bundle
 (``RegionJudge.for_bundle``), the change logged (``settings_change``).
-A frame of another size than ``frame`` (zones set) cannot be judged: ``judge`` raises a ConfigError naming both
-sizes and the fix; the inspector logs it once per camera and frame size and counts it (``region_errors``).
+A frame of another size than ``frame`` (whenever it is set, zones or not: a camera scale or px rule set for one
+size is wrong at another, e.g. after 2x2 binning) cannot be judged: ``judge`` raises a ConfigError naming both sizes
+and the fix; the inspector logs it once per camera and frame size and counts it (``region_errors``). A camera scale
+without ``frame`` is not refused (a sensor ROI keeps the scale, and the size it was measured at is unknown): loading
+it logs a warning suggesting ``frame:``, and the judge logs a warning once per frame size other than the first one's.
 """
 
 from __future__ import annotations
@@ -156,7 +159,16 @@ class RegionSettings:
                   scale, frame, default, zones, f.integer(s, "max_regions", d.get("max_regions", 64), minimum=1))
         _check_units(out)
         _check_counts(out)
+        _warn_scale_without_frame(out)
         return out
+
+
+def _warn_scale_without_frame(s: "RegionSettings") -> None:
+    """A camera scale holds only at the frame size it was measured at; without ``frame`` that size is not checked."""
+    if s.enabled and s.mm_per_px is not None and s.frame is None:
+        log.warning("regions: the camera scale (%g mm/px) is set without regions.frame, so frames of another size "
+                    "(binning, decimation) are judged with it unchecked; set regions.frame: [width, height] to the "
+                    "frame size the scale was measured at", s.mm_per_px)
 
 
 def _check_counts(s: "RegionSettings") -> None:
@@ -263,18 +275,27 @@ class RegionJudge:
     """Regions and rule hits for one scored frame: ``judge(frame_hw, anomaly_map) -> (regions, hits)``.
 
     pixel_threshold: map pixels above it form regions (score units). roi: (x, y, w, h) frame pixels a tiled
-    bundle's map covers, None = the whole frame. Zones are rasterised once, at the first frame."""
+    bundle's map covers, None = the whole frame. camera: named in its logs ('' = one camera or unknown). Zones are
+    rasterised once, at the first frame."""
 
-    def __init__(self, settings: RegionSettings, pixel_threshold: float, roi: tuple[int, ...] | None = None) -> None:
-        self.settings, self.pixel_threshold, self.roi = settings, float(pixel_threshold), roi
+    def __init__(self, settings: RegionSettings, pixel_threshold: float, roi: tuple[int, ...] | None = None,
+                 camera: str = "") -> None:
+        self.settings, self.pixel_threshold, self.roi, self.camera = settings, float(pixel_threshold), roi, camera
         self._labels: np.ndarray | None = None   # (H, W) uint16 zone id per frame pixel, 0 = default
+        # without regions.frame: the (H, W) of the first frame judged with a camera scale, and the sizes logged
+        self.first_frame_hw: tuple[int, int] | None = None
+        self._sizes_logged: set[tuple[int, int]] = set()
 
     def for_bundle(self, bundle, settings: RegionSettings | None = None, camera: str = "") -> "RegionJudge | None":
         """The judge for a hot-swapped bundle (plain or fused): these rules, or ``settings`` (the ``regions:`` a
         SIGHUP reload re-read), with the bundle's calibrated pixel threshold and the frame rectangle its map covers
         (``map_area``), unless the settings set the pixel threshold; a bundle without one keeps the current
         threshold (logged, naming ``camera`` when given). None when ``settings`` turn regions off."""
-        return judge_for_bundle(self.settings if settings is None else settings, bundle, self.pixel_threshold, camera)
+        new_settings = self.settings if settings is None else settings
+        judge = judge_for_bundle(new_settings, bundle, self.pixel_threshold, camera)
+        if judge is not None and judge.settings.mm_per_px == self.settings.mm_per_px:
+            judge.first_frame_hw = self.first_frame_hw   # the same scale: compare with the same first frame
+        return judge
 
     @property
     def decides(self) -> bool:
@@ -297,16 +318,40 @@ class RegionJudge:
 
     def judge(self, frame_hw: tuple[int, int], anomaly_map: np.ndarray) -> tuple[tuple[Region, ...], tuple[RuleHit, ...]]:
         """frame_hw: the frame's (H, W); anomaly_map: (h, w) float32 host map of that frame.
-        Raises ConfigError when zones are set and the frame is not ``regions.frame`` in size."""
+        Raises ConfigError when ``regions.frame`` is set and the frame is not that size."""
         s = self.settings
-        if s.zones and (frame_hw[1], frame_hw[0]) != s.frame:
-            raise ConfigError(zone_frame_mismatch(frame_hw, s.frame))
+        self.check_frame(frame_hw)
         geo = MapGeometry.of(frame_hw, anomaly_map.shape, self.roi)
         regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions,
                                   group=self._zone_of(frame_hw))
         names = {0: DEFAULT_ZONE, **{z.zone_id: z.name for z in s.zones}}
         regions = tuple(replace(r, zone=names[r.zone_id]) for r in regions)
         return regions, self._hits(regions, [r.zone_id for r in regions])
+
+    def check_frame(self, frame_hw: tuple[int, int]) -> None:
+        """frame_hw: the frame's (H, W) px. ConfigError when ``regions.frame`` is set (zones or not) and differs;
+        without it, a camera scale's frame size is only watched (``_watch_scale_size``)."""
+        s = self.settings
+        if s.frame is not None and (frame_hw[1], frame_hw[0]) != s.frame:
+            raise ConfigError(zone_frame_mismatch(frame_hw, s.frame) if s.zones else frame_mismatch(frame_hw, s))
+        if s.frame is None and s.mm_per_px is not None:
+            self._watch_scale_size(tuple(frame_hw))
+
+    def _watch_scale_size(self, frame_hw: tuple[int, int]) -> None:
+        """Log a warning, once per size, for a frame (H, W) px of another size than the first one judged: the camera
+        scale (set without ``regions.frame``) may not hold at that size; its mm are still reported."""
+        if self.first_frame_hw is None:
+            self.first_frame_hw = frame_hw
+        if frame_hw == self.first_frame_hw or frame_hw in self._sizes_logged:
+            return
+        self._sizes_logged.add(frame_hw)
+        (h, w), (fh, fw) = frame_hw, self.first_frame_hw
+        where = f" (camera {self.camera})" if self.camera else ""
+        log.warning("regions%s: frame is %d x %d, the first was %d x %d; the camera scale (%g mm/px) holds at the "
+                    "size it was measured at only, so mm sizes and mm rules may be wrong at one of them (binning or "
+                    "decimation changed?); set regions.frame: [width, height] to the size it was measured at, so "
+                    "frames of another size are refused (logged once per size)", where, w, h, fw, fh,
+                    self.settings.mm_per_px)
 
     def _zone_of(self, frame_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
         """(N, 2) frame centroids (x, y) -> (N,) zone ids (0 = default; first zone in file order wins)."""
@@ -347,6 +392,19 @@ def zone_frame_mismatch(frame_hw: tuple[int, int], zones_frame: tuple[int, int])
             f"or redraw the zones on a {w} x {h} frame and set regions.frame: [{w}, {h}]")
 
 
+def frame_mismatch(frame_hw: tuple[int, int], settings: RegionSettings) -> str:
+    """Why a frame of ``frame_hw`` (H, W) px cannot be judged by ``settings`` without zones whose ``regions.frame``
+    (width, height) differs: its camera scale and px rules hold at that size only. Both sizes and the two fixes."""
+    (h, w), (fw, fh) = frame_hw, settings.frame
+    scaled = settings.mm_per_px is not None
+    redo = (f"measure the camera scale (regions.mm_per_px or scale) on a {w} x {h} frame" if scaled
+            else f"set the region rules for {w} x {h} frames")
+    measured = "camera scale and region rules were" if scaled else "region rules were"
+    return (f"frame is {w} x {h} but regions.frame is {fw} x {fh}, the size the {measured} set for; expected "
+            f"{fw} x {fh} px frames, found {w} x {h}: set the camera back to {fw} x {fh} (binning, decimation or "
+            f"sensor ROI changed?), or {redo} and set regions.frame: [{w}, {h}]")
+
+
 def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = None,
                      camera: str = "") -> RegionJudge | None:
     """The judge of ``settings`` for ``bundle`` (plain or fused; its ``map_area`` is the frame rectangle its map
@@ -369,7 +427,7 @@ def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = 
                         "regions.pixel_threshold or rebuild the bundle with `fair-edge build --normal "
                         "HELD_OUT_NORMALS`", where, getattr(bundle, "root", "?"))
             return None
-    return RegionJudge(settings, value, bundle.map_area)   # a fused bundle's too (its members')
+    return RegionJudge(settings, value, bundle.map_area, camera)   # a fused bundle's too (its members')
 
 
 def settings_items(settings: RegionSettings | None) -> dict[str, str]:
