@@ -14,10 +14,10 @@ Fail-safe rules (documented in the README):
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
   model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
   unless region rules decide the verdict;
-- a frame whose defect regions cannot be judged (a frame of another size than ``regions.frame``, the size its scale and zones are for; or judging
-  failed) is counted (``region_errors``) and logged (a size once per camera and frame size); when region rules
-  decide the verdict it is a frame the station cannot judge: NG with ``error`` set (the reject gate's
-  ``fail_safe`` decides its part), else its score decides, without regions;
+- a frame whose defect regions cannot be judged (a frame of another size than ``regions.frame``, the size its
+  scale and zones are for; or judging failed) is counted (``region_errors``) and logged (a size once per camera
+  and frame size); when region rules decide the verdict it is a frame the station cannot judge: NG with
+  ``error`` set (the reject gate's ``fail_safe`` decides its part), else its score decides, without regions;
 - stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
   queued are inspected, then the summary is returned.
 """
@@ -173,9 +173,10 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
-    region_errors: frames whose defect regions could not be judged: of another size than ``regions.frame`` (the size its
-    scale and zones are for; logged once per camera and frame size) or judging failed unexpectedly (a bug, logged); NG
-    with ``error`` set when region rules decide (fail-safe), else decided by their score without regions.
+    region_errors: frames whose defect regions could not be judged: of another size than ``regions.frame`` (the
+    size its scale and zones are for; logged once per camera and frame size) or judging failed unexpectedly (a
+    bug, logged); NG with ``error`` set when region rules decide (fail-safe), else decided by their score without
+    regions.
     rejects: the reject gate's counters (``RejectScheduler.stats``) and ``sinks``, per reject sink.
     recorder: the recorder's counters (rows logged, images saved, drops, write errors).
     latency: p50_ms / p99_ms / max_ms of capture -> verdict over the run (``LatencyStats.percentiles``): each None
