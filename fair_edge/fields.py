@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def number(section: str, key: str, value: Any, minimum: float | None = None,
     """A finite real number (bool, NaN and YAML's ``.inf`` refused) within [minimum, maximum]."""
     where = f"{section}.{key}"
     bounds = _bounds_text(minimum, maximum)
+    if isinstance(value, str) and SEXAGESIMAL.match(value):
+        raise ConfigError(f"{where}: expected a number{bounds}, found {value!r}; write the value as one number in "
+                          "the field's unit (a station file reads no minutes:seconds)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(where, f"a number{bounds}", value)
     if not _finite(value):
@@ -159,11 +163,46 @@ def read_station_text(path: Path) -> str:
                           "read access to it") from exc
 
 
+# Plain numbers as YAML 1.2's core schema reads them (PyYAML's SafeLoader reads YAML 1.1: ``0420`` octal = 272,
+# ``1:30`` base 60 = 90, ``2e-3`` a string). Ints: decimal, a leading zero included (``0420`` = 420, as the CLI's
+# --reject-delay-ms 0420), or ``0x`` hex; floats: with a dot and/or an exponent (``2e-3``, ``1.5e3``), ``.inf``,
+# ``.nan``. ``_`` between digits groups them, as YAML 1.1 allowed (``10_000``). No octal, no binary, no base 60:
+# ``1:30`` stays a string, refused by the field's check naming the field.
+YAML12_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$")
+YAML12_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+                          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")   # 1:30, YAML 1.1's base 60
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 int scalar (``YAML12_INT``, or one tagged ``!!int``): decimal whatever its leading zeros, or
+    ``0x`` hex; anything else (``!!int 1:30``) is a YAML error at its line."""
+    value = loader.construct_scalar(node)
+    digits = value.replace("_", "")
+    sign = -1 if digits.startswith("-") else 1
+    digits = digits.lstrip("+-")
+    try:
+        return sign * (int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected a decimal or 0x hex integer, found {value!r}", node.start_mark) from None
+
+
 class StationLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any depth): plain YAML keeps the last
     one silently, so a second ``decision:`` block appended at the bottom of a station file wiped the threshold tuned
     in the first. Merge keys (``<<: *anchor``) still merge: a key set beside them overrides the merged one, as YAML
-    says; only keys written twice in the same mapping are refused."""
+    says; only keys written twice in the same mapping are refused.
+
+    Plain numbers are read as YAML 1.2 reads them (``YAML12_INT``, ``YAML12_FLOAT``): ``delay_ms: 0420`` is 420 ms,
+    never octal 272; ``1:30`` is a string (refused by a number field, naming it), never base-60 90; ``2e-3`` is
+    0.002. Booleans, nulls and dates are YAML 1.1's, as in ``yaml.SafeLoader``."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         node = super().compose_mapping_node(anchor)
@@ -179,6 +218,12 @@ class StationLoader(yaml.SafeLoader):
                                   "delete the one not meant)")
             first[key] = line
         return node
+
+
+# int before float: the float form (digits, optional dot) also matches a plain int
+StationLoader.add_implicit_resolver(_INT_TAG, YAML12_INT, list("-+0123456789"))
+StationLoader.add_implicit_resolver(_FLOAT_TAG, YAML12_FLOAT, list("-+0123456789."))
+StationLoader.add_constructor(_INT_TAG, _yaml12_int)
 
 
 def station_yaml(text: str, path: Path) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -14,6 +13,7 @@ from rich.markup import escape
 from fair_edge.cli.common import console, friendly_errors, print_plain, replay_spec
 from fair_edge.training.collect import QualitySettings
 from fair_edge.errors import ConfigError
+from fair_edge.records import new_run_id
 
 Q = QualitySettings()  # the defaults live in the dataclass
 
@@ -62,7 +62,7 @@ def collect(
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     timer = threading.Timer(duration, stop.set) if duration is not None else None
-    collector = Collector(out, quality, prefix=time.strftime("%Y%m%dT%H%M%SZ_", time.gmtime()))
+    collector = Collector(out, quality, prefix=collect_prefix())
     try:
         if timer is not None:
             timer.start()
@@ -73,6 +73,14 @@ def collect(
         if timer is not None:
             timer.cancel()
     print_plain(collect_line(read, skipped_files, collector.counts, out))
+
+
+def collect_prefix() -> str:
+    """The file-name prefix of one collect's frames: its run id and "_" (``records.new_run_id``, e.g.
+    ``20261129T134000Z-3f2a_``): the UTC start second and a random suffix, so two collects into one folder started in
+    the same second (or after the clock stepped back) name their frames apart; ``Collector`` never replaces a file
+    either way."""
+    return f"{new_run_id()}_"
 
 
 def check_out_outside(out: Path, source: Path) -> None:

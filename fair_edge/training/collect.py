@@ -22,6 +22,7 @@ by a new copy written in full, and kept (and counted as kept) when the part's im
 
 from __future__ import annotations
 
+import os
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,54 @@ def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
     return ""
 
 
-class Collector:
-    """Writes kept frames as PNG into ``folder`` and counts every decision (``counts``)."""
+NAME_TRIES = 1000  # names tried for one new frame (STEM.png, STEM-2.png, ...) before a DataError
 
-    def __init__(self, folder: Path, quality: QualitySettings = QualitySettings(), prefix: str = "") -> None:
-        self.folder, self.quality, self.prefix = Path(folder), quality, prefix
+
+def reserve_new_png(folder: Path, stem: str, tries: int = NAME_TRIES) -> Path:
+    """A new file name in ``folder``, created empty here with O_EXCL so that no other writer (a second collect into
+    the same folder, started in the same second or after the clock stepped back) takes it: ``STEM.png``, or when
+    that exists ``STEM-2.png``, ``STEM-3.png``, ... An existing file is never opened or replaced. Raises DataError
+    naming the folder when it cannot be written or ``tries`` names are all taken."""
+    for n in range(1, tries + 1):
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DataError(f"could not create {path} ({exc.strerror or exc}); expected a folder this user can "
+                            "write, with free space") from None
+    raise DataError(f"could not save a frame as {folder / stem}.png: it and {tries - 1} next names "
+                    f"({stem}-2.png ... {stem}-{tries}.png) are taken; expected a new name free; collect into a new "
+                    "folder")
+
+
+def write_new_png(folder: Path, stem: str, image: np.ndarray) -> Path:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as a new PNG in ``folder`` (``reserve_new_png``: never over an
+    existing file), whole (``images.write_png``: written beside it and renamed over the empty reserved file, which
+    alone a crash in between leaves); returns its path. Raises DataError (the reserved name removed) when it cannot
+    be encoded or written."""
+    path = reserve_new_png(folder, stem)
+    try:
+        write_png(path, image)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class Collector:
+    """Writes kept frames as PNG into ``folder`` and counts every decision (``counts``).
+
+    Each kept frame is a new file ``PREFIX + NAME.png`` (``write_new_png``): one already there, from an earlier
+    or a concurrent collect into the same folder, is never replaced; the frame takes the next free name
+    (``PREFIX + NAME-2.png``). ``replace=True`` (``export_reviewed``, where one name is one reviewed part) writes
+    over a file of the same name instead, whole (``images.write_png``)."""
+
+    def __init__(self, folder: Path, quality: QualitySettings = QualitySettings(), prefix: str = "",
+                 replace: bool = False) -> None:
+        self.folder, self.quality, self.prefix, self.replace = Path(folder), quality, prefix, replace
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -102,7 +146,10 @@ class Collector:
         thumb = cv2.resize(_gray(image), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
         if checked and any(float(np.abs(thumb - t).mean()) < self.quality.duplicate_diff for t in self._thumbs):
             return self._count("duplicate")
-        write_png(self.folder / f"{self.prefix}{name}.png", image)
+        if self.replace:
+            write_png(self.folder / f"{self.prefix}{name}.png", image)
+        else:
+            write_new_png(self.folder, f"{self.prefix}{name}", image)
         self._thumbs.append(thumb)
         return self._count("saved")
 
@@ -139,7 +186,7 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
     reviews = latest_reviews(Journal(station_output / REVIEWS).read())
     if not reviews:
         raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
-    collectors = {folder: Collector(dest / folder) for folder in sorted(set(REVIEW_FOLDERS.values()))}
+    collectors = {folder: Collector(dest / folder, replace=True) for folder in sorted(set(REVIEW_FOLDERS.values()))}
     tally: Counter[str] = Counter({k: 0 for k in ("no_image", "kept", "moved", "removed")})
     for key, entry in sorted(reviews.items()):
         tally.update(export_part(station_output, dest, key, entry, collectors))
