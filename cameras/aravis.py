@@ -15,6 +15,16 @@ the outage from its duration and the nominal frame rate.
 ``Frame.t_capture`` is when the frame's first packet reached the host (the buffer's system timestamp, on
 ``time.monotonic()``), not when it was taken from the stream's buffers: frames that waited there come out
 stamped old, so a triggered capture skips them (``stale_frames``).
+
+Everything about a frame is read from its buffer (pixel format, size, row padding), never from the camera
+over the network, so frames that waited in the stream's buffers are read after the camera has gone; an
+error the driver raises while a frame is read (``GLib.Error``) is a CameraError: a lost link, reconnected.
+An incomplete frame (packets lost on the way) is ``FrameIncomplete``: counted, never a reconnect.
+
+A camera the line triggers (GenICam ``TriggerMode`` = ``On``, read at connect; ``fps=`` turns it off, as
+Aravis's frame-rate setter does) takes a frame per part: ``open()`` reads no first frame, a wait of
+``timeout_s`` without a frame is ``AwaitingTrigger`` once a register read proves the control link is up
+(its failure is a lost link), and ``nominal_fps`` is None (no frames are estimated lost from idle time).
 """
 
 from __future__ import annotations
@@ -26,13 +36,25 @@ import numpy as np
 
 from fair_edge.errors import CameraError
 
-from .base import FrameMissed
+from .base import AwaitingTrigger, FrameIncomplete, FrameMissed
 from .capture import SourceBase
 from .genicam import PIXEL_FORMATS
 
 log = logging.getLogger(__name__)
 
 GVSP_ID_MODULUS = 65535   # 16-bit block ids run 1..65535 (0 is reserved)
+
+# PFNC pixel format codes (what a buffer's leader carries; Aravis's ARV_PIXEL_FORMAT_*) -> ``PIXEL_FORMATS`` names
+PFNC_NAMES: dict[int, str] = {
+    0x01080001: "Mono8",
+    0x02180014: "RGB8",
+    0x02180015: "BGR8",
+    0x01080008: "BayerGR8",
+    0x01080009: "BayerRG8",
+    0x0108000A: "BayerGB8",
+    0x0108000B: "BayerBG8",
+}
+LINK_CHECK_REGISTER = 0x0000   # read to prove the control link: GigE Vision's Version, U3V's GenCP version register
 
 
 def _aravis():
@@ -56,6 +78,38 @@ def frame_step(last_id: int, frame_id: int) -> int:
     return (frame_id - last_id) % GVSP_ID_MODULUS
 
 
+def trigger_mode_on(camera) -> bool:
+    """True when ``camera`` (an ``Aravis.Camera``) takes a frame only when triggered: its GenICam ``TriggerMode``
+    reads ``On`` (for the ``TriggerSelector`` selected, FrameStart on most cameras); False when it runs free or
+    has no ``TriggerMode`` feature (an Aravis without ``is_feature_available``: when reading it fails)."""
+    is_available = getattr(camera, "is_feature_available", None)
+    if is_available is not None:
+        return is_available("TriggerMode") and camera.get_string("TriggerMode") == "On"
+    try:
+        return camera.get_string("TriggerMode") == "On"
+    except Exception:  # noqa: BLE001 - GLib.Error: no such feature -> a free-running camera
+        return False
+
+
+def image_from_rows(data: bytes, height: int, width: int, channels: int, x_padding: int, source: str) -> np.ndarray:
+    """An 8-bit image copied out of a buffer's ``data`` whose rows lie ``width * channels + x_padding`` bytes
+    apart (``x_padding``: bytes after each row, from the buffer's leader; 0 = packed rows).
+
+    Returns (height, width) uint8 for ``channels`` 1, else (height, width, channels), C-contiguous.
+    CameraError naming ``source``, the bytes expected and found when ``data`` is too short for that layout."""
+    row_bytes = width * channels
+    stride = row_bytes + x_padding
+    needed = (height - 1) * stride + row_bytes if height > 0 else 0
+    if len(data) < needed:
+        raise CameraError(f"{source}: frame data is {len(data)} bytes, expected at least {needed} for "
+                          f"{height} rows of {width} x {channels} bytes, {x_padding} byte(s) of padding after each; "
+                          "check the camera's PixelFormat, Width and Height")
+    shape, strides = (height, width, channels), (stride, channels, 1)
+    if channels == 1:
+        shape, strides = shape[:2], strides[:2]
+    return np.ndarray(shape, np.uint8, buffer=data, strides=strides).copy()
+
+
 def monotonic_from_system_ns(system_ns: int) -> float:
     """An Aravis buffer's system timestamp -> ``time.monotonic()`` seconds (``Frame.t_capture``).
 
@@ -74,8 +128,9 @@ class AravisSource(SourceBase):
     """Frames from a GenICam camera via Aravis.
 
     device: Aravis device id or IP address; None or "" = the first camera found.
-    fps: set AcquisitionFrameRate (None = leave the camera's setting). timeout_s: how long one
-    read waits for a frame before it counts as missed. buffers: stream buffers queued.
+    fps: set AcquisitionFrameRate (None = leave the camera's setting; a rate also turns TriggerMode off).
+    timeout_s: how long one read waits for a frame before it counts as missed (a triggered camera: before
+    its link is checked and the read says no part came). buffers: stream buffers queued.
     Frames: (H, W) uint8 gray or (H, W, 3) uint8 BGR (``PIXEL_FORMATS``), copied out of the buffer.
     """
 
@@ -88,39 +143,78 @@ class AravisSource(SourceBase):
         self._stream = None
         self._last_id: int | None = None
         self._rate: float | None = None
+        self._triggered = False
+        self._pixel_format = ""   # the camera's PixelFormat read at connect (a buffer that names none has it)
 
     @property
     def nominal_fps(self) -> float | None:
+        """The free-running frame rate (frames/s); None for a triggered camera (frames come with the parts)."""
+        if self._triggered:
+            return None
         return self.fps or self._rate
 
-    def _connect(self) -> tuple[np.ndarray, str, float]:
+    @property
+    def triggered(self) -> bool:
+        """True when the camera read ``TriggerMode`` = ``On`` at its last connect (a frame per trigger)."""
+        return self._triggered
+
+    def _connect(self) -> tuple[np.ndarray, str, float] | None:
         aravis = _aravis()
         aravis.update_device_list()
         try:
             self._camera = aravis.Camera.new(self.device)
-            if self.fps:
-                self._camera.set_frame_rate(float(self.fps))
-            self._rate = self._camera.get_frame_rate()
+            self._configure(self._camera)
             self._stream = self._camera.create_stream(None, None)
             payload = self._camera.get_payload()
             for _ in range(self.buffers):
                 self._stream.push_buffer(aravis.Buffer.new_allocate(payload))
             self._camera.start_acquisition()
+        except CameraError:
+            raise
         except Exception as exc:  # GLib.Error (not found, no control access) -> CameraError with the fix
             raise CameraError(f"{self.name}: cannot start the camera ({aravis.get_n_devices()} found): {exc}; "
                               "check the cable and IP setup, and the id with `arv-tool-0.8`") from exc
         self._last_id = None
+        if self._triggered:
+            log.info("camera %s: TriggerMode On: a frame per trigger, none read at open", self.name)
+            return None
         return self._grab()
 
+    def _configure(self, camera) -> None:
+        """Set the frame rate (``fps``), then read the rate, the trigger mode and the pixel format the camera
+        runs with. CameraError naming the format and the supported ones when the pixel format is not one."""
+        if self.fps:
+            camera.set_frame_rate(float(self.fps))   # Aravis turns TriggerMode off to set a rate
+        self._rate = camera.get_frame_rate()
+        self._triggered = trigger_mode_on(camera)
+        self._pixel_format = camera.get_pixel_format_as_string()
+        self._check_format(self._pixel_format)
+
+    def _check_format(self, fmt: str) -> None:
+        if fmt not in PIXEL_FORMATS:
+            raise CameraError(f"{self.name}: pixel format {fmt!r} is not supported; expected one of "
+                              f"{sorted(PIXEL_FORMATS)}: set PixelFormat on the camera")
+
     def _grab(self) -> tuple[np.ndarray, str, float]:
+        """The next frame from the stream's buffers. FrameMissed (free-running: no frame within ``timeout_s``),
+        AwaitingTrigger (triggered: none, link up), FrameIncomplete, or CameraError for anything the driver
+        raises (``GLib.Error``: the link is down)."""
         aravis = _aravis()
+        try:
+            return self._grab_buffer(aravis)
+        except CameraError:
+            raise
+        except Exception as exc:  # GLib.Error from the driver mid-read -> a lost link, reconnected
+            raise CameraError(f"{self.name}: reading a frame failed: {exc}") from exc
+
+    def _grab_buffer(self, aravis) -> tuple[np.ndarray, str, float]:
         buffer = self._stream.timeout_pop_buffer(int(self.timeout_s * 1e6))
         if buffer is None:
-            raise FrameMissed(f"{self.name}: no frame within {self.timeout_s:g} s")
+            raise self._no_frame()
         try:
             status = buffer.get_status()
             if status != aravis.BufferStatus.SUCCESS:
-                raise FrameMissed(f"{self.name}: incomplete frame ({status.value_nick})")
+                raise FrameIncomplete(f"{self.name}: incomplete frame ({status.value_nick})")
             image = self._image(buffer)
             self._number(buffer.get_frame_id())
             t_grabbed = monotonic_from_system_ns(buffer.get_system_timestamp())
@@ -128,15 +222,54 @@ class AravisSource(SourceBase):
             self._stream.push_buffer(buffer)
         return image, self.name, t_grabbed
 
+    def _no_frame(self) -> FrameMissed:
+        """What a wait of ``timeout_s`` without a frame means: a missed frame for a free-running camera; for a
+        triggered one no part yet (``AwaitingTrigger``) once its control link answers ``_check_link``."""
+        if not self._triggered:
+            return FrameMissed(f"{self.name}: no frame within {self.timeout_s:g} s")
+        self._check_link()
+        return AwaitingTrigger(f"{self.name}: no trigger within {self.timeout_s:g} s (no part; the camera answers)")
+
+    def _check_link(self) -> None:
+        """One register read over the control link (``LINK_CHECK_REGISTER``). CameraError when it fails."""
+        try:
+            self._camera.get_device().read_register(LINK_CHECK_REGISTER)
+        except Exception as exc:  # GLib.Error: read_register timeout -> the link is down
+            raise CameraError(f"{self.name}: no frame within {self.timeout_s:g} s and the camera does not answer "
+                              f"a register read ({exc}): the link is down") from exc
+
     def _image(self, buffer) -> np.ndarray:
-        fmt = self._camera.get_pixel_format_as_string()
-        if fmt not in PIXEL_FORMATS:
-            raise CameraError(f"{self.name}: pixel format {fmt!r} is not supported; expected one of "
-                              f"{sorted(PIXEL_FORMATS)}: set PixelFormat on the camera")
+        """The buffer's image as (H, W) gray or (H, W, 3) BGR uint8, by its own pixel format, size and padding."""
+        fmt = self._buffer_format(buffer)
         channels, convert = PIXEL_FORMATS[fmt]
-        shape = (buffer.get_image_height(), buffer.get_image_width()) + ((channels,) if channels > 1 else ())
-        image = np.frombuffer(buffer.get_data(), dtype=np.uint8, count=int(np.prod(shape))).reshape(shape).copy()
+        data = buffer.get_data()
+        height, width = buffer.get_image_height(), buffer.get_image_width()
+        x_padding = self._x_padding(buffer, len(data), height * width * channels)
+        image = image_from_rows(data, height, width, channels, x_padding, self.name)
         return convert(image) if convert else image
+
+    def _buffer_format(self, buffer) -> str:
+        """The ``PIXEL_FORMATS`` name of the buffer's PFNC pixel format (0, none given: the camera's at connect)."""
+        code = buffer.get_image_pixel_format()
+        if not code:
+            return self._pixel_format
+        fmt = PFNC_NAMES.get(code)
+        if fmt is None:
+            raise CameraError(f"{self.name}: pixel format 0x{code:08x} is not supported; expected one of "
+                              f"{sorted(PIXEL_FORMATS)}: set PixelFormat on the camera")
+        return fmt
+
+    def _x_padding(self, buffer, data_bytes: int, packed_bytes: int) -> int:
+        """Bytes after each row (the buffer's leader). An Aravis without ``get_image_padding``: 0 when the data is
+        exactly the packed image, else CameraError (rows could be padded; reading them packed would shear them)."""
+        get_padding = getattr(buffer, "get_image_padding", None)
+        if get_padding is not None:
+            return int(get_padding()[0])
+        if data_bytes == packed_bytes:
+            return 0
+        raise CameraError(f"{self.name}: the frame is {data_bytes} bytes, not the {packed_bytes} of its packed rows, "
+                          "and this Aravis cannot tell the rows' padding (no Buffer.get_image_padding): upgrade "
+                          "Aravis 0.8 (gir1.2-aravis-0.8) to a release that has arv_buffer_get_image_padding")
 
     def _number(self, frame_id: int) -> None:
         """Set the next frame's seq from the camera's frame id (gaps = frames lost on the way)."""

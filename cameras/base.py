@@ -4,13 +4,18 @@ the sources build on (``SourceBase``: numbering, stamping, freezing) lives with 
 ``capture.py``, so a frame's whole capture happens in its source's file and that one.
 
 A source is a resource owner: ``open()`` connects and proves it works by reading a first
-frame (fail fast), ``read()`` returns the next :class:`~fair_edge.records.Frame` or raises,
-``close()`` releases and is safe to call twice. ``open()`` on an open source is a no-op and
-``open()`` after ``close()`` reconnects, which is what :class:`CaptureThread` relies on.
+frame (fail fast; reads that miss are retried a few times, ``capture.FIRST_FRAME_READS``), ``read()``
+returns the next :class:`~fair_edge.records.Frame` or raises, ``close()`` releases and is safe to call
+twice. A camera that takes a frame only when the line triggers it (GenICam ``TriggerMode=On``) has no
+first frame to read before a part comes: it proves itself by connecting. ``open()`` on an open source is
+a no-op and ``open()`` after ``close()`` reconnects, which is what :class:`CaptureThread` relies on.
 
 What ``read()`` raises tells the capture loop what to do:
   :class:`EndOfStream`  no frame will ever come (replay finished): end the stream.
-  :class:`FrameMissed`  this read gave no frame but the link may be fine: count it, retry.
+  :class:`AwaitingTrigger`  a triggered camera had no part to take, its link answered: read again (not counted).
+  :class:`FrameIncomplete`  a frame arrived damaged (packets lost), so the link is up: count it, read again.
+  :class:`FrameMissed` (any other)  this read gave no frame but the link may be fine: count it, retry;
+      ``CaptureSettings.misses_before_reconnect`` in a row are taken as a lost link.
   :class:`~fair_edge.errors.CameraError` (any other)  the link is down: reconnect.
 A failed read is never turned into a substitute (black) frame.
 """
@@ -47,6 +52,19 @@ class FrameMissed(CameraError):
     """One read delivered no frame, but the source may still be connected (a counted event)."""
 
 
+class FrameIncomplete(FrameMissed):
+    """A frame arrived but damaged (a GigE frame with packets lost on the way): the link is up.
+
+    Counted in ``CaptureStats.read_errors`` (and, as the camera's frame id is skipped, in
+    ``frames_lost_estimate`` once the next frame shows the gap), never a reason to reconnect."""
+
+
+class AwaitingTrigger(FrameMissed):
+    """A triggered camera waited its timeout and took no frame because no part came, and its link answered.
+
+    Nothing was missed: not counted, not a miss towards a reconnect, no frame lost; the reader reads again."""
+
+
 @runtime_checkable
 class FrameSource(Protocol):
     """What the capture loop needs from a camera, a replay or a synthetic line.
@@ -61,7 +79,8 @@ class FrameSource(Protocol):
     def nominal_fps(self) -> float | None: ...
 
     def open(self) -> None:
-        """Connect and read a first frame; raise ``CameraError`` naming the source and the fix."""
+        """Connect and read a first frame (a triggered camera: connect only); raise ``CameraError`` naming the
+        source and the fix."""
 
     def read(self) -> Frame:
         """Return the next frame; raise ``EndOfStream``, ``FrameMissed`` or ``CameraError``."""
@@ -134,7 +153,9 @@ class CaptureSettings:
         ``min(max, initial * factor ** attempt)``.
     max_reconnects: consecutive failed reconnect attempts before the stream ends;
         ``None`` = keep trying until ``stop()``.
-    misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link.
+    misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link (an incomplete frame,
+        ``FrameIncomplete``, proves the link is up: counted, never one of them; a triggered camera's wait for a
+        part, ``AwaitingTrigger``, is not a miss).
     stop_timeout_s: how long ``stop()`` waits for the reader thread to finish.
     nominal_fps: frame rate used to estimate frames lost in an outage when the source's
         sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
@@ -191,9 +212,11 @@ class CaptureStats:
     """A snapshot of a CaptureThread's counters (all counts since start).
 
     frames_in: frames read from the source. dropped_queue_full: frames discarded by the
-    full-queue policy. read_errors: reads that raised (missed frames and link failures).
+    full-queue policy. read_errors: reads that raised (missed and incomplete frames, link failures; not a
+    triggered camera's wait for a part).
     reconnects: successful reconnections. frames_lost_estimate: frames the source produced
-    that never reached us (sequence gaps, or outage time x nominal fps where seq shows none).
+    that never reached us (sequence gaps, incomplete frames among them, or outage time x nominal fps where
+    seq shows none; a triggered camera has no nominal fps, so its idle time is never counted).
     unreadable: files the source skipped because it could not decode them (a replayed folder's corrupt
     image): they are not frames, so an unpaced replay's files = frames_in + unreadable.
     """

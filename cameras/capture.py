@@ -32,23 +32,31 @@ from fair_edge.errors import CameraError, ConfigError
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame
 
-from .base import FULL_POLICY_NAMES, CaptureSettings, CaptureState, CaptureStats, EndOfStream, FrameMissed, FrameSource
+from .base import (FULL_POLICY_NAMES, AwaitingTrigger, CaptureSettings, CaptureState, CaptureStats, EndOfStream,
+                   FrameIncomplete, FrameMissed, FrameSource)
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker put in the queue after the last frame
+
+FIRST_FRAME_READS = 10     # reads open() makes at most while they miss (FrameMissed: connected, no complete frame) ...
+FIRST_FRAME_WAIT_S = 3.0   # ... and the seconds after which it makes no new one
 
 
 # ----------------------------------------------------------------------------- the sources' base class
 class SourceBase:
     """Context-manager plumbing and the sequence counter shared by the concrete sources.
 
-    Subclasses implement ``_connect()`` (open and return the first image as ``_grab`` does),
+    Subclasses implement ``_connect()`` (open and return the first image as ``_grab`` does, or None for a
+    camera that takes a frame only when triggered: it has none before a part comes),
     ``_grab() -> (image, label)`` or ``(image, label, t_grabbed)`` (next image, its ``Frame.source``
     label and, where the driver knows it, when the image was taken in ``time.monotonic()`` seconds) and
     ``_release()`` (also called after a failed ``_connect``, so it must cope with a
     half-open state). The first image read by ``_connect`` is returned by the next ``read()``,
-    so fail-fast opening loses no frame. Sequence numbers keep counting across reconnects.
+    so fail-fast opening loses no frame; when ``_connect`` or a retry raises ``FrameMissed`` (connected,
+    but that read had no complete frame: a GigE frame with packets lost), ``open()`` reads again with
+    ``_grab``, up to ``FIRST_FRAME_READS`` reads started within ``FIRST_FRAME_WAIT_S`` s. Sequence numbers
+    keep counting across reconnects.
 
     ``Frame.t_capture`` is when the image was grabbed, not when ``read()`` returned it: the driver's
     time where ``_grab`` gives one, else the moment ``_connect`` / ``_grab`` returned it (the first image
@@ -86,14 +94,42 @@ class SourceBase:
         if self._is_open:
             return
         try:
-            first = stamped(self._connect())
-            check_image(first[0], self.name)
+            first = self._first_image()
+            if first is not None:
+                check_image(first[0], self.name)
         except BaseException:
             self._release_logged()
             raise
         self._pending = first
         self._is_open = True
         log.info("camera %s: opened", self.name)
+
+    def _first_image(self) -> tuple[np.ndarray, str, float] | None:
+        """Connect; the first image, stamped (None: a triggered camera, connected with none).
+
+        A read that raises ``FrameMissed`` (the source is connected, that read had no complete frame) is made
+        again with ``_grab()``, up to ``FIRST_FRAME_READS`` reads started within ``FIRST_FRAME_WAIT_S`` s of
+        the start; then CameraError naming the reads, the seconds and the last miss."""
+        t_start = time.monotonic()
+        try:
+            first = self._connect()
+            return None if first is None else stamped(first)
+        except FrameMissed as exc:
+            missed = exc
+        reads = 1
+        while reads < FIRST_FRAME_READS and time.monotonic() - t_start < FIRST_FRAME_WAIT_S:
+            reads += 1
+            try:
+                return stamped(self._grab())
+            except FrameMissed as exc:
+                missed = exc
+                log.info("camera %s: no first frame yet (read %d): %s", self.name, reads, exc)
+        raise CameraError(
+            f"{self.name}: connected, but expected a complete first frame within {FIRST_FRAME_READS} reads or "
+            f"{FIRST_FRAME_WAIT_S:g} s and found none in {reads} reads ({time.monotonic() - t_start:.1f} s); "
+            f"last: {missed}. Check that the camera streams (acquisition running, not waiting for a trigger) "
+            "and, for GigE, that its packets arrive (a firewall on the stream port, packet size above the "
+            "network's MTU, the link's bandwidth)") from missed
 
     def read(self) -> Frame:
         if not self._is_open:
@@ -136,7 +172,7 @@ class SourceBase:
         self._seq += 1
         return frame
 
-    def _connect(self) -> tuple[np.ndarray, str]:
+    def _connect(self) -> tuple[np.ndarray, str] | None:
         raise NotImplementedError
 
     def _grab(self) -> tuple[np.ndarray, str]:
@@ -405,20 +441,33 @@ class CaptureThread:
             except EndOfStream as exc:
                 return f"source ended: {exc}", exc.cause
             except CameraError as exc:
-                self._count("read_errors")
-                self._after_outage = True
-                misses = misses + 1 if isinstance(exc, FrameMissed) else self.settings.misses_before_reconnect
-                if misses < self.settings.misses_before_reconnect:
-                    log.warning("camera %s: no frame (%s)", self.source.name, exc)
-                    continue
-                misses = 0
-                ended = self._reconnect(exc)
+                misses, ended = self._read_failed(exc, misses)
                 if ended is not None:
                     return ended
                 continue
             misses = 0
             self._accept(frame)
         return "stop() called", None
+
+    def _read_failed(self, exc: CameraError, misses: int) -> tuple[int, tuple[str, BaseException | None] | None]:
+        """Handle a read that raised ``exc`` after ``misses`` misses in a row. Returns (misses in a row now,
+        None to read on or the stream's (end reason, cause) when a reconnect gave up).
+
+        ``AwaitingTrigger`` (no part, link answered): nothing counted. ``FrameIncomplete`` (a damaged frame
+        arrived, so the link is up): counted in ``read_errors``, ends the run of misses, never a reconnect.
+        ``FrameMissed``: counted; ``misses_before_reconnect`` in a row, or any other CameraError: reconnect."""
+        if isinstance(exc, AwaitingTrigger):
+            return 0, None
+        self._count("read_errors")
+        if isinstance(exc, FrameIncomplete):
+            log.info("camera %s: %s (counted; the link is up)", self.source.name, exc)
+            return 0, None
+        self._after_outage = True
+        misses = misses + 1 if isinstance(exc, FrameMissed) else self.settings.misses_before_reconnect
+        if misses < self.settings.misses_before_reconnect:
+            log.warning("camera %s: no frame (%s)", self.source.name, exc)
+            return misses, None
+        return 0, self._reconnect(exc)
 
     def _accept(self, frame: Frame) -> None:
         if frame.t_capture >= self._t_stop:   # taken after stop(): the run has ended; not counted, queued or noted

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, parse_source
+from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, FrameMissed, parse_source
 from fair_edge.cameras.aravis import frame_step, monotonic_from_system_ns
 from fair_edge.cameras.triggered import triggered_capture
 from test_cameras_triggered import FakeHandshake
@@ -163,3 +163,23 @@ def test_triggered_frames_that_waited_in_the_stream_buffers_are_skipped_as_stale
         frame = cap.get(timeout=10)
     assert frame.t_capture >= t_trigger
     assert hs.stale >= 1 + waiting          # the image grabbed at open and every frame that waited in a buffer
+
+
+@needs_fake_camera
+def test_a_camera_in_trigger_mode_opens_with_no_part_and_takes_a_frame_per_trigger(camera):
+    """TriggerMode=On (here triggered in software, as the line's photo-eye would fire it): open() reads no first
+    frame, an idle wait is no miss (the camera answers a register read), and each trigger gives one frame."""
+    from gi.repository import Aravis
+
+    Aravis.update_device_list()
+    control = Aravis.Camera.new(f"Aravis-Fake-{camera.serial}")
+    control.set_trigger("Software")                       # TriggerMode=On, TriggerSource=Software
+    del control
+    source = parse_source(f"aravis:Aravis-Fake-{camera.serial}", timeout_s=0.2)
+    with source:
+        assert source.triggered and source.nominal_fps is None
+        with pytest.raises(FrameMissed, match="no trigger"):     # AwaitingTrigger: not counted, not a miss
+            source.read()
+        source._camera.software_trigger()
+        frame = source.read()
+    assert frame.image.shape == (512, 512) and frame.seq == 0
