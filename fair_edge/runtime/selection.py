@@ -11,8 +11,9 @@ bundle built before it was kept runs on the bundle's threshold with a warning th
 graph). TensorRT runs the precision's graph, in chunks of at most the engine profile's batch.
 
 ``auto`` leaves out a CPU engine whose score of a grey frame is not ONNX Runtime's (on which a CPU graph's threshold is
-calibrated); a named ``openvino`` is refused where it scores so on an INT8 bundle built before bb4c96d
-(``refuse_unlike_onnxruntime``), whose CPU graph OpenVINO scores 10-20 x too high."""
+calibrated), or that raises scoring it (with a warning naming the engine and its error); a named ``openvino`` is
+refused where it scores so on an INT8 bundle built before bb4c96d (``refuse_unlike_onnxruntime``), whose CPU graph
+OpenVINO scores 10-20 x too high."""
 
 from __future__ import annotations
 
@@ -156,7 +157,9 @@ def agrees(score: float, reference: float, threshold: Threshold | None) -> bool:
 
 
 def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleScorer:
-    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why."""
+    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why. An engine
+    that loads the bundle but cannot score ``probe``'s frame, or scores it unlike the first engine that can (ONNX
+    Runtime, on which the threshold was calibrated), is left out with a warning naming it and why."""
     scorers, notes = [], []
     for name in CPU_CANDIDATES:
         try:
@@ -167,7 +170,14 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
         raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
     if len(scorers) == 1:
         return replace(scorers[0], reason=f"{scorers[0].reason}, the only CPU engine installed")
-    probed = [(*probe(c, bundle.image_size), c) for c in scorers]
+    probed, failed = probe_all(scorers, bundle)
+    if not probed:
+        raise ConfigError(f"no CPU backend could run {bundle.root}: {'; '.join(failed)}. Rebuild the bundle with "
+                          f"`{bundle.build_command or 'fair-edge build CHECKPOINT --out BUNDLE'}`.")
+    why = "".join(f"; {note}" for note in failed)
+    if len(probed) == 1:
+        only = probed[0][2]
+        return replace(only, reason=f"{only.reason}, the only CPU engine that runs this bundle{why}")
     reference = probed[0]   # ONNX Runtime: the engine the build calibrated the graph's threshold on
     left_out = [p for p in probed[1:] if not agrees(p[1], reference[1], reference[2].graph_threshold)]
     timed = sorted((p for p in probed if p not in left_out), key=lambda p: p[0])
@@ -175,13 +185,42 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
         loser.backend.close()
     best = timed[0][2]
     times = ", ".join(f"{c.backend.name} {ms:.1f} ms" for ms, _, c in sorted(probed, key=lambda p: p[0]))
-    why = "".join(f"; {c.backend.name} left out: it scores a grey frame {score:.4g}, {reference[2].backend.name} "
-                  f"{reference[1]:.4g}, and the threshold was calibrated on {reference[2].backend.name}"
-                  for _, score, c in left_out)
+    unlike = "".join(f"; {c.backend.name} left out: it scores a grey frame {score:.4g}, {reference[2].backend.name} "
+                     f"{reference[1]:.4g}, and the threshold was calibrated on {reference[2].backend.name}"
+                     for _, score, c in left_out)
     for _, _, c in left_out:
         log.warning("auto: %s scores unlike %s on this bundle (%s); it is not used", c.backend.name,
-                    reference[2].backend.name, why.lstrip("; "))
-    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {times}{why})")
+                    reference[2].backend.name, unlike.lstrip("; "))
+    return replace(best, reason=f"{best.reason}, the fastest CPU engine here (one frame: {times}{why}{unlike})")
+
+
+def probe_all(scorers: list[BundleScorer], bundle) -> tuple[list[tuple[float, float, BundleScorer]], list[str]]:
+    """(``probe``'s (milliseconds, score, scorer) of each scorer that scores the grey frame, in order; a note
+    "NAME left out: it cannot score a grey frame (ERROR)" for each that raises instead). A scorer that raises is
+    closed and logged as a warning: an engine that loads a graph but cannot run it (OpenVINO 2026.4 refused the
+    GatherElements of a score_shifts=2 PatchCore graph exported before the fix) must not stop ``auto``. Any
+    exception counts: each engine raises its own types (ONNX Runtime's derive from Exception only)."""
+    probed, failed = [], []
+    for scorer in scorers:
+        try:
+            probed.append((*probe(scorer, bundle.image_size), scorer))
+        except Exception as exc:  # noqa: BLE001 - the engine's own error types; named in the note and the log
+            scorer.backend.close()
+            error = engine_error(exc)
+            log.warning("auto: %s cannot score a grey frame of bundle %s (%s); it is not used, the other CPU engines "
+                        "are timed", scorer.backend.name, bundle.root, error)
+            failed.append(f"{scorer.backend.name} left out: it cannot score a grey frame ({error})")
+    return probed, failed
+
+
+def engine_error(exc: Exception, limit: int = 400) -> str:
+    """``exc`` as one line of at most ``limit`` characters: its type, the first line of its message that is not an
+    "Exception from FILE:LINE:" location (OpenVINO starts its messages with several) and, where the message goes on,
+    its last line (OpenVINO's says what was wrong there: "Shapes {4,16} and {1,1} are not consistent, ...")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith("Exception from ")] or lines or [""]
+    text = told[0] if len(told) == 1 else f"{told[0]} ... {told[-1]}"
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__
 
 
 def refuse_unlike_onnxruntime(bundle, scorer: BundleScorer) -> BundleScorer:

@@ -464,7 +464,9 @@ class PatchcoreDetector(nn.Module):
             views = views.reshape(len(offsets), b, 1, s, s)
             views = torch.stack([F.pad(views[i], (dx, 0, dy, 0), mode="replicate")[:, :, :s, :s]
                                  for i, (dy, dx) in enumerate(offsets)]).mean(0)
-            patches, distance, index = patches[:b], distance[:b], index[:b]
+            # the unshifted view's rows as (V, B, ...)[0], not [:B]: OpenVINO 2026.4 dropped that Slice of the index
+            # table and its GatherElements then refused the (V x B, P) table, so no frame scored
+            patches, distance, index = (t.unflatten(0, (len(offsets), -1))[0] for t in (patches, distance, index))
         amap = self.blur(views)
         k = min(self.settings.score_top_k, self.size * self.size)
         score = amap.flatten(1).amax(1) if k == 1 else torch.topk(amap.flatten(1), k, dim=1).values.mean(1)
