@@ -97,6 +97,27 @@ def test_auto_times_the_engines_that_run_and_names_each_one_that_cannot(monkeypa
     assert "fastest CPU engine here" in chosen.reason and "left out" not in chosen.reason and len(closed) == 1
 
 
+def test_a_named_openvino_that_cannot_score_the_bundle_is_refused_at_start_naming_the_fixes(monkeypatch):
+    """--backend openvino on a graph OpenVINO loads but cannot run: refused at start (the station would otherwise
+    start and fail every frame until it faults), naming the bundle, OpenVINO's error and the rebuild command."""
+    from fair_edge.errors import BundleError
+
+    closed = []
+    _engines(monkeypatch, openvino=lambda b, o: FakeScorer("openvino", closed, error=RuntimeError(OPENVINO_GATHER_ERROR)))
+    monkeypatch.setattr(selection, "refuse_unlike_onnxruntime", lambda bundle, scorer: scorer)
+    with pytest.raises(BundleError, match=r"backend openvino: OpenVINO loads bundle bundles/pc-s2-fp32 but cannot "
+                                          r"score a frame with it \(RuntimeError: .*Shapes \{4,16\} and \{1,1\}.*"
+                                          r"Rebuild the bundle with `fair-edge build run/final.pt`.*--backend "
+                                          r"onnxruntime"):
+        selection.select_backend(SimpleNamespace(**vars(BUNDLE), preprocess=SimpleNamespace(tiling=None)),
+                                 "openvino")
+    assert closed == ["openvino"]
+    _engines(monkeypatch, openvino=lambda b, o: FakeScorer("openvino", closed, score=2.0))
+    chosen = selection.select_backend(SimpleNamespace(**vars(BUNDLE), preprocess=SimpleNamespace(tiling=None)),
+                                      "openvino")
+    assert chosen.name == "openvino" and closed == ["openvino"]   # one that runs is kept open
+
+
 # ----------------------------------------------------------------------------- the score_shifts=2 graph on OpenVINO
 def _shifted_detector(score_shifts: int):
     """(ModelSpec, detector) of a 32 px PatchCore with ``score_shifts`` and re-weighting, its bank the patch features

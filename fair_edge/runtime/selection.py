@@ -256,6 +256,25 @@ def refuse_unlike_onnxruntime(bundle, scorer: BundleScorer) -> BundleScorer:
     raise BundleError(unlike_onnxruntime_message(bundle, scorer.graph, pools[0], score, expected))
 
 
+def refuse_unrunnable(bundle, scorer: BundleScorer) -> BundleScorer:
+    """``scorer`` (OpenVINO, named by --backend or the station file) once it has scored one grey frame of the bundle's
+    size; an engine that loads the graph but cannot run it is a BundleError naming the bundle, the engine's error and
+    the fixes, at start, instead of a station whose every frame fails ("inference failed") until it faults. The
+    build checks its graphs on ONNX Runtime only: OpenVINO 2026.4 refused the GatherElements of a score_shifts >= 2
+    PatchCore graph exported before 649a811. Cost: one frame's inference at start."""
+    frame = np.full((bundle.image_size, bundle.image_size, 3), 128, np.uint8)
+    try:
+        scorer.infer_frames([frame])
+    except Exception as exc:  # noqa: BLE001 - the engine's own error types; named in the message
+        scorer.backend.close()
+        rebuild = f"`{bundle.build_command or 'fair-edge build CHECKPOINT --out BUNDLE'}`"
+        raise BundleError(f"backend openvino: OpenVINO loads bundle {bundle.root} but cannot score a frame with it "
+                          f"({engine_error(exc)}). Rebuild the bundle with {rebuild} (graphs exported since 649a811 "
+                          "run on OpenVINO), or run it with --backend onnxruntime (station file: backend: "
+                          "onnxruntime) or auto.") from None
+    return scorer
+
+
 def unlike_onnxruntime_message(bundle, graph: str, pool: str, score: float, expected: float) -> str:
     """Why OpenVINO is refused on ``bundle``: its int8 CPU graph ``graph``, whose AveragePool ``pool`` reads a Q/DQ
     copy, scores ``probe``'s grey frame ``score`` on OpenVINO and ``expected`` on ONNX Runtime."""
@@ -288,7 +307,7 @@ def _select(bundle, name: str, options: BackendOptions) -> BundleScorer:
         if name not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}; found {name!r}.")
         scorer = BACKENDS[name](bundle, options)
-        return refuse_unlike_onnxruntime(bundle, scorer) if name == "openvino" else scorer
+        return refuse_unrunnable(bundle, refuse_unlike_onnxruntime(bundle, scorer)) if name == "openvino" else scorer
     reasons = []
     for candidate in ("tensorrt", "torch-cuda"):
         try:
