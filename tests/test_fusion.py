@@ -38,9 +38,9 @@ def test_bad_fusion_inputs_are_refused():
         fuse_maps([m, m], [NormalStats(0, 1)] * 2, "median")
     with pytest.raises(ConfigError, match=">= 2 models"):
         fuse_maps([m], [NormalStats(0, 1)], "mean")
-    # a model whose normal scores do not spread has no unit: refused naming it (was std 1e-12, threshold 0)
+    # a model whose normal map maxima do not spread has no unit: refused naming it (was std 1e-12, threshold 0)
     for flat in (np.array([1.0, 1.0]), np.zeros(3), np.array([5.0, 5.0 + 1e-9])):
-        with pytest.raises(DataError, match=r"member m1 \(b1\): its scores of the \d held-out normal images do not "
+        with pytest.raises(DataError, match=r"member m1 \(b1\): its map maxima on the \d held-out normal images do not "
                                             r"spread .* pass more varied normal images with --normal"):
             NormalStats.fit(flat, "member m1 (b1)")
     assert NormalStats.fit(np.array([1.0, 1.5])).std == pytest.approx(0.25)

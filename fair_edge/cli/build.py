@@ -24,14 +24,17 @@ from rich.table import Table
 from fair_edge.calibration.int8 import METHODS, Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
 from fair_edge.calibration.ranges import require_int8_onnxruntime
-from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import images_for, read_frames
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
+from fair_edge.export.bundle import Bundle
+from fair_edge.runtime.backends import cpu_graph
 from fair_edge.runtime.highpass_plan import plan_highpass
+from fair_edge.runtime.selection import fp32_threshold
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
@@ -93,16 +96,11 @@ def _summary(result: BuildResult) -> None:
     table.add_row("fp32 parity", f"max |map diff| ONNX vs PyTorch {result.parity_max_abs:.1e}", "")
     if result.delta is not None:
         d = result.delta
-        table.add_row(f"{b.precision} vs fp32", f"map max {d.map_max_abs:.2e}, score max {d.score_max_abs:.2e}",
+        table.add_row(escape(f"{b.precision} vs fp32 ({b.onnx_path.name})"),
+                      f"map max {d.map_max_abs:.2e}, score max {d.score_max_abs:.2e}",
                       f"score pearson {d.score_pearson:.4f}, spearman {d.score_spearman:.4f} (n={d.n_images})")
-    if b.threshold is not None:
-        t = b.threshold
-        f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
-        few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
-        table.add_row("threshold", f"{t.value:.6g}", escape(
-            f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} (target {t.false_reject_rate:.2%}){few}{f1}"))
-    else:
-        table.add_row("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")
+    for row in threshold_rows(b):
+        table.add_row(*row)
     if b.pixel_threshold is not None:
         p = b.pixel_threshold
         table.add_row("pixel threshold", f"{p.value:.6g}", escape(
@@ -118,6 +116,54 @@ def _summary(result: BuildResult) -> None:
     root = escape(shell_word(b.root))
     console.print(f"next: [bold]fair-edge run --bundle {root} --source IMAGES[/] (replay) or [bold]--camera 0[/]",
                   soft_wrap=True)
+
+
+# the backends in the order the threshold rows name them: the precision's graph (TensorRT), the CPU engines', FP32
+BACKEND_ORDER = ("tensorrt", "onnxruntime", "openvino", "torch-cuda", "torch-cpu")
+
+
+def threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
+    """Summary rows of the decision thresholds: one per graph that has one ("threshold model.int8.onnx", value,
+    the backends that decide with it, then its false-reject rate on the normals and its F1-optimal threshold),
+    as the INT8 gate rows name their graph. An FP32 bundle has one (every backend runs its graph); an FP16 one
+    two (the PyTorch backends run the FP32 weights); an INT8 one three (ONNX Runtime and OpenVINO run its CPU
+    graph). One "threshold none" row when the build had no normal images."""
+    if bundle.threshold is None:
+        return [("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")]
+    rows = []
+    for graph, (threshold, backends) in graph_thresholds(bundle).items():
+        if bundle.engine is None:
+            backends = ["tensorrt (no engine built)" if b == "tensorrt" else b for b in backends]
+        rows.append((escape(f"threshold {graph}"), f"{threshold.value:.6g}",
+                     escape(f"used by {', '.join(backends)}; {describe_threshold(threshold)}")))
+    return rows
+
+
+def graph_thresholds(bundle: Bundle) -> dict[str, tuple[Threshold, list[str]]]:
+    """{graph file name: (the threshold calibrated on it, the backends that decide with it)}, in ``BACKEND_ORDER``:
+    the threshold each backend's scorer carries (``runtime.selection``: TensorRT the bundle's own, ONNX Runtime
+    and OpenVINO their CPU graph's, ``backends.cpu_graph``; the PyTorch backends the FP32 weights',
+    ``selection.fp32_threshold``; None there: the bundle's own). For a bundle with a threshold."""
+    cpu_path, cpu_threshold, _ = cpu_graph(bundle)
+    reference = bundle.reference_onnx_path.name
+    by_backend = {"tensorrt": (bundle.onnx_path.name, None),
+                  "onnxruntime": (cpu_path.name, cpu_threshold), "openvino": (cpu_path.name, cpu_threshold),
+                  "torch-cuda": (reference, fp32_threshold(bundle, "torch-cuda")),
+                  "torch-cpu": (reference, fp32_threshold(bundle, "torch-cpu"))}
+    graphs: dict[str, tuple[Threshold, list[str]]] = {}
+    for name in BACKEND_ORDER:
+        graph, threshold = by_backend[name]
+        graphs.setdefault(graph, (threshold or bundle.threshold, []))[1].append(name)
+    return graphs
+
+
+def describe_threshold(t: Threshold) -> str:
+    """'false-reject 3.39% on 59 held-out normal images (target 5.00%), F1-optimal 6.7 (F1 0.950)', with a note
+    when the normals are too few to resolve the target rate (n x rate < 1)."""
+    f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
+    few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
+    return (f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} "
+            f"(target {t.false_reject_rate:.2%}){few}{f1}")
 
 
 def quality_gate_rows(result: BuildResult) -> list[tuple[str, str, str]]:

@@ -34,7 +34,7 @@ def print_metrics(result: dict, out: Path) -> None:
                 "aupro", "suggested_threshold"):
         if key in result:
             value = result[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(key, escape(metric_cell(value)))
     Console().print(table)
     for key in ("note", "pixel_metrics"):
         if key in result:
@@ -45,6 +45,14 @@ def print_metrics(result: dict, out: Path) -> None:
                       f"{regions['defects_found']} of {regions['defects']} defects found, {regions['defects_missed']} "
                       f"missed, {regions['false_regions']} false regions ({regions['false_regions_per_image']:.2f} per "
                       f"image; {regions['normal_images_with_regions']} normal images with any); per image: regions.csv")
+
+
+def metric_cell(value) -> str:
+    """A metrics.json value as the table shows it: a float to 4 decimals, an entry with a ``text`` (the false rejects
+    a catch figure was measured at, ``evaluate.achieved_false_rejects``) as that text."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value["text"]) if isinstance(value, dict) and "text" in value else str(value)
 
 
 def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int, false_reject_rate: float,

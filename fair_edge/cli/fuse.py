@@ -21,7 +21,7 @@ def fuse(
     bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings; "
                                          "their maps must cover the same part of the frame: the same --roi at "
                                          "training, or none)."),
-    normal: str = typer.Option(..., "--normal", help="Held-out normal images: each model's score statistics and "
+    normal: str = typer.Option(..., "--normal", help="Held-out normal images: each model's map-max statistics and "
                                "the fused threshold. A folder, or a dataset `train` takes (its held-out normal "
                                "test images), as for `build --normal`."),
     category: Optional[str] = typer.Option(None, "--category", help="Product inside a VisA CSV or an MVTec root "
@@ -33,7 +33,8 @@ def fuse(
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, help="Target false-reject rate of the threshold."),
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
 ) -> None:
-    """Fuse several bundles: each model's map is normalised by its own normal scores, then combined."""
+    """Fuse several bundles: each model's map is normalised by the mean and spread of its own map maximum on the
+    normal images, then combined."""
     from fair_edge.training.data import images_for, read_frames
     from fair_edge.runtime.fusion import build_fused_bundle
 
@@ -41,7 +42,7 @@ def fuse(
     frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
-        print_plain(f"  m{i}: {m.root.name}: {m.model.describe()}; normal score {s.mean:.5g} +- {s.std:.3g}")
+        print_plain(f"  m{i}: {m.root.name}: {m.model.describe()}; normal map max {s.mean:.5g} +- {s.std:.3g}")
     console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g} "
                   f"at {false_reject_rate:.1%} false rejects)")
     print_plain(f"next: fair-edge run --bundle {shell_word(out)} --source FRAMES")

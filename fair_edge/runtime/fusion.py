@@ -4,7 +4,8 @@ A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and 
   format "fair-edge-fusion", version 1; members: [{path, manifest_sha256, fitted_on: {backend, graph}}]
   (fitted_on: the backend ``fair-edge fuse --backend`` ran the member on and the file name of the graph whose
   numbers it made, ``BundleScorer.graph``; absent in fusion.json files fused before it); rule; stats: per member
-  {mean, std} of its frame scores on held-out normal images; threshold: Threshold of the fused score;
+  {mean, std} of the maximum of its anomaly map on held-out normal images (its map max, not its score, which a
+  family may compute otherwise: the map is what the rule normalises); threshold: Threshold of the fused score;
   grid: [h, w] of the fused maps that threshold was calibrated on (null or absent: no grid check);
   metadata_sha256: SHA-256 of fusion.json itself (canonical JSON of every other key, ``export.bundle.metadata_digest``),
   so an edited threshold, member std or rule is refused like an edited bundle.json. A fusion.json without it
@@ -55,7 +56,7 @@ def fuse_command(backend: str) -> str:
     return f"{FUSE_COMMAND[:-1]} --backend {backend}`"
 
 
-SPREAD_FLOOR = 1e-6   # least std of a member's normal scores, as a share of their mean (float32 keeps ~7 digits)
+SPREAD_FLOOR = 1e-6   # least std of a member's normal map maxima, as a share of their mean (float32 keeps ~7 digits)
 RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
@@ -64,23 +65,25 @@ RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 @dataclass(frozen=True)
 class NormalStats:
-    """Mean and standard deviation of one model's frame scores on held-out normal images."""
+    """Mean and standard deviation of one model's map maximum (the largest pixel of its (h, w) anomaly map per frame,
+    score units) on held-out normal images: the unit the fusion rule measures that model's map in. Not the model's
+    score, which a family may compute otherwise (PatchCore's reweights its map maximum)."""
 
     mean: float
     std: float
 
     @classmethod
     def fit(cls, normal_scores: np.ndarray, member: str = "a member") -> "NormalStats":
-        """Mean and std (ddof 0) of ``normal_scores`` ((N,) frame scores of one model). member: the model, for
-        messages. DataError when there are fewer than 2 finite scores, or when they do not spread (std 0, or
+        """Mean and std (ddof 0) of ``normal_scores`` ((N,) map maxima of one model, one per frame). member: the
+        model, for messages. DataError when there are fewer than 2 finite scores, or when they do not spread (std 0, or
         under SPREAD_FLOOR of their mean: float32 rounding): the spread is the unit of the fused map, and a
         unit of 0 would make every part's fused score near infinite (as the INT8 gate's ``normal_spread``)."""
         scores = np.asarray(normal_scores, np.float64)
         if scores.size < 2 or not np.all(np.isfinite(scores)):
-            raise DataError(f"fusion needs >= 2 finite normal scores per model; found {scores.size}.")
+            raise DataError(f"fusion needs >= 2 finite normal map maxima per model; found {scores.size}.")
         mean, std = float(scores.mean()), float(scores.std())
         if not std > SPREAD_FLOOR * abs(mean):
-            raise DataError(f"{member}: its scores of the {scores.size} held-out normal images do not spread (mean "
+            raise DataError(f"{member}: its map maxima on the {scores.size} held-out normal images do not spread (mean "
                             f"{mean:.6g}, std {std:.3g}; expected a std over {SPREAD_FLOOR:g} of the mean), so its map "
                             "has no unit to be fused in; pass more varied normal images with --normal (different "
                             "parts, not copies of one image).")

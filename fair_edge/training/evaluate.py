@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -221,8 +222,10 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
         result["image_auroc"] = metrics.image_auroc(scored.scores, labels)
         thr, f1 = f1_optimal_threshold(scored.scores[labels == 0], scored.scores[labels == 1])
         result.update(f1_max=f1, f1_threshold=thr, f1_threshold_rule=F1_THRESHOLD_RULE)
+        normal = scored.scores[labels == 0]
         for rate in CATCH_AT_FALSE_REJECTS:
             result[f"catch_at_{rate:.1%}_false_rejects"] = metrics.catch_rate(scored.scores, labels, rate)
+            result[f"catch_at_{rate:.1%}_false_rejects_achieved"] = achieved_false_rejects(normal, rate)
     else:
         result["note"] = "image AUROC needs both normal and defective test images; only one class was given."
     if scored.masks is not None:
@@ -243,6 +246,18 @@ def compute_metrics(scored: ScoredSet, false_reject_rate: float = DEFAULT_FALSE_
         result["suggested_threshold"] = quantile_threshold(scored.scores[labels == 0], false_reject_rate)
         result["suggested_threshold_false_reject_rate"] = false_reject_rate
     return result
+
+
+def achieved_false_rejects(normal: np.ndarray, rate: float) -> dict:
+    """The false rejects a catch figure was measured at: the normal scores ``normal`` ((n,) float) above the
+    threshold ``metrics.catch_rate`` sets for the target ``rate`` (a share): {"false_rejects": k, "normal": n,
+    "rate": k / n, "text": "k of n normals (r %)"}. The text adds the build's note when 0 < n x rate < 1: no
+    normal image may then be rejected, so the catch figure is the one at 0 false rejects, not at ``rate``."""
+    threshold = quantile_threshold(normal, rate)
+    k, n = int((normal > threshold).sum()), int(normal.size)
+    few = (f" - too few normals to resolve the target rate {rate:.1%} ({n} x {rate:.1%} < 1; "
+           f"{math.ceil(1 / rate - 1e-9)} or more resolve it)") if 0 < n * rate < 1 else ""
+    return {"false_rejects": k, "normal": n, "rate": k / n, "text": f"{k} of {n} normals ({k / n:.2%}){few}"}
 
 
 def _pixel_metrics(pixel: ScoredSet, result: dict) -> list[str]:

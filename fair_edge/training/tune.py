@@ -3,18 +3,19 @@
 1. The normal training images are split (fixed seed) into a training part and a held-out part
    (``holdout``, default 20 %).
 2. Proxy test set: every held-out image as a normal, plus one copy of it with a planted proxy defect
-   (fair_edge.training.proxy_defects: kinds and sizes cycled over the images). The proxy kinds differ from
-   the training synthesis, and no real defect image is ever read.
+   (fair_edge.training.proxy_defects: the kind-size pairs, every kind at the small size first, cycled over the
+   images, so with fewer held-out images than pairs only the first are planted; tune.json lists those planted).
+   The proxy kinds differ from the training synthesis, and no real defect image is ever read.
 3. Each candidate (one setting changed at a time from the base: model family, cutoff, filter, width,
    training length, image size or tiling) is trained on the training part and scored on the proxy set.
 4. Ranking rule: the share of proxy defects caught at ``false_reject_rate`` on the held-out normals,
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped.
-Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings and the train command),
-and keeps each candidate's final.pt under OUT/candidates/NAME/. A folder holds one tune run: ``tune`` refuses
-an OUT that already holds a finished one (tune.json or tune.csv: ``check_fresh_tune``) unless told to delete it
-first (``clear_tune``, --overwrite); what an interrupted run left (candidates/, proxy/ without results:
-``unfinished_tune``) is deleted by the next run into OUT.
+Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command and the proxy
+defects planted), and keeps each candidate's final.pt under OUT/candidates/NAME/. A folder holds one tune run:
+``tune`` refuses an OUT that already holds a finished one (tune.json or tune.csv: ``check_fresh_tune``) unless
+told to delete it first (``clear_tune``, --overwrite); what an interrupted run left (candidates/, proxy/ without
+results: ``unfinished_tune``) is deleted by the next run into OUT.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -309,13 +310,41 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
         if on_row is not None:
             on_row(rows[-1])
     rows.sort(key=lambda r: r.rank_key(), reverse=True)
-    write_results(rows, out, settings, data_name, len(train), len(held))
+    write_results(rows, out, settings, data_name, len(train), len(held), proxy)
     return rows
 
 
-def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int) -> None:
-    """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one)."""
-    fields = ["rank", "name", "family", "status", f"proxy_catch_at_{settings.false_reject_rate:.1%}", "proxy_catch_at_5.0%",
+def catch_columns(settings: TuneSettings) -> list[str]:
+    """tune.csv's catch columns: proxy catch at the target false-reject rate, then at 5 % unless the target is
+    named 5.0% too (--false-reject-rate 0.05: one column, not two of one name)."""
+    target, five = f"proxy_catch_at_{settings.false_reject_rate:.1%}", f"proxy_catch_at_{0.05:.1%}"
+    return [target] if target == five else [target, five]
+
+
+def planted_pairs(proxy: Sequence[Sample]) -> dict[str, int]:
+    """{"KIND-SIZE": count} of the proxy defects ``write_proxy_set`` planted (its defective samples), in planting
+    order: with fewer held-out images than kind-size pairs, only the first pairs are planted."""
+    counts: dict[str, int] = {}
+    for sample in proxy:
+        if sample.label == 1:
+            counts[sample.defect_type] = counts.get(sample.defect_type, 0) + 1
+    return counts
+
+
+def proxy_summary(planted: dict[str, int], settings: TuneSettings) -> dict:
+    """tune.json's proxy entries: proxy_kinds and proxy_sizes, those of ``settings`` that were planted (in its
+    order), and proxy_planted, {"KIND-SIZE": count} (``planted_pairs``)."""
+    kinds, sizes = zip(*(name.rsplit("-", 1) for name in planted)) if planted else ((), ())
+    return {"proxy_kinds": [k for k in settings.kinds if k in kinds],
+            "proxy_sizes": [z for z in settings.sizes if z in sizes], "proxy_planted": planted}
+
+
+def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int,
+                  proxy: Sequence[Sample] = ()) -> None:
+    """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one, and the proxy defects
+    planted: ``proxy``, the proxy set ``write_proxy_set`` wrote)."""
+    catch = catch_columns(settings)
+    fields = ["rank", "name", "family", "status", *catch,
               "proxy_auroc", "train_s", "model", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     with (out / "tune.csv").open("w", newline="") as fh:
@@ -324,7 +353,8 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
         for rank, r in enumerate(rows, 1):
             p = r.candidate.preprocess
             c = r.candidate
-            w.writerow([rank, c.name, c.family, r.status, fmt(r.proxy_catch), fmt(r.proxy_catch_5pct),
+            caught = [fmt(r.proxy_catch), fmt(r.proxy_catch_5pct)][:len(catch)]
+            w.writerow([rank, c.name, c.family, r.status, *caught,
                         fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
                         c.model_spec().describe(), c.steps or "family default", p.image_size, p.filter,
                         f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
@@ -336,6 +366,6 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
               "train_command": best.candidate.train_command(data, settings)}
     summary = {"chosen": chosen, "rule": "max proxy catch at the target false-reject rate, then proxy AUROC",
                "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
-               "proxy_kinds": list(settings.kinds), "proxy_sizes": list(settings.sizes),
+               **proxy_summary(planted_pairs(proxy), settings),
                "by_kind": best.by_kind, "table": "tune.csv"}
     (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
