@@ -90,8 +90,8 @@ def test_a_finished_tune_run_is_still_refused(tmp_path):
     (tmp_path / "candidates").mkdir()
     check_fresh_tune(tmp_path)  # an interrupted run's leftovers: no refusal
     assert unfinished_tune(tmp_path) == ["candidates"]
-    (tmp_path / "tune.csv").write_text("rank\n")
-    with pytest.raises(ConfigError, match=r"already holds a tune run \(tune.csv\)"):
+    (tmp_path / "tune.json").write_text("{}")  # written last: a tune.csv alone is unfinished (test_tune_atomic)
+    with pytest.raises(ConfigError, match=r"already holds a tune run \(tune.json\)"):
         check_fresh_tune(tmp_path)
     assert unfinished_tune(tmp_path) == []
 

@@ -1,8 +1,9 @@
 """``fair-edge tune DATA``: rank candidate settings on proxy defects planted in held-out normal images.
 
 Ctrl-C (exit 130) or SIGTERM (exit 143) stops a tune with one line: nothing is chosen and tune has no --resume, so the
-same command starts over; it deletes what the interrupted run left in OUT (candidates/, proxy/ without tune.json or
-tune.csv). A second tune into an OUT that a running tune holds (``TUNE_LOCK``) is refused.
+same command starts over; it deletes what the interrupted run left in OUT (candidates/, proxy/, a tune.csv without
+tune.json). Results that cannot be written (a full disk) are one error line naming OUT and the fix, and the same
+command then starts over the same way. A second tune into an OUT that a running tune holds (``TUNE_LOCK``) is refused.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def stopped_line(exc: BaseException, finished: int) -> str:
 
 def clear_earlier(out: Path, overwrite: bool) -> None:
     """Delete, each named on stderr, an earlier tune run in ``out`` (--overwrite), or what an interrupted one left
-    there (candidates/, proxy/ without tune.json or tune.csv: ``unfinished_tune``), so the new run's files are its
+    there (candidates/, proxy/, a tune.csv without tune.json: ``unfinished_tune``), so the new run's files are its
     own. Call it holding ``TUNE_LOCK``: no other tune is writing there."""
     from fair_edge.training.runs import remove_outputs
     from fair_edge.training.tune import clear_tune, unfinished_tune
@@ -122,8 +123,8 @@ def clear_earlier(out: Path, overwrite: bool) -> None:
         return
     left = unfinished_tune(out)
     if left:
-        print_plain(f"note: {out} holds an unfinished tune run ({', '.join(left)}; no tune.json or tune.csv: it was "
-                    "interrupted); deleted it to start over.")
+        print_plain(f"note: {out} holds an unfinished tune run ({', '.join(left)}; no tune.json: it was interrupted "
+                    "or its results could not be written); deleted it to start over.")
         remove_outputs(out, tuple(left))
 
 

@@ -12,15 +12,18 @@
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command and the proxy
-defects planted), and keeps each candidate's final.pt under OUT/candidates/NAME/. A folder holds one tune run:
-``tune`` refuses an OUT that already holds a finished one (tune.json or tune.csv: ``check_fresh_tune``) unless
-told to delete it first (``clear_tune``, --overwrite); what an interrupted run left (candidates/, proxy/ without
-results: ``unfinished_tune``) is deleted by the next run into OUT.
+defects planted), each under a temporary name beside it (``.NAME.partial``) and renamed into place, tune.json last,
+and keeps each candidate's final.pt under OUT/candidates/NAME/. A write that fails (a full disk) is a
+``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). A folder holds one tune run: ``tune``
+refuses an OUT that already holds a finished one (tune.json, written last: ``check_fresh_tune``) unless told to
+delete it first (``clear_tune``, --overwrite); what an interrupted or failed run left (candidates/, proxy/, a
+tune.csv without tune.json: ``unfinished_tune``) is deleted by the next run into OUT.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -36,9 +39,10 @@ import torch
 from fair_edge.training import metrics
 from fair_edge.training.loop import check_seed
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
+from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.images import write_png
 from fair_edge.training.data import DatasetSplit, Sample, read_frames
-from fair_edge.errors import ConfigError, DataError
+from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.training.evaluate import score_samples
 from fair_edge.training.runs import remove_outputs
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
@@ -50,8 +54,10 @@ from fair_edge.shell import shell_word
 from fair_edge.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
-TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy")  # what one tune run writes under OUT
-TUNE_RESULTS = ("tune.json", "tune.csv")  # written once every candidate has run: a finished run holds them
+TUNE_FINISHED = "tune.json"  # renamed into place last, once every candidate has run: a finished run holds it
+PARTIAL = ".{}.partial"  # a result file's temporary name beside it until it is renamed into place
+TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy",
+                PARTIAL.format("tune.json"), PARTIAL.format("tune.csv"))  # what one tune run writes under OUT
 
 
 @dataclass(frozen=True)
@@ -196,23 +202,24 @@ def _fitting(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def check_fresh_tune(out: Path) -> None:
-    """ConfigError when ``out`` already holds a finished tune run (``TUNE_RESULTS``: tune.json or tune.csv): a new
-    run would replace its results and checkpoints, or mix its files with the new run's. Names the folder and the
-    choices. What an interrupted run left (``unfinished_tune``) is no run to keep: the caller deletes it."""
-    found = [name for name in TUNE_RESULTS if (Path(out) / name).exists()]
-    if found:
+    """ConfigError when ``out`` already holds a finished tune run (``TUNE_FINISHED``: tune.json, written last): a
+    new run would replace its results and checkpoints, or mix its files with the new run's. Names the folder and
+    the choices. What an interrupted or failed run left (``unfinished_tune``: a tune.csv without tune.json too) is
+    no run to keep: the caller deletes it."""
+    if (Path(out) / TUNE_FINISHED).exists():
         raise ConfigError(
-            f"{out} already holds a tune run ({' and '.join(found)}); a new run there would overwrite it. Tune into "
+            f"{out} already holds a tune run ({TUNE_FINISHED}); a new run there would overwrite it. Tune into "
             f"another folder (--out NEW_FOLDER), or pass --overwrite to delete that run first: "
             f"`fair-edge tune DATA --out {shlex.quote(str(out))} --overwrite`."
         )
 
 
 def unfinished_tune(out: Path) -> list[str]:
-    """What an interrupted tune run left in ``out`` (the names of ``TUNE_OUTPUTS`` there: candidates/, proxy/)
-    when it holds no results (``TUNE_RESULTS``); [] when there is none, or when the run finished."""
+    """What an interrupted or failed tune run left in ``out`` (the names of ``TUNE_OUTPUTS`` there: candidates/,
+    proxy/, a tune.csv or a temporary ``.NAME.partial``) when it holds no ``TUNE_FINISHED`` (tune.json); [] when
+    there is none, or when the run finished."""
     out = Path(out)
-    if any((out / name).exists() for name in TUNE_RESULTS):
+    if (out / TUNE_FINISHED).exists():
         return []
     return [name for name in TUNE_OUTPUTS if os.path.lexists(out / name)]
 
@@ -339,27 +346,21 @@ def proxy_summary(planted: dict[str, int], settings: TuneSettings) -> dict:
             "proxy_sizes": [z for z in settings.sizes if z in sizes], "proxy_planted": planted}
 
 
+class TuneWriteError(FairEdgeError, OSError):
+    """tune.csv or tune.json could not be written (``write_results``); an OSError still, for callers that catch one."""
+
+
 def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int,
                   proxy: Sequence[Sample] = ()) -> None:
     """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one, and the proxy defects
-    planted: ``proxy``, the proxy set ``write_proxy_set`` wrote)."""
-    catch = catch_columns(settings)
-    fields = ["rank", "name", "family", "status", *catch,
-              "proxy_auroc", "train_s", "model", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    with (out / "tune.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(fields)
-        for rank, r in enumerate(rows, 1):
-            p = r.candidate.preprocess
-            c = r.candidate
-            caught = [fmt(r.proxy_catch), fmt(r.proxy_catch_5pct)][:len(catch)]
-            w.writerow([rank, c.name, c.family, r.status, *caught,
-                        fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
-                        c.model_spec().describe(), c.steps or "family default", p.image_size, p.filter,
-                        f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
+    planted: ``proxy``, the proxy set ``write_proxy_set`` wrote), each written whole beside its place and renamed
+    into it, tune.json last (``write_whole``): a folder without tune.json holds no finished run. DataError (after
+    tune.csv, listing every candidate skipped) when no candidate finished within the budget; TuneWriteError when a
+    file cannot be written."""
+    files = {"tune.csv": results_csv(rows, settings)}
     best = rows[0]
     if best.status != "done":
+        write_whole(out, files, best)
         raise DataError("the budget ended before any candidate finished; raise --budget-min.")
     chosen = {"name": best.candidate.name, "family": best.candidate.family, "width": best.candidate.width,
               "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
@@ -368,4 +369,55 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
                "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
                **proxy_summary(planted_pairs(proxy), settings),
                "by_kind": best.by_kind, "table": "tune.csv"}
-    (out / "tune.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files[TUNE_FINISHED] = json.dumps(summary, indent=2) + "\n"
+    write_whole(out, files, best, chosen["train_command"])
+
+
+def results_csv(rows: list[TuneRow], settings: TuneSettings) -> str:
+    """tune.csv's text: the header, then one line per candidate in ``rows``' order (best first), ranked from 1."""
+    catch = catch_columns(settings)
+    fields = ["rank", "name", "family", "status", *catch,
+              "proxy_auroc", "train_s", "model", "steps", "image_size", "filter", "cutoff", "tiling", "checkpoint"]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(fields)
+    for rank, r in enumerate(rows, 1):
+        p = r.candidate.preprocess
+        c = r.candidate
+        caught = [fmt(r.proxy_catch), fmt(r.proxy_catch_5pct)][:len(catch)]
+        w.writerow([rank, c.name, c.family, r.status, *caught,
+                    fmt(r.proxy_auroc), "" if r.train_s is None else f"{r.train_s:.1f}",
+                    c.model_spec().describe(), c.steps or "family default", p.image_size, p.filter,
+                    f"{p.cutoff:g}", json.dumps(p.tiling.to_dict()) if p.tiling else "", r.checkpoint])
+    return text.getvalue()
+
+
+def write_whole(out: Path, files: dict[str, str], best: TuneRow, train_command: str = "") -> None:
+    """Write each of ``files`` ({name: text}, in order) to ``out/.NAME.partial`` (``PARTIAL``), then rename them
+    into place in that order, so each is whole or absent and the last (tune.json) marks a finished run. An OSError
+    (a full disk) removes the temporary files and is a TuneWriteError (``tune_write_failure``: ``best``, the best
+    candidate, and its ``train_command`` are named, so the ranking is not lost)."""
+    staged = []
+    try:
+        for name, text in files.items():
+            staged.append(out / PARTIAL.format(name))
+            with staged[-1].open("w", newline="") as fh:
+                fh.write(text)
+        for name, partial in zip(files, staged):
+            os.replace(partial, out / name)
+    except OSError as exc:
+        for partial in staged:
+            discard_unfinished(partial, "tune result")
+        raise TuneWriteError(tune_write_failure(out, exc, best, train_command)) from exc
+
+
+def tune_write_failure(out: Path, exc: OSError, best: TuneRow, train_command: str) -> str:
+    """The message of a tune whose results could not be written into ``out`` (``exc``): the file and the error,
+    the best candidate (and ``train_command``, "" when none finished), what is left, the cause and the fix by errno
+    (``disk.write_failure``: a full disk with its free space, a read-only one, no permission)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    ranked = f"; the best candidate was {best.candidate.name} (`{train_command}`)" if train_command else ""
+    return (f"the tune results were not written to {out} ({where}{exc.strerror or exc}){ranked}; {out} holds no "
+            f"{TUNE_FINISHED}, so the next tune there deletes what this one left: {write_failure(out, exc)}, then "
+            "run the same command again.")
