@@ -1,12 +1,16 @@
 """Score fusion: one decision from several models (any families, sizes or tilings) with one threshold.
 
 A fused bundle is a folder holding ordinary bundles (``m0/``, ``m1/``, ...) and ``fusion.json``:
-  format "fair-edge-fusion", version 1; members: [{path, manifest_sha256, fitted_on: {backend, graph}}]
+  format "fair-edge-fusion", version 1; members: [{path, manifest_sha256, fitted_on: {backend, graph}, grid}]
   (fitted_on: the backend ``fair-edge fuse --backend`` ran the member on and the file name of the graph whose
-  numbers it made, ``BundleScorer.graph``; absent in fusion.json files fused before it); rule; stats: per member
+  numbers it made, ``BundleScorer.graph``; absent in fusion.json files fused before it; grid: [h, w] of the
+  member's own maps of the held-out images, which its statistics and so the threshold were fitted on: a tiled
+  member's map grows with the frame, whatever its place among the members; absent in fusion.json files fused
+  before it, where only the first member's grid is known, the top-level grid: a warning at load when a later
+  member is tiled, ``_member_grids``); rule; stats: per member
   {mean, std} of the maximum of its anomaly map on held-out normal images (its map max, not its score, which a
   family may compute otherwise: the map is what the rule normalises); threshold: Threshold of the fused score;
-  grid: [h, w] of the fused maps that threshold was calibrated on (null or absent: no grid check);
+  grid: [h, w] of the fused maps that threshold was calibrated on, the first member's (null or absent: no grid check);
   metadata_sha256: SHA-256 of fusion.json itself (canonical JSON of every other key, ``export.bundle.metadata_digest``),
   so an edited threshold, member std or rule is refused like an edited bundle.json. A fusion.json without it
   (fused before it was written) is refused with the fix, as bundle.json is: the `fair-edge fuse` command that fuses
@@ -135,6 +139,8 @@ class FusedBundle:
     grid: tuple[int, int] | None = None   # (h, w) of the fused maps ``threshold`` was calibrated on
     manifest_sha256: str = ""             # SHA-256 of fusion.json (stats, rule, threshold, members)
     fitted_on: tuple[FittedOn | None, ...] = ()   # per member; None: fused before it was recorded
+    member_grids: tuple[tuple[int, int] | None, ...] = ()   # per member: (h, w) of its own maps its stats were fitted
+                                                            # on; None: not recorded (fused before it, or no grid)
 
     @property
     def image_size(self) -> int:
@@ -217,6 +223,7 @@ def _fuse_into(root: Path, member_dirs: Sequence[str | Path], normal_frames: Seq
         member_maps, fitted = _member_maps(member, normal_frames, backend)
         maps.append(member_maps)
         entry["fitted_on"] = vars(fitted)
+        entry["grid"] = list(member_maps.shape[1:])   # each member's: a tiled one's map grows with the frame
     stats = [NormalStats.fit(m.reshape(len(m), -1).max(axis=1), f"member m{i} ({src})")
              for i, (m, src) in enumerate(zip(maps, member_dirs))]
     _, fused_scores = fuse_maps(maps, stats, rule)
@@ -403,6 +410,30 @@ def _fitted_on(root: Path, entries: list) -> tuple[FittedOn | None, ...]:
     return fitted
 
 
+def _member_grids(root: Path, data: dict, grid: tuple[int, int] | None, members: Sequence) -> tuple:
+    """Each member entry's ``grid`` as (h, w) (ValueError or TypeError when it is not two numbers). Where a
+    fusion.json fused before member grids were recorded lacks them, the first member's is the top-level ``grid``
+    (the fused map lies on its grid) and the others' are None, with a warning when one of those is tiled (its map
+    grows with the frame unchecked) naming the command that fuses the members again (``refuse_command``)."""
+    grids = [None if e.get("grid") is None else _grid_pair(e["grid"]) for e in data["members"]]
+    if grids and grids[0] is None:
+        grids[0] = grid
+    unknown = [m.root.name for m, g in zip(members, grids) if g is None and m.preprocess.tiling is not None]
+    if unknown and grid is not None:
+        log.warning("%s records the map grid its threshold was calibrated on for its first member only (fused by an "
+                    "older fair-edge): frames are checked on that grid only, so tiled member %s is decided on frames "
+                    "of any size, where its map maximum is another quantity than the one fused. Fuse again to "
+                    "record every member's grid: %s.", root / MANIFEST, ", ".join(unknown), refuse_command(root, data))
+    return tuple(grids)
+
+
+def _grid_pair(value) -> tuple[int, int]:
+    """A recorded [h, w] as (h, w); ValueError unless it is exactly two numbers."""
+    if len(value) != 2:
+        raise ValueError(f"grid {value!r} is not [h, w]")
+    return int(value[0]), int(value[1])
+
+
 def load_fused_bundle(path: str | Path) -> FusedBundle:
     """Read and verify ``fusion.json`` and every member bundle (checksums of their manifests)."""
     from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, inside_folder, load_bundle
@@ -423,7 +454,7 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         entries, rule = data["members"], str(data["rule"])
         stats = tuple(NormalStats(float(s["mean"]), float(s["std"])) for s in data["stats"])
         threshold = Threshold.from_dict(data["threshold"])
-        grid = None if data.get("grid") is None else (int(data["grid"][0]), int(data["grid"][1]))
+        grid = None if data.get("grid") is None else _grid_pair(data["grid"])
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST} is missing or has an invalid field ({exc}); rebuild with `fair-edge fuse`.") from exc
     if rule not in RULES or len(stats) != len(entries):
@@ -444,7 +475,12 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         fitted = _fitted_on(root, entries)
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{root / MANIFEST} has an invalid members[].fitted_on ({exc}); rebuild with `fair-edge fuse`.") from exc
-    return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest(), fitted)
+    try:
+        member_grids = _member_grids(root, data, grid, members)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST} has an invalid members[].grid ({exc}); rebuild with `fair-edge fuse`.") from exc
+    return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest(), fitted,
+                       member_grids)
 
 
 def check_same_area(members: Sequence, where: str) -> None:
@@ -480,7 +516,10 @@ class FusedScorer:
     """A ``runtime.backends.FrameScorer`` over the member bundles: each member's backend scores the frames,
     ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
     calibrated on the fused score, of the graphs the members ran on when fused (``FusedBundle.fitted_on``); a
-    member run here on another graph is warned about (``check_fitted_graphs``)."""
+    member run here on another graph is warned about (``check_fitted_graphs``). The fused map lies on the first
+    member's grid, so a later tiled member's map, resized onto it, no longer shows the frame's size: each
+    member's own map grid is kept per frame size scored, and ``member_off_grid`` names the first member whose map
+    lies off the grid its statistics were fitted on (the station's ``ViewDecider.off_grid``: NG, fail-safe)."""
 
     graph_threshold = None
 
@@ -491,11 +530,27 @@ class FusedScorer:
         self.backend = _Members([select_backend(m, backend) for m in bundle.members])
         self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.scorers)
         self.off_graph = check_fitted_graphs(bundle, self.backend.scorers)
+        # frame (H, W) px -> each member's map (h, w) on such frames (a function of the frame size, so kept per size)
+        self._member_map_grids: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR. Returns (fused maps (N, h, w) float32, scores (N,) float32)."""
         maps = [c.infer_frames(frames)[0] for c in self.backend.scorers]
+        grids = tuple(tuple(np.shape(m)[1:]) for m in maps)
+        for frame_hw in {tuple(f.shape[:2]) for f in frames}:
+            self._member_map_grids[frame_hw] = grids
         return fuse_maps(maps, self.bundle.stats, self.bundle.rule)
+
+    def member_off_grid(self, frame_hw: tuple[int, int]) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+        """(member folder name, (h, w) grid its statistics were fitted on, (h, w) of its map of a frame of
+        ``frame_hw`` (H, W) px) for the first member, in member order, whose own map of such frames lies off its
+        recorded grid; None when every member's lies on its own, its grid is not recorded (``member_grids``), or no
+        frame of that size was scored yet."""
+        live = self._member_map_grids.get(tuple(frame_hw), ())
+        for member, recorded, grid in zip(self.bundle.members, self.bundle.member_grids, live):
+            if recorded is not None and tuple(grid) != tuple(recorded):
+                return member.root.name, tuple(recorded), tuple(grid)
+        return None
 
 
 def check_fitted_graphs(bundle: FusedBundle, scorers: Sequence) -> list[str]:

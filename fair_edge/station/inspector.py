@@ -307,19 +307,35 @@ class ViewDecider:
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per pair of
-        grids. A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. Region rules
-        that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
-        map_hw = tuple(map_hw)
-        if self.grid is None or map_hw == tuple(self.grid) or (self.regions is not None and self.regions.decides):
+        grids. A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. A fused
+        scorer's map lies on its first member's grid, so each member's own map is checked against its own recorded
+        grid (``FusedScorer.member_off_grid``), whatever its place. Region rules that decide the verdict use the pixel
+        threshold, which holds on any grid: then nothing is checked."""
+        if self.grid is None or (self.regions is not None and self.regions.decides):
             return ""
-        reason = (f"threshold calibrated on {self.grid[0]} x {self.grid[1]} maps (the bundle's held-out frames), but "
-                  f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {map_hw[0]} x {map_hw[1]} map: a tiled model's "
-                  "score then means something else. Build with held-out normal frames from this camera "
-                  "(`fair-edge build --normal DIR`), or set decision.threshold")
-        if (self.grid, map_hw) not in self._warned_grids:   # once per pair: a swap may bring another grid
-            self._warned_grids.add((self.grid, map_hw))
+        calibrated, live, whose, fix = self._grids(frame_hw, tuple(map_hw))
+        if live == calibrated:
+            return ""
+        reason = (f"threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's held-out frames), but "
+                  f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {live[0]} x {live[1]} map{whose}: a tiled model's "
+                  f"score then means something else. {fix}, or set decision.threshold")
+        if (calibrated, live) not in self._warned_grids:   # once per pair: a swap may bring another grid
+            self._warned_grids.add((calibrated, live))
             log.error("frames rejected: %s", reason)
         return reason
+
+    def _grids(self, frame_hw: tuple[int, int], map_hw: tuple[int, ...]) -> tuple[tuple, tuple, str, str]:
+        """(calibrated (h, w), this frame's (h, w), whose map it is ('' or ' (fused member m1's)'), how to calibrate
+        the threshold again): a fused scorer's first member off its own recorded grid, else this view's grid and the
+        scored map's."""
+        member_off_grid = getattr(self.scorer, "member_off_grid", None)
+        found = member_off_grid(frame_hw) if callable(member_off_grid) else None
+        if found is not None:
+            name, calibrated, live = found
+            return (tuple(calibrated), tuple(live), f" (fused member {name}'s)", "Fuse the members with held-out "
+                    "normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR --out FUSED`)")
+        return (tuple(self.grid), map_hw, "", "Build with held-out normal frames from this camera "
+                "(`fair-edge build --normal DIR`)")
 
     def check_fits(self, frame_hw: tuple[int, int]) -> None:
         """Raise ConfigError when a frame of ``frame_hw`` (H, W) px is smaller than a tiling of this view's scorer
