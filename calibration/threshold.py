@@ -1,10 +1,17 @@
 """Decision threshold from scores: a part is rejected (NG) when its score is > threshold.
 
-From held-out normal images only: the smallest order statistic of the normal scores that rejects at
-most the target false-reject rate (default 0.5 %). With n normal scores and rate r the threshold is
-the k-th smallest score, k = ceil((1 - r) * n) (1-based), so at most floor(r * n) normal images
-score above it. If defect scores are given too, the F1-optimal threshold (defects = positives) is
-reported alongside; the normal-quantile threshold stays the one in force unless the caller chooses.
+From held-out normal images only: a threshold that rejects at most the target false-reject rate
+(default 0.5 %) of the normal scores. With n normal scores and rate r, k = ceil((1 - r) * n) (1-based)
+normals are to stay OK: the threshold lies in the gap above the k-th smallest score, a small ``margin``
+above it (at most halfway to the next higher normal score: ``threshold_in_gap``), so at most floor(r * n)
+normal images score above it, and the false-reject rate reported is measured at that value. If defect scores are given
+too, the F1-optimal threshold (defects = positives) is reported alongside, also placed midway in the
+gap between two scores; the normal-quantile threshold stays the one in force unless the caller chooses.
+
+A threshold never equals a calibration score: a normal image at exactly the threshold passes on the graph
+it was calibrated on, but another backend of the same graph (OpenVINO, PyTorch vs ONNX Runtime) scores it
+~1e-6 apart, which would reject it there and break "at most floor(r * n)". A calibration score now changes
+side only when a backend moves it by the margin (1e-3 relative) or half the gap, whichever is less.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ import numpy as np
 from fair_edge.errors import ConfigError, DataError
 
 DEFAULT_FALSE_REJECT_RATE = 0.005
+# With no score above (or below) to bound the gap: the threshold is this far from the outermost score,
+# RELATIVE_MARGIN * |score| + ABSOLUTE_MARGIN (score units); see ``margin``.
+RELATIVE_MARGIN = 1e-3
+ABSOLUTE_MARGIN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -65,24 +76,71 @@ def _scores(values, what: str) -> np.ndarray:
     return arr
 
 
+def margin(score: float) -> float:
+    """How far past ``score`` (the highest, or lowest, calibration score) a threshold goes when no other score
+    bounds the gap: RELATIVE_MARGIN * |score| + ABSOLUTE_MARGIN, in score units.
+
+    1e-3 relative is about 1000 times the FP32 difference between backends running one graph (~1e-6 relative)
+    and about one FP16 step (2^-10 relative), yet small against the spread of normal scores, so the threshold
+    is still where the normals end and the catch rate barely moves; the 1e-6 absolute term keeps a gap at a
+    score of 0."""
+    return RELATIVE_MARGIN * abs(score) + ABSOLUTE_MARGIN
+
+
+def gap_thresholds(levels: np.ndarray) -> np.ndarray:
+    """One threshold in each gap of the distinct sorted scores ``levels`` (m,) float64: (m + 1,) float64.
+
+    [0]: ``margin`` below levels[0] (rejects every score); [i], 0 < i < m: midway between levels[i - 1] and
+    levels[i] (passes levels[i - 1], rejects levels[i]); [m]: ``margin`` above levels[m - 1] (rejects none).
+    Where two levels are adjacent floats the midpoint rounds onto one of them: it is then levels[i - 1], so
+    each threshold t[i] keeps levels[i - 1] <= t[i] < levels[i] and NG = score > t[i] splits them as intended."""
+    low, high = levels[:-1], levels[1:]
+    middle = low + (high - low) / 2
+    middle = np.where((middle >= low) & (middle < high), middle, low)
+    first, last = float(levels[0]), float(levels[-1])
+    return np.concatenate([[first - margin(first)], middle, [last + margin(last)]])
+
+
+def threshold_in_gap(sorted_scores: np.ndarray, allowed: float) -> float:
+    """The threshold that passes ``allowed`` (one of ``sorted_scores``, (n,) float64 ascending) and every
+    score up to it, and rejects every higher one: ``margin(allowed)`` above it, or midway to the next higher
+    distinct score where that is nearer. Kept near ``allowed`` (not midway in a wide gap): the calibrated
+    threshold and the defects it catches stay where the normals end; the margin only keeps another backend's
+    ~1e-6 from moving a calibration normal across it. Where the two scores are adjacent floats it is
+    ``allowed`` itself (still passed: NG = score > threshold)."""
+    above = int(np.searchsorted(sorted_scores, allowed, side="right"))
+    if above == sorted_scores.size:
+        return float(allowed + margin(allowed))
+    upper = float(sorted_scores[above])
+    threshold = allowed + min(margin(allowed), (upper - allowed) / 2)
+    return float(threshold if allowed <= threshold < upper else allowed)
+
+
 def quantile_threshold(normal_scores, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> float:
-    """The k-th smallest normal score, k = ceil((1 - rate) * n): rejects at most floor(rate * n) normals."""
+    """The threshold in the gap above the k-th smallest normal score, k = ceil((1 - rate) * n)
+    (``threshold_in_gap``): ``margin`` above it, or midway to the next higher normal score where that is
+    nearer (also when the normals are too few to resolve the rate, n * rate < 1: then above the highest).
+    NG = score > threshold rejects exactly the normals above the k-th score, at most floor(rate * n).
+
+    Why a margin and not the midpoint of the gap: any value in the gap rejects the same calibration normals,
+    but with few normals the gap is wide (3 % of the score on the demo's 59 cells), and defects scoring in it
+    would pass; the margin (1e-3 relative) is about 1000 times the difference between FP32 backends."""
     if not 0.0 <= false_reject_rate < 1.0:
         raise ConfigError(f"false-reject rate must be in [0, 1); found {false_reject_rate}.")
     scores = np.sort(_scores(normal_scores, "normal"))
     k = max(1, math.ceil((1.0 - false_reject_rate) * scores.size - 1e-9))
-    return float(scores[k - 1])
+    return threshold_in_gap(scores, float(scores[k - 1]))
 
 
 def f1_optimal_threshold(normal_scores, defect_scores) -> tuple[float, float]:
     """(threshold, F1) maximising F1 with defects positive and NG = score > threshold.
 
-    Candidates: every observed score and one just below the smallest (reject everything). Ties in
-    F1 go to the larger threshold (fewer false rejects).
+    Candidates: one threshold in each gap between the distinct observed scores (midway), one ``margin``
+    below the smallest (reject everything) and one above the largest (reject nothing): ``gap_thresholds``,
+    never a score itself. Ties in F1 go to the larger threshold (fewer false rejects).
     """
     normal, defect = _scores(normal_scores, "normal"), _scores(defect_scores, "defect")
-    candidates = np.unique(np.concatenate([normal, defect]))
-    candidates = np.concatenate([[np.nextafter(candidates[0], -np.inf)], candidates])
+    candidates = gap_thresholds(np.unique(np.concatenate([normal, defect])))
     normal_sorted, defect_sorted = np.sort(normal), np.sort(defect)
     tp = defect.size - np.searchsorted(defect_sorted, candidates, side="right")
     fp = normal.size - np.searchsorted(normal_sorted, candidates, side="right")

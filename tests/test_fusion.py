@@ -66,7 +66,8 @@ def test_fused_bundle_calibrates_one_threshold_on_fused_scores(fused):
     scorer = FusedScorer(bundle, "onnxruntime")
     maps, scores = scorer.infer_frames(normals)
     assert maps.shape == (8, 32, 32)
-    assert bundle.threshold.value == pytest.approx(float(scores.max()), rel=1e-5)
+    top = float(scores.max())   # 8 normals at 0.5 %: just above the highest, 1e-3 x it + 1e-6 (nothing above it)
+    assert bundle.threshold.value == pytest.approx(top + 1e-3 * abs(top) + 1e-6, rel=1e-5)
     member_maps = [select_backend(m, "onnxruntime").infer_frames(normals)[0] for m in members]
     for st, m in zip(bundle.stats, member_maps):  # stats are the members' own normal scores
         per_frame = m.reshape(8, -1).max(axis=1)

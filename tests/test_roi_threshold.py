@@ -68,10 +68,20 @@ def station_maps(bundle, frames, backend: str = "onnxruntime") -> np.ndarray:
         scorer.backend.close()
 
 
+def threshold_by_hand(scores, rate: float) -> float:
+    """The build's rule by hand: 1e-3 x |k-th| + 1e-6 above the k-th smallest score, k = ceil((1 - rate) * n), or
+    midway to the next higher one where that is nearer."""
+    ordered = np.sort(np.asarray(scores, np.float64))
+    allowed = ordered[math.ceil((1 - rate) * len(ordered)) - 1]
+    above = ordered[ordered > allowed]
+    step = 1e-3 * abs(allowed) + 1e-6
+    return float(allowed + (min(step, (above[0] - allowed) / 2) if above.size else step))
+
+
 def expected_roi_threshold(maps: np.ndarray) -> tuple[float, np.ndarray]:
     """Computed here, not with the station's code: the ROI's map pixels by hand, the quantile rule by hand."""
     scores = np.sort(maps[ON_MAP].reshape(len(maps), -1).max(axis=1))
-    return float(scores[math.ceil((1 - RATE) * len(scores)) - 1]), scores
+    return threshold_by_hand(scores, RATE), scores
 
 
 def run_station_with(bundle_root: Path, frames_dir: Path, out: Path, roi: Path | None, threshold: float | None = None):
@@ -263,7 +273,7 @@ def test_maps_over_the_cap_keep_every_map_pooled_and_the_roi_threshold_is_conser
     rate = 0.02   # k = ceil(0.98 * 250) = 245th of 250
     pooled = calibrate_roi_threshold(stored, roi, rate)
     full = np.stack(maps)[:, 5:16, 6:25].reshape(250, -1).max(axis=1)   # by hand: the ROI's map pixels
-    exact = float(np.sort(full)[math.ceil((1 - rate) * 250) - 1])
+    exact = threshold_by_hand(full, rate)
     assert pooled.n_normal == 250
     assert exact <= pooled.value <= exact + 0.05   # conservative, never lower; the margin: the peaks' spread / 2
     assert calibrate_roi_threshold(np.stack(maps), roi, rate).value == pytest.approx(exact)   # full maps: exact
@@ -318,8 +328,8 @@ def test_the_pooled_roi_score_bounds_the_full_one_for_any_roi_and_sign():
 
 def test_an_roi_station_on_a_bundle_with_few_maps_warns_naming_them(bundles, roi_png, tmp_path, caplog):
     """A bundle built before pooling kept at most 64 MiB of full maps (3 of a 20 MP tiled bundle's 1000): with
-    fewer maps than ceil(1 / rate) the threshold is their highest ROI score; the station says so and names the
-    fixes instead of logging "measured 0" alone."""
+    fewer maps than ceil(1 / rate) the threshold is just above their highest ROI score; the station says so and
+    names the fixes instead of logging "measured 0" alone."""
     from fair_edge.station.bundles import load_change
 
     few = Path(shutil.copytree(bundles["fp32"].root, tmp_path / "few"))

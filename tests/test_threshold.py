@@ -10,12 +10,13 @@ from fair_edge.errors import ConfigError, DataError
 
 
 def test_quantile_threshold_rejects_at_most_the_target_rate():
-    scores = np.arange(1, 1001, dtype=float)  # 1..1000
-    assert quantile_threshold(scores, 0.005) == 995.0  # 5 of 1000 above -> 0.5 %
-    assert quantile_threshold(scores, 0.01) == 990.0
-    assert quantile_threshold(np.arange(1, 101), 0.005) == 100.0  # 100 normals cannot resolve 0.5 %: reject none
-    assert quantile_threshold(np.arange(1, 101), 0.05) == 95.0
-    assert quantile_threshold([3.0, 1.0, 2.0], 0.0) == 3.0  # order does not matter
+    scores = np.arange(1, 1001, dtype=float)  # 1..1000; the threshold: 1e-3 x the k-th score + 1e-6 above it, at most halfway to the next
+    assert quantile_threshold(scores, 0.005) == 995.5  # 5 of 1000 above -> 0.5 %; the gap's half is nearer
+    assert quantile_threshold(scores, 0.01) == 990.5
+    # 100 normals cannot resolve 0.5 %: reject none, 1e-3 x 100 + 1e-6 above the highest
+    assert quantile_threshold(np.arange(1, 101), 0.005) == pytest.approx(100.100001, abs=1e-12)
+    assert quantile_threshold(np.arange(1, 101), 0.05) == pytest.approx(95.095001, abs=1e-12)
+    assert quantile_threshold([3.0, 1.0, 2.0], 0.0) == pytest.approx(3.003001, abs=1e-12)  # order does not matter
     rng = np.random.default_rng(0)
     s = rng.normal(size=5000)
     assert (s > quantile_threshold(s, 0.005)).mean() <= 0.005
@@ -23,7 +24,7 @@ def test_quantile_threshold_rejects_at_most_the_target_rate():
 
 def test_f1_optimal_threshold():
     thr, f1 = f1_optimal_threshold([1, 2, 3, 4], [3.5, 5, 6])
-    assert thr == 3.0 and f1 == pytest.approx(6 / 7)  # NG: 3.5, 4, 5, 6 -> tp 3, fp 1, fn 0
+    assert thr == 3.25 and f1 == pytest.approx(6 / 7)  # midway 3 | 3.5; NG: 3.5, 4, 5, 6 -> tp 3, fp 1, fn 0
     thr, f1 = f1_optimal_threshold([1, 2], [5, 6])
     assert 2.0 <= thr < 5.0 and f1 == 1.0
     thr, f1 = f1_optimal_threshold([5, 6], [1, 2])  # defects score lower: best is to reject everything
@@ -32,8 +33,8 @@ def test_f1_optimal_threshold():
 
 def test_calibrate_threshold_record_round_trips():
     t = calibrate_threshold(np.arange(1, 201), [150, 300, 400], 0.005, source="held-out")
-    assert (t.value, t.n_normal, t.n_defect, t.measured_false_reject_rate) == (199.0, 200, 3, 0.005)
-    assert (t.f1_threshold, t.f1) == (200.0, 0.8)
+    assert (t.value, t.n_normal, t.n_defect, t.measured_false_reject_rate) == (pytest.approx(199.199001, abs=1e-12), 200, 3, 0.005)
+    assert (t.f1_threshold, t.f1) == (250.0, 0.8)   # midway between the highest normal, 200, and the defect 300
     assert Threshold.from_dict(t.to_dict()) == t
     assert calibrate_threshold([1.0, 2.0]).f1 is None
 

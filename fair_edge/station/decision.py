@@ -7,7 +7,8 @@ bundle's. With an ROI (``decision.roi``) it decides on
 max(anomaly map x ROI) instead (``station.inspector``), a different quantity: the bundle's threshold does
 not apply. Unless the station file sets one, the threshold is then calibrated here, when the station (or
 a hot-swapped bundle) opens: the same rule as the build's (``calibration.threshold.calibrate_threshold``,
-the k-th smallest of n normal scores, k = ceil((1 - rate) * n), at the bundle's recorded false-reject rate)
+a small margin above the k-th smallest of n normal scores, k = ceil((1 - rate) * n), at most halfway to the
+next higher one, at the bundle's recorded false-reject rate)
 on max(normal map x ROI) of the held-out normal maps the bundle keeps (``export.normal_maps``), the ROI
 mapped onto their grid by ``roi_on_map``, the inspector's own mapping. A bundle built before it kept those
 maps (or a fused bundle) cannot be calibrated so: with an ROI and no threshold the station refuses to start.
@@ -16,9 +17,10 @@ Maps too large to keep in full (a tiled 20 MP bundle's) are stored max-pooled by
 (``export.normal_maps``); the ROI is then pooled alike, a cell counting as inside when any of its pixels is, so
 each normal map's score is at or above its full map's max(map x ROI) and the threshold is conservative: at or
 slightly above the full maps' one, never below (said in the log line). With fewer maps n than ceil(1 / rate)
-(bundles built before pooling kept 64 MiB of full maps: 3 of a 20 MP tiled bundle's), the rule takes the
-highest of the n scores, which about 1 / (n + 1) of normal parts exceed: the station warns, naming n, the rate
-it resolves and the fixes (rebuild, or set ``decision.threshold``).
+(bundles built before pooling kept 64 MiB of full maps: 3 of a 20 MP tiled bundle's), the rule takes a
+margin (``calibration.threshold.margin``) above the highest of the n scores, which about 1 / (n + 1) of normal
+parts exceed: the station warns, naming n, the rate it resolves and the fixes (rebuild, or set
+``decision.threshold``).
 
 The ``Threshold`` of the score in force (``DecisionThreshold.calibration``) also feeds the console's drift
 watch and threshold tuning, so they compare live scores with a distribution in the same units.
@@ -105,9 +107,9 @@ def few_maps_warning(n: int, false_reject_rate: float) -> str:
     need = math.ceil(1 / false_reject_rate - 1e-9)
     return (f"decision.roi: the bundle keeps only {n} held-out normal maps, fewer than the {need} its false-reject "
             f"rate {false_reject_rate:g} needs: {n} maps resolve false-reject rates of 1/{n} = {1 / n:.3g} at best, "
-            f"so the threshold is the highest of their {n} ROI scores, which about 1/{n + 1} = {100 / (n + 1):.2g} % "
-            f"of normal parts exceed, against the {100 * false_reject_rate:.2g} % asked. Rebuild the bundle with "
-            "this fair-edge (it keeps every held-out normal map, pooled to fit) and at least "
+            f"so the threshold is just above the highest of their {n} ROI scores, which about 1/{n + 1} = "
+            f"{100 / (n + 1):.2g} % of normal parts exceed, against the {100 * false_reject_rate:.2g} % asked. "
+            "Rebuild the bundle with this fair-edge (it keeps every held-out normal map, pooled to fit) and at least "
             f"{math.ceil(2 / false_reject_rate - 1e-9)} held-out normal images (`fair-edge build --normal HELD_OUT_NORMALS`), or set decision.threshold in the station "
             "file (or pass --threshold) in the ROI score's units.")
 
