@@ -8,10 +8,10 @@
   3. accuracy of that graph vs fp32 on the available normal frames (ONNX Runtime, CPU),
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects); the normal frames'
      anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them);
-     likewise for every other graph a backend runs: an INT8 bundle's CPU graph (``graph.cpu``) and, for FP16/INT8,
-     the FP32 reference graph (``fp32_threshold``, ``fp32_normal_maps.npy``: the PyTorch backends run the FP32
-     weights). The FP32 graph is scored on the held-out frames once per build (``_HeldOut``), shared by the
-     quality gate, the accuracy probe and its threshold,
+     likewise for every other graph a backend runs, with its own pixel threshold: an INT8 bundle's CPU graph
+     (``graph.cpu``) and, for FP16/INT8, the FP32 reference graph (``fp32_threshold``, ``fp32_pixel_threshold``,
+     ``fp32_normal_maps.npy``: the PyTorch backends run the FP32 weights). The FP32 graph is scored on the
+     held-out frames once per build (``_HeldOut``), shared by the quality gate, the accuracy probe and its threshold,
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
 All of it happens in a temporary folder next to the target, moved into place only when complete, its folder and
@@ -72,6 +72,8 @@ KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB
 # with --no-engine the TensorRT timing cache is not kept: no engine is built, and a cache of another GPU must not travel
 # in the bundle to the machine that builds its engine (the Jetson's engine cache)
 ENGINE_ONLY = (TIMING_CACHE,)
+# the manifest's FP32 reference entries of a bundle without them (FP32: its own thresholds are that graph's; no frames)
+NO_FP32_REFERENCE = {"fp32_threshold": None, "fp32_pixel_threshold": None, "fp32_normal_maps": None}
 STALE_AGE_S = 3600.0   # a staging folder without a process id (older fair-edge) unchanged this long is abandoned, s
 
 
@@ -557,14 +559,25 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
 
 def _fp32_reference(graph: Path, fp32: Path, options: BuildOptions, held: HeldOut | None, source: str,
                     out: Path) -> dict:
-    """FP16/INT8: the manifest's ``fp32_threshold`` and ``fp32_normal_maps`` (``fp32_normal_maps.npy`` written):
-    the threshold and maps of the FP32 reference graph, which the PyTorch backends' FP32 weights reproduce
-    (parity-checked); both None for an FP32 bundle (its threshold is that graph's) or without frames."""
+    """FP16/INT8: the manifest's ``fp32_threshold``, ``fp32_pixel_threshold`` and ``fp32_normal_maps``
+    (``fp32_normal_maps.npy`` written): the image and pixel thresholds and the maps of the FP32 reference graph,
+    which the PyTorch backends' FP32 weights reproduce (parity-checked); all None for an FP32 bundle (its
+    thresholds are that graph's) or without frames."""
     if graph == fp32 or held is None:
-        return {"fp32_threshold": None, "fp32_normal_maps": None}
-    threshold, _, maps = _threshold(fp32, options, held, source)
+        return dict(NO_FP32_REFERENCE)
+    threshold, pixel, maps = _threshold(fp32, options, held, source)
     return {"fp32_threshold": threshold.to_dict() if threshold else None,
+            "fp32_pixel_threshold": pixel.to_dict() if pixel else None,
             "fp32_normal_maps": write_normal_maps(out, FP32_NORMAL_MAPS, maps)}
+
+
+def _cpu_entry(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str, out: Path) -> dict:
+    """INT8: the manifest's ``graph.cpu``: the CPU graph's file, its image and pixel thresholds (calibrated on its own
+    held-out normal maps, as the main graph's) and those maps (``cpu_normal_maps.npy`` written)."""
+    threshold, pixel, maps = _threshold(cpu_graph, options, held, source)
+    return {"onnx": cpu_graph.name, "threshold": threshold.to_dict() if threshold else None,
+            "pixel_threshold": pixel.to_dict() if pixel else None,
+            "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, maps)}
 
 
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
@@ -580,7 +593,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
                   "max_batch": options.max_batch, "cpu": cpu},
         "threshold": threshold.to_dict() if threshold else None, "calibration": calibration,
         "pixel_threshold": pixel.to_dict() if pixel else None, "normal_maps": maps,
-        **(fp32 or {"fp32_threshold": None, "fp32_normal_maps": None}),
+        **(fp32 or NO_FP32_REFERENCE),
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
@@ -657,11 +670,7 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
         delta = graph_delta(reference, OnnxGraph(graph, names), probe)
     threshold, pixel, normal_maps = _threshold(graph, options, held, source)
     maps = write_normal_maps(out, NORMAL_MAPS, normal_maps)
-    cpu = None
-    if cpu_graph is not None:
-        cpu_threshold, _, cpu_maps = _threshold(cpu_graph, options, held, source)
-        cpu = {"onnx": cpu_graph.name, "threshold": cpu_threshold.to_dict() if cpu_threshold else None,
-               "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, cpu_maps)}
+    cpu = _cpu_entry(cpu_graph, options, held, source, out) if cpu_graph is not None else None
     fp32_ref = _fp32_reference(graph, fp32, options, held, source, out)
     calib_count = 0 if calib is None else len(next(iter(calib.values())))
     write_manifest(out, _manifest(ckpt, options, graph, threshold, delta, calib_count, None, cpu, gate, pixel, maps,

@@ -4,14 +4,16 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   model: {family, family_version, settings, preprocess, inputs, outputs} (``ModelSpec.to_dict`` plus
   the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
-  cpu: {onnx, threshold, normal_maps} of the INT8 graph for CPU engines, or null};
+  cpu: {onnx, threshold, pixel_threshold, normal_maps} of the INT8 graph for CPU engines, or null; its
+  pixel_threshold absent in bundles built before each graph kept its own};
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
   or null (absent in bundles built before regions); normal_maps: {file, count, of, shape: the full maps' [h, w],
   pool: f when max-pooled by f to fit 64 MiB (the file then .npz)} of the held-out normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
-  null (absent in bundles built before them); fp32_threshold, fp32_normal_maps: FP16/INT8 bundles: the
-  Threshold and the {file, count, of, shape} normal maps of the FP32 reference graph (the numbers the PyTorch
-  backends' FP32 weights make, parity-checked), null for FP32 bundles or without normal images (absent in
-  bundles built before them); calibration: {method, num_images, percentile, cache} or null;
+  null (absent in bundles built before them); fp32_threshold, fp32_pixel_threshold, fp32_normal_maps: FP16/INT8
+  bundles: the Threshold, the PixelThreshold and the {file, count, of, shape} normal maps of the FP32 reference
+  graph (the numbers the PyTorch backends' FP32 weights make, parity-checked), null for FP32 bundles or without
+  normal images (absent in bundles built before them; fp32_pixel_threshold also in those built before each graph
+  kept its own pixel threshold); calibration: {method, num_images, percentile, cache} or null;
   accuracy: measured deltas of this precision vs fp32; training: the checkpoint's data summary;
   facts: the family's figures about this model (``ModelFamily.facts``, e.g. PatchCore's memory bank MB);
   versions: libraries that wrote it; engine: {file, tensorrt_version, gpu_name,
@@ -94,7 +96,9 @@ class Bundle:
     the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on it.
     pixel_threshold: the defect regions' pixel threshold (``fair_edge.regions``), calibrated on the same
     normal images as ``threshold``; None in bundles built before regions (the station then finds none
-    unless its file sets ``regions.pixel_threshold``).
+    unless its file sets ``regions.pixel_threshold``). cpu_pixel_threshold, fp32_pixel_threshold: the same,
+    calibrated on the CPU graph's / the FP32 reference graph's own normal maps (None where that graph is absent, or
+    in bundles built before each graph kept its own); ``graph_pixel_threshold`` picks a backend's.
     normal_maps_path, cpu_normal_maps_path: the held-out normal maps of the graph / of the CPU graph
     (``export.normal_maps``: (N, h, w) float32 .npy, checksummed), None in bundles built before them or
     without normal images.
@@ -121,6 +125,8 @@ class Bundle:
     cpu_normal_maps_path: Path | None = None
     fp32_threshold: Threshold | None = None
     fp32_normal_maps_path: Path | None = None
+    cpu_pixel_threshold: PixelThreshold | None = None
+    fp32_pixel_threshold: PixelThreshold | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -142,6 +148,45 @@ class Bundle:
         None = the whole frame."""
         tiling = self.preprocess.tiling
         return tiling.roi if tiling is not None else None
+
+    def graph_pixel_threshold(self, graph_threshold: Threshold | None) -> PixelThreshold | None:
+        """The defect regions' pixel threshold calibrated on the graph a backend runs, told by the image threshold
+        its scorer carries (``FrameScorer.graph_threshold``) as ``station.decision.normal_maps_path`` tells that
+        graph's normal maps: ``fp32_pixel_threshold`` for ``fp32_threshold`` (the PyTorch backends on an FP16/INT8
+        bundle), ``cpu_pixel_threshold`` for ``cpu_threshold`` (the CPU engines on an INT8 bundle), else (None: the
+        bundle's own graph) ``pixel_threshold``. A bundle built before each graph kept its own gives
+        ``pixel_threshold``, the main graph's, with a warning logged once per bundle and graph."""
+        if graph_threshold is None:
+            return self.pixel_threshold
+        if graph_threshold == self.fp32_threshold:
+            graph, own = self.reference_onnx_path, self.fp32_pixel_threshold
+        elif graph_threshold == self.cpu_threshold:
+            graph, own = self.cpu_onnx_path, self.cpu_pixel_threshold
+        else:   # a scorer made by hand with a threshold of its own: no graph of the bundle to tell
+            return self.pixel_threshold
+        if own is None and self.pixel_threshold is not None:
+            _warn_main_pixel_threshold(self, graph)
+        return own if own is not None else self.pixel_threshold
+
+
+# (bundle folder, graph file name) whose fallback to the main graph's pixel threshold was logged
+_MAIN_PIXEL_WARNED: set[tuple[Path, str]] = set()
+
+
+def _warn_main_pixel_threshold(bundle: Bundle, graph: Path | None) -> None:
+    """Log once per bundle and graph that a backend running ``graph`` finds defect regions at the main graph's pixel
+    threshold: the bundle was built before each graph kept its own."""
+    name = graph.name if graph is not None else "?"
+    if (bundle.root, name) in _MAIN_PIXEL_WARNED:
+        return
+    _MAIN_PIXEL_WARNED.add((bundle.root, name))
+    hint = f"`{bundle.build_command}`" if bundle.build_command else "`fair-edge build CHECKPOINT --out BUNDLE`"
+    main = bundle.pixel_threshold
+    log.warning("bundle %s keeps no pixel threshold calibrated on %s, the graph this backend runs (built before each "
+                "graph kept its own): defect regions use the main graph's (%s), %.6g, so the share of this graph's "
+                "normal map pixels above it can differ from the %.4g %% asked. Rebuild the bundle with %s, or set "
+                "regions.pixel_threshold in the station file.", bundle.root, name, bundle.onnx_path.name, main.value,
+                100 * (1 - main.quantile), hint)
 
 
 def library_versions() -> dict[str, str]:
@@ -363,7 +408,13 @@ def _cpu_graph(root: Path, data: dict, cpu: dict | None) -> dict:
         return {}
     threshold = Threshold.from_dict(cpu["threshold"]) if cpu.get("threshold") else None
     return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold,
+            "cpu_pixel_threshold": _pixel_threshold(cpu.get("pixel_threshold")),
             "cpu_normal_maps_path": _maps(root, data, cpu.get("normal_maps"))}
+
+
+def _pixel_threshold(entry: dict | None) -> PixelThreshold | None:
+    """The PixelThreshold of a manifest entry (None when null or absent: built before it was kept)."""
+    return PixelThreshold.from_dict(entry) if entry else None
 
 
 def _maps(root: Path, data: dict, entry: dict | None) -> Path | None:
@@ -482,10 +533,11 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
             engine=_engine(root, data), build_command=str(data.get("build_command", "")),
             weights_path=_listed(root, data, data["weights"], "weights") if data.get("weights") else None,
             **_cpu_graph(root, data, graph.get("cpu")),
-            pixel_threshold=PixelThreshold.from_dict(data["pixel_threshold"]) if data.get("pixel_threshold") else None,
+            pixel_threshold=_pixel_threshold(data.get("pixel_threshold")),
             normal_maps_path=_maps(root, data, data.get("normal_maps")),
             fp32_threshold=Threshold.from_dict(data["fp32_threshold"]) if data.get("fp32_threshold") else None,
             fp32_normal_maps_path=_maps(root, data, data.get("fp32_normal_maps")),
+            fp32_pixel_threshold=_pixel_threshold(data.get("fp32_pixel_threshold")),
             calibration=MappingProxyType(dict(data.get("calibration") or {})),
             accuracy=MappingProxyType({k: float(v) for k, v in (data.get("accuracy") or {}).items()}),
             training=MappingProxyType(dict(data.get("training") or {})),

@@ -20,7 +20,7 @@ from fair_edge.runtime.hotswap import ModelChange, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
 from fair_edge.station.decision import DecisionThreshold, decide_threshold
-from fair_edge.station.zones import RegionJudge, RegionSettings
+from fair_edge.station.zones import RegionJudge, RegionSettings, bundle_pixel_threshold
 
 if TYPE_CHECKING:  # typing only
     from fair_edge.calibration.threshold import Threshold
@@ -76,27 +76,34 @@ PIXEL_FIX = ("set regions.pixel_threshold in the station file or rebuild the bun
              "`fair-edge build --normal HELD_OUT_NORMALS`")
 
 
-def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle) -> RegionJudge | None:
+def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle,
+                 graph_threshold: Threshold | None = None) -> RegionJudge | None:
     """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
-    station file's, else the bundle's; a bundle built before regions has none: regions are then off
+    station file's, else the bundle's calibrated on the graph the backend runs (``graph_threshold``: the scorer's,
+    ``region_pixel_threshold``); a bundle built before regions has none: regions are then off
     (a logged note), or, when the file sets rules, the station refuses to start (ConfigError)."""
     settings = cfg.regions
     if not settings.enabled:
         return None
-    value = region_pixel_threshold(settings, bundle)
+    value = region_pixel_threshold(settings, bundle, graph_threshold)
     if value is None:
         log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, PIXEL_FIX)
         return None
     return RegionJudge(settings, value, bundle.map_area)
 
 
-def region_pixel_threshold(settings: RegionSettings, bundle: Bundle | FusedBundle) -> float | None:
-    """The pixel threshold regions use with ``bundle``: the station file's, else the bundle's; None when neither
-    has one. ConfigError when rules decide the verdict and there is none (at start, and for a swap: a bundle of
-    another scale, a fused one among them, must not be judged by the old model's pixel threshold)."""
-    calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
-    value = settings.pixel_threshold if settings.pixel_threshold is not None else (
-        calibrated.value if calibrated is not None else None)
+def region_pixel_threshold(settings: RegionSettings, bundle: Bundle | FusedBundle,
+                           graph_threshold: Threshold | None = None) -> float | None:
+    """The pixel threshold regions use with ``bundle``: the station file's, else the bundle's calibrated on the graph
+    the backend runs, told by the threshold its scorer carries (``graph_threshold``, None: the bundle's own graph;
+    ``Bundle.graph_pixel_threshold``: the CPU graph's for the CPU engines on an INT8 bundle, the FP32 reference
+    graph's for the PyTorch backends on an FP16/INT8 one, as their image threshold and normal maps); None when
+    neither has one. ConfigError when rules decide the verdict and there is none (at start, and for a swap: a bundle
+    of another scale, a fused one among them, must not be judged by the old model's pixel threshold)."""
+    value = settings.pixel_threshold
+    if value is None:
+        calibrated = bundle_pixel_threshold(bundle, graph_threshold)   # a fused bundle has none
+        value = calibrated.value if calibrated is not None else None
     if value is None and settings.enabled and settings.has_rules:
         raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
                           f"threshold (built before defect regions, fused, or without normal images); {PIXEL_FIX}.")

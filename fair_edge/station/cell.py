@@ -129,7 +129,8 @@ class CellModels:
                 decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
                 self.calibrations[view.name] = decided.calibration
                 self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
-                                                    open_regions(vcfg, bundle), decided.grid, bundle.map_area)
+                                                    open_regions(vcfg, bundle, shared.graph_threshold), decided.grid,
+                                                    bundle.map_area)
         except BaseException:
             self.close()
             raise

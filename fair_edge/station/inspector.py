@@ -622,10 +622,12 @@ class Inspector:
         old = decider.regions
         if change.regions is None and old is None:
             return
+        graph = getattr(change.scorer, "graph_threshold", None)   # pixel threshold: of the graph the scorer runs
         if old is None:
-            decider.regions = judge_for_bundle(change.regions, change.bundle, camera=name)
+            decider.regions = judge_for_bundle(change.regions, change.bundle, camera=name, graph_threshold=graph)
         else:
-            decider.regions = old.for_bundle(change.bundle, change.regions, camera=name)   # its pixel threshold, tiling
+            decider.regions = old.for_bundle(change.bundle, change.regions, camera=name,   # its pixel threshold, tiling
+                                             graph_threshold=graph)
         if change.regions is not None:
             what = settings_change(None if old is None else old.settings, change.regions)
             if what:

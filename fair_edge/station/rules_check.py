@@ -116,7 +116,7 @@ def check_frames(cfg: StationConfig, frames: Iterable[tuple], backend: str | Non
     try:
         roi = load_roi(cfg.roi, bundle)
         decided = resolve_threshold(cfg, bundle, scorer.graph_threshold, roi)
-        judge = open_regions(cfg, bundle)
+        judge = open_regions(cfg, bundle, scorer.graph_threshold)
         if judge is None:
             raise ConfigError("rules check: defect regions are off (regions.enabled: false, or the bundle has no "
                               "pixel threshold); set regions.pixel_threshold or rebuild the bundle.")

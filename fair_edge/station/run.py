@@ -420,7 +420,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             close_scorer(scorer)
             raise
         threshold = decided.value
-        regions = open_regions(cfg, bundle)
+        regions = open_regions(cfg, bundle, scorer.graph_threshold)
         run_id = new_run_id()
         if on_start is not None:
             on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "

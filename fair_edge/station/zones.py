@@ -2,7 +2,7 @@
 
     regions:
       enabled: true            # find regions in every scored frame (false: off)
-      pixel_threshold: null    # null = the bundle's calibrated one (bundle.json pixel_threshold)
+      pixel_threshold: null    # null = the bundle's calibrated one (bundle.json, of the graph the backend runs)
       mm_per_px: null          # camera scale, mm per frame pixel; or scale: {points: [[x, y], [x, y]], mm: D}
       frame: null              # [width, height] of the frames the scale and zones are for (needed with zones)
       default: {}              # rules for regions outside every zone, e.g. {min_area_mm2: 0.5}
@@ -286,13 +286,15 @@ class RegionJudge:
         self.first_frame_hw: tuple[int, int] | None = None
         self._sizes_logged: set[tuple[int, int]] = set()
 
-    def for_bundle(self, bundle, settings: RegionSettings | None = None, camera: str = "") -> "RegionJudge | None":
+    def for_bundle(self, bundle, settings: RegionSettings | None = None, camera: str = "",
+                   graph_threshold=None) -> "RegionJudge | None":
         """The judge for a hot-swapped bundle (plain or fused): these rules, or ``settings`` (the ``regions:`` a
-        SIGHUP reload re-read), with the bundle's calibrated pixel threshold and the frame rectangle its map covers
+        SIGHUP reload re-read), with the bundle's pixel threshold calibrated on the graph the new scorer runs
+        (``graph_threshold``: its ``FrameScorer.graph_threshold``) and the frame rectangle its map covers
         (``map_area``), unless the settings set the pixel threshold; a bundle without one keeps the current
         threshold (logged, naming ``camera`` when given). None when ``settings`` turn regions off."""
         new_settings = self.settings if settings is None else settings
-        judge = judge_for_bundle(new_settings, bundle, self.pixel_threshold, camera)
+        judge = judge_for_bundle(new_settings, bundle, self.pixel_threshold, camera, graph_threshold)
         if judge is not None and judge.settings.mm_per_px == self.settings.mm_per_px:
             judge.first_frame_hw = self.first_frame_hw   # the same scale: compare with the same first frame
         return judge
@@ -405,18 +407,26 @@ def frame_mismatch(frame_hw: tuple[int, int], settings: RegionSettings) -> str:
             f"sensor ROI changed?), or {redo} and set regions.frame: [{w}, {h}]")
 
 
+def bundle_pixel_threshold(bundle, graph_threshold=None):
+    """``bundle``'s PixelThreshold calibrated on the graph a scorer carrying ``graph_threshold`` runs
+    (``export.bundle.Bundle.graph_pixel_threshold``; None: the bundle's own graph), else its ``pixel_threshold``;
+    None for a fused bundle, which has none, or a bundle built before regions."""
+    pick = getattr(bundle, "graph_pixel_threshold", None)
+    return pick(graph_threshold) if pick is not None else getattr(bundle, "pixel_threshold", None)
+
+
 def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = None,
-                     camera: str = "") -> RegionJudge | None:
+                     camera: str = "", graph_threshold=None) -> RegionJudge | None:
     """The judge of ``settings`` for ``bundle`` (plain or fused; its ``map_area`` is the frame rectangle its map
-    covers): pixel threshold = the settings', else the bundle's calibrated one, else ``fallback`` (the one in force
-    before a swap; logged). None when the settings turn regions off, or when there is no pixel threshold at all
-    (logged, as at start: ``station.bundles.open_regions``). A loader refuses a bundle that rules cannot judge
+    covers): pixel threshold = the settings', else the bundle's calibrated on the graph the scorer runs (told by its
+    ``graph_threshold``: ``bundle_pixel_threshold``), else ``fallback`` (the one in force before a swap; logged).
+    None when the settings turn regions off, or when there is no pixel threshold at all (logged, as at start: ``station.bundles.open_regions``). A loader refuses a bundle that rules cannot judge
     before it gets here (``station.bundles.region_pixel_threshold``). camera: named in the logs ('' = one camera)."""
     if not settings.enabled:
         return None
     value = settings.pixel_threshold
     if value is None:
-        calibrated = getattr(bundle, "pixel_threshold", None)   # a fused bundle has none
+        calibrated = bundle_pixel_threshold(bundle, graph_threshold)
         value = calibrated.value if calibrated is not None else fallback
         where = f" (camera {camera})" if camera else ""
         if calibrated is None and value is not None:
