@@ -1,4 +1,4 @@
-"""``fair-edge train``: normal images -> checkpoint, with Ctrl-C and exact ``--resume``.
+"""``fair-edge train``: normal images -> checkpoint, with Ctrl-C / SIGTERM and exact ``--resume``.
 
 A thin typer command over ``each family's trainer (``ModelFamily.training()``)``; register it with ``app.command()(train)``.
 ``run_training`` is shared with the demo.
@@ -6,23 +6,24 @@ A thin typer command over ``each family's trainer (``ModelFamily.training()``)``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-import os
-import shlex
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import typer
 from rich.markup import escape
 
-from fair_edge.cli.common import check_out_writable, console, friendly_errors, print_plain, progress_bar, shell_word
+from fair_edge.cli.common import (Terminated, check_out_writable, console, friendly_errors, print_plain, progress_bar,
+                                  shell_word, sigterm_as_interrupt)
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import families_with_setting, setting_flags
 from fair_edge.preprocess import FILTERS, PreprocessConfig
 from fair_edge.training.data import BUILTIN_DATASETS
+from fair_edge.training.loop import resume_hint
 
 app = typer.Typer()
 log = logging.getLogger(__name__)
@@ -30,14 +31,17 @@ log = logging.getLogger(__name__)
 
 def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: bool, model,
                  category: Optional[str] = None, textures: Optional[Path] = None,
-                 backbone_weights: Optional[str] = None, backbone_sha256: Optional[str] = None):
+                 backbone_weights: Optional[str] = None, backbone_sha256: Optional[str] = None,
+                 stop_on_sigterm: bool = False):
     """Shared by `train` and `demo`: load data, train with a progress bar; returns (final.pt, DatasetSplit).
 
-    model: the ModelSpec to train (its pre-processing is ``preprocess``); cfg: its family's training settings."""
+    model: the ModelSpec to train (its pre-processing is ``preprocess``); cfg: its family's training settings.
+    stop_on_sigterm: SIGTERM stops as Ctrl-C does (`train`): a stepped trainer saves last.pt at the step boundary
+    and raises TrainingInterrupted (``signum`` SIGTERM), on every rank; a fit in one pass ends with exit 143."""
     import numpy as np
 
     from fair_edge.training.data import list_images, load_dataset, load_images
-    from fair_edge.training.loop import resolve_device
+    from fair_edge.training.loop import STOP_SIGNALS, resolve_device
     from fair_edge.training.ddp import ddp_group, from_environment
     from fair_edge.models.training_contract import check_extras
     from fair_edge.training.resume import RunSource, data_root, training_files
@@ -56,6 +60,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     check_extras(training, extras, model.family, model.describe())
     with console.status(escape(f"loading {len(split.train)} training images of {split.name}")):
         trainer = training.make_trainer(split, model, cfg, out, dev, **{k: v for k, v in extras.items() if v is not None})
+    if stop_on_sigterm and not trainer.fits_once:
+        trainer.stop_signals = STOP_SIGNALS  # before any rank's run(): each stops at the step boundary the ranks agree
     source = RunSource.of(data, category, textures, backbone_weights, backbone_sha256)  # absolute paths
     trainer.run_info = source.to_dict()
     if hasattr(trainer, "data_files"):  # named from the dataset root: the run resumes from any folder
@@ -84,23 +90,27 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
             bar.update(task, completed=step, loss="" if trainer.fits_once else f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
         with ddp_group():
-            return run_trainer(trainer, on_step, model), split
+            return run_trainer(trainer, on_step, model, stop_on_sigterm), split
 
 
 class FitInterrupted(KeyboardInterrupt):
     """Ctrl-C during the one pass of a family fitted once (PatchCore): nothing was saved (``str``: what to do)."""
 
 
-def run_trainer(trainer, on_step, model) -> Path:
+def run_trainer(trainer, on_step, model, stop_on_sigterm: bool = False) -> Path:
     """``trainer.run(on_step)``; Ctrl-C during a fit in one pass (``trainer.fits_once``), which has no step boundary
-    to save at, is FitInterrupted saying so (a stepped trainer saves last.pt itself: TrainingInterrupted)."""
-    try:
-        return trainer.run(on_step)
-    except KeyboardInterrupt:
-        if not trainer.fits_once:
-            raise
-        raise FitInterrupted(f"interrupted: {model.impl.title} fits in one pass; nothing was saved; run the same "
-                             "command again.") from None
+    to save at, is FitInterrupted saying so (a stepped trainer saves last.pt itself: TrainingInterrupted). With
+    ``stop_on_sigterm``, SIGTERM during such a fit says the same on stderr and exits 143 (``sigterm_as_interrupt``)."""
+    nothing_saved = f"{model.impl.title} fits in one pass; nothing was saved; run the same command again."
+    on_sigterm = (sigterm_as_interrupt(f"stopped by SIGTERM: {nothing_saved}") if stop_on_sigterm and trainer.fits_once
+                  else contextlib.nullcontext())
+    with on_sigterm:
+        try:
+            return trainer.run(on_step)
+        except KeyboardInterrupt as exc:
+            if not trainer.fits_once or isinstance(exc, Terminated):
+                raise
+            raise FitInterrupted(f"interrupted: {nothing_saved}") from None
 
 
 def describe_settings(pre, cfg, high_pass: bool = True) -> str:
@@ -241,9 +251,10 @@ class TrainCommand:
     def __doc__(self) -> str:  # the command's help (typer reads it with inspect.getdoc)
         return (f"Train a model from normal images: {family_titles(default_first=True)} (--model). For FAIR and "
                 "LGFDR, Ctrl-C finishes the current step, saves OUT/last.pt and prints the command that resumes it "
-                "(`fair-edge train --resume --out OUT`); a PatchCore fit is one pass, so Ctrl-C saves nothing: run "
-                "the same command again. Every family's settings are options here, typed, with their defaults; an "
-                "option names the families it applies to unless it applies to all.")
+                "(`fair-edge train --resume --out OUT`), exit code 130; SIGTERM (kill, systemctl stop, a scheduler's "
+                "time limit) does the same, exit code 143; a PatchCore fit is one pass, so Ctrl-C saves nothing (nor "
+                "does SIGTERM): run the same command again. Every family's settings are options here, typed, with "
+                "their defaults; an option names the families it applies to unless it applies to all.")
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -329,12 +340,13 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
     try:
         final, split = run_training(data, preprocess=spec.preprocess, cfg=cfg, out=out, device=device, resume=resume,
                                     category=category, textures=textures, model=spec,
-                                    backbone_weights=backbone_weights, backbone_sha256=backbone_sha256)
-    except TrainingInterrupted as exc:
+                                    backbone_weights=backbone_weights, backbone_sha256=backbone_sha256,
+                                    stop_on_sigterm=True)
+    except TrainingInterrupted as exc:  # Ctrl-C or SIGTERM at a step boundary: exit 130 or 143
         if is_main_process():  # under torchrun every rank stops at the same step; rank 0 says so once
             console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
             print_plain(f"Resume with: {resume_hint(out)}")
-        raise typer.Exit(130) from None
+        raise typer.Exit(exc.exit_code) from None
     except FitInterrupted as exc:
         console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(130) from None
@@ -344,18 +356,6 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
 
 
 app.command("train")(TrainCommand())
-
-
-def resume_hint(out: Path) -> str:
-    """The command that continues an interrupted run in ``out``, in as many processes as it ran in: under torchrun
-    (``WORLD_SIZE``) on one machine with ``--nproc``; on several machines, the same torchrun launch on each."""
-    from fair_edge.training.resume import resume_command
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):  # several machines: not launched by --nproc
-        args = shlex.join(["train", "--resume", "--out", str(out)])
-        return f"the same torchrun command on every machine, with `{args}` after `-m fair_edge.cli`"
-    return resume_command(out, world)
 
 
 NPROC_MAX = 1024  # processes on one machine: one per GPU, or CPU processes (gloo); more is a typing slip

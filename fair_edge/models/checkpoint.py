@@ -10,7 +10,8 @@ Version 1 files (written before model families existed: ``width`` and ``scoring`
 ``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint; a write that
 fails (a full disk: ``torch.save`` says "unexpected pos" or raises OSError; a disk remounted read-only mid-run)
-removes its temporary file and is a CheckpointError naming the file, the cause and the fix (``disk.write_failure``).
+removes its temporary file and is a CheckpointError naming the file, the cause and the fix (``disk.write_failure``),
+for a training run with the command that resumes it from the last save.
 Loading checks every record's CRC-32 in the zip container first (``_verify_crc``), so a file damaged later
 (one flipped bit on a disk or in a copy) is refused instead of loading with altered weights; a file that is
 no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is refused before anything is unpickled.
@@ -66,10 +67,12 @@ class Checkpoint:
         return self.model.build(self.state_dict, device)
 
 
-def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = None) -> Path:
     """Write ``ckpt`` to ``path`` atomically (``PATH.tmp``, then renamed). Returns the path. A failed write (a full
     or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
-    free space of a full disk) and the fix (``disk.write_failure``)."""
+    free space of a full disk) and the fix (``disk.write_failure``), then what to run (``_then_run``).
+    resume: for a training run writing into ``path``'s folder, the command that continues it from its last.pt
+    (``training.loop.resume_hint``, quoted), e.g. "`fair-edge train --resume --out runs/a`"."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -87,9 +90,20 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
         discard_unfinished(tmp, "checkpoint")
-        raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): "
-                              f"{write_failure(path.parent, exc)}, then run again.") from exc
+        raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): {_then_run(path, exc, resume)}."
+                              ) from exc
     return path
+
+
+def _then_run(path: Path, exc: Exception, resume: str | None) -> str:
+    """The fix of a failed write of ``path`` and what to run after it. A training run (``resume`` given) whose folder
+    holds a last.pt (the last save, intact: the failed write never replaced it) is resumed with ``resume``: a plain
+    run again is refused there (the folder holds a run), and another --out would not hold that last.pt, so only
+    the disk's own fix is given. Otherwise (nothing saved yet, or no training run): fix, then run again."""
+    last = path.parent / "last.pt"
+    if resume is not None and last.is_file():
+        return f"{write_failure(path.parent, exc, None)}, then resume with {resume} ({last}, the last save, is intact)"
+    return f"{write_failure(path.parent, exc)}, then run again"
 
 
 def _write_reason(exc: Exception) -> str:

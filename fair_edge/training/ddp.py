@@ -21,9 +21,9 @@ What each rank does (``DataParallel`` below, hooked into ``fair_edge.models.fair
   to float summation order (measured: BENCHMARKS.md, ``tests/test_train_ddp.py``);
 - the loss it reports is the mean over ranks; only rank 0 writes ``loss.csv`` and checkpoints,
   every rank loads ``last.pt`` on ``--resume``;
-- Ctrl-C reaches torchrun, which passes SIGINT on to every rank: the ranks agree on the step boundary to
-  stop at (``DataParallel.any``), rank 0 saves ``last.pt`` and prints the resume command, and ``launch``
-  returns 130.
+- Ctrl-C (SIGTERM alike) reaches torchrun, which passes it on to every rank: the ranks agree on the step
+  boundary to stop at (``DataParallel.any``), rank 0 saves ``last.pt`` and prints the resume command, and
+  ``launch`` returns 130 (143).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def launch(nproc: int, train_args: list[str]) -> int:
         return 1
     except SignalException as exc:  # torchrun caught a signal and has stopped the ranks with it
         signum = int(exc.sigval)
-        if signum != signal.SIGINT:  # Ctrl-C: rank 0 has already said where the state is and how to resume
+        if signum not in (signal.SIGINT, signal.SIGTERM):  # rank 0 has said where the state is, how to resume
             print(f"error: DDP training stopped by {signal.Signals(signum).name}, which torchrun passed on to every "
                   f"rank; --resume continues from the last periodic save (--save-every), if one was written.",
                   file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The family-neutral pieces of a training loop: device choice, epoch order, the loss log, Ctrl-C handling.
+"""The family-neutral pieces of a training loop: device choice, epoch order, the loss log, stopping on Ctrl-C
+and SIGTERM.
 
 Each family's trainer (``fair_edge/models/<family>/train.py``) drives its own loop with these.
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import logging
 import math
 import numbers
+import os
 import re
 import signal
 import threading
@@ -23,33 +27,68 @@ log = logging.getLogger(__name__)
 
 LOSS_CSV_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
 
+# The signals `fair-edge train` stops at a step boundary on (a trainer's ``stop_signals``): Ctrl-C, and SIGTERM
+# (kill, timeout, systemctl stop, a batch scheduler's time limit). A trainer takes only SIGINT unless told.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class TrainingInterrupted(FairEdgeError):
-    """Training stopped by Ctrl-C; ``checkpoint`` holds the state to resume from."""
+    """Training stopped by Ctrl-C (``signum`` SIGINT) or SIGTERM at a step boundary; ``checkpoint`` holds the state
+    to resume from. ``exit_code``: 128 + the signal number (130, 143)."""
 
-    def __init__(self, checkpoint: Path, step: int) -> None:
-        super().__init__(f"interrupted after step {step}; state saved to {checkpoint}.")
-        self.checkpoint, self.step = checkpoint, step
+    def __init__(self, checkpoint: Path, step: int, signum: int = signal.SIGINT) -> None:
+        how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+        super().__init__(f"{how} after step {step}; state saved to {checkpoint}.")
+        self.checkpoint, self.step, self.signum = checkpoint, step, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """A second SIGTERM while a requested stop is under way: nothing (a Python handler, not SIG_IGN, which a
+    process started meanwhile would inherit)."""
 
 
 @contextlib.contextmanager
-def sigint_requests_stop(request_stop):
-    """While active, the first SIGINT calls ``request_stop()`` instead of raising KeyboardInterrupt
-    mid-step; a second SIGINT raises KeyboardInterrupt as usual. Outside the main thread (where
-    Python delivers no signals) this does nothing."""
+def signals_request_stop(request_stop, signals: tuple[int, ...] = (signal.SIGINT,)):
+    """While active, the first of ``signals`` (SIGINT, SIGTERM) to arrive calls ``request_stop(signum)`` instead of
+    raising KeyboardInterrupt or ending the process mid-step. After it, a SIGINT raises KeyboardInterrupt as usual (a
+    second Ctrl-C stops at once, without saving) and a SIGTERM is ignored (systemd and torchrun may both send one:
+    the save at the step boundary is not cut short; SIGKILL still ends it). On leaving, each signal's previous
+    handler is back. Outside the main thread (where Python delivers no signals) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_sigint(signum, frame) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        request_stop()
+    def on_stop_signal(signum, frame) -> None:
+        for taken in signals:
+            signal.signal(taken, signal.default_int_handler if taken == signal.SIGINT else _ignore_signal)
+        request_stop(signum)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {taken: signal.signal(taken, on_stop_signal) for taken in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for taken, handler in previous.items():
+            signal.signal(taken, handler)
+
+
+def resume_hint(out: Path, quote: bool = False) -> str:
+    """The command that continues an interrupted run in ``out``, in as many processes as it ran in: under torchrun
+    (``WORLD_SIZE``) on one machine with ``--nproc``; on several machines, the same torchrun launch on each.
+    quote: the command in backticks, for a sentence (the several-machine text quotes its own part)."""
+    import shlex
+
+    from fair_edge.training.resume import resume_command
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):  # several machines: not launched by --nproc
+        args = shlex.join(["train", "--resume", "--out", str(out)])
+        return f"the same torchrun command on every machine, with `{args}` after `-m fair_edge.cli`"
+    command = resume_command(out, world)
+    return f"`{command}`" if quote else command
 
 
 SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes; torch takes it too
@@ -132,23 +171,115 @@ def epoch_order(n_images: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class LossLog:
-    """Append-only CSV of the training loss; on resume, rows after the resumed step are dropped."""
+    """Append-only CSV of the training loss (``LOSS_CSV_FIELDS``); on resume, rows after the resumed step are
+    dropped. A row that cannot be written (a full disk: ENOSPC; a file-size limit: EFBIG) does not stop training:
+    the first failure is one warning naming the file, the error and the fix; the row is left out whole (what part
+    of it reached the file is cut off again, so every row there is complete) and later rows are tried as they
+    come (the disk may have room again). ``close`` says how many rows were left out."""
 
     def __init__(self, path: Path, keep_until: int) -> None:
         rows = []
         if keep_until > 0 and path.is_file():
             with path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until]
-        self.fh = path.open("w", newline="")
-        self.writer = csv.DictWriter(self.fh, fieldnames=LOSS_CSV_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.fh.flush()
+        self.path = path
+        self.lost_steps: list[int] = []  # the steps whose row is not in the file
+        self.error: OSError | None = None  # the first write that failed
+        self.size = 0  # bytes in the file, whole rows only
+        self.fh = path.open("wb", buffering=0)  # unbuffered: a row is in the file, or cut off again, at once
+        self.head = _csv_text([dict(zip(LOSS_CSV_FIELDS, LOSS_CSV_FIELDS)), *rows])  # header and kept rows
+        self.head_rows = len(rows)
+        if self._append(self.head):
+            self.head = None  # written; else it goes before the next row that can be written
 
     def write(self, step: int, epoch: int, loss: float, lr: float, rate: float, elapsed: float) -> None:
-        self.writer.writerow({"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{lr:.3g}",
-                              "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed:.1f}"})
-        self.fh.flush()
+        row = _csv_text([{"step": step, "epoch": epoch, "loss": f"{loss:.6f}", "lr": f"{lr:.3g}",
+                          "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed:.1f}"}])
+        if self._append((self.head or "") + row):
+            self.head = None
+        else:
+            self.lost_steps.append(step)
+
+    def _append(self, text: str) -> bool:
+        """Write ``text`` at the end of the whole rows; False (and the file as it was) when the write fails."""
+        data = memoryview(text.encode("utf-8"))
+        written = 0
+        try:
+            while written < len(data):
+                count = self.fh.write(data[written:])  # fewer bytes than asked on a nearly full disk
+                if not count:
+                    raise OSError(f"wrote 0 of {len(data) - written} bytes")
+                written += count
+        except OSError as exc:
+            self._cut_back()
+            self._warn_once(exc)
+            return False
+        self.size += written
+        return True
+
+    def _cut_back(self) -> None:
+        """Drop the part of a failed row that reached the file (shrinking a file needs no free space)."""
+        try:
+            self.fh.truncate(self.size)
+        except OSError:
+            pass  # not a regular file (e.g. /dev/full): nothing to cut
+        try:
+            self.fh.seek(self.size)
+        except OSError:
+            pass
+
+    def _warn_once(self, exc: OSError) -> None:
+        """The first failed write: one warning naming the file, the error and its fix; later ones say nothing."""
+        if self.error is not None:
+            return
+        self.error = exc
+        log.warning("cannot write the loss log %s (%s): %s. Training goes on without the loss rows that cannot be "
+                    "written (counted at the end); the checkpoints need room on that disk too.",
+                    self.path, _error_text(exc), _write_fix(self.path, exc))
 
     def close(self) -> None:
-        self.fh.close()
+        """Close the file, saying how many rows were left out. Never raises: it runs in a ``finally``, and the run's
+        own outcome (done, interrupted, a failed checkpoint) is what the user is told."""
+        if self.lost_steps or self.head is not None:
+            kept = (f" and the {self.head_rows} rows of the resumed run before them" if self.head is not None and
+                    self.head_rows else "")
+            steps = _steps_text(self.lost_steps) if self.lost_steps else "its header"
+            log.warning("%s: %s%s could not be written (%s); training was not stopped for them.",
+                        self.path, steps, kept, _error_text(self.error))
+        try:
+            self.fh.close()
+        except OSError as exc:
+            log.warning("%s: closing it failed (%s).", self.path, _error_text(exc))
+
+
+def _steps_text(steps: list[int]) -> str:
+    """'1 loss row (step 40)' or '37 loss rows between steps 40 and 200'."""
+    if len(steps) == 1:
+        return f"1 loss row (step {steps[0]})"
+    return f"{len(steps)} loss rows between steps {steps[0]} and {steps[-1]}"
+
+
+def _csv_text(rows: list[dict]) -> str:
+    """``rows`` (dicts over ``LOSS_CSV_FIELDS``) as CSV lines, as ``csv.DictWriter`` writes them."""
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, fieldnames=LOSS_CSV_FIELDS).writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_fix(path: Path, exc: OSError) -> str:
+    """The cause and fix of a failed write of the file ``path``: a file-size limit (EFBIG: ``ulimit -f`` or the file
+    system's largest file), else by errno as every writer says it (``disk.write_failure``: a full disk with its free
+    space, ...)."""
+    from fair_edge.disk import write_failure
+
+    if exc.errno == errno.EFBIG:
+        return (f"{path} reached the largest file size this process may write (a file-size limit: `ulimit -f`, "
+                "or the file system's largest file). Raise that limit")
+    return write_failure(path.parent, exc, None)
+
+
+def _error_text(exc: BaseException | None) -> str:
+    """An OSError's reason ("No space left on device"), else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

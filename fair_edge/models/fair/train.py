@@ -5,14 +5,16 @@ are held there as one tensor, and rotation, anomaly synthesis, gray, high-pass, 
 batched torch ops, so a GPU is never starved by CPU-side augmentation.
 
 Resuming is exact: the checkpoint holds the step, optimizer, scheduler and every random state,
-and each epoch's image order is derived from (seed, epoch). Ctrl-C (SIGINT) only asks the loop to
-stop: the step in flight finishes, then ``last.pt`` is written at that step boundary, so it equals
-the periodic save of the same step (a second Ctrl-C stops at once, without saving).
+and each epoch's image order is derived from (seed, epoch). Ctrl-C (SIGINT), and under `fair-edge train`
+SIGTERM (``stop_signals``), only asks the loop to stop: the step in flight finishes, then ``last.pt`` is written
+at that step boundary, so it equals the periodic save of the same step (a second Ctrl-C stops at once, without
+saving; a second SIGTERM is ignored).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,8 +33,8 @@ from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig,
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
 from fair_edge.training.resume import TrainingClock, check_same_data, training_files
-from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
-                                     steps_per_epoch, usable_batch)
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
+                                     signals_request_stop, steps_per_epoch, usable_batch)
 
 # keys of training settings saved by runs before they moved to the model settings (read and dropped on --resume)
 MOVED_TO_MODEL_SETTINGS = ("width",)
@@ -118,6 +120,7 @@ class Trainer:
     """Owns the model, optimizer and data tensor of one training run."""
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
+    stop_signals: tuple[int, ...] = (signal.SIGINT,)  # stop at a step boundary on these; `train` adds SIGTERM
 
     def __init__(
         self,
@@ -160,7 +163,7 @@ class Trainer:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.state = TrainState(unet, optimizer, scheduler, generator)
         self.use_amp = cfg.amp and device.type == "cuda"
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, signal.SIGINT
         self.run_info: dict = {}  # where the data came from (data, category, textures), stored for --resume
 
     @property
@@ -182,7 +185,7 @@ class Trainer:
     def save(self, name: str = "last.pt") -> Path:
         """Write ``out_dir/name`` (rank 0 only under DDP; the others wait for it)."""
         if self.parallel.is_main:
-            save_checkpoint(self.out_dir / name, self.checkpoint())
+            save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))
         self.parallel.barrier()
         return self.out_dir / name
 
@@ -233,31 +236,33 @@ class Trainer:
         return self.parallel.mean(loss.detach())
 
     # -------------------------------------------------------------------- the loop
-    def request_stop(self) -> None:
-        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted."""
-        self.stop_requested = True
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted (saying
+        ``signum``, the signal that asked: SIGINT for Ctrl-C, SIGTERM)."""
+        self.stop_requested, self.stop_signal = True, signum
 
     def run(self, on_step=None) -> Path:
         """Train to ``total_steps``; returns the path of ``final.pt``.
 
         on_step(step, total, loss, images_per_s) is called after every step (progress display).
-        Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step
-        boundary and raises TrainingInterrupted. Under DDP the ranks agree on the step to stop at (a rank
+        Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt``
+        at that step boundary and raises TrainingInterrupted. Under DDP the ranks agree on the step to stop at (a rank
         whose signal comes a moment later stops at the same boundary). loss.csv's ``lr`` is the learning
         rate the logged step trained with (read before the scheduler steps).
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, signal.SIGINT
         try:
-            with sigint_requests_stop(self.request_stop):
+            with signals_request_stop(self.request_stop, self.stop_signals):
                 self._loop(on_step, log_file)
         finally:
             if log_file:
                 log_file.close()
         self.save()
         if self.parallel.is_main:
-            save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+            save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False),
+                            resume=resume_hint(self.out_dir, quote=True))
         self.parallel.barrier()
         return self.out_dir / "final.pt"
 
@@ -284,7 +289,7 @@ class Trainer:
             if on_step is not None:
                 on_step(self.state.step, self.total_steps, loss, rate)
             if self.state.step < self.total_steps and self.parallel.any(self.stop_requested):
-                raise TrainingInterrupted(self.save(), self.state.step)
+                raise TrainingInterrupted(self.save(), self.state.step, self.stop_signal)
 
 
 def default_train_config() -> TrainConfig:

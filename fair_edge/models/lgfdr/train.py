@@ -6,14 +6,16 @@ Loss = mean over scales of (1 - cosine) between the clean features and the fused
 plus half the same for each tower's own reconstruction (so that both towers learn to reconstruct
 and the gate chooses between two working reconstructions, instead of one tower absorbing all).
 Resuming is exact, as in FAIR's trainer: step, optimizer, scheduler and the noise generator are saved, and
-Ctrl-C (SIGINT) only asks the loop to stop: the step in flight finishes, then ``last.pt`` is written at that step
-boundary (a second Ctrl-C stops at once, without saving). With tiling, a batch, an epoch and the step budget count
+Ctrl-C (SIGINT), and under `fair-edge train` SIGTERM (``stop_signals``), only asks the loop to stop: the step in
+flight finishes, then ``last.pt`` is written at that step boundary (a second Ctrl-C stops at once, without saving; a
+second SIGTERM is ignored). With tiling, a batch, an epoch and the step budget count
 tiles (one feature map each), as FAIR's do.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +32,8 @@ from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.training.resume import TrainingClock, check_same_data, training_files
-from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, sigint_requests_stop,
-                                     steps_per_epoch, usable_batch)
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
+                                     signals_request_stop, steps_per_epoch, usable_batch)
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
@@ -102,6 +104,7 @@ class LgfdrTrainer:
     """
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
+    stop_signals: tuple[int, ...] = (signal.SIGINT,)  # stop at a step boundary on these; `train` adds SIGTERM
 
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
@@ -129,7 +132,7 @@ class LgfdrTrainer:
         self.step = 0
         self.clock = TrainingClock()  # training seconds, carried over a resume (loss.csv's elapsed_s)
         self.use_amp = False
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, signal.SIGINT
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
 
     # -------------------------------------------------------------------- checkpoints
@@ -143,7 +146,7 @@ class LgfdrTrainer:
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
 
     def save(self, name: str = "last.pt") -> Path:
-        return save_checkpoint(self.out_dir / name, self.checkpoint())
+        return save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))
 
     def resume(self) -> None:
         """Load ``out_dir/last.pt`` and check it was made with the same model settings, images and step budget."""
@@ -177,25 +180,28 @@ class LgfdrTrainer:
         return float(loss.detach())
 
     # -------------------------------------------------------------------- the loop
-    def request_stop(self) -> None:
-        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted."""
-        self.stop_requested = True
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the step in flight: ``run`` then saves ``last.pt`` and raises TrainingInterrupted (saying
+        ``signum``, the signal that asked: SIGINT for Ctrl-C, SIGTERM)."""
+        self.stop_requested, self.stop_signal = True, signum
 
     def run(self, on_step=None) -> Path:
         """Train to ``total_steps``; returns ``final.pt``. on_step(step, total, loss, images_per_s) after each step.
-        Ctrl-C (or ``request_stop()``) finishes the current step, saves ``last.pt`` at that step boundary and
-        raises TrainingInterrupted. loss.csv's ``lr`` is the learning rate the logged step trained with."""
+        Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt`` at
+        that step boundary and raises TrainingInterrupted. loss.csv's ``lr`` is the learning rate the logged step
+        trained with."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.step)
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, signal.SIGINT
         try:
-            with sigint_requests_stop(self.request_stop):
+            with signals_request_stop(self.request_stop, self.stop_signals):
                 self._loop(on_step, log_file)
         finally:
             log_file.close()
         self.detector.eval()
         self.save()
-        return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
+        return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False),
+                               resume=resume_hint(self.out_dir, quote=True))
 
     def _loop(self, on_step, log_file: LossLog) -> None:
         """Steps until ``total_steps``, or until a stop is requested (then: save ``last.pt``, TrainingInterrupted)."""
@@ -216,7 +222,7 @@ class LgfdrTrainer:
             if on_step is not None:
                 on_step(self.step, self.total_steps, loss, rate)
             if self.stop_requested and self.step < self.total_steps:
-                raise TrainingInterrupted(self.save(), self.step)
+                raise TrainingInterrupted(self.save(), self.step, self.stop_signal)
 
 
 def default_train_config() -> LgfdrTrainConfig:
