@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 from fair_edge.errors import CameraError, ConfigError, did_you_mean
@@ -100,40 +100,75 @@ def check_fps(fps: float, source: str) -> float:
     return float(fps)
 
 
-class Pacer:
-    """Spaces calls to ``wait()`` at ``1 / fps`` seconds (monotonic clock).
+CATCH_UP_S = 0.5   # a paced replay's reader this late (s) still gets each slot's frame; older slots are skipped
 
-    fps: frames per second, 0 = no waiting. Consecutive returns of ``wait()`` are at least
-    ``1 / fps`` s apart: a late caller, or a wait that overslept (the thread woke late on a
-    loaded machine), is not made to catch up with a burst; the next slot is counted from the
-    later of the schedule and the time this wait returned. ``wake()`` (thread-safe) ends a
-    pending wait early; ``reset()`` restarts the schedule.
+
+class Slot(NamedTuple):
+    """A paced frame's place on its replay's timeline (``Pacer.wait``).
+
+    t: the slot's time, ``time.monotonic()`` s: when a camera at that rate took the frame (its ``t_capture``).
+    missed: slots before it skipped with no frame given (the reader came, or its wait woke, more than
+    ``CATCH_UP_S`` and a whole period after them): the replay skips their images and counts them in its seq, as a
+    camera loses the frames its host was too late for.
+    """
+
+    t: float
+    missed: int = 0
+
+
+class Pacer:
+    """Paces a replay as a camera running at ``fps``: slot k is at ``t0 + k / fps`` (t0: the first ``wait()``
+    after a ``reset()``), a fixed schedule that a late reader or a late wake never moves.
+
+    fps: frames per second, 0 = no waiting (each ``wait()`` is a slot at once, now). ``wait()`` returns at the next
+    slot's time (at once when it has come) and gives its ``Slot``; the frame is stamped with the slot's time, so
+    stamps are always whole periods apart and a loaded machine never moves one replay's frames later than its
+    sibling's (replays at one rate keep step, ``match: sequence``). A reader behind its schedule gets the slots it
+    is late for one after another (a camera's buffered frames, each stamped at its slot) while they are at most
+    ``CATCH_UP_S`` (and at least a period) old; older ones are skipped (``Slot.missed``). ``wake()`` (thread-safe)
+    ends a pending wait early (its slot is then still to come); ``reset()`` restarts the schedule.
     """
 
     def __init__(self, fps: float) -> None:
         self.period = 1.0 / fps if fps > 0 else 0.0
-        self._next: float | None = None
+        self._t0: float | None = None
+        self._slot = 0   # the next slot's index from t0
         self._wake = threading.Event()
 
     def reset(self) -> None:
-        self._next = None
+        self._t0 = None
         self._wake.clear()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def wait(self) -> None:
-        if self.period == 0.0:
-            return
+    def wait(self) -> Slot:
         now = time.monotonic()
-        if self._next is None or self._next < now:
-            self._next = now
-        delay = self._next - now
+        if self.period == 0.0:
+            return Slot(now)
+        if self._t0 is None:
+            self._t0, self._slot = now, 0
+        missed = self._skip_stale(now)       # a reader that came late
+        delay = self._slot_time() - now
         if delay > 0:
             self._wake.wait(delay)
-            # an oversleep moves the schedule, not the spacing: the next slot is one period after this return
-            self._next = max(self._next, time.monotonic())
-        self._next += self.period
+            missed += self._skip_stale(time.monotonic())   # a wait that woke late
+        slot = Slot(self._slot_time(), missed)
+        self._slot += 1
+        return slot
+
+    def _slot_time(self) -> float:
+        return self._t0 + self._slot * self.period
+
+    def _skip_stale(self, now: float) -> int:
+        """Skip the slots too old to give at ``now`` (monotonic s): more than ``CATCH_UP_S``, and a whole period,
+        before it; returns how many."""
+        oldest = now - max(CATCH_UP_S, self.period)   # the next slot given is after this
+        if self._slot_time() > oldest:
+            return 0
+        skipped = int((oldest - self._slot_time()) // self.period) + 1
+        self._slot += skipped
+        return skipped
 
 
 # ----------------------------------------------------------------------------- capture settings and counters

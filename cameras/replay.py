@@ -1,7 +1,11 @@
 """Replay an image folder or a video file as if it were a camera: tests, demos, re-inspection.
 
 Both replay at ``fps`` frames per second (0 = as fast as the reader asks), optionally
-looping, in a deterministic order, and set ``Frame.source`` to the file name. A replay that
+looping, in a deterministic order, and set ``Frame.source`` to the file name. A paced replay runs as a camera at
+that rate (``base.Pacer``): each frame is stamped with its slot on a fixed schedule (a late reader gets the slots
+it missed one after another, stamped at theirs), and slots more than ``base.CATCH_UP_S`` old are skipped, their
+images with them, and counted in ``seq`` (a gap: ``lost``), so replays of one line's cameras at one rate keep step
+on a loaded machine. A replay that
 reaches its end without ``loop`` raises :class:`EndOfStream`, which ends a CaptureThread. A looping
 folder replay none of whose images can be read any more (the folder was removed or emptied) raises
 :class:`CameraError`: a camera fault, which the CaptureThread's reconnect and give-up rules handle.
@@ -19,7 +23,7 @@ from fair_edge.errors import CameraError, DataError
 from fair_edge.images import image_files, read_image, utf8_problem
 from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replays the files training reads
 
-from .base import EndOfStream, Pacer, check_fps
+from .base import EndOfStream, Pacer, Slot, check_fps
 from .capture import SourceBase
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ class FolderReplaySource(SourceBase):
         """End a pacing wait now (capture is stopping): ``stop()`` need not wait out 1 / fps."""
         self._pacer.wake()
 
-    def _connect(self) -> tuple[np.ndarray, str]:
+    def _connect(self) -> tuple[np.ndarray, str, float]:
         if not self.folder.is_dir():
             raise CameraError(f"{self.name}: expected a folder of images, found "
                               f"{'a file' if self.folder.exists() else 'nothing'} at {self.folder}")
@@ -92,7 +96,7 @@ class FolderReplaySource(SourceBase):
         self._pacer.reset()
         return self._next_image()
 
-    def _grab(self) -> tuple[np.ndarray, str]:
+    def _grab(self) -> tuple[np.ndarray, str, float]:
         return self._next_image()
 
     def _decode(self, path: Path) -> np.ndarray | None:
@@ -104,8 +108,26 @@ class FolderReplaySource(SourceBase):
             return None
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if self.gray else image
 
-    def _next_image(self) -> tuple[np.ndarray, str]:
-        """Next readable image, paced; skips and counts unreadable files."""
+    def _next_image(self) -> tuple[np.ndarray, str, float]:
+        """Next readable image, paced: (image, file name, its slot's time in monotonic s). The slots the pacer says
+        were missed take their files with them, unread, and count in seq (the image read for the first of them is
+        dropped)."""
+        image, name = self._next_readable()
+        slot = self._pacer.wait()
+        if slot.missed:
+            self._skip_files(slot.missed - 1)
+            self._seq += slot.missed
+            image, name = self._next_readable()
+        return image, name, slot.t
+
+    def _skip_files(self, count: int) -> None:
+        """Pass over ``count`` files unread (missed slots), around the folder when looping."""
+        self._index += count
+        if self.loop and self._files:
+            self._index %= len(self._files)
+
+    def _next_readable(self) -> tuple[np.ndarray, str]:
+        """Next readable image, not paced; skips and counts unreadable files."""
         failures_in_row = 0
         while True:
             if self._index >= len(self._files):
@@ -116,7 +138,6 @@ class FolderReplaySource(SourceBase):
             self._index += 1
             image = self._decode(path)
             if image is not None:
-                self._pacer.wait()
                 return image, path.name
             self.unreadable += 1
             failures_in_row += 1
@@ -173,7 +194,7 @@ class VideoReplaySource(SourceBase):
         """End a pacing wait now (capture is stopping): ``stop()`` need not wait out 1 / fps."""
         self._pacer.wake()
 
-    def _connect(self) -> tuple[np.ndarray, str]:
+    def _connect(self) -> tuple[np.ndarray, str, float]:
         if not self.path.is_file():
             raise CameraError(f"{self.name}: no such video file {self.path}; check the path")
         problem = utf8_problem(self.path)
@@ -193,10 +214,20 @@ class VideoReplaySource(SourceBase):
         if not ok or image is None:
             raise CameraError(f"{self.name}: opened {self.path} but decoded no frame; the file may be "
                               "empty or its codec unsupported (re-encode to MJPG/H.264)")
-        self._pacer.wait()
-        return image, self.path.name
+        return image, self.path.name, self._pacer.wait().t
 
-    def _grab(self) -> tuple[np.ndarray, str]:
+    def _grab(self) -> tuple[np.ndarray, str, float]:
+        """The next frame, paced: (image, file name, its slot's time in monotonic s); the slots the pacer says were
+        missed take their frames with them and count in seq."""
+        image = self._read_frame()
+        slot: Slot = self._pacer.wait()
+        for _ in range(slot.missed):
+            image = self._read_frame()
+        self._seq += slot.missed
+        return image, self.path.name, slot.t
+
+    def _read_frame(self) -> np.ndarray:
+        """The video's next frame, rewound at its end when looping; EndOfStream at its end otherwise."""
         ok, image = self._cap.read()
         if not ok and self.loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -205,8 +236,7 @@ class VideoReplaySource(SourceBase):
                 raise CameraError(f"{self.name}: could not rewind {self.path} to loop")
         if not ok or image is None:
             raise EndOfStream(f"{self.name}: end of {self.path.name}")
-        self._pacer.wait()
-        return image, self.path.name
+        return image
 
     def _release(self) -> None:
         self._pacer.wake()

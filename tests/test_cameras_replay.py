@@ -201,21 +201,76 @@ class _SleepyClock:
         return False
 
 
-def test_pacer_spaces_returns_by_a_period_even_after_an_oversleep(monkeypatch):
+def test_pacer_keeps_its_schedule_after_an_oversleep_and_skips_only_stale_slots(monkeypatch):
+    """A paced replay is a camera at its rate: slot k at t0 + k / fps whatever the machine does. A wait that wakes
+    50 ms late gives its slot, stamped at the slot's time, and the slots it is late for follow at once (a camera's
+    buffered frames): stamps never closer than a period (two replayed parts ~0 ms apart were a burst at the gate)
+    and never drifting later. A reader 587 ms behind its next slot skips the 5 slots more than CATCH_UP_S old
+    (counted) and gives the oldest one that is not. Before,
+    each oversleep moved the schedule later for good (a replay fell behind its sibling) and nothing was counted."""
     from fair_edge.cameras import base
 
     clock = _SleepyClock([0.050, 0.0, 0.007])       # the first wait wakes 50 ms late, the third 7 ms late
     monkeypatch.setattr(base, "time", clock)
     pacer = base.Pacer(50.0)                          # period 20 ms
     monkeypatch.setattr(pacer._wake, "wait", clock.wait)
-    returns = []
-    for _ in range(6):
-        pacer.wait()
-        returns.append(clock.t)
-    gaps = np.diff(returns)
-    # late returns are allowed (the machine was busy); two returns closer than a period are a burst (a replayed pair
-    # ~0 ms apart). Each gap is exactly the period, or the period plus that wait's oversleep.
-    assert gaps == pytest.approx([0.070, 0.020, 0.027, 0.020, 0.020]), gaps
+    slots = [pacer.wait() for _ in range(6)]
+    assert [s.t - 100.0 for s in slots] == pytest.approx([0.0, 0.020, 0.040, 0.060, 0.080, 0.100])
+    assert [s.missed for s in slots] == [0] * 6
+    clock.t += 0.600                                  # now 100.707: slots at or before 100.207 are stale
+    late = pacer.wait()
+    assert (late.t - 100.0, late.missed) == (pytest.approx(0.220), 5)
+    assert pacer.wait().t == pytest.approx(late.t + 0.020)
+
+
+def _read_paced(source, clock, oversleep_s, n):
+    """n frames of a paced replay on the fake clock, from t = 100 s (each replay reads in its own thread: its own
+    timeline), its waits oversleeping by ``oversleep_s`` (the i-th wait that sleeps: s)."""
+    clock.t, clock.oversleep_s = 100.0, list(oversleep_s)
+    return [source.read() for _ in range(n)]
+
+
+def test_a_starved_replay_keeps_step_with_its_sibling_and_skips_only_stale_slots(tmp_path, monkeypatch):
+    """Two folders replayed at one rate (a cell's cameras, ``match: sequence``); the right one's reader wakes 150 ms
+    late once, then 720 ms late (a loaded machine). After the first it catches up: each frame has its sibling's
+    seq, file and capture time. The second leaves 3 slots more than CATCH_UP_S old: skipped with their files, and
+    its seq counts them (a gap: the capture thread counts them lost, and sequence matching leaves those parts
+    without a right view). Before, its schedule moved later for good: same seqs and files, capture times 150 ms,
+    then 870 ms apart (more than a part's timeout: every part split)."""
+    from fair_edge.cameras import base
+
+    clock = _SleepyClock([])
+    monkeypatch.setattr(base, "time", clock)
+    names = [f"{i}.png" for i in range(16)]
+    left = FolderReplaySource(_write_images(tmp_path / "left", names), fps=10)
+    right = FolderReplaySource(_write_images(tmp_path / "right", names), fps=10)
+    for source in (left, right):
+        monkeypatch.setattr(source._pacer._wake, "wait", clock.wait)
+    with left, right:   # both opened at t = 100 s: their first slots are one
+        left_frames = _read_paced(left, clock, [], 16)
+        right_frames = _read_paced(right, clock, [0.0, 0.150, 0.0, 0.720], 12)
+    assert [f.seq for f in right_frames] == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14]   # slots 5-7 skipped
+    by_seq = {f.seq: f for f in left_frames}
+    assert [(f.source, f.t_capture) for f in right_frames] == \
+        [(by_seq[f.seq].source, by_seq[f.seq].t_capture) for f in right_frames]
+    assert [f.t_capture - 100.0 for f in right_frames] == pytest.approx([0.1 * f.seq for f in right_frames])
+
+
+def test_a_paced_video_skips_the_frames_of_the_slots_a_late_reader_missed(tmp_path, monkeypatch):
+    """A video at 50 frames/s read 0.525 s after its next slot: the slots more than CATCH_UP_S old are skipped with
+    their frames (seq 1 -> 4); the frame given is its slot's (the clip's 5th, looping), stamped at its slot."""
+    from fair_edge.cameras import base
+
+    clock = _SleepyClock([])
+    monkeypatch.setattr(base, "time", clock)
+    with VideoReplaySource(_write_video(tmp_path / "clip.avi", n=6), fps=50.0, loop=True) as src:
+        monkeypatch.setattr(src._pacer._wake, "wait", clock.wait)
+        first, second = src.read(), src.read()
+        clock.t += 0.545
+        late = src.read()
+    assert [f.seq for f in (first, second, late)] == [0, 1, 4]
+    assert [f.t_capture - 100.0 for f in (first, second, late)] == pytest.approx([0.0, 0.020, 0.080])
+    assert late.image.mean() == pytest.approx(40 * 4, abs=8)                  # the 5th frame of the clip
 
 
 def test_video_replay_missing_file_raises_camera_error(tmp_path):

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SinkError
@@ -165,6 +165,7 @@ class MqttPublisher:
         self._refused_logged: set[tuple[str, str]] = set()   # (topic, cause) of refused messages logged
         self._problems_logged: set[str] = set()   # connection problems logged since the last connect
         self._last_fault: tuple[int, str, bytes] | None = None   # (outbox key, topic, payload) of the latest fault
+        self._on_close: list[Callable[[dict[str, int]], None]] = []   # told the final counters by close()
         self._client = (client_factory or _paho_client)(self.target)
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
@@ -239,12 +240,19 @@ class MqttPublisher:
             time.sleep(0.01)
         return not self.stats()["outbox"]
 
+    def on_close(self, fn: Callable[[dict[str, int]], None]) -> None:
+        """Call ``fn(stats())`` when ``close()`` has flushed the outbox and disconnected: the final counters (the
+        last messages acknowledged, or still counted in ``outbox``). A run summary takes its ``mqtt`` from here."""
+        self._on_close.append(fn)
+
     def close(self, timeout_s: float = 2.0) -> None:
         if not self.flush(timeout_s):
             log.warning("%s: closing with %d message(s) unacknowledged", self._where, self.stats()["outbox"])
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
+        for fn in self._on_close:
+            fn(self.stats())
 
     def __enter__(self) -> MqttPublisher:
         return self.start()

@@ -351,6 +351,8 @@ def open_cameras(cfg: StationConfig, cell: CellLine, sources: dict | None = None
                                            cell.triggers.port(view.name) if triggered else None,
                                            on_queued=mux.wake, **cell.hooks(view.name))
     mux.set_captures(captures)
+    if cell.assembler is not None and cfg.group.match == "sequence":   # an unpaced replay's time tells no trigger
+        cell.assembler.mark_untimed({name for name, c in captures.items() if getattr(c.source, "on_demand", False)})
     return mux
 
 

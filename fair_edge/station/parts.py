@@ -26,12 +26,16 @@ at its belt count, so it is decided at its due time whatever happens to its view
 ``late_views`` when its verdict (or drop) comes, never a part of its own (which the gate would note at a count
 where no such part is, and reject fail-safe on a neighbour).
 
-``match: sequence`` after an outage: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
-that its seq does not count) can no longer be placed by its seq. That camera is matched by capture time
-(``window_ms``) instead, to the nearest open part it is missing, and its seq offset is learned again from that
-part; until one matches, each of its frames is a part of its own (its other views missing: fail-safe). A part
-opened by such a frame takes its count from the first camera in step that joins it. Views are never paired by a
-count that may be off.
+``match: sequence`` out of step: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
+that its seq does not count), or one that slipped silently (a camera that took no frame of a trigger counts the
+next one's as that one: its frame's count names a part that opened more than ``window_ms``, and more than half
+the usual time between parts, from its capture; told once ``PERIOD_PARTS`` parts have opened), can no longer be
+placed by its seq. That camera is matched by capture time (``window_ms``) instead, to the nearest open part it is
+missing, and its seq offset is learned again from that part; until one matches, each of its frames is a part of its
+own (its other views missing: fail-safe). A part opened by such a frame takes its count from the first camera in
+step that joins it. Each time a camera falls out of step is logged once and counted (``stats["resyncs"]``, with
+``match: sequence`` only). Views are never paired by a count that may be off. A camera without a timeline
+(``mark_untimed``: an unpaced replay, its frames stamped when read) is never taken out of step by its capture time.
 
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
@@ -44,9 +48,10 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -56,7 +61,9 @@ from fair_edge.station.views import GroupSettings
 log = logging.getLogger(__name__)
 
 CLOSED_MEMORY = 4096   # closed parts remembered, so a view coming after its part closed is recognised
-RECENT_KEYS = 256      # match: encoder: closed parts whose keys a view captured after its part closed is matched on
+RECENT_KEYS = 256      # match: encoder: closed parts whose keys a view captured after its part closed is matched on;
+                       # match: sequence: part counts whose opening times a camera's slip is told by
+PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the median of this many last gaps
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
 # on_open(part id, its first view's capture time (monotonic s), its belt count with match: encoder else None)
@@ -126,7 +133,11 @@ class PartAssembler:
         self.offsets, self.close_by_count = dict(offsets or {}), close_by_count
         self.position = position or count
         self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
-        self._resync: set[str] = set()           # ... cameras whose seq lost step in an outage (matched by time)
+        self._resync: set[str] = set()           # ... cameras whose seq lost step (matched by time)
+        self._untimed: set[str] = set()          # ... cameras without a timeline: never out of step by time
+        self._count_opened: OrderedDict[float, float] = OrderedDict()   # ... recent part count -> its t_open (s)
+        self._forgotten_count = -math.inf        # ... the highest count dropped from that memory
+        self._openings: deque[float] = deque(maxlen=PERIOD_PARTS + 1)   # ... the last parts' t_open (s)
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _Part] = OrderedDict()
         self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
@@ -134,6 +145,15 @@ class PartAssembler:
         self._recent: OrderedDict[int, tuple[float, set[str]]] = OrderedDict()   # encoder: closed id -> key, cameras
         self._next_id = 0
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
+        if group.match == "sequence":
+            self.stats["resyncs"] = 0   # times a camera fell out of step (matched by capture time until in step)
+
+    def mark_untimed(self, cameras: set[str]) -> None:
+        """``match: sequence``: these cameras have no timeline (a source that makes its image when read, an unpaced
+        replay: its capture time says when inspection took it, not which trigger): their capture time never takes
+        them out of step."""
+        with self._lock:
+            self._untimed = set(cameras)
 
     # ---- the cameras' threads -----------------------------------------------------------
     def on_capture(self, camera: str, frame: Frame) -> int:
@@ -223,6 +243,10 @@ class PartAssembler:
             part.count_close = key + self.close_by_count.counts
         self._next_id += 1
         self._open[part.part_id] = part
+        if self.group.match == "sequence":
+            self._openings.append(t_capture)
+            if not math.isnan(key):
+                self._note_count(key, t_capture)
         return part
 
     def _carried_off(self, part: _Part, count: int | None, now: float) -> bool:
@@ -264,13 +288,15 @@ class PartAssembler:
         return float(frame.seq + self._seq_offset.get(camera, 0))
 
     def _match_sequence(self, camera: str, frame: Frame) -> _Part | None:
-        """``match: sequence`` (under the lock): the open part of this frame's count; for a camera out of step,
-        the nearest open part by capture time within ``window_ms``, whose count re-learns its offset. A frame in
-        step joining a part opened out of step gives that part its count (and its out-of-step views theirs)."""
-        if frame.resumed and camera not in self._resync:
-            self._resync.add(camera)
-            log.warning("camera %s: frames were lost that its sequence numbers do not count; its views are matched "
-                        "by capture time (group.window_ms) until one joins a part", camera)
+        """``match: sequence`` (under the lock): the open part of this frame's count; for a camera out of step
+        (``resumed``, or slipped: ``_slip``), the nearest open part by capture time within ``window_ms``, whose
+        count re-learns its offset. A frame in step joining a part opened out of step gives that part its count
+        (and its out-of-step views theirs)."""
+        if frame.resumed:
+            self._lose_step(camera, "frames were lost that its sequence numbers do not count")
+        slipped = self._slip(camera, frame)
+        if slipped:
+            self._lose_step(camera, slipped)
         key = self._sequence_key(camera, frame)
         free = [p for p in reversed(self._open.values()) if camera not in p.seqs]
         part = next((p for p in free if p.key == key), None)
@@ -283,11 +309,69 @@ class PartAssembler:
             return None
         if part.key != part.key and key == key:   # an out-of-step part takes this camera's count
             part.key = key
+            self._note_count(key, part.t_open)
             for other, seq in part.seqs.items():
                 self._learn_offset(other, int(key) - seq)
         elif part.key == part.key:
             self._learn_offset(camera, int(part.key) - frame.seq)
         return part
+
+    def _slip(self, camera: str, frame: Frame) -> str:
+        """(under the lock) Why a camera in step has slipped, '' when it has not: its frame's count names a part that
+        opened more than ``window_ms``, and more than half the usual time between parts (``_part_period``), from the
+        frame's capture (it answers another trigger: a camera took no frame of one, or an extra one, and the seqs
+        do not show it). Not told for a camera without a timeline (``mark_untimed``), a count no part has had yet,
+        or before ``PERIOD_PARTS`` gaps between parts are known."""
+        if camera in self._resync or camera in self._untimed:
+            return ""
+        count = self._sequence_key(camera, frame)
+        opened = self._count_opened_at(count)
+        if opened is None or abs(frame.t_capture - opened) <= self.group.window_ms / 1000.0:
+            return ""
+        apart_s, period = abs(frame.t_capture - opened), self._part_period()
+        if period is None or apart_s <= period / 2:
+            return ""
+        when = f"at {opened:.3f} s" if math.isfinite(opened) else f"before the last {RECENT_KEYS} parts"
+        return (f"its frame seq {frame.seq}, captured at {frame.t_capture:.3f} s, counts as part {int(count)}, which "
+                f"opened {when}: more than group.window_ms ({self.group.window_ms:g} ms) and half the time between "
+                f"parts ({period * 500:.0f} ms) apart: its seq and the part count no longer name one trigger (a camera "
+                "took no frame of one, or an extra one; if one part's views are captured that far apart here, raise "
+                "group.window_ms)")
+
+    def _lose_step(self, camera: str, why: str) -> None:
+        """(under the lock) The camera's seq no longer tells its part: match it by capture time until one joins a
+        part (``_learn_offset``); logged and counted once per episode."""
+        if camera in self._resync:
+            return
+        self._resync.add(camera)
+        self.stats["resyncs"] += 1
+        log.warning("camera %s: out of step: %s; its views are matched by capture time (group.window_ms) until one "
+                    "joins a part", camera, why)
+
+    def _note_count(self, count: float, t_open: float) -> None:
+        """(under the lock) ``match: sequence``: the part of ``count`` opened at ``t_open`` (monotonic s); the last
+        ``RECENT_KEYS`` counts are kept."""
+        self._count_opened[count] = t_open
+        while len(self._count_opened) > RECENT_KEYS:
+            forgotten, _ = self._count_opened.popitem(last=False)
+            self._forgotten_count = max(self._forgotten_count, forgotten)
+
+    def _count_opened_at(self, count: float) -> float | None:
+        """(under the lock) When the part of ``count`` opened (monotonic s; -inf: before the counts remembered),
+        None when no part has had it yet."""
+        if math.isnan(count):
+            return None
+        if count in self._count_opened:
+            return self._count_opened[count]
+        return -math.inf if count <= self._forgotten_count else None
+
+    def _part_period(self) -> float | None:
+        """(under the lock) The usual time between parts, s: the median gap between the last parts' openings; None
+        before ``PERIOD_PARTS`` gaps are known."""
+        if len(self._openings) < self._openings.maxlen:
+            return None
+        times = sorted(self._openings)
+        return statistics.median(b - a for a, b in zip(times, times[1:]))
 
     def _learn_offset(self, camera: str, offset: int) -> None:
         if camera in self._resync:

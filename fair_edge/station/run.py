@@ -555,9 +555,13 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
 
 
 def publish_summary(line: LineSide, summary: RunSummary) -> None:
-    """The run's last fault state and its summary on MQTT (retained ``PREFIX/summary``), with MQTT's own counters;
-    nothing without MQTT."""
+    """The run's last fault state and its summary on MQTT (retained ``PREFIX/summary``), with MQTT's own counters
+    as they stand when it is queued: the summary message is not in its own counts, and a message queued just before
+    it (the last fault state) may show there unacknowledged (``outbox``). ``summary.mqtt`` is taken again when the
+    publisher has closed (its outbox flushed: the final counters, the summary message's among them), before
+    summary.json is written. Nothing without MQTT."""
     if line.mqtt is not None:
         line.publish_fault(summary.fault)
         summary.mqtt = line.mqtt.stats()
         line.mqtt.publish_summary(summary.to_dict())
+        line.mqtt.on_close(functools.partial(setattr, summary, "mqtt"))

@@ -27,8 +27,10 @@ station's whole: cameras of other frame sizes than ``regions.frame`` need their 
 - ``window``: frames captured within ``window_ms`` of a part's first view belong to it (cameras fired
   by one hardware trigger, or by one light barrier);
 - ``sequence``: the N-th frame of every camera is part N (cameras that count the same triggers; a
-  replay of folders at one rate); after an outage that a camera's frame numbers do not count, its views
-  are matched by capture time (``window_ms``) until one joins a part and its count is learned again;
+  replay of folders at one rate); after an outage that a camera's frame numbers do not count, or a silent
+  slip (a missed trigger: the part its count names opened more than ``window_ms`` and half the time between
+  parts away from its capture), its views are matched by capture time (``window_ms``) until one joins a part
+  and its count is learned again (``parts.resyncs``);
 - ``encoder``: frames captured within ``window_counts`` belt counts of a part's first view (the views
   are taken at different places along the belt: set each camera's ``offset_counts``);
 - ``handshake``: the PLC's part id (``reject.handshake``): every trigger makes each camera take one frame,
