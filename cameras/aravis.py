@@ -21,6 +21,10 @@ over the network, so frames that waited in the stream's buffers are read after t
 error the driver raises while a frame is read (``GLib.Error``) is a CameraError: a lost link, reconnected.
 An incomplete frame (packets lost on the way) is ``FrameIncomplete``: counted, never a reconnect.
 
+A GigE Vision camera takes orders from one program at a time (its control privilege): a camera another program
+controls (a running station, ``fair-edge collect``, ``arv-viewer``) is refused at connect with a CameraError that
+says so, before anything is written to it; a station's reconnects keep trying with back-off until it is free.
+
 A camera the line triggers (GenICam ``TriggerMode`` = ``On``, read at connect; ``fps=`` turns it off, as
 Aravis's frame-rate setter does) takes a frame per part: ``open()`` reads no first frame, a wait of
 ``timeout_s`` without a frame is ``AwaitingTrigger`` once a register read proves the control link is up
@@ -55,6 +59,10 @@ PFNC_NAMES: dict[int, str] = {
     0x0108000B: "BayerBG8",
 }
 LINK_CHECK_REGISTER = 0x0000   # read to prove the control link: GigE Vision's Version, U3V's GenCP version register
+ARV_DEVICE_ERROR_DOMAIN = "arv-device-error-quark"   # ``GLib.Error.domain`` of Aravis's ArvDeviceError
+# ArvDeviceError codes that mean another program holds the camera's control privilege: NOT_CONTROLLER (10, "Controller
+# privilege required for streaming control") and PROTOCOL_ERROR_ACCESS_DENIED (17, the camera refused a write)
+CONTROL_DENIED_CODES = frozenset({10, 17})
 
 
 def _aravis():
@@ -69,6 +77,24 @@ def _aravis():
             "aravis: sources need Aravis 0.8 with its introspection data and PyGObject: install "
             "`gir1.2-aravis-0.8` (apt) and `pip install 'fair-edge[aravis]'`; found: " + str(exc)) from exc
     return Aravis
+
+
+def control_denied(exc: BaseException) -> bool:
+    """True when ``exc`` (a ``GLib.Error`` from Aravis) says another program controls the camera: an ArvDeviceError
+    whose code is in ``CONTROL_DENIED_CODES``, or a message that names the control privilege."""
+    if getattr(exc, "domain", None) == ARV_DEVICE_ERROR_DOMAIN and getattr(exc, "code", None) in CONTROL_DENIED_CODES:
+        return True
+    return "privilege" in str(exc).lower()
+
+
+def controlled_elsewhere_error(source: str, found: str) -> CameraError:
+    """The CameraError for a camera another program controls: who that usually is, and what to do."""
+    return CameraError(
+        f"{source}: the camera is controlled by another program (a running station or service, `fair-edge collect`, "
+        "arv-viewer; on this computer or another), and a GigE Vision camera takes orders from one program at a time. "
+        "Stop that program first, then start this one again (a connection that has just ended, a program that exited "
+        "or this one's own before a reconnect, keeps the camera for a few seconds, until the camera's heartbeat "
+        f"timeout); found: {found}")
 
 
 def frame_step(last_id: int, frame_id: int) -> int:
@@ -141,6 +167,7 @@ class AravisSource(SourceBase):
         self.name = name or f"aravis:{device or 'first'}"
         self._camera = None
         self._stream = None
+        self._acquiring = False   # start_acquisition was sent since the last connect (release stops it)
         self._last_id: int | None = None
         self._rate: float | None = None
         self._triggered = False
@@ -162,23 +189,45 @@ class AravisSource(SourceBase):
         aravis = _aravis()
         aravis.update_device_list()
         try:
-            self._camera = aravis.Camera.new(self.device)
-            self._configure(self._camera)
-            self._stream = self._camera.create_stream(None, None)
-            payload = self._camera.get_payload()
-            for _ in range(self.buffers):
-                self._stream.push_buffer(aravis.Buffer.new_allocate(payload))
-            self._camera.start_acquisition()
+            self._start(aravis)
         except CameraError:
             raise
         except Exception as exc:  # GLib.Error (not found, no control access) -> CameraError with the fix
-            raise CameraError(f"{self.name}: cannot start the camera ({aravis.get_n_devices()} found): {exc}; "
-                              "check the cable and IP setup, and the id with `arv-tool-0.8`") from exc
+            raise self._start_error(aravis, exc) from exc
         self._last_id = None
         if self._triggered:
             log.info("camera %s: TriggerMode On: a frame per trigger, none read at open", self.name)
             return None
         return self._grab()
+
+    def _start(self, aravis) -> None:
+        """Connect, check this program controls the camera, configure it, queue ``buffers`` and start acquisition."""
+        self._camera = aravis.Camera.new(self.device)
+        self._check_control(self._camera)
+        self._configure(self._camera)
+        self._stream = self._camera.create_stream(None, None)
+        payload = self._camera.get_payload()
+        for _ in range(self.buffers):
+            self._stream.push_buffer(aravis.Buffer.new_allocate(payload))
+        self._acquiring = True   # set first: a start whose answer timed out may still have started the camera
+        self._camera.start_acquisition()
+
+    def _check_control(self, camera) -> None:
+        """CameraError when Aravis could not take the camera's control privilege on connecting (a GigE device's
+        ``is_controller()`` is False: another program controls it). Checked before anything is written to the
+        camera, each write of which would wait for its timeout or be refused; a device without
+        ``is_controller`` (USB3 Vision, an older Aravis) is not checked here."""
+        is_controller = getattr(camera.get_device(), "is_controller", None)
+        if is_controller is not None and not is_controller():
+            raise controlled_elsewhere_error(self.name, "Aravis could not take control access on connecting")
+
+    def _start_error(self, aravis, exc: Exception) -> CameraError:
+        """The CameraError for a driver error while starting: another program controls the camera
+        (``control_denied``), else a camera not found or not answering (cable, IP setup, id)."""
+        if control_denied(exc):
+            return controlled_elsewhere_error(self.name, str(exc))
+        return CameraError(f"{self.name}: cannot start the camera ({aravis.get_n_devices()} found): {exc}; "
+                           "check the cable and IP setup, and the id with `arv-tool-0.8`")
 
     def _configure(self, camera) -> None:
         """Set the frame rate (``fps``), then read the rate, the trigger mode and the pixel format the camera
@@ -278,9 +327,13 @@ class AravisSource(SourceBase):
         self._last_id = frame_id
 
     def _release(self) -> None:
-        camera, self._camera, self._stream = self._camera, None, None
-        if camera is not None:
-            try:
-                camera.stop_acquisition()
-            except Exception:  # noqa: BLE001 - a camera that is gone cannot be stopped; logged
-                log.warning("camera %s: stop_acquisition failed (camera gone?)", self.name, exc_info=True)
+        """Stop acquisition if it was started (a connect that failed before, e.g. on a camera another program
+        controls, sends nothing) and drop the camera. A camera that is gone cannot be stopped: one warning line."""
+        camera, acquiring = self._camera, self._acquiring
+        self._camera, self._stream, self._acquiring = None, None, False
+        if camera is None or not acquiring:
+            return
+        try:
+            camera.stop_acquisition()
+        except Exception as exc:  # noqa: BLE001 - GLib.Error: the link is down (expected on a reconnect)
+            log.warning("camera %s: stop_acquisition failed (camera gone?): %s", self.name, exc)

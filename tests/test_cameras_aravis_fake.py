@@ -1,10 +1,11 @@
 """AravisSource against a fake, in-process Aravis (no gi, no network): frames that waited in the stream's buffers
-after an unplug, incomplete frames, a camera the line triggers, padded rows; and ``open()`` retrying reads
-that miss (SourceBase)."""
+after an unplug, incomplete frames, a camera the line triggers, padded rows, a camera another program controls;
+and ``open()`` retrying reads that miss (SourceBase)."""
 
 from __future__ import annotations
 
 import enum
+import logging
 import queue
 import time
 import types
@@ -25,6 +26,17 @@ FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05)
 
 class GLibError(RuntimeError):
     """What PyGObject raises for a GError (``gi.repository.GLib.GError`` is a RuntimeError)."""
+
+
+def arv_device_error(code: int, message: str) -> GLibError:
+    """An ArvDeviceError as PyGObject raises it: ``domain``, ``code`` and ``message`` set, str() as GLib's."""
+    error = GLibError(f"arv-device-error-quark: {message} ({code})")
+    error.domain, error.code, error.message = "arv-device-error-quark", code, message
+    return error
+
+
+NOT_CONTROLLER, TIMEOUT, ACCESS_DENIED = 10, 5, 17   # ArvDeviceError codes
+GVCP_WRITE_WAIT_S = 2.5   # an unanswered GVCP write: 5 tries x 500 ms before Aravis gives up (arv-fake-gv-camera)
 
 
 class Status(enum.Enum):
@@ -94,6 +106,11 @@ class FakeCamera:
         self.buffers: queue.Queue = queue.Queue()
         self.plugged, self.register_reads = True, 0
         self._next_id = 1
+        self.controlled_elsewhere = False   # another program holds the control privilege (a station, arv-viewer)
+        self.controller = True              # this connection took control at connect (Aravis's take_control)
+        self.denied_write = TIMEOUT         # how a write from a non-controller fails: the fake camera's silence
+        self.writes, self.write_wait_s, self.stops = 0, 0.0, 0   # writes sent, seconds they waited, stops sent
+        self.is_controller = lambda: self.controller   # ArvGvDevice.is_controller (get_device() is self)
 
     def send(self, n: int = 1, *, status: Status = Status.SUCCESS, **buffer_options) -> None:
         for _ in range(n):
@@ -107,17 +124,38 @@ class FakeCamera:
     def plug_back(self) -> None:
         self.plugged = True
 
+    def take_over(self) -> None:
+        """Another program takes control (this one's heartbeat lapsed): this connection gets no more frames."""
+        self.controlled_elsewhere, self.controller = True, False
+
+    def hand_back(self) -> None:
+        """The other program exits: the next connect takes control."""
+        self.controlled_elsewhere = False
+
     def _link(self, what: str) -> None:
         if not self.plugged:
             raise GLibError(f"arv-device-error-quark: GigEVision {what} timeout (5)")
 
+    def _write(self, feature: str) -> None:
+        """A register write: refused when this connection is not the controller, as ``denied_write`` says (the
+        fake camera does not answer: a timeout after ``GVCP_WRITE_WAIT_S``; a real one answers ACCESS_DENIED)."""
+        self._link("write_register")
+        self.writes += 1
+        if self.controller:
+            return
+        if self.denied_write == TIMEOUT:
+            self.write_wait_s += GVCP_WRITE_WAIT_S
+            raise arv_device_error(TIMEOUT, f"[{feature}] GigEVision write_register timeout")
+        raise arv_device_error(self.denied_write, f"[{feature}] GigEVision write_register error (access-denied)")
+
     # ---- the Aravis.Camera calls AravisSource makes
     def connect(self, device: str | None) -> FakeCamera:
         self._link("discovery")
+        self.controller = not self.controlled_elsewhere
         return self
 
     def set_frame_rate(self, fps: float) -> None:
-        self._link("write_register")
+        self._write("AcquisitionFrameRate")
         self.rate, self.trigger_mode = fps, "Off" if self.trigger_mode else None   # as Aravis does
 
     def get_frame_rate(self) -> float:
@@ -137,16 +175,19 @@ class FakeCamera:
         return self.pixel_format
 
     def create_stream(self, callback: object, data: object) -> FakeStream:
+        if not self.controller:
+            raise arv_device_error(NOT_CONTROLLER, "Controller privilege required for streaming control")
         return FakeStream(self)
 
     def get_payload(self) -> int:
         return 24
 
     def start_acquisition(self) -> None:
-        self._link("write_register")
+        self._write("AcquisitionStart")
 
     def stop_acquisition(self) -> None:
-        self._link("write_register")
+        self.stops += 1
+        self._write("AcquisitionStop")
 
     def get_device(self) -> FakeCamera:
         return self
@@ -349,6 +390,80 @@ def test_trigger_mode_without_is_feature_available_reads_the_feature_or_runs_fre
 
     assert aravis_module.trigger_mode_on(types.SimpleNamespace(get_string=lambda name: "On"))
     assert not aravis_module.trigger_mode_on(types.SimpleNamespace(get_string=no_such_feature))
+
+
+# ----------------------------------------------------------------------------- 4. a camera another program controls
+def no_controller_check(camera: FakeCamera) -> None:
+    """An Aravis (or device) without ``is_controller``: the refusal comes from the camera's own error."""
+    del camera.is_controller
+
+
+@pytest.mark.parametrize("fps", [None, 10.0])
+def test_a_camera_another_program_controls_is_refused_at_once_saying_so(camera, caplog, fps):
+    """Station A streams the camera; a second station or `collect` is told who holds it, not to check the cable,
+    before writing anything (each write would wait 2.5 s on arv-fake-gv-camera), and logs no traceback."""
+    camera.controlled_elsewhere = True
+    camera.send(1)
+    with caplog.at_level(logging.DEBUG), pytest.raises(CameraError) as raised:
+        AravisSource("Aravis-Fake-FE7100", fps=fps, timeout_s=0.01).open()
+    message = str(raised.value)
+    assert "controlled by another program" in message and "stop" in message.lower() and "cable" not in message
+    assert (camera.writes, camera.write_wait_s, camera.stops) == (0, 0.0, 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+
+
+@pytest.mark.parametrize("fps, denied_write, code",
+                         [(None, TIMEOUT, NOT_CONTROLLER), (10.0, ACCESS_DENIED, ACCESS_DENIED)],
+                         ids=["create_stream-not-controller", "frame-rate-write-access-denied"])
+def test_the_control_privilege_errors_name_the_other_program_without_is_controller(camera, caplog, fps,
+                                                                                    denied_write, code):
+    """Without ``is_controller``: create_stream's NOT_CONTROLLER (10), or a real camera's ACCESS_DENIED (17) to
+    the frame rate's write, is the other program; stop_acquisition is not sent (acquisition never started)."""
+    camera.controlled_elsewhere, camera.denied_write = True, denied_write
+    no_controller_check(camera)
+    with caplog.at_level(logging.DEBUG), pytest.raises(CameraError, match="controlled by another program") as raised:
+        AravisSource("Aravis-Fake-FE7100", fps=fps, timeout_s=0.01).open()
+    assert f"({code})" in str(raised.value) and "cable" not in str(raised.value)
+    assert camera.stops == 0 and not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_camera_that_is_not_found_still_says_check_the_cable(camera):
+    camera.unplug()
+    with pytest.raises(CameraError, match="check the cable") as raised:
+        AravisSource("Aravis-Fake-FE7100", timeout_s=0.01).open()
+    assert "another program" not in str(raised.value)
+
+
+def test_a_camera_gone_at_close_is_one_warning_line_without_a_traceback(camera, caplog):
+    camera.send(1)
+    source = AravisSource("cam", timeout_s=0.01)
+    source.open()
+    camera.unplug()
+    with caplog.at_level(logging.DEBUG):
+        source.close()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert camera.stops == 1 and len(warnings) == 1 and "stop_acquisition failed" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None and "write_register timeout" in warnings[0].getMessage()
+
+
+def test_a_running_station_whose_camera_is_taken_reconnects_with_back_off_once_it_is_free(camera, caplog):
+    """Another program takes the camera mid-run: the station says who holds it and keeps retrying with back-off
+    (not given up); once that program exits the station takes the camera back."""
+    def refused_reconnects() -> int:
+        return sum("controlled by another program" in r.getMessage() and "reconnecting in" in r.getMessage()
+                   for r in list(caplog.records))
+
+    camera.send(1)
+    caplog.set_level(logging.WARNING, logger="fair_edge.cameras")
+    with CaptureThread(AravisSource("cam", timeout_s=0.01), CaptureSettings(queue_size=16, **FAST)) as cap:
+        assert cap.get(timeout=5).seq == 0
+        camera.take_over()                                 # no more frames for this connection
+        wait_for(lambda: refused_reconnects() >= 2, "two refused reconnects")
+        assert cap.stats().state is CaptureState.RECONNECTING
+        camera.hand_back()
+        camera.send(1)
+        wait_for(lambda: cap.stats().reconnects == 1 and cap.stats().frames_in == 2, "the reconnect")
+        assert cap.stats().state is CaptureState.RUNNING
 
 
 # ----------------------------------------------------------------------------- 5. row padding
