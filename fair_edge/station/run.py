@@ -3,10 +3,14 @@ recorder, rejects, metrics, console.
 
 ``run_station`` owns every resource it opens and closes them all (also on errors and signals);
 the summary is written to ``OUTPUT/summary.json`` (``write_summary``: a failed write is logged, never fatal).
-One station per output folder: ``station_lock`` holds ``OUTPUT/.station.lock`` (and one in ``record.dir`` when
-that is elsewhere) from before the model loads until the summary is written, so a second `fair-edge run` on the
-same folder is refused naming the running one's pid before it opens a reject or fault output, the verdict log or
-a port (a second station's fault sinks writing their resting level would clear the first one's latched alarm).
+One station per output folder and per PLC output: ``station_lock`` holds ``OUTPUT/.station.lock`` (and one in
+``record.dir`` when that is elsewhere) and a lock on each PLC address the station writes (its reject and fault
+sinks', the handshake's: ``fair_edge.line.plc_lock``) from before the model loads until the summary is written, so
+a second `fair-edge run` on the same folder or the same PLC outputs is refused naming the running one's pid before
+it opens a reject or fault output, the handshake, the verdict log or a port (a second station's fault sinks
+writing their resting level would clear the first one's latched alarm; a second handshake would answer every
+part again). ``open_line_side`` binds the metrics port before it opens anything else, the handshake last: a
+station refused at start (a port taken, a sink missing) has written nothing to the PLC.
 ``exit_code(summary)`` is what `fair-edge run` returns: 0 fine, 3 station fault (also a camera gone, or still down
 when the run stopped), 4 rejects were due but a reject sink delivered none of them.
 """
@@ -51,6 +55,7 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
     from fair_edge.line.handshake import Handshake
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
+    from fair_edge.line.plc_lock import PlcOutput
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
     from fair_edge.records import Frame, Verdict
@@ -70,6 +75,7 @@ STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}
 OPEN_FILES = 65536   # the soft open-files limit a station raises itself to (its hard limit where that is lower)
 BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the station file, or --out)"),
                 "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
+BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -150,16 +156,37 @@ def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
 @contextlib.contextmanager
 def station_lock(cfg: StationConfig) -> Iterator[None]:
     """Hold the station's run lock (``STATION_LOCK``) in its output folder and, when the verdict log goes elsewhere,
-    in ``record.dir`` while the block runs: ConfigError (``STATION_BUSY``, naming the running station's pid and
-    station file, the folder and the fix) when another station holds either. The same thread may take it again
-    inside (``open_line_side`` does: a no-op under ``run_station``, the lock of a station of several cameras)."""
+    in ``record.dir``, then the lock of each PLC address it writes (``plc_outputs``), while the block runs:
+    ConfigError (``STATION_BUSY``, naming the running station's pid and station file, the folder or PLC address
+    and the fix) when another station holds one. The same thread may take it again inside (``open_line_side``
+    does: a no-op under ``run_station``, the lock of a station of several cameras)."""
+    from fair_edge.line.plc_lock import hold_plc_outputs
+
     what = f"fair-edge run --station {cfg.source_file.resolve()}" if cfg.source_file else "fair-edge run"
     folders = {Path(cfg.output).resolve(): (Path(cfg.output), "output")}
     folders.setdefault(Path(cfg.record.dir).resolve(), (Path(cfg.record.dir), "record"))
     with contextlib.ExitStack() as stack:
         for folder, kind in folders.values():
             stack.enter_context(hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder, kind)))
+        stack.enter_context(hold_plc_outputs(plc_outputs(cfg), what, plc_busy))
         yield
+
+
+def plc_outputs(cfg: StationConfig) -> list[PlcOutput]:
+    """The PLC addresses the station writes: the handshake's registers / nodes, the reject and fault sinks' and
+    each camera's lane outputs (``cameras[i].reject``) that are Modbus or OPC UA."""
+    from fair_edge.line.plc_lock import handshake_outputs, sink_outputs
+
+    lanes = [sink_outputs(f"cameras[{i}].reject", view.reject) for i, view in enumerate(cfg.cameras)]
+    return [*handshake_outputs(cfg.reject.handshake), *sink_outputs("reject.sinks", cfg.reject.sinks),
+            *sink_outputs("reject.fault_sinks", cfg.reject.fault_sinks), *(o for lane in lanes for o in lane)]
+
+
+def plc_busy(output: PlcOutput, holder: str) -> str:
+    """The refusal of a station one of whose PLC addresses (``output``) another station holds (``holder``: its pid
+    and station file), naming the address and the settings that place it."""
+    what, fix = BUSY_PLC
+    return STATION_BUSY.format(folder=output.shown, what=what, holder=holder, fix=fix.format(setting=output.setting))
 
 
 def station_busy(folder: Path, kind: str, holder: str) -> str:
@@ -303,8 +330,10 @@ class LineSide:
 
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
-    """Open recorder, encoder, reject scheduler, metrics and MQTT on ``stack`` (closed with it), the station's run
-    lock first (``station_lock``; already held under ``run_station``): a station refused there opens none of them."""
+    """Open metrics, recorder, MQTT, encoder, reject scheduler and handshake on ``stack`` (closed with it), in that
+    order: the station's run lock first (``station_lock``; already held under ``run_station``), then what may refuse
+    the start (the metrics port, ``require_sinks_at_start``) before the handshake writes to the PLC; a station
+    refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics."""
     from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -313,24 +342,25 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     from fair_edge.line.settings import SINK_CHECK_S
 
     stack.enter_context(station_lock(cfg))
+    # first: a metrics port taken (another station's) refuses the start while nothing else is open
+    metrics = stack.enter_context(Metrics(cfg.metrics).start()) if cfg.metrics.enabled else None
     recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
     mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
     line = LineSide(recorder, None, None, mqtt, [])
     if cfg.reject.encoder:
         line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
-    if cfg.reject.handshake.enabled:
-        from fair_edge.line.handshake import open_handshake
-
-        line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
-        line.callbacks.append(line.handshake.on_verdict)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
                                                              on_part=recorder.record_gate))
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
-    line.callbacks.insert(0, line.record_verdict)
-    if cfg.metrics.enabled:
-        metrics = stack.enter_context(Metrics(cfg.metrics).start())
+    line.callbacks.append(line.record_verdict)
+    if cfg.reject.handshake.enabled:   # last: its thread writes to the PLC as soon as it connects
+        from fair_edge.line.handshake import open_handshake
+
+        line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
+        line.callbacks.append(line.handshake.on_verdict)
+    if metrics is not None:
         metrics.watch("recorder", recorder.stats)
         if line.scheduler is not None:
             metrics.watch("reject", line.scheduler.stats)

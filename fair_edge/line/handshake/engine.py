@@ -17,12 +17,16 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    ack counts only when it rises after its result was written: an ack the PLC wrote for an
    earlier result never acknowledges the next one.
    A part whose ``result_timeout_ms`` passed is never answered (counted ``expired``, ``error`` = 11).
-4. ``heartbeat`` + 1 (modulo 65536) every heartbeat_ms / 5; ``ready`` / ``error`` when they change. The link
+4. ``heartbeat`` + 1 (modulo 65536) every heartbeat_ms / 5; ``ready`` / ``error`` when they change, and again
+   every heartbeat_ms (a value something else wrote over them, say a second station started on these registers
+   by mistake, is put right within heartbeat_ms). The link
    writes the counter in its register's / node's own range (``HandshakeLink.write``; OPC UA: an Int16 node
    wraps 32767 -> -32768), so every value it hands the link can be written, a reconnect's included.
 
 ``ready`` is 1 while the link is up, the station inspects (from ``begin()``) and no station fault
-is held (``fault()``); ``finish()`` and ``close()`` drop it. A dead process cannot drop it: the PLC
+is held (``fault()``); ``finish()`` and ``close()`` drop it: the thread's last write is ``ready`` = 0, made only
+when this handshake had raised it (a station refused at start, which never did, leaves ``ready`` and ``error`` as
+they are). A dead process cannot drop it: the PLC
 must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s; back to 50 ms only after a poll that succeeds, so a link that
@@ -133,6 +137,8 @@ class Handshake:
         self._latched = ERROR_NONE
         self._inspecting = False             # set by begin(): the station is running
         self._shown: tuple[bool, int] | None = None     # (ready, error) last written
+        self._next_restate = 0.0             # when (ready, error) are written again though unchanged (monotonic s)
+        self._raised = False                 # ready = 1 was written: the thread's last words drop it
         self._heartbeat = 0
         self._next_beat = 0.0
         self._taken: int | None = None       # part id taken whose trigger is not yet written back to 0
@@ -309,14 +315,17 @@ class Handshake:
                 self._write_next(now)
 
     def _show(self, now: float) -> None:
-        """``heartbeat`` + 1 when due; ``error`` / ``ready`` when they changed (logged when the error does)."""
+        """``heartbeat`` + 1 when due; ``error`` / ``ready`` when they changed (logged when the error does) and
+        again every heartbeat_ms though unchanged (``_next_restate``: an outside write over them is undone)."""
         if now >= self._next_beat:
             self._heartbeat = (self._heartbeat + 1) % HEARTBEAT_MODULUS
             self.link.write([(HEARTBEAT, self._heartbeat)])
             self._next_beat = now + self._beat_s
         shown = (self.ready, self.error_code)
-        if shown != self._shown:
+        if shown != self._shown or now >= self._next_restate:
+            self._raised = self._raised or shown[0]   # before the write: one that failed half-way may have raised it
             self.link.write([(ERROR, shown[1]), (READY, int(shown[0]))])
+            self._next_restate = now + self.settings.heartbeat_ms / 1000.0
             if shown[1] != (self._shown or (True, ERROR_NONE))[1]:
                 log.log(logging.ERROR if shown[1] else logging.WARNING, "handshake %s: error %d (%s)",
                         self.name, shown[1], ERROR_CODES[shown[1]])
@@ -483,8 +492,10 @@ class Handshake:
         self._delay = min(2 * self._delay, BACKOFF_S[1])   # reset by the next poll that succeeds
 
     def _last_words(self) -> None:
-        """Thread end: ``ready`` = 0 (with the current error), then close the link."""
-        if self._connected:
+        """Thread end: ``ready`` = 0 (with the current error) when this handshake had raised it, then close the
+        link. One that never did (a station refused at start, before ``begin()``) writes nothing: the registers may
+        be another station's, whose ``ready`` it must not drop."""
+        if self._connected and self._raised:
             try:
                 self.link.write([(ERROR, self.error_code), (READY, 0)])
             except PlcError as exc:

@@ -1,0 +1,138 @@
+"""One station per PLC output: an exclusive lock on each PLC address a station writes, held while it runs.
+
+Two stations wired to the same PLC outputs (a copy of a station file started with another ``--out``, two station
+files with one ``reject.handshake.url``) both took every trigger and answered every part, and the second one's
+fault sink wrote its resting OFF over the first one's latched alarm. The output-folder lock cannot see that (the
+folders differ), so a station also holds one lock per address its PLC outputs write (``station.run.plc_outputs``
+gathers them): a reject or fault sink's coil / holding register / node (``sink_outputs``) and every register / node
+the handshake writes, the PLC's ``trigger`` and ``ack`` included (``handshake_outputs``). ``hold_plc_outputs``
+takes them all before any of them is opened; a second station is refused (ConfigError) naming the address, the
+running station's pid and station file, and the setting that moves it.
+
+The locks are ``fair_edge.runlock``'s flocks (gone with the process however it ends), one file per address in one
+folder every station of the machine uses (``lock_dir``). An address is the station file's, normalised: host
+lower-case, the default port (502, 4840) and unit (1) filled in. The same PLC named by two host names (an IP and
+a name), or a node named ``ns=2;...`` in one file and ``nsu=URI;...`` in another, is not recognised as one; a
+station on another machine is not seen. Sinks that drive no PLC address (``log://``; GPIO lines, which the kernel
+gives to one process at a time) take no lock. Reading is not writing: ``reject.encoder`` takes none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runlock import hold_lock
+from .handshake.address import modbus_address
+from .handshake.settings import ACK, STATION_SIGNALS, TRIGGER, HandshakeSettings
+from .sinks.modbus import parse_modbus_url
+from .sinks.opcua import parse_opcua_url
+from .sinks.urls import SinkUrl, parse_sink_url
+
+LOCK_DIR_ENV = "FAIR_EDGE_LOCK_DIR"        # a folder for the PLC-output locks instead of the default (tests)
+SYSTEM_LOCK_DIR = Path("/run/lock")        # FHS: lock files, emptied at boot; its fair-edge/ folder when writable
+FALLBACK_LOCK_DIR = "fair-edge-locks"      # under the temp folder where /run/lock is missing or not writable
+MODBUS_PORT, OPCUA_PORT, MODBUS_UNIT = 502, 4840, 1
+COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: coil 0 and register 0 differ
+
+
+@dataclass(frozen=True)
+class PlcOutput:
+    """One PLC address a station writes. key: the address normalised (what the lock is taken on); shown: the
+    address in words (``modbus 10.0.0.5:502 unit 1 coil 0``); setting: the station file's setting that names it
+    (``reject.fault_sinks[0]``)."""
+
+    key: str
+    shown: str
+    setting: str
+
+
+def modbus_output(url: SinkUrl, unit: int, space: str, address: int, setting: str) -> PlcOutput:
+    """A Modbus coil or holding register (``space``) at ``address`` of ``unit`` on the server ``url`` names."""
+    where = f"{url.host}:{url.port or MODBUS_PORT}"
+    return PlcOutput(f"modbus://{where}/{unit}/{space}/{address}", f"modbus {where} unit {unit} {space} {address}",
+                     setting)
+
+
+def opcua_output(url: SinkUrl, node: str, setting: str) -> PlcOutput:
+    """The node ``node`` (as written: ``ns=2;s=Reject``) of the OPC UA server ``url`` names (without its user)."""
+    where = f"{url.host}:{url.port or OPCUA_PORT}{url.path.rstrip('/')}"
+    return PlcOutput(f"opcua://{where}#{node}", f"opcua {where} node {node}", setting)
+
+
+def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
+    """The PLC addresses of reject / fault sink URLs (``setting``: e.g. ``reject.sinks``; each is named with its
+    index): a ``modbus://`` sink's coil or register, an ``opcua://`` sink's node; other schemes none."""
+    out = []
+    for i, raw in enumerate(urls):
+        url, named = parse_sink_url(raw), f"{setting}[{i}]"
+        if url.scheme == "modbus":
+            target, _ = parse_modbus_url(url)
+            space, address = (COIL, target.coil) if target.coil is not None else (HOLDING_REGISTER, target.register)
+            out.append(modbus_output(url, target.unit, space, address, named))
+        elif url.scheme == "opcua":
+            out.append(opcua_output(url, parse_opcua_url(url)[0].node, named))
+    return out
+
+
+def handshake_outputs(settings: HandshakeSettings, setting: str = "reject.handshake") -> list[PlcOutput]:
+    """Every register / node the handshake writes (its own signals, the region signals given an address, and the
+    PLC's ``trigger`` and ``ack``, which it sets back to 0); none while it is off. Each is named by the URL's
+    setting and the signal's (``reject.handshake.url, reject.handshake.modbus.trigger``)."""
+    if not settings.enabled:
+        return []
+    url = parse_sink_url(settings.url)
+    names = (TRIGGER, ACK, *STATION_SIGNALS, *settings.region_signals)
+    if url.scheme == "opcua":
+        return [opcua_output(url, getattr(settings.opcua, name), f"{setting}.url, {setting}.opcua.{name}")
+                for name in names]
+    unit = modbus_address(url).unit
+    return [modbus_output(url, unit, HOLDING_REGISTER, register, f"{setting}.url, {setting}.modbus.{name}")
+            for name in names for register in settings.modbus.registers(name)]
+
+
+def lock_dir() -> Path:
+    """The folder of the PLC-output locks, made if missing (and then kept: a station letting go never removes it
+    under another one taking a lock): ``$FAIR_EDGE_LOCK_DIR``, else ``/run/lock/fair-edge`` where ``/run/lock``
+    is writable, else ``<tempdir>/fair-edge-locks``."""
+    given = os.environ.get(LOCK_DIR_ENV)
+    if given:
+        folder = Path(given)
+    elif os.access(SYSTEM_LOCK_DIR, os.W_OK | os.X_OK):
+        folder = SYSTEM_LOCK_DIR / "fair-edge"
+    else:
+        folder = Path(tempfile.gettempdir()) / FALLBACK_LOCK_DIR
+    with contextlib.suppress(OSError):   # one that cannot be made: hold_lock logs it and runs unlocked
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def lock_name(key: str) -> str:
+    """The lock file of an address: its key in file-name characters (at most 80) and a digest of the whole key
+    (``plc-modbus_10.0.0.5_502_1_coil_0-1a2b3c4d5e.lock``)."""
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", key.replace("://", "_"))[:80]
+    return f"plc-{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.lock"
+
+
+@contextlib.contextmanager
+def hold_plc_outputs(outputs: Iterable[PlcOutput], what: str,
+                     busy: Callable[[PlcOutput, str], str]) -> Iterator[None]:
+    """Hold the lock of every address of ``outputs`` (one each: an address two settings name is locked once) while
+    the block runs. what: written beside the pid (the station file). busy(output, holder): the refusal's text,
+    raised as ConfigError when another station (``holder``: its pid and station file) holds one; the locks taken
+    before it are let go. The same thread may take them again inside (a no-op, as ``hold_lock``)."""
+    unique: dict[str, PlcOutput] = {}
+    for output in outputs:
+        unique.setdefault(output.key, output)   # the first setting naming an address names it
+    folder = lock_dir()
+    with contextlib.ExitStack() as stack:
+        for output in unique.values():
+            stack.enter_context(hold_lock(folder, lock_name(output.key), what, functools.partial(busy, output)))
+        yield
