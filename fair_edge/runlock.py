@@ -67,7 +67,7 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) ->
     if holder is not None:
         raise ConfigError(busy(holder_of(path)))
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    fd = _acquire(path, what, busy, folder)
+    fd = _acquire(path, what, busy)
     if fd is not None:
         with _HELD_GUARD:
             _HELD[path] = threading.get_ident()
@@ -80,7 +80,7 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) ->
             _release(path, fd, made)
 
 
-def _acquire(path: Path, what: str, busy: Callable[[str], str], folder: Path) -> int | None:
+def _acquire(path: Path, what: str, busy: Callable[[str], str]) -> int | None:
     """The open, locked lock file's descriptor with this process's pid and ``what`` written in it; None when the
     OS has no flock or the file cannot be made (logged). ConfigError (``busy``) when another process holds it."""
     if fcntl is None:
@@ -90,7 +90,7 @@ def _acquire(path: Path, what: str, busy: Callable[[str], str], folder: Path) ->
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            log.warning("no run lock in %s (%s): a second run on this folder would not be refused", folder, exc)
+            log.warning("no run lock %s (%s): a second station on what it locks would not be refused", path, exc)
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,7 +99,7 @@ def _acquire(path: Path, what: str, busy: Callable[[str], str], folder: Path) ->
             raise ConfigError(busy(holder_of(path))) from None
         except OSError as exc:   # a file system without locks
             os.close(fd)
-            log.warning("no run lock in %s (%s): a second run on this folder would not be refused", folder, exc)
+            log.warning("no run lock %s (%s): a second station on what it locks would not be refused", path, exc)
             return None
         if _same_file(fd, path):
             break

@@ -23,6 +23,15 @@ def gpu_available() -> bool:
         return False
 
 
+def pytest_configure(config):
+    """The PLC-output locks of every station a test runs go to a folder of this session's own (FAIR_EDGE_LOCK_DIR,
+    inherited by the stations tests start as processes), never the machine's /run/lock/fair-edge."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("FAIR_EDGE_LOCK_DIR", tempfile.mkdtemp(prefix="fair-edge-test-locks-"))
+
+
 def pytest_collection_modifyitems(config, items):
     if gpu_available():
         return

@@ -251,3 +251,17 @@ def test_stations_on_other_addresses_of_one_plc_and_on_log_sinks_both_run(tmp_pa
         with station_lock(station_b(tmp_path, reject_b)):
             assert len(list(lock_dir.iterdir())) == 2 * 12
     assert list(lock_dir.iterdir()) == []
+
+
+def test_the_default_lock_folder_is_made_writable_for_every_account(tmp_path, monkeypatch):
+    """Made by the first station (root, say) the folder is world-writable and sticky like /run/lock, so the service
+    account's stations still lock their PLC outputs; one this account cannot write is passed over for the next."""
+    from fair_edge.line import plc_lock
+
+    monkeypatch.delenv("FAIR_EDGE_LOCK_DIR")
+    monkeypatch.setattr(plc_lock, "SYSTEM_LOCK_DIR", tmp_path / "run-lock")
+    monkeypatch.setattr(plc_lock.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    made = plc_lock.lock_dir()
+    assert made == tmp_path / "run-lock" / "fair-edge" and (made.stat().st_mode & 0o7777) == 0o1777
+    monkeypatch.setattr(plc_lock.os, "access", lambda path, mode: Path(path) != made)   # made 0755 by another account
+    assert plc_lock.lock_dir() == tmp_path / "tmp" / plc_lock.FALLBACK_LOCK_DIR

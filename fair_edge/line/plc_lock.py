@@ -99,19 +99,34 @@ def handshake_outputs(settings: HandshakeSettings, setting: str = "reject.handsh
 
 
 def lock_dir() -> Path:
-    """The folder of the PLC-output locks, made if missing (and then kept: a station letting go never removes it
-    under another one taking a lock): ``$FAIR_EDGE_LOCK_DIR``, else ``/run/lock/fair-edge`` where ``/run/lock``
-    is writable, else ``<tempdir>/fair-edge-locks``."""
+    """The folder of the PLC-output locks (made if missing, and then kept: a station letting go never removes it
+    under another one taking a lock): ``$FAIR_EDGE_LOCK_DIR``, else the first of ``/run/lock/fair-edge`` and
+    ``<tempdir>/fair-edge-locks`` this account can write. Made here it is world-writable and sticky (mode 1777, as
+    ``/run/lock`` is), so a station run by root once does not leave the folder closed to the service account's
+    stations (which would then start without a lock: two of them on one coil both rejecting)."""
     given = os.environ.get(LOCK_DIR_ENV)
     if given:
-        folder = Path(given)
-    elif os.access(SYSTEM_LOCK_DIR, os.W_OK | os.X_OK):
-        folder = SYSTEM_LOCK_DIR / "fair-edge"
-    else:
-        folder = Path(tempfile.gettempdir()) / FALLBACK_LOCK_DIR
-    with contextlib.suppress(OSError):   # one that cannot be made: hold_lock logs it and runs unlocked
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder
+        with contextlib.suppress(OSError):   # one that cannot be made: hold_lock logs it and runs unlocked
+            Path(given).mkdir(parents=True, exist_ok=True)
+        return Path(given)
+    candidates = [SYSTEM_LOCK_DIR / "fair-edge", Path(tempfile.gettempdir()) / FALLBACK_LOCK_DIR]
+    for folder in candidates:
+        if shared_folder(folder):
+            return folder
+    return candidates[-1]   # none writable: hold_lock logs it and runs unlocked
+
+
+def shared_folder(folder: Path) -> bool:
+    """Whether this account can make lock files in ``folder``, making it (mode 1777) when its parent allows."""
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True)
+            os.chmod(folder, 0o1777)
+        except FileExistsError:
+            pass
+        except OSError:
+            return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def lock_name(key: str) -> str:
