@@ -226,6 +226,21 @@ StationLoader.add_implicit_resolver(_FLOAT_TAG, YAML12_FLOAT, list("-+0123456789
 StationLoader.add_constructor(_INT_TAG, _yaml12_int)
 
 
+class StationDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` resolving plain scalars as ``StationLoader`` reads them (YAML 1.2 numbers), so a string
+    that reads as a number there is written quoted: a camera named ``"1e3"`` (a plain string to YAML 1.1's dumper)
+    comes back a string, not 1000.0."""
+
+    yaml_implicit_resolvers = {first: list(resolvers)
+                               for first, resolvers in StationLoader.yaml_implicit_resolvers.items()}
+
+
+def dump_station_yaml(data: Any, stream: Any) -> None:
+    """Write ``data`` (a station file's document) as YAML to ``stream``, keys in their order, read back by
+    ``station_yaml`` as the same values (``StationDumper``)."""
+    yaml.dump(data, stream, Dumper=StationDumper, sort_keys=False)
+
+
 def station_yaml(text: str, path: Path) -> Any:
     """The station file's YAML document (``text`` read from ``path`` by ``read_station_text``), loaded by
     ``StationLoader``: a key given twice is a ConfigError naming the file, the key and both lines; invalid YAML

@@ -68,3 +68,17 @@ def test_inf_and_nan_are_still_floats_refused_by_the_number_check(tmp_path):
 def test_a_key_given_twice_is_still_refused(tmp_path):
     with pytest.raises(ConfigError, match="twice"):
         _station(tmp_path, "decision:\n  threshold: 1\ndecision:\n  threshold: 2\n")
+
+
+def test_the_console_writes_back_a_string_that_reads_as_a_number_quoted(tmp_path):
+    """Applying a threshold rewrites the station file; a camera named "1e3" (a string in the file, a number to YAML
+    1.2) stays a quoted string, so the station file still loads (YAML 1.1's dumper wrote it bare: 1000.0)."""
+    from fair_edge.console.tuning import write_station_threshold
+    from fair_edge.station.config import load_station
+
+    path = tmp_path / "station.yaml"
+    path.write_text('output: out\ncameras:\n  - {name: "1e3", source: "0"}\n  - {name: "0420", source: "1"}\n'
+                    "group: {by: part, match: sequence}\n")
+    write_station_threshold(path, 2.5, load_station, camera="1e3")
+    cfg = load_station(path)
+    assert [c.name for c in cfg.cameras] == ["1e3", "0420"] and cfg.cameras[0].threshold == 2.5

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from fair_edge.errors import ConfigError
-from fair_edge.fields import is_number, read_station_text, require, station_yaml
+from fair_edge.fields import dump_station_yaml, is_number, read_station_text, require, station_yaml
 from fair_edge.records import Verdict
 
 BINS = 30
@@ -111,7 +111,7 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
     target = path.resolve()   # a symlinked station file: its target is rewritten, the link stays
     tmp: Path | None = None
     try:
-        tmp = _write_like(target, lambda f: yaml.safe_dump(data, f, sort_keys=False))
+        tmp = _write_like(target, lambda f: dump_station_yaml(data, f))
         load_station(tmp)  # raises ConfigError (and leaves the original untouched) if it would not load
         os.replace(tmp, target)
     except ConfigError as exc:   # named as the operator knows it: the station file, not its temporary copy
