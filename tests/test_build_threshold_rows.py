@@ -51,6 +51,13 @@ def test_an_int8_build_prints_the_threshold_of_each_graph_with_the_backends_that
         line = summary_line(r.output, f"threshold {graph}")
         assert f"{threshold.value:.6g}" in line and users in line, line
     assert "int8 vs fp32 (model.int8.onnx)" in r.output
+    pixel = {"model.int8.onnx": (b.pixel_threshold, "defect regions on tensorrt (no engine built):"),
+             "model.int8-cpu.onnx": (b.cpu_pixel_threshold, "defect regions on onnxruntime, openvino:"),
+             "model.fp32.onnx": (b.fp32_pixel_threshold, "defect regions on torch-cuda, torch-cpu:")}
+    for graph, (threshold, users) in pixel.items():   # each graph's own pixel threshold, as its backends cut at
+        line = summary_line(r.output, f"pixel threshold {graph}")
+        assert f"{threshold.value:.6g}" in line and users in line, line
+    assert len({t.value for t, _ in pixel.values()}) == 3
     # each row's threshold is the one the named backend's scorer decides with
     for graph, (threshold, users) in expected.items():
         for name in ("onnxruntime", "torch-cpu"):

@@ -99,12 +99,8 @@ def _summary(result: BuildResult) -> None:
         table.add_row(escape(f"{b.precision} vs fp32 ({b.onnx_path.name})"),
                       f"map max {d.map_max_abs:.2e}, score max {d.score_max_abs:.2e}",
                       f"score pearson {d.score_pearson:.4f}, spearman {d.score_spearman:.4f} (n={d.n_images})")
-    for row in threshold_rows(b):
+    for row in [*threshold_rows(b), *pixel_threshold_rows(b)]:
         table.add_row(*row)
-    if b.pixel_threshold is not None:
-        p = b.pixel_threshold
-        table.add_row("pixel threshold", f"{p.value:.6g}", escape(
-            f"defect regions: the {p.quantile:.4%} quantile of {p.n_pixels} map pixels of {p.n_images} {p.source}"))
     gpu_note = (gpu_preprocessing_note(b.preprocess) if highpass else
                 ("reference (CPU resize, then upload)", "the model takes the colour image only (no high-pass)"))
     for row in quality_gate_rows(result):
@@ -135,7 +131,27 @@ def threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
         if bundle.engine is None:
             backends = ["tensorrt (no engine built)" if b == "tensorrt" else b for b in backends]
         rows.append((escape(f"threshold {graph}"), f"{threshold.value:.6g}",
-                     escape(f"used by {', '.join(backends)}; {describe_threshold(threshold)}")))
+                     escape(f"used by {backend_names(bundle, backends)}; {describe_threshold(threshold)}")))
+    return rows
+
+
+def backend_names(bundle: Bundle, backends: list[str]) -> str:
+    """``backends`` for a summary row, TensorRT marked "(no engine built)" when the bundle has none."""
+    return ", ".join("tensorrt (no engine built)" if b == "tensorrt" and bundle.engine is None else b
+                     for b in backends)
+
+
+def pixel_threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
+    """Summary rows of the defect regions' pixel thresholds, one per graph as ``threshold_rows`` (each graph's own,
+    ``Bundle.graph_pixel_threshold``, the one its backends cut regions at). None without a pixel threshold."""
+    if bundle.pixel_threshold is None or bundle.threshold is None:
+        return []
+    rows = []
+    for graph, (threshold, backends) in graph_thresholds(bundle).items():
+        p = bundle.pixel_threshold if graph == bundle.onnx_path.name else bundle.graph_pixel_threshold(threshold)
+        rows.append((escape(f"pixel threshold {graph}"), f"{p.value:.6g}", escape(
+            f"defect regions on {backend_names(bundle, backends)}: the {p.quantile:.4%} quantile of {p.n_pixels} map pixels of "
+            f"{p.n_images} {p.source}")))
     return rows
 
 
