@@ -128,8 +128,6 @@ def threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
         return [("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")]
     rows = []
     for graph, (threshold, backends) in graph_thresholds(bundle).items():
-        if bundle.engine is None:
-            backends = ["tensorrt (no engine built)" if b == "tensorrt" else b for b in backends]
         rows.append((escape(f"threshold {graph}"), f"{threshold.value:.6g}",
                      escape(f"used by {backend_names(bundle, backends)}; {describe_threshold(threshold)}")))
     return rows
@@ -150,8 +148,8 @@ def pixel_threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
     for graph, (threshold, backends) in graph_thresholds(bundle).items():
         p = bundle.pixel_threshold if graph == bundle.onnx_path.name else bundle.graph_pixel_threshold(threshold)
         rows.append((escape(f"pixel threshold {graph}"), f"{p.value:.6g}", escape(
-            f"defect regions on {backend_names(bundle, backends)}: the {p.quantile:.4%} quantile of {p.n_pixels} map pixels of "
-            f"{p.n_images} {p.source}")))
+            f"defect regions on {backend_names(bundle, backends)}: the {p.quantile:.4%} quantile of {p.n_pixels} "
+            f"map pixels of {p.n_images} {p.source}")))
     return rows
 
 
