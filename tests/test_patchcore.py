@@ -217,7 +217,8 @@ def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
                "--set", "embed_dim=16", "--out", out, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "fitting PatchCore on efficientnet_lite0 on cpu: 16 images, one pass in 4 batches of 4" in r.output
-    assert "fit 4/4" in r.output and "loss" not in r.output  # the progress bar counts batches; nothing is optimised
+    assert "pass 4/4" in r.output and "loss" not in r.output  # the progress bar counts batches; nothing is optimised
+    assert "coreset 128/128 (100%)" in r.output and "neighbours 128/128 (100%)" in r.output, r.output
     ckpt = load_checkpoint(out / "final.pt")
     assert ckpt.settings.coreset_ratio == 0.5 and ckpt.state_dict["memory.bank_t"].shape == (16, 128)
     r = invoke("train", "--resume", "--out", out)

@@ -204,7 +204,7 @@ def test_the_images_are_freed_before_the_coreset_and_an_allocation_failure_is_a_
                                                                                           monkeypatch):
     seen = {}
 
-    def no_room(features, count, seed=0):
+    def no_room(features, count, seed=0, on_progress=None):
         seen["images"] = fitter.images
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 419430400 bytes. Error code 12 (Cannot allocate memory)")

@@ -190,7 +190,9 @@ def progress_bar(*extra: str):
 class PlainProgress:
     """The subset of rich's Progress our commands use (add_task, update, advance, context manager),
     printing one plain line per unfinished task every ``every_s`` seconds from a timer thread (so a
-    slow step still shows the run is alive), and a last line per task at the end."""
+    slow step still shows the run is alive), and a last line per task at the end. A finished task's
+    clock stops when it finishes (as rich's does); while every task is finished but the work goes on
+    (the display is still open), each tick prints the last finished task's line and how long since."""
 
     def __init__(self, out: Console, fields: tuple[str, ...], every_s: float) -> None:
         self.out, self.fields, self.every_s = out, fields, every_s
@@ -201,25 +203,35 @@ class PlainProgress:
 
     def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
         with self.lock:
-            self.tasks.append({"description": description, "total": total, "completed": completed,
-                               "start": time.monotonic(), "first": completed, **fields})
+            now = time.monotonic()
+            task = {"description": description, "total": total, "completed": completed, "start": now,
+                    "first": completed, "finished": None, **fields}
+            self.tasks.append(task)
+            _note_finish(task, now)
             return len(self.tasks) - 1
 
-    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None, **fields) -> None:
+    def update(self, task_id: int, *, completed: float | None = None, advance: float | None = None,
+               total: float | None = None, **fields) -> None:
         with self.lock:
             task = self.tasks[task_id]
+            if total is not None:
+                task["total"] = total
             if completed is not None:
                 task["completed"] = completed
             task["completed"] += advance or 0
             task.update(fields)
+            _note_finish(task, time.monotonic())
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
     def line(self, task: dict) -> str:
-        """e.g. 'train 120/300 (40%) loss 0.4100 12.3 img/s | 1:02 elapsed, about 1:33 left'."""
-        done, total, elapsed = task["completed"], task["total"], time.monotonic() - task["start"]
-        text = f"{task['description']} {done:g}" + (f"/{total:g} ({done / total:.0%})" if total else "")
+        """e.g. 'train 120/300 (40%) loss 0.4100 12.3 img/s | 1:02 elapsed, about 1:33 left'; the count is left
+        out while a task without a total has none ('loading | 0:10 elapsed')."""
+        done, total = task["completed"], task["total"]
+        elapsed = (task["finished"] or time.monotonic()) - task["start"]
+        text = task["description"] + (f" {done:g}" if total or done else "")
+        text += f"/{total:g} ({done / total:.0%})" if total else ""
         text += "".join(f" {task[name]}" for name in self.fields if task.get(name))
         text += f" | {_clock(elapsed)} elapsed"
         rate = (done - task["first"]) / elapsed if elapsed > 0 else 0.0
@@ -229,7 +241,10 @@ class PlainProgress:
 
     def _print_all(self, unfinished_only: bool) -> None:
         with self.lock:
-            lines = [self.line(t) for t in self.tasks if not (unfinished_only and t["total"] and t["completed"] >= t["total"])]
+            lines = [self.line(t) for t in self.tasks if not (unfinished_only and t["finished"] is not None)]
+            if unfinished_only and not lines and self.tasks:  # between tasks, or after the last: still alive
+                last = max(self.tasks, key=lambda t: t["finished"])
+                lines = [f"{self.line(last)}; still working, {_clock(time.monotonic() - last['finished'])} since"]
         for text in lines:
             self.out.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -245,6 +260,15 @@ class PlainProgress:
         self.stop.set()
         self.thread.join(timeout=5.0)
         self._print_all(unfinished_only=False)
+
+
+def _note_finish(task: dict, now: float) -> None:
+    """Stamp ``task`` finished at ``now`` (monotonic s) when its count reaches its total; unstamp it if the total grew."""
+    done = bool(task["total"]) and task["completed"] >= task["total"]
+    if not done:
+        task["finished"] = None
+    elif task["finished"] is None:
+        task["finished"] = now
 
 
 def _clock(seconds: float) -> str:

@@ -58,8 +58,9 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     extras = {"textures": texture_images, "backbone_weights": backbone_weights, "backbone_sha256": backbone_sha256,
               "parallel": parallel if parallel.world > 1 else None}
     check_extras(training, extras, model.family, model.describe())
-    with console.status(escape(f"loading {len(split.train)} training images of {split.name}")):
-        trainer = training.make_trainer(split, model, cfg, out, dev, **{k: v for k, v in extras.items() if v is not None})
+    phases = PhaseTasks() if parallel.is_main else None  # the other ranks show nothing
+    trainer = make_trainer_shown(training, (split, model, cfg, out, dev),
+                                 {k: v for k, v in extras.items() if v is not None}, phases)
     if stop_on_sigterm and not trainer.fits_once:
         trainer.stop_signals = STOP_SIGNALS  # before any rank's run(): each stops at the step boundary the ranks agree
     source = RunSource.of(data, category, textures, backbone_weights, backbone_sha256)  # absolute paths
@@ -75,22 +76,72 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
         print_plain(f"resumed {out / 'last.pt'} at step {trainer.step} of {trainer.total_steps}")
     ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
     if trainer.fits_once:
+        after_pass = getattr(trainer, "after_pass", "")  # e.g. PatchCore's coreset: its own progress task
         print_plain(f"fitting {model.describe()} on {dev}: {len(trainer.images)} images, one pass in "
-                    f"{trainer.total_steps} batches of {trainer.batch} -> {out}")
+                    f"{trainer.total_steps} batches of {trainer.batch}{', ' + after_pass if after_pass else ''} "
+                    f"-> {out}")
     else:
         print_plain(
             f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
             f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
             f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
         )
-    with progress_bar("loss", "rate") as bar:
-        task = bar.add_task("fit" if trainer.fits_once else "train", total=trainer.total_steps, completed=trainer.step, loss="", rate="")
+    with progress_bar("loss", "rate") as bar, phases.shown_on(bar):
+        task = bar.add_task("pass" if trainer.fits_once else "train", total=trainer.total_steps,
+                            completed=trainer.step, loss="", rate="")
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             bar.update(task, completed=step, loss="" if trainer.fits_once else f"loss {loss:.4f}", rate=f"{rate:.1f} img/s")
 
         with ddp_group():
             return run_trainer(trainer, on_step, model, stop_on_sigterm), split
+
+
+class PhaseTasks:
+    """A trainer's ``on_progress(phase, done, total)`` (a family's make_trainer that takes it: the phases outside
+    its steps, e.g. "loading" images, LGFDR's "features", PatchCore's "coreset" after its pass) -> one task per phase,
+    with its own count and time left, on the progress display open now (``shown_on``); reports while none is open
+    are dropped. Off a terminal each task prints a plain line every PROGRESS_EVERY_S seconds as the steps' does."""
+
+    def __init__(self) -> None:
+        self.bar, self.tasks = None, {}
+
+    @contextlib.contextmanager
+    def shown_on(self, bar):
+        """Show the phases reported inside this block on ``bar`` (a ``progress_bar``), each as a new task."""
+        self.bar, self.tasks = bar, {}
+        try:
+            yield bar
+        finally:
+            self.bar = None
+
+    def __call__(self, phase: str, done: int, total: Optional[int]) -> None:
+        """Show ``done`` of ``total`` (None: not known yet) units of ``phase``; its task is made at its first report."""
+        if self.bar is None:
+            return
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total, completed=done, loss="", rate="")
+        else:
+            self.bar.update(self.tasks[phase], total=total, completed=done)
+
+
+def make_trainer_shown(training, args: tuple, extras: dict, phases: Optional[PhaseTasks]):
+    """``training.make_trainer(*args, **extras)`` (args: split, model, cfg, out, device) under a progress display
+    of its loading (and feature) phases, reported to ``phases`` by a family whose make_trainer takes
+    ``on_progress``; any other family's loading is one task, "loading", counted when it is done. ``phases`` None
+    (a DDP rank other than the first): no display."""
+    from fair_edge.models.training_contract import trainer_parameters
+
+    if phases is None:
+        return training.make_trainer(*args, **extras)
+    samples = len(args[0].train)
+    with progress_bar("loss", "rate") as bar, phases.shown_on(bar):
+        if "on_progress" in trainer_parameters(training.make_trainer):
+            return training.make_trainer(*args, on_progress=phases, **extras)
+        phases("loading", 0, None)
+        trainer = training.make_trainer(*args, **extras)
+        phases("loading", samples, samples)
+        return trainer
 
 
 class FitInterrupted(KeyboardInterrupt):

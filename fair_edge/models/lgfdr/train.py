@@ -14,12 +14,14 @@ tiles (one feature map each), as FAIR's do.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,11 @@ FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
 # keys of FAIR's training settings that LGFDR runs saved before LGFDR had its own (read and dropped on --resume)
 BORROWED_KEYS = ("width", "amp", "synthesis")
+PhaseProgress = Callable[[str, int, int], None]  # on_progress(phase, done, total): a phase's units done of total
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    """The on_progress of a trainer nobody watches."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +91,22 @@ def cosine_loss(recon: torch.Tensor, target: torch.Tensor, channels: tuple[int, 
 
 
 @torch.no_grad()
-def precompute_features(detector: LgfdrDetector, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Unstandardised features (N, C, h, w) float32 on ``device`` of images (N, 3, S, S) float32 RGB [0, 1]."""
+def precompute_features(detector: LgfdrDetector, images: torch.Tensor, device: torch.device,
+                        on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Unstandardised features (N, C, h, w) float32 on ``device`` of images (N, 3, S, S) float32 RGB [0, 1].
+    on_progress(images done, N) at the start and after each chunk of ``FEATURE_CHUNK`` images."""
     mean, std = detector.feature_mean.clone(), detector.feature_std.clone()
     detector.feature_mean.zero_()
     detector.feature_std.fill_(1.0)
+    chunks = []
     try:
-        return torch.cat([detector.features(images[i : i + FEATURE_CHUNK].to(device)) for i in range(0, len(images), FEATURE_CHUNK)])
+        for start in range(0, len(images), FEATURE_CHUNK):
+            if on_progress is not None:
+                on_progress(start, len(images))
+            chunks.append(detector.features(images[start : start + FEATURE_CHUNK].to(device)))
+        if on_progress is not None:
+            on_progress(len(images), len(images))
+        return torch.cat(chunks)
     finally:
         detector.feature_mean.copy_(mean)
         detector.feature_std.copy_(std)
@@ -101,19 +117,27 @@ class LgfdrTrainer:
 
     cfg: LGFDR's training settings (``LgfdrTrainConfig``).
     weights / weights_sha256: the backbone's initialisation (``weights.load_backbone_weights``).
+    on_progress(phase, done, total), or None: while constructed, "loading" (images read of the training samples),
+    then "features" (images, or tiles, through the backbone of all: the features every step reuses).
     """
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
     stop_signals: tuple[int, ...] = (signal.SIGINT,)  # stop at a step boundary on these; `train` adds SIGTERM
 
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device,
-                 weights: str | Path | None = None, weights_sha256: str | None = None) -> None:
+                 weights: str | Path | None = None, weights_sha256: str | None = None,
+                 on_progress: PhaseProgress | None = None) -> None:
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
         torch.manual_seed(cfg.seed)
         self.detector: LgfdrDetector = model.build(device=device)
         self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
-        images, kept = load_images(data.train, model.preprocess.image_size, tiling=model.preprocess.tiling)
-        self.images = precompute_features(self.detector, torch.from_numpy(images), device)
+        report = on_progress or _no_progress
+        report("loading", 0, len(data.train))
+        read = itertools.count(1)
+        images, kept = load_images(data.train, model.preprocess.image_size, tiling=model.preprocess.tiling,
+                                   progress=lambda: report("loading", next(read), len(data.train)))
+        self.images = precompute_features(self.detector, torch.from_numpy(images), device,
+                                          functools.partial(report, "features"))
         self.detector.feature_mean.copy_(self.images.mean((0, 2, 3)))
         self.detector.feature_std.copy_(self.images.std((0, 2, 3)).clamp_min(1e-6))
         self.images = (self.images - self.detector.feature_mean.view(1, -1, 1, 1)) / self.detector.feature_std.view(1, -1, 1, 1)
@@ -231,8 +255,9 @@ def default_train_config() -> LgfdrTrainConfig:
 
 
 def make_trainer(split: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device, *,
-                 textures=None, backbone_weights: str | None = None, backbone_sha256: str | None = None) -> LgfdrTrainer:
-    """LGFDR's trainer; ConfigError for FAIR-only options."""
+                 textures=None, backbone_weights: str | None = None, backbone_sha256: str | None = None,
+                 on_progress: PhaseProgress | None = None) -> LgfdrTrainer:
+    """LGFDR's trainer; ConfigError for FAIR-only options. on_progress: ``LgfdrTrainer``'s phases, for a display."""
     if textures is not None:
         raise ConfigError("--textures feeds FAIR's anomaly synthesis; LGFDR trains on normal features only. Leave it out.")
-    return LgfdrTrainer(split, model, cfg, out_dir, device, backbone_weights, backbone_sha256)
+    return LgfdrTrainer(split, model, cfg, out_dir, device, backbone_weights, backbone_sha256, on_progress)
