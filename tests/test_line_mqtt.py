@@ -658,3 +658,190 @@ def test_mqtts_checks_the_broker_certificate_against_the_ca_store(tmp_path, capl
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "CERTIFICATE_VERIFY_FAILED" in error and "CA store" in error, error
     assert parse_mqtt_url("mqtts://broker/line3").port == 8883
+
+
+# ---------------------------------------------------------------------------------------------- mqtt-clash
+class FakeBroker:
+    """One broker as the publishers' fakes share it: retained messages per topic, each live message handed to the
+    connected clients subscribed to its topic (retain flag off), a retained one handed at subscribe (flag on)."""
+
+    def __init__(self) -> None:
+        self.retained: dict[str, bytes] = {}
+        self.clients: list[BrokerPaho] = []
+
+    def route(self, topic: str, data: bytes, retain: bool) -> None:
+        if retain:
+            self.retained[topic] = data
+        for client in list(self.clients):
+            if client.up and topic in client.topics:
+                client.hand(topic, data, retain=False)
+
+    def factory(self):
+        return lambda target: BrokerPaho(target, self)
+
+
+class BrokerPaho(FakePaho):
+    """FakePaho with ``subscribe`` on a FakeBroker; ``kill`` ends the link without a goodbye (a killed station)."""
+
+    def __init__(self, target, broker: FakeBroker) -> None:
+        super().__init__(target)
+        self.broker, self.topics, self.up = broker, set(), False
+        broker.clients.append(self)
+
+    def connect(self):
+        self.up, self.topics = True, set()
+        super().connect()
+
+    def kill(self):
+        self.up = False
+
+    def disconnect(self):
+        self.up = False
+        super().disconnect()
+
+    def unsubscribe(self, topic):
+        self.topics.discard(topic)
+
+    def subscribe(self, topic, qos):
+        self.topics.add(topic)
+        if topic in self.broker.retained:
+            self.hand(topic, self.broker.retained[topic], retain=True)
+
+    def publish(self, topic, data, qos, retain):
+        info = super().publish(topic, data, qos, retain)
+        self.broker.route(topic, data, retain)
+        return info
+
+    def hand(self, topic, data, retain):
+        import types
+
+        self.on_message(self, None, types.SimpleNamespace(topic=topic, payload=data, retain=retain))
+
+
+def test_two_stations_on_one_prefix_each_name_the_other_and_a_killed_ones_record_names_nobody(caplog):
+    """Station A (its reject PLC down: fault active) and a healthy station B on one broker, both with the default
+    prefix: B's retained 'cleared' hid A's fault and B's summary replaced A's, with no word in either log. Each
+    station's record on PREFIX/station now reaches the other live: each logs once which station shares its prefix
+    and the fix. A record left retained by a killed station names nobody; a clean close marks its record stopped
+    and the station still running restates its own."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    broker = FakeBroker()
+    a = MqttPublisher("mqtt://127.0.0.1:1883/?client_id=A", client_factory=broker.factory()).start()
+    a._client.connect()
+    a.publish_fault(True, "reject sink down", "T0")
+    b = MqttPublisher("mqtt://127.0.0.1:1883/?client_id=B", client_factory=broker.factory()).start()
+    b._client.connect()
+    b.publish_fault(False, "cleared", "T1")
+    assert json.loads(broker.retained["fair-edge/faults"])["active"] is False   # still overwritten: only warned
+    b._on_disconnect(b._client, None, None, "link lost")
+    b._client.connect()                                   # B's reconnect restates its record: named once only
+    shared = [r.getMessage() for r in caplog.records if "another station publishes" in r.getMessage()]
+    assert len(shared) == 2, shared
+    by_a, by_b = sorted(shared, key=lambda m: "client_id A," in m)
+    for text, other in ((by_a, b), (by_b, a)):
+        record = other._station
+        assert f"client_id {other.target.client_id}," in text and f"pid {record['pid']}" in text
+        assert f"host {record['host']}" in text and repr(record["command"]) in text
+        assert "prefix 'fair-edge'" in text and "mqtt://HOST:PORT/PREFIX" in text and "mqtt://127.0.0.1:1883/" in text
+    b.close(timeout_s=0)                                  # a clean stop: B's record stopped, A restates its own
+    station = json.loads(broker.retained["fair-edge/station"])
+    assert (station["client_id"], station["running"]) == ("A", True), station
+    a._client.kill()                                      # A killed: its record stays retained ...
+    c = MqttPublisher("mqtt://127.0.0.1:1883/?client_id=C", client_factory=broker.factory()).start()
+    c._client.connect()                                   # ... and names nobody to C
+    assert sum("another station publishes" in r.getMessage() for r in caplog.records) == 2
+    assert json.loads(broker.retained["fair-edge/station"])["client_id"] == "C"
+    c.close(timeout_s=0)
+    assert json.loads(broker.retained["fair-edge/station"])["running"] is False
+
+
+def test_stations_on_their_own_prefixes_name_no_one_and_a_client_without_subscribe_publishes_as_before(caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    broker = FakeBroker()
+    for prefix in ("line3", "line4"):
+        pub = MqttPublisher(f"mqtt://127.0.0.1:1883/{prefix}", client_factory=broker.factory()).start()
+        pub._client.connect()
+    assert sorted(broker.retained) == ["line3/station", "line4/station"]
+    assert not [r for r in caplog.records if "another station" in r.getMessage()]
+    plain = MqttPublisher("mqtt://127.0.0.1:1883/line5", client_factory=FakePaho).start()
+    plain._client.connect()
+    plain.publish("verdicts", {"seq": 0})
+    assert [topic for _, topic in plain._client.published] == ["line5/verdicts"]
+
+
+def test_links_lost_right_after_connecting_three_times_in_a_row_name_a_client_id_clash(caplog):
+    """Two stations with one explicit client_id knocked each other off every 2 s: 'disconnected (Unspecified error)'
+    8 times in 20 s each, nothing more. 3 links in a row lost within QUICK_DROP_S of their CONNACK (a fake clock)
+    now log once that another client may use this client id, and the fix; a link that lasted starts the count
+    again; a broker's 'session taken over' (MQTT 5 reason 0x8E) says so at once."""
+    import logging
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from line_servers import FakeClock
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    clock = FakeClock()
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/lineA?client_id=fair-edge-1", client_factory=FakePaho,
+                        clock=clock).start()
+
+    def link(lasting_s: float) -> None:
+        pub._client.connect()
+        clock.advance(lasting_s)
+        pub._on_disconnect(pub._client, None, None, "Unspecified error")
+
+    def hints() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "another client may be using" in r.getMessage()]
+
+    for lasting_s in (600.0, 1.5, 2.0, 60.0, 1.0, 2.0):   # two quick, one that lasted, two quick: no hint yet
+        link(lasting_s)
+    assert hints() == []
+    for _ in range(4):
+        link(2.0)
+    (hint,) = hints()                                     # the third quick drop in a row, and once only
+    assert "3 links in a row were lost within 5 s" in hint and "client_id 'fair-edge-1'" in hint
+    assert "leave client_id out of mqtt.url for a per-process id" in hint
+    assert pub.stats()["disconnects"] == 10
+    pub.close(timeout_s=0)
+
+    taken = MqttPublisher("mqtt://127.0.0.1:1883/lineB", client_factory=FakePaho, clock=clock).start()
+    taken._client.connect()
+    clock.advance(120.0)
+    taken._on_disconnect(taken._client, None, None, ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E))
+    assert len(hints()) == 2 and "took over the session (0x8E)" in hints()[1]
+    assert taken.target.client_id in hints()[1] and "set client_id=ID in mqtt.url" in hints()[1]
+    taken.close(timeout_s=0)
+
+
+@needs_broker
+def test_two_stations_on_one_prefix_name_each_other_through_a_real_broker(tmp_path, caplog):
+    """The same through mosquitto (a live message arrives with the retain flag off, a retained one at subscribe
+    with it on): both stations warn once; B's clean stop leaves A's record retained, running."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+    broker = MosquittoBroker(tmp_path).start()
+    collector = None
+    try:
+        url = f"mqtt://127.0.0.1:{broker.port}/line3?client_id="
+        with MqttPublisher(url + "A") as a:
+            a.publish_fault(True, "reject sink down", "T0")
+            assert a.flush(10.0), a.stats()
+            with MqttPublisher(url + "B") as b:
+                b.publish_fault(False, "cleared", "T1")
+                assert wait_for(lambda: sum("another station publishes" in r.getMessage()
+                                            for r in caplog.records) >= 2, 10.0), caplog.text
+            collector = MqttCollector(broker.port, "line3/station")
+            assert wait_for(lambda: any(m["client_id"] == "A" and m["running"]
+                                        for m in collector.messages.get("line3/station", [])), 10.0)
+    finally:
+        if collector is not None:
+            collector.close()
+        broker.close()
+    shared = sorted(r.getMessage() for r in caplog.records if "another station publishes" in r.getMessage())
+    assert len(shared) == 2 and "client_id A," in shared[0] and "client_id B," in shared[1], shared

@@ -16,6 +16,19 @@ wildcards; a '#' would also end the URL's path). Topics::
                       {"active": true, "reason": "station gone: ...", "time_utc": null} there (retained)
                       when the station dies or its link is cut without a goodbye
     PREFIX/summary    the run summary at the end, QoS 1, retained
+    PREFIX/station    who publishes under PREFIX: {"id", "host", "pid", "client_id", "command", "cwd",
+                      "started_utc", "running": true}, retained, at every connect; at a clean close
+                      "running": false (a killed station's stays, its PREFIX/faults reading 'station gone');
+                      an answer to another station's record (below) adds "answer_to" and is not retained
+
+Two stations on one PREFIX overwrite each other's retained faults and summary (a fault can read cleared) and mix
+their verdicts. Each station subscribes to PREFIX/station: a record of another station arriving live (another
+station connected, or answered ours) is logged once per station as a warning naming it and the fix (a prefix per
+station), and answered with this station's record (not retained) so the other station warns too. A record found
+retained at connect proves nothing (its station may have been killed) and warns only if its station answers. Not a
+refusal: the broker cannot make a check-then-claim atomic. A link lost within ``QUICK_DROP_S`` of its CONNACK
+``QUICK_DROPS_HINT`` times in a row, or a broker DISCONNECT 'session taken over' (0x8E), logs once that another
+client may use this client id (a broker closes the older of two connections with one id).
 
 Payloads are strict JSON (what Node-RED's JSON.parse, jq and Go read): a NaN or infinite number is sent as null.
 
@@ -42,8 +55,10 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
@@ -64,9 +79,14 @@ log = logging.getLogger(__name__)
 MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects", "refused",
                  "fault_restated")
 FAULTS_TOPIC = "faults"
+STATION_TOPIC = "station"
 GONE_REASON = "station gone: its MQTT connection ended without a goodbye (killed, crashed or cut off)"
 WILDCARDS = {"+": "'+' (MQTT's one-level wildcard)", "\0": "a NUL character"}
 RESTATED_KEY = 0   # the outbox key of a restated fault: outbox keys start at 1, so its PUBACK counts nothing
+STATION_KEY = -1   # the key of a PREFIX/station record: best effort, its PUBACK settles nothing
+QUICK_DROP_S = 5.0   # a link lost this soon after its CONNACK (s) ...
+QUICK_DROPS_HINT = 3   # ... this many times in a row: another client may be using this client id
+SESSION_TAKEN_OVER = 0x8E   # MQTT 5 DISCONNECT reason: another connection with this client id took the session
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
 KICKS_BEFORE_DROP = 3   # lost links in a row with one message the oldest unacknowledged: the broker will not take it
 PROTOCOLS = ("5", "3.1.1")
@@ -96,6 +116,7 @@ class MqttTarget:
     protocol: str = "5"   # one of PROTOCOLS
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    client_id_given: bool = False   # the URL named client_id (else the per-process default)
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
@@ -122,7 +143,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
                       parsed.query.get("client_id", f"fair-edge-{socket.gethostname()}-{prefix}-{os.getpid()}"),
                       parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1),
                       tls=parsed.scheme == "mqtts", protocol=parsed.get_choice("protocol", "5", PROTOCOLS),
-                      username=username, password=password)
+                      username=username, password=password, client_id_given="client_id" in parsed.query)
 
 
 def url_credentials(url: str) -> tuple[str | None, str | None]:
@@ -147,8 +168,10 @@ def topic_prefix(path: str, url: str) -> str:
 class MqttPublisher:
     """Publishes to one broker from paho's network thread; see the module doc. Context manager."""
 
-    def __init__(self, url: str, client_factory: Any = None) -> None:
+    def __init__(self, url: str, client_factory: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: monotonic seconds, for how long a link lasted (``QUICK_DROP_S``)."""
         self.target = parse_mqtt_url(url)
+        self._clock = clock
         self._where = f"mqtt {self.target.host}:{self.target.port}"   # log label: never the user or password
         self._counters = Counters(MQTT_COUNTERS)
         self._lock = threading.Lock()
@@ -166,12 +189,19 @@ class MqttPublisher:
         self._problems_logged: set[str] = set()   # connection problems logged since the last connect
         self._last_fault: tuple[int, str, bytes] | None = None   # (outbox key, topic, payload) of the latest fault
         self._on_close: list[Callable[[dict[str, int]], None]] = []   # told the final counters by close()
+        self._station = station_record(self.target)   # this station's PREFIX/station record
+        self._station_shown = ""   # id of the latest record on PREFIX/station ("": none or another's stopped one)
+        self._others_named: set[str] = set()   # ids of other stations on this prefix already warned about
+        self._connected_at: float | None = None   # clock s of the latest CONNACK
+        self._quick_drops = 0   # links in a row lost within QUICK_DROP_S of their CONNACK
+        self._id_clash_told = False   # the client id hint was logged
         self._client = (client_factory or _paho_client)(self.target)
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
 
     def start(self) -> MqttPublisher:
         clean = {"clean_start": True} if self.target.protocol == "5" else {}   # 3.1.1: clean_session in the client
@@ -249,6 +279,7 @@ class MqttPublisher:
         if not self.flush(timeout_s):
             log.warning("%s: closing with %d message(s) unacknowledged", self._where, self.stats()["outbox"])
         self._closing = True
+        self._stop_station_record(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
         for fn in self._on_close:
@@ -357,6 +388,7 @@ class MqttPublisher:
             forget()
         with self._lock:
             self._link = "up"
+            self._connected_at = self._clock()
             self._max_packet = getattr(properties, "MaximumPacketSize", None)
             self._problems_logged.clear()
             self._mids.clear()
@@ -366,6 +398,7 @@ class MqttPublisher:
         self._counters.add("connects")
         self._log_connected(len(keys), again)
         self._counters.add("resent", again)
+        self._claim_prefix()
         self._restate_fault()
         for key in keys:
             self._send(key)
@@ -413,6 +446,7 @@ class MqttPublisher:
         if was == "up":
             self._counters.add("disconnects")
             log.warning("%s: disconnected (%s); reconnecting, messages kept", self._where, reason_code)
+            self._note_drop(reason_code)
             self._blame_oldest()
         elif was == "trying":
             self._problem(logging.WARNING, f"the link ended before the broker accepted it ({reason_code}); " + (
@@ -440,8 +474,120 @@ class MqttPublisher:
             key = self._mids.pop(mid, None)
             if key is None:
                 self._early_acks[mid] = (time.monotonic(), reason_code)   # acked before _send noted the mid
-            else:
+            elif key != STATION_KEY:
                 self._settle(key, reason_code)
+
+    # -- who else publishes under this prefix (PREFIX/station), who else uses this client id --------------------
+    def _claim_prefix(self) -> None:
+        """At a connect: subscribe to PREFIX/station, then publish this station's record there, retained. A client
+        without ``subscribe`` (a test's minimal fake) cannot hear other stations: no record then."""
+        subscribe = getattr(self._client, "subscribe", None)
+        if subscribe is None:
+            return
+        try:
+            subscribe(f"{self.target.prefix}/{STATION_TOPIC}", qos=1)
+        except Exception as exc:   # best effort: the check must not stop publishing
+            log.debug("%s: cannot subscribe to %s/%s: %s", self._where, self.target.prefix, STATION_TOPIC, exc)
+            return
+        with self._lock:
+            self._station_shown = self._station["id"]   # retained records arriving now are older than ours
+        self._publish_station(self._station, retain=True)
+
+    def _publish_station(self, record: dict, retain: bool) -> int | None:
+        """Publish ``record`` on PREFIX/station (QoS 1); its paho message id while unacknowledged, else None. Best
+        effort: a refusal is logged at debug level only."""
+        topic = f"{self.target.prefix}/{STATION_TOPIC}"
+        try:
+            mid = self._client.publish(topic, strict_json(record)[0].encode(), qos=1, retain=retain).mid
+        except Exception as exc:
+            log.debug("%s: cannot publish %s: %s", self._where, topic, exc)
+            return None
+        with self._lock:
+            if self._early_acks.pop(mid, None) is not None:
+                return None
+            self._mids[mid] = STATION_KEY
+        return mid
+
+    def _stop_station_record(self, timeout_s: float) -> None:
+        """At close, while the link is up: mark this station's record stopped when it is still the one retained
+        (another station's record that replaced it stays). Unsubscribes first and waits for the PUBACK (at most
+        ``timeout_s``): a message still unread when the socket closes makes it a reset, which the broker takes
+        for a lost link and answers with the will ('station gone')."""
+        with self._lock:
+            ours = self._link == "up" and self._station_shown == self._station["id"]
+        if not ours:
+            return
+        try:
+            self._client.unsubscribe(f"{self.target.prefix}/{STATION_TOPIC}")
+        except Exception as exc:
+            log.debug("%s: cannot unsubscribe from %s/%s: %s", self._where, self.target.prefix, STATION_TOPIC, exc)
+        mid = self._publish_station({**self._station, "running": False, "stopped_utc": utc_now()}, retain=True)
+        deadline = time.monotonic() + timeout_s
+        while mid is not None and time.monotonic() < deadline:
+            with self._lock:
+                if mid not in self._mids:
+                    return
+            time.sleep(0.01)
+
+    def _on_message(self, client, userdata, message) -> None:
+        """A PREFIX/station record: ours (an echo), another station's stopped one (its station left: restate ours),
+        or a live one of another station (warn once; answer with ours unless it answers ours)."""
+        if message.topic != f"{self.target.prefix}/{STATION_TOPIC}" or message.retain:
+            return   # retained: sent at our subscribe, older than our own record; its station may be long gone
+        try:
+            record = json.loads(message.payload)
+            other = record["id"] if isinstance(record, dict) else None
+        except (ValueError, KeyError, TypeError):
+            return
+        if other is None or other == self._station["id"]:
+            return
+        running, answer = record.get("running") is not False, "answer_to" in record
+        with self._lock:
+            restate = not running and self._link == "up" and not self._closing
+            if not answer:   # an answer is not retained: the record there is still the one before it
+                self._station_shown = self._station["id"] if restate else other if running else ""
+            first = running and other not in self._others_named
+            self._others_named.add(other)
+        if restate:   # the other station marked the prefix stopped on leaving: this one still publishes there
+            self._publish_station(self._station, retain=True)
+        if first:
+            self._warn_shared_prefix(record)
+        if first and record.get("answer_to") != self._station["id"]:   # so the other station hears of this one
+            self._publish_station({**self._station, "answer_to": other}, retain=False)
+
+    def _warn_shared_prefix(self, other: dict) -> None:
+        """Log once per other station that it publishes under this prefix, naming it and the fix."""
+        prefix = self.target.prefix
+        log.warning(
+            "%s: another station publishes under the topic prefix %r on this broker: host %s, pid %s, client_id "
+            "%s, started %s, command %r in %s. Its retained %s/faults and %s/summary and this station's overwrite "
+            "each other (a fault can read cleared) and both stations' rows mix on %s/verdicts. Give each station "
+            "its own prefix in mqtt.url: mqtt://HOST:PORT/PREFIX, e.g. mqtt://%s:%d/line2",
+            self._where, prefix, other.get("host"), other.get("pid"), other.get("client_id"),
+            other.get("started_utc"), other.get("command"), other.get("cwd"), prefix, prefix, prefix,
+            self.target.host, self.target.port)
+
+    def _note_drop(self, reason_code: Any) -> None:
+        """A link that had connected was lost: links lost within ``QUICK_DROP_S`` of their CONNACK
+        ``QUICK_DROPS_HINT`` times in a row, or a DISCONNECT 'session taken over', log once that another client may
+        use this client id."""
+        with self._lock:
+            quick = self._connected_at is not None and self._clock() - self._connected_at < QUICK_DROP_S
+            self._quick_drops = self._quick_drops + 1 if quick else 0
+            taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+            tell = not self._id_clash_told and (taken or self._quick_drops >= QUICK_DROPS_HINT)
+            self._id_clash_told = self._id_clash_told or tell
+            drops = self._quick_drops
+        if not tell:
+            return
+        seen = ("the broker says another connection took over the session (0x8E)" if taken else
+                f"{drops} links in a row were lost within {QUICK_DROP_S:g} s of connecting")
+        fix = ("client ids must be unique per station: leave client_id out of mqtt.url for a per-process id"
+               if self.target.client_id_given else
+               "client ids must be unique per station: set client_id=ID in mqtt.url to one no other client uses")
+        log.warning("%s: %s: another client may be using client_id %r on this broker (a broker closes the older of "
+                    "two connections with one id, so each reconnect knocks the other off); %s", self._where, seen,
+                    self.target.client_id, fix)
 
 
 def publish_packet_size(topic: str, payload: bytes, v5: bool) -> int:
@@ -481,6 +627,28 @@ def _paho_client(target: MqttTarget) -> Any:
     client.max_queued_messages_set(0)
     client.will_set(f"{target.prefix}/{FAULTS_TOPIC}", gone_payload(), qos=1, retain=True)
     return client
+
+
+def station_record(target: MqttTarget) -> dict:
+    """This station's PREFIX/station record: ``id`` (unique to this publisher), ``host``, ``pid``, ``client_id``,
+    ``command`` (the command line, any URL password as ``***``: it names the station file), ``cwd``,
+    ``started_utc`` and ``running`` (True)."""
+    return {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "client_id": target.client_id,
+            "command": " ".join(hide_userinfo(arg) for arg in sys.argv), "cwd": working_dir(),
+            "started_utc": utc_now(), "running": True}
+
+
+def working_dir() -> str:
+    """This process's working directory; '?' when it cannot be read (removed since the start)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return "?"
+
+
+def utc_now() -> str:
+    """The wall-clock time now, ISO 8601 UTC to the second: ``2026-12-01T08:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def gone_payload() -> str:
