@@ -31,6 +31,8 @@ from fair_edge.errors import ConfigError, lookup
 # run inputs a command may hand to make_trainer (each only when given):
 #   textures (N, S, S, 3) float32 RGB [0, 1] texture images; backbone_weights: a weight file or "random";
 #   backbone_sha256: the SHA-256 that file must have; parallel: this rank's train_ddp.DataParallel
+# (a family's make_trainer may also take on_progress(phase, done, total), told of the phases before and after its
+# steps, e.g. PatchCore's loading, coreset and neighbours; `fair-edge train` passes it to those that take it)
 RUN_EXTRAS = ("textures", "backbone_weights", "backbone_sha256", "parallel")
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
