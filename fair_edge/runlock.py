@@ -50,11 +50,12 @@ def holder_of(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) -> Iterator[Path]:
+def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str], shared: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder/name`` while the block runs (the folder is made if missing, and removed
     again at the end when the lock made it and it is still empty). ``what``: written beside the pid (e.g. the
     station file). ``busy(holder)``: the refusal's text for the holder (``holder_of``: its pid and what it runs),
-    raised as ConfigError when another process (or another thread of this one) holds the lock. A lock file that
+    raised as ConfigError when another process (or another thread of this one) holds the lock. ``shared``: a lock
+    stations of several accounts take (``_open_shared``). A lock file that
     cannot be made (a read-only or full disk) is logged and the block runs unlocked: what the run writes next meets
     the same disk and reports it in its own words. Yields the lock file's path."""
     folder = Path(folder)
@@ -67,7 +68,7 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) ->
     if holder is not None:
         raise ConfigError(busy(holder_of(path)))
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    fd = _acquire(path, what, busy)
+    fd = _acquire(path, what, busy, shared)
     if fd is not None:
         with _HELD_GUARD:
             _HELD[path] = threading.get_ident()
@@ -80,15 +81,16 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str]) ->
             _release(path, fd, made)
 
 
-def _acquire(path: Path, what: str, busy: Callable[[str], str]) -> int | None:
+def _acquire(path: Path, what: str, busy: Callable[[str], str], shared: bool = False) -> int | None:
     """The open, locked lock file's descriptor with this process's pid and ``what`` written in it; None when the
-    OS has no flock or the file cannot be made (logged). ConfigError (``busy``) when another process holds it."""
+    OS has no flock or the file cannot be made (logged). ConfigError (``busy``) when another process holds it.
+    ``shared``: a lock taken by stations of several accounts (``_open_shared``)."""
     if fcntl is None:
         return None
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_shared(path) if shared else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             log.warning("no run lock %s (%s): a second station on what it locks would not be refused", path, exc)
             return None
@@ -107,6 +109,23 @@ def _acquire(path: Path, what: str, busy: Callable[[str], str]) -> int | None:
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n{what}\n".encode())
+    return fd
+
+
+def _open_shared(path: Path) -> int:
+    """The lock file ``path`` opened for a lock that stations of several accounts take (a PLC output's, in the
+    sticky folder ``/run/lock/fair-edge``): made readable and writable by every account whatever the umask (the
+    unit's 0027 made it 0640: another account's station could not open it and ran unlocked); another account's
+    file that is not is opened read-only, which flock needs no more than (its pid is then not written)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        try:
+            return os.open(path, os.O_RDWR)
+        except PermissionError:
+            return os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)
     return fd
 
 

@@ -265,3 +265,35 @@ def test_the_default_lock_folder_is_made_writable_for_every_account(tmp_path, mo
     assert made == tmp_path / "run-lock" / "fair-edge" and (made.stat().st_mode & 0o7777) == 0o1777
     monkeypatch.setattr(plc_lock.os, "access", lambda path, mode: Path(path) != made)   # made 0755 by another account
     assert plc_lock.lock_dir() == tmp_path / "tmp" / plc_lock.FALLBACK_LOCK_DIR
+
+
+def test_a_plc_lock_file_is_open_to_every_account_and_another_accounts_is_locked_read_only(tmp_path, monkeypatch):
+    """The unit's UMask=0027 made lock files 0640: a station of another account could not open one (a root-run
+    station's, or one a killed station left) and ran unlocked on the same coil. Now the file is made 0666, and one
+    this account may not write is opened read-only: the lock still holds."""
+    import os
+
+    from fair_edge.errors import ConfigError
+    from fair_edge.runlock import hold_lock
+
+    busy = "busy: {}".format
+    old_umask = os.umask(0o027)
+    try:
+        with hold_lock(tmp_path, "plc-x.lock", "first", busy, shared=True) as path:
+            assert (path.stat().st_mode & 0o777) == 0o666
+    finally:
+        os.umask(old_umask)
+    real_open = os.open
+
+    def another_accounts(path, flags, *mode):   # the file exists, writable by its owner only
+        if flags & (os.O_WRONLY | os.O_RDWR) and not flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    (tmp_path / "plc-y.lock").write_text("4242\nroot's station\n")
+    monkeypatch.setattr("fair_edge.runlock.os.open", another_accounts)
+    with hold_lock(tmp_path, "plc-y.lock", "second", busy, shared=True):
+        monkeypatch.setattr("fair_edge.runlock._HELD", {})   # as another process would see it: only the flock
+        with pytest.raises(ConfigError, match="busy"):
+            with hold_lock(tmp_path, "plc-y.lock", "third", busy, shared=True):
+                pass

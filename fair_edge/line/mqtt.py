@@ -446,8 +446,7 @@ class MqttPublisher:
         if was == "up":
             self._counters.add("disconnects")
             log.warning("%s: disconnected (%s); reconnecting, messages kept", self._where, reason_code)
-            self._note_drop(reason_code)
-            self._blame_oldest()
+            self._note_drop(reason_code, blamed=self._blame_oldest() > 1)
         elif was == "trying":
             self._problem(logging.WARNING, f"the link ended before the broker accepted it ({reason_code}); " + (
                 "the broker did not answer within keepalive_s (stalled or overloaded); retrying"
@@ -455,10 +454,11 @@ class MqttPublisher:
                 "a TLS-only port ends plain mqtt:// links so (use mqtts://), else see the broker's log"))
         # was "refused" (the close after a refused CONNACK, logged there) or "down" (paho reports one loss twice)
 
-    def _blame_oldest(self) -> None:
+    def _blame_oldest(self) -> int:
         """A link was lost: the oldest unacknowledged message is the one the broker read last. The oldest at
         ``KICKS_BEFORE_DROP`` losses in a row is dropped as refused: the broker closes the link on it (too large,
-        or refused over MQTT 3.1.1, which cannot say so), and sending it again would block every later message."""
+        or refused over MQTT 3.1.1, which cannot say so), and sending it again would block every later message.
+        Returns the losses in a row that message was the oldest at (0: none was unacknowledged)."""
         with self._lock:
             oldest = next((key for key in self._outbox if key in self._handed), None)
             kicks = self._suspect[1] + 1 if self._suspect is not None and self._suspect[0] == oldest else 1
@@ -468,6 +468,7 @@ class MqttPublisher:
             self._drop(oldest, item[0], "kicked", f"{len(item[1])} bytes, unacknowledged at {kicks} lost links in "
                        "a row: the broker closes the link on it (too large for it, or refused where MQTT 3.1.1 "
                        "cannot say why); see the broker's log")
+        return 0 if oldest is None else kicks
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._lock:
@@ -567,12 +568,14 @@ class MqttPublisher:
             other.get("started_utc"), other.get("command"), other.get("cwd"), prefix, prefix, prefix,
             self.target.host, self.target.port)
 
-    def _note_drop(self, reason_code: Any) -> None:
+    def _note_drop(self, reason_code: Any, blamed: bool = False) -> None:
         """A link that had connected was lost: links lost within ``QUICK_DROP_S`` of their CONNACK
         ``QUICK_DROPS_HINT`` times in a row, or a DISCONNECT 'session taken over', log once that another client may
-        use this client id."""
+        use this client id. ``blamed``: the loss came with the same message unacknowledged as the one before
+        (``_blame_oldest``): the broker closing the link on that message, not on a client id, so not counted."""
         with self._lock:
-            quick = self._connected_at is not None and self._clock() - self._connected_at < QUICK_DROP_S
+            quick = (not blamed and self._connected_at is not None
+                     and self._clock() - self._connected_at < QUICK_DROP_S)
             self._quick_drops = self._quick_drops + 1 if quick else 0
             taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
             tell = not self._id_clash_told and (taken or self._quick_drops >= QUICK_DROPS_HINT)

@@ -149,5 +149,6 @@ def hold_plc_outputs(outputs: Iterable[PlcOutput], what: str,
     folder = lock_dir()
     with contextlib.ExitStack() as stack:
         for output in unique.values():
-            stack.enter_context(hold_lock(folder, lock_name(output.key), what, functools.partial(busy, output)))
+            stack.enter_context(hold_lock(folder, lock_name(output.key), what, functools.partial(busy, output),
+                                          shared=True))
         yield

@@ -10,7 +10,9 @@ a second `fair-edge run` on the same folder or the same PLC outputs is refused n
 it opens a reject or fault output, the handshake, the verdict log or a port (a second station's fault sinks
 writing their resting level would clear the first one's latched alarm; a second handshake would answer every
 part again). ``open_line_side`` binds the metrics port before it opens anything else, the handshake last: a
-station refused at start (a port taken, a sink missing) has written nothing to the PLC.
+station refused at start for its metrics port or a missing sink has written nothing to the PLC (the console,
+opened after, may still refuse it: its handshake has then written its own registers only, which the PLC-output
+locks keep its own).
 ``exit_code(summary)`` is what `fair-edge run` returns: 0 fine, 3 station fault (also a camera gone, or still down
 when the run stopped), 4 rejects were due but a reject sink delivered none of them.
 """
