@@ -847,3 +847,30 @@ def test_two_stations_on_one_prefix_name_each_other_through_a_real_broker(tmp_pa
         broker.close()
     shared = sorted(r.getMessage() for r in caplog.records if "another station publishes" in r.getMessage())
     assert len(shared) == 2 and "client_id A," in shared[0] and "client_id B," in shared[1], shared
+
+
+def test_a_station_record_over_the_brokers_packet_size_is_not_published(caplog, monkeypatch):
+    """A long command line made the PREFIX/station record larger than a broker's Maximum Packet Size: the broker
+    closed the link on it at every connect (connects 11, disconnects 11, nothing delivered). It is now kept short,
+    and one still too large is not published (a warning says so) while the verdicts go on."""
+    import logging
+    import sys
+
+    from fair_edge.line.mqtt import shortened
+
+    assert shortened("x" * 1000) == "x" * 118 + "..." + "x" * 118 and shortened("short") == "short"
+    monkeypatch.setattr(sys, "argv", ["fair-edge", "run", "--station", "/a/" + "very-long-folder/" * 200])
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.mqtt")
+
+    class Paho(FakePaho):
+        def subscribe(self, topic, qos):
+            pass
+
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=Paho).start()
+    assert len(pub._station["command"]) <= 240
+    pub._max_packet = 200
+    assert pub._publish_station(pub._station, retain=True) is None
+    assert not [topic for _, topic in pub._client.published if topic.endswith("/station")]
+    assert any("over the broker's Maximum Packet Size of 200 bytes: not published" in r.getMessage()
+               for r in caplog.records)
+    pub.close(timeout_s=0)

@@ -498,8 +498,17 @@ class MqttPublisher:
         """Publish ``record`` on PREFIX/station (QoS 1); its paho message id while unacknowledged, else None. Best
         effort: a refusal is logged at debug level only."""
         topic = f"{self.target.prefix}/{STATION_TOPIC}"
+        data = strict_json(record)[0].encode()
+        with self._lock:
+            limit = self._max_packet
+        size = publish_packet_size(topic, data, self.target.protocol == "5")
+        if limit is not None and size > limit:   # the broker would close the link on it at every connect
+            self._problem(logging.WARNING, f"this station's record on {topic} ({size} bytes) is over the broker's "
+                                           f"Maximum Packet Size of {limit} bytes: not published, so other stations "
+                                           "on this prefix are not told of this one")
+            return None
         try:
-            mid = self._client.publish(topic, strict_json(record)[0].encode(), qos=1, retain=retain).mid
+            mid = self._client.publish(topic, data, qos=1, retain=retain).mid
         except Exception as exc:
             log.debug("%s: cannot publish %s: %s", self._where, topic, exc)
             return None
@@ -637,8 +646,17 @@ def station_record(target: MqttTarget) -> dict:
     ``command`` (the command line, any URL password as ``***``: it names the station file), ``cwd``,
     ``started_utc`` and ``running`` (True)."""
     return {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "client_id": target.client_id,
-            "command": " ".join(hide_userinfo(arg) for arg in sys.argv), "cwd": working_dir(),
+            "command": shortened(" ".join(hide_userinfo(arg) for arg in sys.argv)), "cwd": shortened(working_dir()),
             "started_utc": utc_now(), "running": True}
+
+
+def shortened(text: str, limit: int = 240) -> str:
+    """``text`` cut to at most ``limit`` characters (its start and end kept, "..." between): a station record stays
+    small (a broker's Maximum Packet Size may be a few kB)."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return f"{text[:half]}...{text[-half:]}"
 
 
 def working_dir() -> str:
