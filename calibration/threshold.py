@@ -28,6 +28,7 @@ DEFAULT_FALSE_REJECT_RATE = 0.005
 # RELATIVE_MARGIN * |score| + ABSOLUTE_MARGIN (score units); see ``margin``.
 RELATIVE_MARGIN = 1e-3
 ABSOLUTE_MARGIN = 1e-6
+SPREAD_FLOOR = 1e-6   # least std of normal scores, as a share of their mean (float32 keeps ~7 digits); see check_spread
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,22 @@ def _scores(values, what: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise DataError(f"{what} scores contain NaN or inf ({int((~np.isfinite(arr)).sum())} of {arr.size}).")
     return arr
+
+
+def check_spread(scores, what: str, why: str, fix: str, images: str = "held-out normal images") -> tuple[float, float]:
+    """(mean, std) (ddof 0, score units) of ``scores`` ((N,) finite, one per normal image), when they spread: std over
+    SPREAD_FLOOR of |mean|. The one spread rule of the calibrations that take normal images (a fused member's unit,
+    ``runtime.fusion.NormalStats.fit``; the build's threshold, ``export.build``): copies of one image all score the
+    same (std 0, or float32 rounding apart), which gives a fused map no unit and a threshold that sits on one
+    image's score.
+
+    Raises DataError "{what} on the N {images} do not spread (mean, std; expected ...), {why}; {fix}"."""
+    values = np.asarray(scores, np.float64).ravel()
+    mean, std = float(values.mean()), float(values.std())
+    if not std > SPREAD_FLOOR * abs(mean):
+        raise DataError(f"{what} on the {values.size} {images} do not spread (mean {mean:.6g}, std {std:.3g}; expected "
+                        f"a std over {SPREAD_FLOOR:g} of the mean), {why}; {fix}")
+    return mean, std
 
 
 def margin(score: float) -> float:

@@ -48,7 +48,7 @@ from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
 from fair_edge.calibration.onnx_graph import OnnxGraph
-from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold, check_spread
 from fair_edge.checksums import sha256_file
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
@@ -84,7 +84,8 @@ class BuildOptions:
     engine: try to build a TensorRT engine. command: the command line that rebuilds (stored).
     quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none.
     pixel_quantile: the defect regions' pixel threshold = this quantile of the normal maps' pixels
-    (``fair_edge.regions``)."""
+    (``fair_edge.regions``). threshold_images: the option and folder the held-out normal images came from, for
+    messages ("--normal data/dup"); "" names none."""
 
     precision: str = "fp32"
     max_batch: int = 8
@@ -94,6 +95,7 @@ class BuildOptions:
     command: str = ""
     quality: QualityGate | None = None
     pixel_quantile: float = DEFAULT_PIXEL_QUANTILE
+    threshold_images: str = ""
 
     def __post_init__(self) -> None:
         get_precision(self.precision)
@@ -530,6 +532,24 @@ def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None,
             calibrate_pixel_threshold(normal_maps, options.pixel_quantile, source=source), normal_maps)
 
 
+def check_normal_spread(held: _HeldOut, options: BuildOptions) -> None:
+    """DataError naming ``options.threshold_images`` when the FP32 graph's scores of the held-out normal frames do not
+    spread (``calibration.threshold.check_spread``, fusion's rule): copies of one frame all score alike, and a
+    threshold on them sits on that one frame's score, claiming a false-reject rate no other normal part shares.
+    Checked once per build, before any precision work, on the FP32 scores every graph's threshold follows. A single
+    frame has no spread to check (its threshold says "on 1 ... image"). Not for the fallback on calibration images:
+    training images may all score alike on a model fitted on them (a PatchCore memory bank holding their patches),
+    and that threshold's source already says it is training data."""
+    _, scores = held.maps_scores(held.reference)
+    normal = scores[: held.n_normal]
+    if normal.size < 2:
+        return
+    check_spread(normal, f"{options.threshold_images or '--normal'}: the FP32 graph's scores", "so a threshold "
+                 "calibrated on them would sit on one image's score and its false-reject rate would say nothing of "
+                 "other normal parts", "pass images of different normal parts that training did not see with --normal "
+                 "(copies of one frame count as one image).")
+
+
 def _cpu_int8_graph(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions, calib: Inputs | None) -> Path | None:
     """INT8 only: the CPU engines' graph beside the TensorRT one (``calibration.int8_cpu``), same calibration images."""
     if options.precision != "int8" or calib is None:
@@ -653,6 +673,8 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     # calibration (without held-out normals), the accuracy probe, the thresholds and the quality gate
     threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
     held = _HeldOut(ckpt.model, list(threshold_frames), list(defect_frames or ()), fp32) if threshold_frames else None
+    if normal_frames:
+        check_normal_spread(held, options)
     calib = None   # INT8 only
     if options.precision == "int8" and calib_frames:
         calib = held.normal_inputs if not normal_frames else preprocess_frames(   # the same first num_images frames

@@ -341,7 +341,8 @@ def build(
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
                                     normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile,
                                     category, engine),
-                           QualityGate(max_drop) if max_drop is not None else None, pixel_quantile)
+                           QualityGate(max_drop) if max_drop is not None else None, pixel_quantile,
+                           f"--normal {normal}" if normal else "")
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     tiling = ckpt.preprocess.tiling
     calib_frames = held_frames(calib, "train", category, tiling, "--calib", calib_images)

@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold
+from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold, check_spread
 from fair_edge.errors import BundleError, ConfigError, DataError
 from fair_edge.export.bundle import FUSION_MANIFEST
 from fair_edge.runtime.backends import close_scorer
@@ -60,7 +60,6 @@ def fuse_command(backend: str) -> str:
     return f"{FUSE_COMMAND[:-1]} --backend {backend}`"
 
 
-SPREAD_FLOOR = 1e-6   # least std of a member's normal map maxima, as a share of their mean (float32 keeps ~7 digits)
 RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
@@ -80,18 +79,15 @@ class NormalStats:
     def fit(cls, normal_scores: np.ndarray, member: str = "a member") -> "NormalStats":
         """Mean and std (ddof 0) of ``normal_scores`` ((N,) map maxima of one model, one per frame). member: the
         model, for messages. DataError when there are fewer than 2 finite scores, or when they do not spread (std 0, or
-        under SPREAD_FLOOR of their mean: float32 rounding): the spread is the unit of the fused map, and a
-        unit of 0 would make every part's fused score near infinite (as the INT8 gate's ``normal_spread``)."""
+        under 1e-6 of their mean: float32 rounding; ``calibration.threshold.check_spread``, the build's threshold
+        rule too): the spread is the unit of the fused map, and a unit of 0 would make every part's fused
+        score near infinite (as the INT8 gate's ``normal_spread``)."""
         scores = np.asarray(normal_scores, np.float64)
         if scores.size < 2 or not np.all(np.isfinite(scores)):
             raise DataError(f"fusion needs >= 2 finite normal map maxima per model; found {scores.size}.")
-        mean, std = float(scores.mean()), float(scores.std())
-        if not std > SPREAD_FLOOR * abs(mean):
-            raise DataError(f"{member}: its map maxima on the {scores.size} held-out normal images do not spread (mean "
-                            f"{mean:.6g}, std {std:.3g}; expected a std over {SPREAD_FLOOR:g} of the mean), so its map "
-                            "has no unit to be fused in; pass more varied normal images with --normal (different "
-                            "parts, not copies of one image).")
-        return cls(mean, std)
+        return cls(*check_spread(scores, f"{member}: its map maxima", "so its map has no unit to be fused in",
+                                 "pass more varied normal images with --normal (different parts, not copies of one "
+                                 "image)."))
 
 
 def fuse_maps(maps: Sequence[np.ndarray], stats: Sequence[NormalStats], rule: str = "mean") -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,10 @@ read by ``read_image`` / ``read_mask`` when needed, so a bad file is reported by
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -17,7 +19,7 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
-from fair_edge.images import image_files, is_hidden_name, left_out_images, read_mask_pixels
+from fair_edge.images import OTHER_IMAGE_SUFFIXES, image_files, is_hidden_name, left_out_images, read_mask_pixels
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 GOOD_NAMES = ("good", "normal", "ok")  # names of normal images, compared lower-cased: MVTec test/ folders, VisA labels
 VISA_GOOD_LABELS = (*GOOD_NAMES, "0")  # a VisA CSV label that means normal (lower-cased); any other label is a defect
 NAMED_AT_MOST = 5  # how many files (or CSV rows) one message names; the rest are counted
+SCANNED_AT_MOST = 10_000  # entries one subfolder's image count visits (os.walk), so a listing stays quick on a NAS
+COPIES_HASHED_BYTES = 2**30  # bytes hashed at most looking for byte-identical images among one role's files (1 GiB)
 
 
 def is_good_name(name: str) -> bool:
@@ -45,11 +49,13 @@ class Sample:
 
 @dataclass
 class DatasetSplit:
-    """Training (normal only) and test samples of one product."""
+    """Training (normal only) and test samples of one product. layout: what it was read as, "mvtec", "visa",
+    "elpv" or "folder" (a plain folder of normal images: training only); "" when made otherwise (tune's split)."""
 
     name: str
     train: list[Sample]
     test: list[Sample] = field(default_factory=list)
+    layout: str = ""
 
     @property
     def has_masks(self) -> bool:
@@ -166,16 +172,17 @@ def _path_of(item: Sample | Path) -> Path:
     return item.path if isinstance(item, Sample) else Path(item)
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path, hint: str = "") -> list[Path]:
     """Sorted image files directly inside ``folder`` (``folder_images``: hidden files, such as a macOS
-    AppleDouble ``._NAME.png`` beside each image, are not images; image files of another format are left out with
-    a warning). Raises DataError if missing or empty."""
+    AppleDouble ``._NAME.png`` beside each image, are not images; image files of another format, subfolders holding
+    images and broken links are left out with a warning). Raises DataError if missing or empty: "FOLDER holds no
+    images", naming the subfolders and broken links it left out (``unread_text``), then ``hint`` (a sentence)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist.")
     files = folder_images(folder)
     if not files:
-        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}){unread_text(folder)}.{hint}")
     return files
 
 
@@ -183,11 +190,16 @@ def folder_images(folder: Path) -> list[Path]:
     """The images of ``folder`` that a command reads (``images.image_files`` with ``IMAGE_SUFFIXES``), sorted by
     name. Image files it leaves out for their suffix (``images.left_out_images``: a ``.pgm``, a ``.gif``) are
     logged once, as a warning counting them and naming the first few; other files (a ``README.txt``) are not.
-    Raises OSError when the folder cannot be read."""
+    When it holds images, the subfolders holding images and the broken links it leaves out (``unread_text``) are
+    logged once, as one warning; when it holds none, its caller's refusal names them. Raises OSError when the
+    folder cannot be read."""
     files = image_files(folder, IMAGE_SUFFIXES)
     left_out = left_out_images(folder, IMAGE_SUFFIXES)
     if left_out:
         _warn_left_out(folder, left_out)
+    unread = unread_text(folder) if files else ""
+    if unread:
+        log.warning("%s: %d image(s) read%s.", folder, len(files), unread)
     return files
 
 
@@ -198,6 +210,72 @@ def _warn_left_out(folder: Path, left_out: list[Path]) -> None:
     log.warning("%s: %d image file(s) left out: their suffix is none of those fair-edge reads as images (%s): "
                 "%s%s. Save them as PNG to use them, or move them out of the folder.", folder, len(left_out),
                 ", ".join(IMAGE_SUFFIXES), shown, more)
+
+
+def unread_text(folder: Path) -> str:
+    """What a listing of ``folder`` leaves out that may be images (``unread_entries``), for a message: "; not read:
+    lot2/ (25 images): ... flatten them ... or pass the subfolder; 3 broken link(s): img1.png -> /mnt/nas/img1.png
+    ...". "" when there is nothing of the kind (or the folder cannot be read)."""
+    try:
+        subfolders, links = unread_entries(folder)
+    except OSError:
+        return ""
+    text = ""
+    if subfolders:
+        text += (f"; not read: {_named(f'{p.name}/ ({n} images)' for p, n in subfolders)}: images in subfolders are "
+                 f"not read; flatten them into {folder} or pass the subfolder")
+    if links:
+        text += (f"; {len(links)} broken link(s): {_named(f'{p.name} -> {target}' for p, target in links)}: their "
+                 "targets do not exist (a share not mounted, a moved folder?); mount the share or copy the images in")
+    return text
+
+
+def _named(items) -> str:
+    """The first NAMED_AT_MOST of ``items`` (strings) joined by commas, and "and N more"."""
+    items = list(items)
+    more = f" and {len(items) - NAMED_AT_MOST} more" if len(items) > NAMED_AT_MOST else ""
+    return ", ".join(items[:NAMED_AT_MOST]) + more
+
+
+def unread_entries(folder: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """What ``folder`` holds besides its files that may be images, each list sorted by name:
+
+    - (subfolder, how many images it holds: "25", or "10000+" past SCANNED_AT_MOST entries) for each subfolder
+      holding images (``IMAGE_SUFFIXES``) in it or below (``count_images_below``); hidden and NAS folders
+      (``is_dataset_folder``) are left out;
+    - (link, its target) for each symbolic link whose target does not exist (a NAS share not mounted), named as an
+      image (any suffix OpenCV reads) or with no suffix (a folder); hidden names are left out.
+
+    One ``os.scandir`` pass (entry types from the directory listing: no extra call per image file on most file
+    systems). Raises OSError when ``folder`` cannot be read."""
+    link_suffixes = (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES, "")
+    subfolders, links = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = Path(entry.path)
+            if is_hidden_name(entry.name):
+                continue
+            if entry.is_symlink() and path.suffix.lower() in link_suffixes and not os.path.exists(entry.path):
+                links.append((path, os.readlink(entry.path)))
+            elif is_dataset_folder(entry.name) and entry.is_dir():
+                count, complete = count_images_below(path)
+                if count:
+                    subfolders.append((path, f"{count}" if complete else f"{count}+"))
+    return sorted(subfolders), sorted(links)
+
+
+def count_images_below(folder: Path) -> tuple[int, bool]:
+    """(image files in ``folder`` and its subfolders, whether all were counted): names with a suffix of
+    ``IMAGE_SUFFIXES`` that are not hidden; hidden and NAS folders are skipped, links to folders not followed,
+    and the count stops after SCANNED_AT_MOST entries (complete False). Unreadable folders count 0."""
+    count, seen = 0, 0
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if is_dataset_folder(d)]
+        seen += len(dirs) + len(files)
+        count += sum(1 for f in files if not is_hidden_name(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if seen > SCANNED_AT_MOST:
+            return count, False
+    return count, True
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -216,7 +294,7 @@ def _mvtec(root: Path, need_train: bool = True) -> DatasetSplit:
             continue
         masks = mask_files(root / "ground_truth" / type_dir.name)
         test.extend(Sample(p, 1, type_dir.name, mask_of(p, masks)) for p in files)
-    return DatasetSplit(root.name, train, test)
+    return DatasetSplit(root.name, train, test, "mvtec")
 
 
 def mask_files(folder: Path) -> dict[str, list[Path]]:
@@ -262,8 +340,8 @@ def mvtec_test_types(test_dir: Path) -> list[tuple[Path, list[Path]]]:
         if files:
             types.append((folder, files))
         else:
-            log.warning("skipping the test folder %s: it holds no images (%s); put that type's test images there, "
-                        "or remove the folder", folder, ", ".join(IMAGE_SUFFIXES))
+            log.warning("skipping the test folder %s: it holds no images (%s)%s; put that type's test images "
+                        "there, or remove the folder", folder, ", ".join(IMAGE_SUFFIXES), unread_text(folder))
     return types
 
 
@@ -311,7 +389,7 @@ def _visa(csv_path: Path, category: str | None, need_train: bool = True) -> Data
         raise DataError(_visa_bad_train_message(csv_path, bad_train))
     if not train and need_train:
         raise DataError(f"{csv_path}: category {category!r} has no 'train' rows.")
-    return DatasetSplit(category, train, test)
+    return DatasetSplit(category, train, test, "visa")
 
 
 def _visa_bad_train_message(csv_path: Path, rows: list[str]) -> str:
@@ -351,7 +429,7 @@ def elpv_split(kind: str = "mono", test_fraction: float = 0.2, seed: int = 0) ->
     n_test = int(round(len(good) * test_fraction))
     test_good = [Sample(good[i]) for i in sorted(order[:n_test])]
     train = [Sample(good[i]) for i in sorted(order[n_test:])]
-    return DatasetSplit(f"elpv-{kind}", train, test_good + [Sample(p, 1, "defective") for p in bad])
+    return DatasetSplit(f"elpv-{kind}", train, test_good + [Sample(p, 1, "defective") for p in bad], "elpv")
 
 
 def load_dataset(spec: str | Path, category: str | None = None, *, need_train: bool = True) -> DatasetSplit:
@@ -384,10 +462,30 @@ def load_dataset(spec: str | Path, category: str | None = None, *, need_train: b
     categories = mvtec_categories(path, need_train)
     if categories:
         raise DataError(_mvtec_root_message(path, category, categories))
+    hint = case_variant_hint(path)
     if (path / "test").is_dir() and not image_files(path, IMAGE_SUFFIXES):
         raise DataError(f"{path} has a test/ folder but no train/good folder: training needs normal images in "
-                        f"{path / 'train' / 'good'}; add them there, or give a folder of normal images.")
-    return DatasetSplit(path.name, [Sample(p) for p in list_images(path)])
+                        f"{path / 'train' / 'good'}; add them there, or give a folder of normal images.{hint}")
+    return DatasetSplit(path.name, [Sample(p) for p in list_images(path, hint)], layout="folder")
+
+
+def case_variant_hint(path: Path) -> str:
+    """" It has Train/Good: ..." when ``path`` holds a train/good folder spelt in another case (found on a
+    case-sensitive file system only, where MVTec's lower-case train/good is then missing); "" otherwise."""
+    variant = path
+    for part in ("train", "good"):
+        try:
+            found = sorted(p for p in variant.iterdir() if p.name.lower() == part and p.is_dir())
+        except OSError:
+            return ""
+        if not found:
+            return ""
+        variant = found[0]
+    if variant == path / "train" / "good":
+        return ""
+    shown = variant.relative_to(path).as_posix()
+    return (f" It has {shown}: an MVTec dataset's folders are read in lower case (train/good, test/); rename "
+            f"{variant} to {path / 'train' / 'good'}.")
 
 
 def mvtec_categories(path: Path, need_train: bool = True) -> list[str]:
@@ -410,26 +508,92 @@ def _mvtec_root_message(path: Path, category: str | None, categories: list[str])
 
 
 IMAGE_ROLES = ("train", "normal", "defect")
+# the option that takes each held-out role (build, fuse), and what its images are, for messages
+ROLE_FLAGS = {"normal": "--normal", "defect": "--defects"}
+ROLE_WORDS = {"normal": "held-out normal images", "defect": "defective images"}
+ROLE_FOLDERS = {"normal": "a folder of normal images that training did not see",
+                "defect": "a folder of defective images"}
+TEST_SPLITS = {"mvtec": "MVTec: a test/ folder with test/good and test/<defect type>", "visa": "VisA: rows with split "
+               "'test'"}
 
 
 def images_for(spec: str | Path, role: str, category: str | None = None) -> list[Path]:
     """The image files of ``spec`` that play ``role``, for commands that ask for normal (or defect) images.
 
     spec: anything ``load_dataset`` accepts. A plain folder gives all its images whatever the role;
-    a dataset with a test split gives, for role "train", its training images (normal, e.g. INT8
-    calibration), for "normal" its held-out normal test images (the decision threshold), for
-    "defect" its defective test images. Raises DataError when the dataset has none of that role.
+    a dataset gives, for role "train", its training images (normal, e.g. INT8 calibration), for "normal" its
+    held-out normal test images (the decision threshold), for "defect" its defective test images. Raises
+    DataError when the dataset has none of that role: a dataset without a test split has no held-out images,
+    and its training images are never taken for them. Byte-identical held-out files are named in a warning
+    (``warn_copies``).
     """
     if role not in IMAGE_ROLES:
         raise ValueError(f"role must be one of {IMAGE_ROLES}; found {role!r}")
     split = load_dataset(spec, category)
-    if not split.test:
-        return [s.path for s in split.train]
-    chosen = {"train": split.train, "normal": [s for s in split.test if s.label == 0],
-              "defect": [s for s in split.test if s.label == 1]}[role]
+    if split.layout == "folder":
+        chosen = split.train
+    elif role != "train" and not split.test:
+        raise DataError(_no_test_split_message(spec, category, split, role))
+    else:
+        chosen = {"train": split.train, "normal": [s for s in split.test if s.label == 0],
+                  "defect": [s for s in split.test if s.label == 1]}[role]
     if not chosen:
         raise DataError(f"dataset {spec} has no {role} images; pass a folder of them instead.")
-    return [s.path for s in chosen]
+    paths = [s.path for s in chosen]
+    if role in ROLE_WORDS:
+        warn_copies(paths, f"{ROLE_FLAGS[role]} {spec}", ROLE_WORDS[role])
+    return paths
+
+
+def _no_test_split_message(spec: str | Path, category: str | None, split: DatasetSplit, role: str) -> str:
+    """The refusal of a dataset without a test split given for held-out images (``role`` "normal" or "defect")."""
+    where = f"dataset {spec}" + (f" (category {category})" if category else "")
+    layout = TEST_SPLITS.get(split.layout, "")
+    return (f"{ROLE_FLAGS[role]}: {where} has no test split{f' ({layout})' if layout else ''}: its {len(split.train)} "
+            f"images are its training images, not {ROLE_WORDS[role]}. Pass {ROLE_FOLDERS[role]} to "
+            f"{ROLE_FLAGS[role]}, or add the dataset's test split and pass the dataset.")
+
+
+def warn_copies(paths: Sequence[Path], given: str, what: str) -> None:
+    """Log one warning naming the byte-identical files among ``paths`` (``byte_identical_groups``): each group is one
+    image, however many copies, so it adds nothing a single file would not. given: the option and its value
+    ("--normal data/dup"); what: the images' role ("held-out normal images")."""
+    groups = byte_identical_groups(paths)
+    if not groups:
+        return
+    copies = sum(len(g) - 1 for g in groups)
+    shown = _named(" = ".join(p.name for p in g[:3]) + (f" = ... ({len(g)} files)" if len(g) > 3 else "")
+                   for g in groups)
+    log.warning("%s: %d of the %d %s are byte-identical copies of another of them (%d distinct images): %s. Copies "
+                "of one image count as one image; replace them with images of other parts, or remove them.", given,
+                copies, len(paths), what, len(paths) - copies, shown)
+
+
+def byte_identical_groups(paths: Sequence[Path], hashed_at_most: int = COPIES_HASHED_BYTES) -> list[list[Path]]:
+    """The groups (2 or more paths each, in ``paths`` order) of files with the same bytes, by first member. Files are
+    grouped by size (os.stat) and only those sharing a size are hashed (SHA-256), at most ``hashed_at_most`` bytes in
+    all: files past it are not compared. A file that cannot be read is left out (its reader names it)."""
+    by_size: dict[int, list[Path]] = {}
+    for path in paths:
+        try:
+            by_size.setdefault(os.stat(path).st_size, []).append(path)
+        except OSError:
+            continue
+    by_hash: dict[bytes, list[Path]] = {}
+    hashed = 0
+    for size, same_size in by_size.items():
+        if len(same_size) < 2 or size == 0:
+            continue
+        for path in same_size:
+            if hashed + size > hashed_at_most:
+                break
+            try:
+                by_hash.setdefault(hashlib.sha256(Path(path).read_bytes()).digest(), []).append(path)
+            except OSError:
+                continue
+            hashed += size
+    order = {path: i for i, path in enumerate(paths)}
+    return sorted((sorted(g, key=order.get) for g in by_hash.values() if len(g) > 1), key=lambda g: order[g[0]])
 
 
 def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
