@@ -350,3 +350,27 @@ class NodeServer:
             self.delete(name)
         self.nodes[name] = (type_name, start)
         self._lt.call(self._add(name, type_name, start))
+
+
+class ScriptedPlc:
+    """A ``HandshakeLink`` over a dict of signals the test sets as the PLC would; ``writes`` holds every
+    ``write`` the station made, in order."""
+
+    name = "scripted plc"
+
+    def __init__(self) -> None:
+        self.signals = {"trigger": 0, "part_id": 0, "ack": 0}
+        self.writes: list[list[tuple[str, object]]] = []
+
+    def open(self) -> None:
+        pass
+
+    def read_inputs(self) -> dict[str, int]:
+        return {k: int(self.signals[k]) for k in ("trigger", "part_id", "ack")}
+
+    def write(self, values) -> None:
+        self.writes.append(list(values))
+        self.signals.update(values)
+
+    def close(self) -> None:
+        pass

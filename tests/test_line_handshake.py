@@ -26,7 +26,7 @@ from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Frame, Verdict
 
 pytest.importorskip("pymodbus")
-from line_servers import FakeClock, wait_for  # noqa: E402
+from line_servers import FakeClock, ScriptedPlc, wait_for  # noqa: E402
 from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc, OpcUaHandshakePlc  # noqa: E402
 
 IMAGES = [np.full((16, 16, 3), v, np.uint8) for v in (10, 200, 30, 40, 220)]
@@ -256,30 +256,6 @@ def test_an_ack_left_over_from_before_the_station_connected_acknowledges_nothing
 
 
 # ----------------------------------------------------------------------------- a late ack (scripted PLC, fake clock)
-class ScriptedPlc:
-    """A ``HandshakeLink`` over a dict of signals the test sets as the PLC would; ``writes`` holds every
-    ``write`` the station made, in order."""
-
-    name = "scripted plc"
-
-    def __init__(self) -> None:
-        self.signals = {"trigger": 0, "part_id": 0, "ack": 0}
-        self.writes: list[list[tuple[str, object]]] = []
-
-    def open(self) -> None:
-        pass
-
-    def read_inputs(self) -> dict[str, int]:
-        return {k: int(self.signals[k]) for k in ("trigger", "part_id", "ack")}
-
-    def write(self, values) -> None:
-        self.writes.append(list(values))
-        self.signals.update(values)
-
-    def close(self) -> None:
-        pass
-
-
 def trigger_and_answer(hs: Handshake, plc: ScriptedPlc, clock: FakeClock, seq: int, part_id: int, ng: bool) -> None:
     """The PLC triggers ``part_id``; the station takes it (one poll), frame ``seq`` inspects it, its verdict
     comes, and the next poll writes its result."""

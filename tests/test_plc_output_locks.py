@@ -31,7 +31,7 @@ from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSetti
 from fair_edge.station.config import ConsoleSettings, StationConfig
 
 pytest.importorskip("pymodbus")
-from line_servers import FakeClock, wait_for  # noqa: E402
+from line_servers import FakeClock, ScriptedPlc, wait_for  # noqa: E402
 from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc  # noqa: E402
 
 HOLDER = """
@@ -101,29 +101,6 @@ class Opened:
 
         monkeypatch.setitem(HANDSHAKE_SCHEMES, "modbus", open_link)
         monkeypatch.setitem(sinks.SINK_SCHEMES, "modbus", open_sink)
-
-
-class ScriptedPlc:
-    """A ``HandshakeLink`` over a dict the test sets as the PLC would; ``writes`` holds every write, in order."""
-
-    name = "scripted plc"
-
-    def __init__(self) -> None:
-        self.signals = {"trigger": 0, "part_id": 0, "ack": 0}
-        self.writes: list[list[tuple[str, object]]] = []
-
-    def open(self) -> None:
-        pass
-
-    def read_inputs(self) -> dict[str, int]:
-        return {k: int(self.signals[k]) for k in ("trigger", "part_id", "ack")}
-
-    def write(self, values) -> None:
-        self.writes.append(list(values))
-        self.signals.update(values)
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------- 1. refused at start, ready kept
