@@ -23,13 +23,26 @@ def gpu_available() -> bool:
         return False
 
 
+_SESSION_LOCK_DIR: list[str] = []   # the lock folder this session made (removed at its end), if it made one
+
+
 def pytest_configure(config):
     """The PLC-output locks of every station a test runs go to a folder of this session's own (FAIR_EDGE_LOCK_DIR,
     inherited by the stations tests start as processes), never the machine's /run/lock/fair-edge."""
     import os
     import tempfile
 
-    os.environ.setdefault("FAIR_EDGE_LOCK_DIR", tempfile.mkdtemp(prefix="fair-edge-test-locks-"))
+    if "FAIR_EDGE_LOCK_DIR" not in os.environ:
+        _SESSION_LOCK_DIR.append(tempfile.mkdtemp(prefix="fair-edge-test-locks-"))
+        os.environ["FAIR_EDGE_LOCK_DIR"] = _SESSION_LOCK_DIR[0]
+
+
+def pytest_unconfigure(config):
+    """Remove the session's lock folder (each run used to leave one in the temporary folder)."""
+    import shutil
+
+    for folder in _SESSION_LOCK_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
