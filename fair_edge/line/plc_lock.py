@@ -10,10 +10,12 @@ takes them all before any of them is opened; a second station is refused (Config
 running station's pid and station file, and the setting that moves it.
 
 The locks are ``fair_edge.runlock``'s flocks (gone with the process however it ends), one file per address in one
-folder every station of the machine uses (``lock_dir``). An address is the station file's, normalised: host
-lower-case, the default port (502, 4840) and unit (1) filled in. The same PLC named by two host names (an IP and
-a name), or a node named ``ns=2;...`` in one file and ``nsu=URI;...`` in another, is not recognised as one; a
-station on another machine is not seen. Sinks that drive no PLC address (``log://``; GPIO lines, which the kernel
+folder every station of the machine uses (``lock_dir``). An address is the station file's, normalised: the default
+port (502, 4840) and unit (1) filled in, and the host resolved (``host_addresses``: ``socket.getaddrinfo``) to its
+IP addresses, one lock per address, so the same server named two ways (``localhost`` in one file, ``127.0.0.1`` in
+another) is one lock; a host that does not resolve is taken as written, lower-case. Only the host is resolved: a
+node named ``ns=2;...`` in one file and ``nsu=URI;...`` in another is not recognised as one; a station on another
+machine is not seen. Sinks that drive no PLC address (``log://``; GPIO lines, which the kernel
 gives to one process at a time) take no lock. Reading is not writing: ``reject.encoder`` takes none.
 """
 
@@ -22,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..runlock import hold_lock
@@ -35,6 +39,8 @@ from .handshake.settings import ACK, STATION_SIGNALS, TRIGGER, HandshakeSettings
 from .sinks.modbus import parse_modbus_url
 from .sinks.opcua import parse_opcua_url
 from .sinks.urls import SinkUrl, parse_sink_url
+
+log = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "FAIR_EDGE_LOCK_DIR"        # a folder for the PLC-output locks instead of the default (tests)
 SYSTEM_LOCK_DIR = Path("/run/lock")        # FHS: lock files, emptied at boot; its fair-edge/ folder when writable
@@ -45,26 +51,41 @@ COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: c
 
 @dataclass(frozen=True)
 class PlcOutput:
-    """One PLC address a station writes. key: the address normalised (what the lock is taken on); shown: the
-    address in words (``modbus 10.0.0.5:502 unit 1 coil 0``); setting: the station file's setting that names it
-    (``reject.fault_sinks[0]``)."""
+    """One PLC address a station writes. key: the address normalised as written (``modbus://10.0.0.5:502/1/coil/0``;
+    the locks are taken on ``lock_keys``, its host resolved); shown: the address in words (``modbus 10.0.0.5:502
+    unit 1 coil 0``); setting: the station file's setting that names it (``reject.fault_sinks[0]``); host: the host
+    as written, lower-case (``key``'s, after ``scheme://``)."""
 
     key: str
     shown: str
     setting: str
+    host: str = ""
+
+    def with_host(self, address: str) -> str:
+        """``key`` with its host replaced by ``address`` (an IP address ``host_addresses`` gave; IPv6 in
+        brackets): the key of one of this output's locks."""
+        scheme, rest = self.key.split("://", 1)
+        written = f"[{self.host}]" if ":" in self.host else self.host
+        placed = f"[{address}]" if ":" in address else address
+        return f"{scheme}://{placed}{rest[len(written):]}"
+
+
+def hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:502``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def modbus_output(url: SinkUrl, unit: int, space: str, address: int, setting: str) -> PlcOutput:
     """A Modbus coil or holding register (``space``) at ``address`` of ``unit`` on the server ``url`` names."""
-    where = f"{url.host}:{url.port or MODBUS_PORT}"
+    where = hostport(url.host, url.port or MODBUS_PORT)
     return PlcOutput(f"modbus://{where}/{unit}/{space}/{address}", f"modbus {where} unit {unit} {space} {address}",
-                     setting)
+                     setting, url.host)
 
 
 def opcua_output(url: SinkUrl, node: str, setting: str) -> PlcOutput:
     """The node ``node`` (as written: ``ns=2;s=Reject``) of the OPC UA server ``url`` names (without its user)."""
-    where = f"{url.host}:{url.port or OPCUA_PORT}{url.path.rstrip('/')}"
-    return PlcOutput(f"opcua://{where}#{node}", f"opcua {where} node {node}", setting)
+    where = f"{hostport(url.host, url.port or OPCUA_PORT)}{url.path.rstrip('/')}"
+    return PlcOutput(f"opcua://{where}#{node}", f"opcua {where} node {node}", setting, url.host)
 
 
 def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
@@ -129,6 +150,34 @@ def shared_folder(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def host_addresses(host: str) -> tuple[str, ...]:
+    """The IP addresses ``host`` (a name or an address, as a sink URL writes it) resolves to, sorted, each once
+    (``socket.getaddrinfo``: ``/etc/hosts``, then DNS); ``(host lower-case,)`` when it resolves to none (logged at
+    debug: the lock is then taken on the name as written)."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        log.debug("PLC output lock: host %r not resolved (%s); locked by its name as written", host, exc)
+        return (host.lower(),)
+    return tuple(sorted({str(sockaddr[0]) for *_, sockaddr in found})) or (host.lower(),)
+
+
+def lock_keys(outputs: Iterable[PlcOutput]) -> dict[str, PlcOutput]:
+    """Lock key -> the output it locks: one key per IP address of each output's host (``host_addresses``, each host
+    resolved once), so two spellings of one server share a lock. The first output naming a key names it; its
+    ``shown`` adds the address when the host is written otherwise (``modbus localhost:502 ... (localhost is
+    127.0.0.1)``)."""
+    resolved: dict[str, tuple[str, ...]] = {}
+    keys: dict[str, PlcOutput] = {}
+    for output in outputs:
+        if output.host not in resolved:
+            resolved[output.host] = host_addresses(output.host)
+        for address in resolved[output.host]:
+            shown = output.shown if address == output.host else f"{output.shown} ({output.host} is {address})"
+            keys.setdefault(output.with_host(address), replace(output, shown=shown))
+    return keys
+
+
 def lock_name(key: str) -> str:
     """The lock file of an address: its key in file-name characters (at most 80) and a digest of the whole key
     (``plc-modbus_10.0.0.5_502_1_coil_0-1a2b3c4d5e.lock``)."""
@@ -139,16 +188,15 @@ def lock_name(key: str) -> str:
 @contextlib.contextmanager
 def hold_plc_outputs(outputs: Iterable[PlcOutput], what: str,
                      busy: Callable[[PlcOutput, str], str]) -> Iterator[None]:
-    """Hold the lock of every address of ``outputs`` (one each: an address two settings name is locked once) while
-    the block runs. what: written beside the pid (the station file). busy(output, holder): the refusal's text,
-    raised as ConfigError when another station (``holder``: its pid and station file) holds one; the locks taken
-    before it are let go. The same thread may take them again inside (a no-op, as ``hold_lock``)."""
-    unique: dict[str, PlcOutput] = {}
-    for output in outputs:
-        unique.setdefault(output.key, output)   # the first setting naming an address names it
+    """Hold the lock of every address of ``outputs`` (``lock_keys``: one per IP address of its host; an address two
+    settings name, however spelled, is locked once) while the block runs. what: written beside the pid (the station
+    file). busy(output, holder): the refusal's text, raised as ConfigError when another station (``holder``: its
+    pid and station file) holds one; the locks taken before it are let go. The same thread may take them again
+    inside (a no-op, as ``hold_lock``)."""
+    keys = lock_keys(outputs)
     folder = lock_dir()
     with contextlib.ExitStack() as stack:
-        for output in unique.values():
-            stack.enter_context(hold_lock(folder, lock_name(output.key), what, functools.partial(busy, output),
+        for key, output in keys.items():
+            stack.enter_context(hold_lock(folder, lock_name(key), what, functools.partial(busy, output),
                                           shared=True))
         yield

@@ -1,0 +1,118 @@
+"""PLC-output locks compared addresses as written: a station file with ``host: localhost`` and another with
+``host: 127.0.0.1`` (one Modbus server, one coil) both started and both wrote. Now the host of a lock key is
+resolved to its IP addresses (``plc_lock.host_addresses``), one lock each, default ports filled in; a host that
+does not resolve is locked by its name as written, lower-case.
+
+The first station is a real process holding its locks until its stdin closes (no clock); the locks go to a folder
+of the test's own (``FAIR_EDGE_LOCK_DIR``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from fair_edge.errors import ConfigError
+from fair_edge.line import plc_lock
+from fair_edge.line.plc_lock import hold_plc_outputs, sink_outputs
+
+HOLDER = """
+import sys
+from fair_edge.line.plc_lock import hold_plc_outputs, sink_outputs
+with hold_plc_outputs(sink_outputs("reject.sinks", [sys.argv[1]]), "fair-edge run --station /etc/A.yaml",
+                      lambda output, holder: holder):
+    print("held", flush=True)
+    sys.stdin.read()   # until the test closes our stdin
+"""
+
+
+@pytest.fixture(autouse=True)
+def lock_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "locks"
+    monkeypatch.setenv("FAIR_EDGE_LOCK_DIR", str(folder))
+    return folder
+
+
+@contextlib.contextmanager
+def first_station(url: str) -> Iterator[int]:
+    """A child process holding the lock of the sink ``url``'s PLC output until the block ends; yields its pid."""
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield child.pid
+    finally:
+        child.stdin.close()
+        child.wait(60)
+
+
+def second_station(url: str):
+    """The second station's hold on the sink ``url``'s PLC output (refused as ``station.run`` refuses it)."""
+    from fair_edge.station.run import plc_busy
+
+    return hold_plc_outputs(sink_outputs("reject.sinks", [url]), "fair-edge run --station /etc/B.yaml", plc_busy)
+
+
+def lock_keys(url: str) -> dict:
+    """The lock keys of the sink ``url``'s PLC output -> the output each locks."""
+    return plc_lock.lock_keys(sink_outputs("reject.sinks", [url]))
+
+
+def keys(url: str) -> set[str]:
+    return set(lock_keys(url))
+
+
+def test_localhost_and_its_address_are_one_lock_and_other_ports_are_not():
+    assert keys("modbus://localhost?coil=0") & keys("modbus://127.0.0.1:502?unit=1&coil=0")
+    assert keys("modbus://LocalHost:502?coil=0") & keys("modbus://127.0.0.1?coil=0")
+    assert not keys("modbus://localhost:502?coil=0") & keys("modbus://127.0.0.1:503?coil=0")
+    assert keys("opcua://localhost/ua?node=ns=2;s=Reject") & keys("opcua://127.0.0.1:4840/ua?node=ns=2;s=Reject")
+
+
+def test_a_second_station_on_the_same_coil_by_another_host_name_is_refused_naming_the_first(tmp_path):
+    with first_station("modbus://localhost?coil=0") as pid:
+        with pytest.raises(ConfigError) as refused:
+            with second_station("modbus://127.0.0.1:502?unit=1&coil=0"):
+                pass
+        with second_station("modbus://127.0.0.1:503?coil=0"):   # another server (port): not refused
+            pass
+    text = " ".join(str(refused.value).split())
+    assert f"pid {pid}, fair-edge run --station /etc/A.yaml" in text, text
+    assert "modbus 127.0.0.1:502 unit 1 coil 0" in text and "reject.sinks[0]" in text, text
+
+
+def test_a_name_of_several_addresses_collides_on_any_of_them_and_is_shown_resolved(monkeypatch, tmp_path):
+    """A PLC's name resolving to an IPv4 and an IPv6 address (``localhost`` on most systems, ``::1`` too): one
+    lock per address, so a station naming either address is refused; the refusal names the address it met."""
+    real = socket.getaddrinfo
+
+    def fake(host, *args, **kwargs):
+        if host == "plc-a.line":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::5", 0, 0, 0)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 0)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(plc_lock.socket, "getaddrinfo", fake)
+    named = lock_keys("modbus://plc-a.line?coil=0")
+    assert sorted(named) == ["modbus://10.0.0.5:502/1/coil/0", "modbus://[fd00::5]:502/1/coil/0"]
+    shown = named["modbus://10.0.0.5:502/1/coil/0"].shown
+    assert shown == "modbus plc-a.line:502 unit 1 coil 0 (plc-a.line is 10.0.0.5)"
+    assert keys("modbus://[fd00::5]?coil=0") == {"modbus://[fd00::5]:502/1/coil/0"}
+    assert keys("modbus://10.0.0.5?coil=0") == {"modbus://10.0.0.5:502/1/coil/0"}
+
+
+def test_a_host_that_does_not_resolve_is_locked_by_its_name_lower_case(monkeypatch, caplog):
+    def unresolved(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(plc_lock.socket, "getaddrinfo", unresolved)
+    caplog.set_level(logging.DEBUG, logger="fair_edge.line.plc_lock")
+    assert keys("modbus://PLC-B.Line:502?coil=0") == keys("modbus://plc-b.line?coil=0") == \
+        {"modbus://plc-b.line:502/1/coil/0"}
+    assert any("'plc-b.line' not resolved" in r.getMessage() for r in caplog.records), caplog.text
