@@ -100,11 +100,13 @@ def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[fl
 
 
 def cell_rows(summary) -> list[tuple[str, object]]:
-    """Rows for a station of several cameras: the parts, then each camera (empty with one camera)."""
+    """Rows for a station of several cameras: the parts (with ``group.match: sequence``, the times a camera fell
+    out of step and was matched again: ``parts.resyncs``), then each camera (empty with one camera)."""
     rows: list[tuple[str, object]] = []
     if summary.parts:
         p = summary.parts
-        rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected"))
+        resyncs = f", {p['resyncs']} resyncs (a camera out of step)" if "resyncs" in p else ""
+        rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected{resyncs}"))
     for name, c in summary.cameras.items():
         rows.append((escape(f"camera {name}"), f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} "
                                                f"dropped, {c['lost']} lost"))

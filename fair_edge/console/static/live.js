@@ -69,7 +69,8 @@ function showCell(s) {
   }
   const q = s.parts || {};
   $("part-counters").textContent = q.parts === undefined ? "each camera is its own lane: its frames are its parts"
-    : `parts: ${q.parts} · NG ${q.ng} · OK ${q.ok} · not inspected ${q.not_inspected} · views after their part closed ${q.late_views}`;
+    : `parts: ${q.parts} · NG ${q.ng} · OK ${q.ok} · not inspected ${q.not_inspected} · views after their part closed ${q.late_views}`
+      + (q.resyncs === undefined ? "" : ` · resyncs (camera out of step) ${q.resyncs}`);   // match: sequence only
 }
 
 function showCounters(s) {
