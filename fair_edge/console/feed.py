@@ -48,7 +48,8 @@ class CellCounters(Protocol):
 
     cameras() -> {camera: {"frames_in", "inspected", "ng", "dropped", "lost", "state", "end_reason"}} (the
     same counters as ``RunSummary.cameras``); parts() -> the part counters ({"parts", "ng", "ok",
-    "not_inspected", "late_views"}; {} when the cameras are lanes, not views of one part)."""
+    "not_inspected", "late_views"}, and "resyncs" with ``group.match: sequence``; {} when the cameras are lanes,
+    not views of one part)."""
 
     def cameras(self) -> dict[str, dict]: ...
 
