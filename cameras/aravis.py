@@ -42,7 +42,7 @@ from fair_edge.errors import CameraError
 
 from .base import AwaitingTrigger, FrameIncomplete, FrameMissed
 from .capture import SourceBase
-from .genicam import PIXEL_FORMATS
+from .genicam import PIXEL_FORMATS, image_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -115,25 +115,6 @@ def trigger_mode_on(camera) -> bool:
         return camera.get_string("TriggerMode") == "On"
     except Exception:  # noqa: BLE001 - GLib.Error: no such feature -> a free-running camera
         return False
-
-
-def image_from_rows(data: bytes, height: int, width: int, channels: int, x_padding: int, source: str) -> np.ndarray:
-    """An 8-bit image copied out of a buffer's ``data`` whose rows lie ``width * channels + x_padding`` bytes
-    apart (``x_padding``: bytes after each row, from the buffer's leader; 0 = packed rows).
-
-    Returns (height, width) uint8 for ``channels`` 1, else (height, width, channels), C-contiguous.
-    CameraError naming ``source``, the bytes expected and found when ``data`` is too short for that layout."""
-    row_bytes = width * channels
-    stride = row_bytes + x_padding
-    needed = (height - 1) * stride + row_bytes if height > 0 else 0
-    if len(data) < needed:
-        raise CameraError(f"{source}: frame data is {len(data)} bytes, expected at least {needed} for "
-                          f"{height} rows of {width} x {channels} bytes, {x_padding} byte(s) of padding after each; "
-                          "check the camera's PixelFormat, Width and Height")
-    shape, strides = (height, width, channels), (stride, channels, 1)
-    if channels == 1:
-        shape, strides = shape[:2], strides[:2]
-    return np.ndarray(shape, np.uint8, buffer=data, strides=strides).copy()
 
 
 def monotonic_from_system_ns(system_ns: int) -> float:

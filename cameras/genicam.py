@@ -3,6 +3,10 @@
 ``harvesters`` is an optional extra (``pip install 'fair-edge[genicam]'``), imported only
 when a GenICam source is opened. The GenTL producer is a ``.cti`` file shipped with the
 camera vendor's SDK (e.g. Basler pylon, Teledyne Spinnaker, MATRIX VISION mvGenTL).
+
+A frame's rows are read by their stride, as ``aravis:`` reads them (``image_from_rows``, shared with it): a camera
+that pads each line (bytes after ``width x bytes per pixel``) gives its frames unsheared; a buffer whose size
+fits neither packed nor equally padded rows is a CameraError, never a garbled frame (``row_padding``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,47 @@ PIXEL_FORMATS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray] | None]] 
 }
 
 
+def image_from_rows(data, height: int, width: int, channels: int, x_padding: int, source: str) -> np.ndarray:
+    """An 8-bit image copied out of a buffer's ``data`` (bytes, or a uint8 array) whose rows lie
+    ``width * channels + x_padding`` bytes apart (``x_padding``: bytes after each row; 0 = packed rows).
+
+    Returns (height, width) uint8 for ``channels`` 1, else (height, width, channels), C-contiguous.
+    CameraError naming ``source``, the bytes expected and found when ``data`` is too short for that layout."""
+    row_bytes = width * channels
+    stride = row_bytes + x_padding
+    needed = (height - 1) * stride + row_bytes if height > 0 else 0
+    if len(data) < needed:
+        raise CameraError(f"{source}: frame data is {len(data)} bytes, expected at least {needed} for "
+                          f"{height} rows of {width} x {channels} bytes, {x_padding} byte(s) of padding after each; "
+                          "check the camera's PixelFormat, Width and Height")
+    shape, strides = (height, width, channels), (stride, channels, 1)
+    if channels == 1:
+        shape, strides = shape[:2], strides[:2]
+    return np.ndarray(shape, np.uint8, buffer=data, strides=strides).copy()
+
+
+def row_padding(component, data_bytes: int, height: int, row_bytes: int, source: str) -> int:
+    """Bytes after each of the ``height`` rows of ``row_bytes`` (width x bytes per pixel) in a harvesters component
+    whose data is ``data_bytes`` long: its ``x_padding`` (GenTL's padding_x, bytes at the end of each line) where
+    the producer gives one above 0; else read from the data's size less its ``y_padding`` (bytes after the image):
+    0 when that is the packed image, the extra bytes per row when it is ``height`` equal padded rows.
+
+    CameraError naming ``source`` and the sizes when the size is neither: rows read packed would be sheared."""
+    given = int(getattr(component, "x_padding", 0) or 0)
+    if given > 0:
+        return given
+    image_bytes = data_bytes - int(getattr(component, "y_padding", 0) or 0)
+    packed = height * row_bytes
+    if image_bytes == packed:
+        return 0
+    if height > 0 and image_bytes > packed and image_bytes % height == 0:
+        return image_bytes // height - row_bytes
+    raise CameraError(f"{source}: the frame is {data_bytes} bytes, which is neither its packed image ({height} rows x "
+                      f"{row_bytes} bytes = {packed}) nor {height} rows of equal length (padded rows), and the camera "
+                      "gives no row padding: check the camera's PixelFormat, Width and Height, and that harvesters "
+                      "and the GenTL producer are current")
+
+
 def _import_harvester(cti: Path) -> type:
     """``harvesters.core.Harvester``, or CameraError saying how to install it."""
     try:
@@ -54,7 +99,7 @@ class GenICamSource(SourceBase):
     cti: path of the GenTL producer (.cti). serial: camera serial number; ``None`` = the
     camera at ``index`` in the producer's device list. timeout_s: fetch timeout, seconds.
     Supported pixel formats: see ``PIXEL_FORMATS`` (8-bit mono, BGR/RGB, Bayer); frames are
-    (H, W) uint8 gray or (H, W, 3) uint8 BGR, copied out of the driver's buffer.
+    (H, W) uint8 gray or (H, W, 3) uint8 BGR, copied out of the driver's buffer row by row (padded rows unsheared).
     """
 
     def __init__(self, cti: str | Path, *, serial: str | None = None, index: int = 0,
@@ -91,19 +136,26 @@ class GenICamSource(SourceBase):
     def _grab(self) -> tuple[np.ndarray, str]:
         try:
             with self._acquirer.fetch(timeout=self.timeout_s) as buffer:
-                component = buffer.payload.components[0]
-                fmt = component.data_format
-                if fmt not in PIXEL_FORMATS:
-                    raise CameraError(f"{self.name}: pixel format {fmt!r} is not supported; expected one "
-                                      f"of {sorted(PIXEL_FORMATS)}: set PixelFormat on the camera")
-                channels, convert = PIXEL_FORMATS[fmt]
-                shape = (component.height, component.width) + ((channels,) if channels > 1 else ())
-                image = np.array(component.data, dtype=np.uint8).reshape(shape)  # copy: buffer is requeued
+                image, convert = self._image(buffer.payload.components[0])   # a copy: the buffer is requeued
         except CameraError:
             raise
         except Exception as exc:  # timeouts and transport errors -> a lost link for the capture loop
             raise CameraError(f"{self.name}: fetch failed: {exc}") from exc
         return (convert(image) if convert else image), self.name
+
+    def _image(self, component) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
+        """(the harvesters component's image copied out of its buffer, (H, W) or (H, W, channels) uint8; the
+        conversion of its pixel format to BGR / gray or None). Each row is read at its own start, ``row_padding``
+        bytes after the previous row's pixels, so padded rows are not sheared."""
+        fmt = component.data_format
+        if fmt not in PIXEL_FORMATS:
+            raise CameraError(f"{self.name}: pixel format {fmt!r} is not supported; expected one "
+                              f"of {sorted(PIXEL_FORMATS)}: set PixelFormat on the camera")
+        channels, convert = PIXEL_FORMATS[fmt]
+        data = np.ascontiguousarray(component.data, dtype=np.uint8).reshape(-1)
+        height, width = int(component.height), int(component.width)
+        x_padding = row_padding(component, data.size, height, width * channels, self.name)
+        return image_from_rows(data, height, width, channels, x_padding, self.name), convert
 
     def _release(self) -> None:
         acquirer, self._acquirer = self._acquirer, None
