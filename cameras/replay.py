@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, DataError
-from fair_edge.images import image_files, read_image, utf8_problem
+from fair_edge.images import image_files, read_image, unread_text, utf8_problem
 from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replays the files training reads
 
 from .base import EndOfStream, Pacer, Slot, check_fps
@@ -36,7 +36,9 @@ class FolderReplaySource(SourceBase):
 
     folder: directory holding images with a suffix in ``suffixes`` (case-insensitive; default ``IMAGE_SUFFIXES``,
     the list training reads, WebP included); hidden files (a name starting with ".", e.g. a macOS AppleDouble
-    ``._NAME.png``, which holds no image) are not listed (``images.image_files``, training's rule).
+    ``._NAME.png``, which holds no image) are not listed (``images.image_files``, training's rule). Subfolders holding
+    images and broken links are not read either: the first open names them in one warning, as training does
+    (``images.unread_text``), and a folder holding no image is refused naming them.
     fps: replay rate, frames per second; 0 = as fast as possible.
     loop: start again after the last image; else :class:`EndOfStream`. With loop, a pass over every file in
     which none is readable (the folder removed or emptied while replaying) is a camera fault,
@@ -64,6 +66,7 @@ class FolderReplaySource(SourceBase):
         self.name = name or f"folder:{self.folder}"
         self._files: list[Path] = []
         self._index = 0
+        self._unread_named = False   # the subfolders and broken links left unread were named (first open)
         self._pacer = Pacer(self.fps)
 
     @property
@@ -91,13 +94,25 @@ class FolderReplaySource(SourceBase):
         self._files = image_files(self.folder, self.suffixes)
         if not self._files:
             raise CameraError(f"{self.name}: the folder {self.folder} holds no images (looked for "
-                              f"{', '.join(self.suffixes)}); put the images to replay there, or give a video file.")
+                              f"{', '.join(self.suffixes)}){unread_text(self.folder, self.suffixes)}; put the images "
+                              "to replay there, or give a video file.")
+        self._name_unread()
         self._index = 0
         self._pacer.reset()
         return self._next_image()
 
     def _grab(self) -> tuple[np.ndarray, str, float]:
         return self._next_image()
+
+    def _name_unread(self) -> None:
+        """Log once (the first open, not each reconnect) the subfolders holding images and the broken links the
+        replay leaves unread (``images.unread_text``, training's wording); nothing when there are none."""
+        if self._unread_named:
+            return
+        self._unread_named = True
+        unread = unread_text(self.folder, self.suffixes)
+        if unread:
+            log.warning("camera %s: %s: %d image(s) read%s.", self.name, self.folder, len(self._files), unread)
 
     def _decode(self, path: Path) -> np.ndarray | None:
         """The file's pixels as training reads them (``fair_edge.images.read_image``: as stored, 16-bit / 257),

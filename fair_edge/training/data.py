@@ -19,7 +19,9 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
-from fair_edge.images import OTHER_IMAGE_SUFFIXES, image_files, is_hidden_name, left_out_images, read_mask_pixels
+from fair_edge.images import (NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder, is_hidden_name,
+                              left_out_images, named_text, read_mask_pixels)
+from fair_edge.images import unread_text as _unread_text  # shared with the station's folder replay; wrapped below
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -27,8 +29,6 @@ log = logging.getLogger(__name__)
 
 GOOD_NAMES = ("good", "normal", "ok")  # names of normal images, compared lower-cased: MVTec test/ folders, VisA labels
 VISA_GOOD_LABELS = (*GOOD_NAMES, "0")  # a VisA CSV label that means normal (lower-cased); any other label is a defect
-NAMED_AT_MOST = 5  # how many files (or CSV rows) one message names; the rest are counted
-SCANNED_AT_MOST = 10_000  # entries one subfolder's image count visits (os.walk), so a listing stays quick on a NAS
 COPIES_HASHED_BYTES = 2**30  # bytes hashed at most looking for byte-identical images among one role's files (1 GiB)
 
 
@@ -213,69 +213,11 @@ def _warn_left_out(folder: Path, left_out: list[Path]) -> None:
 
 
 def unread_text(folder: Path) -> str:
-    """What a listing of ``folder`` leaves out that may be images (``unread_entries``), for a message: "; not read:
-    lot2/ (25 images): ... flatten them ... or pass the subfolder; 3 broken link(s): img1.png -> /mnt/nas/img1.png
-    ...". "" when there is nothing of the kind (or the folder cannot be read)."""
-    try:
-        subfolders, links = unread_entries(folder)
-    except OSError:
-        return ""
-    text = ""
-    if subfolders:
-        text += (f"; not read: {_named(f'{p.name}/ ({n} images)' for p, n in subfolders)}: images in subfolders are "
-                 f"not read; flatten them into {folder} or pass the subfolder")
-    if links:
-        text += (f"; {len(links)} broken link(s): {_named(f'{p.name} -> {target}' for p, target in links)}: their "
-                 "targets do not exist (a share not mounted, a moved folder?); mount the share or copy the images in")
-    return text
-
-
-def _named(items) -> str:
-    """The first NAMED_AT_MOST of ``items`` (strings) joined by commas, and "and N more"."""
-    items = list(items)
-    more = f" and {len(items) - NAMED_AT_MOST} more" if len(items) > NAMED_AT_MOST else ""
-    return ", ".join(items[:NAMED_AT_MOST]) + more
-
-
-def unread_entries(folder: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
-    """What ``folder`` holds besides its files that may be images, each list sorted by name:
-
-    - (subfolder, how many images it holds: "25", or "10000+" past SCANNED_AT_MOST entries) for each subfolder
-      holding images (``IMAGE_SUFFIXES``) in it or below (``count_images_below``); hidden and NAS folders
-      (``is_dataset_folder``) are left out;
-    - (link, its target) for each symbolic link whose target does not exist (a NAS share not mounted), named as an
-      image (any suffix OpenCV reads) or with no suffix (a folder); hidden names are left out.
-
-    One ``os.scandir`` pass (entry types from the directory listing: no extra call per image file on most file
-    systems). Raises OSError when ``folder`` cannot be read."""
-    link_suffixes = (*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES, "")
-    subfolders, links = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            path = Path(entry.path)
-            if is_hidden_name(entry.name):
-                continue
-            if entry.is_symlink() and path.suffix.lower() in link_suffixes and not os.path.exists(entry.path):
-                links.append((path, os.readlink(entry.path)))
-            elif is_dataset_folder(entry.name) and entry.is_dir():
-                count, complete = count_images_below(path)
-                if count:
-                    subfolders.append((path, f"{count}" if complete else f"{count}+"))
-    return sorted(subfolders), sorted(links)
-
-
-def count_images_below(folder: Path) -> tuple[int, bool]:
-    """(image files in ``folder`` and its subfolders, whether all were counted): names with a suffix of
-    ``IMAGE_SUFFIXES`` that are not hidden; hidden and NAS folders are skipped, links to folders not followed,
-    and the count stops after SCANNED_AT_MOST entries (complete False). Unreadable folders count 0."""
-    count, seen = 0, 0
-    for _, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if is_dataset_folder(d)]
-        seen += len(dirs) + len(files)
-        count += sum(1 for f in files if not is_hidden_name(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES)
-        if seen > SCANNED_AT_MOST:
-            return count, False
-    return count, True
+    """What a listing of ``folder`` leaves out that may be images, for a message: "; not read: lot2/ (25 images):
+    ... flatten them ... or pass the subfolder; 3 broken link(s): img1.png -> /mnt/nas/img1.png ...". "" when there
+    is nothing of the kind (or the folder cannot be read). ``fair_edge.images.unread_text`` with ``IMAGE_SUFFIXES``
+    and this module's SCANNED_AT_MOST (entries one subfolder's image count visits)."""
+    return _unread_text(folder, IMAGE_SUFFIXES, SCANNED_AT_MOST)
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -319,12 +261,6 @@ def mask_of(image: Path, masks: dict[str, list[Path]]) -> Path | None:
     found = masks.get(name.lower(), [])
     exact = [p for p in found if p.name == name]
     return (exact or found or [None])[0]
-
-
-def is_dataset_folder(name: str) -> bool:
-    """False for a folder no dataset keeps images in: a hidden one (``.ipynb_checkpoints``, ``.Trashes``) or a NAS's
-    "@" folder (Synology's ``@eaDir`` thumbnails, ``@Recycle``); True for any other name."""
-    return not (is_hidden_name(name) or name.startswith("@"))
 
 
 def mvtec_test_types(test_dir: Path) -> list[tuple[Path, list[Path]]]:
@@ -562,8 +498,8 @@ def warn_copies(paths: Sequence[Path], given: str, what: str) -> None:
     if not groups:
         return
     copies = sum(len(g) - 1 for g in groups)
-    shown = _named(" = ".join(p.name for p in g[:3]) + (f" = ... ({len(g)} files)" if len(g) > 3 else "")
-                   for g in groups)
+    shown = named_text(" = ".join(p.name for p in g[:3]) + (f" = ... ({len(g)} files)" if len(g) > 3 else "")
+                       for g in groups)
     log.warning("%s: %d of the %d %s are byte-identical copies of another of them (%d distinct images): %s. Copies "
                 "of one image count as one image; replace them with images of other parts, or remove them.", given,
                 copies, len(paths), what, len(paths) - copies, shown)
