@@ -11,6 +11,9 @@ Metrics (``METRICS``; the held-out data decides which one applies):
                 ddof 0): the selection signal of BENCHMARKS.md's LGFDR INT8 scope study, where the
                 quantised backbone scored 1.74 and the towers + SRH alone 0.02.
 Frame scores are whole-frame decision scores (tiles stitched for a tiled model), as the station decides.
+Held-out normals whose FP32 scores do not spread (copies of one frame: ``calibration.threshold.check_spread``, the
+rule build and fuse refuse them by) are refused with a DataError before any INT8 graph is measured, whatever the
+metric: the normal-score spread is the unit of the fallback's ranking too.
 
 Fallback, when the full graph's drop is over the limit:
   1. sensitivity: for every quantised layer (a node of the family's ``int8_scope`` of an operator type
@@ -40,6 +43,7 @@ from sklearn.metrics import roc_auc_score
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.onnx_graph import OnnxGraph
+from fair_edge.calibration.threshold import check_spread
 from fair_edge.errors import BuildError, ConfigError, DataError, ExportError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
@@ -146,11 +150,14 @@ def _normal_score(held: HeldOut, ref: np.ndarray, got: np.ndarray) -> Measure:
 
 
 def normal_spread(held: HeldOut, ref: np.ndarray) -> float:
-    """std (ddof 0) of the FP32 scores of the held-out normals: the gate's unit of score change."""
-    spread = float(ref[: held.n_normal].std())
-    if not spread > 0:
-        raise DataError(f"the {held.n_normal} held-out normal images all score {ref[0]:.6g} in FP32, so score changes "
-                        "have no unit; pass more varied normal images with --normal.")
+    """std (ddof 0, score units) of the FP32 scores of the held-out normals: the gate's unit of score change.
+    Raises DataError when they do not spread by the rule build and fuse refuse normals with
+    (``calibration.threshold.check_spread``: std over SPREAD_FLOOR of |mean|): copies of one frame score alike to
+    float32 rounding, and a score change measured in that std would say nothing."""
+    _, spread = check_spread(ref[: held.n_normal], "the FP32 graph's scores", "so the INT8 quality gate has no unit "
+                             "to measure score changes in (the spread of normal scores)", "pass images of different "
+                             "normal parts that training did not see with --normal (copies of one frame count as one "
+                             "image).")
     return spread
 
 
@@ -299,9 +306,11 @@ def gate_graph(g: Int8Graph, layers: tuple[str, ...], held: HeldOut, ref: np.nda
 
 def run_gate(fp32: Path, graphs: Sequence[Int8Graph], scope: tuple[str, ...], held: HeldOut, gate: QualityGate,
              on_step: Callable[[str], None] | None = None) -> GateReport:
-    """Gate every graph of ``graphs`` (each already written in full INT8) against the FP32 graph ``fp32``."""
+    """Gate every graph of ``graphs`` (each already written in full INT8) against the FP32 graph ``fp32``. Raises
+    DataError when the held-out normals are too few or their FP32 scores do not spread (``normal_spread``)."""
     held.require_for_gate()
     metric = metric_for(held)
     ref = held.scores(fp32)
+    normal_spread(held, ref)   # refused before any graph is measured: every metric's fallback ranks layers in it
     results = tuple(gate_graph(g, g.layers(fp32, scope), held, ref, metric, gate, on_step) for g in graphs)
     return GateReport(metric.key, metric.unit, gate.max_drop, held.n_normal, held.n_defect, results)
