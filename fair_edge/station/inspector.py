@@ -257,14 +257,20 @@ def _region_error_outcome(decider: ViewDecider) -> str:
     return "regions only report on this camera, so each such frame is decided by its score, without regions"
 
 
-def frame_tilers(scorer: FrameScorer) -> list[FrameTiler]:
-    """The tilers ``scorer`` cuts frames with: a tiled bundle's (``BundleScorer.tiler``), each tiled member's of a
-    fused scorer (``FusedScorer.backend.scorers``); [] for whole-frame models and scorers without a tiler."""
+def frame_tilers(scorer: FrameScorer, grid: tuple | None = None) -> list[tuple[str, FrameTiler, tuple | None]]:
+    """(whose tiling, the tiler, (h, w) map grid its threshold or statistics were calibrated on or None) for each
+    tiler ``scorer`` cuts frames with: a tiled bundle's (``BundleScorer.tiler``: "the bundle's", ``grid``), each
+    tiled member's of a fused scorer (``FusedScorer.backend.scorers``: "fused member m1's", its own recorded grid,
+    ``FusedBundle.member_grids``); [] for whole-frame models and scorers without a tiler."""
     tiler = getattr(scorer, "tiler", None)
     if tiler is not None:
-        return [tiler] if tiler.tiling is not None else []
+        return [("the bundle's", tiler, grid)] if tiler.tiling is not None else []
     members = getattr(getattr(scorer, "backend", None), "scorers", ())
-    return [tiler for member in members for tiler in frame_tilers(member)]
+    fused = getattr(scorer, "bundle", None)
+    names = [m.root.name for m in getattr(fused, "members", ())] or [f"m{i}" for i in range(len(members))]
+    grids = getattr(fused, "member_grids", ()) or (None,) * len(members)
+    return [(f"fused member {name}'s", tiler, member_grid) for member, name, member_grid in zip(members, names, grids)
+            for _, tiler, _ in frame_tilers(member)]
 
 
 def smallest_frame(tiling: TilingConfig) -> tuple[int, int]:
@@ -342,26 +348,27 @@ class ViewDecider:
         takes (one tile, or its ``tiling.roi``): a camera switched to binning or a smaller sensor ROI. Checked with
         the frame (a malformed frame, NG), not left to the tiler inside inference, where it counted as a backend
         failure and faulted the station."""
-        for tiler in frame_tilers(self.scorer):
+        for whose, tiler, grid in frame_tilers(self.scorer, self.grid):
             need_h, need_w = smallest_frame(tiler.tiling)
             if frame_hw[0] >= need_h and frame_hw[1] >= need_w:
                 continue
             tiles = (f"{tiler.tiling.tile} px tiles" if tiler.tiling.roi is None
                      else f"tiling.roi {list(tiler.tiling.roi)} (x, y, width, height)")
             raise ConfigError(
-                f"this {frame_hw[1]} x {frame_hw[0]} px frame is smaller than the bundle's tiled model takes: its "
-                f"{tiles} need frames of at least {need_w} x {need_h} px{self._calibrated_frames(tiler)}. Set the "
-                "camera back to the resolution the bundle was built for (binning, decimation or sensor ROI changed?), "
-                "or build a bundle from frames of this size.")
+                f"this {frame_hw[1]} x {frame_hw[0]} px frame is smaller than {whose} tiled model takes: its "
+                f"{tiles} need frames of at least {need_w} x {need_h} px{self._calibrated_frames(tiler, grid)}. "
+                "Set the camera back to the resolution the bundle was built for (binning, decimation or sensor ROI "
+                "changed?), or build a bundle from frames of this size.")
 
-    def _calibrated_frames(self, tiler: FrameTiler) -> str:
-        """'; it was calibrated on frames of about W x H px': the frame size the threshold's calibration grid
-        (``grid``, map pixels) comes from, at ``tiler``'s scale (image_size / tile map pixels per frame pixel); ''
-        when no grid is recorded or the map covers only ``tiling.roi``."""
-        if self.grid is None or tiler.tiling.roi is not None:
+    @staticmethod
+    def _calibrated_frames(tiler: FrameTiler, grid: tuple[int, int] | None) -> str:
+        """'; it was calibrated on frames of about W x H px': the frame size a calibration grid (``grid``, (h, w) map
+        pixels of that tiled model's maps) comes from, at ``tiler``'s scale (image_size / tile map pixels per frame
+        pixel); '' when no grid is recorded or the map covers only ``tiling.roi``."""
+        if grid is None or tiler.tiling.roi is not None:
             return ""
         per_px = tiler.image_size / tiler.tiling.tile
-        return f"; it was calibrated on frames of about {round(self.grid[1] / per_px)} x {round(self.grid[0] / per_px)} px"
+        return f"; it was calibrated on frames of about {round(grid[1] / per_px)} x {round(grid[0] / per_px)} px"
 
     def shown_map(self, anomaly_map: np.ndarray | None, frame_hw: tuple[int, int]) -> np.ndarray | None:
         """The map as the verdict callbacks show it (console, NG images): as scored, or, when the map covers only
