@@ -22,16 +22,22 @@ by a new copy written in full, and kept (and counted as kept) when the part's im
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import secrets
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
-from fair_edge.images import gray_2d, read_stored, write_png
+from fair_edge.images import encode_image, gray_2d, read_stored, write_png
+
+log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
 # review label -> folder of the exported dataset
@@ -80,17 +86,29 @@ def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
 
 
 NAME_TRIES = 1000  # names tried for one new frame (STEM.png, STEM-2.png, ...) before a DataError
+PART_SUFFIX = ".part"   # a frame being written: ``.STEM.<16 hex>.part``, hidden and no image suffix, so no listing of
+                        # images (``images.image_files``: train, eval, build) takes one a crash left behind
+# errno of os.link on a file system without hard links (FAT / exFAT USB sticks: EPERM; some shares: ENOTSUP)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-def reserve_new_png(folder: Path, stem: str, tries: int = NAME_TRIES) -> Path:
-    """A new file name in ``folder``, created empty here with O_EXCL so that no other writer (a second collect into
-    the same folder, started in the same second or after the clock stepped back) takes it: ``STEM.png``, or when
-    that exists ``STEM-2.png``, ``STEM-3.png``, ... An existing file is never opened or replaced. Raises DataError
-    naming the folder when it cannot be written or ``tries`` names are all taken."""
+def _create_empty(path: Path) -> None:
+    """Create ``path`` as an empty file, FileExistsError when it exists (O_EXCL: never opens an existing one)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def reserve_new_png(folder: Path, stem: str, tries: int = NAME_TRIES,
+                    take: Callable[[Path], None] = _create_empty) -> Path:
+    """The first name of ``folder`` that ``take(path)`` claims without replacing a file: ``STEM.png``, or when that
+    exists ``STEM-2.png``, ``STEM-3.png``, ... ``take`` raises FileExistsError when the name is taken and makes the
+    file otherwise, in one step no other writer can come between (a second collect into the same folder, started in
+    the same second or after the clock stepped back); by default an empty file (O_EXCL), ``write_new_png`` links
+    its finished PNG there. An existing file is never opened or replaced. Raises DataError naming the folder when
+    it cannot be written or ``tries`` names are all taken."""
     for n in range(1, tries + 1):
         path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            take(path)
             return path
         except FileExistsError:
             continue
@@ -102,18 +120,65 @@ def reserve_new_png(folder: Path, stem: str, tries: int = NAME_TRIES) -> Path:
                     "folder")
 
 
-def write_new_png(folder: Path, stem: str, image: np.ndarray) -> Path:
-    """Write ``image`` ((H, W, 3) or (H, W) uint8) as a new PNG in ``folder`` (``reserve_new_png``: never over an
-    existing file), whole (``images.write_png``: written beside it and renamed over the empty reserved file, which
-    alone a crash in between leaves); returns its path. Raises DataError (the reserved name removed) when it cannot
-    be encoded or written."""
-    path = reserve_new_png(folder, stem)
+def write_part(folder: Path, stem: str, data: bytes) -> Path:
+    """``data`` written in full to a new hidden file ``.STEM.XXXXXXXXXXXXXXXX.part`` of ``folder`` (``PART_SUFFIX``:
+    a name no image listing takes; random hex, created with O_EXCL, mode 0o666 less the umask as for any file
+    written); returns its path. Raises DataError naming the file (removed) when it cannot be written."""
+    part = folder / f".{stem}.{secrets.token_hex(8)}{PART_SUFFIX}"
     try:
-        write_png(path, image)
-    except BaseException:
-        path.unlink(missing_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise DataError(f"could not create {part} ({exc.strerror or exc}); expected a folder this user can write, "
+                        "with free space") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except BaseException as exc:
+        _remove_part(part)
+        if isinstance(exc, OSError):
+            raise DataError(f"could not write {part} ({exc.strerror or exc}); expected a folder with free "
+                            "space") from None
         raise
-    return path
+    return part
+
+
+def _remove_part(part: Path) -> None:
+    """Remove the part file ``part`` if it is there; a failure is logged (a hidden part file harms no listing)."""
+    try:
+        part.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the part file %s (%s); it is hidden and no image, delete it by hand", part,
+                    exc.strerror or exc)
+
+
+def _link_or_move(part: Path, path: Path) -> None:
+    """Give the finished file ``part`` the new name ``path``: a hard link (FileExistsError when ``path`` exists;
+    the whole file appears at once). Where the file system has no hard links (``NO_HARD_LINKS``), ``path`` is
+    created empty (O_EXCL) and ``part`` renamed over it: a crash between the two leaves that empty file."""
+    try:
+        os.link(part, path)
+    except OSError as exc:   # FileExistsError (EEXIST) included: the name is taken
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        _create_empty(path)
+        try:
+            os.replace(part, path)
+        except BaseException:
+            path.unlink(missing_ok=True)   # the empty file created just above, never another writer's
+            raise
+
+
+def write_new_png(folder: Path, stem: str, image: np.ndarray) -> Path:
+    """Write ``image`` ((H, W, 3) or (H, W) uint8) as a new PNG in ``folder`` under the first free name
+    (``reserve_new_png``: never over an existing file) and returns its path. Written whole to a hidden part file
+    first (``write_part``), then linked to its name (``_link_or_move``), so the PNG appears complete or not at all:
+    a crash leaves no empty or partial ``.png``, at most the hidden part file, which no image listing takes. The
+    part file is removed, also on any error. Raises DataError when it cannot be encoded or written."""
+    part = write_part(folder, stem, encode_image(image, ".png"))
+    try:
+        return reserve_new_png(folder, stem, take=lambda path: _link_or_move(part, path))
+    finally:
+        _remove_part(part)
 
 
 class Collector:
