@@ -748,9 +748,9 @@ def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path
     assert len(actions.listed) == 20 and not actions._awaited
 
 
-def test_the_late_rejects_counter_moves_with_verdicts_after_their_gate(tmp_path):
-    """The live page's "late rejects" is the gate's ``late_verdicts``: an NG verdict whose part went by the gate
-    before it came. It read a counter that does not exist and always showed 0."""
+def test_the_late_verdicts_counter_moves_with_verdicts_after_their_gate(tmp_path):
+    """The live page's "late verdicts" (once "late rejects") is the gate's ``late_verdicts``: an NG verdict whose
+    part went by the gate before it came. It read a counter that does not exist and always showed 0."""
     import time
 
     from fair_edge.console.feed import StationFeed
@@ -762,10 +762,10 @@ def test_the_late_rejects_counter_moves_with_verdicts_after_their_gate(tmp_path)
     settings = RejectSettings(delay_ms=100, pulse_ms=20, min_gap_ms=10, late_ms=10)
     with RejectScheduler(settings, sinks=RecordingSink(), fault_sinks=RecordingSink("fault")) as scheduler:
         feed.attach(None, None, scheduler)
-        assert feed.counters()["late_rejects"] == 0
+        assert feed.counters()["late_verdicts"] == 0
         now = time.monotonic()
         assert scheduler.submit(Verdict(1, now - 0.5, 0.9, 0.5, True, now)) == LATE   # due 0.4 s ago
-        assert feed.counters()["late_rejects"] == 1
+        assert feed.counters()["late_verdicts"] == 1
 
 
 def test_a_relabelled_part_exported_again_is_in_its_new_labels_folder_only(tmp_path):

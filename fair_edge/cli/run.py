@@ -24,7 +24,9 @@ app = typer.Typer()
 
 
 def reject_rows(rejects: dict) -> list[tuple[str, object]]:
-    """Rows for the reject gate in the live table and the summary (empty without sinks)."""
+    """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
+    ``RunSummary.rejects``. In red: the pulses row once a pulse was missed or unconfirmed, and rows shown only when
+    above 0: parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``."""
     if not rejects:
         return []
     from fair_edge.station.run import undelivered_sinks
@@ -42,11 +44,14 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     delivered = sum(st.get("delivered", 0) for st in sinks.values())
     missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
     unconfirmed = sum(st.get("unconfirmed", 0) for st in sinks.values())   # written, no reply: may have landed
+    pulses = f"{delivered} / {missed} / {unconfirmed}"
     rows += [
         ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),
-        ("pulses delivered / missed / unconfirmed", f"{delivered} / {missed} / {unconfirmed}")]
+        ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses)]
+    if rejects.get("gap_missed"):   # min_gap_ms would have pushed the pulse past due + late_ms: onto the next part
+        rows.append(("[bold red]not rejected: too close to the previous pulse (gap_missed)[/]", rejects["gap_missed"]))
     if rejects.get("position_lost"):   # encoder mode: the gate could not know where these parts were
         rows.append(("[bold red]position lost (no pulse, alarmed)[/]", rejects["position_lost"]))
     if rejects.get("fault_output"):
@@ -101,15 +106,17 @@ def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[fl
 
 def cell_rows(summary) -> list[tuple[str, object]]:
     """Rows for a station of several cameras: the parts (with ``group.match: sequence``, the times a camera fell
-    out of step and was matched again: ``parts.resyncs``), then each camera (empty with one camera)."""
+    out of step and was matched again: ``parts.resyncs``), then each camera (empty with one camera), with the files
+    its replay could not decode when there are any (``unreadable``)."""
     rows: list[tuple[str, object]] = []
     if summary.parts:
         p = summary.parts
         resyncs = f", {p['resyncs']} resyncs (a camera out of step)" if "resyncs" in p else ""
         rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected{resyncs}"))
     for name, c in summary.cameras.items():
+        unreadable = f", {c['unreadable']} unreadable" if c.get("unreadable") else ""
         rows.append((escape(f"camera {name}"), f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} "
-                                               f"dropped, {c['lost']} lost"))
+                                               f"dropped, {c['lost']} lost{unreadable}"))
     return rows
 
 
@@ -148,13 +155,15 @@ def rows_not_logged(recorder: dict) -> int:
 
 
 def print_summary(summary, out: Path, log_dir: Path | None = None) -> None:
-    """The run's summary table (out: the output folder, in its title), then, in red, a station fault and rows the
-    recorder did not write (log_dir: where it writes, named in the fix; default ``out``)."""
+    """The run's summary table (out: the output folder, in its title; files a replay could not decode, when there
+    are any), then, in red, a station fault and rows the recorder did not write (log_dir: where it writes, named in
+    the fix; default ``out``)."""
     table = Table(title=escape(f"run summary ({out}, run {summary.run_id})"))
     table.add_column("")
     table.add_column("value", justify="right")
     rows = [("backend", summary.backend), ("frames in", summary.frames_in), ("inspected", summary.inspected),
             ("dropped (queue full)", summary.dropped), ("lost (camera)", summary.lost),
+            *([("unreadable files", summary.unreadable)] if summary.unreadable else []),
             ("not inspected (queued at stop)", summary.not_inspected),
             ("NG", summary.ng), ("malformed", summary.malformed), ("inference errors", summary.inference_errors),
             ("region errors", summary.region_errors), ("frames/s", f"{summary.fps:.1f}"),

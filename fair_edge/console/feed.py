@@ -194,14 +194,16 @@ class StationFeed:
         return n / RATE_WINDOW_S
 
     def counters(self) -> dict:
-        """The station's own counters, read (never kept twice). The recorder's: ``rows_logged`` (verdicts.jsonl),
+        """The station's own counters, read (never kept twice). The reject gate's: ``late_verdicts`` (verdicts that
+        came after their part's reject deadline: no pulse), ``gap_missed`` (parts due a reject and refused its pulse:
+        too close to the previous one, ``min_gap_ms``). The recorder's: ``rows_logged`` (verdicts.jsonl),
         ``rows_failed`` (rows whose write raised: a full or unplugged disk; not in the log), ``rows_dropped`` (rows
         never queued, the writer's backlog full), ``write_errors`` (every failed write, rows and NG images),
         ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
         the part is in the log)."""
         out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
-               "inference_errors": 0, "region_errors": 0, "late_rejects": 0, "rows_logged": 0, "rows_failed": 0,
-               "rows_dropped": 0, "write_errors": 0, "images_failed": 0}
+               "inference_errors": 0, "region_errors": 0, "late_verdicts": 0, "gap_missed": 0, "rows_logged": 0,
+               "rows_failed": 0, "rows_dropped": 0, "write_errors": 0, "images_failed": 0}
         if self.inspector is not None:
             s = self.inspector.summary
             out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors,
@@ -210,7 +212,8 @@ class StationFeed:
             c = self.capture.stats()
             out.update(frames_in=c.frames_in, dropped=c.dropped_queue_full, lost=c.frames_lost_estimate)
         if self.scheduler is not None:
-            out["late_rejects"] = self.scheduler.stats()["late_verdicts"]   # verdicts after their part's gate
+            gate = self.scheduler.stats()
+            out.update(late_verdicts=gate.get("late_verdicts", 0), gap_missed=gate.get("gap_missed", 0))
         if self.recorder is not None:
             r = self.recorder.stats()
             out.update(rows_logged=r.get("logged", 0), rows_failed=r.get("rows_failed", 0),
@@ -233,7 +236,10 @@ class StationFeed:
         return {"cameras": self.cell.cameras(), "parts": self.cell.parts()}
 
     def state(self) -> dict:
-        """Camera, PLC, fault and model state as plain values."""
+        """Camera, PLC, fault and model state as plain values. plc: None without a reject gate, else its sinks and
+        fault sinks (counts), parts ``pending``, and the sinks' pulse faults: ``sink_errors``, ``sink_missed`` (not
+        written by the deadline), ``sink_dropped`` (refused by a full sink queue), ``sink_unconfirmed`` (written, no
+        reply), and the latched ``alarm`` ("" none)."""
         camera = self.capture.stats() if self.capture is not None else None
         sched = self.scheduler.stats() if self.scheduler is not None else None
         insp = self.inspector
@@ -244,6 +250,7 @@ class StationFeed:
                 "sinks": len(self.scheduler.settings.sinks), "fault_sinks": len(self.scheduler.settings.fault_sinks),
                 "pending": sched.get("pending", 0), "sink_errors": sched.get("sink_errors", 0),
                 "sink_missed": sched.get("sink_missed", 0), "sink_unconfirmed": sched.get("sink_unconfirmed", 0),
+                "sink_dropped": sched.get("sink_dropped", 0),   # a pulse a sink's full queue refused: missed too
                 "alarm": self.scheduler.alarm or ""},
             "fault": insp.summary.fault if insp is not None else "",
             "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,

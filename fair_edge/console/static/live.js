@@ -12,13 +12,21 @@ let shownAlarm = "";   // the reject alarm shown, sent with its acknowledgement 
 
 function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
 
+// the reject outputs' pill: red on a write error, a missed pulse (not written by its deadline, or refused by a full
+// queue) or an unconfirmed one (written, no reply: the part may have gone through), or a latched alarm
+function showPlc(p) {
+  if (!p) { pill("plc-state", "PLC: none configured", ""); return; }
+  const missed = p.sink_missed + (p.sink_dropped || 0);
+  pill("plc-state", `PLC: ${p.sinks} output(s), ${p.pending} pending, ${p.sink_errors} errors, ` +
+       `${missed} pulses missed, ${p.sink_unconfirmed} unconfirmed` + (p.alarm ? " – ALARM " + p.alarm : ""),
+       p.alarm || p.sink_errors || missed || p.sink_unconfirmed ? "bad" : "ok");
+}
+
 function showStatus(s) {
   const cam = s.camera || {};
   pill("camera-state", "camera: " + cam.state + (cam.problem ? " – " + cam.problem : ""),
        cam.problem ? "bad" : (cam.state === "running" ? "ok" : ""));
-  if (!s.plc) pill("plc-state", "PLC: none configured", "");
-  else pill("plc-state", `PLC: ${s.plc.sinks} output(s), ${s.plc.pending} pending, ${s.plc.sink_errors} errors` +
-            (s.plc.alarm ? " – ALARM " + s.plc.alarm : ""), s.plc.alarm || s.plc.sink_errors ? "bad" : "ok");
+  showPlc(s.plc);
   pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
   shownAlarm = (s.plc && s.plc.alarm) || "";
   $("ack-alarm").hidden = !shownAlarm;
@@ -77,7 +85,8 @@ function showCounters(s) {
   const c = s.counters;
   $("inspected").textContent = c.inspected; $("ng-count").textContent = c.ng; $("rate").textContent = s.rate_fps.toFixed(1);
   $("frames-in").textContent = c.frames_in; $("dropped").textContent = c.dropped; $("lost").textContent = c.lost;
-  $("malformed").textContent = c.malformed; $("late").textContent = c.late_rejects;
+  $("malformed").textContent = c.malformed; $("late-verdicts").textContent = c.late_verdicts;
+  $("gap-missed").textContent = c.gap_missed; $("gap-missed").style.color = c.gap_missed > 0 ? "var(--ng)" : "";
   const unlogged = (c.rows_failed || 0) + (c.rows_dropped || 0);   // verdict / gate rows a full disk kept out of the log
   $("rows-failed").textContent = unlogged; $("rows-failed").style.color = unlogged > 0 ? "var(--ng)" : "";
   const unjudged = c.region_errors || 0;   // frames whose regions could not be judged (zones drawn for another size)
