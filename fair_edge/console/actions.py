@@ -10,6 +10,7 @@ or, unnamed, for every camera that runs the station's bundle; each camera switch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -54,6 +55,11 @@ class SwapBusy(ConfigError):
 
 class StationStopping(ConfigError):
     """A swap (or a reload) asked for once the station is stopping (``StationActions.close``): nothing is loaded."""
+
+
+class ThresholdNotForBundle(ConfigError):
+    """A reload refused: the station file's threshold was applied from the console on another bundle than the one
+    the reload would load (``StationActions.check_threshold_pairs``); the station runs on with what it runs."""
 
 
 class AlarmChanged(ConfigError):
@@ -296,7 +302,11 @@ class StationActions:
         (the scores tuned on are the old model's); applies take turns (``lock``): the station file, the switch
         and the audit log end with the same last threshold. The audit's ``old``: the threshold in force, or the
         one applied before it that still waits for the next batch. An audit log that cannot be written refuses the
-        apply (RecorderError, nothing changed); one that fails once the threshold is applied: a ``warning``."""
+        apply (RecorderError, nothing changed); one that fails once the threshold is applied: a ``warning``. Where the
+        station file names another bundle than the one in force (a bundle swapped in from the console is not written
+        by the swap), the bundle in force is written with the threshold, in the same replace (several cameras: as the
+        camera's ``cameras[].bundle``): the answer and the audit row name it (``station_file_bundle``: old, new), and
+        ``bundle`` always names the bundle the threshold was applied on (``check_threshold_pairs`` reads it)."""
         who = _who(who)
         value = tuning.check_threshold(value)
         camera = self._camera(camera, required=True)
@@ -312,14 +322,60 @@ class StationActions:
             self.audit.check_writable()   # before the station file and the switch: refused, nothing changed
             pending = decider.switch.pending
             old = pending.threshold if pending is not None and pending.threshold is not None else decider.threshold
-            written = ""
+            written, paired = "", {}
+            bundle = self._bundle_in_force(camera)
             if self.station_file is not None:   # written and checked first: a file that fails changes nothing
-                tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera)
+                paired = tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera,
+                                                        bundle)
                 written = str(self.station_file)
             decider.switch.request(ModelChange(threshold=value))
             self.threshold_applied = True
+            if paired:
+                log.warning("threshold %.6g applied by %s%s: bundle %s (in force) written to %s with it, where it "
+                            "named %s", value, who, f" to camera {camera}" if camera else "", paired["new"],
+                            written, paired["old"] or "none")
             return self._audited({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
-                                  "old": old, "new": value, "station_file": written, "model": decider.model})
+                                  "old": old, "new": value, "station_file": written, "model": decider.model,
+                                  "bundle": "" if bundle is None else str(bundle),
+                                  **({"station_file_bundle": paired} if paired else {})})
+
+    def _bundle_in_force(self, camera: str) -> Path | None:
+        """The bundle folder ``camera`` runs now (one camera: ""), as the console knows it: the station's, or the one
+        a swap switched to (None: not known)."""
+        return self.feed.camera_bundles.get(camera) if camera else self.feed.bundle_path
+
+    def check_threshold_pairs(self, named) -> None:
+        """Before a reload loads ``named`` (each camera's ``CameraBundle``: the bundle and threshold it is to run; one
+        camera: camera ""): ThresholdNotForBundle when a camera's threshold is the one last applied from the console
+        to this station file (the audit log's row, which names the bundle it was applied on) and its bundle is
+        another (a hand edit of ``bundle:``, or --bundle over the file): a threshold is on its model's scale."""
+        if self.station_file is None:
+            return
+        applied = self._applied_thresholds()
+        for c in named:
+            row = applied.get(c.camera)
+            if row is not None and _applied_on_another(row, c):
+                raise ThresholdNotForBundle(self._not_for_bundle(row, c))
+
+    def _not_for_bundle(self, row: dict, named: CameraBundle) -> str:
+        """``check_threshold_pairs``'s refusal: the threshold, the bundle it was applied on (its audit row), the one
+        the reload would load, and the fix."""
+        where = f"cameras ({named.camera}).threshold" if named.camera else "decision.threshold"
+        camera = f" for camera {named.camera}" if named.camera else ""
+        return (f"{self.station_file}: {where} {named.threshold:.6g} was applied from the console on bundle "
+                f"{row['bundle']} (model {row.get('model', '?')}, by {row.get('who', '?')} at {row.get('time', '?')}, "
+                f"{AUDIT}), not on bundle {named.bundle} this reload would load{camera}; set {where} for "
+                f"{named.bundle} in the station file (null: the bundle's own calibrated threshold) or name bundle "
+                f"{row['bundle']} again, then reload (nothing was reloaded)")
+
+    def _applied_thresholds(self) -> dict[str, dict]:
+        """camera ("" with one) -> the audit log's last row of a threshold applied from the console and written to
+        this station file."""
+        rows: dict[str, dict] = {}
+        for row in self.audit.read():
+            if row.get("action") == "threshold" and row.get("station_file") == str(self.station_file):
+                rows[str(row.get("camera", ""))] = row
+        return rows
 
     def _audited(self, row: dict) -> dict:
         """Append ``row`` to the audit log once its change is made; returns what was written. A log that fails now
@@ -565,6 +621,7 @@ class StationActions:
         named = self._camera_bundles(self.station_file)   # no file: as the station started
         if self.station_file is None:   # each camera's bundle as it runs now (swaps included), reloaded in place
             named = [replace(c, bundle=self.feed.camera_bundles.get(c.camera, c.bundle), regions=None) for c in named]
+        self.check_threshold_pairs(named)
         plan: dict[Path, tuple[str, ...]] = {}
         for c in named:
             plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
@@ -583,21 +640,54 @@ class StationActions:
 
     # ------------------------------------------------------------------ dataset
     def export_reviewed(self, who: str) -> dict:
-        """The reviewed parts of this output folder as a training/evaluation dataset under datasets/ (the operator's
-        name is checked before anything is exported; an audit log that cannot be written refuses it, one that fails
-        once exported adds a ``warning``)."""
+        """The reviewed parts of this output folder as a training/evaluation dataset in a folder of its own under
+        datasets/ (``new_export_folder``: two exports in the same second, two operators' clicks, never share one);
+        the operator's name is checked before anything is exported; an audit log that cannot be written refuses it,
+        one that fails once exported adds a ``warning``. An export that fails removes its folder while still empty."""
         who = _who(who)
         if self.links.export_reviewed is None:
             raise ConfigError("this station cannot export reviewed parts (no exporter was given)")
         self.audit.check_writable()
-        dest = self.feed.output / "datasets" / f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}"
-        result = self.links.export_reviewed(self.feed.output, dest)
+        dest = new_export_folder(self.feed.output / "datasets",
+                                 f"reviewed-{utc_now().replace(':', '').replace('-', '')[:15]}")
+        try:
+            result = self.links.export_reviewed(self.feed.output, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):   # not empty: what was exported stays, for the operator to see
+                dest.rmdir()
+            raise
         return {**result, **_warning([self._audited({"action": "export", "who": who, "new": result})])}
 
     def _inspector(self):
         if self.feed.inspector is None:
             raise StationStarting("the station is still starting (no inspector yet); try again in a moment")
         return self.feed.inspector
+
+
+def _applied_on_another(row: dict, named: CameraBundle) -> bool:
+    """Whether ``named``'s threshold is the one the audit ``row`` applied from the console and that row names another
+    bundle than ``named``'s (a row written before rows named their bundle: not known, False)."""
+    return named.threshold is not None and row.get("new") == named.threshold and bool(row.get("bundle")) and \
+        not tuning.same_bundle(row["bundle"], named.bundle)
+
+
+def new_export_folder(parent: Path, name: str) -> Path:
+    """A folder ``parent/name`` created now, or ``name-2``, ``name-3``, ... where that exists (each created with an
+    exclusive mkdir: two exports asking at once never get the same one). RecorderError when none can be created."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            folder = parent / (name if n == 1 else f"{name}-{n}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            return folder
+    except OSError as exc:
+        raise RecorderError(f"{parent}: could not create an export folder ({exc.strerror or exc}); free disk space "
+                            "or make the output folder writable, then export again (nothing was exported)") from exc
+    raise RecorderError(f"{parent}: expected a free folder name {name}[-N], found {name} to {name}-999 taken; move "
+                        "earlier exports away, then export again (nothing was exported)")
 
 
 def regions_in_force(decider):

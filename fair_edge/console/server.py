@@ -27,9 +27,11 @@ rebinding) reads and changes nothing. Reads need no token: bound off loopback, a
 sees the live and NG images and the logs (``ConsoleServer.start`` logs a warning saying so). Files are
 served only from the station's output folder (``/files/``) and the recorder's folder (``/records/``,
 ``record.dir``, where it is elsewhere): a path that resolves outside it (``..``, an absolute path, a
-symlink) is refused with 404; a file is streamed in chunks, up to its size when opened.
+symlink) is refused with 404, and so is the station file (it holds ``console.token``) and a temporary copy of it
+where a folder served holds it (a warning at start says so); a file is streamed in chunks, up to its size when opened.
 The console shares the station's process, so its readers must not take what the station needs (open files, the
-event loop): uvicorn answers 503 once ``MAX_CONNECTIONS`` connections are open, and ``/api/events`` answers 503
+event loop): uvicorn answers 503 once ``MAX_CONNECTIONS`` connections are open (a connection that has not sent a
+whole request header within ``HEADER_TIMEOUT_S`` is closed: idle ones cannot hold them), and ``/api/events`` answers 503
 (and closes the connection) while ``MAX_EVENT_STREAMS`` streams are open; every other route still answers then.
 Every response says it may not be framed by another page (``X-Frame-Options: DENY``, ``Content-Security-Policy:
 frame-ancestors 'none'``: a hostile page cannot lay the console under its own buttons to steal a click) and may not
@@ -39,6 +41,7 @@ be read as another type than it declares (``X-Content-Type-Options: nosniff``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -74,21 +77,62 @@ TOKEN_HEADER = "x-fair-edge-token"
 MAX_BODY_BYTES = 64 * 1024   # an action's JSON is under 1 KB; parsing megabytes would hold the GIL for seconds
 FILE_CHUNK_BYTES = 64 * 1024   # /files/ and /records/ send a file in pieces this size, never whole
 MAX_CONNECTIONS = 64   # open at once (uvicorn's limit_concurrency; 503 above): each holds a file descriptor
+# a connection that has not sent a whole request header this long after it opened (or after its last response) is
+# closed, s: idle or half-sent connections (no timer of uvicorn's runs before the first request) would hold the
+# MAX_CONNECTIONS slots and answer every browser 503 for as long as they stay open
+HEADER_TIMEOUT_S = 5.0
+MAX_SEQ_DIGITS = 18   # a part number in an image URL: up to 10**18 parts (a longer one names no part)
 MAX_EVENT_STREAMS = 32   # open /api/events streams (each never ends): half the connections, the rest for other routes
 SAFE_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
                 (b"x-content-type-options", b"nosniff"))   # on every response (SafeHeaders)
 
 
-def safe_file(root: Path, rel: str) -> Path | None:
-    """``root / rel`` if it is a file inside ``root`` after resolving links and ``..``; else None."""
+def safe_file(root: Path, rel: str, station_file: Path | None = None) -> Path | None:
+    """``root / rel`` if it is a file inside ``root`` after resolving links and ``..``, and not the station file
+    (``withheld``: it holds ``console.token``); else None."""
     root = root.resolve()
     try:
         path = (root / rel).resolve()
     except (OSError, ValueError):
         return None
-    if not path.is_relative_to(root) or not path.is_file():
+    if not path.is_relative_to(root) or not path.is_file() or withheld(path, station_file):
         return None
     return path
+
+
+def withheld(path: Path, station_file: Path | None) -> bool:
+    """Whether resolved ``path`` is the station file (through a link: its target) or one of the temporary copies a
+    threshold's write leaves beside it for a moment (``NAME.XXXXXXXX.tmp``, ``tuning.write_station_threshold``):
+    never served, whatever folder holds them (``console.token`` is in it)."""
+    if station_file is None:
+        return False
+    try:
+        target = Path(station_file).resolve()
+    except (OSError, RuntimeError):   # a link loop: compare with the name as given
+        target = Path(os.path.abspath(station_file))
+    if path == target:
+        return True
+    return path.parent == target.parent and path.name.startswith(f"{target.name}.") and path.name.endswith(".tmp")
+
+
+def station_file_warning(station_file: Path | None, folders: dict[str, Path | None]) -> str:
+    """The warning at start for a station file inside a folder the console serves (``folders``: what it is -> the
+    folder, None: none): it is not served (``withheld``), but a copy (a backup, ``station.yaml~``) would be, with
+    ``console.token``; "" when it is in none of them."""
+    if station_file is None:
+        return ""
+    target = Path(station_file).resolve()
+    held: dict[Path, list[str]] = {}   # folder -> what it is (the record folder is often the output folder)
+    for what, folder in folders.items():
+        if folder is not None and target.is_relative_to(Path(folder).resolve()):
+            held.setdefault(Path(folder).resolve(), []).append(what)
+    if not held:
+        return ""
+    named = " and ".join(f"{' and '.join(whats)} {folder}" for folder, whats in held.items())
+    return (f"station file {station_file} is inside the console's {named}, whose files anyone who "
+            "reaches the console reads without the token: the station file itself is not served (it holds "
+            "console.token), but a copy of it there (a backup, an editor's station.yaml~) would be; move the station "
+            "file out of the output and record folders")
 
 
 def open_file_part(path: Path) -> tuple[BinaryIO, int]:
@@ -114,10 +158,10 @@ def file_chunks(handle: BinaryIO, size: int, chunk: int = FILE_CHUNK_BYTES):
             yield data
 
 
-async def serve_file(root: Path | None, rel: str) -> Response:
-    """``rel`` under ``root`` (traversal-safe, ``safe_file``) streamed up to its size when opened: the station
-    may be appending to it, and a body longer than its Content-Length is a broken response."""
-    path = None if root is None else safe_file(root, rel)
+async def serve_file(root: Path | None, rel: str, station_file: Path | None = None) -> Response:
+    """``rel`` under ``root`` (traversal-safe, never the station file: ``safe_file``) streamed up to its size when
+    opened: the station may be appending to it, and a body longer than its Content-Length is a broken response."""
+    path = None if root is None else safe_file(root, rel, station_file)
     if path is None:
         return Response("not found", status_code=404)
     try:
@@ -257,17 +301,20 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
         run = request.query_params.get("r")
         if run is not None and run != feed.run_id:   # a page of an earlier run: its seq names another part now
             return Response("not found: a part of another run", status_code=404)
-        data = await asyncio.to_thread(views.part_jpeg, feed, cache, int(request.path_params["seq"]), camera)
+        seq = part_seq(request.path_params["seq"])
+        if seq is None:   # not a part number (or thousands of digits, which int() refuses): no such part
+            return Response(status_code=404)
+        data = await asyncio.to_thread(views.part_jpeg, feed, cache, seq, camera)
         # cached only under an URL naming this run (views.part_url): the same seq is another part after a restart
         caching = "max-age=600" if run is not None else "no-cache"
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": caching}) if data else \
             Response(status_code=404)
 
     async def files(request: Request) -> Response:
-        return await serve_file(feed.output, request.path_params["path"])
+        return await serve_file(feed.output, request.path_params["path"], actions.station_file)
 
     async def records(request: Request) -> Response:   # record.dir: NG images, verdicts.jsonl (views.file_url)
-        return await serve_file(views.records_dir(feed), request.path_params["path"])
+        return await serve_file(views.records_dir(feed), request.path_params["path"], actions.station_file)
 
     async def gallery(request: Request) -> Response:
         # built and encoded in a worker thread: thousands of NG parts take a while, and the live page must not wait
@@ -305,7 +352,7 @@ def build_app(feed: StationFeed, actions: StationActions, token: str | None, sto
 
     routes = [Route(path, page(name)) for path, name in PAGES.items()] + [
         Route("/api/state", state), Route("/api/events", events), Route("/api/live.jpg", live_jpg),
-        Route("/api/part/{seq:int}.jpg", part_jpg), Route("/api/part/{camera:str}/{seq:int}.jpg", part_jpg),
+        Route("/api/part/{seq:str}.jpg", part_jpg), Route("/api/part/{camera:str}/{seq:str}.jpg", part_jpg),
         Route("/api/gallery", gallery), Route("/api/tune", tune),
         Route("/api/swap", lambda r: JSONResponse(actions.swap_status)),
         Route("/api/{action:str}", post, methods=["POST"]),
@@ -322,6 +369,14 @@ def wanted_seq(value: str | None) -> int | None:
         return int(value) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def part_seq(text: str) -> int | None:
+    """The part number an image URL names (``/api/part/SEQ.jpg``): ASCII digits, at most ``MAX_SEQ_DIGITS``; None
+    for anything else (starlette's int converter raised ValueError, a 500, on 5000 digits)."""
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_SEQ_DIGITS:
+        return None
+    return int(text)
 
 
 def other_run(posted, run: str) -> Response | None:
@@ -496,6 +551,54 @@ def _error(message: str, status: int = 400) -> Response:
     return JSONResponse({"error": message}, status_code=status)
 
 
+@functools.cache
+def header_timeout_protocol() -> type:
+    """uvicorn's h11 protocol (``uvicorn.protocols.http.h11_impl.H11Protocol``; the console always serves with it,
+    httptools installed or not) with a deadline for each request header: ``HEADER_TIMEOUT_S`` seconds from the
+    connection's opening, and from each response's end on a kept-alive connection, to the end of the next request's
+    header, however the bytes trickle in (uvicorn's own keep-alive timer starts only after a first response, and
+    any byte stops it); a connection past it is closed, its slot free for a browser."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_header()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:   # a request's header came whole (or the connection failed)
+                self._stop_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()   # takes a pipelined request's header already received
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._await_header()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_header_timer()
+            super().connection_lost(exc)
+
+        def _await_header(self) -> None:
+            self._stop_header_timer()
+            self.header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._header_timed_out)
+
+        def _stop_header_timer(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _header_timed_out(self) -> None:
+            self.header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11
+
+
 class ConsoleServer:
     """uvicorn serving the console in a daemon thread. ``start()`` returns once it listens (or raises
     ConfigError naming the port); ``close()`` stops it within about a second (safe twice). Settings built in
@@ -511,7 +614,7 @@ class ConsoleServer:
         app = build_app(feed, actions, self.settings.token, self._stop)
         config = uvicorn.Config(app, host=self.settings.host, port=self.settings.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=1,
-                                limit_concurrency=MAX_CONNECTIONS)
+                                limit_concurrency=MAX_CONNECTIONS, http=header_timeout_protocol())
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
 

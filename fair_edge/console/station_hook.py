@@ -23,7 +23,7 @@ from fair_edge.console.actions import (CameraBundle, StationActions, StationLink
                                       StationStopping, SwapBusy)
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
-from fair_edge.console.server import ConsoleServer
+from fair_edge.console.server import ConsoleServer, station_file_warning
 from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ class ReloadFlags:
     """The command-line flags (``fair-edge run``) that override the station file, as a reload applies them over the
     file it re-reads; None: not given (the file's). bundle (--bundle): loaded instead of the file's ``bundle:`` (with
     several cameras: by every camera that names no bundle of its own). threshold (--threshold): instead of the
-    file's ``decision.threshold`` (several cameras: for every camera that sets no threshold of its own), until a
-    threshold applied from the console is in force: see ``StationConsole.reload_bundle``. backend (--backend) and
-    roi (--roi): a reload loads with the backend and ROI the station started with whatever the file says now, so
-    these stay in force anyway; they are only named in the reload's log line."""
+    file's ``decision.threshold`` (several cameras: for every camera that sets no threshold of its own), until an
+    operator applies a threshold from the console (one camera): see ``StationConsole.reload_bundle``. backend
+    (--backend) and roi (--roi): a reload loads with the backend and ROI the station started with whatever the file
+    says now, so these stay in force anyway; they are only named in the reload's log line."""
 
     bundle: Path | None = None
     threshold: float | None = None
@@ -79,6 +79,9 @@ class StationConsole:
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
+        record = getattr(cfg, "record", None)
+        # what the console serves (/files/, /records/): a station file inside one is named by a warning at start
+        self.served_folders = {"output folder": cfg.output, "record folder": getattr(record, "dir", None)}
         # the station's own threshold (file or command line); None = the bundle's. SIGHUP without a file keeps the
         # threshold in force when the station has its own or one was applied from the console since
         # (``actions.threshold_applied``), else reloads at the bundle's
@@ -89,7 +92,8 @@ class StationConsole:
         self._closed = threading.Event()
 
     def start(self) -> "StationConsole":
-        """Start the web server. A port that cannot be bound is logged and the station inspects on
+        """Start the web server (a warning names a station file inside a folder it serves: ``station_file_warning``).
+        A port that cannot be bound is logged and the station inspects on
         without a console: a viewing tool never stops the line. The log asks first whether another station holds
         the port (the usual cause: the service still running while a `fair-edge run` is started by hand)."""
         if self.server is not None:
@@ -101,6 +105,10 @@ class StationConsole:
                           "that one first; if another program holds the port: %s", self.server.settings.port,
                           self.server.settings.host, exc)
                 self.server = None
+                return self
+            exposed = station_file_warning(self.station_file, self.served_folders)
+            if exposed:
+                log.warning("%s", exposed)
         return self
 
     def keep_flags(self, flags: ReloadFlags) -> None:
@@ -142,8 +150,11 @@ class StationConsole:
         threshold applied from the console and written there is kept; the regions go with the bundle, each change
         logged), with the command-line flags (``keep_flags``) over it as at the start, named in one log line: --bundle
         instead of the file's bundle, --threshold instead of its threshold, until an operator applies a threshold from
-        the console. That one is written to the file: a reload that finds the file's threshold in force (and not the
-        flag's) keeps it, and the flag's hold on the threshold ends there (later reloads take the file's). Without a
+        the console: that one is written to the file, and the flag's hold on the threshold ends with the apply (the
+        next reloads take the file's threshold, a hand edit made since included). The console writes a threshold
+        with the bundle it was applied on where the file names another (a bundle swapped in from the console), and
+        a reload that would load the file's threshold, as last applied from the console (``audit.jsonl``), with
+        another bundle (a hand edit of ``bundle:``, --bundle) is refused (``check_threshold_pairs``). Without a
         station file: reload the current bundle folder (rebuilt in place), regions kept, at the threshold in force when
         the station has its own (--threshold, or one applied since), else at the bundle's. Several cameras: every
         camera's bundle, threshold and regions as the file names them now (its own, else the station's or the flag's),
@@ -184,6 +195,7 @@ class StationConsole:
         bundle_words = [] if self.flags.bundle is None else [
             f"--bundle {self.flags.bundle} over the station file's {now.bundle or '(none)'}"]
         self._log_flags(who, bundle_words + threshold_words)
+        self.actions.check_threshold_pairs([CameraBundle("", Path(path), False, threshold)])
         self.actions.swap(str(path), who, threshold=threshold, regions=now.regions)
 
     def _read_station_file(self):
@@ -195,16 +207,21 @@ class StationConsole:
 
     def _threshold_over(self, file_threshold: float | None) -> tuple[float | None, list[str]]:
         """One camera: the threshold a reload runs with (None: the bundle's) and the log's words on --threshold. The
-        flag's, over ``file_threshold`` (the file's ``decision.threshold`` now); but when the threshold in force is
-        the file's and not the flag's, an operator applied it from the console (which writes it there): it is kept,
-        and the flag no longer overrides the file's threshold (this reload and the later ones)."""
+        flag's, over ``file_threshold`` (the file's ``decision.threshold`` now), until an operator applies a
+        threshold from the console (``actions.threshold_applied``; it is written to the file): from then on the flag
+        no longer overrides the file's threshold, this reload and the later ones, so a hand edit of the file made
+        after that apply is taken too."""
         flag = self.flags.threshold
         if flag is None:
             return file_threshold, []
-        if file_threshold is not None and file_threshold == threshold_in_force(self._inspector()) != flag:
+        if self.actions.threshold_applied:
             self.flags = replace(self.flags, threshold=None)
-            return file_threshold, [f"--threshold {flag:.6g} no longer: the station file's {file_threshold:.6g}, "
-                                    "applied from the console, is in force and kept"]
+            if file_threshold is not None and file_threshold == threshold_in_force(self._inspector()):
+                return file_threshold, [f"--threshold {flag:.6g} no longer: the station file's {file_threshold:.6g}, "
+                                        "applied from the console, is in force and kept"]
+            return file_threshold, [f"--threshold {flag:.6g} no longer: a threshold was applied from the console "
+                                    f"since the start, so the station file's {_threshold_text(file_threshold)} "
+                                    "is taken"]
         return flag, [f"--threshold {flag:.6g} over the station file's {_threshold_text(file_threshold)}"]
 
     def _reload_cameras(self, who: str) -> None:
@@ -227,6 +244,7 @@ class StationConsole:
                               "send the reload again")
         flagged = [flags_over_camera(c, self.flags, own_threshold[c.camera]) for c in named]
         self._log_flags(who, camera_flag_words(self.flags, named, own_threshold))
+        self.actions.check_threshold_pairs(flagged)
         self.actions.swap_cameras(swap_plan(flagged), who, {c.camera: c.threshold for c in flagged},
                                   {c.camera: c.regions for c in flagged if c.regions is not None})
 

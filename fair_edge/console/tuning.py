@@ -78,14 +78,35 @@ def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float
 
 
 def check_threshold(value) -> float:
+    """A threshold from the console (JSON or a query) as a float: a finite number > 0, else a ConfigError (the API's
+    400) naming what was found; an integer too large for a float (JSON allows 400 digits) is refused as not finite."""
+    if is_number(value) and not _float_holds(value):
+        raise ConfigError(f"threshold: expected a finite number > 0, found an integer too large for a float "
+                          f"({value.bit_length()} bits); send the threshold the page proposes")
     require(is_number(value) and math.isfinite(value) and value > 0, "threshold", "a finite number > 0", value)
     return float(value)
 
 
-def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any], camera: str = "") -> None:
+def _float_holds(value: int | float) -> bool:
+    """Whether a float holds ``value`` (an int past about 1.8e308 does not: ``float()`` and ``math.isfinite`` raise
+    OverflowError on it)."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def write_station_threshold(path: Path, value: float, load_station: Callable[[Path], Any], camera: str = "",
+                            bundle: Path | None = None) -> dict:
     """Set ``decision.threshold`` in the station file, or with ``camera`` that camera's ``cameras[].threshold``
     (atomic replace, fsync'd, keeping the file's mode and owner, through a symlink to its target; YAML comments
-    are not kept). The result is read back through ``load_station``
+    are not kept). bundle: the bundle the threshold was applied on (the one in force); where the file names another
+    (``bundle:``; with ``camera``, its own ``cameras[].bundle``, else the station's), it is written in the same
+    replace (one camera: ``bundle:``; with ``camera``: its ``cameras[].bundle``), so the file never pairs the
+    threshold with a bundle it was not applied on (a bundle swapped in from the console is not written by the swap).
+    Returns {"old": the bundle the file named (None: none), "new": the one written} when the bundle was written,
+    else {}. The result is read back through ``load_station``
     (the station loader, ``station.config.load_station``, handed in: it raises ConfigError for a file that would
     not load), so a file that would not load is never left behind. Every failure (a file that cannot be read or
     written, is not valid YAML, or is not a station file's mapping) is a ConfigError naming the file and the fix,
@@ -101,13 +122,16 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
         if camera not in names:
             raise ConfigError(f"{path}: expected camera {camera!r} in its cameras: list, found "
                               f"{', '.join(map(str, names)) or 'none'}; the threshold was not written")
-        entries[names.index(camera)]["threshold"] = float(value)
+        entry = entries[names.index(camera)]
+        entry["threshold"] = float(value)
+        paired = _pair_bundle(entry, entry.get("bundle") or data.get("bundle"), bundle)
     else:
         decision = data.get("decision") or {}
         if not isinstance(decision, dict):
             raise ConfigError(f"{path}: decision: expected a mapping, found {type(decision).__name__}; fix the "
                               "station file, then apply the threshold again (it was not changed)")
         data["decision"] = {**decision, "threshold": float(value)}
+        paired = _pair_bundle(data, data.get("bundle"), bundle)
     target = path.resolve()   # a symlinked station file: its target is rewritten, the link stays
     tmp: Path | None = None
     try:
@@ -124,6 +148,23 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load
+    return paired
+
+
+def _pair_bundle(section: dict, named, bundle: Path | None) -> dict:
+    """Write ``bundle`` (absolute, links kept) as ``section``'s ``bundle`` when the file names another one (``named``:
+    the bundle it names for this camera now, None: none); returns {"old": named, "new": written} then, else {}."""
+    if bundle is None or (named is not None and same_bundle(named, bundle)):
+        return {}
+    written = os.path.abspath(bundle)
+    section["bundle"] = written
+    return {"old": None if named is None else str(named), "new": written}
+
+
+def same_bundle(a, b) -> bool:
+    """Whether two bundle paths (a station file's, relative to the working folder as the station reads them, ``~``
+    expanded; or a Path) name the same folder, links not followed (a link is its own name for a bundle)."""
+    return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(str(b)))
 
 
 def _write_like(original: Path, write: Callable[[IO[str]], object]) -> Path:

@@ -105,7 +105,7 @@ $("apply-cancel").addEventListener("click", () => $("confirm-box").classList.add
 $("apply-confirmed").addEventListener("click", async () => {
   try {
     const r = await FE.post("threshold", {threshold: proposed(), confirm: true, ...(camera() ? {camera: camera()} : {})});
-    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${FE.when(r.time)}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning, `${r.time} (UTC)`);
+    FE.say((r.camera ? `camera ${r.camera}: ` : "") + `threshold ${FE.num(r.old, 6)} → ${FE.num(r.new, 6)} by ${r.who} at ${FE.when(r.time)}` + (r.station_file ? `; written to ${r.station_file}` : "; no station file to write") + (r.station_file_bundle ? ` with bundle ${r.station_file_bundle.new} it was applied on (the file named ${r.station_file_bundle.old || "none"})` : "") + (r.warning ? ` — WARNING: ${r.warning}` : ""), !!r.warning, `${r.time} (UTC)`);
     $("confirm-box").classList.add("hidden");
     setTimeout(project, 700);
   } catch (e) { FE.say(e.message, true); }
