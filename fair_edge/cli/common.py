@@ -50,7 +50,8 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except FairEdgeError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=not console.is_terminal)
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,32 @@ def unit_stem(name: str) -> str:
 def check_on_this_machine(s: ServiceSettings, cfg: StationConfig | None) -> None:
     """ConfigError, naming the flag or field, what is there and the fix, when the unit ``s`` could never start on
     this machine (systemd would restart it every ``restart_sec`` forever): --working-dir not a folder, the
-    executable missing, a folder or not executable, --user / --group not an account here, or a relative path of
-    the station file ``cfg`` (bundle, roi, a camera's folder or video) not found from --working-dir. --print skips
-    this: its unit may be for another machine."""
+    executable missing, a folder or not executable, --user / --group not an account here, a relative path of
+    the station file ``cfg`` (bundle, roi, a camera's folder or video) not found from --working-dir, or any of
+    these (and the station file) out of reach of the account the unit runs as (``--user``, checked as that account
+    even under sudo: ``_check_reach``). --print skips this: its unit may be for another machine."""
     _check_working_dir(s.working_dir)
     _check_program(s.executable)
-    _check_accounts(s.user, s.group)
+    account = _service_account(s.user, s.group)
     if cfg is not None:
         _check_station_paths(cfg, s.working_dir)
+    _check_reach_of(account, s, cfg)
+
+
+def _check_reach_of(account: Account, s: ServiceSettings, cfg: StationConfig | None) -> None:
+    """ConfigError when ``account`` (the unit's --user) cannot enter --working-dir, run --exec (and its ``#!``
+    interpreter), read --station or the station file's ``cfg`` paths that exist (``_check_reach``)."""
+    _check_reach(s.working_dir, X, account, "--working-dir", "enter it (systemd: status=200/CHDIR)")
+    _check_reach(s.executable, _program_needs(s.executable), account, "--exec", "run it (systemd: status=203/EXEC)")
+    for interpreter in _interpreter(s.executable):
+        _check_reach(interpreter, X, account, f"--exec {s.executable} runs its #! interpreter",
+                     "run it (systemd: status=203/EXEC)")
+    _check_reach(s.station, R, account, "--station", "read it (`fair-edge run` exits 2)")
+    for what, path in _station_paths(cfg) if cfg is not None else []:
+        where = path if path.is_absolute() else s.working_dir / path
+        if where.exists():
+            _check_reach(where, R | X if where.is_dir() else R, account, f"{cfg.source_file}: {what}",
+                         "read it (`fair-edge run` exits 2)")
 
 
 def _check_working_dir(folder: Path) -> None:
@@ -142,27 +161,151 @@ def _check_program(executable: Path) -> None:
     if executable.is_dir():
         raise ConfigError(f"the fair-edge executable {executable} (--exec) is a folder, not a program: the unit "
                           f"could never start. {fix}")
-    if not os.access(executable, os.X_OK):
+    if not os.stat(executable).st_mode & 0o111:   # for nobody; who may run it: _check_reach, as --user
         raise ConfigError(f"the fair-edge executable {executable} (--exec) is not executable: the unit could never "
                           f"start. `chmod +x {executable}`, or {fix[0].lower()}{fix[1:]}")
 
 
-def _check_accounts(user: str, group: str | None) -> None:
+R, X = 4, 1   # permission bits asked of the service account: read, execute / enter a folder
+
+
+@dataclass(frozen=True)
+class Account:
+    """The account a unit runs as, as systemd sets it up: ``name``, ``uid``, and ``gids``: Group= (or the user's
+    own group) plus the user's supplementary groups (systemd calls initgroups)."""
+
+    name: str
+    uid: int
+    gids: frozenset[int]
+
+
+def _service_account(user: str, group: str | None) -> Account:
+    """The ``Account`` of --user / --group; ConfigError naming the fix when either is not an account here."""
     import grp
     import pwd
 
     try:
-        pwd.getpwnam(user)
+        entry = pwd.getpwnam(user)
     except KeyError:
         raise ConfigError(f"--user {user}: no such account on this machine; the unit could never start. Create it "
                           f"(`sudo useradd --system --groups video {user}`) or pass an existing one.") from None
-    if group is None:
-        return
+    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    if group is not None:
+        try:
+            gids.add(grp.getgrnam(group).gr_gid)
+        except KeyError:
+            raise ConfigError(f"--group {group}: no such group on this machine; the unit could never start. Create "
+                              f"it (`sudo groupadd {group}`), pass an existing one, or leave out --group (the "
+                              "user's).") from None
+    return Account(user, entry.pw_uid, frozenset(gids))
+
+
+def _program_needs(executable: Path) -> int:
+    """The bits the service account needs on ``executable``: X for a binary, R | X for a script (``#!``: its
+    interpreter reads it)."""
+    return R | X if _interpreter(executable) else X
+
+
+def _interpreter(executable: Path) -> list[Path]:
+    """[the absolute program of ``executable``'s ``#!`` line] (a venv's ``fair-edge`` names its python), [] for a
+    binary, a relative interpreter or a file that cannot be read here."""
     try:
-        grp.getgrnam(group)
+        with open(executable, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return []
+    words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
+    path = Path(os.fsdecode(words[0])) if words else None
+    return [path] if path is not None and path.is_absolute() and path.exists() else []
+
+
+def _check_reach(path: Path, need: int, account: Account, what: str, doing: str) -> None:
+    """ConfigError when ``account`` cannot ``need`` (R / X bits) ``path``: a folder on the way to it (the path's
+    and, through links, the real one's) it may not enter, or the path itself. ``what``: the flag or field that
+    names it; ``doing``: what the station would fail to do at each start. As the current user (not root):
+    ``os.access``; for another account (root installing for ``--user``): the mode bits against its uid and groups
+    (``_blocked``), so a venv in a 0700 home is refused before systemd fails it forever."""
+    if account.uid == os.getuid():
+        if os.access(path, (os.R_OK if need & R else 0) | (os.X_OK if need & X else 0)):
+            return
+        blocked = _blocked(path, need, account) or (path, need)
+    else:
+        blocked = _blocked(path, need, account)
+    if blocked is None:
+        return
+    spot, lacking = blocked
+    letters = _letters(lacking)
+    where = "it" if spot == path else f"{spot}, a folder on the way to it,"
+    raise ConfigError(
+        f"{what} {path}: --user {account.name} cannot {doing}: {where} is {_described(spot)}, without the "
+        f"'{letters}' permission for {account.name}; the unit could never start and would restart forever. Let "
+        f"{account.name} in (`sudo chmod o+{letters} {spot}`, or g+{letters} with a group {account.name} is in), or "
+        f"move it where {account.name} can reach it (e.g. under /opt/fair-edge) and install again.")
+
+
+def _blocked(path: Path, need: int, account: Account) -> tuple[Path, int] | None:
+    """(the first of ``path``'s folders, links followed, that ``account`` may not enter, X) or (``path``, the bits of
+    ``need`` it lacks there); None when it can reach it. A path with a POSIX ACL (which the mode bits do not tell)
+    or that cannot be examined here is taken as reachable."""
+    real = Path(os.path.realpath(path))
+    for folder in dict.fromkeys([*reversed(path.parents), *reversed(real.parents)]):
+        if _lacking(folder, X, account):
+            return folder, X
+    lacking = _lacking(path, need, account)
+    return (path, lacking) if lacking else None
+
+
+def _lacking(path: Path, need: int, account: Account) -> int:
+    """The bits of ``need`` (R / X) that the mode bits of ``path`` (links followed) deny ``account``, 0 for none, as
+    the kernel decides: the owner's bits for its owner, else the group's for a member of its group, else the
+    others'. Root may do anything but run a file without an x bit. 0 when ``path`` cannot be examined or has an
+    ACL."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    if _has_acl(path):
+        return 0
+    if account.uid == 0:
+        return X if need & X and not stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o111 else 0
+    if st.st_uid == account.uid:
+        granted = st.st_mode >> 6
+    elif st.st_gid in account.gids:
+        granted = st.st_mode >> 3
+    else:
+        granted = st.st_mode
+    return need & ~granted & (R | X)
+
+
+def _has_acl(path: Path) -> bool:
+    """Whether ``path`` carries a POSIX access ACL (then its mode bits do not tell who may reach it)."""
+    try:
+        os.getxattr(path, "system.posix_acl_access")
+    except (OSError, AttributeError):   # no ACL, no xattr support, or no os.getxattr (not Linux)
+        return False
+    return True
+
+
+def _letters(need: int) -> str:
+    """``need`` as chmod letters: 'r', 'x' or 'rx'."""
+    return ("r" if need & R else "") + ("x" if need & X else "")
+
+
+def _described(path: Path) -> str:
+    """``path``'s mode and owner as ``ls -l`` shows them, e.g. ``drwx------ alice:alice``."""
+    import grp
+    import pwd
+
+    st = os.stat(path)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
-        raise ConfigError(f"--group {group}: no such group on this machine; the unit could never start. Create it "
-                          f"(`sudo groupadd {group}`), pass an existing one, or leave out --group (the user's).") from None
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{stat.filemode(st.st_mode)} {owner}:{group}"
 
 
 def _station_paths(cfg: StationConfig) -> list[tuple[str, Path]]:
