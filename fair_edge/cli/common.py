@@ -43,7 +43,8 @@ class VerboseAnywhere(TyperGroup):
 
 
 def friendly_errors(fn):
-    """Turn our own exceptions into one clear line on stderr and exit code 2."""
+    """Turn our own exceptions into one clear line on stderr and exit code 2: wrapped to the width of a terminal,
+    one line as it is anywhere else (a pipe, a log file, the journal under a systemd unit: one entry to grep)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
