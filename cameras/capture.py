@@ -417,8 +417,10 @@ class CaptureThread:
 
     def stats(self) -> CaptureStats:
         unreadable = getattr(self.source, "unreadable", 0)
+        short = getattr(self.source, "frames_short", 0)   # a replayed video's frames declared, never given: lost
         with self._lock:
-            return CaptureStats(**self._counts, unreadable=unreadable, state=self._state, end_reason=self._end_reason)
+            counts = dict(self._counts, frames_lost_estimate=self._counts["frames_lost_estimate"] + short)
+            return CaptureStats(**counts, unreadable=unreadable, state=self._state, end_reason=self._end_reason)
 
     # ---- reader thread ---------------------------------------------------------------
     def _run(self) -> None:

@@ -40,9 +40,23 @@ def classify_target(target: int | str) -> str:
     return "file"
 
 
+_AUTHORITY = re.compile(r"://([^/?\s]*)")   # a URL's host part: up to its path, its query or the end of the word
+
+
 def redact_url(url: str) -> str:
-    """``rtsp://user:secret@host/...`` -> ``rtsp://user:***@host/...`` (for logs and errors)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """``rtsp://user:secret@host/...`` -> ``rtsp://user:***@host/...`` (for logs and errors), for every URL in
+    ``url`` (a GStreamer pipeline may hold one). The host part ends at the first '/' or '?' after ``://`` and the
+    user info at its LAST '@', as ``urllib.parse.urlsplit`` and FFmpeg read it, so a password holding '@'
+    (``admin:Pr0d@2024@host``) is hidden whole; user info without a password (``token@host``) is left as it is."""
+    return _AUTHORITY.sub(_hide_password, url)
+
+
+def _hide_password(match: re.Match) -> str:
+    """One ``://HOST_PART`` match -> the same with the password of its ``user:password@`` written ``***``."""
+    userinfo, at, hostport = match.group(1).rpartition("@")
+    if not at or ":" not in userinfo:
+        return match.group(0)
+    return f"://{userinfo.split(':', 1)[0]}:***@{hostport}"
 
 
 def _hint_index(target: str) -> str:

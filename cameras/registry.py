@@ -6,7 +6,8 @@ kind is guessed by :data:`AUTO_RULES` (first match wins)::
     0, /dev/video0, rtsp://cam/stream, http://...  -> opencv
     "... ! appsink"                                -> gst
     a directory                                    -> folder (image replay)
-    a file                                         -> video (video replay)
+    an image file (part.png: IMAGE_SUFFIXES)       -> folder (a one-image replay, training's decoder)
+    any other file                                 -> video (video replay)
     opencv:clip.avi  csi:0  genicam:SERIAL  aravis:ID  line:  -> explicit kind
 
 Keyword options go to the source's constructor; an unknown option is refused with the
@@ -28,7 +29,7 @@ from .aravis import AravisSource
 from .genicam import GenICamSource
 from .gstreamer import GStreamerSource, jetson_csi_pipeline
 from .opencv import OpenCVSource, classify_target
-from .replay import FolderReplaySource, VideoReplaySource
+from .replay import FolderReplaySource, VideoReplaySource, is_image_file
 from .synthetic import LineSource
 
 
@@ -111,6 +112,7 @@ AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
     (lambda s: classify_target(s) in ("index", "url", "device"), "opencv"),
     (lambda s: "!" in s and "appsink" in s, "gst"),
     (os.path.isdir, "folder"),
+    (is_image_file, "folder"),   # one image: decoded as training decodes it, not as a one-frame FFmpeg video
     (os.path.isfile, "video"),
 ]
 
@@ -119,9 +121,9 @@ def _split(spec: str) -> tuple[str, str]:
     kind, sep, rest = spec.partition(":")
     if sep and kind in SOURCES and not rest.startswith("//"):
         return kind, rest
-    for matches, kind in AUTO_RULES:
+    for matches, guessed in AUTO_RULES:   # not ``kind``: the typed KIND is the did-you-mean's word below
         if matches(spec):
-            return kind, spec
+            return guessed, spec
     hint = did_you_mean(kind if sep else spec, SOURCES, suffix=":")
     raise ConfigError(
         f"camera source {spec!r}: expected a camera index, /dev/videoN, URL, GStreamer pipeline, "

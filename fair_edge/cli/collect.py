@@ -27,7 +27,7 @@ def collect(
                                "MVTec layout (train/good = false rejects, test/defect = defects and misses)."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
-    source: Optional[Path] = typer.Option(None, help="An image folder or video file instead of a camera."),
+    source: Optional[Path] = typer.Option(None, help="An image folder, one image or a video file instead of a camera."),
     reviewed: Optional[Path] = typer.Option(None, help="A station output folder: export its reviewed parts "
                                             "(reviews.jsonl) instead of reading a camera."),
     max_frames: int = typer.Option(200, help="Stop after saving this many frames."),

@@ -102,14 +102,17 @@ def print_plain(text: str) -> None:
 
 
 def replay_spec(source: Path) -> str:
-    """The camera source spec of ``--source PATH`` (run, collect): ``folder:PATH`` for an existing folder,
-    ``video:PATH`` for an existing file (kinds of ``fair_edge.cameras.registry.SOURCES``), so a folder of frames
-    named for its date (``20240115``, or ``./20240115``: pathlib drops the ``./``) is replayed, not opened as
-    camera index 20240115 by the bare-target guess (``AUTO_RULES``: all digits = a camera index). Any other PATH
-    as typed: a number that names no file or folder stays a camera index, a missing file gets the source's own
-    error."""
+    """The camera source spec of ``--source PATH`` (run, collect): ``folder:PATH`` for an existing folder or an
+    image file training reads (``part.png``: replayed as a one-image folder, decoded by training's reader, not by
+    FFmpeg as a one-frame video), ``video:PATH`` for any other existing file (kinds of
+    ``fair_edge.cameras.registry.SOURCES``), so a folder of frames named for its date (``20240115``, or
+    ``./20240115``: pathlib drops the ``./``) is replayed, not opened as camera index 20240115 by the bare-target
+    guess (``AUTO_RULES``: all digits = a camera index). Any other PATH as typed: a number that names no file or
+    folder stays a camera index, a missing file gets the source's own error."""
+    from fair_edge.cameras.replay import is_image_file
+
     text = "/" + str(source).lstrip("/") if str(source).startswith("//") else str(source)   # 'KIND://' is a URL
-    if source.is_dir():
+    if source.is_dir() or is_image_file(source):
         return f"folder:{text}"
     if source.is_file():
         return f"video:{text}"

@@ -195,7 +195,7 @@ def run(
                                            "the console is in force."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
-    source: Optional[Path] = typer.Option(None, help="Replay an image folder or video file instead of a camera."),
+    source: Optional[Path] = typer.Option(None, help="Replay an image folder, one image or a video file instead of a camera."),
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
     backend: Optional[str] = typer.Option(None, help="auto (default), " + ", ".join(BACKENDS) + "."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "

@@ -116,6 +116,7 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
         return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
     opts: dict = {}
     if cfg.camera.fps is not None:
+    check_loop(cfg)
         opts["fps"] = cfg.camera.fps
     if cfg.camera.loop:
         opts["loop"] = True
@@ -137,6 +138,16 @@ def is_unpaced_replay(cfg: StationConfig) -> bool:
 
 def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
     """Refuse reject pulses the line's time cannot place. Each part is due at the gate
+def check_loop(cfg: StationConfig) -> None:
+    """Refuse ``camera.loop`` (``--loop``) for a source that is no replayed folder or video (a live camera, an RTSP
+    URL, ``opencv:clip.avi``): ConfigError naming the flag, the source and the fix. Checked before the model loads
+    (``run_station``) and where the capture is made (``open_capture``)."""
+    if cfg.camera.loop and not isinstance(parse_source(cfg.camera.source), REPLAY_SOURCES):
+        raise ConfigError(f"--loop / camera.loop: expected a replayed folder, image or video file (--source PATH, "
+                          f"folder:PATH, video:PATH), found the camera {redact_url(str(cfg.camera.source))}, which "
+                          "cannot be replayed; drop --loop (loop: false in the station file) for a live camera.")
+
+
     ``t_capture + reject.delay_ms`` (or after ``encoder_distance`` counts): that needs a timed line
     (a camera, or a replay with ``camera.fps``) and the real travel time. ``delay_ms: 0`` (the
     default) would put the gate at the camera, where no verdict can be in time: every part would be
@@ -457,6 +468,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if on_start is not None:
             on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
                      f"camera {redact_url(str(cfg.camera.source))}")   # an RTSP URL's password never shown
+    if source is None:
+        check_loop(cfg)   # before the model loads: not an "unknown option" from the camera after it
         with contextlib.ExitStack() as stack:
             stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
             notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
