@@ -256,8 +256,9 @@ def patchcore_bundles(patchcore_run, tmp_path_factory):
 
 
 class StalledDisk:
-    """``disk_usage`` of a disk that stalls: a recorder's writer waits in it, in its first NG image, until
-    ``release`` is set, so everything recorded meanwhile waits in the queue (the order is fixed, no timing luck)."""
+    """``disk_usage`` of a disk that stalls: a recorder's image writer waits in it, in its first NG image, until
+    ``release`` is set, so every image recorded meanwhile waits in its queue (rows do not: they have their own
+    writer; the order is fixed, no timing luck)."""
 
     def __init__(self) -> None:
         import threading

@@ -303,10 +303,11 @@ def test_close_writes_every_queued_row_and_skips_only_the_images_past_its_deadli
 
 
 class HungDisk:
-    """The verdict log's file: every write hangs until ``release`` is set (an unplugged NFS share)."""
+    """The verdict log's file: every write hangs until ``release`` is set (an unplugged NFS share); ``entered`` is
+    set once a write hangs there."""
 
     def __init__(self) -> None:
-        self.release = threading.Event()
+        self.release, self.entered = threading.Event(), threading.Event()
 
     def open(self, path, mode="r", *args, **kwargs):
         import builtins
@@ -314,10 +315,11 @@ class HungDisk:
         f = builtins.open(path, mode, *args, **kwargs)
         if mode != "ab":
             return f
-        release = self.release
+        release, entered = self.release, self.entered
 
         class Hung:
             def write(self, data):
+                entered.set()
                 release.wait(30)
                 return f.write(data)
 
@@ -463,11 +465,16 @@ def test_rows_past_the_row_limit_are_dropped_and_the_warning_blames_the_disk_onl
         tmp_path, caplog, monkeypatch, stuck):
     """Past ``row_limit`` rows waiting, the newest row is dropped and counted. The one warning said "the disk is
     too slow" whatever the cause; now it names the disk only when the writer has written nothing for
-    WRITER_STUCK_S (monkeypatched to 0 / far away: the time it checks is the test's choice, not luck)."""
+    WRITER_STUCK_S (monkeypatched to 0 / far away: the time it checks is the test's choice, not luck). The row
+    writer is held in its first row by the log's disk (an NG image no longer holds rows: they queue apart)."""
+    import fair_edge.line.jsonl as jsonl
     import fair_edge.line.recorder as recmod
 
     monkeypatch.setattr(recmod, "WRITER_STUCK_S", 0.0 if stuck else 1e9)
-    rec, disk = held_recorder(tmp_path, queue_size=2, row_limit=10)
+    disk = HungDisk()
+    monkeypatch.setattr(jsonl, "open", disk.open, raising=False)
+    rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=2), row_limit=10)
+    assert rec.record(None, _verdict(0, ng=False)) and disk.entered.wait(10), "the row writer never took row 0"
     taken = [rec.record_gate(_gate_row(seq)) for seq in range(1, 16)]
     disk.release.set()
     rec.close()

@@ -1,13 +1,17 @@
 """The recorder: a JSONL log of every verdict and NG frames saved with heatmap overlays.
 
-All writing happens on the recorder's own thread behind a bounded queue; ``record()`` never blocks. The queue is
-bounded twice: NG parts whose images are to be saved (``record.queue_size``, 64, and ``record.queue_mb``, 1024 MB of
-their frames: an image is large and slow to draw, encode and write; one more NG part is logged without its images,
-counted ``images_skipped``, and the one warning says how long an NG part's images take to save here, so a PNG
-encoder too slow for the rate of NG images is not blamed on the disk) and rows (``row_limit``, 16384 items of any
+All writing happens on the recorder's own two threads, each behind its own bounded queue; ``record()`` never
+blocks. The row writer writes rows (verdicts.jsonl, gate.jsonl) from a queue of ``row_limit`` rows (16384, of any
 kind: rows are small, so a burst of gate rows, one per part when the run ends with parts on the belt or when an
 encoder loses the belt position, fits beside the verdicts; past it, the newest row is dropped, counted ``dropped``,
-and the warning names the disk only when the writer has written nothing for ``WRITER_STUCK_S``). Disk guard: when
+and the warning names the disk only when the row writer has written nothing for ``WRITER_STUCK_S``). The image
+writer saves NG parts' images from a queue bounded by ``record.queue_size`` (64 NG parts) and ``record.queue_mb``
+(1024 MB of their frames and maps; an NG part is always taken when none waits): an image is large and slow to
+draw, encode and write; one more NG part is logged without its images, counted ``images_skipped``, and the one
+warning says how long an NG part's images take to save here, so a PNG encoder too slow for the rate of NG images
+is not blamed on the disk. An NG part's row and its images are queued apart when it is recorded, so no row ever
+waits behind an image write (a slow ``ng/`` disk delayed verdicts.jsonl and gate.jsonl by minutes); its images
+may be saved before or after its row is written, and neither is written twice. Disk guard: when
 the free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
 ``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is back. An ``OSError``
 (full disk, unplugged drive) is counted in ``write_errors`` and logged once per kind; it never reaches the
@@ -32,9 +36,11 @@ not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (de
 missed).
 
 Closing: every row queued is written, NG images only for up to ``images_s`` (5 s): past it (or once
-``stop_images`` was called) the writer writes the remaining rows without their images (counted
-``images_skipped``, one warning). Only a writer stuck longer than ``rows_s`` more (a hung disk) leaves
-rows unwritten: counted ``lost_at_close`` and logged as an error, as is a row handed in after close.
+``stop_images`` was called) the images still queued are skipped and NG parts recorded later are logged without
+theirs (counted ``images_skipped``, one warning); the images being saved then are finished. Only a row writer stuck
+longer than ``rows_s`` more (a hung disk) leaves rows unwritten: counted ``lost_at_close`` and logged as an error, as
+is a row handed in after close; an image writer stuck that long (inside one image's write) leaves the NG images
+still queued counted ``images_skipped``, logged as an error. Rows are closed first, then images.
 
 Counters (``stats()``): every row handed in is ``queued`` or ``dropped`` (``row_limit`` reached, never queued);
 each queued row ends as exactly one of ``logged`` (verdicts.jsonl), ``gate_logged`` (gate.jsonl),
@@ -80,9 +86,11 @@ GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 DISK_CHECK_S = 1.0   # re-read free space at most this often
 CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
 CLOSE_ROWS_S = 5.0    # close(): then the remaining rows get at most this long (only a hung disk needs it)
-ROW_LIMIT = 16384     # queued items (rows, with or without images) at most: 16 x reject.max_pending's default
+ROW_LIMIT = 16384     # queued rows at most (NG images queue apart): 16 x reject.max_pending's default
 WRITER_STUCK_S = 1.0  # a full row queue whose writer wrote nothing for this long names the disk, seconds
-IMAGE_BOUNDS = ("images", "image_bytes")   # _full's bounds of NG images waiting: record.queue_size, .queue_mb
+IMAGE_BOUNDS = ("images", "image_bytes")   # the bounds of NG images waiting: record.queue_size, .queue_mb
+IMAGES_OFF = "off"    # _image_refusal: NG images are no longer saved (stop_images, close)
+IDLE_POLL_S = 0.1     # a writer with nothing queued looks for the stop this often, seconds
 
 
 def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> dict:
@@ -91,11 +99,11 @@ def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> di
             "source": frame.source, **({"camera": frame.camera} if frame.camera else {})}
 
 
-def _image_bytes(item: tuple) -> int:
-    """Bytes a queued item holds in NG images: its frame's and its map's (0 for a row only)."""
-    frame, amap = item[1], item[2]
-    if frame is None:
+def _image_bytes(item: tuple | None) -> int:
+    """Bytes an image queue item ``(verdict, frame, map)`` holds: its frame's and its map's (0 for None)."""
+    if item is None:
         return 0
+    frame, amap = item[1], item[2]
     return int(getattr(frame.image, "nbytes", 0)) + int(getattr(amap, "nbytes", 0))
 
 
@@ -116,8 +124,8 @@ class Recorder:
 
     disk_usage: ``shutil.disk_usage``-like callable (tests hand in a fake one).
     disk_check_s: free space is re-read at most this often, seconds.
-    row_limit: items (rows) queued at most (at least ``settings.queue_size``); NG images count against
-    ``settings.queue_size`` as well.
+    row_limit: rows queued at most (at least ``settings.queue_size``); NG parts' images queue apart, at most
+    ``settings.queue_size`` parts and ``settings.queue_mb``.
     run_id: written in every row and NG image name (a new one when None).
     timer: seconds, ``time.perf_counter``-like (tests hand in a fake clock): times each NG part's images (drawing
     the overlay; encoding and writing them) for the warning of a full image queue.
@@ -146,17 +154,19 @@ class Recorder:
         self._disk_check_s = disk_check_s
         self._warned: set[str] = set()
         self._counters = Counters(RECORDER_COUNTERS)
-        self._q: queue.Queue = queue.Queue()   # bounded by _full(), under _lock: NG images and rows apart
+        # two queues, each bounded in _put under _lock: rows (row, extra) and NG images (verdict, frame, map)
+        self._q: queue.Queue = queue.Queue()
+        self._images_q: queue.Queue = queue.Queue()
         self._row_limit = max(int(row_limit), settings.queue_size)
-        self._images_waiting = 0            # queued items holding an NG image (not yet taken by the writer)
+        self._images_waiting = 0            # NG parts in _images_q (not yet taken by the image writer)
         self._image_bytes = 0               # their frames' and maps' bytes (record.queue_mb)
         self._image_budget = int(settings.queue_mb * 1024 * 1024)
-        # (under _lock) the writer's item in hand holds images it has not yet started or skipped: stop_images
-        # counts them; and it is saving its images now (they are saved whatever stop_images says)
-        self._image_pending = self._saving = False
+        self._saving = False                # (under _lock) the image writer saves a part's images now (finished
+                                            # whatever stop_images says)
+        self._images_open = True            # False once the image writer has stopped (or close gave up on it)
         self._timer = timer
         self._image_times = (0, 0.0, 0.0)   # NG parts saved, seconds drawing overlays, seconds encoding + writing
-        self._writer_seen = time.monotonic()  # when the writer last wrote a row or found nothing to write
+        self._writer_seen = time.monotonic()  # when the row writer last wrote a row or found nothing to write
         self._stop = threading.Event()
         self.images_off = threading.Event()
         self._closed = False
@@ -170,7 +180,9 @@ class Recorder:
         self._finished = False              # close() is done: on_close calls at once
         self.zone_outlines: list[np.ndarray] = []
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._image_thread = threading.Thread(target=self._run_images, name="recorder-images", daemon=True)
         self._thread.start()
+        self._image_thread.start()
 
     def show_zones(self, outlines: list[np.ndarray]) -> None:
         """Draw these zone outlines ((K, 2) int32 (x, y) frame pixels each) on every NG overlay."""
@@ -187,67 +199,66 @@ class Recorder:
         ``record.queue_size`` images waiting is still logged, without its images (counted ``images_skipped``).
         """
         keep_image = verdict.ng and self.settings.save_ng_images and frame is not None
-        return self._put((verdict, frame if keep_image else None, anomaly_map if keep_image else None, extra))
+        return self._put(verdict, extra, (verdict, frame, anomaly_map) if keep_image else None)
 
     def record_row(self, row: dict) -> bool:
         """Log a row that is no single frame's verdict (a multi-camera part: ``fair_edge.station.parts``); it
         needs ``t_capture`` (monotonic s)."""
-        return self._put((row, None, None, None))
+        return self._put(row, None)
 
     def record_gate(self, row: dict) -> bool:
         """Log one reject-gate event in ``gate.jsonl`` (``RejectScheduler``'s ``on_part``): row holds
         seq, event, t (monotonic s) and the event's fields."""
-        return self._put((row, None, None, GATE_LOG))
+        return self._put(row, GATE_LOG)
 
-    def _put(self, item: tuple) -> bool:
-        """Queue one item (never blocks): False when it was dropped (``row_limit`` reached) or came late. An NG
-        part past ``record.queue_size`` images waiting goes in without its images (``images_skipped``): the row
-        is what accounts for the part, the images are what a slow disk cannot keep up with."""
-        image = item[1] is not None
-        size = _image_bytes(item)
-        full = skipped = None
+    def _put(self, row: Verdict | dict, extra: dict | str | None, images: tuple | None = None) -> bool:
+        """Queue one row, and an NG part's ``images`` ``(verdict, frame, map)`` on the image queue (never blocks):
+        False when the row was dropped (``row_limit`` reached; its images with it) or came late. An NG part whose
+        images do not fit (``_image_refusal``) is queued without them (``images_skipped``): the row is what
+        accounts for the part, the images are what a slow disk cannot keep up with."""
+        size = _image_bytes(images)
+        full = refused = None
         with self._lock:
-            if not self._accepting:
+            late = not self._accepting
+            if late:
                 self._counters.add("queued")
                 self._counters.add("lost_at_close")
-                late = True
+            elif self._q.qsize() >= self._row_limit:
+                full = "rows"
+                self._counters.add("dropped")
             else:
-                late = False
-                full = self._full(image, size)
-                if full in IMAGE_BOUNDS:
-                    item, image, size, skipped = (item[0], None, None, item[3]), False, 0, full
-                    full = self._full(False, 0)
+                refused = self._image_refusal(size) if images is not None else None
+                self._q.put_nowait((row, extra))
+                self._counters.add("queued")
+                if refused is not None:
                     self._counters.add("images_skipped")
-                if full is None:
-                    self._q.put_nowait(item)
-                    self._images_waiting += image
+                elif images is not None:
+                    self._images_q.put_nowait(images)
+                    self._images_waiting += 1
                     self._image_bytes += size
-                    self._counters.add("queued")
-                else:
-                    self._counters.add("dropped")
-        if skipped is not None:
-            self._warn_full(skipped)
+        if refused in IMAGE_BOUNDS:
+            self._warn_full(refused)
         if full is not None:
             self._warn_full(full)
             return False
         if late:
             self._error_once("late", "recorder: a row came after the recorder closed (seq %s): not written, "
                              "counted lost_at_close; close the recorder after what feeds it",
-                             item[0].get("seq") if isinstance(item[0], dict) else getattr(item[0], "seq", None))
+                             row.get("seq") if isinstance(row, dict) else getattr(row, "seq", None))
             return False
         return True
 
-    def _full(self, image: bool, size: int) -> str | None:
-        """(under self._lock) Which bound a new item would pass: ``images`` (an NG image beyond
-        ``settings.queue_size`` waiting), ``image_bytes`` (its ``size`` bytes beyond ``settings.queue_mb`` of
-        images waiting; an NG part with none waiting always fits), ``rows`` (``row_limit`` items waiting), or None
-        when it fits."""
-        if image and self._images_waiting >= self.settings.queue_size:
+    def _image_refusal(self, size: int) -> str | None:
+        """(under self._lock) Why an NG part's images of ``size`` bytes are not queued: ``IMAGES_OFF`` (images are
+        no longer saved: ``stop_images``, close), ``images`` (``settings.queue_size`` NG parts' images waiting),
+        ``image_bytes`` (its bytes would pass ``settings.queue_mb`` of images waiting; an NG part with none waiting
+        always fits), or None when they fit."""
+        if self.images_off.is_set() or not self._images_open:
+            return IMAGES_OFF
+        if self._images_waiting >= self.settings.queue_size:
             return "images"
-        if image and self._images_waiting and self._image_bytes + size > self._image_budget:
+        if self._images_waiting and self._image_bytes + size > self._image_budget:
             return "image_bytes"
-        if self._q.qsize() >= self._row_limit:
-            return "rows"
         return None
 
     def _warn_full(self, bound: str) -> None:
@@ -293,10 +304,11 @@ class Recorder:
         return out
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is written, at most ``timeout`` s (tests, shutdown). True if done."""
+        """Wait until everything queued so far is written (rows and NG images), at most ``timeout`` s (tests,
+        shutdown). True if done."""
         end = time.monotonic() + timeout
         while True:
-            if self._q.unfinished_tasks == 0:
+            if self._q.unfinished_tasks == 0 and self._images_q.unfinished_tasks == 0:
                 return True
             if time.monotonic() >= end:
                 return False
@@ -309,7 +321,7 @@ class Recorder:
             if self.images_off.is_set():
                 return
             self.images_off.set()
-            skipped, saving = self._images_waiting + self._image_pending, self._saving
+            skipped, saving = self._images_waiting, self._saving
         log.warning("recorder: NG images no longer saved (%s): %d NG part(s) still queued are logged without their "
                     "images (counted images_skipped)%s", reason, skipped,
                     "; the NG part whose images are being saved now is finished" if saving else "")
@@ -338,9 +350,14 @@ class Recorder:
             self.stop_images(f"closing, NG images still unsaved after {images_s:g} s")
         self.images_off.set()   # rows handed in from now on are written without images: close stays bounded
         self._stop.set()
+        self._images_q.put_nowait(None)   # wakes the image writer to see the stop (taken and done like an item)
+        end = time.monotonic() + rows_s
         self._thread.join(timeout=rows_s)
         if self._thread.is_alive():
             self._abandon(rows_s)
+        self._image_thread.join(timeout=max(0.0, end - time.monotonic()))
+        if self._image_thread.is_alive():
+            self._abandon_images(rows_s)
         with self._lock:
             self._finished = True
             hooks, self._on_close = self._on_close, []
@@ -356,12 +373,10 @@ class Recorder:
             lost = 0
             while True:
                 try:
-                    item = self._q.get_nowait()
+                    self._q.get_nowait()
                 except queue.Empty:
                     break
                 self._q.task_done()
-                self._images_waiting -= item[1] is not None
-                self._image_bytes -= _image_bytes(item)
                 lost += 1
             in_hand = self._q.unfinished_tasks   # the writer's item (0 or 1): taken, not yet done
             if in_hand and not self._row_settled:
@@ -369,6 +384,29 @@ class Recorder:
             self._counters.add("lost_at_close", lost)
         log.error("recorder: the writer did not finish within %g s of closing (a hung disk?): %d row(s) not "
                   "written, counted lost_at_close; check the disk under %s", waited_s, lost, self.dir)
+
+    def _abandon_images(self, waited_s: float) -> None:
+        """Give up on an image writer still running at close's deadline: the NG images still queued are counted
+        ``images_skipped``; a part in hand (its write stuck) is counted when (if) its write returns. Logged as an error
+        when there was either (an idle writer that has not yet seen the stop exits on its own)."""
+        with self._lock:
+            self._images_open = False
+            skipped, stuck = 0, self._saving
+            while True:
+                try:
+                    item = self._images_q.get_nowait()
+                except queue.Empty:
+                    break
+                self._images_q.task_done()
+                if item is not None:
+                    self._images_waiting -= 1
+                    self._image_bytes -= _image_bytes(item)
+                    skipped += 1
+            self._counters.add("images_skipped", skipped)
+        if skipped or stuck:
+            log.error("recorder: the image writer did not finish within %g s of closing (a hung disk?): %d NG "
+                      "part(s)' images not saved, counted images_skipped; check the disk under %s", waited_s, skipped,
+                      self.dir)
 
     def _call_on_close(self, fn: Callable[[dict[str, int]], None]) -> None:
         try:
@@ -382,23 +420,18 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- writer thread ------------------------------------------------------------------------
+    # -- writer threads: rows, NG images -------------------------------------------------------
     def _run(self) -> None:
-        """Write queued items until stopped and nothing is queued; then close the log files."""
+        """The row writer: write queued rows until stopped and nothing is queued; then close the log files."""
         try:
             while True:
                 try:
-                    item = self._q.get(timeout=0.1)
+                    item = self._q.get(timeout=IDLE_POLL_S)
                 except queue.Empty:
                     self._writer_seen = time.monotonic()
                     if self._stop.is_set() and self._stopped_idle():
                         return
                     continue
-                if item[1] is not None:
-                    with self._lock:
-                        self._images_waiting -= 1
-                        self._image_bytes -= _image_bytes(item)
-                        self._image_pending = True
                 try:
                     self._write_item(item)
                 except Exception:  # noqa: BLE001 - a bug in one item must never stop the writer
@@ -407,12 +440,42 @@ class Recorder:
                 finally:
                     with self._lock:   # with _row_settled, so close's _abandon sees one consistent state
                         self._row_settled = False
-                        self._image_pending = self._saving = False
                         self._q.task_done()
         finally:
             self._log.close()
             if self._gate_log is not None:
                 self._gate_log.close()
+
+    def _run_images(self) -> None:
+        """The image writer: save queued NG parts' images until stopped and nothing is queued (a ``None`` item only
+        wakes it to see the stop)."""
+        while True:
+            try:
+                item = self._images_q.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                item = None
+            else:
+                try:
+                    if item is not None:
+                        self._save_item(item)
+                except Exception:  # noqa: BLE001 - a bug in one item must never stop the writer
+                    self._counters.add("write_errors")
+                    self._error_once("image-item", "recorder: saving an NG part's images failed", exc_info=True)
+                finally:
+                    with self._lock:   # with _saving, so stop_images and close's _abandon_images see one state
+                        self._saving = False
+                        self._images_q.task_done()
+            if self._stop.is_set() and self._images_stopped_idle():
+                return
+
+    def _images_stopped_idle(self) -> bool:
+        """Stopped and no NG image queued: take no more images (a later NG part is logged without them). True to
+        exit."""
+        with self._lock:
+            if self._images_q.empty():
+                self._images_open = False
+                return True
+        return False
 
     def _stopped_idle(self) -> bool:
         """Stopped and nothing queued: accept no more rows (a later one is counted lost_at_close). True to exit."""
@@ -423,8 +486,8 @@ class Recorder:
         return False
 
     def _write_item(self, item: tuple) -> None:
-        """One queued item: its row (settled as one ROW_OUTCOMES counter), then an NG part's images."""
-        row, frame, amap, extra = item
+        """One queued row ``(row, extra)``, settled as one ROW_OUTCOMES counter."""
+        row, extra = item
         with self._lock:
             if self._abandoned:   # close gave up on this writer and counted this row lost_at_close
                 return
@@ -439,16 +502,19 @@ class Recorder:
             log.warning("recorder: row seq %s was %s after close gave up on it (counted lost_at_close)",
                         row.get("seq") if isinstance(row, dict) else getattr(row, "seq", None),
                         "written" if outcome != "rows_failed" else "tried")
-            return
-        if frame is None:
-            return
+
+    def _save_item(self, item: tuple) -> None:
+        """One queued NG part's images ``(verdict, frame, map)``: saved, or skipped once images are off."""
+        verdict, frame, amap = item
         with self._lock:   # decided with stop_images, which counts the images skipped
-            skip, self._image_pending = self.images_off.is_set(), False
+            self._images_waiting -= 1
+            self._image_bytes -= _image_bytes(item)
+            skip = self.images_off.is_set()
             self._saving = not skip
         if skip:
             self._counters.add("images_skipped")
             return
-        self._write_images(frame, row, amap)
+        self._write_images(frame, verdict, amap)
 
     def log_row(self, verdict: Verdict | dict) -> dict:
         """The verdict log's row for a verdict (or a dropped frame's row): run id and UTC time first."""

@@ -17,7 +17,8 @@ the gate only ever acts on the part in front of it. A part is decided (its outco
 the same lock that takes it off the heap, so a verdict is either in time or late, never neither. The decision cut-off is
 ``DISPATCH_LEAD_S`` before the due time (the event then goes to the sinks, which time the edge
 themselves). A pulse that ``min_gap_ms`` would push past ``due + late_ms`` is not fired either
-(it would hit the next part): counted ``gap_missed`` and alarmed.
+(it would hit the next part): counted ``gap_missed`` and alarmed. Pulse slots are ``pulse + min_gap_ms`` wide,
+the pulse being the widest any reject sink drives (its URL's ``pulse_ms``, else ``reject.pulse_ms``: ``slot_span_s``).
 
 A verdict for a part that was never noted at capture (callers without a capture hook) is placed
 from its own ``t_capture``; if that due time is already past, the part went by without a
@@ -115,8 +116,8 @@ class SlotPlan:
     """Pulse slot planning (keeps reject pulses ``pulse + min_gap`` apart when verdicts arrive in any
     order): start times (monotonic s) of planned and recently fired pulses, sorted.
 
-    span_s = pulse width + min gap: two rising edges closer than this would merge or violate the
-    actuator's recovery time.
+    span_s = pulse width + min gap (``slot_span_s``): two rising edges closer than this would merge or violate
+    the actuator's recovery time.
     """
 
     def __init__(self, span_s: float) -> None:
@@ -144,6 +145,24 @@ class SlotPlan:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+
+def sink_pulse_widths_ms(sink: SignalSink) -> list[float]:
+    """The pulse widths, ms, that ``sink`` drives: its ``pulse_ms`` (a URL's own, else ``reject.pulse_ms``), or each
+    of a fan-out's sinks'; none for a sink that does not say (a log sink: no timed output)."""
+    members = getattr(sink, "sinks", None)
+    if members is not None:
+        return [width for member in members for width in sink_pulse_widths_ms(member)]
+    width = getattr(sink, "pulse_ms", None)
+    return [] if width is None else [float(width)]
+
+
+def slot_span_s(settings: RejectSettings, sinks: SignalSink) -> float:
+    """The gate's pulse slot width, s: the widest pulse any reject sink drives + ``reject.min_gap_ms``, so an
+    output whose URL sets a longer pulse is never overlapped and one with a shorter pulse is not spaced for
+    ``reject.pulse_ms``. ``reject.pulse_ms`` when no sink says its width (log or in-memory sinks only)."""
+    widths = sink_pulse_widths_ms(sinks)
+    return ((max(widths) if widths else settings.pulse_ms) + settings.min_gap_ms) / 1000.0
 
 
 @dataclass
@@ -190,7 +209,7 @@ class RejectScheduler:
         self._at_gate = 0   # parts popped (and decided) whose pulse, counters and row are not done yet
         self._decided: OrderedDict[int, str] = OrderedDict()
         self._order = itertools.count()
-        self._slots = SlotPlan((settings.pulse_ms + settings.min_gap_ms) / 1000.0)
+        self._slots: SlotPlan | None = None   # planned with the sinks' widest pulse, once they are open
         self._station_fault: str | None = None
         self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE/STUCK/LINK_FAULT) -> reason
         self._alarm: str | None = None
@@ -212,6 +231,7 @@ class RejectScheduler:
             for sink in self._owned:
                 sink.close()
             raise
+        self._slots = SlotPlan(slot_span_s(settings, self._sinks))
         self._update_fault_output()   # a fault reported while the sinks were opened (a link down at start)
         self._thread = threading.Thread(target=self._run, name="reject-scheduler", daemon=True)
         self._thread.start()

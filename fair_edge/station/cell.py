@@ -46,7 +46,7 @@ from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
                                    open_capture, open_line_side, publish_summary, raise_open_files_limit,
-                                   run_station, station_lock,
+                                   run_station, station_lock, station_switch_interval,
                                    station_tick, stop_wait_s, write_summary)
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,8 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     arguments are ``run_station``'s."""
     if not cfg.cameras:
         raise ConfigError("run_cell: the station file has no cameras: list; use run_station for one camera.")
-    with station_lock(cfg):   # before the models load and anything opens: a second station here is refused
+    # the lock before the models load and anything opens: a second station here is refused
+    with station_lock(cfg), station_switch_interval():
         return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, scorer, sources, on_console,
                          export_reviewed)
 

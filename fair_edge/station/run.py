@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ OPEN_FILES = 65536   # the soft open-files limit a station raises itself to (its
 BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the station file, or --out)"),
                 "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
 BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
+SWITCH_INTERVAL_S = 0.0005   # the GIL switch interval while a station runs, s (Python's default: 0.005; BENCHMARKS.md)
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -114,9 +116,9 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
     if source is not None:
         policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
         return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
+    check_loop(cfg)
     opts: dict = {}
     if cfg.camera.fps is not None:
-    check_loop(cfg)
         opts["fps"] = cfg.camera.fps
     if cfg.camera.loop:
         opts["loop"] = True
@@ -136,8 +138,6 @@ def is_unpaced_replay(cfg: StationConfig) -> bool:
     return cfg.camera.fps is None and isinstance(parse_source(cfg.camera.source), REPLAY_SOURCES)
 
 
-def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
-    """Refuse reject pulses the line's time cannot place. Each part is due at the gate
 def check_loop(cfg: StationConfig) -> None:
     """Refuse ``camera.loop`` (``--loop``) for a source that is no replayed folder or video (a live camera, an RTSP
     URL, ``opencv:clip.avi``): ConfigError naming the flag, the source and the fix. Checked before the model loads
@@ -148,6 +148,8 @@ def check_loop(cfg: StationConfig) -> None:
                           "cannot be replayed; drop --loop (loop: false in the station file) for a live camera.")
 
 
+def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
+    """Refuse reject pulses the line's time cannot place. Each part is due at the gate
     ``t_capture + reject.delay_ms`` (or after ``encoder_distance`` counts): that needs a timed line
     (a camera, or a replay with ``camera.fps``) and the real travel time. ``delay_ms: 0`` (the
     default) would put the gate at the camera, where no verdict can be in time: every part would be
@@ -414,6 +416,21 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
     return console
 
 
+@contextlib.contextmanager
+def station_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
+    """Shorten the interpreter's GIL switch interval (``sys.setswitchinterval``) to ``seconds`` while the block runs
+    (never lengthen it), then restore the one before: a station run inside another program (tests) leaves it as it
+    found it. At Python's default 5 ms, a reject sink's thread woken for its edge waited up to 5 ms per GIL hand-off
+    behind the Python threads of the inspection loop, console and recorder: with two busy threads, 2 of 3 pulses
+    were dequeued after their deadline (missed); measured in BENCHMARKS.md ("GIL switch interval")."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit, at most ``wanted``, and return the soft limit now.
     The console shares the station's process: at a soft limit of 1024 (systemd's default) a burst of console
@@ -451,9 +468,12 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     station, so the app hands it in; None: the console's export button answers that it cannot export)."""
     if cfg.bundle is None:
         raise ConfigError("no bundle: set `bundle:` in the station file or pass --bundle (from `fair-edge build`).")
+    if source is None:
+        check_loop(cfg)   # before the model loads: not an "unknown option" from the camera after it
     check_reject_timing(cfg, timed_source=source is not None or cfg.reject.handshake.enabled
                         or not is_unpaced_replay(cfg))
-    with station_lock(cfg):   # before the model loads and anything opens: a second station here is refused
+    # the lock before the model loads and anything opens: a second station here is refused
+    with station_lock(cfg), station_switch_interval():
         bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
         roi = load_roi(cfg.roi, bundle)
         scorer = scorer or open_scorer(bundle, cfg.backend)
@@ -468,8 +488,6 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if on_start is not None:
             on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
                      f"camera {redact_url(str(cfg.camera.source))}")   # an RTSP URL's password never shown
-    if source is None:
-        check_loop(cfg)   # before the model loads: not an "unknown option" from the camera after it
         with contextlib.ExitStack() as stack:
             stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
             notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING

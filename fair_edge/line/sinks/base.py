@@ -91,7 +91,11 @@ Reporter = Callable[[SinkReport], None]
 
 @runtime_checkable
 class SignalSink(Protocol):
-    """One output the station signals through (PLC coil, OPC UA node, GPIO line, log)."""
+    """One output the station signals through (PLC coil, OPC UA node, GPIO line, log).
+
+    Optional ``pulse_ms``: the width of the pulses it drives, ms (its URL's ``pulse_ms``, else
+    ``reject.pulse_ms``; 0: written on only, the PLC clears it). The reject gate spaces its pulse slots by the
+    widest of its sinks' (``scheduler.slot_span_s``); a sink without it (a log sink) drives no timed output."""
 
     name: str
 
@@ -185,7 +189,8 @@ class WorkerSink:
     ``PlcError`` for it, a link failure like any other; so is an OPC UA node that is gone or changed its data type
     since the connect (``PlcBindingError``, from a write or a probe): the reconnect reads it again, and a node still
     gone fails that connect (``link_down``) at once.
-    pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake).
+    pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake); read back as ``pulse_ms``
+    (the reject gate plans its pulse slots with it).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
     at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
     """
@@ -198,6 +203,7 @@ class WorkerSink:
             raise ValueError(f"sink {name}: probe_s: expected seconds > 0, found {probe_s!r}")
         self.name = name
         self._out = output
+        self.pulse_ms = float(pulse_ms)   # the width this output drives, ms (SignalSink's optional pulse_ms)
         self._pulse_s = pulse_ms / 1000.0
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._report = reporter
