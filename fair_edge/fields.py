@@ -5,6 +5,7 @@ naming ``section.field``, the expected form and the value found; and the station
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,7 @@ import yaml
 
 from .errors import ConfigError, did_you_mean
 
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000.0  # the longest time a station field may hold, ms: one day; a longer one is a typo (1e300 loaded)
 
@@ -171,6 +173,7 @@ def read_station_text(path: Path) -> str:
 YAML12_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$")
 YAML12_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+YAML11_OCTAL = re.compile(r"^0[0-7]+$")   # digits YAML 1.1 (PyYAML, fair-edge before 2026-12-06) read as octal
 SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")   # 1:30, YAML 1.1's base 60
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
@@ -183,10 +186,16 @@ def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     sign = -1 if digits.startswith("-") else 1
     digits = digits.lstrip("+-")
     try:
-        return sign * (int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10))
+        number = sign * (int(digits[2:], 16) if digits[:2].lower() == "0x" else int(digits, 10))
     except ValueError:
         raise yaml.constructor.ConstructorError(
             None, None, f"expected a decimal or 0x hex integer, found {value!r}", node.start_mark) from None
+    if YAML11_OCTAL.match(digits):
+        log.warning("station file %s, line %d: %s is read as %d (decimal); fair-edge releases before 2026-12-06 "
+                    "read it as octal %d (YAML 1.1): if the line was tuned on one of those, check the value, and "
+                    "write it without the leading zero to silence this", getattr(loader, "name", "?"),
+                    node.start_mark.line + 1, value, number, sign * int(digits, 8))
+    return number
 
 
 class StationLoader(yaml.SafeLoader):

@@ -35,6 +35,21 @@ def test_a_leading_zero_time_is_decimal_not_octal(tmp_path):
     assert (cfg.reject.delay_ms, cfg.reject.pulse_ms) == (420, 50)   # YAML 1.1: 272 and 40
 
 
+def test_a_number_an_older_release_read_as_octal_is_named_in_a_warning_with_both_values(tmp_path, caplog):
+    """A site upgrading keeps its station file: ``delay_ms: 0750`` was 488 ms before (YAML 1.1 octal), 750 ms now;
+    the change of meaning is logged naming the line and both values. A leading zero YAML 1.1 did not read as octal
+    (``0789``: a string then, refused) is not."""
+    with caplog.at_level("WARNING", logger="fair_edge.fields"):
+        cfg = _station(tmp_path, _reject("0750", "5"))
+    assert cfg.reject.delay_ms == 750
+    warned = [r.getMessage() for r in caplog.records if "octal" in r.getMessage()]
+    assert len(warned) == 1 and "line 3: 0750 is read as 750" in warned[0] and "octal 488" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fair_edge.fields"):
+        _station(tmp_path, _reject("0789", "50"))
+    assert not [r for r in caplog.records if "octal" in r.getMessage()]
+
+
 def test_a_minutes_seconds_time_is_refused_naming_the_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         _station(tmp_path, _reject("1:30", "50"))   # YAML 1.1: 90, silently
