@@ -39,6 +39,7 @@ def test_fuse_prints_each_members_normal_map_max(tiny_detector, tmp_path):
             scorer.backend.close()
         maxima = np.asarray(maps).reshape(len(normals), -1).max(axis=1).astype(np.float64)
         line = next(line for line in result.output.splitlines() if line.startswith(f"  m{i}: "))
+        assert line.startswith(f"  m{i}: {member.root}: ")   # the bundle given, not its copy's folder (m0: m0: ...)
         printed = line.split("; normal map max ")[1].split(" +- ")
         # printed to 5 and 3 significant digits
         assert float(printed[0]) == pytest.approx(maxima.mean(), rel=1e-4)

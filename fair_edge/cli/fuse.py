@@ -41,8 +41,8 @@ def fuse(
     paths = images_for(normal, "normal", category)
     frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
-    for i, (m, s) in enumerate(zip(fused.members, fused.stats)):
-        print_plain(f"  m{i}: {m.root.name}: {m.model.describe()}; normal map max {s.mean:.5g} +- {s.std:.3g}")
+    for i, (given, m, s) in enumerate(zip(bundles, fused.members, fused.stats)):   # m.root: its copy, m{i}/
+        print_plain(f"  m{i}: {given}: {m.model.describe()}; normal map max {s.mean:.5g} +- {s.std:.3g}")
     console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g} "
                   f"at {false_reject_rate:.1%} false rejects)")
     print_plain(f"next: fair-edge run --bundle {shell_word(out)} --source FRAMES")
