@@ -10,6 +10,7 @@ import socket
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from fair_edge.console import server as console_server
@@ -18,6 +19,7 @@ from fair_edge.console.server import ConsoleServer, build_app
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.line.recorder import ng_image_path
+from fair_edge.records import Frame
 from test_console_units import api, one_camera_console, verdict
 
 TOKEN = "s3cret-token-123"
@@ -224,7 +226,7 @@ def test_an_action_shows_on_the_next_read_of_the_shared_state(tmp_path):
     """An operator's action makes the shared snapshot stale: the label just given shows on the next /api/state,
     not up to one period later (the period here is 1e9 s)."""
     console, _ = one_camera_console(tmp_path)
-    console.observe(None, verdict(1, 2.5, ng=True), None)
+    console.observe(Frame(1, 0.0, np.zeros((8, 8, 3), np.uint8)), verdict(1, 2.5, ng=True), None)   # reviewed with it
     console.feed.settings = ConsoleSettings(port=0, live_fps=1e-9)
     client = api(console)
     assert [r["review"] for r in client.get("/api/state").json()["recent"]] == [""]

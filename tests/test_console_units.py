@@ -17,7 +17,7 @@ from fair_edge.console.drift import DriftState, DriftWatch, Reference, alarm_rea
 from fair_edge.errors import ConfigError
 from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
-from fair_edge.records import Verdict
+from fair_edge.records import Frame, Verdict
 from fair_edge.station.config import StationConfig, load_station
 
 
@@ -704,11 +704,12 @@ def test_a_threshold_the_station_file_cannot_take_changes_nothing(tmp_path):
 
 def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path):
     """An NG part stays in the gallery long after its views left the recent verdicts: every view keeps its label
-    and OK/NG, a passed view can still be reviewed; a defect corrected to a false reject counts in drift again."""
+    and OK/NG, a passed view can still be reviewed while its frame is kept (keep_frames 16: a review is saved with
+    its image); a defect corrected to a false reject counts in drift again."""
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.views import gallery
 
-    console, _ = cell_console(tmp_path, StationLinks(), recent_parts=10, keep_frames=0, drift_min_parts=1)
+    console, _ = cell_console(tmp_path, StationLinks(), recent_parts=10, keep_frames=16, drift_min_parts=1)
 
     def part(pid: int, ng_b: bool) -> None:
         """Part ``pid`` seen by a and b (seq = pid), NG by b's view when ``ng_b``; the row comes after a's view and
@@ -719,9 +720,10 @@ def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path
                     for c in ("a", "b")}
         for c, v in verdicts.items():
             row["views"][c] = {"seq": pid, "score": v.score, "ng": v.ng}
-        console.observe(None, verdicts["a"], None)
+        frame = Frame(pid, 0.0, np.zeros((4, 4, 3), np.uint8))
+        console.observe(frame, verdicts["a"], None)
         console.observe_part(None, row)
-        console.observe(None, verdicts["b"], None)
+        console.observe(frame, verdicts["b"], None)
 
     part(0, True)
     actions = console.actions

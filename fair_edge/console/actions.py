@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, DataError, FairEdgeError, RecorderError, did_you_mean
 from fair_edge.runtime.backends import close_scorer
-from fair_edge.runtime.hotswap import ModelChange
+from fair_edge.runtime.hotswap import ModelChange, change_off_grid, folder_model_ids
 from fair_edge.fields import is_int, require
 from fair_edge.images import read_stored, write_png
 from fair_edge.line.recorder import ng_image_path
@@ -58,13 +59,24 @@ class StationStopping(ConfigError):
 
 
 class ThresholdNotForBundle(ConfigError):
-    """A reload refused: the station file's threshold was applied from the console on another bundle than the one
-    the reload would load (``StationActions.check_threshold_pairs``); the station runs on with what it runs."""
+    """A reload refused: the station file's threshold was applied from the console on another model than the one the
+    bundle folder the reload would load holds now (``StationActions.check_threshold_pairs``: another folder, or the
+    same one rebuilt); the station runs on with what it runs."""
 
 
-class AlarmChanged(ConfigError):
+class Conflict(ConfigError):
+    """A change refused for the state it met, not for its input: nothing changed; the API answers 409."""
+
+
+class AlarmChanged(Conflict):
     """An acknowledgement of an alarm the operator was shown while another one, raised since, is latched: nothing
     was cleared; the API answers 409 so the page shows the new alarm first."""
+
+
+class FrameNotKept(Conflict):
+    """A review of a view whose frame has left the console's memory (``console.keep_frames``) and whose NG image is
+    not recorded: its image cannot be saved, so nothing is recorded (a review without its image is dropped by the
+    dataset export); the API answers 409."""
 
 
 @dataclass(frozen=True)
@@ -234,23 +246,25 @@ class StationActions:
         return camera
 
     def _save_image(self, verdict, label: str) -> str:
-        """Keep the reviewed part's frame under review/ (the NG folder is reused by later runs): from
-        memory while it is kept, else the recorder's NG image. Returns its path relative to the output
-        folder ("" when neither exists any more: a passed part that left the keep_frames window)."""
+        """Keep the reviewed part's frame under review/ (the NG folder is reused by later runs): from memory while it
+        is kept, else the recorder's NG image. Returns its path relative to the output folder. FrameNotKept when
+        neither exists any more (a passed part that left the keep_frames window: a review without its image would
+        be dropped by the dataset export), RecorderError when it cannot be written; nothing is recorded then."""
         camera = f"{verdict.camera}_" if verdict.camera else ""
         rel = Path("review") / f"{self.run_id}_{camera}{verdict.seq:08d}_{label}.png"
         dest = self.feed.output / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = self.feed.kept_part(verdict.seq, verdict.camera)
-        if part is not None and part.frame is not None:
-            image = part.frame.image
-        else:
-            rec = self.feed.recorder
-            folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (self.feed.output, "png")
-            image = read_stored(ng_image_path(folder, self.run_id, verdict.seq, "frame", ext, verdict.camera), "NG frame")
-        if image is None or not _kept(dest, image):
-            log.warning("no image kept for reviewed part %s%d (label %s)", camera, verdict.seq, label)
-            return ""
+        what = f"camera {verdict.camera}'s frame {verdict.seq}" if verdict.camera else f"part {verdict.seq}"
+        image = _review_image(self.feed, self.run_id, verdict)
+        if image is None:
+            refusal = _not_kept(what, label, self.feed.settings.keep_frames)
+            log.warning("review refused: %s", refusal)
+            raise FrameNotKept(refusal)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            write_png(dest, image)
+        except (DataError, OSError) as exc:
+            raise RecorderError(f"{dest}: the image of {what} could not be written ({exc}); nothing was recorded: "
+                                "free disk space or make the output folder writable, then review it again") from exc
         return rel.as_posix()
 
     # ------------------------------------------------------------------ reject gate
@@ -347,35 +361,18 @@ class StationActions:
     def check_threshold_pairs(self, named) -> None:
         """Before a reload loads ``named`` (each camera's ``CameraBundle``: the bundle and threshold it is to run; one
         camera: camera ""): ThresholdNotForBundle when a camera's threshold is the one last applied from the console
-        to this station file (the audit log's row, which names the bundle it was applied on) and its bundle is
-        another (a hand edit of ``bundle:``, or --bundle over the file): a threshold is on its model's scale."""
+        to this station file (the audit log's row, which names the model and bundle it was applied on) and the
+        bundle folder now holds another model (``threshold_pair_refusal``: its model id as its manifests record it,
+        ``folder_model_ids``; a folder rebuilt in place with another model is refused, a copy of the same model is
+        not): a threshold is on its model's scale."""
         if self.station_file is None:
             return
-        applied = self._applied_thresholds()
+        applied = applied_thresholds(self.audit.read(), self.station_file)
         for c in named:
-            row = applied.get(c.camera)
-            if row is not None and _applied_on_another(row, c):
-                raise ThresholdNotForBundle(self._not_for_bundle(row, c))
-
-    def _not_for_bundle(self, row: dict, named: CameraBundle) -> str:
-        """``check_threshold_pairs``'s refusal: the threshold, the bundle it was applied on (its audit row), the one
-        the reload would load, and the fix."""
-        where = f"cameras ({named.camera}).threshold" if named.camera else "decision.threshold"
-        camera = f" for camera {named.camera}" if named.camera else ""
-        return (f"{self.station_file}: {where} {named.threshold:.6g} was applied from the console on bundle "
-                f"{row['bundle']} (model {row.get('model', '?')}, by {row.get('who', '?')} at {row.get('time', '?')}, "
-                f"{AUDIT}), not on bundle {named.bundle} this reload would load{camera}; set {where} for "
-                f"{named.bundle} in the station file (null: the bundle's own calibrated threshold) or name bundle "
-                f"{row['bundle']} again, then reload (nothing was reloaded)")
-
-    def _applied_thresholds(self) -> dict[str, dict]:
-        """camera ("" with one) -> the audit log's last row of a threshold applied from the console and written to
-        this station file."""
-        rows: dict[str, dict] = {}
-        for row in self.audit.read():
-            if row.get("action") == "threshold" and row.get("station_file") == str(self.station_file):
-                rows[str(row.get("camera", ""))] = row
-        return rows
+            refusal = threshold_pair_refusal(self.station_file, applied.get(c.camera), c, folder_model_ids(c.bundle),
+                                             "reload")
+            if refusal:
+                raise ThresholdNotForBundle(refusal)
 
     def _audited(self, row: dict) -> dict:
         """Append ``row`` to the audit log once its change is made; returns what was written. A log that fails now
@@ -531,9 +528,42 @@ class StationActions:
             return
         if regions is not None:
             change = replace(change, regions=regions)
+        refusal = self._grid_refusal(change, "", checked, str(bundle))
+        if refusal:   # every frame would be NG on it: the old model stays
+            _close_loaded([change])
+            self._swap_failed(str(bundle), ConfigError(refusal))
+            return
         with self._switching:
             if not self._stopped(str(bundle), [change]):
                 self._switch(inspector, change, old, who, str(bundle))
+
+    def _grid_refusal(self, change: ModelChange, camera: str, regions, bundle: str) -> str:
+        """Why the loaded ``change`` (of ``bundle``) may not run on ``camera`` (one camera: ""): the camera's latest
+        frame gives its tiled map another grid than its threshold was calibrated on (``hotswap.change_off_grid``),
+        or is smaller than its tiling takes, so every frame would be NG (``ViewDecider.off_grid``, ``check_fits``);
+        "" when it fits, no frame was seen yet, or region rules decide the verdicts (``regions``: the settings it is
+        to be judged by; the pixel threshold holds on any grid)."""
+        latest = self.feed.latest_views.get(camera) if camera else self.feed.latest
+        frame = None if latest is None else latest.frame
+        if frame is None or getattr(frame, "image", None) is None or _rules_decide(regions):
+            return ""
+        h, w = frame_hw = tuple(frame.image.shape[:2])
+        on = f"camera {camera}'s" if camera else "the camera's"
+        kept = "the swap was refused: the station runs on with the model in force"
+        try:
+            found = change_off_grid(change, frame_hw)
+        except ConfigError as exc:
+            return f"bundle {bundle}: {on} latest {w} x {h} px frame does not fit its tiles: {exc} {kept}"
+        if found is None:
+            return ""
+        whose, calibrated, live = found
+        fix = ("Fuse the members with held-out normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR "
+               "--out FUSED`)" if whose else "Build with held-out normal frames from this camera (`fair-edge build "
+               "--normal DIR`)")
+        where = f"cameras ({camera}).threshold" if camera else "decision.threshold"
+        return (f"bundle {bundle}: threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's "
+                f"held-out frames), but {on} latest {w} x {h} frame gives a {live[0]} x {live[1]} map{whose}: a tiled "
+                f"model's score then means something else, so every frame would be NG. {fix}, or set {where}; {kept}")
 
     def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str) -> None:
         """One camera: hand the loaded ``change`` (of ``bundle``, as asked for) to ``inspector``'s switch and audit
@@ -585,6 +615,13 @@ class StationActions:
             return
         changes = {c: change if c not in regions else replace(change, regions=regions[c])
                    for c, change in changes.items()}
+        bundle_of = {camera: str(bundle) for bundle, cameras in plan.items() for camera in cameras}
+        refusals = [r for c, change in changes.items()
+                    if (r := self._grid_refusal(change, c, regions.get(c, self._regions_of(c)), bundle_of[c]))]
+        if refusals:   # every frame of a camera would be NG: no camera switches
+            _close_loaded(changes.values())
+            self._swap_failed(bundles, ConfigError("; ".join(refusals)))
+            return
         with self._switching:
             if not self._stopped(bundles, changes.values()):
                 self._switch_views(changes, bundles, who)
@@ -664,11 +701,50 @@ class StationActions:
         return self.feed.inspector
 
 
-def _applied_on_another(row: dict, named: CameraBundle) -> bool:
-    """Whether ``named``'s threshold is the one the audit ``row`` applied from the console and that row names another
-    bundle than ``named``'s (a row written before rows named their bundle: not known, False)."""
-    return named.threshold is not None and row.get("new") == named.threshold and bool(row.get("bundle")) and \
-        not tuning.same_bundle(row["bundle"], named.bundle)
+def applied_thresholds(rows: list[dict], station_file: Path) -> dict[str, dict]:
+    """camera ("" with one) -> the last of audit ``rows`` (``audit.jsonl``) of a threshold applied from the console
+    and written to ``station_file``."""
+    wanted = os.path.abspath(station_file)
+    applied: dict[str, dict] = {}
+    for row in rows:
+        if row.get("action") == "threshold" and os.path.abspath(str(row.get("station_file") or "")) == wanted:
+            applied[str(row.get("camera", ""))] = row
+    return applied
+
+
+def threshold_pair_refusal(station_file: Path, row: dict | None, named: CameraBundle, found: tuple[str, ...],
+                           by: str) -> str:
+    """Why ``named`` (a camera's bundle and threshold from ``station_file``) may not run, or "": its threshold is the
+    one the audit ``row`` applied from the console (``applied_thresholds``) and its bundle holds another model than
+    the row's (``found``: the ids of the model it holds now, ``hotswap.folder_model_ids`` or the loaded bundle's
+    ``model_id`` and ``files_model_id``; () when not known: then compared by folder). by: "reload" or "start"."""
+    if row is None or not _applied_on_another(row, named, found):
+        return ""
+    where = f"cameras ({named.camera}).threshold" if named.camera else "decision.threshold"
+    camera = f" for camera {named.camera}" if named.camera else ""
+    rebuilt = bool(row.get("bundle")) and tuning.same_bundle(row["bundle"], named.bundle)
+    now = f" (model {found[0]}{': the folder was rebuilt since' if rebuilt else ''})" if found else ""
+    # a row an older release wrote names no bundle: its model alone tells it was another
+    applied_on = f"bundle {row['bundle']}" if row.get("bundle") else "a bundle (an older release did not record which)"
+    again = "" if rebuilt or not row.get("bundle") else f" or name bundle {row['bundle']} again"
+    then = "then reload (nothing was reloaded)" if by == "reload" else "then start the station (it was not started)"
+    return (f"{station_file}: {where} {named.threshold:.6g} was applied from the console on {applied_on} "
+            f"(model {row.get('model') or '?'}, by {row.get('who', '?')} at "
+            f"{row.get('time', '?')}, {AUDIT}), not on bundle {named.bundle} this {by} would load{camera}{now}; set "
+            f"{where} for {named.bundle} in the station file (null: the bundle's own calibrated threshold){again}, "
+            f"{then}")
+
+
+def _applied_on_another(row: dict, named: CameraBundle, found: tuple[str, ...]) -> bool:
+    """Whether ``named``'s threshold is the one the audit ``row`` applied from the console and ``named``'s bundle holds
+    another model than the one it was applied on: by model id (the row's ``model`` among ``found``, an id of the
+    model the bundle holds now, or the id fair-edge wrote for it before bundle.json counted), else, where either id
+    is unknown, by folder (a row written before rows named their bundle: not known, False)."""
+    if named.threshold is None or row.get("new") != named.threshold:
+        return False
+    if row.get("model") and found:
+        return row["model"] not in found
+    return bool(row.get("bundle")) and not tuning.same_bundle(row["bundle"], named.bundle)
 
 
 def new_export_folder(parent: Path, name: str) -> Path:
@@ -718,6 +794,33 @@ def _close_loaded(changes) -> None:
         close_scorer(scorer)
 
 
+def _review_image(feed: StationFeed, run_id: str, verdict):
+    """The frame of ``verdict``'s view ((H, W[, C]) uint8): kept in ``feed``'s memory, else the recorder's NG image of
+    run ``run_id``; None when neither exists any more."""
+    part = feed.kept_part(verdict.seq, verdict.camera)
+    if part is not None and part.frame is not None:
+        return part.frame.image
+    rec = feed.recorder
+    folder, ext = (rec.dir, rec.settings.image_format) if rec is not None else (feed.output, "png")
+    return read_stored(ng_image_path(folder, run_id, verdict.seq, "frame", ext, verdict.camera), "NG frame")
+
+
+def _not_kept(what: str, label: str, kept: int) -> str:
+    """FrameNotKept's text: why the review of ``what`` as ``label`` is refused (``kept``: console.keep_frames) and
+    what to do."""
+    return (f"{what} cannot be reviewed as {label!r}: its frame has left the console's memory (the last {kept} "
+            f"frames are kept, console.keep_frames) and no NG image of it is recorded, so the review would reach the "
+            f"dataset without its image; nothing was recorded. Mark a part while it is among the last {kept} (the "
+            f"live page greys its miss button once its frame is gone), or raise console.keep_frames in the station "
+            f"file to keep more frames (memory: one frame each)")
+
+
+def _rules_decide(regions) -> bool:
+    """Whether the ``regions:`` settings (``station.zones.RegionSettings``, None: none) have rules that decide the
+    verdict (``RegionJudge.decides``): a map's grid then does not matter."""
+    return regions is not None and getattr(regions, "enabled", True) and bool(getattr(regions, "has_rules", False))
+
+
 def _warning(rows: list[dict]) -> dict:
     """{"warning": the distinct warnings of audit ``rows`` (``_audited``), joined} where any has one, else {}."""
     warnings = list(dict.fromkeys(row["warning"] for row in rows if "warning" in row))
@@ -733,14 +836,3 @@ def _who(value) -> str:
     require(isinstance(value, str) and bool(value.strip()) and len(value) <= 80, "who",
             "the operator's name (1..80 characters)", value)
     return value.strip()
-
-
-def _kept(dest: Path, image) -> bool:
-    """Write ``image`` as the PNG ``dest`` (``images.write_png``: whole, any file name); False when it cannot be
-    encoded or written."""
-    try:
-        write_png(dest, image)
-    except DataError as exc:
-        log.warning("%s", exc)
-        return False
-    return True

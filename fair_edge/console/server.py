@@ -63,7 +63,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from fair_edge.console import views
-from fair_edge.console.actions import AlarmChanged, StationActions, StationStarting
+from fair_edge.console.actions import Conflict, StationActions, StationStarting
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.render import JpegCache
 from fair_edge.console.settings import is_loopback
@@ -541,7 +541,7 @@ def _run(fn) -> Response:
         return JSONResponse(fn())
     except StationStarting as exc:   # no inspector yet: nothing changed, try again shortly
         return _error(str(exc), 503)
-    except AlarmChanged as exc:   # another alarm than the one the page showed is latched: nothing cleared
+    except Conflict as exc:   # refused for the state it met (another alarm latched, a frame no longer kept)
         return _error(str(exc), 409)
     except FairEdgeError as exc:  # bad input, or a change that cannot be made: nothing changed
         return _error(str(exc))

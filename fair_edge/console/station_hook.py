@@ -153,8 +153,9 @@ class StationConsole:
         the console: that one is written to the file, and the flag's hold on the threshold ends with the apply (the
         next reloads take the file's threshold, a hand edit made since included). The console writes a threshold
         with the bundle it was applied on where the file names another (a bundle swapped in from the console), and
-        a reload that would load the file's threshold, as last applied from the console (``audit.jsonl``), with
-        another bundle (a hand edit of ``bundle:``, --bundle) is refused (``check_threshold_pairs``). Without a
+        a reload that would load the file's threshold, as last applied from the console (``audit.jsonl``, naming the
+        model), with a bundle holding another model (a hand edit of ``bundle:``, --bundle, the folder rebuilt with
+        another model) is refused (``check_threshold_pairs``; the start makes the same check). Without a
         station file: reload the current bundle folder (rebuilt in place), regions kept, at the threshold in force when
         the station has its own (--threshold, or one applied since), else at the bundle's. Several cameras: every
         camera's bundle, threshold and regions as the file names them now (its own, else the station's or the flag's),

@@ -52,11 +52,22 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
         "recent": [dict(_part(v, actions.labels), kept=(v.camera, v.seq) in kept,
                         image=part_url(v.camera, v.seq, feed.run_id, v.model))
                    for v in reversed(recent)],
+        "kept_from": kept_from(kept), "keep_frames": feed.settings.keep_frames,
         "swap": actions.swap_status,
     }
     if feed.cell is not None:
         state.update(cell_state(feed, actions, kept))
     return state
+
+
+def kept_from(kept: set[ViewKey]) -> dict[str, int]:
+    """camera ("" with one) -> the oldest seq whose frame is kept (``kept``: the views whose frames are in memory):
+    a Recent parts table held still greys the miss button of each row older than that, its frame gone since the
+    snapshot it was drawn from (frames leave in the order they came)."""
+    oldest: dict[str, int] = {}
+    for camera, seq in kept:
+        oldest[camera] = min(seq, oldest.get(camera, seq))
+    return oldest
 
 
 def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -> dict:

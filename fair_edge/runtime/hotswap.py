@@ -15,13 +15,21 @@ camera's switch, retires the scorers that no camera runs and no pending change h
 next batch, or on the next idle loop iteration while the line is at rest.
 
 Model id: the first 12 hex digits of a SHA-256 over the bundle's file checksums (the files
-listed in bundle.json, which include the weights and graphs), so a rebuilt bundle gets a new id
-and an unchanged one keeps it.
+listed in bundle.json, which include the weights and graphs) and the SHA-256 of bundle.json itself (its
+thresholds and every other setting; a fused bundle: of fusion.json, which pins each member's bundle.json), so a
+rebuilt bundle gets a new id, one calibrated again on the same checkpoint included, and an unchanged one (a copy
+in another folder too) keeps it. ``folder_model_ids`` tells the id of a bundle folder from its manifests alone,
+before it is loaded (a reload's threshold check, ``console.actions.check_threshold_pairs``); ids written before
+bundle.json counted (``files_model_id``) are still recognised there.
+
+A loaded change can be checked against the frames the station sees before it is switched to (``change_off_grid``): a
+tiled model calibrated on another frame size would decide every frame NG (``station.inspector.ViewDecider.off_grid``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, replace
@@ -29,6 +37,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fair_edge.errors import BundleError
+from fair_edge.tiling import tile_layout
 
 if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run time
     from fair_edge.calibration.threshold import Threshold
@@ -39,12 +50,110 @@ if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run tim
 log = logging.getLogger(__name__)
 
 
+BUNDLE_MANIFEST = "bundle.json"   # export.bundle.MANIFEST: a plain bundle's settings, not among its ``files``
+FUSION_MANIFEST = "fusion.json"   # runtime.fusion.MANIFEST: a fused bundle's, among its ``files`` already
+
+
 def model_id(bundle) -> str:
-    """12 hex digits identifying the bundle's files (``bundle.files``: relative name -> SHA-256)."""
+    """12 hex digits identifying a loaded bundle: its files (``bundle.files``: relative name -> SHA-256) and its
+    settings, the SHA-256 of its bundle.json (read again from ``bundle.root``, checked to list the files loaded); a
+    fused bundle's ``files`` hold fusion.json's already. BundleError when bundle.json can no longer be read or lists
+    other files (the folder was rebuilt while it loaded: load it again)."""
+    if getattr(bundle, "members", None) is not None:   # a fused bundle
+        return _digest(bundle.files)
+    return _digest({**bundle.files, BUNDLE_MANIFEST: _manifest_sha(bundle.root, bundle.files)})
+
+
+def files_model_id(bundle) -> str:
+    """The model id as fair-edge wrote it before bundle.json counted (its files only): the id an older audit row or
+    verdict names for ``bundle``; the same as ``model_id`` for a fused bundle."""
+    return _digest(bundle.files)
+
+
+def _digest(checksums) -> str:
+    """12 hex digits of a SHA-256 over ``checksums`` (relative name -> SHA-256 hex), in name order."""
     h = hashlib.sha256()
-    for name in sorted(bundle.files):
-        h.update(f"{name}:{bundle.files[name]}\n".encode())
+    for name in sorted(checksums):
+        h.update(f"{name}:{checksums[name]}\n".encode())
     return h.hexdigest()[:12]
+
+
+def _manifest_sha(root, files) -> str:
+    """SHA-256 hex of ``root``/bundle.json, which must list ``files`` (name -> SHA-256) as loaded."""
+    path = root / BUNDLE_MANIFEST
+    try:
+        raw = path.read_bytes()
+        listed = _listed_files(json.loads(raw))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"{path} could not be read again to name the model loaded from it ({exc}); the bundle "
+                          "folder changed while it loaded: load it again") from exc
+    if listed != dict(files):
+        raise BundleError(f"{path} lists other files than the bundle loaded from {root} (rebuilt while it loaded?): "
+                          "load it again")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _listed_files(manifest: dict) -> dict[str, str]:
+    """A bundle.json's ``files``: relative name -> SHA-256 hex, as recorded."""
+    return {str(name): str(entry["sha256"]) for name, entry in manifest["files"].items()}
+
+
+def folder_model_ids(folder) -> tuple[str, ...]:
+    """The model ids of the bundle folder ``folder`` as its manifests record it, without loading it (no file is
+    hashed but the manifests): (``model_id``, ``files_model_id``) for a plain bundle, (``model_id``,) for a fused
+    one; () when they cannot be read (the load will say why). Equal to the loaded bundle's ids once its files are
+    verified against these same records."""
+    from pathlib import Path
+
+    root = Path(folder)
+    try:
+        if (root / FUSION_MANIFEST).is_file():
+            raw = (root / FUSION_MANIFEST).read_bytes()
+            files = {}
+            for i, entry in enumerate(json.loads(raw)["members"]):
+                member = json.loads((root / entry["path"] / BUNDLE_MANIFEST).read_bytes())
+                files.update({f"m{i}/{name}": sha for name, sha in _listed_files(member).items()})
+            return (_digest({**files, FUSION_MANIFEST: hashlib.sha256(raw).hexdigest()}),)
+        raw = (root / BUNDLE_MANIFEST).read_bytes()
+        files = _listed_files(json.loads(raw))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return ()
+    return _digest({**files, BUNDLE_MANIFEST: hashlib.sha256(raw).hexdigest()}), _digest(files)
+
+
+def change_off_grid(change: ModelChange, frame_hw: tuple[int, int]) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+    """(whose map: "" for the model's own, " (fused member NAME's)"; the (h, w) grid its threshold or statistics
+    were calibrated on; the (h, w) map a frame of ``frame_hw`` (H, W) px gives) for the first tiled map of
+    ``change``'s model that a frame of that size puts off its calibrated grid, as ``ViewDecider.off_grid`` would
+    find it scoring the frame (every such frame NG); None when each fits, none is tiled, or no grid is recorded (a
+    threshold given by the station: ``change.grid`` None). ConfigError (``tiling.tile_layout``) when the frame is
+    smaller than a tiling takes."""
+    for whose, tiler, grid in _tiled_maps(change):
+        live = tile_layout(tuple(frame_hw), tiler.tiling, tiler.image_size).map_hw
+        if tuple(live) != tuple(grid):
+            return whose, tuple(grid), tuple(live)
+    return None
+
+
+def _tiled_maps(change: ModelChange) -> list[tuple[str, Any, tuple[int, int]]]:
+    """(whose map, its ``tiling.FrameTiler``, its calibrated (h, w) grid) of each tiled map ``change``'s scorer makes
+    whose grid is recorded: a tiled bundle's (``BundleScorer.tiler``, ``change.grid``); a fused scorer's tiled
+    members' (``FusedScorer.backend.scorers``, ``FusedBundle.member_grids``), then the fused map's, which lies on the
+    first member's grid (``change.grid``)."""
+    scorer = change.scorer
+    tiler = getattr(scorer, "tiler", None)
+    if tiler is not None:
+        return [("", tiler, change.grid)] if tiler.tiling is not None and change.grid is not None else []
+    members = list(getattr(getattr(scorer, "backend", None), "scorers", ()))
+    fused = getattr(scorer, "bundle", None)
+    names = [m.root.name for m in getattr(fused, "members", ())] or [f"m{i}" for i in range(len(members))]
+    grids = list(getattr(fused, "member_grids", ()) or (None,) * len(members))
+    found = [(f" (fused member {name}'s)", member.tiler, grid) for member, name, grid in zip(members, names, grids)
+             if getattr(member, "tiler", None) is not None and member.tiler.tiling is not None and grid is not None]
+    first = getattr(members[0], "tiler", None) if members else None
+    if first is not None and first.tiling is not None and change.grid is not None:
+        found.append(("", first, change.grid))
+    return found
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fair_edge.console.actions import CameraBundle, applied_thresholds, threshold_pair_refusal
+from fair_edge.console.journal import AUDIT, Journal
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.images import read_mask_pixels
 from fair_edge.runtime.backends import FrameScorer, close_scorer
-from fair_edge.runtime.hotswap import ModelChange, model_id
+from fair_edge.runtime.hotswap import ModelChange, files_model_id, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
 from fair_edge.station.decision import DecisionThreshold, decide_threshold
@@ -69,6 +71,22 @@ def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_th
     ROI one calibrated on max(normal map x ROI), else the one calibrated on the graph the backend runs, else the
     bundle's. roi: (H, W) float32 mask weights (``load_roi``) or None. ConfigError when there is none."""
     return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
+
+
+def check_applied_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle) -> None:
+    """At start, before anything opens: ConfigError when the station file's threshold (``cfg.threshold``) is the one
+    last applied to it from the console (``OUTPUT/audit.jsonl``'s row, naming the model it was applied on) and
+    ``bundle`` (loaded from ``cfg.bundle``) holds another model: ``bundle:`` edited since, or its folder rebuilt
+    with another model. The error names the threshold, the model and bundle it was applied on, the bundle named now
+    and the fix (set ``decision.threshold`` for it, or null: its own calibrated one). The check a reload makes
+    (``StationActions.check_threshold_pairs``); one camera (a station of several cameras is not checked here)."""
+    if cfg.source_file is None or cfg.threshold is None:
+        return
+    row = applied_thresholds(Journal(cfg.output / AUDIT).read(), cfg.source_file).get("")
+    named = CameraBundle("", Path(cfg.bundle), False, cfg.threshold)
+    refusal = threshold_pair_refusal(cfg.source_file, row, named, (model_id(bundle), files_model_id(bundle)), "start")
+    if refusal:
+        raise ConfigError(refusal)
 
 
 # what to do when a bundle has no pixel threshold for the regions

@@ -45,7 +45,8 @@ from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.runlock import hold_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
-from fair_edge.station.bundles import load_change, load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
+from fair_edge.station.bundles import (check_applied_threshold, load_change, load_roi, open_regions, open_scorer,
+                                      read_bundle, resolve_threshold)
 from fair_edge.station.config import AUTO_POLICY, StationConfig, load_station
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
@@ -475,6 +476,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
     # the lock before the model loads and anything opens: a second station here is refused
     with station_lock(cfg), station_switch_interval():
         bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
+        check_applied_threshold(cfg, bundle)   # a threshold applied from the console on another model: refused
         roi = load_roi(cfg.roi, bundle)
         scorer = scorer or open_scorer(bundle, cfg.backend)
         try:

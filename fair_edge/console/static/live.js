@@ -6,7 +6,7 @@ let shownVersion = 0;  // the newest snapshot shown: an older one (a stream's fi
 let shownEpoch = null; // the server process it came from: a restarted station counts its versions from 1 again
 let shownRun = null;   // the run the page shows: its part numbers are what a miss posts, with this run
 let recentHeld = false;   // the pointer is over the Recent parts table: its rows stay put until it leaves
-let heldRecent = null;    // [rows, run] of the newest snapshot while the table is held
+let heldRecent = null;    // [rows, run, keptFrom, keepFrames] of the newest snapshot while the table is held
 let connectionLost = false;
 let shownAlarm = "";   // the reject alarm shown, sent with its acknowledgement (a newer one latched: 409)
 
@@ -126,18 +126,40 @@ async function markMiss(v, run, cell) {
 function holdRecent(held) {
   recentHeld = held;
   $("recent-held").classList.toggle("hidden", !held);
-  if (!held && heldRecent) { const [rows, run] = heldRecent; heldRecent = null; showRecent(rows, run); }
+  if (!held && heldRecent) { const rows = heldRecent; heldRecent = null; showRecent(...rows); }
 }
 $("recent").closest("table").addEventListener("pointerenter", () => holdRecent(true));
 $("recent").closest("table").addEventListener("pointerleave", () => holdRecent(false));
 
-function showRecent(rows, run) {
-  if (recentHeld) { heldRecent = [rows, run]; return; }
+// why a passed part's miss button is greyed: its frame has left the console's memory, and a miss is saved with its
+// image (the server refuses one it has no image for, 409)
+const goneTitle = keepFrames => `its frame is no longer kept (the console keeps the last ${keepFrames} frames, ` +
+  "console.keep_frames): a miss needs its image; mark a miss sooner, or raise console.keep_frames";
+
+function missButton(v, run, cell, keepFrames) {
+  const b = FE.el("button", {class: "small", "data-seq": v.seq, "data-camera": v.camera || "", onclick: () => markMiss(v, run, cell)}, "miss");
+  if (!v.kept) greyMiss(b, keepFrames);
+  return b;
+}
+
+function greyMiss(button, keepFrames) { button.disabled = true; button.title = goneTitle(keepFrames); }
+
+// the table held still: its rows stay, but the miss button of each part whose frame has left memory since is greyed
+// (keptFrom: camera -> the oldest part whose frame is kept now; frames leave in the order they came)
+function greyGone(keptFrom, keepFrames) {
+  for (const b of $("recent").querySelectorAll("button[data-seq]")) {
+    const oldest = (keptFrom || {})[b.dataset.camera];
+    if (!b.disabled && (oldest === undefined || +b.dataset.seq < oldest)) greyMiss(b, keepFrames);
+  }
+}
+
+function showRecent(rows, run, keptFrom, keepFrames) {
+  if (recentHeld) { heldRecent = [rows, run, keptFrom, keepFrames]; greyGone(keptFrom, keepFrames); return; }
   const body = $("recent"); body.innerHTML = "";
   for (const v of rows) {
     const cell = FE.el("td", {});
     cell.append(v.review ? FE.el("span", {}, v.review.replace("_", " "))
-      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : FE.el("button", {class: "small", "data-seq": v.seq, onclick: () => markMiss(v, run, cell)}, "miss")));
+      : (v.ng ? FE.el("a", {href: "/gallery"}, "review") : missButton(v, run, cell, keepFrames)));
     body.append(FE.el("tr", {class: v.ng ? "ng" : "", "data-seq": v.seq}, FE.el("td", {}, v.camera ? `${v.camera} ${v.seq}` : String(v.seq)), FE.el("td", {}, FE.num(v.score)),
       FE.el("td", {}, v.ng ? "NG" : "OK"), FE.el("td", {}, FE.ms(v.latency_ms)), FE.el("td", {}, v.source),
       FE.el("td", {}, v.model), cell));
@@ -161,7 +183,7 @@ function show(s) {
     shownEpoch = s.epoch; lastSeq = null;
   }
   shownVersion = s.version; shownRun = s.run;
-  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent, s.run); showStrip(s.recent);
+  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent, s.run, s.kept_from, s.keep_frames); showStrip(s.recent);
   document.body.dataset.count = s.count; document.body.dataset.run = s.run;
 }
 
