@@ -113,9 +113,11 @@ class HeldOut:
     def scores(self, graph: Path) -> np.ndarray:
         return self.maps_scores(graph)[1]
 
-    def maps_scores(self, graph: Path) -> tuple[list[np.ndarray], np.ndarray]:
-        """(n_normal + n_defect maps (h, w) float32, stitched for a tiled model; their scores (N,) float64)."""
-        backend = OnnxGraph(graph, self.model.input_names)
+    def maps_scores(self, graph: Path, engine: Callable = OnnxGraph) -> tuple[list[np.ndarray], np.ndarray]:
+        """(n_normal + n_defect maps (h, w) float32, stitched for a tiled model; their scores (N,) float64).
+        engine(graph, input names): opens the graph on the engine that scores it: ``OnnxGraph`` (ONNX Runtime), or
+        ``openvino_graph.OpenVinoGraph`` (the build's OpenVINO thresholds)."""
+        backend = engine(graph, self.model.input_names)
         try:
             out = backend.infer_batched(self.inputs)
         finally:

@@ -9,8 +9,10 @@
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects); the normal frames'
      anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them);
      likewise for every other graph a backend runs, with its own pixel threshold: an INT8 bundle's CPU graph
-     (``graph.cpu``) and, for FP16/INT8, the FP32 reference graph (``fp32_threshold``, ``fp32_pixel_threshold``,
-     ``fp32_normal_maps.npy``: the PyTorch backends run the FP32 weights). The FP32 graph is scored on the
+     (``graph.cpu``; scored on OpenVINO too where it is installed, for OpenVINO's own thresholds of it,
+     ``graph.cpu.openvino``: its int8 kernels score that graph up to 0.9 % apart) and, for FP16/INT8, the FP32
+     reference graph (``fp32_threshold``, ``fp32_pixel_threshold``, ``fp32_normal_maps.npy``: the PyTorch backends
+     run the FP32 weights). The FP32 graph is scored on the
      held-out frames once per build (``_HeldOut``), shared by the quality gate, the accuracy probe and its threshold,
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
@@ -48,12 +50,14 @@ from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.calibration.int8_cpu import CPU_CALIB_CACHE, CPU_INT8_ONNX, CPU_INT8_OPS, quantize_int8_cpu
 from fair_edge.calibration.int8_gate import GateReport, HeldOut, Int8Graph, QualityGate, check_gate_inputs, run_gate
 from fair_edge.calibration.onnx_graph import OnnxGraph
+from fair_edge.calibration.openvino_graph import OpenVinoGraph, openvino_version
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold, check_spread
 from fair_edge.checksums import sha256_file
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, FairEdgeError, TensorRTMissingError
 from fair_edge.export.accuracy import GraphDelta, graph_delta
-from fair_edge.export.bundle import FUSION_MANIFEST, MANIFEST, Bundle, library_versions, load_bundle, model_manifest, write_manifest
+from fair_edge.export.bundle import (FUSION_MANIFEST, MANIFEST, Bundle, EngineThresholds, library_versions, load_bundle,
+                                     model_manifest, write_manifest)
 from fair_edge.disk import write_failure
 from fair_edge.shell import shell_word
 from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
@@ -72,6 +76,7 @@ KEPT_ON_REBUILD = (CALIB_CACHE, CALIB_CACHE + ".key", CPU_CALIB_CACHE, CPU_CALIB
 # with --no-engine the TensorRT timing cache is not kept: no engine is built, and a cache of another GPU must not travel
 # in the bundle to the machine that builds its engine (the Jetson's engine cache)
 ENGINE_ONLY = (TIMING_CACHE,)
+GATE_DONE = "done: "   # the start of the quality gate's last step (``on_gate_step``): the gate is over
 # the manifest's FP32 reference entries of a bundle without them (FP32: its own thresholds are that graph's; no frames)
 NO_FP32_REFERENCE = {"fp32_threshold": None, "fp32_pixel_threshold": None, "fp32_normal_maps": None}
 STALE_AGE_S = 3600.0   # a staging folder without a process id (older fair-edge) unchanged this long is abandoned, s
@@ -485,9 +490,9 @@ class _HeldOut(HeldOut):
                 graph.close()
         return self._outputs
 
-    def maps_scores(self, graph: Path) -> tuple[list[np.ndarray], np.ndarray]:
-        if Path(graph) != self.reference:
-            return super().maps_scores(graph)
+    def maps_scores(self, graph: Path, engine: Callable = OnnxGraph) -> tuple[list[np.ndarray], np.ndarray]:
+        if Path(graph) != self.reference or engine is not OnnxGraph:
+            return super().maps_scores(graph, engine)
         out = self.reference_outputs()
         maps, scores = self.tiler.stitch(out[ANOMALY_MAP][:, 0], out[SCORE], self.layouts)
         scores = np.asarray(scores, np.float64)
@@ -518,14 +523,15 @@ class _RecordedNormals:
         return {k: v[:n] for k, v in held.reference_outputs().items()}
 
 
-def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None,
-               source: str) -> tuple[Threshold | None, PixelThreshold | None, list[np.ndarray]]:
+def _threshold(graph: Path, options: BuildOptions, held: HeldOut | None, source: str,
+               engine: Callable = OnnxGraph) -> tuple[Threshold | None, PixelThreshold | None, list[np.ndarray]]:
     """The image threshold from whole-frame scores of the deployed graph (stitched for a tiled model) on the
     held-out frames, pre-processed once per build (``HeldOut``), the pixel threshold (defect regions) from the
-    same normal frames' maps, and those maps ((h, w) float32 each; kept in the bundle: ``export.normal_maps``)."""
+    same normal frames' maps, and those maps ((h, w) float32 each; kept in the bundle: ``export.normal_maps``).
+    engine: what scores the graph, ``OnnxGraph`` (ONNX Runtime) or ``OpenVinoGraph`` (``_openvino_thresholds``)."""
     if held is None:
         return None, None, []
-    maps, scores = held.maps_scores(graph)
+    maps, scores = held.maps_scores(graph, engine)
     defect_scores = scores[held.n_normal:] if held.n_defect else None
     normal_maps = maps[: held.n_normal]
     return (calibrate_threshold(scores[: held.n_normal], defect_scores, options.false_reject_rate, source=source),
@@ -564,6 +570,7 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
     rewriting them with their most sensitive layers float32 where needed (``calibration.int8_gate``)."""
     if options.quality is None:
         return None
+    say = on_step or (lambda text: None)
     scope, settings = ckpt.model.int8_scope, options.int8
 
     def tensorrt_graph(path: Path, keep_float) -> bool:
@@ -574,7 +581,12 @@ def _quality_gate(ckpt: Checkpoint, out: Path, fp32: Path, options: BuildOptions
 
     graphs = (Int8Graph(out / get_precision("int8").onnx_name, tensorrt_graph, ("Conv",)),
               Int8Graph(out / CPU_INT8_ONNX, cpu_graph, CPU_INT8_OPS))
-    return run_gate(fp32, graphs, scope, held, options.quality, on_step)
+    say(f"measuring {', '.join(g.path.name for g in graphs)} against FP32 on {held.n_normal + held.n_defect} "
+        "held-out images")
+    report = run_gate(fp32, graphs, scope, held, options.quality, on_step)
+    say(GATE_DONE + ", ".join(f"{g.graph} drop {g.drop:.3g}" for g in report.graphs)
+        + f" ({report.metric}, limit {report.limit:g})")
+    return report
 
 
 def _fp32_reference(graph: Path, fp32: Path, options: BuildOptions, held: HeldOut | None, source: str,
@@ -592,12 +604,40 @@ def _fp32_reference(graph: Path, fp32: Path, options: BuildOptions, held: HeldOu
 
 
 def _cpu_entry(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str, out: Path) -> dict:
-    """INT8: the manifest's ``graph.cpu``: the CPU graph's file, its image and pixel thresholds (calibrated on its own
-    held-out normal maps, as the main graph's) and those maps (``cpu_normal_maps.npy`` written)."""
+    """INT8: the manifest's ``graph.cpu``: the CPU graph's file, its image and pixel thresholds (calibrated on ONNX
+    Runtime's scores and held-out normal maps, as the main graph's), those maps (``cpu_normal_maps.npy`` written), and
+    the thresholds calibrated on OpenVINO's scores of it (``openvino``: ``_openvino_thresholds``)."""
     threshold, pixel, maps = _threshold(cpu_graph, options, held, source)
     return {"onnx": cpu_graph.name, "threshold": threshold.to_dict() if threshold else None,
             "pixel_threshold": pixel.to_dict() if pixel else None,
-            "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, maps)}
+            "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, maps),
+            "openvino": _openvino_thresholds(cpu_graph, options, held, source).to_dict()}
+
+
+def _openvino_thresholds(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str) -> EngineThresholds:
+    """The INT8 CPU graph's image and pixel thresholds calibrated on OpenVINO's scores and maps of the held-out frames
+    (defects too: its F1), as ``_cpu_entry``'s are on ONNX Runtime's: OpenVINO's int8 kernels score that graph up to
+    0.9 % apart (PatchCore, 118 ELPV normals; 0.7 % on 12 bracket ones), and a threshold 1e-3 above the top normal on
+    ONNX Runtime rejected that normal on OpenVINO. FP32 and FP16 graphs are not scored twice: the two engines agree
+    on them within 2.1e-6 relative (the same bundles), far inside the 1e-3 margin (``calibration.threshold.margin``),
+    so their one threshold holds on both. Where OpenVINO is not installed, or cannot load or score the graph, the
+    thresholds are None and ``missing`` says why (logged): the runtime then keeps OpenVINO off this graph for ``auto``
+    and warns on a named one (``runtime.selection``)."""
+    version = openvino_version()
+    if version is None:
+        log.info("OpenVINO is not installed: the INT8 CPU graph's thresholds are calibrated on ONNX Runtime only, and "
+                 "`backend: auto` will not pick OpenVINO for this bundle (pip install openvino, then rebuild, to have "
+                 "both)")
+        return EngineThresholds(None, None, "", "OpenVINO was not installed where the bundle was built")
+    try:
+        threshold, pixel, _ = _threshold(cpu_graph, options, held, f"{source}, scored by OpenVINO {version}",
+                                         OpenVinoGraph)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's own error types, NaN scores (ExportError): named, not fatal
+        why = f"OpenVINO {version} could not score {cpu_graph.name}: {type(exc).__name__}: {str(exc)[:200]}"
+        log.warning("%s; the bundle keeps ONNX Runtime's thresholds only, and `backend: auto` will not pick OpenVINO "
+                    "for it", why)
+        return EngineThresholds(None, None, version, why)
+    return EngineThresholds(threshold, pixel, version)
 
 
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,
@@ -648,7 +688,8 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
 
     calib_frames: normal training images, (H, W, 3) uint8 BGR (INT8 calibration; threshold fallback).
     normal_frames: held-out normal images for the threshold (and the INT8 quality gate). defect_frames:
-    optional, for the F1 threshold (and the gate's AUROC). on_gate_step: one line per quality-gate step.
+    optional, for the F1 threshold (and the gate's AUROC). on_gate_step: one line per quality-gate step, from
+    "measuring ..." at its start to its last, which starts with ``GATE_DONE``.
     The bundle is built in a temporary folder next to ``out`` and moved into place when complete: a
     failed build leaves ``out`` as it was (absent, or the previous bundle) and nothing else behind.
     """
@@ -667,7 +708,8 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
 def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames, normal_frames, defect_frames,
                 on_calibration_image, on_gate_step=None) -> tuple[GraphDelta | None, float, bool, bool, str, GateReport | None]:
     """All files of the bundle into ``out``; returns (delta, parity, calibration reused, engine built, note, gate)."""
-    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary))
+    save_checkpoint(out / WEIGHTS, Checkpoint(ckpt.model, ckpt.state_dict, ckpt.data_summary,  # its training images:
+                                              training_images=ckpt.training_images))         # fuse refuses them
     fp32, parity = _fp32_with_parity(ckpt, out)
     # held-out frames (else the first calibration images) are pre-processed once, here, for the INT8
     # calibration (without held-out normals), the accuracy probe, the thresholds and the quality gate

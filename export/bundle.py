@@ -4,8 +4,11 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   model: {family, family_version, settings, preprocess, inputs, outputs} (``ModelSpec.to_dict`` plus
   the graph's named inputs with shapes and the outputs); precision: fp32 | fp16 | int8;
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
-  cpu: {onnx, threshold, pixel_threshold, normal_maps} of the INT8 graph for CPU engines, or null; its
-  pixel_threshold absent in bundles built before each graph kept its own};
+  cpu: {onnx, threshold, pixel_threshold, normal_maps, openvino} of the INT8 graph for CPU engines, or null; its
+  pixel_threshold absent in bundles built before each graph kept its own; threshold and pixel_threshold are
+  ONNX Runtime's; openvino: {threshold, pixel_threshold, version, missing} calibrated on OpenVINO's scores of the
+  same graph and normal images (``EngineThresholds``; thresholds null and missing saying why where OpenVINO was not
+  installed or could not score it), absent in bundles built before it was kept};
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
   or null (absent in bundles built before regions); normal_maps: {file, count, of, shape: the full maps' [h, w],
   pool: f when max-pooled by f to fit 64 MiB (the file then .npz)} of the held-out normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
@@ -84,6 +87,33 @@ class EngineTarget:
 
 
 @dataclass(frozen=True)
+class EngineThresholds:
+    """The image and pixel thresholds of a graph calibrated on another engine's scores of it: an INT8 bundle's CPU
+    graph on OpenVINO (``graph.cpu.openvino``), whose int8 kernels score it up to ~0.9 % apart from ONNX Runtime's,
+    on which ``Bundle.cpu_threshold`` was calibrated (a threshold 1e-3 above the top normal would reject it there).
+
+    threshold: Threshold, None when the build had no images or the engine could not score them (``missing`` says
+    why); pixel_threshold: PixelThreshold or None; version: the engine's version that scored them; missing: why
+    there are none ("OpenVINO is not installed"), "" when there are."""
+
+    threshold: Threshold | None
+    pixel_threshold: PixelThreshold | None
+    version: str = ""
+    missing: str = ""
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold.to_dict() if self.threshold else None,
+                "pixel_threshold": self.pixel_threshold.to_dict() if self.pixel_threshold else None,
+                "version": self.version, "missing": self.missing}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EngineThresholds":
+        return cls(Threshold.from_dict(data["threshold"]) if data.get("threshold") else None,
+                   _pixel_threshold(data.get("pixel_threshold")), str(data.get("version") or ""),
+                   str(data.get("missing") or ""))
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A verified bundle. Paths are absolute; mappings are read-only.
 
@@ -93,7 +123,9 @@ class Bundle:
     threshold: None when the build had no normal images (the station file must then set one).
     weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
     cpu_onnx_path, cpu_threshold: INT8 bundles: the graph CPU engines run (``calibration.int8_cpu``;
-    the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on it.
+    the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on ONNX Runtime's scores of it.
+    cpu_openvino: the CPU graph's thresholds calibrated on OpenVINO's scores of it (``EngineThresholds``); None in
+    bundles built before they were kept, and for FP32/FP16 bundles (both engines score those graphs alike).
     pixel_threshold: the defect regions' pixel threshold (``fair_edge.regions``), calibrated on the same
     normal images as ``threshold``; None in bundles built before regions (the station then finds none
     unless its file sets ``regions.pixel_threshold``). cpu_pixel_threshold, fp32_pixel_threshold: the same,
@@ -127,6 +159,7 @@ class Bundle:
     fp32_normal_maps_path: Path | None = None
     cpu_pixel_threshold: PixelThreshold | None = None
     fp32_pixel_threshold: PixelThreshold | None = None
+    cpu_openvino: EngineThresholds | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Mapping[str, float] = field(default_factory=dict)
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -153,15 +186,18 @@ class Bundle:
         """The defect regions' pixel threshold calibrated on the graph a backend runs, told by the image threshold
         its scorer carries (``FrameScorer.graph_threshold``) as ``station.decision.normal_maps_path`` tells that
         graph's normal maps: ``fp32_pixel_threshold`` for ``fp32_threshold`` (the PyTorch backends on an FP16/INT8
-        bundle), ``cpu_pixel_threshold`` for ``cpu_threshold`` (the CPU engines on an INT8 bundle), else (None: the
-        bundle's own graph) ``pixel_threshold``. A bundle built before each graph kept its own gives
-        ``pixel_threshold``, the main graph's, with a warning logged once per bundle and graph."""
+        bundle), ``cpu_pixel_threshold`` for ``cpu_threshold`` (ONNX Runtime on an INT8 bundle), ``cpu_openvino``'s for
+        its threshold (OpenVINO there), else (None: the bundle's own graph) ``pixel_threshold``. A bundle built before
+        each graph kept its own gives ``pixel_threshold``, the main graph's, with a warning logged once per bundle and
+        graph."""
         if graph_threshold is None:
             return self.pixel_threshold
         if graph_threshold == self.fp32_threshold:
             graph, own = self.reference_onnx_path, self.fp32_pixel_threshold
         elif graph_threshold == self.cpu_threshold:
             graph, own = self.cpu_onnx_path, self.cpu_pixel_threshold
+        elif self.cpu_openvino is not None and graph_threshold == self.cpu_openvino.threshold:
+            graph, own = self.cpu_onnx_path, self.cpu_openvino.pixel_threshold
         else:   # a scorer made by hand with a threshold of its own: no graph of the bundle to tell
             return self.pixel_threshold
         if own is None and self.pixel_threshold is not None:
@@ -407,9 +443,10 @@ def _cpu_graph(root: Path, data: dict, cpu: dict | None) -> dict:
     if not cpu:
         return {}
     threshold = Threshold.from_dict(cpu["threshold"]) if cpu.get("threshold") else None
+    openvino = EngineThresholds.from_dict(cpu["openvino"]) if cpu.get("openvino") else None
     return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold,
             "cpu_pixel_threshold": _pixel_threshold(cpu.get("pixel_threshold")),
-            "cpu_normal_maps_path": _maps(root, data, cpu.get("normal_maps"))}
+            "cpu_normal_maps_path": _maps(root, data, cpu.get("normal_maps")), "cpu_openvino": openvino}
 
 
 def _pixel_threshold(entry: dict | None) -> PixelThreshold | None:

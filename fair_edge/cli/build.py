@@ -11,10 +11,11 @@ previous bundle kept; the command then exits 143 (128 + SIGTERM).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -26,21 +27,22 @@ from fair_edge.calibration.int8_gate import QualityGate
 from fair_edge.calibration.ranges import require_int8_onnxruntime
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
-from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import images_for, read_frames
+from fair_edge.models.checkpoint import TrainingImages, load_checkpoint
+from fair_edge.training.data import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images_for, read_frames
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
-from fair_edge.errors import ConfigError, did_you_mean
-from fair_edge.export.build import BuildOptions, BuildResult, build_bundle, check_inputs
+from fair_edge.errors import ConfigError, DataError, did_you_mean
+from fair_edge.export.build import GATE_DONE, BuildOptions, BuildResult, build_bundle, check_inputs
 from fair_edge.export.bundle import Bundle
 from fair_edge.runtime.backends import cpu_graph
 from fair_edge.runtime.highpass_plan import plan_highpass
-from fair_edge.runtime.selection import fp32_threshold
+from fair_edge.runtime.selection import fp32_threshold, openvino_graph, uncalibrated_openvino
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.runs import find_latest_checkpoint
 
 console = Console()  # the summary table goes to stdout; errors go to stderr (fair_edge.cli.common)
+log = logging.getLogger(__name__)
 
 app = typer.Typer()
 
@@ -122,8 +124,9 @@ def threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
     """Summary rows of the decision thresholds: one per graph that has one ("threshold model.int8.onnx", value,
     the backends that decide with it, then its false-reject rate on the normals and its F1-optimal threshold),
     as the INT8 gate rows name their graph. An FP32 bundle has one (every backend runs its graph); an FP16 one
-    two (the PyTorch backends run the FP32 weights); an INT8 one three (ONNX Runtime and OpenVINO run its CPU
-    graph). One "threshold none" row when the build had no normal images."""
+    two (the PyTorch backends run the FP32 weights); an INT8 one four (ONNX Runtime and OpenVINO run its CPU
+    graph, each with a threshold calibrated on its own scores), three where OpenVINO has none (its row then says
+    why). One "threshold none" row when the build had no normal images."""
     if bundle.threshold is None:
         return [("threshold", "none", "no normal images given (--calib or --normal); set one in the station file")]
     rows = []
@@ -134,9 +137,16 @@ def threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
 
 
 def backend_names(bundle: Bundle, backends: list[str]) -> str:
-    """``backends`` for a summary row, TensorRT marked "(no engine built)" when the bundle has none."""
-    return ", ".join("tensorrt (no engine built)" if b == "tensorrt" and bundle.engine is None else b
-                     for b in backends)
+    """``backends`` for a summary row, TensorRT marked "(no engine built)" when the bundle has none, OpenVINO with
+    why it shares ONNX Runtime's INT8 threshold when it has none of its own (``selection.uncalibrated_openvino``)."""
+    return ", ".join(_backend_name(bundle, b) for b in backends)
+
+
+def _backend_name(bundle: Bundle, backend: str) -> str:
+    if backend == "tensorrt" and bundle.engine is None:
+        return "tensorrt (no engine built)"
+    why = uncalibrated_openvino(bundle) if backend == "openvino" else ""
+    return f"openvino (not calibrated on OpenVINO: {why}; auto leaves it out, a named one warns)" if why else backend
 
 
 def pixel_threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
@@ -156,12 +166,15 @@ def pixel_threshold_rows(bundle: Bundle) -> list[tuple[str, str, str]]:
 def graph_thresholds(bundle: Bundle) -> dict[str, tuple[Threshold, list[str]]]:
     """{graph file name: (the threshold calibrated on it, the backends that decide with it)}, in ``BACKEND_ORDER``:
     the threshold each backend's scorer carries (``runtime.selection``: TensorRT the bundle's own, ONNX Runtime
-    and OpenVINO their CPU graph's, ``backends.cpu_graph``; the PyTorch backends the FP32 weights',
+    and OpenVINO their CPU graph's, ``backends.cpu_graph``, OpenVINO's calibrated on its own scores of an INT8 CPU
+    graph under "GRAPH on openvino", ``selection.openvino_graph``; the PyTorch backends the FP32 weights',
     ``selection.fp32_threshold``; None there: the bundle's own). For a bundle with a threshold."""
     cpu_path, cpu_threshold, _ = cpu_graph(bundle)
+    openvino_threshold = openvino_graph(bundle)[1]
+    openvino_row = cpu_path.name if openvino_threshold == cpu_threshold else f"{cpu_path.name} on openvino"
     reference = bundle.reference_onnx_path.name
     by_backend = {"tensorrt": (bundle.onnx_path.name, None),
-                  "onnxruntime": (cpu_path.name, cpu_threshold), "openvino": (cpu_path.name, cpu_threshold),
+                  "onnxruntime": (cpu_path.name, cpu_threshold), "openvino": (openvino_row, openvino_threshold),
                   "torch-cuda": (reference, fp32_threshold(bundle, "torch-cuda")),
                   "torch-cpu": (reference, fp32_threshold(bundle, "torch-cpu"))}
     graphs: dict[str, tuple[Threshold, list[str]]] = {}
@@ -169,6 +182,22 @@ def graph_thresholds(bundle: Bundle) -> dict[str, tuple[Threshold, list[str]]]:
         graph, threshold = by_backend[name]
         graphs.setdefault(graph, (threshold or bundle.threshold, []))[1].append(name)
     return graphs
+
+
+class GateTask:
+    """``build_bundle``'s ``on_gate_step``: the INT8 quality gate as a task of its own on ``progress`` (a
+    ``progress_bar``), made at its first step ("measuring ..."), its description the latest step, finished at its last
+    (``export.build.GATE_DONE``), so its line shows the gate's own clock, not the calibration's count and time."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.task = progress, None
+
+    def __call__(self, text: str) -> None:
+        description = f"INT8 quality gate: {text}"
+        if self.task is None:
+            self.task = self.progress.add_task(description, total=None)
+        done = {"total": 1, "completed": 1} if text.startswith(GATE_DONE) else {}
+        self.progress.update(self.task, description=description, **done)
 
 
 def describe_threshold(t: Threshold) -> str:
@@ -214,15 +243,66 @@ def gpu_preprocessing_note(cfg: PreprocessConfig) -> tuple[str, str]:
 
 
 def held_frames(spec: Optional[str], role: str, category: Optional[str], tiling, flag: str,
-                limit: Optional[int] = None) -> Optional[list]:
+                limit: Optional[int] = None, check: Optional[Callable] = None) -> Optional[list]:
     """The frames ((H, W, 3) uint8 BGR) of the first ``limit`` images of ``spec`` that play ``role``
     (``images_for``), None without ``spec``. Files that cannot be a model input (unreadable, truncated, under
     2 x 2 px or smaller than one tile of ``tiling``) are skipped with a warning naming each, and counted, as
-    train and eval skip them (``read_frames``); DataError naming ``flag`` when none is left."""
+    train and eval skip them (``read_frames``); DataError naming ``flag`` when none is left. check(paths, given,
+    role), before any is read: ``held_out_check``'s refusal of the model's own training images."""
     if spec is None:
         return None
     paths = images_for(spec, role, category)[:limit]
+    if check is not None:
+        check(paths, f"{flag} {spec}", role)
     return [frame for _, frame in read_frames(paths, tiling, what=f"{flag} images")]
+
+
+NAMED_TRAINED = 3   # training images a refusal names; the rest are counted
+# why each held-out role must not hold a training image, and where its images come from instead
+TRAINED_REASONS = {
+    "normal": "a model scores its own training images low (a PatchCore bank holds their very patches), so a "
+              "threshold calibrated on them sits below the scores of normal parts it never saw and rejects them",
+    "defect": "training took them as normal, so they show no defect, and the F1-optimal threshold found with them "
+              "says nothing of real defects"}
+TEST_SPLIT_SOURCES = {"normal": "its normal test images, e.g. an MVTec folder's test/good; with none, train again on "
+                                "a folder that leaves some normals out, and pass those",
+                      "defect": "its defective test images"}
+
+
+def held_out_check(ckpt, checkpoint: Path, given: Sequence[str]) -> Optional[Callable]:
+    """``refuse_training_images`` for the images ``ckpt`` (loaded from ``checkpoint``) was fitted on, as
+    ``held_frames``' check; None for a checkpoint that does not record them (written before it did), with one
+    warning when ``given`` names held-out options ("--normal", "--defects") whose images then go unchecked."""
+    if ckpt.training_images is not None:
+        record = ckpt.training_images
+        return lambda paths, images, role: refuse_training_images(record, paths, images, role, str(checkpoint))
+    if given:
+        log.warning("%s does not record which images it was trained on (an earlier fair-edge wrote it): the "
+                    "images of %s are not checked against them. Make sure training did not see them, or train "
+                    "again to record them.", checkpoint, " and ".join(given))
+    return None
+
+
+def refuse_training_images(record: TrainingImages, paths: Sequence[Path], given: str, role: str, model: str) -> None:
+    """DataError when any of ``paths``, the images of ``given`` ("--normal data/plain") in ``role`` ("normal",
+    "defect"), is a file ``model`` ("runs/a/final.pt") was fitted on (``record``: the same bytes, under any name),
+    naming how many, the first few (with the training image's name where it differs: "mix/x.png = plain/003.png")
+    and the fix. Some are refused as all are: a threshold calibrated on a mix of
+    training and unseen normals still sits too low."""
+    found = record.found_among(paths)
+    if not found:
+        return
+    named = ", ".join(str(p) if str(p) == name else f"{p} = {name}" for p, name in found[:NAMED_TRAINED])
+    named += f" and {len(found) - NAMED_TRAINED} more" if len(found) > NAMED_TRAINED else ""
+    some = len(found) < len(paths)
+    count = f"{len(found)} of the {len(paths)}" if some else f"all {len(paths)}"
+    are = "is, byte for byte, an image" if len(found) == 1 else "are, byte for byte, images"
+    mix = (f"; the other {len(paths) - len(found)} do not make up for it: a threshold calibrated on a mix still sits "
+           "too low" if some and role == "normal" else "")
+    fix = (f"Leave the training images out of {ROLE_FLAGS[role]}, or pass" if some else "Pass")
+    raise DataError(f"{given}: {count} {ROLE_WORDS[role]} {are} {model} was trained on ({named}): "
+                    f"{TRAINED_REASONS[role]}{mix}. {fix} {ROLE_FOLDERS[role]}, or a dataset with a test split "
+                    f"({TEST_SPLIT_SOURCES[role]}).")
 
 
 def latest_run(width: Optional[int], model: Optional[str]) -> Path:
@@ -346,13 +426,14 @@ def build(
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     tiling = ckpt.preprocess.tiling
     calib_frames = held_frames(calib, "train", category, tiling, "--calib", calib_images)
-    normal_frames = held_frames(normal, "normal", category, tiling, "--normal")
-    defect_frames = held_frames(defects, "defect", category, tiling, "--defects")
+    check = held_out_check(ckpt, checkpoint, [f for f, spec in (("--normal", normal), ("--defects", defects)) if spec])
+    normal_frames = held_frames(normal, "normal", category, tiling, "--normal", check=check)
+    defect_frames = held_frames(defects, "defect", category, tiling, "--defects", check=check)
     console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
     with progress_bar() as progress:
         task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
                                  total=len(calib_frames or ()) or None)
         result = build_bundle(ckpt, out, options, calib_frames, normal_frames,
                               defect_frames, on_calibration_image=lambda: progress.advance(task),
-                              on_gate_step=lambda text: progress.update(task, description=f"INT8 quality gate: {text}"))
+                              on_gate_step=GateTask(progress))
     _summary(result)

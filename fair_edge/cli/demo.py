@@ -46,6 +46,20 @@ def false_reject_text(report: dict) -> str:
         f"seq {r['seq']} {r['source'].split('_', 2)[-1]} (score {r['score']:.4f}{limit})" for r in wrong)
 
 
+def missed_pulses(report: dict) -> int:
+    """How many due reject pulses (a part inspected in time and NG, or one the gate decided without its verdict) no
+    edge was seen for on the simulated PLC, on time or late: the sink missed them, or wrote them unconfirmed."""
+    due = [r for r in report["parts"] if (r["in_time"] and r["ng"]) or not r["in_time"]]
+    return sum(r["pulse"] not in ("on time", "late") for r in due)
+
+
+def pulses_text(report: dict) -> str:
+    """'pulses on time 11/15, late 1, missed 3' (missed in red when any)."""
+    missed = missed_pulses(report)
+    return (f"pulses on time {report['pulses_on_time']}/{report['pulses_due']}, late {report.get('pulses_late', 0)}, "
+            + (f"[red]missed {missed}[/]" if missed else "missed 0"))
+
+
 def print_demo(report: dict) -> None:
     out = Console()
     table = Table(title="conveyor: defective cells")
@@ -66,9 +80,8 @@ def print_demo(report: dict) -> None:
         f"inspected {s['inspected']}, dropped {s['dropped']}, lost {s['lost']} | defective {report['defective']}: "
         f"caught {report['caught']}, missed {report['missed']} (not inspected in time "
         f"{report['missed_not_inspected']}, of which rejected by the fail-safe "
-        f"{report['missed_but_rejected_uninspected']}) | false rejects {report['false_rejects']} | pulses on time "
-        f"{report['pulses_on_time']}/{report['pulses_due']}, late {report.get('pulses_late', 0)} | latency p50 / p99 / max {latency_text(lat)} | "
-        f"{s['backend'].split(' (')[0]}"
+        f"{report['missed_but_rejected_uninspected']}) | false rejects {report['false_rejects']} | "
+        f"{pulses_text(report)} | latency p50 / p99 / max {latency_text(lat)} | {s['backend'].split(' (')[0]}"
     )
     pulses, rejects = report["pulse_error_ms"], report.get("reject_stats") or {}
     if pulses["n"]:

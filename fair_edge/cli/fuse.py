@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ from fair_edge.cli.common import console, friendly_errors, print_plain, shell_wo
 from fair_edge.runtime.fusion import RULES
 
 app = typer.Typer()
+log = logging.getLogger(__name__)
 
 
 @app.command("fuse")
@@ -39,6 +41,7 @@ def fuse(
     from fair_edge.runtime.fusion import build_fused_bundle
 
     paths = images_for(normal, "normal", category)
+    check_members_held_out(bundles, paths, f"--normal {normal}")
     frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (given, m, s) in enumerate(zip(bundles, fused.members, fused.stats)):   # m.root: its copy, m{i}/
@@ -56,3 +59,26 @@ def largest_tiling(bundles: list[Path]):
 
     tilings = [t for t in (load_bundle(path).preprocess.tiling for path in bundles) if t is not None]
     return max(tilings, key=lambda t: t.tile, default=None)
+
+
+def check_members_held_out(bundles: list[Path], paths: list[Path], given: str) -> None:
+    """DataError when any of ``paths`` (the images of ``given``, "--normal DIR") is an image a member was fitted
+    on (``cli.build.refuse_training_images``, by the record its weights.pt keeps): the fused threshold and each
+    member's statistics would sit too low. One warning names the members whose weights do not record their
+    training images (built from a checkpoint an earlier fair-edge wrote): they are not checked."""
+    from fair_edge.cli.build import refuse_training_images
+    from fair_edge.export.bundle import load_bundle
+    from fair_edge.models.checkpoint import load_checkpoint
+
+    unchecked = []
+    for path in bundles:
+        weights = load_bundle(path).weights_path
+        record = load_checkpoint(weights).training_images if weights is not None else None
+        if record is None:
+            unchecked.append(str(path))
+        else:
+            refuse_training_images(record, paths, given, "normal", f"bundle {path}")
+    if unchecked:
+        log.warning("%s: the weights of %s do not record which images they were trained on (built from a checkpoint "
+                    "an earlier fair-edge wrote): the images are not checked against them. Make sure training did "
+                    "not see them, or train and build again to record them.", given, ", ".join(unchecked))

@@ -5,7 +5,10 @@ Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=Tru
   family: registry key ("fair", ...), family_version: int, settings: the family's settings dict,
   preprocess: PreprocessConfig dict, state_dict: the family's weights,
   data_summary: dict (where the normal images came from, how many),
-  train_state: optional dict to resume exactly (step, optimizer, scheduler, RNG states).
+  train_state: optional dict to resume exactly (step, optimizer, scheduler, RNG states),
+  training_images: optional dict, the images the model was fitted on (``TrainingImages``): their names and a
+  digest of each file's bytes, so that build and fuse refuse them as held-out images. Files written before it
+  load with None (the check cannot be made).
 Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
 ``family``/``settings``) are FAIR checkpoints and still load.
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint; a write that
@@ -19,14 +22,16 @@ no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,16 +44,85 @@ from fair_edge.preprocess import PreprocessConfig
 FORMAT = "fair-edge-checkpoint"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+DIGEST_BYTES = 8   # of each training image's SHA-256: 80 kB for 10 000 images; two different files share one by
+                   # chance with probability about N x M / 2**64 (5e-12 for 10 000 training against 10 000 held out)
+DIGEST_KIND = f"sha256[:{DIGEST_BYTES}] of the file bytes"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: str | Path) -> bytes | None:
+    """The first DIGEST_BYTES of the SHA-256 of the file's bytes, None when it cannot be read."""
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                sha.update(chunk)
+    except OSError:
+        return None
+    return sha.digest()[:DIGEST_BYTES]
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """The images a model was fitted on, so that images asked for as held out (``build --normal``) can be checked.
+
+    names: each image's path as training found it (for messages). digests: (N, DIGEST_BYTES) uint8, the start of
+    the SHA-256 of each file's bytes. File bytes, not decoded pixels: the same file has the same digest on every
+    machine and OpenCV build (a JPEG decoder may differ in the last bit between the training machine and a Jetson),
+    and nothing is decoded to make it; a copy, a renamed file or the same folder is recognised, a re-encoded copy
+    (another compression level or format) is not. Files that cannot be read are left out (nothing was fitted on
+    them)."""
+
+    names: tuple[str, ...]
+    digests: torch.Tensor
+
+    @classmethod
+    def of_files(cls, paths: Iterable[str | Path]) -> "TrainingImages":
+        """The record of the files ``paths`` (each read once, whole)."""
+        found = [(str(p), d) for p in paths if (d := file_digest(p)) is not None]
+        rows = np.frombuffer(b"".join(d for _, d in found), np.uint8).reshape(len(found), DIGEST_BYTES)
+        return cls(tuple(name for name, _ in found), torch.from_numpy(rows.copy()))
+
+    def to_payload(self) -> dict:
+        """Plain containers and one tensor, as ``torch.load(weights_only=True)`` reads them."""
+        return {"digest": DIGEST_KIND, "names": list(self.names), "digests": self.digests}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "TrainingImages | None":
+        """The record a checkpoint holds; None for one written before it was kept (or with another digest)."""
+        if not isinstance(payload, dict) or payload.get("digest") != DIGEST_KIND:
+            return None
+        names, digests = payload.get("names"), payload.get("digests")
+        if not isinstance(names, list) or not isinstance(digests, torch.Tensor) or digests.dtype != torch.uint8 \
+                or tuple(digests.shape) != (len(names), DIGEST_BYTES):
+            raise ConfigError(f"training_images must hold one {DIGEST_BYTES}-byte digest per name; found "
+                              f"{type(digests).__name__} for {type(names).__name__} names")
+        return cls(tuple(map(str, names)), digests)
+
+    def found_among(self, paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+        """(path, the training image it is) for each of ``paths`` whose bytes are those of a training image, in
+        ``paths`` order: each file is read once, whole."""
+        keys = self.digests.numpy().view(">u8").ravel().tolist()
+        trained = dict(zip(keys, self.names))
+        found = []
+        for path in paths:
+            digest = file_digest(path)
+            key = int.from_bytes(digest, "big") if digest is not None else None
+            if key in trained:
+                found.append((Path(path), trained[key]))
+        return found
 
 
 @dataclass
 class Checkpoint:
-    """model: family, settings and pre-processing. state_dict: the family's weights (``ModelFamily.weights``)."""
+    """model: family, settings and pre-processing. state_dict: the family's weights (``ModelFamily.weights``).
+    training_images: the images it was fitted on (``TrainingImages``); None for a checkpoint that does not say."""
 
     model: ModelSpec
     state_dict: dict
     data_summary: dict = field(default_factory=dict)
     train_state: dict | None = None
+    training_images: TrainingImages | None = None
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -82,6 +156,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = 
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "data_summary": ckpt.data_summary,
         "train_state": ckpt.train_state,
+        "training_images": ckpt.training_images.to_payload() if ckpt.training_images is not None else None,
     }
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -253,6 +328,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             state_dict=weights,
             data_summary=payload.get("data_summary") or {},
             train_state=payload.get("train_state"),
+            training_images=TrainingImages.from_payload(payload.get("training_images")),
         )
     except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path} is missing or has an invalid field: {exc}") from exc

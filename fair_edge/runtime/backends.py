@@ -197,7 +197,8 @@ class BundleScorer:
 
 
 def cpu_graph(bundle) -> tuple[Path, Threshold | None, str]:
-    """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold), else the bundle's graph."""
+    """The graph CPU engines run: an INT8 bundle's CPU graph (with its own threshold, calibrated on ONNX Runtime's
+    scores; OpenVINO's on its own: ``selection.openvino_graph``), else the bundle's graph (None: the bundle's)."""
     if bundle.cpu_onnx_path is not None:
         return bundle.cpu_onnx_path, bundle.cpu_threshold, "int8 CPU graph"
     return bundle.onnx_path, None, f"{bundle.precision} graph"

@@ -5,21 +5,26 @@ file accept. The backends themselves: ``backends`` (the contract and ONNX Runtim
 ``tensorrt``, ``openvino``, each imported only when chosen.
 
 Each backend's scorer carries the threshold calibrated on the graph it runs (``graph_threshold``, None: the
-bundle's own): the CPU engines run an INT8 bundle's CPU graph (``cpu_threshold``); the PyTorch backends always
-run the FP32 weights, so on an FP16/INT8 bundle they carry the FP32 reference graph's ``fp32_threshold`` (a
-bundle built before it was kept runs on the bundle's threshold with a warning that it was calibrated on another
-graph). TensorRT runs the precision's graph, in chunks of at most the engine profile's batch.
+bundle's own): the CPU engines run an INT8 bundle's CPU graph, ONNX Runtime with ``cpu_threshold`` and OpenVINO with
+the one the build calibrated on OpenVINO's own scores of it (``Bundle.cpu_openvino``; its int8 kernels score that
+graph up to 0.9 % apart: ``openvino_graph``); on FP32/FP16 graphs both engines share the bundle's (2.1e-6 apart);
+the PyTorch backends always run the FP32 weights, so on an FP16/INT8 bundle they carry the FP32 reference graph's
+``fp32_threshold``. A bundle built before such a threshold was kept (or, for OpenVINO, where it was not installed)
+runs a named backend on the threshold of another graph or engine with a warning saying so; ``auto`` leaves OpenVINO
+out there (``uncalibrated_openvino``, said once in the log). TensorRT runs the precision's graph, in chunks of at
+most the engine profile's batch.
 
-``auto`` leaves out a CPU engine whose score of a grey frame is not ONNX Runtime's (on which a CPU graph's threshold is
-calibrated), or that raises scoring it (with a warning naming the engine and its error); a named ``openvino`` is
-refused where it scores so on an INT8 bundle built before bb4c96d (``refuse_unlike_onnxruntime``), whose CPU graph
-OpenVINO scores 10-20 x too high."""
+``auto`` also leaves out a CPU engine whose score of a grey frame is not ONNX Runtime's (``agrees``: an engine that
+runs the graph wrongly), or that raises scoring it (with a warning naming the engine and its error); a named
+``openvino`` is refused where it scores so on an INT8 bundle built before bb4c96d (``refuse_unlike_onnxruntime``),
+whose CPU graph OpenVINO scores 10-20 x too high."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -45,7 +50,8 @@ def _tensorrt(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.tensorrt import TensorRTBackend
 
     if bundle.engine is None:
-        raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` on this GPU.")
+        where = "on this machine" if torch.cuda.is_available() else "on the GPU machine that will run it"
+        raise ConfigError(f"bundle {bundle.root} has no TensorRT engine; build one with `fair-edge build` {where}.")
     backend = TensorRTBackend.from_bundle(bundle)
     return BundleScorer(backend, gpu_preprocessor(bundle), "TensorRT engine in the bundle",
                         max_batch=engine_batch(bundle, backend.max_batch), backend_name="tensorrt",
@@ -108,9 +114,71 @@ def _onnxruntime(bundle, options: BackendOptions) -> BundleScorer:
 def _openvino(bundle, options: BackendOptions) -> BundleScorer:
     from fair_edge.runtime.openvino import OpenVinoBackend
 
-    path, threshold, what = cpu_graph(bundle)
+    path, threshold, what = openvino_graph(bundle)
+    why = uncalibrated_openvino(bundle)
+    if why:
+        warn_uncalibrated_openvino(bundle, why)
+        what += ", with ONNX Runtime's threshold: none calibrated on OpenVINO"
     return BundleScorer(OpenVinoBackend(path, bundle.model.input_names), CpuPreprocessor(bundle.model, host=True),
                          f"OpenVINO on the CPU ({what})", threshold, backend_name="openvino", graph=path.name)
+
+
+def openvino_graph(bundle) -> tuple[Path, Threshold | None, str]:
+    """(graph, threshold, what) OpenVINO runs: ``cpu_graph``'s graph, and on an INT8 bundle's CPU graph the
+    threshold the build calibrated on OpenVINO's own scores of it (``Bundle.cpu_openvino``: OpenVINO's int8 kernels
+    score it up to 0.9 % apart from ONNX Runtime's); ``cpu_graph``'s threshold (ONNX Runtime's) where the bundle keeps
+    none (``uncalibrated_openvino`` says why). On an FP32/FP16 graph the two engines agree within 2.1e-6 relative
+    (``export.build._openvino_thresholds``), inside the threshold's 1e-3 margin: they share the bundle's."""
+    path, threshold, what = cpu_graph(bundle)
+    own = getattr(bundle, "cpu_openvino", None)
+    if getattr(bundle, "cpu_onnx_path", None) is not None and own is not None and own.threshold is not None:
+        return path, own.threshold, f"{what}, thresholds calibrated on OpenVINO {own.version}".rstrip()
+    return path, threshold, what
+
+
+def uncalibrated_openvino(bundle) -> str:
+    """Why OpenVINO would decide on ``bundle``'s INT8 CPU graph with ONNX Runtime's threshold ("OpenVINO was not
+    installed where the bundle was built", "built before ..."); "" when it has its own, or needs none (an FP32/FP16
+    bundle, or one without thresholds)."""
+    if getattr(bundle, "cpu_onnx_path", None) is None or getattr(bundle, "cpu_threshold", None) is None:
+        return ""
+    own = getattr(bundle, "cpu_openvino", None)
+    if own is not None and own.threshold is not None:
+        return ""
+    if own is not None and own.missing:
+        return own.missing
+    return "the bundle was built before fair-edge calibrated one on OpenVINO"
+
+
+def warn_uncalibrated_openvino(bundle, why: str) -> None:
+    """Warn that a named OpenVINO decides on ``bundle``'s INT8 CPU graph with ONNX Runtime's threshold (``why``:
+    ``uncalibrated_openvino``), what that risks and the fixes."""
+    hint = f"`{bundle.build_command}`" if bundle.build_command else "`fair-edge build CHECKPOINT --int8 --out BUNDLE`"
+    log.warning("--backend openvino runs the int8 CPU graph %s of bundle %s on its threshold %.6g, calibrated on ONNX "
+                "Runtime's scores of it: the bundle keeps none calibrated on OpenVINO (%s). OpenVINO's int8 kernels "
+                "score that graph up to about 1 %% apart, so normal parts near the threshold can be NG here and its "
+                "false-reject rate can differ from the %g the build measured. Rebuild the bundle with %s where "
+                "OpenVINO is installed (pip install openvino; the build then calibrates OpenVINO's own), run --backend "
+                "onnxruntime or auto, or set decision.threshold.", bundle.cpu_onnx_path.name, bundle.root,
+                bundle.cpu_threshold.value, why, bundle.cpu_threshold.measured_false_reject_rate, hint)
+
+
+# bundle folders whose OpenVINO ``auto`` left out for want of its own threshold, said in the log (once each)
+_OPENVINO_LEFT_OUT_SAID: set[Path] = set()
+
+
+def left_out_uncalibrated(bundle) -> list[str]:
+    """The ``CPU_CANDIDATES`` ``auto`` does not time on ``bundle``: ["openvino"] where it has no threshold of its own
+    on the INT8 CPU graph (``uncalibrated_openvino``), said once per bundle in the log; else []."""
+    why = uncalibrated_openvino(bundle)
+    if not why:
+        return []
+    if bundle.root not in _OPENVINO_LEFT_OUT_SAID:
+        _OPENVINO_LEFT_OUT_SAID.add(bundle.root)
+        log.warning("auto: OpenVINO is not used for bundle %s: its int8 CPU graph's threshold was calibrated on ONNX "
+                    "Runtime only (%s), and OpenVINO scores that graph up to about 1 %% apart. Rebuild the bundle "
+                    "where OpenVINO is installed to let auto time it.", bundle.root, why)
+    return ["openvino"]
 
 
 def _weights(bundle):
@@ -133,7 +201,8 @@ UNAVAILABLE = (FairEdgeError, ImportError, OSError, RuntimeError)
 
 
 def _first_sentence(exc: Exception) -> str:
-    return str(exc).split(". ")[0]
+    """The first sentence of ``exc``'s message, without its full stop (the reasons are joined with "; ")."""
+    return str(exc).split(". ")[0].rstrip(".")
 
 
 def probe(scorer: BundleScorer, size: int, repeats: int = 3) -> tuple[float, float]:
@@ -151,26 +220,38 @@ def probe(scorer: BundleScorer, size: int, repeats: int = 3) -> tuple[float, flo
 
 def agrees(score: float, reference: float, threshold: Threshold | None) -> bool:
     """Whether an engine's score of the probe frame is the reference engine's, as two int8 engines running one
-    graph may differ: within 5 % of the larger of the reference score and the graph's threshold."""
+    graph may differ: within 5 % of the larger of the reference score and the graph's threshold. A guard against an
+    engine that runs the graph wrongly (OpenVINO scored a pre-bb4c96d graph 10-20 x high), not a calibration
+    tolerance: 0.9 % apart already moves normals across a threshold, so each engine decides with thresholds calibrated
+    on its own scores (``openvino_graph``)."""
     scale = max(abs(reference), abs(threshold.value) if threshold is not None else 0.0)
     return abs(score - reference) <= 0.05 * scale + 1e-6
 
 
 def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleScorer:
-    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why. An engine
-    that loads the bundle but cannot score ``probe``'s frame, or scores it unlike the first engine that can (ONNX
-    Runtime, on which the threshold was calibrated), is left out with a warning naming it and why."""
+    """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why. OpenVINO on
+    an INT8 CPU graph without a threshold calibrated on it is not tried (``left_out_uncalibrated``). An engine that
+    loads the bundle but cannot score ``probe``'s frame, or scores it unlike the first engine that can (ONNX Runtime,
+    ``agrees``), is left out with a warning naming it and why."""
     scorers, notes = [], []
+    uncalibrated = left_out_uncalibrated(bundle)
     for name in CPU_CANDIDATES:
+        if name in uncalibrated:
+            continue
         try:
             scorers.append(BACKENDS[name](bundle, options))
         except UNAVAILABLE as exc:
             notes.append(f"{name}: {_first_sentence(exc)}")
     if not scorers:
         raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
+    skipped = [f"{name} left out: no threshold calibrated on it for this bundle ({uncalibrated_openvino(bundle)})"
+               for name in uncalibrated]
     if len(scorers) == 1:
-        return replace(scorers[0], reason=f"{scorers[0].reason}, the only CPU engine installed")
+        only = (f"the only CPU engine calibrated for this bundle; {'; '.join(skipped)}" if skipped else
+                "the only CPU engine installed")
+        return replace(scorers[0], reason=f"{scorers[0].reason}, {only}")
     probed, failed = probe_all(scorers, bundle)
+    failed += skipped
     if not probed:
         raise ConfigError(f"no CPU backend could run {bundle.root}: {'; '.join(failed)}. Rebuild the bundle with "
                           f"`{bundle.build_command or 'fair-edge build CHECKPOINT --out BUNDLE'}`.")
@@ -186,7 +267,7 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
     best = timed[0][2]
     times = ", ".join(f"{c.backend.name} {ms:.1f} ms" for ms, _, c in sorted(probed, key=lambda p: p[0]))
     unlike = "".join(f"; {c.backend.name} left out: it scores a grey frame {score:.4g}, {reference[2].backend.name} "
-                     f"{reference[1]:.4g}, and the threshold was calibrated on {reference[2].backend.name}"
+                     f"{reference[1]:.4g}, more than the 5 % two engines of one graph may differ"
                      for _, score, c in left_out)
     for _, _, c in left_out:
         log.warning("auto: %s scores unlike %s on this bundle (%s); it is not used", c.backend.name,

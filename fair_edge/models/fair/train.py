@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, TrainingImages, load_checkpoint, save_checkpoint
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.training.data import DatasetSplit, load_images
@@ -147,6 +147,7 @@ class Trainer:
         self.images = torch.from_numpy(images).to(device)
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
+        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
         self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
         items = "training tiles" if preprocess.tiling is not None else "training images"
         self.batch = usable_batch(cfg.batch, len(images), items, self.parallel.world)
@@ -180,6 +181,7 @@ class Trainer:
             train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info,
                              data_files=self.data_files, total_steps=self.total_steps)
             if with_train_state else None,
+            training_images=self.training_images,
         )
 
     def save(self, name: str = "last.pt") -> Path:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, TrainingImages, save_checkpoint
 from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
@@ -148,6 +148,7 @@ class LgfdrTrainer:
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=n_maps,
                                  backbone_weights=self.weight_source.to_dict())
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
+        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
         self.params = [p for n, p in self.detector.named_parameters() if not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=1e-4)
         milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
@@ -167,7 +168,8 @@ class LgfdrTrainer:
                        "total_steps": self.total_steps, "elapsed_s": self.clock.elapsed()} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
                        train_config=self.cfg.to_dict())
-        return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
+        return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state,
+                          self.training_images)
 
     def save(self, name: str = "last.pt") -> Path:
         return save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))

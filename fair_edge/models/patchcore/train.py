@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, TrainingImages, save_checkpoint
 from fair_edge.training.data import DatasetSplit, load_images, read_frame
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.models.weights import load_backbone_weights
@@ -299,6 +299,7 @@ class PatchcoreFitter:
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images),
                                  backbone_weights=self.weight_source.to_dict())
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
+        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
         self.timings: dict[str, float] = {}
         self.bank_facts: dict = {}  # coreset_ratio_effective, bank_capped (bank_cap_facts)
@@ -316,7 +317,8 @@ class PatchcoreFitter:
                        "data_files": self.data_files, "total_steps": self.total_steps} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch, train_config=self.cfg.to_dict(),
                        bank_rows=self.detector.memory.rows, fit_seconds=self.timings, **self.bank_facts)
-        return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state)
+        return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state,
+                          self.training_images)
 
     def resume(self) -> None:
         """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings and images), so ``run`` only
