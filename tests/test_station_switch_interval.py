@@ -81,3 +81,16 @@ def test_a_station_of_several_cameras_sets_it_too_and_restores_it(tmp_path, monk
     with pytest.raises(Seen):
         cell_module.run_cell(cfg, threading.Event(), max_frames=1)
     assert seen == [pytest.approx(SWITCH_INTERVAL_S, abs=MICROSECONDS)] and sys.getswitchinterval() == pytest.approx(0.005, abs=MICROSECONDS)
+
+
+def test_two_stations_overlapping_in_one_process_keep_it_short_until_the_last_ends(interval):
+    """The first station to end must not put 5 ms back under the other; the last restores what the first found."""
+    from fair_edge.station.run import SWITCH_INTERVAL_S, station_switch_interval
+
+    first, second = station_switch_interval(), station_switch_interval()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)   # the first ends while the second still runs
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S, abs=MICROSECONDS)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == pytest.approx(0.005, abs=MICROSECONDS)

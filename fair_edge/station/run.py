@@ -417,19 +417,30 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
     return console
 
 
+_SWITCH_LOCK = threading.Lock()
+_SWITCH_RUNS: list[float] = []   # the interval found by the first of the stations running now in this process
+
+
 @contextlib.contextmanager
 def station_switch_interval(seconds: float = SWITCH_INTERVAL_S) -> Iterator[None]:
     """Shorten the interpreter's GIL switch interval (``sys.setswitchinterval``) to ``seconds`` while the block runs
-    (never lengthen it), then restore the one before: a station run inside another program (tests) leaves it as it
-    found it. At Python's default 5 ms, a reject sink's thread woken for its edge waited up to 5 ms per GIL hand-off
-    behind the Python threads of the inspection loop, console and recorder: with two busy threads, 2 of 3 pulses
-    were dequeued after their deadline (missed); measured in BENCHMARKS.md ("GIL switch interval")."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
+    (never lengthen it), then restore the one found: a station run inside another program (tests) leaves it as it
+    found it. Stations overlapping in one process count as one: the first to start sets it, the last to end restores
+    the interval the first found (the first to end left the other at 5 ms, the last left 0.5 ms for good). At
+    Python's default 5 ms, a reject sink's thread woken for its edge waited up to 5 ms per GIL hand-off behind the
+    Python threads of the inspection loop, console and recorder: with two busy threads, 2 of 3 pulses were dequeued
+    after their deadline (missed); measured in BENCHMARKS.md ("GIL switch interval")."""
+    with _SWITCH_LOCK:
+        _SWITCH_RUNS.append(sys.getswitchinterval())
+        sys.setswitchinterval(min(_SWITCH_RUNS[0], seconds))
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _SWITCH_LOCK:
+            found = _SWITCH_RUNS[0]
+            _SWITCH_RUNS.pop()
+            if not _SWITCH_RUNS:
+                sys.setswitchinterval(found)
 
 
 def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
