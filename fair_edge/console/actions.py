@@ -298,7 +298,7 @@ class StationActions:
         camera = self._camera(camera, required=False) or self.feed.lead_camera
         decider = self._decider(camera)
         current = decider.threshold
-        proposed = current if proposed is None else tuning.check_threshold(proposed)
+        proposed = current if proposed is None else tuning.check_threshold(proposed, _scores_below_zero(decider))
         recent = [v for v in list(self.feed.recent) if v.camera == camera and v.model == decider.model]
         normal, defect, unreviewed = tuning.split_scores(recent, self.labels)
         watch = self.feed.drift.watches.get(camera)   # none while a station of several cameras is still starting
@@ -310,8 +310,9 @@ class StationActions:
 
     def apply_threshold(self, value, who: str, confirm: bool, camera=None) -> dict:
         """Apply a new threshold from the next batch on; audit it and write it to the station file. Several
-        cameras: to ``camera`` only (required), written as its ``cameras[].threshold``. Every input is checked
-        before anything changes (the station file, the switch). Refused (SwapBusy) while a bundle loads (its
+        cameras: to ``camera`` only (required), written as its ``cameras[].threshold``. value: a finite number, > 0
+        unless the model in force can score below 0 (a fused bundle's: ``tuning.check_threshold``). Every input is
+        checked before anything changes (the station file, the switch). Refused (SwapBusy) while a bundle loads (its
         change carries the threshold it was started with) and while a loaded bundle waits for its first batch
         (the scores tuned on are the old model's); applies take turns (``lock``): the station file, the switch
         and the audit log end with the same last threshold. The audit's ``old``: the threshold in force, or the
@@ -322,17 +323,18 @@ class StationActions:
         camera's ``cameras[].bundle``): the answer and the audit row name it (``station_file_bundle``: old, new), and
         ``bundle`` always names the bundle the threshold was applied on (``check_threshold_pairs`` reads it)."""
         who = _who(who)
-        value = tuning.check_threshold(value)
         camera = self._camera(camera, required=True)
+        decider = self._decider(camera)
+        value = tuning.check_threshold(value, _scores_below_zero(decider))
         if self.station_file is not None and self.links.load_station is None:
             raise ConfigError(f"this station cannot write its station file {self.station_file} (no station "
                               "loader was given to check it); the threshold was not changed")
         if confirm is not True:
             raise ConfigError("confirm: expected true (an explicit confirmation), found "
                               f"{confirm!r}; the threshold was not changed")
-        decider = self._decider(camera)
         with self.lock:
             self._threshold_can_change(decider, camera)
+            tuning.check_threshold(value, _scores_below_zero(decider))   # a swap's model may have been taken since
             self.audit.check_writable()   # before the station file and the switch: refused, nothing changed
             pending = decider.switch.pending
             old = pending.threshold if pending is not None and pending.threshold is not None else decider.threshold
@@ -699,6 +701,12 @@ class StationActions:
         if self.feed.inspector is None:
             raise StationStarting("the station is still starting (no inspector yet); try again in a moment")
         return self.feed.inspector
+
+
+def _scores_below_zero(decider) -> bool:
+    """Whether the model ``decider`` runs can score below 0 (a fused bundle: ``tuning.scores_below_zero``), so a
+    threshold at or below 0 may be applied to it; a decider without a scorer (a stand-in) runs a single bundle's."""
+    return tuning.scores_below_zero(getattr(decider, "scorer", None))
 
 
 def applied_thresholds(rows: list[dict], station_file: Path) -> dict[str, dict]:

@@ -77,14 +77,28 @@ def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float
             "defect": np.histogram(defect, edges)[0].tolist(), "calibration_per_100": calib}
 
 
-def check_threshold(value) -> float:
-    """A threshold from the console (JSON or a query) as a float: a finite number > 0, else a ConfigError (the API's
-    400) naming what was found; an integer too large for a float (JSON allows 400 digits) is refused as not finite."""
+def check_threshold(value, below_zero: bool = False) -> float:
+    """A threshold from the console (JSON or a query) as a float, else a ConfigError (the API's 400) naming what was
+    found: a finite number > 0, or with ``below_zero`` (the model in force can score below 0: ``scores_below_zero``)
+    any finite number. An integer too large for a float (JSON allows 400 digits) is refused as not finite."""
+    wanted = "a finite number" if below_zero else "a finite number > 0"
     if is_number(value) and not _float_holds(value):
-        raise ConfigError(f"threshold: expected a finite number > 0, found an integer too large for a float "
+        raise ConfigError(f"threshold: expected {wanted}, found an integer too large for a float "
                           f"({value.bit_length()} bits); send the threshold the page proposes")
-    require(is_number(value) and math.isfinite(value) and value > 0, "threshold", "a finite number > 0", value)
+    require(is_number(value) and math.isfinite(value) and (below_zero or value > 0), "threshold", wanted, value)
     return float(value)
+
+
+def scores_below_zero(scorer) -> bool:
+    """Whether ``scorer`` (the ``FrameScorer`` in force; None: not known) can score a part below 0, so a threshold
+    at or below 0 means something: a fused bundle's (``runtime.fusion.FusedScorer``) does, its scores being in units
+    of its members' normal spread (normal parts about -2 .. 0, its calibrated threshold often below 0). A single
+    bundle's never does: PatchCore's score is a feature distance (times a weight in [0, 1]), FAIR's 1 - MSGMS (GMS
+    <= 1) plus a squared colour difference, LGFDR's 1 - cosine similarity, each smoothed with non-negative weights
+    and taken as a maximum (over an ROI's weights and tiles too), so a threshold <= 0 would reject every part."""
+    from fair_edge.runtime.fusion import FusedScorer   # here: tuning's numbers need no model runtime
+
+    return isinstance(scorer, FusedScorer)
 
 
 def _float_holds(value: int | float) -> bool:

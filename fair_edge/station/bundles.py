@@ -22,7 +22,7 @@ from fair_edge.runtime.hotswap import ModelChange, files_model_id, model_id
 from fair_edge.runtime.selection import select_backend
 from fair_edge.station.config import StationConfig
 from fair_edge.station.decision import DecisionThreshold, decide_threshold
-from fair_edge.station.zones import RegionJudge, RegionSettings, bundle_pixel_threshold
+from fair_edge.station.zones import RegionJudge, RegionSettings, bundle_pixel_threshold, pixel_threshold_fix
 
 if TYPE_CHECKING:  # typing only
     from fair_edge.calibration.threshold import Threshold
@@ -89,11 +89,6 @@ def check_applied_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle) ->
         raise ConfigError(refusal)
 
 
-# what to do when a bundle has no pixel threshold for the regions
-PIXEL_FIX = ("set regions.pixel_threshold in the station file or rebuild the bundle with "
-             "`fair-edge build --normal HELD_OUT_NORMALS`")
-
-
 def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle,
                  graph_threshold: Threshold | None = None) -> RegionJudge | None:
     """The station's region finder and rules (``regions:``), None when off. The pixel threshold is the
@@ -105,7 +100,8 @@ def open_regions(cfg: StationConfig, bundle: Bundle | FusedBundle,
         return None
     value = region_pixel_threshold(settings, bundle, graph_threshold)
     if value is None:
-        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root, PIXEL_FIX)
+        log.warning("defect regions off: bundle %s has no calibrated pixel threshold; %s", bundle.root,
+                    pixel_threshold_fix(bundle))
         return None
     return RegionJudge(settings, value, bundle.map_area)
 
@@ -124,7 +120,8 @@ def region_pixel_threshold(settings: RegionSettings, bundle: Bundle | FusedBundl
         value = calibrated.value if calibrated is not None else None
     if value is None and settings.enabled and settings.has_rules:
         raise ConfigError(f"regions: the station file sets rules but bundle {bundle.root} has no calibrated pixel "
-                          f"threshold (built before defect regions, fused, or without normal images); {PIXEL_FIX}.")
+                          f"threshold (built before defect regions, fused, or without normal images); "
+                          f"{pixel_threshold_fix(bundle)}.")
     return value
 
 

@@ -415,6 +415,23 @@ def bundle_pixel_threshold(bundle, graph_threshold=None):
     return pick(graph_threshold) if pick is not None else getattr(bundle, "pixel_threshold", None)
 
 
+def pixel_threshold_fix(bundle) -> str:
+    """What to do for regions on ``bundle`` when it has no calibrated pixel threshold, in words. A bundle built before
+    regions (or without normal images): rebuild it with normal images, or set one. A fused bundle (``fair-edge fuse``,
+    which records none, and ``fair-edge build`` cannot make one): set one in its map's units, the members' normal
+    spread, where its own threshold marks the pixels that make a part NG (its score is its map's maximum), or turn
+    regions off."""
+    from fair_edge.runtime.fusion import FusedBundle
+
+    if isinstance(bundle, FusedBundle):
+        return ("set regions.pixel_threshold in the station file in the fused map's units (its members' normal "
+                f"spread: the pixels above the bundle's threshold, {bundle.threshold.value:.6g}, are the ones that "
+                "make a part NG), or turn regions off (regions: {enabled: false}); `fair-edge fuse` records no "
+                "pixel threshold, and `fair-edge build` makes no fused bundle")
+    return ("set regions.pixel_threshold in the station file or rebuild the bundle with "
+            "`fair-edge build --normal HELD_OUT_NORMALS`")
+
+
 def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = None,
                      camera: str = "", graph_threshold=None) -> RegionJudge | None:
     """The judge of ``settings`` for ``bundle`` (plain or fused; its ``map_area`` is the frame rectangle its map
@@ -433,9 +450,8 @@ def judge_for_bundle(settings: RegionSettings, bundle, fallback: float | None = 
             log.warning("swapped bundle %s has no pixel threshold; regions%s keep %.6g", getattr(bundle, "root", "?"),
                         where, value)
         elif value is None:
-            log.warning("defect regions off%s: bundle %s has no calibrated pixel threshold; set "
-                        "regions.pixel_threshold or rebuild the bundle with `fair-edge build --normal "
-                        "HELD_OUT_NORMALS`", where, getattr(bundle, "root", "?"))
+            log.warning("defect regions off%s: bundle %s has no calibrated pixel threshold; %s", where,
+                        getattr(bundle, "root", "?"), pixel_threshold_fix(bundle))
             return None
     return RegionJudge(settings, value, bundle.map_area, camera)   # a fused bundle's too (its members')
 

@@ -8,8 +8,11 @@ let polled;          // the threshold in force the last poll of the state found 
 let projecting = false;
 let filled = null;  // {text, value}: the threshold in force as the field shows it (rounded) and exactly
 const camera = () => $("camera").value;
-// the proposed threshold: the exact one in force while the field still shows it unedited, else what was typed
-const proposed = () => filled && $("proposed").value === filled.text ? filled.value : Number($("proposed").value);
+// the proposed threshold: the exact one in force while the field still shows it unedited, else what was typed (any
+// sign: a fused bundle's scores and threshold are often below 0); null for an empty field (or text the number field
+// cannot read), which the station refuses, where Number("") would have sent 0, a threshold a fused bundle takes
+const proposed = () => filled && $("proposed").value === filled.text ? filled.value : typed();
+const typed = () => $("proposed").value.trim() === "" ? null : Number($("proposed").value);
 
 function showCameras(cameras) {
   if (!cameras) return;
