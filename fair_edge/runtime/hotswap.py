@@ -23,7 +23,8 @@ before it is loaded (a reload's threshold check, ``console.actions.check_thresho
 bundle.json counted (``files_model_id``) are still recognised there.
 
 A loaded change can be checked against the frames the station sees before it is switched to (``change_off_grid``): a
-tiled model calibrated on another frame size would decide every frame NG (``station.inspector.ViewDecider.off_grid``).
+tiled model calibrated on another frame size would decide every frame NG (``station.inspector.ViewDecider.off_grid``);
+both ask ``map_off_grid``, the one rule for which maps are checked against which calibrated grid.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fair_edge.errors import BundleError
-from fair_edge.tiling import tile_layout
+from fair_edge.tiling import FrameTiler, tile_layout
 
 if TYPE_CHECKING:  # typing only: the swap slot needs no backend code at run time
     from fair_edge.calibration.threshold import Threshold
@@ -122,38 +123,70 @@ def folder_model_ids(folder) -> tuple[str, ...]:
 
 
 def change_off_grid(change: ModelChange, frame_hw: tuple[int, int]) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
-    """(whose map: "" for the model's own, " (fused member NAME's)"; the (h, w) grid its threshold or statistics
-    were calibrated on; the (h, w) map a frame of ``frame_hw`` (H, W) px gives) for the first tiled map of
-    ``change``'s model that a frame of that size puts off its calibrated grid, as ``ViewDecider.off_grid`` would
-    find it scoring the frame (every such frame NG); None when each fits, none is tiled, or no grid is recorded (a
+    """``map_off_grid`` for ``change``'s model (its scorer and ``change.grid``) on a frame of ``frame_hw`` (H, W) px,
+    each map laid out from its tiling: what the station would find scoring such a frame after the switch (every
+    such frame NG, ``ViewDecider.off_grid``). None when each map fits, none is tiled, or no grid is recorded (a
     threshold given by the station: ``change.grid`` None). ConfigError (``tiling.tile_layout``) when the frame is
     smaller than a tiling takes."""
-    for whose, tiler, grid in _tiled_maps(change):
-        live = tile_layout(tuple(frame_hw), tiler.tiling, tiler.image_size).map_hw
-        if tuple(live) != tuple(grid):
-            return whose, tuple(grid), tuple(live)
+    return map_off_grid(change.scorer, change.grid, frame_hw)
+
+
+def map_off_grid(scorer, grid: tuple[int, int] | None, frame_hw: tuple[int, int],
+                 map_hw: tuple[int, int] | None = None) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+    """(whose map: " (fused member NAME's)" for a fused scorer's member, "" for the map the score is taken from;
+    the (h, w) grid its threshold or statistics were calibrated on; the (h, w) map a frame of ``frame_hw`` (H, W) px
+    gives) for the first of ``scorer``'s maps such a frame puts off its calibrated grid: each tiled member's own map
+    of a fused scorer against its recorded grid (``FusedBundle.member_grids``), in member order, then the scored
+    map against ``grid`` (a fused map lies on its first member's grid). None when each fits, or when ``grid`` is
+    None: no grid is recorded for the threshold in force (the station file's), so no map is checked. The one rule
+    the station decides frames by (``ViewDecider.off_grid``) and a console swap checks before switching
+    (``change_off_grid``). map_hw: the scored map's (h, w), as the station scored it; None: laid out from its
+    tiling (a whole-frame map, whose grid does not change with the frame, is then not checked). ConfigError
+    (``tiling.tile_layout``) when the frame is smaller than a tiling takes."""
+    if grid is None:
+        return None
+    members = fused_members(scorer)
+    for name, member, recorded in members:
+        live = laid_out_map(member, frame_hw)
+        if recorded is not None and live is not None and live != tuple(recorded):
+            return f" (fused member {name}'s)", tuple(recorded), live
+    scored = tuple(map_hw) if map_hw is not None else laid_out_map(members[0][1] if members else scorer, frame_hw)
+    if scored is not None and scored != tuple(grid):
+        return "", tuple(grid), scored
     return None
 
 
-def _tiled_maps(change: ModelChange) -> list[tuple[str, Any, tuple[int, int]]]:
-    """(whose map, its ``tiling.FrameTiler``, its calibrated (h, w) grid) of each tiled map ``change``'s scorer makes
-    whose grid is recorded: a tiled bundle's (``BundleScorer.tiler``, ``change.grid``); a fused scorer's tiled
-    members' (``FusedScorer.backend.scorers``, ``FusedBundle.member_grids``), then the fused map's, which lies on the
-    first member's grid (``change.grid``)."""
-    scorer = change.scorer
+def laid_out_map(scorer, frame_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of the map a tiled ``scorer`` (``BundleScorer.tiler``) makes of a frame of ``frame_hw`` (H, W) px, laid
+    out as its ``FrameTiler`` splits and stitches it (``tiling.tile_layout``); None for a whole-frame one or a scorer
+    without a tiler. ConfigError when the frame is smaller than its tiling takes."""
+    tiler = getattr(scorer, "tiler", None)
+    if tiler is None or tiler.tiling is None:
+        return None
+    return tuple(tile_layout(tuple(frame_hw), tiler.tiling, tiler.image_size).map_hw)
+
+
+def frame_tilers(scorer, grid: tuple[int, int] | None = None) -> list[tuple[str, FrameTiler, tuple | None]]:
+    """(whose tiling, the tiler, (h, w) map grid its threshold or statistics were calibrated on or None) for each
+    tiler ``scorer`` cuts frames with: a tiled bundle's (``BundleScorer.tiler``: "the bundle's", ``grid``), each
+    tiled member's of a fused scorer ("fused member m1's", its own recorded grid: ``fused_members``); [] for
+    whole-frame models and scorers without a tiler."""
     tiler = getattr(scorer, "tiler", None)
     if tiler is not None:
-        return [("", tiler, change.grid)] if tiler.tiling is not None and change.grid is not None else []
+        return [("the bundle's", tiler, grid)] if tiler.tiling is not None else []
+    return [(f"fused member {name}'s", tiler, recorded) for name, member, recorded in fused_members(scorer)
+            for _, tiler, _ in frame_tilers(member)]
+
+
+def fused_members(scorer) -> list[tuple[str, Any, tuple[int, int] | None]]:
+    """(folder name, its ``FrameScorer``, the (h, w) grid its statistics were fitted on or None) of each member of a
+    fused scorer (``FusedScorer.backend.scorers``, ``FusedBundle.members`` and ``member_grids``; names m0, m1, ...
+    where the bundle names none), in member order; [] for any other scorer."""
     members = list(getattr(getattr(scorer, "backend", None), "scorers", ()))
     fused = getattr(scorer, "bundle", None)
     names = [m.root.name for m in getattr(fused, "members", ())] or [f"m{i}" for i in range(len(members))]
     grids = list(getattr(fused, "member_grids", ()) or (None,) * len(members))
-    found = [(f" (fused member {name}'s)", member.tiler, grid) for member, name, grid in zip(members, names, grids)
-             if getattr(member, "tiler", None) is not None and member.tiler.tiling is not None and grid is not None]
-    first = getattr(members[0], "tiler", None) if members else None
-    if first is not None and first.tiling is not None and change.grid is not None:
-        found.append(("", first, change.grid))
-    return found
+    return list(zip(names, members, grids))
 
 
 @dataclass(frozen=True)

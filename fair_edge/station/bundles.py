@@ -73,17 +73,20 @@ def resolve_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, graph_th
     return decide_threshold(cfg.threshold, bundle, roi, graph_threshold)
 
 
-def check_applied_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle) -> None:
-    """At start, before anything opens: ConfigError when the station file's threshold (``cfg.threshold``) is the one
-    last applied to it from the console (``OUTPUT/audit.jsonl``'s row, naming the model it was applied on) and
-    ``bundle`` (loaded from ``cfg.bundle``) holds another model: ``bundle:`` edited since, or its folder rebuilt
-    with another model. The error names the threshold, the model and bundle it was applied on, the bundle named now
-    and the fix (set ``decision.threshold`` for it, or null: its own calibrated one). The check a reload makes
-    (``StationActions.check_threshold_pairs``); one camera (a station of several cameras is not checked here)."""
+def check_applied_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, camera: str = "") -> None:
+    """At start, before anything opens: ConfigError when the threshold the station file sets for ``camera``
+    (``cfg.threshold``) is the one last applied to it from the console (``OUTPUT/audit.jsonl``'s row for the camera,
+    naming the model it was applied on) and ``bundle`` (loaded from ``cfg.bundle``) holds another model: ``bundle:``
+    edited since, or its folder rebuilt with another model. The error names the threshold (and the camera), the
+    model and bundle it was applied on, the bundle named now and the fix (set ``decision.threshold``, or the
+    camera's ``cameras[].threshold``, for it, or null: its own calibrated one). The check a reload makes
+    (``StationActions.check_threshold_pairs``). camera: "" for a station of one camera; else the name of one of
+    several, with ``cfg`` the station as that camera sees it (``config.view_config``: its bundle and threshold, else
+    the station's; ``cell.CellModels`` checks each camera so)."""
     if cfg.source_file is None or cfg.threshold is None:
         return
-    row = applied_thresholds(Journal(cfg.output / AUDIT).read(), cfg.source_file).get("")
-    named = CameraBundle("", Path(cfg.bundle), False, cfg.threshold)
+    row = applied_thresholds(Journal(cfg.output / AUDIT).read(), cfg.source_file).get(camera)
+    named = CameraBundle(camera, Path(cfg.bundle), False, cfg.threshold)
     refusal = threshold_pair_refusal(cfg.source_file, row, named, (model_id(bundle), files_model_id(bundle)), "start")
     if refusal:
         raise ConfigError(refusal)

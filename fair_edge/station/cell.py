@@ -37,7 +37,8 @@ from fair_edge.errors import ConfigError
 from fair_edge.records import Frame, Verdict, new_run_id
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import model_id
-from fair_edge.station.bundles import load_roi, open_regions, open_scorer, read_bundle, resolve_threshold
+from fair_edge.station.bundles import (check_applied_threshold, load_roi, open_regions, open_scorer, read_bundle,
+                                      resolve_threshold)
 from fair_edge.station.cell_console import open_cell_console
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
@@ -109,7 +110,9 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
 
 
 class CellModels:
-    """One loaded model per distinct bundle, and each camera's ``ViewDecider`` over it."""
+    """One loaded model per distinct bundle, and each camera's ``ViewDecider`` over it. Each camera's threshold is
+    checked against its loaded bundle before its model opens (``bundles.check_applied_threshold``: one applied from
+    the console on another model is refused, ConfigError naming the camera)."""
 
     def __init__(self, cfg: StationConfig, scorer=None) -> None:
         self.views: dict[str, ViewDecider] = {}
@@ -121,8 +124,10 @@ class CellModels:
                 if vcfg.bundle is None:
                     raise ConfigError(f"cameras ({view.name}): no bundle; set bundle: for the station or the camera.")
                 key = Path(vcfg.bundle).resolve()
-                if key not in self.bundles:
-                    bundle = read_bundle(vcfg.bundle)
+                loaded = self.bundles.get(key)
+                bundle = read_bundle(vcfg.bundle) if loaded is None else loaded[0]
+                check_applied_threshold(vcfg, bundle, view.name)   # applied from the console on another model: refused
+                if loaded is None:
                     self.bundles[key] = (bundle, scorer or open_scorer(bundle, cfg.backend))
                 bundle, shared = self.bundles[key]
                 roi = load_roi(vcfg.roi, bundle)

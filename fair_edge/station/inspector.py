@@ -40,7 +40,7 @@ import numpy as np
 from fair_edge import fields as f
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.hotswap import ModelSwitch, retire_unused
+from fair_edge.runtime.hotswap import ModelSwitch, frame_tilers, map_off_grid, retire_unused
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict, json_file_text
 from fair_edge.station.zones import judge_for_bundle, settings_change
@@ -257,22 +257,6 @@ def _region_error_outcome(decider: ViewDecider) -> str:
     return "regions only report on this camera, so each such frame is decided by its score, without regions"
 
 
-def frame_tilers(scorer: FrameScorer, grid: tuple | None = None) -> list[tuple[str, FrameTiler, tuple | None]]:
-    """(whose tiling, the tiler, (h, w) map grid its threshold or statistics were calibrated on or None) for each
-    tiler ``scorer`` cuts frames with: a tiled bundle's (``BundleScorer.tiler``: "the bundle's", ``grid``), each
-    tiled member's of a fused scorer (``FusedScorer.backend.scorers``: "fused member m1's", its own recorded grid,
-    ``FusedBundle.member_grids``); [] for whole-frame models and scorers without a tiler."""
-    tiler = getattr(scorer, "tiler", None)
-    if tiler is not None:
-        return [("the bundle's", tiler, grid)] if tiler.tiling is not None else []
-    members = getattr(getattr(scorer, "backend", None), "scorers", ())
-    fused = getattr(scorer, "bundle", None)
-    names = [m.root.name for m in getattr(fused, "members", ())] or [f"m{i}" for i in range(len(members))]
-    grids = getattr(fused, "member_grids", ()) or (None,) * len(members)
-    return [(f"fused member {name}'s", tiler, member_grid) for member, name, member_grid in zip(members, names, grids)
-            for _, tiler, _ in frame_tilers(member)]
-
-
 def smallest_frame(tiling: TilingConfig) -> tuple[int, int]:
     """(height, width) px of the smallest frame ``tiling`` fits: one tile, or its ``roi`` (x + width, y + height)."""
     if tiling.roi is None:
@@ -314,14 +298,18 @@ class ViewDecider:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per pair of
         grids. A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. A fused
-        scorer's map lies on its first member's grid, so each member's own map is checked against its own recorded
-        grid (``FusedScorer.member_off_grid``), whatever its place. Region rules that decide the verdict use the pixel
-        threshold, which holds on any grid: then nothing is checked."""
-        if self.grid is None or (self.regions is not None and self.regions.decides):
+        scorer's map lies on its first member's grid, so each tiled member's own map is checked against its own
+        recorded grid, whatever its place (``hotswap.map_off_grid``, the rule a console swap checks by too). Region
+        rules that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
+        if self.regions is not None and self.regions.decides:
             return ""
-        calibrated, live, whose, fix = self._grids(frame_hw, tuple(map_hw))
-        if live == calibrated:
+        found = map_off_grid(self.scorer, self.grid, frame_hw, tuple(map_hw))
+        if found is None:
             return ""
+        whose, calibrated, live = found
+        fix = ("Fuse the members with held-out normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR "
+               "--out FUSED`)" if whose else "Build with held-out normal frames from this camera "
+               "(`fair-edge build --normal DIR`)")
         reason = (f"threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's held-out frames), but "
                   f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {live[0]} x {live[1]} map{whose}: a tiled model's "
                   f"score then means something else. {fix}, or set decision.threshold")
@@ -329,19 +317,6 @@ class ViewDecider:
             self._warned_grids.add((calibrated, live))
             log.error("frames rejected: %s", reason)
         return reason
-
-    def _grids(self, frame_hw: tuple[int, int], map_hw: tuple[int, ...]) -> tuple[tuple, tuple, str, str]:
-        """(calibrated (h, w), this frame's (h, w), whose map it is ('' or ' (fused member m1's)'), how to calibrate
-        the threshold again): a fused scorer's first member off its own recorded grid, else this view's grid and the
-        scored map's."""
-        member_off_grid = getattr(self.scorer, "member_off_grid", None)
-        found = member_off_grid(frame_hw) if callable(member_off_grid) else None
-        if found is not None:
-            name, calibrated, live = found
-            return (tuple(calibrated), tuple(live), f" (fused member {name}'s)", "Fuse the members with held-out "
-                    "normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR --out FUSED`)")
-        return (tuple(self.grid), map_hw, "", "Build with held-out normal frames from this camera "
-                "(`fair-edge build --normal DIR`)")
 
     def check_fits(self, frame_hw: tuple[int, int]) -> None:
         """Raise ConfigError when a frame of ``frame_hw`` (H, W) px is smaller than a tiling of this view's scorer
