@@ -513,9 +513,8 @@ class FusedScorer:
     ``fuse_maps`` makes one map and score. ``graph_threshold`` is None: the fused bundle's one threshold is
     calibrated on the fused score, of the graphs the members ran on when fused (``FusedBundle.fitted_on``); a
     member run here on another graph is warned about (``check_fitted_graphs``). The fused map lies on the first
-    member's grid, so a later tiled member's map, resized onto it, no longer shows the frame's size: each
-    member's own map grid is kept per frame size scored, and ``member_off_grid`` names the first member whose map
-    lies off the grid its statistics were fitted on (the station's ``ViewDecider.off_grid``: NG, fail-safe)."""
+    member's grid, so a later tiled member's map, resized onto it, no longer shows the frame's size: the station
+    checks each tiled member's grid from the frame size itself (``runtime.hotswap.map_off_grid``: NG, fail-safe)."""
 
     graph_threshold = None
 
@@ -526,27 +525,11 @@ class FusedScorer:
         self.backend = _Members([select_backend(m, backend) for m in bundle.members])
         self.reason = f"fusion ({bundle.rule}) of " + "; ".join(c.reason for c in self.backend.scorers)
         self.off_graph = check_fitted_graphs(bundle, self.backend.scorers)
-        # frame (H, W) px -> each member's map (h, w) on such frames (a function of the frame size, so kept per size)
-        self._member_map_grids: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
 
     def infer_frames(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """frames: list of (H, W, 3) uint8 BGR. Returns (fused maps (N, h, w) float32, scores (N,) float32)."""
         maps = [c.infer_frames(frames)[0] for c in self.backend.scorers]
-        grids = tuple(tuple(np.shape(m)[1:]) for m in maps)
-        for frame_hw in {tuple(f.shape[:2]) for f in frames}:
-            self._member_map_grids[frame_hw] = grids
         return fuse_maps(maps, self.bundle.stats, self.bundle.rule)
-
-    def member_off_grid(self, frame_hw: tuple[int, int]) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
-        """(member folder name, (h, w) grid its statistics were fitted on, (h, w) of its map of a frame of
-        ``frame_hw`` (H, W) px) for the first member, in member order, whose own map of such frames lies off its
-        recorded grid; None when every member's lies on its own, its grid is not recorded (``member_grids``), or no
-        frame of that size was scored yet."""
-        live = self._member_map_grids.get(tuple(frame_hw), ())
-        for member, recorded, grid in zip(self.bundle.members, self.bundle.member_grids, live):
-            if recorded is not None and tuple(grid) != tuple(recorded):
-                return member.root.name, tuple(recorded), tuple(grid)
-        return None
 
 
 def check_fitted_graphs(bundle: FusedBundle, scorers: Sequence) -> list[str]:
