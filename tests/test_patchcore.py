@@ -242,7 +242,7 @@ def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
     assert sum(v["ng"] for v in verdicts) >= 5
     r = invoke("fuse", tmp_path / "bundle--fp16", tmp_path / "bundle--int8", "--normal", mvtec_dir,   # its test/good
                "--out", tmp_path / "fused")
-    assert r.exit_code == 0 and "m1: m1: PatchCore on efficientnet_lite0" in r.output, r.output
+    assert r.exit_code == 0 and f"m1: {tmp_path / 'bundle--int8'}: PatchCore on efficientnet_lite0" in r.output, r.output
     r = invoke("bench", "--synthetic-model", "patchcore", "--image-size", 32, "--frames", "64x48", "--batches", 1,
                "--seconds", 0.3, "--warmup", 0.1, "--threads", 1, "--mode", "compute", "--json", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
