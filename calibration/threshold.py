@@ -17,6 +17,10 @@ The margin covers float differences between engines, not int8 kernels: OpenVINO 
 up to 0.9 % apart from ONNX Runtime (a normal 0.1 % under the threshold was NG there), so the build calibrates a
 threshold on each engine's own scores of that graph (``export.build._openvino_thresholds``); on FP32 and FP16
 graphs the two agree within 2.1e-6 relative and share one.
+
+Bundles built before the margin (fair-edge ``MARGIN_COMMIT``) hold thresholds exactly on the k-th normal score;
+``margin_at_load`` gives what the rule makes of such a threshold from the normal scores it records, and
+``export.bundle`` applies it when it loads one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ DEFAULT_FALSE_REJECT_RATE = 0.005
 # RELATIVE_MARGIN * |score| + ABSOLUTE_MARGIN (score units); see ``margin``.
 RELATIVE_MARGIN = 1e-3
 ABSOLUTE_MARGIN = 1e-6
+MARGIN_COMMIT = "9850f8b"   # the fair-edge commit from which the build keeps ``margin`` above the k-th normal score
+QUANTILES_COMMIT = "0f7ffeb"   # the one from which a Threshold records its normal scores (``normal_quantiles``)
 SPREAD_FLOOR = 1e-6   # least std of normal scores, as a share of their mean (float32 keeps ~7 digits); see check_spread
 
 
@@ -137,6 +143,45 @@ def threshold_in_gap(sorted_scores: np.ndarray, allowed: float) -> float:
     upper = float(sorted_scores[above])
     threshold = allowed + min(margin(allowed), (upper - allowed) / 2)
     return float(threshold if allowed <= threshold < upper else allowed)
+
+
+@dataclass(frozen=True)
+class LoadMargin:
+    """What today's rule makes of a threshold a build wrote (``margin_at_load``). value: the threshold to decide with
+    (score units): ``margin`` above the top recorded normal score where the threshold sat on it, else the one written.
+    moved: value differs from the one written. unresolved: why the rule cannot be applied exactly to a threshold that
+    may sit on a normal score ("" when it could, or needs none); value is then the one written."""
+
+    value: float
+    moved: bool = False
+    unresolved: str = ""
+
+
+def margin_at_load(threshold: Threshold) -> LoadMargin:
+    """Today's threshold for a 'normal-quantile' ``threshold`` read from a bundle, judged on the normal scores it records
+    (``normal_quantiles``: its 0th..100th percentiles, the 100th the highest normal score exactly).
+
+    A build before ``MARGIN_COMMIT`` put it exactly on the k-th normal score, where another backend's ~1e-6 rejects
+    that normal. On the top recorded score (k = n: every build at the default rate with up to 200 normals) the rule
+    (``threshold_in_gap``) gives ``margin`` above it, exactly the value today's build writes: moved. On no recorded
+    score (today's, in a gap; or another method's): kept. Unresolved, kept: no scores recorded (built before
+    ``QUANTILES_COMMIT``, so also before the margin), or on an inner recorded score, whose next higher normal, which
+    bounds the rule's gap, bundle.json does not keep. A threshold on an inner normal score that falls between
+    recorded percentiles (k < n, 100 (k - 1) / (n - 1) not whole: 400 normals at the default rate) cannot be told
+    from a newer one: kept, unsaid."""
+    value, recorded = threshold.value, threshold.normal_quantiles
+    if threshold.method != "normal-quantile":
+        return LoadMargin(value)
+    if not recorded:
+        return LoadMargin(value, unresolved=f"its calibration records no normal scores (built before fair-edge "
+                                            f"{QUANTILES_COMMIT}, so before {MARGIN_COMMIT} put a margin above them)")
+    if value == recorded[-1]:
+        return LoadMargin(threshold_in_gap(np.asarray([value], np.float64), value), moved=True)
+    if value in recorded:
+        return LoadMargin(value, unresolved=(
+            f"it sits on its recorded normal score at percentile {recorded.index(value)}, not the top one, and the "
+            "margin rule needs the next higher normal score, which the bundle does not record"))
+    return LoadMargin(value)
 
 
 def quantile_threshold(normal_scores, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE) -> float:

@@ -9,8 +9,9 @@
   4. decision threshold from normal scores of the deployed graph (plus F1 with defects); the normal frames'
      anomaly maps are kept (``normal_maps.npy``: a station with an ROI calibrates its own threshold on them);
      likewise for every other graph a backend runs, with its own pixel threshold: an INT8 bundle's CPU graph
-     (``graph.cpu``; scored on OpenVINO too where it is installed, for OpenVINO's own thresholds of it,
-     ``graph.cpu.openvino``: its int8 kernels score that graph up to 0.9 % apart) and, for FP16/INT8, the FP32
+     (``graph.cpu``; scored on OpenVINO too where it is installed, for OpenVINO's own thresholds and normal maps of
+     it, ``graph.cpu.openvino``, ``openvino_normal_maps.npy``: its int8 kernels score that graph up to 0.9 % apart)
+     and, for FP16/INT8, the FP32
      reference graph (``fp32_threshold``, ``fp32_pixel_threshold``, ``fp32_normal_maps.npy``: the PyTorch backends
      run the FP32 weights). The FP32 graph is scored on the
      held-out frames once per build (``_HeldOut``), shared by the quality gate, the accuracy probe and its threshold,
@@ -80,6 +81,9 @@ GATE_DONE = "done: "   # the start of the quality gate's last step (``on_gate_st
 # the manifest's FP32 reference entries of a bundle without them (FP32: its own thresholds are that graph's; no frames)
 NO_FP32_REFERENCE = {"fp32_threshold": None, "fp32_pixel_threshold": None, "fp32_normal_maps": None}
 STALE_AGE_S = 3600.0   # a staging folder without a process id (older fair-edge) unchanged this long is abandoned, s
+# the INT8 CPU graph's held-out normal maps as OpenVINO scores them (``graph.cpu.openvino.normal_maps``): a station with
+# decision.roi calibrates OpenVINO's ROI threshold on them, as ONNX Runtime's on ``cpu_normal_maps.npy``
+OPENVINO_NORMAL_MAPS = "openvino_normal_maps.npy"
 
 
 @dataclass(frozen=True)
@@ -606,17 +610,28 @@ def _fp32_reference(graph: Path, fp32: Path, options: BuildOptions, held: HeldOu
 def _cpu_entry(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str, out: Path) -> dict:
     """INT8: the manifest's ``graph.cpu``: the CPU graph's file, its image and pixel thresholds (calibrated on ONNX
     Runtime's scores and held-out normal maps, as the main graph's), those maps (``cpu_normal_maps.npy`` written), and
-    the thresholds calibrated on OpenVINO's scores of it (``openvino``: ``_openvino_thresholds``)."""
+    the thresholds and maps of OpenVINO's scores of it (``openvino``: ``_openvino_entry``)."""
     threshold, pixel, maps = _threshold(cpu_graph, options, held, source)
     return {"onnx": cpu_graph.name, "threshold": threshold.to_dict() if threshold else None,
             "pixel_threshold": pixel.to_dict() if pixel else None,
             "normal_maps": write_normal_maps(out, CPU_NORMAL_MAPS, maps),
-            "openvino": _openvino_thresholds(cpu_graph, options, held, source).to_dict()}
+            "openvino": _openvino_entry(cpu_graph, options, held, source, out)}
 
 
-def _openvino_thresholds(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str) -> EngineThresholds:
-    """The INT8 CPU graph's image and pixel thresholds calibrated on OpenVINO's scores and maps of the held-out frames
-    (defects too: its F1), as ``_cpu_entry``'s are on ONNX Runtime's: OpenVINO's int8 kernels score that graph up to
+def _openvino_entry(cpu_graph: Path, options: BuildOptions, held: HeldOut | None, source: str, out: Path) -> dict:
+    """The manifest's ``graph.cpu.openvino``: ``_openvino_thresholds``' thresholds and the held-out normal maps
+    OpenVINO made of the CPU graph (``openvino_normal_maps.npy`` written; ``normal_maps`` null without them), on which
+    a station with decision.roi calibrates OpenVINO's ROI threshold: ONNX Runtime's maps are up to 0.9 % off its
+    scale, as its scores are (a threshold on them rejected a held-out normal on OpenVINO)."""
+    thresholds, maps = _openvino_thresholds(cpu_graph, options, held, source)
+    return {**thresholds.to_dict(), "normal_maps": write_normal_maps(out, OPENVINO_NORMAL_MAPS, maps)}
+
+
+def _openvino_thresholds(cpu_graph: Path, options: BuildOptions, held: HeldOut | None,
+                         source: str) -> tuple[EngineThresholds, list[np.ndarray]]:
+    """(the INT8 CPU graph's image and pixel thresholds calibrated on OpenVINO's scores and maps of the held-out frames
+    (defects too: its F1), as ``_cpu_entry``'s are on ONNX Runtime's; OpenVINO's (h, w) float32 maps of the held-out
+    normal frames, [] where it gave none). OpenVINO's int8 kernels score that graph up to
     0.9 % apart (PatchCore, 118 ELPV normals; 0.7 % on 12 bracket ones), and a threshold 1e-3 above the top normal on
     ONNX Runtime rejected that normal on OpenVINO. FP32 and FP16 graphs are not scored twice: the two engines agree
     on them within 2.1e-6 relative (the same bundles), far inside the 1e-3 margin (``calibration.threshold.margin``),
@@ -628,16 +643,16 @@ def _openvino_thresholds(cpu_graph: Path, options: BuildOptions, held: HeldOut |
         log.info("OpenVINO is not installed: the INT8 CPU graph's thresholds are calibrated on ONNX Runtime only, and "
                  "`backend: auto` will not pick OpenVINO for this bundle (pip install openvino, then rebuild, to have "
                  "both)")
-        return EngineThresholds(None, None, "", "OpenVINO was not installed where the bundle was built")
+        return EngineThresholds(None, None, "", "OpenVINO was not installed where the bundle was built"), []
     try:
-        threshold, pixel, _ = _threshold(cpu_graph, options, held, f"{source}, scored by OpenVINO {version}",
-                                         OpenVinoGraph)
+        threshold, pixel, maps = _threshold(cpu_graph, options, held, f"{source}, scored by OpenVINO {version}",
+                                            OpenVinoGraph)
     except Exception as exc:  # noqa: BLE001 - OpenVINO's own error types, NaN scores (ExportError): named, not fatal
         why = f"OpenVINO {version} could not score {cpu_graph.name}: {type(exc).__name__}: {str(exc)[:200]}"
         log.warning("%s; the bundle keeps ONNX Runtime's thresholds only, and `backend: auto` will not pick OpenVINO "
                     "for it", why)
-        return EngineThresholds(None, None, version, why)
-    return EngineThresholds(threshold, pixel, version)
+        return EngineThresholds(None, None, version, why), []
+    return EngineThresholds(threshold, pixel, version), maps
 
 
 def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: Threshold | None,

@@ -6,9 +6,10 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   weights: the fp32 checkpoint file (PyTorch backend); graph: {onnx, reference_onnx, opset, max_batch,
   cpu: {onnx, threshold, pixel_threshold, normal_maps, openvino} of the INT8 graph for CPU engines, or null; its
   pixel_threshold absent in bundles built before each graph kept its own; threshold and pixel_threshold are
-  ONNX Runtime's; openvino: {threshold, pixel_threshold, version, missing} calibrated on OpenVINO's scores of the
-  same graph and normal images (``EngineThresholds``; thresholds null and missing saying why where OpenVINO was not
-  installed or could not score it), absent in bundles built before it was kept};
+  ONNX Runtime's; openvino: {threshold, pixel_threshold, version, missing, normal_maps} calibrated on OpenVINO's
+  scores of the same graph and normal images, and OpenVINO's maps of them (``EngineThresholds``; thresholds and
+  normal_maps null and missing saying why where OpenVINO was not installed or could not score it; normal_maps absent
+  in bundles built before they were kept), absent in bundles built before it was kept};
   threshold: Threshold or null; pixel_threshold: the defect regions' PixelThreshold (``fair_edge.regions``)
   or null (absent in bundles built before regions); normal_maps: {file, count, of, shape: the full maps' [h, w],
   pool: f when max-pooled by f to fit 64 MiB (the file then .npz)} of the held-out normal anomaly maps (``export.normal_maps``: a station with an ROI calibrates its threshold on them), or
@@ -29,7 +30,8 @@ bundle.json (format "fair-edge-bundle", version 2) carries every setting the run
   so an edited threshold, cutoff or any other setting is refused like a modified file.
 ``load_bundle`` verifies all of it, and that each graph takes the model's inputs and returns its outputs
 (``export.onnx_scan`` reads that from the graph without its weights); ``check_engine_target`` refuses an engine
-built elsewhere.
+built elsewhere. A bundle built before fair-edge 9850f8b holds each threshold exactly on its top held-out normal's score
+(today's build puts it a margin above): it loads with that margin applied, logged once (``apply_load_margins``).
 Version 1 bundles (before model families: model {width, in_channels, image_size}, top-level
 preprocess and scoring) are FAIR bundles and still load.
 """
@@ -41,12 +43,12 @@ import json
 import logging
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from fair_edge.calibration.threshold import Threshold
+from fair_edge.calibration.threshold import MARGIN_COMMIT, Threshold, margin_at_load
 from fair_edge.regions import PixelThreshold
 from fair_edge.checksums import sha256_file
 from fair_edge.errors import BundleError, ConfigError
@@ -94,12 +96,16 @@ class EngineThresholds:
 
     threshold: Threshold, None when the build had no images or the engine could not score them (``missing`` says
     why); pixel_threshold: PixelThreshold or None; version: the engine's version that scored them; missing: why
-    there are none ("OpenVINO is not installed"), "" when there are."""
+    there are none ("OpenVINO is not installed"), "" when there are; normal_maps_path: the held-out normal maps
+    that engine made of the graph (``export.normal_maps``, checksummed; a station with decision.roi calibrates its ROI
+    threshold on them), None without them or in bundles built before they were kept. ``to_dict`` leaves it out: the
+    build writes the maps' manifest entry (``normal_maps``), ``from_dict`` is given the path it names."""
 
     threshold: Threshold | None
     pixel_threshold: PixelThreshold | None
     version: str = ""
     missing: str = ""
+    normal_maps_path: Path | None = None
 
     def to_dict(self) -> dict:
         return {"threshold": self.threshold.to_dict() if self.threshold else None,
@@ -107,10 +113,28 @@ class EngineThresholds:
                 "version": self.version, "missing": self.missing}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EngineThresholds":
+    def from_dict(cls, data: dict, normal_maps_path: Path | None = None) -> "EngineThresholds":
         return cls(Threshold.from_dict(data["threshold"]) if data.get("threshold") else None,
                    _pixel_threshold(data.get("pixel_threshold")), str(data.get("version") or ""),
-                   str(data.get("missing") or ""))
+                   str(data.get("missing") or ""), normal_maps_path)
+
+
+@dataclass(frozen=True)
+class MarginMove:
+    """A threshold of a bundle built before fair-edge 9850f8b that sat on its top held-out normal score, moved at load
+    by today's margin rule (``calibration.threshold.margin_at_load``). attribute: the Bundle's ('threshold',
+    'cpu_threshold', 'fp32_threshold'); key: its bundle.json key; old: the value bundle.json holds; new: the one in
+    force (score units)."""
+
+    attribute: str
+    key: str
+    old: float
+    new: float
+
+
+# the Bundle fields holding a build's image thresholds, each with its bundle.json key (``apply_load_margins``)
+THRESHOLD_FIELDS = (("threshold", "threshold"), ("cpu_threshold", "graph.cpu.threshold"),
+                    ("fp32_threshold", "fp32_threshold"))
 
 
 @dataclass(frozen=True)
@@ -124,8 +148,9 @@ class Bundle:
     weights_path: fp32 weights as a fair-edge checkpoint (no training state), for the PyTorch backend.
     cpu_onnx_path, cpu_threshold: INT8 bundles: the graph CPU engines run (``calibration.int8_cpu``;
     the TensorRT Q/DQ graph runs slower than FP32 there) and the threshold calibrated on ONNX Runtime's scores of it.
-    cpu_openvino: the CPU graph's thresholds calibrated on OpenVINO's scores of it (``EngineThresholds``); None in
-    bundles built before they were kept, and for FP32/FP16 bundles (both engines score those graphs alike).
+    cpu_openvino: the CPU graph's thresholds calibrated on OpenVINO's scores of it, and its normal maps
+    (``EngineThresholds``); None in bundles built before they were kept, and for FP32/FP16 bundles (both engines
+    score those graphs alike).
     pixel_threshold: the defect regions' pixel threshold (``fair_edge.regions``), calibrated on the same
     normal images as ``threshold``; None in bundles built before regions (the station then finds none
     unless its file sets ``regions.pixel_threshold``). cpu_pixel_threshold, fp32_pixel_threshold: the same,
@@ -137,6 +162,7 @@ class Bundle:
     fp32_threshold, fp32_normal_maps_path: FP16/INT8 bundles: the threshold and normal maps of the FP32
     reference graph, which the PyTorch backends' FP32 weights reproduce (parity-checked at build); None for
     FP32 bundles (``threshold`` is the FP32 graph's), without normal images, or in bundles built before them.
+    margin_moves: the thresholds moved at load (``apply_load_margins``), () when none was.
     """
 
     root: Path
@@ -166,6 +192,7 @@ class Bundle:
     facts: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+    margin_moves: tuple[MarginMove, ...] = ()
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -203,6 +230,58 @@ class Bundle:
         if own is None and self.pixel_threshold is not None:
             _warn_main_pixel_threshold(self, graph)
         return own if own is not None else self.pixel_threshold
+
+    def margin_move(self, threshold: Threshold | None) -> MarginMove | None:
+        """The move ``apply_load_margins`` made to get ``threshold`` (one of this bundle's thresholds, e.g. a scorer's
+        ``graph_threshold``), None where it made none."""
+        if threshold is None:
+            return None
+        return next((move for move in self.margin_moves if getattr(self, move.attribute) == threshold), None)
+
+
+# (bundle folder, bundle.json checksum) whose thresholds' margin at load was logged
+_MARGIN_LOGGED: set[tuple[Path, str]] = set()
+
+
+def apply_load_margins(bundle: Bundle, data: dict) -> Bundle:
+    """``bundle`` (read from the manifest ``data``) with today's threshold rule applied to each image threshold of
+    ``THRESHOLD_FIELDS`` (``margin_at_load``): one a build before fair-edge 9850f8b put exactly on the top held-out
+    normal score (the station would reject that normal on another backend's ~1e-6) is moved ``margin`` above it,
+    recorded in ``margin_moves``; any other is kept. Logged once per bundle (``_log_load_margins``)."""
+    moves, unresolved, moved = [], [], {}
+    for name, key in THRESHOLD_FIELDS:
+        threshold = getattr(bundle, name)
+        if threshold is None:
+            continue
+        result = margin_at_load(threshold)
+        if result.moved:
+            moved[name] = replace(threshold, value=result.value)
+            moves.append(MarginMove(name, key, threshold.value, result.value))
+        elif result.unresolved:
+            unresolved.append(f"{key} {threshold.value:.9g}: {result.unresolved}")
+    _log_load_margins(bundle, data, moves, unresolved)
+    return replace(bundle, **moved, margin_moves=tuple(moves)) if moves else bundle
+
+
+def _log_load_margins(bundle: Bundle, data: dict, moves: list[MarginMove], unresolved: list[str]) -> None:
+    """Log, once per bundle folder and bundle.json, the thresholds moved at load (old and new value) and those
+    whose margin the bundle does not record enough to apply, each with the command that rebuilds the bundle."""
+    key = (bundle.root, str(data.get(METADATA_KEY, "")))
+    if (not moves and not unresolved) or key in _MARGIN_LOGGED:
+        return
+    _MARGIN_LOGGED.add(key)
+    rebuild = _rebuild_hint(data)
+    if moves:
+        told = ", ".join(f"{m.key} {m.old:.9g} -> {m.new:.9g}" for m in moves)
+        log.warning("bundle %s was built before fair-edge %s: its thresholds sit exactly on its top held-out normal's "
+                    "score, where another backend's ~1e-6 makes that normal NG (a false-reject rate above the one "
+                    "bundle.json claims). Applied at load, as today's build does, 1e-3 of the value + 1e-6 above it: "
+                    "%s. %s", bundle.root, MARGIN_COMMIT, told, rebuild)
+    if unresolved:
+        log.warning("bundle %s may hold thresholds on a held-out normal's score (built before fair-edge %s put them a "
+                    "margin above), which another backend's ~1e-6 can make NG, and it does not record enough to apply "
+                    "the margin at load: %s. They are used as they are. %s", bundle.root, MARGIN_COMMIT,
+                    "; ".join(unresolved), rebuild)
 
 
 # (bundle folder, graph file name) whose fallback to the main graph's pixel threshold was logged
@@ -443,10 +522,15 @@ def _cpu_graph(root: Path, data: dict, cpu: dict | None) -> dict:
     if not cpu:
         return {}
     threshold = Threshold.from_dict(cpu["threshold"]) if cpu.get("threshold") else None
-    openvino = EngineThresholds.from_dict(cpu["openvino"]) if cpu.get("openvino") else None
+    openvino = _engine_thresholds(root, data, cpu.get("openvino"))
     return {"cpu_onnx_path": _listed(root, data, cpu["onnx"], "CPU graph"), "cpu_threshold": threshold,
             "cpu_pixel_threshold": _pixel_threshold(cpu.get("pixel_threshold")),
             "cpu_normal_maps_path": _maps(root, data, cpu.get("normal_maps")), "cpu_openvino": openvino}
+
+
+def _engine_thresholds(root: Path, data: dict, entry: dict | None) -> EngineThresholds | None:
+    """``graph.cpu.openvino`` with its normal maps' file among the checksummed ones (``_maps``); None when absent."""
+    return EngineThresholds.from_dict(entry, _maps(root, data, entry.get("normal_maps"))) if entry else None
 
 
 def _pixel_threshold(entry: dict | None) -> PixelThreshold | None:
@@ -585,6 +669,7 @@ def load_bundle(path: str | Path, target: EngineTarget | None = None) -> Bundle:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise BundleError(f"{root / MANIFEST} has a missing or invalid field: {type(exc).__name__}: {exc}. {_rebuild_hint(data)}") from exc
     _check_graphs(bundle, data)
+    bundle = apply_load_margins(bundle, data)
     if target is not None:
         check_engine_target(bundle, target)
     return bundle

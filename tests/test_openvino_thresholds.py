@@ -9,7 +9,12 @@ was not installed) is run by a named OpenVINO on ONNX Runtime's threshold with a
 OpenVINO out, saying so once. FP32/FP16 graphs keep one threshold for both engines: they agree within ~2e-6.
 
 The offset is planted: OpenVINO's scores and maps of every graph are made 1 % higher than it computes them (at build
-and at run alike), as its int8 kernels move a real graph's."""
+and at run alike), as its int8 kernels move a real graph's.
+
+With decision.roi the station calibrates its threshold on held-out normal maps: OpenVINO's own
+(``openvino_normal_maps.npy``, ``graph.cpu.openvino.normal_maps``), not ONNX Runtime's (``cpu_normal_maps.npy``), on
+which 1 of 12 held-out normals was NG on OpenVINO. A bundle with OpenVINO's thresholds but not its maps (fair-edge
+4522fb8) is left out of ``auto``, and a named OpenVINO with an ROI is warned on."""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from fair_edge.regions import calibrate_pixel_threshold  # noqa: E402
 from fair_edge.runtime import selection  # noqa: E402
 from fair_edge.runtime.openvino import OpenVinoBackend  # noqa: E402
 from fair_edge.runtime.selection import BackendOptions, fastest_cpu, select_backend  # noqa: E402
+from fair_edge.station.decision import decide_threshold, normal_maps_path  # noqa: E402
 
 OFFSET = 1.01   # OpenVINO's planted scale of every score and map value
 NORMALS = make_frames(12, seed=5)
@@ -158,3 +164,74 @@ def test_fp32_graphs_share_one_threshold_on_both_engines(tiny_ckpt_path, tmp_pat
     np.testing.assert_allclose(ov_scores, ort_scores, rtol=1e-4)
     ort.backend.close(), ov.backend.close()
     assert [row[0] for row in threshold_rows(bundle)] == ["threshold model.fp32.onnx"]
+
+
+def without_openvino_maps(bundle, out: Path):
+    """``bundle`` copied to ``out`` as fair-edge 4522fb8 built it: OpenVINO's thresholds, not its normal maps."""
+    shutil.copytree(bundle.root, out)
+    data = json.loads((out / MANIFEST).read_text())
+    entry = data["graph"]["cpu"]["openvino"].pop("normal_maps", None)   # None: a build before this test's fix
+    if entry:
+        (out / entry["file"]).unlink()
+    write_manifest(out, data)
+    return load_bundle(out)
+
+
+def whole_frame_roi() -> np.ndarray:
+    """An ROI of weight 1 over the whole frame: its score is the map's maximum, as the inspector scores it."""
+    return np.ones(NORMALS[0].shape[:2], np.float32)
+
+
+def test_with_an_roi_openvino_calibrates_on_its_own_normal_maps(int8_bundle, offset_openvino):
+    """Audit: with decision.roi the threshold was calibrated on ONNX Runtime's maps (cpu_normal_maps.npy) for OpenVINO
+    too, 1 % under its scale: 1 of the 12 held-out normals NG on OpenVINO."""
+    scorer = select_backend(int8_bundle, "openvino")
+    try:
+        maps = scorer.infer_frames(NORMALS)[0]
+    finally:
+        scorer.backend.close()
+    decided = decide_threshold(None, int8_bundle, whole_frame_roi(), scorer.graph_threshold)
+    roi_scores = maps.reshape(len(maps), -1).max(axis=1)
+    # at most floor(0.005 * 12) = 0 of them over it, on the maps this engine makes
+    assert int((roi_scores > decided.value).sum()) == 0, (roi_scores.max(), decided.value)
+    # the drift watch and threshold tuning compare OpenVINO's live scores with OpenVINO's distribution
+    assert decided.calibration.normal_quantiles[-1] == pytest.approx(float(roi_scores.max()), rel=1e-5)
+    own = int8_bundle.cpu_openvino.normal_maps_path
+    assert own.name == "openvino_normal_maps.npy" and own.name in int8_bundle.files
+    assert normal_maps_path(int8_bundle, scorer.graph_threshold) == own
+    # ONNX Runtime still calibrates on its own maps, on which its normals pass
+    ort = select_backend(int8_bundle, "onnxruntime")
+    try:
+        ort_maps = ort.infer_frames(NORMALS)[0]
+    finally:
+        ort.backend.close()
+    assert normal_maps_path(int8_bundle, ort.graph_threshold) == int8_bundle.cpu_normal_maps_path
+    ort_decided = decide_threshold(None, int8_bundle, whole_frame_roi(), ort.graph_threshold)
+    assert int((ort_maps.reshape(len(ort_maps), -1).max(axis=1) > ort_decided.value).sum()) == 0
+    assert ort_decided.value < decided.value
+
+
+def test_openvino_thresholds_without_openvino_maps_are_left_out_of_auto_and_warned_on_with_an_roi(
+        int8_bundle, tmp_path, caplog, offset_openvino):
+    """A bundle fair-edge 4522fb8 built keeps OpenVINO's thresholds but only ONNX Runtime's maps: OpenVINO must not
+    calibrate an ROI's threshold on them silently."""
+    old = without_openvino_maps(int8_bundle, tmp_path / "old")
+    with caplog.at_level(logging.WARNING):
+        first, again = fastest_cpu(old, BackendOptions()), fastest_cpu(old, BackendOptions())
+    first.backend.close(), again.backend.close()
+    assert "openvino left out: no held-out normal maps of its own" in first.reason
+    assert first.backend.name == again.backend.name == "onnxruntime"
+    assert caplog.text.count("auto: OpenVINO is not used for bundle") == 1   # said once
+    assert old.cpu_openvino.threshold == int8_bundle.cpu_openvino.threshold
+    assert old.cpu_openvino.normal_maps_path is None and selection.uncalibrated_openvino(old) == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        named = select_backend(old, "openvino")
+        named.backend.close()
+        assert named.graph_threshold == old.cpu_openvino.threshold   # its own image threshold still
+        decide_threshold(None, old, None, named.graph_threshold)
+        assert "not OpenVINO's" not in caplog.text   # no ROI: the maps are not used
+        decided = decide_threshold(None, old, whole_frame_roi(), named.graph_threshold)
+    assert "the ROI threshold is calibrated on ONNX Runtime's held-out normal maps" in caplog.text
+    assert f"`{old.build_command}`" in caplog.text
+    assert decided.value == decide_threshold(None, old, whole_frame_roi(), old.cpu_threshold).value

@@ -11,8 +11,12 @@ graph up to 0.9 % apart: ``openvino_graph``); on FP32/FP16 graphs both engines s
 the PyTorch backends always run the FP32 weights, so on an FP16/INT8 bundle they carry the FP32 reference graph's
 ``fp32_threshold``. A bundle built before such a threshold was kept (or, for OpenVINO, where it was not installed)
 runs a named backend on the threshold of another graph or engine with a warning saying so; ``auto`` leaves OpenVINO
-out there (``uncalibrated_openvino``, said once in the log). TensorRT runs the precision's graph, in chunks of at
-most the engine profile's batch.
+out there (``uncalibrated_openvino``, said once in the log). Likewise for the held-out normal maps a station with
+``decision.roi`` calibrates its threshold on (``station.decision.normal_maps_path``): OpenVINO's own
+(``openvino_normal_maps.npy``); a bundle that keeps OpenVINO's thresholds but not its maps (``openvino_without_maps``)
+is left out of ``auto`` (which cannot tell whether the station sets an ROI: one scorer serves every camera of a bundle)
+and a named OpenVINO with an ROI is warned on (``warn_openvino_without_maps``). TensorRT runs the precision's graph, in
+chunks of at most the engine profile's batch.
 
 ``auto`` also leaves out a CPU engine whose score of a grey frame is not ONNX Runtime's (``agrees``: an engine that
 runs the graph wrongly), or that raises scoring it (with a warning naming the engine and its error); a named
@@ -150,6 +154,44 @@ def uncalibrated_openvino(bundle) -> str:
     return "the bundle was built before fair-edge calibrated one on OpenVINO"
 
 
+def openvino_without_maps(bundle) -> str:
+    """Why a station with ``decision.roi`` would calibrate OpenVINO's ROI threshold of ``bundle``'s INT8 CPU graph on
+    ONNX Runtime's held-out normal maps (``cpu_normal_maps.npy``) though the bundle keeps OpenVINO's own thresholds:
+    it keeps no maps OpenVINO made (built by fair-edge 4522fb8, before they were kept). "" when it keeps them, when it
+    keeps no CPU normal maps (no ROI threshold then, on either engine), or when it has no OpenVINO thresholds at all
+    (``uncalibrated_openvino`` says why, and covers the maps too)."""
+    own = getattr(bundle, "cpu_openvino", None)
+    if own is None or own.threshold is None or own.normal_maps_path is not None:
+        return ""
+    if getattr(bundle, "cpu_normal_maps_path", None) is None:
+        return ""
+    return "the bundle was built before fair-edge kept the held-out normal maps OpenVINO made of that graph"
+
+
+def openvino_left_out(bundle) -> str:
+    """Why ``auto`` does not time OpenVINO on ``bundle``, in words ("no threshold calibrated on it for this bundle
+    (WHY)", or no normal maps of its own for an ROI's threshold); "" when it times it."""
+    why = uncalibrated_openvino(bundle)
+    if why:
+        return f"no threshold calibrated on it for this bundle ({why})"
+    why = openvino_without_maps(bundle)
+    if why:
+        return ("no held-out normal maps of its own for the threshold a station with decision.roi calibrates, only "
+                f"ONNX Runtime's ({why})")
+    return ""
+
+
+def warn_openvino_without_maps(bundle, why: str) -> None:
+    """Warn that OpenVINO's ROI threshold on ``bundle`` is being calibrated on ONNX Runtime's held-out normal maps
+    (``why``: ``openvino_without_maps``), what that risks and the fixes (``station.decision.normal_maps_path``)."""
+    hint = f"`{bundle.build_command}`" if bundle.build_command else "`fair-edge build CHECKPOINT --int8 --out BUNDLE`"
+    log.warning("decision.roi with --backend openvino on bundle %s: the ROI threshold is calibrated on ONNX Runtime's "
+                "held-out normal maps of its int8 CPU graph (%s), not OpenVINO's: %s. OpenVINO's int8 kernels score "
+                "that graph up to about 1 %% apart, so normal parts near the threshold can be NG here. Rebuild the "
+                "bundle with %s where OpenVINO is installed (it then keeps OpenVINO's maps), run --backend onnxruntime "
+                "or auto, or set decision.threshold.", bundle.root, bundle.cpu_normal_maps_path.name, why, hint)
+
+
 def warn_uncalibrated_openvino(bundle, why: str) -> None:
     """Warn that a named OpenVINO decides on ``bundle``'s INT8 CPU graph with ONNX Runtime's threshold (``why``:
     ``uncalibrated_openvino``), what that risks and the fixes."""
@@ -157,7 +199,8 @@ def warn_uncalibrated_openvino(bundle, why: str) -> None:
     log.warning("--backend openvino runs the int8 CPU graph %s of bundle %s on its threshold %.6g, calibrated on ONNX "
                 "Runtime's scores of it: the bundle keeps none calibrated on OpenVINO (%s). OpenVINO's int8 kernels "
                 "score that graph up to about 1 %% apart, so normal parts near the threshold can be NG here and its "
-                "false-reject rate can differ from the %g the build measured. Rebuild the bundle with %s where "
+                "false-reject rate can differ from the %g the build measured (with decision.roi, its ROI threshold is "
+                "calibrated on ONNX Runtime's held-out normal maps too). Rebuild the bundle with %s where "
                 "OpenVINO is installed (pip install openvino; the build then calibrates OpenVINO's own), run --backend "
                 "onnxruntime or auto, or set decision.threshold.", bundle.cpu_onnx_path.name, bundle.root,
                 bundle.cpu_threshold.value, why, bundle.cpu_threshold.measured_false_reject_rate, hint)
@@ -169,15 +212,25 @@ _OPENVINO_LEFT_OUT_SAID: set[Path] = set()
 
 def left_out_uncalibrated(bundle) -> list[str]:
     """The ``CPU_CANDIDATES`` ``auto`` does not time on ``bundle``: ["openvino"] where it has no threshold of its own
-    on the INT8 CPU graph (``uncalibrated_openvino``), said once per bundle in the log; else []."""
+    on the INT8 CPU graph (``uncalibrated_openvino``), or no normal maps of its own for an ROI's threshold
+    (``openvino_without_maps``: left out with or without an ROI, which ``auto`` does not see), said once per bundle in
+    the log; else []."""
     why = uncalibrated_openvino(bundle)
-    if not why:
+    maps_why = "" if why else openvino_without_maps(bundle)
+    if not why and not maps_why:
         return []
     if bundle.root not in _OPENVINO_LEFT_OUT_SAID:
         _OPENVINO_LEFT_OUT_SAID.add(bundle.root)
-        log.warning("auto: OpenVINO is not used for bundle %s: its int8 CPU graph's threshold was calibrated on ONNX "
-                    "Runtime only (%s), and OpenVINO scores that graph up to about 1 %% apart. Rebuild the bundle "
-                    "where OpenVINO is installed to let auto time it.", bundle.root, why)
+        if why:
+            log.warning("auto: OpenVINO is not used for bundle %s: its int8 CPU graph's threshold was calibrated on "
+                        "ONNX Runtime only (%s), and OpenVINO scores that graph up to about 1 %% apart. Rebuild the "
+                        "bundle where OpenVINO is installed to let auto time it.", bundle.root, why)
+        else:
+            log.warning("auto: OpenVINO is not used for bundle %s: it keeps OpenVINO's thresholds of its int8 CPU "
+                        "graph but only ONNX Runtime's held-out normal maps (%s), on which a station with "
+                        "decision.roi would calibrate OpenVINO's ROI threshold, and OpenVINO scores that graph up to "
+                        "about 1 %% apart. Rebuild the bundle where OpenVINO is installed to let auto time it.",
+                        bundle.root, maps_why)
     return ["openvino"]
 
 
@@ -230,9 +283,9 @@ def agrees(score: float, reference: float, threshold: Threshold | None) -> bool:
 
 def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The fastest of the installed ``CPU_CANDIDATES`` on this machine (timed on one frame), saying why. OpenVINO on
-    an INT8 CPU graph without a threshold calibrated on it is not tried (``left_out_uncalibrated``). An engine that
-    loads the bundle but cannot score ``probe``'s frame, or scores it unlike the first engine that can (ONNX Runtime,
-    ``agrees``), is left out with a warning naming it and why."""
+    an INT8 CPU graph without a threshold (or normal maps) calibrated on it is not tried (``left_out_uncalibrated``).
+    An engine that loads the bundle but cannot score ``probe``'s frame, or scores it unlike the first engine that can
+    (ONNX Runtime, ``agrees``), is left out with a warning naming it and why."""
     scorers, notes = [], []
     uncalibrated = left_out_uncalibrated(bundle)
     for name in CPU_CANDIDATES:
@@ -244,8 +297,7 @@ def fastest_cpu(bundle, options: BackendOptions = BackendOptions()) -> BundleSco
             notes.append(f"{name}: {_first_sentence(exc)}")
     if not scorers:
         raise ConfigError(f"no CPU backend could load {bundle.root}: {'; '.join(notes)}.")
-    skipped = [f"{name} left out: no threshold calibrated on it for this bundle ({uncalibrated_openvino(bundle)})"
-               for name in uncalibrated]
+    skipped = [f"{name} left out: {openvino_left_out(bundle)}" for name in uncalibrated]
     if len(scorers) == 1:
         only = (f"the only CPU engine calibrated for this bundle; {'; '.join(skipped)}" if skipped else
                 "the only CPU engine installed")

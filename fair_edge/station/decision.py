@@ -3,9 +3,11 @@
 A station without an ROI decides on the family's image score, against (in this order) the station file's
 threshold (``decision.threshold`` / ``--threshold``), the one calibrated on the graph its backend runs (an
 INT8 bundle's CPU graph; the FP32 reference graph for the PyTorch backends on an FP16/INT8 bundle), or the
-bundle's. With an ROI (``decision.roi``) it decides on
-max(anomaly map x ROI) instead (``station.inspector``), a different quantity: the bundle's threshold does
-not apply. Unless the station file sets one, the threshold is then calibrated here, when the station (or
+bundle's; the reason names the scores it was calibrated on (``graph_calibration``: ONNX Runtime's, not OpenVINO's,
+where OpenVINO runs an INT8 CPU graph without a threshold of its own) and a margin applied at load to a bundle built
+before fair-edge 9850f8b (``load_margin_note``, ``export.bundle.apply_load_margins``). With an ROI
+(``decision.roi``) it decides on max(anomaly map x ROI) instead (``station.inspector``), a different quantity:
+the bundle's threshold does not apply. Unless the station file sets one, the threshold is then calibrated here, when the station (or
 a hot-swapped bundle) opens: the same rule as the build's (``calibration.threshold.calibrate_threshold``,
 a small margin above the k-th smallest of n normal scores, k = ceil((1 - rate) * n), at most halfway to the
 next higher one, at the bundle's recorded false-reject rate)
@@ -43,9 +45,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fair_edge.calibration.threshold import Threshold, calibrate_threshold
+from fair_edge.calibration.threshold import MARGIN_COMMIT, Threshold, calibrate_threshold
 from fair_edge.errors import ConfigError
 from fair_edge.export.normal_maps import NormalMaps, max_pool, normal_maps_grid, read_normal_maps
+from fair_edge.runtime.selection import openvino_without_maps, uncalibrated_openvino, warn_openvino_without_maps
 from fair_edge.station.inspector import roi_on_map
 
 if TYPE_CHECKING:  # typing only
@@ -114,22 +117,67 @@ def few_maps_warning(n: int, false_reject_rate: float) -> str:
             "file (or pass --threshold) in the ROI score's units.")
 
 
-def normal_maps_path(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> Path | None:
+def normal_maps_path(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None,
+                     for_roi: bool = False) -> Path | None:
     """The normal maps of the graph the backend runs, told by the threshold it carries
     (``FrameScorer.graph_threshold``): the FP32 reference graph's when that is the bundle's ``fp32_threshold``
-    (the PyTorch backends on an FP16/INT8 bundle), the CPU graph's for any other, else the bundle's; None when
-    the bundle keeps none (older, or fused)."""
+    (the PyTorch backends on an FP16/INT8 bundle), OpenVINO's own of the CPU graph when it is the one calibrated on
+    OpenVINO's scores (``Bundle.cpu_openvino``: its int8 kernels score that graph up to ~1 % off ONNX Runtime's), ONNX
+    Runtime's of the CPU graph for any other, else the bundle's; None when the bundle keeps none (older, or fused).
+    A bundle keeping OpenVINO's thresholds but not its maps gives ONNX Runtime's, warned on where they calibrate an
+    ROI's threshold (``for_roi``: ``selection.warn_openvino_without_maps``; ``auto`` does not pick OpenVINO there)."""
     if graph_threshold is None:
         return getattr(bundle, "normal_maps_path", None)
     if graph_threshold == getattr(bundle, "fp32_threshold", None):
         return getattr(bundle, "fp32_normal_maps_path", None)
+    openvino = getattr(bundle, "cpu_openvino", None)
+    if openvino is not None and openvino.threshold is not None and graph_threshold == openvino.threshold:
+        if openvino.normal_maps_path is not None:
+            return openvino.normal_maps_path
+        why = openvino_without_maps(bundle)
+        if why and for_roi:
+            warn_openvino_without_maps(bundle, why)
     return getattr(bundle, "cpu_normal_maps_path", None)
 
 
 def _family_threshold(bundle: Bundle | FusedBundle, graph_threshold: Threshold | None) -> tuple[Threshold | None, str]:
-    if graph_threshold is not None:
-        return graph_threshold, "calibrated at build on the graph this backend runs"
-    return bundle.threshold, "the bundle's, calibrated at build on the family's image score"
+    """(the family's image-score threshold in force: the graph's the backend runs, else the bundle's; where it came
+    from, in words: ``graph_calibration`` and ``load_margin_note``)."""
+    threshold = graph_threshold if graph_threshold is not None else bundle.threshold
+    told = (graph_calibration(bundle, graph_threshold) if graph_threshold is not None else
+            "the bundle's, calibrated at build on the family's image score")
+    return threshold, told + load_margin_note(bundle, threshold)
+
+
+def graph_calibration(bundle: Bundle | FusedBundle, graph_threshold: Threshold) -> str:
+    """Which scores ``graph_threshold`` (a scorer's: ``FrameScorer.graph_threshold``) was calibrated on, in words.
+    An INT8 bundle's CPU graph: ONNX Runtime's, or OpenVINO's own (``Bundle.cpu_openvino``); ONNX Runtime's where the
+    bundle keeps none on OpenVINO (``selection.uncalibrated_openvino``), with which OpenVINO then runs it too, so the
+    words say so for either engine. The FP32 reference graph's for the PyTorch backends' FP32 weights."""
+    openvino = getattr(bundle, "cpu_openvino", None)
+    if openvino is not None and openvino.threshold is not None and graph_threshold == openvino.threshold:
+        engine = f"OpenVINO {openvino.version}" if openvino.version else "OpenVINO"
+        return f"calibrated at build on {engine}'s scores of the int8 CPU graph this backend runs"
+    if graph_threshold == getattr(bundle, "cpu_threshold", None):
+        why = uncalibrated_openvino(bundle)
+        if why:
+            return ("calibrated at build on ONNX Runtime's scores of the int8 CPU graph, not OpenVINO's, whose int8 "
+                    f"kernels score it up to about 1 % apart; the bundle keeps none calibrated on OpenVINO: {why}")
+        return "calibrated at build on ONNX Runtime's scores of the int8 CPU graph this backend runs"
+    if graph_threshold == getattr(bundle, "fp32_threshold", None):
+        return "calibrated at build on the FP32 reference graph, whose FP32 weights this backend runs"
+    return "calibrated at build on the graph this backend runs"
+
+
+def load_margin_note(bundle: Bundle | FusedBundle, threshold: Threshold | None) -> str:
+    """"; margin applied at load ..." when ``threshold`` is one the bundle moved at load (``Bundle.margin_move``:
+    built before fair-edge 9850f8b, it sat exactly on the top held-out normal score), naming the value bundle.json
+    holds and the rebuild; "" otherwise (a fused bundle's, a newer one's)."""
+    move = bundle.margin_move(threshold) if hasattr(bundle, "margin_move") else None
+    if move is None:
+        return ""
+    return (f"; margin applied at load to a bundle built before fair-edge {MARGIN_COMMIT}: 1e-3 relative + 1e-6 above its "
+            f"{move.key} {move.old:.9g}, which sat exactly on its top held-out normal's score; rebuild it to record this")
 
 
 def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_threshold: Threshold | None,
@@ -137,7 +185,7 @@ def _roi_calibration(bundle: Bundle | FusedBundle, roi: np.ndarray, graph_thresh
     """The ROI score's threshold from the bundle's normal maps and how they were kept, in words (pooled, few);
     None without maps. Logs ``few_maps_warning`` when they are too few for the rate and the threshold is
     ``in_force`` (not when the station file sets one)."""
-    path = normal_maps_path(bundle, graph_threshold)
+    path = normal_maps_path(bundle, graph_threshold, for_roi=True)
     family, _ = _family_threshold(bundle, graph_threshold)
     if path is None or family is None:
         return None
