@@ -301,8 +301,10 @@ class ViewDecider:
         scorer's map lies on its first member's grid, so each tiled member's own map is checked against its own
         recorded grid, whatever its place (``hotswap.map_off_grid``, the rule a console swap checks by too). Region
         rules that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
-        if self.regions is not None and self.regions.decides:
+        if self.regions is not None and self.regions.decides or self.grid is None:
             return ""
+        if self._whole_frame() and tuple(map_hw) == tuple(self.grid):
+            return ""   # a whole-frame bundle's map on its grid: the frame path does not enter hotswap per frame
         found = map_off_grid(self.scorer, self.grid, frame_hw, tuple(map_hw))
         if found is None:
             return ""
@@ -318,11 +320,19 @@ class ViewDecider:
             log.error("frames rejected: %s", reason)
         return reason
 
+    def _whole_frame(self) -> bool:
+        """True for a bundle scorer that scores whole frames (its ``tiler`` has no tiling); a fused scorer has no
+        tiler of its own (its members may be tiled)."""
+        tiler = getattr(self.scorer, "tiler", None)
+        return tiler is not None and tiler.tiling is None
+
     def check_fits(self, frame_hw: tuple[int, int]) -> None:
         """Raise ConfigError when a frame of ``frame_hw`` (H, W) px is smaller than a tiling of this view's scorer
         takes (one tile, or its ``tiling.roi``): a camera switched to binning or a smaller sensor ROI. Checked with
         the frame (a malformed frame, NG), not left to the tiler inside inference, where it counted as a backend
         failure and faulted the station."""
+        if self._whole_frame():
+            return   # no tiler to fit (and the frame path does not enter hotswap per frame: docs/architecture.md)
         for whose, tiler, grid in frame_tilers(self.scorer, self.grid):
             need_h, need_w = smallest_frame(tiler.tiling)
             if frame_hw[0] >= need_h and frame_hw[1] >= need_w:
