@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, DataError
-from fair_edge.images import NAMED_AT_MOST, image_files, left_out_images, read_image, unread_text, utf8_problem
+from fair_edge.images import LEFT_OUT_FIX, image_files, left_out_images, read_image, unread_text, utf8_problem
+from fair_edge.images import left_out_text as images_left_out_text
 from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replays the files training reads
 
 from .base import EndOfStream, Pacer, Slot, check_fps
@@ -40,19 +41,14 @@ def is_image_file(path: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) 
 
 def left_out_text(folder: Path, suffixes: tuple[str, ...]) -> str:
     """The image files of ``folder`` a listing by ``suffixes`` leaves out for their suffix (``images.left_out_images``:
-    a ``.pgm``, a ``.gif``), for a message, in training's words: "; 2 image file(s) left out: their suffix is none of
-    those fair-edge reads as images (.png, ...): f0.pgm, f1.pgm; save them as PNG to use them, or move them out of
-    the folder". "" when there is none (or the folder cannot be read)."""
+    a ``.pgm``, a ``.gif``), for a message, in training's words (``images.left_out_text``): "; 2 image file(s) left
+    out: their suffix is none of those fair-edge reads as images (.png, ...): f0.pgm, f1.pgm; save them as PNG to use
+    them, or move them out of the folder". "" when there is none (or the folder cannot be read)."""
     try:
         left_out = left_out_images(folder, suffixes)
     except OSError:
         return ""
-    if not left_out:
-        return ""
-    more = f" and {len(left_out) - NAMED_AT_MOST} more" if len(left_out) > NAMED_AT_MOST else ""
-    return (f"; {len(left_out)} image file(s) left out: their suffix is none of those fair-edge reads as images "
-            f"({', '.join(suffixes)}): {', '.join(p.name for p in left_out[:NAMED_AT_MOST])}{more}; save them as PNG "
-            "to use them, or move them out of the folder")
+    return f"; {images_left_out_text(left_out, suffixes)}; {LEFT_OUT_FIX}" if left_out else ""
 
 
 def unreadable_reason(path: Path, exc: DataError) -> str:

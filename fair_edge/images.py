@@ -265,6 +265,17 @@ def is_dataset_folder(name: str) -> bool:
     return not (is_hidden_name(name) or name.startswith("@"))
 
 
+LEFT_OUT_FIX = "save them as PNG to use them, or move them out of the folder"   # files left out for their suffix
+
+
+def left_out_text(left_out, suffixes) -> str:
+    """The image files a listing by ``suffixes`` leaves out for their suffix (``left_out_images``: a ``.pgm``, a
+    ``.gif``; Paths), for a message: "2 image file(s) left out: their suffix is none of those fair-edge reads as
+    images (.png, ...): f0.pgm, f1.pgm" (``named_text``); the caller adds ``LEFT_OUT_FIX``."""
+    return (f"{len(left_out)} image file(s) left out: their suffix is none of those fair-edge reads as images "
+            f"({', '.join(suffixes)}): {named_text(p.name for p in left_out)}")
+
+
 def named_text(items) -> str:
     """The first NAMED_AT_MOST of ``items`` (strings) joined by commas, and "and N more"."""
     items = list(items)

@@ -19,8 +19,8 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
-from fair_edge.images import (NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder, is_hidden_name,
-                              left_out_images, named_text, read_mask_pixels)
+from fair_edge.images import (LEFT_OUT_FIX, NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder,
+                              is_hidden_name, left_out_images, left_out_text, named_text, read_mask_pixels)
 from fair_edge.images import unread_text as _unread_text  # shared with the station's folder replay; wrapped below
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
@@ -205,11 +205,8 @@ def folder_images(folder: Path) -> list[Path]:
 
 def _warn_left_out(folder: Path, left_out: list[Path]) -> None:
     """Log the image files of ``folder`` that are not read for their suffix: a count and the first names."""
-    shown = ", ".join(p.name for p in left_out[:NAMED_AT_MOST])
-    more = f" and {len(left_out) - NAMED_AT_MOST} more" if len(left_out) > NAMED_AT_MOST else ""
-    log.warning("%s: %d image file(s) left out: their suffix is none of those fair-edge reads as images (%s): "
-                "%s%s. Save them as PNG to use them, or move them out of the folder.", folder, len(left_out),
-                ", ".join(IMAGE_SUFFIXES), shown, more)
+    log.warning("%s: %s. %s.", folder, left_out_text(left_out, IMAGE_SUFFIXES),
+                LEFT_OUT_FIX[0].upper() + LEFT_OUT_FIX[1:])
 
 
 def unread_text(folder: Path) -> str:
