@@ -28,7 +28,7 @@ from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, DataError, FairEdgeError, RecorderError, did_you_mean
 from fair_edge.runtime.backends import close_scorer
-from fair_edge.runtime.hotswap import ModelChange, change_off_grid, folder_model_ids
+from fair_edge.runtime.hotswap import ModelChange, change_off_grid, folder_model_ids, off_grid_reason
 from fair_edge.fields import is_int, require
 from fair_edge.images import read_stored, write_png
 from fair_edge.line.recorder import ng_image_path
@@ -558,14 +558,9 @@ class StationActions:
             return f"bundle {bundle}: {on} latest {w} x {h} px frame does not fit its tiles: {exc} {kept}"
         if found is None:
             return ""
-        whose, calibrated, live = found
-        fix = ("Fuse the members with held-out normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR "
-               "--out FUSED`)" if whose else "Build with held-out normal frames from this camera (`fair-edge build "
-               "--normal DIR`)")
         where = f"cameras ({camera}).threshold" if camera else "decision.threshold"
-        return (f"bundle {bundle}: threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's "
-                f"held-out frames), but {on} latest {w} x {h} frame gives a {live[0]} x {live[1]} map{whose}: a tiled "
-                f"model's score then means something else, so every frame would be NG. {fix}, or set {where}; {kept}")
+        reason = off_grid_reason(found, f"{on} latest {w} x {h} frame", ", so every frame would be NG", where)
+        return f"bundle {bundle}: {reason}; {kept}"
 
     def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str) -> None:
         """One camera: hand the loaded ``change`` (of ``bundle``, as asked for) to ``inspector``'s switch and audit

@@ -156,6 +156,21 @@ def map_off_grid(scorer, grid: tuple[int, int] | None, frame_hw: tuple[int, int]
     return None
 
 
+def off_grid_reason(found: tuple[str, tuple[int, int], tuple[int, int]], frame: str, outcome: str = "",
+                    where: str = "decision.threshold") -> str:
+    """Why a frame whose map lies off its calibrated grid cannot be decided, with the fix: found: ``map_off_grid``'s
+    (whose map, calibrated grid, live grid); frame: the frame in words ("this 300 x 300 frame"); outcome: what
+    follows ("", or ", so every frame would be NG"); where: the setting that gives a threshold instead. The one
+    text of the station's verdict error (``ViewDecider.off_grid``) and the console's swap refusal."""
+    whose, calibrated, live = found
+    fix = ("Fuse the members with held-out normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR "
+           "--out FUSED`)" if whose else "Build with held-out normal frames from this camera "
+           "(`fair-edge build --normal DIR`)")
+    return (f"threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's held-out frames), but "
+            f"{frame} gives a {live[0]} x {live[1]} map{whose}: a tiled model's score then means something "
+            f"else{outcome}. {fix}, or set {where}")
+
+
 def laid_out_map(scorer, frame_hw: tuple[int, int]) -> tuple[int, int] | None:
     """(h, w) of the map a tiled ``scorer`` (``BundleScorer.tiler``) makes of a frame of ``frame_hw`` (H, W) px, laid
     out as its ``FrameTiler`` splits and stitches it (``tiling.tile_layout``); None for a whole-frame one or a scorer

@@ -40,7 +40,7 @@ import numpy as np
 from fair_edge import fields as f
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.hotswap import ModelSwitch, frame_tilers, map_off_grid, retire_unused
+from fair_edge.runtime.hotswap import ModelSwitch, frame_tilers, map_off_grid, off_grid_reason, retire_unused
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict, json_file_text
 from fair_edge.station.zones import judge_for_bundle, settings_change
@@ -308,13 +308,8 @@ class ViewDecider:
         found = map_off_grid(self.scorer, self.grid, frame_hw, tuple(map_hw))
         if found is None:
             return ""
-        whose, calibrated, live = found
-        fix = ("Fuse the members with held-out normal frames from this camera (`fair-edge fuse B1 B2 --normal DIR "
-               "--out FUSED`)" if whose else "Build with held-out normal frames from this camera "
-               "(`fair-edge build --normal DIR`)")
-        reason = (f"threshold calibrated on {calibrated[0]} x {calibrated[1]} maps (the bundle's held-out frames), but "
-                  f"this {frame_hw[1]} x {frame_hw[0]} frame gives a {live[0]} x {live[1]} map{whose}: a tiled model's "
-                  f"score then means something else. {fix}, or set decision.threshold")
+        _, calibrated, live = found
+        reason = off_grid_reason(found, f"this {frame_hw[1]} x {frame_hw[0]} frame")
         if (calibrated, live) not in self._warned_grids:   # once per pair: a swap may bring another grid
             self._warned_grids.add((calibrated, live))
             log.error("frames rejected: %s", reason)
