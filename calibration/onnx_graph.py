@@ -8,7 +8,7 @@ backend. It lives in the lowest room that runs graphs, so the rooms above import
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -64,9 +64,17 @@ class OnnxGraph:
 
     def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
         """``infer`` in chunks of ``batch`` images; same names and shapes as ``infer``."""
-        count = len(next(iter(inputs.values())))
-        parts = [self.infer({n: inputs[n][i : i + batch] for n in self.input_names}) for i in range(0, count, batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
+        return infer_in_chunks(self.infer, inputs, self.input_names, batch)
 
     def close(self) -> None:
         self.session = None
+
+
+def infer_in_chunks(infer: Callable[[Inputs], dict[str, np.ndarray]], inputs: Inputs, names: Sequence[str],
+                    batch: int) -> dict[str, np.ndarray]:
+    """``infer`` (named inputs -> the graph's named outputs, ``OUTPUT_NAMES``) run on ``inputs``' arrays ``names``
+    in chunks of ``batch`` images along their first axis, the outputs concatenated: every engine's
+    ``infer_batched`` (``OnnxGraph``, ``OpenVinoGraph``)."""
+    count = len(next(iter(inputs.values())))
+    parts = [infer({n: inputs[n][i : i + batch] for n in names}) for i in range(0, count, batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}

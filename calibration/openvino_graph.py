@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fair_edge.calibration.onnx_graph import Inputs, host_array
+from fair_edge.calibration.onnx_graph import Inputs, host_array, infer_in_chunks
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
 
@@ -72,9 +72,7 @@ class OpenVinoGraph:
 
     def infer_batched(self, inputs: Inputs, batch: int = 8) -> dict[str, np.ndarray]:
         """``infer`` in chunks of ``batch`` images; same names and shapes as ``infer``."""
-        count = len(next(iter(inputs.values())))
-        parts = [self.infer({n: inputs[n][i : i + batch] for n in self.inputs}) for i in range(0, count, batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
+        return infer_in_chunks(self.infer, inputs, tuple(self.inputs), batch)
 
     def close(self) -> None:
         self.request = None
