@@ -123,6 +123,14 @@ def nobody() -> pwd.struct_passwd:
         pytest.skip("no account `nobody` here")
 
 
+def another_account() -> pwd.struct_passwd:
+    """``nobody``, the service account of these tests, which must not be the account running them."""
+    account = nobody()
+    if os.getuid() == account.pw_uid:
+        pytest.skip("the tests run as nobody")
+    return account
+
+
 @pytest.fixture
 def open_dir():
     """A folder every account can enter (pytest's tmp_path is under a 0700 folder of the test's user)."""
@@ -175,9 +183,7 @@ def private_folder(base: Path) -> Path:
 
 def test_a_program_in_a_folder_the_account_cannot_enter_is_refused_by_name(open_dir):
     """As root under sudo, os.access says yes to everything; the unit would fail 203/EXEC at each start."""
-    account = nobody()
-    if os.getuid() == account.pw_uid:
-        pytest.skip("the tests run as nobody")
+    account = another_account()
     paths = station_layout(open_dir)
     home = private_folder(open_dir)
     program = home / "venv" / "bin" / "fair-edge"
@@ -193,9 +199,7 @@ def test_a_program_in_a_folder_the_account_cannot_enter_is_refused_by_name(open_
 
 def test_a_script_the_account_cannot_read_or_whose_interpreter_it_cannot_run_is_refused(open_dir):
     """A #! script is read by its interpreter: 0711 is not enough; a venv's python in a 0700 home neither."""
-    account = nobody()
-    if os.getuid() == account.pw_uid:
-        pytest.skip("the tests run as nobody")
+    account = another_account()
     paths = station_layout(open_dir)
     paths["program"].chmod(0o711)
     result = install_as(paths, account.pw_name)
@@ -213,9 +217,7 @@ def test_a_script_the_account_cannot_read_or_whose_interpreter_it_cannot_run_is_
 
 
 def test_a_working_dir_or_station_file_the_account_cannot_open_is_refused_by_name(open_dir):
-    account = nobody()
-    if os.getuid() == account.pw_uid:
-        pytest.skip("the tests run as nobody")
+    account = another_account()
     paths = station_layout(open_dir)
     home = private_folder(open_dir)
     for folder in ("bundle", "good"):   # the station file's relative paths are there: only the mode is wrong

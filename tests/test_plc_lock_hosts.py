@@ -8,18 +8,15 @@ of the test's own (``FAIR_EDGE_LOCK_DIR``)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.line import plc_lock
 from fair_edge.line.plc_lock import hold_plc_outputs, sink_outputs
+from lock_children import holding_child
 
 HOLDER = """
 import sys
@@ -38,17 +35,9 @@ def lock_dir(tmp_path, monkeypatch):
     return folder
 
 
-@contextlib.contextmanager
-def first_station(url: str) -> Iterator[int]:
+def first_station(url: str):
     """A child process holding the lock of the sink ``url``'s PLC output until the block ends; yields its pid."""
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
-        yield child.pid
-    finally:
-        child.stdin.close()
-        child.wait(60)
+    return holding_child(HOLDER, url)
 
 
 def second_station(url: str):

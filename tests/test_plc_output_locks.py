@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +31,7 @@ from fair_edge.station.config import ConsoleSettings, StationConfig
 pytest.importorskip("pymodbus")
 from line_servers import FakeClock, ScriptedPlc, wait_for  # noqa: E402
 from fair_edge.line.handshake.sim_handshake_plc import ModbusHandshakePlc  # noqa: E402
+from lock_children import holding_child  # noqa: E402
 
 HOLDER = """
 import json, sys
@@ -60,18 +59,10 @@ def lock_dir(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-@contextlib.contextmanager
 def station_a_running(out: Path, reject: dict):
     """A child process holding a station's locks (output folder ``out``, ``reject`` settings) until the block
     ends; yields its pid."""
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), json.dumps(reject)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
-        yield child.pid
-    finally:
-        child.stdin.close()
-        child.wait(60)
+    return holding_child(HOLDER, str(out), json.dumps(reject))
 
 
 def station_b(tmp_path: Path, reject: dict, **more) -> StationConfig:

@@ -22,6 +22,7 @@ import pytest
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
+from lock_children import holding_child
 
 HOLDER = """
 import sys
@@ -40,17 +41,9 @@ except ConfigError as exc:
 """
 
 
-@contextlib.contextmanager
 def held_by_child(folder: Path, name: str):
     """A child process holding ``folder/name`` until the block ends; yields its pid."""
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), name, "hold"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
-        yield child.pid
-    finally:
-        child.stdin.close()
-        child.wait(60)
+    return holding_child(HOLDER, str(folder), name, "hold")
 
 
 def child_takes(folder: Path, name: str) -> tuple[int, str]:

@@ -8,37 +8,18 @@ None) the station checks no map, while the swap still checked a fused bundle's t
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
-from export_fixtures import MODEL, PRE, make_frames
-from fair_edge.export.build import BuildOptions, build_bundle
-from fair_edge.models.checkpoint import Checkpoint
+from export_fixtures import make_frames
 from fair_edge.runtime.backends import close_scorer
-from fair_edge.runtime.fusion import build_fused_bundle
 from fair_edge.runtime.hotswap import change_off_grid, model_id
 from fair_edge.station.bundles import load_change
 from fair_edge.station.inspector import ViewDecider
-from fair_edge.tiling import TilingConfig
+from test_fused_tile_size_hint import HELD_OUT_PX, fused  # noqa: F401 - 96 px calibration frames; the fused fixture
 from test_relearn_loop import swap_console
 
-HELD_OUT_PX = 96   # the members' calibration frames
 OTHER_PX = 136     # a camera of another resolution
 STATION_THRESHOLD = 3.0   # decision.threshold in the station file: no calibrated grid is recorded for it
-
-
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory, tiny_detector):
-    """Two tiled FAIR bundles (32 px and 64 px tiles) built on 8 held-out 96 px normals, fused."""
-    root = tmp_path_factory.mktemp("swap-grid")
-    normals = make_frames(8, seed=5, size=HELD_OUT_PX)
-    state = tiny_detector.unet.state_dict()
-    members = []
-    for tile in (32, 64):
-        ckpt = Checkpoint(replace(MODEL, preprocess=replace(PRE, tiling=TilingConfig(tile, 8))), state)
-        members.append(build_bundle(ckpt, root / f"tile{tile}", BuildOptions(engine=False), normal_frames=normals).bundle)
-    return build_fused_bundle([m.root for m in members], root / "fused", normals)
 
 
 def test_a_swap_with_the_stations_threshold_to_a_fused_tiled_bundle_is_not_refused(fused, tmp_path, monkeypatch):
