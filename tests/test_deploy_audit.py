@@ -141,15 +141,17 @@ def open_dir():
 
 
 def station_layout(base: Path) -> dict[str, Path]:
-    """Under ``base`` (0755): site/ with a station file whose relative bundle and image folder exist, a program
-    (a #!/bin/sh script) in venv/bin/, and a units/ folder; all readable and enterable by everyone."""
+    """Under ``base`` (0755): site/ with a station file whose relative bundle and image folder exist and whose
+    output folder everyone may write, a program (a #!/bin/sh script) in venv/bin/, and a units/ folder; all
+    readable and enterable by everyone."""
     site, venv_bin, units = base / "site", base / "venv" / "bin", base / "units"
-    for folder in (site / "bundle", site / "good", venv_bin, units):
+    for folder in (site / "bundle", site / "good", site / "out", venv_bin, units):
         folder.mkdir(parents=True)
     for folder in (site, site / "bundle", site / "good", base / "venv", venv_bin):
         folder.chmod(0o755)
+    (site / "out").chmod(0o777)   # the service account writes its outputs there
     station = site / "station.yaml"
-    station.write_text("camera: {source: good}\nbundle: bundle\n")
+    station.write_text("camera: {source: good}\nbundle: bundle\noutput: out\n")
     station.chmod(0o644)
     program = venv_bin / "fair-edge"
     program.write_text("#!/bin/sh\nexit 0\n")
