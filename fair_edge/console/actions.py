@@ -95,6 +95,46 @@ class CameraBundle:
 
 
 @dataclass(frozen=True)
+class ReloadFrom:
+    """A reload's swap, as its refusal names it: who asked (``SIGHUP``), each camera's ``CameraBundle`` as the reload
+    read it (one camera: camera ""), in the station file's order, the station file it read (None: none, the bundles
+    in force reloaded in place) and --bundle where it stood for the station's ``bundle:`` (None: not given)."""
+
+    who: str
+    named: tuple[CameraBundle, ...]
+    station_file: Path | None = None
+    flag: Path | None = None
+
+    def refusal(self, text: str, cameras: tuple[str, ...] = ()) -> str:
+        """The line a refused reload logs and its swap status shows: ``text`` (what refused it), after where the
+        reload took the bundle of ``cameras`` (those whose load failed; (): not one bundle's fault)."""
+        where = self.where(cameras)
+        return f"bundle reload refused ({self.who}): {where + ': ' if where else ''}{text}"
+
+    def where(self, cameras: tuple[str, ...]) -> str:
+        """Where the reload took the bundle of ``cameras``: the station file's field, ``cameras[i] (name).bundle`` for a
+        camera naming its own and ``bundle`` (the station's) for the others, or ``--bundle PATH`` where the flag stood
+        for it; without a station file, the bundle in force. "" for no camera."""
+        chosen = [(i, c) for i, c in enumerate(self.named) if c.camera in cameras]
+        shared = [c.camera for _, c in chosen if not c.own or self.station_file is None]
+        fields = [f"{self.station_file}: cameras[{i}] ({c.camera}).bundle" for i, c in chosen
+                  if c.own and self.station_file is not None]
+        if shared:
+            fields.append(self._shared_field(shared))
+        return "; ".join(fields)
+
+    def _shared_field(self, cameras: list[str]) -> str:
+        """Where the reload took the bundle of ``cameras`` that name none of their own (one camera: [""])."""
+        named = ", ".join(c for c in cameras if c)
+        of = f" (for camera{'s' if len(cameras) > 1 else ''} {named})" if named else ""
+        if self.station_file is None:
+            return f"the bundle in force{of}, reloaded in place"
+        if self.flag is not None:
+            return f"--bundle {self.flag}{of}, over {self.station_file}'s bundle"
+        return f"{self.station_file}: bundle{of}"
+
+
+@dataclass(frozen=True)
 class StationLinks:
     """What the console calls in the rooms above it, handed in by ``station.run.open_console`` (rooms import
     only downward). A link left None is a change this station cannot make; asking for it is a ConfigError.
@@ -410,12 +450,14 @@ class StationActions:
         return inspector.views[camera] if camera else inspector
 
     # ------------------------------------------------------------------ hot swap
-    def swap(self, bundle, who: str, camera=None, threshold: float | None = None, regions=None) -> dict:
+    def swap(self, bundle, who: str, camera=None, threshold: float | None = None, regions=None,
+             reload: ReloadFrom | None = None) -> dict:
         """Load ``bundle`` in a background thread; the loop switches to it between batches. Several cameras:
         for ``camera``, or (none named) for every camera that runs the station's bundle. threshold: the one to
         run it with (SIGHUP: the station file's); None = the bundle's, by the station's rule (a bundle swapped
         in from the console: its scores are on its own scale). regions: the ``regions:`` settings to judge with
-        from then on (SIGHUP: the station file's, re-read); None = keep the ones in force."""
+        from then on (SIGHUP: the station file's, re-read); None = keep the ones in force. reload: a reload's swap
+        (``ReloadFrom``): a failure is refused as the reload's, naming who asked and where the bundle is named."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
         camera = self._camera(camera, required=False)
@@ -424,7 +466,7 @@ class StationActions:
             if self.links.load_model is None:
                 raise ConfigError("this station cannot swap bundles (no loader was given)")
             return self._start_swap(self._load, Path(bundle), inspector, _who(who), threshold, regions,
-                                    status={"bundle": bundle})
+                                    status={"bundle": bundle}, reload=reload)
         if camera:
             cameras = (camera,)
         else:
@@ -433,25 +475,28 @@ class StationActions:
                 raise ConfigError("camera: expected the camera to swap (every camera names its own bundle), "
                                   f"found none; one of {', '.join(self.feed.cameras())}")
         return self.swap_cameras({Path(bundle): cameras}, who, {c: threshold for c in cameras},
-                                 None if regions is None else dict.fromkeys(cameras, regions))
+                                 None if regions is None else dict.fromkeys(cameras, regions), reload)
 
     def swap_cameras(self, plan: dict[Path, tuple[str, ...]], who: str,
-                     thresholds: dict[str, float | None] | None = None, regions: dict | None = None) -> dict:
+                     thresholds: dict[str, float | None] | None = None, regions: dict | None = None,
+                     reload: ReloadFrom | None = None) -> dict:
         """Several cameras: load each bundle of ``plan`` (bundle -> the cameras to run it) in a background
         thread; when all loaded, each camera switches through its own decider (none when one fails).
         thresholds: camera -> the threshold to run with (None or missing: the bundle's, by the station's rule).
-        regions: camera -> the ``regions:`` settings it judges with from then on (a reload's); missing: keep."""
+        regions: camera -> the ``regions:`` settings it judges with from then on (a reload's); missing: keep.
+        reload: a reload's swap (``ReloadFrom``): a bundle that fails to load is refused as the reload's, naming
+        who asked and the cameras and station file fields naming it."""
         self._inspector()
         if self.links.load_views is None:
             raise ConfigError("this station cannot swap bundles (no loader was given)")
         cameras = [c for group in plan.values() for c in group]
         bundles = ", ".join(str(b) for b in plan)
         return self._start_swap(self._load_views, plan, _who(who), dict(thresholds or {}), dict(regions or {}),
-                                status={"bundle": bundles, "cameras": cameras})
+                                status={"bundle": bundles, "cameras": cameras}, reload=reload)
 
-    def _start_swap(self, target, *args, status: dict) -> dict:
-        """Run ``target(*args)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while one loads,
-        RecorderError (nothing started) while the audit log cannot be written."""
+    def _start_swap(self, target, *args, status: dict, reload: ReloadFrom | None = None) -> dict:
+        """Run ``target(*args, reload=reload)`` on the swap thread, ``swap_status`` "loading" meanwhile; SwapBusy while
+        one loads, RecorderError (nothing started) while the audit log cannot be written."""
         with self.lock:
             if self._closed.is_set():
                 raise StationStopping(f"the station is stopping: bundle {status.get('bundle', '')} was not loaded")
@@ -460,7 +505,7 @@ class StationActions:
             self.audit.check_writable()
             self.swap_status = {"state": "loading", **status, "since": utc_now()}
             # a daemon still, so a load stuck past ``close``'s wait cannot hold the process up; ``close`` joins it
-            self._swapper = threading.Thread(target=self._guarded, args=(target, *args), name="bundle-swap",
+            self._swapper = threading.Thread(target=self._guarded, args=(target, reload, *args), name="bundle-swap",
                                              daemon=True)
             self._swapper.start()
         return self.swap_status
@@ -499,25 +544,46 @@ class StationActions:
                             "since": utc_now()}
         return True
 
-    def _guarded(self, target, *args) -> None:
-        """The swap thread: ``target(*args)``. Whatever it raises ends the swap as failed (logged, its text in
-        ``swap_status``), never left "loading": that would refuse every later swap and SIGHUP until a restart."""
+    def _guarded(self, target, reload: ReloadFrom | None, *args) -> None:
+        """The swap thread: ``target(*args, reload=reload)``. Whatever it raises ends the swap as failed (logged, its
+        text in ``swap_status``), never left "loading": that would refuse every later swap and SIGHUP until a
+        restart."""
         try:
-            target(*args)
+            target(*args, reload=reload)
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            self._swap_failed(str(self.swap_status.get("bundle", "")), exc)
+            self._swap_failed(str(self.swap_status.get("bundle", "")), exc, reload)
 
-    def _swap_failed(self, bundle: str, exc: Exception) -> None:
-        """A swap that did not happen: logged (a traceback for what is not a FairEdgeError) and in ``swap_status``."""
+    def _swap_failed(self, bundle: str, exc: Exception, reload: ReloadFrom | None = None,
+                     cameras: tuple[str, ...] = ()) -> None:
+        """A swap that did not happen: logged (a traceback for what is not a FairEdgeError) and in ``swap_status``.
+        A reload's (``reload``) is refused as the reload's: who asked, and where the station file names the bundle of
+        ``cameras`` (those whose load failed: ``ReloadFrom.refusal``), logged and shown so, with ``who``."""
         text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
-        log.error("bundle swap refused: %s", text, exc_info=not isinstance(exc, FairEdgeError))
-        self.swap_status = {"state": "failed", "bundle": bundle, "error": text, "since": utc_now()}
+        if reload is None:
+            log.error("bundle swap refused: %s", text, exc_info=not isinstance(exc, FairEdgeError))
+            self.swap_status = {"state": "failed", "bundle": bundle, "error": text, "since": utc_now()}
+            return
+        refusal = reload.refusal(text, cameras)
+        log.error("%s", refusal, exc_info=not isinstance(exc, FairEdgeError))
+        self.swap_status = {"state": "failed", "bundle": bundle, "error": refusal, "who": reload.who,
+                            "since": utc_now()}
 
-    def _load(self, bundle: Path, inspector, who: str, threshold: float | None, regions=None) -> None:
+    def reload_refused(self, who: str, text: str) -> None:
+        """A reload refused before it started a swap (``StationConsole.reload_bundle``: a station file that does not
+        load, a threshold applied on another model, ...; logged there): ``swap_status`` says so, "failed" with
+        ``error`` "bundle reload refused (WHO): TEXT" and ``who``, so ``/api/swap`` and the live page no longer show
+        the swap before it as the last word. Left as it is while a swap loads (it ends as done or failed itself)."""
+        with self.lock:
+            if self.swap_status.get("state") != "loading":
+                self.swap_status = {"state": "failed", "error": f"bundle reload refused ({who}): {text}", "who": who,
+                                    "since": utc_now()}
+
+    def _load(self, bundle: Path, inspector, who: str, threshold: float | None, regions=None,
+              reload: ReloadFrom | None = None) -> None:
         """One camera: load ``bundle``, checked against ``regions`` (a reload's, else those in force), then switch
         to it, with ``regions`` when given (none when the load fails or the audit log can no longer be written: the
-        loaded backend closed, the swap failed). Done with a ``warning`` when the switch is made but its audit row
-        fails."""
+        loaded backend closed, the swap failed; a reload's, ``reload``, refused as such). Done with a ``warning``
+        when the switch is made but its audit row fails."""
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         if self._stopped(str(bundle), []):
             return
@@ -526,14 +592,14 @@ class StationActions:
             change = self.links.load_model(bundle, threshold=threshold,
                                            **({} if checked is None else {"regions": checked}))
         except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
-            self._swap_failed(str(bundle), exc)
+            self._swap_failed(str(bundle), exc, reload, ("",))
             return
         if regions is not None:
             change = replace(change, regions=regions)
         refusal = self._grid_refusal(change, "", checked, str(bundle))
         if refusal:   # every frame would be NG on it: the old model stays
             _close_loaded([change])
-            self._swap_failed(str(bundle), ConfigError(refusal))
+            self._swap_failed(str(bundle), ConfigError(refusal), reload)
             return
         with self._switching:
             if not self._stopped(str(bundle), [change]):
@@ -590,26 +656,27 @@ class StationActions:
         return True
 
     def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None],
-                    regions: dict | None = None) -> None:
+                    regions: dict | None = None, reload: ReloadFrom | None = None) -> None:
         """Load every bundle of the plan, each checked against its cameras' ``regions`` (a reload's, else those in
         force), then switch each camera (with its ``regions`` where given); a failure (a load, an audit log that can
-        no longer be written) switches none (loaded backends closed). Once switching, every camera switches: an
-        audit row that fails then is the swap's ``warning``, not a stop (the cameras after it would keep the old
-        model)."""
+        no longer be written) switches none (loaded backends closed; a reload's, ``reload``, refused as such, naming
+        the cameras of the bundle that failed and where the station file names it). Once switching, every camera
+        switches: an audit row that fails then is the swap's ``warning``, not a stop (the cameras after it would
+        keep the old model)."""
         changes: dict[str, ModelChange] = {}
         bundles = ", ".join(str(b) for b in plan)
         regions = regions or {}
-        try:
-            for bundle, cameras in plan.items():
-                if self._stopped(bundles, changes.values()):   # the station stops: load no more bundles
-                    return
+        for bundle, cameras in plan.items():
+            if self._stopped(bundles, changes.values()):   # the station stops: load no more bundles
+                return
+            try:
                 checked = {c: r for c in cameras if (r := regions.get(c, self._regions_of(c))) is not None}
                 changes.update(self.links.load_views(bundle, cameras, thresholds,
                                                      **({"regions": checked} if checked else {})))
-        except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
-            _close_loaded(changes.values())   # the bundles loaded before the failure: no camera runs them
-            self._swap_failed(bundles, exc)
-            return
+            except Exception as exc:  # noqa: BLE001 - a loader's own errors too (onnxruntime raises RuntimeError)
+                _close_loaded(changes.values())   # the bundles loaded before the failure: no camera runs them
+                self._swap_failed(bundles, exc, reload, cameras)
+                return
         changes = {c: change if c not in regions else replace(change, regions=regions[c])
                    for c, change in changes.items()}
         bundle_of = {camera: str(bundle) for bundle, cameras in plan.items() for camera in cameras}
@@ -617,7 +684,7 @@ class StationActions:
                     if (r := self._grid_refusal(change, c, regions.get(c, self._regions_of(c)), bundle_of[c]))]
         if refusals:   # every frame of a camera would be NG: no camera switches
             _close_loaded(changes.values())
-            self._swap_failed(bundles, ConfigError("; ".join(refusals)))
+            self._swap_failed(bundles, ConfigError("; ".join(refusals)), reload)
             return
         with self._switching:
             if not self._stopped(bundles, changes.values()):
@@ -656,11 +723,9 @@ class StationActions:
         if self.station_file is None:   # each camera's bundle as it runs now (swaps included), reloaded in place
             named = [replace(c, bundle=self.feed.camera_bundles.get(c.camera, c.bundle), regions=None) for c in named]
         self.check_threshold_pairs(named)
-        plan: dict[Path, tuple[str, ...]] = {}
-        for c in named:
-            plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
-        return self.swap_cameras(plan, who, {c.camera: c.threshold for c in named},
-                                 {c.camera: c.regions for c in named if c.regions is not None})
+        return self.swap_cameras(reload_plan(named), who, {c.camera: c.threshold for c in named},
+                                 {c.camera: c.regions for c in named if c.regions is not None},
+                                 ReloadFrom(who, tuple(named), self.station_file))
 
     def _regions_of(self, camera: str):
         """The ``regions:`` settings ``camera``'s decider judges with (``regions_in_force``)."""
@@ -696,6 +761,18 @@ class StationActions:
         if self.feed.inspector is None:
             raise StationStarting("the station is still starting (no inspector yet); try again in a moment")
         return self.feed.inspector
+
+
+def reload_plan(named) -> dict[Path, tuple[str, ...]]:
+    """Bundle folder -> the cameras to run it, in the station file's order, for ``StationActions.swap_cameras``: one
+    load per folder however the cameras spell its path (relative or absolute, through a link), keyed by the folder
+    resolved (``tuning.real_folder``), as ``station.cell.CellModels`` keys its models at the start: cameras that share
+    a backend there share one after a reload too. named: each camera's ``CameraBundle``."""
+    plan: dict[Path, tuple[str, ...]] = {}
+    for c in named:
+        folder = tuning.real_folder(c.bundle)
+        plan[folder] = (*plan.get(folder, ()), c.camera)
+    return plan
 
 
 def _scores_below_zero(decider) -> bool:

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fair_edge.console.actions import (CameraBundle, StationActions, StationLinks, StationStarting,
-                                      StationStopping, SwapBusy)
+from fair_edge.console.actions import (CameraBundle, ReloadFrom, StationActions, StationLinks, StationStarting,
+                                      StationStopping, SwapBusy, reload_plan)
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.server import ConsoleServer, station_file_warning
@@ -166,8 +166,10 @@ class StationConsole:
         console is either in the file this reads or refused until the reloaded bundle runs. A bundle swap
         loading already (the console's, started first) puts the reload back as requested (``request_reload``):
         it runs once that swap is done, with the station file as it is then. Raises nothing: whatever else stops
-        the reload is logged as "bundle reload refused" and the station goes on with what it runs (a signal handler
-        calls ``request_reload`` instead: this reads a file)."""
+        the reload is logged as "bundle reload refused (WHO): ..." and the station goes on with what it runs; the swap
+        status (``/api/swap``, the live page) says the same, "failed" (``actions.reload_refused``), as it does for a
+        reload whose bundle fails to load, naming the camera and the station file's field (a signal handler calls
+        ``request_reload`` instead: this reads a file)."""
         try:
             with self.actions.lock:
                 self._reload(who)
@@ -179,6 +181,7 @@ class StationConsole:
         except Exception as exc:  # noqa: BLE001 - a reload never stops the station (see the docstring)
             text = str(exc) if isinstance(exc, FairEdgeError) else f"{type(exc).__name__}: {exc}"
             log.error("bundle reload refused (%s): %s", who, text, exc_info=not isinstance(exc, FairEdgeError))
+            self.actions.reload_refused(who, text)
 
     def _reload(self, who: str) -> None:
         """``reload_bundle``'s read of the station file and start of the swap (the caller holds ``actions.lock``)."""
@@ -188,7 +191,8 @@ class StationConsole:
         if self.station_file is None:   # the bundle folder in force rebuilt in place, regions kept
             given = self.start_threshold is not None or self.actions.threshold_applied
             kept = threshold_in_force(self._inspector()) if given else None
-            self.actions.swap(str(self.feed.bundle_path), who, threshold=kept)
+            in_force = CameraBundle("", self.feed.bundle_path, False, kept)
+            self.actions.swap(str(self.feed.bundle_path), who, threshold=kept, reload=ReloadFrom(who, (in_force,)))
             return
         now = self._read_station_file()   # a regions: section that does not load refuses the reload
         threshold, threshold_words = self._threshold_over(now.threshold)
@@ -196,8 +200,10 @@ class StationConsole:
         bundle_words = [] if self.flags.bundle is None else [
             f"--bundle {self.flags.bundle} over the station file's {now.bundle or '(none)'}"]
         self._log_flags(who, bundle_words + threshold_words)
-        self.actions.check_threshold_pairs([CameraBundle("", Path(path), False, threshold)])
-        self.actions.swap(str(path), who, threshold=threshold, regions=now.regions)
+        named = CameraBundle("", Path(path), False, threshold)
+        self.actions.check_threshold_pairs([named])
+        self.actions.swap(str(path), who, threshold=threshold, regions=now.regions,
+                          reload=ReloadFrom(who, (named,), self.station_file, self.flags.bundle))
 
     def _read_station_file(self):
         """The station file's settings now (``StationLinks.load_station``: ConfigError for one that does not load)."""
@@ -246,8 +252,9 @@ class StationConsole:
         flagged = [flags_over_camera(c, self.flags, own_threshold[c.camera]) for c in named]
         self._log_flags(who, camera_flag_words(self.flags, named, own_threshold))
         self.actions.check_threshold_pairs(flagged)
-        self.actions.swap_cameras(swap_plan(flagged), who, {c.camera: c.threshold for c in flagged},
-                                  {c.camera: c.regions for c in flagged if c.regions is not None})
+        self.actions.swap_cameras(reload_plan(flagged), who, {c.camera: c.threshold for c in flagged},
+                                  {c.camera: c.regions for c in flagged if c.regions is not None},
+                                  ReloadFrom(who, tuple(flagged), self.station_file, self.flags.bundle))
 
     def _inspector(self):
         """The inspector (one camera: what decides, ``threshold_in_force``); StationStarting before ``attach``."""
@@ -358,15 +365,6 @@ def camera_flag_words(flags: ReloadFlags, named, own_threshold: dict[str, bool])
         cameras = ", ".join(c.camera for c in named if not own_threshold[c.camera]) or "none (each sets its own)"
         words.append(f"--threshold {flags.threshold:.6g} over the station file's, for cameras {cameras}")
     return words
-
-
-def swap_plan(named) -> dict[Path, tuple[str, ...]]:
-    """bundle -> the cameras to run it, in the station file's order, for ``actions.swap_cameras``: one load per
-    bundle (``named``: each camera's ``CameraBundle``)."""
-    plan: dict[Path, tuple[str, ...]] = {}
-    for c in named:
-        plan[c.bundle] = (*plan.get(c.bundle, ()), c.camera)
-    return plan
 
 
 def _threshold_text(threshold: float | None) -> str:

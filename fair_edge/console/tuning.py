@@ -116,7 +116,8 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
     """Set ``decision.threshold`` in the station file, or with ``camera`` that camera's ``cameras[].threshold``
     (atomic replace, fsync'd, keeping the file's mode and owner, through a symlink to its target; YAML comments
     are not kept). bundle: the bundle the threshold was applied on (the one in force); where the file names another
-    (``bundle:``; with ``camera``, its own ``cameras[].bundle``, else the station's), it is written in the same
+    (``bundle:``; with ``camera``, its own ``cameras[].bundle``, else the station's; a link leading to it names it and
+    is kept: ``names_folder``), it is written in the same
     replace (one camera: ``bundle:``; with ``camera``: its ``cameras[].bundle``), so the file never pairs the
     threshold with a bundle it was not applied on (a bundle swapped in from the console is not written by the swap).
     Returns {"old": the bundle the file named (None: none), "new": the one written} when the bundle was written,
@@ -167,8 +168,9 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
 
 def _pair_bundle(section: dict, named, bundle: Path | None) -> dict:
     """Write ``bundle`` (absolute, links kept) as ``section``'s ``bundle`` when the file names another one (``named``:
-    the bundle it names for this camera now, None: none); returns {"old": named, "new": written} then, else {}."""
-    if bundle is None or (named is not None and same_bundle(named, bundle)):
+    the bundle it names for this camera now, None: none; a path leading to ``bundle``'s folder, a link among them,
+    names it: ``names_folder``); returns {"old": named, "new": written} then, else {}."""
+    if bundle is None or (named is not None and names_folder(named, bundle)):
         return {}
     written = os.path.abspath(bundle)
     section["bundle"] = written
@@ -179,6 +181,21 @@ def same_bundle(a, b) -> bool:
     """Whether two bundle paths (a station file's, relative to the working folder as the station reads them, ``~``
     expanded; or a Path) name the same folder, links not followed (a link is its own name for a bundle)."""
     return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(str(b)))
+
+
+def names_folder(named, folder) -> bool:
+    """Whether the station file's bundle path ``named`` (relative to the working folder as the station reads it, ``~``
+    expanded) leads to ``folder`` now, links followed: ``bundles/current`` linked to the bundle in force names it.
+    The console knows the bundle in force by its loaded root, a link's target (``load_bundle`` resolves it), so
+    written over with that target the link would no longer move the camera at the next rollout (the link pointed at
+    another bundle, then SIGHUP)."""
+    return same_bundle(named, folder) or real_folder(named) == real_folder(folder)
+
+
+def real_folder(path) -> Path:
+    """``path`` (a station file's, as ``same_bundle`` reads it; or a Path) absolute, with every link followed as far
+    as it leads (one to nowhere, or in a loop, raises nothing here: ``os.path.realpath``; the load names it)."""
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
 def _write_like(original: Path, write: Callable[[IO[str]], object]) -> Path:
