@@ -6,6 +6,7 @@ Colours are BGR; images are (H, W, 3) uint8.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -184,11 +185,29 @@ def save_pro_plot(
 
 
 # ---------------------------------------------------------------- overlays
+FUSED_HALF_SCALE = 3.0   # a fused map's heat scale: its threshold -/+ this many normal spreads (heat_scale)
 
 
 def drawable(anomaly_map: np.ndarray) -> bool:
     """Whether ``heatmap_overlay`` can draw this map: no inf, and at least one scored (not NaN) pixel."""
     return not np.isinf(anomaly_map).any() and not np.isnan(anomaly_map).all()
+
+
+def heat_scale(anomaly_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """(vmin, vmax): the map values a station's heat map (NG images, the console) shows as dark blue and dark red,
+    the same on every image at one threshold, with ``threshold`` the middle of the colour map (green): pixels above it
+    yellow to red, those below cyan to blue.
+
+    anomaly_map: (h, w) float, NaN = unscored (``drawable``). threshold > 0 (a single bundle's, whose map is >= 0):
+    0 .. 2 x threshold. threshold <= 0 (only a fused bundle's can be: its map is in its members' normal-spread units,
+    ``runtime.fusion``, about -2 .. 0 on normal parts and far lower at their edges, its threshold often just under
+    0): threshold -/+ ``FUSED_HALF_SCALE`` normal spreads (0 .. map max showed every pixel under 0 as dark blue, NG
+    or not, and refused a map all under 0). None or not finite: min(0, the map's minimum) .. its maximum."""
+    if threshold is not None and math.isfinite(threshold):
+        if threshold > 0:
+            return 0.0, 2.0 * threshold
+        return threshold - FUSED_HALF_SCALE, threshold + FUSED_HALF_SCALE
+    return min(0.0, float(np.nanmin(anomaly_map))), float(np.nanmax(anomaly_map)) + 1e-6
 
 
 def heatmap_overlay(

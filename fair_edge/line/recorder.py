@@ -72,7 +72,7 @@ from ..errors import FairEdgeError, RecorderError
 from ..images import encode_image, gray_2d, shape_text, write_whole
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
-from ..plots import heatmap_panel, threshold_mark
+from ..plots import heat_scale, heatmap_panel, threshold_mark
 from ..regions import draw_regions
 from .settings import RecordSettings
 from .sinks.base import Counters
@@ -554,18 +554,18 @@ class Recorder:
         return done
 
     def _overlay(self, image: np.ndarray, amap: np.ndarray, verdict: Verdict) -> np.ndarray:
-        """Heatmap over the frame on a fixed scale, 0 .. 2 x threshold, so the threshold is the
-        middle of the colour map (green) and hot spots of NG parts show red on every image; above it
-        the score, threshold, source and sequence number, beside it the colour scale."""
+        """Heatmap over the frame on the station's scale (``plots.heat_scale``: 0 .. 2 x threshold on every image,
+        or for a fused bundle's threshold <= 0 centred on it), so the threshold is the middle of the colour map
+        (green) and hot spots of NG parts show red; above it the score, threshold, source and sequence number,
+        beside it the colour scale."""
         image = gray_2d(image)
         bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
         threshold = verdict.threshold
-        known = bool(np.isfinite(threshold) and threshold > 0)
-        vmax = 2.0 * threshold if known else float(np.nanmax(amap)) + 1e-6
+        known = bool(np.isfinite(threshold))
         mark, why = threshold_mark(verdict.score, amap, threshold if known else None)
         lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
                  f"seq {verdict.seq}  source {verdict.source or '-'}", *why] + ([_ascii(verdict.reason)] if verdict.hits else [])
-        return heatmap_panel(bgr, amap, 0.0, vmax, lines, threshold=mark,
+        return heatmap_panel(bgr, amap, *heat_scale(amap, threshold), lines, threshold=mark,
                              show_original=False, alpha=self.settings.overlay_alpha, min_side=0,
                              marks=self._marks(verdict))
 

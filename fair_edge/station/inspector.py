@@ -275,6 +275,24 @@ def roi_on_map(roi: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (grid > 0).astype(np.float32)
 
 
+def max_inside(anomaly_map: np.ndarray, inside: np.ndarray) -> float:
+    """The image score with an ROI: the largest pixel of ``anomaly_map`` ((h, w) float32) where ``inside`` ((h, w)
+    bool, the ROI on the map's grid) is True; a NaN there gives NaN (``unusable_output`` refuses it). The pixels
+    outside count for nothing: neither a hot spot there nor a 0 put in their place (a fused bundle's map, in its
+    members' normal-spread units, is below 0 on normal parts and its threshold can be too: 0-filled, every part
+    scored at least 0 and was NG). On a map >= 0 (every single bundle's) it is max(map x ROI), bit for bit. -inf
+    for an ROI with no pixel on the grid, which ``roi_on_map`` never makes of a mask ``load_roi`` takes."""
+    return float(np.max(anomaly_map, where=inside, initial=-np.inf))
+
+
+def outside_dropped(anomaly_map: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``anomaly_map`` ((h, w) float32) with its pixels outside the ROI (``inside``: (h, w) bool) set to -inf: above
+    no pixel threshold, whatever its sign, so no defect region forms there ((h, w) float32, a new array)."""
+    kept = np.full(anomaly_map.shape, -np.inf, np.float32)
+    np.copyto(kept, anomaly_map, where=inside)
+    return kept
+
+
 class ViewDecider:
     """How one camera's frames are decided: its frame scorer (shared by the cameras of one bundle), threshold,
     ROI ((H, W) float32 weights at the mask image's resolution, nonzero = inspected, or None), model id and
@@ -290,7 +308,7 @@ class ViewDecider:
             raise ConfigError(f"threshold must be a finite number; found {threshold}.")
         self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
         self.grid, self.map_area = grid, map_area
-        self._roi_grid: tuple[np.ndarray, np.ndarray] | None = None   # (mask, its weights on the last map grid)
+        self._roi_grid: tuple[np.ndarray, ...] | None = None   # (mask, its weights and bool on the last map grid)
         self._warned_grids: set[tuple[tuple[int, int], tuple[int, ...]]] = set()   # (calibrated, live) grids logged
         self.switch = ModelSwitch(shared=True)   # its replaced scorers: the loop retires them
 
@@ -359,17 +377,32 @@ class ViewDecider:
         return place_on_frame(anomaly_map, frame_hw, self.map_area)
 
     def roi_on(self, shape: tuple[int, int]) -> np.ndarray:
-        """The ROI weights on the anomaly map's grid (a tiled bundle's frame map is not S x S), made from the
-        mask itself, once per grid."""
+        """The ROI weights ((h, w) float32 0/1) on the anomaly map's grid (a tiled bundle's frame map is not S x S),
+        made from the mask itself, once per grid."""
+        return self._roi_on_grid(shape)[1]
+
+    def roi_inside(self, shape: tuple[int, int]) -> np.ndarray:
+        """The ROI on the anomaly map's grid as (h, w) bool, True = inspected (``roi_on`` > 0), once per grid."""
+        return self._roi_on_grid(shape)[2]
+
+    def _roi_on_grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mask, its weights on the grid ``shape``, those as bool), made again when the mask or the grid changed."""
         if self._roi_grid is None or self._roi_grid[0] is not self.roi or self._roi_grid[1].shape != tuple(shape):
-            self._roi_grid = (self.roi, roi_on_map(self.roi, tuple(shape)))
-        return self._roi_grid[1]
+            weights = roi_on_map(self.roi, tuple(shape))
+            self._roi_grid = (self.roi, weights, weights > 0)
+        return self._roi_grid
 
     def score(self, anomaly_map: np.ndarray, family_score: float) -> float:
-        """The image score: the family's own, or with an ROI the maximum of map x ROI."""
+        """The image score: the family's own, or with an ROI the largest map pixel inside it (``max_inside``)."""
         if self.roi is None:
             return float(family_score)
-        return float((anomaly_map * self.roi_on(anomaly_map.shape)).max())
+        return max_inside(anomaly_map, self.roi_inside(anomaly_map.shape))
+
+    def roi_map(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The map regions are cut from: as scored, or with an ROI its pixels outside dropped (``outside_dropped``)."""
+        if self.roi is None:
+            return anomaly_map
+        return outside_dropped(anomaly_map, self.roi_inside(anomaly_map.shape))
 
 
 class Inspector:
@@ -377,8 +410,9 @@ class Inspector:
     (see selection.select_backend).
 
     threshold: score > threshold is NG. roi: (H, W) float32 weights at the mask image's resolution (1 inside
-    the region of interest, 0 outside), mapped onto each anomaly map's grid (``roi_on_map``) and multiplied
-    into the map before its max, or None for the whole image.
+    the region of interest, 0 outside), mapped onto each anomaly map's grid (``roi_on_map``): the score is the
+    map's maximum inside it (``max_inside``) and regions are cut from the map inside it, or None for the whole
+    image.
     model: the model's id, written into every verdict. ``switch.request()`` (from any thread)
     changes model or threshold at the next batch boundary (see fair_edge.runtime.hotswap).
     regions: finds defect regions in every scored map and applies the station's rules
@@ -436,9 +470,10 @@ class Inspector:
 
     # ------------------------------------------------------------------ one batch
     def _judge_regions(self, decider: ViewDecider, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
-        """(regions, rule hits, why they could not be judged or '') of one scored frame; the map is ROI-weighted like
-        its score. A frame they cannot be judged on is counted (``region_errors``) and logged."""
-        amap = anomaly_map if decider.roi is None else anomaly_map * decider.roi_on(anomaly_map.shape)
+        """(regions, rule hits, why they could not be judged or '') of one scored frame; with an ROI, from the map
+        inside it only, like its score (``ViewDecider.roi_map``). A frame they cannot be judged on is counted
+        (``region_errors``) and logged."""
+        amap = decider.roi_map(anomaly_map)
         try:
             return (*decider.regions.judge(frame.image.shape[:2], amap), "")
         except ConfigError as exc:   # a frame of another size than the zones were drawn for

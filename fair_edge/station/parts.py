@@ -40,8 +40,9 @@ step that joins it. Each time a camera falls out of step is logged once and coun
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
 "ng_views", "missing", "rule"}``; ``score`` / ``camera``: the deciding view's (``_deciding_view``): an NG part's
-worst NG view (highest score / threshold), the one that decided it; an OK part's worst view; None for a part
-NG only because views are missing (no view decided it: ``missing`` names them).
+worst NG view (furthest over its own threshold, in its camera's score unit: ``_badness``), the one that decided it;
+an OK part's worst view; None for a part NG only because views are missing (no view decided it: ``missing`` names
+them).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ RECENT_KEYS = 256      # match: encoder: closed parts whose keys a view captured
                        # match: sequence: part counts whose opening times a camera's slip is told by
 PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the median of this many last gaps
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
+FUSED_SCORE_UNIT = 1.0   # a fused bundle's score unit: its members' normal spread (``_badness``)
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
 # on_open(part id, its first view's capture time (monotonic s), its belt count with match: encoder else None)
 OpenListener = Callable[[int, float, "int | None"], None]
@@ -464,8 +466,8 @@ def _why_missing(part: _Part, camera: str, early: bool) -> str:
 
 
 def _deciding_view(inspected_views: dict[str, Verdict], ng_views: list[str], ng: bool) -> Verdict | None:
-    """The view the part's row and verdict name: the worst NG view (highest score / threshold: the one that decided
-    an NG part), else for an OK part its worst view; None for a part NG only because views are missing."""
+    """The view the part's row and verdict name: the worst NG view (``_badness``: the one that decided an NG part),
+    else for an OK part its worst view; None for a part NG only because views are missing."""
     if ng_views:
         return max((inspected_views[c] for c in ng_views), key=_badness)
     if not ng:
@@ -483,7 +485,18 @@ def _view_row(part: _Part, camera: str, missing: str | None) -> dict:
 
 
 def _badness(verdict: Verdict) -> float:
-    """How far over its threshold a view is (score / threshold; an unscored view is the worst)."""
+    """How far over its own threshold a view is, in a unit of its camera's scores: 1 + (score - threshold) / unit
+    (1 at the threshold, above 1 over it; an unscored view is the worst, inf), so that the views of models whose
+    scores live on other scales compare (a cell mixing fused and single bundles).
+
+    unit: the threshold where it is > 0, which makes it score / threshold, as before (a single bundle's threshold:
+    its scores are >= 0); ``FUSED_SCORE_UNIT`` where the threshold is <= 0, which only a fused bundle's can be (its
+    scores are in its members' normal-spread units, ``runtime.fusion``: normal parts about -2 .. 0, the threshold
+    often just under 0, no scale to divide by), so its margin is counted in normal spreads. Before, such a view ranked
+    by its raw score against the other cameras' score / threshold. Views of one model at one threshold rank by their
+    scores either way. A fused bundle's threshold > 0 still divides: the verdict does not say its model is fused."""
     if verdict.score is None:
         return float("inf")
-    return verdict.score / verdict.threshold if verdict.threshold > 0 else verdict.score
+    if verdict.threshold > 0:
+        return verdict.score / verdict.threshold
+    return 1.0 + (verdict.score - verdict.threshold) / FUSED_SCORE_UNIT
