@@ -3,11 +3,13 @@
 Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``ConfigError`` naming
 the field, e.g. ``reject.delay_ms: expected a number in [0, 86400000], found 'abc'``. Every URL (reject and fault sinks,
 the encoder, the handshake, MQTT) is parsed on load by the parser the station uses at start, nothing opened, so a
-typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service.
+typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service; so is GPIO
+wiring that could never open (``check_gpio_outputs``: two Jetson pin numberings, two outputs on one line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
 from .mqtt import parse_mqtt_url
 from .sinks import parse_sink
+from .sinks.gpio import check_gpio_wiring
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
@@ -40,6 +43,17 @@ def check_sink_urls(section: str, key: str, urls: tuple[str, ...]) -> tuple[str,
     for i, url in enumerate(urls):
         check_sink_url(f"{section}.{key}[{i}]", url)
     return urls
+
+
+def check_gpio_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse GPIO wiring one station could never open (``check_gpio_wiring``: ``jetson://`` URLs in two numberings,
+    two outputs on one line) when its file is read, not after the model loaded. outputs: setting -> its checked
+    URLs (``{"reject.sinks": (...), "cameras[0].reject": (...)}``); ``ConfigError`` naming the settings."""
+    named = [(f"{setting}[{i}]", url) for setting, urls in outputs.items() for i, url in enumerate(urls)]
+    try:
+        check_gpio_wiring(named)
+    except SinkError as exc:
+        raise ConfigError(f"{exc} (docs/line-integration.md, \"GPIO wiring and permissions\")") from exc
 
 
 def check_encoder_url(where: str, url: str) -> str:
@@ -104,7 +118,7 @@ class RejectSettings:
                 "reject: expected one of delay_ms or encoder_distance, found both; "
                 "remove delay_ms when the reject follows an encoder")
         dist = d["encoder_distance"]
-        return cls(
+        settings = cls(
             sinks=check_sink_urls(s, "sinks", f.url_list(s, "sinks", d["sinks"])),
             fault_sinks=check_sink_urls(s, "fault_sinks", f.url_list(s, "fault_sinks", d["fault_sinks"])),
             delay_ms=f.number(s, "delay_ms", d["delay_ms"], minimum=0, maximum=f.DAY_MS),
@@ -120,6 +134,8 @@ class RejectSettings:
             require_sinks_at_start=f.boolean(s, "require_sinks_at_start", d["require_sinks_at_start"]),
             handshake=HandshakeSettings.from_dict(d.get("handshake")),
         )
+        check_gpio_outputs({f"{s}.sinks": settings.sinks, f"{s}.fault_sinks": settings.fault_sinks})
+        return settings
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ from fair_edge.station.inspector import MAX_BATCH, LoopSettings
 from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
-from fair_edge.line.settings import MetricsSettings, MqttSettings, RecordSettings, RejectSettings, check_sink_urls
+from fair_edge.line.settings import (MetricsSettings, MqttSettings, RecordSettings, RejectSettings, check_gpio_outputs,
+                                     check_sink_urls)
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
@@ -213,6 +214,8 @@ class StationConfig:
         for i, view in enumerate(self.cameras):
             check_fps(f"cameras[{i}]", view.fps)
             check_sink_urls(f"cameras[{i}]", "reject", view.reject)
+        check_gpio_outputs({"reject.sinks": self.reject.sinks, "reject.fault_sinks": self.reject.fault_sinks,
+                            **{f"cameras[{i}].reject": view.reject for i, view in enumerate(self.cameras)}})
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "

@@ -189,10 +189,14 @@ class WorkerSink:
     ``PlcError`` for it, a link failure like any other; so is an OPC UA node that is gone or changed its data type
     since the connect (``PlcBindingError``, from a write or a probe): the reconnect reads it again, and a node still
     gone fails that connect (``link_down``) at once.
-    pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake); read back as ``pulse_ms``
-    (the reject gate plans its pulse slots with it).
+    pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake): no resting level is written over
+    such a pulse, not even the one a reconnect owes when the pulse's own connect brought the link back; read back
+    as ``pulse_ms`` (the reject gate plans its pulse slots with it).
     close(): pulses already queued or in progress are finished first (rising and falling edge,
-    at most ``CLOSE_DRAIN_S``), so a station that stops never leaves an output on mid-pulse.
+    at most ``CLOSE_DRAIN_S``); then, the worker stopped, one attempt writes the resting level before the output is
+    closed (``_rest_at_close``), so a station that stops never leaves an output on mid-pulse: a pulse still on
+    (wider than the drain) is cut short and logged, and a failed last write is logged as an output that may be
+    left on.
     """
 
     def __init__(self, name: str, output: Output, pulse_ms: float, *, queue_size: int = 16,
@@ -223,6 +227,8 @@ class WorkerSink:
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
         self._stuck = False          # "stuck" reported; "released" not yet (resting level not rewritten)
+        self._fall_owed: tuple[int, float] | None = None   # (seq, monotonic s its falling edge was due): a pulse
+                                                           # whose falling edge the stop kept from being written
         self._odd_error = ""         # the last non-PlcError failure logged (logged again only when it changes)
         self._probe_s = probe_s
         self._next_probe = 0.0       # monotonic s: probe the idle link from then on (pushed back by each good write)
@@ -286,9 +292,39 @@ class WorkerSink:
             log.warning("sink %s: closing with %d pulse(s) unfinished", self.name, self._inflight)
         self._stop.set()
         self._thread.join(timeout=2.0)
-        if self._thread.is_alive():
-            log.error("sink %s: worker did not stop within 2 s", self.name)
+        if self._thread.is_alive():   # still in a write: a second writer on the output would race it
+            log.error("sink %s: worker did not stop within 2 s (a write still blocked); the resting level is not "
+                      "written at close: the output may be left on", self.name)
+        else:
+            self._rest_at_close()
         self._disconnect()
+
+    def _rest_at_close(self) -> None:
+        """close(), the worker stopped: one attempt to write the resting level before the output is closed (a pulse
+        wider than the drain, or a falling edge the stop or the link kept from being written, would leave it on).
+        Skipped where nothing is owed, no pulse of ours on: a resting level already written (a ``pulse_ms=0``
+        output's pulse is the PLC's to clear), a level the device refused, a link that is down. Logged: a pulse cut short,
+        a write that failed (the output may be left on)."""
+        owed, self._fall_owed = self._fall_owed, None
+        on_now = owed is not None or self._stuck   # a pulse of ours may be on
+        if not on_now and (not self._level_dirty or self._level_refused == self._level or not self._connected):
+            return
+        level = "on" if self._level else "off"
+        try:
+            if not self._connected:
+                self._out.open()        # one connect: no back-off, no reports, the sink is closing
+                self._connected = True  # so _disconnect closes it
+            self._out.set(self._level)
+        except Exception as exc:  # noqa: BLE001 - any failure: said, and the output closed anyway
+            log.error("sink %s: closing with the resting level (%s) not written: %s; the output may be left %s",
+                      self.name, level, exc, "on" if on_now else "as it was")
+            return
+        if owed is not None:
+            seq, t_fall = owed
+            log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
+                        self.name, seq, max(0.0, 1000.0 * (t_fall - time.monotonic())))
+        elif self._stuck:
+            log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
     def __enter__(self) -> WorkerSink:
         return self
@@ -337,7 +373,10 @@ class WorkerSink:
     def _do_pulse(self, ev: RejectEvent) -> None:
         if not self._connected:
             self._try_connect(force=True)   # connect while waiting for the edge
-        sleep_until(ev.t_edge, self._stop)
+        if not sleep_until(ev.t_edge, self._stop):
+            self._counters.add("missed")
+            self._emit("missed", ev.seq, "the sink closed before its edge time; not written")
+            return
         if time.monotonic() > ev.deadline:
             self._counters.add("missed")
             self._emit("missed", ev.seq, "dequeued after its deadline")
@@ -354,6 +393,8 @@ class WorkerSink:
                 self._emit("missed", ev.seq, "not written by its deadline; not replayed")
             return
         self._counters.add("delivered")
+        if self._pulse_s == 0:   # the PLC clears it: no resting level over the pulse (a reconnect's owed one too)
+            self._level_dirty = False
         in_time = time.monotonic() <= ev.deadline
         if not in_time:   # the write began in time but finished late: say so
             self._counters.add("late_writes")
@@ -365,13 +406,21 @@ class WorkerSink:
 
     def _fall(self, ev: RejectEvent) -> None:
         """The falling edge, pulse_ms from now: after the rising edge's write returned or, unconfirmed, was given
-        up on (so a write that did land still makes a full pulse); none with pulse_ms 0 (the PLC clears it)."""
-        if self._pulse_s > 0:
-            sleep_until(time.monotonic() + self._pulse_s, self._stop)
-            if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-                self._level_dirty = True  # write the resting level again once reconnected
-                self._stuck = True        # "released" once it is
-                self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+        up on (so a write that did land still makes a full pulse); none with pulse_ms 0 (the PLC clears it).
+        The sink closing mid-pulse leaves it to ``close()`` (``_fall_owed``), which writes it cut short."""
+        if self._pulse_s <= 0:
+            return
+        t_fall = time.monotonic() + self._pulse_s
+        if not sleep_until(t_fall, self._stop):
+            self._fall_owed = (ev.seq, t_fall)
+            return
+        if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
+            if self._stop.is_set():   # given up for the close, not for the link: close() writes it
+                self._fall_owed = (ev.seq, t_fall)
+                return
+            self._level_dirty = True  # write the resting level again once reconnected
+            self._stuck = True        # "released" once it is
+            self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
