@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import logging
 import os
@@ -11,6 +13,8 @@ from typing import Any
 from ..records import json_safe
 
 log = logging.getLogger(__name__)
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)   # a write failed for want of space: rotated files can make room
 
 
 def json_line(obj: dict[str, Any]) -> bytes:
@@ -32,6 +36,10 @@ class RotatingJsonl:
     Every line of the file is a whole row: a write that fails part-way (a full disk takes half a line) is cut
     back off the file, and a file found not ending in a newline when it is (re)opened (a cut that failed
     too, a crash mid-line) has its torn last line cut off, so no row is ever glued onto a piece of another.
+    A full disk (``ENOSPC``, ``EDQUOT``) deletes this log's oldest rotated file (``.N``, the highest number
+    first) and writes the row again, until it is written or no rotated file is left: the newest rows are
+    kept, not the oldest. Each file deleted is logged (name and size: its rows are gone) and counted in
+    ``files_dropped`` / ``bytes_dropped``; a log without rotated files left raises as before.
     """
 
     def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
@@ -41,10 +49,24 @@ class RotatingJsonl:
         self._f = None
         self.rotations = 0
         self.torn_cut = 0          # torn (partly written) lines cut off the file
+        self.files_dropped = 0     # rotated files deleted to write on a full disk
+        self.bytes_dropped = 0     # their bytes
         self._close_failed = False  # a failed close was logged (once)
 
     def write(self, obj: dict[str, Any]) -> None:
+        """Append one row; on a full disk delete the oldest rotated file and try again (see the class doc)."""
         line = json_line(obj)
+        while True:
+            try:
+                self._write_line(line)
+                return
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS or not self._drop_oldest(exc):
+                    raise
+
+    def _write_line(self, line: bytes) -> None:
+        """Append ``line`` (whole, newline-terminated), rotating first when it would pass ``max_bytes``; a write
+        that fails is cut back off the file and raised."""
         if self._f is None:
             self._open()
         if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes:
@@ -57,6 +79,50 @@ class RotatingJsonl:
             self._close_quietly()
             self._cut_back(start)
             raise
+
+    def rotated_files(self) -> list[Path]:
+        """This log's rotated files on disk, oldest first (``name.N`` .. ``name.1``; numbers past ``keep`` too,
+        e.g. left by a run with a larger ``keep_files``)."""
+        numbered = []
+        for path in self.path.parent.glob(f"{glob.escape(self.path.name)}.*"):
+            suffix = path.name[len(self.path.name) + 1:]
+            if suffix.isdigit() and int(suffix) >= 1:
+                numbered.append((int(suffix), path))
+        return [path for _, path in sorted(numbered, reverse=True)]
+
+    def _drop_oldest(self, exc: OSError) -> bool:
+        """Delete the oldest rotated file to make room after ``exc`` (a full disk); False when there is none to
+        delete (or it cannot be deleted: logged), so the caller raises ``exc``."""
+        files = self.rotated_files()
+        if not files:
+            return False
+        oldest = files[0]
+        try:
+            size = oldest.stat().st_size
+            oldest.unlink()
+        except OSError as unlink_exc:
+            log.error("%s: disk full (%s) and deleting the oldest rotated log %s failed: %s; rows are not "
+                      "written until space is freed under %s", self.path, exc.strerror or exc, oldest.name,
+                      unlink_exc, self.path.parent)
+            return False
+        self.files_dropped += 1
+        self.bytes_dropped += size
+        log.warning("%s: disk full (%s): deleted the oldest rotated log %s (%.2f MB; its rows are gone) to write "
+                    "on, %d rotated file(s) left (%d deleted so far, %.2f MB); free space under %s or lower "
+                    "record.max_log_mb / keep_files", self.path, exc.strerror or exc, oldest.name, size / 2**20,
+                    len(files) - 1, self.files_dropped, self.bytes_dropped / 2**20, self.path.parent)
+        return True
+
+    def room_to_grow(self) -> int:
+        """Bytes this log may still take before its rotation caps it: ``(keep + 1) x max_bytes`` (``max_bytes``
+        with keep 0) less what its file and its rotated files ``.1`` .. ``.keep`` hold now (0 when at the cap)."""
+        held = 0
+        for path in [self.path] + [self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.keep + 1)]:
+            try:
+                held += path.stat().st_size
+            except OSError:   # not there (yet), or rotated away meanwhile
+                continue
+        return max(0, (self.keep + 1) * self.max_bytes - held)
 
     def _open(self) -> None:
         """Open for appending, first cutting off a torn last line (the file does not end in a newline)."""

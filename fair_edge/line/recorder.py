@@ -12,12 +12,14 @@ warning says how long an NG part's images take to save here, so a PNG encoder to
 is not blamed on the disk. An NG part's row and its images are queued apart when it is recorded, so no row ever
 waits behind an image write (a slow ``ng/`` disk delayed verdicts.jsonl and gate.jsonl by minutes); its images
 may be saved before or after its row is written, and neither is written twice. Disk guard: when
-the free space under ``record.dir`` falls below ``min_free_mb``, images are no longer saved (counted
-``images_skipped``, one warning) while the verdict log goes on; saving resumes when space is back. An ``OSError``
-(full disk, unplugged drive) is counted in ``write_errors`` and logged once per kind; it never reaches the
-inspection loop.
+the free space under ``record.dir`` falls below ``min_free_mb`` plus what verdicts.jsonl and gate.jsonl may still
+grow into before their rotation caps them (``(keep_files + 1) x max_log_mb`` each, less what they hold), images are
+no longer saved (counted ``images_skipped``, one warning) while the verdict log goes on; saving resumes when space
+is back. A log that finds the disk full anyway (filled by something else) deletes its own oldest rotated file and
+writes on (``RotatingJsonl``; logged, counted ``log_files_deleted``). An ``OSError`` (full disk, unplugged drive)
+is counted in ``write_errors`` and logged once per kind; it never reaches the inspection loop.
 
-Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation),
+Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation; gate.jsonl alike),
 ``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT`` (the
 heat map over the frame, its colour scale, and the score, threshold, source and sequence number
 written above; defect region boxes (red: fired a rule) and zone outlines drawn on it, the reason
@@ -50,7 +52,8 @@ queued or being written, 0 after close:
 images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` reached, close deadline);
 ``images_failed``: not saved because the frame or map could not be drawn or encoded (a frame the overlay refuses,
 e.g. a bad shape: a bug upstream, not the disk; the part's row is logged); ``write_errors``: every failed write to
-the disk, rows (= ``rows_failed``) and NG images.
+the disk, rows (= ``rows_failed``) and NG images; ``log_files_deleted``: rotated log files deleted to write rows on a
+full disk (their rows are gone).
 """
 
 from __future__ import annotations
@@ -301,6 +304,7 @@ class Recorder:
         """The counters (see the module doc) and ``pending``: rows queued and not yet settled (a gauge)."""
         out = self._counters.snapshot()
         out["pending"] = out["queued"] - sum(out[k] for k in ROW_OUTCOMES)
+        out["log_files_deleted"] = sum(f.files_dropped for f in self._log_files())
         return out
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -608,7 +612,20 @@ class Recorder:
         self._image_times = (saved + 1, draw_s + drawn - start, save_s + self._timer() - drawn)   # one writer
         self._counters.add("images")
 
+    def _logs_room_mb(self) -> float:
+        """MB the logs may still grow into before rotation caps them (``RotatingJsonl.room_to_grow``): the verdict
+        log's, and the gate log's once it is written; NG images leave it to them."""
+        return sum(f.room_to_grow() for f in self._log_files()) / (1024 * 1024)
+
+    def _log_files(self) -> list[RotatingJsonl]:
+        """The JSONL logs: verdicts.jsonl, and gate.jsonl once its first row came."""
+        return [self._log] + ([self._gate_log] if self._gate_log is not None else [])
+
     def _disk_has_room(self) -> bool:
+        """Whether NG images may be saved: the free space under ``record.dir`` (re-read at most every
+        ``disk_check_s``) is at least ``min_free_mb`` plus what the logs may still grow into (``_logs_room_mb``), so
+        images never take the room the verdict log's own rotation needs; one warning when that stops, one line
+        when it resumes."""
         now = time.monotonic()
         if now - self._disk_checked < self._disk_check_s:
             return self._disk_ok
@@ -618,11 +635,12 @@ class Recorder:
         except OSError as exc:
             self._warn_once("disk-usage", "cannot read free space of %s: %s", self.dir, exc)
             return self._disk_ok
-        ok = free_mb >= self.settings.min_free_mb
+        logs_mb = self._logs_room_mb()
+        ok = free_mb >= self.settings.min_free_mb + logs_mb
         if not ok and self._disk_ok:
-            log.warning("only %.0f MB free under %s (< record.min_free_mb = %.0f): NG images are "
-                        "no longer saved, the verdict log goes on", free_mb, self.dir,
-                        self.settings.min_free_mb)
+            log.warning("only %.0f MB free under %s (< record.min_free_mb = %.0f + %.0f MB the verdict and gate logs "
+                        "may still grow into, (keep_files + 1) x max_log_mb each): NG images are no longer saved, the "
+                        "verdict log goes on", free_mb, self.dir, self.settings.min_free_mb, logs_mb)
         elif ok and not self._disk_ok:
             log.info("%.0f MB free under %s again: saving NG images", free_mb, self.dir)
         self._disk_ok = ok

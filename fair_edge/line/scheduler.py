@@ -17,7 +17,9 @@ the gate only ever acts on the part in front of it. A part is decided (its outco
 the same lock that takes it off the heap, so a verdict is either in time or late, never neither. The decision cut-off is
 ``DISPATCH_LEAD_S`` before the due time (the event then goes to the sinks, which time the edge
 themselves). A pulse that ``min_gap_ms`` would push past ``due + late_ms`` is not fired either
-(it would hit the next part): counted ``gap_missed`` and alarmed. Pulse slots are ``pulse + min_gap_ms`` wide,
+(it would hit the next part): counted ``gap_missed`` and alarmed, each part (the alarm latches per part; its journal
+lines are grouped by ``GapMissLog``: the first miss at once, the rest one line per ``GAP_LOG_S`` naming their count and
+sequence numbers, so a persistent conflict does not log a line per part). Pulse slots are ``pulse + min_gap_ms`` wide,
 the pulse being the widest any reject sink drives (its URL's ``pulse_ms``, else ``reject.pulse_ms``: ``slot_span_s``).
 
 A verdict for a part that was never noted at capture (callers without a capture hook) is placed
@@ -101,6 +103,9 @@ GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninsp
 PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
                  "unconfirmed": "unconfirmed"}
 SEQS_NAMED = 20          # sequence numbers an alarm or log line names at most (the rest are counted)
+GAP_LOG_S = 10.0         # gap_missed parts after the first are logged together, one line per this many seconds
+GAP_MISSED_WHY = ("min_gap_ms after the previous pulse would put its edge past due + late_ms (it would hit the next "
+                  "part)")
 ABANDONED = "abandoned"   # a part still between camera and gate when the run ended: no decision, no pulse
 PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
@@ -217,6 +222,7 @@ class RejectScheduler:
         self._epoch = 0   # the encoder's position epoch the heap's parts were last checked against
         self._fault_shown = False
         self._fault_lock = threading.RLock()   # fault state + output writes: sink threads report concurrently
+        self._gap_log = GapMissLog()   # groups the journal lines of gap_missed parts
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -462,6 +468,7 @@ class RejectScheduler:
         self._thread.join(timeout=2.0)
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop within 2 s")
+        self._log_alarm(self._gap_log.close())
         self.abandon_pending()
         for sink in self._owned:
             sink.close()
@@ -523,6 +530,7 @@ class RejectScheduler:
             finally:
                 for part, outcome in decided:
                     self._decide(part, outcome)
+            self._log_alarm(self._gap_log.due())
 
     def _wait_time(self) -> list[tuple[_Part, str]]:
         with self._lock:
@@ -622,8 +630,8 @@ class RejectScheduler:
             why = f" (verdict error: {part.error})" if part.error else ""
             self._raise_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
         elif outcome == "gap_missed":
-            self._raise_alarm(f"part seq {part.seq} not rejected: min_gap_ms after the previous pulse "
-                              f"would put its edge past due + late_ms (it would hit the next part)")
+            self._latch_alarm(f"part seq {part.seq} not rejected: {GAP_MISSED_WHY}")
+            self._log_alarm(self._gap_log.note(part.seq))
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
         self._tell(self._gate_row(part, outcome))   # after the pulse is handed over
@@ -707,8 +715,19 @@ class RejectScheduler:
             self._update_fault_output()
 
     def _raise_alarm(self, reason: str) -> None:
+        """Log the alarm and latch it (``_latch_alarm``)."""
+        self._log_alarm(reason)
+        self._latch_alarm(reason)
+
+    @staticmethod
+    def _log_alarm(line: str | None) -> None:
+        """The journal's line for an alarm (None: nothing to log now, e.g. a gap_missed part gathered)."""
+        if line is not None:
+            log.error("reject alarm: %s", line)
+
+    def _latch_alarm(self, reason: str) -> None:
+        """Count the alarm and latch it on the fault output (until ``acknowledge_alarm``), without logging it."""
         self._counters.add("alarms")
-        log.error("reject alarm: %s", reason)
         with self._fault_lock:
             self._alarm = reason
             self._update_fault_output()
@@ -768,3 +787,67 @@ def seq_list(seqs: list[int], most: int = SEQS_NAMED) -> str:
     belt of 258 lost parts named all of them in the fault output's reason and on MQTT)."""
     named = ", ".join(map(str, seqs[:most]))
     return named if len(seqs) <= most else f"{named} and {len(seqs) - most} more (all in gate.jsonl)"
+
+
+class GapMissLog:
+    """Groups the journal lines of ``gap_missed`` parts. A min_gap_ms conflict that lasts (parts closer than a pulse
+    slot, 100 parts/s on a 70 ms slot) logged one ERROR line per part, 1 672 in 40 s; now the first miss after a quiet
+    spell is logged at once, naming its part, and the misses after it are gathered and logged as one line per
+    ``window_s`` (their count, first and last sequence number, and the first ``SEQS_NAMED`` of them). A window with
+    no miss ends the spell: the next miss is logged at once again. Only the journal is grouped: each part is still
+    counted, alarmed and written to gate.jsonl.
+
+    window_s: seconds a line gathers misses (None: ``GAP_LOG_S``). clock: monotonic seconds (tests hand in a fake
+    one). Thread-safe (the scheduler thread notes and ticks; ``close`` may run beside a thread that did not stop).
+    """
+
+    def __init__(self, window_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = float(GAP_LOG_S if window_s is None else window_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: list[int] = []            # seqs of the misses gathered since the window began
+        self._since: float | None = None      # when the window began (monotonic s); None: quiet, no window
+
+    def note(self, seq: int) -> str | None:
+        """Part ``seq`` was decided ``gap_missed``: the line to log now (the first miss of a spell; or the misses
+        gathered, once the window they were gathered in ran out, this one with them), or None (gathered)."""
+        with self._lock:
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+                return (f"part seq {seq} not rejected: {GAP_MISSED_WHY}; further such parts are logged together, "
+                        f"one line per {self.window_s:g} s (each is in gate.jsonl)")
+            self._held.append(seq)
+            return self._window_end(now)
+
+    def due(self) -> str | None:
+        """The misses gathered when their window ran out (one line), else None; a window without a miss ends the
+        spell. Call it often (the scheduler thread's every turn)."""
+        with self._lock:
+            return self._window_end(self._clock())
+
+    def close(self) -> str | None:
+        """The misses still gathered (one line) at the end of the run, or None."""
+        with self._lock:
+            line = self._held_line(self._clock())
+            self._held, self._since = [], None
+            return line
+
+    def _window_end(self, now: float) -> str | None:
+        """(under self._lock) At the end of a window: its line (None when it gathered nothing, which ends the
+        spell) and a new window from ``now``; before it: None."""
+        if self._since is None or now - self._since < self.window_s:
+            return None
+        line = self._held_line(now)
+        self._since = now if self._held else None
+        self._held = []
+        return line
+
+    def _held_line(self, now: float) -> str | None:
+        """(under self._lock) The line for the misses gathered, or None when there are none."""
+        if not self._held:
+            return None
+        held, span_s = self._held, now - (self._since if self._since is not None else now)
+        count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
+        return (f"{count} not rejected (gap_missed) in the last {span_s:.1f} s, seq {held[0]} .. {held[-1]}: "
+                f"{seq_list(held)}; {GAP_MISSED_WHY}")

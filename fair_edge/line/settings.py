@@ -143,9 +143,11 @@ class RecordSettings:
     """What the recorder keeps.
 
     dir: output folder (created). save_ng_images: write NG frames with heatmap overlays.
-    image_format: ``png`` (lossless) or ``jpg``. max_log_mb: rotate the JSONL log past this size, MB.
-    keep_files: rotated logs kept (``verdicts.jsonl.1`` .. ``.N``). min_free_mb: stop saving images
-    when the disk has less free space than this, MB (logging goes on). queue_size: NG parts whose
+    image_format: ``png`` (lossless) or ``jpg``. max_log_mb: rotate each JSONL log (verdicts.jsonl, gate.jsonl) past
+    this size, MB. keep_files: rotated files kept per log (``verdicts.jsonl.1`` .. ``.N``, ``gate.jsonl.1`` .. ``.N``;
+    on a full disk the oldest are deleted to write on). min_free_mb: stop saving images when the disk has less free
+    space than this, MB, plus what the two logs may still grow into ((keep_files + 1) x max_log_mb each, less what they
+    hold), so the logs always have their room (logging goes on). queue_size: NG parts whose
     images wait for the writer thread; past it an NG part is logged without its images (counted images_skipped);
     rows without images are not limited by it. queue_mb: the same bound in memory, MB: the frames (and maps) of
     the NG parts waiting, 1024 by default (64 frames of 5 MP BGR; 17 of 20 MP); an NG part with none waiting is
