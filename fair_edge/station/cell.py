@@ -329,7 +329,9 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             count=None if line.encoder is None else line.encoder.count,
             position=None if line.encoder is None else (lambda: encoder_source.mark(line.encoder)[0]),
             offsets={v.name: v.offset_counts for v in cfg.cameras}, close_by_count=part_close_by_count(cfg),
-            plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)))
+            plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)),
+            due_s=math.inf if scheduler is None or line.encoder is not None
+            else (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0)
         line.callbacks.append(cell.assembler.on_verdict)
         return cell
     for view in cfg.cameras:

@@ -21,21 +21,32 @@ at its belt count, so it is decided at its due time whatever happens to its view
 - ``close_all()`` at the end of a run closes the rest the same way.
 
 ``match: encoder``: the part's key is its belt count at the camera at offset 0 (a view's count minus its camera's
-``offsets``), whichever camera sees it first. A view captured after its part closed (its key within
-``window_counts`` of a recently closed part that its camera did not see) is filed under that part, late: counted
-``late_views`` when its verdict (or drop) comes, never a part of its own (which the gate would note at a count
-where no such part is, and reject fail-safe on a neighbour).
+``offsets``), whichever camera sees it first.
+
+Late views (``window``, ``sequence``, ``encoder``): a view that comes after its part closed without it (a camera
+that hung, then delivered the frame it held) is filed under that part (``_match_closed``: one of the last
+``RECENT_KEYS`` closed parts its camera was not filed under, by capture time within ``window_ms``, by the count
+its seq names with ``sequence``, by key within ``window_counts`` with ``encoder``), late: counted ``late_views``
+when its verdict (or drop) comes, never a part of its own (which the gate would note after its due time, or at a
+count where no such part is, and reject fail-safe on another part) nor paired with a later part. A ``window`` or
+``sequence`` view that matches no part once the gate can no longer reject its part (``due_s`` after its capture:
+``_past_gate``) opens none either: it is counted late the same way (``on_capture`` returns None).
 
 ``match: sequence`` out of step: a camera's frame marked ``resumed`` (``Frame.resumed``: frames were lost
 that its seq does not count), or one that slipped silently (a camera that took no frame of a trigger counts the
 next one's as that one: its frame's count names a part that opened more than ``window_ms``, and more than half
 the usual time between parts, from its capture; told once ``PERIOD_PARTS`` parts have opened), can no longer be
 placed by its seq. That camera is matched by capture time (``window_ms``) instead, to the nearest open part it is
-missing, and its seq offset is learned again from that part; until one matches, each of its frames is a part of its
-own (its other views missing: fail-safe). A part opened by such a frame takes its count from the first camera in
-step that joins it. Each time a camera falls out of step is logged once and counted (``stats["resyncs"]``, with
-``match: sequence`` only). Views are never paired by a count that may be off. A camera without a timeline
-(``mark_untimed``: an unpaced replay, its frames stamped when read) is never taken out of step by its capture time.
+missing, and its seq offset is learned again from that part (only from a frame not older than the newest one
+filed for the camera); until one matches, each of its frames is a part of its own (its other views missing:
+fail-safe). A part opened by such a frame takes its count from the first camera in step that joins it. A frame in
+step whose count names a closed part it missed is that part's late view, never re-paired by capture time: a held
+frame stamped when read looks slipped (captured far from that part's opening), and then takes its camera out of
+step for its next frames; a camera that took no frame of more triggers in a row than a part's time spans loses that
+one part more (its first frame after is taken for the late view: fail-safe). Each time a camera falls out of step
+is logged once and counted (``stats["resyncs"]``, with ``match: sequence`` only). Views are never paired by a
+count that may be off. A camera without a timeline (``mark_untimed``: an unpaced replay, its frames stamped when
+read) is never taken out of step by its capture time.
 
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
@@ -62,7 +73,7 @@ from fair_edge.station.views import GroupSettings
 log = logging.getLogger(__name__)
 
 CLOSED_MEMORY = 4096   # closed parts remembered, so a view coming after its part closed is recognised
-RECENT_KEYS = 256      # match: encoder: closed parts whose keys a view captured after its part closed is matched on;
+RECENT_KEYS = 256      # closed parts a view captured before its part closed is matched on (not match: handshake);
                        # match: sequence: part counts whose opening times a camera's slip is told by
 PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the median of this many last gaps
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
@@ -83,6 +94,15 @@ class CloseByCount(NamedTuple):
     unplaced_s: float = math.inf
 
 
+class _ClosedPart(NamedTuple):
+    """A recently closed part, for the views captured before it closed that come after (``_match_closed``).
+    key: as ``_Part.key``; t_open: its first view's capture (monotonic s); seen: the cameras filed under it."""
+
+    key: float
+    t_open: float
+    seen: set[str]
+
+
 @dataclass
 class _Part:
     """A part with its views so far. key: what views are matched on (capture time s, frame seq, or belt count)."""
@@ -97,6 +117,7 @@ class _Part:
     decided: bool = False   # its verdict is out (NG by the views before the rest): it closes without another
     count_close: float | None = None   # close_by_count: the belt count it closes at (grace_s after it)
     t_counted: float | None = None     # ... when a sweep first saw the belt there (monotonic s)
+    captured: dict[str, float] = field(default_factory=dict)   # camera -> its frame's t_capture (monotonic s)
 
     def in_hand(self) -> "_Part":
         """A copy of the views so far (under the lock): a part decided while open is decided from this, as the
@@ -114,14 +135,17 @@ class PartAssembler:
     when the belt has carried it this far (``CloseByCount``). position: the belt count parts close by, None while
     the encoder has no position (``encoder_source.mark``'s count); default ``count``. plc_part: (camera, frame) ->
     the PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's
-    first view was captured. on_part: see ``PartListener``. clock: monotonic seconds (tests hand in a fake one).
+    first view was captured. on_part: see ``PartListener``. due_s: how long after a part's first view's capture the
+    reject gate can still reject it (``reject.delay_ms + late_ms``, s; inf: no gate, or one that goes by belt count):
+    a ``window`` or ``sequence`` view matching no part after that opens none (``_past_gate``). clock: monotonic
+    seconds (tests hand in a fake one).
     """
 
     def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
                  on_open: OpenListener | None = None, count: Callable[[], int] | None = None,
                  offsets: dict[str, int] | None = None, close_by_count: CloseByCount | None = None,
                  position: Callable[[], int | None] | None = None,
-                 plc_part: Callable[[str, Frame], int | None] | None = None,
+                 plc_part: Callable[[str, Frame], int | None] | None = None, due_s: float = math.inf,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if group.match == "encoder" and count is None:
             raise ValueError("match: encoder needs the belt count (count=)")
@@ -132,7 +156,7 @@ class PartAssembler:
         self.cameras, self.group, self.timeout_s = list(cameras), group, float(timeout_s)
         self.min_ng = group.min_ng_views(len(self.cameras))
         self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
-        self.offsets, self.close_by_count = dict(offsets or {}), close_by_count
+        self.offsets, self.close_by_count, self.due_s = dict(offsets or {}), close_by_count, float(due_s)
         self.position = position or count
         self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
         self._resync: set[str] = set()           # ... cameras whose seq lost step (matched by time)
@@ -143,8 +167,10 @@ class PartAssembler:
         self._lock = threading.Lock()
         self._open: OrderedDict[int, _Part] = OrderedDict()
         self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
-        self._closed: OrderedDict[tuple[str, int], int] = OrderedDict()   # ... for views of closed parts
-        self._recent: OrderedDict[int, tuple[float, set[str]]] = OrderedDict()   # encoder: closed id -> key, cameras
+        self._closed: OrderedDict[tuple[str, int], int | None] = OrderedDict()   # ... for views of closed parts
+        # (None: a view that matched no part when the gate could no longer reject its part: _past_gate)
+        self._recent: OrderedDict[int, _ClosedPart] = OrderedDict()   # recently closed part id -> its key, cameras
+        self._newest_capture: dict[str, float] = {}   # camera -> the newest t_capture filed for it (monotonic s)
         self._next_id = 0
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
         if group.match == "sequence":
@@ -158,26 +184,33 @@ class PartAssembler:
             self._untimed = set(cameras)
 
     # ---- the cameras' threads -----------------------------------------------------------
-    def on_capture(self, camera: str, frame: Frame) -> int:
-        """File a captured frame under its part (a new one when it matches none); returns the part id."""
+    def on_capture(self, camera: str, frame: Frame) -> int | None:
+        """File a captured frame under its part (a new one when it matches none); returns the part id. A view of a
+        part that closed without it (``_match_closed``) is filed under that part, late; one that matches no part
+        when the gate can no longer reject its part (``_past_gate``) opens none: None. Either is counted
+        ``late_views`` when its verdict (or drop) comes, and never noted at the gate, which is past its part."""
         key = None if self.group.match == "sequence" else self._key(camera, frame)
         opened = None
         with self._lock:
+            late = self._late_in_sequence(camera, frame) if key is None else None
+            if late is not None:
+                return self._file_late(camera, frame, late)
             if key is None:   # sequence: placed under the lock (offsets and cameras out of step)
                 part = self._match_sequence(camera, frame)
                 key = self._sequence_key(camera, frame)
             else:
                 part = self._match(camera, key)
-            if part is None and self.group.match == "encoder":
-                late = self._match_closed(camera, key)
-                if late is not None:   # filed under its closed part: late_views when its verdict comes
-                    self._closed[(camera, frame.seq)] = late
-                    return late
+            if part is None and self.group.match != "handshake":
+                late = self._match_closed(camera, frame, key)
+                if late is not None or self._past_gate(frame):
+                    return self._file_late(camera, frame, late)
             if part is None:
                 part = self._new_part(frame.t_capture, key)
                 opened = part
             part.seqs[camera] = frame.seq
+            part.captured[camera] = frame.t_capture
             self._of[(camera, frame.seq)] = part.part_id
+            self._note_filed(camera, frame)
         if opened is not None and self.on_open is not None:
             count = int(opened.key) if self.group.match == "encoder" else None
             self.on_open(opened.part_id, opened.t_open, count)
@@ -264,16 +297,46 @@ class PartAssembler:
             part.t_counted = now
         return now >= part.t_counted + self.close_by_count.grace_s
 
-    def _match_closed(self, camera: str, key: float) -> int | None:
-        """(under the lock) ``match: encoder``: the recently closed part a view captured after its close belongs to
-        (the nearest key within ``window_counts`` whose part this camera did not see), None when there is none."""
-        near = [(abs(key - k), part_id) for part_id, (k, seen) in self._recent.items()
-                if camera not in seen and abs(key - k) <= self.group.window_counts]
-        if not near:
+    def _match_closed(self, camera: str, frame: Frame, key: float) -> int | None:
+        """(under the lock) The recently closed part (``RECENT_KEYS``) this camera was not filed under that a view
+        matching no open part belongs to (``_closed_distance``: the nearest), None when there is none."""
+        near = [(self._closed_distance(frame, key, closed), part_id) for part_id, closed in self._recent.items()
+                if camera not in closed.seen]
+        distance, part_id = min(near, default=(math.inf, None))
+        if math.isinf(distance):
             return None
-        part_id = min(near)[1]
-        self._recent[part_id][1].add(camera)   # a second frame of this camera is a part of its own, as when open
+        self._recent[part_id].seen.add(camera)   # a second frame of this camera is a part of its own, as when open
         return part_id
+
+    def _closed_distance(self, frame: Frame, key: float, closed: _ClosedPart) -> float:
+        """(under the lock) How far a view (its ``key``) is from a closed part, inf where it is not that part's: by
+        key within ``window_counts`` (``encoder``); by the part's count (``sequence``, a camera in step); by its
+        first view's capture within ``window_ms`` (``window``; ``sequence``, a camera out of step: nan key)."""
+        if self.group.match == "encoder":
+            distance, most = abs(key - closed.key), self.group.window_counts
+        elif self.group.match == "sequence" and not math.isnan(key):
+            distance, most = (0.0 if closed.key == key else math.inf), 0.0
+        else:
+            distance, most = abs(frame.t_capture - closed.t_open), self.group.window_ms / 1000.0
+        return distance if distance <= most else math.inf
+
+    def _past_gate(self, frame: Frame) -> bool:
+        """(under the lock) ``window`` / ``sequence``: whether the gate can no longer reject the part of this view
+        (its capture + ``due_s`` is past): its part went by; opened now, it would be noted at the gate after its due
+        time and pulsed at once, onto whatever part is in front of the gate."""
+        return self.group.match in ("window", "sequence") and self.clock() >= frame.t_capture + self.due_s
+
+    def _file_late(self, camera: str, frame: Frame, part_id: int | None) -> int | None:
+        """(under the lock) File a view under its closed part (None: no part), late: counted ``late_views`` when
+        its verdict or drop comes (``_file``). Returns ``part_id``."""
+        self._closed[(camera, frame.seq)] = part_id
+        self._trim_closed()
+        self._note_filed(camera, frame)
+        return part_id
+
+    def _note_filed(self, camera: str, frame: Frame) -> None:
+        """(under the lock) A frame of ``camera`` was filed: the newest capture filed for it (``_learn_offset``)."""
+        self._newest_capture[camera] = max(frame.t_capture, self._newest_capture.get(camera, -math.inf))
 
     def _match(self, camera: str, key: float) -> _Part | None:
         """The open part this view belongs to (under the lock), None for a new part."""
@@ -289,11 +352,29 @@ class PartAssembler:
             return float("nan")
         return float(frame.seq + self._seq_offset.get(camera, 0))
 
+    def _late_in_sequence(self, camera: str, frame: Frame) -> int | None:
+        """``match: sequence`` (under the lock): the closed part that a frame of a camera in step names by its count
+        and that closed without it: the frame is a late view of it (a held frame delivered after its part closed),
+        never paired again by capture time. If it also slipped (``_slip``: captured far from that part's opening;
+        a held frame stamped when read looks so), the camera is out of step from here on: its seq may no longer
+        tell its part. None for any other frame (a ``resumed`` one's seq does not count the frames lost)."""
+        if frame.resumed or camera in self._resync:
+            return None
+        count = self._sequence_key(camera, frame)
+        if any(p.key == count and camera not in p.seqs for p in self._open.values()):
+            return None
+        part_id = self._match_closed(camera, frame, count)
+        if part_id is not None:
+            slipped = self._slip(camera, frame)
+            if slipped:
+                self._lose_step(camera, slipped)
+        return part_id
+
     def _match_sequence(self, camera: str, frame: Frame) -> _Part | None:
         """``match: sequence`` (under the lock): the open part of this frame's count; for a camera out of step
         (``resumed``, or slipped: ``_slip``), the nearest open part by capture time within ``window_ms``, whose
-        count re-learns its offset. A frame in step joining a part opened out of step gives that part its count
-        (and its out-of-step views theirs)."""
+        count re-learns its offset (``_learn_offset``). A frame in step joining a part opened out of step gives that
+        part its count (and its out-of-step views theirs)."""
         if frame.resumed:
             self._lose_step(camera, "frames were lost that its sequence numbers do not count")
         slipped = self._slip(camera, frame)
@@ -313,9 +394,9 @@ class PartAssembler:
             part.key = key
             self._note_count(key, part.t_open)
             for other, seq in part.seqs.items():
-                self._learn_offset(other, int(key) - seq)
+                self._learn_offset(other, int(key) - seq, part.captured[other])
         elif part.key == part.key:
-            self._learn_offset(camera, int(part.key) - frame.seq)
+            self._learn_offset(camera, int(part.key) - frame.seq, frame.t_capture)
         return part
 
     def _slip(self, camera: str, frame: Frame) -> str:
@@ -375,8 +456,11 @@ class PartAssembler:
         times = sorted(self._openings)
         return statistics.median(b - a for a, b in zip(times, times[1:]))
 
-    def _learn_offset(self, camera: str, offset: int) -> None:
-        if camera in self._resync:
+    def _learn_offset(self, camera: str, offset: int, t_capture: float) -> None:
+        """(under the lock) A camera out of step is in step again: its frame captured at ``t_capture`` (monotonic s)
+        joined a counted part, its seq + ``offset`` = the part count. Not learned from a frame older than the newest
+        one already filed for the camera (a held frame delivered late: its seq says nothing of the frames after)."""
+        if camera in self._resync and t_capture >= self._newest_capture.get(camera, -math.inf):
             self._resync.discard(camera)
             self._seq_offset[camera] = offset
             log.warning("camera %s: in step again (its frame seq + %d = the part count)", camera, offset)
@@ -387,8 +471,7 @@ class PartAssembler:
             if part is None:
                 if (camera, seq) in self._closed:
                     self.stats["late_views"] += 1
-                    log.warning("camera %s frame %d: its part %d had closed without it", camera, seq,
-                                self._closed[(camera, seq)])
+                    _log_late_view(camera, seq, self._closed[(camera, seq)])
                 return
             change(part)
             complete = len(part.verdicts) + len(part.dropped) == len(self.cameras)
@@ -412,12 +495,15 @@ class PartAssembler:
         for camera, seq in part.seqs.items():
             self._of.pop((camera, seq), None)
             self._closed[(camera, seq)] = part.part_id
+        self._trim_closed()
+        self._recent[part.part_id] = _ClosedPart(part.key, part.t_open, set(part.seqs))
+        while len(self._recent) > RECENT_KEYS:
+            self._recent.popitem(last=False)
+
+    def _trim_closed(self) -> None:
+        """(under the lock) Keep the last ``CLOSED_MEMORY`` views of closed parts."""
         while len(self._closed) > CLOSED_MEMORY:
             self._closed.popitem(last=False)
-        if self.group.match == "encoder":
-            self._recent[part.part_id] = (part.key, set(part.seqs))
-            while len(self._recent) > RECENT_KEYS:
-                self._recent.popitem(last=False)
 
     def _decide(self, part: _Part, early: bool = False) -> None:
         """Tell ``on_part`` the part's verdict (None when not inspected) and row. early: decided NG by its views in
@@ -451,6 +537,15 @@ class PartAssembler:
             self.on_part(verdict, row)
         except Exception:   # a sink or log failure must not stop the parts
             log.exception("part %d: on_part failed", part.part_id)
+
+
+def _log_late_view(camera: str, seq: int, part_id: int | None) -> None:
+    """A view's verdict (or drop) came for a part that had closed without it (None: it matched no part)."""
+    if part_id is None:
+        log.warning("camera %s frame %d: came after its part's time was up and matched no part open or recently "
+                    "closed; not a part of its own (the gate is past it)", camera, seq)
+    else:
+        log.warning("camera %s frame %d: its part %d had closed without it", camera, seq, part_id)
 
 
 def _why_missing(part: _Part, camera: str, early: bool) -> str:
