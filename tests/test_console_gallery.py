@@ -88,6 +88,7 @@ def test_a_views_verdict_is_the_newest_recent_one_else_the_newest_ng_one_while_r
     both, compared after every verdict with a search of the lists."""
     rng = np.random.default_rng(3)
     feed = StationFeed(ConsoleSettings(port=0, recent_parts=10), tmp_path)
+    feed.recent = deque(maxlen=10)   # every view's verdict: 10 kept here (feed.RECENT_VERDICTS in a station)
 
     def searched(seq: int, camera: str):
         for kept in (feed.recent, feed.ng):

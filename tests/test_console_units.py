@@ -706,10 +706,13 @@ def test_the_gallery_keeps_the_labels_and_reviews_of_its_ng_parts_views(tmp_path
     """An NG part stays in the gallery long after its views left the recent verdicts: every view keeps its label
     and OK/NG, a passed view can still be reviewed while its frame is kept (keep_frames 16: a review is saved with
     its image); a defect corrected to a false reject counts in drift again."""
+    from collections import deque
+
     from fair_edge.console.actions import StationLinks
     from fair_edge.console.views import gallery
 
     console, _ = cell_console(tmp_path, StationLinks(), recent_parts=10, keep_frames=16, drift_min_parts=1)
+    console.feed.recent = deque(maxlen=10)   # every view's verdict: 10 kept here (feed.RECENT_VERDICTS in a station)
 
     def part(pid: int, ng_b: bool) -> None:
         """Part ``pid`` seen by a and b (seq = pid), NG by b's view when ``ng_b``; the row comes after a's view and

@@ -12,8 +12,9 @@ PSI is 0 for the same distribution and grows with any shift of location or sprea
 reading, kept here as the default alarm level: < 0.1 stable, 0.1 .. 0.25 moving, >= 0.25 drifted
 (``console.drift_alarm``). "Recent normal parts": the last ``drift_window`` inspected parts,
 less those an operator confirmed as defects or misses and those without a score; at least
-``drift_min_parts`` of them before a value is given. A lighting change, a dirty lens or a new
-material batch moves the whole normal distribution long before the reject rate says so.
+``drift_min_parts`` of them before a value is given (at most ``drift_window``: the station file's ``console:`` is
+refused otherwise, ``ConsoleSettings.check_drift``, as such a watch would wait for ever). A lighting change, a dirty
+lens or a new material batch moves the whole normal distribution long before the reject rate says so.
 
 Noise floor. Both samples are finite: the deciles come from the ``n_calib`` held-out normals the bundle was
 calibrated on (``Threshold.n_normal``, often only ~60), the recent share from ``n`` parts. On a perfectly stable

@@ -12,14 +12,21 @@ its own frames, so seq alone is ambiguous; with one camera the camera is "". A s
 (``station.cell``) also hands in its part rows (``observe_part``, the ``PartAssembler``'s rows) and its
 per-camera and part counters (``CellCounters``). Every camera's scores go to its own drift watch
 (``drift.CameraDrift``), compared with the calibration of the bundle that camera runs.
+
+What the console keeps does not grow with ``console.recent_parts``, except the NG review: every view's verdict is
+kept for the last ``RECENT_VERDICTS`` views (or ``keep_frames``, if more: a kept frame's verdict stays findable), the
+live page's latency over the last ``LATENCY_WINDOW`` of them; ``recent_parts`` sizes the NG lists the gallery shows
+(``ng``, ``ng_part_rows``) and nothing the live page reads several times a second. The line's rate is a counter's
+change over the last ``RATE_WINDOW_S`` (``CounterRate``): parts for cameras viewing one part, else inspected frames.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +40,9 @@ from fair_edge.records import Frame, Verdict
 
 LATENCY_EDGES_MS = tuple(1000.0 * b for b in LATENCY_BUCKETS_S)
 RATE_WINDOW_S = 5.0
+RECENT_VERDICTS = 2000   # every view's verdict kept (live page, tuning, review lookups): fixed, not recent_parts
+LATENCY_WINDOW = 2000    # the live page's latency percentiles and histogram: over the last this many verdicts
+RATE_OF_PARTS, RATE_OF_FRAMES = "parts", "frames"   # what the live page's rate counts (``StationFeed.rate_counts``)
 
 
 ViewKey = tuple[str, int]   # (camera, seq): one camera's frame; camera "" with one camera
@@ -66,6 +76,86 @@ class Part:
     anomaly_map: np.ndarray | None = None
 
 
+class CounterRate:
+    """Events per second over the last ``window_s`` seconds of a monotonic clock, as a counter's change: ``tick(t)``
+    counts one event at time t (s; the loop thread, O(1)), keeping the running total at each event back to the last
+    one at or before ``t - window_s``; ``per_s(now)`` = (total now - total at ``now - window_s``) / window_s (any
+    thread). It changes only when an event enters or leaves the window. At most ``max_readings`` events are kept: on a
+    line faster than max_readings / window_s events/s, the rate is over the time since the oldest one kept."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, max_readings: int = 8192) -> None:
+        self.window_s = window_s
+        self.total = 0   # events counted (monotonic)
+        self._readings: deque[tuple[float, int]] = deque(maxlen=max_readings)   # (t s, total), oldest first
+
+    def tick(self, t: float) -> None:
+        """One event at ``t`` (s, the clock ``per_s`` is given)."""
+        self.total += 1
+        readings = self._readings
+        readings.append((t, self.total))
+        while len(readings) > 1 and readings[1][0] <= t - self.window_s:
+            readings.popleft()   # the newest at or before the window's start stays: the total then
+
+    def per_s(self, now: float) -> float:
+        """Events per second over (now - window_s, now]; 0.0 before the first."""
+        readings = list(self._readings)   # a copy: the loop thread appends meanwhile
+        if not readings:
+            return 0.0
+        total, start = readings[-1][1], now - self.window_s
+        before = bisect.bisect_right(readings, start, key=_time)   # readings[:before] are at or before ``start``
+        if before:
+            return (total - readings[before - 1][1]) / self.window_s
+        t_oldest, total_oldest = readings[0]
+        if total_oldest == 1:   # the first event is kept: none came before the window
+            return total / self.window_s
+        return (total - total_oldest) / (now - t_oldest) if now > t_oldest else 0.0   # readings dropped: the kept ones
+
+
+def _time(reading: tuple[float, int]) -> float:
+    return reading[0]
+
+
+class PartIndex:
+    """View -> its part id, for the views of the last ``recent_rows`` part rows and of the NG part rows the gallery
+    lists (the newest ``ng_rows``): the part a review of a view names. ``add`` on the loop thread only (the one
+    writer); ``get`` from any thread."""
+
+    def __init__(self, recent_rows: int, ng_rows: int) -> None:
+        self._recent, self._ng = _Rows(recent_rows), _Rows(ng_rows)
+
+    def add(self, row: dict) -> None:
+        """A part row (part, ng, views {camera: {seq, ...} | {missing}})."""
+        keys = tuple((camera, view["seq"]) for camera, view in row.get("views", {}).items() if "seq" in view)
+        self._recent.add(row["part"], keys)
+        if row.get("ng"):
+            self._ng.add(row["part"], keys)
+
+    def get(self, key: ViewKey, default: int | None = None) -> int | None:
+        found = self._recent.of.get(key)
+        if found is None:
+            found = self._ng.of.get(key)
+        return default if found is None else found
+
+
+class _Rows:
+    """The views of the last ``size`` part rows: ``of`` maps each to its part (a view seen again maps to its newest)."""
+
+    def __init__(self, size: int) -> None:
+        self.of: dict[ViewKey, int] = {}
+        self._rows: deque[tuple[int, tuple[ViewKey, ...]]] = deque()   # (part, its views), oldest first
+        self._size = size
+
+    def add(self, part: int, keys: tuple[ViewKey, ...]) -> None:
+        for key in keys:
+            self.of[key] = part
+        self._rows.append((part, keys))
+        while len(self._rows) > self._size:
+            old, old_keys = self._rows.popleft()
+            for key in old_keys:
+                if self.of.get(key) == old:   # not a newer part's view of the same key
+                    del self.of[key]
+
+
 class StationFeed:
     """Bounded memory of recent parts plus handles to the station's own counters.
 
@@ -73,13 +163,17 @@ class StationFeed:
     "starting". output: the station's output folder (the only folder the console serves files from).
     reference: the calibration distribution of the station's score and its size (``drift.Reference``; none by
     default), for one camera's drift watch (camera ""). camera_references: several cameras: camera -> its own
-    (station file's order), one drift watch each; given, ``reference`` is not used.
+    (station file's order), one drift watch each; given, ``reference`` is not used. clock: monotonic seconds, the
+    time of a part row (``observe_part``) and of ``rate``'s now (a verdict brings its own ``t_verdict``).
     """
 
     def __init__(self, settings: ConsoleSettings, output: Path, reference: Reference = Reference(),
-                 camera_references: Mapping[str, Reference] | None = None) -> None:
-        self.settings, self.output = settings, Path(output)
-        self.recent: deque[Verdict] = deque(maxlen=settings.recent_parts)
+                 camera_references: Mapping[str, Reference] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.output, self.clock = settings, Path(output), clock
+        # every view's verdict, a fixed window (``recent_parts`` sizes the NG lists only): the live page reads it
+        # several times a second
+        self.recent: deque[Verdict] = deque(maxlen=max(RECENT_VERDICTS, settings.keep_frames))
         self.frames: deque[Part] = deque(maxlen=max(settings.keep_frames, 1))
         self.ng: deque[Verdict] = deque(maxlen=settings.recent_parts)
         # view -> its verdicts in ``recent`` / ``ng``, oldest first (kept and trimmed with them, by ``observe`` only):
@@ -88,9 +182,10 @@ class StationFeed:
         self._ng_index: dict[ViewKey, list[Verdict]] = {}
         self.latest: Part | None = None
         self.latest_views: dict[str, Part] = {}   # camera -> its latest view (several cameras)
-        self.part_rows: deque[dict] = deque(maxlen=settings.recent_parts)   # PartAssembler rows, oldest first
-        self.ng_part_rows: deque[dict] = deque(maxlen=settings.recent_parts)
-        self.part_of: dict[ViewKey, int] = {}     # view -> its part id, for the views of remembered parts
+        self.part_rows: deque[dict] = deque(maxlen=RECENT_VERDICTS)   # PartAssembler rows, oldest first
+        self.ng_part_rows: deque[dict] = deque(maxlen=settings.recent_parts)   # the NG parts the gallery lists
+        # view -> its part id, for the views of the recent part rows and of the NG parts listed
+        self.part_of = PartIndex(RECENT_VERDICTS, settings.recent_parts)
         self.cell: CellCounters | None = None
         self.camera_bundles: dict[str, Path] = {}   # camera -> the bundle it runs (several cameras)
         self.drift = CameraDrift({"": reference} if camera_references is None else camera_references,
@@ -100,6 +195,7 @@ class StationFeed:
         self.started = time.time()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.count = 0          # verdicts observed (changes = something new to push)
+        self.frame_rate, self.part_rate = CounterRate(), CounterRate()   # verdicts observed, part rows observed
         self.zone_outlines: list[np.ndarray] = []   # the station's zones, drawn over the live and part images
 
     def show_zones(self, outlines: list[np.ndarray]) -> None:
@@ -139,6 +235,7 @@ class StationFeed:
         if verdict.camera:
             self.latest_views[verdict.camera] = part
         self.drift.observe(view_key(verdict), verdict.score)
+        self.frame_rate.tick(verdict.t_verdict)
         self.count += 1
 
     def observe_part(self, row: dict) -> None:
@@ -147,11 +244,8 @@ class StationFeed:
         self.part_rows.append(row)
         if row.get("ng"):
             self.ng_part_rows.append(row)
-        for camera, view in row.get("views", {}).items():
-            if "seq" in view:
-                self.part_of[(camera, view["seq"])] = row["part"]
-        while len(self.part_of) > self.settings.recent_parts * max(1, len(row.get("views", {}))):
-            self.part_of.pop(next(iter(self.part_of)))
+        self.part_of.add(row)
+        self.part_rate.tick(self.clock())
 
     # ------------------------------------------------------------------ console side
     def kept_part(self, seq: int, camera: str = "") -> Part | None:
@@ -176,22 +270,37 @@ class StationFeed:
         """The cameras of a station of several (in the station file's order), [] with one camera."""
         return list(self.cell.cameras()) if self.cell is not None else []
 
+    def latest_part_row(self) -> dict | None:
+        """The newest part row (several cameras viewing one part; None before the first and with lanes)."""
+        try:
+            return self.part_rows[-1]
+        except IndexError:
+            return None
+
     def latency(self) -> dict:
-        """Percentiles and a histogram (ms) of capture -> verdict latency over the recent parts."""
-        values = np.array([v.latency_ms for v in list(self.recent)])
+        """Percentiles and a histogram (ms) of capture -> verdict latency over the last ``LATENCY_WINDOW`` verdicts
+        (every camera's views; ``n``: how many): the same work however large ``console.recent_parts`` is."""
+        values = np.array([v.latency_ms for v in list(self.recent)[-LATENCY_WINDOW:]])
         if values.size == 0:
-            return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None,
+            return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "n": 0,
                     "edges_ms": list(LATENCY_EDGES_MS), "counts": [0] * (len(LATENCY_EDGES_MS) + 1)}
         counts = np.bincount(np.searchsorted(LATENCY_EDGES_MS, values), minlength=len(LATENCY_EDGES_MS) + 1)
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(values.max()),
-                "edges_ms": list(LATENCY_EDGES_MS), "counts": counts.tolist()}
+                "n": int(values.size), "edges_ms": list(LATENCY_EDGES_MS), "counts": counts.tolist()}
+
+    def rate_counts(self) -> str:
+        """What ``rate`` counts: ``RATE_OF_PARTS`` (cameras viewing one part: the part counter, each part once however
+        many views it has) or ``RATE_OF_FRAMES`` (one camera, or cameras as lanes: every inspected frame)."""
+        return RATE_OF_PARTS if self.cell is not None and self.cell.parts() else RATE_OF_FRAMES
 
     def rate(self, now: float | None = None) -> float:
-        """Parts inspected per second over the last RATE_WINDOW_S seconds."""
-        now = time.monotonic() if now is None else now
-        n = sum(1 for v in list(self.recent)[-2000:] if now - v.t_verdict <= RATE_WINDOW_S)
-        return n / RATE_WINDOW_S
+        """Parts (or frames: ``rate_counts``) per second over the last ``RATE_WINDOW_S`` seconds: the change of the
+        part rows observed (each part once), or of the verdicts observed, over that window (``CounterRate``). now:
+        monotonic s (default: ``clock()``)."""
+        now = self.clock() if now is None else now
+        meter = self.part_rate if self.rate_counts() == RATE_OF_PARTS else self.frame_rate
+        return meter.per_s(now)
 
     def counters(self) -> dict:
         """The station's own counters, read (never kept twice). The reject gate's: ``late_verdicts`` (verdicts that

@@ -23,13 +23,15 @@ class ConsoleSettings:
     carries nothing else). allowed_hosts: names (besides localhost, loopback addresses and the bind
     address; off loopback also any IP address) a browser may reach the console under (its ``Host``
     header, any port), e.g. ``[station7.plant.example]``: every other name is refused, so a page whose
-    name was re-pointed at this machine (DNS rebinding) reads nothing. recent_parts: verdicts kept
-    in memory for the live page and threshold tuning, and the NG parts the NG review lists (the newest this many
-    of the run; the page says how many older ones it no longer lists: a part can be reviewed only while its
-    verdict is kept). keep_frames: latest frames kept in memory so
+    name was re-pointed at this machine (DNS rebinding) reads nothing. recent_parts: the NG parts the NG review
+    lists (the newest this many of the run; the page says how many older ones it no longer lists: a part can be
+    reviewed only while its verdict is kept); only NG parts are kept that deep: the live page and threshold tuning
+    read a fixed window of every view's verdicts (``feed.RECENT_VERDICTS``, 2000, or keep_frames if more).
+    keep_frames: latest frames kept in memory so
     an operator can flag a passed part as a miss with its image. live_fps: most live-image updates
     per second sent to browsers. drift_window / drift_min_parts / drift_alarm: the drift watch (see
-    fair_edge.console.drift): recent parts compared, parts needed before a value, PSI alarm level.
+    fair_edge.console.drift): recent parts compared, parts needed before a value (at most drift_window: a watch of
+    fewer parts would wait for ever), PSI alarm level.
     drift_fault: also raise the fault output while drift is in alarm."""
 
     enabled: bool = True
@@ -71,7 +73,8 @@ class ConsoleSettings:
         return out
 
     def check(self, serving: bool | None = None) -> None:
-        """Refuse a console reachable from other machines without a token, and a port out of range. serving:
+        """Refuse a console reachable from other machines without a token, a port out of range, and a drift watch
+        that could never decide (``check_drift``). serving:
         whether it is served (None: ``enabled``; ``ConsoleServer`` says True whatever ``enabled`` says)."""
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"console.port: expected an integer in [0, 65535], found {self.port}")
@@ -84,6 +87,17 @@ class ConsoleSettings:
                               "use a long random string (e.g. `python -c 'import secrets; print(secrets.token_hex(16))'`)")
         if self.token is not None:
             check_token_characters(self.token)
+        self.check_drift()
+
+    def check_drift(self) -> None:
+        """Refuse a drift watch that could never give a value: it keeps the last drift_window parts' scores and
+        waits for drift_min_parts of them, so with more needed than kept it would say "waiting" for ever (no PSI, no
+        alarm, no drift fault)."""
+        if self.drift_min_parts > self.drift_window:
+            raise ConfigError(f"console.drift_min_parts: expected at most console.drift_window ({self.drift_window}: "
+                              f"the parts the drift watch keeps), found {self.drift_min_parts}; the watch would wait "
+                              f"for ever and never alarm: lower console.drift_min_parts to {self.drift_window} or "
+                              f"less, or raise console.drift_window to {self.drift_min_parts} or more")
 
 
 TOKEN_CHARACTERS = frozenset(chr(c) for c in range(0x21, 0x7F))   # printable ASCII, no space

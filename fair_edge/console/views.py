@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from fair_edge.console.actions import REVIEW_LABELS, StationActions
-from fair_edge.console.feed import StationFeed, ViewKey, finite
+from fair_edge.console.feed import RATE_WINDOW_S, StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
 from fair_edge.line.recorder import ng_image_path
 
@@ -45,7 +45,7 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
     kept = {(p.verdict.camera, p.verdict.seq) for p in list(feed.frames)} if feed.settings.keep_frames else set()
     kept |= {(c, p.verdict.seq) for c, p in list(feed.latest_views.items())}
     state = {
-        "time": time.time(), "run": feed.run_id, "count": feed.count, "rate_fps": feed.rate(),
+        "time": time.time(), "run": feed.run_id, "count": feed.count, "rate": rate_state(feed),
         "counters": feed.counters(), "latency": feed.latency(), **feed.state(),
         "drift": feed.drift.state().to_dict(),
         "latest": None if latest is None else _part(latest.verdict, actions.labels),
@@ -58,6 +58,12 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
     if feed.cell is not None:
         state.update(cell_state(feed, actions, kept))
     return state
+
+
+def rate_state(feed: StationFeed) -> dict:
+    """The live page's rate: ``per_s``, what it counts per second (``of``: "parts" with cameras viewing one part, each
+    part once; else "frames", every inspected frame), over the last ``window_s`` seconds (``StationFeed.rate``)."""
+    return {"per_s": feed.rate(), "of": feed.rate_counts(), "window_s": RATE_WINDOW_S}
 
 
 def kept_from(kept: set[ViewKey]) -> dict[str, int]:
@@ -86,8 +92,7 @@ def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -
                         "model": None if decider is None else {"id": decider.model, "threshold": decider.threshold,
                                                                "backend": decider.scorer.reason,
                                                                "bundle": str(feed.camera_bundles.get(name, ""))}})
-    rows = list(feed.part_rows)
-    latest = rows[-1] if rows else None
+    latest = feed.latest_part_row()
     tiles = []
     for name in counters["cameras"]:
         if latest is not None:

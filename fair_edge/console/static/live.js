@@ -81,9 +81,18 @@ function showCell(s) {
       + (q.resyncs === undefined ? "" : ` · resyncs (camera out of step) ${q.resyncs}`);   // match: sequence only
 }
 
+// the line's rate: parts (cameras viewing one part: each part once) or inspected frames (one camera, lanes) per
+// second over the last window_s seconds, the label saying which
+function showRate(r) {
+  $("rate").textContent = r.per_s.toFixed(1);
+  $("rate-label").textContent = `${r.of} / s`;
+  $("rate-label").parentElement.title = `${r.of === "parts" ? "Parts (each part once, however many cameras view it)" : "Inspected frames"} per second over the last ${r.window_s} s`;
+}
+
 function showCounters(s) {
   const c = s.counters;
-  $("inspected").textContent = c.inspected; $("ng-count").textContent = c.ng; $("rate").textContent = s.rate_fps.toFixed(1);
+  $("inspected").textContent = c.inspected; $("ng-count").textContent = c.ng;
+  showRate(s.rate);
   $("frames-in").textContent = c.frames_in; $("dropped").textContent = c.dropped; $("lost").textContent = c.lost;
   $("malformed").textContent = c.malformed; $("late-verdicts").textContent = c.late_verdicts;
   $("gap-missed").textContent = c.gap_missed; $("gap-missed").style.color = c.gap_missed > 0 ? "var(--ng)" : "";
