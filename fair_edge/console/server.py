@@ -26,9 +26,12 @@ refused with 403, reads included: a page of another site whose name was re-point
 rebinding) reads and changes nothing. Reads need no token: bound off loopback, anyone who reaches the port
 sees the live and NG images and the logs (``ConsoleServer.start`` logs a warning saying so). Files are
 served only from the station's output folder (``/files/``) and the recorder's folder (``/records/``,
-``record.dir``, where it is elsewhere): a path that resolves outside it (``..``, an absolute path, a
-symlink) is refused with 404, and so is the station file (it holds ``console.token``) and a temporary copy of it
-where a folder served holds it (a warning at start says so); a file is streamed in chunks, up to its size when opened.
+``record.dir``, where it is elsewhere), and only the kinds of file the console links to or names (``SERVED_SUFFIXES``:
+NG and review images, the JSONL logs and their rotations, JSON and CSV tables): a path that resolves outside it
+(``..``, an absolute path, a symlink) or to a file of another kind (a copy of the station file: ``station.yaml.bak``,
+``old/station.yml``, an editor's ``station.yaml~``) is refused with 404, and so is the station file itself (it holds
+``console.token``) and a temporary copy of it where a folder served holds it (a warning at start names a station file
+inside a folder served); a file is streamed in chunks, up to its size when opened.
 The console shares the station's process, so its readers must not take what the station needs (open files, the
 event loop): uvicorn answers 503 once ``MAX_CONNECTIONS`` connections are open (a connection that has not sent a
 whole request header within ``HEADER_TIMEOUT_S`` is closed: idle ones cannot hold them), and ``/api/events`` answers 503
@@ -68,6 +71,7 @@ from fair_edge.console.feed import StationFeed
 from fair_edge.console.render import JpegCache
 from fair_edge.console.settings import is_loopback
 from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.line.settings import IMAGE_FORMATS
 
 log = logging.getLogger(__name__)
 STATIC = Path(str(resources.files("fair_edge.console") / "static"))
@@ -83,21 +87,39 @@ MAX_CONNECTIONS = 64   # open at once (uvicorn's limit_concurrency; 503 above): 
 HEADER_TIMEOUT_S = 5.0
 MAX_SEQ_DIGITS = 18   # a part number in an image URL: up to 10**18 parts (a longer one names no part)
 MAX_EVENT_STREAMS = 32   # open /api/events streams (each never ends): half the connections, the rest for other routes
+# what /files/ and /records/ serve, by the file's suffix (case-insensitive): the kinds the console links to or names,
+# NG overlays and frames (record.image_format), review images (.png), the logs (verdicts, gate, reviews, audit: .jsonl,
+# with their rotations NAME.jsonl.N), summary.json and tune.json, tune.csv; any other file is 404 whatever it holds (a
+# copy of the station file, console.token in it: station.yaml.bak, station.yml, station.yaml~)
+SERVED_SUFFIXES = frozenset({*(f".{ext}" for ext in IMAGE_FORMATS), ".png", ".json", ".jsonl", ".csv"})
+ROTATED_LOG_SUFFIX = ".jsonl"   # a log rotated by line.jsonl.RotatingJsonl: NAME.jsonl.1 .. NAME.jsonl.N
 SAFE_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
                 (b"x-content-type-options", b"nosniff"))   # on every response (SafeHeaders)
 
 
 def safe_file(root: Path, rel: str, station_file: Path | None = None) -> Path | None:
-    """``root / rel`` if it is a file inside ``root`` after resolving links and ``..``, and not the station file
-    (``withheld``: it holds ``console.token``); else None."""
+    """``root / rel`` if it is a file inside ``root`` after resolving links and ``..``, of a kind the console serves
+    (``served_kind``, judged by the name of the file a link leads to) and not the station file (``withheld``: it
+    holds ``console.token``); else None."""
     root = root.resolve()
     try:
         path = (root / rel).resolve()
     except (OSError, ValueError):
         return None
-    if not path.is_relative_to(root) or not path.is_file() or withheld(path, station_file):
+    if not path.is_relative_to(root) or not served_kind(path.name) or not path.is_file() \
+            or withheld(path, station_file):
         return None
     return path
+
+
+def served_kind(name: str) -> bool:
+    """Whether a file named ``name`` is of a kind /files/ and /records/ serve: its suffix one of ``SERVED_SUFFIXES``
+    (any case), or a rotated log's ``NAME.jsonl.N`` (N: ASCII digits). ``station.yaml``, ``station.yaml.bak``,
+    ``station.yaml~`` and ``station.yaml.1`` are not."""
+    stem, dot, last = name.rpartition(".")
+    if dot and last.isascii() and last.isdigit() and stem.lower().endswith(ROTATED_LOG_SUFFIX):
+        return True
+    return Path(name).suffix.lower() in SERVED_SUFFIXES
 
 
 def withheld(path: Path, station_file: Path | None) -> bool:
@@ -117,8 +139,9 @@ def withheld(path: Path, station_file: Path | None) -> bool:
 
 def station_file_warning(station_file: Path | None, folders: dict[str, Path | None]) -> str:
     """The warning at start for a station file inside a folder the console serves (``folders``: what it is -> the
-    folder, None: none): it is not served (``withheld``), but a copy (a backup, ``station.yaml~``) would be, with
-    ``console.token``; "" when it is in none of them."""
+    folder, None: none): neither it (``withheld``) nor a copy of it under another name (``station.yaml.bak``,
+    ``station.yaml~``: not of a kind served, ``served_kind``) is served, but a copy saved as one of the kinds served
+    (``SERVED_SUFFIXES``) would be, with ``console.token``; "" when it is in none of them."""
     if station_file is None:
         return ""
     target = Path(station_file).resolve()
@@ -129,9 +152,11 @@ def station_file_warning(station_file: Path | None, folders: dict[str, Path | No
     if not held:
         return ""
     named = " and ".join(f"{' and '.join(whats)} {folder}" for folder, whats in held.items())
-    return (f"station file {station_file} is inside the console's {named}, whose files anyone who "
-            "reaches the console reads without the token: the station file itself is not served (it holds "
-            "console.token), but a copy of it there (a backup, an editor's station.yaml~) would be; move the station "
+    kinds = ", ".join(sorted(SERVED_SUFFIXES))
+    return (f"station file {station_file} is inside the console's {named}, whose images, logs and tables ({kinds} "
+            "files) anyone who reaches the console reads without the token: the station file itself is not served "
+            "(it holds console.token), nor is a copy of it under another name (station.yaml.bak, an editor's "
+            "station.yaml~), but a copy saved there as one of those kinds (station.json) would be; move the station "
             "file out of the output and record folders")
 
 
@@ -159,8 +184,9 @@ def file_chunks(handle: BinaryIO, size: int, chunk: int = FILE_CHUNK_BYTES):
 
 
 async def serve_file(root: Path | None, rel: str, station_file: Path | None = None) -> Response:
-    """``rel`` under ``root`` (traversal-safe, never the station file: ``safe_file``) streamed up to its size when
-    opened: the station may be appending to it, and a body longer than its Content-Length is a broken response."""
+    """``rel`` under ``root`` (traversal-safe, of a kind served, never the station file: ``safe_file``; else 404)
+    streamed up to its size when opened: the station may be appending to it, and a body longer than its
+    Content-Length is a broken response."""
     path = None if root is None else safe_file(root, rel, station_file)
     if path is None:
         return Response("not found", status_code=404)

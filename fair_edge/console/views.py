@@ -115,10 +115,11 @@ def _part_head(row: dict) -> dict:
 
 
 def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | None, missing: str,
-          kept: set[ViewKey], decided: bool = False, row_view: dict | None = None) -> dict:
-    """One camera's view of a part as the pages show it: its verdict (while remembered: ``actions.verdict``), image
-    and review. row_view: the part row's entry for the view ({seq, score, ng}), its score and OK/NG once the
-    verdict is forgotten. The review label is ``actions.labels``' whether or not the verdict is remembered."""
+          kept: set[ViewKey] | None, decided: bool = False, row_view: dict | None = None) -> dict:
+    """One camera's view of a part as the pages show it: its verdict (while remembered: ``actions.verdict``), image,
+    review and ``kept`` (``_is_kept``: its frame in memory; a passed view's *miss* needs it, 409 otherwise).
+    row_view: the part row's entry for the view ({seq, score, ng}), its score and OK/NG once the verdict is
+    forgotten. The review label is ``actions.labels``' whether or not the verdict is remembered."""
     out = {"camera": camera, "seq": seq, "missing": missing, "decided": decided}
     v = None if seq is None else actions.verdict(seq, camera)
     if v is not None:
@@ -127,8 +128,16 @@ def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | No
         out.update(score=finite(row_view.get("score")), ng=row_view.get("ng"))
     if seq is not None:
         out["review"] = actions.labels.get((camera, seq), "")
+        out["kept"] = _is_kept(feed, camera, seq, kept)
         out["image"] = _image(feed, v, camera, seq, kept)
     return out
+
+
+def _is_kept(feed: StationFeed, camera: str, seq: int, kept: set[ViewKey] | None = None) -> bool:
+    """Whether view (camera, seq)'s frame is in the console's memory (``kept``: the views kept, gathered once for a
+    page; None: ask ``feed.kept_part``). A passed view's review (*miss*) is saved with that frame, so the station
+    refuses it once the frame is gone (409, ``actions.FrameNotKept``): the pages grey its button then."""
+    return (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
 
 
 def records_dir(feed: StationFeed) -> Path | None:
@@ -159,7 +168,7 @@ def _image(feed: StationFeed, v, camera: str, seq: int, kept: set[ViewKey] | Non
         url = file_url(feed, overlay) if overlay.is_file() else ""
         if url:
             return url
-    is_kept = (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
+    is_kept = _is_kept(feed, camera, seq, kept)
     return part_url(camera, seq, feed.run_id, v.model if v is not None else "") if is_kept else ""
 
 
@@ -190,13 +199,16 @@ def part_jpeg(feed: StationFeed, cache: JpegCache, seq: int, camera: str = "") -
 
 
 def gallery(feed: StationFeed, actions: StationActions) -> dict:
-    """NG parts of this run, newest first, with their overlay image (``file_url``) and review.
+    """NG parts of this run, newest first, with their overlay image (``file_url``), review and ``kept`` (its frame
+    in memory, ``_is_kept``: the page greys a passed view's *miss* button without it, saying why with
+    ``keep_frames``, ``console.keep_frames``).
     Several cameras viewing one part: each NG part with all its views (``views``: the camera that decided it
     marked, missing views named); lanes: each NG view with its camera. Time linear in the parts listed (each
     view's verdict is looked up, not searched for); the server builds it off its event loop."""
     labels = list(actions.labels.values())   # a copy: a review (another thread) may add one meanwhile
     reviewed = {k: sum(1 for lab in labels if lab == k) for k in REVIEW_LABELS}
-    out = {"run": feed.run_id, "reviewed": reviewed, "labels": {k: text for k, (text, _) in REVIEW_LABELS.items()}}
+    out = {"run": feed.run_id, "reviewed": reviewed, "labels": {k: text for k, (text, _) in REVIEW_LABELS.items()},
+           "keep_frames": feed.settings.keep_frames}
     kept = _kept_views(feed)
     if feed.cell is not None and feed.cell.parts():
         return {**out, "parts": [_gallery_part(feed, actions, row, kept)
@@ -205,6 +217,7 @@ def gallery(feed: StationFeed, actions: StationActions) -> dict:
     parts = []
     for v in reversed(list(feed.ng)):
         item = _part(v, actions.labels)
+        item["kept"] = _is_kept(feed, v.camera, v.seq, kept)
         item["image"] = _image(feed, v, v.camera, v.seq, kept)
         parts.append(item)
     return {**out, "parts": parts}

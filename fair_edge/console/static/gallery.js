@@ -2,11 +2,19 @@
 // ones it no longer lists) with their heat maps; the operator's judgement goes to reviews.jsonl. Each review names
 // the run the page was built from: after a restart the same number is another part, and the station refuses it (409).
 // Several cameras: each NG part with all its views (the deciding view marked, missing views named); a review
-// labels one view (camera and seq).
+// labels one view (camera and seq). A passed view's miss is saved with its frame: its button is greyed once the frame
+// has left the console's memory (kept false; the station refuses the review, 409), as on the live page.
 "use strict";
 const $ = id => document.getElementById(id);
 let labels = {};
 let run = null;   // the run this page lists parts of
+let keepFrames = null;   // console.keep_frames: how many frames the console keeps, for the greyed button's tooltip
+
+// why a passed view's miss button is greyed (live.js says the same): a miss needs the view's image
+const goneTitle = keep => `its frame is no longer kept (the console keeps the last ${keep} frames, ` +
+  "console.keep_frames): a miss needs its image; mark a miss sooner, or raise console.keep_frames";
+
+function greyMiss(button) { button.disabled = true; button.title = goneTitle(keepFrames); }
 
 async function review(seq, label, card, camera) {
   try {
@@ -44,8 +52,11 @@ function viewCard(v) {
   if (v.ng === undefined) return c;  // no longer in memory: nothing to review
   c.append(FE.el("div", {class: "label " + (v.review || "")}, v.review ? labels[v.review] : "not reviewed"));
   const buttons = FE.el("div", {class: "buttons"});
-  for (const label of v.ng ? ["defect", "false_reject"] : ["miss"])
-    buttons.append(FE.el("button", {class: "small", "data-label": label, onclick: () => review(v.seq, label, c, v.camera)}, labels[label]));
+  for (const label of v.ng ? ["defect", "false_reject"] : ["miss"]) {
+    const b = FE.el("button", {class: "small", "data-label": label, onclick: () => review(v.seq, label, c, v.camera)}, labels[label]);
+    if (label === "miss" && !v.kept) greyMiss(b);
+    buttons.append(b);
+  }
   c.append(buttons);
   return c;
 }
@@ -77,7 +88,7 @@ async function counts() { try { showCounts(await FE.get("/api/gallery")); } catc
 async function load() {
   try {
     const g = await FE.get("/api/gallery");
-    labels = g.labels; run = g.run;
+    labels = g.labels; run = g.run; keepFrames = g.keep_frames;
     showCounts(g);
     const box = $("gallery"); box.innerHTML = "";
     for (const p of g.parts) box.append(p.views ? partCard(p) : card(p));
