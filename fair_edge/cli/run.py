@@ -71,6 +71,10 @@ def latency_text(lat: dict, digits: int = 1) -> str:
 
 
 def live_table(inspector) -> Table:
+    """The table ``fair-edge run`` redraws on a terminal at each tick: the camera (with several, all of them), the
+    inspector's counters (with several cameras they count views), latency, the reject gate and, for a station of
+    several cameras, the part counters and each camera's (``cell_rows``: the summary's ``parts`` and ``cameras``,
+    brought up to date at each tick by ``station.cell.counting_tick``; the numbers summary.json ends with)."""
     s, lat = inspector.summary, inspector.latency.percentiles(window=inspector.latency.window)   # the last 2000
     camera = inspector.capture.stats()
     table = Table(title=f"fair-edge station (run {s.run_id})", show_header=False)
@@ -79,7 +83,7 @@ def live_table(inspector) -> Table:
                         ("inspected", s.inspected), ("NG", s.ng), ("malformed", s.malformed),
                         ("inference errors", s.inference_errors), ("region errors", s.region_errors),
                         ("p50 / p99 / max latency", latency_text(lat)),
-                        *reject_rows(s.rejects)):
+                        *reject_rows(s.rejects), *cell_rows(s)):
         table.add_row(name, str(value))
     return table
 
@@ -105,14 +109,19 @@ def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[fl
 
 
 def cell_rows(summary) -> list[tuple[str, object]]:
-    """Rows for a station of several cameras: the parts (with ``group.match: sequence``, the times a camera fell
-    out of step and was matched again: ``parts.resyncs``), then each camera (empty with one camera), with the files
-    its replay could not decode when there are any (``unreadable``)."""
+    """Rows for a station of several cameras (``RunSummary.parts`` and ``.cameras``; the live table's and the run
+    summary's): the parts (NG, of them not inspected: fail-safe; with ``group.match: sequence``, the times a camera
+    fell out of step and was matched again: ``resyncs``), the parts OK, the views that came after their part closed
+    (``late_views``) when there are any, then each camera (empty with one camera), with the files its replay could
+    not decode when there are any (``unreadable``)."""
     rows: list[tuple[str, object]] = []
     if summary.parts:
         p = summary.parts
         resyncs = f", {p['resyncs']} resyncs (a camera out of step)" if "resyncs" in p else ""
         rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected{resyncs}"))
+        rows.append(("parts OK", p["ok"]))
+        if p.get("late_views"):
+            rows.append(("views after their part closed", p["late_views"]))
     for name, c in summary.cameras.items():
         unreadable = f", {c['unreadable']} unreadable" if c.get("unreadable") else ""
         rows.append((escape(f"camera {name}"), f"{c['inspected']} inspected, {c['ng']} NG, {c['dropped']} "

@@ -306,7 +306,7 @@ class StationConsole:
         self.fault.fault(bool(alarms), reason)
 
     def drift_metrics(self) -> dict[str, float]:
-        """For Metrics.watch: fair_edge_drift_psi (-1 while there is no value), fair_edge_drift_alarm and
+        """For Metrics.watch: fair_edge_drift_psi (no sample while there is no value), fair_edge_drift_alarm and
         fair_edge_drift_parts, of the combined state (several cameras: the worst camera's)."""
         return _drift_values(self.feed.drift.state())
 
@@ -334,8 +334,13 @@ class StationConsole:
 
 
 def _drift_values(state) -> dict[str, float]:
-    """A ``DriftState`` as metric values: psi (-1 while there is no value), alarm (0 / 1), parts."""
-    return {"psi": -1.0 if state.psi is None else state.psi, "alarm": int(state.alarm), "parts": state.parts}
+    """A ``DriftState`` as metric values: psi, left out while there is none (fewer parts than
+    ``console.drift_min_parts``, or just after a swap: the gauge then has no sample, so an alert or a ``max()`` /
+    ``avg()`` over cameras reads no value rather than a -1 that is no PSI), alarm (0 / 1), parts."""
+    values = {"alarm": int(state.alarm), "parts": state.parts}
+    if state.psi is not None:
+        values["psi"] = state.psi
+    return values
 
 
 def threshold_in_force(decider) -> float:

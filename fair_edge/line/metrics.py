@@ -1,16 +1,25 @@
 """Prometheus metrics of a station, on its own registry and HTTP endpoint (127.0.0.1 by default).
 
 Exposed (names as scraped):
-- ``fair_edge_frames_total``, ``fair_edge_ng_total``: verdicts observed, NG verdicts.
+- ``fair_edge_frames_total``, ``fair_edge_ng_total``: verdicts observed, NG verdicts (a station of several
+  cameras: views, not parts; its parts are ``fair_edge_parts_total{event}``, watched).
 - ``fair_edge_dropped_total{stage}``: frames dropped before a verdict; the station counts
-  ``stage="camera_queue"`` (dropped by the capture queue's full policy; one row each in the log).
+  ``stage="camera_queue"`` (``DROP_STAGE_QUEUE``: dropped by the capture queue's full policy; one row each in the
+  log), a sample from the start (0 until the first drop).
 - ``fair_edge_latency_seconds``: histogram of capture -> verdict latency.
 - ``fair_edge_score``: last anomaly score (gauge).
 - ``fair_edge_<component>_total{event}``: counters of watched components, read at scrape time,
-  e.g. ``fair_edge_reject_total{event="late"}``, ``{event="sink_errors"}``,
+  e.g. ``fair_edge_reject_total{event="late_verdicts"}``, ``{event="sink_errors"}``,
   ``fair_edge_recorder_total{event="dropped"}``; gauges such as ``fair_edge_reject_pending``.
+- ``fair_edge_<component>_total{<label>, event}``: counters of components with one set per label
+  (``watch_counters_by``), e.g. each lane's gate: ``fair_edge_reject_total{lane="left", event="sink_missed"}``,
+  its gauges ``fair_edge_reject_pending{lane="left"}``.
 - ``fair_edge_<component>_<gauge>{<label>}``: gauges of components with one value per label
   (``watch_by``), e.g. each camera's drift: ``fair_edge_drift_camera_psi{camera="left"}``.
+
+A component is watched once under its name (a second ``watch*`` of one name is a MetricsError: two families of
+one name would make the exposition unreadable). A key a component leaves out of its ``stats()`` has no sample
+(the drift watch's ``psi`` before it has a value).
 
 Each connection is served by a thread of its own that gives up on a client silent for ``IDLE_TIMEOUT_S``:
 idle sockets (a scanner, a stuck scraper) are dropped instead of holding a thread each forever.
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 IDLE_TIMEOUT_S = 10.0   # a connection silent this long (no request, or a request cut short) is dropped
+DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 StatsFn = Callable[[], dict[str, int]]
 LabelledFn = Callable[[], dict[str, dict[str, float]]]
 
@@ -44,45 +54,97 @@ class _StatsCollector:
     def __init__(self) -> None:
         self._watched: list[tuple[str, StatsFn, frozenset[str]]] = []
         self._labelled: list[tuple[str, str, LabelledFn]] = []
+        self._counted: list[tuple[str, str, LabelledFn, frozenset[str]]] = []
+        self._names: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, name: str, stats: StatsFn, gauges: Iterable[str]) -> None:
         with self._lock:
+            self._claim(name)
             self._watched.append((name, stats, frozenset(gauges)))
 
     def add_labelled(self, name: str, label: str, stats: LabelledFn) -> None:
         with self._lock:
+            self._claim(name)
             self._labelled.append((name, label, stats))
 
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    def add_counted(self, name: str, label: str, stats: LabelledFn, gauges: Iterable[str]) -> None:
         with self._lock:
-            watched, labelled = list(self._watched), list(self._labelled)
+            self._claim(name)
+            self._counted.append((name, label, stats, frozenset(gauges)))
+
+    def _claim(self, name: str) -> None:
+        """(under the lock) Refuse a component name already watched: its families would be exported twice."""
+        if name in self._names:
+            raise MetricsError(f"metrics: expected one component named {name!r}, found it watched twice "
+                               f"(fair_edge_{name}_* would be exported twice); watch it once")
+        self._names.add(name)
+
+    def collect(self):
+        with self._lock:
+            watched, labelled, counted = list(self._watched), list(self._labelled), list(self._counted)
         for name, label, stats in labelled:
-            rows = _read(name, stats)
-            if rows is None:
-                continue
-            families: dict[str, GaugeMetricFamily] = {}
-            for value_of_label, values in rows.items():
-                for key, value in sorted(values.items()):
-                    family = families.get(key)
-                    if family is None:
-                        family = families[key] = GaugeMetricFamily(
-                            f"fair_edge_{name}_{key}", f"{name} {key} by {label}", labels=[label])
-                    family.add_metric([value_of_label], value)
-            yield from families.values()
+            yield from _gauges_by(name, label, stats)
         for name, stats, gauges in watched:
-            values = _read(name, stats)
-            if values is None:
+            yield from _counters(name, stats, gauges)
+        for name, label, stats, gauges in counted:
+            yield from _counters_by(name, label, stats, gauges)
+
+
+def _gauges_by(name: str, label: str, stats: LabelledFn):
+    """``fair_edge_<name>_<key>{<label>}`` gauge families from ``stats()`` ({label value: {key: value}})."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    rows = _read(name, stats)
+    families: dict[str, GaugeMetricFamily] = {}
+    for value_of_label, values in (rows or {}).items():
+        for key, value in sorted(values.items()):
+            family = families.get(key)
+            if family is None:
+                family = families[key] = GaugeMetricFamily(
+                    f"fair_edge_{name}_{key}", f"{name} {key} by {label}", labels=[label])
+            family.add_metric([value_of_label], value)
+    yield from families.values()
+
+
+def _counters(name: str, stats: StatsFn, gauges: frozenset[str]):
+    """``fair_edge_<name>_total{event}`` from ``stats()``, its ``gauges`` keys as ``fair_edge_<name>_<key>``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    values = _read(name, stats)
+    if values is None:
+        return
+    counter = CounterMetricFamily(f"fair_edge_{name}", f"{name} events", labels=["event"])
+    for key, value in sorted(values.items()):
+        if key in gauges:
+            yield GaugeMetricFamily(f"fair_edge_{name}_{key}", f"{name} {key}", value=value)
+        else:
+            counter.add_metric([key], value)
+    yield counter
+
+
+def _counters_by(name: str, label: str, stats: LabelledFn, gauges: frozenset[str]):
+    """``fair_edge_<name>_total{<label>, event}`` from ``stats()`` ({label value: {key: value}}), its ``gauges`` keys
+    as ``fair_edge_<name>_<key>{<label>}``: one family each, whatever the number of label values."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    rows = _read(name, stats)
+    if rows is None:
+        return
+    counter = CounterMetricFamily(f"fair_edge_{name}", f"{name} events by {label}", labels=[label, "event"])
+    families: dict[str, GaugeMetricFamily] = {}
+    for value_of_label, values in rows.items():
+        for key, value in sorted(values.items()):
+            if key not in gauges:
+                counter.add_metric([value_of_label, key], value)
                 continue
-            counter = CounterMetricFamily(f"fair_edge_{name}", f"{name} events", labels=["event"])
-            for key, value in sorted(values.items()):
-                if key in gauges:
-                    yield GaugeMetricFamily(f"fair_edge_{name}_{key}", f"{name} {key}", value=value)
-                else:
-                    counter.add_metric([key], value)
-            yield counter
+            family = families.get(key)
+            if family is None:
+                family = families[key] = GaugeMetricFamily(
+                    f"fair_edge_{name}_{key}", f"{name} {key} by {label}", labels=[label])
+            family.add_metric([value_of_label], value)
+    yield counter
+    yield from families.values()
 
 
 def _read(name: str, stats: Callable[[], dict]) -> dict | None:
@@ -151,6 +213,7 @@ class Metrics:
         self.ng = Counter("fair_edge_ng", "NG verdicts", registry=r)
         self.drops = Counter("fair_edge_dropped", "Frames dropped before a verdict", ["stage"],
                              registry=r)
+        self.drops.labels(stage=DROP_STAGE_QUEUE)   # a sample (0) before the first drop: rate() and alerts see it
         self.latency = Histogram("fair_edge_latency_seconds", "Capture to verdict latency",
                                  buckets=buckets, registry=r)
         self.score = Gauge("fair_edge_score", "Last anomaly score", registry=r)
@@ -171,16 +234,25 @@ class Metrics:
         self.observe(verdict)
 
     def count_drop(self, stage: str = "camera", n: int = 1) -> None:
+        """``n`` more frames lost at ``stage`` (``fair_edge_dropped_total{stage}``; the station's: DROP_STAGE_QUEUE)."""
         self.drops.labels(stage=stage).inc(n)
 
     def watch(self, name: str, stats: StatsFn, gauges: Iterable[str] = ("pending",)) -> None:
-        """Expose ``stats()`` (a dict of counters) as ``fair_edge_<name>_total{event=...}``."""
+        """Expose ``stats()`` (a dict of counters) as ``fair_edge_<name>_total{event=...}``, its ``gauges`` keys as
+        ``fair_edge_<name>_<key>``. MetricsError when ``name`` is watched already."""
         self._stats.add(name, stats, gauges)
 
     def watch_by(self, name: str, label: str, stats: LabelledFn) -> None:
         """Expose ``stats()`` ({label value: {gauge: value}}, read at scrape time) as gauges
         ``fair_edge_<name>_<gauge>{<label>="..."}``, one sample per label value."""
         self._stats.add_labelled(name, label, stats)
+
+    def watch_counters_by(self, name: str, label: str, stats: LabelledFn, gauges: Iterable[str] = ("pending",)) -> None:
+        """Expose ``stats()`` ({label value: {counter: value}}, read at scrape time) as
+        ``fair_edge_<name>_total{<label>="...", event="..."}``, its ``gauges`` keys as
+        ``fair_edge_<name>_<key>{<label>="..."}``: components of which there are several, such as a lane station's
+        gates (``watch_counters_by("reject", "lane", ...)``)."""
+        self._stats.add_counted(name, label, stats, gauges)
 
     def start(self) -> Metrics:
         """Serve ``/metrics`` on settings.host:settings.port (port 0 = any free port); a connection idle for

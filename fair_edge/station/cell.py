@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fair_edge.cameras.mux import CaptureMux
 from fair_edge.cameras.triggered import TriggerFanout
@@ -45,10 +45,13 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
-from fair_edge.station.run import (CameraWatch, LineSide, check_reject_timing, finish_line, is_unpaced_replay,
-                                   open_capture, open_line_side, publish_summary, raise_open_files_limit,
-                                   run_station, station_lock, station_switch_interval,
+from fair_edge.station.run import (CameraWatch, LineSide, check_loop, check_reject_timing, finish_gate, finish_line,
+                                   is_unpaced_replay, open_capture, open_line_side, publish_summary,
+                                   raise_open_files_limit, run_station, station_lock, station_switch_interval,
                                    station_tick, stop_wait_s, write_summary)
+
+if TYPE_CHECKING:
+    from fair_edge.line.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -109,33 +112,58 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
     return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
 
 
+@dataclasses.dataclass(frozen=True)
+class CameraModel:
+    """One camera's model as read before any backend opens (``read_camera_models``). cfg: the station as the camera
+    sees it (``view_config``); key: its bundle folder, resolved (one backend per distinct one); bundle: read and
+    verified (``Bundle`` or ``FusedBundle``); roi: its mask weights, (H, W) float32 (``load_roi``), or None."""
+
+    cfg: StationConfig
+    key: Path
+    bundle: object
+    roi: object
+
+
+def read_camera_models(cfg: StationConfig) -> dict[str, CameraModel]:
+    """Camera name -> its ``CameraModel``, in the station file's order: each distinct bundle read once, the threshold
+    applied to each camera checked against its bundle (``bundles.check_applied_threshold``: one applied from the
+    console on another model is refused, naming the camera) and its ROI read (``load_roi``). What ``run_station``
+    refuses before its model opens, refused here before any camera's model opens (ConfigError naming the camera or
+    the field): before, a later camera's ROI or missing bundle was refused after the earlier cameras' models had
+    loaded, and each camera's ROI after its own."""
+    read: dict[Path, object] = {}
+    cameras: dict[str, CameraModel] = {}
+    for view in cfg.cameras:
+        vcfg = view_config(cfg, view)
+        if vcfg.bundle is None:
+            raise ConfigError(f"cameras ({view.name}): no bundle; set bundle: for the station or the camera.")
+        key = Path(vcfg.bundle).resolve()
+        if key not in read:
+            read[key] = read_bundle(vcfg.bundle)
+        check_applied_threshold(vcfg, read[key], view.name)
+        cameras[view.name] = CameraModel(vcfg, key, read[key], load_roi(vcfg.roi, read[key]))
+    return cameras
+
+
 class CellModels:
-    """One loaded model per distinct bundle, and each camera's ``ViewDecider`` over it. Each camera's threshold is
-    checked against its loaded bundle before its model opens (``bundles.check_applied_threshold``: one applied from
-    the console on another model is refused, ConfigError naming the camera)."""
+    """One loaded model per distinct bundle, and each camera's ``ViewDecider`` over it. Every camera's bundle, applied
+    threshold and ROI are read and checked before the first model opens (``read_camera_models``)."""
 
     def __init__(self, cfg: StationConfig, scorer=None) -> None:
         self.views: dict[str, ViewDecider] = {}
         self.bundles: dict[Path, tuple] = {}   # bundle path -> (bundle, scorer)
         self.calibrations: dict[str, object] = {}   # camera -> the calibration of its decision score (or None)
+        cameras = read_camera_models(cfg)   # a refusal there has opened no model
         try:
-            for view in cfg.cameras:
-                vcfg = view_config(cfg, view)
-                if vcfg.bundle is None:
-                    raise ConfigError(f"cameras ({view.name}): no bundle; set bundle: for the station or the camera.")
-                key = Path(vcfg.bundle).resolve()
-                loaded = self.bundles.get(key)
-                bundle = read_bundle(vcfg.bundle) if loaded is None else loaded[0]
-                check_applied_threshold(vcfg, bundle, view.name)   # applied from the console on another model: refused
-                if loaded is None:
-                    self.bundles[key] = (bundle, scorer or open_scorer(bundle, cfg.backend))
-                bundle, shared = self.bundles[key]
-                roi = load_roi(vcfg.roi, bundle)
-                decided = resolve_threshold(vcfg, bundle, shared.graph_threshold, roi)   # with an ROI: the ROI's own
-                self.calibrations[view.name] = decided.calibration
-                self.views[view.name] = ViewDecider(shared, decided.value, roi, model_id(bundle),
-                                                    open_regions(vcfg, bundle, shared.graph_threshold), decided.grid,
-                                                    bundle.map_area)
+            for name, camera in cameras.items():
+                if camera.key not in self.bundles:
+                    self.bundles[camera.key] = (camera.bundle, scorer or open_scorer(camera.bundle, cfg.backend))
+                bundle, shared = self.bundles[camera.key]
+                decided = resolve_threshold(camera.cfg, bundle, shared.graph_threshold, camera.roi)   # ROI: its own
+                self.calibrations[name] = decided.calibration
+                self.views[name] = ViewDecider(shared, decided.value, camera.roi, model_id(bundle),
+                                               open_regions(camera.cfg, bundle, shared.graph_threshold), decided.grid,
+                                               bundle.map_area)
         except BaseException:
             self.close()
             raise
@@ -244,6 +272,20 @@ class CellLine:
                             for sink, st in s.sink_stats().items()}
         return out
 
+    def part_stats(self) -> dict[str, int]:
+        """The parts' counters (``PartAssembler.stats``: parts, ng, ok, not_inspected, late_views[, resyncs]); {}
+        for lanes (a lane's parts are its frames)."""
+        return {} if self.assembler is None else dict(self.assembler.stats)
+
+    def lane_stats(self) -> dict[str, dict[str, int]]:
+        """Camera -> its lane gate's counters (``RejectScheduler.stats``, ``pending`` among them)."""
+        return {name: lane.stats() for name, lane in self.lanes.items()}
+
+    def fault_output_stats(self) -> dict[str, int]:
+        """A lane station's own gate holds only the fault output (``reject.fault_sinks``) and gates no part: the
+        counters its fault sinks can move (``sink_*``: errors, link downs, ...)."""
+        return {key: n for key, n in self.line.scheduler.stats().items() if key.startswith("sink_")}
+
 
 @dataclasses.dataclass
 class LaneWatch:
@@ -305,7 +347,24 @@ class CellCounters:
         return out
 
     def parts(self) -> dict:
-        return {} if self.cell.assembler is None else dict(self.cell.assembler.stats)
+        return self.cell.part_stats()
+
+    def into(self, summary: RunSummary) -> None:
+        """Bring ``summary``'s ``cameras`` and ``parts`` up to these counters: at every tick while the cell runs
+        (``counting_tick``: ``fair-edge run``'s live table reads them there) and at the end (summary.json)."""
+        summary.cameras.update(self.cameras())
+        summary.parts = self.parts()
+
+
+def counting_tick(counters: CellCounters, on_tick: Callable[[Inspector], None] | None) -> Callable[[Inspector], None]:
+    """The caller's ``on_tick`` (``fair-edge run``'s live table; None: none) after ``counters.into`` the inspector's
+    summary: the live table shows the part and camera counters summary.json ends with, as they move."""
+    def tick(insp: Inspector) -> None:
+        counters.into(insp.summary)
+        if on_tick is not None:
+            on_tick(insp)
+
+    return tick
 
 
 def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
@@ -333,6 +392,8 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             due_s=math.inf if scheduler is None or line.encoder is not None
             else (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0)
         line.callbacks.append(cell.assembler.on_verdict)
+        if line.metrics is not None:
+            watch_cell(line.metrics, cell)
         return cell
     for view in cfg.cameras:
         if view.reject:
@@ -340,20 +401,53 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             cell.lanes[view.name] = stack.enter_context(RejectScheduler(
                 settings, encoder=line.encoder,
                 on_part=lambda row, name=view.name: line.recorder.record_gate(dict(row, camera=name))))
+    if line.metrics is not None:
+        watch_cell(line.metrics, cell)
     return cell
 
 
+def watch_cell(metrics: Metrics, cell: CellLine) -> None:
+    """A cell's own counters on /metrics, read at scrape time (``fair_edge_frames_total`` / ``_ng_total`` count its
+    views). By part: the parts as ``summary.json``'s ``parts`` counts them, ``fair_edge_parts_total{event="parts"}``
+    (``"ng"``, ``"ok"``, ``"not_inspected"``, ``"late_views"``, ``"resyncs"``). By lane: each lane's gate,
+    ``fair_edge_reject_total{lane, event}`` and ``fair_edge_reject_pending{lane}``; the station's own gate, which then
+    holds only the fault output (``open_line_side`` watches no ``reject`` for it), as
+    ``fair_edge_fault_output_total{event}`` (its fault sinks' counters) where ``reject.fault_sinks`` open one."""
+    if cell.assembler is not None:
+        metrics.watch("parts", cell.part_stats, gauges=())
+        return
+    metrics.watch_counters_by("reject", "lane", cell.lane_stats)
+    if cell.line.scheduler is not None:
+        metrics.watch("fault_output", cell.fault_output_stats, gauges=())
+
+
+def check_cameras(cfg: StationConfig, sources: dict | None = None) -> None:
+    """What a cell refuses before anything loads or opens, as ``run_station`` refuses it for its one camera: each
+    camera's ``--loop`` with a live source (``check_loop``, the same message; not for a camera handed a source),
+    its reject timing (``check_reject_timing``: the station's gate, or with ``by: lane`` the camera's own; a replay
+    without fps is timed by the PLC's triggers with the handshake), and, with ``by: part``, ``group.part_timeout_ms``
+    (``part_timeout_s``). ConfigError naming the setting and the fix. sources: as ``open_cameras``'s."""
+    sources = sources or {}
+    for view in cfg.cameras:
+        vcfg = view_config(cfg, view)
+        if view.name not in sources:
+            check_loop(vcfg)
+        gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
+        check_reject_timing(gate, timed_source=view.name in sources or cfg.reject.handshake.enabled
+                            or not is_unpaced_replay(vcfg))
+    if cfg.group.by == "part":
+        part_timeout_s(cfg)
+
+
 def open_cameras(cfg: StationConfig, cell: CellLine, sources: dict | None = None) -> CaptureMux:
-    """Every camera's capture thread in one mux (not started). sources: camera name -> a frame source to use
-    instead of its ``source`` (tests)."""
+    """Every camera's capture thread in one mux (not started); ``run_cell`` has checked their settings
+    (``check_cameras``). sources: camera name -> a frame source to use instead of its ``source`` (tests)."""
     mux = CaptureMux()
     captures = {}
     sources = sources or {}
     for view in cfg.cameras:
         vcfg = view_config(cfg, view)
-        gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
         triggered = cell.triggers is not None
-        check_reject_timing(gate, timed_source=view.name in sources or triggered or not is_unpaced_replay(vcfg))
         captures[view.name] = open_capture(vcfg, sources.get(view.name),
                                            cell.triggers.port(view.name) if triggered else None,
                                            on_queued=mux.wake, **cell.hooks(view.name))
@@ -373,6 +467,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     arguments are ``run_station``'s."""
     if not cfg.cameras:
         raise ConfigError("run_cell: the station file has no cameras: list; use run_station for one camera.")
+    check_cameras(cfg, sources)   # before the models load, as run_station's refusals: not minutes later
     # the lock before the models load and anything opens: a second station here is refused
     with station_lock(cfg), station_switch_interval():
         return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, scorer, sources, on_console,
@@ -410,13 +505,14 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         inspector.decider = first   # the summary's backend and the console's top-line model: the first camera's
         inspector.summary.run_id = run_id
         console.attach(inspector, mux, line.scheduler, line.recorder, watch)
-        console.attach_cell(CellCounters(cell, mux),
+        counters = CellCounters(cell, mux)
+        console.attach_cell(counters,
                             {v.name: Path(view_config(cfg, v).bundle) for v in cfg.cameras})
         cell.part_listeners.append(console.observe_part)
         if on_console is not None:
             on_console(console)
 
-        tick = station_tick(line, watch, mux, notifier, console, cell.reject_stats, on_tick)
+        tick = station_tick(line, watch, mux, notifier, console, cell.reject_stats, counting_tick(counters, on_tick))
 
         def iteration() -> None:
             notifier.alive()
@@ -438,8 +534,9 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
 def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches: list[CameraWatch],
                 mux: CaptureMux) -> None:
     """``finish_line`` for a cell: a camera gone for good or still down at the stop is the run's fault (each named;
-    ``CameraWatch.at_stop``: the fault output they held stays on); the lanes' gates are let finish too; per-camera
-    and part counters go into the summary."""
+    ``CameraWatch.at_stop``: the fault output they held stays on); the lanes' gates are let finish too, within one
+    ``stop_wait_s`` (``finish_gate``: their parts still on the belt then abandoned before the summary takes their
+    counters, their pulses let end); per-camera and part counters go into the summary."""
     down = [r for r in (w.at_stop() for w in watches) if r]
     if down and not summary.fault:
         summary.fault = "; ".join(down)
@@ -448,10 +545,8 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     for lane in cell.lanes.values():
         if summary.fault:
             lane.fault(True, summary.fault)
-        lane.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
-        lane.drain_sinks(timeout_s=1.0)
+    for lane in cell.lanes.values():
+        finish_gate(lane, deadline)
     summary.rejects = cell.reject_stats()
-    counters = CellCounters(cell, mux)
-    summary.cameras.update(counters.cameras())
-    summary.parts = counters.parts()
+    CellCounters(cell, mux).into(summary)
     publish_summary(cell.line, summary)

@@ -38,6 +38,7 @@ from fair_edge.cameras.base import CaptureState
 from fair_edge.cameras.opencv import redact_url
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
+from fair_edge.line.metrics import DROP_STAGE_QUEUE   # fair_edge_dropped_total{stage=...}: the capture queue's drops
 from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import model_id
@@ -70,7 +71,6 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
@@ -81,6 +81,7 @@ BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the stati
                 "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
 BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
 SWITCH_INTERVAL_S = 0.0005   # the GIL switch interval while a station runs, s (Python's default: 0.005; BENCHMARKS.md)
+STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gate), budget spent or not
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -275,6 +276,7 @@ class LineSide:
     metrics: Metrics | None = None
     fault_shown: str | None = None   # the fault reason last published on MQTT ('' none); None: nothing yet
     handshake: Handshake | None = None   # reject.handshake
+    station_fault: str = ""   # the reason a FaultBoard holds on the gate and the handshake (``fault``); '' none
 
     def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
@@ -312,9 +314,22 @@ class LineSide:
             self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
 
     def fault_reason(self, camera_reason: str = "") -> str:
-        """Why the station's fault output is on now ('' when it is off): the camera's fault, else the reject
-        gate's (a sink down, an encoder link down, a latched alarm)."""
-        return camera_reason or (self.scheduler.fault_reason if self.scheduler is not None else "") or ""
+        """Why the station's fault outputs are on now ('' when they are off), what MQTT and systemd's STATUS show:
+        the camera's fault, else the reject gate's (the FaultBoard's reasons, a sink down, an encoder link down, a
+        latched alarm), else the FaultBoard's reasons held on the handshake alone (a drift alarm: Ready 0, Error 1);
+        then the handshake's latched error while the PLC's Error shows it (``handshake_error``)."""
+        gate = self.scheduler.fault_reason if self.scheduler is not None else None
+        return "; ".join(r for r in (camera_reason or gate or self.station_fault, self.handshake_error()) if r)
+
+    def handshake_error(self) -> str:
+        """The handshake's latched fault (error 10 ack timeout, 11 result timeout, 12 trigger overrun) while the PLC's
+        Error register shows it, in words; '' without one, or while a station fault's error 1 stands in for it."""
+        from fair_edge.line.handshake.settings import ERROR_CODES, ERROR_NONE, ERROR_STATION_FAULT
+
+        code = ERROR_NONE if self.handshake is None else self.handshake.error_code
+        if code in (ERROR_NONE, ERROR_STATION_FAULT):
+            return ""
+        return f"handshake error {code}: {ERROR_CODES.get(code, 'unknown error code')}"
 
     def publish_fault(self, camera_reason: str) -> None:
         """Publish the fault state on MQTT on the first tick and whenever it changed (called on every tick): the
@@ -326,7 +341,8 @@ class LineSide:
 
     def fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect (a ``FaultBoard`` target): the reject gate's fault output and
-        the handshake's ready / error."""
+        the handshake's ready / error; the reason is kept for ``fault_reason``."""
+        self.station_fault = (reason or "station fault") if active else ""
         for target in (self.scheduler, self.handshake):
             if target is not None:
                 target.fault(active, reason)
@@ -378,7 +394,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         line.callbacks.append(line.handshake.on_verdict)
     if metrics is not None:
         metrics.watch("recorder", recorder.stats)
-        if line.scheduler is not None:
+        if line.scheduler is not None and not (cfg.cameras and cfg.group.by == "lane"):   # lanes: cell.watch_cell
             metrics.watch("reject", line.scheduler.stats)
         encoder_stats = getattr(line.encoder, "stats", None)   # fair_edge_encoder_total{event="read_errors"}, ...
         if encoder_stats is not None:
@@ -588,21 +604,33 @@ def station_tick(line: LineSide, watch: Callable[[Inspector], str], capture, not
 
 
 def stop_wait_s(cfg: StationConfig) -> float:
-    """How long a stop waits for the parts on the belt to reach the gate, s: their travel (delay + pulse + late) and
-    1 s, or in encoder mode ``ENCODER_STOP_WAIT_S`` and 1 s (a stopped belt never brings them)."""
-    from fair_edge.line.settings import ENCODER_STOP_WAIT_S
+    """How long a stop waits, s, for the parts on the belt to reach the gate and for their pulses to end: the belt's
+    drain (``service_unit.belt_drain_ms``, which the unit's TimeoutStopSec is sized from: the parts' travel, in
+    encoder mode ``ENCODER_STOP_WAIT_S`` since a stopped belt never brings them, + the widest pulse any reject output
+    drives, a sink URL's own ``pulse_ms`` or a lane's included, + ``reject.late_ms``) and 1 s. ``reject.pulse_ms``
+    alone cut a wider URL pulse short at the stop."""
+    from fair_edge.station.service_unit import belt_drain_ms
 
-    reject = cfg.reject
-    travel_s = (reject.delay_ms + reject.pulse_ms + reject.late_ms) / 1000.0
-    return (ENCODER_STOP_WAIT_S if reject.encoder_distance is not None else travel_s) + 1.0
+    return belt_drain_ms(cfg) / 1000.0 + 1.0
+
+
+def finish_gate(gate: RejectScheduler, deadline: float) -> None:
+    """A stop's wait at one reject gate (the station's, or a lane's), until ``deadline`` (monotonic s: the stop's
+    time + ``stop_wait_s``): the parts on the belt reach the gate (``wait_idle``), those that did not are abandoned
+    (``abandon_pending``: counted, one gate row each, before a summary takes the counters), then the pulses handed
+    to its sinks end (``drain_sinks``, at least ``STOP_DRAIN_MIN_S``), so the station does not close an output
+    mid-pulse."""
+    gate.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
+    gate.abandon_pending()
+    gate.drain_sinks(timeout_s=max(STOP_DRAIN_MIN_S, deadline - time.monotonic()))
 
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str,
                 publish: bool = True) -> None:
-    """After inspection stopped: note a camera fault, let parts already on the belt reach the gate
-    (they are decided and pulsed there; those that do not within their travel time are abandoned: counted,
-    one gate row each), write the log, and fill the summary's line counters. The log: NG images still
-    queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
+    """After inspection stopped: note a camera fault, let parts already on the belt reach the gate and their pulses
+    end (``finish_gate``, ``stop_wait_s``: they are decided and pulsed there; those that do not within their travel
+    time are abandoned: counted, one gate row each), write the log, and fill the summary's line counters. The log:
+    NG images still queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
     ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
     final counters, after the last row: the ones summary.json gets). camera_state: ``CameraWatch.at_stop()``, a
     camera gone or still down at the stop ('' when it was delivering): the run's fault unless it has one.
@@ -615,9 +643,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)
-        line.scheduler.wait_idle(timeout_s=stop_wait_s(cfg))
-        line.scheduler.abandon_pending()   # counted and logged before the summary takes the gate's counters
-        line.scheduler.drain_sinks(timeout_s=1.0)
+        finish_gate(line.scheduler, time.monotonic() + stop_wait_s(cfg))
     from fair_edge.line.recorder import CLOSE_IMAGES_S
 
     if not line.recorder.flush(timeout=CLOSE_IMAGES_S):

@@ -1,0 +1,144 @@
+"""A station's stop (``finish_line``, ``finish_cell``): the parts on the belt reach the gate and their pulses end,
+also when a sink URL sets a pulse wider than ``reject.pulse_ms``; a lane's parts still on the belt are counted
+``abandoned`` before the summary takes the counters, as the station's gate's are.
+
+Real schedulers and a real ``WorkerSink`` on an output that records its writes (no PLC needed). The assertions are
+about order (the falling edge written before the stop returned), never about how fast the machine is."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fair_edge.line.scheduler import RejectScheduler
+from fair_edge.line.settings import RecordSettings, RejectSettings
+from fair_edge.line.sinks.base import WorkerSink
+from fair_edge.records import Verdict
+from fair_edge.station.config import StationConfig
+from fair_edge.station.inspector import RunSummary
+from fair_edge.station.run import LineSide, finish_line, stop_wait_s
+from fair_edge.station.views import GroupSettings, ViewSettings
+from line_replay import RecordingSink
+
+WIDE_PULSE_MS = 1500.0   # a sink URL's own pulse_ms: wider than the stop's old 1 s sink drain, over reject.pulse_ms 50
+WIDE_URL = f"modbus://127.0.0.1:1502?unit=1&coil=0&pulse_ms={WIDE_PULSE_MS:g}"
+TIMING = dict(delay_ms=20.0, pulse_ms=50.0, late_ms=20.0)   # a short belt: the part is at the gate at once
+
+
+class RecordingOutput:
+    """Stands in for a PLC coil: records (monotonic s, level) of every write."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, bool]] = []
+        self.lock = threading.Lock()
+
+    def open(self) -> None:
+        pass
+
+    def set(self, on: bool) -> None:
+        with self.lock:
+            self.writes.append((time.monotonic(), on))
+
+    def close(self) -> None:
+        pass
+
+    def levels(self) -> list[bool]:
+        with self.lock:
+            return [on for _, on in self.writes]
+
+
+def ng_part(gate: RejectScheduler, seq: int) -> None:
+    """One NG part captured now, its verdict in at once: pulsed at its due time."""
+    t = time.monotonic()
+    gate.note_capture(seq, t)
+    gate.submit(Verdict(seq, t, 0.9, 0.5, True, time.monotonic()))
+
+
+def recorder_at(folder):
+    from fair_edge.line.recorder import Recorder
+
+    return Recorder(RecordSettings(dir=folder, save_ng_images=False, min_free_mb=0))
+
+
+def test_the_stop_wait_counts_the_widest_pulse_any_reject_output_drives():
+    """stop_wait_s took reject.pulse_ms (50) even when a sink URL (reject.sinks, or a lane's cameras[].reject)
+    drives a wider pulse: the stop's budget was 1.09 s where the URL's 3 s pulse needs 4.04 s."""
+    station = StationConfig(reject=RejectSettings(sinks=("log://test.runlife", WIDE_URL.replace("1500", "3000")),
+                                                  **TIMING)).checked()
+    assert stop_wait_s(station) == pytest.approx((20 + 3000 + 20) / 1000 + 1.0)
+    lanes = StationConfig(cameras=(ViewSettings("a", "1", reject=("gpio://gpiochip0/17?pulse_ms=2500",)),
+                                   ViewSettings("b", "2")),
+                          group=GroupSettings(by="lane"), reject=RejectSettings(**TIMING)).checked()
+    assert stop_wait_s(lanes) == pytest.approx((20 + 2500 + 20) / 1000 + 1.0)
+    plain = StationConfig(reject=RejectSettings(sinks=("log://test.runlife",), **TIMING)).checked()
+    assert stop_wait_s(plain) == pytest.approx((20 + 50 + 20) / 1000 + 1.0)   # no URL pulse: reject.pulse_ms
+
+
+def test_a_stop_lets_a_pulse_wider_than_reject_pulse_ms_end_before_it_returns(tmp_path):
+    """finish_line drained the sinks for 1 s whatever their pulse: a URL's 1.5 s pulse was still on when the stop
+    went on to close the station (a pulse over ~3 s was cut short, its output left on: the sink's close gives up)."""
+    cfg = StationConfig(reject=RejectSettings(sinks=(WIDE_URL,), **TIMING)).checked()
+    out = RecordingOutput()
+    sink = WorkerSink("coil", out, pulse_ms=WIDE_PULSE_MS)   # what the URL opens: its own pulse_ms
+    try:
+        with recorder_at(tmp_path) as recorder, RejectScheduler(cfg.reject, sinks=sink, fault_sinks=RecordingSink("f"),
+                                                                on_part=recorder.record_gate) as gate:
+            ng_part(gate, 1)
+            summary = RunSummary()
+            finish_line(cfg, LineSide(recorder, gate, None, None, []), summary, "")
+            at_return = out.levels()
+    finally:
+        sink.close()
+    assert at_return.count(True) == 1, at_return               # the part was pulsed ...
+    assert at_return[-1] is False, at_return                   # ... and its pulse had ended when the stop returned
+    assert summary.rejects["fired"] == 1 and summary.rejects["pending"] == 0
+
+
+def lane_station(lane_url: str) -> StationConfig:
+    return StationConfig(cameras=(ViewSettings("a", "1", reject=(lane_url,)), ViewSettings("b", "2")),
+                         group=GroupSettings(by="lane"), reject=RejectSettings(**TIMING)).checked()
+
+
+def finish_lanes(cfg: StationConfig, lane: RejectScheduler, recorder) -> RunSummary:
+    """``finish_cell`` for a lane station whose lane ``a`` is ``lane`` (no camera, no station gate)."""
+    from fair_edge.cameras.mux import CaptureMux
+    from fair_edge.station.cell import CellLine, finish_cell
+
+    mux = CaptureMux()
+    mux.set_captures({})
+    summary = RunSummary()
+    finish_cell(cfg, CellLine(LineSide(recorder, None, None, None, []), lanes={"a": lane}), summary, [], mux)
+    return summary
+
+
+def test_a_lane_stop_lets_its_wider_url_pulse_end_before_it_returns(tmp_path):
+    """finish_cell drained each lane's sinks for 1 s: a lane URL's 1.5 s pulse was still on at its return."""
+    cfg = lane_station(WIDE_URL)
+    out = RecordingOutput()
+    sink = WorkerSink("lane-a", out, pulse_ms=WIDE_PULSE_MS)
+    try:
+        with recorder_at(tmp_path) as recorder, RejectScheduler(cfg.reject, sinks=sink,
+                                                                fault_sinks=RecordingSink("f")) as lane:
+            ng_part(lane, 1)
+            summary = finish_lanes(cfg, lane, recorder)
+            at_return = out.levels()
+    finally:
+        sink.close()
+    assert at_return.count(True) == 1 and at_return[-1] is False, at_return
+    assert summary.rejects["lanes"]["a"]["fired"] == 1
+
+
+def test_a_lanes_parts_still_on_the_belt_at_the_stop_are_abandoned_in_the_summary(tmp_path):
+    """A lane's parts that did not reach its gate within the stop's wait were abandoned only when the lane closed,
+    after the summary had copied its counters: summary.json said pending 1, abandoned 0 (the station's own gate
+    has abandoned them before the summary since test_line_scheduler's abandoned-parts test)."""
+    cfg = lane_station("log://test.runlife.lane")
+    with recorder_at(tmp_path) as recorder, RejectScheduler(RejectSettings(delay_ms=600_000), sinks=RecordingSink(),
+                                                            fault_sinks=RecordingSink("f"),
+                                                            on_part=recorder.record_gate) as lane:   # a stopped belt
+        lane.note_capture(7, time.monotonic())
+        summary = finish_lanes(cfg, lane, recorder)
+    counted = summary.rejects["lanes"]["a"]
+    assert counted["abandoned"] == 1 and counted["pending"] == 0, counted
