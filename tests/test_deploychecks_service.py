@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fair_edge.station.service_unit import UNIT_PATH, _env_program
+from fair_edge.station.service_checks import UNIT_PATH, _env_program
 from test_deploy_audit import (another_account, app, install_as, open_dir,  # noqa: F401 - open_dir: a fixture
                                private_folder, station_layout)
 

@@ -136,7 +136,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
     then, only when some NG images were not saved, how many were, were skipped (``images_skipped``: disk guard,
     queue, close deadline), failed on the disk (image write errors: ``write_errors`` less ``rows_failed``) and, when
     any, could not be drawn (``images_failed``: a frame or map the overlay refuses, not the disk). ``rows_failed``
-    covers gate.jsonl rows too."""
+    covers gate.jsonl rows too. ``log_files_deleted`` (rotated log files deleted to write on a full disk: their rows
+    are gone), in red on the verdict log's row when any."""
     if not recorder:
         return []
     logged = f"{recorder.get('logged', 0)}"
@@ -145,7 +146,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
         logged, label = f"{logged} / {recorder['gate_logged']}", "verdict log / gate log"
     parts = [f"{logged} logged"]
     for key, words in (("rows_failed", "not written (write errors)"), ("dropped", "dropped (writer backlog full)"),
-                       ("lost_at_close", "lost at close (disk hung)")):
+                       ("lost_at_close", "lost at close (disk hung)"),
+                       ("log_files_deleted", "rotated log file(s) deleted (disk full)")):
         if recorder.get(key):
             parts.append(f"[bold red]{recorder[key]} {words}[/]")
     rows: list[tuple[str, object]] = [(label, ", ".join(parts))]

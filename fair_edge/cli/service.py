@@ -18,10 +18,10 @@ from rich.markup import escape
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
+from fair_edge.station.service_checks import check_on_this_machine
 from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
-                                            belt_drain_ms, check_on_this_machine, default_executable, default_user,
-                                            install_unit, logical_cwd, render_unit, stop_timeout_sec,
-                                            systemctl_commands)
+                                            belt_drain_ms, default_executable, default_user, install_unit,
+                                            logical_cwd, render_unit, stop_timeout_sec, systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live

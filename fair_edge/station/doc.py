@@ -26,7 +26,8 @@ SECTION_NOTES = {
     "backend": " | ".join(BACKEND_NAMES),
     "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
                 "maps x roi); roi: mask image (white = inspected), null = all",
-    "output": "verdicts.jsonl, NG images, summary.json",
+    "output": "summary.json, reviews.jsonl, audit.jsonl; verdicts.jsonl, gate.jsonl and NG images (ng/) there too "
+              "unless record.dir names another folder",
     "reject": f"sinks: URLs {', '.join(s + '://...' for s in SINK_SCHEMES)}; fail_safe: {' | '.join(FAIL_SAFE_POLICIES)}; "
               f"handshake.url: null (off), {', '.join(s + '://...' for s in HANDSHAKE_SCHEMES)} (the PLC handshake; "
               "modbus: holding registers, opcua: node ids); docs/line-integration.md",

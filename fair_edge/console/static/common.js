@@ -29,6 +29,13 @@ const FE = {
     for (const c of children) e.append(c);
     return e;
   },
+  // a passed part's miss button greyed (live page and gallery): its frame has left the console's memory
+  // (keepFrames: console.keep_frames), and a miss is saved with its image (the server refuses one without, 409)
+  greyMiss(button, keepFrames) {
+    button.disabled = true;
+    button.title = `its frame is no longer kept (the console keeps the last ${keepFrames} frames, ` +
+      "console.keep_frames): a miss needs its image; mark a miss sooner, or raise console.keep_frames";
+  },
   // an ISO 8601 time of the station (UTC, "…Z") as this browser's local date and time
   when(iso) { const t = new Date(iso); return isNaN(t) ? String(iso) : t.toLocaleString(); },
   say(text, bad = false, title = "") {

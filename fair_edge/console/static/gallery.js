@@ -10,12 +10,6 @@ let labels = {};
 let run = null;   // the run this page lists parts of
 let keepFrames = null;   // console.keep_frames: how many frames the console keeps, for the greyed button's tooltip
 
-// why a passed view's miss button is greyed (live.js says the same): a miss needs the view's image
-const goneTitle = keep => `its frame is no longer kept (the console keeps the last ${keep} frames, ` +
-  "console.keep_frames): a miss needs its image; mark a miss sooner, or raise console.keep_frames";
-
-function greyMiss(button) { button.disabled = true; button.title = goneTitle(keepFrames); }
-
 async function review(seq, label, card, camera) {
   try {
     await FE.post("review", {seq, label, run, ...(camera ? {camera} : {})});
@@ -54,7 +48,7 @@ function viewCard(v) {
   const buttons = FE.el("div", {class: "buttons"});
   for (const label of v.ng ? ["defect", "false_reject"] : ["miss"]) {
     const b = FE.el("button", {class: "small", "data-label": label, onclick: () => review(v.seq, label, c, v.camera)}, labels[label]);
-    if (label === "miss" && !v.kept) greyMiss(b);
+    if (label === "miss" && !v.kept) FE.greyMiss(b, keepFrames);
     buttons.append(b);
   }
   c.append(buttons);

@@ -140,25 +140,18 @@ function holdRecent(held) {
 $("recent").closest("table").addEventListener("pointerenter", () => holdRecent(true));
 $("recent").closest("table").addEventListener("pointerleave", () => holdRecent(false));
 
-// why a passed part's miss button is greyed: its frame has left the console's memory, and a miss is saved with its
-// image (the server refuses one it has no image for, 409)
-const goneTitle = keepFrames => `its frame is no longer kept (the console keeps the last ${keepFrames} frames, ` +
-  "console.keep_frames): a miss needs its image; mark a miss sooner, or raise console.keep_frames";
-
 function missButton(v, run, cell, keepFrames) {
   const b = FE.el("button", {class: "small", "data-seq": v.seq, "data-camera": v.camera || "", onclick: () => markMiss(v, run, cell)}, "miss");
-  if (!v.kept) greyMiss(b, keepFrames);
+  if (!v.kept) FE.greyMiss(b, keepFrames);
   return b;
 }
-
-function greyMiss(button, keepFrames) { button.disabled = true; button.title = goneTitle(keepFrames); }
 
 // the table held still: its rows stay, but the miss button of each part whose frame has left memory since is greyed
 // (keptFrom: camera -> the oldest part whose frame is kept now; frames leave in the order they came)
 function greyGone(keptFrom, keepFrames) {
   for (const b of $("recent").querySelectorAll("button[data-seq]")) {
     const oldest = (keptFrom || {})[b.dataset.camera];
-    if (!b.disabled && (oldest === undefined || +b.dataset.seq < oldest)) greyMiss(b, keepFrames);
+    if (!b.disabled && (oldest === undefined || +b.dataset.seq < oldest)) FE.greyMiss(b, keepFrames);
   }
 }
 
