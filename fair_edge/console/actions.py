@@ -179,6 +179,9 @@ class StationActions:
         # whether a threshold was applied from here since the start: without a station file (nothing else holds it),
         # a reload keeps the threshold in force from then on (``StationConsole.reload_bundle``)
         self.threshold_applied = False
+        # camera ("" with one) -> the audit row of the threshold last applied to it from here in this run: without a
+        # station file, what a reload checks the threshold in force against (``check_threshold_pairs``)
+        self.applied_now: dict[str, dict] = {}
         self._swapper: threading.Thread | None = None   # the swap thread last started ("bundle-swap"), joined by close
         self._closed = Event()   # set by ``close``: no swap starts, and one loading switches no camera
         # held by ``close`` to set ``_closed`` and by a swap thread from its last look at it through its switch: a swap
@@ -390,10 +393,12 @@ class StationActions:
                 log.warning("threshold %.6g applied by %s%s: bundle %s (in force) written to %s with it, where it "
                             "named %s", value, who, f" to camera {camera}" if camera else "", paired["new"],
                             written, paired["old"] or "none")
-            return self._audited({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
-                                  "old": old, "new": value, "station_file": written, "model": decider.model,
-                                  "bundle": "" if bundle is None else str(bundle),
-                                  **({"station_file_bundle": paired} if paired else {})})
+            row = self._audited({"action": "threshold", "who": who, **({"camera": camera} if camera else {}),
+                                 "old": old, "new": value, "station_file": written, "model": decider.model,
+                                 "bundle": "" if bundle is None else str(bundle),
+                                 **({"station_file_bundle": paired} if paired else {})})
+            self.applied_now[camera] = row
+            return row
 
     def _bundle_in_force(self, camera: str) -> Path | None:
         """The bundle folder ``camera`` runs now (one camera: ""), as the console knows it: the station's, or the one
@@ -406,8 +411,14 @@ class StationActions:
         to this station file (the audit log's row, which names the model and bundle it was applied on) and the
         bundle folder now holds another model (``threshold_pair_refusal``: its model id as its manifests record it,
         ``folder_model_ids``; a folder rebuilt in place with another model is refused, a copy of the same model is
-        not): a threshold is on its model's scale."""
+        not): a threshold is on its model's scale. Without a station file, the same against the threshold last
+        applied to the camera from here in this run (``applied_now``: nothing else holds it), in force still and the
+        folder, or the one a link leads to now, holding another model (``run_threshold_refusal``)."""
         if self.station_file is None:
+            for c in named:
+                refusal = run_threshold_refusal(self.applied_now.get(c.camera), c, folder_model_ids(c.bundle))
+                if refusal:
+                    raise ThresholdNotForBundle(refusal)
             return
         applied = applied_thresholds(self.audit.read(), self.station_file)
         for c in named:
@@ -634,14 +645,14 @@ class StationActions:
         if not self._still_auditable(bundle, [change]):
             return
         inspector.switch.request(change)
-        self.feed.bundle_path = change.bundle.root
+        self.feed.use_bundle(bundle, change.bundle.root)   # a link as named: a reload without a station file follows it
         if change.regions is not None:   # the reloaded zones, drawn on the live page and the NG images
             self._show_zones(change.regions.outlines())
         self.feed.drift.reset("", _reference(change))
         row = self._audited({"action": "swap", "who": who, "old": old,
                              "new": {"model": change.model, "bundle": str(change.bundle.root),
                                      "threshold": change.threshold}})
-        self.swap_status = {"state": "done", "bundle": str(change.bundle.root), "model": change.model,
+        self.swap_status = {"state": "done", "bundle": self.feed.shown_bundle(), "model": change.model,
                             **_warning([row]), "since": utc_now()}
 
     def _still_auditable(self, bundles: str, changes: list[ModelChange]) -> bool:
@@ -703,7 +714,7 @@ class StationActions:
             self.feed.camera_bundles[camera] = change.bundle.root
             self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
-                self.feed.bundle_path = change.bundle.root
+                self.feed.use_bundle(None, change.bundle.root)
             rows.append(self._audited({"action": "swap", "who": who, "camera": camera, "old": old,
                                        "new": {"model": change.model, "bundle": str(change.bundle.root),
                                                "threshold": change.threshold}}))
@@ -813,6 +824,28 @@ def threshold_pair_refusal(station_file: Path, row: dict | None, named: CameraBu
             f"{row.get('time', '?')}, {AUDIT}), not on bundle {named.bundle} this {by} would load{camera}{now}; set "
             f"{where} for {named.bundle} in the station file (null: the bundle's own calibrated threshold){again}, "
             f"{then}")
+
+
+def run_threshold_refusal(row: dict | None, named: CameraBundle, found: tuple[str, ...]) -> str:
+    """Without a station file: why ``named`` (a camera's bundle as the station named it, and the threshold in force)
+    may not run, or "": its threshold is the one the audit ``row`` applied from the console in this run
+    (``StationActions.applied_now``) and its bundle holds another model now (``found``: the ids of the model it holds,
+    as for ``threshold_pair_refusal``; () when not known: the load names the problem). A link is named with its
+    target now."""
+    if row is None or not found or not _applied_on_another(row, named, found):
+        return ""
+    target = tuning.real_folder(named.bundle)
+    leads = "" if str(target) == os.path.abspath(named.bundle) else f" (-> {target})"
+    camera = f" on camera {named.camera}" if named.camera else ""
+    applied_on = row.get("model") or "?"
+    back = (f"point {named.bundle} back at model {applied_on}'s bundle" if leads else
+            f"put model {applied_on}'s bundle back in {named.bundle}")
+    return (f"the threshold {named.threshold:.6g} in force{camera} was applied from the console on model {applied_on} "
+            f"(bundle {row.get('bundle') or '?'}, by {row.get('who', '?')} at {row.get('time', '?')}, {AUDIT}), but "
+            f"bundle {named.bundle}{leads} holds model {found[0]} now: a threshold is on its model's scale, so "
+            f"nothing was reloaded. To run model {found[0]}, swap to it from the console (it runs at its own "
+            f"calibrated threshold; tune and apply one there), or restart the station on it (--threshold for its "
+            f"scale, or none: the bundle's own); to keep {named.threshold:.6g}, {back}, then reload")
 
 
 def _applied_on_another(row: dict, named: CameraBundle, found: tuple[str, ...]) -> bool:

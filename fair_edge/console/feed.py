@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -191,7 +192,10 @@ class StationFeed:
         self.drift = CameraDrift({"": reference} if camera_references is None else camera_references,
                                  settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
         self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
-        self.bundle_path: Path | None = None
+        self.bundle_path: Path | None = None   # the bundle folder in force as loaded (its root: links followed)
+        # the same bundle as it was named (``use_bundle``: --bundle, ``bundle:``, the path a swap was given), absolute,
+        # links kept: what a reload without a station file loads (``bundle_in_force``), so a link leads to its target
+        self.bundle_named: Path | None = None
         self.started = time.time()
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.count = 0          # verdicts observed (changes = something new to push)
@@ -208,6 +212,21 @@ class StationFeed:
         self.recorder, self.camera_watch, self.bundle_path = recorder, camera_watch, bundle_path
         if getattr(recorder, "run_id", None):
             self.run_id = recorder.run_id   # the station's run id: NG image names and log rows carry it
+
+    def use_bundle(self, named, folder: Path) -> None:
+        """The bundle in force from now on: ``folder``, its loaded root (links followed), named by the path ``named``
+        (made absolute, links kept: ``bundles/current``; None: by the folder itself)."""
+        self.bundle_path = folder
+        self.bundle_named = Path(folder) if named is None else Path(os.path.abspath(named))
+
+    def bundle_in_force(self) -> Path | None:
+        """The bundle in force as it was named (a link stays a link: loading it again loads its target then); None
+        before one is known."""
+        return self.bundle_named if self.bundle_named is not None else self.bundle_path
+
+    def shown_bundle(self) -> str:
+        """The bundle in force as the console shows it (``bundle_text``)."""
+        return bundle_text(self.bundle_named, self.bundle_path)
 
     def attach_cell(self, counters: CellCounters, bundles: dict[str, Path]) -> None:
         """A station of several cameras: its counters and the bundle each camera runs (in the station file's
@@ -364,7 +383,7 @@ class StationFeed:
             "fault": insp.summary.fault if insp is not None else "",
             "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,
                                                  "threshold": insp.threshold,
-                                                 "bundle": str(self.bundle_path or "")},
+                                                 "bundle": self.shown_bundle()},
         }
 
 
@@ -396,6 +415,16 @@ def _newest(index: dict[ViewKey, list[Verdict]], key: ViewKey) -> Verdict | None
         return index[key][-1]
     except (KeyError, IndexError):
         return None
+
+
+def bundle_text(named: Path | None, folder: Path | None) -> str:
+    """A bundle as the console shows it: the path it was named by with the folder it leads to where they differ (a
+    link: ``/srv/bundles/current -> /srv/bundles/v2``), else the folder; "" for none."""
+    if folder is None:
+        return ""
+    if named is None or Path(named) == Path(folder):
+        return str(folder)
+    return f"{named} -> {folder}"
 
 
 def finite(value: float) -> float | None:

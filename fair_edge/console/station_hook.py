@@ -57,7 +57,8 @@ class ReloadFlags:
 
 
 class StationConsole:
-    """cfg: the StationConfig; bundle: the loaded Bundle. ``fault``: something with ``fault(active, reason)``
+    """cfg: the StationConfig; bundle: the loaded Bundle, the one ``cfg.bundle`` names (a link: its target then; None:
+    named by its folder). ``fault``: something with ``fault(active, reason)``
     for the drift alarm (or None). ``links``: what the console calls in the station and training rooms
     (``actions.StationLinks``). calibration: the ``Threshold`` of the station's decision score, whose
     distribution (with its size, ``n_normal``) feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
@@ -72,7 +73,8 @@ class StationConsole:
             calibration = bundle.threshold
         per_camera = None if calibrations is None else {camera: Reference.of(t) for camera, t in calibrations.items()}
         self.feed = StationFeed(cfg.console, cfg.output, Reference.of(calibration), camera_references=per_camera)
-        self.feed.bundle_path = bundle.root
+        # the bundle as the station named it (--bundle, bundle:; a link kept), loaded as bundle.root (links followed)
+        self.feed.use_bundle(getattr(cfg, "bundle", None), bundle.root)
         self.actions = StationActions(self.feed, cfg.source_file, links)
         self.fault = fault if cfg.console.drift_fault else None
         self._drift_checked = 0.0
@@ -156,8 +158,10 @@ class StationConsole:
         a reload that would load the file's threshold, as last applied from the console (``audit.jsonl``, naming the
         model), with a bundle holding another model (a hand edit of ``bundle:``, --bundle, the folder rebuilt with
         another model) is refused (``check_threshold_pairs``; the start makes the same check). Without a
-        station file: reload the current bundle folder (rebuilt in place), regions kept, at the threshold in force when
-        the station has its own (--threshold, or one applied since), else at the bundle's. Several cameras: every
+        station file: reload the bundle in force by the path it was named by (``_reload_in_force``: a folder rebuilt in
+        place, a link such as ``bundles/current`` re-pointed since: its target now), regions kept, at the threshold in
+        force when the station has its own (--threshold, or one applied since), else at the bundle's; one applied from
+        the console on another model than the folder holds now is refused the same way. Several cameras: every
         camera's bundle, threshold and regions as the file names them now (its own, else the station's or the flag's),
         each camera switching through its own decider; a threshold applied to a camera is written as its own, which
         the flag does not override. Reads the station file in the calling thread, then returns; the load runs in a
@@ -188,15 +192,12 @@ class StationConsole:
         if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
             self._reload_cameras(who)
             return
-        if self.station_file is None:   # the bundle folder in force rebuilt in place, regions kept
-            given = self.start_threshold is not None or self.actions.threshold_applied
-            kept = threshold_in_force(self._inspector()) if given else None
-            in_force = CameraBundle("", self.feed.bundle_path, False, kept)
-            self.actions.swap(str(self.feed.bundle_path), who, threshold=kept, reload=ReloadFrom(who, (in_force,)))
+        if self.station_file is None:   # the bundle in force as named (a link: its target now), regions kept
+            self._reload_in_force(who)
             return
         now = self._read_station_file()   # a regions: section that does not load refuses the reload
         threshold, threshold_words = self._threshold_over(now.threshold)
-        path = self.flags.bundle or now.bundle or self.feed.bundle_path
+        path = self.flags.bundle or now.bundle or self.feed.bundle_in_force()
         bundle_words = [] if self.flags.bundle is None else [
             f"--bundle {self.flags.bundle} over the station file's {now.bundle or '(none)'}"]
         self._log_flags(who, bundle_words + threshold_words)
@@ -204,6 +205,20 @@ class StationConsole:
         self.actions.check_threshold_pairs([named])
         self.actions.swap(str(path), who, threshold=threshold, regions=now.regions,
                           reload=ReloadFrom(who, (named,), self.station_file, self.flags.bundle))
+
+    def _reload_in_force(self, who: str) -> None:
+        """One camera without a station file: load the bundle in force again by the path it was named by
+        (``feed.bundle_in_force``: --bundle, or the path a console swap was given), so a folder rebuilt in place is
+        reloaded and a link (``bundles/current``) leads to its target now, not the one it had at the start; at the
+        threshold in force when the station has its own (--threshold, or one applied from the console since), else at
+        the bundle's. A threshold applied from the console in force, and the folder holding another model now, is
+        refused (``actions.check_threshold_pairs``): nothing is loaded."""
+        given = self.start_threshold is not None or self.actions.threshold_applied
+        kept = threshold_in_force(self._inspector()) if given else None
+        path = self.feed.bundle_in_force()
+        in_force = CameraBundle("", path, False, kept)
+        self.actions.check_threshold_pairs([in_force])
+        self.actions.swap(str(path), who, threshold=kept, reload=ReloadFrom(who, (in_force,)))
 
     def _read_station_file(self):
         """The station file's settings now (``StationLinks.load_station``: ConfigError for one that does not load)."""
