@@ -14,3 +14,14 @@ def shell_word(path: str | Path) -> str:
     ``-`` is left as it is."""
     text = str(path)
     return shlex.quote("./" + text if text.startswith("-") else text)
+
+
+def dataset_words(data: str | Path, category: str | None = None) -> str:
+    """The words of a command that pick a dataset as the user gave it: ``data`` as one word (``shell_word``), then
+    ``--category CATEGORY`` when a product was picked inside an MVTec root or a VisA CSV (``shlex.quote``d: a
+    category is a name, not a path, so it gets no ``./``; the command takes the word after --category as its value
+    even when it starts with ``-``). Every printed ``next:`` command and tune.json's ``train_command`` hand the data
+    on with it: without --category the next command reads the whole root, which is refused ('pick one with
+    --category')."""
+    words = shell_word(data)
+    return words if category is None else f"{words} --category {shlex.quote(category)}"

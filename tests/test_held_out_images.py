@@ -162,7 +162,7 @@ def test_tune_reads_past_a_truncated_first_training_image(mvtec_dir, tmp_path, m
     first.write_bytes(first.read_bytes()[:300])
     calls = []
 
-    def fake(split, candidates, out, settings, device, data, on_row=None):
+    def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         calls.append(out)
         return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
 

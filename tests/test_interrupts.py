@@ -35,7 +35,7 @@ def _interrupted_tune(monkeypatch, stop: BaseException, finished: int = 1):
     proxy/ behind."""
     from fair_edge.training import tune as tune_module
 
-    def fake(split, candidates, out, settings, device, data, on_row=None):
+    def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         (out / "proxy" / "good").mkdir(parents=True, exist_ok=True)
         (out / "candidates" / "base").mkdir(parents=True, exist_ok=True)
         (out / "candidates" / "base" / "last.pt").write_bytes(b"half a candidate")
@@ -72,7 +72,7 @@ def test_the_same_tune_command_after_an_interrupt_starts_over(mvtec_dir, tmp_pat
 
     seen = []
 
-    def finish(split, candidates, out_dir, settings, device, data, on_row=None):
+    def finish(split, candidates, out_dir, settings, device, data, on_row=None, category=None):
         seen.append(sorted(p.name for p in out_dir.iterdir()))
         return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
 
@@ -120,7 +120,7 @@ from fair_edge.cli import app
 from fair_edge.training import tune as tune_module
 
 
-def fake(split, candidates, out, settings, device, data, on_row=None):
+def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
     on_row(tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0))
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(600)   # a bound: the handler raises at once

@@ -130,7 +130,7 @@ def _stub_tune(monkeypatch):
 
     calls = []
 
-    def fake(split, candidates, out, settings, device, data, on_row=None):
+    def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         calls.append(out)
         out.mkdir(parents=True, exist_ok=True)
         return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]

@@ -22,6 +22,7 @@ from fair_edge.models.registry import FAMILIES, TRAIN_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import families_with_setting, setting_flags
 from fair_edge.preprocess import FILTERS, PreprocessConfig
+from fair_edge.shell import dataset_words
 from fair_edge.training.data import BUILTIN_DATASETS
 from fair_edge.training.loop import resume_hint
 
@@ -179,10 +180,12 @@ def describe_settings(pre, cfg, high_pass: bool = True) -> str:
             f"learning rate {cfg.lr:g}{schedule}, seed {cfg.seed}")
 
 
-def next_hint(final: Path, data: str, split) -> str:
-    """What to run after training, for the data at hand (eval needs a test split)."""
+def next_hint(final: Path, data: str, split, category: Optional[str] = None) -> str:
+    """What to run after training, for the data at hand (eval needs a test split): eval on the dataset as the user
+    gave it, ``data`` and ``category`` (the product inside an MVTec root or a VisA CSV; None when none was picked),
+    written by ``dataset_words``, so the command reads the product trained on."""
     if split.test:
-        return f"next: fair-edge eval {shell_word(final)} {shell_word(data)}"
+        return f"next: fair-edge eval {shell_word(final)} {dataset_words(data, category)}"
     return (f"next: fair-edge build {shell_word(final)} --normal HELD_OUT_NORMALS   (a folder of normal images "
             f"not used in training sets the decision threshold; `fair-edge eval` needs a dataset with a test split: "
             f"an MVTec folder with test/good and test/<defect>, or a VisA CSV)")
@@ -403,7 +406,7 @@ def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], back
         raise typer.Exit(130) from None
     if is_main_process():
         console.print(f"[green]done:[/] {escape(str(final))}", highlight=False)
-        print_plain(next_hint(final, data, split))
+        print_plain(next_hint(final, data, split, category))
 
 
 app.command("train")(TrainCommand())

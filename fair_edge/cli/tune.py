@@ -87,7 +87,7 @@ def tune(
         clear_earlier(out, overwrite)
         print_plain(f"tune: {len(candidates)} candidates on {split.name}, budget {budget_min:g} min -> {out}")
         try:
-            rows = run_tune(split, candidates, out, settings, run_device, data, on_row=on_row)
+            rows = run_tune(split, candidates, out, settings, run_device, data, on_row=on_row, category=category)
         except (TrainingInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C; SIGTERM is Terminated, a KeyboardInterrupt
             print_plain(stopped_line(exc, len(finished)))
             raise typer.Exit(interrupt_exit_code(exc)) from None
@@ -99,7 +99,7 @@ def tune(
         table.add_row(r.candidate.name, r.status, f(r.proxy_catch), f(r.proxy_catch_5pct), f(r.proxy_auroc))
     console.print(table)
     console.print(f"[green]chosen:[/] {escape(rows[0].candidate.name)}; {escape(str(out / 'tune.json'))}")
-    print_plain(f"next: {rows[0].candidate.train_command(data, settings)}")
+    print_plain(f"next: {rows[0].candidate.train_command(data, settings, category)}")  # tune.json's train_command
 
 
 def stopped_line(exc: BaseException, finished: int) -> str:

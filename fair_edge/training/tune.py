@@ -50,7 +50,7 @@ from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
-from fair_edge.shell import shell_word
+from fair_edge.shell import dataset_words
 from fair_edge.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,18 @@ class Candidate:
         return config_from_options(base, {"batch": batch, "steps": self.steps, "lr": self.lr,
                                           "seed": seed, "save_every": 10**9})
 
-    def train_command(self, data: str, settings: TuneSettings | None = None) -> str:
+    def train_command(self, data: str, settings: TuneSettings | None = None, category: str | None = None) -> str:
         """The `fair-edge train` line that trains this candidate (--model, then flags of settings the family has)
-        as tune trained it with ``settings`` (their seed, written when it is not the family's default). data: the
-        dataset as the user gave it, written as one shell word (``shell_word``: quoted, ``./`` before a leading
-        ``-``), so the line runs as it is pasted."""
+        as tune trained it with ``settings`` (their seed, written when it is not the family's default). data and
+        category: the dataset as the user gave it (``category``: the product inside an MVTec root or a VisA CSV,
+        None when none was picked), written by ``dataset_words`` (DATA quoted as one word, ``./`` before a leading
+        ``-``, then ``--category CATEGORY``), so the line runs as it is pasted and trains on the images tune read."""
         p, spec = self.preprocess, self.model_spec()
         settings = settings or TuneSettings()
         cfg = self.train_config(settings.batch, settings.seed)
         fields = config_fields(cfg)
-        cmd = f"fair-edge train {shell_word(data)} --model {spec.family}"  # named always: train's default family may change
+        # --model named always: train's default family may change
+        cmd = f"fair-edge train {dataset_words(data, category)} --model {spec.family}"
         cmd += "".join(f" {flag}" for flag in spec.impl.settings_flags(spec.settings))
         cmd += f" --image-size {p.image_size}"
         if HIGHPASS in spec.input_names:
@@ -299,9 +301,10 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
 
 def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: TuneSettings = TuneSettings(),
          device: torch.device = torch.device("cpu"), data_name: str = "DATA",
-         on_row: Callable[[TuneRow], None] | None = None) -> list[TuneRow]:
-    """Run the candidates within the budget; write tune.csv and tune.json; rows best first. ConfigError before
-    anything is written when there is no candidate."""
+         on_row: Callable[[TuneRow], None] | None = None, category: str | None = None) -> list[TuneRow]:
+    """Run the candidates within the budget; write tune.csv and tune.json; rows best first. data_name and
+    category: the dataset as the user gave it (DATA and --category, None when no product was picked), for the
+    chosen train command. ConfigError before anything is written when there is no candidate."""
     if not candidates:
         raise ConfigError("tune needs at least one candidate; found none (default_candidates gives the base and "
                           "one change at a time).")
@@ -317,7 +320,7 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
         if on_row is not None:
             on_row(rows[-1])
     rows.sort(key=lambda r: r.rank_key(), reverse=True)
-    write_results(rows, out, settings, data_name, len(train), len(held), proxy)
+    write_results(rows, out, settings, data_name, len(train), len(held), proxy, category=category)
     return rows
 
 
@@ -351,9 +354,10 @@ class TuneWriteError(FairEdgeError, OSError):
 
 
 def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int,
-                  proxy: Sequence[Sample] = ()) -> None:
-    """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one, and the proxy defects
-    planted: ``proxy``, the proxy set ``write_proxy_set`` wrote), each written whole beside its place and renamed
+                  proxy: Sequence[Sample] = (), *, category: str | None = None) -> None:
+    """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one, with its train command
+    on ``data`` and ``category``: the dataset as the user gave it; and the proxy defects planted: ``proxy``, the
+    proxy set ``write_proxy_set`` wrote), each written whole beside its place and renamed
     into it, tune.json last (``write_whole``): a folder without tune.json holds no finished run. DataError (after
     tune.csv, listing every candidate skipped) when no candidate finished within the budget; TuneWriteError when a
     file cannot be written."""
@@ -364,7 +368,7 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
         raise DataError("the budget ended before any candidate finished; raise --budget-min.")
     chosen = {"name": best.candidate.name, "family": best.candidate.family, "width": best.candidate.width,
               "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
-              "train_command": best.candidate.train_command(data, settings)}
+              "train_command": best.candidate.train_command(data, settings, category)}
     summary = {"chosen": chosen, "rule": "max proxy catch at the target false-reject rate, then proxy AUROC",
                "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
                **proxy_summary(planted_pairs(proxy), settings),
