@@ -194,8 +194,9 @@ def test_jetson_gpio_refusing_to_load_is_a_sink_error_with_the_fix(monkeypatch, 
     """Audit bug 5: Jetson.GPIO checks the user's permissions (RuntimeError) and the board (Exception) at import;
     only ImportError was caught, so the station died with a traceback instead of the documented fix."""
     jetson_package(tmp_path, f"raise {raised}\n")
-    for name in ("Jetson", "Jetson.GPIO"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ("Jetson", "Jetson.GPIO"):   # set, then deleted: undone, the stand-in the import adds goes too
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SinkError) as info:
         open_sink("jetson://BOARD/12")
