@@ -284,7 +284,7 @@ def test_unreachable_plc_shows_the_fault_and_exits_4(bundle, conveyor, tmp_path)
 
     url = f"modbus://127.0.0.1:{free_port()}?unit=1&coil=0"   # nothing listens there
     args = ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--fps", "10", "--backend",
-            "onnxruntime", "--threshold", "0", "--reject", url, "--reject", "log://test.rejects",
+            "onnxruntime", "--threshold", "1e-6", "--reject", url, "--reject", "log://test.rejects",
             "--reject-delay-ms", "150", "--console", "off", "--out", str(tmp_path / "a")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 4, result.output
@@ -315,7 +315,7 @@ def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path,
     try:
         cfg = StationConfig(console=NO_CONSOLE,
             camera=CameraSettings(source=str(conveyor), fps=10, queue_size=8), bundle=bundle.root,
-            backend="onnxruntime", threshold=0.0, output=tmp_path, record=RecordSettings(dir=tmp_path),
+            backend="onnxruntime", threshold=1e-6, output=tmp_path, record=RecordSettings(dir=tmp_path),
             reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=0", "log://test.enc"),
                                   encoder="sim://?counts_per_s=2000", encoder_distance=600, pulse_ms=20,
                                   min_gap_ms=10, late_ms=10))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.markup import escape
@@ -31,7 +31,8 @@ def fuse(
     out: Path = typer.Option(Path("runs/fused"), help="Output folder: new, empty, or a fused bundle to replace whole "
                              "(members are copied into it; it is made next to --out and moved into place, so a fused "
                              "bundle's own m0, m1 can be fused again into it)."),
-    rule: str = typer.Option("mean", help=f"How normalised maps combine: {', '.join(RULES)}."),
+    rule: Literal[tuple(RULES)] = typer.Option("mean", help="How normalised maps combine, pixel by pixel: mean "
+                                               "(what the models agree on) or max (what any model sees)."),
     false_reject_rate: float = typer.Option(DEFAULT_FALSE_REJECT_RATE, help="Target false-reject rate of the threshold."),
     backend: str = typer.Option("onnxruntime", help="Backend that scores the normal images for calibration."),
 ) -> None:

@@ -467,7 +467,9 @@ class StationActions:
         for ``camera``, or (none named) for every camera that runs the station's bundle. threshold: the one to
         run it with (SIGHUP: the station file's); None = the bundle's, by the station's rule (a bundle swapped
         in from the console: its scores are on its own scale). regions: the ``regions:`` settings to judge with
-        from then on (SIGHUP: the station file's, re-read); None = keep the ones in force. reload: a reload's swap
+        from then on (SIGHUP: the station file's, re-read); None = keep the ones in force, which refuses a bundle whose
+        map is on another scale (fused <-> single) while their rules decide with a ``regions.pixel_threshold`` the
+        station file sets (``scale_refusal``). reload: a reload's swap
         (``ReloadFrom``): a failure is refused as the reload's, naming who asked and where the bundle is named."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
@@ -592,9 +594,10 @@ class StationActions:
     def _load(self, bundle: Path, inspector, who: str, threshold: float | None, regions=None,
               reload: ReloadFrom | None = None) -> None:
         """One camera: load ``bundle``, checked against ``regions`` (a reload's, else those in force), then switch
-        to it, with ``regions`` when given (none when the load fails or the audit log can no longer be written: the
-        loaded backend closed, the swap failed; a reload's, ``reload``, refused as such). Done with a ``warning``
-        when the switch is made but its audit row fails."""
+        to it, with ``regions`` when given (none when the load fails, the regions kept would judge it on another scale
+        (``scale_refusal``), its frames are off its grid, or the audit log can no longer be written: the loaded backend
+        closed, the swap failed; a reload's, ``reload``, refused as such). Done with a ``warning`` when the switch is
+        made but its audit row fails."""
         old = {"model": inspector.model, "bundle": str(self.feed.bundle_path or "")}
         if self._stopped(str(bundle), []):
             return
@@ -607,8 +610,9 @@ class StationActions:
             return
         if regions is not None:
             change = replace(change, regions=regions)
-        refusal = self._grid_refusal(change, "", checked, str(bundle))
-        if refusal:   # every frame would be NG on it: the old model stays
+        refusal = (scale_refusal(change, inspector, checked, str(bundle)) if regions is None else "") or \
+            self._grid_refusal(change, "", checked, str(bundle))
+        if refusal:   # its region rules would judge on another scale, or every frame would be NG: the old model stays
             _close_loaded([change])
             self._swap_failed(str(bundle), ConfigError(refusal), reload)
             return
@@ -638,6 +642,16 @@ class StationActions:
         where = f"cameras ({camera}).threshold" if camera else "decision.threshold"
         reason = off_grid_reason(found, f"{on} latest {w} x {h} frame", ", so every frame would be NG", where)
         return f"bundle {bundle}: {reason}; {kept}"
+
+    def _camera_refusal(self, change: ModelChange, camera: str, reloaded, bundle: str) -> str:
+        """Why the loaded ``change`` (of ``bundle``) may not run on ``camera`` of several: the region rules it keeps
+        (``reloaded`` None: a console swap keeps the camera's in force) on another map scale (``scale_refusal``), or
+        its frames off the grid (``_grid_refusal``); "" when it may."""
+        if reloaded is not None:
+            return self._grid_refusal(change, camera, reloaded, bundle)
+        decider = self._decider(camera)
+        kept = regions_in_force(decider)
+        return scale_refusal(change, decider, kept, bundle) or self._grid_refusal(change, camera, kept, bundle)
 
     def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str) -> None:
         """One camera: hand the loaded ``change`` (of ``bundle``, as asked for) to ``inspector``'s switch and audit
@@ -669,8 +683,9 @@ class StationActions:
     def _load_views(self, plan: dict[Path, tuple[str, ...]], who: str, thresholds: dict[str, float | None],
                     regions: dict | None = None, reload: ReloadFrom | None = None) -> None:
         """Load every bundle of the plan, each checked against its cameras' ``regions`` (a reload's, else those in
-        force), then switch each camera (with its ``regions`` where given); a failure (a load, an audit log that can
-        no longer be written) switches none (loaded backends closed; a reload's, ``reload``, refused as such, naming
+        force), then switch each camera (with its ``regions`` where given); a failure (a load, a camera's rules kept
+        on another map scale or its frames off the grid: ``_camera_refusal``, an audit log that can no longer be
+        written) switches none (loaded backends closed; a reload's, ``reload``, refused as such, naming
         the cameras of the bundle that failed and where the station file names it). Once switching, every camera
         switches: an audit row that fails then is the swap's ``warning``, not a stop (the cameras after it would
         keep the old model)."""
@@ -692,8 +707,8 @@ class StationActions:
                    for c, change in changes.items()}
         bundle_of = {camera: str(bundle) for bundle, cameras in plan.items() for camera in cameras}
         refusals = [r for c, change in changes.items()
-                    if (r := self._grid_refusal(change, c, regions.get(c, self._regions_of(c)), bundle_of[c]))]
-        if refusals:   # every frame of a camera would be NG: no camera switches
+                    if (r := self._camera_refusal(change, c, regions.get(c), bundle_of[c]))]
+        if refusals:   # a camera's rules on another scale, or every frame of a camera NG: no camera switches
             _close_loaded(changes.values())
             self._swap_failed(bundles, ConfigError("; ".join(refusals)), reload)
             return
@@ -926,6 +941,42 @@ def _not_kept(what: str, label: str, kept: int) -> str:
             f"dataset without its image; nothing was recorded. Mark a part while it is among the last {kept} (the "
             f"live page greys its miss button once its frame is gone), or raise console.keep_frames in the station "
             f"file to keep more frames (memory: one frame each)")
+
+
+def scale_refusal(change: ModelChange, decider, regions, bundle: str) -> str:
+    """Why a swap that keeps the ``regions:`` settings in force (a console swap) may not run the loaded ``change``
+    (of ``bundle``): their rules decide the verdict with the pixel threshold the station file sets
+    (``regions.pixel_threshold``), which is in the units of the map of the model ``decider`` runs (or will once its
+    pending change is taken), and the loaded model's map is on another scale: a fused bundle's, in its members'
+    normal spread, against a single bundle's score units (``tuning.scores_below_zero``), so judged at it the new
+    model's defects would pass (or every part be NG). "" when both are on one scale, rules do not decide, or the
+    file sets no pixel threshold (each bundle's own is used then; a fused bundle has none, and its loader refuses
+    it: ``station.bundles.region_pixel_threshold``)."""
+    value = getattr(regions, "pixel_threshold", None)
+    fused = tuning.scores_below_zero(change.scorer)
+    if value is None or not _rules_decide(regions) or fused == _fused_in_force(decider):
+        return ""
+    if fused:
+        new, old = "a fused bundle, whose map is in its members' normal spread", "the single bundle in force's score"
+        units = f"the pixels above its threshold, {change.bundle.threshold.value:.6g}, make a part NG"
+    else:
+        new, old = "a single bundle, whose map is in its model's score units", ("the fused bundle in force's map: its "
+                                                                               "members' normal spread")
+        units = "null: its calibrated one"
+    return (f"bundle {bundle} is {new}, but the region rules in force decide the verdict with the station file's "
+            f"regions.pixel_threshold {value:g}, set in the units of {old}: on another scale, the new model's defects "
+            "would pass or every part be NG. The swap was refused; the station runs on with the model in force. To "
+            f"run {bundle} with region rules, set regions.pixel_threshold in its map's units ({units}) and bundle: "
+            f"{bundle} in the station file, then reload (kill -HUP); or turn the rules off.")
+
+
+def _fused_in_force(decider) -> bool:
+    """Whether the model ``decider`` judges with, or will once its pending change is taken, is a fused bundle's
+    (``tuning.scores_below_zero``; a decider without a scorer, a stand-in, runs a single bundle's)."""
+    pending = getattr(getattr(decider, "switch", None), "pending", None)
+    if pending is not None and pending.scorer is not None:
+        return tuning.scores_below_zero(pending.scorer)
+    return _scores_below_zero(decider)
 
 
 def _rules_decide(regions) -> bool:

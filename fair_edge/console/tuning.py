@@ -77,16 +77,26 @@ def histograms(normal: np.ndarray, defect: np.ndarray, quantiles, current: float
             "defect": np.histogram(defect, edges)[0].tolist(), "calibration_per_100": calib}
 
 
-def check_threshold(value, below_zero: bool = False) -> float:
+def check_threshold(value, below_zero: bool = False, where: str = "threshold") -> float:
     """A threshold from the console (JSON or a query) as a float, else a ConfigError (the API's 400) naming what was
     found: a finite number > 0, or with ``below_zero`` (the model in force can score below 0: ``scores_below_zero``)
-    any finite number. An integer too large for a float (JSON allows 400 digits) is refused as not finite."""
+    any finite number. An integer too large for a float (JSON allows 400 digits) is refused as not finite. where:
+    the field the message names (the station's start, swap and reload check ``decision.threshold / --threshold`` by
+    this rule too: ``station.decision.decide_threshold``)."""
     wanted = "a finite number" if below_zero else "a finite number > 0"
     if is_number(value) and not _float_holds(value):
-        raise ConfigError(f"threshold: expected {wanted}, found an integer too large for a float "
+        raise ConfigError(f"{where}: expected {wanted}, found an integer too large for a float "
                           f"({value.bit_length()} bits); send the threshold the page proposes")
-    require(is_number(value) and math.isfinite(value) and (below_zero or value > 0), "threshold", wanted, value)
+    require(is_number(value) and math.isfinite(value) and (below_zero or value > 0), where, wanted, value)
     return float(value)
+
+
+def bundle_scores_below_zero(bundle) -> bool:
+    """``scores_below_zero`` for a loaded bundle (``export.bundle.Bundle`` or ``runtime.fusion.FusedBundle``) before
+    its scorer runs: a fused bundle's scores can be below 0, a single bundle's never are."""
+    from fair_edge.runtime.fusion import FusedBundle   # here: tuning's numbers need no model runtime
+
+    return isinstance(bundle, FusedBundle)
 
 
 def scores_below_zero(scorer) -> bool:

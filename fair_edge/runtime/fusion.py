@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ import cv2
 import numpy as np
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold, calibrate_threshold, check_spread
-from fair_edge.errors import BundleError, ConfigError, DataError
+from fair_edge.errors import BundleError, ConfigError, DataError, did_you_mean
 from fair_edge.export.bundle import FUSION_MANIFEST
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.shell import shell_word
@@ -64,6 +65,17 @@ RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda z: z.mean(axis=0),
     "max": lambda z: z.max(axis=0),
 }
+# a member's own fix at the end of its BundleError (``export.bundle._rebuild_hint``): not the fix for a fused copy
+REBUILD_HINT = re.compile(r"\s*Rebuild (?:it|on this machine) with `[^`]*`\.?\s*$")
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` when it names one of ``RULES``; else ConfigError naming them and the closest ("did you mean"). Checked
+    before any member scores an image (``build_fused_bundle``; the CLI's --rule offers ``RULES`` as its choices)."""
+    if rule not in RULES:
+        raise ConfigError(f"fusion rule must be one of {', '.join(RULES)}; found {rule!r}."
+                          + did_you_mean(rule, RULES, sentence=True))
+    return rule
 
 
 @dataclass(frozen=True)
@@ -94,8 +106,7 @@ def fuse_maps(maps: Sequence[np.ndarray], stats: Sequence[NormalStats], rule: st
     """maps[i]: (N, h_i, w_i) float32 anomaly maps of model i for the same N frames.
 
     Returns (fused maps (N, h_0, w_0) float32, fused scores (N,) float32); see the module docstring."""
-    if rule not in RULES:
-        raise ConfigError(f"fusion rule must be one of {', '.join(RULES)}; found {rule!r}.")
+    check_rule(rule)
     if len(maps) != len(stats) or len(maps) < 2:
         raise ConfigError(f"fusion needs >= 2 models with one NormalStats each; found {len(maps)} maps, {len(stats)} stats.")
     n, h, w = np.asarray(maps[0]).shape
@@ -178,6 +189,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
 
     out = bundle_target(Path(out))   # a link to a folder: fused there, the link kept
     clear_leftovers(out)   # what a killed fuse left beside --out; first, so a previous bundle it puts back is checked
+    check_rule(rule)   # before anything is copied or scored
     if len(member_dirs) < 2:
         raise ConfigError(f"fusion needs at least 2 bundles; found {len(member_dirs)}.")
     if len(normal_frames) < 2:
@@ -312,10 +324,11 @@ def _verify_metadata(path: Path, data: dict) -> None:
                           f"bundles again: {FUSE_COMMAND}.")
 
 
-def refuse_command(root: Path, data: dict) -> str:
+def refuse_command(root: Path, data: dict, copies: bool = True) -> str:
     """The `fair-edge fuse` command that fuses the members of the fused bundle ``root`` again as its fusion.json
-    ``data`` records them: its member folders (ROOT/m0 ROOT/m1 ...: a fuse reads them before it replaces ROOT),
-    --rule, --false-reject-rate, --backend where every member records the one it was fitted on, and --out ROOT,
+    ``data`` records them: its member folders (ROOT/m0 ROOT/m1 ...: a fuse reads them before it replaces ROOT; with
+    ``copies`` False, B1 B2 ...: the bundles they were copied from, where a copy is damaged), --rule,
+    --false-reject-rate, --backend where every member records the one it was fitted on, and --out ROOT,
     each path quoted for the shell (``shell.shell_word``); --normal stays DIR (fusion.json does not record the
     images). ``FUSE_COMMAND`` where the members, rule or rate cannot be read: a command without them would fuse
     with the defaults (rule mean, 0.5 % false rejects), another decision than the one the operator had."""
@@ -327,7 +340,8 @@ def refuse_command(root: Path, data: dict) -> str:
             return FUSE_COMMAND
     except (KeyError, IndexError, TypeError, ValueError):
         return FUSE_COMMAND
-    words = ["fair-edge", "fuse", *map(shell_word, members), "--normal", "DIR", "--rule", rule,
+    sources = map(shell_word, members) if copies else (f"B{i + 1}" for i in range(len(members)))
+    words = ["fair-edge", "fuse", *sources, "--normal", "DIR", "--rule", rule,
              "--false-reject-rate", repr(rate)]
     backend = _recorded_backend(entries)
     words += ["--backend", backend] if backend else []
@@ -432,7 +446,7 @@ def _grid_pair(value) -> tuple[int, int]:
 
 def load_fused_bundle(path: str | Path) -> FusedBundle:
     """Read and verify ``fusion.json`` and every member bundle (checksums of their manifests)."""
-    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, inside_folder, load_bundle
+    from fair_edge.export.bundle import MANIFEST as MEMBER_MANIFEST, inside_folder
 
     root = Path(path)
     try:
@@ -464,8 +478,8 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         manifest = member / MEMBER_MANIFEST
         if not manifest.is_file() or _sha(manifest) != entry.get("manifest_sha256"):
             raise BundleError(f"member {entry['path']} of {root} is missing or changed since fusion "
-                              "(bundle.json checksum differs); rebuild with `fair-edge fuse`.")
-        members.append(load_bundle(member))
+                              f"(bundle.json checksum differs). {member_fix(root, data)}.")
+        members.append(_load_member(member, root, data))
     check_same_area(members, f" of {root}")
     try:
         fitted = _fitted_on(root, entries)
@@ -477,6 +491,32 @@ def load_fused_bundle(path: str | Path) -> FusedBundle:
         raise BundleError(f"{root / MANIFEST} has an invalid members[].grid ({exc}); rebuild with `fair-edge fuse`.") from exc
     return FusedBundle(root, tuple(members), stats, rule, threshold, grid, hashlib.sha256(raw).hexdigest(), fitted,
                        member_grids)
+
+
+def _load_member(member: Path, root: Path, data: dict):
+    """The member bundle in folder ``member`` of the fused bundle ``root`` (``export.bundle.load_bundle``), its
+    fusion.json ``data`` naming the fix. Its BundleError (a file that fails its checksum, a bundle.json that does not
+    read) is raised again naming the fused bundle and the member, without the member's own fix (``fair-edge build``
+    into it: a member rebuilt in place is then refused as changed since fusion) and with ``member_fix``."""
+    from fair_edge.export.bundle import load_bundle
+
+    try:
+        return load_bundle(member)
+    except BundleError as exc:
+        found = REBUILD_HINT.sub("", str(exc)).rstrip()
+        raise BundleError(f"member {member.name} of fused bundle {root} does not load: {found}"
+                          f"{'' if found.endswith('.') else '.'} {member_fix(root, data)}.") from exc
+
+
+def member_fix(root: Path, data: dict) -> str:
+    """The fix, a sentence, for a member of the fused bundle ``root`` that is missing, damaged or changed (fusion.json
+    ``data``): fusing again from the bundles the members were copied from (``refuse_command`` naming them B1 B2
+    ...), since fusion.json pins each copy (its bundle.json's checksum) and one rebuilt in place is refused."""
+    names = ", ".join(str(e.get("path")) for e in data.get("members", []) if isinstance(e, dict)) or "m0, m1"
+    return (f"A fused bundle's members ({names}) are the copies `fair-edge fuse` made, pinned in its {MANIFEST} (a "
+            "member rebuilt in place is refused as changed since fusion), so fuse again from the bundles they were "
+            f"copied from: {refuse_command(root, data, copies=False)} (B1 B2 ...: those bundles, in the order of "
+            "the members; DIR: held-out normal images of the product)")
 
 
 def check_same_area(members: Sequence, where: str) -> None:

@@ -1,8 +1,9 @@
 """Which decision threshold a station uses, and why; with an ROI, one calibrated on the ROI's own score.
 
 A station without an ROI decides on the family's image score, against (in this order) the station file's
-threshold (``decision.threshold`` / ``--threshold``), the one calibrated on the graph its backend runs (an
-INT8 bundle's CPU graph; the FP32 reference graph for the PyTorch backends on an FP16/INT8 bundle), or the
+threshold (``decision.threshold`` / ``--threshold``; checked by the console's rule, ``checked_explicit``: above 0,
+or any finite number on a fused bundle, whose scores can be below 0), the one calibrated on the graph its backend
+runs (an INT8 bundle's CPU graph; the FP32 reference graph for the PyTorch backends on an FP16/INT8 bundle), or the
 bundle's; the reason names the scores it was calibrated on (``graph_calibration``: ONNX Runtime's, not OpenVINO's,
 where OpenVINO runs an INT8 CPU graph without a threshold of its own) and a margin applied at load to a bundle built
 before fair-edge 9850f8b (``load_margin_note``, ``export.bundle.apply_load_margins``). With an ROI
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fair_edge.calibration.threshold import MARGIN_COMMIT, Threshold, calibrate_threshold
+from fair_edge.console.tuning import bundle_scores_below_zero, check_threshold
 from fair_edge.errors import ConfigError
 from fair_edge.export.normal_maps import NormalMaps, max_pool, normal_maps_grid, read_normal_maps
 from fair_edge.runtime.selection import openvino_without_maps, uncalibrated_openvino, warn_openvino_without_maps
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # typing only
 
 log = logging.getLogger(__name__)
 ROI_SOURCE = "held-out normal maps x decision.roi, calibrated when the station opened"
+EXPLICIT = "decision.threshold / --threshold"   # where a station's own threshold is set, named in its messages
 
 
 @dataclass(frozen=True)
@@ -211,17 +214,39 @@ def _calibration_grid(bundle: Bundle | FusedBundle, graph_threshold: Threshold |
     return getattr(bundle, "grid", None) if path is None else normal_maps_grid(path)
 
 
+def checked_explicit(explicit: float, bundle: Bundle | FusedBundle, calibration: Threshold | None) -> float:
+    """The threshold the station file or --threshold sets for ``bundle``, by the console's rule
+    (``console.tuning.check_threshold``): a finite number > 0, any finite number on a fused bundle, whose scores are
+    in its members' normal spread and often below 0 (``tuning.bundle_scores_below_zero``). A single bundle's scores
+    never are, so a threshold <= 0 would make every part NG: ConfigError naming the bundle, the threshold calibrated
+    for it (``calibration``, None: none) and the fix. Checked wherever a threshold meets its bundle: the start, a
+    console swap and a SIGHUP reload (a --threshold set for a fused bundle kept over a reload onto a single one)."""
+    below_zero = bundle_scores_below_zero(bundle)
+    try:
+        return check_threshold(float(explicit), below_zero, EXPLICIT)
+    except ConfigError as exc:
+        if below_zero or not math.isfinite(explicit):   # NaN or infinite: the message says so
+            raise
+        calibrated = "" if calibration is None else f" (its calibrated one: {calibration.value:.6g})"
+        raise ConfigError(f"{exc}: bundle {bundle.root} is a single model's, whose scores are never below 0, so a "
+                          f"threshold <= 0 would reject every part. Set {EXPLICIT} above 0 in its score's units"
+                          f"{calibrated}, or leave it unset for the bundle's own; a threshold <= 0 is for a fused "
+                          "bundle (`fair-edge fuse`), whose scores are in its members' normal spread.") from exc
+
+
 def decide_threshold(explicit: float | None, bundle: Bundle | FusedBundle, roi: np.ndarray | None,
                      graph_threshold: Threshold | None = None) -> DecisionThreshold:
     """The station's threshold (see the module docstring). explicit: ``decision.threshold`` / ``--threshold``
     (None = calibrated); roi: (H, W) float32 mask weights or None. Raises ConfigError when there is no
-    threshold to use, naming the fixes. Logs which threshold is used and why."""
+    threshold to use, naming the fixes, and for an ``explicit`` <= 0 on a single bundle (``checked_explicit``). Logs
+    which threshold is used and why."""
     family, family_reason = _family_threshold(bundle, graph_threshold)
     roi_calibration = None if roi is None else _roi_calibration(bundle, roi, graph_threshold, explicit is None)
     calibration = family if roi is None else (roi_calibration[0] if roi_calibration else None)
     grid = None if explicit is not None else _calibration_grid(bundle, graph_threshold)
     if explicit is not None:
-        decided = DecisionThreshold(float(explicit), "set by decision.threshold / --threshold", calibration)
+        decided = DecisionThreshold(checked_explicit(explicit, bundle, calibration), f"set by {EXPLICIT}",
+                                    calibration)
     elif roi is None:
         if family is None:
             raise ConfigError(f"bundle {bundle.root} has no calibrated threshold; set decision.threshold in the station "
