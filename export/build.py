@@ -17,6 +17,11 @@
      held-out frames once per build (``_HeldOut``), shared by the quality gate, the accuracy probe and its threshold,
   5. bundle.json written and verified; then, where TensorRT is importable, the engine is built and
      the manifest rewritten with it. Without TensorRT the result says what to install.
+Before any of it, a tiled model's held-out frames (the threshold's, and the defects) must all give one frame map size
+(``check_held_out_grid``): its score is the maximum over a map whose size follows the frame's, and only maps of one
+size are kept, the grid the station checks every frame against. bundle.json records the checkpoint file built from
+(``source_checkpoint``: path and SHA-256, ``SourceCheckpoint``); ``check_replacing`` is `fair-edge build`'s refusal
+to replace a bundle built from another one without --overwrite.
 All of it happens in a temporary folder next to the target, moved into place only when complete, its folder and
 files given the modes a plain ``mkdir``/``open`` would have (``apply_umask``: the account that loads the bundle, e.g. a
 station's service account, reads it as it reads any other file of the builder's). A rebuild into the same ``--out``
@@ -36,9 +41,11 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +73,7 @@ from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, tor
 from fair_edge.export.precision import PRECISIONS, get_precision
 from fair_edge.models.tensors import ANOMALY_MAP, SCORE
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE, PixelThreshold, calibrate_pixel_threshold
+from fair_edge.tiling import tile_layout
 
 log = logging.getLogger(__name__)
 PARITY_TOL = 1e-4
@@ -87,6 +95,32 @@ OPENVINO_NORMAL_MAPS = "openvino_normal_maps.npy"
 
 
 @dataclass(frozen=True)
+class SourceCheckpoint:
+    """The checkpoint file a bundle is built from, as bundle.json records it (``source_checkpoint``). path: the
+    file's absolute path when built; sha256: the hex SHA-256 of its bytes ("" where not recorded: a bundle built
+    before it was, whose path comes from its ``build_command``)."""
+
+    path: str
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, checkpoint: Path) -> SourceCheckpoint:
+        """The record of the checkpoint file ``checkpoint`` (read once, whole, for its SHA-256)."""
+        return cls(str(Path(checkpoint).resolve()), sha256_file(Path(checkpoint)))
+
+    def same_as(self, other: SourceCheckpoint) -> bool:
+        """The same checkpoint: the same file (path), or the same bytes under another name (a copy, a moved run)."""
+        return self.path == other.path or bool(self.sha256) and self.sha256 == other.sha256
+
+    def describe(self) -> str:
+        """'/abs/runs/pc/final.pt (SHA-256 1a2b3c4d5e6f...)', for messages."""
+        return f"{self.path} (SHA-256 {self.sha256[:12]}...)" if self.sha256 else self.path
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """precision: fp32 | fp16 | int8. max_batch: the engine profile's and runtime's batch limit.
     int8: calibration settings. false_reject_rate: threshold target on normal images.
@@ -94,7 +128,8 @@ class BuildOptions:
     quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none.
     pixel_quantile: the defect regions' pixel threshold = this quantile of the normal maps' pixels
     (``fair_edge.regions``). threshold_images: the option and folder the held-out normal images came from, for
-    messages ("--normal data/dup"); "" names none."""
+    messages ("--normal data/dup"); "" names none. source: the checkpoint file built from (``SourceCheckpoint``),
+    recorded in bundle.json as ``source_checkpoint``; None (a library caller's checkpoint in memory): null there."""
 
     precision: str = "fp32"
     max_batch: int = 8
@@ -105,6 +140,7 @@ class BuildOptions:
     quality: QualityGate | None = None
     pixel_quantile: float = DEFAULT_PIXEL_QUANTILE
     threshold_images: str = ""
+    source: SourceCheckpoint | None = None
 
     def __post_init__(self) -> None:
         get_precision(self.precision)
@@ -139,6 +175,83 @@ def check_inputs(out: Path, options: BuildOptions, has_calib: bool, has_normal: 
     if get_precision(options.precision).needs_calibration and not has_calib:
         raise DataError(f"--{options.precision} needs normal images for calibration; pass --calib with a folder of "
                         "normal images or a dataset (e.g. data/bracket, elpv:mono): its training images are used.")
+
+
+def recorded_source(out: Path) -> SourceCheckpoint | None:
+    """The checkpoint the bundle at ``out`` was built from, as its bundle.json records it: ``source_checkpoint``, or
+    (a bundle built before that was recorded) the checkpoint path its ``build_command`` names; None when it records
+    neither (built by the library, ``fair-edge demo`` or bench) or its bundle.json cannot be read."""
+    try:
+        data = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    source = data.get("source_checkpoint") if isinstance(data, dict) else None
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        return SourceCheckpoint(source["path"], str(source.get("sha256") or ""))
+    try:
+        words = shlex.split(str(data.get("build_command") or ""))
+    except ValueError:
+        return None
+    if words[:2] == ["fair-edge", "build"] and len(words) > 2 and not words[2].startswith("-"):
+        return SourceCheckpoint(words[2])
+    return None
+
+
+def check_replacing(out: Path, source: SourceCheckpoint, overwrite: bool, default_out: bool = False) -> str | None:
+    """BundleError when ``out`` holds a bundle built from another checkpoint than ``source`` (``recorded_source``;
+    one that records none counts as another) and ``overwrite`` (--overwrite) is not given: the build would replace
+    it, and a station running it would load the other model at its next start or reload. Names both checkpoints and
+    the fixes; default_out: ``out`` is build's default, shared by every checkpoint of one model tag and precision.
+    Returns the replaced bundle's checkpoint in words when ``overwrite`` replaces another's (None otherwise). A
+    rebuild from the same checkpoint (recalibrating, another --normal) replaces its bundle as before."""
+    if not (out / MANIFEST).is_file():
+        return None
+    recorded = recorded_source(out)
+    if recorded is not None and recorded.same_as(source):
+        return None
+    built = (f"another checkpoint, {recorded.describe()}" if recorded is not None else
+             "a checkpoint its bundle.json does not record (a bundle of `fair-edge demo`, bench or the library)")
+    if overwrite:
+        return built
+    shared = (" (the default --out, runs/bundle-TAG-PRECISION, is the same for every checkpoint of this model and "
+              "precision)" if default_out else "")
+    alternative = out.with_name(f"{out.name}-{Path(source.path).parent.name}")
+    raise BundleError(
+        f"--out {out}{shared} holds a bundle built from {built}, not from {source.describe()}: this build would "
+        "replace it, and a station running it would load the new model at its next start or reload. Pass another "
+        f"--out (e.g. --out {shell_word(str(alternative))}), or --overwrite to replace it.")
+
+
+def check_held_out_grid(preprocess, threshold: tuple[str, Sequence[np.ndarray]],
+                        defects: tuple[str, Sequence[np.ndarray]]) -> None:
+    """DataError when a tiled model's held-out frames do not all give one frame map (``tiling.tile_layout``'s
+    map_hw): threshold: (the option they came from, "--normal data/x", the threshold's frames: (H, W, 3) uint8 each);
+    defects: the same for --defects. A tiled model's score is the maximum over a map whose size follows the frame's,
+    so a threshold calibrated on a mix holds for none of the sizes, and the bundle could keep no normal maps, so no
+    calibrated grid: the station would decide frames of any size against it, without its frame-size check
+    (``station.inspector.ViewDecider.off_grid``). Names each frame size with its count, the map it gives and the
+    fix. Whole-frame models (every frame resized to the model's size) are not checked."""
+    tiling = preprocess.tiling
+    if tiling is None:
+        return
+    grids: dict[tuple[int, int], Counter] = {}
+    for name, frames in (threshold, defects):
+        for frame in frames or ():
+            frame_hw = tuple(int(v) for v in np.shape(frame)[:2])
+            grid = tile_layout(frame_hw, tiling, preprocess.image_size).map_hw
+            grids.setdefault(tuple(grid), Counter())[(frame_hw, name)] += 1
+    if len(grids) <= 1:
+        return
+    found = "; ".join(f"{grid[0]} x {grid[1]} from " + ", ".join(
+        f"{w} x {h} px frames ({count} of {name})" for ((h, w), name), count in counts.items())
+        for grid, counts in grids.items())
+    raise DataError(
+        f"{' and '.join(dict.fromkeys(n for n, f in (threshold, defects) if f))}: a tiled model's held-out frames "
+        f"must all give one frame map size, as the station's camera frames do; found {len(grids)} map sizes: {found}. "
+        "Its score is the maximum over the frame map, whose size follows the frame's: a threshold calibrated on a mix "
+        "holds for none of the sizes, and the bundle could record no calibrated map size, so the station would decide "
+        "frames of any size against it without its frame-size check. Pass held-out normal (and defect) images of the "
+        "station camera's frame size only.")
 
 
 def staging_folder(out: Path, options: BuildOptions) -> Path:
@@ -672,6 +785,7 @@ def _manifest(ckpt: Checkpoint, options: BuildOptions, graph: Path, threshold: T
         "weights": WEIGHTS, "accuracy": delta.to_dict() if delta else {}, "training": ckpt.data_summary,
         "versions": library_versions(),
         "engine": engine, "build_command": options.command,
+        "source_checkpoint": options.source.to_dict() if options.source is not None else None,
         "quality_gate": gate.to_dict() if gate else None,
     }
 
@@ -712,12 +826,24 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     out = bundle_target(Path(out))   # a link to a folder: built there, the link kept
     clear_leftovers(out)   # first: a previous bundle it puts back is checked as --out
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
+    threshold_name = (options.threshold_images or "--normal") if normal_frames else "--calib (the threshold's images)"
+    check_held_out_grid(ckpt.preprocess, (threshold_name, threshold_frames(options, calib_frames, normal_frames)),
+                        ("--defects", defect_frames or ()))
     with staged(out, options) as staging:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
                             on_gate_step)
         move_into_place(staging, out)
     delta, parity, reused, engine_built, note, gate = parts
     return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
+
+
+def threshold_frames(options: BuildOptions, calib_frames: Sequence[np.ndarray] | None,
+                     normal_frames: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """The frames the threshold is calibrated on ((H, W, 3) uint8 each): the held-out normals, else the first
+    ``options.int8.num_images`` calibration images (training data: the threshold's source says so); [] for none."""
+    if normal_frames:
+        return list(normal_frames)
+    return list(calib_frames)[: options.int8.num_images] if calib_frames else []
 
 
 def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames, normal_frames, defect_frames,
@@ -728,8 +854,8 @@ def _build_into(out: Path, ckpt: Checkpoint, options: BuildOptions, calib_frames
     fp32, parity = _fp32_with_parity(ckpt, out)
     # held-out frames (else the first calibration images) are pre-processed once, here, for the INT8
     # calibration (without held-out normals), the accuracy probe, the thresholds and the quality gate
-    threshold_frames = normal_frames or (list(calib_frames)[: options.int8.num_images] if calib_frames else None)
-    held = _HeldOut(ckpt.model, list(threshold_frames), list(defect_frames or ()), fp32) if threshold_frames else None
+    held_frames = threshold_frames(options, calib_frames, normal_frames)
+    held = _HeldOut(ckpt.model, held_frames, list(defect_frames or ()), fp32) if held_frames else None
     if normal_frames:
         check_normal_spread(held, options)
     calib = None   # INT8 only

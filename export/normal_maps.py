@@ -18,10 +18,12 @@ calibrating on pooled maps gets a threshold at or slightly above the one the ful
 evenly spaced ones (the manifest's ``count`` against ``of``). Bundles built before pooling stored at most
 64 MiB of full maps, subsampled (a 20 MP tiled bundle: 3 maps); they still load, and the station warns when
 they hold too few maps for the bundle's false-reject rate.
-Held-out frames of several sizes (a tiled model's frame maps differ) are not stored: a station with an ROI
-then needs ``decision.threshold``. The files are listed in bundle.json's checksums like every other file, and
-reading one checks the cap again before any array is read (each .npy header's shape x item size, each .npz
-member's inflated size), so a damaged or hostile file is a BundleError, not a full memory.
+Maps of several grids (a tiled model's held-out frames of several sizes) are not stored (``kept_maps``: None);
+`fair-edge build` refuses such frames before (``export.build.check_held_out_grid``): without maps the bundle
+records no calibrated grid, and its station could not refuse frames of another size. The files are listed in
+bundle.json's checksums like every other file, and reading one checks the cap again before any array is read
+(each .npy header's shape x item size, each .npz member's inflated size), so a damaged or hostile file is a
+BundleError, not a full memory.
 A write that fails (a full or read-only disk) is a BundleError naming the file, the cause and the fix
 (``fair_edge.disk.write_failure``, the wording every writer uses).
 """
@@ -86,7 +88,7 @@ def kept_maps(maps: Sequence[np.ndarray], max_bytes: int = MAX_BYTES) -> NormalM
     """maps: N (h, w) float32 host arrays -> the ``NormalMaps`` to store, within ``max_bytes``: all N full maps
     when they fit, else all N max-pooled by the smallest factor that fits (``pool_factor``), else (not even one
     value per map fits) n evenly spaced ones (first and last included) at one value each. None when there are
-    none or their grids differ."""
+    none or their grids differ (a tiled model's frames of several sizes, which `fair-edge build` refuses before)."""
     if not maps:
         return None
     shapes = {tuple(m.shape) for m in maps}

@@ -151,7 +151,8 @@ def parse_build_command(command: str) -> dict:
 def test_the_stored_build_command_has_every_option_that_was_given(tiny_ckpt_path, products, tmp_path, monkeypatch):
     """bundle.json's build_command (quoted by every 'Rebuild it with' error), read back by the build command, gives
     every option this build was given; each option of the command is given here, so a new one must be thought of
-    (--model is not stored: the checkpoint it picked is; --width, which must match the checkpoint, separately)."""
+    (--model is not stored: the checkpoint it picked is; --width, which must match the checkpoint, separately;
+    --overwrite changes no result, and the rebuild, from the same checkpoint, replaces its bundle without it)."""
     import fair_edge.cli.build as cli
     from fair_edge.errors import ExportError
 
@@ -172,7 +173,8 @@ def test_the_stored_build_command_has_every_option_that_was_given(tiny_ckpt_path
                "--out", out, "--no-engine", "--max-drop", 0.5, "--pixel-quantile", 0.999)
     assert r.exit_code == 2 and "stopped: only the stored command" in r.output and len(stored) == 1, r.output
     parsed = parse_build_command(stored[0])
-    assert set(parsed) - {"model", "width"} == set(expected), "an option of `fair-edge build` this test does not give"
+    assert set(parsed) - {"model", "width", "overwrite"} == set(expected), \
+        "an option of `fair-edge build` this test does not give"
     assert {k: parsed[k] for k in expected} == expected, stored[0]
     by_width = cli._command(Path(tiny_ckpt_path), 32, "fp16", None, 64, "percentile", None, None, 0.01, 8, out)
     assert parse_build_command(by_width)["width"] == 32 and parse_build_command(by_width)["engine"] is True

@@ -1,10 +1,19 @@
-"""``fair-edge bench``: the command and the table it prints (the measurement is ``fair_edge.bench.run``)."""
+"""``fair-edge bench``: the command and the table it prints (the measurement is ``fair_edge.bench.run``).
+
+A tiled bundle's score is the maximum over a frame map whose size follows the frame's, so the station decides only
+frames whose map has the size of its held-out frames' (``station.inspector.ViewDecider.off_grid``). Its bench times
+frames of that size by default (``station_frames``: the frame size its calibrated map grid comes from), and frames
+given with --frames that the station would refuse are timed with a warning that says so, before and after the table
+(``off_grid_note``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +30,7 @@ from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 app = typer.Typer()
+log = logging.getLogger(__name__)
 
 
 def print_row(row) -> None:
@@ -93,6 +103,92 @@ def finite_feed(text: str) -> str | float:
     return feed
 
 
+def calibrated_grid(bundle) -> tuple[int, int] | None:
+    """(h, w) of the maps a tiled ``bundle``'s threshold was calibrated on, the grid the station checks every frame's
+    map against (its held-out normal maps', ``export.normal_maps``); None for a whole-frame bundle, whose map does not
+    follow the frame size, and for one that keeps no normal maps (no grid is checked then)."""
+    from fair_edge.export.normal_maps import normal_maps_grid
+
+    if bundle.preprocess.tiling is None or bundle.normal_maps_path is None:
+        return None
+    return tuple(normal_maps_grid(bundle.normal_maps_path))
+
+
+def frames_map(bundle, frame_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the map a tiled ``bundle`` makes of a frame of ``frame_hw`` (H, W) px (``tiling.tile_layout``, the
+    station's rule); ConfigError when the frame is smaller than its tiling takes."""
+    from fair_edge.tiling import tile_layout
+
+    return tuple(tile_layout(tuple(frame_hw), bundle.preprocess.tiling, bundle.image_size).map_hw)
+
+
+def frames_on_grid(bundle, grid: tuple[int, int]) -> tuple[int, int] | None:
+    """(H, W) px of frames whose map a tiled ``bundle`` lays out on ``grid`` (h, w): the frames its held-out normals
+    were, or (a tiling over ``tiling.roi``, whose map does not follow the frame) the smallest frame holding the ROI;
+    per side the one nearest grid side x tile / image size. None when no frame size gives ``grid``."""
+    tiling, size = bundle.preprocess.tiling, bundle.image_size
+    if tiling.roi is not None:
+        x, y, w, h = tiling.roi
+        candidate = (y + h, x + w)
+    else:
+        candidate = (_frame_side(grid[0], tiling.tile, size), _frame_side(grid[1], tiling.tile, size))
+    if None in candidate or frames_map(bundle, candidate) != tuple(grid):
+        return None
+    return candidate
+
+
+def _frame_side(map_side: int, tile: int, image_size: int) -> int | None:
+    """The frame side (px, >= one tile) nearest ``map_side`` x tile / image size whose map side is ``map_side``
+    (``tiling.tile_layout``: max(image size, round(side x image size / tile))); None when none is."""
+    scale = image_size / tile
+    guess, span = round(map_side / scale), math.ceil(1 / scale) + 1
+    for side in sorted(range(max(tile, guess - span), guess + span + 1), key=lambda c: (abs(c - guess), c)):
+        if max(image_size, round(side * scale)) == map_side:
+            return side
+    return None
+
+
+def station_frames(bundle, default_hw: tuple[int, int]) -> tuple[tuple[int, int], str]:
+    """(the (H, W) px frames to time ``bundle`` on without --frames, a line saying why when not ``default_hw``): for a
+    tiled bundle with a calibrated grid (``calibrated_grid``) the frames its station decides, ``default_hw`` when it
+    gives that grid, else the size that does (``frames_on_grid``); ``default_hw`` for any other bundle."""
+    grid = calibrated_grid(bundle)
+    if grid is None or _fits(bundle, default_hw, grid):
+        return default_hw, ""
+    station = frames_on_grid(bundle, grid)
+    if station is None:
+        return default_hw, ""
+    return station, (f"frames {station[1]}x{station[0]}: the size tiled bundle {bundle.root} decides (its threshold "
+                     f"was calibrated on {grid[0]} x {grid[1]} maps of its held-out frames); --frames times another")
+
+
+def _fits(bundle, frame_hw: tuple[int, int], grid: tuple[int, int]) -> bool:
+    """Whether frames of ``frame_hw`` give a map on ``grid``; False when they are smaller than the tiling takes."""
+    try:
+        return frames_map(bundle, frame_hw) == tuple(grid)
+    except ConfigError:
+        return False
+
+
+def off_grid_note(bundle, frame_hw: tuple[int, int]) -> str:
+    """Why the station of tiled ``bundle`` decides every frame of ``frame_hw`` (H, W) px NG (its map lies off the
+    calibrated grid: ``runtime.hotswap.off_grid_reason``, the station's words) and the --frames it decides; "" when
+    it decides them (or checks no grid). ConfigError when the frames are smaller than the tiling takes."""
+    from fair_edge.runtime.hotswap import off_grid_reason
+
+    grid = calibrated_grid(bundle)
+    if grid is None:
+        return ""
+    live = frames_map(bundle, frame_hw)
+    if live == grid:
+        return ""
+    station = frames_on_grid(bundle, grid)
+    size = f"--frames {station[1]}x{station[0]}" if station is not None else "frames of its held-out normals' size"
+    reason = off_grid_reason(("", grid, live), f"a {frame_hw[1]} x {frame_hw[0]} frame",
+                             ", so its station decides every such frame NG")
+    return f"tiled bundle {bundle.root}: {reason}. Timed anyway; the frames its station decides: {size}"
+
+
 @app.command()
 @friendly_errors
 def bench(
@@ -101,7 +197,9 @@ def bench(
     baseline: str = typer.Option("torch-eager-cpu-pre", help="Also time PyTorch eager + CPU pre-processing on the "
                                  "backend's device (torch-eager-cpu-pre), or not (none)."),
     batches: str = typer.Option("1,4,8,16", help="Batch sizes (LoopSettings.max_batch), comma-separated."),
-    frames: str = typer.Option("1920x1080", help="Synthetic frame size WIDTHxHEIGHT, uint8 BGR, held in memory."),
+    frames: Optional[str] = typer.Option(None, help="Synthetic frame size WIDTHxHEIGHT, uint8 BGR, held in memory "
+                                         "[default: 1920x1080; a tiled bundle: the frame size its threshold was "
+                                         "calibrated on, the one its station decides]."),
     seconds: float = typer.Option(10.0, help="Timed seconds per backend, batch and mode (--mode cameras: per "
                                   "round, camera count and arrangement)."),
     warmup: float = typer.Option(1.0, help="Untimed seconds before each timing (after CUDA graph capture)."),
@@ -151,7 +249,8 @@ def bench(
     counts = BenchSettings.cameras if cameras is None else parse_cameras(cameras)
     LoopSettings(max_wait_ms=max_wait_ms)   # checked before any model is built: finite, in [0, a day]
     settings = BenchSettings(backend=backend, baseline=baseline, batches=parse_batches(batches),
-                             frame_hw=parse_frames(frames), seconds=seconds, mode=mode, feed=finite_feed(feed),
+                             frame_hw=parse_frames(frames) if frames is not None else BenchSettings.frame_hw,
+                             seconds=seconds, mode=mode, feed=finite_feed(feed),
                              max_wait_ms=max_wait_ms, queue_size=queue, warmup_s=warmup, torch_threads=threads,
                              compile=compile, cameras=counts, rounds=rounds)
     if json_out is not None:
@@ -162,12 +261,24 @@ def bench(
     if synthetic_width is not None:
         check_width(synthetic_width, flag="--synthetic-width")
     command = shlex.join(sys.argv)
+    note = ""
     if bundle is not None:
-        report = run_bench(load_bundle(bundle), settings, command, on_row=print_row, reports={"cameras": cameras_report})
+        loaded = load_bundle(bundle)
+        if frames is None:
+            frame_hw, why = station_frames(loaded, settings.frame_hw)
+            settings = replace(settings, frame_hw=frame_hw)
+            if why:
+                console.print(escape(why), highlight=False)
+        note = off_grid_note(loaded, settings.frame_hw)
+        if note:
+            log.warning("%s", note)
+        report = run_bench(loaded, settings, command, on_row=print_row, reports={"cameras": cameras_report})
     else:
         model = make_synthetic_model(synthetic_model or WIDTH_FAMILY, synthetic_width, image_size)
         report = run_synthetic_bench(model, precision, settings, command, on_row=print_row, reports={"cameras": cameras_report})
     print_bench(report)
+    if note:
+        console.print(escape(note), highlight=False)
     if json_out is not None:
         write_json(json_out, report.to_dict())
         console.print(f"[green]results:[/] {escape(str(json_out))}")

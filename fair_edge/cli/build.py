@@ -7,6 +7,10 @@ bundle.json keeps the command that rebuilds the bundle (``build_command``, quote
 error): every option that changes the result, the checkpoint and datasets as absolute paths. SIGTERM (``kill``,
 ``systemctl stop``, a CI timeout) stops a build as Ctrl-C does: the temporary staging folder is removed and the
 previous bundle kept; the command then exits 143 (128 + SIGTERM).
+bundle.json records the checkpoint built from (``source_checkpoint``: path and SHA-256): a bundle at --out built from
+another checkpoint (the default --out is shared by every checkpoint of one model tag and precision) is not replaced
+without --overwrite (``export.build.check_replacing``); a rebuild from the same checkpoint replaces it. A checkpoint
+an unfinished training run saved (last.pt: step N of M) is built with a warning naming how to finish the run.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from fair_edge.models.checkpoint import TrainingImages, load_checkpoint
 from fair_edge.training.data import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images_for, read_frames
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
 from fair_edge.errors import ConfigError, DataError, did_you_mean
-from fair_edge.export.build import GATE_DONE, BuildOptions, BuildResult, build_bundle, check_inputs
+from fair_edge.export.build import (GATE_DONE, BuildOptions, BuildResult, SourceCheckpoint, build_bundle,
+                                    check_held_out_grid, check_inputs, check_replacing, threshold_frames)
 from fair_edge.export.bundle import Bundle
 from fair_edge.runtime.backends import cpu_graph
 from fair_edge.runtime.highpass_plan import plan_highpass
@@ -39,6 +44,7 @@ from fair_edge.runtime.selection import fp32_threshold, openvino_graph, uncalibr
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.training.resume import resume_command
 from fair_edge.training.runs import find_latest_checkpoint
 
 console = Console()  # the summary table goes to stdout; errors go to stderr (fair_edge.cli.common)
@@ -306,12 +312,33 @@ def refuse_training_images(record: TrainingImages, paths: Sequence[Path], given:
 
 
 def latest_run(width: Optional[int], model: Optional[str]) -> Path:
-    """The newest checkpoint of ``model`` (no model: the family --width names, FAIR) with its default settings
-    (and ``width``, which the family must have: ConfigError otherwise)."""
+    """The latest finished run's checkpoint of ``model`` (no model: the family --width names, FAIR) with its default
+    settings (and ``width``, which the family must have: ConfigError otherwise): a final.pt, else (no run of it has
+    finished) the newest last.pt (``training.runs.find_latest_checkpoint``)."""
     impl = get_family(model or WIDTH_FAMILY)
     tag = impl.tag(impl.settings_from_options({"width": width}, given=("width",)))
     hint = f"fair-edge train DATA --width {width}" if width is not None else f"fair-edge train DATA --model {impl.key}"
     return find_latest_checkpoint(tag, train_hint=hint)
+
+
+def unfinished_run_warning(ckpt, checkpoint: Path) -> Optional[str]:
+    """The warning for building ``ckpt`` (loaded from ``checkpoint``) when an unfinished training run saved it (a
+    last.pt, saved every --save-every steps and on Ctrl-C or SIGTERM, whose ``train_state`` says step N of M, N < M):
+    the step it stopped at and how to finish the run (resume it, then build its final.pt). None for a finished
+    run's checkpoint (final.pt keeps no train_state; a last.pt saved at the last step holds the finished weights)."""
+    state = ckpt.train_state
+    if not isinstance(state, dict) or "step" not in state:
+        return None
+    step = int(state["step"])
+    total = state.get("total_steps") or (ckpt.data_summary.get("train_config") or {}).get("steps")
+    if total is not None and step >= int(total):
+        return None
+    progress = f"step {step} of {int(total)}" if total is not None else f"step {step} (of a budget it does not record)"
+    resume = (f"`{resume_command(checkpoint.parent)}`" if checkpoint.name == "last.pt" else
+              "`fair-edge train --resume --out RUN` in the run folder it was saved in")
+    return (f"{checkpoint} is an unfinished training run's save ({progress}), not a finished run's final.pt: the "
+            f"bundle holds a model that stopped at {progress}. Finish the run with {resume} (with --nproc N if it "
+            "trained in N processes) and build its final.pt, or pass a finished run's final.pt.")
 
 
 def model_family(model: Optional[str]) -> Optional[str]:
@@ -380,7 +407,11 @@ def build(
                                             help="Target share of normal images rejected, for the decision threshold."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the engine/runtime accepts."),
     out: Optional[Path] = typer.Option(None, "--out", help=f"Bundle directory [default: runs/bundle-TAG-PRECISION, "
-                                       f"TAG naming the model: {_default_tags()}]."),
+                                       f"TAG naming the model: {_default_tags()}]. A bundle there built from another "
+                                       "checkpoint is refused unless --overwrite; one built from this checkpoint is "
+                                       "replaced."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a bundle at --out that was built from another "
+                                   "checkpoint."),
     engine: bool = typer.Option(True, "--engine/--no-engine", help="Build a TensorRT engine where TensorRT is installed."),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8 quality gate: the most the INT8 graphs may "
                                              "lose against FP32 on held-out images: image AUROC points with --normal and "
@@ -411,24 +442,35 @@ def build(
         checkpoint = latest_run(width, model)
     ckpt = load_checkpoint(checkpoint)
     check_same_family(family, ckpt, checkpoint)
+    unfinished = unfinished_run_warning(ckpt, checkpoint)
+    if unfinished:
+        log.warning("%s", unfinished)
     conflicts = ckpt.model.impl.settings_conflicts(ckpt.settings, {"width": width})
     if conflicts:
         raise ConfigError(f"{'; '.join(conflicts)} does not match the checkpoint {checkpoint} "
                           f"({ckpt.model.describe()}). Leave out --width, or pass another checkpoint.")
+    default_out = out is None
     out = out or Path("runs") / f"bundle-{ckpt.model.tag}-{precision}"
+    source = SourceCheckpoint.of(checkpoint)
+    replaced = check_replacing(out, source, overwrite, default_out)
     settings = Int8Settings(method=calib_method, num_images=calib_images)
     options = BuildOptions(precision, max_batch, settings, false_reject_rate, engine,
                            _command(checkpoint, width, precision, calib, calib_images, calib_method,
                                     normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile,
                                     category, engine),
                            QualityGate(max_drop) if max_drop is not None else None, pixel_quantile,
-                           f"--normal {normal}" if normal else "")
+                           f"--normal {normal}" if normal else "", source)
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     tiling = ckpt.preprocess.tiling
     calib_frames = held_frames(calib, "train", category, tiling, "--calib", calib_images)
     check = held_out_check(ckpt, checkpoint, [f for f, spec in (("--normal", normal), ("--defects", defects)) if spec])
     normal_frames = held_frames(normal, "normal", category, tiling, "--normal", check=check)
     defect_frames = held_frames(defects, "defect", category, tiling, "--defects", check=check)
+    threshold_name = f"--normal {normal}" if normal else f"--calib {calib} (the threshold's images without --normal)"
+    check_held_out_grid(ckpt.preprocess, (threshold_name, threshold_frames(options, calib_frames, normal_frames)),
+                        (f"--defects {defects}", defect_frames or ()))
+    if replaced:
+        console.print(escape(f"--overwrite: replacing {out}, built from {replaced}"), highlight=False)
     console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
     with progress_bar() as progress:
         task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",

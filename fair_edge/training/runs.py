@@ -43,20 +43,20 @@ def default_train_dir(tag: str, root: Path = RUNS_ROOT) -> Path:
 
 
 def find_latest_checkpoint(tag: str, root: Path = RUNS_ROOT, train_hint: str = "fair-edge train DATA") -> Path:
-    """The newest ``final.pt`` (else ``last.pt``) under ``root/train-{tag}*`` (``tag``: ``ModelSpec.tag``, e.g.
-    ``w32``); raises CheckpointError naming ``train_hint``, the command that makes one."""
-    candidates = []
-    for run_dir in sorted(Path(root).glob(f"train-{tag}*")):
-        for name in ("final.pt", "last.pt"):
-            if (run_dir / name).is_file():
-                candidates.append(run_dir / name)
-                break
-    if not candidates:
-        raise CheckpointError(
-            f"no {tag} checkpoint under {Path(root).resolve()}/train-{tag}*. Train one with "
-            f"`{train_hint}` or pass the checkpoint path explicitly."
-        )
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    """The checkpoint of the latest finished run under ``root/train-{tag}*`` (``tag``: ``ModelSpec.tag``, e.g.
+    ``w32``): the newest ``final.pt`` (by modification time) of any run folder; only when no run has finished, the
+    newest ``last.pt`` (an unfinished run's save, which ``fair-edge build`` then warns about). An interrupted
+    experiment's ``last.pt`` saved after a finished run's ``final.pt`` is not picked over it. Raises CheckpointError
+    naming ``train_hint``, the command that makes one."""
+    runs = sorted(Path(root).glob(f"train-{tag}*"))
+    for name in ("final.pt", "last.pt"):
+        candidates = [run_dir / name for run_dir in runs if (run_dir / name).is_file()]
+        if candidates:
+            return max(candidates, key=lambda p: p.stat().st_mtime)
+    raise CheckpointError(
+        f"no {tag} checkpoint under {Path(root).resolve()}/train-{tag}*. Train one with "
+        f"`{train_hint}` or pass the checkpoint path explicitly."
+    )
 
 
 def check_fresh_run(out: Path) -> None:
