@@ -193,18 +193,20 @@ def drawable(anomaly_map: np.ndarray) -> bool:
     return not np.isinf(anomaly_map).any() and not np.isnan(anomaly_map).all()
 
 
-def heat_scale(anomaly_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
+def heat_scale(anomaly_map: np.ndarray, threshold: float | None, fused: bool = False) -> tuple[float, float]:
     """(vmin, vmax): the map values a station's heat map (NG images, the console) shows as dark blue and dark red,
     the same on every image at one threshold, with ``threshold`` the middle of the colour map (green): pixels above it
     yellow to red, those below cyan to blue.
 
-    anomaly_map: (h, w) float, NaN = unscored (``drawable``). threshold > 0 (a single bundle's, whose map is >= 0):
-    0 .. 2 x threshold. threshold <= 0 (only a fused bundle's can be: its map is in its members' normal-spread units,
-    ``runtime.fusion``, about -2 .. 0 on normal parts and far lower at their edges, its threshold often just under
-    0): threshold -/+ ``FUSED_HALF_SCALE`` normal spreads (0 .. map max showed every pixel under 0 as dark blue, NG
-    or not, and refused a map all under 0). None or not finite: min(0, the map's minimum) .. its maximum."""
+    anomaly_map: (h, w) float, NaN = unscored (``drawable``). fused: the map is a fused bundle's
+    (``records.Verdict.fused``), in its members' normal-spread units (``runtime.fusion``: about -2 .. 0 on normal
+    parts and far lower at their edges, whatever the threshold's sign): threshold -/+ ``FUSED_HALF_SCALE`` normal
+    spreads. A single bundle's (map >= 0): 0 .. 2 x threshold for a threshold > 0, else threshold -/+
+    ``FUSED_HALF_SCALE``. The scale follows what the map is, not the threshold's sign: a fused threshold just above 0
+    got 0 .. 2 x threshold, every pixel under 0 dark blue. threshold None or not finite: min(0, the map's minimum) ..
+    its maximum."""
     if threshold is not None and math.isfinite(threshold):
-        if threshold > 0:
+        if threshold > 0 and not fused:
             return 0.0, 2.0 * threshold
         return threshold - FUSED_HALF_SCALE, threshold + FUSED_HALF_SCALE
     return min(0.0, float(np.nanmin(anomaly_map))), float(np.nanmax(anomaly_map)) + 1e-6

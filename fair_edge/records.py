@@ -126,7 +126,10 @@ class Verdict:
     (``fair_edge.runtime.hotswap.model_id``; "" when unknown). regions: the defect regions found in
     its map, largest first (``fair_edge.regions``; empty when regions are off). hits: the station rules
     that fired; with rules set, ng = bool(hits) for an inspected frame. Both are per view: a
-    multi-camera part record can hold one Verdict per view. camera: the frame's ``Frame.camera``.
+    multi-camera part record can hold one Verdict per view. camera: the frame's ``Frame.camera``. fused: scored by
+    a fused bundle (``runtime.fusion``): score, threshold and map count its members' normal spreads and may be
+    below 0, whatever the threshold's sign, so the pictures (``plots.heat_scale``) and the console's score bar place
+    them around the threshold, not from 0.
     """
 
     seq: int
@@ -141,6 +144,7 @@ class Verdict:
     regions: tuple[Region, ...] = ()
     hits: tuple[RuleHit, ...] = ()
     camera: str = ""
+    fused: bool = False
 
     @property
     def largest_region(self) -> Region | None:

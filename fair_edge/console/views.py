@@ -19,6 +19,7 @@ from fair_edge.console.actions import REVIEW_LABELS, StationActions
 from fair_edge.console.feed import RATE_WINDOW_S, StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
 from fair_edge.line.recorder import ng_image_path
+from fair_edge.plots import FUSED_HALF_SCALE
 
 RECENT_SHOWN = 24
 
@@ -35,7 +36,7 @@ def _part(v, labels: dict[ViewKey, str]) -> dict:
     return {"seq": v.seq, "score": finite(v.score), "threshold": v.threshold, "ng": v.ng, "source": v.source,
             "latency_ms": round(v.latency_ms, 2), "model": v.model, "error": v.error,
             "review": labels.get((v.camera, v.seq), ""), "regions": len(v.regions), "reason": v.reason,
-            **({"camera": v.camera} if v.camera else {})}
+            "fused": v.fused, **({"camera": v.camera} if v.camera else {})}
 
 
 def live_state(feed: StationFeed, actions: StationActions) -> dict:
@@ -53,6 +54,7 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
                         image=part_url(v.camera, v.seq, feed.run_id, v.model))
                    for v in reversed(recent)],
         "kept_from": kept_from(kept), "keep_frames": feed.settings.keep_frames,
+        "fused_half_scale": FUSED_HALF_SCALE,   # the score bar of a fused model's part (live.js scoreFraction)
         "swap": actions.swap_status,
     }
     if feed.cell is not None:

@@ -115,6 +115,22 @@ def _ascii(text: str) -> str:
     return text.replace("²", "2").replace("≥", ">=")
 
 
+def score_line(verdict: Verdict) -> str:
+    """An NG image's first line: its score against the threshold. "> threshold T" only when the score is over it; a
+    part NG at or under it says why: "<= threshold T, NG by rule" (the rule's reason is written below) or, for a
+    frame that could not be judged (``Verdict.error``, NG fail-safe), "NG: not inspected". The score alone where
+    there is no finite threshold, "-" for a frame not scored."""
+    if verdict.score is None:
+        return "NG  score -"
+    text = f"NG  score {verdict.score:.4f}"
+    if not np.isfinite(verdict.threshold):
+        return text
+    if verdict.score > verdict.threshold:
+        return text + f" > threshold {verdict.threshold:.4f}"
+    why = "NG by rule" if verdict.hits else ("NG: not inspected" if verdict.error else "NG")
+    return text + f" <= threshold {verdict.threshold:.4f}, {why}"
+
+
 def ng_image_path(folder: Path, run_id: str, seq: int, kind: str, ext: str, camera: str = "") -> Path:
     """Where the recorder saves an NG part's image (``ng/RUN_SEQ_KIND.EXT``, so a later run into the
     same folder overwrites nothing; ``ng/RUN_CAMERA_SEQ_KIND.EXT`` for a camera of several, whose
@@ -559,17 +575,17 @@ class Recorder:
 
     def _overlay(self, image: np.ndarray, amap: np.ndarray, verdict: Verdict) -> np.ndarray:
         """Heatmap over the frame on the station's scale (``plots.heat_scale``: 0 .. 2 x threshold on every image,
-        or for a fused bundle's threshold <= 0 centred on it), so the threshold is the middle of the colour map
-        (green) and hot spots of NG parts show red; above it the score, threshold, source and sequence number,
-        beside it the colour scale."""
+        or for a fused bundle's map, ``Verdict.fused``, threshold -/+ its half scale), so the threshold is the middle
+        of the colour map (green) and hot spots of NG parts show red; above it the score against the threshold
+        (``score_line``), source and sequence number, beside it the colour scale."""
         image = gray_2d(image)
         bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
         threshold = verdict.threshold
         known = bool(np.isfinite(threshold))
         mark, why = threshold_mark(verdict.score, amap, threshold if known else None)
-        lines = [f"NG  score {verdict.score:.4f}" + (f" > threshold {threshold:.4f}" if known else ""),
-                 f"seq {verdict.seq}  source {verdict.source or '-'}", *why] + ([_ascii(verdict.reason)] if verdict.hits else [])
-        return heatmap_panel(bgr, amap, *heat_scale(amap, threshold), lines, threshold=mark,
+        lines = [score_line(verdict), f"seq {verdict.seq}  source {verdict.source or '-'}", *why] + (
+            [_ascii(verdict.reason)] if verdict.hits else [])
+        return heatmap_panel(bgr, amap, *heat_scale(amap, threshold, verdict.fused), lines, threshold=mark,
                              show_original=False, alpha=self.settings.overlay_alpha, min_side=0,
                              marks=self._marks(verdict))
 

@@ -48,7 +48,7 @@ from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_loop, check_reject_timing, finish_gate, finish_line,
                                    is_unpaced_replay, open_capture, open_line_side, publish_summary,
                                    raise_open_files_limit, run_station, station_lock, station_switch_interval,
-                                   station_tick, stop_wait_s, write_summary)
+                                   station_tick, stop_wait_s, warn_fused_score, write_summary)
 
 if TYPE_CHECKING:
     from fair_edge.line.metrics import Metrics
@@ -487,6 +487,7 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         stack.callback(models.close)
         stack.callback(models.close_swapped)
         notifier = stack.enter_context(ServiceNotifier.from_env())
+        warn_fused_score(cfg, any(view.fused for view in models.views.values()))
         cell = open_cell_line(cfg, stack, run_id)
         line = cell.line
         mux = stack.enter_context(open_cameras(cfg, cell, sources))

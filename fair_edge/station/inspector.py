@@ -40,7 +40,8 @@ import numpy as np
 from fair_edge import fields as f
 from fair_edge.cameras import EndOfStream
 from fair_edge.errors import ConfigError
-from fair_edge.runtime.hotswap import ModelSwitch, frame_tilers, map_off_grid, off_grid_reason, retire_unused
+from fair_edge.runtime.hotswap import (ModelSwitch, frame_tilers, fused_members, map_off_grid, off_grid_reason,
+                                       retire_unused)
 from fair_edge.preprocess import check_frame
 from fair_edge.records import Frame, Verdict, json_file_text
 from fair_edge.station.zones import judge_for_bundle, settings_change
@@ -312,6 +313,12 @@ class ViewDecider:
         self._warned_grids: set[tuple[tuple[int, int], tuple[int, ...]]] = set()   # (calibrated, live) grids logged
         self.switch = ModelSwitch(shared=True)   # its replaced scorers: the loop retires them
 
+    @property
+    def fused(self) -> bool:
+        """Whether the scorer in force is a fused bundle's (``hotswap.fused_members``): its verdicts say so
+        (``Verdict.fused``), and their pictures are drawn around the threshold in normal spreads."""
+        return bool(fused_members(self.scorer))
+
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
         else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per pair of
@@ -510,7 +517,7 @@ class Inspector:
         else:
             ng = bool(error) or score is None or score > decider.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, decider.threshold, ng, time.monotonic(), frame.source,
-                          error, decider.model, regions, hits, frame.camera)
+                          error, decider.model, regions, hits, frame.camera, decider.fused)
         shown = decider.shown_map(anomaly_map, frame.image.shape[:2])
         self.summary.inspected += 1
         self.summary.ng += int(ng)

@@ -39,9 +39,10 @@ from fair_edge.cameras.opencv import redact_url
 from fair_edge.cameras.replay import REPLAY_SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.line.metrics import DROP_STAGE_QUEUE   # fair_edge_dropped_total{stage=...}: the capture queue's drops
+from fair_edge.line.handshake.settings import fused_score_warning
 from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.backends import close_scorer
-from fair_edge.runtime.hotswap import model_id
+from fair_edge.runtime.hotswap import fused_members, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
 from fair_edge.runlock import hold_lock
@@ -361,6 +362,16 @@ class LineSide:
                     sinks=self.scheduler.sink_stats(), **out)
 
 
+def warn_fused_score(cfg: StationConfig, fused: bool) -> str:
+    """Log at start, as a warning, that a fused model's scores (``fused``: the station's model, or a camera's, is
+    fused) would read 0 on the handshake's Modbus score register (``handshake.settings.fused_score_warning``, with
+    the fix); returns it ("" when they would not)."""
+    note = fused_score_warning(cfg.reject.handshake, fused)
+    if note:
+        log.warning("%s", note)
+    return note
+
+
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
     """Open metrics, recorder, MQTT, encoder, reject scheduler and handshake on ``stack`` (closed with it), in that
     order: the station's run lock first (``station_lock``; already held under ``run_station``), then what may refuse
@@ -520,6 +531,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         with contextlib.ExitStack() as stack:
             stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
             notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
+            warn_fused_score(cfg, bool(fused_members(scorer)))
             line = open_line_side(cfg, stack, run_id)
             if regions is not None:
                 line.recorder.show_zones(regions.outlines())

@@ -21,10 +21,19 @@ async function review(seq, label, card, camera) {
   } catch (e) { FE.say(e.message, true); }
 }
 
+// an NG part's score against its threshold: "> T" only when the score is over it; a part NG at or under it (by a
+// region rule, whose reason is on the card, or an inspection that failed) says so
+function versus(p) {
+  if (p.score === null || p.score === undefined) return `score – / threshold ${FE.num(p.threshold)}`;
+  if (!(p.score <= p.threshold)) return `score ${FE.num(p.score)} > ${FE.num(p.threshold)}`;
+  const why = p.reason ? "NG by rule" : (p.error ? "NG: not inspected" : "NG");
+  return `score ${FE.num(p.score)} ≤ threshold ${FE.num(p.threshold)}, ${why}`;
+}
+
 function card(p) {
   const c = FE.el("div", {class: "card part", "data-seq": p.seq, "data-camera": p.camera || "", "data-review": p.review || ""});
   c.append(p.image ? FE.el("img", {src: p.image, alt: `part ${p.seq} heat map`, loading: "lazy"}) : FE.el("div", {class: "muted"}, "no image saved"));
-  c.append(FE.el("div", {class: "meta"}, `${p.camera ? p.camera + " " : "part "}${p.seq} · score ${FE.num(p.score)} > ${FE.num(p.threshold)} · ${p.source}` + (p.error ? " · " + p.error : "")));
+  c.append(FE.el("div", {class: "meta"}, `${p.camera ? p.camera + " " : "part "}${p.seq} · ${versus(p)} · ${p.source}` + (p.error ? " · " + p.error : "")));
   if (p.reason) c.append(FE.el("div", {class: "meta reason"}, p.reason));
   c.append(FE.el("div", {class: "label " + (p.review || "")}, p.review ? labels[p.review] : "not reviewed"));
   const buttons = FE.el("div", {class: "buttons"});

@@ -36,13 +36,25 @@ function showStatus(s) {
   if (s.model) { $("model-id").textContent = s.model.id || "?"; $("model-state").title = s.model.bundle + " · " + s.model.backend; }
 }
 
-function showLatest(v) {
+// how much of the score bar a part fills, 0..1: the threshold mark (the bar's middle) at 0.5, a score `scale` over
+// the threshold at the right end, `scale` under it at the left (clamped: a width the browser refuses, < 0 or
+// infinite, kept the previous part's bar). scale: a single bundle's threshold (its scores are >= 0: 0 at the left
+// end, score / (2 x threshold) as before); a fused bundle's (v.fused; scores and threshold in normal spreads, either
+// side of 0) the heat map's half scale, fusedHalfScale (plots.FUSED_HALF_SCALE), as for a threshold <= 0. An
+// unscored part fills it.
+function scoreFraction(v, fusedHalfScale) {
+  if (v.score === null) return 1;
+  const scale = v.fused || !(v.threshold > 0) ? fusedHalfScale : v.threshold;
+  return Math.min(1, Math.max(0, 0.5 + (v.score - v.threshold) / (2 * scale)));
+}
+
+function showLatest(v, fusedHalfScale) {
   if (!v) return;
   $("verdict").textContent = v.error ? "NG (error)" : (v.ng ? "NG" : "OK");
   $("verdict").className = "badge " + (v.ng ? "ng" : "ok");
   $("score").textContent = FE.num(v.score); $("threshold").textContent = FE.num(v.threshold);
-  const frac = v.score === null ? 1 : Math.min(1, v.score / (2 * v.threshold));
-  $("score-fill").style.width = (100 * frac) + "%"; $("score-fill").className = "fill" + (v.ng ? " ng" : "");
+  $("score-fill").style.width = (100 * scoreFraction(v, fusedHalfScale)) + "%";
+  $("score-fill").className = "fill" + (v.ng ? " ng" : "");
   $("latest-seq").textContent = v.camera ? `${v.camera} ${v.seq}` : v.seq; $("latest-source").textContent = v.source; $("latest-latency").textContent = FE.ms(v.latency_ms);
   $("latest-reason").textContent = v.reason || (v.regions ? v.regions + " defect region(s)" : "");
   const key = (v.camera || "") + "/" + v.seq;  // several cameras number their own frames
@@ -185,7 +197,7 @@ function show(s) {
     shownEpoch = s.epoch; lastSeq = null;
   }
   shownVersion = s.version; shownRun = s.run;
-  showStatus(s); showCell(s); showLatest(s.latest); showCounters(s); showRecent(s.recent, s.run, s.kept_from, s.keep_frames); showStrip(s.recent);
+  showStatus(s); showCell(s); showLatest(s.latest, s.fused_half_scale); showCounters(s); showRecent(s.recent, s.run, s.kept_from, s.keep_frames); showStrip(s.recent);
   document.body.dataset.count = s.count; document.body.dataset.run = s.run;
 }
 

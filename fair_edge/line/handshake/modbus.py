@@ -2,8 +2,10 @@
 holding register (``ModbusSignals``), read with FC 3 and written with FC 16.
 
 URL: ``modbus://HOST:PORT?unit=1&timeout_ms=100``. Encoding: booleans 0 / 1; part ids 32-bit in two
-registers, high word first; ``score`` = round(score * score_scale) saturated to 0..65535 (65535
-also for a part that was not scored: score None). Registers that lie next to each other
+registers, high word first; ``score`` = round((score + score_offset) * score_scale) saturated to 0..65535 (65535
+also for a part that was not scored: score None); a score saturated to 0 (below -score_offset: a fused bundle's,
+in normal spreads, with no offset) is logged once per link, naming ``reject.handshake.score_offset``
+(``HandshakeSettings``). Registers that lie next to each other
 are written in one request (a PLC sees them change together); the register of the last signal
 in a ``write`` goes in the last request (so ``results_ready`` never rises before its data).
 pymodbus 3.10+ API (``device_id=``), as in ``fair_edge.line.sinks.modbus``. An exception reply is the device's
@@ -13,6 +15,7 @@ refusal (``PlcDeviceError``), except a gateway's 0x0A / 0x0B (the PLC behind it 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,17 +24,20 @@ from ...errors import PlcError
 from ..sinks.modbus import check_reply, connect_client, modbus_tcp_client
 from ..sinks.urls import SinkUrl
 from .address import modbus_address
-from .settings import PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings, ModbusSignals
+from .settings import (FUSED_SCORE_OFFSET, PLC_SIGNALS, SCORE, SCORE_MAX, WIDE_SIGNALS, HandshakeSettings,
+                       ModbusSignals)
+
+log = logging.getLogger(__name__)
 
 MAX_READ = 125   # registers one FC 3 request may read
 
 
-def encode(name: str, value: float | int | bool | None, score_scale: float) -> list[int]:
-    """One signal's value -> its register words (16-bit unsigned); a score of None (not scored) or NaN is
-    SCORE_MAX."""
+def encode(name: str, value: float | int | bool | None, score_scale: float, score_offset: float = 0.0) -> list[int]:
+    """One signal's value -> its register words (16-bit unsigned); the score as round((score + score_offset) x
+    score_scale) saturated to 0..SCORE_MAX; a score of None (not scored) or NaN is SCORE_MAX."""
     if name == SCORE:
         v = math.nan if value is None else float(value)
-        return [SCORE_MAX if math.isnan(v) else max(0, min(SCORE_MAX, round(v * score_scale)))]
+        return [SCORE_MAX if math.isnan(v) else max(0, min(SCORE_MAX, round((v + score_offset) * score_scale)))]
     if value is None:
         raise TypeError(f"handshake signal {name!r} needs a value; found None")
     v = int(value) & 0xFFFFFFFF
@@ -54,10 +60,11 @@ class ModbusLink:
     timeout=SECONDS)`` makes it: ``sinks.modbus.modbus_tcp_client`` unless tests hand in another)."""
 
     def __init__(self, url: SinkUrl, signals: ModbusSignals, score_scale: float,
-                 client_factory: Callable[..., Any] | None = None) -> None:
+                 client_factory: Callable[..., Any] | None = None, score_offset: float = 0.0) -> None:
         address = modbus_address(url)
         self.host, self.port, self.unit, self.timeout_s = address.host, address.port, address.unit, address.timeout_s
-        self.signals, self.score_scale = signals, score_scale
+        self.signals, self.score_scale, self.score_offset = signals, score_scale, score_offset
+        self._warned_low_score = False   # a score saturated to 0 was logged (once per link)
         self.name = f"modbus {self.host}:{self.port} unit {self.unit}"
         self._factory = client_factory or modbus_tcp_client
         self._client: Any = None
@@ -91,12 +98,27 @@ class ModbusLink:
         """Write ``(signal, value)`` pairs; the last pair's registers are written last."""
         words: dict[int, int] = {}
         for name, value in values:
-            words.update(zip(self.signals.registers(name), encode(name, value, self.score_scale)))
+            if name == SCORE:
+                self._check_score(value)
+            words.update(zip(self.signals.registers(name), encode(name, value, self.score_scale, self.score_offset)))
         last = self.signals.registers(values[-1][0])[0]
         blocks = runs(words)
         blocks.sort(key=lambda b: b[0] <= last < b[0] + len(b[1]))   # stable: the flag's run last
         for address, block in blocks:
             self._call("write", self._client_or_raise().write_registers, address, block, device_id=self.unit)
+
+    def _check_score(self, score: float | None) -> None:
+        """Log once per link a score the register cannot hold, written as 0: below -score_offset (a fused bundle's
+        scores, in normal spreads, are mostly below 0), with the fix."""
+        if self._warned_low_score or score is None or not score + self.score_offset < 0:
+            return
+        self._warned_low_score = True
+        log.warning("%s: score %.4g written to the score register (%d) as 0: it holds round((score + score_offset) x "
+                    "score_scale) within 0..65535, and reject.handshake.score_offset is %g. A fused bundle's scores "
+                    "count normal spreads and are mostly below 0: set reject.handshake.score_offset (e.g. %g; the "
+                    "PLC reads score = register / %g - score_offset). Logged once; the Result register says OK or NG "
+                    "either way.", self.name, score, self.signals.score, self.score_offset, FUSED_SCORE_OFFSET,
+                    self.score_scale)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -124,5 +146,5 @@ class ModbusLink:
 
 def open_modbus_link(url: SinkUrl, settings: HandshakeSettings) -> ModbusLink:
     """The ``modbus://`` entry of ``HANDSHAKE_SCHEMES`` (not connected yet)."""
-    return ModbusLink(url, settings.modbus, settings.score_scale)
+    return ModbusLink(url, settings.modbus, settings.score_scale, score_offset=settings.score_offset)
 

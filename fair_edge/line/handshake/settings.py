@@ -50,7 +50,9 @@ ERROR_CODES = {
 }
 HEARTBEAT_MODULUS = 1 << 16   # the heartbeat counter wraps to 0 after 65535 (both protocols)
 HEARTBEAT_STEPS = 5           # the counter changes this many times per heartbeat_ms
-SCORE_MAX = 0xFFFF            # Modbus score register: round(score * score_scale), saturated here
+SCORE_MAX = 0xFFFF            # Modbus score register: round((score + score_offset) * score_scale), saturated here
+SCORE_OFFSET_MAX = 1e6        # reject.handshake.score_offset: at most this far from 0, score units
+FUSED_SCORE_OFFSET = 10.0     # the score_offset the warnings propose for a fused bundle (scores -10 .. 55.5 at x 1000)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,11 @@ class HandshakeSettings:
         counted and ``error`` = 10 until a later result is acknowledged in time.
     result_timeout_ms: trigger -> results_ready, most ms; a part without a result by then is never
         answered late (``error`` = 11; the PLC rejects it).
-    score_scale: Modbus only: the score register holds round(score * score_scale), 0..65535.
+    score_scale: Modbus only: the score register holds round((score + score_offset) * score_scale), 0..65535.
+    score_offset: Modbus only, in score units: added to the score before scaling, so scores below 0 (a fused
+        bundle's, in its members' normal spreads: about -2 .. 0 on normal parts) read above 0; the PLC takes
+        score = register / score_scale - score_offset. 0 (the default) writes every score below 0 as 0
+        (``fused_score_warning``); 10 reads scores -10 .. 55.5 with score_scale 1000.
     max_parts: most triggered parts waiting to be captured; more = ``error`` 12, answered NG
         not inspected.
     modbus / opcua: where each signal lives (the one the URL's scheme names is used).
@@ -148,6 +154,7 @@ class HandshakeSettings:
     ack_timeout_ms: float = 1000.0
     result_timeout_ms: float = 2000.0
     score_scale: float = 1000.0
+    score_offset: float = 0.0
     max_parts: int = 64
     modbus: ModbusSignals = field(default_factory=ModbusSignals)
     opcua: OpcUaSignals = field(default_factory=OpcUaSignals)
@@ -170,6 +177,8 @@ class HandshakeSettings:
             ack_timeout_ms=f.number(s, "ack_timeout_ms", d["ack_timeout_ms"], minimum=1, maximum=f.DAY_MS),
             result_timeout_ms=f.number(s, "result_timeout_ms", d["result_timeout_ms"], minimum=1, maximum=f.DAY_MS),
             score_scale=f.number(s, "score_scale", d["score_scale"], minimum=1e-6),
+            score_offset=f.number(s, "score_offset", d["score_offset"], minimum=-SCORE_OFFSET_MAX,
+                                  maximum=SCORE_OFFSET_MAX),
             max_parts=f.integer(s, "max_parts", d["max_parts"], minimum=1, maximum=4096),
             modbus=ModbusSignals.from_dict(d.get("modbus")),
             opcua=OpcUaSignals.from_dict(d.get("opcua")),
@@ -194,6 +203,19 @@ class HandshakeSettings:
         """The optional region signals (``REGION_SIGNALS``) given an address / node for this url's protocol."""
         signals = self.opcua if (self.url or "").startswith("opcua://") else self.modbus
         return tuple(n for n in REGION_SIGNALS if getattr(signals, n) is not None)
+
+
+def fused_score_warning(settings: HandshakeSettings, fused: bool) -> str:
+    """Why a fused bundle's scores (``fused``: the station's model, or one of its cameras', is fused) would read 0 on
+    this handshake's Modbus score register, with the fix; "" when they do not (no handshake, OPC UA's Float / Double
+    node, a ``score_offset`` > 0, or a single bundle, whose scores are >= 0). Logged at start by the station."""
+    if not fused or not (settings.url or "").startswith("modbus://") or settings.score_offset > 0:
+        return ""
+    return (f"reject.handshake.score_offset is {settings.score_offset:g} and the bundle is fused: its scores count its "
+            "members' normal spreads and are mostly below 0 on normal parts, and the Modbus score register (0..65535, "
+            "round((score + score_offset) x score_scale)) writes every score below -score_offset as 0. Set "
+            f"reject.handshake.score_offset: {FUSED_SCORE_OFFSET:g} (the PLC reads score = register / "
+            f"{settings.score_scale:g} - {FUSED_SCORE_OFFSET:g}); the Result register says OK or NG either way.")
 
 
 def region_values(verdict: Any, names: tuple[str, ...]) -> dict[str, int]:
