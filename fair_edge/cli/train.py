@@ -78,13 +78,13 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     ranks = f", {parallel.world} processes (DDP) of {trainer.batch // parallel.world}" if parallel.world > 1 else ""
     if trainer.fits_once:
         after_pass = getattr(trainer, "after_pass", "")  # e.g. PatchCore's coreset: its own progress task
-        print_plain(f"fitting {model.describe()} on {dev}: {len(trainer.images)} images, one pass in "
+        print_plain(f"fitting {model.describe()} on {dev}: {images_text(trainer)}, one pass in "
                     f"{trainer.total_steps} batches of {trainer.batch}{', ' + after_pass if after_pass else ''} "
                     f"-> {out}")
     else:
         print_plain(
             f"training {model.describe()} on {dev} ({'bf16 autocast' if trainer.use_amp else 'fp32'}): "
-            f"{len(trainer.images)} images, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
+            f"{images_text(trainer)}, batch {trainer.batch}{ranks}, {trainer.total_steps} steps -> {out}\n"
             f"{describe_settings(model.preprocess, cfg, high_pass=HIGHPASS in model.input_names)}"
         )
     with progress_bar("loss", "rate") as bar, phases.shown_on(bar):
@@ -163,6 +163,15 @@ def run_trainer(trainer, on_step, model, stop_on_sigterm: bool = False) -> Path:
             if not trainer.fits_once or isinstance(exc, Terminated):
                 raise
             raise FitInterrupted(f"interrupted: {nothing_saved}") from None
+
+
+def images_text(trainer) -> str:
+    """The training images a trainer holds, for its start line: "13 images (769 tiles)" when tiled (its
+    ``data_summary``'s images read and their tiles: ``len(trainer.images)`` counts tiles), else "16 images"."""
+    summary = getattr(trainer, "data_summary", {})
+    tiles = len(trainer.images)
+    used = summary.get("train_images_used", tiles)
+    return f"{used} images" + (f" ({tiles} tiles)" if tiles != used else "")
 
 
 def describe_settings(pre, cfg, high_pass: bool = True) -> str:

@@ -11,7 +11,8 @@ Layout (a plain dict of tensors and primitives, so ``torch.load(weights_only=Tru
   load with None (the check cannot be made).
 Version 1 files (written before model families existed: ``width`` and ``scoring`` instead of
 ``family``/``settings``) are FAIR checkpoints and still load.
-Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint; a write that
+Files are written atomically and durably (temporary file, fsync'd, renamed over the old one, then its folder
+fsync'd), so neither a crash nor a power cut leaves half a checkpoint or loses the last complete one; a write that
 fails (a full disk: ``torch.save`` says "unexpected pos" or raises OSError; a disk remounted read-only mid-run)
 removes its temporary file and is a CheckpointError naming the file, the cause and the fix (``disk.write_failure``),
 for a training run with the command that resumes it from the last save.
@@ -22,6 +23,7 @@ no ``torch.save`` file at all (a loss.csv or YAML picked by tab completion) is r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -48,6 +50,8 @@ DIGEST_BYTES = 8   # of each training image's SHA-256: 80 kB for 10 000 images; 
                    # chance with probability about N x M / 2**64 (5e-12 for 10 000 training against 10 000 held out)
 DIGEST_KIND = f"sha256[:{DIGEST_BYTES}] of the file bytes"
 _CHUNK = 1 << 20
+# errnos of a folder that cannot be opened or fsynced (a file system without it): the save goes on without that step
+_UNSYNCABLE = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EBADF)
 
 
 def file_digest(path: str | Path) -> bytes | None:
@@ -79,9 +83,19 @@ class TrainingImages:
     @classmethod
     def of_files(cls, paths: Iterable[str | Path]) -> "TrainingImages":
         """The record of the files ``paths`` (each read once, whole)."""
-        found = [(str(p), d) for p in paths if (d := file_digest(p)) is not None]
-        rows = np.frombuffer(b"".join(d for _, d in found), np.uint8).reshape(len(found), DIGEST_BYTES)
-        return cls(tuple(name for name, _ in found), torch.from_numpy(rows.copy()))
+        return cls.of_digests((p, file_digest(p)) for p in paths)
+
+    @classmethod
+    def of_digests(cls, found: Iterable[tuple[str | Path, bytes | None]]) -> "TrainingImages":
+        """The record of files already hashed: (path, ``file_digest`` of it) pairs; a None digest (a file that
+        cannot be read) is left out."""
+        kept = [(str(p), d) for p, d in found if d is not None]
+        rows = np.frombuffer(b"".join(d for _, d in kept), np.uint8).reshape(len(kept), DIGEST_BYTES)
+        return cls(tuple(name for name, _ in kept), torch.from_numpy(rows.copy()))
+
+    def digest_set(self) -> set[bytes]:
+        """The DIGEST_BYTES-byte digests of the record, as a set (``bytes`` each)."""
+        return {bytes(row) for row in self.digests.numpy()}
 
     def to_payload(self) -> dict:
         """Plain containers and one tensor, as ``torch.load(weights_only=True)`` reads them."""
@@ -142,7 +156,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = None) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (``PATH.tmp``, then renamed). Returns the path. A failed write (a full
+    """Write ``ckpt`` to ``path`` atomically and durably (``PATH.tmp``, fsync'd, renamed to ``path``, then the
+    folder fsync'd: ``_fsync_file``, ``_fsync_folder``). Returns the path. A failed write (a full
     or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
     free space of a full disk) and the fix (``disk.write_failure``), then what to run (``_then_run``).
     resume: for a training run writing into ``path``'s folder, the command that continues it from its last.pt
@@ -162,12 +177,43 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
         discard_unfinished(tmp, "checkpoint")
         raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): {_then_run(path, exc, resume)}."
                               ) from exc
     return path
+
+
+def _fsync_file(path: Path) -> None:
+    """Force the bytes of the file ``path`` (written and closed by ``torch.save``) to the disk, before a rename puts
+    it in place: otherwise a power cut after the rename can leave an empty or partial file under the final name."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync ``folder``, so the rename just made in it survives a power cut (the file's name lives in its folder).
+    A file system that cannot sync a folder (EINVAL, e.g. some network mounts; no folder handles on Windows) is
+    skipped: the file itself is on the disk already."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno in _UNSYNCABLE:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _UNSYNCABLE:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _then_run(path: Path, exc: Exception, resume: str | None) -> str:

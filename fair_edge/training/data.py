@@ -20,7 +20,8 @@ import numpy as np
 from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
 from fair_edge.images import (LEFT_OUT_FIX, NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder,
-                              is_hidden_name, left_out_images, left_out_text, named_text, read_mask_pixels)
+                              is_hidden_name, left_out_images, left_out_text, named_text, read_mask_pixels,
+                              stored_size)
 from fair_edge.images import unread_text as _unread_text  # shared with the station's folder replay; wrapped below
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
@@ -306,7 +307,7 @@ def _visa(csv_path: Path, category: str | None, need_train: bool = True) -> Data
     category = category or objects[0]
     if category not in objects:
         raise DataError(f"category {category!r} is not in {csv_path}; it has {', '.join(objects)}.")
-    base = csv_path.parent.parent if not (csv_path.parent / rows[0]["image"]).exists() else csv_path.parent
+    base = _visa_base(csv_path, category, [r["image"] for r in rows if r["object"] == category and r["image"]])
     train, test, bad_train = [], [], []
     for line, r in enumerate(rows, start=2):  # line 1 is the header
         if r["object"] != category:
@@ -323,6 +324,23 @@ def _visa(csv_path: Path, category: str | None, need_train: bool = True) -> Data
     if not train and need_train:
         raise DataError(f"{csv_path}: category {category!r} has no 'train' rows.")
     return DatasetSplit(category, train, test, "visa")
+
+
+def _visa_base(csv_path: Path, category: str, images: list[str]) -> Path:
+    """The folder a VisA CSV's image paths are relative to: the CSV's own folder or the one above it (VisA keeps
+    ``split_csv/`` beside the category folders), whichever more of ``images`` (category ``category``'s image
+    column, as written) exist under; the CSV's own folder when as many exist under both. Every row counts, so one
+    image deleted or moved (the first row's, say) does not send the others to the wrong folder. Raises DataError
+    naming both folders when none of them exists under either."""
+    folders = (csv_path.parent, csv_path.parent.parent)
+    found = [sum(1 for name in images if (folder / name).exists()) for folder in folders]
+    if not any(found):
+        raise DataError(f"{csv_path}: none of the {len(images)} images of category {category!r} exists: expected "
+                        f"their paths (column 'image', first {(images or [''])[0]!r}) relative to the CSV's folder "
+                        f"{folders[0]} or the folder above it, {folders[1]}; neither holds them. Put the CSV where "
+                        "its paths start (VisA: split_csv/ in the dataset's root, beside the category folders), "
+                        "or fix the paths in its image column.")
+    return folders[0] if found[0] >= found[1] else folders[1]
 
 
 def _visa_bad_train_message(csv_path: Path, rows: list[str]) -> str:
@@ -529,38 +547,68 @@ def byte_identical_groups(paths: Sequence[Path], hashed_at_most: int = COPIES_HA
     return sorted((sorted(g, key=order.get) for g in by_hash.values() if len(g) > 1), key=lambda g: order[g[0]])
 
 
-def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None) -> tuple[np.ndarray, list[Sample]]:
+def load_images(samples: list[Sample], size: int, *, tiling=None, progress=None,
+                rows: int | None = None) -> tuple[np.ndarray, list[Sample]]:
     """Read and resize samples to colour model images, skipping unreadable files (and images too small to be a
     model input or to hold one tile) with a warning naming each, and a count (``read_frames``).
 
     tiling: None, or a ``fair_edge.tiling.TilingConfig``: each image then gives its tiles (each resized
-    to ``size``), in ``FrameTiler.split`` order. Returns (images (N, 3, size, size) float32 RGB in
-    [0, 1], N = images read (times tiles per image), the samples that were read).
+    to ``size``), in ``FrameTiler.split`` order. rows: the model images ``samples`` give, when the caller counted
+    them (``model_image_count``); counted here otherwise: the buffer is allocated once at that size. Returns
+    (images (N, 3, size, size) float32 RGB in [0, 1], N = images read (times tiles per image), the samples that
+    were read).
     """
     from fair_edge.preprocess import resize_frame
     from fair_edge.tiling import FrameTiler
 
     tiler = FrameTiler(tiling, size)
-    images, kept = ImageBuffer(len(samples)), []
+    images, kept = ImageBuffer(model_image_count(samples, tiling) if rows is None else rows), []
     for sample, frame in read_frames(samples, tiling, progress=progress):
         tiles, _ = tiler.split([frame])
         for tile in tiles:
-            images.append(resize_frame(tile, size), per_sample=len(tiles))
+            images.append(resize_frame(tile, size))
         kept.append(sample)
     return images.array(), kept
 
 
+def model_image_count(samples: Sequence[Sample], tiling=None) -> int:
+    """The model images ``load_images`` makes of ``samples``: one a sample untiled (``tiling`` None); tiled (a
+    ``fair_edge.tiling.TilingConfig``), every file's own tiles (``image_tiles``: from its header, no pixel
+    decoded), so frames of several sizes are counted as they will be read. What the PatchCore fit's memory
+    estimate counts, and ``load_images`` allocates."""
+    if tiling is None:
+        return len(samples)
+    return sum(image_tiles(s.path, tiling) for s in samples)
+
+
+def image_tiles(path: Path, tiling) -> int:
+    """The tiles of ``tiling`` (a ``fair_edge.tiling.TilingConfig``) the image file ``path`` gives: ``tile_layout``
+    on its size as stored, read from its header (``images.stored_size``, a few bytes) or, where the header does
+    not say, from its decoded frame (``read_frame``); 0 for a file training skips (unreadable, or too small for
+    one tile of its region)."""
+    size = stored_size(path)
+    try:
+        if size is None:
+            size = read_frame(path, tiling).shape[:2]
+        return tile_layout(tuple(size), tiling, tiling.tile).count
+    except (DataError, ConfigError):
+        return 0
+
+
 class ImageBuffer:
-    """Model images filled into one preallocated (capacity, 3, S, S) array as they are read, so the training set is
-    held once, not as a list and then its ``np.stack`` copy (twice the memory at the fit's largest moment). The
-    capacity is the number of samples times the first sample's tiles; it grows by half when a sample gives more."""
+    """Model images filled into one preallocated (rows, 3, S, S) array as they are read, so the training set is
+    held once, not as a list and then its ``np.stack`` copy (twice the memory at the fit's largest moment).
+    rows: the model images expected (``model_image_count``: a tiled folder's tiles counted file by file, from
+    the headers). Files that give more than that (a header that said less than the decoder found) grow it by half,
+    a copy; skipped files leave rows unused."""
 
-    def __init__(self, samples: int) -> None:
-        self.samples, self.count, self._data = samples, 0, None
+    def __init__(self, rows: int) -> None:
+        self.rows, self.count, self._data = max(1, rows), 0, None
 
-    def append(self, image: np.ndarray, per_sample: int = 1) -> None:
+    def append(self, image: np.ndarray) -> None:
+        """Add one model image ((3, S, S) float32) after those added before."""
         if self._data is None:
-            self._data = np.empty((max(1, self.samples * per_sample), *image.shape), image.dtype)
+            self._data = np.empty((self.rows, *image.shape), image.dtype)
         elif self.count == len(self._data):
             self._data = np.concatenate([self._data, np.empty_like(self._data[:max(1, len(self._data) // 2)])])
         self._data[self.count] = image

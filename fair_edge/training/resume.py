@@ -5,9 +5,15 @@ budget included) come from the checkpoint. A flag given again must agree with th
 one that differs is refused, because it would silently make a different run (another learning-rate
 schedule, another filter, another tiling). ``--device`` and ``--save-every`` may change, they do not change
 the result. The training images are compared too: each trainer stores their names and sizes
-(``training_files``) and its step budget in ``train_state``, and ``check_same_data`` refuses a resume on
-images added, removed or changed since, which would be another epoch length and learning-rate schedule; on the
-same images with another budget (a release that counts the budget otherwise) it names that cause and the options.
+(``training_files``), the digest of each file it read as an image (``image_digests``, from ``ReadImages``, which
+hashes each file once for this and for the checkpoint's ``training_images``) and its step budget in
+``train_state``, and ``check_same_data`` refuses a resume on images added, removed or changed since (another size,
+or other bytes at the same size: a camera's BMP or raw TIFF of another part), or read now where the run skipped
+them as unreadable (a file still being copied when it started) or the other way round, which would be other
+data, another epoch length and learning-rate schedule; a resumed trainer carries the saved ``training_images``
+forward. On the same images with another budget (a release that counts the budget otherwise) it names that cause
+and the options. A run saved before ``image_digests`` is compared by its ``training_images``: a file read now whose
+bytes are none of those it recorded is refused.
 
 A run resumes from any folder: DATA, --textures and --backbone-weights are saved as absolute paths and the image
 names relative to the dataset root (``RunSource.files_from_root``). Runs saved before held them as typed, relative
@@ -22,12 +28,12 @@ import logging
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from fair_edge.images import is_hidden_name
-from fair_edge.models.checkpoint import load_checkpoint
+from fair_edge.models.checkpoint import TrainingImages, file_digest, load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides
@@ -228,21 +234,63 @@ def resume_source(saved: RunSource, given: dict, out: Path) -> RunSource:
     return source
 
 
+def training_name(path: str | Path, root: str | None) -> str:
+    """An image's name in ``data_files`` and ``image_digests``: its path relative to ``root`` (``data_root``; the run
+    then resumes from any folder), or the path as found when ``root`` is None."""
+    return str(path) if root is None else os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+
+
 def training_files(samples, root: str | None = None) -> list[list]:
     """[[name, bytes], ...] of the training images (``Sample``s), sorted by name: what identifies the data a run
-    trains on (``train_state["data_files"]``). name: the path relative to ``root`` (``data_root``; the run then
-    resumes from any folder), or the path as found when ``root`` is None. A file that cannot be read counts with
-    -1 bytes."""
+    trains on (``train_state["data_files"]``). name: ``training_name`` (relative to ``root``, or the path as found
+    when ``root`` is None). A file that cannot be read counts with -1 bytes."""
     def size(path: Path) -> int:
         try:
             return Path(path).stat().st_size
         except OSError:
             return -1
 
-    def name(path: Path) -> str:
-        return str(path) if root is None else os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return sorted([training_name(s.path, root), size(s.path)] for s in samples)
 
-    return sorted([name(s.path), size(s.path)] for s in samples)
+
+@dataclass(frozen=True)
+class ReadImages:
+    """The training images as a trainer read them, each file hashed once (on thousands of files the hashing is a
+    read of the data set, so it is done once for both of its uses: the checkpoint's ``training_images``, ``record``,
+    and the resume's comparison, ``rows``).
+
+    paths: the training samples' files, in the samples' order. digests: the ``file_digest`` of each (the first
+    DIGEST_BYTES of the SHA-256 of its bytes; None: it cannot be opened). read: whether ``load_images`` read it as an
+    image (False: skipped as unreadable, e.g. the zero-filled placeholder of a copy still in progress)."""
+
+    paths: tuple[Path, ...]
+    digests: tuple[bytes | None, ...]
+    read: tuple[bool, ...]
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)   # data root -> ``rows``, made once
+
+    @classmethod
+    def of(cls, samples, kept: Iterable) -> "ReadImages":
+        """The record of the training ``samples`` (``Sample``s) of which ``load_images`` read ``kept``; hashes each
+        file (after it was read: a file still changing then differs from the bytes read, and a resume refuses it)."""
+        read_paths = {Path(s.path) for s in kept}
+        paths = tuple(Path(s.path) for s in samples)
+        return cls(paths, tuple(file_digest(p) for p in paths), tuple(p in read_paths for p in paths))
+
+    def record(self) -> TrainingImages:
+        """The checkpoint's ``training_images`` (refused as held-out images): every file that can be opened."""
+        return TrainingImages.of_digests(zip(self.paths, self.digests))
+
+    def rows(self, run_info: Mapping | None) -> list[list]:
+        """``train_state["image_digests"]``: [[name, digest], ...] sorted by name. name: as ``training_files`` names
+        the image for the run's DATA (``run_info["data"]``, a ``RunSource`` dict; its ``data_root``, or the paths
+        as found when it has none). digest: the hex of the file's digest when it was read as an image, None when it
+        was skipped (or cannot be opened)."""
+        root = data_root((run_info or {}).get("data"))
+        if root not in self._rows:
+            self._rows[root] = sorted(([training_name(path, root), digest.hex() if read and digest else None]
+                                       for path, digest, read in zip(self.paths, self.digests, self.read)),
+                                      key=lambda row: row[0])
+        return self._rows[root]
 
 
 def saved_files(state: dict) -> tuple[dict, str | None]:
@@ -257,13 +305,25 @@ def saved_files(state: dict) -> tuple[dict, str | None]:
     return {os.path.relpath(name, root): size for name, size in files.items()}, root
 
 
+def saved_digests(state: dict) -> dict:
+    """{name: hex digest, or None for a file skipped as unreadable} a run saved (``train_state["image_digests"]``,
+    ``ReadImages.rows``: always named from its DATA's ``data_root``, as ``saved_files`` gives its images' names); {}
+    for a run saved before it was kept."""
+    return {name: digest for name, digest in state.get("image_digests") or ()}
+
+
 def check_same_data(path: Path, state: dict, files: list, total_steps: int, recorded: Mapping | None = None,
-                    loaded: Mapping | None = None) -> None:
+                    loaded: Mapping | None = None, digests: list | None = None,
+                    record: TrainingImages | None = None) -> None:
     """ConfigError unless the run saved in ``path`` (its ``train_state``) was trained on the same ``files``
     (``training_files``) with the same step budget ``total_steps``: naming the images added, missing or changed
-    (a few, then a count) and the fix. A run saved before these were stored (an older fair-edge) is compared by
-    what its checkpoint's ``data_summary`` (``recorded``) says of its images with this run's (``loaded``): another
-    image count or dataset name is refused (``check_same_summary``), else it resumes with a warning."""
+    (a few, then a count) and the fix. An image of the same size is compared by its bytes (``_content_changes``):
+    ``digests`` (``ReadImages.rows`` of the images read now) with the run's saved ``image_digests``, or, for a run
+    saved before them, with the digests of the ``record`` it was fitted on (its checkpoint's ``training_images``);
+    without ``digests`` the sizes alone are compared. A run saved before these were stored (an older fair-edge) is
+    compared by what its checkpoint's ``data_summary`` (``recorded``) says of its images with this run's
+    (``loaded``): another image count or dataset name is refused (``check_same_summary``), else it resumes with a
+    warning."""
     if "data_files" not in state or "total_steps" not in state:
         recorded, loaded = recorded or {}, loaded or {}
         check_same_summary(path, state, recorded, loaded)
@@ -276,10 +336,12 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int, reco
         log.warning("%d hidden file(s) the run listed (%s) are no longer read as images; the run resumes without "
                     "them", len(hidden), ", ".join(_shown(n, root) for n in hidden[:3]))
         saved = {name: size for name, size in saved.items() if name not in hidden}
+    same_size = sorted(n for n in now.keys() & saved.keys() if now[n] == saved[n])
+    content = _content_changes(state, same_size, digests, record)
     changes = [_named(what, [_shown(n, root) for n in names]) for what, names in (
         ("added", sorted(now.keys() - saved.keys())), ("missing", sorted(saved.keys() - now.keys())),
-        ("changed (another size)", sorted(n for n in now.keys() & saved.keys() if now[n] != saved[n])))
-        if names]
+        ("changed (another size)", sorted(n for n in now.keys() & saved.keys() if now[n] != saved[n])),
+        *content.items()) if names]
     budget = int(state["total_steps"])
     if not changes and budget == total_steps:
         return
@@ -289,9 +351,47 @@ def check_same_data(path: Path, state: dict, files: list, total_steps: int, reco
     raise ConfigError(
         f"cannot resume {path}: it was trained on {len(saved)} images with a budget of {budget} steps (saved at step "
         f"{state.get('step')}); the data now has {len(files)} images, a budget of {total_steps}: {found}. --resume "
-        "continues the same run, so it needs the same images: restore the images as they were to continue it, or start "
-        "a new run on the data as it is now (another --out, or --overwrite to replace this one)."
+        f"continues the same run, so it needs the same images: {_data_fix(content)}"
     )
+
+
+READ_NOW = "read now, skipped as unreadable when the run started"
+UNREADABLE_NOW = "unreadable now, read when the run started"
+OTHER_BYTES = "changed (same size, other bytes)"
+NOT_TRAINED_ON = "changed (same size, bytes none of those it was trained on)"
+
+
+def _content_changes(state: dict, same_size: list[str], digests: list | None,
+                     record: TrainingImages | None) -> dict[str, list[str]]:
+    """{what: [name, ...]} of the images ``same_size`` (in the saved list and now at the same size) whose bytes or
+    readability changed since the run saved in ``state``, by the ``digests`` now (``ReadImages.rows``). By the run's
+    ``image_digests`` when it holds them: other bytes (OTHER_BYTES), read now where the run skipped them (READ_NOW)
+    and the other way round (UNREADABLE_NOW). A run saved before them is compared by the digests of its ``record``
+    (``training_images``): an image read now whose bytes are none of those (NOT_TRAINED_ON). {} without either."""
+    if digests is None:
+        return {}
+    now = dict(digests)
+    if "image_digests" in state:
+        then = saved_digests(state)
+        both = [n for n in same_size if n in then and n in now]
+        return {OTHER_BYTES: [n for n in both if then[n] and now[n] and then[n] != now[n]],
+                READ_NOW: [n for n in both if now[n] and not then[n]],
+                UNREADABLE_NOW: [n for n in both if then[n] and not now[n]]}
+    if record is None:
+        return {}
+    known = record.digest_set()
+    return {NOT_TRAINED_ON: [n for n in same_size if now.get(n) and bytes.fromhex(now[n]) not in known]}
+
+
+def _data_fix(content: Mapping[str, list]) -> str:
+    """The fix of a refused resume on other images (``check_same_data``); ``content``: ``_content_changes``. An image
+    read now that the run skipped (a copy finished since) cannot be put back as it was: every step so far trained
+    without it, so a new run is what takes it in."""
+    new_run = "start a new run on the data as it is now (another --out, or --overwrite to replace this one)."
+    if content.get(READ_NOW):
+        return ("its steps so far trained without the images it skipped as unreadable (a file still being copied "
+                f"when the run started?): to train on them, {new_run}")
+    return f"restore the images as they were to continue it, or {new_run}"
 
 
 def _listed_hidden(name: str, root: str | None) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fair_edge.models.checkpoint import Checkpoint, TrainingImages, load_checkpoint, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec
 from fair_edge.training.data import DatasetSplit, load_images
@@ -32,7 +32,7 @@ from fair_edge.preprocess import HighPass, PreprocessConfig, model_input
 from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig, random_rotate
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
-from fair_edge.training.resume import TrainingClock, check_same_data, training_files
+from fair_edge.training.resume import ReadImages, TrainingClock, check_same_data, training_files
 from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
                                      signals_request_stop, steps_per_epoch, usable_batch)
 
@@ -147,7 +147,8 @@ class Trainer:
         self.images = torch.from_numpy(images).to(device)
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images))
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
-        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
+        self.read_images = ReadImages.of(data.train, kept)  # each file hashed once: --resume compares the bytes
+        self.training_images = self.read_images.record()  # refused as held-out images
         self.parallel = parallel or SingleProcess()  # DDP hooks (fair_edge.training.ddp); identities in one process
         items = "training tiles" if preprocess.tiling is not None else "training images"
         self.batch = usable_batch(cfg.batch, len(images), items, self.parallel.world)
@@ -179,7 +180,8 @@ class Trainer:
             data_summary=dict(self.data_summary, steps=self.state.step, batch=self.batch,
                               train_config={k: v for k, v in asdict(self.cfg).items() if k != "synthesis"}),
             train_state=dict(self.state.to_dict(), config=self.cfg.to_dict(), run=self.run_info,
-                             data_files=self.data_files, total_steps=self.total_steps)
+                             data_files=self.data_files, image_digests=self.read_images.rows(self.run_info),
+                             total_steps=self.total_steps)
             if with_train_state else None,
             training_images=self.training_images,
         )
@@ -192,7 +194,8 @@ class Trainer:
         return self.out_dir / name
 
     def resume(self) -> None:
-        """Load ``out_dir/last.pt`` and check it was made with the same settings, images and step budget."""
+        """Load ``out_dir/last.pt`` and check it was made with the same settings, images (by their bytes) and step
+        budget; its ``training_images`` record goes on into the checkpoints saved from here."""
         ckpt = load_checkpoint(self.out_dir / "last.pt")
         if ckpt.train_state is None:
             raise CheckpointError(f"{self.out_dir / 'last.pt'} holds no training state to resume from.")
@@ -202,9 +205,12 @@ class Trainer:
                 f"{ckpt.preprocess}; this run asks for {self.model.describe()} with {self.preprocess}."
             )
         check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps,
-                        ckpt.data_summary, self.data_summary)
+                        ckpt.data_summary, self.data_summary, self.read_images.rows(self.run_info),
+                        ckpt.training_images)
         self.state.unet.load_state_dict(ckpt.state_dict)
         self.state.load(ckpt.train_state)
+        if ckpt.training_images is not None:  # what its first steps trained on (the same bytes: checked)
+            self.training_images = ckpt.training_images
 
     # -------------------------------------------------------------------- one step
     def batch_indices(self, step: int) -> torch.Tensor:

@@ -26,14 +26,14 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from fair_edge.models.checkpoint import Checkpoint, TrainingImages, save_checkpoint
+from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
 from fair_edge.training.data import DatasetSplit, load_images
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
-from fair_edge.training.resume import TrainingClock, check_same_data, training_files
+from fair_edge.training.resume import ReadImages, TrainingClock, check_same_data, training_files
 from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
                                      signals_request_stop, steps_per_epoch, usable_batch)
 
@@ -148,7 +148,8 @@ class LgfdrTrainer:
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=n_maps,
                                  backbone_weights=self.weight_source.to_dict())
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
-        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
+        self.read_images = ReadImages.of(data.train, kept)  # each file hashed once: --resume compares the bytes
+        self.training_images = self.read_images.record()  # refused as held-out images
         self.params = [p for n, p in self.detector.named_parameters() if not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=1e-4)
         milestones = sorted({max(1, int(m * self.total_steps)) for m in cfg.lr_milestones})
@@ -165,6 +166,7 @@ class LgfdrTrainer:
         train_state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                        "generator": self.generator.get_state(), "config": self.cfg.to_dict(),
                        "run": self.run_info, "data_files": self.data_files,
+                       "image_digests": self.read_images.rows(self.run_info),
                        "total_steps": self.total_steps, "elapsed_s": self.clock.elapsed()} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch,
                        train_config=self.cfg.to_dict())
@@ -175,11 +177,14 @@ class LgfdrTrainer:
         return save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))
 
     def resume(self) -> None:
-        """Load ``out_dir/last.pt`` and check it was made with the same model settings, images and step budget."""
+        """Load ``out_dir/last.pt`` and check it was made with the same model settings, images (by their bytes) and
+        step budget; its ``training_images`` record goes on into the checkpoints saved from here."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
         state = ckpt.train_state
         check_same_data(self.out_dir / "last.pt", state, self.data_files, self.total_steps, ckpt.data_summary,
-                        self.data_summary)
+                        self.data_summary, self.read_images.rows(self.run_info), ckpt.training_images)
+        if ckpt.training_images is not None:  # what its first steps trained on (the same bytes: checked)
+            self.training_images = ckpt.training_images
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])

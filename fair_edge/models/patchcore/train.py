@@ -27,15 +27,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from fair_edge.models.checkpoint import Checkpoint, TrainingImages, save_checkpoint
-from fair_edge.training.data import DatasetSplit, load_images, read_frame
-from fair_edge.errors import ConfigError, DataError
+from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
+from fair_edge.training.data import DatasetSplit, load_images, model_image_count
+from fair_edge.errors import ConfigError
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import bank_neighbours, distance_step, greedy_coreset, greedy_coreset_bytes
 from fair_edge.models.patchcore.model import BANK_FLIPS, PatchcoreDetector, flipped_views, memory_bytes
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
-from fair_edge.training.resume import check_same_data, training_files
+from fair_edge.training.resume import ReadImages, check_same_data, training_files
 
 log = logging.getLogger(__name__)
 PhaseProgress = Callable[[str, int, int], None]  # on_progress(phase, done, total): a phase's units done of total
@@ -243,20 +243,6 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXT))
 
 
-def frame_tiles(samples, image_size: int, tiling) -> int:
-    """Tiles per training image: 1 untiled; tiled, those of the first readable image of the first few (1 if none)."""
-    if tiling is None:
-        return 1
-    from fair_edge.tiling import tile_layout
-
-    for sample in samples[:8]:
-        try:
-            return tile_layout(tuple(read_frame(sample.path, tiling).shape[:2]), tiling, image_size).count
-        except (DataError, ConfigError):
-            continue
-    return 1
-
-
 class PatchcoreFitter:
     """Owns the detector and the normal images of one fit. ``run(on_step)`` -> final.pt.
 
@@ -277,7 +263,7 @@ class PatchcoreFitter:
         self.detector: PatchcoreDetector = model.build(device=device)
         self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
         size, tiling = model.preprocess.image_size, model.preprocess.tiling
-        tiles = len(data.train) * frame_tiles(data.train, size, tiling)
+        tiles = model_image_count(data.train, tiling)  # every file's own tiles (headers): frames of several sizes
         self.memory_needed = fit_memory(tiles, size, model.settings, min(cfg.batch, tiles), device.type != "cuda")
         self.fit_text = describe_fit(len(data.train), tiles, size, model.settings, self.memory_needed)
         check_fit_memory(self.memory_needed, self.fit_text, model.settings, device)
@@ -285,7 +271,7 @@ class PatchcoreFitter:
         try:
             self._report("loading", 0, len(data.train))
             read = itertools.count(1)
-            images, kept = load_images(data.train, size, tiling=tiling,
+            images, kept = load_images(data.train, size, tiling=tiling, rows=tiles,
                                        progress=lambda: self._report("loading", next(read), len(data.train)))
         except (MemoryError, RuntimeError) as exc:
             if not out_of_memory(exc):
@@ -299,7 +285,8 @@ class PatchcoreFitter:
         self.data_summary = dict(data.summary(), train_images_used=len(kept), train_tiles=len(images),
                                  backbone_weights=self.weight_source.to_dict())
         self.data_files = training_files(data.train)  # names and sizes: --resume refuses other data
-        self.training_images = TrainingImages.of_files(s.path for s in data.train)  # refused as held-out images
+        self.read_images = ReadImages.of(data.train, kept)  # each file hashed once: --resume compares the bytes
+        self.training_images = self.read_images.record()  # refused as held-out images
         self.run_info: dict = {}  # where the data came from (train_resume.RunSource), stored for --resume
         self.timings: dict[str, float] = {}
         self.bank_facts: dict = {}  # coreset_ratio_effective, bank_capped (bank_cap_facts)
@@ -314,18 +301,22 @@ class PatchcoreFitter:
 
     def checkpoint(self, with_train_state: bool = True) -> Checkpoint:
         train_state = {"step": self.step, "config": self.cfg.to_dict(), "run": self.run_info,
-                       "data_files": self.data_files, "total_steps": self.total_steps} if with_train_state else None
+                       "data_files": self.data_files, "image_digests": self.read_images.rows(self.run_info),
+                       "total_steps": self.total_steps} if with_train_state else None
         summary = dict(self.data_summary, steps=self.step, batch=self.batch, train_config=self.cfg.to_dict(),
                        bank_rows=self.detector.memory.rows, fit_seconds=self.timings, **self.bank_facts)
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state,
                           self.training_images)
 
     def resume(self) -> None:
-        """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings and images), so ``run`` only
-        re-writes final.pt."""
+        """Take the bank of a finished fit in ``out_dir/last.pt`` (same model settings and images, by their bytes),
+        so ``run`` only re-writes final.pt, with the ``training_images`` record the bank was fitted on."""
         ckpt = resumable_checkpoint(self.out_dir, self.model)
         check_same_data(self.out_dir / "last.pt", ckpt.train_state, self.data_files, self.total_steps,
-                        ckpt.data_summary, self.data_summary)
+                        ckpt.data_summary, self.data_summary, self.read_images.rows(self.run_info),
+                        ckpt.training_images)
+        if ckpt.training_images is not None:  # what the bank was fitted on (the same bytes: checked)
+            self.training_images = ckpt.training_images
         self.model.impl.load_weights(self.detector, ckpt.state_dict)
         self.step = int(ckpt.train_state["step"])
         self.timings = dict(ckpt.data_summary.get("fit_seconds") or {})
