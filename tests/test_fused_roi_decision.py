@@ -197,8 +197,8 @@ def _part_row(views: list[Verdict]) -> dict:
     return row
 
 
-def view(camera: str, score: float, threshold: float) -> Verdict:
-    return Verdict(0, 0.0, score, threshold, score > threshold, 0.0, camera=camera)
+def view(camera: str, score: float, threshold: float, fused: bool = False) -> Verdict:
+    return Verdict(0, 0.0, score, threshold, score > threshold, 0.0, camera=camera, fused=fused)
 
 
 def test_an_ok_part_of_a_mixed_cell_names_the_view_nearest_its_own_threshold():
@@ -216,6 +216,14 @@ def test_an_ng_view_a_hair_over_its_threshold_does_not_outrank_a_fused_one_half_
     far = _part_row([view("plain", 0.505, 0.5), view("fused", FUSED_THRESHOLD + 2.0, FUSED_THRESHOLD)])
     half = _part_row([view("plain", 0.505, 0.5), view("fused", FUSED_THRESHOLD + 0.5, FUSED_THRESHOLD)])
     assert far["camera"] == half["camera"] == "fused"
+
+
+def test_a_fused_view_over_a_threshold_above_0_ranks_by_its_spreads_over_it():
+    """A fused bundle whose calibrated threshold is above 0 (3.0 spreads): its view half a spread over it against a
+    single bundle's 20 % over (0.6 of 0.5). Named: the fused one (1.5 against 1.2). Before, it was ranked by
+    score / threshold (3.5 / 3.0 = 1.17), as if its scores had their zero where a single bundle's have."""
+    row = _part_row([view("plain", 0.6, 0.5), view("fused", 3.5, 3.0, fused=True)])
+    assert row["ng"] and row["camera"] == "fused"
 
 
 def test_cameras_on_one_model_rank_as_before():

@@ -584,14 +584,14 @@ def _badness(verdict: Verdict) -> float:
     (1 at the threshold, above 1 over it; an unscored view is the worst, inf), so that the views of models whose
     scores live on other scales compare (a cell mixing fused and single bundles).
 
-    unit: the threshold where it is > 0, which makes it score / threshold, as before (a single bundle's threshold:
-    its scores are >= 0); ``FUSED_SCORE_UNIT`` where the threshold is <= 0, which only a fused bundle's can be (its
-    scores are in its members' normal-spread units, ``runtime.fusion``: normal parts about -2 .. 0, the threshold
-    often just under 0, no scale to divide by), so its margin is counted in normal spreads. Before, such a view ranked
-    by its raw score against the other cameras' score / threshold. Views of one model at one threshold rank by their
-    scores either way. A fused bundle's threshold > 0 still divides: the verdict does not say its model is fused."""
+    unit: a single bundle's threshold (> 0: its scores are >= 0), which makes it score / threshold, as before;
+    ``FUSED_SCORE_UNIT`` for a fused bundle's view (``Verdict.fused``), or any threshold <= 0, which only a fused
+    bundle's can be: its scores are in its members' normal-spread units (``runtime.fusion``: normal parts about
+    -2 .. 0, the threshold either side of 0, no scale to divide by), so its margin is counted in normal spreads.
+    Before, such a view ranked by its raw score (or by score / threshold) against the other cameras' score /
+    threshold. Views of one model at one threshold rank by their scores either way."""
     if verdict.score is None:
         return float("inf")
-    if verdict.threshold > 0:
+    if verdict.threshold > 0 and not verdict.fused:
         return verdict.score / verdict.threshold
     return 1.0 + (verdict.score - verdict.threshold) / FUSED_SCORE_UNIT
