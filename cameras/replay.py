@@ -83,7 +83,8 @@ class FolderReplaySource(SourceBase):
     trained, evaluated and thresholded on the images it gives: pixels as stored (an EXIF orientation tag is
     ignored: applying it would replay a rotated JPEG turned, 20 x 60 as 60 x 20, a part the model never saw that
     way) and 16-bit pixels scaled by 1/257 (OpenCV's own 16 -> 8-bit drop truncates: 1 LSB off on a quarter of the
-    pixels).
+    pixels). Without its damaged-JPEG check (``check_damage``, training's only): it points the process's stderr at
+    a file while a JPEG decodes, which in a station would blame another thread's libjpeg line on this file.
     """
 
     def __init__(self, folder: str | Path, *, fps: float = 0.0, loop: bool = False, gray: bool = False,

@@ -128,7 +128,8 @@ class BuildOptions:
     quality: INT8 only: the quality gate (``calibration.int8_gate``), None = none.
     pixel_quantile: the defect regions' pixel threshold = this quantile of the normal maps' pixels
     (``fair_edge.regions``). threshold_images: the option and folder the held-out normal images came from, for
-    messages ("--normal data/dup"); "" names none. source: the checkpoint file built from (``SourceCheckpoint``),
+    messages ("--normal data/dup"); "" names none; calib_images, defect_images: the same for the calibration
+    ("--calib data/train") and defect ("--defects data/ng") images. source: the checkpoint file built from (``SourceCheckpoint``),
     recorded in bundle.json as ``source_checkpoint``; None (a library caller's checkpoint in memory): null there."""
 
     precision: str = "fp32"
@@ -141,6 +142,8 @@ class BuildOptions:
     pixel_quantile: float = DEFAULT_PIXEL_QUANTILE
     threshold_images: str = ""
     source: SourceCheckpoint | None = None
+    calib_images: str = ""
+    defect_images: str = ""
 
     def __post_init__(self) -> None:
         get_precision(self.precision)
@@ -812,13 +815,15 @@ def _try_engine(out: Path, graph: Path, ckpt: Checkpoint, options: BuildOptions)
 def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib_frames: Sequence[np.ndarray] | None = None,
                  normal_frames: Sequence[np.ndarray] | None = None, defect_frames: Sequence[np.ndarray] | None = None,
                  on_calibration_image: Callable[[], None] | None = None,
-                 on_gate_step: Callable[[str], None] | None = None) -> BuildResult:
+                 on_gate_step: Callable[[str], None] | None = None,
+                 on_checked: Callable[[], None] | None = None) -> BuildResult:
     """Write a bundle for ``ckpt`` at ``out`` (see the module docstring).
 
     calib_frames: normal training images, (H, W, 3) uint8 BGR (INT8 calibration; threshold fallback).
     normal_frames: held-out normal images for the threshold (and the INT8 quality gate). defect_frames:
     optional, for the F1 threshold (and the gate's AUROC). on_gate_step: one line per quality-gate step, from
-    "measuring ..." at its start to its last, which starts with ``GATE_DONE``.
+    "measuring ..." at its start to its last, which starts with ``GATE_DONE``. on_checked: called once the inputs
+    are checked (``check_inputs``, ``check_held_out_grid``), before anything is written.
     The bundle is built in a temporary folder next to ``out`` and moved into place when complete: a
     failed build leaves ``out`` as it was (absent, or the previous bundle) and nothing else behind.
     """
@@ -826,15 +831,25 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
     out = bundle_target(Path(out))   # a link to a folder: built there, the link kept
     clear_leftovers(out)   # first: a previous bundle it puts back is checked as --out
     check_inputs(out, options, bool(calib_frames), bool(normal_frames))
-    threshold_name = (options.threshold_images or "--normal") if normal_frames else "--calib (the threshold's images)"
-    check_held_out_grid(ckpt.preprocess, (threshold_name, threshold_frames(options, calib_frames, normal_frames)),
-                        ("--defects", defect_frames or ()))
+    check_held_out_grid(ckpt.preprocess, (threshold_images_name(options, bool(normal_frames)),
+                                          threshold_frames(options, calib_frames, normal_frames)),
+                        (options.defect_images or "--defects", defect_frames or ()))
+    if on_checked is not None:
+        on_checked()
     with staged(out, options) as staging:
         parts = _build_into(staging, ckpt, options, calib_frames, normal_frames, defect_frames, on_calibration_image,
                             on_gate_step)
         move_into_place(staging, out)
     delta, parity, reused, engine_built, note, gate = parts
     return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
+
+
+def threshold_images_name(options: BuildOptions, has_normal: bool) -> str:
+    """The threshold's images for a message: the held-out normals' option and folder ("--normal data/dup"), else
+    the calibration images' ("--calib data/train (the threshold's images without --normal)")."""
+    if has_normal:
+        return options.threshold_images or "--normal"
+    return f"{options.calib_images or '--calib'} (the threshold's images without --normal)"
 
 
 def threshold_frames(options: BuildOptions, calib_frames: Sequence[np.ndarray] | None,

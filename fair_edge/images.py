@@ -6,9 +6,11 @@ not at all, any file name); and the one rule of which files of a folder are imag
 ``left_out_images`` naming the image files a listing leaves out for their suffix, and ``unread_text`` the subfolders
 holding images and the broken links it leaves unread: training's image folders and the station's folder replay).
 
-A JPEG whose data is damaged (bytes overwritten mid-file, or cut short) is a DataError naming it too: libjpeg
-decodes such a file anyway, with blocks of garbage or grey, and says so only in an unnamed line on stderr, which
-``decode_file`` reads (``stderr_lines``).
+A JPEG whose data is damaged (bytes overwritten mid-file, or cut short) is a DataError naming it too, when the
+caller asks (``check_damage``: the training-side readers, ``fair_edge.training.data``): libjpeg decodes such a file
+anyway, with blocks of garbage or grey, and says so only in an unnamed line on stderr, which ``decode_file`` then
+reads (``stderr_lines``: it points fd 2 of the whole process at a private file while the JPEG decodes, so the
+station's readers, the folder replay and the console, never ask for it).
 
 One orientation policy: pixels are taken as stored. An EXIF orientation tag (JPEG, PNG, WebP) is ignored
 (``IMREAD_IGNORE_ORIENTATION``), and so is a TIFF's Orientation tag, which OpenCV's TIFF decoder applies whatever
@@ -48,13 +50,18 @@ OTHER_IMAGE_SUFFIXES = (".jpe", ".jfif", ".dib", ".pbm", ".pgm", ".ppm", ".pnm",
                         ".heic", ".heif", ".dng", ".cr2", ".nef", ".arw")
 JPEG_SIGNATURE = b"\xff\xd8\xff"   # SOI and the next marker's 0xFF: the first bytes of every JPEG file
 # libjpeg's warnings (its lines on stderr: OpenCV passes none on) that mean the decoded pixels are wrong: the
-# entropy-coded data is damaged (bytes overwritten: blocks of garbage, the rest of a scan grey) or cut short
-JPEG_DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Inconsistent progression sequence")
-JPEG_SOUND_PIXELS = ("Corrupt JPEG data: bad ICC marker",)   # damage in metadata only: the pixels are right
+# entropy-coded data is damaged (bytes overwritten: blocks of garbage, the rest of a scan grey) or cut short.
+# Any other line (extraneous bytes before a marker outside a scan, SOS 0xda or EOI 0xd9; a bad ICC marker; an
+# unknown JFIF revision) leaves the pixels as they were written, and the file is read.
+JPEG_DAMAGE_WARNINGS = ("Corrupt JPEG data: premature end of data segment", "Corrupt JPEG data: bad Huffman code",
+                        "Premature end of JPEG file", "Inconsistent progression sequence")
+JPEG_EXTRANEOUS_BYTES = "Corrupt JPEG data: "   # + "N extraneous bytes before marker 0x.."
+JPEG_RESTART_MARKERS = tuple(f"0x{marker:02x}" for marker in range(0xD0, 0xD8))   # RST0..RST7: inside a scan
 _STDERR_LOCK = threading.Lock()   # one ``stderr_lines`` block at a time redirects stderr (fd 2)
 
 
-def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image",
+                check_damage: bool = False) -> np.ndarray:
     """Read a file and decode it with OpenCV's ``imdecode(flags)``: the one decoder of every image file fair-edge
     reads (images, ground-truth masks, the station's ROI and zone masks). what: the file's role, for messages.
 
@@ -63,9 +70,12 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str =
     channels in OpenCV's order). Raises DataError naming the file when it is missing, unreadable,
     empty (0 bytes), truncated or of an unsupported format, or when OpenCV refuses it (what OpenCV said; an image
     over MAX_PIXELS = 2^30 pixels, e.g. a header declaring 100000 x 100000, is refused that way), never cv2.error;
-    and when it is a JPEG whose data is damaged (``JPEG_DAMAGE_WARNINGS``: bytes overwritten mid-file, by a bad SD
-    card or a flaky share, decode with blocks of garbage and only an unnamed libjpeg line on stderr says so; read
-    here by ``stderr_lines``: about 0.03 ms a JPEG, beside 1.3 ms to decode one of 320 x 240 px).
+    and, with ``check_damage``, when it is a JPEG whose data is damaged (``is_jpeg_damage``: bytes overwritten
+    mid-file, by a bad SD card or a flaky share, decode with blocks of garbage and only an unnamed libjpeg line on
+    stderr says so; read here by ``stderr_lines``: about 0.03 ms a JPEG, beside 1.3 ms to decode one of
+    320 x 240 px). The check points fd 2 of the whole process at a private file, one decode at a time, so another
+    thread's stderr line written meanwhile could be taken for the file's: training-side readers only (one thread
+    reading a dataset); the station's (folder replay, console) leave it off (default).
     """
     path = Path(path)
     try:
@@ -77,7 +87,8 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str =
     tiff_as_stored(data)
     is_jpeg = bytes(data[:3]) == JPEG_SIGNATURE
     try:
-        with stderr_lines(is_jpeg_damage) if is_jpeg else contextlib.nullcontext([]) as damage:
+        checked = check_damage and is_jpeg
+        with stderr_lines(is_jpeg_damage) if checked else contextlib.nullcontext([]) as damage:
             image = cv2.imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as exc:
         said = " ".join(str(exc).split()).split("error: ", 1)[-1]   # without OpenCV's version and source line
@@ -96,9 +107,18 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str =
 
 def is_jpeg_damage(line: str) -> bool:
     """True for a line libjpeg writes to stderr when a JPEG's pixels come out wrong (``JPEG_DAMAGE_WARNINGS``:
-    "Corrupt JPEG data: premature end of data segment", "Premature end of JPEG file"); False for any other line
-    (damage in metadata only, ``JPEG_SOUND_PIXELS``; another thread's log line)."""
-    return line.startswith(JPEG_DAMAGE_WARNINGS) and not line.startswith(JPEG_SOUND_PIXELS)
+    "Corrupt JPEG data: premature end of data segment", "Premature end of JPEG file", ...; or extraneous bytes
+    before a restart marker 0xd0..0xd7, inside a scan); False for any other line (extraneous bytes before SOS 0xda
+    or EOI 0xd9, a bad ICC marker: the pixels are right; another thread's log line)."""
+    return line.startswith(JPEG_DAMAGE_WARNINGS) or _is_extraneous_in_scan(line)
+
+
+def _is_extraneous_in_scan(line: str) -> bool:
+    """True for libjpeg's "Corrupt JPEG data: N extraneous bytes before marker 0xd0".."0xd7": bytes lost inside
+    a scan, between restart intervals (the MCUs around them decode wrong)."""
+    head, _, marker = line.rpartition(" extraneous bytes before marker ")
+    return (head.startswith(JPEG_EXTRANEOUS_BYTES) and head[len(JPEG_EXTRANEOUS_BYTES):].isdigit()
+            and marker.strip().lower() in JPEG_RESTART_MARKERS)
 
 
 @contextlib.contextmanager
@@ -106,7 +126,8 @@ def stderr_lines(keep: Callable[[str], bool]) -> Iterator[list[str]]:
     """Send stderr (file descriptor 2, where C libraries such as libjpeg write) to a private file while the block
     runs; yields a list that holds, once the block is done, the lines written meanwhile that ``keep`` (line ->
     bool) accepts, without their newline. The other lines (another thread's log line, a decoder's harmless
-    warning) are written on to stderr as they came, once the block is done. One block at a time in the process
+    warning) are written on to stderr as they came, once the block is done, before stderr is pointed back (so
+    they come before any line written after the block). One block at a time in the process
     (a lock), so a kept line is this block's or another thread's, never another block's. Where there is no stderr
     (closed) or no private file can be made, the block runs as it is and the list stays empty."""
     kept: list[str] = []
@@ -116,17 +137,26 @@ def stderr_lines(keep: Callable[[str], bool]) -> Iterator[list[str]]:
             yield kept
         finally:
             if saved is not None:
+                _flush_python_stderr()
+                read_to = _pass_lines_on(sink, 0, keep, saved, kept, whole_lines=True)
                 _restore_stderr(saved)
-                kept.extend(_sorted_lines(sink, keep))
+                _pass_lines_on(sink, read_to, keep, 2, kept, whole_lines=False)   # written while passing on
 
 
-def _sorted_lines(sink, keep: Callable[[str], bool]) -> list[str]:
-    """The lines written to ``sink`` (a file, read from its start) that ``keep`` accepts, as text without their line
-    end; the others are written on to stderr byte for byte (``_write_stderr``)."""
-    sink.seek(0)
-    lines = [(raw, raw.decode("utf-8", "replace").rstrip("\r\n")) for raw in sink.read().splitlines(keepends=True)]
-    _write_stderr(b"".join(raw for raw, text in lines if not keep(text)))
-    return [text for _, text in lines if keep(text)]
+def _pass_lines_on(sink, start: int, keep: Callable[[str], bool], fd: int, kept: list[str],
+                   whole_lines: bool) -> int:
+    """Read the lines written to ``sink`` (a file) from byte ``start`` on: those ``keep`` accepts are appended to
+    ``kept`` as text without their line end, the others written on to file descriptor ``fd`` byte for byte
+    (``_write_fd``). whole_lines: stop after the last line end, leaving a line still being written. Returns the
+    byte offset read to. Read by offset (``os.pread``): fd 2 shares the file's position while it points there."""
+    size = os.fstat(sink.fileno()).st_size
+    data = os.pread(sink.fileno(), max(size - start, 0), start)
+    if whole_lines:
+        data = data[:data.rfind(b"\n") + 1]
+    lines = [(raw, raw.decode("utf-8", "replace").rstrip("\r\n")) for raw in data.splitlines(keepends=True)]
+    _write_fd(fd, b"".join(raw for raw, text in lines if not keep(text)))
+    kept.extend(text for _, text in lines if keep(text))
+    return start + len(data)
 
 
 def _private_file():
@@ -163,12 +193,12 @@ def _restore_stderr(saved: int) -> None:
     os.close(saved)
 
 
-def _write_stderr(data: bytes) -> None:
-    """Write ``data`` to file descriptor 2 in full (b"" writes nothing); a stderr that takes nothing (a broken
-    pipe) is let be, as a C library's write to it would be."""
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write ``data`` to file descriptor ``fd`` (stderr, or a copy of it) in full (b"" writes nothing); a stderr
+    that takes nothing (a broken pipe) is let be, as a C library's write to it would be."""
     with contextlib.suppress(OSError):
         while data:
-            data = data[os.write(2, data):]
+            data = data[os.write(fd, data):]
 
 
 def _flush_python_stderr() -> None:
@@ -228,7 +258,7 @@ def read_mask_pixels(path: str | Path, what: str = "mask") -> np.ndarray:
     return decode_file(path, MASK_FLAGS, what) > 0
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, check_damage: bool = False) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR (gray replicated, alpha dropped, 16-bit scaled).
 
     Pixels are taken as stored: an orientation tag, EXIF or a TIFF's, is ignored (``decode_file``). This is
@@ -236,10 +266,11 @@ def read_image(path: str | Path) -> np.ndarray:
     trained on images read here, and the station's folder replay (``fair_edge.cameras.replay``) decodes with this
     same function and the masks (``read_mask_pixels``) the same way, so a part is inspected and
     scored as it was trained. A camera frame carries no EXIF.
-    Raises DataError naming the file when it is missing, unreadable, empty, truncated or too large (``decode_file``).
+    Raises DataError naming the file when it is missing, unreadable, empty, truncated or too large, and with
+    ``check_damage`` when it is a damaged JPEG (``decode_file``: training-side readers only).
     """
     path = Path(path)
-    image = decode_file(path, cv2.IMREAD_UNCHANGED, "image")
+    image = decode_file(path, cv2.IMREAD_UNCHANGED, "image", check_damage)
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:

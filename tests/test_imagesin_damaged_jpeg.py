@@ -1,7 +1,8 @@
 """A JPEG damaged mid-file (bytes overwritten, size unchanged: a bad SD card, a flaky share) decodes through
 OpenCV with blocks of garbage, and only libjpeg's unnamed stderr line said so: it was trained on as a normal part.
-``images.decode_file`` reads that line (``stderr_lines``) and raises DataError naming the file, so training's skip
-rule, eval, build's calibration and the station's folder replay (all through ``read_image``) leave it out."""
+``images.decode_file(check_damage=True)`` reads that line (``stderr_lines``) and raises DataError naming the file, so
+training's skip rule, eval and build's calibration (``training.data.read_image``) leave it out. The station's readers
+(folder replay, console) never ask: the check points the process's stderr at a file while a JPEG decodes."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 
 from fair_edge.cameras import EndOfStream, FolderReplaySource
 from fair_edge.errors import DataError
-from fair_edge.images import decode_file, read_image
-from fair_edge.training.data import load_dataset, load_images
+from fair_edge import images
+from fair_edge.images import decode_file, read_stored
+from fair_edge.training.data import load_dataset, load_images, read_image
 
 DAMAGE = "Corrupt JPEG data: premature end of data segment"   # what libjpeg says of the file below
 
@@ -70,15 +72,43 @@ def test_training_skips_the_damaged_jpeg_by_its_one_skip_rule(tmp_path, caplog):
     assert "skipped 1 unreadable or undersized image(s) of 4" in caplog.text
 
 
-def test_the_station_folder_replay_skips_and_counts_it(tmp_path):
+@pytest.fixture
+def stderr_untouched(monkeypatch):
+    """Fails the test when anything points file descriptor 2 elsewhere (``images._redirect_stderr``)."""
+    def refuse(sink):
+        raise AssertionError("fd 2 redirected by a station reader")
+    monkeypatch.setattr(images, "_redirect_stderr", refuse)
+
+
+def test_the_station_folder_replay_never_redirects_stderr(tmp_path, stderr_untouched, capfd):
+    """The replay decodes beside an OpenCV camera's thread and the console: a redirect blamed their libjpeg lines
+    on its file (review: 3652 of 3759 good reads refused) and swallowed or reordered their stderr."""
     _write_parts(tmp_path / "parts", count=3, damaged=1)
     with FolderReplaySource(tmp_path / "parts") as src:
         names = []
         with pytest.raises(EndOfStream):
             for _ in range(10):
                 names.append(src.read().source)
-        assert src.unreadable == 1
-    assert names == ["part_00.jpg", "part_02.jpg"]
+        assert src.unreadable == 0
+    assert names == ["part_00.jpg", "part_01.jpg", "part_02.jpg"]
+    assert DAMAGE in capfd.readouterr().err   # libjpeg's own line, where it always went
+
+
+def test_the_console_reads_stored_frames_without_redirecting_stderr(tmp_path, stderr_untouched):
+    _write_parts(tmp_path / "parts", count=2, damaged=1)
+    assert read_stored(tmp_path / "parts" / "part_00.jpg", "NG frame").shape == (240, 320, 3)
+    assert decode_file(tmp_path / "parts" / "part_01.jpg").shape == (240, 320, 3)   # no check asked: read
+
+
+def test_extraneous_bytes_before_sos_are_read_by_the_training_reader(tmp_path, capfd):
+    """libjpeg warns of bytes between the header and the scan (SOS, 0xda); the pixels are those written."""
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "good.jpg"), _plate(rng))
+    data = (tmp_path / "good.jpg").read_bytes()
+    sos = data.find(b"\xff\xda")
+    (tmp_path / "extra.jpg").write_bytes(data[:sos] + b"\x00\x00" + data[sos:])
+    assert np.array_equal(read_image(tmp_path / "extra.jpg"), read_image(tmp_path / "good.jpg"))
+    assert "Corrupt JPEG data: 2 extraneous bytes before marker 0xda" in capfd.readouterr().err
 
 
 def test_a_harmless_libjpeg_warning_decodes_and_stays_on_stderr(tmp_path, capfd):
@@ -115,6 +145,24 @@ def test_stderr_lines_keeps_the_damage_lines_and_passes_the_others_on(capfd):
     assert capfd.readouterr().err == "after\n"
 
 
+def test_stderr_lines_passes_lines_on_before_giving_stderr_back(monkeypatch, capfd):
+    """A line written just after the block (another thread, as fd 2 is pointed back) comes after the block's
+    lines, and one written while they are passed on (still into the private file) is not lost."""
+    from fair_edge.images import is_jpeg_damage, stderr_lines
+
+    restore = images._restore_stderr
+
+    def restore_as_others_write(saved):
+        os.write(2, b"while passing on\n")   # fd 2 still the private file
+        restore(saved)
+        os.write(2, b"just after\n")
+
+    monkeypatch.setattr(images, "_restore_stderr", restore_as_others_write)
+    with stderr_lines(is_jpeg_damage):
+        os.write(2, b"during\n")
+    assert capfd.readouterr().err == "during\njust after\nwhile passing on\n"
+
+
 def test_stderr_is_given_back_when_the_decoder_raises(capfd):
     from fair_edge.images import is_jpeg_damage, stderr_lines
 
@@ -128,7 +176,10 @@ def test_stderr_is_given_back_when_the_decoder_raises(capfd):
 
 @pytest.mark.parametrize("line, damage", [
     ("Corrupt JPEG data: premature end of data segment", True),
-    ("Corrupt JPEG data: 4 extraneous bytes before marker 0xd9", True),
+    ("Corrupt JPEG data: 4 extraneous bytes before marker 0xd0", True),   # inside a scan: RST0..RST7
+    ("Corrupt JPEG data: 12 extraneous bytes before marker 0xd7", True),
+    ("Corrupt JPEG data: 4 extraneous bytes before marker 0xd9", False),  # before EOI: the pixels are right
+    ("Corrupt JPEG data: 2 extraneous bytes before marker 0xda", False),  # before SOS: the pixels are right
     ("Corrupt JPEG data: bad Huffman code", True),
     ("Premature end of JPEG file", True),
     ("Inconsistent progression sequence for component 0 coefficient 1", True),

@@ -36,7 +36,7 @@ from fair_edge.training.data import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images
 from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
 from fair_edge.errors import ConfigError, DataError, did_you_mean
 from fair_edge.export.build import (GATE_DONE, BuildOptions, BuildResult, SourceCheckpoint, build_bundle,
-                                    check_held_out_grid, check_inputs, check_replacing, threshold_frames)
+                                    check_inputs, check_replacing)
 from fair_edge.export.bundle import Bundle
 from fair_edge.runtime.backends import cpu_graph
 from fair_edge.runtime.highpass_plan import plan_highpass
@@ -459,23 +459,24 @@ def build(
                                     normal, defects, false_reject_rate, max_batch, out, max_drop, pixel_quantile,
                                     category, engine),
                            QualityGate(max_drop) if max_drop is not None else None, pixel_quantile,
-                           f"--normal {normal}" if normal else "", source)
+                           f"--normal {normal}" if normal else "", source, f"--calib {calib}" if calib else "",
+                           f"--defects {defects}" if defects else "")
     check_inputs(out, options, has_calib=calib is not None, has_normal=normal is not None)
     tiling = ckpt.preprocess.tiling
     calib_frames = held_frames(calib, "train", category, tiling, "--calib", calib_images)
     check = held_out_check(ckpt, checkpoint, [f for f, spec in (("--normal", normal), ("--defects", defects)) if spec])
     normal_frames = held_frames(normal, "normal", category, tiling, "--normal", check=check)
     defect_frames = held_frames(defects, "defect", category, tiling, "--defects", check=check)
-    threshold_name = f"--normal {normal}" if normal else f"--calib {calib} (the threshold's images without --normal)"
-    check_held_out_grid(ckpt.preprocess, (threshold_name, threshold_frames(options, calib_frames, normal_frames)),
-                        (f"--defects {defects}", defect_frames or ()))
-    if replaced:
-        console.print(escape(f"--overwrite: replacing {out}, built from {replaced}"), highlight=False)
-    console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
+
+    def say_building() -> None:   # once build_bundle has checked the inputs (the held-out frames' map sizes)
+        if replaced:
+            console.print(escape(f"--overwrite: replacing {out}, built from {replaced}"), highlight=False)
+        console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
+
     with progress_bar() as progress:
         task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
                                  total=len(calib_frames or ()) or None)
         result = build_bundle(ckpt, out, options, calib_frames, normal_frames,
                               defect_frames, on_calibration_image=lambda: progress.advance(task),
-                              on_gate_step=GateTask(progress))
+                              on_gate_step=GateTask(progress), on_checked=say_building)
     _summary(result)

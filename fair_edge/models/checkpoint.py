@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import pickle
 import re
@@ -42,6 +43,8 @@ from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fair-edge-checkpoint"
 FORMAT_VERSION = 2
@@ -157,7 +160,8 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = None) -> Path:
     """Write ``ckpt`` to ``path`` atomically and durably (``PATH.tmp``, fsync'd, renamed to ``path``, then the
-    folder fsync'd: ``_fsync_file``, ``_fsync_folder``). Returns the path. A failed write (a full
+    folder fsync'd: ``_fsync_file``, ``_sync_placed``: a failure of that last step is a logged warning, the
+    checkpoint being in place). Returns the path. A failed write (a full
     or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
     free space of a full disk) and the fix (``disk.write_failure``), then what to run (``_then_run``).
     resume: for a training run writing into ``path``'s folder, the command that continues it from its last.pt
@@ -179,12 +183,24 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = 
         torch.save(payload, tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
     except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
         discard_unfinished(tmp, "checkpoint")
         raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): {_then_run(path, exc, resume)}."
                               ) from exc
+    _sync_placed(path)
     return path
+
+
+def _sync_placed(path: Path) -> None:
+    """fsync the folder of ``path``, a checkpoint just renamed into place (``_fsync_folder``); a failure is logged
+    as a warning, not raised: the checkpoint is written and in place, only its folder entry may not survive a
+    power cut (and there is no tmp left to discard)."""
+    try:
+        _fsync_folder(path.parent)
+    except OSError as exc:
+        log.warning("checkpoint %s is written, but its folder %s could not be synced (%s): the checkpoint may not "
+                    "survive a power cut until the system syncs it; check the disk if this repeats.",
+                    path, path.parent, exc)
 
 
 def _fsync_file(path: Path) -> None:

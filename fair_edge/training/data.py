@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError, did_you_mean
-from fair_edge.images import decode_file, read_image  # noqa: F401 - the readers' one decoder, imported from here too
+from fair_edge.images import read_image as read_image_unchecked  # the check asked for below
 from fair_edge.images import (LEFT_OUT_FIX, NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder,
                               is_hidden_name, left_out_images, left_out_text, named_text, read_mask_pixels,
                               stored_size)
@@ -85,6 +85,14 @@ class DatasetSplit:
 
 
 # ----------------------------------------------------------------------------- pixels
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 BGR, as ``images.read_image`` gives it, and a DataError naming it when it
+    is a damaged JPEG (``images.decode_file``'s ``check_damage``): the reader of train, eval, tune, build's and
+    fuse's calibration and rules check, which must not learn or judge garbage pixels. The station's readers (folder
+    replay, console) read without the check (it points the process's stderr at a file while a JPEG decodes)."""
+    return read_image_unchecked(path, check_damage=True)
+
+
 def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool, checking it matches the image's (H, W).
 
