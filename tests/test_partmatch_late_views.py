@@ -163,3 +163,42 @@ def test_an_offset_is_not_learned_from_a_frame_older_than_one_already_filed():
     showing = {trigger: [(sorted(line.triggers(row)), row["missing"]) for row in line.rows.values()
                          if trigger in line.triggers(row)] for trigger in (11, 12, 13)}
     assert showing == {11: [([11], [])], 12: [([12], [])], 13: [([13], [])]}
+
+
+@pytest.mark.parametrize("reject, due", [
+    ({"fault_sinks": ["log://"]}, float("inf")),   # a fault lamp only: no part is rejected, delay_ms unchecked (0)
+    ({"sinks": ["log://"], "delay_ms": 600.0, "late_ms": 10.0}, 0.61),
+    ({}, float("inf"))])
+def test_a_cell_gives_its_parts_a_due_time_only_where_a_reject_output_rejects_them(tmp_path, reject, due):
+    """Review of this change: a part cell whose reject section held only fault_sinks opened a scheduler, so its parts
+    were given delay_ms (0) + late_ms as their due time, and every view handed over 10 ms after its grab opened no
+    part (counted late_views): such a cell counted almost no parts. Now only reject outputs give parts a due time."""
+    from fair_edge.station.cell import part_due_s
+    from fair_edge.station.config import StationConfig
+
+    cfg = StationConfig.from_dict({
+        "output": str(tmp_path), "bundle": "unused",
+        "cameras": [{"name": "top", "source": "0"}, {"name": "left", "source": "1"}],
+        "group": {"by": "part", "match": "window", "window_ms": 30}, "reject": reject})
+    assert part_due_s(cfg, gated=bool(reject), by_count=False) == pytest.approx(due)
+    assert part_due_s(cfg, gated=True, by_count=True) == float("inf")
+
+
+def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_late(tmp_path):
+    """The same through the cell's line side (open_cell_line): a view grabbed 20 ms before it is handed over opens
+    its part. Before, the assembler's due_s was 0.01 s and it opened none."""
+    import contextlib
+    import time
+
+    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.config import StationConfig
+
+    cfg = StationConfig.from_dict({
+        "output": str(tmp_path), "bundle": "unused",
+        "cameras": [{"name": "top", "source": "0"}, {"name": "left", "source": "1"}],
+        "group": {"by": "part", "match": "window", "window_ms": 30}, "reject": {"fault_sinks": ["log://"]}})
+    with contextlib.ExitStack() as stack:
+        assembler = open_cell_line(cfg, stack, "run1").assembler
+        grabbed = time.monotonic() - 0.02
+        assert assembler.on_capture("top", Frame(0, grabbed, np.zeros(1), camera="top")) == 0
+        assert assembler.stats["late_views"] == 0

@@ -330,8 +330,9 @@ class CellWatch:
 
 @dataclasses.dataclass(frozen=True)
 class CellCounters:
-    """Each camera's counters and the parts', read on demand: the summary's ``cameras`` and ``parts`` at the end
-    of a run, the console's per-camera counters while it runs (``console.feed.CellCounters``)."""
+    """Each camera's counters and the parts', read on demand: the summary's ``cameras`` and ``parts`` at every tick
+    while the cell runs (``counting_tick``: the live table) and at its end, the console's per-camera counters while
+    it runs (``console.feed.CellCounters``)."""
 
     cell: CellLine
     mux: CaptureMux
@@ -389,8 +390,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             position=None if line.encoder is None else (lambda: encoder_source.mark(line.encoder)[0]),
             offsets={v.name: v.offset_counts for v in cfg.cameras}, close_by_count=part_close_by_count(cfg),
             plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)),
-            due_s=math.inf if scheduler is None or line.encoder is not None
-            else (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0)
+            due_s=part_due_s(cfg, scheduler is not None, line.encoder is not None))
         line.callbacks.append(cell.assembler.on_verdict)
         if line.metrics is not None:
             watch_cell(line.metrics, cell)
@@ -404,6 +404,17 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     if line.metrics is not None:
         watch_cell(line.metrics, cell)
     return cell
+
+
+def part_due_s(cfg: StationConfig, gated: bool, by_count: bool) -> float:
+    """How long after a part's first view's capture its reject gate can still reject it (``PartAssembler``'s
+    ``due_s``, s): ``reject.delay_ms + late_ms`` where the gate (``gated``: a scheduler is open) drives reject outputs
+    by time; inf where there is no gate, it goes by belt count (``by_count``: an encoder), or it drives only
+    ``reject.fault_sinks`` (a fault lamp rejects no part, and its ``delay_ms`` is not checked: left at 0, a view
+    handed over 10 ms after its grab would open no part)."""
+    if not gated or by_count or not cfg.reject.sinks:
+        return math.inf
+    return (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0
 
 
 def watch_cell(metrics: Metrics, cell: CellLine) -> None:

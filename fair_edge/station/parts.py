@@ -136,8 +136,9 @@ class PartAssembler:
     the encoder has no position (``encoder_source.mark``'s count); default ``count``. plc_part: (camera, frame) ->
     the PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's
     first view was captured. on_part: see ``PartListener``. due_s: how long after a part's first view's capture the
-    reject gate can still reject it (``reject.delay_ms + late_ms``, s; inf: no gate, or one that goes by belt count):
-    a ``window`` or ``sequence`` view matching no part after that opens none (``_past_gate``). clock: monotonic
+    reject gate can still reject it (``cell.part_due_s``: ``reject.delay_ms + late_ms``, s; inf: no reject output,
+    or a gate that goes by belt count): a ``window`` or ``sequence`` view matching no part after that opens none
+    (``_past_gate``). clock: monotonic
     seconds (tests hand in a fake one).
     """
 

@@ -628,7 +628,7 @@ def stop_wait_s(cfg: StationConfig) -> float:
 
 def finish_gate(gate: RejectScheduler, deadline: float) -> None:
     """A stop's wait at one reject gate (the station's, or a lane's), until ``deadline`` (monotonic s: the stop's
-    time + ``stop_wait_s``): the parts on the belt reach the gate (``wait_idle``), those that did not are abandoned
+    time + ``stop_wait_s``; a cell's lanes: from when the station's own line has finished): the parts on the belt reach the gate (``wait_idle``), those that did not are abandoned
     (``abandon_pending``: counted, one gate row each, before a summary takes the counters), then the pulses handed
     to its sinks end (``drain_sinks``, at least ``STOP_DRAIN_MIN_S``), so the station does not close an output
     mid-pulse."""
