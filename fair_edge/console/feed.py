@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -79,7 +80,7 @@ class Part:
 
 class CounterRate:
     """Events per second over the last ``window_s`` seconds of a monotonic clock, as a counter's change: ``tick(t)``
-    counts one event at time t (s; the loop thread, O(1)), keeping the running total at each event back to the last
+    counts one event at time t (s; one writer at a time, O(1)), keeping the running total at each event back to the last
     one at or before ``t - window_s``; ``per_s(now)`` = (total now - total at ``now - window_s``) / window_s (any
     thread). It changes only when an event enters or leaves the window. At most ``max_readings`` events are kept: on a
     line faster than max_readings / window_s events/s, the rate is over the time since the oldest one kept."""
@@ -118,8 +119,8 @@ def _time(reading: tuple[float, int]) -> float:
 
 class PartIndex:
     """View -> its part id, for the views of the last ``recent_rows`` part rows and of the NG part rows the gallery
-    lists (the newest ``ng_rows``): the part a review of a view names. ``add`` on the loop thread only (the one
-    writer); ``get`` from any thread."""
+    lists (the newest ``ng_rows``): the part a review of a view names. ``add`` by one writer at a time
+    (``StationFeed.observe_part``'s lock); ``get`` from any thread."""
 
     def __init__(self, recent_rows: int, ng_rows: int) -> None:
         self._recent, self._ng = _Rows(recent_rows), _Rows(ng_rows)
@@ -200,6 +201,7 @@ class StationFeed:
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.started))
         self.count = 0          # verdicts observed (changes = something new to push)
         self.frame_rate, self.part_rate = CounterRate(), CounterRate()   # verdicts observed, part rows observed
+        self._part_lock = threading.Lock()   # observe_part's writers: the loop, and a capture thread (a drop)
         self.zone_outlines: list[np.ndarray] = []   # the station's zones, drawn over the live and part images
 
     def show_zones(self, outlines: list[np.ndarray]) -> None:
@@ -259,12 +261,14 @@ class StationFeed:
 
     def observe_part(self, row: dict) -> None:
         """A part row of several cameras' views (``station.parts``: part, ng, views {camera: {seq, ...} |
-        {missing}}, ...). Appends only; never blocks. Called on the inspection loop's thread."""
-        self.part_rows.append(row)
-        if row.get("ng"):
-            self.ng_part_rows.append(row)
-        self.part_of.add(row)
-        self.part_rate.tick(self.clock())
+        {missing}}, ...). Appends only, under a lock held for microseconds: called on the inspection loop's thread,
+        and on a capture thread where a dropped frame completes a part (``parts.on_drop``)."""
+        with self._part_lock:
+            self.part_rows.append(row)
+            if row.get("ng"):
+                self.ng_part_rows.append(row)
+            self.part_of.add(row)
+            self.part_rate.tick(self.clock())
 
     # ------------------------------------------------------------------ console side
     def kept_part(self, seq: int, camera: str = "") -> Part | None:

@@ -314,10 +314,17 @@ class ViewDecider:
         self.switch = ModelSwitch(shared=True)   # its replaced scorers: the loop retires them
 
     @property
-    def fused(self) -> bool:
-        """Whether the scorer in force is a fused bundle's (``hotswap.fused_members``): its verdicts say so
-        (``Verdict.fused``), and their pictures are drawn around the threshold in normal spreads."""
-        return bool(fused_members(self.scorer))
+    def scorer(self) -> FrameScorer:
+        """The frame scorer in force."""
+        return self._scorer
+
+    @scorer.setter
+    def scorer(self, scorer: FrameScorer) -> None:
+        """Set at the start and at a swap, with ``fused``: whether it is a fused bundle's (``hotswap.fused_members``,
+        read here, not per frame): its verdicts say so (``Verdict.fused``), and their pictures are drawn around the
+        threshold in normal spreads."""
+        self._scorer = scorer
+        self.fused = bool(fused_members(scorer))
 
     def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
