@@ -19,7 +19,6 @@ thread (``InlineThread``), so no test waits on time.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,27 +33,7 @@ from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
 from fair_edge.station.bundles import read_bundle
 from fair_edge.station.cell_console import CellLoader
 from fair_edge.station.config import StationConfig, load_station
-
-
-class InlineThread:
-    """``threading.Thread`` for the console's swap thread: the target runs at ``start()`` on the caller's thread."""
-
-    def __init__(self, target, args=(), name=None, daemon=None) -> None:
-        self.target, self.args = target, args
-
-    def start(self) -> None:
-        self.target(*self.args)
-
-    def join(self, timeout=None) -> None:
-        pass
-
-    def is_alive(self) -> bool:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures)
 
 
 @pytest.fixture

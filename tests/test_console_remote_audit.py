@@ -32,8 +32,9 @@ from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.training.collect import export_reviewed
 from test_console_units import _reviewed_station, api, one_camera_console, verdict
-from test_reload_flags import (FILE_THRESHOLD, inline_swaps, kept_signals, one_camera, run_command,  # noqa: F401
-                               set_file_threshold, take, two_cameras, write_station)
+from inline_swaps import inline_swaps, kept_signals  # noqa: F401 (autouse fixtures)
+from test_reload_flags import (one_camera, run_command, set_file_threshold, take, two_cameras,
+                               write_station)
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -10,7 +10,6 @@ already was); a swap on one scale, or with the bundle's own pixel threshold, or 
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,30 +25,10 @@ from fair_edge.station.bundles import load_change, open_scorer
 from fair_edge.station.config import ConsoleSettings, StationConfig
 from fair_edge.station.inspector import Inspector
 from fair_edge.station.zones import RegionJudge, RegionSettings, ZoneRules
+from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures)
 
 SPREADS = 2.0   # the audit's regions.pixel_threshold, in the fused map's units
 ANY_REGION = ZoneRules(limits=(("min_area_px", 1.0),))   # a rule that decides the verdict
-
-
-class InlineThread:
-    """The console's swap thread, run at ``start()`` on the caller's thread (the swap is over when it returns)."""
-
-    def __init__(self, target, args=(), name=None, daemon=None) -> None:
-        self.target, self.args = target, args
-
-    def start(self) -> None:
-        self.target(*self.args)
-
-    def join(self, timeout=None) -> None:
-        pass
-
-    def is_alive(self) -> bool:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 def regions(pixel_threshold: float | None = SPREADS, rules: ZoneRules = ANY_REGION) -> RegionSettings:

@@ -27,7 +27,7 @@ from fair_edge.station.bundles import load_change, open_scorer
 from fair_edge.station.config import ConsoleSettings, StationConfig
 from fair_edge.station.decision import decide_threshold
 from fair_edge.station.inspector import Inspector
-from test_fusedswap_region_scale import InlineThread
+from inline_swaps import InlineThread
 
 STATION_WORDS = "decision.threshold / --threshold: expected a finite number > 0, found"
 

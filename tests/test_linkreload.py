@@ -13,8 +13,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +21,6 @@ from typer.testing import CliRunner
 
 from export_fixtures import MODEL, make_frames
 from fair_edge.cli.run import app as run_app
-from fair_edge.console import actions as actions_module
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -31,7 +28,8 @@ from fair_edge.runtime.hotswap import ModelChange, ModelSwitch, model_id
 from fair_edge.station import cell as cell_module
 from fair_edge.station import run as run_module
 from fair_edge.station.inspector import RunSummary
-from test_reload_flags import InlineThread, take
+from test_reload_flags import take
+from inline_swaps import inline_swaps, kept_signals  # noqa: F401 (autouse fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +55,6 @@ def bundles(built, tmp_path, monkeypatch) -> Path:
     (folder / "current").symlink_to("v1")
     monkeypatch.chdir(tmp_path)
     return folder
-
-
-@pytest.fixture(autouse=True)
-def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
-
-
-@pytest.fixture(autouse=True)
-def kept_signals():
-    """`fair-edge run` takes SIGINT, SIGTERM and SIGHUP; the test process gets its own handlers back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 def repoint(link: Path, target: str) -> None:

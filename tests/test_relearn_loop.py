@@ -41,7 +41,7 @@ from fair_edge.station.bundles import load_change
 from fair_edge.station.config import load_station
 from fair_edge.tiling import TilingConfig
 from test_console_units import api, one_camera_console, verdict
-from test_reload_flags import InlineThread
+from inline_swaps import InlineThread
 
 FRAME_PX = 96   # the held-out normals' size: 40 px tiles, overlap 8 -> a 77 x 77 map
 OTHER_PX = 136  # a camera of another resolution: a 109 x 109 map

@@ -7,8 +7,6 @@ station: no camera, no model; the loaders record what each reload asks for, and 
 ``reload_bundle`` returns."""
 
 import contextlib
-import signal
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +15,6 @@ import yaml
 from typer.testing import CliRunner
 
 from fair_edge.cli.run import app as run_app
-from fair_edge.console import actions as actions_module
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
@@ -26,39 +23,10 @@ from fair_edge.station import run as run_module
 from fair_edge.station.cell_console import CellLoader
 from fair_edge.station.config import load_station
 from fair_edge.station.inspector import RunSummary
+from inline_swaps import inline_swaps, kept_signals  # noqa: F401 (autouse fixtures)
 
 FILE_THRESHOLD = 0.3568   # the station file's decision.threshold in every test
 OWN_THRESHOLD = 0.7       # what a bundle swapped in from the console calibrates itself to (its own scale)
-
-
-class InlineThread:
-    """The console's swap thread, run at ``start()`` on the caller's thread (the swap is done when it returns)."""
-
-    def __init__(self, target, args=(), name=None, daemon=None) -> None:
-        self.target, self.args = target, args
-
-    def start(self) -> None:
-        self.target(*self.args)
-
-    def join(self, timeout=None) -> None:
-        pass
-
-    def is_alive(self) -> bool:
-        return False
-
-
-@pytest.fixture(autouse=True)
-def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
-
-
-@pytest.fixture(autouse=True)
-def kept_signals():
-    """`fair-edge run` takes SIGINT, SIGTERM and SIGHUP; the test process gets its own handlers back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
 
 
 def loaded(bundle, threshold, model=None) -> ModelChange:
