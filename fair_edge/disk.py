@@ -1,7 +1,8 @@
 """What a failed write means and its fix, in one wording for every writer (checkpoints, bundles, reports, logs,
 unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
 by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
-(``discard_unfinished``); where this account's caches go (``user_cache``)."""
+(``discard_unfinished``); where this account's caches go (``user_cache``); forcing a file or a folder to the disk
+(``fsync``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ log = logging.getLogger(__name__)
 # errnos whose text libraries that keep no errno (torch.save's RuntimeError: "open file failed with strerror:
 # Read-only file system") still show: found by their os.strerror text
 _KNOWN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    """Force ``path`` (a file, or a folder: the entries of files just created or renamed in it) to the disk, so it
+    survives a power cut; ``flags``: how to open it (``os.O_RDWR`` for a file some systems sync only when writable).
+    Raises OSError as the system does."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def user_cache() -> Path:

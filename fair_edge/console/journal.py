@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fair_edge.disk import free_bytes, free_space
+from fair_edge.disk import free_bytes, free_space, fsync
 from fair_edge.errors import RecorderError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Journal:
                 finally:
                     os.close(fd)
                 if created:   # the file's name lives in its folder: durable only once the folder is too
-                    _fsync_folder(self.path.parent)
+                    fsync(self.path.parent)
             except OSError as exc:
                 raise RecorderError(f"{self.path}: expected a writable log file, found {exc}; "
                                     "free disk space or fix the folder's permissions") from exc
@@ -144,10 +144,3 @@ def _truncate(fd: int, size: int) -> str:
 
 
 
-def _fsync_folder(folder: Path) -> None:
-    """fsync a folder, so a file just created in it survives a power cut (its entry is in the folder)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

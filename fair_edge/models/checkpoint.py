@@ -40,7 +40,7 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.disk import discard_unfinished, write_failure
+from fair_edge.disk import discard_unfinished, fsync, write_failure
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -160,7 +160,7 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = None) -> Path:
     """Write ``ckpt`` to ``path`` atomically and durably (``PATH.tmp``, fsync'd, renamed to ``path``, then the
-    folder fsync'd: ``_fsync_file``, ``_sync_placed``: a failure of that last step is a logged warning, the
+    folder fsync'd: ``disk.fsync``, ``_sync_placed``: a failure of that last step is a logged warning, the
     checkpoint being in place). Returns the path. A failed write (a full
     or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
     free space of a full disk) and the fix (``disk.write_failure``), then what to run (``_then_run``).
@@ -181,7 +181,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, tmp)
-        _fsync_file(tmp)
+        fsync(tmp, os.O_RDWR)   # its bytes on the disk before the rename puts it in place
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
         discard_unfinished(tmp, "checkpoint")
@@ -203,33 +203,15 @@ def _sync_placed(path: Path) -> None:
                     path, path.parent, exc)
 
 
-def _fsync_file(path: Path) -> None:
-    """Force the bytes of the file ``path`` (written and closed by ``torch.save``) to the disk, before a rename puts
-    it in place: otherwise a power cut after the rename can leave an empty or partial file under the final name."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_folder(folder: Path) -> None:
-    """fsync ``folder``, so the rename just made in it survives a power cut (the file's name lives in its folder).
-    A file system that cannot sync a folder (EINVAL, e.g. some network mounts; no folder handles on Windows) is
-    skipped: the file itself is on the disk already."""
+    """fsync ``folder`` (``disk.fsync``), so the rename just made in it survives a power cut (the file's name lives
+    in its folder). A file system that cannot sync a folder (EINVAL, e.g. some network mounts; no folder handles on
+    Windows) is skipped: the file itself is on the disk already."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        if exc.errno in _UNSYNCABLE:
-            return
-        raise
-    try:
-        os.fsync(fd)
+        fsync(folder)
     except OSError as exc:
         if exc.errno not in _UNSYNCABLE:
             raise
-    finally:
-        os.close(fd)
 
 
 def _then_run(path: Path, exc: Exception, resume: str | None) -> str:
