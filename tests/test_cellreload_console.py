@@ -34,6 +34,7 @@ from fair_edge.station.bundles import read_bundle
 from fair_edge.station.cell_console import CellLoader
 from fair_edge.station.config import StationConfig, load_station
 from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures)
+from test_reload_flags import Counters
 
 
 @pytest.fixture
@@ -124,17 +125,6 @@ def test_a_threshold_applied_on_a_bundle_named_through_a_link_keeps_the_link_and
 
 
 # ------------------------------------------------------------------------------------------------------ a cell
-class Counters:
-    """``CellCounters`` of the cameras top and left (what the console's live page reads)."""
-
-    def cameras(self) -> dict:
-        return {c: {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "state": "running",
-                    "end_reason": ""} for c in ("top", "left")}
-
-    def parts(self) -> dict:
-        return {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
-
-
 def cell_file(tmp_path: Path, bundle, left_bundle=None, **left) -> Path:
     """A station file of cameras top and left; left names ``left_bundle`` as its own where given."""
     own = {} if left_bundle is None else {"bundle": str(left_bundle)}

@@ -26,6 +26,7 @@ from fair_edge.station.config import ConsoleSettings, StationConfig
 from fair_edge.station.inspector import Inspector
 from fair_edge.station.zones import RegionJudge, RegionSettings, ZoneRules
 from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures)
+from test_reload_flags import Counters
 
 SPREADS = 2.0   # the audit's regions.pixel_threshold, in the fused map's units
 ANY_REGION = ZoneRules(limits=(("min_area_px", 1.0),))   # a rule that decides the verdict
@@ -127,15 +128,6 @@ class StandInFused(FusedScorer):
 
 def plain_scorer():
     return SimpleNamespace(backend=SimpleNamespace(close=lambda: None))
-
-
-class Counters:
-    def cameras(self) -> dict:
-        return {c: {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "state": "running",
-                    "end_reason": ""} for c in ("top", "left")}
-
-    def parts(self) -> dict:
-        return {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
 
 
 def test_a_cells_console_swap_onto_another_scale_is_refused_for_every_camera(tmp_path):

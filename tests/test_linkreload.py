@@ -17,18 +17,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
 from export_fixtures import MODEL, make_frames
-from fair_edge.cli.run import app as run_app
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch, model_id
-from fair_edge.station import cell as cell_module
 from fair_edge.station import run as run_module
-from fair_edge.station.inspector import RunSummary
-from test_reload_flags import take
+from test_reload_flags import run_command, take
 from inline_swaps import inline_swaps, kept_signals  # noqa: F401 (autouse fixtures)
 
 
@@ -79,7 +75,7 @@ def run_with_link(monkeypatch, tmp_path, args: list[str], scenario) -> list[tupl
                            threshold=bundle.threshold.value if threshold is None else threshold,
                            model=model_id(bundle), bundle=bundle)
 
-    def station_run(cfg, stop, on_console=None, **_):
+    def station(cfg):
         bundle = load_bundle(cfg.bundle)
         console = run_module.open_console(cfg, bundle, None, contextlib.ExitStack())
         summary = SimpleNamespace(inspected=0, ng=0, malformed=0, inference_errors=0, region_errors=0, fault="",
@@ -87,20 +83,10 @@ def run_with_link(monkeypatch, tmp_path, args: list[str], scenario) -> list[tupl
         decider = SimpleNamespace(model=model_id(bundle), threshold=cfg.threshold or bundle.threshold.value,
                                   switch=ModelSwitch(), summary=summary)
         console.attach(decider, None, None, None, None)
-        try:
-            on_console(console)
-            scenario(console, decider)
-        finally:
-            console.close()
-        return RunSummary()
+        return console, decider
 
     monkeypatch.setattr(run_module, "load_change", load_change)
-    monkeypatch.setattr(cell_module, "run", station_run)
-    result = CliRunner().invoke(run_app, ["--bundle", "bundles/current", *args, "--console", "off",
-                                          "--out", str(tmp_path / "out")])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
+    run_command(monkeypatch, tmp_path, ["--bundle", "bundles/current", *args], scenario, station)
     return loads
 
 
