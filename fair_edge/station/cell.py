@@ -46,7 +46,7 @@ from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
 from fair_edge.station.run import (CameraWatch, LineSide, check_loop, check_reject_timing, finish_gate, finish_line,
-                                   is_unpaced_replay, open_capture, open_line_side, publish_summary,
+                                   is_unpaced_replay, open_capture, open_line_side, probe_gpio_lines, publish_summary,
                                    raise_open_files_limit, run_station, station_lock, station_switch_interval,
                                    station_tick, stop_wait_s, warn_fused_score, write_summary)
 
@@ -481,6 +481,7 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     check_cameras(cfg, sources)   # before the models load, as run_station's refusals: not minutes later
     # the lock before the models load and anything opens: a second station here is refused
     with station_lock(cfg), station_switch_interval():
+        probe_gpio_lines(cfg)   # every camera's lane outputs too: a busy line refuses the start before the models load
         return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, scorer, sources, on_console,
                          export_reviewed)
 

@@ -209,13 +209,18 @@ class StationConfig:
             group=GroupSettings.from_dict(d.get("group")),
         ).checked()
 
+    def output_urls(self) -> dict[str, tuple[str, ...]]:
+        """Every output URL the station drives, by setting: ``{"reject.sinks": (...), "reject.fault_sinks": (...),
+        "cameras[0].reject": (...)}`` (the handshake is not a URL list)."""
+        return {"reject.sinks": self.reject.sinks, "reject.fault_sinks": self.reject.fault_sinks,
+                **{f"cameras[{i}].reject": view.reject for i, view in enumerate(self.cameras)}}
+
     def checked(self) -> "StationConfig":
         """Checks that span sections (several cameras with the reject wiring); returns self."""
         for i, view in enumerate(self.cameras):
             check_fps(f"cameras[{i}]", view.fps)
             check_sink_urls(f"cameras[{i}]", "reject", view.reject)
-        check_gpio_outputs({"reject.sinks": self.reject.sinks, "reject.fault_sinks": self.reject.fault_sinks,
-                            **{f"cameras[{i}].reject": view.reject for i, view in enumerate(self.cameras)}})
+        check_gpio_outputs(self.output_urls())
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "

@@ -13,6 +13,9 @@ part again). ``open_line_side`` binds the metrics port before it opens anything 
 station refused at start for its metrics port or a missing sink has written nothing to the PLC (the console,
 opened after, may still refuse it: its handshake has then written its own registers only, which the PLC-output
 locks keep its own).
+Under the lock and before the model loads, ``probe_gpio_lines`` requests and releases every GPIO line the station
+drives: a line another process holds, or a chip that cannot be opened, refuses the start then (not minutes later,
+after a TensorRT engine loaded), before the recorder, a port or a sink opens.
 ``exit_code(summary)`` is what `fair-edge run` returns: 0 fine, 3 station fault (also a camera gone, or still down
 when the run stopped), 4 rejects were due but a reject sink delivered none of them.
 """
@@ -198,6 +201,18 @@ def plc_outputs(cfg: StationConfig) -> list[PlcOutput]:
     lanes = [sink_outputs(f"cameras[{i}].reject", view.reject) for i, view in enumerate(cfg.cameras)]
     return [*handshake_outputs(cfg.reject.handshake), *sink_outputs("reject.sinks", cfg.reject.sinks),
             *sink_outputs("reject.fault_sinks", cfg.reject.fault_sinks), *(o for lane in lanes for o in lane)]
+
+
+def probe_gpio_lines(cfg: StationConfig) -> None:
+    """Request and release each GPIO line the station drives (``StationConfig.output_urls``;
+    ``sinks.gpio.probe_gpio_outputs``) before the model loads: a line another process holds (a second station, a leftover script), a chip that cannot
+    be opened, missing permissions or driver package refuse the start at once, with the message opening the line
+    would give after the model loaded, prefixed with the setting. Called under ``station_lock``, so a second station
+    on this output folder is refused naming its pid first. A line taken in between still refuses at open."""
+    from fair_edge.line.sinks.gpio import probe_gpio_outputs
+
+    probe_gpio_outputs((f"{setting}[{i}]", url) for setting, urls in cfg.output_urls().items()
+                       for i, url in enumerate(urls))
 
 
 def plc_busy(output: PlcOutput, holder: str) -> str:
@@ -513,6 +528,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                         or not is_unpaced_replay(cfg))
     # the lock before the model loads and anything opens: a second station here is refused
     with station_lock(cfg), station_switch_interval():
+        probe_gpio_lines(cfg)   # a busy GPIO line refuses the start now, not after the model loaded
         bundle = read_bundle(cfg.bundle)  # a fused bundle: several models, one score (fair_edge.runtime.fusion)
         check_applied_threshold(cfg, bundle)   # a threshold applied from the console on another model: refused
         roi = load_roi(cfg.roi, bundle)

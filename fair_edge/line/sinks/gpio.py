@@ -10,7 +10,10 @@ Both take ``pulse_ms``, at least ``MIN_PULSE_MS``: ``pulse_ms=0`` ("write on onl
 since nothing clears a GPIO line. The driver packages are imported only when such a sink is opened.
 The outputs have no ``probe``: a local line has no link that can go away between writes.
 ``check_gpio_wiring`` refuses, when the station file is read, what would fail only at open: ``jetson://`` URLs in
-more than one numbering (Jetson.GPIO takes one per process), and two outputs on one line.
+more than one numbering (Jetson.GPIO takes one per process), and two outputs on one line. ``probe_gpio_outputs``
+requests and releases each line at start, before the model loads, so what only the machine can tell (a line another
+process holds, a missing chip, the user's permissions, a missing driver package) refuses the start then, in the
+words opening it would use.
 
 Permissions: the user running the station needs read/write on /dev/gpiochipN: add it to the
 ``gpio`` group (``sudo usermod -aG gpio $USER``, log in again) or install a udev rule such as
@@ -291,9 +294,21 @@ class JetsonOutput:
             g.setup(self.target.line, g.OUT, initial=self._level(False))
         except PermissionError as exc:
             raise SinkError(f"{self.target.label}: permission denied; {JETSON_PERMISSION_FIX}") from exc
-        except (OSError, ValueError, RuntimeError) as exc:
+        except OSError as exc:
+            raise self._setup_failed(exc) from exc
+        except (ValueError, RuntimeError) as exc:
             raise PlcError(f"{self.target.label}: cannot set up the pin: {exc}") from exc
         self._open = True
+
+    def _setup_failed(self, exc: OSError) -> PlcError:
+        """A pin Jetson.GPIO could not request: in use (EBUSY: another process holds its line; Jetson.GPIO does not
+        say which, ``gpioinfo`` does), named with the fix; any other OSError with its text."""
+        mode, pin, label = self.target.chip, self.target.line, self.target.label
+        if exc.errno == errno.EBUSY:
+            return PlcError(f"{label}: pin {pin} ({mode} numbering) is in use: another process holds its line ({exc}); "
+                            f"`gpioinfo` names the line's consumer: stop that program, or fix the pin in the URL "
+                            f"(jetson://{mode}/PIN)")
+        return PlcError(f"{label}: cannot set up the pin: {exc}")
 
     def _check_mode(self) -> None:
         """``SinkError`` when another pin numbering is set in this process already (Jetson.GPIO takes one): named,
@@ -319,6 +334,34 @@ class JetsonOutput:
 
 
 GPIO_OUTPUTS = {"gpiod": GpiodOutput, "jetson": JetsonOutput}
+
+
+def probe_gpio_outputs(outputs: Iterable[tuple[str, str]]) -> None:
+    """Request and release each GPIO line ``outputs`` drive, as the station opens it (``GPIO_OUTPUTS``' ``open``,
+    then ``close``), so what only the machine can tell refuses a start before the model loads, not minutes after it:
+    a line another process holds (its consumer named when the chip says), a missing chip, the user's permissions, a
+    missing or refusing driver package. outputs: (setting, URL) of every output one station drives, as
+    ``check_gpio_wiring`` takes them; other schemes skipped. A free line is left at its resting level (the request
+    drives it inactive; the release leaves it there). Raises what opening raises (``PlcError`` for a busy line or a
+    missing chip, ``SinkError`` otherwise), its one-line message prefixed with the setting; nothing stays held."""
+    for setting, raw in outputs:
+        target, _ = _gpio_target(setting, raw)
+        if target is not None:
+            _probe_line(setting, target)
+
+
+def _probe_line(setting: str, target: GpioTarget) -> None:
+    """Open and close ``target``'s output once; its ``PlcError`` / ``SinkError`` prefixed with ``setting``."""
+    try:
+        output = GPIO_OUTPUTS[target.kind](target)
+        try:
+            output.open()
+        finally:
+            output.close()   # a no-op after a failed open: nothing was requested
+    except PlcError as exc:
+        raise PlcError(f"{setting}: {exc}") from exc
+    except SinkError as exc:
+        raise SinkError(f"{setting}: {exc}") from exc
 
 
 def open_gpio_sink(url: SinkUrl, pulse_ms: float, reporter: Reporter = log_reporter) -> WorkerSink:
