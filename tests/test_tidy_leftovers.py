@@ -75,15 +75,16 @@ def version(text: str) -> tuple[int, ...]:
 
 
 def test_the_jetson_image_installs_every_extra_the_native_jetson_install_does():
-    """docs/jetson.md's native install takes fair-edge[plc,jetson,gpio]; the image installs its packages one by one
-    (pip --no-deps), and had no gpiod: a gpio:// sink in the container could not open."""
+    """docs/jetson.md's native install takes fair-edge[plc,jetson,gpio,mqtt]; the image installs its packages one by
+    one (pip --no-deps), and had no gpiod: a gpio:// sink in the container could not open. Neither installed the
+    ``mqtt`` extra (paho-mqtt): a station file with ``mqtt: {url: ...}`` failed at start."""
     native = re.search(r'/path/to/fair-edge"\[([\w,]+)\]"', (ROOT / "docs" / "jetson.md").read_text()).group(1)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     steps = dockerfile_instructions((ROOT / "deploy" / "jetson" / "Dockerfile").read_text())
     pip = [spec for word, arg in steps if word == "RUN" and "pip install" in arg
            for spec in re.findall(r'"([A-Za-z][^"$]*)"', arg)]
     installed = requirement_bounds(pip)
-    assert "gpio" in native.split(",")
+    assert {"gpio", "mqtt"} <= set(native.split(",")), native
     for extra in native.split(","):
         for name, low in requirement_bounds(extras[extra]).items():
             assert name in installed, f"the [{extra}] extra's {name} is not installed in deploy/jetson/Dockerfile"

@@ -618,7 +618,7 @@ class StationActions:
             return
         with self._switching:
             if not self._stopped(str(bundle), [change]):
-                self._switch(inspector, change, old, who, str(bundle))
+                self._switch(inspector, change, old, who, str(bundle), reload)
 
     def _grid_refusal(self, change: ModelChange, camera: str, regions, bundle: str) -> str:
         """Why the loaded ``change`` (of ``bundle``) may not run on ``camera`` (one camera: ""): the camera's latest
@@ -653,10 +653,11 @@ class StationActions:
         kept = regions_in_force(decider)
         return scale_refusal(change, decider, kept, bundle) or self._grid_refusal(change, camera, kept, bundle)
 
-    def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str) -> None:
+    def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str,
+                reload: ReloadFrom | None = None) -> None:
         """One camera: hand the loaded ``change`` (of ``bundle``, as asked for) to ``inspector``'s switch and audit
-        it (``_load``)."""
-        if not self._still_auditable(bundle, [change]):
+        it (``_load``; ``reload``: a reload's swap, refused as such)."""
+        if not self._still_auditable(bundle, [change], reload):
             return
         inspector.switch.request(change)
         self.feed.use_bundle(bundle, change.bundle.root)   # a link as named: a reload without a station file follows it
@@ -669,14 +670,16 @@ class StationActions:
         self.swap_status = {"state": "done", "bundle": self.feed.shown_bundle(), "model": change.model,
                             **_warning([row]), "since": utc_now()}
 
-    def _still_auditable(self, bundles: str, changes: list[ModelChange]) -> bool:
+    def _still_auditable(self, bundles: str, changes: list[ModelChange], reload: ReloadFrom | None = None) -> bool:
         """Whether the audit log can still be written once the (slow) load is done; if not, the swap fails before
-        any camera switches and the loaded ``changes``' backends are closed (no camera runs them)."""
+        any camera switches and the loaded ``changes``' backends are closed (no camera runs them). A reload's
+        (``reload``) is refused as the reload's, naming no bundle (none is at fault): "bundle reload refused (WHO):
+        <the audit log's error>"."""
         try:
             self.audit.check_writable()
         except RecorderError as exc:
             _close_loaded(changes)
-            self._swap_failed(bundles, exc)
+            self._swap_failed(bundles, exc, reload)
             return False
         return True
 
@@ -714,12 +717,13 @@ class StationActions:
             return
         with self._switching:
             if not self._stopped(bundles, changes.values()):
-                self._switch_views(changes, bundles, who)
+                self._switch_views(changes, bundles, who, reload)
 
-    def _switch_views(self, changes: dict[str, ModelChange], bundles: str, who: str) -> None:
+    def _switch_views(self, changes: dict[str, ModelChange], bundles: str, who: str,
+                      reload: ReloadFrom | None = None) -> None:
         """Several cameras: switch each camera of ``changes`` (camera -> its loaded change) and audit it
-        (``_load_views``)."""
-        if not self._still_auditable(bundles, list(changes.values())):
+        (``_load_views``; ``reload``: a reload's swap, refused as such)."""
+        if not self._still_auditable(bundles, list(changes.values()), reload):
             return
         rows = []
         for camera, change in changes.items():

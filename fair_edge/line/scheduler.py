@@ -84,6 +84,7 @@ from ..records import Frame, Verdict
 from . import encoder_source
 from .encoder_source import EncoderSource
 from .events import RejectEvent
+from .grouped_log import GroupedLog
 from .settings import RejectSettings
 from .sinks import FanOut, SignalSink, SinkReport, log_reporter, open_fanout
 from .sinks.base import Counters, sleep_until
@@ -789,65 +790,25 @@ def seq_list(seqs: list[int], most: int = SEQS_NAMED) -> str:
     return named if len(seqs) <= most else f"{named} and {len(seqs) - most} more (all in gate.jsonl)"
 
 
-class GapMissLog:
-    """Groups the journal lines of ``gap_missed`` parts. A min_gap_ms conflict that lasts (parts closer than a pulse
-    slot, 100 parts/s on a 70 ms slot) logged one ERROR line per part, 1 672 in 40 s; now the first miss after a quiet
-    spell is logged at once, naming its part, and the misses after it are gathered and logged as one line per
-    ``window_s`` (their count, first and last sequence number, and the first ``SEQS_NAMED`` of them). A window with
-    no miss ends the spell: the next miss is logged at once again. Only the journal is grouped: each part is still
-    counted, alarmed and written to gate.jsonl.
+class GapMissLog(GroupedLog):
+    """Groups the journal lines of ``gap_missed`` parts (``GroupedLog``). A min_gap_ms conflict that lasts (parts
+    closer than a pulse slot, 100 parts/s on a 70 ms slot) logged one ERROR line per part, 1 672 in 40 s; now the
+    first miss after a quiet spell is logged at once, naming its part, and the misses after it are gathered and
+    logged as one line per ``window_s`` (their count, first and last sequence number, and the first ``SEQS_NAMED``
+    of them). Each part is still counted, alarmed and written to gate.jsonl.
 
-    window_s: seconds a line gathers misses (None: ``GAP_LOG_S``). clock: monotonic seconds (tests hand in a fake
-    one). Thread-safe (the scheduler thread notes and ticks; ``close`` may run beside a thread that did not stop).
+    window_s: seconds a line gathers misses (None: ``GAP_LOG_S``). clock: monotonic seconds. ``note(seq)``: part
+    ``seq`` was decided ``gap_missed``.
     """
 
     def __init__(self, window_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = float(GAP_LOG_S if window_s is None else window_s)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._held: list[int] = []            # seqs of the misses gathered since the window began
-        self._since: float | None = None      # when the window began (monotonic s); None: quiet, no window
+        super().__init__(GAP_LOG_S if window_s is None else window_s, clock)
 
-    def note(self, seq: int) -> str | None:
-        """Part ``seq`` was decided ``gap_missed``: the line to log now (the first miss of a spell; or the misses
-        gathered, once the window they were gathered in ran out, this one with them), or None (gathered)."""
-        with self._lock:
-            now = self._clock()
-            if self._since is None:
-                self._since = now
-                return (f"part seq {seq} not rejected: {GAP_MISSED_WHY}; further such parts are logged together, "
-                        f"one line per {self.window_s:g} s (each is in gate.jsonl)")
-            self._held.append(seq)
-            return self._window_end(now)
+    def _first_line(self, seq: int) -> str:
+        return (f"part seq {seq} not rejected: {GAP_MISSED_WHY}; further such parts are logged together, "
+                f"one line per {self.window_s:g} s (each is in gate.jsonl)")
 
-    def due(self) -> str | None:
-        """The misses gathered when their window ran out (one line), else None; a window without a miss ends the
-        spell. Call it often (the scheduler thread's every turn)."""
-        with self._lock:
-            return self._window_end(self._clock())
-
-    def close(self) -> str | None:
-        """The misses still gathered (one line) at the end of the run, or None."""
-        with self._lock:
-            line = self._held_line(self._clock())
-            self._held, self._since = [], None
-            return line
-
-    def _window_end(self, now: float) -> str | None:
-        """(under self._lock) At the end of a window: its line (None when it gathered nothing, which ends the
-        spell) and a new window from ``now``; before it: None."""
-        if self._since is None or now - self._since < self.window_s:
-            return None
-        line = self._held_line(now)
-        self._since = now if self._held else None
-        self._held = []
-        return line
-
-    def _held_line(self, now: float) -> str | None:
-        """(under self._lock) The line for the misses gathered, or None when there are none."""
-        if not self._held:
-            return None
-        held, span_s = self._held, now - (self._since if self._since is not None else now)
+    def _gathered_line(self, held: list[int], span_s: float) -> str:
         count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
         return (f"{count} not rejected (gap_missed) in the last {span_s:.1f} s, seq {held[0]} .. {held[-1]}: "
                 f"{seq_list(held)}; {GAP_MISSED_WHY}")

@@ -67,6 +67,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+from fair_edge.line.grouped_log import GroupedLog
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.views import GroupSettings
 
@@ -78,6 +79,7 @@ RECENT_KEYS = 256      # closed parts a view captured before its part closed is 
 PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the median of this many last gaps
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
 FUSED_SCORE_UNIT = 1.0   # a fused bundle's score unit: its members' normal spread (``_badness``)
+LATE_LOG_S = 10.0        # a camera's late views after the first are logged together, one line per this many seconds
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
 # on_open(part id, its first view's capture time (monotonic s), its belt count with match: encoder else None)
 OpenListener = Callable[[int, float, "int | None"], None]
@@ -173,6 +175,7 @@ class PartAssembler:
         self._recent: OrderedDict[int, _ClosedPart] = OrderedDict()   # recently closed part id -> its key, cameras
         self._newest_capture: dict[str, float] = {}   # camera -> the newest t_capture filed for it (monotonic s)
         self._next_id = 0
+        self._late_logs = {c: LateViewLog(c, clock=clock) for c in self.cameras}   # camera -> its late views' log
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
         if group.match == "sequence":
             self.stats["resyncs"] = 0   # times a camera fell out of step (matched by capture time until in step)
@@ -248,9 +251,11 @@ class PartAssembler:
             due = [p for p in self._open.values() if p.t_close <= now or self._carried_off(p, count, now)]
             for part in due:
                 self._forget(part)
+            late_logs = list(self._late_logs.values())
         for part in due:
             if not part.decided:
                 self._decide(part)
+        _log_lines(late.due() for late in late_logs)
 
     def close_all(self) -> None:
         """End of run: close every open part as it stands."""
@@ -258,9 +263,11 @@ class PartAssembler:
             parts = list(self._open.values())
             for part in parts:
                 self._forget(part)
+            late_logs = list(self._late_logs.values())
         for part in parts:
             if not part.decided:
                 self._decide(part)
+        _log_lines(late.close() for late in late_logs)
 
     # ---- inside ----------------------------------------------------------------------------
     def _key(self, camera: str, frame: Frame) -> float:
@@ -472,7 +479,7 @@ class PartAssembler:
             if part is None:
                 if (camera, seq) in self._closed:
                     self.stats["late_views"] += 1
-                    _log_late_view(camera, seq, self._closed[(camera, seq)])
+                    self._log_late_view(camera, seq, self._closed[(camera, seq)])
                 return
             change(part)
             complete = len(part.verdicts) + len(part.dropped) == len(self.cameras)
@@ -485,6 +492,14 @@ class PartAssembler:
                 in_hand = part.in_hand() if early else part   # still open: other threads may file views
         if decide:
             self._decide(in_hand, early=early)
+
+    def _log_late_view(self, camera: str, seq: int, part_id: int | None) -> None:
+        """(under the lock) A view's verdict (or drop) came for a part that had closed without it (None: it matched no
+        part): logged at once when it is its camera's first in a while, else gathered (``LateViewLog``)."""
+        late_log = self._late_logs.get(camera)
+        if late_log is None:   # a camera not in the station file's list: its own log all the same
+            late_log = self._late_logs[camera] = LateViewLog(camera, clock=self.clock)
+        _log_lines([late_log.note((seq, part_id))])
 
     def _ng_in_hand(self, part: _Part) -> bool:
         """Whether the part's inspected NG views already reach the rule: its other views cannot change it."""
@@ -540,13 +555,45 @@ class PartAssembler:
             log.exception("part %d: on_part failed", part.part_id)
 
 
-def _log_late_view(camera: str, seq: int, part_id: int | None) -> None:
-    """A view's verdict (or drop) came for a part that had closed without it (None: it matched no part)."""
-    if part_id is None:
-        log.warning("camera %s frame %d: came after its part's time was up and matched no part open or recently "
-                    "closed; not a part of its own (the gate is past it)", camera, seq)
-    else:
-        log.warning("camera %s frame %d: its part %d had closed without it", camera, seq, part_id)
+class LateViewLog(GroupedLog):
+    """Groups one camera's late-view log lines (``GroupedLog``), so a camera that lags for good (every view after
+    its part closed, 20 a second at 20 parts/s) does not drown the rest of the log: its first late view after a quiet
+    spell is logged at once with its frame and part, the ones after it as one line per ``window_s`` (their count, the
+    last one's frame and part). Each is still counted ``late_views``.
+
+    camera: the camera's name. window_s: seconds a line gathers late views (None: ``LATE_LOG_S``). clock: monotonic
+    seconds. ``note((seq, part_id))``: the camera's frame ``seq`` was late for part ``part_id`` (None: it matched
+    no part).
+    """
+
+    def __init__(self, camera: str, window_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
+        self.camera = camera
+
+    def _first_line(self, late: tuple[int, int | None]) -> str:
+        seq, part_id = late
+        if part_id is None:
+            what = ("came after its part's time was up and matched no part open or recently closed; not a part of "
+                    "its own (the gate is past it)")
+        else:
+            what = f"its part {part_id} had closed without it"
+        return (f"camera {self.camera} frame {seq}: {what}; further late views of this camera are logged together, "
+                f"one line per {self.window_s:g} s (each is counted in late_views)")
+
+    def _gathered_line(self, held: list[tuple[int, int | None]], span_s: float) -> str:
+        seq, part_id = held[-1]
+        last = "matched no part" if part_id is None else f"part {part_id}"
+        views = f"{len(held)} more late view{'s' if len(held) > 1 else ''}"
+        return (f"camera {self.camera}: {views} in the last {span_s:.1f} s (their part had closed without them, or "
+                f"they matched none), the last frame {seq} ({last}); each is counted in late_views")
+
+
+def _log_lines(lines) -> None:
+    """Log the late-view lines that are due (None: nothing to log)."""
+    for line in lines:
+        if line is not None:
+            log.warning("%s", line)
 
 
 def _why_missing(part: _Part, camera: str, early: bool) -> str:
