@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from fair_edge.regions import Region
+from fair_edge.regions import Region, logged_size
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class RuleHit:
                 f"{self.unit}")
 
     def to_json_dict(self) -> dict:
-        return {"rule": self.rule, "zone": self.zone, "zone_id": self.zone_id, "value": round(self.value, 4),
+        return {"rule": self.rule, "zone": self.zone, "zone_id": self.zone_id, "value": logged_size(self.value),
                 "limit": self.limit, "unit": self.unit, "region": self.region, "reason": self.reason}
 
 
@@ -147,9 +147,24 @@ class Verdict:
     fused: bool = False
 
     @property
-    def largest_region(self) -> Region | None:
-        """The region of largest area (``regions`` is sorted so: the first), None without regions."""
-        return self.regions[0] if self.regions else None
+    def counted_regions(self) -> tuple[Region, ...]:
+        """Its regions outside ``ignore: true`` zones, largest first: those in one fire nothing and are not counted
+        (``Region.ignored``)."""
+        return tuple(r for r in self.regions if not r.ignored)
+
+    @property
+    def reported_region(self) -> Region | None:
+        """The one region the line is told the size of (the PLC's ``largest_area`` with ``zone_id``, `rules check`'s
+        ``largest_area_mm2``): the region that fired the first rule hit (a ``max_count`` hit: the largest counted
+        region of its zone), so its size and zone belong together; without a hit the largest counted region
+        (``counted_regions``); None when there is none."""
+        counted = self.counted_regions
+        if not self.hits:
+            return counted[0] if counted else None
+        hit = self.hits[0]
+        if hit.region is not None and hit.region < len(self.regions):
+            return self.regions[hit.region]
+        return next((r for r in counted if r.zone_id == hit.zone_id), None)
 
     @property
     def reason(self) -> str:

@@ -26,6 +26,18 @@ from fair_edge.errors import ConfigError, DataError
 
 DEFAULT_PIXEL_QUANTILE = 0.9999   # of pooled normal map pixels; ~0.4 pixel per normal 64 x 64 map above it
 EIGHT_CONNECTED = np.ones((3, 3), bool)
+LOGGED_DECIMALS, LOGGED_SIGNIFICANT = 4, 4   # a size in the logs: this many decimals, or significant figures if more
+
+
+def logged_size(value: float) -> float:
+    """A region size or a rule hit's value (mm², mm, px², px, a count) as the logs write it (``verdicts.jsonl``,
+    MQTT, `rules check --json`): rounded to 4 decimals, or to 4 significant figures where that keeps more (a value
+    under 0.1: a 0.00008 mm² region at 2 um/px, which 4 decimals wrote as 0.0001, the same as a 0.00014 mm² one and
+    its 0.0001 mm² limit), so sizes keep their order and their comparison with a limit. 0, inf and NaN as given."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    significant = LOGGED_SIGNIFICANT - 1 - math.floor(math.log10(abs(value)))
+    return round(value, max(LOGGED_DECIMALS, significant))
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,8 @@ class Region:
     minimum-area box, frame pixels. peak / mean: the map's max / mean over the region (score units).
     area_mm2 / length_mm: the same in mm² / mm with a camera scale, else None.
     zone / zone_id: the zone its centroid lies in (``default`` / 0 outside every named zone; "" before
-    zones are applied).
+    zones are applied). ignored: that zone is an ``ignore: true`` one (its regions fire nothing and are not counted
+    on the line: ``Verdict.counted_regions``); False before zones are applied.
     """
 
     bbox: tuple[float, float, float, float]
@@ -106,16 +119,19 @@ class Region:
     length_mm: float | None = None
     zone: str = ""
     zone_id: int = 0
+    ignored: bool = False
 
     def to_json_dict(self) -> dict:
         out = {"bbox": [round(v, 2) for v in self.bbox], "centroid": [round(v, 2) for v in self.centroid],
                "area_px": round(self.area_px, 2), "length_px": round(self.length_px, 2),
                "peak": round(self.peak, 6), "mean": round(self.mean, 6)}
         if self.area_mm2 is not None:
-            out["area_mm2"] = round(self.area_mm2, 4)
-            out["length_mm"] = round(self.length_mm, 4)
+            out["area_mm2"] = logged_size(self.area_mm2)
+            out["length_mm"] = logged_size(self.length_mm)
         if self.zone:
             out["zone"], out["zone_id"] = self.zone, self.zone_id
+        if self.ignored:
+            out["ignored"] = True
         return out
 
 

@@ -27,15 +27,16 @@ app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
 
 
-def _check_station(station: Path, printing: bool):
-    """Load the station file as `fair-edge run` will (a unit pointing at a broken one would restart forever); its
-    ``StationConfig``, or None with --print when it is not on this machine."""
+def _check_station(station: Path, printing: bool, working_dir: Path):
+    """Load the station file as `fair-edge run` will from ``working_dir`` (--working-dir, the unit's
+    WorkingDirectory=: its zone masks are read from there; a unit pointing at a broken one would restart forever);
+    its ``StationConfig``, or None with --print when it is not on this machine."""
     from fair_edge.station.config import load_station
 
     if not station.is_file() and printing:
         console.print(f"note: {escape(str(station))} does not exist here; create it on the station machine before starting the unit.")
         return None
-    return load_station(station)
+    return load_station(station, working_dir)
 
 
 def _stop_timeout(cfg, given: Optional[int]) -> int:
@@ -91,10 +92,11 @@ def install_service(
     Paths go into the unit absolute but with their links kept (a `current -> releases/vN` link is followed at
     each start, so switching it switches the station)."""
     station = absolute_path(station)
-    cfg = _check_station(station, print_only)
+    working_dir = absolute_path(working_dir or logical_cwd())
+    cfg = _check_station(station, print_only, working_dir)
     settings = ServiceSettings(
         station=station, executable=(absolute_path(executable) if executable else default_executable()),
-        user=user or default_user(), working_dir=absolute_path(working_dir or logical_cwd()), name=name,
+        user=user or default_user(), working_dir=working_dir, name=name,
         group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec,
         timeout_stop_sec=_stop_timeout(cfg, timeout_stop_sec))
     if print_only:

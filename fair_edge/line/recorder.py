@@ -64,6 +64,7 @@ import queue
 import shutil
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,10 @@ def _image_bytes(item: tuple | None) -> int:
 
 
 def _ascii(text: str) -> str:
-    """The reason as the image font can draw it (mm² -> mm2, ≥ -> >=)."""
-    return text.replace("²", "2").replace("≥", ">=")
+    """The reason as the image font (ASCII only) can draw it: mm² -> mm2, ≥ -> >=, letters with accents without
+    them (a zone named Dichtfläche -> Dichtflache: NFKD, combining marks dropped) and any other character '?'."""
+    plain = unicodedata.normalize("NFKD", text.replace("²", "2").replace("≥", ">="))
+    return "".join("?" if not c.isascii() else c for c in plain if not unicodedata.combining(c))
 
 
 def score_line(verdict: Verdict) -> str:

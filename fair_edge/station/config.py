@@ -173,7 +173,9 @@ class StationConfig:
     source_file: Path | None = None   # the station file these settings came from (threshold tuning writes it)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "StationConfig":
+    def from_dict(cls, data: Any, base: Path | None = None) -> "StationConfig":
+        """The station file's mapping ``data``, checked. base: the folder relative zone mask paths are read from
+        (the only files read on load); None = the current folder, where `fair-edge run` reads every relative path."""
         d = f.check_keys("station", data, ["camera", "bundle", "backend", "batching", "decision", "output",
                                            "reject", "record", "metrics", "mqtt", "console", "regions",
                                            "cameras", "group"])
@@ -204,8 +206,9 @@ class StationConfig:
             metrics=MetricsSettings.from_dict(d.get("metrics")),
             mqtt=MqttSettings.from_dict(d.get("mqtt")),
             console=ConsoleSettings.from_dict(d.get("console")),
-            regions=RegionSettings.from_dict(d.get("regions")),
-            cameras=() if d.get("cameras") is None else parse_views(d["cameras"], FULL_POLICIES, d.get("regions")),
+            regions=RegionSettings.from_dict(d.get("regions"), base),
+            cameras=() if d.get("cameras") is None else parse_views(d["cameras"], FULL_POLICIES, d.get("regions"),
+                                                                    base),
             group=GroupSettings.from_dict(d.get("group")),
         ).checked()
 
@@ -278,8 +281,10 @@ def _folder_given(path: Path) -> str:
     return f"station file {path} is a folder, not a YAML file;{held}."
 
 
-def load_station(path: str | Path) -> StationConfig:
-    """Read and validate a station YAML file; raises ConfigError naming the file and field. A file that cannot be
+def load_station(path: str | Path, working_dir: Path | None = None) -> StationConfig:
+    """Read and validate a station YAML file; raises ConfigError naming the file and field. working_dir: the folder
+    the station's relative paths resolve from, where its zone masks are read on load (``fair-edge install-service``:
+    its --working-dir); None = the current folder, as `fair-edge run` reads them. A file that cannot be
     read (permissions, an I/O error) or decoded as text (a Latin-1 comment in a UTF-8 locale) is a ConfigError
     naming the file too: SIGHUP's reload re-reads it on a running station, which refuses the reload and goes on. A key
     given twice in one mapping is refused naming both lines (``fields.StationLoader``): YAML would keep the last."""
@@ -293,7 +298,7 @@ def load_station(path: str | Path) -> StationConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"station file {path} is not valid YAML: {exc}") from exc
     try:   # an empty file is all defaults; a document that is not a mapping (just `false`) is refused
-        return replace(StationConfig.from_dict({} if data is None else data), source_file=path)
+        return replace(StationConfig.from_dict({} if data is None else data, working_dir), source_file=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

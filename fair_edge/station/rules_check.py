@@ -71,10 +71,13 @@ def rejected_by_score(verdict: Verdict) -> bool:
 
 
 def row(name: str, verdict: Verdict) -> dict:
-    """One image's line of the report."""
+    """One image's line of the report: ``regions``, how many were found (in ``ignore`` zones too);
+    ``largest_area_mm2``, the area of the region that fired the first rule, else of the largest outside ``ignore``
+    zones (``Verdict.reported_region``, as the PLC's largest_area), None without one or without a camera scale."""
+    region = verdict.reported_region
     return {"image": name, "score": verdict.score, "ng_by_score": rejected_by_score(verdict),
             "ng": verdict.ng, "regions": len(verdict.regions),
-            "largest_area_mm2": verdict.largest_region.area_mm2 if verdict.regions else None,
+            "largest_area_mm2": None if region is None else region.area_mm2,
             "reason": verdict.reason or verdict.error, "hits": [h.to_json_dict() for h in verdict.hits]}
 
 

@@ -34,10 +34,10 @@ def check_on_this_machine(s: ServiceSettings, cfg: StationConfig | None) -> None
     this machine (systemd would restart it every ``restart_sec`` forever): --working-dir not a folder, the
     executable missing, a folder or not executable, its ``#!`` interpreter missing (an ``env`` line's program on
     no folder of the unit's PATH: ``_interpreters``), --user / --group not an account here, a relative path of
-    the station file ``cfg`` (bundle, roi, a camera's folder or video) not found from --working-dir, a file a
-    bundle's manifest lists missing (``_check_bundle_files``), or any of these (and the station file) out of reach
-    of the account the unit runs as (``--user``, checked as that account even under sudo: ``_check_reach``), or
-    the station's output folders not writable (or, missing, not creatable) by it (``_check_output_folders``).
+    the station file ``cfg`` (bundle, roi, a camera's folder or video, a zone mask) not found from --working-dir, a
+    file a bundle's manifest lists missing (``_check_bundle_files``), or any of these (and the station file) out of
+    reach of the account the unit runs as (``--user``, checked as that account even under sudo: ``_check_reach``),
+    or the station's output folders not writable (or, missing, not creatable) by it (``_check_output_folders``).
     --print skips this: its unit may be for another machine."""
     _check_working_dir(s.working_dir)
     _check_program(s.executable)
@@ -324,16 +324,31 @@ def _described(path: Path) -> str:
 
 
 def _station_paths(cfg: StationConfig) -> list[tuple[str, Path]]:
-    """(field, path) of the station file's paths read at start: bundle, decision.roi, camera.source and each
+    """(field, path) of the station file's paths read at start: bundle, decision.roi, camera.source, each
     ``cameras[i]``'s source / bundle / roi, where the source is a folder or video (not an index, device, URL or
-    ``KIND:`` spec)."""
+    ``KIND:`` spec), and the zone masks (``_zone_masks``)."""
     found = [("bundle", cfg.bundle), ("decision.roi", cfg.roi)]
     if not cfg.cameras:
         found.append(("camera.source", _source_path(cfg.camera.source)))
     for i, view in enumerate(cfg.cameras):
         found += [(f"cameras[{i}].source", _source_path(view.source)), (f"cameras[{i}].bundle", view.bundle),
                   (f"cameras[{i}].roi", view.roi)]
-    return [(what, Path(path)) for what, path in found if path is not None]
+    return [(what, Path(path)) for what, path in [*found, *_zone_masks(cfg)] if path is not None]
+
+
+def _zone_masks(cfg: StationConfig) -> list[tuple[str, Path]]:
+    """(field, path) of each zone mask image the station reads at start (and at each SIGHUP reload):
+    ``regions.zones[j].mask`` and ``cameras[i].regions.zones[j].mask``; a camera's zones taken from the station's
+    ``regions:`` (the same files) are named once, as the station's."""
+    found = [(f"regions.zones[{j}].mask", zone.mask) for j, zone in enumerate(cfg.regions.zones)]
+    for i, view in enumerate(cfg.cameras):
+        zones = view.regions.zones if view.regions is not None else ()
+        found += [(f"cameras[{i}].regions.zones[{j}].mask", zone.mask) for j, zone in enumerate(zones)]
+    named: dict[Path, str] = {}
+    for what, path in found:
+        if path is not None:
+            named.setdefault(path, what)
+    return [(what, path) for path, what in named.items()]
 
 
 def _source_path(source: str) -> str | None:

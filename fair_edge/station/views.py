@@ -91,9 +91,10 @@ class ViewSettings:
 
     @classmethod
     def from_dict(cls, index: int, data: Any, full_policies: tuple[str, ...],
-                  station_regions: Any = None) -> "ViewSettings":
+                  station_regions: Any = None, base: Path | None = None) -> "ViewSettings":
         """station_regions: the station file's ``regions:`` mapping as written (None = left out), which the
-        camera's own ``regions:`` keys go over."""
+        camera's own ``regions:`` keys go over. base: the folder relative zone mask paths are read from (None = the
+        current folder: ``RegionSettings.from_dict``)."""
         where = f"cameras[{index}]"
         d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "bundle",
                                        "roi", "threshold", "reject", "offset_counts", "regions"])
@@ -114,22 +115,23 @@ class ViewSettings:
             reject=f.url_list(where, "reject", d.get("reject", [])),
             offset_counts=f.integer(where, "offset_counts", d.get("offset_counts", 0)),
             regions=None if d.get("regions") is None else camera_regions(f"{where} ({name})", station_regions,
-                                                                          d["regions"]),
+                                                                          d["regions"], base),
         )
 
 
-def camera_regions(where: str, station: Any, camera: Any) -> RegionSettings:
+def camera_regions(where: str, station: Any, camera: Any, base: Path | None = None) -> RegionSettings:
     """One camera's ``regions:`` (``where``: ``cameras[i] (name)``, for errors): the station's ``regions:`` mapping
     (``station``, as written; None = left out) with each key of the camera's mapping (``camera``) replacing the
     station's: ``default:`` and ``zones:`` whole, ``mm_per_px`` or ``scale`` both of the station's (one camera
-    scale). Checked as the station's section is (``RegionSettings.from_dict``); a ConfigError names the camera."""
+    scale). Checked as the station's section is (``RegionSettings.from_dict``, relative zone masks read from ``base``,
+    None = the current folder); a ConfigError names the camera."""
     own = f.check_keys(f"{where}.regions", camera, REGION_KEYS)
     shared = station if isinstance(station, Mapping) else {}
     check_zone_frame(where, shared, own)
     replaced = SCALE_KEYS if any(key in own for key in SCALE_KEYS) else ()
     merged = {**{key: value for key, value in shared.items() if key not in replaced}, **own}
     try:
-        return RegionSettings.from_dict(merged)
+        return RegionSettings.from_dict(merged, base)
     except ConfigError as exc:
         raise ConfigError(f"{where}, its regions: over the station's: {exc}") from None
 
@@ -208,12 +210,14 @@ class GroupSettings:
         return k
 
 
-def parse_views(data: Any, full_policies: tuple[str, ...], station_regions: Any = None) -> tuple[ViewSettings, ...]:
+def parse_views(data: Any, full_policies: tuple[str, ...], station_regions: Any = None,
+                base: Path | None = None) -> tuple[ViewSettings, ...]:
     """The ``cameras:`` list -> its views; ConfigError for an empty list or repeated names. station_regions: the
-    station file's ``regions:`` mapping as written, the base of each camera's own ``regions:``."""
+    station file's ``regions:`` mapping as written, the base of each camera's own ``regions:``. base: the folder
+    relative zone mask paths are read from (None = the current folder)."""
     if not isinstance(data, list) or not data:
         raise ConfigError(f"cameras: expected a list of cameras ({{name, source, ...}} each), found {data!r}.")
-    views = tuple(ViewSettings.from_dict(i, item, full_policies, station_regions) for i, item in enumerate(data))
+    views = tuple(ViewSettings.from_dict(i, item, full_policies, station_regions, base) for i, item in enumerate(data))
     names = [v.name for v in views]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

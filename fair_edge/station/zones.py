@@ -18,7 +18,9 @@ With any rule that can fire (a size limit or a count) the verdict is NG exactly 
 the frame could not be inspected); without one it is the score against the threshold, as before
 (an ``ignore`` zone alone changes no verdict: use ``decision.roi`` to mask the score), and regions
 are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
-A zone mask's pixels are read once, when the station file loads. A SIGHUP reload reads and checks the whole section
+A zone mask's pixels are read once, when the station file loads; a relative mask path is read from the current
+folder, as every relative path of the station file (`fair-edge install-service` reads it from its --working-dir,
+the folder the unit runs the station in). A SIGHUP reload reads and checks the whole section
 again (a section that does not load refuses the reload, naming it) and each camera takes it with its reloaded bundle
 (``RegionJudge.for_bundle``), the change logged (``settings_change``).
 A frame of another size than ``frame`` (whenever it is set, zones or not: a camera scale or px rule set for one
@@ -141,7 +143,9 @@ class RegionSettings:
 
     @classmethod
     def from_dict(cls, data: Any, base: Path | None = None) -> "RegionSettings":
-        """base: the station file's folder (relative mask paths are read from there)."""
+        """base: the folder a relative zone mask path is read from (``fair-edge install-service``: its
+        --working-dir, where the unit runs the station); None = the current folder, where `fair-edge run` reads it
+        (as every relative path of the station file: the unit's WorkingDirectory=)."""
         s = "regions"
         d = f.check_keys(s, data, ["enabled", "pixel_threshold", "mm_per_px", "scale", "frame", "default", "zones",
                                    "max_regions"])
@@ -241,10 +245,13 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
                 raise ConfigError(f"{where}.polygon ({name}): point [{x}, {y}] lies outside the {w} x {h} frame "
                                   f"(regions.frame); keep every point within x 0..{w}, y 0..{h} or fix regions.frame.")
         return Zone(name, i + 1, rules, polygon=tuple((float(x), float(y)) for x, y in pts))
-    path = Path(f.text(where, "mask", d["mask"]))
-    path = base / path if base is not None and not path.is_absolute() else path
+    given = Path(f.text(where, "mask", d["mask"]))
+    path = base / given if base is not None and not given.is_absolute() else given
     if not path.is_file():
-        raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image; give a black/white mask image.")
+        read_from = (f" (a relative mask path is read from {base}, the folder the station runs in)" if path != given
+                     else "")
+        raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image{read_from}; give a black/white "
+                          "mask image.")
     try:
         pixels = read_mask_pixels(path, "zone mask")   # nonzero at its own depth, orientation tags ignored
     except DataError as exc:
@@ -327,7 +334,9 @@ class RegionJudge:
         regions = extract_regions(anomaly_map, self.pixel_threshold, geo, s.mm_per_px, s.max_regions,
                                   group=self._zone_of(frame_hw))
         names = {0: DEFAULT_ZONE, **{z.zone_id: z.name for z in s.zones}}
-        regions = tuple(replace(r, zone=names[r.zone_id]) for r in regions)
+        ignored = {zone_id for zone_id, rules in [(0, s.default), *((z.zone_id, z.rules) for z in s.zones)]
+                   if rules.ignore}
+        regions = tuple(replace(r, zone=names[r.zone_id], ignored=r.zone_id in ignored) for r in regions)
         return regions, self._hits(regions, [r.zone_id for r in regions])
 
     def check_frame(self, frame_hw: tuple[int, int]) -> None:

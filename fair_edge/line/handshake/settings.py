@@ -24,10 +24,11 @@ READY, HEARTBEAT, ERROR = "ready", "heartbeat", "error"                  # writt
 RESULTS_READY, RESULT_PART_ID, RESULT, SCORE = "results_ready", "result_part_id", "result", "score"
 PLC_SIGNALS = (TRIGGER, PART_ID, ACK)
 STATION_SIGNALS = (READY, HEARTBEAT, ERROR, RESULTS_READY, RESULT_PART_ID, RESULT, SCORE)
-# optional, written with each result when given an address / node: defect regions (fair_edge.regions):
-# region_count = regions reported (at most regions.max_regions per zone, the largest); largest_area = the largest region's area in 0.01 mm²
-# with a camera scale, else in frame px² (saturated); zone_id = the zone of the first rule that fired,
-# else of the largest region (0 = default zone / none)
+# optional, written with each result when given an address / node: defect regions (fair_edge.regions), those in
+# ``ignore`` zones left out: region_count = regions reported (at most regions.max_regions per zone, the largest);
+# largest_area = the area of the region that fired the first rule, else of the largest region, in 0.01 mm² with a
+# camera scale (rounded: a region under 0.005 mm² reads 0), else in frame px² (saturated); zone_id = the zone of the
+# first rule that fired, else of the largest region (0 = default zone / none)
 REGION_COUNT, LARGEST_AREA, ZONE_ID = "region_count", "largest_area", "zone_id"
 REGION_SIGNALS = (REGION_COUNT, LARGEST_AREA, ZONE_ID)
 WIDE_SIGNALS = (PART_ID, RESULT_PART_ID)   # 32-bit part ids: two Modbus registers, high word first
@@ -219,11 +220,13 @@ def fused_score_warning(settings: HandshakeSettings, fused: bool) -> str:
 
 
 def region_values(verdict: Any, names: tuple[str, ...]) -> dict[str, int]:
-    """The region signals ``names`` of a ``records.Verdict``, 0..65535 each (see ``REGION_SIGNALS``)."""
+    """The region signals ``names`` of a ``records.Verdict``, 0..65535 each (see ``REGION_SIGNALS``): the regions
+    outside ``ignore`` zones counted (``Verdict.counted_regions``), and the area and zone of one region
+    (``Verdict.reported_region``: the one that fired the first rule, else the largest counted one)."""
     if not names:
         return {}
-    largest = verdict.largest_region
-    area = 0 if largest is None else (largest.area_mm2 * 100 if largest.area_mm2 is not None else largest.area_px)
-    zone = verdict.hits[0].zone_id if verdict.hits else (0 if largest is None else largest.zone_id)
-    values = {REGION_COUNT: len(verdict.regions), LARGEST_AREA: round(area), ZONE_ID: zone}
+    region = verdict.reported_region
+    area = 0 if region is None else (region.area_mm2 * 100 if region.area_mm2 is not None else region.area_px)
+    zone = verdict.hits[0].zone_id if verdict.hits else (0 if region is None else region.zone_id)
+    values = {REGION_COUNT: len(verdict.counted_regions), LARGEST_AREA: round(area), ZONE_ID: zone}
     return {n: max(0, min(0xFFFF, int(values[n]))) for n in names}
