@@ -186,9 +186,13 @@ def inline_swaps(monkeypatch):
 
 
 def swapped_in(bundle, threshold=None, **_) -> ModelChange:
-    """What a loader returns for ``bundle``: a red-channel scorer, a bundle without a pixel threshold."""
-    return ModelChange(scorer=RedScorer(), threshold=threshold or 0.9, model=f"m-{Path(bundle).name}",
-                       bundle=SimpleNamespace(root=Path(bundle), threshold=None, pixel_threshold=None, map_area=None))
+    """What a loader returns for ``bundle``: a red-channel scorer, a bundle without a pixel threshold. Every one is
+    the same network (one FP32 reference graph): a console swap between them keeps the file's pixel threshold."""
+    root = Path(bundle)
+    return ModelChange(scorer=RedScorer(), threshold=threshold or 0.9, model=f"m-{root.name}",
+                       bundle=SimpleNamespace(root=root, threshold=None, pixel_threshold=None, map_area=None,
+                                              reference_onnx_path=root / "model.fp32.onnx",
+                                              files={"model.fp32.onnx": "red-channel"}))
 
 
 def write_station(path: Path, regions: dict, **more) -> None:

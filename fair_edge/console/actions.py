@@ -79,6 +79,12 @@ class FrameNotKept(Conflict):
     dataset export); the API answers 409."""
 
 
+class RulesDecide(Conflict):
+    """A threshold applied to a camera whose region rules decide the verdict (``regions:`` with a rule that can fire,
+    ``RegionJudge.decides``): a part is NG exactly when a rule fires, whatever its score, so the threshold would
+    change no verdict; nothing changed (``rules_decide_note`` says what to tune instead); the API answers 409."""
+
+
 @dataclass(frozen=True)
 class CameraBundle:
     """One camera of several and the bundle it runs. own: the camera names it (``cameras[].bundle``); else it
@@ -182,6 +188,9 @@ class StationActions:
         # camera ("" with one) -> the audit row of the threshold last applied to it from here in this run: without a
         # station file, what a reload checks the threshold in force against (``check_threshold_pairs``)
         self.applied_now: dict[str, dict] = {}
+        # camera ("" with one) -> (model id, its FP32 reference graph: ``tuning.reference_graph``) of the bundle last
+        # switched to from here (a swap, a reload): the map a later console swap is compared with (``_map_in_force``)
+        self.maps_switched: dict[str, tuple[str, str]] = {}
         self._swapper: threading.Thread | None = None   # the swap thread last started ("bundle-swap"), joined by close
         self._closed = Event()   # set by ``close``: no swap starts, and one loading switches no camera
         # held by ``close`` to set ``_closed`` and by a swap thread from its last look at it through its switch: a swap
@@ -337,11 +346,17 @@ class StationActions:
         """Distributions and the projection for ``proposed`` (default: the threshold in force) over the recent
         views of ``camera`` (several cameras: default the first; one camera: none), against that camera's own
         calibration distribution (its drift watch's). Only the views the model in force decided: another model's
-        scores (before a swap) are on another scale. StationStarting before the inspector is attached."""
+        scores (before a swap) are on another scale. Where the camera's region rules decide the verdict (or will once
+        its pending change is taken), the threshold changes no verdict: nothing is projected, the answer is
+        {"current", "rules_decide": why and what to tune instead (``rules_decide_note``)}. StationStarting before the
+        inspector is attached."""
         camera = self._camera(camera, required=False) or self.feed.lead_camera
         decider = self._decider(camera)
         current = decider.threshold
         proposed = current if proposed is None else tuning.check_threshold(proposed, _scores_below_zero(decider))
+        if _rules_decide(regions_in_force(decider)):
+            return {"current": current, **({"camera": camera} if camera else {}),
+                    "rules_decide": rules_decide_note(camera)}
         recent = [v for v in list(self.feed.recent) if v.camera == camera and v.model == decider.model]
         normal, defect, unreviewed = tuning.split_scores(recent, self.labels)
         watch = self.feed.drift.watches.get(camera)   # none while a station of several cameras is still starting
@@ -358,8 +373,10 @@ class StationActions:
         checked before anything changes (the station file, the switch). Refused (SwapBusy) while a bundle loads (its
         change carries the threshold it was started with) and while a loaded bundle waits for its first batch
         (the scores tuned on are the old model's); applies take turns (``lock``): the station file, the switch
-        and the audit log end with the same last threshold. The audit's ``old``: the threshold in force, or the
-        one applied before it that still waits for the next batch. An audit log that cannot be written refuses the
+        and the audit log end with the same last threshold. Refused (RulesDecide, 409) where the camera's region
+        rules decide the verdict (or will once its pending change is taken): the threshold would change no verdict.
+        The audit's ``old``: the threshold in force, or the one applied before it that still waits for the next
+        batch. An audit log that cannot be written refuses the
         apply (RecorderError, nothing changed); one that fails once the threshold is applied: a ``warning``. Where the
         station file names another bundle than the one in force (a bundle swapped in from the console is not written
         by the swap), the bundle in force is written with the threshold, in the same replace (several cameras: as the
@@ -377,6 +394,7 @@ class StationActions:
                               f"{confirm!r}; the threshold was not changed")
         with self.lock:
             self._threshold_can_change(decider, camera)
+            self._threshold_decides(decider, camera)
             tuning.check_threshold(value, _scores_below_zero(decider))   # a swap's model may have been taken since
             self.audit.check_writable()   # before the station file and the switch: refused, nothing changed
             pending = decider.switch.pending
@@ -454,6 +472,15 @@ class StationActions:
                            "within about 50 ms on a line at rest); tune and apply the threshold once it runs (the "
                            "threshold was not changed)")
 
+    @staticmethod
+    def _threshold_decides(decider, camera: str) -> None:
+        """RulesDecide (logged) when ``camera``'s region rules decide its verdicts (``decider``'s, or those its
+        pending change brings: ``regions_in_force``): a threshold applied would change no verdict."""
+        if _rules_decide(regions_in_force(decider)):
+            refusal = f"the threshold was not changed: {rules_decide_note(camera)}"
+            log.warning("threshold refused: %s", refusal)
+            raise RulesDecide(refusal)
+
     def _decider(self, camera: str):
         """What decides ``camera``'s views (threshold, model, switch): the inspector's camera view, or with one
         camera the inspector itself."""
@@ -468,8 +495,8 @@ class StationActions:
         run it with (SIGHUP: the station file's); None = the bundle's, by the station's rule (a bundle swapped
         in from the console: its scores are on its own scale). regions: the ``regions:`` settings to judge with
         from then on (SIGHUP: the station file's, re-read); None = keep the ones in force, which refuses a bundle whose
-        map is on another scale (fused <-> single) while their rules decide with a ``regions.pixel_threshold`` the
-        station file sets (``scale_refusal``). reload: a reload's swap
+        map is on another scale (fused <-> single, or another model's) while their rules decide with a
+        ``regions.pixel_threshold`` the station file sets (``scale_refusal``). reload: a reload's swap
         (``ReloadFrom``): a failure is refused as the reload's, naming who asked and where the bundle is named."""
         if not isinstance(bundle, str) or not bundle.strip():
             raise ConfigError(f"bundle: expected the path of a bundle folder, found {bundle!r}")
@@ -610,7 +637,8 @@ class StationActions:
             return
         if regions is not None:
             change = replace(change, regions=regions)
-        refusal = (scale_refusal(change, inspector, checked, str(bundle)) if regions is None else "") or \
+        refusal = (scale_refusal(change, inspector, checked, str(bundle), self._map_in_force("", inspector))
+                   if regions is None else "") or \
             self._grid_refusal(change, "", checked, str(bundle))
         if refusal:   # its region rules would judge on another scale, or every frame would be NG: the old model stays
             _close_loaded([change])
@@ -651,7 +679,24 @@ class StationActions:
             return self._grid_refusal(change, camera, reloaded, bundle)
         decider = self._decider(camera)
         kept = regions_in_force(decider)
-        return scale_refusal(change, decider, kept, bundle) or self._grid_refusal(change, camera, kept, bundle)
+        return (scale_refusal(change, decider, kept, bundle, self._map_in_force(camera, decider))
+                or self._grid_refusal(change, camera, kept, bundle))
+
+    def _map_in_force(self, camera: str, decider) -> tuple[str, str]:
+        """(model id, SHA-256 of its FP32 reference graph, "" when not known: ``tuning.reference_graph``) of the model
+        ``camera``'s ``decider`` runs (one camera: ""), or will once its pending change is taken (that change's bundle),
+        for ``scale_refusal``: the bundle last switched to from here while the decider still runs its model
+        (``maps_switched``), else as the bundle folder in force records it (the station's start: the folder, while it
+        still holds that model, ``tuning.folder_reference_graph``)."""
+        pending = getattr(getattr(decider, "switch", None), "pending", None)
+        if pending is not None and pending.scorer is not None:
+            return pending.model, tuning.reference_graph(pending.bundle)
+        model = str(getattr(decider, "model", "") or "")
+        switched = self.maps_switched.get(camera)
+        if switched is not None and switched[0] == model:
+            return switched
+        folder = self._bundle_in_force(camera)
+        return model, "" if folder is None else tuning.folder_reference_graph(folder, model)
 
     def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str,
                 reload: ReloadFrom | None = None) -> None:
@@ -660,6 +705,7 @@ class StationActions:
         if not self._still_auditable(bundle, [change], reload):
             return
         inspector.switch.request(change)
+        self.maps_switched[""] = (change.model, tuning.reference_graph(change.bundle))
         self.feed.use_bundle(bundle, change.bundle.root)   # a link as named: a reload without a station file follows it
         if change.regions is not None:   # the reloaded zones, drawn on the live page and the NG images
             self._show_zones(change.regions.outlines())
@@ -730,6 +776,7 @@ class StationActions:
             decider = self._decider(camera)
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
             decider.switch.request(change)
+            self.maps_switched[camera] = (change.model, tuning.reference_graph(change.bundle))
             self.feed.camera_bundles[camera] = change.bundle.root
             self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
@@ -947,19 +994,23 @@ def _not_kept(what: str, label: str, kept: int) -> str:
             f"file to keep more frames (memory: one frame each)")
 
 
-def scale_refusal(change: ModelChange, decider, regions, bundle: str) -> str:
+def scale_refusal(change: ModelChange, decider, regions, bundle: str, in_force: tuple[str, str] = ("", "")) -> str:
     """Why a swap that keeps the ``regions:`` settings in force (a console swap) may not run the loaded ``change``
     (of ``bundle``): their rules decide the verdict with the pixel threshold the station file sets
     (``regions.pixel_threshold``), which is in the units of the map of the model ``decider`` runs (or will once its
-    pending change is taken), and the loaded model's map is on another scale: a fused bundle's, in its members'
-    normal spread, against a single bundle's score units (``tuning.scores_below_zero``), so judged at it the new
-    model's defects would pass (or every part be NG). "" when both are on one scale, rules do not decide, or the
-    file sets no pixel threshold (each bundle's own is used then; a fused bundle has none, and its loader refuses
-    it: ``station.bundles.region_pixel_threshold``)."""
+    pending change is taken; ``in_force``: its model id and FP32 reference graph, ``StationActions._map_in_force``),
+    and the loaded model's map is on another scale, so judged at it the new model's defects would pass (or every part
+    be NG): a fused bundle's, in its members' normal spread, against a single bundle's score units
+    (``tuning.scores_below_zero``), or another model's (``_model_refusal``). "" when both are one model's map (the
+    same model id, or the same FP32 reference graph: a copy, a rebuild at another precision or calibrated again:
+    ``_same_map``), rules do not decide, or the file sets no pixel threshold (each bundle's own is used then; a fused
+    bundle has none, and its loader refuses it: ``station.bundles.region_pixel_threshold``)."""
     value = getattr(regions, "pixel_threshold", None)
-    fused = tuning.scores_below_zero(change.scorer)
-    if value is None or not _rules_decide(regions) or fused == _fused_in_force(decider):
+    if value is None or not _rules_decide(regions):
         return ""
+    fused = tuning.scores_below_zero(change.scorer)
+    if fused == _fused_in_force(decider):
+        return "" if _same_map(change, in_force) else _model_refusal(change, in_force[0], value, bundle)
     if fused:
         new, old = "a fused bundle, whose map is in its members' normal spread", "the single bundle in force's score"
         units = f"the pixels above its threshold, {change.bundle.threshold.value:.6g}, make a part NG"
@@ -972,6 +1023,33 @@ def scale_refusal(change: ModelChange, decider, regions, bundle: str) -> str:
             "would pass or every part be NG. The swap was refused; the station runs on with the model in force. To "
             f"run {bundle} with region rules, set regions.pixel_threshold in its map's units ({units}) and bundle: "
             f"{bundle} in the station file, then reload (kill -HUP); or turn the rules off.")
+
+
+def _model_refusal(change: ModelChange, model: str, value: float, bundle: str) -> str:
+    """``scale_refusal``'s words for a swap to ``bundle`` (the loaded ``change``) of another model than ``model``, the
+    one in force ("": not known), both single (or both fused) bundles, while the station file's
+    ``regions.pixel_threshold`` (``value``) decides with the rules."""
+    old = model or "?"
+    return (f"bundle {bundle} holds model {change.model or '?'}, another model than model {old} in force (a copy of "
+            "it, or a rebuild of it at another precision, would run the same network), but the region rules in force "
+            f"decide the verdict with the station file's regions.pixel_threshold {value:g}, set in the units of model "
+            f"{old}'s map: another model's map is on a scale of its own, so the new model's defects would pass or "
+            "every part be NG. The swap was refused; the station runs on with the model in force. To run "
+            f"{bundle} with region rules, set regions.pixel_threshold in its map's units (null: its calibrated one) "
+            f"and bundle: {bundle} in the station file, then reload (kill -HUP); with regions.pixel_threshold null "
+            "there (reloaded), each bundle swapped in from here is judged at its own calibrated one; or turn the "
+            "rules off.")
+
+
+def _same_map(change: ModelChange, in_force: tuple[str, str]) -> bool:
+    """Whether the loaded ``change`` draws the map of the model in force (``in_force``: its model id and FP32
+    reference graph, "" where not known): the same model id, or the same FP32 reference graph
+    (``tuning.reference_graph``: the network every precision of one checkpoint is built from, so a rebuild at another
+    precision, or calibrated again, draws its map in the same units)."""
+    model, graph = in_force
+    if change.model and change.model == model:
+        return True
+    return bool(graph) and tuning.reference_graph(change.bundle) == graph
 
 
 def _fused_in_force(decider) -> bool:
@@ -987,6 +1065,21 @@ def _rules_decide(regions) -> bool:
     """Whether the ``regions:`` settings (``station.zones.RegionSettings``, None: none) have rules that decide the
     verdict (``RegionJudge.decides``): a map's grid then does not matter."""
     return regions is not None and getattr(regions, "enabled", True) and bool(getattr(regions, "has_rules", False))
+
+
+def rules_decide_note(camera: str) -> str:
+    """Why a threshold is neither projected nor applied on ``camera`` (one camera: "") whose region rules decide the
+    verdict (``_rules_decide``), and what to tune instead: the tune page shows it, a threshold applied is refused
+    with it (``RulesDecide``)."""
+    of = f" of camera {camera}" if camera else ""
+    where = "its cameras[] entry's regions: over the station's" if camera else "its regions: section"
+    check = "fair-edge rules check STATION FOLDER" + (f" --camera {camera}" if camera else "")
+    return (f"region rules decide the verdict{of}: a part is NG exactly when a rule fires (a frame that cannot be "
+            "inspected stays NG), whatever its image score, so the image threshold changes no verdict and no "
+            f"false-reject or catch rate is projected for it. Tune the rules in the station file instead ({where}: "
+            "the limits of regions.default and regions.zones, e.g. min_area_mm2, min_length_mm, max_count, and "
+            f"regions.pixel_threshold, which cuts the regions), replay a folder through them with `{check}`, then "
+            "reload (kill -HUP); or remove the rules (regions only reported) to decide by the threshold again")
 
 
 def _warning(rows: list[dict]) -> dict:

@@ -11,11 +11,16 @@ normal part. For a proposed threshold t (NG = score > t):
 Passed parts all scored <= the threshold in force, so the normal sample is cut off there: the
 projection is exact for lowering the threshold and a lower bound on what raising it saves. The
 bundle's calibration distribution (held-out normals) is shown beside it for that reason.
+
+All of this holds only where the score decides. Where a camera's region rules decide the verdict (``regions:`` with
+a rule that can fire), a part is NG exactly when a rule fires, whatever its score: the threshold changes no verdict,
+so the console projects nothing and applies no threshold there (``actions.rules_decide_note``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import stat
@@ -30,6 +35,7 @@ import yaml
 from fair_edge.errors import ConfigError
 from fair_edge.fields import dump_station_yaml, is_number, read_station_text, require, station_yaml
 from fair_edge.records import Verdict
+from fair_edge.runtime.hotswap import BUNDLE_MANIFEST, folder_model_ids
 
 BINS = 30
 DEFECT_LABELS = ("defect", "miss")
@@ -200,6 +206,31 @@ def names_folder(named, folder) -> bool:
     written over with that target the link would no longer move the camera at the next rollout (the link pointed at
     another bundle, then SIGHUP)."""
     return same_bundle(named, folder) or real_folder(named) == real_folder(folder)
+
+
+def reference_graph(bundle) -> str:
+    """The SHA-256 (hex) of loaded ``bundle``'s FP32 reference graph (``export.bundle.Bundle.reference_onnx_path``,
+    among its checked ``files``): the network its map comes from, the same in every precision built from one
+    checkpoint and after a calibration again; "" for a fused bundle (it has none) or a stand-in."""
+    path, root, files = (getattr(bundle, name, None) for name in ("reference_onnx_path", "root", "files"))
+    if path is None or root is None or not files:
+        return ""
+    try:
+        return str(files.get(Path(path).relative_to(root).as_posix(), ""))
+    except ValueError:   # not inside its folder: never for a loaded bundle (``export.bundle.inside_folder``)
+        return ""
+
+
+def folder_reference_graph(folder, model: str) -> str:
+    """``reference_graph`` of the bundle folder ``folder`` as its bundle.json records it, while the folder holds model
+    ``model`` (``hotswap.folder_model_ids``; read after the graph, so a folder rebuilt meanwhile answers ""); "" when
+    it holds another model now, is fused, or its bundle.json cannot be read."""
+    try:
+        manifest = json.loads((Path(folder) / BUNDLE_MANIFEST).read_bytes())
+        graph = str(manifest["files"][manifest["graph"]["reference_onnx"]]["sha256"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
+    return graph if model and model in folder_model_ids(folder) else ""
 
 
 def real_folder(path) -> Path:

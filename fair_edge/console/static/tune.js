@@ -38,6 +38,8 @@ async function project(first = false) {
     current = t.current;
     showInForce(t.current);
     if (first) { filled = {text: FE.num(t.current, 6), value: t.current}; $("proposed").value = filled.text; }  // the page opens on the threshold in force
+    showRules(t.rules_decide);
+    if (t.rules_decide) { delete document.body.dataset.projected; return; }
     $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
     $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
     $("n-normal").textContent = t.proposed.normal_parts; $("n-defect").textContent = t.proposed.defect_parts;
@@ -49,6 +51,17 @@ async function project(first = false) {
       {x: t.proposed.threshold, cls: "prop", label: "proposed"}]);
     document.body.dataset.projected = t.proposed.threshold;
   } catch (e) { FE.say(e.message, true); }
+}
+
+// region rules decide the camera's verdicts (note: why, and what to tune instead; "" or undefined: the score
+// decides): the threshold changes no verdict, so no projection is drawn and nothing can be applied
+function showRules(note) {
+  $("rules-note").textContent = note || "";
+  $("rules-note").classList.toggle("hidden", !note);
+  $("projection").classList.toggle("hidden", !!note);
+  $("score-hist").classList.toggle("hidden", !!note);
+  $("apply").disabled = !!note;
+  if (note) $("confirm-box").classList.add("hidden");
 }
 
 // the threshold in force, and whether it changed since the page loaded (another operator, a reload, this page)
@@ -101,6 +114,7 @@ $("proposed").addEventListener("change", () => project());
 $("camera").addEventListener("change", () => { polled = undefined; project(true); });
 $("apply").addEventListener("click", async () => {
   await project();
+  if ($("apply").disabled) return;   // region rules decide now (a reload since): the note says so, nothing to confirm
   $("confirm-old").textContent = FE.num(current, 6); $("confirm-new").textContent = $("proposed").value;
   $("confirm-box").classList.remove("hidden");
 });
