@@ -208,9 +208,10 @@ class GateTask:
 
 def describe_threshold(t: Threshold) -> str:
     """'false-reject 3.39% on 59 held-out normal images (target 5.00%), F1-optimal 6.7 (F1 0.950)', with a note
-    when the normals are too few to resolve the target rate (n x rate < 1)."""
+    when the normals are too few to resolve the target rate (0 < n x rate < 1; a target of 0 asks for no false
+    reject, which any n resolves)."""
     f1 = f", F1-optimal {t.f1_threshold:.5g} (F1 {t.f1:.3f})" if t.f1_threshold is not None else ""
-    few = " - too few normals to resolve the target rate" if t.n_normal * t.false_reject_rate < 1 else ""
+    few = " - too few normals to resolve the target rate" if 0 < t.n_normal * t.false_reject_rate < 1 else ""
     return (f"false-reject {t.measured_false_reject_rate:.2%} on {t.n_normal} {t.source} "
             f"(target {t.false_reject_rate:.2%}){few}{f1}")
 

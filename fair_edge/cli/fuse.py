@@ -39,6 +39,7 @@ def fuse(
     """Fuse several bundles: each model's map is normalised by the mean and spread of its own map maximum on the
     normal images, then combined."""
     from fair_edge.training.data import images_for, read_frames
+    from fair_edge.cli.build import describe_threshold
     from fair_edge.runtime.fusion import build_fused_bundle
 
     paths = images_for(normal, "normal", category)
@@ -47,8 +48,8 @@ def fuse(
     fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
     for i, (given, m, s) in enumerate(zip(bundles, fused.members, fused.stats)):   # m.root: its copy, m{i}/
         print_plain(f"  m{i}: {given}: {m.model.describe()}; normal map max {s.mean:.5g} +- {s.std:.3g}")
-    console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g} "
-                  f"at {false_reject_rate:.1%} false rejects)")
+    console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g}: "
+                  f"{escape(describe_threshold(fused.threshold))})")   # the rate reached, not only the target
     print_plain(f"next: fair-edge run --bundle {shell_word(out)} --source FRAMES")
 
 

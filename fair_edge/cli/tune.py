@@ -91,15 +91,38 @@ def tune(
         except (TrainingInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C; SIGTERM is Terminated, a KeyboardInterrupt
             print_plain(stopped_line(exc, len(finished)))
             raise typer.Exit(interrupt_exit_code(exc)) from None
-    table = Table(title=f"candidates, best first (proxy defects, {false_reject_rate:.1%} false rejects)")
+    table = Table(title=f"candidates, best first (proxy defects; target {false_reject_rate:.1%} false rejects)")
     for col in ("name", "status", "catch", "catch@5%", "AUROC"):
         table.add_column(col)
     for r in rows:
         f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         table.add_row(r.candidate.name, r.status, f(r.proxy_catch), f(r.proxy_catch_5pct), f(r.proxy_auroc))
     console.print(table)
+    for line in false_reject_lines(rows):
+        print_plain(line)
     console.print(f"[green]chosen:[/] {escape(rows[0].candidate.name)}; {escape(str(out / 'tune.json'))}")
     print_plain(f"next: {rows[0].candidate.train_command(data, settings, category)}")  # tune.json's train_command
+
+
+def false_reject_lines(rows: list) -> list[str]:
+    """Under the table, one line per catch column: the false rejects its figures were measured at on the held-out
+    normals (``TuneRow.false_rejects``, ``false_rejects_5pct``: "k of n normals (r %)", with the note when they are
+    too few to resolve the rate, so a catch at 0 false rejects is not read as one at the target). A column whose
+    rows were measured at different false rejects (ties among a candidate's normal scores) names the rows of
+    each; rows without the figure (skipped) are left out."""
+    lines = []
+    for column, attribute in (("catch", "false_rejects"), ("catch@5%", "false_rejects_5pct")):
+        by_text: dict[str, list[str]] = {}
+        for r in rows:
+            achieved = getattr(r, attribute)
+            if achieved is not None:
+                by_text.setdefault(achieved["text"], []).append(r.candidate.name)
+        if len(by_text) == 1:
+            lines.append(f"{column}: measured at false rejects {next(iter(by_text))}")
+        elif by_text:
+            lines.append(f"{column}: measured at false rejects " +
+                         "; ".join(f"{text} ({', '.join(names)})" for text, names in by_text.items()))
+    return lines
 
 
 def stopped_line(exc: BaseException, finished: int) -> str:

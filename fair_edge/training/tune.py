@@ -11,13 +11,14 @@
 4. Ranking rule: the share of proxy defects caught at ``false_reject_rate`` on the held-out normals,
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped.
-Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command and the proxy
-defects planted), each under a temporary name beside it (``.NAME.partial``) and renamed into place, tune.json last,
-and keeps each candidate's final.pt under OUT/candidates/NAME/. A write that fails (a full disk) is a
-``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). A folder holds one tune run: ``tune``
-refuses an OUT that already holds a finished one (tune.json, written last: ``check_fresh_tune``) unless told to
-delete it first (``clear_tune``, --overwrite); what an interrupted or failed run left (candidates/, proxy/, a
-tune.csv without tune.json: ``unfinished_tune``) is deleted by the next run into OUT.
+Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects
+its catch was measured at and the proxy defects planted), each under a temporary name beside it (``.NAME.partial``)
+and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/. A write that
+fails (a full disk) is a ``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). A folder
+holds one tune run: ``tune`` refuses an OUT that already holds a finished one (tune.json, written last:
+``check_fresh_tune``) unless told to delete it first (``clear_tune``, --overwrite); what an interrupted or failed
+run left (candidates/, proxy/, a tune.csv without tune.json: ``unfinished_tune``) is deleted by the next run into
+OUT.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,7 +45,7 @@ from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.images import write_png
 from fair_edge.training.data import DatasetSplit, Sample, read_frames
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
-from fair_edge.training.evaluate import score_samples
+from fair_edge.training.evaluate import achieved_false_rejects, score_samples
 from fair_edge.training.runs import remove_outputs
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
 from fair_edge.models.tensors import HIGHPASS
@@ -54,6 +56,7 @@ from fair_edge.shell import dataset_words
 from fair_edge.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
+FIXED_RATE = 0.05  # the second catch figure's false-reject rate (tune.csv, the table's catch@5%), besides the target
 TUNE_FINISHED = "tune.json"  # renamed into place last, once every candidate has run: a finished run holds it
 PARTIAL = ".{}.partial"  # a result file's temporary name beside it until it is renamed into place
 TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy",
@@ -274,6 +277,10 @@ class TuneRow:
     train_s: float | None = None
     checkpoint: str = ""
     by_kind: dict = field(default_factory=dict)
+    # the false rejects each catch figure was measured at (``evaluate.achieved_false_rejects``: k of n held-out
+    # normals, with the note when they are too few to resolve the rate); None where it was skipped
+    false_rejects: dict | None = None
+    false_rejects_5pct: dict | None = None
 
     def rank_key(self) -> tuple[float, float]:
         return (self.proxy_catch or -1.0, self.proxy_auroc or -1.0)
@@ -288,13 +295,24 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
                                                  cand.train_config(settings.batch, settings.seed), out / cand.name, device)
     final = trainer.run()
     scored = score_samples(final, proxy, device=str(device))
-    labels, scores = scored.labels, scored.scores
+    return proxy_row(cand, scored.samples, scored.scores, settings, time.perf_counter() - start, str(final))
+
+
+def proxy_row(cand: Candidate, samples: Sequence[Sample], scores: np.ndarray, settings: TuneSettings,
+              train_s: float, checkpoint: str) -> TuneRow:
+    """``cand``'s finished row from its scores on the proxy set: ``samples`` (the held-out normals, label 0, and
+    the planted copies, label 1, with their kind-size as defect_type) and ``scores`` ((N,) float, in their order).
+    Catch at the target rate and at 5 %, each with the false rejects it was measured at (``false_rejects``,
+    ``false_rejects_5pct``: with few held-out normals, the catch at 0 false rejects), and catch by kind."""
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    normal = labels == 0
     row = TuneRow(cand, "done", metrics.image_auroc(scores, labels),
                   metrics.catch_rate(scores, labels, settings.false_reject_rate),
-                  metrics.catch_rate(scores, labels, 0.05), time.perf_counter() - start, str(final))
-    normal = labels == 0
-    for kind in sorted({s.defect_type for s in scored.samples if s.label == 1}):
-        keep = normal | np.array([s.defect_type == kind for s in scored.samples])
+                  metrics.catch_rate(scores, labels, FIXED_RATE), train_s, checkpoint,
+                  false_rejects=achieved_false_rejects(scores[normal], settings.false_reject_rate),
+                  false_rejects_5pct=achieved_false_rejects(scores[normal], FIXED_RATE))
+    for kind in sorted({s.defect_type for s in samples if s.label == 1}):
+        keep = normal | np.array([s.defect_type == kind for s in samples])
         row.by_kind[kind] = metrics.catch_rate(scores[keep], labels[keep], settings.false_reject_rate)
     return row
 
@@ -325,10 +343,22 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
 
 
 def catch_columns(settings: TuneSettings) -> list[str]:
-    """tune.csv's catch columns: proxy catch at the target false-reject rate, then at 5 % unless the target is
-    named 5.0% too (--false-reject-rate 0.05: one column, not two of one name)."""
-    target, five = f"proxy_catch_at_{settings.false_reject_rate:.1%}", f"proxy_catch_at_{0.05:.1%}"
-    return [target] if target == five else [target, five]
+    """tune.csv's catch columns: proxy catch at the target false-reject rate, then at 5 % unless the target is 5 %
+    (--false-reject-rate 0.05: one column, not two of one name). Named by ``percent_label``, so two different
+    rates never share a name (0.0499: proxy_catch_at_4.99%, beside proxy_catch_at_5.0%)."""
+    target, five = (f"proxy_catch_at_{percent_label(rate)}" for rate in (settings.false_reject_rate, FIXED_RATE))
+    return [target] if settings.false_reject_rate == FIXED_RATE else [target, five]
+
+
+def percent_label(rate: float) -> str:
+    """A share as the percentage naming a tune.csv column: one decimal where that is exact ("0.5%", "5.0%", as
+    named before), else every digit of the rate as written (0.0499: "4.99%", 0.00125: "0.125%"), so two different
+    rates never share a label. From the shortest decimal of ``rate`` (its repr), not from rate * 100, which can
+    carry float noise (0.0499 * 100 is 4.99 here, 0.07 * 100 is 7.000000000000001)."""
+    percent = (Decimal(repr(float(rate))) * 100).normalize()
+    if percent == percent.quantize(Decimal("0.1")):
+        return f"{percent:.1f}%"
+    return f"{percent:f}%"
 
 
 def planted_pairs(proxy: Sequence[Sample]) -> dict[str, int]:
@@ -356,8 +386,10 @@ class TuneWriteError(FairEdgeError, OSError):
 def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: str, n_train: int, n_held: int,
                   proxy: Sequence[Sample] = (), *, category: str | None = None) -> None:
     """OUT/tune.csv (one row per candidate, best first) and OUT/tune.json (the chosen one, with its train command
-    on ``data`` and ``category``: the dataset as the user gave it; and the proxy defects planted: ``proxy``, the
-    proxy set ``write_proxy_set`` wrote), each written whole beside its place and renamed
+    on ``data`` and ``category``: the dataset as the user gave it; the false rejects its catch was measured at,
+    false_rejects_achieved: ``achieved_false_rejects`` on the held-out normals, k of n, which with fewer than
+    1 / false_reject_rate of them is 0; and the proxy defects planted: ``proxy``, the proxy set ``write_proxy_set``
+    wrote), each written whole beside its place and renamed
     into it, tune.json last (``write_whole``): a folder without tune.json holds no finished run. DataError (after
     tune.csv, listing every candidate skipped) when no candidate finished within the budget; TuneWriteError when a
     file cannot be written."""
@@ -370,7 +402,8 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
               "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
               "train_command": best.candidate.train_command(data, settings, category)}
     summary = {"chosen": chosen, "rule": "max proxy catch at the target false-reject rate, then proxy AUROC",
-               "false_reject_rate": settings.false_reject_rate, "train_images": n_train, "held_out_normals": n_held,
+               "false_reject_rate": settings.false_reject_rate, "false_rejects_achieved": best.false_rejects,
+               "train_images": n_train, "held_out_normals": n_held,
                **proxy_summary(planted_pairs(proxy), settings),
                "by_kind": best.by_kind, "table": "tune.csv"}
     files[TUNE_FINISHED] = json.dumps(summary, indent=2) + "\n"
