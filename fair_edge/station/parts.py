@@ -67,7 +67,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from fair_edge.line.grouped_log import GroupedLog
+from fair_edge.line.scheduler import GroupedLog
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.views import GroupSettings
 
