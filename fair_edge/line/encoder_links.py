@@ -30,16 +30,24 @@ loses the belt position: ``position_epoch`` goes up, counted
 ``position_lost``, logged as an error, and the count goes on from the new reading; the positions of the
 parts noted before it are unknown (``went_unseen`` names the loss for them), and the measured speed is
 forgotten: the belt is measured afresh from the new reading (a step refused wrongly stops no count).
+
+Where the belt was when a frame was exposed, not when it was handed over (a camera that held a frame, a GigE resend):
+``PolledEncoder`` keeps its readings of the last ``HISTORY_S``, each stamped when the PLC most likely read its counter
+(``PolledEncoder._sampled_at``: when the request went out + half the shortest round trip seen; on ``clock()``, by
+default ``time.monotonic()``, the clock cameras stamp ``Frame.t_capture`` on), and ``mark_at(t)`` answers the count at
+``t`` by interpolating between the two readings around it, after the newest by extrapolating at the belt speed (see
+``PolledEncoder.mark_at``).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import PlcError, SinkError
 from .encoder_source import EncoderSource, FakeEncoder
@@ -59,9 +67,23 @@ STEP_SPAN_MAX_S = 2.0   # s: the longest time a step's plausible travel is recko
 RANGE_FLOOR = 1 / 16      # 16 bit: 4096 counts, 32 bit: 268435456 counts
 SPEED_SPAN_S = 0.1        # the belt speed is measured over readings at least this far apart (s)
 # mark(): a reading older than max(STALE_POLLS x poll_s, STALE_FLOOR_S) gives no position (a read hangs: the link
-# dropped); one older than max(FRESH_POLLS x poll_s, FRESH_FLOOR_S) is extrapolated by the measured speed
+# dropped); a younger one is extrapolated by the measured speed. mark_at(): a time before the oldest reading kept by
+# at most max(FRESH_POLLS x poll_s, FRESH_FLOOR_S) (a poll's lag) takes that reading's count
 STALE_POLLS, STALE_FLOOR_S = 10, 0.25
 FRESH_POLLS, FRESH_FLOOR_S = 2, 0.05
+HISTORY_S = 5.0           # mark_at(): the readings of the last this many seconds are kept ...
+HISTORY_MAX = 20_000      # ... at most this many (a poll_ms under HISTORY_S / HISTORY_MAX keeps less time)
+
+
+class Reading(NamedTuple):
+    """One good reading kept for ``PolledEncoder.mark_at``. t: when the PLC most likely read its counter (clock()
+    seconds: ``PolledEncoder._sampled_at``); count: the unwrapped count; epoch: the position epoch it counts in;
+    resumed: the first reading after a link outage (the belt between it and the reading before went unseen)."""
+
+    t: float
+    count: int
+    epoch: int
+    resumed: bool
 
 
 class CounterReader(Protocol):
@@ -88,8 +110,9 @@ class PolledEncoder:
     position (``position_epoch`` + 1, see the module doc) and forgets the measured speed. max_counts_per_s: the
     belt's top speed, counts/s, if known (URL option; ``peak_speed`` starts there instead of at 0: a belt read
     seldom, ``poll_ms`` of hundreds, that runs fast from the start). clock: monotonic seconds, the time of each
-    reading (a test's fake clock). ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the
-    device).
+    reading (a test's fake clock; the cameras' ``Frame.t_capture`` is on ``time.monotonic()``, the default), called
+    before each read and after it; the readings of the last ``HISTORY_S`` are kept for ``mark_at`` (the count at a
+    frame's capture time). ``start()`` opens the reader and reads once (fail fast: ``PlcError`` names the device).
     """
 
     def __init__(self, reader: CounterReader, bits: int, poll_s: float, jitter: int = JITTER_COUNTS,
@@ -105,12 +128,15 @@ class PolledEncoder:
         self._last_raw: int | None = None
         self._count = 0
         self.origin_raw: int | None = None   # the raw counter value that count() == 0 stands for
-        self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0, "position_lost": 0}
+        self._counters = {"reads": 0, "read_errors": 0, "reconnects": 0, "wraps": 0, "position_lost": 0,
+                          "before_history": 0}
         self._epoch = 0
         self._lost: str | None = None        # why the position was last lost
         self._held: int | None = None        # the count held since reads began to fail (None: link up)
         self._down: str | None = None        # the read failure while held
         self._spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=BLIND_SPANS)
+        self._history: collections.deque[Reading] = collections.deque(maxlen=HISTORY_MAX)   # oldest first
+        self._rtt_min = math.inf             # the shortest read round trip seen (s): _sampled_at
         self._last_t = 0.0                   # clock() at the last good reading
         self._moved_t = 0.0                  # clock() at the last good reading that moved the raw counter
         self._speed_from: tuple[float, int] | None = None   # (clock(), count) where the speed span began
@@ -118,13 +144,13 @@ class PolledEncoder:
         self.peak_speed = self.stated_speed  # the fastest belt speed measured (or stated) since the position was found
         self.speed: float | None = None      # the belt speed over the latest span, counts/s (None: not measured)
         self.stale_s = max(STALE_POLLS * poll_s, STALE_FLOOR_S)   # mark(): an older reading gives no position
-        self.fresh_s = max(FRESH_POLLS * poll_s, FRESH_FLOOR_S)   # ... a younger one is taken as it is
+        self.fresh_s = max(FRESH_POLLS * poll_s, FRESH_FLOOR_S)   # mark_at(): a poll's lag before the oldest reading
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
     def start(self) -> PolledEncoder:
         self.reader.open()
-        self._take(self.reader.read(), self.clock())
+        self._read_once()
         self._thread.start()
         return self
 
@@ -134,20 +160,85 @@ class PolledEncoder:
             return self._count
 
     def mark(self) -> tuple[int | None, int]:
-        """``(count, position_epoch)`` read together: what to note for a part at capture. count: ``count()`` while
-        the last good reading is at most ``fresh_s`` old (the lag of an ordinary poll); older (a read in flight
-        longer than a poll takes), ``count()`` + the latest measured ``speed`` x its age (``count()`` when no speed
+        """``(count, position_epoch)`` read together: what to note for a part captured now (``mark_at(clock())``):
+        count: ``count()`` + the belt speed measured over the latest ``SPEED_SPAN_S`` x the time since the counter
+        was last read (the lag of a poll, or of a read in flight longer than a poll takes; ``count()`` when no speed
         is measured); None while the link is down (the count is held where the belt was when it dropped) or the
         last good reading is older than ``stale_s`` (a read hangs: the link dropped, its timeout has not yet told):
         where a part captured now is on the belt is unknown."""
-        now = self.clock()
+        return self.mark_at(self.clock())
+
+    def mark_at(self, t: float) -> tuple[int | None, int]:
+        """``(count, position_epoch)`` of the belt at ``t`` (clock() seconds: a frame's ``t_capture``), what to
+        note for a part exposed then, however late its frame was handed over:
+
+        - at or after the newest reading: as ``mark`` says for a reading that old (``t`` - its time): extrapolated
+          by the belt speed;
+        - between two kept readings: the count interpolated linearly between them (counts are unwrapped: a wrap in
+          between is travel), in the epoch they count in; None when the belt went unseen between them (the later one
+          is the first after a link outage, or they are more than ``stale_s`` apart: a read hung); the epoch of the
+          earlier one when the position was lost at the later one (the gate finds the part's position lost);
+        - before the oldest reading kept (``HISTORY_S``; or before ``start``): that reading's count when it is at
+          most ``fresh_s`` later (a poll's lag), else None: a frame held longer than the readings kept has no
+          position (counted ``before_history``, logged): a count guessed from the oldest reading would place it
+          further on than it is, on another part.
+        """
         with self._lock:
-            age = max(0.0, now - self._last_t)
-            if self._held is not None or age > self.stale_s:
-                return None, self._epoch
-            if age <= self.fresh_s or not self.speed:
-                return self._count, self._epoch
-            return self._count + round(self.speed * age), self._epoch
+            if not self._history or t >= self._history[-1].t:
+                return self._mark_after(t), self._epoch
+            mark, older = self._mark_within(t)
+            if older:
+                self._counters["before_history"] += 1
+                times = self._counters["before_history"]
+        if older and mark[0] is None and _power_of_ten(times):
+            log.warning("encoder %s: a frame captured %.3f s before the oldest reading kept (%.1f s of readings) has "
+                        "no belt position (%d such frames so far): a camera that held a frame that long, or a "
+                        "camera whose t_capture is not on time.monotonic()", self.name, older, HISTORY_S, times)
+        return mark
+
+    def _mark_after(self, t: float) -> int | None:
+        """(under the lock) The count at ``t``, at or after the newest reading kept (``mark``'s rules): None while
+        the link is down or the last good reading was taken up more than ``stale_s`` before ``t``; else the newest
+        reading's count + the belt speed (``_speed_kept``) x the time from when it was read to ``t`` (as read while
+        no speed is measured)."""
+        if self._held is not None or t - self._last_t > self.stale_s or not self._history:
+            return None
+        newest = self._history[-1]
+        speed = self._speed_kept()
+        return newest.count if not speed else newest.count + round(speed * max(0.0, t - newest.t))
+
+    def _speed_kept(self) -> float | None:
+        """(under the lock) The belt speed, counts/s, over the readings kept from the newest back to the first at
+        least ``SPEED_SPAN_S`` older in its epoch (their stamps are when the counter was read: ``_sampled_at``; the
+        ``speed`` measured on the poll thread's clock is off by however late it took replies up); ``speed`` when no
+        reading kept is that old in the newest one's epoch."""
+        newest = self._history[-1]
+        for older in reversed(self._history):
+            if older.epoch != newest.epoch:
+                break
+            if newest.t - older.t >= SPEED_SPAN_S:
+                return (newest.count - older.count) / (newest.t - older.t)
+        return self.speed
+
+    def _mark_within(self, t: float) -> tuple[tuple[int | None, int], float]:
+        """(under the lock) ``(count, epoch)`` at ``t``, before the newest reading, and how long before the oldest
+        reading kept ``t`` is when it is (s; 0.0: it is not, or within ``fresh_s`` of it)."""
+        later = self._history[-1]
+        for earlier in reversed(self._history):
+            if earlier.t <= t:
+                break
+            later = earlier
+        else:   # t is before the oldest reading kept (later is that one)
+            ahead = later.t - t
+            if ahead <= self.fresh_s:
+                return (later.count, later.epoch), 0.0
+            return (None, later.epoch), ahead
+        if later.resumed or later.t - earlier.t > self.stale_s:
+            return (None, earlier.epoch), 0.0
+        if later.epoch != earlier.epoch:
+            return (earlier.count, earlier.epoch), 0.0
+        share = (t - earlier.t) / (later.t - earlier.t)
+        return (earlier.count + round(share * (later.count - earlier.count)), earlier.epoch), 0.0
 
     def plausible_step(self, elapsed_s: float) -> int:
         """The longest step forward, in counts, that is belt travel in ``elapsed_s`` seconds between two
@@ -207,8 +298,17 @@ class PolledEncoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _take(self, raw: int, t: float) -> None:
-        """One good reading (taken at clock() ``t``): unwrap it, close an outage's blind span, or lose the position."""
+    def _read_once(self) -> None:
+        """Read the counter (``PlcError`` when the link fails) and take the reading, with the times its request went
+        out and its reply was taken up."""
+        t_asked = self.clock()
+        raw = self.reader.read()
+        self._take(raw, self.clock(), t_asked)
+
+    def _take(self, raw: int, t: float, t_asked: float | None = None) -> None:
+        """One good reading, its reply taken up at clock() ``t``, its request sent at ``t_asked`` (None: ``t``):
+        unwrap it, close an outage's blind span, or lose the position; keep it for ``mark_at``, stamped when the
+        counter was most likely read (``_sampled_at``)."""
         with self._lock:
             self._counters["reads"] += 1
             lost = self._unwrap(raw, t)
@@ -223,10 +323,28 @@ class PolledEncoder:
                 self._measure_speed(t)
                 if self._held is not None and self._count > self._held:
                     self._spans.append((self._held, self._count))
+            self._remember(Reading(self._sampled_at(t, t_asked), self._count, self._epoch, self._held is not None))
             self._held = self._down = None
         if lost is not None:
             log.error("encoder %s: belt position lost: %s; the parts on the belt are at unknown positions",
                       self.name, lost)
+
+    def _sampled_at(self, t: float, t_asked: float | None) -> float:
+        """(under the lock) When the PLC most likely read its counter for a reading whose request went out at
+        ``t_asked`` and whose reply was taken up at ``t``: half the shortest round trip seen since start after the
+        request went out (an uncontended read's reply comes mid-way), never after ``t``. The time the reply was taken
+        up is late by however long the poll thread waited for the interpreter on a loaded machine (tens of ms: at
+        8000 counts/s, hundreds of counts); the request goes out right after ``t_asked``."""
+        if t_asked is None:
+            return t
+        self._rtt_min = min(self._rtt_min, max(0.0, t - t_asked))
+        return min(t, t_asked + self._rtt_min / 2)
+
+    def _remember(self, reading: Reading) -> None:
+        """(under the lock) Keep ``reading`` for ``mark_at``; forget the readings more than ``HISTORY_S`` older."""
+        self._history.append(reading)
+        while reading.t - self._history[0].t > HISTORY_S:
+            self._history.popleft()
 
     def _unwrap(self, raw: int, t: float) -> str | None:
         """(under the lock) Count ``raw`` in, read at clock() ``t``; returns why the position is lost, or None."""
@@ -293,7 +411,7 @@ class PolledEncoder:
         while not self._stop.is_set():
             next_t += self.poll_s
             try:
-                self._take(self.reader.read(), self.clock())
+                self._read_once()
                 delay = BACKOFF_S[0]
             except PlcError as exc:
                 self._read_failed(exc, delay)
@@ -325,6 +443,13 @@ class PolledEncoder:
             log.warning("encoder %s: reconnected", self.name)
         except PlcError as exc:
             log.debug("encoder %s: reopen failed: %s", self.name, exc)
+
+
+def _power_of_ten(n: int) -> bool:
+    """Whether ``n`` is 1, 10, 100, ...: a flood of like events is logged at these counts."""
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 class ModbusCounter:

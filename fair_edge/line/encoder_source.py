@@ -31,6 +31,15 @@ def mark(encoder: EncoderSource) -> tuple[int | None, int]:
     return own() if own is not None else (int(encoder.count()), 0)
 
 
+def mark_at(encoder: EncoderSource, t_capture: float) -> tuple[int | None, int]:
+    """``mark`` for a part exposed at ``t_capture`` (monotonic s: its frame's ``Frame.t_capture``), however late its
+    frame was handed over: ``(count, position epoch)`` where the belt was then, from an encoder that keeps its
+    readings (``encoder_links.PolledEncoder.mark_at``: interpolated between the readings around it; count None where
+    it cannot say); any other, ``mark`` now (a ``FakeEncoder``: where the belt is when the frame is handed over)."""
+    own = getattr(encoder, "mark_at", None)
+    return own(t_capture) if own is not None else mark(encoder)
+
+
 def went_unseen(encoder: EncoderSource, target: int, epoch: int) -> str | None:
     """Why a part noted as ``(count, epoch)`` by ``mark`` whose gate is at count ``target`` cannot be
     decided at the gate (its position was lost since, or the belt carried it past ``target`` while

@@ -26,7 +26,8 @@ A verdict for a part that was never noted at capture (callers without a capture 
 from its own ``t_capture``; if that due time is already past, the part went by without a
 decision: counted ``late_verdicts`` and, when NG, alarmed.
 
-Encoder mode: each part is noted with the encoder's ``(count, position epoch)`` (``encoder_source.mark``).
+Encoder mode: each part is noted with the encoder's ``(count, position epoch)`` at its frame's ``t_capture``
+(``encoder_source.mark_at``: where the belt was when the frame was exposed, not when it was handed over).
 A part whose position the gate cannot know is decided ``position_lost``, whatever its verdict: the belt
 position was lost after it was noted (a counter reset, an implausible jump: the encoder's
 ``position_epoch`` went up; every part of an older epoch is taken off the heap at once, in the poll that
@@ -175,7 +176,7 @@ class _Part:
     """A part between camera and gate. t_due: monotonic s (time mode; set when the count is
     reached in encoder mode). target: encoder count at the gate (encoder mode; None for a part
     captured while the encoder's link was down: no position); count, epoch: the encoder's
-    ``mark()`` at capture."""
+    ``mark_at`` the part's capture time."""
 
     seq: int
     t_due: float | None
@@ -244,14 +245,16 @@ class RejectScheduler:
 
     # -- called by the camera thread and the inspection loop ----------------------------------
     def note_capture(self, seq: int, t_capture: float | None = None, count: int | None = None) -> int | None:
-        """A part was captured (call it on the camera thread, right at capture): it will be
-        decided at its due time whatever happens to its frame. t_capture: monotonic s (now when
-        None). count: the part's belt count when the caller knows it better than the encoder's count now
-        (a cell's part first seen by a camera downstream: its count at the camera at offset 0); the
-        position epoch is the encoder's now. Returns the encoder count noted, or None without an encoder."""
+        """A part was captured (call it on the camera thread, when its frame is handed over): it will be
+        decided at its due time whatever happens to its frame. t_capture: monotonic s, its frame's exposure (now
+        when None). Encoder mode: the part is noted at the belt count at ``t_capture`` (``encoder_source.mark_at``:
+        a frame held before it was handed over is placed where it was exposed, not where the belt is now), or
+        ``count`` when the caller knows the part's count better (a cell's part first seen by a camera downstream:
+        its count at the camera at offset 0); the position epoch is the encoder's at ``t_capture``. Returns the
+        encoder count noted, or None without an encoder."""
+        count_then, epoch = self._mark(t_capture)
         t_capture = time.monotonic() if t_capture is None else t_capture
-        count_now, epoch = encoder_source.mark(self._encoder) if self._encoder is not None else (None, 0)
-        count = count_now if count is None or count_now is None else int(count)
+        count = count_then if count is None or count_then is None else int(count)
         with self._lock:
             refused = len(self._parts) >= self.settings.max_pending
             if not refused and seq not in self._parts and seq not in self._decided:
@@ -263,6 +266,15 @@ class RejectScheduler:
         else:
             self._counters.add("captured")
         return count
+
+    def _mark(self, t_capture: float | None) -> tuple[int | None, int]:
+        """The encoder's ``(count, epoch)`` at ``t_capture`` (None: now, on the encoder's clock); (None, 0) without
+        an encoder."""
+        if self._encoder is None:
+            return None, 0
+        if t_capture is None:
+            return encoder_source.mark(self._encoder)
+        return encoder_source.mark_at(self._encoder, t_capture)
 
     def on_capture(self, frame: Frame) -> None:
         """The capture thread's ``on_capture`` hook: note the part at its capture time."""
@@ -488,8 +500,10 @@ class RejectScheduler:
             return _Part(seq, t_capture + self.settings.delay_ms / 1000.0)
         if count is None:
             why = encoder_source.fault_reason(self._encoder)
-            return _Part(seq, None, epoch=epoch, unseen=f"captured while the encoder link was down"
-                         f"{f' ({why})' if why else ''}: where it is on the belt is unknown")
+            return _Part(seq, None, epoch=epoch, unseen=(
+                f"captured while the encoder link was down ({why})" if why else
+                "captured when the encoder had no belt position (a read hanging or the link down, or its frame "
+                "held longer than the readings the encoder keeps)") + ": where it is on the belt is unknown")
         return _Part(seq, None, count + self.settings.encoder_distance, count, epoch=epoch)
 
     def _add(self, part: _Part) -> None:

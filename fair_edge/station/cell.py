@@ -112,6 +112,27 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
     return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
 
 
+def warn_window_counts(cfg: StationConfig, encoder: object) -> str:
+    """``match: encoder``: log at start, as a warning, that ``group.window_counts`` is below the counts the belt travels
+    in one of the encoder's polls at the top speed its URL states (``max_counts_per_s`` x ``poll_ms``: how far apart
+    the views of one part can be keyed when the counter changes only once a poll); returns it ("" when it is not, or
+    when the URL states no top speed: the belt's speed is not known at start). Each view is keyed by the count at
+    its capture time, interpolated between the encoder's readings (``PolledEncoder.mark_at``)."""
+    if cfg.group.by != "part" or cfg.group.match != "encoder":
+        return ""
+    speed, poll_s = float(getattr(encoder, "stated_speed", 0.0)), float(getattr(encoder, "poll_s", 0.0))
+    travel = speed * poll_s
+    if travel <= cfg.group.window_counts:
+        return ""
+    note = (f"group.window_counts: {cfg.group.window_counts} counts is below the {travel:.0f} counts the belt travels "
+            f"in one encoder poll at its stated top speed (reject.encoder max_counts_per_s={speed:g} x "
+            f"poll_ms={poll_s * 1000:g}): the views of one part may be keyed further apart than that and open parts "
+            "of their own, rejected fail-safe with their views missing; set window_counts to at least "
+            f"{math.ceil(travel)} (and below half the part pitch in counts), or poll the counter faster")
+    log.warning("%s", note)
+    return note
+
+
 @dataclasses.dataclass(frozen=True)
 class CameraModel:
     """One camera's model as read before any backend opens (``read_camera_models``). cfg: the station as the camera
@@ -374,6 +395,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     from fair_edge.line.scheduler import RejectScheduler
 
     line = open_line_side(cfg, stack, run_id)
+    warn_window_counts(cfg, line.encoder)
     line.callbacks.remove(line.record_verdict)   # view verdicts are not parts: the cell routes them
     cell = CellLine(line)
     line.callbacks.insert(0, cell.record_view)
@@ -387,6 +409,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
             on_open=None if scheduler is None else (lambda part, t, count: scheduler.note_capture(part, t, count)),
             count=None if line.encoder is None else line.encoder.count,
+            count_at=None if line.encoder is None else (lambda t: encoder_source.mark_at(line.encoder, t)[0]),
             position=None if line.encoder is None else (lambda: encoder_source.mark(line.encoder)[0]),
             offsets={v.name: v.offset_counts for v in cfg.cameras}, close_by_count=part_close_by_count(cfg),
             plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)),

@@ -21,7 +21,9 @@ at its belt count, so it is decided at its due time whatever happens to its view
 - ``close_all()`` at the end of a run closes the rest the same way.
 
 ``match: encoder``: the part's key is its belt count at the camera at offset 0 (a view's count minus its camera's
-``offsets``), whichever camera sees it first.
+``offsets``), whichever camera sees it first; a view's count is the belt's when its frame was exposed (``count_at``
+its ``t_capture``), not when the frame was handed over: a frame a camera held (a hang, a GigE resend) still joins its
+part.
 
 Late views (``window``, ``sequence``, ``encoder``): a view that comes after its part closed without it (a camera
 that hung, then delivered the frame it held) is filed under that part (``_match_closed``: one of the last
@@ -132,7 +134,9 @@ class PartAssembler:
     """Matches views into parts and decides each part once (see the module doc).
 
     cameras: every camera's name, in the station file's order. timeout_s: how long a part waits for its views after
-    its first view's capture (``math.inf``: no time limit). count: the belt count now (``match: encoder``). offsets:
+    its first view's capture (``math.inf``: no time limit). count: the belt count now (``match: encoder``).
+    count_at: the belt count at a time (monotonic s, a frame's ``t_capture``), None when the encoder cannot say
+    (``encoder_source.mark_at``'s count): a view's count (default, or None from it: ``count`` now). offsets:
     belt counts from the camera at offset 0 to each one. close_by_count (``match: encoder``): a part also closes
     when the belt has carried it this far (``CloseByCount``). position: the belt count parts close by, None while
     the encoder has no position (``encoder_source.mark``'s count); default ``count``. plc_part: (camera, frame) ->
@@ -146,6 +150,7 @@ class PartAssembler:
 
     def __init__(self, cameras: list[str], group: GroupSettings, timeout_s: float, *, on_part: PartListener,
                  on_open: OpenListener | None = None, count: Callable[[], int] | None = None,
+                 count_at: Callable[[float], int | None] | None = None,
                  offsets: dict[str, int] | None = None, close_by_count: CloseByCount | None = None,
                  position: Callable[[], int | None] | None = None,
                  plc_part: Callable[[str, Frame], int | None] | None = None, due_s: float = math.inf,
@@ -161,6 +166,7 @@ class PartAssembler:
         self.on_part, self.on_open, self.count, self.plc_part, self.clock = on_part, on_open, count, plc_part, clock
         self.offsets, self.close_by_count, self.due_s = dict(offsets or {}), close_by_count, float(due_s)
         self.position = position or count
+        self.count_at = count_at
         self._seq_offset: dict[str, int] = {}   # match: sequence: camera -> part count minus its frame seq
         self._resync: set[str] = set()           # ... cameras whose seq lost step (matched by time)
         self._untimed: set[str] = set()          # ... cameras without a timeline: never out of step by time
@@ -273,11 +279,18 @@ class PartAssembler:
     def _key(self, camera: str, frame: Frame) -> float:
         """What a view is matched on (``window``, ``encoder``, ``handshake``; ``sequence``: ``_sequence_key``)."""
         if self.group.match == "encoder":
-            return float(self.count() - self.offsets.get(camera, 0))
+            return float(self._count_at_capture(frame) - self.offsets.get(camera, 0))
         if self.group.match == "handshake":
             part = self.plc_part(camera, frame)
             return float("nan") if part is None else float(part)   # nan matches nothing: a part of its own
         return frame.t_capture
+
+    def _count_at_capture(self, frame: Frame) -> int:
+        """The belt count when ``frame`` was exposed (``count_at`` its ``t_capture``); ``count`` now without
+        ``count_at`` or when the encoder cannot say (its link was down then: the gate, noting the part at its own
+        ``mark_at``, decides it ``position_lost``)."""
+        count = None if self.count_at is None else self.count_at(frame.t_capture)
+        return self.count() if count is None else count
 
     def _new_part(self, t_capture: float, key: float) -> _Part:
         """(under the lock) Open a part: its first view was captured at ``t_capture`` (monotonic s)."""
