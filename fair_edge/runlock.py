@@ -3,9 +3,10 @@
 A station (``OUTPUT/.station.lock``, ``station.run.station_lock``) and a training run (``OUT/.train.lock``,
 ``training.runs.hold_run_lock``) hold one for as long as they run, taken before they open or write anything, so
 a second process started on the same folder is refused naming the first one's pid instead of pulsing the same
-PLC output or writing the same files. The lock file holds the holder's pid and what it runs (one line each),
-written once the lock is held; it is removed when the lock is let go (a lock file left by a process killed
-outright holds no lock: the kernel let go of it with the process, and the next run takes it over).
+PLC output or writing the same files. The lock file holds the holder's pid, what it runs and, when it runs as a
+systemd service, its unit (one line each; ``LockHolder``: a file without the unit's line, of an older version, reads
+as one without a unit), written once the lock is held; it is removed when the lock is let go (a lock file left by a
+process killed outright holds no lock: the kernel let go of it with the process, and the next run takes it over).
 
 The lock is the kernel's (``fcntl.flock``): it goes with the process however the process ends, on a local disk and
 on NFS (as a POSIX lock). Within one process the same thread may take a folder's lock again (a no-op inside the
@@ -20,9 +21,11 @@ import logging
 import os
 import threading
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from fair_edge.errors import ConfigError
+from fair_edge.systemd_unit import ServiceUnit, own_unit
 
 try:
     import fcntl
@@ -35,25 +38,60 @@ _HELD: dict[Path, int] = {}   # lock file -> the thread (id) of this process hol
 _HELD_GUARD = threading.Lock()
 
 
-def holder_of(path: Path) -> str:
-    """Who holds the lock file ``path``, from what it holds: ``pid N (WHAT)``, ``pid N``, or ``a process whose pid
-    is not written yet`` (it took the lock a moment ago) / ``... unknown`` when the file cannot be read."""
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a lock file, from what it holds (``holder_of``): ``pid`` (None: not written yet, or the file cannot
+    be read: ``unread``), ``what`` it runs (the station file, ...) and the systemd ``unit`` it runs as (None: none,
+    or a lock file written by a version that did not record it). ``str()``: ``pid N, WHAT``, as refusals name it."""
+
+    pid: int | None
+    what: str = ""
+    unit: ServiceUnit | None = None
+    unread: bool = False
+
+    def __str__(self) -> str:
+        if self.unread:
+            return "a process whose pid cannot be read"
+        if self.pid is None:
+            return "a process whose pid is not written yet"
+        return f"pid {self.pid}" + (f", {self.what}" if self.what else "")
+
+    def stop_command(self) -> str:
+        """The command that stops the holder: ``systemctl stop UNIT`` when it runs as a service (stopping it by pid
+        would have systemd start it again, or leave the unit failed), else ``kill -TERM PID``; "" when its pid is
+        not known."""
+        if self.unit is not None:
+            return self.unit.command("stop")
+        return "" if self.pid is None else f"kill -TERM {self.pid}"
+
+
+def holder_of(path: Path) -> LockHolder:
+    """Who holds the lock file ``path``, from what it holds (``lock_text``'s lines: pid, what, the unit if any)."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:
-        return "a process whose pid cannot be read"
+        return LockHolder(None, unread=True)
     pid = lines[0].strip() if lines else ""
     if not pid.isdigit():
-        return "a process whose pid is not written yet"
+        return LockHolder(None)
     what = lines[1].strip() if len(lines) > 1 else ""
-    return f"pid {pid}" + (f", {what}" if what else "")
+    unit = ServiceUnit.from_words(lines[2]) if len(lines) > 2 else None
+    return LockHolder(int(pid), what, unit)
+
+
+def lock_text(what: str) -> str:
+    """What a lock file holds: this process's pid, ``what`` and, when it runs as a systemd service, its unit
+    (``systemd_unit.own_unit``; ``ServiceUnit.words``), one line each."""
+    unit = own_unit()
+    return f"{os.getpid()}\n{what}\n" + (f"{unit.words()}\n" if unit is not None else "")
 
 
 @contextlib.contextmanager
-def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str], shared: bool = False) -> Iterator[Path]:
+def hold_lock(folder: Path, name: str, what: str, busy: Callable[[LockHolder], str],
+              shared: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder/name`` while the block runs (the folder is made if missing, and removed
     again at the end when the lock made it and it is still empty). ``what``: written beside the pid (e.g. the
-    station file). ``busy(holder)``: the refusal's text for the holder (``holder_of``: its pid and what it runs),
+    station file). ``busy(holder)``: the refusal's text for the holder (``holder_of``: its pid, what it runs, its unit),
     raised as ConfigError when another process (or another thread of this one) holds the lock. ``shared``: a lock
     stations of several accounts take (``_open_shared``). A lock file that
     cannot be made (a read-only or full disk) is logged and the block runs unlocked: what the run writes next meets
@@ -81,7 +119,7 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[str], str], sh
             _release(path, fd, made)
 
 
-def _acquire(path: Path, what: str, busy: Callable[[str], str], shared: bool = False) -> int | None:
+def _acquire(path: Path, what: str, busy: Callable[[LockHolder], str], shared: bool = False) -> int | None:
     """The open, locked lock file's descriptor with this process's pid and ``what`` written in it; None when the
     OS has no flock or the file cannot be made (logged). ConfigError (``busy``) when another process holds it.
     ``shared``: a lock taken by stations of several accounts (``_open_shared``)."""
@@ -108,7 +146,7 @@ def _acquire(path: Path, what: str, busy: Callable[[str], str], shared: bool = F
         os.close(fd)   # the holder before let go and removed the file after we opened it: open the new one
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n{what}\n".encode())
+        os.write(fd, lock_text(what).encode())
     return fd
 
 

@@ -181,7 +181,7 @@ def test_a_second_station_on_the_same_handshake_is_refused_naming_the_address_an
     text = " ".join(str(refused.value).split())
     assert "modbus 127.0.0.1:15030 unit 1 holding register 0" in text, text            # the trigger register
     assert f"pid {pid}" in text and "stationA.yaml" in text, text
-    assert "a station is already running on this PLC output" in text and "systemctl stop fair-edge" in text, text
+    assert "a station is already running on this PLC output" in text and f"`kill -TERM {pid}`" in text, text
     assert "reject.handshake.url, reject.handshake.modbus.trigger" in text, text
     assert opened.links == [] and opened.sinks == []
     assert not (tmp_path / "B" / "verdicts.jsonl").exists()

@@ -31,7 +31,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.runlock import hold_lock
 folder, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 try:
-    with hold_lock(folder, name, "test holder", lambda holder: "busy: " + holder):
+    with hold_lock(folder, name, "test holder", lambda holder: f"busy: {holder}"):
         print("held", flush=True)
         if mode == "hold":
             sys.stdin.read()   # until the test closes our stdin
@@ -96,7 +96,7 @@ def test_a_station_on_an_output_folder_another_holds_is_refused_before_any_sink_
             run_station(station(station_bundles[0].root, conveyor_dir, out), threading.Event(), max_frames=3)
     text = " ".join(str(err.value).split())
     assert f"pid {pid}" in text and str(out) in text, text
-    assert "a station is already running on this output folder" in text and "systemctl stop fair-edge" in text
+    assert "a station is already running on this output folder" in text and f"`kill -TERM {pid}`" in text, text
     assert "another output folder" in text
     assert sinks.opened == [] and sinks.made == []          # no reject or fault output touched
     assert sorted(p.name for p in out.iterdir()) == []      # no verdict log, gate log or summary.json

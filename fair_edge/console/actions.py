@@ -404,7 +404,7 @@ class StationActions:
             if self.station_file is not None:   # written and checked first: a file that fails changes nothing
                 paired = tuning.write_station_threshold(self.station_file, value, self.links.load_station, camera,
                                                         bundle)
-                written = str(self.station_file)
+                written = str(Path(self.station_file).resolve())   # a start from any folder finds the row
             decider.switch.request(ModelChange(threshold=value))
             self.threshold_applied = True
             if paired:
@@ -860,13 +860,26 @@ def _scores_below_zero(decider) -> bool:
 
 def applied_thresholds(rows: list[dict], station_file: Path) -> dict[str, dict]:
     """camera ("" with one) -> the last of audit ``rows`` (``audit.jsonl``) of a threshold applied from the console
-    and written to ``station_file``."""
-    wanted = os.path.abspath(station_file)
+    and written to ``station_file`` (``names_station_file``: by its resolved path)."""
     applied: dict[str, dict] = {}
     for row in rows:
-        if row.get("action") == "threshold" and os.path.abspath(str(row.get("station_file") or "")) == wanted:
+        if row.get("action") == "threshold" and names_station_file(str(row.get("station_file") or ""), station_file):
             applied[str(row.get("camera", ""))] = row
     return applied
+
+
+def names_station_file(named: str, station_file: Path) -> bool:
+    """Whether an audit row's ``station_file`` (``named``) is ``station_file``: both resolved (absolute, links
+    followed), as ``apply_threshold`` writes it, so a start from another folder (the systemd unit's absolute
+    --station, its WorkingDirectory elsewhere) finds the row of a threshold applied to a station started by hand
+    with a relative one. A row written before that names the file as it was typed (relative): the folder it was
+    relative to is not recorded, so it cannot be resolved reliably; it is compared as it always was, made absolute
+    in this process's folder (found by a start from the folder it was written from)."""
+    if not named:
+        return False
+    if os.path.isabs(named):
+        return Path(named).resolve() == Path(station_file).resolve()
+    return os.path.abspath(named) == os.path.abspath(station_file)
 
 
 def threshold_pair_refusal(station_file: Path, row: dict | None, named: CameraBundle, found: tuple[str, ...],

@@ -23,6 +23,7 @@ from fair_edge.console.actions import (CameraBundle, ReloadFrom, StationActions,
                                       StationStopping, SwapBusy, reload_plan)
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
+from fair_edge.console.reload_scope import restart_words, unapplied_sections
 from fair_edge.console.server import ConsoleServer, station_file_warning
 from fair_edge.errors import ConfigError, FairEdgeError
 
@@ -81,6 +82,7 @@ class StationConsole:
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
+        self.started_with = cfg   # what the station runs with: a reload names the file's edits it does not apply
         record = getattr(cfg, "record", None)
         # what the console serves (/files/, /records/): a station file inside one is named by a warning at start
         self.served_folders = {"output folder": cfg.output, "record folder": getattr(record, "dir", None)}
@@ -102,10 +104,11 @@ class StationConsole:
             try:
                 self.server.start()
             except ConfigError as exc:
+                port = self.server.settings.port
                 log.error("console not served: port %s on %s cannot be bound. Is another station already running on "
-                          "this port (`systemctl status fair-edge`, or a `fair-edge run` in another terminal)? Stop "
-                          "that one first; if another program holds the port: %s", self.server.settings.port,
-                          self.server.settings.host, exc)
+                          "this port (`ss -ltnp 'sport = :%s'` names its pid; `systemctl status PID` its unit when "
+                          "it runs as one, or a `fair-edge run` in another terminal)? Stop that one first; if another "
+                          "program holds the port: %s", port, self.server.settings.host, port, exc)
                 self.server = None
                 return self
             exposed = station_file_warning(self.station_file, self.served_folders)
@@ -190,12 +193,14 @@ class StationConsole:
     def _reload(self, who: str) -> None:
         """``reload_bundle``'s read of the station file and start of the swap (the caller holds ``actions.lock``)."""
         if self.feed.cell is not None:   # every camera's own bundle and threshold: nothing more to swap
+            self._warn_unapplied(who)
             self._reload_cameras(who)
             return
         if self.station_file is None:   # the bundle in force as named (a link: its target now), regions kept
             self._reload_in_force(who)
             return
         now = self._read_station_file()   # a regions: section that does not load refuses the reload
+        self._warn_unapplied(who, now)
         threshold, threshold_words = self._threshold_over(now.threshold)
         path = self.flags.bundle or now.bundle or self.feed.bundle_in_force()
         bundle_words = [] if self.flags.bundle is None else [
@@ -219,6 +224,25 @@ class StationConsole:
         in_force = CameraBundle("", path, False, kept)
         self.actions.check_threshold_pairs([in_force])
         self.actions.swap(str(path), who, threshold=kept, reload=ReloadFrom(who, (in_force,)))
+
+    def _warn_unapplied(self, who: str, now=None) -> None:
+        """Log a WARNING naming the station file's sections that differ from those the station runs with and that a
+        reload does not apply (``reload_scope.unapplied_sections``: output, console, metrics, mqtt, reject, ...),
+        and the restart that applies them (``systemctl restart UNIT`` under systemd). now: the file as the reload
+        read it (None: read here; a file that does not load is the reload's to refuse, not named here)."""
+        if now is None:
+            load_station = self.actions.links.load_station
+            if self.station_file is None or load_station is None:
+                return
+            try:
+                now = load_station(self.station_file)
+            except ConfigError:
+                return
+        sections = unapplied_sections(self.started_with, now, cell=self.feed.cell is not None)
+        if sections:
+            log.warning("reload (%s): %s in %s not applied (they differ from what the station runs with; a reload "
+                        "applies bundle, decision.threshold and regions: only): restart the station to apply them "
+                        "(%s)", who, ", ".join(sections), self.station_file, restart_words())
 
     def _read_station_file(self):
         """The station file's settings now (``StationLinks.load_station``: ConfigError for one that does not load)."""

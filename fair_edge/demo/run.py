@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -22,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -62,13 +63,47 @@ def plan_conveyor(split: DatasetSplit, n_good: int, n_defect: int, seed: int = 0
 
 
 def write_conveyor(parts: list[Sample], folder: Path) -> None:
-    """Copy the parts into ``folder`` as NNN_<good|defect>_<cell>.png, in conveyor order."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for i, part in enumerate(parts):
-        tag = "defect" if part.label else "good"
-        shutil.copyfile(part.path, folder / f"{i:03d}_{tag}_{part.path.stem}.png")
+    """Copy the parts into ``folder`` as NNN_<good|defect>_<cell>.png, in conveyor order, in place of what it held:
+    under its station lock (``demo_folder``), so a station running with ``folder`` as its output refuses the demo
+    (ConfigError naming its pid) before anything is deleted."""
+    with demo_folder(folder):
+        for i, part in enumerate(parts):
+            tag = "defect" if part.label else "good"
+            shutil.copyfile(part.path, folder / f"{i:03d}_{tag}_{part.path.stem}.png")
+
+
+@contextlib.contextmanager
+def demo_folder(folder: Path) -> Iterator[Path]:
+    """Hold ``folder``'s station lock (``station.run.hold_station_folder``, as a station holds its output folder) and
+    empty it, all but the lock file, for the demo to write anew: a station running there (`fair-edge demo --out runs`
+    beside a station with ``output: runs/station``) refuses the demo with a ConfigError naming its pid and the fix
+    (another --out) before anything is deleted; one started there while the block runs is refused in turn. The same
+    thread may hold it again inside (the demo's own station does). Yields ``folder``."""
+    from fair_edge.station.run import STATION_LOCK
+
+    with demo_lock(folder):
+        clear_folder(folder, keep=STATION_LOCK)
+        yield folder
+
+
+def demo_lock(folder: Path) -> contextlib.AbstractContextManager[Path]:
+    """``folder``'s station lock held as the demo's (``station.run.hold_station_folder``; the lock file names
+    `fair-edge demo --out OUT`): ConfigError naming the running station's pid and the fix while one runs there."""
+    from fair_edge.station.run import hold_station_folder
+
+    return hold_station_folder(folder, f"fair-edge demo --out {folder.resolve().parent}", "demo")
+
+
+def clear_folder(folder: Path, keep: str) -> None:
+    """Delete everything in ``folder`` (made if missing) but its entry named ``keep`` (the lock file held on it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @dataclass(frozen=True)
@@ -203,7 +238,16 @@ def tally(rows: list[dict]) -> dict:
 def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float = 10.0,
              n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = DEMO_FALSE_REJECT_RATE,
              say: Callable[[str], None] = print) -> dict:
-    """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics)."""
+    """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics), holding
+    OUT/station's station lock from the start (``demo_lock``): a station running there refuses the demo before it
+    trains, deletes or writes anything."""
+    with demo_lock(out / "station"):   # emptied by run_conveyor, under the lock still
+        return _run_demo(out, train, evaluate, fps, n_good, n_defect, backend, false_reject_rate, say)
+
+
+def _run_demo(out: Path, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float, n_good: int,
+              n_defect: int, backend: str, false_reject_rate: float, say: Callable[[str], None]) -> dict:
+    """``run_demo``'s steps, under OUT/station's station lock."""
     from fair_edge.models.checkpoint import load_checkpoint
     from fair_edge.export.build import BuildOptions, build_bundle
 
@@ -243,17 +287,15 @@ def write_report(report: dict, path: Path) -> None:
 
 def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_parts: int,
                  say: Callable[[str], None]):
-    """Replay OUT/conveyor through the station into a simulated PLC. Returns (summary, rows, rises)."""
+    """Replay OUT/conveyor through the station into a simulated PLC, into OUT/station emptied first under its
+    station lock (``demo_folder``: refused while another station runs there). Returns (summary, rows, rises)."""
     from fair_edge.line.settings import RecordSettings, RejectSettings
     from fair_edge.line.sim_sink_plc import SimulatedPlc
     from fair_edge.station.run import run_station
     from fair_edge.station.config import CameraSettings, StationConfig
 
     station_dir = out / "station"
-    if station_dir.exists():
-        shutil.rmtree(station_dir)
-    plc = SimulatedPlc().start()
-    try:
+    with demo_folder(station_dir), contextlib.closing(SimulatedPlc().start()) as plc:   # its station: lock again
         cfg = StationConfig(
             camera=CameraSettings(source=str(out / "conveyor"), fps=line.fps, queue_size=8),
             bundle=bundle_root, backend=backend, output=station_dir,
@@ -266,8 +308,6 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
         summary = run_station(cfg, threading.Event(), on_start=say, export_reviewed=export_reviewed)
         threading.Event().wait(0.2)  # the station waited for the gate; let the last writes land
         rises = plc.rises(0)
-    finally:
-        plc.close()
     verdicts = [json.loads(text) for text in (station_dir / "verdicts.jsonl").read_text().splitlines()]
     pulses = read_pulse_results(station_dir / "gate.jsonl")
     return summary, match_pulses(verdicts, rises, line.delay_ms, LATE_MS, pulses), rises

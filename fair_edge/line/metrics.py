@@ -264,14 +264,22 @@ class Metrics:
                                                        idle_timeout_s=IDLE_TIMEOUT_S)
         except OSError as exc:
             raise MetricsError(f"metrics.port: expected a free port on {self.settings.host}, "
-                               f"found {self.settings.port} unusable ({exc}); pick another "
-                               f"port or 0") from exc
-        log.info("metrics on http://%s:%d/metrics", self.settings.host, self.port)
+                               f"found {self.settings.port} unusable ({exc}); pick another port, one per "
+                               "station (the one Prometheus scrapes; 0 = any free port, as a test run may: the "
+                               "station prints the one it found at start, 'metrics: URL')") from exc
+        log.info("metrics on %s", self.url)
         return self
 
     @property
     def port(self) -> int:
         return self._server.server_port if self._server is not None else self.settings.port
+
+    @property
+    def url(self) -> str:
+        """Where ``/metrics`` is served (``http://HOST:PORT/metrics``, the port found for port 0 once started): the
+        station prints it at start, beside the console's URL."""
+        host = self.settings.host if ":" not in self.settings.host else f"[{self.settings.host}]"
+        return f"http://{host}:{self.port}/metrics"
 
     def render(self) -> bytes:
         """The text exposition (what a scrape returns)."""

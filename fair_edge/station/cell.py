@@ -536,6 +536,8 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         console = open_cell_console(cfg, models, faults, stack, line, export_reviewed)
         if on_start is not None and console.url:
             on_start(f"console: {console.url}")
+        if on_start is not None and line.metrics is not None:   # port 0: the one found is named nowhere else
+            on_start(f"metrics: {line.metrics.url}")
         inspector = Inspector(mux, first.scorer, first.threshold, settings=cfg.batching, on_verdict=line.callbacks,
                               views=models.views)
         inspector.decider = first   # the summary's backend and the console's top-line model: the first camera's

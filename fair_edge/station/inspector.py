@@ -641,13 +641,16 @@ class Inspector:
     def _swap_model(self, name: str, decider: ViewDecider, change) -> None:
         """``decider`` runs the model of ``change`` from its next frame (its old scorer is the caller's to retire),
         judging regions with the change's re-read ``regions:`` (a SIGHUP reload's; logged when they changed), else
-        with the rules in force, at the new bundle's pixel threshold and map area."""
+        with the rules in force, at the new bundle's pixel threshold and map area. Logged at the switch (not per
+        frame): "model swapped" for another model, "model reloaded (same model ...)" for the one it ran (a reload of
+        an unchanged bundle)."""
+        same = bool(change.model) and change.model == decider.model   # "": a model id not known
         decider.scorer, decider.roi, decider.model = change.scorer, change.roi, change.model
         decider.grid, decider.map_area = change.grid, change.map_area
         if decider is self.decider:
             self.summary.backend = change.scorer.reason
-        log.warning("model swapped%s: now %s from %s", _on_camera(name), change.model,
-                    getattr(change.bundle, "root", "?"))
+        log.warning("model reloaded%s (same model %s) from %s" if same else "model swapped%s: now %s from %s",
+                    _on_camera(name), change.model, getattr(change.bundle, "root", "?"))
         if change.bundle is not None:
             self._swap_regions(name, decider, change)
 

@@ -48,7 +48,7 @@ from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import fused_members, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
 from fair_edge.records import new_run_id
-from fair_edge.runlock import hold_lock
+from fair_edge.runlock import LockHolder, hold_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.bundles import (check_applied_threshold, load_change, load_roi, open_regions, open_scorer,
                                       read_bundle, resolve_threshold)
@@ -78,11 +78,12 @@ EXIT_OK = 0
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
-STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}): stop it first "
-                "(`systemctl stop fair-edge` or Ctrl-C in its terminal), or give this one another {fix}.")
+STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}): stop it first ({stop}), "
+                "or give this one another {fix}.")
 OPEN_FILES = 65536   # the soft open-files limit a station raises itself to (its hard limit where that is lower)
 BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the station file, or --out)"),
-                "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)")}
+                "record": ("verdict-log folder", "verdict-log folder (record.dir: in the station file)"),
+                "demo": ("output folder", "demo folder (fair-edge demo --out DIR)")}   # hold_station_folder's
 BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
 SWITCH_INTERVAL_S = 0.0005   # the GIL switch interval while a station runs, s (Python's default: 0.005; BENCHMARKS.md)
 STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gate), budget spent or not
@@ -188,9 +189,17 @@ def station_lock(cfg: StationConfig) -> Iterator[None]:
     folders.setdefault(Path(cfg.record.dir).resolve(), (Path(cfg.record.dir), "record"))
     with contextlib.ExitStack() as stack:
         for folder, kind in folders.values():
-            stack.enter_context(hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder, kind)))
+            stack.enter_context(hold_station_folder(folder, what, kind))
         stack.enter_context(hold_plc_outputs(plc_outputs(cfg), what, plc_busy))
         yield
+
+
+def hold_station_folder(folder: Path, what: str, kind: str = "output") -> contextlib.AbstractContextManager[Path]:
+    """Hold ``folder``'s station lock (``STATION_LOCK``) while the block runs, as ``station_lock`` holds a station's
+    output folder (``kind``: a ``BUSY_FOLDERS`` key, the refusal's words; "demo": `fair-edge demo`'s, which clears
+    its station folder before its station runs there): ConfigError (``STATION_BUSY``) while another station runs
+    there, before anything in it is touched. what: written in the lock file beside the pid. Yields the lock file."""
+    return hold_lock(folder, STATION_LOCK, what, functools.partial(station_busy, folder, kind))
 
 
 def plc_outputs(cfg: StationConfig) -> list[PlcOutput]:
@@ -215,18 +224,30 @@ def probe_gpio_lines(cfg: StationConfig) -> None:
                        for i, url in enumerate(urls))
 
 
-def plc_busy(output: PlcOutput, holder: str) -> str:
+def plc_busy(output: PlcOutput, holder: LockHolder) -> str:
     """The refusal of a station one of whose PLC addresses (``output``) another station holds (``holder``: its pid
     and station file), naming the address and the settings that place it."""
     what, fix = BUSY_PLC
-    return STATION_BUSY.format(folder=output.shown, what=what, holder=holder, fix=fix.format(setting=output.setting))
+    return STATION_BUSY.format(folder=output.shown, what=what, holder=holder, stop=stop_words(holder),
+                               fix=fix.format(setting=output.setting))
 
 
-def station_busy(folder: Path, kind: str, holder: str) -> str:
+def station_busy(folder: Path, kind: str, holder: LockHolder) -> str:
     """The refusal of a station whose output folder (``kind`` "output") or verdict-log folder ("record": record.dir
     elsewhere) another station holds (``holder``: its pid and station file), naming the setting that moves it."""
     what, fix = BUSY_FOLDERS[kind]
-    return STATION_BUSY.format(folder=folder, what=what, holder=holder, fix=fix)
+    return STATION_BUSY.format(folder=folder, what=what, holder=holder, stop=stop_words(holder), fix=fix)
+
+
+def stop_words(holder: LockHolder) -> str:
+    """How a refusal says to stop the station holding a lock: its own systemd unit (``systemctl stop
+    fair-edge-line1.service``, recorded in the lock file), else its pid (``kill -TERM N``) or Ctrl-C in its terminal.
+    A unit's name is never guessed: a site of two lines has two units, and the default ``fair-edge`` may be the
+    other line's."""
+    command = holder.stop_command()
+    if holder.unit is not None:
+        return f"`{command}`"
+    return f"`{command}`, or Ctrl-C in its terminal" if command else "Ctrl-C in its terminal, or stop its service"
 
 
 def camera_fault(stats) -> str:
@@ -561,6 +582,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                 console.feed.show_zones(regions.outlines())
             if on_start is not None and console.url:
                 on_start(f"console: {console.url}")
+            if on_start is not None and line.metrics is not None:   # port 0: the one found is named nowhere else
+                on_start(f"metrics: {line.metrics.url}")
             inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
                                   model=model_id(bundle), regions=regions, grid=decided.grid,
                                   map_area=bundle.map_area)
