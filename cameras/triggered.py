@@ -5,7 +5,11 @@ took, then returns the first frame the camera captured at or after the moment th
 seen (frames stamped earlier, e.g. queued in a camera driver or grabbed at ``open()``, are skipped and
 counted ``stale_frames``; ``Frame.t_capture`` is when the image was grabbed: ``SourceBase``), renumbered
 so that one frame = one triggered part (no sequence gaps are counted as lost). The handshake learns
-which frame inspects which part (``Handshake.bind``). A read that fails answers the part NG not inspected
+which frame inspects which part (``Handshake.bind``). A part's frame is bounded on both sides: one exposed after
+the station saw the *next* part's trigger (a camera that hung, frames that queued up behind it) shows that part or
+a later one, never this one: this part is answered not inspected for the camera (counted ``late_frames``, logged
+grouped: ``LateFrameLog``) and the frame goes to the next part, the one it can show
+(``TriggeredSource._part_shown``). A read that fails answers the part NG not inspected
 and raises as the camera did (the capture thread reconnects). A free-running camera works as it is; a
 camera in software-trigger mode would take the exposure at the trigger instead (not wired yet:
 docs/line-integration.md).
@@ -17,7 +21,8 @@ for a trigger, so stopping never waits for the next part. ``triggered_capture`` 
 handshake``): every trigger goes to each camera's ``TriggeredSource``, so each takes one frame per part, and
 ``part_id(camera, seq)`` says which PLC part a camera's frame shows. A camera back from an outage never takes a
 trigger queued for it past its deadline (dropped, counted ``expired``), and at most ``max_queued`` wait for one
-camera (beyond: the oldest dropped, counted ``overflow``, that view missing).
+camera (beyond: the oldest dropped, counted ``overflow``, that view missing). One camera at a time waits on the
+handshake for a trigger, without holding the lock the others take their queued tickets under.
 
 It lives with the cameras (not in ``fair_edge.line.handshake``) because it is a frame source: the line
 room sits below the cameras and never imports them.
@@ -34,6 +39,7 @@ from collections.abc import Callable
 
 from fair_edge.errors import CameraError
 from fair_edge.line.handshake import Handshake, Ticket
+from fair_edge.line.scheduler import GroupedLog
 from fair_edge.records import Frame
 
 from .base import CaptureSettings, EndOfStream, FrameSource
@@ -44,6 +50,7 @@ MAX_STALE = 16         # frames skipped at most for one trigger before the next 
 FAILED_MEMORY = 1024   # triggers some (not all) cameras failed, remembered in case the others fail them too
 MAX_QUEUED = 64        # triggers queued for one camera of a TriggerFanout at most (when the handshake has no max_parts)
 FANOUT_COUNTERS = ("expired", "overflow")   # TriggerFanout.stats(): tickets dropped, and why
+LATE_LOG_S = 10.0      # a camera's late frames after the first of a spell are logged together, one line per this many s
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ class TriggeredSource:
         self.name = f"{inner.name} (triggered)"
         self._seq = 0
         self._interrupted = threading.Event()
+        self._late_log = LateFrameLog(inner.name)
 
     @property
     def nominal_fps(self) -> float | None:
@@ -66,25 +74,50 @@ class TriggeredSource:
         self.inner.open()
 
     def read(self) -> Frame:
-        """The first frame stamped at or after the next trigger. Frames stamped before it are skipped (counted
-        ``stale_frames``); after ``MAX_STALE`` of them the part is answered not inspected and the next trigger
-        is waited for: a frame from before the trigger shows another part, so it is never bound to this one."""
+        """The first frame stamped at or after the next trigger, bound to the part it can show. Frames stamped
+        before the trigger are skipped (counted ``stale_frames``); after ``MAX_STALE`` of them the part is answered
+        not inspected and the next trigger is waited for: a frame from before the trigger shows another part, so it
+        is never bound to this one. Nor is one exposed after the next part's trigger (``_part_shown``)."""
         while True:
-            ticket = None
-            while ticket is None:
-                if self._interrupted.is_set():
-                    raise EndOfStream(f"{self.name}: stopped while waiting for a trigger")
-                ticket = self.handshake.next_trigger(WAIT_STEP_S)
+            ticket = self._next_ticket()
             frame = self._frame_after(ticket)
             if frame is not None:
                 break
             log.warning("%s: %d frames in a row were taken before part %d's trigger; part answered not inspected",
                         self.name, MAX_STALE + 1, ticket.part_id)
             self.handshake.answer_not_inspected(ticket)
+        ticket = self._part_shown(ticket, frame)
         out = Frame(self._seq, frame.t_capture, frame.image, frame.source)
         self._seq += 1
         self.handshake.bind(out.seq, ticket)
+        _log_line(self._late_log.due())
         return out
+
+    def _next_ticket(self) -> Ticket:
+        """The next trigger, waited for in ``WAIT_STEP_S`` steps; raises ``EndOfStream`` once ``interrupt()`` was
+        called (capture is stopping)."""
+        while True:
+            if self._interrupted.is_set():
+                raise EndOfStream(f"{self.name}: stopped while waiting for a trigger")
+            ticket = self.handshake.next_trigger(WAIT_STEP_S)
+            if ticket is not None:
+                return ticket
+
+    def _part_shown(self, ticket: Ticket, frame: Frame) -> Ticket:
+        """The ticket ``frame`` (taken for ``ticket``) can show. When the station saw the next part's trigger at or
+        before ``frame.t_capture``, the PLC had triggered that part before the exposure (the camera hung, or its
+        frames queued up): the frame shows it or a later part, never ``ticket``'s. Then ``ticket`` is answered not
+        inspected for this camera (counted ``late_frames``, logged: ``LateFrameLog``) and the next part takes its
+        place, again while the part after that was triggered before the exposure too; the frame is bound to the last
+        part triggered before it was exposed, whose next trigger came after it. A next trigger the station had not
+        seen yet when the frame came (the PLC set it less than ``poll_ms`` earlier) is not caught: hence the camera
+        placement rule (the part in view one frame period plus ``poll_ms`` after its trigger)."""
+        while (later := self.handshake.next_trigger_before(frame.t_capture)) is not None:
+            self.handshake.count_late_frame()
+            self.handshake.answer_not_inspected(ticket)
+            _log_line(self._late_log.note((ticket.part_id, later.part_id)))
+            ticket = later
+        return ticket
 
     def _frame_after(self, ticket: Ticket) -> Frame | None:
         """The inner source's first frame stamped at or after ``ticket``'s trigger, skipping at most ``MAX_STALE``
@@ -113,6 +146,7 @@ class TriggeredSource:
             interrupt()
 
     def close(self) -> None:
+        _log_line(self._late_log.close())
         self.inner.close()
 
     def __enter__(self) -> TriggeredSource:
@@ -138,10 +172,14 @@ def triggered_capture(source: FrameSource, handshake: Handshake | _CameraPort, s
 
 class TriggerFanout:
     """One handshake's triggers for several cameras: ``port(camera)`` is what that camera's ``TriggeredSource``
-    uses in place of the handshake. The camera that asks first takes the next trigger from the handshake and
-    queues it for every other camera; the frame each camera binds to it is remembered here (``ticket``),
-    not in the handshake (sequence numbers are per camera): the station answers each part once, with the
-    verdict of all its views (``Handshake.answer``).
+    uses in place of the handshake. Every trigger taken from the handshake is queued for every camera (the one
+    taking it included), so each camera takes the parts in trigger order; the frame each camera binds to a part is
+    remembered here (``ticket``), not in the handshake (sequence numbers are per camera): the station answers each
+    part once, with the verdict of all its views (``Handshake.answer``). Tickets are taken from the handshake under
+    this fanout's lock only (``next_trigger``, ``next_trigger_before``), so every camera's queue keeps trigger order.
+    One camera at a time waits on the handshake for the next trigger, outside the lock
+    (``Handshake.wait_for_trigger``); the others wait on a condition, notified whenever tickets are queued, so a
+    camera whose ticket is queued takes it at once.
 
     A camera that was not reading (an outage, a reconnect) never takes a queued ticket past its deadline: the
     part has left and will not be answered (the handshake skips its own the same way), so a frame taken now
@@ -156,8 +194,9 @@ class TriggerFanout:
         self.handshake, self._clock = handshake, clock
         self.max_queued = max_queued or getattr(getattr(handshake, "settings", None), "max_parts", MAX_QUEUED)
         self._queues: dict[str, collections.deque[Ticket]] = {name: collections.deque() for name in cameras}
-        self._pull = threading.Lock()
         self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)   # notified when tickets were queued or the waiter is done
+        self._waiting = False                            # a camera waits on the handshake for the next trigger
         self._bound: dict[tuple[str, int], Ticket] = {}
         self._cameras = frozenset(cameras)
         self._failed: OrderedDict[int, set[str]] = OrderedDict()   # id(ticket) -> cameras whose read failed it
@@ -167,19 +206,40 @@ class TriggerFanout:
         return _CameraPort(self, camera)
 
     def next_trigger(self, camera: str, timeout_s: float) -> Ticket | None:
-        ticket = self._take_queued(camera)
-        if ticket is not None:
-            return ticket
-        with self._pull:   # one camera waits on the handshake at a time; the others take from their queues
-            ticket = self._take_queued(camera)
-            if ticket is not None:
-                return ticket
-            ticket = self.handshake.next_trigger(timeout_s)
-            if ticket is not None:
-                for name in self._queues:
-                    if name != camera:
-                        self._queue(name, ticket)
-            return ticket
+        """``camera``'s next ticket (its queue's, else the handshake's next, queued for every camera), or None after
+        ``timeout_s``. Never waits while its ticket is queued, whichever camera waits on the handshake."""
+        end, dropped = time.monotonic() + timeout_s, []
+        while True:
+            with self._queued:
+                ticket = self._take(camera, dropped)
+                left = end - time.monotonic()
+                if ticket is not None or left <= 0:
+                    break
+                if self._waiting:   # another camera waits on the handshake: it queues this one's ticket too
+                    self._queued.wait(left)
+                    continue
+                self._waiting = True
+            try:
+                self.handshake.wait_for_trigger(left)
+            finally:
+                with self._queued:
+                    self._waiting = False
+                    self._queued.notify_all()   # a camera waiting for its ticket may wait on the handshake now
+        self._report(dropped)
+        return ticket
+
+    def next_trigger_before(self, camera: str, t: float) -> Ticket | None:
+        """``camera``'s next ticket, taken, when its trigger was seen at or before ``t`` (monotonic s); None,
+        nothing taken, when it came later or none waits (``Handshake.next_trigger_before``)."""
+        dropped: list[tuple[str, str, Ticket]] = []
+        with self._queued:
+            self._drop_expired(camera, dropped)
+            own = self._queues[camera]
+            if not own:
+                self._fan_out(self.handshake.next_trigger_before(t), dropped)
+            ticket = own.popleft() if own and own[0].t_trigger <= t else None
+        self._report(dropped)
+        return ticket
 
     def stats(self) -> dict[str, int]:
         """Tickets dropped: ``expired`` (past their deadline when a camera asked or queued), ``overflow`` (a
@@ -187,33 +247,56 @@ class TriggerFanout:
         with self._lock:
             return dict(self._counts)
 
-    def _take_queued(self, camera: str) -> Ticket | None:
-        """The oldest ticket queued for ``camera`` still within its deadline; older ones are dropped, counted."""
-        now, expired = self._clock(), []
-        with self._lock:
-            own = self._queues[camera]
-            while own and own[0].deadline <= now:
-                expired.append(own.popleft())
-            self._counts["expired"] += len(expired)
-            ticket = own.popleft() if own else None
-        if expired:
-            log.warning("camera %s: %d queued trigger(s) past their deadline dropped (parts %s): not read in time, "
-                        "the parts have left", camera, len(expired), ", ".join(str(t.part_id) for t in expired))
-        return ticket
+    def _take(self, camera: str, dropped: list[tuple[str, str, Ticket]]) -> Ticket | None:
+        """(under the lock) The oldest ticket for ``camera`` within its deadline: its queue's, else the handshake's
+        next one (queued for every camera first; the handshake skipped those past their deadline); None when neither
+        has one. Tickets dropped go to ``dropped``."""
+        own = self._queues[camera]
+        self._drop_expired(camera, dropped)
+        if not own:
+            self._fan_out(self.handshake.next_trigger(0.0), dropped)
+        return own.popleft() if own else None
 
-    def _queue(self, camera: str, ticket: Ticket) -> None:
-        """Queue ``ticket`` for ``camera``; a full queue drops its oldest (that view is missing, ``failed``)."""
-        with self._lock:
-            own = self._queues[camera]
-            dropped = own.popleft() if len(own) >= self.max_queued else None
+    def _drop_expired(self, camera: str, dropped: list[tuple[str, str, Ticket]]) -> None:
+        """(under the lock) Drop ``camera``'s queued tickets past their deadline, oldest first (counted)."""
+        own, now = self._queues[camera], self._clock()
+        while own and own[0].deadline <= now:
+            dropped.append(("expired", camera, own.popleft()))
+            self._counts["expired"] += 1
+
+    def _fan_out(self, ticket: Ticket | None, dropped: list[tuple[str, str, Ticket]]) -> None:
+        """(under the lock) Queue ``ticket`` (taken from the handshake; None: nothing) for every camera and wake the
+        cameras waiting; a full queue drops its oldest (counted ``overflow``, or ``expired`` when past its deadline:
+        not answered anyway)."""
+        if ticket is None:
+            return
+        now = self._clock()
+        for camera, own in self._queues.items():
+            if len(own) >= self.max_queued:
+                old = own.popleft()
+                why = "expired" if old.deadline <= now else "overflow"
+                self._counts[why] += 1
+                if why == "overflow":
+                    dropped.append((why, camera, old))
             own.append(ticket)
-            expired = dropped is not None and dropped.deadline <= self._clock()   # not answered anyway
-            if dropped is not None:
-                self._counts["expired" if expired else "overflow"] += 1
-        if dropped is not None and not expired:
-            log.warning("camera %s: %d triggers already queued (the camera is not reading); part %d dropped for it",
-                        camera, self.max_queued, dropped.part_id)
-            self.failed(camera, dropped)
+        self._queued.notify_all()
+
+    def _report(self, dropped: list[tuple[str, str, Ticket]]) -> None:
+        """Outside the lock: log the tickets dropped (one line per camera and reason); an overflowed one is that
+        camera's view missing (``failed``)."""
+        if not dropped:
+            return
+        for camera in dict.fromkeys(c for _, c, _ in dropped):
+            expired = [t for why, c, t in dropped if c == camera and why == "expired"]
+            overflow = [t for why, c, t in dropped if c == camera and why == "overflow"]
+            if expired:
+                log.warning("camera %s: %d queued trigger(s) past their deadline dropped (parts %s): not read in "
+                            "time, the parts have left", camera, len(expired),
+                            ", ".join(str(t.part_id) for t in expired))
+            for ticket in overflow:
+                log.warning("camera %s: %d triggers already queued (the camera is not reading); part %d dropped for "
+                            "it", camera, self.max_queued, ticket.part_id)
+                self.failed(camera, ticket)
 
     def bind(self, camera: str, seq: int, ticket: Ticket) -> None:
         with self._lock:
@@ -253,12 +336,54 @@ class _CameraPort:
     def next_trigger(self, timeout_s: float) -> Ticket | None:
         return self.fanout.next_trigger(self.camera, timeout_s)
 
+    def next_trigger_before(self, t: float) -> Ticket | None:
+        return self.fanout.next_trigger_before(self.camera, t)
+
     def bind(self, seq: int, ticket: Ticket) -> None:
         self.fanout.bind(self.camera, seq, ticket)
 
     def count_stale_frame(self) -> None:
         self.fanout.handshake.count_stale_frame()
 
+    def count_late_frame(self) -> None:
+        self.fanout.handshake.count_late_frame()
+
     def answer_not_inspected(self, ticket: Ticket) -> None:
         """This camera could not take the part's frame (``TriggerFanout.failed``)."""
         self.fanout.failed(self.camera, ticket)
+
+
+class LateFrameLog(GroupedLog):
+    """Groups one camera's late-frame lines (``GroupedLog``): a camera that hangs now and then, or lags for good,
+    would log one line per part. Its first late frame after a quiet spell is logged at once, naming the part answered
+    not inspected and the part the frame went to; the ones after it as one line per ``window_s`` (their count and
+    the last pair). Each is still counted ``late_frames``.
+
+    camera: the camera's name. window_s: seconds a line gathers (None: ``LATE_LOG_S``). clock: monotonic seconds.
+    ``note((part_id, shown_id))``: the camera's frame for part ``part_id`` came after part ``shown_id``'s trigger.
+    """
+
+    def __init__(self, camera: str, window_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
+        self.camera = camera
+
+    def _first_line(self, late: tuple[int, int]) -> str:
+        part_id, shown_id = late
+        return (f"camera {self.camera}: its frame for part {part_id} was exposed after part {shown_id}'s trigger (the "
+                f"camera hung, or its frames queued up): part {part_id} answered not inspected for this camera, the "
+                f"frame taken for part {shown_id}; further late frames of this camera are logged together, one line "
+                f"per {self.window_s:g} s (each is counted in late_frames)")
+
+    def _gathered_line(self, held: list[tuple[int, int]], span_s: float) -> str:
+        part_id, shown_id = held[-1]
+        parts = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
+        return (f"camera {self.camera}: {parts} in the last {span_s:.1f} s answered not inspected for this camera, "
+                f"its frame exposed after the next part's trigger; the last part {part_id} (frame taken for part "
+                f"{shown_id}); each is counted in late_frames")
+
+
+def _log_line(line: str | None) -> None:
+    """Log a ``LateFrameLog`` line that is due (None: nothing to log)."""
+    if line is not None:
+        log.warning("%s", line)

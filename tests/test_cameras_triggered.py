@@ -27,7 +27,7 @@ class FakeHandshake:
     def __init__(self, max_parts: int = 64) -> None:
         self.settings = SimpleNamespace(max_parts=max_parts)
         self.triggers: queue.Queue[Ticket] = queue.Queue()
-        self.stale, self.answered, self.bound = 0, [], {}
+        self.stale, self.late, self.answered, self.bound = 0, 0, [], {}
 
     def trigger(self, part_id: int, t_trigger: float | None = None, deadline: float | None = None) -> Ticket:
         now = time.monotonic()
@@ -41,8 +41,20 @@ class FakeHandshake:
         except queue.Empty:
             return None
 
+    def next_trigger_before(self, t: float) -> Ticket | None:
+        with self.triggers.mutex:
+            waiting = self.triggers.queue
+            return waiting.popleft() if waiting and waiting[0].t_trigger <= t else None
+
+    def wait_for_trigger(self, timeout_s: float) -> bool:
+        with self.triggers.not_empty:
+            return self.triggers.not_empty.wait_for(lambda: len(self.triggers.queue) > 0, timeout_s)
+
     def count_stale_frame(self) -> None:
         self.stale += 1
+
+    def count_late_frame(self) -> None:
+        self.late += 1
 
     def bind(self, seq: int, ticket: Ticket) -> None:
         self.bound[seq] = ticket

@@ -49,6 +49,7 @@ def handshake_on(srv: NodeServer, clock: FakeClock, signals: OpcUaSignals | None
     hs = Handshake(hs_settings, OpcUaLink(parse_sink_url(hs_settings.url), signals or OpcUaSignals()), clock=clock)
     assert hs._connect()
     hs.begin()
+    hs._cycle(clock.advance(0.005))   # the first poll (a trigger already 1 then is left over: answered 3)
     return hs
 
 

@@ -560,7 +560,7 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         if line.handshake is not None:
             line.handshake.begin()   # ready rises: the PLC may trigger
         summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
-                                on_iteration=iteration)
+                                on_iteration=iteration, on_stop=line.stopping)
         notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
         if cell.assembler is not None:
             cell.assembler.close_all()

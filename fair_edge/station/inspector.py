@@ -18,8 +18,9 @@ Fail-safe rules (documented in the README):
   scale and zones are for; or judging failed) is counted (``region_errors``) and logged (a size once per camera
   and frame size); when region rules decide the verdict it is a frame the station cannot judge: NG with
   ``error`` set (the reject gate's ``fail_safe`` decides its part), else its score decides, without regions;
-- stopping (stop event, SIGINT, SIGTERM, end of stream): capture stops first, the frames already
-  queued are inspected, then the summary is returned.
+- stopping (stop event, SIGINT, SIGTERM, end of stream): the ``on_stop`` hook first (the PLC handshake drops
+  Ready and takes no more triggers), then capture stops, the frames already queued are inspected, then the summary
+  is returned.
 """
 
 from __future__ import annotations
@@ -238,6 +239,16 @@ def unusable_output(anomaly_map: np.ndarray, score: float) -> str:
         what = f"an anomaly map holding {low}"
     return (f"the backend returned {what} (expected finite numbers; a broken output such as an FP16 overflow or a "
             "corrupt engine). Try another backend (`fair-edge run --backend`) or rebuild the bundle")
+
+
+def _call_stop_hook(on_stop: Callable[[], None] | None) -> None:
+    """``Inspector.run``'s ``on_stop`` at the loop's end; one that raises is logged, and capture still stops."""
+    if on_stop is None:
+        return
+    try:
+        on_stop()
+    except Exception:   # the stop goes on: capture must stop and the queued frames be inspected
+        log.exception("the stop hook %r failed; stopping capture all the same", on_stop)
 
 
 def _on_camera(name: str) -> str:
@@ -693,10 +704,13 @@ class Inspector:
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event, *, max_frames: int | None = None, duration_s: float | None = None,
             on_tick: Callable[["Inspector"], None] | None = None,
-            on_iteration: Callable[[], None] | None = None) -> RunSummary:
+            on_iteration: Callable[[], None] | None = None,
+            on_stop: Callable[[], None] | None = None) -> RunSummary:
         """Inspect until ``stop`` is set, the stream ends, ``max_frames`` or ``duration_s`` is reached,
         or the backend keeps failing. Returns the summary (also on ``self.summary``).
-        on_iteration: called at the top of every loop iteration (the systemd watchdog's ``alive``)."""
+        on_iteration: called at the top of every loop iteration (the systemd watchdog's ``alive``).
+        on_stop: called once when the loop ends, before capture stops (``LineSide.stopping``: the PLC handshake
+        takes no more triggers while the cameras still run for the parts it took)."""
         t0 = time.monotonic()
         last_tick = t0
         try:
@@ -725,6 +739,7 @@ class Inspector:
                     on_tick(self)
                     last_tick = time.monotonic()
         finally:
+            _call_stop_hook(on_stop)
             self.capture.stop()
             self._drain(max_frames)
             self.retire_replaced()

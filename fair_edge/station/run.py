@@ -350,6 +350,13 @@ class LineSide:
         if self.mqtt is not None:
             self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
 
+    def stopping(self) -> None:
+        """The inspection loop ends (``Inspector.run``'s ``on_stop``, before capture stops): the PLC handshake
+        drops Ready and answers a trigger from now on 3 at once (``Handshake.stopping``), so no part is triggered
+        that no camera will take; ``finish_line`` answers the parts it took and no verdict answered."""
+        if self.handshake is not None:
+            self.handshake.stopping()
+
     def fault_reason(self, camera_reason: str = "") -> str:
         """Why the station's fault outputs are on now ('' when they are off), what MQTT and systemd's STATUS show:
         the camera's fault, else the reject gate's (the FaultBoard's reasons, a sink down, an encoder link down, a
@@ -597,7 +604,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             if line.handshake is not None:
                 line.handshake.begin()   # ready rises: the PLC may trigger
             summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
-                                    on_iteration=notifier.alive)
+                                    on_iteration=notifier.alive, on_stop=line.stopping)
             notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
             finish_line(cfg, line, summary, watch.at_stop())
         write_summary(summary, cfg.output)
@@ -690,7 +697,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     if not summary.fault and camera_state:
         summary.fault = camera_state
     if line.handshake is not None:
-        line.handshake.finish(summary.fault)   # ready drops; open parts are answered and acked
+        line.handshake.finish(summary.fault)   # ready drops; parts left without a result answered 3, all acked
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)

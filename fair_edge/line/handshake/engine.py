@@ -4,7 +4,10 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
 
 1. ``trigger`` = 1: the part id is taken (a ``Ticket``, handed to the ``TriggeredSource``, which
    gives the part the next camera frame) and ``trigger`` is set back to 0. A trigger while the
-   station cannot inspect, or beyond ``max_parts`` waiting, is answered at once: NG not inspected.
+   station cannot inspect (``stopping()`` on), or beyond ``max_parts`` waiting, is answered at once: NG not
+   inspected. So is a trigger already 1 at the first poll after a connect or reconnect (counted
+   ``stale_triggers``): the PLC set it while the link was down, at a time the station cannot know, so no frame
+   taken now is known to show that part.
 2. a result is up (``results_ready`` = 1) and ``ack`` = 1: ``ack`` and then ``results_ready`` go
    back to 0. No ack within ``ack_timeout_ms``: the result is withdrawn (``ack`` = 0 and
    ``results_ready`` = 0), counted ``ack_timeouts``, logged, ``error`` = 10. ``ack`` = 1 while no
@@ -24,32 +27,30 @@ Every ``poll_ms`` the thread reads the PLC's signals and then, in this order:
    wraps 32767 -> -32768), so every value it hands the link can be written, a reconnect's included.
 
 ``ready`` is 1 while the link is up, the station inspects (from ``begin()``) and no station fault
-is held (``fault()``); ``finish()`` and ``close()`` drop it: the thread's last write is ``ready`` = 0, made only
-when this handshake had raised it (a station refused at start, which never did, leaves ``ready`` and ``error`` as
-they are). A dead process cannot drop it: the PLC
+is held (``fault()``); ``stopping()``, ``finish()`` and ``close()`` drop it: the thread's last write is ``ready`` = 0,
+made only when this handshake had raised it (a station refused at start, which never did, leaves ``ready`` and
+``error`` as they are). A dead process cannot drop it: the PLC
 must treat a heartbeat unchanged for ``heartbeat_ms`` as not ready. A handshake fault (10, 11, 12)
 is held on ``error`` until a later part completes the handshake in time (written and acked).
 The link is reopened with back-off (50 ms -> 2 s; back to 50 ms only after a poll that succeeds, so a link that
 connects and fails its first poll again, say a node that stays refused, is not reopened every 50 ms); after a
-reconnect a result that was up is
-withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges nothing) and parts
-past their timeout are dropped: nothing stale is replayed. A device's refusal of a read or write (a Modbus
-exception reply such as 0x06 busy, an OPC UA bad status: ``PlcDeviceError``) is no outage: the link answered, so
-it stays up, the result that is up stays up, the refusal is counted ``device_errors`` (logged when a run of them
-begins) and the poll is tried again next cycle; the heartbeat and ``ready`` / ``error`` of that cycle are still
-written. An OPC UA node that is gone or changed its data type (``PlcBindingError``) is a link failure: the link is
-reopened, which reads its nodes and their types again. A Modbus gateway's 0x0A / 0x0B (the PLC behind it is off) is a
-link failure. A link that refuses the PLC's setup at connect (an
-OPC UA node whose data type cannot hold its signal: ``ConfigError``) stays down, logged as an error naming the
-node (again only when the reason changes), and is retried with the same back-off, so a PLC program that is
-fixed is picked up without a restart; the thread never dies of it.
+reconnect a result that was up is withdrawn (its ack is unknown), ``ack`` is cleared (a stale ack acknowledges
+nothing), parts past their timeout are dropped and a trigger found already 1 is answered 3 (step 1): nothing stale
+is replayed. A device's refusal of a read or write (a Modbus exception reply such as 0x06 busy, an OPC UA bad
+status: ``PlcDeviceError``) is no outage: the link answered, so it stays up, the result that is up stays up, the
+refusal is counted ``device_errors`` (logged when a run of them begins) and the poll is tried again next cycle; the
+heartbeat and ``ready`` / ``error`` of that cycle are still written. An OPC UA node that is gone or changed its data
+type (``PlcBindingError``) is a link failure: the link is reopened, which reads its nodes and their types again. A
+Modbus gateway's 0x0A / 0x0B (the PLC behind it is off) is a link failure. A link that refuses the PLC's setup at
+connect (an OPC UA node whose data type cannot hold its signal: ``ConfigError``) stays down, logged as an error
+naming the node (again only when the reason changes), and is retried with the same back-off, so a PLC program that
+is fixed is picked up without a restart; the thread never dies of it.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +74,7 @@ RESULT_REST_POLLS = 2     # after a result is acked or withdrawn, results_ready 
                           # timed: a poll late or early never shortens the rest the PLC sees)
 HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
                       "expired", "overruns", "withdrawn", "io_errors", "device_errors", "reconnects",
-                      "stale_frames", "stale_acks")
+                      "stale_frames", "stale_acks", "late_frames", "stale_triggers")
 
 
 class HandshakeLink(Protocol):
@@ -115,9 +116,10 @@ class Ticket:
 class Handshake:
     """Runs the handshake over ``link`` (opened and reopened by its own thread, started by ``start()``).
 
-    Station side: ``begin()`` (inspection runs), ``next_trigger()`` / ``bind()`` (the triggered
-    source), ``on_verdict`` (the inspector's callback), ``on_drop`` (the capture queue dropped a
-    frame), ``fault()`` (the station cannot inspect), ``finish()`` then ``close()``.
+    Station side: ``begin()`` (inspection runs), ``next_trigger()`` / ``next_trigger_before()`` /
+    ``bind()`` (the triggered source), ``on_verdict`` (the inspector's callback), ``on_drop`` (the capture queue
+    dropped a frame), ``fault()`` (the station cannot inspect), ``stopping()`` (before capture stops), ``finish()``
+    then ``close()``.
     """
 
     def __init__(self, settings: HandshakeSettings, link: HandshakeLink,
@@ -130,7 +132,9 @@ class Handshake:
         self._lock = threading.Lock()
         self._order: collections.deque[Ticket] = collections.deque()   # trigger order, oldest first
         self._by_seq: dict[int, Ticket] = {}
-        self._triggers: queue.Queue[Ticket] = queue.Queue(maxsize=settings.max_parts)
+        self._triggers: collections.deque[Ticket] = collections.deque()   # taken, waiting for a frame (max_parts)
+        self._queued = threading.Condition()   # guards _triggers and _puts; notified when a trigger is queued
+        self._puts = 0                         # triggers queued so far (``wait_for_trigger``)
         self._up: Ticket | None = None       # the result now up (results_ready = 1)
         self._rest_polls = 0                 # polls results_ready still stays 0 before the next result is written
         self._station_fault: str | None = None
@@ -143,6 +147,7 @@ class Handshake:
         self._next_beat = 0.0
         self._taken: int | None = None       # part id taken whose trigger is not yet written back to 0
         self._connected = False
+        self._first_poll = False             # no poll has read the PLC's signals since the link (re)connected
         self._delay, self._next_try, self._was_up = BACKOFF_S[0], 0.0, False
         self._refused = ""                   # the last ConfigError a connect met (logged again only when it changes)
         self._device_refusing = False        # the last poll ended in a device's refusal (logged once per run)
@@ -166,14 +171,21 @@ class Handshake:
         inspection loop are up; before that a trigger is answered NG not inspected)."""
         self._inspecting = not self._closed
 
+    def stopping(self) -> None:
+        """The station stops: call it before capture stops. ``ready`` drops at the next poll and a trigger from
+        now on is answered 3 (NG not inspected) at once; the parts already taken keep their frames (capture still
+        runs), and ``finish()`` answers the ones left without a result."""
+        self._inspecting = False
+
     def finish(self, fault: str = "", timeout_s: float = FINISH_S) -> None:
-        """The station stops: ``ready`` drops (the PLC triggers no more), parts whose frame never
-        came are answered NG not inspected, and the open results are written and acked (at most
-        ``timeout_s``). fault: the run's fault, if any (held on ``error``)."""
+        """The station has stopped (capture and the inspection are over, so no verdict comes any more): ``ready``
+        drops, every part taken and not answered (its frame never came, or came after capture stopped) is answered
+        NG not inspected at once, and the open results are written and acked (at most ``timeout_s``). fault: the
+        run's fault, if any (held on ``error``)."""
         if fault:
             self.fault(True, fault)
         self._inspecting = False
-        self._answer_waiting()
+        self._answer_unanswered()
         deadline = time.monotonic() + timeout_s
         while self._open_parts() and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.005)
@@ -197,13 +209,41 @@ class Handshake:
         """The next triggered part to capture, or None after ``timeout_s`` (a part already past its
         result timeout is skipped: it will not be answered, so it needs no frame)."""
         end = time.monotonic() + timeout_s
-        while True:
-            try:
-                ticket = self._triggers.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                return None
-            if ticket.deadline > time.monotonic():
-                return ticket
+        with self._queued:
+            while True:
+                self._skip_expired()
+                if self._triggers:
+                    return self._triggers.popleft()
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._queued.wait(left)
+
+    def next_trigger_before(self, t: float) -> Ticket | None:
+        """The next triggered part, taken, when the station saw its trigger at or before ``t`` (monotonic s, a
+        frame's ``t_capture``); None, nothing taken, when its trigger came later or none waits. A frame exposed at
+        ``t`` cannot show the part triggered before this one (the PLC had triggered the next part by then)."""
+        with self._queued:
+            self._skip_expired()
+            if self._triggers and self._triggers[0].t_trigger <= t:
+                return self._triggers.popleft()
+            return None
+
+    def wait_for_trigger(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` until a triggered part waits for its frame, or one was queued since the call
+        (another reader may have taken it already); whether one did. Takes nothing (``TriggerFanout``)."""
+        with self._queued:
+            if self._triggers:
+                return True
+            puts = self._puts
+            return self._queued.wait_for(lambda: self._puts != puts, timeout_s)
+
+    def _skip_expired(self) -> None:
+        """(under ``_queued``) Drop waiting parts past their result timeout: they will not be answered
+        (``_write_next`` counts them ``expired``), so they need no frame."""
+        now = time.monotonic()
+        while self._triggers and self._triggers[0].deadline <= now:
+            self._triggers.popleft()
 
     def bind(self, seq: int, ticket: Ticket) -> None:
         """Frame ``seq`` inspects ``ticket``'s part."""
@@ -214,6 +254,11 @@ class Handshake:
     def count_stale_frame(self) -> None:
         """The triggered source skipped a frame captured before its trigger."""
         self._counters.add("stale_frames")
+
+    def count_late_frame(self) -> None:
+        """A camera's frame for a part came after the next part's trigger (the part is answered not inspected for
+        that camera; ``TriggeredSource``)."""
+        self._counters.add("late_frames")
 
     def answer_not_inspected(self, ticket: Ticket) -> None:
         """No frame could be taken for this part (camera read failed): NG not inspected."""
@@ -303,7 +348,8 @@ class Handshake:
     def _exchange(self, now: float) -> None:
         inputs = self.link.read_inputs()
         if inputs[TRIGGER]:
-            self._take_trigger(inputs[PART_ID], now)
+            self._take_trigger(inputs[PART_ID], now, left_over=self._first_poll)
+        self._first_poll = False
         if self._up is not None:
             self._check_ack(bool(inputs[ACK]), now)
         elif inputs[ACK]:
@@ -331,25 +377,52 @@ class Handshake:
                         self.name, shown[1], ERROR_CODES[shown[1]])
             self._shown = shown
 
-    def _take_trigger(self, part_id: int, now: float) -> None:
+    def _take_trigger(self, part_id: int, now: float, left_over: bool = False) -> None:
+        """``trigger`` = 1 for ``part_id`` at ``now``: a new part is taken (queued for its frame, or answered 3 at
+        once: left over from an outage, the station not ready, ``max_parts`` waiting) and ``trigger`` written back
+        to 0. A part id already taken (its trigger's 0 was not written: a failed write, retried) is not taken twice.
+        left_over: the first poll since the link (re)connected, so the trigger was set while it was down."""
         if self._taken != part_id:
             self._counters.add("triggers")
             ticket = Ticket(part_id, now, now + self.settings.result_timeout_ms / 1000.0)
             with self._lock:
                 self._order.append(ticket)
             self._taken = part_id
-            if not self.ready:
+            if left_over:
+                self._answer_left_over(ticket)
+            elif not self.ready:
                 self._answer(ticket, RESULT_NOT_INSPECTED)
-            else:
-                try:
-                    self._triggers.put_nowait(ticket)
-                except queue.Full:
-                    self._counters.add("overruns")
-                    self._fail(ERROR_TRIGGER_OVERRUN, f"part {part_id}: {self.settings.max_parts} parts "
-                                                      f"already wait to be captured (reject.handshake.max_parts)")
-                    self._answer(ticket, RESULT_NOT_INSPECTED)
+            elif not self._queue_trigger(ticket):
+                self._overrun(ticket)
         self.link.write([(TRIGGER, 0)])
         self._taken = None
+
+    def _queue_trigger(self, ticket: Ticket) -> bool:
+        """Queue ``ticket`` for its frame (waking a reader waiting for one); False when ``max_parts`` wait already."""
+        with self._queued:
+            if len(self._triggers) >= self.settings.max_parts:
+                return False
+            self._triggers.append(ticket)
+            self._puts += 1
+            self._queued.notify_all()
+        return True
+
+    def _answer_left_over(self, ticket: Ticket) -> None:
+        """A trigger already 1 at the first poll since the link came up: set while it was down, when is unknown, so
+        no frame taken now is known to show the part. Answered 3 (NG not inspected) at once, never given a frame;
+        counted ``stale_triggers``, logged (once per connect at most)."""
+        self._counters.add("stale_triggers")
+        log.warning("handshake %s: part %d's trigger was already 1 when the link came up (set while it was down, "
+                    "when is unknown): answered 3 (not inspected), no frame taken for it", self.name, ticket.part_id)
+        self._answer(ticket, RESULT_NOT_INSPECTED)
+
+    def _overrun(self, ticket: Ticket) -> None:
+        """A trigger beyond ``max_parts`` parts waiting for their frame: answered 3 at once, counted ``overruns``,
+        error 12."""
+        self._counters.add("overruns")
+        self._fail(ERROR_TRIGGER_OVERRUN, f"part {ticket.part_id}: {self.settings.max_parts} parts "
+                                          f"already wait to be captured (reject.handshake.max_parts)")
+        self._answer(ticket, RESULT_NOT_INSPECTED)
 
     def _check_ack(self, ack: bool, now: float) -> None:
         """The result up: acked (``ack`` = 1 now, or seen before and its clearing write refused, which may have
@@ -423,11 +496,24 @@ class Handshake:
 
     def _answer_waiting(self) -> None:
         """Parts triggered whose frame was not taken yet: NG not inspected (the station cannot)."""
-        while True:
-            try:
-                self._answer(self._triggers.get_nowait(), RESULT_NOT_INSPECTED)
-            except queue.Empty:
-                return
+        with self._queued:
+            waiting = list(self._triggers)
+            self._triggers.clear()
+        for ticket in waiting:
+            self._answer(ticket, RESULT_NOT_INSPECTED)
+
+    def _answer_unanswered(self) -> None:
+        """At ``finish()``: every part taken and still without a result, NG not inspected now (logged): no verdict
+        comes after the inspection ended, and waiting for one only let the part expire (error 11)."""
+        self._answer_waiting()
+        with self._lock:
+            open_parts = [t for t in self._order if t.result == RESULT_NONE]
+            self._by_seq.clear()
+        for ticket in open_parts:
+            self._answer(ticket, RESULT_NOT_INSPECTED)
+        if open_parts:
+            log.warning("handshake %s: %d part(s) without a result at the stop answered 3 (not inspected): %s",
+                        self.name, len(open_parts), ", ".join(str(t.part_id) for t in open_parts))
 
     def _fail(self, code: int, detail: str) -> None:
         log.error("handshake %s: error %d: %s", self.name, code, detail)
@@ -457,6 +543,7 @@ class Handshake:
                 log.debug("handshake %s: connect failed: %s", self.name, exc)
             return False
         self._connected, self._shown, self._refused = True, None, ""   # the back-off restarts after a good poll
+        self._first_poll = True   # a trigger it finds already 1 was set while the link was down: answered 3
         if self._was_up:
             self._counters.add("reconnects")
             log.warning("handshake %s: reconnected", self.name)
