@@ -7,6 +7,8 @@ a rule fires, whatever its score (``station.inspector``), so the image threshold
    (89 of 89 OK before). Only fused <-> single swaps were refused. Now a swap to another model is refused too, naming
    the field and the fix; one to the same network (the same FP32 reference graph: a rebuild at another precision, a
    calibration again, a copy) goes on, as does any swap without a file pixel threshold or without deciding rules.
+   The map in force is the loaded bundle's, recorded at the start and at each swap: it was read again from the bundle
+   folder at the swap, so the folder in force rebuilt in place at fp16 was refused as another model.
 2. The tune page projected false-reject and catch rates by counting score > t as NG, and a threshold applied was
    accepted, audited and written, changing no verdict. Now /api/tune answers ``rules_decide`` (why, and what to tune
    instead) with no projection, and /api/threshold is refused (409), nothing changed.
@@ -142,42 +144,74 @@ def test_a_swap_to_another_model_without_a_file_pixel_threshold_or_deciding_rule
     assert status["state"] == "done" and status["taken"] == model_id(other_model), status
 
 
-def bundle_folder(parent: Path, name: str, graph: str) -> tuple[Path, str]:
-    """A bundle folder with only a bundle.json (its FP32 reference graph's SHA-256 ``graph``, and a file of its own):
-    what ``folder_model_ids`` and ``tuning.folder_reference_graph`` read. Returns (folder, its model id)."""
+def test_the_folder_in_force_rebuilt_in_place_at_another_precision_goes_on(station, station_bundles, tmp_path):
+    """The review's case: the station started on bundles/current (fp32); the engineer rebuilt that folder in place at
+    fp16 (same checkpoint, same FP32 reference graph) and swapped to it from the console. It was refused as "another
+    model than model ... in force": the map in force was learnt by reading the folder again at the swap, and the
+    folder held the fp16 build by then. The map in force is the loaded bundle's, recorded at the start."""
+    current = tmp_path / "current"
+    shutil.copytree(station_bundles[0].root, current)
+    console, inspector = station(load_bundle(current), regions(0.3))
+    shutil.rmtree(current)
+    shutil.copytree(station_bundles[1].root, current)   # rebuilt in place at fp16
+    status = swapped(console, inspector, SimpleNamespace(root=current))
+    assert status["state"] == "done" and status["taken"] == model_id(station_bundles[1]), status
+
+
+def test_the_folder_in_force_rebuilt_in_place_with_another_network_is_refused(station, station_bundles, other_model,
+                                                                              tmp_path):
+    current = tmp_path / "current"
+    shutil.copytree(station_bundles[0].root, current)
+    console, inspector = station(load_bundle(current), regions(0.3))
+    shutil.rmtree(current)
+    shutil.copytree(other_model.root, current)   # rebuilt in place with another network
+    status = swapped(console, inspector, SimpleNamespace(root=current))
+    assert status["state"] == "failed" and status["taken"] is None, status
+    assert status["error"].startswith(f"bundle {current} holds model {model_id(other_model)}, another model than "
+                                      f"model {model_id(station_bundles[0])} in force"), status["error"]
+
+
+def bundle_folder(parent: Path, name: str, graph: str, weights: str = "") -> tuple[Path, str]:
+    """A bundle folder ``parent``/``name`` with only a bundle.json (its FP32 reference graph's SHA-256 ``graph``, and a
+    file of its own, ``weights``' SHA-256, by default ``name``), written over whatever the folder held (a rebuild in
+    place): what ``folder_model_ids`` reads and the stand-in loader loads. Returns (folder, its model id)."""
     folder = parent / name
-    folder.mkdir(parents=True)
-    files = {"model.fp32.onnx": {"sha256": graph}, "weights.pt": {"sha256": name}}
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"model.fp32.onnx": {"sha256": graph}, "weights.pt": {"sha256": weights or name}}
     (folder / "bundle.json").write_text(json.dumps({"graph": {"onnx": "model.fp32.onnx",
                                                               "reference_onnx": "model.fp32.onnx"}, "files": files}))
     return folder, folder_model_ids(folder)[0]
 
 
-def loaded(folder: Path, graph: str) -> SimpleNamespace:
-    """What ``load_bundle`` gives for ``bundle_folder(..., graph)``, as far as the console reads it."""
+def loaded(folder: Path, graph: str, weights: str = "") -> SimpleNamespace:
+    """What ``load_bundle`` gives for ``bundle_folder(..., graph, weights)``, as far as the console reads it."""
     return SimpleNamespace(root=folder, reference_onnx_path=folder / "model.fp32.onnx", threshold=None,
-                           files={"model.fp32.onnx": graph, "weights.pt": folder.name})
+                           files={"model.fp32.onnx": graph, "weights.pt": weights or folder.name})
 
 
-def stand_in_console(tmp_path, in_force: Path, model: str, settings: RegionSettings):
-    """A one-camera console over a stand-in inspector running ``model`` from bundle folder ``in_force`` with region
-    rules ``settings``; its loader gives the change of ``bundle_folder`` (read back from the folder asked for)."""
+def stand_in_console(tmp_path, in_force: Path, model: str, settings: RegionSettings, graph: str = "graph-a"):
+    """A one-camera console started on ``loaded(in_force, graph)`` over a stand-in inspector running ``model`` with
+    region rules ``settings``, as ``station.run`` opens it; its loader gives the change of ``bundle_folder`` (read
+    back from the folder asked for)."""
     def load_model(bundle, threshold=None, regions=None):
-        graph = json.loads((Path(bundle) / "bundle.json").read_text())["files"]["model.fp32.onnx"]["sha256"]
+        files = json.loads((Path(bundle) / "bundle.json").read_text())["files"]
+        graph, weights = (files[name]["sha256"] for name in ("model.fp32.onnx", "weights.pt"))
         return ModelChange(scorer=SimpleNamespace(backend=SimpleNamespace(close=lambda: None)), threshold=0.5,
-                           model=folder_model_ids(bundle)[0], bundle=loaded(Path(bundle), graph))
+                           model=folder_model_ids(bundle)[0], bundle=loaded(Path(bundle), graph, weights))
 
-    console, inspector = one_camera_console(tmp_path / "out", StationLinks(load_model=load_model))
-    console.feed.use_bundle(None, in_force)
-    inspector.model, inspector.regions = model, SimpleNamespace(settings=settings)
+    cfg = StationConfig(output=tmp_path / "out", console=ConsoleSettings(enabled=False))
+    console = StationConsole(cfg, loaded(in_force, graph), links=StationLinks(load_model=load_model))
+    inspector = SimpleNamespace(model=model, threshold=0.5, switch=ModelSwitch(),
+                                regions=SimpleNamespace(settings=settings))
+    console.attach(inspector, None, None, None, None)
     return console, inspector
 
 
-def test_another_network_is_refused_and_the_same_one_rebuilt_goes_on_as_the_folders_record_them(tmp_path):
-    """The model in force is known by its id and its bundle folder; the folder's bundle.json gives its FP32
-    reference graph while it still holds that model. Another graph: refused; the same graph under another id (fp16,
-    or calibrated again): done; a folder in force rebuilt since with another model tells nothing: refused."""
-    in_force, model = bundle_folder(tmp_path, "fp32", "graph-a")
+def test_another_network_is_refused_and_the_same_one_rebuilt_goes_on_as_loaded(tmp_path):
+    """The model in force is known by its id and the bundle it was loaded from at the start (never its folder read
+    again). Another graph: refused; the same graph under another id (fp16, or calibrated again): done, in a folder
+    of its own or in the folder in force rebuilt in place."""
+    in_force, model = bundle_folder(tmp_path, "current", "graph-a")
     other, other_id = bundle_folder(tmp_path, "other", "graph-b")
     rebuilt, rebuilt_id = bundle_folder(tmp_path, "fp16", "graph-a")
     console, inspector = stand_in_console(tmp_path, in_force, model, regions(0.5))
@@ -191,9 +225,30 @@ def test_another_network_is_refused_and_the_same_one_rebuilt_goes_on_as_the_fold
     assert console.actions.swap_status["state"] == "done", console.actions.swap_status
     assert inspector.switch.take().model == rebuilt_id
 
-    console, inspector = stand_in_console(tmp_path / "again", in_force, "a-model-since-rebuilt-over", regions(0.5))
+    console, inspector = stand_in_console(tmp_path / "again", in_force, model, regions(0.5))
+    _, rebuilt_in_place = bundle_folder(tmp_path, "current", "graph-a", "fp16")   # current rebuilt in place at fp16
+    assert rebuilt_in_place != model
+    console.actions.swap(str(in_force), "ann")
+    assert console.actions.swap_status["state"] == "done", console.actions.swap_status
+    assert inspector.switch.take().model == rebuilt_in_place
+
+
+def test_a_model_whose_network_is_not_known_is_refused_as_not_known_to_be_the_same(tmp_path):
+    """The decider runs a model the console neither started on nor switched to (its FP32 reference graph unknown): a
+    swap to another id is refused, saying the network is not known to be the same, not that it is another model."""
+    in_force, model = bundle_folder(tmp_path, "current", "graph-a")
+    rebuilt, rebuilt_id = bundle_folder(tmp_path, "fp16", "graph-a")
+    console, inspector = stand_in_console(tmp_path, in_force, model, regions(0.5))
+    inspector.model = "a-model-not-loaded-here"   # switched behind the console's back
     console.actions.swap(str(rebuilt), "ann")
-    assert console.actions.swap_status["state"] == "failed" and inspector.switch.pending is None
+    status = console.actions.swap_status
+    assert status["state"] == "failed" and inspector.switch.pending is None, status
+    assert status["error"].startswith(
+        f"bundle {rebuilt} holds model {rebuilt_id}, not known to be the same network as model "
+        "a-model-not-loaded-here in force (the model in force's FP32 reference graph is not known, so a copy or a "
+        "rebuild at another precision cannot be told from another model), but the region rules in force decide"), \
+        status["error"]
+    assert "another model than" not in status["error"]
 
 
 def test_a_pending_swap_is_the_model_the_next_swap_is_compared_with(tmp_path):
@@ -225,8 +280,9 @@ def test_a_cells_console_swap_to_another_model_is_refused_for_the_camera_whose_r
         CameraBundle("a", in_force, False, None), CameraBundle("b", in_force, False, None)))
     cfg = StationConfig(output=tmp_path / "out", console=ConsoleSettings(enabled=False))
     rng = np.random.default_rng(0)
-    console = StationConsole(cfg, SimpleNamespace(root=in_force, threshold=None), links=links,
+    console = StationConsole(cfg, loaded(in_force, "graph-a"), links=links,
                              calibrations={"a": calibrated(rng, 0.0), "b": calibrated(rng, 0.0)})
+    console.start_bundles({"a": loaded(in_force, "graph-a"), "b": loaded(in_force, "graph-a")})   # as open_cell_console
     console.attach_cell(TwoCameras(), {"a": in_force, "b": in_force})
     views = {"a": SimpleNamespace(model=model, threshold=0.5, switch=ModelSwitch(),
                                   regions=SimpleNamespace(settings=regions(0.5))),
@@ -238,6 +294,38 @@ def test_a_cells_console_swap_to_another_model_is_refused_for_the_camera_whose_r
     assert status["error"].startswith(f"bundle {other} holds model {other_id}, another model than model {model}") and \
         "regions.pixel_threshold 0.5," in status["error"], status["error"]
     assert all(v.switch.pending is None for v in views.values())
+
+
+def test_a_cells_camera_folder_rebuilt_in_place_with_the_same_network_goes_on(tmp_path):
+    """Several cameras: the folder both cameras started on rebuilt in place with the same FP32 reference graph (a
+    rebuild at fp16) and swapped to: each camera's map in force is its loaded bundle's (``start_bundles``), so it
+    goes on for camera a, whose rules decide at the file's pixel threshold."""
+    in_force, model = bundle_folder(tmp_path, "current", "graph-a")
+    start = loaded(in_force, "graph-a")
+    _, rebuilt_id = bundle_folder(tmp_path, "current", "graph-a", "fp16")   # rebuilt in place at fp16
+    rebuilt = loaded(in_force, "graph-a", "fp16")
+
+    def load_views(bundle, cameras, thresholds=None, regions=None):
+        return {c: ModelChange(scorer=SimpleNamespace(backend=SimpleNamespace(close=lambda: None)), threshold=0.5,
+                               model=rebuilt_id, bundle=rebuilt) for c in cameras}
+
+    from fair_edge.console.actions import CameraBundle
+
+    links = StationLinks(load_views=load_views, camera_bundles=lambda station_file=None: (
+        CameraBundle("a", in_force, False, None), CameraBundle("b", in_force, False, None)))
+    cfg = StationConfig(output=tmp_path / "out", console=ConsoleSettings(enabled=False))
+    rng = np.random.default_rng(0)
+    console = StationConsole(cfg, start, links=links, calibrations={"a": calibrated(rng, 0.0),
+                                                                    "b": calibrated(rng, 0.0)})
+    console.start_bundles({"a": start, "b": start})
+    console.attach_cell(TwoCameras(), {"a": in_force, "b": in_force})
+    views = {"a": SimpleNamespace(model=model, threshold=0.5, switch=ModelSwitch(),
+                                  regions=SimpleNamespace(settings=regions(0.5))),
+             "b": SimpleNamespace(model=model, threshold=0.5, switch=ModelSwitch(), regions=None)}
+    console.attach(SimpleNamespace(views=views), None, None, None, None)
+    console.actions.swap(str(in_force), "ann")
+    assert console.actions.swap_status["state"] == "done", console.actions.swap_status
+    assert all(v.switch.take().model == rebuilt_id for v in views.values())
 
 
 # ------------------------------------------------------------------------------ 2. tuning while rules decide

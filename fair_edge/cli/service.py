@@ -18,7 +18,7 @@ from rich.markup import escape
 from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
-from fair_edge.station.service_checks import check_on_this_machine
+from fair_edge.station.service_checks import check_on_this_machine, zone_masks
 from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
                                             belt_drain_ms, default_executable, default_user, install_unit,
                                             logical_cwd, render_unit, stop_timeout_sec, systemctl_commands)
@@ -30,13 +30,30 @@ _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one plac
 def _check_station(station: Path, printing: bool, working_dir: Path):
     """Load the station file as `fair-edge run` will from ``working_dir`` (--working-dir, the unit's
     WorkingDirectory=: its zone masks are read from there; a unit pointing at a broken one would restart forever);
-    its ``StationConfig``, or None with --print when it is not on this machine."""
+    its ``StationConfig``, or None with --print when it is not on this machine. With --print (the unit may be for
+    another machine) a zone mask missing from there is a note, not a refusal (``_load_for_print``)."""
     from fair_edge.station.config import load_station
 
     if not station.is_file() and printing:
         console.print(f"note: {escape(str(station))} does not exist here; create it on the station machine before starting the unit.")
         return None
-    return load_station(station, working_dir)
+    return _load_for_print(station, working_dir) if printing else load_station(station, working_dir)
+
+
+def _load_for_print(station: Path, working_dir: Path):
+    """--print: the station file's ``StationConfig`` from ``working_dir``, each zone mask missing there noted once,
+    by its field (``service_checks.zone_masks``: create it on the station machine) rather than refused; a mask that
+    is there is checked as ever."""
+    from fair_edge.station.config import load_station
+    from fair_edge.station.zones import masks_may_be_missing
+
+    with masks_may_be_missing() as missing:
+        cfg = load_station(station, working_dir)
+    for what, path in zone_masks(cfg):
+        if path in missing:
+            console.print(f"note: {escape(str(station))}: {what}: {escape(str(path))} does not exist here; create "
+                          "it on the station machine before starting the unit.")
+    return cfg
 
 
 def _stop_timeout(cfg, given: Optional[int]) -> int:

@@ -188,9 +188,11 @@ class StationActions:
         # camera ("" with one) -> the audit row of the threshold last applied to it from here in this run: without a
         # station file, what a reload checks the threshold in force against (``check_threshold_pairs``)
         self.applied_now: dict[str, dict] = {}
-        # camera ("" with one) -> (model id, its FP32 reference graph: ``tuning.reference_graph``) of the bundle last
-        # switched to from here (a swap, a reload): the map a later console swap is compared with (``_map_in_force``)
-        self.maps_switched: dict[str, tuple[str, str]] = {}
+        # camera ("" with one) -> (model id, its FP32 reference graph: ``tuning.reference_graph``) of the bundle it
+        # started with (``started_with``, from the loaded bundle) or was last switched to from here (a swap, a reload):
+        # the map a later console swap is compared with (``_map_in_force``). Never read back from the bundle folder,
+        # which may hold another build by the time of the swap (rebuilt in place)
+        self.maps_in_force: dict[str, tuple[str, str]] = {}
         self._swapper: threading.Thread | None = None   # the swap thread last started ("bundle-swap"), joined by close
         self._closed = Event()   # set by ``close``: no swap starts, and one loading switches no camera
         # held by ``close`` to set ``_closed`` and by a swap thread from its last look at it through its switch: a swap
@@ -682,21 +684,24 @@ class StationActions:
         return (scale_refusal(change, decider, kept, bundle, self._map_in_force(camera, decider))
                 or self._grid_refusal(change, camera, kept, bundle))
 
+    def started_with(self, camera: str, model: str, bundle) -> None:
+        """Record the model ``camera`` (one camera: "") starts with: its id ``model`` (the decider's) and the FP32
+        reference graph of ``bundle``, the loaded bundle it came from (``tuning.reference_graph``; "" for a fused one
+        or a stand-in): the map a console swap is compared with until one switches the camera (``_map_in_force``)."""
+        self.maps_in_force[camera] = (model, tuning.reference_graph(bundle))
+
     def _map_in_force(self, camera: str, decider) -> tuple[str, str]:
         """(model id, SHA-256 of its FP32 reference graph, "" when not known: ``tuning.reference_graph``) of the model
         ``camera``'s ``decider`` runs (one camera: ""), or will once its pending change is taken (that change's bundle),
-        for ``scale_refusal``: the bundle last switched to from here while the decider still runs its model
-        (``maps_switched``), else as the bundle folder in force records it (the station's start: the folder, while it
-        still holds that model, ``tuning.folder_reference_graph``)."""
+        for ``scale_refusal``: as loaded at the start (``started_with``) or by the swap last switched to from here
+        (``maps_in_force``), while the decider still runs that model; the graph is "" otherwise (never re-read from
+        the bundle folder: one rebuilt in place since holds another build)."""
         pending = getattr(getattr(decider, "switch", None), "pending", None)
         if pending is not None and pending.scorer is not None:
             return pending.model, tuning.reference_graph(pending.bundle)
         model = str(getattr(decider, "model", "") or "")
-        switched = self.maps_switched.get(camera)
-        if switched is not None and switched[0] == model:
-            return switched
-        folder = self._bundle_in_force(camera)
-        return model, "" if folder is None else tuning.folder_reference_graph(folder, model)
+        known = self.maps_in_force.get(camera)
+        return known if known is not None and known[0] == model else (model, "")
 
     def _switch(self, inspector, change: ModelChange, old: dict, who: str, bundle: str,
                 reload: ReloadFrom | None = None) -> None:
@@ -705,7 +710,7 @@ class StationActions:
         if not self._still_auditable(bundle, [change], reload):
             return
         inspector.switch.request(change)
-        self.maps_switched[""] = (change.model, tuning.reference_graph(change.bundle))
+        self.maps_in_force[""] = (change.model, tuning.reference_graph(change.bundle))
         self.feed.use_bundle(bundle, change.bundle.root)   # a link as named: a reload without a station file follows it
         if change.regions is not None:   # the reloaded zones, drawn on the live page and the NG images
             self._show_zones(change.regions.outlines())
@@ -776,7 +781,7 @@ class StationActions:
             decider = self._decider(camera)
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
             decider.switch.request(change)
-            self.maps_switched[camera] = (change.model, tuning.reference_graph(change.bundle))
+            self.maps_in_force[camera] = (change.model, tuning.reference_graph(change.bundle))
             self.feed.camera_bundles[camera] = change.bundle.root
             self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
@@ -1023,7 +1028,7 @@ def scale_refusal(change: ModelChange, decider, regions, bundle: str, in_force: 
         return ""
     fused = tuning.scores_below_zero(change.scorer)
     if fused == _fused_in_force(decider):
-        return "" if _same_map(change, in_force) else _model_refusal(change, in_force[0], value, bundle)
+        return "" if _same_map(change, in_force) else _model_refusal(change, in_force, value, bundle)
     if fused:
         new, old = "a fused bundle, whose map is in its members' normal spread", "the single bundle in force's score"
         units = f"the pixels above its threshold, {change.bundle.threshold.value:.6g}, make a part NG"
@@ -1038,20 +1043,39 @@ def scale_refusal(change: ModelChange, decider, regions, bundle: str, in_force: 
             f"{bundle} in the station file, then reload (kill -HUP); or turn the rules off.")
 
 
-def _model_refusal(change: ModelChange, model: str, value: float, bundle: str) -> str:
-    """``scale_refusal``'s words for a swap to ``bundle`` (the loaded ``change``) of another model than ``model``, the
-    one in force ("": not known), both single (or both fused) bundles, while the station file's
-    ``regions.pixel_threshold`` (``value``) decides with the rules."""
-    old = model or "?"
-    return (f"bundle {bundle} holds model {change.model or '?'}, another model than model {old} in force (a copy of "
-            "it, or a rebuild of it at another precision, would run the same network), but the region rules in force "
-            f"decide the verdict with the station file's regions.pixel_threshold {value:g}, set in the units of model "
-            f"{old}'s map: another model's map is on a scale of its own, so the new model's defects would pass or "
-            "every part be NG. The swap was refused; the station runs on with the model in force. To run "
-            f"{bundle} with region rules, set regions.pixel_threshold in its map's units (null: its calibrated one) "
+def _model_refusal(change: ModelChange, in_force: tuple[str, str], value: float, bundle: str) -> str:
+    """``scale_refusal``'s words for a swap to ``bundle`` (the loaded ``change``) of another model id than the one in
+    force (``in_force``: its model id, "": not known, and FP32 reference graph), both single (or both fused) bundles,
+    while the station file's ``regions.pixel_threshold`` (``value``) decides with the rules: another network (both
+    graphs known, ``_another_network``), or one not known to be the same (a graph not known: ``_network_not_known``)."""
+    old = in_force[0] or "?"
+    new_graph = tuning.reference_graph(change.bundle)
+    opening = (_another_network(change, bundle, old) if in_force[1] and new_graph else
+               _network_not_known(change, bundle, old, "the model in force's" if new_graph else
+                                  "the new model's" if in_force[1] else "either model's"))
+    return (f"{opening}, but the region rules in force decide the verdict with the station file's "
+            f"regions.pixel_threshold {value:g}, set in the units of model {old}'s map: another model's map is on a "
+            "scale of its own, so the new model's defects would pass or every part be NG. The swap was refused; the "
+            f"station runs on with the model in force. To run {bundle} with region rules, set "
+            "regions.pixel_threshold in its map's units (null: its calibrated one) "
             f"and bundle: {bundle} in the station file, then reload (kill -HUP); with regions.pixel_threshold null "
             "there (reloaded), each bundle swapped in from here is judged at its own calibrated one; or turn the "
             "rules off.")
+
+
+def _another_network(change: ModelChange, bundle: str, old: str) -> str:
+    """``_model_refusal``'s opening where both FP32 reference graphs are known and differ (model ``old`` in force)."""
+    return (f"bundle {bundle} holds model {change.model or '?'}, another model than model {old} in force (a copy of "
+            "it, or a rebuild of it at another precision, would run the same network)")
+
+
+def _network_not_known(change: ModelChange, bundle: str, old: str, unknown: str) -> str:
+    """``_model_refusal``'s opening where ``unknown`` ("the model in force's", "the new model's", "either model's")
+    FP32 reference graph is not known (a fused bundle has none; the model in force is known by the bundle it was
+    loaded from, at the start or by a swap from here), so a rebuild of model ``old`` cannot be told from another."""
+    return (f"bundle {bundle} holds model {change.model or '?'}, not known to be the same network as model {old} in "
+            f"force ({unknown} FP32 reference graph is not known, so a copy or a rebuild at another precision cannot "
+            "be told from another model)")
 
 
 def _same_map(change: ModelChange, in_force: tuple[str, str]) -> bool:

@@ -77,6 +77,9 @@ class StationConsole:
         # the bundle as the station named it (--bundle, bundle:; a link kept), loaded as bundle.root (links followed)
         self.feed.use_bundle(getattr(cfg, "bundle", None), bundle.root)
         self.actions = StationActions(self.feed, cfg.source_file, links)
+        # camera ("" with one) -> the loaded bundle it starts with: its FP32 reference graph is recorded with the
+        # model the camera's decider runs at ``attach`` (``actions.started_with``); several cameras: ``start_bundles``
+        self.loaded_at_start: dict[str, object] = {"": bundle}
         self.fault = fault if cfg.console.drift_fault else None
         self._drift_checked = 0.0
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
@@ -311,8 +314,26 @@ class StationConsole:
         self.feed.observe(frame, verdict, anomaly_map)
         self.actions.observe(verdict)
 
+    def start_bundles(self, bundles: dict) -> None:
+        """Several cameras: camera -> the loaded bundle (``Bundle`` or ``FusedBundle``) it starts with, before
+        ``attach`` (which records each camera's model and map from it: ``actions.started_with``)."""
+        self.loaded_at_start = dict(bundles)
+
     def attach(self, inspector, capture, scheduler, recorder, camera_watch) -> None:
+        """The station's inspector and line parts; the model each camera starts with is recorded with the map of the
+        bundle it was loaded from (``_record_start_maps``)."""
         self.feed.attach(inspector, capture, scheduler, recorder, camera_watch, self.feed.bundle_path)
+        self._record_start_maps(inspector)
+
+    def _record_start_maps(self, inspector) -> None:
+        """Record, for each camera's decider (several: ``inspector.views``; one: the inspector, camera ""), the model it
+        runs now with the bundle it was loaded from (``loaded_at_start``): what a console swap under region rules is
+        compared with (``actions.started_with``; the folder is not read again then, it may have been rebuilt)."""
+        views = getattr(inspector, "views", None) or {"": inspector}
+        for camera, decider in views.items():
+            bundle = self.loaded_at_start.get(camera)
+            if bundle is not None and decider is not None:
+                self.actions.started_with(camera, str(getattr(decider, "model", "") or ""), bundle)
 
     def attach_cell(self, counters, bundles) -> None:
         """Several cameras: their counters (``feed.CellCounters``) and camera -> the bundle it runs, in the

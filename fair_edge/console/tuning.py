@@ -20,7 +20,6 @@ so the console projects nothing and applies no threshold there (``actions.rules_
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import stat
@@ -35,7 +34,6 @@ import yaml
 from fair_edge.errors import ConfigError
 from fair_edge.fields import dump_station_yaml, is_number, read_station_text, require, station_yaml
 from fair_edge.records import Verdict
-from fair_edge.runtime.hotswap import BUNDLE_MANIFEST, folder_model_ids
 
 BINS = 30
 DEFECT_LABELS = ("defect", "miss")
@@ -219,18 +217,6 @@ def reference_graph(bundle) -> str:
         return str(files.get(Path(path).relative_to(root).as_posix(), ""))
     except ValueError:   # not inside its folder: never for a loaded bundle (``export.bundle.inside_folder``)
         return ""
-
-
-def folder_reference_graph(folder, model: str) -> str:
-    """``reference_graph`` of the bundle folder ``folder`` as its bundle.json records it, while the folder holds model
-    ``model`` (``hotswap.folder_model_ids``; read after the graph, so a folder rebuilt meanwhile answers ""); "" when
-    it holds another model now, is fused, or its bundle.json cannot be read."""
-    try:
-        manifest = json.loads((Path(folder) / BUNDLE_MANIFEST).read_bytes())
-        graph = str(manifest["files"][manifest["graph"]["reference_onnx"]]["sha256"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return ""
-    return graph if model and model in folder_model_ids(folder) else ""
 
 
 def real_folder(path) -> Path:

@@ -73,7 +73,7 @@ def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, sta
     """The cell's console (``open_console``): each camera's score calibration, from ``models``
     (``cell.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feeds that camera's own
     drift watch; the first camera's loaded bundle is the console's top-line one; swaps and SIGHUP load bundles
-    per camera (``CellLoader``); it sees every view."""
+    per camera (``CellLoader``); it sees every view, and knows each camera's loaded bundle (``start_bundles``)."""
     from fair_edge.console.actions import StationLinks
 
     lead = cfg.cameras[0]
@@ -84,5 +84,8 @@ def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, sta
                          camera_bundles=loader.camera_bundles)
     console = open_console(lead_cfg, bundle, faults, stack, line.metrics,
                            links=links, calibrations={v.name: models.calibrations.get(v.name) for v in cfg.cameras})
+    # each camera's loaded bundle: the map a console swap under region rules is compared with, not its folder re-read
+    console.start_bundles({v.name: models.bundles[Path(view_config(cfg, v).bundle).resolve()][0]
+                           for v in cfg.cameras})
     line.callbacks.append(console.observe)
     return console

@@ -326,17 +326,17 @@ def _described(path: Path) -> str:
 def _station_paths(cfg: StationConfig) -> list[tuple[str, Path]]:
     """(field, path) of the station file's paths read at start: bundle, decision.roi, camera.source, each
     ``cameras[i]``'s source / bundle / roi, where the source is a folder or video (not an index, device, URL or
-    ``KIND:`` spec), and the zone masks (``_zone_masks``)."""
+    ``KIND:`` spec), and the zone masks (``zone_masks``)."""
     found = [("bundle", cfg.bundle), ("decision.roi", cfg.roi)]
     if not cfg.cameras:
         found.append(("camera.source", _source_path(cfg.camera.source)))
     for i, view in enumerate(cfg.cameras):
         found += [(f"cameras[{i}].source", _source_path(view.source)), (f"cameras[{i}].bundle", view.bundle),
                   (f"cameras[{i}].roi", view.roi)]
-    return [(what, Path(path)) for what, path in [*found, *_zone_masks(cfg)] if path is not None]
+    return [(what, Path(path)) for what, path in [*found, *zone_masks(cfg)] if path is not None]
 
 
-def _zone_masks(cfg: StationConfig) -> list[tuple[str, Path]]:
+def zone_masks(cfg: StationConfig) -> list[tuple[str, Path]]:
     """(field, path) of each zone mask image the station reads at start (and at each SIGHUP reload):
     ``regions.zones[j].mask`` and ``cameras[i].regions.zones[j].mask``; a camera's zones taken from the station's
     ``regions:`` (the same files) are named once, as the station's."""

@@ -20,9 +20,10 @@ the frame could not be inspected); without one it is the score against the thres
 are only reported. Checked on load: a zone outside ``frame``, a mm rule without a scale, a mask of another size.
 A zone mask's pixels are read once, when the station file loads; a relative mask path is read from the current
 folder, as every relative path of the station file (`fair-edge install-service` reads it from its --working-dir,
-the folder the unit runs the station in). A SIGHUP reload reads and checks the whole section
-again (a section that does not load refuses the reload, naming it) and each camera takes it with its reloaded bundle
-(``RegionJudge.for_bundle``), the change logged (``settings_change``).
+the folder the unit runs the station in; with --print, one missing there is a note: ``masks_may_be_missing``). A
+SIGHUP reload reads and checks the whole section again (a section that does not load refuses the reload, naming it)
+and each camera takes it with its reloaded bundle (``RegionJudge.for_bundle``), the change logged
+(``settings_change``).
 A frame of another size than ``frame`` (whenever it is set, zones or not: a camera scale or px rule set for one
 size is wrong at another, e.g. after 2x2 binning) cannot be judged: ``judge`` raises a ConfigError naming both sizes
 and the fix; the inspector logs it once per camera and frame size and counts it (``region_errors``). A camera scale
@@ -32,8 +33,11 @@ it logs a warning suggesting ``frame:``, and the judge logs a warning once per f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +62,9 @@ SIZE_RULES = {
 }
 RULE_KEYS = (*SIZE_RULES, "max_count", "ignore")
 DEFAULT_ZONE = "default"
+# the zone masks missing where a load reads them, noted instead of refused (``masks_may_be_missing``); None (every
+# load but install-service --print's) = a missing mask refuses the load
+_MISSING_MASKS: ContextVar[list[Path] | None] = ContextVar("missing_zone_masks", default=None)
 # a size exactly at its limit fires ("1 mm² or more"), also when the mm come out 1 ulp short (a scale from two
 # points: 40.8 mm / 816 px = 0.049999999999999996 mm/px)
 LIMIT_TOLERANCE = 1e-9
@@ -247,6 +254,10 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
         return Zone(name, i + 1, rules, polygon=tuple((float(x), float(y)) for x, y in pts))
     given = Path(f.text(where, "mask", d["mask"]))
     path = base / given if base is not None and not given.is_absolute() else given
+    noted = _MISSING_MASKS.get()
+    if noted is not None and not path.exists():   # install-service --print: the unit may be for another machine
+        noted.append(path)
+        return Zone(name, i + 1, rules, mask=path)
     if not path.is_file():
         read_from = (f" (a relative mask path is read from {base}, the folder the station runs in)" if path != given
                      else "")
@@ -264,6 +275,20 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
                           "zone in white (any nonzero value) over a saved frame, or remove the zone.")
     pixels.setflags(write=False)
     return Zone(name, i + 1, rules, mask=path, mask_pixels=pixels)
+
+
+@contextlib.contextmanager
+def masks_may_be_missing() -> Iterator[list[Path]]:
+    """While in it (this thread or task), a zone mask missing where the station file's load reads it does not refuse
+    the load: its zone is kept without pixels (``Zone.mask_pixels`` None: never to be judged; only `fair-edge
+    install-service --print`, whose unit may be for another machine, loads so) and its path (as read: relative ones
+    under the load's base) is added to the list yielded. A mask that is there is read and checked as always."""
+    missing: list[Path] = []
+    token = _MISSING_MASKS.set(missing)
+    try:
+        yield missing
+    finally:
+        _MISSING_MASKS.reset(token)
 
 
 def _check_units(s: RegionSettings) -> None:
