@@ -28,10 +28,12 @@ station's service account, reads it as it reads any other file of the builder's)
 reuses the previous bundle's caches (``KEPT_ON_REBUILD``) only where they still match its bundle.json.
 The staging folder's name carries the builder's process id (``.NAME.building-PID-xxxxxxxx``): what a killed build
 (SIGKILL, a power cut) leaves beside ``--out`` is removed by the next build or fuse into it (``clear_leftovers``),
-and a previous bundle a kill left renamed aside (``.NAME.replaced-PID``) is put back. A full, over-quota or read-only
-disk is a BundleError naming ``--out``'s disk and its free space (``disk_problem``), never a traceback. An ``--out``
-that is a symbolic link (to a folder on another disk) is followed (``bundle_target``): the bundle goes where it
-points, the link is kept.
+and a previous bundle a kill left renamed aside (``.NAME.replaced-PID``) is put back. Ctrl-C and SIGTERM wait
+while the new bundle is swapped for the previous one (``move_into_place``), so a stop never leaves ``--out``
+missing; one during the previous bundle's removal after it is ``StoppedAfterMove``: the build is done. A full,
+over-quota or read-only disk is a BundleError naming ``--out``'s disk and its free space (``disk_problem``), never a
+traceback. An ``--out`` that is a symbolic link (to a folder on another disk) is followed (``bundle_target``): the
+bundle goes where it points, the link is kept.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from fair_edge.errors import BundleError, ConfigError, DataError, ExportError, F
 from fair_edge.export.accuracy import GraphDelta, graph_delta
 from fair_edge.export.bundle import (FUSION_MANIFEST, MANIFEST, Bundle, EngineThresholds, library_versions, load_bundle,
                                      model_manifest, write_manifest)
-from fair_edge.disk import write_failure
+from fair_edge.disk import stops_deferred, write_failure
 from fair_edge.shell import shell_word
 from fair_edge.export.normal_maps import CPU_NORMAL_MAPS, FP32_NORMAL_MAPS, NORMAL_MAPS, write_normal_maps
 from fair_edge.export.onnx_export import OPSET, example_inputs, export_onnx, torch_reference
@@ -493,24 +495,62 @@ def apply_umask(root: Path, linked: bool = True) -> None:
             os.chmod(path, 0o666 & ~mask)
 
 
+class StoppedAfterMove(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that stopped ``move_into_place`` once the new folder was in place at ``out``: the build or fuse
+    is finished, only the removal of the previous version was cut short. ``leftover``: that version's copy beside
+    ``out`` (``.NAME.replaced-PID``, which the next build or fuse into ``out`` removes: ``clear_leftovers``), None when
+    none is left. Raised from the interrupt itself (``__cause__``: KeyboardInterrupt, or the CLI's Terminated)."""
+
+    def __init__(self, out: Path, leftover: Path | None) -> None:
+        super().__init__(f"stopped once {out} was in place" + (f"; {leftover} is left" if leftover else ""))
+        self.out, self.leftover = out, leftover
+
+
 def move_into_place(staging: Path, out: Path) -> None:
     """Replace ``out`` (absent or a previous bundle) by the finished ``staging`` folder, given the umask's modes. The
-    previous bundle is renamed aside first; when the move fails it is put back and the OSError raised (``out`` as it
-    was). A previous bundle that cannot be removed once the new one is in place is a warning naming it."""
+    previous bundle is renamed aside first, then ``staging`` renamed to ``out``, with Ctrl-C and SIGTERM held back
+    between (``disk.stops_deferred``), so no stop leaves ``out`` missing; when the second rename fails the previous
+    bundle is put back and the error raised (``out`` as it was). Once both renames ran the move is done: the previous
+    bundle's removal is cleanup, a warning naming it when it fails, and a stop during it (or one held back until
+    then) is StoppedAfterMove. A stop before the renames is raised as it came, ``staging`` and ``out`` untouched."""
     apply_umask(staging)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        os.replace(out, old)
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}" if out.exists() else None
     try:
-        os.replace(staging, out)
-    except OSError:
+        with stops_deferred():
+            _swap(staging, out, old)
         if old is not None:
+            shutil.rmtree(old, onerror=lambda _f, path, exc_info: log.warning(
+                "%s is in place, but its previous version could not be removed (%s): delete %s", out, exc_info[1], old))
+    except KeyboardInterrupt as stop:
+        if os.path.lexists(staging):   # not moved: out is as it was
+            raise
+        leftover = old if old is not None and os.path.lexists(old) else None
+        raise StoppedAfterMove(out, leftover) from stop
+
+
+@contextmanager
+def in_place(out: Path) -> Iterator[None]:
+    """For work after ``move_into_place`` put the new folder at ``out`` (loading it back): a Ctrl-C or SIGTERM inside
+    is StoppedAfterMove (nothing left beside ``out``), so it is not taken for a stop before the move."""
+    try:
+        yield
+    except StoppedAfterMove:
+        raise
+    except KeyboardInterrupt as stop:
+        raise StoppedAfterMove(out, None) from stop
+
+
+def _swap(staging: Path, out: Path, old: Path | None) -> None:
+    """Rename ``out`` to ``old`` (None: there is no ``out``), then ``staging`` to ``out``; on any exception before the
+    second rename ran, ``old`` is put back as ``out`` and the exception raised."""
+    try:
+        if old is not None:
+            os.replace(out, old)
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None and os.path.lexists(staging) and os.path.lexists(old) and not os.path.lexists(out):
             os.replace(old, out)
         raise
-    if old is not None:
-        shutil.rmtree(old, onerror=lambda _f, path, exc_info: log.warning(
-            "%s is in place, but its previous version could not be removed (%s): delete %s", out, exc_info[1], old))
 
 
 def named_in_place(exc: FairEdgeError, staging: Path, out: Path) -> FairEdgeError:
@@ -552,12 +592,19 @@ def staged(out: Path, options: BuildOptions) -> Iterator[Path]:
         raise named_in_place(BundleError(
             f"--out {out}: cannot write the bundle ({where}{exc.strerror or exc}; {written:.1f} MB were written): "
             f"{disk}, then run it again. {out} is left as it was."), staging, out) from exc
+    except StoppedAfterMove:
+        raise   # the staging folder is the bundle at ``out`` now
     except BaseException:
         discard_staging(staging)
         raise
 
 
 def discard_staging(staging: Path) -> None:
+    """Remove the staging folder of an unfinished bundle; what cannot be removed is a warning naming it. One that is
+    gone already (moved into place, or removed by the caller) is fine."""
+    if not os.path.lexists(staging):
+        return
+
     def report(func, path, exc_info) -> None:
         log.warning("could not remove %s of an unfinished bundle: %s", path, exc_info[1])
 
@@ -841,7 +888,9 @@ def build_bundle(ckpt: Checkpoint, out: str | Path, options: BuildOptions, calib
                             on_gate_step)
         move_into_place(staging, out)
     delta, parity, reused, engine_built, note, gate = parts
-    return BuildResult(load_bundle(out), time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
+    with in_place(out):   # the bundle's checksums are verified: a stop now finds it complete
+        bundle = load_bundle(out)
+    return BuildResult(bundle, time.perf_counter() - start, engine_built, note, delta, parity, reused, gate)
 
 
 def threshold_images_name(options: BuildOptions, has_normal: bool) -> str:

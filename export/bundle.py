@@ -51,6 +51,7 @@ from typing import Any, Mapping
 from fair_edge.calibration.threshold import MARGIN_COMMIT, Threshold, margin_at_load
 from fair_edge.regions import PixelThreshold
 from fair_edge.checksums import sha256_file
+from fair_edge.disk import write_text_whole
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.export.onnx_scan import FLOAT, GraphFacts, GraphFormatError, scan_graph
 from fair_edge.export.precision import PRECISIONS
@@ -347,9 +348,7 @@ def write_signed_json(path: Path, data: dict) -> Path:
     half of one). bundle.json and fusion.json are written so."""
     data = {k: v for k, v in data.items() if k != METADATA_KEY}
     data[METADATA_KEY] = metadata_digest(data)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_whole(path, json.dumps(data, indent=2) + "\n", path.name)
     return path
 
 

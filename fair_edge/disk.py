@@ -2,7 +2,8 @@
 unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
 by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
 (``discard_unfinished``); where this account's caches go (``user_cache``); forcing a file or a folder to the disk
-(``fsync``)."""
+(``fsync``); writing a text file whole or not at all (``write_text_whole``); holding Ctrl-C and SIGTERM back while a
+result is moved into place (``stops_deferred``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,42 @@ def fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C; kill, systemctl stop, a CI timeout
+
+
+@contextmanager
+def stops_deferred(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """For the duration, each of ``signums`` that arrives is noted, not acted on, and raised again once the block
+    ends, after the handlers in place before are back: then its own handler runs (Ctrl-C's KeyboardInterrupt, or
+    ``cli.common.Terminated``, raised just after the block; SIGTERM without a handler ends the process). For a step
+    that must not be cut in two, such as the two renames that swap a finished folder for the previous one.
+    The Python handlers are swapped rather than the signal mask changed (``signal.pthread_sigmask``): the mask is
+    per thread, and the kernel hands a signal sent to the process to any thread that does not block it (a progress
+    bar's, a library's worker), whose C handler then has the main thread run the Python handler all the same.
+    A signal handled outside Python (``signal.getsignal`` gives None) or ignored (SIG_IGN) is left as it is.
+    Outside the main thread (which alone runs Python's handlers and may set them) nothing is deferred."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous: dict[int, object] = {}
+
+    def note(signum: int, _frame) -> None:
+        arrived.append(signum)
+
+    try:
+        for signum in signums:
+            handler = signal.getsignal(signum)
+            if handler is not None and handler is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, note)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):   # each once, in the order they came
+            signal.raise_signal(signum)
 
 
 def user_cache() -> Path:
@@ -108,3 +149,26 @@ def discard_unfinished(path: str | Path, what: str = "file") -> None:
     except OSError as exc:
         if os.path.lexists(path):
             log.warning("could not remove the unfinished %s %s (%s): delete it", what, path, exc.strerror or exc)
+
+
+def write_text_whole(path: str | Path, text: str, what: str = "file") -> None:
+    """Write ``text`` (UTF-8) as the file ``path`` whole or not at all, and durably: to ``PATH.tmp`` beside it,
+    fsync'd, renamed over ``path`` (a symlink: over its target), then the folder fsync'd where it can be. An earlier
+    file at ``path`` stays whole until the new one is complete, so a full disk never leaves half a file under its
+    name. The folder must exist. Raises OSError as the system does, ``PATH.tmp`` removed (``discard_unfinished``,
+    ``what``: the file's kind for its warning, e.g. "JSON report")."""
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place
+        os.replace(tmp, target)
+    except OSError:
+        discard_unfinished(tmp, what)
+        raise
+    try:
+        fsync(target.parent)   # the rename itself survives a power cut
+    except OSError:
+        pass                    # a file system that cannot sync a folder: the file itself is on the disk

@@ -25,6 +25,7 @@ from rich.table import Table
 from fair_edge.bench.settings import BenchSettings
 from fair_edge.cli.build import describe_fact
 from fair_edge.cli.common import check_file_writable, check_width, console, friendly_errors
+from fair_edge.disk import write_failure, write_text_whole
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY
 from fair_edge.runtime.selection import BACKEND_NAMES
@@ -284,12 +285,22 @@ def bench(
         console.print(f"[green]results:[/] {escape(str(json_out))}")
 
 
-def write_json(path: Path, results: dict) -> None:
-    """Write ``results`` (the report's dict) as JSON to ``path`` (--json), making its folder; ConfigError naming
-    --json and the path when it cannot be written after all (the disk filled, the folder went away)."""
+def write_json(path: Path, results: dict, what: str = "the results") -> None:
+    """Write ``results`` (the report's dict) as JSON to ``path`` (--json), making its folder, whole or not at all
+    (``disk.write_text_whole``: an earlier file there stays as it was when the disk is full); ConfigError naming
+    --json, the path, the cause and its fix (``json_write_failure``) when it cannot be written after all (the disk
+    filled, the folder went away). what: what the file holds, for that message ("the results", "the report")."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2))
+        write_text_whole(path, json.dumps(results, indent=2) + "\n", "JSON report")
     except OSError as exc:
-        raise ConfigError(f"--json {path}: the results could not be written ({exc.strerror or exc}); the table above "
-                          "holds them. Pass a file path this account can write.") from None
+        raise ConfigError(json_write_failure(path, exc, what)) from None
+
+
+def json_write_failure(path: Path, exc: OSError, what: str) -> str:
+    """The message of a --json ``path`` that could not be written (``exc``): the error, that the table printed
+    above holds ``what`` the file would, that an earlier file there is kept, and the cause and fix by errno
+    (``disk.write_failure``: a full disk with its free space, a read-only one, no permission)."""
+    kept = f"; the earlier {path} is left as it was" if path.is_file() else ""
+    return (f"--json {path}: {what} could not be written ({exc.strerror or exc}), only printed above{kept}: "
+            f"{write_failure(path.parent, exc, None)}, or pass another --json path, then run again.")

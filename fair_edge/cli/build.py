@@ -6,7 +6,9 @@ A thin typer command over ``fair_edge.export.build.build_bundle``; register it w
 bundle.json keeps the command that rebuilds the bundle (``build_command``, quoted by every "Rebuild it with"
 error): every option that changes the result, the checkpoint and datasets as absolute paths. SIGTERM (``kill``,
 ``systemctl stop``, a CI timeout) stops a build as Ctrl-C does: the temporary staging folder is removed and the
-previous bundle kept; the command then exits 143 (128 + SIGTERM).
+previous bundle kept, said in one line (``stopped_line``); the command then exits 143 (128 + SIGTERM), 130 after
+Ctrl-C. A stop while the new bundle is swapped in waits until it is in place; one while the previous bundle's copy
+is removed after it leaves the new bundle, finished, and says so (``export.build.StoppedAfterMove``).
 bundle.json records the checkpoint built from (``source_checkpoint``: path and SHA-256): a bundle at --out built from
 another checkpoint (the default --out is shared by every checkpoint of one model tag and precision) is not replaced
 without --overwrite (``export.build.check_replacing``); a rebuild from the same checkpoint replaces it. A checkpoint
@@ -33,10 +35,11 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import TrainingImages, load_checkpoint
 from fair_edge.training.data import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images_for, read_frames
-from fair_edge.cli.common import check_width, friendly_errors, progress_bar, shell_word, sigterm_as_interrupt
+from fair_edge.cli.common import (check_width, friendly_errors, interrupt_exit_code, print_plain, progress_bar,
+                                  shell_word, sigterm_as_interrupt, stopped_by_sigterm)
 from fair_edge.errors import ConfigError, DataError, did_you_mean
-from fair_edge.export.build import (GATE_DONE, BuildOptions, BuildResult, SourceCheckpoint, build_bundle,
-                                    check_inputs, check_replacing)
+from fair_edge.export.build import (GATE_DONE, BuildOptions, BuildResult, SourceCheckpoint, StoppedAfterMove,
+                                    build_bundle, check_inputs, check_replacing, in_place)
 from fair_edge.export.bundle import Bundle
 from fair_edge.runtime.backends import cpu_graph
 from fair_edge.runtime.highpass_plan import plan_highpass
@@ -85,8 +88,33 @@ def _command(ckpt: Path, width: Optional[int], precision: str, calib: Optional[s
     return shlex.join(args)
 
 
-BUILD_STOPPED = ("build stopped by SIGTERM; an unfinished bundle was removed (a previous bundle at --out is kept). "
-                 "Run the command again to build it.")
+# a stop before the build writes anything (while the checkpoint and the images load)
+EARLY_STOP = "nothing unfinished is left at --out (a bundle there is as it was). Run the command again to build it."
+BUILD_STOPPED = f"build stopped by SIGTERM; {EARLY_STOP}"
+BUILD_INTERRUPTED = f"build interrupted; {EARLY_STOP}"
+
+
+def stopped_line(exc: KeyboardInterrupt, out: Path, command: str = "build", what: str = "bundle") -> str:
+    """The one line of a ``command`` ("build", "fuse") stopped by ``exc`` (Ctrl-C, or SIGTERM: ``stopped_by_sigterm``)
+    while it wrote its ``what`` ("bundle", "fused bundle") for ``out``: once the new one was in place
+    (``StoppedAfterMove``), that it is complete and where the previous one's copy is left; otherwise that the
+    unfinished one was removed and whether a previous one at ``out`` is kept (read from the disk now)."""
+    how = "stopped by SIGTERM" if stopped_by_sigterm(exc) else "interrupted"
+    if isinstance(exc, StoppedAfterMove):
+        left = (f"; the previous {what}'s copy {exc.leftover} is left, and the next build or fuse into {out} removes "
+                "it" if exc.leftover is not None else "")
+        return f"{command} {how} once the new {what} was in place: {out} is complete and ready to use{left}."
+    previous = f"the previous {what} there is kept" if out.exists() else "none was there"
+    return (f"{command} {how}; no new {what} was written to {out} (its unfinished files were removed); {previous}. "
+            "Run the same command again.")
+
+
+def exit_stopped(exc: KeyboardInterrupt, out: Path, command: str = "build", what: str = "bundle") -> typer.Exit:
+    """Print ``stopped_line`` on stderr (as an error unless the new ``what`` is in place) and return the Exit to raise:
+    130 after Ctrl-C, 143 after SIGTERM."""
+    line = stopped_line(exc, out, command, what)
+    print_plain(line if isinstance(exc, StoppedAfterMove) else f"error: {line}")
+    return typer.Exit(interrupt_exit_code(exc))
 
 
 def _summary(result: BuildResult) -> None:
@@ -382,7 +410,7 @@ def _default_tags() -> str:
 
 @app.command("build")
 @friendly_errors
-@sigterm_as_interrupt(BUILD_STOPPED)
+@sigterm_as_interrupt(BUILD_STOPPED, BUILD_INTERRUPTED)
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),
     width: Optional[int] = typer.Option(None, "--width", help=f"{_titles_with('width')}: UNet width 32, 64 or 128; "
@@ -474,10 +502,14 @@ def build(
             console.print(escape(f"--overwrite: replacing {out}, built from {replaced}"), highlight=False)
         console.print(escape(f"building {precision} bundle from {checkpoint} ({ckpt.model.describe()}) -> {out}"))
 
-    with progress_bar() as progress:
-        task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
-                                 total=len(calib_frames or ()) or None)
-        result = build_bundle(ckpt, out, options, calib_frames, normal_frames,
-                              defect_frames, on_calibration_image=lambda: progress.advance(task),
-                              on_gate_step=GateTask(progress), on_checked=say_building)
-    _summary(result)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(f"build, INT8 calibration ({calib_method})" if precision == "int8" else "build",
+                                     total=len(calib_frames or ()) or None)
+            result = build_bundle(ckpt, out, options, calib_frames, normal_frames,
+                                  defect_frames, on_calibration_image=lambda: progress.advance(task),
+                                  on_gate_step=GateTask(progress), on_checked=say_building)
+        with in_place(out):   # a stop while the summary prints finds the bundle complete
+            _summary(result)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (Terminated): the staging folder is gone
+        raise exit_stopped(exc, out) from None

@@ -63,17 +63,25 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt, so the same cleanup runs (a build's or an eval report's staging folder is removed)."""
 
 
+def stopped_by_sigterm(exc: BaseException) -> bool:
+    """True when ``exc`` is SIGTERM's ``Terminated``, or an interrupt raised from one (``raise ... from stop``, as
+    ``export.build.StoppedAfterMove``); False for Ctrl-C."""
+    return isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+
+
 def interrupt_exit_code(exc: BaseException) -> int:
-    """The exit code of a command stopped by ``exc``: 143 for SIGTERM (``Terminated``), 130 for Ctrl-C."""
-    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    """The exit code of a command stopped by ``exc``: 143 for SIGTERM (``stopped_by_sigterm``), 130 for Ctrl-C."""
+    return EXIT_TERMINATED if stopped_by_sigterm(exc) else EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt(stopped: str):
+def sigterm_as_interrupt(stopped: str, interrupted: str | None = None):
     """For the duration: SIGTERM raises ``Terminated`` in the main thread, once (a second SIGTERM while the cleanup
     runs is ignored, so it is not cut short); then the previous handler is back. A ``Terminated`` that ends the
-    block exits 143 (128 + SIGTERM) with ``error: STOPPED`` on stderr (``stopped``: what was stopped, what is left
-    and what to do). Usable as a decorator. Outside the main thread (no signals there): nothing."""
+    block (or an interrupt raised from one, ``stopped_by_sigterm``) exits 143 (128 + SIGTERM) with ``error: STOPPED``
+    on stderr (``stopped``: what was stopped, what is left and what to do). With ``interrupted`` (the same for
+    Ctrl-C), a plain KeyboardInterrupt that ends the block exits 130 with ``error: INTERRUPTED``; without it, it goes
+    on as raised. Usable as a decorator. Outside the main thread (no signals there): nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -87,9 +95,15 @@ def sigterm_as_interrupt(stopped: str):
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
-    except Terminated:
-        print(f"error: {stopped}", file=sys.stderr)
-        raise typer.Exit(EXIT_TERMINATED) from None
+    except KeyboardInterrupt as exc:
+        if stopped_by_sigterm(exc):
+            line, code = stopped, EXIT_TERMINATED
+        elif interrupted is not None:
+            line, code = interrupted, EXIT_INTERRUPTED
+        else:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        raise typer.Exit(code) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -1,7 +1,8 @@
 """``fair-edge eval``: score a labelled test set with a checkpoint, print the metrics, write the report.
 
 Ctrl-C, and SIGTERM (``kill``, ``systemctl stop``, a CI timeout) alike, stop it with one line: the report being written
-is removed (its staging folder), an earlier one is kept; exit 130 after Ctrl-C, 143 after SIGTERM.
+is removed (its staging folder), an earlier one is kept; one that comes while the new report replaces the earlier
+one stops eval once the new one is whole (``write_report``); exit 130 after Ctrl-C, 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ def run_eval(checkpoint: Path, data: str, out: Path, *, device: str, batch: int,
 
 def stopped_line(exc: BaseException, out: Path) -> str:
     """The one line of an eval stopped by ``exc`` (Ctrl-C, or SIGTERM: ``Terminated``): its unfinished report files
-    were removed (``write_report``'s staging folder), so OUT holds no complete new report."""
+    were removed (``write_report``'s staging folder), so OUT holds no complete new report; or, for a stop that came
+    while the new report replaced the earlier one (``exc.report_written`` set), that the new report is whole."""
     how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    if getattr(exc, "report_written", None) is not None:
+        return (f"eval {how} once its new report was in place: {out} holds it whole (the stop came while it replaced "
+                f"the earlier one); its metrics are in {out / 'metrics.json'}.")
     return (f"eval {how}; no complete new report was written to {out} (its unfinished files were removed). Run the "
             "same command again.")
 

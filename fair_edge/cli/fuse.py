@@ -1,4 +1,8 @@
-"""``fair-edge fuse B1 B2 ... --normal DIR``: one fused bundle (one score, one threshold) from several bundles."""
+"""``fair-edge fuse B1 B2 ... --normal DIR``: one fused bundle (one score, one threshold) from several bundles.
+
+Ctrl-C and SIGTERM (``kill``, ``systemctl stop``, a CI timeout) stop a fuse alike: its temporary staging folder beside
+--out is removed, the previous fused bundle there kept, and one line says so (``cli.build.stopped_line``); exit 130
+after Ctrl-C, 143 after SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ import typer
 from rich.markup import escape
 
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
-from fair_edge.cli.common import console, friendly_errors, print_plain, shell_word
+from fair_edge.cli.common import console, friendly_errors, print_plain, shell_word, sigterm_as_interrupt
 from fair_edge.runtime.fusion import RULES
 
 app = typer.Typer()
 log = logging.getLogger(__name__)
 
+# a stop before the fuse writes anything (while the members are checked and the images read)
+EARLY_STOP = "nothing unfinished is left at --out (a fused bundle there is as it was). Run the same command again."
+
 
 @app.command("fuse")
 @friendly_errors
+@sigterm_as_interrupt(f"fuse stopped by SIGTERM; {EARLY_STOP}", f"fuse interrupted; {EARLY_STOP}")
 def fuse(
     bundles: list[Path] = typer.Argument(..., help="Two or more bundles from `fair-edge build` (any family or settings; "
                                          "their maps must cover the same part of the frame: the same --roi at "
@@ -39,13 +47,26 @@ def fuse(
     """Fuse several bundles: each model's map is normalised by the mean and spread of its own map maximum on the
     normal images, then combined."""
     from fair_edge.training.data import images_for, read_frames
-    from fair_edge.cli.build import describe_threshold
+    from fair_edge.cli.build import exit_stopped
+    from fair_edge.export.build import in_place
     from fair_edge.runtime.fusion import build_fused_bundle
 
     paths = images_for(normal, "normal", category)
     check_members_held_out(bundles, paths, f"--normal {normal}")
     frames = [frame for _, frame in read_frames(paths, largest_tiling(bundles), what="--normal images")]
-    fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
+    try:
+        fused = build_fused_bundle(bundles, out, frames, rule, false_reject_rate, backend)
+        with in_place(out):   # a stop while the result prints finds the fused bundle complete
+            print_fused(bundles, fused, out, rule)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (Terminated): the staging folder is gone
+        raise exit_stopped(exc, out, "fuse", "fused bundle") from None
+
+
+def print_fused(bundles: list[Path], fused, out: Path, rule: str) -> None:
+    """The result of a fuse: one line per member (``bundles``: as given) with its normal map-max statistics, the
+    fused bundle's threshold with the false-reject rate it reached, the next command."""
+    from fair_edge.cli.build import describe_threshold
+
     for i, (given, m, s) in enumerate(zip(bundles, fused.members, fused.stats)):   # m.root: its copy, m{i}/
         print_plain(f"  m{i}: {given}: {m.model.describe()}; normal map max {s.mean:.5g} +- {s.std:.3g}")
     console.print(f"[green]fused bundle:[/] {escape(str(out))} (rule {rule}, threshold {fused.threshold.value:.4g}: "

@@ -3,7 +3,6 @@ rules (a station of several cameras: one camera's)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fair_edge.cli.bench import write_json
 from fair_edge.cli.common import console, friendly_errors
 
 app = typer.Typer()
@@ -66,7 +66,7 @@ def check(
             false = "-" if r["false_rejects"] is None else f"{r['false_rejects']:.1%}"
             console.print(f"{name.replace('_', ' ')}: caught {caught} of the defective images, false rejects {false}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"camera": camera, **report.to_dict()}, indent=2) + "\n")
+        write_json(json_out, {"camera": camera, **report.to_dict()}, "the report")   # whole, or the earlier kept
         console.print(f"[green]report:[/] {escape(str(json_out))}")
 
 

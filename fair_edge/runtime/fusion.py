@@ -184,7 +184,7 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
     and moved into place when complete: members may be read from inside ``out`` (``fair-edge fuse FUSED/m0 FUSED/m1
     --out FUSED``, the copies a fused bundle holds), and a failure leaves ``out`` as it was. An ``out`` that holds
     something other than a fused bundle is refused (it would be replaced); an OSError is a BundleError naming the path."""
-    from fair_edge.export.build import BuildOptions, bundle_target, clear_leftovers, staged
+    from fair_edge.export.build import BuildOptions, bundle_target, clear_leftovers, in_place, staged
     from fair_edge.export.bundle import load_bundle
 
     out = bundle_target(Path(out))   # a link to a folder: fused there, the link kept
@@ -202,8 +202,9 @@ def build_fused_bundle(member_dirs: Sequence[str | Path], out: str | Path, norma
         except OSError as exc:
             raise BundleError(f"--out {out}: cannot write the fused bundle ({_os_error(exc)}); {out} is left as it "
                               "was. Free disk space or make its folder writable, then `fair-edge fuse` again.") from exc
-    _replace_out(staging, out)
-    return load_fused_bundle(out)
+        _replace_out(staging, out)   # inside: a stop before the move removes the staging folder too
+    with in_place(out):   # a stop while it is read back finds it complete (StoppedAfterMove)
+        return load_fused_bundle(out)
 
 
 def _check_out(out: Path) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import fused_members, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
+from fair_edge.disk import write_text_whole
 from fair_edge.records import new_run_id
 from fair_edge.runlock import LockHolder, hold_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
@@ -618,17 +618,13 @@ def write_summary(summary: RunSummary, output: Path) -> Path | None:
     table and exit code: the verdict log and the counters do not depend on it. Returns the path, None if not
     written."""
     path = output / "summary.json"
-    tmp = path.with_name(path.name + ".tmp")
     try:
         output.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(summary.to_json())
-        os.replace(tmp, path)
+        write_text_whole(path, summary.to_json(), "run summary")
     except OSError as exc:
         log.error("summary.json not written to %s: %s; expected a writable folder with free space (the run's "
                   "counters are in the summary printed and, with MQTT, its retained summary): free space on that "
                   "disk or fix the folder's permissions", path, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         return None
     return path
 

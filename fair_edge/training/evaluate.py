@@ -9,7 +9,8 @@ as ``fair-edge build`` does on held-out normals) in metrics.json ``regions`` and
 A defective image without a mask takes part in the image metrics only: the pixel and region metrics are computed
 on the normal images and the defective images that have masks, and metrics.json says how many defective images
 lack one and names the first few (``masks_missing``), as the printed report does.
-The report is written whole or not at all (an earlier one stays as it was when writing fails), except that a
+The report is written whole or not at all (an earlier one stays as it was when writing fails or is stopped; a Ctrl-C
+or SIGTERM that comes while the new report replaces it waits until it has: ``disk.stops_deferred``), except that a
 heat-map panel that cannot be written is a logged warning, not a failed report; file names are written as UTF-8, a
 byte that is not UTF-8 as \\xNN (``report_name``); a panel's name takes the image's stem, shortened with a hash
 when the name would pass 255 bytes (``panel_name``).
@@ -39,7 +40,7 @@ from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optima
 from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frames, read_image, read_mask
 from fair_edge.images import write_png
-from fair_edge.disk import write_failure
+from fair_edge.disk import stops_deferred, write_failure
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.records import json_file_text
 from fair_edge.training.inference import TorchScorer
@@ -397,10 +398,11 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
     heatmaps into out_dir, replacing an earlier report's (``clear_report``). The files are written into a
     temporary folder inside out_dir first (``.eval-partial-PID-xxxxxxxx``) and moved in when all are written: a
     report that fails or is interrupted halfway (Ctrl-C; SIGTERM where the command turns it into an interrupt)
-    leaves the earlier report as it was (and no temporary folder); one left by an eval killed outright is removed
-    by the next report into out_dir (``clear_report``). A write that fails (a read-only or full disk, a
-    folder this account cannot write) raises ReportWriteError naming out_dir, the cause and the fix; a heat-map
-    panel that cannot be written is a logged warning only (``_write_heatmaps``)."""
+    leaves the earlier report as it was (and no temporary folder); one interrupted while it replaces the earlier
+    one finishes that first (``_replace_report``), so out_dir holds the earlier report or the whole new one; one
+    left by an eval killed outright is removed by the next report into out_dir (``clear_report``). A write that
+    fails (a read-only or full disk, a folder this account cannot write) raises ReportWriteError naming out_dir,
+    the cause and the fix; a heat-map panel that cannot be written is a logged warning only (``_write_heatmaps``)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
@@ -413,8 +415,7 @@ def write_report(scored: ScoredSet, result: dict, out_dir: Path, worst: int = 8)
             raise ReportWriteError(report_write_failure(out_dir, exc, "an earlier report there is left as it "
                                                                       "was")) from exc
         try:
-            clear_report(out_dir, keep=staging)
-            _move_report(staging, out_dir)
+            _replace_report(staging, out_dir)
         except OSError as exc:
             raise ReportWriteError(report_write_failure(out_dir, exc, "the report there is incomplete")) from exc
     finally:
@@ -432,6 +433,23 @@ def report_write_failure(out_dir: Path, exc: OSError, left: str) -> str:
     fix = write_failure(out_dir, exc)
     return (f"the evaluation report was not written to {out_dir} ({where}{exc.strerror or exc}); {left}: {fix}, "
             "then run eval again.")
+
+
+def _replace_report(staging: Path, out_dir: Path) -> None:
+    """Replace the report in ``out_dir`` by the one written into ``staging`` (``clear_report``, ``_move_report``)
+    with Ctrl-C and SIGTERM held (``disk.stops_deferred``): one that comes meanwhile stops eval once the new report
+    is whole, and its KeyboardInterrupt (or ``Terminated``) then carries ``report_written`` = out_dir, so the stop
+    message can say the new report is complete. Raises OSError as the system does (the report is incomplete then)."""
+    moved = False
+    try:
+        with stops_deferred():
+            clear_report(out_dir, keep=staging)
+            _move_report(staging, out_dir)
+            moved = True
+    except KeyboardInterrupt as exc:
+        if moved:
+            exc.report_written = out_dir
+        raise
 
 
 def _move_report(staging: Path, out_dir: Path) -> None:
