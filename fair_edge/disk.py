@@ -2,7 +2,7 @@
 unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
 by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
 (``discard_unfinished``); where this account's caches go (``user_cache``); forcing a file or a folder to the disk
-(``fsync``); writing a text file whole or not at all (``write_text_whole``); holding Ctrl-C and SIGTERM back while a
+(``fsync``); writing a file whole or not at all (``write_whole``, ``write_text_whole``); holding Ctrl-C and SIGTERM back while a
 result is moved into place (``stops_deferred``)."""
 
 from __future__ import annotations
@@ -151,24 +151,33 @@ def discard_unfinished(path: str | Path, what: str = "file") -> None:
             log.warning("could not remove the unfinished %s %s (%s): delete it", what, path, exc.strerror or exc)
 
 
-def write_text_whole(path: str | Path, text: str, what: str = "file") -> None:
-    """Write ``text`` (UTF-8) as the file ``path`` whole or not at all, and durably: to ``PATH.tmp`` beside it,
-    fsync'd, renamed over ``path`` (a symlink: over its target), then the folder fsync'd where it can be. An earlier
-    file at ``path`` stays whole until the new one is complete, so a full disk never leaves half a file under its
-    name. The folder must exist. Raises OSError as the system does, ``PATH.tmp`` removed (``discard_unfinished``,
-    ``what``: the file's kind for its warning, e.g. "JSON report")."""
+def write_whole(path: str | Path, data: bytes, what: str = "file", durable: bool = True) -> None:
+    """Write ``data`` as the file ``path`` whole or not at all: to ``PATH.tmp`` beside it (any name Python can open,
+    UTF-8 or not), renamed over ``path`` (a symlink: over its target). An earlier file at ``path`` stays whole until
+    the new one is complete, so a full disk never leaves half a file under its name. durable: the file fsync'd
+    before the rename and the folder after it where it can be (a report, a summary: the rename survives a power
+    cut); False for a stream of files where a lost last one costs nothing (NG images). The folder must exist.
+    Raises OSError as the system does, ``PATH.tmp`` removed (``discard_unfinished``, ``what``: the file's kind for
+    its warning, e.g. "JSON report")."""
     target = Path(os.path.realpath(path))
     tmp = target.with_name(target.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place
         os.replace(tmp, target)
     except OSError:
         discard_unfinished(tmp, what)
         raise
-    try:
-        fsync(target.parent)   # the rename itself survives a power cut
-    except OSError:
-        pass                    # a file system that cannot sync a folder: the file itself is on the disk
+    if durable:
+        try:
+            fsync(target.parent)   # the rename itself survives a power cut
+        except OSError:
+            pass                    # a file system that cannot sync a folder: the file itself is on the disk
+
+
+def write_text_whole(path: str | Path, text: str, what: str = "file") -> None:
+    """``write_whole`` of ``text`` in UTF-8, durably."""
+    write_whole(path, text.encode("utf-8"), what)

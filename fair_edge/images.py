@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from fair_edge.disk import write_whole
 from fair_edge.errors import DataError
 
 MAX_PIXELS = 2**30  # OpenCV's limit on a decoded image (CV_IO_MAX_IMAGE_PIXELS), pixels; larger ones are refused
@@ -422,30 +423,16 @@ def encode_image(image: np.ndarray, suffix: str = ".png") -> bytes:
     return data.tobytes()
 
 
-def write_whole(path: str | Path, data: bytes) -> None:
-    """Write ``data`` as the file ``path`` in full or not at all: by Python to ``PATH.tmp`` (any name Python can open,
-    UTF-8 or not) and renamed over ``path``, so an earlier file of that name stays whole until the new one is
-    complete. The folder must exist. Raises OSError (``PATH.tmp`` removed) when it cannot be written."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_image(path: str | Path, image: np.ndarray, suffix: str | None = None) -> None:
     """Write ``image`` ((H, W, 3) or (H, W) uint8) as the file ``path``, in the format ``suffix`` names (None: the
-    path's own suffix, ".png" or ".jpg"), whole or not at all and under any file name (``write_whole``; OpenCV's own
+    path's own suffix, ".png" or ".jpg"), whole or not at all and under any file name (``disk.write_whole``; OpenCV's own
     writer crashes on a name that is not UTF-8). Missing parent folders are made. Raises DataError naming the file
     when it cannot be encoded or written."""
     path = Path(path)
     try:
         data = encode_image(image, suffix or path.suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, data)
+        write_whole(path, data, "image", durable=False)
     except (OSError, DataError) as exc:
         raise DataError(f"could not write {path} ({getattr(exc, 'strerror', None) or exc}); expected a writable "
                         "folder with free space; an earlier file of that name is left as it was") from None

@@ -285,9 +285,9 @@ def test_close_writes_every_queued_row_and_skips_only_the_images_past_its_deadli
     real = recmod.write_whole
     holder = {}
 
-    def slow_write(path, data):
+    def slow_write(path, data, *args, **kwargs):
         assert holder["rec"].images_off.wait(10), "close never stopped the images"
-        return real(path, data)
+        return real(path, data, *args, **kwargs)
 
     monkeypatch.setattr(recmod, "write_whole", slow_write)
     rec = holder["rec"] = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=64), run_id="R1")
@@ -595,10 +595,10 @@ class SlowImages:
         return image
 
     def write(self, real):
-        """``real`` (the recorder's file writer, ``images.write_whole``) taking ``write_s`` on the fake clock."""
-        def write(path, data):
+        """``real`` (the recorder's file writer, ``disk.write_whole``) taking ``write_s`` on the fake clock."""
+        def write(path, data, *args, **kwargs):
             self.now += self.write_s
-            return real(path, data)
+            return real(path, data, *args, **kwargs)
         return write
 
 

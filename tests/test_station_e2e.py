@@ -505,25 +505,22 @@ def test_a_full_disk_at_summary_json_is_logged_and_the_run_ends_with_its_exit_co
     one). Now it is written to summary.json.tmp and renamed; a failed write is an error naming the path, the older
     summary stays whole, the table is printed and the exit code is the run's (0)."""
     import errno
-    from pathlib import Path
 
     from typer.testing import CliRunner
 
     from fair_edge.cli import app
 
-    real = Path.write_text
+    real = os.fsync
 
-    def disk_full(self, data, *args, **kwargs):
-        if not self.name.startswith("summary.json"):
-            return real(self, data, *args, **kwargs)
-        with open(self, "w"):   # what a real write does first: the file is created (truncated) ...
-            pass
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))   # ... then the disk is full
+    def disk_full(fd):   # the disk reports it full when summary.json's bytes are forced out (its .tmp, written first)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("summary.json.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text('{"run_id": "older"}\n')
-    monkeypatch.setattr(Path, "write_text", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     result = CliRunner().invoke(app, ["run", "--bundle", str(bundle.root), "--source", str(conveyor), "--backend",
                                       "onnxruntime", "--out", str(out), "--console", "off"], terminal_width=200)
     assert result.exit_code == 0, result.output

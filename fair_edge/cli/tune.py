@@ -2,8 +2,10 @@
 
 Ctrl-C (exit 130) or SIGTERM (exit 143) stops a tune with one line: nothing is chosen and tune has no --resume, so the
 same command starts over; it deletes what the interrupted run left in OUT (candidates/, proxy/, a tune.csv without
-tune.json). Results that cannot be written (a full disk) are one error line naming OUT and the fix, and the same
-command then starts over the same way. A second tune into an OUT that a running tune holds (``TUNE_LOCK``) is refused.
+tune.json). The candidates that finished before a stop (Ctrl-C, SIGTERM, an error) are ranked in OUT/tune.csv until
+then, and the line or error names it. Results that cannot be written (a full disk) are one error line naming OUT and
+the fix, and the same command then starts over the same way. A second tune into an OUT that a running tune holds
+(``TUNE_LOCK``) is refused.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def tune(
         try:
             rows = run_tune(split, candidates, out, settings, run_device, data, on_row=on_row, category=category)
         except (TrainingInterrupted, KeyboardInterrupt) as exc:  # Ctrl-C; SIGTERM is Terminated, a KeyboardInterrupt
-            print_plain(stopped_line(exc, len(finished)))
+            print_plain(stopped_line(exc, len(finished), kept_results(out)))
             raise typer.Exit(interrupt_exit_code(exc)) from None
     table = Table(title=f"candidates, best first (proxy defects; target {false_reject_rate:.1%} false rejects)")
     for col in ("name", "status", "catch", "catch@5%", "AUROC"):
@@ -125,12 +127,26 @@ def false_reject_lines(rows: list) -> list[str]:
     return lines
 
 
-def stopped_line(exc: BaseException, finished: int) -> str:
+def stopped_line(exc: BaseException, finished: int, kept: Optional[Path] = None) -> str:
     """The one line of a tune stopped by ``exc`` (Ctrl-C: TrainingInterrupted from a stepped trainer, else
     KeyboardInterrupt; SIGTERM: ``Terminated``) after ``finished`` candidates: tune has no --resume, and a
-    candidate's last.pt is no result, so it says nothing was chosen and how to start over."""
+    candidate's last.pt is no result, so it says nothing was chosen and how to start over; ``kept``: the tune.csv
+    ranking the finished candidates (``tune.KeptRanking``), None when none was written."""
     how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-    return f"tune {how} after {finished} candidate{'' if finished == 1 else 's'}; {START_OVER}"
+    line = f"tune {how} after {finished} candidate{'' if finished == 1 else 's'}; {START_OVER}"
+    if kept is not None:
+        line += (f"; the finished candidates are ranked in {kept} (the same command deletes it as it starts over: "
+                 "copy it first)")
+    return line
+
+
+def kept_results(out: Path) -> Optional[Path]:
+    """OUT/tune.csv when a stopped tune left one (the finished candidates, ranked; ``clear_earlier`` deleted any
+    earlier one before this run began), else None."""
+    from fair_edge.training.tune import TUNE_FINISHED
+
+    csv_path = out / "tune.csv"
+    return csv_path if csv_path.is_file() and not (out / TUNE_FINISHED).exists() else None
 
 
 def clear_earlier(out: Path, overwrite: bool) -> None:

@@ -10,13 +10,16 @@
    through the station loop, with a simulated PLC (a real Modbus TCP server on 127.0.0.1) as the
    reject output, and check, part by part, that each rejected part's pulse arrived on time.
    Every part is accounted for: a defective cell that was not inspected in time (dropped from the
-   queue, verdict late) counts as missed even when the fail-safe rejected it.
+   queue, verdict late) counts as missed even when the fail-safe rejected it. The tally is read back from the
+   station's verdict log: one that holds fewer rows than the station inspected and dropped (a disk that filled
+   during the run) is an error after the report is written (``incomplete_tally``), never a tally of 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import threading
@@ -28,9 +31,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fair_edge.demo.config import DEMO_FALSE_REJECT_RATE
+from fair_edge.errors import DataError, RecorderError
 from fair_edge.training.collect import export_reviewed
 from fair_edge.training.data import DatasetSplit, Sample, elpv_split, read_image
 
+log = logging.getLogger(__name__)
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor
 PULSE_MS = 30.0
 LATE_MS = 10.0
@@ -200,10 +205,25 @@ def verdict_in_time(row: dict, due: float) -> bool:
 
 def read_pulse_results(gate_log: Path) -> dict[int, str]:
     """seq -> what the reject sink reported of its pulse (delivered / late / missed / unconfirmed), from gate.jsonl."""
-    if not gate_log.is_file():
-        return {}
-    events = (json.loads(text) for text in gate_log.read_text().splitlines())
-    return {e["seq"]: e["pulse"] for e in events if e.get("event") == "pulse"}
+    return {e["seq"]: e["pulse"] for e in read_rows(gate_log) if e.get("event") == "pulse"}
+
+
+def read_rows(log_file: Path) -> list[dict]:
+    """The whole JSON rows of the JSONL file ``log_file`` (verdicts.jsonl, gate.jsonl), in order: none when it is
+    missing (never created: a full disk), and a line that is no JSON (one cut short by a full disk) is left out with
+    a warning; ``check_tally_complete`` counts the verdict rows missing."""
+    if not log_file.is_file():
+        return []
+    rows, cut = [], 0
+    for text in log_file.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError:
+            cut += 1
+    if cut:
+        log.warning("%d line(s) of %s are no JSON row (cut short as it was written: a full disk?); left out", cut,
+                    log_file)
+    return rows
 
 
 def pulse_error_stats(rows: list[dict]) -> dict:
@@ -273,16 +293,65 @@ def _run_demo(out: Path, train: Callable[[], Path], evaluate: Callable[[Path], d
         "reject_stats": summary.rejects,
         "eval": metrics, "threshold": result.bundle.threshold.value if result.bundle.threshold else None,
         "summary": summary.to_dict(), "parts": rows, "pulses_received": len(rises), **tally(rows),
+        "verdict_rows": verdict_rows(len(rows), summary),
     }
-    write_report(report, out / "demo_report.json")
+    finish_report(report, out)
     return report
 
 
+def finish_report(report: dict, out: Path) -> None:
+    """Write OUT/demo_report.json (``write_report``), then raise the ``incomplete_tally`` error when its tally was made
+    of fewer verdict rows than the station logged; one that could not be written is a DataError, or, with a tally
+    incomplete too, that RecorderError saying both."""
+    incomplete = incomplete_tally(report["verdict_rows"], out / "station" / "verdicts.jsonl")
+    path = out / "demo_report.json"
+    try:
+        write_report(report, path)
+    except DataError as exc:
+        if incomplete is None:
+            raise
+        reason = getattr(exc.__cause__, "strerror", None) or exc.__cause__ or exc
+        raise RecorderError(f"{incomplete} The demo report {path} was not written either ({reason}; an earlier one "
+                            "there is left as it was).") from exc
+    if incomplete is not None:
+        raise incomplete
+
+
 def write_report(report: dict, path: Path) -> None:
-    """``report`` as strict JSON (a NaN or infinite number, e.g. an undefined metric, written as null)."""
+    """``report`` as strict JSON (a NaN or infinite number, e.g. an undefined metric, written as null), whole or not
+    at all (``disk.write_text_whole``: an earlier report stays whole until the new one is complete). DataError naming
+    the file, the cause and the fix when it cannot be written (a full disk)."""
+    from fair_edge.disk import write_failure
+    from fair_edge.disk import write_text_whole
     from fair_edge.records import json_file_text
 
-    path.write_text(json_file_text(report))
+    try:
+        write_text_whole(path, json_file_text(report), "demo report")
+    except OSError as exc:
+        raise DataError(f"cannot write the demo report {path} ({exc.strerror or exc}; an earlier one there is left as "
+                        f"it was): {write_failure(path.parent, exc)}, then run `fair-edge demo` again.") from exc
+
+
+def verdict_rows(logged: int, summary) -> dict:
+    """The report's ``verdict_rows``: {"read": the verdict-log rows the tally was made of (``logged``), "expected":
+    one per part the station inspected or dropped (``summary``: a RunSummary, its ``inspected`` and ``dropped``)}."""
+    return {"read": logged, "expected": summary.inspected + summary.dropped}
+
+
+def incomplete_tally(rows: dict, verdict_log: Path) -> RecorderError | None:
+    """The RecorderError to raise when the tally was made of fewer verdict-log rows than the station logged parts
+    (``rows``: ``verdict_rows``; ``verdict_log``: the file read): the log could not be written in full (a disk that
+    filled during the run), so the counts (defective, caught, missed, pulses) are of those rows only, not of the
+    run. None when every row was read back."""
+    if rows["read"] >= rows["expected"]:
+        return None
+    from fair_edge.disk import free_space
+
+    return RecorderError(
+        f"the demo's tally is incomplete: the verdict log could not be written in full ({rows['read']} of "
+        f"{rows['expected']} rows in {verdict_log}, one per part the station inspected or dropped), so its counts "
+        f"(defective, caught, missed, pulses) would leave parts out; {free_space(verdict_log.parent)}. Free space on "
+        "that disk or choose an --out on another disk, then run `fair-edge demo` again.")
 
 
 def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_parts: int,
@@ -308,6 +377,6 @@ def run_conveyor(out: Path, bundle_root: Path, backend: str, line: LinePlan, n_p
         summary = run_station(cfg, threading.Event(), on_start=say, export_reviewed=export_reviewed)
         threading.Event().wait(0.2)  # the station waited for the gate; let the last writes land
         rises = plc.rises(0)
-    verdicts = [json.loads(text) for text in (station_dir / "verdicts.jsonl").read_text().splitlines()]
+    verdicts = read_rows(station_dir / "verdicts.jsonl")
     pulses = read_pulse_results(station_dir / "gate.jsonl")
     return summary, match_pulses(verdicts, rises, line.delay_ms, LATE_MS, pulses), rises

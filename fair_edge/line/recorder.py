@@ -73,7 +73,8 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..images import encode_image, gray_2d, shape_text, write_whole
+from ..disk import write_whole
+from ..images import encode_image, gray_2d, shape_text
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
 from ..plots import heat_scale, heatmap_panel, threshold_mark
@@ -616,7 +617,8 @@ class Recorder:
                                self._overlay(frame.image, amap, verdict)))
             drawn = self._timer()
             for path, img in images:
-                write_whole(path, encode_image(img, f".{ext}"))   # any file name: OpenCV's writer crashes on non-UTF-8
+                # any file name (OpenCV's writer crashes on non-UTF-8); no fsync per image on the line
+                write_whole(path, encode_image(img, f".{ext}"), "NG image", durable=False)
         except OSError as exc:
             self._counters.add("write_errors")
             self._warn_once("image-oserror", "saving NG image failed: %s; check the disk under %s", exc, self.dir)

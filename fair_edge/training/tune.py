@@ -13,8 +13,12 @@
    not reached are listed as skipped.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects
 its catch was measured at and the proxy defects planted), each under a temporary name beside it (``.NAME.partial``)
-and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/. A write that
-fails (a full disk) is a ``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). A folder
+and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/ (its trainer's
+last.pt, about 3x the size, is deleted once final.pt is written: ``drop_resume_state``). A write that fails (a full
+disk) is a ``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). While the candidates run,
+tune.csv ranks those finished so far, rewritten as each one finishes (``KeptRanking``), so a tune that stops after one
+(a full disk at the next, an error, Ctrl-C) leaves their figures there, without tune.json: the error says so
+(``TuneStopped``), an interrupted tune's caller names the file. A folder
 holds one tune run: ``tune`` refuses an OUT that already holds a finished one (tune.json, written last:
 ``check_fresh_tune``) unless told to delete it first (``clear_tune``, --overwrite); what an interrupted or failed
 run left (candidates/, proxy/, a tune.csv without tune.json: ``unfinished_tune``) is deleted by the next run into
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 
 from fair_edge.training import metrics
-from fair_edge.training.loop import check_seed
+from fair_edge.training.loop import TrainingInterrupted, check_seed
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.images import write_png
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 FIXED_RATE = 0.05  # the second catch figure's false-reject rate (tune.csv, the table's catch@5%), besides the target
 TUNE_FINISHED = "tune.json"  # renamed into place last, once every candidate has run: a finished run holds it
 PARTIAL = ".{}.partial"  # a result file's temporary name beside it until it is renamed into place
+RESUME_STATE = "last.pt"  # a candidate trainer's resume state beside its final.pt; tune has no --resume: deleted
 TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy",
                 PARTIAL.format("tune.json"), PARTIAL.format("tune.csv"))  # what one tune run writes under OUT
 
@@ -294,8 +299,24 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
     trainer = model.impl.training().make_trainer(DatasetSplit("tune", train), model,
                                                  cand.train_config(settings.batch, settings.seed), out / cand.name, device)
     final = trainer.run()
+    drop_resume_state(final)
     scored = score_samples(final, proxy, device=str(device))
     return proxy_row(cand, scored.samples, scored.scores, settings, time.perf_counter() - start, str(final))
+
+
+def drop_resume_state(final: Path) -> None:
+    """Delete the trainer's ``RESUME_STATE`` (last.pt: the weights with the optimiser's state, about 3x final.pt) beside
+    the candidate's written ``final``: tune has no --resume and ranks final.pt alone, so a kept last.pt only fills the
+    disk (at width 32: 52 MB per candidate beside its 17 MB final.pt). Nothing when ``final`` is missing; one that
+    cannot be deleted is a warning naming it."""
+    last = Path(final).with_name(RESUME_STATE)
+    if not Path(final).is_file():
+        return
+    try:
+        last.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("tune: could not delete %s (%s); tune keeps only final.pt: delete it to free the disk",
+                    last, exc.strerror or exc)
 
 
 def proxy_row(cand: Candidate, samples: Sequence[Sample], scores: np.ndarray, settings: TuneSettings,
@@ -322,24 +343,115 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
          on_row: Callable[[TuneRow], None] | None = None, category: str | None = None) -> list[TuneRow]:
     """Run the candidates within the budget; write tune.csv and tune.json; rows best first. data_name and
     category: the dataset as the user gave it (DATA and --category, None when no product was picked), for the
-    chosen train command. ConfigError before anything is written when there is no candidate."""
+    chosen train command. ConfigError before anything is written when there is no candidate. tune.csv ranks the
+    finished candidates as each one finishes (``KeptRanking``): a tune stopped after one (an error, Ctrl-C) leaves
+    them there, without tune.json, and an error of ours is raised as a ``TuneStopped`` naming that file."""
     if not candidates:
         raise ConfigError("tune needs at least one candidate; found none (default_candidates gives the base and "
                           "one change at a time).")
     out.mkdir(parents=True, exist_ok=True)
     train, held = split_normals(split.train, settings.holdout, settings.seed)
     proxy = write_proxy_set(held, out / "proxy", settings)
-    start, rows = time.perf_counter(), []
-    for cand in candidates:
-        if time.perf_counter() - start > settings.budget_s:
-            rows.append(TuneRow(cand))
-            continue
-        rows.append(score_candidate(cand, train, proxy, out / "candidates", settings, device))
-        if on_row is not None:
-            on_row(rows[-1])
+    start, rows, kept = time.perf_counter(), [], KeptRanking(out, settings)
+    try:
+        for cand in candidates:
+            if time.perf_counter() - start > settings.budget_s:
+                rows.append(TuneRow(cand))
+                continue
+            rows.append(score_candidate(cand, train, proxy, out / "candidates", settings, device))
+            kept.add(rows[-1])
+            if on_row is not None:
+                on_row(rows[-1])
+    except BaseException as exc:  # a failure or Ctrl-C: the finished candidates' figures stay in tune.csv
+        stopped = kept.stopped(exc)
+        if stopped is None:
+            raise
+        raise stopped from exc
     rows.sort(key=lambda r: r.rank_key(), reverse=True)
     write_results(rows, out, settings, data_name, len(train), len(held), proxy, category=category)
     return rows
+
+
+class TuneStopped(FairEdgeError):
+    """A tune stopped by an error of ours (its ``__cause__``: a checkpoint that could not be written, ...) after at
+    least one candidate finished; its message is the cause's, then where the finished candidates' figures are kept
+    (``KeptRanking.stopped``)."""
+
+
+@dataclass
+class KeptRanking:
+    """The finished candidates of a running tune, ranked in OUT/tune.csv (no tune.json) as each one finishes, so a
+    tune stopped later (a disk that the next candidate's checkpoints fill, an error, Ctrl-C) leaves their figures
+    there. ``saved``: how many of ``finished`` tune.csv holds; ``write_error``: why the last write failed (None: it
+    did not); ``warned``: a failed write was logged (once a run)."""
+
+    out: Path
+    settings: TuneSettings
+    finished: list[TuneRow] = field(default_factory=list)
+    saved: int = 0
+    write_error: OSError | None = None
+    warned: bool = False
+
+    def add(self, row: TuneRow) -> None:
+        """Rank the finished ``row`` with the others in tune.csv; the first write that fails is a warning, and the
+        tune goes on (the next candidate's write tries again)."""
+        self.finished.append(row)
+        self.save()
+        if self.write_error is not None and not self.warned:
+            self.warned = True
+            log.warning("tune: %s not written (%s); tune goes on and writes it again after the next candidate",
+                        self.out / "tune.csv", self.write_error.strerror or self.write_error)
+
+    def save(self) -> None:
+        """Write tune.csv of every finished row, best first, whole or not at all (``write_whole``)."""
+        ranked = self.ranked()
+        try:
+            write_whole(self.out, {"tune.csv": results_csv(ranked, self.settings)}, ranked[0])
+        except TuneWriteError as exc:
+            self.write_error = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            return
+        self.saved, self.write_error = len(self.finished), None
+
+    def ranked(self) -> list[TuneRow]:
+        """The finished rows, best first (``TuneRow.rank_key``)."""
+        return sorted(self.finished, key=lambda r: r.rank_key(), reverse=True)
+
+    def stopped(self, exc: BaseException) -> FairEdgeError | None:
+        """After the tune was stopped by ``exc``: tune.csv written again if it lacks a finished row, and the error to
+        raise in place of ``exc``: a ``TuneStopped`` (``exc``'s message, then ``kept_text``) for an error of ours;
+        None for Ctrl-C or SIGTERM (KeyboardInterrupt, ``TrainingInterrupted``: the caller names tune.csv in its line;
+        a tune.csv short of rows is a warning with the figures) and for a bug (``kept_text`` logged as an error).
+        None as well when no candidate finished."""
+        if not self.finished:
+            return None
+        if self.saved < len(self.finished):
+            self.save()
+        kept = kept_text(self.ranked(), self.out, self.saved, self.write_error)
+        if isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)):
+            if self.write_error is not None:
+                log.warning("tune: %s", kept)
+            return None
+        if isinstance(exc, FairEdgeError):
+            return TuneStopped(f"{exc} {kept}")
+        log.error("tune failed: %s", kept)
+        return None
+
+
+def kept_text(ranked: list[TuneRow], out: Path, saved: int, write_error: OSError | None) -> str:
+    """The sentence saying where the finished candidates' figures are (``ranked``, best first): OUT/tune.csv, which
+    the next tune into ``out`` deletes as it starts over; or, when tune.csv holds only ``saved`` of them
+    (``write_error``: why), their figures themselves."""
+    n = len(ranked)
+    which = f"The {n} candidate{'' if n == 1 else 's'} that finished before it"
+    csv_path = out / "tune.csv"
+    if write_error is None:
+        return (f"{which} {'is' if n == 1 else 'are'} ranked in {csv_path} (no tune.json: nothing chosen); the next "
+                f"tune into {out} deletes it as it starts over: copy it first.")
+    figures = "; ".join(f"{r.candidate.name}: proxy catch {r.proxy_catch:.3f}, AUROC {r.proxy_auroc:.3f}"
+                        for r in ranked)
+    held = f"it holds {saved} of them" if saved else "it was never written"
+    return (f"{which} could not all be kept in {csv_path} ({write_error.strerror or write_error}; {held}): "
+            f"{figures}.")
 
 
 def catch_columns(settings: TuneSettings) -> list[str]:
