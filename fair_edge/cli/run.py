@@ -261,6 +261,7 @@ def run(
 
     check_stop_flags(max_frames, duration)
     cfg = load_station(station) if station else StationConfig()
+    file_at_start = cfg   # before the flags: what a reload compares the re-read file with
     if camera is not None and source is not None:
         raise ConfigError("give either --camera or --source, not both.")
     if cfg.cameras and (camera is not None or source is not None):
@@ -280,7 +281,8 @@ def run(
                        batching=batching, output=out, record=record,
                        reject=reject_overrides(cfg.reject, reject, reject_delay_ms, fail_safe),
                        console=console_settings(cfg.console, console_mode, console_port))
-    signals = StationSignals(ReloadFlags(bundle=bundle, threshold=threshold, backend=backend, roi=roi))
+    signals = StationSignals(ReloadFlags(bundle=bundle, threshold=threshold, backend=backend, roi=roi),
+                             file_at_start)
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
 
     def show_live(inspector) -> None:
@@ -318,12 +320,15 @@ class StationSignals:
     console's reload thread: the handler only asks (``request_reload``), so nothing a reload meets is raised in the
     main thread, and SIGHUPs in a row never run two reloads at once. reload_flags: the command line's flags over
     the station file (``station_hook.ReloadFlags``), which every reload applies again over the file it re-reads
-    (None: none given)."""
+    (None: none given). file_at_start: the station file's StationConfig as loaded, before the flags (None: not
+    known), which a reload compares the re-read file with: only edits since the start are named as not applied,
+    never what a flag sets (``StationConsole.keep_file_at_start``)."""
 
-    def __init__(self, reload_flags=None) -> None:
+    def __init__(self, reload_flags=None, file_at_start=None) -> None:
         self.stop = threading.Event()
         self.console = None
         self.reload_flags = reload_flags
+        self.file_at_start = file_at_start
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.on_stop)
 
@@ -331,11 +336,13 @@ class StationSignals:
         self.stop.set()
 
     def wire_sighup(self, station_console) -> None:
-        """``run_station``'s on_console hook: the command line's flags kept over the station file across reloads,
-        and, where the OS has SIGHUP, the reload thread and the handler."""
+        """``run_station``'s on_console hook: the command line's flags kept over the station file across reloads, the
+        file as loaded before them, and, where the OS has SIGHUP, the reload thread and the handler."""
         self.console = station_console
         if self.reload_flags is not None:
             station_console.keep_flags(self.reload_flags)
+        if self.file_at_start is not None:
+            station_console.keep_file_at_start(self.file_at_start)
         if hasattr(signal, "SIGHUP"):
             station_console.watch_reloads()
             signal.signal(signal.SIGHUP, self.on_hup)

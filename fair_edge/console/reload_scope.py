@@ -3,36 +3,48 @@
 A reload loads the bundle, the threshold (``decision.threshold``) and ``regions:`` the file names now
 (``StationConsole.reload_bundle``). Everything else (the camera, the output folder, the console's and the metrics'
 ports, MQTT, the reject outputs, ...) is opened once, at the start: an edit of those sections is not applied until
-the station restarts. ``unapplied_sections`` names the sections of a re-read file that differ from those the station
-runs with, so the reload can say so instead of applying them silently in part.
+the station restarts. ``unapplied_sections`` names the sections of a re-read file that differ from the file as it was
+loaded at the start (before the command-line flags: a restart with the same command applies them again), so the reload
+can say so instead of applying them silently in part.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from fair_edge.systemd_unit import own_unit
 
 # StationConfig field -> its name in the station file, for the fields a reload does not apply (a restart does). Not
 # here: bundle, threshold and regions (a reload applies them) and source_file (not a setting).
-RESTART_SECTIONS = {"camera": "camera", "backend": "backend", "batching": "batching", "roi": "decision.roi",
-                    "output": "output", "reject": "reject", "record": "record", "metrics": "metrics",
-                    "mqtt": "mqtt", "console": "console", "group": "group"}
-# the fields that hold one camera's settings: a station of several cameras runs with its first camera's view of the
-# file (``config.view_config``: its camera and ROI), not comparable with the file's: only its station-wide sections
-# are compared
-VIEW_FIELDS = ("camera", "roi")
+RESTART_SECTIONS = {"camera": "camera", "cameras": "cameras", "backend": "backend", "batching": "batching",
+                    "roi": "decision.roi", "output": "output", "reject": "reject", "record": "record",
+                    "metrics": "metrics", "mqtt": "mqtt", "console": "console", "group": "group"}
+# the settings of one camera of several (``cameras:``) that a reload applies: each camera's bundle, threshold and
+# regions as the file names them now (``station.cell_console.CellLoader.camera_bundles``); its source, fps, ROI,
+# reject, ... are opened once, at the start
+RELOADED_CAMERA_FIELDS = ("bundle", "threshold", "regions")
 
 
-def unapplied_sections(running: Any, now: Any, cell: bool = False) -> list[str]:
-    """The station file's sections, as it reads ``now`` (a re-read StationConfig), that differ from those the station
-    runs with (``running``: the StationConfig it started with, command-line flags applied) and that a reload does
-    not apply (``RESTART_SECTIONS``), by their names in the file ("output", "metrics"): edited since the start (or
-    set otherwise by a flag), in force only after a restart. cell: a station of several cameras (``running`` is its
-    first camera's view): its station-wide sections only, not a camera's own settings."""
-    fields = [f for f in RESTART_SECTIONS if not (cell and f in VIEW_FIELDS)]
-    return [RESTART_SECTIONS[f] for f in fields if getattr(now, f, None) != getattr(running, f, None)]
+def unapplied_sections(at_start: Any, now: Any) -> list[str]:
+    """The station file's sections, as it reads ``now`` (a re-read StationConfig), that differ from the file as it was
+    loaded at the start (``at_start``: a StationConfig, before the command-line flags; several cameras: the whole
+    file, every camera) and that a reload does not apply (``RESTART_SECTIONS``), by their names in the file
+    ("output", "cameras"): edited since the start, in force only after a restart. ``cameras:`` is one section,
+    compared without what a reload applies of each camera (``RELOADED_CAMERA_FIELDS``): a camera added, removed or
+    renamed, or its source, fps, ROI, ... edited."""
+    return [name for field, name in RESTART_SECTIONS.items()
+            if _restart_part(now, field) != _restart_part(at_start, field)]
+
+
+def _restart_part(cfg: Any, field: str) -> Any:
+    """The part of ``cfg``'s ``field`` that only a restart applies: the field itself, but for ``cameras`` each
+    camera (``ViewSettings``) with its ``RELOADED_CAMERA_FIELDS`` left out (None)."""
+    value = getattr(cfg, field, None)
+    if field != "cameras":
+        return value
+    return tuple(replace(view, **dict.fromkeys(RELOADED_CAMERA_FIELDS)) for view in value or ())
 
 
 def restart_words() -> str:

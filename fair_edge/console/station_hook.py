@@ -8,7 +8,8 @@ server runs only when ``console.enabled``. A station of several cameras (``run_c
 ``attach_cell`` (its counters and each camera's bundle) and ``observe_part`` (a part row, from
 ``CellLine.on_part``); each of its cameras has its own drift watch, and any camera in alarm holds the
 fault output, named. ``keep_flags`` (``fair-edge run``) hands in the command-line flags a reload applies over
-the station file it re-reads (``ReloadFlags``).
+the station file it re-reads (``ReloadFlags``), and ``keep_file_at_start`` the station file as it was loaded at the
+start (before those flags), which a reload compares the re-read file with to name the edits it does not apply.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ class StationConsole:
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
-        self.started_with = cfg   # what the station runs with: a reload names the file's edits it does not apply
+        # the station file as loaded at the start, before the command-line flags (``keep_file_at_start``; until then
+        # as read now, ``_file_now``): a reload names the edits since that it does not apply
+        self.file_at_start = self._file_now()
         record = getattr(cfg, "record", None)
         # what the console serves (/files/, /records/): a station file inside one is named by a warning at start
         self.served_folders = {"output folder": cfg.output, "record folder": getattr(record, "dir", None)}
@@ -123,6 +126,13 @@ class StationConsole:
         """Keep the command-line flags that override the station file in force across reloads (``ReloadFlags``):
         ``fair-edge run`` applied them once, over the file as it read it at the start."""
         self.flags = flags
+
+    def keep_file_at_start(self, file_at_start) -> None:
+        """The station file as it was loaded at the start (a StationConfig: before the command-line flags, which a
+        restart with the same command applies again; several cameras: the whole file, every camera): what a reload
+        compares the re-read file with, to name the sections edited since that it does not apply
+        (``_warn_unapplied``)."""
+        self.file_at_start = file_at_start
 
     @property
     def url(self) -> str:
@@ -229,23 +239,29 @@ class StationConsole:
         self.actions.swap(str(path), who, threshold=kept, reload=ReloadFrom(who, (in_force,)))
 
     def _warn_unapplied(self, who: str, now=None) -> None:
-        """Log a WARNING naming the station file's sections that differ from those the station runs with and that a
-        reload does not apply (``reload_scope.unapplied_sections``: output, console, metrics, mqtt, reject, ...),
+        """Log a WARNING naming the station file's sections edited since the start (``file_at_start``) that a
+        reload does not apply (``reload_scope.unapplied_sections``: output, console, metrics, cameras, reject, ...),
         and the restart that applies them (``systemctl restart UNIT`` under systemd). now: the file as the reload
         read it (None: read here; a file that does not load is the reload's to refuse, not named here)."""
-        if now is None:
-            load_station = self.actions.links.load_station
-            if self.station_file is None or load_station is None:
-                return
-            try:
-                now = load_station(self.station_file)
-            except ConfigError:
-                return
-        sections = unapplied_sections(self.started_with, now, cell=self.feed.cell is not None)
+        now = self._file_now() if now is None else now
+        if now is None or self.file_at_start is None:   # no file now, or none that loaded at the start: no edits
+            return
+        sections = unapplied_sections(self.file_at_start, now)
         if sections:
-            log.warning("reload (%s): %s in %s not applied (they differ from what the station runs with; a reload "
+            log.warning("reload (%s): %s in %s not applied (edited since the station started; a reload "
                         "applies bundle, decision.threshold and regions: only): restart the station to apply them "
                         "(%s)", who, ", ".join(sections), self.station_file, restart_words())
+
+    def _file_now(self):
+        """The station file as it reads now (a StationConfig: the whole file, every camera, no command-line flag
+        applied); None without a station file or loader, or when it does not load (a reload refuses it then)."""
+        load_station = self.actions.links.load_station
+        if self.station_file is None or load_station is None:
+            return None
+        try:
+            return load_station(self.station_file)
+        except ConfigError:
+            return None
 
     def _read_station_file(self):
         """The station file's settings now (``StationLinks.load_station``: ConfigError for one that does not load)."""
