@@ -16,7 +16,6 @@ a rule fires, whatever its score (``station.inspector``), so the image threshold
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -33,14 +32,12 @@ from fair_edge.console.actions import StationLinks, rules_decide_note
 from fair_edge.console.journal import AUDIT
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.export.bundle import MANIFEST, METADATA_KEY, load_bundle, write_manifest
-from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch, folder_model_ids, model_id
-from fair_edge.station.bundles import load_change, open_scorer
 from fair_edge.station.config import ConsoleSettings, StationConfig, load_station
-from fair_edge.station.inspector import Inspector
-from fair_edge.station.zones import RegionJudge, RegionSettings, ZoneRules
+from fair_edge.station.zones import RegionSettings, ZoneRules
 from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures)
 from test_console_units import TwoCameras, api, calibrated, one_camera_console, verdict
+from test_fusedswap_region_scale import station, swapped  # noqa: F401 (the one-camera station fixture)
 
 ANY_REGION = ZoneRules(limits=(("min_area_px", 1.0),))   # a rule that decides the verdict
 
@@ -73,39 +70,6 @@ def scaled_copy(bundle, dest: Path, factor: float = 100.0):
 @pytest.fixture(scope="module")
 def other_model(station_bundles, tmp_path_factory):
     return scaled_copy(station_bundles[0], tmp_path_factory.mktemp("scaled") / "x100")
-
-
-@pytest.fixture
-def station(tmp_path):
-    """``station(bundle, settings)``: a one-camera station running ``bundle`` (its real scorer on ONNX Runtime) with
-    region rules ``settings`` and the console's real loader, as ``station.run`` links it. Returns (console,
-    inspector); scorers opened are closed at the end."""
-    opened = []
-
-    def make(bundle, settings: RegionSettings):
-        scorer = open_scorer(bundle, "onnxruntime")
-        opened.append(scorer)
-        judge = RegionJudge(settings, settings.pixel_threshold if settings.pixel_threshold is not None else 0.5)
-        inspector = Inspector(None, scorer, float(bundle.threshold.value), model=model_id(bundle), regions=judge)
-        cfg = StationConfig(output=tmp_path / "out", console=ConsoleSettings(enabled=False))
-        links = StationLinks(load_model=functools.partial(load_change, backend="onnxruntime", roi_path=None,
-                                                          regions=settings))
-        console = StationConsole(cfg, bundle, links=links)
-        console.attach(inspector, None, None, None, None)
-        return console, inspector
-
-    yield make
-    for scorer in opened:
-        close_scorer(scorer)
-
-
-def swapped(console, inspector, bundle) -> dict:
-    """Swap to ``bundle`` from the console; the status, with a loaded model taken (and its scorer closed)."""
-    console.actions.swap(str(bundle.root), "ann")
-    change = inspector.switch.take()
-    if change is not None:
-        close_scorer(change.scorer)
-    return {**console.actions.swap_status, "taken": None if change is None else change.model}
 
 
 def test_a_swap_to_another_models_bundle_under_the_files_pixel_threshold_is_refused(station, station_bundles,

@@ -2,6 +2,7 @@
 projection and station-file writing, fault board, model switch, frame quality filters and collect."""
 
 
+import io
 from dataclasses import replace
 
 import cv2
@@ -1111,10 +1112,14 @@ def test_a_failed_rewrite_of_a_reviewed_part_leaves_its_earlier_copy_whole(tmp_p
     earlier = copy.read_bytes()
     cv2.imwrite(str(station / "review" / "p1.png"), _plate(9))   # a newer image of the same part
 
-    def full_disk(self, data):
-        raise OSError(28, "No space left on device")
+    import fair_edge.disk as disk
 
-    monkeypatch.setattr(type(copy), "write_bytes", full_disk)
+    class FullDisk(io.FileIO):   # the disk takes 10 bytes of a file, then is full
+        def write(self, data):
+            super().write(bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk, "open", lambda path, mode="r": FullDisk(path, mode.replace("b", "")), raising=False)
     monkeypatch.setattr(cv2, "imwrite", lambda *a: False)        # the same fault for a direct OpenCV write
     with pytest.raises(DataError, match="r1_00000001.png"):
         export_reviewed(station, dest)

@@ -50,6 +50,7 @@ def running_console(monkeypatch, station: Path):
                                       contextlib.ExitStack())
     decider = SimpleNamespace(model="m-b1", threshold=0.5, switch=ModelSwitch())
     console.attach(decider, None, None, None, None)
+    console.keep_file_at_start(cfg)   # as `fair-edge run` hands it the file it loaded, before its flags
     return console, decider
 
 

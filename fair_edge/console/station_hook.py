@@ -86,9 +86,9 @@ class StationConsole:
         self._drift_alarmed: tuple[str, ...] = ()   # the cameras in alarm the fault output was last told of
         self.server = ConsoleServer(self.feed, self.actions) if cfg.console.enabled else None
         self.station_file = cfg.source_file
-        # the station file as loaded at the start, before the command-line flags (``keep_file_at_start``; until then
-        # as read now, ``_file_now``): a reload names the edits since that it does not apply
-        self.file_at_start = self._file_now()
+        # the station file as loaded at the start, before the command-line flags (``keep_file_at_start``: `fair-edge
+        # run` hands it in; None: no reload names edits it does not apply)
+        self.file_at_start = None
         record = getattr(cfg, "record", None)
         # what the console serves (/files/, /records/): a station file inside one is named by a warning at start
         self.served_folders = {"output folder": cfg.output, "record folder": getattr(record, "dir", None)}
