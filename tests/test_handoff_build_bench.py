@@ -15,34 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import typer
 from export_fixtures import MODEL, PRE, make_frames, write_pngs
 from typer.testing import CliRunner
 
-from fair_edge.cli.build import build
 from fair_edge.errors import CheckpointError, DataError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.export.bundle import load_bundle
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.tiling import TilingConfig
 from fair_edge.training.runs import find_latest_checkpoint
-
-build_app = typer.Typer()
-build_app.command("build")(build)
-
-
-@build_app.callback()
-def _main() -> None:
-    """Subcommand mode, as on the real app."""
-
-
-def invoke_build(*args):
-    return CliRunner().invoke(build_app, ["build", *map(str, args)], env={"COLUMNS": "200"})
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
+from test_heldout_sources import invoke_build, one_line
 
 TILING = TilingConfig(40, 8)   # 96 x 96 px frames -> 77 x 77 maps (32 map px per 40 frame px)
 
@@ -80,7 +62,7 @@ def test_the_cli_refuses_before_building_naming_the_folders(tiled_ckpt, tmp_path
     for name in ("000.png", "001.png"):
         shutil.copy(tmp_path / "big" / name, normal / f"big_{name}")
     r = invoke_build(tiled_ckpt, "--normal", normal, "--out", tmp_path / "b", "--no-engine")
-    text = flat(r.output)
+    text = one_line(r.output)
     assert r.exit_code == 2, r.output
     assert f"136 x 136 px frames (2 of --normal {normal})" in text and "building" not in text
     assert not (tmp_path / "b").exists()
@@ -144,11 +126,11 @@ def test_build_model_picks_the_finished_run_and_warns_on_a_last_pt_picked_or_pas
     with caplog.at_level(logging.WARNING):
         r = invoke_build("--model", "fair", "--no-engine", "--out", "b")
     assert r.exit_code == 0, r.output
-    assert f"from {finished} " in flat(r.output) and "unfinished" not in caplog.text
+    assert f"from {finished} " in one_line(r.output) and "unfinished" not in caplog.text
     with caplog.at_level(logging.WARNING):
         r = invoke_build(interrupted, "--no-engine", "--out", "c")
     assert r.exit_code == 0, r.output
-    warning = flat(caplog.text)
+    warning = one_line(caplog.text)
     assert f"{interrupted} is an unfinished training run's save (step 25 of 1000)" in warning
     assert "`fair-edge train --resume --out runs/train-w128-exp`" in warning and "final.pt" in warning
 
@@ -166,7 +148,7 @@ def test_build_refuses_replacing_a_bundle_of_another_checkpoint_without_overwrit
     assert invoke_build(first, "--no-engine").exit_code == 0
     out = Path("runs") / f"bundle-{load_checkpoint(first).model.tag}-fp32"
     r = invoke_build(second, "--no-engine")
-    text = flat(r.output)
+    text = one_line(r.output)
     assert r.exit_code == 2, r.output
     assert f"--out {out} (the default --out" in text and f"another checkpoint, {first.resolve()} (SHA-256" in text
     assert f"not from {second.resolve()}" in text and "--overwrite to replace it" in text
@@ -184,7 +166,7 @@ def test_build_refuses_replacing_a_bundle_of_another_checkpoint_without_overwrit
     assert invoke_build(copy, "--no-engine").exit_code == 0
     r = invoke_build(second, "--no-engine", "--overwrite")
     assert r.exit_code == 0, r.output
-    assert "--overwrite: replacing" in flat(r.output)
+    assert "--overwrite: replacing" in one_line(r.output)
     assert recorded_source(out) == SourceCheckpoint.of(second)
 
 
@@ -221,7 +203,7 @@ def test_bench_times_a_tiled_bundle_on_the_frames_its_station_decides(tiled_bund
     r = bench(tiled_bundle, "--json", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["frames"] == "96x96"
-    assert "frames 96x96: the size tiled bundle" in flat(r.output) and "calibrated on 77 x 77 maps" in flat(r.output)
+    assert "frames 96x96: the size tiled bundle" in one_line(r.output) and "calibrated on 77 x 77 maps" in one_line(r.output)
 
 
 def test_bench_warns_on_frames_the_station_of_a_tiled_bundle_refuses(tiled_bundle, tmp_path, caplog):
@@ -229,9 +211,9 @@ def test_bench_warns_on_frames_the_station_of_a_tiled_bundle_refuses(tiled_bundl
         r = bench(tiled_bundle, "--frames", "136x136", "--json", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["frames"] == "136x136"   # timed as asked
-    for text in (flat(caplog.text), flat(r.output)):   # warned before the timing, and said again under the table
+    for text in (one_line(caplog.text), one_line(r.output)):   # warned before the timing, and said again under the table
         assert "threshold calibrated on 77 x 77 maps" in text and "a 136 x 136 frame gives a 109 x 109 map" in text
         assert "decides every such frame NG" in text and "the frames its station decides: --frames 96x96" in text
     with caplog.at_level(logging.WARNING):
         r = bench(tiled_bundle, "--frames", "96x96")
-    assert r.exit_code == 0 and "decides every such frame NG" not in flat(r.output)
+    assert r.exit_code == 0 and "decides every such frame NG" not in one_line(r.output)

@@ -32,6 +32,11 @@ class RecordingOutput:
     def close(self) -> None:
         pass
 
+    def levels(self) -> list[bool]:
+        """The levels written, in order."""
+        with self.lock:
+            return [on for _, on in self.writes]
+
 
 def test_close_finishes_queued_and_running_pulses():
     out = RecordingOutput()

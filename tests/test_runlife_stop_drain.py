@@ -7,7 +7,6 @@ about order (the falling edge written before the stop returned), never about how
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -21,32 +20,11 @@ from fair_edge.station.inspector import RunSummary
 from fair_edge.station.run import LineSide, finish_line, stop_wait_s
 from fair_edge.station.views import GroupSettings, ViewSettings
 from line_replay import RecordingSink
+from test_line_sink_close import RecordingOutput
 
 WIDE_PULSE_MS = 1500.0   # a sink URL's own pulse_ms: wider than the stop's old 1 s sink drain, over reject.pulse_ms 50
 WIDE_URL = f"modbus://127.0.0.1:1502?unit=1&coil=0&pulse_ms={WIDE_PULSE_MS:g}"
 TIMING = dict(delay_ms=20.0, pulse_ms=50.0, late_ms=20.0)   # a short belt: the part is at the gate at once
-
-
-class RecordingOutput:
-    """Stands in for a PLC coil: records (monotonic s, level) of every write."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[float, bool]] = []
-        self.lock = threading.Lock()
-
-    def open(self) -> None:
-        pass
-
-    def set(self, on: bool) -> None:
-        with self.lock:
-            self.writes.append((time.monotonic(), on))
-
-    def close(self) -> None:
-        pass
-
-    def levels(self) -> list[bool]:
-        with self.lock:
-            return [on for _, on in self.writes]
 
 
 def ng_part(gate: RejectScheduler, seq: int) -> None:
