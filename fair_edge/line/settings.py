@@ -45,13 +45,17 @@ def check_sink_urls(section: str, key: str, urls: tuple[str, ...]) -> tuple[str,
     return urls
 
 
+def named_urls(outputs: Mapping[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """(``setting[i]``, URL) of each URL of ``outputs`` (setting -> its URLs), as refusals name them."""
+    return [(f"{setting}[{i}]", url) for setting, urls in outputs.items() for i, url in enumerate(urls)]
+
+
 def check_gpio_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
     """Refuse GPIO wiring one station could never open (``check_gpio_wiring``: ``jetson://`` URLs in two numberings,
     two outputs on one line) when its file is read, not after the model loaded. outputs: setting -> its checked
     URLs (``{"reject.sinks": (...), "cameras[0].reject": (...)}``); ``ConfigError`` naming the settings."""
-    named = [(f"{setting}[{i}]", url) for setting, urls in outputs.items() for i, url in enumerate(urls)]
     try:
-        check_gpio_wiring(named)
+        check_gpio_wiring(named_urls(outputs))
     except SinkError as exc:
         raise ConfigError(f"{exc} (docs/line-integration.md, \"GPIO wiring and permissions\")") from exc
 

@@ -218,10 +218,10 @@ def probe_gpio_lines(cfg: StationConfig) -> None:
     be opened, missing permissions or driver package refuse the start at once, with the message opening the line
     would give after the model loaded, prefixed with the setting. Called under ``station_lock``, so a second station
     on this output folder is refused naming its pid first. A line taken in between still refuses at open."""
+    from fair_edge.line.settings import named_urls
     from fair_edge.line.sinks.gpio import probe_gpio_outputs
 
-    probe_gpio_outputs((f"{setting}[{i}]", url) for setting, urls in cfg.output_urls().items()
-                       for i, url in enumerate(urls))
+    probe_gpio_outputs(named_urls(cfg.output_urls()))
 
 
 def plc_busy(output: PlcOutput, holder: LockHolder) -> str:
