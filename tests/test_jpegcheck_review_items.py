@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fair_edge.export import build as export_build
-from test_handoff_build_bench import flat, invoke_build, make_frames, tiled_ckpt, write_pngs  # noqa: F401 - fixture
+from test_handoff_build_bench import invoke_build, make_frames, one_line, tiled_ckpt, write_pngs  # noqa: F401 - fixture
 
 
 def test_a_cli_build_checks_the_held_out_grid_once_naming_the_calib_folder(tiled_ckpt, tmp_path, monkeypatch):
@@ -21,7 +21,7 @@ def test_a_cli_build_checks_the_held_out_grid_once_naming_the_calib_folder(tiled
 
     monkeypatch.setattr(export_build, "check_held_out_grid", counted)
     r = invoke_build(tiled_ckpt, "--calib", calib, "--out", tmp_path / "b", "--no-engine")
-    text = flat(r.output)
+    text = one_line(r.output)
     assert r.exit_code == 2, r.output
     assert checked == [f"--calib {calib} (the threshold's images without --normal)"]
     assert f"136 x 136 px frames (2 of --calib {calib} (the threshold's images without --normal))" in text
