@@ -186,12 +186,15 @@ class TriggerFanout:
     would show another part. Such tickets are dropped when the camera asks, counted ``expired``. Each camera
     holds at most ``max_queued`` tickets (default: the handshake's ``max_parts``); beyond that its oldest is
     dropped, counted ``overflow``, and its view of that part is missing (``failed``). ``stats()``: the counts.
-    clock: monotonic seconds, compared with ``Ticket.deadline`` (tests fake it).
+    clock: monotonic seconds, compared with ``Ticket.deadline`` (tests fake it). on_failed: told (camera, ticket) each
+    time a camera takes no frame for a part (``failed``), outside this fanout's lock: a cell's part assembler, so the
+    part closes once its other views are in (``CellLine.view_failed``).
     """
 
     def __init__(self, handshake: Handshake, cameras: list[str], max_queued: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.handshake, self._clock = handshake, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 on_failed: Callable[[str, Ticket], None] | None = None) -> None:
+        self.handshake, self._clock, self.on_failed = handshake, clock, on_failed
         self.max_queued = max_queued or getattr(getattr(handshake, "settings", None), "max_parts", MAX_QUEUED)
         self._queues: dict[str, collections.deque[Ticket]] = {name: collections.deque() for name in cameras}
         self._lock = threading.Lock()
@@ -199,7 +202,8 @@ class TriggerFanout:
         self._waiting = False                            # a camera waits on the handshake for the next trigger
         self._bound: dict[tuple[str, int], Ticket] = {}
         self._cameras = frozenset(cameras)
-        self._failed: OrderedDict[int, set[str]] = OrderedDict()   # id(ticket) -> cameras whose read failed it
+        # id(ticket) -> (the ticket, cameras that failed it): the ticket is held so its id is not reused by a new one
+        self._failed: OrderedDict[int, tuple[Ticket, set[str]]] = OrderedDict()
         self._counts = dict.fromkeys(FANOUT_COUNTERS, 0)
 
     def port(self, camera: str) -> "_CameraPort":
@@ -309,16 +313,19 @@ class TriggerFanout:
 
     def failed(self, camera: str, ticket: Ticket) -> None:
         """``camera`` could not take a frame for ``ticket``. Its view is missing: while another camera took one,
-        the part is answered when it closes (not inspected, naming the camera). When every camera failed, no part
-        opens to answer it: it is answered NG not inspected here, at once."""
+        the part is answered when it closes (not inspected, naming the camera), which ``on_failed`` (the cell's
+        assembler) makes as soon as the other cameras' views are in. When every camera failed, no part opens to
+        answer it: it is answered NG not inspected here, at once."""
         with self._lock:
-            cameras = self._failed.setdefault(id(ticket), set())
+            _, cameras = self._failed.setdefault(id(ticket), (ticket, set()))
             cameras.add(camera)
             everyone = cameras >= self._cameras
             if everyone:
                 del self._failed[id(ticket)]
             while len(self._failed) > FAILED_MEMORY:
                 self._failed.popitem(last=False)
+        if self.on_failed is not None:
+            self.on_failed(camera, ticket)
         if everyone:
             self.handshake.answer_not_inspected(ticket)
 

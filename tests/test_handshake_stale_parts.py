@@ -152,7 +152,7 @@ def test_a_cell_camera_that_hung_binds_its_late_frame_to_the_part_it_shows():
     late = right.read()
     assert fan.part_id("right", late.seq) == 1008, "right's frame exposed after 1008's trigger was bound to 1007"
     t1007 = fan.ticket("top", 0)
-    assert fan._failed[id(t1007)] == {"right"} and t1007.result == RESULT_NONE   # answered when its part closes
+    assert fan._failed[id(t1007)] == (t1007, {"right"}) and t1007.result == RESULT_NONE   # answered when its part closes
     assert hs.stats()["late_frames"] == 1
     t9 = trigger(hs, plc, clock, 1009)
     right.inner.stamps.append(t9 + 0.01)
@@ -293,3 +293,24 @@ def test_a_fanout_camera_gets_its_queued_ticket_while_another_waits_on_the_hands
     for thread in threads:
         thread.join(timeout=10.0)
     assert got["a"] == got["b"] == list(range(2001, last + 1))
+
+
+def test_a_ticket_one_camera_failed_is_held_so_a_new_ticket_never_inherits_its_failures():
+    """``TriggerFanout`` remembers the cameras that failed a part by ``id(ticket)``. Before, it kept no reference to
+    the ticket: once the handshake dropped a part (answered, acked), Python could give a new ticket the same id, and
+    that part inherited the old part's failed cameras (answered 3 at once as soon as one more camera failed it).
+    The memory now holds the ticket, so its id stays its own while remembered."""
+    import gc
+    import weakref
+
+    from fair_edge.line.handshake.engine import Ticket
+
+    clock = FakeClock()
+    hs, _ = running_handshake(clock)
+    fan = TriggerFanout(hs, ["top", "right"], clock=clock)
+    ticket = Ticket(part_id=1007, t_trigger=clock(), deadline=clock() + 1.0)
+    fan.failed("right", ticket)
+    remembered = weakref.ref(ticket)
+    del ticket
+    gc.collect()
+    assert remembered() is not None, "the failed ticket was freed while its id was still a key: a new one may take it"

@@ -32,9 +32,7 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     from fair_edge.station.run import undelivered_sinks
 
     hs = rejects.get("handshake")
-    rows: list[tuple[str, object]] = [] if hs is None else [
-        ("handshake: triggers / results / acked", f"{hs['triggers']} / {hs['results']} / {hs['acked']}"),
-        ("handshake: ack timeouts / expired / error", f"{hs['ack_timeouts']} / {hs['expired']} / {hs['error']}")]
+    rows: list[tuple[str, object]] = [] if hs is None else handshake_rows(hs)
     if hs is not None and "fanout" in hs:   # several cameras: triggers a camera never took (it was not reading)
         rows.append(("handshake: camera triggers expired / overflow",
                      f"{hs['fanout']['expired']} / {hs['fanout']['overflow']}"))
@@ -60,6 +58,29 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     if dead:
         rows.append(("[bold red]sinks that delivered nothing[/]", escape(", ".join(dead))))
     return rows
+
+
+def handshake_rows(hs: dict) -> list[tuple[str, object]]:
+    """Rows for the PLC handshake (``Handshake.stats()``, ``RunSummary.rejects["handshake"]``), the live table's and the
+    run summary's: triggers, results and acks; the answers (OK / NG / not inspected: 3); ack timeouts, expired parts
+    and the code on Error; parts answered 3 for a camera's late frame, triggers found already 1 after an outage
+    (``stale_triggers``) and acks for no result (``stale_acks``), in red when any; the link (up, or down in red) with
+    its I/O errors, device refusals and reconnects. A key the dict lacks (an older summary) reads 0."""
+    def counts(*keys: str) -> str:
+        return " / ".join(str(hs.get(key, 0)) for key in keys)
+
+    def red_if_any(text: str, *keys: str) -> str:
+        return f"[bold red]{text}[/]" if any(hs.get(key, 0) for key in keys) else text
+
+    stale = counts("late_frames", "stale_triggers", "stale_acks")
+    link = "up" if hs.get("connected") else "[bold red]down[/]"
+    return [("handshake: triggers / results / acked", counts("triggers", "results", "acked")),
+            ("handshake: OK / NG / not inspected", counts("ok", "ng", "not_inspected")),
+            ("handshake: ack timeouts / expired / error", counts("ack_timeouts", "expired", "error")),
+            ("handshake: late frames / stale triggers / stale acks",
+             red_if_any(stale, "late_frames", "stale_triggers", "stale_acks")),
+            ("handshake: link (I/O errors / refused / reconnects)",
+             f"{link}: {red_if_any(counts('io_errors', 'device_errors', 'reconnects'), 'io_errors', 'device_errors')}")]
 
 
 def latency_text(lat: dict, digits: int = 1) -> str:

@@ -10,7 +10,8 @@ Exposed (names as scraped):
 - ``fair_edge_score``: last anomaly score (gauge).
 - ``fair_edge_<component>_total{event}``: counters of watched components, read at scrape time,
   e.g. ``fair_edge_reject_total{event="late_verdicts"}``, ``{event="sink_errors"}``,
-  ``fair_edge_recorder_total{event="dropped"}``; gauges such as ``fair_edge_reject_pending``.
+  ``fair_edge_recorder_total{event="dropped"}``, ``fair_edge_handshake_total{event="not_inspected"}``; gauges such as
+  ``fair_edge_reject_pending``, ``fair_edge_handshake_connected`` (a bool ``stats()`` value is exported 0 / 1).
 - ``fair_edge_<component>_total{<label>, event}``: counters of components with one set per label
   (``watch_counters_by``), e.g. each lane's gate: ``fair_edge_reject_total{lane="left", event="sink_missed"}``,
   its gauges ``fair_edge_reject_pending{lane="left"}``.

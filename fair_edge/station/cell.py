@@ -14,6 +14,10 @@ bundle, the frames of all cameras batched into shared inference calls, one verdi
 station file. Exit codes and fail-safe rules are ``run_station``'s; a camera gone for good holds the fault
 output (naming the camera) while the other cameras go on inspecting, and the run ends with exit code 3.
 
+With the PLC handshake (``group.match: handshake``) a camera that takes no frame for a part (``TriggerFanout.failed``:
+its read failed, its frame came after the next trigger, its trigger queue was full) has its view filed missing
+(``CellLine.view_failed``): the part is answered once its other views are in, not at its ``part_timeout_s``.
+
 The console sees every view (a verdict callback), every part row (``CellLine.on_part`` hands it to
 ``StationConsole.observe_part``) and each camera's counters (``CellCounters``, the same numbers as the summary's
 ``cameras``); its swaps and SIGHUP load bundles per camera through ``cell_console.CellLoader``.
@@ -45,12 +49,14 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
-from fair_edge.station.run import (CameraWatch, LineSide, check_loop, check_reject_timing, finish_gate, finish_line,
-                                   is_unpaced_replay, open_capture, open_line_side, probe_gpio_lines, publish_summary,
-                                   raise_open_files_limit, run_station, station_lock, station_switch_interval,
-                                   station_tick, stop_wait_s, warn_fused_score, write_summary)
+from fair_edge.station.run import (HANDSHAKE_GAUGES, CameraWatch, LineSide, check_loop, check_reject_timing,
+                                   finish_gate, finish_line, is_unpaced_replay, open_capture, open_line_side,
+                                   probe_gpio_lines, publish_summary, raise_open_files_limit, run_station, station_lock,
+                                   station_switch_interval, station_tick, stop_wait_s, warn_fused_score,
+                                   write_summary)
 
 if TYPE_CHECKING:
+    from fair_edge.line.handshake import Ticket
     from fair_edge.line.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -239,6 +245,14 @@ class CellLine:
 
         return {"on_capture": on_capture, "on_drop": on_drop}
 
+    def view_failed(self, camera: str, ticket: Ticket) -> None:
+        """The trigger fanout's ``on_failed``: ``camera`` took no frame for ``ticket``'s part (its read failed, its
+        frame came after the next trigger, its trigger queue was full). The assembler files that view missing
+        (``PartAssembler.view_failed``), so the part is answered as soon as its other views are in, not at its
+        ``part_timeout_s``."""
+        if self.assembler is not None:
+            self.assembler.view_failed(camera, float(ticket.part_id))
+
     def count(self, camera: str, key: str, n: int = 1) -> None:
         self.per_camera.setdefault(camera, Counter())[key] += n
 
@@ -291,6 +305,17 @@ class CellLine:
             out["lanes"] = {name: dict(s.stats(), sinks=s.sink_stats()) for name, s in self.lanes.items()}
             out["sinks"] = {f"{name}: {sink}": st for name, s in self.lanes.items()
                             for sink, st in s.sink_stats().items()}
+        return out
+
+    def handshake_stats(self) -> dict[str, int | bool]:
+        """The handshake's counters and gauges (``Handshake.stats``) and its trigger fanout's dropped tickets as
+        ``fanout_expired`` / ``fanout_overflow`` (``TriggerFanout.stats``), flat for /metrics (``watch_cell``); {}
+        without a handshake."""
+        if self.line.handshake is None:
+            return {}
+        out = dict(self.line.handshake.stats())
+        if self.triggers is not None:
+            out.update({f"fanout_{key}": n for key, n in self.triggers.stats().items()})
         return out
 
     def part_stats(self) -> dict[str, int]:
@@ -402,7 +427,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     names = [v.name for v in cfg.cameras]
     if line.handshake is not None:   # one trigger, a frame from every camera, one result per part
         line.callbacks.remove(line.handshake.on_verdict)
-        cell.triggers = TriggerFanout(line.handshake, names)
+        cell.triggers = TriggerFanout(line.handshake, names, on_failed=cell.view_failed)
     if cfg.group.by == "part":
         scheduler, triggers = line.scheduler, cell.triggers
         cell.assembler = PartAssembler(
@@ -443,12 +468,17 @@ def part_due_s(cfg: StationConfig, gated: bool, by_count: bool) -> float:
 def watch_cell(metrics: Metrics, cell: CellLine) -> None:
     """A cell's own counters on /metrics, read at scrape time (``fair_edge_frames_total`` / ``_ng_total`` count its
     views). By part: the parts as ``summary.json``'s ``parts`` counts them, ``fair_edge_parts_total{event="parts"}``
-    (``"ng"``, ``"ok"``, ``"not_inspected"``, ``"late_views"``, ``"resyncs"``). By lane: each lane's gate,
-    ``fair_edge_reject_total{lane, event}`` and ``fair_edge_reject_pending{lane}``; the station's own gate, which then
-    holds only the fault output (``open_line_side`` watches no ``reject`` for it), as
+    (``"ng"``, ``"ok"``, ``"not_inspected"``, ``"late_views"``, ``"resyncs"``); with the PLC handshake its counters,
+    ``fair_edge_handshake_total{event="results"}`` (every ``HANDSHAKE_COUNTERS`` key, and the fanout's
+    ``"fanout_expired"``, ``"fanout_overflow"``: ``CellLine.handshake_stats``), and its gauges
+    ``fair_edge_handshake_connected`` (0/1), ``_error`` (the code on the PLC's Error), ``_open_parts``. By lane: each
+    lane's gate, ``fair_edge_reject_total{lane, event}`` and ``fair_edge_reject_pending{lane}``; the station's own
+    gate, which then holds only the fault output (``open_line_side`` watches no ``reject`` for it), as
     ``fair_edge_fault_output_total{event}`` (its fault sinks' counters) where ``reject.fault_sinks`` open one."""
     if cell.assembler is not None:
         metrics.watch("parts", cell.part_stats, gauges=())
+        if cell.line.handshake is not None:   # open_line_side left it to the cell: its fanout's counts join it
+            metrics.watch("handshake", cell.handshake_stats, gauges=HANDSHAKE_GAUGES)
         return
     metrics.watch_counters_by("reject", "lane", cell.lane_stats)
     if cell.line.scheduler is not None:

@@ -11,7 +11,12 @@ at its belt count, so it is decided at its due time whatever happens to its view
   ``{"missing": NOT_AWAITED}`` (not listed in ``missing``: they were not needed). The part stays open until its
   other views are in or its time is up, so they still join it (no part of their own) and are not counted late;
 - when every camera's view is in: NG when at least ``min_ng`` views are NG, else OK; its verdict goes to
-  ``on_part`` with the part's row;
+  ``on_part`` with the part's row. A view is in when its verdict came, its frame was dropped (``on_drop``) or, with
+  ``match: handshake``, its camera took no frame for the part (``view_failed``: a read that failed, a frame exposed
+  after the next trigger, a trigger queue full; ``TriggerFanout.failed``): a part whose other views are in then
+  closes at once, with the verdict and counters its timeout would give it (NG, not inspected, its row naming the
+  camera ``no frame``), instead of waiting out ``timeout_s``. A camera that fails a part before any other camera's
+  frame opened it is remembered for that part's key for ``timeout_s``;
 - at ``t_open + timeout_s``, or with ``close_by_count`` (``match: encoder``) when the belt count reaches the
   part's key + ``counts`` (and ``grace_s`` more), or while the encoder has no belt position (``position()`` None:
   its link is down, the count does not move) at ``t_open + unplaced_s``, with views missing (a camera took no frame,
@@ -80,6 +85,7 @@ RECENT_KEYS = 256      # closed parts a view captured before its part closed is 
                        # match: sequence: part counts whose opening times a camera's slip is told by
 PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the median of this many last gaps
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
+NO_FRAME = "no frame"    # a part row's why for a camera that took no frame of it (failed it, or silent to its close)
 FUSED_SCORE_UNIT = 1.0   # a fused bundle's score unit: its members' normal spread (``_badness``)
 LATE_LOG_S = 10.0        # a camera's late views after the first are logged together, one line per this many seconds
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
@@ -180,6 +186,8 @@ class PartAssembler:
         # (None: a view that matched no part when the gate could no longer reject its part: _past_gate)
         self._recent: OrderedDict[int, _ClosedPart] = OrderedDict()   # recently closed part id -> its key, cameras
         self._newest_capture: dict[str, float] = {}   # camera -> the newest t_capture filed for it (monotonic s)
+        # match: handshake: key -> (when the first camera failed it (clock s), {camera: why}) of parts not open yet
+        self._failed_first: OrderedDict[float, tuple[float, dict[str, str]]] = OrderedDict()
         self._next_id = 0
         self._late_logs = {c: LateViewLog(c, clock=clock) for c in self.cameras}   # camera -> its late views' log
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
@@ -217,6 +225,7 @@ class PartAssembler:
             if part is None:
                 part = self._new_part(frame.t_capture, key)
                 opened = part
+                self._take_failed_first(part, camera)
             part.seqs[camera] = frame.seq
             part.captured[camera] = frame.t_capture
             self._of[(camera, frame.seq)] = part.part_id
@@ -229,6 +238,26 @@ class PartAssembler:
     def on_drop(self, camera: str, frame: Frame, reason: str = "dropped: capture queue full") -> None:
         """The camera's frame was never inspected (its capture queue dropped it)."""
         self._file(camera, frame.seq, lambda part: part.dropped.__setitem__(camera, reason))
+
+    def view_failed(self, camera: str, key: float, reason: str = NO_FRAME) -> None:
+        """``match: handshake``: ``camera`` took no frame for the part keyed ``key`` (its PLC part id) and never will
+        (``TriggerFanout.failed``: its read failed, its frame came after the next trigger, its trigger queue was full).
+        Its view is in, missing (``reason`` in the part's row), so the part is decided once its other views are, not
+        at ``t_open + timeout_s``: the same verdict (NG, not inspected) and counters, sooner. A part not open yet
+        (no camera's frame filed) gets it when it opens, within ``timeout_s`` of this call (a part opening later
+        waits for its views as before); a camera whose view is already in, or a part closed, changes nothing."""
+        if math.isnan(key):
+            return
+        with self._lock:
+            part = next((p for p in reversed(self._open.values()) if p.key == key and camera not in p.seqs), None)
+            if part is None:
+                self._note_failed_first(camera, key, reason)
+                return
+            if camera in part.verdicts or camera in part.dropped:
+                return
+            decided = self._change(part, lambda p: p.dropped.__setitem__(camera, reason))
+        if decided is not None:
+            self._decide(*decided)
 
     # ---- the inspection loop ----------------------------------------------------------------
     def part_of(self, camera: str, seq: int) -> int | None:
@@ -494,17 +523,46 @@ class PartAssembler:
                     self.stats["late_views"] += 1
                     self._log_late_view(camera, seq, self._closed[(camera, seq)])
                 return
-            change(part)
-            complete = len(part.verdicts) + len(part.dropped) == len(self.cameras)
-            if complete:
-                self._forget(part)
-            early = not complete and not part.decided and self._ng_in_hand(part)
-            decide = not part.decided and (complete or early)
-            if decide:
-                part.decided = True
-                in_hand = part.in_hand() if early else part   # still open: other threads may file views
-        if decide:
-            self._decide(in_hand, early=early)
+            decided = self._change(part, change)
+        if decided is not None:
+            self._decide(*decided)
+
+    def _change(self, part: _Part, change: Callable[[_Part], None]) -> tuple[_Part, bool] | None:
+        """(under the lock) Apply ``change`` (a view filed) to an open part; closed once every camera's view is in
+        (a verdict, a drop, a failure). Returns (the part to decide, early) when it is now decided: ``_decide``'s
+        arguments, for the caller to call outside the lock; None when not."""
+        change(part)
+        complete = len(part.verdicts.keys() | part.dropped.keys()) >= len(self.cameras)
+        if complete:
+            self._forget(part)
+        early = not complete and not part.decided and self._ng_in_hand(part)
+        if part.decided or not (complete or early):
+            return None
+        part.decided = True
+        return (part.in_hand() if early else part), early   # early: still open, other threads may file views
+
+    def _note_failed_first(self, camera: str, key: float, reason: str) -> None:
+        """(under the lock) ``view_failed`` for a part not open: kept for it (``_take_failed_first``) for
+        ``timeout_s``; forgotten at once when every camera failed it (no part opens: the fanout answers it), and
+        beyond the last ``RECENT_KEYS`` keys."""
+        now = self.clock()
+        while self._failed_first and next(iter(self._failed_first.values()))[0] + self.timeout_s <= now:
+            self._failed_first.popitem(last=False)
+        _, failed = self._failed_first.setdefault(key, (now, {}))
+        failed[camera] = reason
+        if len(failed) >= len(self.cameras):
+            del self._failed_first[key]
+        while len(self._failed_first) > RECENT_KEYS:
+            self._failed_first.popitem(last=False)
+
+    def _take_failed_first(self, part: _Part, camera: str) -> None:
+        """(under the lock) A part just opened by ``camera``'s frame: the other cameras that failed its key before
+        (``_note_failed_first``, within ``timeout_s``) are in, missing."""
+        if not self._failed_first or part.key not in self._failed_first:
+            return
+        t_failed, failed = self._failed_first.pop(part.key)
+        if t_failed + self.timeout_s > self.clock():
+            part.dropped.update((c, why) for c, why in failed.items() if c != camera)
 
     def _log_late_view(self, camera: str, seq: int, part_id: int | None) -> None:
         """(under the lock) A view's verdict (or drop) came for a part that had closed without it (None: it matched no
@@ -618,7 +676,7 @@ def _why_missing(part: _Part, camera: str, early: bool) -> str:
         return part.dropped[camera]
     if early:
         return NOT_AWAITED
-    return "not inspected in time" if camera in part.seqs else "no frame"
+    return "not inspected in time" if camera in part.seqs else NO_FRAME
 
 
 def _deciding_view(inspected_views: dict[str, Verdict], ng_views: list[str], ng: bool) -> Verdict | None:

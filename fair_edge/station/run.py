@@ -87,6 +87,10 @@ BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the stati
 BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
 SWITCH_INTERVAL_S = 0.0005   # the GIL switch interval while a station runs, s (Python's default: 0.005; BENCHMARKS.md)
 STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gate), budget spent or not
+# Handshake.stats()'s keys that are no counters, exported as fair_edge_handshake_<key> gauges (connected: 0/1, error:
+# the code the PLC's Error shows, open_parts: parts taken and not yet acked); every other key (HANDSHAKE_COUNTERS) is
+# fair_edge_handshake_total{event}
+HANDSHAKE_GAUGES = ("connected", "error", "open_parts")
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -419,7 +423,9 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     """Open metrics, recorder, MQTT, encoder, reject scheduler and handshake on ``stack`` (closed with it), in that
     order: the station's run lock first (``station_lock``; already held under ``run_station``), then what may refuse
     the start (the metrics port, ``require_sinks_at_start``) before the handshake writes to the PLC; a station
-    refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics."""
+    refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics. Watched
+    on /metrics: the recorder, the reject gate, the encoder and the handshake (``fair_edge_handshake_total{event}``,
+    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell.watch_cell``)."""
     from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -453,6 +459,8 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         encoder_stats = getattr(line.encoder, "stats", None)   # fair_edge_encoder_total{event="read_errors"}, ...
         if encoder_stats is not None:
             metrics.watch("encoder", encoder_stats, gauges=("count", "position_epoch"))
+        if line.handshake is not None and not cfg.cameras:   # several cameras: cell.watch_cell, with its fanout's
+            metrics.watch("handshake", line.handshake.stats, gauges=HANDSHAKE_GAUGES)
         line.callbacks.append(metrics.on_verdict)
         line.metrics = metrics
     return line
