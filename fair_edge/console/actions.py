@@ -203,6 +203,9 @@ class StationActions:
         # thread of its own) take turns, and a threshold is never applied between a reload's read and its start
         self.lock = RLock()
         self.labels: dict[ViewKey, str] = {}   # (camera, seq) -> the newest review label
+        # held across a review's row in reviews.jsonl and its label and drift change: two operators labelling one
+        # view at once leave the file's newest row (what an export takes) and the label shown the same
+        self._reviewing = Lock()
         # several cameras: the verdicts of the views of the NG parts the gallery lists (``feed.ng_part_rows``), kept
         # while it lists them (a passed view leaves ``feed.recent`` long before its NG part leaves the gallery)
         self.listed: dict[ViewKey, Verdict] = {}
@@ -274,15 +277,17 @@ class StationActions:
         image = self._save_image(verdict, label)
         key = (verdict.camera, verdict.seq)
         part = self.feed.part_of.get(key)
-        entry = self.reviews.append({"run": self.run_id, **({"camera": camera} if camera else {}), "seq": verdict.seq,
-                                     **({"part": part} if part is not None else {}), "label": label,
-                                     "who": who, "score": finite(verdict.score), "threshold": verdict.threshold,
-                                     "model": verdict.model, "source": verdict.source, "image": image})
-        self.labels[key] = label
-        if label in tuning.DEFECT_LABELS:
-            self.feed.drift.exclude(key)
-        else:   # a false reject (a corrected defect too) is a normal part: back into its camera's drift sample
-            self.feed.drift.include(key)
+        row = {"run": self.run_id, **({"camera": camera} if camera else {}), "seq": verdict.seq,
+               **({"part": part} if part is not None else {}), "label": label, "who": who,
+               "score": finite(verdict.score), "threshold": verdict.threshold, "model": verdict.model,
+               "source": verdict.source, "image": image}
+        with self._reviewing:
+            entry = self.reviews.append(row)
+            self.labels[key] = label
+            if label in tuning.DEFECT_LABELS:
+                self.feed.drift.exclude(key)
+            else:   # a false reject (a corrected defect too) is a normal part: back into its camera's drift sample
+                self.feed.drift.include(key)
         return entry
 
     def _camera(self, camera, required: bool) -> str:
