@@ -38,8 +38,9 @@ def check(
                                             "is created)."),
 ) -> None:
     """Inspect every image as the station would and print what each rule did: per image the score, the
-    regions and the verdict by score alone and by the rules (with the reason), then how often each rule fired.
-    A station file of several cameras is checked one camera at a time: --camera NAME."""
+    regions (as the line counts them: those in ignore: true zones left out, and shown apart in an "ignored"
+    column when there are any) and the verdict by score alone and by the rules (with the reason), then how often
+    each rule fired. A station file of several cameras is checked one camera at a time: --camera NAME."""
     from fair_edge.station.config import load_station
     from fair_edge.station.rules_check import camera_config, check_frames
     cfg = camera_config(load_station(station), camera).override(bundle=bundle)
@@ -49,11 +50,14 @@ def check(
     seen_by = "" if camera is None else f" (camera {escape(camera)})"
     table = Table(title=f"rules check{seen_by}: threshold {report.threshold:.5g}, "
                         f"pixel threshold {report.pixel_threshold:.5g}")
-    for name in ("image", "score", "regions", "by score", "by rules", "reason"):
-        table.add_column(name, justify="right" if name in ("score", "regions") else "left")
+    ignored = any(r["ignored_regions"] for r in report.rows)   # a column only where an ignore zone held a region
+    counts = ("regions", "ignored") if ignored else ("regions",)
+    for name in ("image", "score", *counts, "by score", "by rules", "reason"):
+        table.add_column(name, justify="right" if name in ("score", *counts) else "left")
     for r in report.rows:
         score = "-" if r["score"] is None else f"{r['score']:.4g}"
-        table.add_row(escape(r["image"]), score, str(r["regions"]), "NG" if r["ng_by_score"] else "OK",
+        found = (str(r["regions"]), str(r["ignored_regions"])) if ignored else (str(r["regions"]),)
+        table.add_row(escape(r["image"]), score, *found, "NG" if r["ng_by_score"] else "OK",
                       "NG" if r["ng"] else "OK", escape(r["reason"]))
     console.print(table)
     console.print(f"{report.images} images: NG by score {report.ng_by_score}, NG by the rules {report.ng_by_rules}")

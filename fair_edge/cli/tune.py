@@ -24,7 +24,7 @@ from fair_edge.demo.config import DEMO_IMAGE_SIZE, DEMO_LR, DEMO_STEPS, DEMO_WID
 from fair_edge.errors import ConfigError
 from fair_edge.models.registry import WIDTH_FAMILY, get_family
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.runlock import hold_lock
+from fair_edge.runlock import LockHolder, hold_lock
 from fair_edge.training.tune import TuneSettings
 
 _TUNE = TuneSettings()
@@ -167,8 +167,9 @@ def clear_earlier(out: Path, overwrite: bool) -> None:
         remove_outputs(out, tuple(left))
 
 
-def tune_busy(out: Path, holder: str) -> str:
-    """The refusal of a tune into an ``out`` that another tune is writing (``holder``: its pid)."""
+def tune_busy(out: Path, holder: LockHolder) -> str:
+    """The refusal of a tune into an ``out`` that another tune is writing (``holder``: who holds the lock, written as
+    its pid and what it runs: ``LockHolder.__str__``)."""
     return (f"--out {out} is in use by another fair-edge tune ({holder}); wait for it to end, or tune into another "
             "folder (--out NEW_FOLDER).")
 

@@ -2,8 +2,9 @@
 
 Every image is inspected as the station would (its bundle, backend, threshold, ROI, ``regions:``
 section), so what each rule did can be read before the rules go on the line: per image the score,
-the regions, the verdict by score alone and by the rules, and the reasons; per rule how many images it
-rejected; on labelled images (a test set) how the rules change the caught and false-reject rates.
+the regions (counted as the line counts them: those in ``ignore: true`` zones apart), the verdict by score alone and
+by the rules, and the reasons; per rule how many images it rejected; on labelled images (a test set) how the rules
+change the caught and false-reject rates.
 A station of several cameras (``cameras:``) is checked one camera at a time (``camera_config``): that
 camera's bundle, ROI, threshold and regions, as the station inspects its frames.
 """
@@ -71,12 +72,15 @@ def rejected_by_score(verdict: Verdict) -> bool:
 
 
 def row(name: str, verdict: Verdict) -> dict:
-    """One image's line of the report: ``regions``, how many were found (in ``ignore`` zones too);
-    ``largest_area_mm2``, the area of the region that fired the first rule, else of the largest outside ``ignore``
-    zones (``Verdict.reported_region``, as the PLC's largest_area), None without one or without a camera scale."""
+    """One image's line of the report: ``regions``, how many were found outside ``ignore: true`` zones
+    (``Verdict.counted_regions``, as the PLC's region_count counts them), and ``ignored_regions``, how many lay in
+    such zones (found and fired nothing: verdict rows mark them ``ignored``); ``largest_area_mm2``, the area of the
+    region that fired the first rule, else of the largest outside ``ignore`` zones (``Verdict.reported_region``, as
+    the PLC's largest_area), None without one or without a camera scale."""
     region = verdict.reported_region
+    counted = len(verdict.counted_regions)
     return {"image": name, "score": verdict.score, "ng_by_score": rejected_by_score(verdict),
-            "ng": verdict.ng, "regions": len(verdict.regions),
+            "ng": verdict.ng, "regions": counted, "ignored_regions": len(verdict.regions) - counted,
             "largest_area_mm2": None if region is None else region.area_mm2,
             "reason": verdict.reason or verdict.error, "hits": [h.to_json_dict() for h in verdict.hits]}
 

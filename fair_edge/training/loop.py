@@ -91,6 +91,28 @@ def resume_hint(out: Path, quote: bool = False) -> str:
     return f"`{command}`" if quote else command
 
 
+RESUME_STATE = "last.pt"  # a run's resume state: weights with the optimiser's state (about 3x final.pt for FAIR)
+
+
+def saved_run_hint(out: Path, keeps_resume_state: bool) -> str | None:
+    """What a failed checkpoint write of the run in ``out`` names to continue it (``save_checkpoint``'s ``resume``):
+    the quoted ``resume_hint`` for a run that keeps its resume state (``fair-edge train``); None for one that keeps
+    none (a ``fair-edge tune`` candidate: tune has no --resume and starts over, so the error says to run again)."""
+    return resume_hint(out, quote=True) if keeps_resume_state else None
+
+
+def discard_resume_state(out: Path) -> None:
+    """Delete ``out/last.pt`` (``RESUME_STATE``) of a run that keeps no resume state, before its final.pt is
+    written, so the disk never holds both (a periodic save may have left one). Nothing when there is none; one
+    that cannot be deleted is a warning naming it (the run goes on: it only costs disk)."""
+    path = Path(out) / RESUME_STATE
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not delete %s (%s); this run keeps no resume state: delete it to free the disk",
+                    path, exc.strerror or exc)
+
+
 SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy seeding takes; torch takes it too
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.runlock import hold_lock
+from fair_edge.runlock import LockHolder, hold_lock
 
 RUNS_ROOT = Path("runs")
 RUN_FILES = ("last.pt", "final.pt", "loss.csv")  # what one run writes; last.pt or final.pt: a run is there
@@ -98,8 +98,9 @@ def hold_run_lock(out: Path) -> Iterator[None]:
                 os.environ[RUN_LOCK_ENV] = before
 
 
-def run_busy(out: Path, holder: str) -> str:
-    """The refusal of a run whose ``--out`` another run holds (``holder``: its pid)."""
+def run_busy(out: Path, holder: LockHolder) -> str:
+    """The refusal of a run whose ``--out`` another run holds (``holder``: who holds the lock, written as its pid and
+    what it runs: ``LockHolder.__str__``)."""
     return RUN_BUSY.format(folder=shlex.quote(str(out)), holder=holder)
 
 

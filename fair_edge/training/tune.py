@@ -13,9 +13,12 @@
    not reached are listed as skipped.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects
 its catch was measured at and the proxy defects planted), each under a temporary name beside it (``.NAME.partial``)
-and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/ (its trainer's
-last.pt, about 3x the size, is deleted once final.pt is written: ``drop_resume_state``). A write that fails (a full
-disk) is a ``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). While the candidates run,
+and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/ alone: its
+trainer keeps no resume state (``keeps_resume_state`` False: no last.pt, about 3x the size, is written beside final.pt,
+so a nearly full disk never has to hold both; a family trainer without that setting has its last.pt deleted once
+final.pt is written: ``drop_resume_state``), and a candidate's failed save names no `train --resume` command (tune
+has none: it starts over). A write that fails (a full disk) is a ``TuneWriteError`` naming OUT, the cause and the fix
+(``disk.write_failure``). While the candidates run,
 tune.csv ranks those finished so far, rewritten as each one finishes (``KeptRanking``), so a tune that stops after one
 (a full disk at the next, an error, Ctrl-C) leaves their figures there, without tune.json: the error says so
 (``TuneStopped``), an interrupted tune's caller names the file. A folder
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 
 from fair_edge.training import metrics
-from fair_edge.training.loop import TrainingInterrupted, check_seed
+from fair_edge.training.loop import RESUME_STATE, TrainingInterrupted, check_seed
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.images import write_png
@@ -63,7 +66,6 @@ log = logging.getLogger(__name__)
 FIXED_RATE = 0.05  # the second catch figure's false-reject rate (tune.csv, the table's catch@5%), besides the target
 TUNE_FINISHED = "tune.json"  # renamed into place last, once every candidate has run: a finished run holds it
 PARTIAL = ".{}.partial"  # a result file's temporary name beside it until it is renamed into place
-RESUME_STATE = "last.pt"  # a candidate trainer's resume state beside its final.pt; tune has no --resume: deleted
 TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy",
                 PARTIAL.format("tune.json"), PARTIAL.format("tune.csv"))  # what one tune run writes under OUT
 
@@ -293,11 +295,14 @@ class TuneRow:
 
 def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], out: Path,
                     settings: TuneSettings, device: torch.device) -> TuneRow:
-    """Train ``cand`` on ``train`` and measure it on the proxy set."""
+    """Train ``cand`` on ``train`` and measure it on the proxy set. Its trainer keeps no resume state
+    (``keeps_resume_state`` False): tune has no --resume and ranks final.pt alone, so the run ends with final.pt
+    only, never beside a last.pt, and a save that fails names no `fair-edge train --resume` command."""
     start = time.perf_counter()
     model = cand.model_spec()
     trainer = model.impl.training().make_trainer(DatasetSplit("tune", train), model,
                                                  cand.train_config(settings.batch, settings.seed), out / cand.name, device)
+    trainer.keeps_resume_state = False
     final = trainer.run()
     drop_resume_state(final)
     scored = score_samples(final, proxy, device=str(device))
@@ -307,7 +312,8 @@ def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], o
 def drop_resume_state(final: Path) -> None:
     """Delete the trainer's ``RESUME_STATE`` (last.pt: the weights with the optimiser's state, about 3x final.pt) beside
     the candidate's written ``final``: tune has no --resume and ranks final.pt alone, so a kept last.pt only fills the
-    disk (at width 32: 52 MB per candidate beside its 17 MB final.pt). Nothing when ``final`` is missing; one that
+    disk (at width 32: 52 MB per candidate beside its 17 MB final.pt). The families' trainers write none under tune
+    (``keeps_resume_state``); this catches a trainer that does. Nothing when ``final`` is missing; one that
     cannot be deleted is a warning naming it."""
     last = Path(final).with_name(RESUME_STATE)
     if not Path(final).is_file():

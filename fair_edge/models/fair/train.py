@@ -8,7 +8,9 @@ Resuming is exact: the checkpoint holds the step, optimizer, scheduler and every
 and each epoch's image order is derived from (seed, epoch). Ctrl-C (SIGINT), and under `fair-edge train`
 SIGTERM (``stop_signals``), only asks the loop to stop: the step in flight finishes, then ``last.pt`` is written
 at that step boundary, so it equals the periodic save of the same step (a second Ctrl-C stops at once, without
-saving; a second SIGTERM is ignored).
+saving; a second SIGTERM is ignored). A finished run writes ``last.pt`` (its last step, kept for ``train --resume``),
+then ``final.pt``; a run that keeps no resume state (``keeps_resume_state`` False: a ``fair-edge tune`` candidate)
+writes ``final.pt`` alone, so the disk never holds both at once.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from fair_edge.models.fair.synthesis import AnomalySynthesizer, SynthesisConfig,
 from fair_edge.models.fair.unet import UNet
 from fair_edge.training.ddp import SingleProcess
 from fair_edge.training.resume import ReadImages, TrainingClock, check_same_data, training_files
-from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
-                                     signals_request_stop, steps_per_epoch, usable_batch)
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, discard_resume_state, epoch_order,
+                                     saved_run_hint, signals_request_stop, steps_per_epoch, usable_batch)
 
 # keys of training settings saved by runs before they moved to the model settings (read and dropped on --resume)
 MOVED_TO_MODEL_SETTINGS = ("width",)
@@ -121,6 +123,8 @@ class Trainer:
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
     stop_signals: tuple[int, ...] = (signal.SIGINT,)  # stop at a step boundary on these; `train` adds SIGTERM
+    # run() leaves last.pt beside final.pt (`train --resume`); `tune` sets False: final.pt alone, never beside last.pt
+    keeps_resume_state = True
 
     def __init__(
         self,
@@ -186,10 +190,14 @@ class Trainer:
             training_images=self.training_images,
         )
 
+    def resume_text(self) -> str | None:
+        """The command a failed save names to continue this run (``loop.saved_run_hint``): None under tune."""
+        return saved_run_hint(self.out_dir, self.keeps_resume_state)
+
     def save(self, name: str = "last.pt") -> Path:
         """Write ``out_dir/name`` (rank 0 only under DDP; the others wait for it)."""
         if self.parallel.is_main:
-            save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))
+            save_checkpoint(self.out_dir / name, self.checkpoint(), resume=self.resume_text())
         self.parallel.barrier()
         return self.out_dir / name
 
@@ -256,7 +264,8 @@ class Trainer:
         Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt``
         at that step boundary and raises TrainingInterrupted. Under DDP the ranks agree on the step to stop at (a rank
         whose signal comes a moment later stops at the same boundary). loss.csv's ``lr`` is the learning
-        rate the logged step trained with (read before the scheduler steps).
+        rate the logged step trained with (read before the scheduler steps). At the end: ``last.pt``, then
+        ``final.pt``; without ``keeps_resume_state``, any ``last.pt`` deleted, then ``final.pt`` alone.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
@@ -267,10 +276,13 @@ class Trainer:
         finally:
             if log_file:
                 log_file.close()
-        self.save()
+        if self.keeps_resume_state:
+            self.save()
+        elif self.parallel.is_main:
+            discard_resume_state(self.out_dir)  # final.pt alone: never beside a last.pt (``keeps_resume_state``)
         if self.parallel.is_main:
             save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False),
-                            resume=resume_hint(self.out_dir, quote=True))
+                            resume=self.resume_text())
         self.parallel.barrier()
         return self.out_dir / "final.pt"
 

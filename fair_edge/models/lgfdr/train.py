@@ -9,7 +9,8 @@ Resuming is exact, as in FAIR's trainer: step, optimizer, scheduler and the nois
 Ctrl-C (SIGINT), and under `fair-edge train` SIGTERM (``stop_signals``), only asks the loop to stop: the step in
 flight finishes, then ``last.pt`` is written at that step boundary (a second Ctrl-C stops at once, without saving; a
 second SIGTERM is ignored). With tiling, a batch, an epoch and the step budget count
-tiles (one feature map each), as FAIR's do.
+tiles (one feature map each), as FAIR's do. A finished run writes ``last.pt`` then ``final.pt``, or, keeping no resume
+state (``keeps_resume_state`` False: a ``fair-edge tune`` candidate), ``final.pt`` alone, never beside a ``last.pt``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
 from fair_edge.training.resume import ReadImages, TrainingClock, check_same_data, training_files
-from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, epoch_order, resume_hint,
-                                     signals_request_stop, steps_per_epoch, usable_batch)
+from fair_edge.training.loop import (LossLog, TrainingInterrupted, check_schedule, discard_resume_state, epoch_order,
+                                     saved_run_hint, signals_request_stop, steps_per_epoch, usable_batch)
 
 FEATURE_CHUNK = 16  # images per backbone pass when precomputing features
 TOWER_WEIGHT = 0.5  # weight of each tower's own reconstruction loss
@@ -123,6 +124,8 @@ class LgfdrTrainer:
 
     fits_once = False  # trained by optimisation steps (models.training_contract.FamilyTrainer)
     stop_signals: tuple[int, ...] = (signal.SIGINT,)  # stop at a step boundary on these; `train` adds SIGTERM
+    # run() leaves last.pt beside final.pt (`train --resume`); `tune` sets False: final.pt alone, never beside last.pt
+    keeps_resume_state = True
 
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: LgfdrTrainConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None,
@@ -173,8 +176,12 @@ class LgfdrTrainer:
         return Checkpoint(self.model, self.model.impl.weights(self.detector), summary, train_state,
                           self.training_images)
 
+    def resume_text(self) -> str | None:
+        """The command a failed save names to continue this run (``loop.saved_run_hint``): None under tune."""
+        return saved_run_hint(self.out_dir, self.keeps_resume_state)
+
     def save(self, name: str = "last.pt") -> Path:
-        return save_checkpoint(self.out_dir / name, self.checkpoint(), resume=resume_hint(self.out_dir, quote=True))
+        return save_checkpoint(self.out_dir / name, self.checkpoint(), resume=self.resume_text())
 
     def resume(self) -> None:
         """Load ``out_dir/last.pt`` and check it was made with the same model settings, images (by their bytes) and
@@ -220,7 +227,8 @@ class LgfdrTrainer:
         """Train to ``total_steps``; returns ``final.pt``. on_step(step, total, loss, images_per_s) after each step.
         Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt`` at
         that step boundary and raises TrainingInterrupted. loss.csv's ``lr`` is the learning rate the logged step
-        trained with."""
+        trained with. At the end: ``last.pt``, then ``final.pt``; without ``keeps_resume_state``, any ``last.pt``
+        deleted, then ``final.pt`` alone."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.step)
         self.stop_requested, self.stop_signal = False, signal.SIGINT
@@ -230,9 +238,12 @@ class LgfdrTrainer:
         finally:
             log_file.close()
         self.detector.eval()
-        self.save()
+        if self.keeps_resume_state:
+            self.save()
+        else:
+            discard_resume_state(self.out_dir)  # final.pt alone: never beside a last.pt (``keeps_resume_state``)
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False),
-                               resume=resume_hint(self.out_dir, quote=True))
+                               resume=self.resume_text())
 
     def _loop(self, on_step, log_file: LossLog) -> None:
         """Steps until ``total_steps``, or until a stop is requested (then: save ``last.pt``, TrainingInterrupted)."""

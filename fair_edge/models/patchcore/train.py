@@ -4,9 +4,10 @@ Nothing is optimised, so there are no training steps: a "step" is one batch of i
 backbone (the progress bar counts them), and the greedy coreset of all patch features follows, then the bank's
 neighbour table; ``on_progress(phase, done, total)`` reports the phases around the pass ("loading" images,
 "coreset" rows chosen, "neighbours"), so a display shows the whole fit, not just the pass.
-``final.pt`` and ``last.pt`` are written together when the bank is complete; an interrupted fit
+``last.pt`` and then ``final.pt`` are written when the bank is complete; an interrupted fit
 leaves nothing half-made (re-running it costs one pass), and resuming a finished fit only re-writes
-``final.pt`` from ``last.pt``.
+``final.pt`` from ``last.pt``. A fit that keeps no resume state (``keeps_resume_state`` False: a ``fair-edge tune``
+candidate) writes ``final.pt`` alone, never beside a ``last.pt``.
 
 Memory: the fit holds the training images (float32), then their patch features, then the coreset's working set
 beside the features (the images freed). ``fit_memory`` estimates the peak from the image count and settings, and
@@ -35,6 +36,7 @@ from fair_edge.models.patchcore.coreset import bank_neighbours, distance_step, g
 from fair_edge.models.patchcore.model import BANK_FLIPS, PatchcoreDetector, flipped_views, memory_bytes
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
+from fair_edge.training.loop import discard_resume_state
 from fair_edge.training.resume import ReadImages, check_same_data, training_files
 
 log = logging.getLogger(__name__)
@@ -254,6 +256,8 @@ class PatchcoreFitter:
     first line (the pass alone is often the smaller part: 144 s of 498 s on 4 700 images at 128 px)."""
 
     fits_once = True  # one pass over the data, no optimisation steps (models.training_contract.FamilyTrainer)
+    # run() leaves last.pt beside final.pt (`train --resume`); `tune` sets False: final.pt alone, never beside last.pt
+    keeps_resume_state = True
 
     def __init__(self, data: DatasetSplit, model: ModelSpec, cfg: FitConfig, out_dir: Path, device: torch.device,
                  weights: str | Path | None = None, weights_sha256: str | None = None,
@@ -365,7 +369,8 @@ class PatchcoreFitter:
         return out
 
     def run(self, on_step: Callable[[int, int, float, float], None] | None = None) -> Path:
-        """Fit the bank (unless resumed from a finished fit); write last.pt and final.pt; returns final.pt.
+        """Fit the bank (unless resumed from a finished fit); write last.pt and final.pt (without
+        ``keeps_resume_state``: any last.pt deleted, then final.pt alone); returns final.pt.
 
         on_step(step, total, loss, images_per_s) after each backbone batch (loss is NaN: nothing is optimised).
         """
@@ -403,7 +408,10 @@ class PatchcoreFitter:
                 log.warning(UNWEIGHTED_BANK, rows)
             self.timings = {"features": round(t1 - t0, 3), "coreset": round(t2 - t1, 3),
                             "neighbours": round(time.perf_counter() - t2, 3), "patches": count}
-        save_checkpoint(self.out_dir / "last.pt", self.checkpoint())
+        if self.keeps_resume_state:
+            save_checkpoint(self.out_dir / "last.pt", self.checkpoint())
+        else:
+            discard_resume_state(self.out_dir)  # final.pt alone: never beside a last.pt (``keeps_resume_state``)
         return save_checkpoint(self.out_dir / "final.pt", self.checkpoint(with_train_state=False))
 
 
