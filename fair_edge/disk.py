@@ -151,24 +151,56 @@ def discard_unfinished(path: str | Path, what: str = "file") -> None:
             log.warning("could not remove the unfinished %s %s (%s): delete it", what, path, exc.strerror or exc)
 
 
+NAME_MAX_BYTES = 255   # the longest file name (one path component) Linux file systems take, in bytes
+TEMPORARY_TRIES = 100  # unique names tried for a temporary before giving up (each 32 random bits: one try, as a rule)
+
+
+def temporary_name(target_name: str) -> str:
+    """A fresh hidden name for the temporary file of ``target_name``: ``.1a2b3c4d.NAME.tmp`` (8 random hex digits),
+    NAME cut at a whole character where the whole would pass NAME_MAX_BYTES (a name of 251 bytes, e.g. a heat-map
+    panel's, leaves room only for ``.tmp``). Unique per call, so two writers of one path never share a temporary."""
+    tag = os.urandom(4).hex()
+    room = NAME_MAX_BYTES - len(f".{tag}..tmp")
+    name = target_name
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{tag}.{name}.tmp"
+
+
+def create_temporary(target: Path) -> tuple[int, Path]:
+    """Create a new empty temporary file beside ``target`` (``temporary_name``) and open it for writing: (file
+    descriptor, its path). O_EXCL: never an existing file, nor a link planted under that name; mode 0o666 less the
+    umask, as a plain ``open(path, "w")`` makes it (the file the rename puts in place keeps it). Raises OSError as
+    the system does (FileExistsError after TEMPORARY_TRIES names taken)."""
+    for _ in range(TEMPORARY_TRIES):
+        tmp = target.with_name(temporary_name(target.name))
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name after {TEMPORARY_TRIES} tries", str(tmp))
+
+
 def write_whole(path: str | Path, data: bytes, what: str = "file", durable: bool = True) -> None:
-    """Write ``data`` as the file ``path`` whole or not at all: to ``PATH.tmp`` beside it (any name Python can open,
-    UTF-8 or not), renamed over ``path`` (a symlink: over its target). An earlier file at ``path`` stays whole until
-    the new one is complete, so a full disk never leaves half a file under its name. durable: the file fsync'd
-    before the rename and the folder after it where it can be (a report, a summary: the rename survives a power
-    cut); False for a stream of files where a lost last one costs nothing (NG images). The folder must exist.
-    Raises OSError as the system does, ``PATH.tmp`` removed (``discard_unfinished``, ``what``: the file's kind for
+    """Write ``data`` as the file ``path`` whole or not at all: to a temporary of its own beside it
+    (``.1a2b3c4d.NAME.tmp``, ``create_temporary``; any name Python can open, UTF-8 or not), renamed over ``path`` (a
+    symlink: over its target). An earlier file at ``path`` stays whole until the new one is complete, so a full disk
+    never leaves half a file under its name; two writers of the same path at once (two ``bench --json same.json``)
+    each rename a whole file of their own, the last rename's stays. durable: the file fsync'd before the rename and
+    the folder after it where it can be (a report, a summary: the rename survives a power cut); False for a stream of
+    files where a lost last one costs nothing (NG images). The folder must exist. Raises OSError as the system does;
+    on any failure (Ctrl-C included) the temporary is removed (``discard_unfinished``, ``what``: the file's kind for
     its warning, e.g. "JSON report")."""
     target = Path(os.path.realpath(path))
-    tmp = target.with_name(target.name + ".tmp")
+    fd, tmp = create_temporary(target)
     try:
-        with open(tmp, "wb") as fh:
+        with open(fd, "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place
         os.replace(tmp, target)
-    except OSError:
+    except BaseException:
         discard_unfinished(tmp, what)
         raise
     if durable:

@@ -361,7 +361,7 @@ class StationActions:
         decider = self._decider(camera)
         current = decider.threshold
         proposed = current if proposed is None else tuning.check_threshold(proposed, _scores_below_zero(decider))
-        if _rules_decide(regions_in_force(decider)):
+        if regions_decide(regions_in_force(decider)):
             return {"current": current, **({"camera": camera} if camera else {}),
                     "rules_decide": rules_decide_note(camera)}
         recent = [v for v in list(self.feed.recent) if v.camera == camera and v.model == decider.model]
@@ -483,7 +483,7 @@ class StationActions:
     def _threshold_decides(decider, camera: str) -> None:
         """RulesDecide (logged) when ``camera``'s region rules decide its verdicts (``decider``'s, or those its
         pending change brings: ``regions_in_force``): a threshold applied would change no verdict."""
-        if _rules_decide(regions_in_force(decider)):
+        if regions_decide(regions_in_force(decider)):
             refusal = f"the threshold was not changed: {rules_decide_note(camera)}"
             log.warning("threshold refused: %s", refusal)
             raise RulesDecide(refusal)
@@ -663,7 +663,7 @@ class StationActions:
         to be judged by; the pixel threshold holds on any grid)."""
         latest = self.feed.latest_views.get(camera) if camera else self.feed.latest
         frame = None if latest is None else latest.frame
-        if frame is None or getattr(frame, "image", None) is None or _rules_decide(regions):
+        if frame is None or getattr(frame, "image", None) is None or regions_decide(regions):
             return ""
         h, w = frame_hw = tuple(frame.image.shape[:2])
         on = f"camera {camera}'s" if camera else "the camera's"
@@ -1029,7 +1029,7 @@ def scale_refusal(change: ModelChange, decider, regions, bundle: str, in_force: 
     ``_same_map``), rules do not decide, or the file sets no pixel threshold (each bundle's own is used then; a fused
     bundle has none, and its loader refuses it: ``station.bundles.region_pixel_threshold``)."""
     value = getattr(regions, "pixel_threshold", None)
-    if value is None or not _rules_decide(regions):
+    if value is None or not regions_decide(regions):
         return ""
     fused = tuning.scores_below_zero(change.scorer)
     if fused == _fused_in_force(decider):
@@ -1103,7 +1103,7 @@ def _fused_in_force(decider) -> bool:
     return _scores_below_zero(decider)
 
 
-def _rules_decide(regions) -> bool:
+def regions_decide(regions) -> bool:
     """Whether the ``regions:`` settings (``station.zones.RegionSettings``, None: none) have rules that decide the
     verdict (``RegionJudge.decides``): a map's grid then does not matter."""
     return regions is not None and getattr(regions, "enabled", True) and bool(getattr(regions, "has_rules", False))
@@ -1111,7 +1111,7 @@ def _rules_decide(regions) -> bool:
 
 def rules_decide_note(camera: str) -> str:
     """Why a threshold is neither projected nor applied on ``camera`` (one camera: "") whose region rules decide the
-    verdict (``_rules_decide``), and what to tune instead: the tune page shows it, a threshold applied is refused
+    verdict (``regions_decide``), and what to tune instead: the tune page shows it, a threshold applied is refused
     with it (``RulesDecide``)."""
     of = f" of camera {camera}" if camera else ""
     where = "its cameras[] entry's regions: over the station's" if camera else "its regions: section"

@@ -3,9 +3,11 @@
 A view is addressed by (camera, seq): ``/api/part/SEQ.jpg`` with one camera, ``/api/part/CAMERA/SEQ.jpg`` with
 several (each camera numbers its own frames); its URL also names the run and model (``?r=RUN&m=MODEL``), as a
 cached picture is one part's only within its run. The live state's ``drift`` is the combined drift state (with several
-cameras the worst camera's, named by its ``camera``). With several cameras the live state adds ``cameras`` (each
-camera's counters, model, threshold and own drift state), ``parts`` (the part counters) and ``tiles`` (every view
-of the latest part), and
+cameras the worst camera's, named by its ``camera``). The live state's ``model`` (and each camera's, with several)
+says whether region rules decide its verdicts (``rules_decide``: the model in force's, or a pending reload's), so the
+tune page follows a reload that turns rules on or off as it follows a threshold changed elsewhere. With several
+cameras the live state adds ``cameras`` (each camera's counters, model, threshold and own drift state), ``parts``
+(the part counters) and ``tiles`` (every view of the latest part), and
 the gallery lists NG parts with their views.
 """
 
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from fair_edge.console.actions import REVIEW_LABELS, StationActions
+from fair_edge.console.actions import REVIEW_LABELS, StationActions, regions_decide, regions_in_force
 from fair_edge.console.feed import RATE_WINDOW_S, StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
 from fair_edge.line.recorder import ng_image_path
@@ -59,7 +61,17 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
     }
     if feed.cell is not None:
         state.update(cell_state(feed, actions, kept))
+    elif state.get("model") is not None:   # one camera: the inspector decides (several: each camera's, cell_state)
+        state["model"]["rules_decide"] = rules_decide(feed.inspector)
     return state
+
+
+def rules_decide(decider) -> bool:
+    """Whether region rules decide the verdicts of ``decider`` (the inspector, or a camera's ``ViewDecider``): its
+    ``regions:`` in force, or those its pending change (a reload's) brings (``actions.regions_in_force``). The tune
+    page then projects no rates (``StationActions.tune`` answers ``rules_decide``); read on every poll, so a reload
+    that turns rules on or off is followed."""
+    return regions_decide(regions_in_force(decider))
 
 
 def rate_state(feed: StationFeed) -> dict:
@@ -79,10 +91,10 @@ def kept_from(kept: set[ViewKey]) -> dict[str, int]:
 
 
 def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -> dict:
-    """Several cameras: each camera's counters (``RunSummary.cameras``' own), model, threshold and drift state
-    (``DriftState.to_dict``; None for a camera not watched); the part counters; the latest part (none when the
-    cameras are lanes) and a tile per camera: that part's view, or with
-    lanes the camera's latest view."""
+    """Several cameras: each camera's counters (``RunSummary.cameras``' own), model (with ``rules_decide``),
+    threshold and drift state (``DriftState.to_dict``; None for a camera not watched); the part counters; the latest
+    part (none when the cameras are lanes) and a tile per camera: that part's view, or with lanes the camera's latest
+    view."""
     counters = feed.cell_counters()
     cameras = []
     inspector = feed.inspector
@@ -93,7 +105,8 @@ def cell_state(feed: StationFeed, actions: StationActions, kept: set[ViewKey]) -
                         "drift": drift[name].to_dict() if name in drift else None,
                         "model": None if decider is None else {"id": decider.model, "threshold": decider.threshold,
                                                                "backend": decider.scorer.reason,
-                                                               "bundle": str(feed.camera_bundles.get(name, ""))}})
+                                                               "bundle": str(feed.camera_bundles.get(name, "")),
+                                                               "rules_decide": rules_decide(decider)}})
     latest = feed.latest_part_row()
     tiles = []
     for name in counters["cameras"]:

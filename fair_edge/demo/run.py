@@ -43,6 +43,7 @@ WARMUP_FRAMES = 24
 GATE_MARGIN = 3.0      # gate delay >= GATE_MARGIN x warm-up p99 + GATE_EXTRA_MS (queueing, jitter)
 GATE_EXTRA_MS = 100.0
 MAX_LOAD = 0.6         # the conveyor may use at most this share of the measured inspection rate
+REPLACED_FOLDERS = ("report", "bundle", "conveyor")   # OUT's folders the demo deletes or writes anew, besides station/
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,30 @@ def demo_folder(folder: Path) -> Iterator[Path]:
         yield folder
 
 
-def demo_lock(folder: Path) -> contextlib.AbstractContextManager[Path]:
+def demo_lock(folder: Path, out: Path | None = None) -> contextlib.AbstractContextManager[Path]:
     """``folder``'s station lock held as the demo's (``station.run.hold_station_folder``; the lock file names
-    `fair-edge demo --out OUT`): ConfigError naming the running station's pid and the fix while one runs there."""
+    `fair-edge demo --out OUT`, ``out``: OUT, None for ``folder``'s parent, as OUT/station's): ConfigError naming the
+    running station's pid and the fix while one runs there."""
     from fair_edge.station.run import hold_station_folder
 
-    return hold_station_folder(folder, f"fair-edge demo --out {folder.resolve().parent}", "demo")
+    out = folder.parent if out is None else out
+    return hold_station_folder(folder, f"fair-edge demo --out {out.resolve()}", "demo")
+
+
+@contextlib.contextmanager
+def demo_out_locks(out: Path) -> Iterator[None]:
+    """Hold the station locks of OUT (the model, loss log and report go there) and OUT/station (emptied by
+    ``run_conveyor``) for the whole demo, and check each of OUT's ``REPLACED_FOLDERS`` that exists: a station whose
+    output folder is any of them (its own output folder typed as --out) refuses the demo with a ConfigError naming
+    its pid, the folder and the fix (another --out), before the demo trains, deletes or writes anything. A station
+    started on OUT or OUT/station while the demo runs is refused in turn, naming the demo; OUT/conveyor is locked
+    again while it is written (``write_conveyor``)."""
+    with demo_lock(out, out), demo_lock(out / "station"):
+        for name in REPLACED_FOLDERS:
+            if (out / name).is_dir():   # a folder not made yet is no running station's
+                with demo_lock(out / name):
+                    pass
+        yield
 
 
 def clear_folder(folder: Path, keep: str) -> None:
@@ -258,10 +277,10 @@ def tally(rows: list[dict]) -> dict:
 def run_demo(out: Path, *, train: Callable[[], Path], evaluate: Callable[[Path], dict], fps: float = 10.0,
              n_good: int = 40, n_defect: int = 20, backend: str = "auto", false_reject_rate: float = DEMO_FALSE_REJECT_RATE,
              say: Callable[[str], None] = print) -> dict:
-    """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics), holding
-    OUT/station's station lock from the start (``demo_lock``): a station running there refuses the demo before it
-    trains, deletes or writes anything."""
-    with demo_lock(out / "station"):   # emptied by run_conveyor, under the lock still
+    """Run steps 3 to 5 after ``train()`` (returns final.pt) and ``evaluate(final)`` (returns metrics), holding the
+    station locks of OUT and OUT/station from the start (``demo_out_locks``): a station running in OUT or a folder
+    the demo writes there refuses the demo before it trains, deletes or writes anything."""
+    with demo_out_locks(out):   # OUT/station emptied by run_conveyor, under the lock still
         return _run_demo(out, train, evaluate, fps, n_good, n_defect, backend, false_reject_rate, say)
 
 

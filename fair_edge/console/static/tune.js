@@ -4,7 +4,8 @@
 const $ = id => document.getElementById(id);
 let current = null;
 const loaded = {};   // camera ("" with one) -> the threshold in force when this page first showed it
-let polled;          // the threshold in force the last poll of the state found (undefined before the first)
+let polled;          // what decided the picked camera when the state was last polled (decision(); undefined before)
+let rulesShown = null; // whether the page shows "region rules decide" (the last projection's answer; null before one)
 let projecting = false;
 let filled = null;  // {text, value}: the threshold in force as the field shows it (rounded) and exactly
 const camera = () => $("camera").value;
@@ -39,6 +40,7 @@ async function project(first = false) {
     showInForce(t.current);
     if (first) { filled = {text: FE.num(t.current, 6), value: t.current}; $("proposed").value = filled.text; }  // the page opens on the threshold in force
     showRules(t.rules_decide);
+    rulesShown = !!t.rules_decide;
     if (t.rules_decide) { delete document.body.dataset.projected; return; }
     $("frr").textContent = FE.pct(t.proposed.false_reject_rate); $("catch").textContent = FE.pct(t.proposed.catch_rate);
     $("frr-current").textContent = FE.pct(t.at_current.false_reject_rate); $("catch-current").textContent = FE.pct(t.at_current.catch_rate);
@@ -73,22 +75,24 @@ function showInForce(value) {
   if (!$("confirm-box").classList.contains("hidden")) $("confirm-old").textContent = FE.num(value, 6);
 }
 
-// the threshold in force as the polled state has it (several cameras: the camera picked, else the first)
-function polledThreshold(s) {
-  if (s.cameras) {
-    const c = s.cameras.find(c => c.name === camera()) || s.cameras[0];
-    return c && c.model ? c.model.threshold : null;
-  }
-  return s.model ? s.model.threshold : null;
+// what decides the picked camera's verdicts as the polled state has it (several cameras: the camera picked, else the
+// first): {threshold, rules: whether region rules decide (the model in force's or a pending reload's), key: both and
+// the model id, as one string}; null before the station runs
+function decision(s) {
+  const m = s.cameras ? ((s.cameras.find(c => c.name === camera()) || s.cameras[0]) || {}).model : s.model;
+  if (!m || m.threshold === null || m.threshold === undefined) return null;
+  return {threshold: m.threshold, rules: !!m.rules_decide, key: JSON.stringify([m.threshold, !!m.rules_decide, m.id])};
 }
 
-// a threshold changed elsewhere (another operator's page, a reload): in force, its marker and rates projected anew
+// a decision changed elsewhere (another operator's threshold, a reload: its threshold, its model, its region rules
+// turned on or off): in force, its marker and rates projected anew, or the "rules decide" note shown or taken away
 async function follow(s) {
-  const now = polledThreshold(s);
-  if (now === null || now === undefined) return;
-  const changed = polled !== undefined && now !== polled;
-  polled = now;
-  if ((changed || now !== current) && current !== null && !projecting) {
+  const now = decision(s);
+  if (now === null) return;
+  const changed = polled !== undefined && now.key !== polled;
+  polled = now.key;
+  const stale = now.threshold !== current || (rulesShown !== null && now.rules !== rulesShown);
+  if ((changed || stale) && current !== null && !projecting) {
     projecting = true;
     try { await project(); } finally { projecting = false; }
   }
