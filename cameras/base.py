@@ -254,6 +254,8 @@ class CaptureStats:
     seq shows none; a triggered camera has no nominal fps, so its idle time is never counted).
     unreadable: files the source skipped because it could not decode them (a replayed folder's corrupt
     image): they are not frames, so an unpaced replay's files = frames_in + unreadable.
+    outage_cause: while ``state`` is RECONNECTING, why: the last link error of the outage (the error that began it,
+    then each failed reopen's, e.g. a camera that now delivers 16-bit frames); '' otherwise.
     """
 
     frames_in: int = 0
@@ -264,3 +266,4 @@ class CaptureStats:
     unreadable: int = 0
     state: CaptureState = CaptureState.NEW
     end_reason: str = ""
+    outage_cause: str = ""

@@ -41,6 +41,7 @@ _END = object()  # end-of-stream marker put in the queue after the last frame
 
 FIRST_FRAME_READS = 10     # reads open() makes at most while they miss (FrameMissed: connected, no complete frame) ...
 FIRST_FRAME_WAIT_S = 3.0   # ... and the seconds after which it makes no new one
+PIXEL_FORMAT_FIX = "Set the camera to an 8-bit mono or BGR pixel format."   # for a frame check_frame refuses
 
 
 # ----------------------------------------------------------------------------- the sources' base class
@@ -203,7 +204,7 @@ def check_image(image: object, source: str) -> np.ndarray:
     try:
         image = check_frame(image)
     except ConfigError as exc:
-        raise CameraError(f"{source}: {exc} Set the camera to an 8-bit mono or BGR pixel format.") from None
+        raise CameraError(f"{source}: {exc} {PIXEL_FORMAT_FIX}") from None
     return freeze(image)
 
 
@@ -416,11 +417,14 @@ class CaptureThread:
         return self._queue.qsize()
 
     def stats(self) -> CaptureStats:
+        """The counters now, with the state, why the stream ended and, while reconnecting, the outage's cause."""
         unreadable = getattr(self.source, "unreadable", 0)
         short = getattr(self.source, "frames_short", 0)   # a replayed video's frames declared, never given: lost
         with self._lock:
             counts = dict(self._counts, frames_lost_estimate=self._counts["frames_lost_estimate"] + short)
-            return CaptureStats(**counts, unreadable=unreadable, state=self._state, end_reason=self._end_reason)
+            cause = self._outage_cause if self._state is CaptureState.RECONNECTING else ""
+            return CaptureStats(**counts, unreadable=unreadable, state=self._state, end_reason=self._end_reason,
+                                outage_cause=cause)
 
     # ---- reader thread ---------------------------------------------------------------
     def _run(self) -> None:

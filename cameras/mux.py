@@ -116,13 +116,14 @@ class CaptureMux:
         return all(capture.ended for capture in self.captures.values())
 
     def stats(self) -> CaptureStats:
-        """Every camera's counters summed; state and end reason of the first camera not running (or the first)."""
+        """Every camera's counters summed; state, end reason and outage cause of the first camera not running (or
+        the first)."""
         per = self.camera_stats()
         out = {k: sum(getattr(s, k) for s in per.values())
                for k in ("frames_in", "dropped_queue_full", "read_errors", "reconnects", "frames_lost_estimate",
                          "unreadable")}
         first = next((s for s in per.values() if s.state.value != "running"), next(iter(per.values())))
-        return CaptureStats(**out, state=first.state, end_reason=first.end_reason)
+        return CaptureStats(**out, state=first.state, end_reason=first.end_reason, outage_cause=first.outage_cause)
 
     def camera_stats(self) -> dict[str, CaptureStats]:
         """Each camera's own counters, by name."""

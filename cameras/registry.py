@@ -124,12 +124,23 @@ def _split(spec: str) -> tuple[str, str]:
     for matches, guessed in AUTO_RULES:   # not ``kind``: the typed KIND is the did-you-mean's word below
         if matches(spec):
             return guessed, spec
-    hint = did_you_mean(kind if sep else spec, SOURCES, suffix=":")
-    raise ConfigError(
-        f"camera source {spec!r}: expected a camera index, /dev/videoN, URL, GStreamer pipeline, "
-        f"existing folder or video file, or KIND:TARGET with KIND in {sorted(SOURCES)}; found no such "
-        f"device, file or kind{hint}"
-    )
+    raise ConfigError(f"camera source {spec!r}: expected a camera index, /dev/videoN, URL, GStreamer pipeline, "
+                      f"existing folder or video file, or KIND:TARGET with KIND in {sorted(SOURCES)}; "
+                      f"found {_not_found_text(spec, kind, sep)}")
+
+
+def _not_found_text(spec: str, kind: str, sep: str) -> str:
+    """What ``_split`` found for a ``spec`` no rule takes, for its refusal. A KIND:TARGET (or a kind's name alone,
+    ``aravis``) is a kind it does not know, with a "did you mean". Any other bare value is a path that is not
+    there: named as looked for, a relative one under the current folder it is read from (not the station file's
+    folder); no kind is guessed for it (``bilder`` is a missing folder, not a misspelt ``folder:``)."""
+    if sep or spec.lower() in SOURCES or "!" in spec:
+        return f"no such device, file or kind{did_you_mean(kind if sep else spec, SOURCES, suffix=':')}"
+    if os.path.isabs(spec):
+        return f"no device and no folder or file {spec}"
+    return (f"no device and no folder or file {os.path.abspath(spec)}: a relative source is read from the current "
+            f"folder ({os.getcwd()}), not the station file's; give an absolute path, or start the station in the "
+            "folder the path is relative to")
 
 
 def _check_options(kind: str, opts: dict[str, object]) -> None:

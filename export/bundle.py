@@ -394,7 +394,7 @@ def _read_manifest(root: Path) -> dict:
     except OSError as exc:
         raise _unreadable(root, path, exc, {}) from exc
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))   # a BOM (Notepad's) is no damage; the checksum guards content
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); the bundle is damaged. Rebuild it with `fair-edge build`.") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

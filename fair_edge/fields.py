@@ -4,9 +4,11 @@ naming ``section.field``, the expected form and the value found; and the station
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,18 +45,36 @@ def is_number(value: Any) -> bool:
 
 
 def check_keys(section: str, data: Any, known: Iterable[str]) -> Mapping[str, Any]:
-    """Refuse a non-mapping section or an unknown key (with a "did you mean")."""
+    """Refuse a non-mapping section or an unknown key (with a "did you mean"). A section given as on / off (``console:
+    off``, YAML's false) is refused with how that section is switched (``switch_hint``)."""
     if data is None:
         return {}
+    known = list(known)
+    if isinstance(data, bool):
+        raise ConfigError(f"{section}: expected a mapping of settings, found {data!r} "
+                          f"({'on / true / yes' if data else 'off / false / no'}); {switch_hint(section, data, known)}")
     if not isinstance(data, Mapping):
         raise _fail(section, "a mapping of settings", data)
-    known = list(known)
     for key in data:
         if key not in known:
             raise ConfigError(
                 f"{section}.{key}: unknown setting{did_you_mean(key, known)}; valid settings: {', '.join(sorted(known))}"
             )
     return data
+
+
+def switch_hint(section: str, on: bool, known: list[str]) -> str:
+    """How to turn the settings section ``section`` (a name like ``console`` or ``cameras[0].regions``, whose
+    settings are ``known``) on or off, for a refusal of ``section: on`` / ``off``: write ``{enabled: ...}`` where
+    the section has ``enabled``; a section with a ``url`` (mqtt) is on with one and off without; any other has
+    no switch."""
+    name = section.rsplit(".", 1)[-1]
+    if "enabled" in known:
+        return f"write {name}: {{enabled: {'true' if on else 'false'}}}"
+    if "url" in known:
+        return (f"{name}: has no on / off switch: it is on with {name}: {{url: ...}} and off with url: null or "
+                f"{name}: left out")
+    return f"{name}: has no on / off switch: write its settings under it, or leave it out for its defaults"
 
 
 def with_defaults(section: str, data: Any, cls: type) -> dict[str, Any]:
@@ -114,6 +134,53 @@ def text(section: str, key: str, value: Any) -> str:
     return value
 
 
+WINDOWS_DRIVE = re.compile(r"^([A-Za-z]:)(?:[\\/]|$)")   # D:\runs, D:/runs, D:
+# an environment variable as a shell ($HOME, ${HOME}) or Windows (%USERPROFILE%) writes it
+ENV_VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|%[A-Za-z_][A-Za-z0-9_()]*%")
+HOME_VARIABLES = ("$HOME", "${HOME}", "%USERPROFILE%", "%HOMEPATH%")   # the home folder: ~ in a station file
+
+
+def folder_path(section: str, key: str, value: Any, posix: bool = os.name == "posix") -> str:
+    """A folder a station writes into (``output``, ``record.dir``): ``text``, and on POSIX (``posix``) refused when
+    written for Windows or a shell: a drive letter (``D:\\runs``), backslashes, an environment variable (``$HOME``,
+    ``${HOME}``, ``%USERPROFILE%``). Taken as they are, each made a folder of that literal name in the current
+    folder (``D:\\fair-edge\\runs`` one folder with backslashes in its name), with no word. The error names the
+    field, the value, what is foreign in it and a forward-slash path to write instead (``~`` for the home folder)."""
+    value = text(section, key, value)
+    problems = foreign_path_problems(value) if posix else []
+    if problems:
+        raise ConfigError(f"{section}.{key}: expected a folder path as Linux reads it, found {value!r}: "
+                          f"{'; '.join(problems)}. Write the folder with forward slashes, as an absolute path or under "
+                          f"~ (the home folder), e.g. {key}: {posix_path_suggestion(value)}")
+    return value
+
+
+def foreign_path_problems(value: str) -> list[str]:
+    """What in the path text ``value`` is written for Windows or a shell, each in words ([] for none): a drive
+    letter, backslashes, environment variables."""
+    problems = []
+    drive = WINDOWS_DRIVE.match(value)
+    if drive:
+        problems.append(f"{drive.group(1)} is a Windows drive letter (Linux has no drives)")
+    if "\\" in value:
+        problems.append("\\ is a Windows separator (on Linux a backslash is part of a folder's name)")
+    variables = ENV_VARIABLE.findall(value)
+    if variables:
+        problems.append(f"{', '.join(variables)}: environment variables are not expanded in a station file "
+                        "(the folder would be named so)")
+    return problems
+
+
+def posix_path_suggestion(value: str) -> str:
+    """The path text ``value`` rewritten as a POSIX path to suggest: the home folder's variables as ``~``, other
+    variables as ``/path/to``, the drive letter dropped and backslashes as ``/`` (``D:\\runs\\line3`` ->
+    ``/runs/line3``)."""
+    for home in HOME_VARIABLES:
+        value = value.replace(home, "~")
+    value = ENV_VARIABLE.sub("/path/to", WINDOWS_DRIVE.sub("/", value)).replace("\\", "/")
+    return re.sub(r"/+", "/", value)
+
+
 def url_list(section: str, key: str, value: Any) -> tuple[str, ...]:
     """A list of URL strings (a single string is accepted as a list of one)."""
     if isinstance(value, str):
@@ -147,13 +214,22 @@ def _bounds_text(minimum: float | None, maximum: float | None) -> str:
     return ""
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")   # the byte-order marks a UTF-16 text file starts with (LE, BE)
+
+
 def read_station_text(path: Path) -> str:
     """The station file's text; ConfigError naming the file and the fix when it cannot be read (permissions, an I/O
-    error) or decoded (a Latin-1 comment in a UTF-8 locale). The station loader and the console's threshold writer
-    both read it through here."""
+    error) or decoded (a Latin-1 comment in a UTF-8 locale; a file saved as UTF-16, by PowerShell's ``>``: named as
+    such, not as a binary file for its NUL bytes). The station loader and the console's threshold writer both read
+    it through here."""
     try:
         return path.read_text()
     except UnicodeDecodeError as exc:
+        if exc.object.startswith(UTF16_BOMS):   # PowerShell 5's `>` and Out-File, Notepad's "Unicode"
+            raise ConfigError(f"station file {path} was saved as UTF-16 (it starts with the UTF-16 byte-order mark "
+                              f"{exc.object[:2].hex(' ').upper()}, as PowerShell's `>` writes it); expected "
+                              "UTF-8 text: save it as UTF-8 (PowerShell: `Set-Content -Encoding utf8`, "
+                              "or an editor's \"Save with encoding: UTF-8\")") from exc
         if b"\x00" in exc.object:   # text in any 8-bit encoding has no NUL bytes: an image, a model, an archive
             raise ConfigError(f"station file {path} is a binary file (it holds NUL bytes, e.g. an image or a model), "
                               f"not a YAML text file; give --station the station's .yaml file") from exc
@@ -245,9 +321,21 @@ class StationDumper(yaml.SafeDumper):
 
 
 def dump_station_yaml(data: Any, stream: Any) -> None:
-    """Write ``data`` (a station file's document) as YAML to ``stream``, keys in their order, read back by
-    ``station_yaml`` as the same values (``StationDumper``)."""
-    yaml.dump(data, stream, Dumper=StationDumper, sort_keys=False)
+    """Write ``data`` (a station file's document) as YAML to ``stream`` (text), keys in their order, read back by
+    ``station_yaml`` as the same values (``StationDumper``). Text is written as it reads: a zone named
+    ``Dichtfläche`` stays so, not ``"Dichtfl\\xE4che"``, where ``stream`` encodes any character (UTF-8, the
+    station file's encoding in a UTF-8 locale: ``writes_unicode``; else escaped, as a Latin-1 stream could not
+    take a "–"). A list or mapping of plain values is written on one line (``polygon: [[0, 0], [100, 0]]`` as
+    ``- [0, 0]`` rows, ``frame: [1280, 1024]``), not one value a line."""
+    yaml.dump(data, stream, Dumper=StationDumper, sort_keys=False, allow_unicode=writes_unicode(stream),
+              default_flow_style=None)
+
+
+def writes_unicode(stream: Any) -> bool:
+    """True when the text stream ``stream`` encodes every character: its ``encoding`` is a UTF one (UTF-8, the
+    locale's as a rule), or it has none (an in-memory ``io.StringIO``)."""
+    encoding = getattr(stream, "encoding", None)
+    return encoding is None or codecs.lookup(encoding).name.startswith("utf")
 
 
 def station_yaml(text: str, path: Path) -> Any:

@@ -39,8 +39,16 @@ from fair_edge.disk import write_whole
 from fair_edge.errors import DataError
 
 MAX_PIXELS = 2**30  # OpenCV's limit on a decoded image (CV_IO_MAX_IMAGE_PIXELS), pixels; larger ones are refused
-# a mask file (ground-truth, ROI, zone) decoded: one channel (a colour mask by its luminance), at its stored depth
-MASK_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+# a mask file (ground-truth, ROI, zone) decoded as stored: its depth and channels, alpha included (``mask_planes``)
+MASK_FLAGS = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+# a colour mask's grey plane: one channel, its luminance at its stored depth (alpha dropped), as OpenCV decodes it
+MASK_GREY_FLAGS = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+# a drawn mask (ROI, zone: white = inside) at 8 bits: a pixel is inside from this value up (half scale), so the grey
+# fringe a JPEG rings around white and the near-black of an editor's "black" stay outside
+DRAWN_MASK_FROM = 128
+# how a drawn mask marks its pixels, for messages: what "white" means
+DRAWN_MASK_RULE = ("128 or more in an 8-bit mask, any nonzero value in a 16-bit or float one; transparent "
+                   "pixels are outside")
 TIFF_ORIENTATION_TAG = 274   # TIFF tag Orientation; value 1 = rows top to bottom, columns left to right (as stored)
 # image formats whose suffix is in no fair-edge image list (lower-case): a folder listing names the files it leaves
 # out for that reason (``left_out_images``). OpenCV reads JPEG / BMP aliases, Netpbm, JPEG 2000, float (PFM,
@@ -246,17 +254,46 @@ def tiff_orientation_value(data: np.ndarray) -> tuple[int, str] | None:
     return None
 
 
-def read_mask_pixels(path: str | Path, what: str = "mask") -> np.ndarray:
-    """A mask image file -> (H, W) bool, True where its stored value is nonzero: the one reader of ground-truth,
-    ROI and zone masks. what: the file's role, for messages ("ROI mask", "zone mask").
+def read_mask_pixels(path: str | Path, what: str = "mask", drawn: bool = False) -> np.ndarray:
+    """A mask image file -> (H, W) bool, True where it marks a pixel: the one reader of ground-truth, ROI and zone
+    masks. what: the file's role, for messages ("ROI mask", "zone mask"). drawn: the mask is drawn white on black
+    (ROI and zone masks: white = inside), not a label array (ground truth: any nonzero value marks a defect).
+
+    A pixel is marked when its grey value and, where the file has one, its alpha both pass the rule (``marked``):
+    any nonzero value; for a ``drawn`` mask at 8 bits, ``DRAWN_MASK_FROM`` (128) or more, so a JPEG's ringing
+    around a white shape is not inside. Transparent pixels (alpha 0) are never marked: a shape drawn on a
+    transparent layer (RGBA or grey + alpha PNG) is the shape, whatever colour its transparent pixels hold (white,
+    as PIL and Photoshop leave them, read as the whole frame when alpha was dropped).
 
     Read at the file's own depth (``MASK_FLAGS``): a 16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array
     saved as PNG) keeps its pixels (cut to its high byte it read all zero). A colour mask is read by its luminance
-    (0.299 R + 0.587 G + 0.114 B, rounded, at its depth). Pixels as stored (``decode_file``): an orientation tag,
-    EXIF or TIFF, is ignored, as for the images the mask is drawn on. A mask with no pixel set is returned as it is
-    (the caller decides what that means). Raises DataError naming the file when it is missing, empty, unreadable
-    or too large (``decode_file``)."""
-    return decode_file(path, MASK_FLAGS, what) > 0
+    (0.299 R + 0.587 G + 0.114 B, rounded, at its depth: ``MASK_GREY_FLAGS``). Pixels as stored (``decode_file``):
+    an orientation tag, EXIF or TIFF, is ignored, as for the images the mask is drawn on. A mask with no pixel set
+    is returned as it is (the caller decides what that means). Raises DataError naming the file when it is missing,
+    empty, unreadable or too large (``decode_file``)."""
+    grey, alpha = mask_planes(path, what)
+    pixels = marked(grey, drawn)
+    return pixels if alpha is None else pixels & marked(alpha, drawn)
+
+
+def mask_planes(path: str | Path, what: str = "mask") -> tuple[np.ndarray, np.ndarray | None]:
+    """A mask file's (grey, alpha) planes, each (H, W) at the file's depth; alpha None when it has none. A grey file
+    is decoded once; a colour one's grey plane is its luminance as OpenCV's grey decode gives it (decoded again:
+    ``MASK_GREY_FLAGS``). Raises DataError naming the file as ``decode_file`` does."""
+    stored = decode_file(path, MASK_FLAGS, what)
+    if stored.ndim == 2 or stored.shape[2] == 1:
+        return stored.reshape(stored.shape[:2]), None
+    alpha = stored[:, :, -1] if stored.shape[2] in (2, 4) else None   # grey + alpha, or BGRA
+    grey = stored[:, :, 0] if stored.shape[2] == 2 else decode_file(path, MASK_GREY_FLAGS, what)
+    return grey, alpha
+
+
+def marked(plane: np.ndarray, drawn: bool) -> np.ndarray:
+    """(H, W) bool: the pixels of a mask plane (grey or alpha, any depth) that mark: nonzero, or for a ``drawn``
+    8-bit plane ``DRAWN_MASK_FROM`` (128) or more (16-bit and float planes: nonzero, label arrays of 0 / 1)."""
+    if drawn and plane.dtype == np.uint8:
+        return plane >= DRAWN_MASK_FROM
+    return plane > 0
 
 
 def read_image(path: str | Path, check_damage: bool = False) -> np.ndarray:

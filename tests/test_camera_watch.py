@@ -68,11 +68,16 @@ def test_fault_output_is_held_during_an_outage_and_released_after():
 
     def back_after_outage(reason: str) -> bool:
         seen.append(reason)
-        return "camera reconnecting" in seen and reason == ""
+        return any(s.startswith("camera reconnecting") for s in seen) and reason == ""
 
     levels = run_watch(source, settings, back_after_outage)
-    assert [active for active, _ in levels][:2] == [True, False]
-    assert levels[0][1] == "camera reconnecting"
+    held = [reason for active, reason in levels[:-1]]
+    assert all(active for active, _ in levels[:-1]) and levels[-1] == (False, "cleared")   # held, then released
+    # the reason names the outage's cause: the link error, then why each reopen failed (a watch polled late on a
+    # loaded machine may see only the latter)
+    causes = ["camera reconnecting: line: link lost at slot 5 (injected disconnect)",
+              "camera reconnecting: line: camera unreachable (injected outage)"]
+    assert held in (causes, causes[1:]), held
 
 
 def test_a_camera_gone_for_good_keeps_the_fault_on():
@@ -101,9 +106,10 @@ def test_a_camera_still_down_when_the_run_stops_it_keeps_the_fault_and_is_not_ba
     with RejectScheduler(RejectSettings(), sinks=RecordingSink(), fault_sinks=light) as scheduler:
         capture = CaptureThread(source, settings).start()
         watch = CameraWatch(capture, scheduler, "top")
-        assert wait_for(lambda: watch() == "camera top: camera reconnecting")
+        down = "camera top: camera reconnecting: line: link lost for good at slot 5 (injected dead)"
+        assert wait_for(lambda: watch() == down)
         capture.stop()
-        assert watch() == "camera top: camera reconnecting"   # the run stopped it: not back
+        assert watch() == down   # the run stopped it: not back
         at_stop = watch.at_stop()
     assert at_stop.startswith("camera top: camera down when the run stopped: reconnecting (line: link lost")
     assert [active for active, _ in light.levels] == [True]

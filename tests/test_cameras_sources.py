@@ -200,7 +200,7 @@ def test_line_spec_takes_images_option():
 def test_unknown_kind_and_option_get_did_you_mean(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'video:'"):
         parse_source("vidoe:clip.avi")
-    with pytest.raises(ConfigError, match="no such device, file or kind"):
+    with pytest.raises(ConfigError, match="no device and no folder or file .*nothing-here"):
         parse_source(str(tmp_path / "nothing-here"))
     tmp_path.joinpath("a").mkdir()
     with pytest.raises(ConfigError, match="did you mean 'fps'") as info:

@@ -87,11 +87,11 @@ def test_exporting_reviewed_parts_again_still_replaces_their_copy(tmp_path):
     (station / "review").mkdir(parents=True)
     old, new = _frames(3, 2)
     cv2.imwrite(str(station / "review" / "r_1.png"), old)
-    Journal(station / "reviews.jsonl").append({"run": "r", "seq": 1, "label": "false_reject",
+    Journal(station / "reviews.jsonl").append({"run": "20261129T134000Z-3f2a", "seq": 1, "label": "false_reject",
                                                "image": "review/r_1.png"})
     export_reviewed(station, tmp_path / "ds")
     cv2.imwrite(str(station / "review" / "r_1.png"), new)
     export_reviewed(station, tmp_path / "ds")
     good = tmp_path / "ds" / "train" / "good"
-    assert [p.name for p in good.iterdir()] == ["r_00000001.png"]
-    assert np.array_equal(cv2.imread(str(good / "r_00000001.png")), new)
+    assert [p.name for p in good.iterdir()] == ["20261129T134000Z-3f2a_00000001.png"]
+    assert np.array_equal(cv2.imread(str(good / "20261129T134000Z-3f2a_00000001.png")), new)

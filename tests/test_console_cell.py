@@ -75,7 +75,8 @@ def test_cell_console_groups_views_by_part_and_reviews_one_view(station_bundles,
         assert [c["name"] for c in state["cameras"]] == ["top", "left"]
         assert {c["name"]: (c["counters"]["inspected"], c["counters"]["ng"]) for c in state["cameras"]} == \
             {"top": (4, 0), "left": (4, 1)}
-        assert state["parts"] == {"parts": 4, "ng": 1, "ok": 3, "not_inspected": 0, "late_views": 0, "resyncs": 0}
+        assert state["parts"] == {"parts": 4, "ng": 1, "ok": 3, "not_inspected": 0, "late_views": 0, "resyncs": 0,
+                                  "duplicate_views": 0}
         assert state["latest_part"]["part"] == 3 and not state["latest_part"]["ng"]
         assert [(t["camera"], t["seq"], t["ng"]) for t in state["tiles"]] == [("top", 3, False), ("left", 3, False)]
         recent = {(r["camera"], r["seq"]): r for r in state["recent"]}

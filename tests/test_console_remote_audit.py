@@ -31,7 +31,7 @@ from fair_edge.console.actions import StationLinks
 from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.training.collect import export_reviewed
-from test_console_units import _reviewed_station, api, one_camera_console, verdict
+from test_console_units import RUN, _reviewed_station, api, one_camera_console, verdict
 from inline_swaps import inline_swaps, kept_signals  # noqa: F401 (autouse fixtures)
 from test_reload_flags import (one_camera, run_command, set_file_threshold, take, two_cameras,
                                write_station)
@@ -285,8 +285,10 @@ def test_two_exports_in_the_same_second_each_write_a_whole_dataset_of_their_own(
     dests = sorted(Path(a["dest"]) for a in answers.values())
     assert [d.name for d in dests] == ["reviewed-20261129T130501", "reviewed-20261129T130501-2"]
     for dest in dests:
-        assert sorted(p.name for p in (dest / "train" / "good").iterdir()) == ["r1_00000001.png", "r1_00000002.png"]
-        assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == ["r1_00000003.png", "r1_00000004.png"]
+        assert sorted(p.name for p in (dest / "train" / "good").iterdir()) == [f"{RUN}_00000001.png",
+                                                                                f"{RUN}_00000002.png"]
+        assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == [f"{RUN}_00000003.png",
+                                                                                f"{RUN}_00000004.png"]
         assert not [p for p in dest.rglob("*") if p.is_file() and p.suffix != ".png"]
 
 

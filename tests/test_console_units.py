@@ -208,6 +208,10 @@ def test_collector_counts_a_two_or_four_channel_frame_as_unreadable(tmp_path):
     assert c.counts["unreadable"] == 2 and [p.name for p in (tmp_path / "out").iterdir()] == ["c.png"]
 
 
+RUN = "20261129T134000Z-3f2a"   # a run id as the station writes it (records.new_run_id): the only runs an export of
+                                # reviewed parts takes (training.collect.RUN_ID)
+
+
 def test_export_reviewed_sorts_parts_into_an_mvtec_layout(tmp_path):
     station = tmp_path / "station"
     (station / "review").mkdir(parents=True)
@@ -215,8 +219,8 @@ def test_export_reviewed_sorts_parts_into_an_mvtec_layout(tmp_path):
     for seq, label in ((1, "false_reject"), (2, "defect"), (3, "miss"), (4, "defect")):
         rel = f"review/r_{seq:08d}_{label}.png"
         cv2.imwrite(str(station / rel), _plate(seq))
-        journal.append({"run": "r", "seq": seq, "label": label, "image": rel})
-    journal.append({"run": "r", "seq": 4, "label": "false_reject", "image": "review/r_00000004_defect.png"})  # corrected
+        journal.append({"run": RUN, "seq": seq, "label": label, "image": rel})
+    journal.append({"run": RUN, "seq": 4, "label": "false_reject", "image": "review/r_00000004_defect.png"})  # fixed
     result = export_reviewed(station, tmp_path / "dataset")
     assert result["train/good"]["saved"] == 2 and result["test/defect"]["saved"] == 2
     assert len(list((tmp_path / "dataset" / "train" / "good").glob("*.png"))) == 2
@@ -238,8 +242,8 @@ def test_a_reviewed_part_is_exported_whatever_its_sharpness_and_counted_in_words
     for seq, label in ((1, "defect"), (2, "false_reject"), (3, "miss"), (4, "defect")):
         rel = f"review/r_{seq:08d}_{label}.png"
         cv2.imwrite(str(station / rel), images[seq])
-        journal.append({"run": "r", "seq": seq, "label": label, "image": rel})
-    journal.append({"run": "r", "seq": 5, "label": "defect", "image": "review/gone.png"})
+        journal.append({"run": RUN, "seq": seq, "label": label, "image": rel})
+    journal.append({"run": RUN, "seq": 5, "label": "defect", "image": "review/gone.png"})
     result = export_reviewed(station, tmp_path / "dataset")
     assert result["test/defect"]["saved"] == 3 and result["train/good"]["saved"] == 1 and result["no_image"] == 1
     assert len(list((tmp_path / "dataset" / "test" / "defect").glob("*.png"))) == 3
@@ -782,14 +786,15 @@ def test_a_relabelled_part_exported_again_is_in_its_new_labels_folder_only(tmp_p
     journal = Journal(station / "reviews.jsonl")
     cv2.imwrite(str(station / "review" / "p1.png"), _plate(1))
     cv2.imwrite(str(station / "review" / "p2.png"), _plate(2))
-    journal.append({"run": "r1", "seq": 1, "label": "false_reject", "image": "review/p1.png"})
-    journal.append({"run": "r1", "seq": 2, "label": "defect", "image": "review/p2.png"})
+    journal.append({"run": RUN, "seq": 1, "label": "false_reject", "image": "review/p1.png"})
+    journal.append({"run": RUN, "seq": 2, "label": "defect", "image": "review/p2.png"})
     dest = tmp_path / "dataset"
     assert export_reviewed(station, dest)["moved"] == 0
-    journal.append({"run": "r1", "seq": 1, "label": "defect", "image": "review/p1.png"})  # the operator corrects
+    journal.append({"run": RUN, "seq": 1, "label": "defect", "image": "review/p1.png"})  # the operator corrects
     result = export_reviewed(station, dest)
     assert sorted(p.name for p in (dest / "train" / "good").iterdir()) == []
-    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == ["r1_00000001.png", "r1_00000002.png"]
+    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == [f"{RUN}_00000001.png",
+                                                                            f"{RUN}_00000002.png"]
     assert result["moved"] == 1 and "1 reviewed part moved" in result["summary"]
 
 
@@ -1071,7 +1076,7 @@ def _reviewed_station(tmp_path, labels):
     journal = Journal(station / "reviews.jsonl")
     for seq, label in labels.items():
         cv2.imwrite(str(station / "review" / f"p{seq}.png"), _plate(seq))
-        journal.append({"run": "r1", "seq": seq, "label": label, "image": f"review/p{seq}.png"})
+        journal.append({"run": RUN, "seq": seq, "label": label, "image": f"review/p{seq}.png"})
     return station, journal
 
 
@@ -1083,16 +1088,16 @@ def test_exporting_again_keeps_an_earlier_copy_whose_image_is_gone_and_says_so(t
                                                     4: "defect"})
     dest = tmp_path / "dataset"
     export_reviewed(station, dest)
-    earlier = {n: (dest / "train" / "good" / f"r1_0000000{n}.png").read_bytes() for n in (1, 2, 3)}
+    earlier = {n: (dest / "train" / "good" / f"{RUN}_0000000{n}.png").read_bytes() for n in (1, 2, 3)}
     (station / "review" / "p1.png").unlink()                   # image gone, label unchanged
     (station / "review" / "p2.png").write_bytes(b"not a png")  # image unreadable, label unchanged
     (station / "review" / "p3.png").unlink()                   # image gone and relabelled: a defect after all
-    journal.append({"run": "r1", "seq": 3, "label": "defect", "image": "review/p3.png"})
+    journal.append({"run": RUN, "seq": 3, "label": "defect", "image": "review/p3.png"})
     result = export_reviewed(station, dest)
     good = dest / "train" / "good"
-    assert sorted(p.name for p in good.iterdir()) == ["r1_00000001.png", "r1_00000002.png"]
-    assert all((good / f"r1_0000000{n}.png").read_bytes() == earlier[n] for n in (1, 2))
-    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == ["r1_00000004.png"]
+    assert sorted(p.name for p in good.iterdir()) == [f"{RUN}_00000001.png", f"{RUN}_00000002.png"]
+    assert all((good / f"{RUN}_0000000{n}.png").read_bytes() == earlier[n] for n in (1, 2))
+    assert sorted(p.name for p in (dest / "test" / "defect").iterdir()) == [f"{RUN}_00000004.png"]
     assert (result["no_image"], result["kept"], result["moved"], result["removed"]) == (2, 2, 0, 1)
     assert result["train/good"] == {"saved": 0, "unreadable": 1} and result["test/defect"]["saved"] == 1
     text = result["summary"]
@@ -1108,7 +1113,7 @@ def test_a_failed_rewrite_of_a_reviewed_part_leaves_its_earlier_copy_whole(tmp_p
     station, _ = _reviewed_station(tmp_path, {1: "false_reject"})
     dest = tmp_path / "dataset"
     export_reviewed(station, dest)
-    copy = dest / "train" / "good" / "r1_00000001.png"
+    copy = dest / "train" / "good" / f"{RUN}_00000001.png"
     earlier = copy.read_bytes()
     cv2.imwrite(str(station / "review" / "p1.png"), _plate(9))   # a newer image of the same part
 
@@ -1121,10 +1126,10 @@ def test_a_failed_rewrite_of_a_reviewed_part_leaves_its_earlier_copy_whole(tmp_p
 
     monkeypatch.setattr(disk, "open", lambda path, mode="r": FullDisk(path, mode.replace("b", "")), raising=False)
     monkeypatch.setattr(cv2, "imwrite", lambda *a: False)        # the same fault for a direct OpenCV write
-    with pytest.raises(DataError, match="r1_00000001.png"):
+    with pytest.raises(DataError, match=f"{RUN}_00000001.png"):
         export_reviewed(station, dest)
     assert copy.read_bytes() == earlier
-    assert sorted(p.name for p in copy.parent.iterdir()) == ["r1_00000001.png"]
+    assert sorted(p.name for p in copy.parent.iterdir()) == [f"{RUN}_00000001.png"]
 
 
 def test_collect_from_a_folder_counts_the_files_the_replay_skips_as_unreadable(tmp_path):

@@ -28,7 +28,7 @@ from fair_edge.station.run import write_summary
 from fair_edge.station.views import GroupSettings, ViewSettings
 
 CAMERAS = ("top", "left")
-PARTS_ROW = re.compile(r"parts │ (\d+): (\d+) NG, (\d+) not inspected, (\d+) resyncs")
+PARTS_ROW = re.compile(r"parts │ (\d+): (\d+) NG, (\d+) not inspected, (\d+) resyncs \(a camera out of step\), (\d+) duplicate views")
 OK_ROW = re.compile(r"parts OK │ (\d+)")
 LATE_ROW = re.compile(r"views after their part closed │ (\d+)")
 
@@ -47,7 +47,7 @@ def shown_parts(text: str) -> dict:
         return {}
     late = LATE_ROW.search(text)
     return {"parts": int(parts[1]), "ng": int(parts[2]), "not_inspected": int(parts[3]), "resyncs": int(parts[4]),
-            "ok": int(OK_ROW.search(text)[1]), "late_views": int(late[1]) if late else 0}
+            "duplicate_views": int(parts[5]), "ok": int(OK_ROW.search(text)[1]), "late_views": int(late[1]) if late else 0}
 
 
 def stand_in_inspector() -> SimpleNamespace:
@@ -101,7 +101,7 @@ def test_each_part_counter_moves_in_the_live_table_and_ends_as_summary_json_has_
     for move, expected in moves:
         move()
         tick(inspector)
-        assert shown_parts(tables[-1]) == {**expected, "resyncs": 0}, tables[-1]
+        assert shown_parts(tables[-1]) == {**expected, "resyncs": 0, "duplicate_views": 0}, tables[-1]
     assert "camera top │ 3 inspected, 0 NG, 0 dropped, 0 lost" in tables[-1], tables[-1]
     assert "camera left │ 3 inspected, 1 NG, 0 dropped, 0 lost" in tables[-1], tables[-1]
     written = json.loads(write_summary(inspector.summary, tmp_path).read_text())
@@ -180,13 +180,13 @@ def test_a_running_cells_live_table_follows_each_part_and_ends_with_summary_json
                                                                                 on_tick=tables.draw)), daemon=True)
     runner.start()
     try:
-        tables.wait_for(dict(parts=1, ng=0, not_inspected=0, ok=1, late_views=0, resyncs=0))
+        tables.wait_for(dict(parts=1, ng=0, not_inspected=0, ok=1, late_views=0, resyncs=0, duplicate_views=0))
         for source in sources.values():
             source.admit()
-        tables.wait_for(dict(parts=2, ng=1, not_inspected=0, ok=1, late_views=0, resyncs=0))
+        tables.wait_for(dict(parts=2, ng=1, not_inspected=0, ok=1, late_views=0, resyncs=0, duplicate_views=0))
         for source in sources.values():
             source.admit()
-        last = tables.wait_for(dict(parts=3, ng=1, not_inspected=0, ok=2, late_views=0, resyncs=0))
+        last = tables.wait_for(dict(parts=3, ng=1, not_inspected=0, ok=2, late_views=0, resyncs=0, duplicate_views=0))
     finally:
         for source in sources.values():
             source.release()
@@ -199,4 +199,15 @@ def test_a_running_cells_live_table_follows_each_part_and_ends_with_summary_json
     written = json.loads((out / "summary.json").read_text())
     assert written["parts"] == shown_parts(last)
     assert {c: s["inspected"] for c, s in written["cameras"].items()} == {"top": 3, "left": 3}
+
+
+def test_the_run_tables_parts_row_shows_the_duplicate_views_skipped():
+    """``match: sequence``: a camera's frames taken twice (a trigger bounce) are skipped and counted
+    ``duplicate_views`` (``PartAssembler.stats``); the run table shows the count beside the resyncs."""
+    from fair_edge.cli.run import cell_rows
+
+    parts = {"parts": 40, "ng": 1, "not_inspected": 0, "ok": 39, "late_views": 0, "resyncs": 0,
+             "duplicate_views": 3}
+    (row, _ok) = cell_rows(SimpleNamespace(parts=parts, cameras={}))
+    assert row == ("parts", "40: 1 NG, 0 not inspected, 0 resyncs (a camera out of step), 3 duplicate views skipped")
 

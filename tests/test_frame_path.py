@@ -7,6 +7,7 @@ CPU path hands NumPy arrays to ONNX Runtime without going through torch."""
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import sys
 import threading
@@ -161,6 +162,13 @@ def traced(tmp_path_factory):
                             backend="onnxruntime", threshold=1e-9, output=work / "out",  # every part NG: pulses
                             record=RecordSettings(dir=work / "out"), console=ConsoleSettings(port=0),
                             reject=RejectSettings(sinks=(f"modbus://127.0.0.1:{plc.port}?coil=0",), delay_ms=300.0))
+        # a CLI test earlier in the session leaves fair-edge's own stderr handler (cli/root.py) on the root logger: a
+        # warning a loaded machine makes in a path thread (a late write) would run it and count cli/root.py on the path
+        root_logger = logging.getLogger()
+        cli_handlers = [h for h in root_logger.handlers
+                        if any(type(part).__module__.startswith("fair_edge.") for part in (h, h.formatter))]
+        for handler in cli_handlers:
+            root_logger.removeHandler(handler)
         threading.setprofile(trace)
         sys.setprofile(trace)
         try:
@@ -168,6 +176,8 @@ def traced(tmp_path_factory):
         finally:
             sys.setprofile(None)
             threading.setprofile(None)
+            for handler in cli_handlers:
+                root_logger.addHandler(handler)
         writes = list(plc.writes)
     finally:
         plc.stop()

@@ -155,7 +155,7 @@ def test_roi_and_zone_masks_ignore_an_orientation_tag_as_frames_do(tmp_path, fmt
     tagged.write_bytes(write(stored, 6))
     plain.write_bytes(write(stored, 1))
     assert cv2.imdecode(np.frombuffer(tagged.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE).shape == (60, 40)
-    expected = cv2.imdecode(np.frombuffer(plain.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE) > 0   # JPEG rings
+    expected = cv2.imdecode(np.frombuffer(plain.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE) >= 128   # white
     assert expected[30, 10] and not expected[5, 50]
     assert np.array_equal(roi_pixels(tagged), expected)
     assert np.array_equal(zone_pixels(tagged), expected)
@@ -176,7 +176,9 @@ def test_an_all_black_zone_mask_is_refused_naming_the_file_and_the_fix(tmp_path)
     """An empty zone mask was taken silently (an ignore zone that ignores nothing); the ROI's was refused."""
     cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((40, 60), np.uint8))
     with pytest.raises(ConfigError, match=r"regions\.zones\[0\]\.mask \(label\): .*empty\.png is all black.*"
-                                          r"draw the zone in white \(any nonzero value\).*or remove the zone"):
+                                          r"draw the zone in white \(128 or more in an 8-bit mask, any "
+                                          r"nonzero value in a 16-bit or float one; transparent pixels are outside\)"
+                                          r".*or remove the zone"):
         zone_pixels(tmp_path / "empty.png")
     with pytest.raises(ConfigError, match=r"decision\.roi: .*empty\.png is all black.*draw the inspected area"):
         roi_pixels(tmp_path / "empty.png")

@@ -94,7 +94,7 @@ def test_a_held_frame_stamped_when_read_is_a_late_view_of_its_part_never_paired_
     assert held_part == STALL.start and line.asm.part_of("left", STALL.start) == STALL.start
     assert sorted(p for p, row in line.rows.items() if row["missing"]) == list(STALL)
     assert line.asm.stats == {"parts": TRIGGERS, "ng": len(STALL), "ok": TRIGGERS - len(STALL),
-                              "not_inspected": len(STALL), "late_views": 1, "resyncs": 1}
+                              "not_inspected": len(STALL), "late_views": 1, "resyncs": 1, "duplicate_views": 0}
 
 
 @pytest.mark.parametrize("match", ["sequence", "window"])

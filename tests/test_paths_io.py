@@ -102,10 +102,13 @@ def test_a_video_whose_path_is_not_utf8_is_refused_naming_it_and_the_fix(tmp_pat
         assert "clip" + "lat\\xe9n.avi is not UTF-8 (byte 0xe9" in said and "Rename" in said, said
 
 
+RUN = "20261129T134000Z-00e1"   # a run id as the station writes it: the only runs an export of reviewed parts takes
+
+
 def test_collect_reviewed_reads_a_station_folder_whose_name_is_not_utf8(tmp_path):
     station = tmp_path / LATIN1
     _png(station / "ng" / "R1_00000003_frame.png", _plate(3))
-    (station / "reviews.jsonl").write_text(json.dumps({"run": "R1", "seq": 3, "label": "false_reject",
+    (station / "reviews.jsonl").write_text(json.dumps({"run": RUN, "seq": 3, "label": "false_reject",
                                                        "image": "ng/R1_00000003_frame.png"}) + "\n")
     result = _child(
         "import json, sys\n"
@@ -114,7 +117,7 @@ def test_collect_reviewed_reads_a_station_folder_whose_name_is_not_utf8(tmp_path
         "print(json.dumps({k: result[k] for k in ('train/good', 'no_image')}))\n",
         station, tmp_path / "dataset")
     assert result == {"train/good": {"saved": 1, "unreadable": 0}, "no_image": 0}
-    assert np.array_equal(decode_file(tmp_path / "dataset" / "train" / "good" / "R1_00000003.png"), _plate(3))
+    assert np.array_equal(decode_file(tmp_path / "dataset" / "train" / "good" / f"{RUN}_00000003.png"), _plate(3))
 
 
 def test_a_console_review_keeps_the_ng_frame_of_a_station_folder_whose_name_is_not_utf8(tmp_path):

@@ -51,15 +51,17 @@ class _FullDiskFile:
 
 
 def full_disk(monkeypatch, folder: Path) -> None:
-    """From now on, files opened for writing in ``folder`` (by ``open`` or ``Path.write_text``) are on a full disk
-    (``_FullDiskFile``); opening still truncates them, as it does on a real one."""
+    """From now on, files opened for writing in ``folder`` (by ``open``, ``Path.write_text``, or ``open`` of a file
+    descriptor, as ``disk.write_whole`` writes its temporary) are on a full disk (``_FullDiskFile``); opening still
+    truncates them, as it does on a real one."""
     real_open = io.open
 
     def open_on_full_disk(file, mode="r", *args, **kwargs):
         fh = real_open(file, mode, *args, **kwargs)
         writes = any(flag in mode for flag in "wax+")
-        in_folder = isinstance(file, (str, os.PathLike)) and Path(file).parent.resolve() == folder.resolve()
-        return _FullDiskFile(fh, os.fspath(file)) if writes and in_folder else fh
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else file
+        in_folder = isinstance(name, (str, os.PathLike)) and Path(name).parent.resolve() == folder.resolve()
+        return _FullDiskFile(fh, os.fspath(name)) if writes and in_folder else fh
 
     monkeypatch.setattr(io, "open", open_on_full_disk)
     monkeypatch.setattr(builtins, "open", open_on_full_disk)

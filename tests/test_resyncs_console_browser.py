@@ -27,7 +27,7 @@ def test_the_console_part_counters_show_the_resyncs_of_a_slipped_camera(browser,
 
     from fair_edge.console.server import ConsoleServer
 
-    parts = slipped_parts({"right": {10, 40}})
+    parts = {**slipped_parts({"right": {10, 40}}), "duplicate_views": 3}   # and one camera's frames taken twice
     assert parts["resyncs"] == 2
     console, inspector = one_camera_console(tmp_path)
     inspector.views = {}   # cell_state asks the inspector for each camera's model: none here
@@ -36,5 +36,5 @@ def test_the_console_part_counters_show_the_resyncs_of_a_slipped_camera(browser,
     with ConsoleServer(console.feed, console.actions) as server:
         browser.get(server.url)
         wait(browser, lambda d: "parts: 60" in text(d, "part-counters"), what="the part counters")
-        assert text(browser, "part-counters").endswith("· resyncs (camera out of step) 2"), \
+        assert text(browser, "part-counters").endswith("· resyncs (camera out of step) 2 · duplicate views skipped 3"), \
             text(browser, "part-counters")

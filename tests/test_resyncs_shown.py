@@ -30,7 +30,7 @@ def test_the_run_summary_parts_row_counts_the_times_a_camera_fell_out_of_step(mo
     summary = RunSummary(cameras={"left": CAMERA, "right": CAMERA}, parts=parts)
     printed = _printed_summary(monkeypatch, summary)
     assert (f"parts │ 60: {parts['ng']} NG, {parts['not_inspected']} not inspected, {resyncs} resyncs (a camera "
-            "out of step) │") in printed, printed
+            "out of step), 0 duplicate views skipped │") in printed, printed
 
 
 def test_parts_matched_other_than_by_sequence_show_no_resync_count(monkeypatch):

@@ -80,7 +80,8 @@ def test_a_slip_longer_than_the_part_timeout_pairs_again_instead_of_splitting_ev
     assert len(rows) == 200 and all(len(_triggers(row, trigger_of)) == 1 for row in rows.values())
     missing = sorted(t for row in rows.values() if row["missing"] for t in _triggers(row, trigger_of))
     assert missing == [30, 60, 61, 62, 63, 64, 65, 66]
-    assert asm.stats == {"parts": 200, "ng": 8, "ok": 192, "not_inspected": 8, "late_views": 1, "resyncs": 2}
+    assert asm.stats == {"parts": 200, "ng": 8, "ok": 192, "not_inspected": 8, "late_views": 1, "resyncs": 2,
+                         "duplicate_views": 0}
 
 
 def test_capture_time_jitter_of_cameras_in_step_pairs_by_seq_as_before():

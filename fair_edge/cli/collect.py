@@ -55,7 +55,9 @@ def collect(
         check_out_outside(out, source)
     if reviewed is not None:
         result = export_reviewed(reviewed, out)
-        console.print(f"[green]exported every reviewed part[/] to {escape(str(out))}: {escape(result['summary'])}")
+        done = "[yellow]exported the reviewed parts, rows refused[/]" if result.get("refused") else \
+            "[green]exported every reviewed part[/]"
+        console.print(f"{done} to {escape(str(out))}: {escape(result['summary'])}")
         return
     from fair_edge.cameras import open_source
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 from dataclasses import replace
@@ -132,14 +133,16 @@ def reject_overrides(settings, sinks: Optional[list[str]], delay_ms: Optional[fl
 def cell_rows(summary) -> list[tuple[str, object]]:
     """Rows for a station of several cameras (``RunSummary.parts`` and ``.cameras``; the live table's and the run
     summary's): the parts (NG, of them not inspected: fail-safe; with ``group.match: sequence``, the times a camera
-    fell out of step and was matched again: ``resyncs``), the parts OK, the views that came after their part closed
+    fell out of step and was matched again, ``resyncs``, and a camera's frames taken twice and skipped,
+    ``duplicate_views``), the parts OK, the views that came after their part closed
     (``late_views``) when there are any, then each camera (empty with one camera), with the files its replay could
     not decode when there are any (``unreadable``)."""
     rows: list[tuple[str, object]] = []
     if summary.parts:
         p = summary.parts
         resyncs = f", {p['resyncs']} resyncs (a camera out of step)" if "resyncs" in p else ""
-        rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected{resyncs}"))
+        duplicates = f", {p['duplicate_views']} duplicate views skipped" if "duplicate_views" in p else ""
+        rows.append(("parts", f"{p['parts']}: {p['ng']} NG, {p['not_inspected']} not inspected{resyncs}{duplicates}"))
         rows.append(("parts OK", p["ok"]))
         if p.get("late_views"):
             rows.append(("views after their part closed", p["late_views"]))
@@ -224,7 +227,8 @@ def run(
                                            "batching, decision, output, reject, record, metrics, mqtt, console, "
                                            "regions). Flags override it, and a reload (SIGHUP) keeps --bundle and "
                                            "--threshold over the file it re-reads, until a threshold applied from "
-                                           "the console is in force."),
+                                           "the console is in force. Relative paths in it are read from the "
+                                           "current folder, not the file's (README, \"The station file\")."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="Replay an image folder, one image or a video file instead of a camera."),
@@ -304,6 +308,8 @@ def run(
                        console=console_settings(cfg.console, console_mode, console_port))
     signals = StationSignals(ReloadFlags(bundle=bundle, threshold=threshold, backend=backend, roi=roi),
                              file_at_start)
+    if cfg.bundle is not None or cfg.cameras:
+        print_plain(bundles_text(cfg))   # as found from here: a relative bundle: is read from the current folder
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
 
     def show_live(inspector) -> None:
@@ -321,6 +327,20 @@ def run(
                       f"delivered none[/] (exit code {code}): check the PLC link and the sink URL.")
     if code:
         raise typer.Exit(code)
+
+
+def bundles_text(cfg) -> str:
+    """The start line naming the bundle the station loads as an absolute path (with a cameras: list, each camera's:
+    ``bundles: top /abs/a, side /abs/b``), and, when one was given relative, the current folder it is read from,
+    e.g. "bundle /srv/line3/bundle (relative paths in the station file are read from the current folder,
+    /srv/line3)". A station started in another folder runs that folder's bundle of the same name: this line shows
+    which. cfg: the StationConfig with the flags applied."""
+    given = {view.name: view.bundle or cfg.bundle for view in cfg.cameras} or {"": cfg.bundle}
+    named = ", ".join(f"{name} {os.path.abspath(path) if path else '(none)'}".strip() for name, path in given.items())
+    relative = any(path is not None and not Path(path).is_absolute() for path in given.values())
+    where = (f" (relative paths in the station file are read from the current folder, {os.getcwd()})" if relative
+             else "")
+    return f"{'bundles:' if cfg.cameras else 'bundle'} {named}{where}"
 
 
 def check_stop_flags(max_frames: Optional[int], duration: Optional[float]) -> None:

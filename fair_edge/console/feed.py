@@ -245,8 +245,10 @@ class StationFeed:
 
     # ------------------------------------------------------------------ loop side (O(1))
     def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
-        """Verdict callback: remember the part. Appends only; never blocks, never copies."""
-        part = Part(verdict, frame, anomaly_map)
+        """Verdict callback: remember the part. Appends only; never blocks, never copies. A frame whose image is no
+        numpy array (a malformed frame's None or list: NG, not inspected) is kept as no frame (``Part.frame`` None:
+        nothing to draw or review)."""
+        part = Part(verdict, frame if isinstance(getattr(frame, "image", None), np.ndarray) else None, anomaly_map)
         _append(self.recent, self._recent_index, verdict)
         if self.settings.keep_frames:
             self.frames.append(part)

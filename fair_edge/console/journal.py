@@ -26,6 +26,7 @@ from fair_edge.errors import RecorderError
 
 log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 64 * 1024   # check_writable: room for the next entry (one is under 1 KiB) and then some
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)   # a link in a journal's place is never written through (ELOOP: refused)
 
 REVIEWS = "reviews.jsonl"
 AUDIT = "audit.jsonl"
@@ -52,7 +53,7 @@ class Journal:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 created = not self.path.exists()
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o644)
                 try:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -77,7 +78,7 @@ class Journal:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 created = not self.path.exists()
-                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o644))
                 if created:
                     self.path.unlink()
             except OSError as exc:   # the text of ``append``'s

@@ -31,7 +31,10 @@ NG and review images, the JSONL logs and their rotations, JSON and CSV tables): 
 (``..``, an absolute path, a symlink) or to a file of another kind (a copy of the station file: ``station.yaml.bak``,
 ``old/station.yml``, an editor's ``station.yaml~``) is refused with 404, and so is the station file itself (it holds
 ``console.token``) and a temporary copy of it where a folder served holds it (a warning at start names a station file
-inside a folder served); a file is streamed in chunks, up to its size when opened.
+inside a folder served); a file is streamed in chunks, up to its size when opened. The checks hold for the file
+opened, not only for its name: the path checked is opened without following a link and checked again once open
+(a regular file, its real path inside the folder, not the station file), so a file or a folder above it swapped for
+a link (or a FIFO) between the check and the open is 404 too.
 The console shares the station's process, so its readers must not take what the station needs (open files, the
 event loop): uvicorn answers 503 once ``MAX_CONNECTIONS`` connections are open (a connection that has not sent a
 whole request header within ``HEADER_TIMEOUT_S`` is closed: idle ones cannot hold them), and ``/api/events`` answers 503
@@ -51,6 +54,7 @@ import json
 import logging
 import mimetypes
 import os
+import stat
 import threading
 import time
 from importlib import resources
@@ -93,6 +97,11 @@ MAX_EVENT_STREAMS = 32   # open /api/events streams (each never ends): half the 
 # copy of the station file, console.token in it: station.yaml.bak, station.yml, station.yaml~)
 SERVED_SUFFIXES = frozenset({*(f".{ext}" for ext in IMAGE_FORMATS), ".png", ".json", ".jsonl", ".csv"})
 ROTATED_LOG_SUFFIX = ".jsonl"   # a log rotated by line.jsonl.RotatingJsonl: NAME.jsonl.1 .. NAME.jsonl.N
+# how /files/ and /records/ open the file ``safe_file`` checked (``open_file_part``): never through a link (one
+# swapped in after the check fails to open: ELOOP), never waiting (a FIFO swapped in opens at once, and is then
+# refused), not inherited by a child process; each flag 0 where the OS has none
+OPEN_SERVED = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+OPEN_FD_LINKS = "/proc/self/fd"   # Linux: each open descriptor as a link to the real path of its file
 SAFE_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"),
                 (b"x-content-type-options", b"nosniff"))   # on every response (SafeHeaders)
 
@@ -160,14 +169,66 @@ def station_file_warning(station_file: Path | None, folders: dict[str, Path | No
             "file out of the output and record folders")
 
 
-def open_file_part(path: Path) -> tuple[BinaryIO, int]:
-    """(binary file object, its size in bytes now) of ``path``: what a response sends of a file that may grow."""
-    handle = open(path, "rb")
+def open_file_part(path: Path, root: Path, station_file: Path | None = None) -> tuple[BinaryIO, int] | None:
+    """(binary file object, its size in bytes now) of ``path``, the file ``safe_file`` checked by name under ``root``:
+    what a response sends of a file that may grow. None when what opens there now is not a file it would serve:
+    the name is opened without following a link or waiting (``OPEN_SERVED``: a link swapped in after the check does
+    not open, a FIFO opens at once) and the checks are made again on the file opened (``opened_is_served``), so a
+    file or a folder above it swapped for a link between the check and the open serves nothing. Raises OSError
+    when ``path`` cannot be opened (gone, a link now)."""
+    fd = os.open(path, OPEN_SERVED)
     try:
-        return handle, os.fstat(handle.fileno()).st_size
-    except OSError:
-        handle.close()
+        info = os.fstat(fd)
+        if not opened_is_served(fd, info, path, root, station_file):
+            os.close(fd)
+            return None
+        if OPEN_SERVED & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
+    return handle, info.st_size
+
+
+def opened_is_served(fd: int, info: os.stat_result, path: Path, root: Path, station_file: Path | None) -> bool:
+    """Whether the file open as ``fd`` (``info``: its fstat) passes ``safe_file``'s checks itself, not only its
+    name did: a regular file (no FIFO, device or folder), whose real path (``opened_path``) is inside ``root``
+    resolved, of a kind served (``served_kind``) and not the station file (``withheld``: by its path, and by its
+    device and inode, a hard link to it too)."""
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    real = opened_path(fd, info, path)
+    if real is None or not real.is_relative_to(Path(root).resolve()) or not served_kind(real.name):
+        return False
+    return not withheld(real, station_file) and not same_file(info, station_file)
+
+
+def opened_path(fd: int, info: os.stat_result, path: Path) -> Path | None:
+    """The real path of the file open as ``fd`` (``info``: its fstat): the kernel's own (``OPEN_FD_LINKS``, Linux);
+    where there is none, ``path`` resolved again when that is the same file (device and inode). None when it cannot
+    be told: the file was removed or replaced since it was opened."""
+    try:
+        real = os.readlink(f"{OPEN_FD_LINKS}/{fd}")
+    except OSError:   # no /proc (macOS, a container without it)
+        try:
+            resolved = Path(path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return resolved if same_file(info, resolved) else None
+    return Path(real) if os.path.isabs(real) and not real.endswith(" (deleted)") else None
+
+
+def same_file(info: os.stat_result, other: Path | None) -> bool:
+    """Whether ``other`` (links followed) is the file whose stat is ``info`` (the same device and inode); False for
+    None or a path that cannot be read."""
+    if other is None:
+        return False
+    try:
+        named = os.stat(other)
+    except (OSError, ValueError):
+        return False
+    return (named.st_dev, named.st_ino) == (info.st_dev, info.st_ino)
 
 
 def file_chunks(handle: BinaryIO, size: int, chunk: int = FILE_CHUNK_BYTES):
@@ -186,14 +247,18 @@ def file_chunks(handle: BinaryIO, size: int, chunk: int = FILE_CHUNK_BYTES):
 async def serve_file(root: Path | None, rel: str, station_file: Path | None = None) -> Response:
     """``rel`` under ``root`` (traversal-safe, of a kind served, never the station file: ``safe_file``; else 404)
     streamed up to its size when opened: the station may be appending to it, and a body longer than its
-    Content-Length is a broken response."""
+    Content-Length is a broken response. The file sent is the one opened, checked again once open
+    (``open_file_part``): one swapped for a link or a FIFO after the check is 404."""
     path = None if root is None else safe_file(root, rel, station_file)
     if path is None:
         return Response("not found", status_code=404)
     try:
-        handle, size = await asyncio.to_thread(open_file_part, path)
+        opened = await asyncio.to_thread(open_file_part, path, root, station_file)
     except OSError:
         return Response("not found", status_code=404)
+    if opened is None:   # not what was checked: swapped meanwhile
+        return Response("not found", status_code=404)
+    handle, size = opened
     return StreamingResponse(file_chunks(handle, size), headers={"Content-Length": str(size)},
                              media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 

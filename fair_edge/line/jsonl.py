@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from ..records import json_safe
 log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)   # a write failed for want of space: rotated files can make room
+# how a log is opened (``open_log``): for appending, created if missing, never through a link (a link put in the
+# output folder in its place fails the open: ELOOP, counted as a failed write), never waiting (a FIFO put there opens
+# at once, and is then refused), not inherited by a child process; each flag 0 where the OS has none
+NON_BLOCK = getattr(os, "O_NONBLOCK", 0)
+NOT_THROUGH_LINKS = getattr(os, "O_NOFOLLOW", 0) | NON_BLOCK | getattr(os, "O_CLOEXEC", 0)
+OPEN_LOG = os.O_RDWR | os.O_APPEND | os.O_CREAT | NOT_THROUGH_LINKS
 
 
 def json_line(obj: dict[str, Any]) -> bytes:
@@ -125,21 +132,32 @@ class RotatingJsonl:
         return max(0, (self.keep + 1) * self.max_bytes - held)
 
     def _open(self) -> None:
-        """Open for appending, first cutting off a torn last line (the file does not end in a newline)."""
-        end = _whole_lines_end(self.path)
-        if end is not None:
-            os.truncate(self.path, end)
-            self.torn_cut += 1
-            log.warning("%s: cut off a torn last line at byte %d (a write had failed part-way)", self.path, end)
-        self._f = open(self.path, "ab")
+        """Open for appending (``open_log``: never through a link), first cutting off a torn last line (the file
+        does not end in a newline)."""
+        fd = open_log(self.path)
+        try:
+            end = _whole_lines_end(fd)
+            if end is not None:
+                os.ftruncate(fd, end)
+                self.torn_cut += 1
+                log.warning("%s: cut off a torn last line at byte %d (a write had failed part-way)", self.path, end)
+            self._f = open(fd, "ab")   # the descriptor: closed with the file object
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _cut_back(self, size: int) -> None:
-        """Cut the file back to ``size`` bytes (its length before a write that failed part-way); if that
-        fails too, the next ``_open`` cuts the torn line."""
+        """Cut the file back to ``size`` bytes (its length before a write that failed part-way), never through a
+        link; if that fails too, the next ``_open`` cuts the torn line."""
         try:
-            if os.path.getsize(self.path) > size:
-                os.truncate(self.path, size)
-                self.torn_cut += 1
+            fd = os.open(self.path, os.O_WRONLY | NOT_THROUGH_LINKS)
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_size > size:
+                    os.ftruncate(fd, size)
+                    self.torn_cut += 1
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.debug("%s: cutting a failed write back to %d bytes failed: %s", self.path, size, exc)
 
@@ -178,25 +196,59 @@ class RotatingJsonl:
         self._close_quietly()
 
 
-def _whole_lines_end(path: Path, block: int = 4096) -> int | None:
-    """None when ``path`` is missing, empty or ends in a newline; else the length of its whole lines (the
-    byte after its last newline, 0 when it has none): where a torn last line begins."""
+def open_log(path: Path) -> int:
+    """A descriptor of the log ``path`` open for appending (``OPEN_LOG``; made with mode 0o666 less the umask when
+    missing, as ``open(path, "ab")`` made it), blocking as usual once open. Raises OSError when ``path`` is a link
+    (ELOOP: a link put in the output folder is never written through) or no regular file (a FIFO, a folder)."""
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return None
-    if size == 0:
-        return None
-    with open(path, "rb") as f:
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            if pos == size and chunk.endswith(b"\n"):
-                return None
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                return start + nl + 1
-            pos = start
-    return 0
+        fd = os.open(path, OPEN_LOG, 0o666)
+    except OSError as exc:
+        if os.path.islink(path):   # ELOOP (Linux), EMLINK (BSD): said in words
+            raise OSError(exc.errno, f"a symbolic link (to {_link_target(path)}) is in the log's place; the station "
+                          "never writes through a link in its output folder: remove the link", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"expected a regular file for the log, found {_kind(mode)}; remove it",
+                          str(path))
+        if NON_BLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _link_target(path: Path) -> str:
+    """Where the symbolic link ``path`` leads, as written; "?" when it cannot be read (removed meanwhile)."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _kind(mode: int) -> str:
+    """What a file of ``mode`` (st_mode) is, in words: a FIFO, a folder, a device, a socket."""
+    for test, words in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "a device"
+
+
+def _whole_lines_end(fd: int, block: int = 4096) -> int | None:
+    """None when the file open as ``fd`` is empty or ends in a newline; else the length of its whole lines (the
+    byte after its last newline, 0 when it has none): where a torn last line begins."""
+    size = os.fstat(fd).st_size
+    pos = size
+    while pos > 0:
+        start = max(0, pos - block)
+        os.lseek(fd, start, os.SEEK_SET)
+        chunk = os.read(fd, pos - start)
+        if pos == size and chunk.endswith(b"\n"):
+            return None
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return None if size == 0 else 0

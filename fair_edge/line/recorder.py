@@ -112,6 +112,14 @@ def _image_bytes(item: tuple | None) -> int:
     return int(getattr(frame.image, "nbytes", 0)) + int(getattr(amap, "nbytes", 0))
 
 
+def image_array(image: object) -> np.ndarray:
+    """A frame's image to save as it is; ``RecorderError`` for one that is no numpy array (a malformed frame's None
+    or list, which the station judged NG, not inspected): ``_write_images`` counts it ``images_failed``."""
+    if isinstance(image, np.ndarray):
+        return image
+    raise RecorderError(f"expected the frame's image as a numpy array; found {type(image).__name__}")
+
+
 def _ascii(text: str) -> str:
     """The reason as the image font (ASCII only) can draw it: mm² -> mm2, ≥ -> >=, letters with accents without
     them (a zone named Dichtfläche -> Dichtflache: NFKD, combining marks dropped) and any other character '?'."""
@@ -611,7 +619,7 @@ class Recorder:
         start = self._timer()
         try:
             images = [(ng_image_path(self.dir, self.run_id, verdict.seq, "frame", ext, verdict.camera),
-                       gray_2d(frame.image))]
+                       gray_2d(image_array(frame.image)))]
             if amap is not None:
                 images.append((ng_image_path(self.dir, self.run_id, verdict.seq, "overlay", ext, verdict.camera),
                                self._overlay(frame.image, amap, verdict)))

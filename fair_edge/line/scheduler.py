@@ -10,7 +10,9 @@ count ``count_at_capture + reject.encoder_distance``. Its verdict may come any t
 - no verdict in time (slow inference, frame dropped from the queue), or a verdict whose ``error`` is
   set (inference failed, malformed frame: the part was not inspected; counted ``error_verdicts``,
   not ``ng``) -> ``fail_safe: reject``: pulse at the due time, counted ``rejected_uninspected``;
-  ``fail_safe: alarm``: no pulse, counted ``passed_uninspected``, the fault output latches.
+  ``fail_safe: alarm``: no pulse, counted ``passed_uninspected``, the fault output latches. Their journal lines
+  are grouped by ``UninspectedLog`` as gap_missed ones are (below): a camera whose every frame is malformed
+  logged a line per part.
 
 A verdict that comes after its part was decided is counted ``late_verdicts`` and never fires:
 the gate only ever acts on the part in front of it. A part is decided (its outcome recorded) under
@@ -105,6 +107,7 @@ PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "miss
                  "unconfirmed": "unconfirmed"}
 SEQS_NAMED = 20          # sequence numbers an alarm or log line names at most (the rest are counted)
 GAP_LOG_S = 10.0         # gap_missed parts after the first are logged together, one line per this many seconds
+WHYS_NAMED = 3           # distinct reasons a grouped line of parts decided uninspected names at most (with counts)
 GAP_MISSED_WHY = ("min_gap_ms after the previous pulse would put its edge past due + late_ms (it would hit the next "
                   "part)")
 ABANDONED = "abandoned"   # a part still between camera and gate when the run ended: no decision, no pulse
@@ -224,6 +227,7 @@ class RejectScheduler:
         self._fault_shown = False
         self._fault_lock = threading.RLock()   # fault state + output writes: sink threads report concurrently
         self._gap_log = GapMissLog()   # groups the journal lines of gap_missed parts
+        self._uninspected_log = UninspectedLog(settings.fail_safe)   # and of parts decided uninspected
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -304,10 +308,8 @@ class RejectScheduler:
                 part.error = verdict.error
             elif part is not None:
                 part.state, part.score = (NG if verdict.ng else GOOD), verdict.score
-        if part is not None:
+        if part is not None:   # one with an error is logged when decided (_note_uninspected), not here as well
             if uninspected:
-                log.warning("part seq %d: verdict has an error (%s); decided by fail_safe: %s at its due time",
-                            verdict.seq, verdict.error, self.settings.fail_safe)
                 return UNINSPECTED
             return SCHEDULED if verdict.ng else OK
         if refused:
@@ -481,6 +483,7 @@ class RejectScheduler:
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop within 2 s")
         self._log_alarm(self._gap_log.close())
+        self._log_uninspected(self._uninspected_log.close())
         self.abandon_pending()
         for sink in self._owned:
             sink.close()
@@ -545,6 +548,7 @@ class RejectScheduler:
                 for part, outcome in decided:
                     self._decide(part, outcome)
             self._log_alarm(self._gap_log.due())
+            self._log_uninspected(self._uninspected_log.due())
 
     def _wait_time(self) -> list[tuple[_Part, str]]:
         with self._lock:
@@ -642,7 +646,8 @@ class RejectScheduler:
             pass   # no pulse: the gate does not know where the part is (alarmed for the batch by _alarm_lost)
         elif outcome == "passed_uninspected":
             why = f" (verdict error: {part.error})" if part.error else ""
-            self._raise_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
+            self._latch_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
+            self._note_uninspected(part)
         elif outcome == "gap_missed":
             self._latch_alarm(f"part seq {part.seq} not rejected: {GAP_MISSED_WHY}")
             self._log_alarm(self._gap_log.note(part.seq))
@@ -686,14 +691,29 @@ class RejectScheduler:
 
     def _fire(self, part: _Part, uninspected: bool) -> None:
         if uninspected:
-            why = f"verdict error ({part.error})" if part.error else "no verdict by its due time"
-            log.warning("part seq %d: %s; rejected uninspected (fail_safe: reject)", part.seq, why)
+            self._note_uninspected(part)
         if part.t_edge is None:
             raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
                             uninspected, part.score, part.count)
         self._sinks.pulse(event)
         self._counters.add("fired")
+
+    def _note_uninspected(self, part: _Part) -> None:
+        """Part decided uninspected (rejected or passed by ``fail_safe``): its journal line, grouped
+        (``UninspectedLog``)."""
+        why = f"verdict error ({part.error})" if part.error else "no verdict by its due time"
+        self._log_uninspected(self._uninspected_log.note((part.seq, why)))
+
+    def _log_uninspected(self, line: str | None) -> None:
+        """The journal's line for parts decided uninspected (None: nothing to log now): an alarm with ``fail_safe:
+        alarm`` (each part latched it), else a warning (each part was rejected)."""
+        if line is None:
+            return
+        if self.settings.fail_safe == "alarm":
+            self._log_alarm(line)
+        else:
+            log.warning("reject gate: %s", line)
 
     def _tell(self, row: dict) -> None:
         if self.on_part is None:
@@ -891,3 +911,39 @@ class GapMissLog(GroupedLog):
         count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
         return (f"{count} not rejected (gap_missed) in the last {span_s:.1f} s, seq {held[0]} .. {held[-1]}: "
                 f"{seq_list(held)}; {GAP_MISSED_WHY}")
+
+
+class UninspectedLog(GroupedLog):
+    """Groups the journal lines of parts decided uninspected (``GroupedLog``): a verdict with ``error`` set
+    (malformed frame, inference failed) or none by the due time, then rejected (``fail_safe: reject``) or passed
+    with the alarm latched (``alarm``). A camera switched to 16-bit makes every frame malformed: each part logged
+    two warnings (at its verdict and at its decision), a flood at line rate; now the first part after a quiet spell is
+    logged at once, naming it and why, and the parts after it one line per ``window_s`` (their count, first and last
+    sequence number, the first ``SEQS_NAMED`` of them, and the first ``WHYS_NAMED`` reasons with their counts). Each
+    part is still counted, decided and written to gate.jsonl (its ``error`` there).
+
+    fail_safe: ``reject`` or ``alarm`` (what became of the parts). window_s: seconds a line gathers parts (None:
+    ``GAP_LOG_S``). clock: monotonic seconds. ``note((seq, why))``: part ``seq`` was decided uninspected for ``why``.
+    """
+
+    def __init__(self, fail_safe: str, window_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(GAP_LOG_S if window_s is None else window_s, clock)
+        self.decided = ("passed the gate uninspected (fail_safe: alarm)" if fail_safe == "alarm"
+                        else "rejected uninspected (fail_safe: reject)")
+
+    def _first_line(self, event: tuple[int, str]) -> str:
+        seq, why = event
+        return (f"part seq {seq} {self.decided}: {why}; further such parts are logged together, one line per "
+                f"{self.window_s:g} s (each is in gate.jsonl)")
+
+    def _gathered_line(self, held: list[tuple[int, str]], span_s: float) -> str:
+        seqs = [seq for seq, _ in held]
+        whys: dict[str, int] = {}
+        for _, why in held:
+            whys[why] = whys.get(why, 0) + 1
+        named = "; ".join(f"{why} ({n})" for why, n in list(whys.items())[:WHYS_NAMED])
+        others = len(whys) - WHYS_NAMED
+        count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
+        return (f"{count} {self.decided} in the last {span_s:.1f} s, seq {seqs[0]} .. {seqs[-1]}: {seq_list(seqs)}; "
+                f"{named}" + (f"; and {others} other reason{'s' if others > 1 else ''}" if others > 0 else ""))

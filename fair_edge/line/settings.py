@@ -173,7 +173,7 @@ class RecordSettings:
         s = "record"
         d = f.with_defaults(s, data, cls)
         return cls(
-            dir=Path(f.text(s, "dir", _path_text(d["dir"]))),
+            dir=Path(f.folder_path(s, "dir", _path_text(d["dir"]))),   # no D:\, \ or $HOME on Linux
             save_ng_images=f.boolean(s, "save_ng_images", d["save_ng_images"]),
             image_format=f.choice(s, "image_format", d["image_format"], IMAGE_FORMATS),
             max_log_mb=f.number(s, "max_log_mb", d["max_log_mb"], minimum=0.001),

@@ -16,7 +16,7 @@ import numpy as np
 from fair_edge.console.actions import CameraBundle, applied_thresholds, threshold_pair_refusal
 from fair_edge.console.journal import AUDIT, Journal
 from fair_edge.errors import ConfigError, DataError
-from fair_edge.images import read_mask_pixels
+from fair_edge.images import DRAWN_MASK_RULE, read_mask_pixels
 from fair_edge.runtime.backends import FrameScorer, close_scorer
 from fair_edge.runtime.hotswap import ModelChange, files_model_id, model_id
 from fair_edge.runtime.selection import select_backend
@@ -38,16 +38,17 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
 
     With a tiled bundle whose tiles cover only ``tiling.roi`` (x, y, width, height frame pixels), the anomaly map
     covers that rectangle, not the frame: the mask is then read in frame pixels (drawn on a whole camera frame)
-    and cropped to the rectangle. Read as every mask is (``images.read_mask_pixels``): a pixel is inspected when its
-    stored value is nonzero, at the file's own depth (8- or 16-bit, a colour mask by its luminance), and an
-    orientation tag (EXIF or TIFF) is ignored, as for the frames it is laid on.
+    and cropped to the rectangle. Read as every drawn mask is (``images.read_mask_pixels(drawn=True)``): a pixel is
+    inspected when it is white (8-bit: 128 or more, so a JPEG's ringing around the white area stays out; 16-bit or
+    float: nonzero; a colour mask by its luminance) and not transparent (alpha 0), and an orientation tag (EXIF or
+    TIFF) is ignored, as for the frames it is laid on.
     ConfigError when the mask is unreadable, all black, or does not reach it."""
     if path is None:
         return None
     if not Path(path).is_file():
         raise ConfigError(f"decision.roi: {path} is missing or not an image; give a black/white mask image.")
     try:
-        mask = read_mask_pixels(path, "ROI mask")
+        mask = read_mask_pixels(path, "ROI mask", drawn=True)
     except DataError as exc:
         raise ConfigError(f"decision.roi: {exc} Give a black/white mask image.") from exc
     covered = bundle.map_area if bundle is not None else None
@@ -61,7 +62,7 @@ def load_roi(path: Path | None, bundle: Bundle | FusedBundle | None) -> np.ndarr
     if not mask.any():
         inside = "" if covered is None else f" inside the bundle's tiling.roi {list(covered)}"
         raise ConfigError(f"decision.roi: {path} is all black{inside}, so nothing would be inspected; draw the "
-                          "inspected area in white (any nonzero value), or set roi: null to inspect the whole frame.")
+                          f"inspected area in white ({DRAWN_MASK_RULE}), or set roi: null to inspect the whole frame.")
     return mask.astype(np.float32)
 
 

@@ -186,7 +186,7 @@ class StationConfig:
         batching = f.with_defaults("batching", d.get("batching"), LoopSettings)
         decision = f.check_keys("decision", d.get("decision"), ["threshold", "roi"])
         threshold = decision.get("threshold")
-        output = Path(f.text("station", "output", d.get("output", "runs/station")))
+        output = Path(f.folder_path("station", "output", d.get("output", "runs/station")))
         return cls(
             camera=CameraSettings.from_dict(d.get("camera")),
             bundle=Path(f.text("station", "bundle", d["bundle"])) if d.get("bundle") is not None else None,

@@ -6,14 +6,16 @@ the ``on_verdict`` callbacks (verdict log, reject scheduler, metrics), whose fai
 and counted but never stop inspection.
 
 Fail-safe rules (documented in the README):
-- a malformed frame (wrong dtype or shape, or smaller than a tiled model's tiles or ``tiling.roi`` need) is
-  counted and gets an NG verdict with ``error`` set;
+- a malformed frame (an image of the wrong type, dtype or shape, None included, or smaller than a tiled model's
+  tiles or ``tiling.roi`` need) is counted (``malformed``) and gets an NG verdict with ``error`` set; it is logged
+  once per camera and refusal (type, dtype, shape or size found), not per frame;
 - an inference failure gives every frame of that batch an NG verdict with ``error`` set; so does inference output
   that decides nothing (a NaN or -inf score, a map holding NaN or -inf: ``unusable_output``) for its frames, and
   the batch counts as failed; ``max_consecutive_errors`` failed batches in a row end the run as a fault (exit code 3);
 - a frame whose anomaly map has another grid than the maps its calibrated threshold came from (a tiled
-  model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes,
-  unless region rules decide the verdict;
+  model on frames of another size) gets an NG verdict with ``error`` naming both grids and the fixes, and is
+  counted ``malformed`` (a frame of the wrong size for the model, as one smaller than its tiles), unless region
+  rules decide the verdict;
 - a frame whose defect regions cannot be judged (a frame of another size than ``regions.frame``, the size its
   scale and zones are for; or judging failed) is counted (``region_errors``) and logged (a size once per camera
   and frame size); when region rules decide the verdict it is a frame the station cannot judge: NG with
@@ -40,6 +42,7 @@ import numpy as np
 
 from fair_edge import fields as f
 from fair_edge.cameras import EndOfStream
+from fair_edge.cameras.capture import PIXEL_FORMAT_FIX
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import (ModelSwitch, frame_tilers, fused_members, map_off_grid, off_grid_reason,
                                        retire_unused)
@@ -175,6 +178,8 @@ class RunSummary:
     inspected, dropped by the queue policy, or left queued when a run stops early (``not_inspected``);
     ``lost`` counts parts the camera never delivered (outages, sequence gaps); ``unreadable``, files a replay
     skipped because it could not decode them (no frame, no verdict: a folder's files = frames_in + unreadable).
+    malformed: frames that cannot be inspected, each also NG (``ng``): an image of the wrong type, dtype or shape,
+    one smaller than a tiled model's tiles, or one whose map lies on another grid than the threshold's calibration.
     region_errors: frames whose defect regions could not be judged: of another size than ``regions.frame`` (the
     size its scale and zones are for; logged once per camera and frame size) or judging failed unexpectedly (a
     bug, logged); NG with ``error`` set when region rules decide (fail-safe), else decided by their score without
@@ -462,6 +467,8 @@ class Inspector:
         self._consecutive_errors = 0
         # (camera, frame (H, W), regions.frame) whose zone size mismatch was logged: once each, again after a reload
         self._zone_sizes_logged: set[tuple[str, tuple[int, int], tuple[int, int] | None]] = set()
+        self._malformed_logged: set[tuple[str, str]] = set()   # (camera, why) of malformed frames logged: once each
+        self._camera = getattr(getattr(capture, "source", None), "name", "")   # one camera's name, for the log
 
     # the default view's decision (one camera: the station's), as the console reads and changes it
     scorer = property(lambda self: self.decider.scorer)
@@ -494,16 +501,17 @@ class Inspector:
         return batch
 
     # ------------------------------------------------------------------ one batch
-    def _judge_regions(self, decider: ViewDecider, frame: Frame, anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
-        """(regions, rule hits, why they could not be judged or '') of one scored frame; with an ROI, from the map
-        inside it only, like its score (``ViewDecider.roi_map``). A frame they cannot be judged on is counted
-        (``region_errors``) and logged."""
+    def _judge_regions(self, decider: ViewDecider, frame: Frame, frame_hw: tuple[int, int],
+                       anomaly_map: np.ndarray) -> tuple[tuple, tuple, str]:
+        """(regions, rule hits, why they could not be judged or '') of one scored frame of ``frame_hw`` (H, W) px;
+        with an ROI, from the map inside it only, like its score (``ViewDecider.roi_map``). A frame they cannot be
+        judged on is counted (``region_errors``) and logged."""
         amap = decider.roi_map(anomaly_map)
         try:
-            return (*decider.regions.judge(frame.image.shape[:2], amap), "")
+            return (*decider.regions.judge(frame_hw, amap), "")
         except ConfigError as exc:   # a frame of another size than the zones were drawn for
             self.summary.region_errors += 1
-            self._log_zone_size(decider, frame, exc)
+            self._log_zone_size(decider, frame, frame_hw, exc)
             return (), (), f"regions: {exc}"
         except Exception as exc:  # noqa: BLE001 - a bug in judging must not end the run: fail safe (NG), logged
             log.error("regions: judging frame %d%s failed (%s: %s); %s", frame.seq, _of_camera(frame.camera),
@@ -511,10 +519,10 @@ class Inspector:
             self.summary.region_errors += 1
             return (), (), f"regions: judging failed: {type(exc).__name__}: {exc}"
 
-    def _log_zone_size(self, decider: ViewDecider, frame: Frame, exc: ConfigError) -> None:
-        """Log a frame size other than ``regions.frame``, as an error, once per camera, frame size and zone frame
-        (every such frame is counted in ``region_errors``; a reload to another frame logs again)."""
-        key = (frame.camera, tuple(frame.image.shape[:2]), decider.regions.settings.frame)
+    def _log_zone_size(self, decider: ViewDecider, frame: Frame, frame_hw: tuple[int, int], exc: ConfigError) -> None:
+        """Log a frame size (``frame_hw``, (H, W) px) other than ``regions.frame``, as an error, once per camera, frame
+        size and zone frame (every such frame is counted in ``region_errors``; a reload to another frame logs again)."""
+        key = (frame.camera, tuple(frame_hw), decider.regions.settings.frame)
         if key in self._zone_sizes_logged:
             return
         self._zone_sizes_logged.add(key)
@@ -524,10 +532,14 @@ class Inspector:
                   "per camera and frame size)", where, exc, outcome[0].upper() + outcome[1:])
 
     def _emit(self, frame: Frame, score: float | None, error: str = "", anomaly_map: np.ndarray | None = None) -> Verdict:
+        """The verdict of one frame, counted and handed to the ``on_verdict`` callbacks. anomaly_map: (h, w) float32,
+        None for a frame not scored (malformed, inference failed): only a scored frame's image is read (its (H, W)),
+        since a malformed frame's may be no array at all (None, a list: ``check_frame`` refused it)."""
         decider = self.decider_for(frame)
+        frame_hw = None if anomaly_map is None else frame.image.shape[:2]   # scored: it passed check_frame
         regions, hits = (), ()
         if decider.regions is not None and anomaly_map is not None and not error:
-            regions, hits, unjudged = self._judge_regions(decider, frame, anomaly_map)
+            regions, hits, unjudged = self._judge_regions(decider, frame, frame_hw, anomaly_map)
             if decider.regions.decides:   # rules cannot decide this frame: NG, not inspected (fail-safe)
                 error = unjudged
         if decider.regions is not None and decider.regions.decides and not error and score is not None:
@@ -536,7 +548,7 @@ class Inspector:
             ng = bool(error) or score is None or score > decider.threshold
         verdict = Verdict(frame.seq, frame.t_capture, score, decider.threshold, ng, time.monotonic(), frame.source,
                           error, decider.model, regions, hits, frame.camera, decider.fused)
-        shown = decider.shown_map(anomaly_map, frame.image.shape[:2])
+        shown = None if anomaly_map is None else decider.shown_map(anomaly_map, frame_hw)
         self.summary.inspected += 1
         self.summary.ng += int(ng)
         self.latency.add((verdict.t_verdict - frame.t_capture) * 1000.0)  # ms, as Verdict.latency_ms
@@ -557,14 +569,13 @@ class Inspector:
         verdicts: dict[int, Verdict] = {}
         for i, frame in enumerate(frames):
             decider = self.decider_for(frame)
+            image = None   # the checked image, once check_frame took it
             try:
                 image = check_frame(frame.image)
                 decider.check_fits(image.shape[:2])
                 by_call.setdefault((id(decider.scorer), image.shape), []).append((i, frame, image))
             except ConfigError as exc:
-                self.summary.malformed += 1
-                log.warning("frame %d from %s rejected: %s", frame.seq, frame.source or "camera", exc)
-                verdicts[i] = self._emit(frame, None, f"malformed frame: {exc}")
+                verdicts[i] = self._malformed(frame, image, exc)
         for group in by_call.values():
             scorer = self.decider_for(group[0][1]).scorer
             try:
@@ -576,6 +587,30 @@ class Inspector:
             else:
                 verdicts.update(self._decide_scored(group, maps, scores))
         return [verdicts[i] for i in range(len(frames))]
+
+    def _malformed(self, frame: Frame, checked: np.ndarray | None, exc: ConfigError) -> Verdict:
+        """The verdict of a frame that cannot be inspected (``exc``: why): NG with ``error`` set, counted ``malformed``
+        and logged once per camera and refusal (``_log_malformed``). checked: its image as ``check_frame`` took it,
+        None when check_frame refused it (wrong type, dtype or shape: the log adds the fix, the camera's pixel
+        format); else the frame is smaller than its tiled model takes (``ViewDecider.check_fits``, whose refusal
+        names its fix)."""
+        self.summary.malformed += 1
+        self._log_malformed(frame, str(exc) if checked is not None else f"{exc} {PIXEL_FORMAT_FIX}")
+        return self._emit(frame, None, f"malformed frame: {exc}")
+
+    def _log_malformed(self, frame: Frame, why: str) -> None:
+        """Log a malformed frame as an error once per camera and refusal (``why`` names the type, dtype, shape or
+        size found, so: once per camera and frame format), not once per frame: a camera switched to 16-bit would
+        log a line per frame. Named by the station's camera (a cell's camera, else the capture's source), not by
+        the frame's ``source`` (a replay's file name: another per frame)."""
+        camera = frame.camera or self._camera
+        if (camera, why) in self._malformed_logged:
+            return
+        self._malformed_logged.add((camera, why))
+        where = f"camera {camera}: " if camera else ""
+        log.error("%sframes rejected as malformed: %s Each such frame is NG, not inspected (the reject gate's "
+                  "fail_safe decides its part), counted in malformed; logged once per camera and frame format",
+                  where, why)
 
     def _count_failed_batch(self, why: str) -> None:
         """One failed inference batch (an exception, or output that decides nothing): counted, logged, and one more
@@ -605,6 +640,8 @@ class Inspector:
                 verdicts[i] = self._emit(frame, None, f"inference failed: {why}")
             else:
                 off_grid = self.decider_for(frame).off_grid(frame.image.shape[:2], amap.shape)
+                if off_grid:   # scored, but on another grid than calibrated: cannot be decided, as a malformed frame
+                    self.summary.malformed += 1
                 verdicts[i] = self._emit(frame, score, off_grid, anomaly_map=amap)
         return verdicts
 

@@ -51,9 +51,28 @@ step whose count names a closed part it missed is that part's late view, never r
 frame stamped when read looks slipped (captured far from that part's opening), and then takes its camera out of
 step for its next frames; a camera that took no frame of more triggers in a row than a part's time spans loses that
 one part more (its first frame after is taken for the late view: fail-safe). Each time a camera falls out of step
-is logged once and counted (``stats["resyncs"]``, with ``match: sequence`` only). Views are never paired by a
+is logged once and counted (``stats["resyncs"]``, with ``match: sequence`` only); the line names the cameras whose
+views the part it names holds (one frame cannot tell whether this camera missed a trigger or one of them took an
+extra one; a frame taken twice within ``window_ms`` is told apart: below). Views are never paired by a
 count that may be off. A camera without a timeline (``mark_untimed``: an unpaced replay, its frames stamped when
 read) is never taken out of step by its capture time.
+
+``match: sequence`` duplicates: a frame captured within ``window_ms`` (and less than half the usual time between
+parts) of the last view filed under a part for its camera is that trigger's frame again (a trigger that bounced, a
+frame delivered twice): counted (``stats["duplicate_views"]``, with ``match: sequence`` only), logged naming the
+camera (its first at once, then one line per camera per ``LATE_LOG_S``: ``DuplicateViewLog``) and skipped: in no
+part (``on_capture`` returns None; it is still inspected, its view row names no part, its verdict or drop is only
+held in case it joins a part after all: below). Its seq counted no trigger, so a camera in step counts its next
+frames one part less (``_skip_duplicate``). Filed as a view, it would open a part of its own (its other views
+missing: a fail-safe reject right behind the good part) and push its camera's count one part ahead, so that the next
+frame of a camera in step would name that early part and be the one taken out of step. A repeat that another camera
+took a frame beside (within ``window_ms``: its skipped repeat, or a view filed under another part than the one
+repeated) is a part's view, not a duplicate: parts closer than ``window_ms`` (a window wider than the documented
+half the time between parts), or one trigger that bounced on every camera; a frame skipped before is filed under
+that part then (``_rejoin``, logged), so no part goes by unannounced to the gate. Told once ``PERIOD_PARTS`` parts
+have opened, as a slip is; never for a camera without a timeline (its frames are stamped when read, one right after
+another), a ``resumed`` frame, the frame after a late view (a held frame's next one may follow at once), or a
+station of one camera. The other match modes do not look for duplicates.
 
 Part ids count from 0 in opening order. Rows (``verdicts.jsonl``, MQTT): ``{"kind": "part", "part", "t_capture",
 "ng", "inspected", "score", "camera", "views": {camera: {"seq", "score", "ng"} | {"missing": why[, "seq"]}},
@@ -111,6 +130,29 @@ class _ClosedPart(NamedTuple):
     key: float
     t_open: float
     seen: set[str]
+
+
+class _LastView(NamedTuple):
+    """``match: sequence``: a camera's last view filed under an open part, that a duplicate repeats
+    (``PartAssembler._duplicate_of``). t_capture: monotonic s; part_id: its part; offset: its camera's seq offset
+    then (part count minus seq; None while the camera was out of step)."""
+
+    t_capture: float
+    seq: int
+    part_id: int
+    offset: int | None
+
+
+@dataclass
+class _Skipped:
+    """``match: sequence``: the duplicates a camera took since its last view (``PartAssembler._skip_duplicate``):
+    the first one's seq and capture time (monotonic s), which may still join a part (``_rejoin``), with its verdict
+    or drop if it came (``filed``: the changes ``_file`` was handed); last_seq: the highest seq skipped."""
+
+    seq: int
+    t_capture: float
+    last_seq: int
+    filed: list = field(default_factory=list)
 
 
 @dataclass
@@ -190,9 +232,13 @@ class PartAssembler:
         self._failed_first: OrderedDict[float, tuple[float, dict[str, str]]] = OrderedDict()
         self._next_id = 0
         self._late_logs = {c: LateViewLog(c, clock=clock) for c in self.cameras}   # camera -> its late views' log
+        self._last_view: dict[str, _LastView] = {}   # ... camera -> its last view filed under an open part
+        self._skipped: dict[str, _Skipped] = {}      # ... camera -> the duplicates it took since that view
+        self._duplicate_logs = {c: DuplicateViewLog(c, clock=clock) for c in self.cameras}   # ... camera -> its log
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
         if group.match == "sequence":
             self.stats["resyncs"] = 0   # times a camera fell out of step (matched by capture time until in step)
+            self.stats["duplicate_views"] = 0   # frames taken twice of one trigger, skipped (_skip_duplicate)
 
     def mark_untimed(self, cameras: set[str]) -> None:
         """``match: sequence``: these cameras have no timeline (a source that makes its image when read, an unpaced
@@ -206,10 +252,18 @@ class PartAssembler:
         """File a captured frame under its part (a new one when it matches none); returns the part id. A view of a
         part that closed without it (``_match_closed``) is filed under that part, late; one that matches no part
         when the gate can no longer reject its part (``_past_gate``) opens none: None. Either is counted
-        ``late_views`` when its verdict (or drop) comes, and never noted at the gate, which is past its part."""
+        ``late_views`` when its verdict (or drop) comes, and never noted at the gate, which is past its part. A
+        duplicate (``match: sequence``: ``_skip_duplicate``) is in no part: None; a frame another camera took at
+        the same time as its repeat is a part's view after all (``_rejoin``)."""
         key = None if self.group.match == "sequence" else self._key(camera, frame)
-        opened = None
+        opened, rejoining, decided = None, [], []
         with self._lock:
+            if key is None:   # sequence: a frame taken twice of one trigger is in no part
+                repeated = self._duplicate_of(camera, frame)
+                rejoining = [] if repeated is None else self._skipped_beside(camera, frame)
+                if repeated is not None and not rejoining and not self._line_moved_on(camera, frame, repeated):
+                    self._skip_duplicate(camera, frame, repeated)
+                    return None
             late = self._late_in_sequence(camera, frame) if key is None else None
             if late is not None:
                 return self._file_late(camera, frame, late)
@@ -230,9 +284,13 @@ class PartAssembler:
             part.captured[camera] = frame.t_capture
             self._of[(camera, frame.seq)] = part.part_id
             self._note_filed(camera, frame)
+            self._note_last_view(camera, frame.t_capture, frame.seq, part.part_id)
+            decided = [d for other in rejoining if (d := self._rejoin(other, part)) is not None]
         if opened is not None and self.on_open is not None:
             count = int(opened.key) if self.group.match == "encoder" else None
             self.on_open(opened.part_id, opened.t_open, count)
+        for decision in decided:
+            self._decide(*decision)
         return part.part_id
 
     def on_drop(self, camera: str, frame: Frame, reason: str = "dropped: capture queue full") -> None:
@@ -286,7 +344,7 @@ class PartAssembler:
             due = [p for p in self._open.values() if p.t_close <= now or self._carried_off(p, count, now)]
             for part in due:
                 self._forget(part)
-            late_logs = list(self._late_logs.values())
+            late_logs = [*self._late_logs.values(), *self._duplicate_logs.values()]
         for part in due:
             if not part.decided:
                 self._decide(part)
@@ -298,7 +356,7 @@ class PartAssembler:
             parts = list(self._open.values())
             for part in parts:
                 self._forget(part)
-            late_logs = list(self._late_logs.values())
+            late_logs = [*self._late_logs.values(), *self._duplicate_logs.values()]
         for part in parts:
             if not part.decided:
                 self._decide(part)
@@ -382,6 +440,8 @@ class PartAssembler:
         self._closed[(camera, frame.seq)] = part_id
         self._trim_closed()
         self._note_filed(camera, frame)
+        self._last_view.pop(camera, None)   # its next frame may follow at once (a held frame's): no duplicate
+        self._skipped.pop(camera, None)
         return part_id
 
     def _note_filed(self, camera: str, frame: Frame) -> None:
@@ -449,6 +509,91 @@ class PartAssembler:
             self._learn_offset(camera, int(part.key) - frame.seq, frame.t_capture)
         return part
 
+    def _duplicate_of(self, camera: str, frame: Frame) -> _LastView | None:
+        """(under the lock) ``match: sequence``: the camera's last view filed under a part when this frame may repeat
+        its trigger: captured within ``window_ms`` of it and less than half the usual time between parts
+        (``_part_period``; the next trigger's frame is a period on), so by the documented pairing window no other
+        trigger's. None for any other frame, a ``resumed`` one (its own step rule), a camera without a timeline
+        (``mark_untimed``: stamped when read, one frame right after another), before ``PERIOD_PARTS`` gaps between
+        parts are known, and in a station of one camera (no other camera to tell a part from a repeat)."""
+        last = self._last_view.get(camera)
+        if last is None or frame.resumed or camera in self._untimed or len(self.cameras) < 2:
+            return None
+        period = self._part_period()
+        apart_s = abs(frame.t_capture - last.t_capture)
+        if period is None or apart_s > self.group.window_ms / 1000.0 or apart_s >= period / 2:
+            return None
+        return last
+
+    def _skipped_beside(self, camera: str, frame: Frame) -> list[str]:
+        """(under the lock) The other cameras whose skipped duplicate was captured within ``window_ms`` of this frame,
+        itself a repeat of its camera's last view: every camera took another frame at once, so it is a part (parts
+        closer than ``window_ms``, or one trigger that bounced on every camera): those frames join it (``_rejoin``)."""
+        window_s = self.group.window_ms / 1000.0
+        return [other for other, skipped in self._skipped.items()
+                if other != camera and abs(skipped.t_capture - frame.t_capture) <= window_s]
+
+    def _line_moved_on(self, camera: str, frame: Frame, repeated: _LastView) -> bool:
+        """(under the lock) Whether another camera filed a view captured within ``window_ms`` of this frame under
+        another part than the one this frame repeats: that camera took its frame of a next part already, so this one
+        is that part's view, not a duplicate."""
+        window_s = self.group.window_ms / 1000.0
+        return any(other != camera and last.part_id != repeated.part_id
+                   and abs(last.t_capture - frame.t_capture) <= window_s for other, last in self._last_view.items())
+
+    def _skip_duplicate(self, camera: str, frame: Frame, repeated: _LastView) -> None:
+        """(under the lock) ``frame`` repeats the camera's last view (``_duplicate_of``), and no other camera took a
+        frame beside it: skipped, filed nowhere (its verdict or drop is held for a ``_rejoin``), counted
+        ``duplicate_views`` and logged (``DuplicateViewLog``). Its seq counted no trigger: a camera in step counts
+        its next frame as the part after the one it repeats."""
+        if frame.seq > repeated.seq:   # (a frame that came again under its own seq counts no seq off)
+            skipped = self._skipped.setdefault(camera, _Skipped(frame.seq, frame.t_capture, frame.seq))
+            skipped.last_seq = max(skipped.last_seq, frame.seq)
+            if camera not in self._resync and repeated.offset is not None:
+                self._seq_offset[camera] = repeated.offset - (skipped.last_seq - repeated.seq)
+        self.stats["duplicate_views"] += 1
+        apart_ms = (frame.t_capture - repeated.t_capture) * 1000.0
+        _log_lines([self._duplicate_log(camera).note((frame.seq, repeated.seq, repeated.part_id, apart_ms))])
+
+    def _rejoin(self, camera: str, part: _Part) -> tuple[_Part, bool] | None:
+        """(under the lock) The camera's skipped duplicate was a view of ``part`` after all (``_skipped_beside``):
+        filed under it (with its verdict or drop if either came), no longer counted ``duplicate_views``, its camera's
+        offset as before it, and logged: ``group.window_ms`` is wider than half the time between these parts.
+        Returns ``_change``'s decision for the caller to make outside the lock (None: none)."""
+        skipped = self._skipped.pop(camera)
+        if camera in part.seqs:
+            return None
+        last = self._last_view.get(camera)
+        if camera not in self._resync and last is not None and last.offset is not None:
+            self._seq_offset[camera] = last.offset - max(skipped.last_seq - skipped.seq, 0)
+        part.seqs[camera] = skipped.seq
+        part.captured[camera] = skipped.t_capture
+        self._of[(camera, skipped.seq)] = part.part_id
+        self._newest_capture[camera] = max(skipped.t_capture, self._newest_capture.get(camera, -math.inf))
+        self._note_last_view(camera, skipped.t_capture, skipped.seq, part.part_id)
+        self.stats["duplicate_views"] -= 1
+        log.warning("camera %s frame %d: not a duplicate: the other cameras took a frame beside it too, so it is part "
+                    "%d's view (parts closer than group.window_ms (%g ms) apart, or one trigger that bounced on every "
+                    "camera: set group.window_ms below half the shortest time between parts)", camera, skipped.seq,
+                    part.part_id, self.group.window_ms)
+        decision = None
+        for change in skipped.filed:
+            decision = self._change(part, change) or decision
+        return decision
+
+    def _note_last_view(self, camera: str, t_capture: float, seq: int, part_id: int) -> None:
+        """(under the lock) The camera's frame ``seq`` captured at ``t_capture`` (monotonic s) was filed under open
+        part ``part_id``: what its next frames are told duplicates by; its duplicates before are final."""
+        offset = None if camera in self._resync else self._seq_offset.get(camera, 0)
+        self._last_view[camera] = _LastView(t_capture, seq, part_id, offset)
+        self._skipped.pop(camera, None)
+
+    def _duplicate_log(self, camera: str) -> "DuplicateViewLog":
+        """(under the lock) The camera's duplicate-view log (a camera not in the station file's list gets its own)."""
+        if camera not in self._duplicate_logs:
+            self._duplicate_logs[camera] = DuplicateViewLog(camera, clock=self.clock)
+        return self._duplicate_logs[camera]
+
     def _slip(self, camera: str, frame: Frame) -> str:
         """(under the lock) Why a camera in step has slipped, '' when it has not: its frame's count names a part that
         opened more than ``window_ms``, and more than half the usual time between parts (``_part_period``), from the
@@ -465,11 +610,24 @@ class PartAssembler:
         if period is None or apart_s <= period / 2:
             return ""
         when = f"at {opened:.3f} s" if math.isfinite(opened) else f"before the last {RECENT_KEYS} parts"
+        others = [c for c in self._filed_under_count(count) if c != camera]
+        named = f" with the view{'s' if len(others) > 1 else ''} of camera {', '.join(others)}" if others else ""
+        extra = f"camera {', '.join(others)} took" if others else "a camera took"
         return (f"its frame seq {frame.seq}, captured at {frame.t_capture:.3f} s, counts as part {int(count)}, which "
-                f"opened {when}: more than group.window_ms ({self.group.window_ms:g} ms) and half the time between "
-                f"parts ({period * 500:.0f} ms) apart: its seq and the part count no longer name one trigger (a camera "
-                "took no frame of one, or an extra one; if one part's views are captured that far apart here, raise "
-                "group.window_ms)")
+                f"opened {when}{named}: more than group.window_ms ({self.group.window_ms:g} ms) and half the time "
+                f"between parts ({period * 500:.0f} ms) apart: its seq and the part count no longer name one trigger "
+                f"(camera {camera} took no frame of one, or {extra} an extra one: then this camera is in step and that "
+                "one's count is off; if one part's views are captured that far apart here, raise group.window_ms)")
+
+    def _filed_under_count(self, count: float) -> list[str]:
+        """(under the lock) ``match: sequence``: the cameras filed under the open or recently closed part of this
+        count, in the station file's order ([] when none is remembered), for the out-of-step line to name."""
+        part = next((p for p in self._open.values() if p.key == count), None)
+        if part is not None:
+            seen = set(part.seqs)
+        else:
+            seen = next((closed.seen for closed in self._recent.values() if closed.key == count), set())
+        return [c for c in self.cameras if c in seen] + sorted(seen - set(self.cameras))
 
     def _lose_step(self, camera: str, why: str) -> None:
         """(under the lock) The camera's seq no longer tells its part: match it by capture time until one joins a
@@ -519,7 +677,10 @@ class PartAssembler:
         with self._lock:
             part = self._open.get(self._of.get((camera, seq), -1))
             if part is None:
-                if (camera, seq) in self._closed:
+                skipped = self._skipped.get(camera)
+                if skipped is not None and skipped.seq == seq:   # held in case it rejoins a part (_rejoin)
+                    skipped.filed.append(change)
+                elif (camera, seq) in self._closed:
                     self.stats["late_views"] += 1
                     self._log_late_view(camera, seq, self._closed[(camera, seq)])
                 return
@@ -658,6 +819,39 @@ class LateViewLog(GroupedLog):
         views = f"{len(held)} more late view{'s' if len(held) > 1 else ''}"
         return (f"camera {self.camera}: {views} in the last {span_s:.1f} s (their part had closed without them, or "
                 f"they matched none), the last frame {seq} ({last}); each is counted in late_views")
+
+
+class DuplicateViewLog(GroupedLog):
+    """Groups one camera's duplicate-view log lines (``match: sequence``, ``PartAssembler._skip_duplicate``) as
+    ``LateViewLog`` does late views: a camera whose trigger bounces on every part does not drown the log; its first
+    duplicate after a quiet spell is logged at once with its frame, the view it repeats and how far apart they were
+    captured, the ones after it as one line per ``window_s`` (their count, the last one's frame). Each is still
+    counted ``duplicate_views``.
+
+    camera: the camera's name. window_s: seconds a line gathers duplicates (None: ``LATE_LOG_S``). clock: monotonic
+    seconds. ``note((seq, repeated_seq, part_id, apart_ms))``: the camera's frame ``seq`` repeated its frame
+    ``repeated_seq`` (filed under part ``part_id``, None when no longer remembered), captured ``apart_ms`` after it.
+    """
+
+    def __init__(self, camera: str, window_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
+        self.camera = camera
+
+    def _first_line(self, duplicate: tuple[int, int, int | None, float]) -> str:
+        seq, repeated_seq, part_id, apart_ms = duplicate
+        part = "" if part_id is None else f" (part {part_id})"
+        return (f"camera {self.camera} frame {seq}: captured {apart_ms:+.1f} ms from its frame {repeated_seq}{part}, "
+                "within group.window_ms: one trigger's frame taken twice (a trigger that bounced, a frame delivered "
+                "twice); skipped, not a part of its own, and the camera's next frame counts as the next part; "
+                f"further duplicates of this camera are logged together, one line per {self.window_s:g} s (each is "
+                "counted in duplicate_views)")
+
+    def _gathered_line(self, held: list[tuple[int, int, int | None, float]], span_s: float) -> str:
+        seq, repeated_seq = held[-1][:2]
+        views = f"{len(held)} more duplicate frame{'s' if len(held) > 1 else ''}"
+        return (f"camera {self.camera}: {views} in the last {span_s:.1f} s (one trigger's frame taken twice), "
+                f"skipped; the last frame {seq} (repeating frame {repeated_seq}); each is counted in duplicate_views")
 
 
 def _log_lines(lines) -> None:

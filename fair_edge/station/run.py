@@ -78,6 +78,7 @@ EXIT_OK = 0
 EXIT_FAULT = 3                 # the station faulted: backend kept failing, camera gone for good
 EXIT_REJECTS_UNDELIVERED = 4   # rejects were due, and a reject sink delivered none of them
 STATION_LOCK = ".station.lock"   # in the output folder (and record.dir): held while a station runs (station_lock)
+CAUSE_CHARS = 200   # the most characters of a reconnecting camera's cause in its fault reason (camera_fault)
 STATION_BUSY = ("{folder}: a station is already running on this {what} ({holder}): stop it first ({stop}), "
                 "or give this one another {fix}.")
 OPEN_FILES = 65536   # the soft open-files limit a station raises itself to (its hard limit where that is lower)
@@ -87,6 +88,12 @@ BUSY_FOLDERS = {"output": ("output folder", "output folder (output: in the stati
 BUSY_PLC = ("PLC output", "PLC output ({setting}: in the station file)")   # station_busy's what / fix for plc_busy
 SWITCH_INTERVAL_S = 0.0005   # the GIL switch interval while a station runs, s (Python's default: 0.005; BENCHMARKS.md)
 STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gate), budget spent or not
+# what a station writes in its output folder (summary.json: write_summary; the console's journals and images:
+# console.journal's REVIEWS and AUDIT, review/, datasets/) and in record.dir (line.recorder's verdict and gate logs, its
+# NG images; the same folder unless record.dir names another): each there must be a file or folder of its own, or
+# missing, never a symbolic link, which the station would write through (refuse_linked_outputs)
+OUTPUT_WRITES = (STATION_LOCK, "summary.json", "reviews.jsonl", "audit.jsonl", "review", "datasets")
+RECORD_WRITES = (STATION_LOCK, "verdicts.jsonl", "gate.jsonl", "ng")
 # Handshake.stats()'s keys that are no counters, exported as fair_edge_handshake_<key> gauges (connected: 0/1, error:
 # the code the PLC's Error shows, open_parts: parts taken and not yet acked); every other key (HANDSHAKE_COUNTERS) is
 # fair_edge_handshake_total{event}
@@ -185,17 +192,51 @@ def station_lock(cfg: StationConfig) -> Iterator[None]:
     in ``record.dir``, then the lock of each PLC address it writes (``plc_outputs``), while the block runs:
     ConfigError (``STATION_BUSY``, naming the running station's pid and station file, the folder or PLC address
     and the fix) when another station holds one. The same thread may take it again inside (``open_line_side``
-    does: a no-op under ``run_station``, the lock of a station of several cameras)."""
+    does: a no-op under ``run_station``, the lock of a station of several cameras). First, ConfigError when a file or
+    folder the station writes there is a symbolic link (``refuse_linked_outputs``)."""
     from fair_edge.line.plc_lock import hold_plc_outputs
 
     what = f"fair-edge run --station {cfg.source_file.resolve()}" if cfg.source_file else "fair-edge run"
     folders = {Path(cfg.output).resolve(): (Path(cfg.output), "output")}
     folders.setdefault(Path(cfg.record.dir).resolve(), (Path(cfg.record.dir), "record"))
+    refuse_linked_outputs(cfg)   # before the lock file is written: it may be a link too
     with contextlib.ExitStack() as stack:
         for folder, kind in folders.values():
             stack.enter_context(hold_station_folder(folder, what, kind))
         stack.enter_context(hold_plc_outputs(plc_outputs(cfg), what, plc_busy))
         yield
+
+
+def refuse_linked_outputs(cfg: StationConfig) -> None:
+    """ConfigError when a file or folder the station writes in its output folder (``OUTPUT_WRITES``) or in
+    ``record.dir`` (``RECORD_WRITES``) is a symbolic link: the station would append its verdicts to, or save NG images
+    and reviews into, whatever the link leads to (a link put there by anyone who can write the folder). The error
+    names each link, where it leads and the fix (remove it). Checked at start, once (``station_lock``); a log
+    link put there later fails that log's writes (``line.jsonl.open_log``: counted, never written through)."""
+    found: dict[tuple[Path, str], Path] = {}   # (folder resolved, name) -> the path as configured: each once
+    for folder, names in ((Path(cfg.output), OUTPUT_WRITES), (Path(cfg.record.dir), RECORD_WRITES)):
+        for name in names:
+            if (folder / name).is_symlink():
+                found.setdefault((folder.resolve(), name), folder / name)
+    links = list(found.values())
+    if not links:
+        return
+    named = "; ".join(f"{link} leads to {_link_target(link)}" for link in links)
+    raise ConfigError(f"expected the files and folders the station writes in its output folder and record.dir to be "
+                      f"its own, found {len(links)} symbolic link(s): {named}. The station would write through a link "
+                      f"into what it leads to: remove the link(s) (rm {' '.join(str(link) for link in links)}; what "
+                      "they lead to is kept) and start again.")
+
+
+def _link_target(link: Path) -> str:
+    """Where the symbolic link ``link`` leads, as it is written (``Path.readlink``), and the file or folder it resolves
+    to when that differs (a relative link); "?" when it cannot be read."""
+    try:
+        written = str(link.readlink())
+        resolved = str(link.resolve())
+    except (OSError, RuntimeError):   # unreadable, a loop
+        return "?"
+    return written if written == resolved else f"{written} ({resolved})"
 
 
 def hold_station_folder(folder: Path, what: str, kind: str = "output") -> contextlib.AbstractContextManager[Path]:
@@ -255,9 +296,14 @@ def stop_words(holder: LockHolder) -> str:
 
 
 def camera_fault(stats) -> str:
-    """Why the camera cannot deliver frames ('' when it can, was stopped, or a replay reached its end)."""
+    """Why the camera cannot deliver frames ('' when it can, was stopped, or a replay reached its end): while it
+    reconnects, "camera reconnecting: CAUSE" (``CaptureStats.outage_cause``, one line of at most ``CAUSE_CHARS``: the
+    link error, or why each reopen is refused, e.g. a camera replaced by one delivering 16-bit frames), as the fault
+    output, MQTT, systemd's STATUS and the console show it."""
     if stats.state is CaptureState.RECONNECTING:
-        return "camera reconnecting"
+        cause = " ".join(stats.outage_cause.split())
+        cause = cause if len(cause) <= CAUSE_CHARS else cause[:CAUSE_CHARS - 3].rstrip() + "..."
+        return f"camera reconnecting: {cause}" if cause else "camera reconnecting"
     if stats.state is CaptureState.ENDED and not stats.end_reason.startswith(("source ended", "stop() called")):
         return f"camera gone: {stats.end_reason}"
     return ""

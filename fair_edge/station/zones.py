@@ -47,7 +47,7 @@ import numpy as np
 
 from fair_edge.errors import ConfigError, DataError
 from fair_edge import fields as f
-from fair_edge.images import read_mask_pixels
+from fair_edge.images import DRAWN_MASK_RULE, read_mask_pixels
 from fair_edge.records import RuleHit
 from fair_edge.regions import MapGeometry, Region, extract_regions, scale_from_points
 
@@ -264,7 +264,7 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
         raise ConfigError(f"{where}.mask ({name}): {path} is missing or not an image{read_from}; give a black/white "
                           "mask image.")
     try:
-        pixels = read_mask_pixels(path, "zone mask")   # nonzero at its own depth, orientation tags ignored
+        pixels = read_mask_pixels(path, "zone mask", drawn=True)   # white, not transparent; orientation tags ignored
     except DataError as exc:
         raise ConfigError(f"{where}.mask ({name}): {exc} Give a black/white mask image.") from exc
     if pixels.shape != (h, w):
@@ -272,7 +272,7 @@ def _zone(i: int, data: Any, frame: tuple[int, int] | None, base: Path | None) -
                           f"frame size {w} x {h} (regions.frame). Draw the mask over a saved frame.")
     if not pixels.any():
         raise ConfigError(f"{where}.mask ({name}): {path} is all black, so the zone would hold no pixel; draw the "
-                          "zone in white (any nonzero value) over a saved frame, or remove the zone.")
+                          f"zone in white ({DRAWN_MASK_RULE}) over a saved frame, or remove the zone.")
     pixels.setflags(write=False)
     return Zone(name, i + 1, rules, mask=path, mask_pixels=pixels)
 

@@ -18,6 +18,11 @@ into the same folder after a label changed moves the part: each reviewed part is
 newest label only (``remove_contradicting_exports``), never a confirmed defect left among the normals. What an
 operator labelled is not lost by exporting again: an earlier copy in the newest label's folder is replaced only
 by a new copy written in full, and kept (and counted as kept) when the part's image is gone or unreadable now.
+A row of reviews.jsonl becomes file names (RUN_CAMERA_SEQ.png) and a path read (its image), so only rows as the
+console writes them are exported (``review_problem``: a run id, a camera name, a part number, an image inside the
+station's output folder); any other row (written by hand or by someone else, ``../`` in a field) is refused, nothing
+done for it, and named in the export's summary and log, and no file outside the dataset folder is ever written or
+removed.
 """
 
 from __future__ import annotations
@@ -38,12 +43,18 @@ import numpy as np
 
 from fair_edge.errors import DataError
 from fair_edge.images import encode_image, gray_2d, read_stored, write_png
+from fair_edge.station.views import NAME as CAMERA_NAME   # a camera name a station file may give
 
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("badly_exposed", "blurred", "duplicate", "unreadable")
 # review label -> folder of the exported dataset
 REVIEW_FOLDERS = {"false_reject": "train/good", "defect": "test/defect", "miss": "test/defect"}
+# the run ids the station writes in reviews.jsonl (``records.new_run_id``: 20261129T134000Z-3f2a; a console without
+# a recorder names its run by its start second alone, ``console.feed.StationFeed``): the runs a review row may name
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z(?:-[0-9a-f]{4})?")
+SHOWN_CHARS = 80   # of a refused row's field, in a message
+REFUSED_NAMED = 10   # rows refused that an export's summary names one by one (the rest: counted)
 
 
 @dataclass(frozen=True)
@@ -284,12 +295,91 @@ class Collector:
 
 def latest_reviews(entries: list[dict]) -> dict[tuple[str, str, int], dict]:
     """The newest review of each view, keyed by (run, camera, seq) (camera "" with one camera: each camera of
-    several numbers its own frames)."""
+    several numbers its own frames). ``entries``: rows ``review_problem`` passed."""
     out: dict[tuple[str, str, int], dict] = {}
     for e in entries:
-        if "seq" in e and "label" in e:
-            out[(str(e.get("run", "")), str(e.get("camera", "")), int(e["seq"]))] = e
+        out[(e["run"], e.get("camera") or "", e["seq"])] = e
     return out
+
+
+def review_problem(entry: dict, station_output: Path) -> str:
+    """Why a row of ``reviews.jsonl`` is not one the console writes, so an export must not act on it; "" for one it
+    does. Its fields become file names and paths (``export_name``: RUN_CAMERA_SEQ.png under the dataset folder; the
+    image read), so a row written by hand or by someone else with ``../`` or ``/`` in them would write or delete
+    files anywhere: ``run`` a run id the station writes (``RUN_ID``), ``camera`` absent or a camera name a station
+    file may give (``CAMERA_NAME``), ``seq`` a whole number >= 0, ``label`` text, ``image`` absent or a path that
+    stays inside ``station_output`` (the console's ``review/RUN_SEQ_LABEL.png``), links followed."""
+    run, camera, seq, label = (entry.get(k) for k in ("run", "camera", "seq", "label"))
+    if not isinstance(run, str) or not RUN_ID.fullmatch(run):
+        return f"run {_shown(run)} is not a run id the station writes (e.g. 20261129T134000Z-3f2a)"
+    if camera not in (None, "") and not (isinstance(camera, str) and CAMERA_NAME.fullmatch(camera)):
+        return f"camera {_shown(camera)} is not a camera name (1-32 letters, digits, '_' or '-')"
+    if type(seq) is not int or seq < 0:
+        return f"seq {_shown(seq)} is not a part number (a whole number >= 0)"
+    if not isinstance(label, str):
+        return f"label {_shown(label)} is not a review label (text: {', '.join(REVIEW_FOLDERS)})"
+    return image_problem(entry.get("image"), station_output)
+
+
+def image_problem(image: object, station_output: Path) -> str:
+    """Why a review row's ``image`` is no image of the station's output folder: "" when absent (no image to export)
+    or a relative path that stays inside ``station_output`` once ``..`` and links are resolved."""
+    if image is None or image == "":
+        return ""
+    if not isinstance(image, str) or "\0" in image:
+        return f"image {_shown(image)} is not a path"
+    root = Path(station_output).resolve()
+    try:
+        inside = (root / image).resolve().is_relative_to(root)
+    except (OSError, RuntimeError, ValueError):   # a link loop, a name the OS refuses
+        inside = False
+    return "" if inside else f"image {_shown(image)} is not inside the station's output folder {root}"
+
+
+def _shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with "..." (a field of a row written by hand may be
+    megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def accepted_reviews(entries: list[dict], station_output: Path) -> tuple[list[dict], list[str]]:
+    """(the rows of ``reviews.jsonl`` an export acts on, one line per row refused: ``row N (who W, label L): why``,
+    N counting the file's whole rows from 1; ``review_problem``). A refused row is never acted on, and each is
+    named: an operator's label is never left out without a word."""
+    accepted, refused = [], []
+    for number, entry in enumerate(entries, 1):
+        problem = review_problem(entry, station_output)
+        if problem:
+            who, label = _shown(entry.get("who")), _shown(entry.get("label"))
+            refused.append(f"row {number} (who {who}, label {label}): {problem}")
+        else:
+            accepted.append(entry)
+    return accepted, refused
+
+
+def refused_summary(refused: list[str], named: int = REFUSED_NAMED) -> str:
+    """The rows an export refused (``accepted_reviews``' lines) in words: how many, and the first ``named`` of them
+    (a file flooded with rows would make a message of megabytes), e.g. "1 review row of reviews.jsonl refused (not
+    as the console writes it; nothing done for it): row 3 (who 'x', label 'defect'): run '../x' is not ..."."""
+    shown = "; ".join(refused[:named]) + (f"; and {len(refused) - named} more" if len(refused) > named else "")
+    return (f"{_n(len(refused), 'review row', 'review rows')} of reviews.jsonl refused (not as the console writes "
+            f"{'it' if len(refused) == 1 else 'them'}; nothing done for {'it' if len(refused) == 1 else 'them'}): "
+            f"{shown}")
+
+
+def inside_dest(dest: Path, path: Path) -> Path:
+    """``path``, a file an export writes or removes, when it stays inside the dataset folder ``dest`` once ``..``
+    and links are resolved; else DataError naming both (a link placed in ``dest``: remove it)."""
+    root = Path(dest).resolve()
+    try:
+        inside = Path(path).resolve().is_relative_to(root)
+    except (OSError, RuntimeError, ValueError):
+        inside = False
+    if not inside:
+        raise DataError(f"{path}: expected a file inside the dataset folder {root}, found a path leading out of it "
+                        "(a link?); remove the link or export into a new folder")
+    return path
 
 
 def export_reviewed(station_output: Path, dest: Path) -> dict:
@@ -303,20 +393,30 @@ def export_reviewed(station_output: Path, dest: Path) -> dict:
     gone or unreadable) whose earlier copy in their label's folder was kept, "moved": parts whose copy in another
     folder was removed and that are in their label's folder now, "removed": parts whose copy in another folder
     was removed and that have no copy in their label's folder (no image to export), FOLDER: {"saved",
-    "unreadable"}, "summary": the counts in words}."""
+    "unreadable"}, "refused": one line per row of reviews.jsonl the station would not have written, nothing done for
+    it (``accepted_reviews``: a run, camera or image naming a path, e.g. ``../``), "summary": the counts in words, and
+    the rows refused}. Every file written or removed is checked to stay inside ``dest`` (``inside_dest``)."""
     from fair_edge.console.journal import REVIEWS, Journal
 
     station_output, dest = Path(station_output), Path(dest)
-    reviews = latest_reviews(Journal(station_output / REVIEWS).read())
+    rows, refused = accepted_reviews(Journal(station_output / REVIEWS).read(), station_output)
+    if refused:
+        log.warning("%s: %s", station_output / REVIEWS, refused_summary(refused))
+    reviews = latest_reviews(rows)
     if not reviews:
-        raise DataError(f"{station_output / REVIEWS} holds no reviews; review parts in the console first")
-    collectors = {folder: Collector(dest / folder, replace=True) for folder in sorted(set(REVIEW_FOLDERS.values()))}
+        raise DataError(f"{station_output / REVIEWS} holds no reviews"
+                        + (f" the station wrote ({refused_summary(refused)})" if refused else "")
+                        + "; review parts in the console first")
+    collectors = {folder: Collector(inside_dest(dest, dest / folder), replace=True)
+                  for folder in sorted(set(REVIEW_FOLDERS.values()))}
     tally: Counter[str] = Counter({k: 0 for k in ("no_image", "kept", "moved", "removed")})
     for key, entry in sorted(reviews.items()):
         tally.update(export_part(station_output, dest, key, entry, collectors))
     counts = {k: {"saved": c.counts["saved"], "unreadable": c.counts["unreadable"]} for k, c in collectors.items()}
-    return {"dest": str(dest), **tally, **counts,
-            "summary": reviewed_summary(counts, tally["no_image"], tally["moved"], tally["kept"], tally["removed"])}
+    summary = reviewed_summary(counts, tally["no_image"], tally["moved"], tally["kept"], tally["removed"])
+    if refused:
+        summary += f"; {refused_summary(refused)}"
+    return {"dest": str(dest), **tally, **counts, "refused": refused, "summary": summary}
 
 
 def export_part(station_output: Path, dest: Path, key: tuple[str, str, int], entry: dict,
@@ -329,13 +429,14 @@ def export_part(station_output: Path, dest: Path, key: tuple[str, str, int], ent
     events: list[str] = []
     in_place = False
     if folder is not None:
+        copy = inside_dest(dest, dest / folder / f"{name}.png")
         image_path = station_output / entry["image"] if entry.get("image") else None
         written = False
         if image_path is None or not image_path.is_file():
             events.append("no_image")
         else:
             written = collectors[folder].add(read_stored(image_path, "reviewed image"), name, checked=False) == "saved"
-        if not written and (dest / folder / f"{name}.png").is_file():
+        if not written and copy.is_file():
             events.append("kept")
         in_place = written or "kept" in events
     if remove_contradicting_exports(name, folder, dest):
@@ -356,7 +457,7 @@ def remove_contradicting_exports(name: str, folder: str | None, dest: Path) -> l
     removed = []
     for other in sorted(set(REVIEW_FOLDERS.values()) - {folder}):
         path = Path(dest) / other / f"{name}.png"
-        if path.is_file():
+        if path.is_file() and inside_dest(dest, path):
             path.unlink()
             removed.append(other)
     return removed

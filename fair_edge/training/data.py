@@ -99,7 +99,8 @@ def read_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
     A pixel is a defect pixel when its stored value is nonzero (the MVTec rule), at the file's own bit depth: a
     16-bit mask holding 0 / 1 or 0 / 255 (a uint16 label array saved as PNG) is read at 16 bits, not cut to its
     high byte (which made it all normal). A colour mask is reduced to its luminance (0.299 R + 0.587 G + 0.114 B,
-    rounded, at its depth) first, so a defect pixel is one whose luminance is nonzero, as before.
+    rounded, at its depth) first, so a defect pixel is one whose luminance is nonzero, as before. A transparent
+    pixel (alpha 0, an RGBA or grey + alpha mask) is never a defect pixel, whatever colour it holds.
     As ``read_image``, an orientation tag (EXIF or TIFF) is ignored, so the mask lies on the pixels its image has
     (``images.read_mask_pixels``, the reader of the station's ROI and zone masks too).
     A mask with no defect pixel at all is read as it is and logged as a warning naming it (its defective image

@@ -90,7 +90,8 @@ function showCell(s) {
   const q = s.parts || {};
   $("part-counters").textContent = q.parts === undefined ? "each camera is its own lane: its frames are its parts"
     : `parts: ${q.parts} · NG ${q.ng} · OK ${q.ok} · not inspected ${q.not_inspected} · views after their part closed ${q.late_views}`
-      + (q.resyncs === undefined ? "" : ` · resyncs (camera out of step) ${q.resyncs}`);   // match: sequence only
+      + (q.resyncs === undefined ? "" : ` · resyncs (camera out of step) ${q.resyncs}`)   // match: sequence only
+      + (q.duplicate_views === undefined ? "" : ` · duplicate views skipped ${q.duplicate_views}`);   // sequence only
 }
 
 // the line's rate: parts (cameras viewing one part: each part once) or inspected frames (one camera, lanes) per
