@@ -409,7 +409,8 @@ def _default_tags() -> str:
 
 
 @app.command("build")
-@friendly_errors
+@friendly_errors(smaller="build with fewer --calib-images (INT8 calibration holds every image's activations) or a "
+                         "smaller --max-batch")
 @sigterm_as_interrupt(BUILD_STOPPED, BUILD_INTERRUPTED)
 def build(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (.pt); default: the latest run of --width or --model."),

@@ -42,20 +42,147 @@ class VerboseAnywhere(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-def friendly_errors(fn):
+def friendly_errors(fn=None, *, smaller: str = ""):
     """Turn our own exceptions into one clear line on stderr and exit code 2: wrapped to the width of a terminal,
-    one line as it is anywhere else (a pipe, a log file, the journal under a systemd unit: one entry to grep)."""
+    one line as it is anywhere else (a pipe, a log file, the journal under a systemd unit: one entry to grep). So are
+    two shortages of the machine that would otherwise end in a traceback and exit 1: an allocation that failed
+    (``out_of_memory``: MemoryError, torch's or ONNX Runtime's allocator; ``out_of_memory_line`` names the memory and
+    the fixes, ``smaller``: how this command's work gets smaller, "a smaller --batch") and a thread that could not be
+    started (the limit on threads and processes: ``thread_limit_line``). Used bare (``@friendly_errors``) or with
+    ``smaller`` (``@friendly_errors(smaller="...")``)."""
+    if fn is None:
+        return functools.partial(friendly_errors, smaller=smaller)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except FairEdgeError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=not console.is_terminal)
-            raise typer.Exit(EXIT_USAGE) from None
+            line = str(exc)
+        except Exception as exc:  # noqa: BLE001 - only a shortage is turned into a line; anything else is raised
+            line = shortage_line(exc, fn.__name__, smaller)
+            if line is None:
+                raise
+        console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=not console.is_terminal)
+        raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
+
+
+THREAD_LIMIT_TEXT = "can't start new thread"   # threading's RuntimeError when the OS refuses a thread (EAGAIN)
+PIDS_MAX = "/sys/fs/cgroup/pids.max"   # the cgroup's limit on tasks (systemd's TasksMax=), "max" when none
+
+
+def shortage_line(exc: BaseException, command: str, smaller: str = "") -> str | None:
+    """The one line of a command (``command``: its function's name) that ``exc`` stopped for want of memory
+    (``out_of_memory_line``) or of threads (``thread_limit_line``); None for any other exception."""
+    if isinstance(exc, RuntimeError) and THREAD_LIMIT_TEXT in str(exc):
+        return thread_limit_line(exc)
+    if _out_of_memory(exc):
+        return out_of_memory_line(exc, command, smaller)
+    return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """``patchcore.train.out_of_memory(exc)``; where that module cannot be imported (the import itself short of
+    memory), whether ``exc`` is a MemoryError."""
+    try:
+        from fair_edge.models.patchcore.train import out_of_memory
+    except Exception:  # noqa: BLE001 - judged by its type alone then
+        return isinstance(exc, MemoryError)
+    return out_of_memory(exc)
+
+
+def out_of_memory_line(exc: BaseException, command: str, smaller: str = "") -> str:
+    """``command`` ran out of memory (``exc``: the allocator's error, its words kept: ``allocator_words``): the
+    memory left once what the failed work held is freed (``available_memory``: RAM, a container's limit or the
+    address-space limit, ulimit -v, whichever is least) and the fixes: raise that limit or free RAM, or give the
+    command less work (``smaller``)."""
+    words = allocator_words(exc)
+    _drop_frames(exc)   # the failed work's tensors, held by the traceback's frames: freed before measuring
+    try:
+        from fair_edge.models.patchcore.train import available_memory, in_words
+
+        available, source = available_memory()
+    except Exception:  # noqa: BLE001 - the figure is left out, not the line
+        available, source = None, ""
+    there = f"{in_words(max(available, 0))} is available ({source})" if available is not None else \
+        "the memory available could not be told"
+    name = command.removesuffix("_command")
+    fixes = "; or ".join([MEMORY_FIXES.get(source, MEMORY_FIXES["available RAM"]), *([smaller] if smaller else [])])
+    return f"{name} ran out of memory: {words}; {there}. {fixes[:1].upper()}{fixes[1:]}, then run it again."
+
+
+def allocator_words(exc: BaseException, most: int = 300) -> str:
+    """``exc``'s message on one line, at most about ``most`` characters: its start and its end where it is longer
+    (torch's allocator says what failed first, ONNX Runtime's last: "... Failed to allocate memory for requested
+    buffer of size N"); the exception's type name when it says nothing."""
+    words = " ".join(str(exc).split()) or type(exc).__name__
+    if len(words) <= most:
+        return words
+    return f"{words[:most // 3].rstrip()} ... {words[-(most - most // 3):].lstrip()}"
+
+
+# how to get more of the memory ``available_memory`` found least of, by its source
+MEMORY_FIXES = {
+    "the address-space limit (ulimit -v)": "raise the address-space limit (ulimit -v unlimited in the shell that runs "
+                                           "it; LimitAS= in a systemd unit)",
+    "the container's memory limit": "raise the container's memory limit (docker run --memory, MemoryMax= in a "
+                                    "systemd unit)",
+    "available RAM": "free memory (stop other programs) or use a machine with more memory",
+}
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Let go of the frames ``exc`` and the exceptions it chains hold (their locals: the tensors of the work that
+    failed), then collect, so the memory measured after a failed allocation is what a new run would have."""
+    import gc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+    gc.collect()
+
+
+def thread_limit_line(exc: BaseException) -> str:
+    """A thread could not be started (``exc``: threading's "can't start new thread"): the limit on threads and
+    processes was reached, ulimit -u (it counts every process and thread of the account) or the cgroup's tasks
+    (``PIDS_MAX``: systemd's TasksMax=), named with its value and this process's thread count, and the fix."""
+    limits = []
+    try:
+        import resource
+
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if nproc != resource.RLIM_INFINITY:
+            limits.append(f"ulimit -u {nproc} for this account, counting every process and thread it runs")
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    try:
+        tasks = Path(PIDS_MAX).read_text().strip()
+        if tasks.isdigit():
+            limits.append(f"TasksMax {tasks} tasks in this service's cgroup")
+    except OSError:
+        pass
+    found = f" ({'; '.join(limits)})" if limits else ""
+    return (f"could not start a thread ({exc}; this process runs {thread_count()}): the limit on threads "
+            f"and processes was reached{found}. Raise it: TasksMax= in the systemd unit (e.g. TasksMax=4096; "
+            "`systemctl show -p TasksMax UNIT` shows it), or ulimit -u in the shell or account that starts fair-edge "
+            "(LimitNPROC= in a unit); then run it again.")
+
+
+def thread_count() -> int:
+    """The threads of this process, native ones (ONNX Runtime's, OpenVINO's, torch's) included: ``Threads:`` of
+    /proc/self/status (Linux); Python's own threads where that cannot be read."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return threading.active_count()
 
 
 class Terminated(KeyboardInterrupt):

@@ -85,7 +85,7 @@ def stopped_line(exc: BaseException, out: Path) -> str:
 
 
 @app.command("eval")
-@friendly_errors
+@friendly_errors(smaller="pass a smaller --batch (images per forward pass)")
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by `fair-edge train` (e.g. runs/train-w32/final.pt)."),
     data: str = typer.Argument(..., help="Dataset with a test split: MVTec category folder, VisA split CSV, or "

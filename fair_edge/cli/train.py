@@ -333,7 +333,7 @@ class TrainCommand:
         return {p.name: p.annotation for p in self.__signature__.parameters.values()}
 
     def __call__(self, ctx: typer.Context, **options: Any) -> None:
-        friendly_errors(train)(ctx, **options)
+        friendly_errors(train, smaller="train with a smaller --batch or --image-size")(ctx, **options)
 
 
 def train(ctx: typer.Context, *, data: Optional[str], model: Optional[str], backbone_weights: Optional[str],

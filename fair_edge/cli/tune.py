@@ -4,8 +4,9 @@ Ctrl-C (exit 130) or SIGTERM (exit 143) stops a tune with one line: nothing is c
 same command starts over; it deletes what the interrupted run left in OUT (candidates/, proxy/, a tune.csv without
 tune.json). The candidates that finished before a stop (Ctrl-C, SIGTERM, an error) are ranked in OUT/tune.csv until
 then, and the line or error names it. Results that cannot be written (a full disk) are one error line naming OUT and
-the fix, and the same command then starts over the same way. A second tune into an OUT that a running tune holds
-(``TUNE_LOCK``) is refused.
+the fix, and the same command then starts over the same way. A candidate that runs out of memory is a warning line
+and ``out of memory`` in tune.csv, and the next one runs (``tune.score_within_memory``). A second tune into an OUT that
+a running tune holds (``TUNE_LOCK``) is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ app = typer.Typer()
 
 
 @app.command("tune")
-@friendly_errors
+@friendly_errors(smaller="tune with a smaller --image-size or fewer normal images")
 def tune(
     data: str = typer.Argument(..., help="Normal images: MVTec category folder (train/good is used), VisA CSV, "
                                "a folder of normal images, or 'elpv'. Test and defect images are never read."),

@@ -25,7 +25,7 @@ from fair_edge.console.actions import (CameraBundle, ReloadFrom, StationActions,
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
 from fair_edge.console.reload_scope import restart_words, unapplied_sections
-from fair_edge.console.server import ConsoleServer, station_file_warning
+from fair_edge.console.server import ConsoleServer, ConsoleStartError, station_file_warning
 from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,18 @@ class StationConsole:
 
     def start(self) -> "StationConsole":
         """Start the web server (a warning names a station file inside a folder it serves: ``station_file_warning``).
-        A port that cannot be bound is logged and the station inspects on
-        without a console: a viewing tool never stops the line. The log asks first whether another station holds
-        the port (the usual cause: the service still running while a `fair-edge run` is started by hand)."""
+        A server that cannot start is logged and the station inspects on without a console: a viewing tool never
+        stops the line. For a port that cannot be bound (the ConfigError) the log asks first whether another station
+        holds the port (the usual cause: the service still running while a `fair-edge run` is started by hand); any
+        other cause (``ConsoleStartError``: out of file descriptors, no thread) is named as it is, with no word of
+        the port."""
         if self.server is not None:
             try:
                 self.server.start()
+            except ConsoleStartError as exc:
+                log.error("console not served: %s; the station inspects on without it", exc)
+                self.server = None
+                return self
             except ConfigError as exc:
                 port = self.server.settings.port
                 log.error("console not served: port %s on %s cannot be bound. Is another station already running on "
@@ -149,10 +155,13 @@ class StationConsole:
 
     def watch_reloads(self) -> None:
         """Start the reload thread that serves ``request_reload`` (once; from the main program, not from a
-        signal handler); it ends at ``close``."""
+        signal handler); it ends at ``close``. A thread the OS refuses (RuntimeError "can't start new thread": ulimit
+        -u, TasksMax) is raised as it is, and ``close`` then has no thread to wait for (kept only once started: a
+        thread never started cannot be joined, and that error hid the limit's)."""
         if self._reloader is None:
-            self._reloader = threading.Thread(target=self._serve_reloads, name="station-reload", daemon=True)
-            self._reloader.start()
+            reloader = threading.Thread(target=self._serve_reloads, name="station-reload", daemon=True)
+            reloader.start()
+            self._reloader = reloader
 
     def _serve_reloads(self) -> None:
         """The reload thread: every RELOAD_POLL_S, a requested reload once no swap is loading (one at a time)."""

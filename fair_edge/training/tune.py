@@ -10,7 +10,8 @@
    training length, image size or tiling) is trained on the training part and scored on the proxy set.
 4. Ranking rule: the share of proxy defects caught at ``false_reject_rate`` on the held-out normals,
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
-   not reached are listed as skipped.
+   not reached are listed as skipped. One that runs out of memory (``score_within_memory``) is listed as
+   ``out of memory`` and the next one runs: one candidate too big for the machine does not stop the tune.
 Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects
 its catch was measured at and the proxy defects planted), each under a temporary name beside it (``.NAME.partial``)
 and renamed into place, tune.json last, and keeps each candidate's final.pt under OUT/candidates/NAME/ alone: its
@@ -31,6 +32,7 @@ OUT.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import logging
@@ -54,6 +56,7 @@ from fair_edge.training.data import DatasetSplit, Sample, read_frames
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.training.evaluate import achieved_false_rejects, score_samples
 from fair_edge.training.runs import remove_outputs
+from fair_edge.models.patchcore.train import FitOutOfMemory, out_of_memory
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
@@ -64,6 +67,7 @@ from fair_edge.tiling import TilingConfig
 
 log = logging.getLogger(__name__)
 FIXED_RATE = 0.05  # the second catch figure's false-reject rate (tune.csv, the table's catch@5%), besides the target
+OUT_OF_MEMORY = "out of memory"   # tune.csv's status of a candidate that ran out of memory (the tune went on)
 TUNE_FINISHED = "tune.json"  # renamed into place last, once every candidate has run: a finished run holds it
 PARTIAL = ".{}.partial"  # a result file's temporary name beside it until it is renamed into place
 TUNE_OUTPUTS = ("tune.json", "tune.csv", "candidates", "proxy",
@@ -293,6 +297,33 @@ class TuneRow:
         return (self.proxy_catch or -1.0, self.proxy_auroc or -1.0)
 
 
+def score_within_memory(cand: Candidate, train: list[Sample], proxy: list[Sample], out: Path,
+                        settings: TuneSettings, device: torch.device) -> TuneRow:
+    """``score_candidate``, or ``cand``'s row with status ``OUT_OF_MEMORY`` when it ran out of memory
+    (``ran_out_of_memory``: an allocation that failed while it trained or was scored, or a fit its family refused for
+    the memory it needs): logged as a warning naming the candidate and the allocator's words, and the tune goes on
+    with the next candidate (which may need less) instead of stopping at the first. Anything else is raised."""
+    start = time.perf_counter()
+    try:
+        return score_candidate(cand, train, proxy, out, settings, device)
+    except Exception as exc:  # noqa: BLE001 - sorted by ran_out_of_memory; anything else is raised as it is
+        if not ran_out_of_memory(exc):
+            raise
+        words = " ".join(str(exc).split())[:300] or type(exc).__name__
+    gc.collect()   # what the failed candidate held (its frames are gone with the exception): the next one's room
+    log.warning("tune: candidate %s ran out of memory (%s); it is marked %r in tune.csv and the tune goes on with "
+                "the next candidate", cand.name, words, OUT_OF_MEMORY)
+    return TuneRow(cand, OUT_OF_MEMORY, train_s=time.perf_counter() - start)
+
+
+def ran_out_of_memory(exc: BaseException) -> bool:
+    """Whether a candidate failed for memory: an allocator's failure (``patchcore.train.out_of_memory``), a PatchCore
+    fit refused by its memory estimate or its allocation failure in words (``FitOutOfMemory``), or an error of ours
+    raised from an allocator's failure."""
+    return isinstance(exc, FitOutOfMemory) or out_of_memory(exc) or \
+        (isinstance(exc, FairEdgeError) and out_of_memory(exc.__cause__))
+
+
 def score_candidate(cand: Candidate, train: list[Sample], proxy: list[Sample], out: Path,
                     settings: TuneSettings, device: torch.device) -> TuneRow:
     """Train ``cand`` on ``train`` and measure it on the proxy set. Its trainer keeps no resume state
@@ -364,10 +395,12 @@ def tune(split: DatasetSplit, candidates: list[Candidate], out: Path, settings: 
             if time.perf_counter() - start > settings.budget_s:
                 rows.append(TuneRow(cand))
                 continue
-            rows.append(score_candidate(cand, train, proxy, out / "candidates", settings, device))
-            kept.add(rows[-1])
-            if on_row is not None:
-                on_row(rows[-1])
+            row = score_within_memory(cand, train, proxy, out / "candidates", settings, device)
+            rows.append(row)
+            if row.status != OUT_OF_MEMORY:
+                kept.add(row)
+                if on_row is not None:
+                    on_row(row)
     except BaseException as exc:  # a failure or Ctrl-C: the finished candidates' figures stay in tune.csv
         stopped = kept.stopped(exc)
         if stopped is None:
@@ -515,7 +548,7 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
     best = rows[0]
     if best.status != "done":
         write_whole(out, files, best)
-        raise DataError("the budget ended before any candidate finished; raise --budget-min.")
+        raise DataError(nothing_finished(rows))
     chosen = {"name": best.candidate.name, "family": best.candidate.family, "width": best.candidate.width,
               "steps": best.candidate.steps, "lr": best.candidate.lr, "preprocess": best.candidate.preprocess.to_dict(),
               "train_command": best.candidate.train_command(data, settings, category)}
@@ -526,6 +559,20 @@ def write_results(rows: list[TuneRow], out: Path, settings: TuneSettings, data: 
                "by_kind": best.by_kind, "table": "tune.csv"}
     files[TUNE_FINISHED] = json.dumps(summary, indent=2) + "\n"
     write_whole(out, files, best, chosen["train_command"])
+
+
+def nothing_finished(rows: list[TuneRow]) -> str:
+    """Why no candidate of ``rows`` finished, for the DataError after tune.csv: those that ran out of memory
+    (``OUT_OF_MEMORY``, named, with the fixes) and those the budget skipped, with the fix of each."""
+    short = [r.candidate.name for r in rows if r.status == OUT_OF_MEMORY]
+    if not short:
+        return "the budget ended before any candidate finished; raise --budget-min."
+    skipped = len(rows) - len(short)
+    text = (f"no candidate finished: {len(short)} ran out of memory ({', '.join(short)})"
+            + (f" and {skipped} {'was' if skipped == 1 else 'were'} skipped by the budget" if skipped else "")
+            + "; tune with a smaller --image-size or fewer normal images, free memory (other programs; a raised "
+            "ulimit -v or container memory limit) or use a machine with more memory")
+    return text + (", and raise --budget-min." if skipped else ".")
 
 
 def results_csv(rows: list[TuneRow], settings: TuneSettings) -> str:

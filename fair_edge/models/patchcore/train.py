@@ -217,7 +217,7 @@ def describe_fit(images: int, tiles: int, image_size: int, settings, need: dict[
 
 
 def check_fit_memory(need: dict[str, int], what: tuple[str, str], settings, device: torch.device) -> None:
-    """ConfigError before a fit that needs more memory than is available (``need``: ``fit_memory``, against
+    """FitOutOfMemory before a fit that needs more memory than is available (``need``: ``fit_memory``, against
     ``available_memory`` and, on a GPU, its free memory), naming the fit (``what``: ``describe_fit``), the estimate,
     what is available and the fixes. Otherwise logs the estimate (one line)."""
     on_cpu = device.type != "cuda"
@@ -228,21 +228,34 @@ def check_fit_memory(need: dict[str, int], what: tuple[str, str], settings, devi
     subject, parts = what
     for needed, available, source, kind in checks:
         if available is not None and needed > available:
-            raise ConfigError(f"a PatchCore fit of {subject} needs about {in_words(needed)} of {kind} at its peak "
-                              f"({parts}); {in_words(available)} is available ({source}). Fit with "
-                              f"{memory_fixes(settings, on_cpu)}.")
+            raise FitOutOfMemory(f"a PatchCore fit of {subject} needs about {in_words(needed)} of {kind} at its "
+                                 f"peak ({parts}); {in_words(available)} is available ({source}). Fit with "
+                                 f"{memory_fixes(settings, on_cpu)}.")
     room = " and ".join(f"{in_words(n)} of {kind} ({in_words(a)} available)" if a is not None else
                         f"{in_words(n)} of {kind} (available memory unknown)" for n, a, _, kind in checks)
     log.info("PatchCore fit of %s: about %s at its peak (%s)", subject, room, parts)
 
 
-OOM_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory")
+# the words of an allocator's failure, lower case: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"),
+# CUDA's ("CUDA out of memory"), ONNX Runtime's arena ("BFCArena::AllocateRawInternal ... Failed to allocate memory")
+OOM_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory", "failed to allocate memory")
+ORT_MODULE = "onnxruntime"   # ONNX Runtime's errors (``Fail``, ``RuntimeException``) are not RuntimeErrors
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """True for an allocation failure: MemoryError, torch.cuda.OutOfMemoryError, or the RuntimeError of torch's CPU
-    allocator ("DefaultCPUAllocator: can't allocate memory")."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXT))
+class FitOutOfMemory(ConfigError):
+    """A PatchCore fit that does not fit in the memory available: refused by its estimate (``check_fit_memory``) or
+    an allocation that failed (``PatchcoreFitter.out_of_memory_error``); the message names the fit, the memory and the
+    fixes. A ConfigError still, for callers that catch one."""
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """True for an allocation failure: MemoryError (numpy's too), torch.cuda.OutOfMemoryError, the RuntimeError of
+    torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory") or ONNX Runtime's error of a failed
+    allocation ("BFCArena ... Failed to allocate memory"); False for None and anything else."""
+    if isinstance(exc, MemoryError):
+        return True
+    allocator = isinstance(exc, RuntimeError) or type(exc).__module__.startswith(ORT_MODULE)
+    return allocator and any(t in str(exc).lower() for t in OOM_TEXT)
 
 
 class PatchcoreFitter:
@@ -264,23 +277,21 @@ class PatchcoreFitter:
                  on_progress: PhaseProgress | None = None) -> None:
         model.settings.check_fit()  # a checkpoint may hold neighbours=1 with reweight; a new fit may not
         self.model, self.cfg, self.out_dir, self.device = model, cfg, Path(out_dir), device
-        self.detector: PatchcoreDetector = model.build(device=device)
-        self.weight_source = load_backbone_weights(self.detector.backbone, model.settings.backbone, weights, weights_sha256)
         size, tiling = model.preprocess.image_size, model.preprocess.tiling
         tiles = model_image_count(data.train, tiling)  # every file's own tiles (headers): frames of several sizes
         self.memory_needed = fit_memory(tiles, size, model.settings, min(cfg.batch, tiles), device.type != "cuda")
         self.fit_text = describe_fit(len(data.train), tiles, size, model.settings, self.memory_needed)
         check_fit_memory(self.memory_needed, self.fit_text, model.settings, device)
         self.on_progress = on_progress
-        try:
-            self._report("loading", 0, len(data.train))
-            read = itertools.count(1)
-            images, kept = load_images(data.train, size, tiling=tiling, rows=tiles,
-                                       progress=lambda: self._report("loading", next(read), len(data.train)))
-        except (MemoryError, RuntimeError) as exc:
-            if not out_of_memory(exc):
-                raise
-            raise self.out_of_memory_error("reading the images", exc) from exc
+        self.detector: PatchcoreDetector = self.within_memory("building its backbone",
+                                                              lambda: model.build(device=device))
+        self.weight_source = self.within_memory("loading its backbone's weights", lambda: load_backbone_weights(
+            self.detector.backbone, model.settings.backbone, weights, weights_sha256))
+        self._report("loading", 0, len(data.train))
+        read = itertools.count(1)
+        images, kept = self.within_memory("reading the images", lambda: load_images(
+            data.train, size, tiling=tiling, rows=tiles,
+            progress=lambda: self._report("loading", next(read), len(data.train))))
         self.images: torch.Tensor | None = torch.from_numpy(images)
         self.batch = min(cfg.batch, len(self.images))
         self.total_steps = -(-len(self.images) // self.batch)
@@ -327,18 +338,29 @@ class PatchcoreFitter:
         self.bank_facts = {k: ckpt.data_summary[k] for k in ("coreset_ratio_effective", "bank_capped")
                            if k in ckpt.data_summary}
 
-    def out_of_memory_error(self, phase: str, exc: BaseException) -> ConfigError:
-        """The ConfigError of an allocation that failed during ``phase`` ("the coreset"): the fit, the estimate, what
-        is available, the allocator's words and the fixes."""
+    def within_memory(self, phase: str, make: Callable[[], Any]) -> Any:
+        """``make()``, its allocation failure (``out_of_memory``) raised as ``out_of_memory_error(phase)``: the model's
+        backbone, its weights and the images are allocated so, each naming its phase (an allocation that failed in
+        ``model.build`` under ``ulimit -v`` was a raw allocator traceback). Anything else is raised as it is."""
+        try:
+            return make()
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise self.out_of_memory_error(phase, exc) from exc
+
+    def out_of_memory_error(self, phase: str, exc: BaseException) -> FitOutOfMemory:
+        """The FitOutOfMemory of an allocation that failed during ``phase`` ("the coreset"): the fit, the estimate,
+        what is available, the allocator's words and the fixes."""
         available, source = available_memory()
         there = f"{in_words(available)} available ({source})" if available is not None else "available memory unknown"
         need = self.memory_needed
         estimate = f"about {in_words(need['host'])} of memory" + (
             f" and {in_words(need['device'])} of GPU memory" if need["device"] else "")
         words = " ".join(str(exc).split())[:200] or type(exc).__name__
-        return ConfigError(f"a PatchCore fit of {self.fit_text[0]} ran out of memory during {phase} (estimated peak "
-                           f"{estimate}: {self.fit_text[1]}; {there}): {words}. Fit with "
-                           f"{memory_fixes(self.model.settings, self.device.type != 'cuda')}.")
+        return FitOutOfMemory(f"a PatchCore fit of {self.fit_text[0]} ran out of memory during {phase} (estimated "
+                              f"peak {estimate}: {self.fit_text[1]}; {there}): {words}. Fit with "
+                              f"{memory_fixes(self.model.settings, self.device.type != 'cuda')}.")
 
     @torch.no_grad()
     def features(self, on_step: Callable[[int, int, float, float], None] | None) -> torch.Tensor:
