@@ -1,9 +1,9 @@
 """What a failed write means and its fix, in one wording for every writer (checkpoints, bundles, reports, logs,
-unit files): the free space on a disk (``free_space``), the cause and fix of a write that failed (``write_failure``,
-by errno: full, over quota, read-only, not this account's), and the removal of what it left half-written
-(``discard_unfinished``); where this account's caches go (``user_cache``); forcing a file or a folder to the disk
-(``fsync``); writing a file whole or not at all (``write_whole``, ``write_text_whole``); holding Ctrl-C and SIGTERM back while a
-result is moved into place (``stops_deferred``)."""
+unit files): the free space on a disk (``free_space``) and its free inodes (``free_inodes``), the cause and fix of a
+write that failed (``write_failure``, by errno: full, out of inodes, over quota, read-only, not this account's), and
+the removal of what it left half-written (``discard_unfinished``); where this account's caches go (``user_cache``);
+forcing a file or a folder to the disk (``fsync``); writing a file whole or not at all (``write_whole``,
+``write_text_whole``); holding Ctrl-C and SIGTERM back while a result is moved into place (``stops_deferred``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # errnos whose text libraries that keep no errno (torch.save's RuntimeError: "open file failed with strerror:
 # Read-only file system") still show: found by their os.strerror text
 _KNOWN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# ENOSPC with at most this many free inodes (files) left on the disk is read as out of inodes, not of bytes: a write
+# needs a few new files at once (a temporary beside its target, a folder), and other writers take or free some
+# between the failed write and the look at the disk
+INODES_SHORT = 16
 
 
 def fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
@@ -82,13 +86,48 @@ def user_cache() -> Path:
         return Path(tempfile.gettempdir()) / f"fair-edge-{uid}"
 
 
-def free_bytes(path: str | Path) -> int:
-    """Bytes this account may still write on the disk of ``path`` or of its nearest existing folder above; raises
-    OSError when that cannot be read."""
+def _nearest_existing(path: str | Path) -> Path:
+    """``path``, or its nearest existing folder above (a folder not made yet is on the disk of that one)."""
     where = Path(path)
     while not where.exists() and where != where.parent:
         where = where.parent
-    return shutil.disk_usage(where).free
+    return where
+
+
+def free_bytes(path: str | Path) -> int:
+    """Bytes this account may still write on the disk of ``path`` or of its nearest existing folder above; raises
+    OSError when that cannot be read."""
+    return shutil.disk_usage(_nearest_existing(path)).free
+
+
+def free_inodes(path: str | Path) -> int | None:
+    """Inodes (new files and folders) this account may still create on the disk of ``path`` or of its nearest
+    existing folder above (``os.statvfs``'s ``f_favail``, what ``df -i`` shows free); None where the file system
+    keeps no fixed number of them (``f_files`` 0: btrfs, vfat), where it cannot be read, and where the system has no
+    ``statvfs`` (Windows): no shortage of inodes is ever read from None."""
+    statvfs = getattr(os, "statvfs", None)
+    if statvfs is None:
+        return None
+    try:
+        info = statvfs(_nearest_existing(path))
+    except OSError:
+        return None
+    total, available = getattr(info, "f_files", 0), getattr(info, "f_favail", None)
+    return None if not total or available is None else int(available)
+
+
+def out_of_inodes(path: str | Path) -> bool:
+    """Whether the disk of ``path`` has at most ``INODES_SHORT`` free inodes left (``free_inodes``): a failed write's
+    "no space left on device" (ENOSPC) then means no file could be created, whatever the bytes free."""
+    available = free_inodes(path)
+    return available is not None and available <= INODES_SHORT
+
+
+def no_inodes_text(path: str | Path, named: str | None = None) -> str:
+    """"no free inodes (files) left on the disk of NAME (`df -i`; 200.0 MB free on the disk of PATH)": a disk out of
+    inodes in words, its free bytes beside, so a disk with bytes free is not read as full."""
+    name = str(path) if named is None else named
+    return f"no free inodes (files) left on the disk of {name} (`df -i`; {free_space(Path(path))})"
 
 
 def free_space(path: Path) -> str:
@@ -118,6 +157,9 @@ def write_failure(path: str | Path, exc: BaseException, out_flag: str | None = "
     + this + ", then run again."). By errno (``_failed_errno``):
       ENOSPC / EDQUOT: "the disk of PATH is full (12.0 MB free on the disk of PATH). Free space on that disk or
         choose an --out on another disk" ("is over this account's quota" for EDQUOT);
+      ENOSPC on a disk out of inodes (``out_of_inodes``: bytes free, no file can be made): "no free inodes (files)
+        left on the disk of PATH (`df -i`; 200.0 MB free on the disk of PATH): delete files there or choose an
+        --out on another disk";
       EROFS: "PATH is on a read-only file system. Choose an --out on a writable disk, or remount that disk read-write";
       EACCES / EPERM: "this account cannot write in PATH. Choose an --out you can write, or make that folder writable";
       none (a short write): "the disk of PATH may be full (...)" and the full disk's fix;
@@ -127,6 +169,8 @@ def write_failure(path: str | Path, exc: BaseException, out_flag: str | None = "
     name = str(path) if named is None else named
     code = _failed_errno(exc)
     flag = f" or choose an {out_flag} on another disk" if out_flag else ""
+    if code == errno.ENOSPC and out_of_inodes(path):
+        return f"{no_inodes_text(path, name)}: delete files there{flag}"
     if code in (errno.ENOSPC, errno.EDQUOT, None):
         state = {errno.ENOSPC: "is full", errno.EDQUOT: "is over this account's quota", None: "may be full"}[code]
         return f"the disk of {name} {state} ({free_space(Path(path))}). Free space on that disk{flag}"

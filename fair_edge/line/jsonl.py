@@ -8,14 +8,18 @@ import json
 import logging
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..disk import create_temporary, discard_unfinished, no_inodes_text, out_of_inodes
 from ..records import json_safe
 
 log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)   # a write failed for want of space: rotated files can make room
+ROTATE_RETRY_S = 1.0   # a rotation put off for want of a file (no free inode) is tried again at most this often, s
 # how a log is opened (``open_log``): for appending, created if missing, never through a link (a link put in the
 # output folder in its place fails the open: ELOOP, counted as a failed write), never waiting (a FIFO put there opens
 # at once, and is then refused), not inherited by a child process; each flag 0 where the OS has none
@@ -47,13 +51,21 @@ class RotatingJsonl:
     first) and writes the row again, until it is written or no rotated file is left: the newest rows are
     kept, not the oldest. Each file deleted is logged (name and size: its rows are gone) and counted in
     ``files_dropped`` / ``bytes_dropped``; a log without rotated files left raises as before.
+    A disk out of inodes (bytes free, but no file can be made: ``disk.out_of_inodes``; NG images may hold them) never
+    deletes a row: a rotation makes the log's next file before it moves anything, and where that fails the log is not
+    rotated but grows past ``max_bytes`` (one warning; tried again every ``ROTATE_RETRY_S``, counted
+    ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
+    to make room for it. clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
     """
 
-    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, keep: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.keep = int(keep)
         self._f = None
+        self._clock = clock
+        self._put_off_at: float | None = None   # when a rotation was last put off (no file could be made), else None
+        self.rotations_put_off = 0
         self.rotations = 0
         self.torn_cut = 0          # torn (partly written) lines cut off the file
         self.files_dropped = 0     # rotated files deleted to write on a full disk
@@ -61,22 +73,35 @@ class RotatingJsonl:
         self._close_failed = False  # a failed close was logged (once)
 
     def write(self, obj: dict[str, Any]) -> None:
-        """Append one row; on a full disk delete the oldest rotated file and try again (see the class doc)."""
+        """Append one row; on a full disk delete the oldest rotated file and try again (see the class doc); a log
+        file that cannot be created on a disk out of inodes raises ENOSPC, deleting nothing."""
         line = json_line(obj)
         while True:
             try:
                 self._write_line(line)
                 return
             except OSError as exc:
-                if exc.errno not in DISK_FULL_ERRNOS or not self._drop_oldest(exc):
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                if self._no_inode_for_file():
+                    raise OSError(exc.errno, f"{no_inodes_text(self.path.parent)}: {self.path.name} cannot be "
+                                  "created; no rotated log is deleted to make room for it (its rows would be gone): "
+                                  "delete files there", str(self.path)) from exc
+                if not self._drop_oldest(exc):
                     raise
 
+    def _no_inode_for_file(self) -> bool:
+        """After a failed write for want of space: whether it was the log's file that could not be created (it is
+        missing) on a disk out of inodes, where deleting a rotated log would lose its rows for a file's inode only."""
+        return not os.path.lexists(self.path) and out_of_inodes(self.path.parent)
+
     def _write_line(self, line: bytes) -> None:
-        """Append ``line`` (whole, newline-terminated), rotating first when it would pass ``max_bytes``; a write
-        that fails is cut back off the file and raised."""
+        """Append ``line`` (whole, newline-terminated), rotating first when it would pass ``max_bytes`` (unless a
+        rotation put off is not yet due again: ``_rotation_due``); a write that fails is cut back off the file and
+        raised."""
         if self._f is None:
             self._open()
-        if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes:
+        if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes and self._rotation_due():
             self._rotate()
         start = self._f.tell()
         try:
@@ -162,20 +187,69 @@ class RotatingJsonl:
             log.debug("%s: cutting a failed write back to %d bytes failed: %s", self.path, size, exc)
 
     def _rotate(self) -> None:
+        """Move the file to ``.1`` (``.1`` to ``.2`` .., the oldest, ``.keep``, deleted; keep 0: start over in place)
+        and open a new one. The new file is made first (``_next_file``): where it cannot be (no free inode) nothing is
+        moved and the log goes on in its file (``_put_off``), so no rotated file is ever deleted to make one."""
         self._close_quietly()
         if self.keep > 0:
             oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
             if oldest.exists():
-                oldest.unlink()
-            for i in range(self.keep - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{i}")
-                if src.exists():
-                    os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                oldest.unlink()   # rotation's own loss; its inode is the one the new file takes
+            try:
+                fresh = self._next_file()
+            except OSError as exc:
+                if exc.errno not in DISK_FULL_ERRNOS:
+                    raise
+                self._put_off(exc)
+                self._open()
+                return
+            try:
+                for i in range(self.keep - 1, 0, -1):
+                    src = self.path.with_name(f"{self.path.name}.{i}")
+                    if src.exists():
+                        os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                os.replace(fresh, self.path)
+            except BaseException:
+                discard_unfinished(fresh, "log file")
+                raise
         else:
             self.path.unlink()
         self.rotations += 1
+        self._resumed()
         self._open()
+
+    def _next_file(self) -> Path:
+        """The log's next file, made empty under a temporary name beside it (``disk.create_temporary``: mode 0o666
+        less the umask, as ``open_log`` makes it); raises OSError (ENOSPC on a disk out of inodes)."""
+        fd, fresh = create_temporary(self.path)
+        os.close(fd)
+        return fresh
+
+    def _rotation_due(self) -> bool:
+        """Whether the log may rotate now: always, unless a rotation was put off less than ``ROTATE_RETRY_S`` ago."""
+        return self._put_off_at is None or self._clock() - self._put_off_at >= ROTATE_RETRY_S
+
+    def _put_off(self, exc: OSError) -> None:
+        """A rotation found no room for the log's next file (``exc``): the log goes on past ``max_bytes``; one
+        warning per spell, naming inodes (``df -i``) where the disk is out of them."""
+        first = self._put_off_at is None
+        self._put_off_at = self._clock()
+        self.rotations_put_off += 1
+        if not first:
+            return
+        cause = (no_inodes_text(self.path.parent) if out_of_inodes(self.path.parent)
+                 else f"disk full ({exc.strerror or exc})")
+        log.warning("%s: %s: the log's next file cannot be made, so it is not rotated: it grows past its %.3g MB "
+                    "(record.max_log_mb) and keeps every row, rotating again once a file can be made there; delete "
+                    "files on that disk (e.g. old NG images)", self.path, cause, self.max_bytes / 2**20)
+
+    def _resumed(self) -> None:
+        """A rotation went through: a spell of rotations put off (``_put_off``) is over (one line)."""
+        if self._put_off_at is not None:
+            self._put_off_at = None
+            log.info("%s: rotated again (%d rotation(s) had been put off for want of a file)", self.path,
+                     self.rotations_put_off)
 
     def _close_quietly(self) -> None:
         """Close the file; a failure (the unwritten rest of a line on a full disk) is logged once per

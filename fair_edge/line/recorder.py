@@ -13,11 +13,15 @@ is not blamed on the disk. An NG part's row and its images are queued apart when
 waits behind an image write (a slow ``ng/`` disk delayed verdicts.jsonl and gate.jsonl by minutes); its images
 may be saved before or after its row is written, and neither is written twice. Disk guard: when
 the free space under ``record.dir`` falls below ``min_free_mb`` plus what verdicts.jsonl and gate.jsonl may still
-grow into before their rotation caps them (``(keep_files + 1) x max_log_mb`` each, less what they hold), images are
-no longer saved (counted ``images_skipped``, one warning) while the verdict log goes on; saving resumes when space
-is back. A log that finds the disk full anyway (filled by something else) deletes its own oldest rotated file and
-writes on (``RotatingJsonl``; logged, counted ``log_files_deleted``). An ``OSError`` (full disk, unplugged drive)
-is counted in ``write_errors`` and logged once per kind; it never reaches the inspection loop.
+grow into before their rotation caps them (``(keep_files + 1) x max_log_mb`` each, less what they hold), or its free
+inodes (files, ``df -i``) below what the logs' rotation may still make (``keep_files + 1`` each) plus
+``MIN_FREE_INODES``, images are no longer saved (counted ``images_skipped``, one warning naming bytes or inodes) while
+the verdict log goes on; saving resumes when room is back. A log that finds the disk full anyway (filled by something
+else) deletes its own oldest rotated file and writes on (``RotatingJsonl``; logged, counted ``log_files_deleted``);
+one on a disk out of inodes deletes nothing: it is not rotated but grows past ``max_log_mb`` until a file can be made.
+Rows falling more than ``BACKLOG_WARN_S`` of writing behind (a slow disk) are warned of once, naming the disk. An
+``OSError`` (full disk, unplugged drive) is counted in ``write_errors`` and logged once per kind; it never reaches the
+inspection loop.
 
 Files: ``DIR/verdicts.jsonl`` (+ ``.1`` .. ``.keep_files`` after rotation; gate.jsonl alike),
 ``DIR/ng/RUNID_SEQ_frame.EXT`` (the frame as captured) and ``DIR/ng/RUNID_SEQ_overlay.EXT`` (the
@@ -39,9 +43,11 @@ missed).
 
 Closing: every row queued is written, NG images only for up to ``images_s`` (5 s): past it (or once
 ``stop_images`` was called) the images still queued are skipped and NG parts recorded later are logged without
-theirs (counted ``images_skipped``, one warning); the images being saved then are finished. Only a row writer stuck
-longer than ``rows_s`` more (a hung disk) leaves rows unwritten: counted ``lost_at_close`` and logged as an error, as
-is a row handed in after close; an image writer stuck that long (inside one image's write) leaves the NG images
+theirs (counted ``images_skipped``, one warning); the images being saved then are finished. The rows are waited for
+while the writer keeps writing them: only one that writes no row for ``rows_s`` (5 s: a hung disk), or one still
+writing ``rows_max_s`` after the close began (``CLOSE_ROWS_MAX_S``, 15 s, within the service's stop timeout: a disk
+too slow for what is queued) leaves rows unwritten: counted ``lost_at_close`` and logged as an error saying which, as
+is a row handed in after close; an image writer stuck past ``rows_s`` (inside one image's write) leaves the NG images
 still queued counted ``images_skipped``, logged as an error. Rows are closed first, then images.
 
 Counters (``stats()``): every row handed in is ``queued`` or ``dropped`` (``row_limit`` reached, never queued);
@@ -73,7 +79,7 @@ import cv2
 import numpy as np
 
 from ..errors import FairEdgeError, RecorderError
-from ..disk import write_whole
+from ..disk import free_inodes, write_whole
 from ..images import encode_image, gray_2d, shape_text
 from ..records import Frame, Verdict, WallClock, new_run_id
 from .jsonl import RotatingJsonl
@@ -88,9 +94,22 @@ RECORDER_COUNTERS = ("queued", "logged", "gate_logged", "rows_failed", "lost_at_
                      "images", "images_skipped", "images_failed", "write_errors")
 ROW_OUTCOMES = ("logged", "gate_logged", "rows_failed", "lost_at_close")   # each queued row ends as one
 GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
-DISK_CHECK_S = 1.0   # re-read free space at most this often
+DISK_CHECK_S = 1.0   # re-read free space (bytes and inodes) at most this often
+# inodes (files) kept free under record.dir beside the ones the logs' rotation may still need ((keep_files + 1) per
+# log): the NG images saved between two checks (DISK_CHECK_S apart, 2 files per NG part: 1000 covers 500 NG parts a
+# second), the temporaries of summary.json and the console's files, and anything else the station creates there
+MIN_FREE_INODES = 1000
+LOGS = 2              # the JSONL logs in record.dir: verdicts.jsonl, gate.jsonl
 CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
-CLOSE_ROWS_S = 5.0    # close(): then the remaining rows get at most this long (only a hung disk needs it)
+CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long without writing a row (a hung disk)
+# close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. Fits the
+# systemd unit's stop timeout: TimeoutStopSec (station/service_unit.py: the belt's drain + STOP_MARGIN_S, 30 s) leaves
+# the stop 30 s past the drain for CLOSE_IMAGES_S + 1 s of NG images (station/run.py finish_line), then this, the
+# sinks' CLOSE_DRAIN_S (2 s) and the rest (tests/test_recorder_disk_limits.py checks the sum)
+CLOSE_ROWS_MAX_S = 15.0
+CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds
+BACKLOG_WARN_S = 3.0  # rows waiting that take longer than this to write at the writer's pace: one warning
+BACKLOG_WINDOW_S = 1.0  # the writer's pace is measured over windows of at least this long, seconds
 ROW_LIMIT = 16384     # queued rows at most (NG images queue apart): 16 x reject.max_pending's default
 WRITER_STUCK_S = 1.0  # a full row queue whose writer wrote nothing for this long names the disk, seconds
 IMAGE_BOUNDS = ("images", "image_bytes")   # the bounds of NG images waiting: record.queue_size, .queue_mb
@@ -102,6 +121,12 @@ def dropped_row(frame: Frame, reason: str = "dropped: capture queue full") -> di
     """The verdict log's row for a captured frame that was never inspected."""
     return {"seq": frame.seq, "t_capture": frame.t_capture, "inspected": False, "reason": reason,
             "source": frame.source, **({"camera": frame.camera} if frame.camera else {})}
+
+
+def rows_deadline(start: float, last_row: float, rows_s: float, rows_max_s: float) -> float:
+    """When close gives up on the row writer (seconds on the clock of ``start``, close's start): ``rows_s`` after its
+    last row written (``last_row``; close's start when that was before), never past ``rows_max_s`` after the start."""
+    return min(start + rows_max_s, max(start, last_row) + rows_s)
 
 
 def _image_bytes(item: tuple | None) -> int:
@@ -160,13 +185,19 @@ class Recorder:
     run_id: written in every row and NG image name (a new one when None).
     timer: seconds, ``time.perf_counter``-like (tests hand in a fake clock): times each NG part's images (drawing
     the overlay; encoding and writing them) for the warning of a full image queue.
+    inodes: ``disk.free_inodes``-like callable, free inodes (files) under a folder or None where the file system has
+    no fixed number (tests hand in a fake one); read with the free space, at most every ``disk_check_s``.
+    clock: monotonic seconds, ``time.monotonic``-like (tests hand in a fake clock): the free-space checks, the row
+    writer's pace (the backlog warning) and close's wait for rows.
     ``images_off``: set once NG images are no longer saved (``stop_images``, or close past its deadline).
     """
 
     def __init__(self, settings: RecordSettings,
                  disk_usage: Callable[[Path], Any] = shutil.disk_usage,
                  disk_check_s: float = DISK_CHECK_S, run_id: str | None = None,
-                 row_limit: int = ROW_LIMIT, timer: Callable[[], float] = time.perf_counter) -> None:
+                 row_limit: int = ROW_LIMIT, timer: Callable[[], float] = time.perf_counter,
+                 inodes: Callable[[Path], int | None] = free_inodes,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.run_id = run_id or new_run_id()
         self.clock = WallClock()
@@ -177,9 +208,11 @@ class Recorder:
             raise RecorderError(f"record.dir: expected a writable folder, found {self.dir} "
                                 f"({exc}); pick another dir or fix its permissions") from exc
         self._log = RotatingJsonl(self.dir / "verdicts.jsonl",
-                                  int(settings.max_log_mb * 1024 * 1024), settings.keep_files)
+                                  int(settings.max_log_mb * 1024 * 1024), settings.keep_files, clock)
         self._gate_log: RotatingJsonl | None = None   # opened with the first gate event
         self._disk_usage = disk_usage
+        self._inodes = inodes
+        self._clock = clock
         self._disk_ok = True
         self._disk_checked = float("-inf")
         self._disk_check_s = disk_check_s
@@ -197,7 +230,8 @@ class Recorder:
         self._images_open = True            # False once the image writer has stopped (or close gave up on it)
         self._timer = timer
         self._image_times = (0, 0.0, 0.0)   # NG parts saved, seconds drawing overlays, seconds encoding + writing
-        self._writer_seen = time.monotonic()  # when the row writer last wrote a row or found nothing to write
+        self._writer_seen = clock()         # when the row writer last wrote a row or found nothing to write
+        self._pace = (self._writer_seen, 0)  # (row writer) the window its pace is measured over: start, rows written
         self._stop = threading.Event()
         self.images_off = threading.Event()
         self._closed = False
@@ -304,7 +338,7 @@ class Recorder:
             self._warn_once("dropped-images", "recorder: %s: logging NG parts without their images (counted "
                             "images_skipped); %s", waiting, self._images_slow())
             return
-        idle_s = time.monotonic() - self._writer_seen
+        idle_s = self._clock() - self._writer_seen
         why = (f"the writer has written nothing for {idle_s:.1f} s: the disk under {self.dir} is hung or far too slow"
                if idle_s >= WRITER_STUCK_S else
                "the writer is writing: rows come in faster than it writes them (a burst larger than the bound)")
@@ -367,13 +401,16 @@ class Recorder:
                 return
         self._call_on_close(fn)
 
-    def close(self, images_s: float = CLOSE_IMAGES_S, rows_s: float = CLOSE_ROWS_S) -> None:
+    def close(self, images_s: float = CLOSE_IMAGES_S, rows_s: float = CLOSE_ROWS_S,
+              rows_max_s: float = CLOSE_ROWS_MAX_S) -> None:
         """Write what is queued and stop the writer; safe twice.
 
         images_s: NG images are saved for at most this long, seconds (none when ``stop_images`` was called);
-        then the remaining rows only (images counted ``images_skipped``). rows_s: the writer then gets at most
-        this long to finish, seconds; rows it still holds (a hung disk) are counted ``lost_at_close`` and
-        logged as an error. Then the ``on_close`` callbacks get the final counters.
+        then the remaining rows only (images counted ``images_skipped``). rows_s: the writer is then waited for as
+        long as it keeps writing rows, until it has written none for this long, seconds (a hung disk), and for at
+        most rows_max_s in all (a disk too slow for what is queued; ``CLOSE_ROWS_MAX_S`` fits the service's stop
+        timeout): rows it still holds are counted ``lost_at_close`` and logged as an error. The image writer gets
+        what is left of rows_s. Then the ``on_close`` callbacks get the final counters.
         """
         if self._closed:
             return
@@ -383,11 +420,10 @@ class Recorder:
         self.images_off.set()   # rows handed in from now on are written without images: close stays bounded
         self._stop.set()
         self._images_q.put_nowait(None)   # wakes the image writer to see the stop (taken and done like an item)
-        end = time.monotonic() + rows_s
-        self._thread.join(timeout=rows_s)
+        waited_s = self._wait_rows(rows_s, rows_max_s)
         if self._thread.is_alive():
-            self._abandon(rows_s)
-        self._image_thread.join(timeout=max(0.0, end - time.monotonic()))
+            self._abandon(waited_s, rows_s, rows_max_s)
+        self._image_thread.join(timeout=max(0.0, rows_s - waited_s))
         if self._image_thread.is_alive():
             self._abandon_images(rows_s)
         with self._lock:
@@ -396,9 +432,23 @@ class Recorder:
         for fn in hooks:
             self._call_on_close(fn)
 
-    def _abandon(self, waited_s: float) -> None:
+    def _wait_rows(self, rows_s: float, rows_max_s: float) -> float:
+        """Wait for the row writer to finish what is queued (``close``): while it has written a row within the last
+        ``rows_s``, at most ``rows_max_s`` in all (``rows_deadline``); returns the seconds waited (``clock``)."""
+        start = self._clock()
+        while True:
+            now = self._clock()
+            deadline = rows_deadline(start, self._writer_seen, rows_s, rows_max_s)
+            if now >= deadline:
+                return now - start
+            self._thread.join(timeout=min(deadline - now, CLOSE_POLL_S))
+            if not self._thread.is_alive():
+                return self._clock() - start
+
+    def _abandon(self, waited_s: float, rows_s: float, rows_max_s: float) -> None:
         """Give up on a writer stuck past close's deadline: the rows it holds and those queued are counted
-        ``lost_at_close`` (if it finishes one later, that row is in the file but stays counted lost)."""
+        ``lost_at_close`` (if it finishes one later, that row is in the file but stays counted lost). The error
+        says which deadline: no row written for ``rows_s`` (a hung disk), or ``rows_max_s`` in all (a slow one)."""
         with self._lock:
             self._accepting = False
             self._abandoned = True
@@ -414,8 +464,14 @@ class Recorder:
             if in_hand and not self._row_settled:
                 lost += in_hand
             self._counters.add("lost_at_close", lost)
-        log.error("recorder: the writer did not finish within %g s of closing (a hung disk?): %d row(s) not "
-                  "written, counted lost_at_close; check the disk under %s", waited_s, lost, self.dir)
+        if waited_s >= rows_max_s:
+            log.error("recorder: the writer was still writing rows %g s after closing (the most a stop waits for "
+                      "them, so the service's stop timeout is kept): %d row(s) not written, counted lost_at_close; "
+                      "the disk under %s is too slow for the rows (see the backlog warning): give record.dir a "
+                      "faster disk", rows_max_s, lost, self.dir)
+        else:
+            log.error("recorder: the writer wrote no row for %g s while closing (a hung disk?): %d row(s) not "
+                      "written, counted lost_at_close; check the disk under %s", rows_s, lost, self.dir)
 
     def _abandon_images(self, waited_s: float) -> None:
         """Give up on an image writer still running at close's deadline: the NG images still queued are counted
@@ -460,7 +516,8 @@ class Recorder:
                 try:
                     item = self._q.get(timeout=IDLE_POLL_S)
                 except queue.Empty:
-                    self._writer_seen = time.monotonic()
+                    self._writer_seen = self._clock()
+                    self._pace = (self._writer_seen, 0)   # idle: its pace is measured afresh
                     if self._stop.is_set() and self._stopped_idle():
                         return
                     continue
@@ -524,16 +581,45 @@ class Recorder:
             if self._abandoned:   # close gave up on this writer and counted this row lost_at_close
                 return
         outcome = self._write_gate(row) if extra is GATE_LOG else self._write_log(row, extra)
+        now = self._clock()
         with self._lock:
             late = self._abandoned
             if not late:
                 self._counters.add(outcome)
                 self._row_settled = True
-                self._writer_seen = time.monotonic()
+                self._writer_seen = now
+        self._note_pace(now)
         if late:
             log.warning("recorder: row seq %s was %s after close gave up on it (counted lost_at_close)",
                         row.get("seq") if isinstance(row, dict) else getattr(row, "seq", None),
                         "written" if outcome != "rows_failed" else "tried")
+
+    def _note_pace(self, now: float) -> None:
+        """(row writer, after each row) Count the row in the current pace window; once the window is
+        ``BACKLOG_WINDOW_S`` long, warn once when the rows waiting take more than ``BACKLOG_WARN_S`` to write at the
+        pace it measured (``_warn_backlog``), and start the next window. One comparison per row otherwise."""
+        start, rows = self._pace
+        rows += 1
+        if now - start < BACKLOG_WINDOW_S:
+            self._pace = (start, rows)
+            return
+        self._pace = (now, 0)
+        waiting = self._q.qsize()
+        rows_per_s = rows / (now - start)
+        if waiting > rows_per_s * BACKLOG_WARN_S:
+            self._warn_backlog(waiting, rows_per_s)
+
+    def _warn_backlog(self, waiting: int, rows_per_s: float) -> None:
+        """The one warning of rows falling behind a slow disk: how many wait, how long they take at the writer's
+        pace, and what happens to those still waiting at the stop."""
+        if "rows-backlog" in self._warned:
+            return
+        self._warned.add("rows-backlog")
+        log.warning("recorder: %d rows waiting to be written to the verdict and gate logs, about %.0f s of writing at "
+                    "the %.3g rows/s the disk under %s takes: that disk is too slow for the rows (this warning is "
+                    "given once); at the stop they are written for as long as it keeps writing, at most %g s, the "
+                    "rest counted lost_at_close; give record.dir a faster disk", waiting, waiting / rows_per_s,
+                    rows_per_s, self.dir, CLOSE_ROWS_MAX_S)
 
     def _save_item(self, item: tuple) -> None:
         """One queued NG part's images ``(verdict, frame, map)``: saved, or skipped once images are off."""
@@ -557,7 +643,7 @@ class Recorder:
         """Write one gate.jsonl row; returns its outcome: ``gate_logged`` or ``rows_failed`` (counted, logged once)."""
         if self._gate_log is None:
             self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
-                                           self.settings.keep_files)
+                                           self.settings.keep_files, self._clock)
         make = lambda: {"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]), **row}  # noqa: E731
         return self._write_row(self._gate_log, make, "gate", "a JSON-able row with 't' (monotonic s)", row,
                                "gate_logged")
@@ -651,11 +737,12 @@ class Recorder:
         return [self._log] + ([self._gate_log] if self._gate_log is not None else [])
 
     def _disk_has_room(self) -> bool:
-        """Whether NG images may be saved: the free space under ``record.dir`` (re-read at most every
-        ``disk_check_s``) is at least ``min_free_mb`` plus what the logs may still grow into (``_logs_room_mb``), so
-        images never take the room the verdict log's own rotation needs; one warning when that stops, one line
-        when it resumes."""
-        now = time.monotonic()
+        """Whether NG images may be saved: under ``record.dir`` (both re-read at most every ``disk_check_s``) the free
+        space is at least ``min_free_mb`` plus what the logs may still grow into (``_logs_room_mb``), and the free
+        inodes (files) at least what the logs' rotation may still make plus ``MIN_FREE_INODES`` (``_inodes_needed``),
+        so images never take the room, bytes or files, the logs' own rotation needs; one warning when that stops
+        (``_warn_no_room``: naming inodes, ``df -i``, where they are short), one line when it resumes."""
+        now = self._clock()
         if now - self._disk_checked < self._disk_check_s:
             return self._disk_ok
         self._disk_checked = now
@@ -664,16 +751,38 @@ class Recorder:
         except OSError as exc:
             self._warn_once("disk-usage", "cannot read free space of %s: %s", self.dir, exc)
             return self._disk_ok
+        inodes = self._inodes(self.dir)
         logs_mb = self._logs_room_mb()
-        ok = free_mb >= self.settings.min_free_mb + logs_mb
+        bytes_ok = free_mb >= self.settings.min_free_mb + logs_mb
+        ok = bytes_ok and (inodes is None or inodes >= self._inodes_needed())
         if not ok and self._disk_ok:
-            log.warning("only %.0f MB free under %s (< record.min_free_mb = %.0f + %.0f MB the verdict and gate logs "
-                        "may still grow into, (keep_files + 1) x max_log_mb each): NG images are no longer saved, the "
-                        "verdict log goes on", free_mb, self.dir, self.settings.min_free_mb, logs_mb)
+            self._warn_no_room(free_mb, logs_mb, inodes, bytes_ok)
         elif ok and not self._disk_ok:
-            log.info("%.0f MB free under %s again: saving NG images", free_mb, self.dir)
+            log.info("%.0f MB%s free under %s again: saving NG images", free_mb,
+                     "" if inodes is None else f" and {inodes} inodes (files)", self.dir)
         self._disk_ok = ok
         return ok
+
+    def _inodes_needed(self) -> int:
+        """Free inodes (files) under ``record.dir`` below which NG images stop: the files the verdict and gate logs
+        may still make, ``keep_files + 1`` each (their rotation's), plus ``MIN_FREE_INODES``."""
+        return LOGS * (self.settings.keep_files + 1) + MIN_FREE_INODES
+
+    def _warn_no_room(self, free_mb: float, logs_mb: float, inodes: int | None, bytes_ok: bool) -> None:
+        """The one warning when NG images stop for want of room: the bytes free against what is kept, or, where the
+        bytes are there, the inodes (files) free against what is kept (``df -i`` shows them)."""
+        if not bytes_ok:
+            short_inodes = inodes is not None and inodes < self._inodes_needed()
+            log.warning("only %.0f MB free under %s (< record.min_free_mb = %.0f + %.0f MB the verdict and gate logs "
+                        "may still grow into, (keep_files + 1) x max_log_mb each)%s: NG images are no longer saved, "
+                        "the verdict log goes on", free_mb, self.dir, self.settings.min_free_mb, logs_mb,
+                        f" and only {inodes} free inodes (files) (`df -i`)" if short_inodes else "")
+            return
+        log.warning("only %d free inodes (files) left on the disk of %s (`df -i`; %.0f MB free) (< %d: the %d files "
+                    "the verdict and gate logs' rotation may still make, (keep_files + 1) each, + %d kept free): NG "
+                    "images are no longer saved, the verdict log goes on; delete files on that disk (e.g. old NG "
+                    "images under %s)", inodes, self.dir, free_mb, self._inodes_needed(),
+                    LOGS * (self.settings.keep_files + 1), MIN_FREE_INODES, self.dir / "ng")
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._warned:
