@@ -23,7 +23,7 @@ from typing import Any
 
 
 from fair_edge.console.drift import Reference
-from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
+from fair_edge.console.feed import StationFeed, ViewKey, alarm_shown, alarm_text, finite, named_alarm, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal, utc_now
 from fair_edge.console import tuning
 from fair_edge.errors import ConfigError, DataError, FairEdgeError, RecorderError, did_you_mean
@@ -328,25 +328,34 @@ class StationActions:
 
     # ------------------------------------------------------------------ reject gate
     def acknowledge_alarm(self, who: str, seen=None) -> dict:
-        """The operator's reset of a latched reject alarm (a part passed uninspected, was refused, or
-        missed its gap): ``RejectScheduler.acknowledge_alarm``; the fault output drops unless a fault
-        (camera, backend, sink down) still holds it. Audited with the alarm it cleared (read and cleared at once:
-        one raised meanwhile is the one named). seen: the alarm text the page showed (None: whatever is latched);
-        AlarmChanged, nothing cleared, when another alarm is latched now."""
+        """The operator's reset of the latched reject alarms (a part passed uninspected, was refused, or missed its
+        gap): ``RejectScheduler.acknowledge_alarm`` on each gate the console shows (``feed.reject_gates``: the
+        station's, and with ``group.by: lane`` each lane's); the fault output drops unless a fault (camera, backend,
+        sink down) still holds it (a lane's alarm holds it through the station's tick: it drops at the next, ~0.5 s).
+        Audited with the alarms it cleared (``feed.alarm_text``; each read and cleared at once: one raised meanwhile is
+        the one named). seen: the alarm text the page showed (None: whatever is latched); AlarmChanged, nothing
+        cleared, when an alarm it does not show is latched now (a gate latching one in the moment between that check
+        and its reset keeps it: the others shown are cleared and audited, then AlarmChanged names it). The answer's
+        ``fault``: why the fault output is still on as the gates tell it (``_faults_left``)."""
         who = _who(who)
         require(seen is None or isinstance(seen, str), "alarm", "the alarm text the page showed (a string)", seen)
-        scheduler = self.feed.scheduler
-        if scheduler is None:
-            raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks): no alarm to "
-                              "acknowledge")
+        gates = self.feed.reject_gates()
+        if not gates:
+            raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks, or a lane's "
+                              "cameras[].reject): no alarm to acknowledge")
         self.audit.check_writable()   # an acknowledgement that could not be audited clears nothing
-        try:
-            old = scheduler.acknowledge_alarm(seen)
-        except ConfigError as exc:   # only for an alarm raised since the page showed its own
-            raise AlarmChanged(str(exc)) from exc
+        latched = self.feed.alarms()
+        _refuse_unseen(latched, seen)
+        cleared, newer = _clear_alarms(gates, None if seen is None else latched)
+        if newer and not cleared:   # only for an alarm raised since the page showed its own
+            raise AlarmChanged(newer)
+        old = alarm_text(cleared)
         log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
-        return self._audited({"action": "acknowledge_alarm", "who": who, "old": old or "",
-                              "fault": scheduler.fault_reason or ""})
+        row = self._audited({"action": "acknowledge_alarm", "who": who, "old": old,
+                             "fault": _faults_left(gates, bool(self.feed.lanes))})
+        if newer:
+            raise AlarmChanged(f"{newer} (the alarms shown were cleared: {old})")
+        return row
 
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None, camera=None) -> dict:
@@ -714,12 +723,14 @@ class StationActions:
         it (``_load``; ``reload``: a reload's swap, refused as such)."""
         if not self._still_auditable(bundle, [change], reload):
             return
+        new_model = _new_model(inspector, change)   # before the request: the model in force or pending until now
         inspector.switch.request(change)
         self.maps_in_force[""] = (change.model, tuning.reference_graph(change.bundle))
         self.feed.use_bundle(bundle, change.bundle.root)   # a link as named: a reload without a station file follows it
         if change.regions is not None:   # the reloaded zones, drawn on the live page and the NG images
             self._show_zones(change.regions.outlines())
-        self.feed.drift.reset("", _reference(change))
+        if new_model:   # the same model reloaded (threshold, regions edited) keeps its scores and its drift alarm
+            self.feed.drift.reset("", _reference(change))
         row = self._audited({"action": "swap", "who": who, "old": old,
                              "new": {"model": change.model, "bundle": str(change.bundle.root),
                                      "threshold": change.threshold}})
@@ -785,10 +796,12 @@ class StationActions:
         for camera, change in changes.items():
             decider = self._decider(camera)
             old = {"model": decider.model, "bundle": str(self.feed.camera_bundles.get(camera, ""))}
+            new_model = _new_model(decider, change)
             decider.switch.request(change)
             self.maps_in_force[camera] = (change.model, tuning.reference_graph(change.bundle))
             self.feed.camera_bundles[camera] = change.bundle.root
-            self.feed.drift.reset(camera, _reference(change))   # this camera's watch only: the others go on
+            if new_model:   # this camera's watch only, and only for another model: the same one keeps its scores
+                self.feed.drift.reset(camera, _reference(change))
             if camera == self.feed.lead_camera:   # the console's top-line bundle is the first camera's
                 self.feed.use_bundle(None, change.bundle.root)
             rows.append(self._audited({"action": "swap", "who": who, "camera": camera, "old": old,
@@ -978,6 +991,55 @@ def regions_in_force(decider):
         return pending.regions if pending.regions.enabled else None
     judge = getattr(decider, "regions", None)   # a stand-in decider without regions judges none
     return None if judge is None else judge.settings
+
+
+def _refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
+    """AlarmChanged, before anything is cleared, when an alarm latched now ({gate: alarm}, ``feed.alarms``) is not
+    one the page showed (``seen``: its alarm text; None: any is)."""
+    if seen is None:
+        return
+    unseen = [named_alarm(gate, alarm) for gate, alarm in latched.items() if not alarm_shown(gate, alarm, seen)]
+    if unseen:
+        raise AlarmChanged(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer one: "
+                           f"{'; '.join(unseen)}; read it, then acknowledge again (nothing was cleared)")
+
+
+def _clear_alarms(gates: dict, shown: dict[str, str] | None) -> tuple[dict[str, str], str]:
+    """Reset each gate's alarm (``acknowledge_alarm``), each against the alarm the page showed of it (``shown``: {gate:
+    alarm}, those ``_refuse_unseen`` found shown; a gate not in it against none; None: whatever is latched). Returns
+    ({gate: the alarm it cleared}, the refusal of a gate that latched a newer alarm since: "" none; that gate keeps
+    it, the others are cleared)."""
+    cleared, newer = {}, []
+    for gate, scheduler in gates.items():
+        try:
+            old = scheduler.acknowledge_alarm(None if shown is None else shown.get(gate, ""))
+        except ConfigError as exc:   # latched since the page showed its own: kept
+            newer.append(named_alarm(gate, str(exc)))
+            continue
+        if old:
+            cleared[gate] = old
+    return cleared, "; ".join(newer)
+
+
+def _faults_left(gates: dict, lanes: bool) -> str:
+    """Why the fault output is still on after an acknowledgement, as the gates tell it ('' none): the station's gate's
+    reason (the camera, the backend, a sink down...); with lanes (``lanes``), each lane's own fault left, named (the
+    station's others: the live page's fault pill, from the station's next tick)."""
+    if not lanes:
+        return next(iter(gates.values())).fault_reason or ""
+    return "; ".join(named_alarm(gate, reason) for gate, scheduler in gates.items()
+                     if gate and (reason := scheduler.fault_reason))
+
+
+def _new_model(decider, change: ModelChange) -> bool:
+    """Whether ``change`` makes ``decider`` (the inspector, or a camera's ``ViewDecider``) run another model than the
+    one it runs, or will once its pending change is taken: model ids compared as the inspector compares them at the
+    switch (``Inspector._swap_model``; "", an id not known, is another model). Its drift watch starts over only then:
+    a reload of the same model (its threshold or regions edited, or nothing) changes no score, so its scores and a
+    drift alarm they raised stay."""
+    pending = decider.switch.pending
+    running = pending.model if pending is not None and pending.scorer is not None else decider.model
+    return not change.model or change.model != running
 
 
 def _reference(change: ModelChange) -> Reference:

@@ -10,8 +10,11 @@ scheduler's and recorder's counters.
 A view is named by its key ``(camera, seq)`` (``view_key``): with several cameras every camera numbers
 its own frames, so seq alone is ambiguous; with one camera the camera is "". A station of several cameras
 (``station.cell``) also hands in its part rows (``observe_part``, the ``PartAssembler``'s rows) and its
-per-camera and part counters (``CellCounters``). Every camera's scores go to its own drift watch
-(``drift.CameraDrift``), compared with the calibration of the bundle that camera runs.
+per-camera and part counters (``CellCounters``); with ``group.by: lane`` also each lane's reject gate
+(``attach_lanes``): their alarms are shown named by lane and acknowledged from the console like the station's own.
+Every camera's scores go to its own drift watch (``drift.CameraDrift``), compared with the calibration of the bundle
+that camera runs. The station hands in how to read why its fault outputs are on (``read_fault_from``: the text MQTT
+and systemd's STATUS show), which the live page's fault pill shows.
 
 What the console keeps does not grow with ``console.recent_parts``, except the NG review: every view's verdict is
 kept for the last ``RECENT_VERDICTS`` views (or ``keep_frames``, if more: a kept frame's verdict stays findable), the
@@ -193,6 +196,9 @@ class StationFeed:
         self.drift = CameraDrift({"": reference} if camera_references is None else camera_references,
                                  settings.drift_window, settings.drift_min_parts, settings.drift_alarm)
         self.inspector = self.capture = self.scheduler = self.recorder = self.camera_watch = None
+        self.lanes: dict[str, RejectGate] = {}   # group.by: lane: camera -> its lane's reject gate (``attach_lanes``)
+        # camera reason -> why the station's fault outputs are on ('' off; ``read_fault_from``); None: not handed in
+        self.fault_reason: Callable[[str], str] | None = None
         self.bundle_path: Path | None = None   # the bundle folder in force as loaded (its root: links followed)
         # the same bundle as it was named (``use_bundle``: --bundle, ``bundle:``, the path a swap was given), absolute,
         # links kept: what a reload without a station file loads (``bundle_in_force``), so a link leads to its target
@@ -214,6 +220,35 @@ class StationFeed:
         self.recorder, self.camera_watch, self.bundle_path = recorder, camera_watch, bundle_path
         if getattr(recorder, "run_id", None):
             self.run_id = recorder.run_id   # the station's run id: NG image names and log rows carry it
+
+    def attach_lanes(self, lanes: Mapping[str, RejectGate]) -> None:
+        """``group.by: lane``: camera -> its lane's reject gate (``station.cell.CellLine.lanes``, the station file's
+        order). Their latched alarms are shown named by lane (``alarms``) and cleared by the console's acknowledge."""
+        self.lanes = dict(lanes)
+
+    def read_fault_from(self, fault_reason: Callable[[str], str]) -> None:
+        """How to read why the station's fault outputs are on: ``fault_reason(camera reason)`` -> the reason ('' off),
+        ``station.run.LineSide.fault_reason`` (a PLC, encoder or reject link down, a latched alarm, a lane's fault, a
+        handshake error, ...): the text MQTT and systemd's STATUS show, read when the page asks (``fault_now``)."""
+        self.fault_reason = fault_reason
+
+    def fault_now(self) -> str:
+        """Why the station's fault outputs are on now ('' off; '' before ``read_fault_from``), with the camera watch's
+        reason as the station's tick hands it (``CameraWatch.reason``: the camera's fault leads)."""
+        if self.fault_reason is None:
+            return ""
+        return self.fault_reason(self.camera_watch.reason if self.camera_watch is not None else "")
+
+    def reject_gates(self) -> dict[str, RejectGate]:
+        """The reject gates whose alarms the console shows and acknowledges: "" -> the station's own (when it has one),
+        then each lane's (``attach_lanes``) by its camera's name."""
+        gates = {} if self.scheduler is None else {"": self.scheduler}
+        gates.update(self.lanes)
+        return gates
+
+    def alarms(self) -> dict[str, str]:
+        """The alarms latched now, as ``reject_gates`` names their gates: {"" | lane: alarm text}; {} none."""
+        return {name: alarm for name, gate in self.reject_gates().items() if (alarm := gate.alarm)}
 
     def use_bundle(self, named, folder: Path) -> None:
         """The bundle in force from now on: ``folder``, its loaded root (links followed), named by the path ``named``
@@ -334,7 +369,8 @@ class StationFeed:
         ``rows_failed`` (rows whose write raised: a full or unplugged disk; not in the log), ``rows_dropped`` (rows
         never queued, the writer's backlog full), ``write_errors`` (every failed write, rows and NG images),
         ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
-        the part is in the log)."""
+        the part is in the log). With lanes (``attach_lanes``) the gate counters are every lane's and the
+        station's together."""
         out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
                "inference_errors": 0, "region_errors": 0, "late_verdicts": 0, "gap_missed": 0, "rows_logged": 0,
                "rows_failed": 0, "rows_dropped": 0, "write_errors": 0, "images_failed": 0}
@@ -345,9 +381,10 @@ class StationFeed:
         if self.capture is not None:
             c = self.capture.stats()
             out.update(frames_in=c.frames_in, dropped=c.dropped_queue_full, lost=c.frames_lost_estimate)
-        if self.scheduler is not None:
-            gate = self.scheduler.stats()
-            out.update(late_verdicts=gate.get("late_verdicts", 0), gap_missed=gate.get("gap_missed", 0))
+        for gate in self.reject_gates().values():   # the station's gate and each lane's
+            counts = gate.stats()
+            out["late_verdicts"] += counts.get("late_verdicts", 0)
+            out["gap_missed"] += counts.get("gap_missed", 0)
         if self.recorder is not None:
             r = self.recorder.stats()
             out.update(rows_logged=r.get("logged", 0), rows_failed=r.get("rows_failed", 0),
@@ -373,24 +410,73 @@ class StationFeed:
         """Camera, PLC, fault and model state as plain values. plc: None without a reject gate, else its sinks and
         fault sinks (counts), parts ``pending``, and the sinks' pulse faults: ``sink_errors``, ``sink_missed`` (not
         written by the deadline), ``sink_dropped`` (refused by a full sink queue), ``sink_unconfirmed`` (written, no
-        reply), and the latched ``alarm`` ("" none)."""
+        reply), and the latched ``alarm`` ("" none); with lanes, every lane's gate and the station's together, each
+        lane's alarm named (``alarm_text``). fault: why the fault outputs are on ("" off): a fault that stopped the
+        inspection (``RunSummary.fault``), else the station's fault reason now (``fault_now``), as systemd's STATUS
+        leads with them."""
         camera = self.capture.stats() if self.capture is not None else None
-        sched = self.scheduler.stats() if self.scheduler is not None else None
         insp = self.inspector
         return {
             "camera": {"state": camera.state.value if camera else "starting",
                        "problem": self.camera_watch.reason if self.camera_watch is not None else ""},
-            "plc": None if sched is None else {
-                "sinks": len(self.scheduler.settings.sinks), "fault_sinks": len(self.scheduler.settings.fault_sinks),
-                "pending": sched.get("pending", 0), "sink_errors": sched.get("sink_errors", 0),
-                "sink_missed": sched.get("sink_missed", 0), "sink_unconfirmed": sched.get("sink_unconfirmed", 0),
-                "sink_dropped": sched.get("sink_dropped", 0),   # a pulse a sink's full queue refused: missed too
-                "alarm": self.scheduler.alarm or ""},
-            "fault": insp.summary.fault if insp is not None else "",
+            "plc": self._plc_state(),
+            "fault": (insp.summary.fault if insp is not None else "") or self.fault_now(),
             "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,
                                                  "threshold": insp.threshold,
                                                  "bundle": self.shown_bundle()},
         }
+
+    def _plc_state(self) -> dict | None:
+        """``state``'s plc: the reject gates' (``reject_gates``) outputs and counters summed, their alarms in one text;
+        None without a gate."""
+        gates = self.reject_gates()
+        if not gates:
+            return None
+        counts = [gate.stats() for gate in gates.values()]
+        total = {key: sum(c.get(key, 0) for c in counts) for key in PLC_COUNTERS}
+        return {"sinks": sum(len(g.settings.sinks) for g in gates.values()),
+                "fault_sinks": sum(len(g.settings.fault_sinks) for g in gates.values()), **total,
+                "alarm": alarm_text(self.alarms())}
+
+
+class RejectGate(Protocol):
+    """A reject gate as the console reads and resets it (``line.scheduler.RejectScheduler``): its ``settings``
+    (``sinks``, ``fault_sinks``: URLs), counters (``stats()``), latched ``alarm`` (None: none), ``fault_reason`` (None:
+    its fault output is off) and ``acknowledge_alarm(seen)`` (returns the alarm it cleared; ConfigError, nothing
+    cleared, when one other than ``seen`` is latched)."""
+
+    settings: object
+    alarm: str | None
+    fault_reason: str | None
+
+    def stats(self) -> dict[str, int]: ...
+
+    def acknowledge_alarm(self, seen: str | None = None) -> str | None: ...
+
+
+# the gate counters the live page's PLC pill shows (``StationFeed.state``'s plc): summed over the gates
+PLC_COUNTERS = ("pending", "sink_errors", "sink_missed", "sink_unconfirmed", "sink_dropped")
+
+
+def named_alarm(gate: str, alarm: str) -> str:
+    """An alarm as the console shows it: a lane's named by its camera ("lane left: part seq 2 ..."), the station's own
+    (gate "") as it is."""
+    return f"lane {gate}: {alarm}" if gate else alarm
+
+
+def alarm_text(alarms: Mapping[str, str]) -> str:
+    """The alarms latched ({gate: alarm}, ``StationFeed.alarms``) as the page shows them and sends back with an
+    acknowledgement: each ``named_alarm``, joined by "; " (the station's first); "" none."""
+    return "; ".join(named_alarm(gate, alarm) for gate, alarm in alarms.items())
+
+
+def alarm_shown(gate: str, alarm: str, shown: str) -> bool:
+    """Whether ``alarm``, latched on ``gate`` ("" the station's own), is one the page showed: a whole piece of
+    ``shown`` (``alarm_text``; the station's own alarm is its first piece)."""
+    named = named_alarm(gate, alarm)
+    if not gate:
+        return shown == named or shown.startswith(named + "; ")
+    return f"; {named}; " in f"; {shown}; "
 
 
 def _append(kept: deque[Verdict], index: dict[ViewKey, list[Verdict]], verdict: Verdict) -> None:

@@ -742,7 +742,7 @@ class RejectScheduler:
             return
         with self._fault_lock:
             if reason is None:
-                log.info("reject gate: encoder fault cleared (%s)", self._encoder_fault)
+                log.warning("reject gate: encoder fault cleared (%s)", self._encoder_fault)   # as it was raised
             elif self._encoder_fault is None:   # logged once per outage; the output shows the latest reason
                 log.warning("reject gate: %s; parts wait at their counts", reason)
             self._encoder_fault = reason
@@ -786,7 +786,7 @@ class RejectScheduler:
         """``sink`` recovered from ``cause``: drop its entry (other sinks' entries stay)."""
         with self._fault_lock:
             if self._sink_faults.pop((sink, cause), None) is not None:
-                log.info("reject sink %s: %s fault cleared", sink, cause)
+                log.warning("reject sink %s: %s fault cleared", sink, cause)   # at the level it was raised at
                 self._update_fault_output()
 
     def _sink_link_up(self, name: str) -> bool:

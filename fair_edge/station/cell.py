@@ -19,8 +19,9 @@ its read failed, its frame came after the next trigger, its trigger queue was fu
 (``CellLine.view_failed``): the part is answered once its other views are in, not at its ``part_timeout_s``.
 
 The console sees every view (a verdict callback), every part row (``CellLine.on_part`` hands it to
-``StationConsole.observe_part``) and each camera's counters (``CellCounters``, the same numbers as the summary's
-``cameras``); its swaps and SIGHUP load bundles per camera through ``cell_console.CellLoader``.
+``StationConsole.observe_part``), each camera's counters (``CellCounters``, the same numbers as the summary's
+``cameras``) and, with lanes, each lane's reject gate (its alarm shown and acknowledged there); its swaps and SIGHUP
+load bundles per camera through ``cell_console.CellLoader``.
 """
 
 from __future__ import annotations
@@ -573,6 +574,8 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         inspector.decider = first   # the summary's backend and the console's top-line model: the first camera's
         inspector.summary.run_id = run_id
         console.attach(inspector, mux, line.scheduler, line.recorder, watch)
+        console.feed.attach_lanes(cell.lanes)   # by: lane: each lane's alarm shown, named, and acknowledged there
+        console.feed.read_fault_from(line.fault_reason)   # the fault pill: the reason MQTT and STATUS show
         counters = CellCounters(cell, mux)
         console.attach_cell(counters,
                             {v.name: Path(view_config(cfg, v).bundle) for v in cfg.cameras})

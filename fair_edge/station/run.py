@@ -651,6 +651,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             inspector.summary.run_id = run_id
             stack.callback(retire_swapped, inspector, scorer)
             console.attach(inspector, capture, line.scheduler, line.recorder, watch)
+            console.feed.read_fault_from(line.fault_reason)   # the fault pill: the reason MQTT and STATUS show
             if on_console is not None:
                 on_console(console)
 

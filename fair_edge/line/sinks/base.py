@@ -132,8 +132,10 @@ class Output(Protocol):
 
 
 def log_reporter(report: SinkReport) -> None:
-    level = {"reconnected": logging.INFO, "released": logging.INFO, "link_down": logging.WARNING,
-             "delivered": logging.DEBUG}.get(report.kind, logging.WARNING)
+    """A sink's report as one log line: at WARNING (the station's default level: what the journal keeps) for its
+    faults and for their recoveries (``reconnected`` after ``link_down``, ``released`` after ``stuck``), so the journal
+    shows each fault cleared as well as raised; ``delivered`` at DEBUG (one per pulse)."""
+    level = logging.DEBUG if report.kind == "delivered" else logging.WARNING
     log.log(level, "sink %s: %s (seq %s): %s", report.sink, report.kind, report.seq, report.detail)
 
 

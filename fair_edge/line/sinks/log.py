@@ -1,6 +1,8 @@
 """A sink that only writes log lines: the audit trail of every reject and fault change.
 
-URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NAME).
+URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NAME). Opening one sets its logger to
+INFO where it would print less (``open_log_sink``): a configured ``log://`` prints its lines at the station's default
+level (WARNING, no ``-v``), as the docs promise one line per reject and fault change.
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class LogSink:
 
 
 def open_log_sink(url: SinkUrl, pulse_ms: float, reporter=None) -> LogSink:
+    """The sink of a ``log://[NAME]`` URL, its logger made to print INFO (``print_info``)."""
     url.check_query(())
     name = url.netloc or "fair_edge.line.rejects"
-    return LogSink(logging.getLogger(name), reporter)
+    return LogSink(print_info(logging.getLogger(name)), reporter)
+
+
+def print_info(logger: logging.Logger) -> logging.Logger:
+    """``logger`` set to INFO where it would drop INFO records (the station's default level is WARNING: without this
+    a ``log://`` sink's pulses and "fault off" printed nothing); left as it is where it prints INFO already (``-v``:
+    DEBUG). Its records still go to the handlers the process configured. Returns ``logger``."""
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    return logger
