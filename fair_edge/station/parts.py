@@ -69,7 +69,9 @@ frame of a camera in step would name that early part and be the one taken out of
 took a frame beside (within ``window_ms``: its skipped repeat, or a view filed under another part than the one
 repeated) is a part's view, not a duplicate: parts closer than ``window_ms`` (a window wider than the documented
 half the time between parts), or one trigger that bounced on every camera; a frame skipped before is filed under
-that part then (``_rejoin``, logged), so no part goes by unannounced to the gate. Told once ``PERIOD_PARTS`` parts
+that part then (``_rejoin``, logged), so no part goes by unannounced to the gate; a camera that skipped several
+frames since its last view (a bounce, then this part's frame) leaves its view of the part missing (NG, not
+inspected: which of them is the part's cannot be told, ``_rejoin_unknown``). Told once ``PERIOD_PARTS`` parts
 have opened, as a slip is; never for a camera without a timeline (its frames are stamped when read, one right after
 another), a ``resumed`` frame, the frame after a late view (a held frame's next one may follow at once), or a
 station of one camera. The other match modes do not look for duplicates.
@@ -147,12 +149,14 @@ class _LastView(NamedTuple):
 class _Skipped:
     """``match: sequence``: the duplicates a camera took since its last view (``PartAssembler._skip_duplicate``):
     the first one's seq and capture time (monotonic s), which may still join a part (``_rejoin``), with its verdict
-    or drop if it came (``filed``: the changes ``_file`` was handed); last_seq: the highest seq skipped."""
+    or drop if it came (``filed``: the changes ``_file`` was handed); last_seq: the highest seq skipped, captured at
+    last_t_capture (monotonic s)."""
 
     seq: int
     t_capture: float
     last_seq: int
     filed: list = field(default_factory=list)
+    last_t_capture: float = -math.inf
 
 
 @dataclass
@@ -549,6 +553,7 @@ class PartAssembler:
         if frame.seq > repeated.seq:   # (a frame that came again under its own seq counts no seq off)
             skipped = self._skipped.setdefault(camera, _Skipped(frame.seq, frame.t_capture, frame.seq))
             skipped.last_seq = max(skipped.last_seq, frame.seq)
+            skipped.last_t_capture = max(skipped.last_t_capture, frame.t_capture)
             if camera not in self._resync and repeated.offset is not None:
                 self._seq_offset[camera] = repeated.offset - (skipped.last_seq - repeated.seq)
         self.stats["duplicate_views"] += 1
@@ -566,6 +571,8 @@ class PartAssembler:
         last = self._last_view.get(camera)
         if camera not in self._resync and last is not None and last.offset is not None:
             self._seq_offset[camera] = last.offset - max(skipped.last_seq - skipped.seq, 0)
+        if skipped.last_seq != skipped.seq:   # several frames skipped: the part's may be any of them
+            return self._rejoin_unknown(camera, skipped, part)
         part.seqs[camera] = skipped.seq
         part.captured[camera] = skipped.t_capture
         self._of[(camera, skipped.seq)] = part.part_id
@@ -580,6 +587,21 @@ class PartAssembler:
         for change in skipped.filed:
             decision = self._change(part, change) or decision
         return decision
+
+    def _rejoin_unknown(self, camera: str, skipped: _Skipped, part: _Part) -> tuple[_Part, bool] | None:
+        """(under the lock) ``_rejoin`` when the camera skipped several frames since its last view (a bounce and then
+        this part's frame, parts closer than ``window_ms``): one of them is ``part``'s view, which one cannot be told
+        (filing the first could show the part before's image). Fail-safe: the camera's view of ``part`` is missing
+        (the part NG, not inspected), one frame fewer counted ``duplicate_views``, and its count goes on from the
+        newest one. Returns ``_change``'s decision for the caller to make outside the lock (None: none)."""
+        self._note_last_view(camera, skipped.last_t_capture, skipped.last_seq, part.part_id)
+        self.stats["duplicate_views"] -= 1
+        log.warning("camera %s frames %d..%d: taken within group.window_ms (%g ms) of each other and of part %d's other "
+                    "views, so one of them is part %d's view and which one cannot be told: its view is missing (NG, "
+                    "not inspected); set group.window_ms below half the shortest time between parts", camera,
+                    skipped.seq, skipped.last_seq, self.group.window_ms, part.part_id, part.part_id)
+        why = f"frames {skipped.seq}..{skipped.last_seq} within group.window_ms: which is this part's is unknown"
+        return self._change(part, lambda p: p.dropped.__setitem__(camera, why))
 
     def _note_last_view(self, camera: str, t_capture: float, seq: int, part_id: int) -> None:
         """(under the lock) The camera's frame ``seq`` captured at ``t_capture`` (monotonic s) was filed under open
