@@ -217,3 +217,23 @@ def test_a_bounce_then_a_part_within_the_window_never_files_the_part_before_s_im
     assert all(line.triggers(line.rows[p]) == {p} for p in (20, 22, 23, 24, 25)), "the pairing fell out of step"
     assert line.asm.stats["duplicate_views"] == 1 and line.asm.stats["not_inspected"] == 1
     assert "which one cannot be told" in caplog.text
+
+
+def test_a_frame_delivered_again_under_its_own_seq_is_one_duplicate_and_no_late_view(caplog):
+    """Review of the duplicate rule: camera a's frame 20 handed over again (same seq, same capture time) after its
+    part closed was counted ``duplicate_views`` and, when its verdict came, ``late_views`` too, logged as "its part
+    had closed without it" though a's view is in that part. One of the two verdicts of that frame is dropped now."""
+    line = _Line()
+    for trigger in range(21):
+        line.now = trigger * PERIOD_S
+        line.asm.sweep()
+        for camera in CAMERAS:
+            line.take(camera, trigger, line.now)
+    again = Frame(20, 2.0, np.zeros(1), camera="a")
+    assert line.asm.on_capture("a", again) is None
+    line.asm.on_verdict(again, Verdict(20, 2.0, 0.1, 1.0, False, 2.0, camera="a"))
+    line.now += 10.0
+    line.asm.sweep()
+    assert (line.asm.stats["duplicate_views"], line.asm.stats["late_views"]) == (1, 0)
+    assert "closed without it" not in caplog.text
+    assert line.rows[20]["views"]["a"]["seq"] == 20 and line.asm.stats["parts"] == 21

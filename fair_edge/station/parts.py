@@ -238,6 +238,9 @@ class PartAssembler:
         self._late_logs = {c: LateViewLog(c, clock=clock) for c in self.cameras}   # camera -> its late views' log
         self._last_view: dict[str, _LastView] = {}   # ... camera -> its last view filed under an open part
         self._skipped: dict[str, _Skipped] = {}      # ... camera -> the duplicates it took since that view
+        # ... (camera, seq) -> frames delivered again under their own seq whose verdict or drop is still to come: that
+        # many of the key's next changes are the repeats' (the same image), dropped (``_file``)
+        self._repeats: dict[tuple[str, int], int] = {}
         self._duplicate_logs = {c: DuplicateViewLog(c, clock=clock) for c in self.cameras}   # ... camera -> its log
         self.stats = {"parts": 0, "ng": 0, "ok": 0, "not_inspected": 0, "late_views": 0}
         if group.match == "sequence":
@@ -550,7 +553,10 @@ class PartAssembler:
         frame beside it: skipped, filed nowhere (its verdict or drop is held for a ``_rejoin``), counted
         ``duplicate_views`` and logged (``DuplicateViewLog``). Its seq counted no trigger: a camera in step counts
         its next frame as the part after the one it repeats."""
-        if frame.seq > repeated.seq:   # (a frame that came again under its own seq counts no seq off)
+        if frame.seq <= repeated.seq:   # the same frame again under its own seq: counts no seq off; one of its two
+            key = (camera, frame.seq)      # verdicts is dropped (``_file``), not filed again or counted late
+            self._repeats[key] = self._repeats.get(key, 0) + 1
+        else:
             skipped = self._skipped.setdefault(camera, _Skipped(frame.seq, frame.t_capture, frame.seq))
             skipped.last_seq = max(skipped.last_seq, frame.seq)
             skipped.last_t_capture = max(skipped.last_t_capture, frame.t_capture)
@@ -697,6 +703,11 @@ class PartAssembler:
 
     def _file(self, camera: str, seq: int, change: Callable[[_Part], None]) -> None:
         with self._lock:
+            if self._repeats.get((camera, seq)):   # a frame delivered twice under its seq: one change is dropped
+                self._repeats[(camera, seq)] -= 1
+                if not self._repeats[(camera, seq)]:
+                    del self._repeats[(camera, seq)]
+                return
             part = self._open.get(self._of.get((camera, seq), -1))
             if part is None:
                 skipped = self._skipped.get(camera)
