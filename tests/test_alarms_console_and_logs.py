@@ -186,17 +186,13 @@ def test_a_reload_of_the_same_model_keeps_the_drift_alarm_and_another_model_star
 def test_a_cameras_reload_of_the_same_model_keeps_its_drift_watch(tmp_path):
     """Several cameras: camera b reloaded with the model it runs keeps its drift parts; swapped to another model,
     its watch starts over (camera a's is never touched)."""
-    from test_console_units import calibrated, two_camera_console, feed_scores
+    from test_console_units import calibrated, scored_two_camera_console
 
     from fair_edge.console.actions import StationActions, StationLinks
 
     rng = np.random.default_rng(8)
-    console = two_camera_console(tmp_path, rng, [])
+    console = scored_two_camera_console(tmp_path, rng)
     feed = console.feed
-    feed_scores(console, "a", rng.normal(0, 1, 50), 0)
-    feed_scores(console, "b", rng.normal(5, 1, 50), 0)
-    views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 8.0))}
-    console.attach(SimpleNamespace(views=views), None, None, None, None)
     new = calibrated(rng, 5.0)
     for model, parts in (("m-b", 50), ("m-other", 0)):
         change = ModelChange(model=model, threshold=8.0, bundle=SimpleNamespace(root=tmp_path / model, threshold=new),

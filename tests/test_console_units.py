@@ -412,6 +412,19 @@ def test_drift_of_the_second_camera_alarms_names_it_and_clears(tmp_path, monkeyp
     assert calls[-1] == (False, "") and not console.feed.drift.state().alarm
 
 
+def scored_two_camera_console(tmp_path, rng):
+    """``two_camera_console`` with 50 passed views each (camera a's scores around 0, b's around 5), running models
+    "m-a" at threshold 3.0 and "m-b" at 8.0."""
+    from types import SimpleNamespace
+
+    console = two_camera_console(tmp_path, rng, [])
+    feed_scores(console, "a", rng.normal(0, 1, 50), 0)
+    feed_scores(console, "b", rng.normal(5, 1, 50), 0)
+    views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 8.0))}
+    console.attach(SimpleNamespace(views=views), None, None, None, None)
+    return console
+
+
 def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(tmp_path):
     """Swapping camera b's bundle restarts b's drift watch on the new bundle's calibration; a's keeps its parts.
     Tuning camera b draws b's calibration distribution, not a's."""
@@ -421,12 +434,8 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     from fair_edge.console.actions import StationActions, StationLinks
 
     rng = np.random.default_rng(4)
-    console = two_camera_console(tmp_path, rng, [])
+    console = scored_two_camera_console(tmp_path, rng)
     feed = console.feed
-    feed_scores(console, "a", rng.normal(0, 1, 50), 0)
-    feed_scores(console, "b", rng.normal(5, 1, 50), 0)
-    views = {c: SimpleNamespace(model=f"m-{c}", threshold=t, switch=ModelSwitch()) for c, t in (("a", 3.0), ("b", 8.0))}
-    console.attach(SimpleNamespace(views=views), None, None, None, None)
     quantiles_b = np.array(feed.drift.watches["b"].quantiles)
 
     tuned = StationActions(feed, None).tune(None, camera="b")
