@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from console_station import RunningStation, station_config
+from line_replay import ListHandler
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.line.settings import RecordSettings, RejectSettings
@@ -245,24 +246,13 @@ def test_the_fault_pill_names_a_handshake_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 4, 5. the journal at the default level
-class Lines(logging.Handler):
-    """What the journal gets: every record that reaches the root's handlers (``records``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.NOTSET)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def default_level():
     """Logging as `fair-edge run` sets it without -v (systemd): the root at WARNING, a handler that takes all that
     reaches it, no level of the package's own (restored after)."""
     root, package = logging.getLogger(), logging.getLogger("fair_edge")
     kept = root.level, package.level
-    lines = Lines()
+    lines = ListHandler()   # what the journal gets: every record that reaches the root's handlers
     root.setLevel(logging.WARNING)
     package.setLevel(logging.NOTSET)
     root.addHandler(lines)
