@@ -61,7 +61,9 @@ def test_an_int8_build_prints_the_threshold_of_each_graph_with_the_backends_that
     for graph, (threshold, users) in pixel.items():   # each graph's own pixel threshold, as its backends cut at
         line = summary_line(r.output, f"pixel threshold {graph}")
         assert f"{threshold.value:.6g}" in line and users in line, line
-    assert len({t.value for t, _ in pixel.values()}) == 4
+    # three graphs, three thresholds; OpenVINO's of model.int8-cpu.onnx is calibrated on its own scores but may equal
+    # ONNX Runtime's to the last bit where both run the graph's integer arithmetic alike (AVX-512 VNNI / AMX CPUs)
+    assert len({pixel[g][0].value for g in ("model.int8.onnx", "model.int8-cpu.onnx", "model.fp32.onnx")}) == 3
     # each row's threshold is the one the named backend's scorer decides with
     for graph, (threshold, users) in expected.items():
         for name in ("onnxruntime", "openvino", "torch-cpu"):
