@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fair_edge.console import actions as actions_module
+from fair_edge.console import swaps as swaps_module
 
 
 class InlineThread:
@@ -32,7 +32,7 @@ class InlineThread:
 
 @pytest.fixture(autouse=True)
 def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 @pytest.fixture(autouse=True)

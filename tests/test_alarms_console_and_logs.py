@@ -199,7 +199,7 @@ def test_a_cameras_reload_of_the_same_model_keeps_its_drift_watch(tmp_path):
         change = ModelChange(model=model, threshold=8.0, bundle=SimpleNamespace(root=tmp_path / model, threshold=new),
                              calibration=new)
         links = StationLinks(load_views=lambda bundle, cameras, thresholds, change=change: {c: change for c in cameras})
-        StationActions(feed, None, links)._load_views({tmp_path / model: ("b",)}, "SIGHUP", {})
+        StationActions(feed, None, links).swaps.load_views({tmp_path / model: ("b",)}, "SIGHUP", {})
         assert (feed.drift.states()["a"].parts, feed.drift.states()["b"].parts) == (50, parts), model
 
 
@@ -207,9 +207,9 @@ def test_a_cameras_reload_of_the_same_model_keeps_its_drift_watch(tmp_path):
 def inline_swaps(monkeypatch):
     from inline_swaps import InlineThread
 
-    from fair_edge.console import actions
+    from fair_edge.console import swaps
 
-    monkeypatch.setattr(actions, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 # ----------------------------------------------------------------------------- 3. the fault pill

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fair_edge.console import actions as actions_module
+from fair_edge.console import swaps as swaps_module
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
@@ -52,7 +52,7 @@ def disk_fills(journal) -> None:
 
 @pytest.fixture
 def inline_swaps(monkeypatch):
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 def audit_path(console) -> Path:

@@ -114,7 +114,7 @@ def test_the_server_builds_the_gallery_off_its_event_loop(tmp_path, monkeypatch)
     import warnings
 
     from fair_edge.console import views
-    from fair_edge.console.server import build_app
+    from fair_edge.console.app import build_app
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")

@@ -15,7 +15,8 @@ import pytest
 
 from fair_edge.console import server as console_server
 from fair_edge.console import views
-from fair_edge.console.server import ConsoleServer, build_app
+from fair_edge.console.app import build_app
+from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.line.recorder import ng_image_path

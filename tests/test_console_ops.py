@@ -76,7 +76,7 @@ def test_the_live_image_is_the_part_asked_for_while_its_frame_is_kept(tmp_path):
 def test_each_snapshot_names_its_server_process(tmp_path):
     """A restarted station counts snapshot versions from 1 again: the ``epoch`` of its server process tells a page
     that its older-looking version is the newer station's (was: none, and the page froze on the old run)."""
-    from fair_edge.console.server import SharedState
+    from fair_edge.console.app import SharedState
 
     console, _ = one_camera_console(tmp_path)
     console.observe(None, verdict(1, 0.5), None)

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from fair_edge.console.actions import StationLinks, SwapBusy
+from fair_edge.console.actions import StationLinks
+from fair_edge.console.refusals import SwapBusy
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.console.tuning import write_station_threshold
@@ -161,7 +162,7 @@ def test_a_reload_reads_a_threshold_applied_while_it_starts(tmp_path, monkeypatc
     """A SIGHUP whose reload reads the station file while an apply is writing it read the old threshold and later
     switched to it. Now the reload waits for the apply (the file is read and the swap started under the lock the
     apply holds) and runs at the applied threshold."""
-    from fair_edge.console import actions as actions_module
+    from fair_edge.console import swaps as swaps_module
 
     loads, reload_blocked, sighup = [], threading.Event(), []
 
@@ -177,7 +178,7 @@ def test_a_reload_reads_a_threshold_applied_while_it_starts(tmp_path, monkeypatc
             assert reload_blocked.wait(WAIT_S)
         return load_station(path)
 
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
     console, decider, station = station_console(tmp_path, StationLinks(load_model=load_model, load_station=gated_load))
     console.actions.lock = lock = WatchedLock()
     threading.Thread(target=lambda: lock.waiting.wait(WAIT_S) and reload_blocked.set(), daemon=True).start()
@@ -202,10 +203,10 @@ def test_a_threshold_is_refused_while_a_loaded_bundle_waits_for_its_first_part(t
     """A console swap loaded (state done) waits in the switch for the next batch; a threshold applied then, tuned on
     the old model's scores (3.0 scale), was merged into the swap: the new model (scores ~0.03, its own threshold
     0.05) ran at 2.5 and the audit named the old model. Now the apply is refused until the new model runs."""
-    from fair_edge.console import actions as actions_module
+    from fair_edge.console import swaps as swaps_module
     from fair_edge.station.inspector import Inspector
 
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
     scorer = SimpleNamespace(reason="new", backend=SimpleNamespace(close=lambda: None))
     loaded = ModelChange(scorer=scorer, threshold=0.05, model="m-new",
                          bundle=SimpleNamespace(root=tmp_path / "b1", threshold=None))

@@ -25,8 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from fair_edge.console import actions as actions_module
-from fair_edge.console import server as console_server
+from fair_edge.console import dataset_export, served_files, server as console_server
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
@@ -239,7 +238,7 @@ def test_the_station_file_is_not_served_from_an_output_folder_holding_it_and_a_w
 
 
 def test_a_station_file_outside_the_served_folders_gets_no_warning():
-    assert console_server.station_file_warning(Path("/etc/fair-edge/station.yaml"),
+    assert served_files.station_file_warning(Path("/etc/fair-edge/station.yaml"),
                                                {"output folder": Path("/var/lib/fair-edge/run"),
                                                 "record folder": None}) == ""
 
@@ -265,7 +264,7 @@ def test_two_exports_in_the_same_second_each_write_a_whole_dataset_of_their_own(
     to the second) and one failed. Each now gets a folder of its own (the second ``reviewed-TIME-2``), both
     succeed, and each holds every reviewed part."""
     station, _ = _reviewed_station(tmp_path, {1: "false_reject", 2: "false_reject", 3: "defect", 4: "defect"})
-    monkeypatch.setattr(actions_module, "utc_now", lambda: "2026-11-29T13:05:01.123Z")   # the same second
+    monkeypatch.setattr(dataset_export, "utc_now", lambda: "2026-11-29T13:05:01.123Z")   # the same second
     console, _ = one_camera_console(station, links=StationLinks(export_reviewed=export_reviewed))
     start, answers, errors = threading.Barrier(2), {}, []
 

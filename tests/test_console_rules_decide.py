@@ -28,7 +28,8 @@ from onnx import helper, numpy_helper
 
 import numpy as np
 
-from fair_edge.console.actions import StationLinks, rules_decide_note
+from fair_edge.console.actions import StationLinks
+from fair_edge.console.threshold_refusals import rules_decide_note
 from fair_edge.console.journal import AUDIT
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.export.bundle import MANIFEST, METADATA_KEY, load_bundle, write_manifest
@@ -238,7 +239,7 @@ def test_a_cells_console_swap_to_another_model_is_refused_for_the_camera_whose_r
         return {c: ModelChange(scorer=SimpleNamespace(backend=SimpleNamespace(close=lambda: None)), threshold=0.5,
                                model=other_id, bundle=loaded(other, "graph-b")) for c in cameras}
 
-    from fair_edge.console.actions import CameraBundle
+    from fair_edge.console.reload_scope import CameraBundle
 
     links = StationLinks(load_views=load_views, camera_bundles=lambda station_file=None: (
         CameraBundle("a", in_force, False, None), CameraBundle("b", in_force, False, None)))
@@ -273,7 +274,7 @@ def test_a_cells_camera_folder_rebuilt_in_place_with_the_same_network_goes_on(tm
         return {c: ModelChange(scorer=SimpleNamespace(backend=SimpleNamespace(close=lambda: None)), threshold=0.5,
                                model=rebuilt_id, bundle=rebuilt) for c in cameras}
 
-    from fair_edge.console.actions import CameraBundle
+    from fair_edge.console.reload_scope import CameraBundle
 
     links = StationLinks(load_views=load_views, camera_bundles=lambda station_file=None: (
         CameraBundle("a", in_force, False, None), CameraBundle("b", in_force, False, None)))

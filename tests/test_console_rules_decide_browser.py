@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fair_edge.console.actions import rules_decide_note
+from fair_edge.console.threshold_refusals import rules_decide_note
 from fair_edge.station.zones import RegionSettings, ZoneRules
 from test_console_browser import CHROMIUM, DRIVER, browser, text, wait  # noqa: F401 - the browser fixture
 from test_console_ops_browser import served

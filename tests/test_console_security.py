@@ -12,7 +12,7 @@ import sys
 
 import httpx
 
-from fair_edge.console import server as console_server
+from fair_edge.console import app as console_app, server as console_server
 from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
 from test_console_units import api, one_camera_console, verdict
@@ -42,7 +42,7 @@ def test_event_streams_above_the_cap_get_503_and_the_other_routes_still_answer(t
     console, _ = one_camera_console(tmp_path)
     console.observe(None, verdict(1, 0.5), None)
     console.feed.settings = ConsoleSettings(port=0, live_fps=0.5)
-    limit = console_server.MAX_EVENT_STREAMS
+    limit = console_app.MAX_EVENT_STREAMS
     assert limit < console_server.MAX_CONNECTIONS   # room left for the other routes
     streams = []
     with ConsoleServer(console.feed, console.actions) as server:

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from fair_edge.console import station_hook
-from fair_edge.console.actions import StationLinks, StationStopping
+from fair_edge.console.actions import StationLinks
+from fair_edge.console.refusals import StationStopping
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
@@ -60,12 +61,12 @@ def test_close_waits_for_a_loading_swap_which_then_switches_nothing_and_closes_i
     console, decider = station_console(tmp_path, StationLinks(load_model=loader, load_station=load_station))
     console.reload_bundle("SIGHUP")
     assert loader.loading.wait(WAIT_S)
-    swapper = console.actions._swapper
+    swapper = console.actions.swaps._swapper
     closer = threading.Thread(target=console.close, name="test-close")
     try:
         with caplog.at_level(logging.WARNING, logger="fair_edge.console"):
             closer.start()
-            assert console.actions._closed.wait(WAIT_S)   # close() is under way ...
+            assert console.actions.swaps._closed.wait(WAIT_S)   # close() is under way ...
             assert closer.is_alive() and swapper.is_alive()   # ... and waits for the load it cannot cut short
             loader.release.set()
             closer.join(WAIT_S)
@@ -88,7 +89,7 @@ def test_close_logs_a_swap_still_loading_when_its_bounded_wait_runs_out(tmp_path
     console, decider = station_console(tmp_path, StationLinks(load_model=loader, load_station=load_station))
     console.reload_bundle("SIGHUP")
     assert loader.loading.wait(WAIT_S)
-    swapper = console.actions._swapper
+    swapper = console.actions.swaps._swapper
     try:
         with caplog.at_level(logging.WARNING, logger="fair_edge.console"):
             console.close()
@@ -118,7 +119,7 @@ def test_a_swap_done_before_close_still_switches(tmp_path):
     loader.release.set()
     console, decider = station_console(tmp_path, StationLinks(load_model=loader, load_station=load_station))
     console.reload_bundle("SIGHUP")
-    console.actions._swapper.join(WAIT_S)
+    console.actions.swaps._swapper.join(WAIT_S)
     console.close()
     assert decider.switch.take().model == "b1" and not loader.closed.is_set()
 

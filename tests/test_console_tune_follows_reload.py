@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fair_edge.console.actions import StationLinks, rules_decide_note
+from fair_edge.console.actions import StationLinks
+from fair_edge.console.threshold_refusals import rules_decide_note
 from fair_edge.runtime.hotswap import ModelChange
 from fair_edge.station.config import load_station
 from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures: a reload's swap is done when it returns)

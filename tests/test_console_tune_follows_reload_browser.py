@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fair_edge.console.actions import rules_decide_note
+from fair_edge.console.threshold_refusals import rules_decide_note
 from inline_swaps import inline_swaps  # noqa: F401 (autouse fixtures: a reload's swap is done when it returns)
 from test_console_browser import CHROMIUM, DRIVER, browser, text, wait  # noqa: F401 - the browser fixture
 from test_console_ops_browser import served

@@ -447,7 +447,7 @@ def test_a_swap_resets_only_its_camera_and_tuning_uses_that_cameras_calibration(
     change = ModelChange(model="m-new", threshold=21.0, bundle=SimpleNamespace(root=tmp_path / "new", threshold=new),
                          calibration=new)
     links = StationLinks(load_views=lambda bundle, cameras, thresholds: {c: change for c in cameras})
-    StationActions(feed, None, links)._load_views({tmp_path / "new": ("b",)}, "ann", {})   # the swap thread's work
+    StationActions(feed, None, links).swaps.load_views({tmp_path / "new": ("b",)}, "ann", {})   # the swap thread's work
     states = feed.drift.states()
     assert states["a"].parts == 50 and states["b"].parts == 0
     assert tuple(feed.drift.watches["b"].quantiles) == new.normal_quantiles
@@ -490,9 +490,9 @@ def inline_swaps(monkeypatch):
     import threading
     from types import SimpleNamespace
 
-    from fair_edge.console import actions
+    from fair_edge.console import swaps
 
-    monkeypatch.setattr(actions, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 class Backend:
@@ -526,7 +526,7 @@ def cell_console(tmp_path, links, station_file=None, **console):
 def named_bundles(tmp_path):
     """What ``CellLoader.camera_bundles`` says of ``cell_console``'s cameras: a on its own bundle at 3.0, b on the
     station's at 7.0."""
-    from fair_edge.console.actions import CameraBundle
+    from fair_edge.console.reload_scope import CameraBundle
 
     return (CameraBundle("a", tmp_path / "a_own", True, 3.0), CameraBundle("b", tmp_path / "station", False, 7.0))
 
@@ -858,7 +858,7 @@ def api(console, token=None, base_url=LOCAL):
     import threading
     import warnings
 
-    from fair_edge.console.server import build_app
+    from fair_edge.console.app import build_app
 
     with warnings.catch_warnings():   # starlette's note about httpx, not about the console
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -940,7 +940,7 @@ def test_the_shared_live_state_follows_changes_without_verdicts(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from fair_edge.console.server import SharedState
+    from fair_edge.console.app import SharedState
 
     console, inspector = one_camera_console(tmp_path)
     camera = SimpleNamespace(state=SimpleNamespace(value="running"), frames_in=1, dropped_queue_full=0,

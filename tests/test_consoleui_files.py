@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fair_edge.console.server import station_file_warning
+from fair_edge.console.served_files import station_file_warning
 from fair_edge.line.recorder import ng_image_path
 from fair_edge.line.settings import IMAGE_FORMATS
 from fair_edge.records import Frame, Verdict
@@ -75,7 +75,7 @@ def test_copies_of_the_station_file_and_other_kinds_of_file_are_404_where_logs_a
 
 
 def test_the_kinds_served_are_the_logs_images_and_tables_the_console_links_to():
-    from fair_edge.console.server import SERVED_SUFFIXES, served_kind
+    from fair_edge.console.served_files import SERVED_SUFFIXES, served_kind
 
     assert {f".{ext}" for ext in IMAGE_FORMATS} | {".jsonl", ".json", ".csv"} == SERVED_SUFFIXES
     for name in ("verdicts.jsonl.3", "GATE.JSONL.1", "x.Png", "summary.json"):
@@ -87,7 +87,7 @@ def test_the_kinds_served_are_the_logs_images_and_tables_the_console_links_to():
 
 def test_the_warning_at_start_says_copies_under_other_names_are_not_served_and_which_kinds_are():
     """The warning said a backup (station.yaml~) would be served: no longer true; it names the kinds that are."""
-    from fair_edge.console.server import SERVED_SUFFIXES
+    from fair_edge.console.served_files import SERVED_SUFFIXES
 
     text = station_file_warning(Path("/srv/out/station.yaml"), {"output folder": Path("/srv/out"),
                                                                 "record folder": Path("/srv/out")})

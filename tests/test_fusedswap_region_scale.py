@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fair_edge.console import actions as actions_module
+from fair_edge.console import reload_scope
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.runtime.backends import close_scorer
@@ -142,8 +142,8 @@ def test_a_cells_console_swap_onto_another_scale_is_refused_for_every_camera(tmp
                                bundle=SimpleNamespace(root=Path(bundle), threshold=None)) for c in cameras}
 
     links = StationLinks(load_views=load_views, camera_bundles=lambda station_file=None: (
-        actions_module.CameraBundle("top", tmp_path / "fused", False, None),
-        actions_module.CameraBundle("left", tmp_path / "fused", False, None)))
+        reload_scope.CameraBundle("top", tmp_path / "fused", False, None),
+        reload_scope.CameraBundle("left", tmp_path / "fused", False, None)))
     cfg = StationConfig(output=tmp_path / "out", console=ConsoleSettings(enabled=False))
     console = StationConsole(cfg, SimpleNamespace(root=tmp_path / "fused", threshold=None), links=links,
                              calibrations={"top": None, "left": None})

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fair_edge.cli import app
-from fair_edge.console import actions as actions_module
+from fair_edge.console import swaps as swaps_module
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.console.tuning import check_threshold
@@ -67,7 +67,7 @@ def test_a_threshold_below_zero_kept_over_a_swap_to_a_single_bundle_is_refused(
         fused_station_bundle, station_bundles, tmp_path, monkeypatch):
     """A SIGHUP reload hands its swap the --threshold it keeps (``StationConsole._threshold_over``): set for the fused
     bundle in force, it is refused for the single bundle the reload would load; the fused model runs on."""
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
     scorer = open_scorer(fused_station_bundle, "onnxruntime")
     try:
         inspector = Inspector(None, scorer, -0.3, model=model_id(fused_station_bundle))

@@ -180,9 +180,9 @@ class InlineThread:
 
 @pytest.fixture
 def inline_swaps(monkeypatch):
-    from fair_edge.console import actions
+    from fair_edge.console import swaps
 
-    monkeypatch.setattr(actions, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
+    monkeypatch.setattr(swaps, "threading", SimpleNamespace(Thread=InlineThread, Lock=threading.Lock))
 
 
 def swapped_in(bundle, threshold=None, **_) -> ModelChange:

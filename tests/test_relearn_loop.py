@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from export_fixtures import MODEL, PRE, make_frames
-from fair_edge.console import actions as actions_module
+from fair_edge.console import reload_scope, swaps as swaps_module, threshold_refusals
 from fair_edge.console.actions import StationLinks
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.errors import ConfigError
@@ -89,7 +89,7 @@ def reload_station(tmp_path, bundle: Path, model: str, monkeypatch):
     """A one-camera console as a station running ``bundle`` (model id ``model``) from station file station.yaml,
     its swaps inline, over a loader that records (bundle folder, threshold) and loads the real bundle's id. Returns
     (console, decider, loads, station file)."""
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=actions_module.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=swaps_module.Lock))
     station = tmp_path / "station.yaml"
     station.write_text(yaml.safe_dump({"bundle": str(bundle), "output": str(tmp_path / "out"),
                                        "console": {"enabled": False}}))
@@ -212,7 +212,7 @@ def threading_event():
 def swap_console(tmp_path, monkeypatch, frame_px: int):
     """A one-camera console whose latest frame is ``frame_px`` square, swapping with the station's real loader
     (``load_change`` on ONNX Runtime), inline."""
-    monkeypatch.setattr(actions_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=actions_module.Lock))
+    monkeypatch.setattr(swaps_module, "threading", SimpleNamespace(Thread=InlineThread, Lock=swaps_module.Lock))
     links = StationLinks(load_model=functools.partial(load_change, backend="onnxruntime", roi_path=None))
     console, inspector = one_camera_console(tmp_path, links)
     console.observe(Frame(1, 0.0, np.zeros((frame_px, frame_px, 3), np.uint8)), verdict(1, 0.5), None)
@@ -293,8 +293,8 @@ def test_a_refusal_over_an_audit_row_an_older_release_wrote_names_no_bundle_it_c
     """Audit rows written before rows named their bundle have a model only: after the rebuild an upgrade asks for,
     the refusal says the bundle was not recorded (it printed "bundle ?" and told the site to "name bundle ? again")."""
     row = {"new": 5.45005, "model": "64587dcbc687", "who": "op", "time": "2026-11-30T10:00:00Z"}
-    named = actions_module.CameraBundle("", tmp_path / "b_int8", False, 5.45005)
-    text = actions_module.threshold_pair_refusal(tmp_path / "station.yaml", row, named, ("95d3ce63e18b",), "start")
+    named = reload_scope.CameraBundle("", tmp_path / "b_int8", False, 5.45005)
+    text = threshold_refusals.threshold_pair_refusal(tmp_path / "station.yaml", row, named, ("95d3ce63e18b",), "start")
     assert "an older release did not record which" in text and "model 64587dcbc687" in text
     assert "?" not in text.replace("(model 64587dcbc687", "") and "name bundle" not in text
     assert f"set decision.threshold for {tmp_path / 'b_int8'}" in text

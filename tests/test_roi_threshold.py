@@ -181,7 +181,7 @@ def test_a_tampered_or_missing_maps_file_fails_the_bundle_check(bundles, tmp_pat
 
 
 def test_a_hot_swap_gets_its_roi_threshold(bundles, normals, roi_png, tmp_path, caplog):
-    from fair_edge.console.actions import _reference
+    from fair_edge.console.swaps import _reference
     from fair_edge.runtime.hotswap import ModelChange
     from fair_edge.station.inspector import Inspector
     from fair_edge.station.bundles import load_change, load_roi

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fair_edge.console import server as console_server
+from fair_edge.console import served_files
 from test_console_units import api, one_camera_console
 
 TOKEN = "SUPERSECRETTOKEN123456"
@@ -40,7 +40,7 @@ def station_with_output(tmp_path: Path):
 def swap_after_check(monkeypatch, swap) -> list[Path]:
     """Run ``swap(path)`` right after ``safe_file`` passed ``path`` (the point between the check and the open);
     returns the paths swapped."""
-    checked = console_server.safe_file
+    checked = served_files.safe_file
     swapped: list[Path] = []
 
     def check_then_swap(root, rel, station_file=None):
@@ -50,7 +50,7 @@ def swap_after_check(monkeypatch, swap) -> list[Path]:
             swapped.append(path)
         return path
 
-    monkeypatch.setattr(console_server, "safe_file", check_then_swap)
+    monkeypatch.setattr(served_files, "safe_file", check_then_swap)
     return swapped
 
 
@@ -82,7 +82,7 @@ def test_a_folder_swapped_for_a_link_after_the_check_serves_nothing_outside(tmp_
         real_readlink = os.readlink
 
         def no_proc(path, *args, **kwargs):
-            if str(path).startswith(console_server.OPEN_FD_LINKS):
+            if str(path).startswith(served_files.OPEN_FD_LINKS):
                 raise FileNotFoundError(2, "No such file or directory", str(path))
             return real_readlink(path, *args, **kwargs)
 

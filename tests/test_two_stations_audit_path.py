@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from fair_edge.console.actions import StationLinks, applied_thresholds
+from fair_edge.console.actions import StationLinks
+from fair_edge.console.threshold_refusals import applied_thresholds
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.hotswap import ModelSwitch, model_id
@@ -77,7 +78,7 @@ def test_a_row_names_the_station_file_through_a_link_or_by_its_target_alike(tmp_
 def test_a_relative_row_of_an_older_release_is_still_found_from_the_folder_it_was_written_in(tmp_path, monkeypatch):
     """An older release wrote the path as typed: its folder is not recorded, so it is compared as before, made
     absolute in the current folder (found from there, by a relative or an absolute --station)."""
-    from fair_edge.console.actions import names_station_file
+    from fair_edge.console.threshold_refusals import names_station_file
 
     (tmp_path / "line1").mkdir()
     station = tmp_path / "line1" / "station.yaml"

@@ -6,7 +6,8 @@ nearly full disk takes only part of it), flushed and ``fsync``-ed before the cal
 too when the call created the file), so an acknowledged review survives a crash or power cut. An
 entry that cannot be written whole is cut off again and raises RecorderError: nothing half-written
 is ever confirmed.
-Nothing is ever rewritten: a corrected review is a newer line for the same part (the newest wins).
+Nothing is ever rewritten: a corrected review is a newer line for the same part (the newest wins). The audit row
+of a change already made is written with ``append_made``: a row that fails then is a warning, never an error.
 A torn last line (power lost mid-write) is skipped on reading and counted.
 """
 
@@ -68,6 +69,17 @@ class Journal:
                                     "free disk space or fix the folder's permissions") from exc
         return entry
 
+    def append_made(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Append the audit ``row`` of a change already made; returns what was written. A log that fails now (the
+        disk filled since ``check_writable``) cannot undo the change: logged as an error, and the row is returned
+        with a ``warning`` ("made but not audited: <the log's error>") so the answer says what happened."""
+        try:
+            return self.append(row)
+        except RecorderError as exc:
+            warning = f"made but not audited: {exc}"
+            log.error("console %s by %s %s", row.get("action", "change"), row.get("who", "?"), warning)
+            return {"time": utc_now(), **row, "warning": warning}
+
     def check_writable(self) -> None:
         """Raise RecorderError (as ``append`` does) unless the file can be opened for appending now: a cheap check
         (one open and close, no byte written; a file the check had to create is removed again, so a change refused
@@ -109,6 +121,13 @@ class Journal:
             log.warning("%s: %d unreadable line(s) skipped (a crash mid-write?)", self.path, torn)
         self.torn_lines = torn
         return entries
+
+
+def warning_of(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """{"warning": the distinct warnings of audit ``rows`` (``Journal.append_made``), joined} where any has one,
+    else {}."""
+    warnings = list(dict.fromkeys(row["warning"] for row in rows if "warning" in row))
+    return {"warning": "; ".join(warnings)} if warnings else {}
 
 
 def _append_whole(fd: int, line: bytes, size: int, path: Path) -> None:

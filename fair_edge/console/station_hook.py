@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fair_edge.console.actions import (CameraBundle, ReloadFrom, StationActions, StationLinks, StationStarting,
-                                      StationStopping, SwapBusy, reload_plan)
+from fair_edge.console.actions import StationActions, StationLinks
 from fair_edge.console.drift import Reference, alarm_reason
 from fair_edge.console.feed import StationFeed
-from fair_edge.console.reload_scope import restart_words, unapplied_sections
-from fair_edge.console.server import ConsoleServer, ConsoleStartError, station_file_warning
+from fair_edge.console.refusals import StationStarting, StationStopping, SwapBusy
+from fair_edge.console.reload_scope import CameraBundle, ReloadFrom, reload_plan, restart_words, unapplied_sections
+from fair_edge.console.served_files import station_file_warning
+from fair_edge.console.server import ConsoleServer, ConsoleStartError
 from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)

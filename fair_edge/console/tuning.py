@@ -14,7 +14,7 @@ bundle's calibration distribution (held-out normals) is shown beside it for that
 
 All of this holds only where the score decides. Where a camera's region rules decide the verdict (``regions:`` with
 a rule that can fire), a part is NG exactly when a rule fires, whatever its score: the threshold changes no verdict,
-so the console projects nothing and applies no threshold there (``actions.rules_decide_note``).
+so the console projects nothing and applies no threshold there (``threshold_refusals.rules_decide_note``).
 """
 
 from __future__ import annotations

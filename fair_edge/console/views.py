@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from fair_edge.console.actions import REVIEW_LABELS, StationActions, regions_decide, regions_in_force
+from fair_edge.console.actions import StationActions
 from fair_edge.console.feed import RATE_WINDOW_S, StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
+from fair_edge.console.reviews import REVIEW_LABELS
+from fair_edge.console.threshold_refusals import regions_decide, regions_in_force
 from fair_edge.line.recorder import ng_image_path
 from fair_edge.plots import FUSED_HALF_SCALE
 
@@ -68,9 +70,9 @@ def live_state(feed: StationFeed, actions: StationActions) -> dict:
 
 def rules_decide(decider) -> bool:
     """Whether region rules decide the verdicts of ``decider`` (the inspector, or a camera's ``ViewDecider``): its
-    ``regions:`` in force, or those its pending change (a reload's) brings (``actions.regions_in_force``). The tune
-    page then projects no rates (``StationActions.tune`` answers ``rules_decide``); read on every poll, so a reload
-    that turns rules on or off is followed."""
+    ``regions:`` in force, or those its pending change (a reload's) brings (``threshold_refusals.regions_in_force``).
+    The tune page then projects no rates (``StationActions.tune`` answers ``rules_decide``); read on every poll, so a
+    reload that turns rules on or off is followed."""
     return regions_decide(regions_in_force(decider))
 
 
@@ -151,7 +153,7 @@ def _view(feed: StationFeed, actions: StationActions, camera: str, seq: int | No
 def _is_kept(feed: StationFeed, camera: str, seq: int, kept: set[ViewKey] | None = None) -> bool:
     """Whether view (camera, seq)'s frame is in the console's memory (``kept``: the views kept, gathered once for a
     page; None: ask ``feed.kept_part``). A passed view's review (*miss*) is saved with that frame, so the station
-    refuses it once the frame is gone (409, ``actions.FrameNotKept``): the pages grey its button then."""
+    refuses it once the frame is gone (409, ``refusals.FrameNotKept``): the pages grey its button then."""
     return (camera, seq) in kept if kept is not None else feed.kept_part(seq, camera) is not None
 
 

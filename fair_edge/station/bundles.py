@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fair_edge.console.actions import CameraBundle, applied_thresholds, threshold_pair_refusal
 from fair_edge.console.journal import AUDIT, Journal
+from fair_edge.console.reload_scope import CameraBundle
+from fair_edge.console.threshold_refusals import applied_thresholds, threshold_pair_refusal
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.images import DRAWN_MASK_RULE, read_mask_pixels
 from fair_edge.runtime.backends import FrameScorer, close_scorer

@@ -45,12 +45,12 @@ class CellLoader:
             raise
 
     def camera_bundles(self, station_file: Path | None = None, *, bundle: Path | None = None) -> tuple:
-        """Each camera's bundle (``console.actions.CameraBundle``) as ``station_file`` names it now (re-read), or
+        """Each camera's bundle (``console.reload_scope.CameraBundle``) as ``station_file`` names it now (re-read), or
         as the station started (None). bundle: the station's bundle over the re-read file's ``bundle:`` (``fair-edge
         run --bundle``, applied as at the start: the bundle of every camera naming none of its own, so a file
         without ``bundle:`` still reloads); None: the file's. ConfigError when the file names other cameras
         (restart for that), or a camera is left with no bundle."""
-        from fair_edge.console.actions import CameraBundle
+        from fair_edge.console.reload_scope import CameraBundle
 
         cfg = self.cfg if station_file is None else load_station(Path(station_file)).override(bundle=bundle)
         names, running = [v.name for v in cfg.cameras], [v.name for v in self.cfg.cameras]
