@@ -27,7 +27,9 @@ app = typer.Typer()
 def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
     ``RunSummary.rejects``. In red: the pulses row once a pulse was missed or unconfirmed, and rows shown only when
-    above 0: parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``."""
+    above 0: parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``. A lane
+    station's top level holds the totals over its lanes (``station.cell.CellLine.reject_stats``), then a row per lane
+    (``lane_rows``); its fault output row names each lane whose fault is on."""
     if not rejects:
         return []
     from fair_edge.station.run import undelivered_sinks
@@ -48,7 +50,8 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
         ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),
-        ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses)]
+        ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses),
+        *lane_rows(rejects.get("lanes") or {})]
     if rejects.get("gap_missed"):   # min_gap_ms would have pushed the pulse past due + late_ms: onto the next part
         rows.append(("[bold red]not rejected: too close to the previous pulse (gap_missed)[/]", rejects["gap_missed"]))
     if rejects.get("position_lost"):   # encoder mode: the gate could not know where these parts were
@@ -59,6 +62,14 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     if dead:
         rows.append(("[bold red]sinks that delivered nothing[/]", escape(", ".join(dead))))
     return rows
+
+
+def lane_rows(lanes: dict) -> list[tuple[str, object]]:
+    """A row per lane of a lane station (``RunSummary.rejects["lanes"]``: camera -> its gate's counters): the parts
+    it rejected NG / uninspected and passed uninspected, the three numbers whose totals the rows above show."""
+    return [(escape(f"lane {name}: rejects NG / uninspected / passed uninspected"),
+             f"{st.get('rejected_ng', 0)} / {st.get('rejected_uninspected', 0)} / {st.get('passed_uninspected', 0)}")
+            for name, st in lanes.items()]
 
 
 def handshake_rows(hs: dict) -> list[tuple[str, object]]:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from fair_edge.cameras.mux import CaptureMux
 from fair_edge.cameras.triggered import TriggerFanout
@@ -297,15 +297,23 @@ class CellLine:
                 log.exception("part %s: listener %r failed", row.get("part"), listener)
 
     def reject_stats(self) -> dict:
-        """The line's reject counters; a cell's lanes and their sinks; with ``match: handshake``, the tickets the
-        trigger fanout dropped (``handshake.fanout``: ``expired``, ``overflow``)."""
+        """The line's reject counters (``LineSide.reject_stats``); with ``match: handshake``, the tickets the trigger
+        fanout dropped (``handshake.fanout``: ``expired``, ``overflow``). With lanes: each lane's gate counters,
+        its ``fault_output`` ('' off) and its sinks under ``lanes``; the top level's counters are the totals over
+        the lanes and the station's own gate (``lane_totals``: what the run summary and live table show), its
+        ``sinks`` the lanes' (``lane a: SINK``) and its ``fault_output`` names each lane whose fault is on
+        (``lanes_fault_output``). Before, a lane station's top level read 0 rejects and no latched lane alarm."""
         out = self.line.reject_stats()
         if self.triggers is not None and "handshake" in out:
             out["handshake"] = dict(out["handshake"], fanout=self.triggers.stats())
         if self.lanes:
-            out["lanes"] = {name: dict(s.stats(), sinks=s.sink_stats()) for name, s in self.lanes.items()}
-            out["sinks"] = {f"{name}: {sink}": st for name, s in self.lanes.items()
-                            for sink, st in s.sink_stats().items()}
+            counters = {name: lane.stats() for name, lane in self.lanes.items()}
+            sinks = {name: lane.sink_stats() for name, lane in self.lanes.items()}
+            out.update(lane_totals(out, counters.values()))
+            out["lanes"] = {name: dict(counters[name], fault_output=lane.fault_reason or "", sinks=sinks[name])
+                            for name, lane in self.lanes.items()}
+            out["sinks"] = {f"{name}: {sink}": st for name, by_sink in sinks.items() for sink, st in by_sink.items()}
+            out["fault_output"] = lanes_fault_output(out.get("fault_output", ""), out["lanes"])
         return out
 
     def handshake_stats(self) -> dict[str, int | bool]:
@@ -334,6 +342,33 @@ class CellLine:
         return {key: n for key, n in self.line.scheduler.stats().items() if key.startswith("sink_")}
 
 
+def lane_totals(station: dict, lanes: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Each gate counter (``RejectScheduler.stats``: ``rejected_ng``, ``passed_uninspected``, ``pending``, ...) summed
+    over the lanes' gates (``lanes``: each one's ``stats()``) and the station's own (``station``: its top-level
+    counters, absent without ``reject.fault_sinks``; it gates no part, its fault sinks' ``sink_*`` reports count)."""
+    totals: Counter[str] = Counter()
+    for counters in lanes:
+        totals.update(counters)
+    return {key: station.get(key, 0) + n for key, n in totals.items()}
+
+
+def lane_reason(name: str, reason: str) -> str:
+    """A lane's fault as the station names it (fault output, STATUS, MQTT, console, summary): ``lane a: REASON``."""
+    return f"lane {name}: {reason}"
+
+
+def lanes_fault_output(station: str, lanes: dict[str, dict]) -> str:
+    """The summary's ``fault_output`` for a lane station: the station gate's reason (``station``; '' off or none),
+    then each lane whose fault is on (``lanes``: camera -> its summary entry, ``fault_output``), named
+    (``lane_reason``) unless the station's reason names it already (``LaneWatch`` put it there at the last tick)."""
+    reasons = [station] if station else []
+    for name, counters in lanes.items():
+        named = lane_reason(name, counters["fault_output"])
+        if counters["fault_output"] and named not in station:
+            reasons.append(named)
+    return "; ".join(reasons)
+
+
 @dataclasses.dataclass
 class LaneWatch:
     """One ``by: lane`` camera's reject gate, watched like a camera from the loop's tick: while the lane's own
@@ -348,7 +383,7 @@ class LaneWatch:
 
     def __call__(self, _inspector: Inspector | None = None) -> str:
         own = self.lane.fault_reason
-        reason = f"lane {self.name}: {own}" if own else ""
+        reason = lane_reason(self.name, own) if own else ""
         if reason != self.reason:
             if reason:
                 log.error("reject lane %s faulted: %s", self.name, own)
