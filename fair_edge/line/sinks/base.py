@@ -8,7 +8,10 @@ dead PLC cannot stall the scheduler or the inspection loop. Edges are timed with
 scheduler uses too.
 
 An idle, connected output is probed about every ``PROBE_S`` (``Output.probe``: a read, never a write), so a PLC
-that went away is found while no part is on its way, not first when an NG part's pulse fails at the gate.
+that went away is found while no part is on its way, not first when an NG part's pulse fails at the gate. The value
+the probe reads back is compared with the level the sink holds: one a PLC or HMI wrote over (an "acknowledge" on the
+PLC side that resets the fault coil while the station's alarm stays latched) is written again, counted
+``overwritten`` and reported (``SinkReport`` kind ``overwritten``, a WARNING naming the sink and the level).
 ``link_down`` (the station's fault output) is reported when the link cannot be re-established: a connect that
 fails (the first at start, or the first after the link dropped), or a second link failure (write or probe) in a
 row whose reconnect in between succeeded (a PLC whose TCP stack answers and whose application does not). One
@@ -78,7 +81,8 @@ class SinkReport:
     probe is answered again), ``stuck`` (falling edge not written: the output may
     be left on), ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
-    pulse's rising edge written by its deadline)."""
+    pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read the output back at another
+    value than its resting level: something else wrote it; written again, reported when a run of them begins)."""
 
     sink: str
     kind: str
@@ -122,7 +126,9 @@ class Output(Protocol):
     Optional ``probe()``: check that the link answers without writing (read the output back); raises
     like ``set``. The worker calls it about every ``PROBE_S`` while idle and connected. Outputs without
     it (GPIO, local lines) are not probed. It must never write: a ``pulse_ms=0`` output stays on until
-    the PLC clears it."""
+    the PLC clears it. It returns the value read back, or None where it reads none; with optional
+    ``written(on)``, the value ``set(on)`` writes (None where ``set`` holds no level: an OPC UA counter), the worker
+    compares the two (``WorkerSink`` puts a resting level written over back)."""
 
     def open(self) -> None: ...
 
@@ -156,7 +162,7 @@ class Counters:
 
 
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
-                 "link_downs", "reconnects", "late_writes")
+                 "link_downs", "reconnects", "late_writes", "overwritten")
 
 
 class WorkerSink:
@@ -191,6 +197,12 @@ class WorkerSink:
     ``PlcError`` for it, a link failure like any other; so is an OPC UA node that is gone or changed its data type
     since the connect (``PlcBindingError``, from a write or a probe): the reconnect reads it again, and a node still
     gone fails that connect (``link_down``) at once.
+    Read-back: a probe that reads the output at another value than its resting level (``Output.written``; a fault
+    coil a PLC or HMI reset while the station's fault holds, a reject coil something else left on) has it written
+    again in the same step, counted ``overwritten`` each time and reported ``overwritten`` (logged at WARNING,
+    naming the sink and the level) when a run of them begins: a PLC that writes it over at every scan is logged once,
+    not once a probe, until a probe reads it at its level again. Not checked: a level the device refused (above), one
+    not yet written, and a ``pulse_ms=0`` output's off level (after its pulse the PLC clears it, not the sink).
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake): no resting level is written over
     such a pulse, not even the one a reconnect owes when the pulse's own connect brought the link back; read back
     as ``pulse_ms`` (the reject gate plans its pulse slots with it).
@@ -236,6 +248,7 @@ class WorkerSink:
         self._next_probe = 0.0       # monotonic s: probe the idle link from then on (pushed back by each good write)
         self._down_reported = False  # "link_down" reported for the current outage; "reconnected" not yet
         self._failures = 0           # link failures (write / probe) in a row: none answered since the first
+        self._overwriting = False    # the last probe read the resting level written over ("overwritten" reported)
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
 
@@ -462,7 +475,7 @@ class WorkerSink:
             self._next_probe = float("inf")
             return
         try:
-            probe()
+            read_back = probe()
         except PlcDeviceError as exc:
             log.debug("sink %s: probe refused by the device (the link is up): %s", self.name, exc)
             self._link_answered()
@@ -471,7 +484,31 @@ class WorkerSink:
         else:
             self._odd_error = ""
             self._link_answered()
+            self._check_read_back(read_back)
         self._next_probe = time.monotonic() + self._probe_s
+
+    def _check_read_back(self, read_back: object) -> None:
+        """A probe read ``read_back`` (None: the output reads no value): when the resting level is written (not
+        pending, not refused) and the output is not at it (``Output.written``), something else wrote it over: the
+        level is marked to be written again (``_step`` does, next), counted ``overwritten``, and reported when a run
+        of such probes begins. A ``pulse_ms=0`` output's off level is not checked: the PLC clears its pulse."""
+        written = getattr(self._out, "written", None)
+        level = self._level
+        if (read_back is None or written is None or self._level_dirty or self._level_refused == level
+                or (self._pulse_s == 0 and not level)):
+            return
+        held = written(level)
+        if held is None or read_back == held:
+            self._overwriting = False
+            return
+        self._counters.add("overwritten")
+        self._level_dirty = True
+        if not self._overwriting:
+            self._overwriting = True
+            self._emit("overwritten", None, f"read back {read_back!r} while its level is {'on' if level else 'off'} "
+                                            f"({held!r}): written over by another writer (the PLC or an HMI?); "
+                                            f"writing {'on' if level else 'off'} again (reported again once a read "
+                                            f"back shows it at its level)")
 
     def _link_failed(self, what: str, exc: Exception, seq: int | None) -> None:
         """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported ``io_error``, the

@@ -8,7 +8,8 @@ Ranges, checked when the URL is parsed (the station file is read): ``unit`` 0..2
 address: no device replies to it, so every write times out; many Modbus TCP PLCs ignore the unit id),
 ``coil`` / ``register`` 0..65535, ``value`` 0..65535.
 While idle the sink's worker probes the link by reading back what it writes (FC 1 for the coil, FC 3 for
-the register), never by writing.
+the register), never by writing; a resting level read back at another value (a PLC or HMI wrote over it) is written
+again (``WorkerSink``, ``written``).
 
 Exception replies: codes 0x0A (gateway path unavailable) and 0x0B (gateway target device failed to respond)
 come from a gateway whose PLC behind it is off or unreachable: a link failure (``PlcError``). Every other code
@@ -146,18 +147,24 @@ class ModbusOutput:
         t = self.target
         try:
             if t.coil is not None:
-                result = self._client.write_coil(t.coil, bool(on), device_id=t.unit)
+                result = self._client.write_coil(t.coil, self.written(on), device_id=t.unit)
             else:
-                result = self._client.write_register(t.register, t.value if on else 0,
-                                                     device_id=t.unit)
+                result = self._client.write_register(t.register, self.written(on), device_id=t.unit)
         except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
             raise PlcError(f"{t.label}: write failed: {exc}") from exc
         check_reply(result, f"{t.label}: the write", " (check the address and unit id in the PLC program)")
 
-    def probe(self) -> None:
+    def written(self, on: bool) -> bool | int:
+        """What ``set(on)`` writes: the coil's bool, or the register's ``value`` (on) / 0 (off)."""
+        if self.target.coil is not None:
+            return bool(on)
+        return self.target.value if on else 0
+
+    def probe(self) -> bool | int:
         """Check the link answers without writing: read back the coil (FC 1) or holding register (FC 3) that
-        ``set`` writes. ``PlcError`` when the link fails (a gateway's 0x0A / 0x0B reply too), ``PlcDeviceError``
-        when the device refuses the read (it answered: the link is up)."""
+        ``set`` writes; returns what it holds (as ``written`` gives it: bool, or the register's word). ``PlcError``
+        when the link fails (a gateway's 0x0A / 0x0B reply too), ``PlcDeviceError`` when the device refuses the
+        read (it answered: the link is up)."""
         if self._client is None:
             raise PlcError(f"{self.target.label}: not connected")
         t = self.target
@@ -169,6 +176,7 @@ class ModbusOutput:
         except Exception as exc:  # noqa: BLE001 - ModbusException / OSError: the link failed
             raise PlcError(f"{t.label}: probe (read back) failed: {exc}") from exc
         check_reply(result, f"{t.label}: the read back")
+        return bool(result.bits[0]) if t.coil is not None else int(result.registers[0])
 
     def close(self) -> None:
         client, self._client = self._client, None

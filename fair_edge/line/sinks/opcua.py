@@ -15,7 +15,9 @@ node). A counter wraps within that type's range as the PLC's own integer arithme
 reading the node's value and data type, never by writing it. A node that is gone or whose data type changed since
 the connect (BadNodeIdUnknown, BadNodeIdInvalid, BadTypeMismatch, or a probe that reads another data type: a PLC
 program download) is a ``PlcBindingError``: the worker reconnects at once and the connect reads the node and its
-type again; a node still gone makes that connect fail (``link_down``, the fault output).
+type again; a node still gone makes that connect fail (``link_down``, the fault output). In pulse mode, a resting
+level the probe reads back at another value (a PLC or HMI wrote over it) is written again (``WorkerSink``,
+``written``).
 """
 
 from __future__ import annotations
@@ -293,6 +295,11 @@ class OpcUaOutput:
         if self.target.mode == "counter":
             self._count = value
 
+    def written(self, on: bool) -> Any:
+        """What ``set(on)`` leaves on the node: pulse mode's value (``_pulse_value``); None in counter mode (each
+        reject adds 1: the node holds a count, not a level)."""
+        return None if self.target.mode == "counter" else self._pulse_value(on)
+
     def _pulse_value(self, on: bool) -> Any:
         """Pulse mode's ``on`` as the node's type holds it: True / False, 1 / 0 on an integer node, 1.0 / 0.0 on a
         float node (any other type: True / False, refused by ``_check_encodable``)."""
@@ -325,10 +332,10 @@ class OpcUaOutput:
                                  f"type {type_name(self._vtype)} ({problem}); point node= at a node of a type "
                                  f"that holds it (mode={self.target.mode})")
 
-    def probe(self) -> None:
-        """Check the link answers without writing: read the node's value and data type (one Read). ``PlcError``
-        when the link fails, ``PlcBindingError`` when the node is gone or its data type is no longer the one read
-        at connect, ``PlcDeviceError`` for another Bad status reply (the server answered: the link is up)."""
+    def probe(self) -> Any:
+        """Check the link answers without writing: read the node's value and data type (one Read); returns the value.
+        ``PlcError`` when the link fails, ``PlcBindingError`` when the node is gone or its data type is no longer the
+        one read at connect, ``PlcDeviceError`` for another Bad status reply (the server answered: the link is up)."""
         if self._node is None:
             raise PlcError(f"{self.target.label}: not connected")
         from asyncua import ua
@@ -344,6 +351,7 @@ class OpcUaOutput:
             raise PlcBindingError(f"{self.target.label}: the node's data type changed from "
                                   f"{data_type_text(self._dtype)} to {data_type_text(dtype.Value.Value)} since the "
                                   f"connect (a PLC program download?); reconnecting to read it again")
+        return None if value.Value is None else value.Value.Value   # (a Good reply without a value: none)
 
     def close(self) -> None:
         client, self._client, self._node = self._client, None, None
