@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 from fair_edge.errors import CameraError
 from fair_edge.line.handshake import Handshake, Ticket
-from fair_edge.line.scheduler import GroupedLog
+from fair_edge.line.grouped_log import CameraGroupedLog, log_lines
 from fair_edge.records import Frame
 
 from .base import CaptureSettings, EndOfStream, FrameSource
@@ -50,7 +50,6 @@ MAX_STALE = 16         # frames skipped at most for one trigger before the next 
 FAILED_MEMORY = 1024   # triggers some (not all) cameras failed, remembered in case the others fail them too
 MAX_QUEUED = 64        # triggers queued for one camera of a TriggerFanout at most (when the handshake has no max_parts)
 FANOUT_COUNTERS = ("expired", "overflow")   # TriggerFanout.stats(): tickets dropped, and why
-LATE_LOG_S = 10.0      # a camera's late frames after the first of a spell are logged together, one line per this many s
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class TriggeredSource:
         out = Frame(self._seq, frame.t_capture, frame.image, frame.source)
         self._seq += 1
         self.handshake.bind(out.seq, ticket)
-        _log_line(self._late_log.due())
+        log_lines(log, [self._late_log.due()])
         return out
 
     def _next_ticket(self) -> Ticket:
@@ -115,7 +114,7 @@ class TriggeredSource:
         while (later := self.handshake.next_trigger_before(frame.t_capture)) is not None:
             self.handshake.count_late_frame()
             self.handshake.answer_not_inspected(ticket)
-            _log_line(self._late_log.note((ticket.part_id, later.part_id)))
+            log_lines(log, [self._late_log.note((ticket.part_id, later.part_id))])
             ticket = later
         return ticket
 
@@ -146,7 +145,7 @@ class TriggeredSource:
             interrupt()
 
     def close(self) -> None:
-        _log_line(self._late_log.close())
+        log_lines(log, [self._late_log.close()])
         self.inner.close()
 
     def __enter__(self) -> TriggeredSource:
@@ -360,20 +359,14 @@ class _CameraPort:
         self.fanout.failed(self.camera, ticket)
 
 
-class LateFrameLog(GroupedLog):
-    """Groups one camera's late-frame lines (``GroupedLog``): a camera that hangs now and then, or lags for good,
-    would log one line per part. Its first late frame after a quiet spell is logged at once, naming the part answered
-    not inspected and the part the frame went to; the ones after it as one line per ``window_s`` (their count and
-    the last pair). Each is still counted ``late_frames``.
+class LateFrameLog(CameraGroupedLog):
+    """Groups one camera's late-frame lines (``CameraGroupedLog``): a camera that hangs now and then, or lags for
+    good, would log one line per part. Its first late frame after a quiet spell is logged at once, naming the part
+    answered not inspected and the part the frame went to; the ones after it as one line per ``window_s`` (their
+    count and the last pair). Each is still counted ``late_frames``.
 
-    camera: the camera's name. window_s: seconds a line gathers (None: ``LATE_LOG_S``). clock: monotonic seconds.
     ``note((part_id, shown_id))``: the camera's frame for part ``part_id`` came after part ``shown_id``'s trigger.
     """
-
-    def __init__(self, camera: str, window_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
-        self.camera = camera
 
     def _first_line(self, late: tuple[int, int]) -> str:
         part_id, shown_id = late
@@ -388,9 +381,3 @@ class LateFrameLog(GroupedLog):
         return (f"camera {self.camera}: {parts} in the last {span_s:.1f} s answered not inspected for this camera, "
                 f"its frame exposed after the next part's trigger; the last part {part_id} (frame taken for part "
                 f"{shown_id}); each is counted in late_frames")
-
-
-def _log_line(line: str | None) -> None:
-    """Log a ``LateFrameLog`` line that is due (None: nothing to log)."""
-    if line is not None:
-        log.warning("%s", line)

@@ -26,7 +26,8 @@ import pytest
 from fair_edge.cameras import CaptureSettings, CaptureThread, LineSource, SourceBase
 from fair_edge.cameras.base import CaptureState, CaptureStats
 from fair_edge.errors import CameraError
-from fair_edge.line.scheduler import GAP_LOG_S, UNINSPECTED, RejectScheduler
+from fair_edge.line.gate_alarms import GAP_LOG_S
+from fair_edge.line.scheduler import UNINSPECTED, RejectScheduler
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
@@ -264,7 +265,7 @@ def test_the_gate_groups_the_lines_of_parts_decided_uninspected(policy, caplog):
 
 
 def test_the_uninspected_log_groups_parts_by_window_naming_the_reasons():
-    from fair_edge.line.scheduler import UninspectedLog
+    from fair_edge.line.gate_alarms import UninspectedLog
 
     now = [0.0]
     grouped = UninspectedLog("reject", clock=lambda: now[0])

@@ -60,11 +60,11 @@ class EncoderCell:
 
     def __init__(self, cfg: StationConfig, monkeypatch, stack: contextlib.ExitStack) -> None:
         import fair_edge.line.encoder_links as encoder_links
-        import fair_edge.line.scheduler as scheduler
+        import fair_edge.line.gate_sinks as gate_sinks
 
         self.belt, self.pulses, self.rows = Belt(), RecordingSink(), []
         monkeypatch.setattr(encoder_links, "open_encoder", lambda url: self.belt)
-        monkeypatch.setattr(scheduler, "open_fanout", lambda urls, pulse_ms, report, name:
+        monkeypatch.setattr(gate_sinks, "open_fanout", lambda urls, pulse_ms, report, name:
                             self.pulses if name == "rejects" else RecordingSink(name))
         self.cell = open_cell_line(cfg, stack, "run")
         self.cell.part_listeners.append(lambda verdict, row: self.rows.append(row))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+import fair_edge.line.gate_alarms as gate_alarms
 import fair_edge.line.jsonl as jsonl
-import fair_edge.line.scheduler as scheduler
 from fair_edge.line.jsonl import RotatingJsonl
 from fair_edge.line.recorder import Recorder
 from fair_edge.line.scheduler import RejectScheduler
@@ -169,7 +169,7 @@ class FakeClock:
 
 
 def test_gap_miss_log_logs_the_first_at_once_and_the_rest_one_line_per_window():
-    from fair_edge.line.scheduler import GapMissLog
+    from fair_edge.line.gate_alarms import GapMissLog
 
     clock = FakeClock()
     gaps = GapMissLog(window_s=10.0, clock=clock)
@@ -195,7 +195,7 @@ def test_a_persistent_min_gap_conflict_logs_two_lines_not_one_per_part(monkeypat
     counted, alarmed (the alarm latches and the fault output shows the latest part, as before) and has its gate
     row; the journal has one line for the first miss and one, at the end, for the 6 after it (one line per part
     before). No window ends during the test (GAP_LOG_S far away), so the line count does not depend on its speed."""
-    monkeypatch.setattr(scheduler, "GAP_LOG_S", 1e9, raising=False)
+    monkeypatch.setattr(gate_alarms, "GAP_LOG_S", 1e9, raising=False)
     caplog.set_level(logging.ERROR, logger="fair_edge.line.scheduler")
     gate_rows: list[dict] = []
     sink, faults = RecordingSink(), RecordingSink("fault")

@@ -197,12 +197,12 @@ def test_an_encoder_cells_held_view_joins_its_part_by_the_count_at_its_capture(t
     fail-safe, its views missing, near the next part's gate) and part 0 without it. Now it joins part 0: one part,
     both views."""
     import fair_edge.line.encoder_links as encoder_links
-    import fair_edge.line.scheduler as scheduler
+    import fair_edge.line.gate_sinks as gate_sinks
     from fair_edge.station.cell import open_cell_line
 
     belt, pulses, rows = SteppedBelt(0, T0), RecordingSink(), []
     monkeypatch.setattr(encoder_links, "open_encoder", lambda url: encoder(belt))
-    monkeypatch.setattr(scheduler, "open_fanout", lambda urls, pulse_ms, report, name:
+    monkeypatch.setattr(gate_sinks, "open_fanout", lambda urls, pulse_ms, report, name:
                         pulses if name == "rejects" else RecordingSink(name))
     cfg = StationConfig.from_dict({
         "output": str(tmp_path / "out"),

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from fair_edge.line import grouped_log
 from fair_edge.records import Frame, Verdict
 from fair_edge.station import parts
 from fair_edge.station.parts import PartAssembler
@@ -93,11 +94,11 @@ def test_late_views_gathered_are_logged_when_their_window_ends_though_no_more_co
         cell._view("left", seq)
     assert cell.asm.stats["late_views"] == 60
     assert len(_late_lines(caplog, "left")) == 1
-    cell.now_ms += int(parts.LATE_LOG_S * 1000)   # the window ends: the sweep logs what it gathered
+    cell.now_ms += int(grouped_log.LATE_LOG_S * 1000)   # the window ends: the sweep logs what it gathered
     cell.asm.sweep()
     lines = _late_lines(caplog, "left")
     assert len(lines) == 2 and GATHERED.match(lines[1]).group(2, 3, 4) == ("59", "59", "part 59"), lines
-    cell.now_ms += int(parts.LATE_LOG_S * 1000)   # a window with none ends the spell
+    cell.now_ms += int(grouped_log.LATE_LOG_S * 1000)   # a window with none ends the spell
     cell.asm.sweep()
     assert cell.now_ms == 25_000
     for i in range(600, 600 + LAG + 1):           # 30 s on: left's frame 600 comes 1 s late

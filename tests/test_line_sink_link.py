@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from fair_edge.errors import PlcError
 from fair_edge.line.events import RejectEvent
-from fair_edge.line import scheduler as scheduler_module
+from fair_edge.line import gate_sinks
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut
@@ -355,7 +355,7 @@ def test_a_link_down_reported_while_the_scheduler_still_opens_its_sinks_reaches_
         assert reported.wait(WAIT_S)   # the reject sink has reported its link down: only now the fault sinks
         return FanOut([faults], name)
 
-    monkeypatch.setattr(scheduler_module, "open_fanout", open_fanout)
+    monkeypatch.setattr(gate_sinks, "open_fanout", open_fanout)
     settings = RejectSettings(sinks=("modbus://plc",), fault_sinks=("log://fault",), delay_ms=100, pulse_ms=20)
     with RejectScheduler(settings) as sched:
         assert faults.faults and faults.faults[-1][0] is True, faults.faults

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from fair_edge.line.scheduler import RejectScheduler, slot_span_s
+from fair_edge.line.gate_sinks import slot_span_s
+from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sim_sink_plc import SimulatedPlc
 from fair_edge.line.sinks import FanOut, open_fanout

@@ -55,7 +55,7 @@ def gate_outcomes(folder) -> dict[int, str]:
 
 
 def gap_alarmed(caplog) -> set[int]:
-    """The seqs the journal names ``gap_missed`` (``scheduler.GapMissLog``): the first of a spell on its own line
+    """The seqs the journal names ``gap_missed`` (``gate_alarms.GapMissLog``): the first of a spell on its own line
     (``part seq N not rejected``), those after it gathered, one line per window (``K more parts not rejected
     (gap_missed) ..., seq A .. B: A, .., B; ...``, naming up to ``SEQS_NAMED``)."""
     seqs = {int(m) for m in re.findall(r"reject alarm: part seq (\d+) not rejected", caplog.text)}

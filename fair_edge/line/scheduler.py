@@ -44,20 +44,9 @@ unknown parts stop there), and their gate rows carry ``"reason"``. While the enc
 (``encoder_source.fault_reason``: the count is held, the gate waits), the fault output is held on with
 that reason, checked every ``encoder_poll_ms``; it drops when the link is back (no alarm latched by it).
 
-Sink failures, one fault entry per sink (one sink's recovery never clears another's fault): a sink
-that misses a pulse (PLC down, device refused the write, pulse dequeued after its deadline) reports
-it; counted ``sink_missed``, never replayed, and the fault output is held on until that sink reports
-``reconnected`` or ``delivered`` (it works again), or the operator acknowledges while that sink's
-link is up (with ``fail_safe: alarm`` the alarm also latches). A pulse whose write went out but got
-no reply by its deadline is counted ``sink_unconfirmed`` instead (the PLC may have rejected the
-part: it is not claimed missed), with the same fault output and alarm: nobody knows the part was
-rejected. A ``stuck`` report (falling edge not written: the output may be left on) holds the fault
-output until that sink reports ``released`` (its resting level written again); an acknowledge does
-not clear it. A ``link_down`` report (the sink's link cannot be re-established: a connect failed, or a write /
-probe failed twice in a row though the reconnect between succeeded; a single failure the reconnect gets past is
-only an ``io_error``; a PLC that went away is found within about ``sinks.base.PROBE_S`` + the probe's timeout + one
-connect timeout, before any pulse is due) holds the fault output, naming the sink and since when, until that sink
-reports ``reconnected``; counted ``sink_link_downs``, no alarm latched, an acknowledge does not clear it.
+Sink failures and the fault output (what holds it on, until when) are ``line.gate_alarms``'s (``GateAlarms``),
+as are the alarm journal's grouped lines (``GapMissLog``, ``UninspectedLog``).
+
 More than ``max_pending`` parts between camera and gate: the new part is refused, counted, and alarmed.
 
 What happened to each part is told to ``on_part`` (the recorder's gate log), one row per event:
@@ -87,8 +76,11 @@ from ..records import Frame, Verdict
 from . import encoder_source
 from .encoder_source import EncoderSource
 from .events import RejectEvent
+from .gate_alarms import GateAlarms
+from .gate_sinks import GateSinks, slot_span_s
+from .grouped_log import seq_list
 from .settings import RejectSettings
-from .sinks import FanOut, SignalSink, SinkReport, log_reporter, open_fanout
+from .sinks import SignalSink, SinkReport, log_reporter
 from .sinks.base import Counters, sleep_until
 
 log = logging.getLogger(__name__)
@@ -105,19 +97,11 @@ GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninsp
 # a sink's report on a pulse -> what the gate log says happened to it
 PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
                  "unconfirmed": "unconfirmed"}
-SEQS_NAMED = 20          # sequence numbers an alarm or log line names at most (the rest are counted)
-GAP_LOG_S = 10.0         # gap_missed parts after the first are logged together, one line per this many seconds
-WHYS_NAMED = 3           # distinct reasons a grouped line of parts decided uninspected names at most (with counts)
-GAP_MISSED_WHY = ("min_gap_ms after the previous pulse would put its edge past due + late_ms (it would hit the next "
-                  "part)")
 ABANDONED = "abandoned"   # a part still between camera and gate when the run ended: no decision, no pulse
 PartListener = Callable[[dict], None]   # RejectScheduler(on_part=...): one gate-log row per call
 
 # what submit() returns
 OK, SCHEDULED, LATE, REFUSED, UNINSPECTED = "ok", "scheduled", "late", "refused", "uninspected"
-# a sink's fault entry: PULSE_FAULT after a missed / unconfirmed pulse, STUCK_FAULT after a falling edge not written,
-# LINK_FAULT while its link is down (``link_down`` .. ``reconnected``)
-PULSE_FAULT, STUCK_FAULT, LINK_FAULT = "pulse", "stuck", "link"
 UNKNOWN, GOOD, NG = "unknown", "good", "ng"
 
 
@@ -154,24 +138,6 @@ class SlotPlan:
 
     def __len__(self) -> int:
         return len(self._starts)
-
-
-def sink_pulse_widths_ms(sink: SignalSink) -> list[float]:
-    """The pulse widths, ms, that ``sink`` drives: its ``pulse_ms`` (a URL's own, else ``reject.pulse_ms``), or each
-    of a fan-out's sinks'; none for a sink that does not say (a log sink: no timed output)."""
-    members = getattr(sink, "sinks", None)
-    if members is not None:
-        return [width for member in members for width in sink_pulse_widths_ms(member)]
-    width = getattr(sink, "pulse_ms", None)
-    return [] if width is None else [float(width)]
-
-
-def slot_span_s(settings: RejectSettings, sinks: SignalSink) -> float:
-    """The gate's pulse slot width, s: the widest pulse any reject sink drives + ``reject.min_gap_ms``, so an
-    output whose URL sets a longer pulse is never overlapped and one with a shorter pulse is not spaced for
-    ``reject.pulse_ms``. ``reject.pulse_ms`` when no sink says its width (log or in-memory sinks only)."""
-    widths = sink_pulse_widths_ms(sinks)
-    return ((max(widths) if widths else settings.pulse_ms) + settings.min_gap_ms) / 1000.0
 
 
 @dataclass
@@ -219,31 +185,14 @@ class RejectScheduler:
         self._decided: OrderedDict[int, str] = OrderedDict()
         self._order = itertools.count()
         self._slots: SlotPlan | None = None   # planned with the sinks' widest pulse, once they are open
-        self._station_fault: str | None = None
-        self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE/STUCK/LINK_FAULT) -> reason
-        self._alarm: str | None = None
-        self._encoder_fault: str | None = None   # the encoder's link is down (count held), polled
         self._epoch = 0   # the encoder's position epoch the heap's parts were last checked against
-        self._fault_shown = False
-        self._fault_lock = threading.RLock()   # fault state + output writes: sink threads report concurrently
-        self._gap_log = GapMissLog()   # groups the journal lines of gap_missed parts
-        self._uninspected_log = UninspectedLog(settings.fail_safe)   # and of parts decided uninspected
+        self._alarms = GateAlarms(self._counters, settings.fail_safe, log)   # fault output, alarm, their journal
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
-        self._owned: list[SignalSink] = []
-        self._sinks: SignalSink | None = None    # (None while opening: a sink may report before all are open)
-        self._faults: SignalSink | None = None
-        try:
-            self._sinks = sinks if sinks is not None else self._own(settings.sinks, "rejects")
-            self._faults = (fault_sinks if fault_sinks is not None
-                            else self._own(settings.fault_sinks, "fault"))
-        except BaseException:
-            for sink in self._owned:
-                sink.close()
-            raise
-        self._slots = SlotPlan(slot_span_s(settings, self._sinks))
-        self._update_fault_output()   # a fault reported while the sinks were opened (a link down at start)
+        self._outputs = GateSinks(settings, self.handle_report, sinks, fault_sinks)   # reject + fault sinks
+        self._slots = SlotPlan(slot_span_s(settings, self._outputs.rejects))
+        self._alarms.attach(self._outputs.faults)   # shows a fault reported while the sinks opened (a link down)
         self._thread = threading.Thread(target=self._run, name="reject-scheduler", daemon=True)
         self._thread.start()
 
@@ -331,9 +280,7 @@ class RejectScheduler:
     def fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect (backend dead, camera gone) while ``active``: the fault
         output is held on; it drops when the fault clears and no alarm is latched."""
-        with self._fault_lock:
-            self._station_fault = (reason or "station fault") if active else None
-            self._update_fault_output()
+        self._alarms.station_fault(active, reason)
 
     def acknowledge_alarm(self, seen: str | None = None) -> str | None:
         """Operator reset of a latched alarm (part passed uninspected, refused, gap missed, sink miss).
@@ -343,28 +290,17 @@ class RejectScheduler:
         keeps its fault until it reconnects. Returns the alarm it cleared (None: none was latched), read and
         cleared at once: an alarm raised meanwhile is the one returned, never cleared unnamed. seen: the alarm
         the operator was shown (None: whatever is latched); ConfigError, nothing cleared, when another is latched."""
-        with self._fault_lock:
-            cleared = self._alarm
-            if seen is not None and cleared is not None and cleared != seen:
-                raise ConfigError(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer "
-                                  f"one: {cleared}; read it, then acknowledge again (nothing was cleared)")
-            self._alarm = None
-            for key in [k for k in self._sink_faults if k[1] == PULSE_FAULT and self._sink_link_up(k[0])]:
-                del self._sink_faults[key]
-            self._update_fault_output()
-        return cleared
+        return self._alarms.acknowledge(seen, self._outputs.link_up)
 
     @property
     def alarm(self) -> str | None:
-        return self._alarm
+        return self._alarms.alarm
 
     @property
     def fault_reason(self) -> str | None:
         """Why the fault output is on now (station fault, encoder link down, sink faults, latched alarm),
         or None."""
-        with self._fault_lock:
-            sink_faults = "; ".join(self._sink_faults.values()) or None
-            return self._station_fault or self._encoder_fault or sink_faults or self._alarm
+        return self._alarms.reason
 
     def decision(self, seq: int) -> str | None:
         """How part ``seq`` was decided at the gate (one of ``GATE_OUTCOMES``), or None while it is
@@ -373,39 +309,13 @@ class RejectScheduler:
             return self._decided.get(seq)
 
     def handle_report(self, report: SinkReport) -> None:
-        """Listener for sink reports (wired automatically for sinks opened from URLs)."""
+        """Listener for sink reports (wired automatically for sinks opened from URLs): logged, a pulse's row for
+        ``on_part``, and counted and shown on the fault output (``GateAlarms.sink_report``)."""
         log_reporter(report)
         if report.kind in PULSE_RESULTS and report.seq is not None:
             self._tell({"seq": report.seq, "event": "pulse", "sink": report.sink,
                         "pulse": PULSE_RESULTS[report.kind]})
-        if report.kind in ("missed", "unconfirmed"):
-            self._counters.add(f"sink_{report.kind}")
-            reason = (f"{report.sink} missed reject seq {report.seq}" if report.kind == "missed" else
-                      f"{report.sink}: reject seq {report.seq} unconfirmed (written, no reply by its "
-                      f"deadline; the PLC may or may not have rejected it)")
-            with self._fault_lock:
-                self._sink_faults[(report.sink, PULSE_FAULT)] = reason
-                if self.settings.fail_safe == "alarm":
-                    self._raise_alarm(reason)
-                self._update_fault_output()
-        elif report.kind == "link_down":
-            self._link_fault(report.sink)
-        elif report.kind in ("reconnected", "delivered"):   # that sink works again: its pulse fault clears
-            self._clear_sink_fault(report.sink, PULSE_FAULT)
-            if report.kind == "reconnected":
-                self._clear_sink_fault(report.sink, LINK_FAULT)
-        elif report.kind == "released":
-            self._clear_sink_fault(report.sink, STUCK_FAULT)
-        elif report.kind in ("io_error", "device_error", "stuck"):
-            self._counters.add("sink_errors")
-            if report.kind == "stuck":
-                self._set_sink_fault(report.sink, STUCK_FAULT,
-                                     f"{report.sink}: output may be left on after reject seq {report.seq} "
-                                     f"(falling edge not written); held until the sink writes it off again")
-        elif report.kind == "dropped":
-            self._counters.add("sink_dropped")
-        elif report.kind == "late_write":
-            self._counters.add("sink_late_writes")
+        self._alarms.sink_report(report)
 
     def stats(self) -> dict[str, int]:
         out = self._counters.snapshot()
@@ -415,31 +325,16 @@ class RejectScheduler:
 
     def sink_stats(self) -> dict[str, dict[str, int]]:
         """Per reject sink: pulses handed in, delivered, missed, ... (see ``SINK_COUNTERS``)."""
-        per_sink = getattr(self._sinks, "per_sink_stats", None)
-        return per_sink() if per_sink is not None else {self._sinks.name: self._sinks.stats()}
+        return self._outputs.per_sink_stats()
 
     def check_sinks(self, timeout_s: float) -> None:
         """Raise ``PlcError`` naming each reject or fault sink not connected within ``timeout_s``
         (``reject.require_sinks_at_start``)."""
-        from ..errors import PlcError
-
-        down = []
-        for fan in (self._sinks, self._faults):
-            for sink in getattr(fan, "sinks", [fan]):
-                wait = getattr(sink, "wait_connected", None)
-                if wait is not None and not wait(timeout_s):
-                    down.append(sink.name)
-        if down:
-            raise PlcError(f"reject.require_sinks_at_start: expected every sink to connect within "
-                           f"{timeout_s:g} s, found {', '.join(down)} unreachable; check the PLC and "
-                           f"its address, or set require_sinks_at_start: false")
+        self._outputs.check_connected(timeout_s)
 
     def drain_sinks(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s`` per sink) until pulses handed to the sinks are written."""
-        for sink in getattr(self._sinks, "sinks", [self._sinks]):
-            drain = getattr(sink, "drain", None)
-            if drain is not None:
-                drain(timeout_s)
+        self._outputs.drain(timeout_s)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no part is between camera and gate, at most ``timeout_s``.
@@ -482,11 +377,9 @@ class RejectScheduler:
         self._thread.join(timeout=2.0)
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop within 2 s")
-        self._log_alarm(self._gap_log.close())
-        self._log_uninspected(self._uninspected_log.close())
+        self._alarms.log_close()
         self.abandon_pending()
-        for sink in self._owned:
-            sink.close()
+        self._outputs.close()
 
     def __enter__(self) -> RejectScheduler:
         return self
@@ -547,8 +440,7 @@ class RejectScheduler:
             finally:
                 for part, outcome in decided:
                     self._decide(part, outcome)
-            self._log_alarm(self._gap_log.due())
-            self._log_uninspected(self._uninspected_log.due())
+            self._alarms.log_due()
 
     def _wait_time(self) -> list[tuple[_Part, str]]:
         with self._lock:
@@ -646,11 +538,10 @@ class RejectScheduler:
             pass   # no pulse: the gate does not know where the part is (alarmed for the batch by _alarm_lost)
         elif outcome == "passed_uninspected":
             why = f" (verdict error: {part.error})" if part.error else ""
-            self._latch_alarm(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
+            self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
             self._note_uninspected(part)
         elif outcome == "gap_missed":
-            self._latch_alarm(f"part seq {part.seq} not rejected: {GAP_MISSED_WHY}")
-            self._log_alarm(self._gap_log.note(part.seq))
+            self._alarms.gap_missed(part.seq)
         elif outcome.startswith("rejected"):
             self._fire(part, outcome == "rejected_uninspected")
         self._tell(self._gate_row(part, outcome))   # after the pulse is handed over
@@ -696,24 +587,14 @@ class RejectScheduler:
             raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
                             uninspected, part.score, part.count)
-        self._sinks.pulse(event)
+        self._outputs.rejects.pulse(event)
         self._counters.add("fired")
 
     def _note_uninspected(self, part: _Part) -> None:
         """Part decided uninspected (rejected or passed by ``fail_safe``): its journal line, grouped
         (``UninspectedLog``)."""
         why = f"verdict error ({part.error})" if part.error else "no verdict by its due time"
-        self._log_uninspected(self._uninspected_log.note((part.seq, why)))
-
-    def _log_uninspected(self, line: str | None) -> None:
-        """The journal's line for parts decided uninspected (None: nothing to log now): an alarm with ``fail_safe:
-        alarm`` (each part latched it), else a warning (each part was rejected)."""
-        if line is None:
-            return
-        if self.settings.fail_safe == "alarm":
-            self._log_alarm(line)
-        else:
-            log.warning("reject gate: %s", line)
+        self._alarms.uninspected(part.seq, why)
 
     def _tell(self, row: dict) -> None:
         if self.on_part is None:
@@ -737,213 +618,8 @@ class RejectScheduler:
     # -- fault output -----------------------------------------------------------------------------
     def _check_encoder_fault(self) -> None:
         """Hold the fault output while the encoder says its count is held (link down); drop it when back."""
-        reason = encoder_source.fault_reason(self._encoder)
-        if reason == self._encoder_fault:
-            return
-        with self._fault_lock:
-            if reason is None:
-                log.warning("reject gate: encoder fault cleared (%s)", self._encoder_fault)   # as it was raised
-            elif self._encoder_fault is None:   # logged once per outage; the output shows the latest reason
-                log.warning("reject gate: %s; parts wait at their counts", reason)
-            self._encoder_fault = reason
-            self._update_fault_output()
+        self._alarms.encoder_fault(encoder_source.fault_reason(self._encoder))
 
     def _raise_alarm(self, reason: str) -> None:
-        """Log the alarm and latch it (``_latch_alarm``)."""
-        self._log_alarm(reason)
-        self._latch_alarm(reason)
-
-    @staticmethod
-    def _log_alarm(line: str | None) -> None:
-        """The journal's line for an alarm (None: nothing to log now, e.g. a gap_missed part gathered)."""
-        if line is not None:
-            log.error("reject alarm: %s", line)
-
-    def _latch_alarm(self, reason: str) -> None:
-        """Count the alarm and latch it on the fault output (until ``acknowledge_alarm``), without logging it."""
-        self._counters.add("alarms")
-        with self._fault_lock:
-            self._alarm = reason
-            self._update_fault_output()
-
-    def _set_sink_fault(self, sink: str, cause: str, reason: str) -> None:
-        """Hold the fault output for ``sink`` (cause: PULSE_FAULT, STUCK_FAULT or LINK_FAULT) until it clears."""
-        with self._fault_lock:
-            self._sink_faults[(sink, cause)] = reason
-            self._update_fault_output()
-
-    def _link_fault(self, sink: str) -> None:
-        """``sink`` reported its link down: hold the fault output until it reports ``reconnected``. The reason
-        names the sink and the UTC time of the first report (``2026-12-06T10:07:22Z``) (kept through repeats, so the fault output
-        and MQTT see one change per outage); counted ``sink_link_downs`` once per outage."""
-        with self._fault_lock:
-            if (sink, LINK_FAULT) not in self._sink_faults:
-                self._counters.add("sink_link_downs")
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                self._set_sink_fault(sink, LINK_FAULT, f"{sink}: link down since {since}, reconnecting")
-
-    def _clear_sink_fault(self, sink: str, cause: str) -> None:
-        """``sink`` recovered from ``cause``: drop its entry (other sinks' entries stay)."""
-        with self._fault_lock:
-            if self._sink_faults.pop((sink, cause), None) is not None:
-                log.warning("reject sink %s: %s fault cleared", sink, cause)   # at the level it was raised at
-                self._update_fault_output()
-
-    def _sink_link_up(self, name: str) -> bool:
-        """Whether sink ``name`` says its link is up (``connected``); True for a sink that does not say
-        (in-memory sinks, a name no sink of ours has)."""
-        for fan in (self._sinks, self._faults):
-            for sink in getattr(fan, "sinks", [fan]):
-                if getattr(sink, "name", None) == name:
-                    return bool(getattr(sink, "connected", True))
-        return True
-
-    def _update_fault_output(self) -> None:
-        """Hold the fault sinks on with the current reason while a fault holds, write them off once when it clears;
-        nothing until they are open."""
-        with self._fault_lock:
-            if self._faults is None:   # still opening the sinks: __init__ shows it once they are
-                return
-            reason = self.fault_reason
-            active = reason is not None
-            if active or self._fault_shown:
-                self._faults.set_fault(active, reason or "cleared")
-            self._fault_shown = active
-
-    def _own(self, urls: tuple[str, ...], name: str) -> FanOut:
-        fan = open_fanout(urls, self.settings.pulse_ms, self.handle_report, name)
-        self._owned.append(fan)
-        return fan
-
-
-def seq_list(seqs: list[int], most: int = SEQS_NAMED) -> str:
-    """'3, 4, 5' for an alarm or log line: at most ``most`` sequence numbers, then how many more (an alarm for a
-    belt of 258 lost parts named all of them in the fault output's reason and on MQTT)."""
-    named = ", ".join(map(str, seqs[:most]))
-    return named if len(seqs) <= most else f"{named} and {len(seqs) - most} more (all in gate.jsonl)"
-
-
-class GroupedLog:
-    """Groups a flood of like log lines (a fault that lasts, one event per part): the first event after a quiet
-    spell is logged at once (``_first_line``), the events after it are gathered and logged as one line per
-    ``window_s`` (``_gathered_line``). A window with no event ends the spell: the next event is logged at once
-    again. Only the log is grouped: the caller still counts every event. Subclasses write the two lines.
-
-    window_s: seconds a line gathers events. clock: monotonic seconds (tests hand in a fake one). Thread-safe (one
-    thread notes and ticks; ``close`` may run beside a thread that did not stop).
-    """
-
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = float(window_s)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._held: list = []                 # the events gathered since the window began
-        self._since: float | None = None      # when the window began (monotonic s); None: quiet, no window
-
-    def note(self, event) -> str | None:
-        """An event came: the line to log now (the first event of a spell; or the events gathered, once the
-        window they were gathered in ran out, this one with them), or None (gathered)."""
-        with self._lock:
-            now = self._clock()
-            if self._since is None:
-                self._since = now
-                return self._first_line(event)
-            self._held.append(event)
-            return self._window_end(now)
-
-    def due(self) -> str | None:
-        """The events gathered when their window ran out (one line), else None; a window without an event ends
-        the spell. Call it often (the owning thread's every turn)."""
-        with self._lock:
-            return self._window_end(self._clock())
-
-    def close(self) -> str | None:
-        """The events still gathered (one line) at the end of the run, or None."""
-        with self._lock:
-            line = self._held_line(self._clock())
-            self._held, self._since = [], None
-            return line
-
-    def _first_line(self, event) -> str:
-        """The line for the first event of a spell, logged at once."""
-        raise NotImplementedError
-
-    def _gathered_line(self, held: list, span_s: float) -> str:
-        """The line for the events gathered (``held``, oldest first, at least one) in the last ``span_s`` s."""
-        raise NotImplementedError
-
-    def _window_end(self, now: float) -> str | None:
-        """(under self._lock) At the end of a window: its line (None when it gathered nothing, which ends the
-        spell) and a new window from ``now``; before it: None."""
-        if self._since is None or now - self._since < self.window_s:
-            return None
-        line = self._held_line(now)
-        self._since = now if self._held else None
-        self._held = []
-        return line
-
-    def _held_line(self, now: float) -> str | None:
-        """(under self._lock) The line for the events gathered, or None when there are none."""
-        if not self._held:
-            return None
-        return self._gathered_line(self._held, now - (self._since if self._since is not None else now))
-
-
-class GapMissLog(GroupedLog):
-    """Groups the journal lines of ``gap_missed`` parts (``GroupedLog``). A min_gap_ms conflict that lasts (parts
-    closer than a pulse slot, 100 parts/s on a 70 ms slot) logged one ERROR line per part, 1 672 in 40 s; now the
-    first miss after a quiet spell is logged at once, naming its part, and the misses after it are gathered and
-    logged as one line per ``window_s`` (their count, first and last sequence number, and the first ``SEQS_NAMED``
-    of them). Each part is still counted, alarmed and written to gate.jsonl.
-
-    window_s: seconds a line gathers misses (None: ``GAP_LOG_S``). clock: monotonic seconds. ``note(seq)``: part
-    ``seq`` was decided ``gap_missed``.
-    """
-
-    def __init__(self, window_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(GAP_LOG_S if window_s is None else window_s, clock)
-
-    def _first_line(self, seq: int) -> str:
-        return (f"part seq {seq} not rejected: {GAP_MISSED_WHY}; further such parts are logged together, "
-                f"one line per {self.window_s:g} s (each is in gate.jsonl)")
-
-    def _gathered_line(self, held: list[int], span_s: float) -> str:
-        count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
-        return (f"{count} not rejected (gap_missed) in the last {span_s:.1f} s, seq {held[0]} .. {held[-1]}: "
-                f"{seq_list(held)}; {GAP_MISSED_WHY}")
-
-
-class UninspectedLog(GroupedLog):
-    """Groups the journal lines of parts decided uninspected (``GroupedLog``): a verdict with ``error`` set
-    (malformed frame, inference failed) or none by the due time, then rejected (``fail_safe: reject``) or passed
-    with the alarm latched (``alarm``). A camera switched to 16-bit makes every frame malformed: each part logged
-    two warnings (at its verdict and at its decision), a flood at line rate; now the first part after a quiet spell is
-    logged at once, naming it and why, and the parts after it one line per ``window_s`` (their count, first and last
-    sequence number, the first ``SEQS_NAMED`` of them, and the first ``WHYS_NAMED`` reasons with their counts). Each
-    part is still counted, decided and written to gate.jsonl (its ``error`` there).
-
-    fail_safe: ``reject`` or ``alarm`` (what became of the parts). window_s: seconds a line gathers parts (None:
-    ``GAP_LOG_S``). clock: monotonic seconds. ``note((seq, why))``: part ``seq`` was decided uninspected for ``why``.
-    """
-
-    def __init__(self, fail_safe: str, window_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(GAP_LOG_S if window_s is None else window_s, clock)
-        self.decided = ("passed the gate uninspected (fail_safe: alarm)" if fail_safe == "alarm"
-                        else "rejected uninspected (fail_safe: reject)")
-
-    def _first_line(self, event: tuple[int, str]) -> str:
-        seq, why = event
-        return (f"part seq {seq} {self.decided}: {why}; further such parts are logged together, one line per "
-                f"{self.window_s:g} s (each is in gate.jsonl)")
-
-    def _gathered_line(self, held: list[tuple[int, str]], span_s: float) -> str:
-        seqs = [seq for seq, _ in held]
-        whys: dict[str, int] = {}
-        for _, why in held:
-            whys[why] = whys.get(why, 0) + 1
-        named = "; ".join(f"{why} ({n})" for why, n in list(whys.items())[:WHYS_NAMED])
-        others = len(whys) - WHYS_NAMED
-        count = f"{len(held)} more part{'s' if len(held) > 1 else ''}"
-        return (f"{count} {self.decided} in the last {span_s:.1f} s, seq {seqs[0]} .. {seqs[-1]}: {seq_list(seqs)}; "
-                f"{named}" + (f"; and {others} other reason{'s' if others > 1 else ''}" if others > 0 else ""))
+        """Log the alarm and latch it (``GateAlarms.raise_alarm``)."""
+        self._alarms.raise_alarm(reason)

@@ -60,19 +60,19 @@ read) is never taken out of step by its capture time.
 ``match: sequence`` duplicates: a frame captured within ``window_ms`` (and less than half the usual time between
 parts) of the last view filed under a part for its camera is that trigger's frame again (a trigger that bounced, a
 frame delivered twice): counted (``stats["duplicate_views"]``, with ``match: sequence`` only), logged naming the
-camera (its first at once, then one line per camera per ``LATE_LOG_S``: ``DuplicateViewLog``) and skipped: in no
-part (``on_capture`` returns None; it is still inspected, its view row names no part, its verdict or drop is only
-held in case it joins a part after all: below). Its seq counted no trigger, so a camera in step counts its next
-frames one part less (``_skip_duplicate``). Filed as a view, it would open a part of its own (its other views
-missing: a fail-safe reject right behind the good part) and push its camera's count one part ahead, so that the next
-frame of a camera in step would name that early part and be the one taken out of step. A repeat that another camera
-took a frame beside (within ``window_ms``: its skipped repeat, or a view filed under another part than the one
-repeated) is a part's view, not a duplicate: parts closer than ``window_ms`` (a window wider than the documented
-half the time between parts), or one trigger that bounced on every camera; a frame skipped before is filed under
-that part then (``_rejoin``, logged), so no part goes by unannounced to the gate; a camera that skipped several
-frames since its last view (a bounce, then this part's frame) leaves its view of the part missing (NG, not
-inspected: which of them is the part's cannot be told, ``_rejoin_unknown``). Told once ``PERIOD_PARTS`` parts
-have opened, as a slip is; never for a camera without a timeline (its frames are stamped when read, one right after
+camera (its first at once, then one line per camera per ``grouped_log.LATE_LOG_S``: ``DuplicateViewLog``) and
+skipped: in no part (``on_capture`` returns None; it is still inspected, its view row names no part, its verdict or
+drop is only held in case it joins a part after all: below). Its seq counted no trigger, so a camera in step counts
+its next frames one part less (``_skip_duplicate``). Filed as a view, it would open a part of its own (its other
+views missing: a fail-safe reject right behind the good part) and push its camera's count one part ahead, so that
+the next frame of a camera in step would name that early part and be the one taken out of step. A repeat that
+another camera took a frame beside (within ``window_ms``: its skipped repeat, or a view filed under another part
+than the one repeated) is a part's view, not a duplicate: parts closer than ``window_ms`` (a window wider than the
+documented half the time between parts), or one trigger that bounced on every camera; a frame skipped before is
+filed under that part then (``_rejoin``, logged), so no part goes by unannounced to the gate; a camera that skipped
+several frames since its last view (a bounce, then this part's frame) leaves its view of the part missing (NG, not
+inspected: which of them is the part's cannot be told, ``_rejoin_unknown``). Told once ``PERIOD_PARTS`` parts have
+opened, as a slip is; never for a camera without a timeline (its frames are stamped when read, one right after
 another), a ``resumed`` frame, the frame after a late view (a held frame's next one may follow at once), or a
 station of one camera. The other match modes do not look for duplicates.
 
@@ -95,7 +95,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from fair_edge.line.scheduler import GroupedLog
+from fair_edge.line.grouped_log import CameraGroupedLog, log_lines
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.views import GroupSettings
 
@@ -108,7 +108,6 @@ PERIOD_PARTS = 8       # match: sequence: the usual time between parts is the me
 NOT_AWAITED = "not awaited: the part was NG without it"   # a view not in when its part was decided NG
 NO_FRAME = "no frame"    # a part row's why for a camera that took no frame of it (failed it, or silent to its close)
 FUSED_SCORE_UNIT = 1.0   # a fused bundle's score unit: its members' normal spread (``_badness``)
-LATE_LOG_S = 10.0        # a camera's late views after the first are logged together, one line per this many seconds
 PartListener = Callable[["Verdict | None", dict], None]   # (verdict for the gate or None, the part's row)
 # on_open(part id, its first view's capture time (monotonic s), its belt count with match: encoder else None)
 OpenListener = Callable[[int, float, "int | None"], None]
@@ -355,7 +354,7 @@ class PartAssembler:
         for part in due:
             if not part.decided:
                 self._decide(part)
-        _log_lines(late.due() for late in late_logs)
+        log_lines(log, (late.due() for late in late_logs))
 
     def close_all(self) -> None:
         """End of run: close every open part as it stands."""
@@ -367,7 +366,7 @@ class PartAssembler:
         for part in parts:
             if not part.decided:
                 self._decide(part)
-        _log_lines(late.close() for late in late_logs)
+        log_lines(log, (late.close() for late in late_logs))
 
     # ---- inside ----------------------------------------------------------------------------
     def _key(self, camera: str, frame: Frame) -> float:
@@ -564,7 +563,7 @@ class PartAssembler:
                 self._seq_offset[camera] = repeated.offset - (skipped.last_seq - repeated.seq)
         self.stats["duplicate_views"] += 1
         apart_ms = (frame.t_capture - repeated.t_capture) * 1000.0
-        _log_lines([self._duplicate_log(camera).note((frame.seq, repeated.seq, repeated.part_id, apart_ms))])
+        log_lines(log, [self._duplicate_log(camera).note((frame.seq, repeated.seq, repeated.part_id, apart_ms))])
 
     def _rejoin(self, camera: str, part: _Part) -> tuple[_Part, bool] | None:
         """(under the lock) The camera's skipped duplicate was a view of ``part`` after all (``_skipped_beside``):
@@ -764,7 +763,7 @@ class PartAssembler:
         late_log = self._late_logs.get(camera)
         if late_log is None:   # a camera not in the station file's list: its own log all the same
             late_log = self._late_logs[camera] = LateViewLog(camera, clock=self.clock)
-        _log_lines([late_log.note((seq, part_id))])
+        log_lines(log, [late_log.note((seq, part_id))])
 
     def _ng_in_hand(self, part: _Part) -> bool:
         """Whether the part's inspected NG views already reach the rule: its other views cannot change it."""
@@ -820,21 +819,14 @@ class PartAssembler:
             log.exception("part %d: on_part failed", part.part_id)
 
 
-class LateViewLog(GroupedLog):
-    """Groups one camera's late-view log lines (``GroupedLog``), so a camera that lags for good (every view after
-    its part closed, 20 a second at 20 parts/s) does not drown the rest of the log: its first late view after a quiet
-    spell is logged at once with its frame and part, the ones after it as one line per ``window_s`` (their count, the
-    last one's frame and part). Each is still counted ``late_views``.
+class LateViewLog(CameraGroupedLog):
+    """Groups one camera's late-view log lines (``CameraGroupedLog``), so a camera that lags for good (every view
+    after its part closed) does not drown the rest of the log: its first late view after a quiet spell is logged at
+    once with its frame and part, the ones after it as one line per ``window_s`` (their count, the last one's frame
+    and part). Each is still counted ``late_views``.
 
-    camera: the camera's name. window_s: seconds a line gathers late views (None: ``LATE_LOG_S``). clock: monotonic
-    seconds. ``note((seq, part_id))``: the camera's frame ``seq`` was late for part ``part_id`` (None: it matched
-    no part).
+    ``note((seq, part_id))``: the camera's frame ``seq`` was late for part ``part_id`` (None: it matched no part).
     """
-
-    def __init__(self, camera: str, window_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
-        self.camera = camera
 
     def _first_line(self, late: tuple[int, int | None]) -> str:
         seq, part_id = late
@@ -854,22 +846,16 @@ class LateViewLog(GroupedLog):
                 f"they matched none), the last frame {seq} ({last}); each is counted in late_views")
 
 
-class DuplicateViewLog(GroupedLog):
-    """Groups one camera's duplicate-view log lines (``match: sequence``, ``PartAssembler._skip_duplicate``) as
-    ``LateViewLog`` does late views: a camera whose trigger bounces on every part does not drown the log; its first
-    duplicate after a quiet spell is logged at once with its frame, the view it repeats and how far apart they were
-    captured, the ones after it as one line per ``window_s`` (their count, the last one's frame). Each is still
-    counted ``duplicate_views``.
+class DuplicateViewLog(CameraGroupedLog):
+    """Groups one camera's duplicate-view log lines (``match: sequence``, ``PartAssembler._skip_duplicate``,
+    ``CameraGroupedLog``): a camera whose trigger bounces on every part does not drown the log; its first duplicate
+    after a quiet spell is logged at once with its frame, the view it repeats and how far apart they were captured,
+    the ones after it as one line per ``window_s`` (their count, the last one's frame). Each is still counted
+    ``duplicate_views``.
 
-    camera: the camera's name. window_s: seconds a line gathers duplicates (None: ``LATE_LOG_S``). clock: monotonic
-    seconds. ``note((seq, repeated_seq, part_id, apart_ms))``: the camera's frame ``seq`` repeated its frame
-    ``repeated_seq`` (filed under part ``part_id``, None when no longer remembered), captured ``apart_ms`` after it.
+    ``note((seq, repeated_seq, part_id, apart_ms))``: the camera's frame ``seq`` repeated its frame ``repeated_seq``
+    (filed under part ``part_id``, None when no longer remembered), captured ``apart_ms`` after it.
     """
-
-    def __init__(self, camera: str, window_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(LATE_LOG_S if window_s is None else window_s, clock)
-        self.camera = camera
 
     def _first_line(self, duplicate: tuple[int, int, int | None, float]) -> str:
         seq, repeated_seq, part_id, apart_ms = duplicate
@@ -885,13 +871,6 @@ class DuplicateViewLog(GroupedLog):
         views = f"{len(held)} more duplicate frame{'s' if len(held) > 1 else ''}"
         return (f"camera {self.camera}: {views} in the last {span_s:.1f} s (one trigger's frame taken twice), "
                 f"skipped; the last frame {seq} (repeating frame {repeated_seq}); each is counted in duplicate_views")
-
-
-def _log_lines(lines) -> None:
-    """Log the late-view lines that are due (None: nothing to log)."""
-    for line in lines:
-        if line is not None:
-            log.warning("%s", line)
 
 
 def _why_missing(part: _Part, camera: str, early: bool) -> str:

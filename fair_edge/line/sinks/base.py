@@ -99,7 +99,7 @@ class SignalSink(Protocol):
 
     Optional ``pulse_ms``: the width of the pulses it drives, ms (its URL's ``pulse_ms``, else
     ``reject.pulse_ms``; 0: written on only, the PLC clears it). The reject gate spaces its pulse slots by the
-    widest of its sinks' (``scheduler.slot_span_s``); a sink without it (a log sink) drives no timed output."""
+    widest of its sinks' (``gate_sinks.slot_span_s``); a sink without it (a log sink) drives no timed output."""
 
     name: str
 
