@@ -15,7 +15,8 @@ from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.cell import CellLine, part_timeout_s
 from fair_edge.station.config import StationConfig
-from fair_edge.station.parts import NOT_AWAITED, PartAssembler
+from fair_edge.station.part_rows import NOT_AWAITED
+from fair_edge.station.parts import PartAssembler
 from fair_edge.station.views import GroupSettings, ViewSettings
 
 CAMERAS = ("top", "left", "right")
