@@ -277,6 +277,22 @@ class RejectScheduler:
                         verdict.seq, decided)
         return LATE
 
+    def submit_uninspected(self, seq: int, error: str) -> bool:
+        """``submit`` of a verdict with ``error`` set for part ``seq``, only while the gate holds the part (noted,
+        not yet decided): counted ``verdicts`` and ``error_verdicts``, decided by ``fail_safe``, its gate row,
+        alarm and journal line naming ``error``. False, nothing counted, for a part the gate decided already or never
+        held (refused): a cell's part closed with a view missing (``error``: ``missing view: b (no frame)``) after
+        its due time is no late verdict, and a refused one is not refused twice."""
+        with self._lock:
+            part = self._parts.get(seq)
+            if part is not None:
+                part.error = error
+        if part is None:
+            return False
+        self._counters.add("verdicts")
+        self._counters.add("error_verdicts")
+        return True
+
     def fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect (backend dead, camera gone) while ``active``: the fault
         output is held on; it drops when the fault clears and no alarm is latched."""

@@ -274,13 +274,18 @@ class CellLine:
             self.line.mqtt.publish_row({**self.line.recorder.log_row(verdict), **extra})
 
     def on_part(self, verdict: Verdict | None, row: dict) -> None:
-        """The assembler's listener: the gate gets the part's verdict (none when views are missing: the gate
-        rejects it fail-safe at its due time), the log and MQTT the part's row."""
+        """The assembler's listener: the gate gets the part's verdict, the log and MQTT the part's row. A part not
+        inspected (views missing: no verdict) is handed to the gate as uninspected with its row's ``reason``
+        (``missing view: b (no frame)``; ``RejectScheduler.submit_uninspected``), so its gate row, alarm and
+        journal line name the camera; the gate decides it fail-safe at its due time as before. One the gate
+        decided already (closed at its due time) keeps the gate's "no verdict by its due time"."""
         from fair_edge.line.scheduler import LATE
 
         scheduler = self.line.scheduler
         if verdict is not None and scheduler is not None and scheduler.submit(verdict) == LATE:
             row = dict(row, verdict_late=True, gate=scheduler.decision(verdict.seq) or "went_by_undecided")
+        elif verdict is None and scheduler is not None:
+            scheduler.submit_uninspected(row["part"], row["reason"])   # (a part not inspected has a view missing)
         if self.triggers is not None:   # the PLC's result for its part id: this part's verdict, once
             tickets = [self.triggers.ticket(c, v["seq"], forget=True) for c, v in row["views"].items() if "seq" in v]
             ticket = next((t for t in tickets if t is not None), None)
