@@ -8,7 +8,9 @@ WAIT_S, never a timing the test hopes for."""
 
 from __future__ import annotations
 
+import linecache
 import logging
+import sys
 import threading
 import time
 
@@ -106,15 +108,17 @@ def test_a_held_fault_level_written_over_is_written_again_and_logged_once_per_oc
         sink.close()
 
 
-def test_a_reject_outputs_rest_level_is_put_back_but_a_pulse_ms_0_pulse_is_left_to_the_plc():
-    """The resting level (off) of a reject output is the sink's: found on while idle, written off again. A
-    ``pulse_ms=0`` output's pulse is the PLC's to clear: read back on after it, it is not written off."""
+def test_an_off_level_found_on_is_left_alone_so_another_outputs_pulse_on_the_coil_is_not_cut():
+    """A reject output rests off; found on while its sink is idle, it is another output's pulse on the same coil (two
+    lanes on one ejector: the review cut a 200 ms pulse to 1 ms by writing it off) or the PLC's own manual reject:
+    not written. Nor is a ``pulse_ms=0`` output's pulse, which is the PLC's to clear."""
     coil = SharedCoil()
     sink = WorkerSink("reject coil", coil, pulse_ms=20.0, **FAST)
     try:
         assert coil.wait(lambda c: c.sets == [False])            # the resting level after the connect
-        coil.plc_writes(True)
-        assert coil.wait(lambda c: c.sets == [False, False] and c.value is False), coil.sets
+        coil.plc_writes(True)                                    # the other lane's pulse begins
+        assert coil.probes_later(5)
+        assert coil.sets == [False] and coil.value is True and sink.stats()["overwritten"] == 0, coil.sets
     finally:
         sink.close()
     coil = SharedCoil()
@@ -180,3 +184,60 @@ def test_an_opcua_fault_node_reset_by_the_plc_is_put_back(monkeypatch):
             assert sink.stats()["overwritten"] >= 1
         finally:
             sink.close()
+
+
+class HeldReplyCoil(SharedCoil):
+    """A faithful coil (only the sink writes it) whose next probe's reply is held until ``release`` is set: the read
+    is taken at once, the answer arrives later (a network round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.release.set()
+        self.reading = threading.Event()
+
+    def probe(self) -> bool:
+        value = super().probe()
+        self.reading.set()
+        self.release.wait(WAIT_S)
+        return value
+
+
+def test_a_fault_set_while_a_probe_is_answered_is_no_overwrite(caplog):
+    """Review of 99ef699: the check read the level, then its pending flag, while ``set_fault`` stored them in that
+    order on another thread: a probe answered between the two stores (its read taken before the level was written)
+    was counted ``overwritten`` with a WARNING blaming the PLC, though nothing else wrote the coil. The interleaving is
+    forced with a line tracer on the caller's thread: the reply arrives just before the flag is stored."""
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.sinks.base")
+    coil = HeldReplyCoil()
+    sink = WorkerSink("fault coil", coil, pulse_ms=50.0, **FAST)
+    try:
+        assert coil.wait(lambda c: c.sets == [False])
+        coil.reading.clear()
+        coil.release.clear()
+        assert coil.reading.wait(WAIT_S)                         # a probe has read the coil (off) and waits
+        probes = coil.probes
+
+        def tracer(frame, event, arg):
+            if frame.f_code is not WorkerSink.set_fault.__code__:
+                return None
+
+            def line(frame, event, arg):
+                if event == "line" and "self._level_dirty = True" in linecache.getline(frame.f_code.co_filename,
+                                                                                       frame.f_lineno):
+                    coil.release.set()                           # the reply arrives between the two stores
+                    with coil.cond:                              # and the worker has time to check it (a next
+                        coil.cond.wait_for(lambda: coil.probes > probes, 1.0)   # probe; none while it waits on us)
+                return line
+            return line
+
+        sys.settrace(tracer)
+        try:
+            sink.set_fault(True, "alarm latched")
+        finally:
+            sys.settrace(None)
+        assert coil.wait(lambda c: c.sets == [False, True])
+        assert coil.probes_later(3)
+        assert sink.stats()["overwritten"] == 0 and not overwritten_lines(caplog), (sink.stats(), coil.sets)
+    finally:
+        sink.close()

@@ -9,8 +9,9 @@ scheduler uses too.
 
 An idle, connected output is probed about every ``PROBE_S`` (``Output.probe``: a read, never a write), so a PLC
 that went away is found while no part is on its way, not first when an NG part's pulse fails at the gate. The value
-the probe reads back is compared with the level the sink holds: one a PLC or HMI wrote over (an "acknowledge" on the
-PLC side that resets the fault coil while the station's alarm stays latched) is written again, counted
+the probe reads back is compared with a fault level the sink holds on: one a PLC or HMI wrote over (an
+"acknowledge" on the PLC side that resets the fault coil while the station's alarm stays latched) is written again,
+counted
 ``overwritten`` and reported (``SinkReport`` kind ``overwritten``, a WARNING naming the sink and the level).
 ``link_down`` (the station's fault output) is reported when the link cannot be re-established: a connect that
 fails (the first at start, or the first after the link dropped), or a second link failure (write or probe) in a
@@ -197,12 +198,13 @@ class WorkerSink:
     ``PlcError`` for it, a link failure like any other; so is an OPC UA node that is gone or changed its data type
     since the connect (``PlcBindingError``, from a write or a probe): the reconnect reads it again, and a node still
     gone fails that connect (``link_down``) at once.
-    Read-back: a probe that reads the output at another value than its resting level (``Output.written``; a fault
-    coil a PLC or HMI reset while the station's fault holds, a reject coil something else left on) has it written
-    again in the same step, counted ``overwritten`` each time and reported ``overwritten`` (logged at WARNING,
-    naming the sink and the level) when a run of them begins: a PLC that writes it over at every scan is logged once,
-    not once a probe, until a probe reads it at its level again. Not checked: a level the device refused (above), one
-    not yet written, and a ``pulse_ms=0`` output's off level (after its pulse the PLC clears it, not the sink).
+    Read-back: a probe that reads a fault output off while its level is on (``Output.written``; a fault coil a PLC
+    or HMI reset while the station's fault holds) has it written again in the same step, counted ``overwritten``
+    each time and reported ``overwritten`` (logged at WARNING, naming the sink and the level) when a run of them
+    begins: a PLC that writes it over at every scan is logged once, not once a probe, until a probe reads it at its
+    level again. Not checked: a level the device refused (above), one not yet written, one set while the probe was
+    answered, and any off level: a reject output's rest is off, and an idle sink that finds it on is looking at
+    another output's pulse on the same coil or a PLC's manual reject, which a rewrite would cut.
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake): no resting level is written over
     such a pulse, not even the one a reconnect owes when the pulse's own connect brought the link back; read back
     as ``pulse_ms`` (the reject gate plans its pulse slots with it).
@@ -232,6 +234,7 @@ class WorkerSink:
         self._connected = False
         self._level = False          # wanted resting level (fault outputs)
         self._level_dirty = True     # resting level not yet confirmed written
+        self._level_lock = threading.Lock()   # set_fault's stores vs the read back's check of them (never both half)
         self._level_refused: bool | None = None   # a resting level the device refused: not rewritten until a
                                                   # reconnect or a change of the level clears this
         self._refused = False        # the last _write_until ended in the device's refusal
@@ -264,10 +267,11 @@ class WorkerSink:
             self._emit("dropped", event.seq, f"queue full ({self._q.maxsize} waiting)")
 
     def set_fault(self, active: bool, reason: str) -> None:
-        if bool(active) != self._level:
-            self._level_refused = None   # a new level: written even if the device refused the old one
-        self._level = bool(active)
-        self._level_dirty = True
+        with self._level_lock:
+            if bool(active) != self._level:
+                self._level_refused = None   # a new level: written even if the device refused the old one
+            self._level = bool(active)
+            self._level_dirty = True
         try:
             self._q.put_nowait(None)  # wake the worker; if full it sees the flag soon anyway
         except queue.Full:
@@ -488,14 +492,19 @@ class WorkerSink:
         self._next_probe = time.monotonic() + self._probe_s
 
     def _check_read_back(self, read_back: object) -> None:
-        """A probe read ``read_back`` (None: the output reads no value): when the resting level is written (not
-        pending, not refused) and the output is not at it (``Output.written``), something else wrote it over: the
-        level is marked to be written again (``_step`` does, next), counted ``overwritten``, and reported when a run
-        of such probes begins. A ``pulse_ms=0`` output's off level is not checked: the PLC clears its pulse."""
+        """A probe read ``read_back`` (None: the output reads no value) of a held fault level (on): when that level
+        is written (not pending, not refused) and the output is not at it (``Output.written``), something else wrote
+        it over: the level is marked to be written again (``_step`` does, next), counted ``overwritten``, and
+        reported when a run of such probes begins. The level and its flags are read under ``_level_lock``, as
+        ``set_fault`` stores them: a level set while the probe was answered is pending (not compared), never new
+        and already written.
+        An off level is never checked: a reject output's rest is off, and finding it on while this sink is idle is
+        another output's pulse on the same coil (two lanes on one ejector), or a PLC's own manual reject: writing
+        it off would cut that pulse."""
         written = getattr(self._out, "written", None)
-        level = self._level
-        if (read_back is None or written is None or self._level_dirty or self._level_refused == level
-                or (self._pulse_s == 0 and not level)):
+        with self._level_lock:
+            level, pending, refused = self._level, self._level_dirty, self._level_refused
+        if read_back is None or written is None or not level or pending or refused == level:
             return
         held = written(level)
         if held is None or read_back == held:
