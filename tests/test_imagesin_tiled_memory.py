@@ -19,6 +19,7 @@ from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.shortages import in_words
 from fair_edge.tiling import TilingConfig
 from fair_edge.training.data import load_dataset, load_images
 from test_image_formats import jpeg_with_exif, left_stripe, tiff_file
@@ -62,7 +63,7 @@ def test_the_memory_guard_refuses_a_fit_of_the_tiles_it_will_read(tmp_path, monk
                         tmp_path / "run", torch.device("cpu"))
     need = pc_train.fit_memory(193, 32, model.settings, 8)["host"]
     assert str(err.value).startswith(f"a PatchCore fit of 4 training images (193 tiles) at 32 px needs about "
-                                     f"{pc_train.in_words(need)} of memory at its peak")
+                                     f"{in_words(need)} of memory at its peak")
 
 
 def _bmp_top_down(path, height: int, width: int) -> None:

@@ -19,6 +19,7 @@ from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.patchcore.train import FitConfig, PatchcoreFitter
 from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge import shortages
 from fair_edge.training.data import load_dataset
 
 MODEL = ModelSpec("patchcore", PreprocessConfig(image_size=32),
@@ -157,7 +158,7 @@ def test_a_fit_too_big_for_the_memory_is_refused_before_reading_the_images(mvtec
     need = pc_train.fit_memory(16, 64, model.settings, 8)
     message = str(err.value)
     assert "\n" not in message and message.startswith(
-        f"a PatchCore fit of 16 training images at 64 px needs about {pc_train.in_words(need['host'])} of memory at "
+        f"a PatchCore fit of 16 training images at 64 px needs about {shortages.in_words(need['host'])} of memory at "
         "its peak (images 1 MiB, patch features 1 MiB = 2048 patches x 128 channels, coreset ")
     assert "3 MiB is available (available RAM). Fit with fewer training images, a smaller --image-size" in message
     assert "--set embed_dim=64" in message and "--set bank_flips=none" in message
@@ -186,16 +187,16 @@ def test_available_memory_takes_the_smallest_of_ram_container_and_address_space(
     (tmp_path / "current").write_text("4294967296\n")
     (tmp_path / "stat").write_text("anon 3000\ninactive_file 1073741824\n")
     monkeypatch.setitem(sys.modules, "psutil", None)  # psutil absent: /proc/meminfo
-    monkeypatch.setattr(pc_train, "MEMINFO", str(tmp_path / "meminfo"))
-    monkeypatch.setattr(pc_train, "CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current"),
-                                                    str(tmp_path / "stat"), "inactive_file"),))
+    monkeypatch.setattr(shortages, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(shortages, "CGROUP_FILES", ((str(tmp_path / "max"), str(tmp_path / "current"),
+                                                     str(tmp_path / "stat"), "inactive_file"),))
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert pc_train.available_memory() == (5 * 2**30, "the container's memory limit")  # 8 - 4 + 1 GiB of cache
+    assert shortages.available_memory() == (5 * 2**30, "the container's memory limit")  # 8 - 4 + 1 GiB of cache
     (tmp_path / "max").write_text("max\n")
-    assert pc_train.available_memory() == (16 * 2**30, "available RAM")
-    size = pc_train._read_fields("/proc/self/status")["VmSize"] * 1024  # this process's address space
+    assert shortages.available_memory() == (16 * 2**30, "available RAM")
+    size = shortages._read_fields("/proc/self/status")["VmSize"] * 1024  # this process's address space
     monkeypatch.setattr(resource, "getrlimit", lambda which: (size + 2 * 2**30, resource.RLIM_INFINITY))
-    left, source = pc_train.available_memory()
+    left, source = shortages.available_memory()
     assert source == "the address-space limit (ulimit -v)" and 1.5 * 2**30 < left <= 2 * 2**30
 
 

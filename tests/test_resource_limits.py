@@ -29,6 +29,7 @@ import torch
 from typer.testing import CliRunner
 
 from fair_edge.cli import app
+from fair_edge.cli import common as cli_common
 from fair_edge.console import server as console_server
 from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
@@ -251,7 +252,7 @@ def test_eval_out_of_memory_is_one_line_naming_the_memory_and_the_fix(trained, m
         raise RuntimeError(TORCH_OOM)
 
     monkeypatch.setattr(evaluate_module, "_score_frames", no_room)
-    monkeypatch.setattr(pc_train, "available_memory", lambda: (200 * 2**20, ULIMIT_V))
+    monkeypatch.setattr(cli_common, "available_memory", lambda: (200 * 2**20, ULIMIT_V))
     r = CliRunner().invoke(app, ["eval", str(trained[0]), str(mvtec_dir), "--out", str(tmp_path / "e")],
                            env={"COLUMNS": "400"})
     text = " ".join(r.output.split())
@@ -274,7 +275,7 @@ def test_build_out_of_memory_in_onnx_runtime_is_one_line(trained, mvtec_dir, tmp
         raise Fail(ORT_OOM)
 
     monkeypatch.setattr(build_module, "_build_into", no_room)
-    monkeypatch.setattr(pc_train, "available_memory", lambda: (300 * 2**20, "available RAM"))
+    monkeypatch.setattr(cli_common, "available_memory", lambda: (300 * 2**20, "available RAM"))
     out = tmp_path / "bundle"
     r = CliRunner().invoke(app, ["build", str(trained[0]), "--normal", str(mvtec_dir / "test" / "good"),
                                  "--out", str(out)], env={"COLUMNS": "400"})
@@ -317,7 +318,7 @@ def test_a_fair_training_out_of_memory_is_one_line(mvtec_dir, tmp_path, monkeypa
         raise MemoryError("Unable to allocate 24.0 GiB for an array with shape (6800, 3, 256, 256)")
 
     monkeypatch.setattr(fair_train.Trainer, "run", no_room)
-    monkeypatch.setattr(pc_train, "available_memory", lambda: (None, ""))
+    monkeypatch.setattr(cli_common, "available_memory", lambda: (None, ""))
     r = CliRunner().invoke(app, ["train", str(mvtec_dir), "--model", "fair", "--image-size", "32", "--steps", "2",
                                  "--out", str(tmp_path / "t")], env={"COLUMNS": "400"})
     text = " ".join(r.output.split())

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
 from fair_edge.models.fair.unet import WIDTHS
 from fair_edge.shell import shell_word  # noqa: F401  (re-exported: every command's ``next:`` lines quote with it)
+from fair_edge.shortages import available_memory, in_words, out_of_memory, thread_count, thread_refused
 
 console = Console(stderr=True)
 EXIT_USAGE = 2  # our own errors: bad input, missing files, settings that do not fit
@@ -69,28 +70,17 @@ def friendly_errors(fn=None, *, smaller: str = ""):
     return wrapper
 
 
-THREAD_LIMIT_TEXT = "can't start new thread"   # threading's RuntimeError when the OS refuses a thread (EAGAIN)
 PIDS_MAX = "/sys/fs/cgroup/pids.max"   # the cgroup's limit on tasks (systemd's TasksMax=), "max" when none
 
 
 def shortage_line(exc: BaseException, command: str, smaller: str = "") -> str | None:
     """The one line of a command (``command``: its function's name) that ``exc`` stopped for want of memory
     (``out_of_memory_line``) or of threads (``thread_limit_line``); None for any other exception."""
-    if isinstance(exc, RuntimeError) and THREAD_LIMIT_TEXT in str(exc):
+    if thread_refused(exc):
         return thread_limit_line(exc)
-    if _out_of_memory(exc):
+    if out_of_memory(exc):
         return out_of_memory_line(exc, command, smaller)
     return None
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """``patchcore.train.out_of_memory(exc)``; where that module cannot be imported (the import itself short of
-    memory), whether ``exc`` is a MemoryError."""
-    try:
-        from fair_edge.models.patchcore.train import out_of_memory
-    except Exception:  # noqa: BLE001 - judged by its type alone then
-        return isinstance(exc, MemoryError)
-    return out_of_memory(exc)
 
 
 def out_of_memory_line(exc: BaseException, command: str, smaller: str = "") -> str:
@@ -100,13 +90,8 @@ def out_of_memory_line(exc: BaseException, command: str, smaller: str = "") -> s
     command less work (``smaller``)."""
     words = allocator_words(exc)
     _drop_frames(exc)   # the failed work's tensors, held by the traceback's frames: freed before measuring
-    try:
-        from fair_edge.models.patchcore.train import available_memory, in_words
-
-        available, source = available_memory()
-    except Exception:  # noqa: BLE001 - the figure is left out, not the line
-        available, source = None, ""
-    there = f"{in_words(max(available, 0))} is available ({source})" if available is not None else \
+    available, source = available_memory()
+    there = f"{in_words(available)} is available ({source})" if available is not None else \
         "the memory available could not be told"
     name = command.removesuffix("_command")
     fixes = "; or ".join([MEMORY_FIXES.get(source, MEMORY_FIXES["available RAM"]), *([smaller] if smaller else [])])
@@ -170,19 +155,6 @@ def thread_limit_line(exc: BaseException) -> str:
             f"and processes was reached{found}. Raise it: TasksMax= in the systemd unit (e.g. TasksMax=4096; "
             "`systemctl show -p TasksMax UNIT` shows it), or ulimit -u in the shell or account that starts fair-edge "
             "(LimitNPROC= in a unit); then run it again.")
-
-
-def thread_count() -> int:
-    """The threads of this process, native ones (ONNX Runtime's, OpenVINO's, torch's) included: ``Threads:`` of
-    /proc/self/status (Linux); Python's own threads where that cannot be read."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return threading.active_count()
 
 
 class Terminated(KeyboardInterrupt):

@@ -56,10 +56,11 @@ from fair_edge.training.data import DatasetSplit, Sample, read_frames
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.training.evaluate import achieved_false_rejects, score_samples
 from fair_edge.training.runs import remove_outputs
-from fair_edge.models.patchcore.train import FitOutOfMemory, out_of_memory
+from fair_edge.models.patchcore.train import FitOutOfMemory
 from fair_edge.models.registry import FAMILIES, WIDTH_FAMILY, ModelSpec, get_family
 from fair_edge.models.tensors import HIGHPASS
 from fair_edge.models.training_contract import config_fields, config_from_options
+from fair_edge.shortages import out_of_memory
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
 from fair_edge.shell import dataset_words
@@ -317,7 +318,7 @@ def score_within_memory(cand: Candidate, train: list[Sample], proxy: list[Sample
 
 
 def ran_out_of_memory(exc: BaseException) -> bool:
-    """Whether a candidate failed for memory: an allocator's failure (``patchcore.train.out_of_memory``), a PatchCore
+    """Whether a candidate failed for memory: an allocator's failure (``shortages.out_of_memory``), a PatchCore
     fit refused by its memory estimate or its allocation failure in words (``FitOutOfMemory``), or an error of ours
     raised from an allocator's failure."""
     return isinstance(exc, FitOutOfMemory) or out_of_memory(exc) or \

@@ -11,8 +11,9 @@ candidate) writes ``final.pt`` alone, never beside a ``last.pt``.
 
 Memory: the fit holds the training images (float32), then their patch features, then the coreset's working set
 beside the features (the images freed). ``fit_memory`` estimates the peak from the image count and settings, and
-the fitter refuses a fit that does not fit in the memory available (``available_memory``) before it reads the
-images, naming the fixes; an allocation that fails anyway ends in the same kind of message (``out_of_memory``).
+the fitter refuses a fit that does not fit in the memory available (``shortages.available_memory``) before it reads
+the images, naming the fixes; an allocation that fails anyway (``shortages.out_of_memory``) ends in the same kind of
+message.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from fair_edge.models.patchcore.coreset import bank_neighbours, distance_step, g
 from fair_edge.models.patchcore.model import BANK_FLIPS, PatchcoreDetector, flipped_views, memory_bytes
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import resumable_checkpoint
+from fair_edge.shortages import available_memory, in_words, out_of_memory
 from fair_edge.training.loop import discard_resume_state
 from fair_edge.training.resume import ReadImages, check_same_data, training_files
 
@@ -93,12 +95,6 @@ UNWEIGHTED_BANK = ("PatchCore: the bank has %d row(s), so no row has a bank neig
 # 256 px, batch 8, on the CPU: efficientnet_lite0 384, wide_resnet50_2 608
 PASS_BYTES_PER_PIXEL = 640
 MEMORY_SLACK = 1.1  # the allocator's share on top of the tensors (freed blocks not yet returned, fragmentation)
-GIB = 2 ** 30
-
-
-def in_words(size: int) -> str:
-    """Bytes as "3.2 GiB" (1 GiB and over) or "310 MiB"."""
-    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / 2 ** 20:.0f} MiB"
 
 
 def patch_rows(images: int, image_size: int, settings) -> int:
@@ -129,68 +125,6 @@ def fit_memory(images: int, image_size: int, settings, batch: int, on_cpu: bool 
         host = max(parts["images"] + parts["features"] + parts["pass"], on_device)
         return dict(parts, host=int(host * MEMORY_SLACK), device=0)
     return dict(parts, host=int(parts["images"] * MEMORY_SLACK), device=int(on_device * MEMORY_SLACK))
-
-
-MEMINFO = "/proc/meminfo"
-# (limit, usage, stat, the stat's reclaimable page cache) of a container's memory cgroup: v2, then v1
-CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
-                 "inactive_file"),
-                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-                 "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"))
-
-
-def available_memory() -> tuple[int | None, str]:
-    """(bytes of RAM this process can still take, where the figure comes from), or (None, "") where it cannot be
-    told: psutil's or /proc/meminfo's MemAvailable, lowered to a container's memory limit less its use (cgroup v2 or
-    v1, page cache not counted) and to an address-space limit (ulimit -v) less this process's size."""
-    found = []
-    try:
-        import psutil
-
-        found.append((int(psutil.virtual_memory().available), "available RAM"))
-    except Exception:  # noqa: BLE001 - psutil missing or unable to tell: /proc below
-        meminfo = _read_fields(MEMINFO)
-        if "MemAvailable" in meminfo:
-            found.append((meminfo["MemAvailable"] * 1024, "available RAM"))
-    for limit_file, usage_file, stat_file, cache in CGROUP_FILES:
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 2 ** 60:
-            found.append((limit - usage + _read_fields(stat_file).get(cache, 0), "the container's memory limit"))
-            break
-    try:
-        import resource
-
-        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if cap != resource.RLIM_INFINITY:
-            size = _read_fields("/proc/self/status").get("VmSize", 0) * 1024
-            found.append((cap - size, "the address-space limit (ulimit -v)"))
-    except (ImportError, OSError, ValueError):
-        pass
-    return min(found) if found else (None, "")
-
-
-def _read_fields(path: str) -> dict[str, int]:
-    """{name: first number} of a "name: number ..." / "name number" file (/proc/meminfo, memory.stat); {} unreadable."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for words in (line.replace(":", " ", 1).split() for line in lines):
-        if len(words) >= 2 and words[1].isdigit():
-            out[words[0]] = int(words[1])
-    return out
-
-
-def _read_int(path: str) -> int | None:
-    """The integer in a one-line file (a cgroup limit or usage); None when unreadable or "max" (no limit)."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
 
 
 def memory_fixes(settings, on_cpu: bool) -> str:
@@ -236,26 +170,10 @@ def check_fit_memory(need: dict[str, int], what: tuple[str, str], settings, devi
     log.info("PatchCore fit of %s: about %s at its peak (%s)", subject, room, parts)
 
 
-# the words of an allocator's failure, lower case: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"),
-# CUDA's ("CUDA out of memory"), ONNX Runtime's arena ("BFCArena::AllocateRawInternal ... Failed to allocate memory")
-OOM_TEXT = ("can't allocate memory", "out of memory", "cannot allocate memory", "failed to allocate memory")
-ORT_MODULE = "onnxruntime"   # ONNX Runtime's errors (``Fail``, ``RuntimeException``) are not RuntimeErrors
-
-
 class FitOutOfMemory(ConfigError):
     """A PatchCore fit that does not fit in the memory available: refused by its estimate (``check_fit_memory``) or
     an allocation that failed (``PatchcoreFitter.out_of_memory_error``); the message names the fit, the memory and the
     fixes. A ConfigError still, for callers that catch one."""
-
-
-def out_of_memory(exc: BaseException | None) -> bool:
-    """True for an allocation failure: MemoryError (numpy's too), torch.cuda.OutOfMemoryError, the RuntimeError of
-    torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory") or ONNX Runtime's error of a failed
-    allocation ("BFCArena ... Failed to allocate memory"); False for None and anything else."""
-    if isinstance(exc, MemoryError):
-        return True
-    allocator = isinstance(exc, RuntimeError) or type(exc).__module__.startswith(ORT_MODULE)
-    return allocator and any(t in str(exc).lower() for t in OOM_TEXT)
 
 
 class PatchcoreFitter:
