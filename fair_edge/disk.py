@@ -225,21 +225,26 @@ def create_temporary(target: Path) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, f"no free temporary name after {TEMPORARY_TRIES} tries", str(tmp))
 
 
-def write_whole(path: str | Path, data: bytes, what: str = "file", durable: bool = True) -> None:
+def write_whole(path: str | Path, data: bytes, what: str = "file", durable: bool = True, *, mode: int | None = None,
+                through_links: bool = True) -> None:
     """Write ``data`` as the file ``path`` whole or not at all: to a temporary of its own beside it
     (``.1a2b3c4d.NAME.tmp``, ``create_temporary``; any name Python can open, UTF-8 or not), renamed over ``path`` (a
-    symlink: over its target). An earlier file at ``path`` stays whole until the new one is complete, so a full disk
-    never leaves half a file under its name; two writers of the same path at once (two ``bench --json same.json``)
-    each rename a whole file of their own, the last rename's stays. durable: the file fsync'd before the rename and
-    the folder after it where it can be (a report, a summary: the rename survives a power cut); False for a stream of
-    files where a lost last one costs nothing (NG images). The folder must exist. Raises OSError as the system does;
-    on any failure (Ctrl-C included) the temporary is removed (``discard_unfinished``, ``what``: the file's kind for
-    its warning, e.g. "JSON report")."""
-    target = Path(os.path.realpath(path))
+    symlink: over its target; with ``through_links`` False the link itself is replaced by the file, as for a unit
+    file, whose name is what systemd reads). An earlier file at ``path`` stays whole until the new one is complete, so
+    a full disk never leaves half a file under its name; two writers of the same path at once (two ``bench --json
+    same.json``) each rename a whole file of their own, the last rename's stays. durable: the file fsync'd before the
+    rename and the folder after it where it can be (a report, a summary: the rename survives a power cut); False for
+    a stream of files where a lost last one costs nothing (NG images). mode: the file's permission bits (0o644: a
+    unit file readable by all whatever the umask); None: 0o666 less the umask. The folder must exist. Raises OSError
+    as the system does; on any failure (Ctrl-C included) the temporary is removed (``discard_unfinished``, ``what``:
+    the file's kind for its warning, e.g. "JSON report")."""
+    target = Path(os.path.realpath(path)) if through_links else Path(path)
     fd, tmp = create_temporary(target)
     try:
         with open(fd, "wb") as fh:
             fh.write(data)
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place

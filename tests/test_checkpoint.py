@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+from fair_edge.models import checkpoint as checkpoint_module
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.errors import CheckpointError
 from fair_edge.preprocess import PreprocessConfig
@@ -182,10 +183,9 @@ def test_a_full_disk_is_one_error_naming_the_file_and_free_space_and_leaves_no_t
     CheckpointError naming the file, the free space on its disk and the fix; no .tmp left."""
     import shutil
     from collections import namedtuple
-    from pathlib import Path
 
     def short_write(payload, f):
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise failure
 
     usage = namedtuple("usage", "total used free")
@@ -211,13 +211,13 @@ def test_a_read_only_disk_says_read_only_not_free_space_and_warns_of_no_tmp(tmp_
     import logging
     from pathlib import Path
 
-    def read_only(payload, f):
+    def read_only(target):   # the first write a read-only disk refuses: making the temporary file
         raise failure
 
     def unlink(self, missing_ok=False):   # as on a read-only mount, even for a missing file
         raise OSError(30, "Read-only file system", str(self))
 
-    monkeypatch.setattr(torch, "save", read_only)
+    monkeypatch.setattr(checkpoint_module, "create_temporary", read_only)
     monkeypatch.setattr(Path, "unlink", unlink)
     with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError) as err:
         make(tmp_path)

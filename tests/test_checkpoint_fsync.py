@@ -4,6 +4,7 @@ or partial last.pt in place of the last complete one (ext4 delayed allocation, m
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -23,9 +24,22 @@ def checkpoint(step: int) -> Checkpoint:
     return Checkpoint(MODEL, UNet(8).state_dict(), {"name": "x"}, {"step": step})
 
 
+def saved_to(f) -> Path:
+    """The file a ``torch.save(obj, f)`` writes: ``f`` itself when it is a path, else the open file's path (its
+    ``/proc/self/fd`` link: save_checkpoint saves through the temporary it opened)."""
+    return Path(f) if isinstance(f, (str, os.PathLike)) else Path(os.readlink(f"/proc/self/fd/{f.fileno()}"))
+
+
+def untagged(name: str) -> str:
+    """A temporary's name without the random tag that makes it one writer's own (``disk.temporary_name``):
+    ``.1a2b3c4d.last.pt.tmp`` -> ``last.pt.tmp``; any other name as it is."""
+    return re.sub(r"^\.[0-9a-f]{8}\.(.+\.tmp)$", r"\1", name)
+
+
 def recording(monkeypatch, fsync=None) -> list[tuple]:
-    """Record, in order, each os.fsync (of a "file" or a "folder", with its inode) and os.replace (names, inode of
-    the file moved). ``fsync``: called instead of the real one for the fd, when given."""
+    """Record, in order, each os.fsync (of a "file" or a "folder", with its inode) and os.replace (names, the
+    temporary's ``untagged``, inode of the file moved). ``fsync``: called instead of the real one for the fd, when
+    given."""
     events = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -35,7 +49,7 @@ def recording(monkeypatch, fsync=None) -> list[tuple]:
         return (fsync or real_fsync)(fd)
 
     def replace_recorded(src, dst):
-        events.append(("replace", Path(src).name, Path(dst).name, os.stat(src).st_ino))
+        events.append(("replace", untagged(Path(src).name), Path(dst).name, os.stat(src).st_ino))
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync_recorded)
@@ -66,7 +80,7 @@ def test_a_failed_fsync_keeps_the_previous_checkpoint_and_leaves_no_tmp(tmp_path
         save_checkpoint(path, checkpoint(2), resume="`fair-edge train --resume --out run`")
     monkeypatch.undo()
     assert load_checkpoint(path).train_state == {"step": 1}
-    assert not (tmp_path / "last.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]   # no temporary left
 
 
 def test_a_file_system_that_cannot_fsync_a_folder_still_saves(tmp_path, monkeypatch):

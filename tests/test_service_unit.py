@@ -278,11 +278,10 @@ def test_a_read_only_or_full_unit_dir_is_refused_by_name_and_leaves_no_temporary
     units, s = tmp_path / "units", settings(tmp_path)
     units.mkdir()
 
-    def write_text(path, *args, **kwargs):
-        path.touch()   # the file is made, then its write fails (a full disk); a read-only one fails either way
-        raise OSError(code, os.strerror(code), str(path))
+    def fsync(fd):   # the file is made and written, then forcing its bytes out fails (a full disk)
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(ConfigError, match=rf"^cannot write {units / 'fair-edge.service'}: {fix}"):
         install_unit(s, units)
     assert list(units.iterdir()) == []

@@ -24,6 +24,7 @@ from fair_edge.models.checkpoint import load_checkpoint
 from fair_edge.training.loop import LossLog
 
 from conftest import LGFDR_MODEL_KW
+from test_checkpoint_fsync import saved_to, untagged
 
 DEV_FULL = Path("/dev/full")  # every write: ENOSPC
 UNPUBLISHED = "unexpected pos 64 vs 0"  # what torch.save says when the disk fills under it
@@ -123,7 +124,7 @@ def failing_save(monkeypatch, fail_at: str, nth: int) -> None:
     real_save, writes = torch.save, []
 
     def save(obj, f, *args, **kwargs):
-        if Path(f).name == f"{fail_at}.tmp":
+        if untagged(saved_to(f).name) == f"{fail_at}.tmp":
             writes.append(f)
             if len(writes) == nth:
                 raise RuntimeError(f"[enforce fail at inline_container.cc:672] . {UNPUBLISHED}")

@@ -26,6 +26,7 @@ from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.training.data import load_dataset
 from fair_edge.training.tune import Candidate, tune
 
+from test_checkpoint_fsync import saved_to, untagged
 from test_tune_demo_full_disk import PRE, SETTINGS, tiny_candidates
 
 RESUME_FILES = {"last.pt", "last.pt.tmp"}
@@ -33,13 +34,14 @@ FINAL_FILES = {"final.pt", "final.pt.tmp"}
 
 
 def watch_writes(monkeypatch) -> list[tuple[str, set[str]]]:
-    """Record each checkpoint write as (its folder's name, the names in that folder with the file being written)."""
+    """Record each checkpoint write as (its folder's name, the names in that folder with the file being written;
+    a temporary's ``untagged``)."""
     real_save, writes = checkpoint_module.torch.save, []
 
-    def recording(payload, path, *args, **kwargs):
-        folder = Path(path).parent
-        writes.append((folder.name, {p.name for p in folder.iterdir()} | {Path(path).name}))
-        return real_save(payload, path, *args, **kwargs)
+    def recording(payload, f, *args, **kwargs):
+        path = saved_to(f)
+        writes.append((path.parent.name, {untagged(p.name) for p in path.parent.iterdir()} | {untagged(path.name)}))
+        return real_save(payload, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", recording)
     return writes
@@ -98,10 +100,10 @@ def fail_final_pt_of(monkeypatch, candidate: str) -> None:
     checkpoint is written."""
     real_save = checkpoint_module.torch.save
 
-    def full_at_final(payload, path, *args, **kwargs):
-        if Path(path).parent.name == candidate and Path(path).name == "final.pt.tmp":
+    def full_at_final(payload, f, *args, **kwargs):
+        if saved_to(f).parent.name == candidate and untagged(saved_to(f).name) == "final.pt.tmp":
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1200064 vs 1199960")
-        return real_save(payload, path, *args, **kwargs)
+        return real_save(payload, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_at_final)
 

@@ -32,6 +32,8 @@ from fair_edge.training.data import load_dataset
 from fair_edge.training.loop import TrainingInterrupted
 from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, tune
 
+from test_checkpoint_fsync import saved_to
+
 PRE = PreprocessConfig(image_size=32, cutoff=4.0)
 SETTINGS = TuneSettings(holdout=0.25, budget_s=3600, batch=4)
 
@@ -47,10 +49,10 @@ def fill_disk_in(monkeypatch, candidate: str) -> None:
     checkpoints are written as usual."""
     real_save = checkpoint_module.torch.save
 
-    def full_disk(payload, path, *args, **kwargs):
-        if Path(path).parent.name == candidate:
+    def full_disk(payload, f, *args, **kwargs):
+        if saved_to(f).parent.name == candidate:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1200064 vs 1199960")
-        return real_save(payload, path, *args, **kwargs)
+        return real_save(payload, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
 

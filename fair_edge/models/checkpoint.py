@@ -40,7 +40,7 @@ from torch import nn
 
 import fair_edge
 from fair_edge.errors import CheckpointError, ConfigError
-from fair_edge.disk import discard_unfinished, fsync, write_failure
+from fair_edge.disk import create_temporary, discard_unfinished, fsync, write_failure
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 
@@ -159,11 +159,11 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = None) -> Path:
-    """Write ``ckpt`` to ``path`` atomically and durably (``PATH.tmp``, fsync'd, renamed to ``path``, then the
-    folder fsync'd: ``disk.fsync``, ``_sync_placed``: a failure of that last step is a logged warning, the
-    checkpoint being in place). Returns the path. A failed write (a full
-    or read-only disk) removes ``PATH.tmp`` and raises CheckpointError naming ``path``, the cause by errno (with the
-    free space of a full disk) and the fix (``disk.write_failure``), then what to run (``_then_run``).
+    """Write ``ckpt`` to ``path`` atomically and durably (``_write_placed``: a temporary of its own beside it,
+    fsync'd, renamed to ``path``; then the folder fsync'd: ``_sync_placed``, a failure of that last step is a logged
+    warning, the checkpoint being in place). Returns the path. A failed write (a full or read-only disk) leaves no
+    temporary and raises CheckpointError naming ``path``, the cause by errno (with the free space of a full disk)
+    and the fix (``disk.write_failure``), then what to run (``_then_run``).
     resume: for a training run writing into ``path``'s folder, the command that continues it from its last.pt
     (``training.loop.resume_hint``, quoted), e.g. "`fair-edge train --resume --out runs/a`"."""
     path = Path(path)
@@ -177,24 +177,39 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint, *, resume: str | None = 
         "train_state": ckpt.train_state,
         "training_images": ckpt.training_images.to_payload() if ckpt.training_images is not None else None,
     }
-    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
-        fsync(tmp, os.O_RDWR)   # its bytes on the disk before the rename puts it in place
-        os.replace(tmp, path)
+        _write_placed(payload, path)
     except (OSError, RuntimeError) as exc:   # torch.save: RuntimeError ("unexpected pos ...", "strerror: ...")
-        discard_unfinished(tmp, "checkpoint")
         raise CheckpointError(f"cannot write checkpoint {path} ({_write_reason(exc)}): {_then_run(path, exc, resume)}."
                               ) from exc
     _sync_placed(path)
     return path
 
 
+def _write_placed(payload: dict, path: Path) -> None:
+    """``torch.save`` ``payload`` into a temporary file of its own beside ``path`` (``disk.create_temporary``:
+    ``.1a2b3c4d.NAME.tmp``, a new name per write, so two writers of one checkpoint never write into the same file and
+    a leftover of a killed write is never reused), fsync it, and rename it over ``path``. Saved through the open file,
+    not by name: torch.save names the records in the file after the file it is given, and a random name would make
+    two saves of one checkpoint differ (a bundle's weights.pt, hence its model id). On any failure (Ctrl-C included)
+    the temporary is removed (``disk.discard_unfinished``) and the error raised as it came."""
+    fd, tmp = create_temporary(path)
+    try:
+        with open(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())   # its bytes on the disk before the rename puts it in place
+        os.replace(tmp, path)
+    except BaseException:
+        discard_unfinished(tmp, "checkpoint")
+        raise
+
+
 def _sync_placed(path: Path) -> None:
     """fsync the folder of ``path``, a checkpoint just renamed into place (``_fsync_folder``); a failure is logged
     as a warning, not raised: the checkpoint is written and in place, only its folder entry may not survive a
-    power cut (and there is no tmp left to discard)."""
+    power cut (and there is no temporary left to discard)."""
     try:
         _fsync_folder(path.parent)
     except OSError as exc:

@@ -667,11 +667,11 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
 
 
 def write_summary(summary: RunSummary, output: Path) -> Path | None:
-    """Write ``output/summary.json`` (the folder is made): to ``summary.json.tmp`` first, then renamed over the old
-    file, so a full disk or a read-only folder never leaves a 0-byte or half summary (an older one stays whole).
-    A failed write (OSError) is logged naming the path, the error and the fix, and the run goes on to its summary
-    table and exit code: the verdict log and the counters do not depend on it. Returns the path, None if not
-    written."""
+    """Write ``output/summary.json`` (the folder is made): to a temporary of its own first, then renamed over the old
+    file (``disk.write_text_whole``), so a full disk or a read-only folder never leaves a 0-byte or half summary (an
+    older one stays whole). A failed write (OSError) is logged naming the path, the error and the fix, and the run
+    goes on to its summary table and exit code: the verdict log and the counters do not depend on it. Returns the
+    path, None if not written."""
     path = output / "summary.json"
     try:
         output.mkdir(parents=True, exist_ok=True)

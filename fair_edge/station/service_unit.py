@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fair_edge.disk import discard_unfinished, write_failure
+from fair_edge.disk import write_failure, write_whole
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 
@@ -324,23 +324,21 @@ def check_replace(s: ServiceSettings, target: Path, text: str) -> None:
 
 
 def install_unit(s: ServiceSettings, unit_dir: Path = UNIT_DIR, replace: bool = False) -> Path:
-    """Write the unit into ``unit_dir`` atomically (0644); ConfigError naming the fix when it cannot, or when a
+    """Write the unit into ``unit_dir`` whole or not at all, 0644 (``disk.write_whole``: a temporary of its own, so
+    two installs at once never share one, and an earlier unit stays whole until the new one is in place; a symlink
+    under the unit's name is replaced, not written through); ConfigError naming the fix when it cannot, or when a
     different unit of that name is there unless ``replace`` (``--force``; ``check_replace``: this station's own
     unit with other settings, or another station's)."""
     target = Path(unit_dir) / s.unit_name
     text = render_unit(s)
     if not replace and target.is_file():
         check_replace(s, target, text)
-    tmp = target.with_name(f".{s.unit_name}.tmp")
     try:
-        tmp.write_text(text)
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
+        write_whole(target, text.encode("utf-8"), "unit file", mode=0o644, through_links=False)
     except FileNotFoundError as exc:
         raise ConfigError(f"cannot write {target}: {unit_dir} does not exist. Is this a systemd machine? "
                           "Use --print to see the unit.") from exc
     except OSError as exc:
-        _discard(tmp)
         raise ConfigError(f"cannot write {target}: {_write_fix(exc, s, unit_dir)}") from exc
     return target
 
@@ -357,9 +355,3 @@ def _write_fix(exc: OSError, s: ServiceSettings, unit_dir: Path) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"{write_failure(unit_dir, exc, None)}, then install again."
     return f"{exc.strerror or exc}. Fix {unit_dir}, or {by_hand}."
-
-
-def _discard(tmp: Path) -> None:
-    """Remove a half-written unit file (``disk.discard_unfinished``: nothing to do where it was never made, a
-    warning naming one that cannot be removed)."""
-    discard_unfinished(tmp, "unit file")
