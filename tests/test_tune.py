@@ -230,3 +230,24 @@ def test_the_recommended_train_command_trains_with_the_tune_seed(mvtec_dir, tmp_
     write_results([TuneRow(Candidate("base", pre, 8, 3), "done", 0.9, 0.5, 0.5, 1.0)], tmp_path,
                   TuneSettings(seed=7), "DATA", 10, 3)
     assert json.loads((tmp_path / "tune.json").read_text())["chosen"]["train_command"].endswith(" --seed 7")
+
+
+def test_a_candidate_that_caught_nothing_ranks_above_one_that_ran_out_of_memory(mvtec_dir, tmp_path, monkeypatch):
+    """TuneRow.rank_key read a catch and an AUROC of 0.0 as missing (``or -1.0``): a finished candidate whose proxy
+    scores came out inverted (caught nothing, AUROC 0) tied with one that ran out of memory before it, which then led
+    the ranking, and tune ended in "no candidate finished" with no tune.json. The finished one is chosen now."""
+    from fair_edge.training import tune as tune_module
+    from fair_edge.training.tune import OUT_OF_MEMORY, TuneRow
+
+    pre = PreprocessConfig(32, cutoff=4.0)
+    cands = [Candidate("big", pre, 8, 2), Candidate("small", pre, 8, 2)]
+
+    def scored(cand, *args):
+        if cand.name == "big":
+            raise MemoryError("Unable to allocate 2.0 GiB")
+        return TuneRow(cand, "done", proxy_auroc=0.0, proxy_catch=0.0, proxy_catch_5pct=0.0, train_s=0.1)
+
+    monkeypatch.setattr(tune_module, "score_candidate", scored)
+    rows = tune(load_dataset(mvtec_dir), cands, tmp_path, TuneSettings(holdout=0.25, budget_s=3600, batch=4))
+    assert [(r.candidate.name, r.status) for r in rows] == [("small", "done"), ("big", OUT_OF_MEMORY)]
+    assert json.loads((tmp_path / "tune.json").read_text())["chosen"]["name"] == "small"

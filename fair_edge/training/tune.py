@@ -295,7 +295,10 @@ class TuneRow:
     false_rejects_5pct: dict | None = None
 
     def rank_key(self) -> tuple[float, float]:
-        return (self.proxy_catch or -1.0, self.proxy_auroc or -1.0)
+        """(catch, AUROC) on the proxy set, -1 for a figure it lacks (skipped, out of memory): a finished candidate
+        that caught nothing (0.0) still ranks above one never scored."""
+        return (-1.0 if self.proxy_catch is None else self.proxy_catch,
+                -1.0 if self.proxy_auroc is None else self.proxy_auroc)
 
 
 def score_within_memory(cand: Candidate, train: list[Sample], proxy: list[Sample], out: Path,
