@@ -6,6 +6,7 @@ as through their trainers built by hand with the settings of before."""
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,8 +24,10 @@ from fair_edge.models.family import ModelFamily
 from fair_edge.models.family import ColourInput
 from fair_edge.models.registry import FAMILIES, ModelSpec
 from fair_edge.models.tensors import COLOUR, TensorSpec
-from fair_edge.models.training_contract import config_from_options, settings_overrides
+from fair_edge.models.training_contract import FamilyTrainer, config_from_options, settings_overrides
 from fair_edge.preprocess import PreprocessConfig
+
+from conftest import LGFDR_MODEL_KW, PATCHCORE_MODEL_KW
 
 
 # ----------------------------------------------------------------------------- the third family
@@ -109,6 +112,8 @@ class MeanFit:
 class MeanFitter:
     fits_once = True
     use_amp = False
+    keeps_resume_state = True   # run() writes last.pt beside final.pt
+    stop_signals: tuple[int, ...] = ()   # one pass: no step boundary to stop at
 
     def __init__(self, split: DatasetSplit, model: ModelSpec, cfg: MeanFit, out_dir: Path, device) -> None:
         self.model, self.cfg, self.out = model, cfg, Path(out_dir)
@@ -201,6 +206,19 @@ def test_a_third_familys_settings_are_train_options_that_reach_its_trainer(third
     r = _invoke("train", mvtec_dir, "--window", 5, "--image-size", 32, "--out", tmp_path / "inferred", "--device", "cpu")
     assert r.exit_code == 0 and "training MeanColour: the settings typed are its own (--model meancolour)" in r.output
     assert load_checkpoint(tmp_path / "inferred" / "final.pt").settings.window == 5
+
+
+def test_every_familys_trainer_has_what_the_commands_set_on_it(third_family, mvtec_dir, tmp_path):
+    """`train` sets ``stop_signals`` on a trainer and `tune` sets ``keeps_resume_state``, yet FamilyTrainer listed
+    neither: a family could leave them out and the protocol would not say. Each registered family's trainer (the
+    third one's too) has every member of the protocol, those two included."""
+    assert {"keeps_resume_state", "stop_signals"} <= set(typing.get_type_hints(FamilyTrainer))
+    small = {"fair": {"width": 8}, "lgfdr": LGFDR_MODEL_KW, "patchcore": PATCHCORE_MODEL_KW}
+    for key, impl in FAMILIES.items():
+        model = ModelSpec(key, PreprocessConfig(image_size=32), replace(impl.default_settings(), **small.get(key, {})))
+        trainer = impl.training().make_trainer(load_dataset(mvtec_dir), model, impl.training().default_train_config(),
+                                               tmp_path / key, torch.device("cpu"))
+        assert isinstance(trainer, FamilyTrainer), key
 
 
 def test_train_options_cover_every_scalar_setting_of_every_family():

@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sized
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sized, runtime_checkable
 
 from fair_edge.errors import ConfigError, lookup
 
@@ -37,10 +37,16 @@ RUN_EXTRAS = ("textures", "backbone_weights", "backbone_sha256", "parallel")
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+@runtime_checkable
 class FamilyTrainer(Protocol):
     """What ``make_trainer`` returns. step / total_steps: done and planned units of work (optimisation steps,
     or for a ``fits_once`` family the batches of its one pass over the data). batch: images per unit.
-    images: the training images (or their features). run_info: where the data came from, stored for --resume."""
+    images: the training images (or their features). run_info: where the data came from, stored for --resume.
+    keeps_resume_state: whether ``run`` leaves last.pt beside final.pt (True: `train --resume` continues it); `tune`
+    sets False before ``run``: final.pt alone, never beside a last.pt. stop_signals: the signals (``signal.SIGINT``,
+    ...) on which ``run`` finishes the step in flight, saves last.pt and stops (``loop.signals_request_stop``);
+    `train` sets ``loop.STOP_SIGNALS`` (Ctrl-C and SIGTERM) before ``run`` on a trainer that does not ``fits_once``;
+    () where a fit in one pass has no step to stop at."""
 
     step: int
     total_steps: int
@@ -49,6 +55,8 @@ class FamilyTrainer(Protocol):
     use_amp: bool
     fits_once: bool
     run_info: dict
+    keeps_resume_state: bool
+    stop_signals: tuple[int, ...]
 
     def run(self, on_step: Callable[[int, int, float, float], None] | None = None) -> Path:
         """Train to the end; returns final.pt. on_step(step, total, loss, images_per_s); loss NaN when fitting once."""

@@ -187,6 +187,7 @@ class PatchcoreFitter:
     first line (the pass alone is often the smaller part: 144 s of 498 s on 4 700 images at 128 px)."""
 
     fits_once = True  # one pass over the data, no optimisation steps (models.training_contract.FamilyTrainer)
+    stop_signals: tuple[int, ...] = ()  # no step boundary to stop at: Ctrl-C ends the fit, nothing half-made is left
     # run() leaves last.pt beside final.pt (`train --resume`); `tune` sets False: final.pt alone, never beside last.pt
     keeps_resume_state = True
 
