@@ -1,7 +1,8 @@
 """What a failed write means and its fix, in one wording for every writer (checkpoints, bundles, reports, logs,
 unit files): the free space on a disk (``free_space``) and its free inodes (``free_inodes``), the cause and fix of a
 write that failed (``write_failure``, by errno: full, out of inodes, over quota, read-only, not this account's), and
-the removal of what it left half-written (``discard_unfinished``); where this account's caches go (``user_cache``);
+the removal of what it left half-written (``discard_unfinished``); whether a folder can be written at all
+(``unwritable_folder``); where this account's caches go (``user_cache``);
 forcing a file or a folder to the disk (``fsync``); writing a file whole or not at all (``write_whole``,
 ``write_text_whole``); holding Ctrl-C and SIGTERM back while a result is moved into place (``stops_deferred``)."""
 
@@ -92,6 +93,25 @@ def _nearest_existing(path: str | Path) -> Path:
     while not where.exists() and where != where.parent:
         where = where.parent
     return where
+
+
+def unwritable_folder(path: str | Path) -> str | None:
+    """Why this account could not write in the folder ``path`` (nor make it, where it is missing), checked without
+    creating anything: "F is a file, not a folder", "F is on a read-only file system", "this account cannot write in
+    F", F being ``path`` or the nearest existing folder above it, where it would be made; None when it could (a full
+    disk is found by the write itself)."""
+    where = _nearest_existing(path)
+    if not where.is_dir():
+        return f"{where} is a file, not a folder"
+    try:
+        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):   # AttributeError: no statvfs (not POSIX)
+        read_only = False
+    if read_only:
+        return f"{where} is on a read-only file system"
+    if not os.access(where, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"this account cannot write in {where}"
+    return None
 
 
 def free_bytes(path: str | Path) -> int:

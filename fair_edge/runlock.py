@@ -35,6 +35,9 @@ except ImportError:  # Windows: no flock; runs there are not locked
 log = logging.getLogger(__name__)
 
 _HELD: dict[Path, int] = {}   # lock file -> the thread (id) of this process holding it
+# (lock file, thread id) of a block running unlocked (its lock file could not be made, warned once): the same thread
+# taking it again inside neither tries again nor warns again
+_UNLOCKED: set[tuple[Path, int]] = set()
 _HELD_GUARD = threading.Lock()
 
 
@@ -95,27 +98,34 @@ def hold_lock(folder: Path, name: str, what: str, busy: Callable[[LockHolder], s
     raised as ConfigError when another process (or another thread of this one) holds the lock. ``shared``: a lock
     stations of several accounts take (``_open_shared``). A lock file that
     cannot be made (a read-only or full disk) is logged and the block runs unlocked: what the run writes next meets
-    the same disk and reports it in its own words. Yields the lock file's path."""
+    the same disk and reports it in its own words; the same thread taking it again inside the block is not warned
+    about it again. Yields the lock file's path."""
     folder = Path(folder)
     path = folder.resolve() / name
+    me = threading.get_ident()
     with _HELD_GUARD:
-        holder = _HELD.get(path)
-    if holder == threading.get_ident():   # this thread holds it already: nothing more to take or let go
+        holder, unlocked = _HELD.get(path), (path, me) in _UNLOCKED
+    if holder == me or unlocked:   # this thread holds it already (or runs unlocked there): nothing more to take
         yield path
         return
     if holder is not None:
         raise ConfigError(busy(holder_of(path)))
     made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     fd = _acquire(path, what, busy, shared)
-    if fd is not None:
-        with _HELD_GUARD:
-            _HELD[path] = threading.get_ident()
+    with _HELD_GUARD:
+        if fd is not None:
+            _HELD[path] = me
+        else:
+            _UNLOCKED.add((path, me))
     try:
         yield path
     finally:
-        if fd is not None:
-            with _HELD_GUARD:
+        with _HELD_GUARD:
+            if fd is not None:
                 _HELD.pop(path, None)
+            else:
+                _UNLOCKED.discard((path, me))
+        if fd is not None:
             _release(path, fd, made)
 
 

@@ -168,6 +168,47 @@ def test_the_station_holds_its_lock_while_it_runs_and_lets_go_at_the_end(station
     assert run_station(cfg, threading.Event(), max_frames=2).frames_in >= 1
 
 
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(station_bundles, conveyor_dir,
+                                                                                    tmp_path):
+    """`fair-edge run` with a station file whose output folder cannot be made (its path runs through a file): the
+    model loaded first, the run lock was warned about twice ("no run lock ... Not a directory"), and only then the
+    recorder refused record.dir. Now `output:` is refused at start, naming the folder and why, before the model loads
+    and with no run-lock warning."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    out = blocker / "out"
+    station_file = tmp_path / "station.yaml"
+    station_file.write_text(f"bundle: {station_bundles[0].root}\ncamera: {{source: 'folder:{conveyor_dir}'}}\n"
+                            f"backend: onnxruntime\noutput: {out}\nconsole: {{enabled: false}}\n")
+    r = CliRunner().invoke(app, ["run", "--station", str(station_file)], env={"COLUMNS": "300"})
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert f"error: output: expected a writable folder, found {out} ({blocker} is a file, not a folder); pick " \
+           "another dir or fix its permissions" in text, text
+    assert "backend:" not in text and "threshold" not in text, text   # the start line: the model had loaded
+    assert "no run lock" not in text, text
+
+
+def test_a_run_lock_that_cannot_be_made_is_warned_about_once(station_bundles, conveyor_dir, tmp_path, monkeypatch,
+                                                              caplog):
+    """A lock file that cannot be made (here a folder stands under its name) leaves the station running unlocked,
+    with a warning: it came twice, once from run_station's hold of the folder and again from open_line_side's."""
+    from fair_edge.station.run import run_station
+
+    Sinks(monkeypatch)
+    out = tmp_path / "out"
+    (out / ".station.lock").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="fair_edge.runlock"):
+        assert run_station(station(station_bundles[0].root, conveyor_dir, out), threading.Event(),
+                           max_frames=2).frames_in >= 1
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no run lock")]
+    assert len(warned) == 1 and str(out / ".station.lock") in warned[0], warned
+
+
 def test_a_busy_console_port_asks_first_whether_another_station_runs_there(tmp_path, caplog):
     """A console port that cannot be bound: the log asks first whether another station is running on it (the
     service still running while a `fair-edge run` is started by hand), then gives the server's own advice."""

@@ -46,7 +46,7 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.runtime.backends import close_scorer
 from fair_edge.runtime.hotswap import fused_members, model_id
 from fair_edge.station.inspector import Inspector, RunSummary
-from fair_edge.disk import write_text_whole
+from fair_edge.disk import unwritable_folder, write_text_whole
 from fair_edge.records import new_run_id
 from fair_edge.runlock import LockHolder, hold_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
@@ -193,13 +193,15 @@ def station_lock(cfg: StationConfig) -> Iterator[None]:
     ConfigError (``STATION_BUSY``, naming the running station's pid and station file, the folder or PLC address
     and the fix) when another station holds one. The same thread may take it again inside (``open_line_side``
     does: a no-op under ``run_station``, the lock of a station of several cameras). First, ConfigError when a file or
-    folder the station writes there is a symbolic link (``refuse_linked_outputs``)."""
+    folder the station writes there is a symbolic link (``refuse_linked_outputs``), or when it could not write there
+    at all (``refuse_unwritable_outputs``)."""
     from fair_edge.line.plc_lock import hold_plc_outputs
 
     what = f"fair-edge run --station {cfg.source_file.resolve()}" if cfg.source_file else "fair-edge run"
     folders = {Path(cfg.output).resolve(): (Path(cfg.output), "output")}
     folders.setdefault(Path(cfg.record.dir).resolve(), (Path(cfg.record.dir), "record"))
     refuse_linked_outputs(cfg)   # before the lock file is written: it may be a link too
+    refuse_unwritable_outputs(cfg)   # before the lock file is tried: one that cannot be made runs unlocked
     with contextlib.ExitStack() as stack:
         for folder, kind in folders.values():
             stack.enter_context(hold_station_folder(folder, what, kind))
@@ -226,6 +228,19 @@ def refuse_linked_outputs(cfg: StationConfig) -> None:
                       f"its own, found {len(links)} symbolic link(s): {named}. The station would write through a link "
                       f"into what it leads to: remove the link(s) (rm {' '.join(str(link) for link in links)}; what "
                       "they lead to is kept) and start again.")
+
+
+def refuse_unwritable_outputs(cfg: StationConfig) -> None:
+    """ConfigError when the station could not write its output folder or record.dir, or make the one that is
+    missing (``disk.unwritable_folder``: a file where a folder should be, a read-only file system, a folder this
+    account cannot write), naming the setting, the folder and why. Checked at start (``station_lock``), before the
+    model loads: the recorder refused it only once the model had loaded (minutes for a TensorRT engine), after the
+    run lock that could not be made there was warned about."""
+    for setting, folder in (("output", Path(cfg.output)), ("record.dir", Path(cfg.record.dir))):
+        why = unwritable_folder(folder)
+        if why is not None:
+            raise ConfigError(f"{setting}: expected a writable folder, found {folder} ({why}); pick another dir or "
+                              "fix its permissions")
 
 
 def _link_target(link: Path) -> str:
