@@ -226,6 +226,24 @@ def test_a_frame_off_the_calibrated_grid_is_logged_once_per_pair_of_grids(caplog
     assert [r.getMessage().count("x 77 maps") + r.getMessage().count("x 64 maps") for r in caplog.records] == [1, 1]
 
 
+def test_a_frame_off_the_calibrated_grid_is_logged_naming_its_camera(caplog):
+    """The line said "frames rejected: threshold calibrated on 77 x 77 maps ..." without the camera: in a station of
+    several cameras, which one was moved to another frame size was left to guess. It names the camera now, as a
+    malformed frame's line does, once for each camera."""
+    from fair_edge.station.inspector import ViewDecider
+
+    scorer = MapScorer(np.zeros((109, 109), np.float32))
+    views = {c: ViewDecider(scorer, 1.0, grid=(77, 77)) for c in ("left", "right")}
+    inspector = Inspector(capture=None, scorer=scorer, threshold=1.0, views=views)
+    image = np.zeros((136, 136, 3), np.uint8)
+    with caplog.at_level("ERROR", logger="fair_edge.station.inspector"):
+        verdicts = inspector.inspect([Frame(seq, 0.0, image, camera=c) for seq, c in enumerate(["left", "right"] * 2)])
+    assert all(v.ng and "77 x 77 maps" in v.error for v in verdicts)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(": ")[0] for line in lines] == ["camera left", "camera right"], lines
+    assert all(": frames rejected: threshold calibrated on 77 x 77 maps" in line for line in lines), lines
+
+
 
 class ClosingBackend:
     """Records its close in ``closed``; a closed one cannot infer (an ONNX Runtime session released)."""

@@ -326,7 +326,8 @@ class ViewDecider:
         self.scorer, self.threshold, self.roi, self.model, self.regions = scorer, float(threshold), roi, model, regions
         self.grid, self.map_area = grid, map_area
         self._roi_grid: tuple[np.ndarray, ...] | None = None   # (mask, its weights and bool on the last map grid)
-        self._warned_grids: set[tuple[tuple[int, int], tuple[int, ...]]] = set()   # (calibrated, live) grids logged
+        # (camera, calibrated grid, live grid) of the off-grid frames logged: once each
+        self._warned_grids: set[tuple[str, tuple[int, int], tuple[int, ...]]] = set()
         self.switch = ModelSwitch(shared=True)   # its replaced scorers: the loop retires them
 
     @property
@@ -342,11 +343,12 @@ class ViewDecider:
         self._scorer = scorer
         self.fused = bool(fused_members(scorer))
 
-    def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int]) -> str:
+    def off_grid(self, frame_hw: tuple[int, int], map_hw: tuple[int, int], camera: str = "") -> str:
         """Empty when this frame's map (map_hw) has the grid the threshold was calibrated on (or none is recorded);
-        else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per pair of
-        grids. A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. A fused
-        scorer's map lies on its first member's grid, so each tiled member's own map is checked against its own
+        else why the frame cannot be decided against it (the verdict's error: NG, fail-safe), logged once per camera
+        and pair of grids, naming ``camera`` (the camera that took the frame, as a malformed frame's line names it; ""
+        names none). A tiled model's map grows with the frame, and its maximum over more pixels is another quantity. A
+        fused scorer's map lies on its first member's grid, so each tiled member's own map is checked against its own
         recorded grid, whatever its place (``hotswap.map_off_grid``, the rule a console swap checks by too). Region
         rules that decide the verdict use the pixel threshold, which holds on any grid: then nothing is checked."""
         if self.regions is not None and self.regions.decides or self.grid is None:
@@ -358,9 +360,9 @@ class ViewDecider:
             return ""
         _, calibrated, live = found
         reason = off_grid_reason(found, f"this {frame_hw[1]} x {frame_hw[0]} frame")
-        if (calibrated, live) not in self._warned_grids:   # once per pair: a swap may bring another grid
-            self._warned_grids.add((calibrated, live))
-            log.error("frames rejected: %s", reason)
+        if (camera, calibrated, live) not in self._warned_grids:   # once per pair: a swap may bring another grid
+            self._warned_grids.add((camera, calibrated, live))
+            log.error("%sframes rejected: %s", f"camera {camera}: " if camera else "", reason)
         return reason
 
     def _whole_frame(self) -> bool:
@@ -639,7 +641,8 @@ class Inspector:
             if why:
                 verdicts[i] = self._emit(frame, None, f"inference failed: {why}")
             else:
-                off_grid = self.decider_for(frame).off_grid(frame.image.shape[:2], amap.shape)
+                off_grid = self.decider_for(frame).off_grid(frame.image.shape[:2], amap.shape,
+                                                            frame.camera or self._camera)
                 if off_grid:   # scored, but on another grid than calibrated: cannot be decided, as a malformed frame
                     self.summary.malformed += 1
                 verdicts[i] = self._emit(frame, score, off_grid, anomaly_map=amap)
