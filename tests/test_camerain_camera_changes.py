@@ -93,6 +93,35 @@ def test_the_console_keeps_no_frame_for_an_image_that_is_no_array(tmp_path):
     assert latest_jpeg(feed, JpegCache()) is None
 
 
+@pytest.mark.parametrize("odd", [np.array(7, np.uint8), np.zeros((0, 0, 3), np.uint8), np.zeros((0, 64), np.uint8),
+                                 np.zeros(64, np.uint8), np.zeros((48, 64, 2), np.uint8), np.zeros((48, 64), bool),
+                                 np.zeros((48, 64), np.uint16)],
+                         ids=["0-d", "empty", "empty-gray", "1-d", "2-channel", "bool", "uint16"])
+def test_the_console_keeps_no_frame_for_an_array_it_cannot_draw(tmp_path, odd):
+    """A malformed frame that is an array of no frame format was kept as the part's frame: drawing it for the live
+    page raised in OpenCV or divided by zero (0-d, empty, 2 channels, bool; a 1-d array longer than 480 too), a 500
+    on every poll of live.jpg, or drew a picture of what the station refused to inspect (a short 1-d array, 16 bits).
+    Only the format the station inspects is drawn now (``feed.drawable_frame``); any other is kept as no frame, as a
+    frame that is no array at all: no picture (404), no traceback."""
+    from fair_edge.console.feed import StationFeed
+    from fair_edge.console.render import JpegCache
+    from fair_edge.console.views import latest_jpeg, part_jpeg
+
+    feed = StationFeed(ConsoleSettings(enabled=False, keep_frames=4), tmp_path)
+    feed.observe(Frame(1, 0.0, odd), Verdict(1, 0.0, None, 0.5, True, 0.01, error="malformed frame: x"), None)
+    assert feed.kept_part(1) is not None and feed.kept_part(1).frame is None
+    assert latest_jpeg(feed, JpegCache()) is None and part_jpeg(feed, JpegCache(), 1) is None
+
+
+def test_a_frame_with_a_side_that_scales_below_one_pixel_is_still_drawn():
+    """A 2 x 2000 px frame (inspected: H, W >= 2) scaled to 480 px had a width of round(0.48) = 0: OpenCV's resize
+    raised. Each side is at least 1 px now."""
+    from fair_edge.console.render import overlay_jpeg
+
+    data = overlay_jpeg(np.full((2000, 2), 100, np.uint8), None, 0.5)
+    assert data[:2] == b"\xff\xd8"   # a JPEG
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     from fair_edge.bench.run import synthetic_bundle, synthetic_model

@@ -40,6 +40,7 @@ import numpy as np
 
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.drift import CameraDrift, Reference
+from fair_edge.images import gray_2d
 from fair_edge.line.metrics import LATENCY_BUCKETS_S
 from fair_edge.records import Frame, Verdict
 
@@ -51,6 +52,16 @@ RATE_OF_PARTS, RATE_OF_FRAMES = "parts", "frames"   # what the live page's rate 
 
 
 ViewKey = tuple[str, int]   # (camera, seq): one camera's frame; camera "" with one camera
+
+
+def drawable_frame(image: object) -> bool:
+    """Whether the console can draw ``image`` (``render.overlay_jpeg``): a uint8 numpy array, (H, W, 3) BGR or
+    (H, W) / (H, W, 1) gray, H, W >= 1, the frame format ``preprocess.check_frame`` takes. A malformed frame's array
+    (0-d, empty, of another dtype or number of channels) is not: OpenCV raised on it while the live page asked."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        return False
+    image = gray_2d(image)
+    return (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) and min(image.shape[:2]) >= 1
 
 
 def view_key(verdict: Verdict) -> ViewKey:
@@ -280,10 +291,10 @@ class StationFeed:
 
     # ------------------------------------------------------------------ loop side (O(1))
     def observe(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None) -> None:
-        """Verdict callback: remember the part. Appends only; never blocks, never copies. A frame whose image is no
-        numpy array (a malformed frame's None or list: NG, not inspected) is kept as no frame (``Part.frame`` None:
-        nothing to draw or review)."""
-        part = Part(verdict, frame if isinstance(getattr(frame, "image", None), np.ndarray) else None, anomaly_map)
+        """Verdict callback: remember the part. Appends only; never blocks, never copies. A frame whose image cannot
+        be drawn (``drawable_frame``: a malformed frame's None, list, 0-d or empty array, ...: NG, not inspected) is
+        kept as no frame (``Part.frame`` None: nothing to draw or review)."""
+        part = Part(verdict, frame if drawable_frame(getattr(frame, "image", None)) else None, anomaly_map)
         _append(self.recent, self._recent_index, verdict)
         if self.settings.keep_frames:
             self.frames.append(part)

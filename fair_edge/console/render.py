@@ -21,16 +21,18 @@ JPEG_QUALITY = 80
 
 def overlay_jpeg(image: np.ndarray, anomaly_map: np.ndarray | None, threshold: float, alpha: float = 0.5,
                  max_side: int = MAX_SIDE, verdict: Verdict | None = None, zone_outlines: list[np.ndarray] = ()) -> bytes:
-    """JPEG bytes of ``image`` ((H, W, 3) BGR, or (H, W) / (H, W, 1) gray uint8) scaled to at most ``max_side`` px, with
-    ``anomaly_map`` ((S, S) float32, any size; NaN = no score there) blended on the recorder's scale
-    (``plots.heat_scale``: 0 .. 2 x threshold, or for a fused bundle's map, ``verdict.fused``, threshold -/+ its half
-    scale), so the threshold is the middle of the colour map and hot spots of NG parts show red; the verdict's defect
-    region boxes (red: fired a rule) and the zone outlines ((K, 2) (x, y) frame pixels) drawn over it."""
+    """JPEG bytes of ``image`` ((H, W, 3) BGR, or (H, W) / (H, W, 1) gray uint8: ``feed.drawable_frame``) scaled to at
+    most ``max_side`` px (no side below 1 px), with ``anomaly_map`` ((S, S) float32, any size; NaN = no score there)
+    blended on the recorder's scale (``plots.heat_scale``: 0 .. 2 x threshold, or for a fused bundle's map,
+    ``verdict.fused``, threshold -/+ its half scale), so the threshold is the middle of the colour map and hot spots
+    of NG parts show red; the verdict's defect region boxes (red: fired a rule) and the zone outlines ((K, 2) (x, y)
+    frame pixels) drawn over it."""
     image = gray_2d(image)
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
     scale = min(1.0, max_side / max(bgr.shape[:2]))
     if scale < 1.0:
-        bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))   # a 1-px side stays 1 px
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     if anomaly_map is not None and drawable(anomaly_map):
         fused = verdict is not None and verdict.fused
         bgr = heatmap_overlay(bgr, anomaly_map, *heat_scale(anomaly_map, threshold, fused), alpha)
