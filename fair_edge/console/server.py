@@ -31,6 +31,7 @@ from fair_edge.console.actions import StationActions
 from fair_edge.console.app import build_app
 from fair_edge.console.feed import StationFeed
 from fair_edge.errors import ConfigError, FairEdgeError
+from fair_edge.shortages import thread_refused
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def start_error(host: str, port: int, cause: BaseException | None) -> FairEdgeEr
     hint = ""
     if isinstance(cause, OSError) and cause.errno in RESOURCE_ERRNOS:
         hint = f": {resource_hint(cause)}"
-    elif isinstance(cause, RuntimeError) and "can't start new thread" in str(cause):
+    elif thread_refused(cause):
         hint = (": the limit on threads and processes was reached; raise TasksMax= in the systemd unit (or "
                 "ulimit -u)")
     return ConsoleStartError(f"the console's server on {host}:{port} could not start ({type(cause).__name__}: "
