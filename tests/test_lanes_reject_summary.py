@@ -157,3 +157,31 @@ def test_a_lane_fault_the_station_gate_names_already_is_not_named_twice():
     station = "camera d: camera reconnecting; lane a: part seq 3 passed the gate uninspected"
     assert lanes_fault_output(station, lanes) == f"{station}; lane c: coil c missed reject seq 9"
     assert lanes_fault_output("", {"b": {"fault_output": ""}}) == ""
+
+
+def test_a_run_that_ends_with_a_fault_names_each_lanes_own_fault_not_the_run_fault_again(tmp_path):
+    """Review of 4a4cbdf: ``finish_cell`` hands the run's fault (a camera gone) to every lane for the belt's last
+    parts, and a gate's reason is its first holding cause: each lane's ``fault_output`` read the camera's fault, and
+    the alarm a lane latched at the stop (its part passed uninspected) was named nowhere in summary.json."""
+    from fair_edge.line.recorder import Recorder
+
+    cfg = lane_station(tmp_path)
+    gone = "camera b: gone for good (no frame for 5 s)"
+    with Recorder(cfg.record) as recorder, \
+            RejectScheduler(RejectSettings(**TIMING), fault_sinks=RecordingSink("station fault")) as station, \
+            RejectScheduler(RejectSettings(fail_safe="alarm", **TIMING), sinks=RecordingSink("a")) as a, \
+            RejectScheduler(RejectSettings(fail_safe="alarm", **TIMING), sinks=RecordingSink("b")) as b:
+        a.note_capture(1, time.monotonic())   # lane a's part on the belt at the stop, no verdict: passed uninspected
+        mux = CaptureMux()
+        mux.set_captures({})
+        summary = RunSummary()
+        summary.fault = gone                  # what CameraWatch.at_stop gives run_cell
+        finish_cell(cfg, CellLine(LineSide(recorder, station, None, None, []), lanes={"a": a, "b": b}), summary, [],
+                    mux)
+        write_summary(summary, cfg.output)
+        alarm = a.alarm
+    assert alarm and "part seq 1 passed the gate uninspected" in alarm
+    written = json.loads((tmp_path / "summary.json").read_text())["rejects"]
+    assert (written["lanes"]["a"]["fault_output"], written["lanes"]["b"]["fault_output"]) == (alarm, "")
+    assert written["fault_output"] == f"{gone}; lane a: {alarm}"
+    assert dict(reject_rows(summary.rejects))["fault output"] == f"[bold red]ON: {gone}; lane a: {alarm}[/]"

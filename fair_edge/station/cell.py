@@ -658,6 +658,8 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
             lane.fault(True, summary.fault)
     for lane in cell.lanes.values():
         finish_gate(lane, deadline)
+        lane.fault(False)   # the run's fault, handed down for the belt's last parts, is the summary's already: each
+                            # lane's entry names its own (a latched alarm, a sink fault), not the camera's again
     summary.rejects = cell.reject_stats()
     CellCounters(cell, mux).into(summary)
     publish_summary(cell.line, summary)
