@@ -309,8 +309,8 @@ class RacingScheduler:
         return getattr(self.scheduler, name)
 
     @property
-    def alarm(self):
-        seen = self.scheduler.alarm
+    def to_acknowledge(self):
+        seen = self.scheduler.to_acknowledge
         self._race()
         return seen
 
@@ -329,25 +329,28 @@ def test_acknowledging_names_the_alarm_it_cleared_even_one_raised_meanwhile(tmp_
                    RacingScheduler(scheduler), None, None)
     row = console.actions.acknowledge_alarm("ann")
     assert scheduler.stats()["alarms"] == 2
-    assert scheduler.alarm == NEWER or row["old"] == NEWER, (scheduler.alarm, row)
+    assert scheduler.alarm == NEWER or NEWER in row["old"], (scheduler.alarm, row)
 
 
 def test_the_scheduler_returns_the_alarm_it_cleared_and_keeps_a_newer_one_than_shown(scheduler):
-    """``acknowledge_alarm(seen)``: the alarm cleared is returned; one other than the alarm shown is kept (nothing
-    cleared, a ConfigError naming it)."""
+    """``acknowledge_alarm(seen)``: what it cleared is returned; an alarm latched beside the one shown keeps both
+    (nothing cleared, a ConfigError naming them: the newer one too)."""
     from fair_edge.errors import ConfigError
 
     scheduler._raise_alarm(NEWER)
-    with pytest.raises(ConfigError, match="found a newer one: part seq 57 .*nothing was cleared"):
+    both = scheduler.alarm
+    assert both.startswith("2 alarms since the last acknowledgement") and SEEN in both and NEWER in both, both
+    with pytest.raises(ConfigError, match="found a newer one: 2 alarms .*part seq 57 .*nothing was cleared"):
         scheduler.acknowledge_alarm(SEEN)
-    assert scheduler.alarm == NEWER and scheduler.fault_reason == NEWER
-    assert scheduler.acknowledge_alarm(NEWER) == NEWER and scheduler.alarm is None and scheduler.fault_reason is None
+    assert scheduler.alarm == both and scheduler.fault_reason == both
+    assert scheduler.acknowledge_alarm(both) == both and scheduler.alarm is None and scheduler.fault_reason is None
     assert scheduler.acknowledge_alarm() is None
 
 
 def test_the_console_refuses_to_acknowledge_an_alarm_the_page_did_not_show(tmp_path, scheduler):
     """The live page sends the alarm it shows; a newer one latched since is a 409 naming it, nothing cleared and
-    nothing audited; the one shown is cleared and audited. Without ``alarm`` whatever is latched is cleared."""
+    nothing audited; the text shown then (both alarms) is cleared and audited. Without ``alarm`` whatever is latched
+    is cleared."""
     from test_console_units import api
 
     cfg = StationConfig(output=tmp_path, console=ConsoleSettings(enabled=False))
@@ -357,11 +360,12 @@ def test_the_console_refuses_to_acknowledge_an_alarm_the_page_did_not_show(tmp_p
     client = api(console)
     r = client.post("/api/acknowledge_alarm", json={"who": "ann", "alarm": SEEN})
     assert r.status_code == 409 and NEWER in r.json()["error"], r.text
-    assert scheduler.alarm == NEWER and not (tmp_path / "audit.jsonl").exists()
+    both = scheduler.alarm
+    assert SEEN in both and NEWER in both and not (tmp_path / "audit.jsonl").exists()
     r = client.post("/api/acknowledge_alarm", json={"who": "ann", "alarm": 7})
     assert r.status_code == 400 and r.json()["error"].startswith("alarm: expected the alarm text"), r.text
-    r = client.post("/api/acknowledge_alarm", json={"who": "ann", "alarm": NEWER})
-    assert r.status_code == 200 and r.json()["old"] == NEWER and scheduler.alarm is None
+    r = client.post("/api/acknowledge_alarm", json={"who": "ann", "alarm": both})   # the text the page shows now
+    assert r.status_code == 200 and r.json()["old"] == both and scheduler.alarm is None
     scheduler._raise_alarm(SEEN)
     assert client.post("/api/acknowledge_alarm", json={"who": "bob"}).json()["old"] == SEEN
-    assert [(e["who"], e["old"]) for e in console.actions.audit.read()] == [("ann", NEWER), ("bob", SEEN)]
+    assert [(e["who"], e["old"]) for e in console.actions.audit.read()] == [("ann", both), ("bob", SEEN)]

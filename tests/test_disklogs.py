@@ -192,8 +192,8 @@ def test_gap_miss_log_logs_the_first_at_once_and_the_rest_one_line_per_window():
 
 def test_a_persistent_min_gap_conflict_logs_two_lines_not_one_per_part(monkeypatch, caplog):
     """8 NG parts 2 ms apart on a 30 ms pulse slot: the first is rejected, the 7 after it are gap_missed. Each is
-    counted, alarmed (the alarm latches and the fault output shows the latest part, as before) and has its gate
-    row; the journal has one line for the first miss and one, at the end, for the 6 after it (one line per part
+    counted, alarmed (the alarms latch beside each other: the fault output names all 7 parts, the first and the
+    latest alarm) and has its gate row; the journal has one line for the first miss and one, at the end, for the 6 after it (one line per part
     before). No window ends during the test (GAP_LOG_S far away), so the line count does not depend on its speed."""
     monkeypatch.setattr(gate_alarms, "GAP_LOG_S", 1e9, raising=False)
     caplog.set_level(logging.ERROR, logger="fair_edge.line.scheduler")
@@ -211,8 +211,12 @@ def test_a_persistent_min_gap_conflict_logs_two_lines_not_one_per_part(monkeypat
     missed = [r["seq"] for r in gate_rows if r.get("gate") == "gap_missed"]
     assert missed == list(range(1, 8)) and [e.seq for _, e in sink.pulses] == [0]
     assert stats["gap_missed"] == 7 and stats["alarms"] == 7
-    assert faults.faults[-1] == (True, "part seq 7 not rejected: min_gap_ms after the previous pulse would put its "
-                                       "edge past due + late_ms (it would hit the next part)")
+    assert faults.faults[-1] == (True, "7 alarms since the last acknowledgement, parts seq 1 .. 7; not rejected "
+                                       "(gap_missed): 7 parts, seq 1, 2, 3, 4, 5, 6, 7; first: part seq 1 not "
+                                       "rejected: min_gap_ms after the previous pulse would put its edge past due + "
+                                       "late_ms (it would hit the next part); latest: part seq 7 not rejected: "
+                                       "min_gap_ms after the previous pulse would put its edge past due + late_ms (it "
+                                       "would hit the next part)")
     assert len(during) == 1 and during[0].startswith("reject alarm: part seq 1 not rejected"), during
     assert len(after) == 2 and after[1].startswith("reject alarm: 6 more parts not rejected (gap_missed)"), after
     assert "seq 2 .. 7: 2, 3, 4, 5, 6, 7;" in after[1]

@@ -25,7 +25,7 @@ SOURCES = tuple(f"{ROOT / d}/" for d in ("fair_edge", "cameras", "export", "cali
 # reject gate's fault output and alarm journal (on its own and the sinks' threads, never deciding a pulse)
 SIDE = {"fair_edge/line/recorder.py", "fair_edge/line/jsonl.py", "fair_edge/plots.py", "fair_edge/console/station_hook.py",
         "fair_edge/console/feed.py", "fair_edge/console/drift.py", "fair_edge/station/run.py", "fair_edge/station/notify.py",
-        "fair_edge/line/gate_alarms.py", "fair_edge/line/grouped_log.py"}
+        "fair_edge/line/gate_alarms.py", "fair_edge/line/latched_alarms.py", "fair_edge/line/grouped_log.py"}
 
 
 def documented_steps() -> list[str]:

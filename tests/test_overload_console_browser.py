@@ -11,13 +11,14 @@ from test_console_browser import browser, text, wait  # noqa: F401  (browser: th
 
 
 class MissingGate:
-    """A reject gate's face to the console (``RejectScheduler``'s ``stats``, ``settings``, ``alarm``) whose one sink
-    missed ``missed`` pulses (and dropped ``dropped`` from its full queue), left ``unconfirmed`` without a reply, and
-    whose gate refused ``gap_missed`` parts their pulse; no write error, no alarm latched."""
+    """A reject gate's face to the console (``RejectScheduler``'s ``stats``, ``settings``, ``to_acknowledge``) whose
+    one sink missed ``missed`` pulses (and dropped ``dropped`` from its full queue), left ``unconfirmed`` without a
+    reply, and whose gate refused ``gap_missed`` parts their pulse; no write error, nothing to acknowledge (the pill
+    shows the counters alone)."""
 
     def __init__(self, missed: int = 0, dropped: int = 0, unconfirmed: int = 0, gap_missed: int = 0) -> None:
         self.settings = SimpleNamespace(sinks=("modbus://plc",), fault_sinks=())
-        self.alarm = ""
+        self.to_acknowledge = ""
         self._stats = {"pending": 0, "sink_errors": 0, "sink_missed": missed, "sink_dropped": dropped,
                        "sink_unconfirmed": unconfirmed, "gap_missed": gap_missed, "late_verdicts": 2}
 

@@ -224,15 +224,16 @@ class StationActions:
 
     # ------------------------------------------------------------------ reject gate
     def acknowledge_alarm(self, who: str, seen=None) -> dict:
-        """The operator's reset of the latched reject alarms (a part passed uninspected, was refused, or missed its
-        gap): ``RejectScheduler.acknowledge_alarm`` on each gate the console shows (``feed.reject_gates``: the
-        station's, and with ``group.by: lane`` each lane's); the fault output drops unless a fault (camera, backend,
-        sink down) still holds it (a lane's alarm holds it through the station's tick: it drops at the next, ~0.5 s).
-        Audited with the alarms it cleared (``feed.alarm_text``; each read and cleared at once: one raised meanwhile is
-        the one named). seen: the alarm text the page showed (None: whatever is latched); AlarmChanged, nothing
-        cleared, when an alarm it does not show is latched now (a gate latching one in the moment between that check
-        and its reset keeps it: the others shown are cleared and audited, then AlarmChanged names it). The answer's
-        ``fault``: why the fault output is still on as the gates tell it (``alarm_ack.faults_left``)."""
+        """The operator's reset of the latched reject alarms (parts passed uninspected, refused, not rejected) and
+        the missed pulses of sinks that work: ``RejectScheduler.acknowledge_alarm`` on each gate whose alarm the
+        console shows (``feed.alarms``: the station's, and with ``group.by: lane`` each lane's); the fault output drops
+        unless a fault (camera, backend, sink down) still holds it (a lane's alarm holds it through the station's tick:
+        it drops at the next, ~0.5 s). Audited with everything it cleared (``feed.alarm_text``; each gate's read and
+        cleared at once). seen: the alarm text the page showed (None: whatever is latched); AlarmChanged, nothing
+        cleared, when a gate's text is not the one it shows (an alarm latched or a pulse missed since; a gate whose
+        text changes in the moment between that check and its reset keeps it all: the others shown are cleared and
+        audited, then AlarmChanged names it). The answer's ``fault``: why the fault output is still on as the gates
+        tell it (``alarm_ack.faults_left``)."""
         who = _who(who)
         require(seen is None or isinstance(seen, str), "alarm", "the alarm text the page showed (a string)", seen)
         gates = self.feed.reject_gates()

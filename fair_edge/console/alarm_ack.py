@@ -1,7 +1,8 @@
-"""The operator's acknowledgement of latched reject alarms, gate by gate (``StationActions.acknowledge_alarm``): an
-alarm latched since the page showed its own is refused before anything is cleared (``refuse_unseen``), each gate is
-reset against the alarm the page showed of it (``clear_alarms``), and what still holds the fault output afterwards
-is named (``faults_left``)."""
+"""The operator's acknowledgement of latched reject alarms, gate by gate (``StationActions.acknowledge_alarm``): a
+gate's alarm text (``feed.alarms``: its latched alarms and the missed pulses an acknowledgement clears) changed since
+the page showed it is refused before anything is cleared (``refuse_unseen``), each gate the page showed is reset
+against the text it showed of it, the others are left alone (``clear_alarms``), and what still holds the fault
+output afterwards is named (``faults_left``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from fair_edge.errors import ConfigError
 
 
 def refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
-    """AlarmChanged, before anything is cleared, when an alarm latched now ({gate: alarm}, ``feed.alarms``) is not
-    one the page showed (``seen``: its alarm text; None: any is)."""
+    """AlarmChanged, before anything is cleared, when a gate's alarm text now ({gate: alarm}, ``feed.alarms``: an
+    alarm latched or a pulse missed since changes it) is not one the page showed (``seen``: its alarm text; None:
+    any is)."""
     if seen is None:
         return
     unseen = [named_alarm(gate, alarm) for gate, alarm in latched.items() if not alarm_shown(gate, alarm, seen)]
@@ -22,14 +24,16 @@ def refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
 
 
 def clear_alarms(gates: dict, shown: dict[str, str] | None) -> tuple[dict[str, str], str]:
-    """Reset each gate's alarm (``acknowledge_alarm``), each against the alarm the page showed of it (``shown``: {gate:
-    alarm}, those ``refuse_unseen`` found shown; a gate not in it against none; None: whatever is latched). Returns
-    ({gate: the alarm it cleared}, the refusal of a gate that latched a newer alarm since: "" none; that gate keeps
-    it, the others are cleared)."""
+    """Reset the gates the page showed an alarm of (``acknowledge_alarm``), each against the text it showed of it
+    (``shown``: {gate: alarm}, those ``refuse_unseen`` found shown; a gate not in it is not touched: a pulse it missed
+    since stays; None: every gate, whatever it holds). Returns ({gate: the text it cleared}, the refusal of a gate
+    whose text changed since: "" none; that gate keeps it all, the others are cleared)."""
     cleared, newer = {}, []
     for gate, scheduler in gates.items():
+        if shown is not None and gate not in shown:
+            continue
         try:
-            old = scheduler.acknowledge_alarm(None if shown is None else shown.get(gate, ""))
+            old = scheduler.acknowledge_alarm(None if shown is None else shown[gate])
         except ConfigError as exc:   # latched since the page showed its own: kept
             newer.append(named_alarm(gate, str(exc)))
             continue

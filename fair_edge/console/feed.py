@@ -258,8 +258,10 @@ class StationFeed:
         return gates
 
     def alarms(self) -> dict[str, str]:
-        """The alarms latched now, as ``reject_gates`` names their gates: {"" | lane: alarm text}; {} none."""
-        return {name: alarm for name, gate in self.reject_gates().items() if (alarm := gate.alarm)}
+        """What an acknowledgement would clear now, gate by gate, as ``reject_gates`` names them: {"" | lane: its
+        ``to_acknowledge`` text (every alarm latched since the last acknowledgement, and each missed pulse of a sink
+        whose link is up that they do not name)}; {} none."""
+        return {name: alarm for name, gate in self.reject_gates().items() if (alarm := gate.to_acknowledge)}
 
     def use_bundle(self, named, folder: Path) -> None:
         """The bundle in force from now on: ``folder``, its loaded root (links followed), named by the path ``named``
@@ -421,10 +423,10 @@ class StationFeed:
         """Camera, PLC, fault and model state as plain values. plc: None without a reject gate, else its sinks and
         fault sinks (counts), parts ``pending``, and the sinks' pulse faults: ``sink_errors``, ``sink_missed`` (not
         written by the deadline), ``sink_dropped`` (refused by a full sink queue), ``sink_unconfirmed`` (written, no
-        reply), and the latched ``alarm`` ("" none); with lanes, every lane's gate and the station's together, each
-        lane's alarm named (``alarm_text``). fault: why the fault outputs are on ("" off): a fault that stopped the
-        inspection (``RunSummary.fault``), else the station's fault reason now (``fault_now``), as systemd's STATUS
-        leads with them."""
+        reply), and the ``alarm`` ("" none): what an acknowledgement clears (``alarms``); with lanes, every lane's
+        gate and the station's together, each lane's alarm named (``alarm_text``). fault: why the fault outputs are
+        on ("" off): a fault that stopped the inspection (``RunSummary.fault``), else the station's fault reason now
+        (``fault_now``), as systemd's STATUS leads with them."""
         camera = self.capture.stats() if self.capture is not None else None
         insp = self.inspector
         return {
@@ -452,12 +454,13 @@ class StationFeed:
 
 class RejectGate(Protocol):
     """A reject gate as the console reads and resets it (``line.scheduler.RejectScheduler``): its ``settings``
-    (``sinks``, ``fault_sinks``: URLs), counters (``stats()``), latched ``alarm`` (None: none), ``fault_reason`` (None:
-    its fault output is off) and ``acknowledge_alarm(seen)`` (returns the alarm it cleared; ConfigError, nothing
-    cleared, when one other than ``seen`` is latched)."""
+    (``sinks``, ``fault_sinks``: URLs), counters (``stats()``), ``to_acknowledge`` (what an acknowledgement clears:
+    the latched alarms and the missed pulses of sinks that work, one text; None: nothing), ``fault_reason`` (None:
+    its fault output is off) and ``acknowledge_alarm(seen)`` (returns the text it cleared; ConfigError, nothing
+    cleared, when ``to_acknowledge`` is no longer ``seen``)."""
 
     settings: object
-    alarm: str | None
+    to_acknowledge: str | None
     fault_reason: str | None
 
     def stats(self) -> dict[str, int]: ...
@@ -476,8 +479,8 @@ def named_alarm(gate: str, alarm: str) -> str:
 
 
 def alarm_text(alarms: Mapping[str, str]) -> str:
-    """The alarms latched ({gate: alarm}, ``StationFeed.alarms``) as the page shows them and sends back with an
-    acknowledgement: each ``named_alarm``, joined by "; " (the station's first); "" none."""
+    """What the gates' acknowledgement clears ({gate: alarm}, ``StationFeed.alarms``) as the page shows it and sends
+    back with an acknowledgement: each ``named_alarm``, joined by "; " (the station's first); "" none."""
     return "; ".join(named_alarm(gate, alarm) for gate, alarm in alarms.items())
 
 

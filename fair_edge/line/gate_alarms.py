@@ -1,23 +1,30 @@
-"""What the reject gate tells the operator beside its pulses: the fault output, the latched alarm and their journal.
+"""What the reject gate tells the operator beside its pulses: the fault output, the latched alarms, their journal.
 
 ``GateAlarms`` holds the fault output (``reject.fault_sinks``) on while any of these holds, its reason the first
 one's: the station cannot inspect (``station_fault``), the encoder's link is down (``encoder_fault``: the count is
-held, the gate waits), a sink fault (one entry per sink and cause), the latched alarm (until ``acknowledge``).
+held, the gate waits), a sink fault (one entry per sink and cause), the latched alarms (every alarm since the last
+``acknowledge``, named in one text: ``line.latched_alarms``).
+
+What the operator acknowledges (``to_acknowledge``, the console's alarm text) is the latched alarms and the missed /
+unconfirmed pulse fault of each sink whose link is up (one the latched alarms do not name already): the pulse faults
+an acknowledgement clears. ``acknowledge(seen)`` clears exactly that, and only when it is still the text the operator
+was shown (``seen``): a pulse missed or an alarm latched since is never cleared unseen.
 
 Sink failures, one fault entry per sink (one sink's recovery never clears another's fault): a sink
 that misses a pulse (PLC down, device refused the write, pulse dequeued after its deadline) reports
 it; counted ``sink_missed``, never replayed, and the fault output is held on until that sink reports
 ``reconnected`` or ``delivered`` (it works again), or the operator acknowledges while that sink's
-link is up (with ``fail_safe: alarm`` the alarm also latches). A pulse whose write went out but got
-no reply by its deadline is counted ``sink_unconfirmed`` instead (the PLC may have rejected the
-part: it is not claimed missed), with the same fault output and alarm: nobody knows the part was
-rejected. A ``stuck`` report (falling edge not written: the output may be left on) holds the fault
-output until that sink reports ``released`` (its resting level written again); an acknowledge does
-not clear it. A ``link_down`` report (the sink's link cannot be re-established: a connect failed, or a write /
-probe failed twice in a row though the reconnect between succeeded; a single failure the reconnect gets past is
-only an ``io_error``; a PLC that went away is found within about ``sinks.base.PROBE_S`` + the probe's timeout + one
-connect timeout, before any pulse is due) holds the fault output, naming the sink and since when, until that sink
-reports ``reconnected``; counted ``sink_link_downs``, no alarm latched, an acknowledge does not clear it.
+link is up (with ``fail_safe: alarm`` an alarm also latches, naming it; without, the operator is shown the pulse
+fault itself beside the alarms, ``to_acknowledge``). A pulse whose write went out but got no reply by its deadline
+is counted ``sink_unconfirmed`` instead (the PLC may have rejected the part: it is not claimed missed), with the same
+fault output and alarm: nobody knows the part was rejected. A ``stuck`` report (falling edge not written: the
+output may be left on) holds the fault output until that sink reports ``released`` (its resting level written
+again); an acknowledge does not clear it. A ``link_down`` report (the sink's link cannot be re-established: a
+connect failed, or a write / probe failed twice in a row though the reconnect between succeeded; a single failure the
+reconnect gets past is only an ``io_error``; a PLC that went away is found within about ``sinks.base.PROBE_S`` + the
+probe's timeout + one connect timeout, before any pulse is due) holds the fault output, naming the sink and since
+when, until that sink reports ``reconnected``; counted ``sink_link_downs``, no alarm latched, an acknowledge does not
+clear it.
 
 The journal lines of parts the gate could not reject as planned are grouped (``line.grouped_log``): ``gap_missed``
 parts by ``GapMissLog`` and parts decided uninspected by ``UninspectedLog``, so a fault that lasts does not log a
@@ -34,6 +41,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from .grouped_log import GroupedLog, seq_list
+from .latched_alarms import NOT_REJECTED_GAP, NOT_REJECTED_PULSE, UNCONFIRMED, LatchedAlarms
 from .sinks import SignalSink, SinkReport
 from .sinks.base import Counters
 
@@ -48,7 +56,7 @@ SinkLinkUp = Callable[[str], bool]   # whether the sink of this name says its li
 
 
 class GateAlarms:
-    """The gate's fault output, latched alarm and alarm journal (see the module doc).
+    """The gate's fault output, latched alarms and alarm journal (see the module doc).
 
     counters: the gate's (``scheduler.SCHEDULER_COUNTERS``): alarms and sink reports are counted there.
     fail_safe: ``reject.fail_safe`` (``alarm``: a missed pulse also latches the alarm; parts decided uninspected are
@@ -62,7 +70,8 @@ class GateAlarms:
         self._out: SignalSink | None = None   # the fault sinks (None while the gate opens them)
         self._station_fault: str | None = None
         self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE/STUCK/LINK_FAULT) -> reason
-        self._alarm: str | None = None
+        self._latched = LatchedAlarms()   # every alarm since the last acknowledgement
+        self._pulses_alarmed: set[str] = set()   # sinks whose pulse fault the latched alarms name (fail_safe: alarm)
         self._encoder_fault: str | None = None   # the encoder's link is down (count held), polled
         self._shown = False
         self._gap_log = GapMissLog()   # groups the journal lines of gap_missed parts
@@ -78,15 +87,17 @@ class GateAlarms:
     # -- what holds the fault output --------------------------------------------------------------------
     @property
     def alarm(self) -> str | None:
-        return self._alarm
+        """The alarms latched since the last acknowledgement, in one text (``LatchedAlarms.text``), or None."""
+        with self._lock:
+            return self._latched.text()
 
     @property
     def reason(self) -> str | None:
-        """Why the fault output is on now (station fault, encoder link down, sink faults, latched alarm),
+        """Why the fault output is on now (station fault, encoder link down, sink faults, latched alarms),
         or None."""
         with self._lock:
             sink_faults = "; ".join(self._sink_faults.values()) or None
-            return self._station_fault or self._encoder_fault or sink_faults or self._alarm
+            return self._station_fault or self._encoder_fault or sink_faults or self._latched.text()
 
     def station_fault(self, active: bool, reason: str = "") -> None:
         """The station cannot inspect while ``active`` (``RejectScheduler.fault``)."""
@@ -107,19 +118,35 @@ class GateAlarms:
             self._encoder_fault = reason
             self._update()
 
-    def acknowledge(self, seen: str | None, link_up: SinkLinkUp) -> str | None:
-        """Clear the latched alarm and the pulse fault of each sink whose link is up (``link_up``); the alarm it
-        cleared, or None (see ``RejectScheduler.acknowledge_alarm``)."""
+    def to_acknowledge(self, link_up: SinkLinkUp) -> str | None:
+        """What an acknowledgement clears now, as the operator is shown it: the latched alarms' text, then the pulse
+        fault of each sink whose link is up (``link_up``) that they do not name, joined by "; "; None: nothing."""
         with self._lock:
-            cleared = self._alarm
+            return self._acknowledgeable(link_up)[1]
+
+    def acknowledge(self, seen: str | None, link_up: SinkLinkUp) -> str | None:
+        """Clear what ``to_acknowledge`` names (the latched alarms, the pulse fault of each sink whose link is up),
+        only while it is the text the operator was shown (``seen``; None: whatever it is now); returns that text,
+        None when there was nothing (see ``RejectScheduler.acknowledge_alarm``). ConfigError, nothing cleared, when
+        it is another (an alarm latched or a pulse missed since)."""
+        with self._lock:
+            pulses, cleared = self._acknowledgeable(link_up)
             if seen is not None and cleared is not None and cleared != seen:
                 raise ConfigError(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer "
                                   f"one: {cleared}; read it, then acknowledge again (nothing was cleared)")
-            self._alarm = None
-            for key in [k for k in self._sink_faults if k[1] == PULSE_FAULT and link_up(k[0])]:
+            self._latched = LatchedAlarms()
+            self._pulses_alarmed.clear()
+            for key in pulses:
                 del self._sink_faults[key]
             self._update()
         return cleared
+
+    def _acknowledgeable(self, link_up: SinkLinkUp) -> tuple[list[tuple[str, str]], str | None]:
+        """(under self._lock) The pulse faults an acknowledgement clears now (their ``_sink_faults`` keys: each sink
+        whose link is up) and the text it clears (``to_acknowledge``)."""
+        pulses = [key for key in self._sink_faults if key[1] == PULSE_FAULT and link_up(key[0])]
+        unnamed = [self._sink_faults[key] for key in pulses if key[0] not in self._pulses_alarmed]
+        return pulses, "; ".join(t for t in (self._latched.text(), *unnamed) if t) or None
 
     def sink_report(self, report: SinkReport) -> None:
         """A sink's report, counted and, for a fault or a recovery, set on or cleared from the fault output (see
@@ -132,7 +159,9 @@ class GateAlarms:
             with self._lock:
                 self._sink_faults[(report.sink, PULSE_FAULT)] = reason
                 if self.fail_safe == "alarm":
-                    self.raise_alarm(reason)
+                    self.raise_alarm(reason, NOT_REJECTED_PULSE if report.kind == "missed" else UNCONFIRMED,
+                                     () if report.seq is None else (report.seq,))
+                    self._pulses_alarmed.add(report.sink)
                 self._update()
         elif report.kind == "link_down":
             self._link_fault(report.sink)
@@ -154,26 +183,28 @@ class GateAlarms:
             self._counters.add("sink_late_writes")
 
     # -- alarms and their journal -----------------------------------------------------------------------
-    def raise_alarm(self, reason: str) -> None:
+    def raise_alarm(self, reason: str, fate: str = "", seqs: tuple[int, ...] = ()) -> None:
         """Log the alarm and latch it (``latch``)."""
         self.log_alarm(reason)
-        self.latch(reason)
+        self.latch(reason, fate, seqs)
 
     def log_alarm(self, line: str | None) -> None:
         """The journal's line for an alarm (None: nothing to log now, e.g. a gap_missed part gathered)."""
         if line is not None:
             self._log.error("reject alarm: %s", line)
 
-    def latch(self, reason: str) -> None:
-        """Count the alarm and latch it on the fault output (until ``acknowledge``), without logging it."""
+    def latch(self, reason: str, fate: str = "", seqs: tuple[int, ...] = ()) -> None:
+        """Count the alarm and latch it on the fault output beside those latched already (until ``acknowledge``),
+        without logging it. fate: what became of the parts ``seqs`` it names (a ``line.latched_alarms`` label; "":
+        named by ``reason`` alone)."""
         self._counters.add("alarms")
         with self._lock:
-            self._alarm = reason
+            self._latched.add(reason, fate, seqs)
             self._update()
 
     def gap_missed(self, seq: int) -> None:
         """Part ``seq`` was decided ``gap_missed``: the alarm latches, its journal line is grouped (``GapMissLog``)."""
-        self.latch(f"part seq {seq} not rejected: {GAP_MISSED_WHY}")
+        self.latch(f"part seq {seq} not rejected: {GAP_MISSED_WHY}", NOT_REJECTED_GAP, (seq,))
         self.log_alarm(self._gap_log.note(seq))
 
     def uninspected(self, seq: int, why: str) -> None:

@@ -18,11 +18,14 @@ SEQS_NAMED = 20     # sequence numbers an alarm or log line names at most (the r
 LATE_LOG_S = 10.0   # a camera's grouped lines (late views, duplicate views, late frames): one per this many seconds
 
 
-def seq_list(seqs: list[int], most: int = SEQS_NAMED) -> str:
+def seq_list(seqs: list[int], most: int = SEQS_NAMED, total: int | None = None) -> str:
     """'3, 4, 5' for an alarm or log line: at most ``most`` sequence numbers, then how many more (an alarm for a
-    belt of 258 lost parts named all of them in the fault output's reason and on MQTT)."""
-    named = ", ".join(map(str, seqs[:most]))
-    return named if len(seqs) <= most else f"{named} and {len(seqs) - most} more (all in gate.jsonl)"
+    belt of 258 lost parts named all of them in the fault output's reason and on MQTT). total: how many there are
+    when ``seqs`` holds only the first of them (None: ``len(seqs)``)."""
+    shown = seqs[:most]
+    more = (len(seqs) if total is None else total) - len(shown)
+    named = ", ".join(map(str, shown))
+    return named if more <= 0 else f"{named} and {more} more (all in gate.jsonl)"
 
 
 def log_lines(log: logging.Logger, lines: Iterable[str | None]) -> None:

@@ -45,7 +45,9 @@ unknown parts stop there), and their gate rows carry ``"reason"``. While the enc
 that reason, checked every ``encoder_poll_ms``; it drops when the link is back (no alarm latched by it).
 
 Sink failures and the fault output (what holds it on, until when) are ``line.gate_alarms``'s (``GateAlarms``),
-as are the alarm journal's grouped lines (``GapMissLog``, ``UninspectedLog``).
+as are the latched alarms (each alarm latches beside those before it, all named in one text until the operator
+acknowledges: ``line.latched_alarms``), what an acknowledgement clears (``to_acknowledge``) and the alarm journal's
+grouped lines (``GapMissLog``, ``UninspectedLog``).
 
 More than ``max_pending`` parts between camera and gate: the new part is refused, counted, and alarmed.
 
@@ -77,6 +79,7 @@ from . import encoder_source
 from .encoder_source import EncoderSource
 from .events import RejectEvent
 from .gate_alarms import GateAlarms
+from .latched_alarms import NOT_REJECTED_LATE, NOT_REJECTED_LOST, PASSED_UNINSPECTED, REFUSED
 from .gate_sinks import GateSinks, slot_span_s
 from .grouped_log import seq_list
 from .settings import RejectSettings
@@ -215,7 +218,7 @@ class RejectScheduler:
         if refused:
             self._counters.add("refused")
             self._raise_alarm(f"part seq {seq} refused: {self.settings.max_pending} parts already "
-                              f"between camera and gate (reject.max_pending)")
+                              f"between camera and gate (reject.max_pending)", REFUSED, (seq,))
         else:
             self._counters.add("captured")
         return count
@@ -264,14 +267,15 @@ class RejectScheduler:
         if refused:
             self._counters.add("refused")
             self._raise_alarm(f"reject seq {verdict.seq} refused: {self.settings.max_pending} parts "
-                              f"already between camera and gate (reject.max_pending)")
+                              f"already between camera and gate (reject.max_pending)", REFUSED, (verdict.seq,))
             return REFUSED
         if decided is None and not (verdict.ng or uninspected):
             return OK   # a good part nobody noted: nothing to do at the gate
         self._counters.add("late_verdicts")
         if decided is None:
             what = "uninspected (verdict error)" if uninspected else "NG"
-            self._raise_alarm(f"{what} part seq {verdict.seq}: verdict came after the part passed the gate")
+            self._raise_alarm(f"{what} part seq {verdict.seq}: verdict came after the part passed the gate",
+                              NOT_REJECTED_LATE, (verdict.seq,))
         else:
             log.warning("verdict for seq %d came after its part was decided (%s); not fired",
                         verdict.seq, decided)
@@ -299,18 +303,25 @@ class RejectScheduler:
         self._alarms.station_fault(active, reason)
 
     def acknowledge_alarm(self, seen: str | None = None) -> str | None:
-        """Operator reset of a latched alarm (part passed uninspected, refused, gap missed, sink miss).
-        It also clears the missed / unconfirmed pulse fault of each sink whose link is up (a refused
-        write, a pulse dequeued late: the sink works); a sink still down keeps its fault until it
-        reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
-        keeps its fault until it reconnects. Returns the alarm it cleared (None: none was latched), read and
-        cleared at once: an alarm raised meanwhile is the one returned, never cleared unnamed. seen: the alarm
-        the operator was shown (None: whatever is latched); ConfigError, nothing cleared, when another is latched."""
+        """Operator reset of what ``to_acknowledge`` names: every alarm latched since the last reset (parts passed
+        uninspected, refused, gap missed, sink misses) and the missed / unconfirmed pulse fault of each sink whose
+        link is up (a refused write, a pulse dequeued late: the sink works); a sink still down keeps its fault until
+        it reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
+        keeps its fault until it reconnects. Returns the text it cleared (None: nothing was there), read and
+        cleared at once. seen: the text the operator was shown (None: whatever is there); ConfigError, nothing
+        cleared, when it is another now (an alarm latched or a pulse missed since): never cleared unseen."""
         return self._alarms.acknowledge(seen, self._outputs.link_up)
 
     @property
     def alarm(self) -> str | None:
+        """Every alarm latched since the last acknowledgement, in one text (``line.latched_alarms``), or None."""
         return self._alarms.alarm
+
+    @property
+    def to_acknowledge(self) -> str | None:
+        """What an acknowledgement clears now, the text the operator is shown (the console's alarm): the latched
+        alarms, then each pulse fault of a sink whose link is up that they do not name ("; "); None: nothing."""
+        return self._alarms.to_acknowledge(self._outputs.link_up)
 
     @property
     def fault_reason(self) -> str | None:
@@ -554,7 +565,8 @@ class RejectScheduler:
             pass   # no pulse: the gate does not know where the part is (alarmed for the batch by _alarm_lost)
         elif outcome == "passed_uninspected":
             why = f" (verdict error: {part.error})" if part.error else ""
-            self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)")
+            self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)",
+                               PASSED_UNINSPECTED, (part.seq,))
             self._note_uninspected(part)
         elif outcome == "gap_missed":
             self._alarms.gap_missed(part.seq)
@@ -629,13 +641,14 @@ class RejectScheduler:
             by_reason.setdefault(part.unseen, []).append(part.seq)
         whats = [f"part{'s' if len(seqs) > 1 else ''} seq {seq_list(seqs)}: {reason}" for reason, seqs in by_reason.items()]
         self._raise_alarm(f"not rejected, position unknown at the gate (position_lost; no pulse, it could hit "
-                          f"another part): {'; '.join(whats)}")
+                          f"another part): {'; '.join(whats)}", NOT_REJECTED_LOST, tuple(part.seq for part in parts))
 
     # -- fault output -----------------------------------------------------------------------------
     def _check_encoder_fault(self) -> None:
         """Hold the fault output while the encoder says its count is held (link down); drop it when back."""
         self._alarms.encoder_fault(encoder_source.fault_reason(self._encoder))
 
-    def _raise_alarm(self, reason: str) -> None:
-        """Log the alarm and latch it (``GateAlarms.raise_alarm``)."""
-        self._alarms.raise_alarm(reason)
+    def _raise_alarm(self, reason: str, fate: str = "", seqs: tuple[int, ...] = ()) -> None:
+        """Log the alarm and latch it beside those latched already (``GateAlarms.raise_alarm``): fate, what became
+        of the parts ``seqs`` it names (a ``line.latched_alarms`` label)."""
+        self._alarms.raise_alarm(reason, fate, seqs)
