@@ -31,6 +31,18 @@ def corner_roi(tmp_path) -> Path:
     return path
 
 
+def rounded(value):
+    """``value`` (a report's rows) with every float to 4 decimals: two runs of one graph score the same image a
+    few 1e-7 apart where ONNX Runtime's threads split a reduction differently (seen on a loaded AVX-512 machine)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
 def write(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
@@ -61,7 +73,7 @@ def test_a_cell_file_is_checked_with_the_named_cameras_roi_threshold_and_regions
     assert reports["side"]["threshold"] == 0.01 and reports["top"]["threshold"] == 0.9
     for camera in ("side", "top"):
         mine, alone = reports[camera], reports[f"as_{camera}"]
-        assert mine["rows"] == alone["rows"] and mine["fired"] == alone["fired"], camera
+        assert rounded(mine["rows"]) == rounded(alone["rows"]) and mine["fired"] == alone["fired"], camera
     assert set(reports["side"]["fired"]) <= {"default/min_area_px"}
     assert "default/min_area_mm2" in reports["top"]["fired"]
     assert reports["side"]["rows"] != reports["top"]["rows"]   # the ROI, threshold and rules made a difference
