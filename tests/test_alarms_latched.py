@@ -274,3 +274,35 @@ def test_a_missed_pulse_with_fail_safe_alarm_is_named_once(tmp_path, link_up_at_
         r = client.post("/api/acknowledge_alarm", json={"who": "bob", "alarm": "plc missed reject seq 4"})
         assert r.status_code == 200 and gate.fault_reason is None, r.text
         assert audited(console) == [("ann", "plc missed reject seq 4"), ("bob", "plc missed reject seq 4")]
+
+
+def test_every_missed_pulse_of_a_sink_stays_named_until_the_acknowledgement():
+    """Review of eca8201: a sink's pulse fault held its latest miss only: NG part 7's missed pulse, then part 8's
+    unconfirmed one and part 9's miss showed and audited "plc missed reject seq 9" alone (``fail_safe: reject``
+    latches no alarm for them), and parts 7 and 8 shipped unnamed. Each miss is kept until the acknowledgement."""
+    with RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=_LinkSink("plc"),
+                         fault_sinks=RecordingSink("fault")) as gate:
+        for kind, seq in (("missed", 7), ("unconfirmed", 8), ("missed", 9)):
+            gate.handle_report(SinkReport("plc", kind, seq, "device refused"))
+        shown = gate.to_acknowledge
+        assert shown.startswith("3 pulse faults of plc since the last acknowledgement, parts seq 7 .. 9"), shown
+        assert "not rejected (reject pulse missed): 2 parts, seq 7, 9" in shown and "unconfirmed: seq 8" in shown
+        assert gate.fault_reason == shown and gate.alarm is None
+        assert gate.acknowledge_alarm(shown) == shown and gate.fault_reason is None
+        gate.handle_report(SinkReport("plc", "missed", 10, "device refused"))   # a new spell: as raised
+        assert gate.to_acknowledge == "plc missed reject seq 10"
+
+
+def test_a_sink_whose_link_is_down_is_not_offered_while_its_socket_reconnects():
+    """Review of eca8201: a sink counted as up when its socket was connected, before any write was answered (a
+    gateway that accepts TCP and answers nothing): its miss flickered onto the page after each reconnect attempt and
+    an acknowledgement then cleared it while the link was still down. Down until it reports ``reconnected``."""
+    sink = _LinkSink("plc", connected=True)   # the socket is connected again
+    with RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=sink,
+                         fault_sinks=RecordingSink("fault")) as gate:
+        gate.handle_report(SinkReport("plc", "unconfirmed", 7, "no reply"))
+        gate.handle_report(SinkReport("plc", "link_down", None, "no reply"))
+        assert gate.to_acknowledge is None and gate.acknowledge_alarm() is None
+        assert "reject seq 7 unconfirmed" in gate.fault_reason
+        gate.handle_report(SinkReport("plc", "reconnected", None, "answered"))
+        assert gate.fault_reason is None and gate.to_acknowledge is None

@@ -241,3 +241,40 @@ def test_a_fault_set_while_a_probe_is_answered_is_no_overwrite(caplog):
         assert sink.stats()["overwritten"] == 0 and not overwritten_lines(caplog), (sink.stats(), coil.sets)
     finally:
         sink.close()
+
+
+def test_a_fault_cleared_while_its_on_level_is_written_is_written_off():
+    """Review of 4ce6ae0: ``_wrote`` checked that the level written was still wanted, then marked it written, while
+    ``set_fault`` stored a new level on the gate's thread: a fault cleared between the two was marked written and
+    the coil stayed on for good (an off level is never compared by the read back). The interleaving is forced with
+    a tracer on the sink's thread: at the mark, another thread clears the fault (given up to 0.5 s to get in)."""
+    clearing: list[threading.Thread] = []
+    forced = threading.Event()   # the clear was started at the mark
+    sink: WorkerSink | None = None
+
+    def line(frame, event, arg):
+        if (event == "line" and not clearing and frame.f_locals.get("on") is True
+                and "self._level_dirty = False" in linecache.getline(frame.f_code.co_filename, frame.f_lineno)):
+            clear = threading.Thread(target=sink.set_fault, args=(False, "cleared"))
+            clearing.append(clear)
+            clear.start()
+            clear.join(0.5)   # the gate's clear lands here (or waits for the sink's step to end)
+            forced.set()
+        return line
+
+    def tracer(frame, event, arg):
+        return line if event == "call" and frame.f_code is WorkerSink._wrote.__code__ else None
+
+    coil = SharedCoil()
+    threading.settrace(tracer)
+    try:
+        sink = WorkerSink("fault coil", coil, pulse_ms=50.0, **FAST)
+        assert coil.wait(lambda c: c.sets == [False])
+        sink.set_fault(True, "alarm latched")
+        assert forced.wait(WAIT_S)
+        clearing[0].join(WAIT_S)
+        assert coil.wait(lambda c: c.sets[-1] is False and c.value is False), coil.sets
+    finally:
+        threading.settrace(None)
+        if sink is not None:
+            sink.close()

@@ -72,6 +72,7 @@ class GateAlarms:
         self._sink_faults: dict[tuple[str, str], str] = {}   # (sink name, PULSE/STUCK/LINK_FAULT) -> reason
         self._latched = LatchedAlarms()   # every alarm since the last acknowledgement
         self._pulses_alarmed: set[str] = set()   # sinks whose pulse fault the latched alarms name (fail_safe: alarm)
+        self._pulse_faults: dict[str, LatchedAlarms] = {}   # sink -> its missed / unconfirmed pulses, each one kept
         self._encoder_fault: str | None = None   # the encoder's link is down (count held), polled
         self._shown = False
         self._gap_log = GapMissLog()   # groups the journal lines of gap_missed parts
@@ -138,13 +139,16 @@ class GateAlarms:
             self._pulses_alarmed.clear()
             for key in pulses:
                 del self._sink_faults[key]
+                self._pulse_faults.pop(key[0], None)
             self._update()
         return cleared
 
     def _acknowledgeable(self, link_up: SinkLinkUp) -> tuple[list[tuple[str, str]], str | None]:
         """(under self._lock) The pulse faults an acknowledgement clears now (their ``_sink_faults`` keys: each sink
-        whose link is up) and the text it clears (``to_acknowledge``)."""
-        pulses = [key for key in self._sink_faults if key[1] == PULSE_FAULT and link_up(key[0])]
+        whose link is up, ``link_up``, and that holds no link fault: a socket connected again is no sink that works
+        again until it reports ``reconnected``) and the text it clears (``to_acknowledge``)."""
+        pulses = [key for key in self._sink_faults if key[1] == PULSE_FAULT and link_up(key[0])
+                  and (key[0], LINK_FAULT) not in self._sink_faults]
         unnamed = [self._sink_faults[key] for key in pulses if key[0] not in self._pulses_alarmed]
         return pulses, "; ".join(t for t in (self._latched.text(), *unnamed) if t) or None
 
@@ -156,11 +160,14 @@ class GateAlarms:
             reason = (f"{report.sink} missed reject seq {report.seq}" if report.kind == "missed" else
                       f"{report.sink}: reject seq {report.seq} unconfirmed (written, no reply by its "
                       f"deadline; the PLC may or may not have rejected it)")
-            with self._lock:
-                self._sink_faults[(report.sink, PULSE_FAULT)] = reason
+            fate = NOT_REJECTED_PULSE if report.kind == "missed" else UNCONFIRMED
+            seqs = () if report.seq is None else (report.seq,)
+            with self._lock:   # each miss kept (the next one wrote over it: its NG part was never shown)
+                pulses = self._pulse_faults.setdefault(report.sink, LatchedAlarms(f"pulse faults of {report.sink}"))
+                pulses.add(reason, fate, seqs)
+                self._sink_faults[(report.sink, PULSE_FAULT)] = pulses.text() or reason
                 if self.fail_safe == "alarm":
-                    self.raise_alarm(reason, NOT_REJECTED_PULSE if report.kind == "missed" else UNCONFIRMED,
-                                     () if report.seq is None else (report.seq,))
+                    self.raise_alarm(reason, fate, seqs)
                     self._pulses_alarmed.add(report.sink)
                 self._update()
         elif report.kind == "link_down":
@@ -252,6 +259,8 @@ class GateAlarms:
     def _clear_sink_fault(self, sink: str, cause: str) -> None:
         """``sink`` recovered from ``cause``: drop its entry (other sinks' entries stay)."""
         with self._lock:
+            if cause == PULSE_FAULT:
+                self._pulse_faults.pop(sink, None)
             if self._sink_faults.pop((sink, cause), None) is not None:
                 self._log.warning("reject sink %s: %s fault cleared", sink, cause)   # at the level it was raised at
                 self._update()

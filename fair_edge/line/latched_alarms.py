@@ -46,10 +46,12 @@ class _Parts:
 
 class LatchedAlarms:
     """The alarms latched since the last acknowledgement (see the module doc). ``add`` one, ``text`` names them
-    all; a new one stands for none latched (the acknowledgement starts one). Not thread-safe: its owner
+    all; a new one stands for none latched (the acknowledgement starts one). ``what``: what several are called in
+    the text ("alarms"; a sink's missed pulses: "pulse faults of plc"). Not thread-safe: its owner
     (``gate_alarms.GateAlarms``) holds its lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "alarms") -> None:
+        self.what = what
         self.count = 0                          # alarms latched
         self._first = self._latest = ""         # their texts as raised
         self._parts: dict[str, _Parts] = {}     # fate -> its parts, in the order the fates first latched
@@ -74,5 +76,5 @@ class LatchedAlarms:
             return self._latest or None
         span = f", parts seq {self._span[0]} .. {self._span[1]}" if self._span is not None else ""
         groups = "".join(f"; {parts.text(fate)}" for fate, parts in self._parts.items())
-        return (f"{self.count} alarms since the last acknowledgement{span}{groups}; first: {self._first}; "
+        return (f"{self.count} {self.what} since the last acknowledgement{span}{groups}; first: {self._first}; "
                 f"latest: {self._latest}")

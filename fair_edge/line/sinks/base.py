@@ -562,10 +562,12 @@ class WorkerSink:
 
     def _wrote(self, on: bool, seq: int | None) -> None:
         """A write of ``on`` succeeded: the resting level is confirmed when ``on`` is it, and a
-        ``stuck`` output is ``released``."""
-        if on != self._level:
-            return
-        self._level_dirty = False
+        ``stuck`` output is ``released``. The check and the flag are one step under ``_level_lock``: a
+        ``set_fault`` of another level between them (a fault cleared while its "on" was written) stays pending."""
+        with self._level_lock:
+            if on != self._level:
+                return
+            self._level_dirty = False
         if self._stuck:
             self._stuck = False
             self._emit("released", seq, f"output back at its resting level ({'on' if on else 'off'})")
