@@ -1,6 +1,6 @@
 """One process at a time per folder: an exclusive ``flock`` on a lock file in the folder a run writes.
 
-A station (``OUTPUT/.station.lock``, ``station.run.station_lock``) and a training run (``OUT/.train.lock``,
+A station (``OUTPUT/.station.lock``, ``station.locks.station_lock``) and a training run (``OUT/.train.lock``,
 ``training.runs.hold_run_lock``) hold one for as long as they run, taken before they open or write anything, so
 a second process started on the same folder is refused naming the first one's pid instead of pulsing the same
 PLC output or writing the same files. The lock file holds the holder's pid, what it runs and, when it runs as a

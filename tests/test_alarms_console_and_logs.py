@@ -234,7 +234,7 @@ def test_the_fault_pill_shows_a_reject_plc_link_down_as_mqtt_and_status_do(stati
 def test_the_fault_pill_names_a_handshake_error(tmp_path):
     """The handshake's Error 10 (a result not acknowledged) holds the PLC's Error register: the pill names it as
     STATUS does."""
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     line = LineSide(recorder=None, scheduler=None, encoder=None, mqtt=None, callbacks=[],
                     handshake=SimpleNamespace(error_code=10))

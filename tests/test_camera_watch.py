@@ -8,7 +8,7 @@ import numpy as np
 from fair_edge.cameras import CaptureSettings, CaptureThread, LineSource
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
-from fair_edge.station.run import CameraWatch
+from fair_edge.station.camera import CameraWatch
 
 
 class RecordingSink:

@@ -32,7 +32,7 @@ from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
 from fair_edge.station.inspector import Inspector
-from fair_edge.station.run import CameraWatch, camera_fault
+from fair_edge.station.camera import CameraWatch, camera_fault
 from fair_edge.tiling import TilingConfig
 from line_replay import RecordingSink
 from test_inspector_nan_verdict import ValueScorer, tiled_scorer
@@ -175,7 +175,7 @@ def test_a_cell_whose_camera_gives_a_frame_with_no_array_runs_on(bundle, tmp_pat
 
 # ----------------------------------------------------------------------------- 2. the live reason names the cause
 def test_a_reconnecting_cameras_fault_reason_names_the_outage_cause():
-    from fair_edge.station.run import CAUSE_CHARS
+    from fair_edge.station.camera import CAUSE_CHARS
 
     cause = "top: frame must be a uint8 numpy array (H, W, 3) BGR or (H, W) gray; found uint16. Set the camera ..."
     stats = CaptureStats(state=CaptureState.RECONNECTING, outage_cause=cause)

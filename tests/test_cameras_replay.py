@@ -131,7 +131,7 @@ def test_a_looping_folder_whose_images_all_became_unreadable_is_a_camera_fault(t
     import shutil
 
     from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread
-    from fair_edge.station.run import camera_fault
+    from fair_edge.station.camera import camera_fault
 
     folder = _write_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
     with FolderReplaySource(folder, loop=True) as src:

@@ -237,7 +237,7 @@ def test_the_console_marks_the_ng_view_that_decided_the_part(tmp_path):
 def test_a_dropped_views_row_names_its_part_like_an_inspected_ones(tmp_path):
     """A frame the capture queue dropped: its verdict-log row and its MQTT row carry the part id it belongs to."""
     from fair_edge.line.recorder import Recorder
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     published = []
     mqtt = SimpleNamespace(publish_row=published.append, publish_part=lambda row: None)

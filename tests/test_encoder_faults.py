@@ -353,7 +353,7 @@ def test_the_encoders_own_counters_reach_the_summary_and_metrics(tmp_path, monke
     Now ``rejects.encoder`` and ``fair_edge_encoder_total{event=...}`` carry them."""
     pytest.importorskip("prometheus_client")
     from fair_edge.station.config import StationConfig
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     counter = ScriptedCounter(0xFFFF_FF00)
     monkeypatch.setitem(encoder_links.ENCODER_SCHEMES, "modbus", lambda url: PolledEncoder(counter, 32, 0.001))

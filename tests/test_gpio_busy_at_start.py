@@ -1,5 +1,5 @@
 """A GPIO reject or fault output whose line another process holds (a second station, a leftover script), or whose
-chip cannot be opened, refuses `fair-edge run` before the model loads (``station.run.probe_gpio_lines``: the line
+chip cannot be opened, refuses `fair-edge run` before the model loads (``station.locks.probe_gpio_lines``: the line
 requested and released under the station's lock), not minutes later when the sinks open after a TensorRT engine
 loaded. The model loaders are spies that fail the test if called; the libgpiod and Jetson.GPIO stand-ins are
 test_gpio_outputs.py's (the errors the real bindings raise)."""

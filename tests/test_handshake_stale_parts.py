@@ -252,7 +252,7 @@ def test_ready_drops_before_capture_stops_and_a_trigger_then_is_answered_at_once
     part it triggers anyway is answered 3 at once, never handed to a camera that is stopping. Before, capture stopped
     first with Ready still 1; a camera took the part and its frame was discarded."""
     from fair_edge.station.inspector import Inspector
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     clock = FakeClock()
     hs, plc = running_handshake(clock)

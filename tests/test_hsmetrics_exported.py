@@ -106,7 +106,7 @@ def test_a_stations_handshake_counters_are_on_metrics_and_in_the_live_table_as_t
     reconnect that withdraws the result up and finds a trigger set during the outage (stale, answered 3), then a link
     failure. After each, the scrape holds exactly ``Handshake.stats()`` (the numbers summary.json gets) and the
     live table shows them."""
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     clock = FakeClock()
     opened = scripted_handshakes(monkeypatch, clock)

@@ -25,7 +25,8 @@ from fair_edge.records import Verdict
 from fair_edge.station.cell import CellLine, finish_cell
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import RunSummary
-from fair_edge.station.run import LineSide, write_summary
+from fair_edge.station.line_side import LineSide
+from fair_edge.station.run import write_summary
 from fair_edge.station.views import GroupSettings, ViewSettings
 from line_replay import RecordingSink
 

@@ -83,7 +83,7 @@ def test_a_verdict_on_mqtt_carries_its_regions_rules_and_what_the_gate_did(tmp_p
     from fair_edge.line.settings import RecordSettings
     from fair_edge.records import Frame, RuleHit, Verdict
     from fair_edge.regions import Region
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     class LateGate:  # the reject scheduler's answer for a verdict after its part's due time
         def submit(self, verdict):
@@ -317,7 +317,7 @@ def test_a_fresh_station_replaces_a_fault_an_earlier_one_left_retained(tmp_path)
 
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.settings import RecordSettings
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     broker = MosquittoBroker(tmp_path).start()
     try:

@@ -384,7 +384,7 @@ def test_the_run_summary_gets_the_recorder_counters_from_after_its_close(tmp_pat
     at its close, the rest of the queue) were in verdicts.jsonl / gate.jsonl but not in summary.json."""
     from fair_edge.station.config import StationConfig
     from fair_edge.station.inspector import RunSummary
-    from fair_edge.station.run import LineSide, finish_line
+    from fair_edge.station.line_side import LineSide, finish_line
 
     summary = RunSummary()
     with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as rec:

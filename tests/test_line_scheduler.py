@@ -500,7 +500,7 @@ def test_the_run_summary_and_gate_log_show_the_abandoned_parts(tmp_path):
     from fair_edge.line.settings import RecordSettings
     from fair_edge.station.config import StationConfig
     from fair_edge.station.inspector import RunSummary
-    from fair_edge.station.run import LineSide, finish_line
+    from fair_edge.station.line_side import LineSide, finish_line
 
     cfg = StationConfig(reject=RejectSettings(sinks=("log://test.abandon",), delay_ms=1.0))   # the stop waits ~1 s
     with Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0)) as recorder:

@@ -207,7 +207,7 @@ def test_a_handshake_stations_drift_fault_is_published_as_the_plc_sees_it(tmp_pa
     from fair_edge.line.handshake.engine import Handshake
     from fair_edge.line.recorder import Recorder
     from fair_edge.station.faults import FaultBoard
-    from fair_edge.station.run import LineSide
+    from fair_edge.station.line_side import LineSide
 
     plc, clock, mqtt = ScriptedPlc(), FakeClock(), RecordingPublisher()
     hs = Handshake(HandshakeSettings(url="modbus://127.0.0.1:1", poll_ms=5, ack_timeout_ms=50), plc, clock=clock)

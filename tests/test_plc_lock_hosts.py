@@ -41,8 +41,8 @@ def first_station(url: str):
 
 
 def second_station(url: str):
-    """The second station's hold on the sink ``url``'s PLC output (refused as ``station.run`` refuses it)."""
-    from fair_edge.station.run import plc_busy
+    """The second station's hold on the sink ``url``'s PLC output (refused as ``station.locks`` refuses it)."""
+    from fair_edge.station.locks import plc_busy
 
     return hold_plc_outputs(sink_outputs("reject.sinks", [url]), "fair-edge run --station /etc/B.yaml", plc_busy)
 

@@ -38,7 +38,7 @@ import json, sys
 from pathlib import Path
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station.config import StationConfig
-from fair_edge.station.run import station_lock
+from fair_edge.station.locks import station_lock
 out, reject = Path(sys.argv[1]), json.loads(sys.argv[2])
 cfg = StationConfig(output=out, record=RecordSettings(dir=out), reject=RejectSettings.from_dict(reject),
                     source_file=out.parent / "stationA.yaml")
@@ -98,7 +98,7 @@ class Opened:
 def test_a_station_refused_for_its_metrics_port_opens_no_handshake(tmp_path, monkeypatch):
     """The audit's hs_repro: the port is taken (by the running station's metrics); the refusal comes before the
     handshake link, the sinks or the verdict log are opened, so nothing is written to the PLC."""
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     opened = Opened(monkeypatch)
     with socket.socket() as taken:
@@ -172,7 +172,7 @@ def test_a_running_station_puts_its_ready_back_after_another_process_clears_it()
 def test_a_second_station_on_the_same_handshake_is_refused_naming_the_address_and_the_pid(tmp_path, monkeypatch):
     """The audit's hs_both: own output folders and metrics ports, one handshake URL. The second station is refused
     before it opens anything, naming the register, the running station's pid and station file, and the setting."""
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     opened = Opened(monkeypatch)
     with station_a_running(tmp_path / "A", STATION_A) as pid:
@@ -191,7 +191,7 @@ def test_a_second_station_on_the_same_fault_coil_is_refused_before_its_resting_l
                                                                                                    monkeypatch):
     """A copy of a station file with a new --out and the same Modbus fault coil: refused naming the coil and
     ``reject.fault_sinks[0]``; its fault sink never opened, so it never wrote the coil's resting OFF."""
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     opened = Opened(monkeypatch)
     reject_b = {"sinks": ["modbus://127.0.0.1:15020?unit=1&coil=5"],
@@ -208,7 +208,7 @@ def test_stations_on_other_addresses_of_one_plc_and_on_log_sinks_both_run(tmp_pa
     """Other coils and another handshake block of the same PLC, and log:// sinks both stations name: no refusal.
     Each holds one lock per address (10 handshake registers, 2 sink outputs each) and lets them go when it stops."""
     from fair_edge.line.handshake.settings import ModbusSignals
-    from fair_edge.station.run import station_lock
+    from fair_edge.station.locks import station_lock
 
     other_block = {f: a + 20 for f, a in vars(ModbusSignals()).items() if a is not None}
     reject_b = {"handshake": {"url": HANDSHAKE_URL, "modbus": other_block},

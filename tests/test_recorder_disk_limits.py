@@ -284,7 +284,7 @@ def test_the_close_cap_fits_the_service_stop_timeout():
     from fair_edge.line.sinks.base import CLOSE_DRAIN_S
     from fair_edge.station.service_unit import STOP_MARGIN_S
 
-    finish_line_rows_s = 1.0   # station/run.py finish_line: flush(timeout=1.0) after stop_images
+    finish_line_rows_s = 1.0   # station/line_side.py finish_line: flush(timeout=1.0) after stop_images
     assert recmod.CLOSE_IMAGES_S + finish_line_rows_s + recmod.CLOSE_ROWS_MAX_S + CLOSE_DRAIN_S < STOP_MARGIN_S
 
 

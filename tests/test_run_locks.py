@@ -105,7 +105,7 @@ def test_a_station_on_an_output_folder_another_holds_is_refused_before_any_sink_
 def test_a_station_of_several_cameras_takes_the_lock_before_its_line_side_opens(tmp_path, monkeypatch):
     """A station of several cameras opens its line side through ``open_line_side`` too: refused there before the
     recorder or a sink opens."""
-    from fair_edge.station.run import open_line_side
+    from fair_edge.station.line_side import open_line_side
 
     sinks = Sinks(monkeypatch)
     out = tmp_path / "out"
@@ -120,7 +120,7 @@ def test_a_station_of_several_cameras_takes_the_lock_before_its_line_side_opens(
 def test_a_station_sharing_another_ones_verdict_log_folder_is_told_to_move_record_dir(tmp_path):
     """Two stations with their own outputs but one record.dir: the refusal names the verdict-log folder and
     record.dir, not `output:` (moving the output would not help)."""
-    from fair_edge.station.run import station_lock
+    from fair_edge.station.locks import station_lock
 
     shared = tmp_path / "shared-log"
     cfg = StationConfig(output=tmp_path / "b", record=RecordSettings(dir=shared), console=ConsoleSettings(enabled=False))

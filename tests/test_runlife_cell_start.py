@@ -16,7 +16,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station import cell as station_cell
 from fair_edge.station.config import StationConfig, view_config
-from fair_edge.station.run import check_loop
+from fair_edge.station.camera import check_loop
 from fair_edge.station.views import GroupSettings, ViewSettings
 
 LIVE = "rtsp://admin:secret@127.0.0.1:1/x"   # never opened: the refusal comes first

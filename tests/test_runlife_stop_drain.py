@@ -17,7 +17,7 @@ from fair_edge.line.sinks.base import WorkerSink
 from fair_edge.records import Verdict
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import RunSummary
-from fair_edge.station.run import LineSide, finish_line, stop_wait_s
+from fair_edge.station.line_side import LineSide, finish_line, stop_wait_s
 from fair_edge.station.views import GroupSettings, ViewSettings
 from line_replay import RecordingSink
 from test_line_sink_close import RecordingOutput

@@ -23,7 +23,7 @@ from fair_edge.line.jsonl import RotatingJsonl
 from fair_edge.line.recorder import Recorder
 from fair_edge.line.settings import RecordSettings
 from fair_edge.records import Frame, Verdict
-from fair_edge.station import run as station_run
+from fair_edge.station import locks as station_locks
 from fair_edge.station.config import StationConfig
 
 VICTIM_TEXT = "victim config line\n"
@@ -51,7 +51,7 @@ def test_the_station_refuses_to_start_with_a_link_in_the_place_of_what_it_writes
     (out / name).symlink_to(target)
     cfg = StationConfig(output=out, record=RecordSettings(dir=out))
     with pytest.raises(ConfigError) as caught:
-        with station_run.station_lock(cfg):
+        with station_locks.station_lock(cfg):
             pytest.fail("the station started with a link in its output folder")
     text = str(caught.value)
     assert f"{out / name} leads to {target}" in text and f"rm {out / name}" in text, text
@@ -66,7 +66,7 @@ def test_a_record_dir_elsewhere_is_checked_too_and_every_link_is_named(tmp_path)
     (out / "reviews.jsonl").symlink_to(Path("..") / "victim" / "victim.conf")   # relative: both forms named
     cfg = StationConfig(output=out, record=RecordSettings(dir=rec))
     with pytest.raises(ConfigError, match="found 2 symbolic link") as caught:
-        station_run.refuse_linked_outputs(cfg)
+        station_locks.refuse_linked_outputs(cfg)
     text = str(caught.value)
     assert f"{rec / 'ng'} leads to {target.parent}" in text, text
     assert f"{out / 'reviews.jsonl'} leads to ../victim/victim.conf ({target})" in text, text
@@ -78,8 +78,8 @@ def test_plain_files_and_folders_of_an_earlier_run_start_as_before(tmp_path):
     (out / "verdicts.jsonl").write_text("{}\n")
     (out / "elsewhere_link").symlink_to(tmp_path)   # a link the station does not write through is no concern
     cfg = StationConfig(output=out, record=RecordSettings(dir=out))
-    with station_run.station_lock(cfg):
-        assert (out / station_run.STATION_LOCK).is_file()
+    with station_locks.station_lock(cfg):
+        assert (out / station_locks.STATION_LOCK).is_file()
 
 
 def test_fair_edge_run_exits_2_naming_the_links_and_writes_nothing_through_them(tmp_path):
@@ -175,6 +175,6 @@ def test_the_names_checked_are_all_the_recorder_writes(tmp_path):
         assert rec.flush()
     written = {p.name for p in tmp_path.iterdir()}
     assert written == {"verdicts.jsonl", "gate.jsonl", "ng"}, written
-    assert written <= set(station_run.RECORD_WRITES)
-    assert set(station_run.OUTPUT_WRITES + station_run.RECORD_WRITES) == set(WRITTEN)
+    assert written <= set(station_locks.RECORD_WRITES)
+    assert set(station_locks.OUTPUT_WRITES + station_locks.RECORD_WRITES) == set(WRITTEN)
     assert all(json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines())

@@ -146,7 +146,7 @@ def test_summary_json_takes_the_mqtt_counters_after_the_publisher_flushed_at_clo
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.settings import RecordSettings
     from fair_edge.station.inspector import RunSummary
-    from fair_edge.station.run import LineSide, publish_summary
+    from fair_edge.station.line_side import LineSide, publish_summary
 
     summary = RunSummary()
     with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, save_ng_images=False), run_id="R") as recorder:

@@ -298,7 +298,8 @@ def test_the_running_status_names_the_log_rows_a_full_disk_kept_out():
     recorder could not write, from the recorder's live counters."""
     from types import SimpleNamespace
 
-    from fair_edge.station.run import LineSide, station_tick
+    from fair_edge.station.line_side import LineSide
+    from fair_edge.station.run import station_tick
 
     counts = {"rows_failed": 0, "dropped": 0, "lost_at_close": 0}
     recorder = SimpleNamespace(stats=lambda: dict(counts))
@@ -325,7 +326,8 @@ def test_status_shows_the_fault_output_reason_at_once_and_when_it_changes():
     docs/jetson.md promises the status 'every 5 s, or on a fault'."""
     from types import SimpleNamespace
 
-    from fair_edge.station.run import LineSide, station_tick
+    from fair_edge.station.line_side import LineSide
+    from fair_edge.station.run import station_tick
 
     class Gate:   # the reject scheduler as the tick sees it
         fault_reason = None

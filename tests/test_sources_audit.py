@@ -233,6 +233,7 @@ def test_loop_with_a_live_camera_is_refused_before_the_model_loads(tmp_path, mon
     from fair_edge.console.settings import ConsoleSettings
     from fair_edge.line.settings import RecordSettings
     from fair_edge.station import run as station_run
+    from fair_edge.station.camera import open_capture
     from fair_edge.station.config import CameraSettings, StationConfig
 
     def no_model(*_args, **_kwargs):
@@ -247,12 +248,12 @@ def test_loop_with_a_live_camera_is_refused_before_the_model_loads(tmp_path, mon
         station_run.run_station(cfg, threading.Event(), max_frames=1)
     assert "secret" not in str(info.value) and "unknown option" not in str(info.value)
     with pytest.raises(ConfigError, match="--loop"):                   # a cell's camera: where its capture is made
-        station_run.open_capture(cfg)
+        open_capture(cfg)
 
 
 def test_loop_with_a_replay_is_accepted(tmp_path):
+    from fair_edge.station.camera import check_loop
     from fair_edge.station.config import CameraSettings, StationConfig
-    from fair_edge.station.run import check_loop
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -54,7 +54,7 @@ def held_as(monkeypatch, folder: Path, cgroup: str, invocation: str | None = "01
 
 def refusal(folder: Path) -> str:
     """The text of the refusal of a station on output folder ``folder`` (``station_lock``)."""
-    from fair_edge.station.run import station_lock
+    from fair_edge.station.locks import station_lock
 
     cfg = StationConfig(output=folder, record=RecordSettings(dir=folder), console=ConsoleSettings(enabled=False))
     with pytest.raises(ConfigError) as refused:
@@ -91,7 +91,7 @@ def test_a_station_refused_by_one_started_by_hand_is_told_its_pid(tmp_path, monk
 def test_a_plc_output_held_by_a_unit_names_the_unit(tmp_path, monkeypatch):
     """The PLC-output refusal (``plc_busy``) takes the same words from the holder."""
     from fair_edge.runlock import LockHolder
-    from fair_edge.station.run import plc_busy
+    from fair_edge.station.locks import plc_busy
     from fair_edge.systemd_unit import ServiceUnit
 
     output = SimpleNamespace(shown="modbus 10.0.0.5:502 unit 1 coil 0", setting="reject.sinks[0]")

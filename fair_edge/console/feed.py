@@ -239,8 +239,9 @@ class StationFeed:
 
     def read_fault_from(self, fault_reason: Callable[[str], str]) -> None:
         """How to read why the station's fault outputs are on: ``fault_reason(camera reason)`` -> the reason ('' off),
-        ``station.run.LineSide.fault_reason`` (a PLC, encoder or reject link down, a latched alarm, a lane's fault, a
-        handshake error, ...): the text MQTT and systemd's STATUS show, read when the page asks (``fault_now``)."""
+        ``station.line_side.LineSide.fault_reason`` (a PLC, encoder or reject link down, a latched alarm, a lane's
+        fault, a handshake error, ...): the text MQTT and systemd's STATUS show, read when the page asks
+        (``fault_now``)."""
         self.fault_reason = fault_reason
 
     def fault_now(self) -> str:

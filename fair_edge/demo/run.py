@@ -80,12 +80,12 @@ def write_conveyor(parts: list[Sample], folder: Path) -> None:
 
 @contextlib.contextmanager
 def demo_folder(folder: Path) -> Iterator[Path]:
-    """Hold ``folder``'s station lock (``station.run.hold_station_folder``, as a station holds its output folder) and
+    """Hold ``folder``'s station lock (``station.locks.hold_station_folder``, as a station holds its output folder) and
     empty it, all but the lock file, for the demo to write anew: a station running there (`fair-edge demo --out runs`
     beside a station with ``output: runs/station``) refuses the demo with a ConfigError naming its pid and the fix
     (another --out) before anything is deleted; one started there while the block runs is refused in turn. The same
     thread may hold it again inside (the demo's own station does). Yields ``folder``."""
-    from fair_edge.station.run import STATION_LOCK
+    from fair_edge.station.locks import STATION_LOCK
 
     with demo_lock(folder):
         clear_folder(folder, keep=STATION_LOCK)
@@ -93,10 +93,10 @@ def demo_folder(folder: Path) -> Iterator[Path]:
 
 
 def demo_lock(folder: Path, out: Path | None = None) -> contextlib.AbstractContextManager[Path]:
-    """``folder``'s station lock held as the demo's (``station.run.hold_station_folder``; the lock file names
+    """``folder``'s station lock held as the demo's (``station.locks.hold_station_folder``; the lock file names
     `fair-edge demo --out OUT`, ``out``: OUT, None for ``folder``'s parent, as OUT/station's): ConfigError naming the
     running station's pid and the fix while one runs there."""
-    from fair_edge.station.run import hold_station_folder
+    from fair_edge.station.locks import hold_station_folder
 
     out = folder.parent if out is None else out
     return hold_station_folder(folder, f"fair-edge demo --out {out.resolve()}", "demo")

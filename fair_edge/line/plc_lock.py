@@ -3,7 +3,7 @@
 Two stations wired to the same PLC outputs (a copy of a station file started with another ``--out``, two station
 files with one ``reject.handshake.url``) both took every trigger and answered every part, and the second one's
 fault sink wrote its resting OFF over the first one's latched alarm. The output-folder lock cannot see that (the
-folders differ), so a station also holds one lock per address its PLC outputs write (``station.run.plc_outputs``
+folders differ), so a station also holds one lock per address its PLC outputs write (``station.locks.plc_outputs``
 gathers them): a reject or fault sink's coil / holding register / node (``sink_outputs``) and every register / node
 the handshake writes, the PLC's ``trigger`` and ``ack`` included (``handshake_outputs``). ``hold_plc_outputs``
 takes them all before any of them is opened; a second station is refused (ConfigError) naming the address, the

@@ -104,7 +104,7 @@ CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most th
 CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long without writing a row (a hung disk)
 # close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. Fits the
 # systemd unit's stop timeout: TimeoutStopSec (station/service_unit.py: the belt's drain + STOP_MARGIN_S, 30 s) leaves
-# the stop 30 s past the drain for CLOSE_IMAGES_S + 1 s of NG images (station/run.py finish_line), then this, the
+# the stop 30 s past the drain for CLOSE_IMAGES_S + 1 s of NG images (station/line_side.py finish_line), then this, the
 # sinks' CLOSE_DRAIN_S (2 s) and the rest (tests/test_recorder_disk_limits.py checks the sum)
 CLOSE_ROWS_MAX_S = 15.0
 CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds

@@ -50,11 +50,12 @@ from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary, ViewDecider
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.parts import CloseByCount, PartAssembler
-from fair_edge.station.run import (HANDSHAKE_GAUGES, CameraWatch, LineSide, check_loop, check_reject_timing,
-                                   finish_gate, finish_line, is_unpaced_replay, open_capture, open_line_side,
-                                   probe_gpio_lines, publish_summary, raise_open_files_limit, run_station, station_lock,
-                                   station_switch_interval, station_tick, stop_wait_s, warn_fused_score,
-                                   write_summary)
+from fair_edge.station.camera import CameraWatch, check_loop, is_unpaced_replay, open_capture
+from fair_edge.station.line_side import (HANDSHAKE_GAUGES, LineSide, finish_gate, finish_line, open_line_side,
+                                         publish_summary, stop_wait_s)
+from fair_edge.station.locks import probe_gpio_lines, station_lock
+from fair_edge.station.run import (check_reject_timing, raise_open_files_limit, run_station, station_switch_interval,
+                                   station_tick, warn_fused_score, write_summary)
 
 if TYPE_CHECKING:
     from fair_edge.line.handshake import Ticket

@@ -13,7 +13,8 @@ from fair_edge.runtime.backends import close_scorer
 from fair_edge.station.bundles import change_for, load_roi, open_scorer, read_bundle, region_pixel_threshold
 from fair_edge.station.config import StationConfig, load_station, view_config
 from fair_edge.station.faults import FaultBoard
-from fair_edge.station.run import LineSide, open_console
+from fair_edge.station.line_side import LineSide
+from fair_edge.station.run import open_console
 
 
 @dataclasses.dataclass(frozen=True)
