@@ -19,7 +19,7 @@ from fair_edge.console.app import build_app
 from fair_edge.console.server import ConsoleServer
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
-from fair_edge.line.recorder import ng_image_path
+from fair_edge.line.ng_images import ng_image_path
 from fair_edge.records import Frame
 from test_console_units import api, one_camera_console, verdict
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from fair_edge.console.served_files import station_file_warning
-from fair_edge.line.recorder import ng_image_path
+from fair_edge.line.ng_images import ng_image_path
 from fair_edge.line.settings import IMAGE_FORMATS
 from fair_edge.records import Frame, Verdict
 from test_console_gallery import ng_parts

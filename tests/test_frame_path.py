@@ -21,10 +21,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
 SOURCES = tuple(f"{ROOT / d}/" for d in ("fair_edge", "cameras", "export", "calibration"))
-# beside the path: verdict callbacks (the line side, the recorder, the console), the loop's ~0.5 s tick (its camera
-# watch) and its systemd watchdog call, the reject gate's fault output and alarm journal (on its own and the sinks'
-# threads, never deciding a pulse)
-SIDE = {"fair_edge/line/recorder.py", "fair_edge/line/jsonl.py", "fair_edge/plots.py",
+# beside the path: verdict callbacks (the line side, the recorder and its writers, the console), the loop's ~0.5 s tick
+# (its camera watch) and its systemd watchdog call, the reject gate's fault output and alarm journal (on its own and
+# the sinks' threads, never deciding a pulse)
+SIDE = {"fair_edge/line/recorder.py", "fair_edge/line/row_logs.py", "fair_edge/line/image_writer.py",
+        "fair_edge/line/disk_room.py", "fair_edge/line/ng_images.py", "fair_edge/line/jsonl.py", "fair_edge/plots.py",
         "fair_edge/console/station_hook.py", "fair_edge/console/feed.py", "fair_edge/console/drift.py",
         "fair_edge/station/run.py", "fair_edge/station/line_side.py", "fair_edge/station/camera.py",
         "fair_edge/station/notify.py", "fair_edge/line/gate_alarms.py", "fair_edge/line/latched_alarms.py",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fair_edge.line.recorder as recorder_module
+import fair_edge.line.ng_images as ng_images
 from fair_edge.line.recorder import Recorder
 from fair_edge.line.settings import RecordSettings
 from fair_edge.records import Frame, Region, RuleHit, Verdict
@@ -29,13 +29,13 @@ def rule_ng(seq: int, score: float) -> Verdict:
 def first_lines(tmp_path, monkeypatch, verdicts: list[Verdict]) -> list[str]:
     """The first text line of each verdict's NG image, as the recorder draws it (``heatmap_panel``'s lines)."""
     drawn: list[list[str]] = []
-    real = recorder_module.heatmap_panel
+    real = ng_images.heatmap_panel
 
     def spy(image, amap, vmin, vmax, lines, **kw):
         drawn.append(list(lines))
         return real(image, amap, vmin, vmax, lines, **kw)
 
-    monkeypatch.setattr(recorder_module, "heatmap_panel", spy)
+    monkeypatch.setattr(ng_images, "heatmap_panel", spy)
     amap = np.full((12, 16), -1.0, np.float32)
     with Recorder(RecordSettings(dir=tmp_path, min_free_mb=0), run_id="R1") as rec:
         for v in verdicts:

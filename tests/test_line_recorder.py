@@ -280,16 +280,16 @@ def test_close_writes_every_queued_row_and_skips_only_the_images_past_its_deadli
     """close() waited 5 s for NG images, then threw away what was still queued: verdict rows vanished and no
     counter said so. Now past the image deadline the rest is written rows only (images counted skipped).
     The writer's NG image writes hang until close gives up on images (a slow disk), so the order is fixed."""
-    import fair_edge.line.recorder as recmod
+    import fair_edge.line.image_writer as image_writer
 
-    real = recmod.write_whole
+    real = image_writer.write_whole
     holder = {}
 
     def slow_write(path, data, *args, **kwargs):
         assert holder["rec"].images_off.wait(10), "close never stopped the images"
         return real(path, data, *args, **kwargs)
 
-    monkeypatch.setattr(recmod, "write_whole", slow_write)
+    monkeypatch.setattr(image_writer, "write_whole", slow_write)
     rec = holder["rec"] = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=64), run_id="R1")
     for i in range(40):
         assert rec.record(_frame(i), _verdict(i, ng=True), _amap())
@@ -608,12 +608,12 @@ def test_a_full_image_queue_says_how_long_an_ng_part_takes_to_save_not_that_the_
     """With 20 MP frames the PNG encoder (not the disk) falls behind, yet the warning said "the disk under DIR is
     too slow". Now it gives the seconds an NG part's images took (fake clock: 0.7 s drawing, 2 x 0.6 s encoding and
     writing), the rate they keep up with, and the fix: jpg when the format is png; no disk is named then."""
-    import fair_edge.line.recorder as recmod
+    import fair_edge.line.image_writer as image_writer
 
     slow = SlowImages(draw_s=0.7, write_s=0.6, hold_seq=1)
-    monkeypatch.setattr(recmod, "write_whole", slow.write(recmod.write_whole))
+    monkeypatch.setattr(image_writer, "write_whole", slow.write(image_writer.write_whole))
     rec = Recorder(RecordSettings(dir=tmp_path, min_free_mb=0, queue_size=2, image_format=fmt), timer=slow)
-    rec._overlay = slow.overlay
+    rec._images._overlay = slow.overlay
     try:
         assert rec.record(_frame(0), _verdict(0, True), _amap()) and rec.flush(30)   # timed: 1.90 s
         assert rec.record(_frame(1), _verdict(1, True), _amap()) and slow.entered.wait(30)

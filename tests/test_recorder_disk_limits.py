@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import fair_edge.line.disk_room as disk_room
 import fair_edge.line.jsonl as jsonl
 import fair_edge.line.recorder as recmod
 from fair_edge.disk import write_failure
@@ -169,7 +170,7 @@ def test_ng_images_stop_before_they_take_the_inodes_the_logs_rotation_needs(tmp_
     """The audit's tmpfs with few inodes: NG images (2 files a part) took them all, and the logs' rotation then
     deleted verdict rows. Now images stop while (keep_files + 1) per log + MIN_FREE_INODES are free (one warning
     naming inodes and ``df -i``, not the bytes), and every verdict row is kept with no log deleted."""
-    monkeypatch.setattr(recmod, "MIN_FREE_INODES", 8, raising=False)   # a small disk: 2 x (10 + 1) + 8 = 30 kept
+    monkeypatch.setattr(disk_room, "MIN_FREE_INODES", 8, raising=False)   # a small disk: 2 x (10 + 1) + 8 = 30 kept
     disk = InodeDisk(tmp_path, free=80).install(monkeypatch)
     settings = RecordSettings(dir=tmp_path, min_free_mb=1, max_log_mb=0.002, keep_files=10, queue_size=64)
     with Recorder(settings, disk_check_s=0.0, run_id="R") as rec:
@@ -201,10 +202,10 @@ def test_the_inode_guard_reads_statvfs_only_when_it_reads_the_bytes_free(tmp_pat
     settings = RecordSettings(dir=tmp_path, min_free_mb=0, save_ng_images=True)
     rec = Recorder(settings, disk_usage=lambda p: Usage(10**12, 0, 10**11), inodes=inodes, clock=clock, run_id="R")
     try:
-        assert not rec._disk_has_room() and not rec._disk_has_room() and len(reads) == 1
-        free["inodes"] = recmod.MIN_FREE_INODES + 2 * (settings.keep_files + 1)
-        clock.t += recmod.DISK_CHECK_S
-        assert rec._disk_has_room() and len(reads) == 2
+        assert not rec._disk_room.has_room() and not rec._disk_room.has_room() and len(reads) == 1
+        free["inodes"] = disk_room.MIN_FREE_INODES + 2 * (settings.keep_files + 1)
+        clock.t += disk_room.DISK_CHECK_S
+        assert rec._disk_room.has_room() and len(reads) == 2
     finally:
         rec.close()
 

@@ -130,7 +130,7 @@ def test_a_zone_named_with_accents_is_written_in_plain_letters_on_the_ng_image(t
 
 
 def test_the_image_text_keeps_ascii_and_marks_what_has_no_plain_letter():
-    from fair_edge.line.recorder import _ascii
+    from fair_edge.line.ng_images import _ascii
 
     reason = "region 0.7 mm² in zone Dichtfläche ≥ 0.5 mm²"
     assert _ascii(reason) == "region 0.7 mm2 in zone Dichtflache >= 0.5 mm2"

@@ -250,7 +250,7 @@ def test_a_miss_on_a_part_whose_frame_left_memory_is_refused_naming_keep_frames(
     export; now 409 naming console.keep_frames, nothing recorded. Part 4 (kept) is recorded with its image; an NG
     part whose frame left memory is reviewed from the recorder's NG image."""
     from fair_edge.images import write_png
-    from fair_edge.line.recorder import ng_image_path
+    from fair_edge.line.ng_images import ng_image_path
 
     console, _ = one_camera_console(tmp_path, keep_frames=2)
     passed(console, range(1, 5))

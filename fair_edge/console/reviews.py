@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fair_edge.console.feed import StationFeed
 from fair_edge.images import read_stored
-from fair_edge.line.recorder import ng_image_path
+from fair_edge.line.ng_images import ng_image_path
 
 # label -> (what the operator says, which verdicts it applies to)
 REVIEW_LABELS = {

@@ -22,7 +22,7 @@ from fair_edge.console.feed import RATE_WINDOW_S, StationFeed, ViewKey, finite
 from fair_edge.console.render import JpegCache, overlay_jpeg
 from fair_edge.console.reviews import REVIEW_LABELS
 from fair_edge.console.threshold_refusals import regions_decide, regions_in_force
-from fair_edge.line.recorder import ng_image_path
+from fair_edge.line.ng_images import ng_image_path
 from fair_edge.plots import FUSED_HALF_SCALE
 
 RECENT_SHOWN = 24
