@@ -8,7 +8,8 @@ import time
 import pytest
 
 from fair_edge.errors import SinkError
-from fair_edge.line.mqtt import MqttPublisher, parse_mqtt_url
+from fair_edge.line.mqtt import MqttPublisher
+from fair_edge.line.mqtt_url import parse_mqtt_url
 from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector, wait_for
 
 pytest.importorskip("paho.mqtt")
@@ -66,7 +67,7 @@ def test_two_stations_on_one_broker_get_different_default_client_ids():
 
     line3, line4 = parse_mqtt_url("mqtt://127.0.0.1/line3"), parse_mqtt_url("mqtt://127.0.0.1/line4")
     assert line3.client_id == f"fair-edge-{socket.gethostname()}-line3-{os.getpid()}" != line4.client_id
-    other = subprocess.run([sys.executable, "-c", "from fair_edge.line.mqtt import parse_mqtt_url as p; "
+    other = subprocess.run([sys.executable, "-c", "from fair_edge.line.mqtt_url import parse_mqtt_url as p; "
                             "print(p('mqtt://127.0.0.1/line3').client_id)"], capture_output=True, text=True, check=True)
     assert other.stdout.strip() != line3.client_id      # the same station file in another process
     assert parse_mqtt_url("mqtt://127.0.0.1/line3?client_id=st-1").client_id == "st-1"
@@ -856,7 +857,7 @@ def test_a_station_record_over_the_brokers_packet_size_is_not_published(caplog, 
     import logging
     import sys
 
-    from fair_edge.line.mqtt import shortened
+    from fair_edge.line.mqtt_station import shortened
 
     assert shortened("x" * 1000) == "x" * 118 + "..." + "x" * 118 and shortened("short") == "short"
     monkeypatch.setattr(sys, "argv", ["fair-edge", "run", "--station", "/a/" + "very-long-folder/" * 200])

@@ -1,13 +1,6 @@
 """MQTT: verdicts, fault changes and the run summary published to a broker (paho-mqtt).
 
-URL: ``mqtt://[USER:PASSWORD@]HOST:PORT/PREFIX?client_id=fair-edge-1&keepalive_s=10`` (port 1883 by default;
-PREFIX defaults to ``fair-edge``); ``mqtts://`` is MQTT over TLS (port 8883 by default), the broker's certificate
-checked against this machine's CA store and its name. USER and PASSWORD (percent-encoded) go to the broker only:
-logs, errors and stats name ``HOST:PORT``, a URL shown in an error reads ``USER:***@``. MQTT 5 by default, so the
-broker can say why it refuses a message; ``protocol=3.1.1`` for a broker that speaks only 3.1.1.
-PREFIX is the URL's path without its first '/' and any trailing '/'
-(``mqtt://HOST//plant/line3`` publishes to ``/plant/line3/...``); a '+', '#' or NUL in it is refused (MQTT
-wildcards; a '#' would also end the URL's path). Topics::
+URL: ``mqtt://[USER:PASSWORD@]HOST:PORT/PREFIX`` (``mqtts://`` over TLS); its options in ``mqtt_url``. Topics::
 
     PREFIX/verdicts   one JSON object per verdict or dropped frame (the verdict log's row), QoS 1
     PREFIX/parts      several cameras: one JSON object per part (the verdict log's part row), QoS 1
@@ -21,16 +14,9 @@ wildcards; a '#' would also end the URL's path). Topics::
                       "running": false (a killed station's stays, its PREFIX/faults reading 'station gone');
                       an answer to another station's record (below) adds "answer_to" and is not retained
 
-Two stations on one PREFIX overwrite each other's retained faults and summary (a fault can read cleared) and mix
-their verdicts. Each station subscribes to PREFIX/station: a record of another station arriving live (another
-station connected, or answered ours) is logged once per station as a warning naming it and the fix (a prefix per
-station), and answered with this station's record (not retained) so the other station warns too. A record found
-retained at connect proves nothing (its station may have been killed) and warns only if its station answers. Not a
-refusal: the broker cannot make a check-then-claim atomic. A link lost within ``QUICK_DROP_S`` of its CONNACK
-``QUICK_DROPS_HINT`` times in a row, or a broker DISCONNECT 'session taken over' (0x8E), logs once that another
-client may use this client id (a broker closes the older of two connections with one id).
-
-Payloads are strict JSON (what Node-RED's JSON.parse, jq and Go read): a NaN or infinite number is sent as null.
+Each station warns once of another station under its prefix and of another client on its client id
+(``mqtt_station``).
+Payloads are strict JSON (``mqtt_client.strict_json``): a NaN or infinite number is sent as null.
 
 Never blocks inspection: ``publish`` puts the message in an outbox and hands it to paho's network
 thread. A message stays in the outbox until the broker acknowledges it (PUBACK); while the broker is
@@ -50,22 +36,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import unquote, urlsplit
 
-from ..errors import SinkError
-from ..records import json_safe
+from .mqtt_client import (FAULTS_TOPIC, connack_refusal_text, connect_failure, paho_client, publish_packet_size,
+                          strict_json, unaccepted_link_text)
+from .mqtt_station import STATION_TOPIC, ClientIdWatch, station_record, utc_now, warn_shared_prefix
+from .mqtt_url import parse_mqtt_url
 from .sinks.base import Counters
-from .sinks.urls import hide_userinfo, parse_sink_url
 
 log = logging.getLogger(__name__)
 
@@ -78,100 +59,18 @@ log = logging.getLogger(__name__)
 # fault_restated: the latest PREFIX/faults message sent again after a reconnect (the will may have replaced it)
 MQTT_COUNTERS = ("published", "acked", "resent", "outbox_dropped", "connects", "disconnects", "refused",
                  "fault_restated")
-FAULTS_TOPIC = "faults"
-STATION_TOPIC = "station"
-GONE_REASON = "station gone: its MQTT connection ended without a goodbye (killed, crashed or cut off)"
-WILDCARDS = {"+": "'+' (MQTT's one-level wildcard)", "\0": "a NUL character"}
 RESTATED_KEY = 0   # the outbox key of a restated fault: outbox keys start at 1, so its PUBACK counts nothing
 STATION_KEY = -1   # the key of a PREFIX/station record: best effort, its PUBACK settles nothing
-QUICK_DROP_S = 5.0   # a link lost this soon after its CONNACK (s) ...
-QUICK_DROPS_HINT = 3   # ... this many times in a row: another client may be using this client id
-SESSION_TAKEN_OVER = 0x8E   # MQTT 5 DISCONNECT reason: another connection with this client id took the session
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
 KICKS_BEFORE_DROP = 3   # lost links in a row with one message the oldest unacknowledged: the broker will not take it
-PROTOCOLS = ("5", "3.1.1")
-SCHEMES = {"mqtt": 1883, "mqtts": 8883}   # scheme -> default port
-CONNECT_FIXES = {   # CONNACK reason (lower case) -> what to do about it
-    "not authorized": "the broker refuses these credentials (or anonymous clients): check USER:PASSWORD@ in "
-                      "mqtt.url (mqtt://USER:PASSWORD@HOST:PORT/PREFIX, percent-encoded) against the broker's "
-                      "password file, or allow the client in its config",
-    "bad user name or password": "fix USER:PASSWORD@ in mqtt.url (percent-encode ':', '@', '/', '#' in them) or the "
-                                 "broker's password file",
-    "unsupported protocol version": "the broker speaks only MQTT 3.1.1: add protocol=3.1.1 to mqtt.url",
-    "client identifier not valid": "set another client_id in mqtt.url",
-}
-
-
-@dataclass(frozen=True)
-class MqttTarget:
-    """Where and how to connect. password: never in a repr, a log line or an error."""
-
-    host: str
-    port: int
-    prefix: str
-    client_id: str
-    keepalive_s: int
-    max_outbox: int
-    tls: bool = False
-    protocol: str = "5"   # one of PROTOCOLS
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    client_id_given: bool = False   # the URL named client_id (else the per-process default)
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """``mqtt[s]://[USER:PASSWORD@]HOST[:PORT][/PREFIX]?client_id=..&keepalive_s=..&max_outbox=..&protocol=..``;
-    ``SinkError`` if bad, showing the URL with its password as ``***``.
-
-    Without ``client_id`` the id is this process's own, ``fair-edge-HOSTNAME-PREFIX-PID``: a broker closes the
-    older of two connections with one id, so a shared default made two stations on one broker (or a second
-    process of one station) knock each other off every few seconds. The session is clean, so a new id per
-    start loses nothing."""
-    shown = hide_userinfo(url) if isinstance(url, str) else url
-    if isinstance(url, str) and "#" in url:
-        raise SinkError(f"mqtt.url: {shown!r} holds '#': a URL ends its path at '#' (the rest is a fragment), so the "
-                        "topic prefix would be cut short there and the station would publish under another "
-                        "prefix's topics; '#' is also MQTT's multi-level wildcard, not allowed in a topic one "
-                        "publishes to. Remove the '#' (in a password write it %23), e.g. mqtt://HOST:PORT/line3")
-    parsed = parse_sink_url(shown)
-    if parsed.scheme not in SCHEMES or not parsed.host:
-        raise SinkError(f"mqtt.url: expected mqtt://HOST:PORT/PREFIX (or mqtts:// for TLS), found {shown!r}")
-    parsed.check_query(("client_id", "keepalive_s", "max_outbox", "protocol"))
-    prefix = topic_prefix(parsed.path, shown)
-    username, password = url_credentials(url)
-    return MqttTarget(parsed.host, parsed.port or SCHEMES[parsed.scheme], prefix,
-                      parsed.query.get("client_id", f"fair-edge-{socket.gethostname()}-{prefix}-{os.getpid()}"),
-                      parsed.get_int("keepalive_s", 10, minimum=1), parsed.get_int("max_outbox", 100_000, minimum=1),
-                      tls=parsed.scheme == "mqtts", protocol=parsed.get_choice("protocol", "5", PROTOCOLS),
-                      username=username, password=password, client_id_given="client_id" in parsed.query)
-
-
-def url_credentials(url: str) -> tuple[str | None, str | None]:
-    """(user, password) of ``url``'s ``USER:PASSWORD@``, percent-decoded; None for a part it lacks."""
-    parts = urlsplit(url)
-    return (None if parts.username is None else unquote(parts.username),
-            None if parts.password is None else unquote(parts.password))
-
-
-def topic_prefix(path: str, url: str) -> str:
-    """The topic prefix from a URL's ``path``: without its first '/' (a second one stays: ``//plant/line3`` is
-    ``/plant/line3``) and any trailing '/'; ``fair-edge`` when empty. ``SinkError`` naming ``url`` for a
-    wildcard or NUL, which no published topic may hold."""
-    prefix = path[1:].rstrip("/") if path.startswith("/") else path.rstrip("/")
-    for char, what in WILDCARDS.items():
-        if char in prefix:
-            raise SinkError(f"mqtt.url: the topic prefix {prefix!r} of {url!r} holds {what}, which no topic a "
-                            "station publishes to may hold; remove it, e.g. mqtt://HOST:PORT/cell2")
-    return prefix or "fair-edge"
 
 
 class MqttPublisher:
     """Publishes to one broker from paho's network thread; see the module doc. Context manager."""
 
     def __init__(self, url: str, client_factory: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock``: monotonic seconds, for how long a link lasted (``QUICK_DROP_S``)."""
+        """``clock``: monotonic seconds, for how long a link lasted (``mqtt_station.QUICK_DROP_S``)."""
         self.target = parse_mqtt_url(url)
-        self._clock = clock
         self._where = f"mqtt {self.target.host}:{self.target.port}"   # log label: never the user or password
         self._counters = Counters(MQTT_COUNTERS)
         self._lock = threading.Lock()
@@ -192,10 +91,8 @@ class MqttPublisher:
         self._station = station_record(self.target)   # this station's PREFIX/station record
         self._station_shown = ""   # id of the latest record on PREFIX/station ("": none or another's stopped one)
         self._others_named: set[str] = set()   # ids of other stations on this prefix already warned about
-        self._connected_at: float | None = None   # clock s of the latest CONNACK
-        self._quick_drops = 0   # links in a row lost within QUICK_DROP_S of their CONNACK
-        self._id_clash_told = False   # the client id hint was logged
-        self._client = (client_factory or _paho_client)(self.target)
+        self._client_ids = ClientIdWatch(self.target, self._where, clock)   # another client on this client id?
+        self._client = (client_factory or paho_client)(self.target)
         self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -380,21 +277,20 @@ class MqttPublisher:
         if getattr(reason_code, "is_failure", False):
             with self._lock:
                 self._link = "refused"   # paho reports the close that follows: not a lost link
-            fix = CONNECT_FIXES.get(str(reason_code).lower(), "see the broker's log")
-            self._problem(logging.ERROR, f"connection refused by the broker: {reason_code}; {fix}")
+            self._problem(logging.ERROR, connack_refusal_text(reason_code))
             return
         forget = getattr(client, "drop_out_messages", None)
         if forget is not None:   # paho would send its unacknowledged copies again itself: the outbox does that
             forget()
         with self._lock:
             self._link = "up"
-            self._connected_at = self._clock()
             self._max_packet = getattr(properties, "MaximumPacketSize", None)
             self._problems_logged.clear()
             self._mids.clear()
             self._early_acks.clear()
             keys = list(self._outbox)
             again = sum(key in self._handed for key in keys)   # sent before, never acknowledged
+        self._client_ids.connected()
         self._counters.add("connects")
         self._log_connected(len(keys), again)
         self._counters.add("resent", again)
@@ -417,16 +313,7 @@ class MqttPublisher:
         """paho could not open the TCP (or TLS) connection; it retries. Called inside paho's ``except``."""
         with self._lock:
             self._link = "down"
-        exc = sys.exc_info()[1]
-        cause = "?" if exc is None else f"{type(exc).__name__}: {exc}"
-        if exc is not None and type(exc).__module__ == "ssl":
-            self._problem(logging.ERROR, f"TLS connection failed ({cause}); mqtts:// checks the broker's "
-                          "certificate against this machine's CA store and its name: install the broker's CA there "
-                          "(update-ca-certificates) and use the name its certificate holds, or use mqtt:// for a "
-                          "plain port")
-        else:
-            self._problem(logging.WARNING, f"cannot connect ({cause}); is the broker up and listening on "
-                          f"{self.target.host}:{self.target.port}? retrying, messages kept")
+        self._problem(*connect_failure(sys.exc_info()[1], self.target))
 
     def _problem(self, level: int, text: str) -> None:
         """Log a connection problem once until a connection succeeds (paho retries every few seconds)."""
@@ -446,12 +333,9 @@ class MqttPublisher:
         if was == "up":
             self._counters.add("disconnects")
             log.warning("%s: disconnected (%s); reconnecting, messages kept", self._where, reason_code)
-            self._note_drop(reason_code, blamed=self._blame_oldest() > 1)
+            self._client_ids.link_lost(reason_code, blamed=self._blame_oldest() > 1)
         elif was == "trying":
-            self._problem(logging.WARNING, f"the link ended before the broker accepted it ({reason_code}); " + (
-                "the broker did not answer within keepalive_s (stalled or overloaded); retrying"
-                if "keep alive" in str(reason_code).lower() else
-                "a TLS-only port ends plain mqtt:// links so (use mqtts://), else see the broker's log"))
+            self._problem(logging.WARNING, unaccepted_link_text(reason_code))
         # was "refused" (the close after a refused CONNACK, logged there) or "down" (paho reports one loss twice)
 
     def _blame_oldest(self) -> int:
@@ -561,118 +445,6 @@ class MqttPublisher:
         if restate:   # the other station marked the prefix stopped on leaving: this one still publishes there
             self._publish_station(self._station, retain=True)
         if first:
-            self._warn_shared_prefix(record)
+            warn_shared_prefix(self._where, self.target, record)
         if first and record.get("answer_to") != self._station["id"]:   # so the other station hears of this one
             self._publish_station({**self._station, "answer_to": other}, retain=False)
-
-    def _warn_shared_prefix(self, other: dict) -> None:
-        """Log once per other station that it publishes under this prefix, naming it and the fix."""
-        prefix = self.target.prefix
-        log.warning(
-            "%s: another station publishes under the topic prefix %r on this broker: host %s, pid %s, client_id "
-            "%s, started %s, command %r in %s. Its retained %s/faults and %s/summary and this station's overwrite "
-            "each other (a fault can read cleared) and both stations' rows mix on %s/verdicts. Give each station "
-            "its own prefix in mqtt.url: mqtt://HOST:PORT/PREFIX, e.g. mqtt://%s:%d/line2",
-            self._where, prefix, other.get("host"), other.get("pid"), other.get("client_id"),
-            other.get("started_utc"), other.get("command"), other.get("cwd"), prefix, prefix, prefix,
-            self.target.host, self.target.port)
-
-    def _note_drop(self, reason_code: Any, blamed: bool = False) -> None:
-        """A link that had connected was lost: links lost within ``QUICK_DROP_S`` of their CONNACK
-        ``QUICK_DROPS_HINT`` times in a row, or a DISCONNECT 'session taken over', log once that another client may
-        use this client id. ``blamed``: the loss came with the same message unacknowledged as the one before
-        (``_blame_oldest``): the broker closing the link on that message, not on a client id, so not counted."""
-        with self._lock:
-            quick = (not blamed and self._connected_at is not None
-                     and self._clock() - self._connected_at < QUICK_DROP_S)
-            self._quick_drops = self._quick_drops + 1 if quick else 0
-            taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
-            tell = not self._id_clash_told and (taken or self._quick_drops >= QUICK_DROPS_HINT)
-            self._id_clash_told = self._id_clash_told or tell
-            drops = self._quick_drops
-        if not tell:
-            return
-        seen = ("the broker says another connection took over the session (0x8E)" if taken else
-                f"{drops} links in a row were lost within {QUICK_DROP_S:g} s of connecting")
-        fix = ("client ids must be unique per station: leave client_id out of mqtt.url for a per-process id"
-               if self.target.client_id_given else
-               "client ids must be unique per station: set client_id=ID in mqtt.url to one no other client uses")
-        log.warning("%s: %s: another client may be using client_id %r on this broker (a broker closes the older of "
-                    "two connections with one id, so each reconnect knocks the other off); %s", self._where, seen,
-                    self.target.client_id, fix)
-
-
-def publish_packet_size(topic: str, payload: bytes, v5: bool) -> int:
-    """Bytes of the QoS 1 PUBLISH packet paho sends for ``payload`` on ``topic`` (MQTT 5: with an empty property
-    list), as a broker's Maximum Packet Size counts them: fixed header, remaining length, topic, id, payload."""
-    remaining = 2 + len(topic.encode()) + 2 + (1 if v5 else 0) + len(payload)
-    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
-    return 1 + length_bytes + remaining
-
-
-def strict_json(payload: dict) -> tuple[str, bool]:
-    """(compact strict JSON of ``payload``: no NaN / Infinity tokens, other types as ``str``; whether a NaN or
-    infinite number in it was written as null)."""
-    try:
-        return json.dumps(payload, default=str, separators=(",", ":"), allow_nan=False), False
-    except ValueError:   # NaN or inf somewhere: rare, so the common case pays no walk through the payload
-        return json.dumps(json_safe(payload), default=str, separators=(",", ":"), allow_nan=False), True
-
-
-def _paho_client(target: MqttTarget) -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError as exc:
-        raise SinkError("mqtt needs paho-mqtt: pip install 'fair-edge[mqtt]'") from exc
-    if target.protocol == "5":   # PUBACK and CONNACK carry reason codes; CONNACK the broker's Maximum Packet Size
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, protocol=mqtt.MQTTv5)
-    else:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=target.client_id, clean_session=True,
-                             protocol=mqtt.MQTTv311)
-    if target.username is not None:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set()   # this machine's CA store; the broker's name checked against its certificate
-    client.reconnect_delay_set(min_delay=1, max_delay=4)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.will_set(f"{target.prefix}/{FAULTS_TOPIC}", gone_payload(), qos=1, retain=True)
-    return client
-
-
-def station_record(target: MqttTarget) -> dict:
-    """This station's PREFIX/station record: ``id`` (unique to this publisher), ``host``, ``pid``, ``client_id``,
-    ``command`` (the command line, any URL password as ``***``: it names the station file), ``cwd``,
-    ``started_utc`` and ``running`` (True)."""
-    return {"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "client_id": target.client_id,
-            "command": shortened(" ".join(hide_userinfo(arg) for arg in sys.argv)), "cwd": shortened(working_dir()),
-            "started_utc": utc_now(), "running": True}
-
-
-def shortened(text: str, limit: int = 240) -> str:
-    """``text`` cut to at most ``limit`` characters (its start and end kept, "..." between): a station record stays
-    small (a broker's Maximum Packet Size may be a few kB)."""
-    if len(text) <= limit:
-        return text
-    half = (limit - 3) // 2
-    return f"{text[:half]}...{text[-half:]}"
-
-
-def working_dir() -> str:
-    """This process's working directory; '?' when it cannot be read (removed since the start)."""
-    try:
-        return os.getcwd()
-    except OSError:
-        return "?"
-
-
-def utc_now() -> str:
-    """The wall-clock time now, ISO 8601 UTC to the second: ``2026-12-01T08:00:00Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def gone_payload() -> str:
-    """The last will on PREFIX/faults: what the broker retains there when the station's connection ends without a
-    DISCONNECT (the station killed, crashed or cut off). ``time_utc`` is null: the will is set at connect."""
-    return strict_json({"active": True, "reason": GONE_REASON, "time_utc": None})[0]

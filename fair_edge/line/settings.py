@@ -18,7 +18,7 @@ from ..errors import ConfigError, SinkError
 from .. import fields as f
 from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
-from .mqtt import parse_mqtt_url
+from .mqtt_url import parse_mqtt_url
 from .sinks import parse_sink
 from .sinks.gpio import check_gpio_wiring
 
