@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from fair_edge.errors import PlcError
-from fair_edge.line.encoder_links import HISTORY_S, PolledEncoder, open_encoder
+from fair_edge.line.encoder_history import HISTORY_S
+from fair_edge.line.encoder_links import open_encoder
 from fair_edge.line.encoder_source import mark_at
+from fair_edge.line.polled_encoder import PolledEncoder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Frame, Verdict

@@ -18,8 +18,8 @@ import pytest
 
 from fair_edge.errors import SinkError
 from fair_edge.line import encoder_links
-from fair_edge.line.encoder_links import PolledEncoder
 from fair_edge.line.encoder_source import mark
+from fair_edge.line.polled_encoder import PolledEncoder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Verdict

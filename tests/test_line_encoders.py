@@ -10,8 +10,9 @@ import time
 import pytest
 
 from fair_edge.errors import PlcError, SinkError
-from fair_edge.line.encoder_links import PolledEncoder, open_encoder
+from fair_edge.line.encoder_links import open_encoder
 from fair_edge.line.encoder_source import mark, went_unseen
+from fair_edge.line.polled_encoder import PolledEncoder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.records import Verdict

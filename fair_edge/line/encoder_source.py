@@ -25,7 +25,7 @@ def mark(encoder: EncoderSource) -> tuple[int | None, int]:
     """``(count, position epoch)`` to note for a part at capture; count None while the encoder cannot
     say where the belt is now (``PolledEncoder``: its link is down and the count it holds is where the
     belt was when the link dropped): a part captured then has no position. An encoder that can lose the
-    belt position (``encoder_links.PolledEncoder``: a counter reset, an outage it cannot unwrap) has
+    belt position (``polled_encoder.PolledEncoder``: a counter reset, an outage it cannot unwrap) has
     ``mark()``; any other never loses it (epoch 0)."""
     own = getattr(encoder, "mark", None)
     return own() if own is not None else (int(encoder.count()), 0)
@@ -34,7 +34,7 @@ def mark(encoder: EncoderSource) -> tuple[int | None, int]:
 def mark_at(encoder: EncoderSource, t_capture: float) -> tuple[int | None, int]:
     """``mark`` for a part exposed at ``t_capture`` (monotonic s: its frame's ``Frame.t_capture``), however late its
     frame was handed over: ``(count, position epoch)`` where the belt was then, from an encoder that keeps its
-    readings (``encoder_links.PolledEncoder.mark_at``: interpolated between the readings around it; count None where
+    readings (``polled_encoder.PolledEncoder.mark_at``: interpolated between the readings around it; count None where
     it cannot say); any other, ``mark`` now (a ``FakeEncoder``: where the belt is when the frame is handed over)."""
     own = getattr(encoder, "mark_at", None)
     return own(t_capture) if own is not None else mark(encoder)
