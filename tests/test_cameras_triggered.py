@@ -12,7 +12,7 @@ import numpy as np
 
 from fair_edge.cameras import LineSource
 from fair_edge.cameras.triggered import TriggerFanout, TriggeredSource
-from fair_edge.line.handshake.engine import Ticket
+from fair_edge.line.handshake.tickets import Ticket
 from fair_edge.records import Frame
 
 IMAGES = [np.full((8, 8), k, np.uint8) for k in range(64)]  # slot k of the line shows pixels = k

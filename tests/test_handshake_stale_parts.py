@@ -303,7 +303,7 @@ def test_a_ticket_one_camera_failed_is_held_so_a_new_ticket_never_inherits_its_f
     import gc
     import weakref
 
-    from fair_edge.line.handshake.engine import Ticket
+    from fair_edge.line.handshake.tickets import Ticket
 
     clock = FakeClock()
     hs, _ = running_handshake(clock)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..sinks.urls import SinkUrl, parse_sink_url, scheme_entry
-from .engine import Handshake, HandshakeLink, Ticket
+from .engine import Handshake, HandshakeLink
 from .modbus import ModbusLink, open_modbus_link
 from .opcua import OpcUaLink, open_opcua_link
 from .settings import ERROR_CODES, HandshakeSettings, ModbusSignals, OpcUaSignals
+from .tickets import Ticket
 
 HANDSHAKE_SCHEMES: dict[str, Callable[[SinkUrl, HandshakeSettings], HandshakeLink]] = {
     "modbus": open_modbus_link,

@@ -54,7 +54,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from ...errors import ConfigError, PlcDeviceError, PlcError
@@ -65,6 +64,7 @@ from .settings import (ACK, ERROR, ERROR_ACK_TIMEOUT, ERROR_CODES, ERROR_NONE, E
                        HEARTBEAT_STEPS, PART_ID, READY, RESULT, RESULT_NG, RESULT_NONE,
                        RESULT_NOT_INSPECTED, RESULT_OK, RESULT_PART_ID, RESULTS_READY, SCORE, TRIGGER,
                        HandshakeSettings, region_values)
+from .tickets import Ticket, TriggerQueue
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +95,6 @@ class HandshakeLink(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class Ticket:
-    """One triggered part. t_trigger: monotonic s when the station saw the trigger; deadline:
-    t_trigger + result_timeout_ms; seq: the frame that inspects it (None until captured);
-    result / score: its answer (RESULT_NONE until the verdict; score None when the part was not scored);
-    t_written: when it was written."""
-
-    part_id: int
-    t_trigger: float
-    deadline: float
-    seq: int | None = None
-    result: int = RESULT_NONE
-    score: float | None = None
-    t_written: float | None = None
-    acked: bool = False      # its ack was seen; ack = 0 and results_ready = 0 are written (again, if refused) next
-    regions: dict[str, int] = field(default_factory=dict)   # region signal -> value (``region_values``)
-
-
 class Handshake:
     """Runs the handshake over ``link`` (opened and reopened by its own thread, started by ``start()``).
 
@@ -132,9 +114,7 @@ class Handshake:
         self._lock = threading.Lock()
         self._order: collections.deque[Ticket] = collections.deque()   # trigger order, oldest first
         self._by_seq: dict[int, Ticket] = {}
-        self._triggers: collections.deque[Ticket] = collections.deque()   # taken, waiting for a frame (max_parts)
-        self._queued = threading.Condition()   # guards _triggers and _puts; notified when a trigger is queued
-        self._puts = 0                         # triggers queued so far (``wait_for_trigger``)
+        self._triggers = TriggerQueue(settings.max_parts)   # taken, waiting for a frame
         self._up: Ticket | None = None       # the result now up (results_ready = 1)
         self._rest_polls = 0                 # polls results_ready still stays 0 before the next result is written
         self._station_fault: str | None = None
@@ -208,42 +188,18 @@ class Handshake:
     def next_trigger(self, timeout_s: float) -> Ticket | None:
         """The next triggered part to capture, or None after ``timeout_s`` (a part already past its
         result timeout is skipped: it will not be answered, so it needs no frame)."""
-        end = time.monotonic() + timeout_s
-        with self._queued:
-            while True:
-                self._skip_expired()
-                if self._triggers:
-                    return self._triggers.popleft()
-                left = end - time.monotonic()
-                if left <= 0:
-                    return None
-                self._queued.wait(left)
+        return self._triggers.next(timeout_s)
 
     def next_trigger_before(self, t: float) -> Ticket | None:
         """The next triggered part, taken, when the station saw its trigger at or before ``t`` (monotonic s, a
         frame's ``t_capture``); None, nothing taken, when its trigger came later or none waits. A frame exposed at
         ``t`` cannot show the part triggered before this one (the PLC had triggered the next part by then)."""
-        with self._queued:
-            self._skip_expired()
-            if self._triggers and self._triggers[0].t_trigger <= t:
-                return self._triggers.popleft()
-            return None
+        return self._triggers.next_before(t)
 
     def wait_for_trigger(self, timeout_s: float) -> bool:
         """Wait at most ``timeout_s`` until a triggered part waits for its frame, or one was queued since the call
         (another reader may have taken it already); whether one did. Takes nothing (``TriggerFanout``)."""
-        with self._queued:
-            if self._triggers:
-                return True
-            puts = self._puts
-            return self._queued.wait_for(lambda: self._puts != puts, timeout_s)
-
-    def _skip_expired(self) -> None:
-        """(under ``_queued``) Drop waiting parts past their result timeout: they will not be answered
-        (``_write_next`` counts them ``expired``), so they need no frame."""
-        now = time.monotonic()
-        while self._triggers and self._triggers[0].deadline <= now:
-            self._triggers.popleft()
+        return self._triggers.wait(timeout_s)
 
     def bind(self, seq: int, ticket: Ticket) -> None:
         """Frame ``seq`` inspects ``ticket``'s part."""
@@ -392,20 +348,10 @@ class Handshake:
                 self._answer_left_over(ticket)
             elif not self.ready:
                 self._answer(ticket, RESULT_NOT_INSPECTED)
-            elif not self._queue_trigger(ticket):
+            elif not self._triggers.put(ticket):
                 self._overrun(ticket)
         self.link.write([(TRIGGER, 0)])
         self._taken = None
-
-    def _queue_trigger(self, ticket: Ticket) -> bool:
-        """Queue ``ticket`` for its frame (waking a reader waiting for one); False when ``max_parts`` wait already."""
-        with self._queued:
-            if len(self._triggers) >= self.settings.max_parts:
-                return False
-            self._triggers.append(ticket)
-            self._puts += 1
-            self._queued.notify_all()
-        return True
 
     def _answer_left_over(self, ticket: Ticket) -> None:
         """A trigger already 1 at the first poll since the link came up: set while it was down, when is unknown, so
@@ -496,10 +442,7 @@ class Handshake:
 
     def _answer_waiting(self) -> None:
         """Parts triggered whose frame was not taken yet: NG not inspected (the station cannot)."""
-        with self._queued:
-            waiting = list(self._triggers)
-            self._triggers.clear()
-        for ticket in waiting:
+        for ticket in self._triggers.take_all():
             self._answer(ticket, RESULT_NOT_INSPECTED)
 
     def _answer_unanswered(self) -> None:
