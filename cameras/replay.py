@@ -20,8 +20,9 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import CameraError, DataError
-from fair_edge.images import LEFT_OUT_FIX, image_files, left_out_images, read_image, unread_text, utf8_problem
-from fair_edge.images import left_out_text as images_left_out_text
+from fair_edge.image_folders import LEFT_OUT_FIX, image_files, left_out_images, unread_text
+from fair_edge.image_folders import left_out_text as images_left_out_text
+from fair_edge.images import read_image, utf8_problem
 from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replays the files training reads
 
 from .base import EndOfStream, Pacer, Slot, check_fps
@@ -40,10 +41,11 @@ def is_image_file(path: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) 
 
 
 def left_out_text(folder: Path, suffixes: tuple[str, ...]) -> str:
-    """The image files of ``folder`` a listing by ``suffixes`` leaves out for their suffix (``images.left_out_images``:
-    a ``.pgm``, a ``.gif``), for a message, in training's words (``images.left_out_text``): "; 2 image file(s) left
-    out: their suffix is none of those fair-edge reads as images (.png, ...): f0.pgm, f1.pgm; save them as PNG to use
-    them, or move them out of the folder". "" when there is none (or the folder cannot be read)."""
+    """The image files of ``folder`` a listing by ``suffixes`` leaves out for their suffix
+    (``image_folders.left_out_images``: a ``.pgm``, a ``.gif``), for a message, in training's words
+    (``image_folders.left_out_text``): "; 2 image file(s) left out: their suffix is none of those fair-edge reads as
+    images (.png, ...): f0.pgm, f1.pgm; save them as PNG to use them, or move them out of the folder". "" when there
+    is none (or the folder cannot be read)."""
     try:
         left_out = left_out_images(folder, suffixes)
     except OSError:
@@ -63,10 +65,10 @@ class FolderReplaySource(SourceBase):
 
     folder: directory holding images with a suffix in ``suffixes`` (case-insensitive; default ``IMAGE_SUFFIXES``,
     the list training reads, WebP included); hidden files (a name starting with ".", e.g. a macOS AppleDouble
-    ``._NAME.png``, which holds no image) are not listed (``images.image_files``, training's rule). Subfolders holding
-    images, broken links and image files of another suffix (a ``.pgm``: ``images.left_out_images``) are not read
-    either: the first open names them in one warning, as training does (``images.unread_text``,
-    ``left_out_text``), and a folder holding no image is refused naming them. An image file with one of
+    ``._NAME.png``, which holds no image) are not listed (``image_folders.image_files``, training's rule).
+    Subfolders holding images, broken links and image files of another suffix (a ``.pgm``:
+    ``image_folders.left_out_images``) are not read either: the first open names them in one warning, as training
+    does (``image_folders.unread_text``, ``left_out_text``), and a folder holding no image is refused naming them. An image file with one of
     ``suffixes`` (``--source part.png``) is replayed as a folder holding that one file.
     fps: replay rate, frames per second; 0 = as fast as possible.
     loop: start again after the last image; else :class:`EndOfStream`. With loop, a pass over every file in
@@ -144,8 +146,8 @@ class FolderReplaySource(SourceBase):
 
     def _unread_text(self) -> str:
         """What the folder holds that may be images and is not read, for a message: image files of another suffix
-        (``left_out_text``), subfolders holding images and broken links (``images.unread_text``); "" for one image
-        file, or a folder with nothing of the kind."""
+        (``left_out_text``), subfolders holding images and broken links (``image_folders.unread_text``); "" for one
+        image file, or a folder with nothing of the kind."""
         if not self.folder.is_dir():
             return ""
         return left_out_text(self.folder, self.suffixes) + unread_text(self.folder, self.suffixes)

@@ -1,8 +1,9 @@
 """A JPEG damaged mid-file (bytes overwritten, size unchanged: a bad SD card, a flaky share) decodes through
 OpenCV with blocks of garbage, and only libjpeg's unnamed stderr line said so: it was trained on as a normal part.
-``images.decode_file(check_damage=True)`` reads that line (``stderr_lines``) and raises DataError naming the file, so
-training's skip rule, eval and build's calibration (``training.data.read_image``) leave it out. The station's readers
-(folder replay, console) never ask: the check points the process's stderr at a file while a JPEG decodes."""
+``images.decode_file(check_damage=True)`` reads that line (``jpeg_damage.stderr_lines``) and raises DataError naming
+the file, so training's skip rule, eval and build's calibration (``training.data.read_image``) leave it out. The
+station's readers (folder replay, console) never ask: the check points the process's stderr at a file while a JPEG
+decodes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from fair_edge.cameras import EndOfStream, FolderReplaySource
 from fair_edge.errors import DataError
-from fair_edge import images
+from fair_edge import jpeg_damage
 from fair_edge.images import decode_file, read_stored
 from fair_edge.training.data import load_dataset, load_images, read_image
 
@@ -74,10 +75,10 @@ def test_training_skips_the_damaged_jpeg_by_its_one_skip_rule(tmp_path, caplog):
 
 @pytest.fixture
 def stderr_untouched(monkeypatch):
-    """Fails the test when anything points file descriptor 2 elsewhere (``images._redirect_stderr``)."""
+    """Fails the test when anything points file descriptor 2 elsewhere (``jpeg_damage._redirect_stderr``)."""
     def refuse(sink):
         raise AssertionError("fd 2 redirected by a station reader")
-    monkeypatch.setattr(images, "_redirect_stderr", refuse)
+    monkeypatch.setattr(jpeg_damage, "_redirect_stderr", refuse)
 
 
 def test_the_station_folder_replay_never_redirects_stderr(tmp_path, stderr_untouched, capfd):
@@ -126,7 +127,7 @@ def test_a_harmless_libjpeg_warning_decodes_and_stays_on_stderr(tmp_path, capfd)
 
 def test_stderr_lines_keeps_the_damage_lines_and_passes_the_others_on(capfd):
     """What another thread (or a C library) writes to stderr during a decode is not lost: written on after it."""
-    from fair_edge.images import is_jpeg_damage, stderr_lines
+    from fair_edge.jpeg_damage import is_jpeg_damage, stderr_lines
 
     def other_thread():
         os.write(2, b"another thread's log line\n")
@@ -148,23 +149,23 @@ def test_stderr_lines_keeps_the_damage_lines_and_passes_the_others_on(capfd):
 def test_stderr_lines_passes_lines_on_before_giving_stderr_back(monkeypatch, capfd):
     """A line written just after the block (another thread, as fd 2 is pointed back) comes after the block's
     lines, and one written while they are passed on (still into the private file) is not lost."""
-    from fair_edge.images import is_jpeg_damage, stderr_lines
+    from fair_edge.jpeg_damage import is_jpeg_damage, stderr_lines
 
-    restore = images._restore_stderr
+    restore = jpeg_damage._restore_stderr
 
     def restore_as_others_write(saved):
         os.write(2, b"while passing on\n")   # fd 2 still the private file
         restore(saved)
         os.write(2, b"just after\n")
 
-    monkeypatch.setattr(images, "_restore_stderr", restore_as_others_write)
+    monkeypatch.setattr(jpeg_damage, "_restore_stderr", restore_as_others_write)
     with stderr_lines(is_jpeg_damage):
         os.write(2, b"during\n")
     assert capfd.readouterr().err == "during\njust after\nwhile passing on\n"
 
 
 def test_stderr_is_given_back_when_the_decoder_raises(capfd):
-    from fair_edge.images import is_jpeg_damage, stderr_lines
+    from fair_edge.jpeg_damage import is_jpeg_damage, stderr_lines
 
     with pytest.raises(ZeroDivisionError):
         with stderr_lines(is_jpeg_damage):
@@ -188,6 +189,6 @@ def test_stderr_is_given_back_when_the_decoder_raises(capfd):
     ("2026-12-07T01:00:00Z WARNING Corrupt JPEG data in a log line", False),
 ])
 def test_which_libjpeg_lines_mean_wrong_pixels(line, damage):
-    from fair_edge.images import is_jpeg_damage
+    from fair_edge.jpeg_damage import is_jpeg_damage
 
     assert is_jpeg_damage(line) is damage

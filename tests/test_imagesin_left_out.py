@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from fair_edge.cameras import FolderReplaySource
-from fair_edge.images import left_out_images
+from fair_edge.image_folders import left_out_images
 from fair_edge.preprocess import IMAGE_SUFFIXES
 from fair_edge.training.data import load_dataset
 

@@ -1,7 +1,8 @@
 """PatchCore --tile: the memory guard counted every image as having the tiles of the first readable one, so a
 folder whose first file (by name) is a small overview shot was under-counted (13 tiles counted, 769 read) and a fit
 the guard should refuse was OOM-killed instead; the image buffer, sized the same way, grew by copies. Every file's
-tiles are now counted from its header (``images.stored_size``: no pixel decoded), and the buffer is sized from that."""
+tiles are now counted from its header (``image_size.stored_size``: no pixel decoded), and the buffer is sized from
+that."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def _jpeg_with_thumbnail(path, big: np.ndarray, small: np.ndarray) -> None:
                                             (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])])
 @pytest.mark.parametrize("shape", [(37, 53, 3), (300, 17), (5, 2049, 3)])
 def test_the_header_size_is_the_decoded_size(tmp_path, suffix, params, shape):
-    from fair_edge.images import stored_size
+    from fair_edge.image_size import stored_size
 
     path = tmp_path / f"a{suffix}"
     assert cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, shape, np.uint8), params)
@@ -95,7 +96,7 @@ def test_the_header_size_is_the_decoded_size(tmp_path, suffix, params, shape):
 
 
 def test_the_header_size_of_odd_but_valid_files(tmp_path):
-    from fair_edge.images import stored_size
+    from fair_edge.image_size import stored_size
 
     _bmp_top_down(tmp_path / "top_down.bmp", 21, 34)
     assert stored_size(tmp_path / "top_down.bmp") == decode_file(tmp_path / "top_down.bmp").shape[:2] == (21, 34)
@@ -113,7 +114,7 @@ def test_the_header_size_of_odd_but_valid_files(tmp_path):
 
 
 def test_a_header_that_does_not_say_is_none_and_counted_from_the_decoded_frame(tmp_path):
-    from fair_edge.images import stored_size
+    from fair_edge.image_size import stored_size
     from fair_edge.training.data import model_image_count
 
     (tmp_path / "empty.png").write_bytes(b"")

@@ -224,7 +224,7 @@ def _with_mac_litter(folder: Path, names: list[str]) -> Path:
 def test_appledouble_and_hidden_files_are_not_images(tmp_path, caplog):
     folder = _with_mac_litter(tmp_path / "normals", ["a.png", "b.png"])
     assert [p.name for p in list_images(folder)] == ["a.png", "b.png"]
-    from fair_edge.images import image_files   # the rule list_images and the folder replay share
+    from fair_edge.image_folders import image_files   # the rule list_images and the folder replay share
 
     assert [p.name for p in image_files(folder, (".png",))] == ["a.png", "b.png"]
     root = _mvtec(tmp_path / "plate")

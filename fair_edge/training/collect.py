@@ -100,7 +100,7 @@ def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
 
 NAME_TRIES = 1000  # names tried for one new frame (STEM.png, STEM-2.png, ...) before a DataError
 PART_SUFFIX = ".part"   # a frame being written: ``.STEM.<16 hex>.part``, hidden and no image suffix, so no listing of
-                        # images (``images.image_files``: train, eval, build) takes one a crash left behind
+                        # images (``image_folders.image_files``: train, eval, build) takes one a crash left behind
 PART_NAME = re.compile(r"\..+\.[0-9a-f]{16}" + re.escape(PART_SUFFIX))   # write_part's names, and only those
 PART_STALE_S = 60.0   # s unchanged after which a part file is one a killed collect left: a live collect writes a
                       # frame's part file in one write and links it at once (milliseconds), then removes it

@@ -18,11 +18,12 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from fair_edge.errors import ConfigError, DataError, did_you_mean
+from fair_edge.image_folders import (LEFT_OUT_FIX, NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder,
+                                     is_hidden_name, left_out_images, left_out_text, named_text)
+from fair_edge.image_folders import unread_text as _unread_text  # the folder replay's too; wrapped below
+from fair_edge.image_size import stored_size
 from fair_edge.images import read_image as read_image_unchecked  # the check asked for below
-from fair_edge.images import (LEFT_OUT_FIX, NAMED_AT_MOST, SCANNED_AT_MOST, image_files, is_dataset_folder,
-                              is_hidden_name, left_out_images, left_out_text, named_text, read_mask_pixels,
-                              stored_size)
-from fair_edge.images import unread_text as _unread_text  # shared with the station's folder replay; wrapped below
+from fair_edge.images import read_mask_pixels
 from fair_edge.preprocess import IMAGE_SUFFIXES, check_frame
 from fair_edge.tiling import tile_layout
 
@@ -197,9 +198,9 @@ def list_images(folder: str | Path, hint: str = "") -> list[Path]:
 
 
 def folder_images(folder: Path) -> list[Path]:
-    """The images of ``folder`` that a command reads (``images.image_files`` with ``IMAGE_SUFFIXES``), sorted by
-    name. Image files it leaves out for their suffix (``images.left_out_images``: a ``.pgm``, a ``.gif``) are
-    logged once, as a warning counting them and naming the first few; other files (a ``README.txt``) are not.
+    """The images of ``folder`` that a command reads (``image_folders.image_files`` with ``IMAGE_SUFFIXES``), sorted
+    by name. Image files it leaves out for their suffix (``image_folders.left_out_images``: a ``.pgm``, a ``.gif``)
+    are logged once, as a warning counting them and naming the first few; other files (a ``README.txt``) are not.
     When it holds images, the subfolders holding images and the broken links it leaves out (``unread_text``) are
     logged once, as one warning; when it holds none, its caller's refusal names them. Raises OSError when the
     folder cannot be read."""
@@ -222,8 +223,8 @@ def _warn_left_out(folder: Path, left_out: list[Path]) -> None:
 def unread_text(folder: Path) -> str:
     """What a listing of ``folder`` leaves out that may be images, for a message: "; not read: lot2/ (25 images):
     ... flatten them ... or pass the subfolder; 3 broken link(s): img1.png -> /mnt/nas/img1.png ...". "" when there
-    is nothing of the kind (or the folder cannot be read). ``fair_edge.images.unread_text`` with ``IMAGE_SUFFIXES``
-    and this module's SCANNED_AT_MOST (entries one subfolder's image count visits)."""
+    is nothing of the kind (or the folder cannot be read). ``fair_edge.image_folders.unread_text`` with
+    ``IMAGE_SUFFIXES`` and this module's SCANNED_AT_MOST (entries one subfolder's image count visits)."""
     return _unread_text(folder, IMAGE_SUFFIXES, SCANNED_AT_MOST)
 
 
@@ -592,7 +593,7 @@ def model_image_count(samples: Sequence[Sample], tiling=None) -> int:
 
 def image_tiles(path: Path, tiling) -> int:
     """The tiles of ``tiling`` (a ``fair_edge.tiling.TilingConfig``) the image file ``path`` gives: ``tile_layout``
-    on its size as stored, read from its header (``images.stored_size``, a few bytes) or, where the header does
+    on its size as stored, read from its header (``image_size.stored_size``, a few bytes) or, where the header does
     not say, from its decoded frame (``read_frame``); 0 for a file training skips (unreadable, or too small for
     one tile of its region)."""
     size = stored_size(path)

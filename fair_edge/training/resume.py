@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from fair_edge.images import is_hidden_name
+from fair_edge.image_folders import is_hidden_name
 from fair_edge.models.checkpoint import TrainingImages, file_digest, load_checkpoint
 from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
