@@ -105,7 +105,8 @@ def rows_from(times: dict, batches: list[int]) -> list[dict]:
 def accuracy(args: argparse.Namespace, folder: Path) -> dict:
     """AUROC per engine of the trained checkpoint's graphs on the test split of ``args.data``."""
     from fair_edge.models.checkpoint import load_checkpoint
-    from fair_edge.training.data import load_dataset, read_image
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.pixels import read_image
     from fair_edge.export.build import BuildOptions, build_bundle
 
     ckpt = load_checkpoint(args.checkpoint)

@@ -20,7 +20,8 @@ from pathlib import Path
 from fair_edge.calibration.int8 import Int8Settings
 from fair_edge.calibration.int8_gate import QualityGate
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.registry import get_family

@@ -33,7 +33,8 @@ import torch
 from fair_edge.bench.run import synthetic_bundle, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.threshold import quantile_threshold
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.training.evaluate import score_samples
 from fair_edge.export.accuracy import compare_bundle_precisions
 from fair_edge.export.build import BuildOptions, build_bundle

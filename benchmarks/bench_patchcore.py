@@ -32,7 +32,8 @@ from fair_edge.bench.run import environment, synthetic_frames, synthetic_model
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.calibration.int8 import Int8Settings, quantize_int8
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.weights import load_backbone_weights

@@ -19,7 +19,8 @@ import numpy as np
 
 from fair_edge.calibration.frames import preprocess_frames
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.export.accuracy import compare_precisions
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.runtime.backends import OnnxRuntimeBackend

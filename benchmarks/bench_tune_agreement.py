@@ -22,7 +22,8 @@ import torch
 from scipy.stats import spearmanr
 
 from fair_edge.training import metrics
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.training.evaluate import score_samples
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, tune

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from fair_edge.calibration.frames import frame_scores
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.export.bundle import load_bundle
 from fair_edge.runtime.backends import OnnxRuntimeBackend
 

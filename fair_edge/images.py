@@ -6,7 +6,7 @@ apart: whole or not at all, any file name). Which files of a folder are images i
 job, an image file's size from its header ``fair_edge.image_size``'s.
 
 A JPEG whose data is damaged (bytes overwritten mid-file, or cut short) is a DataError naming it too, when the
-caller asks (``check_damage``: the training-side readers, ``fair_edge.training.data``): libjpeg decodes such a file
+caller asks (``check_damage``: the training-side readers, ``fair_edge.training.pixels``): libjpeg decodes such a file
 anyway, with blocks of garbage or grey, and says so only in an unnamed line on stderr, which ``decode_file`` then
 reads (``fair_edge.jpeg_damage.stderr_lines``: it points fd 2 of the whole process at a private file while the JPEG
 decodes, so the station's readers, the folder replay and the console, never ask for it).

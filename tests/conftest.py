@@ -128,7 +128,8 @@ def station_bundles(trained, mvtec_dir, tmp_path_factory):
     """Two bundles of the tiny trained model (fp32 and fp16: different files, so different model ids),
     each with a threshold and calibration distribution from the held-out normal plates."""
     from fair_edge.models.checkpoint import load_checkpoint
-    from fair_edge.training.data import load_dataset, read_image
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.pixels import read_image
     from fair_edge.export.build import BuildOptions, build_bundle
 
     normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
@@ -142,7 +143,8 @@ def fused_station_bundle(station_bundles, mvtec_dir, tmp_path_factory):
     """The two station bundles fused into one (fair_edge.runtime.fusion), its threshold from the plate's
     held-out normals: what a hot swap to a fused bundle loads."""
     from fair_edge.runtime.fusion import build_fused_bundle
-    from fair_edge.training.data import load_dataset, read_image
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.pixels import read_image
 
     normals = [read_image(s.path) for s in load_dataset(mvtec_dir).test if s.label == 0]
     return build_fused_bundle([b.root for b in station_bundles], tmp_path_factory.mktemp("fused") / "fused", normals)

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.training.data import load_dataset, read_mask
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_mask
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -304,7 +304,7 @@ def test_folder_replay_ignores_exif_orientation_as_training_does(tmp_path, gray)
     """One orientation policy: a JPEG tagged "rotate 90" (stored 20 x 60) is 20 x 60 in the training reader
     (train, eval, build, rules check), in its mask and in the station's folder replay; OpenCV's own default
     would turn it to 60 x 20 in the replay only."""
-    from fair_edge.training.data import read_image, read_mask
+    from fair_edge.training.pixels import read_image, read_mask
 
     folder = tmp_path / "imgs"
     folder.mkdir()

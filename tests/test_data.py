@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fair_edge.training.data import load_dataset, load_images, read_frame, read_image, read_mask
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import load_images, read_frame, read_image, read_mask
 from fair_edge.errors import DataError
 from fair_edge.tiling import TilingConfig
 

@@ -18,7 +18,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fair_edge.training.data import DatasetSplit, load_dataset, load_images
+from fair_edge.training.data import DatasetSplit, load_dataset
+from fair_edge.training.pixels import load_images
 from fair_edge.errors import ConfigError
 from fair_edge.models.family import ModelFamily
 from fair_edge.models.family import ColourInput

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.station.config import load_station
-from fair_edge.training.data import read_mask
+from fair_edge.training.pixels import read_mask
 
 
 def one_line(text: str) -> str:

@@ -1,6 +1,6 @@
 """Held-out images read by build, fuse, rules check and tune: a file that cannot be a model input (unreadable,
 truncated, under 2 x 2 px, smaller than one tile) is skipped with a warning naming it and counted, as train and
-eval skip it (``training.data.read_frames``), and none left is refused; rules check decides a frame it could not
+eval skip it (``training.pixels.read_frames``), and none left is refused; rules check decides a frame it could not
 inspect NG by score, as the station does."""
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def add_bad_files(folder: Path, good: Path) -> list[str]:
 
 
 def test_read_frames_skips_what_cannot_be_a_model_input_naming_each_and_counting(tmp_path, caplog):
-    from fair_edge.training.data import Sample, read_frames
+    from fair_edge.training.data import Sample
+    from fair_edge.training.pixels import read_frames
 
     folder = write_pngs(tmp_path / "imgs", make_frames(2, seed=3, size=40))
     bad = add_bad_files(folder, folder / "000.png")

@@ -27,7 +27,8 @@ from fair_edge.cli.build import build
 from fair_edge.errors import DataError
 from fair_edge.export.build import BuildOptions, build_bundle
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import images_for, list_images, load_dataset
+from fair_edge.training.data import list_images, load_dataset
+from fair_edge.training.held_out import images_for
 
 build_app = typer.Typer()
 build_app.command("build")(build)
@@ -165,7 +166,7 @@ def test_build_names_byte_identical_normal_files_and_refuses_a_folder_of_copies(
 
 
 def test_byte_identical_groups_hash_only_files_of_one_size_and_stop_at_the_bound(tmp_path):
-    from fair_edge.training.data import byte_identical_groups
+    from fair_edge.training.held_out import byte_identical_groups
 
     paths = []
     for name, data in (("a", b"x" * 10), ("b", b"y" * 10), ("c", b"x" * 10), ("d", b"x" * 11), ("e", b"x" * 10)):

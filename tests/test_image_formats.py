@@ -17,7 +17,8 @@ import pytest
 
 from fair_edge.errors import ConfigError, DataError
 from fair_edge.images import decode_file, read_image
-from fair_edge.training.data import list_images, load_dataset, read_mask
+from fair_edge.training.data import list_images, load_dataset
+from fair_edge.training.pixels import read_mask
 
 SHORT, LONG = 3, 4   # TIFF field types
 

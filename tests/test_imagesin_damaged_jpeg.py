@@ -1,7 +1,7 @@
 """A JPEG damaged mid-file (bytes overwritten, size unchanged: a bad SD card, a flaky share) decodes through
 OpenCV with blocks of garbage, and only libjpeg's unnamed stderr line said so: it was trained on as a normal part.
 ``images.decode_file(check_damage=True)`` reads that line (``jpeg_damage.stderr_lines``) and raises DataError naming
-the file, so training's skip rule, eval and build's calibration (``training.data.read_image``) leave it out. The
+the file, so training's skip rule, eval and build's calibration (``training.pixels.read_image``) leave it out. The
 station's readers (folder replay, console) never ask: the check points the process's stderr at a file while a JPEG
 decodes."""
 
@@ -19,7 +19,8 @@ from fair_edge.cameras import EndOfStream, FolderReplaySource
 from fair_edge.errors import DataError
 from fair_edge import jpeg_damage
 from fair_edge.images import decode_file, read_stored
-from fair_edge.training.data import load_dataset, load_images, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import load_images, read_image
 
 DAMAGE = "Corrupt JPEG data: premature end of data segment"   # what libjpeg says of the file below
 

@@ -22,7 +22,8 @@ from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.shortages import in_words
 from fair_edge.tiling import TilingConfig
-from fair_edge.training.data import load_dataset, load_images
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import load_images
 from test_image_formats import jpeg_with_exif, left_stripe, tiff_file
 
 TILING = TilingConfig(tile=32, overlap=0)
@@ -39,7 +40,7 @@ def _overview_first(folder, frames: int = 3):
 
 
 def test_every_file_counts_its_own_tiles_and_the_buffer_is_allocated_once(tmp_path):
-    from fair_edge.training.data import model_image_count
+    from fair_edge.training.pixels import model_image_count
 
     split = load_dataset(_overview_first(tmp_path / "tiled"))
     assert model_image_count(split.train, TILING) == 1 + 3 * 64
@@ -115,7 +116,7 @@ def test_the_header_size_of_odd_but_valid_files(tmp_path):
 
 def test_a_header_that_does_not_say_is_none_and_counted_from_the_decoded_frame(tmp_path):
     from fair_edge.image_size import stored_size
-    from fair_edge.training.data import model_image_count
+    from fair_edge.training.pixels import model_image_count
 
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("not an image")

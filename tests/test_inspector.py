@@ -151,7 +151,7 @@ def test_stop_event_drains_frames_in_flight(scorer):
 def test_untiled_frames_skip_the_tiler_with_the_same_maps_scores_and_verdicts(scorer, mvtec_dir, monkeypatch):
     from fair_edge.models.tensors import ANOMALY_MAP, COLOUR, HIGHPASS, SCORE
     from fair_edge.preprocess import frame_to_float, resize_float
-    from fair_edge.training.data import read_image
+    from fair_edge.training.pixels import read_image
 
     frames = [read_image(s.path) for s in load_dataset(mvtec_dir).test]
     pipeline = scorer.preprocess.pipeline

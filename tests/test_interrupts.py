@@ -233,7 +233,7 @@ def test_eval_scores_by_read_frames_keeping_its_runs_and_counts(tiny_ckpt_path, 
     """score_samples had its own copy of the skip loop; now it reads by read_frames, in the same runs of --batch
     samples (progress per run, skipped ones counted), with the same warnings."""
     import fair_edge.training.evaluate as evaluate_module
-    from fair_edge.training.data import read_frames
+    from fair_edge.training.pixels import read_frames
 
     calls = []
 

@@ -15,7 +15,8 @@ from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import Inspector
 from fair_edge.station.bundles import open_regions
 from fair_edge.station.zones import RegionJudge, RegionSettings
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 
 
 @pytest.fixture(scope="module")

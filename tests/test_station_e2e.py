@@ -14,7 +14,8 @@ import time
 import pytest
 
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import load_dataset, read_image
+from fair_edge.training.data import load_dataset
+from fair_edge.training.pixels import read_image
 from fair_edge.demo.run import match_pulses
 from fair_edge.training.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle

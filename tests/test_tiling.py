@@ -9,7 +9,8 @@ import torch
 from export_fixtures import MODEL, PRE, WIDTH, make_frames, write_pngs
 from fair_edge.calibration.frames import frame_scores
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint
-from fair_edge.training.data import DatasetSplit, Sample, load_images
+from fair_edge.training.data import DatasetSplit, Sample
+from fair_edge.training.pixels import load_images
 from fair_edge.errors import ConfigError
 from fair_edge.training.evaluate import score_samples
 from fair_edge.export.build import BuildOptions, build_bundle

@@ -34,7 +34,8 @@ from fair_edge.calibration.ranges import require_int8_onnxruntime
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, Threshold
 from fair_edge.regions import DEFAULT_PIXEL_QUANTILE
 from fair_edge.models.checkpoint import TrainingImages, load_checkpoint
-from fair_edge.training.data import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images_for, read_frames
+from fair_edge.training.held_out import ROLE_FLAGS, ROLE_FOLDERS, ROLE_WORDS, images_for
+from fair_edge.training.pixels import read_frames
 from fair_edge.cli.common import (check_width, friendly_errors, interrupt_exit_code, print_plain, progress_bar,
                                   shell_word, sigterm_as_interrupt, stopped_by_sigterm)
 from fair_edge.errors import ConfigError, DataError, did_you_mean

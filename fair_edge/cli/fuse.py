@@ -46,7 +46,8 @@ def fuse(
 ) -> None:
     """Fuse several bundles: each model's map is normalised by the mean and spread of its own map maximum on the
     normal images, then combined."""
-    from fair_edge.training.data import images_for, read_frames
+    from fair_edge.training.held_out import images_for
+    from fair_edge.training.pixels import read_frames
     from fair_edge.cli.build import exit_stopped
     from fair_edge.export.build import in_place
     from fair_edge.runtime.fusion import build_fused_bundle

@@ -93,7 +93,8 @@ def _frames(spec: str, category: Optional[str]):
     Unreadable, truncated and undersized (under 2 x 2 px) files are skipped with a warning naming each, and
     counted, as eval skips them (``read_frames``); DataError when none is left."""
     from fair_edge.errors import DataError
-    from fair_edge.training.data import list_images, load_dataset, read_frames
+    from fair_edge.training.data import list_images, load_dataset
+    from fair_edge.training.pixels import read_frames
 
     path = Path(spec)
     if path.is_dir() and any(p.is_file() for p in path.iterdir()) and not (path / "test").is_dir():

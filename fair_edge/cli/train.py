@@ -41,7 +41,8 @@ def run_training(data: str, *, preprocess, cfg, out: Path, device: str, resume: 
     and raises TrainingInterrupted (``signum`` SIGTERM), on every rank; a fit in one pass ends with exit 143."""
     import numpy as np
 
-    from fair_edge.training.data import list_images, load_dataset, load_images
+    from fair_edge.training.data import list_images, load_dataset
+    from fair_edge.training.pixels import load_images
     from fair_edge.training.loop import STOP_SIGNALS, resolve_device
     from fair_edge.training.ddp import ddp_group, from_environment
     from fair_edge.models.training_contract import check_extras

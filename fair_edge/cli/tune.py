@@ -61,7 +61,8 @@ def tune(
     """Choose settings from normal images only: train candidates (FAIR with one setting changed at a time,
     and each other model family: LGFDR, PatchCore), rank them by proxy defects caught at the target
     false-reject rate."""
-    from fair_edge.training.data import load_dataset, read_frames
+    from fair_edge.training.data import load_dataset
+    from fair_edge.training.pixels import read_frames
     from fair_edge.training.loop import TrainingInterrupted, resolve_device
     from fair_edge.training.tune import Candidate, check_fresh_tune, default_candidates
     from fair_edge.training.tune import tune as run_tune

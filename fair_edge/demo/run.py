@@ -33,7 +33,8 @@ import numpy as np
 from fair_edge.demo.config import DEMO_FALSE_REJECT_RATE
 from fair_edge.errors import DataError, RecorderError
 from fair_edge.training.collect import export_reviewed
-from fair_edge.training.data import DatasetSplit, Sample, elpv_split, read_image
+from fair_edge.training.data import DatasetSplit, Sample, elpv_split
+from fair_edge.training.pixels import read_image
 
 log = logging.getLogger(__name__)
 TRAVEL_MS = 400.0  # least camera -> reject gate travel time of the simulated conveyor

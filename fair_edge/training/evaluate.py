@@ -38,8 +38,10 @@ from fair_edge import plots
 from fair_edge.training import metrics
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE, f1_optimal_threshold, quantile_threshold
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.data import NAMED_AT_MOST, DatasetSplit, Sample, read_frames, read_image, read_mask
+from fair_edge.image_folders import NAMED_AT_MOST
 from fair_edge.images import write_png
+from fair_edge.training.data import DatasetSplit, Sample
+from fair_edge.training.pixels import read_frames, read_image, read_mask
 from fair_edge.disk import stops_deferred, write_failure
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.records import json_file_text
@@ -112,7 +114,7 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu", batch: int = 16,
                   with_masks: bool = False, progress=None) -> ScoredSet:
     """Score ``samples`` with the checkpoint's model; unreadable images, and images too small to be a model
-    input or to hold one tile, are skipped with a warning naming each, and counted (``data.read_frames``, the
+    input or to hold one tile, are skipped with a warning naming each, and counted (``pixels.read_frames``, the
     skip rule of training; DataError naming the first file when none is readable).
 
     A tiled model (``preprocess.tiling``) scores each image's tiles, ``batch`` tiles at a time, and
@@ -151,7 +153,7 @@ def score_samples(checkpoint: Path, samples: list[Sample], *, device: str = "cpu
 
 def _read_in_runs(samples: list[Sample], tiling, size: int) -> Iterator[tuple[int, list[tuple[Sample, np.ndarray]]]]:
     """``samples`` in consecutive runs of ``size`` (the last one shorter), as (samples in the run, [(sample, frame)]
-    of those read), frame (H, W, 3) uint8 BGR. Read by training's one skip rule (``data.read_frames``): an
+    of those read), frame (H, W, 3) uint8 BGR. Read by training's one skip rule (``pixels.read_frames``): an
     unreadable image, or one too small to be a model input or to hold one ``tiling`` tile, is skipped with a
     warning naming it, the count once all were read; DataError naming the first file when none is readable."""
     position = 0  # samples read or skipped so far; read_frames counts one only after the consumer is done with it

@@ -52,7 +52,8 @@ from fair_edge.training.loop import RESUME_STATE, TrainingInterrupted, check_see
 from fair_edge.calibration.threshold import DEFAULT_FALSE_REJECT_RATE
 from fair_edge.disk import discard_unfinished, write_failure
 from fair_edge.images import write_png
-from fair_edge.training.data import DatasetSplit, Sample, read_frames
+from fair_edge.training.data import DatasetSplit, Sample
+from fair_edge.training.pixels import read_frames
 from fair_edge.errors import ConfigError, DataError, FairEdgeError
 from fair_edge.training.evaluate import achieved_false_rejects, score_samples
 from fair_edge.training.runs import remove_outputs
@@ -260,7 +261,7 @@ def split_normals(samples: list[Sample], holdout: float, seed: int) -> tuple[lis
 
 def write_proxy_set(held: list[Sample], out: Path, settings: TuneSettings) -> list[Sample]:
     """Held-out normals (label 0) + one planted copy each (label 1), written as PNGs under ``out`` (any file name).
-    Each held-out file is read by training's one skip rule (``data.read_frames``): an unreadable one (truncated, a
+    Each held-out file is read by training's one skip rule (``pixels.read_frames``): an unreadable one (truncated, a
     macOS ``._NAME.png``) is skipped with a warning naming it, as training skips it; DataError when none is
     readable."""
     rng = np.random.default_rng(settings.seed + 1)

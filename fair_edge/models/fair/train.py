@@ -27,7 +27,8 @@ import torch
 from fair_edge.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.registry import ModelSpec
-from fair_edge.training.data import DatasetSplit, load_images
+from fair_edge.training.data import DatasetSplit
+from fair_edge.training.pixels import load_images
 from fair_edge.errors import CheckpointError, ConfigError, FairEdgeError
 from fair_edge.models.fair.losses import restoration_loss
 from fair_edge.preprocess import HighPass, PreprocessConfig, model_input

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.training.data import DatasetSplit, load_images
+from fair_edge.training.data import DatasetSplit
+from fair_edge.training.pixels import load_images
 from fair_edge.errors import ConfigError, FairEdgeError
 from fair_edge.models.lgfdr.model import LgfdrDetector
 from fair_edge.models.weights import load_backbone_weights

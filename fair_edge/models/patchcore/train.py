@@ -30,7 +30,8 @@ from typing import Any, Callable, Mapping
 import torch
 
 from fair_edge.models.checkpoint import Checkpoint, save_checkpoint
-from fair_edge.training.data import DatasetSplit, load_images, model_image_count
+from fair_edge.training.data import DatasetSplit
+from fair_edge.training.pixels import load_images, model_image_count
 from fair_edge.errors import ConfigError
 from fair_edge.models.weights import load_backbone_weights
 from fair_edge.models.patchcore.coreset import bank_neighbours, distance_step, greedy_coreset, greedy_coreset_bytes
@@ -110,7 +111,7 @@ def fit_memory(images: int, image_size: int, settings, batch: int, on_cpu: bool 
     {"images": float32 (images, 3, S, S); "features": patch rows x feature_dim float32; "coreset": the greedy
     coreset's (or the bank and neighbour table's, if larger) working set beside the features; "pass": one backbone
     batch; "host": the peak in RAM; "device": the peak in accelerator memory (0 when ``on_cpu``)}. Phases: reading
-    (the images, held once: ``data.ImageBuffer``), the backbone pass (images + features + a batch), the coreset
+    (the images, held once: ``pixels.ImageBuffer``), the backbone pass (images + features + a batch), the coreset
     (features + coreset: the images are freed). Peaks are times ``MEMORY_SLACK``.
     """
     rows = patch_rows(images, image_size, settings)
