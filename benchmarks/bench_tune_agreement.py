@@ -26,7 +26,8 @@ from fair_edge.training.data import load_dataset
 from fair_edge.training.pixels import read_image
 from fair_edge.training.evaluate import score_samples
 from fair_edge.preprocess import PreprocessConfig
-from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, tune
+from fair_edge.training.tune import tune
+from fair_edge.training.tune_candidates import Candidate, TuneSettings, default_candidates
 
 
 def real_metrics(checkpoint: str, split, rate: float) -> dict:

@@ -6,7 +6,7 @@ bench_patchcore_variants.py, then checked against the real defects: no candidate
 The rows were fitted on the same 80 % of the normal training images that ``fair-edge tune`` trains its
 candidates on (``tune.split_normals``, seed 0). This script writes tune's proxy set from the other 20 %
 (``tune.write_proxy_set``: each held-out normal plus one copy with a planted proxy defect) to OUT/proxy,
-scores every row's checkpoint on it and ranks the rows by tune's rule (``tune.TuneRow.rank_key``: proxy
+scores every row's checkpoint on it and ranks the rows by tune's rule (``tune_results.TuneRow.rank_key``: proxy
 catch at 0.5 % false rejects, then proxy AUROC). Only then are the rows' real test figures (from their
 row.json, scored by the bench) put beside the ranking, with Spearman's rank correlation.
 A PatchCore variant with other taps or local window is scored under those constants
@@ -26,7 +26,9 @@ from bench_equal_time import bench_data
 from fair_edge.training import metrics
 from fair_edge.training.evaluate import score_samples
 from fair_edge.models.checkpoint import load_checkpoint
-from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_proxy_set
+from fair_edge.training.tune import write_proxy_set
+from fair_edge.training.tune_candidates import Candidate, TuneSettings
+from fair_edge.training.tune_results import TuneRow
 
 
 def proxy_row(name: str, row: dict, proxy, settings: TuneSettings) -> TuneRow:
@@ -69,7 +71,8 @@ def main() -> None:
             agreement[key] = {"spearman": float(rho), "p_value": float(p), "n": len(table)}
     best_real = max(table, key=lambda t: (t["real_catch"], t["real_auroc"]))["name"]
     result = {"data": args.data, "held_out_normals": len(held), "chosen": table[0]["name"],
-              "best_on_real_defects": best_real, "rule": "tune.TuneRow.rank_key", "table": table, "agreement": agreement}
+              "best_on_real_defects": best_real, "rule": "tune_results.TuneRow.rank_key", "table": table,
+              "agreement": agreement}
     (args.out / "tune_rows.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| rank | row | proxy AUROC | proxy caught 0.5 % | proxy caught 5 % | real AUROC | real caught 0.5 % | real caught 5 % |")
     for t in table:

@@ -183,7 +183,8 @@ def test_tune_rows_ranks_the_suite_rows_of_a_product_by_tunes_rule(mvtec_dir, tm
     TuneRow.rank_key, the real figures beside the proxy ones."""
     import json
 
-    from fair_edge.training.tune import Candidate, TuneRow
+    from fair_edge.training.tune_candidates import Candidate
+    from fair_edge.training.tune_results import TuneRow
 
     suite, tune_rows = _script("suite"), _script("bench_tune_rows")
     monkeypatch.syspath_prepend(str(BENCH))

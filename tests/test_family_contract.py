@@ -178,7 +178,7 @@ def test_a_third_family_trains_builds_and_runs_through_the_commands(third_family
 
 
 def test_a_third_family_is_a_tune_candidate(third_family):
-    from fair_edge.training.tune import Candidate, default_candidates
+    from fair_edge.training.tune_candidates import Candidate, default_candidates
 
     names = [c.name for c in default_candidates(Candidate("base", PreprocessConfig(image_size=64), 32, 10), 64)]
     assert names[:4] == ["base", "lgfdr", "patchcore", "meancolour"]

@@ -156,6 +156,7 @@ def test_tune_reads_past_a_truncated_first_training_image(mvtec_dir, tmp_path, m
     """tune read its first training image with read_image, so a truncated one stopped it before any candidate."""
     from fair_edge.cli import app
     from fair_edge.training import tune as tune_module
+    from fair_edge.training import tune_results
 
     root = tmp_path / "plate"
     shutil.copytree(mvtec_dir, root)
@@ -165,7 +166,7 @@ def test_tune_reads_past_a_truncated_first_training_image(mvtec_dir, tmp_path, m
 
     def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         calls.append(out)
-        return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
+        return [tune_results.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
 
     monkeypatch.setattr(tune_module, "tune", fake)
     r = CliRunner().invoke(app, ["tune", str(root), "--image-size", "32", "--out", str(tmp_path / "t")])

@@ -34,13 +34,14 @@ def _interrupted_tune(monkeypatch, stop: BaseException, finished: int = 1):
     trainer raises TrainingInterrupted after Ctrl-C (a PatchCore fit: KeyboardInterrupt), leaving candidates/ and
     proxy/ behind."""
     from fair_edge.training import tune as tune_module
+    from fair_edge.training import tune_results
 
     def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         (out / "proxy" / "good").mkdir(parents=True, exist_ok=True)
         (out / "candidates" / "base").mkdir(parents=True, exist_ok=True)
         (out / "candidates" / "base" / "last.pt").write_bytes(b"half a candidate")
         for cand in candidates[:finished]:
-            on_row(tune_module.TuneRow(cand, "done", 0.9, 0.5, 0.5, 1.0))
+            on_row(tune_results.TuneRow(cand, "done", 0.9, 0.5, 0.5, 1.0))
         raise stop
 
     monkeypatch.setattr(tune_module, "tune", fake)
@@ -69,12 +70,13 @@ def test_the_same_tune_command_after_an_interrupt_starts_over(mvtec_dir, tmp_pat
     assert CliRunner().invoke(app, args).exit_code == 130
     (out / "notes.txt").write_text("mine")
     from fair_edge.training import tune as tune_module
+    from fair_edge.training import tune_results
 
     seen = []
 
     def finish(split, candidates, out_dir, settings, device, data, on_row=None, category=None):
         seen.append(sorted(p.name for p in out_dir.iterdir()))
-        return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
+        return [tune_results.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
 
     monkeypatch.setattr(tune_module, "tune", finish)
     r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
@@ -85,7 +87,7 @@ def test_the_same_tune_command_after_an_interrupt_starts_over(mvtec_dir, tmp_pat
 
 def test_a_finished_tune_run_is_still_refused(tmp_path):
     from fair_edge.errors import ConfigError
-    from fair_edge.training.tune import check_fresh_tune, unfinished_tune
+    from fair_edge.training.tune_results import check_fresh_tune, unfinished_tune
 
     (tmp_path / "candidates").mkdir()
     check_fresh_tune(tmp_path)  # an interrupted run's leftovers: no refusal
@@ -100,7 +102,8 @@ def test_a_finished_tune_run_is_still_refused(tmp_path):
 def test_tune_json_train_command_runs_as_pasted(tmp_path, data):
     """tune.json's train_command put DATA in unquoted: 'my plates/bottle' became two arguments, '-plates' an
     option."""
-    from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, write_results
+    from fair_edge.training.tune_candidates import Candidate, TuneSettings
+    from fair_edge.training.tune_results import TuneRow, write_results
 
     cand = Candidate("base", PreprocessConfig(image_size=32, cutoff=4.0), 8, 3, lr=1e-3)
     write_results([TuneRow(cand, "done", 0.9, 0.5, 0.5, 1.0)], tmp_path, TuneSettings(), data, 10, 3)
@@ -118,10 +121,11 @@ import time
 
 from fair_edge.cli import app
 from fair_edge.training import tune as tune_module
+from fair_edge.training import tune_results
 
 
 def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
-    on_row(tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0))
+    on_row(tune_results.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0))
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(600)   # a bound: the handler raises at once
 

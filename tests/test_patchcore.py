@@ -255,7 +255,8 @@ def test_cli_train_eval_build_run_bench_and_fuse(mvtec_dir, tmp_path):
 def test_tune_fits_a_patchcore_candidate(mvtec_dir, tmp_path):
     from pathlib import Path
 
-    from fair_edge.training.tune import Candidate, TuneSettings, tune
+    from fair_edge.training.tune import tune
+    from fair_edge.training.tune_candidates import Candidate, TuneSettings
 
     pre = PreprocessConfig(image_size=32)
     rows = tune(load_dataset(mvtec_dir), [Candidate("patchcore", pre, 8, None, family="patchcore")], tmp_path,

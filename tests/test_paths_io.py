@@ -28,7 +28,8 @@ import pytest
 from fair_edge.cameras import EndOfStream, FolderReplaySource
 from fair_edge.images import decode_file
 from fair_edge.training.data import Sample, list_images, load_dataset
-from fair_edge.training.tune import TuneSettings, write_proxy_set
+from fair_edge.training.tune import write_proxy_set
+from fair_edge.training.tune_candidates import TuneSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 LATIN1 = os.fsdecode(b"lat\xe9n")   # "latén" as a Windows share names it: not UTF-8, a surrogate in Python
@@ -150,7 +151,8 @@ def test_tune_writes_its_proxy_set_into_a_folder_whose_name_is_not_utf8(tmp_path
         "import json, sys\n"
         "from pathlib import Path\n"
         "from fair_edge.training.data import Sample\n"
-        "from fair_edge.training.tune import TuneSettings, write_proxy_set\n"
+        "from fair_edge.training.tune import write_proxy_set\n"
+        "from fair_edge.training.tune_candidates import TuneSettings\n"
         "samples = write_proxy_set([Sample(Path(p)) for p in sys.argv[2:]], Path(sys.argv[1]), TuneSettings())\n"
         "print(json.dumps([s.label for s in samples]))\n",
         out, *held)

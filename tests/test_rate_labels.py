@@ -28,7 +28,9 @@ from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training import metrics
 from fair_edge.training.data import Sample
 from fair_edge.training import tune as tune_module
-from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, catch_columns, results_csv
+from fair_edge.training import tune_results
+from fair_edge.training.tune_candidates import Candidate, TuneSettings
+from fair_edge.training.tune_results import TuneRow, catch_columns, results_csv
 
 TOO_FEW = "too few normals to resolve the target rate"
 
@@ -161,4 +163,4 @@ def test_catch_columns_are_named_by_their_rate(rate, columns):
 
 def test_different_rates_never_share_a_column_name():
     rates = [0.05, 0.0499, 0.0501, 0.05 - 1e-12, 0.05 + 1e-12, 0.005, 0.0049, 0.00499, 0.0, 1e-5, 1e-6, 0.999, 0.5]
-    assert len({tune_module.percent_label(r) for r in rates}) == len(rates)
+    assert len({tune_results.percent_label(r) for r in rates}) == len(rates)

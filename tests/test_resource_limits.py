@@ -41,8 +41,10 @@ from fair_edge.models.registry import ModelSpec
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.station.config import StationConfig
 from fair_edge.training import tune as tune_module
+from fair_edge.training import tune_candidates
 from fair_edge.training.data import load_dataset
-from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, tune
+from fair_edge.training.tune import tune
+from fair_edge.training.tune_candidates import Candidate, TuneSettings
 from test_console_units import one_camera_console
 
 # the words of torch's CPU allocator and ONNX Runtime's arena when an allocation fails (the audit's ulimit -v runs)
@@ -352,7 +354,7 @@ def test_a_tune_candidate_out_of_memory_is_marked_and_the_next_one_runs(mvtec_di
         return real(cand, *args)
 
     monkeypatch.setattr(tune_module, "score_candidate", short_of_memory)
-    monkeypatch.setattr(tune_module, "default_candidates", lambda base, side: tiny_candidates())
+    monkeypatch.setattr(tune_candidates, "default_candidates", lambda base, side: tiny_candidates())
     out = tmp_path / "t"
     r = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--image-size", "32", "--out", str(out), "--device", "cpu"],
                            env={"COLUMNS": "400"})

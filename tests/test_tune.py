@@ -16,7 +16,8 @@ from fair_edge.errors import ConfigError, DataError
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training.evaluate import score_samples
 from fair_edge.training.proxy_defects import KINDS, SIZES, plant
-from fair_edge.training.tune import Candidate, TuneSettings, default_candidates, split_normals, tune
+from fair_edge.training.tune import split_normals, tune
+from fair_edge.training.tune_candidates import Candidate, TuneSettings, default_candidates
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -127,13 +128,14 @@ def test_cli_tune_help_and_bad_width():
 def _stub_tune(monkeypatch):
     """Replace the candidates' training with one finished row per call (recorded), for the CLI's checks."""
     from fair_edge.training import tune as tune_module
+    from fair_edge.training import tune_results
 
     calls = []
 
     def fake(split, candidates, out, settings, device, data, on_row=None, category=None):
         calls.append(out)
         out.mkdir(parents=True, exist_ok=True)
-        return [tune_module.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
+        return [tune_results.TuneRow(candidates[0], "done", 0.9, 0.5, 0.5, 1.0)]
 
     monkeypatch.setattr(tune_module, "tune", fake)
     return calls
@@ -156,7 +158,7 @@ def test_cli_tune_refuses_an_earlier_run_unless_overwrite(mvtec_dir, tmp_path, m
     assert r.exit_code == 0, r.output
     assert calls == [out] and not (out / "candidates").exists() and not (out / "tune.json").exists()
     assert (out / "notes.txt").read_text() == "mine"
-    from fair_edge.training.tune import check_fresh_tune
+    from fair_edge.training.tune_results import check_fresh_tune
 
     check_fresh_tune(tmp_path / "fresh")  # nothing there: no error
 
@@ -206,7 +208,7 @@ def test_tune_lr_help_says_which_candidates_use_it():
 @pytest.mark.parametrize("seed", [-1, 2**64])
 def test_tune_refuses_a_seed_torch_cannot_take(seed):
     """tune --seed past 2**63 overflowed in torch after PatchCore's feature pass; -1 too in numpy."""
-    from fair_edge.training.tune import TuneSettings
+    from fair_edge.training.tune_candidates import TuneSettings
 
     with pytest.raises(ConfigError, match=r"seed \(--seed\) must be a whole number from 0 to 4294967295"):
         TuneSettings(seed=seed)
@@ -217,7 +219,7 @@ def test_the_recommended_train_command_trains_with_the_tune_seed(mvtec_dir, tmp_
     """`tune --seed 7` trained its candidates with seed 7 and recommended a `fair-edge train` line without --seed,
     which trains with seed 0: another model than the one ranked. The line (printed and in tune.json) says --seed 7;
     at the default seed it stays out."""
-    from fair_edge.training.tune import TuneRow, write_results
+    from fair_edge.training.tune_results import TuneRow, write_results
 
     _stub_tune(monkeypatch)
     result = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--image-size", "32", "--seed", "7", "--out",
@@ -237,7 +239,7 @@ def test_a_candidate_that_caught_nothing_ranks_above_one_that_ran_out_of_memory(
     scores came out inverted (caught nothing, AUROC 0) tied with one that ran out of memory before it, which then led
     the ranking, and tune ended in "no candidate finished" with no tune.json. The finished one is chosen now."""
     from fair_edge.training import tune as tune_module
-    from fair_edge.training.tune import OUT_OF_MEMORY, TuneRow
+    from fair_edge.training.tune_results import OUT_OF_MEMORY, TuneRow
 
     pre = PreprocessConfig(32, cutoff=4.0)
     cands = [Candidate("big", pre, 8, 2), Candidate("small", pre, 8, 2)]

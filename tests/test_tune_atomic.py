@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from fair_edge.cli import app
 from fair_edge.images import write_png
 from fair_edge.training import tune as tune_module
-from fair_edge.training.tune import TuneRow, check_fresh_tune, unfinished_tune
+from fair_edge.training.tune_results import TuneRow, check_fresh_tune, unfinished_tune
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from fair_edge.models import checkpoint as checkpoint_module
 from fair_edge.models.fair.family import FairSettings
 from fair_edge.models.fair.train import TrainConfig, Trainer
 from fair_edge.training.data import load_dataset
-from fair_edge.training.tune import Candidate, tune
+from fair_edge.training.tune import tune
+from fair_edge.training.tune_candidates import Candidate
 
 from test_checkpoint_fsync import saved_to, untagged
 from test_tune_demo_full_disk import PRE, SETTINGS, tiny_candidates

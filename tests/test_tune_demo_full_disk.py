@@ -28,9 +28,12 @@ from fair_edge.errors import CheckpointError, DataError, FairEdgeError, Recorder
 from fair_edge.models import checkpoint as checkpoint_module
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training import tune as tune_module
+from fair_edge.training import tune_candidates
 from fair_edge.training.data import load_dataset
 from fair_edge.training.loop import TrainingInterrupted
-from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, tune
+from fair_edge.training.tune import tune
+from fair_edge.training.tune_candidates import Candidate, TuneSettings
+from fair_edge.training.tune_results import TuneRow
 
 from test_checkpoint_fsync import saved_to
 
@@ -82,7 +85,7 @@ def test_a_full_disk_at_a_later_candidate_ranks_the_finished_ones_in_tune_csv(mv
 
 def test_cli_tune_names_the_kept_tune_csv_in_its_error_and_the_same_command_starts_over(mvtec_dir, tmp_path,
                                                                                           monkeypatch):
-    monkeypatch.setattr(tune_module, "default_candidates", lambda base, side: tiny_candidates())
+    monkeypatch.setattr(tune_candidates, "default_candidates", lambda base, side: tiny_candidates())
     out = tmp_path / "t"
     args = ["tune", str(mvtec_dir), "--image-size", "32", "--out", str(out), "--device", "cpu"]
     with monkeypatch.context() as disk:
@@ -112,7 +115,7 @@ def stop_at_second(monkeypatch, stop: BaseException) -> None:
 @pytest.mark.parametrize("stop", [TrainingInterrupted(Path("t/candidates/gauss/last.pt"), 1), KeyboardInterrupt()],
                          ids=["stepped-trainer", "patchcore-fit"])
 def test_ctrl_c_after_a_finished_candidate_ranks_it_in_tune_csv_and_says_so(mvtec_dir, tmp_path, monkeypatch, stop):
-    monkeypatch.setattr(tune_module, "default_candidates", lambda base, side: tiny_candidates())
+    monkeypatch.setattr(tune_candidates, "default_candidates", lambda base, side: tiny_candidates())
     stop_at_second(monkeypatch, stop)
     out = tmp_path / "t"
     r = CliRunner().invoke(app, ["tune", str(mvtec_dir), "--image-size", "32", "--out", str(out)],

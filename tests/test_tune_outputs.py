@@ -20,7 +20,9 @@ from fair_edge.preprocess import PreprocessConfig
 from fair_edge.training import tune as tune_module
 from fair_edge.training.data import DatasetSplit, Sample
 from fair_edge.training.proxy_defects import KINDS
-from fair_edge.training.tune import Candidate, TuneRow, TuneSettings, tune
+from fair_edge.training.tune import tune
+from fair_edge.training.tune_candidates import Candidate, TuneSettings
+from fair_edge.training.tune_results import TuneRow
 
 
 def normals(folder: Path, n: int) -> list[Sample]:

@@ -26,7 +26,7 @@ from fair_edge.errors import ConfigError
 from fair_edge.models.registry import WIDTH_FAMILY, get_family
 from fair_edge.preprocess import PreprocessConfig
 from fair_edge.runlock import LockHolder, hold_lock
-from fair_edge.training.tune import TuneSettings
+from fair_edge.training.tune_candidates import TuneSettings
 
 _TUNE = TuneSettings()
 TUNE_LOCK = ".tune.lock"  # held in OUT while a tune runs: a second tune there is refused, not mixed in
@@ -64,8 +64,9 @@ def tune(
     from fair_edge.training.data import load_dataset
     from fair_edge.training.pixels import read_frames
     from fair_edge.training.loop import TrainingInterrupted, resolve_device
-    from fair_edge.training.tune import Candidate, check_fresh_tune, default_candidates
     from fair_edge.training.tune import tune as run_tune
+    from fair_edge.training.tune_candidates import Candidate, default_candidates
+    from fair_edge.training.tune_results import check_fresh_tune
 
     check_width(width)
     check_out_writable(out, "a tune run", "its results and candidates", "tune.csv, tune.json, candidates/, proxy/")
@@ -133,7 +134,7 @@ def stopped_line(exc: BaseException, finished: int, kept: Optional[Path] = None)
     """The one line of a tune stopped by ``exc`` (Ctrl-C: TrainingInterrupted from a stepped trainer, else
     KeyboardInterrupt; SIGTERM: ``Terminated``) after ``finished`` candidates: tune has no --resume, and a
     candidate's last.pt is no result, so it says nothing was chosen and how to start over; ``kept``: the tune.csv
-    ranking the finished candidates (``tune.KeptRanking``), None when none was written."""
+    ranking the finished candidates (``tune_results.KeptRanking``), None when none was written."""
     how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
     line = f"tune {how} after {finished} candidate{'' if finished == 1 else 's'}; {START_OVER}"
     if kept is not None:
@@ -145,7 +146,7 @@ def stopped_line(exc: BaseException, finished: int, kept: Optional[Path] = None)
 def kept_results(out: Path) -> Optional[Path]:
     """OUT/tune.csv when a stopped tune left one (the finished candidates, ranked; ``clear_earlier`` deleted any
     earlier one before this run began), else None."""
-    from fair_edge.training.tune import TUNE_FINISHED
+    from fair_edge.training.tune_results import TUNE_FINISHED
 
     csv_path = out / "tune.csv"
     return csv_path if csv_path.is_file() and not (out / TUNE_FINISHED).exists() else None
@@ -156,7 +157,7 @@ def clear_earlier(out: Path, overwrite: bool) -> None:
     there (candidates/, proxy/, a tune.csv without tune.json: ``unfinished_tune``), so the new run's files are its
     own. Call it holding ``TUNE_LOCK``: no other tune is writing there."""
     from fair_edge.training.runs import remove_outputs
-    from fair_edge.training.tune import clear_tune, unfinished_tune
+    from fair_edge.training.tune_results import clear_tune, unfinished_tune
 
     if overwrite:
         for path in clear_tune(out):
