@@ -8,7 +8,7 @@ false-reject rate and at 5 %) and AUROC.
     python benchmarks/bench_tune_agreement.py elpv:mono --out runs/tune-elpv --width 16 --image-size 64 \
         --steps 200 --budget-min 40 [--only lgfdr patchcore]
 
-``--only`` keeps just the named candidates of ``tune.default_candidates`` (in its order), for a bounded
+``--only`` keeps just the named candidates of ``tune_candidates.default_candidates`` (in its order), for a bounded
 run that ranks, e.g., the families against each other without the FAIR settings.
 """
 

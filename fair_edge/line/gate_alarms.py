@@ -6,15 +6,16 @@ held, the gate waits), a sink fault (one entry per sink and cause), the latched 
 ``acknowledge``, named in one text: ``line.latched_alarms``).
 
 What the operator acknowledges (``to_acknowledge``, the console's alarm text) is the latched alarms and the missed /
-unconfirmed pulse fault of each sink whose link is up (one the latched alarms do not name already): the pulse faults
-an acknowledgement clears. ``acknowledge(seen)`` clears exactly that, and only when it is still the text the operator
+unconfirmed pulses of each sink whose link is up and that reported no ``link_down`` since its last ``reconnected``
+(each of its misses kept since the last acknowledgement, in one text; those the latched alarms do not name already):
+the pulse faults an acknowledgement clears. ``acknowledge(seen)`` clears exactly that, and only when it is still the text the operator
 was shown (``seen``): a pulse missed or an alarm latched since is never cleared unseen.
 
 Sink failures, one fault entry per sink (one sink's recovery never clears another's fault): a sink
 that misses a pulse (PLC down, device refused the write, pulse dequeued after its deadline) reports
 it; counted ``sink_missed``, never replayed, and the fault output is held on until that sink reports
 ``reconnected`` or ``delivered`` (it works again), or the operator acknowledges while that sink's
-link is up (with ``fail_safe: alarm`` an alarm also latches, naming it; without, the operator is shown the pulse
+link is up and holds no link fault (with ``fail_safe: alarm`` an alarm also latches, naming it; without, the operator is shown the pulse
 fault itself beside the alarms, ``to_acknowledge``). A pulse whose write went out but got no reply by its deadline
 is counted ``sink_unconfirmed`` instead (the PLC may have rejected the part: it is not claimed missed), with the same
 fault output and alarm: nobody knows the part was rejected. A ``stuck`` report (falling edge not written: the
@@ -121,12 +122,14 @@ class GateAlarms:
 
     def to_acknowledge(self, link_up: SinkLinkUp) -> str | None:
         """What an acknowledgement clears now, as the operator is shown it: the latched alarms' text, then the pulse
-        fault of each sink whose link is up (``link_up``) that they do not name, joined by "; "; None: nothing."""
+        faults of each sink whose link is up (``link_up``) and holds no link fault that they do not name, joined by
+        "; "; None: nothing."""
         with self._lock:
             return self._acknowledgeable(link_up)[1]
 
     def acknowledge(self, seen: str | None, link_up: SinkLinkUp) -> str | None:
-        """Clear what ``to_acknowledge`` names (the latched alarms, the pulse fault of each sink whose link is up),
+        """Clear what ``to_acknowledge`` names (the latched alarms, the pulse faults of each sink whose link is up
+        and holds no link fault),
         only while it is the text the operator was shown (``seen``; None: whatever it is now); returns that text,
         None when there was nothing (see ``RejectScheduler.acknowledge_alarm``). ConfigError, nothing cleared, when
         it is another (an alarm latched or a pulse missed since)."""

@@ -305,8 +305,8 @@ class RejectScheduler:
     def acknowledge_alarm(self, seen: str | None = None) -> str | None:
         """Operator reset of what ``to_acknowledge`` names: every alarm latched since the last reset (parts passed
         uninspected, refused, gap missed, sink misses) and the missed / unconfirmed pulse fault of each sink whose
-        link is up (a refused write, a pulse dequeued late: the sink works); a sink still down keeps its fault until
-        it reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
+        link is up (a refused write, a pulse dequeued late: the sink works); a sink still down (a ``link_down`` not
+        yet followed by ``reconnected``, its socket connected or not) keeps its fault until it reconnects, a stuck output keeps its fault until the sink writes it off again, and a link that is down
         keeps its fault until it reconnects. Returns the text it cleared (None: nothing was there), read and
         cleared at once. seen: the text the operator was shown (None: whatever is there); ConfigError, nothing
         cleared, when it is another now (an alarm latched or a pulse missed since): never cleared unseen."""
@@ -320,7 +320,8 @@ class RejectScheduler:
     @property
     def to_acknowledge(self) -> str | None:
         """What an acknowledgement clears now, the text the operator is shown (the console's alarm): the latched
-        alarms, then each pulse fault of a sink whose link is up that they do not name ("; "); None: nothing."""
+        alarms, then the pulse faults of each sink whose link is up (no ``link_down`` since its ``reconnected``)
+        that they do not name ("; "); None: nothing."""
         return self._alarms.to_acknowledge(self._outputs.link_up)
 
     @property
