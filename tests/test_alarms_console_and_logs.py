@@ -36,8 +36,8 @@ RIGHT = "part seq 4 not rejected: too close to the previous reject (gap_missed)"
 # ----------------------------------------------------------------------------- 1. a lane's alarm, acknowledged
 @pytest.fixture
 def lanes():
-    """Two lanes' reject gates ("left", "right"), as ``station.cell.open_cell_line`` opens them: fail_safe alarm, the
-    lane's own sinks, no fault sinks (the station's fault output is held through the tick's ``LaneWatch``)."""
+    """Two lanes' reject gates ("left", "right"), as ``station.cell_line.open_cell_line`` opens them: fail_safe alarm,
+    the lane's own sinks, no fault sinks (the station's fault output is held through the tick's ``LaneWatch``)."""
     from line_replay import RecordingSink
 
     from fair_edge.line.scheduler import RejectScheduler

@@ -27,7 +27,7 @@ from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import SinkReport
 from fair_edge.records import Verdict
 from fair_edge.runtime.hotswap import ModelSwitch
-from fair_edge.station.cell import LaneWatch
+from fair_edge.station.cell_lanes import LaneWatch
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import RunSummary
 

@@ -182,7 +182,7 @@ def test_the_fanouts_dropped_tickets_reach_the_summary_and_the_run_table():
     """The fanout's counts were kept but never shown: the cell's reject stats carry them under
     ``handshake.fanout`` (summary.json's ``rejects.handshake.fanout``) and ``fair-edge run``'s table has a row."""
     from fair_edge.cli.run import reject_rows
-    from fair_edge.station.cell import CellLine
+    from fair_edge.station.cell_line import CellLine
 
     hs = FakeHandshake(max_parts=1)
     fan = TriggerFanout(hs, ["a", "b"])

@@ -13,7 +13,8 @@ import pytest
 from fair_edge.line.scheduler import DISPATCH_LEAD_S
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.cell import CellLine, part_timeout_s
+from fair_edge.station.cell_line import CellLine
+from fair_edge.station.cell_timing import part_timeout_s
 from fair_edge.station.config import StationConfig
 from fair_edge.station.part_rows import NOT_AWAITED
 from fair_edge.station.parts import PartAssembler

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.cell import NO_GATE_TIMEOUT_S, open_cell_line, part_timeout_s
+from fair_edge.station.cell_line import open_cell_line
+from fair_edge.station.cell_timing import NO_GATE_TIMEOUT_S, part_timeout_s
 from fair_edge.station.config import StationConfig
 from fair_edge.station.parts import PartAssembler
 from line_replay import RecordingSink
@@ -120,7 +121,7 @@ def test_an_encoder_cells_part_with_a_view_missing_closes_when_the_belt_reaches_
                                                                                        stack):
     """The part closes (not inspected, ``down`` missing) in the sweep that sees the belt at its gate count, the
     count at which the gate decides it; not a count before, however much time went by."""
-    from fair_edge.station.cell import part_close_by_count
+    from fair_edge.station.cell_timing import part_close_by_count
 
     cfg = station(tmp_path)
     assert part_timeout_s(cfg) == float("inf") and part_close_by_count(cfg) == (DISTANCE, 0.0, NO_GATE_TIMEOUT_S)
@@ -156,7 +157,7 @@ def test_a_view_after_its_part_closed_is_counted_late_and_opens_no_part(tmp_path
 def test_without_a_gate_count_a_part_closes_a_second_after_the_belt_passed_its_furthest_camera(tmp_path):
     """No encoder_distance (no gate to wait for): a part closes NO_GATE_TIMEOUT_S after the belt passed the furthest
     camera's window, never after a time alone, so a stopped belt keeps it open."""
-    from fair_edge.station.cell import part_close_by_count
+    from fair_edge.station.cell_timing import part_close_by_count
 
     cfg = station(tmp_path, gate=False)
     close = part_close_by_count(cfg)

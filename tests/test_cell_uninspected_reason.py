@@ -17,7 +17,7 @@ from fair_edge.line.recorder import Recorder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.cell import CellLine
+from fair_edge.station.cell_line import CellLine
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.line_side import LineSide
 from fair_edge.station.views import GroupSettings

@@ -200,7 +200,7 @@ def test_an_encoder_cells_held_view_joins_its_part_by_the_count_at_its_capture(t
     both views."""
     import fair_edge.line.encoder_links as encoder_links
     import fair_edge.line.gate_sinks as gate_sinks
-    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.cell_line import open_cell_line
 
     belt, pulses, rows = SteppedBelt(0, T0), RecordingSink(), []
     monkeypatch.setattr(encoder_links, "open_encoder", lambda url: encoder(belt))
@@ -245,7 +245,7 @@ def test_a_window_counts_below_one_polls_travel_at_the_stated_top_speed_is_warne
     window_counts (20) the views of one part can be keyed further apart than the window (the audit: 24-26 parts for
     20, good parts rejected fail-safe) and nothing said why. With the belt's top speed on the encoder URL the start
     says so, naming the counts and the fix; without it the belt's speed is not known at start: nothing is said."""
-    from fair_edge.station.cell import warn_window_counts
+    from fair_edge.station.cell_timing import warn_window_counts
 
     url = "modbus://127.0.0.1:502?register=10&poll_ms=5&max_counts_per_s=8000"
     cfg = _cell(20, url)

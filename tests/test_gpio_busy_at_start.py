@@ -19,6 +19,7 @@ from fair_edge.cli import app
 from fair_edge.errors import PlcError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station import cell as cell_module
+from fair_edge.station import cell_models
 from fair_edge.station import run as run_module
 from fair_edge.station.config import CameraSettings, ConsoleSettings, StationConfig
 from fair_edge.station.views import GroupSettings, ViewSettings
@@ -55,8 +56,8 @@ def loads(monkeypatch) -> list[str]:
             raise NotLoaded(f"{name} was called: the model loaded before the busy GPIO line was found")
         return load
 
-    for module, name in ((run_module, "read_bundle"), (run_module, "open_scorer"), (cell_module, "read_bundle"),
-                         (cell_module, "open_scorer"), (cell_module, "CellModels")):
+    for module, name in ((run_module, "read_bundle"), (run_module, "open_scorer"), (cell_models, "read_bundle"),
+                         (cell_models, "open_scorer"), (cell_module, "CellModels")):
         monkeypatch.setattr(module, name, loader(f"{module.__name__}.{name}"))
     return calls
 

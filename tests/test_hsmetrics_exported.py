@@ -168,7 +168,7 @@ def test_a_cells_handshake_counters_and_its_fanouts_are_on_metrics(tmp_path, mon
     name would be watched twice), with its trigger fanout's dropped tickets. A part both cameras inspect OK, one
     whose left frame was dropped from its queue (answered 3), then left not reading while three parts queue past
     max_parts=2 for it (one overflows)."""
-    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.cell_line import open_cell_line
 
     clock = FakeClock()
     opened = scripted_handshakes(monkeypatch, clock)

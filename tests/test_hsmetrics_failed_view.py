@@ -40,7 +40,7 @@ class Cell:
     as the capture threads and the inspector hand them over, each part's row as the cell's listeners get it."""
 
     def __init__(self, tmp_path, monkeypatch, stack: contextlib.ExitStack) -> None:
-        from fair_edge.station.cell import open_cell_line
+        from fair_edge.station.cell_line import open_cell_line
 
         self.clock = FakeClock()
         opened = scripted_handshakes(monkeypatch, self.clock)

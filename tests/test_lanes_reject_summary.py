@@ -22,7 +22,8 @@ from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.line.sinks.base import WorkerSink
 from fair_edge.line.sinks.log import LogSink
 from fair_edge.records import Verdict
-from fair_edge.station.cell import CellLine, finish_cell
+from fair_edge.station.cell import finish_cell
+from fair_edge.station.cell_line import CellLine
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import RunSummary
 from fair_edge.station.line_side import LineSide
@@ -151,7 +152,7 @@ def test_the_summary_rows_and_summary_json_count_every_lane_and_name_each_lanes_
 def test_a_lane_fault_the_station_gate_names_already_is_not_named_twice():
     """With ``reject.fault_sinks`` the station gate's reason holds each lane's fault as ``LaneWatch`` put it at the
     last tick: named once; a lane whose fault came after that tick (or changed since) is added; lanes off are not."""
-    from fair_edge.station.cell import lanes_fault_output
+    from fair_edge.station.cell_lanes import lanes_fault_output
 
     lanes = {"a": {"fault_output": "part seq 3 passed the gate uninspected"}, "b": {"fault_output": ""},
              "c": {"fault_output": "coil c missed reject seq 9"}}

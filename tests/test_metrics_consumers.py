@@ -56,7 +56,7 @@ def test_each_lanes_reject_counters_are_exported_with_its_lane_label(tmp_path):
     documented alert on fair_edge_reject_total{event="sink_missed"} never fired while lane left missed its pulses.
     Now each lane's counters carry its camera (lane="left"), and the station's gate, holding only the fault output,
     is its fault sinks' counters (fair_edge_fault_output_total), no reject gate."""
-    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.cell_line import open_cell_line
 
     cameras = (ViewSettings("top", "unused-top", fps=10, reject=("log://",)),
                ViewSettings("left", "unused-left", fps=10, reject=(f"modbus://127.0.0.1:{dead_port()}?unit=1&coil=0",)))
@@ -92,7 +92,7 @@ def test_a_part_cells_metrics_count_parts_beside_views(tmp_path):
     """Audit s2: in a cell fair_edge_frames_total / _ng_total count views (120 / 30 for 60 parts, 15 NG) while the
     console and summary.json count parts, and no metric counted parts. Now fair_edge_parts_total{event} reads the
     summary's parts counters: 3 parts of 2 views, 1 of them NG by one view, move it by 3 parts and 1 NG."""
-    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.cell_line import open_cell_line
 
     cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
     cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="sequence"), RejectSettings())

@@ -173,7 +173,7 @@ def test_a_cell_gives_its_parts_a_due_time_only_where_a_reject_output_rejects_th
     """Review of this change: a part cell whose reject section held only fault_sinks opened a scheduler, so its parts
     were given delay_ms (0) + late_ms as their due time, and every view handed over 10 ms after its grab opened no
     part (counted late_views): such a cell counted almost no parts. Now only reject outputs give parts a due time."""
-    from fair_edge.station.cell import part_due_s
+    from fair_edge.station.cell_timing import part_due_s
     from fair_edge.station.config import StationConfig
 
     cfg = StationConfig.from_dict({
@@ -190,7 +190,7 @@ def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_
     import contextlib
     import time
 
-    from fair_edge.station.cell import open_cell_line
+    from fair_edge.station.cell_line import open_cell_line
     from fair_edge.station.config import StationConfig
 
     cfg = StationConfig.from_dict({

@@ -15,6 +15,7 @@ from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station import cell as station_cell
+from fair_edge.station import cell_models
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.camera import check_loop
 from fair_edge.station.views import GroupSettings, ViewSettings
@@ -28,8 +29,8 @@ def no_model_loads(monkeypatch):
     def no_model(*_args, **_kwargs):
         raise AssertionError("a model was loaded before the start's refusals were made")
 
-    monkeypatch.setattr(station_cell, "read_bundle", no_model)
-    monkeypatch.setattr(station_cell, "open_scorer", no_model)
+    monkeypatch.setattr(cell_models, "read_bundle", no_model)
+    monkeypatch.setattr(cell_models, "open_scorer", no_model)
 
 
 @pytest.fixture
@@ -38,8 +39,8 @@ def no_backend_opens(monkeypatch):
     def no_backend(*_args, **_kwargs):
         raise AssertionError("a camera's model was opened before every camera's start refusals were made")
 
-    monkeypatch.setattr(station_cell, "read_bundle", lambda path: SimpleNamespace(root=path, map_area=None))
-    monkeypatch.setattr(station_cell, "open_scorer", no_backend)
+    monkeypatch.setattr(cell_models, "read_bundle", lambda path: SimpleNamespace(root=path, map_area=None))
+    monkeypatch.setattr(cell_models, "open_scorer", no_backend)
 
 
 def cell(tmp_path, cameras: tuple[ViewSettings, ...], **changes) -> StationConfig:

@@ -82,7 +82,8 @@ def lane_station(lane_url: str) -> StationConfig:
 def finish_lanes(cfg: StationConfig, lane: RejectScheduler, recorder) -> RunSummary:
     """``finish_cell`` for a lane station whose lane ``a`` is ``lane`` (no camera, no station gate)."""
     from fair_edge.cameras.mux import CaptureMux
-    from fair_edge.station.cell import CellLine, finish_cell
+    from fair_edge.station.cell import finish_cell
+    from fair_edge.station.cell_line import CellLine
 
     mux = CaptureMux()
     mux.set_captures({})

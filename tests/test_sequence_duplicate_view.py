@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.cell import CellLine
+from fair_edge.station.cell_line import CellLine
 from fair_edge.station.parts import PartAssembler
 from fair_edge.station.views import GroupSettings
 

@@ -192,7 +192,7 @@ def test_handshake_cell_answers_a_part_whose_views_all_dropped_or_that_no_camera
     from fair_edge.cameras.triggered import TriggerFanout
     from fair_edge.line.handshake import Handshake
     from fair_edge.line.handshake.settings import RESULT_NOT_INSPECTED, HandshakeSettings
-    from fair_edge.station.cell import CellLine
+    from fair_edge.station.cell_line import CellLine
     from types import SimpleNamespace
 
     hs = Handshake(HandshakeSettings(url="modbus://127.0.0.1:1"), _PlcLink())
@@ -649,7 +649,7 @@ def test_the_plc_handshake_answers_each_part_once_from_all_its_views(station_bun
 
 def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
     from fair_edge.line.handshake.settings import HandshakeSettings
-    from fair_edge.station.cell import part_timeout_s
+    from fair_edge.station.cell_timing import part_timeout_s
 
     cams = (ViewSettings("a", "1"), ViewSettings("b", "2"))
     gate = StationConfig(cameras=cams, reject=RejectSettings(sinks=("log://",), delay_ms=400))

@@ -28,8 +28,8 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
     ``RunSummary.rejects``. In red: the pulses row once a pulse was missed or unconfirmed, and rows shown only when
     above 0: parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``. A lane
-    station's top level holds the totals over its lanes (``station.cell.CellLine.reject_stats``), then a row per lane
-    (``lane_rows``); its fault output row names each lane whose fault is on."""
+    station's top level holds the totals over its lanes (``station.cell_line.CellLine.reject_stats``), then a row per
+    lane (``lane_rows``); its fault output row names each lane whose fault is on."""
     if not rejects:
         return []
     from fair_edge.station.run import undelivered_sinks

@@ -233,8 +233,9 @@ class StationFeed:
             self.run_id = recorder.run_id   # the station's run id: NG image names and log rows carry it
 
     def attach_lanes(self, lanes: Mapping[str, RejectGate]) -> None:
-        """``group.by: lane``: camera -> its lane's reject gate (``station.cell.CellLine.lanes``, the station file's
-        order). Their latched alarms are shown named by lane (``alarms``) and cleared by the console's acknowledge."""
+        """``group.by: lane``: camera -> its lane's reject gate (``station.cell_line.CellLine.lanes``, the station
+        file's order). Their latched alarms are shown named by lane (``alarms``) and cleared by the console's
+        acknowledge."""
         self.lanes = dict(lanes)
 
     def read_fault_from(self, fault_reason: Callable[[str], str]) -> None:

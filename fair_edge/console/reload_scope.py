@@ -121,8 +121,8 @@ class ReloadFrom:
 def reload_plan(named) -> dict[Path, tuple[str, ...]]:
     """Bundle folder -> the cameras to run it, in the station file's order, for ``StationActions.swap_cameras``: one
     load per folder however the cameras spell its path (relative or absolute, through a link), keyed by the folder
-    resolved (``tuning.real_folder``), as ``station.cell.CellModels`` keys its models at the start: cameras that share
-    a backend there share one after a reload too. named: each camera's ``CameraBundle``."""
+    resolved (``tuning.real_folder``), as ``station.cell_models.CellModels`` keys its models at the start: cameras
+    that share a backend there share one after a reload too. named: each camera's ``CameraBundle``."""
     plan: dict[Path, tuple[str, ...]] = {}
     for c in named:
         folder = tuning.real_folder(c.bundle)

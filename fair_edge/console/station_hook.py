@@ -67,7 +67,7 @@ class StationConsole:
     distribution (with its size, ``n_normal``) feeds the drift watch and threshold tuning (``station.decision``: with an ROI, of
     max(map x ROI)); None = the bundle's threshold's, or none with an ROI (no distribution in its units).
     calibrations: several cameras: camera -> the ``Threshold`` of that camera's decision score (None: none), in
-    the station file's order (``station.cell.CellModels.calibrations``); each camera gets its own drift watch
+    the station file's order (``station.cell_models.CellModels.calibrations``); each camera gets its own drift watch
     on it, and ``calibration`` is not used."""
 
     def __init__(self, cfg, bundle, fault=None, links: StationLinks = StationLinks(), calibration=None,

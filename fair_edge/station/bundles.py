@@ -84,7 +84,7 @@ def check_applied_threshold(cfg: StationConfig, bundle: Bundle | FusedBundle, ca
     camera's ``cameras[].threshold``, for it, or null: its own calibrated one). The check a reload makes
     (``StationActions.check_threshold_pairs``). camera: "" for a station of one camera; else the name of one of
     several, with ``cfg`` the station as that camera sees it (``config.view_config``: its bundle and threshold, else
-    the station's; ``cell.CellModels`` checks each camera so)."""
+    the station's; ``cell_models.CellModels`` checks each camera so)."""
     if cfg.source_file is None or cfg.threshold is None:
         return
     row = applied_thresholds(Journal(cfg.output / AUDIT).read(), cfg.source_file).get(camera)

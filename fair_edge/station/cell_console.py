@@ -72,7 +72,7 @@ class CellLoader:
 def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, stack: contextlib.ExitStack,
                       line: LineSide, export_reviewed=None):
     """The cell's console (``open_console``): each camera's score calibration, from ``models``
-    (``cell.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feeds that camera's own
+    (``cell_models.CellModels``: ``bundles`` by resolved path, ``calibrations`` by camera), feeds that camera's own
     drift watch; the first camera's loaded bundle is the console's top-line one; swaps and SIGHUP load bundles
     per camera (``CellLoader``); it sees every view, and knows each camera's loaded bundle (``start_bundles``)."""
     from fair_edge.console.actions import StationLinks

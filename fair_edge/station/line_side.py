@@ -152,7 +152,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     the start (the metrics port, ``require_sinks_at_start``) before the handshake writes to the PLC; a station
     refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics. Watched
     on /metrics: the recorder, the reject gate, the encoder and the handshake (``fair_edge_handshake_total{event}``,
-    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell.watch_cell``)."""
+    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell_line.watch_cell``)."""
     from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher

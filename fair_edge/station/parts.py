@@ -62,9 +62,9 @@ OpenListener = Callable[[int, float, "int | None"], None]
 
 class CloseByCount(NamedTuple):
     """``match: encoder``: a part closes when the belt count reaches its key + ``counts``, then ``grace_s`` later
-    (``station.cell.part_close_by_count``); a stopped belt keeps it open. While the encoder has no belt position
-    (its link is down: the count is held and would keep every part open), a part closes ``unplaced_s`` after its
-    first view's capture (s; inf: never by time)."""
+    (``station.cell_timing.part_close_by_count``); a stopped belt keeps it open. While the encoder has no belt
+    position (its link is down: the count is held and would keep every part open), a part closes ``unplaced_s``
+    after its first view's capture (s; inf: never by time)."""
 
     counts: int
     grace_s: float = 0.0
@@ -84,8 +84,8 @@ class PartAssembler(SequenceMatching):
     the encoder has no position (``encoder_source.mark``'s count); default ``count``. plc_part: (camera, frame) ->
     the PLC part id its frame was triggered for (``match: handshake``). on_open: see ``OpenListener``; a part's
     first view was captured. on_part: see ``PartListener``. due_s: how long after a part's first view's capture the
-    reject gate can still reject it (``cell.part_due_s``: ``reject.delay_ms + late_ms``, s; inf: no reject output,
-    or a gate that goes by belt count): a ``window`` or ``sequence`` view matching no part after that opens none
+    reject gate can still reject it (``cell_timing.part_due_s``: ``reject.delay_ms + late_ms``, s; inf: no reject
+    output, or a gate that goes by belt count): a ``window`` or ``sequence`` view matching no part after that opens none
     (``_past_gate``). clock: monotonic
     seconds (tests hand in a fake one).
     """

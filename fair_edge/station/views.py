@@ -168,11 +168,11 @@ class GroupSettings:
     by: ``part`` or ``lane``. match: ``window``, ``sequence``, ``encoder`` or ``handshake``. window_ms: capture-time
     window of one part, ms. window_counts: encoder-count window of one part (each view keyed by the belt count at its
     capture time): at least the belt's counts/s x (the encoder's ``poll_ms`` + the spread of the cameras' capture
-    stamps), below half the part pitch in counts (``cell.warn_window_counts``). rule: ``any`` or
+    stamps), below half the part pitch in counts (``cell_timing.warn_window_counts``). rule: ``any`` or
     ``count>=K``. part_timeout_ms: how long after its first view a part waits for the others, ms; None
-    = until its due time at the reject gate (``reject.delay_ms``: ``station.cell.part_timeout_s``), with the PLC
-    handshake half its result timeout (at most 1000 ms), else 1000 ms; with ``match: encoder`` a part closes by
-    belt count instead (``station.cell.part_close_by_count``): when the belt reaches its gate count
+    = until its due time at the reject gate (``reject.delay_ms``: ``station.cell_timing.part_timeout_s``), with the
+    PLC handshake half its result timeout (at most 1000 ms), else 1000 ms; with ``match: encoder`` a part closes by
+    belt count instead (``station.cell_timing.part_close_by_count``): when the belt reaches its gate count
     (``reject.encoder_distance``), without one 1000 ms after the belt passed the furthest camera's
     ``window_counts``, and while the encoder has no belt position (its link is down) 1000 ms after it opened.
     """
