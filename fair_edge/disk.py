@@ -2,7 +2,7 @@
 unit files): the free space on a disk (``free_space``) and its free inodes (``free_inodes``), the cause and fix of a
 write that failed (``write_failure``, by errno: full, out of inodes, over quota, read-only, not this account's), and
 the removal of what it left half-written (``discard_unfinished``); whether a folder can be written at all
-(``unwritable_folder``); where this account's caches go (``user_cache``);
+(``unwritable_folder``; a read-only mount: ``read_only_mount``); where this account's caches go (``user_cache``);
 forcing a file or a folder to the disk (``fsync``); writing a file whole or not at all (``write_whole``,
 ``write_text_whole``); holding Ctrl-C and SIGTERM back while a result is moved into place (``stops_deferred``)."""
 
@@ -87,7 +87,7 @@ def user_cache() -> Path:
         return Path(tempfile.gettempdir()) / f"fair-edge-{uid}"
 
 
-def _nearest_existing(path: str | Path) -> Path:
+def nearest_existing(path: str | Path) -> Path:
     """``path``, or its nearest existing folder above (a folder not made yet is on the disk of that one)."""
     where = Path(path)
     while not where.exists() and where != where.parent:
@@ -95,19 +95,24 @@ def _nearest_existing(path: str | Path) -> Path:
     return where
 
 
+def read_only_mount(path: str | Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (no account may write it, root neither); False when
+    that cannot be told (no ``statvfs``: not POSIX)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):   # AttributeError: no statvfs (not POSIX)
+        return False
+
+
 def unwritable_folder(path: str | Path) -> str | None:
     """Why this account could not write in the folder ``path`` (nor make it, where it is missing), checked without
     creating anything: "F is a file, not a folder", "F is on a read-only file system", "this account cannot write in
     F", F being ``path`` or the nearest existing folder above it, where it would be made; None when it could (a full
     disk is found by the write itself)."""
-    where = _nearest_existing(path)
+    where = nearest_existing(path)
     if not where.is_dir():
         return f"{where} is a file, not a folder"
-    try:
-        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):   # AttributeError: no statvfs (not POSIX)
-        read_only = False
-    if read_only:
+    if read_only_mount(where):
         return f"{where} is on a read-only file system"
     if not os.access(where, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return f"this account cannot write in {where}"
@@ -117,7 +122,7 @@ def unwritable_folder(path: str | Path) -> str | None:
 def free_bytes(path: str | Path) -> int:
     """Bytes this account may still write on the disk of ``path`` or of its nearest existing folder above; raises
     OSError when that cannot be read."""
-    return shutil.disk_usage(_nearest_existing(path)).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def free_inodes(path: str | Path) -> int | None:
@@ -129,7 +134,7 @@ def free_inodes(path: str | Path) -> int | None:
     if statvfs is None:
         return None
     try:
-        info = statvfs(_nearest_existing(path))
+        info = statvfs(nearest_existing(path))
     except OSError:
         return None
     total, available = getattr(info, "f_files", 0), getattr(info, "f_favail", None)

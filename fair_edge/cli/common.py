@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fair_edge.disk import nearest_existing, read_only_mount
 from fair_edge.errors import ConfigError, FairEdgeError, did_you_mean
 from fair_edge.models.fair.unet import WIDTHS
 from fair_edge.shell import shell_word  # noqa: F401  (re-exported: every command's ``next:`` lines quote with it)
@@ -243,11 +244,9 @@ def check_out_writable(out: Path, writer: str = "a training run", writes: str = 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; {writer} writes a folder ({files}). "
                           "Pass a new or existing folder.")
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out)
     where = "" if folder == out else f" (it would be made in {folder}, the nearest folder that exists)"
-    if _read_only_mount(folder):
+    if read_only_mount(folder):
         raise ConfigError(f"--out {out}: {folder} is on a read-only file system{where}; {writer} writes {writes} "
                           "there. Choose an --out on a writable disk, or remount that disk read-write.")
     if not os.access(folder, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
@@ -264,26 +263,16 @@ def check_file_writable(path: Path, flag: str, example: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; expected a file path, e.g. {path / example}.")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder, so no file can be written under it; "
                           "expected a file path in a folder (or one to be made).")
-    if _read_only_mount(folder):
+    if read_only_mount(folder):
         raise ConfigError(f"{flag} {path}: {folder} is on a read-only file system; choose a path on a writable disk.")
     target = path if path.exists() else folder
     if not os.access(target, os.W_OK | (0 if target is path else os.X_OK),
                      effective_ids=os.access in os.supports_effective_ids):
         raise ConfigError(f"{flag} {path}: {target} is not writable by this account; choose a path you can write.")
-
-
-def _read_only_mount(folder: Path) -> bool:
-    """True when ``folder`` lies on a file system mounted read-only (False when that cannot be told)."""
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
 
 
 def check_width(width: int, flag: str = "--width") -> int:

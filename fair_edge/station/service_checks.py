@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fair_edge.disk import read_only_mount
 from fair_edge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -486,7 +487,7 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
             raise ConfigError(f"{field} {folder}: {existing} is not a folder, so the station cannot write there and "
                               f"the unit would restart forever. Set {what} in the station file to a folder, or move "
                               f"{existing} away, and install again.")
-        if _read_only(existing):
+        if read_only_mount(existing):
             raise ConfigError(f"{field} {folder}: {existing} is on a read-only file system, so the station cannot "
                               f"write there and the unit would restart forever. Set {what} in the station file to a "
                               "folder on a writable disk, or mount that one read-write, and install again.")
@@ -500,15 +501,6 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
         where = f"{spot}, the folder it would be made in," if made and spot == existing else None
         fix = _output_fix(folder, made, what, account, s) if spot == existing and lacking & W else None
         raise _reach_error(field, folder, account, doing, spot, lacking, fix=fix, where=where)
-
-
-def _read_only(folder: Path) -> bool:
-    """Whether ``folder`` is on a file system mounted read-only (no account may write it); False when that cannot
-    be told here."""
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):   # AttributeError: no statvfs (not POSIX)
-        return False
 
 
 def _output_fix(folder: Path, made: bool, what: str, account: Account, s: ServiceSettings) -> str:
