@@ -11,8 +11,7 @@ An idle, connected output is probed about every ``PROBE_S`` (``Output.probe``: a
 that went away is found while no part is on its way, not first when an NG part's pulse fails at the gate. The value
 the probe reads back is compared with a fault level the sink holds on: one a PLC or HMI wrote over (an
 "acknowledge" on the PLC side that resets the fault coil while the station's alarm stays latched) is written again,
-counted
-``overwritten`` and reported (``SinkReport`` kind ``overwritten``, a WARNING naming the sink and the level).
+counted ``overwritten`` and reported (``SinkReport`` kind ``overwritten``, a WARNING naming the sink and the level).
 ``link_down`` (the station's fault output) is reported when the link cannot be re-established: a connect that
 fails (the first at start, or the first after the link dropped), or a second link failure (write or probe) in a
 row whose reconnect in between succeeded (a PLC whose TCP stack answers and whose application does not). One
@@ -82,8 +81,8 @@ class SinkReport:
     probe is answered again), ``stuck`` (falling edge not written: the output may
     be left on), ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
-    pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read the output back at another
-    value than its resting level: something else wrote it; written again, reported when a run of them begins)."""
+    pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read a fault output held on back
+    off: something else wrote it; written again, reported when a run of them begins)."""
 
     sink: str
     kind: str
@@ -129,7 +128,7 @@ class Output(Protocol):
     it (GPIO, local lines) are not probed. It must never write: a ``pulse_ms=0`` output stays on until
     the PLC clears it. It returns the value read back, or None where it reads none; with optional
     ``written(on)``, the value ``set(on)`` writes (None where ``set`` holds no level: an OPC UA counter), the worker
-    compares the two (``WorkerSink`` puts a resting level written over back)."""
+    compares the two (``WorkerSink`` puts a fault level held on and written over back)."""
 
     def open(self) -> None: ...
 
@@ -514,10 +513,9 @@ class WorkerSink:
         self._level_dirty = True
         if not self._overwriting:
             self._overwriting = True
-            self._emit("overwritten", None, f"read back {read_back!r} while its level is {'on' if level else 'off'} "
-                                            f"({held!r}): written over by another writer (the PLC or an HMI?); "
-                                            f"writing {'on' if level else 'off'} again (reported again once a read "
-                                            f"back shows it at its level)")
+            self._emit("overwritten", None, f"read back {read_back!r} while its level is on ({held!r}): written "
+                                            f"over by another writer (the PLC or an HMI?); writing on again "
+                                            f"(reported again once a read back shows it at its level)")
 
     def _link_failed(self, what: str, exc: Exception, seq: int | None) -> None:
         """A write or probe failed on the link (``what``: which): counted ``io_errors``, reported ``io_error``, the
