@@ -100,3 +100,61 @@ def test_a_part_the_gate_decided_or_refused_before_it_closed_is_counted_once(tmp
             after = gate.stats()
     assert before["refused"] == 1 and after == before, (before, after)
     assert not any("came after" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("fail_safe, outcome", [("alarm", "passed_uninspected"), ("reject", "rejected_uninspected")])
+def test_a_part_still_open_at_its_due_time_is_named_by_its_missing_view_at_the_gate(tmp_path, caplog, fail_safe,
+                                                                                      outcome):
+    """Default timing (part_timeout = the due time): camera b takes no frame, so the gate decides the part before it
+    closes. The cell's gate asks the assembler then (``missing_at_gate``): its gate row's reason, the alarm and the
+    journal line name camera b. Before, they read "no verdict by its due time" and named no camera. Counted as
+    before: no verdict, no error verdict; the part's row, when it closes after, names b too."""
+    import contextlib
+
+    from fair_edge.station.cell_line import open_cell_line
+    from fair_edge.station.config import StationConfig
+
+    caplog.set_level(logging.WARNING, logger="fair_edge.line.scheduler")
+    cfg = StationConfig.from_dict({
+        "output": str(tmp_path), "bundle": "unused",
+        "cameras": [{"name": "a", "source": "0"}, {"name": "b", "source": "1"}],
+        "group": {"by": "part", "match": "window", "window_ms": 30},
+        "reject": {"sinks": ["log://"], "delay_ms": DELAY_MS, "fail_safe": fail_safe}})
+    rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        cell = open_cell_line(cfg, stack, "run1")
+        gate, parts = cell.line.scheduler, []
+        gate.on_part = rows.append
+        cell.part_listeners.append(lambda verdict, row: parts.append(row))
+        t = time.monotonic()
+        frame = Frame(0, t, np.zeros((2, 2, 3), np.uint8), camera="a")
+        assert cell.assembler.on_capture("a", frame) == 0
+        cell.assembler.on_verdict(frame, view("a", 0, t))
+        assert gate.wait_idle(WAIT_S) and gate.decision(0) == outcome
+        stats, alarm = gate.stats(), gate.alarm
+        cell.assembler.close_all()
+        assert gate.stats() == stats
+    (row,) = [r for r in rows if r["event"] == "gate"]
+    assert (row["gate"], row["verdict"], row.get("reason"), row.get("error")) == (
+        outcome, "none", "missing view: b (no frame)", None), row
+    journal = [r.getMessage() for r in caplog.records if r.name == "fair_edge.line.scheduler"]
+    assert any("no verdict by its due time (missing view: b (no frame))" in line for line in journal), journal
+    if fail_safe == "alarm":
+        assert "passed the gate uninspected (no verdict by its due time: missing view: b (no frame))" in alarm
+    assert {k: stats[k] for k in ("verdicts", "error_verdicts", outcome)} == {"verdicts": 0, "error_verdicts": 0,
+                                                                              outcome: 1}, stats
+    (part,) = parts
+    assert part["reason"] == "missing view: b (no frame)" and not part["inspected"]
+
+
+def test_a_gate_whose_question_fails_decides_the_part_as_before(caplog):
+    """``why_no_verdict`` raising is logged; the part is still decided fail-safe, its journal line the plain one."""
+    def broken(seq: int) -> str:
+        raise RuntimeError("assembler gone")
+
+    with RejectScheduler(RejectSettings(delay_ms=DELAY_MS, pulse_ms=20, late_ms=20), sinks=RecordingSink(),
+                         fault_sinks=RecordingSink("fault")) as gate:
+        gate.why_no_verdict = broken
+        gate.note_capture(0, time.monotonic())
+        assert gate.wait_idle(WAIT_S) and gate.decision(0) == "rejected_uninspected"
+    assert "why_no_verdict failed for seq 0" in caplog.text and "no verdict by its due time;" in caplog.text

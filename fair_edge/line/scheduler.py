@@ -55,7 +55,8 @@ What happened to each part is told to ``on_part`` (the recorder's gate log), one
 ``{"seq", "event": "gate", "gate": OUTCOME, "verdict": "ng" | "ok" | "none"}`` when the part is
 decided (OUTCOME: one of ``GATE_OUTCOMES``, or ``abandoned`` for a part still on its way when the run ended:
 ``abandon_pending``; verdict "none" = no usable verdict by the due time, with
-``"error"`` added when its verdict came with one, ``"reason"`` for ``position_lost``), and
+``"error"`` added when its verdict came with one, ``"reason"`` for ``position_lost`` and, for a part with no verdict,
+what its station says is missing (``why_no_verdict``: a cell's views, ``missing view: b (no frame)``)), and
 ``{"seq", "event": "pulse", "sink", "pulse": "delivered" | "late" | "missed" | "unconfirmed"}`` per reject sink
 that reports on the part's pulse (sinks opened from URLs). ``decision(seq)`` says how a part
 was decided, so a verdict that comes after it can be logged with what the gate did.
@@ -158,6 +159,7 @@ class _Part:
     score: float | None = None  # None until a verdict with a score arrives
     t_edge: float | None = None  # set when the part's reject slot is taken
     error: str = ""  # a verdict came with this error (not inspected): decided as if no verdict came
+    missing: str = ""  # no verdict by its due time: what its station said was missing then (``why_no_verdict``)
     epoch: int = 0   # the encoder's position epoch when the count was noted
     unseen: str = ""  # why the gate could not know where the part was (outcome position_lost)
 
@@ -167,7 +169,9 @@ class RejectScheduler:
 
     sinks / fault_sinks: anything with the ``SignalSink`` methods (usually a ``FanOut``); when
     omitted they are opened from ``settings.sinks`` / ``settings.fault_sinks`` and owned (closed
-    by ``close()``). encoder: required when ``settings.encoder_distance`` is set.
+    by ``close()``). encoder: required when ``settings.encoder_distance`` is set. why_no_verdict: part seq -> what
+    its station is missing (a cell's views: ``PartAssembler.missing_at_gate``; "" when it cannot say), asked once per
+    part decided with no verdict, on the gate's thread after its pulse is handed over; None: not asked.
     """
 
     def __init__(self, settings: RejectSettings, sinks: SignalSink | None = None,
@@ -178,6 +182,7 @@ class RejectScheduler:
                               "configured (reject.encoder), found none; configure it or use delay_ms")
         self.settings = settings
         self.on_part = on_part
+        self.why_no_verdict: Callable[[int], str] | None = None
         self._encoder = encoder if settings.encoder_distance is not None else None
         self._counters = Counters(SCHEDULER_COUNTERS)
         self._lock = threading.Lock()
@@ -565,7 +570,9 @@ class RejectScheduler:
         if outcome == "position_lost":
             pass   # no pulse: the gate does not know where the part is (alarmed for the batch by _alarm_lost)
         elif outcome == "passed_uninspected":
-            why = f" (verdict error: {part.error})" if part.error else ""
+            self._ask_why_no_verdict(part)
+            why = (f" (verdict error: {part.error})" if part.error else
+                   f" (no verdict by its due time: {part.missing})" if part.missing else "")
             self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)",
                                PASSED_UNINSPECTED, (part.seq,))
             self._note_uninspected(part)
@@ -582,8 +589,8 @@ class RejectScheduler:
                "verdict": {UNKNOWN: "none", GOOD: "ok", NG: "ng"}[part.state]}
         if part.error:
             row["error"] = part.error
-        if part.unseen:
-            row["reason"] = part.unseen
+        if part.unseen or part.missing:
+            row["reason"] = part.unseen or part.missing
         return row
 
     def _outcome(self, part: _Part) -> str:
@@ -610,19 +617,33 @@ class RejectScheduler:
         return "rejected_uninspected" if part.state == UNKNOWN else "rejected_ng"
 
     def _fire(self, part: _Part, uninspected: bool) -> None:
-        if uninspected:
-            self._note_uninspected(part)
+        """Hand the part's pulse to the sinks; an uninspected part's journal line after it (``_note_uninspected``)."""
         if part.t_edge is None:
             raise RuntimeError(f"part seq {part.seq}: fired before its reject slot was taken")  # a bug, not input
         event = RejectEvent(part.seq, part.t_due, part.t_edge, part.t_due + self.settings.late_ms / 1000.0,
                             uninspected, part.score, part.count)
         self._outputs.rejects.pulse(event)
         self._counters.add("fired")
+        if uninspected:
+            self._ask_why_no_verdict(part)
+            self._note_uninspected(part)
+
+    def _ask_why_no_verdict(self, part: _Part) -> None:
+        """A part decided with no verdict (none came, none with an error): ``why_no_verdict`` names what its station
+        is missing (``part.missing``: its row's ``reason``, its alarm and journal line); asked outside the lock."""
+        if part.error or self.why_no_verdict is None:
+            return
+        try:
+            part.missing = self.why_no_verdict(part.seq)
+        except Exception:  # noqa: BLE001 - a failing question must not stop the gate: the part keeps the plain why
+            log.exception("reject gate: why_no_verdict failed for seq %s", part.seq)
 
     def _note_uninspected(self, part: _Part) -> None:
         """Part decided uninspected (rejected or passed by ``fail_safe``): its journal line, grouped
         (``UninspectedLog``)."""
         why = f"verdict error ({part.error})" if part.error else "no verdict by its due time"
+        if part.missing:
+            why = f"{why} ({part.missing})"
         self._alarms.uninspected(part.seq, why)
 
     def _tell(self, row: dict) -> None:

@@ -93,7 +93,8 @@ class CellLine:
         inspected (views missing: no verdict) is handed to the gate as uninspected with its row's ``reason``
         (``missing view: b (no frame)``; ``RejectScheduler.submit_uninspected``), so its gate row, alarm and
         journal line name the camera; the gate decides it fail-safe at its due time as before. One the gate
-        decided already (closed at its due time) keeps the gate's "no verdict by its due time"."""
+        decided first (still open at its due time) is named by the gate's question then
+        (``PartAssembler.missing_at_gate``: "no verdict by its due time (missing view: b (not inspected in time))")."""
         from fair_edge.line.scheduler import LATE
 
         scheduler = self.line.scheduler
@@ -188,6 +189,8 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
             plc_part=None if triggers is None else (lambda camera, frame: triggers.part_id(camera, frame.seq)),
             due_s=part_due_s(cfg, scheduler is not None, line.encoder is not None))
         line.callbacks.append(cell.assembler.on_verdict)
+        if scheduler is not None:   # a part the gate decides while it is open: the gate names its missing views
+            scheduler.why_no_verdict = cell.assembler.missing_at_gate
         if line.metrics is not None:
             watch_cell(line.metrics, cell)
         return cell

@@ -61,8 +61,7 @@ def part_decision(part: Part, cameras: list[str], min_ng: int, rule: str, early:
            "camera": None if decider is None else decider.camera,
            "views": {c: _view_row(part, c, absent.get(c)) for c in cameras},
            "ng_views": ng_views, "missing": sorted(missing), "rule": rule}
-    reasons = [f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(
-        f"{c} ({why})" for c, why in missing.items())] if missing else []
+    reasons = [missing_reason(missing)] if missing else []
     reasons += [f"{c}: {inspected_views[c].reason}" for c in ng_views if inspected_views[c].reason]
     if reasons:
         row["reason"] = "; ".join(reasons)
@@ -72,6 +71,18 @@ def part_decision(part: Part, cameras: list[str], min_ng: int, rule: str, early:
                           decider.source, "", decider.model, decider.regions if ng else (),
                           decider.hits if ng else (), camera=decider.camera)
     return verdict, row
+
+
+def missing_now(part: Part, cameras: list[str]) -> dict[str, str]:
+    """Camera -> why its view is not among the part's inspected ones, for an open part not decided yet, as its row
+    would name it were it closed now (``_why_missing``); in the station file's camera order."""
+    return {c: _why_missing(part, c, False) for c in cameras if c not in part.verdicts or part.verdicts[c].error}
+
+
+def missing_reason(missing: dict[str, str]) -> str:
+    """The text a part's views missing (camera -> why) are named by: its row's ``reason`` and its gate's
+    (``missing view: b (no frame)``, ``missing views: a (...), b (...)``)."""
+    return f"missing view{'s' if len(missing) > 1 else ''}: " + ", ".join(f"{c} ({why})" for c, why in missing.items())
 
 
 def _why_missing(part: Part, camera: str, early: bool) -> str:

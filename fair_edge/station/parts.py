@@ -23,7 +23,8 @@ at its belt count, so it is decided at its due time whatever happens to its view
   its link is down, the count does not move) at ``t_open + unplaced_s``, with views missing (a camera took no frame,
   a frame was dropped or not inspected in time): NG, *not inspected*; ``on_part`` gets no verdict for the gate (the
   gate rejects the part fail-safe at its due time, as it does a single camera's part without a verdict) and a row
-  naming the missing cameras;
+  naming the missing cameras. A gate that decides a part still open (its due time came first: the default timing)
+  asks ``missing_at_gate`` which views are missing, so its row, alarm and journal line name them too;
 - ``close_all()`` at the end of a run closes the rest the same way.
 
 ``match: encoder``: the part's key is its belt count at the camera at offset 0 (a view's count minus its camera's
@@ -49,7 +50,7 @@ from typing import Callable, NamedTuple
 from fair_edge.line.grouped_log import log_lines
 from fair_edge.records import Frame, Verdict
 from fair_edge.station.part_memory import RECENT_KEYS, ClosedParts
-from fair_edge.station.part_rows import NO_FRAME, Part, part_decision
+from fair_edge.station.part_rows import NO_FRAME, Part, missing_now, missing_reason, part_decision
 from fair_edge.station.part_sequence import SequenceMatching
 from fair_edge.station.views import GroupSettings
 
@@ -211,6 +212,16 @@ class PartAssembler(SequenceMatching):
         with self._lock:
             part = self._open.get(part_id)
             return part is None or part.decided
+
+    def missing_at_gate(self, part_id: int) -> str:
+        """The reject gate's question when it decides part ``part_id`` with no verdict (``RejectScheduler``'s
+        ``why_no_verdict``: once per such part, on the gate's thread): its views not in and why, as its row names
+        them when it closes (``missing view: b (not inspected in time)``); "" for a part not open (closed: the gate
+        got its reason with it; or an id this assembler never opened)."""
+        with self._lock:
+            part = self._open.get(part_id)
+            missing = None if part is None else missing_now(part, self.cameras)
+        return missing_reason(missing) if missing else ""
 
     def on_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: object = None) -> None:
         """A view's verdict (the inspector's callback); decides the part when it was the last view or its NG
