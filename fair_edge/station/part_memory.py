@@ -1,5 +1,6 @@
 """Closed parts, remembered for the views that come after them (``ClosedParts``), and the grouped journal lines of
-those late views (``LateViewLog``), for ``station.parts.PartAssembler``.
+those late views (``LateViewLog``) and of views that repeat their camera's view of an open part (``RepeatedViewLog``),
+for ``station.parts.PartAssembler``.
 
 Late views (``window``, ``sequence``, ``encoder``): a view that comes after its part closed without it (a camera
 that hung, then delivered the frame it held) is filed under that part (``ClosedParts.match``: one of the last
@@ -14,6 +15,7 @@ count where no such part is, and reject fail-safe on another part) nor paired wi
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
@@ -76,6 +78,12 @@ class ClosedParts:
         self.recent[part_id].seen.add(camera)   # a second frame of this camera is a part of its own, as when open
         return part_id
 
+    def holding(self, camera: str, key: float, window: float) -> int | None:
+        """The newest recently closed part (``RECENT_KEYS``) whose key is within ``window`` of ``key`` (s with
+        ``window``, counts with ``encoder``) and that holds a view of ``camera``; None when there is none."""
+        return next((part_id for part_id, closed in reversed(self.recent.items())
+                     if camera in closed.seen and abs(key - closed.key) <= window), None)
+
     def note_late(self, camera: str, seq: int, part_id: int | None) -> str | None:
         """A view's verdict (or drop) came for a part that had closed without it (None: it matched no part): its
         journal line when it is its camera's first in a while, else None (gathered: ``LateViewLog``)."""
@@ -127,3 +135,45 @@ class LateViewLog(CameraGroupedLog):
         views = f"{len(held)} more late view{'s' if len(held) > 1 else ''}"
         return (f"camera {self.camera}: {views} in the last {span_s:.1f} s (their part had closed without them, or "
                 f"they matched none), the last frame {seq} ({last}); each is counted in late_views")
+
+
+class RepeatedViewLog(CameraGroupedLog):
+    """Groups one camera's lines for views that opened a part inside the window of a part (open or recently closed)
+    holding its view already (``match: window`` / ``encoder``: ``PartAssembler._note_repeat``; ``CameraGroupedLog``):
+    a trigger that bounces on every part does not drown the log. Such a view is still a part of its own, noted at the
+    gate: a bounce cannot be told from parts closer than the window, and skipping a real part's view would let it
+    pass unannounced to the gate. One of the two parts then lacks the other cameras' views (NG, not inspected), and
+    its row names those cameras missing; the line names the camera whose extra frame caused it.
+
+    group: the station's ``group:`` (its window, in the line). ``note((seq, part_id, apart, opened_id))``: the
+    camera's frame ``seq`` lay ``apart`` (ms from part ``part_id``'s first view's capture with ``window``, counts from
+    its key with ``encoder``) inside that part's window, which holds a view of this camera, and opened part
+    ``opened_id``.
+    """
+
+    def __init__(self, camera: str, group: GroupSettings, window_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(camera, window_s, clock)
+        self.group = group
+
+    def _first_line(self, repeat: tuple[int, int, float, int]) -> str:
+        seq, part_id, apart, opened_id = repeat
+        if self.group.match == "encoder":
+            where = (f"keyed {apart:+.0f} counts from part {part_id}, within group.window_counts "
+                     f"({self.group.window_counts})")
+        else:
+            where = (f"captured {apart:+.1f} ms from part {part_id}'s first view, within group.window_ms "
+                     f"({self.group.window_ms:g} ms)")
+        return (f"camera {self.camera} frame {seq}: {where}, which holds a frame of this camera already: a second "
+                "frame of one part (a trigger that bounced, a frame delivered twice) or parts closer than the window, "
+                f"which one frame cannot tell; it opened part {opened_id} of its own, not dropped: one of parts "
+                f"{part_id} and {opened_id} lacks the other cameras' views (NG, not inspected; its row names them "
+                f"missing, but camera {self.camera}'s extra frame is the cause); if parts are further apart than the "
+                "window, fix this camera's trigger; further such frames of this camera are logged together, one line "
+                f"per {self.window_s:g} s")
+
+    def _gathered_line(self, held: list[tuple[int, int, float, int]], span_s: float) -> str:
+        seq, part_id, _, opened_id = held[-1]
+        frames = f"{len(held)} more frame{'s' if len(held) > 1 else ''}"
+        return (f"camera {self.camera}: {frames} in the last {span_s:.1f} s inside the window of a part holding its "
+                f"view, each a part of its own; the last frame {seq} (beside part {part_id}, opened part {opened_id})")

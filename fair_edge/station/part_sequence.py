@@ -36,7 +36,8 @@ several frames since its last view (a bounce, then this part's frame) leaves its
 inspected: which of them is the part's cannot be told, ``_rejoin_unknown``). Told once ``PERIOD_PARTS`` parts have
 opened, as a slip is; never for a camera without a timeline (its frames are stamped when read, one right after
 another), a ``resumed`` frame, the frame after a late view (a held frame's next one may follow at once), or a
-station of one camera. The other match modes do not look for duplicates.
+station of one camera. The other match modes skip none: with ``window`` and ``encoder`` such a frame opens a part of
+its own, logged naming its camera (``PartAssembler._note_repeat``).
 """
 
 from __future__ import annotations

@@ -34,8 +34,10 @@ part.
 
 Late views (a view that comes after its part closed without it) are filed under that part, late, never a part of
 their own: ``station.part_memory``. ``match: sequence`` (cameras out of step, frames taken twice) is
-``station.part_sequence``'s. Part ids count from 0 in opening order; a decided part's verdict and row (its
-fields, the deciding view) are ``station.part_rows``'s.
+``station.part_sequence``'s; with ``window`` and ``encoder`` a camera's second frame inside the window of a part
+holding its view still opens a part (a repeat cannot be told from parts closer than the window), logged naming the
+camera (``_note_repeat``, ``part_memory.RepeatedViewLog``). Part ids count from 0 in opening order; a decided part's
+verdict and row (its fields, the deciding view) are ``station.part_rows``'s.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import Callable, NamedTuple
 
 from fair_edge.line.grouped_log import log_lines
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.part_memory import RECENT_KEYS, ClosedParts
+from fair_edge.station.part_memory import RECENT_KEYS, ClosedParts, RepeatedViewLog
 from fair_edge.station.part_rows import NO_FRAME, Part, missing_now, missing_reason, part_decision
 from fair_edge.station.part_sequence import SequenceMatching
 from fair_edge.station.views import GroupSettings
@@ -115,6 +117,9 @@ class PartAssembler(SequenceMatching):
         self._open: OrderedDict[int, Part] = OrderedDict()
         self._of: dict[tuple[str, int], int] = {}        # (camera, frame seq) -> part id, for open parts
         self._memory = ClosedParts(self.cameras, group, clock)   # closed parts and their late views
+        self._repeat_logs = {c: RepeatedViewLog(c, group, clock=clock) for c in self.cameras}   # window / encoder
+        # how far a view's key may be from its part's (window: s, encoder: counts, handshake: 0; sequence: its own)
+        self._window = {"window": group.window_ms / 1000.0, "encoder": group.window_counts}.get(group.match, 0)
         self._newest_capture: dict[str, float] = {}   # camera -> the newest t_capture filed for it (monotonic s)
         # match: handshake: key -> (when the first camera failed it (clock s), {camera: why}) of parts not open yet
         self._failed_first: OrderedDict[float, tuple[float, dict[str, str]]] = OrderedDict()
@@ -140,7 +145,7 @@ class PartAssembler(SequenceMatching):
         duplicate (``match: sequence``: ``_skip_duplicate``) is in no part: None; a frame another camera took at
         the same time as its repeat is a part's view after all (``_rejoin``)."""
         key = None if self.group.match == "sequence" else self._key(camera, frame)
-        opened, rejoining, decided = None, [], []
+        opened, rejoining, decided, repeat = None, [], [], None
         with self._lock:
             if key is None:   # sequence: a frame taken twice of one trigger is in no part
                 repeated = self._duplicate_of(camera, frame)
@@ -161,6 +166,7 @@ class PartAssembler(SequenceMatching):
                 if late is not None or self._past_gate(frame):
                     return self._file_late(camera, frame, late)
             if part is None:
+                repeat = self._note_repeat(camera, frame, key)   # window / encoder: logged, still a part
                 part = self._new_part(frame.t_capture, key)
                 opened = part
                 self._take_failed_first(part, camera)
@@ -170,9 +176,8 @@ class PartAssembler(SequenceMatching):
             self._note_filed(camera, frame)
             self._note_last_view(camera, frame.t_capture, frame.seq, part.part_id)
             decided = [d for other in rejoining if (d := self._rejoin(other, part)) is not None]
-        if opened is not None and self.on_open is not None:
-            count = int(opened.key) if self.group.match == "encoder" else None
-            self.on_open(opened.part_id, opened.t_open, count)
+        if opened is not None:
+            self._announce(opened, repeat)
         for decision in decided:
             self._decide(*decision)
         return part.part_id
@@ -238,7 +243,8 @@ class PartAssembler(SequenceMatching):
             due = [p for p in self._open.values() if p.t_close <= now or self._carried_off(p, count, now)]
             for part in due:
                 self._forget(part)
-            late_logs = [*self._memory.late_logs.values(), *self._duplicate_logs.values()]
+            late_logs = [*self._memory.late_logs.values(), *self._duplicate_logs.values(),
+                         *self._repeat_logs.values()]
         for part in due:
             if not part.decided:
                 self._decide(part)
@@ -250,7 +256,8 @@ class PartAssembler(SequenceMatching):
             parts = list(self._open.values())
             for part in parts:
                 self._forget(part)
-            late_logs = [*self._memory.late_logs.values(), *self._duplicate_logs.values()]
+            late_logs = [*self._memory.late_logs.values(), *self._duplicate_logs.values(),
+                         *self._repeat_logs.values()]
         for part in parts:
             if not part.decided:
                 self._decide(part)
@@ -320,11 +327,36 @@ class PartAssembler(SequenceMatching):
 
     def _match(self, camera: str, key: float) -> Part | None:
         """The open part this view belongs to (under the lock), None for a new part."""
-        window = {"window": self.group.window_ms / 1000.0, "encoder": self.group.window_counts, "handshake": 0}
         for part in reversed(self._open.values()):
-            if camera not in part.seqs and abs(key - part.key) <= window[self.group.match]:
+            if camera not in part.seqs and abs(key - part.key) <= self._window:
                 return part
         return None
+
+    def _announce(self, part: Part, repeat: str | None) -> None:
+        """A part just opened (outside the lock): ``on_open`` (with its belt count, ``match: encoder``), and the line
+        of a first view that repeated its camera's view of another part (``_note_repeat``), if due."""
+        if self.on_open is not None:
+            self.on_open(part.part_id, part.t_open, int(part.key) if self.group.match == "encoder" else None)
+        log_lines(log, [repeat])
+
+    def _note_repeat(self, camera: str, frame: Frame, key: float) -> str | None:
+        """(under the lock, before the part it opens) ``window`` / ``encoder``: a view that matched no part but lies
+        inside the window of a part (open, or recently closed: ``ClosedParts.holding``) that holds this camera's view
+        already (a trigger that bounced, a frame delivered twice, or parts closer than the window: which, one frame
+        cannot tell, so it still opens a part of its own, fail-safe: never a part dropped) is noted in its camera's
+        ``RepeatedViewLog``: the line to log outside the lock (None: nothing now, or not such a view)."""
+        if self.group.match not in ("window", "encoder"):
+            return None
+        beside = next((p.part_id for p in reversed(self._open.values())
+                       if camera in p.seqs and abs(key - p.key) <= self._window), None)
+        if beside is None:
+            beside = self._memory.holding(camera, key, self._window)
+        if beside is None:
+            return None
+        part_key = self._open[beside].key if beside in self._open else self._memory.recent[beside].key
+        apart = (key - part_key) * (1000.0 if self.group.match == "window" else 1.0)   # ms or counts
+        repeat_log = self._repeat_logs.setdefault(camera, RepeatedViewLog(camera, self.group, clock=self.clock))
+        return repeat_log.note((frame.seq, beside, apart, self._next_id))
 
     def _file(self, camera: str, seq: int, change: Callable[[Part], None]) -> None:
         with self._lock:

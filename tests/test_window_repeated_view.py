@@ -1,0 +1,102 @@
+"""``match: window`` / ``encoder`` when a camera hands over a second frame inside the window of an open part that
+holds its view already (a trigger that bounced, a frame delivered twice, or parts closer than the window): one frame
+cannot tell a repeat from a real part, so it still opens a part of its own, noted at the gate (never a part dropped),
+and the log names the camera. Before, nothing named it: the part rows blamed the other camera (``b (no frame)``).
+The assembler runs in-process on a fake clock."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from fair_edge.line.grouped_log import LATE_LOG_S
+from fair_edge.records import Frame, Verdict
+from fair_edge.station.parts import PartAssembler
+from fair_edge.station.views import GroupSettings
+
+LOGGER = "fair_edge.station.parts"
+
+
+class _Cell:
+    """Cameras a and b, match ``match`` (window_ms 30, window_counts 20), a part timeout of 0.3 s; the belt count is
+    ``count`` (encoder), the clock ``now`` (s). Records the parts noted at the gate and the part rows."""
+
+    def __init__(self, match: str) -> None:
+        self.now, self.count = 100.0, 1000
+        self.opened: list[int] = []
+        self.rows: dict[int, dict] = {}
+        extra = {"count": lambda: self.count} if match == "encoder" else {}
+        self.asm = PartAssembler(["a", "b"], GroupSettings(match=match, window_ms=30, window_counts=20), 0.3,
+                                 on_part=lambda v, row: self.rows.__setitem__(row["part"], row),
+                                 on_open=lambda part, t, count: self.opened.append(part), clock=lambda: self.now,
+                                 **extra)
+
+    def take(self, camera: str, seq: int, t_capture: float, count: int | None = None) -> int | None:
+        """``camera``'s frame ``seq`` captured at ``t_capture`` (s; at belt count ``count``), then its OK verdict."""
+        if count is not None:
+            self.count = count
+        frame = Frame(seq, t_capture, np.zeros(1), camera=camera)
+        part = self.asm.on_capture(camera, frame)
+        self.asm.on_verdict(frame, Verdict(seq, t_capture, 0.1, 1.0, False, self.now, camera=camera))
+        return part
+
+
+def lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+@pytest.mark.parametrize("match, where", [
+    ("window", "captured +10.0 ms from part 0's first view, within group.window_ms (30 ms)"),
+    ("encoder", "keyed +5 counts from part 0, within group.window_counts (20)")])
+def test_a_second_frame_inside_its_parts_window_opens_a_part_and_the_log_names_its_camera(caplog, match, where):
+    """Camera a's frame 2, 10 ms (5 counts) after its frame 1 of part 0: a part of its own, noted at the gate, and one
+    warning naming camera a, both frames and both parts, and what it means. The part rows are as before (one part NG,
+    not inspected); nothing else is counted."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    cell = _Cell(match)
+    assert cell.take("a", 1, 100.000, count=1000) == 0
+    assert cell.take("a", 2, 100.010, count=1005) == 1
+    assert cell.opened == [0, 1]
+    (line,) = lines(caplog)
+    assert line.startswith(f"camera a frame 2: {where}, which holds a frame of this camera already: "), line
+    assert "it opened part 1 of its own, not dropped" in line and "camera a's extra frame is the cause" in line
+    cell.take("b", 1, 100.005, count=1002)
+    cell.now = 101.0
+    cell.asm.sweep()
+    assert sorted(row["inspected"] for row in cell.rows.values()) == [False, True]
+    assert cell.asm.stats == {"parts": 2, "ng": 1, "ok": 1, "not_inspected": 1, "late_views": 0}
+
+
+def test_repeats_are_logged_once_per_camera_then_gathered(caplog):
+    """A camera that bounces on every part logs its first repeat at once, the next ones as one line per
+    ``LATE_LOG_S`` (their count, the last frame); every frame still opens or joins a part noted at the gate. Each part
+    is complete (closed) before its bounce comes: a recently closed part is looked at too."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    cell = _Cell("window")
+    for part in range(5):   # a part every 100 ms; camera a's trigger bounces 5 ms after each
+        t = 100.0 + part * 0.1
+        cell.now = t
+        cell.asm.sweep()
+        cell.take("a", 2 * part, t)
+        cell.take("b", part, t + 0.002)
+        cell.take("a", 2 * part + 1, t + 0.005)
+    first = lines(caplog)
+    assert len(first) == 1 and first[0].startswith("camera a frame 1: captured +5.0 ms"), first
+    cell.now = 100.4 + LATE_LOG_S
+    cell.asm.sweep()
+    gathered = lines(caplog)[1:]
+    assert len(gathered) == 1 and gathered[0].startswith("camera a: 4 more frames in the last"), gathered
+    assert "the last frame 9 (beside part 8, opened part 9)" in gathered[0], gathered
+    assert cell.opened == list(range(10))   # every repeat noted at the gate: none dropped
+
+
+def test_views_of_parts_further_apart_than_the_window_log_nothing(caplog):
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    cell = _Cell("window")
+    for part in range(3):
+        t = 100.0 + part * 0.1
+        cell.take("a", part, t)
+        cell.take("b", part, t + 0.002)
+    assert cell.opened == [0, 1, 2] and lines(caplog) == []
