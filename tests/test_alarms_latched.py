@@ -18,7 +18,7 @@ import pytest
 
 from line_replay import RecordingSink
 from test_console_units import api
-from fair_edge.console.alarm_ack import clear_alarms
+from fair_edge.console.alarm_ack import acknowledge_gates
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.line.scheduler import RejectScheduler
@@ -232,18 +232,21 @@ def test_the_station_gates_missed_pulse_is_shown_checked_and_audited(tmp_path):
         assert audited(console) == [("ann", shown)] and faults.faults[-1][0] is True
 
 
-def test_a_gate_the_page_did_not_show_is_not_acknowledged():
-    """``clear_alarms`` with the texts the page showed ({gate: text}) acknowledges those gates only: a pulse another
-    gate missed in the moment after the page's text was checked stays (before, every gate was acknowledged against
-    "", which cleared its missed pulses unseen)."""
+def test_a_gate_whose_text_changed_since_the_page_keeps_it_and_no_gate_is_acknowledged():
+    """``acknowledge_gates`` with the text the page showed (lane a's alarm): a pulse lane b missed after the page was
+    drawn is refused, naming it, and nothing is cleared, lane a's alarm neither (all or nothing); before, every gate
+    was acknowledged against "", which cleared b's missed pulse unseen."""
+    from fair_edge.console.refusals import AlarmChanged
+
     gates = {name: RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=_LinkSink(f"plc-{name}"))
              for name in ("a", "b")}
     try:
         gates["a"].submit(Verdict(5, time.monotonic() - 10, 9.0, 1.0, True, 0.0))
-        shown = {"a": gates["a"].alarm}
+        shown = f"lane a: {gates['a'].alarm}"
         gates["b"].handle_report(SinkReport("plc-b", "missed", 7, "device refused"))
-        cleared, newer = clear_alarms(gates, shown)
-        assert (cleared, newer) == (shown, "")
+        with pytest.raises(AlarmChanged, match="lane b: plc-b missed reject seq 7.*nothing was cleared"):
+            acknowledge_gates(gates, shown)
+        assert gates["a"].alarm is not None and f"lane a: {gates['a'].to_acknowledge}" == shown
         assert gates["b"].fault_reason == "plc-b missed reject seq 7"   # before: None, cleared unseen
         assert gates["b"].to_acknowledge == "plc-b missed reject seq 7"
     finally:

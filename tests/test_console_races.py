@@ -293,7 +293,7 @@ def scheduler():
 
 class RacingScheduler:
     """The reject scheduler as the console sees it, whose own thread raises a newer alarm as soon as the console
-    looks at the latched one or asks to clear it (before the clear itself)."""
+    looks at the latched one or asks to clear it (before the clear itself, or before the console holds it still)."""
 
     def __init__(self, scheduler) -> None:
         self.scheduler, self.raised = scheduler, False
@@ -317,6 +317,10 @@ class RacingScheduler:
     def acknowledge_alarm(self, *args):
         self._race()
         return self.scheduler.acknowledge_alarm(*args)
+
+    def acknowledging(self):
+        self._race()
+        return self.scheduler.acknowledging()
 
 
 def test_acknowledging_names_the_alarm_it_cleared_even_one_raised_meanwhile(tmp_path, scheduler):

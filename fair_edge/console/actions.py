@@ -23,11 +23,11 @@ from threading import Lock, RLock
 from typing import Any
 
 from fair_edge.console import tuning
-from fair_edge.console.alarm_ack import clear_alarms, faults_left, refuse_unseen
+from fair_edge.console.alarm_ack import acknowledge_gates, faults_left
 from fair_edge.console.dataset_export import export_dataset
 from fair_edge.console.feed import StationFeed, ViewKey, alarm_text, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal
-from fair_edge.console.refusals import AlarmChanged, FrameNotKept, StationStarting, ThresholdNotForBundle
+from fair_edge.console.refusals import FrameNotKept, StationStarting, ThresholdNotForBundle
 from fair_edge.console.reload_scope import CameraBundle, ReloadFrom, reload_plan
 from fair_edge.console.reviews import REVIEW_LABELS, not_kept, review_image
 from fair_edge.console.swaps import BundleSwaps
@@ -225,15 +225,13 @@ class StationActions:
     # ------------------------------------------------------------------ reject gate
     def acknowledge_alarm(self, who: str, seen=None) -> dict:
         """The operator's reset of the latched reject alarms (parts passed uninspected, refused, not rejected) and
-        the missed pulses of sinks that work: ``RejectScheduler.acknowledge_alarm`` on each gate whose alarm the
-        console shows (``feed.alarms``: the station's, and with ``group.by: lane`` each lane's); the fault output drops
+        the missed pulses of sinks that work, on every gate the console shows (``feed.alarms``: the station's, and
+        with ``group.by: lane`` each lane's), all or nothing (``alarm_ack.acknowledge_gates``); the fault output drops
         unless a fault (camera, backend, sink down) still holds it (a lane's alarm holds it through the station's tick:
-        it drops at the next, ~0.5 s). Audited with everything it cleared (``feed.alarm_text``; each gate's read and
-        cleared at once). seen: the alarm text the page showed (None: whatever is latched); AlarmChanged, nothing
-        cleared, when a gate's text is not the one it shows (an alarm latched or a pulse missed since; a gate whose
-        text changes in the moment between that check and its reset keeps it all: the others shown are cleared and
-        audited, then AlarmChanged names it). The answer's ``fault``: why the fault output is still on as the gates
-        tell it (``alarm_ack.faults_left``)."""
+        it drops at the next, ~0.5 s). Audited with everything it cleared (``feed.alarm_text``). seen: the alarm text
+        the page showed (None: whatever is latched); AlarmChanged, nothing cleared and nothing audited, when a gate's
+        text is not the one it shows (an alarm latched or a pulse missed since). The answer's ``fault``: why the fault
+        output is still on as the gates tell it (``alarm_ack.faults_left``)."""
         who = _who(who)
         require(seen is None or isinstance(seen, str), "alarm", "the alarm text the page showed (a string)", seen)
         gates = self.feed.reject_gates()
@@ -241,18 +239,10 @@ class StationActions:
             raise ConfigError("this station has no reject gate (reject.sinks / reject.fault_sinks, or a lane's "
                               "cameras[].reject): no alarm to acknowledge")
         self.audit.check_writable()   # an acknowledgement that could not be audited clears nothing
-        latched = self.feed.alarms()
-        refuse_unseen(latched, seen)
-        cleared, newer = clear_alarms(gates, None if seen is None else latched)
-        if newer and not cleared:   # only for an alarm raised since the page showed its own
-            raise AlarmChanged(newer)
-        old = alarm_text(cleared)
+        old = alarm_text(acknowledge_gates(gates, seen))
         log.warning("reject alarm acknowledged by %s: %s", who, old or "(none latched)")
-        row = self.audit.append_made({"action": "acknowledge_alarm", "who": who, "old": old,
-                                      "fault": faults_left(gates, bool(self.feed.lanes))})
-        if newer:
-            raise AlarmChanged(f"{newer} (the alarms shown were cleared: {old})")
-        return row
+        return self.audit.append_made({"action": "acknowledge_alarm", "who": who, "old": old,
+                                       "fault": faults_left(gates, bool(self.feed.lanes))})
 
     # ------------------------------------------------------------------ threshold
     def tune(self, proposed: float | None, camera=None) -> dict:

@@ -1,14 +1,15 @@
-"""The operator's acknowledgement of latched reject alarms, gate by gate (``StationActions.acknowledge_alarm``): a
-gate's alarm text (``feed.alarms``: its latched alarms and the missed pulses an acknowledgement clears) changed since
-the page showed it is refused before anything is cleared (``refuse_unseen``), each gate the page showed is reset
-against the text it showed of it, the others are left alone (``clear_alarms``), and what still holds the fault
-output afterwards is named (``faults_left``)."""
+"""The operator's acknowledgement of latched reject alarms, every gate at once (``StationActions.acknowledge_alarm``):
+all or nothing. Each gate's alarms are held still (``RejectScheduler.acknowledging``), every gate's alarm text
+(``feed.alarms``: its latched alarms and the missed pulses an acknowledgement clears) is checked against the one the
+page showed (``refuse_unseen``: one changed since is refused, nothing cleared), then every gate is cleared
+(``acknowledge_gates``); what still holds the fault output afterwards is named (``faults_left``)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from fair_edge.console.feed import alarm_shown, named_alarm
 from fair_edge.console.refusals import AlarmChanged
-from fair_edge.errors import ConfigError
 
 
 def refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
@@ -23,23 +24,20 @@ def refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
                            f"{'; '.join(unseen)}; read it, then acknowledge again (nothing was cleared)")
 
 
-def clear_alarms(gates: dict, shown: dict[str, str] | None) -> tuple[dict[str, str], str]:
-    """Reset the gates the page showed an alarm of (``acknowledge_alarm``), each against the text it showed of it
-    (``shown``: {gate: alarm}, those ``refuse_unseen`` found shown; a gate not in it is not touched: a pulse it missed
-    since stays; None: every gate, whatever it holds). Returns ({gate: the text it cleared}, the refusal of a gate
-    whose text changed since: "" none; that gate keeps it all, the others are cleared)."""
-    cleared, newer = {}, []
-    for gate, scheduler in gates.items():
-        if shown is not None and gate not in shown:
-            continue
-        try:
-            old = scheduler.acknowledge_alarm(None if shown is None else shown[gate])
-        except ConfigError as exc:   # latched since the page showed its own: kept
-            newer.append(named_alarm(gate, str(exc)))
-            continue
-        if old:
-            cleared[gate] = old
-    return cleared, "; ".join(newer)
+def acknowledge_gates(gates: dict, seen: str | None) -> dict[str, str]:
+    """Clear every gate's alarm text ({gate: ``RejectGate``}, ``feed.reject_gates``' order) all or nothing, checked
+    against ``seen`` (the page's text, ``feed.alarm_text``; None: whatever is there): each gate held still
+    (``acknowledging``: an alarm latched or a pulse missed meanwhile waits, and is there after), every text checked
+    (``refuse_unseen``: AlarmChanged, nothing cleared), then each cleared. Returns {gate: the text it cleared}.
+    Checked and cleared gate by gate instead, a gate that latched an alarm between the check and its clear kept it
+    while the others were cleared, and the answer was a 409 that had cleared them."""
+    with contextlib.ExitStack() as stack:
+        held = {gate: stack.enter_context(scheduler.acknowledging()) for gate, scheduler in gates.items()}
+        latched = {gate: ack.text for gate, ack in held.items() if ack.text}
+        refuse_unseen(latched, seen)
+        for gate in latched:
+            held[gate].clear()
+    return latched
 
 
 def faults_left(gates: dict, lanes: bool) -> str:

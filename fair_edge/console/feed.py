@@ -26,6 +26,7 @@ change over the last ``RATE_WINDOW_S`` (``CounterRate``): parts for cameras view
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import threading
@@ -458,8 +459,8 @@ class RejectGate(Protocol):
     """A reject gate as the console reads and resets it (``line.scheduler.RejectScheduler``): its ``settings``
     (``sinks``, ``fault_sinks``: URLs), counters (``stats()``), ``to_acknowledge`` (what an acknowledgement clears:
     the latched alarms and the missed pulses of sinks that work, one text; None: nothing), ``fault_reason`` (None:
-    its fault output is off) and ``acknowledge_alarm(seen)`` (returns the text it cleared; ConfigError, nothing
-    cleared, when ``to_acknowledge`` is no longer ``seen``)."""
+    its fault output is off) and ``acknowledging()`` (its alarms held still while gates are acknowledged all or
+    nothing: yields a ``line.gate_alarms.Acknowledgement``, the text and the ``clear()`` of exactly that)."""
 
     settings: object
     to_acknowledge: str | None
@@ -467,7 +468,7 @@ class RejectGate(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
-    def acknowledge_alarm(self, seen: str | None = None) -> str | None: ...
+    def acknowledging(self) -> contextlib.AbstractContextManager: ...
 
 
 # the gate counters the live page's PLC pill shows (``StationFeed.state``'s plc): summed over the gates

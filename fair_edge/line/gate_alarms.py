@@ -35,10 +35,13 @@ lines go to the gate's logger (``fair_edge.line.scheduler``), which station log 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .grouped_log import GroupedLog, seq_list
@@ -54,6 +57,15 @@ GAP_MISSED_WHY = ("min_gap_ms after the previous pulse would put its edge past d
 # LINK_FAULT while its link is down (``link_down`` .. ``reconnected``)
 PULSE_FAULT, STUCK_FAULT, LINK_FAULT = "pulse", "stuck", "link"
 SinkLinkUp = Callable[[str], bool]   # whether the sink of this name says its link is up
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """What an acknowledgement of one gate clears, while the gate's alarms are held still (``GateAlarms.held``):
+    ``text``, its ``to_acknowledge`` (None: nothing), and ``clear()``, which clears exactly that."""
+
+    text: str | None
+    clear: Callable[[], None]
 
 
 class GateAlarms:
@@ -138,13 +150,28 @@ class GateAlarms:
             if seen is not None and cleared is not None and cleared != seen:
                 raise ConfigError(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer "
                                   f"one: {cleared}; read it, then acknowledge again (nothing was cleared)")
-            self._latched = LatchedAlarms()
-            self._pulses_alarmed.clear()
-            for key in pulses:
-                del self._sink_faults[key]
-                self._pulse_faults.pop(key[0], None)
-            self._update()
+            self._clear(pulses)
         return cleared
+
+    @contextlib.contextmanager
+    def held(self, link_up: SinkLinkUp) -> Iterator[Acknowledgement]:
+        """Hold the alarms still while the caller decides (no alarm latches and no sink fault changes until it
+        leaves: those wait) and yield what an acknowledgement clears now (``Acknowledgement``: the ``to_acknowledge``
+        text, ``clear()`` clears exactly that). For several gates acknowledged all or nothing (the console's
+        ``alarm_ack.acknowledge_gates``): each gate held, every text checked, then every one cleared. Keep it short
+        (the gate's thread waits to latch an alarm); hold several gates in one order (the console's)."""
+        with self._lock:
+            pulses, text = self._acknowledgeable(link_up)
+            yield Acknowledgement(text, functools.partial(self._clear, pulses))
+
+    def _clear(self, pulses: list[tuple[str, str]]) -> None:
+        """(under self._lock) Clear the latched alarms and the pulse faults ``pulses`` (``_acknowledgeable``'s)."""
+        self._latched = LatchedAlarms()
+        self._pulses_alarmed.clear()
+        for key in pulses:
+            del self._sink_faults[key]
+            self._pulse_faults.pop(key[0], None)
+        self._update()
 
     def _acknowledgeable(self, link_up: SinkLinkUp) -> tuple[list[tuple[str, str]], str | None]:
         """(under self._lock) The pulse faults an acknowledgement clears now (their ``_sink_faults`` keys: each sink

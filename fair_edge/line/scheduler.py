@@ -65,6 +65,7 @@ was decided, so a verdict that comes after it can be logged with what the gate d
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import itertools
 import logging
@@ -79,7 +80,7 @@ from ..records import Frame, Verdict
 from . import encoder_source
 from .encoder_source import EncoderSource
 from .events import RejectEvent
-from .gate_alarms import GateAlarms
+from .gate_alarms import Acknowledgement, GateAlarms
 from .latched_alarms import NOT_REJECTED_LATE, NOT_REJECTED_LOST, PASSED_UNINSPECTED, REFUSED
 from .gate_sinks import GateSinks, slot_span_s
 from .grouped_log import seq_list
@@ -316,6 +317,12 @@ class RejectScheduler:
         cleared at once. seen: the text the operator was shown (None: whatever is there); ConfigError, nothing
         cleared, when it is another now (an alarm latched or a pulse missed since): never cleared unseen."""
         return self._alarms.acknowledge(seen, self._outputs.link_up)
+
+    def acknowledging(self) -> contextlib.AbstractContextManager[Acknowledgement]:
+        """This gate's alarms held still while several gates are acknowledged all or nothing (``GateAlarms.held``):
+        ``with gate.acknowledging() as ack:`` ``ack.text`` is what ``acknowledge_alarm`` would clear, ``ack.clear()``
+        clears it."""
+        return self._alarms.held(self._outputs.link_up)
 
     @property
     def alarm(self) -> str | None:
