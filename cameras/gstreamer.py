@@ -19,11 +19,14 @@ from fair_edge.fields import is_int, is_number, require
 
 from .opencv import OpenCVSource
 
-_FLIP_METHODS = {
+# ``nvvidconv flip-method`` values as NVIDIA's element enumerates them (GstNvVideoFlipMethod, ``gst-inspect-1.0
+# nvvidconv``): not GStreamer's ``videoflip`` order (there 1 is clockwise and 5 a vertical flip)
+FLIP_METHODS = {
     0: "none", 1: "rotate 90 counter-clockwise", 2: "rotate 180", 3: "rotate 90 clockwise",
     4: "flip horizontal", 5: "flip upper-right diagonal", 6: "flip vertical",
     7: "flip upper-left diagonal",
 }
+TURNING_FLIPS = (1, 3, 5, 7)   # the two 90-degree turns and the two transposes: a W x H image comes out H x W
 
 
 def gstreamer_available() -> bool:
@@ -52,17 +55,19 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 108
     """The GStreamer pipeline for a Jetson CSI camera (libargus) delivering BGR to OpenCV.
 
     sensor_id: CSI port (``nvarguscamerasrc sensor-id``). width, height, fps: sensor mode,
-    pixels and frames per second. flip: ``nvvidconv flip-method`` 0..7 (0 = none, 2 = 180 deg).
-    out_width, out_height: size delivered to the app (scaled on the VIC); default = sensor size.
+    pixels and frames per second. flip: ``nvvidconv flip-method`` 0..7 (``FLIP_METHODS``; 0 = none, 2 = 180 deg).
+    out_width, out_height: size of the frames delivered to the app, pixels, after the flip (scaled on the VIC);
+    default = the sensor size, turned for a flip that turns the image (``TURNING_FLIPS``: height x width).
     ``appsink drop=1 max-buffers=1``: the sink keeps only the newest frame (lowest latency).
     """
     if isinstance(sensor_id, bool) or not isinstance(sensor_id, int) or sensor_id < 0:
         raise ConfigError(f"jetson_csi_pipeline sensor_id: expected an integer >= 0, found {sensor_id!r}")
-    if flip not in _FLIP_METHODS or isinstance(flip, bool):
-        raise ConfigError(f"jetson_csi_pipeline flip: expected one of {_FLIP_METHODS}, found {flip!r}")
+    if not is_int(flip) or flip not in FLIP_METHODS:
+        raise ConfigError(f"jetson_csi_pipeline flip: expected one of {FLIP_METHODS}, found {flip!r}")
     width, height = _positive_int(width, "width"), _positive_int(height, "height")
-    out_w = width if out_width is None else _positive_int(out_width, "out_width")
-    out_h = height if out_height is None else _positive_int(out_height, "out_height")
+    turned_w, turned_h = (height, width) if flip in TURNING_FLIPS else (width, height)
+    out_w = turned_w if out_width is None else _positive_int(out_width, "out_width")
+    out_h = turned_h if out_height is None else _positive_int(out_height, "out_height")
     return (
         f"nvarguscamerasrc sensor-id={sensor_id} ! "
         f"video/x-raw(memory:NVMM), width={width}, height={height}, "

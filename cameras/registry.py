@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fair_edge.errors import ConfigError, did_you_mean
+from fair_edge.fields import is_int
 
 from .base import FrameSource
 from .aravis import AravisSource
 from .genicam import GenICamSource
-from .gstreamer import GStreamerSource, jetson_csi_pipeline
-from .opencv import OpenCVSource, classify_target
+from .gstreamer import FLIP_METHODS, GStreamerSource, jetson_csi_pipeline
+from .opencv import OpenCVSource, classify_target, redact_url
 from .replay import FolderReplaySource, VideoReplaySource, is_image_file
 from .synthetic import LineSource
 
@@ -117,10 +118,18 @@ AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
 ]
 
 
-def _split(spec: str) -> tuple[str, str]:
+def explicit_kind(spec: str) -> str | None:
+    """The KIND of a ``KIND:TARGET`` spec (``csi`` for ``csi:0``); None for a bare target (``0``, a folder, a URL),
+    whose kind ``_split`` guesses. Reads no file."""
     kind, sep, rest = spec.partition(":")
-    if sep and kind in SOURCES and not rest.startswith("//"):
-        return kind, rest
+    return kind if sep and kind in SOURCES and not rest.startswith("//") else None
+
+
+def _split(spec: str) -> tuple[str, str]:
+    kind = explicit_kind(spec)
+    if kind is not None:
+        return kind, spec.partition(":")[2]
+    kind, sep, _ = spec.partition(":")
     for matches, guessed in AUTO_RULES:   # not ``kind``: the typed KIND is the did-you-mean's word below
         if matches(spec):
             return guessed, spec
@@ -143,14 +152,46 @@ def _not_found_text(spec: str, kind: str, sep: str) -> str:
             "folder the path is relative to")
 
 
-def _check_options(kind: str, opts: dict[str, object]) -> None:
+def valid_options(kind: str) -> list[str]:
+    """The option names a source of ``kind`` (a key of ``SOURCES``) takes, sorted."""
     entry = SOURCES[kind]
     params = inspect.signature(entry.options_of).parameters
-    valid = sorted([n for n, p in params.items() if p.kind is p.KEYWORD_ONLY] + list(entry.extra_options))
+    return sorted([n for n, p in params.items() if p.kind is p.KEYWORD_ONLY] + list(entry.extra_options))
+
+
+def _check_options(kind: str, opts: dict[str, object]) -> None:
+    valid = valid_options(kind)
     for key in opts:
         if key not in valid:
             hint = did_you_mean(key, valid)
             raise ConfigError(f"{kind} source: unknown option {key!r}{hint}; valid options: {valid}")
+
+
+def station_options(where: str, source: str, flip: object = 0) -> dict[str, object]:
+    """The options a station file's camera (``where``: ``camera`` or ``cameras[i]``) gives its source besides fps
+    and loop, checked, as ``parse_source`` takes them ({} when all are at their defaults). flip: a ``csi:`` camera's
+    ``nvvidconv flip-method``, an integer in ``FLIP_METHODS`` (0 = none); 1, 3, 5 and 7 turn the image, so its
+    frames come height x width. ConfigError naming the field, the value and the fix for a value out of range or a
+    setting the source's kind does not take."""
+    if not is_int(flip) or flip not in FLIP_METHODS:
+        methods = ", ".join(f"{n} = {name}" for n, name in FLIP_METHODS.items())
+        raise ConfigError(f"{where}.flip: expected an nvvidconv flip-method, an integer 0-7 ({methods}), "
+                          f"found {flip!r}")
+    opts = {"flip": flip} if flip else {}
+    for option in opts:
+        _check_kind_takes(where, option, source)
+    return opts
+
+
+def _check_kind_takes(where: str, option: str, source: str) -> None:
+    """ConfigError when ``source``'s kind takes no ``option`` (e.g. ``flip`` on a folder): names the kinds that do."""
+    kind = explicit_kind(source)
+    if kind is not None and option in valid_options(kind):
+        return
+    takers = [k for k in SOURCES if option in valid_options(k)]
+    raise ConfigError(f"{where}.{option}: only a {', '.join(k + ':' for k in takers)} camera takes {option}; found "
+                      f"the source {redact_url(source)!r}; remove {option}: from {where}, or give the source as "
+                      f"{takers[0]}:TARGET")
 
 
 def parse_source(spec: str | int | Path, **opts: object) -> FrameSource:

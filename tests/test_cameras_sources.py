@@ -94,7 +94,29 @@ def test_jetson_csi_pipeline_options():
     assert p.endswith("appsink drop=1 max-buffers=1")
 
 
-@pytest.mark.parametrize("kwargs, field", [({"flip": 8}, "flip"), ({"width": 0}, "width"),
+def _delivered_size(pipeline: str) -> tuple[str, str]:
+    """(width, height) of the caps nvvidconv delivers to the app (after its flip)."""
+    caps = pipeline.split("nvvidconv", 1)[1].split("format=BGRx", 1)[0]
+    return caps.split("width=")[1].split(",")[0], caps.split("height=")[1].split(",")[0]
+
+
+@pytest.mark.parametrize("flip", range(8))
+def test_jetson_csi_pipeline_turning_flips_deliver_height_by_width(flip):
+    """nvvidconv flip-method 1 and 3 turn the image 90 degrees and 5 and 7 transpose it (NVIDIA's
+    GstNvVideoFlipMethod): a 1920 x 1080 sensor mode comes out 1080 x 1920; forcing 1920 x 1080 caps after the
+    flip squeezed the turned image into the wrong shape."""
+    pipeline = jetson_csi_pipeline(width=1920, height=1080, flip=flip)
+    expected = ("1080", "1920") if flip in (1, 3, 5, 7) else ("1920", "1080")
+    assert _delivered_size(pipeline) == expected
+    assert "width=1920, height=1080, framerate=" in pipeline   # the sensor mode itself is not turned
+
+
+def test_jetson_csi_pipeline_explicit_out_size_is_the_size_after_the_flip():
+    assert _delivered_size(jetson_csi_pipeline(flip=3, out_width=540, out_height=960)) == ("540", "960")
+    assert _delivered_size(jetson_csi_pipeline(flip=1, out_width=600)) == ("600", "1920")
+
+
+@pytest.mark.parametrize("kwargs, field", [({"flip": 8}, "flip"), ({"flip": 1.0}, "flip"), ({"width": 0}, "width"),
                                            ({"fps": 0}, "fps"), ({"sensor_id": -1}, "sensor_id")])
 def test_jetson_csi_pipeline_rejects_bad_values(kwargs, field):
     with pytest.raises(ConfigError, match=field):

@@ -49,7 +49,7 @@ def open_capture(cfg: StationConfig, source: FrameSource | None = None, trigger:
         policy = "drop_oldest" if cfg.camera.full_policy == AUTO_POLICY else cfg.camera.full_policy
         return make(source, CaptureSettings(queue_size=cfg.camera.queue_size, full_policy=policy))
     check_loop(cfg)
-    opts: dict = {}
+    opts = cfg.camera.source_options()
     if cfg.camera.fps is not None:
         opts["fps"] = cfg.camera.fps
     if cfg.camera.loop:

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
+from fair_edge.cameras.registry import station_options
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
 from fair_edge.station.inspector import MAX_BATCH, LoopSettings
@@ -69,16 +70,25 @@ class CameraSettings:
     as inspection takes them.
     loop: replay forever. queue_size / full_policy: the capture queue and what a full queue does:
     ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
-    inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line)."""
+    inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line).
+    flip: a ``csi:`` camera's ``nvvidconv flip-method`` (0-7, 0 = none); 1, 3, 5 and 7 turn the image 90 degrees
+    or transpose it, so its frames come height x width (``cameras.gstreamer.FLIP_METHODS``)."""
 
     source: str = "0"
     fps: float | None = None
     loop: bool = False
     queue_size: int = 4
     full_policy: str = AUTO_POLICY
+    flip: int = 0
 
     def __post_init__(self) -> None:
         check_fps("camera", self.fps)   # also for settings made by flags (--fps 0), not read from a file
+        self.source_options()   # also for a source given by flags (--source DIR with the file's flip: refused)
+
+    def source_options(self) -> dict[str, Any]:
+        """The options this camera gives its source besides fps and loop (``cameras.registry.station_options``:
+        checked; {} at their defaults)."""
+        return station_options("camera", self.source, self.flip)
 
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":
@@ -90,6 +100,7 @@ class CameraSettings:
             loop=f.boolean(s, "loop", d["loop"]),
             queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
             full_policy=f.choice(s, "full_policy", d["full_policy"], FULL_POLICIES),
+            flip=d["flip"],   # checked by __post_init__ (station_options)
         )
 
 
@@ -306,7 +317,7 @@ def load_station(path: str | Path, working_dir: Path | None = None) -> StationCo
 def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
     """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold /
     regions where it sets them (its ``regions:`` already holds the station's keys it does not set)."""
-    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy)
+    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy, flip=view.flip)
     threshold = cfg.threshold if view.threshold is None else view.threshold
     regions = cfg.regions if view.regions is None else view.regions
     return replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle, roi=view.roi or cfg.roi,

@@ -21,7 +21,8 @@ from fair_edge.station.views import GROUP_BY, MATCH_MODES
 # section -> comment naming the allowed values (constants imported, not written again)
 SECTION_NOTES = {
     "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:, aravis:; "
-              f"full_policy: {' | '.join(FULL_POLICIES)}",
+              f"full_policy: {' | '.join(FULL_POLICIES)}; flip: csi: only, nvvidconv flip-method 0-7 (1, 3, 5, 7 "
+              "turn the image: frames height x width)",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),
     "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
@@ -38,7 +39,7 @@ SECTION_NOTES = {
     "regions": "defect regions; pixel_threshold null = the bundle's; mm_per_px or scale: {points: [[x, y], [x, y]], mm: D}; "
                "frame: [width, height]; default: rules outside every zone; zones: [{name, polygon or mask, "
                "min_area_mm2, min_length_mm, min_area_px, min_length_px, max_count, ignore}]; fair_edge/station/zones.py",
-    "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, bundle, roi, "
+    "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, flip, bundle, roi, "
                "threshold, regions, reject, offset_counts}]; bundle / roi / threshold / regions null = the station's; "
                "regions: its keys over the station's regions: (zones of another frame: its own); reject: the "
                "camera's own outputs (by: lane); fair_edge/station/views.py",

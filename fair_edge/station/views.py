@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from fair_edge import fields as f
+from fair_edge.cameras.registry import station_options
 from fair_edge.errors import ConfigError
 from fair_edge.station.zones import RegionSettings
 
@@ -68,7 +69,7 @@ class ViewSettings:
     """One camera of a multi-camera station.
 
     name: how records, the console and faults name it (letters, digits, ``_``, ``-``). source, fps,
-    loop, queue_size, full_policy: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
+    loop, queue_size, full_policy, flip: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
     this camera's model, region of interest and threshold; None = the station's. reject: this
     camera's reject output URLs (``group.by: lane`` only; a part station rejects through ``reject.sinks``).
     offset_counts: belt counts from the first camera to this one (``match: encoder``). regions: this camera's
@@ -82,6 +83,7 @@ class ViewSettings:
     loop: bool = False
     queue_size: int = 4
     full_policy: str = "auto"
+    flip: int = 0
     bundle: Path | None = None
     roi: Path | None = None
     threshold: float | None = None
@@ -96,12 +98,13 @@ class ViewSettings:
         camera's own ``regions:`` keys go over. base: the folder relative zone mask paths are read from (None = the
         current folder: ``RegionSettings.from_dict``)."""
         where = f"cameras[{index}]"
-        d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "bundle",
+        d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "flip", "bundle",
                                        "roi", "threshold", "reject", "offset_counts", "regions"])
         name = f.text(where, "name", d.get("name", f"cam{index}"))
         f.require(bool(NAME.match(name)), f"{where}.name", "1-32 letters, digits, '_' or '-'", name)
         f.require("source" in d, f"{where}.source", "a camera spec (index, URL, folder, genicam:...)", "nothing")
-        fps, threshold = d.get("fps"), d.get("threshold")
+        fps, threshold, flip = d.get("fps"), d.get("threshold"), d.get("flip", 0)
+        station_options(where, str(d["source"]), flip)   # flip checked against its value range and the source
         return cls(
             name=name,
             source=str(d["source"]),
@@ -109,6 +112,7 @@ class ViewSettings:
             loop=f.boolean(where, "loop", d.get("loop", False)),
             queue_size=f.integer(where, "queue_size", d.get("queue_size", 4), minimum=1),
             full_policy=f.choice(where, "full_policy", d.get("full_policy", "auto"), full_policies),
+            flip=flip,
             bundle=Path(f.text(where, "bundle", d["bundle"])) if d.get("bundle") is not None else None,
             roi=Path(f.text(where, "roi", d["roi"])) if d.get("roi") is not None else None,
             threshold=None if threshold is None else f.number(where, "threshold", threshold),
