@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fair_edge.errors import ConfigError, did_you_mean
-from fair_edge.fields import is_int
+from fair_edge.fields import is_int, is_number
 
-from .base import FrameSource
+from .base import CaptureSettings, FrameSource
 from .aravis import AravisSource
 from .genicam import GenICamSource
 from .gstreamer import FLIP_METHODS, GStreamerSource, jetson_csi_pipeline
@@ -109,6 +109,10 @@ SOURCES: dict[str, SourceKind] = {
                        ("images",)),
 }
 
+# station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
+# wait for one frame (not opencv:'s, which bounds opening and reading a network stream, 5 s)
+STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": ("aravis", "genicam")}
+
 AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
     (lambda s: classify_target(s) in ("index", "url", "device"), "opencv"),
     (lambda s: "!" in s and "appsink" in s, "gst"),
@@ -167,31 +171,44 @@ def _check_options(kind: str, opts: dict[str, object]) -> None:
             raise ConfigError(f"{kind} source: unknown option {key!r}{hint}; valid options: {valid}")
 
 
-def station_options(where: str, source: str, flip: object = 0) -> dict[str, object]:
+def station_options(where: str, source: str, flip: object = 0, timeout_s: object = None) -> dict[str, object]:
     """The options a station file's camera (``where``: ``camera`` or ``cameras[i]``) gives its source besides fps
-    and loop, checked, as ``parse_source`` takes them ({} when all are at their defaults). flip: a ``csi:`` camera's
-    ``nvvidconv flip-method``, an integer in ``FLIP_METHODS`` (0 = none); 1, 3, 5 and 7 turn the image, so its
-    frames come height x width. ConfigError naming the field, the value and the fix for a value out of range or a
-    setting the source's kind does not take."""
+    and loop, checked, as ``parse_source`` takes them (only those set: {} when all are at their defaults).
+
+    flip: a ``csi:`` camera's ``nvvidconv flip-method``, an integer in ``FLIP_METHODS`` (0 = none); 1, 3, 5 and 7
+    turn the image, so its frames come height x width. timeout_s: how long one read of an ``aravis:`` or
+    ``genicam:`` camera waits for a frame, seconds, > 0 and at most ``CaptureSettings.stop_timeout_s`` (a longer
+    wait outlasts the capture's stop); None = the source's own (``timeout_defaults``). ConfigError naming the
+    field, the value and the fix for a value out of range or a setting the source's kind does not take."""
     if not is_int(flip) or flip not in FLIP_METHODS:
         methods = ", ".join(f"{n} = {name}" for n, name in FLIP_METHODS.items())
         raise ConfigError(f"{where}.flip: expected an nvvidconv flip-method, an integer 0-7 ({methods}), "
                           f"found {flip!r}")
-    opts = {"flip": flip} if flip else {}
+    longest = CaptureSettings().stop_timeout_s
+    if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s <= longest):
+        raise ConfigError(f"{where}.timeout_s: expected how long a read waits for a frame, seconds, > 0 and at most "
+                          f"{longest:g} (a longer wait outlasts the capture's stop), or null for the source's own "
+                          f"({timeout_defaults()}), found {timeout_s!r}")
+    opts = {key: value for key, value in (("flip", flip), ("timeout_s", timeout_s)) if value}
     for option in opts:
         _check_kind_takes(where, option, source)
     return opts
 
 
+def timeout_defaults() -> str:
+    """The read waits of the kinds a station file's ``timeout_s`` is for, at their defaults, for a message:
+    "aravis: 1 s, genicam: 2 s" (read from the sources' signatures: the one place they are written)."""
+    return ", ".join(f"{kind}: {inspect.signature(SOURCES[kind].options_of).parameters['timeout_s'].default:g} s"
+                     for kind in STATION_OPTION_KINDS["timeout_s"])
+
+
 def _check_kind_takes(where: str, option: str, source: str) -> None:
-    """ConfigError when ``source``'s kind takes no ``option`` (e.g. ``flip`` on a folder): names the kinds that do."""
-    kind = explicit_kind(source)
-    if kind is not None and option in valid_options(kind):
+    """ConfigError when ``source``'s kind is none of ``STATION_OPTION_KINDS[option]`` (e.g. ``flip`` on a folder)."""
+    takers = STATION_OPTION_KINDS[option]
+    if explicit_kind(source) in takers:
         return
-    takers = [k for k in SOURCES if option in valid_options(k)]
-    raise ConfigError(f"{where}.{option}: only a {', '.join(k + ':' for k in takers)} camera takes {option}; found "
-                      f"the source {redact_url(source)!r}; remove {option}: from {where}, or give the source as "
-                      f"{takers[0]}:TARGET")
+    raise ConfigError(f"{where}.{option}: for {' and '.join(k + ':' for k in takers)} cameras only; found the source "
+                      f"{redact_url(source)!r}; remove {option}: from {where}, or give the source as {takers[0]}:TARGET")
 
 
 def parse_source(spec: str | int | Path, **opts: object) -> FrameSource:

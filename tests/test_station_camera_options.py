@@ -1,5 +1,6 @@
 """The station file's camera options that go to the source itself: ``flip`` (a ``csi:`` camera's nvvidconv
-flip-method), in ``camera:`` and in each ``cameras:`` item, checked on load and carried to the source."""
+flip-method) and ``timeout_s`` (an ``aravis:`` / ``genicam:`` camera's wait for a frame: a triggered camera's wait
+for a part), in ``camera:`` and in each ``cameras:`` item, checked on load and carried to the source."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from fair_edge.cameras import GStreamerSource
+from fair_edge.cameras import GenICamSource, GStreamerSource
+from fair_edge.cameras.aravis import AravisSource
+from fair_edge.cameras.base import CaptureSettings
 from fair_edge.errors import ConfigError
 from fair_edge.station.camera import open_capture
 from fair_edge.station.config import CameraSettings, StationConfig, view_config
@@ -37,17 +40,54 @@ def test_a_flip_out_of_range_is_refused_naming_the_field_and_the_methods(flip):
 
 @pytest.mark.parametrize("source", ["0", "rtsp://user:secret@10.0.0.5/stream", "aravis:cam1"])
 def test_a_flip_on_a_source_that_is_not_csi_is_refused_with_the_fix(source):
-    with pytest.raises(ConfigError, match=r"cameras\[0\]\.flip: only a csi: camera takes flip") as info:
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.flip: for csi: cameras only") as info:
         StationConfig.from_dict({"cameras": [{"name": "top", "source": source, "flip": 2}]})
     assert "secret" not in str(info.value) and "remove flip: from cameras[0]" in str(info.value)
 
 
 def test_a_flag_source_over_a_files_flip_is_refused():
     """``fair-edge run --source DIR`` over a station file whose csi: camera sets flip: the flip would go nowhere."""
-    with pytest.raises(ConfigError, match=r"camera\.flip: only a csi: camera takes flip; found the source '/tmp'"):
+    with pytest.raises(ConfigError, match=r"camera\.flip: for csi: cameras only; found the source '/tmp'"):
         replace(CameraSettings(source="csi:0", flip=1), source="/tmp")
 
 
 def test_flip_zero_is_the_default_and_any_source_takes_it():
     assert CameraSettings().flip == 0
     assert StationConfig.from_dict({"camera": {"source": "0", "flip": 0}}).camera.source_options() == {}
+
+
+def test_an_aravis_cameras_timeout_reaches_its_source():
+    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": 0.25}})
+    capture = open_capture(cfg)   # not started: the source is built, nothing opened
+    assert isinstance(capture.source, AravisSource) and capture.source.timeout_s == 0.25
+
+
+def test_a_listed_genicam_cameras_timeout_reaches_its_view(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path))
+    (tmp_path / "producer.cti").write_bytes(b"")
+    cfg = StationConfig.from_dict({"cameras": [{"name": "top", "source": "genicam:123", "timeout_s": 1.5},
+                                               {"name": "side", "source": "aravis:cam2"}]})
+    assert [v.timeout_s for v in cfg.cameras] == [1.5, None]
+    source = open_capture(view_config(cfg, cfg.cameras[0])).source
+    assert isinstance(source, GenICamSource) and source.timeout_s == 1.5
+
+
+def test_no_timeout_leaves_the_sources_own_wait():
+    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1"}})
+    assert cfg.camera.timeout_s is None and cfg.camera.source_options() == {}
+    assert open_capture(cfg).source.timeout_s == AravisSource("cam1").timeout_s
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, CaptureSettings().stop_timeout_s + 0.5, "1", True, float("nan"),
+                                       float("inf")])
+def test_a_timeout_out_of_range_is_refused_naming_the_bound_and_the_defaults(timeout_s):
+    with pytest.raises(ConfigError, match=r"camera\.timeout_s: expected how long a read waits for a frame, seconds, "
+                                          r"> 0 and at most 2 .*null for the source's own \(aravis: 1 s, genicam: 2 s\)"):
+        StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": timeout_s}})
+
+
+@pytest.mark.parametrize("source", ["0", "csi:0", "rtsp://user:secret@10.0.0.5/stream"])
+def test_a_timeout_on_a_source_that_is_no_genicam_camera_is_refused(source):
+    with pytest.raises(ConfigError, match=r"camera\.timeout_s: for aravis: and genicam: cameras only") as info:
+        StationConfig.from_dict({"camera": {"source": source, "timeout_s": 0.5}})
+    assert "secret" not in str(info.value)

@@ -72,7 +72,10 @@ class CameraSettings:
     ``auto`` = ``block`` for a folder or video replayed without fps (back-pressure: every frame is
     inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line).
     flip: a ``csi:`` camera's ``nvvidconv flip-method`` (0-7, 0 = none); 1, 3, 5 and 7 turn the image 90 degrees
-    or transpose it, so its frames come height x width (``cameras.gstreamer.FLIP_METHODS``)."""
+    or transpose it, so its frames come height x width (``cameras.gstreamer.FLIP_METHODS``). timeout_s: how long
+    one read of an ``aravis:`` or ``genicam:`` camera waits for a frame, seconds (a triggered ``aravis:`` camera: for
+    a part, before it checks the link and reads again); None = the source's own (``cameras.registry.timeout_defaults``);
+    at most ``CaptureSettings.stop_timeout_s``."""
 
     source: str = "0"
     fps: float | None = None
@@ -80,6 +83,7 @@ class CameraSettings:
     queue_size: int = 4
     full_policy: str = AUTO_POLICY
     flip: int = 0
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         check_fps("camera", self.fps)   # also for settings made by flags (--fps 0), not read from a file
@@ -88,7 +92,7 @@ class CameraSettings:
     def source_options(self) -> dict[str, Any]:
         """The options this camera gives its source besides fps and loop (``cameras.registry.station_options``:
         checked; {} at their defaults)."""
-        return station_options("camera", self.source, self.flip)
+        return station_options("camera", self.source, self.flip, self.timeout_s)
 
     @classmethod
     def from_dict(cls, data: Any) -> "CameraSettings":
@@ -100,7 +104,7 @@ class CameraSettings:
             loop=f.boolean(s, "loop", d["loop"]),
             queue_size=f.integer(s, "queue_size", d["queue_size"], minimum=1),
             full_policy=f.choice(s, "full_policy", d["full_policy"], FULL_POLICIES),
-            flip=d["flip"],   # checked by __post_init__ (station_options)
+            flip=d["flip"], timeout_s=d["timeout_s"],   # checked by __post_init__ (station_options)
         )
 
 
@@ -317,7 +321,8 @@ def load_station(path: str | Path, working_dir: Path | None = None) -> StationCo
 def view_config(cfg: StationConfig, view: ViewSettings) -> StationConfig:
     """The station's settings as one camera of it sees them: its camera, and its bundle / ROI / threshold /
     regions where it sets them (its ``regions:`` already holds the station's keys it does not set)."""
-    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy, flip=view.flip)
+    camera = CameraSettings(view.source, view.fps, view.loop, view.queue_size, view.full_policy, flip=view.flip,
+                            timeout_s=view.timeout_s)
     threshold = cfg.threshold if view.threshold is None else view.threshold
     regions = cfg.regions if view.regions is None else view.regions
     return replace(cfg, camera=camera, cameras=(), bundle=view.bundle or cfg.bundle, roi=view.roi or cfg.roi,

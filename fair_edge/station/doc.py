@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from fair_edge.cameras.registry import timeout_defaults
 from fair_edge.line.handshake import HANDSHAKE_SCHEMES
 from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
@@ -22,7 +23,9 @@ from fair_edge.station.views import GROUP_BY, MATCH_MODES
 SECTION_NOTES = {
     "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:, aravis:; "
               f"full_policy: {' | '.join(FULL_POLICIES)}; flip: csi: only, nvvidconv flip-method 0-7 (1, 3, 5, 7 "
-              "turn the image: frames height x width)",
+              "turn the image: frames height x width); timeout_s: aravis: and genicam: only, how long a read waits "
+              f"for a frame (a triggered aravis: camera: for a part), seconds, null = the source's "
+              f"({timeout_defaults()})",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),
     "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
@@ -39,8 +42,9 @@ SECTION_NOTES = {
     "regions": "defect regions; pixel_threshold null = the bundle's; mm_per_px or scale: {points: [[x, y], [x, y]], mm: D}; "
                "frame: [width, height]; default: rules outside every zone; zones: [{name, polygon or mask, "
                "min_area_mm2, min_length_mm, min_area_px, min_length_px, max_count, ignore}]; fair_edge/station/zones.py",
-    "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, flip, bundle, roi, "
-               "threshold, regions, reject, offset_counts}]; bundle / roi / threshold / regions null = the station's; "
+    "cameras": "several cameras instead of camera: [{name, source, fps, loop, queue_size, full_policy, flip, timeout_s, "
+               "bundle, roi, threshold, regions, reject, offset_counts}]; bundle / roi / threshold / regions null = the "
+               "station's; "
                "regions: its keys over the station's regions: (zones of another frame: its own); reject: the "
                "camera's own outputs (by: lane); fair_edge/station/views.py",
     "group": f"with cameras: by: {' | '.join(GROUP_BY)} (the views of one part, or one line per camera); match: "

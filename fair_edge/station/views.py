@@ -69,7 +69,7 @@ class ViewSettings:
     """One camera of a multi-camera station.
 
     name: how records, the console and faults name it (letters, digits, ``_``, ``-``). source, fps,
-    loop, queue_size, full_policy, flip: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
+    loop, queue_size, full_policy, flip, timeout_s: as ``camera:`` (``CameraSettings``). bundle / roi / threshold:
     this camera's model, region of interest and threshold; None = the station's. reject: this
     camera's reject output URLs (``group.by: lane`` only; a part station rejects through ``reject.sinks``).
     offset_counts: belt counts from the first camera to this one (``match: encoder``). regions: this camera's
@@ -84,6 +84,7 @@ class ViewSettings:
     queue_size: int = 4
     full_policy: str = "auto"
     flip: int = 0
+    timeout_s: float | None = None
     bundle: Path | None = None
     roi: Path | None = None
     threshold: float | None = None
@@ -98,13 +99,13 @@ class ViewSettings:
         camera's own ``regions:`` keys go over. base: the folder relative zone mask paths are read from (None = the
         current folder: ``RegionSettings.from_dict``)."""
         where = f"cameras[{index}]"
-        d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "flip", "bundle",
-                                       "roi", "threshold", "reject", "offset_counts", "regions"])
+        d = f.check_keys(where, data, ["name", "source", "fps", "loop", "queue_size", "full_policy", "flip",
+                                       "timeout_s", "bundle", "roi", "threshold", "reject", "offset_counts", "regions"])
         name = f.text(where, "name", d.get("name", f"cam{index}"))
         f.require(bool(NAME.match(name)), f"{where}.name", "1-32 letters, digits, '_' or '-'", name)
         f.require("source" in d, f"{where}.source", "a camera spec (index, URL, folder, genicam:...)", "nothing")
-        fps, threshold, flip = d.get("fps"), d.get("threshold"), d.get("flip", 0)
-        station_options(where, str(d["source"]), flip)   # flip checked against its value range and the source
+        fps, threshold, flip, timeout_s = d.get("fps"), d.get("threshold"), d.get("flip", 0), d.get("timeout_s")
+        station_options(where, str(d["source"]), flip, timeout_s)   # checked against their ranges and the source
         return cls(
             name=name,
             source=str(d["source"]),
@@ -113,6 +114,7 @@ class ViewSettings:
             queue_size=f.integer(where, "queue_size", d.get("queue_size", 4), minimum=1),
             full_policy=f.choice(where, "full_policy", d.get("full_policy", "auto"), full_policies),
             flip=flip,
+            timeout_s=timeout_s,
             bundle=Path(f.text(where, "bundle", d["bundle"])) if d.get("bundle") is not None else None,
             roi=Path(f.text(where, "roi", d["roi"])) if d.get("roi") is not None else None,
             threshold=None if threshold is None else f.number(where, "threshold", threshold),
