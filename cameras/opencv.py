@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
 
 import cv2
@@ -26,6 +27,24 @@ from .capture import SourceBase
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+FFMPEG_KINDS = ("url", "file")   # targets OpenCV decodes with FFmpeg, whose decoders start threads of their own
+
+
+def thread_shortage() -> str:
+    """A clause for an FFmpeg open or first read that failed: "" when this process can start a thread now, else why
+    the decoder likely failed and the fix. OpenCV's FFmpeg backend fails a codec's open (EAGAIN) or a frame's
+    colour conversion when it cannot start its worker threads (a process or container thread limit reached), and
+    says so only on stderr: the open or read just fails, which reads as a damaged file or an unsupported codec.
+    Probed by starting one thread that ends at once; called on those failures only, never per frame."""
+    probe = threading.Thread(target=lambda: None, name="thread-probe", daemon=True)
+    try:
+        probe.start()
+    except RuntimeError as exc:   # "can't start new thread": the same limit the decoder met
+        return (f"; this process cannot start a thread now ({exc}), and OpenCV's FFmpeg decoder needs threads, so "
+                "the source is likely fine: raise the thread limit (`ulimit -u`, the service's TasksMax=, a "
+                "container's --pids-limit) or stop what holds the threads, then start again")
+    probe.join()
+    return ""
 
 
 def classify_target(target: int | str) -> str:
@@ -157,15 +176,19 @@ class OpenCVSource(SourceBase):
         cap = self._create()
         self._cap = cap
         if not cap.isOpened():
-            raise CameraError(f"cannot open {self.name}: {HINTS[self.kind](str(self.target))}")
+            raise CameraError(f"cannot open {self.name}: {HINTS[self.kind](str(self.target))}{self._shortage()}")
         self._apply_format(cap)
         ok, image = cap.read()
         if not ok or image is None:
             raise CameraError(f"opened {self.name} but it delivered no first frame: "
-                              f"{HINTS[self.kind](str(self.target))}")
+                              f"{HINTS[self.kind](str(self.target))}{self._shortage()}")
         fps = cap.get(cv2.CAP_PROP_FPS)
         self._fps_seen = fps if fps and 0 < fps < 1000 else None
         return image, self.name
+
+    def _shortage(self) -> str:
+        """``thread_shortage()`` for a target FFmpeg decodes (``FFMPEG_KINDS``), else ""."""
+        return thread_shortage() if self.kind in FFMPEG_KINDS else ""
 
     def _create(self) -> cv2.VideoCapture:
         if self.kind == "url":

@@ -27,6 +27,7 @@ from fair_edge.preprocess import IMAGE_SUFFIXES  # the one list: a folder replay
 
 from .base import EndOfStream, Pacer, Slot, check_fps
 from .capture import SourceBase
+from .opencv import thread_shortage
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class VideoReplaySource(SourceBase):
         cap = self._cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise CameraError(f"{self.name}: OpenCV could not open {self.path}; check it plays elsewhere "
-                              "or re-encode it (`ffmpeg -i in.mp4 -c:v mjpeg out.avi`)")
+                              f"or re-encode it (`ffmpeg -i in.mp4 -c:v mjpeg out.avi`){thread_shortage()}")
         if self.fps is None:
             file_fps = cap.get(cv2.CAP_PROP_FPS)
             self._pacer = Pacer(file_fps if 0 < file_fps < 1000 else 0.0)
@@ -289,7 +290,7 @@ class VideoReplaySource(SourceBase):
         ok, image = cap.read()
         if not ok or image is None:
             raise CameraError(f"{self.name}: opened {self.path} but decoded no frame; the file may be "
-                              "empty or its codec unsupported (re-encode to MJPG/H.264)")
+                              f"empty or its codec unsupported (re-encode to MJPG/H.264){thread_shortage()}")
         self._pass_read = 1
         return image, self.path.name, self._pacer.wait().t
 
