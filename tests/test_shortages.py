@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,26 @@ def test_an_address_space_limit_already_passed_leaves_0_bytes_not_a_negative_fig
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(0, 'the address-space limit (ulimit -v)')", done.stdout
+
+
+@pytest.mark.parametrize("failure", [MemoryError("out of memory opening the file"),
+                                     UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")])
+def test_the_out_of_memory_line_prints_when_reading_the_memory_left_fails(monkeypatch, failure):
+    """Right after an allocation failed, reading what is left can fail too (psutil missing, /proc/meminfo's read
+    raising MemoryError, a file that does not decode): out_of_memory_line raised that error instead of its line, so
+    the command ended in a traceback. Now the line is printed, saying why no figure is given."""
+    from fair_edge.cli.common import out_of_memory_line
+
+    real_open = builtins.open
+
+    def failing_open(path, *args, **kwargs):
+        if str(path).startswith(("/proc/", "/sys/")):
+            raise failure
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "psutil", None)   # psutil missing: /proc/meminfo is read
+    monkeypatch.setattr(builtins, "open", failing_open)
+    line = out_of_memory_line(MemoryError("DefaultCPUAllocator: can't allocate memory"), "train_command")
+    assert line == (f"train ran out of memory: DefaultCPUAllocator: can't allocate memory; the memory available could "
+                    f"not be told ({type(failure).__name__} reading it). Free memory (stop other programs) or use a "
+                    f"machine with more memory, then run it again.")

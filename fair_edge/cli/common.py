@@ -91,12 +91,23 @@ def out_of_memory_line(exc: BaseException, command: str, smaller: str = "") -> s
     command less work (``smaller``)."""
     words = allocator_words(exc)
     _drop_frames(exc)   # the failed work's tensors, held by the traceback's frames: freed before measuring
-    available, source = available_memory()
-    there = f"{in_words(available)} is available ({source})" if available is not None else \
-        "the memory available could not be told"
+    there, source = _memory_there()
     name = command.removesuffix("_command")
     fixes = "; or ".join([MEMORY_FIXES.get(source, MEMORY_FIXES["available RAM"]), *([smaller] if smaller else [])])
     return f"{name} ran out of memory: {words}; {there}. {fixes[:1].upper()}{fixes[1:]}, then run it again."
+
+
+def _memory_there() -> tuple[str, str]:
+    """(what ``out_of_memory_line`` says of the memory left, ``available_memory``'s source of it). Reading it can fail
+    too, just after an allocation failed (a MemoryError opening /proc/meminfo, a file that cannot be decoded): the
+    line about the shortage is printed all the same, saying why no figure is given."""
+    try:
+        available, source = available_memory()
+    except Exception as exc:  # noqa: BLE001 - any failure to measure: named in the line, which must still print
+        return f"the memory available could not be told ({type(exc).__name__} reading it)", ""
+    if available is None:
+        return "the memory available could not be told", source
+    return f"{in_words(available)} is available ({source})", source
 
 
 def allocator_words(exc: BaseException, most: int = 300) -> str:
