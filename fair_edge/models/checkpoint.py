@@ -43,6 +43,7 @@ from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.disk import create_temporary, discard_unfinished, fsync, write_failure
 from fair_edge.models.registry import LEGACY_FAMILY, ModelSpec
 from fair_edge.preprocess import PreprocessConfig
+from fair_edge.shell import shell_word
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +350,9 @@ def _folder_given(path: Path) -> str:
     """The refusal for a folder given as a checkpoint file: a bundle (bundle.json), a fused bundle (fusion.json),
     a training run (final.pt in it) or another folder, each with its fix."""
     if (path / "bundle.json").is_file() or (path / "fusion.json").is_file():
-        kind, use = (("a bundle", f"`fair-edge run --bundle {path}` or `fair-edge bench {path}`")
-                     if (path / "bundle.json").is_file() else ("a fused bundle", f"`fair-edge run --bundle {path}`"))
+        word = shell_word(path)
+        kind, use = (("a bundle", f"`fair-edge run --bundle {word}` or `fair-edge bench {word}`")
+                     if (path / "bundle.json").is_file() else ("a fused bundle", f"`fair-edge run --bundle {word}`"))
         return (f"checkpoint {path} is {kind} folder, not a checkpoint file: this command reads the .pt file "
                 "`fair-edge train` wrote (e.g. runs/NAME/final.pt), the one the bundle was built from. Give that "
                 f"file; to run the bundle itself use {use}.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,6 +361,6 @@ def _mvtec_root_message(path: Path, category: str | None, categories: list[str])
     shown = ", ".join(categories[:20]) + (f" and {len(categories) - 20} more" if len(categories) > 20 else "")
     if category is None:
         return (f"{path} is an MVTec root holding the categories {shown}: pick one with --category NAME (e.g. "
-                f"--category {categories[0]}), or give the category folder ({path / categories[0]}).")
+                f"--category {shlex.quote(categories[0])}), or give the category folder ({path / categories[0]}).")
     return (f"{path} is an MVTec root with no category {category!r}{did_you_mean(category, categories)}; it holds "
             f"{shown}. Pass one of them to --category.")

@@ -38,6 +38,7 @@ from fair_edge.errors import CheckpointError, ConfigError
 from fair_edge.models.registry import ModelSpec
 from fair_edge.models.training_contract import config_from_options, settings_overrides
 from fair_edge.models.weights import RANDOM
+from fair_edge.shell import shell_word
 
 log = logging.getLogger(__name__)
 NAMED = 3  # files named in a refusal, per kind (added, missing, changed); the rest are counted
@@ -230,7 +231,7 @@ def resume_source(saved: RunSource, given: dict, out: Path) -> RunSource:
                 f"--resume: {Path(out) / 'last.pt'} holds {flag} as {value!r}, a path relative to the folder its "
                 f"training started in (an older fair-edge saved it as typed), and {value!r} is not found from here "
                 f"({os.getcwd()}). Run the resume from the folder the training started in, or give {flag} again as "
-                f"it is from here: fair-edge train {again} --out {out}")
+                f"it is from here: fair-edge train {again} --out {shell_word(out)}")
     return source
 
 
@@ -424,7 +425,7 @@ def check_same_summary(path: Path, state: dict, recorded: Mapping, loaded: Mappi
                  f"and is read now from {os.getcwd()} (that is {os.path.abspath(str(data))}) unless given again")
         fix = ("Run the resume from the folder its training started in, or give DATA again as it is from here (the "
                f"folder that holds the images it was trained on): fair-edge train PATH --resume --out "
-               f"{Path(path).parent}")
+               f"{shell_word(Path(path).parent)}")
     else:
         where = f"its DATA was saved as {data!r}"
         fix = ("Restore the images as they were to continue it, or start a new run on the data as it is now "
