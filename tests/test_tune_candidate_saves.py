@@ -128,3 +128,32 @@ def test_a_failed_candidate_save_names_no_train_resume_command(mvtec_dir, tmp_pa
     else:
         assert isinstance(raised.value, CheckpointError), repr(raised.value)
     assert not {p.name for p in folder.iterdir()} & RESUME_FILES
+
+
+@pytest.mark.parametrize("family", ["fair", "lgfdr"])
+def test_a_tune_candidate_stopped_by_ctrl_c_writes_no_last_pt(mvtec_dir, tmp_path, monkeypatch, family):
+    """A Ctrl-C during a candidate saved a full last.pt at the step boundary (weights and optimiser state, about 3x
+    final.pt) that tune never uses: it has no --resume and the next run deletes candidates/. The trainer of a run
+    that keeps no resume state now stops without writing; tune's own line says to start over."""
+    import os
+    import signal
+
+    from fair_edge.models.lgfdr.train import LgfdrTrainer
+    from fair_edge.training.loop import TrainingInterrupted
+
+    trainer_class = {"fair": Trainer, "lgfdr": LgfdrTrainer}[family]
+    real_step = trainer_class.train_step
+
+    def ctrl_c_in_step(self, step):
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGINT)   # the trainer's handler asks it to stop after this step
+        return real_step(self, step)
+
+    monkeypatch.setattr(trainer_class, "train_step", ctrl_c_in_step)
+    candidate = Candidate("c", PRE, 8, 2, lr=1e-3, family=family)
+    writes = watch_writes(monkeypatch)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        tune(load_dataset(mvtec_dir), [candidate], tmp_path, SETTINGS, torch.device("cpu"))
+    assert stopped.value.checkpoint is None and stopped.value.step == 1
+    assert "nothing saved" in str(stopped.value)
+    assert writes == [] and not {p.name for p in (tmp_path / "candidates" / "c").iterdir()} & RESUME_FILES

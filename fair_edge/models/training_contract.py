@@ -43,8 +43,9 @@ class FamilyTrainer(Protocol):
     or for a ``fits_once`` family the batches of its one pass over the data). batch: images per unit.
     images: the training images (or their features). run_info: where the data came from, stored for --resume.
     keeps_resume_state: whether ``run`` leaves last.pt beside final.pt (True: `train --resume` continues it); `tune`
-    sets False before ``run``: final.pt alone, never beside a last.pt. stop_signals: the signals (``signal.SIGINT``,
-    ...) on which ``run`` finishes the step in flight, saves last.pt and stops (``loop.signals_request_stop``);
+    sets False before ``run``: final.pt alone, never beside a last.pt, and no last.pt when stopped. stop_signals: the
+    signals (``signal.SIGINT``, ...) on which ``run`` finishes the step in flight, saves last.pt (with
+    ``keeps_resume_state``) and stops (``loop.signals_request_stop``);
     `train` sets ``loop.STOP_SIGNALS`` (Ctrl-C and SIGTERM) before ``run`` on a trainer that does not ``fits_once``;
     () where a fit in one pass has no step to stop at."""
 

@@ -34,11 +34,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class TrainingInterrupted(FairEdgeError):
     """Training stopped by Ctrl-C (``signum`` SIGINT) or SIGTERM at a step boundary; ``checkpoint`` holds the state
-    to resume from. ``exit_code``: 128 + the signal number (130, 143)."""
+    to resume from, None for a run that keeps no resume state (a ``fair-edge tune`` candidate: nothing was saved).
+    ``exit_code``: 128 + the signal number (130, 143)."""
 
-    def __init__(self, checkpoint: Path, step: int, signum: int = signal.SIGINT) -> None:
+    def __init__(self, checkpoint: Path | None, step: int, signum: int = signal.SIGINT) -> None:
         how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
-        super().__init__(f"{how} after step {step}; state saved to {checkpoint}.")
+        kept = f"state saved to {checkpoint}" if checkpoint is not None else "nothing saved (no resume state kept)"
+        super().__init__(f"{how} after step {step}; {kept}.")
         self.checkpoint, self.step, self.signum = checkpoint, step, signum
 
     @property

@@ -13,21 +13,20 @@
    ties broken by proxy image AUROC. Candidates are run in order until ``budget_s`` is spent; those
    not reached are listed as skipped. One that runs out of memory (``score_within_memory``) is listed as
    ``out of memory`` and the next one runs: one candidate too big for the machine does not stop the tune.
-Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects
-its catch was measured at and the proxy defects planted: ``fair_edge.training.tune_results``), each under a
-temporary name beside it (``.NAME.partial``) and renamed into place, tune.json last, and keeps each candidate's
-final.pt under OUT/candidates/NAME/ alone: its trainer keeps no resume state (``keeps_resume_state`` False: no
-last.pt, about 3x the size, is written beside final.pt, so a nearly full disk never has to hold both; a family trainer
-without that setting has its last.pt deleted once final.pt is written: ``drop_resume_state``), and a candidate's
-failed save names no `train --resume` command (tune has none: it starts over). A write that fails (a full disk) is a
-``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). While the candidates run,
-tune.csv ranks those finished so far, rewritten as each one finishes (``KeptRanking``), so a tune that stops after one
-(a full disk at the next, an error, Ctrl-C) leaves their figures there, without tune.json: the error says so
-(``TuneStopped``), an interrupted tune's caller names the file. A folder
-holds one tune run: ``tune`` refuses an OUT that already holds a finished one (tune.json, written last:
-``check_fresh_tune``) unless told to delete it first (``clear_tune``, --overwrite); what an interrupted or failed
-run left (candidates/, proxy/, a tune.csv without tune.json: ``unfinished_tune``) is deleted by the next run into
-OUT.
+Writes OUT/tune.csv (every candidate) and OUT/tune.json (the chosen settings, the train command, the false rejects its
+catch was measured at and the proxy defects planted: ``fair_edge.training.tune_results``), each under a temporary name
+beside it (``.NAME.partial``) and renamed into place, tune.json last, and keeps each candidate's final.pt under
+OUT/candidates/NAME/ alone: its trainer keeps no resume state (``keeps_resume_state`` False: no last.pt, about 3x the
+size, is written beside final.pt, so a nearly full disk never has to hold both; a family trainer without that setting
+has its last.pt deleted once final.pt is written: ``drop_resume_state``; a candidate stopped by Ctrl-C writes none),
+and a candidate's failed save names no `train --resume` command (tune has none: it starts over). A write that fails (a
+full disk) is a ``TuneWriteError`` naming OUT, the cause and the fix (``disk.write_failure``). While the candidates
+run, tune.csv ranks those finished so far, rewritten as each one finishes (``KeptRanking``), so a tune that stops
+after one (a full disk at the next, an error, Ctrl-C) leaves their figures there, without tune.json: the error says so
+(``TuneStopped``), an interrupted tune's caller names the file. A folder holds one tune run: ``tune`` refuses an OUT
+that already holds a finished one (tune.json, written last: ``check_fresh_tune``) unless told to delete it first
+(``clear_tune``, --overwrite); what an interrupted or failed run left (candidates/, proxy/, a tune.csv without
+tune.json: ``unfinished_tune``) is deleted by the next run into OUT.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ SIGTERM (``stop_signals``), only asks the loop to stop: the step in flight finis
 at that step boundary, so it equals the periodic save of the same step (a second Ctrl-C stops at once, without
 saving; a second SIGTERM is ignored). A finished run writes ``last.pt`` (its last step, kept for ``train --resume``),
 then ``final.pt``; a run that keeps no resume state (``keeps_resume_state`` False: a ``fair-edge tune`` candidate)
-writes ``final.pt`` alone, so the disk never holds both at once.
+writes ``final.pt`` alone, so the disk never holds both at once, and writes nothing when stopped (tune starts over).
 """
 
 from __future__ import annotations
@@ -262,11 +262,12 @@ class Trainer:
         """Train to ``total_steps``; returns the path of ``final.pt``.
 
         on_step(step, total, loss, images_per_s) is called after every step (progress display).
-        Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt``
-        at that step boundary and raises TrainingInterrupted. Under DDP the ranks agree on the step to stop at (a rank
-        whose signal comes a moment later stops at the same boundary). loss.csv's ``lr`` is the learning
-        rate the logged step trained with (read before the scheduler steps). At the end: ``last.pt``, then
-        ``final.pt``; without ``keeps_resume_state``, any ``last.pt`` deleted, then ``final.pt`` alone.
+        Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt`` at
+        that step boundary (without ``keeps_resume_state``: nothing) and raises TrainingInterrupted. Under DDP the
+        ranks agree on the step to stop at (a rank whose signal comes a moment later stops at the same boundary).
+        loss.csv's ``lr`` is the learning rate the logged step trained with (read before the scheduler steps). At
+        the end: ``last.pt``, then ``final.pt``; without ``keeps_resume_state``, any ``last.pt`` deleted, then
+        ``final.pt`` alone.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.state.step) if self.parallel.is_main else None
@@ -310,7 +311,8 @@ class Trainer:
             if on_step is not None:
                 on_step(self.state.step, self.total_steps, loss, rate)
             if self.state.step < self.total_steps and self.parallel.any(self.stop_requested):
-                raise TrainingInterrupted(self.save(), self.state.step, self.stop_signal)
+                raise TrainingInterrupted(self.save() if self.keeps_resume_state else None, self.state.step,
+                                          self.stop_signal)
 
 
 def default_train_config() -> TrainConfig:

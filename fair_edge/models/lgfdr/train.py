@@ -10,7 +10,8 @@ Ctrl-C (SIGINT), and under `fair-edge train` SIGTERM (``stop_signals``), only as
 flight finishes, then ``last.pt`` is written at that step boundary (a second Ctrl-C stops at once, without saving; a
 second SIGTERM is ignored). With tiling, a batch, an epoch and the step budget count
 tiles (one feature map each), as FAIR's do. A finished run writes ``last.pt`` then ``final.pt``, or, keeping no resume
-state (``keeps_resume_state`` False: a ``fair-edge tune`` candidate), ``final.pt`` alone, never beside a ``last.pt``.
+state (``keeps_resume_state`` False: a ``fair-edge tune`` candidate), ``final.pt`` alone, never beside a ``last.pt``,
+and nothing when stopped (tune starts over).
 """
 
 from __future__ import annotations
@@ -227,9 +228,9 @@ class LgfdrTrainer:
     def run(self, on_step=None) -> Path:
         """Train to ``total_steps``; returns ``final.pt``. on_step(step, total, loss, images_per_s) after each step.
         Ctrl-C, a signal of ``stop_signals`` (or ``request_stop()``) finishes the current step, saves ``last.pt`` at
-        that step boundary and raises TrainingInterrupted. loss.csv's ``lr`` is the learning rate the logged step
-        trained with. At the end: ``last.pt``, then ``final.pt``; without ``keeps_resume_state``, any ``last.pt``
-        deleted, then ``final.pt`` alone."""
+        that step boundary (without ``keeps_resume_state``: nothing) and raises TrainingInterrupted. loss.csv's
+        ``lr`` is the learning rate the logged step trained with. At the end: ``last.pt``, then ``final.pt``;
+        without ``keeps_resume_state``, any ``last.pt`` deleted, then ``final.pt`` alone."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_file = LossLog(self.out_dir / "loss.csv", keep_until=self.step)
         self.stop_requested, self.stop_signal = False, signal.SIGINT
@@ -265,7 +266,8 @@ class LgfdrTrainer:
             if on_step is not None:
                 on_step(self.step, self.total_steps, loss, rate)
             if self.stop_requested and self.step < self.total_steps:
-                raise TrainingInterrupted(self.save(), self.step, self.stop_signal)
+                raise TrainingInterrupted(self.save() if self.keeps_resume_state else None, self.step,
+                                          self.stop_signal)
 
 
 def default_train_config() -> LgfdrTrainConfig:
