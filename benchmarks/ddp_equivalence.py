@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fair_edge.training.data import load_dataset
@@ -62,23 +64,27 @@ def first_gradient(data: str, pre: PreprocessConfig, settings: FairSettings, cfg
     return torch.cat([p.grad.flatten() for p in trainer.state.unet.parameters()])
 
 
-def join_group(rank: int, world: int, port: int):
-    """Set the torchrun environment for ``rank`` and join the gloo group; returns the DataParallel."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def join_group(rank: int, world: int, rendezvous: Path):
+    """Set the torchrun environment for ``rank`` and join the gloo group; returns the DataParallel.
+
+    The ranks meet in the file ``rendezvous`` (``init_method="file://..."``; a path no earlier group used, in a
+    folder of this run: ``new_rendezvous``), not on a TCP port: a port picked free and released before rank 0 binds
+    it can be taken by another process meanwhile, and the group then fails to form or hangs."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=Path(rendezvous).resolve().as_uri(), rank=rank, world_size=world)
     return from_environment(torch.device("cpu"))[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def new_rendezvous(folder: Path) -> Path:
+    """A rendezvous file path for ``join_group`` in ``folder`` (it must exist), one no group has used: the file store
+    reads a file left by an earlier group as that group's state."""
+    return Path(folder) / f"rendezvous-{uuid.uuid4().hex}"
 
 
-def _rank(rank: int, world: int, port: int, data: str, pre: PreprocessConfig, settings: FairSettings,
+def _rank(rank: int, world: int, rendezvous: Path, data: str, pre: PreprocessConfig, settings: FairSettings,
           cfg: TrainConfig, root: Path) -> None:
-    parallel = join_group(rank, world, port)
+    parallel = join_group(rank, world, rendezvous)
     grad = first_gradient(data, pre, settings, cfg, root / "ddp-grad", parallel)
     losses = train_losses(data, pre, settings, cfg, root / "ddp", parallel)
     if rank == 0:
@@ -101,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = FairSettings(width=args.width)
     cfg = TrainConfig(batch=args.batch, lr=1e-3, steps=args.steps, log_every=1, amp=False, save_every=10 * args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_rank, args=(args.nproc, free_port(), args.data, pre, settings, cfg, args.out), nprocs=args.nproc,
-             join=True)
+    with tempfile.TemporaryDirectory(prefix="ddp-rendezvous-") as meeting:
+        mp.spawn(_rank, args=(args.nproc, new_rendezvous(Path(meeting)), args.data, pre, settings, cfg, args.out),
+                 nprocs=args.nproc, join=True)
     torch.set_num_threads(1)
     grad = first_gradient(args.data, pre, settings, cfg, args.out / "single-grad")
     grad_rel = float((grad - torch.load(args.out / "ddp-grad.pt")).norm() / grad.norm())

@@ -44,8 +44,8 @@ def train(data: Path, out: Path, parallel=None, stop_at: int | None = None, resu
     return ddp_equivalence.train_losses(str(data), PRE, SETTINGS, CFG, out, parallel, stop_at, resume)
 
 
-def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:
-    parallel = ddp_equivalence.join_group(rank, world, port)
+def rank_main(rank: int, world: int, rendezvous: Path, data: Path, root: Path) -> None:
+    parallel = ddp_equivalence.join_group(rank, world, rendezvous)
     result = {"full": train(data, root / "full", parallel),
               "first": train(data, root / "resumed", parallel, stop_at=3),
               "rest": train(data, root / "resumed", parallel, resume=True)}
@@ -56,7 +56,7 @@ def rank_main(rank: int, world: int, port: int, data: Path, root: Path) -> None:
 @pytest.fixture(scope="module")
 def ddp_run(mvtec_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(rank_main, args=(2, ddp_equivalence.free_port(), mvtec_dir, root), nprocs=2, join=True)
+    mp.spawn(rank_main, args=(2, ddp_equivalence.new_rendezvous(root), mvtec_dir, root), nprocs=2, join=True)
     return root
 
 
@@ -110,26 +110,29 @@ def test_cli_nproc_launches_torchrun(mvtec_dir, tmp_path):
     import subprocess
     import sys
 
-    out = tmp_path / "run"
+    out, temporary = tmp_path / "run", tmp_path / "tmp"
+    temporary.mkdir()
     proc = subprocess.run([sys.executable, "-m", "fair_edge.cli", "train", str(mvtec_dir), "--width", "32",
                            "--image-size", "32", "--cutoff", "4", "--steps", "2", "--batch", "4", "--device", "cpu",
                            "--out", str(out), "--no-amp", "--nproc", "2"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temporary)})
     text = " ".join((proc.stdout + proc.stderr).split())  # rich wraps lines at the terminal width
     assert proc.returncode == 0, text
     assert "2 processes (DDP) of 2" in text and text.count("training FAIR width 32") == 1 and text.count("done:") == 1
     assert load_checkpoint(out / "final.pt").data_summary["steps"] == 2
+    assert not list(temporary.glob("torchelastic_*"))   # torchrun's log folder is launch's own, removed at the end
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and small data under DDP
-def stop_on_rank0_only(rank: int, world: int, port: int, data: Path, root: Path) -> None:
+def stop_on_rank0_only(rank: int, world: int, rendezvous: Path, data: Path, root: Path) -> None:
     """Rank 0 is asked to stop after step 2, rank 1 not (yet): torchrun passes Ctrl-C to the ranks one after the
     other, so a step boundary can fall between the two. Writes the step each rank stopped at (None: it did not)."""
     from fair_edge.models.fair.train import Trainer
     from fair_edge.training.data import load_dataset
     from fair_edge.training.loop import TrainingInterrupted
 
-    parallel = ddp_equivalence.join_group(rank, world, port)
+    parallel = ddp_equivalence.join_group(rank, world, rendezvous)
     trainer = Trainer(load_dataset(data), PRE, SETTINGS, CFG, root / "run", torch.device("cpu"), parallel=parallel)
 
     def on_step(step, *_):
@@ -150,8 +153,8 @@ def test_ranks_stop_at_the_same_step_when_the_signal_reaches_one_first(mvtec_dir
     until torchrun's shutdown timeout killed both). Now the ranks agree: both stop after step 2, last.pt is step 2."""
     import time
 
-    context = mp.spawn(stop_on_rank0_only, args=(2, ddp_equivalence.free_port(), mvtec_dir, tmp_path), nprocs=2,
-                       join=False)
+    context = mp.spawn(stop_on_rank0_only, args=(2, ddp_equivalence.new_rendezvous(tmp_path), mvtec_dir, tmp_path),
+                       nprocs=2, join=False)
     deadline = time.monotonic() + 300  # a guard against the old hang only; the ranks end in seconds
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -218,6 +221,32 @@ def test_launch_returns_130_on_ctrl_c_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr("torch.distributed.run.main", _signalled_torchrun(signal.SIGHUP))
     assert launch(2, ["DATA"]) == 128 + signal.SIGHUP
     assert "stopped by SIGHUP" in capsys.readouterr().err   # no stop asked of the ranks: only periodic saves
+
+
+def test_launch_gives_torchrun_a_log_folder_of_its_own_and_removes_it(monkeypatch, tmp_path):
+    """torchrun, given no --log-dir, made a ``torchelastic_*`` folder in the temporary folder on every launch (the
+    ranks' error files) and left it there. ``launch`` now hands it a folder of its own and removes it when torchrun
+    ends, however it ends. (A stand-in torchrun that writes there as the real one does.)"""
+    import signal
+    import tempfile
+
+    from fair_edge.training.ddp import launch
+
+    given = []
+
+    def torchrun(args):
+        logs = Path(args[args.index("--log-dir") + 1])
+        (logs / "run_0" / "attempt_0" / "0").mkdir(parents=True)
+        (logs / "run_0" / "attempt_0" / "0" / "error.json").write_text("{}")
+        given.append(logs)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr("torch.distributed.run.main", torchrun)
+    assert launch(2, ["DATA"]) == 0
+    monkeypatch.setattr("torch.distributed.run.main", _signalled_torchrun(signal.SIGINT))
+    assert launch(2, ["DATA"]) == 130
+    assert len(given) == 1 and given[0].parent == tmp_path
+    assert list(tmp_path.iterdir()) == []   # both launches' folders removed
 
 
 @pytest.mark.parametrize("rank, printed", [("0", True), ("1", False)])

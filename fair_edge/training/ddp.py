@@ -31,9 +31,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -46,6 +49,8 @@ from fair_edge.errors import ConfigError
 
 # The differentiable all-reduce batch norm needs; its suggested successor (_functional_collectives) is private
 # and has no autograd for it. Deprecated in 2.13, still correct (tests/test_train_ddp.py checks the loss curve).
+log = logging.getLogger(__name__)
+
 warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_reduce is deprecated",
                         category=FutureWarning)
 
@@ -206,15 +211,30 @@ def ddp_group():
 def launch(nproc: int, train_args: list[str]) -> int:
     """Run ``fair-edge train train_args`` in ``nproc`` local processes via torchrun; exit code: 0, 1 when a rank
     failed, 128 + the signal number when a signal stopped the launcher (130 for Ctrl-C: torchrun passed it on to
-    the ranks, which saved ``last.pt`` at a step boundary, and rank 0 printed how to resume)."""
+    the ranks, which saved ``last.pt`` at a step boundary, and rank 0 printed how to resume). torchrun's log folder
+    (the ranks' error files, read by torchrun before it returns) is a temporary one, removed when it ends: by
+    default torchrun left a ``/tmp/torchelastic_*`` folder behind on every launch."""
+    if nproc < 2:
+        raise ConfigError(f"--nproc must be >= 2 to launch processes (1 trains in this process); found {nproc}.")
+    logs = tempfile.mkdtemp(prefix="fair-edge-torchrun-")
+    try:
+        return _torchrun(["--nproc-per-node", str(nproc), "--standalone", "--log-dir", logs, "-m", "fair_edge.cli",
+                          "train", *train_args])
+    finally:
+        try:
+            shutil.rmtree(logs)
+        except OSError as exc:
+            log.warning("could not remove torchrun's log folder %s (%s): delete it", logs, exc.strerror or exc)
+
+
+def _torchrun(args: list[str]) -> int:
+    """torchrun ``args`` in this process; ``launch``'s exit code for how it ended."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    if nproc < 2:
-        raise ConfigError(f"--nproc must be >= 2 to launch processes (1 trains in this process); found {nproc}.")
     try:
-        torchrun(["--nproc-per-node", str(nproc), "--standalone", "-m", "fair_edge.cli", "train", *train_args])
+        torchrun(args)
     except ChildFailedError as exc:  # a rank failed; its own error line is already printed above
         failures = {f.local_rank: f.exitcode for f in exc.failures.values()}
         print(f"error: DDP training failed: exit code per local rank {failures}", file=sys.stderr)
