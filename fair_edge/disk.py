@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -221,6 +222,7 @@ def discard_unfinished(path: str | Path, what: str = "file") -> None:
 
 
 NAME_MAX_BYTES = 255   # the longest file name (one path component) Linux file systems take, in bytes
+TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{8}\.(.+)\.tmp", re.DOTALL)   # ``temporary_name``'s names; group 1: NAME
 TEMPORARY_TRIES = 100  # unique names tried for a temporary before giving up (each 32 random bits: one try, as a rule)
 
 
@@ -236,15 +238,22 @@ def temporary_name(target_name: str) -> str:
     return f".{tag}.{name}.tmp"
 
 
-def create_temporary(target: Path) -> tuple[int, Path]:
+def is_temporary_of(name: str, target_name: str) -> bool:
+    """Whether the file name ``name`` is one ``temporary_name(target_name)`` gives (its NAME cut short included)."""
+    found = TEMPORARY_NAME.fullmatch(name)
+    return found is not None and target_name.startswith(found[1])
+
+
+def create_temporary(target: Path, mode: int = 0o666) -> tuple[int, Path]:
     """Create a new empty temporary file beside ``target`` (``temporary_name``) and open it for writing: (file
-    descriptor, its path). O_EXCL: never an existing file, nor a link planted under that name; mode 0o666 less the
-    umask, as a plain ``open(path, "w")`` makes it (the file the rename puts in place keeps it). Raises OSError as
-    the system does (FileExistsError after TEMPORARY_TRIES names taken)."""
+    descriptor, its path). O_EXCL: never an existing file, nor a link planted under that name; ``mode`` less the
+    umask: 0o666, as a plain ``open(path, "w")`` makes it (the file the rename puts in place keeps it); 0o600 for a
+    file that will hold a secret, so no other account can open it before its writer sets the mode it is to keep.
+    Raises OSError as the system does (FileExistsError after TEMPORARY_TRIES names taken)."""
     for _ in range(TEMPORARY_TRIES):
         tmp = target.with_name(temporary_name(target.name))
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"no free temporary name after {TEMPORARY_TRIES} tries", str(tmp))

@@ -2,6 +2,8 @@
 thread, the reject scheduler's thread): the interleavings an audit found are forced with events and gated loaders,
 never by sleeping, so each test fails the same way every time on the code it guards against."""
 
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from fair_edge.console.actions import StationLinks
 from fair_edge.console.refusals import SwapBusy
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
+from fair_edge.console import tuning
 from fair_edge.console.tuning import write_station_threshold
 from fair_edge.runtime.hotswap import ModelChange, ModelSwitch
 from fair_edge.station.config import StationConfig, load_station
@@ -88,6 +91,36 @@ def test_two_threshold_writes_at_once_each_keep_their_own_temporary_file(tmp_pat
     write_station_threshold(station, 0.6, check)
     assert file_threshold(station) == 0.6   # the first replaced last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["station.yaml"]   # no temporary file left behind
+
+
+def test_a_station_file_with_a_long_name_gets_a_temporary_within_the_name_limit(tmp_path):
+    """The temporary was ``tempfile.mkstemp``'s NAME.XXXXXXXX.tmp: a station file named near the file system's
+    255-byte limit (a legal name) got none, and the threshold was refused with "could not be written (File name too
+    long); free disk space". It is now ``disk.create_temporary``'s, NAME cut short where it must be."""
+    station = tmp_path / ("line-3-" + "x" * 236 + ".yaml")   # 247 bytes
+    station.write_text(yaml.safe_dump({"bundle": "b", "decision": {"threshold": 0.5}}))
+    write_station_threshold(station, 0.6, load_station)
+    assert file_threshold(station) == 0.6
+    assert [p.name for p in tmp_path.iterdir()] == [station.name]   # no temporary file left behind
+
+
+def test_the_temporary_is_created_0600_then_takes_the_station_files_mode(tmp_path, monkeypatch):
+    """As mkstemp's was: no other account can open it before it has the station file's mode (console.token)."""
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"bundle": "b", "decision": {"threshold": 0.5}}))
+    station.chmod(0o644)
+    created_modes = []
+    real_create = tuning.create_temporary
+
+    def create(target, mode=0o666):
+        fd, tmp = real_create(target, mode)
+        created_modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd, tmp
+
+    monkeypatch.setattr(tuning, "create_temporary", create)
+    write_station_threshold(station, 0.6, load_station)
+    assert file_threshold(station) == 0.6 and created_modes == [0o600]
+    assert stat.S_IMODE(station.stat().st_mode) == 0o644   # the station file's own mode, kept
 
 
 def test_two_thresholds_applied_at_once_take_turns(tmp_path):

@@ -217,15 +217,15 @@ def test_the_station_file_is_not_served_from_an_output_folder_holding_it_and_a_w
     the station file inside the served folders."""
     station = tmp_path / "station.yaml"
     station.write_text(yaml.safe_dump({"console": {"host": "0.0.0.0", "token": TOKEN}}))
-    (tmp_path / "station.yaml.ab12cd34.tmp").write_text(f"token: {TOKEN}\n")
+    (tmp_path / ".ab12cd34.station.yaml.tmp").write_text(f"token: {TOKEN}\n")
     (tmp_path / "verdicts.jsonl").write_text("{}\n")
     (tmp_path / "sub").mkdir()
     os.symlink(station, tmp_path / "sub" / "link.yaml")
     console, _ = one_camera_console(tmp_path, station_file=station)
     console.feed.recorder = type("Recorder", (), {"dir": tmp_path})()
     client = api(console)
-    for path in ("files/station.yaml", "files/station.yaml.ab12cd34.tmp", "files/sub/link.yaml",
-                 "files/sub/../station.yaml", "records/station.yaml", "records/station.yaml.ab12cd34.tmp"):
+    for path in ("files/station.yaml", "files/.ab12cd34.station.yaml.tmp", "files/sub/link.yaml",
+                 "files/sub/../station.yaml", "records/station.yaml", "records/.ab12cd34.station.yaml.tmp"):
         r = client.get(path)
         assert r.status_code == 404 and TOKEN not in r.text, (path, r.status_code)
     assert client.get("files/verdicts.jsonl").status_code == 200

@@ -25,7 +25,7 @@ from test_console_units import api, one_camera_console, verdict
 
 TOKEN = "s3cret-token-123"
 COPIES = ("station.yaml.bak", "old/station.yml", "station.yaml~", "station.yaml.1", "station.yaml.orig",
-          "station.yaml.ab12cd34.tmp", ".station.yaml.swp", "notes.txt", "sub/copy.json.yaml")
+          ".ab12cd34.station.yaml.tmp", ".station.yaml.swp", "notes.txt", "sub/copy.json.yaml")
 SERVED = ("verdicts.jsonl", "verdicts.jsonl.1", "verdicts.jsonl.12", "gate.jsonl", "reviews.jsonl", "audit.jsonl",
           "summary.json", "tune.json", "tune.csv", "review/run_00000001_miss.png", "ng/run_00000001_overlay.jpg",
           "ng/RUN_00000002_overlay.PNG")

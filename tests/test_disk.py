@@ -89,3 +89,16 @@ def test_discard_unfinished_removes_a_half_written_file(tmp_path):
     discard_unfinished(tmp_path / "m.onnx")
     discard_unfinished(tmp_path / "never.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_temporary_is_told_from_other_names_of_its_file_its_long_name_cut_short_included():
+    """``is_temporary_of``: what the console withholds beside a station file (``served_files.withheld``)."""
+    from fair_edge.disk import is_temporary_of, temporary_name
+
+    long_name = "line-3-" + "x" * 240 + ".yaml"
+    for target in ("station.yaml", long_name):
+        assert is_temporary_of(temporary_name(target), target)
+    assert len(temporary_name(long_name).encode()) <= 255
+    for other in ("station.yaml", "station.yaml.bak", ".station.yaml.swp", ".ab12cd34.other.yaml.tmp",
+                  ".ab12cd3.station.yaml.tmp", ".AB12CD34.station.yaml.tmp", "ab12cd34.station.yaml.tmp"):
+        assert not is_temporary_of(other, "station.yaml"), other

@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from starlette.responses import Response, StreamingResponse
 
+from fair_edge.disk import is_temporary_of
 from fair_edge.line.settings import IMAGE_FORMATS
 
 FILE_CHUNK_BYTES = 64 * 1024   # /files/ and /records/ send a file in pieces this size, never whole
@@ -64,8 +65,8 @@ def served_kind(name: str) -> bool:
 
 def withheld(path: Path, station_file: Path | None) -> bool:
     """Whether resolved ``path`` is the station file (through a link: its target) or one of the temporary copies a
-    threshold's write leaves beside it for a moment (``NAME.XXXXXXXX.tmp``, ``tuning.write_station_threshold``):
-    never served, whatever folder holds them (``console.token`` is in it)."""
+    threshold's write leaves beside it for a moment (``.XXXXXXXX.NAME.tmp``, ``disk.is_temporary_of``,
+    ``tuning.write_station_threshold``): never served, whatever folder holds them (``console.token`` is in it)."""
     if station_file is None:
         return False
     try:
@@ -74,7 +75,7 @@ def withheld(path: Path, station_file: Path | None) -> bool:
         target = Path(os.path.abspath(station_file))
     if path == target:
         return True
-    return path.parent == target.parent and path.name.startswith(f"{target.name}.") and path.name.endswith(".tmp")
+    return path.parent == target.parent and is_temporary_of(path.name, target.name)
 
 
 def station_file_warning(station_file: Path | None, folders: dict[str, Path | None]) -> str:

@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +30,7 @@ from typing import IO, Any
 import numpy as np
 import yaml
 
+from fair_edge.disk import create_temporary, discard_unfinished
 from fair_edge.errors import ConfigError
 from fair_edge.fields import dump_station_yaml, is_number, read_station_text, require, station_yaml
 from fair_edge.records import Verdict
@@ -176,7 +176,7 @@ def write_station_threshold(path: Path, value: float, load_station: Callable[[Pa
                           "folder writable, then apply the threshold again (it was not changed)") from exc
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)   # gone after the replace; else what would not load
+            discard_unfinished(tmp, "station file")   # gone after the replace; else what would not load
     return paired
 
 
@@ -226,13 +226,14 @@ def real_folder(path) -> Path:
 
 
 def _write_like(original: Path, write: Callable[[IO[str]], object]) -> Path:
-    """A new file beside ``original`` (``NAME.XXXXXXXX.tmp``, a name of its own: two writes at once never share or
-    remove each other's), written by ``write(file)``, flushed and fsynced, with ``original``'s mode and, where this
-    account may, its owner: a station file kept 0600 because it holds ``console.token`` stays so. Returns its path;
-    a write that fails removes it. Created with O_EXCL (``tempfile.mkstemp``): a planted link is never followed."""
+    """A new file beside ``original`` (``.XXXXXXXX.NAME.tmp``, ``disk.create_temporary``: a name of its own, so two
+    writes at once never share or remove each other's, NAME cut short where a long one would pass the file system's
+    limit), written by ``write(file)``, flushed and fsynced, with ``original``'s mode and, where this account may, its
+    owner: a station file kept 0600 because it holds ``console.token`` stays so. Returns its path; a write that fails
+    removes it (``disk.discard_unfinished``). Created with O_EXCL and mode 0600 until the original's mode is set: a
+    planted link is never followed, and no other account opens it before then."""
     st = original.stat()
-    fd, name = tempfile.mkstemp(prefix=f"{original.name}.", suffix=".tmp", dir=original.parent)
-    tmp = Path(name)
+    fd, tmp = create_temporary(original, mode=0o600)
     try:
         with os.fdopen(fd, "w") as f:
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
@@ -242,7 +243,7 @@ def _write_like(original: Path, write: Callable[[IO[str]], object]) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)   # half written: never left behind
+        discard_unfinished(tmp, "station file")   # half written: never left behind
         raise
     return tmp
 
