@@ -89,3 +89,42 @@ def test_the_collect_command_clears_them_before_saving_and_says_so(tmp_path):
     assert run.exit_code == 0, run.output
     assert [p.suffix for p in out.iterdir()] == [".png"], sorted(p.name for p in out.iterdir())
     assert f"{out}: removed 1 part file(s)" in " ".join(run.output.split()), run.output
+
+
+# a collect on a file system without hard links (FAT / exFAT: os.link fails with EPERM) that dies (no clean-up) after
+# creating the frame's name empty and before renaming its part file over it
+CRASHING_COLLECT_NO_LINKS = f"""
+import errno, os, sys
+import numpy as np
+from fair_edge.training.collect import write_new_png
+def no_hard_links(*args, **kwargs):
+    raise OSError(errno.EPERM, "Operation not permitted")
+os.link = no_hard_links
+os.replace = lambda *args, **kwargs: os._exit({CRASH_EXIT})
+frame = np.random.default_rng(0).integers(40, 200, (64, 64, 3), dtype=np.uint8)
+write_new_png(__import__("pathlib").Path(sys.argv[1]), "P_00000001", frame)
+"""
+
+
+def test_a_collect_removes_the_empty_png_a_collect_killed_without_hard_links_left(tmp_path, caplog):
+    """Killed between reserving the frame's name (NAME.png created empty) and renaming its part file over it, a
+    collect on a FAT / exFAT stick left an empty P_00000001.png: the next collect said nothing of it, and train
+    listed it as an image and met it as unreadable. It is removed now (only an empty .png unchanged for over
+    PART_STALE_S: another live collect's reserved name is milliseconds old), and the warning names it."""
+    done = subprocess.run([sys.executable, "-c", CRASHING_COLLECT_NO_LINKS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == CRASH_EXIT, done.stderr
+    empty = tmp_path / "P_00000001.png"
+    assert empty.stat().st_size == 0
+    (tmp_path / "P_2.png").write_bytes(b"not empty")   # kept: it holds something
+    (tmp_path / "notes.txt").touch()                    # kept: empty, but no PNG
+    for path in tmp_path.iterdir():
+        os.utime(path, (time.time() - HOUR_S,) * 2)
+    (tmp_path / "P_3.png").touch()                      # kept: empty, but new (another collect's reserved name)
+    with caplog.at_level(logging.WARNING, logger="fair_edge.training.collect"):
+        collector = Collector(tmp_path)
+    assert collector.empty_pngs_removed == [empty] and collector.parts_removed == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["P_2.png", "P_3.png", "notes.txt"]
+    assert f"{tmp_path}: removed 1 empty PNG(s) (P_00000001.png; unchanged for over" in caplog.text, caplog.text
+    assert Collector(tmp_path, clock=lambda: time.time() + HOUR_S, replace=True).empty_pngs_removed == []
+    assert (tmp_path / "P_3.png").exists()   # export_reviewed's replace=True leaves such files alone

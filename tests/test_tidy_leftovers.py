@@ -59,6 +59,22 @@ def test_collects_closing_line_names_the_stale_part_files_it_removed(tmp_path):
     assert again.exit_code == 0 and "removed" not in again.output, again.output
 
 
+def test_collects_closing_line_names_the_empty_pngs_it_removed(tmp_path):
+    """An empty NAME.png a killed collect had reserved (a file system without hard links) is removed and counted."""
+    src, out = tmp_path / "cam", tmp_path / "train"
+    src.mkdir()
+    out.mkdir()
+    cv2.imwrite(str(src / "000.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    empty = out / "P_00000001.png"
+    empty.touch()
+    long_ago = time.time() - 2 * PART_STALE_S - 60
+    os.utime(empty, (long_ago, long_ago))
+    result = CliRunner().invoke(app, ["collect", str(out), "--source", str(src)])
+    assert result.exit_code == 0, result.output
+    assert not empty.exists()
+    assert "(removed 1 empty PNG a killed collect had left there)" in " ".join(result.output.split()), result.output
+
+
 # ------------------------------------------------------------------ the Jetson image: every extra of the native install
 def requirement_bounds(specs: list[str]) -> dict[str, str]:
     """Package name (lower case) -> its ``>=`` bound ("" for none) of each requirement in ``specs``."""

@@ -74,7 +74,8 @@ def collect(
     finally:
         if timer is not None:
             timer.cancel()
-    print_plain(collect_line(read, skipped_files, collector.counts, out, collector.parts_removed))
+    print_plain(collect_line(read, skipped_files, collector.counts, out, collector.parts_removed,
+                             len(collector.empty_pngs_removed)))
 
 
 def collect_prefix() -> str:
@@ -105,15 +106,17 @@ def check_duration(duration: Optional[float]) -> None:
                           "to stop at --max-frames or the end of the source.")
 
 
-def collect_line(read: int, skipped_files: int, c: Mapping[str, int], out: Path, parts_removed: int = 0) -> str:
+def collect_line(read: int, skipped_files: int, c: Mapping[str, int], out: Path, parts_removed: int = 0,
+                 empty_pngs_removed: int = 0) -> str:
     """The closing line of a camera / source collect. read: frames read; skipped_files: files the source itself
     skipped as undecodable (a replayed folder's ``unreadable``: not frames, so not in ``read``); c: the
-    collector's counts; parts_removed: stale part files a killed collect had left in ``out``, removed at the start
-    (``Collector.parts_removed``), named only when any. The unreadable count is both kinds, so with --every 1
-    read + skipped_files = saved + all skipped."""
+    collector's counts; parts_removed, empty_pngs_removed: stale part files and empty reserved PNGs a killed collect
+    had left in ``out``, removed at the start (``Collector``), named only when any. The unreadable count is both
+    kinds, so with --every 1 read + skipped_files = saved + all skipped."""
     files = f" and {skipped_files} unreadable file{'' if skipped_files == 1 else 's'}" if skipped_files else ""
-    removed = (f" (removed {parts_removed} stale part file{'' if parts_removed == 1 else 's'} a killed collect had "
-               "left there)" if parts_removed else "")
+    left = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in ((parts_removed, "stale part file"),
+                                                                 (empty_pngs_removed, "empty PNG")) if n]
+    removed = f" (removed {' and '.join(left)} a killed collect had left there)" if left else ""
     return (f"read {read} frames{files}: saved {c['saved']}, skipped {c['badly_exposed']} badly exposed, "
             f"{c['blurred']} blurred, {c['duplicate']} near-duplicates, {c['unreadable'] + skipped_files} "
             f"unreadable -> {out}{removed}")

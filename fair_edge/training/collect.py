@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from fair_edge.errors import DataError
+from fair_edge.training.collect_leftovers import PART_STALE_S, PART_SUFFIX, remove_empty_pngs, remove_stale_parts
 from fair_edge.images import encode_image, gray_2d, read_stored, write_png
 from fair_edge.station.views import NAME as CAMERA_NAME   # a camera name a station file may give
 
@@ -99,11 +100,6 @@ def frame_problem(image: np.ndarray, q: QualitySettings) -> str:
 
 
 NAME_TRIES = 1000  # names tried for one new frame (STEM.png, STEM-2.png, ...) before a DataError
-PART_SUFFIX = ".part"   # a frame being written: ``.STEM.<16 hex>.part``, hidden and no image suffix, so no listing of
-                        # images (``image_folders.image_files``: train, eval, build) takes one a crash left behind
-PART_NAME = re.compile(r"\..+\.[0-9a-f]{16}" + re.escape(PART_SUFFIX))   # write_part's names, and only those
-PART_STALE_S = 60.0   # s unchanged after which a part file is one a killed collect left: a live collect writes a
-                      # frame's part file in one write and links it at once (milliseconds), then removes it
 # errno of os.link on a file system without hard links (FAT / exFAT USB sticks: EPERM; some shares: ENOTSUP)
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
@@ -167,54 +163,6 @@ def _remove_part(part: Path) -> None:
                     exc.strerror or exc)
 
 
-def remove_stale_parts(folder: Path, now: Callable[[], float] = time.time, stale_s: float = PART_STALE_S) -> int:
-    """Remove the part files (``write_part``'s ``.STEM.<16 hex>.part``, ``PART_NAME``; no other name) directly in
-    ``folder`` that a collect killed between writing and linking them left behind (kill -9, a power cut): regular
-    files whose modification time is more than ``stale_s`` seconds before ``now()`` (s since the epoch, the clock
-    file times use). A live collect's part file is younger (``PART_STALE_S``), so a second collect writing into the
-    same folder keeps its own. Returns how many were removed; one that cannot be removed, or a folder that cannot
-    be listed, is logged."""
-    try:
-        found = _part_files(folder)
-    except OSError as exc:
-        log.warning("could not look for part files a killed collect left in %s (%s); they are hidden and no image, "
-                    "delete any .NAME.XXXXXXXXXXXXXXXX.part there by hand", folder, exc.strerror or exc)
-        return 0
-    cutoff = now() - stale_s
-    return sum(_removed(part) for part, mtime in found if mtime < cutoff)
-
-
-def _part_files(folder: Path) -> list[tuple[Path, float]]:
-    """(path, modification time: s since the epoch) of each regular file directly in ``folder`` named like a part
-    file (``PART_NAME``); one that a live collect links and removes while this looks is left out. Raises OSError
-    when the folder cannot be listed."""
-    found = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not PART_NAME.fullmatch(entry.name):
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    found.append((Path(entry.path), entry.stat(follow_symlinks=False).st_mtime))
-            except FileNotFoundError:
-                continue
-    return found
-
-
-def _removed(part: Path) -> bool:
-    """Remove the stale part file ``part``: True when this call removed it; False when it is gone already (another
-    collect's sweep) or cannot be removed (logged)."""
-    try:
-        part.unlink()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        log.warning("could not remove the part file %s a killed collect left (%s); it is hidden and no image, "
-                    "delete it by hand", part, exc.strerror or exc)
-        return False
-    return True
-
-
 def _link_or_move(part: Path, path: Path) -> None:
     """Give the finished file ``part`` the new name ``path``: a hard link (FileExistsError when ``path`` exists;
     the whole file appears at once). Where the file system has no hard links (``NO_HARD_LINKS``), ``path`` is
@@ -250,10 +198,11 @@ class Collector:
 
     Each kept frame is a new file ``PREFIX + NAME.png`` (``write_new_png``): one already there, from an earlier
     or a concurrent collect into the same folder, is never replaced; the frame takes the next free name
-    (``PREFIX + NAME-2.png``). At the start it removes the part files an earlier collect killed while saving left
-    in ``folder`` (``remove_stale_parts``, by ``clock``: s since the epoch), says how many in a warning and keeps
-    the number in ``parts_removed``. ``replace=True`` (``export_reviewed``, where one name is one reviewed part)
-    writes over a file of the same name instead, whole (``images.write_png``), and leaves part files alone."""
+    (``PREFIX + NAME-2.png``). At the start it removes what an earlier collect killed while saving left in ``folder``
+    (``collect_leftovers``, by ``clock``: s since the epoch): its part files, counted in ``parts_removed``, and its
+    empty reserved PNGs, listed in ``empty_pngs_removed``; a warning names both. ``replace=True``
+    (``export_reviewed``, where one name is one reviewed part) writes over a file of the same name instead, whole
+    (``images.write_png``), and leaves such files alone."""
 
     def __init__(self, folder: Path, quality: QualitySettings = QualitySettings(), prefix: str = "",
                  replace: bool = False, clock: Callable[[], float] = time.time) -> None:
@@ -263,12 +212,23 @@ class Collector:
         except OSError as exc:
             raise DataError(f"could not create the output folder {self.folder} ({exc.strerror or exc}); expected a "
                             "folder this user can write, or a path where one can be created") from None
-        self.parts_removed = 0 if replace else remove_stale_parts(self.folder, clock)
-        if self.parts_removed:
-            log.warning("%s: removed %d part file(s) (.NAME.XXXXXXXXXXXXXXXX.part, unchanged for over %g s) that a "
-                        "collect killed while saving frames had left", self.folder, self.parts_removed, PART_STALE_S)
+        self.parts_removed, self.empty_pngs_removed = (0, []) if replace else self._remove_leftovers(clock)
         self.counts: Counter[str] = Counter({k: 0 for k in ("saved", *SKIP_REASONS)})
         self._thumbs: deque[np.ndarray] = deque(maxlen=quality.memory)
+
+    def _remove_leftovers(self, clock: Callable[[], float]) -> tuple[int, list[Path]]:
+        """(part files removed, empty PNGs removed) of what a killed collect left in the folder, each said in a
+        warning."""
+        parts, empty = remove_stale_parts(self.folder, clock), remove_empty_pngs(self.folder, clock)
+        if parts:
+            log.warning("%s: removed %d part file(s) (.NAME.XXXXXXXXXXXXXXXX.part, unchanged for over %g s) that a "
+                        "collect killed while saving frames had left", self.folder, parts, PART_STALE_S)
+        if empty:
+            shown = ", ".join(p.name for p in empty[:5]) + (", ..." if len(empty) > 5 else "")
+            log.warning("%s: removed %d empty PNG(s) (%s; unchanged for over %g s), names a collect killed while "
+                        "saving frames had reserved: no image, and train would have met them as unreadable",
+                        self.folder, len(empty), shown, PART_STALE_S)
+        return parts, empty
 
     def add(self, image: np.ndarray | None, name: str, checked: bool = True) -> str:
         """Keep or skip one frame; returns "saved" or the reason it was skipped.
