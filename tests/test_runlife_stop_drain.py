@@ -121,3 +121,35 @@ def test_a_lanes_parts_still_on_the_belt_at_the_stop_are_abandoned_in_the_summar
         summary = finish_lanes(cfg, lane, recorder)
     counted = summary.rejects["lanes"]["a"]
     assert counted["abandoned"] == 1 and counted["pending"] == 0, counted
+
+
+class StuckSink(RecordingSink):
+    """A reject output whose pulse never ends: its ``drain`` is given ``timeout_s`` (recorded) and spends all of it
+    on the fake ``clock`` (s)."""
+
+    def __init__(self, name: str, clock: list[float]) -> None:
+        super().__init__(name)
+        self.clock, self.given = clock, []
+
+    def drain(self, timeout_s: float) -> bool:
+        self.given.append(timeout_s)
+        self.clock[0] += timeout_s
+        return False
+
+
+def test_a_stop_with_several_stuck_outputs_waits_its_drain_timeout_once_not_once_per_output(monkeypatch):
+    """The report: ``drain_sinks(timeout_s)`` gave each sink the whole timeout in turn, so a stop with three stuck
+    outputs waited three times the stop's timeout. Now the sinks share one deadline: the first is given the timeout,
+    the others what is left of it (nothing), and the drain ends ``timeout_s`` after it began, on a fake clock."""
+    from types import SimpleNamespace
+
+    from fair_edge.line import gate_sinks
+    from fair_edge.line.sinks import FanOut
+
+    clock = [100.0]
+    monkeypatch.setattr(gate_sinks, "time", SimpleNamespace(monotonic=lambda: clock[0]), raising=False)
+    stuck = [StuckSink(name, clock) for name in ("coil", "register", "node")]
+    with RejectScheduler(RejectSettings(**TIMING), sinks=FanOut(stuck), fault_sinks=RecordingSink("f")) as gate:
+        gate.drain_sinks(timeout_s=4.0)
+    assert [sink.given for sink in stuck] == [[4.0], [0.0], [0.0]]
+    assert clock[0] == 104.0

@@ -7,6 +7,8 @@ Beside the path: a reject pulse goes from the gate's thread straight to the reje
 
 from __future__ import annotations
 
+import time
+
 from ..errors import PlcError
 from .settings import RejectSettings
 from .sinks import FanOut, Reporter, SignalSink, open_fanout
@@ -77,11 +79,14 @@ class GateSinks:
                            f"its address, or set require_sinks_at_start: false")
 
     def drain(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s`` per sink) until pulses handed to the reject sinks are written."""
+        """Wait until pulses handed to the reject sinks are written, at most ``timeout_s`` (s) in all: one deadline
+        the sinks share, each waited on for what is left of it (0 once it has passed: a look, no wait), so a stop
+        with several stuck outputs waits ``timeout_s``, not ``timeout_s`` per output."""
+        deadline = time.monotonic() + timeout_s
         for sink in getattr(self.rejects, "sinks", [self.rejects]):
             drain = getattr(sink, "drain", None)
             if drain is not None:
-                drain(timeout_s)
+                drain(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         """Close the sinks opened here (the ones handed in are their owner's to close)."""

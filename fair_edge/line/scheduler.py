@@ -373,7 +373,8 @@ class RejectScheduler:
         self._outputs.check_connected(timeout_s)
 
     def drain_sinks(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s`` per sink) until pulses handed to the sinks are written."""
+        """Wait until pulses handed to the reject sinks are written, at most ``timeout_s`` (s) for all of them
+        together (``GateSinks.drain``: one deadline, not one per sink)."""
         self._outputs.drain(timeout_s)
 
     def wait_idle(self, timeout_s: float) -> bool:
