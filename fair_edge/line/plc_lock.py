@@ -103,6 +103,20 @@ def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
     return out
 
 
+def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcOutput]]:
+    """(first, later) for each of ``outputs`` whose address an earlier one names too, in order: addresses compared by
+    ``key``, as the station file writes them with the default port and unit filled in and the host lower-case (not
+    resolved: ``localhost`` and ``127.0.0.1`` differ here, unlike the locks' ``lock_keys``)."""
+    first: dict[str, PlcOutput] = {}
+    pairs = []
+    for output in outputs:
+        if output.key in first:
+            pairs.append((first[output.key], output))
+        else:
+            first[output.key] = output
+    return pairs
+
+
 def handshake_outputs(settings: HandshakeSettings, setting: str = "reject.handshake") -> list[PlcOutput]:
     """Every register / node the handshake writes (its own signals, the region signals given an address, and the
     PLC's ``trigger`` and ``ack``, which it sets back to 0); none while it is off. Each is named by the URL's

@@ -4,11 +4,13 @@ Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``Config
 the field, e.g. ``reject.delay_ms: expected a number in [0, 86400000], found 'abc'``. Every URL (reject and fault sinks,
 the encoder, the handshake, MQTT) is parsed on load by the parser the station uses at start, nothing opened, so a
 typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service; so is GPIO
-wiring that could never open (``check_gpio_outputs``: two Jetson pin numberings, two outputs on one line).
+wiring that could never open (``check_gpio_outputs``: two Jetson pin numberings, two outputs on one line); two
+outputs on one PLC address are warned about (``warn_shared_outputs``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,11 @@ from .. import fields as f
 from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
 from .mqtt_url import parse_mqtt_url
+from .plc_lock import shared_addresses, sink_outputs
 from .sinks import parse_sink
 from .sinks.gpio import check_gpio_wiring
+
+log = logging.getLogger(__name__)
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
@@ -58,6 +63,20 @@ def check_gpio_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
         check_gpio_wiring(named_urls(outputs))
     except SinkError as exc:
         raise ConfigError(f"{exc} (docs/line-integration.md, \"GPIO wiring and permissions\")") from exc
+
+
+def warn_shared_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
+    """Log a warning, when the station file is read, for each PLC address (a Modbus coil or register, an OPC UA node)
+    two of the station's reject / fault / lane outputs write (``plc_lock.shared_addresses``: compared as written, the
+    default port and unit filled in), naming both settings and the address. A warning, not a refusal: two lanes
+    sharing one ejector may be wired so on purpose. outputs: setting -> its checked URLs, as ``check_gpio_outputs``
+    takes them (GPIO lines driven twice are refused there)."""
+    named = [output for setting, urls in outputs.items() for output in sink_outputs(setting, urls)]
+    for first, later in shared_addresses(named):
+        log.warning("%s and %s both write %s: each writes over the other's levels there (a falling edge of one ends "
+                    "the other's pulse or held fault). Two lanes sharing one ejector may be wired so on purpose; "
+                    "otherwise give each output its own address (docs/line-integration.md, \"Sink URLs\")",
+                    first.setting, later.setting, first.shown)
 
 
 def check_encoder_url(where: str, url: str) -> str:

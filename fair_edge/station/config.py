@@ -41,7 +41,7 @@ from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
 from fair_edge.line.settings import (MetricsSettings, MqttSettings, RecordSettings, RejectSettings, check_gpio_outputs,
-                                     check_sink_urls)
+                                     check_sink_urls, warn_shared_outputs)
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
@@ -239,6 +239,7 @@ class StationConfig:
             check_fps(f"cameras[{i}]", view.fps)
             check_sink_urls(f"cameras[{i}]", "reject", view.reject)
         check_gpio_outputs(self.output_urls())
+        warn_shared_outputs(self.output_urls())
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "

@@ -1,0 +1,61 @@
+"""Two outputs of one station on one PLC address (a reject and a fault output on one coil, two lanes on one ejector
+node): nothing was said when the station file was read, and each output then wrote over the other's levels. Now the
+load logs a warning naming both settings and the address (``line.settings.warn_shared_outputs``); a warning, not a
+refusal, since two lanes sharing one ejector may be wired so on purpose. Addresses are compared as written, the
+default port and unit filled in (``plc_lock.shared_addresses``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fair_edge.station.config import StationConfig
+
+WARNS = "fair_edge.line.settings"
+
+
+def load(reject: dict, cameras: list | None = None) -> StationConfig:
+    """A station file with the given ``reject:`` and, when given, ``cameras:`` as lanes (``group.by: lane``)."""
+    data = {"bundle": "/nonexistent/bundle", "reject": {"delay_ms": 400, **reject}}
+    if cameras is None:
+        data["camera"] = {"source": "/nonexistent", "fps": 20}
+    else:
+        data.update(cameras=cameras, group={"by": "lane"})
+    return StationConfig.from_dict(data)
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == WARNS and r.levelno == logging.WARNING]
+
+
+def test_a_reject_and_a_fault_output_on_one_coil_are_warned_about_at_load_naming_both_and_the_coil(caplog):
+    """The same coil written two ways (default port and unit left out in one URL, given in the other)."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        cfg = load({"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": ["modbus://10.0.0.5:502?unit=1&coil=3"]})
+    assert cfg.reject.fault_sinks == ("modbus://10.0.0.5:502?unit=1&coil=3",)   # loaded: a warning, no refusal
+    found = warnings(caplog)
+    assert len(found) == 1, found
+    assert found[0].startswith("reject.sinks[0] and reject.fault_sinks[0] both write modbus 10.0.0.5:502 unit 1 "
+                               "coil 3: each writes over the other's levels there")
+    assert "Two lanes sharing one ejector may be wired so on purpose" in found[0]
+
+
+def test_two_lanes_on_one_opc_ua_node_are_warned_about_naming_both_lanes(caplog):
+    lane = "opcua://PLC:4840/?node=ns=2;s=Eject"
+    cameras = [{"name": "a", "source": "/nonexistent", "fps": 20, "reject": [lane]},
+               {"name": "b", "source": "/nonexistent", "fps": 20, "reject": [lane.replace("PLC", "plc")]}]
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({}, cameras)
+    assert [m.split(":", 1)[0] for m in warnings(caplog)] == [
+        "cameras[0].reject[0] and cameras[1].reject[0] both write opcua plc"]
+    assert "node ns=2;s=Eject" in warnings(caplog)[0]
+
+
+@pytest.mark.parametrize("fault", ["modbus://10.0.0.5?coil=4", "modbus://10.0.0.5?register=3",
+                                   "modbus://10.0.0.5?unit=2&coil=3", "modbus://10.0.0.6?coil=3", "log://"])
+def test_outputs_on_different_addresses_are_not_warned_about(caplog, fault):
+    """Another coil, a register of the same number (another address space), another unit or PLC, no PLC at all."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": [fault]})
+    assert warnings(caplog) == []
