@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fair_edge.cli import app
-from fair_edge.errors import PlcError
+from fair_edge.errors import PlcError, SinkError
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station import cell as cell_module
 from fair_edge.station import cell_models
@@ -177,3 +177,55 @@ def test_the_probe_skips_outputs_that_are_no_gpio_line(chips):
     probe_gpio_outputs([("reject.sinks[0]", "modbus://10.0.0.5:502?unit=1&coil=0"), ("reject.sinks[1]", "log://"),
                         ("reject.fault_sinks[0]", "gpio://gpiochip0/3")])
     assert chips.held == {HELD: "other-app"} and chips.physical == {("/dev/gpiochip0", 3): 0}
+
+
+def jetson_on_chips(monkeypatch, chips: FakeChips, board: dict[int, tuple[str, int]]) -> None:
+    """A stand-in ``Jetson.GPIO`` whose BOARD pins are lines of ``chips`` (``board``: pin -> (chip, line), as a
+    Jetson's header is wired to its gpiochips): ``setup`` requests the line from the same kernel ``gpiod`` does
+    (EBUSY while anyone holds it), ``cleanup`` releases it."""
+    gpio = types.ModuleType("Jetson.GPIO")
+    gpio.BOARD, gpio.BCM, gpio.CVM, gpio.TEGRA_SOC, gpio.OUT, gpio.HIGH, gpio.LOW = 10, 11, 1001, 1000, 0, 1, 0
+    state = {"mode": None}
+    gpio.getmode = lambda: state["mode"]
+    gpio.setmode = lambda mode: state.update(mode=mode)
+
+    def setup(pin, direction, initial=None):
+        if board[pin] in chips.held:
+            raise OSError(errno.EBUSY, "Opening output line handle: Device or resource busy")
+        chips.held[board[pin]] = "Jetson-gpio"
+
+    gpio.setup = setup
+    gpio.output = lambda pin, level: None
+    gpio.cleanup = lambda pin=None: chips.held.pop(board[pin], None)
+    monkeypatch.setitem(sys.modules, "Jetson", types.ModuleType("Jetson"))
+    monkeypatch.setitem(sys.modules, "Jetson.GPIO", gpio)
+
+
+@pytest.mark.parametrize("reject, fault", [("gpio://gpiochip0/20", "jetson://BOARD/12"),
+                                           ("jetson://BOARD/12", "gpio://gpiochip0/20")])
+def test_one_line_named_as_gpio_and_as_jetson_pin_is_refused_before_the_model_loads_naming_both(
+        chips, loads, tmp_path, monkeypatch, reject, fault):
+    """The report: header pin 12 of this board is line 20 of gpiochip0, so gpio://gpiochip0/20 and jetson://BOARD/12
+    are one line. The station file cannot tell (the mapping is the board's) and the probe released each line before
+    requesting the next, so the start passed and the second output failed to open after the model had loaded, as
+    'another process holds its line'. Now the probe holds the lines together, and the kernel's answer (busy while
+    the other output held it, free once that let it go) refuses the start naming both settings; nothing stays
+    held."""
+    jetson_on_chips(monkeypatch, chips, {12: ("/dev/gpiochip0", 20), 16: ("/dev/gpiochip0", 21)})
+    with pytest.raises(SinkError) as refused:
+        run_module.run_station(station(tmp_path, sinks=[reject], fault_sinks=[fault]), threading.Event(),
+                               max_frames=1)
+    assert loads == []
+    assert str(refused.value).startswith(
+        f"reject.fault_sinks[0]: {fault} drives the GPIO line reject.sinks[0] ({reject}) drives: the line was busy "
+        "while reject.sinks[0] held it and free once it let go.")
+    assert "give each output its own line" in str(refused.value)
+    assert chips.held == {HELD: "other-app"}
+
+
+def test_gpio_and_jetson_outputs_on_different_lines_pass_the_probe_and_are_released(chips, monkeypatch):
+    from fair_edge.line.sinks.gpio import probe_gpio_outputs
+
+    jetson_on_chips(monkeypatch, chips, {12: ("/dev/gpiochip0", 20), 16: ("/dev/gpiochip0", 21)})
+    probe_gpio_outputs([("reject.sinks[0]", "gpio://gpiochip0/20"), ("reject.fault_sinks[0]", "jetson://BOARD/16")])
+    assert chips.held == {HELD: "other-app"}

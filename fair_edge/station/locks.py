@@ -132,10 +132,11 @@ def plc_outputs(cfg: StationConfig) -> list[PlcOutput]:
 
 
 def probe_gpio_lines(cfg: StationConfig) -> None:
-    """Request and release each GPIO line the station drives (``StationConfig.output_urls``;
+    """Request each GPIO line the station drives, held together, then release them (``StationConfig.output_urls``;
     ``sinks.gpio.probe_gpio_outputs``) before the model loads: a line another process holds (a second station, a leftover script), a chip that cannot
     be opened, missing permissions or driver package refuse the start at once, with the message opening the line
-    would give after the model loaded, prefixed with the setting. Called under ``station_lock``, so a second station
+    would give after the model loaded, prefixed with the setting; so does one line named as ``gpio://`` and as the
+    ``jetson://`` pin wired to it, naming both settings. Called under ``station_lock``, so a second station
     on this output folder is refused naming its pid first. A line taken in between still refuses at open."""
     from fair_edge.line.settings import named_urls
     from fair_edge.line.sinks.gpio import probe_gpio_outputs

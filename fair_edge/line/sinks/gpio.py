@@ -11,9 +11,9 @@ since nothing clears a GPIO line. The driver packages are imported only when suc
 The outputs have no ``probe``: a local line has no link that can go away between writes.
 ``check_gpio_wiring`` refuses, when the station file is read, what would fail only at open: ``jetson://`` URLs in
 more than one numbering (Jetson.GPIO takes one per process), and two outputs on one line. ``probe_gpio_outputs``
-requests and releases each line at start, before the model loads, so what only the machine can tell (a line another
-process holds, a missing chip, the user's permissions, a missing driver package) refuses the start then, in the
-words opening it would use.
+requests every line at start, before the model loads, holding them together as the sinks will, then releases them, so
+what only the machine can tell (a line another process holds, a missing chip, the user's permissions, a missing
+driver package, one line named as ``gpio://`` and as the ``jetson://`` pin wired to it) refuses the start then.
 
 Permissions: the user running the station needs read/write on /dev/gpiochipN: add it to the
 ``gpio`` group (``sudo usermod -aG gpio $USER``, log in again) or install a udev rule such as
@@ -71,8 +71,7 @@ def parse_gpio_url(url: SinkUrl) -> tuple[GpioTarget, float | None]:
     else:
         if not url.netloc or not pin.isdigit():
             raise SinkError(f"{url.shown}: expected gpio://gpiochip0/17, found chip={url.netloc!r} line={pin!r}")
-        chip = url.netloc if url.netloc.startswith("/") else f"/dev/{url.netloc}"
-        target = GpioTarget("gpiod", chip, int(pin), active == "low")
+        target = GpioTarget("gpiod", f"/dev/{url.netloc}", int(pin), active == "low")
     pulse = url.get_float("pulse_ms", 0.0) if "pulse_ms" in url.query else None
     if pulse is not None:
         check_gpio_pulse(url, pulse)
@@ -337,31 +336,61 @@ GPIO_OUTPUTS = {"gpiod": GpiodOutput, "jetson": JetsonOutput}
 
 
 def probe_gpio_outputs(outputs: Iterable[tuple[str, str]]) -> None:
-    """Request and release each GPIO line ``outputs`` drive, as the station opens it (``GPIO_OUTPUTS``' ``open``,
-    then ``close``), so what only the machine can tell refuses a start before the model loads, not minutes after it:
-    a line another process holds (its consumer named when the chip says), a missing chip, the user's permissions, a
-    missing or refusing driver package. outputs: (setting, URL) of every output one station drives, as
-    ``check_gpio_wiring`` takes them; other schemes skipped. A free line is left at its resting level (the request
-    drives it inactive; the release leaves it there). Raises what opening raises (``PlcError`` for a busy line or a
-    missing chip, ``SinkError`` otherwise), its one-line message prefixed with the setting; nothing stays held."""
-    for setting, raw in outputs:
-        target, _ = _gpio_target(setting, raw)
-        if target is not None:
-            _probe_line(setting, target)
+    """Request each GPIO line ``outputs`` drive, as the station opens it (``GPIO_OUTPUTS``' ``open``), then release
+    them all, so what only the machine can tell refuses a start before the model loads, not minutes after it: a line
+    another process holds (its consumer named when the chip says), a missing chip, the user's permissions, a missing
+    or refusing driver package, and one line named twice in forms the station file cannot compare
+    (``gpio://gpiochip0/17`` and the ``jetson://`` header pin wired to it: which line a pin is depends on the board),
+    found by the kernel: the lines are held together, as the station's sinks hold them (``_line_twin``). outputs: (setting, URL) of every
+    output one station drives, as ``check_gpio_wiring`` takes them; other schemes skipped. A free line is left at its
+    resting level (the request drives it inactive; the release leaves it there). Raises what opening raises
+    (``PlcError`` for a busy line or a missing chip, ``SinkError`` otherwise), its one-line message prefixed with the
+    setting, or ``SinkError`` naming both settings of a line named twice; nothing stays held."""
+    held: list[tuple[str, str, Any]] = []   # (setting, URL as shown, its open output), in request order
+    try:
+        for setting, raw in outputs:
+            target, url = _gpio_target(setting, raw)
+            if target is not None:
+                held.append((setting, url.shown, _probe_line(setting, url, target, held)))
+    finally:
+        for _, _, output in reversed(held):
+            output.close()   # a no-op for one _line_twin released already
 
 
-def _probe_line(setting: str, target: GpioTarget) -> None:
-    """Open and close ``target``'s output once; its ``PlcError`` / ``SinkError`` prefixed with ``setting``."""
+def _probe_line(setting: str, url: SinkUrl, target: GpioTarget, held: list[tuple[str, str, Any]]) -> Any:
+    """``target``'s output, opened (the caller closes it); its ``PlcError`` / ``SinkError`` prefixed with ``setting``,
+    or a ``SinkError`` naming the output of ``held`` that holds this very line (``_line_twin``)."""
     try:
         output = GPIO_OUTPUTS[target.kind](target)
-        try:
-            output.open()
-        finally:
-            output.close()   # a no-op after a failed open: nothing was requested
+        output.open()
+        return output
     except PlcError as exc:
+        twin = _line_twin(target, held)
+        if twin is not None:
+            raise SinkError(f"{setting}: {url.shown} drives the GPIO line {twin[0]} ({twin[1]}) drives: the line was "
+                            f"busy while {twin[0]} held it and free once it let go. A GPIO line has one owner, so the "
+                            "second output would fail to open; give each output its own line (`gpioinfo` lists the "
+                            "lines and their names)") from exc
         raise PlcError(f"{setting}: {exc}") from exc
     except SinkError as exc:
         raise SinkError(f"{setting}: {exc}") from exc
+
+
+def _line_twin(target: GpioTarget, held: list[tuple[str, str, Any]]) -> tuple[str, str] | None:
+    """(setting, URL) of the output in ``held`` that holds ``target``'s line, asked of the kernel: ``held``'s outputs
+    are released one at a time, latest first, and ``target`` requested again after each (then released); the one
+    whose release lets it be requested holds it. None when none does (another process holds it, or it fails for
+    another reason). Released outputs stay released (closing them again is a no-op)."""
+    for setting, shown, output in reversed(held):
+        output.close()
+        again = GPIO_OUTPUTS[target.kind](target)
+        try:
+            again.open()
+        except (PlcError, SinkError):
+            continue
+        again.close()
+        return setting, shown
+    return None
 
 
 def open_gpio_sink(url: SinkUrl, pulse_ms: float, reporter: Reporter = log_reporter) -> WorkerSink:
