@@ -306,3 +306,26 @@ def test_a_log_sink_prints_its_rejects_and_fault_changes_at_the_default_level(de
         logger.setLevel(logging.NOTSET)
     lines = [r.getMessage() for r in default_level.records if r.name == name]
     assert [line.split()[0:2] for line in lines] == [["reject", "seq=3"], ["fault", "ON:"], ["fault", "off:"]], lines
+
+
+def test_a_log_sink_named_after_a_shared_logger_prints_its_lines_and_leaves_that_loggers_level(default_level):
+    """``log://fair_edge``: opening the sink set the ``fair_edge`` logger to INFO, so every module of the station
+    printed its INFO lines too (docs said to give the sink a logger of its own, nothing enforced it). Now the sink
+    writes through a logger of its own named ``fair_edge``: its lines print, under that name, at the default level,
+    and ``fair_edge``'s level (and so every other module's output) is unchanged."""
+    from fair_edge.line.events import RejectEvent
+    from fair_edge.line.sinks import open_sink
+
+    package = logging.getLogger("fair_edge")
+    sink = open_sink("log://fair_edge")
+    try:
+        sink.pulse(RejectEvent(seq=4, t_due=1.0, t_edge=1.0, deadline=1.05, score=0.9))
+        sink.set_fault(False, "cleared")
+        logging.getLogger("fair_edge.station.inspector").info("an inspector line at INFO")
+    finally:
+        sink.close()
+    assert package.level == logging.NOTSET
+    said = [r.getMessage().split()[0] for r in default_level.records if r.name == "fair_edge"]
+    assert said == ["reject", "fault"], said
+    leaked = [r.getMessage() for r in default_level.records if r.name == "fair_edge.station.inspector"]
+    assert leaked == []

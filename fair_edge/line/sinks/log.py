@@ -1,8 +1,10 @@
 """A sink that only writes log lines: the audit trail of every reject and fault change.
 
-URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NAME). Opening one sets its logger to
-INFO where it would print less (``open_log_sink``): a configured ``log://`` prints its lines at the station's default
-level (WARNING, no ``-v``), as the docs promise one line per reject and fault change.
+URL: ``log://`` (logger ``fair_edge.line.rejects``) or ``log://NAME`` (logger NAME). The sink writes through a
+logger of its own named NAME, at INFO (``sink_logger``): a configured ``log://`` prints its lines at the station's
+default level (WARNING, no ``-v``), as the docs promise one line per reject and fault change, to the handlers the
+process gave logger NAME and its ancestors, and no logger's level is changed: ``log://fair_edge`` prints the sink's
+lines under that name, not every module's INFO lines with them.
 """
 
 from __future__ import annotations
@@ -50,16 +52,17 @@ class LogSink:
 
 
 def open_log_sink(url: SinkUrl, pulse_ms: float, reporter=None) -> LogSink:
-    """The sink of a ``log://[NAME]`` URL, its logger made to print INFO (``print_info``)."""
+    """The sink of a ``log://[NAME]`` URL, writing through a logger of its own (``sink_logger``)."""
     url.check_query(())
-    name = url.netloc or "fair_edge.line.rejects"
-    return LogSink(print_info(logging.getLogger(name)), reporter)
+    return LogSink(sink_logger(url.netloc or "fair_edge.line.rejects"), reporter)
 
 
-def print_info(logger: logging.Logger) -> logging.Logger:
-    """``logger`` set to INFO where it would drop INFO records (the station's default level is WARNING: without this
-    a ``log://`` sink's pulses and "fault off" printed nothing); left as it is where it prints INFO already (``-v``:
-    DEBUG). Its records still go to the handlers the process configured. Returns ``logger``."""
-    if not logger.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.INFO)
+def sink_logger(name: str) -> logging.Logger:
+    """A logger for one ``log://`` sink: named ``name``, at INFO (the station's default level is WARNING: at that a
+    sink's pulses and "fault off" printed nothing), its records passed to the handlers of the process's logger
+    ``name`` and that logger's ancestors (its ``parent``), as a record of logger ``name`` is. It is the sink's own,
+    not the process's logger ``name`` (``logging.getLogger``), whose level, and so that of every logger under it, is
+    left as it is: ``log://fair_edge`` setting ``fair_edge`` to INFO printed every module's INFO lines too."""
+    logger = logging.Logger(name, logging.INFO)
+    logger.parent = logging.getLogger(name)
     return logger
