@@ -3,7 +3,7 @@ kept no grid, and its station decided frames of any size against a threshold cal
 --model`` picks a finished run's final.pt over an interrupted one's newer last.pt, and building a last.pt warns with
 its step N of M; a bundle at --out built from another checkpoint is not replaced without --overwrite (the default
 --out is shared by every checkpoint of one model and precision); bench times a tiled bundle on the frame size its
-station decides by default, and warns on --frames the station would refuse."""
+station decides by default, and warns on --frames the station would refuse (in its --json too)."""
 
 from __future__ import annotations
 
@@ -210,10 +210,14 @@ def test_bench_warns_on_frames_the_station_of_a_tiled_bundle_refuses(tiled_bundl
     with caplog.at_level(logging.WARNING):
         r = bench(tiled_bundle, "--frames", "136x136", "--json", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "b.json").read_text())["settings"]["frames"] == "136x136"   # timed as asked
-    for text in (one_line(caplog.text), one_line(r.output)):   # warned before the timing, and said again under the table
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert results["settings"]["frames"] == "136x136"   # timed as asked
+    assert len(results["warnings"]) == 1   # the JSON carried the figures without the warning
+    for text in (one_line(caplog.text), one_line(r.output), results["warnings"][0]):   # warned before the timing, said
+        # again under the table, and kept in the JSON
         assert "threshold calibrated on 77 x 77 maps" in text and "a 136 x 136 frame gives a 109 x 109 map" in text
         assert "decides every such frame NG" in text and "the frames its station decides: --frames 96x96" in text
     with caplog.at_level(logging.WARNING):
-        r = bench(tiled_bundle, "--frames", "96x96")
+        r = bench(tiled_bundle, "--frames", "96x96", "--json", tmp_path / "c.json")
     assert r.exit_code == 0 and "decides every such frame NG" not in one_line(r.output)
+    assert json.loads((tmp_path / "c.json").read_text())["warnings"] == []

@@ -298,7 +298,8 @@ class BenchReport:
     """Everything a BENCHMARKS.md entry needs: rows, environment, settings, command, bundle.
     stages: ``--mode stages`` rows. compile_seconds: torch.compile wall time per batch size (``--compile``).
     cameras: ``--mode cameras`` rows (``fair_edge.bench.cameras.CameraRow``); cameras_backend: their backend's
-    selection reason."""
+    selection reason. warnings: what the bench warned of beside the figures, one line each (a tiled bundle timed on
+    frames its station decides NG: ``cli.bench.off_grid_note``), so the JSON says what the printed table does."""
 
     rows: list[BenchRow]
     environment: dict
@@ -310,12 +311,14 @@ class BenchReport:
     compile_seconds: dict = field(default_factory=dict)
     cameras: list = field(default_factory=list)
     cameras_backend: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"command": self.command, "environment": self.environment, "settings": self.settings,
                 "bundle": self.bundle, "best_batch": self.best, "results": [asdict(r) for r in self.rows],
                 "stages": [r.to_dict() for r in self.stages], "compile_seconds": self.compile_seconds,
-                "cameras": {"backend": self.cameras_backend, "rows": [asdict(r) for r in self.cameras]}}
+                "cameras": {"backend": self.cameras_backend, "rows": [asdict(r) for r in self.cameras]},
+                "warnings": list(self.warnings)}
 
 
 def environment(devices: set[str]) -> dict:

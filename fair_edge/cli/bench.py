@@ -4,7 +4,7 @@ A tiled bundle's score is the maximum over a frame map whose size follows the fr
 frames whose map has the size of its held-out frames' (``station.inspector.ViewDecider.off_grid``). Its bench times
 frames of that size by default (``station_frames``: the frame size its calibrated map grid comes from), and frames
 given with --frames that the station would refuse are timed with a warning that says so, before and after the table
-(``off_grid_note``).
+(``off_grid_note``), and in the --json file's ``warnings``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,8 @@ def bench(
     threads: int = typer.Option(0, help="torch.set_num_threads; 0 = PyTorch's default."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile (inductor) the torch-cpu / torch-cuda "
                                  "backend; compile time per batch size is reported, cached on disk for later runs."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here (with the "
+                                           "warnings printed beside the table, under warnings)."),
     synthetic_model: Optional[str] = typer.Option(None, help="No bundle: build one with random weights of this model "
                                                   f"family ({', '.join(FAMILIES)}) in a temporary folder."),
     synthetic_width: Optional[int] = typer.Option(None, help="FAIR UNet width (32, 64, 128) of the synthetic bundle; "
@@ -280,6 +281,7 @@ def bench(
     print_bench(report)
     if note:
         console.print(escape(note), highlight=False)
+        report = replace(report, warnings=[*report.warnings, note])
     if json_out is not None:
         write_json(json_out, report.to_dict())
         console.print(f"[green]results:[/] {escape(str(json_out))}")
