@@ -235,3 +235,34 @@ def test_openvino_thresholds_without_openvino_maps_are_left_out_of_auto_and_warn
     assert "the ROI threshold is calibrated on ONNX Runtime's held-out normal maps" in caplog.text
     assert f"`{old.build_command}`" in caplog.text
     assert decided.value == decide_threshold(None, old, whole_frame_roi(), old.cpu_threshold).value
+
+
+# ----------------------------------------------------------------------------- the release that calibrated them
+def with_openvino_version(bundle, out: Path, version: str):
+    """``bundle`` copied to ``out`` as if its OpenVINO thresholds had been calibrated on OpenVINO ``version``."""
+    shutil.copytree(bundle.root, out)
+    data = json.loads((out / MANIFEST).read_text())
+    data["graph"]["cpu"]["openvino"]["version"] = version
+    write_manifest(out, data)
+    return load_bundle(out)
+
+
+def test_another_openvino_release_than_the_one_calibrated_on_is_warned_of_once_at_load(int8_bundle, tmp_path, caplog):
+    """The build records the OpenVINO release whose scores its OpenVINO thresholds were calibrated on, but nothing
+    compared it at load: after an OpenVINO upgrade the station ran on another release's int8 kernels, unsaid."""
+    from fair_edge.calibration.openvino_graph import openvino_version
+
+    running = openvino_version()
+    assert int8_bundle.cpu_openvino.version == running
+    other = with_openvino_version(int8_bundle, tmp_path / "other", "2024.0.0")
+    with caplog.at_level(logging.WARNING):
+        for bundle in (int8_bundle, other, other):   # the same release: nothing; another: said once, then run
+            scorer = select_backend(bundle, "openvino")
+            scorer.backend.close()
+    assert scorer.backend.name == "openvino" and scorer.graph_threshold == other.cpu_openvino.threshold
+    assert caplog.text.count("were calibrated on OpenVINO") == 1, caplog.text
+    text = " ".join(caplog.text.split())
+    assert f"bundle {other.root}: its int8 CPU graph's OpenVINO thresholds" in text
+    assert f"calibrated on OpenVINO 2024.0.0's scores, but this is OpenVINO {running}" in text
+    assert "Running on anyway" in text and f"`{other.build_command}`" in text
+    assert "pip install openvino==2024.0.0" in text and "--backend onnxruntime" in text

@@ -427,8 +427,14 @@ def unlike_onnxruntime_message(bundle, graph: str, pool: str, score: float, expe
 def select_backend(bundle, name: str = "auto", options: BackendOptions = BackendOptions()) -> BundleScorer:
     """The backend ``name`` for ``bundle``; 'auto' tries TensorRT, PyTorch CUDA, then the fastest CPU engine.
     The scorer carries the bundle's tiling (``BundleScorer.infer_frames``), and its batch limit: TensorRT's
-    engine profile always, the bundle's ``max_batch`` tiles per call for a tiled bundle."""
+    engine profile always, the bundle's ``max_batch`` tiles per call for a tiled bundle. OpenVINO, named or picked,
+    warns once when it is not the release the bundle's OpenVINO thresholds were calibrated on
+    (``openvino.warn_other_openvino``)."""
     scorer = _select(bundle, name, options)
+    if scorer.backend.name == "openvino":
+        from fair_edge.runtime.openvino import warn_other_openvino
+
+        warn_other_openvino(bundle)
     if bundle.preprocess.tiling is None:
         return scorer
     step = min(scorer.max_batch or bundle.max_batch, bundle.max_batch)
