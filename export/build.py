@@ -214,17 +214,21 @@ def check_replacing(out: Path, source: SourceCheckpoint, overwrite: bool, defaul
     recorded = recorded_source(out)
     if recorded is not None and recorded.same_as(source):
         return None
-    built = (f"another checkpoint, {recorded.describe()}" if recorded is not None else
-             "a checkpoint its bundle.json does not record (a bundle of `fair-edge demo`, bench or the library)")
     if overwrite:
-        return built
+        return (f"another checkpoint, {recorded.describe()}" if recorded is not None else
+                "a checkpoint its bundle.json does not record")
     shared = (" (the default --out, runs/bundle-TAG-PRECISION, is the same for every checkpoint of this model and "
               "precision)" if default_out else "")
+    held, even = ((f"holds a bundle built from another checkpoint, {recorded.describe()}, not from {source.describe()}",
+                   "") if recorded is not None else
+                  ("holds a bundle whose bundle.json does not record the checkpoint it was built from (made by the "
+                   "library, or an earlier `fair-edge demo` or bench), so fair-edge cannot tell whether it is the model "
+                   f"of {source.describe()}", " (needed even when it is that model)"))
     alternative = out.with_name(f"{out.name}-{Path(source.path).parent.name}")
     raise BundleError(
-        f"--out {out}{shared} holds a bundle built from {built}, not from {source.describe()}: this build would "
-        "replace it, and a station running it would load the new model at its next start or reload. Pass another "
-        f"--out (e.g. --out {shell_word(str(alternative))}), or --overwrite to replace it.")
+        f"--out {out}{shared} {held}: this build would replace it, and a station running it would load the new model "
+        f"at its next start or reload. Pass another --out (e.g. --out {shell_word(str(alternative))}), or --overwrite "
+        f"to replace it{even}.")
 
 
 def check_held_out_grid(preprocess, threshold: tuple[str, Sequence[np.ndarray]],

@@ -7,6 +7,7 @@ import torch
 
 from fair_edge.training.data import elpv_split
 from fair_edge.demo.run import match_pulses, plan_conveyor, plan_line, run_demo, tally
+from fair_edge.export.build import SourceCheckpoint, recorded_source
 from fair_edge.models.lgfdr.model import LgfdrSettings
 from fair_edge.models.patchcore.model import PatchcoreSettings
 from fair_edge.models.registry import ModelSpec
@@ -85,8 +86,11 @@ def test_demo_station_with_a_tiny_model(family, tmp_path):
         own = config_from_options(training.default_train_config(), {"batch": 4, "lr": 1e-3, "steps": 3, "save_every": 3})
         return training.make_trainer(elpv_split("mono"), model, own, tmp_path, torch.device("cpu")).run()
 
-    report = run_demo(tmp_path, train=train, evaluate=lambda final: {"skipped": True}, fps=40.0,
-                      backend="onnxruntime", say=lambda text: None)
+    finals = []
+    report = run_demo(tmp_path, train=lambda: finals.append(train()) or finals[-1],
+                      evaluate=lambda final: {"skipped": True}, fps=40.0, backend="onnxruntime", say=lambda text: None)
+    # the bundle records its checkpoint: `fair-edge build FINAL --out OUT/bundle` rebuilds it without --overwrite
+    assert recorded_source(tmp_path / "bundle") == SourceCheckpoint.of(finals[0])
     s = report["summary"]
     assert s["frames_in"] == 60 and report["defective"] == 20 and len(report["parts"]) == 60
     assert s["inspected"] + s["dropped"] == 60     # every part is in the log: inspected or dropped

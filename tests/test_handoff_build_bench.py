@@ -2,7 +2,8 @@
 kept no grid, and its station decided frames of any size against a threshold calibrated on others); ``build --width /
 --model`` picks a finished run's final.pt over an interrupted one's newer last.pt, and building a last.pt warns with
 its step N of M; a bundle at --out built from another checkpoint is not replaced without --overwrite (the default
---out is shared by every checkpoint of one model and precision); bench times a tiled bundle on the frame size its
+--out is shared by every checkpoint of one model and precision), nor one that records none (the library's, an
+earlier demo's) without saying build cannot tell whose it is; bench times a tiled bundle on the frame size its
 station decides by default, and warns on --frames the station would refuse (in its --json too)."""
 
 from __future__ import annotations
@@ -179,6 +180,25 @@ def test_a_bundle_built_before_the_source_was_recorded_is_compared_by_its_build_
     assert not SourceCheckpoint("/runs/a/final.pt").same_as(SourceCheckpoint("/runs/b/final.pt", "ab" * 32))
     (tmp_path / "bundle.json").write_text(json.dumps({"build_command": "fair-edge demo"}))
     assert recorded_source(tmp_path) is None
+
+
+def test_a_bundle_that_records_no_checkpoint_is_replaced_only_with_overwrite_and_the_refusal_says_why(
+        tiny_ckpt_path, tmp_path):
+    """A bundle made by the library (or an earlier demo or bench) records no checkpoint: build cannot tell whether
+    it holds the same model, so it is refused even from the checkpoint it was made from, but the refusal said it was
+    built "not from" that checkpoint, which was untrue and read as a bug."""
+    out = tmp_path / "bundle"
+    build_bundle(load_checkpoint(tiny_ckpt_path), out, BuildOptions(engine=False))   # no source recorded
+    r = invoke_build(tiny_ckpt_path, "--no-engine", "--out", out)
+    text = one_line(r.output)
+    assert r.exit_code == 2, r.output
+    assert "does not record the checkpoint it was built from" in text and "not from" not in text
+    assert f"fair-edge cannot tell whether it is the model of {tiny_ckpt_path.resolve()} (SHA-256" in text
+    assert "or --overwrite to replace it (needed even when it is that model)." in text
+    r = invoke_build(tiny_ckpt_path, "--no-engine", "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert "built from a checkpoint its bundle.json does not record" in one_line(r.output)
+    assert invoke_build(tiny_ckpt_path, "--no-engine", "--out", out).exit_code == 0   # recorded now: a rebuild
 
 
 # ----------------------------------------------------------------------------- 4: bench frames of a tiled bundle

@@ -289,7 +289,7 @@ def _run_demo(out: Path, train: Callable[[], Path], evaluate: Callable[[Path], d
               n_defect: int, backend: str, false_reject_rate: float, say: Callable[[str], None]) -> dict:
     """``run_demo``'s steps, under OUT/station's station lock."""
     from fair_edge.models.checkpoint import load_checkpoint
-    from fair_edge.export.build import BuildOptions, build_bundle
+    from fair_edge.export.build import BuildOptions, SourceCheckpoint, build_bundle
 
     final = train()
     metrics = evaluate(final)
@@ -299,7 +299,7 @@ def _run_demo(out: Path, train: Callable[[], Path], evaluate: Callable[[Path], d
     warm_images = [read_image(s.path) for s in plan.threshold_normals]
     result = build_bundle(load_checkpoint(final), out / "bundle",
                           BuildOptions(precision="fp32", engine=False, command="fair-edge demo",
-                                       false_reject_rate=false_reject_rate),
+                                       false_reject_rate=false_reject_rate, source=SourceCheckpoint.of(final)),
                           normal_frames=warm_images)
     write_conveyor(plan.parts, out / "conveyor")
     line = plan_line(fps, measure_inspection_ms(result.bundle.root, backend, warm_images[:WARMUP_FRAMES]))
