@@ -1,8 +1,9 @@
 """`fair-edge install-service` refuses, at install time and as the --user account, a unit that would fail at every
 start for want of what the station reads and writes after its program starts: a file its bundle's manifest lists
-(missing, or unreadable by that account), an output folder it cannot write (or, missing, create), and the program
-an ``#!/usr/bin/env NAME`` line runs (NAME on no folder of the unit's PATH, or out of the account's reach). Before,
-only the program, the station file and the station file's paths were checked, and such units restarted forever."""
+(missing, or unreadable by that account), an output folder it cannot write (or, missing, create) or a file of another
+account it must append to there, and the program an ``#!/usr/bin/env NAME`` line runs (NAME on no folder of the
+unit's PATH, or out of the account's reach). Before, only the program, the station file and the station file's paths
+were checked, and such units restarted forever."""
 
 from __future__ import annotations
 
@@ -188,6 +189,32 @@ def test_an_output_folder_on_a_read_only_disk_is_refused_for_any_account(open_di
     monkeypatch.setattr(os, "statvfs", lambda path: read_only if str(path).startswith(str(open_dir)) else real(path))
     message = message_of(install_as(paths, ME))
     assert f"output {paths['site'] / 'out'}: {paths['site'] / 'out'} is on a read-only file system" in message, message
+
+
+def test_files_another_account_left_in_a_writable_output_folder_are_refused_naming_owner_and_chown(open_dir):
+    """A trial `sudo fair-edge run` leaves root's 0644 verdicts.jsonl (and run lock, ng/) in the output folder: the
+    folder passed (the service account may write it), but the service could not append to the log once it ran.
+    Here the tests' own account leaves them; summary.json, replaced whole by a rename, needs only the folder."""
+    account = another_account()
+    paths = station_layout(open_dir)
+    out = paths["site"] / "out"   # 0777
+    for name in ("verdicts.jsonl", "summary.json"):
+        (out / name).write_text("{}\n")
+        (out / name).chmod(0o644)
+    (out / "ng").mkdir()
+    (out / "ng").chmod(0o755)
+    result = install_as(paths, account.pw_name)
+    message = message_of(result)
+    assert result.exit_code == 2, result.output
+    assert f"station.yaml: output {out}: {out / 'verdicts.jsonl'} is -rw-r--r-- {ME}:" in message, message
+    assert "--user nobody cannot read and append to it (no 'w' permission), though it may write the folder" in message
+    assert f"(`sudo chown -R nobody: {out}`)" in message and "trial `sudo fair-edge run`" in message
+    assert not (paths["units"] / "fe-audit.service").exists()
+    (out / "verdicts.jsonl").chmod(0o666)
+    message = message_of(install_as(paths, account.pw_name))
+    assert f"{out / 'ng'} is drwxr-xr-x {ME}:" in message and "cannot write new files in it (no 'w'" in message, message
+    (out / "ng").chmod(0o777)
+    assert install_as(paths, account.pw_name).exit_code == 0   # summary.json: the folder's 'w' is enough
 
 
 # --- 2. the program a `#!/usr/bin/env NAME` line runs --------------------------------------------------------------

@@ -5,9 +5,10 @@ forever.
 --working-dir a folder; --exec a program that exists and can run, with its ``#!`` interpreter (and, for
 ``#!/usr/bin/env NAME``, NAME on the unit's PATH); --user / --group accounts here; the station file's relative paths
 found from --working-dir; every file a bundle's manifest lists present; and all of these (and the station file)
-readable, enterable or runnable by --user, and the station's output folders writable or creatable by it. Reach is
-judged as that account, also under sudo: ``os.access`` for the current user, else the mode bits of each folder on
-the way against its uid and groups (``_reach_problem``). Each refusal is a ConfigError naming the flag or field,
+readable, enterable or runnable by --user, and the station's output folders writable or creatable by it, with the
+files and folders the station appends to or writes in there already (another account's, left by a trial run)
+readable and writable by it. Reach is judged as that account, also under sudo (``service_reach.reach_problem``). Each
+refusal is a ConfigError naming the flag or field,
 what is there, the account and the fix (the ``chmod`` / ``chown`` / ``install -d`` that lets it in). The unit
 itself is written by ``fair_edge.station.service_unit``.
 """
@@ -17,13 +18,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fair_edge.disk import read_only_mount
 from fair_edge.errors import ConfigError
+from fair_edge.station.service_reach import (R, W, X, Account, check_reach, described, letters, reach_error,
+                                             reach_problem, service_account)
 
 if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
@@ -37,12 +38,13 @@ def check_on_this_machine(s: ServiceSettings, cfg: StationConfig | None) -> None
     no folder of the unit's PATH: ``_interpreters``), --user / --group not an account here, a relative path of
     the station file ``cfg`` (bundle, roi, a camera's folder or video, a zone mask) not found from --working-dir, a
     file a bundle's manifest lists missing (``_check_bundle_files``), or any of these (and the station file) out of
-    reach of the account the unit runs as (``--user``, checked as that account even under sudo: ``_check_reach``),
-    or the station's output folders not writable (or, missing, not creatable) by it (``_check_output_folders``).
+    reach of the account the unit runs as (``--user``, checked as that account even under sudo: ``check_reach``),
+    or the station's output folders not writable (or, missing, not creatable) by it (``_check_output_folders``),
+    or a file or folder the station appends to or writes in there out of its reach (``_check_output_leftovers``).
     --print skips this: its unit may be for another machine."""
     _check_working_dir(s.working_dir)
     _check_program(s.executable)
-    account = _service_account(s.user, s.group)
+    account = service_account(s.user, s.group)
     if cfg is not None:
         _check_station_paths(cfg, s.working_dir)
     _check_reach_of(account, s, cfg)
@@ -52,18 +54,18 @@ def _check_reach_of(account: Account, s: ServiceSettings, cfg: StationConfig | N
     """ConfigError when ``account`` (the unit's --user) cannot enter --working-dir, run --exec (and the programs its
     ``#!`` line runs: ``_interpreters``), read --station, the station file's ``cfg`` paths that exist and the files
     its bundles list (``_check_bundle_files``), or write its output folders (``_check_output_folders``)."""
-    _check_reach(s.working_dir, X, account, "--working-dir", "enter it (systemd: status=200/CHDIR)")
-    _check_reach(s.executable, _program_needs(s.executable), account, "--exec", "run it (systemd: status=203/EXEC)")
+    check_reach(s.working_dir, X, account, "--working-dir", "enter it (systemd: status=200/CHDIR)")
+    check_reach(s.executable, _program_needs(s.executable), account, "--exec", "run it (systemd: status=203/EXEC)")
     for interpreter in _interpreters(s):
-        _check_reach(interpreter, X, account, f"--exec {s.executable} runs its #! interpreter",
+        check_reach(interpreter, X, account, f"--exec {s.executable} runs its #! interpreter",
                      "run it (systemd: status=203/EXEC)")
-    _check_reach(s.station, R, account, "--station", "read it (`fair-edge run` exits 2)")
+    check_reach(s.station, R, account, "--station", "read it (`fair-edge run` exits 2)")
     if cfg is None:
         return
     for what, path in _station_paths(cfg):
         where = path if path.is_absolute() else s.working_dir / path
         if where.exists():
-            _check_reach(where, R | X if where.is_dir() else R, account, f"{cfg.source_file}: {what}",
+            check_reach(where, R | X if where.is_dir() else R, account, f"{cfg.source_file}: {what}",
                          "read it (`fair-edge run` exits 2)")
     _check_bundle_files(account, s, cfg)
     _check_output_folders(account, s, cfg)
@@ -87,46 +89,14 @@ def _check_program(executable: Path) -> None:
     if executable.is_dir():
         raise ConfigError(f"the fair-edge executable {executable} (--exec) is a folder, not a program: the unit "
                           f"could never start. {fix}")
-    if not os.stat(executable).st_mode & 0o111:   # for nobody; who may run it: _check_reach, as --user
+    if not os.stat(executable).st_mode & 0o111:   # for nobody; who may run it: check_reach, as --user
         raise ConfigError(f"the fair-edge executable {executable} (--exec) is not executable: the unit could never "
                           f"start. `chmod +x {executable}`, or {fix[0].lower()}{fix[1:]}")
 
 
-R, W, X = 4, 2, 1   # permission bits asked of the service account: read, write, execute / enter a folder
 # systemd's PATH for a service whose unit sets none (systemd.exec(5); /sbin:/bin are links into /usr on a merged-/usr
 # system and on PATH in a split-/usr build): where a ``#!/usr/bin/env NAME`` line's NAME is looked for
 UNIT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-@dataclass(frozen=True)
-class Account:
-    """The account a unit runs as, as systemd sets it up: ``name``, ``uid``, and ``gids``: Group= (or the user's
-    own group) plus the user's supplementary groups (systemd calls initgroups)."""
-
-    name: str
-    uid: int
-    gids: frozenset[int]
-
-
-def _service_account(user: str, group: str | None) -> Account:
-    """The ``Account`` of --user / --group; ConfigError naming the fix when either is not an account here."""
-    import grp
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigError(f"--user {user}: no such account on this machine; the unit could never start. Create it "
-                          f"(`sudo useradd --system --groups video {user}`) or pass an existing one.") from None
-    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
-    if group is not None:
-        try:
-            gids.add(grp.getgrnam(group).gr_gid)
-        except KeyError:
-            raise ConfigError(f"--group {group}: no such group on this machine; the unit could never start. Create "
-                              f"it (`sudo groupadd {group}`), pass an existing one, or leave out --group (the "
-                              "user's).") from None
-    return Account(user, entry.pw_uid, frozenset(gids))
 
 
 def _program_needs(executable: Path) -> int:
@@ -221,109 +191,6 @@ def _on_unit_path(program: str, shown: str, s: ServiceSettings) -> Path:
                       "folder that holds it.")
 
 
-def _check_reach(path: Path, need: int, account: Account, what: str, doing: str, fix: str | None = None) -> None:
-    """ConfigError when ``account`` cannot ``need`` (R / W / X bits) ``path`` (``_reach_problem``). ``what``: the
-    flag or field that names it; ``doing``: what the station would fail to do at each start; ``fix``: the last
-    sentence, when not the ``chmod`` that lets the account in (``_reach_error``)."""
-    problem = _reach_problem(path, need, account)
-    if problem is not None:
-        raise _reach_error(what, path, account, doing, *problem, fix=fix)
-
-
-def _reach_problem(path: Path, need: int, account: Account) -> tuple[Path, int] | None:
-    """(where ``account`` is stopped, the bits of ``need`` it lacks there) on its way to ``need`` (R / W / X bits)
-    ``path``: a folder on the way to it (the path's and, through links, the real one's) it may not enter (X), or
-    the path itself; None when it can. As the current user (not root): ``os.access``; for another account (root
-    installing for ``--user``): the mode bits against its uid and groups (``_blocked``), so a venv in a 0700 home
-    is refused before systemd fails it forever."""
-    if account.uid == os.getuid():
-        flags = (os.R_OK if need & R else 0) | (os.W_OK if need & W else 0) | (os.X_OK if need & X else 0)
-        if os.access(path, flags):
-            return None
-        return _blocked(path, need, account) or (path, need)
-    return _blocked(path, need, account)
-
-
-def _reach_error(what: str, path: Path, account: Account, doing: str, spot: Path, lacking: int,
-                 fix: str | None = None, where: str | None = None) -> ConfigError:
-    """The refusal of ``what`` ``path`` that ``account`` cannot reach for ``doing``: ``spot`` (``where``: how the
-    message names it, by default "it" or "a folder on the way to it") lacks the bits ``lacking``. ``fix``: the
-    last sentence (default: the ``chmod`` that lets the account in, or moving the path)."""
-    letters = _letters(lacking)
-    where = where or ("it" if spot == path else f"{spot}, a folder on the way to it,")
-    fix = fix or (f"Let {account.name} in (`sudo chmod o+{letters} {spot}`, or g+{letters} with a group "
-                  f"{account.name} is in), or move it where {account.name} can reach it (e.g. under /opt/fair-edge) "
-                  "and install again.")
-    return ConfigError(
-        f"{what} {path}: --user {account.name} cannot {doing}: {where} is {_described(spot)}, without the "
-        f"'{letters}' permission for {account.name}; the unit could never start and would restart forever. {fix}")
-
-
-def _blocked(path: Path, need: int, account: Account) -> tuple[Path, int] | None:
-    """(the first of ``path``'s folders, links followed, that ``account`` may not enter, X) or (``path``, the bits of
-    ``need`` it lacks there); None when it can reach it. A path with a POSIX ACL (which the mode bits do not tell)
-    or that cannot be examined here is taken as reachable."""
-    real = Path(os.path.realpath(path))
-    for folder in dict.fromkeys([*reversed(path.parents), *reversed(real.parents)]):
-        if _lacking(folder, X, account):
-            return folder, X
-    lacking = _lacking(path, need, account)
-    return (path, lacking) if lacking else None
-
-
-def _lacking(path: Path, need: int, account: Account) -> int:
-    """The bits of ``need`` (R / W / X) that the mode bits of ``path`` (links followed) deny ``account``, 0 for none,
-    as the kernel decides: the owner's bits for its owner, else the group's for a member of its group, else the
-    others'. Root may do anything but run a file without an x bit. 0 when ``path`` cannot be examined or has an
-    ACL."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0
-    if _has_acl(path):
-        return 0
-    if account.uid == 0:
-        return X if need & X and not stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o111 else 0
-    if st.st_uid == account.uid:
-        granted = st.st_mode >> 6
-    elif st.st_gid in account.gids:
-        granted = st.st_mode >> 3
-    else:
-        granted = st.st_mode
-    return need & ~granted & (R | W | X)
-
-
-def _has_acl(path: Path) -> bool:
-    """Whether ``path`` carries a POSIX access ACL (then its mode bits do not tell who may reach it)."""
-    try:
-        os.getxattr(path, "system.posix_acl_access")
-    except (OSError, AttributeError):   # no ACL, no xattr support, or no os.getxattr (not Linux)
-        return False
-    return True
-
-
-def _letters(need: int) -> str:
-    """``need`` as chmod letters: 'r', 'w', 'x', 'rx', 'wx', ..."""
-    return ("r" if need & R else "") + ("w" if need & W else "") + ("x" if need & X else "")
-
-
-def _described(path: Path) -> str:
-    """``path``'s mode and owner as ``ls -l`` shows them, e.g. ``drwx------ alice:alice``."""
-    import grp
-    import pwd
-
-    st = os.stat(path)
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{stat.filemode(st.st_mode)} {owner}:{group}"
-
-
 def _station_paths(cfg: StationConfig) -> list[tuple[str, Path]]:
     """(field, path) of the station file's paths read at start: bundle, decision.roi, camera.source, each
     ``cameras[i]``'s source / bundle / roi, where the source is a folder or video (not an index, device, URL or
@@ -396,12 +263,12 @@ def _bundle_listings(root: Path, account: Account, field: str, fix: str) -> list
     """(manifest, the relative names of the files it lists) for each manifest the station reads in the bundle
     folder ``root``: its bundle.json (``files``), or a fused bundle's fusion.json (each member's bundle.json, from
     ``members[].path``) and each member's bundle.json; [] for a folder holding neither (the bundle loader names it
-    at start). Each manifest is checked readable by ``account`` first (``_check_reach``, ``field`` and ``fix`` for
+    at start). Each manifest is checked readable by ``account`` first (``check_reach``, ``field`` and ``fix`` for
     the message)."""
     from fair_edge.export.bundle import FUSION_MANIFEST, MANIFEST
 
     if (root / FUSION_MANIFEST).is_file():
-        _check_reach(root / FUSION_MANIFEST, R, account, f"{field} the fused bundle's manifest", READ_AT_START, fix)
+        check_reach(root / FUSION_MANIFEST, R, account, f"{field} the fused bundle's manifest", READ_AT_START, fix)
         members = [e.get("path") for e in _manifest_entries(root / FUSION_MANIFEST, "members", list)
                    if isinstance(e, dict)]
         members = [m for m in members if _plain_name(m)]
@@ -409,7 +276,7 @@ def _bundle_listings(root: Path, account: Account, field: str, fix: str) -> list
         return [(root / FUSION_MANIFEST, [f"{m}/{MANIFEST}" for m in members]), *nested]
     if not (root / MANIFEST).is_file():
         return []
-    _check_reach(root / MANIFEST, R, account, f"{field} the bundle's manifest", READ_AT_START, fix)
+    check_reach(root / MANIFEST, R, account, f"{field} the bundle's manifest", READ_AT_START, fix)
     return [(root / MANIFEST, [n for n in _manifest_entries(root / MANIFEST, "files", dict) if _plain_name(n)])]
 
 
@@ -446,17 +313,17 @@ def _check_bundle_file(path: Path, manifest: Path, root: Path, account: Account,
     """ConfigError when the file ``path`` that ``manifest`` lists is missing (the fix: copy the bundle again or
     rebuild it) or ``account`` cannot read it or enter its folder (``fix``: the chown / chmod of the bundle folder
     ``root``)."""
-    on_the_way = _reach_problem(path.parent, X, account)   # first: a file in a folder it cannot enter is not "missing"
+    on_the_way = reach_problem(path.parent, X, account)   # first: a file in a folder it cannot enter is not "missing"
     if on_the_way is not None:
         spot, lacking = on_the_way
-        raise _reach_error(f"{field} bundle file", path, account, READ_AT_START, spot, lacking, fix,
+        raise reach_error(f"{field} bundle file", path, account, READ_AT_START, spot, lacking, fix,
                            where=f"{spot}, a folder on the way to it,")
     if not path.exists():
         raise ConfigError(f"{field} bundle file {path} is missing ({manifest} lists it): `fair-edge run` would refuse "
                           f"the bundle at every start and the unit would restart forever. Copy the whole bundle folder "
                           f"to {root} again (`sudo rsync -a --delete BUNDLE/ {root}/`, then `sudo chmod -R a+rX "
                           f"{root}`), or rebuild it (`fair-edge build`, or `fair-edge fuse` for a fused one).")
-    _check_reach(path, R, account, f"{field} bundle file", READ_AT_START, fix)
+    check_reach(path, R, account, f"{field} bundle file", READ_AT_START, fix)
 
 
 def _owner(s: ServiceSettings) -> str:
@@ -464,14 +331,19 @@ def _owner(s: ServiceSettings) -> str:
     return f"{s.user}:{s.group or ''}"
 
 
-def _output_folders(cfg: StationConfig, working_dir: Path) -> list[tuple[str, Path]]:
-    """(field, absolute folder) of each folder the station writes at start: ``output`` (its run lock,
-    summary.json, the console's journals) and ``record.dir`` where it is elsewhere (the verdict log, ``ng/``
-    images); relative ones from ``working_dir``, where the unit runs it."""
-    found: dict[str, tuple[str, Path]] = {}
-    for what, folder in (("output", Path(cfg.output)), ("record.dir", Path(cfg.record.dir))):
+def _output_folders(cfg: StationConfig, working_dir: Path) -> list[tuple[str, Path, tuple[str, ...]]]:
+    """(field, absolute folder, the names the station writes in it) of each folder the station writes at start:
+    ``output`` (its run lock, summary.json, the console's journals: ``locks.OUTPUT_WRITES``) and ``record.dir``
+    where it is elsewhere (the verdict log, ``ng/`` images: ``locks.RECORD_WRITES``; both lists when it is the same
+    folder); relative ones from ``working_dir``, where the unit runs it."""
+    from fair_edge.station.locks import OUTPUT_WRITES, RECORD_WRITES
+
+    found: dict[str, tuple[str, Path, tuple[str, ...]]] = {}
+    for what, folder, names in (("output", Path(cfg.output), OUTPUT_WRITES),
+                                ("record.dir", Path(cfg.record.dir), RECORD_WRITES)):
         where = Path(os.path.normpath(folder if folder.is_absolute() else working_dir / folder))
-        found.setdefault(os.path.realpath(where), (what, where))
+        first_what, first_where, first_names = found.get(os.path.realpath(where), (what, where, ()))
+        found[os.path.realpath(where)] = (first_what, first_where, tuple(dict.fromkeys((*first_names, *names))))
     return list(found.values())
 
 
@@ -480,7 +352,7 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
     it is missing, create it in the nearest folder that exists (the station makes it at start): the station would
     fail at every start. The error names the folder, the account and the fix (``sudo install -d`` for a missing
     one, ``sudo chown -R`` for one it cannot write)."""
-    for what, folder in _output_folders(cfg, s.working_dir):
+    for what, folder, names in _output_folders(cfg, s.working_dir):
         existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
         field = f"{cfg.source_file}: {what}"
         if not existing.is_dir():
@@ -491,8 +363,9 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
             raise ConfigError(f"{field} {folder}: {existing} is on a read-only file system, so the station cannot "
                               f"write there and the unit would restart forever. Set {what} in the station file to a "
                               "folder on a writable disk, or mount that one read-write, and install again.")
-        problem = _reach_problem(existing, W | X, account)
+        problem = reach_problem(existing, W | X, account)
         if problem is None:
+            _check_output_leftovers(account, s, field, folder, names)
             continue
         spot, lacking = problem
         made = existing != folder
@@ -500,7 +373,33 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
                                                          "and summary.json there)")
         where = f"{spot}, the folder it would be made in," if made and spot == existing else None
         fix = _output_fix(folder, made, what, account, s) if spot == existing and lacking & W else None
-        raise _reach_error(field, folder, account, doing, spot, lacking, fix=fix, where=where)
+        raise reach_error(field, folder, account, doing, spot, lacking, fix=fix, where=where)
+
+
+def _check_output_leftovers(account: Account, s: ServiceSettings, field: str, folder: Path,
+                            names: tuple[str, ...]) -> None:
+    """ConfigError when a file or folder of ``names`` already in the output folder ``folder`` (which ``account`` may
+    write) is out of its reach: a file the station opens to read and append (its logs, its run lock: read and write
+    needed) or a folder it writes new files in (``ng/``, ``review/``, ``datasets/``: write and enter). A run as another
+    account leaves such files (a trial `sudo fair-edge run`: root's, 0644), and the service's writes there failed
+    once it ran. summary.json (``REPLACED_WHOLE``) is renamed over, which the folder's own permission allows."""
+    for name in names:
+        path = folder / name
+        if name in REPLACED_WHOLE or path.is_symlink() or not path.exists():   # a link: the station refuses it
+            continue
+        need, doing = (W | X, "write new files in it") if path.is_dir() else (R | W, "read and append to it")
+        problem = reach_problem(path, need, account)
+        if problem is not None:
+            raise ConfigError(
+                f"{field} {folder}: {path} is {described(path)}, as a run as another account leaves it (e.g. a "
+                f"trial `sudo fair-edge run`): --user {account.name} cannot {doing} (no '{letters(problem[1])}' "
+                f"permission), though it may write the folder, so the station's writes there would fail. Give the "
+                f"folder's contents to {account.name} (`sudo chown -R {_owner(s)} {folder}`), or move {path} away, "
+                "and install again.")
+
+
+# written whole to a new file renamed over the old (``station.run.write_summary``): the folder's permission suffices
+REPLACED_WHOLE = ("summary.json",)
 
 
 def _output_fix(folder: Path, made: bool, what: str, account: Account, s: ServiceSettings) -> str:
