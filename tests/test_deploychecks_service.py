@@ -217,6 +217,34 @@ def test_files_another_account_left_in_a_writable_output_folder_are_refused_nami
     assert install_as(paths, account.pw_name).exit_code == 0   # summary.json: the folder's 'w' is enough
 
 
+def test_a_path_in_the_installers_home_is_noted_when_the_unit_runs_as_another_account(open_dir, monkeypatch):
+    """`sudo fair-edge install-service --station ~/station.yaml --user fairedge`: the shell expands `~` to the
+    installer's home before sudo runs, so the unit of fairedge reads alice's home (and breaks when she tidies it)."""
+    import pwd
+
+    from fair_edge.station import service_unit
+
+    account = another_account()
+    monkeypatch.setenv("SUDO_USER", account.pw_name)
+    me = pwd.getpwuid(os.getuid())
+    assert service_unit.installer_homes() == {me.pw_name: Path(me.pw_dir), account.pw_name: Path(account.pw_dir)}
+    home = open_dir / "home-alice"
+    home.mkdir()
+    home.chmod(0o755)
+    monkeypatch.setattr(service_unit, "installer_homes", lambda: {"alice": home})
+    paths = station_layout(home)
+    result = install_as(paths, account.pw_name)
+    message = message_of(result)
+    assert result.exit_code == 0, result.output
+    for flag, path in (("--station", paths["station"]), ("--working-dir", paths["site"]), ("--exec", paths["program"])):
+        assert f"note: {flag} {path} is in alice's home folder ({home}), but the unit runs as nobody" in message
+    assert "a `~` typed for install-service, under sudo too, is alice's home, not nobody's" in message
+    monkeypatch.setattr(service_unit, "installer_homes", lambda: {"alice": open_dir / "elsewhere"})
+    assert "home folder" not in message_of(install_as(paths, account.pw_name))
+    monkeypatch.setattr(service_unit, "installer_homes", lambda: {account.pw_name: home})   # --user's own home
+    assert "home folder" not in message_of(install_as(paths, account.pw_name))
+
+
 # --- 2. the program a `#!/usr/bin/env NAME` line runs --------------------------------------------------------------
 
 def with_shebang(paths: dict[str, Path], line: str) -> Path:

@@ -20,8 +20,9 @@ from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 from fair_edge.station.service_checks import check_on_this_machine, zone_masks
 from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
-                                            belt_drain_ms, default_executable, default_user, install_unit,
-                                            logical_cwd, render_unit, stop_timeout_sec, systemctl_commands)
+                                            belt_drain_ms, default_executable, default_user, in_installer_home,
+                                            install_unit, logical_cwd, render_unit, stop_timeout_sec,
+                                            systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
@@ -109,6 +110,7 @@ def install_service(
     Paths go into the unit absolute but with their links kept (a `current -> releases/vN` link is followed at
     each start, so switching it switches the station)."""
     station = absolute_path(station)
+    given_dir = working_dir is not None
     working_dir = absolute_path(working_dir or logical_cwd())
     cfg = _check_station(station, print_only, working_dir)
     settings = ServiceSettings(
@@ -116,6 +118,9 @@ def install_service(
         user=user or default_user(), working_dir=working_dir, name=name,
         group=group, environment=(*_DEFAULTS["environment"], *(env or ())), watchdog_sec=watchdog_sec,
         timeout_stop_sec=_stop_timeout(cfg, timeout_stop_sec))
+    given = {"--station": station, "--working-dir": working_dir if given_dir else None,
+             "--exec": settings.executable if executable else None}
+    note_installer_home(settings.user, {flag: path for flag, path in given.items() if path is not None})
     if print_only:
         print_unit(render_unit(settings))
         return
@@ -129,6 +134,18 @@ def install_service(
     console.print(f"wrote {escape(str(path))}. {when} at every boot (fair-edge does not run these):")
     for command in systemctl_commands(settings, updated):
         console.print(f"  {escape(command)}", highlight=False)
+
+
+def note_installer_home(user: str, given: dict[str, Path]) -> None:
+    """A note for each path given ({flag: absolute path}) in the home of the account installing while the unit runs
+    as another, --user ``user`` (``service_unit.in_installer_home``): a `~` typed under sudo is the installer's
+    home, not the service account's."""
+    for flag, path, account, home in in_installer_home(user, given):
+        console.print(escape(f"note: {flag} {path} is in {account}'s home folder ({home}), but the unit runs as "
+                             f"{user}: a `~` typed for install-service, under sudo too, is {account}'s home, not "
+                             f"{user}'s. The unit uses it from there, as {user}; to keep the station apart from "
+                             f"{account}'s account, move it (e.g. under /opt/fair-edge) and install again."),
+                      highlight=False)
 
 
 def print_unit(text: str) -> None:

@@ -252,6 +252,39 @@ def default_user() -> str:
     return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
+def installer_homes() -> dict[str, Path]:
+    """{account: its home folder} of the accounts installing: the current user (root under sudo) and $SUDO_USER, the
+    homes a `~` typed for install-service can name (the shell expands it before sudo runs: `sudo fair-edge
+    install-service --station ~/station.yaml` names the sudo user's home; after `sudo -i`, root's). A home of "/"
+    (system accounts) is left out: every path is in it."""
+    import pwd
+
+    homes: dict[str, Path] = {}
+    for lookup, key in ((pwd.getpwuid, os.getuid()), (pwd.getpwnam, os.environ.get("SUDO_USER"))):
+        try:
+            entry = lookup(key)
+        except (KeyError, TypeError):   # a uid of no account (in a container), no $SUDO_USER
+            continue
+        if Path(entry.pw_dir) != Path("/"):
+            homes[entry.pw_name] = Path(entry.pw_dir)
+    return homes
+
+
+def in_installer_home(user: str, given: dict[str, Path]) -> list[tuple[str, Path, str, Path]]:
+    """(flag, path, account, its home) for each path of ``given`` ({flag: absolute path as given}) inside the home of
+    an account installing (``installer_homes``) when the unit runs as another, --user ``user``, whose home is not that
+    one: the unit then reads from another account's home, most often because a `~` was typed (under sudo too, the
+    installer's home, never --user's)."""
+    import pwd
+
+    try:
+        own = Path(pwd.getpwnam(user).pw_dir)
+    except KeyError:   # not an account here: check_on_this_machine refuses it
+        own = None
+    return [(flag, path, name, home) for name, home in installer_homes().items() if name != user and home != own
+            for flag, path in given.items() if home in path.parents]
+
+
 def _exec_line(unit: Path) -> str:
     """The ExecStart= command of an installed unit, for the error that names it."""
     lines = [line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")]
