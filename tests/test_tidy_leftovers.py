@@ -1,6 +1,7 @@
 """Small leftovers, each held: `fair-edge run`'s summary names the rotated log files a full disk made the recorder
 delete; `fair-edge collect`'s closing line names the stale part files it removed at the start; the Jetson image
-installs every extra the native Jetson install does (gpiod >= 2.1 for gpio:// sinks among them); install-service's
+installs every extra the native Jetson install does (gpiod >= 2.1 for gpio:// sinks among them), which takes every
+extra of pyproject.toml but those left out by name, with the reason; install-service's
 checks as the unit's account live in a module of their own; the console's greyed-miss tooltip is written once."""
 
 from __future__ import annotations
@@ -105,6 +106,32 @@ def test_the_jetson_image_installs_every_extra_the_native_jetson_install_does():
         for name, low in requirement_bounds(extras[extra]).items():
             assert name in installed, f"the [{extra}] extra's {name} is not installed in deploy/jetson/Dockerfile"
             assert version(installed[name]) >= version(low), (extra, name, installed[name], low)
+
+
+# pyproject's extras the native Jetson install (docs/jetson.md section 2) leaves out, and why: every other extra is in
+# its pip line, so an extra added later is decided for the Jetson station (mqtt was in neither that line nor the image)
+JETSON_LEFT_OUT = {
+    "demo": "the demo runs on the workstation (its dataset and training weights)",
+    "lgfdr": "training only: a checkpoint keeps its backbone's weights, so build and run never need the package",
+    "backbones": "training only, as lgfdr",
+    "test": "the test suite",
+    "cuda": "cuda-python is installed by name in that line, beside JetPack's CUDA",
+    "tensorrt": "JetPack's python3-libnvinfer, from apt",
+    "openvino": "Intel CPUs only",
+    "genicam": "per camera, beside its vendor's GenTL producer (section 3)",
+    "aravis": "per camera; PyGObject builds against system headers (section 3)",
+}
+
+
+def test_every_extra_is_in_the_native_jetson_install_or_left_out_by_name():
+    native = set(re.search(r'/path/to/fair-edge"\[([\w,]+)\]"', (ROOT / "docs" / "jetson.md").read_text()).group(1)
+                 .split(","))
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert not native & set(JETSON_LEFT_OUT), native & set(JETSON_LEFT_OUT)
+    missing = extras - set(JETSON_LEFT_OUT) - native
+    assert not missing, (f"add {sorted(missing)} to docs/jetson.md's pip line (and so to the image: the test above), "
+                         "or to JETSON_LEFT_OUT with the reason")
+    assert set(JETSON_LEFT_OUT) <= extras
 
 
 # ------------------------------------------------------------------ install-service's checks: a module of their own
