@@ -19,6 +19,7 @@ import numpy as np
 from fair_edge.calibration.onnx_graph import Inputs, host_array, infer_in_chunks
 from fair_edge.errors import BundleError, ConfigError
 from fair_edge.models.tensors import OUTPUT_NAMES
+from fair_edge.signal_stack import kept_signal_stack
 
 # how the build and the runtime compile a graph: one frame's latency first, float32 arithmetic outside int8 kernels
 COMPILE_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
@@ -58,7 +59,8 @@ class OpenVinoGraph:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.model = ov.Core().compile_model(str(self.path), "CPU", config)
+            with kept_signal_stack():   # the CPU plugin swaps in a signal stack it frees later: a Ctrl-C then crashed
+                self.model = ov.Core().compile_model(str(self.path), "CPU", config)
         except RuntimeError as exc:
             raise BundleError(f"OpenVINO cannot load {self.path}: {str(exc)[:300]}. "
                               "Rebuild the bundle with `fair-edge build`.") from exc
