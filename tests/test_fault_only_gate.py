@@ -1,14 +1,18 @@
-"""A station whose reject section drives only ``reject.fault_sinks`` (a stack light, no reject output) gates no part.
-Its gate was handed every part and verdict as if it rejected them: ``fair_edge_reject_total{event="rejected_ng"}``,
-``"fired"``, summary.json's ``rejects`` and gate.jsonl counted NG parts rejected with no output to reject them, and at
-its unchecked ``delay_ms`` 0 every part was ``passed_uninspected`` (with ``fail_safe: alarm``, latching the lamp on).
-Now such a gate holds the fault output only: no part is noted or decided there, and /metrics exports its fault sinks'
-counters as ``fair_edge_fault_output_total{event}``, no ``fair_edge_reject_*`` series (as a lane station's own gate).
-The line side is opened as a station opens it (``open_line_side``, ``open_cell_line``) and driven by hand."""
+"""A station whose reject section drives only ``reject.fault_sinks`` (a fault lamp, no reject output) decides every part
+at its gate, so ``fail_safe: alarm`` latches the lamp for a part not inspected (an error verdict, a dropped frame), as
+line-integration.md's "The gate decides every part" promises; and it counts what happened: an NG part it cannot reject
+is ``passed_ng``, never ``rejected_ng`` or ``fired``.
+
+Before: ff5fbe5 handed such a gate no part at all (no alarm, no lamp, "passed uninspected 0"); before that, NG parts
+were counted ``rejected_ng`` and ``fired`` with no output to fire. Its ``delay_ms`` 0 (every part past the gate before
+its verdict) is refused at start, as for a gate with a reject output (``check_reject_timing``).
+The line side is opened as a station opens it (``open_line_side``, ``open_cell_line``) and driven by hand; the due
+times are 1.5 s after capture and each verdict is handed in right after its capture (``wait_idle`` bounds the wait)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import numpy as np
@@ -18,65 +22,128 @@ pytest.importorskip("prometheus_client")
 
 from test_metrics_consumers import WAIT_S, cell_config, samples  # noqa: E402
 
+from fair_edge.errors import ConfigError  # noqa: E402
 from fair_edge.line.settings import MetricsSettings, RecordSettings, RejectSettings  # noqa: E402
 from fair_edge.records import Frame, Verdict  # noqa: E402
 from fair_edge.station.config import ConsoleSettings, StationConfig  # noqa: E402
 from fair_edge.station.views import GroupSettings, ViewSettings  # noqa: E402
 
-FAULT_ONLY = RejectSettings(fault_sinks=("log://lamp",), fail_safe="alarm")   # delay_ms left at its default, 0
+DELAY_MS = 1500.0   # camera -> gate: the verdicts, handed in at once, are in long before
 
 
-def families(scraped: dict) -> set[str]:
-    return {name for name, _ in scraped}
+def lamp_only(fail_safe: str = "alarm", delay_ms: float = DELAY_MS) -> RejectSettings:
+    return RejectSettings(fault_sinks=("log://lamp",), fail_safe=fail_safe, delay_ms=delay_ms)
 
 
-def assert_gates_no_part(gate, scraped: dict) -> None:
-    """The gate noted, decided and alarmed nothing; /metrics names it by what it drives."""
-    assert gate.wait_idle(WAIT_S)
-    stats = gate.stats()
-    assert (stats["captured"], stats["verdicts"], stats["rejected_ng"], stats["fired"], stats["passed_uninspected"],
-            stats["alarms"]) == (0, 0, 0, 0, 0, 0), stats
-    assert gate.fault_reason is None
-    assert not {name for name in families(scraped) if name.startswith("fair_edge_reject")}, families(scraped)
-    fault_output = {dict(labels)["event"] for name, labels in scraped if name == "fair_edge_fault_output_total"}
-    assert fault_output and all(event.startswith("sink_") for event in fault_output), fault_output
+def station(tmp_path, reject: RejectSettings) -> StationConfig:
+    return StationConfig(console=ConsoleSettings(enabled=False), output=tmp_path / "out",
+                         record=RecordSettings(dir=tmp_path / "out", save_ng_images=False), reject=reject,
+                         metrics=MetricsSettings(enabled=True, port=0)).checked()
 
 
-def test_a_one_camera_station_with_only_fault_sinks_rejects_no_part_and_exports_no_reject_gate(tmp_path):
-    """Three parts, two NG, each verdict 30 ms after its capture (past delay_ms 0 + late_ms 10): none is noted at the
-    gate, none counted rejected or passed uninspected, no gate.jsonl row; a station fault still lights the lamp."""
+def frame(seq: int, camera: str = "") -> Frame:
+    return Frame(seq, time.monotonic(), np.zeros((4, 4, 3), np.uint8), camera=camera)
+
+
+def verdict(f: Frame, ng: bool, error: str | None = None) -> Verdict:
+    score = None if error else (0.9 if ng else 0.1)
+    return Verdict(f.seq, f.t_capture, score, 0.5, ng, time.monotonic(), error=error, camera=f.camera)
+
+
+def reject_series(scraped: dict) -> dict[str, float]:
+    return {dict(labels)["event"]: value for (name, labels), value in scraped.items()
+            if name == "fair_edge_reject_total"}
+
+
+def drive_one_camera(line) -> None:
+    """Part 0 OK, part 1 NG, part 2 an inference-error verdict, part 3 dropped at the capture queue."""
+    hooks = line.capture_hooks()
+    for seq, ng, error in ((0, False, None), (1, True, None), (2, True, "inference failed: CUDA error")):
+        f = frame(seq)
+        hooks["on_capture"](f)   # as the capture thread calls it
+        for callback in line.callbacks:   # as the inspector calls them
+            callback(f, verdict(f, ng, error), None)
+    dropped = frame(3)
+    hooks["on_capture"](dropped)
+    hooks["on_drop"](dropped)
+
+
+def test_a_lamp_only_gate_latches_the_alarm_for_parts_not_inspected_and_counts_ng_parts_passed(tmp_path):
+    from fair_edge.cli.run import reject_rows
     from fair_edge.station.line_side import open_line_side
 
-    cfg = StationConfig(console=ConsoleSettings(enabled=False), output=tmp_path / "out",
-                        record=RecordSettings(dir=tmp_path / "out", save_ng_images=False), reject=FAULT_ONLY,
-                        metrics=MetricsSettings(enabled=True, port=0)).checked()
     with contextlib.ExitStack() as stack:
-        line = open_line_side(cfg, stack, "run-lamp")
-        hooks = line.capture_hooks()
-        for seq, ng in enumerate((True, False, True)):
-            frame = Frame(seq, time.monotonic() - 0.03, np.zeros((4, 4, 3), np.uint8))
-            if "on_capture" in hooks:   # as the capture thread calls it
-                hooks["on_capture"](frame)
-            for callback in line.callbacks:   # as the inspector calls them
-                callback(frame, Verdict(seq, frame.t_capture, 0.9 if ng else 0.1, 0.5, ng, time.monotonic()), None)
-        assert_gates_no_part(line.scheduler, samples(line.metrics))
-        line.fault(True, "camera gone")
-        assert line.scheduler.fault_reason == "camera gone"   # the lamp still shows the station's faults
-    assert not (tmp_path / "out" / "gate.jsonl").exists()
+        line = open_line_side(station(tmp_path, lamp_only()), stack, "run-lamp")
+        drive_one_camera(line)
+        assert line.scheduler.wait_idle(WAIT_S)
+        stats = line.scheduler.stats()
+        assert {k: stats[k] for k in ("captured", "passed", "passed_ng", "passed_uninspected", "alarms",
+                                      "rejected_ng", "rejected_uninspected", "fired")} == {
+            "captured": 4, "passed": 1, "passed_ng": 1, "passed_uninspected": 2, "alarms": 2,
+            "rejected_ng": 0, "rejected_uninspected": 0, "fired": 0}, stats
+        reason = line.fault_reason()   # the lamp, STATUS, MQTT: latched until the operator acknowledges
+        assert "passed the gate uninspected (verdict error: inference failed: CUDA error)" in reason, reason
+        assert "seq 1, 2" not in reason and "seq 2, 3" in reason, reason
+        assert line.scheduler.to_acknowledge == line.scheduler.fault_reason
+        series = reject_series(samples(line.metrics))
+        assert (series["passed_ng"], series["passed_uninspected"], series["rejected_ng"], series["fired"]) == (
+            1, 2, 0, 0), series
+        rows = dict(reject_rows(line.reject_stats()))   # the live table's and the summary's rows
+        assert rows["NG parts passed: no reject output (passed_ng)"] == 1
+        assert rows["passed uninspected / late verdicts"] == "2 / 0"
+        assert not [label for label in rows if "rejects" in label or "pulses" in label], rows
+    gate_rows = [json.loads(text) for text in (tmp_path / "out" / "gate.jsonl").read_text().splitlines()]
+    assert [(row["seq"], row["gate"]) for row in gate_rows if row["event"] == "gate"] == [
+        (0, "passed"), (1, "passed_ng"), (2, "passed_uninspected"), (3, "passed_uninspected")]
 
 
-def test_a_part_cell_with_only_fault_sinks_hands_its_gate_no_part(tmp_path):
-    """Two cameras, parts matched by sequence, one NG part of two views: the cell's gate is handed no part."""
+def test_with_fail_safe_reject_a_lamp_only_gate_still_latches_the_alarm(tmp_path):
+    """No reject output: a part not inspected cannot be rejected, so it passes with the lamp latched, not silently."""
+    from fair_edge.station.line_side import open_line_side
+
+    with contextlib.ExitStack() as stack:
+        line = open_line_side(station(tmp_path, lamp_only("reject")), stack, "run-lamp-reject")
+        drive_one_camera(line)
+        assert line.scheduler.wait_idle(WAIT_S)
+        stats = line.scheduler.stats()
+        assert (stats["passed_uninspected"], stats["alarms"], stats["rejected_uninspected"], stats["fired"]) == (
+            2, 2, 0, 0), stats
+        assert "passed the gate uninspected (no reject output)" in line.scheduler.fault_reason
+
+
+def test_a_part_cell_with_only_fault_sinks_latches_the_alarm_for_a_part_missing_a_view(tmp_path):
+    """Two cameras, parts matched by sequence: part 0 OK, part 1 NG, part 2's top frame dropped."""
     from fair_edge.station.cell_line import open_cell_line
 
     cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
-    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="sequence"), FAULT_ONLY)
+    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="sequence"), lamp_only())
     with contextlib.ExitStack() as stack:
         cell = open_cell_line(cfg, stack, "run-cell-lamp")
-        for name in ("top", "left"):
-            frame = Frame(0, time.monotonic() - 0.03, np.zeros((4, 4, 3), np.uint8), camera=name)
-            cell.hooks(name)["on_capture"](frame)
-            for callback in cell.line.callbacks:
-                callback(frame, Verdict(0, frame.t_capture, 9.0, 1.0, True, time.monotonic(), camera=name), None)
-        assert cell.assembler.stats["parts"] == cell.assembler.stats["ng"] == 1   # the part was decided NG ...
-        assert_gates_no_part(cell.line.scheduler, samples(cell.line.metrics))   # ... and rejected by nothing
+        for seq, ng in ((0, False), (1, True), (2, False)):
+            for name in ("top", "left"):
+                f = frame(seq, name)
+                cell.hooks(name)["on_capture"](f)
+                if (seq, name) == (2, "top"):
+                    cell.hooks(name)["on_drop"](f)
+                    continue
+                for callback in cell.line.callbacks:
+                    callback(f, verdict(f, ng), None)
+        gate = cell.line.scheduler
+        assert gate.wait_idle(WAIT_S)
+        stats = gate.stats()
+        assert (stats["passed"], stats["passed_ng"], stats["passed_uninspected"], stats["alarms"],
+                stats["rejected_ng"], stats["fired"]) == (1, 1, 1, 1, 0, 0), stats
+        assert "part seq 2 passed the gate uninspected" in gate.fault_reason, gate.fault_reason
+        series = reject_series(samples(cell.line.metrics))
+        assert (series["passed_ng"], series["rejected_ng"]) == (1, 0), series
+
+
+@pytest.mark.parametrize("fail_safe", ["alarm", "reject"])
+def test_a_lamp_only_gate_at_delay_0_is_refused_naming_reject_delay_ms(tmp_path, fail_safe):
+    """At delay_ms 0 the gate sits at the camera: every part would pass uninspected with the lamp latched."""
+    from fair_edge.station.run import check_reject_timing
+
+    cfg = station(tmp_path, lamp_only(fail_safe, delay_ms=0))
+    with pytest.raises(ConfigError, match=r"reject\.delay_ms: .* found 0 .*pass uninspected.*--reject-delay-ms"):
+        check_reject_timing(cfg, timed_source=True)
+    check_reject_timing(station(tmp_path, lamp_only(fail_safe)), timed_source=True)   # a travel time: started

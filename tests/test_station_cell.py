@@ -200,7 +200,7 @@ def test_handshake_cell_answers_a_part_whose_views_all_dropped_or_that_no_camera
     hs.begin()
     fan = TriggerFanout(hs, ["top", "left"])
     rows: list = []
-    line = SimpleNamespace(scheduler=None, part_gate=None, mqtt=None, handshake=hs,
+    line = SimpleNamespace(scheduler=None, mqtt=None, handshake=hs,
                            recorder=SimpleNamespace(record_row=rows.append, log_row=lambda r: r))
     cell = CellLine(line, triggers=fan)
     asm = PartAssembler(["top", "left"], GroupSettings(match="handshake"), 0.5, on_part=cell.on_part,
@@ -732,7 +732,7 @@ def test_a_camera_still_down_when_the_cell_stops_is_the_runs_fault_and_keeps_the
     cfg = StationConfig(bundle=station_bundles[0].root, backend="onnxruntime", threshold=threshold, output=tmp_path,
                         cameras=tuple(ViewSettings(c, c) for c in sources), group=GroupSettings(match="sequence"),
                         record=RecordSettings(dir=tmp_path), console=ConsoleSettings(enabled=False),
-                        reject=RejectSettings(fault_sinks=("log://test.cell.down.fault",))).checked()
+                        reject=RejectSettings(fault_sinks=("log://test.cell.down.fault",), delay_ms=300)).checked()
     caplog.set_level(logging.INFO, logger="test.cell.down.fault")
     summary = run_cell(cfg, stop, sources=sources, on_tick=tick, duration_s=120)
     assert stop.is_set() and down_ticks[-1].startswith("camera right: camera reconnecting: right: ")   # its cause

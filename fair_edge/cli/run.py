@@ -26,10 +26,12 @@ app = typer.Typer()
 
 def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
-    ``RunSummary.rejects``. In red: the pulses row once a pulse was missed or unconfirmed, and rows shown only when
-    above 0: parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``. A lane
-    station's top level holds the totals over its lanes (``station.cell_line.CellLine.reject_stats``), then a row per
-    lane (``lane_rows``); its fault output row names each lane whose fault is on."""
+    ``RunSummary.rejects``; a gate with no reject output (no ``sinks``: ``reject.fault_sinks`` only) shows the NG
+    parts it passed instead of rejects and pulses. In red: the pulses row once a pulse was missed or unconfirmed, rows
+    shown only when above 0: parts refused a pulse (``gap_missed``: too close to the previous one),
+    ``position_lost``. A lane station's top level holds the totals over its lanes
+    (``station.cell_line.CellLine.reject_stats``), then a row per lane (``lane_rows``); its fault output row names
+    each lane whose fault is on."""
     if not rejects:
         return []
     from fair_edge.station.run import undelivered_sinks
@@ -46,12 +48,14 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     missed = sum(st.get("missed", 0) + st.get("dropped", 0) for st in sinks.values())
     unconfirmed = sum(st.get("unconfirmed", 0) for st in sinks.values())   # written, no reply: may have landed
     pulses = f"{delivered} / {missed} / {unconfirmed}"
-    rows += [
+    decided = [
         ("rejects: NG / uninspected", f"{rejects.get('rejected_ng', 0)} / {rejects.get('rejected_uninspected', 0)}"),
         ("passed uninspected / late verdicts", f"{rejects.get('passed_uninspected', 0)} / "
                                               f"{rejects.get('late_verdicts', 0)}"),
-        ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses),
-        *lane_rows(rejects.get("lanes") or {})]
+        ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses)]
+    if not sinks:   # no reject output (reject.fault_sinks only): nothing rejected, nothing pulsed
+        decided = [("NG parts passed: no reject output (passed_ng)", rejects.get("passed_ng", 0)), decided[1]]
+    rows += [*decided, *lane_rows(rejects.get("lanes") or {})]
     if rejects.get("gap_missed"):   # min_gap_ms would have pushed the pulse past due + late_ms: onto the next part
         rows.append(("[bold red]not rejected: too close to the previous pulse (gap_missed)[/]", rejects["gap_missed"]))
     if rejects.get("position_lost"):   # encoder mode: the gate could not know where these parts were

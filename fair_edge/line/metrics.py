@@ -14,8 +14,7 @@ Exposed (names as scraped):
   ``fair_edge_reject_pending``, ``fair_edge_handshake_connected`` (a bool ``stats()`` value is exported 0 / 1).
 - ``fair_edge_<component>_total{<label>, event}``: counters of components with one set per label
   (``watch_counters_by``), e.g. each lane's gate: ``fair_edge_reject_total{lane="left", event="sink_missed"}``,
-  its gauges ``fair_edge_reject_pending{lane="left"}``. A gate with ``reject.fault_sinks`` and no reject output gates no
-  part: its fault sinks' counters are ``fair_edge_fault_output_total{event}`` (``station.line_side.open_line_side``).
+  its gauges ``fair_edge_reject_pending{lane="left"}``.
 - ``fair_edge_<component>_<gauge>{<label>}``: gauges of components with one value per label
   (``watch_by``), e.g. each camera's drift: ``fair_edge_drift_camera_psi{camera="left"}``.
 

@@ -7,11 +7,11 @@ and a row can be traced to a real moment. A frame the capture queue dropped gets
 reject gate says what the gate did instead (``verdict_late: true``, ``gate``: e.g. ``rejected_uninspected``), so an
 OK verdict of a part rejected fail-safe is never read as a pass.
 
-``DIR/gate.jsonl`` (with reject sinks): what happened to each part at the reject gate, one row per
+``DIR/gate.jsonl`` (with reject or fault sinks): what happened to each part at the reject gate, one row per
 event (``RejectScheduler(on_part=recorder.record_gate)``): ``event: gate`` with ``gate`` (passed,
-rejected_ng, rejected_uninspected, passed_uninspected, gap_missed, position_lost: encoder mode, the
-gate could not know where the part was, no pulse, ``reason`` says why) and ``verdict`` (ng, ok, none =
-not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (delivered, late,
+rejected_ng, rejected_uninspected, passed_ng: NG with no reject output, passed_uninspected, gap_missed,
+position_lost: encoder mode, the gate could not know where the part was, no pulse, ``reason`` says why) and
+``verdict`` (ng, ok, none = not in by the due time), and ``event: pulse`` per reject sink with ``pulse`` (delivered, late,
 missed).
 
 Written by the recorder's row writer only (``line.recorder``); a row that cannot be written (an ``OSError``: a full

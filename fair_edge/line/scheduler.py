@@ -13,6 +13,9 @@ count ``count_at_capture + reject.encoder_distance``. Its verdict may come any t
   ``fail_safe: alarm``: no pulse, counted ``passed_uninspected``, the fault output latches. Their journal lines
   are grouped by ``UninspectedLog`` as gap_missed ones are (below): a camera whose every frame is malformed
   logged a line per part.
+- a gate with no reject output (``reject.fault_sinks`` only, a fault lamp; ``rejects_parts`` False) pulses nothing: an
+  NG part passes, counted ``passed_ng``; a part not inspected passes, counted ``passed_uninspected``, and the fault
+  output latches under either ``fail_safe``.
 
 A verdict that comes after its part was decided is counted ``late_verdicts`` and never fires:
 the gate only ever acts on the part in front of it. A part is decided (its outcome recorded) under
@@ -91,13 +94,13 @@ from .sinks.base import Counters, sleep_until
 log = logging.getLogger(__name__)
 
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "error_verdicts", "passed", "rejected_ng", "rejected_uninspected",
-                      "passed_uninspected", "gap_missed", "position_lost", "late_verdicts", "fired", "alarms",
-                      "refused", "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped", "sink_late_writes",
-                      "sink_link_downs", "abandoned")
+                      "passed_ng", "passed_uninspected", "gap_missed", "position_lost", "late_verdicts", "fired",
+                      "alarms", "refused", "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped",
+                      "sink_late_writes", "sink_link_downs", "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 
-GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_uninspected", "gap_missed",
+GATE_OUTCOMES = ("passed", "rejected_ng", "rejected_uninspected", "passed_ng", "passed_uninspected", "gap_missed",
                  "position_lost")
 # a sink's report on a pulse -> what the gate log says happened to it
 PULSE_RESULTS = {"delivered": "delivered", "late_write": "late", "missed": "missed", "dropped": "missed",
@@ -195,7 +198,11 @@ class RejectScheduler:
         self._order = itertools.count()
         self._slots: SlotPlan | None = None   # planned with the sinks' widest pulse, once they are open
         self._epoch = 0   # the encoder's position epoch the heap's parts were last checked against
-        self._alarms = GateAlarms(self._counters, settings.fail_safe, log)   # fault output, alarm, their journal
+        # no reject output (only reject.fault_sinks, a lamp): nothing to pulse; NG parts pass (passed_ng), parts not
+        # inspected pass and latch the fault output under either fail_safe (passed_uninspected)
+        self.rejects_parts = sinks is not None or bool(settings.sinks)
+        self._fail_safe = settings.fail_safe if self.rejects_parts else "alarm"
+        self._alarms = GateAlarms(self._counters, self._fail_safe, log)   # fault output, alarm, their journal
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -581,7 +588,8 @@ class RejectScheduler:
             self._ask_why_no_verdict(part)
             why = (f" (verdict error: {part.error})" if part.error else
                    f" (no verdict by its due time: {part.missing})" if part.missing else "")
-            self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} (fail_safe: alarm)",
+            policy = "fail_safe: alarm" if self.settings.fail_safe == "alarm" else "no reject output"
+            self._alarms.latch(f"part seq {part.seq} passed the gate uninspected{why} ({policy})",
                                PASSED_UNINSPECTED, (part.seq,))
             self._note_uninspected(part)
         elif outcome == "gap_missed":
@@ -614,7 +622,9 @@ class RejectScheduler:
                 return "position_lost"
         if part.state == GOOD:
             return "passed"
-        if part.state == UNKNOWN and self.settings.fail_safe == "alarm":
+        if part.state == NG and not self.rejects_parts:
+            return "passed_ng"
+        if part.state == UNKNOWN and self._fail_safe == "alarm":
             return "passed_uninspected"
         self._slots.prune(part.t_due)
         start = self._slots.earliest(part.t_due)

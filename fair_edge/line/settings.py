@@ -108,7 +108,9 @@ class RejectSettings:
     fail_safe: what the gate does with a part whose verdict is not in by its due time (slow
         inference, frame dropped, inference error): ``reject`` = reject it at its own due time
         (counted ``rejected_uninspected``); ``alarm`` = let it pass, raise the fault output
-        (latched until acknowledged) and count it. A verdict after the due time never fires.
+        (latched until acknowledged) and count it. A verdict after the due time never fires. With no reject
+        output (``fault_sinks`` only) no part can be rejected: such a part passes and latches the fault output
+        under either policy (``passed_uninspected``), an NG part passes (``passed_ng``).
     max_pending: most parts between camera and gate at once; beyond that a part is refused,
         counted and alarmed.
     encoder_poll_ms: how often the encoder is read while a reject waits for its count, ms.

@@ -117,6 +117,8 @@ def check_cameras(cfg: StationConfig, sources: dict | None = None) -> None:
         if view.name not in sources:
             check_loop(vcfg)
         gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
+        if cfg.group.by == "lane" and not gate.reject.sinks:
+            continue   # the station's own gate of a lane station holds the fault output only: it decides no part
         check_reject_timing(gate, timed_source=view.name in sources or cfg.reject.handshake.enabled
                             or not is_unpaced_replay(vcfg))
     if cfg.group.by == "part":

@@ -44,8 +44,7 @@ HANDSHAKE_GAUGES = ("connected", "error", "open_parts")
 @dataclass
 class LineSide:
     """What a station signals and records through: the recorder, the reject gate (None without
-    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks. A gate that drives only
-    ``reject.fault_sinks`` (``gates_parts`` False) holds the fault output and gates no part (``part_gate``)."""
+    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
 
     recorder: Recorder
     scheduler: RejectScheduler | None
@@ -56,20 +55,12 @@ class LineSide:
     fault_shown: str | None = None   # the fault reason last published on MQTT ('' none); None: nothing yet
     handshake: Handshake | None = None   # reject.handshake
     station_fault: str = ""   # the reason a FaultBoard holds on the gate and the handshake (``fault``); '' none
-    gates_parts: bool = True   # False: the scheduler drives only reject.fault_sinks (no reject output)
-
-    @property
-    def part_gate(self) -> RejectScheduler | None:
-        """The gate that decides parts: the scheduler, unless it drives only ``reject.fault_sinks`` (a fault lamp
-        rejects no part: parts noted and decided there were counted ``rejected_ng`` with no output, and at its unchecked
-        ``delay_ms`` 0 alarmed every part passed uninspected); None without one."""
-        return self.scheduler if self.gates_parts else None
 
     def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
-        """Hooks for the capture thread: the part gate notes every part at capture, the log every drop."""
+        """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
         hooks: dict[str, Callable[[Frame], None]] = {"on_drop": self.on_drop}
-        if self.part_gate is not None:
-            hooks["on_capture"] = self.part_gate.on_capture
+        if self.scheduler is not None:
+            hooks["on_capture"] = self.scheduler.on_capture
         return hooks
 
     def on_drop(self, frame: Frame, extra: dict | None = None) -> None:
@@ -88,14 +79,14 @@ class LineSide:
             self.mqtt.publish_row(self.recorder.log_row(row))
 
     def record_verdict(self, frame: Frame, verdict: Verdict, anomaly_map: np.ndarray | None = None) -> None:
-        """Verdict callback: the part gate gets the verdict first, then the verdict log its row, and MQTT the same
+        """Verdict callback: the gate gets the verdict first, then the verdict log its row, and MQTT the same
         row; a verdict that came after its part was decided at the gate is logged and published with what
         the gate did (``verdict_late``, ``gate``: e.g. ``rejected_uninspected``)."""
         from fair_edge.line.scheduler import LATE
 
-        extra, gate = None, self.part_gate
-        if gate is not None and gate.submit(verdict) == LATE:
-            extra = {"verdict_late": True, "gate": gate.decision(verdict.seq) or "went_by_undecided"}
+        extra = None
+        if self.scheduler is not None and self.scheduler.submit(verdict) == LATE:
+            extra = {"verdict_late": True, "gate": self.scheduler.decision(verdict.seq) or "went_by_undecided"}
         self.recorder.record(frame, verdict, anomaly_map, extra)
         if self.mqtt is not None:
             self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
@@ -154,21 +145,14 @@ class LineSide:
         return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
                     sinks=self.scheduler.sink_stats(), **out)
 
-    def fault_output_stats(self) -> dict[str, int]:
-        """The counters a gate that gates no part (``gates_parts`` False, or a lane station's own) can move: its fault
-        sinks' (``sink_*``: errors, link downs, ...), ``fair_edge_fault_output_total{event}``."""
-        return {key: n for key, n in self.scheduler.stats().items() if key.startswith("sink_")}
-
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
     """Open metrics, recorder, MQTT, encoder, reject scheduler and handshake on ``stack`` (closed with it), in that
     order: the station's run lock first (``station_lock``; already held under ``run_station``), then what may refuse
     the start (the metrics port, ``require_sinks_at_start``) before the handshake writes to the PLC; a station
     refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics. Watched
-    on /metrics: the recorder, the reject gate (``fair_edge_reject_total{event}``; a gate of ``reject.fault_sinks``
-    alone gates no part: ``fair_edge_fault_output_total{event}``, its sinks' counters), the encoder and the handshake
-    (``fair_edge_handshake_total{event}``, its ``HANDSHAKE_GAUGES``; a station of several cameras watches its
-    handshake in ``cell_line.watch_cell``)."""
+    on /metrics: the recorder, the reject gate, the encoder and the handshake (``fair_edge_handshake_total{event}``,
+    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell_line.watch_cell``)."""
     from fair_edge.line.encoder_links import open_encoder
     from fair_edge.line.metrics import Metrics
     from fair_edge.line.mqtt import MqttPublisher
@@ -187,7 +171,6 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
                                                              on_part=recorder.record_gate))
-        line.gates_parts = bool(cfg.reject.sinks)
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
     line.callbacks.append(line.record_verdict)
@@ -199,10 +182,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     if metrics is not None:
         metrics.watch("recorder", recorder.stats)
         if line.scheduler is not None and not (cfg.cameras and cfg.group.by == "lane"):   # lanes: cell.watch_cell
-            if line.gates_parts:
-                metrics.watch("reject", line.scheduler.stats)
-            else:
-                metrics.watch("fault_output", line.fault_output_stats, gauges=())
+            metrics.watch("reject", line.scheduler.stats)
         encoder_stats = getattr(line.encoder, "stats", None)   # fair_edge_encoder_total{event="read_errors"}, ...
         if encoder_stats is not None:
             metrics.watch("encoder", encoder_stats, gauges=("count", "position_epoch"))

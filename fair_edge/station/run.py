@@ -73,23 +73,29 @@ def undelivered_sinks(rejects: dict) -> list[str]:
 
 
 def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
-    """Refuse reject pulses the line's time cannot place. Each part is due at the gate
+    """Refuse a reject gate the line's time cannot place. Each part is due at the gate
     ``t_capture + reject.delay_ms`` (or after ``encoder_distance`` counts): that needs a timed line
     (a camera, or a replay with ``camera.fps``) and the real travel time. ``delay_ms: 0`` (the
     default) would put the gate at the camera, where no verdict can be in time: every part would be
-    rejected fail-safe. timed_source: False for a folder or video read without fps."""
-    if not cfg.reject.sinks:
+    rejected fail-safe. A gate with ``reject.fault_sinks`` and no reject output (a fault lamp) decides every part
+    too (an NG part passes, one not inspected latches the fault output) and is held to the same: at ``delay_ms: 0``
+    every part would pass uninspected. timed_source: False for a folder or video read without fps."""
+    if not (cfg.reject.sinks or cfg.reject.fault_sinks):
         return
+    outputs = ("the reject sinks (--reject / reject.sinks)" if cfg.reject.sinks
+               else "reject.fault_sinks (no reject output: the gate only decides parts and lights the fault output)")
+    at_camera = ("every part would be rejected fail-safe" if cfg.reject.sinks
+                 else "every part would pass uninspected and latch the fault output")
     if not timed_source:
         raise ConfigError(f"camera.fps: a folder or video replayed without fps ({cfg.camera.source}) is not a "
-                          "timed line (frames are read long before they can be inspected), so reject pulses "
-                          "cannot be placed; give the line's rate (--fps / camera.fps), or drop the reject sinks "
-                          "(--reject / reject.sinks).")
+                          "timed line (frames are read long before they can be inspected), so parts cannot "
+                          "be placed at the reject gate; give the line's rate (--fps / camera.fps), or drop "
+                          f"{outputs}.")
     if cfg.reject.encoder_distance is None and cfg.reject.delay_ms <= 0:
         raise ConfigError("reject.delay_ms: expected the camera -> reject gate travel time in ms (> 0), found "
-                          f"{cfg.reject.delay_ms:g} (a gate at the camera: no verdict is ever in time, every "
-                          "part would be rejected fail-safe); measure it on the line and set --reject-delay-ms / "
-                          "reject.delay_ms, or use reject.encoder_distance.")
+                          f"{cfg.reject.delay_ms:g} (a gate at the camera: no verdict is ever in time, {at_camera}); "
+                          "measure it on the line and set --reject-delay-ms / reject.delay_ms, or use "
+                          "reject.encoder_distance.")
 
 
 def warn_fused_score(cfg: StationConfig, fused: bool) -> str:
