@@ -6,6 +6,7 @@ default port and unit filled in (``plc_lock.shared_addresses``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -59,3 +60,36 @@ def test_outputs_on_different_addresses_are_not_warned_about(caplog, fault):
     with caplog.at_level(logging.WARNING, logger=WARNS):
         load({"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": [fault]})
     assert warnings(caplog) == []
+
+
+
+def run_with_reject(tmp_path, reject: dict, flag: str) -> list[str]:
+    """`fair-edge run --station FILE --reject FLAG` with no bundle there: refused after the flags are applied. The
+    shared-address warnings it printed (the command sets up its own log handler: read from its output)."""
+    from typer.testing import CliRunner
+
+    from fair_edge.cli import app
+
+    station_file = tmp_path / "station.yaml"
+    station_file.write_text(json.dumps({"bundle": str(tmp_path / "no_bundle"), "output": str(tmp_path / "out"),
+                                        "camera": {"source": str(tmp_path), "fps": 20},
+                                        "reject": {"delay_ms": 400, **reject}}))
+    result = CliRunner().invoke(app, ["run", "--station", str(station_file), "--reject", flag, "--console", "off"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "no_bundle does not exist" in result.output, result.output   # after the flags
+    return [line for line in result.output.splitlines() if "both write" in line]
+
+
+def test_a_command_line_reject_on_the_files_fault_coil_is_warned_about(tmp_path):
+    """--reject replaces reject.sinks after the file was read: before, the file's check never saw it."""
+    found = run_with_reject(tmp_path, {"fault_sinks": ["modbus://10.0.0.5?coil=0"]}, "modbus://10.0.0.5:502?coil=0")
+    assert len(found) == 1, found
+    assert "reject.sinks[0] and reject.fault_sinks[0] both write modbus 10.0.0.5:502 unit 1 coil 0" in found[0]
+
+
+def test_a_shared_coil_the_file_was_warned_about_is_not_warned_again_after_the_command_line(tmp_path):
+    """The file's reject and fault outputs share coil 0; --reject names the same coil (with the default port): one
+    warning, the file's."""
+    found = run_with_reject(tmp_path, {"sinks": ["modbus://10.0.0.5?coil=0"],
+                                       "fault_sinks": ["modbus://10.0.0.5?coil=0"]}, "modbus://10.0.0.5:502?coil=0")
+    assert len(found) == 1, found

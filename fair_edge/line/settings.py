@@ -65,14 +65,22 @@ def check_gpio_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
         raise ConfigError(f"{exc} (docs/line-integration.md, \"GPIO wiring and permissions\")") from exc
 
 
-def warn_shared_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
+def warn_shared_outputs(outputs: Mapping[str, tuple[str, ...]],
+                        warned: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """Log a warning, when the station file is read, for each PLC address (a Modbus coil or register, an OPC UA node)
     two of the station's reject / fault / lane outputs write (``plc_lock.shared_addresses``: compared as written, the
     default port and unit filled in), naming both settings and the address. A warning, not a refusal: two lanes
     sharing one ejector may be wired so on purpose. outputs: setting -> its checked URLs, as ``check_gpio_outputs``
-    takes them (GPIO lines driven twice are refused there)."""
-    named = [output for setting, urls in outputs.items() for output in sink_outputs(setting, urls)]
-    for first, later in shared_addresses(named):
+    takes them (GPIO lines driven twice are refused there). warned: the outputs already warned about (the file's,
+    before the command line's ``--reject``): a pair they share too is not warned again."""
+    def pairs(urls: Mapping[str, tuple[str, ...]]) -> list:
+        named = [output for setting, setting_urls in urls.items() for output in sink_outputs(setting, setting_urls)]
+        return shared_addresses(named)
+
+    seen = {(a.setting, b.setting, a.key) for a, b in pairs(warned or {})}
+    for first, later in pairs(outputs):
+        if (first.setting, later.setting, first.key) in seen:
+            continue
         log.warning("%s and %s both write %s: each writes over the other's levels there (a falling edge of one ends "
                     "the other's pulse or held fault). Two lanes sharing one ejector may be wired so on purpose; "
                     "otherwise give each output its own address (docs/line-integration.md, \"Sink URLs\")",

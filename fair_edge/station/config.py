@@ -233,13 +233,19 @@ class StationConfig:
         return {"reject.sinks": self.reject.sinks, "reject.fault_sinks": self.reject.fault_sinks,
                 **{f"cameras[{i}].reject": view.reject for i, view in enumerate(self.cameras)}}
 
+    def check_outputs(self, warned: dict[str, tuple[str, ...]] | None = None) -> None:
+        """The checks over all of the station's outputs: GPIO lines one station could never open are refused
+        (``check_gpio_outputs``), PLC addresses two outputs write are warned about (``warn_shared_outputs``; warned:
+        the outputs whose shared addresses were warned about already)."""
+        check_gpio_outputs(self.output_urls())
+        warn_shared_outputs(self.output_urls(), warned)
+
     def checked(self) -> "StationConfig":
         """Checks that span sections (several cameras with the reject wiring); returns self."""
         for i, view in enumerate(self.cameras):
             check_fps(f"cameras[{i}]", view.fps)
             check_sink_urls(f"cameras[{i}]", "reject", view.reject)
-        check_gpio_outputs(self.output_urls())
-        warn_shared_outputs(self.output_urls())
+        self.check_outputs()
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "
@@ -281,8 +287,14 @@ class StationConfig:
                                   "(move the gate further down the belt or this camera up it).")
 
     def override(self, **changes: Any) -> "StationConfig":
-        """A copy with the given non-None settings replaced (command-line flags win over the file)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with the given non-None settings replaced (command-line flags win over the file). Outputs changed
+        (``--reject``) are checked over the station's outputs as the file's were (``check_outputs``): a GPIO line
+        driven twice refused, a PLC address shared with the file's fault output warned about (once: a pair the file
+        already shared is not warned again)."""
+        new = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        if new.output_urls() != self.output_urls():
+            new.check_outputs(warned=self.output_urls())
+        return new
 
 
 def _folder_given(path: Path) -> str:
