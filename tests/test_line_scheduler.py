@@ -250,7 +250,7 @@ def test_slot_plan():
 
 def test_close_stops_the_thread_counts_undecided_parts_once_and_is_safe_twice(monkeypatch):
     closed = []
-    monkeypatch.setattr(FanOut, "close", lambda self: closed.append(self))   # the sinks it opened from URLs
+    monkeypatch.setattr(FanOut, "close", lambda self, by=None: closed.append(self))   # the sinks it opened from URLs
     s = RejectScheduler(RejectSettings(sinks=("log://test.close",), delay_ms=5000), fault_sinks=RecordingSink())
     assert s.submit(_v(1, time.monotonic())) == SCHEDULED
     threads = [t for t in threading.enumerate() if t.name == "reject-scheduler"]

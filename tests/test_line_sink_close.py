@@ -170,3 +170,70 @@ def test_a_falling_edge_not_written_is_reported_stuck_then_released_once_written
         assert reports.kinds.index("stuck") < reports.kinds.index("released")
     finally:
         sink.close()
+
+
+class HangingOutput(RecordingOutput):
+    """An output whose rising edge never returns (a hung driver, a TCP write with no timeout) until ``release``."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def set(self, on: bool) -> None:
+        if on:
+            self.release.wait(WAIT_S)
+        super().set(on)
+
+
+def test_a_fanout_of_hung_outputs_closes_within_one_budget_not_one_per_output(monkeypatch):
+    """The report: ``FanOut.close`` closed its sinks in turn, each waiting its drain and then 2 s for its worker, so
+    N outputs whose writes hang stopped the station N x 4 s later (past systemd's stop timeout with a few). Now
+    every sink is told to stop before any is waited for, against one ``CloseBy``: 12 hung outputs with a 0.5 s
+    close (0.25 s drain + 0.25 s join) take one budget plus slack, measured, far from the 6 s one per output would
+    take; a healthy output closed with them, mid-pulse, still writes what it owes (its falling edge)."""
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.25)
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", 0.25, raising=False)
+    release = threading.Event()
+    hung = [WorkerSink(f"plc{i}", HangingOutput(release), pulse_ms=50, reporter=lambda r: None) for i in range(12)]
+    healthy_out = RecordingOutput()
+    healthy = WorkerSink("coil", healthy_out, pulse_ms=60_000, reporter=lambda r: None)   # on until the close
+    fan = base.FanOut([*hung, healthy])   # the healthy one last: what is left of the budget is all it gets
+    now = time.monotonic()
+    try:
+        for sink in fan.sinks:
+            sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + 0.05))
+        deadline = time.monotonic() + WAIT_S
+        while True not in healthy_out.levels() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        fan.close()
+        took_s = time.monotonic() - t0
+    finally:
+        release.set()
+    per_output_s = len(hung) * 0.5
+    assert took_s < per_output_s / 2, f"{took_s:.1f} s: the close waited output by output"
+    assert healthy_out.levels()[-2:] == [True, False]   # its pulse cut short at close, the line left off
+
+
+def test_a_cells_lane_gates_close_together_in_one_budget():
+    """``close_lanes``: every lane gate is told to stop (its thread, its sinks) before any is closed, and all share
+    one ``CloseBy``, so hung outputs on several lanes cost one sink close, not one per lane."""
+    from fair_edge.station.cell_lanes import close_lanes
+
+    calls: list[tuple[str, str, object]] = []
+
+    class Gate:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def begin_close(self, by) -> None:
+            calls.append(("begin_close", self.name, by))
+
+        def close(self, by=None) -> None:
+            calls.append(("close", self.name, by))
+
+    close_lanes([Gate("a"), Gate("b"), Gate("c")])
+    assert [(what, name) for what, name, _ in calls] == [("begin_close", "a"), ("begin_close", "b"),
+                                                          ("begin_close", "c"), ("close", "a"), ("close", "b"),
+                                                          ("close", "c")]
+    assert len({id(by) for _, _, by in calls}) == 1 and isinstance(calls[0][2], base.CloseBy)

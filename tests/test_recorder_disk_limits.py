@@ -281,12 +281,14 @@ def test_rows_deadline_follows_the_last_row_up_to_the_cap():
 
 def test_the_close_cap_fits_the_service_stop_timeout():
     """TimeoutStopSec leaves STOP_MARGIN_S past the belt's drain: finish_line's NG images (CLOSE_IMAGES_S, then 1 s
-    of rows), close's rows (CLOSE_ROWS_MAX_S) and the sinks' drain (CLOSE_DRAIN_S) fit in it."""
-    from fair_edge.line.sinks.base import CLOSE_DRAIN_S
+    of rows), close's rows (CLOSE_ROWS_MAX_S) and the sinks' close (CLOSE_DRAIN_S + CLOSE_JOIN_S, however many
+    outputs hang: one ``CloseBy`` for the station gate's, one for a cell's lane gates together) fit in it."""
+    from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S
     from fair_edge.station.service_unit import STOP_MARGIN_S
 
     finish_line_rows_s = 1.0   # station/line_side.py finish_line: flush(timeout=1.0) after stop_images
-    assert recmod.CLOSE_IMAGES_S + finish_line_rows_s + recmod.CLOSE_ROWS_MAX_S + CLOSE_DRAIN_S < STOP_MARGIN_S
+    sinks_close_s = 2 * (CLOSE_DRAIN_S + CLOSE_JOIN_S)   # the station's gate, then a cell's lanes (close_lanes)
+    assert recmod.CLOSE_IMAGES_S + finish_line_rows_s + recmod.CLOSE_ROWS_MAX_S + sinks_close_s < STOP_MARGIN_S
 
 
 def test_rows_falling_behind_a_slow_disk_are_warned_of_once_naming_the_disk(tmp_path, monkeypatch, caplog):

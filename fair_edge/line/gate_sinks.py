@@ -11,7 +11,7 @@ import time
 
 from ..errors import PlcError
 from .settings import RejectSettings
-from .sinks import FanOut, Reporter, SignalSink, open_fanout
+from .sinks import CloseBy, FanOut, Reporter, SignalSink, begin_close, close_by, open_fanout
 
 
 def sink_pulse_widths_ms(sink: SignalSink) -> list[float]:
@@ -88,10 +88,18 @@ class GateSinks:
             if drain is not None:
                 drain(max(0.0, deadline - time.monotonic()))
 
-    def close(self) -> None:
-        """Close the sinks opened here (the ones handed in are their owner's to close)."""
+    def begin_close(self, by: CloseBy) -> None:
+        """Tell the sinks opened here to stop once their pulses are written (``sinks.begin_close``), waiting for none."""
         for sink in self._owned:
-            sink.close()
+            begin_close(sink, by)
+
+    def close(self, by: CloseBy | None = None) -> None:
+        """Close the sinks opened here (the ones handed in are their owner's to close) within one ``by``
+        (``CloseBy.from_now()`` when None): reject and fault outputs all told to stop before any is waited for."""
+        by = by or CloseBy.from_now()
+        self.begin_close(by)
+        for sink in self._owned:
+            close_by(sink, by)
 
     def _own(self, urls: tuple[str, ...], name: str) -> FanOut:
         fan = open_fanout(urls, self.settings.pulse_ms, self._reporter, name)

@@ -73,7 +73,8 @@ CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long 
 # close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. Fits the
 # systemd unit's stop timeout: TimeoutStopSec (station/service_unit.py: the belt's drain + STOP_MARGIN_S, 30 s) leaves
 # the stop 30 s past the drain for CLOSE_IMAGES_S + 1 s of NG images (station/line_side.py finish_line), then this, the
-# sinks' CLOSE_DRAIN_S (2 s) and the rest (tests/test_recorder_disk_limits.py checks the sum)
+# sinks' close (CLOSE_DRAIN_S + CLOSE_JOIN_S, 4 s: the station gate's, a cell's lanes' in one more) and the rest
+# (tests/test_recorder_disk_limits.py checks the sum)
 CLOSE_ROWS_MAX_S = 15.0
 CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds
 BACKLOG_WARN_S = 3.0  # rows waiting that take longer than this to write at the writer's pace: one warning

@@ -88,7 +88,7 @@ from .latched_alarms import NOT_REJECTED_LATE, NOT_REJECTED_LOST, PASSED_UNINSPE
 from .gate_sinks import GateSinks, slot_span_s
 from .grouped_log import seq_list
 from .settings import RejectSettings
-from .sinks import SignalSink, SinkReport, log_reporter
+from .sinks import CloseBy, SignalSink, SinkReport, log_reporter
 from .sinks.base import Counters, sleep_until
 
 log = logging.getLogger(__name__)
@@ -415,11 +415,11 @@ class RejectScheduler:
             self._tell(self._gate_row(part, ABANDONED))
         return len(parts)
 
-    def close(self) -> None:
-        """Stop the thread (undecided parts are abandoned: ``abandon_pending``) and close owned sinks."""
-        if self._closed:
+    def begin_close(self, by: CloseBy) -> None:
+        """close()'s first half: stop the thread (undecided parts are abandoned: ``abandon_pending``) and tell the
+        owned sinks to stop once their pulses are written (``by.drain_until``), waiting for none. Once."""
+        if self._stop.is_set():
             return
-        self._closed = True
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=2.0)
@@ -427,7 +427,17 @@ class RejectScheduler:
             log.error("reject scheduler thread did not stop within 2 s")
         self._alarms.log_close()
         self.abandon_pending()
-        self._outputs.close()
+        self._outputs.begin_close(by)
+
+    def close(self, by: CloseBy | None = None) -> None:
+        """``begin_close``, then close the owned sinks within ``by`` (``CloseBy.from_now()`` when None; a cell's lane
+        gates share one: ``cell_line.close_lanes``)."""
+        if self._closed:
+            return
+        self._closed = True
+        by = by or CloseBy.from_now()
+        self.begin_close(by)
+        self._outputs.close(by)
 
     def __enter__(self) -> RejectScheduler:
         return self

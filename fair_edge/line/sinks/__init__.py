@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from .base import FanOut, Reporter, SignalSink, SinkReport, WorkerSink, log_reporter
+from .base import CloseBy, FanOut, Reporter, SignalSink, SinkReport, WorkerSink, begin_close, close_by, log_reporter
 from .gpio import open_gpio_sink, parse_gpio_url
 from .log import LogSink, open_log_sink
 from .modbus import open_modbus_sink, parse_modbus_url
@@ -62,5 +62,5 @@ def open_fanout(urls: Iterable[str], pulse_ms: float = 50.0,
     return FanOut(sinks, name)
 
 
-__all__ = ["SINK_SCHEMES", "SINK_URL_PARSERS", "FanOut", "LogSink", "SignalSink", "SinkReport", "WorkerSink",
-           "open_fanout", "open_sink", "parse_sink", "parse_sink_url"]
+__all__ = ["SINK_SCHEMES", "SINK_URL_PARSERS", "CloseBy", "FanOut", "LogSink", "SignalSink", "SinkReport", "WorkerSink",
+           "begin_close", "close_by", "open_fanout", "open_sink", "parse_sink", "parse_sink_url"]

@@ -40,6 +40,7 @@ RETRY_STEP_S = 0.003      # between write attempts while a pulse is still within
 FALL_RETRY_S = 1.0        # how long a falling edge is retried before the output is reported stuck
 IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level changes)
 CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for at most this long
+CLOSE_JOIN_S = 2.0        # then waits this long at most for the stopped worker (a write still blocked), seconds
 COARSE_MARGIN_S = 0.002   # wake this early from the coarse wait (Linux timer slack + GIL hand-off)
 FINE_STEP_S = 0.0002      # then sleep in steps this short (yields the GIL; no pure busy loop)
 PROBE_S = 1.0             # an idle, connected link is probed (read, never written) this often, seconds
@@ -67,6 +68,23 @@ def sleep_until(t_target: float, wake: threading.Event | None = None) -> bool:
                 time.sleep(coarse)
         else:
             time.sleep(min(FINE_STEP_S, left))
+
+
+@dataclass(frozen=True)
+class CloseBy:
+    """A close's deadlines, monotonic s: pulses queued or in progress are waited on until ``drain_until``, then the
+    workers, told to stop, until ``join_until``. Sinks closed together (a ``FanOut``, a gate's outputs, a cell's lane
+    gates) share one, each told to stop before any is waited for, so N outputs whose writes hang cost one
+    ``CLOSE_DRAIN_S + CLOSE_JOIN_S`` in all, not N of them."""
+
+    drain_until: float
+    join_until: float
+
+    @classmethod
+    def from_now(cls) -> CloseBy:
+        """``CLOSE_DRAIN_S`` from now for the drain, ``CLOSE_JOIN_S`` after that for the workers."""
+        now = time.monotonic()
+        return cls(now + CLOSE_DRAIN_S, now + CLOSE_DRAIN_S + CLOSE_JOIN_S)
 
 
 @dataclass(frozen=True)
@@ -207,8 +225,10 @@ class WorkerSink:
     pulse_ms: width, ms; 0 = write "on" only (the PLC clears it, a handshake): no resting level is written over
     such a pulse, not even the one a reconnect owes when the pulse's own connect brought the link back; read back
     as ``pulse_ms`` (the reject gate plans its pulse slots with it).
-    close(): pulses already queued or in progress are finished first (rising and falling edge,
-    at most ``CLOSE_DRAIN_S``); then, the worker stopped, one attempt writes the resting level before the output is
+    close(by): pulses already queued or in progress are finished first (rising and falling edge, until
+    ``by.drain_until``: ``CLOSE_DRAIN_S`` from now by default); then the worker is told to stop (``begin_close``: a
+    fan-out tells each of its sinks before waiting for any) and waited for until ``by.join_until``; then, the worker
+    stopped, one attempt writes the resting level before the output is
     closed (``_rest_at_close``), so a station that stops never leaves an output on mid-pulse: a pulse still on
     (wider than the drain) is cut short and logged, and a failed last write is logged as an output that may be
     left on.
@@ -302,17 +322,27 @@ class WorkerSink:
             time.sleep(0.002)
         return not self._inflight
 
-    def close(self) -> None:
+    def begin_close(self, by: CloseBy) -> None:
+        """close()'s first half: pulses queued or in progress are let finish until ``by.drain_until`` (monotonic s),
+        then the worker is told to stop; not waited for (``close`` does). Once: later calls return at once."""
+        if self._stop.is_set():
+            return
+        if not self.drain(max(0.0, by.drain_until - time.monotonic())):
+            log.warning("sink %s: closing with %d pulse(s) unfinished", self.name, self._inflight)
+        self._stop.set()
+
+    def close(self, by: CloseBy | None = None) -> None:
+        """Stop and release within ``by`` (``CloseBy.from_now()`` when None): ``begin_close``, the worker waited for
+        until ``by.join_until``, the resting level written (``_rest_at_close``), the output closed. Twice: a no-op."""
         if self._closed:
             return
         self._closed = True
-        if not self.drain(CLOSE_DRAIN_S):
-            log.warning("sink %s: closing with %d pulse(s) unfinished", self.name, self._inflight)
-        self._stop.set()
-        self._thread.join(timeout=2.0)
+        by = by or CloseBy.from_now()
+        self.begin_close(by)
+        self._thread.join(timeout=max(0.0, by.join_until - time.monotonic()))
         if self._thread.is_alive():   # still in a write: a second writer on the output would race it
-            log.error("sink %s: worker did not stop within 2 s (a write still blocked); the resting level is not "
-                      "written at close: the output may be left on", self.name)
+            log.error("sink %s: worker did not stop by the close's deadline (a write still blocked); the resting "
+                      "level is not written at close: the output may be left on", self.name)
         else:
             self._rest_at_close()
         self._disconnect()
@@ -620,9 +650,25 @@ class WorkerSink:
             log.exception("sink %s: report listener failed", self.name)
 
 
+def begin_close(sink: SignalSink, by: CloseBy) -> None:
+    """Tell ``sink`` to stop once its pulses are written (by ``by.drain_until``), without waiting for it to stop,
+    where it can (it has ``begin_close``: a ``WorkerSink``, a ``FanOut``); nothing for any other sink."""
+    start = getattr(sink, "begin_close", None)
+    if start is not None:
+        start(by)
+
+
+def close_by(sink: SignalSink, by: CloseBy) -> None:
+    """Close ``sink`` within ``by`` where it takes a deadline (it has ``begin_close``), else its plain ``close()``."""
+    if getattr(sink, "begin_close", None) is not None:
+        sink.close(by)
+    else:
+        sink.close()
+
+
 class FanOut:
     """Calls every sink in turn; a sink that raises is logged and counted in ``errors`` and the
-    others still get the call. ``close()`` closes each sink once (failures logged)."""
+    others still get the call. ``close()`` closes each sink once, all within one ``CloseBy`` (failures logged)."""
 
     def __init__(self, sinks: Iterable[SignalSink], name: str = "fan-out") -> None:
         self.sinks = list(sinks)
@@ -656,13 +702,26 @@ class FanOut:
     def per_sink_stats(self) -> dict[str, dict[str, int]]:
         return {sink.name: sink.stats() for sink in self.sinks}
 
-    def close(self) -> None:
+    def begin_close(self, by: CloseBy) -> None:
+        """Tell each sink to stop once its pulses are written (``begin_close``), one ``by`` for all, waiting for none."""
+        for sink in self.sinks:
+            try:
+                begin_close(sink, by)
+            except Exception:  # noqa: BLE001 - stop the rest anyway
+                log.exception("stopping sink %s failed", sink.name)
+
+    def close(self, by: CloseBy | None = None) -> None:
+        """Close every sink within one ``by`` (``CloseBy.from_now()`` when None): each told to stop first
+        (``begin_close``), then each waited for and closed with what is left of it (``close_by``), so outputs
+        whose writes hang cost one close's time in all. Failures logged; twice: a no-op."""
         if self._closed:
             return
         self._closed = True
+        by = by or CloseBy.from_now()
+        self.begin_close(by)
         for sink in self.sinks:
             try:
-                sink.close()
+                close_by(sink, by)
             except Exception:  # noqa: BLE001 - close the rest anyway
                 log.exception("closing sink %s failed", sink.name)
 
