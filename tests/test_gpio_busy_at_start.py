@@ -229,3 +229,67 @@ def test_gpio_and_jetson_outputs_on_different_lines_pass_the_probe_and_are_relea
     jetson_on_chips(monkeypatch, chips, {12: ("/dev/gpiochip0", 20), 16: ("/dev/gpiochip0", 21)})
     probe_gpio_outputs([("reject.sinks[0]", "gpio://gpiochip0/20"), ("reject.fault_sinks[0]", "jetson://BOARD/16")])
     assert chips.held == {HELD: "other-app"}
+
+
+class ReleaseFails:
+    """A GPIO output on a fake kernel (``kernel``: (chip, line) -> consumer) whose release of the lines in ``fails``
+    raises ``OSError`` (EIO) and leaves the line held, as a driver that fails to let go would."""
+
+    kernel: dict = {}
+    fails: set = set()
+
+    def __init__(self, target) -> None:
+        self.key, self.label, self.is_open = (target.chip, target.line), target.label, False
+
+    def open(self) -> None:
+        if self.key in self.kernel:
+            raise PlcError(f"{self.label}: line {self.key[1]} is in use: '{self.kernel[self.key]}' holds it")
+        self.kernel[self.key], self.is_open = "fair-edge", True
+
+    def close(self) -> None:
+        if self.is_open:
+            self.is_open = False
+            if self.key in self.fails:
+                raise OSError(errno.EIO, "release failed")
+            self.kernel.pop(self.key)
+
+
+GPIO_URLS = [("reject.sinks[0]", "gpio://gpiochip0/3"), ("reject.sinks[1]", "gpio://gpiochip0/4"),
+             ("reject.fault_sinks[0]", "gpio://gpiochip0/9")]
+
+
+@pytest.fixture
+def release_fails(monkeypatch) -> type[ReleaseFails]:
+    from fair_edge.line.sinks import gpio
+
+    monkeypatch.setitem(gpio.GPIO_OUTPUTS, "gpiod", ReleaseFails)
+    monkeypatch.setattr(ReleaseFails, "kernel", {})
+    monkeypatch.setattr(ReleaseFails, "fails", set())
+    return ReleaseFails
+
+
+def test_a_release_that_fails_hides_no_busy_line_and_the_other_lines_are_released(release_fails, caplog):
+    """The report: the probe found line 9 busy (another program's), and while ``_line_twin`` released our lines to
+    ask the kernel, line 4's release raised: the caller saw that ``OSError``, not the busy line. Now the busy line's
+    ``PlcError`` is raised, line 4's failure logged naming its setting, and line 3 released."""
+    from fair_edge.line.sinks.gpio import probe_gpio_outputs
+
+    release_fails.kernel[("/dev/gpiochip0", 9)] = "other-app"
+    release_fails.fails.add(("/dev/gpiochip0", 4))
+    with pytest.raises(PlcError, match=r"^reject.fault_sinks\[0\]: .*line 9 is in use: 'other-app' holds it"):
+        probe_gpio_outputs(GPIO_URLS)
+    assert ("/dev/gpiochip0", 3) not in release_fails.kernel
+    assert "reject.sinks[1]: releasing the GPIO line of gpio://gpiochip0/4 after probing it failed: OSError" in caplog.text
+
+
+def test_a_failed_release_after_a_clean_probe_releases_the_others_and_is_refused_by_name(release_fails, caplog):
+    """The report: every line free, the release of the last requested (line 9) raised a raw ``OSError`` and lines 3
+    and 4 stayed held. Now 3 and 4 are released and the start refused with a ``SinkError`` naming line 9's
+    setting and URL."""
+    from fair_edge.line.sinks.gpio import probe_gpio_outputs
+
+    release_fails.fails.add(("/dev/gpiochip0", 9))
+    with pytest.raises(SinkError, match=r"release of reject.fault_sinks\[0\] \(gpio://gpiochip0/9\) failed"):
+        probe_gpio_outputs(GPIO_URLS)
+    assert release_fails.kernel == {("/dev/gpiochip0", 9): "fair-edge"}   # only the line whose release failed
+    assert "reject.fault_sinks[0]: releasing the GPIO line of gpio://gpiochip0/9" in caplog.text

@@ -345,16 +345,35 @@ def probe_gpio_outputs(outputs: Iterable[tuple[str, str]]) -> None:
     output one station drives, as ``check_gpio_wiring`` takes them; other schemes skipped. A free line is left at its
     resting level (the request drives it inactive; the release leaves it there). Raises what opening raises
     (``PlcError`` for a busy line or a missing chip, ``SinkError`` otherwise), its one-line message prefixed with the
-    setting, or ``SinkError`` naming both settings of a line named twice; nothing stays held."""
+    setting, or ``SinkError`` naming both settings of a line named twice. Every line is released, each in its own
+    try: a release that fails is logged and the others still released; the refusal, if any, is what is raised, else a
+    ``SinkError`` naming the lines whose release failed (they may still be held)."""
     held: list[tuple[str, str, Any]] = []   # (setting, URL as shown, its open output), in request order
     try:
         for setting, raw in outputs:
             target, url = _gpio_target(setting, raw)
             if target is not None:
                 held.append((setting, url.shown, _probe_line(setting, url, target, held)))
-    finally:
-        for _, _, output in reversed(held):
-            output.close()   # a no-op for one _line_twin released already
+    finally:   # a no-op for one _line_twin released already; a refusal on its way up passes this untouched
+        unreleased = [f"{setting} ({shown})" for setting, shown, output in reversed(held)
+                      if not _release(setting, shown, output)]
+    if unreleased:
+        raise SinkError(f"GPIO probe at start: expected every line requested to be released, found the release of "
+                        f"{', '.join(unreleased)} failed (logged above): the line may still be held; check the GPIO "
+                        f"driver (`gpioinfo` shows who holds a line) and start again")
+
+
+def _release(setting: str, shown: str, output: Any) -> bool:
+    """Close ``output`` (``setting``'s, its URL ``shown``), a line the probe requested; True when that went well.
+    A failure is logged, never raised: the caller releases the other lines, and a refusal it is raising stays the
+    error the user sees."""
+    try:
+        output.close()
+    except Exception as exc:  # noqa: BLE001 - clean-up: logged, the other lines still released
+        log.error("%s: releasing the GPIO line of %s after probing it failed: %s: %s", setting, shown,
+                  type(exc).__name__, exc)
+        return False
+    return True
 
 
 def _probe_line(setting: str, url: SinkUrl, target: GpioTarget, held: list[tuple[str, str, Any]]) -> Any:
@@ -380,15 +399,17 @@ def _line_twin(target: GpioTarget, held: list[tuple[str, str, Any]]) -> tuple[st
     """(setting, URL) of the output in ``held`` that holds ``target``'s line, asked of the kernel: ``held``'s outputs
     are released one at a time, latest first, and ``target`` requested again after each (then released); the one
     whose release lets it be requested holds it. None when none does (another process holds it, or it fails for
-    another reason). Released outputs stay released (closing them again is a no-op)."""
+    another reason). Released outputs stay released (closing them again is a no-op). A release that fails is logged
+    (``_release``) and that output skipped: the refusal being explained stays the error raised."""
     for setting, shown, output in reversed(held):
-        output.close()
+        if not _release(setting, shown, output):
+            continue
         again = GPIO_OUTPUTS[target.kind](target)
         try:
             again.open()
         except (PlcError, SinkError):
             continue
-        again.close()
+        _release(setting, shown, again)
         return setting, shown
     return None
 
