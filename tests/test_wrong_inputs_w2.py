@@ -176,6 +176,31 @@ def test_a_file_given_as_a_dataset_is_named_as_a_file(tmp_path):
         load_dataset(tmp_path / "nope")
 
 
+def test_a_folder_given_as_the_station_file_suggests_flags_whose_paths_paste_as_one_word(tmp_path):
+    """The report: `--station 'line 3/my bundle'` was answered "pass it as --bundle line 3/my bundle" (and a folder of
+    YAML files "--station line 3/cfg/cam a.yaml"): pasted, each read as several words. Both are quoted now
+    (``shell_word``), and the suggestion, split as a shell does, gives the path back as one word."""
+    import shlex
+
+    from fair_edge.errors import ConfigError
+    from fair_edge.station.config import load_station
+
+    bundle = tmp_path / "line 3" / "my bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text("{}")
+    with pytest.raises(ConfigError) as refused:
+        load_station(bundle)
+    words = shlex.split(str(refused.value).split("pass it as ", 1)[1].split(" (with --source)")[0])
+    assert words == ["--bundle", str(bundle)], str(refused.value)
+    cfg = tmp_path / "line 3" / "cfg"
+    cfg.mkdir()
+    (cfg / "cam a.yaml").write_text("bundle: b\n")
+    with pytest.raises(ConfigError) as refused:
+        load_station(cfg)
+    words = shlex.split(str(refused.value).split("e.g. ", 1)[1].rstrip("."))
+    assert words == ["--station", str(cfg / "cam a.yaml")], str(refused.value)
+
+
 def test_a_folder_or_a_binary_file_given_as_the_station_file_is_named_as_such(tmp_path):
     """`run --station FOLDER` said "does not exist"; an image given as --station said "another encoding, e.g.
     Latin-1"."""

@@ -36,6 +36,7 @@ from fair_edge.cameras.capture import FULL_POLICIES as CAPTURE_POLICIES
 from fair_edge.cameras.registry import station_options
 from fair_edge.console.settings import ConsoleSettings
 from fair_edge.errors import ConfigError
+from fair_edge.shell import shell_word
 from fair_edge.station.inspector import MAX_BATCH, LoopSettings
 from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
@@ -299,12 +300,12 @@ class StationConfig:
 
 def _folder_given(path: Path) -> str:
     """The refusal for a folder given as the station file: a bundle (pass it as --bundle), one holding YAML files
-    (name one), or another folder."""
+    (name one), or another folder. The paths it suggests as flags are quoted to paste (``shell_word``)."""
     if (path / "bundle.json").is_file() or (path / "fusion.json").is_file():
-        return (f"station file {path} is a bundle folder, not a station YAML file: pass it as --bundle {path} "
-                "(with --source), or give --station the YAML file that names it (bundle: ...).")
+        return (f"station file {path} is a bundle folder, not a station YAML file: pass it as --bundle "
+                f"{shell_word(path)} (with --source), or give --station the YAML file that names it (bundle: ...).")
     yamls = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))[:5]
-    held = f" it holds {', '.join(yamls)}: give one, e.g. --station {path / yamls[0]}" if yamls else (
+    held = f" it holds {', '.join(yamls)}: give one, e.g. --station {shell_word(path / yamls[0])}" if yamls else (
         " give the station YAML file (see `fair-edge run --help` for its fields)")
     return f"station file {path} is a folder, not a YAML file;{held}."
 
