@@ -27,6 +27,7 @@ from fair_edge.fields import is_int, is_number
 
 from .base import CaptureSettings, FrameSource
 from .aravis import AravisSource
+from .capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S
 from .genicam import GenICamSource
 from .gstreamer import FLIP_METHODS, GStreamerSource, jetson_csi_pipeline
 from .opencv import OpenCVSource, classify_target, redact_url
@@ -112,6 +113,12 @@ SOURCES: dict[str, SourceKind] = {
 # station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
 # wait for one frame (not opencv:'s, which bounds opening and reading a network stream, 5 s)
 STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": ("aravis", "genicam")}
+# the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
+# its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
+# frame within misses_before_reconnect waits. Longest: half the capture's stop wait, the other half for what a read
+# does after its wait (a triggered aravis: camera's register read, AravisSource._check_link), so stop() joins it.
+READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
+READ_WAIT_MAX_S = CaptureSettings.stop_timeout_s / 2
 
 AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
     (lambda s: classify_target(s) in ("index", "url", "device"), "opencv"),
@@ -177,22 +184,29 @@ def station_options(where: str, source: str, flip: object = 0, timeout_s: object
 
     flip: a ``csi:`` camera's ``nvvidconv flip-method``, an integer in ``FLIP_METHODS`` (0 = none); 1, 3, 5 and 7
     turn the image, so its frames come height x width. timeout_s: how long one read of an ``aravis:`` or
-    ``genicam:`` camera waits for a frame, seconds, > 0 and at most ``CaptureSettings.stop_timeout_s`` (a longer
-    wait outlasts the capture's stop); None = the source's own (``timeout_defaults``). ConfigError naming the
-    field, the value and the fix for a value out of range or a setting the source's kind does not take."""
-    if not is_int(flip) or flip not in FLIP_METHODS:
-        methods = ", ".join(f"{n} = {name}" for n, name in FLIP_METHODS.items())
-        raise ConfigError(f"{where}.flip: expected an nvvidconv flip-method, an integer 0-7 ({methods}), "
-                          f"found {flip!r}")
-    longest = CaptureSettings().stop_timeout_s
-    if timeout_s is not None and not (is_number(timeout_s) and 0 < timeout_s <= longest):
-        raise ConfigError(f"{where}.timeout_s: expected how long a read waits for a frame, seconds, > 0 and at most "
-                          f"{longest:g} (a longer wait outlasts the capture's stop), or null for the source's own "
-                          f"({timeout_defaults()}), found {timeout_s!r}")
+    ``genicam:`` camera waits for a frame, seconds, from ``READ_WAIT_MIN_S`` to ``READ_WAIT_MAX_S``; None = the
+    source's own (``timeout_defaults``). ConfigError naming the field, the value and the fix for a value out of
+    range or a setting the source's kind does not take."""
+    check_flip(f"{where}.flip", flip)
+    if timeout_s is not None and not (is_number(timeout_s) and READ_WAIT_MIN_S <= timeout_s <= READ_WAIT_MAX_S):
+        raise ConfigError(f"{where}.timeout_s: expected how long a read waits for a frame, seconds, from "
+                          f"{READ_WAIT_MIN_S:g} to {READ_WAIT_MAX_S:g}, or null for the source's own "
+                          f"({timeout_defaults()}); found {timeout_s!r}. Shorter: a wait under a free-running "
+                          f"camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a "
+                          "row reconnect it) and its first frame is given up on; on genicam: one timeout is a "
+                          "reconnect. Longer: a read and the link check after it outlast the station's stop wait")
     opts = {key: value for key, value in (("flip", flip), ("timeout_s", timeout_s)) if value}
     for option in opts:
-        _check_kind_takes(where, option, source)
+        check_kind_takes(f"{where}.{option}", option, source, f"remove {option}: from {where}")
     return opts
+
+
+def check_flip(field: str, flip: object) -> None:
+    """ConfigError naming ``field`` (``camera.flip``, ``--flip``) and the methods when ``flip`` is no integer in
+    ``FLIP_METHODS``."""
+    if not is_int(flip) or flip not in FLIP_METHODS:
+        methods = ", ".join(f"{n} = {name}" for n, name in FLIP_METHODS.items())
+        raise ConfigError(f"{field}: expected an nvvidconv flip-method, an integer 0-7 ({methods}), found {flip!r}")
 
 
 def timeout_defaults() -> str:
@@ -202,13 +216,14 @@ def timeout_defaults() -> str:
                      for kind in STATION_OPTION_KINDS["timeout_s"])
 
 
-def _check_kind_takes(where: str, option: str, source: str) -> None:
-    """ConfigError when ``source``'s kind is none of ``STATION_OPTION_KINDS[option]`` (e.g. ``flip`` on a folder)."""
+def check_kind_takes(field: str, option: str, source: str, remove: str) -> None:
+    """ConfigError naming ``field`` when ``source``'s kind is none of ``STATION_OPTION_KINDS[option]`` (e.g. ``flip``
+    on a folder); ``remove``: how to leave the setting out (``remove flip: from camera``, ``leave out --flip``)."""
     takers = STATION_OPTION_KINDS[option]
     if explicit_kind(source) in takers:
         return
-    raise ConfigError(f"{where}.{option}: for {' and '.join(k + ':' for k in takers)} cameras only; found the source "
-                      f"{redact_url(source)!r}; remove {option}: from {where}, or give the source as {takers[0]}:TARGET")
+    raise ConfigError(f"{field}: for {' and '.join(k + ':' for k in takers)} cameras only; found the source "
+                      f"{redact_url(source)!r}; {remove}, or give the source as {takers[0]}:TARGET")
 
 
 def parse_source(spec: str | int | Path, **opts: object) -> FrameSource:

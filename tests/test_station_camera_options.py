@@ -11,6 +11,8 @@ import pytest
 from fair_edge.cameras import GenICamSource, GStreamerSource
 from fair_edge.cameras.aravis import AravisSource
 from fair_edge.cameras.base import CaptureSettings
+from fair_edge.cameras.capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S
+from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S
 from fair_edge.errors import ConfigError
 from fair_edge.station.camera import open_capture
 from fair_edge.station.config import CameraSettings, StationConfig, view_config
@@ -57,19 +59,19 @@ def test_flip_zero_is_the_default_and_any_source_takes_it():
 
 
 def test_an_aravis_cameras_timeout_reaches_its_source():
-    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": 0.25}})
+    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": 0.5}})
     capture = open_capture(cfg)   # not started: the source is built, nothing opened
-    assert isinstance(capture.source, AravisSource) and capture.source.timeout_s == 0.25
+    assert isinstance(capture.source, AravisSource) and capture.source.timeout_s == 0.5
 
 
 def test_a_listed_genicam_cameras_timeout_reaches_its_view(monkeypatch, tmp_path):
     monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path))
     (tmp_path / "producer.cti").write_bytes(b"")
-    cfg = StationConfig.from_dict({"cameras": [{"name": "top", "source": "genicam:123", "timeout_s": 1.5},
+    cfg = StationConfig.from_dict({"cameras": [{"name": "top", "source": "genicam:123", "timeout_s": 0.8},
                                                {"name": "side", "source": "aravis:cam2"}]})
-    assert [v.timeout_s for v in cfg.cameras] == [1.5, None]
+    assert [v.timeout_s for v in cfg.cameras] == [0.8, None]
     source = open_capture(view_config(cfg, cfg.cameras[0])).source
-    assert isinstance(source, GenICamSource) and source.timeout_s == 1.5
+    assert isinstance(source, GenICamSource) and source.timeout_s == 0.8
 
 
 def test_no_timeout_leaves_the_sources_own_wait():
@@ -82,8 +84,32 @@ def test_no_timeout_leaves_the_sources_own_wait():
                                        float("inf")])
 def test_a_timeout_out_of_range_is_refused_naming_the_bound_and_the_defaults(timeout_s):
     with pytest.raises(ConfigError, match=r"camera\.timeout_s: expected how long a read waits for a frame, seconds, "
-                                          r"> 0 and at most 2 .*null for the source's own \(aravis: 1 s, genicam: 2 s\)"):
+                                          r"from 0\.3 to 1, or null for the source's own "
+                                          r"\(aravis: 1 s, genicam: 2 s\)"):
         StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": timeout_s}})
+
+
+@pytest.mark.parametrize("timeout_s", [0.02, 0.001, 1e-7])
+def test_a_timeout_shorter_than_the_floor_is_refused_saying_what_it_costs(timeout_s):
+    """A 10 fps aravis: camera with timeout_s 0.02 missed every read and reconnected 5 times in 3 s; 1e-7 popped with
+    a 0 us wait; 0.001 refused to open, blaming the network. The floor: open()'s reads span its first-frame wait."""
+    with pytest.raises(ConfigError) as info:
+        StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": timeout_s}})
+    text = str(info.value)
+    assert f"found {timeout_s!r}" in text and "from 0.3 to 1" in text
+    assert "missed frame" in text and "on genicam: one timeout is a reconnect" in text
+    assert READ_WAIT_MIN_S == FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
+
+
+def test_the_longest_timeout_leaves_the_stop_wait_room_for_the_link_check():
+    """A triggered aravis: read is its wait plus a register read; at timeout_s 2 (the stop wait, accepted before) a
+    stop during the wait left the reader running. The longest wait is now half the stop wait."""
+    stop_wait = CaptureSettings().stop_timeout_s
+    with pytest.raises(ConfigError, match=r"outlast the station's stop wait"):
+        StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": stop_wait}})
+    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MAX_S}})
+    assert cfg.camera.timeout_s == READ_WAIT_MAX_S == stop_wait / 2
+    assert StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MIN_S}}).camera.timeout_s
 
 
 @pytest.mark.parametrize("source", ["0", "csi:0", "rtsp://user:secret@10.0.0.5/stream"])

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from fair_edge.cameras.registry import timeout_defaults
+from fair_edge.cameras.base import CaptureSettings
+from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S, timeout_defaults
 from fair_edge.line.handshake import HANDSHAKE_SCHEMES
 from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
@@ -24,8 +25,10 @@ SECTION_NOTES = {
     "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:, aravis:; "
               f"full_policy: {' | '.join(FULL_POLICIES)}; flip: csi: only, nvvidconv flip-method 0-7 (1, 3, 5, 7 "
               "turn the image: frames height x width); timeout_s: aravis: and genicam: only, how long a read waits "
-              f"for a frame (a triggered aravis: camera: for a part), seconds, null = the source's "
-              f"({timeout_defaults()})",
+              "for a frame (a triggered aravis: camera: for a part), seconds, "
+              f"{READ_WAIT_MIN_S:g}-{READ_WAIT_MAX_S:g}, null = the source's ({timeout_defaults()}); a wait under a "
+              f"free-running camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a "
+              "row reconnect), on genicam: one timeout is a reconnect",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),
     "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
