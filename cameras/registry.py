@@ -226,6 +226,13 @@ def check_kind_takes(field: str, option: str, source: str, remove: str) -> None:
                       f"{redact_url(source)!r}; {remove}, or give the source as {takers[0]}:TARGET")
 
 
+def options_not_taken(source: str, options: dict[str, object]) -> list[str]:
+    """The names among ``options`` (station camera options, ``STATION_OPTION_KINDS`` keys, set: not at their
+    defaults) that ``source``'s kind does not take: what a source given by flags leaves out of the file's camera."""
+    kind = explicit_kind(source)
+    return [name for name, value in options.items() if value and kind not in STATION_OPTION_KINDS[name]]
+
+
 def parse_source(spec: str | int | Path, **opts: object) -> FrameSource:
     """Build the (unopened) source for ``spec``; raises ConfigError for a bad spec or option."""
     spec = str(spec)

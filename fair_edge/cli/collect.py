@@ -10,6 +10,7 @@ from typing import Mapping, Optional
 import typer
 from rich.markup import escape
 
+from fair_edge.cli.camera_flags import FLIP_HELP, flip_options
 from fair_edge.cli.common import console, friendly_errors, print_plain, replay_spec
 from fair_edge.training.collect import QualitySettings
 from fair_edge.errors import ConfigError
@@ -28,6 +29,7 @@ def collect(
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
     source: Optional[Path] = typer.Option(None, help="An image folder, one image or a video file instead of a camera."),
+    flip: Optional[int] = typer.Option(None, help=FLIP_HELP),
     reviewed: Optional[Path] = typer.Option(None, help="A station output folder: export its reviewed parts "
                                             "(reviews.jsonl) instead of reading a camera."),
     max_frames: int = typer.Option(200, help="Stop after saving this many frames."),
@@ -54,6 +56,9 @@ def collect(
     if source is not None:
         check_out_outside(out, source)
     if reviewed is not None:
+        if flip is not None:
+            raise ConfigError("--flip is for a csi: --camera; --reviewed exports the station's saved images as "
+                              "they are: leave out --flip.")
         result = export_reviewed(reviewed, out)
         done = "[yellow]exported the reviewed parts, rows refused[/]" if result.get("refused") else \
             "[green]exported every reviewed part[/]"
@@ -61,6 +66,8 @@ def collect(
         return
     from fair_edge.cameras import open_source
 
+    spec = camera if camera is not None else replay_spec(source)
+    options = flip_options(flip, spec)   # refused before a timer starts or a frame is read
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     timer = threading.Timer(duration, stop.set) if duration is not None else None
@@ -68,7 +75,7 @@ def collect(
     try:
         if timer is not None:
             timer.start()
-        with open_source(camera if camera is not None else replay_spec(source)) as src:
+        with open_source(spec, **options) as src:
             read = collect_from_source(src, collector, max_saved=max_frames, every=every, stop=stop)
             skipped_files = int(getattr(src, "unreadable", 0))
     finally:

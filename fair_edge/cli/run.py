@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fair_edge.cli.camera_flags import FLIP_HELP, camera_over_file
 from fair_edge.cli.common import console, friendly_errors, print_plain, replay_spec
 from fair_edge.errors import ConfigError
 from fair_edge.runtime.selection import BACKENDS
@@ -246,7 +247,11 @@ def run(
                                            "current folder, not the file's (README, \"The station file\")."),
     camera: Optional[str] = typer.Option(None, help="Camera: index (0), /dev/videoN, RTSP URL, video file, "
                                          "gst:PIPELINE, csi:0, genicam:SERIAL, aravis:DEVICE_ID."),
-    source: Optional[Path] = typer.Option(None, help="Replay an image folder, one image or a video file instead of a camera."),
+    source: Optional[Path] = typer.Option(None, help="Replay an image folder, one image or a video file instead of a "
+                                          "camera. --camera or --source over a station file leaves out the file "
+                                          "camera's settings for another kind of source (timeout_s, flip), saying "
+                                          "so."),
+    flip: Optional[int] = typer.Option(None, help=FLIP_HELP),
     bundle: Optional[Path] = typer.Option(None, help="Model bundle from `fair-edge build`."),
     backend: Optional[str] = typer.Option(None, help="auto (default), " + ", ".join(BACKENDS) + "."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold (score > threshold = NG); "
@@ -304,12 +309,11 @@ def run(
     file_at_start = cfg   # before the flags: what a reload compares the re-read file with
     if camera is not None and source is not None:
         raise ConfigError("give either --camera or --source, not both.")
-    if cfg.cameras and (camera is not None or source is not None):
-        raise ConfigError(f"--camera / --source: the station file {station} lists {len(cfg.cameras)} cameras "
-                          "(cameras:); change a camera's source there, or drop the flag.")
-    cam = cfg.camera
-    if camera is not None or source is not None:
-        cam = replace(cam, source=camera if camera is not None else replay_spec(source))
+    if cfg.cameras and (camera is not None or source is not None or flip is not None):
+        raise ConfigError(f"--camera / --source / --flip: the station file {station} lists {len(cfg.cameras)} "
+                          "cameras (cameras:); change a camera's source or flip there, or drop the flag.")
+    spec = camera if camera is not None else replay_spec(source) if source is not None else None
+    cam = camera_over_file(cfg.camera, spec, flip)
     cam = replace(cam, fps=fps if fps is not None else cam.fps, loop=loop or cam.loop)
     if cfg.cameras and (fps is not None or loop):   # --fps / --loop: every camera's replay
         cfg = replace(cfg, cameras=tuple(replace(v, fps=fps if fps is not None else v.fps, loop=loop or v.loop)
