@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fair_edge.station.service_checks import UNIT_PATH, _env_program
+from fair_edge.station.service_reach import Account, sticky_keeps
 from test_deploy_audit import (another_account, app, install_as, open_dir,  # noqa: F401 - open_dir: a fixture
                                private_folder, station_layout)
 
@@ -215,6 +216,27 @@ def test_files_another_account_left_in_a_writable_output_folder_are_refused_nami
     assert f"{out / 'ng'} is drwxr-xr-x {ME}:" in message and "cannot write new files in it (no 'w'" in message, message
     (out / "ng").chmod(0o777)
     assert install_as(paths, account.pw_name).exit_code == 0   # summary.json: the folder's 'w' is enough
+
+
+def test_another_accounts_summary_in_a_sticky_output_folder_is_refused_naming_owner_and_chown(open_dir):
+    """summary.json is replaced whole by a rename, which the folder's 'w' allows, except in a sticky folder (a shared
+    1777 one): there only the file's owner, the folder's or root may rename over it, and the check passed root's
+    summary.json while the service's os.replace over it failed with EPERM."""
+    account = another_account()
+    paths = station_layout(open_dir)
+    out = paths["site"] / "out"
+    (out / "summary.json").write_text("{}\n")
+    (out / "summary.json").chmod(0o666)   # even writable by all: a rename over it is still refused
+    out.chmod(0o1777)
+    result = install_as(paths, account.pw_name)
+    message = message_of(result)
+    assert result.exit_code == 2, result.output
+    assert f"station.yaml: output {out}: {out / 'summary.json'} is -rw-rw-rw- {ME}:" in message, message
+    assert f"--user nobody cannot replace it (in the sticky folder drwxrwxrwt {ME}:" in message, message
+    assert f"(`sudo chown -R nobody: {out}`)" in message
+    assert not sticky_keeps(out / "summary.json", Account(ME, os.getuid(), frozenset()))   # its owner may
+    out.chmod(0o777)
+    assert install_as(paths, account.pw_name).exit_code == 0   # not sticky: the folder's 'w' is enough
 
 
 def test_a_path_in_the_installers_home_is_noted_when_the_unit_runs_as_another_account(open_dir, monkeypatch):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from fair_edge.disk import read_only_mount
 from fair_edge.errors import ConfigError
 from fair_edge.station.service_reach import (R, W, X, Account, check_reach, described, letters, reach_error,
-                                             reach_problem, service_account)
+                                             reach_problem, service_account, sticky_keeps)
 
 if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
@@ -380,25 +380,39 @@ def _check_output_leftovers(account: Account, s: ServiceSettings, field: str, fo
                             names: tuple[str, ...]) -> None:
     """ConfigError when a file or folder of ``names`` already in the output folder ``folder`` (which ``account`` may
     write) is out of its reach: a file the station opens to read and append (its logs, its run lock: read and write
-    needed) or a folder it writes new files in (``ng/``, ``review/``, ``datasets/``: write and enter). A run as another
-    account leaves such files (a trial `sudo fair-edge run`: root's, 0644), and the service's writes there failed
-    once it ran. summary.json (``REPLACED_WHOLE``) is renamed over, which the folder's own permission allows."""
+    needed), a folder it writes new files in (``ng/``, ``review/``, ``datasets/``: write and enter), or a file it
+    renames a new one over (summary.json, ``REPLACED_WHOLE``) in a sticky folder (a shared 1777 one) when the file is
+    another account's. A run as another account leaves such files (a trial `sudo fair-edge run`: root's, 0644), and
+    the service's writes there failed once it ran."""
     for name in names:
         path = folder / name
-        if name in REPLACED_WHOLE or path.is_symlink() or not path.exists():   # a link: the station refuses it
+        if path.is_symlink() or not path.exists():   # a link: the station refuses it
             continue
-        need, doing = (W | X, "write new files in it") if path.is_dir() else (R | W, "read and append to it")
-        problem = reach_problem(path, need, account)
+        problem = _leftover_problem(path, name in REPLACED_WHOLE, account)
         if problem is not None:
             raise ConfigError(
                 f"{field} {folder}: {path} is {described(path)}, as a run as another account leaves it (e.g. a "
-                f"trial `sudo fair-edge run`): --user {account.name} cannot {doing} (no '{letters(problem[1])}' "
-                f"permission), though it may write the folder, so the station's writes there would fail. Give the "
-                f"folder's contents to {account.name} (`sudo chown -R {_owner(s)} {folder}`), or move {path} away, "
-                "and install again.")
+                f"trial `sudo fair-edge run`): --user {account.name} cannot {problem}, though it may write the "
+                f"folder, so the station's writes there would fail. Give the folder's contents to {account.name} "
+                f"(`sudo chown -R {_owner(s)} {folder}`), or move {path} away, and install again.")
 
 
-# written whole to a new file renamed over the old (``station.run.write_summary``): the folder's permission suffices
+def _leftover_problem(path: Path, replaced_whole: bool, account: Account) -> str | None:
+    """What ``account`` cannot do to ``path``, a file or folder the station writes in its output folder (e.g. "read
+    and append to it (no 'w' permission)"), or None when it can. ``replaced_whole``: a file renamed over (the
+    folder's permission suffices, unless the folder is sticky and the file another account's: ``sticky_keeps``)."""
+    if replaced_whole:
+        if not sticky_keeps(path, account):
+            return None
+        return (f"replace it (in the sticky folder {described(path.parent)} only the file's owner, the folder's or "
+                "root may rename over it)")
+    need, doing = (W | X, "write new files in it") if path.is_dir() else (R | W, "read and append to it")
+    problem = reach_problem(path, need, account)
+    return None if problem is None else f"{doing} (no '{letters(problem[1])}' permission)"
+
+
+# written whole to a new file renamed over the old (``station.run.write_summary``): the folder's permission suffices,
+# except in a sticky folder for a file another account owns (``sticky_keeps``)
 REPLACED_WHOLE = ("summary.json",)
 
 

@@ -89,6 +89,17 @@ def reach_error(what: str, path: Path, account: Account, doing: str, spot: Path,
         f"'{shown}' permission for {account.name}; the unit could never start and would restart forever. {fix}")
 
 
+def sticky_keeps(path: Path, account: Account) -> bool:
+    """Whether ``account`` may not rename a file over ``path`` (or remove it) even with write permission on its
+    folder: the folder is sticky (``+t``, e.g. a shared 1777 folder) and neither ``path`` nor the folder is the
+    account's, nor is it root (the kernel's rule for a sticky folder). False when either cannot be examined."""
+    try:
+        folder, st = os.stat(path.parent), os.lstat(path)
+    except OSError:
+        return False
+    return bool(folder.st_mode & stat.S_ISVTX) and account.uid not in (0, st.st_uid, folder.st_uid)
+
+
 def _blocked(path: Path, need: int, account: Account) -> tuple[Path, int] | None:
     """(the first of ``path``'s folders, links followed, that ``account`` may not enter, X) or (``path``, the bits of
     ``need`` it lacks there); None when it can reach it. A path with a POSIX ACL (which the mode bits do not tell)
