@@ -237,3 +237,58 @@ def test_a_cells_lane_gates_close_together_in_one_budget():
                                                           ("begin_close", "c"), ("close", "a"), ("close", "b"),
                                                           ("close", "c")]
     assert len({id(by) for _, _, by in calls}) == 1 and isinstance(calls[0][2], base.CloseBy)
+
+
+class DiesAfterRise(RecordingOutput):
+    """A PLC that goes away right after the rising edge landed: each connect after that takes ``connect_s`` and
+    fails (a TCP connect timing out); ``opens_after_rise`` counts them."""
+
+    def __init__(self, connect_s: float) -> None:
+        super().__init__()
+        self.connect_s = connect_s
+        self.up = True
+        self.opens_after_rise = 0
+
+    def open(self) -> None:
+        if not self.up:
+            self.opens_after_rise += 1
+            time.sleep(self.connect_s)
+            raise PlcError("connect timed out")
+
+    def set(self, on: bool) -> None:
+        if not self.up:
+            raise PlcError("link down")
+        super().set(on)
+        if on:
+            self.up = False
+
+
+def test_resting_writes_at_close_reconnect_only_within_the_shared_deadline(monkeypatch):
+    """The report: a sink owing its resting level with its link down reconnected for it at close, one sink after
+    another and after the shared ``CloseBy``: 6 outputs whose PLC went away, 0.5 s connects, closed in 3 s against a
+    0.6 s budget. Now a reconnect at close is begun only before ``by.join_until``: each connect lasts at least
+    ``connect_s``, so at most budget / connect_s + 1 of them fit, however many outputs (all 12 were tried before);
+    a healthy output closed last, mid-pulse, still writes its falling edge past that deadline."""
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.15)
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", 0.15, raising=False)
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.1)
+    connect_s = 0.25
+    dead = [DiesAfterRise(connect_s) for _ in range(12)]
+    sinks = [WorkerSink(f"opc{i}", out, pulse_ms=5, backoff_s=60, backoff_max_s=60, reporter=lambda r: None)
+             for i, out in enumerate(dead)]
+    healthy_out = RecordingOutput()
+    healthy = WorkerSink("coil", healthy_out, pulse_ms=60_000, reporter=lambda r: None)   # on until the close
+    fan = base.FanOut([*sinks, healthy])
+    now = time.monotonic()
+    for sink in fan.sinks:
+        sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + WAIT_S))
+    deadline = time.monotonic() + WAIT_S
+    while not (all(s._stuck for s in sinks) and True in healthy_out.levels()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(s._stuck for s in sinks), "every dead output owes its falling edge"
+    opens_before = sum(out.opens_after_rise for out in dead)
+    fan.close()
+    opens_at_close = sum(out.opens_after_rise for out in dead) - opens_before
+    budget_s = base.CLOSE_DRAIN_S + base.CLOSE_JOIN_S
+    assert opens_at_close <= budget_s / connect_s + 1, f"{opens_at_close} reconnects at close, one per output"
+    assert healthy_out.levels()[-2:] == [True, False]   # its pulse cut short at close, the line left off

@@ -333,7 +333,8 @@ class WorkerSink:
 
     def close(self, by: CloseBy | None = None) -> None:
         """Stop and release within ``by`` (``CloseBy.from_now()`` when None): ``begin_close``, the worker waited for
-        until ``by.join_until``, the resting level written (``_rest_at_close``), the output closed. Twice: a no-op."""
+        until ``by.join_until``, the resting level written (``_rest_at_close``; a link that is down reconnected for it
+        only before ``by.join_until``), the output closed. Twice: a no-op."""
         if self._closed:
             return
         self._closed = True
@@ -344,20 +345,27 @@ class WorkerSink:
             log.error("sink %s: worker did not stop by the close's deadline (a write still blocked); the resting "
                       "level is not written at close: the output may be left on", self.name)
         else:
-            self._rest_at_close()
+            self._rest_at_close(by.join_until)
         self._disconnect()
 
-    def _rest_at_close(self) -> None:
+    def _rest_at_close(self, reconnect_until: float) -> None:
         """close(), the worker stopped: one attempt to write the resting level before the output is closed (a pulse
         wider than the drain, or a falling edge the stop or the link kept from being written, would leave it on).
         Skipped where nothing is owed, no pulse of ours on: a resting level already written (a ``pulse_ms=0``
-        output's pulse is the PLC's to clear), a level the device refused, a link that is down. Logged: a pulse cut short,
-        a write that failed (the output may be left on)."""
+        output's pulse is the PLC's to clear), a level the device refused, a link that is down. A link that is down
+        with a pulse of ours on is reconnected for it only until ``reconnect_until`` (monotonic s, the shared
+        ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one connect timeout past it,
+        not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse
+        cut short, a write that failed or was not tried (the output may be left on)."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
         if not on_now and (not self._level_dirty or self._level_refused == self._level or not self._connected):
             return
         level = "on" if self._level else "off"
+        if not self._connected and time.monotonic() >= reconnect_until:
+            log.error("sink %s: closing with the resting level (%s) not written: the link is down and the close's "
+                      "deadline has passed (no reconnect); the output may be left on", self.name, level)
+            return
         try:
             if not self._connected:
                 self._out.open()        # one connect: no back-off, no reports, the sink is closing
