@@ -115,10 +115,20 @@ SOURCES: dict[str, SourceKind] = {
 STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": ("aravis", "genicam")}
 # the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
 # its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
-# frame within misses_before_reconnect waits. Longest: half the capture's stop wait, the other half for what a read
-# does after its wait (a triggered aravis: camera's register read, AravisSource._check_link), so stop() joins it.
+# frame within misses_before_reconnect waits. Longest, per kind: a read begun just before stop() must end within the
+# capture's stop wait (neither source can be interrupted). aravis: its wait plus a register read after it (a
+# triggered camera's AravisSource._check_link): half the stop wait, the other half for that read. genicam: one fetch,
+# its wait all of the read: the stop wait (the source's own default).
 READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
-READ_WAIT_MAX_S = CaptureSettings.stop_timeout_s / 2
+READ_WAIT_MAX_S: dict[str, float] = {"aravis": CaptureSettings.stop_timeout_s / 2,
+                                     "genicam": CaptureSettings.stop_timeout_s}
+# what a free-running camera slower than one frame per READ_WAIT_MAX_S[kind] needs ({fps}: 1 / that), for the refusal
+SLOW_CAMERA_FIXES: dict[str, str] = {
+    "aravis": "give it fps: {fps} or more (the source sets the camera's frame rate), or trigger it (TriggerMode On, "
+              "fps: null: a wait without a part is no missed frame)",
+    "genicam": "set its frame rate to {fps} fps or more in the vendor's tool, or trigger it and open it as aravis: "
+               "(a triggered aravis: camera waits for parts without reconnecting)",
+}
 
 AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [
     (lambda s: classify_target(s) in ("index", "url", "device"), "opencv"),
@@ -184,21 +194,35 @@ def station_options(where: str, source: str, flip: object = 0, timeout_s: object
 
     flip: a ``csi:`` camera's ``nvvidconv flip-method``, an integer in ``FLIP_METHODS`` (0 = none); 1, 3, 5 and 7
     turn the image, so its frames come height x width. timeout_s: how long one read of an ``aravis:`` or
-    ``genicam:`` camera waits for a frame, seconds, from ``READ_WAIT_MIN_S`` to ``READ_WAIT_MAX_S``; None = the
-    source's own (``timeout_defaults``). ConfigError naming the field, the value and the fix for a value out of
-    range or a setting the source's kind does not take."""
+    ``genicam:`` camera waits for a frame, seconds, from ``READ_WAIT_MIN_S`` to ``READ_WAIT_MAX_S`` of its kind;
+    None = the source's own (``timeout_defaults``). ConfigError naming the field, the value and the fix for a value
+    out of range or a setting the source's kind does not take."""
     check_flip(f"{where}.flip", flip)
-    if timeout_s is not None and not (is_number(timeout_s) and READ_WAIT_MIN_S <= timeout_s <= READ_WAIT_MAX_S):
-        raise ConfigError(f"{where}.timeout_s: expected how long a read waits for a frame, seconds, from "
-                          f"{READ_WAIT_MIN_S:g} to {READ_WAIT_MAX_S:g}, or null for the source's own "
-                          f"({timeout_defaults()}); found {timeout_s!r}. Shorter: a wait under a free-running "
-                          f"camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a "
-                          "row reconnect it) and its first frame is given up on; on genicam: one timeout is a "
-                          "reconnect. Longer: a read and the link check after it outlast the station's stop wait")
     opts = {key: value for key, value in (("flip", flip), ("timeout_s", timeout_s)) if value}
     for option in opts:
         check_kind_takes(f"{where}.{option}", option, source, f"remove {option}: from {where}")
+    if timeout_s is not None:
+        check_read_wait(f"{where}.timeout_s", timeout_s, source)
     return opts
+
+
+def check_read_wait(field: str, timeout_s: object, source: str) -> None:
+    """ConfigError naming ``field``, the range for ``source``'s kind and what each side costs when ``timeout_s``
+    (seconds) is outside ``READ_WAIT_MIN_S`` to ``READ_WAIT_MAX_S[kind]`` (or ``source`` takes no timeout_s)."""
+    kind = explicit_kind(source)
+    if kind not in READ_WAIT_MAX_S:
+        check_kind_takes(field, "timeout_s", source, f"remove timeout_s: from {field.rpartition('.')[0]}")
+    longest = READ_WAIT_MAX_S[kind]
+    if is_number(timeout_s) and READ_WAIT_MIN_S <= timeout_s <= longest:
+        return
+    raise ConfigError(f"{field}: expected how long a read waits for a frame, seconds, from {READ_WAIT_MIN_S:g} to "
+                      f"{longest:g} on {kind}:, or null for the source's own "
+                      f"({timeout_defaults()}); found {timeout_s!r}. Shorter: a wait under a free-running camera's "
+                      f"frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a row reconnect "
+                      "it) and its first frame is given up on; on genicam: one timeout is a reconnect. Longer: a read "
+                      "(on aravis: and the link check after it) would outlast the station's stop wait. A free-running "
+                      f"camera slower than one frame per {longest:g} s: "
+                      f"{SLOW_CAMERA_FIXES[kind].format(fps=f'{1 / longest:g}')}")
 
 
 def check_flip(field: str, flip: object) -> None:
@@ -214,6 +238,11 @@ def timeout_defaults() -> str:
     "aravis: 1 s, genicam: 2 s" (read from the sources' signatures: the one place they are written)."""
     return ", ".join(f"{kind}: {inspect.signature(SOURCES[kind].options_of).parameters['timeout_s'].default:g} s"
                      for kind in STATION_OPTION_KINDS["timeout_s"])
+
+
+def read_wait_ranges() -> str:
+    """The range of a station file's timeout_s per kind, for a message: "aravis: 0.3-1 s, genicam: 0.3-2 s"."""
+    return ", ".join(f"{kind}: {READ_WAIT_MIN_S:g}-{longest:g} s" for kind, longest in READ_WAIT_MAX_S.items())
 
 
 def check_kind_takes(field: str, option: str, source: str, remove: str) -> None:

@@ -4,6 +4,7 @@ for a part), in ``camera:`` and in each ``cameras:`` item, checked on load and c
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ from fair_edge.cameras import GenICamSource, GStreamerSource
 from fair_edge.cameras.aravis import AravisSource
 from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S
-from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S
+from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S, SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.camera import open_capture
 from fair_edge.station.config import CameraSettings, StationConfig, view_config
@@ -84,7 +85,7 @@ def test_no_timeout_leaves_the_sources_own_wait():
                                        float("inf")])
 def test_a_timeout_out_of_range_is_refused_naming_the_bound_and_the_defaults(timeout_s):
     with pytest.raises(ConfigError, match=r"camera\.timeout_s: expected how long a read waits for a frame, seconds, "
-                                          r"from 0\.3 to 1, or null for the source's own "
+                                          r"from 0\.3 to 1 on aravis:, or null for the source's own "
                                           r"\(aravis: 1 s, genicam: 2 s\)"):
         StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": timeout_s}})
 
@@ -107,9 +108,26 @@ def test_the_longest_timeout_leaves_the_stop_wait_room_for_the_link_check():
     stop_wait = CaptureSettings().stop_timeout_s
     with pytest.raises(ConfigError, match=r"outlast the station's stop wait"):
         StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": stop_wait}})
-    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MAX_S}})
-    assert cfg.camera.timeout_s == READ_WAIT_MAX_S == stop_wait / 2
+    cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MAX_S["aravis"]}})
+    assert cfg.camera.timeout_s == READ_WAIT_MAX_S["aravis"] == stop_wait / 2
     assert StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MIN_S}}).camera.timeout_s
+
+
+@pytest.mark.parametrize("kind", sorted(READ_WAIT_MAX_S))
+def test_each_kinds_own_default_wait_can_be_written_and_its_ceiling_names_the_slow_camera_fix(kind):
+    """The report: the 1 s ceiling (ba2262f) refused genicam's own default, 2 s, written out. The ceiling is per kind
+    (genicam: a fetch is all of its read: the whole stop wait); each source's default, read from its signature, loads,
+    and a wait past the kind's ceiling is refused saying what a free-running camera slower than it needs."""
+    default = inspect.signature(SOURCES[kind].options_of).parameters["timeout_s"].default
+    cfg = StationConfig.from_dict({"camera": {"source": f"{kind}:cam1", "timeout_s": default}})
+    assert cfg.camera.timeout_s == default <= READ_WAIT_MAX_S[kind] <= CaptureSettings().stop_timeout_s
+    too_long = READ_WAIT_MAX_S[kind] + 0.5
+    with pytest.raises(ConfigError) as info:
+        StationConfig.from_dict({"camera": {"source": f"{kind}:cam1", "timeout_s": too_long}})
+    text = str(info.value)
+    assert f"from 0.3 to {READ_WAIT_MAX_S[kind]:g} on {kind}:" in text and f"found {too_long!r}" in text
+    assert f"slower than one frame per {READ_WAIT_MAX_S[kind]:g} s: " in text
+    assert f"{1 / READ_WAIT_MAX_S[kind]:g} fps or more" in text or f"fps: {1 / READ_WAIT_MAX_S[kind]:g}" in text
 
 
 @pytest.mark.parametrize("source", ["0", "csi:0", "rtsp://user:secret@10.0.0.5/stream"])

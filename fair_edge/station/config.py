@@ -76,7 +76,7 @@ class CameraSettings:
     or transpose it, so its frames come height x width (``cameras.gstreamer.FLIP_METHODS``). timeout_s: how long
     one read of an ``aravis:`` or ``genicam:`` camera waits for a frame, seconds (a triggered ``aravis:`` camera: for
     a part, before it checks the link and reads again); None = the source's own (``cameras.registry.timeout_defaults``);
-    from ``cameras.registry.READ_WAIT_MIN_S`` to ``READ_WAIT_MAX_S``."""
+    from ``cameras.registry.READ_WAIT_MIN_S`` to its kind's ``READ_WAIT_MAX_S``."""
 
     source: str = "0"
     fps: float | None = None

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fair_edge.cameras.base import CaptureSettings
-from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S, timeout_defaults
+from fair_edge.cameras.registry import read_wait_ranges, timeout_defaults
 from fair_edge.line.handshake import HANDSHAKE_SCHEMES
 from fair_edge.line.settings import FAIL_SAFE_POLICIES, IMAGE_FORMATS
 from fair_edge.line.sinks import SINK_SCHEMES
@@ -26,9 +26,10 @@ SECTION_NOTES = {
               f"full_policy: {' | '.join(FULL_POLICIES)}; flip: csi: only, nvvidconv flip-method 0-7 (1, 3, 5, 7 "
               "turn the image: frames height x width); timeout_s: aravis: and genicam: only, how long a read waits "
               "for a frame (a triggered aravis: camera: for a part), seconds, "
-              f"{READ_WAIT_MIN_S:g}-{READ_WAIT_MAX_S:g}, null = the source's ({timeout_defaults()}); a wait under a "
-              f"free-running camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a "
-              "row reconnect), on genicam: one timeout is a reconnect",
+              f"{read_wait_ranges()}, null = the source's ({timeout_defaults()}); a wait under a free-running "
+              f"camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a row "
+              "reconnect), on genicam: one timeout is a reconnect; a free-running camera slower than one frame per "
+              "its longest wait needs a higher frame rate (aravis: fps:) or a trigger",
     "bundle": "folder written by `fair-edge build`",
     "backend": " | ".join(BACKEND_NAMES),
     "decision": "threshold null = the bundle's calibrated one (with an roi: calibrated at start on the bundle's normal "
