@@ -93,3 +93,18 @@ def test_a_shared_coil_the_file_was_warned_about_is_not_warned_again_after_the_c
     found = run_with_reject(tmp_path, {"sinks": ["modbus://10.0.0.5?coil=0"],
                                        "fault_sinks": ["modbus://10.0.0.5?coil=0"]}, "modbus://10.0.0.5:502?coil=0")
     assert len(found) == 1, found
+
+
+def test_a_command_line_reject_on_a_lane_station_is_refused_as_in_the_file():
+    """A lane station rejects through its cameras' own outputs: reject.sinks in the file is refused, and --reject
+    (``override``) was accepted, its output never driven."""
+    import dataclasses
+
+    from fair_edge.errors import ConfigError
+
+    lanes = load({}, cameras=[{"name": "a", "source": "/nonexistent/a", "fps": 20, "reject": ["log://a"]},
+                              {"name": "b", "source": "/nonexistent/b", "fps": 20, "reject": ["log://b"]}])
+    flag = dataclasses.replace(lanes.reject, sinks=("modbus://10.0.0.5:502?coil=3",))
+    with pytest.raises(ConfigError, match=r"reject.sinks \(--reject\): a lane station .* move modbus://10.0.0.5"):
+        lanes.override(reject=flag)
+    assert lanes.override(threshold=0.5).threshold == 0.5   # other flags still apply

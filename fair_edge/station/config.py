@@ -247,6 +247,11 @@ class StationConfig:
             check_fps(f"cameras[{i}]", view.fps)
             check_sink_urls(f"cameras[{i}]", "reject", view.reject)
         self.check_outputs()
+        return self._check_wiring()
+
+    def _check_wiring(self) -> "StationConfig":
+        """The refusals over the cameras' grouping and the reject wiring (lane outputs, handshake, encoder, offsets),
+        without the outputs' warnings; returns self."""
         if not self.cameras:
             if self.group != GroupSettings():
                 raise ConfigError("group: only a station with a cameras: list groups views; remove group: or list "
@@ -258,7 +263,7 @@ class StationConfig:
                 raise ConfigError(f"cameras ({view.name}).reject: a part station rejects each part once through "
                                   "reject.sinks; per-camera reject outputs need group.by: lane.")
         if lanes and self.reject.sinks:
-            raise ConfigError("reject.sinks: a lane station rejects through each camera's own reject: URLs; move "
+            raise ConfigError("reject.sinks (--reject): a lane station rejects through each camera's own reject: URLs; move "
                               f"{', '.join(self.reject.sinks)} to the camera of its lane.")
         by_plc = not lanes and self.group.match == "handshake"
         if self.reject.handshake.enabled != by_plc:
@@ -291,11 +296,12 @@ class StationConfig:
         """A copy with the given non-None settings replaced (command-line flags win over the file). Outputs changed
         (``--reject``) are checked over the station's outputs as the file's were (``check_outputs``): a GPIO line
         driven twice refused, a PLC address shared with the file's fault output warned about (once: a pair the file
-        already shared is not warned again)."""
+        already shared is not warned again); and the copy is held to the file's wiring refusals (``_check_wiring``:
+        e.g. ``--reject`` on a lane station, whose outputs are its cameras' own)."""
         new = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if new.output_urls() != self.output_urls():
             new.check_outputs(warned=self.output_urls())
-        return new
+        return new._check_wiring()
 
 
 def _folder_given(path: Path) -> str:
