@@ -121,7 +121,7 @@ def test_a_handshake_part_ng_by_one_view_is_answered_at_once_and_a_later_frame_l
     hs.begin()
     fan = TriggerFanout(hs, ["top", "left"])
     rows: list = []
-    line = SimpleNamespace(scheduler=None, mqtt=None, handshake=hs,
+    line = SimpleNamespace(scheduler=None, part_gate=None, mqtt=None, handshake=hs,
                            recorder=SimpleNamespace(record_row=rows.append, log_row=lambda r: r))
     cell = CellLine(line, triggers=fan)
     cell.assembler = PartAssembler(["top", "left"], GroupSettings(match="handshake"), 0.5, on_part=cell.on_part,

@@ -12,6 +12,7 @@ times are 1.5 s after capture and each verdict is handed in right after its capt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -58,13 +59,14 @@ def reject_series(scraped: dict) -> dict[str, float]:
 def drive_one_camera(line) -> None:
     """Part 0 OK, part 1 NG, part 2 an inference-error verdict, part 3 dropped at the capture queue."""
     hooks = line.capture_hooks()
+    note = hooks.get("on_capture", lambda f: None)   # none where the gate decides no part
     for seq, ng, error in ((0, False, None), (1, True, None), (2, True, "inference failed: CUDA error")):
         f = frame(seq)
-        hooks["on_capture"](f)   # as the capture thread calls it
+        note(f)   # as the capture thread calls it
         for callback in line.callbacks:   # as the inspector calls them
             callback(f, verdict(f, ng, error), None)
     dropped = frame(3)
-    hooks["on_capture"](dropped)
+    note(dropped)
     hooks["on_drop"](dropped)
 
 
@@ -147,3 +149,79 @@ def test_a_lamp_only_gate_at_delay_0_is_refused_naming_reject_delay_ms(tmp_path,
     with pytest.raises(ConfigError, match=r"reject\.delay_ms: .* found 0 .*pass uninspected.*--reject-delay-ms"):
         check_reject_timing(cfg, timed_source=True)
     check_reject_timing(station(tmp_path, lamp_only(fail_safe)), timed_source=True)   # a travel time: started
+
+
+def test_a_lamp_only_gate_on_a_handshake_station_starts_at_delay_0_and_decides_no_part(tmp_path):
+    """The PLC rejects from the handshake's results (a part not inspected is answered 3): the lamp's gate decides no
+    part, so no travel time is asked for, no part latches the lamp and no part counter is shown. Before: refused at
+    start (reject.delay_ms 0), though line-integration.md describes this layout; with a delay, every part not
+    inspected latched the lamp beside the PLC's answer."""
+    from test_metrics_consumers import dead_port
+
+    from fair_edge.cli.run import reject_rows
+    from fair_edge.line.handshake.settings import HandshakeSettings
+    from fair_edge.station.line_side import open_line_side
+    from fair_edge.station.run import check_reject_timing
+
+    plc = HandshakeSettings(url=f"modbus://127.0.0.1:{dead_port()}")
+    cfg = station(tmp_path, dataclasses.replace(lamp_only(delay_ms=0), handshake=plc))
+    check_reject_timing(cfg, timed_source=True)   # started
+    with contextlib.ExitStack() as stack:
+        line = open_line_side(cfg, stack, "run-hs-lamp")
+        assert "on_capture" not in line.capture_hooks()
+        drive_one_camera(line)
+        assert line.scheduler.wait_idle(WAIT_S)
+        assert (line.scheduler.stats()["captured"], line.scheduler.stats()["alarms"]) == (0, 0)
+        assert line.scheduler.fault_reason is None
+        stats = line.reject_stats()
+        assert stats["decides_parts"] is False and "passed_uninspected" not in stats, stats
+        rows = dict(reject_rows(stats))
+        assert not [label for label in rows if "uninspected" in label or "passed_ng" in label], rows
+        assert not reject_series(samples(line.metrics)), "no part counters on /metrics for a gate deciding none"
+
+
+def test_a_lamp_only_part_cell_on_the_handshake_starts_at_delay_0_and_its_parts_wait_for_the_plc(tmp_path):
+    """by: part, match: handshake, a fault lamp alone: started (before: refused, reject.delay_ms 0); a part waits
+    half the PLC's result timeout for its views, and the assembler has no gate due time."""
+    from fair_edge.line.handshake.settings import HandshakeSettings
+    from fair_edge.station.cell import check_cameras
+    from fair_edge.station.cell_timing import part_due_s, part_timeout_s
+
+    cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
+    reject = dataclasses.replace(lamp_only(delay_ms=0), handshake=HandshakeSettings(url="modbus://127.0.0.1:1"))
+    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="handshake"), reject)
+    check_cameras(cfg)
+    assert part_timeout_s(cfg) == pytest.approx(min(1.0, reject.handshake.result_timeout_ms / 2000))
+    assert part_due_s(cfg, gated=True, by_count=False) == float("inf")
+
+
+def test_a_lamp_only_part_cell_on_the_handshake_starts_at_delay_0_and_its_parts_wait_for_the_plc(tmp_path):
+    """by: part, match: handshake, a fault lamp alone: started (before: refused, reject.delay_ms 0); a part waits
+    half the PLC's result timeout for its views, and the assembler has no gate due time."""
+    from fair_edge.line.handshake.settings import HandshakeSettings
+    from fair_edge.station.cell import check_cameras
+    from fair_edge.station.cell_timing import part_due_s, part_timeout_s
+
+    cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
+    reject = dataclasses.replace(lamp_only(delay_ms=0), handshake=HandshakeSettings(url="modbus://127.0.0.1:1"))
+    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="handshake"), reject)
+    check_cameras(cfg)
+    assert part_timeout_s(cfg) == pytest.approx(min(1.0, reject.handshake.result_timeout_ms / 2000))
+    assert part_due_s(cfg, gated=True, by_count=False) == float("inf")
+
+
+def test_a_lamp_only_part_cell_holds_part_timeout_ms_to_the_travel_time(tmp_path):
+    """A lamp-only gate decides parts at delay_ms like one with a reject output: part_timeout_ms past it is refused
+    (the gate would decide parts still waiting for views), unset it is the due time, and the assembler's due time is
+    the gate's. Before: part_timeout_s and part_due_s looked at reject.sinks only (started; due time inf)."""
+    from fair_edge.station.cell_timing import part_due_s, part_timeout_s
+
+    cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
+    slow = cell_config(tmp_path, cameras, GroupSettings(by="part", match="sequence", part_timeout_ms=2000),
+                       lamp_only(delay_ms=400))
+    with pytest.raises(ConfigError, match=r"group\.part_timeout_ms: expected at most reject\.delay_ms \(400\), "
+                                          r"found 2000"):
+        part_timeout_s(slow)
+    unset = dataclasses.replace(slow, group=GroupSettings(by="part", match="sequence"))
+    assert part_timeout_s(unset) == pytest.approx(0.4)
+    assert part_due_s(unset, gated=True, by_count=False) == pytest.approx((400 + unset.reject.late_ms) / 1000)

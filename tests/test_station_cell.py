@@ -200,7 +200,7 @@ def test_handshake_cell_answers_a_part_whose_views_all_dropped_or_that_no_camera
     hs.begin()
     fan = TriggerFanout(hs, ["top", "left"])
     rows: list = []
-    line = SimpleNamespace(scheduler=None, mqtt=None, handshake=hs,
+    line = SimpleNamespace(scheduler=None, part_gate=None, mqtt=None, handshake=hs,
                            recorder=SimpleNamespace(record_row=rows.append, log_row=lambda r: r))
     cell = CellLine(line, triggers=fan)
     asm = PartAssembler(["top", "left"], GroupSettings(match="handshake"), 0.5, on_part=cell.on_part,

@@ -28,8 +28,9 @@ app = typer.Typer()
 def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
     ``RunSummary.rejects``; a gate with no reject output (no ``sinks``: ``reject.fault_sinks`` only) shows the NG
-    parts it passed instead of rejects and pulses. In red: the pulses row once a pulse was missed or unconfirmed, rows
-    shown only when above 0: parts refused a pulse (``gap_missed``: too close to the previous one),
+    parts it passed instead of rejects and pulses, and one that decides no part (``decides_parts`` False: a fault
+    lamp on a handshake station) no part rows at all, only its fault output. In red: the pulses row once a pulse was
+    missed or unconfirmed, rows shown only when above 0: parts refused a pulse (``gap_missed``: too close to the previous one),
     ``position_lost``. A lane station's top level holds the totals over its lanes
     (``station.cell_line.CellLine.reject_stats``), then a row per lane (``lane_rows``); its fault output row names
     each lane whose fault is on."""
@@ -56,6 +57,8 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
         ("pulses delivered / missed / unconfirmed", f"[bold red]{pulses}[/]" if missed or unconfirmed else pulses)]
     if not sinks:   # no reject output (reject.fault_sinks only): nothing rejected, nothing pulsed
         decided = [("NG parts passed: no reject output (passed_ng)", rejects.get("passed_ng", 0)), decided[1]]
+    if rejects.get("decides_parts") is False:   # the PLC rejects from the handshake's results, counted above
+        decided = []
     rows += [*decided, *lane_rows(rejects.get("lanes") or {})]
     if rejects.get("gap_missed"):   # min_gap_ms would have pushed the pulse past due + late_ms: onto the next part
         rows.append(("[bold red]not rejected: too close to the previous pulse (gap_missed)[/]", rejects["gap_missed"]))

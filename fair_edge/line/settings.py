@@ -142,6 +142,15 @@ class RejectSettings:
     require_sinks_at_start: bool = False
     handshake: HandshakeSettings = field(default_factory=HandshakeSettings)
 
+    @property
+    def decides_parts(self) -> bool:
+        """Whether the station's gate decides each part at its due time (notes it at capture; passes, rejects or
+        alarms it; needs the travel time): with a reject output, or with a fault lamp alone (``fault_sinks``) on a
+        station without the PLC handshake. With the handshake and no reject output the PLC rejects from the
+        handshake's results (a part not inspected answered 3, one not answered in time its Error 11): the gate only
+        holds the fault output (station faults, its sinks' links) and decides no part."""
+        return bool(self.sinks) or (bool(self.fault_sinks) and not self.handshake.enabled)
+
     @classmethod
     def from_dict(cls, data: Any) -> RejectSettings:
         s = "reject"

@@ -97,7 +97,7 @@ class CellLine:
         (``PartAssembler.missing_at_gate``: "no verdict by its due time (missing view: b (not inspected in time))")."""
         from fair_edge.line.scheduler import LATE
 
-        scheduler = self.line.scheduler
+        scheduler = self.line.part_gate
         if verdict is not None and scheduler is not None and scheduler.submit(verdict) == LATE:
             row = dict(row, verdict_late=True, gate=scheduler.decision(verdict.seq) or "went_by_undecided")
         elif verdict is None and scheduler is not None:
@@ -157,11 +157,6 @@ class CellLine:
         """Camera -> its lane gate's counters (``RejectScheduler.stats``, ``pending`` among them)."""
         return {name: lane.stats() for name, lane in self.lanes.items()}
 
-    def fault_output_stats(self) -> dict[str, int]:
-        """A lane station's own gate holds only the fault output (``reject.fault_sinks``) and gates no part: the
-        counters its fault sinks can move (``sink_*``: errors, link downs, ...)."""
-        return {key: n for key, n in self.line.scheduler.stats().items() if key.startswith("sink_")}
-
 
 def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> CellLine:
     """The station's line side, and the part assembler (``by: part``) or the lanes' schedulers (``by: lane``)."""
@@ -178,7 +173,7 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         line.callbacks.remove(line.handshake.on_verdict)
         cell.triggers = TriggerFanout(line.handshake, names, on_failed=cell.view_failed)
     if cfg.group.by == "part":
-        scheduler, triggers = line.scheduler, cell.triggers
+        scheduler, triggers = line.part_gate, cell.triggers
         cell.assembler = PartAssembler(
             names, cfg.group, part_timeout_s(cfg), on_part=cell.on_part,
             on_open=None if scheduler is None else (lambda part, t, count: scheduler.note_capture(part, t, count)),
@@ -224,4 +219,4 @@ def watch_cell(metrics: Metrics, cell: CellLine) -> None:
         return
     metrics.watch_counters_by("reject", "lane", cell.lane_stats)
     if cell.line.scheduler is not None:
-        metrics.watch("fault_output", cell.fault_output_stats, gauges=())
+        metrics.watch("fault_output", cell.line.fault_output_stats, gauges=())

@@ -44,7 +44,8 @@ HANDSHAKE_GAUGES = ("connected", "error", "open_parts")
 @dataclass
 class LineSide:
     """What a station signals and records through: the recorder, the reject gate (None without
-    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks."""
+    sinks), the encoder and the MQTT publisher (None without them) and the verdict callbacks. ``gates_parts`` False:
+    the gate only holds the fault output and decides no part (``RejectSettings.decides_parts``)."""
 
     recorder: Recorder
     scheduler: RejectScheduler | None
@@ -55,12 +56,18 @@ class LineSide:
     fault_shown: str | None = None   # the fault reason last published on MQTT ('' none); None: nothing yet
     handshake: Handshake | None = None   # reject.handshake
     station_fault: str = ""   # the reason a FaultBoard holds on the gate and the handshake (``fault``); '' none
+    gates_parts: bool = True   # False: the scheduler holds only the fault output (a handshake station's lamp)
+
+    @property
+    def part_gate(self) -> RejectScheduler | None:
+        """The gate that notes and decides parts: the scheduler, unless it decides no part; None without one."""
+        return self.scheduler if self.gates_parts else None
 
     def capture_hooks(self) -> dict[str, Callable[[Frame], None]]:
         """Hooks for the capture thread: the gate notes every part at capture, the log every drop."""
         hooks: dict[str, Callable[[Frame], None]] = {"on_drop": self.on_drop}
-        if self.scheduler is not None:
-            hooks["on_capture"] = self.scheduler.on_capture
+        if self.part_gate is not None:
+            hooks["on_capture"] = self.part_gate.on_capture
         return hooks
 
     def on_drop(self, frame: Frame, extra: dict | None = None) -> None:
@@ -84,9 +91,9 @@ class LineSide:
         the gate did (``verdict_late``, ``gate``: e.g. ``rejected_uninspected``)."""
         from fair_edge.line.scheduler import LATE
 
-        extra = None
-        if self.scheduler is not None and self.scheduler.submit(verdict) == LATE:
-            extra = {"verdict_late": True, "gate": self.scheduler.decision(verdict.seq) or "went_by_undecided"}
+        extra, gate = None, self.part_gate
+        if gate is not None and gate.submit(verdict) == LATE:
+            extra = {"verdict_late": True, "gate": gate.decision(verdict.seq) or "went_by_undecided"}
         self.recorder.record(frame, verdict, anomaly_map, extra)
         if self.mqtt is not None:
             self.mqtt.publish_row({**self.recorder.log_row(verdict), **(extra or {})})
@@ -142,8 +149,16 @@ class LineSide:
             out["encoder"] = encoder_stats()
         if self.scheduler is None:
             return out
+        if self.part_gate is None:   # a fault output only: no part counters, which would read 0 for parts it never saw
+            return dict(self.fault_output_stats(), fault_output=self.scheduler.fault_reason or "",
+                        sinks=self.scheduler.sink_stats(), decides_parts=False, **out)
         return dict(self.scheduler.stats(), fault_output=self.scheduler.fault_reason or "",
                     sinks=self.scheduler.sink_stats(), **out)
+
+    def fault_output_stats(self) -> dict[str, int]:
+        """A gate that decides no part (a handshake station's fault lamp, a lane station's own gate) holds only the
+        fault output: the counters its fault sinks can move (``sink_*``: errors, link downs, ...)."""
+        return {key: n for key, n in self.scheduler.stats().items() if key.startswith("sink_")}
 
 
 def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str) -> LineSide:
@@ -171,6 +186,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
                                                              on_part=recorder.record_gate))
+        line.gates_parts = cfg.reject.decides_parts
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
     line.callbacks.append(line.record_verdict)
@@ -182,7 +198,10 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     if metrics is not None:
         metrics.watch("recorder", recorder.stats)
         if line.scheduler is not None and not (cfg.cameras and cfg.group.by == "lane"):   # lanes: cell.watch_cell
-            metrics.watch("reject", line.scheduler.stats)
+            if line.part_gate is not None:
+                metrics.watch("reject", line.scheduler.stats)
+            else:
+                metrics.watch("fault_output", line.fault_output_stats, gauges=())
         encoder_stats = getattr(line.encoder, "stats", None)   # fair_edge_encoder_total{event="read_errors"}, ...
         if encoder_stats is not None:
             metrics.watch("encoder", encoder_stats, gauges=("count", "position_epoch"))

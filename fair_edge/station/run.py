@@ -79,8 +79,10 @@ def check_reject_timing(cfg: StationConfig, timed_source: bool) -> None:
     default) would put the gate at the camera, where no verdict can be in time: every part would be
     rejected fail-safe. A gate with ``reject.fault_sinks`` and no reject output (a fault lamp) decides every part
     too (an NG part passes, one not inspected latches the fault output) and is held to the same: at ``delay_ms: 0``
-    every part would pass uninspected. timed_source: False for a folder or video read without fps."""
-    if not (cfg.reject.sinks or cfg.reject.fault_sinks):
+    every part would pass uninspected. A gate that decides no part (``RejectSettings.decides_parts``: a fault lamp
+    on a handshake station, the PLC rejecting from the handshake's results) is not checked. timed_source: False for
+    a folder or video read without fps."""
+    if not cfg.reject.decides_parts:
         return
     outputs = ("the reject sinks (--reject / reject.sinks)" if cfg.reject.sinks
                else "reject.fault_sinks (no reject output: the gate only decides parts and lights the fault output)")
