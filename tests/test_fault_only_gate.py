@@ -195,21 +195,6 @@ def test_a_lamp_only_part_cell_on_the_handshake_starts_at_delay_0_and_its_parts_
     assert part_due_s(cfg, gated=True, by_count=False) == float("inf")
 
 
-def test_a_lamp_only_part_cell_on_the_handshake_starts_at_delay_0_and_its_parts_wait_for_the_plc(tmp_path):
-    """by: part, match: handshake, a fault lamp alone: started (before: refused, reject.delay_ms 0); a part waits
-    half the PLC's result timeout for its views, and the assembler has no gate due time."""
-    from fair_edge.line.handshake.settings import HandshakeSettings
-    from fair_edge.station.cell import check_cameras
-    from fair_edge.station.cell_timing import part_due_s, part_timeout_s
-
-    cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
-    reject = dataclasses.replace(lamp_only(delay_ms=0), handshake=HandshakeSettings(url="modbus://127.0.0.1:1"))
-    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="handshake"), reject)
-    check_cameras(cfg)
-    assert part_timeout_s(cfg) == pytest.approx(min(1.0, reject.handshake.result_timeout_ms / 2000))
-    assert part_due_s(cfg, gated=True, by_count=False) == float("inf")
-
-
 def test_a_lamp_only_part_cell_holds_part_timeout_ms_to_the_travel_time(tmp_path):
     """A lamp-only gate decides parts at delay_ms like one with a reject output: part_timeout_ms past it is refused
     (the gate would decide parts still waiting for views), unset it is the due time, and the assembler's due time is

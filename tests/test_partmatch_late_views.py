@@ -166,27 +166,32 @@ def test_an_offset_is_not_learned_from_a_frame_older_than_one_already_filed():
 
 
 @pytest.mark.parametrize("reject, due", [
-    ({"fault_sinks": ["log://"]}, float("inf")),   # a fault lamp only: no part is rejected, delay_ms unchecked (0)
+    ({"fault_sinks": ["log://"], "delay_ms": 400.0}, 0.41),   # a fault lamp only: it decides parts at delay_ms too
+    ({"fault_sinks": ["log://"], "handshake": {"url": "modbus://127.0.0.1:1"}}, float("inf")),   # the PLC decides
     ({"sinks": ["log://"], "delay_ms": 600.0, "late_ms": 10.0}, 0.61),
     ({}, float("inf"))])
 def test_a_cell_gives_its_parts_a_due_time_only_where_a_reject_output_rejects_them(tmp_path, reject, due):
     """Review of this change: a part cell whose reject section held only fault_sinks opened a scheduler, so its parts
     were given delay_ms (0) + late_ms as their due time, and every view handed over 10 ms after its grab opened no
-    part (counted late_views): such a cell counted almost no parts. Now only reject outputs give parts a due time."""
+    part (counted late_views): such a cell counted almost no parts. Now only a gate
+    that decides parts gives them a due time: a reject output, or a lamp alone (held to delay_ms > 0 at start since
+    0718de0), not a lamp on a handshake station (the PLC decides its parts)."""
     from fair_edge.station.cell_timing import part_due_s
     from fair_edge.station.config import StationConfig
 
     cfg = StationConfig.from_dict({
         "output": str(tmp_path), "bundle": "unused",
         "cameras": [{"name": "top", "source": "0"}, {"name": "left", "source": "1"}],
-        "group": {"by": "part", "match": "window", "window_ms": 30}, "reject": reject})
+        "group": {"by": "part", "match": "handshake" if "handshake" in reject else "window", "window_ms": 30},
+        "reject": reject})
     assert part_due_s(cfg, gated=bool(reject), by_count=False) == pytest.approx(due)
     assert part_due_s(cfg, gated=True, by_count=True) == float("inf")
 
 
 def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_late(tmp_path):
     """The same through the cell's line side (open_cell_line): a view grabbed 20 ms before it is handed over opens
-    its part. Before, the assembler's due_s was 0.01 s and it opened none."""
+    its part. Before, the assembler's due_s was 0.01 s and it opened none (at delay_ms 0, refused at start since
+    0718de0: the lamp has a travel time here)."""
     import contextlib
     import time
 
@@ -196,7 +201,8 @@ def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_
     cfg = StationConfig.from_dict({
         "output": str(tmp_path), "bundle": "unused",
         "cameras": [{"name": "top", "source": "0"}, {"name": "left", "source": "1"}],
-        "group": {"by": "part", "match": "window", "window_ms": 30}, "reject": {"fault_sinks": ["log://"]}})
+        "group": {"by": "part", "match": "window", "window_ms": 30},
+        "reject": {"fault_sinks": ["log://"], "delay_ms": 400.0}})
     with contextlib.ExitStack() as stack:
         assembler = open_cell_line(cfg, stack, "run1").assembler
         grabbed = time.monotonic() - 0.02

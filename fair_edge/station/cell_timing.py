@@ -28,7 +28,7 @@ def part_timeout_s(cfg: StationConfig) -> float:
     encoder has no position, ``NO_GATE_TIMEOUT_S`` after it opened)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
-        if cfg.reject.sinks and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
+        if cfg.reject.decides_parts and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
             raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), "
                               f"found {found:g}: the part would reach the gate before its views are all in; lower "
                               "part_timeout_ms or leave it unset (= the due time).")
@@ -39,7 +39,7 @@ def part_timeout_s(cfg: StationConfig) -> float:
         return timeout
     if part_close_by_count(cfg) is not None:
         return math.inf
-    if cfg.reject.sinks and cfg.reject.encoder_distance is None:
+    if cfg.reject.decides_parts and cfg.reject.encoder_distance is None:
         return cfg.reject.delay_ms / 1000.0
     if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
         return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
@@ -60,7 +60,7 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
         return None
     if cfg.reject.encoder_distance is not None:
         return CloseByCount(cfg.reject.encoder_distance, 0.0, NO_GATE_TIMEOUT_S)
-    if cfg.reject.sinks:   # a timed gate (reject.delay_ms): the part's due time
+    if cfg.reject.decides_parts:   # a timed gate (reject.delay_ms): the part's due time
         return None
     furthest = max((v.offset_counts for v in cfg.cameras), default=0)
     return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
@@ -89,10 +89,10 @@ def warn_window_counts(cfg: StationConfig, encoder: object) -> str:
 
 def part_due_s(cfg: StationConfig, gated: bool, by_count: bool) -> float:
     """How long after a part's first view's capture its reject gate can still reject it (``PartAssembler``'s
-    ``due_s``, s): ``reject.delay_ms + late_ms`` where the gate (``gated``: a scheduler is open) drives reject outputs
-    by time; inf where there is no gate, it goes by belt count (``by_count``: an encoder), or it drives only
-    ``reject.fault_sinks`` (a fault lamp rejects no part, and its ``delay_ms`` is not checked: left at 0, a view
-    handed over 10 ms after its grab would open no part)."""
-    if not gated or by_count or not cfg.reject.sinks:
+    ``due_s``, s): ``reject.delay_ms + late_ms`` where the gate (``gated``: a scheduler deciding parts is open)
+    decides parts by time, with a reject output or a fault lamp alone (both held to ``delay_ms`` > 0 at start:
+    ``run.check_reject_timing``); inf where there is no such gate (a fault lamp on a handshake station decides no
+    part: ``RejectSettings.decides_parts``) or it goes by belt count (``by_count``: an encoder)."""
+    if not gated or by_count or not cfg.reject.decides_parts:
         return math.inf
     return (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0
