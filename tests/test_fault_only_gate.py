@@ -210,3 +210,17 @@ def test_a_lamp_only_part_cell_holds_part_timeout_ms_to_the_travel_time(tmp_path
     unset = dataclasses.replace(slow, group=GroupSettings(by="part", match="sequence"))
     assert part_timeout_s(unset) == pytest.approx(0.4)
     assert part_due_s(unset, gated=True, by_count=False) == pytest.approx((400 + unset.reject.late_ms) / 1000)
+
+
+def test_a_lamp_only_part_cell_left_at_delay_0_starts_and_decides_each_part_as_it_is_handed_over(tmp_path):
+    """A part cell with a fault lamp alone at the default delay_ms 0 worked before 0718de0 (its gate decides each part
+    when the cell hands it over with its views) and was refused at start by it: it starts again, its parts wait
+    for their views as a cell without a timed gate (NO_GATE_TIMEOUT_S) and have no due time."""
+    from fair_edge.station.cell import check_cameras
+    from fair_edge.station.cell_timing import NO_GATE_TIMEOUT_S, part_due_s, part_timeout_s
+
+    cameras = (ViewSettings("top", "unused-top", fps=10), ViewSettings("left", "unused-left", fps=10))
+    cfg = cell_config(tmp_path, cameras, GroupSettings(by="part", match="sequence"), lamp_only(delay_ms=0.0))
+    check_cameras(cfg)
+    assert part_timeout_s(cfg) == NO_GATE_TIMEOUT_S
+    assert part_due_s(cfg, gated=True, by_count=False) == float("inf")

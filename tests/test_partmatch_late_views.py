@@ -167,6 +167,7 @@ def test_an_offset_is_not_learned_from_a_frame_older_than_one_already_filed():
 
 @pytest.mark.parametrize("reject, due", [
     ({"fault_sinks": ["log://"], "delay_ms": 400.0}, 0.41),   # a fault lamp only: it decides parts at delay_ms too
+    ({"fault_sinks": ["log://"]}, float("inf")),   # ... or, at delay_ms 0, each part as the cell hands it over
     ({"fault_sinks": ["log://"], "handshake": {"url": "modbus://127.0.0.1:1"}}, float("inf")),   # the PLC decides
     ({"sinks": ["log://"], "delay_ms": 600.0, "late_ms": 10.0}, 0.61),
     ({}, float("inf"))])
@@ -188,10 +189,11 @@ def test_a_cell_gives_its_parts_a_due_time_only_where_a_reject_output_rejects_th
     assert part_due_s(cfg, gated=True, by_count=True) == float("inf")
 
 
-def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_late(tmp_path):
+@pytest.mark.parametrize("delay_ms", [0.0, 400.0])
+def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_late(tmp_path, delay_ms):
     """The same through the cell's line side (open_cell_line): a view grabbed 20 ms before it is handed over opens
-    its part. Before, the assembler's due_s was 0.01 s and it opened none (at delay_ms 0, refused at start since
-    0718de0: the lamp has a travel time here)."""
+    its part. Before, the assembler's due_s was 0.01 s and it opened none (a lamp alone at delay_ms 0 has no due
+    time; given a travel time, its due time is delay_ms + late_ms)."""
     import contextlib
     import time
 
@@ -202,7 +204,7 @@ def test_a_part_cell_with_only_a_fault_lamp_opens_a_part_for_a_view_handed_over_
         "output": str(tmp_path), "bundle": "unused",
         "cameras": [{"name": "top", "source": "0"}, {"name": "left", "source": "1"}],
         "group": {"by": "part", "match": "window", "window_ms": 30},
-        "reject": {"fault_sinks": ["log://"], "delay_ms": 400.0}})
+        "reject": {"fault_sinks": ["log://"], "delay_ms": delay_ms}})
     with contextlib.ExitStack() as stack:
         assembler = open_cell_line(cfg, stack, "run1").assembler
         grabbed = time.monotonic() - 0.02

@@ -47,7 +47,7 @@ from fair_edge.station.cell_console import open_cell_console
 from fair_edge.station.cell_lanes import CellWatch, LaneWatch
 from fair_edge.station.cell_line import CellLine, open_cell_line
 from fair_edge.station.cell_models import CellModels
-from fair_edge.station.cell_timing import part_timeout_s
+from fair_edge.station.cell_timing import gate_times_parts, part_timeout_s
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary
@@ -119,6 +119,8 @@ def check_cameras(cfg: StationConfig, sources: dict | None = None) -> None:
         gate = dataclasses.replace(vcfg, reject=dataclasses.replace(cfg.reject, sinks=cfg.reject.sinks or view.reject))
         if cfg.group.by == "lane" and not gate.reject.sinks:
             continue   # the station's own gate of a lane station holds the fault output only: it decides no part
+        if cfg.group.by == "part" and not gate_times_parts(gate):
+            continue   # a lamp alone at delay_ms 0 decides each part as the cell hands it over: no travel time
         check_reject_timing(gate, timed_source=view.name in sources or cfg.reject.handshake.enabled
                             or not is_unpaced_replay(vcfg))
     if cfg.group.by == "part":

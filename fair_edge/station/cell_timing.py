@@ -19,6 +19,15 @@ log = logging.getLogger("fair_edge.station.cell")   # the cell's logger: its sta
 NO_GATE_TIMEOUT_S = 1.0   # group.part_timeout_ms unset and no reject timing: a part waits this long for its views
 
 
+def gate_times_parts(cfg: StationConfig) -> bool:
+    """Whether the cell's gate decides each part at a due time (``reject.delay_ms`` after its capture, or at
+    ``encoder_distance``): a reject output, or a fault lamp alone given a travel time. A part cell's lamp alone at
+    ``delay_ms`` 0 decides each part when the cell hands it over with its views (no due time, as before 0718de0);
+    a lamp on a handshake station decides no part (``RejectSettings.decides_parts``)."""
+    r = cfg.reject
+    return r.decides_parts and (bool(r.sinks) or r.delay_ms > 0 or r.encoder_distance is not None)
+
+
 def part_timeout_s(cfg: StationConfig) -> float:
     """How long a part waits for its views, s: ``group.part_timeout_ms``, else until its due time at the gate (a view
     that comes before the gate's cut-off completes the part in time; one still missing leaves the gate without a
@@ -28,7 +37,7 @@ def part_timeout_s(cfg: StationConfig) -> float:
     encoder has no position, ``NO_GATE_TIMEOUT_S`` after it opened)."""
     if cfg.group.part_timeout_ms is not None:
         timeout, found = cfg.group.part_timeout_ms / 1000.0, cfg.group.part_timeout_ms
-        if cfg.reject.decides_parts and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
+        if gate_times_parts(cfg) and cfg.reject.encoder_distance is None and timeout > cfg.reject.delay_ms / 1000.0:
             raise ConfigError(f"group.part_timeout_ms: expected at most reject.delay_ms ({cfg.reject.delay_ms:g}), "
                               f"found {found:g}: the part would reach the gate before its views are all in; lower "
                               "part_timeout_ms or leave it unset (= the due time).")
@@ -39,7 +48,7 @@ def part_timeout_s(cfg: StationConfig) -> float:
         return timeout
     if part_close_by_count(cfg) is not None:
         return math.inf
-    if cfg.reject.decides_parts and cfg.reject.encoder_distance is None:
+    if gate_times_parts(cfg) and cfg.reject.encoder_distance is None:
         return cfg.reject.delay_ms / 1000.0
     if cfg.reject.handshake.enabled:   # answered well inside the PLC's result timeout
         return min(NO_GATE_TIMEOUT_S, cfg.reject.handshake.result_timeout_ms / 2000.0)
@@ -60,7 +69,7 @@ def part_close_by_count(cfg: StationConfig) -> CloseByCount | None:
         return None
     if cfg.reject.encoder_distance is not None:
         return CloseByCount(cfg.reject.encoder_distance, 0.0, NO_GATE_TIMEOUT_S)
-    if cfg.reject.decides_parts:   # a timed gate (reject.delay_ms): the part's due time
+    if gate_times_parts(cfg):   # a timed gate (reject.delay_ms): the part's due time
         return None
     furthest = max((v.offset_counts for v in cfg.cameras), default=0)
     return CloseByCount(furthest + cfg.group.window_counts, NO_GATE_TIMEOUT_S, NO_GATE_TIMEOUT_S)
@@ -90,9 +99,10 @@ def warn_window_counts(cfg: StationConfig, encoder: object) -> str:
 def part_due_s(cfg: StationConfig, gated: bool, by_count: bool) -> float:
     """How long after a part's first view's capture its reject gate can still reject it (``PartAssembler``'s
     ``due_s``, s): ``reject.delay_ms + late_ms`` where the gate (``gated``: a scheduler deciding parts is open)
-    decides parts by time, with a reject output or a fault lamp alone (both held to ``delay_ms`` > 0 at start:
-    ``run.check_reject_timing``); inf where there is no such gate (a fault lamp on a handshake station decides no
-    part: ``RejectSettings.decides_parts``) or it goes by belt count (``by_count``: an encoder)."""
-    if not gated or by_count or not cfg.reject.decides_parts:
+    decides parts by time (``gate_times_parts``: a reject output, held to ``delay_ms`` > 0 at start by
+    ``run.check_reject_timing``, or a fault lamp alone given ``delay_ms`` > 0); inf where there is no such gate (a
+    lamp alone at ``delay_ms`` 0 decides each part as it is handed over; a lamp on a handshake station decides no
+    part) or it goes by belt count (``by_count``: an encoder)."""
+    if not gated or by_count or not gate_times_parts(cfg):
         return math.inf
     return (cfg.reject.delay_ms + cfg.reject.late_ms) / 1000.0
