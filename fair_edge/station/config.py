@@ -296,12 +296,15 @@ class StationConfig:
         """A copy with the given non-None settings replaced (command-line flags win over the file). Outputs changed
         (``--reject``) are checked over the station's outputs as the file's were (``check_outputs``): a GPIO line
         driven twice refused, a PLC address shared with the file's fault output warned about (once: a pair the file
-        already shared is not warned again); and the copy is held to the file's wiring refusals (``_check_wiring``:
-        e.g. ``--reject`` on a lane station, whose outputs are its cameras' own)."""
+        already shared is not warned again); a changed reject section is held to the file's wiring refusals
+        (``_check_wiring``: e.g. ``--reject`` on a lane station, whose outputs are its cameras' own). Other changes
+        are not (``rules check --camera`` makes one camera's file of a cell, its ``group:`` kept)."""
         new = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if new.output_urls() != self.output_urls():
             new.check_outputs(warned=self.output_urls())
-        return new._check_wiring()
+        if new.reject != self.reject:
+            new._check_wiring()
+        return new
 
 
 def _folder_given(path: Path) -> str:
