@@ -110,9 +110,6 @@ SOURCES: dict[str, SourceKind] = {
                        ("images",)),
 }
 
-# station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
-# wait for one frame (not opencv:'s, which bounds opening and reading a network stream, 5 s)
-STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": ("aravis", "genicam")}
 # the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
 # its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
 # frame within misses_before_reconnect waits. Longest, per kind: a read begun just before stop() must end within the
@@ -122,6 +119,10 @@ STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s
 READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
 READ_WAIT_MAX_S: dict[str, float] = {"aravis": CaptureSettings.stop_timeout_s / 2,
                                      "genicam": CaptureSettings.stop_timeout_s}
+# station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
+# wait for one frame, the kinds READ_WAIT_MAX_S bounds (not opencv:'s, which bounds opening and reading a network
+# stream, 5 s)
+STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": tuple(READ_WAIT_MAX_S)}
 # what a free-running camera slower than one frame per READ_WAIT_MAX_S[kind] needs ({fps}: 1 / that), for the refusal
 SLOW_CAMERA_FIXES: dict[str, str] = {
     "aravis": "give it fps: {fps} or more (the source sets the camera's frame rate), or trigger it (TriggerMode On, "
