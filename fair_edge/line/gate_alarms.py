@@ -145,13 +145,12 @@ class GateAlarms:
         only while it is the text the operator was shown (``seen``; None: whatever it is now); returns that text,
         None when there was nothing (see ``RejectScheduler.acknowledge_alarm``). ConfigError, nothing cleared, when
         it is another (an alarm latched or a pulse missed since)."""
-        with self._lock:
-            pulses, cleared = self._acknowledgeable(link_up)
-            if seen is not None and cleared is not None and cleared != seen:
+        with self.held(link_up) as now:
+            if seen is not None and now.text is not None and now.text != seen:
                 raise ConfigError(f"alarm: expected the one shown ({seen or 'none'!r}) to be latched, found a newer "
-                                  f"one: {cleared}; read it, then acknowledge again (nothing was cleared)")
-            self._clear(pulses)
-        return cleared
+                                  f"one: {now.text}; read it, then acknowledge again (nothing was cleared)")
+            now.clear()
+        return now.text
 
     @contextlib.contextmanager
     def held(self, link_up: SinkLinkUp) -> Iterator[Acknowledgement]:
