@@ -29,9 +29,10 @@ def reject_rows(rejects: dict) -> list[tuple[str, object]]:
     """Rows for the reject gate in the live table and the summary (empty without sinks); ``rejects``:
     ``RunSummary.rejects``; a gate with no reject output (no ``sinks``: ``reject.fault_sinks`` only) shows the NG
     parts it passed instead of rejects and pulses, and one that decides no part (``decides_parts`` False: a fault
-    lamp on a handshake station) no part rows at all, only its fault output. In red: the pulses row once a pulse was
-    missed or unconfirmed, rows shown only when above 0: parts refused a pulse (``gap_missed``: too close to the previous one),
-    ``position_lost``. A lane station's top level holds the totals over its lanes
+    lamp on a handshake station) no part rows at all, only its fault output. Pulses delivered / missed / unconfirmed
+    add up to the pulses handed to the sinks (delivered: every pulse written, a late write too; missed: with the
+    dropped ones). In red: the pulses row once a pulse was missed or unconfirmed, rows shown only when above 0:
+    parts refused a pulse (``gap_missed``: too close to the previous one), ``position_lost``. A lane station's top level holds the totals over its lanes
     (``station.cell_line.CellLine.reject_stats``), then a row per lane (``lane_rows``); its fault output row names
     each lane whose fault is on."""
     if not rejects:

@@ -179,6 +179,10 @@ class Counters:
             return dict(self._c)
 
 
+# A pulse handed in (``pulses``) is counted once in delivered, missed, unconfirmed or dropped (in none while queued or
+# in progress, or left queued at close: logged). ``delivered``: every rising edge written, in time or not;
+# ``late_writes``: those of them whose write returned after the deadline (reported ``late_write``, gate log ``late``),
+# a part of ``delivered``, never to be added to it.
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
                  "link_downs", "reconnects", "late_writes", "overwritten")
 
