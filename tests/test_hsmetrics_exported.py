@@ -11,6 +11,7 @@ its trigger fanout's ``fanout_expired`` / ``fanout_overflow``) with the gauges `
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,11 @@ def handshake_samples(scraped: dict) -> dict[str, float]:
     return out
 
 
-def station_config(tmp_path: Path) -> StationConfig:
+def station_config(tmp_path: Path, **handshake) -> StationConfig:
+    """One camera, the handshake at ``SETTINGS`` and ``handshake`` (HandshakeSettings fields), metrics on."""
     return StationConfig(console=ConsoleSettings(enabled=False), output=tmp_path / "out",
                          record=RecordSettings(dir=tmp_path / "out", save_ng_images=False),
-                         reject=RejectSettings(handshake=HandshakeSettings(**SETTINGS)),
+                         reject=RejectSettings(handshake=HandshakeSettings(**SETTINGS, **handshake)),
                          metrics=MetricsSettings(enabled=True, port=0)).checked()
 
 
@@ -145,7 +147,8 @@ def test_a_stations_handshake_counters_are_on_metrics_and_in_the_live_table_as_t
         assert "handshake: triggers / results / acked │ 2 / 2 / 1" in rows, rows
         assert "handshake: OK / NG / not inspected │ 1 / 0 / 1" in rows, rows
         assert "handshake: late frames / stale triggers / stale acks │ 1 / 0 / 0" in rows, rows
-        assert "handshake: link (I/O errors / refused / reconnects) │ up: 0 / 0 / 0" in rows, rows
+        link = "handshake: link (I/O errors / refused / reconnects / results withdrawn)"
+        assert f"{link} │ up: 0 / 0 / 0 / 0" in rows, rows
 
         plc.signals.update(part_id=1003, trigger=1)                # set while the link was down
         assert hs._connect()                                       # the reconnect: 1002's result withdrawn
@@ -159,9 +162,73 @@ def test_a_stations_handshake_counters_are_on_metrics_and_in_the_live_table_as_t
         rows = live_rows(line.reject_stats())
         assert "handshake: OK / NG / not inspected │ 1 / 0 / 2" in rows, rows
         assert "handshake: late frames / stale triggers / stale acks │ 1 / 1 / 0" in rows, rows
-        assert "handshake: link (I/O errors / refused / reconnects) │ down: 1 / 0 / 1" in rows, rows
+        assert f"{link} │ down: 1 / 0 / 1 / 1" in rows, rows
     assert [s["triggers"] for s in scrapes] == [0, 1, 1, 2, 3, 3]   # the series moved with the counter
 
+
+
+class Frames:
+    """A camera that hands out ``frames`` in order (what ``TriggeredSource`` reads of its inner source)."""
+
+    name = "line"
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self._frames = iter(frames)
+
+    def read(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None: ...
+
+
+def test_overruns_withdrawn_results_and_stale_frames_move_in_the_live_table(tmp_path, monkeypatch):
+    """The three handshake counters the live table left out (on /metrics and in summary.json already): a frame
+    exposed before its part's trigger, skipped by the triggered camera (stale_frames); a trigger while max_parts=1
+    part waits for its frame (overruns, error 12); a result up when the link is reopened (withdrawn). After each,
+    the table shows the count summary.json gets (``Handshake.stats()``)."""
+    from fair_edge.cameras.triggered import TriggeredSource
+    from fair_edge.station.line_side import open_line_side
+
+    clock = FakeClock()
+    opened = scripted_handshakes(monkeypatch, clock)
+    image = np.zeros((4, 4, 3), np.uint8)
+    with contextlib.ExitStack() as stack:
+        line = open_line_side(station_config(tmp_path, max_parts=1), stack, "run-hs-rows")
+        hs, plc = line.handshake, opened["plc"]
+        connect(hs, clock)
+
+        def shown(label: str, value: str) -> None:
+            rows = live_rows(line.reject_stats())
+            assert f"handshake: {label} │ {value}" in rows, rows
+
+        trigger(hs, plc, clock, 1001)
+        camera = TriggeredSource(Frames([Frame(0, clock() - 1.0, image, "line"), Frame(1, clock(), image, "line")]), hs)
+        frame = camera.read()                                      # the first frame predates the trigger: skipped
+        assert frame.seq == 0 and hs.stats()["stale_frames"] == 1
+        shown("stale frames (taken before the trigger, skipped)", "1")
+        shown("ack timeouts / expired / overruns / error", "0 / 0 / 0 / 0")
+        trigger(hs, plc, clock, 1002)                              # waits for its frame: max_parts reached
+        trigger(hs, plc, clock, 1003)                              # answered 3 at once
+        assert hs.stats()["overruns"] == 1
+        shown("ack timeouts / expired / overruns / error", "0 / 0 / 1 / 12")
+        hs.on_verdict(frame, Verdict(0, frame.t_capture, 0.1, 0.5, False, clock(), "line"))
+        poll(hs, clock)
+        assert plc.signals["results_ready"] == 1 and plc.signals["result_part_id"] == 1001
+        shown("link (I/O errors / refused / reconnects / results withdrawn)", "up: 0 / 0 / 0 / 0")
+        assert hs._connect()                                       # reopened: 1001's ack is unknown, withdrawn
+        assert (hs.stats()["withdrawn"], hs.stats()["reconnects"]) == (1, 1)
+        shown("link (I/O errors / refused / reconnects / results withdrawn)", "up: 0 / 0 / 1 / 1")
+        shown("stale frames (taken before the trigger, skipped)", "1")
+
+
+def test_every_handshake_counter_has_its_place_in_the_live_table():
+    """Each ``HANDSHAKE_COUNTERS`` key at a value of its own: the table shows each value exactly once (none left
+    out, as overruns, withdrawn and stale_frames were, none shown twice)."""
+    from fair_edge.cli.run import handshake_rows
+
+    stats = {key: 101 + i for i, key in enumerate(HANDSHAKE_COUNTERS)}
+    text = " ".join(str(value) for _, value in handshake_rows({**stats, "connected": True, "error": 0}))
+    assert sorted(int(n) for n in re.findall(r"\d+", text) if int(n) > 100) == sorted(stats.values()), text
 
 def test_a_cells_handshake_counters_and_its_fanouts_are_on_metrics(tmp_path, monkeypatch):
     """Two cameras, group.match: handshake: the cell watches the handshake itself (open_line_side leaves it, or the

@@ -83,10 +83,12 @@ def lane_rows(lanes: dict) -> list[tuple[str, object]]:
 
 def handshake_rows(hs: dict) -> list[tuple[str, object]]:
     """Rows for the PLC handshake (``Handshake.stats()``, ``RunSummary.rejects["handshake"]``), the live table's and the
-    run summary's: triggers, results and acks; the answers (OK / NG / not inspected: 3); ack timeouts, expired parts
-    and the code on Error; parts answered 3 for a camera's late frame, triggers found already 1 after an outage
-    (``stale_triggers``) and acks for no result (``stale_acks``), in red when any; the link (up, or down in red) with
-    its I/O errors, device refusals and reconnects. A key the dict lacks (an older summary) reads 0."""
+    run summary's: triggers, results and acks; the answers (OK / NG / not inspected: 3); ack timeouts, expired parts,
+    triggers past ``max_parts`` (``overruns``) and the code on Error; parts answered 3 for a camera's late frame,
+    triggers found already 1 after an outage (``stale_triggers``) and acks for no result (``stale_acks``), in red when
+    any; frames taken before their trigger and skipped (``stale_frames``); the link (up, or down in red) with its I/O
+    errors, device refusals, reconnects and the results up at a reconnect, withdrawn (``withdrawn``). Every counter of
+    ``HANDSHAKE_COUNTERS``; a key the dict lacks (an older summary) reads 0."""
     def counts(*keys: str) -> str:
         return " / ".join(str(hs.get(key, 0)) for key in keys)
 
@@ -95,13 +97,16 @@ def handshake_rows(hs: dict) -> list[tuple[str, object]]:
 
     stale = counts("late_frames", "stale_triggers", "stale_acks")
     link = "up" if hs.get("connected") else "[bold red]down[/]"
+    link_counts = counts("io_errors", "device_errors", "reconnects", "withdrawn")
     return [("handshake: triggers / results / acked", counts("triggers", "results", "acked")),
             ("handshake: OK / NG / not inspected", counts("ok", "ng", "not_inspected")),
-            ("handshake: ack timeouts / expired / error", counts("ack_timeouts", "expired", "error")),
+            ("handshake: ack timeouts / expired / overruns / error",
+             counts("ack_timeouts", "expired", "overruns", "error")),
             ("handshake: late frames / stale triggers / stale acks",
              red_if_any(stale, "late_frames", "stale_triggers", "stale_acks")),
-            ("handshake: link (I/O errors / refused / reconnects)",
-             f"{link}: {red_if_any(counts('io_errors', 'device_errors', 'reconnects'), 'io_errors', 'device_errors')}")]
+            ("handshake: stale frames (taken before the trigger, skipped)", counts("stale_frames")),
+            ("handshake: link (I/O errors / refused / reconnects / results withdrawn)",
+             f"{link}: {red_if_any(link_counts, 'io_errors', 'device_errors')}")]
 
 
 def latency_text(lat: dict, digits: int = 1) -> str:
