@@ -2,7 +2,9 @@
 holds its view already (a trigger that bounced, a frame delivered twice, or parts closer than the window): one frame
 cannot tell a repeat from a real part, so it still opens a part of its own, noted at the gate (never a part dropped),
 and the log names the camera. Before, nothing named it: the part rows blamed the other camera (``b (no frame)``).
-The assembler runs in-process on a fake clock."""
+A view joins the open part nearest to it (capture time, belt count) that lacks its camera, not the newest: before,
+camera b's view of a part joined the part a's bounce had opened after it, so the real part lacked b (not inspected,
+b blamed) and b's verdict went to the bounce's part. The assembler runs in-process on a fake clock."""
 
 from __future__ import annotations
 
@@ -33,13 +35,14 @@ class _Cell:
                                  on_open=lambda part, t, count: self.opened.append(part), clock=lambda: self.now,
                                  **extra)
 
-    def take(self, camera: str, seq: int, t_capture: float, count: int | None = None) -> int | None:
-        """``camera``'s frame ``seq`` captured at ``t_capture`` (s; at belt count ``count``), then its OK verdict."""
+    def take(self, camera: str, seq: int, t_capture: float, count: int | None = None, ng: bool = False) -> int | None:
+        """``camera``'s frame ``seq`` captured at ``t_capture`` (s; at belt count ``count``), then its verdict (OK;
+        NG, score 2.0, with ``ng``)."""
         if count is not None:
             self.count = count
         frame = Frame(seq, t_capture, np.zeros(1), camera=camera)
         part = self.asm.on_capture(camera, frame)
-        self.asm.on_verdict(frame, Verdict(seq, t_capture, 0.1, 1.0, False, self.now, camera=camera))
+        self.asm.on_verdict(frame, Verdict(seq, t_capture, 2.0 if ng else 0.1, 1.0, ng, self.now, camera=camera))
         return part
 
 
@@ -100,3 +103,44 @@ def test_views_of_parts_further_apart_than_the_window_log_nothing(caplog):
         cell.take("a", part, t)
         cell.take("b", part, t + 0.002)
     assert cell.opened == [0, 1, 2] and lines(caplog) == []
+
+
+@pytest.mark.parametrize("match", ["window", "encoder"])
+def test_a_view_joins_the_nearest_part_lacking_its_camera_not_the_bounces_newer_part(caplog, match):
+    """Camera a's frame 1 opens part 0 (100.000 s, count 1000), its bounce 20 ms (15 counts) later part 1; camera
+    b's NG frame of part 0 (2 ms, 1 count after a's) comes after the bounce: it joins part 0, which is NG by b's view,
+    inspected; the bounce's part 1 lacks b (not inspected). The log still names camera a's extra frame."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    cell = _Cell(match)
+    assert cell.take("a", 1, 100.000, count=1000) == 0
+    assert cell.take("a", 2, 100.020, count=1015) == 1
+    assert cell.take("b", 1, 100.002, count=1001, ng=True) == 0
+    cell.now = 101.0
+    cell.asm.sweep()
+    real, bounce = cell.rows[0], cell.rows[1]
+    assert (real["ng"], real["inspected"], real["missing"], real["views"]["b"]["seq"]) == (True, True, [], 1)
+    assert (bounce["inspected"], bounce["missing"], bounce["views"]["a"]["seq"]) == (False, ["b"], 2)
+    (line,) = lines(caplog)
+    assert line.startswith("camera a frame 2: ") and "one of parts 0 and 1 lacks" in line, line
+
+
+@pytest.mark.parametrize("match, a_views, b_view", [
+    ("window", [(100.000, None), (100.010, None)], (100.005, None)),   # (t_capture s, count)
+    ("encoder", [(100.000, 1000), (100.001, 1010)], (100.002, 1005))])
+def test_a_view_as_near_two_parts_joins_the_older(match, a_views, b_view):
+    """Camera b's view exactly between parts 0 and 1 (camera a's; by capture time, by belt count): the older, 0."""
+    cell = _Cell(match)
+    assert [cell.take("a", seq, t, count) for seq, (t, count) in enumerate(a_views)] == [0, 1]
+    assert cell.take("b", 0, *b_view) == 0
+
+
+def test_encoder_views_of_parts_closer_than_the_window_each_join_their_own_part():
+    """Parts 15 counts apart with window_counts 20: camera b's view keyed 1001 joins part 0 (1000), its next, keyed
+    1016, part 1 (1015). Before, the first joined part 1 (the newest) and the second part 0: the parts' views
+    swapped, each part judged by the other's frame of b."""
+    cell = _Cell("encoder")
+    assert cell.take("a", 0, 100.000, count=1000) == 0
+    assert cell.take("a", 1, 100.015, count=1015) == 1
+    assert cell.take("b", 0, 100.001, count=1001) == 0
+    assert cell.take("b", 1, 100.016, count=1016) == 1
+    assert cell.rows[0]["views"]["b"]["seq"] == 0 and cell.rows[1]["views"]["b"]["seq"] == 1

@@ -1,10 +1,11 @@
 """Views of several cameras -> parts: which frames show one part, and the part's one verdict.
 
-``PartAssembler`` is told of every frame at capture (``on_capture``, on the cameras' threads) and
-puts it into a part by the station's ``group.match`` rule (``fair_edge.station.views``); a new part is
-announced at once (``on_open``: the reject gate notes it at its first view's capture time, with ``match: encoder``
-at its belt count, so it is decided at its due time whatever happens to its views). Each view's verdict
-(``on_verdict``) or drop (``on_drop``) is filed with its part. A part is decided once:
+``PartAssembler`` is told of every frame at capture (``on_capture``, on the cameras' threads) and puts it into a part
+by the station's ``group.match`` rule (``fair_edge.station.views``; ``window``, ``encoder``, ``handshake``: the open
+part nearest its key that lacks its camera's view, within the window; of two as near, the older: ``_match``); a new
+part is announced at once (``on_open``: the reject gate notes it at its first view's capture time, with
+``match: encoder`` at its belt count, so it is decided at its due time whatever happens to its views). Each view's
+verdict (``on_verdict``) or drop (``on_drop``) is filed with its part. A part is decided once:
 
 - as soon as its inspected NG views reach ``min_ng`` (``group.rule``): NG, whatever its other views would say;
   its verdict goes to ``on_part`` at once with the part's row, whose ``views`` name the views not in yet
@@ -36,7 +37,8 @@ Late views (a view that comes after its part closed without it) are filed under 
 their own: ``station.part_memory``. ``match: sequence`` (cameras out of step, frames taken twice) is
 ``station.part_sequence``'s; with ``window`` and ``encoder`` a camera's second frame inside the window of a part
 holding its view still opens a part (a repeat cannot be told from parts closer than the window), logged naming the
-camera (``_note_repeat``, ``part_memory.RepeatedViewLog``). Part ids count from 0 in opening order; a decided part's
+camera (``_note_repeat``, ``part_memory.RepeatedViewLog``); the other cameras' views join the part nearest them, so
+a bounce's part is usually the one that lacks them. Part ids count from 0 in opening order; a decided part's
 verdict and row (its fields, the deciding view) are ``station.part_rows``'s.
 """
 
@@ -326,11 +328,15 @@ class PartAssembler(SequenceMatching):
         self._newest_capture[camera] = max(frame.t_capture, self._newest_capture.get(camera, -math.inf))
 
     def _match(self, camera: str, key: float) -> Part | None:
-        """The open part this view belongs to (under the lock), None for a new part."""
-        for part in reversed(self._open.values()):
-            if camera not in part.seqs and abs(key - part.key) <= self._window:
-                return part
-        return None
+        """The open part this view belongs to (under the lock), None for a new part: of the open parts missing
+        ``camera``'s view whose key is within the window of ``key`` (s with ``window``, counts with ``encoder``, equal
+        with ``handshake``), the nearest; of two as near, the older (opened first: ``_open``'s order)."""
+        nearest, bound = None, math.nextafter(self._window, math.inf)   # nearer than bound: within the window
+        for part in self._open.values():
+            apart = abs(key - part.key)
+            if apart < bound and camera not in part.seqs:
+                nearest, bound = part, apart
+        return nearest
 
     def _announce(self, part: Part, repeat: str | None) -> None:
         """A part just opened (outside the lock): ``on_open`` (with its belt count, ``match: encoder``), and the line

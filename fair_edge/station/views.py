@@ -25,14 +25,16 @@ station's whole: cameras of other frame sizes than ``regions.frame`` need their 
 
 ``group.match`` (``by: part``):
 - ``window``: frames captured within ``window_ms`` of a part's first view belong to it (cameras fired
-  by one hardware trigger, or by one light barrier);
+  by one hardware trigger, or by one light barrier); a frame within the window of several open parts lacking its
+  camera joins the one captured nearest it (of two as near, the older);
 - ``sequence``: the N-th frame of every camera is part N (cameras that count the same triggers; a
   replay of folders at one rate); after an outage that a camera's frame numbers do not count, or a silent
   slip (a missed trigger: the part its count names opened more than ``window_ms`` and half the time between
   parts away from its capture), its views are matched by capture time (``window_ms``) until one joins a part
   and its count is learned again (``parts.resyncs``);
 - ``encoder``: frames captured within ``window_counts`` belt counts of a part's first view (the views
-  are taken at different places along the belt: set each camera's ``offset_counts``);
+  are taken at different places along the belt: set each camera's ``offset_counts``); of several such parts, the
+  nearest by belt count (of two as near, the older);
 - ``handshake``: the PLC's part id (``reject.handshake``): every trigger makes each camera take one frame,
   and the part's verdict is the handshake's result for that part id.
 
