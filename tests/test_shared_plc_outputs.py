@@ -2,7 +2,7 @@
 node): nothing was said when the station file was read, and each output then wrote over the other's levels. Now the
 load logs a warning naming both settings and the address (``line.settings.warn_shared_outputs``); a warning, not a
 refusal, since two lanes sharing one ejector may be wired so on purpose. Addresses are compared as written, the
-default port and unit filled in (``plc_lock.shared_addresses``)."""
+default port and unit filled in, every loopback host one (``plc_lock.shared_addresses``, no DNS asked)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,46 @@ def test_outputs_on_different_addresses_are_not_warned_about(caplog, fault):
         load({"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": [fault]})
     assert warnings(caplog) == []
 
+
+@pytest.mark.parametrize("sink, fault", [
+    ("modbus://localhost?coil=3", "modbus://127.0.0.1:502?coil=3"),
+    ("modbus://[::1]?coil=3", "modbus://127.0.0.2?unit=1&coil=3"),
+    ("opcua://LOCALHOST/?node=ns=2;s=Eject", "opcua://[::ffff:127.0.0.1]:4840?node=ns=2;s=Eject"),
+    ("modbus://PLC.line3.local.?coil=3", "modbus://plc.line3.local:502?coil=3"),
+    ("modbus://[fd00:0:0::5]?coil=3", "modbus://[FD00::5]?coil=3"),
+])
+def test_one_address_spelled_two_ways_is_warned_about_naming_both_spellings(caplog, monkeypatch, sink, fault):
+    """Every loopback spelling is this machine, a host name is compared case-insensitively without its trailing dot,
+    an IP address in its one canonical form; all without asking DNS (the start-time locks do that)."""
+    def no_dns(*args, **kwargs):
+        raise AssertionError(f"DNS asked at load: {args}")
+
+    monkeypatch.setattr("socket.getaddrinfo", no_dns)
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": [sink], "fault_sinks": [fault]})
+    found = warnings(caplog)
+    assert len(found) == 1, found
+    assert found[0].startswith("reject.sinks[0] and reject.fault_sinks[0] both write ")
+    assert "Two lanes sharing one ejector may be wired so on purpose" in found[0]
+
+
+def test_the_warning_names_the_address_as_each_output_writes_it(caplog):
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["modbus://localhost?coil=3"], "fault_sinks": ["modbus://127.0.0.1?coil=3"]})
+    assert warnings(caplog)[0].startswith(
+        "reject.sinks[0] and reject.fault_sinks[0] both write modbus localhost:502 unit 1 coil 3 "
+        "(reject.fault_sinks[0]: modbus 127.0.0.1:502 unit 1 coil 3): each writes over")
+
+
+@pytest.mark.parametrize("sink, fault", [
+    ("modbus://localhost?coil=3", "modbus://127.0.0.1:5020?coil=3"),   # another port: another server
+    ("modbus://plc?coil=3", "modbus://10.0.0.5?coil=3"),               # a name and an address: only DNS could tell
+    ("opcua://plc/?node=ns=2;s=Eject", "opcua://plc/?node=nsu=urn:plc;s=Eject"),   # only the server could tell
+])
+def test_spellings_that_only_the_network_could_match_are_not_warned_about(caplog, sink, fault):
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": [sink], "fault_sinks": [fault]})
+    assert warnings(caplog) == []
 
 
 def run_with_reject(tmp_path, reject: dict, flag: str) -> list[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -47,6 +48,7 @@ SYSTEM_LOCK_DIR = Path("/run/lock")        # FHS: lock files, emptied at boot; i
 FALLBACK_LOCK_DIR = "fair-edge-locks"      # under the temp folder where /run/lock is missing or not writable
 MODBUS_PORT, OPCUA_PORT, MODBUS_UNIT = 502, 4840, 1
 COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: coil 0 and register 0 differ
+LOOPBACK = "127.0.0.1"   # the shared-address warning's one name for this machine (offline_host)
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,37 @@ class PlcOutput:
     setting: str
     host: str = ""
 
+    @property
+    def compared(self) -> str:
+        """``key`` as the shared-address warning compares it, with no DNS lookup: its host ``offline_host``'s
+        (``modbus://localhost:502/1/coil/0`` and ``modbus://127.0.0.1:502/1/coil/0`` compare equal)."""
+        return self.with_host(offline_host(self.host))
+
     def with_host(self, address: str) -> str:
-        """``key`` with its host replaced by ``address`` (an IP address ``host_addresses`` gave; IPv6 in
-        brackets): the key of one of this output's locks."""
+        """``key`` with its host replaced by ``address`` (IPv6 in brackets): with an IP address ``host_addresses``
+        gave, the key of one of this output's locks; with ``offline_host``'s, ``compared``."""
         scheme, rest = self.key.split("://", 1)
         written = f"[{self.host}]" if ":" in self.host else self.host
         placed = f"[{address}]" if ":" in address else address
         return f"{scheme}://{placed}{rest[len(written):]}"
+
+
+def offline_host(host: str) -> str:
+    """``host`` (a sink URL's host, lower-case; IPv6 without brackets) as the shared-address warning compares it
+    when the station file is read, without asking DNS (that is the start-time locks' ``host_addresses``): every
+    loopback name or address (``localhost``, ``127.x.x.x``, ``::1``, ``::ffff:127.0.0.1``) is ``LOOPBACK``, another IP
+    address is written the one way ``ipaddress`` writes it (``0:0::a`` -> ``::a``), a name is as written without a
+    trailing dot (``plc.local.`` -> ``plc.local``)."""
+    name = host.lower().rstrip(".")
+    if name == "localhost":
+        return LOOPBACK
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:   # ::ffff:a.b.c.d is a.b.c.d
+        address = address.ipv4_mapped
+    return LOOPBACK if address.is_loopback else str(address)
 
 
 def hostport(host: str, port: int) -> str:
@@ -105,15 +131,16 @@ def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
 
 def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcOutput]]:
     """(first, later) for each of ``outputs`` whose address an earlier one names too, in order: addresses compared by
-    ``key``, as the station file writes them with the default port and unit filled in and the host lower-case (not
-    resolved: ``localhost`` and ``127.0.0.1`` differ here, unlike the locks' ``lock_keys``)."""
+    ``compared``, as the station file writes them with the default port and unit filled in, the host lower-case and
+    every loopback spelling one (``offline_host``: ``localhost``, ``127.0.0.1`` and ``::1`` match; a name and its IP
+    address do not, nor ``ns=`` and ``nsu=`` node ids: that needs DNS or the OPC UA server)."""
     first: dict[str, PlcOutput] = {}
     pairs = []
     for output in outputs:
-        if output.key in first:
-            pairs.append((first[output.key], output))
+        if output.compared in first:
+            pairs.append((first[output.compared], output))
         else:
-            first[output.key] = output
+            first[output.compared] = output
     return pairs
 
 

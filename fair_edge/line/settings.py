@@ -21,7 +21,7 @@ from .. import fields as f
 from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
 from .mqtt_url import parse_mqtt_url
-from .plc_lock import shared_addresses, sink_outputs
+from .plc_lock import PlcOutput, shared_addresses, sink_outputs
 from .sinks import parse_sink
 from .sinks.gpio import check_gpio_wiring
 
@@ -69,22 +69,28 @@ def warn_shared_outputs(outputs: Mapping[str, tuple[str, ...]],
                         warned: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """Log a warning, when the station file is read, for each PLC address (a Modbus coil or register, an OPC UA node)
     two of the station's reject / fault / lane outputs write (``plc_lock.shared_addresses``: compared as written, the
-    default port and unit filled in), naming both settings and the address. A warning, not a refusal: two lanes
-    sharing one ejector may be wired so on purpose. outputs: setting -> its checked URLs, as ``check_gpio_outputs``
-    takes them (GPIO lines driven twice are refused there). warned: the outputs already warned about (the file's,
+    default port and unit filled in, every loopback host one, no DNS asked), naming both settings and the address.
+    A warning, not a refusal: two lanes sharing one ejector may be wired so on purpose. outputs: setting -> its
+    checked URLs, as ``check_gpio_outputs`` takes them (GPIO lines driven twice are refused there). warned: the outputs already warned about (the file's,
     before the command line's ``--reject``): a pair they share too is not warned again."""
     def pairs(urls: Mapping[str, tuple[str, ...]]) -> list:
         named = [output for setting, setting_urls in urls.items() for output in sink_outputs(setting, setting_urls)]
         return shared_addresses(named)
 
-    seen = {(a.setting, b.setting, a.key) for a, b in pairs(warned or {})}
+    seen = {(a.setting, b.setting, a.compared) for a, b in pairs(warned or {})}
     for first, later in pairs(outputs):
-        if (first.setting, later.setting, first.key) in seen:
+        if (first.setting, later.setting, first.compared) in seen:
             continue
         log.warning("%s and %s both write %s: each writes over the other's levels there (a falling edge of one ends "
                     "the other's pulse or held fault). Two lanes sharing one ejector may be wired so on purpose; "
                     "otherwise give each output its own address (docs/line-integration.md, \"Sink URLs\")",
-                    first.setting, later.setting, first.shown)
+                    first.setting, later.setting, both_spellings(first, later))
+
+
+def both_spellings(first: PlcOutput, later: PlcOutput) -> str:
+    """The address two outputs share in words, as ``first`` writes it, and as ``later`` does when it is spelled
+    otherwise (``modbus localhost:502 unit 1 coil 3 (reject.fault_sinks[0]: modbus 127.0.0.1:502 unit 1 coil 3)``)."""
+    return first.shown if first.shown == later.shown else f"{first.shown} ({later.setting}: {later.shown})"
 
 
 def check_encoder_url(where: str, url: str) -> str:
