@@ -1,8 +1,10 @@
 """Two outputs of one station on one PLC address (a reject and a fault output on one coil, two lanes on one ejector
 node): nothing was said when the station file was read, and each output then wrote over the other's levels. Now the
-load logs a warning naming both settings and the address (``line.settings.warn_shared_outputs``); a warning, not a
-refusal, since two lanes sharing one ejector may be wired so on purpose. Addresses are compared as written, the
-default port and unit filled in, every loopback host one (``plc_lock.shared_addresses``, no DNS asked)."""
+load logs a warning naming both settings and the address (``line.shared_outputs.warn_shared_outputs``); a warning,
+not a refusal, since two lanes sharing one ejector may be wired so on purpose. Addresses are compared as written, the
+default port and unit filled in, every loopback host one (``plc_lock.shared_addresses``, no DNS asked). Each pair is
+warned about once per process (``shared_outputs.WARNED``): the file's re-reads (SIGHUP, console threshold writes) do
+not repeat it; each test here starts with a process that has warned about nothing (``fresh_process``)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,16 @@ import logging
 
 import pytest
 
-from fair_edge.station.config import StationConfig
+from fair_edge.line import shared_outputs
+from fair_edge.station.config import StationConfig, load_station
 
-WARNS = "fair_edge.line.settings"
+WARNS = "fair_edge.line.shared_outputs"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """The pairs warned about so far: none, as in a station process just started."""
+    monkeypatch.setattr(shared_outputs, "WARNED", shared_outputs.WarnedPairs())
 
 
 def load(reject: dict, cameras: list | None = None) -> StationConfig:
@@ -101,6 +110,44 @@ def test_spellings_that_only_the_network_could_match_are_not_warned_about(caplog
     with caplog.at_level(logging.WARNING, logger=WARNS):
         load({"sinks": [sink], "fault_sinks": [fault]})
     assert warnings(caplog) == []
+
+
+def write_station(path, reject: dict) -> None:
+    path.write_text(json.dumps({"bundle": "/nonexistent/bundle", "camera": {"source": "/nonexistent", "fps": 20},
+                                "reject": {"delay_ms": 400, **reject}}))
+
+
+def test_re_reading_the_same_file_warns_nothing_new_and_a_new_overlap_warns_once(caplog, tmp_path):
+    """The station file is read again while the station runs (SIGHUP's reload, a console threshold write, which
+    loads the file it writes first): the same pair warned at every re-read. Now once per process for each pair;
+    an edit that adds an overlap warns about that one only."""
+    from fair_edge.console.tuning import write_station_threshold
+
+    station_file = tmp_path / "station.yaml"
+    write_station(station_file, {"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": ["modbus://10.0.0.5?coil=3"]})
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load_station(station_file)                                      # the start
+        assert len(warnings(caplog)) == 1, warnings(caplog)
+        write_station_threshold(station_file, 0.5, load_station)        # the console's threshold write
+        load_station(station_file)                                      # the reload after it
+        load_station(station_file)                                      # a SIGHUP
+        assert len(warnings(caplog)) == 1, warnings(caplog)
+        write_station(station_file, {"sinks": ["modbus://10.0.0.5?coil=3", "modbus://10.0.0.5?coil=8"],
+                                     "fault_sinks": ["modbus://10.0.0.5?coil=3", "modbus://10.0.0.5?coil=8"]})
+        load_station(station_file)
+        load_station(station_file)
+    found = warnings(caplog)
+    assert len(found) == 2, found
+    assert found[1].startswith("reject.sinks[1] and reject.fault_sinks[1] both write modbus 10.0.0.5:502 unit 1 "
+                               "coil 8: ")
+
+
+def test_a_pair_of_another_address_is_a_new_pair(caplog):
+    """The same two settings moved together onto another coil: that coil is named."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["modbus://10.0.0.5?coil=3"], "fault_sinks": ["modbus://10.0.0.5?coil=3"]})
+        load({"sinks": ["modbus://10.0.0.5?coil=4"], "fault_sinks": ["modbus://10.0.0.5?coil=4"]})
+    assert [m.split(": each")[0].rsplit(" ", 1)[-1] for m in warnings(caplog)] == ["3", "4"]
 
 
 def run_with_reject(tmp_path, reject: dict, flag: str) -> list[str]:

@@ -4,13 +4,12 @@ Frozen dataclasses; ``from_dict()`` validates a YAML mapping and raises ``Config
 the field, e.g. ``reject.delay_ms: expected a number in [0, 86400000], found 'abc'``. Every URL (reject and fault sinks,
 the encoder, the handshake, MQTT) is parsed on load by the parser the station uses at start, nothing opened, so a
 typo is refused naming its field (``reject.sinks[0]: ...``) instead of failing every start of a service; so is GPIO
-wiring that could never open (``check_gpio_outputs``: two Jetson pin numberings, two outputs on one line); two
-outputs on one PLC address are warned about (``warn_shared_outputs``).
+wiring that could never open (``check_gpio_outputs``: two Jetson pin numberings, two outputs on one line). Two
+outputs on one PLC address are warned about by ``shared_outputs.warn_shared_outputs``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,8 @@ from .. import fields as f
 from .encoder_links import open_encoder
 from .handshake.settings import HandshakeSettings
 from .mqtt_url import parse_mqtt_url
-from .plc_lock import PlcOutput, shared_addresses, sink_outputs
 from .sinks import parse_sink
 from .sinks.gpio import check_gpio_wiring
-
-log = logging.getLogger(__name__)
 
 FAIL_SAFE_POLICIES = ("reject", "alarm")
 SINK_CHECK_S = 2.0  # reject.require_sinks_at_start: how long each sink may take to connect
@@ -63,34 +59,6 @@ def check_gpio_outputs(outputs: Mapping[str, tuple[str, ...]]) -> None:
         check_gpio_wiring(named_urls(outputs))
     except SinkError as exc:
         raise ConfigError(f"{exc} (docs/line-integration.md, \"GPIO wiring and permissions\")") from exc
-
-
-def warn_shared_outputs(outputs: Mapping[str, tuple[str, ...]],
-                        warned: Mapping[str, tuple[str, ...]] | None = None) -> None:
-    """Log a warning, when the station file is read, for each PLC address (a Modbus coil or register, an OPC UA node)
-    two of the station's reject / fault / lane outputs write (``plc_lock.shared_addresses``: compared as written, the
-    default port and unit filled in, every loopback host one, no DNS asked), naming both settings and the address.
-    A warning, not a refusal: two lanes sharing one ejector may be wired so on purpose. outputs: setting -> its
-    checked URLs, as ``check_gpio_outputs`` takes them (GPIO lines driven twice are refused there). warned: the outputs already warned about (the file's,
-    before the command line's ``--reject``): a pair they share too is not warned again."""
-    def pairs(urls: Mapping[str, tuple[str, ...]]) -> list:
-        named = [output for setting, setting_urls in urls.items() for output in sink_outputs(setting, setting_urls)]
-        return shared_addresses(named)
-
-    seen = {(a.setting, b.setting, a.compared) for a, b in pairs(warned or {})}
-    for first, later in pairs(outputs):
-        if (first.setting, later.setting, first.compared) in seen:
-            continue
-        log.warning("%s and %s both write %s: each writes over the other's levels there (a falling edge of one ends "
-                    "the other's pulse or held fault). Two lanes sharing one ejector may be wired so on purpose; "
-                    "otherwise give each output its own address (docs/line-integration.md, \"Sink URLs\")",
-                    first.setting, later.setting, both_spellings(first, later))
-
-
-def both_spellings(first: PlcOutput, later: PlcOutput) -> str:
-    """The address two outputs share in words, as ``first`` writes it, and as ``later`` does when it is spelled
-    otherwise (``modbus localhost:502 unit 1 coil 3 (reject.fault_sinks[0]: modbus 127.0.0.1:502 unit 1 coil 3)``)."""
-    return first.shown if first.shown == later.shown else f"{first.shown} ({later.setting}: {later.shown})"
 
 
 def check_encoder_url(where: str, url: str) -> str:

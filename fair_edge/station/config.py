@@ -42,7 +42,8 @@ from fair_edge import fields as f
 from fair_edge.station.views import GroupSettings, ViewSettings, parse_views
 from fair_edge.station.zones import RegionSettings
 from fair_edge.line.settings import (MetricsSettings, MqttSettings, RecordSettings, RejectSettings, check_gpio_outputs,
-                                     check_sink_urls, warn_shared_outputs)
+                                     check_sink_urls)
+from fair_edge.line.shared_outputs import warn_shared_outputs
 from fair_edge.runtime.selection import BACKEND_NAMES
 
 AUTO_POLICY = "auto"  # block for a replay without fps, drop_oldest for everything else
@@ -234,12 +235,12 @@ class StationConfig:
         return {"reject.sinks": self.reject.sinks, "reject.fault_sinks": self.reject.fault_sinks,
                 **{f"cameras[{i}].reject": view.reject for i, view in enumerate(self.cameras)}}
 
-    def check_outputs(self, warned: dict[str, tuple[str, ...]] | None = None) -> None:
+    def check_outputs(self) -> None:
         """The checks over all of the station's outputs: GPIO lines one station could never open are refused
-        (``check_gpio_outputs``), PLC addresses two outputs write are warned about (``warn_shared_outputs``; warned:
-        the outputs whose shared addresses were warned about already)."""
+        (``check_gpio_outputs``), PLC addresses two outputs write are warned about (``warn_shared_outputs``: once
+        per process for each pair, so re-reading the file warns only about a new one)."""
         check_gpio_outputs(self.output_urls())
-        warn_shared_outputs(self.output_urls(), warned)
+        warn_shared_outputs(self.output_urls())
 
     def checked(self) -> "StationConfig":
         """Checks that span sections (several cameras with the reject wiring); returns self."""
@@ -295,13 +296,13 @@ class StationConfig:
     def override(self, **changes: Any) -> "StationConfig":
         """A copy with the given non-None settings replaced (command-line flags win over the file). Outputs changed
         (``--reject``) are checked over the station's outputs as the file's were (``check_outputs``): a GPIO line
-        driven twice refused, a PLC address shared with the file's fault output warned about (once: a pair the file
-        already shared is not warned again); a changed reject section is held to the file's wiring refusals
+        driven twice refused, a PLC address shared with the file's fault output warned about (a pair the file
+        already shared was warned about when it was read, and is not again); a changed reject section is held to the file's wiring refusals
         (``_check_wiring``: e.g. ``--reject`` on a lane station, whose outputs are its cameras' own). Other changes
         are not (``rules check --camera`` makes one camera's file of a cell, its ``group:`` kept)."""
         new = replace(self, **{k: v for k, v in changes.items() if v is not None})
         if new.output_urls() != self.output_urls():
-            new.check_outputs(warned=self.output_urls())
+            new.check_outputs()
         if new.reject != self.reject:
             new._check_wiring()
         return new
