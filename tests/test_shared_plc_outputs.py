@@ -1,7 +1,8 @@
 """Two outputs of one station on one PLC address (a reject and a fault output on one coil, two lanes on one ejector
 node): nothing was said when the station file was read, and each output then wrote over the other's levels. Now the
 load logs a warning naming both settings and the address (``line.shared_outputs.warn_shared_outputs``); a warning,
-not a refusal, since two lanes sharing one ejector may be wired so on purpose. Addresses are compared as written, the
+not a refusal, since two lanes sharing one ejector may be wired so on purpose. An output on a register or node of
+the PLC handshake is warned about too. Addresses are compared as written, the
 default port and unit filled in, every loopback host one (``plc_lock.shared_addresses``, no DNS asked). Each pair is
 warned about once per process (``shared_outputs.WARNED``): the file's re-reads (SIGHUP, console threshold writes) do
 not repeat it; each test here starts with a process that has warned about nothing (``fresh_process``)."""
@@ -150,6 +151,44 @@ def test_a_pair_of_another_address_is_a_new_pair(caplog):
     assert [m.split(": each")[0].rsplit(" ", 1)[-1] for m in warnings(caplog)] == ["3", "4"]
 
 
+HANDSHAKE = "modbus://10.0.0.5"   # the default block: trigger 0, part_id 1-2, ack 3, ..., result 10, score 11
+
+
+@pytest.mark.parametrize("setting, url, signal", [
+    ("sinks", "modbus://10.0.0.5?register=10&value=1", "reject.handshake.modbus.result"),
+    ("sinks", "modbus://10.0.0.5:502?unit=1&register=2", "reject.handshake.modbus.part_id"),   # its second word
+    ("fault_sinks", "modbus://10.0.0.5?register=0", "reject.handshake.modbus.trigger"),
+])
+def test_an_output_on_a_handshake_register_is_warned_about_naming_both_and_the_fix(caplog, setting, url, signal):
+    """A ``register=`` reject sink on the PLC the handshake talks to lands easily in its default block 0..11."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({setting: [url], "handshake": {"url": HANDSHAKE}})
+    found = warnings(caplog)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"reject.{setting}[0] writes modbus 10.0.0.5:502 unit 1 holding register ")
+    assert f"a signal of the PLC handshake (reject.handshake.url, {signal}): a pulse there is read as" in found[0]
+    assert "give the output an address no handshake signal uses, or move the signal" in found[0]
+
+
+def test_a_sink_on_a_handshake_node_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["opcua://localhost:4840/?node=ns=2;s=Ready"],
+              "handshake": {"url": "opcua://127.0.0.1:4840/", "opcua": {"ready": "ns=2;s=Ready"}}})
+    assert [m.split(": a pulse")[0] for m in warnings(caplog)] == [
+        "reject.sinks[0] writes opcua localhost:4840 node ns=2;s=Ready (reject.handshake.url, "
+        "reject.handshake.opcua.ready: opcua 127.0.0.1:4840 node ns=2;s=Ready), a signal of the PLC handshake "
+        "(reject.handshake.url, reject.handshake.opcua.ready)"]
+
+
+@pytest.mark.parametrize("sink", ["modbus://10.0.0.5?coil=10", "modbus://10.0.0.5?register=12",
+                                  "modbus://10.0.0.5?unit=2&register=10", "modbus://10.0.0.6?register=10"])
+def test_a_sink_beside_the_handshake_registers_is_not_warned_about(caplog, sink):
+    """A coil of the same number (another address space), the register after the block, another unit or PLC."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": [sink], "handshake": {"url": HANDSHAKE}})
+    assert warnings(caplog) == []
+
+
 def run_with_reject(tmp_path, reject: dict, flag: str) -> list[str]:
     """`fair-edge run --station FILE --reject FLAG` with no bundle there: refused after the flags are applied. The
     shared-address warnings it printed (the command sets up its own log handler: read from its output)."""
@@ -164,7 +203,7 @@ def run_with_reject(tmp_path, reject: dict, flag: str) -> list[str]:
     result = CliRunner().invoke(app, ["run", "--station", str(station_file), "--reject", flag, "--console", "off"],
                                 env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "no_bundle does not exist" in result.output, result.output   # after the flags
-    return [line for line in result.output.splitlines() if "both write" in line]
+    return [line for line in result.output.splitlines() if "both write" in line or "of the PLC handshake" in line]
 
 
 def test_a_command_line_reject_on_the_files_fault_coil_is_warned_about(tmp_path):
@@ -180,6 +219,13 @@ def test_a_shared_coil_the_file_was_warned_about_is_not_warned_again_after_the_c
     found = run_with_reject(tmp_path, {"sinks": ["modbus://10.0.0.5?coil=0"],
                                        "fault_sinks": ["modbus://10.0.0.5?coil=0"]}, "modbus://10.0.0.5:502?coil=0")
     assert len(found) == 1, found
+
+
+def test_a_command_line_reject_on_a_handshake_register_is_warned_about(tmp_path):
+    found = run_with_reject(tmp_path, {"handshake": {"url": HANDSHAKE}}, "modbus://10.0.0.5?register=4&value=1")
+    assert len(found) == 1, found
+    assert ("reject.sinks[0] writes modbus 10.0.0.5:502 unit 1 holding register 4, a signal of the PLC handshake "
+            "(reject.handshake.url, reject.handshake.modbus.ready)") in found[0]
 
 
 def test_a_command_line_reject_on_a_lane_station_is_refused_as_in_the_file():

@@ -49,6 +49,7 @@ FALLBACK_LOCK_DIR = "fair-edge-locks"      # under the temp folder where /run/lo
 MODBUS_PORT, OPCUA_PORT, MODBUS_UNIT = 502, 4840, 1
 COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: coil 0 and register 0 differ
 LOOPBACK = "127.0.0.1"   # the shared-address warning's one name for this machine (offline_host)
+HANDSHAKE_WRITES = (TRIGGER, ACK, *STATION_SIGNALS)   # its own signals, and the PLC's trigger and ack it sets back to 0
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,15 @@ def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcO
     return pairs
 
 
-def handshake_outputs(settings: HandshakeSettings, setting: str = "reject.handshake") -> list[PlcOutput]:
-    """Every register / node the handshake writes (its own signals, the region signals given an address, and the
-    PLC's ``trigger`` and ``ack``, which it sets back to 0); none while it is off. Each is named by the URL's
-    setting and the signal's (``reject.handshake.url, reject.handshake.modbus.trigger``)."""
+def handshake_outputs(settings: HandshakeSettings, setting: str = "reject.handshake",
+                      signals: tuple[str, ...] = HANDSHAKE_WRITES) -> list[PlcOutput]:
+    """The register(s) / node of each of ``signals`` (default: every one the handshake writes) and of the region
+    signals given an address; none while the handshake is off. Each is named by the URL's setting and the signal's
+    (``reject.handshake.url, reject.handshake.modbus.trigger``)."""
     if not settings.enabled:
         return []
     url = parse_sink_url(settings.url)
-    names = (TRIGGER, ACK, *STATION_SIGNALS, *settings.region_signals)
+    names = (*signals, *settings.region_signals)
     if url.scheme == "opcua":
         return [opcua_output(url, getattr(settings.opcua, name), f"{setting}.url, {setting}.opcua.{name}")
                 for name in names]

@@ -237,10 +237,11 @@ class StationConfig:
 
     def check_outputs(self) -> None:
         """The checks over all of the station's outputs: GPIO lines one station could never open are refused
-        (``check_gpio_outputs``), PLC addresses two outputs write are warned about (``warn_shared_outputs``: once
-        per process for each pair, so re-reading the file warns only about a new one)."""
+        (``check_gpio_outputs``), PLC addresses two outputs, or an output and the handshake, write are warned about
+        (``warn_shared_outputs``: once per process for each pair, so re-reading the file warns only about a new
+        one)."""
         check_gpio_outputs(self.output_urls())
-        warn_shared_outputs(self.output_urls())
+        warn_shared_outputs(self.output_urls(), self.reject.handshake)
 
     def checked(self) -> "StationConfig":
         """Checks that span sections (several cameras with the reject wiring); returns self."""
