@@ -40,9 +40,9 @@ import numpy as np
 
 from fair_edge.errors import CameraError
 
-from .base import AwaitingTrigger, FrameIncomplete, FrameMissed
+from .base import FrameIncomplete, FrameMissed, awaiting_trigger
 from .capture import SourceBase
-from .genicam import PIXEL_FORMATS, image_from_rows
+from .genicam import LINK_CHECK_REGISTER, PIXEL_FORMATS, image_from_rows, trigger_mode_reads_on
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ PFNC_NAMES: dict[int, str] = {
     0x0108000A: "BayerGB8",
     0x0108000B: "BayerBG8",
 }
-LINK_CHECK_REGISTER = 0x0000   # read to prove the control link: GigE Vision's Version, U3V's GenCP version register
 ARV_DEVICE_ERROR_DOMAIN = "arv-device-error-quark"   # ``GLib.Error.domain`` of Aravis's ArvDeviceError
 # ArvDeviceError codes that mean another program holds the camera's control privilege: NOT_CONTROLLER (10, "Controller
 # privilege required for streaming control") and PROTOCOL_ERROR_ACCESS_DENIED (17, the camera refused a write)
@@ -105,16 +104,9 @@ def frame_step(last_id: int, frame_id: int) -> int:
 
 
 def trigger_mode_on(camera) -> bool:
-    """True when ``camera`` (an ``Aravis.Camera``) takes a frame only when triggered: its GenICam ``TriggerMode``
-    reads ``On`` (for the ``TriggerSelector`` selected, FrameStart on most cameras); False when it runs free or
-    has no ``TriggerMode`` feature (an Aravis without ``is_feature_available``: when reading it fails)."""
-    is_available = getattr(camera, "is_feature_available", None)
-    if is_available is not None:
-        return is_available("TriggerMode") and camera.get_string("TriggerMode") == "On"
-    try:
-        return camera.get_string("TriggerMode") == "On"
-    except Exception:  # noqa: BLE001 - GLib.Error: no such feature -> a free-running camera
-        return False
+    """True when ``camera`` (an ``Aravis.Camera``) takes a frame only when triggered: ``trigger_mode_reads_on``, the
+    rule ``genicam:`` reads by too (an Aravis without ``is_feature_available``: a failing read is no TriggerMode)."""
+    return trigger_mode_reads_on(getattr(camera, "is_feature_available", None), camera.get_string)
 
 
 def monotonic_from_system_ns(system_ns: int) -> float:
@@ -254,19 +246,15 @@ class AravisSource(SourceBase):
 
     def _no_frame(self) -> FrameMissed:
         """What a wait of ``timeout_s`` without a frame means: a missed frame for a free-running camera; for a
-        triggered one no part yet (``AwaitingTrigger``) once its control link answers ``_check_link``."""
+        triggered one no part yet (``AwaitingTrigger``) once its control link answers a register read
+        (``awaiting_trigger``, the rule ``genicam:`` waits by too)."""
         if not self._triggered:
             return FrameMissed(f"{self.name}: no frame within {self.timeout_s:g} s")
-        self._check_link()
-        return AwaitingTrigger(f"{self.name}: no trigger within {self.timeout_s:g} s (no part; the camera answers)")
+        return awaiting_trigger(self.name, self.timeout_s, self._read_link_register)
 
-    def _check_link(self) -> None:
-        """One register read over the control link (``LINK_CHECK_REGISTER``). CameraError when it fails."""
-        try:
-            self._camera.get_device().read_register(LINK_CHECK_REGISTER)
-        except Exception as exc:  # GLib.Error: read_register timeout -> the link is down
-            raise CameraError(f"{self.name}: no frame within {self.timeout_s:g} s and the camera does not answer "
-                              f"a register read ({exc}): the link is down") from exc
+    def _read_link_register(self) -> None:
+        """One read of ``LINK_CHECK_REGISTER`` over the control link (raises ``GLib.Error`` when the link is down)."""
+        self._camera.get_device().read_register(LINK_CHECK_REGISTER)
 
     def _image(self, buffer) -> np.ndarray:
         """The buffer's image as (H, W) gray or (H, W, 3) BGR uint8, by its own pixel format, size and padding."""

@@ -26,6 +26,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -63,6 +64,19 @@ class AwaitingTrigger(FrameMissed):
     """A triggered camera waited its timeout and took no frame because no part came, and its link answered.
 
     Nothing was missed: not counted, not a miss towards a reconnect, no frame lost; the reader reads again."""
+
+
+def awaiting_trigger(source: str, timeout_s: float, read_link: Callable[[], object]) -> AwaitingTrigger:
+    """What a triggered camera's wait of ``timeout_s`` seconds without a frame means (``aravis:``, ``genicam:``): no
+    part yet, ``AwaitingTrigger`` (returned, for the caller to raise), once ``read_link()`` (one register read over
+    the camera's control link, past any cache) returns. CameraError naming ``source`` when it raises: the link is down
+    (a camera unplugged while the line idles is reconnected, never waited for as an idle line)."""
+    try:
+        read_link()
+    except Exception as exc:  # the driver's own error type (GLib.Error, GenTL's): the read failed -> link down
+        raise CameraError(f"{source}: no frame within {timeout_s:g} s and the camera does not answer a register "
+                          f"read ({exc}): the link is down") from exc
+    return AwaitingTrigger(f"{source}: no trigger within {timeout_s:g} s (no part; the camera answers)")
 
 
 @runtime_checkable

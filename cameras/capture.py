@@ -65,8 +65,8 @@ class SourceBase:
     images taken before the trigger (``fair_edge.cameras.triggered``). A source that makes an image only
     when asked (``on_demand``: an unpaced replay or synthetic line) has no timeline: its first image is
     stamped when read, so a replayed folder's first file is a frame like the others.
-    ``interrupt()`` (any thread) ends a wait inside ``_grab`` that is not the device's (a replay's
-    pacing); here it does nothing. ``unreadable`` counts files a source skipped because it could not
+    ``interrupt()`` (any thread) ends a wait inside ``_grab`` that can be cut short (a replay's pacing, a
+    triggered ``genicam:`` camera's stepped wait for a part); here it does nothing. ``unreadable`` counts files a source skipped because it could not
     decode them (replays; ``CaptureStats.unreadable``).
     """
 

@@ -7,11 +7,19 @@ camera vendor's SDK (e.g. Basler pylon, Teledyne Spinnaker, MATRIX VISION mvGenT
 A frame's rows are read by their stride, as ``aravis:`` reads them (``image_from_rows``, shared with it): a camera
 that pads each line (bytes after ``width x bytes per pixel``) gives its frames unsheared; a buffer whose size
 fits neither packed nor equally padded rows is a CameraError, never a garbled frame (``row_padding``).
+
+A camera the line triggers (GenICam ``TriggerMode`` = ``On``, read at connect, as ``aravis:`` reads it:
+``trigger_mode_reads_on``) takes a frame per part: ``open()`` reads no first frame, a wait of ``timeout_s``
+without a frame is ``AwaitingTrigger`` once a register read over the control link answers (``awaiting_trigger``;
+its failure is a lost link), and ``nominal_fps`` is None. The wait is fetched in steps of ``FETCH_STEP_S`` that
+``interrupt()`` (capture stopping) ends. A free-running camera's fetch timeout is a lost link, reconnected.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +28,7 @@ import numpy as np
 
 from fair_edge.errors import CameraError
 
+from .base import EndOfStream, awaiting_trigger
 from .capture import SourceBase
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,27 @@ PIXEL_FORMATS: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray] | None]] 
     "BayerGR8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGB2BGR)),
     "BayerGB8": (1, lambda a: cv2.cvtColor(a, cv2.COLOR_BayerGR2BGR)),
 }
+
+
+TRIGGER_MODE = "TriggerMode"   # SFNC: On = the selected trigger (TriggerSelector, FrameStart on most cameras) is used
+# read to prove the control link (bypassing GenApi's cache): GigE Vision's Version, USB3 Vision's GenCP version register
+LINK_CHECK_REGISTER = 0x0000
+LINK_CHECK_BYTES = 4
+FETCH_STEP_S = 0.1   # a triggered genicam: camera's wait for a frame is fetched in steps this long (interrupt ends it)
+
+
+def trigger_mode_reads_on(has_feature: Callable[[str], bool] | None, read_string: Callable[[str], str]) -> bool:
+    """True when a GenICam camera takes a frame only when triggered: its ``TriggerMode`` reads ``On`` (for the
+    ``TriggerSelector`` selected, FrameStart on most cameras). False when it runs free or has no ``TriggerMode``
+    feature. has_feature: the API's "is this feature there" (Aravis ``is_feature_available``, GenApi ``has_node``);
+    None where the API has none: then a failing read of ``TriggerMode`` is no such feature. read_string: the
+    feature's current value as text."""
+    if has_feature is not None:
+        return bool(has_feature(TRIGGER_MODE)) and read_string(TRIGGER_MODE) == "On"
+    try:
+        return read_string(TRIGGER_MODE) == "On"
+    except Exception:  # noqa: BLE001 - the driver's "no such feature" error -> a free-running camera
+        return False
 
 
 def image_from_rows(data, height: int, width: int, channels: int, x_padding: int, source: str) -> np.ndarray:
@@ -80,9 +110,11 @@ def row_padding(component, data_bytes: int, height: int, row_bytes: int, source:
                       "and the GenTL producer are current")
 
 
-def _import_harvester(cti: Path) -> type:
-    """``harvesters.core.Harvester``, or CameraError saying how to install it."""
+def _import_harvester(cti: Path) -> tuple[type, type]:
+    """(``harvesters.core.Harvester``, the ``TimeoutException`` its ``fetch`` raises when no buffer came in time:
+    GenTL's, from ``genicam``, which harvesters installs), or CameraError saying how to install them."""
     try:
+        from genicam.gentl import TimeoutException
         from harvesters.core import Harvester
     except ImportError as exc:
         raise CameraError(
@@ -90,14 +122,16 @@ def _import_harvester(cti: Path) -> type:
             "run `pip install 'fair-edge[genicam]'` (or `pip install harvesters`). You also need "
             f"the GenTL producer .cti file of your camera's SDK (configured: {cti})"
         ) from exc
-    return Harvester
+    return Harvester, TimeoutException
 
 
 class GenICamSource(SourceBase):
     """Frames from a GenICam camera.
 
     cti: path of the GenTL producer (.cti). serial: camera serial number; ``None`` = the
-    camera at ``index`` in the producer's device list. timeout_s: fetch timeout, seconds.
+    camera at ``index`` in the producer's device list. timeout_s: how long one read waits for a frame, seconds
+    (free-running: then the link counts as lost; triggered: then the link is checked and the read says no part
+    came). fps: the camera's free-running frame rate as set in the vendor's tool (not written to the camera).
     Supported pixel formats: see ``PIXEL_FORMATS`` (8-bit mono, BGR/RGB, Bayer); frames are
     (H, W) uint8 gray or (H, W, 3) uint8 BGR, copied out of the driver's buffer row by row (padded rows unsheared).
     """
@@ -110,38 +144,89 @@ class GenICamSource(SourceBase):
         self.name = name or f"genicam:{serial if serial is not None else index}"
         self._harvester = None
         self._acquirer = None
+        self._timeout_error: type = Exception   # harvesters' fetch timeout (GenTL TimeoutException), set at connect
+        self._triggered = False
+        self._interrupted = threading.Event()
 
     @property
     def nominal_fps(self) -> float | None:
-        return self.fps
+        """The free-running frame rate (frames/s, ``fps``); None for a triggered camera (frames come with the parts)."""
+        return None if self._triggered else self.fps
 
-    def _connect(self) -> tuple[np.ndarray, str]:
-        harvester_cls = _import_harvester(self.cti)
+    @property
+    def triggered(self) -> bool:
+        """True when the camera read ``TriggerMode`` = ``On`` at its last connect (a frame per trigger)."""
+        return self._triggered
+
+    def interrupt(self) -> None:
+        """End a wait for a frame (capture is stopping): a triggered camera's at its next ``FETCH_STEP_S`` step, a
+        free-running one's when its fetch times out; that read raises EndOfStream (no link check, no reconnect)."""
+        self._interrupted.set()
+
+    def _connect(self) -> tuple[np.ndarray, str] | None:
+        harvester_cls, self._timeout_error = _import_harvester(self.cti)
         if not self.cti.is_file():
             raise CameraError(f"{self.name}: GenTL producer not found at {self.cti}; install the camera "
                               "vendor's SDK and set the path of its .cti file")
+        self._interrupted.clear()
         self._harvester = harvester_cls()
         try:
             self._harvester.add_file(str(self.cti))
             self._harvester.update()
             key = {"serial_number": self.serial} if self.serial is not None else self.index
             self._acquirer = self._harvester.create(key)
+            node_map = self._acquirer.remote_device.node_map
+            self._triggered = trigger_mode_reads_on(getattr(node_map, "has_node", None), self._feature_text)
             self._acquirer.start()
         except Exception as exc:  # harvesters/genicam raise their own types; wrapped with context
             found = len(self._harvester.device_info_list)
             raise CameraError(f"{self.name}: cannot start the camera via {self.cti} ({found} device(s) "
                               f"found): {exc}; check the cable, IP configuration and the serial") from exc
+        if self._triggered:
+            log.info("camera %s: TriggerMode On: a frame per trigger, none read at open", self.name)
+            return None
         return self._grab()
 
+    def _feature_text(self, feature: str) -> str:
+        """The camera's GenICam ``feature`` (a node of its GenApi node map) read as text."""
+        return str(self._acquirer.remote_device.node_map.get_node(feature).value)
+
     def _grab(self) -> tuple[np.ndarray, str]:
+        """The next frame. CameraError for a fetch that failed or (free-running) timed out: the link is down;
+        a triggered camera's wait without a frame: AwaitingTrigger, or EndOfStream when ``interrupt()`` ended it."""
         try:
-            with self._acquirer.fetch(timeout=self.timeout_s) as buffer:
+            with self._fetch() as buffer:
                 image, convert = self._image(buffer.payload.components[0])   # a copy: the buffer is requeued
         except CameraError:
             raise
-        except Exception as exc:  # timeouts and transport errors -> a lost link for the capture loop
+        except Exception as exc:  # transport errors -> a lost link for the capture loop
             raise CameraError(f"{self.name}: fetch failed: {exc}") from exc
         return (convert(image) if convert else image), self.name
+
+    def _fetch(self):
+        """The next harvesters buffer (a context manager that requeues it), waited for ``timeout_s`` in all: one
+        fetch for a free-running camera, fetches of ``FETCH_STEP_S`` at most for a triggered one, so that
+        ``interrupt()`` ends its wait (EndOfStream). None within ``timeout_s``: ``_no_frame``."""
+        steps = math.ceil(self.timeout_s / FETCH_STEP_S) if self._triggered else 1
+        for _ in range(steps):
+            try:
+                return self._acquirer.fetch(timeout=self.timeout_s / steps)
+            except self._timeout_error:
+                if self._interrupted.is_set():
+                    raise EndOfStream(f"{self.name}: stopped while waiting for a frame") from None
+        raise self._no_frame()
+
+    def _no_frame(self) -> CameraError:
+        """What a wait of ``timeout_s`` without a frame means: a lost link for a free-running camera; for a
+        triggered one no part yet (``AwaitingTrigger``) once its control link answers a register read."""
+        if not self._triggered:
+            return CameraError(f"{self.name}: no frame within {self.timeout_s:g} s from a free-running camera: "
+                               "taken as a lost link (a camera the line triggers needs TriggerMode On)")
+        return awaiting_trigger(self.name, self.timeout_s, self._read_link_register)
+
+    def _read_link_register(self) -> None:
+        """One read of ``LINK_CHECK_REGISTER`` over the remote device's GenTL port (raises when the link is down)."""
+        self._acquirer.remote_device.port.read(LINK_CHECK_REGISTER, LINK_CHECK_BYTES)
 
     def _image(self, component) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:
         """(the harvesters component's image copied out of its buffer, (H, W) or (H, W, channels) uint8; the

@@ -113,9 +113,10 @@ SOURCES: dict[str, SourceKind] = {
 # the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
 # its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
 # frame within misses_before_reconnect waits. Longest, per kind: a read begun just before stop() must end within the
-# capture's stop wait (neither source can be interrupted). aravis: its wait plus a register read after it (a
-# triggered camera's AravisSource._check_link): half the stop wait, the other half for that read. genicam: one fetch,
-# its wait all of the read: the stop wait (the source's own default).
+# capture's stop wait. aravis: its wait (not interruptible) plus a register read after it (a triggered camera's link
+# check, base.awaiting_trigger): half the stop wait, the other half for that read. genicam: a free-running camera's
+# one fetch is all of its read; a triggered camera's wait is fetched in genicam.FETCH_STEP_S steps that stop() ends
+# (GenICamSource.interrupt), before its link check: the stop wait (the source's own default).
 READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
 READ_WAIT_MAX_S: dict[str, float] = {"aravis": CaptureSettings.stop_timeout_s / 2,
                                      "genicam": CaptureSettings.stop_timeout_s}
@@ -127,8 +128,8 @@ STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s
 SLOW_CAMERA_FIXES: dict[str, str] = {
     "aravis": "give it fps: {fps} or more (the source sets the camera's frame rate), or trigger it (TriggerMode On, "
               "fps: null: a wait without a part is no missed frame)",
-    "genicam": "set its frame rate to {fps} fps or more in the vendor's tool, or trigger it and open it as aravis: "
-               "(a triggered aravis: camera waits for parts without reconnecting)",
+    "genicam": "set its frame rate to {fps} fps or more in the vendor's tool, or trigger it (TriggerMode On in the "
+               "vendor's tool: a wait without a part is no missed frame)",
 }
 
 AUTO_RULES: list[tuple[Callable[[str], bool], str]] = [

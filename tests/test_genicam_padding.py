@@ -7,6 +7,8 @@ width x height x channels bytes gave frames whose rows after the first start ear
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -44,9 +46,28 @@ class FakeBuffer:
         pass
 
 
+class FakeNodeMap:
+    """A camera's GenApi node map as far as GenICamSource reads it: ``features`` name -> value (no TriggerMode: a
+    camera that runs free)."""
+
+    def __init__(self, features: dict[str, str] | None = None) -> None:
+        self.features = features or {}
+
+    def has_node(self, name: str) -> bool:
+        return name in self.features
+
+    def get_node(self, name: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(value=self.features[name])
+
+
+class GenTLTimeout(Exception):
+    """GenTL's ``TimeoutException`` (genicam.gentl), which harvesters' ``fetch`` raises when no buffer came in time."""
+
+
 class FakeAcquirer:
     def __init__(self, components: list[FakeComponent]) -> None:
         self.components = components
+        self.remote_device = types.SimpleNamespace(node_map=FakeNodeMap())
 
     def fetch(self, timeout: float) -> FakeBuffer:
         return FakeBuffer(self.components.pop(0))
@@ -72,7 +93,7 @@ def open_with(components: list[FakeComponent], tmp_path, monkeypatch) -> GenICam
 
         def reset(self) -> None: pass
 
-    monkeypatch.setattr(genicam, "_import_harvester", lambda cti: FakeHarvester)
+    monkeypatch.setattr(genicam, "_import_harvester", lambda cti: (FakeHarvester, GenTLTimeout))
     cti = tmp_path / "Producer.cti"
     cti.write_bytes(b"")
     source = GenICamSource(cti, serial="FE01")

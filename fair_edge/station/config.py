@@ -75,9 +75,10 @@ class CameraSettings:
     inspected), else ``drop_oldest`` (a camera, or a replay at a set rate, acts as a live line).
     flip: a ``csi:`` camera's ``nvvidconv flip-method`` (0-7, 0 = none); 1, 3, 5 and 7 turn the image 90 degrees
     or transpose it, so its frames come height x width (``cameras.gstreamer.FLIP_METHODS``). timeout_s: how long
-    one read of an ``aravis:`` or ``genicam:`` camera waits for a frame, seconds (a triggered ``aravis:`` camera: for
-    a part, before it checks the link and reads again); None = the source's own (``cameras.registry.timeout_defaults``);
-    from ``cameras.registry.READ_WAIT_MIN_S`` to its kind's ``READ_WAIT_MAX_S``."""
+    one read of an ``aravis:`` or ``genicam:`` camera waits for a frame, seconds (a triggered camera, ``TriggerMode``
+    On: for a part, before it checks the link and reads again); None = the source's own
+    (``cameras.registry.timeout_defaults``); from ``cameras.registry.READ_WAIT_MIN_S`` to its kind's
+    ``READ_WAIT_MAX_S``."""
 
     source: str = "0"
     fps: float | None = None

@@ -25,7 +25,7 @@ SECTION_NOTES = {
     "camera": f"source: index, /dev/videoN, RTSP URL, video file, image folder, gst:, csi:, genicam:, aravis:; "
               f"full_policy: {' | '.join(FULL_POLICIES)}; flip: csi: only, nvvidconv flip-method 0-7 (1, 3, 5, 7 "
               "turn the image: frames height x width); timeout_s: aravis: and genicam: only, how long a read waits "
-              "for a frame (a triggered aravis: camera: for a part), seconds, "
+              "for a frame (a triggered camera, TriggerMode On: for a part), seconds, "
               f"{read_wait_ranges()}, null = the source's ({timeout_defaults()}); a wait under a free-running "
               f"camera's frame period is a missed frame ({CaptureSettings.misses_before_reconnect} in a row "
               "reconnect), on genicam: one timeout is a reconnect; a free-running camera slower than one frame per "
