@@ -205,7 +205,8 @@ class CaptureSettings:
     misses_before_reconnect: consecutive ``FrameMissed`` reads treated as a lost link (an incomplete frame,
         ``FrameIncomplete``, proves the link is up: counted, never one of them; a triggered camera's wait for a
         part, ``AwaitingTrigger``, is not a miss).
-    stop_timeout_s: how long ``stop()`` waits for the reader thread to finish.
+    stop_timeout_s: how long ``stop()`` waits for the reader thread to finish, seconds: a read in progress (at most
+        ``registry.READ_SPAN_S``, a GenICam camera's longest) and what follows it (``registry.READ_AFTER_S``).
     nominal_fps: frame rate used to estimate frames lost in an outage when the source's
         sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
     """
@@ -217,7 +218,7 @@ class CaptureSettings:
     backoff_factor: float = 2.0
     max_reconnects: int | None = None
     misses_before_reconnect: int = 3
-    stop_timeout_s: float = 2.0
+    stop_timeout_s: float = 3.0
     nominal_fps: float | None = None
 
     def __post_init__(self) -> None:

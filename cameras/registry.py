@@ -113,13 +113,16 @@ SOURCES: dict[str, SourceKind] = {
 # the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
 # its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
 # frame within misses_before_reconnect waits. Longest, per kind: a read begun just before stop() must end within the
-# capture's stop wait. aravis: its wait (not interruptible) plus a register read after it (a triggered camera's link
-# check, base.awaiting_trigger): half the stop wait, the other half for that read. genicam: a free-running camera's
-# one fetch is all of its read; a triggered camera's wait is fetched in genicam.FETCH_STEP_S steps that stop() ends
-# (GenICamSource.interrupt), before its link check: the stop wait (the source's own default).
+# capture's stop wait, with READ_AFTER_S of it left for what follows the read (the frame's copy and conversion, the
+# source's release: GenTL's stop and destroy): READ_SPAN_S for the read. aravis: its wait (not interruptible) plus a
+# register read after it (a triggered camera's link check, base.awaiting_trigger): half of that, the other half for
+# that read. genicam: a free-running camera's one fetch is all of its read; a triggered camera's wait is fetched in
+# genicam.FETCH_STEP_S steps that stop() ends (GenICamSource.interrupt), before its link check: all of it (the
+# source's own default, 2 s).
 READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
-READ_WAIT_MAX_S: dict[str, float] = {"aravis": CaptureSettings.stop_timeout_s / 2,
-                                     "genicam": CaptureSettings.stop_timeout_s}
+READ_AFTER_S = 1.0   # of the capture's stop wait, kept for what follows a read (copy, conversion, release), seconds
+READ_SPAN_S = CaptureSettings.stop_timeout_s - READ_AFTER_S   # the rest, for the read itself: 2 s
+READ_WAIT_MAX_S: dict[str, float] = {"aravis": READ_SPAN_S / 2, "genicam": READ_SPAN_S}
 # station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
 # wait for one frame, the kinds READ_WAIT_MAX_S bounds (not opencv:'s, which bounds opening and reading a network
 # stream, 5 s)

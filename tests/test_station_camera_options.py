@@ -5,15 +5,19 @@ for a part), in ``camera:`` and in each ``cameras:`` item, checked on load and c
 from __future__ import annotations
 
 import inspect
+import threading
+import time
 from dataclasses import replace
+
+import numpy as np
 
 import pytest
 
 from fair_edge.cameras import GenICamSource, GStreamerSource
 from fair_edge.cameras.aravis import AravisSource
 from fair_edge.cameras.base import CaptureSettings
-from fair_edge.cameras.capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S
-from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S, SOURCES
+from fair_edge.cameras.capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S, CaptureThread, SourceBase
+from fair_edge.cameras.registry import READ_AFTER_S, READ_SPAN_S, READ_WAIT_MAX_S, READ_WAIT_MIN_S, SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.camera import open_capture
 from fair_edge.station.config import CameraSettings, StationConfig, view_config
@@ -104,19 +108,57 @@ def test_a_timeout_shorter_than_the_floor_is_refused_saying_what_it_costs(timeou
 
 def test_the_longest_timeout_leaves_the_stop_wait_room_for_the_link_check():
     """A triggered aravis: read is its wait plus a register read; at timeout_s 2 (the stop wait, accepted before) a
-    stop during the wait left the reader running. The longest wait is now half the stop wait."""
+    stop during the wait left the reader running. The longest wait is half of the stop wait's share for the read."""
     stop_wait = CaptureSettings().stop_timeout_s
     with pytest.raises(ConfigError, match=r"outlast the station's stop wait"):
-        StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": stop_wait}})
+        StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_SPAN_S}})
     cfg = StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MAX_S["aravis"]}})
-    assert cfg.camera.timeout_s == READ_WAIT_MAX_S["aravis"] == stop_wait / 2
+    assert cfg.camera.timeout_s == READ_WAIT_MAX_S["aravis"] == (stop_wait - READ_AFTER_S) / 2
     assert StationConfig.from_dict({"camera": {"source": "aravis:cam1", "timeout_s": READ_WAIT_MIN_S}}).camera.timeout_s
+
+
+class _FetchAtTheCeiling(SourceBase):
+    """A genicam: camera whose second read is a fetch lasting its kind's longest wait (a timeout, or a frame that
+    came at its end), then the source's release (GenTL stop / destroy) taking half of ``READ_AFTER_S``."""
+
+    name = "genicam:fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetching = threading.Event()
+        self.reads = 0
+
+    def _connect(self):
+        return np.zeros((4, 4), np.uint8), self.name
+
+    def _grab(self):
+        self.reads += 1
+        if self.reads >= 2:
+            self.fetching.set()
+            time.sleep(READ_WAIT_MAX_S["genicam"])
+        return np.zeros((4, 4), np.uint8), self.name
+
+    def _release(self) -> None:
+        time.sleep(READ_AFTER_S / 2)
+
+
+def test_a_genicam_fetch_at_its_ceiling_begun_before_stop_ends_within_the_stop_wait(caplog):
+    """The genicam: ceiling was the whole stop wait (2 s): a fetch begun just before stop() then the reader's release
+    outlasted it ("reader did not finish", the source never closed by the station). The stop wait now keeps
+    READ_AFTER_S past the longest read, and genicam's own default wait (2 s) is still admitted."""
+    default = inspect.signature(SOURCES["genicam"].options_of).parameters["timeout_s"].default
+    assert default <= READ_WAIT_MAX_S["genicam"] <= CaptureSettings().stop_timeout_s - READ_AFTER_S
+    source = _FetchAtTheCeiling()
+    capture = CaptureThread(source, CaptureSettings()).start()
+    assert source.fetching.wait(5)
+    assert capture.stop() is True, [r.getMessage() for r in caplog.records]
+    assert not capture.alive and "did not finish" not in caplog.text
 
 
 @pytest.mark.parametrize("kind", sorted(READ_WAIT_MAX_S))
 def test_each_kinds_own_default_wait_can_be_written_and_its_ceiling_names_the_slow_camera_fix(kind):
     """The report: the 1 s ceiling (ba2262f) refused genicam's own default, 2 s, written out. The ceiling is per kind
-    (genicam: a fetch is all of its read: the whole stop wait); each source's default, read from its signature, loads,
+    (genicam: a fetch is all of its read: the stop wait less READ_AFTER_S); each source's default, read from its signature, loads,
     and a wait past the kind's ceiling is refused saying what a free-running camera slower than it needs."""
     default = inspect.signature(SOURCES[kind].options_of).parameters["timeout_s"].default
     cfg = StationConfig.from_dict({"camera": {"source": f"{kind}:cam1", "timeout_s": default}})
