@@ -216,9 +216,11 @@ def test_a_fanout_of_hung_outputs_closes_within_one_budget_not_one_per_output(mo
 
 
 def test_a_cells_lane_gates_close_together_in_one_budget():
-    """``close_lanes``: every lane gate is told to stop (its thread, its sinks) before any is closed, and all share
-    one ``CloseBy``, so hung outputs on several lanes cost one sink close, not one per lane."""
-    from fair_edge.station.cell_lanes import close_lanes
+    """``close_gates``: every lane gate's thread is told to stop before any is waited for, then each gate's sinks
+    before any is closed, and all share one ``CloseBy``, so hung outputs on several lanes cost one sink close, not
+    one per lane."""
+    from fair_edge.station.line_side import close_gates
+    from fair_edge.station.stop_deadline import StopDeadline
 
     calls: list[tuple[str, str, object]] = []
 
@@ -226,17 +228,20 @@ def test_a_cells_lane_gates_close_together_in_one_budget():
         def __init__(self, name: str) -> None:
             self.name = name
 
+        def stop_deciding(self) -> None:
+            calls.append(("stop_deciding", self.name, None))
+
         def begin_close(self, by) -> None:
             calls.append(("begin_close", self.name, by))
 
         def close(self, by=None) -> None:
             calls.append(("close", self.name, by))
 
-    close_lanes([Gate("a"), Gate("b"), Gate("c")])
-    assert [(what, name) for what, name, _ in calls] == [("begin_close", "a"), ("begin_close", "b"),
-                                                          ("begin_close", "c"), ("close", "a"), ("close", "b"),
-                                                          ("close", "c")]
-    assert len({id(by) for _, _, by in calls}) == 1 and isinstance(calls[0][2], base.CloseBy)
+    close_gates([Gate("a"), Gate("b"), Gate("c")], StopDeadline())
+    assert [(what, name) for what, name, _ in calls] == [(what, name) for what in ("stop_deciding", "begin_close",
+                                                                                   "close") for name in "abc"]
+    closing = [by for what, _, by in calls if what != "stop_deciding"]
+    assert len({id(by) for by in closing}) == 1 and isinstance(closing[0], base.CloseBy)
 
 
 class DiesAfterRise(RecordingOutput):

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 IDLE_TIMEOUT_S = 10.0   # a connection silent this long (no request, or a request cut short) is dropped
+CLOSE_S = 2.0   # close(): most time for the server's thread to end after its shutdown, seconds
 DROP_STAGE_QUEUE = "camera_queue"   # fair_edge_dropped_total{stage=...}: dropped by the capture queue's policy
 StatsFn = Callable[[], dict[str, int]]
 LabelledFn = Callable[[], dict[str, dict[str, float]]]
@@ -287,16 +288,18 @@ class Metrics:
         from prometheus_client import generate_latest
         return generate_latest(self.registry)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = CLOSE_S) -> None:
+        """Stop the server; its thread waited for at most ``timeout_s`` (a station's stop: what it has left, at most
+        ``CLOSE_S``)."""
         server, self._server = self._server, None
         if server is None:
             return
         server.shutdown()
         server.server_close()
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
-                log.error("metrics server thread did not stop within 2 s")
+                log.error("metrics server thread did not stop within %.1f s", timeout_s)
 
     def __enter__(self) -> Metrics:
         return self

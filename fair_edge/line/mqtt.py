@@ -63,6 +63,8 @@ RESTATED_KEY = 0   # the outbox key of a restated fault: outbox keys start at 1,
 STATION_KEY = -1   # the key of a PREFIX/station record: best effort, its PUBACK settles nothing
 EARLY_ACK_S = 5.0   # a PUBACK seen before its publish() returned counts only this long (mids wrap)
 KICKS_BEFORE_DROP = 3   # lost links in a row with one message the oldest unacknowledged: the broker will not take it
+CLOSE_S = 3.0   # close(): most time in all, seconds (the unacknowledged messages, this station's record, the thread)
+LOOP_STOP_S = 1.0   # of CLOSE_S, kept for paho's network thread to stop, seconds
 
 
 class MqttPublisher:
@@ -172,15 +174,30 @@ class MqttPublisher:
         last messages acknowledged, or still counted in ``outbox``). A run summary takes its ``mqtt`` from here."""
         self._on_close.append(fn)
 
-    def close(self, timeout_s: float = 2.0) -> None:
-        if not self.flush(timeout_s):
+    def close(self, timeout_s: float = CLOSE_S) -> None:
+        """Flush, mark this station's record stopped, disconnect and stop paho's network thread, all within
+        ``timeout_s`` (a station's stop: what it has left, at most ``CLOSE_S``): the last ``LOOP_STOP_S`` of it are
+        the network thread's, which may be in a connect to a broker that is gone (paho's connect timeout, 5 s); one
+        still running then is left to end on its own (a daemon). Then the ``on_close`` callbacks."""
+        deadline = time.monotonic() + timeout_s
+        sending_s = max(0.0, timeout_s - LOOP_STOP_S)
+        if not self.flush(sending_s):
             log.warning("%s: closing with %d message(s) unacknowledged", self._where, self.stats()["outbox"])
         self._closing = True
-        self._stop_station_record(timeout_s)
+        self._stop_station_record(max(0.0, deadline - LOOP_STOP_S - time.monotonic()))
         self._client.disconnect()
-        self._client.loop_stop()
+        self._stop_network(max(0.0, deadline - time.monotonic()))
         for fn in self._on_close:
             fn(self.stats())
+
+    def _stop_network(self, timeout_s: float) -> None:
+        """paho's ``loop_stop`` (it joins the network thread with no timeout), waited for at most ``timeout_s``."""
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-close", daemon=True)
+        stopper.start()
+        stopper.join(timeout_s)
+        if stopper.is_alive():
+            log.warning("%s: the network thread did not stop within %.1f s (a connect to the broker in progress); "
+                        "left to end on its own", self._where, timeout_s)
 
     def __enter__(self) -> MqttPublisher:
         return self.start()

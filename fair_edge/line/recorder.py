@@ -70,11 +70,9 @@ ROW_OUTCOMES = ("logged", "gate_logged", "rows_failed", "lost_at_close")   # eac
 GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
 CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long without writing a row (a hung disk)
-# close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. Fits the
-# systemd unit's stop timeout: TimeoutStopSec (station/service_unit.py: the belt's drain + STOP_MARGIN_S, 30 s) leaves
-# the stop 30 s past the drain for CLOSE_IMAGES_S + 1 s of NG images (station/line_side.py finish_line), then this, the
-# sinks' close (CLOSE_DRAIN_S + CLOSE_JOIN_S, 4 s: the station gate's, a cell's lanes' in one more) and the rest
-# (tests/test_recorder_disk_limits.py checks the sum)
+# close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. A station's
+# stop gives it at most what is left of its one deadline (station/stop_deadline.py: the belt's drain + STOP_MARGIN_S,
+# inside TimeoutStopSec); with only the disk slow, all of it (tests/test_recorder_disk_limits.py checks the sum)
 CLOSE_ROWS_MAX_S = 15.0
 CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds
 BACKLOG_WARN_S = 3.0  # rows waiting that take longer than this to write at the writer's pace: one warning

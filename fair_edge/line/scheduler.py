@@ -205,6 +205,7 @@ class RejectScheduler:
         self._alarms = GateAlarms(self._counters, self._fail_safe, log)   # fault output, alarm, their journal
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._close_begun = False
         self._closed = False
         self._outputs = GateSinks(settings, self.handle_report, sinks, fault_sinks)   # reject + fault sinks
         self._slots = SlotPlan(slot_span_s(settings, self._outputs.rejects))
@@ -415,23 +416,30 @@ class RejectScheduler:
             self._tell(self._gate_row(part, ABANDONED))
         return len(parts)
 
-    def begin_close(self, by: CloseBy) -> None:
-        """close()'s first half: stop the thread (undecided parts are abandoned: ``abandon_pending``) and tell the
-        owned sinks to stop once their pulses are written (``by.drain_until``), waiting for none. Once."""
-        if self._stop.is_set():
-            return
+    def stop_deciding(self) -> None:
+        """Tell the gate's thread to stop, without waiting for it (``begin_close`` waits): a cell's lane gates are
+        all told before any is waited for (``station.line_side.close_gates``)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=2.0)
+
+    def begin_close(self, by: CloseBy) -> None:
+        """close()'s first half: stop the thread, waited for until ``by.drain_until`` (a thread held in an encoder
+        read), then (undecided parts are abandoned: ``abandon_pending``) tell the owned sinks to stop once their
+        pulses are written (by ``by.drain_until``), waiting for none. Once."""
+        if self._close_begun:
+            return
+        self._close_begun = True
+        self.stop_deciding()
+        self._thread.join(timeout=max(0.0, by.drain_until - time.monotonic()))
         if self._thread.is_alive():
-            log.error("reject scheduler thread did not stop within 2 s")
+            log.error("reject scheduler thread did not stop by the close's deadline (held in an encoder read?)")
         self._alarms.log_close()
         self.abandon_pending()
         self._outputs.begin_close(by)
 
     def close(self, by: CloseBy | None = None) -> None:
         """``begin_close``, then close the owned sinks within ``by`` (``CloseBy.from_now()`` when None; a cell's lane
-        gates share one: ``cell_line.close_lanes``)."""
+        gates share one: ``station.line_side.close_gates``)."""
         if self._closed:
             return
         self._closed = True

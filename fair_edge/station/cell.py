@@ -51,7 +51,7 @@ from fair_edge.station.cell_timing import gate_times_parts, part_timeout_s
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary
-from fair_edge.station.line_side import finish_gate, finish_line, publish_summary, stop_wait_s
+from fair_edge.station.line_side import finish_gates, finish_line, publish_summary, stop_wait_s
 from fair_edge.station.locks import probe_gpio_lines, station_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.run import (check_reject_timing, raise_open_files_limit, run_station, station_switch_interval,
@@ -229,18 +229,18 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
                 mux: CaptureMux) -> None:
     """``finish_line`` for a cell: a camera gone for good or still down at the stop is the run's fault (each named;
     ``CameraWatch.at_stop``: the fault output they held stays on); the lanes' gates are let finish too, within one
-    ``stop_wait_s`` (``finish_gate``: their parts still on the belt then abandoned before the summary takes their
+    ``stop_wait_s`` (``finish_gates``: their parts still on the belt then abandoned before the summary takes their
     counters, their pulses let end); per-camera and part counters go into the summary."""
     down = [r for r in (w.at_stop() for w in watches) if r]
     if down and not summary.fault:
         summary.fault = "; ".join(down)
     finish_line(cfg, cell.line, summary, "", publish=False)   # published below, with the cell's counters in
-    deadline = time.monotonic() + stop_wait_s(cfg)   # one wait for every lane: their belts run at once
+    deadline = cell.line.stop.until(time.monotonic() + stop_wait_s(cfg))   # one wait for every lane: their belts run at once
     for lane in cell.lanes.values():
         if summary.fault:
             lane.fault(True, summary.fault)
+    finish_gates(cell.lanes.values(), deadline, cell.line.stop)
     for lane in cell.lanes.values():
-        finish_gate(lane, deadline)
         lane.fault(False)   # the run's fault, handed down for the belt's last parts, is the summary's already: each
                             # lane's entry names its own (a latched alarm, a sink fault), not the camera's again
     summary.rejects = cell.reject_stats()

@@ -1,7 +1,7 @@
 """A ``group.by: lane`` cell's reject gates as the station reports them: their counters summed into the
 station's (``lane_totals``), each lane's fault named (``lane_reason``) in the summary's ``fault_output``
 (``lanes_fault_output``) and, from the loop's tick, on the station's fault output (``LaneWatch``), watched
-with every camera's ``CameraWatch`` (``CellWatch``); at the stop, closed together (``close_lanes``)."""
+with every camera's ``CameraWatch`` (``CellWatch``); at the stop they close together (``line_side.close_gates``)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,6 @@ from fair_edge.station.camera import CameraWatch
 from fair_edge.station.inspector import Inspector
 
 log = logging.getLogger("fair_edge.station.cell")   # the cell's logger: a lane's fault lines keep its name
-
-
-def close_lanes(gates: Iterable) -> None:
-    """Close a cell's lane gates (``RejectScheduler``s) within one ``CloseBy``: each gate's thread stopped and its
-    sinks told to stop (``begin_close``) before any sink is waited for, so lanes whose outputs hang cost one sink
-    close (``CLOSE_DRAIN_S + CLOSE_JOIN_S``) in all, not one per lane."""
-    from fair_edge.line.sinks import CloseBy
-
-    gates = list(gates)
-    by = CloseBy.from_now()
-    for gate in gates:
-        gate.begin_close(by)
-    for gate in gates:
-        gate.close(by)
 
 
 def lane_totals(station: dict, lanes: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Callable
 
 from fair_edge.cameras.triggered import TriggerFanout
 from fair_edge.records import Frame, Verdict
-from fair_edge.station.cell_lanes import close_lanes, lane_totals, lanes_fault_output
+from fair_edge.station.cell_lanes import lane_totals, lanes_fault_output
 from fair_edge.station.cell_timing import part_close_by_count, part_due_s, part_timeout_s, warn_window_counts
 from fair_edge.station.config import StationConfig
-from fair_edge.station.line_side import HANDSHAKE_GAUGES, LineSide, open_line_side
+from fair_edge.station.line_side import HANDSHAKE_GAUGES, LineSide, close_gates, open_line_side
 from fair_edge.station.parts import PartAssembler
 
 if TYPE_CHECKING:
@@ -189,14 +189,15 @@ def open_cell_line(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         if line.metrics is not None:
             watch_cell(line.metrics, cell)
         return cell
+    # the lanes opened (a live view: also those before one whose open failed) close together, in one budget of what
+    # the stop has left
+    stack.callback(close_gates, cell.lanes.values(), line.stop)
     for view in cfg.cameras:
         if view.reject:
             settings = dataclasses.replace(cfg.reject, sinks=view.reject, fault_sinks=())
-            cell.lanes[view.name] = stack.enter_context(RejectScheduler(
+            cell.lanes[view.name] = RejectScheduler(
                 settings, encoder=line.encoder,
-                on_part=lambda row, name=view.name: line.recorder.record_gate(dict(row, camera=name))))
-    if cell.lanes:   # run before each lane's own exit (then a no-op): the lanes close together, in one budget
-        stack.callback(close_lanes, list(cell.lanes.values()))
+                on_part=lambda row, name=view.name: line.recorder.record_gate(dict(row, camera=name)))
     if line.metrics is not None:
         watch_cell(line.metrics, cell)
     return cell

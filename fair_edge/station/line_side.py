@@ -1,6 +1,6 @@
 """The station's line side: what it signals and records through (``LineSide``: the recorder, the reject gate, the
 encoder, MQTT, metrics and the PLC handshake), opened from the settings (``open_line_side``) and finished at the stop
-(``finish_line``, ``finish_gate``, ``publish_summary``).
+(``finish_line``, ``finish_gates``, ``publish_summary``).
 
 ``open_line_side`` binds the metrics port before it opens anything else, the handshake last: a station refused at
 start for its metrics port or a missing sink has written nothing to the PLC (the console, opened after, may still
@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from fair_edge.line.metrics import DROP_STAGE_QUEUE   # fair_edge_dropped_total{stage=...}: the capture queue's drops
 from fair_edge.station.locks import station_lock
+from fair_edge.station.stop_deadline import StopDeadline, stop_budget_s
 
 if TYPE_CHECKING:  # typing only: the line side's modules are imported when a station opens them
     import numpy as np
@@ -34,7 +35,8 @@ if TYPE_CHECKING:  # typing only: the line side's modules are imported when a st
     from fair_edge.station.config import StationConfig
     from fair_edge.station.inspector import RunSummary, VerdictCallback
 
-STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gate), budget spent or not
+STOP_DRAIN_MIN_S = 1.0   # s: the least a stop waits for pulses handed to the sinks (finish_gates) past the belt's wait
+FINISH_ROWS_S = 1.0   # s: finish_line's wait for the rows left once NG images were given up on (close waits longer)
 # Handshake.stats()'s keys that are no counters, exported as fair_edge_handshake_<key> gauges (connected: 0/1, error:
 # the code the PLC's Error shows, open_parts: parts taken and not yet acked); every other key (HANDSHAKE_COUNTERS) is
 # fair_edge_handshake_total{event}
@@ -57,6 +59,7 @@ class LineSide:
     handshake: Handshake | None = None   # reject.handshake
     station_fault: str = ""   # the reason a FaultBoard holds on the gate and the handshake (``fault``); '' none
     gates_parts: bool = True   # False: the scheduler holds only the fault output (a handshake station's lamp)
+    stop: StopDeadline = field(default_factory=StopDeadline)   # the stop's one deadline (open_line_side sizes it)
 
     @property
     def part_gate(self) -> RejectScheduler | None:
@@ -101,7 +104,9 @@ class LineSide:
     def stopping(self) -> None:
         """The inspection loop ends (``Inspector.run``'s ``on_stop``, before capture stops): the PLC handshake
         drops Ready and answers a trigger from now on 3 at once (``Handshake.stopping``), so no part is triggered
-        that no camera will take; ``finish_line`` answers the parts it took and no verdict answered."""
+        that no camera will take; ``finish_line`` answers the parts it took and no verdict answered. The stop's
+        deadline (``stop``) starts now."""
+        self.stop.begin()
         if self.handshake is not None:
             self.handshake.stopping()
 
@@ -167,33 +172,41 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     the start (the metrics port, ``require_sinks_at_start``) before the handshake writes to the PLC; a station
     refused on the way has not opened what comes after. Verdict callbacks: the log, the handshake, metrics. Watched
     on /metrics: the recorder, the reject gate, the encoder and the handshake (``fair_edge_handshake_total{event}``,
-    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell_line.watch_cell``)."""
+    its ``HANDSHAKE_GAUGES``; a station of several cameras watches its handshake in ``cell_line.watch_cell``).
+    Each is closed within what the stop has left (``LineSide.stop``, ``stop_deadline``), at most its own cap."""
+    from fair_edge.line import metrics as metrics_mod
+    from fair_edge.line import mqtt as mqtt_mod
     from fair_edge.line.encoder_links import open_encoder
-    from fair_edge.line.metrics import Metrics
-    from fair_edge.line.mqtt import MqttPublisher
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
     from fair_edge.line.settings import SINK_CHECK_S
 
     stack.enter_context(station_lock(cfg))
+    stop = StopDeadline(stop_budget_s(cfg))
     # first: a metrics port taken (another station's) refuses the start while nothing else is open
-    metrics = stack.enter_context(Metrics(cfg.metrics).start()) if cfg.metrics.enabled else None
-    recorder = stack.enter_context(Recorder(cfg.record, run_id=run_id))
-    mqtt = stack.enter_context(MqttPublisher(cfg.mqtt.url)) if cfg.mqtt.url else None
-    line = LineSide(recorder, None, None, mqtt, [])
+    metrics = metrics_mod.Metrics(cfg.metrics).start() if cfg.metrics.enabled else None
+    if metrics is not None:
+        stack.callback(stop.call, metrics.close, metrics_mod.CLOSE_S)
+    recorder = Recorder(cfg.record, run_id=run_id)
+    stack.callback(close_recorder, recorder, stop)
+    mqtt = mqtt_mod.MqttPublisher(cfg.mqtt.url).start() if cfg.mqtt.url else None
+    if mqtt is not None:
+        stack.callback(stop.call, mqtt.close, mqtt_mod.CLOSE_S)
+    line = LineSide(recorder, None, None, mqtt, [], stop=stop)
     if cfg.reject.encoder:
         line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
     if cfg.reject.sinks or cfg.reject.fault_sinks:
-        line.scheduler = stack.enter_context(RejectScheduler(cfg.reject, encoder=line.encoder,
-                                                             on_part=recorder.record_gate))
+        line.scheduler = RejectScheduler(cfg.reject, encoder=line.encoder, on_part=recorder.record_gate)
+        stack.callback(close_gates, [line.scheduler], stop)
         line.gates_parts = cfg.reject.decides_parts
         if cfg.reject.require_sinks_at_start:
             line.scheduler.check_sinks(SINK_CHECK_S)
     line.callbacks.append(line.record_verdict)
     if cfg.reject.handshake.enabled:   # last: its thread writes to the PLC as soon as it connects
-        from fair_edge.line.handshake import open_handshake
+        from fair_edge.line.handshake import engine, open_handshake
 
-        line.handshake = stack.enter_context(open_handshake(cfg.reject.handshake))
+        line.handshake = open_handshake(cfg.reject.handshake).start()
+        stack.callback(stop.call, line.handshake.close, engine.CLOSE_S)
         line.callbacks.append(line.handshake.on_verdict)
     if metrics is not None:
         metrics.watch("recorder", recorder.stats)
@@ -223,21 +236,53 @@ def stop_wait_s(cfg: StationConfig) -> float:
     return belt_drain_ms(cfg) / 1000.0 + 1.0
 
 
-def finish_gate(gate: RejectScheduler, deadline: float) -> None:
-    """A stop's wait at one reject gate (the station's, or a lane's), until ``deadline`` (monotonic s: the stop's
-    time + ``stop_wait_s``; a cell's lanes: from when the station's own line has finished): the parts on the belt reach the gate (``wait_idle``), those that did not are abandoned
-    (``abandon_pending``: counted, one gate row each, before a summary takes the counters), then the pulses handed
-    to its sinks end (``drain_sinks``, at least ``STOP_DRAIN_MIN_S``), so the station does not close an output
-    mid-pulse."""
-    gate.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
-    gate.abandon_pending()
-    gate.drain_sinks(timeout_s=max(STOP_DRAIN_MIN_S, deadline - time.monotonic()))
+def close_gates(gates: Iterable[RejectScheduler], stop: StopDeadline) -> None:
+    """Close reject gates (``RejectScheduler``s: a station's, or a cell's lanes together) within one ``CloseBy`` of
+    what the stop has left (at most ``CLOSE_DRAIN_S + CLOSE_JOIN_S``): every gate's thread told to stop
+    (``stop_deciding``) before any is waited for, then each gate's sinks told to stop (``begin_close``) before any
+    sink is waited for, so N lanes whose encoder reads or outputs hang cost one close in all, not one per lane."""
+    from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S, CloseBy
+
+    gates = list(gates)
+    by = CloseBy.from_now(stop.left(CLOSE_DRAIN_S + CLOSE_JOIN_S))
+    for gate in gates:
+        gate.stop_deciding()
+    for gate in gates:
+        gate.begin_close(by)
+    for gate in gates:
+        gate.close(by)
+
+
+def close_recorder(recorder: Recorder, stop: StopDeadline) -> None:
+    """Close the recorder within what the stop has left: NG images still queued (none after ``finish_line``, which
+    saved or gave them up) up to ``CLOSE_IMAGES_S``, rows up to ``CLOSE_ROWS_MAX_S`` (``CLOSE_ROWS_S`` without a
+    row written: a hung disk); rows left then are counted ``lost_at_close``."""
+    from fair_edge.line.recorder import CLOSE_IMAGES_S, CLOSE_ROWS_MAX_S, CLOSE_ROWS_S
+
+    rows_max_s = stop.left(CLOSE_ROWS_MAX_S)
+    recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s)
+
+
+def finish_gates(gates: Iterable[RejectScheduler], deadline: float, stop: StopDeadline) -> None:
+    """A stop's wait at reject gates (the station's, or a cell's lanes together), until ``deadline`` (monotonic s:
+    the stop's time + ``stop_wait_s``; a cell's lanes: from when the station's own line has finished): the parts on
+    the belt reach each gate (``wait_idle``), those that did not are abandoned (``abandon_pending``: counted, one gate
+    row each, before a summary takes the counters), then the pulses handed to their sinks end (``drain_sinks``,
+    until ``deadline`` or ``STOP_DRAIN_MIN_S`` from then, whichever is later, once for all the gates, within what
+    the stop has left), so the station does not close an output mid-pulse."""
+    gates = list(gates)
+    for gate in gates:
+        gate.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
+        gate.abandon_pending()
+    drain_until = stop.until(max(deadline, time.monotonic() + STOP_DRAIN_MIN_S))
+    for gate in gates:
+        gate.drain_sinks(timeout_s=max(0.0, drain_until - time.monotonic()))
 
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str,
                 publish: bool = True) -> None:
     """After inspection stopped: note a camera fault, let parts already on the belt reach the gate and their pulses
-    end (``finish_gate``, ``stop_wait_s``: they are decided and pulsed there; those that do not within their travel
+    end (``finish_gates``, ``stop_wait_s``: they are decided and pulsed there; those that do not within their travel
     time are abandoned: counted, one gate row each), write the log, and fill the summary's line counters. The log:
     NG images still queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
     ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
@@ -247,17 +292,20 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     cell's cameras, parts and lanes)."""
     if not summary.fault and camera_state:
         summary.fault = camera_state
-    if line.handshake is not None:
-        line.handshake.finish(summary.fault)   # ready drops; parts left without a result answered 3, all acked
+    from fair_edge.line.recorder import CLOSE_IMAGES_S
+
+    if line.handshake is not None:   # ready drops; parts left without a result answered 3, all acked
+        from fair_edge.line.handshake.engine import FINISH_S
+
+        line.handshake.finish(summary.fault, timeout_s=line.stop.left(FINISH_S))
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)
-        finish_gate(line.scheduler, time.monotonic() + stop_wait_s(cfg))
-    from fair_edge.line.recorder import CLOSE_IMAGES_S
-
-    if not line.recorder.flush(timeout=CLOSE_IMAGES_S):
-        line.recorder.stop_images(f"the run ended with NG images unsaved after {CLOSE_IMAGES_S:g} s")
-        line.recorder.flush(timeout=1.0)   # the rows left: quick without their images; close() waits longer
+        finish_gates([line.scheduler], line.stop.until(time.monotonic() + stop_wait_s(cfg)), line.stop)
+    images_s = line.stop.left(CLOSE_IMAGES_S)
+    if not line.recorder.flush(timeout=images_s):
+        line.recorder.stop_images(f"the run ended with NG images unsaved after {images_s:g} s")
+        line.recorder.flush(timeout=line.stop.left(FINISH_ROWS_S))   # the rows left, quick without their images
     summary.rejects = line.reject_stats()
     summary.recorder = line.recorder.stats()
     line.recorder.on_close(functools.partial(setattr, summary, "recorder"))

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off: first, most
 FINISH_S = 2.0            # finish(): most time to answer and get acks for the parts still open
+CLOSE_S = 3.0             # close(): most time for the thread to write ready = 0 and close the link
 RESULT_REST_POLLS = 2     # after a result is acked or withdrawn, results_ready is 0 for this many polls (counted, not
                           # timed: a poll late or early never shortens the rest the PLC sees)
 HANDSHAKE_COUNTERS = ("triggers", "results", "ok", "ng", "not_inspected", "acked", "ack_timeouts",
@@ -170,17 +171,18 @@ class Handshake:
         while self._open_parts() and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.005)
 
-    def close(self) -> None:
-        """Stop the thread; it writes ``ready`` = 0 last (when the link is up) and closes the link."""
+    def close(self, timeout_s: float = CLOSE_S) -> None:
+        """Stop the thread, waited for at most ``timeout_s`` (a station's stop: what it has left, at most ``CLOSE_S``);
+        it writes ``ready`` = 0 last (when the link is up) and closes the link."""
         if self._closed:
             return
         self._closed = True
         self._inspecting = False
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=3.0)
+            self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
-                log.error("handshake %s: thread did not stop within 3 s", self.name)
+                log.error("handshake %s: thread did not stop within %.1f s", self.name, timeout_s)
         else:
             self.link.close()
 

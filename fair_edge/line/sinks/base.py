@@ -81,10 +81,14 @@ class CloseBy:
     join_until: float
 
     @classmethod
-    def from_now(cls) -> CloseBy:
-        """``CLOSE_DRAIN_S`` from now for the drain, ``CLOSE_JOIN_S`` after that for the workers."""
+    def from_now(cls, budget_s: float | None = None) -> CloseBy:
+        """``CLOSE_DRAIN_S`` from now for the drain, ``CLOSE_JOIN_S`` after that for the workers; both shrunk in
+        proportion when ``budget_s`` (seconds, e.g. what a station's stop has left: ``station.stop_deadline``) is
+        less than their sum (0: both now)."""
+        full_s = CLOSE_DRAIN_S + CLOSE_JOIN_S
+        scale = 1.0 if budget_s is None else max(0.0, min(1.0, budget_s / full_s))
         now = time.monotonic()
-        return cls(now + CLOSE_DRAIN_S, now + CLOSE_DRAIN_S + CLOSE_JOIN_S)
+        return cls(now + CLOSE_DRAIN_S * scale, now + full_s * scale)
 
 
 @dataclass(frozen=True)
