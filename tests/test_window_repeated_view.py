@@ -144,3 +144,26 @@ def test_encoder_views_of_parts_closer_than_the_window_each_join_their_own_part(
     assert cell.take("b", 0, 100.001, count=1001) == 0
     assert cell.take("b", 1, 100.016, count=1016) == 1
     assert cell.rows[0]["views"]["b"]["seq"] == 0 and cell.rows[1]["views"]["b"]["seq"] == 1
+
+
+def test_a_handshake_view_failure_goes_to_the_older_of_two_parts_with_one_id_as_its_frame_would():
+    """``match: handshake``, a PLC that sent part id 7 for two triggers: camera a took a frame for each (parts 0 and
+    1); camera b failed the first trigger, then took a frame for the second. The failure is part 0's and b's frame
+    part 1's. Before, the failure went to the newest part with the id and b's frame then joined part 0 (answered
+    inspected with the other part's image)."""
+    rows: dict[int, dict] = {}
+    asm = PartAssembler(["a", "b"], GroupSettings(match="handshake"), 5.0, plc_part=lambda camera, frame: 7,
+                        on_part=lambda v, row: rows.__setitem__(row["part"], row), clock=lambda: 100.0)
+
+    def take(camera: str, seq: int, t_capture: float) -> int | None:
+        frame = Frame(seq, t_capture, np.zeros(1), camera=camera)
+        part = asm.on_capture(camera, frame)
+        asm.on_verdict(frame, Verdict(seq, t_capture, 0.1, 1.0, False, 100.0, camera=camera))
+        return part
+
+    assert [take("a", 1, 100.00), take("a", 2, 100.05)] == [0, 1]
+    asm.view_failed("b", 7.0)
+    assert take("b", 2, 100.06) == 1
+    asm.close_all()
+    assert rows[0]["inspected"] is False and "b" in rows[0]["missing"]
+    assert rows[1]["inspected"] is True and {c: v["seq"] for c, v in rows[1]["views"].items()} == {"a": 2, "b": 2}

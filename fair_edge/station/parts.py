@@ -194,11 +194,14 @@ class PartAssembler(SequenceMatching):
         Its view is in, missing (``reason`` in the part's row), so the part is decided once its other views are, not
         at ``t_open + timeout_s``: the same verdict (NG, not inspected) and counters, sooner. A part not open yet
         (no camera's frame filed) gets it when it opens, within ``timeout_s`` of this call (a part opening later
-        waits for its views as before); a camera whose view is already in, or a part closed, changes nothing."""
+        waits for its views as before); a camera whose view is already in, or a part closed, changes nothing. Of two
+        open parts with one id (a PLC that repeated it), the older lacking the camera's view gets it, as its frame
+        would (``_match``): each camera meets its triggers in order."""
         if math.isnan(key):
             return
         with self._lock:
-            part = next((p for p in reversed(self._open.values()) if p.key == key and camera not in p.seqs), None)
+            part = next((p for p in self._open.values()    # the oldest: a camera meets its triggers in order
+                         if p.key == key and camera not in p.seqs and camera not in p.dropped), None)
             if part is None:
                 self._note_failed_first(camera, key, reason)
                 return
