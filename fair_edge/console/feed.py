@@ -211,6 +211,8 @@ class StationFeed:
         self.lanes: dict[str, RejectGate] = {}   # group.by: lane: camera -> its lane's reject gate (``attach_lanes``)
         # camera reason -> why the station's fault outputs are on ('' off; ``read_fault_from``); None: not handed in
         self.fault_reason: Callable[[str], str] | None = None
+        # the PLC handshake's counters and gauges (``read_handshake_from``); None: the station has no handshake
+        self.handshake_stats: Callable[[], dict] | None = None
         self.bundle_path: Path | None = None   # the bundle folder in force as loaded (its root: links followed)
         # the same bundle as it was named (``use_bundle``: --bundle, ``bundle:``, the path a swap was given), absolute,
         # links kept: what a reload without a station file loads (``bundle_in_force``), so a link leads to its target
@@ -245,6 +247,13 @@ class StationFeed:
         fault, a handshake error, ...): the text MQTT and systemd's STATUS show, read when the page asks
         (``fault_now``)."""
         self.fault_reason = fault_reason
+
+    def read_handshake_from(self, stats: Callable[[], dict]) -> None:
+        """How to read the PLC handshake's counters and gauges (``reject.handshake``): ``stats()`` -> the dict the live
+        table, summary.json and /metrics show (``line.handshake.Handshake.stats``; a cell's
+        ``station.cell_line.CellLine.handshake_stats``, which adds its trigger fanout's ``fanout_expired`` /
+        ``fanout_overflow``), read when the page asks (``state``'s handshake)."""
+        self.handshake_stats = stats
 
     def fault_now(self) -> str:
         """Why the station's fault outputs are on now ('' off; '' before ``read_fault_from``), with the camera watch's
@@ -429,13 +438,16 @@ class StationFeed:
         reply), and the ``alarm`` ("" none): what an acknowledgement clears (``alarms``); with lanes, every lane's
         gate and the station's together, each lane's alarm named (``alarm_text``). fault: why the fault outputs are
         on ("" off): a fault that stopped the inspection (``RunSummary.fault``), else the station's fault reason now
-        (``fault_now``), as systemd's STATUS leads with them."""
+        (``fault_now``), as systemd's STATUS leads with them. handshake: None without the PLC handshake, else its
+        counters and gauges as ``read_handshake_from`` reads them (``connected`` bool, ``error`` the code on the PLC's
+        Error, ``open_parts``, every ``HANDSHAKE_COUNTERS`` key): the live page's PLC pill and handshake card."""
         camera = self.capture.stats() if self.capture is not None else None
         insp = self.inspector
         return {
             "camera": {"state": camera.state.value if camera else "starting",
                        "problem": self.camera_watch.reason if self.camera_watch is not None else ""},
             "plc": self._plc_state(),
+            "handshake": None if self.handshake_stats is None else self.handshake_stats(),
             "fault": (insp.summary.fault if insp is not None else "") or self.fault_now(),
             "model": None if insp is None else {"id": insp.model, "backend": insp.summary.backend,
                                                  "threshold": insp.threshold,

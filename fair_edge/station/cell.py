@@ -199,6 +199,8 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         console.attach(inspector, mux, line.scheduler, line.recorder, watch)
         console.feed.attach_lanes(cell.lanes)   # by: lane: each lane's alarm shown, named, and acknowledged there
         console.feed.read_fault_from(line.fault_reason)   # the fault pill: the reason MQTT and STATUS show
+        if line.handshake is not None:   # the PLC pill and handshake card: /metrics' counters, the fanout's too
+            console.feed.read_handshake_from(cell.handshake_stats)
         counters = CellCounters(cell, mux)
         console.attach_cell(counters,
                             {v.name: Path(view_config(cfg, v).bundle) for v in cfg.cameras})

@@ -250,6 +250,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             stack.callback(retire_swapped, inspector, scorer)
             console.attach(inspector, capture, line.scheduler, line.recorder, watch)
             console.feed.read_fault_from(line.fault_reason)   # the fault pill: the reason MQTT and STATUS show
+            if line.handshake is not None:   # the PLC pill and handshake card: the live table's counters
+                console.feed.read_handshake_from(line.handshake.stats)
             if on_console is not None:
                 on_console(console)
 

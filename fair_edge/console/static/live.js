@@ -12,21 +12,36 @@ let shownAlarm = "";   // the reject alarm shown, sent with its acknowledgement 
 
 function pill(id, text, kind) { const p = $(id); p.textContent = text; p.className = "pill " + (kind || ""); }
 
-// the reject outputs' pill: red on a write error, a missed pulse (not written by its deadline, or refused by a full
-// queue) or an unconfirmed one (written, no reply: the part may have gone through), or a latched alarm
-function showPlc(p) {
-  if (!p) { pill("plc-state", "PLC: none configured", ""); return; }
-  const missed = p.sink_missed + (p.sink_dropped || 0);
-  pill("plc-state", `PLC: ${p.sinks} output(s), ${p.pending} pending, ${p.sink_errors} errors, ` +
-       `${missed} pulses missed, ${p.sink_unconfirmed} unconfirmed` + (p.alarm ? " – ALARM " + p.alarm : ""),
-       p.alarm || p.sink_errors || missed || p.sink_unconfirmed ? "bad" : "ok");
+// the PLC pill: the handshake's link where the station has one (red while down or its Error code is not 0), then the
+// reject outputs (red on a write error, a missed pulse: not written by its deadline, or refused by a full queue, an
+// unconfirmed one: written, no reply, the part may have gone through, or a latched alarm); neither: none configured
+function showPlc(p, hs) {
+  if (!p && !hs) { pill("plc-state", "PLC: none configured", ""); return; }
+  const missed = p ? p.sink_missed + (p.sink_dropped || 0) : 0;
+  const link = hs ? `handshake ${hs.connected ? "up" : "DOWN"}` + (hs.error ? ` (error ${hs.error})` : "") : "";
+  const outputs = p ? `${p.sinks} output(s), ${p.pending} pending, ${p.sink_errors} errors, ${missed} pulses missed, ` +
+    `${p.sink_unconfirmed} unconfirmed` + (p.alarm ? " – ALARM " + p.alarm : "") : "";
+  pill("plc-state", "PLC: " + [link, outputs].filter(Boolean).join(" · "),
+       (hs && (!hs.connected || hs.error)) || (p && (p.alarm || p.sink_errors || missed || p.sink_unconfirmed)) ? "bad" : "ok");
+}
+
+// the PLC handshake's card (a handshake station only): each figure its <b data-hs=KEY> names, as the live table and
+// /metrics show it (Handshake.stats), red above 0 where it is marked data-bad
+function showHandshake(hs) {
+  $("handshake").classList.toggle("hidden", !hs);
+  if (!hs) return;
+  $("hs-link").textContent = hs.connected ? "up" : "DOWN"; $("hs-link").style.color = hs.connected ? "" : "var(--ng)";
+  for (const b of $("handshake").querySelectorAll("b[data-hs]")) {
+    const n = hs[b.dataset.hs] ?? "–";   // a key the station does not count: not a 0
+    b.textContent = n; b.style.color = b.hasAttribute("data-bad") && n > 0 ? "var(--ng)" : "";
+  }
 }
 
 function showStatus(s) {
   const cam = s.camera || {};
   pill("camera-state", "camera: " + cam.state + (cam.problem ? " – " + cam.problem : ""),
        cam.problem ? "bad" : (cam.state === "running" ? "ok" : ""));
-  showPlc(s.plc);
+  showPlc(s.plc, s.handshake); showHandshake(s.handshake);
   pill("fault-state", "fault: " + (s.fault || "none"), s.fault ? "bad" : "ok");
   shownAlarm = (s.plc && s.plc.alarm) || "";
   $("ack-alarm").hidden = !shownAlarm;
