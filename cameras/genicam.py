@@ -9,7 +9,7 @@ that pads each line (bytes after ``width x bytes per pixel``) gives its frames u
 fits neither packed nor equally padded rows is a CameraError, never a garbled frame (``row_padding``).
 
 A camera the line triggers (GenICam ``TriggerMode`` = ``On``, read at connect, as ``aravis:`` reads it:
-``trigger_mode_reads_on``) takes a frame per part: ``open()`` reads no first frame, a wait of ``timeout_s``
+``trigger_mode_reads_on``; a TriggerMode node that is not readable, e.g. not available, is none) takes a frame per part: ``open()`` reads no first frame, a wait of ``timeout_s``
 without a frame is ``AwaitingTrigger`` once a register read over the control link answers (``awaiting_trigger``;
 its failure is a lost link), and ``nominal_fps`` is None. The wait is fetched in steps of ``FETCH_STEP_S`` that
 ``interrupt()`` (capture stopping) ends. A free-running camera's fetch timeout is a lost link, reconnected.
@@ -53,14 +53,17 @@ TRIGGER_MODE = "TriggerMode"   # SFNC: On = the selected trigger (TriggerSelecto
 LINK_CHECK_REGISTER = 0x0000
 LINK_CHECK_BYTES = 4
 FETCH_STEP_S = 0.1   # a triggered genicam: camera's wait for a frame is fetched in steps this long (interrupt ends it)
+# GenApi EAccessMode values whose node can be read now: RO, RW (NI 0 not implemented, NA 1 not available, WO 2)
+READABLE_ACCESS_MODES = (3, 4)
 
 
 def trigger_mode_reads_on(has_feature: Callable[[str], bool] | None, read_string: Callable[[str], str]) -> bool:
     """True when a GenICam camera takes a frame only when triggered: its ``TriggerMode`` reads ``On`` (for the
     ``TriggerSelector`` selected, FrameStart on most cameras). False when it runs free or has no ``TriggerMode``
-    feature. has_feature: the API's "is this feature there" (Aravis ``is_feature_available``, GenApi ``has_node``);
-    None where the API has none: then a failing read of ``TriggerMode`` is no such feature. read_string: the
-    feature's current value as text."""
+    feature it can read. has_feature: the API's "is this feature there to read" (Aravis ``is_feature_available``:
+    implemented and available; ``genicam:``'s ``GenICamSource._feature_readable``: a node whose access mode is
+    readable); None where the API has none: then a failing read of ``TriggerMode`` is no such feature. read_string:
+    the feature's current value as text."""
     if has_feature is not None:
         return bool(has_feature(TRIGGER_MODE)) and read_string(TRIGGER_MODE) == "On"
     try:
@@ -175,8 +178,7 @@ class GenICamSource(SourceBase):
             self._harvester.update()
             key = {"serial_number": self.serial} if self.serial is not None else self.index
             self._acquirer = self._harvester.create(key)
-            node_map = self._acquirer.remote_device.node_map
-            self._triggered = trigger_mode_reads_on(getattr(node_map, "has_node", None), self._feature_text)
+            self._triggered = trigger_mode_reads_on(self._feature_readable, self._feature_text)
             self._acquirer.start()
         except Exception as exc:  # harvesters/genicam raise their own types; wrapped with context
             found = len(self._harvester.device_info_list)
@@ -186,6 +188,13 @@ class GenICamSource(SourceBase):
             log.info("camera %s: TriggerMode On: a frame per trigger, none read at open", self.name)
             return None
         return self._grab()
+
+    def _feature_readable(self, feature: str) -> bool:
+        """True when the camera's node map has a node ``feature`` that can be read now (access mode RO or RW).
+        GenApi's ``has_node`` alone is a name lookup: a node the camera's XML declares not implemented or not
+        available (``pIsImplemented`` / ``pIsAvailable`` 0) is there, and reading it raises AccessException."""
+        node_map = self._acquirer.remote_device.node_map
+        return node_map.has_node(feature) and node_map.get_node(feature).get_access_mode() in READABLE_ACCESS_MODES
 
     def _feature_text(self, feature: str) -> str:
         """The camera's GenICam ``feature`` (a node of its GenApi node map) read as text."""

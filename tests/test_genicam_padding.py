@@ -48,16 +48,33 @@ class FakeBuffer:
 
 class FakeNodeMap:
     """A camera's GenApi node map as far as GenICamSource reads it: ``features`` name -> value (no TriggerMode: a
-    camera that runs free)."""
+    camera that runs free); the names in ``unavailable`` are nodes its XML declares not available (GenApi access
+    mode NA): ``has_node`` finds them, reading their value raises as GenApi's AccessException does."""
 
-    def __init__(self, features: dict[str, str] | None = None) -> None:
-        self.features = features or {}
+    def __init__(self, features: dict[str, str] | None = None, unavailable: tuple[str, ...] = ()) -> None:
+        self.features, self.unavailable = features or {}, unavailable
 
     def has_node(self, name: str) -> bool:
-        return name in self.features
+        return name in self.features or name in self.unavailable
 
-    def get_node(self, name: str) -> types.SimpleNamespace:
-        return types.SimpleNamespace(value=self.features[name])
+    def get_node(self, name: str) -> FakeNode:
+        return FakeNode(self.features.get(name), name not in self.unavailable)
+
+
+class FakeNode:
+    """A GenApi node: its ``value``, read only when its access mode (``get_access_mode``) is RW (4), not NA (1)."""
+
+    def __init__(self, value: str | None, available: bool) -> None:
+        self._value, self._access_mode = value, 4 if available else 1
+
+    def get_access_mode(self) -> int:
+        return self._access_mode
+
+    @property
+    def value(self) -> str:
+        if self._access_mode != 4:
+            raise RuntimeError("Node is not readable. : AccessException thrown in node while calling GetIntValue()")
+        return self._value
 
 
 class GenTLTimeout(Exception):

@@ -177,6 +177,18 @@ def test_a_free_running_cameras_fetch_timeout_is_still_a_lost_link(camera, trigg
     source.close()
 
 
+def test_a_camera_whose_trigger_mode_node_is_not_available_opens_free_running(camera):
+    """A camera XML may declare TriggerMode with pIsAvailable 0: GenApi's has_node finds it, reading it raises
+    AccessException. That is no readable TriggerMode: the camera runs free and opens (before, open() failed with
+    'cannot start the camera ... check the cable' at every reconnect)."""
+    camera.remote_device.node_map = FakeNodeMap(unavailable=("TriggerMode",))
+    camera.send(4)
+    source = GenICamSource(camera.cti, serial="FE01", timeout_s=0.3, fps=5.0)
+    source.open()                                          # free-running: its first frame is read at open
+    assert not source.triggered and source.nominal_fps == 5.0 and source.read().image[0, 0] == 4
+    source.close()
+
+
 def test_trigger_mode_without_has_node_reads_the_feature_or_runs_free():
     """The rule aravis: reads by too: with no "is it there" call, a failing read of TriggerMode is no such feature."""
     def no_such_node(name: str) -> str:
