@@ -66,14 +66,20 @@ class AwaitingTrigger(FrameMissed):
     Nothing was missed: not counted, not a miss towards a reconnect, no frame lost; the reader reads again."""
 
 
-def awaiting_trigger(source: str, timeout_s: float, read_link: Callable[[], object]) -> AwaitingTrigger:
+def awaiting_trigger(source: str, timeout_s: float, read_link: Callable[[], object],
+                     answered_errors: tuple[type[BaseException], ...] = ()) -> AwaitingTrigger:
     """What a triggered camera's wait of ``timeout_s`` seconds without a frame means (``aravis:``, ``genicam:``): no
     part yet, ``AwaitingTrigger`` (returned, for the caller to raise), once ``read_link()`` (one register read over
-    the camera's control link, past any cache) returns. CameraError naming ``source`` when it raises: the link is down
-    (a camera unplugged while the line idles is reconnected, never waited for as an idle line)."""
+    the camera's control link, past any cache) returns, or raises one of ``answered_errors``: the errors the camera
+    itself answers a read with (an address it refuses), which prove the link as well. CameraError naming ``source``
+    when it raises anything else: the camera does not answer, the link is down (a camera unplugged while the line
+    idles is reconnected, never waited for as an idle line)."""
     try:
         read_link()
-    except Exception as exc:  # the driver's own error type (GLib.Error, GenTL's): the read failed -> link down
+    except answered_errors as exc:
+        return AwaitingTrigger(f"{source}: no trigger within {timeout_s:g} s (no part; the camera answers: its "
+                               f"register read came back with an error, {exc})")
+    except Exception as exc:  # the driver's own error type (GLib.Error, GenTL's): no answer -> link down
         raise CameraError(f"{source}: no frame within {timeout_s:g} s and the camera does not answer a register "
                           f"read ({exc}): the link is down") from exc
     return AwaitingTrigger(f"{source}: no trigger within {timeout_s:g} s (no part; the camera answers)")

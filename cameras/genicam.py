@@ -9,10 +9,12 @@ that pads each line (bytes after ``width x bytes per pixel``) gives its frames u
 fits neither packed nor equally padded rows is a CameraError, never a garbled frame (``row_padding``).
 
 A camera the line triggers (GenICam ``TriggerMode`` = ``On``, read at connect, as ``aravis:`` reads it:
-``trigger_mode_reads_on``; a TriggerMode node that is not readable, e.g. not available, is none) takes a frame per part: ``open()`` reads no first frame, a wait of ``timeout_s``
-without a frame is ``AwaitingTrigger`` once a register read over the control link answers (``awaiting_trigger``;
-its failure is a lost link), and ``nominal_fps`` is None. The wait is fetched in steps of ``FETCH_STEP_S`` that
-``interrupt()`` (capture stopping) ends. A free-running camera's fetch timeout is a lost link, reconnected.
+``trigger_mode_reads_on``; a TriggerMode node that is not readable, e.g. not available, is none) takes a frame per
+part: ``open()`` reads no first frame, a wait of ``timeout_s`` without a frame is ``AwaitingTrigger`` once a register
+read over the control link answers (``awaiting_trigger``; an error answer, an address the camera refuses, is an
+answer too; no answer is a lost link), and ``nominal_fps`` is None. The wait is fetched in steps of
+``FETCH_STEP_S`` that ``interrupt()`` (capture stopping) ends. A free-running camera's fetch timeout is a lost
+link, reconnected.
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ def row_padding(component, data_bytes: int, height: int, row_bytes: int, source:
                       "and the GenTL producer are current")
 
 
-def _import_harvester(cti: Path) -> tuple[type, type]:
-    """(``harvesters.core.Harvester``, the ``TimeoutException`` its ``fetch`` raises when no buffer came in time:
-    GenTL's, from ``genicam``, which harvesters installs), or CameraError saying how to install them."""
+def _import_harvester(cti: Path) -> tuple[type, type, tuple[type, ...]]:
+    """(``harvesters.core.Harvester``, the ``TimeoutException`` its ``fetch`` raises when no buffer came in time,
+    the errors with which a camera answers a register read it refuses (InvalidAddressException: the address is
+    out of its register map): GenTL's, from ``genicam``, which harvesters installs), or CameraError saying how to
+    install them."""
     try:
-        from genicam.gentl import TimeoutException
+        from genicam.gentl import InvalidAddressException, TimeoutException
         from harvesters.core import Harvester
     except ImportError as exc:
         raise CameraError(
@@ -125,7 +129,7 @@ def _import_harvester(cti: Path) -> tuple[type, type]:
             "run `pip install 'fair-edge[genicam]'` (or `pip install harvesters`). You also need "
             f"the GenTL producer .cti file of your camera's SDK (configured: {cti})"
         ) from exc
-    return Harvester, TimeoutException
+    return Harvester, TimeoutException, (InvalidAddressException,)
 
 
 class GenICamSource(SourceBase):
@@ -148,6 +152,7 @@ class GenICamSource(SourceBase):
         self._harvester = None
         self._acquirer = None
         self._timeout_error: type = Exception   # harvesters' fetch timeout (GenTL TimeoutException), set at connect
+        self._answered_errors: tuple[type, ...] = ()   # a refused register read's errors (the camera answered)
         self._triggered = False
         self._interrupted = threading.Event()
 
@@ -167,7 +172,7 @@ class GenICamSource(SourceBase):
         self._interrupted.set()
 
     def _connect(self) -> tuple[np.ndarray, str] | None:
-        harvester_cls, self._timeout_error = _import_harvester(self.cti)
+        harvester_cls, self._timeout_error, self._answered_errors = _import_harvester(self.cti)
         if not self.cti.is_file():
             raise CameraError(f"{self.name}: GenTL producer not found at {self.cti}; install the camera "
                               "vendor's SDK and set the path of its .cti file")
@@ -231,10 +236,12 @@ class GenICamSource(SourceBase):
         if not self._triggered:
             return CameraError(f"{self.name}: no frame within {self.timeout_s:g} s from a free-running camera: "
                                "taken as a lost link (a camera the line triggers needs TriggerMode On)")
-        return awaiting_trigger(self.name, self.timeout_s, self._read_link_register)
+        return awaiting_trigger(self.name, self.timeout_s, self._read_link_register, self._answered_errors)
 
     def _read_link_register(self) -> None:
-        """One read of ``LINK_CHECK_REGISTER`` over the remote device's GenTL port (raises when the link is down)."""
+        """One read of ``LINK_CHECK_REGISTER`` over the remote device's GenTL port: raises GenTL's
+        InvalidAddressException when the camera refuses the address (an emulated device whose register map does
+        not start at 0: it answered), another error (TimeoutException, IoException, ...) when the link is down."""
         self._acquirer.remote_device.port.read(LINK_CHECK_REGISTER, LINK_CHECK_BYTES)
 
     def _image(self, component) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]:

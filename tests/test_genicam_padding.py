@@ -81,6 +81,10 @@ class GenTLTimeout(Exception):
     """GenTL's ``TimeoutException`` (genicam.gentl), which harvesters' ``fetch`` raises when no buffer came in time."""
 
 
+class GenTLInvalidAddress(Exception):
+    """GenTL's ``InvalidAddressException`` (genicam.gentl): the camera refused a register read's address."""
+
+
 class FakeAcquirer:
     def __init__(self, components: list[FakeComponent]) -> None:
         self.components = components
@@ -110,7 +114,8 @@ def open_with(components: list[FakeComponent], tmp_path, monkeypatch) -> GenICam
 
         def reset(self) -> None: pass
 
-    monkeypatch.setattr(genicam, "_import_harvester", lambda cti: (FakeHarvester, GenTLTimeout))
+    monkeypatch.setattr(genicam, "_import_harvester",
+                        lambda cti: (FakeHarvester, GenTLTimeout, (GenTLInvalidAddress,)))
     cti = tmp_path / "Producer.cti"
     cti.write_bytes(b"")
     source = GenICamSource(cti, serial="FE01")

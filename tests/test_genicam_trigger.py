@@ -19,7 +19,7 @@ from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, EndO
 from fair_edge.cameras.genicam import FETCH_STEP_S, LINK_CHECK_REGISTER, GenICamSource, trigger_mode_reads_on
 from fair_edge.errors import CameraError
 
-from test_genicam_padding import FakeBuffer, FakeComponent, FakeNodeMap, GenTLTimeout
+from test_genicam_padding import FakeBuffer, FakeComponent, FakeNodeMap, GenTLInvalidAddress, GenTLTimeout
 
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05)
 
@@ -29,13 +29,15 @@ class FakeCamera:
 
     Parts (``send``) are frames its trigger took, waiting for a fetch. ``fetch(timeout)`` waits up to ``timeout``
     for one, else raises GenTL's timeout (as harvesters does; also while unplugged: no buffer comes). A register
-    read over the remote port (``port.read``) raises GenTL's timeout while unplugged, as does connecting."""
+    read over the remote port (``port.read``) raises GenTL's timeout while unplugged, as does connecting; one of an
+    address below ``register_map_start`` is refused with GenTL's InvalidAddressException (an emulated camera)."""
 
     def __init__(self, trigger_mode: str | None = "On") -> None:
         features = {} if trigger_mode is None else {"TriggerMode": trigger_mode}
         self.remote_device = types.SimpleNamespace(node_map=FakeNodeMap(features), port=self)
         self.parts: queue.Queue = queue.Queue()
         self.plugged, self.connects, self.register_reads = True, 0, 0
+        self.register_map_start = 0
         self.fetch_waits: list[float] = []   # the timeout each fetch was given, seconds
 
     def send(self, value: int) -> None:
@@ -69,6 +71,8 @@ class FakeCamera:
             raise GenTLTimeout(f"port read of 0x{address:04x} timed out")
         assert address == LINK_CHECK_REGISTER
         self.register_reads += 1
+        if address < self.register_map_start:
+            raise GenTLInvalidAddress("GenTL exception: Address is out of range or invalid. (ID: -1015)")
         return size, bytes(size)
 
     def start(self) -> None: pass
@@ -94,7 +98,8 @@ def camera(monkeypatch, tmp_path) -> FakeCamera:
 
         def reset(self) -> None: pass
 
-    monkeypatch.setattr(genicam, "_import_harvester", lambda cti: (FakeHarvester, GenTLTimeout))
+    monkeypatch.setattr(genicam, "_import_harvester",
+                        lambda cti: (FakeHarvester, GenTLTimeout, (GenTLInvalidAddress,)))
     (tmp_path / "Producer.cti").write_bytes(b"")
     cam.cti = tmp_path / "Producer.cti"
     return cam
@@ -149,6 +154,23 @@ def test_a_triggered_camera_unplugged_while_idle_is_reconnected(camera):
         wait_for(lambda: cap.stats().reconnects == 1, "the reconnect")
         camera.send(2)
         assert cap.get(timeout=5).image[0, 0] == 2
+
+
+def test_a_camera_that_refuses_the_link_check_address_answers_and_waits_for_parts(camera):
+    """A camera (an emulated one: Viky's register map does not start at 0) refuses the link check's address with
+    GenTL's InvalidAddressException: an error answer, so the link is up. Before, any error of that read was 'the
+    camera does not answer a register read: the link is down': reconnected at every idle wait, forever."""
+    camera.register_map_start = 0x1000
+    source = GenICamSource(camera.cti, serial="FE01", timeout_s=0.3)
+    with CaptureThread(source, CaptureSettings(queue_size=4, **FAST)) as cap:
+        wait_for(lambda: camera.register_reads >= 3, "three idle waits")
+        camera.send(5)
+        assert cap.get(timeout=5).image[0, 0] == 5
+        stats = cap.stats()
+        assert (stats.state, stats.read_errors, stats.reconnects, camera.connects) == (CaptureState.RUNNING, 0, 0, 1)
+        camera.unplug()                                    # no answer at all is still a lost link
+        wait_for(lambda: cap.stats().state is CaptureState.RECONNECTING, "the link check to fail")
+        assert "does not answer a register read" in cap.stats().outage_cause
 
 
 def test_stopping_ends_a_triggered_wait_at_its_next_fetch_step_without_a_link_check(camera):
