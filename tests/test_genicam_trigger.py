@@ -143,6 +143,26 @@ def test_an_idle_triggered_line_is_no_fault_and_its_first_part_after_the_break_i
     assert cap.stats().frames_lost_estimate == 0           # no nominal fps: idle time is no lost frames
 
 
+def test_a_triggered_camera_has_no_nominal_fps_so_an_outage_counts_no_frames_lost(camera):
+    """fps is the free-running rate: a triggered camera's frames come with the parts, so it has no nominal fps and the
+    time across a reconnect is no frames lost (at 5.0 fps the gap measured here would count 4 or more)."""
+    source = GenICamSource(camera.cti, serial="FE01", timeout_s=0.3, fps=5.0)
+    with CaptureThread(source, CaptureSettings(queue_size=4, **FAST)) as cap:
+        camera.send(1)
+        before = cap.get(timeout=5)
+        assert source.triggered and source.nominal_fps is None
+        camera.unplug()
+        wait_for(lambda: cap.stats().state is CaptureState.RECONNECTING, "the link check to fail")
+        camera.plug_back()
+        wait_for(lambda: cap.stats().reconnects == 1, "the reconnect")
+        wait_for(lambda: time.monotonic() - before.t_capture >= 1.0, "1 s since the frame before the outage")
+        camera.send(2)
+        after = cap.get(timeout=5)
+        assert after.image[0, 0] == 2 and after.resumed     # the first frame after an outage: its gap is estimated
+        assert round((after.t_capture - before.t_capture) * 5.0) - 1 >= 4
+        assert cap.stats().frames_lost_estimate == 0
+
+
 def test_a_triggered_camera_unplugged_while_idle_is_reconnected(camera):
     source = GenICamSource(camera.cti, serial="FE01", timeout_s=0.3)
     with CaptureThread(source, CaptureSettings(queue_size=4, **FAST)) as cap:
