@@ -239,6 +239,35 @@ def test_another_accounts_summary_in_a_sticky_output_folder_is_refused_naming_ow
     assert install_as(paths, account.pw_name).exit_code == 0   # not sticky: the folder's 'w' is enough
 
 
+def test_another_accounts_rotated_logs_in_a_sticky_record_folder_are_refused_naming_owner_and_chown(open_dir):
+    """A trial `sudo fair-edge run` long enough to rotate leaves root's verdicts.jsonl.N / gate.jsonl.N in the record
+    folder. In a sticky (1777) one the service may not move or delete them (EPERM at its first rotation, and every row
+    after it was lost), nor move another account's log itself, writable or not; the check knew only the logs' names.
+    A rotated file past keep_files (no rotation touches it) and a folder that is not sticky pass."""
+    account = another_account()
+    paths = station_layout(open_dir)
+    out = paths["site"] / "out"
+    paths["station"].write_text(paths["station"].read_text() + "record: {keep_files: 2}\n")
+    for name, mode in (("gate.jsonl.2", 0o644), ("verdicts.jsonl.3", 0o644), ("verdicts.jsonl", 0o666)):
+        (out / name).write_text("{}\n")
+        (out / name).chmod(mode)
+    out.chmod(0o1777)
+    for name in ("verdicts.jsonl", "gate.jsonl.2"):
+        result = install_as(paths, account.pw_name)
+        message = message_of(result)
+        assert result.exit_code == 2, result.output
+        assert f"{out / name} is -rw-r" in message and f" {ME}:" in message, message
+        assert ("--user nobody cannot move or delete it when the log rotates (in the sticky folder drwxrwxrwt "
+                f"{ME}:") in message, message
+        assert "so the log would not be rotated but grow past record.max_log_mb" in message
+        assert f"(`sudo chown -R nobody: {out}`)" in message
+        (out / name).unlink()
+    assert install_as(paths, account.pw_name).exit_code == 0   # verdicts.jsonl.3: past keep_files 2
+    (out / "verdicts.jsonl.1").write_text("{}\n")
+    out.chmod(0o777)
+    assert install_as(paths, account.pw_name).exit_code == 0   # not sticky: the folder's 'w' is enough
+
+
 def test_a_path_in_the_installers_home_is_noted_when_the_unit_runs_as_another_account(open_dir, monkeypatch):
     """`sudo fair-edge install-service --station ~/station.yaml --user fairedge`: the shell expands `~` to the
     installer's home before sudo runs, so the unit of fairedge reads alice's home (and breaks when she tidies it)."""

@@ -19,7 +19,8 @@ from ..records import json_safe
 log = logging.getLogger(__name__)
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)   # a write failed for want of space: rotated files can make room
-ROTATE_RETRY_S = 1.0   # a rotation put off for want of a file (no free inode) is tried again at most this often, s
+PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)   # refused: e.g. another account's file in a sticky folder
+ROTATE_RETRY_S = 1.0   # a rotation put off (it failed: no free inode, a file it may not move) is retried this often, s
 # how a log is opened (``open_log``): for appending, created if missing, never through a link (a link put in the
 # output folder in its place fails the open: ELOOP, counted as a failed write), never waiting (a FIFO put there opens
 # at once, and is then refused), not inherited by a child process; each flag 0 where the OS has none
@@ -36,6 +37,11 @@ def json_line(obj: dict[str, Any]) -> bytes:
     except ValueError:   # NaN or inf somewhere: rare, so the common row pays no walk through it
         text = json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False)
     return (text + "\n").encode("utf-8")
+
+
+def rotated_names(name: str, keep: int) -> list[str]:
+    """The names of the rotated files of the log ``name`` that keeps ``keep``: ``name.1`` (newest) .. ``name.keep``."""
+    return [f"{name}.{i}" for i in range(1, keep + 1)]
 
 
 class RotatingJsonl:
@@ -55,7 +61,10 @@ class RotatingJsonl:
     deletes a row: a rotation makes the log's next file before it moves anything, and where that fails the log is not
     rotated but grows past ``max_bytes`` (one warning; tried again every ``ROTATE_RETRY_S``, counted
     ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
-    to make room for it. clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
+    to make room for it. Any other rotation that fails is put off alike, the row written to the current file: e.g.
+    another account's ``.N`` in a sticky (1777) folder, which this one may not move or delete (the warning names
+    the files, their owner and the ``chown``). clock: monotonic seconds (tests hand in a fake one), read only while
+    a rotation is put off.
     """
 
     def __init__(self, path: Path, max_bytes: int, keep: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,7 +73,7 @@ class RotatingJsonl:
         self.keep = int(keep)
         self._f = None
         self._clock = clock
-        self._put_off_at: float | None = None   # when a rotation was last put off (no file could be made), else None
+        self._put_off_at: float | None = None   # when a rotation was last put off (it failed), else None
         self.rotations_put_off = 0
         self.rotations = 0
         self.torn_cut = 0          # torn (partly written) lines cut off the file
@@ -149,12 +158,16 @@ class RotatingJsonl:
         """Bytes this log may still take before its rotation caps it: ``(keep + 1) x max_bytes`` (``max_bytes``
         with keep 0) less what its file and its rotated files ``.1`` .. ``.keep`` hold now (0 when at the cap)."""
         held = 0
-        for path in [self.path] + [self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.keep + 1)]:
+        for path in [self.path, *self._numbered()]:
             try:
                 held += path.stat().st_size
             except OSError:   # not there (yet), or rotated away meanwhile
                 continue
         return max(0, (self.keep + 1) * self.max_bytes - held)
+
+    def _numbered(self) -> list[Path]:
+        """The rotated files this log keeps: ``name.1`` .. ``name.keep`` (``rotated_names``)."""
+        return [self.path.with_name(name) for name in rotated_names(self.path.name, self.keep)]
 
     def _open(self) -> None:
         """Open for appending (``open_log``: never through a link), first cutting off a torn last line (the file
@@ -187,37 +200,43 @@ class RotatingJsonl:
             log.debug("%s: cutting a failed write back to %d bytes failed: %s", self.path, size, exc)
 
     def _rotate(self) -> None:
-        """Move the file to ``.1`` (``.1`` to ``.2`` .., the oldest, ``.keep``, deleted; keep 0: start over in place)
-        and open a new one. The new file is made first (``_next_file``): where it cannot be (no free inode) nothing is
-        moved and the log goes on in its file (``_put_off``), so no rotated file is ever deleted to make one."""
+        """Move the file to ``.1`` (``_move_to_rotated``; keep 0: start over in place) and open a new one. A rotation
+        that fails (``OSError``: no free inode for the next file, another account's file in a sticky folder that
+        this account may not move or delete, ...) moves nothing more and the log goes on in its file (``_put_off``):
+        no row is lost for a rotation, and no rotated file is deleted to make one."""
         self._close_quietly()
-        if self.keep > 0:
-            oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
-            if oldest.exists():
-                oldest.unlink()   # rotation's own loss; its inode is the one the new file takes
-            try:
-                fresh = self._next_file()
-            except OSError as exc:
-                if exc.errno not in DISK_FULL_ERRNOS:
-                    raise
-                self._put_off(exc)
-                self._open()
-                return
-            try:
-                for i in range(self.keep - 1, 0, -1):
-                    src = self.path.with_name(f"{self.path.name}.{i}")
-                    if src.exists():
-                        os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-                os.replace(fresh, self.path)
-            except BaseException:
-                discard_unfinished(fresh, "log file")
-                raise
-        else:
-            self.path.unlink()
+        try:
+            if self.keep > 0:
+                self._move_to_rotated()
+            else:
+                self.path.unlink()
+        except OSError as exc:
+            self._put_off(exc)
+            self._open()
+            return
         self.rotations += 1
         self._resumed()
         self._open()
+
+    def _move_to_rotated(self) -> None:
+        """Shift the rotated files up one number as far as the first free one (``.1`` to ``.2`` ..; none free: the
+        oldest, ``.keep``, is deleted first), move the file to ``.1`` and put a new empty file in its place, made
+        before anything moves (``_next_file``). A rotation that failed part-way (and each retry of it) so leaves a
+        free number where it stopped: a retry moves files into it and deletes no further rotated file."""
+        numbered = self._numbered()
+        free = next((i for i, path in enumerate(numbered) if not os.path.lexists(path)), None)
+        if free is None:
+            numbered[-1].unlink()   # rotation's own loss; its inode is the one the new file takes
+            free = self.keep - 1
+        fresh = self._next_file()
+        try:
+            for i in range(free, 0, -1):
+                os.replace(numbered[i - 1], numbered[i])
+            os.replace(self.path, numbered[0])
+            os.replace(fresh, self.path)
+        except BaseException:
+            discard_unfinished(fresh, "log file")
+            raise
 
     def _next_file(self) -> Path:
         """The log's next file, made empty under a temporary name beside it (``disk.create_temporary``: mode 0o666
@@ -231,24 +250,46 @@ class RotatingJsonl:
         return self._put_off_at is None or self._clock() - self._put_off_at >= ROTATE_RETRY_S
 
     def _put_off(self, exc: OSError) -> None:
-        """A rotation found no room for the log's next file (``exc``): the log goes on past ``max_bytes``; one
-        warning per spell, naming inodes (``df -i``) where the disk is out of them."""
+        """A rotation failed (``exc``): the log goes on past ``max_bytes``; one warning per spell, naming its cause
+        (``_rotation_blocked``)."""
         first = self._put_off_at is None
         self._put_off_at = self._clock()
         self.rotations_put_off += 1
         if not first:
             return
-        cause = (no_inodes_text(self.path.parent) if out_of_inodes(self.path.parent)
-                 else f"disk full ({exc.strerror or exc})")
-        log.warning("%s: %s: the log's next file cannot be made, so it is not rotated: it grows past its %.3g MB "
-                    "(record.max_log_mb) and keeps every row, rotating again once a file can be made there; delete "
-                    "files on that disk (e.g. old NG images)", self.path, cause, self.max_bytes / 2**20)
+        cause, fix = self._rotation_blocked(exc)
+        log.warning("%s: %s, so it is not rotated: it grows past its %.3g MB (record.max_log_mb) and keeps every row, "
+                    "rotating again once it can (tried every %g s); %s", self.path, cause, self.max_bytes / 2**20,
+                    ROTATE_RETRY_S, fix)
+
+    def _rotation_blocked(self, exc: OSError) -> tuple[str, str]:
+        """(what stopped the rotation, the fix) for the ``OSError`` ``exc`` it raised: no room for the log's next file
+        (inodes: ``df -i``); a file of the log this process may not move or delete (``PERMISSION_ERRNOS``: another
+        account's, named with its owner, in a sticky folder, as a trial `sudo fair-edge run` leaves them; the fix
+        is its ``chown``); else the error as it came."""
+        if exc.errno in DISK_FULL_ERRNOS:
+            cause = (no_inodes_text(self.path.parent) if out_of_inodes(self.path.parent)
+                     else f"disk full ({exc.strerror or exc})")
+            return f"{cause}: the log's next file cannot be made", "delete files on that disk (e.g. old NG images)"
+        if exc.errno not in PERMISSION_ERRNOS:
+            return f"rotating it failed ({exc})", f"check {self.path.parent} and its files"
+        theirs = [(p, _owner_name(st.st_uid)) for p, st in _stats([self.path, *self._numbered()])
+                  if st.st_uid != os.geteuid()]
+        me = _owner_name(os.geteuid())
+        if not theirs:
+            return (f"rotating it was refused ({exc})",
+                    f"let {me} write {self.path.parent} (`sudo chown -R {me}: {self.path.parent}`)")
+        named = ", ".join(f"{p.name} ({owner})" for p, owner in theirs)
+        paths = [p for p, _ in theirs]
+        return (f"rotating it was refused ({exc}): another account's files are in the way ({named}), as a run as "
+                f"another account leaves them (e.g. a trial `sudo fair-edge run`), and {me} cannot move or delete "
+                f"them in {self.path.parent}", f"give them to {me} (`sudo chown {me}: {' '.join(map(str, paths))}`)")
 
     def _resumed(self) -> None:
         """A rotation went through: a spell of rotations put off (``_put_off``) is over (one line)."""
         if self._put_off_at is not None:
             self._put_off_at = None
-            log.info("%s: rotated again (%d rotation(s) had been put off for want of a file)", self.path,
+            log.info("%s: rotated again (%d rotation(s) had been put off)", self.path,
                      self.rotations_put_off)
 
     def _close_quietly(self) -> None:
@@ -292,6 +333,27 @@ def open_log(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _stats(paths: list[Path]) -> list[tuple[Path, os.stat_result]]:
+    """(path, its lstat) of each of ``paths`` that can be examined (one gone meanwhile is left out)."""
+    found = []
+    for path in paths:
+        try:
+            found.append((path, os.lstat(path)))
+        except OSError:
+            continue
+    return found
+
+
+def _owner_name(uid: int) -> str:
+    """The account name of ``uid``, or the number where it names none."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _link_target(path: Path) -> str:

@@ -26,11 +26,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..records import Verdict, WallClock
-from .jsonl import RotatingJsonl
+from .jsonl import RotatingJsonl, rotated_names
 
 if TYPE_CHECKING:
     from .settings import RecordSettings
     from .sinks.base import Counters
+
+
+VERDICT_LOG, GATE_LOG = "verdicts.jsonl", "gate.jsonl"   # the logs' names in record.dir
+
+
+def rotation_names(keep: int) -> tuple[str, ...]:
+    """The names a rotation of the two logs moves or deletes in record.dir with ``keep`` (record.keep_files): each
+    log's rotated files ``.1`` .. ``.keep`` (``jsonl.rotated_names``); the logs themselves are moved to ``.1`` too (with
+    keep 0 deleted)."""
+    return tuple(name for log_name in (VERDICT_LOG, GATE_LOG) for name in rotated_names(log_name, keep))
 
 
 class RowLogs:
@@ -48,7 +58,7 @@ class RowLogs:
         self.dir, self.settings, self.run_id, self.clock = folder, settings, run_id, clock
         self._monotonic = monotonic
         self._counters, self._warn_once, self._error_once = counters, warn_once, error_once
-        self._log = RotatingJsonl(folder / "verdicts.jsonl",
+        self._log = RotatingJsonl(folder / VERDICT_LOG,
                                   int(settings.max_log_mb * 1024 * 1024), settings.keep_files, monotonic)
         self._gate_log: RotatingJsonl | None = None   # opened with the first gate event
 
@@ -60,7 +70,7 @@ class RowLogs:
     def write_gate(self, row: dict) -> str:
         """Write one gate.jsonl row; returns its outcome: ``gate_logged`` or ``rows_failed`` (counted, logged once)."""
         if self._gate_log is None:
-            self._gate_log = RotatingJsonl(self.dir / "gate.jsonl", int(self.settings.max_log_mb * 1024 * 1024),
+            self._gate_log = RotatingJsonl(self.dir / GATE_LOG, int(self.settings.max_log_mb * 1024 * 1024),
                                            self.settings.keep_files, self._monotonic)
         make = lambda: {"run_id": self.run_id, "time_utc": self.clock.iso(row["t"]), **row}  # noqa: E731
         return self._write_row(self._gate_log, make, "gate", "a JSON-able row with 't' (monotonic s)", row,

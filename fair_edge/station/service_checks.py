@@ -7,7 +7,8 @@ forever.
 found from --working-dir; every file a bundle's manifest lists present; and all of these (and the station file)
 readable, enterable or runnable by --user, and the station's output folders writable or creatable by it, with the
 files and folders the station appends to or writes in there already (another account's, left by a trial run)
-readable and writable by it. Reach is judged as that account, also under sudo (``service_reach.reach_problem``). Each
+readable and writable by it, and in a sticky folder those it renames, moves or deletes (summary.json, the logs and
+their rotated files) its own. Reach is judged as that account, also under sudo (``service_reach.reach_problem``). Each
 refusal is a ConfigError naming the flag or field,
 what is there, the account and the fix (the ``chmod`` / ``chown`` / ``install -d`` that lets it in). The unit
 itself is written by ``fair_edge.station.service_unit``.
@@ -334,13 +335,14 @@ def _owner(s: ServiceSettings) -> str:
 def _output_folders(cfg: StationConfig, working_dir: Path) -> list[tuple[str, Path, tuple[str, ...]]]:
     """(field, absolute folder, the names the station writes in it) of each folder the station writes at start:
     ``output`` (its run lock, summary.json, the console's journals: ``locks.OUTPUT_WRITES``) and ``record.dir``
-    where it is elsewhere (the verdict log, ``ng/`` images: ``locks.RECORD_WRITES``; both lists when it is the same
-    folder); relative ones from ``working_dir``, where the unit runs it."""
+    where it is elsewhere (the verdict log, ``ng/`` images: ``locks.RECORD_WRITES``, and the logs' rotated files its
+    ``keep_files`` keeps: ``row_logs.rotation_names``; both lists when it is the same folder); relative ones from
+    ``working_dir``, where the unit runs it."""
     from fair_edge.station.locks import OUTPUT_WRITES, RECORD_WRITES
 
     found: dict[str, tuple[str, Path, tuple[str, ...]]] = {}
     for what, folder, names in (("output", Path(cfg.output), OUTPUT_WRITES),
-                                ("record.dir", Path(cfg.record.dir), RECORD_WRITES)):
+                                ("record.dir", Path(cfg.record.dir), RECORD_WRITES + _rotated_files(cfg))):
         where = Path(os.path.normpath(folder if folder.is_absolute() else working_dir / folder))
         first_what, first_where, first_names = found.get(os.path.realpath(where), (what, where, ()))
         found[os.path.realpath(where)] = (first_what, first_where, tuple(dict.fromkeys((*first_names, *names))))
@@ -365,7 +367,7 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
                               "folder on a writable disk, or mount that one read-write, and install again.")
         problem = reach_problem(existing, W | X, account)
         if problem is None:
-            _check_output_leftovers(account, s, field, folder, names)
+            _check_output_leftovers(account, s, field, folder, names, _rotated_files(cfg))
             continue
         spot, lacking = problem
         made = existing != folder
@@ -376,39 +378,58 @@ def _check_output_folders(account: Account, s: ServiceSettings, cfg: StationConf
         raise reach_error(field, folder, account, doing, spot, lacking, fix=fix, where=where)
 
 
+def _rotated_files(cfg: StationConfig) -> tuple[str, ...]:
+    """The names of the rotated logs the station's logs keep in record.dir (``row_logs.rotation_names``: ``.1`` ..
+    ``.keep_files`` of verdicts.jsonl and gate.jsonl), which their rotation moves or deletes."""
+    from fair_edge.line.row_logs import rotation_names
+
+    return rotation_names(cfg.record.keep_files)
+
+
 def _check_output_leftovers(account: Account, s: ServiceSettings, field: str, folder: Path,
-                            names: tuple[str, ...]) -> None:
+                            names: tuple[str, ...], rotated: tuple[str, ...]) -> None:
     """ConfigError when a file or folder of ``names`` already in the output folder ``folder`` (which ``account`` may
     write) is out of its reach: a file the station opens to read and append (its logs, its run lock: read and write
-    needed), a folder it writes new files in (``ng/``, ``review/``, ``datasets/``: write and enter), or a file it
-    renames a new one over (summary.json, ``REPLACED_WHOLE``) in a sticky folder (a shared 1777 one) when the file is
-    another account's. A run as another account leaves such files (a trial `sudo fair-edge run`: root's, 0644), and
-    the service's writes there failed once it ran."""
+    needed), a folder it writes new files in (``ng/``, ``review/``, ``datasets/``: write and enter), or, in a sticky
+    folder (a shared 1777 one), another account's file the station renames a new one over (summary.json,
+    ``REPLACED_WHOLE``) or moves or deletes when its logs rotate (the logs and their ``.1`` .. ``.keep_files``, the
+    names ``rotated``). A run as another account leaves such files (a trial `sudo fair-edge run`: root's, 0644), and the
+    service's writes there failed once it ran (a rotation refused: the log grew past record.max_log_mb)."""
     for name in names:
         path = folder / name
         if path.is_symlink() or not path.exists():   # a link: the station refuses it
             continue
-        problem = _leftover_problem(path, name in REPLACED_WHOLE, account)
+        problem = _leftover_problem(path, name, rotated, account)
         if problem is not None:
+            cannot, outcome = problem
             raise ConfigError(
                 f"{field} {folder}: {path} is {described(path)}, as a run as another account leaves it (e.g. a "
-                f"trial `sudo fair-edge run`): --user {account.name} cannot {problem}, though it may write the "
-                f"folder, so the station's writes there would fail. Give the folder's contents to {account.name} "
+                f"trial `sudo fair-edge run`): --user {account.name} cannot {cannot}, though it may write the "
+                f"folder, so {outcome}. Give the folder's contents to {account.name} "
                 f"(`sudo chown -R {_owner(s)} {folder}`), or move {path} away, and install again.")
 
 
-def _leftover_problem(path: Path, replaced_whole: bool, account: Account) -> str | None:
-    """What ``account`` cannot do to ``path``, a file or folder the station writes in its output folder (e.g. "read
-    and append to it (no 'w' permission)"), or None when it can. ``replaced_whole``: a file renamed over (the
-    folder's permission suffices, unless the folder is sticky and the file another account's: ``sticky_keeps``)."""
-    if replaced_whole:
-        if not sticky_keeps(path, account):
-            return None
-        return (f"replace it (in the sticky folder {described(path.parent)} only the file's owner, the folder's or "
-                "root may rename over it)")
-    need, doing = (W | X, "write new files in it") if path.is_dir() else (R | W, "read and append to it")
-    problem = reach_problem(path, need, account)
-    return None if problem is None else f"{doing} (no '{letters(problem[1])}' permission)"
+def _leftover_problem(path: Path, name: str, rotated: tuple[str, ...], account: Account) -> tuple[str, str] | None:
+    """(what ``account`` cannot do to ``path``, e.g. "read and append to it (no 'w' permission)"; what fails for it)
+    for ``path``, the file or folder ``name`` the station writes in its output folder, or None when it can. A file
+    renamed over (``REPLACED_WHOLE``) or moved or deleted when the logs rotate (a log, or one of the names
+    ``rotated``) needs only the folder's permission, unless the folder is sticky and the file another account's
+    (``sticky_keeps``); a log is appended to as well."""
+    from fair_edge.line.row_logs import GATE_LOG, VERDICT_LOG
+
+    if name not in rotated and name not in REPLACED_WHOLE:
+        need, doing = (W | X, "write new files in it") if path.is_dir() else (R | W, "read and append to it")
+        problem = reach_problem(path, need, account)
+        if problem is not None:
+            return f"{doing} (no '{letters(problem[1])}' permission)", "the station's writes there would fail"
+    moved_at_rotation = name in rotated or name in (VERDICT_LOG, GATE_LOG)
+    if not (moved_at_rotation or name in REPLACED_WHOLE) or not sticky_keeps(path, account):
+        return None
+    sticky = f"in the sticky folder {described(path.parent)} only the file's owner, the folder's or root may"
+    if moved_at_rotation:
+        return (f"move or delete it when the log rotates ({sticky} rename or remove it)",
+                "the log would not be rotated but grow past record.max_log_mb")
+    return f"replace it ({sticky} rename over it)", "the station's writes there would fail"
 
 
 # written whole to a new file renamed over the old (``station.run.write_summary``): the folder's permission suffices,

@@ -1,0 +1,162 @@
+"""A log whose rotation is refused writes on in its current file (the shared record folder audit).
+
+A trial `sudo fair-edge run` long enough to rotate leaves root's verdicts.jsonl.N in the record folder. In a shared
+sticky (1777) folder the service account appends to its own verdicts.jsonl but may not move or delete root's files
+(EPERM): ``RotatingJsonl``'s rotation raised, and every row after the log reached max_log_mb was counted rows_failed
+and lost, with one warning. Now a rotation that fails is put off, as on a disk out of inodes: the log grows past
+max_bytes keeping every row (one warning naming the files and the ``chown``), is retried every ``ROTATE_RETRY_S``
+without deleting another rotated file, and rotates again once it may.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import fair_edge.line.jsonl as jsonl
+from fair_edge.line.jsonl import RotatingJsonl
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def refuse_moving(monkeypatch, refused: set[str]) -> None:
+    """Moving (``os.replace``) or deleting (``Path.unlink``) a file named in ``refused`` fails with EPERM, as the
+    kernel refuses it for another account's file in a sticky folder; the rest goes through."""
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def replace(src, dst):
+        if Path(src).name in refused:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(src), None, str(dst))
+        return real_replace(src, dst)
+
+    def unlink(path, missing_ok=False):
+        if path.name in refused:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+
+
+def test_a_refused_rotation_keeps_every_row_and_its_retries_delete_no_rotated_log(tmp_path, monkeypatch, caplog):
+    """.1 cannot be moved: the first rotation deletes .3 (its own loss) and moves .2 up before it is refused. The
+    rows go on into verdicts.jsonl; the retries, every ROTATE_RETRY_S, find .2 free and delete nothing more (the old
+    code raised at each write, every row lost, and a retry deleted the rotated log moved to .3); once .1 may be
+    moved the log rotates again."""
+    caplog.set_level(logging.INFO, logger="fair_edge.line.jsonl")
+    for i in (1, 2, 3):
+        (tmp_path / f"verdicts.jsonl.{i}").write_text(f'{{"old":{i}}}\n')
+    refused = {"verdicts.jsonl.1"}
+    refuse_moving(monkeypatch, refused)
+    clock = FakeClock()
+    log = RotatingJsonl(tmp_path / "verdicts.jsonl", max_bytes=200, keep=3, clock=clock)
+    for seq in range(60):                          # ~11 bytes a row: the first rotation near row 19
+        log.write({"seq": seq})
+        clock.t += jsonl.ROTATE_RETRY_S / 2        # 30 s: ~20 retries
+    assert [r["seq"] for r in _rows(tmp_path / "verdicts.jsonl")] == list(range(60))
+    assert [_rows(tmp_path / f"verdicts.jsonl.{i}") for i in (1, 3)] == [[{"old": 1}], [{"old": 2}]]
+    assert not (tmp_path / "verdicts.jsonl.2").exists()
+    assert log.rotations == 0 and log.rotations_put_off >= 15 and log.files_dropped == 0
+    put_off = [r.getMessage() for r in caplog.records if "not rotated" in r.getMessage()]
+    assert len(put_off) == 1, put_off
+    assert "rotating it was refused" in put_off[0] and "verdicts.jsonl.1" in put_off[0], put_off
+    assert "keeps every row" in put_off[0] and "sudo chown" in put_off[0], put_off
+    refused.clear()                                # the files given to the service account
+    clock.t += jsonl.ROTATE_RETRY_S
+    log.write({"seq": 60})
+    log.close()
+    assert log.rotations == 1 and _rows(tmp_path / "verdicts.jsonl") == [{"seq": 60}]
+    assert [r["seq"] for r in _rows(tmp_path / "verdicts.jsonl.1")] == list(range(60))
+    assert [_rows(tmp_path / f"verdicts.jsonl.{i}") for i in (2, 3)] == [[{"old": 1}], [{"old": 2}]]
+    assert any("rotated again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_log_that_starts_over_in_place_and_may_not_writes_on(tmp_path, monkeypatch):
+    """keep 0 deletes the log to start over: refused (another account's log in a sticky folder), the row is
+    written on to it, not lost."""
+    refuse_moving(monkeypatch, {"gate.jsonl"})
+    log = RotatingJsonl(tmp_path / "gate.jsonl", max_bytes=30, keep=0, clock=FakeClock())
+    for seq in range(5):
+        log.write({"seq": seq})
+    log.close()
+    assert [r["seq"] for r in _rows(tmp_path / "gate.jsonl")] == list(range(5)) and log.rotations == 0
+
+
+def _in_child_as(account: pwd.struct_passwd, folder: Path, rows: int) -> dict:
+    """Write ``rows`` rows to ``folder``/verdicts.jsonl (max 300 bytes, keep 3) in a child process running as
+    ``account`` (fork, setgid, setuid: the service account); returns what it saw: the error, if a write raised, and
+    the warnings logged."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns into pytest
+        seen: dict = {"error": None, "warnings": []}
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            handler = logging.Handler()
+            handler.emit = lambda record: seen["warnings"].append(record.getMessage())
+            logging.getLogger("fair_edge.line.jsonl").addHandler(handler)
+            log = RotatingJsonl(folder / "verdicts.jsonl", max_bytes=300, keep=3)
+            for seq in range(rows):
+                log.write({"seq": seq})
+            log.close()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+            seen["error"] = repr(exc)
+        finally:
+            os.write(write_end, json.dumps(seen).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        seen = json.loads(pipe.read() or b"{}")
+    os.waitpid(pid, 0)
+    return seen
+
+
+def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_in_its_log():
+    """The real kernel's refusal: a root-owned 1777 record folder, root's verdicts.jsonl.1 (0644) from a trial run,
+    the station as ``nobody`` (fork + setuid). Its rotation (.1 to .2) is refused with EPERM; every row stays in its
+    verdicts.jsonl and the warning names root's file and the chown."""
+    if os.getuid() != 0:
+        pytest.skip("making root's file and running as nobody needs root")
+    account = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="fair-edge-rotation-"))
+    try:
+        base.chmod(0o755)
+        folder = base / "records"
+        folder.mkdir()
+        folder.chmod(0o1777)
+        (folder / "verdicts.jsonl.1").write_text('{"old":1}\n')
+        (folder / "verdicts.jsonl.1").chmod(0o644)
+        seen = _in_child_as(account, folder, rows=80)
+        assert seen["error"] is None, seen
+        assert [r["seq"] for r in _rows(folder / "verdicts.jsonl")] == list(range(80))
+        assert (folder / "verdicts.jsonl").stat().st_uid == account.pw_uid
+        assert _rows(folder / "verdicts.jsonl.1") == [{"old": 1}] and not (folder / "verdicts.jsonl.2").exists()
+        put_off = [m for m in seen["warnings"] if "not rotated" in m]
+        assert len(put_off) == 1 and "Operation not permitted" in put_off[0], seen
+        assert "verdicts.jsonl.1 (root)" in put_off[0], put_off
+        assert f"`sudo chown nobody: {folder / 'verdicts.jsonl.1'}`" in put_off[0], put_off
+    finally:
+        shutil.rmtree(base)
