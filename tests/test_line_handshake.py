@@ -81,6 +81,9 @@ def test_handshake_settings_default_off_and_errors_name_the_field():
     with pytest.raises(ConfigError, match=r"reject\.handshake\.modbus\.ack: expected a register no other signal "
                                           r"uses, found 2 \(also part_id\)"):
         HandshakeSettings.from_dict({"modbus": {"ack": 2}})
+    with pytest.raises(ConfigError, match=r"modbus\.ack: expected a register no other signal uses, found 4 \(also "
+                                          r"ready\)"):   # the setting written named, not the default it meets
+        HandshakeSettings.from_dict({"modbus": {"ack": 4}})
     with pytest.raises(ConfigError, match=r"reject\.handshake\.url: expected null, 'modbus://.*found 'tcp://x'"):
         HandshakeSettings.from_dict({"url": "tcp://x"})
     with pytest.raises(ConfigError, match=r"reject\.handshake\.url: modbus://10\.0\.0\.5\?unti=1: unknown option "
@@ -93,6 +96,29 @@ def test_handshake_settings_default_off_and_errors_name_the_field():
         HandshakeSettings.from_dict({"poll_ms": 20, "heartbeat_ms": 60})
     with pytest.raises(ConfigError, match=r"reject\.handshake\.opcua\.ready: expected a non-empty string, found 4"):
         HandshakeSettings.from_dict({"opcua": {"ready": 4}})
+
+
+@pytest.mark.parametrize("nodes, refusal", [
+    ({"ready": "ns=2;s=Ack"}, "opcua.ready: expected a node no other signal uses, found 'ns=2;s=Ack' (also ack)"),
+    ({"error": "ns=2;s=Result"}, "opcua.error: expected a node no other signal uses, found 'ns=2;s=Result' "
+                                 "(also result)"),
+    ({"zone_id": "ns=2;s=Zone", "largest_area": "ns=2;s=Zone"}, "opcua.zone_id: expected a node no other signal "
+                                                                "uses, found 'ns=2;s=Zone' (also largest_area)"),
+])
+def test_two_opc_ua_signals_on_one_node_are_refused_naming_both(nodes, refusal):
+    """Two signals on one node read each other's values (Ready written on Ack's node reads as an ack): refused as
+    two Modbus signals on one register are, naming the setting the file wrote, the other signal and the fix."""
+    with pytest.raises(ConfigError) as refused:
+        HandshakeSettings.from_dict({"url": "opcua://10.0.0.5:4840/", "opcua": nodes})
+    assert str(refused.value) == f"reject.handshake.{refusal}; give each signal its own node"
+
+
+def test_opc_ua_signals_on_their_own_nodes_load():
+    """Two signals swapping nodes, and region signals left null, share no node."""
+    swapped = HandshakeSettings.from_dict({"url": "opcua://10.0.0.5:4840/",
+                                           "opcua": {"ready": "ns=2;s=Ack", "ack": "ns=2;s=Ready"}}).opcua
+    assert (swapped.ready, swapped.ack, swapped.zone_id, swapped.largest_area) == ("ns=2;s=Ack", "ns=2;s=Ready",
+                                                                                    None, None)
 
 
 def test_modbus_encoding_scales_and_saturates_the_score_and_splits_part_ids():

@@ -11,6 +11,7 @@ address / node is set: ``region_count``, ``largest_area`` and ``zone_id`` (defec
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -82,16 +83,8 @@ class ModbusSignals:
         d = f.with_defaults(s, data, cls)
         out = cls(**{k: None if v is None and k in REGION_SIGNALS else f.integer(s, k, v, minimum=0, maximum=65534)
                      for k, v in d.items()})
-        used: dict[int, str] = {}
-        for name in (x.name for x in fields(cls)):
-            address = getattr(out, name)
-            if address is None:
-                continue
-            for a in (address, address + 1) if name in WIDE_SIGNALS else (address,):
-                if a in used:
-                    raise ConfigError(f"{s}.{name}: expected a register no other signal uses, found {a} "
-                                      f"(also {used[a]}); give each signal its own register")
-                used[a] = name
+        refuse_shared(s, "register", [(name, register) for name in signal_names(out)
+                                      for register in out.registers(name)], given=data or {})
         return out
 
     def registers(self, name: str) -> tuple[int, ...]:
@@ -123,7 +116,28 @@ class OpcUaSignals:
     def from_dict(cls, data: Any) -> OpcUaSignals:
         s = "reject.handshake.opcua"
         d = f.with_defaults(s, data, cls)
-        return cls(**{k: None if v is None and k in REGION_SIGNALS else f.text(s, k, v) for k, v in d.items()})
+        out = cls(**{k: None if v is None and k in REGION_SIGNALS else f.text(s, k, v) for k, v in d.items()})
+        refuse_shared(s, "node", [(name, getattr(out, name)) for name in signal_names(out)],
+                      given=data or {})
+        return out
+
+
+def signal_names(signals: ModbusSignals | OpcUaSignals) -> list[str]:
+    """The signals given a place in ``signals`` (every one but the region signals left null), in field order."""
+    return [x.name for x in fields(signals) if getattr(signals, x.name) is not None]
+
+
+def refuse_shared(section: str, what: str, places: list[tuple[str, int | str]], given: Collection[str]) -> None:
+    """Refuse (ConfigError) two signals on one place: places are (signal, a register it takes or its node id) pairs,
+    what is ``register`` or ``node``. Node ids are compared as written (``ns=2;s=Ack`` and ``nsu=URI;s=Ack`` may be
+    one node: only the server's namespace array tells). The signals the file sets (``given``) are checked after the
+    defaults, so the refusal names a setting the file wrote (``ready: ... found 'ns=2;s=Ack' (also ack)``)."""
+    used: dict[int | str, str] = {}
+    for name, place in sorted(places, key=lambda named: named[0] in given):
+        if place in used:
+            raise ConfigError(f"{section}.{name}: expected a {what} no other signal uses, found {place!r} "
+                              f"(also {used[place]}); give each signal its own {what}")
+        used[place] = name
 
 
 @dataclass(frozen=True)
