@@ -63,6 +63,18 @@ def test_localhost_and_its_address_are_one_lock_and_other_ports_are_not():
     assert keys("opcua://localhost/ua?node=ns=2;s=Reject") & keys("opcua://127.0.0.1:4840/ua?node=ns=2;s=Reject")
 
 
+def test_an_opc_ua_lock_keeps_the_urls_path_though_the_shared_address_warning_leaves_it_out():
+    """The warning compares OPC UA outputs without their URL's path (``PlcOutput.compared``); the lock keys and
+    their files stay as they were, so a station started after an upgrade still meets a running one's locks."""
+    with_path, without = (sink_outputs("reject.sinks", [url])[0] for url in (
+        "opcua://10.0.0.5:4840/fair/?node=ns=2;s=Ready", "opcua://10.0.0.5/?node=ns=2;s=Ready"))
+    assert with_path.compared == without.compared
+    assert list(plc_lock.lock_keys([with_path])) == ["opcua://10.0.0.5:4840/fair#ns=2;s=Ready"]
+    assert list(plc_lock.lock_keys([without])) == ["opcua://10.0.0.5:4840#ns=2;s=Ready"]
+    assert plc_lock.lock_name("opcua://10.0.0.5:4840/fair#ns=2;s=Ready") == \
+        "plc-opcua_10.0.0.5_4840_fair_ns_2_s_Ready-86168ac45b.lock"
+
+
 def test_a_second_station_on_the_same_coil_by_another_host_name_is_refused_naming_the_first(tmp_path):
     with first_station("modbus://localhost?coil=0") as pid:
         with pytest.raises(ConfigError) as refused:

@@ -180,6 +180,27 @@ def test_a_sink_on_a_handshake_node_is_warned_about(caplog):
         "(reject.handshake.url, reject.handshake.opcua.ready)"]
 
 
+def test_a_sink_on_a_handshake_node_by_a_url_of_another_path_is_warned_about(caplog):
+    """The server answers on host:port whatever path a URL names (the test PLC at ``/fair/`` took a path-less sink's
+    write on its Ready node): the path was compared, and this pair went unwarned."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["opcua://127.0.0.1:4840/?node=ns=2;s=Ready"],
+              "handshake": {"url": "opcua://127.0.0.1:4840/fair/"}})
+    assert [m.split(": a pulse")[0] for m in warnings(caplog)] == [
+        "reject.sinks[0] writes opcua 127.0.0.1:4840 node ns=2;s=Ready (reject.handshake.url, "
+        "reject.handshake.opcua.ready: opcua 127.0.0.1:4840/fair node ns=2;s=Ready), a signal of the PLC handshake "
+        "(reject.handshake.url, reject.handshake.opcua.ready)"]
+
+
+def test_two_outputs_on_one_node_by_urls_of_different_paths_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": ["opcua://plc:4840/line3?node=ns=2;s=Eject"],
+              "fault_sinks": ["opcua://plc/ua/?node=ns=2;s=Eject"]})
+    assert [m.split(": each")[0] for m in warnings(caplog)] == [
+        "reject.sinks[0] and reject.fault_sinks[0] both write opcua plc:4840/line3 node ns=2;s=Eject "
+        "(reject.fault_sinks[0]: opcua plc:4840/ua node ns=2;s=Eject)"]
+
+
 @pytest.mark.parametrize("sink", ["modbus://10.0.0.5?coil=10", "modbus://10.0.0.5?register=12",
                                   "modbus://10.0.0.5?unit=2&register=10", "modbus://10.0.0.6?register=10"])
 def test_a_sink_beside_the_handshake_registers_is_not_warned_about(caplog, sink):

@@ -57,18 +57,24 @@ class PlcOutput:
     """One PLC address a station writes. key: the address normalised as written (``modbus://10.0.0.5:502/1/coil/0``;
     the locks are taken on ``lock_keys``, its host resolved); shown: the address in words (``modbus 10.0.0.5:502
     unit 1 coil 0``); setting: the station file's setting that names it (``reject.fault_sinks[0]``); host: the host
-    as written, lower-case (``key``'s, after ``scheme://``)."""
+    as written, lower-case (``key``'s, after ``scheme://``); path: an OPC UA URL's path as ``key`` holds it
+    (``/fair``; a Modbus output has none), kept in the lock keys and left out of ``compared``."""
 
     key: str
     shown: str
     setting: str
     host: str = ""
+    path: str = ""
 
     @property
     def compared(self) -> str:
-        """``key`` as the shared-address warning compares it, with no DNS lookup: its host ``offline_host``'s
-        (``modbus://localhost:502/1/coil/0`` and ``modbus://127.0.0.1:502/1/coil/0`` compare equal)."""
-        return self.with_host(offline_host(self.host))
+        """``key`` as the shared-address warning compares it, with no DNS lookup: its host ``offline_host``'s and
+        without ``path`` (``modbus://localhost:502/1/coil/0`` and ``modbus://127.0.0.1:502/1/coil/0`` compare equal,
+        so do ``opcua://10.0.0.5:4840/fair#ns=2;s=Ready`` and ``opcua://10.0.0.5:4840#ns=2;s=Ready``: a server
+        answers on its host:port whatever path a client's URL has; only a gateway routing by path would differ, and
+        a warning too many there is cheaper than one missed). The locks keep the path (``lock_keys``)."""
+        server, node_mark, node = self.with_host(offline_host(self.host)).partition("#")
+        return f"{server.removesuffix(self.path)}{node_mark}{node}"
 
     def with_host(self, address: str) -> str:
         """``key`` with its host replaced by ``address`` (IPv6 in brackets): with an IP address ``host_addresses``
@@ -111,8 +117,9 @@ def modbus_output(url: SinkUrl, unit: int, space: str, address: int, setting: st
 
 def opcua_output(url: SinkUrl, node: str, setting: str) -> PlcOutput:
     """The node ``node`` (as written: ``ns=2;s=Reject``) of the OPC UA server ``url`` names (without its user)."""
-    where = f"{hostport(url.host, url.port or OPCUA_PORT)}{url.path.rstrip('/')}"
-    return PlcOutput(f"opcua://{where}#{node}", f"opcua {where} node {node}", setting, url.host)
+    path = url.path.rstrip("/")
+    where = f"{hostport(url.host, url.port or OPCUA_PORT)}{path}"
+    return PlcOutput(f"opcua://{where}#{node}", f"opcua {where} node {node}", setting, url.host, path)
 
 
 def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
@@ -132,9 +139,10 @@ def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
 
 def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcOutput]]:
     """(first, later) for each of ``outputs`` whose address an earlier one names too, in order: addresses compared by
-    ``compared``, as the station file writes them with the default port and unit filled in, the host lower-case and
-    every loopback spelling one (``offline_host``: ``localhost``, ``127.0.0.1`` and ``::1`` match; a name and its IP
-    address do not, nor ``ns=`` and ``nsu=`` node ids: that needs DNS or the OPC UA server)."""
+    ``compared``, as the station file writes them with the default port and unit filled in, an OPC UA URL's path left
+    out, the host lower-case and every loopback spelling one (``offline_host``: ``localhost``, ``127.0.0.1`` and
+    ``::1`` match; a name and its IP address do not, nor ``ns=`` and ``nsu=`` node ids: that needs DNS or the OPC UA
+    server)."""
     first: dict[str, PlcOutput] = {}
     pairs = []
     for output in outputs:
