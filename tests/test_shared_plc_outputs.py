@@ -2,10 +2,10 @@
 node): nothing was said when the station file was read, and each output then wrote over the other's levels. Now the
 load logs a warning naming both settings and the address (``line.shared_outputs.warn_shared_outputs``); a warning,
 not a refusal, since two lanes sharing one ejector may be wired so on purpose. An output on a register or node of
-the PLC handshake is warned about too. Addresses are compared as written, the
-default port and unit filled in, every loopback host one (``plc_lock.shared_addresses``, no DNS asked). Each pair is
-warned about once per process (``shared_outputs.WARNED``): the file's re-reads (SIGHUP, console threshold writes) do
-not repeat it; each test here starts with a process that has warned about nothing (``fresh_process``)."""
+the PLC handshake is warned about too. Addresses are compared as written, the default port and unit filled in,
+localhost / 127.0.0.1 / ::1 one host (``plc_lock.shared_addresses``, no DNS asked). Each pair is warned about once
+per process (``shared_outputs.WARNED``): the file's re-reads (SIGHUP, console threshold writes) do not repeat it;
+each test here starts with a process that has warned about nothing (``fresh_process``)."""
 
 from __future__ import annotations
 
@@ -74,14 +74,16 @@ def test_outputs_on_different_addresses_are_not_warned_about(caplog, fault):
 
 @pytest.mark.parametrize("sink, fault", [
     ("modbus://localhost?coil=3", "modbus://127.0.0.1:502?coil=3"),
-    ("modbus://[::1]?coil=3", "modbus://127.0.0.2?unit=1&coil=3"),
+    ("modbus://[::1]?coil=3", "modbus://127.0.0.1?unit=1&coil=3"),
+    ("modbus://[0:0::1]?coil=3", "modbus://[::FFFF:7f00:1]?coil=3"),
     ("opcua://LOCALHOST/?node=ns=2;s=Eject", "opcua://[::ffff:127.0.0.1]:4840?node=ns=2;s=Eject"),
     ("modbus://PLC.line3.local.?coil=3", "modbus://plc.line3.local:502?coil=3"),
     ("modbus://[fd00:0:0::5]?coil=3", "modbus://[FD00::5]?coil=3"),
 ])
 def test_one_address_spelled_two_ways_is_warned_about_naming_both_spellings(caplog, monkeypatch, sink, fault):
-    """Every loopback spelling is this machine, a host name is compared case-insensitively without its trailing dot,
-    an IP address in its one canonical form; all without asking DNS (the start-time locks do that)."""
+    """localhost, 127.0.0.1 and ::1 (any spelling) are this machine, a host name is compared case-insensitively
+    without its trailing dot, an IP address in its one canonical form; all without asking DNS (the start-time locks
+    do that)."""
     def no_dns(*args, **kwargs):
         raise AssertionError(f"DNS asked at load: {args}")
 
@@ -92,6 +94,19 @@ def test_one_address_spelled_two_ways_is_warned_about_naming_both_spellings(capl
     assert len(found) == 1, found
     assert found[0].startswith("reject.sinks[0] and reject.fault_sinks[0] both write ")
     assert "Two lanes sharing one ejector may be wired so on purpose" in found[0]
+
+
+@pytest.mark.parametrize("sink, fault", [
+    ("modbus://127.0.0.2?coil=3", "modbus://127.0.0.3?coil=3"),
+    ("modbus://localhost?coil=3", "modbus://127.0.0.2?coil=3"),
+    ("opcua://[::1]/?node=ns=2;s=Eject", "opcua://[::ffff:127.0.0.2]/?node=ns=2;s=Eject"),
+])
+def test_other_loopback_addresses_are_other_servers_and_not_warned_about(caplog, sink, fault):
+    """Two test PLCs listening on 127.0.0.2:P and 127.0.0.3:P are two servers, as the start-time locks take them:
+    every 127.x.x.x was read as this one machine, and the two warned about as one address."""
+    with caplog.at_level(logging.WARNING, logger=WARNS):
+        load({"sinks": [sink], "fault_sinks": [fault]})
+    assert warnings(caplog) == []
 
 
 def test_the_warning_names_the_address_as_each_output_writes_it(caplog):

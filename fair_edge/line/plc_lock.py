@@ -49,6 +49,7 @@ FALLBACK_LOCK_DIR = "fair-edge-locks"      # under the temp folder where /run/lo
 MODBUS_PORT, OPCUA_PORT, MODBUS_UNIT = 502, 4840, 1
 COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: coil 0 and register 0 differ
 LOOPBACK = "127.0.0.1"   # the shared-address warning's one name for this machine (offline_host)
+THIS_MACHINE = (ipaddress.ip_address(LOOPBACK), ipaddress.ip_address("::1"))   # what localhost names, each family
 HANDSHAKE_WRITES = (TRIGGER, ACK, *STATION_SIGNALS)   # its own signals, and the PLC's trigger and ack it sets back to 0
 
 
@@ -87,10 +88,12 @@ class PlcOutput:
 
 def offline_host(host: str) -> str:
     """``host`` (a sink URL's host, lower-case; IPv6 without brackets) as the shared-address warning compares it
-    when the station file is read, without asking DNS (that is the start-time locks' ``host_addresses``): every
-    loopback name or address (``localhost``, ``127.x.x.x``, ``::1``, ``::ffff:127.0.0.1``) is ``LOOPBACK``, another IP
-    address is written the one way ``ipaddress`` writes it (``0:0::a`` -> ``::a``), a name is as written without a
-    trailing dot (``plc.local.`` -> ``plc.local``)."""
+    when the station file is read, without asking DNS (that is the start-time locks' ``host_addresses``): this
+    machine's usual names (``localhost``, ``127.0.0.1``, ``::1``, ``::ffff:127.0.0.1``, ``THIS_MACHINE``) are
+    ``LOOPBACK``; another IP address, another loopback address included (a server listening on ``127.0.0.2`` is not
+    one on ``127.0.0.3``), is written the one way ``ipaddress`` writes it (``0:0::a`` -> ``::a``,
+    ``::ffff:127.0.0.2`` -> ``127.0.0.2``); a name is as written without a trailing dot (``plc.local.`` ->
+    ``plc.local``)."""
     name = host.lower().rstrip(".")
     if name == "localhost":
         return LOOPBACK
@@ -100,7 +103,7 @@ def offline_host(host: str) -> str:
         return name
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:   # ::ffff:a.b.c.d is a.b.c.d
         address = address.ipv4_mapped
-    return LOOPBACK if address.is_loopback else str(address)
+    return LOOPBACK if address in THIS_MACHINE else str(address)
 
 
 def hostport(host: str, port: int) -> str:
@@ -140,9 +143,9 @@ def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
 def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcOutput]]:
     """(first, later) for each of ``outputs`` whose address an earlier one names too, in order: addresses compared by
     ``compared``, as the station file writes them with the default port and unit filled in, an OPC UA URL's path left
-    out, the host lower-case and every loopback spelling one (``offline_host``: ``localhost``, ``127.0.0.1`` and
-    ``::1`` match; a name and its IP address do not, nor ``ns=`` and ``nsu=`` node ids: that needs DNS or the OPC UA
-    server)."""
+    out, the host lower-case and this machine's usual names one (``offline_host``: ``localhost``, ``127.0.0.1`` and
+    ``::1`` match, ``127.0.0.2`` is another; a name and its IP address do not, nor ``ns=`` and ``nsu=`` node ids: that
+    needs DNS or the OPC UA server)."""
     first: dict[str, PlcOutput] = {}
     pairs = []
     for output in outputs:
