@@ -212,7 +212,8 @@ class CaptureSettings:
         ``FrameIncomplete``, proves the link is up: counted, never one of them; a triggered camera's wait for a
         part, ``AwaitingTrigger``, is not a miss).
     stop_timeout_s: how long ``stop()`` waits for the reader thread to finish, seconds: a read in progress (at most
-        ``registry.READ_SPAN_S``, a GenICam camera's longest) and what follows it (``registry.READ_AFTER_S``).
+        ``READ_SPAN_S``: a GenICam camera's longest wait, an ``opencv:`` network stream's read timeout) and what
+        follows it (``READ_AFTER_S``).
     nominal_fps: frame rate used to estimate frames lost in an outage when the source's
         sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).
     """
@@ -249,6 +250,10 @@ class CaptureSettings:
     def backoff_s(self, attempt: int) -> float:
         """Delay in seconds before reconnect attempt ``attempt`` (0-based)."""
         return min(self.backoff_max_s, self.backoff_initial_s * self.backoff_factor**attempt)
+
+
+READ_AFTER_S = 1.0   # of the capture's stop wait, kept for what follows a read (copy, conversion, release), seconds
+READ_SPAN_S = CaptureSettings.stop_timeout_s - READ_AFTER_S   # the rest, for the read itself: 2 s
 
 
 def _require(ok: bool, field: str, expected: str, found: object) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from fair_edge.errors import CameraError, ConfigError
 from fair_edge.images import utf8_problem
 
-from .base import EndOfStream, FrameMissed
+from .base import READ_SPAN_S, EndOfStream, FrameMissed
 from .capture import SourceBase
 
 log = logging.getLogger(__name__)
@@ -143,13 +143,18 @@ class OpenCVSource(SourceBase):
     api: OpenCV backend (``cv2.CAP_*``); default V4L2 for local cameras on Linux, else any.
     width, height, fps: requested capture format (the device may choose another; logged).
     buffer_size: driver-side frame buffer; 1 keeps latency low for live inspection.
-    timeout_s: open and read timeout for network streams (FFmpeg backend), seconds.
+    open_timeout_s: how long opening a network stream (``url``, FFmpeg backend) may take, seconds: connect, the
+    RTSP/HTTP handshake and FFmpeg's probe of its first frames (seconds on a slow H.264 stream). A network stream's
+    read waits ``base.READ_SPAN_S`` (2 s, not settable) for a frame, so that a read begun just before
+    ``CaptureThread.stop()`` ends within its stop wait; a timed-out read is a ``FrameMissed``, and since OpenCV's
+    FFmpeg reader fails every read after it at once, the capture reconnects the stream. A reconnect's open runs in
+    the reader thread too: a stop during it gives up after the stop wait, and the reader ends when the open does.
     Frames: (H, W, 3) uint8 BGR as decoded by OpenCV, ``source`` = ``name``.
     """
 
     def __init__(self, target: int | str, *, api: int | None = None, width: int | None = None,
                  height: int | None = None, fps: float | None = None, buffer_size: int | None = 1,
-                 timeout_s: float = 5.0, name: str | None = None, kind: str | None = None) -> None:
+                 open_timeout_s: float = 5.0, name: str | None = None, kind: str | None = None) -> None:
         super().__init__()
         self.kind = kind or classify_target(target)
         if self.kind not in HINTS:
@@ -158,7 +163,7 @@ class OpenCVSource(SourceBase):
         self.api = _default_api(self.kind) if api is None else api
         self.width, self.height, self.fps = width, height, fps
         self.buffer_size = buffer_size
-        self.timeout_s = timeout_s
+        self.open_timeout_s = open_timeout_s
         self.name = name or (redact_url(self.target) if self.kind == "url" else f"{self.kind}:{self.target}")
         self._cap: cv2.VideoCapture | None = None
         self._fps_seen: float | None = None
@@ -192,8 +197,8 @@ class OpenCVSource(SourceBase):
 
     def _create(self) -> cv2.VideoCapture:
         if self.kind == "url":
-            ms = int(self.timeout_s * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout_s * 1000),
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_SPAN_S * 1000)]
             return cv2.VideoCapture(self.target, self.api, params)
         return cv2.VideoCapture(self.target, self.api)
 

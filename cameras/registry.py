@@ -25,7 +25,7 @@ from pathlib import Path
 from fair_edge.errors import ConfigError, did_you_mean
 from fair_edge.fields import is_int, is_number
 
-from .base import CaptureSettings, FrameSource
+from .base import READ_SPAN_S, CaptureSettings, FrameSource
 from .aravis import AravisSource
 from .capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S
 from .genicam import GenICamSource
@@ -113,19 +113,17 @@ SOURCES: dict[str, SourceKind] = {
 # the range of a station file's timeout_s, seconds. Shortest: open()'s FIRST_FRAME_READS reads for a first frame span
 # its FIRST_FRAME_WAIT_S (a shorter wait gives up sooner, blaming the network); a free-running camera still needs a
 # frame within misses_before_reconnect waits. Longest, per kind: a read begun just before stop() must end within the
-# capture's stop wait, with READ_AFTER_S of it left for what follows the read (the frame's copy and conversion, the
-# source's release: GenTL's stop and destroy): READ_SPAN_S for the read. aravis: its wait (not interruptible) plus a
-# register read after it (a triggered camera's link check, base.awaiting_trigger): half of that, the other half for
+# capture's stop wait, with base.READ_AFTER_S of it left for what follows the read (the frame's copy and conversion,
+# the source's release: GenTL's stop and destroy): READ_SPAN_S for the read. aravis: its wait (not interruptible) plus
+# a register read after it (a triggered camera's link check, base.awaiting_trigger): half of that, the other half for
 # that read. genicam: a free-running camera's one fetch is all of its read; a triggered camera's wait is fetched in
 # genicam.FETCH_STEP_S steps that stop() ends (GenICamSource.interrupt), before its link check: all of it (the
 # source's own default, 2 s).
 READ_WAIT_MIN_S = FIRST_FRAME_WAIT_S / FIRST_FRAME_READS
-READ_AFTER_S = 1.0   # of the capture's stop wait, kept for what follows a read (copy, conversion, release), seconds
-READ_SPAN_S = CaptureSettings.stop_timeout_s - READ_AFTER_S   # the rest, for the read itself: 2 s
 READ_WAIT_MAX_S: dict[str, float] = {"aravis": READ_SPAN_S / 2, "genicam": READ_SPAN_S}
 # station-file camera settings that go to the source -> the kinds that take them. timeout_s: the GenICam cameras'
-# wait for one frame, the kinds READ_WAIT_MAX_S bounds (not opencv:'s, which bounds opening and reading a network
-# stream, 5 s)
+# wait for one frame, the kinds READ_WAIT_MAX_S bounds (not opencv:'s: a network stream's read waits READ_SPAN_S, not
+# settable, and its open_timeout_s, 5 s, bounds opening it)
 STATION_OPTION_KINDS: dict[str, tuple[str, ...]] = {"flip": ("csi",), "timeout_s": tuple(READ_WAIT_MAX_S)}
 # what a free-running camera slower than one frame per READ_WAIT_MAX_S[kind] needs ({fps}: 1 / that), for the refusal
 SLOW_CAMERA_FIXES: dict[str, str] = {

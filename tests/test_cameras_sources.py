@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 import time
 
 import cv2
@@ -22,6 +24,8 @@ from fair_edge.cameras import (
     open_source,
     parse_source,
 )
+from fair_edge.cameras.base import READ_SPAN_S, CaptureSettings
+from fair_edge.cameras.capture import CaptureThread
 from fair_edge.errors import CameraError, ConfigError
 
 IMAGES = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
@@ -52,11 +56,47 @@ def test_missing_camera_index_suggests_other_indices():
 def test_unreachable_rtsp_url_is_redacted_and_suggests_fixes():
     t0 = time.monotonic()
     with pytest.raises(CameraError) as info:
-        open_source("rtsp://admin:secret@127.0.0.1:9/stream", timeout_s=2)
+        open_source("rtsp://admin:secret@127.0.0.1:9/stream", open_timeout_s=2)
     msg = str(info.value)
     assert "secret" not in msg and "admin:***@127.0.0.1" in msg
     assert "rtsp_transport;tcp" in msg
     assert time.monotonic() - t0 < 10
+
+
+class _FrozenMjpegCamera:
+    """An HTTP MJPEG camera on 127.0.0.1 that sends ``frames`` JPEG frames, then stops sending with its connection
+    open (a network camera that froze): a read after the last frame waits out the source's read timeout."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/video.mjpg"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            conn, _ = self.listener.accept()
+        self.connections.append(conn)   # kept open: the stream stalls, it does not end
+        conn.recv(4096)
+        jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+        part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+        conn.sendall(part * self.frames)
+
+
+def test_a_frozen_network_stream_read_begun_before_stop_ends_within_the_stop_wait(caplog):
+    """opencv:'s network read timeout was its open timeout, 5 s: a read of a stream that stopped sending, begun just
+    before stop(), outlasted the capture's 3 s stop wait ("reader did not finish", the stream left open on a daemon
+    thread). A read now waits READ_SPAN_S, the stop wait's share for a read; the read ends inside stop()'s wait
+    (its missed frame is logged before stop() returns), not after it."""
+    camera = _FrozenMjpegCamera(frames=4)
+    capture = CaptureThread(open_source(camera.url), CaptureSettings(full_policy="block")).start()
+    frames = [capture.get(timeout=10) for _ in range(4)]   # the first frame, read at open, is one of the four
+    time.sleep(0.2)   # the reader is in its read of a fifth frame, which never comes
+    assert capture.stop() is True, caplog.text
+    assert "read() returned no frame" in caplog.text and "did not finish" not in caplog.text
+    assert [f.seq for f in frames] == [0, 1, 2, 3] and not capture.alive
 
 
 def test_opencv_source_reads_a_file_then_ends_without_black_frames(tmp_path):

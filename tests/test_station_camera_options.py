@@ -15,9 +15,9 @@ import pytest
 
 from fair_edge.cameras import GenICamSource, GStreamerSource
 from fair_edge.cameras.aravis import AravisSource
-from fair_edge.cameras.base import CaptureSettings
+from fair_edge.cameras.base import READ_AFTER_S, READ_SPAN_S, CaptureSettings
 from fair_edge.cameras.capture import FIRST_FRAME_READS, FIRST_FRAME_WAIT_S, CaptureThread, SourceBase
-from fair_edge.cameras.registry import READ_AFTER_S, READ_SPAN_S, READ_WAIT_MAX_S, READ_WAIT_MIN_S, SOURCES
+from fair_edge.cameras.registry import READ_WAIT_MAX_S, READ_WAIT_MIN_S, SOURCES
 from fair_edge.errors import ConfigError
 from fair_edge.station.camera import open_capture
 from fair_edge.station.config import CameraSettings, StationConfig, view_config
