@@ -71,8 +71,8 @@ GATE_LOG = "gate"     # a queue item for gate.jsonl (record_gate)
 CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most this long, seconds
 CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long without writing a row (a hung disk)
 # close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. A station's
-# stop gives it at most what is left of its one deadline (station/stop_deadline.py: the belt's drain + STOP_MARGIN_S,
-# inside TimeoutStopSec); with only the disk slow, all of it (tests/test_recorder_disk_limits.py checks the sum)
+# stop gives it at most what is left of its one deadline (station/stop_deadline.py: the unit's TimeoutStopSec less
+# 1 s); with only the disk slow, all of it (tests/test_recorder_disk_limits.py checks the sum)
 CLOSE_ROWS_MAX_S = 15.0
 CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds
 BACKLOG_WARN_S = 3.0  # rows waiting that take longer than this to write at the writer's pace: one warning

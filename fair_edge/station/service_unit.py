@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 UNIT_DIR = Path("/etc/systemd/system")
 STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
-STOP_MARGIN_S = 30       # s added to the belt's drain: the stop's waits past it share it (station/stop_deadline.py)
+STOP_MARGIN_S = 30       # s added to the belt's drain (at least: STOP_SEC_MIN); the stop's waits draw from it all
+#                          but STOP_RESERVE_S (station/stop_deadline.py)
 HARDENING = (   # [Service] lines that take nothing the station needs (see the module doc and docs/jetson.md)
     "NoNewPrivileges=yes",
     "RestrictSUIDSGID=yes",

@@ -3,7 +3,9 @@ TimeoutStopSec however many of its waits run to their caps (a dead MQTT broker, 
 hang, a slow disk) and systemd's SIGKILL never cuts the verdict log's last rows or summary.json.
 
 ``StopDeadline`` starts when the inspection loop ends (``LineSide.stopping``) and ends ``stop_budget_s`` later: the
-belt's drain (``service_unit.belt_drain_ms``) + ``STOP_MARGIN_S`` - ``STOP_RESERVE_S``. The stop's waits, in order,
+unit's TimeoutStopSec (``service_unit.stop_timeout_sec``, the one source of both: at least the belt's drain +
+``STOP_MARGIN_S``, at least ``STOP_SEC_MIN``) - ``STOP_RESERVE_S``, so the stop uses what systemd allows and never
+more. The stop's waits, in order,
 each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``, before the line side, its cap
 only), the handshake's finish (``FINISH_S``), the belt's drain at the gates (``finish_gates``), the NG images
 (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close (``engine.CLOSE_S``), the reject gates'
@@ -17,27 +19,27 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from fair_edge.station.service_unit import STOP_MARGIN_S, belt_drain_ms
+from fair_edge.station.service_unit import STOP_SEC_MIN, stop_timeout_sec
 
 if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
 
-STOP_RESERVE_S = 1.0   # of STOP_MARGIN_S, kept past the stop's last wait: summary.json written, the process exits
+STOP_RESERVE_S = 1.0   # of TimeoutStopSec, kept past the stop's last wait: summary.json written, the process exits
 
 
 def stop_budget_s(cfg: StationConfig) -> float:
-    """Seconds from the inspection loop's end to the stop's deadline: the belt's drain + ``STOP_MARGIN_S`` -
-    ``STOP_RESERVE_S``; inside the unit's TimeoutStopSec (``service_unit.stop_timeout_sec``, at least the drain
-    rounded up + ``STOP_MARGIN_S``)."""
-    return belt_drain_ms(cfg) / 1000.0 + STOP_MARGIN_S - STOP_RESERVE_S
+    """Seconds from the inspection loop's end to the stop's deadline: the unit's TimeoutStopSec
+    (``service_unit.stop_timeout_sec``: max(``STOP_SEC_MIN``, the belt's drain rounded up + ``STOP_MARGIN_S``)) -
+    ``STOP_RESERVE_S``; e.g. 59 for a short belt (TimeoutStopSec 60), 100 for ``reject.delay_ms: 70000``."""
+    return stop_timeout_sec(cfg) - STOP_RESERVE_S
 
 
 class StopDeadline:
     """The one deadline a station's stop draws its waits from. budget_s: seconds from ``begin`` to the deadline
-    (``stop_budget_s``). clock: monotonic seconds (tests hand in a fake one). Before ``begin`` (a station closing
+    (``stop_budget_s``; default: a short belt's, ``STOP_SEC_MIN`` - ``STOP_RESERVE_S``). clock: monotonic seconds (tests hand in a fake one). Before ``begin`` (a station closing
     on a failed start or an error) every wait gets its own cap."""
 
-    def __init__(self, budget_s: float = STOP_MARGIN_S - STOP_RESERVE_S,
+    def __init__(self, budget_s: float = STOP_SEC_MIN - STOP_RESERVE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
         self._clock = clock
