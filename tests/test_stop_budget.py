@@ -6,6 +6,7 @@ the belt's drain, and systemd's SIGKILL took summary.json and the verdict log's 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -13,19 +14,21 @@ import pytest
 
 from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.mux import CaptureMux
+from fair_edge.line import encoder_links
 from fair_edge.line import metrics as metrics_mod
 from fair_edge.line import mqtt as mqtt_mod
 from fair_edge.line.handshake import engine
 from fair_edge.line.mqtt import MqttPublisher
+from fair_edge.line.polled_encoder import PolledEncoder
 from fair_edge.line.recorder import CLOSE_ROWS_MAX_S
 from fair_edge.line.scheduler import RejectScheduler
-from fair_edge.line.settings import RejectSettings
+from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S, CloseBy
 from fair_edge.station.cell import finish_cell
 from fair_edge.station.cell_line import CellLine
 from fair_edge.station.config import StationConfig
 from fair_edge.station.inspector import RunSummary
-from fair_edge.station.line_side import LineSide, close_gates, close_recorder, finish_line
+from fair_edge.station.line_side import LineSide, close_gates, close_recorder, finish_line, open_line_side
 from fair_edge.station.service_unit import stop_timeout_sec
 from fair_edge.station.stop_deadline import STOP_RESERVE_S, StopDeadline, stop_budget_s
 from fair_edge.station.views import GroupSettings, ViewSettings
@@ -318,3 +321,53 @@ def test_a_short_belt_station_with_its_network_down_keeps_all_of_its_rows_wait(m
 def test_the_stop_budget_is_the_units_stop_timeout_less_the_reserve(delay_ms):
     cfg = StationConfig(reject=RejectSettings(sinks=("log://",), delay_ms=delay_ms, pulse_ms=50)).checked()
     assert stop_budget_s(cfg) == stop_timeout_sec(cfg) - STOP_RESERVE_S
+
+
+class HeldCounter:
+    """A PLC counter whose reads hang (the PLC stopped answering mid-read) once ``hang`` is set."""
+
+    name = "held plc"
+
+    def __init__(self) -> None:
+        self.hang, self.release, self.reading = threading.Event(), threading.Event(), threading.Event()
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> int:
+        if self.hang.is_set():
+            self.reading.set()
+            self.release.wait(30)
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_encoder_held_in_a_read_is_waited_for_only_what_its_close_is_given():
+    """PolledEncoder.close joined its thread for a fixed 2 s, outside the stop's deadline; now for its timeout."""
+    counter = HeldCounter()
+    encoder = PolledEncoder(counter, 32, 0.001).start()
+    counter.hang.set()
+    try:
+        assert counter.reading.wait(5)
+        t0 = time.monotonic()
+        encoder.close(timeout_s=0.2)
+        took_s = time.monotonic() - t0
+    finally:
+        counter.release.set()
+    assert took_s < 1.5, f"{took_s:.1f} s: the encoder's thread was waited for past its close's timeout"
+
+
+def test_the_line_sides_encoder_closes_within_what_the_stop_has_left(tmp_path, monkeypatch):
+    """open_line_side entered the encoder on its exit stack (PolledEncoder.__exit__: 2 s whatever the stop had
+    left); its close now draws from the stop's deadline like every other."""
+    given: list[float] = []
+    monkeypatch.setattr(encoder_links.SimEncoder, "close", lambda self, timeout_s=0.0: given.append(timeout_s))
+    cfg = StationConfig(output=tmp_path / "out", record=RecordSettings(dir=tmp_path / "rec", min_free_mb=0),
+                        reject=RejectSettings(encoder="sim://?counts_per_s=1000")).checked()
+    with contextlib.ExitStack() as stack:
+        line = open_line_side(cfg, stack, "run1")
+        line.stop.budget_s = 0.0
+        line.stopping()
+    assert given == [0.0]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import PlcError, SinkError
-from .encoder_source import EncoderSource, FakeEncoder
+from .encoder_source import FakeEncoder
 from .polled_encoder import JITTER_COUNTS, CounterReader, PolledEncoder
 from .sinks.modbus import ADDRESS_MAX, UNIT_MAX, connect_client, modbus_tcp_client
 from .sinks.opcua import client_with_login, split_userinfo
@@ -133,11 +133,17 @@ class SimEncoder(FakeEncoder):
 
     name = "simulated belt"
 
-    def __enter__(self) -> SimEncoder:
+    def start(self) -> SimEncoder:
         return self
 
+    def close(self, timeout_s: float = 0.0) -> None:
+        """Nothing to stop or release (the same close as a ``PolledEncoder``'s)."""
+
+    def __enter__(self) -> SimEncoder:
+        return self.start()
+
     def __exit__(self, *exc: object) -> None:
-        return None
+        self.close()
 
 
 def open_sim_encoder(url: SinkUrl) -> SimEncoder:
@@ -171,8 +177,9 @@ ENCODER_SCHEMES: dict[str, Callable[[SinkUrl], Any]] = {
 }
 
 
-def open_encoder(url: str) -> EncoderSource:
-    """The (not yet started) encoder ``url`` names; use it as a context manager (start = connect
-    and read once). Raises ``SinkError`` for an unknown scheme or a malformed URL."""
+def open_encoder(url: str) -> PolledEncoder | SimEncoder:
+    """The (not yet started) encoder ``url`` names; use it as a context manager, or ``start()`` it (connect and read
+    once) and ``close(timeout_s)`` it (its thread waited for at most ``timeout_s``, at most ``CLOSE_JOIN_S`` by
+    default). Raises ``SinkError`` for an unknown scheme or a malformed URL."""
     parsed = parse_sink_url(url)
     return scheme_entry(ENCODER_SCHEMES, parsed, "encoder")(parsed)

@@ -46,6 +46,7 @@ from .encoder_history import HISTORY_S, SPEED_SPAN_S, ReadingHistory
 
 log = logging.getLogger("fair_edge.line.encoder_links")   # one logger for every encoder line (operators filter by it)
 
+CLOSE_JOIN_S = 2.0        # close() waits this long at most for the polling thread (a read held), seconds
 BACKOFF_S = (0.05, 2.0)   # reconnect back-off after a failed read: first, most
 JITTER_COUNTS = 16        # default ``jitter``: a step back of at most this many counts is dither, held
 BLIND_SPANS = 64          # link outages remembered for ``went_unseen`` (the latest)
@@ -225,10 +226,16 @@ class PolledEncoder:
         with self._lock:
             return dict(self._counters, count=self._count, position_epoch=self._epoch)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = CLOSE_JOIN_S) -> None:
+        """Stop the polling thread, waiting for it at most ``timeout_s`` seconds (a read held by a PLC that stopped
+        answering; a station's stop gives what its deadline has left: ``station.stop_deadline``), then close the
+        link, the thread's read cut off with it."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=max(0.0, timeout_s))
+            if self._thread.is_alive():
+                log.warning("encoder %s: its polling thread did not stop within %g s (a read still held); closing "
+                            "the link under it", self.name, timeout_s)
         try:
             self.reader.close()
         except Exception:  # noqa: BLE001 - clean-up failure is logged, the link may be gone

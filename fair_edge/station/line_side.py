@@ -177,6 +177,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     from fair_edge.line import metrics as metrics_mod
     from fair_edge.line import mqtt as mqtt_mod
     from fair_edge.line.encoder_links import open_encoder
+    from fair_edge.line.polled_encoder import CLOSE_JOIN_S as ENCODER_CLOSE_S
     from fair_edge.line.recorder import Recorder
     from fair_edge.line.scheduler import RejectScheduler
     from fair_edge.line.settings import SINK_CHECK_S
@@ -194,7 +195,8 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         stack.callback(stop.call, mqtt.close, mqtt_mod.CLOSE_S)
     line = LineSide(recorder, None, None, mqtt, [], stop=stop)
     if cfg.reject.encoder:
-        line.encoder = stack.enter_context(open_encoder(cfg.reject.encoder))
+        line.encoder = open_encoder(cfg.reject.encoder).start()
+        stack.callback(stop.call, line.encoder.close, ENCODER_CLOSE_S)
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = RejectScheduler(cfg.reject, encoder=line.encoder, on_part=recorder.record_gate)
         stack.callback(close_gates, [line.scheduler], stop)

@@ -9,7 +9,8 @@ more. The stop's waits, in order,
 each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``, before the line side, its cap
 only), the handshake's finish (``FINISH_S``), the belt's drain at the gates (``finish_gates``), the NG images
 (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close (``engine.CLOSE_S``), the reject gates'
-close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the station's gate), MQTT's close
+close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the station's gate), the encoder's
+(``polled_encoder.CLOSE_JOIN_S``), MQTT's close
 (``mqtt.CLOSE_S``), the recorder's rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One that
 hung leaves the later ones less: rows the recorder could not write in what was left are counted ``lost_at_close``.
 """
