@@ -1,12 +1,13 @@
 """A station's stop fits its stop timeout (TimeoutStopSec: at least the belt's drain + ``STOP_MARGIN_S``) however
-many of its waits run to their caps: every wait draws from one deadline (``station.stop_deadline``). Before, the budget test
-summed 29 of the 30 s and left out MQTT's close (4 s with the broker gone), the handshake's thread join (3 s) and
+many of its waits run to their caps: every wait draws from one deadline (``station.stop_deadline``). Before, the
+budget test summed 29 of the 30 s and left out MQTT's close (4 s with the broker gone), the handshake's thread join (3 s) and
 each lane gate's thread join (2 s each): a cell of 8 lanes behind a dead broker and a PLC gone stopped ~50 s past
 the belt's drain, and systemd's SIGKILL took summary.json and the verdict log's last rows with it."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -20,7 +21,7 @@ from fair_edge.line import mqtt as mqtt_mod
 from fair_edge.line.handshake import engine
 from fair_edge.line.mqtt import MqttPublisher
 from fair_edge.line.polled_encoder import PolledEncoder
-from fair_edge.line.recorder import CLOSE_ROWS_MAX_S
+from fair_edge.line.recorder import CLOSE_ROWS_MAX_S, Recorder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S, CloseBy
@@ -134,7 +135,7 @@ class SlowDisk:
     def on_close(self, fn) -> None:
         pass
 
-    def close(self, images_s: float, rows_s: float, rows_max_s: float) -> None:
+    def close(self, images_s: float, rows_s: float, rows_max_s: float, short_because: str = "") -> None:
         self.rows_given_s = rows_max_s
         self.clock.wait(rows_max_s)
 
@@ -170,12 +171,12 @@ def stop_a_cell(clock: Clock, hung: bool) -> tuple[StopDeadline, SlowDisk]:
     clock.wait(CaptureSettings().stop_timeout_s)   # a reader blocked in its last read (run before the line side)
     finish_cell(cfg, CellLine(line, lanes=lanes), RunSummary(), [], mux)
     if hung:   # the exit stack, last opened first: handshake, the lanes, the station's gate, MQTT
-        line.stop.call(HungHandshake(clock).close, engine.CLOSE_S)
+        line.stop.call(HungHandshake(clock).close, engine.CLOSE_S, "the handshake's close")
         close_gates(lanes.values(), line.stop)
         close_gates([line.scheduler], line.stop)
-        line.stop.call(Closes(clock).close, mqtt_mod.CLOSE_S)
+        line.stop.call(Closes(clock).close, mqtt_mod.CLOSE_S, "MQTT's close")
     close_recorder(disk, line.stop)
-    line.stop.call(Closes(clock).close, metrics_mod.CLOSE_S)
+    line.stop.call(Closes(clock).close, metrics_mod.CLOSE_S, "metrics' close")
     return line.stop, disk
 
 
@@ -308,11 +309,11 @@ def test_a_short_belt_station_with_its_network_down_keeps_all_of_its_rows_wait(m
     line.stopping()
     clock.wait(CaptureSettings().stop_timeout_s)   # a reader blocked in its last read
     finish_line(cfg, line, RunSummary(), "", publish=False)
-    line.stop.call(HungHandshake(clock).close, engine.CLOSE_S)
+    line.stop.call(HungHandshake(clock).close, engine.CLOSE_S, "the handshake's close")
     close_gates([line.scheduler], line.stop)
-    line.stop.call(Closes(clock).close, mqtt_mod.CLOSE_S)
+    line.stop.call(Closes(clock).close, mqtt_mod.CLOSE_S, "MQTT's close")
     close_recorder(disk, line.stop)
-    line.stop.call(Closes(clock).close, metrics_mod.CLOSE_S)
+    line.stop.call(Closes(clock).close, metrics_mod.CLOSE_S, "metrics' close")
     assert stop_timeout_sec(cfg) == 60 and disk.rows_given_s == CLOSE_ROWS_MAX_S
     assert clock() - t_stop + STOP_RESERVE_S <= stop_timeout_sec(cfg)
 
@@ -371,3 +372,86 @@ def test_the_line_sides_encoder_closes_within_what_the_stop_has_left(tmp_path, m
         line.stop.budget_s = 0.0
         line.stopping()
     assert given == [0.0]
+
+
+def spent_stop(seconds: float) -> StopDeadline:
+    """A stop whose deadline an earlier wait (MQTT's close, a broker gone) spent whole: ``seconds`` of budget, all
+    taken, on a fake clock."""
+    clock = Clock()
+    stop = StopDeadline(budget_s=seconds, clock=clock)
+    stop.begin()
+    stop.call(Closes(clock).close, seconds, "MQTT's close")
+    return stop
+
+
+def test_an_idle_recorder_closed_on_a_spent_deadline_loses_nothing_and_blames_no_disk(tmp_path, caplog):
+    """An idle, healthy writer had not yet seen the stop (it polls every IDLE_POLL_S) when a close of 0 s gave up on
+    it: 'the disk ... is too slow for the rows ... give record.dir a faster disk', 0 rows lost. The close now wakes
+    it, and a writer holding no row is never given up on."""
+    rec = Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0))
+    rec.record_row({"seq": 1, "t_capture": time.monotonic()})
+    assert rec.flush(5.0)
+    with caplog.at_level(logging.WARNING):
+        close_recorder(rec, spent_stop(3.0))
+    assert rec.stats()["lost_at_close"] == 0 and rec.stats()["logged"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+class StuckDisk:
+    """A row log whose write blocks until ``release`` is set (a disk that stopped answering)."""
+
+    def __init__(self, write) -> None:
+        self.write, self.release, self.writing = write, threading.Event(), threading.Event()
+
+    def write_verdict(self, row, extra):
+        self.writing.set()
+        self.release.wait(30)
+        return self.write(row, extra)
+
+
+def test_rows_lost_to_a_spent_stop_deadline_are_blamed_on_the_waits_that_spent_it(tmp_path, caplog, monkeypatch):
+    """Rows the recorder's close had no time for, the deadline spent by MQTT's close: the error named the disk
+    ('too slow ... give record.dir a faster disk'); it now names the stop's deadline and the waits before."""
+    rec = Recorder(RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0))
+    stuck = StuckDisk(rec._logs.write_verdict)
+    monkeypatch.setattr(rec._logs, "write_verdict", stuck.write_verdict)
+    rec.record_row({"seq": 1, "t_capture": time.monotonic()})
+    try:
+        assert stuck.writing.wait(5)
+        with caplog.at_level(logging.WARNING):
+            close_recorder(rec, spent_stop(3.0))
+    finally:
+        stuck.release.set()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert rec.stats()["lost_at_close"] == 1 and len(errors) == 1, errors
+    assert "stop deadline" in errors[0] and "MQTT's close 3.0 s" in errors[0] and "faster disk" not in errors[0]
+
+
+def test_a_gate_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_its_encoder(caplog):
+    """A gate whose CloseBy shrank to 0 (the stop's deadline spent) logged 'held in an encoder read?'; it now names
+    the stop's deadline and the waits that spent it."""
+    encoder = HeldEncoder()
+    settings = RejectSettings(delay_ms=0, encoder_distance=100, pulse_ms=5, min_gap_ms=1, late_ms=20)
+    gate = RejectScheduler(settings, sinks=RecordingSink(), encoder=encoder)
+    try:
+        assert encoder.reading.wait(5)
+        with caplog.at_level(logging.WARNING):
+            close_gates([gate], spent_stop(4.0))
+    finally:
+        encoder.release.set()
+    errors = [r.getMessage() for r in caplog.records if "scheduler thread" in r.getMessage()]
+    assert len(errors) == 1 and "MQTT's close 4.0 s" in errors[0] and "encoder read" not in errors[0], errors
+
+
+def test_spent_by_names_the_waits_and_the_time_between():
+    clock = Clock()
+    stop = StopDeadline(budget_s=10.0, clock=clock)
+    assert stop.spent_by() == ""
+    stop.begin()
+    clock.wait(3.0)   # the capture's stop
+    stop.call(Closes(clock).close, 4.0, "the handshake's close")
+    with stop.timed("a quick one"):
+        clock.wait(0.01)
+    words = stop.spent_by()
+    assert "10 s" in words and "the handshake's close 4.0 s" in words and "between waits 3.0 s" in words
+    assert "a quick one" not in words

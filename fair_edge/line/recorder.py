@@ -145,6 +145,7 @@ class Recorder:
         self._accepting = True              # False once the writer has stopped (or close gave up on it)
         self._abandoned = False             # close gave up on a stuck writer (it counted the writer's rows)
         self._row_settled = False           # the writer's item in hand has its row counted (images next)
+        self._wakes = 0                     # close's wake-ups (None items) queued or in the writer's hand
         self._on_close: list[Callable[[dict[str, int]], None]] = []
         self._finished = False              # close() is done: on_close calls at once
         self._disk_room = DiskRoom(self.dir, settings, self._logs.room_mb, disk_usage, inodes, clock, disk_check_s,
@@ -256,15 +257,18 @@ class Recorder:
         self._call_on_close(fn)
 
     def close(self, images_s: float = CLOSE_IMAGES_S, rows_s: float = CLOSE_ROWS_S,
-              rows_max_s: float = CLOSE_ROWS_MAX_S) -> None:
+              rows_max_s: float = CLOSE_ROWS_MAX_S, short_because: str = "") -> None:
         """Write what is queued and stop the writer; safe twice.
 
         images_s: NG images are saved for at most this long, seconds (none when ``stop_images`` was called);
         then the remaining rows only (images counted ``images_skipped``). rows_s: the writer is then waited for as
         long as it keeps writing rows, until it has written none for this long, seconds (a hung disk), and for at
         most rows_max_s in all (a disk too slow for what is queued; ``CLOSE_ROWS_MAX_S`` fits the service's stop
-        timeout): rows it still holds are counted ``lost_at_close`` and logged as an error. The image writer gets
-        what is left of rows_s. Then the ``on_close`` callbacks get the final counters.
+        timeout): rows it still holds are counted ``lost_at_close`` and logged as an error, naming the disk, or
+        ``short_because`` when rows_max_s is less than ``CLOSE_ROWS_MAX_S`` (a station's stop deadline spent by
+        earlier waits, ``StopDeadline.spent_by``). A writer holding no row is never given up on (woken by the
+        close, it exits on its own: nothing lost, however little time there was). The image writer gets what is
+        left of rows_s. Then the ``on_close`` callbacks get the final counters.
         """
         if self._closed:
             return
@@ -273,10 +277,13 @@ class Recorder:
             self.stop_images(f"closing, NG images still unsaved after {images_s:g} s")
         self.images_off.set()   # rows handed in from now on are written without images: close stays bounded
         self._stop.set()
+        with self._lock:
+            self._wakes += 1
+            self._q.put_nowait(None)   # the row writer sees the stop now, not at its next idle poll
         self._images.wake()   # the image writer sees the stop
         waited_s = self._wait_rows(rows_s, rows_max_s)
         if self._thread.is_alive():
-            self._abandon(waited_s, rows_s, rows_max_s)
+            self._abandon(waited_s, rows_s, rows_max_s, short_because)
         self._images.join(max(0.0, rows_s - waited_s), rows_s)
         with self._lock:
             self._finished = True
@@ -297,26 +304,36 @@ class Recorder:
             if not self._thread.is_alive():
                 return self._clock() - start
 
-    def _abandon(self, waited_s: float, rows_s: float, rows_max_s: float) -> None:
+    def _abandon(self, waited_s: float, rows_s: float, rows_max_s: float, short_because: str) -> None:
         """Give up on a writer stuck past close's deadline: the rows it holds and those queued are counted
         ``lost_at_close`` (if it finishes one later, that row is in the file but stays counted lost). The error
-        says which deadline: no row written for ``rows_s`` (a hung disk), or ``rows_max_s`` in all (a slow one)."""
+        says which deadline: no row written for ``rows_s`` (a hung disk), ``rows_max_s`` in all (a slow one), or
+        ``short_because`` (rows_max_s cut short by a station's stop). A writer holding no row loses nothing: no
+        error (it was woken and exits on its own)."""
         with self._lock:
             self._accepting = False
             self._abandoned = True
             lost = 0
             while True:
                 try:
-                    self._q.get_nowait()
+                    item = self._q.get_nowait()
                 except queue.Empty:
                     break
                 self._q.task_done()
-                lost += 1
-            in_hand = self._q.unfinished_tasks   # the writer's item (0 or 1): taken, not yet done
+                if item is None:
+                    self._wakes -= 1
+                else:
+                    lost += 1
+            in_hand = self._q.unfinished_tasks - self._wakes   # the writer's row (0 or 1): taken, not yet done
             if in_hand and not self._row_settled:
                 lost += in_hand
             self._counters.add("lost_at_close", lost)
-        if waited_s >= rows_max_s:
+        if not lost:
+            return
+        if waited_s >= rows_max_s and short_because:
+            log.error("recorder: %d row(s) not written when the close's %g s for them ended, counted lost_at_close: "
+                      "%s", lost, rows_max_s, short_because)
+        elif waited_s >= rows_max_s:
             log.error("recorder: the writer was still writing rows %g s after closing (the most a stop waits for "
                       "them, so the service's stop timeout is kept): %d row(s) not written, counted lost_at_close; "
                       "the disk under %s is too slow for the rows (see the backlog warning): give record.dir a "
@@ -345,6 +362,13 @@ class Recorder:
                 try:
                     item = self._q.get(timeout=IDLE_POLL_S)
                 except queue.Empty:
+                    item = None
+                else:
+                    if item is None:   # close's wake-up
+                        with self._lock:
+                            self._wakes -= 1
+                            self._q.task_done()
+                if item is None:
                     self._writer_seen = self._clock()
                     self._pace = (self._writer_seen, 0)   # idle: its pace is measured afresh
                     if self._stop.is_set() and self._stopped_idle():

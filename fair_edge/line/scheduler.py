@@ -432,7 +432,8 @@ class RejectScheduler:
         self.stop_deciding()
         self._thread.join(timeout=max(0.0, by.drain_until - time.monotonic()))
         if self._thread.is_alive():
-            log.error("reject scheduler thread did not stop by the close's deadline (held in an encoder read?)")
+            log.error("reject scheduler thread did not stop by the close's deadline (%s)",
+                      by.why_missed("held in an encoder read?"))
         self._alarms.log_close()
         self.abandon_pending()
         self._outputs.begin_close(by)

@@ -187,16 +187,16 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
     # first: a metrics port taken (another station's) refuses the start while nothing else is open
     metrics = metrics_mod.Metrics(cfg.metrics).start() if cfg.metrics.enabled else None
     if metrics is not None:
-        stack.callback(stop.call, metrics.close, metrics_mod.CLOSE_S)
+        stack.callback(stop.call, metrics.close, metrics_mod.CLOSE_S, "the metrics server's close")
     recorder = Recorder(cfg.record, run_id=run_id)
     stack.callback(close_recorder, recorder, stop)
     mqtt = mqtt_mod.MqttPublisher(cfg.mqtt.url).start() if cfg.mqtt.url else None
     if mqtt is not None:
-        stack.callback(stop.call, mqtt.close, mqtt_mod.CLOSE_S)
+        stack.callback(stop.call, mqtt.close, mqtt_mod.CLOSE_S, "MQTT's close")
     line = LineSide(recorder, None, None, mqtt, [], stop=stop)
     if cfg.reject.encoder:
         line.encoder = open_encoder(cfg.reject.encoder).start()
-        stack.callback(stop.call, line.encoder.close, ENCODER_CLOSE_S)
+        stack.callback(stop.call, line.encoder.close, ENCODER_CLOSE_S, "the encoder's close")
     if cfg.reject.sinks or cfg.reject.fault_sinks:
         line.scheduler = RejectScheduler(cfg.reject, encoder=line.encoder, on_part=recorder.record_gate)
         stack.callback(close_gates, [line.scheduler], stop)
@@ -208,7 +208,7 @@ def open_line_side(cfg: StationConfig, stack: contextlib.ExitStack, run_id: str)
         from fair_edge.line.handshake import engine, open_handshake
 
         line.handshake = open_handshake(cfg.reject.handshake).start()
-        stack.callback(stop.call, line.handshake.close, engine.CLOSE_S)
+        stack.callback(stop.call, line.handshake.close, engine.CLOSE_S, "the PLC handshake's close")
         line.callbacks.append(line.handshake.on_verdict)
     if metrics is not None:
         metrics.watch("recorder", recorder.stats)
@@ -245,14 +245,16 @@ def close_gates(gates: Iterable[RejectScheduler], stop: StopDeadline) -> None:
     sink is waited for, so N lanes whose encoder reads or outputs hang cost one close in all, not one per lane."""
     from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S, CloseBy
 
-    gates = list(gates)
-    by = CloseBy.from_now(stop.left(CLOSE_DRAIN_S + CLOSE_JOIN_S))
-    for gate in gates:
-        gate.stop_deciding()
-    for gate in gates:
-        gate.begin_close(by)
-    for gate in gates:
-        gate.close(by)
+    gates, full_s = list(gates), CLOSE_DRAIN_S + CLOSE_JOIN_S
+    budget_s = stop.left(full_s)
+    by = CloseBy.from_now(budget_s, short_because=stop.spent_by() if budget_s < full_s else "")
+    with stop.timed("the reject gates' close"):
+        for gate in gates:
+            gate.stop_deciding()
+        for gate in gates:
+            gate.begin_close(by)
+        for gate in gates:
+            gate.close(by)
 
 
 def close_recorder(recorder: Recorder, stop: StopDeadline) -> None:
@@ -262,7 +264,10 @@ def close_recorder(recorder: Recorder, stop: StopDeadline) -> None:
     from fair_edge.line.recorder import CLOSE_IMAGES_S, CLOSE_ROWS_MAX_S, CLOSE_ROWS_S
 
     rows_max_s = stop.left(CLOSE_ROWS_MAX_S)
-    recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s)
+    short_because = stop.spent_by() if rows_max_s < CLOSE_ROWS_MAX_S else ""
+    with stop.timed("the recorder's close"):
+        recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s,
+                       short_because=short_because)
 
 
 def finish_gates(gates: Iterable[RejectScheduler], deadline: float, stop: StopDeadline) -> None:
@@ -273,12 +278,13 @@ def finish_gates(gates: Iterable[RejectScheduler], deadline: float, stop: StopDe
     until ``deadline`` or ``STOP_DRAIN_MIN_S`` from then, whichever is later, once for all the gates, within what
     the stop has left), so the station does not close an output mid-pulse."""
     gates = list(gates)
-    for gate in gates:
-        gate.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
-        gate.abandon_pending()
-    drain_until = stop.until(max(deadline, time.monotonic() + STOP_DRAIN_MIN_S))
-    for gate in gates:
-        gate.drain_sinks(timeout_s=max(0.0, drain_until - time.monotonic()))
+    with stop.timed("the belt's drain at the reject gates"):
+        for gate in gates:
+            gate.wait_idle(timeout_s=max(0.0, deadline - time.monotonic()))
+            gate.abandon_pending()
+        drain_until = stop.until(max(deadline, time.monotonic() + STOP_DRAIN_MIN_S))
+        for gate in gates:
+            gate.drain_sinks(timeout_s=max(0.0, drain_until - time.monotonic()))
 
 
 def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_state: str,
@@ -299,15 +305,17 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
     if line.handshake is not None:   # ready drops; parts left without a result answered 3, all acked
         from fair_edge.line.handshake.engine import FINISH_S
 
-        line.handshake.finish(summary.fault, timeout_s=line.stop.left(FINISH_S))
+        with line.stop.timed("the PLC handshake's finish"):
+            line.handshake.finish(summary.fault, timeout_s=line.stop.left(FINISH_S))
     if line.scheduler is not None:
         if summary.fault:
             line.scheduler.fault(True, summary.fault)
         finish_gates([line.scheduler], line.stop.until(time.monotonic() + stop_wait_s(cfg)), line.stop)
     images_s = line.stop.left(CLOSE_IMAGES_S)
-    if not line.recorder.flush(timeout=images_s):
-        line.recorder.stop_images(f"the run ended with NG images unsaved after {images_s:g} s")
-        line.recorder.flush(timeout=line.stop.left(FINISH_ROWS_S))   # the rows left, quick without their images
+    with line.stop.timed("the NG images and rows at the drain"):
+        if not line.recorder.flush(timeout=images_s):
+            line.recorder.stop_images(f"the run ended with NG images unsaved after {images_s:g} s")
+            line.recorder.flush(timeout=line.stop.left(FINISH_ROWS_S))   # the rows left, quick without their images
     summary.rejects = line.reject_stats()
     summary.recorder = line.recorder.stats()
     line.recorder.on_close(functools.partial(setattr, summary, "recorder"))

@@ -5,20 +5,21 @@ hang, a slow disk) and systemd's SIGKILL never cuts the verdict log's last rows 
 ``StopDeadline`` starts when the inspection loop ends (``LineSide.stopping``) and ends ``stop_budget_s`` later: the
 unit's TimeoutStopSec (``service_unit.stop_timeout_sec``, the one source of both: at least the belt's drain +
 ``STOP_MARGIN_S``, at least ``STOP_SEC_MIN``) - ``STOP_RESERVE_S``, so the stop uses what systemd allows and never
-more. The stop's waits, in order,
-each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``, before the line side, its cap
-only), the handshake's finish (``FINISH_S``), the belt's drain at the gates (``finish_gates``), the NG images
-(``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close (``engine.CLOSE_S``), the reject gates'
-close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the station's gate), the encoder's
-(``polled_encoder.CLOSE_JOIN_S``), MQTT's close
-(``mqtt.CLOSE_S``), the recorder's rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One that
-hung leaves the later ones less: rows the recorder could not write in what was left are counted ``lost_at_close``.
+more. The stop's waits, in order, each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``,
+before the line side, its cap only), the handshake's finish (``FINISH_S``), the belt's drain at the gates
+(``finish_gates``), the NG images (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close
+(``engine.CLOSE_S``), the reject gates' close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the
+station's gate), the encoder's (``polled_encoder.CLOSE_JOIN_S``), MQTT's close (``mqtt.CLOSE_S``), the recorder's
+rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One that hung leaves the later ones less:
+rows the recorder could not write in what was left are counted ``lost_at_close``, and a close given less than its
+cap says so by naming the waits that spent the deadline (``spent_by``), not its disk or its encoder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from fair_edge.station.service_unit import STOP_SEC_MIN, stop_timeout_sec
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
 
 STOP_RESERVE_S = 1.0   # of TimeoutStopSec, kept past the stop's last wait: summary.json written, the process exits
+NAMED_WAIT_S = 0.05   # s: spent_by names the waits that took at least this long
 
 
 def stop_budget_s(cfg: StationConfig) -> float:
@@ -37,19 +39,23 @@ def stop_budget_s(cfg: StationConfig) -> float:
 
 class StopDeadline:
     """The one deadline a station's stop draws its waits from. budget_s: seconds from ``begin`` to the deadline
-    (``stop_budget_s``; default: a short belt's, ``STOP_SEC_MIN`` - ``STOP_RESERVE_S``). clock: monotonic seconds (tests hand in a fake one). Before ``begin`` (a station closing
-    on a failed start or an error) every wait gets its own cap."""
+    (``stop_budget_s``; default: a short belt's, ``STOP_SEC_MIN`` - ``STOP_RESERVE_S``). clock: monotonic seconds
+    (tests hand in a fake one). Before ``begin`` (a station closing on a failed start or an error) every wait gets
+    its own cap."""
 
     def __init__(self, budget_s: float = STOP_SEC_MIN - STOP_RESERVE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
         self._clock = clock
         self.at: float | None = None   # the deadline, monotonic s; None until begin()
+        self.begun: float | None = None   # when the stop began, monotonic s
+        self.waits: list[tuple[str, float]] = []   # (what, seconds it took) of each wait timed (``timed``), in order
 
     def begin(self) -> None:
         """The stop begins now (the inspection loop ended); a second call moves nothing."""
         if self.at is None:
-            self.at = self._clock() + self.budget_s
+            self.begun = self._clock()
+            self.at = self.begun + self.budget_s
 
     def left(self, cap_s: float) -> float:
         """Seconds a wait capped at ``cap_s`` may take now: its cap, or what is left of the stop when less (0 once
@@ -62,6 +68,31 @@ class StopDeadline:
         """``at`` (monotonic s), or the stop's deadline when that comes first."""
         return at if self.at is None else min(at, self.at)
 
-    def call(self, close: Callable[[float], None], cap_s: float) -> None:
-        """``close(left(cap_s))``, for an exit stack: the time is taken when the close runs."""
-        close(self.left(cap_s))
+    def call(self, close: Callable[[float], None], cap_s: float, what: str) -> None:
+        """``close(left(cap_s))``, timed as ``what`` (e.g. "MQTT's close"), for an exit stack: the time is taken when
+        the close runs."""
+        with self.timed(what):
+            close(self.left(cap_s))
+
+    @contextlib.contextmanager
+    def timed(self, what: str) -> Iterator[None]:
+        """Note how long the wait inside took, as ``what``, for ``spent_by``."""
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self.waits.append((what, self._clock() - start))
+
+    def spent_by(self) -> str:
+        """Why a wait gets less than its cap, for its log line: the deadline and the waits before that spent it
+        (those of at least ``NAMED_WAIT_S``, with their seconds; the time between them, the capture's stop
+        included, as one more); '' before ``begin``."""
+        if self.begun is None:
+            return ""
+        named = [(what, took) for what, took in self.waits if took >= NAMED_WAIT_S]
+        untimed = self._clock() - self.begun - sum(took for _, took in self.waits)
+        if untimed >= NAMED_WAIT_S:
+            named.append(("the capture's stop and the time between waits", untimed))
+        words = ", ".join(f"{what} {took:.1f} s" for what, took in named) or "none"
+        return (f"the station's stop deadline ({self.budget_s:g} s from the inspection loop's end: TimeoutStopSec "
+                f"less {STOP_RESERVE_S:g} s) was spent by earlier waits: {words}")
