@@ -82,7 +82,7 @@ def fair_edge_shim(folder: Path) -> Path:
 
 def test_the_documented_stop_timeout_command_prints_what_install_service_sizes(tmp_path):
     """docs/jetson.md B.2's STOP_S= line, with the image's `docker run --rm ... fair-edge:jetson` standing for the
-    entrypoint (which runs a command it is given), prints stop_timeout_sec for the station file: 101 s for a
+    entrypoint (which runs a command it is given), prints stop_timeout_sec for the station file: 133 s for a
     70 s belt, where docker's default would kill the drain at 10 s."""
     block = joined(container_section())
     line = re.search(r"STOP_S=\$\((docker run .*?fair-edge:jetson) (.*?)\)\n", block + "\n")
@@ -100,7 +100,7 @@ def test_the_documented_stop_timeout_command_prints_what_install_service_sizes(t
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     expected = stop_timeout_sec(load_station(config / "station.yaml"))
-    assert expected == 101 and done.stdout.strip() == str(expected), (done.stdout, done.stderr)
+    assert expected == 133 and done.stdout.strip() == str(expected), (done.stdout, done.stderr)
 
 
 # --- 2. the container's outputs -----------------------------------------------------------------------------------

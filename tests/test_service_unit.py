@@ -303,27 +303,28 @@ def printed(station: Path, *extra: str):
 def test_the_stop_timeout_lets_the_parts_on_a_long_belt_reach_the_gate(tmp_path):
     """TimeoutStopSec=60 was written for every station: with reject.delay_ms 70000 systemd killed the station 60 s
     into its SIGTERM drain (it waits delay + pulse + late + 1 s), the NG parts on the belt got no pulse and
-    summary.json was not written. Now the stop timeout is the drain rounded up + 30 s, at least 60."""
+    summary.json was not written. Now the stop timeout is the drain rounded up + 30 s, at least 60, + 32 s for a bundle
+    loading at the stop (the console's close)."""
     long_belt, default = station_file(tmp_path / "long"), station_file(tmp_path / "default")
     long_belt.write_text(long_belt.read_text() + LONG_BELT)
-    assert "TimeoutStopSec=101" in unit_lines(printed(long_belt))    # 70 s + 50 ms pulse + 10 ms late -> 71 + 30
-    assert "TimeoutStopSec=60" in unit_lines(printed(default))
+    assert "TimeoutStopSec=133" in unit_lines(printed(long_belt))   # 70 s + 50 ms pulse + 10 ms late -> 71 + 30 + 32
+    assert "TimeoutStopSec=92" in unit_lines(printed(default))
     from fair_edge.station.config import load_station
     from fair_edge.station.service_unit import stop_timeout_sec
 
     s = settings(tmp_path, station=long_belt, timeout_stop_sec=stop_timeout_sec(load_station(long_belt)))
     stop = next(int(line.split("=")[1]) for line in render_unit(s).splitlines() if line.startswith("TimeoutStopSec="))
-    assert stop >= 101
+    assert stop >= 133
 
 
 @pytest.mark.parametrize("reject, expected", [
     # encoder mode: a delay in counts has no time; a stop waits at most 10 s for a belt that may have stopped
     ("reject: {sinks: ['modbus://127.0.0.1:1502?coil=0'], encoder: 'sim://?counts_per_s=2000', "
-     "encoder_distance: 900000}\n", 60),
-    # the widest pulse counts, a sink URL's own pulse_ms included: 40 s + 20 s + 10 ms -> 61 + 30
+     "encoder_distance: 900000}\n", 92),
+    # the widest pulse counts, a sink URL's own pulse_ms included: 40 s + 20 s + 10 ms -> 61 + 30 + 32
     ("reject: {sinks: ['modbus://127.0.0.1:1502?coil=0', 'modbus://127.0.0.1:1502?coil=1&pulse_ms=20000'], "
-     "delay_ms: 40000}\n", 91),
-    ("reject: {sinks: ['modbus://127.0.0.1:1502?coil=0'], delay_ms: 29000, late_ms: 940}\n", 60),   # 30 s + 30
+     "delay_ms: 40000}\n", 123),
+    ("reject: {sinks: ['modbus://127.0.0.1:1502?coil=0'], delay_ms: 29000, late_ms: 940}\n", 92),   # 30 + 30 + 32
 ])
 def test_the_stop_timeout_follows_each_way_of_timing_rejects(tmp_path, reject, expected):
     station = station_file(tmp_path)
@@ -338,7 +339,7 @@ def test_a_lane_stations_stop_timeout_counts_its_cameras_reject_outputs(tmp_path
                        "  - {name: a, source: '0', reject: ['modbus://127.0.0.1:1502?coil=0&pulse_ms=20000']}\n"
                        "  - {name: b, source: '1', reject: ['modbus://127.0.0.1:1502?coil=1']}\n"
                        "group: {by: lane}\nbundle: runs/b\nreject: {delay_ms: 45000}\n")
-    assert "TimeoutStopSec=96" in unit_lines(printed(station))   # 45 s + 20 s + 10 ms -> 66 + 30
+    assert "TimeoutStopSec=128" in unit_lines(printed(station))   # 45 s + 20 s + 10 ms -> 66 + 30 + 32
 
 
 def test_timeout_stop_sec_overrides_it_and_is_checked(tmp_path):
@@ -347,16 +348,16 @@ def test_timeout_stop_sec_overrides_it_and_is_checked(tmp_path):
     assert "TimeoutStopSec=300" in unit_lines(printed(station, "--timeout-stop-sec", "300"))
     short = printed(station, "--timeout-stop-sec", "45")
     assert "TimeoutStopSec=45" in unit_lines(short)
-    assert "note: --timeout-stop-sec 45 is less than the 101 s" in short.stderr and "no reject pulse" in short.stderr
+    assert "note: --timeout-stop-sec 45 is less than the 133 s" in short.stderr and "no reject pulse" in short.stderr
     for bad, message in (("0", "timeout_stop_sec must be >= 1 s; found 0"),
                          ("99999999999", "timeout_stop_sec must be at most 604800 s")):
         r = printed(station, "--timeout-stop-sec", bad)
         assert r.exit_code == 2 and message in r.output and "[Service]" not in r.stdout, r.output
 
 
-def test_a_printed_unit_for_a_station_file_not_here_keeps_60_s_and_says_so(tmp_path):
+def test_a_printed_unit_for_a_station_file_not_here_keeps_the_default_and_says_so(tmp_path):
     r = printed(tmp_path / "elsewhere.yaml")
-    assert "TimeoutStopSec=60" in unit_lines(r) and "for a longer belt pass --timeout-stop-sec" in r.stderr
+    assert "TimeoutStopSec=92" in unit_lines(r) and "for a longer belt pass --timeout-stop-sec" in r.stderr
     assert "TimeoutStopSec=120" in unit_lines(printed(tmp_path / "elsewhere.yaml", "--timeout-stop-sec", "120"))
 
 
@@ -371,10 +372,10 @@ def test_a_unit_installed_before_the_belt_got_longer_is_shown_with_the_stop_time
     assert CliRunner().invoke(app, args).exit_code == 0
     station.write_text(station.read_text() + LONG_BELT)
     refused = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
-    assert refused.exit_code == 2 and "- TimeoutStopSec=60" in refused.output
-    assert "+ TimeoutStopSec=101" in refused.output and "pass --force" in refused.output
+    assert refused.exit_code == 2 and "- TimeoutStopSec=92" in refused.output
+    assert "+ TimeoutStopSec=133" in refused.output and "pass --force" in refused.output
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
-    assert "TimeoutStopSec=101" in (units / "fair-edge.service").read_text().splitlines()
+    assert "TimeoutStopSec=133" in (units / "fair-edge.service").read_text().splitlines()
 
 
 def executable_in(folder: Path) -> Path:

@@ -19,10 +19,10 @@ from fair_edge.cli.common import console, friendly_errors
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
 from fair_edge.station.service_checks import check_on_this_machine, zone_masks
-from fair_edge.station.service_unit import (STOP_MARGIN_S, STOP_SEC_MIN, UNIT_DIR, ServiceSettings, absolute_path,
-                                            belt_drain_ms, default_executable, default_user, in_installer_home,
-                                            install_unit, logical_cwd, render_unit, stop_timeout_sec,
-                                            systemctl_commands)
+from fair_edge.station.service_unit import (STOP_LOAD_SEC, STOP_MARGIN_S, STOP_SEC_DEFAULT, STOP_SEC_MIN, UNIT_DIR,
+                                            ServiceSettings, absolute_path, belt_drain_ms, default_executable,
+                                            default_user, in_installer_home, install_unit, logical_cwd, render_unit,
+                                            stop_timeout_sec, systemctl_commands)
 
 app = typer.Typer()
 _DEFAULTS = {f.name: f.default for f in fields(ServiceSettings)}  # the one place defaults live
@@ -63,14 +63,15 @@ def _stop_timeout(cfg, given: Optional[int]) -> int:
     if given is None and cfg is not None:
         return stop_timeout_sec(cfg)
     if given is None:
-        console.print(f"note: TimeoutStopSec={STOP_SEC_MIN} (the station file was not read) lets a stop wait for "
+        console.print(f"note: TimeoutStopSec={STOP_SEC_DEFAULT} (the station file was not read) lets a stop wait for "
                       f"parts at most {STOP_SEC_MIN - STOP_MARGIN_S} s from the gate (reject.delay_ms + pulse_ms + "
                       "late_ms); for a longer belt pass --timeout-stop-sec.")
-        return STOP_SEC_MIN
+        return STOP_SEC_DEFAULT
     if cfg is not None and 1 <= given < stop_timeout_sec(cfg):
         console.print(f"note: --timeout-stop-sec {given} is less than the {stop_timeout_sec(cfg)} s the station needs "
                       f"to stop ({belt_drain_ms(cfg) / 1000.0:g} s for the parts on its belt to reach the gate + "
-                      f"{STOP_MARGIN_S} s to write the log); systemd may kill it first, those parts get no reject "
+                      f"{STOP_MARGIN_S} s to write the log, at least {STOP_SEC_MIN} s in all, + {STOP_LOAD_SEC} s "
+                      "for a bundle loading at the stop); systemd may kill it first, those parts get no reject "
                       "pulse and summary.json is not written.")
     return given
 
@@ -96,7 +97,8 @@ def install_service(
         None, "--timeout-stop-sec", help="TimeoutStopSec=: how long `systemctl stop` waits, after SIGTERM, for "
         "the parts on the belt to reach the reject gate and the log and summary.json to be written before it "
         "kills the station [default: from the station file: reject.delay_ms + pulse_ms + late_ms (encoder mode: "
-        f"{ENCODER_STOP_WAIT_S:g} s for the belt) + {STOP_MARGIN_S} s, at least {STOP_SEC_MIN}]. Install again (--force) "
+        f"{ENCODER_STOP_WAIT_S:g} s for the belt) + {STOP_MARGIN_S} s, at least {STOP_SEC_MIN}, + {STOP_LOAD_SEC} s "
+        "for a bundle loading at the stop]. Install again (--force) "
         "after changing the reject timing."),
     executable: Optional[Path] = typer.Option(None, "--exec", help="The fair-edge program [default: this installation's]."),
     force: bool = typer.Option(False, "--force", help="Replace a different unit already there under --name: this "

@@ -101,6 +101,14 @@ class ConsoleSettings:
 
 
 TOKEN_CHARACTERS = frozenset(chr(c) for c in range(0x21, 0x7F))   # printable ASCII, no space
+RELOAD_JOIN_S = 2.0   # how long the console's close waits for a reload in progress to read the station file, s
+# how long the console's close waits for a bundle loading on the swap thread (``auto`` times its backends for seconds;
+# a TensorRT engine deserializes for seconds), s: a backend left in native code at the interpreter's exit aborts the
+# process
+SWAP_JOIN_S = 30.0
+# the most a station's stop waits in the console's close (a bundle loading), s: the unit's TimeoutStopSec holds it
+# apart from the line side's waits (station.service_unit.stop_timeout_sec, station.stop_deadline.StopDeadline.apart)
+CLOSE_LOAD_S = RELOAD_JOIN_S + SWAP_JOIN_S
 
 
 def check_token_characters(token: str) -> None:

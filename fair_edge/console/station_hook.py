@@ -27,15 +27,12 @@ from fair_edge.console.refusals import StationStarting, StationStopping, SwapBus
 from fair_edge.console.reload_scope import CameraBundle, ReloadFrom, reload_plan, restart_words, unapplied_sections
 from fair_edge.console.served_files import station_file_warning
 from fair_edge.console.server import ConsoleServer, ConsoleStartError
+from fair_edge.console.settings import RELOAD_JOIN_S, SWAP_JOIN_S
 from fair_edge.errors import ConfigError, FairEdgeError
 
 log = logging.getLogger(__name__)
 DRIFT_EVERY_S = 2.0
 RELOAD_POLL_S = 0.2   # how often the reload thread looks for a requested reload, s (a SIGHUP's latency)
-RELOAD_JOIN_S = 2.0   # how long close() waits for a reload in progress to read the station file, s
-# how long close() waits for a bundle loading on the swap thread (``auto`` times its backends for seconds; a TensorRT
-# engine deserializes for seconds), s: a backend left in native code at the interpreter's exit aborts the process
-SWAP_JOIN_S = 30.0
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ CLOSE_IMAGES_S = 5.0  # close(): NG images still queued are saved for at most th
 CLOSE_ROWS_S = 5.0    # close(): then the writer is given up on after this long without writing a row (a hung disk)
 # close(): the remaining rows get at most this long while the writer keeps writing (a slow disk), seconds. A station's
 # stop gives it at most what is left of its one deadline (station/stop_deadline.py: the unit's TimeoutStopSec less
-# 1 s); with only the disk slow, all of it (tests/test_recorder_disk_limits.py checks the sum)
+# 33 s, 32 of them held for a bundle loading); with only the disk slow, all of it (tests/test_recorder_disk_limits.py
+# checks the sum)
 CLOSE_ROWS_MAX_S = 15.0
 CLOSE_POLL_S = 0.05   # close() looks at the writer's progress this often while it waits, seconds
 BACKLOG_WARN_S = 3.0  # rows waiting that take longer than this to write at the writer's pace: one warning

@@ -84,7 +84,8 @@ def open_cell_console(cfg: StationConfig, models, faults: FaultBoard | None, sta
     links = StationLinks(load_station=load_station, export_reviewed=export_reviewed, load_views=loader.load_views,
                          camera_bundles=loader.camera_bundles)
     console = open_console(lead_cfg, bundle, faults, stack, line.metrics,
-                           links=links, calibrations={v.name: models.calibrations.get(v.name) for v in cfg.cameras})
+                           links=links, calibrations={v.name: models.calibrations.get(v.name) for v in cfg.cameras},
+                           stop=line.stop)
     # each camera's loaded bundle: the map a console swap under region rules is compared with, not its folder re-read
     console.start_bundles({v.name: models.bundles[Path(view_config(cfg, v).bundle).resolve()][0]
                            for v in cfg.cameras})

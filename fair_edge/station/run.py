@@ -37,6 +37,7 @@ from fair_edge.station.bundles import (check_applied_threshold, load_change, loa
 from fair_edge.station.camera import CameraWatch, check_loop, is_unpaced_replay, open_capture
 from fair_edge.station.config import StationConfig, load_station
 from fair_edge.station.line_side import LineSide, finish_line, open_line_side
+from fair_edge.station.stop_deadline import StopDeadline
 from fair_edge.station.locks import probe_gpio_lines, station_lock
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
                  stack: contextlib.ExitStack, metrics: Metrics | None = None,
                  export_reviewed: Callable[[Path, Path], dict] | None = None,
                  calibration: Threshold | None = None, links: StationLinks | None = None,
-                 calibrations: dict[str, Threshold | None] | None = None) -> StationConsole:
+                 calibrations: dict[str, Threshold | None] | None = None,
+                 stop: StopDeadline | None = None) -> StationConsole:
     """The console's feed, actions and drift watch (always), and its web server when ``console.enabled``
     (started here, closed by ``stack``). The console gets the station's bundle loader and station file
     loader, and ``export_reviewed`` (the training room's, handed in by the app) through ``StationLinks``.
@@ -122,16 +124,20 @@ def open_console(cfg: StationConfig, bundle: Bundle | FusedBundle, faults: Fault
     max(map x ROI)); its distribution feeds the drift watch and threshold tuning. links: what the console
     calls (default: one camera's loaders, as above; a station of several cameras hands in its own).
     calibrations: a station of several cameras: camera -> its score's calibration (``CellModels.calibrations``),
-    one drift watch per camera; the ``drift`` metrics are then the worst camera's and ``drift_camera`` each camera's."""
+    one drift watch per camera; the ``drift`` metrics are then the worst camera's and ``drift_camera`` each camera's.
+    stop: the station's stop deadline (``LineSide.stop``): the console's close (up to ``CLOSE_LOAD_S`` for a bundle
+    loading) is held apart from it (``StopDeadline.apart``), so the line side's closes after it keep their time."""
     from fair_edge.console.actions import StationLinks
+    from fair_edge.console.settings import CLOSE_LOAD_S
     from fair_edge.console.station_hook import StationConsole
 
     if links is None:
         links = StationLinks(load_model=functools.partial(load_change, backend=cfg.backend, roi_path=cfg.roi,
                                                           regions=cfg.regions),
                              load_station=load_station, export_reviewed=export_reviewed)
-    console = stack.enter_context(StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
-                                                 calibration=calibration, calibrations=calibrations))
+    console = StationConsole(cfg, bundle, faults.channel("drift") if faults else None, links,
+                             calibration=calibration, calibrations=calibrations).start()
+    stack.callback((stop or StopDeadline()).apart, console.close, CLOSE_LOAD_S, "the console's close (a bundle load)")
     if metrics is not None:
         metrics.watch("drift", console.drift_metrics, gauges=("psi", "alarm", "parts"))
         if calibrations is not None:   # several cameras: each camera's own, fair_edge_drift_camera_psi{camera}
@@ -235,7 +241,8 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
                                                        **line.capture_hooks()))
             faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
             watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-            console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration)
+            console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration,
+                                   stop=line.stop)
             line.callbacks.append(console.observe)
             if regions is not None:
                 console.feed.show_zones(regions.outlines())

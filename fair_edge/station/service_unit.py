@@ -7,7 +7,7 @@
                                     a line station keeps trying, e.g. while its camera is unplugged);
   ExecReload=kill -HUP $MAINPID     `systemctl reload` loads the bundle again without stopping capture;
   TimeoutStopSec=                   SIGTERM lets the parts on the belt reach the gate first: ``stop_timeout_sec``
-                                    sizes it from the station's reject timing (a long belt needs more than 60 s).
+                                    sizes it from the station's reject timing (a long belt needs more than 92 s).
   HARDENING                         no privilege gain (setuid), no kernel modules loaded, cgroups read-only,
                                     UMask=0027 (NG images and logs not world-readable), LimitNOFILE=65536. Not
                                     ProtectSystem/ProtectHome/PrivateTmp/PrivateDevices: the station writes its
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fair_edge.console.settings import CLOSE_LOAD_S
 from fair_edge.disk import write_failure, write_whole
 from fair_edge.errors import ConfigError
 from fair_edge.line.settings import ENCODER_STOP_WAIT_S
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
 
 UNIT_DIR = Path("/etc/systemd/system")
-STOP_SEC_MIN = 60        # TimeoutStopSec= at least, s: the default, for a station with a short belt or none
+STOP_SEC_MIN = 60        # the line side's part of TimeoutStopSec= at least, s: for a station with a short belt or none
+STOP_LOAD_SEC = math.ceil(CLOSE_LOAD_S)   # s added for the console's close, a bundle loading at the stop (32)
+STOP_SEC_DEFAULT = STOP_SEC_MIN + STOP_LOAD_SEC   # TimeoutStopSec= for a station with a short belt or none (92)
 STOP_MARGIN_S = 30       # s added to the belt's drain (at least: STOP_SEC_MIN); the stop's waits draw from it all
 #                          but STOP_RESERVE_S (station/stop_deadline.py)
 HARDENING = (   # [Service] lines that take nothing the station needs (see the module doc and docs/jetson.md)
@@ -77,7 +80,7 @@ class ServiceSettings:
     watchdog_sec: int = 30
     restart_sec: int = 5
     timeout_start_sec: int = 300
-    timeout_stop_sec: int = STOP_SEC_MIN   # install-service: stop_timeout_sec(the station)
+    timeout_stop_sec: int = STOP_SEC_DEFAULT   # install-service: stop_timeout_sec(the station)
 
     def __post_init__(self) -> None:
         for what, path in (("--station", self.station), ("the fair-edge executable", self.executable),
@@ -134,9 +137,12 @@ def _url_pulse_ms(url: str) -> float:
 
 def stop_timeout_sec(cfg: StationConfig) -> int:
     """TimeoutStopSec= for the station ``cfg``, s: max(``STOP_SEC_MIN``, the belt's drain (``belt_drain_ms``)
-    rounded up + ``STOP_MARGIN_S``), so that systemd's SIGKILL does not cut the drain: e.g. 60 for the default
-    station, 101 for ``reject.delay_ms: 70000``; at most ``MAX_SEC`` (a sink URL's pulse_ms has no upper bound)."""
-    return min(MAX_SEC, max(STOP_SEC_MIN, math.ceil(belt_drain_ms(cfg) / 1000.0) + STOP_MARGIN_S))
+    rounded up + ``STOP_MARGIN_S``), the line side's, + ``STOP_LOAD_SEC`` (32 s: the console's close waiting for a
+    bundle that loads at the stop, held apart: ``StopDeadline.apart``), so that systemd's SIGKILL does not cut the
+    drain, the log or summary.json: e.g. 92 for the default station, 133 for ``reject.delay_ms: 70000``; at most
+    ``MAX_SEC`` (a sink URL's pulse_ms has no upper bound)."""
+    line_s = max(STOP_SEC_MIN, math.ceil(belt_drain_ms(cfg) / 1000.0) + STOP_MARGIN_S)
+    return min(MAX_SEC, line_s + STOP_LOAD_SEC)
 
 
 def _check_executable(executable: Path) -> None:

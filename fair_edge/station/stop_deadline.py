@@ -4,11 +4,14 @@ hang, a slow disk) and systemd's SIGKILL never cuts the verdict log's last rows 
 
 ``StopDeadline`` starts when the inspection loop ends (``LineSide.stopping``) and ends ``stop_budget_s`` later: the
 unit's TimeoutStopSec (``service_unit.stop_timeout_sec``, the one source of both: at least the belt's drain +
-``STOP_MARGIN_S``, at least ``STOP_SEC_MIN``) - ``STOP_RESERVE_S``, so the stop uses what systemd allows and never
-more. The stop's waits, in order, each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``,
-before the line side, its cap only), the handshake's finish (``FINISH_S``), the belt's drain at the gates
-(``finish_gates``), the NG images (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close
-(``engine.CLOSE_S``), the reject gates' close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the
+``STOP_MARGIN_S``, at least ``STOP_SEC_MIN``, + ``STOP_LOAD_SEC``) - ``STOP_LOAD_SEC`` - ``STOP_RESERVE_S``, so the
+stop uses what systemd allows and never more. The console's close (a bundle loading at the stop: up to
+``console.settings.CLOSE_LOAD_S``) runs first on the exit stack and is held apart (``apart``): the time it waits,
+at most ``STOP_LOAD_SEC``, moves the deadline later, so the line side's closes after it keep theirs. The stop's
+other waits, in order, each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``, before
+the line side, its cap only), the handshake's finish (``FINISH_S``), the belt's drain at the gates (``finish_gates``),
+the NG images (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close (``engine.CLOSE_S``), the
+reject gates' close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the
 station's gate), the encoder's (``polled_encoder.CLOSE_JOIN_S``), MQTT's close (``mqtt.CLOSE_S``), the recorder's
 rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One that hung leaves the later ones less:
 rows the recorder could not write in what was left are counted ``lost_at_close``, and a close given less than its
@@ -21,7 +24,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from fair_edge.station.service_unit import STOP_SEC_MIN, stop_timeout_sec
+from fair_edge.station.service_unit import STOP_LOAD_SEC, STOP_SEC_MIN, stop_timeout_sec
 
 if TYPE_CHECKING:
     from fair_edge.station.config import StationConfig
@@ -31,10 +34,11 @@ NAMED_WAIT_S = 0.05   # s: spent_by names the waits that took at least this long
 
 
 def stop_budget_s(cfg: StationConfig) -> float:
-    """Seconds from the inspection loop's end to the stop's deadline: the unit's TimeoutStopSec
-    (``service_unit.stop_timeout_sec``: max(``STOP_SEC_MIN``, the belt's drain rounded up + ``STOP_MARGIN_S``)) -
-    ``STOP_RESERVE_S``; e.g. 59 for a short belt (TimeoutStopSec 60), 100 for ``reject.delay_ms: 70000``."""
-    return stop_timeout_sec(cfg) - STOP_RESERVE_S
+    """Seconds from the inspection loop's end to the stop's deadline, before the console's close moves it
+    (``apart``): the unit's TimeoutStopSec (``service_unit.stop_timeout_sec``: max(``STOP_SEC_MIN``, the belt's drain
+    rounded up + ``STOP_MARGIN_S``) + ``STOP_LOAD_SEC``) - ``STOP_LOAD_SEC`` - ``STOP_RESERVE_S``; e.g. 59 for a
+    short belt (TimeoutStopSec 92), 100 for ``reject.delay_ms: 70000`` (133)."""
+    return stop_timeout_sec(cfg) - STOP_LOAD_SEC - STOP_RESERVE_S
 
 
 class StopDeadline:
@@ -50,6 +54,7 @@ class StopDeadline:
         self.at: float | None = None   # the deadline, monotonic s; None until begin()
         self.begun: float | None = None   # when the stop began, monotonic s
         self.waits: list[tuple[str, float]] = []   # (what, seconds it took) of each wait timed (``timed``), in order
+        self.apart_s = 0.0   # s the deadline was moved by waits held apart (``apart``)
 
     def begin(self) -> None:
         """The stop begins now (the inspection loop ended); a second call moves nothing."""
@@ -74,6 +79,21 @@ class StopDeadline:
         with self.timed(what):
             close(self.left(cap_s))
 
+    def apart(self, close: Callable[[], None], most_s: float, what: str) -> None:
+        """``close()``, a wait the unit's TimeoutStopSec holds apart from the others (the console's: a bundle
+        loading, ``STOP_LOAD_SEC``): the time it took, at most ``most_s``, moves the deadline later; beyond that it
+        is timed as ``what``, like any other wait."""
+        start = self._clock()
+        try:
+            close()
+        finally:
+            took_s = self._clock() - start
+            if self.at is not None:
+                self.at += min(most_s, took_s)
+                self.apart_s += min(most_s, took_s)
+            if took_s > most_s:
+                self.waits.append((what, took_s - most_s))
+
     @contextlib.contextmanager
     def timed(self, what: str) -> Iterator[None]:
         """Note how long the wait inside took, as ``what``, for ``spent_by``."""
@@ -90,9 +110,9 @@ class StopDeadline:
         if self.begun is None:
             return ""
         named = [(what, took) for what, took in self.waits if took >= NAMED_WAIT_S]
-        untimed = self._clock() - self.begun - sum(took for _, took in self.waits)
+        untimed = self._clock() - self.begun - self.apart_s - sum(took for _, took in self.waits)
         if untimed >= NAMED_WAIT_S:
             named.append(("the capture's stop and the time between waits", untimed))
         words = ", ".join(f"{what} {took:.1f} s" for what, took in named) or "none"
-        return (f"the station's stop deadline ({self.budget_s:g} s from the inspection loop's end: TimeoutStopSec "
-                f"less {STOP_RESERVE_S:g} s) was spent by earlier waits: {words}")
+        return (f"the station's stop deadline ({self.budget_s + self.apart_s:g} s from the inspection loop's end, "
+                f"within TimeoutStopSec) was spent by earlier waits: {words}")
