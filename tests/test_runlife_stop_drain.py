@@ -1,12 +1,17 @@
 """A station's stop (``finish_line``, ``finish_cell``): the parts on the belt reach the gate and their pulses end,
 also when a sink URL sets a pulse wider than ``reject.pulse_ms``; a lane's parts still on the belt are counted
-``abandoned`` before the summary takes the counters, as the station's gate's are.
+``abandoned`` before the summary takes the counters, as the station's gate's are; a pulse still queued behind a hung
+write when the stop closes the gate is counted ``missed`` (with its gate.jsonl row) before the summary takes the
+counters too.
 
 Real schedulers and a real ``WorkerSink`` on an output that records its writes (no PLC needed). The assertions are
 about order (the falling edge written before the stop returned), never about how fast the machine is."""
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
 
 import pytest
@@ -153,3 +158,81 @@ def test_a_stop_with_several_stuck_outputs_waits_its_drain_timeout_once_not_once
         gate.drain_sinks(timeout_s=4.0)
     assert [sink.given for sink in stuck] == [[4.0], [0.0], [0.0]]
     assert clock[0] == 104.0
+
+
+class HeldOutput:
+    """A reject output whose first rising edge hangs until ``release`` is set (a PLC write that does not return);
+    ``entered`` is set when it begins. Later writes return at once."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def open(self) -> None: ...
+
+    def set(self, on: bool) -> None:
+        if on and not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(10.0)
+
+    def close(self) -> None: ...
+
+
+class ReleaseAtClose(logging.Handler):
+    """Releases ``out``'s hung write when its sink logs that it closes with pulses unfinished (``begin_close``, just
+    before the worker is told to stop): the write returns during the stop's close, not before it."""
+
+    def __init__(self, out: HeldOutput) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "pulse(s) unfinished" in record.getMessage():
+            self.out.release.set()
+
+
+@pytest.mark.parametrize("lanes", [False, True], ids=["station gate", "lane gate"])
+def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(tmp_path, monkeypatch, lanes):
+    """Three NG parts pulsed; the first pulse's write hangs, so pulses 2 and 3 are still queued when the stop closes
+    the gate. They were only logged: summary.json (taken before the gate closed) said pulses 3, delivered + missed +
+    unconfirmed + dropped 0, and gate.jsonl had no pulse row for parts 2 and 3. Now the stop closes the gate before
+    the summary takes its counters (a lane station's lanes together), and the sink counts them missed. The stop's
+    waits are set to 0 (the drain's deadline passes at once); the hung write is released when the sink closes, so
+    pulses 2 and 3 are past their deadlines whichever thread takes them: missed either way."""
+    from fair_edge.line import sinks
+    from fair_edge.line.sinks import base
+    from fair_edge.station import cell, line_side
+
+    out = HeldOutput()
+    monkeypatch.setitem(sinks.SINK_SCHEMES, "held", lambda url, pulse_ms, reporter: WorkerSink(
+        "held", out, pulse_ms, reporter=reporter))
+    for module in (line_side, cell):
+        monkeypatch.setattr(module, "stop_wait_s", lambda cfg: 0.0)
+    monkeypatch.setattr(line_side, "STOP_DRAIN_MIN_S", 0.0)
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.0)
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", 10.0)   # a bound: the worker ends as soon as the write returns
+    release = ReleaseAtClose(out)
+    logging.getLogger(base.__name__).addHandler(release)
+    settings = RejectSettings(sinks=("held://plc",), **TIMING)
+    try:
+        with recorder_at(tmp_path) as recorder, RejectScheduler(settings, on_part=recorder.record_gate) as gate:
+            for seq in (1, 2, 3):
+                ng_part(gate, seq)
+                time.sleep(0.1)   # past the previous part's pulse slot (pulse 50 ms): each fires at its own due time
+            assert out.entered.wait(10.0), "the first pulse's write did not begin"
+            t_end = time.monotonic() + 10.0
+            while gate.stats()["fired"] < 3:   # all three handed to the sink: 2 and 3 queued behind the hung write
+                assert time.monotonic() < t_end, gate.stats()
+                time.sleep(0.005)
+            if lanes:
+                summary = finish_lanes(lane_station("log://test.runlife.lane"), gate, recorder)
+            else:
+                summary = RunSummary()
+                finish_line(StationConfig(reject=settings), LineSide(recorder, gate, None, None, []), summary, "")
+    finally:
+        logging.getLogger(base.__name__).removeHandler(release)
+    [counted] = summary.rejects["sinks"].values()
+    assert (counted["pulses"], counted["delivered"], counted["missed"]) == (3, 1, 2), counted
+    assert counted["delivered"] + counted["missed"] + counted["unconfirmed"] + counted["dropped"] == counted["pulses"]
+    rows = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
+    assert sorted((r["seq"], r["pulse"]) for r in rows if r["event"] == "pulse") == [(1, "late"), (2, "missed"),
+                                                                                      (3, "missed")]

@@ -51,7 +51,7 @@ from fair_edge.station.cell_timing import gate_times_parts, part_timeout_s
 from fair_edge.station.config import StationConfig, view_config
 from fair_edge.station.faults import FaultBoard
 from fair_edge.station.inspector import Inspector, RunSummary
-from fair_edge.station.line_side import finish_gates, finish_line, publish_summary, stop_wait_s
+from fair_edge.station.line_side import close_gates, finish_gates, finish_line, publish_summary, stop_wait_s
 from fair_edge.station.locks import probe_gpio_lines, station_lock
 from fair_edge.station.notify import ServiceNotifier, status_line
 from fair_edge.station.run import (check_reject_timing, raise_open_files_limit, run_station, station_switch_interval,
@@ -232,7 +232,9 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     """``finish_line`` for a cell: a camera gone for good or still down at the stop is the run's fault (each named;
     ``CameraWatch.at_stop``: the fault output they held stays on); the lanes' gates are let finish too, within one
     ``stop_wait_s`` (``finish_gates``: their parts still on the belt then abandoned before the summary takes their
-    counters, their pulses let end); per-camera and part counters go into the summary."""
+    counters, their pulses let end), then closed together (``close_gates``: a pulse still queued counted missed
+    before the summary takes the counters, as ``finish_line`` closes the station's gate); per-camera and part counters
+    go into the summary."""
     down = [r for r in (w.at_stop() for w in watches) if r]
     if down and not summary.fault:
         summary.fault = "; ".join(down)
@@ -245,6 +247,7 @@ def finish_cell(cfg: StationConfig, cell: CellLine, summary: RunSummary, watches
     for lane in cell.lanes.values():
         lane.fault(False)   # the run's fault, handed down for the belt's last parts, is the summary's already: each
                             # lane's entry names its own (a latched alarm, a sink fault), not the camera's again
+    close_gates(cell.lanes.values(), cell.line.stop)   # the cell's stack closes them too: a no-op then
     summary.rejects = cell.reject_stats()
     CellCounters(cell, mux).into(summary)
     publish_summary(cell.line, summary)

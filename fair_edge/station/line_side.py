@@ -291,7 +291,9 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
                 publish: bool = True) -> None:
     """After inspection stopped: note a camera fault, let parts already on the belt reach the gate and their pulses
     end (``finish_gates``, ``stop_wait_s``: they are decided and pulsed there; those that do not within their travel
-    time are abandoned: counted, one gate row each), write the log, and fill the summary's line counters. The log:
+    time are abandoned: counted, one gate row each), close the reject gate (its outputs: a pulse still queued behind
+    a slow or hung write is counted missed, with its gate row, before the summary takes the counters), write the log,
+    and fill the summary's line counters. The log:
     NG images still queued are saved for at most ``CLOSE_IMAGES_S``, then rows only (images counted ``images_skipped``);
     ``summary.recorder`` is taken now for the MQTT summary and again when the recorder has closed (its
     final counters, after the last row: the ones summary.json gets). camera_state: ``CameraWatch.at_stop()``, a
@@ -311,6 +313,7 @@ def finish_line(cfg: StationConfig, line: LineSide, summary: RunSummary, camera_
         if summary.fault:
             line.scheduler.fault(True, summary.fault)
         finish_gates([line.scheduler], line.stop.until(time.monotonic() + stop_wait_s(cfg)), line.stop)
+        close_gates([line.scheduler], line.stop)   # the station's stack closes it too: a no-op then
     images_s = line.stop.left(CLOSE_IMAGES_S)
     with line.stop.timed("the NG images and rows at the drain"):
         if not line.recorder.flush(timeout=images_s):

@@ -191,7 +191,8 @@ class Counters:
 
 
 # A pulse handed in (``pulses``) is counted once in delivered, missed, unconfirmed or dropped (in none while queued or
-# in progress, or left queued at close: logged). ``delivered``: every rising edge written, in time or not;
+# in progress; one still queued when the sink closes is counted ``missed`` then, one whose write still hangs when close
+# gives up on the worker only once that write returns). ``delivered``: every rising edge written, in time or not;
 # ``late_writes``: those of them whose write returned after the deadline (reported ``late_write``, gate log ``late``),
 # a part of ``delivered``, never to be added to it.
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
@@ -246,7 +247,8 @@ class WorkerSink:
     stopped, one attempt writes the resting level before the output is
     closed (``_rest_at_close``), so a station that stops never leaves an output on mid-pulse: a pulse still on
     (wider than the drain) is cut short and logged, and a failed last write is logged as an output that may be
-    left on.
+    left on. A pulse still queued then (behind a slow or hung write) is never written: counted and reported
+    ``missed`` (``_miss_left_queued``), so every pulse handed in ends in one outcome.
     """
 
     def __init__(self, name: str, output: Output, pulse_ms: float, *, queue_size: int = 16,
@@ -348,20 +350,36 @@ class WorkerSink:
 
     def close(self, by: CloseBy | None = None) -> None:
         """Stop and release within ``by`` (``CloseBy.from_now()`` when None): ``begin_close``, the worker waited for
-        until ``by.join_until``, the resting level written (``_rest_at_close``; a link that is down reconnected for it
-        only before ``by.join_until``), the output closed. Twice: a no-op."""
+        until ``by.join_until``, the pulses still queued counted missed (``_miss_left_queued``), the resting level
+        written (``_rest_at_close``; a link that is down reconnected for it only before ``by.join_until``), the output
+        closed. Twice: a no-op."""
         if self._closed:
             return
         self._closed = True
         by = by or CloseBy.from_now()
         self.begin_close(by)
         self._thread.join(timeout=max(0.0, by.join_until - time.monotonic()))
+        self._miss_left_queued()
         if self._thread.is_alive():   # still in a write: a second writer on the output would race it
             log.error("sink %s: worker did not stop by the close's deadline (%s); the resting level is not written "
                       "at close: the output may be left on", self.name, by.why_missed("a write still blocked"))
         else:
             self._rest_at_close(by.join_until)
         self._disconnect()
+
+    def _miss_left_queued(self) -> None:
+        """close(), the worker stopped (or given up on: told to stop, it takes no more pulses, and one it took anyway
+        it counts itself): each pulse still queued is counted and reported ``missed`` (its gate log row: missed)."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, RejectEvent):
+                self._track(-1)
+                self._counters.add("missed")
+                self._emit("missed", item.seq, "left queued when the sink closed (the station stopped before its "
+                                              "pulse was written); not written")
 
     def _rest_at_close(self, reconnect_until: float) -> None:
         """close(), the worker stopped: one attempt to write the resting level before the output is closed (a pulse
