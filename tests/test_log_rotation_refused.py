@@ -160,3 +160,44 @@ def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_
         assert f"`sudo chown nobody: {folder / 'verdicts.jsonl.1'}`" in put_off[0], put_off
     finally:
         shutil.rmtree(base)
+
+
+def test_a_full_disk_passes_over_a_rotated_log_it_may_not_delete(tmp_path, monkeypatch, caplog):
+    """Another account's verdicts.jsonl.7 (above keep, which install-service accepts) in a sticky folder: on a full
+    disk _drop_oldest tried only .7, was refused, and every row was lost with one ERROR per row. Now .7 is passed
+    over for .2 and .1 (one error for .7), and only once they are gone do rows fail."""
+    caplog.set_level(logging.DEBUG, logger="fair_edge.line.jsonl")
+    for i in (1, 2, 7):
+        (tmp_path / f"verdicts.jsonl.{i}").write_text(f'{{"old":{i}}}\n')
+    refuse_moving(monkeypatch, {"verdicts.jsonl.7"})
+    log = RotatingJsonl(tmp_path / "verdicts.jsonl", max_bytes=10_000, keep=2, clock=FakeClock())
+    real_write = RotatingJsonl._write_line
+    full = {"on": True}
+
+    def write_line(self, line):   # the disk is full until a rotated log is deleted, again before each row
+        if full["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        real_write(self, line)
+
+    refusing_unlink = Path.unlink
+
+    def unlink(path, missing_ok=False):   # a rotated log deleted: room for one row
+        refusing_unlink(path, missing_ok=missing_ok)
+        full["on"] = False
+
+    monkeypatch.setattr(RotatingJsonl, "_write_line", write_line)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    outcomes = []
+    for seq in range(10):
+        full["on"] = True
+        try:
+            log.write({"seq": seq})
+            outcomes.append("written")
+        except OSError as exc:
+            outcomes.append(exc.errno)
+    log.close()
+    assert outcomes == ["written", "written"] + [errno.ENOSPC] * 8
+    assert _rows(tmp_path / "verdicts.jsonl") == [{"seq": 0}, {"seq": 1}] and log.files_dropped == 2
+    assert _rows(tmp_path / "verdicts.jsonl.7") == [{"old": 7}]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "verdicts.jsonl.7" in errors[0] and "passed over" in errors[0], errors

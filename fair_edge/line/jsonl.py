@@ -80,6 +80,7 @@ class RotatingJsonl:
         self.files_dropped = 0     # rotated files deleted to write on a full disk
         self.bytes_dropped = 0     # their bytes
         self._close_failed = False  # a failed close was logged (once)
+        self._undeletable_logged: set[str] = set()   # rotated logs whose deletion on a full disk failed (logged)
 
     def write(self, obj: dict[str, Any]) -> None:
         """Append one row; on a full disk delete the oldest rotated file and try again (see the class doc); a log
@@ -132,27 +133,41 @@ class RotatingJsonl:
         return [path for _, path in sorted(numbered, reverse=True)]
 
     def _drop_oldest(self, exc: OSError) -> bool:
-        """Delete the oldest rotated file to make room after ``exc`` (a full disk); False when there is none to
-        delete (or it cannot be deleted: logged), so the caller raises ``exc``."""
+        """Delete the oldest rotated file it may delete to make room after ``exc`` (a full disk): one it may not
+        (another account's in a sticky folder) is passed over for the next, logged once per file; False when none
+        is left to delete, so the caller raises ``exc``."""
         files = self.rotated_files()
-        if not files:
-            return False
-        oldest = files[0]
-        try:
-            size = oldest.stat().st_size
-            oldest.unlink()
-        except OSError as unlink_exc:
-            log.error("%s: disk full (%s) and deleting the oldest rotated log %s failed: %s; rows are not "
-                      "written until space is freed under %s", self.path, exc.strerror or exc, oldest.name,
-                      unlink_exc, self.path.parent)
-            return False
+        for index, oldest in enumerate(files):
+            try:
+                size = oldest.stat().st_size
+                oldest.unlink()
+            except OSError as unlink_exc:
+                self._undeletable(oldest, exc, unlink_exc)
+                continue
+            self._dropped(oldest, size, exc, len(files) - index - 1)
+            return True
+        return False
+
+    def _undeletable(self, path: Path, exc: OSError, unlink_exc: OSError) -> None:
+        """Deleting the rotated log ``path`` after ``exc`` (a full disk) failed (``unlink_exc``): one error per file
+        name and object, later ones at debug level."""
+        if path.name in self._undeletable_logged:
+            log.debug("%s: deleting %s failed again: %s", self.path, path.name, unlink_exc)
+            return
+        self._undeletable_logged.add(path.name)
+        log.error("%s: disk full (%s) and deleting the rotated log %s failed: %s; passed over for the next (rows "
+                  "are not written once none is left until space is freed under %s)", self.path,
+                  exc.strerror or exc, path.name, unlink_exc, self.path.parent)
+
+    def _dropped(self, oldest: Path, size: int, exc: OSError, left: int) -> None:
+        """The rotated log ``oldest`` (``size`` bytes) was deleted after ``exc`` (a full disk), ``left`` rotated
+        files remain: counted and logged."""
         self.files_dropped += 1
         self.bytes_dropped += size
         log.warning("%s: disk full (%s): deleted the oldest rotated log %s (%.2f MB; its rows are gone) to write "
                     "on, %d rotated file(s) left (%d deleted so far, %.2f MB); free space under %s or lower "
                     "record.max_log_mb / keep_files", self.path, exc.strerror or exc, oldest.name, size / 2**20,
-                    len(files) - 1, self.files_dropped, self.bytes_dropped / 2**20, self.path.parent)
-        return True
+                    left, self.files_dropped, self.bytes_dropped / 2**20, self.path.parent)
 
     def room_to_grow(self) -> int:
         """Bytes this log may still take before its rotation caps it: ``(keep + 1) x max_bytes`` (``max_bytes``
