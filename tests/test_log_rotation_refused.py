@@ -201,3 +201,32 @@ def test_a_full_disk_passes_over_a_rotated_log_it_may_not_delete(tmp_path, monke
     assert _rows(tmp_path / "verdicts.jsonl.7") == [{"old": 7}]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "verdicts.jsonl.7" in errors[0] and "passed over" in errors[0], errors
+
+
+def test_a_rotation_refused_at_1_deletes_no_rotated_log_first():
+    """The real kernel: every number 1..keep taken, root's verdicts.jsonl.1 in a root-owned 1777 folder and the
+    service account's .2, .3. The rotation deleted .3 (rotation's own loss) and moved .2 up before .1 refused to
+    move: a rotated log gone for a rotation that never happened. Now the files the rotation would move are checked
+    first, and nothing is deleted or moved."""
+    if os.getuid() != 0:
+        pytest.skip("making root's file and running as nobody needs root")
+    account = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="fair-edge-rotation-"))
+    try:
+        base.chmod(0o755)
+        folder = base / "records"
+        folder.mkdir()
+        folder.chmod(0o1777)
+        for i in (1, 2, 3):
+            (folder / f"verdicts.jsonl.{i}").write_text(f'{{"old":{i}}}\n')
+            (folder / f"verdicts.jsonl.{i}").chmod(0o644)
+            if i > 1:
+                os.chown(folder / f"verdicts.jsonl.{i}", account.pw_uid, account.pw_gid)
+        seen = _in_child_as(account, folder, rows=40)                       # ~12 bytes a row: past 300
+        assert seen["error"] is None, seen
+        assert [_rows(folder / f"verdicts.jsonl.{i}") for i in (1, 2, 3)] == [[{"old": 1}], [{"old": 2}], [{"old": 3}]]
+        assert [r["seq"] for r in _rows(folder / "verdicts.jsonl")] == list(range(40))
+        put_off = [m for m in seen["warnings"] if "not rotated" in m]
+        assert len(put_off) == 1 and "verdicts.jsonl.1 (root)" in put_off[0], seen
+    finally:
+        shutil.rmtree(base)

@@ -218,7 +218,7 @@ class RotatingJsonl:
         """Move the file to ``.1`` (``_move_to_rotated``; keep 0: start over in place) and open a new one. A rotation
         that fails (``OSError``: no free inode for the next file, another account's file in a sticky folder that
         this account may not move or delete, ...) moves nothing more and the log goes on in its file (``_put_off``):
-        no row is lost for a rotation, and no rotated file is deleted to make one."""
+        no rotated file is deleted for a rotation found refused before it began (``_move_to_rotated``)."""
         self._close_quietly()
         try:
             if self.keep > 0:
@@ -236,10 +236,13 @@ class RotatingJsonl:
     def _move_to_rotated(self) -> None:
         """Shift the rotated files up one number as far as the first free one (``.1`` to ``.2`` ..; none free: the
         oldest, ``.keep``, is deleted first), move the file to ``.1`` and put a new empty file in its place, made
-        before anything moves (``_next_file``). A rotation that failed part-way (and each retry of it) so leaves a
-        free number where it stopped: a retry moves files into it and deletes no further rotated file."""
+        before anything moves (``_next_file``). First the files it would move or delete are checked against the
+        sticky folder's rule (``_refuse_unmovable``): one this process may not move raises EPERM before anything is
+        deleted. A rotation that failed part-way anyway (a refusal the check cannot foresee) leaves a free number
+        where it stopped: a retry moves files into it and deletes no further rotated file."""
         numbered = self._numbered()
         free = next((i for i, path in enumerate(numbered) if not os.path.lexists(path)), None)
+        _refuse_unmovable([self.path, *numbered[:self.keep if free is None else free]])
         if free is None:
             numbered[-1].unlink()   # rotation's own loss; its inode is the one the new file takes
             free = self.keep - 1
@@ -348,6 +351,19 @@ def open_log(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _refuse_unmovable(paths: list[Path]) -> None:
+    """Raise ``PermissionError`` (EPERM) naming the first of ``paths`` (files of one folder) that this process may not
+    move or delete by the sticky-bit rule: in a sticky (1777) folder only a file's owner, the folder's owner or root
+    may. Other refusals (a folder it may not write) are left to the move itself."""
+    folder = os.stat(paths[0].parent)
+    me = os.geteuid()
+    if me == 0 or not folder.st_mode & stat.S_ISVTX or folder.st_uid == me:
+        return
+    for path, info in _stats(paths):
+        if info.st_uid != me:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
 
 
 def _stats(paths: list[Path]) -> list[tuple[Path, os.stat_result]]:
