@@ -4,8 +4,9 @@ A trial `sudo fair-edge run` long enough to rotate leaves root's verdicts.jsonl.
 sticky (1777) folder the service account appends to its own verdicts.jsonl but may not move or delete root's files
 (EPERM): ``RotatingJsonl``'s rotation raised, and every row after the log reached max_log_mb was counted rows_failed
 and lost, with one warning. Now a rotation that fails is put off, as on a disk out of inodes: the log grows past
-max_bytes keeping every row (one warning naming the files and the ``chown``), is retried every ``ROTATE_RETRY_S``
-without deleting another rotated file, and rotates again once it may.
+max_bytes keeping its rows (one warning naming the files and the ``chown``) up to what its rotated files would hold
+(past it rows fail, EFBIG, counted and shown as log_rotations_put_off beside rows_failed), is retried every
+``ROTATE_RETRY_S`` without deleting another rotated file, and rotates again once it may.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def test_a_refused_rotation_keeps_every_row_and_its_retries_delete_no_rotated_lo
     put_off = [r.getMessage() for r in caplog.records if "not rotated" in r.getMessage()]
     assert len(put_off) == 1, put_off
     assert "rotating it was refused" in put_off[0] and "verdicts.jsonl.1" in put_off[0], put_off
-    assert "keeps every row" in put_off[0] and "sudo chown" in put_off[0], put_off
+    assert "at most to what its rotated files would hold" in put_off[0] and "sudo chown" in put_off[0], put_off
     refused.clear()                                # the files given to the service account
     clock.t += jsonl.ROTATE_RETRY_S
     log.write({"seq": 60})
@@ -91,15 +92,20 @@ def test_a_refused_rotation_keeps_every_row_and_its_retries_delete_no_rotated_lo
     assert any("rotated again" in r.getMessage() for r in caplog.records)
 
 
-def test_a_log_that_starts_over_in_place_and_may_not_writes_on(tmp_path, monkeypatch):
-    """keep 0 deletes the log to start over: refused (another account's log in a sticky folder), the row is
-    written on to it, not lost."""
+def test_a_log_that_starts_over_in_place_and_may_not_fails_its_rows_past_max_bytes(tmp_path, monkeypatch):
+    """keep 0 deletes the log to start over: refused (another account's log in a sticky folder), the log has no
+    rotated files whose room it could grow into: a row past max_bytes raises EFBIG (counted rows_failed by the
+    recorder) saying why, and nothing is deleted."""
     refuse_moving(monkeypatch, {"gate.jsonl"})
     log = RotatingJsonl(tmp_path / "gate.jsonl", max_bytes=30, keep=0, clock=FakeClock())
-    for seq in range(5):
+    for seq in range(3):                           # 10 bytes a row: 30 of 30
         log.write({"seq": seq})
+    for seq in range(3, 5):
+        with pytest.raises(OSError) as refused:
+            log.write({"seq": seq})
+        assert refused.value.errno == errno.EFBIG and "rows are not written until it rotates" in str(refused.value)
     log.close()
-    assert [r["seq"] for r in _rows(tmp_path / "gate.jsonl")] == list(range(5)) and log.rotations == 0
+    assert [r["seq"] for r in _rows(tmp_path / "gate.jsonl")] == [0, 1, 2] and log.rotations == 0
 
 
 def _in_child_as(account: pwd.struct_passwd, folder: Path, rows: int) -> dict:
@@ -160,6 +166,89 @@ def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_
         assert f"`sudo chown nobody: {folder / 'verdicts.jsonl.1'}`" in put_off[0], put_off
     finally:
         shutil.rmtree(base)
+
+
+def test_a_refused_rotation_grows_the_log_only_into_its_rotated_files_room_then_fails_rows(tmp_path, monkeypatch):
+    """A refused rotation grew the log without bound (a 2 MB log at max_bytes 1000, the disk guard counting none of
+    it) with one warning and no counter shown anywhere. Now the log with its rotated files stays within
+    (keep + 1) x max_bytes: a row past that raises EFBIG (counted rows_failed by the recorder) naming the cause and
+    the fix, and the log takes rows again once it has rotated."""
+    (tmp_path / "verdicts.jsonl.1").write_text('{"old":1}\n')              # 10 bytes
+    refused = {"verdicts.jsonl.1"}
+    refuse_moving(monkeypatch, refused)
+    clock = FakeClock()
+    log = RotatingJsonl(tmp_path / "verdicts.jsonl", max_bytes=200, keep=2, clock=clock)
+    failed = []
+    for seq in range(100):                                                   # 11-12 bytes a row: ~1100 bytes
+        try:
+            log.write({"seq": seq})
+        except OSError as exc:
+            failed.append(exc)
+        clock.t += jsonl.ROTATE_RETRY_S / 4
+    size = (tmp_path / "verdicts.jsonl").stat().st_size
+    assert 3 * 200 - 10 - 12 < size <= 3 * 200 - 10 and log.room_to_grow() < 12, size
+    assert failed and all(exc.errno == errno.EFBIG for exc in failed)
+    assert "rows are not written until it rotates" in str(failed[0]) and "sudo chown" in str(failed[0])
+    assert len(_rows(tmp_path / "verdicts.jsonl")) + len(failed) == 100 and log.rotations_put_off >= 20
+    refused.clear()
+    clock.t += jsonl.ROTATE_RETRY_S
+    log.write({"seq": 100})
+    log.close()
+    assert log.rotations == 1 and _rows(tmp_path / "verdicts.jsonl") == [{"seq": 100}]
+
+
+def test_refused_rotations_are_shown_where_rows_failed_is(tmp_path, monkeypatch):
+    """rotations_put_off was read nowhere outside jsonl.py. The recorder's counters (summary.json, /metrics) now
+    carry log_rotations_put_off, and the run summary, the console's counters and the STATUS line show it."""
+    from fair_edge.cli.run import recorder_rows
+    from fair_edge.console.feed import StationFeed
+    from fair_edge.console.settings import ConsoleSettings
+    from fair_edge.line.recorder import Recorder
+    from fair_edge.line.settings import RecordSettings
+    from fair_edge.records import Verdict
+    from fair_edge.station.inspector import RunSummary
+    from fair_edge.station.notify import status_line
+
+    (tmp_path / "verdicts.jsonl.1").write_text('{"old":1}\n')
+    refuse_moving(monkeypatch, {"verdicts.jsonl.1"})
+    feed = StationFeed(ConsoleSettings(port=0), tmp_path)
+    settings = RecordSettings(dir=tmp_path, save_ng_images=False, min_free_mb=0, max_log_mb=0.001, keep_files=1)
+    with Recorder(settings) as rec:
+        feed.attach(None, None, None, rec)
+        for seq in range(40):                                                # ~200 bytes a row: 8 KB
+            rec.record(None, Verdict(seq, 1.0, 0.1, 0.5, False, 1.01, "test"))
+        assert rec.flush()
+        counters = json.loads(json.dumps(feed.counters()))                   # as /api/state serves them
+        stats = rec.stats()
+        scraped = _scraped_recorder(rec)
+    summary = RunSummary(inspected=40, recorder=stats)
+    assert (tmp_path / "verdicts.jsonl").stat().st_size <= 2 * 1048 - 11
+    assert stats["rows_failed"] > 0 and stats["logged"] + stats["rows_failed"] == 40
+    put_off = stats["log_rotations_put_off"]
+    assert put_off >= 1 and json.loads(summary.to_json())["recorder"]["log_rotations_put_off"] == put_off
+    assert counters["log_rotations_put_off"] == put_off and counters["rows_failed"] == stats["rows_failed"]
+    assert status_line(summary).endswith(f"log rows not written, {put_off} log rotations put off")
+    assert f"{put_off} log rotation(s) refused and put off" in recorder_rows(stats)[0][1]
+    assert f'fair_edge_recorder_total{{event="log_rotations_put_off"}} {float(put_off)}' in scraped
+
+
+def _scraped_recorder(rec) -> str:
+    """/metrics' text of ``rec`` watched as the station watches it (``metrics.watch("recorder", rec.stats)``)."""
+    from prometheus_client import generate_latest
+
+    from fair_edge.line.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch("recorder", rec.stats)
+    return generate_latest(metrics.registry).decode()
+
+
+def test_the_console_shows_refused_rotations():
+    """The console's counters card has a cell for log_rotations_put_off, filled by live.js."""
+    static = Path(__file__).resolve().parents[1] / "fair_edge" / "console" / "static"
+    assert 'id="rotations-put-off"' in (static / "live.html").read_text()
+    script = (static / "live.js").read_text()
+    assert "c.log_rotations_put_off" in script and '$("rotations-put-off").textContent' in script
 
 
 def test_a_full_disk_passes_over_a_rotated_log_it_may_not_delete(tmp_path, monkeypatch, caplog):

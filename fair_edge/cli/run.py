@@ -186,7 +186,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
     queue, close deadline), failed on the disk (image write errors: ``write_errors`` less ``rows_failed``) and, when
     any, could not be drawn (``images_failed``: a frame or map the overlay refuses, not the disk). ``rows_failed``
     covers gate.jsonl rows too. ``log_files_deleted`` (rotated log files deleted to write on a full disk: their rows
-    are gone), in red on the verdict log's row when any."""
+    are gone) and ``log_rotations_put_off`` (rotations refused: the log grows past max_log_mb), in red on the verdict
+    log's row when any."""
     if not recorder:
         return []
     logged = f"{recorder.get('logged', 0)}"
@@ -196,7 +197,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
     parts = [f"{logged} logged"]
     for key, words in (("rows_failed", "not written (write errors)"), ("dropped", "dropped (writer backlog full)"),
                        ("lost_at_close", "lost at close (disk hung)"),
-                       ("log_files_deleted", "rotated log file(s) deleted (disk full)")):
+                       ("log_files_deleted", "rotated log file(s) deleted (disk full)"),
+                       ("log_rotations_put_off", "log rotation(s) refused and put off (see the warning)")):
         if recorder.get(key):
             parts.append(f"[bold red]{recorder[key]} {words}[/]")
     rows: list[tuple[str, object]] = [(label, ", ".join(parts))]

@@ -392,13 +392,14 @@ class StationFeed:
         came after their part's reject deadline: no pulse), ``gap_missed`` (parts due a reject and refused its pulse:
         too close to the previous one, ``min_gap_ms``). The recorder's: ``rows_logged`` (verdicts.jsonl),
         ``rows_failed`` (rows whose write raised: a full or unplugged disk; not in the log), ``rows_dropped`` (rows
-        never queued, the writer's backlog full), ``write_errors`` (every failed write, rows and NG images),
+        never queued, the writer's backlog full), ``log_rotations_put_off`` (log rotations refused: a log grows past
+        max_log_mb), ``write_errors`` (every failed write, rows and NG images),
         ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
         the part is in the log). With lanes (``attach_lanes``) the gate counters are every lane's and the
         station's together."""
         out = {"frames_in": 0, "inspected": 0, "ng": 0, "dropped": 0, "lost": 0, "malformed": 0,
                "inference_errors": 0, "region_errors": 0, "late_verdicts": 0, "gap_missed": 0, "rows_logged": 0,
-               "rows_failed": 0, "rows_dropped": 0, "write_errors": 0, "images_failed": 0}
+               "rows_failed": 0, "rows_dropped": 0, "log_rotations_put_off": 0, "write_errors": 0, "images_failed": 0}
         if self.inspector is not None:
             s = self.inspector.summary
             out.update(inspected=s.inspected, ng=s.ng, malformed=s.malformed, inference_errors=s.inference_errors,
@@ -413,7 +414,8 @@ class StationFeed:
         if self.recorder is not None:
             r = self.recorder.stats()
             out.update(rows_logged=r.get("logged", 0), rows_failed=r.get("rows_failed", 0),
-                       rows_dropped=r.get("dropped", 0), write_errors=r.get("write_errors", 0),
+                       rows_dropped=r.get("dropped", 0), log_rotations_put_off=r.get("log_rotations_put_off", 0),
+                       write_errors=r.get("write_errors", 0),
                        images_failed=r.get("images_failed", 0))
         return out
 

@@ -63,8 +63,10 @@ class RotatingJsonl:
     ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
     to make room for it. Any other rotation that fails is put off alike, the row written to the current file: e.g.
     another account's ``.N`` in a sticky (1777) folder, which this one may not move or delete (the warning names
-    the files, their owner and the ``chown``). clock: monotonic seconds (tests hand in a fake one), read only while
-    a rotation is put off.
+    the files, their owner and the ``chown``). A log whose rotation is put off grows at most to what its rotated
+    files would hold: with them it stays within ``(keep + 1) x max_bytes`` (``room_to_grow``, which the disk guard
+    keeps free); a row past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through.
+    clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
     """
 
     def __init__(self, path: Path, max_bytes: int, keep: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -74,6 +76,8 @@ class RotatingJsonl:
         self._f = None
         self._clock = clock
         self._put_off_at: float | None = None   # when a rotation was last put off (it failed), else None
+        self._grow_limit = 0       # while put off: the most bytes the file may hold (``_put_off``)
+        self._blocked_by = ("", "")  # while put off: (what stopped the rotation, the fix), ``_rotation_blocked``
         self.rotations_put_off = 0
         self.rotations = 0
         self.torn_cut = 0          # torn (partly written) lines cut off the file
@@ -113,6 +117,8 @@ class RotatingJsonl:
             self._open()
         if self._f.tell() > 0 and self._f.tell() + len(line) > self.max_bytes and self._rotation_due():
             self._rotate()
+        if self._put_off_at is not None and self._f.tell() + len(line) > self._grow_limit:
+            self._refuse_past_limit()
         start = self._f.tell()
         try:
             self._f.write(line)
@@ -268,17 +274,28 @@ class RotatingJsonl:
         return self._put_off_at is None or self._clock() - self._put_off_at >= ROTATE_RETRY_S
 
     def _put_off(self, exc: OSError) -> None:
-        """A rotation failed (``exc``): the log goes on past ``max_bytes``; one warning per spell, naming its cause
-        (``_rotation_blocked``)."""
+        """A rotation failed (``exc``): the log goes on past ``max_bytes`` up to ``_grow_limit`` (bytes: the room
+        ``(keep + 1) x max_bytes`` less what its rotated files hold now, re-read at each retry); one warning per
+        spell, naming its cause (``_rotation_blocked``)."""
         first = self._put_off_at is None
         self._put_off_at = self._clock()
         self.rotations_put_off += 1
+        self._grow_limit = (self.keep + 1) * self.max_bytes - sum(st.st_size for _, st in _stats(self._numbered()))
         if not first:
             return
-        cause, fix = self._rotation_blocked(exc)
-        log.warning("%s: %s, so it is not rotated: it grows past its %.3g MB (record.max_log_mb) and keeps every row, "
-                    "rotating again once it can (tried every %g s); %s", self.path, cause, self.max_bytes / 2**20,
-                    ROTATE_RETRY_S, fix)
+        self._blocked_by = cause, fix = self._rotation_blocked(exc)
+        log.warning("%s: %s, so it is not rotated: it grows past its %.3g MB (record.max_log_mb), at most to what its "
+                    "rotated files would hold ((record.keep_files + 1) x max_log_mb), rotating again once it can "
+                    "(tried every %g s); rows past that are not written (counted rows_failed); %s", self.path, cause,
+                    self.max_bytes / 2**20, ROTATE_RETRY_S, fix)
+
+    def _refuse_past_limit(self) -> None:
+        """Raise ``EFBIG`` for a row that would take a log whose rotation is put off past ``_grow_limit``, in words:
+        what stops the rotation and the fix."""
+        cause, fix = self._blocked_by
+        raise OSError(errno.EFBIG, f"not rotated ({cause}) and grown to {self._grow_limit / 2**20:.3g} MB, what it "
+                      "and its rotated files may hold ((record.keep_files + 1) x record.max_log_mb): rows are not "
+                      f"written until it rotates; {fix}", str(self.path))
 
     def _rotation_blocked(self, exc: OSError) -> tuple[str, str]:
         """(what stopped the rotation, the fix) for the ``OSError`` ``exc`` it raised: no room for the log's next file

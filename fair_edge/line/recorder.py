@@ -13,7 +13,8 @@ neither is written twice. Disk guard (``line.disk_room``): while the free space 
 ``record.dir`` leave too little for what the logs' rotation may still need, images are no longer saved while the
 verdict log goes on. A log that finds the disk full anyway (filled by something else) deletes its own oldest rotated
 file and writes on (``RotatingJsonl``; logged, counted ``log_files_deleted``); one on a disk out of inodes deletes
-nothing: it is not rotated but grows past ``max_log_mb`` until a file can be made. Rows falling more than
+nothing: it is not rotated but grows past ``max_log_mb`` until a file can be made, at most to what its rotated files
+would hold (then its rows fail; ``log_rotations_put_off``). Rows falling more than
 ``BACKLOG_WARN_S`` of writing behind (a slow disk) are warned of once, naming the disk. An ``OSError`` (full disk,
 unplugged drive) is counted in ``write_errors`` and logged once per kind; it never reaches the inspection loop.
 
@@ -37,7 +38,9 @@ images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` rea
 ``images_failed``: not saved because the frame or map could not be drawn or encoded (a frame the overlay refuses,
 e.g. a bad shape: a bug upstream, not the disk; the part's row is logged); ``write_errors``: every failed write to
 the disk, rows (= ``rows_failed``) and NG images; ``log_files_deleted``: rotated log files deleted to write rows on a
-full disk (their rows are gone).
+full disk (their rows are gone); ``log_rotations_put_off``: rotations of the logs refused (another account's rotated
+log in a sticky folder, no free inode) and put off: the log grows past ``max_log_mb``, and once it holds what its
+rotated files would its rows fail (``rows_failed``) until it rotates.
 """
 
 from __future__ import annotations
@@ -230,6 +233,7 @@ class Recorder:
         out = self._counters.snapshot()
         out["pending"] = out["queued"] - sum(out[k] for k in ROW_OUTCOMES)
         out["log_files_deleted"] = self._logs.files_deleted()
+        out["log_rotations_put_off"] = self._logs.rotations_put_off()
         return out
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -108,6 +108,11 @@ class RowLogs:
         """Rotated log files deleted to write rows on a full disk (``RotatingJsonl.files_dropped``, both logs)."""
         return sum(f.files_dropped for f in self._files())
 
+    def rotations_put_off(self) -> int:
+        """Rotations of the logs refused and put off (``RotatingJsonl.rotations_put_off``, both logs): while they
+        are, a log grows past max_log_mb, and past what its rotated files would hold its rows are not written."""
+        return sum(f.rotations_put_off for f in self._files())
+
     def _files(self) -> list[RotatingJsonl]:
         """The JSONL logs: verdicts.jsonl, and gate.jsonl once its first row came."""
         return [self._log] + ([self._gate_log] if self._gate_log is not None else [])

@@ -175,10 +175,13 @@ def status_line(summary, reason: str = "", dropped: int | None = None, recorder:
     'inspecting'. dropped: the capture queue's count while running (the summary fills its own only when the
     run ends). recorder: the recorder's counters (``Recorder.stats()``) while running, default
     ``summary.recorder``; rows it did not write (``rows_failed`` + ``dropped`` + ``lost_at_close``: a full or
-    unplugged disk) add ', R log rows not written' when there are any."""
+    unplugged disk) add ', R log rows not written' when there are any, and log rotations refused
+    (``log_rotations_put_off``) ', P log rotations put off'."""
     state = summary.fault or reason or "inspecting"
     dropped = summary.dropped if dropped is None else dropped
     text = f"{state}: {summary.inspected} inspected, {summary.ng} NG, {dropped} dropped"
     counts = getattr(summary, "recorder", None) if recorder is None else recorder
     unwritten = sum((counts or {}).get(key, 0) for key in ("rows_failed", "dropped", "lost_at_close"))
-    return text + (f", {unwritten} log rows not written" if unwritten else "")
+    put_off = (counts or {}).get("log_rotations_put_off", 0)
+    return (text + (f", {unwritten} log rows not written" if unwritten else "")
+            + (f", {put_off} log rotations put off" if put_off else ""))
