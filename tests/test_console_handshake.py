@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from fair_edge.line.handshake.settings import HandshakeSettings
 from fair_edge.records import Frame, Verdict
 
 LIVE_PAGE = Path(__file__).resolve().parents[1] / "fair_edge" / "console" / "static" / "live.html"
+FANOUT_SHOWN = {"fanout_expired", "fanout_overflow"}   # a cell's only (CellLine.handshake_stats): "–" with one camera
 POLL_S = 0.005
 ACK_TIMEOUT_S, RESULT_TIMEOUT_S = 1.0, 5.0   # the fake clock passes them only when the test says
 
@@ -128,9 +130,46 @@ def test_every_handshake_figure_the_live_page_shows_moves_as_the_handshake_count
 
     keys = shown_keys()
     assert {"triggers", "results", "not_inspected", "ack_timeouts", "overruns", "io_errors"} <= set(keys), keys
-    assert set(keys) <= set(hs.stats()), set(keys) - set(hs.stats())   # a figure the station does not count
-    still = [key for key in [*keys, "connected"] if len(set(seen[key])) < 2]
+    one_camera = set(keys) - FANOUT_SHOWN                           # a cell's fanout counts: "–" here, moved below
+    assert FANOUT_SHOWN <= set(keys) and one_camera <= set(hs.stats()), one_camera - set(hs.stats())
+    still = [key for key in [*one_camera, "connected"] if len(set(seen[key])) < 2]
     assert not still, f"shown but never moved: {still}"
+
+
+def test_a_cells_fanout_figures_on_the_card_move_as_its_cameras_miss_triggers(tmp_path):
+    """The card left out a cell's fanout counts (``CellLine.handshake_stats``: fanout_expired / fanout_overflow, the
+    live table's "handshake: camera triggers expired / overflow"). Now the page shows them: camera b, not reading,
+    has part 1 pushed out of its queue of one (overflow), then part 3 past its deadline when it asks (expired)."""
+    from test_cameras_triggered import FakeHandshake
+
+    from fair_edge.cameras.triggered import TriggerFanout
+    from fair_edge.station.cell_line import CellLine
+
+    now = [0.0]
+    plc = FakeHandshake(max_parts=1)
+    fanout = TriggerFanout(plc, ["a", "b"], clock=lambda: now[0])
+    counts = {"triggers": 0, "connected": True}
+    cell = CellLine(SimpleNamespace(handshake=SimpleNamespace(stats=lambda: dict(counts))), triggers=fanout)
+    console, _ = one_camera_console(tmp_path, live_fps=1e9)
+    client = api(console)
+    console.feed.read_handshake_from(cell.handshake_stats)
+
+    def shown() -> tuple:
+        state = client.get("/api/state").json()["handshake"]
+        assert FANOUT_SHOWN <= set(shown_keys()) and state == cell.handshake_stats(), state
+        return tuple(state[key] for key in ("fanout_expired", "fanout_overflow"))
+
+    assert shown() == (0, 0)
+    for part in (1, 2):                                    # a takes both; b's queue of one holds 2, part 1 dropped
+        plc.trigger(part, t_trigger=0.0, deadline=10.0)
+        fanout.next_trigger("a", 0.0)
+    assert shown() == (0, 1)
+    assert fanout.next_trigger("b", 0.0).part_id == 2
+    plc.trigger(3, t_trigger=0.0, deadline=10.0)
+    fanout.next_trigger("a", 0.0)
+    now[0] = 11.0                                          # part 3 has left when b asks
+    fanout.next_trigger("b", 0.0)
+    assert shown() == (1, 1)
 
 
 def run_handshake_station(cfg, parts: int):
