@@ -15,6 +15,7 @@ import pytest
 
 from fair_edge.errors import ConfigError
 from fair_edge.line import plc_lock
+from fair_edge.line.handshake.settings import HandshakeSettings
 from fair_edge.line.plc_lock import hold_plc_outputs, sink_outputs
 from lock_children import holding_child
 
@@ -63,16 +64,49 @@ def test_localhost_and_its_address_are_one_lock_and_other_ports_are_not():
     assert keys("opcua://localhost/ua?node=ns=2;s=Reject") & keys("opcua://127.0.0.1:4840/ua?node=ns=2;s=Reject")
 
 
-def test_an_opc_ua_lock_keeps_the_urls_path_though_the_shared_address_warning_leaves_it_out():
-    """The warning compares OPC UA outputs without their URL's path (``PlcOutput.compared``); the lock keys and
-    their files stay as they were, so a station started after an upgrade still meets a running one's locks."""
+def test_an_opc_ua_output_is_locked_with_its_urls_path_and_without_it():
+    """The warning compares OPC UA outputs without their URL's path (``PlcOutput.compared``); the locks take both
+    keys: the one with the path, named as before (a station started after an upgrade still meets a running older
+    one, which took only that one), and the one without it, which every station on that node takes."""
     with_path, without = (sink_outputs("reject.sinks", [url])[0] for url in (
         "opcua://10.0.0.5:4840/fair/?node=ns=2;s=Ready", "opcua://10.0.0.5/?node=ns=2;s=Ready"))
     assert with_path.compared == without.compared
-    assert list(plc_lock.lock_keys([with_path])) == ["opcua://10.0.0.5:4840/fair#ns=2;s=Ready"]
+    assert list(plc_lock.lock_keys([with_path])) == ["opcua://10.0.0.5:4840/fair#ns=2;s=Ready",
+                                                     "opcua://10.0.0.5:4840#ns=2;s=Ready"]
     assert list(plc_lock.lock_keys([without])) == ["opcua://10.0.0.5:4840#ns=2;s=Ready"]
+    handshake = HandshakeSettings.from_dict({"url": "opcua://10.0.0.5:4840/fair/"})
+    assert "opcua://10.0.0.5:4840#ns=2;s=Trigger" in plc_lock.lock_keys(plc_lock.handshake_outputs(handshake))
     assert plc_lock.lock_name("opcua://10.0.0.5:4840/fair#ns=2;s=Ready") == \
         "plc-opcua_10.0.0.5_4840_fair_ns_2_s_Ready-86168ac45b.lock"
+
+
+def test_a_modbus_output_keeps_its_one_lock_file():
+    """Modbus URLs have no path: one key per address, its file named as before."""
+    assert list(lock_keys("modbus://10.0.0.5?unit=1&coil=0")) == ["modbus://10.0.0.5:502/1/coil/0"]
+    assert plc_lock.lock_name("modbus://10.0.0.5:502/1/coil/0") == \
+        "plc-modbus_10.0.0.5_502_1_coil_0-e3999e7797.lock"
+
+
+@pytest.mark.parametrize("first, second", [
+    ("opcua://127.0.0.1:4840/fair/?node=ns=2;s=Reject", "opcua://127.0.0.1:4840/?node=ns=2;s=Reject"),
+    ("opcua://127.0.0.1:4840/?node=ns=2;s=Reject", "opcua://127.0.0.1:4840/fair/?node=ns=2;s=Reject"),
+    ("opcua://127.0.0.1:4840/a?node=ns=2;s=Reject", "opcua://127.0.0.1:4840/b?node=ns=2;s=Reject"),
+])
+def test_a_second_station_on_the_same_node_under_another_url_path_is_refused(first, second):
+    with first_station(first) as pid:
+        with pytest.raises(ConfigError) as refused:
+            with second_station(second):
+                pass
+    assert f"pid {pid}" in str(refused.value)
+
+
+def test_a_station_takes_its_own_node_under_two_paths_and_again_inside():
+    """One station naming one node under two paths (a sink and the handshake) holds each key once, and taking its
+    locks again inside (as a reload does) is no deadlock and no refusal."""
+    outputs = sink_outputs("reject.sinks", ["opcua://127.0.0.1/fair?node=ns=2;s=X", "opcua://127.0.0.1/?node=ns=2;s=X"])
+    with hold_plc_outputs(outputs, "A", lambda output, holder: holder):
+        with hold_plc_outputs(outputs[::-1], "A", lambda output, holder: holder):
+            pass
 
 
 def test_a_second_station_on_the_same_coil_by_another_host_name_is_refused_naming_the_first(tmp_path):

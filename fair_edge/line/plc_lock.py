@@ -13,7 +13,11 @@ The locks are ``fair_edge.runlock``'s flocks (gone with the process however it e
 folder every station of the machine uses (``lock_dir``). An address is the station file's, normalised: the default
 port (502, 4840) and unit (1) filled in, and the host resolved (``host_addresses``: ``socket.getaddrinfo``) to its
 IP addresses, one lock per address, so the same server named two ways (``localhost`` in one file, ``127.0.0.1`` in
-another) is one lock; a host that does not resolve is taken as written, lower-case. Only the host is resolved: a
+another) is one lock; a host that does not resolve is taken as written, lower-case. An OPC UA node is locked twice,
+with its URL's path and without (``opcua://10.0.0.5:4840/fair#ns=2;s=Reject`` and ``opcua://10.0.0.5:4840#...``):
+the server answers on host:port whatever path a URL names, so two stations whose URLs differ only in the path meet
+on the lock without it, and one started after an upgrade still meets an older one holding the lock with it (older
+stations took only that one). Only the host is resolved: a
 node named ``ns=2;...`` in one file and ``nsu=URI;...`` in another is not recognised as one; a station on another
 machine is not seen. Sinks that drive no PLC address (``log://``; GPIO lines, which the kernel
 gives to one process at a time) take no lock. Reading is not writing: ``reject.encoder`` takes none.
@@ -59,7 +63,7 @@ class PlcOutput:
     the locks are taken on ``lock_keys``, its host resolved); shown: the address in words (``modbus 10.0.0.5:502
     unit 1 coil 0``); setting: the station file's setting that names it (``reject.fault_sinks[0]``); host: the host
     as written, lower-case (``key``'s, after ``scheme://``); path: an OPC UA URL's path as ``key`` holds it
-    (``/fair``; a Modbus output has none), kept in the lock keys and left out of ``compared``."""
+    (``/fair``; a Modbus output has none), left out of ``compared`` and kept in one of its two lock keys."""
 
     key: str
     shown: str
@@ -73,9 +77,22 @@ class PlcOutput:
         without ``path`` (``modbus://localhost:502/1/coil/0`` and ``modbus://127.0.0.1:502/1/coil/0`` compare equal,
         so do ``opcua://10.0.0.5:4840/fair#ns=2;s=Ready`` and ``opcua://10.0.0.5:4840#ns=2;s=Ready``: a server
         answers on its host:port whatever path a client's URL has; only a gateway routing by path would differ, and
-        a warning too many there is cheaper than one missed). The locks keep the path (``lock_keys``)."""
-        server, node_mark, node = self.with_host(offline_host(self.host)).partition("#")
+        a warning too many there is cheaper than one missed). The locks take it both ways (``locked_as``)."""
+        return self.without_path(self.with_host(offline_host(self.host)))
+
+    def without_path(self, key: str) -> str:
+        """``key`` (this output's, its host replaced or not) without ``path``: ``opcua://10.0.0.5:4840/fair#ns=2;s=X``
+        -> ``opcua://10.0.0.5:4840#ns=2;s=X``; a key with no path as it is."""
+        server, node_mark, node = key.partition("#")
         return f"{server.removesuffix(self.path)}{node_mark}{node}"
+
+    def locked_as(self, address: str) -> tuple[str, ...]:
+        """The lock keys of this output at ``address`` (an IP address ``host_addresses`` gave): ``with_host``'s key,
+        and for an OPC UA URL with a path the same without it (``opcua://10.0.0.5:4840/fair#ns=2;s=X``,
+        ``opcua://10.0.0.5:4840#ns=2;s=X``): the first meets stations that took only that one (older ones), the
+        second every station on this node whatever path its URL names."""
+        key = self.with_host(address)
+        return tuple(dict.fromkeys((key, self.without_path(key))))
 
     def with_host(self, address: str) -> str:
         """``key`` with its host replaced by ``address`` (IPv6 in brackets): with an IP address ``host_addresses``
@@ -218,7 +235,8 @@ def host_addresses(host: str) -> tuple[str, ...]:
 
 def lock_keys(outputs: Iterable[PlcOutput]) -> dict[str, PlcOutput]:
     """Lock key -> the output it locks: one key per IP address of each output's host (``host_addresses``, each host
-    resolved once), so two spellings of one server share a lock. The first output naming a key names it; its
+    resolved once), so two spellings of one server share a lock, and for an OPC UA node with a path in its URL a
+    second one without the path (``PlcOutput.locked_as``). The first output naming a key names it; its
     ``shown`` adds the address when the host is written otherwise (``modbus localhost:502 ... (localhost is
     127.0.0.1)``)."""
     resolved: dict[str, tuple[str, ...]] = {}
@@ -228,7 +246,8 @@ def lock_keys(outputs: Iterable[PlcOutput]) -> dict[str, PlcOutput]:
             resolved[output.host] = host_addresses(output.host)
         for address in resolved[output.host]:
             shown = output.shown if address == output.host else f"{output.shown} ({output.host} is {address})"
-            keys.setdefault(output.with_host(address), replace(output, shown=shown))
+            for key in output.locked_as(address):
+                keys.setdefault(key, replace(output, shown=shown))
     return keys
 
 
@@ -242,8 +261,9 @@ def lock_name(key: str) -> str:
 @contextlib.contextmanager
 def hold_plc_outputs(outputs: Iterable[PlcOutput], what: str,
                      busy: Callable[[PlcOutput, str], str]) -> Iterator[None]:
-    """Hold the lock of every address of ``outputs`` (``lock_keys``: one per IP address of its host; an address two
-    settings name, however spelled, is locked once) while the block runs. what: written beside the pid (the station
+    """Hold the lock of every address of ``outputs`` (``lock_keys``: one per IP address of its host, an OPC UA node
+    with and without its URL's path; an address two settings name, however spelled, is locked once) while the block
+    runs. what: written beside the pid (the station
     file). busy(output, holder): the refusal's text, raised as ConfigError when another station (``holder``: its
     pid and station file) holds one; the locks taken before it are let go. The same thread may take them again
     inside (a no-op, as ``hold_lock``)."""
