@@ -109,6 +109,19 @@ def test_a_station_takes_its_own_node_under_two_paths_and_again_inside():
             pass
 
 
+@pytest.mark.parametrize("url", ["modbus://127.1?coil=0", "modbus://0x7f.1?coil=0",
+                                 "modbus://[::ffff:127.0.0.1]?coil=0"])
+def test_the_warning_compares_an_address_as_its_lock_takes_it(url):
+    """IPv4 shorthand (``127.1``, which the resolver reads as 127.0.0.1) and an IPv4-mapped IPv6 address are
+    127.0.0.1 for the warning (``compared``) and the locks alike; ``::1`` is another address for both."""
+    plain, written = (sink_outputs("reject.sinks", [u])[0] for u in ("modbus://127.0.0.1?coil=0", url))
+    assert written.compared == plain.compared
+    assert set(plc_lock.lock_keys([written])) == {"modbus://127.0.0.1:502/1/coil/0"}
+    ipv6 = sink_outputs("reject.sinks", ["modbus://[::1]?coil=0"])[0]
+    assert ipv6.compared != plain.compared
+    assert set(plc_lock.lock_keys([ipv6])) == {"modbus://[::1]:502/1/coil/0"}
+
+
 def test_a_second_station_on_the_same_coil_by_another_host_name_is_refused_naming_the_first(tmp_path):
     with first_station("modbus://localhost?coil=0") as pid:
         with pytest.raises(ConfigError) as refused:

@@ -3,7 +3,7 @@ node): nothing was said when the station file was read, and each output then wro
 load logs a warning naming both settings and the address (``line.shared_outputs.warn_shared_outputs``); a warning,
 not a refusal, since two lanes sharing one ejector may be wired so on purpose. An output on a register or node of
 the PLC handshake is warned about too. Addresses are compared as written, the default port and unit filled in,
-localhost / 127.0.0.1 / ::1 one host (``plc_lock.shared_addresses``, no DNS asked). Each pair is warned about once
+localhost / 127.0.0.1 / 127.1 one host (``plc_lock.shared_addresses``, no DNS asked). Each pair is warned about once
 per process (``shared_outputs.WARNED``): the file's re-reads (SIGHUP, console threshold writes) do not repeat it;
 each test here starts with a process that has warned about nothing (``fresh_process``)."""
 
@@ -74,16 +74,18 @@ def test_outputs_on_different_addresses_are_not_warned_about(caplog, fault):
 
 @pytest.mark.parametrize("sink, fault", [
     ("modbus://localhost?coil=3", "modbus://127.0.0.1:502?coil=3"),
-    ("modbus://[::1]?coil=3", "modbus://127.0.0.1?unit=1&coil=3"),
-    ("modbus://[0:0::1]?coil=3", "modbus://[::FFFF:7f00:1]?coil=3"),
+    ("modbus://127.1?coil=3", "modbus://127.0.0.1?unit=1&coil=3"),
+    ("modbus://localhost?coil=3", "modbus://0x7f.1?coil=3"),
+    ("modbus://[0:0::1]?coil=3", "modbus://[::1]?coil=3"),
+    ("modbus://127.0.0.1?coil=3", "modbus://[::FFFF:7f00:1]?coil=3"),
     ("opcua://LOCALHOST/?node=ns=2;s=Eject", "opcua://[::ffff:127.0.0.1]:4840?node=ns=2;s=Eject"),
     ("modbus://PLC.line3.local.?coil=3", "modbus://plc.line3.local:502?coil=3"),
     ("modbus://[fd00:0:0::5]?coil=3", "modbus://[FD00::5]?coil=3"),
 ])
 def test_one_address_spelled_two_ways_is_warned_about_naming_both_spellings(caplog, monkeypatch, sink, fault):
-    """localhost, 127.0.0.1 and ::1 (any spelling) are this machine, a host name is compared case-insensitively
-    without its trailing dot, an IP address in its one canonical form; all without asking DNS (the start-time locks
-    do that)."""
+    """localhost is 127.0.0.1, a host name is compared case-insensitively without its trailing dot, an IP address
+    in its one canonical form (IPv4 shorthand as inet_aton reads it: 127.1 is 127.0.0.1, as the locks resolve it;
+    IPv4-mapped IPv6 as its IPv4 address); all without asking DNS (the start-time locks do that)."""
     def no_dns(*args, **kwargs):
         raise AssertionError(f"DNS asked at load: {args}")
 
@@ -100,10 +102,14 @@ def test_one_address_spelled_two_ways_is_warned_about_naming_both_spellings(capl
     ("modbus://127.0.0.2?coil=3", "modbus://127.0.0.3?coil=3"),
     ("modbus://localhost?coil=3", "modbus://127.0.0.2?coil=3"),
     ("opcua://[::1]/?node=ns=2;s=Eject", "opcua://[::ffff:127.0.0.2]/?node=ns=2;s=Eject"),
+    ("modbus://[::1]?coil=3", "modbus://127.0.0.1?coil=3"),
+    ("modbus://[::1]?coil=3", "modbus://[::ffff:127.0.0.1]?coil=3"),
 ])
 def test_other_loopback_addresses_are_other_servers_and_not_warned_about(caplog, sink, fault):
     """Two test PLCs listening on 127.0.0.2:P and 127.0.0.3:P are two servers, as the start-time locks take them:
-    every 127.x.x.x was read as this one machine, and the two warned about as one address."""
+    every 127.x.x.x was read as this one machine, and the two warned about as one address. So are ::1 and
+    127.0.0.1 (an IPv4 socket on 127.0.0.1 does not answer on ::1): they were warned about as one address while
+    the locks took them as two."""
     with caplog.at_level(logging.WARNING, logger=WARNS):
         load({"sinks": [sink], "fault_sinks": [fault]})
     assert warnings(caplog) == []

@@ -52,8 +52,8 @@ SYSTEM_LOCK_DIR = Path("/run/lock")        # FHS: lock files, emptied at boot; i
 FALLBACK_LOCK_DIR = "fair-edge-locks"      # under the temp folder where /run/lock is missing or not writable
 MODBUS_PORT, OPCUA_PORT, MODBUS_UNIT = 502, 4840, 1
 COIL, HOLDING_REGISTER = "coil", "holding register"   # Modbus address spaces: coil 0 and register 0 differ
-LOOPBACK = "127.0.0.1"   # the shared-address warning's one name for this machine (offline_host)
-THIS_MACHINE = (ipaddress.ip_address(LOOPBACK), ipaddress.ip_address("::1"))   # what localhost names, each family
+LOOPBACK = "127.0.0.1"   # what the shared-address warning takes localhost for (offline_host)
+IPV4_FORMS = re.compile(r"[0-9a-fx.]+")   # text inet_aton may read as IPv4 (127.1, 0x7f.1), never a space or ':'
 HANDSHAKE_WRITES = (TRIGGER, ACK, *STATION_SIGNALS)   # its own signals, and the PLC's trigger and ack it sets back to 0
 
 
@@ -105,22 +105,36 @@ class PlcOutput:
 
 def offline_host(host: str) -> str:
     """``host`` (a sink URL's host, lower-case; IPv6 without brackets) as the shared-address warning compares it
-    when the station file is read, without asking DNS (that is the start-time locks' ``host_addresses``): this
-    machine's usual names (``localhost``, ``127.0.0.1``, ``::1``, ``::ffff:127.0.0.1``, ``THIS_MACHINE``) are
-    ``LOOPBACK``; another IP address, another loopback address included (a server listening on ``127.0.0.2`` is not
-    one on ``127.0.0.3``), is written the one way ``ipaddress`` writes it (``0:0::a`` -> ``::a``,
-    ``::ffff:127.0.0.2`` -> ``127.0.0.2``); a name is as written without a trailing dot (``plc.local.`` ->
-    ``plc.local``)."""
+    when the station file is read, without asking DNS (that is the start-time locks' ``host_addresses``): an IP
+    address as ``ip_text`` writes it (``127.1`` -> ``127.0.0.1``, ``0:0::a`` -> ``::a``, ``::ffff:127.0.0.2`` ->
+    ``127.0.0.2``); ``localhost`` as ``LOOPBACK`` (127.0.0.1: the locks also meet ``::1`` where ``/etc/hosts`` names
+    it localhost too, the warning does not); a name as written without a trailing dot (``plc.local.`` ->
+    ``plc.local``). ``::1`` and ``127.0.0.1`` are two sockets, as ``127.0.0.2`` and ``127.0.0.3`` are: a server
+    listening on one (an IPv4 socket bound to ``127.0.0.1``) does not answer on the other, so they are two
+    addresses here as in the locks."""
     name = host.lower().rstrip(".")
     if name == "localhost":
         return LOOPBACK
+    return ip_text(name) or name
+
+
+def ip_text(text: str) -> str | None:
+    """``text`` as the one IP address it names, read as the resolver reads a numeric host (no DNS): IPv6 in
+    ``ipaddress``'s form, IPv4-mapped IPv6 as its IPv4 address (``::ffff:10.0.0.5`` connects to ``10.0.0.5``), IPv4
+    in any form ``socket.inet_aton`` takes (``127.1``, ``10.1.2``, ``0x7f.1``: getaddrinfo reads them so) dotted;
+    None for a name."""
     try:
-        address = ipaddress.ip_address(name)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return name
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:   # ::ffff:a.b.c.d is a.b.c.d
+        if not IPV4_FORMS.fullmatch(text):
+            return None
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
-    return LOOPBACK if address in THIS_MACHINE else str(address)
+    return str(address)
 
 
 def hostport(host: str, port: int) -> str:
@@ -160,9 +174,9 @@ def sink_outputs(setting: str, urls: Sequence[str]) -> list[PlcOutput]:
 def shared_addresses(outputs: Iterable[PlcOutput]) -> list[tuple[PlcOutput, PlcOutput]]:
     """(first, later) for each of ``outputs`` whose address an earlier one names too, in order: addresses compared by
     ``compared``, as the station file writes them with the default port and unit filled in, an OPC UA URL's path left
-    out, the host lower-case and this machine's usual names one (``offline_host``: ``localhost``, ``127.0.0.1`` and
-    ``::1`` match, ``127.0.0.2`` is another; a name and its IP address do not, nor ``ns=`` and ``nsu=`` node ids: that
-    needs DNS or the OPC UA server)."""
+    out, the host lower-case and an IP address in one form (``offline_host``: ``localhost``, ``127.0.0.1`` and
+    ``127.1`` match, ``::1`` and ``127.0.0.2`` are others; a name and its IP address do not, nor ``ns=`` and
+    ``nsu=`` node ids: that needs DNS or the OPC UA server)."""
     first: dict[str, PlcOutput] = {}
     pairs = []
     for output in outputs:
@@ -222,15 +236,17 @@ def shared_folder(folder: Path) -> bool:
 
 
 def host_addresses(host: str) -> tuple[str, ...]:
-    """The IP addresses ``host`` (a name or an address, as a sink URL writes it) resolves to, sorted, each once
-    (``socket.getaddrinfo``: ``/etc/hosts``, then DNS); ``(host lower-case,)`` when it resolves to none (logged at
-    debug: the lock is then taken on the name as written)."""
+    """The IP addresses ``host`` (a name or an address, as a sink URL writes it) resolves to, sorted, each once, as
+    ``ip_text`` writes them (``::ffff:127.0.0.1`` is ``127.0.0.1``, as the warning takes it) (``socket.getaddrinfo``:
+    ``/etc/hosts``, then DNS); ``(host lower-case,)`` when it resolves to none (logged at debug: the lock is then
+    taken on the name as written)."""
     try:
         found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         log.debug("PLC output lock: host %r not resolved (%s); locked by its name as written", host, exc)
         return (host.lower(),)
-    return tuple(sorted({str(sockaddr[0]) for *_, sockaddr in found})) or (host.lower(),)
+    addresses = {ip_text(str(sockaddr[0])) or str(sockaddr[0]) for *_, sockaddr in found}
+    return tuple(sorted(addresses)) or (host.lower(),)
 
 
 def lock_keys(outputs: Iterable[PlcOutput]) -> dict[str, PlcOutput]:
