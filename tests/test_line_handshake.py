@@ -121,6 +121,20 @@ def test_opc_ua_signals_on_their_own_nodes_load():
                                                                                     None, None)
 
 
+@pytest.mark.parametrize("handshake", [
+    {"url": "modbus://10.0.0.5:502?unit=1", "opcua": {"ready": "ns=2;s=Ack"}},
+    {"url": "opcua://10.0.0.5:4840/", "modbus": {"ack": 2}},
+])
+def test_the_block_the_url_does_not_use_is_not_checked_for_shared_places(handshake):
+    """A Modbus station file keeping an ``opcua:`` template block (or the other way round) loaded before two OPC UA
+    signals on one node were refused; that block is written nowhere, so only the block the URL's scheme uses is
+    checked for two signals on one place."""
+    settings = HandshakeSettings.from_dict(handshake)
+    used = "opcua" if handshake["url"].startswith("opcua://") else "modbus"
+    with pytest.raises(ConfigError, match=rf"reject\.handshake\.{used}\..*no other signal uses"):
+        HandshakeSettings.from_dict({**handshake, used: {"ready": settings.signals.ack}})
+
+
 def test_modbus_encoding_scales_and_saturates_the_score_and_splits_part_ids():
     assert encode("score", 0.4567, 1000.0) == [457]
     assert encode("score", 123.0, 1000.0) == [65535] and encode("score", math.nan, 1000.0) == [65535]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from ...errors import ConfigError, SinkError
 from ... import fields as f
@@ -76,16 +76,19 @@ class ModbusSignals:
     region_count: int | None = None
     largest_area: int | None = None
     zone_id: int | None = None
+    BLOCK: ClassVar[str] = "modbus"   # its key in reject.handshake
 
     @classmethod
     def from_dict(cls, data: Any) -> ModbusSignals:
-        s = "reject.handshake.modbus"
+        s = f"reject.handshake.{cls.BLOCK}"
         d = f.with_defaults(s, data, cls)
-        out = cls(**{k: None if v is None and k in REGION_SIGNALS else f.integer(s, k, v, minimum=0, maximum=65534)
-                     for k, v in d.items()})
-        refuse_shared(s, "register", [(name, register) for name in signal_names(out)
-                                      for register in out.registers(name)], given=data or {})
-        return out
+        return cls(**{k: None if v is None and k in REGION_SIGNALS else f.integer(s, k, v, minimum=0, maximum=65534)
+                      for k, v in d.items()})
+
+    def refuse_shared(self, given: Collection[str]) -> None:
+        """Refuse two signals on one register (``refuse_shared``); given: the signals the file sets."""
+        refuse_shared(f"reject.handshake.{self.BLOCK}", "register",
+                      [(name, register) for name in signal_names(self) for register in self.registers(name)], given)
 
     def registers(self, name: str) -> tuple[int, ...]:
         address = getattr(self, name)
@@ -111,15 +114,18 @@ class OpcUaSignals:
     region_count: str | None = None
     largest_area: str | None = None
     zone_id: str | None = None
+    BLOCK: ClassVar[str] = "opcua"   # its key in reject.handshake
 
     @classmethod
     def from_dict(cls, data: Any) -> OpcUaSignals:
-        s = "reject.handshake.opcua"
+        s = f"reject.handshake.{cls.BLOCK}"
         d = f.with_defaults(s, data, cls)
-        out = cls(**{k: None if v is None and k in REGION_SIGNALS else f.text(s, k, v) for k, v in d.items()})
-        refuse_shared(s, "node", [(name, getattr(out, name)) for name in signal_names(out)],
-                      given=data or {})
-        return out
+        return cls(**{k: None if v is None and k in REGION_SIGNALS else f.text(s, k, v) for k, v in d.items()})
+
+    def refuse_shared(self, given: Collection[str]) -> None:
+        """Refuse two signals on one node (``refuse_shared``); given: the signals the file sets."""
+        refuse_shared(f"reject.handshake.{self.BLOCK}", "node",
+                      [(name, getattr(self, name)) for name in signal_names(self)], given)
 
 
 def signal_names(signals: ModbusSignals | OpcUaSignals) -> list[str]:
@@ -160,7 +166,8 @@ class HandshakeSettings:
         (``fused_score_warning``); 10 reads scores -10 .. 55.5 with score_scale 1000.
     max_parts: most triggered parts waiting to be captured; more = ``error`` 12, answered NG
         not inspected.
-    modbus / opcua: where each signal lives (the one the URL's scheme names is used).
+    modbus / opcua: where each signal lives (the one the URL's scheme names is used, ``signals``; only its places
+        are checked for two signals on one, so a Modbus station file's unused ``opcua:`` template loads as it is).
     """
 
     url: str | None = None
@@ -200,6 +207,7 @@ class HandshakeSettings:
         )
         if url is not None:
             out.check_url()
+        out.signals.refuse_shared(d.get(out.signals.BLOCK) or {})
         return out
 
     def check_url(self) -> None:
@@ -214,10 +222,14 @@ class HandshakeSettings:
         return self.url is not None
 
     @property
+    def signals(self) -> ModbusSignals | OpcUaSignals:
+        """The places this url's protocol uses: ``opcua`` for an ``opcua://`` url, else ``modbus`` (none set too)."""
+        return self.opcua if (self.url or "").startswith("opcua://") else self.modbus
+
+    @property
     def region_signals(self) -> tuple[str, ...]:
         """The optional region signals (``REGION_SIGNALS``) given an address / node for this url's protocol."""
-        signals = self.opcua if (self.url or "").startswith("opcua://") else self.modbus
-        return tuple(n for n in REGION_SIGNALS if getattr(signals, n) is not None)
+        return tuple(n for n in REGION_SIGNALS if getattr(self.signals, n) is not None)
 
 
 def fused_score_warning(settings: HandshakeSettings, fused: bool) -> str:
