@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -105,8 +106,22 @@ def frame_step(last_id: int, frame_id: int) -> int:
 
 def trigger_mode_on(camera) -> bool:
     """True when ``camera`` (an ``Aravis.Camera``) takes a frame only when triggered: ``trigger_mode_reads_on``, the
-    rule ``genicam:`` reads by too (an Aravis without ``is_feature_available``: a failing read is no TriggerMode)."""
-    return trigger_mode_reads_on(getattr(camera, "is_feature_available", None), camera.get_string)
+    rule ``genicam:`` reads by too, with ``feature_present`` (an Aravis without it: a failing read is no
+    TriggerMode)."""
+    return trigger_mode_reads_on(feature_present(camera), camera.get_string)
+
+
+def feature_present(camera) -> Callable[[str], bool] | None:
+    """``camera``'s "is this feature there to read" (feature name -> bool): implemented and available, each as far as
+    its Aravis can tell. Aravis 0.8's ``is_feature_available`` reads only the node's pIsAvailable, so a node whose
+    pIsImplemented is 0 counted as there (read as whatever its register holds); ``is_feature_implemented``
+    (Aravis 0.8.23+) reads pIsImplemented, and both must be true. An older Aravis has only
+    ``is_feature_available``; None where it has neither."""
+    checks = [check for check in (getattr(camera, "is_feature_implemented", None),
+                                  getattr(camera, "is_feature_available", None)) if check is not None]
+    if not checks:
+        return None
+    return lambda name: all(check(name) for check in checks)
 
 
 def monotonic_from_system_ns(system_ns: int) -> float:

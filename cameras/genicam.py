@@ -62,9 +62,10 @@ READABLE_ACCESS_MODES = (3, 4)
 def trigger_mode_reads_on(has_feature: Callable[[str], bool] | None, read_string: Callable[[str], str]) -> bool:
     """True when a GenICam camera takes a frame only when triggered: its ``TriggerMode`` reads ``On`` (for the
     ``TriggerSelector`` selected, FrameStart on most cameras). False when it runs free or has no ``TriggerMode``
-    feature it can read. has_feature: the API's "is this feature there to read" (Aravis ``is_feature_available``:
-    implemented and available; ``genicam:``'s ``GenICamSource._feature_readable``: a node whose access mode is
-    readable); None where the API has none: then a failing read of ``TriggerMode`` is no such feature. read_string:
+    feature it can read. has_feature: the API's "is this feature there to read" (Aravis: ``aravis.feature_present``,
+    ``is_feature_implemented`` and ``is_feature_available``, the first where the Aravis has it (0.8.23+);
+    ``genicam:``'s ``GenICamSource._feature_readable``: a node whose access mode is readable); None where the API
+    has none: then a failing read of ``TriggerMode`` is no such feature. read_string:
     the feature's current value as text."""
     if has_feature is not None:
         return bool(has_feature(TRIGGER_MODE)) and read_string(TRIGGER_MODE) == "On"

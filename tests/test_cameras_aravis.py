@@ -7,6 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -94,6 +95,46 @@ def camera():
     cam = FakeCamera().start()
     yield cam
     cam.kill()
+
+
+NOT_IMPLEMENTED_TRIGGER_MODE = r"""
+import re, sys
+import gi
+gi.require_version("Aravis", "0.8")
+from gi.repository import Aravis
+from fair_edge.cameras.aravis import trigger_mode_on
+
+def trigger_mode_read_on(xml_file=None):
+    # Aravis's in-process Fake camera (with xml_file's GenICam XML), its TriggerMode register set to 1 (On)
+    if xml_file:
+        Aravis.set_fake_camera_genicam_filename(xml_file)
+    Aravis.update_device_list()
+    camera = Aravis.Camera.new("Fake_1")
+    xml = camera.get_device().get_genicam_xml()
+    xml = xml if isinstance(xml, str) else xml[0]
+    register = re.search(r'Name="TriggerModeRegister".*?<Address>(0x[0-9a-fA-F]+)</Address>', xml, re.S)
+    camera.get_device().write_register(int(register.group(1), 16), 1)
+    return camera.get_string("TriggerMode"), trigger_mode_on(camera), xml
+
+Aravis.enable_interface("Fake")
+read, on, xml = trigger_mode_read_on()
+element = re.search(r'<Enumeration Name="TriggerMode"[^>]*>', xml).group(0)
+xml = xml.replace(element, element + "<pIsImplemented>TriggerModeImplemented</pIsImplemented>", 1).replace(
+    "</RegisterDescription>", '<Integer Name="TriggerModeImplemented"><Value>0</Value></Integer></RegisterDescription>')
+open(sys.argv[1], "w").write(xml)
+print(read, on, *trigger_mode_read_on(sys.argv[1])[:2])
+"""
+
+
+@pytest.mark.skipif(not _aravis_importable(), reason="needs gir1.2-aravis-0.8 and PyGObject")
+def test_a_trigger_mode_the_camera_does_not_implement_is_free_running(tmp_path):
+    """Aravis's Fake camera whose TriggerMode has pIsImplemented 0 (its register still reads On): Aravis 0.8's
+    is_feature_available said yes, so the camera was taken as triggered. Run in a child process: the Fake
+    camera's XML file is process-wide."""
+    done = subprocess.run([sys.executable, "-c", NOT_IMPLEMENTED_TRIGGER_MODE, str(tmp_path / "fake.xml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["On", "True", "On", "False"], done.stdout
 
 
 def test_frame_ids_wrap_like_gvsp():

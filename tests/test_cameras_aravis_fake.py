@@ -392,6 +392,24 @@ def test_trigger_mode_without_is_feature_available_reads_the_feature_or_runs_fre
     assert not aravis_module.trigger_mode_on(types.SimpleNamespace(get_string=no_such_feature))
 
 
+@pytest.mark.parametrize("implemented, available, triggered", [
+    (False, True, False), (True, False, False), (True, True, True)])
+def test_trigger_mode_counts_only_where_the_feature_is_implemented_and_available(implemented, available, triggered):
+    """Aravis 0.8's is_feature_available reads only pIsAvailable: a TriggerMode whose pIsImplemented is 0 counted as
+    there and read whatever its register held ("On": a free-running camera waited for triggers). Where the Aravis
+    has is_feature_implemented (0.8.23+), both must say yes."""
+    camera = types.SimpleNamespace(is_feature_implemented=lambda name: implemented,
+                                   is_feature_available=lambda name: available, get_string=lambda name: "On")
+    assert aravis_module.trigger_mode_on(camera) is triggered
+
+
+def test_trigger_mode_on_an_aravis_without_is_feature_implemented_asks_is_feature_available():
+    camera = types.SimpleNamespace(is_feature_available=lambda name: False, get_string=lambda name: "On")
+    assert not aravis_module.trigger_mode_on(camera)
+    camera.is_feature_available = lambda name: True
+    assert aravis_module.trigger_mode_on(camera)
+
+
 # ----------------------------------------------------------------------------- 4. a camera another program controls
 def no_controller_check(camera: FakeCamera) -> None:
     """An Aravis (or device) without ``is_controller``: the refusal comes from the camera's own error."""
