@@ -164,3 +164,26 @@ def test_a_host_that_does_not_resolve_is_locked_by_its_name_lower_case(monkeypat
     assert keys("modbus://PLC-B.Line:502?coil=0") == keys("modbus://plc-b.line?coil=0") == \
         {"modbus://plc-b.line:502/1/coil/0"}
     assert any("'plc-b.line' not resolved" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_two_stations_take_their_shared_locks_in_one_order_so_one_of_two_started_at_once_runs(monkeypatch):
+    """Locks are tried without waiting, so two stations naming one OPC UA node under two URL paths in opposite
+    orders, started at the same moment, could each take its first key and both be refused on the other's: neither
+    ran. Every station takes its keys sorted, so both start with the same key and the first to take it runs.
+    Before, each took them in its outputs' order (A: with the path first; B: without it first)."""
+    taken: dict[str, list[str]] = {}
+    real_hold = plc_lock.hold_lock
+
+    def recording(folder, name, what, busy, **kwargs):
+        taken.setdefault(what, []).append(name)
+        return real_hold(folder, name, what, busy, **kwargs)
+
+    monkeypatch.setattr(plc_lock, "hold_lock", recording)
+    a = sink_outputs("reject.sinks", ["opcua://10.0.0.5:4840/fair?node=ns=2;s=R"])
+    b = sink_outputs("reject.sinks", ["opcua://10.0.0.5:4840/?node=ns=2;s=R",
+                                      "opcua://10.0.0.5:4840/fair?node=ns=2;s=R"])
+    for what, outputs in (("A", a), ("B", b)):
+        with hold_plc_outputs(outputs, what, lambda output, holder: holder):
+            pass
+    assert len(taken["A"]) == len(taken["B"]) == 2
+    assert taken["A"] == taken["B"]

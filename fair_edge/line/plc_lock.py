@@ -282,11 +282,13 @@ def hold_plc_outputs(outputs: Iterable[PlcOutput], what: str,
     runs. what: written beside the pid (the station
     file). busy(output, holder): the refusal's text, raised as ConfigError when another station (``holder``: its
     pid and station file) holds one; the locks taken before it are let go. The same thread may take them again
-    inside (a no-op, as ``hold_lock``)."""
+    inside (a no-op, as ``hold_lock``). The keys are taken in one order (sorted) in every station: locks are tried
+    without waiting, so two stations that started at once and took them in different orders could each hold one
+    and both be refused; in one order the first to take the first shared key runs."""
     keys = lock_keys(outputs)
     folder = lock_dir()
     with contextlib.ExitStack() as stack:
-        for key, output in keys.items():
+        for key, output in sorted(keys.items(), key=lambda item: item[0]):
             stack.enter_context(hold_lock(folder, lock_name(key), what, functools.partial(busy, output),
                                           shared=True))
         yield
