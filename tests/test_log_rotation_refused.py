@@ -197,6 +197,35 @@ def test_a_refused_rotation_grows_the_log_only_into_its_rotated_files_room_then_
     assert log.rotations == 1 and _rows(tmp_path / "verdicts.jsonl") == [{"seq": 100}]
 
 
+def test_a_row_a_working_rotation_would_write_is_never_refused(tmp_path, monkeypatch):
+    """Rotated files holding more than keep x max_bytes (a previous spell's grown log) took the grow limit below
+    max_bytes (here -200): after one long row's refusal every short row failed EFBIG with the log under max_bytes,
+    and kept failing after the refusal was fixed (short rows never retried the rotation). Now the limit is never
+    below max_bytes: short rows are written, and once the refusal is gone the log rotates and takes every row."""
+    (tmp_path / "verdicts.jsonl.1").write_text("x" * 599 + "\n")     # 3 x max_bytes: a spell's grown log
+    (tmp_path / "verdicts.jsonl.2").write_text("y" * 199 + "\n")
+    refused = {"verdicts.jsonl.2"}
+    refuse_moving(monkeypatch, refused)
+    clock = FakeClock()
+    log = RotatingJsonl(tmp_path / "verdicts.jsonl", max_bytes=200, keep=2, clock=clock)
+    log.write({"p": "a" * 100})                                             # 111 bytes
+    with pytest.raises(OSError) as long_row:
+        log.write({"p": "b" * 100})                                         # would pass max_bytes: refused rotation
+    assert long_row.value.errno == errno.EFBIG and log.rotations_put_off == 1
+    assert f"past {200 / 2**20:.3g} MB" in str(long_row.value) and "sudo chown" in str(long_row.value)
+    for seq in range(8):                                                    # 10 bytes a row: under max_bytes
+        log.write({"seq": seq})
+        clock.t += jsonl.ROTATE_RETRY_S / 4
+    assert len(_rows(tmp_path / "verdicts.jsonl")) == 9 and log.rotations == 0
+    refused.clear()
+    for seq in range(8, 20):                                                # the log passes max_bytes: it rotates
+        log.write({"seq": seq})
+        clock.t += jsonl.ROTATE_RETRY_S / 4
+    log.close()
+    rows = _rows(tmp_path / "verdicts.jsonl.1") + _rows(tmp_path / "verdicts.jsonl")
+    assert log.rotations == 1 and rows == [{"p": "a" * 100}] + [{"seq": s} for s in range(20)]
+
+
 def test_refused_rotations_are_shown_where_rows_failed_is(tmp_path, monkeypatch):
     """rotations_put_off was read nowhere outside jsonl.py. The recorder's counters (summary.json, /metrics) now
     carry log_rotations_put_off, and the run summary, the console's counters and the STATUS line show it."""

@@ -65,7 +65,8 @@ class RotatingJsonl:
     another account's ``.N`` in a sticky (1777) folder, which this one may not move or delete (the warning names
     the files, their owner and the ``chown``). A log whose rotation is put off grows at most to what its rotated
     files would hold: with them it stays within ``(keep + 1) x max_bytes`` (``room_to_grow``, which the disk guard
-    keeps free); a row past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through.
+    keeps free), and never less than ``max_bytes`` (a row a working rotation would write is always written); a row
+    past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through.
     clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
     """
 
@@ -275,15 +276,17 @@ class RotatingJsonl:
 
     def _put_off(self, exc: OSError) -> None:
         """A rotation failed (``exc``): the log goes on past ``max_bytes`` up to ``_grow_limit`` (bytes: the room
-        ``(keep + 1) x max_bytes`` less what its rotated files hold now, re-read at each retry); one warning per
+        ``(keep + 1) x max_bytes`` less what its rotated files hold now, never less than ``max_bytes``, so a row that
+        a working rotation would write is never refused; re-read at each retry, as its cause); one warning per
         spell, naming its cause (``_rotation_blocked``)."""
         first = self._put_off_at is None
         self._put_off_at = self._clock()
         self.rotations_put_off += 1
-        self._grow_limit = (self.keep + 1) * self.max_bytes - sum(st.st_size for _, st in _stats(self._numbered()))
+        rotated_held = sum(st.st_size for _, st in _stats(self._numbered()))
+        self._grow_limit = max(self.max_bytes, (self.keep + 1) * self.max_bytes - rotated_held)
+        self._blocked_by = cause, fix = self._rotation_blocked(exc)
         if not first:
             return
-        self._blocked_by = cause, fix = self._rotation_blocked(exc)
         log.warning("%s: %s, so it is not rotated: it grows past its %.3g MB (record.max_log_mb), at most to what its "
                     "rotated files would hold ((record.keep_files + 1) x max_log_mb), rotating again once it can "
                     "(tried every %g s); rows past that are not written (counted rows_failed); %s", self.path, cause,
@@ -291,11 +294,12 @@ class RotatingJsonl:
 
     def _refuse_past_limit(self) -> None:
         """Raise ``EFBIG`` for a row that would take a log whose rotation is put off past ``_grow_limit``, in words:
-        what stops the rotation and the fix."""
+        what stopped the rotation at its last try and the fix."""
         cause, fix = self._blocked_by
-        raise OSError(errno.EFBIG, f"not rotated ({cause}) and grown to {self._grow_limit / 2**20:.3g} MB, what it "
-                      "and its rotated files may hold ((record.keep_files + 1) x record.max_log_mb): rows are not "
-                      f"written until it rotates; {fix}", str(self.path))
+        raise OSError(errno.EFBIG, f"not rotated ({cause}): the row would take it past {self._grow_limit / 2**20:.3g} "
+                      "MB (record.max_log_mb, or what its rotated files leave of (record.keep_files + 1) x "
+                      "record.max_log_mb): rows are not written until it rotates (tried again every "
+                      f"{ROTATE_RETRY_S:g} s); {fix}", str(self.path))
 
     def _rotation_blocked(self, exc: OSError) -> tuple[str, str]:
         """(what stopped the rotation, the fix) for the ``OSError`` ``exc`` it raised: no room for the log's next file
