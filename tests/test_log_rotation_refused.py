@@ -186,7 +186,8 @@ def test_a_refused_rotation_grows_the_log_only_into_its_rotated_files_room_then_
             failed.append(exc)
         clock.t += jsonl.ROTATE_RETRY_S / 4
     size = (tmp_path / "verdicts.jsonl").stat().st_size
-    assert 3 * 200 - 10 - 12 < size <= 3 * 200 - 10 and log.room_to_grow() < 12, size
+    assert 3 * 200 - 10 - 12 < size <= 3 * 200 - 10, size
+    assert log.room_to_grow() == (3 * 200 - 10 - size) + (200 - 10) + 200   # its own last bytes; .1, .2 refill
     assert failed and all(exc.errno == errno.EFBIG for exc in failed)
     assert "rows are not written until it rotates" in str(failed[0]) and "sudo chown" in str(failed[0])
     assert len(_rows(tmp_path / "verdicts.jsonl")) + len(failed) == 100 and log.rotations_put_off >= 20
@@ -224,6 +225,35 @@ def test_a_row_a_working_rotation_would_write_is_never_refused(tmp_path, monkeyp
     log.close()
     rows = _rows(tmp_path / "verdicts.jsonl.1") + _rows(tmp_path / "verdicts.jsonl")
     assert log.rotations == 1 and rows == [{"p": "a" * 100}] + [{"seq": s} for s in range(20)]
+
+
+def test_the_room_to_grow_covers_what_a_spell_s_grown_log_holds_until_it_ages_out(tmp_path, monkeypatch):
+    """After a spell of refused rotations the grown log became .1 and the log with its rotated files took up to
+    ~50 % more than (keep + 1) x max_bytes until it aged out, while room_to_grow (what the disk guard keeps free)
+    said 0. Now from the refusal on, at every row what the files hold plus room_to_grow covers the most they hold at
+    any later row."""
+    (tmp_path / "verdicts.jsonl.1").write_text('{"old":1}\n')              # 10 bytes
+    refused = {"verdicts.jsonl.1"}
+    refuse_moving(monkeypatch, refused)
+    clock = FakeClock()
+    log = RotatingJsonl(tmp_path / "verdicts.jsonl", max_bytes=200, keep=2, clock=clock)
+    held_and_room = []
+    for seq in range(300):                                                   # 11-12 bytes a row
+        if seq == 60:
+            refused.clear()
+        try:
+            log.write({"seq": seq})
+        except OSError as exc:
+            assert exc.errno == errno.EFBIG and seq < 70, (seq, exc)
+        clock.t += jsonl.ROTATE_RETRY_S / 4
+        held = sum(p.stat().st_size for p in tmp_path.iterdir())
+        if log.rotations_put_off:
+            held_and_room.append((held, log.room_to_grow()))
+    log.close()
+    assert log.rotations >= 4 and max(held for held, _ in held_and_room) > 3 * 200   # the grown log aged through
+    for i, (held, room) in enumerate(held_and_room):
+        assert held + room >= max(later for later, _ in held_and_room[i:]), (i, held, room)
+    assert held_and_room[-1][0] + held_and_room[-1][1] == 3 * 200                    # aged out: the cap again
 
 
 def test_refused_rotations_are_shown_where_rows_failed_is(tmp_path, monkeypatch):

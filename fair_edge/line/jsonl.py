@@ -66,7 +66,8 @@ class RotatingJsonl:
     the files, their owner and the ``chown``). A log whose rotation is put off grows at most to what its rotated
     files would hold: with them it stays within ``(keep + 1) x max_bytes`` (``room_to_grow``, which the disk guard
     keeps free), and never less than ``max_bytes`` (a row a working rotation would write is always written); a row
-    past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through.
+    past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through. The grown file then
+    keeps its excess as ``.1`` .. ``.keep`` until it ages out, which ``room_to_grow`` counts.
     clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
     """
 
@@ -177,15 +178,19 @@ class RotatingJsonl:
                     left, self.files_dropped, self.bytes_dropped / 2**20, self.path.parent)
 
     def room_to_grow(self) -> int:
-        """Bytes this log may still take before its rotation caps it: ``(keep + 1) x max_bytes`` (``max_bytes``
-        with keep 0) less what its file and its rotated files ``.1`` .. ``.keep`` hold now (0 when at the cap)."""
-        held = 0
-        for path in [self.path, *self._numbered()]:
+        """Bytes this log may still take before its rotation caps it: what each of its ``keep + 1`` places (its file,
+        ``.1`` .. ``.keep``) lacks of ``max_bytes``, its file's of ``_grow_limit`` while a rotation is put off.
+        With every file within ``max_bytes`` that is ``(keep + 1) x max_bytes`` less what they hold; a file grown
+        past it (a spell of rotations put off) keeps its excess until it ages out past ``.keep``, as the new files
+        fill the other places, so that excess is not counted as room taken."""
+        ceiling = self.max_bytes if self._put_off_at is None else self._grow_limit
+        room = 0
+        for path, limit in [(self.path, ceiling), *((p, self.max_bytes) for p in self._numbered())]:
             try:
-                held += path.stat().st_size
+                room += max(0, limit - path.stat().st_size)
             except OSError:   # not there (yet), or rotated away meanwhile
-                continue
-        return max(0, (self.keep + 1) * self.max_bytes - held)
+                room += limit
+        return room
 
     def _numbered(self) -> list[Path]:
         """The rotated files this log keeps: ``name.1`` .. ``name.keep`` (``rotated_names``)."""
