@@ -77,7 +77,7 @@ def test_a_refused_rotation_keeps_every_row_and_its_retries_delete_no_rotated_lo
     assert [r["seq"] for r in _rows(tmp_path / "verdicts.jsonl")] == list(range(60))
     assert [_rows(tmp_path / f"verdicts.jsonl.{i}") for i in (1, 3)] == [[{"old": 1}], [{"old": 2}]]
     assert not (tmp_path / "verdicts.jsonl.2").exists()
-    assert log.rotations == 0 and log.rotations_put_off >= 15 and log.files_dropped == 0
+    assert log.rotations == 0 and log.rotations_put_off == 1 and log.files_dropped == 0   # ~20 retries: 1 spell
     put_off = [r.getMessage() for r in caplog.records if "not rotated" in r.getMessage()]
     assert len(put_off) == 1, put_off
     assert "rotating it was refused" in put_off[0] and "verdicts.jsonl.1" in put_off[0], put_off
@@ -90,6 +90,15 @@ def test_a_refused_rotation_keeps_every_row_and_its_retries_delete_no_rotated_lo
     assert [r["seq"] for r in _rows(tmp_path / "verdicts.jsonl.1")] == list(range(60))
     assert [_rows(tmp_path / f"verdicts.jsonl.{i}") for i in (2, 3)] == [[{"old": 1}], [{"old": 2}]]
     assert any("rotated again" in r.getMessage() for r in caplog.records)
+    refused.add("verdicts.jsonl.1")                # refused again: a second spell (its .1 holds 3 x max_bytes, so
+    for seq in range(61, 90):                      # the log grows no further than max_bytes: rows past it fail)
+        try:
+            log.write({"seq": seq})
+        except OSError as exc:
+            assert exc.errno == errno.EFBIG, exc
+        clock.t += jsonl.ROTATE_RETRY_S / 2
+    log.close()
+    assert log.rotations == 1 and log.rotations_put_off == 2
 
 
 def test_a_log_that_starts_over_in_place_and_may_not_fails_its_rows_past_max_bytes(tmp_path, monkeypatch):
@@ -190,7 +199,7 @@ def test_a_refused_rotation_grows_the_log_only_into_its_rotated_files_room_then_
     assert log.room_to_grow() == (3 * 200 - 10 - size) + (200 - 10) + 200   # its own last bytes; .1, .2 refill
     assert failed and all(exc.errno == errno.EFBIG for exc in failed)
     assert "rows are not written until it rotates" in str(failed[0]) and "sudo chown" in str(failed[0])
-    assert len(_rows(tmp_path / "verdicts.jsonl")) + len(failed) == 100 and log.rotations_put_off >= 20
+    assert len(_rows(tmp_path / "verdicts.jsonl")) + len(failed) == 100 and log.rotations_put_off == 1
     refused.clear()
     clock.t += jsonl.ROTATE_RETRY_S
     log.write({"seq": 100})

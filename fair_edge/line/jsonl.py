@@ -59,8 +59,8 @@ class RotatingJsonl:
     ``files_dropped`` / ``bytes_dropped``; a log without rotated files left raises as before.
     A disk out of inodes (bytes free, but no file can be made: ``disk.out_of_inodes``; NG images may hold them) never
     deletes a row: a rotation makes the log's next file before it moves anything, and where that fails the log is not
-    rotated but grows past ``max_bytes`` (one warning; tried again every ``ROTATE_RETRY_S``, counted
-    ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
+    rotated but grows past ``max_bytes`` (one warning; tried again every ``ROTATE_RETRY_S``; each such spell, from its
+    first refused try until a rotation goes through, counted once in ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
     to make room for it. Any other rotation that fails is put off alike, the row written to the current file: e.g.
     another account's ``.N`` in a sticky (1777) folder, which this one may not move or delete (the warning names
     the files, their owner and the ``chown``). A log whose rotation is put off grows at most to what its rotated
@@ -80,7 +80,7 @@ class RotatingJsonl:
         self._put_off_at: float | None = None   # when a rotation was last put off (it failed), else None
         self._grow_limit = 0       # while put off: the most bytes the file may hold (``_put_off``)
         self._blocked_by = ("", "")  # while put off: (what stopped the rotation, the fix), ``_rotation_blocked``
-        self.rotations_put_off = 0
+        self.rotations_put_off = 0   # spells of refused rotations (``_put_off``), not their retries
         self.rotations = 0
         self.torn_cut = 0          # torn (partly written) lines cut off the file
         self.files_dropped = 0     # rotated files deleted to write on a full disk
@@ -283,10 +283,10 @@ class RotatingJsonl:
         """A rotation failed (``exc``): the log goes on past ``max_bytes`` up to ``_grow_limit`` (bytes: the room
         ``(keep + 1) x max_bytes`` less what its rotated files hold now, never less than ``max_bytes``, so a row that
         a working rotation would write is never refused; re-read at each retry, as its cause); one warning per
-        spell, naming its cause (``_rotation_blocked``)."""
+        spell, naming its cause (``_rotation_blocked``), counted once a spell in ``rotations_put_off``."""
         first = self._put_off_at is None
         self._put_off_at = self._clock()
-        self.rotations_put_off += 1
+        self.rotations_put_off += first   # counted once a spell: from its first refused try until a rotation
         rotated_held = sum(st.st_size for _, st in _stats(self._numbered()))
         self._grow_limit = max(self.max_bytes, (self.keep + 1) * self.max_bytes - rotated_held)
         self._blocked_by = cause, fix = self._rotation_blocked(exc)
@@ -333,7 +333,7 @@ class RotatingJsonl:
         """A rotation went through: a spell of rotations put off (``_put_off``) is over (one line)."""
         if self._put_off_at is not None:
             self._put_off_at = None
-            log.info("%s: rotated again (%d rotation(s) had been put off)", self.path,
+            log.info("%s: rotated again (its rotation put off %d time(s) so far)", self.path,
                      self.rotations_put_off)
 
     def _close_quietly(self) -> None:

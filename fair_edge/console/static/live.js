@@ -126,7 +126,7 @@ function showCounters(s) {
   $("gap-missed").textContent = c.gap_missed; $("gap-missed").style.color = c.gap_missed > 0 ? "var(--ng)" : "";
   const unlogged = (c.rows_failed || 0) + (c.rows_dropped || 0);   // verdict / gate rows a full disk kept out of the log
   $("rows-failed").textContent = unlogged; $("rows-failed").style.color = unlogged > 0 ? "var(--ng)" : "";
-  const putOff = c.log_rotations_put_off || 0;   // log rotations refused: the log grows past max_log_mb
+  const putOff = c.log_rotations_put_off || 0;   // times a log rotation was refused (once each, until it rotates)
   $("rotations-put-off").textContent = putOff; $("rotations-put-off").style.color = putOff > 0 ? "var(--ng)" : "";
   const unjudged = c.region_errors || 0;   // frames whose regions could not be judged (zones drawn for another size)
   $("region-errors").textContent = unjudged; $("region-errors").style.color = unjudged > 0 ? "var(--ng)" : "";
