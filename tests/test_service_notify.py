@@ -16,6 +16,7 @@ from fair_edge.cameras import CaptureSettings, CaptureThread
 from fair_edge.cameras.synthetic import LineSource
 from fair_edge.station.inspector import Inspector
 from fair_edge.station.notify import ServiceNotifier, socket_address, watchdog_interval_s
+from fair_edge.station.stop_deadline import STOP_RESERVE_S, StopDeadline, stop_budget_s
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd notify is Linux-only")
 
@@ -247,6 +248,8 @@ def test_station_replay_sends_ready_watchdog_status_and_stopping(station_bundles
     assert keys.count("WATCHDOG") >= 5  # 12 frames at 20 frames/s: about 0.6 s of loop
     stopping = next(m for _, m in rx.messages if "STOPPING" in m)
     assert stopping["STATUS"] == "stopping: 12 inspected, %d NG, 0 dropped" % summary.ng
+    extend = [int(m["EXTEND_TIMEOUT_USEC"]) for _, m in rx.messages if "EXTEND_TIMEOUT_USEC" in m]
+    assert len(extend) == 1 and 0 < extend[0] <= (stop_budget_s(cfg) + STOP_RESERVE_S) * 1e6   # the console's close
     assert rx.times("STOPPING")[0] >= max(rx.times("WATCHDOG"))
 
 
@@ -353,3 +356,39 @@ def test_status_shows_the_fault_output_reason_at_once_and_when_it_changes():
         "inspecting: 6 inspected, 2 NG, 0 dropped",
     ]
     notifier.close()
+
+
+def test_a_stop_whose_deadline_a_bundle_load_moved_extends_systemds_stop_timeout(path_receiver):
+    """A unit installed before TimeoutStopSec held 32 s for a bundle loading at the stop (60 s) SIGKILLed a stop whose
+    console waited for one: the deadline moved 32 s later, past the unit's timeout, and summary.json was never
+    written. The move is now sent as EXTEND_TIMEOUT_USEC: the seconds from the console's close to the moved deadline
+    + the reserve (systemd sets the timeout to now + the value)."""
+    rx, address = path_receiver
+    clock = Clock()
+    stop = StopDeadline(budget_s=59.0, clock=clock)
+    with ServiceNotifier(address) as notifier:
+        stop.extend = notifier.extend_timeout
+        stop.begin()
+        clock.t += 10.0   # the belt's drain
+        stop.apart(lambda: setattr(clock, "t", clock.t + 40.0), 32.0, "the console's close (a bundle load)")
+    rx.close()
+    extend = [m for _, m in rx.messages if "EXTEND_TIMEOUT_USEC" in m]
+    # deadline 100 + 59 + 32 = 191; now 150: 41 s left + 1 s reserve
+    assert extend == [{"EXTEND_TIMEOUT_USEC": str(round((41.0 + STOP_RESERVE_S) * 1e6))}]
+    assert stop.left(99.0) == 41.0
+
+
+def test_a_console_that_did_not_wait_or_no_notify_socket_sends_nothing(path_receiver):
+    rx, address = path_receiver
+    clock = Clock()
+    with ServiceNotifier(address) as notifier:
+        stop = StopDeadline(budget_s=59.0, clock=clock)
+        stop.extend = notifier.extend_timeout
+        stop.begin()
+        stop.apart(lambda: None, 32.0, "the console's close (a bundle load)")   # took 0 s: nothing moved
+    quiet = StopDeadline(budget_s=59.0, clock=clock)
+    quiet.extend = ServiceNotifier(None).extend_timeout   # a terminal, Docker: no NOTIFY_SOCKET
+    quiet.begin()
+    quiet.apart(lambda: setattr(clock, "t", clock.t + 5.0), 32.0, "the console's close (a bundle load)")
+    rx.close()
+    assert "EXTEND_TIMEOUT_USEC" not in rx.keys() and quiet.left(99.0) == 59.0

@@ -179,6 +179,7 @@ def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None,
         warn_fused_score(cfg, any(view.fused for view in models.views.values()))
         cell = open_cell_line(cfg, stack, run_id)
         line = cell.line
+        line.stop.extend = notifier.extend_timeout   # the stop's deadline moved: systemd told
         mux = stack.enter_context(open_cameras(cfg, cell, sources))
         gates = (line.scheduler, line.handshake, *cell.lanes.values())
         faults = FaultBoard(line) if any(g is not None for g in gates) else None

@@ -1,4 +1,5 @@
-"""systemd's notify protocol, spoken by the station: READY, WATCHDOG from the inspection loop, STATUS, STOPPING.
+"""systemd's notify protocol, spoken by the station: READY, WATCHDOG from the inspection loop, STATUS, STOPPING,
+EXTEND_TIMEOUT_USEC.
 
 Under a ``Type=notify`` unit (``fair-edge install-service``), systemd passes ``$NOTIFY_SOCKET``: the address of a
 Unix datagram socket, a path (``/run/systemd/notify``) or, when it starts with ``@``, a name in Linux's abstract
@@ -14,7 +15,9 @@ The station sends:
                       hung loop (a stuck inference, a dead lock) stops the pings and systemd restarts it;
   STATUS=...          counters and faults (the station's, the camera's, or why the fault output is on), at most
                       every ``status_every_s`` unless the text's state changes (a fault is sent at once);
-  STOPPING=1          when inspection ends (before the parts on the belt are drained).
+  STOPPING=1          when inspection ends (before the parts on the belt are drained);
+  EXTEND_TIMEOUT_USEC when the stop's deadline moved later for a bundle loading (``StopDeadline.apart``): the time
+                      to it + its reserve, so a unit installed with a shorter TimeoutStopSec does not kill the stop.
 Without ``$NOTIFY_SOCKET`` every call is a no-op. A send that fails (socket gone, buffer full) is counted and
 logged once; it never stops inspection.
 """
@@ -147,6 +150,15 @@ class ServiceNotifier:
             return
         self.stopping_sent = True
         self.send(STOPPING=1, STATUS=text)
+
+    def extend_timeout(self, seconds: float) -> None:
+        """EXTEND_TIMEOUT_USEC: systemd's timeout of the state the unit is in (the stop's, TimeoutStopSec) ends no
+        sooner than ``seconds`` from now (it sets the timeout to now + the value, never shortens the unit's own).
+        For a stop whose deadline moved later (``StopDeadline.apart``) under a unit installed with a shorter
+        TimeoutStopSec."""
+        if self.sock is None:
+            return
+        self.send(EXTEND_TIMEOUT_USEC=max(0, round(seconds * 1e6)))
 
     def close(self) -> None:
         if self.sock is None:

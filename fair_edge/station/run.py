@@ -235,6 +235,7 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
             notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
             warn_fused_score(cfg, bool(fused_members(scorer)))
             line = open_line_side(cfg, stack, run_id)
+            line.stop.extend = notifier.extend_timeout   # the stop's deadline moved: systemd told
             if regions is not None:
                 line.recorder.show_zones(regions.outlines())
             capture = stack.enter_context(open_capture(cfg, source, line.handshake,  # fails fast

@@ -6,16 +6,18 @@ hang, a slow disk) and systemd's SIGKILL never cuts the verdict log's last rows 
 unit's TimeoutStopSec (``service_unit.stop_timeout_sec``, the one source of both: at least the belt's drain +
 ``STOP_MARGIN_S``, at least ``STOP_SEC_MIN``, + ``STOP_LOAD_SEC``) - ``STOP_LOAD_SEC`` - ``STOP_RESERVE_S``, so the
 stop uses what systemd allows and never more. The console's close (a bundle loading at the stop: up to
-``console.settings.CLOSE_LOAD_S``) runs first on the exit stack and is held apart (``apart``): the time it waits,
-at most ``STOP_LOAD_SEC``, moves the deadline later, so the line side's closes after it keep theirs. The stop's
-other waits, in order, each take ``left(its cap)``: the capture's stop (``CaptureSettings.stop_timeout_s``, before
-the line side, its cap only), the handshake's finish (``FINISH_S``), the belt's drain at the gates (``finish_gates``),
-the NG images (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the handshake's close (``engine.CLOSE_S``), the
-reject gates' close (one ``CloseBy`` for a cell's lanes, ``close_gates``; one for the
-station's gate), the encoder's (``polled_encoder.CLOSE_JOIN_S``), MQTT's close (``mqtt.CLOSE_S``), the recorder's
-rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One that hung leaves the later ones less:
-rows the recorder could not write in what was left are counted ``lost_at_close``, and a close given less than its
-cap says so by naming the waits that spent the deadline (``spent_by``), not its disk or its encoder.
+``console.settings.CLOSE_LOAD_S``) runs first on the exit stack and is held apart (``apart``): the time it waits, at
+most ``STOP_LOAD_SEC``, moves the deadline later, so the line side's closes after it keep theirs; systemd is told
+(``extend``: EXTEND_TIMEOUT_USEC), so a unit installed with an older, shorter TimeoutStopSec does not cut the stop.
+The stop's other waits, in order, each take ``left(its cap)``: the capture's stop
+(``CaptureSettings.stop_timeout_s``, before the line side, its cap only), the handshake's finish (``FINISH_S``), the
+belt's drain at the gates (``finish_gates``), the NG images (``CLOSE_IMAGES_S``) and rows (``FINISH_ROWS_S``), the
+handshake's close (``engine.CLOSE_S``), the reject gates' close (one ``CloseBy`` for a cell's lanes,
+``close_gates``; one for the station's gate), the encoder's (``polled_encoder.CLOSE_JOIN_S``), MQTT's close
+(``mqtt.CLOSE_S``), the recorder's rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One
+that hung leaves the later ones less: rows the recorder could not write in what was left are counted
+``lost_at_close``, and a close given less than its cap says so by naming the waits that spent the deadline
+(``spent_by``), not its disk or its encoder.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class StopDeadline:
         self.begun: float | None = None   # when the stop began, monotonic s
         self.waits: list[tuple[str, float]] = []   # (what, seconds it took) of each wait timed (``timed``), in order
         self.apart_s = 0.0   # s the deadline was moved by waits held apart (``apart``)
+        # told, when ``apart`` moved the deadline, the seconds from then to it + STOP_RESERVE_S (the station's
+        # ServiceNotifier.extend_timeout: a unit installed with a shorter TimeoutStopSec lets the stop end); None: none
+        self.extend: Callable[[float], None] | None = None
 
     def begin(self) -> None:
         """The stop begins now (the inspection loop ended); a second call moves nothing."""
@@ -82,17 +87,21 @@ class StopDeadline:
     def apart(self, close: Callable[[], None], most_s: float, what: str) -> None:
         """``close()``, a wait the unit's TimeoutStopSec holds apart from the others (the console's: a bundle
         loading, ``STOP_LOAD_SEC``): the time it took, at most ``most_s``, moves the deadline later; beyond that it
-        is timed as ``what``, like any other wait."""
+        is timed as ``what``, like any other wait. A deadline moved is told to ``extend`` (systemd: a unit installed
+        before TimeoutStopSec held this time apart would SIGKILL the stop before summary.json)."""
         start = self._clock()
         try:
             close()
         finally:
-            took_s = self._clock() - start
-            if self.at is not None:
-                self.at += min(most_s, took_s)
-                self.apart_s += min(most_s, took_s)
-            if took_s > most_s:
-                self.waits.append((what, took_s - most_s))
+            end = self._clock()
+            moved_s = min(most_s, end - start)
+            if self.at is not None and moved_s > 0:
+                self.at += moved_s
+                self.apart_s += moved_s
+                if self.extend is not None:
+                    self.extend(self.at - end + STOP_RESERVE_S)
+            if end - start > most_s:
+                self.waits.append((what, end - start - most_s))
 
     @contextlib.contextmanager
     def timed(self, what: str) -> Iterator[None]:
