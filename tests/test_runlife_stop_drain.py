@@ -236,3 +236,49 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
     rows = [json.loads(line) for line in (tmp_path / "gate.jsonl").read_text().splitlines()]
     assert sorted((r["seq"], r["pulse"]) for r in rows if r["event"] == "pulse") == [(1, "late"), (2, "missed"),
                                                                                       (3, "missed")]
+
+
+class TeardownWatch:
+    """Stands in for a scorer's backend ``close`` (TensorRT, CUDA): notes whether summary.json was there when the
+    teardown began, then fails as a hung teardown cut by systemd's SIGKILL would, leaving it unwritten."""
+
+    def __init__(self, summary_path) -> None:
+        self.summary_path, self.saw_summary = summary_path, []
+
+    def __call__(self) -> None:
+        self.saw_summary.append(self.summary_path.exists())
+        raise RuntimeError("backend teardown hung (stands in for a SIGKILL)")
+
+
+def station_scorer(bundle, out):
+    from fair_edge.station.bundles import open_scorer
+
+    scorer = open_scorer(bundle, "onnxruntime")
+    watch = TeardownWatch(out / "summary.json")
+    scorer.backend.close = watch
+    return scorer, watch
+
+
+@pytest.mark.parametrize("cell", [False, True], ids=["one camera", "cell"])
+def test_summary_json_is_written_before_the_scorers_teardown(station_bundles, conveyor_dir, tmp_path, cell):
+    """The scorer's teardown (a TensorRT engine, CUDA) ran after every line-side wait and summary.json after it, with
+    only STOP_RESERVE_S (1 s) of the stop left for both: a slow teardown meant SIGKILL before summary.json. Now the
+    summary is written first (it needs nothing of the teardown) and the scorer closed after it."""
+    from fair_edge.station.cell import run_cell
+    from fair_edge.station.config import CameraSettings, ConsoleSettings
+
+    out = tmp_path / "out"
+    scorer, watch = station_scorer(station_bundles[0], out)
+    common = dict(bundle=station_bundles[0].root, backend="onnxruntime", output=out,
+                  record=RecordSettings(dir=out), console=ConsoleSettings(enabled=False))
+    if cell:
+        cameras = tuple(ViewSettings(name, str(conveyor_dir), queue_size=4) for name in ("top", "side"))
+        cfg = StationConfig(cameras=cameras, group=GroupSettings(match="sequence"), **common).checked()
+        summary = run_cell(cfg, threading.Event(), scorer=scorer)
+    else:
+        from fair_edge.station.run import run_station
+
+        cfg = StationConfig(camera=CameraSettings(source=str(conveyor_dir), queue_size=4), **common)
+        summary = run_station(cfg, threading.Event(), scorer=scorer)
+    assert watch.saw_summary == [True]   # closed once, summary.json already there
+    assert json.loads((out / "summary.json").read_text())["inspected"] == summary.inspected > 0

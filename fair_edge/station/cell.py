@@ -159,22 +159,25 @@ def run_cell(cfg: StationConfig, stop: threading.Event, *, max_frames: int | Non
     # the lock before the models load and anything opens: a second station here is refused
     with station_lock(cfg), station_switch_interval():
         probe_gpio_lines(cfg)   # every camera's lane outputs too: a busy line refuses the start before the models load
-        return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, scorer, sources, on_console,
-                         export_reviewed)
+        models = CellModels(cfg, scorer)
+        try:
+            return _run_cell(cfg, stop, max_frames, duration_s, on_start, on_tick, models, sources, on_console,
+                             export_reviewed)
+        finally:   # after summary.json, which needs nothing of them: a slow teardown is not SIGKILL's cut of the file
+            models.close_swapped()   # the scorers the cameras took by hot swap, then the loaded ones (TensorRT, CUDA)
+            models.close()
 
 
 def _run_cell(cfg: StationConfig, stop: threading.Event, max_frames: int | None, duration_s: float | None,
-              on_start, on_tick, scorer, sources: dict | None, on_console, export_reviewed) -> RunSummary:
-    """``run_cell``'s body, under the station's run lock."""
-    models = CellModels(cfg, scorer)
+              on_start, on_tick, models: CellModels, sources: dict | None, on_console, export_reviewed) -> RunSummary:
+    """``run_cell``'s body, under the station's run lock: the station's run with ``models`` (closed by the caller,
+    after summary.json)."""
     run_id = new_run_id()
     first = models.views[cfg.cameras[0].name]
     if on_start is not None:
         on_start(f"run {run_id}; {len(cfg.cameras)} cameras ({cfg.group.by}s); {len(models.bundles)} model(s); "
                  f"backend: {first.scorer.reason}")
     with contextlib.ExitStack() as stack:
-        stack.callback(models.close)
-        stack.callback(models.close_swapped)
         notifier = stack.enter_context(ServiceNotifier.from_env())
         warn_fused_score(cfg, any(view.fused for view in models.views.values()))
         cell = open_cell_line(cfg, stack, run_id)

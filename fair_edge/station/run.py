@@ -230,47 +230,51 @@ def run_station(cfg: StationConfig, stop: threading.Event, *, max_frames: int | 
         if on_start is not None:
             on_start(f"run {run_id}; backend: {scorer.reason}; threshold {threshold:.5g} ({decided.reason}); "
                      f"camera {redact_url(str(cfg.camera.source))}")   # an RTSP URL's password never shown
-        with contextlib.ExitStack() as stack:
-            stack.callback(close_scorer, scorer)   # its backend and its pre-processing (a GPU kernel's device memory)
-            notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, STOPPING
-            warn_fused_score(cfg, bool(fused_members(scorer)))
-            line = open_line_side(cfg, stack, run_id)
-            line.stop.extend = notifier.extend_timeout   # the stop's deadline moved: systemd told
-            if regions is not None:
-                line.recorder.show_zones(regions.outlines())
-            capture = stack.enter_context(open_capture(cfg, source, line.handshake,  # fails fast
-                                                       **line.capture_hooks()))
-            faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
-            watch = CameraWatch(capture, faults.channel("camera") if faults else None)
-            console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed, decided.calibration,
-                                   stop=line.stop)
-            line.callbacks.append(console.observe)
-            if regions is not None:
-                console.feed.show_zones(regions.outlines())
-            if on_start is not None and console.url:
-                on_start(f"console: {console.url}")
-            if on_start is not None and line.metrics is not None:   # port 0: the one found is named nowhere else
-                on_start(f"metrics: {line.metrics.url}")
-            inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching, on_verdict=line.callbacks,
-                                  model=model_id(bundle), regions=regions, grid=decided.grid,
-                                  map_area=bundle.map_area)
-            inspector.summary.run_id = run_id
-            stack.callback(retire_swapped, inspector, scorer)
-            console.attach(inspector, capture, line.scheduler, line.recorder, watch)
-            console.feed.read_fault_from(line.fault_reason)   # the fault pill: the reason MQTT and STATUS show
-            if line.handshake is not None:   # the PLC pill and handshake card: the live table's counters
-                console.feed.read_handshake_from(line.handshake.stats)
-            if on_console is not None:
-                on_console(console)
+        inspector: Inspector | None = None
+        try:
+            with contextlib.ExitStack() as stack:
+                notifier = stack.enter_context(ServiceNotifier.from_env())  # systemd: READY, WATCHDOG, STATUS, ...
+                warn_fused_score(cfg, bool(fused_members(scorer)))
+                line = open_line_side(cfg, stack, run_id)
+                line.stop.extend = notifier.extend_timeout   # the stop's deadline moved: systemd told
+                if regions is not None:
+                    line.recorder.show_zones(regions.outlines())
+                capture = stack.enter_context(open_capture(cfg, source, line.handshake,  # fails fast
+                                                           **line.capture_hooks()))
+                faults = FaultBoard(line) if line.scheduler is not None or line.handshake is not None else None
+                watch = CameraWatch(capture, faults.channel("camera") if faults else None)
+                console = open_console(cfg, bundle, faults, stack, line.metrics, export_reviewed,
+                                       decided.calibration, stop=line.stop)
+                line.callbacks.append(console.observe)
+                if regions is not None:
+                    console.feed.show_zones(regions.outlines())
+                if on_start is not None and console.url:
+                    on_start(f"console: {console.url}")
+                if on_start is not None and line.metrics is not None:   # port 0: its port is named nowhere else
+                    on_start(f"metrics: {line.metrics.url}")
+                inspector = Inspector(capture, scorer, threshold, roi=roi, settings=cfg.batching,
+                                      on_verdict=line.callbacks, model=model_id(bundle), regions=regions,
+                                      grid=decided.grid, map_area=bundle.map_area)
+                inspector.summary.run_id = run_id
+                console.attach(inspector, capture, line.scheduler, line.recorder, watch)
+                console.feed.read_fault_from(line.fault_reason)   # the fault pill: MQTT's and STATUS's reason
+                if line.handshake is not None:   # the PLC pill and handshake card: the live table's counters
+                    console.feed.read_handshake_from(line.handshake.stats)
+                if on_console is not None:
+                    on_console(console)
 
-            tick = station_tick(line, watch, capture, notifier, console, line.reject_stats, on_tick)
-            if line.handshake is not None:
-                line.handshake.begin()   # ready rises: the PLC may trigger
-            summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
-                                    on_iteration=notifier.alive, on_stop=line.stopping)
-            notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
-            finish_line(cfg, line, summary, watch.at_stop())
-        write_summary(summary, cfg.output)
+                tick = station_tick(line, watch, capture, notifier, console, line.reject_stats, on_tick)
+                if line.handshake is not None:
+                    line.handshake.begin()   # ready rises: the PLC may trigger
+                summary = inspector.run(stop, max_frames=max_frames, duration_s=duration_s, on_tick=tick,
+                                        on_iteration=notifier.alive, on_stop=line.stopping)
+                notifier.stopping(status_line(summary, "stopping", recorder=line.recorder.stats()))
+                finish_line(cfg, line, summary, watch.at_stop())
+            write_summary(summary, cfg.output)
+        finally:   # after summary.json, which needs nothing of them: a slow teardown is not SIGKILL's cut of the file
+            if inspector is not None:
+                retire_swapped(inspector, scorer)
+            close_scorer(scorer)   # its backend and its pre-processing (TensorRT, a GPU kernel's device memory)
     return summary
 
 
