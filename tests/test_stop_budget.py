@@ -500,3 +500,41 @@ def test_a_wait_held_apart_moves_the_deadline_by_at_most_its_allowance():
 def test_the_whole_stop_with_a_bundle_load_fits_the_units_stop_timeout(delay_ms):
     cfg = StationConfig(reject=RejectSettings(sinks=("log://",), delay_ms=delay_ms, pulse_ms=50)).checked()
     assert stop_budget_s(cfg) + CLOSE_LOAD_S + STOP_RESERVE_S <= stop_timeout_sec(cfg)
+
+
+def test_an_encoder_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_a_held_read(caplog):
+    """PolledEncoder.close given 0 s by a spent stop warned 'did not stop within 0 s (a read still held)', also for
+    a healthy idle encoder whose thread had not yet seen the stop: the stop's close now names the deadline and the
+    waits that spent it; a close given its own time keeps its own guess."""
+    from fair_edge.line.polled_encoder import CLOSE_JOIN_S as ENCODER_CLOSE_S
+
+    warnings = []
+    for stop in (spent_stop(4.0), StopDeadline()):
+        counter = HeldCounter()
+        encoder = PolledEncoder(counter, 32, 0.001).start()
+        counter.hang.set()
+        try:
+            assert counter.reading.wait(5)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                stop.call(encoder.close, ENCODER_CLOSE_S if stop.at is not None else 0.05, "the encoder's close")
+        finally:
+            counter.release.set()
+        warnings.append([r.getMessage() for r in caplog.records if "polling thread did not stop" in r.getMessage()])
+    spent, own = warnings
+    assert len(spent) == 1 and "MQTT's close 4.0 s" in spent[0] and "read still held" not in spent[0], spent
+    assert len(own) == 1 and "a read still held" in own[0] and "deadline" not in own[0], own
+
+
+def test_mqtt_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_a_connect(caplog):
+    """MQTT's close given 0 s by a spent stop warned 'did not stop within 0.0 s (a connect to the broker in
+    progress)' and 'closing with N message(s) unacknowledged': both now name the deadline and what spent it."""
+    pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=ConnectingPaho).start()
+    pub.publish_row({"seq": 1})   # never acknowledged: no broker
+    with caplog.at_level(logging.WARNING):
+        spent_stop(4.0).call(pub.close, mqtt_mod.CLOSE_S, "MQTT's close")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fair_edge.line.mqtt"]
+    unacked = [m for m in lines if "unacknowledged" in m]
+    network = [m for m in lines if "network thread did not stop" in m]
+    assert len(unacked) == 1 and "MQTT's close 4.0 s" in unacked[0], lines
+    assert len(network) == 1 and "MQTT's close 4.0 s" in network[0] and "connect to the broker" not in network[0]

@@ -38,6 +38,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..errors import MetricsError
 from ..records import Verdict
+from .close_cut import cut_note
 from .settings import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
-                log.error("metrics server thread did not stop within %.1f s", timeout_s)
+                log.error("metrics server thread did not stop within %.1f s%s", timeout_s, cut_note())
 
     def __enter__(self) -> Metrics:
         return self

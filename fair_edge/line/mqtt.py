@@ -42,6 +42,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
+from .close_cut import because, cut_note
 from .mqtt_client import (FAULTS_TOPIC, connack_refusal_text, connect_failure, paho_client, publish_packet_size,
                           strict_json, unaccepted_link_text)
 from .mqtt_station import STATION_TOPIC, ClientIdWatch, station_record, utc_now, warn_shared_prefix
@@ -182,7 +183,8 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout_s
         sending_s = max(0.0, timeout_s - LOOP_STOP_S)
         if not self.flush(sending_s):
-            log.warning("%s: closing with %d message(s) unacknowledged", self._where, self.stats()["outbox"])
+            log.warning("%s: closing with %d message(s) unacknowledged%s", self._where, self.stats()["outbox"],
+                        cut_note())
         self._closing = True
         self._stop_station_record(max(0.0, deadline - LOOP_STOP_S - time.monotonic()))
         self._client.disconnect()
@@ -196,8 +198,8 @@ class MqttPublisher:
         stopper.start()
         stopper.join(timeout_s)
         if stopper.is_alive():
-            log.warning("%s: the network thread did not stop within %.1f s (a connect to the broker in progress); "
-                        "left to end on its own", self._where, timeout_s)
+            log.warning("%s: the network thread did not stop within %.1f s (%s); left to end on its own", self._where,
+                        timeout_s, because("a connect to the broker in progress"))
 
     def __enter__(self) -> MqttPublisher:
         return self.start()

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..errors import PlcError, SinkError
+from .close_cut import because
 from .encoder_history import HISTORY_S, SPEED_SPAN_S, ReadingHistory
 
 log = logging.getLogger("fair_edge.line.encoder_links")   # one logger for every encoder line (operators filter by it)
@@ -234,8 +235,8 @@ class PolledEncoder:
         if self._thread.is_alive():
             self._thread.join(timeout=max(0.0, timeout_s))
             if self._thread.is_alive():
-                log.warning("encoder %s: its polling thread did not stop within %g s (a read still held); closing "
-                            "the link under it", self.name, timeout_s)
+                log.warning("encoder %s: its polling thread did not stop within %g s (%s); closing the link under "
+                            "it", self.name, timeout_s, because("a read still held"))
         try:
             self.reader.close()
         except Exception:  # noqa: BLE001 - clean-up failure is logged, the link may be gone

@@ -247,7 +247,7 @@ def close_gates(gates: Iterable[RejectScheduler], stop: StopDeadline) -> None:
 
     gates, full_s = list(gates), CLOSE_DRAIN_S + CLOSE_JOIN_S
     budget_s = stop.left(full_s)
-    by = CloseBy.from_now(budget_s, short_because=stop.spent_by() if budget_s < full_s else "")
+    by = CloseBy.from_now(budget_s, short_because=stop.short_because(budget_s, full_s))
     with stop.timed("the reject gates' close"):
         for gate in gates:
             gate.stop_deciding()
@@ -264,7 +264,7 @@ def close_recorder(recorder: Recorder, stop: StopDeadline) -> None:
     from fair_edge.line.recorder import CLOSE_IMAGES_S, CLOSE_ROWS_MAX_S, CLOSE_ROWS_S
 
     rows_max_s = stop.left(CLOSE_ROWS_MAX_S)
-    short_because = stop.spent_by() if rows_max_s < CLOSE_ROWS_MAX_S else ""
+    short_because = stop.short_because(rows_max_s, CLOSE_ROWS_MAX_S)
     with stop.timed("the recorder's close"):
         recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s,
                        short_because=short_because)

@@ -26,6 +26,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from fair_edge.line.close_cut import cut_short
 from fair_edge.station.service_unit import STOP_LOAD_SEC, STOP_SEC_MIN, stop_timeout_sec
 
 if TYPE_CHECKING:
@@ -80,9 +81,15 @@ class StopDeadline:
 
     def call(self, close: Callable[[float], None], cap_s: float, what: str) -> None:
         """``close(left(cap_s))``, timed as ``what`` (e.g. "MQTT's close"), for an exit stack: the time is taken when
-        the close runs."""
-        with self.timed(what):
-            close(self.left(cap_s))
+        the close runs. A close given less than its cap runs under ``line.close_cut.cut_short`` of ``short_because``:
+        its log lines name the deadline and the waits that spent it, not their own guess (a read held)."""
+        given_s = self.left(cap_s)
+        with self.timed(what), cut_short(self.short_because(given_s, cap_s)):
+            close(given_s)
+
+    def short_because(self, given_s: float, cap_s: float) -> str:
+        """``spent_by()`` when a wait capped at ``cap_s`` was given less (``given_s``, s), else ''."""
+        return self.spent_by() if given_s < cap_s else ""
 
     def apart(self, close: Callable[[], None], most_s: float, what: str) -> None:
         """``close()``, a wait the unit's TimeoutStopSec holds apart from the others (the console's: a bundle

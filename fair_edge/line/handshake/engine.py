@@ -58,6 +58,7 @@ from typing import Protocol
 
 from ...errors import ConfigError, PlcDeviceError, PlcError
 from ...records import Frame, Verdict
+from ..close_cut import cut_note
 from ..sinks.base import Counters
 from .settings import (ACK, ERROR, ERROR_ACK_TIMEOUT, ERROR_CODES, ERROR_NONE, ERROR_RESULT_TIMEOUT,
                        ERROR_STATION_FAULT, ERROR_TRIGGER_OVERRUN, HEARTBEAT, HEARTBEAT_MODULUS,
@@ -182,7 +183,7 @@ class Handshake:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
-                log.error("handshake %s: thread did not stop within %.1f s", self.name, timeout_s)
+                log.error("handshake %s: thread did not stop within %.1f s%s", self.name, timeout_s, cut_note())
         else:
             self.link.close()
 
