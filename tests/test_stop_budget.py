@@ -538,3 +538,34 @@ def test_mqtt_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_a_co
     network = [m for m in lines if "network thread did not stop" in m]
     assert len(unacked) == 1 and "MQTT's close 4.0 s" in unacked[0], lines
     assert len(network) == 1 and "MQTT's close 4.0 s" in network[0] and "connect to the broker" not in network[0]
+
+
+def test_a_wait_cut_by_a_few_ms_keeps_its_own_diagnosis_one_cut_materially_names_the_deadline():
+    """short_because blamed the deadline for any shortfall, even of a few ms (the rows wait given 14.9 s of 15 lost
+    its slow-disk diagnosis); now only a shortfall of CUT_S or more, or under half the cap."""
+    from fair_edge.station.stop_deadline import CUT_S
+
+    clock = Clock()
+    stop = StopDeadline(budget_s=19.9, clock=clock)
+    stop.begin()
+    stop.call(Closes(clock).close, 5.0, "MQTT's close")   # 14.9 s left
+    assert stop.short_because(stop.left(CLOSE_ROWS_MAX_S), CLOSE_ROWS_MAX_S) == ""
+    clock.wait(CUT_S)   # 14.4 s left
+    assert "MQTT's close 5.0 s" in stop.short_because(stop.left(CLOSE_ROWS_MAX_S), CLOSE_ROWS_MAX_S)
+    assert stop.short_because(0.3, 0.4) == "" and "MQTT's close" in stop.short_because(0.1, 0.4)
+
+
+def test_rows_lost_in_a_wait_cut_by_a_few_ms_are_blamed_on_the_disk(tmp_path, caplog):
+    """close_recorder on a stop that left the rows wait 0.1 s short of its cap: the rows a hung disk kept are the
+    disk's, as in a stop with its full time."""
+    clock = Clock()
+    stop = StopDeadline(budget_s=CLOSE_ROWS_MAX_S - 0.1, clock=clock)
+    stop.begin()
+    given = []
+
+    class Rows:
+        def close(self, **kw) -> None:
+            given.append(kw)
+
+    close_recorder(Rows(), stop)
+    assert given[0]["rows_max_s"] == pytest.approx(CLOSE_ROWS_MAX_S - 0.1) and given[0]["short_because"] == ""

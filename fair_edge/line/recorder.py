@@ -270,10 +270,10 @@ class Recorder:
         long as it keeps writing rows, until it has written none for this long, seconds (a hung disk), and for at
         most rows_max_s in all (a disk too slow for what is queued; ``CLOSE_ROWS_MAX_S`` fits the service's stop
         timeout): rows it still holds are counted ``lost_at_close`` and logged as an error, naming the disk, or
-        ``short_because`` when rows_max_s is less than ``CLOSE_ROWS_MAX_S`` (a station's stop deadline spent by
-        earlier waits, ``StopDeadline.spent_by``). A writer holding no row is never given up on (woken by the
-        close, it exits on its own: nothing lost, however little time there was). The image writer gets what is
-        left of rows_s. Then the ``on_close`` callbacks get the final counters.
+        ``short_because`` when given (rows_max_s materially less than ``CLOSE_ROWS_MAX_S``: a station's stop deadline
+        spent by earlier waits, ``StopDeadline.short_because``). A writer holding no row is never given up on
+        (woken by the close, it exits on its own: nothing lost, however little time there was). The image writer
+        gets what is left of rows_s. Then the ``on_close`` callbacks get the final counters.
         """
         if self._closed:
             return

@@ -16,8 +16,8 @@ handshake's close (``engine.CLOSE_S``), the reject gates' close (one ``CloseBy``
 ``close_gates``; one for the station's gate), the encoder's (``polled_encoder.CLOSE_JOIN_S``), MQTT's close
 (``mqtt.CLOSE_S``), the recorder's rows (``CLOSE_ROWS_MAX_S``) and the metrics server (``metrics.CLOSE_S``). One
 that hung leaves the later ones less: rows the recorder could not write in what was left are counted
-``lost_at_close``, and a close given less than its cap says so by naming the waits that spent the deadline
-(``spent_by``), not its disk or its encoder.
+``lost_at_close``, and a close given materially less than its cap (``short_because``) says so by naming the waits
+that spent the deadline (``spent_by``), not its disk or its encoder.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 STOP_RESERVE_S = 1.0   # of TimeoutStopSec, kept past the stop's last wait: summary.json written, the process exits
 NAMED_WAIT_S = 0.05   # s: spent_by names the waits that took at least this long
+CUT_S = 0.5   # s: a wait given this much less than its cap (or under half of it) was cut by the deadline
 
 
 def stop_budget_s(cfg: StationConfig) -> float:
@@ -88,8 +89,10 @@ class StopDeadline:
             close(given_s)
 
     def short_because(self, given_s: float, cap_s: float) -> str:
-        """``spent_by()`` when a wait capped at ``cap_s`` was given less (``given_s``, s), else ''."""
-        return self.spent_by() if given_s < cap_s else ""
+        """``spent_by()`` when a wait capped at ``cap_s`` was given materially less (``given_s``, s: under
+        ``cap_s - CUT_S`` or under half of ``cap_s``), else '': a wait short by a few ms that did not finish keeps its
+        own diagnosis (a slow disk, a held read)."""
+        return self.spent_by() if given_s < max(cap_s - CUT_S, cap_s / 2) else ""
 
     def apart(self, close: Callable[[], None], most_s: float, what: str) -> None:
         """``close()``, a wait the unit's TimeoutStopSec holds apart from the others (the console's: a bundle
