@@ -37,10 +37,10 @@ class Belt:
     def mark(self) -> tuple[int | None, int]:
         return (None if self.down else self.at), 0
 
-    def __enter__(self) -> "Belt":
+    def start(self) -> "Belt":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self, timeout_s: float = 0.0) -> None:
         pass
 
 

@@ -203,7 +203,7 @@ def cell_console(monkeypatch):
     def stations(cfg):
         bundle = SimpleNamespace(root=cfg.bundle, threshold=None)
         models = SimpleNamespace(bundles={Path(cfg.bundle).resolve(): [bundle]}, calibrations={})
-        line = SimpleNamespace(metrics=None, callbacks=[])
+        line = SimpleNamespace(metrics=None, callbacks=[], stop=None)
         console = cell_console_module.open_cell_console(cfg, models, None, contextlib.ExitStack(), line)
         names = [v.name for v in cfg.cameras]
         console.attach_cell(SimpleNamespace(), {c: Path(cfg.bundle) for c in names})
