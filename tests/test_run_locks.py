@@ -307,3 +307,28 @@ def test_a_launcher_names_its_lock_for_its_ranks_while_it_holds_it(tmp_path, mon
     with hold_run_lock(tmp_path):
         assert os.environ[RUN_LOCK_ENV] == str((tmp_path / ".train.lock").resolve())
     assert RUN_LOCK_ENV not in os.environ
+
+
+def test_two_stations_with_output_and_record_dir_swapped_take_their_folder_locks_in_one_order(tmp_path, monkeypatch):
+    """Folder locks are tried without waiting: station 1 (output a, record.dir b) and station 2 (output b,
+    record.dir a) started at the same moment each took its output folder first and were both refused on the other's
+    (neither ran). Each takes its folders in one order (sorted by resolved path), so the first to take the first
+    runs. Before, each took its output folder first."""
+    from fair_edge.station import locks
+
+    taken: dict[str, list[Path]] = {}
+    real_hold = locks.hold_station_folder
+
+    def recording(folder, what, kind):
+        taken.setdefault(what, []).append(Path(folder).resolve())
+        return real_hold(folder, what, kind)
+
+    monkeypatch.setattr(locks, "hold_station_folder", recording)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for name, (out, log) in {"one": (a, b), "two": (b, a)}.items():
+        cfg = StationConfig(output=out, record=RecordSettings(dir=log), console=ConsoleSettings(enabled=False),
+                            source_file=tmp_path / f"{name}.yaml")
+        with locks.station_lock(cfg):
+            pass
+    first, second = taken.values()
+    assert first == second == [a.resolve(), b.resolve()]

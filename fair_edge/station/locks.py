@@ -62,8 +62,8 @@ def station_lock(cfg: StationConfig) -> Iterator[None]:
     refuse_linked_outputs(cfg)   # before the lock file is written: it may be a link too
     refuse_unwritable_outputs(cfg)   # before the lock file is tried: one that cannot be made runs unlocked
     with contextlib.ExitStack() as stack:
-        for folder, kind in folders.values():
-            stack.enter_context(hold_station_folder(folder, what, kind))
+        for _, (folder, kind) in sorted(folders.items()):   # one order in every station (as its PLC locks): two
+            stack.enter_context(hold_station_folder(folder, what, kind))   # started at once never refuse each other
         stack.enter_context(hold_plc_outputs(plc_outputs(cfg), what, plc_busy))
         yield
 
