@@ -19,6 +19,7 @@ from fair_edge.cameras import CaptureSettings, CaptureState, CaptureThread, EndO
 from fair_edge.cameras.genicam import FETCH_STEP_S, LINK_CHECK_REGISTER, GenICamSource, trigger_mode_reads_on
 from fair_edge.errors import CameraError
 
+from test_cameras_aravis_fake import wait_for
 from test_genicam_padding import FakeBuffer, FakeComponent, FakeNodeMap, GenTLInvalidAddress, GenTLTimeout
 
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -103,14 +104,6 @@ def camera(monkeypatch, tmp_path) -> FakeCamera:
     (tmp_path / "Producer.cti").write_bytes(b"")
     cam.cti = tmp_path / "Producer.cti"
     return cam
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.005)
 
 
 def test_a_triggered_camera_opens_on_an_idle_line_and_an_idle_wait_is_no_lost_link(camera):

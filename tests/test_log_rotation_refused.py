@@ -11,6 +11,7 @@ max_bytes keeping its rows (one warning naming the files and the ``chown``) up t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -149,19 +150,28 @@ def _in_child_as(account: pwd.struct_passwd, folder: Path, rows: int) -> dict:
     return seen
 
 
-def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_in_its_log():
-    """The real kernel's refusal: a root-owned 1777 record folder, root's verdicts.jsonl.1 (0644) from a trial run,
-    the station as ``nobody`` (fork + setuid). Its rotation (.1 to .2) is refused with EPERM; every row stays in its
-    verdicts.jsonl and the warning names root's file and the chown."""
+@contextlib.contextmanager
+def root_owned_sticky_folder():
+    """A root-owned 1777 records folder (a shared one, as /tmp) and the ``nobody`` account, removed after; the test
+    is skipped unless it runs as root (it makes root's files and runs a child as nobody)."""
     if os.getuid() != 0:
         pytest.skip("making root's file and running as nobody needs root")
-    account = pwd.getpwnam("nobody")
     base = Path(tempfile.mkdtemp(prefix="fair-edge-rotation-"))
     try:
         base.chmod(0o755)
         folder = base / "records"
         folder.mkdir()
         folder.chmod(0o1777)
+        yield pwd.getpwnam("nobody"), folder
+    finally:
+        shutil.rmtree(base)
+
+
+def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_in_its_log():
+    """The real kernel's refusal: a root-owned 1777 record folder, root's verdicts.jsonl.1 (0644) from a trial run,
+    the station as ``nobody`` (fork + setuid). Its rotation (.1 to .2) is refused with EPERM; every row stays in its
+    verdicts.jsonl and the warning names root's file and the chown."""
+    with root_owned_sticky_folder() as (account, folder):
         (folder / "verdicts.jsonl.1").write_text('{"old":1}\n')
         (folder / "verdicts.jsonl.1").chmod(0o644)
         seen = _in_child_as(account, folder, rows=80)
@@ -173,8 +183,6 @@ def test_root_s_rotated_log_in_a_shared_sticky_folder_leaves_the_service_s_rows_
         assert len(put_off) == 1 and "Operation not permitted" in put_off[0], seen
         assert "verdicts.jsonl.1 (root)" in put_off[0], put_off
         assert f"`sudo chown nobody: {folder / 'verdicts.jsonl.1'}`" in put_off[0], put_off
-    finally:
-        shutil.rmtree(base)
 
 
 def test_a_refused_rotation_grows_the_log_only_into_its_rotated_files_room_then_fails_rows(tmp_path, monkeypatch):
@@ -365,15 +373,7 @@ def test_a_rotation_refused_at_1_deletes_no_rotated_log_first():
     service account's .2, .3. The rotation deleted .3 (rotation's own loss) and moved .2 up before .1 refused to
     move: a rotated log gone for a rotation that never happened. Now the files the rotation would move are checked
     first, and nothing is deleted or moved."""
-    if os.getuid() != 0:
-        pytest.skip("making root's file and running as nobody needs root")
-    account = pwd.getpwnam("nobody")
-    base = Path(tempfile.mkdtemp(prefix="fair-edge-rotation-"))
-    try:
-        base.chmod(0o755)
-        folder = base / "records"
-        folder.mkdir()
-        folder.chmod(0o1777)
+    with root_owned_sticky_folder() as (account, folder):
         for i in (1, 2, 3):
             (folder / f"verdicts.jsonl.{i}").write_text(f'{{"old":{i}}}\n')
             (folder / f"verdicts.jsonl.{i}").chmod(0o644)
@@ -385,5 +385,3 @@ def test_a_rotation_refused_at_1_deletes_no_rotated_log_first():
         assert [r["seq"] for r in _rows(folder / "verdicts.jsonl")] == list(range(40))
         put_off = [m for m in seen["warnings"] if "not rotated" in m]
         assert len(put_off) == 1 and "verdicts.jsonl.1 (root)" in put_off[0], seen
-    finally:
-        shutil.rmtree(base)
