@@ -314,7 +314,8 @@ class CaptureThread:
         A camera still down (reconnecting, or given up) has its unfinished outage counted now: see
         ``_count_open_outage``; ``down_at_stop`` then says why it was down.
         Returns True if the thread finished (or never started), False if it is still
-        blocked inside ``source.read()`` (logged; it is a daemon and exits on its own).
+        blocked inside ``source.read()`` or, reconnecting, its ``open()`` (logged, naming which; it is a daemon and
+        exits on its own).
         """
         if not self._stop.is_set():   # the first call: the run's end (a second one moves nothing)
             self._t_stop = time.monotonic()
@@ -323,14 +324,16 @@ class CaptureThread:
         if self._thread is None:
             self._finish(CaptureState.STOPPED, "stop() called")
             return True
+        reopening = self._state is CaptureState.RECONNECTING   # alive after the join then: held in the source's open
         self._interrupt_source()
         # the end marker goes in after the reader's last frame: a frame taken before this call and read while
         # stopping is still queued ahead of it and inspected; one taken after it is not accepted (``_accept``)
         self._thread.join(self.settings.stop_timeout_s)
         self._finish(CaptureState.STOPPED, "stop() called")
         if self._thread.is_alive():
-            log.warning("camera %s: reader did not finish within %.1f s (blocked in read()); "
-                        "leaving the daemon thread to exit", self.source.name, self.settings.stop_timeout_s)
+            log.warning("camera %s: reader did not finish within %.1f s (%s); leaving the daemon thread to exit",
+                        self.source.name, self.settings.stop_timeout_s,
+                        "held in reopening the camera" if reopening else "blocked in read()")
             return False
         return True
 

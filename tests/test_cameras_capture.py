@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 
 import numpy as np
@@ -392,3 +393,44 @@ def test_stop_while_frames_come_counts_no_outage():
     with CaptureThread(LineSource(IMAGES, fps=0), settings) as cap:   # on demand: seq has no gaps
         cap.get(timeout=2)
     assert cap.down_at_stop == "" and cap.stats().frames_lost_estimate == 0
+
+
+class ReopenHangs(SourceBase):
+    """A camera whose link drops after its first frame and whose reopen then hangs (a camera that accepts the
+    connection and says nothing) until ``release`` is set."""
+
+    name = "hangs"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened, self.reopening, self.release = 0, threading.Event(), threading.Event()
+
+    def _connect(self):
+        self.opened += 1
+        if self.opened > 1:
+            self.reopening.set()
+            self.release.wait(10)
+            raise CameraError("hangs: camera unreachable")
+        return IMAGES[0], self.name, time.monotonic()
+
+    def _grab(self):
+        raise CameraError("hangs: link lost")
+
+    def _release(self) -> None:
+        pass
+
+
+def test_a_stop_while_the_reader_is_held_reopening_the_camera_says_so(caplog):
+    """A stop() whose join timed out always said "(blocked in read())", also when the reader was held reopening
+    the camera after a lost link (an RTSP camera that accepts and says nothing): the log named the wrong place."""
+    source = ReopenHangs()
+    cap = CaptureThread(source, CaptureSettings(stop_timeout_s=0.2, **FAST)).start()
+    try:
+        cap.get(timeout=5)
+        assert source.reopening.wait(5)
+        with caplog.at_level(logging.WARNING):
+            assert cap.stop() is False
+        said = [r.getMessage() for r in caplog.records if "did not finish" in r.getMessage()]
+        assert len(said) == 1 and "held in reopening the camera" in said[0] and "read()" not in said[0], said
+    finally:
+        source.release.set()
