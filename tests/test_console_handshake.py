@@ -30,6 +30,7 @@ from fair_edge.records import Frame, Verdict
 
 LIVE_PAGE = Path(__file__).resolve().parents[1] / "fair_edge" / "console" / "static" / "live.html"
 FANOUT_SHOWN = {"fanout_expired", "fanout_overflow"}   # a cell's only (CellLine.handshake_stats): "–" with one camera
+ANSWERS_AND_STALE_SHOWN = ("ok", "ng", "withdrawn", "stale_acks", "stale_frames")   # moved in a test of their own
 POLL_S = 0.005
 ACK_TIMEOUT_S, RESULT_TIMEOUT_S = 1.0, 5.0   # the fake clock passes them only when the test says
 
@@ -132,8 +133,60 @@ def test_every_handshake_figure_the_live_page_shows_moves_as_the_handshake_count
     assert {"triggers", "results", "not_inspected", "ack_timeouts", "overruns", "io_errors"} <= set(keys), keys
     one_camera = set(keys) - FANOUT_SHOWN                           # a cell's fanout counts: "–" here, moved below
     assert FANOUT_SHOWN <= set(keys) and one_camera <= set(hs.stats()), one_camera - set(hs.stats())
-    still = [key for key in [*one_camera, "connected"] if len(set(seen[key])) < 2]
+    still = [key for key in [*one_camera - set(ANSWERS_AND_STALE_SHOWN), "connected"] if len(set(seen[key])) < 2]
     assert not still, f"shown but never moved: {still}"
+
+
+def test_every_handshake_counter_the_live_table_shows_is_on_the_card():
+    """The card left out the answers OK / NG, withdrawn results, stale acks and stale frames, which the live table
+    (``handshake_rows``) and /metrics show: every ``HANDSHAKE_COUNTERS`` key has its ``<b data-hs>``, once."""
+    keys = shown_keys()
+    assert sorted(key for key in keys if key in HANDSHAKE_COUNTERS) == sorted(HANDSHAKE_COUNTERS), \
+        sorted(set(HANDSHAKE_COUNTERS) - set(keys))
+
+
+def test_the_answers_withdrawn_results_stale_acks_and_frames_on_the_card_move(tmp_path):
+    """The five figures the card left out, read from the live state by live.html's data-hs keys as live.js does,
+    move with the handshake over a scripted PLC: a frame exposed before its part's trigger is skipped by the
+    triggered camera (stale_frames), that part answered OK and acked (ok), the next answered NG and left up when the
+    link is reopened (ng, withdrawn), then an ack the PLC sets with no result up (stale_acks)."""
+    from test_hsmetrics_exported import Frames
+
+    from fair_edge.cameras.triggered import TriggeredSource
+
+    scripted = ScriptedHandshake()
+    hs, plc, clock = scripted.hs, scripted.plc, scripted.clock
+    console, _ = one_camera_console(tmp_path, live_fps=1e9)   # a snapshot per read
+    client = api(console)
+    console.feed.read_handshake_from(hs.stats)
+
+    def shown() -> tuple:
+        state = client.get("/api/state").json()["handshake"]
+        assert set(ANSWERS_AND_STALE_SHOWN) <= set(shown_keys()) and state == hs.stats(), state
+        return tuple(state[key] for key in ANSWERS_AND_STALE_SHOWN)   # ok, ng, withdrawn, stale_acks, stale_frames
+
+    scripted.connect()
+    assert shown() == (0, 0, 0, 0, 0)
+    scripted.trigger(1001)
+    camera = TriggeredSource(Frames([Frame(0, clock() - 1.0, None, "line"), Frame(1, clock(), None, "line")]), hs)
+    frame = camera.read()                                           # the first frame predates the trigger: skipped
+    assert shown() == (0, 0, 0, 0, 1)
+    hs.on_verdict(frame, Verdict(frame.seq, frame.t_capture, 0.1, 0.5, False, clock(), "line"))
+    scripted.poll()
+    plc.signals["ack"] = 1
+    scripted.poll()
+    assert shown() == (1, 0, 0, 0, 1) and hs.stats()["acked"] == 1
+    scripted.trigger(1002)                                          # NG, written, not acked before the reconnect
+    hs.bind(1, hs.next_trigger(0.0))
+    hs.on_verdict(Frame(1, clock(), None), Verdict(1, clock(), 2.0, 1.0, True, clock()))
+    scripted.poll(3)
+    assert (plc.signals["results_ready"], plc.signals["result_part_id"]) == (1, 1002)
+    assert shown() == (1, 1, 0, 0, 1)
+    assert hs._connect()                                            # reopened: 1002's ack is unknown, withdrawn
+    assert shown() == (1, 1, 1, 0, 1)
+    plc.signals["ack"] = 1                                          # the PLC acks the withdrawn result, late
+    scripted.poll()
+    assert shown() == (1, 1, 1, 1, 1) and plc.signals["ack"] == 0
 
 
 def test_a_cells_fanout_figures_on_the_card_move_as_its_cameras_miss_triggers(tmp_path):

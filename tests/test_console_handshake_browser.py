@@ -47,6 +47,7 @@ def test_the_plc_pill_and_card_show_the_handshake_and_its_link(browser, tmp_path
         hs.answer_not_inspected(hs.next_trigger(0.0))
         expected = {key: str(hs.stats().get(key, "–")) for key in shown_keys()}   # a cell's fanout: "–" here
         assert (expected["triggers"], expected["results"], expected["not_inspected"]) == ("2", "1", "1")
+        assert (expected["ok"], expected["ng"], expected["stale_acks"]) == ("0", "1", "0")   # the answers are shown
         wait(browser, lambda d: card(d) == expected, what=f"the handshake card to show {expected}")
         assert text(browser, "plc-state") == "PLC: handshake up" and "ok" in pill_class(browser)
         assert text(browser, "hs-link") == "up"
