@@ -25,9 +25,10 @@ from typing import Any
 from fair_edge.console import tuning
 from fair_edge.console.alarm_ack import acknowledge_gates, faults_left
 from fair_edge.console.dataset_export import export_dataset
-from fair_edge.console.feed import StationFeed, ViewKey, alarm_text, finite, view_key
+from fair_edge.console.feed import StationFeed, ViewKey, finite, view_key
 from fair_edge.console.journal import AUDIT, REVIEWS, Journal
 from fair_edge.console.refusals import FrameNotKept, StationStarting, ThresholdNotForBundle
+from fair_edge.console.reject_gates import alarm_text
 from fair_edge.console.reload_scope import CameraBundle, ReloadFrom, reload_plan
 from fair_edge.console.reviews import REVIEW_LABELS, not_kept, review_image
 from fair_edge.console.swaps import BundleSwaps
@@ -228,7 +229,7 @@ class StationActions:
         the missed pulses of sinks that work, on every gate the console shows (``feed.alarms``: the station's, and
         with ``group.by: lane`` each lane's), all or nothing (``alarm_ack.acknowledge_gates``); the fault output drops
         unless a fault (camera, backend, sink down) still holds it (a lane's alarm holds it through the station's tick:
-        it drops at the next, ~0.5 s). Audited with everything it cleared (``feed.alarm_text``). seen: the alarm text
+        it drops at the next, ~0.5 s). Audited with everything it cleared (``reject_gates.alarm_text``). seen: the alarm text
         the page showed (None: whatever is latched); AlarmChanged, nothing cleared and nothing audited, when a gate's
         text is not the one it shows (an alarm latched or a pulse missed since). The answer's ``fault``: why the fault
         output is still on as the gates tell it (``alarm_ack.faults_left``)."""

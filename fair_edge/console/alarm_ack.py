@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
-from fair_edge.console.feed import alarm_shown, named_alarm
+from fair_edge.console.reject_gates import alarm_shown, named_alarm
 from fair_edge.console.refusals import AlarmChanged
 
 
@@ -26,7 +26,7 @@ def refuse_unseen(latched: dict[str, str], seen: str | None) -> None:
 
 def acknowledge_gates(gates: dict, seen: str | None) -> dict[str, str]:
     """Clear every gate's alarm text ({gate: ``RejectGate``}, ``feed.reject_gates``' order) all or nothing, checked
-    against ``seen`` (the page's text, ``feed.alarm_text``; None: whatever is there): each gate held still
+    against ``seen`` (the page's text, ``reject_gates.alarm_text``; None: whatever is there): each gate held still
     (``acknowledging``: an alarm latched or a pulse missed meanwhile waits, and is there after), every text checked
     (``refuse_unseen``: AlarmChanged, nothing cleared), then each cleared. Returns {gate: the text it cleared}.
     Checked and cleared gate by gate instead, a gate that latched an alarm between the check and its clear kept it
