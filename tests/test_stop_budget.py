@@ -19,7 +19,7 @@ from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.mux import CaptureMux
 from fair_edge.console.settings import CLOSE_LOAD_S, SWAP_JOIN_S
 from fair_edge.console.station_hook import StationConsole
-from fair_edge.line import encoder_links
+from fair_edge.line import close_cut, encoder_links
 from fair_edge.line import metrics as metrics_mod
 from fair_edge.line import mqtt as mqtt_mod
 from fair_edge.line.handshake import engine
@@ -140,7 +140,7 @@ class SlowDisk:
     def on_close(self, fn) -> None:
         pass
 
-    def close(self, images_s: float, rows_s: float, rows_max_s: float, short_because: str = "") -> None:
+    def close(self, images_s: float, rows_s: float, rows_max_s: float) -> None:
         self.rows_given_s = rows_max_s
         self.clock.wait(rows_max_s)
 
@@ -565,7 +565,7 @@ def test_rows_lost_in_a_wait_cut_by_a_few_ms_are_blamed_on_the_disk(tmp_path, ca
 
     class Rows:
         def close(self, **kw) -> None:
-            given.append(kw)
+            given.append(dict(kw, short_because=close_cut.cut_reason()))   # why the close learns it was cut short
 
     close_recorder(Rows(), stop)
     assert given[0]["rows_max_s"] == pytest.approx(CLOSE_ROWS_MAX_S - 0.1) and given[0]["short_because"] == ""

@@ -59,6 +59,7 @@ import numpy as np
 from ..errors import RecorderError
 from ..disk import free_inodes
 from ..records import Frame, Verdict, WallClock, new_run_id
+from .close_cut import cut_reason
 from .disk_room import DISK_CHECK_S, DiskRoom
 from .image_writer import IDLE_POLL_S, IMAGE_BOUNDS, ImageWriter
 from .row_logs import RowLogs
@@ -262,18 +263,18 @@ class Recorder:
         self._call_on_close(fn)
 
     def close(self, images_s: float = CLOSE_IMAGES_S, rows_s: float = CLOSE_ROWS_S,
-              rows_max_s: float = CLOSE_ROWS_MAX_S, short_because: str = "") -> None:
+              rows_max_s: float = CLOSE_ROWS_MAX_S) -> None:
         """Write what is queued and stop the writer; safe twice.
 
         images_s: NG images are saved for at most this long, seconds (none when ``stop_images`` was called);
         then the remaining rows only (images counted ``images_skipped``). rows_s: the writer is then waited for as
         long as it keeps writing rows, until it has written none for this long, seconds (a hung disk), and for at
         most rows_max_s in all (a disk too slow for what is queued; ``CLOSE_ROWS_MAX_S`` fits the service's stop
-        timeout): rows it still holds are counted ``lost_at_close`` and logged as an error, naming the disk, or
-        ``short_because`` when given (rows_max_s materially less than ``CLOSE_ROWS_MAX_S``: a station's stop deadline
-        spent by earlier waits, ``StopDeadline.short_because``). A writer holding no row is never given up on
-        (woken by the close, it exits on its own: nothing lost, however little time there was). The image writer
-        gets what is left of rows_s. Then the ``on_close`` callbacks get the final counters.
+        timeout): rows it still holds are counted ``lost_at_close`` and logged as an error, naming the disk, or the
+        ``line.close_cut`` reason the close runs under (rows_max_s materially less than ``CLOSE_ROWS_MAX_S``: a
+        station's stop deadline spent by earlier waits, ``station.line_side.close_recorder``). A writer holding no
+        row is never given up on (woken by the close, it exits on its own: nothing lost, however little time there
+        was). The image writer gets what is left of rows_s. Then the ``on_close`` callbacks get the final counters.
         """
         if self._closed:
             return
@@ -288,7 +289,7 @@ class Recorder:
         self._images.wake()   # the image writer sees the stop
         waited_s = self._wait_rows(rows_s, rows_max_s)
         if self._thread.is_alive():
-            self._abandon(waited_s, rows_s, rows_max_s, short_because)
+            self._abandon(waited_s, rows_s, rows_max_s)
         self._images.join(max(0.0, rows_s - waited_s), rows_s)
         with self._lock:
             self._finished = True
@@ -309,12 +310,12 @@ class Recorder:
             if not self._thread.is_alive():
                 return self._clock() - start
 
-    def _abandon(self, waited_s: float, rows_s: float, rows_max_s: float, short_because: str) -> None:
+    def _abandon(self, waited_s: float, rows_s: float, rows_max_s: float) -> None:
         """Give up on a writer stuck past close's deadline: the rows it holds and those queued are counted
         ``lost_at_close`` (if it finishes one later, that row is in the file but stays counted lost). The error
         says which deadline: no row written for ``rows_s`` (a hung disk), ``rows_max_s`` in all (a slow one), or
-        ``short_because`` (rows_max_s cut short by a station's stop). A writer holding no row loses nothing: no
-        error (it was woken and exits on its own)."""
+        rows_max_s cut short by a station's stop (``close_cut.cut_reason``: logged in the closing thread, where that
+        reason is set). A writer holding no row loses nothing: no error (it was woken and exits on its own)."""
         with self._lock:
             self._accepting = False
             self._abandoned = True
@@ -335,9 +336,10 @@ class Recorder:
             self._counters.add("lost_at_close", lost)
         if not lost:
             return
-        if waited_s >= rows_max_s and short_because:
+        cut_short_because = cut_reason()
+        if waited_s >= rows_max_s and cut_short_because:
             log.error("recorder: %d row(s) not written when the close's %g s for them ended, counted lost_at_close: "
-                      "%s", lost, rows_max_s, short_because)
+                      "%s", lost, rows_max_s, cut_short_because)
         elif waited_s >= rows_max_s:
             log.error("recorder: the writer was still writing rows %g s after closing (the most a stop waits for "
                       "them, so the service's stop timeout is kept): %d row(s) not written, counted lost_at_close; "

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..records import Frame, Verdict
 from . import encoder_source
+from .close_cut import because
 from .encoder_source import EncoderSource
 from .events import RejectEvent
 from .gate_alarms import Acknowledgement, GateAlarms
@@ -433,7 +434,7 @@ class RejectScheduler:
         self._thread.join(timeout=max(0.0, by.drain_until - time.monotonic()))
         if self._thread.is_alive():
             log.error("reject scheduler thread did not stop by the close's deadline (%s)",
-                      by.why_missed("held in an encoder read?"))
+                      because("held in an encoder read?"))
         self._alarms.log_close()
         self.abandon_pending()
         self._outputs.begin_close(by)

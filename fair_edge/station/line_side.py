@@ -242,13 +242,14 @@ def close_gates(gates: Iterable[RejectScheduler], stop: StopDeadline) -> None:
     """Close reject gates (``RejectScheduler``s: a station's, or a cell's lanes together) within one ``CloseBy`` of
     what the stop has left (at most ``CLOSE_DRAIN_S + CLOSE_JOIN_S``): every gate's thread told to stop
     (``stop_deciding``) before any is waited for, then each gate's sinks told to stop (``begin_close``) before any
-    sink is waited for, so N lanes whose encoder reads or outputs hang cost one close in all, not one per lane."""
+    sink is waited for, so N lanes whose encoder reads or outputs hang cost one close in all, not one per lane. Run
+    by ``stop.call``: cut short, their log lines name the deadline (``line.close_cut``), not a held encoder read."""
     from fair_edge.line.sinks.base import CLOSE_DRAIN_S, CLOSE_JOIN_S, CloseBy
 
-    gates, full_s = list(gates), CLOSE_DRAIN_S + CLOSE_JOIN_S
-    budget_s = stop.left(full_s)
-    by = CloseBy.from_now(budget_s, short_because=stop.short_because(budget_s, full_s))
-    with stop.timed("the reject gates' close"):
+    gates = list(gates)
+
+    def close(budget_s: float) -> None:
+        by = CloseBy.from_now(budget_s)
         for gate in gates:
             gate.stop_deciding()
         for gate in gates:
@@ -256,18 +257,20 @@ def close_gates(gates: Iterable[RejectScheduler], stop: StopDeadline) -> None:
         for gate in gates:
             gate.close(by)
 
+    stop.call(close, CLOSE_DRAIN_S + CLOSE_JOIN_S, "the reject gates' close")
+
 
 def close_recorder(recorder: Recorder, stop: StopDeadline) -> None:
     """Close the recorder within what the stop has left: NG images still queued (none after ``finish_line``, which
     saved or gave them up) up to ``CLOSE_IMAGES_S``, rows up to ``CLOSE_ROWS_MAX_S`` (``CLOSE_ROWS_S`` without a
-    row written: a hung disk); rows left then are counted ``lost_at_close``."""
+    row written: a hung disk); rows left then are counted ``lost_at_close``, named lost to the deadline when it cut
+    the rows' wait short (``stop.call``: ``line.close_cut``), else to the disk."""
     from fair_edge.line.recorder import CLOSE_IMAGES_S, CLOSE_ROWS_MAX_S, CLOSE_ROWS_S
 
-    rows_max_s = stop.left(CLOSE_ROWS_MAX_S)
-    short_because = stop.short_because(rows_max_s, CLOSE_ROWS_MAX_S)
-    with stop.timed("the recorder's close"):
-        recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s,
-                       short_because=short_because)
+    def close(rows_max_s: float) -> None:
+        recorder.close(images_s=stop.left(CLOSE_IMAGES_S), rows_s=min(CLOSE_ROWS_S, rows_max_s), rows_max_s=rows_max_s)
+
+    stop.call(close, CLOSE_ROWS_MAX_S, "the recorder's close")
 
 
 def finish_gates(gates: Iterable[RejectScheduler], deadline: float, stop: StopDeadline) -> None:

@@ -83,7 +83,8 @@ class StopDeadline:
     def call(self, close: Callable[[float], None], cap_s: float, what: str) -> None:
         """``close(left(cap_s))``, timed as ``what`` (e.g. "MQTT's close"), for an exit stack: the time is taken when
         the close runs. A close given less than its cap runs under ``line.close_cut.cut_short`` of ``short_because``:
-        its log lines name the deadline and the waits that spent it, not their own guess (a read held)."""
+        its log lines, written in this thread, name the deadline and the waits that spent it, not their own guess (a
+        read held, a slow disk)."""
         given_s = self.left(cap_s)
         with self.timed(what), cut_short(self.short_because(given_s, cap_s)):
             close(given_s)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ...errors import PlcBindingError, PlcDeviceError, PlcError
+from ..close_cut import because
 from ..events import RejectEvent
 
 log = logging.getLogger(__name__)
@@ -79,23 +80,17 @@ class CloseBy:
 
     drain_until: float
     join_until: float
-    short_because: str = ""   # why they are shorter than the close's own (a station's stop deadline spent); '' not
 
     @classmethod
-    def from_now(cls, budget_s: float | None = None, short_because: str = "") -> CloseBy:
+    def from_now(cls, budget_s: float | None = None) -> CloseBy:
         """``CLOSE_DRAIN_S`` from now for the drain, ``CLOSE_JOIN_S`` after that for the workers; both shrunk in
         proportion when ``budget_s`` (seconds, e.g. what a station's stop has left: ``station.stop_deadline``) is
-        less than their sum (0: both now); short_because: why, for the log lines of what then does not stop in
-        time (``StopDeadline.spent_by``)."""
+        less than their sum (0: both now). Why they were shrunk, for the log lines of what then does not stop in
+        time, is the close's ``line.close_cut`` reason (``station.line_side.close_gates``)."""
         full_s = CLOSE_DRAIN_S + CLOSE_JOIN_S
         scale = 1.0 if budget_s is None else max(0.0, min(1.0, budget_s / full_s))
         now = time.monotonic()
-        return cls(now + CLOSE_DRAIN_S * scale, now + full_s * scale, short_because)
-
-    def why_missed(self, guess: str) -> str:
-        """Why a worker did not stop by these deadlines, for its log line: ``short_because`` when they were cut
-        short (the time was spent elsewhere), else ``guess`` (the worker's own likely cause)."""
-        return self.short_because or guess
+        return cls(now + CLOSE_DRAIN_S * scale, now + full_s * scale)
 
 
 @dataclass(frozen=True)
@@ -362,7 +357,7 @@ class WorkerSink:
         self._miss_left_queued()
         if self._thread.is_alive():   # still in a write: a second writer on the output would race it
             log.error("sink %s: worker did not stop by the close's deadline (%s); the resting level is not written "
-                      "at close: the output may be left on", self.name, by.why_missed("a write still blocked"))
+                      "at close: the output may be left on", self.name, because("a write still blocked"))
         else:
             self._rest_at_close(by.join_until)
         self._disconnect()
