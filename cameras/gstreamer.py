@@ -8,6 +8,7 @@ build with ``-DWITH_GSTREAMER=ON``.
 
 from __future__ import annotations
 
+import logging
 import re
 from fractions import Fraction
 
@@ -17,7 +18,10 @@ import numpy as np
 from fair_edge.errors import CameraError, ConfigError
 from fair_edge.fields import is_int, is_number, require
 
+from .base import READ_SPAN_S
 from .opencv import OpenCVSource
+
+log = logging.getLogger(__name__)
 
 # ``nvvidconv flip-method`` values as NVIDIA's element enumerates them (GstNvVideoFlipMethod, ``gst-inspect-1.0
 # nvvidconv``): not GStreamer's ``videoflip`` order (there 1 is clockwise and 5 a vertical flip)
@@ -85,6 +89,12 @@ class GStreamerSource(OpenCVSource):
     pipeline: gst-launch syntax, e.g. ``jetson_csi_pipeline()``.
     fps: the pipeline's frame rate if known (used for loss estimates), frames per second.
     Frames: (H, W, 3) uint8 BGR.
+
+    Its waits are bounded as an ``opencv:`` network stream's (``_bound_waits``): a read waits ``base.READ_SPAN_S``
+    (2 s) for a frame, so a pipeline that goes silent (a network camera gone, the Argus daemon dead) is a
+    ``FrameMissed`` and then a reconnect, which the station's fault output shows, and a stop is not held; a start
+    of the pipeline waits ``open_timeout_s``. Where this OpenCV's GStreamer backend has no read timeout, the open
+    says so (a silent pipeline then holds the reader: no reconnect, no fault).
     """
 
     def __init__(self, pipeline: str, *, fps: float | None = None, name: str | None = None) -> None:
@@ -106,3 +116,30 @@ class GStreamerSource(OpenCVSource):
                 "and uninstall opencv-python-headless there) or build OpenCV with -DWITH_GSTREAMER=ON"
             )
         return super()._connect()
+
+    def _create(self) -> cv2.VideoCapture:
+        """The pipeline's capture, opened, with its waits bounded (``_bound_waits``)."""
+        cap = super()._create()
+        if cap.isOpened():
+            self._bound_waits(cap)
+        return cap
+
+    def _bound_waits(self, cap: cv2.VideoCapture) -> None:
+        """Set OpenCV's GStreamer open and read timeouts (``open_timeout_s``, ``READ_SPAN_S``) on ``cap``.
+
+        OpenCV's GStreamer backend applies them after the pipeline has started, whether given at open or set (it
+        stops the pipeline; the first read starts it again), so they are set here, once open, where the backend
+        has them: it reports its read timeout (30 s by default); one without (OpenCV's before it took them, or
+        GStreamer < 1.10) reports 0 and would refuse them as open parameters. Then a warning names the risk."""
+        if cap.get(cv2.CAP_PROP_READ_TIMEOUT_MSEC) <= 0:
+            log.warning("camera %s: this OpenCV (%s) has no read timeout for GStreamer pipelines: if the pipeline "
+                        "stops delivering frames, read() waits for ever, so the camera is not reconnected, the "
+                        "station's fault output stays off and a stop leaves the reader behind. Use an OpenCV whose "
+                        "GStreamer backend has one: a GStreamer capture's cap.get(cv2.CAP_PROP_READ_TIMEOUT_MSEC) "
+                        "gives 30000, not 0 (docs/jetson.md, section 3)", self.name, cv2.__version__)
+            return
+        for prop, seconds in ((cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_s),
+                              (cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_SPAN_S)):
+            if not cap.set(prop, seconds * 1000):
+                log.warning("camera %s: OpenCV's GStreamer backend refused timeout property %d = %g ms; its "
+                            "default stays (30 s)", self.name, prop, seconds * 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -24,7 +25,7 @@ from fair_edge.cameras import (
     open_source,
     parse_source,
 )
-from fair_edge.cameras.base import READ_SPAN_S, CaptureSettings
+from fair_edge.cameras.base import READ_SPAN_S, CaptureSettings, CaptureState
 from fair_edge.cameras.capture import CaptureThread
 from fair_edge.errors import CameraError, ConfigError
 
@@ -181,6 +182,92 @@ def test_gstreamer_missing_in_opencv_build_says_how_to_get_it():
     with pytest.raises(CameraError, match="built without GStreamer") as info:
         GStreamerSource("videotestsrc num-buffers=1 ! videoconvert ! appsink").open()
     assert "python3-opencv" in str(info.value)
+
+
+
+class _SilentPipeline:
+    """A fake ``cv2.VideoCapture`` as OpenCV's GStreamer backend opens a pipeline (``rtspsrc ... ! appsink``) that
+    delivers one frame and then nothing (its camera gone): a read waits for the read timeout set on it, then gives
+    (False, None) (``gst_app_sink_try_pull_sample``; returned at once here: the waiting is OpenCV's), and without one
+    it waits for ever (OpenCV's default 30 s, or none in a backend without it: ``gst_app_sink_pull_sample``), here
+    until ``stuck`` is set. ``read_timeout_ms``: what the backend reports before any set (0: it has none)."""
+
+    instances: list[_SilentPipeline] = []
+    read_timeout_ms = 30000.0
+    stuck = threading.Event()
+
+    def __init__(self, target: str, api: int) -> None:
+        assert api == cv2.CAP_GSTREAMER
+        self.props = {cv2.CAP_PROP_READ_TIMEOUT_MSEC: self.read_timeout_ms, cv2.CAP_PROP_OPEN_TIMEOUT_MSEC: 30000.0}
+        self.sets: list[tuple[int, float]] = []
+        self.reads = 0
+        self.instances.append(self)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return self.props.get(prop, 0.0)
+
+    def set(self, prop: int, value: float) -> bool:
+        self.sets.append((prop, value))
+        if not self.props.get(prop):
+            return False
+        self.props[prop] = float(value)
+        return True
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 1:
+            return True, IMAGES[0].copy()
+        if self.props[cv2.CAP_PROP_READ_TIMEOUT_MSEC] >= 30000:
+            self.stuck.wait()
+        return False, None
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.fixture
+def silent_pipeline(monkeypatch):
+    """GStreamerSource opens ``_SilentPipeline`` (this OpenCV has no GStreamer); a reader left waiting is let go."""
+    from fair_edge.cameras import gstreamer
+
+    monkeypatch.setattr(gstreamer, "gstreamer_available", lambda: True)
+    monkeypatch.setattr(cv2, "VideoCapture", _SilentPipeline)
+    _SilentPipeline.instances, _SilentPipeline.stuck = [], threading.Event()
+    yield _SilentPipeline
+    _SilentPipeline.stuck.set()
+
+
+RTSP_PIPELINE = "rtspsrc location=rtsp://cam/s ! decodebin ! videoconvert ! video/x-raw, format=BGR ! appsink"
+
+
+def test_a_silent_gstreamer_pipeline_is_reconnected_and_its_stop_is_not_held(silent_pipeline):
+    """A gst: pipeline's read had OpenCV's GStreamer default wait (30 s, or for ever in a backend without a read
+    timeout): a pipeline gone silent held the reader in read(), the capture stayed 'running' (no reconnect, no fault
+    output) and a stop gave up after its 3 s wait. Its waits are now set as an opencv: network stream's."""
+    capture = CaptureThread(GStreamerSource(RTSP_PIPELINE), CaptureSettings(backoff_initial_s=5)).start()
+    capture.get(timeout=5)
+    deadline = time.monotonic() + 5
+    while capture.stats().state is CaptureState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert capture.stats().state is CaptureState.RECONNECTING and capture.stats().read_errors == 3
+    assert capture.stop() is True
+    first = silent_pipeline.instances[0]
+    assert first.sets == [(cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000.0), (cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                                                                      READ_SPAN_S * 1000)]
+
+
+def test_an_opencv_without_a_gstreamer_read_timeout_says_so_at_open(silent_pipeline, monkeypatch, caplog):
+    """A backend that has no read timeout reports 0 and would refuse it as an open parameter (the open fails):
+    nothing is set, and the open warns that a silent pipeline would hold the reader, with the check to run."""
+    monkeypatch.setattr(silent_pipeline, "read_timeout_ms", 0.0)
+    with caplog.at_level(logging.WARNING), GStreamerSource(RTSP_PIPELINE) as source:
+        source.read()
+    assert silent_pipeline.instances[0].sets == []
+    said = [r.getMessage() for r in caplog.records if "no read timeout" in r.getMessage()]
+    assert len(said) == 1 and "not reconnected" in said[0] and "CAP_PROP_READ_TIMEOUT_MSEC" in said[0], said
 
 
 # ---- GenICam ------------------------------------------------------------------------
