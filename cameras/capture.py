@@ -523,12 +523,15 @@ class CaptureThread:
         self._close_source()
         t_down = time.monotonic()
         attempt = 0
-        while s.max_reconnects is None or attempt < s.max_reconnects:
+        while not self._stop.is_set():   # a stop during an attempt's open: no next attempt announced, no giving up
+            if s.max_reconnects is not None and attempt >= s.max_reconnects:
+                log.error("camera %s: giving up after %d reconnect attempts; last error: %s", name, attempt, cause)
+                return f"gave up after {attempt} reconnect attempts: {cause}", cause
             delay = s.backoff_s(attempt)
             log.warning("camera %s: %s; reconnecting in %.2f s (attempt %d%s)", name, cause, delay,
                         attempt + 1, "" if s.max_reconnects is None else f" of {s.max_reconnects}")
             if self._stop.wait(delay):
-                return "stop() called", None
+                break
             attempt += 1
             try:
                 self.source.open()
@@ -543,8 +546,7 @@ class CaptureThread:
             log.warning("camera %s: reconnected after %.2f s (%d attempt(s))", name,
                         time.monotonic() - t_down, attempt)
             return None
-        log.error("camera %s: giving up after %d reconnect attempts; last error: %s", name, attempt, cause)
-        return f"gave up after {attempt} reconnect attempts: {cause}", cause
+        return "stop() called", None
 
     # ---- shared helpers --------------------------------------------------------------
     def _nominal_fps(self) -> float | None:

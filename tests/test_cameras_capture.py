@@ -434,3 +434,26 @@ def test_a_stop_while_the_reader_is_held_reopening_the_camera_says_so(caplog):
         assert len(said) == 1 and "held in reopening the camera" in said[0] and "read()" not in said[0], said
     finally:
         source.release.set()
+
+
+def test_a_reopen_that_fails_after_the_stop_announces_no_further_attempt(caplog):
+    """A stop during a reopen gives up after its wait, and the reader ends when the open does; a failed open then
+    logged "reconnecting in ... (attempt 2)" after the stop, as if the camera were still being reconnected (and, at
+    the last of ``max_reconnects``, "giving up"). Now the reader ends without announcing another attempt."""
+    for max_reconnects in (None, 1):
+        source = ReopenHangs()
+        cap = CaptureThread(source, CaptureSettings(stop_timeout_s=0.2, max_reconnects=max_reconnects, **FAST)).start()
+        cap.get(timeout=5)
+        assert source.reopening.wait(5)
+        with caplog.at_level(logging.WARNING):
+            assert cap.stop() is False
+            said_before = len(caplog.records)
+            source.release.set()   # the open fails now, after the stop
+            deadline = time.monotonic() + 5
+            while cap.alive and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert not cap.alive
+        after = [r.getMessage() for r in caplog.records[said_before:]]
+        assert not [m for m in after if "reconnecting in" in m or "giving up" in m], after
+        assert cap.stats().state is CaptureState.STOPPED and cap.stats().end_reason == "stop() called"
+        caplog.clear()
