@@ -212,7 +212,7 @@ class CaptureSettings:
         ``FrameIncomplete``, proves the link is up: counted, never one of them; a triggered camera's wait for a
         part, ``AwaitingTrigger``, is not a miss).
     stop_timeout_s: how long ``stop()`` waits for the reader thread to finish, seconds: a read in progress (at most
-        ``READ_SPAN_S``: a GenICam camera's longest wait, an ``opencv:`` network stream's or a ``gst:`` pipeline's
+        ``READ_SPAN_S``: a GenICam camera's longest wait, an ``opencv:`` or ``gst:`` network stream's
         read timeout) and what follows it (``READ_AFTER_S``).
     nominal_fps: frame rate used to estimate frames lost in an outage when the source's
         sequence numbers show no gap; ``None`` = ask the source (``source.nominal_fps``).

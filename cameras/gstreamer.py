@@ -31,6 +31,11 @@ FLIP_METHODS = {
     7: "flip upper-left diagonal",
 }
 TURNING_FLIPS = (1, 3, 5, 7)   # the two 90-degree turns and the two transposes: a W x H image comes out H x W
+# first elements of a pipeline that streams from the network: a camera that streams whether or not a part passes,
+# so a pipeline silent for READ_SPAN_S has lost it (a local or triggered source may wait minutes for a part)
+NETWORK_SOURCES = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "rtmpsrc", "rtmp2src", "srtsrc",
+                   "srtclientsrc", "ristsrc")
+NETWORK_URI = re.compile(r"\buri\s*=\s*\"?(rtsps?|rtmps?|https?|udp|srt|rist)://", re.IGNORECASE)
 
 
 def gstreamer_available() -> bool:
@@ -83,6 +88,14 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 108
     )
 
 
+def streams_from_network(pipeline: str) -> bool:
+    """Whether ``pipeline`` (gst-launch syntax) begins with a network source: an element of ``NETWORK_SOURCES``,
+    or a URI bin (``uridecodebin``, ``urisourcebin``, ``playbin``) given a network URI (``NETWORK_URI``)."""
+    first = pipeline.split("!", 1)[0].strip()
+    element = first.split(" ", 1)[0]
+    return element in NETWORK_SOURCES or (element.startswith(("uri", "playbin")) and bool(NETWORK_URI.search(first)))
+
+
 class GStreamerSource(OpenCVSource):
     """Frames from a GStreamer pipeline string ending in ``appsink``.
 
@@ -90,11 +103,14 @@ class GStreamerSource(OpenCVSource):
     fps: the pipeline's frame rate if known (used for loss estimates), frames per second.
     Frames: (H, W, 3) uint8 BGR.
 
-    Its waits are bounded as an ``opencv:`` network stream's (``_bound_waits``): a read waits ``base.READ_SPAN_S``
-    (2 s) for a frame, so a pipeline that goes silent (a network camera gone, the Argus daemon dead) is a
-    ``FrameMissed`` and then a reconnect, which the station's fault output shows, and a stop is not held; a start
-    of the pipeline waits ``open_timeout_s``. Where this OpenCV's GStreamer backend has no read timeout, the open
-    says so (a silent pipeline then holds the reader: no reconnect, no fault).
+    A pipeline that streams from the network (``streams_from_network``: ``rtspsrc``, ``souphttpsrc``, ... or a
+    ``uridecodebin`` of such a URI) has its waits bounded as an ``opencv:`` network stream's (``_bound_waits``): a
+    read waits ``base.READ_SPAN_S`` (2 s) for a frame, so a network camera gone silent is a ``FrameMissed`` and then
+    a reconnect, which the station's fault output shows, and a stop is not held; a start of the pipeline waits
+    ``open_timeout_s``. Where this OpenCV's GStreamer backend has no read timeout, the open says so (a silent
+    pipeline then holds the reader: no reconnect, no fault). Other pipelines keep OpenCV's waits: a CSI sensor
+    (Argus restarts a pipeline stopped to take a property slowly, and ends it with an error, not silence, when its
+    daemon dies) or a triggered camera, which may rightly deliver nothing for minutes between parts.
     """
 
     def __init__(self, pipeline: str, *, fps: float | None = None, name: str | None = None) -> None:
@@ -118,9 +134,9 @@ class GStreamerSource(OpenCVSource):
         return super()._connect()
 
     def _create(self) -> cv2.VideoCapture:
-        """The pipeline's capture, opened, with its waits bounded (``_bound_waits``)."""
+        """The pipeline's capture, opened, with its waits bounded when it streams from the network."""
         cap = super()._create()
-        if cap.isOpened():
+        if cap.isOpened() and streams_from_network(str(self.target)):
             self._bound_waits(cap)
         return cap
 

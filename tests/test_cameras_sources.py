@@ -27,6 +27,7 @@ from fair_edge.cameras import (
 )
 from fair_edge.cameras.base import READ_SPAN_S, CaptureSettings, CaptureState
 from fair_edge.cameras.capture import CaptureThread
+from fair_edge.cameras.gstreamer import streams_from_network
 from fair_edge.errors import CameraError, ConfigError
 
 IMAGES = [np.full((8, 8, 3), i, np.uint8) for i in range(3)]
@@ -268,6 +269,32 @@ def test_an_opencv_without_a_gstreamer_read_timeout_says_so_at_open(silent_pipel
     assert silent_pipeline.instances[0].sets == []
     said = [r.getMessage() for r in caplog.records if "no read timeout" in r.getMessage()]
     assert len(said) == 1 and "not reconnected" in said[0] and "CAP_PROP_READ_TIMEOUT_MSEC" in said[0], said
+
+
+@pytest.mark.parametrize("pipeline", [jetson_csi_pipeline(0),
+                                      "v4l2src device=/dev/video0 ! videoconvert ! video/x-raw, format=BGR ! appsink",
+                                      "pylonsrc ! videoconvert ! video/x-raw, format=BGR ! appsink"])
+def test_a_local_or_triggered_pipeline_keeps_opencv_waits(silent_pipeline, caplog, pipeline):
+    """Only a pipeline streaming from the network gets the 2 s read: a triggered camera rightly delivers nothing
+    between parts (a 2 s read would reconnect it at every pause) and setting a timeout restarts the pipeline, which
+    Argus does slowly; neither is set, and no warning is given for them."""
+    with caplog.at_level(logging.WARNING), GStreamerSource(pipeline) as source:
+        source.read()
+    assert silent_pipeline.instances[0].sets == []
+    assert not [r for r in caplog.records if "read timeout" in r.getMessage()]
+
+
+@pytest.mark.parametrize("pipeline, network", [
+    (RTSP_PIPELINE, True),
+    ("souphttpsrc location=http://cam/mjpg ! jpegdec ! videoconvert ! appsink", True),
+    ("uridecodebin uri=rtsp://cam/s ! videoconvert ! appsink", True),
+    ('uridecodebin uri="https://cam/s.m3u8" ! videoconvert ! appsink', True),
+    ("uridecodebin uri=file:///srv/a.mp4 ! videoconvert ! appsink", False),
+    ("videotestsrc ! videoconvert ! appsink", False),
+    ("nvarguscamerasrc sensor-id=0 ! nvvidconv ! appsink", False),
+])
+def test_which_pipelines_stream_from_the_network(pipeline, network):
+    assert streams_from_network(pipeline) is network
 
 
 # ---- GenICam ------------------------------------------------------------------------
