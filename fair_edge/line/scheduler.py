@@ -426,13 +426,18 @@ class RejectScheduler:
     def begin_close(self, by: CloseBy) -> None:
         """close()'s first half: stop the thread, waited for until ``by.drain_until`` (a thread held in an encoder
         read), then (undecided parts are abandoned: ``abandon_pending``) tell the owned sinks to stop once their
-        pulses are written (by ``by.drain_until``), waiting for none. Once."""
+        pulses are written (by ``by.drain_until``), waiting for none. Once. A thread still running then is an error
+        only while the gate holds a part (``pending``): an idle one, woken but not yet ended (a stop whose deadline
+        was spent gives 0 s), lost nothing and ends on its own."""
         if self._close_begun:
             return
         self._close_begun = True
         self.stop_deciding()
         self._thread.join(timeout=max(0.0, by.drain_until - time.monotonic()))
-        if self._thread.is_alive():
+        if self._thread.is_alive() and not self.stats()["pending"]:   # woken, holding no part: nothing lost
+            log.debug("reject scheduler thread: still running at the close's deadline, holding no part; left to end "
+                      "on its own")
+        elif self._thread.is_alive():
             log.error("reject scheduler thread did not stop by the close's deadline (%s)",
                       because("held in an encoder read?"))
         self._alarms.log_close()

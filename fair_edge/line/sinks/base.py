@@ -347,30 +347,38 @@ class WorkerSink:
         """Stop and release within ``by`` (``CloseBy.from_now()`` when None): ``begin_close``, the worker waited for
         until ``by.join_until``, the pulses still queued counted missed (``_miss_left_queued``), the resting level
         written (``_rest_at_close``; a link that is down reconnected for it only before ``by.join_until``), the output
-        closed. Twice: a no-op."""
+        closed. A worker still running then is an error (the resting level not written) unless it holds nothing
+        (``_holds_nothing``): idle, woken but not yet ended (a stop whose deadline was spent gives 0 s), it lost
+        nothing and ends on its own. Twice: a no-op."""
         if self._closed:
             return
         self._closed = True
         by = by or CloseBy.from_now()
         self.begin_close(by)
         self._thread.join(timeout=max(0.0, by.join_until - time.monotonic()))
-        self._miss_left_queued()
-        if self._thread.is_alive():   # still in a write: a second writer on the output would race it
+        missed = self._miss_left_queued()
+        if self._thread.is_alive() and not missed and self._holds_nothing():   # woken, not yet ended: nothing lost
+            log.debug("sink %s: worker still running at the close's deadline, holding no pulse and owing no level; "
+                      "left to end on its own", self.name)
+        elif self._thread.is_alive():   # still in a write: a second writer on the output would race it
             log.error("sink %s: worker did not stop by the close's deadline (%s); the resting level is not written "
                       "at close: the output may be left on", self.name, because("a write still blocked"))
         else:
             self._rest_at_close(by.join_until)
         self._disconnect()
 
-    def _miss_left_queued(self) -> None:
+    def _miss_left_queued(self) -> int:
         """close(), the worker stopped (or given up on: told to stop, it takes no more pulses, and one it took anyway
-        it counts itself): each pulse still queued is counted and reported ``missed`` (its gate log row: missed)."""
+        it counts itself): each pulse still queued is counted and reported ``missed`` (its gate log row: missed).
+        Returns how many."""
+        missed = 0
         while True:
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
-                return
+                return missed
             if isinstance(item, RejectEvent):
+                missed += 1
                 self._track(-1)
                 self._counters.add("missed")
                 self._emit("missed", item.seq, "left queued when the sink closed (the station stopped before its "
@@ -387,7 +395,7 @@ class WorkerSink:
         cut short, a write that failed or was not tried (the output may be left on)."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
-        if not on_now and (not self._level_dirty or self._level_refused == self._level or not self._connected):
+        if not on_now and not self._level_owed():
             return
         level = "on" if self._level else "off"
         if not self._connected and time.monotonic() >= reconnect_until:
@@ -410,6 +418,15 @@ class WorkerSink:
         elif self._stuck:
             log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
+    def _level_owed(self) -> bool:
+        """A resting level the close owes with no pulse of ours on: one not yet written nor refused, the link up."""
+        return self._level_dirty and self._level_refused != self._level and self._connected
+
+    def _holds_nothing(self) -> bool:
+        """close(), the worker not stopped: no pulse queued or in progress, no falling edge owed, no output reported
+        stuck on, no resting level owed (``_level_owed``): a worker left to end on its own then loses nothing."""
+        return not self._inflight and self._fall_owed is None and not self._stuck and not self._level_owed()
+
     def __enter__(self) -> WorkerSink:
         return self
 
@@ -428,7 +445,8 @@ class WorkerSink:
 
     def _step(self) -> None:
         """One worker iteration: a queued pulse, or while idle a (re)connect attempt or a due link probe; then the
-        resting level."""
+        resting level. Idle once told to stop: nothing (a worker the close did not wait for must not reopen the
+        output it released)."""
         try:
             item = self._q.get(timeout=IDLE_POLL_S)
         except queue.Empty:
@@ -438,6 +456,8 @@ class WorkerSink:
                 self._do_pulse(item)
             finally:
                 self._track(-1)
+        elif self._stop.is_set():   # closing: close() writes what is owed and releases the output, not this thread
+            return
         elif not self._connected and time.monotonic() >= self._next_try:
             self._try_connect()
         elif self._connected and not self._inflight and time.monotonic() >= self._next_probe:
