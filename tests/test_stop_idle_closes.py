@@ -1,7 +1,7 @@
 """A close given 0 s by a station's stop whose deadline earlier waits spent, of a component that holds nothing,
 loses nothing: its thread, woken but not yet ended, is left to end on its own, and the journal gets no ERROR or
 WARNING for it (one sent the engineer looking for a fault that was not there). One that did hold something (a part at
-the gate, a pulse in a write) keeps its error and its counts."""
+the gate, a pulse in a write, a read held) keeps its error and its counts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 import time
 
 from fair_edge.line.events import RejectEvent
+from fair_edge.line.polled_encoder import CLOSE_JOIN_S as ENCODER_CLOSE_S, PolledEncoder
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks.base import CloseBy, WorkerSink
@@ -127,3 +128,37 @@ def test_a_sink_holding_a_pulse_closed_with_no_time_still_logs_its_error_and_cou
     assert len(errors) == 1 and SPENT in errors[0], loud(caplog)
     assert sink.stats()["missed"] == 1
 
+
+class Counter:
+    """An honest PLC counter: every read answered at once (counted)."""
+
+    name = "plc counter"
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> int:
+        self.reads += 1
+        return 7
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_idle_encoder_closed_on_a_spent_deadline_warns_of_nothing(caplog):
+    """PolledEncoder.close given 0 s by a spent stop warned 'its polling thread did not stop within 0 s (...);
+    closing the link under it' for a healthy encoder whose thread was waiting between polls: no read was held, nothing
+    was cut. Now that is a DEBUG line; one held in a read still warns (test_stop_budget's held-read test)."""
+    counter = Counter()
+    encoder = PolledEncoder(counter, 32, poll_s=10.0).start()   # read at start, then once: its thread waits 10 s
+    deadline = time.monotonic() + WAIT_S
+    while counter.reads < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
+        spent_stop(4.0).call(encoder.close, ENCODER_CLOSE_S, "the encoder's close")
+    assert loud(caplog) == []
+    encoder._thread.join(WAIT_S)
+    assert not encoder._thread.is_alive() and counter.reads == 2

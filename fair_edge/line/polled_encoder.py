@@ -122,6 +122,7 @@ class PolledEncoder:
         self.stale_s = max(STALE_POLLS * poll_s, STALE_FLOOR_S)   # mark(): an older reading gives no position
         self.fresh_s = max(FRESH_POLLS * poll_s, FRESH_FLOOR_S)   # mark_at(): a poll's lag before the oldest reading
         self._stop = threading.Event()
+        self._on_link = False   # the polling thread is in a read or a reopen of the link (not between polls)
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
     def start(self) -> PolledEncoder:
@@ -230,11 +231,15 @@ class PolledEncoder:
     def close(self, timeout_s: float = CLOSE_JOIN_S) -> None:
         """Stop the polling thread, waiting for it at most ``timeout_s`` seconds (a read held by a PLC that stopped
         answering; a station's stop gives what its deadline has left: ``station.stop_deadline``), then close the
-        link, the thread's read cut off with it."""
+        link, the thread's read cut off with it (warned). A thread between reads, woken but not yet ended (a stop
+        whose deadline was spent gives 0 s), holds nothing: left to end on its own, at DEBUG."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=max(0.0, timeout_s))
-            if self._thread.is_alive():
+            if self._thread.is_alive() and not self._on_link:   # woken between polls, not yet ended: nothing held
+                log.debug("encoder %s: its polling thread, between reads, had not ended within %g s; left to end on "
+                          "its own", self.name, timeout_s)
+            elif self._thread.is_alive():
                 log.warning("encoder %s: its polling thread did not stop within %g s (%s); closing the link under "
                             "it", self.name, timeout_s, because("a read still held"))
         try:
@@ -252,7 +257,11 @@ class PolledEncoder:
         """Read the counter (``PlcError`` when the link fails) and take the reading, with the times its request went
         out and its reply was taken up."""
         t_asked = self.clock()
-        raw = self.reader.read()
+        self._on_link = True
+        try:
+            raw = self.reader.read()
+        finally:
+            self._on_link = False
         self._take(raw, self.clock(), t_asked)
 
     def _take(self, raw: int, t: float, t_asked: float | None = None) -> None:
@@ -368,6 +377,7 @@ class PolledEncoder:
                     self.name, exc, count, delay)
 
     def _reopen(self) -> None:
+        self._on_link = True
         try:
             self.reader.close()
             self.reader.open()
@@ -376,6 +386,8 @@ class PolledEncoder:
             log.warning("encoder %s: reconnected", self.name)
         except PlcError as exc:
             log.debug("encoder %s: reopen failed: %s", self.name, exc)
+        finally:
+            self._on_link = False
 
 
 def _power_of_ten(n: int) -> bool:
