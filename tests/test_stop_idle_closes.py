@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from fair_edge.line.close_cut import cut_short
 from fair_edge.line.events import RejectEvent
 from fair_edge.line.polled_encoder import CLOSE_JOIN_S as ENCODER_CLOSE_S, PolledEncoder
 from fair_edge.line.scheduler import RejectScheduler
@@ -21,7 +22,7 @@ from test_line_sink_close import HangingOutput, RecordingOutput
 from test_stop_budget import spent_stop
 
 WAIT_S = 10.0   # upper bound for a thread to reach the state a test needs on a loaded machine
-SPENT = "the station's stop deadline was spent by earlier waits"   # a CloseBy's short_because, as close_gates hands
+SPENT = "the station's stop deadline was spent by earlier waits"   # the cut_short reason, as close_gates gives
 
 
 class HeldSink(RecordingSink):
@@ -98,8 +99,8 @@ def test_an_idle_sink_closed_with_no_time_logs_nothing_and_does_not_reopen_its_o
     deadline = time.monotonic() + WAIT_S
     while sink._level_dirty and time.monotonic() < deadline:   # its resting level written: nothing owed
         time.sleep(0.005)
-    with caplog.at_level(logging.DEBUG, logger="fair_edge.line.sinks.base"):
-        sink.close(CloseBy.from_now(0.0, short_because=SPENT))
+    with caplog.at_level(logging.DEBUG, logger="fair_edge.line.sinks.base"), cut_short(SPENT):
+        sink.close(CloseBy.from_now(0.0))
         sink._thread.join(WAIT_S)
     assert loud(caplog) == []
     assert not sink._thread.is_alive() and (out.opens, out.closes) == (1, 1)
@@ -120,8 +121,8 @@ def test_a_sink_holding_a_pulse_closed_with_no_time_still_logs_its_error_and_cou
         deadline = time.monotonic() + WAIT_S
         while sink._q.qsize() > 1 and time.monotonic() < deadline:   # the first taken, in its write
             time.sleep(0.005)
-        with caplog.at_level(logging.WARNING):
-            sink.close(CloseBy.from_now(0.0, short_because=SPENT))
+        with caplog.at_level(logging.WARNING), cut_short(SPENT):
+            sink.close(CloseBy.from_now(0.0))
     finally:
         release.set()
     errors = [m for m in loud(caplog, logging.ERROR) if "worker did not stop" in m]
