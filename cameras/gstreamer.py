@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from fractions import Fraction
 
 import cv2
@@ -33,9 +34,13 @@ FLIP_METHODS = {
 TURNING_FLIPS = (1, 3, 5, 7)   # the two 90-degree turns and the two transposes: a W x H image comes out H x W
 # first elements of a pipeline that streams from the network: a camera that streams whether or not a part passes,
 # so a pipeline silent for READ_SPAN_S has lost it (a local or triggered source may wait minutes for a part)
-NETWORK_SOURCES = ("rtspsrc", "souphttpsrc", "udpsrc", "tcpclientsrc", "rtmpsrc", "rtmp2src", "srtsrc",
+NETWORK_SOURCES = ("rtspsrc", "rtspsrc2", "souphttpsrc", "udpsrc", "tcpclientsrc", "rtmpsrc", "rtmp2src", "srtsrc",
                    "srtclientsrc", "ristsrc")
-NETWORK_URI = re.compile(r"\buri\s*=\s*\"?(rtsps?|rtmps?|https?|udp|srt|rist)://", re.IGNORECASE)
+# a URI bin's (uridecodebin, urisourcebin, nvurisrcbin, playbin) network URI: rtsp, rtspt (TCP), rtsps, rtmp, http...
+NETWORK_URI = re.compile(r"\buri\s*=\s*[\"']?(rtsp[a-z]?|rtmp[a-z]?|https?|udp|rtp|srt|rist)://", re.IGNORECASE)
+# how long the first frame of a network pipeline may take once the timeouts' set has restarted it (a new RTSP
+# session, rtspsrc's 2 s jitter buffer, the wait for a key frame), seconds: read after read of READ_SPAN_S
+FIRST_FRAME_S = 10.0
 
 
 def gstreamer_available() -> bool:
@@ -90,10 +95,12 @@ def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 108
 
 def streams_from_network(pipeline: str) -> bool:
     """Whether ``pipeline`` (gst-launch syntax) begins with a network source: an element of ``NETWORK_SOURCES``,
-    or a URI bin (``uridecodebin``, ``urisourcebin``, ``playbin``) given a network URI (``NETWORK_URI``)."""
-    first = pipeline.split("!", 1)[0].strip()
-    element = first.split(" ", 1)[0]
-    return element in NETWORK_SOURCES or (element.startswith(("uri", "playbin")) and bool(NETWORK_URI.search(first)))
+    or a URI bin (``uridecodebin``, ``urisourcebin``, ``nvurisrcbin``, ``playbin``) given a network URI
+    (``NETWORK_URI``)."""
+    first = pipeline.split("!", 1)[0].split() or [""]
+    element = first[0]
+    uri_bin = "uri" in element or element.startswith("playbin")
+    return element in NETWORK_SOURCES or (uri_bin and bool(NETWORK_URI.search(" ".join(first[1:]))))
 
 
 class GStreamerSource(OpenCVSource):
@@ -122,6 +129,8 @@ class GStreamerSource(OpenCVSource):
         first = pipeline.split("!", 1)[0].strip().split(" ", 1)[0] or "pipeline"
         super().__init__(pipeline, api=cv2.CAP_GSTREAMER, fps=fps, kind="gstreamer",
                          name=name or f"gstreamer:{first}")
+        self._waits_bounded = False   # the open's timeouts were set (``_bound_waits``): the pipeline restarts
+        self._clock = time.monotonic
 
     def _connect(self) -> tuple[np.ndarray, str]:
         if not gstreamer_available():
@@ -136,26 +145,44 @@ class GStreamerSource(OpenCVSource):
     def _create(self) -> cv2.VideoCapture:
         """The pipeline's capture, opened, with its waits bounded when it streams from the network."""
         cap = super()._create()
-        if cap.isOpened() and streams_from_network(str(self.target)):
-            self._bound_waits(cap)
+        self._waits_bounded = cap.isOpened() and streams_from_network(str(self.target)) and self._bound_waits(cap)
         return cap
 
-    def _bound_waits(self, cap: cv2.VideoCapture) -> None:
+    def _first_read(self, cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None]:
+        """The open's first read. Once ``_bound_waits`` has set the timeouts, OpenCV has stopped the pipeline and
+        this read starts it again with only ``READ_SPAN_S`` for a frame: a network stream's first frame (a new RTSP
+        session, the jitter buffer, a key frame) may take longer, so reads that time out are repeated for up to
+        ``FIRST_FRAME_S``; a read that fails sooner (an error or end of stream, not a wait) is not."""
+        until = self._clock() + FIRST_FRAME_S
+        while True:
+            began = self._clock()
+            ok, image = cap.read()
+            now = self._clock()
+            timed_out = now - began >= READ_SPAN_S / 2
+            if (ok and image is not None) or not self._waits_bounded or not timed_out or now >= until:
+                return ok, image
+
+    def _bound_waits(self, cap: cv2.VideoCapture) -> bool:
         """Set OpenCV's GStreamer open and read timeouts (``open_timeout_s``, ``READ_SPAN_S``) on ``cap``.
 
         OpenCV's GStreamer backend applies them after the pipeline has started, whether given at open or set (it
-        stops the pipeline; the first read starts it again), so they are set here, once open, where the backend
-        has them: it reports its read timeout (30 s by default); one without (OpenCV's before it took them, or
-        GStreamer < 1.10) reports 0 and would refuse them as open parameters. Then a warning names the risk."""
+        stops the pipeline; the first read starts it again: ``_first_read``), so they are set here, once open, where
+        the backend has them: it reports its read timeout (30 s by default); one without (OpenCV's before it took
+        them, or GStreamer < 1.10) reports 0 and would refuse them as open parameters. Then a warning names the risk.
+        Returns whether a timeout was set."""
         if cap.get(cv2.CAP_PROP_READ_TIMEOUT_MSEC) <= 0:
             log.warning("camera %s: this OpenCV (%s) has no read timeout for GStreamer pipelines: if the pipeline "
                         "stops delivering frames, read() waits for ever, so the camera is not reconnected, the "
                         "station's fault output stays off and a stop leaves the reader behind. Use an OpenCV whose "
                         "GStreamer backend has one: a GStreamer capture's cap.get(cv2.CAP_PROP_READ_TIMEOUT_MSEC) "
                         "gives 30000, not 0 (docs/jetson.md, section 3)", self.name, cv2.__version__)
-            return
+            return False
+        bounded = False
         for prop, seconds in ((cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_s),
                               (cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_SPAN_S)):
-            if not cap.set(prop, seconds * 1000):
+            if cap.set(prop, seconds * 1000):
+                bounded = True
+            else:
                 log.warning("camera %s: OpenCV's GStreamer backend refused timeout property %d = %g ms; its "
                             "default stays (30 s)", self.name, prop, seconds * 1000)
+        return bounded

@@ -183,13 +183,17 @@ class OpenCVSource(SourceBase):
         if not cap.isOpened():
             raise CameraError(f"cannot open {self.name}: {HINTS[self.kind](str(self.target))}{self._shortage()}")
         self._apply_format(cap)
-        ok, image = cap.read()
+        ok, image = self._first_read(cap)
         if not ok or image is None:
             raise CameraError(f"opened {self.name} but it delivered no first frame: "
                               f"{HINTS[self.kind](str(self.target))}{self._shortage()}")
         fps = cap.get(cv2.CAP_PROP_FPS)
         self._fps_seen = fps if fps and 0 < fps < 1000 else None
         return image, self.name
+
+    def _first_read(self, cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None]:
+        """The open's first ``cap.read()``: (ok, (H, W, 3) uint8 BGR image or None)."""
+        return cap.read()
 
     def _shortage(self) -> str:
         """``thread_shortage()`` for a target FFmpeg decodes (``FFMPEG_KINDS``), else ""."""

@@ -271,6 +271,56 @@ def test_an_opencv_without_a_gstreamer_read_timeout_says_so_at_open(silent_pipel
     assert len(said) == 1 and "not reconnected" in said[0] and "CAP_PROP_READ_TIMEOUT_MSEC" in said[0], said
 
 
+class _RestartedStream(_SilentPipeline):
+    """A network pipeline as OpenCV's GStreamer backend leaves it after a timeout's ``set``: stopped, started again
+    by the next read, which then waits at most the read timeout for a frame. Its first frame comes ``first_after_s``
+    after that restart; a read before then waits its whole timeout on ``clock`` and gives (False, None)."""
+
+    first_after_s = 5.0
+    clock = [0.0]
+
+    def read(self):
+        self.reads += 1
+        wait_s = self.props[cv2.CAP_PROP_READ_TIMEOUT_MSEC] / 1000
+        if self.clock[0] + wait_s < self.first_after_s:
+            self.clock[0] += wait_s
+            return False, None
+        self.clock[0] = max(self.clock[0], self.first_after_s)
+        return True, IMAGES[0].copy()
+
+
+@pytest.mark.parametrize("first_after_s, opens, reads", [(5.0, True, 3), (9.0, True, 5), (30.0, False, 5)])
+def test_a_network_pipelines_first_frame_may_take_longer_than_one_read(silent_pipeline, monkeypatch, first_after_s,
+                                                                      opens, reads):
+    """Setting the timeouts stops the pipeline and the open's first read starts it again with 2 s for a frame: an RTSP
+    camera's first frame (a new session, rtspsrc's 2 s jitter buffer, a key frame) missed it and the camera never
+    opened. The first read is repeated while it times out, for up to FIRST_FRAME_S (10 s)."""
+    from fair_edge.cameras import gstreamer
+
+    monkeypatch.setattr(cv2, "VideoCapture", _RestartedStream)
+    monkeypatch.setattr(_RestartedStream, "first_after_s", first_after_s)
+    monkeypatch.setattr(_RestartedStream, "clock", [0.0])
+    source = GStreamerSource(RTSP_PIPELINE)
+    source._clock = lambda: _RestartedStream.clock[0]
+    assert gstreamer.FIRST_FRAME_S == 10.0
+    if opens:
+        with source:
+            assert source.read().image.shape == IMAGES[0].shape
+    else:
+        with pytest.raises(CameraError, match="delivered no first frame"):
+            source.open()
+    assert _RestartedStream.instances[0].reads == reads
+
+
+def test_a_first_read_that_fails_at_once_is_not_repeated(silent_pipeline, monkeypatch):
+    """A read that gives nothing without waiting (the pipeline at its end, or in error) is no slow first frame: the
+    open fails at once, as before."""
+    monkeypatch.setattr(silent_pipeline, "read", lambda self: (setattr(self, "reads", self.reads + 1), (False, None))[1])
+    with pytest.raises(CameraError, match="delivered no first frame"):
+        GStreamerSource(RTSP_PIPELINE).open()
+    assert silent_pipeline.instances[0].reads == 1
+
+
 @pytest.mark.parametrize("pipeline", [jetson_csi_pipeline(0),
                                       "v4l2src device=/dev/video0 ! videoconvert ! video/x-raw, format=BGR ! appsink",
                                       "pylonsrc ! videoconvert ! video/x-raw, format=BGR ! appsink"])
@@ -286,6 +336,11 @@ def test_a_local_or_triggered_pipeline_keeps_opencv_waits(silent_pipeline, caplo
 
 @pytest.mark.parametrize("pipeline, network", [
     (RTSP_PIPELINE, True),
+    ("rtspsrc\tlocation=rtsp://cam/s ! decodebin ! videoconvert ! appsink", True),
+    ("rtspsrc2 location=rtsp://cam/s ! decodebin ! videoconvert ! appsink", True),
+    ("uridecodebin uri=rtspt://cam/s ! videoconvert ! appsink", True),
+    ("nvurisrcbin uri=rtsp://cam/s ! nvvidconv ! appsink", True),
+    ("filesrc location=/srv/rtsp://x.mp4 ! decodebin ! videoconvert ! appsink", False),
     ("souphttpsrc location=http://cam/mjpg ! jpegdec ! videoconvert ! appsink", True),
     ("uridecodebin uri=rtsp://cam/s ! videoconvert ! appsink", True),
     ('uridecodebin uri="https://cam/s.m3u8" ! videoconvert ! appsink', True),
