@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from fractions import Fraction
 
@@ -126,11 +127,17 @@ class GStreamerSource(OpenCVSource):
                 "GStreamer pipeline: expected a gst-launch string ending in "
                 f"'video/x-raw, format=BGR ! appsink', found {pipeline!r}"
             )
-        first = pipeline.split("!", 1)[0].strip().split(" ", 1)[0] or "pipeline"
+        first = (pipeline.split("!", 1)[0].split() or ["pipeline"])[0]   # the element alone: its location may hold a password
         super().__init__(pipeline, api=cv2.CAP_GSTREAMER, fps=fps, kind="gstreamer",
                          name=name or f"gstreamer:{first}")
         self._waits_bounded = False   # the open's timeouts were set (``_bound_waits``): the pipeline restarts
+        self._interrupted = threading.Event()   # the capture is stopping: a slow first frame is not waited for
         self._clock = time.monotonic
+
+    def interrupt(self) -> None:
+        """End the open's wait for a network stream's first frame (capture is stopping) after the read in progress:
+        ``_first_read`` repeats no read once this is set."""
+        self._interrupted.set()
 
     def _connect(self) -> tuple[np.ndarray, str]:
         if not gstreamer_available():
@@ -144,6 +151,7 @@ class GStreamerSource(OpenCVSource):
 
     def _create(self) -> cv2.VideoCapture:
         """The pipeline's capture, opened, with its waits bounded when it streams from the network."""
+        self._interrupted.clear()
         cap = super()._create()
         self._waits_bounded = cap.isOpened() and streams_from_network(str(self.target)) and self._bound_waits(cap)
         return cap
@@ -152,14 +160,16 @@ class GStreamerSource(OpenCVSource):
         """The open's first read. Once ``_bound_waits`` has set the timeouts, OpenCV has stopped the pipeline and
         this read starts it again with only ``READ_SPAN_S`` for a frame: a network stream's first frame (a new RTSP
         session, the jitter buffer, a key frame) may take longer, so reads that time out are repeated for up to
-        ``FIRST_FRAME_S``; a read that fails sooner (an error or end of stream, not a wait) is not."""
+        ``FIRST_FRAME_S``; a read that fails sooner (an error or end of stream, not a wait) is not, nor one after
+        ``interrupt`` (a stop)."""
         until = self._clock() + FIRST_FRAME_S
         while True:
             began = self._clock()
             ok, image = cap.read()
             now = self._clock()
             timed_out = now - began >= READ_SPAN_S / 2
-            if (ok and image is not None) or not self._waits_bounded or not timed_out or now >= until:
+            if ((ok and image is not None) or not self._waits_bounded or not timed_out or now >= until
+                    or self._interrupted.is_set()):
                 return ok, image
 
     def _bound_waits(self, cap: cv2.VideoCapture) -> bool:

@@ -312,6 +312,33 @@ def test_a_network_pipelines_first_frame_may_take_longer_than_one_read(silent_pi
     assert _RestartedStream.instances[0].reads == reads
 
 
+def test_a_stop_ends_the_wait_for_a_network_pipelines_first_frame(silent_pipeline, monkeypatch):
+    """A stop during a reconnect's wait for the first frame (the camera up, sending nothing) is not held for the
+    rest of FIRST_FRAME_S: ``interrupt`` (what ``CaptureThread.stop`` calls) ends it after the read in progress."""
+    monkeypatch.setattr(cv2, "VideoCapture", _RestartedStream)
+    monkeypatch.setattr(_RestartedStream, "first_after_s", 30.0)
+    monkeypatch.setattr(_RestartedStream, "clock", [0.0])
+    source = GStreamerSource(RTSP_PIPELINE)
+    source._clock = lambda: _RestartedStream.clock[0]
+    timed_out_read = _RestartedStream.read
+
+    def read_then_stop(self):   # the stop comes during the second read
+        if self.reads == 1:
+            source.interrupt()
+        return timed_out_read(self)
+
+    monkeypatch.setattr(_RestartedStream, "read", read_then_stop)
+    with pytest.raises(CameraError, match="delivered no first frame"):
+        source.open()
+    assert _RestartedStream.instances[0].reads == 2
+
+
+def test_a_pipelines_camera_name_is_its_first_element_alone():
+    """A tab after the element put the location, password included, into the camera's name (every log line)."""
+    assert GStreamerSource("rtspsrc\tlocation=rtsp://admin:secret@cam/s ! decodebin ! appsink").name == \
+        "gstreamer:rtspsrc"
+
+
 def test_a_first_read_that_fails_at_once_is_not_repeated(silent_pipeline, monkeypatch):
     """A read that gives nothing without waiting (the pipeline at its end, or in error) is no slow first frame: the
     open fails at once, as before."""
