@@ -130,6 +130,47 @@ def test_a_sink_holding_a_pulse_closed_with_no_time_still_logs_its_error_and_cou
     assert sink.stats()["missed"] == 1
 
 
+class SlowOpenOutput(CountingOutput):
+    """An output whose open blocks until ``go`` (a connect in progress: a PLC slow to accept); ``is_open`` after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = threading.Event(), threading.Event()
+        self.is_open = False
+
+    def open(self) -> None:
+        self.entered.set()
+        self.go.wait(WAIT_S)
+        super().open()
+        self.is_open = True
+
+    def close(self) -> None:
+        super().close()
+        self.is_open = False
+
+
+def test_a_sink_closed_with_no_time_mid_connect_logs_its_error_and_leaves_the_output_closed(caplog):
+    """A WorkerSink whose worker is in Output.open() (connecting) when a close gives it 0 s: the close took it for
+    idle (DEBUG: no pulse, no level owed while not connected) and released the output; the open then returned and
+    the worker set the sink connected, counted and reported 'reconnected', and left the output open after the close.
+    Now the worker on the link is no idle worker (the close's ERROR), and an open returning once told to stop closes
+    the output again: nothing counted or reported."""
+    out = SlowOpenOutput()
+    reports = []
+    sink = WorkerSink("coil", out, pulse_ms=50, reporter=reports.append)
+    try:
+        assert out.entered.wait(WAIT_S)
+        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.sinks.base"), cut_short(SPENT):
+            sink.close(CloseBy.from_now(0.0))
+    finally:
+        out.go.set()   # the connect completes after the close released the output
+    sink._thread.join(WAIT_S)
+    errors = [m for m in loud(caplog, logging.ERROR) if "worker did not stop" in m]
+    assert len(errors) == 1 and SPENT in errors[0], loud(caplog, logging.DEBUG)
+    assert not sink._thread.is_alive() and not out.is_open and not sink.connected
+    assert sink.stats()["reconnects"] == 0 and [r.kind for r in reports] == []
+
+
 class Counter:
     """An honest PLC counter: every read answered at once (counted)."""
 

@@ -271,6 +271,7 @@ class WorkerSink:
         self._refused = False        # the last _write_until ended in the device's refusal
         self._stop = threading.Event()
         self._closed = False
+        self._on_link = False        # the worker is in an open of the output (not idle: _holds_nothing)
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
@@ -424,8 +425,10 @@ class WorkerSink:
 
     def _holds_nothing(self) -> bool:
         """close(), the worker not stopped: no pulse queued or in progress, no falling edge owed, no output reported
-        stuck on, no resting level owed (``_level_owed``): a worker left to end on its own then loses nothing."""
-        return not self._inflight and self._fall_owed is None and not self._stuck and not self._level_owed()
+        stuck on, no resting level owed (``_level_owed``), not on the link (``_on_link``: in an open, which the close's
+        release races): a worker left to end on its own then loses nothing."""
+        return (not self._inflight and self._fall_owed is None and not self._stuck and not self._level_owed()
+                and not self._on_link)
 
     def __enter__(self) -> WorkerSink:
         return self
@@ -657,8 +660,19 @@ class WorkerSink:
             self._emit("released", seq, f"output back at its resting level ({'on' if on else 'off'})")
 
     def _try_connect(self, force: bool = False) -> None:
+        """Open the output (not before ``_next_try`` unless ``force``), on the link meanwhile (``_on_link``). Told to
+        stop by the time the open returns (a close that found the worker here may have released the output already):
+        closed again, no connect counted or reported; what is owed the close writes."""
         if not force and time.monotonic() < self._next_try:
             return
+        self._on_link = True
+        try:
+            self._open_output()
+        finally:
+            self._on_link = False
+
+    def _open_output(self) -> None:
+        """``_try_connect``'s open and its outcome: connected (a reconnect counted and reported), or the back-off."""
         try:
             self._out.open()
         except Exception as exc:  # noqa: BLE001 - PlcError, or anything else: a failed connect, never a dead worker
@@ -669,6 +683,10 @@ class WorkerSink:
             else:
                 self._log_odd_failure("open the output", exc)
             self._link_down(f"connect failed: {exc}")   # the first failed connect: at start, or after a disconnect
+            return
+        if self._stop.is_set():   # closing: the close releases the output, and may have already, before this open
+            log.debug("sink %s: connected while closing; the output closed again", self.name)
+            self._disconnect()
             return
         was_down = self._next_try > 0.0
         self._connected = True   # the back-off is reset once the link answers (_link_answered), not here: a PLC
