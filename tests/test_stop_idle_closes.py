@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 
+from fair_edge.errors import PlcError
 from fair_edge.line.close_cut import cut_short
 from fair_edge.line.events import RejectEvent
 from fair_edge.line.polled_encoder import CLOSE_JOIN_S as ENCODER_CLOSE_S, PolledEncoder
@@ -169,6 +170,45 @@ def test_a_sink_closed_with_no_time_mid_connect_logs_its_error_and_leaves_the_ou
     assert len(errors) == 1 and SPENT in errors[0], loud(caplog, logging.DEBUG)
     assert not sink._thread.is_alive() and not out.is_open and not sink.connected
     assert sink.stats()["reconnects"] == 0 and [r.kind for r in reports] == []
+
+
+class HangingProbeOutput(CountingOutput):
+    """An output whose link probe (a read of the coil) hangs until the output is closed, then fails as a read on a
+    closed socket does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probing, self.closed = threading.Event(), threading.Event()
+
+    def probe(self) -> None:
+        self.probing.set()
+        self.closed.wait(WAIT_S)
+        raise PlcError("probe read failed: connection closed")
+
+    def close(self) -> None:
+        super().close()
+        self.closed.set()
+
+
+def test_a_sink_closed_with_no_time_mid_probe_logs_its_error_and_counts_no_io_error(caplog):
+    """A WorkerSink whose worker is in an idle link probe (a read hung on a PLC that stopped answering) when a close
+    gives it 0 s: the close took it for idle (DEBUG), closed the output under the read, and the probe then failed
+    after the close: WARNING io_error, io_errors 1, the output closed again. Now the close logs its ERROR (the worker
+    was on the link), and the probe the close cut is neither counted nor reported."""
+    out = HangingProbeOutput()
+    reports = []
+    sink = WorkerSink("coil", out, pulse_ms=50, reporter=reports.append, probe_s=0.01)
+    try:
+        assert out.probing.wait(WAIT_S)
+        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.sinks.base"), cut_short(SPENT):
+            sink.close(CloseBy.from_now(0.0))
+    finally:
+        out.closed.set()
+    sink._thread.join(WAIT_S)
+    errors = [m for m in loud(caplog, logging.ERROR) if "worker did not stop" in m]
+    assert len(errors) == 1 and SPENT in errors[0], loud(caplog, logging.DEBUG)
+    assert not sink._thread.is_alive() and (out.opens, out.closes) == (1, 1)
+    assert sink.stats()["io_errors"] == 0 and [r.kind for r in reports] == []
 
 
 class Counter:

@@ -271,7 +271,8 @@ class WorkerSink:
         self._refused = False        # the last _write_until ended in the device's refusal
         self._stop = threading.Event()
         self._closed = False
-        self._on_link = False        # the worker is in an open of the output (not idle: _holds_nothing)
+        self._on_link = False        # the worker is in an open or idle probe of the output (not idle: _holds_nothing)
+        self._released = False       # close() closed the output: a probe failing after it was cut by it, not the link
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
@@ -366,6 +367,7 @@ class WorkerSink:
                       "at close: the output may be left on", self.name, because("a write still blocked"))
         else:
             self._rest_at_close(by.join_until)
+        self._released = True
         self._disconnect()
 
     def _miss_left_queued(self) -> int:
@@ -425,8 +427,8 @@ class WorkerSink:
 
     def _holds_nothing(self) -> bool:
         """close(), the worker not stopped: no pulse queued or in progress, no falling edge owed, no output reported
-        stuck on, no resting level owed (``_level_owed``), not on the link (``_on_link``: in an open, which the close's
-        release races): a worker left to end on its own then loses nothing."""
+        stuck on, no resting level owed (``_level_owed``), not on the link (``_on_link``: in an open or a probe, which
+        the close's release cuts or races): a worker left to end on its own then loses nothing."""
         return (not self._inflight and self._fall_owed is None and not self._stuck and not self._level_owed()
                 and not self._on_link)
 
@@ -561,22 +563,30 @@ class WorkerSink:
 
     def _probe(self) -> None:
         """Idle and connected: check that the link still answers (``Output.probe``, a read) so a PLC that went
-        away is reported now, not when the next pulse fails. A refused read is an answer: the link is up."""
+        away is reported now, not when the next pulse fails. A refused read is an answer: the link is up. One that
+        fails once the close released the output (``_released``: a close that found the worker here) was cut by the
+        close: not counted nor reported."""
         probe = getattr(self._out, "probe", None)
         if probe is None:   # a local output (GPIO): nothing to lose between writes
             self._next_probe = float("inf")
             return
+        self._on_link = True
         try:
             read_back = probe()
         except PlcDeviceError as exc:
             log.debug("sink %s: probe refused by the device (the link is up): %s", self.name, exc)
             self._link_answered()
         except Exception as exc:  # noqa: BLE001 - PlcError, or a driver failure: handled as a write's would be
+            if self._released:
+                log.debug("sink %s: probe cut by the close releasing the output: %s", self.name, exc)
+                return
             self._link_failed("probe (read back) the output", exc, None)
         else:
             self._odd_error = ""
             self._link_answered()
             self._check_read_back(read_back)
+        finally:
+            self._on_link = False
         self._next_probe = time.monotonic() + self._probe_s
 
     def _check_read_back(self, read_back: object) -> None:
