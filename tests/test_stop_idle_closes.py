@@ -244,3 +244,113 @@ def test_an_idle_encoder_closed_on_a_spent_deadline_warns_of_nothing(caplog):
     assert loud(caplog) == []
     encoder._thread.join(WAIT_S)
     assert not encoder._thread.is_alive() and counter.reads == 2
+
+
+class LinkCounter:
+    """A PLC counter whose link is open or closed (a read on a closed link fails, as ModbusCounter's does); its
+    reads fail too once ``failing`` (a PLC that went away). Counts opens, good reads and failed reads."""
+
+    name = "plc counter"
+
+    def __init__(self) -> None:
+        self.is_open, self.failing = False, False
+        self.opens = self.reads = self.failed = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        self.is_open = True
+
+    def read(self) -> int:
+        if not self.is_open or self.failing:
+            self.failed += 1
+            raise PlcError(f"{self.name}: not connected")
+        self.reads += 1
+        return self.reads
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+class PausingStop(threading.Event):
+    """An encoder's stop event whose next ``wait`` in the polling thread, once ``arm``-ed, is held until ``release``
+    and then answers 'not stopped' (its time ran out just before the close set it); with ``and_check``, the polling
+    loop's next ``is_set`` too (the loop's check came before the close). The thread held so sits in the window
+    between its last stop check and the link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._armed = self._check_next = False
+        self._and_check = False
+
+    def arm(self, and_check: bool) -> None:
+        self._and_check, self._armed = and_check, True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not (self._armed and threading.current_thread().name.startswith("encoder-")):
+            return super().wait(timeout)
+        self._armed, self._check_next = False, self._and_check
+        self.entered.set()
+        self.release.wait(WAIT_S)
+        return False
+
+    def is_set(self) -> bool:
+        if self._check_next and threading.current_thread().name.startswith("encoder-"):
+            self._check_next = False
+            return False
+        return super().is_set()
+
+
+def held_encoder(counter: LinkCounter) -> tuple[PolledEncoder, PausingStop]:
+    encoder = PolledEncoder(counter, 32, poll_s=0.01)
+    encoder._stop = stop = PausingStop()
+    return encoder.start(), stop
+
+
+def test_an_encoder_closed_with_no_time_past_its_stop_check_reads_nothing_after_the_close(caplog):
+    """PolledEncoder.close given 0 s when the polling thread was past its loop's stop check but not yet marked on
+    the link (_on_link): the close took it for between reads (DEBUG) and closed the link; the thread then read the
+    closed link: WARNING 'read failed', fault_reason set, after the close. Now the thread marks itself on the link
+    and then checks the stop again: told to stop, it reads nothing."""
+    counter = LinkCounter()
+    encoder, stop = held_encoder(counter)
+    try:
+        stop.arm(and_check=True)
+        assert stop.entered.wait(WAIT_S)
+        reads = counter.reads
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
+            encoder.close(0.0)
+            stop.release.set()
+            encoder._thread.join(WAIT_S)
+    finally:
+        stop.release.set()
+    assert loud(caplog) == []
+    assert not encoder._thread.is_alive() and (counter.reads, counter.failed) == (reads, 0)
+    assert encoder.fault_reason is None
+
+
+def test_an_encoder_closed_with_no_time_before_its_reopen_does_not_reopen_the_link(caplog):
+    """The same window before a reconnect: the polling thread's back-off wait after a failed read ended, not yet in
+    _reopen's _on_link, when a 0 s close came: the close closed the link, then the thread reopened it (WARNING
+    'reconnected', a reconnect counted) and left it open after the close. Now, told to stop, it reopens nothing."""
+    counter = LinkCounter()
+    encoder, stop = held_encoder(counter)
+    try:
+        counter.failing = True
+        deadline = time.monotonic() + WAIT_S
+        while counter.failed < 1 and time.monotonic() < deadline:   # every wait from now on is a back-off
+            time.sleep(0.005)
+        stop.arm(and_check=False)
+        assert stop.entered.wait(WAIT_S)
+        opens, reconnects = counter.opens, encoder.stats()["reconnects"]
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
+            encoder.close(0.0)
+            stop.release.set()
+            encoder._thread.join(WAIT_S)
+    finally:
+        stop.release.set()
+    assert loud(caplog) == []
+    assert not encoder._thread.is_alive() and not counter.is_open and counter.opens == opens
+    assert encoder.stats()["reconnects"] == reconnects

@@ -255,10 +255,13 @@ class PolledEncoder:
 
     def _read_once(self) -> None:
         """Read the counter (``PlcError`` when the link fails) and take the reading, with the times its request went
-        out and its reply was taken up."""
+        out and its reply was taken up. Told to stop by then: nothing read (a close that found the thread not yet
+        on the link, ``_on_link``, closes it)."""
         t_asked = self.clock()
-        self._on_link = True
+        self._on_link = True   # then the stop checked: a close either sees the thread on the link or it sees the stop
         try:
+            if self._stop.is_set():
+                return
             raw = self.reader.read()
         finally:
             self._on_link = False
@@ -377,8 +380,11 @@ class PolledEncoder:
                     self.name, exc, count, delay)
 
     def _reopen(self) -> None:
+        """Close and open the link again (a reconnect counted); told to stop by then, nothing (as ``_read_once``)."""
         self._on_link = True
         try:
+            if self._stop.is_set():
+                return
             self.reader.close()
             self.reader.open()
             with self._lock:
