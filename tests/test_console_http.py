@@ -90,6 +90,16 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(tmp_path):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
+def test_the_shared_test_console_is_served_on_any_free_port_not_the_default(tmp_path):
+    """``one_camera_console`` asks for port 0: the tests that serve it never bind the default 8765, which another
+    test run or a station on this machine may hold (two full runs failed on 'found 8765 unusable')."""
+    default = ConsoleSettings().port
+    console, _ = one_camera_console(tmp_path)
+    assert console.feed.settings.port == 0, console.feed.settings
+    with ConsoleServer(console.feed, console.actions) as served:
+        assert served.port not in (0, default), served.port
+
+
 def test_deeply_nested_json_is_a_400_not_a_server_error(tmp_path):
     """JSON nested thousands deep is a 400 (was a 500 and a RecursionError traceback in the station log)."""
     console, _ = one_camera_console(tmp_path)

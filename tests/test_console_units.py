@@ -834,7 +834,9 @@ LOCAL = "http://127.0.0.1:8765"   # a page of this machine: the Host a console w
 
 def one_camera_console(tmp_path, links=None, station_file=None, attach=True, **console):
     """A console of a one-camera station as ``station.run`` opens it, over a stand-in inspector (model "m1" at
-    threshold 1.0, its own switch), calibrated on N(0, 1). Returns (console, inspector)."""
+    threshold 1.0, its own switch), calibrated on N(0, 1); served on any free port (``port=0``, never the default
+    8765 another test run or station on this machine may hold) unless ``console`` names one. Returns (console,
+    inspector)."""
     from types import SimpleNamespace
 
     from fair_edge.console.actions import StationLinks
@@ -842,7 +844,7 @@ def one_camera_console(tmp_path, links=None, station_file=None, attach=True, **c
 
     rng = np.random.default_rng(0)
     bundle = SimpleNamespace(root=tmp_path, threshold=calibrated(rng, 0.0))
-    settings = {"enabled": False, "drift_min_parts": 10, **console}
+    settings = {"enabled": False, "drift_min_parts": 10, "port": 0, **console}
     cfg = StationConfig(output=tmp_path, source_file=station_file, console=ConsoleSettings(**settings))
     st = StationConsole(cfg, bundle, links=links or StationLinks())
     summary = SimpleNamespace(inspected=0, ng=0, malformed=0, inference_errors=0, region_errors=0, fault="",

@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 
+from fair_edge.console.settings import ConsoleSettings
 from fair_edge.line.handshake.settings import HandshakeSettings, RESULT_NG, RESULT_OK
 from fair_edge.line.settings import RecordSettings, RejectSettings
 from fair_edge.station.run import run_station
@@ -35,7 +36,8 @@ def test_station_answers_every_triggered_part_by_its_id(make_plc, station_bundle
     cfg = StationConfig(
         camera=CameraSettings(source=str(conveyor_dir), loop=True, queue_size=4), bundle=station_bundles[0].root,
         backend="onnxruntime", output=tmp_path, record=RecordSettings(dir=tmp_path, save_ng_images=False),
-        reject=RejectSettings(handshake=HandshakeSettings(url=plc.url)))
+        reject=RejectSettings(handshake=HandshakeSettings(url=plc.url)),
+        console=ConsoleSettings(port=0))   # any free port: the default 8765 may be another run's or station's
     watcher = threading.Thread(target=lambda: wait_for(lambda: len(plc.program.results) >= PARTS, 90) and stop.set())
     watcher.start()
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from fair_edge.cameras.base import CaptureSettings
 from fair_edge.cameras.mux import CaptureMux
-from fair_edge.console.settings import CLOSE_LOAD_S, SWAP_JOIN_S
+from fair_edge.console.settings import CLOSE_LOAD_S, SWAP_JOIN_S, ConsoleSettings
 from fair_edge.console.station_hook import StationConsole
 from fair_edge.line import close_cut, encoder_links
 from fair_edge.line import metrics as metrics_mod
@@ -480,7 +480,8 @@ def test_a_stop_while_a_bundle_loads_leaves_the_line_sides_closes_their_time(tmp
     monkeypatch.setattr(Recorder, "close",
                         lambda rec, **kw: (rows_given.append(kw["rows_max_s"]), real_close(rec, **kw)))
     cfg = StationConfig(output=tmp_path / "out", record=RecordSettings(dir=tmp_path / "rec", min_free_mb=0),
-                        reject=RejectSettings(sinks=("log://t",), delay_ms=20, pulse_ms=50, late_ms=20)).checked()
+                        reject=RejectSettings(sinks=("log://t",), delay_ms=20, pulse_ms=50, late_ms=20),
+                        console=ConsoleSettings(port=0)).checked()   # any free port: 8765 may be another run's
     with caplog.at_level(logging.WARNING), contextlib.ExitStack() as stack:
         line = open_line_side(cfg, stack, "run1")
         line.stop._clock = lambda: time.monotonic() + offset[0]
