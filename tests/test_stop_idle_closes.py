@@ -211,6 +211,31 @@ def test_a_sink_closed_with_no_time_mid_probe_logs_its_error_and_counts_no_io_er
     assert sink.stats()["io_errors"] == 0 and [r.kind for r in reports] == []
 
 
+def test_a_sink_closed_in_its_own_time_names_the_open_or_probe_its_worker_is_held_in(caplog):
+    """A WorkerSink's close given its own time (not cut short by a stop) guessed 'a write still blocked' for a worker
+    held in Output.open() (a PLC slow to accept) or in an idle link probe (a read hung), sending the engineer to look
+    at writes. Now the ERROR names the connect or the probe the worker is in (a write's wording: test_close_cut)."""
+    connecting, probing = SlowOpenOutput(), HangingProbeOutput()
+    sinks = {"connect": WorkerSink("coil", connecting, pulse_ms=50, reporter=lambda report: None),
+             "probe": WorkerSink("lamp", probing, pulse_ms=50, reporter=lambda report: None, probe_s=0.01)}
+    try:
+        assert connecting.entered.wait(WAIT_S) and probing.probing.wait(WAIT_S)
+        with caplog.at_level(logging.ERROR, logger="fair_edge.line.sinks.base"):
+            for sink in sinks.values():
+                sink.close(CloseBy.from_now(0.0))
+    finally:
+        connecting.go.set()
+        probing.closed.set()
+    errors = [m for m in loud(caplog, logging.ERROR) if "worker did not stop" in m]
+    assert len(errors) == 2, errors
+    assert "sink coil:" in errors[0] and "(a connect to the output still blocked)" in errors[0], errors
+    assert "sink lamp:" in errors[1] and "(a link probe still blocked)" in errors[1], errors
+    assert not any("a write" in m for m in errors), errors
+    for sink in sinks.values():
+        sink._thread.join(WAIT_S)
+        assert not sink._thread.is_alive()
+
+
 class Counter:
     """An honest PLC counter: every read answered at once (counted)."""
 

@@ -41,7 +41,7 @@ RETRY_STEP_S = 0.003      # between write attempts while a pulse is still within
 FALL_RETRY_S = 1.0        # how long a falling edge is retried before the output is reported stuck
 IDLE_POLL_S = 0.05        # worker wake-up while idle (reconnect back-off, level changes)
 CLOSE_DRAIN_S = 2.0       # close() lets queued and in-flight pulses finish for at most this long
-CLOSE_JOIN_S = 2.0        # then waits this long at most for the stopped worker (a write still blocked), seconds
+CLOSE_JOIN_S = 2.0        # then waits this long at most for the stopped worker (a write, open or probe blocked), s
 COARSE_MARGIN_S = 0.002   # wake this early from the coarse wait (Linux timer slack + GIL hand-off)
 FINE_STEP_S = 0.0002      # then sleep in steps this short (yields the GIL; no pure busy loop)
 PROBE_S = 1.0             # an idle, connected link is probed (read, never written) this often, seconds
@@ -271,7 +271,8 @@ class WorkerSink:
         self._refused = False        # the last _write_until ended in the device's refusal
         self._stop = threading.Event()
         self._closed = False
-        self._on_link = False        # the worker is in an open or idle probe of the output (not idle: _holds_nothing)
+        self._on_link = ""           # what the worker is in on the output: '' nothing, else a connect (an open) or an
+                                     # idle link probe, in words (not idle: _holds_nothing; named by close's ERROR)
         self._released = False       # close() closed the output: a probe failing after it was cut by it, not the link
         self._inflight = 0           # pulses queued or being written (rising to falling edge)
         self._inflight_lock = threading.Lock()
@@ -349,7 +350,8 @@ class WorkerSink:
         """Stop and release within ``by`` (``CloseBy.from_now()`` when None): ``begin_close``, the worker waited for
         until ``by.join_until``, the pulses still queued counted missed (``_miss_left_queued``), the resting level
         written (``_rest_at_close``; a link that is down reconnected for it only before ``by.join_until``), the output
-        closed. A worker still running then is an error (the resting level not written) unless it holds nothing
+        closed. A worker still running then is an error (the resting level not written; its cause, outside a
+        ``close_cut.cut_short``, what ``_on_link`` says the worker is in, else a write) unless it holds nothing
         (``_holds_nothing``): idle, woken but not yet ended (a stop whose deadline was spent gives 0 s), it lost
         nothing and ends on its own. Twice: a no-op."""
         if self._closed:
@@ -362,9 +364,10 @@ class WorkerSink:
         if self._thread.is_alive() and not missed and self._holds_nothing():   # woken, not yet ended: nothing lost
             log.debug("sink %s: worker still running at the close's deadline, holding no pulse and owing no level; "
                       "left to end on its own", self.name)
-        elif self._thread.is_alive():   # still in a write: a second writer on the output would race it
+        elif self._thread.is_alive():   # still in a write, an open or a probe: a second writer would race it
+            held_in = f"{self._on_link} still blocked" if self._on_link else "a write still blocked"
             log.error("sink %s: worker did not stop by the close's deadline (%s); the resting level is not written "
-                      "at close: the output may be left on", self.name, because("a write still blocked"))
+                      "at close: the output may be left on", self.name, because(held_in))
         else:
             self._rest_at_close(by.join_until)
         self._released = True
@@ -570,7 +573,7 @@ class WorkerSink:
         if probe is None:   # a local output (GPIO): nothing to lose between writes
             self._next_probe = float("inf")
             return
-        self._on_link = True
+        self._on_link = "a link probe"
         try:
             read_back = probe()
         except PlcDeviceError as exc:
@@ -586,7 +589,7 @@ class WorkerSink:
             self._link_answered()
             self._check_read_back(read_back)
         finally:
-            self._on_link = False
+            self._on_link = ""
         self._next_probe = time.monotonic() + self._probe_s
 
     def _check_read_back(self, read_back: object) -> None:
@@ -675,11 +678,11 @@ class WorkerSink:
         closed again, no connect counted or reported; what is owed the close writes."""
         if not force and time.monotonic() < self._next_try:
             return
-        self._on_link = True
+        self._on_link = "a connect to the output"
         try:
             self._open_output()
         finally:
-            self._on_link = False
+            self._on_link = ""
 
     def _open_output(self) -> None:
         """``_try_connect``'s open and its outcome: connected (a reconnect counted and reported), or the back-off."""
