@@ -136,7 +136,7 @@ class GStreamerSource(OpenCVSource):
 
     def interrupt(self) -> None:
         """End the open's wait for a network stream's first frame (capture is stopping) after the read in progress:
-        ``_first_read`` repeats no read once this is set."""
+        ``_first_read`` repeats no read once this is set, until the pipeline is released."""
         self._interrupted.set()
 
     def _connect(self) -> tuple[np.ndarray, str]:
@@ -151,10 +151,15 @@ class GStreamerSource(OpenCVSource):
 
     def _create(self) -> cv2.VideoCapture:
         """The pipeline's capture, opened, with its waits bounded when it streams from the network."""
-        self._interrupted.clear()
         cap = super()._create()
         self._waits_bounded = cap.isOpened() and streams_from_network(str(self.target)) and self._bound_waits(cap)
         return cap
+
+    def _release(self) -> None:
+        """Release the pipeline; the next open is not interrupted by a stop that came before this (cleared here,
+        not at the open: a stop between a reconnect's back-off and its open must still end the first-frame wait)."""
+        self._interrupted.clear()
+        super()._release()
 
     def _first_read(self, cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None]:
         """The open's first read. Once ``_bound_waits`` has set the timeouts, OpenCV has stopped the pipeline and

@@ -333,6 +333,21 @@ def test_a_stop_ends_the_wait_for_a_network_pipelines_first_frame(silent_pipelin
     assert _RestartedStream.instances[0].reads == 2
 
 
+def test_a_stop_just_before_a_reconnects_open_still_ends_the_first_frame_wait(silent_pipeline, monkeypatch):
+    """A stop between a reconnect's back-off and its open interrupts the source before the open: the open cleared
+    that, and the first-frame wait ran its full FIRST_FRAME_S. The interrupt now lasts until the pipeline is
+    released: the open reads once."""
+    monkeypatch.setattr(cv2, "VideoCapture", _RestartedStream)
+    monkeypatch.setattr(_RestartedStream, "first_after_s", 30.0)
+    monkeypatch.setattr(_RestartedStream, "clock", [0.0])
+    source = GStreamerSource(RTSP_PIPELINE)
+    source._clock = lambda: _RestartedStream.clock[0]
+    source.interrupt()
+    with pytest.raises(CameraError, match="delivered no first frame"):
+        source.open()
+    assert _RestartedStream.instances[0].reads == 1
+
+
 def test_a_pipelines_camera_name_is_its_first_element_alone():
     """A tab after the element put the location, password included, into the camera's name (every log line)."""
     assert GStreamerSource("rtspsrc\tlocation=rtsp://admin:secret@cam/s ! decodebin ! appsink").name == \

@@ -379,3 +379,121 @@ def test_an_encoder_closed_with_no_time_before_its_reopen_does_not_reopen_the_li
     assert loud(caplog) == []
     assert not encoder._thread.is_alive() and not counter.is_open and counter.opens == opens
     assert encoder.stats()["reconnects"] == reconnects
+
+
+class FlakyLinkOutput(CountingOutput):
+    """A PLC coil whose link can go down (writes and opens refused while ``up`` is False); once ``hold_open`` is set,
+    an open waits until ``sink`` is told to stop (a reconnect in progress when a close comes, returning while that
+    close still waits for the worker). ``coil``: the level the PLC holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.is_open, self.coil = True, False, False
+        self.hold_open, self.entered = False, threading.Event()
+        self.sink: WorkerSink | None = None
+
+    def open(self) -> None:
+        if self.hold_open:
+            self.entered.set()
+            deadline = time.monotonic() + WAIT_S
+            while not self.sink._stop.is_set() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        if not self.up:
+            raise PlcError("connection refused")
+        super().open()
+        self.is_open = True
+
+    def set(self, on: bool) -> None:
+        if not (self.up and self.is_open):
+            raise PlcError("link down")
+        super().set(on)
+        self.coil = on
+
+    def close(self) -> None:
+        super().close()
+        self.is_open = False
+
+
+def test_a_close_that_waits_for_a_reconnect_writes_the_level_owed():
+    """A fault output on, its link lost, the fault cleared meanwhile; a close with its full time finds the worker
+    reconnecting, and that open returns while the close waits. 63de1e8 closed such a connect again whenever the sink
+    was stopping, so the close found no link and wrote nothing: the PLC's fault coil stayed ON after the stop. Only a
+    connect returning after the close gave up on the worker (released the output) is closed again: this one is a
+    connect, and the close writes the level owed (off)."""
+    out = FlakyLinkOutput()
+    sink = WorkerSink("fault", out, pulse_ms=0, reporter=lambda report: None, backoff_s=0.05, backoff_max_s=0.05)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    sink.set_fault(True, "camera down")
+    deadline = time.monotonic() + WAIT_S
+    while not out.coil and time.monotonic() < deadline:
+        time.sleep(0.005)
+    out.up = False
+    out.is_open = False
+    sink.set_fault(False, "cleared")   # written while down: refused, the link found lost, reconnects refused
+    while sink.connected and time.monotonic() < deadline:
+        time.sleep(0.005)
+    out.hold_open, out.up = True, True
+    assert out.entered.wait(WAIT_S)
+    sink.close(CloseBy.from_now())
+    assert not out.coil and not out.is_open and out.levels()[-1] is False
+
+
+class CutOpenOutput(SlowOpenOutput):
+    """An output whose open blocks until ``go`` and then fails (the close released the output under it)."""
+
+    def open(self) -> None:
+        self.entered.set()
+        self.go.wait(WAIT_S)
+        raise PlcError("connect cut: socket closed")
+
+
+def test_a_connect_cut_by_the_close_is_no_link_failure(caplog):
+    """The first connect still in progress when a 0 s close came: the close released the output under it and the
+    open failed. It was reported link_down after the close (a sink link fault raised at the stop); a connect the close
+    cut is no link failure, as a probe it cut is not (f31d6d5)."""
+    out = CutOpenOutput()
+    reports = []
+    sink = WorkerSink("coil", out, pulse_ms=50, reporter=reports.append)
+    try:
+        assert out.entered.wait(WAIT_S)
+        with caplog.at_level(logging.ERROR):
+            sink.close(CloseBy.from_now(0.0))
+    finally:
+        out.go.set()   # the open fails now, the output released under it
+    sink._thread.join(WAIT_S)
+    assert not sink._thread.is_alive() and [r.kind for r in reports] == []
+
+
+class HeldReopenCounter(LinkCounter):
+    """A LinkCounter whose opens after the first wait for ``go`` (a reconnect in progress, ``entered`` set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def open(self) -> None:
+        if self.opens:
+            self.entered.set()
+            self.go.wait(WAIT_S)
+        super().open()
+
+
+def test_an_encoder_reopen_returning_after_a_close_leaves_the_link_closed(caplog):
+    """A read failed and the reopen's open was in progress when a 0 s close came: the close closed the link under
+    it, the open then returned and the thread counted a reconnect, warned 'reconnected' and left the link open
+    after the stop (a PLC connection slot held). Now the thread, told to stop, closes the link again."""
+    counter = HeldReopenCounter()
+    encoder = PolledEncoder(counter, 32, poll_s=0.01).start()
+    try:
+        counter.failing = True
+        assert counter.entered.wait(WAIT_S)
+        counter.failing = False
+        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
+            encoder.close(0.0)
+            counter.go.set()
+            encoder._thread.join(WAIT_S)
+    finally:
+        counter.go.set()
+    assert not encoder._thread.is_alive() and not counter.is_open
+    assert encoder.stats()["reconnects"] == 0 and not [r for r in caplog.records if "reconnected" in r.getMessage()]

@@ -380,13 +380,18 @@ class PolledEncoder:
                     self.name, exc, count, delay)
 
     def _reopen(self) -> None:
-        """Close and open the link again (a reconnect counted); told to stop by then, nothing (as ``_read_once``)."""
+        """Close and open the link again (a reconnect counted); told to stop by then, nothing (as ``_read_once``);
+        told to stop during the open, the link is closed again and no reconnect counted."""
         self._on_link = True
         try:
             if self._stop.is_set():
                 return
             self.reader.close()
             self.reader.open()
+            if self._stop.is_set():   # the close came during the open (it may have closed the link already)
+                log.debug("encoder %s: reopened while closing; the link closed again", self.name)
+                self.reader.close()
+                return
             with self._lock:
                 self._counters["reconnects"] += 1   # the next reading is unwrapped from the last one
             log.warning("encoder %s: reconnected", self.name)

@@ -673,9 +673,10 @@ class WorkerSink:
             self._emit("released", seq, f"output back at its resting level ({'on' if on else 'off'})")
 
     def _try_connect(self, force: bool = False) -> None:
-        """Open the output (not before ``_next_try`` unless ``force``), on the link meanwhile (``_on_link``). Told to
-        stop by the time the open returns (a close that found the worker here may have released the output already):
-        closed again, no connect counted or reported; what is owed the close writes."""
+        """Open the output (not before ``_next_try`` unless ``force``), on the link meanwhile (``_on_link``). An open
+        that returns after the close released the output (``_released``: the close gave up waiting for this worker)
+        is closed again, and one it cut is no link failure: neither is counted or reported. One that returns while a
+        close still waits is a connect as any other: the close then writes the level owed (``_rest_at_close``)."""
         if not force and time.monotonic() < self._next_try:
             return
         self._on_link = "a connect to the output"
@@ -695,21 +696,26 @@ class WorkerSink:
                 log.debug("sink %s: connect failed: %s", self.name, exc)
             else:
                 self._log_odd_failure("open the output", exc)
+            if self._released:   # the close released the output under this open: cut by it, not the link
+                log.debug("sink %s: connect cut by the close: %s", self.name, exc)
+                return
             self._link_down(f"connect failed: {exc}")   # the first failed connect: at start, or after a disconnect
             return
-        if self._stop.is_set():   # closing: the close releases the output, and may have already, before this open
-            log.debug("sink %s: connected while closing; the output closed again", self.name)
+        if self._released:   # the close has released the output already (it gave up on this worker)
+            log.debug("sink %s: connected after the close released the output; closed again", self.name)
             self._disconnect()
             return
         was_down = self._next_try > 0.0
         self._connected = True   # the back-off is reset once the link answers (_link_answered), not here: a PLC
         self._next_try = 0.0     # or gateway that accepts and never answers is reconnected with back-off
-        self._level_dirty = True   # written next: that write (or a pulse's) tells whether the PLC answers
-        self._level_refused = None  # even if the device refused it before the reconnect
+        self._level_dirty = True   # written next (or by a close waiting for this worker: _rest_at_close): that
+        self._level_refused = None  # write tells whether the PLC answers, even if it refused the level before
         self._next_probe = time.monotonic() + self._probe_s
         if was_down and not self._down_reported:   # after a link_down, reconnected waits for an answer
             self._counters.add("reconnects")
             self._emit("reconnected", None, "link is up again")
+        if self._released:   # released while this connect was recorded (close sets it before it closes)
+            self._disconnect()
 
     def _log_odd_failure(self, what: str, exc: Exception) -> None:
         """An output failure that is not a ``PlcError`` (missing driver package, lost permissions, a
