@@ -497,3 +497,78 @@ def test_an_encoder_reopen_returning_after_a_close_leaves_the_link_closed(caplog
         counter.go.set()
     assert not encoder._thread.is_alive() and not counter.is_open
     assert encoder.stats()["reconnects"] == 0 and not [r for r in caplog.records if "reconnected" in r.getMessage()]
+    assert [m for m in loud(caplog) if "(a reconnect to the counter still held)" in m], loud(caplog)
+
+
+class DroppingOutput(CountingOutput):
+    """A reject coil whose link drops at the next write once ``drop`` is set (that write refused); the reconnect's
+    open then takes ``open_s`` (a PLC slow to accept) or, with ``until_stop``, lasts until ``sink`` is told to stop.
+    ``rising``: the rising edges written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = self.until_stop = False
+        self.is_open, self.open_s, self.rising = False, 0.0, 0
+        self.entered = threading.Event()
+        self.sink: WorkerSink | None = None
+
+    def open(self) -> None:
+        if self.opens:   # a reconnect
+            self.entered.set()
+            time.sleep(self.open_s)
+            deadline = time.monotonic() + WAIT_S
+            while self.until_stop and not self.sink._stop.is_set() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        super().open()
+        self.is_open = True
+
+    def set(self, on: bool) -> None:
+        if self.drop:
+            self.drop, self.is_open = False, False
+            raise PlcError("link dropped")
+        if not self.is_open:
+            raise PlcError("not connected")
+        super().set(on)
+        self.rising += bool(on)
+
+    def close(self) -> None:
+        super().close()
+        self.is_open = False
+
+
+def pulse_on_a_dropped_link(out: DroppingOutput) -> tuple[WorkerSink, list]:
+    """A reject sink over ``out``, connected, given one pulse (deadline 50 ms away) whose first write drops the link."""
+    reports: list = []
+    sink = WorkerSink("reject", out, pulse_ms=100, reporter=reports.append)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    out.drop = True
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.05))
+    return sink, reports
+
+
+def test_a_rising_edge_is_not_written_after_a_reconnect_past_its_deadline():
+    """A pulse's write dropped the link and the reconnect took 0.3 s, past the pulse's 50 ms deadline: the rising
+    edge was then written anyway, a full pulse a quarter second late (another part under the ejector), counted
+    delivered. A stale pulse is never written: counted unconfirmed (the dropped write may have reached the PLC)."""
+    out = DroppingOutput()
+    out.open_s = 0.3
+    sink, reports = pulse_on_a_dropped_link(out)
+    deadline = time.monotonic() + WAIT_S
+    while not [r for r in reports if r.seq == 7 and r.kind != "io_error"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    sink.close()
+    assert out.rising == 0 and sink.stats()["delivered"] == 0 and sink.stats()["unconfirmed"] == 1
+
+
+def test_a_rising_edge_is_not_written_by_a_reconnect_that_ends_once_the_sink_closes():
+    """The same pulse, its reconnect returning only once a close (with its full time) has told the worker to stop:
+    since 14e879a keeps such a connect, the rising edge was written after the stop, half a second late, counted
+    delivered. Now nothing is written after the stop but what the close owes."""
+    out = DroppingOutput()
+    out.until_stop = True
+    sink, reports = pulse_on_a_dropped_link(out)
+    assert out.entered.wait(WAIT_S)
+    sink.close(CloseBy.from_now(1.0))
+    assert out.rising == 0 and sink.stats()["delivered"] == 0

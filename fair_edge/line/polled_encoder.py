@@ -122,7 +122,7 @@ class PolledEncoder:
         self.stale_s = max(STALE_POLLS * poll_s, STALE_FLOOR_S)   # mark(): an older reading gives no position
         self.fresh_s = max(FRESH_POLLS * poll_s, FRESH_FLOOR_S)   # mark_at(): a poll's lag before the oldest reading
         self._stop = threading.Event()
-        self._on_link = False   # the polling thread is in a read or a reopen of the link (not between polls)
+        self._on_link = ""   # what the polling thread does on the link: a read or a reopen ('' between polls)
         self._thread = threading.Thread(target=self._run, name=f"encoder-{self.name}", daemon=True)
 
     def start(self) -> PolledEncoder:
@@ -241,7 +241,7 @@ class PolledEncoder:
                           "its own", self.name, timeout_s)
             elif self._thread.is_alive():
                 log.warning("encoder %s: its polling thread did not stop within %g s (%s); closing the link under "
-                            "it", self.name, timeout_s, because("a read still held"))
+                            "it", self.name, timeout_s, because(f"{self._on_link or 'a read'} still held"))
         try:
             self.reader.close()
         except Exception:  # noqa: BLE001 - clean-up failure is logged, the link may be gone
@@ -258,13 +258,13 @@ class PolledEncoder:
         out and its reply was taken up. Told to stop by then: nothing read (a close that found the thread not yet
         on the link, ``_on_link``, closes it)."""
         t_asked = self.clock()
-        self._on_link = True   # then the stop checked: a close either sees the thread on the link or it sees the stop
+        self._on_link = "a read"   # then the stop checked: a close either sees the thread on the link or the stop
         try:
             if self._stop.is_set():
                 return
             raw = self.reader.read()
         finally:
-            self._on_link = False
+            self._on_link = ""
         self._take(raw, self.clock(), t_asked)
 
     def _take(self, raw: int, t: float, t_asked: float | None = None) -> None:
@@ -382,7 +382,7 @@ class PolledEncoder:
     def _reopen(self) -> None:
         """Close and open the link again (a reconnect counted); told to stop by then, nothing (as ``_read_once``);
         told to stop during the open, the link is closed again and no reconnect counted."""
-        self._on_link = True
+        self._on_link = "a reconnect to the counter"
         try:
             if self._stop.is_set():
                 return
@@ -398,7 +398,7 @@ class PolledEncoder:
         except PlcError as exc:
             log.debug("encoder %s: reopen failed: %s", self.name, exc)
         finally:
-            self._on_link = False
+            self._on_link = ""
 
 
 def _power_of_ten(n: int) -> bool:

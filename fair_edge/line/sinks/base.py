@@ -536,11 +536,16 @@ class WorkerSink:
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
-        ``_refused`` says whether the device refused it (not retried) rather than the link failing."""
+        ``_refused`` says whether the device refused it (not retried) rather than the link failing. Not tried after
+        a reconnect that ended once the sink was closing, nor, for a pulse's rising edge (``seq`` given), past its
+        ``deadline``."""
         self._refused = False
         while not self._stop.is_set():
             if not self._connected:
                 self._try_connect(force=True)
+                if self._stop.is_set() or (on and seq is not None and time.monotonic() > deadline):
+                    return False   # connected once closing (the close writes what is owed) or past a rising edge's
+                    # deadline: a stale pulse is never written (it would kick another part)
             if self._connected:
                 try:
                     self._out.set(on)
