@@ -571,4 +571,61 @@ def test_a_rising_edge_is_not_written_by_a_reconnect_that_ends_once_the_sink_clo
     sink, reports = pulse_on_a_dropped_link(out)
     assert out.entered.wait(WAIT_S)
     sink.close(CloseBy.from_now(1.0))
-    assert out.rising == 0 and sink.stats()["delivered"] == 0
+    assert out.rising == 0 and sink.stats()["delivered"] == 0 and sink.stats()["unconfirmed"] == 1
+
+
+class LandedDroppedOutput(DroppingOutput):
+    """A DroppingOutput whose dropped write lands at the PLC (its reply lost): ``coil`` records every value set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.coil: list[bool] = []
+
+    def set(self, on: bool) -> None:
+        if self.drop or self.is_open:
+            self.coil.append(on)
+        super().set(on)
+
+
+def test_a_pulse_the_plc_clears_is_not_written_over_when_unconfirmed():
+    """pulse_ms 0 (the PLC clears the pulse): the rising edge landed but its reply was lost and the reconnect ended
+    past the deadline: unconfirmed. The reconnect's owed resting level (off) was then written at once over the pulse
+    the PLC may be acting on; as for a delivered one, it is not."""
+    out = LandedDroppedOutput()
+    out.open_s = 0.1
+    reports: list = []
+    sink = WorkerSink("reject", out, pulse_ms=0, reporter=reports.append)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    out.coil.clear()
+    out.drop = True
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.01))
+    deadline = time.monotonic() + WAIT_S
+    while not [r for r in reports if r.kind == "unconfirmed"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    sink.close()
+    assert sink.stats()["unconfirmed"] == 1 and out.coil == [True], out.coil
+
+
+def test_a_falling_edge_held_by_the_link_until_the_stop_is_not_called_cut_short(caplog):
+    """A pulse's falling edge dropped the link and its reconnect lasted until a close told the worker to stop: the
+    close wrote it, and said 'closed mid-pulse ... 0 ms early', as if the stop had cut the pulse short. The ejector
+    was held on by the link: the line says the edge was due before and held by the link."""
+    out = DroppingOutput()
+    out.until_stop = True
+    sink = WorkerSink("reject", out, pulse_ms=50, reporter=lambda report: None)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
+    deadline = time.monotonic() + WAIT_S
+    while out.rising < 1 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    out.drop = True   # the falling edge's write drops the link
+    assert out.entered.wait(WAIT_S)
+    with caplog.at_level(logging.WARNING):
+        sink.close(CloseBy.from_now(1.0))
+    said = [m for m in loud(caplog) if "seq 7" in m]
+    assert len(said) == 1 and "held by the link until the stop" in said[0] and "early" not in said[0], said
+    assert out.levels()[-1] is False

@@ -419,8 +419,13 @@ class WorkerSink:
             return
         if owed is not None:
             seq, t_fall = owed
-            log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
-                        self.name, seq, max(0.0, 1000.0 * (t_fall - time.monotonic())))
+            early_ms = 1000.0 * (t_fall - time.monotonic())
+            if early_ms > 0:
+                log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
+                            self.name, seq, early_ms)
+            else:   # its own write was held (a reconnect) past the fall and then given up for the close
+                log.warning("sink %s: the falling edge of seq %d, due %.0f ms before, written at close (its write "
+                            "was held by the link until the stop)", self.name, seq, -early_ms)
         elif self._stuck:
             log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
@@ -499,6 +504,8 @@ class WorkerSink:
                 self._counters.add("unconfirmed")
                 self._emit("unconfirmed", ev.seq, "written, but no reply by its deadline (the PLC may have "
                                                   "acted on it); not replayed")
+                if self._pulse_s == 0:   # the PLC clears it: the level its reconnect owes is not written over it
+                    self._level_dirty = False
                 self._fall(ev)     # and if it did, the output must not stay on
             else:
                 self._counters.add("missed")
