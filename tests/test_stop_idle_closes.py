@@ -439,6 +439,80 @@ def test_a_close_that_waits_for_a_reconnect_writes_the_level_owed():
     assert not out.coil and not out.is_open and out.levels()[-1] is False
 
 
+
+def wait_for_report(reports: list, kind: str) -> None:
+    """Poll ``reports`` (a sink's, appended by its worker) until one of ``kind`` is in it, up to WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while kind not in [r.kind for r in reports] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert kind in [r.kind for r in reports]
+
+
+def test_a_level_changed_while_the_link_is_down_is_written_by_the_close_during_the_back_off(caplog):
+    """A fault output on, its link lost, the fault cleared while it is down (the write refused, the reconnect
+    refused: the worker waits its back-off, 60 s); the PLC comes back; a close with its full time. The close
+    reconnected only for a pulse of ours on, and a level counted as owed only with the link up: it returned at once
+    and the PLC's fault coil stayed ON, nothing logged. A level that differs from the one last written is owed with
+    the link down too: the close reconnects for it (before its deadline) and writes it off."""
+    out = FlakyLinkOutput()
+    reports: list = []
+    sink = WorkerSink("fault", out, pulse_ms=0, reporter=reports.append, backoff_s=60.0, backoff_max_s=60.0)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    sink.set_fault(True, "camera down")
+    deadline = time.monotonic() + WAIT_S
+    while not out.coil and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert out.coil
+    out.up = out.is_open = False
+    sink.set_fault(False, "cleared")   # written while down: refused, then a reconnect refused: the back-off runs
+    wait_for_report(reports, "link_down")
+    out.up = True
+    opens = out.opens
+    sink.close(CloseBy.from_now())
+    assert out.opens == opens + 1 and not out.coil and not out.is_open and out.levels()[-1] is False
+    assert not loud(caplog, logging.ERROR)
+
+
+class ProbedFlakyOutput(FlakyLinkOutput):
+    """A FlakyLinkOutput the sink probes while idle (a read that fails while the link is down)."""
+
+    def probe(self) -> None:
+        if not (self.up and self.is_open):
+            raise PlcError("link down")
+
+
+def test_a_reject_output_at_rest_with_its_link_down_costs_the_close_no_reconnect(caplog):
+    """A reject output (level off) pulsed, its falling edge written, then its link lost (a probe fails, the
+    reconnect refused): its coil was last written off, so the close owes nothing and spends no connect on it, the
+    PLC back or not. Nor does a sink whose PLC was never reachable, its level off."""
+    out = ProbedFlakyOutput()
+    reports: list = []
+    sink = WorkerSink("reject", out, pulse_ms=20, reporter=reports.append, probe_s=0.02, backoff_s=60.0,
+                      backoff_max_s=60.0)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + WAIT_S))
+    assert sink.drain(WAIT_S) and out.levels()[-2:] == [True, False]
+    out.up = out.is_open = False
+    wait_for_report(reports, "link_down")
+    out.up = True
+    opens = out.opens
+    sink.close(CloseBy.from_now())
+    assert out.opens == opens and sink.stats()["delivered"] == 1
+    never = ProbedFlakyOutput()
+    never.up = False
+    never_reports: list = []
+    sink = WorkerSink("reject", never, pulse_ms=20, reporter=never_reports.append, backoff_s=60.0,
+                      backoff_max_s=60.0)
+    never.sink = sink
+    wait_for_report(never_reports, "link_down")
+    never.up = True
+    sink.close(CloseBy.from_now())
+    assert never.opens == 0 and never.levels() == []   # opens counts those that connected (the PLC is back)
+    assert not loud(caplog, logging.ERROR)
+
 class CutOpenOutput(SlowOpenOutput):
     """An output whose open blocks until ``go`` and then fails (the close released the output under it)."""
 
