@@ -332,6 +332,16 @@ def held_encoder(counter: LinkCounter) -> tuple[PolledEncoder, PausingStop]:
     return encoder.start(), stop
 
 
+def close_at_once(encoder: PolledEncoder, stop: PausingStop, caplog) -> None:
+    """Close ``encoder`` with 0 s while its polling thread is held in ``stop``'s window (its log from then on in
+    ``caplog``), then let the thread go and wait for it to end."""
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
+        encoder.close(0.0)
+        stop.release.set()
+        encoder._thread.join(WAIT_S)
+
+
 def test_an_encoder_closed_with_no_time_past_its_stop_check_reads_nothing_after_the_close(caplog):
     """PolledEncoder.close given 0 s when the polling thread was past its loop's stop check but not yet marked on
     the link (_on_link): the close took it for between reads (DEBUG) and closed the link; the thread then read the
@@ -343,11 +353,7 @@ def test_an_encoder_closed_with_no_time_past_its_stop_check_reads_nothing_after_
         stop.arm(and_check=True)
         assert stop.entered.wait(WAIT_S)
         reads = counter.reads
-        caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
-            encoder.close(0.0)
-            stop.release.set()
-            encoder._thread.join(WAIT_S)
+        close_at_once(encoder, stop, caplog)
     finally:
         stop.release.set()
     assert loud(caplog) == []
@@ -369,11 +375,7 @@ def test_an_encoder_closed_with_no_time_before_its_reopen_does_not_reopen_the_li
         stop.arm(and_check=False)
         assert stop.entered.wait(WAIT_S)
         opens, reconnects = counter.opens, encoder.stats()["reconnects"]
-        caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="fair_edge.line.encoder_links"):
-            encoder.close(0.0)
-            stop.release.set()
-            encoder._thread.join(WAIT_S)
+        close_at_once(encoder, stop, caplog)
     finally:
         stop.release.set()
     assert loud(caplog) == []
@@ -414,6 +416,20 @@ class FlakyLinkOutput(CountingOutput):
         self.is_open = False
 
 
+def fault_on_then_cleared_while_down(out: FlakyLinkOutput, sink: WorkerSink) -> None:
+    """``sink`` (a fault output over ``out``) connected and its fault written on; then the link lost and the fault
+    cleared while it is down (that write refused)."""
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    sink.set_fault(True, "camera down")
+    deadline = time.monotonic() + WAIT_S
+    while not out.coil and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert out.coil
+    out.up = out.is_open = False
+    sink.set_fault(False, "cleared")
+
+
 def test_a_close_that_waits_for_a_reconnect_writes_the_level_owed():
     """A fault output on, its link lost, the fault cleared meanwhile; a close with its full time finds the worker
     reconnecting, and that open returns while the close waits. 63de1e8 closed such a connect again whenever the sink
@@ -422,22 +438,14 @@ def test_a_close_that_waits_for_a_reconnect_writes_the_level_owed():
     connect, and the close writes the level owed (off)."""
     out = FlakyLinkOutput()
     sink = WorkerSink("fault", out, pulse_ms=0, reporter=lambda report: None, backoff_s=0.05, backoff_max_s=0.05)
-    out.sink = sink
-    assert sink.wait_connected(WAIT_S)
-    sink.set_fault(True, "camera down")
+    fault_on_then_cleared_while_down(out, sink)
     deadline = time.monotonic() + WAIT_S
-    while not out.coil and time.monotonic() < deadline:
-        time.sleep(0.005)
-    out.up = False
-    out.is_open = False
-    sink.set_fault(False, "cleared")   # written while down: refused, the link found lost, reconnects refused
     while sink.connected and time.monotonic() < deadline:
         time.sleep(0.005)
     out.hold_open, out.up = True, True
     assert out.entered.wait(WAIT_S)
     sink.close(CloseBy.from_now())
     assert not out.coil and not out.is_open and out.levels()[-1] is False
-
 
 
 def wait_for_report(reports: list, kind: str) -> None:
@@ -457,15 +465,7 @@ def test_a_level_changed_while_the_link_is_down_is_written_by_the_close_during_t
     out = FlakyLinkOutput()
     reports: list = []
     sink = WorkerSink("fault", out, pulse_ms=0, reporter=reports.append, backoff_s=60.0, backoff_max_s=60.0)
-    out.sink = sink
-    assert sink.wait_connected(WAIT_S)
-    sink.set_fault(True, "camera down")
-    deadline = time.monotonic() + WAIT_S
-    while not out.coil and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert out.coil
-    out.up = out.is_open = False
-    sink.set_fault(False, "cleared")   # written while down: refused, then a reconnect refused: the back-off runs
+    fault_on_then_cleared_while_down(out, sink)   # then a reconnect refused: the back-off runs
     wait_for_report(reports, "link_down")
     out.up = True
     opens = out.opens
