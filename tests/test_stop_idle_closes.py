@@ -456,24 +456,6 @@ def wait_for_report(reports: list, kind: str) -> None:
     assert kind in [r.kind for r in reports]
 
 
-def test_a_level_changed_while_the_link_is_down_is_written_by_the_close_during_the_back_off(caplog):
-    """A fault output on, its link lost, the fault cleared while it is down (the write refused, the reconnect
-    refused: the worker waits its back-off, 60 s); the PLC comes back; a close with its full time. The close
-    reconnected only for a pulse of ours on, and a level counted as owed only with the link up: it returned at once
-    and the PLC's fault coil stayed ON, nothing logged. A level that differs from the one last written is owed with
-    the link down too: the close reconnects for it (before its deadline) and writes it off."""
-    out = FlakyLinkOutput()
-    reports: list = []
-    sink = WorkerSink("fault", out, pulse_ms=0, reporter=reports.append, backoff_s=60.0, backoff_max_s=60.0)
-    fault_on_then_cleared_while_down(out, sink)   # then a reconnect refused: the back-off runs
-    wait_for_report(reports, "link_down")
-    out.up = True
-    opens = out.opens
-    sink.close(CloseBy.from_now())
-    assert out.opens == opens + 1 and not out.coil and not out.is_open and out.levels()[-1] is False
-    assert not loud(caplog, logging.ERROR)
-
-
 class ProbedFlakyOutput(FlakyLinkOutput):
     """A FlakyLinkOutput the sink probes while idle (a read that fails while the link is down)."""
 
@@ -512,6 +494,7 @@ def test_a_reject_output_at_rest_with_its_link_down_costs_the_close_no_reconnect
     sink.close(CloseBy.from_now())
     assert never.opens == 0 and never.levels() == []   # opens counts those that connected (the PLC is back)
     assert not loud(caplog, logging.ERROR)
+
 
 class CutOpenOutput(SlowOpenOutput):
     """An output whose open blocks until ``go`` and then fails (the close released the output under it)."""

@@ -265,8 +265,6 @@ class WorkerSink:
         self._connected = False
         self._level = False          # wanted resting level (fault outputs)
         self._level_dirty = True     # resting level not yet confirmed written
-        self._level_written: bool | None = None   # the level last confirmed written (``_wrote``; None: none yet,
-                                                  # taken as off): a close, the link down, owes one that differs
         self._level_lock = threading.Lock()   # set_fault's stores vs the read back's check of them (never both half)
         self._level_refused: bool | None = None   # a resting level the device refused: not rewritten until a
                                                   # reconnect or a change of the level clears this
@@ -395,13 +393,12 @@ class WorkerSink:
     def _rest_at_close(self, reconnect_until: float) -> None:
         """close(), the worker stopped: one attempt to write the resting level before the output is closed (a pulse
         wider than the drain, or a falling edge the stop or the link kept from being written, would leave it on).
-        Skipped where nothing is owed, no pulse of ours on (``_level_owed``): a resting level already written (a
-        ``pulse_ms=0`` output's pulse is the PLC's to clear), a level the device refused, a link that is down with
-        the output last written at the level (a reject output at rest: off). A link that is down with a pulse of
-        ours on, or a level changed while it was down, is reconnected for it only until ``reconnect_until``
-        (monotonic s, the shared ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one
-        connect timeout past it, not one each; a connected output is written past it (its write is what the close
-        is for). Logged: a pulse cut short, a write that failed or was not tried (the output may be left on)."""
+        Skipped where nothing is owed, no pulse of ours on: a resting level already written (a ``pulse_ms=0``
+        output's pulse is the PLC's to clear), a level the device refused, a link that is down. A link that is down
+        with a pulse of ours on is reconnected for it only until ``reconnect_until`` (monotonic s, the shared
+        ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one connect timeout past it,
+        not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse
+        cut short, a write that failed or was not tried (the output may be left on)."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
         if not on_now and not self._level_owed():
@@ -433,15 +430,8 @@ class WorkerSink:
             log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
     def _level_owed(self) -> bool:
-        """A resting level the close owes with no pulse of ours on, one the device did not refuse: the link up, one
-        not yet written; the link down, one that differs from the level last written (``_level_written``; none
-        written yet counts as off, so a sink whose PLC was never reachable spends no connect at close unless a
-        level other than off was set)."""
-        if self._level_refused == self._level:
-            return False
-        if self._connected:
-            return self._level_dirty
-        return self._level != bool(self._level_written)
+        """A resting level the close owes with no pulse of ours on: one not yet written nor refused, the link up."""
+        return self._level_dirty and self._level_refused != self._level and self._connected
 
     def _holds_nothing(self) -> bool:
         """close(), the worker not stopped: no pulse queued or in progress, no falling edge owed, no output reported
@@ -683,13 +673,10 @@ class WorkerSink:
                                       f"({self._backoff[0]:g} s -> {self._backoff[1]:g} s)")
 
     def _wrote(self, on: bool, seq: int | None) -> None:
-        """A write of ``on`` succeeded: it is the level last written (``_level_written``; not a ``pulse_ms=0``
-        output's pulse, ``seq`` given: the PLC clears it), the resting level is confirmed when ``on`` is it, and a
+        """A write of ``on`` succeeded: the resting level is confirmed when ``on`` is it, and a
         ``stuck`` output is ``released``. The check and the flag are one step under ``_level_lock``: a
         ``set_fault`` of another level between them (a fault cleared while its "on" was written) stays pending."""
         with self._level_lock:
-            if seq is None or self._pulse_s > 0:
-                self._level_written = on
             if on != self._level:
                 return
             self._level_dirty = False
