@@ -686,3 +686,34 @@ def test_a_falling_edge_held_by_the_link_until_the_stop_is_not_called_cut_short(
     said = [m for m in loud(caplog) if "seq 7" in m]
     assert len(said) == 1 and "held by the link until the stop" in said[0] and "early" not in said[0], said
     assert out.levels()[-1] is False
+
+
+def test_a_stop_landing_at_a_healthy_falling_edge_is_called_cut_short_not_held_by_the_link(caplog, monkeypatch):
+    """The stop lands just as a pulse's falling edge falls due, the link fine: the close writes the edge. a0d2f7e
+    chose its line by whether the edge was already due when the close wrote it, and blamed the link ('held by the
+    link until the stop') in 5 of 20 such stops; the line follows why the edge was owed: a link that failed it."""
+    from fair_edge.line.sinks import base
+
+    real_sleep_until, sleeps = base.sleep_until, []
+
+    def sleep_then_stop(t: float, stop: threading.Event) -> bool:   # the fall's sleep ends and the stop lands
+        sleeps.append(t)
+        done = real_sleep_until(t, stop)
+        if len(sleeps) == 2:
+            stop.set()
+        return done
+
+    monkeypatch.setattr(base, "sleep_until", sleep_then_stop)
+    out = RecordingOutput()
+    sink = WorkerSink("reject", out, pulse_ms=20, reporter=lambda report: None)
+    assert sink.wait_connected(WAIT_S)
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
+    deadline = time.monotonic() + WAIT_S
+    while len(sleeps) < 2 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    with caplog.at_level(logging.WARNING):
+        sink.close(CloseBy.from_now())
+    said = [m for m in loud(caplog) if "seq 7" in m]
+    assert len(said) == 1 and "closed mid-pulse" in said[0] and "held by the link" not in said[0], said
+    assert out.levels()[-2:] == [True, False]

@@ -278,8 +278,9 @@ class WorkerSink:
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
         self._stuck = False          # "stuck" reported; "released" not yet (resting level not rewritten)
-        self._fall_owed: tuple[int, float] | None = None   # (seq, monotonic s its falling edge was due): a pulse
-                                                           # whose falling edge the stop kept from being written
+        # (seq, monotonic s its falling edge was due, whether its write was held by the link): a pulse whose falling
+        # edge the stop kept from being written (cut short in its sleep, or given up for the close after link failures)
+        self._fall_owed: tuple[int, float, bool] | None = None
         self._odd_error = ""         # the last non-PlcError failure logged (logged again only when it changes)
         self._probe_s = probe_s
         self._next_probe = 0.0       # monotonic s: probe the idle link from then on (pushed back by each good write)
@@ -418,14 +419,14 @@ class WorkerSink:
                       self.name, level, exc, "on" if on_now else "as it was")
             return
         if owed is not None:
-            seq, t_fall = owed
+            seq, t_fall, held_by_link = owed
             early_ms = 1000.0 * (t_fall - time.monotonic())
-            if early_ms > 0:
-                log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
-                            self.name, seq, early_ms)
-            else:   # its own write was held (a reconnect) past the fall and then given up for the close
+            if held_by_link:   # its own write failed on the link (a reconnect) and was given up for the close
                 log.warning("sink %s: the falling edge of seq %d, due %.0f ms before, written at close (its write "
-                            "was held by the link until the stop)", self.name, seq, -early_ms)
+                            "was held by the link until the stop)", self.name, seq, max(0.0, -early_ms))
+            else:
+                log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
+                            self.name, seq, max(0.0, early_ms))
         elif self._stuck:
             log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
@@ -531,11 +532,11 @@ class WorkerSink:
             return
         t_fall = time.monotonic() + self._pulse_s
         if not sleep_until(t_fall, self._stop):
-            self._fall_owed = (ev.seq, t_fall)
+            self._fall_owed = (ev.seq, t_fall, False)
             return
         if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-            if self._stop.is_set():   # given up for the close, not for the link: close() writes it
-                self._fall_owed = (ev.seq, t_fall)
+            if self._stop.is_set():   # given up for the close, not for the link: close() writes it (held by the
+                self._fall_owed = (ev.seq, t_fall, self._failures > 0)   # link if its write failed on it)
                 return
             self._level_dirty = True  # write the resting level again once reconnected
             self._stuck = True        # "released" once it is
