@@ -726,3 +726,43 @@ def test_a_stop_landing_at_a_healthy_falling_edge_is_called_cut_short_not_held_b
     said = [m for m in loud(caplog) if "seq 7" in m]
     assert len(said) == 1 and "closed mid-pulse" in said[0] and "held by the link" not in said[0], said
     assert out.levels()[-1] is False and sink.stats()[rising] == 1
+
+
+class RefusingThenSlowOutput(DroppingOutput):
+    """A DroppingOutput whose reconnects are refused while ``refusing``; then, with ``until_stop``, last until the
+    sink is told to stop (the PLC back, its accept slow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = False
+
+    def open(self) -> None:
+        if self.opens and self.refusing:
+            raise PlcError("connection refused")
+        super().open()
+
+
+def test_a_falling_edge_waiting_on_a_reconnect_until_the_stop_is_held_by_the_link(caplog):
+    """The rising edge's write dropped the link, reconnects were refused past its deadline (unconfirmed); by the
+    falling edge the PLC was back but its accept slow, lasting until the stop: 2bcff49's flag knew only a failed write
+    or a connect that failed, so the close's line said 'closed mid-pulse ... 0 ms early' for an ejector the link had
+    held on. A write that waits on a reconnect is held by the link."""
+    out = RefusingThenSlowOutput()
+    reports: list = []
+    sink = WorkerSink("reject", out, pulse_ms=100, reporter=reports.append)
+    out.sink = sink
+    assert sink.wait_connected(WAIT_S)
+    out.drop = out.refusing = True
+    now = time.monotonic()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.05))
+    deadline = time.monotonic() + WAIT_S
+    while "unconfirmed" not in [r.kind for r in reports] and time.monotonic() < deadline:
+        time.sleep(0.002)
+    out.entered.clear()
+    out.refusing, out.until_stop = False, True   # the PLC back, its accept lasting until the stop
+    assert out.entered.wait(WAIT_S)
+    with caplog.at_level(logging.WARNING):
+        sink.close(CloseBy.from_now(1.0))
+    said = [m for m in loud(caplog) if "seq 7" in m]
+    assert len(said) == 1 and "held by the link until the stop" in said[0], said
+    assert out.levels()[-1] is False

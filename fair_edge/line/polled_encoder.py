@@ -231,8 +231,8 @@ class PolledEncoder:
     def close(self, timeout_s: float = CLOSE_JOIN_S) -> None:
         """Stop the polling thread, waiting for it at most ``timeout_s`` seconds (a read held by a PLC that stopped
         answering; a station's stop gives what its deadline has left: ``station.stop_deadline``), then close the
-        link, the thread's read cut off with it (warned). A thread between reads, woken but not yet ended (a stop
-        whose deadline was spent gives 0 s), holds nothing: left to end on its own, at DEBUG."""
+        link, the thread's read cut off with it (warned). A thread neither reading nor reconnecting, woken but not
+        yet ended (a stop whose deadline was spent gives 0 s), holds nothing: left to end on its own, at DEBUG."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=max(0.0, timeout_s))

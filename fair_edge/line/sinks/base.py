@@ -269,7 +269,7 @@ class WorkerSink:
         self._level_refused: bool | None = None   # a resting level the device refused: not rewritten until a
                                                   # reconnect or a change of the level clears this
         self._refused = False        # the last _write_until ended in the device's refusal
-        self._held_by_link = False   # the last _write_until met a link failure or a link it could not reconnect
+        self._held_by_link = False   # the last _write_until met the link down (a failed write, a reconnect needed)
         self._stop = threading.Event()
         self._closed = False
         self._on_link = ""           # what the worker is in on the output: '' nothing, else a connect (an open) or an
@@ -537,7 +537,7 @@ class WorkerSink:
             return
         if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
             if self._stop.is_set():   # given up for the close, not for the link: close() writes it (held by the
-                self._fall_owed = (ev.seq, t_fall, self._held_by_link)   # link if its write failed on it)
+                self._fall_owed = (ev.seq, t_fall, self._held_by_link)   # link if its write met the link down)
                 return
             self._level_dirty = True  # write the resting level again once reconnected
             self._stuck = True        # "released" once it is
@@ -546,14 +546,14 @@ class WorkerSink:
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
         ``_refused`` says whether the device refused it (not retried) rather than the link failing, and
-        ``_held_by_link`` whether a write failed on the link or a reconnect did not connect. Not tried after
-        a reconnect that ended once the sink was closing, nor, for a pulse's rising edge (``seq`` given), past its
-        ``deadline``."""
+        ``_held_by_link`` whether it met the link down (a write failed on it, or a reconnect was needed). Not tried
+        after a reconnect that ended once the sink was closing, nor, for a pulse's rising edge (``seq`` given), past
+        its ``deadline``."""
         self._refused = self._held_by_link = False
         while not self._stop.is_set():
             if not self._connected:
+                self._held_by_link = True   # the write waits on a reconnect
                 self._try_connect(force=True)
-                self._held_by_link = self._held_by_link or not self._connected
                 if self._stop.is_set() or (on and seq is not None and time.monotonic() > deadline):
                     return False   # connected once closing (the close writes what is owed) or past a rising edge's
                     # deadline: a stale pulse is never written (it would kick another part)
