@@ -432,7 +432,8 @@ class WorkerSink:
             log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
 
     def _level_owed(self) -> bool:
-        """A resting level the close owes with no pulse of ours on: one not yet written nor refused, the link up."""
+        """A resting level owed (by the worker's step, or the close with no pulse of ours on): one not yet written
+        nor refused, the link up."""
         return self._level_dirty and self._level_refused != self._level and self._connected
 
     def _holds_nothing(self) -> bool:
@@ -477,7 +478,7 @@ class WorkerSink:
             self._try_connect()
         elif self._connected and not self._inflight and time.monotonic() >= self._next_probe:
             self._probe()
-        if self._connected and self._level_dirty and self._level_refused != self._level:
+        if self._level_owed():
             self._write_resting_level()
 
     def _write_resting_level(self) -> None:
@@ -536,8 +537,8 @@ class WorkerSink:
             self._fall_owed = (ev.seq, t_fall, False)
             return
         if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-            if self._stop.is_set():   # given up for the close, not for the link: close() writes it (held by the
-                self._fall_owed = (ev.seq, t_fall, self._held_by_link)   # link if its write met the link down)
+            if self._stop.is_set():   # given up for the close (the link may have held it): close() writes it
+                self._fall_owed = (ev.seq, t_fall, self._held_by_link)
                 return
             self._level_dirty = True  # write the resting level again once reconnected
             self._stuck = True        # "released" once it is
@@ -554,9 +555,10 @@ class WorkerSink:
             if not self._connected:
                 self._held_by_link = True   # the write waits on a reconnect
                 self._try_connect(force=True)
+                # connected once closing (the close writes what is owed), or past a rising edge's deadline (a stale
+                # pulse is never written: it would kick another part)
                 if self._stop.is_set() or (on and seq is not None and time.monotonic() > deadline):
-                    return False   # connected once closing (the close writes what is owed) or past a rising edge's
-                    # deadline: a stale pulse is never written (it would kick another part)
+                    return False
             if self._connected:
                 try:
                     self._out.set(on)
