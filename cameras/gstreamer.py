@@ -127,7 +127,8 @@ class GStreamerSource(OpenCVSource):
                 "GStreamer pipeline: expected a gst-launch string ending in "
                 f"'video/x-raw, format=BGR ! appsink', found {pipeline!r}"
             )
-        first = (pipeline.split("!", 1)[0].split() or ["pipeline"])[0]   # the element alone: its location may hold a password
+        # the first element alone (its location may hold a password)
+        first = (pipeline.split("!", 1)[0].split() or ["pipeline"])[0]
         super().__init__(pipeline, api=cv2.CAP_GSTREAMER, fps=fps, kind="gstreamer",
                          name=name or f"gstreamer:{first}")
         self._waits_bounded = False   # the open's timeouts were set (``_bound_waits``): the pipeline restarts

@@ -186,9 +186,8 @@ def recorder_rows(recorder: dict) -> list[tuple[str, object]]:
     queue, close deadline), failed on the disk (image write errors: ``write_errors`` less ``rows_failed``) and, when
     any, could not be drawn (``images_failed``: a frame or map the overlay refuses, not the disk). ``rows_failed``
     covers gate.jsonl rows too. ``log_files_deleted`` (rotated log files deleted to write on a full disk: their rows
-    are gone) and ``log_rotations_put_off`` (times a rotation was refused, each until it went through: the log grows past
-    max_log_mb), in red on the verdict
-    log's row when any."""
+    are gone) and ``log_rotations_put_off`` (times a rotation was refused, each until it went through: the log grows
+    past max_log_mb), in red on the verdict log's row when any."""
     if not recorder:
         return []
     logged = f"{recorder.get('logged', 0)}"

@@ -229,10 +229,10 @@ class StationActions:
         the missed pulses of sinks that work, on every gate the console shows (``feed.alarms``: the station's, and
         with ``group.by: lane`` each lane's), all or nothing (``alarm_ack.acknowledge_gates``); the fault output drops
         unless a fault (camera, backend, sink down) still holds it (a lane's alarm holds it through the station's tick:
-        it drops at the next, ~0.5 s). Audited with everything it cleared (``reject_gates.alarm_text``). seen: the alarm text
-        the page showed (None: whatever is latched); AlarmChanged, nothing cleared and nothing audited, when a gate's
-        text is not the one it shows (an alarm latched or a pulse missed since). The answer's ``fault``: why the fault
-        output is still on as the gates tell it (``alarm_ack.faults_left``)."""
+        it drops at the next, ~0.5 s). Audited with everything it cleared (``reject_gates.alarm_text``). seen: the alarm
+        text the page showed (None: whatever is latched); AlarmChanged, nothing cleared and nothing audited, when a
+        gate's text is not the one it shows (an alarm latched or a pulse missed since). The answer's ``fault``: why the
+        fault output is still on as the gates tell it (``alarm_ack.faults_left``)."""
         who = _who(who)
         require(seen is None or isinstance(seen, str), "alarm", "the alarm text the page showed (a string)", seen)
         gates = self.feed.reject_gates()

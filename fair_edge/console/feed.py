@@ -392,8 +392,8 @@ class StationFeed:
         came after their part's reject deadline: no pulse), ``gap_missed`` (parts due a reject and refused its pulse:
         too close to the previous one, ``min_gap_ms``). The recorder's: ``rows_logged`` (verdicts.jsonl),
         ``rows_failed`` (rows whose write raised: a full or unplugged disk; not in the log), ``rows_dropped`` (rows
-        never queued, the writer's backlog full), ``log_rotations_put_off`` (times a log rotation was refused, each until it went
-        through: a log grows past max_log_mb), ``write_errors`` (every failed write, rows and NG images),
+        never queued, the writer's backlog full), ``log_rotations_put_off`` (times a log rotation was refused, each
+        until it went through: a log grows past max_log_mb), ``write_errors`` (every failed write, rows and NG images),
         ``images_failed`` (NG parts whose frame or map could not be drawn or encoded: no NG image, not a disk fault;
         the part is in the log). With lanes (``attach_lanes``) the gate counters are every lane's and the
         station's together."""

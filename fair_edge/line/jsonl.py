@@ -60,14 +60,15 @@ class RotatingJsonl:
     A disk out of inodes (bytes free, but no file can be made: ``disk.out_of_inodes``; NG images may hold them) never
     deletes a row: a rotation makes the log's next file before it moves anything, and where that fails the log is not
     rotated but grows past ``max_bytes`` (one warning; tried again every ``ROTATE_RETRY_S``; each such spell, from its
-    first refused try until a rotation goes through, counted once in ``rotations_put_off``); a log file that cannot be created raises ENOSPC in those words and deletes no rotated file
-    to make room for it. Any other rotation that fails is put off alike, the row written to the current file: e.g.
-    another account's ``.N`` in a sticky (1777) folder, which this one may not move or delete (the warning names
-    the files, their owner and the ``chown``). A log whose rotation is put off grows at most to what its rotated
-    files would hold: with them it stays within ``(keep + 1) x max_bytes`` (``room_to_grow``, which the disk guard
-    keeps free), and never less than ``max_bytes`` (a row a working rotation would write is always written); a row
-    past that raises ``EFBIG`` (the caller counts it failed) until a rotation goes through. The grown file then
-    keeps its excess as ``.1`` .. ``.keep`` until it ages out, which ``room_to_grow`` counts.
+    first refused try until a rotation goes through, counted once in ``rotations_put_off``); a log file that cannot be
+    created raises ENOSPC in those words and deletes no rotated file to make room for it. Any other rotation that fails
+    is put off alike, the row written to the current file: e.g. another account's ``.N`` in a sticky (1777) folder,
+    which this one may not move or delete (the warning names the files, their owner and the ``chown``). A log whose
+    rotation is put off grows at most to what its rotated files would hold: with them it stays within ``(keep + 1) x
+    max_bytes`` (``room_to_grow``, which the disk guard keeps free), and never less than ``max_bytes`` (a row a working
+    rotation would write is always written); a row past that raises ``EFBIG`` (the caller counts it failed) until a
+    rotation goes through. The grown file then keeps its excess as ``.1`` .. ``.keep`` until it ages out, which
+    ``room_to_grow`` counts.
     clock: monotonic seconds (tests hand in a fake one), read only while a rotation is put off.
     """
 

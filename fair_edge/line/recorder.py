@@ -38,9 +38,10 @@ images were saved; ``images_skipped``: not saved (disk guard, ``queue_size`` rea
 ``images_failed``: not saved because the frame or map could not be drawn or encoded (a frame the overlay refuses,
 e.g. a bad shape: a bug upstream, not the disk; the part's row is logged); ``write_errors``: every failed write to
 the disk, rows (= ``rows_failed``) and NG images; ``log_files_deleted``: rotated log files deleted to write rows on a
-full disk (their rows are gone); ``log_rotations_put_off``: times a rotation of the logs was refused (another account's rotated
-log in a sticky folder, no free inode) and put off (once a spell, until it rotates, not each retry): the log grows past ``max_log_mb``, and once it holds what its
-rotated files would its rows fail (``rows_failed``) until it rotates.
+full disk (their rows are gone); ``log_rotations_put_off``: times a rotation of the logs was refused (another
+account's rotated log in a sticky folder, no free inode) and put off (once a spell, until it rotates, not each
+retry): the log grows past ``max_log_mb``, and once it holds what its rotated files would its rows fail
+(``rows_failed``) until it rotates.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class RowLogs:
 
     def rotations_put_off(self) -> int:
         """Times a rotation of the logs was refused and put off (``RotatingJsonl.rotations_put_off``, both logs: a
-        spell counted once, however often it was retried): while put off, a log grows past max_log_mb, and past what its rotated files would hold its rows are not written."""
+        spell counted once, however often it was retried): while put off, a log grows past max_log_mb, and past what
+        its rotated files would hold its rows are not written."""
         return sum(f.rotations_put_off for f in self._files())
 
     def _files(self) -> list[RotatingJsonl]:
