@@ -165,6 +165,46 @@ def test_ranks_stop_at_the_same_step_when_the_signal_reaches_one_first(mvtec_dir
     assert load_checkpoint(tmp_path / "run" / "last.pt").train_state["step"] == 2
 
 
+def leave_with_a_late_collective(rank: int, world: int, rendezvous: Path, data: Path, root: Path) -> None:
+    """A rank leaves the group while its trainer (DDP wrapper) is still referenced, as ``fair-edge train`` does,
+    and a gloo worker still holds the last reference to a tensor Python made: rank 1 joins the all-reduce 2 s
+    late, so rank 0's worker finishes it, and drops the tensor, while rank 0 is leaving (under load, any
+    collective's worker can be that late)."""
+    import time
+
+    import torch.distributed as dist
+    from fair_edge.models.fair.train import Trainer
+    from fair_edge.training.data import load_dataset
+
+    parallel = ddp_equivalence.join_group(rank, world, rendezvous)
+    trainer = Trainer(load_dataset(data), PRE, SETTINGS, CFG, root / "run", torch.device("cpu"), parallel=parallel)
+    trainer.train_step(0)
+    if rank == 1:
+        time.sleep(2)
+    dist.all_reduce(torch.ones(1000), async_op=True)  # the tensor and its work dropped at once
+    shutdown()
+    (root / f"left{rank}").write_text("ok")
+    # the trainer goes when this returns
+
+
+def test_a_rank_leaves_while_a_worker_still_holds_a_tensor(mvtec_dir, tmp_path):
+    """The DDP wrapper outlived destroy_process_group, so its reducer freed the gloo group when the trainer went,
+    joining the workers while holding the GIL, and a worker dropping a tensor Python made waited for the GIL: the
+    rank deadlocked (twice in the full suite under load, in this file's stop test). The group is freed at exit
+    now, after every reducer, with the GIL released."""
+    import time
+
+    context = mp.spawn(leave_with_a_late_collective,
+                       args=(2, ddp_equivalence.new_rendezvous(tmp_path), mvtec_dir, tmp_path), nprocs=2, join=False)
+    deadline = time.monotonic() + 120  # the ranks end in seconds; the deadlock lasted for ever
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank deadlocked freeing the process group")
+    assert sorted(p.name for p in tmp_path.glob("left*")) == ["left0", "left1"]
+
+
 def test_fewer_images_than_the_batch_reduce_it_to_a_multiple_of_the_processes(mvtec_dir, tmp_path, caplog):
     """5 images, --batch 8, 2 processes: the batch became 5 silently, then the first step said "--batch 5 must
     divide by the 2 processes" although 8 was typed. Now it is 4, with a warning naming both counts."""

@@ -28,7 +28,7 @@ What each rank does (``DataParallel`` below, hooked into ``fair_edge.models.fair
 
 from __future__ import annotations
 
-import collections
+import atexit
 import contextlib
 import datetime
 import logging
@@ -146,14 +146,14 @@ class DataParallel:
 
     def mean(self, loss: torch.Tensor) -> float:
         total = loss.detach().clone()
-        all_reduce_held(total)
+        dist.all_reduce(total)
         return float(total) / self.world
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any: the ranks agree on a stop request (Ctrl-C reaches
         them one after the other, possibly either side of a step boundary)."""
         votes = torch.tensor([int(flag)], device=self.device)
-        all_reduce_held(votes, op=dist.ReduceOp.MAX)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
         return bool(votes.item())
 
     def barrier(self) -> None:
@@ -178,24 +178,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-# The last tensors Python handed to a collective, kept referenced until the process ends. A gloo worker thread
-# drops its reference to a finished collective's tensors a moment after wait() returns; when that is the last
-# reference to a tensor Python made, the drop needs the GIL. Freeing the process group (the DDP reducer going,
-# after destroy_process_group) joins those threads while holding the GIL: a worker still waiting for it then
-# deadlocks the rank (seen once in the full suite under load: test_cli_nproc_launches_torchrun hung). Held here,
-# the worker's drop is never the last one.
-_HELD: collections.deque[torch.Tensor] = collections.deque(maxlen=8)
+# The process groups a rank left, their Python objects kept until the interpreter's exit handlers run. Freeing a
+# gloo group joins its worker threads; a worker may still hold the last reference to a tensor Python made (a
+# collective's input, or one a barrier's work keeps), and dropping it needs the GIL. Freed from Python, the group
+# releases the GIL before it joins (PyTorch's holder for ProcessGroup does). But a DDP wrapper still alive at
+# ``shutdown`` (a trainer referenced by the caller: ``fair-edge train``, the test ranks) holds the group too, and
+# its reducer, freed later under the GIL, would then drop the last reference and join while holding it: the rank
+# deadlocks (seen twice in the full suite under load; tests/test_train_ddp.py reproduces it). Kept here, the
+# group outlives every reducer, and ``_free_left_groups`` frees it from Python at exit.
+_LEFT_GROUPS: list = []
 
 
-def all_reduce_held(tensor: torch.Tensor, **kwargs) -> None:
-    """``dist.all_reduce(tensor, **kwargs)`` (waited for), ``tensor`` then kept referenced (``_HELD``)."""
-    dist.all_reduce(tensor, **kwargs)
-    _HELD.append(tensor)
+@atexit.register
+def _free_left_groups() -> None:
+    _LEFT_GROUPS.clear()
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a torchrun rank)."""
+    """Leave the process group (end of a torchrun rank); the group itself is freed at exit (``_LEFT_GROUPS``)."""
     if dist.is_initialized():
+        _LEFT_GROUPS.append(dist.group.WORLD)
         dist.destroy_process_group()
 
 
