@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import logging
 import os
 import shutil
@@ -185,12 +186,21 @@ def is_main_process() -> bool:
 # ``shutdown`` (a trainer referenced by the caller: ``fair-edge train``, the test ranks) holds the group too, and
 # its reducer, freed later under the GIL, would then drop the last reference and join while holding it: the rank
 # deadlocks (seen twice in the full suite under load; tests/test_train_ddp.py reproduces it). Kept here, the
-# group outlives every reducer, and ``_free_left_groups`` frees it from Python at exit.
+# group outlives the reducers, and ``_free_left_groups`` frees it from Python at exit.
 _LEFT_GROUPS: list = []
 
 
 @atexit.register
 def _free_left_groups() -> None:
+    """Free the groups left (``_LEFT_GROUPS``), after any trainer still alive at exit: an uncaught exception's
+    traceback (``sys.last_*``, kept for a post-mortem nobody runs now) holds the frames that hold one, and its
+    reducer would otherwise free the group during the interpreter's teardown, under the GIL (where a gloo worker
+    asking for the GIL aborts the process or, on newer Pythons, hangs)."""
+    if _LEFT_GROUPS:
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                setattr(sys, name, None)
+        gc.collect()
     _LEFT_GROUPS.clear()
 
 
