@@ -125,6 +125,37 @@ def test_cli_nproc_launches_torchrun(mvtec_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and small data under DDP
+_STACKS = []  # the open stack files of this rank (faulthandler writes to them on SIGUSR1)
+
+
+def stacks_on_sigusr1(rank: int, root: Path) -> None:
+    """A rank writes its threads' Python stacks to ``root/stacks{rank}.txt`` when sent SIGUSR1 (``join_ranks``)."""
+    import faulthandler
+    import signal
+
+    _STACKS.append((root / f"stacks{rank}.txt").open("w"))
+    faulthandler.register(signal.SIGUSR1, file=_STACKS[-1], all_threads=True)
+
+
+def join_ranks(context, root: Path, guard_s: float, hung: str) -> None:
+    """Wait for the spawned ranks; past ``guard_s`` seconds, fail with ``hung`` and each rank's Python stacks
+    (a hang under load is rare: the failure must say where the ranks were)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + guard_s
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                os.kill(process.pid, signal.SIGUSR1)
+            time.sleep(1)
+            for process in context.processes:
+                process.kill()
+            stacks = "\n".join(f"--- rank {r}:\n{path.read_text()}" for r in (0, 1)
+                               if (path := root / f"stacks{r}.txt").exists())
+            pytest.fail(f"{hung}\n{stacks}")
+
+
 def stop_on_rank0_only(rank: int, world: int, rendezvous: Path, data: Path, root: Path) -> None:
     """Rank 0 is asked to stop after step 2, rank 1 not (yet): torchrun passes Ctrl-C to the ranks one after the
     other, so a step boundary can fall between the two. Writes the step each rank stopped at (None: it did not)."""
@@ -132,6 +163,7 @@ def stop_on_rank0_only(rank: int, world: int, rendezvous: Path, data: Path, root
     from fair_edge.training.data import load_dataset
     from fair_edge.training.loop import TrainingInterrupted
 
+    stacks_on_sigusr1(rank, root)
     parallel = ddp_equivalence.join_group(rank, world, rendezvous)
     trainer = Trainer(load_dataset(data), PRE, SETTINGS, CFG, root / "run", torch.device("cpu"), parallel=parallel)
 
@@ -151,16 +183,9 @@ def stop_on_rank0_only(rank: int, world: int, rendezvous: Path, data: Path, root
 def test_ranks_stop_at_the_same_step_when_the_signal_reaches_one_first(mvtec_dir, tmp_path):
     """Rank 0 stopped and waited in the save's barrier while rank 1 went on into step 3's collectives (a hang
     until torchrun's shutdown timeout killed both). Now the ranks agree: both stop after step 2, last.pt is step 2."""
-    import time
-
     context = mp.spawn(stop_on_rank0_only, args=(2, ddp_equivalence.new_rendezvous(tmp_path), mvtec_dir, tmp_path),
                        nprocs=2, join=False)
-    deadline = time.monotonic() + 300  # a guard against the old hang only; the ranks end in seconds
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks hung: they did not stop at the same step")
+    join_ranks(context, tmp_path, 300, "the ranks hung")  # a guard against the old hang only; they end in seconds
     assert [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in (0, 1)] == [2, 2]
     assert load_checkpoint(tmp_path / "run" / "last.pt").train_state["step"] == 2
 
@@ -176,6 +201,7 @@ def leave_with_a_late_collective(rank: int, world: int, rendezvous: Path, data: 
     from fair_edge.models.fair.train import Trainer
     from fair_edge.training.data import load_dataset
 
+    stacks_on_sigusr1(rank, root)
     parallel = ddp_equivalence.join_group(rank, world, rendezvous)
     trainer = Trainer(load_dataset(data), PRE, SETTINGS, CFG, root / "run", torch.device("cpu"), parallel=parallel)
     trainer.train_step(0)
@@ -192,17 +218,56 @@ def test_a_rank_leaves_while_a_worker_still_holds_a_tensor(mvtec_dir, tmp_path):
     joining the workers while holding the GIL, and a worker dropping a tensor Python made waited for the GIL: the
     rank deadlocked (twice in the full suite under load, in this file's stop test). The group is freed at exit
     now, after every reducer, with the GIL released."""
-    import time
-
     context = mp.spawn(leave_with_a_late_collective,
                        args=(2, ddp_equivalence.new_rendezvous(tmp_path), mvtec_dir, tmp_path), nprocs=2, join=False)
-    deadline = time.monotonic() + 120  # the ranks end in seconds; the deadlock lasted for ever
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a rank deadlocked freeing the process group")
+    join_ranks(context, tmp_path, 120, "a rank deadlocked freeing the process group")  # they end in seconds
     assert sorted(p.name for p in tmp_path.glob("left*")) == ["left0", "left1"]
+
+
+UNCAUGHT_RANK = """
+import atexit, os, sys, weakref
+
+
+def report():  # registered before fair_edge.training.ddp's exit handler, so it runs after it
+    threads = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "pt_gloo_runloop"
+                  for t in os.listdir("/proc/self/task"))
+    print(f"wrapper alive {WRAPPER() is not None}, gloo threads {threads}", flush=True)
+
+
+atexit.register(report)
+import torch, torch.distributed as dist
+from fair_edge.training.ddp import ddp_group, from_environment
+
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2")
+dist.init_process_group("gloo", init_method=sys.argv[1], rank=0, world_size=1)
+
+
+def train():  # the wrapper in a frame the uncaught exception's traceback keeps, as a trainer of fair-edge train
+    global WRAPPER
+    wrapper = from_environment(torch.device("cpu"))[0].wrap(torch.nn.Linear(2, 2))
+    WRAPPER = weakref.ref(wrapper)
+    with ddp_group():
+        raise RuntimeError("a rank fails")
+
+
+train()
+"""
+
+
+def test_a_rank_failing_with_an_uncaught_error_frees_its_group_at_exit_not_in_teardown(tmp_path):
+    """A rank whose error no one catches keeps the traceback in sys.last_* until the interpreter's teardown, and
+    with it the trainer: its reducer then freed the group there, under the GIL (review of the fix above: a gloo
+    worker asking for the GIL then aborted the process, 2 of 9 runs). The exit handler drops the traceback first:
+    by its end the wrapper and gloo's worker threads are gone."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(UNCAUGHT_RANK)
+    proc = subprocess.run([sys.executable, str(script), ddp_equivalence.new_rendezvous(tmp_path).resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "RuntimeError: a rank fails" in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "wrapper alive False, gloo threads 0", proc.stdout
 
 
 def test_fewer_images_than_the_batch_reduce_it_to_a_multiple_of_the_processes(mvtec_dir, tmp_path, caplog):
