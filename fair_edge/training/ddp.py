@@ -187,7 +187,7 @@ def is_main_process() -> bool:
 # its reducer, freed later under the GIL, would then drop the last reference and join while holding it: the rank
 # deadlocks (seen twice in the full suite under load; tests/test_train_ddp.py reproduces it). Kept here, the
 # group outlives the reducers, and ``_free_left_groups`` frees it from Python at exit.
-_LEFT_GROUPS: list = []
+_LEFT_GROUPS: list[dist.ProcessGroup] = []
 
 
 @atexit.register
