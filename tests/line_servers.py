@@ -236,6 +236,21 @@ class FakeClock:
         return self.t
 
 
+class SkewClock:
+    """The real monotonic clock plus the seconds the test jumped it on (``jump``): a sink's worker run on it
+    (``base.time`` patched) sleeps and times out in real time, and a pulse's deadline passes when the test says (a
+    reconnect that ends past it), not because a loaded machine woke the worker late."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset_s
+
+    def jump(self, seconds: float) -> None:
+        self.offset_s += seconds
+
+
 class NodeServer:
     """An asyncua server (``opc.tcp://127.0.0.1:PORT/fair/``) with one writable node ``ns=IDX;s=NAME`` per entry of
     ``nodes`` (name -> (VariantType name, start value)) in namespace ``URI``, registered after ``first`` (namespace

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import types
 
 import pytest
 
@@ -21,10 +22,12 @@ from fair_edge.line.sinks.base import CloseBy, WorkerSink
 from fair_edge.records import Verdict
 from fair_edge.station.line_side import close_gates
 from line_replay import RecordingSink
+from line_servers import SkewClock
 from test_line_sink_close import HangingOutput, RecordingOutput
 from test_stop_budget import spent_stop
 
 WAIT_S = 10.0   # upper bound for a thread to reach the state a test needs on a loaded machine
+SLOW_OPEN_S = 2 * WAIT_S   # a reconnect this long (on the sink's SkewClock) ends past every pulse deadline here
 SPENT = "the station's stop deadline was spent by earlier waits"   # the cut_short reason, as close_gates gives
 
 
@@ -559,22 +562,33 @@ def test_an_encoder_reopen_returning_after_a_close_leaves_the_link_closed(caplog
     assert [m for m in loud(caplog) if "(a reconnect to the counter still held)" in m], loud(caplog)
 
 
+def sink_clock(monkeypatch) -> SkewClock:
+    """The sink workers' clock (``base.time``) for this test: real time that the test's outputs jump on."""
+    from fair_edge.line.sinks import base
+
+    clock = SkewClock()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
+    return clock
+
+
 class DroppingOutput(CountingOutput):
     """A reject coil whose link drops at the next write once ``drop`` is set (that write refused); the reconnect's
-    open then takes ``open_s`` (a PLC slow to accept) or, with ``until_stop``, lasts until ``sink`` is told to stop.
-    ``rising``: the rising edges written."""
+    open then takes ``open_s`` seconds of ``clock`` (a PLC slow to accept: the sink's clock jumped, no real wait, so a
+    pulse's deadline passes during the reconnect however late the worker woke) or, with ``until_stop``, lasts until
+    ``sink`` is told to stop. ``rising``: the rising edges written."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: SkewClock | None = None) -> None:
         super().__init__()
         self.drop = self.until_stop = False
         self.is_open, self.open_s, self.rising = False, 0.0, 0
+        self.clock = clock
         self.entered = threading.Event()
         self.sink: WorkerSink | None = None
 
     def open(self) -> None:
         if self.opens:   # a reconnect
             self.entered.set()
-            time.sleep(self.open_s)
+            self.slow_accept()
             deadline = time.monotonic() + WAIT_S
             while self.until_stop and not self.sink._stop.is_set() and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -594,26 +608,34 @@ class DroppingOutput(CountingOutput):
         super().close()
         self.is_open = False
 
+    def slow_accept(self) -> None:
+        """A reconnect's open taking ``open_s`` on the sink's clock."""
+        if self.open_s:
+            self.clock.jump(self.open_s)
 
-def pulse_on_a_dropped_link(out: DroppingOutput) -> tuple[WorkerSink, list]:
-    """A reject sink over ``out``, connected, given one pulse (deadline 50 ms away) whose first write drops the link."""
+
+def pulse_on_a_dropped_link(out: DroppingOutput, clock: SkewClock) -> tuple[WorkerSink, list]:
+    """A reject sink over ``out``, connected, given one pulse whose first write drops the link; its deadline WAIT_S
+    away on ``clock``, so a worker woken late still writes it (a reconnect with ``open_s`` ends past it)."""
     reports: list = []
     sink = WorkerSink("reject", out, pulse_ms=100, reporter=reports.append)
     out.sink = sink
     assert sink.wait_connected(WAIT_S)
     out.drop = True
-    now = time.monotonic()
-    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.05))
+    now = clock()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
     return sink, reports
 
 
-def test_a_rising_edge_is_not_written_after_a_reconnect_past_its_deadline():
+def test_a_rising_edge_is_not_written_after_a_reconnect_past_its_deadline(monkeypatch):
     """A pulse's write dropped the link and the reconnect took 0.3 s, past the pulse's 50 ms deadline: the rising
     edge was then written anyway, a full pulse a quarter second late (another part under the ejector), counted
-    delivered. A stale pulse is never written: counted unconfirmed (the dropped write may have reached the PLC)."""
-    out = DroppingOutput()
-    out.open_s = 0.3
-    sink, reports = pulse_on_a_dropped_link(out)
+    delivered. A stale pulse is never written: counted unconfirmed (the dropped write may have reached the PLC).
+    The reconnect here ends past the deadline on the sink's clock (``SLOW_OPEN_S``)."""
+    clock = sink_clock(monkeypatch)
+    out = DroppingOutput(clock)
+    out.open_s = SLOW_OPEN_S
+    sink, reports = pulse_on_a_dropped_link(out, clock)
     deadline = time.monotonic() + WAIT_S
     while not [r for r in reports if r.seq == 7 and r.kind != "io_error"] and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -621,13 +643,14 @@ def test_a_rising_edge_is_not_written_after_a_reconnect_past_its_deadline():
     assert out.rising == 0 and sink.stats()["delivered"] == 0 and sink.stats()["unconfirmed"] == 1
 
 
-def test_a_rising_edge_is_not_written_by_a_reconnect_that_ends_once_the_sink_closes():
+def test_a_rising_edge_is_not_written_by_a_reconnect_that_ends_once_the_sink_closes(monkeypatch):
     """The same pulse, its reconnect returning only once a close (with its full time) has told the worker to stop:
     since 14e879a keeps such a connect, the rising edge was written after the stop, half a second late, counted
-    delivered. Now nothing is written after the stop but what the close owes."""
-    out = DroppingOutput()
+    delivered. Now nothing is written after the stop but what the close owes, though its deadline is still ahead."""
+    clock = sink_clock(monkeypatch)
+    out = DroppingOutput(clock)
     out.until_stop = True
-    sink, reports = pulse_on_a_dropped_link(out)
+    sink, reports = pulse_on_a_dropped_link(out, clock)
     assert out.entered.wait(WAIT_S)
     sink.close(CloseBy.from_now(1.0))
     assert out.rising == 0 and sink.stats()["delivered"] == 0 and sink.stats()["unconfirmed"] == 1
@@ -636,8 +659,8 @@ def test_a_rising_edge_is_not_written_by_a_reconnect_that_ends_once_the_sink_clo
 class LandedDroppedOutput(DroppingOutput):
     """A DroppingOutput whose dropped write lands at the PLC (its reply lost): ``coil`` records every value set."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: SkewClock) -> None:
+        super().__init__(clock)
         self.coil: list[bool] = []
 
     def set(self, on: bool) -> None:
@@ -646,20 +669,21 @@ class LandedDroppedOutput(DroppingOutput):
         super().set(on)
 
 
-def test_a_pulse_the_plc_clears_is_not_written_over_when_unconfirmed():
+def test_a_pulse_the_plc_clears_is_not_written_over_when_unconfirmed(monkeypatch):
     """pulse_ms 0 (the PLC clears the pulse): the rising edge landed but its reply was lost and the reconnect ended
     past the deadline: unconfirmed. The reconnect's owed resting level (off) was then written at once over the pulse
     the PLC may be acting on; as for a delivered one, it is not."""
-    out = LandedDroppedOutput()
-    out.open_s = 0.1
+    clock = sink_clock(monkeypatch)
+    out = LandedDroppedOutput(clock)
+    out.open_s = SLOW_OPEN_S
     reports: list = []
     sink = WorkerSink("reject", out, pulse_ms=0, reporter=reports.append)
     out.sink = sink
     assert sink.wait_connected(WAIT_S)
     out.coil.clear()
     out.drop = True
-    now = time.monotonic()
-    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.01))
+    now = clock()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
     deadline = time.monotonic() + WAIT_S
     while not [r for r in reports if r.kind == "unconfirmed"] and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -710,14 +734,15 @@ def test_a_stop_landing_at_a_healthy_falling_edge_is_called_cut_short_not_held_b
         return done
 
     monkeypatch.setattr(base, "sleep_until", sleep_then_stop)
-    out = DroppingOutput()
-    out.open_s = 0.1   # a reconnect past the unconfirmed pulse's deadline
+    clock = sink_clock(monkeypatch)
+    out = DroppingOutput(clock)
+    out.open_s = SLOW_OPEN_S   # a reconnect past the unconfirmed pulse's deadline
     sink = WorkerSink("reject", out, pulse_ms=20, reporter=lambda report: None)
     out.sink = sink
     assert sink.wait_connected(WAIT_S)
     out.drop = rising == "unconfirmed"
-    now = time.monotonic()
-    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + (0.01 if out.drop else WAIT_S)))
+    now = clock()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
     deadline = time.monotonic() + WAIT_S
     while len(sleeps) < 2 and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -729,37 +754,40 @@ def test_a_stop_landing_at_a_healthy_falling_edge_is_called_cut_short_not_held_b
 
 
 class RefusingThenSlowOutput(DroppingOutput):
-    """A DroppingOutput whose reconnects are refused while ``refusing``; then, with ``until_stop``, last until the
-    sink is told to stop (the PLC back, its accept slow)."""
+    """A DroppingOutput whose reconnects are refused while ``refusing``, each after ``open_s`` on the sink's clock;
+    then, with ``until_stop``, last until the sink is told to stop (the PLC back, its accept slow)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: SkewClock) -> None:
+        super().__init__(clock)
         self.refusing = False
 
     def open(self) -> None:
         if self.opens and self.refusing:
+            self.slow_accept()
             raise PlcError("connection refused")
         super().open()
 
 
-def test_a_falling_edge_waiting_on_a_reconnect_until_the_stop_is_held_by_the_link(caplog):
+def test_a_falling_edge_waiting_on_a_reconnect_until_the_stop_is_held_by_the_link(caplog, monkeypatch):
     """The rising edge's write dropped the link, reconnects were refused past its deadline (unconfirmed); by the
     falling edge the PLC was back but its accept slow, lasting until the stop: 2bcff49's flag knew only a failed write
     or a connect that failed, so the close's line said 'closed mid-pulse ... 0 ms early' for an ejector the link had
     held on. A write that waits on a reconnect is held by the link."""
-    out = RefusingThenSlowOutput()
+    clock = sink_clock(monkeypatch)
+    out = RefusingThenSlowOutput(clock)
     reports: list = []
     sink = WorkerSink("reject", out, pulse_ms=100, reporter=reports.append)
     out.sink = sink
     assert sink.wait_connected(WAIT_S)
     out.drop = out.refusing = True
-    now = time.monotonic()
-    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + 0.05))
+    out.open_s = SLOW_OPEN_S   # refused past the deadline
+    now = clock()
+    sink.pulse(RejectEvent(seq=7, t_due=now, t_edge=now, deadline=now + WAIT_S))
     deadline = time.monotonic() + WAIT_S
     while "unconfirmed" not in [r.kind for r in reports] and time.monotonic() < deadline:
         time.sleep(0.002)
     out.entered.clear()
-    out.refusing, out.until_stop = False, True   # the PLC back, its accept lasting until the stop
+    out.refusing, out.until_stop, out.open_s = False, True, 0.0   # the PLC back, its accept lasting until the stop
     assert out.entered.wait(WAIT_S)
     with caplog.at_level(logging.WARNING):
         sink.close(CloseBy.from_now(1.0))
