@@ -7,6 +7,7 @@ speed."""
 
 import threading
 import time
+import types
 from datetime import datetime, timezone
 
 from fair_edge.errors import PlcError
@@ -14,10 +15,10 @@ from fair_edge.line.events import RejectEvent
 from fair_edge.line import gate_sinks
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
-from fair_edge.line.sinks import FanOut
+from fair_edge.line.sinks import FanOut, base
 from fair_edge.line.sinks.base import WorkerSink
 from line_replay import RecordingSink
-from line_servers import wait_for
+from line_servers import SkewClock, wait_for
 
 WAIT_S = 10.0    # upper bound for a step to happen on a loaded machine (a passing test returns as soon as it does)
 PROBE_S = 0.02   # the sinks' probe period here (injected; the module default is base.PROBE_S)
@@ -286,10 +287,14 @@ def test_one_failed_pulse_write_that_the_reconnect_gets_past_delivers_the_pulse_
         sink.close()
 
 
-def test_a_pulse_write_that_fails_and_a_reconnect_that_fails_report_link_down_once_after_the_failed_connect():
+def test_a_pulse_write_that_fails_and_a_reconnect_that_fails_report_link_down_once_after_the_failed_connect(
+        monkeypatch):
     """The PLC went away and a pulse is due: the write fails (no ``link_down`` yet: it may be a glitch), the reconnect
     fails: ``link_down`` once (however many reconnects fail meanwhile), the pulse unconfirmed (its write went out
-    without a reply), the fault output held."""
+    without a reply) once its deadline passes (WAIT_S away on the sink's clock, jumped by the test once reconnects
+    have failed: a worker woken late still writes the pulse), the fault output held."""
+    clock = SkewClock()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
     out, faults = LinkOutput(), RecordingSink("fault")
     listener = Listener(out)
     sched, sink = _station(out, listener, faults, probe_s=1000.0)
@@ -297,11 +302,13 @@ def test_a_pulse_write_that_fails_and_a_reconnect_that_fails_report_link_down_on
         with sched:
             assert out.wait(lambda o: o.writes == [False])
             out.cut()
-            now = time.monotonic()
-            sink.pulse(RejectEvent(seq=4, t_due=now, t_edge=now, deadline=now + 0.05))
+            now = clock()
+            sink.pulse(RejectEvent(seq=4, t_due=now, t_edge=now, deadline=now + WAIT_S))
+            assert out.wait(lambda o: o.failed_opens >= 3)   # reconnects failing within the pulse's deadline
+            clock.jump(2 * WAIT_S)                            # the deadline passes
             assert listener.wait_for("unconfirmed"), listener.kinds
             assert _in_order(out.trace, "set:fail", "report:io_error", "open:fail", "report:link_down"), out.trace
-            assert out.wait(lambda o: o.failed_opens >= 3)
+            assert out.wait(lambda o: o.failed_opens >= 6)   # and after it, idle
             assert listener.kinds.count("link_down") == 1 and "reconnected" not in listener.kinds, listener.kinds
             assert faults.faults[-1][0] is True and "plc: link down since" in sched.fault_reason
     finally:
