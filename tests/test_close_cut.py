@@ -81,8 +81,8 @@ def test_a_gates_close_names_the_deadline_when_cut_short_and_its_own_guess_when_
         settings = RejectSettings(sinks=("modbus://plc",), delay_ms=0, encoder_distance=100, pulse_ms=5, min_gap_ms=1,
                                   late_ms=20)
         gate = RejectScheduler(settings, encoder=encoder)
-        now = time.monotonic()
-        sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + 0.05))
+        now = time.monotonic()   # a deadline a late-woken worker still meets: the write must begin (and hang)
+        sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + WAIT_S))
         try:
             assert encoder.reading.wait(WAIT_S) and output.rising.wait(WAIT_S)
             gate.note_capture(1)   # the gate holds a part: one holding none logs no error (test_stop_idle_closes)
