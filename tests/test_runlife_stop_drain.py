@@ -30,13 +30,17 @@ from test_line_sink_close import RecordingOutput
 WIDE_PULSE_MS = 1500.0   # a sink URL's own pulse_ms: wider than the stop's old 1 s sink drain, over reject.pulse_ms 50
 WIDE_URL = f"modbus://127.0.0.1:1502?unit=1&coil=0&pulse_ms={WIDE_PULSE_MS:g}"
 TIMING = dict(delay_ms=20.0, pulse_ms=50.0, late_ms=20.0)   # a short belt: the part is at the gate at once
+# late_ms generous where only "did the held write begin" matters: a loaded machine may wake the sink late
+HELD_TIMING = dict(TIMING, late_ms=500.0)
 
 
-def ng_part(gate: RejectScheduler, seq: int) -> None:
-    """One NG part captured now, its verdict in at once: pulsed at its due time."""
+def ng_part(gate: RejectScheduler, seq: int) -> float:
+    """One NG part captured now, its verdict in at once: pulsed at its due time. Returns its capture time (monotonic
+    s)."""
     t = time.monotonic()
     gate.note_capture(seq, t)
     gate.submit(Verdict(seq, t, 0.9, 0.5, True, time.monotonic()))
+    return t
 
 
 def recorder_at(folder):
@@ -196,8 +200,10 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
     the gate. They were only logged: summary.json (taken before the gate closed) said pulses 3, delivered + missed +
     unconfirmed + dropped 0, and gate.jsonl had no pulse row for parts 2 and 3. Now the stop closes the gate before
     the summary takes its counters (a lane station's lanes together), and the sink counts them missed. The stop's
-    waits are set to 0 (the drain's deadline passes at once); the hung write is released when the sink closes, so
-    pulses 2 and 3 are past their deadlines whichever thread takes them: missed either way."""
+    waits are set to 0 (the drain's deadline passes at once); late_ms is generous (the first write must begin, however
+    late the loaded machine wakes the sink), and the stop begins only once every pulse's deadline (due + late_ms) has
+    passed: the hung write, released when the sink closes, returns late, and pulses 2 and 3 are past their deadlines
+    whichever thread takes them: missed either way."""
     from fair_edge.line import sinks
     from fair_edge.line.sinks import base
     from fair_edge.station import cell, line_side
@@ -212,17 +218,20 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
     monkeypatch.setattr(base, "CLOSE_JOIN_S", 10.0)   # a bound: the worker ends as soon as the write returns
     release = ReleaseAtClose(out)
     logging.getLogger(base.__name__).addHandler(release)
-    settings = RejectSettings(sinks=("held://plc",), **TIMING)
+    settings = RejectSettings(sinks=("held://plc",), **HELD_TIMING)
     try:
         with recorder_at(tmp_path) as recorder, RejectScheduler(settings, on_part=recorder.record_gate) as gate:
             for seq in (1, 2, 3):
-                ng_part(gate, seq)
+                t_last = ng_part(gate, seq)
                 time.sleep(0.1)   # past the previous part's pulse slot (pulse 50 ms): each fires at its own due time
             assert out.entered.wait(10.0), "the first pulse's write did not begin"
             t_end = time.monotonic() + 10.0
             while gate.stats()["fired"] < 3:   # all three handed to the sink: 2 and 3 queued behind the hung write
                 assert time.monotonic() < t_end, gate.stats()
                 time.sleep(0.005)
+            last_deadline = t_last + (settings.delay_ms + settings.late_ms) / 1000.0
+            while time.monotonic() <= last_deadline:   # every pulse past its deadline before the stop
+                time.sleep(max(0.0, last_deadline - time.monotonic()) + 0.001)
             if lanes:
                 summary = finish_lanes(lane_station("log://test.runlife.lane"), gate, recorder)
             else:
