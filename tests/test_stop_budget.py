@@ -42,6 +42,7 @@ from line_replay import RecordingSink
 from test_line_mqtt import FakePaho
 
 LANES = 8
+OLD_JOIN_S = 2.0   # each gate's thread join before 3ce2d7f, whatever its close's deadline (lanes: one after another)
 
 
 class Clock:
@@ -222,9 +223,24 @@ class HeldEncoder:
         return 0, 0
 
 
+class JoinSpy:
+    """Stands in for ``thread.join``: notes each timeout it is given (s, None for none), then joins. What a close asks
+    to wait, read without a wall clock: a loaded machine's stall lengthens a wait, not what was asked."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.join, self.given = thread.join, []
+        thread.join = self
+
+    def __call__(self, timeout: float | None = None) -> None:
+        self.given.append(timeout)
+        self.join(timeout)
+
+
 def test_lane_gates_held_in_an_encoder_read_close_in_one_budget_not_one_per_lane():
     """A cell's lanes share the belt's encoder: with its read hung, every lane gate's thread is held. Each was joined
-    for 2 s in turn (8 lanes: 16 s); now all are told to stop first and joined within one close's drain."""
+    for 2 s in turn (8 lanes: 16 s); now all are told to stop first and joined within one close's drain (0.2 s of
+    the 0.4 s budget). The bound is half the lanes' serial joins (8 s), not the budget: a stall of the loaded machine
+    lengthens the close, never by the 16 s the bug costs."""
     encoder = HeldEncoder()
     settings = RejectSettings(delay_ms=0, encoder_distance=100, pulse_ms=5, min_gap_ms=1, late_ms=20)
     gates = [RejectScheduler(settings, sinks=RecordingSink(f"lane{i}"), encoder=encoder) for i in range(LANES)]
@@ -237,42 +253,53 @@ def test_lane_gates_held_in_an_encoder_read_close_in_one_budget_not_one_per_lane
         took_s = time.monotonic() - t0
     finally:
         encoder.release.set()
-    assert took_s < 2.0, f"{took_s:.1f} s: the lanes' threads were waited for one by one"
+    assert took_s < LANES * OLD_JOIN_S / 2, f"{took_s:.1f} s: the lanes' threads were waited for one by one"
 
 
 def test_a_gate_held_in_an_encoder_read_is_waited_for_only_until_its_close_deadline():
-    """The gate's thread was joined for a fixed 2 s whatever its close's deadline; now until ``by.drain_until``."""
+    """The gate's thread was joined for a fixed 2 s whatever its close's deadline; now until ``by.drain_until``: the
+    join is given at most the 0.2 s left until then (what it is given, not how long the loaded machine took)."""
     encoder = HeldEncoder()
     settings = RejectSettings(delay_ms=0, encoder_distance=100, pulse_ms=5, min_gap_ms=1, late_ms=20)
     gate = RejectScheduler(settings, sinks=RecordingSink(), encoder=encoder)
+    join = JoinSpy(gate._thread)
     try:
         assert encoder.reading.wait(5)
         t0 = time.monotonic()
         gate.close(CloseBy(t0 + 0.2, t0 + 0.4))
-        took_s = time.monotonic() - t0
     finally:
         encoder.release.set()
-    assert took_s < 1.5, f"{took_s:.1f} s: the gate's thread was waited for past its close's deadline"
+    assert join.given and all(s is not None and s <= 0.2 for s in join.given), \
+        f"{join.given}: the gate's thread was waited for past its close's deadline"
 
 
 class ConnectingPaho(FakePaho):
     """paho with its network thread in a connect to a broker that is gone: ``loop_stop`` (a join with no timeout)
-    returns when the connect times out (paho's connect_timeout, 5 s; ``connect_s`` here)."""
+    returns when the connect times out (paho's connect_timeout, 5 s; ``connect_s`` here, long so that a close waiting
+    it out is told from a loaded machine's stall) or when the test sets ``connect_ended``."""
 
-    connect_s = 4.0
+    connect_s = 20.0
+
+    def __init__(self, target) -> None:
+        super().__init__(target)
+        self.connect_ended = threading.Event()
 
     def loop_stop(self):
-        time.sleep(self.connect_s)
+        self.connect_ended.wait(self.connect_s)
 
 
 def test_mqtt_close_with_the_broker_gone_ends_within_its_timeout():
     """Its flush (2 s) then paho's loop_stop, waiting out a connect in progress (up to 5 s), took up to 7 s past
-    the ``timeout_s`` given; now the whole close fits in it."""
+    the ``timeout_s`` given; now the whole close fits in it. The bound is half the connect past the timeout: the bug
+    waits out all of it (20 s here), a loaded machine's stall far less."""
     pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=ConnectingPaho).start()
     pub.publish_row({"seq": 1})   # never acknowledged: no broker
-    t0 = time.monotonic()
-    pub.close(timeout_s=1.5)
-    took_s = time.monotonic() - t0
+    try:
+        t0 = time.monotonic()
+        pub.close(timeout_s=1.5)
+        took_s = time.monotonic() - t0
+    finally:
+        pub._client.connect_ended.set()   # the close's network-thread stopper, left running, ends now
     assert took_s < 1.5 + ConnectingPaho.connect_s / 2, f"{took_s:.1f} s"
     assert pub.stats()["outbox"] == 1
 
@@ -355,18 +382,18 @@ class HeldCounter:
 
 
 def test_an_encoder_held_in_a_read_is_waited_for_only_what_its_close_is_given():
-    """PolledEncoder.close joined its thread for a fixed 2 s, outside the stop's deadline; now for its timeout."""
+    """PolledEncoder.close joined its thread for a fixed 2 s, outside the stop's deadline; now for its timeout: the
+    join is given the 0.2 s the close is (what it is given, not how long the loaded machine took)."""
     counter = HeldCounter()
     encoder = PolledEncoder(counter, 32, 0.001).start()
+    join = JoinSpy(encoder._thread)
     counter.hang.set()
     try:
         assert counter.reading.wait(5)
-        t0 = time.monotonic()
         encoder.close(timeout_s=0.2)
-        took_s = time.monotonic() - t0
     finally:
         counter.release.set()
-    assert took_s < 1.5, f"{took_s:.1f} s: the encoder's thread was waited for past its close's timeout"
+    assert join.given == [0.2], f"{join.given}: the encoder's thread was waited for past its close's timeout"
 
 
 def test_the_line_sides_encoder_closes_within_what_the_stop_has_left(tmp_path, monkeypatch):
@@ -540,6 +567,7 @@ def test_mqtt_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_a_co
     pub.publish_row({"seq": 1})   # never acknowledged: no broker
     with caplog.at_level(logging.WARNING):
         spent_stop(4.0).call(pub.close, mqtt_mod.CLOSE_S, "MQTT's close")
+    pub._client.connect_ended.set()   # the close's network-thread stopper, left running, ends now
     lines = [r.getMessage() for r in caplog.records if r.name == "fair_edge.line.mqtt"]
     unacked = [m for m in lines if "unacknowledged" in m]
     network = [m for m in lines if "network thread did not stop" in m]
