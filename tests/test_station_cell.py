@@ -406,10 +406,10 @@ def test_a_camera_that_unplugs_faults_the_station_while_the_others_inspect(stati
     from fair_edge.line.sim_sink_plc import SimulatedPlc
 
     images, threshold = scored
-    good = images[:4]
-    sources = {"top": LineSource(good, fps=4, loop=False, name="top"),
-               "left": LineSource(good, fps=4, loop=False, name="left"),
-               "right": LineSource(good, fps=4, loop=False, fail_at={2: "dead"}, name="right")}
+    good = images[:4]   # fps 0: each frame when its reader asks (a clocked line skips a slot its late reader missed)
+    sources = {"top": LineSource(good, fps=0, loop=False, name="top"),
+               "left": LineSource(good, fps=0, loop=False, name="left"),
+               "right": LineSource(good, fps=0, loop=False, fail_at={2: "dead"}, name="right")}
     plc = SimulatedPlc().start()
     seen: list[str] = []
     stop = threading.Event()
