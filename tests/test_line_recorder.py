@@ -172,17 +172,19 @@ def test_gray_and_malformed_ng_frames_do_not_stop_the_writer(tmp_path):
 
 
 def test_two_runs_into_one_folder_stay_apart_and_dropped_frames_are_logged(tmp_path):
-    """seq restarts at 0 in each run: rows carry the run id and UTC time, NG images never overwrite."""
+    """seq restarts at 0 in each run: rows carry the run id and UTC time, NG images never overwrite. The two runs
+    start in one second with their own run ids (given: two drawn in one second repeat once in 65 536)."""
     settings = RecordSettings(dir=tmp_path, min_free_mb=0)
+    given = ["20261207T220000Z-0a01", "20261207T220000Z-0a02"]
     ids = []
-    for _ in range(2):
-        with Recorder(settings) as rec:
+    for run_id in given:
+        with Recorder(settings, run_id=run_id) as rec:
             rec.record(_frame(0), _verdict(0, True), _amap())
             rec.record_row(dropped_row(_frame(1)))   # what LineSide.on_drop logs
             rec.flush()
             ids.append(rec.run_id)
     rows = [json.loads(x) for x in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
-    assert ids[0] != ids[1] and [r["run_id"] for r in rows] == [ids[0], ids[0], ids[1], ids[1]]
+    assert ids == given and [r["run_id"] for r in rows] == [ids[0], ids[0], ids[1], ids[1]]
     assert [r.get("inspected", True) for r in rows] == [True, False, True, False]
     assert rows[1]["reason"].startswith("dropped") and rows[1]["seq"] == 1
     assert all(r["time_utc"].endswith("Z") and r["time_utc"][:2] == "20" for r in rows)
