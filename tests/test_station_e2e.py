@@ -366,9 +366,40 @@ def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path,
         assert rises, probe.max_ms
 
 
+class BrokerOutage(threading.Thread):
+    """Stops ``broker`` once the station's first verdict is collected (its MQTT link is up, however long start-up
+    took), starts it again ``OUTAGE_S`` later, and ends the run (``stop``) once a verdict published after the restart
+    is collected and ``ROWS`` distinct verdicts are: the outage falls inside the run, timed by its progress."""
+
+    OUTAGE_S, ROWS, WAIT_S = 1.5, 35, 60.0
+
+    def __init__(self, broker, collector, stop: threading.Event) -> None:
+        super().__init__(name="broker-outage", daemon=True)
+        self.broker, self.collector, self.stop = broker, collector, stop
+
+    def verdicts(self) -> int:
+        """Distinct (run_id, seq) verdicts collected so far."""
+        return len({(m["run_id"], m["seq"]) for m in list(self.collector.messages.get("line3/verdicts", []))})
+
+    def run(self) -> None:
+        from line_servers import wait_for
+
+        try:
+            wait_for(lambda: self.stop.is_set() or self.verdicts() > 0, self.WAIT_S, 0.05)
+            if self.verdicts() > 0 and not self.stop.is_set():
+                self.broker.stop()
+                time.sleep(self.OUTAGE_S)
+                self.broker.start()
+                before = self.verdicts()
+                wait_for(lambda: self.stop.is_set() or self.verdicts() > max(before, self.ROWS - 1), self.WAIT_S, 0.05)
+        finally:
+            self.stop.set()
+
+
 def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bundle, conveyor, tmp_path):
     """Verdicts (and dropped frames) go to MQTT as the verdict log's rows; a broker stopped and started
-    again mid-run loses none of them; the summary is published at the end."""
+    again mid-run loses none of them; the summary is published at the end. The outage is timed from the station's
+    progress (``BrokerOutage``), not from before start-up: a slow start-up put it before the first connect."""
     pytest.importorskip("paho.mqtt")
     from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector
 
@@ -376,20 +407,23 @@ def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bund
         pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
     broker = MosquittoBroker(tmp_path / "broker").start()
     collector = MqttCollector(broker.port, "line3/#")
+    stop = threading.Event()
+    outage = BrokerOutage(broker, collector, stop)
+    outage.start()
     try:
         cfg = StationConfig(camera=CameraSettings(source=str(conveyor), fps=10, loop=True, queue_size=4),
                             bundle=bundle.root, backend="onnxruntime", output=tmp_path, console=NO_CONSOLE,
                             record=RecordSettings(dir=tmp_path, save_ng_images=False))
         cfg = dataclasses.replace(cfg, mqtt=MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}/line3"))
-        threading.Timer(1.0, broker.stop).start()
-        threading.Timer(2.5, broker.start).start()
-        summary = run_station(cfg, threading.Event(), duration_s=4.0)
+        summary = run_station(cfg, stop, duration_s=2 * BrokerOutage.WAIT_S)   # the duration: a bound, never reached
         deadline = time.monotonic() + 15
         logged = {(r["run_id"], r["seq"]) for r in map(json.loads, (tmp_path / "verdicts.jsonl").read_text().splitlines())}
         while time.monotonic() < deadline and not logged <= {(m["run_id"], m["seq"]) for m in
                                                             collector.messages.get("line3/verdicts", [])}:
             time.sleep(0.1)
     finally:
+        stop.set()
+        outage.join()   # the broker stopped or started by it before it is closed
         collector.close()
         broker.close()
     published = {(m["run_id"], m["seq"]) for m in collector.messages.get("line3/verdicts", [])}
