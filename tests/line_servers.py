@@ -237,9 +237,11 @@ class FakeClock:
 
 
 class SkewClock:
-    """The real monotonic clock plus the seconds the test jumped it on (``jump``): a sink's worker run on it
-    (``base.time`` patched) sleeps and times out in real time, and a pulse's deadline passes when the test says (a
-    reconnect that ends past it), not because a loaded machine woke the worker late."""
+    """The real monotonic clock plus the seconds the test jumped it on (``jump``): on it (``base.time`` patched) a
+    sink's worker sleeps in real time between jumps, and a pulse's deadline passes when the test jumps past it (a
+    reconnect that ends past it), not because a loaded machine woke the worker late. A jump passes every deadline
+    and timeout the worker holds at that moment (retry windows, back-off), not only the pulse's: jump only where
+    the test means them all to pass."""
 
     def __init__(self) -> None:
         self.offset_s = 0.0

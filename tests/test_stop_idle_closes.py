@@ -754,8 +754,9 @@ def test_a_stop_landing_at_a_healthy_falling_edge_is_called_cut_short_not_held_b
 
 
 class RefusingThenSlowOutput(DroppingOutput):
-    """A DroppingOutput whose reconnects are refused while ``refusing``, each after ``open_s`` on the sink's clock;
-    then, with ``until_stop``, last until the sink is told to stop (the PLC back, its accept slow)."""
+    """A DroppingOutput whose first reconnect while ``refusing`` is refused after ``open_s`` on the sink's clock; the
+    PLC is then back, its accept slow: the next reconnect lasts until the sink is told to stop. The output switches
+    itself, so no test thread has to win a race with the worker between the two."""
 
     def __init__(self, clock: SkewClock) -> None:
         super().__init__(clock)
@@ -764,6 +765,7 @@ class RefusingThenSlowOutput(DroppingOutput):
     def open(self) -> None:
         if self.opens and self.refusing:
             self.slow_accept()
+            self.refusing, self.until_stop, self.open_s = False, True, 0.0
             raise PlcError("connection refused")
         super().open()
 
@@ -786,9 +788,7 @@ def test_a_falling_edge_waiting_on_a_reconnect_until_the_stop_is_held_by_the_lin
     deadline = time.monotonic() + WAIT_S
     while "unconfirmed" not in [r.kind for r in reports] and time.monotonic() < deadline:
         time.sleep(0.002)
-    out.entered.clear()
-    out.refusing, out.until_stop, out.open_s = False, True, 0.0   # the PLC back, its accept lasting until the stop
-    assert out.entered.wait(WAIT_S)
+    assert out.entered.wait(WAIT_S)   # the falling edge's reconnect, lasting until the stop
     with caplog.at_level(logging.WARNING):
         sink.close(CloseBy.from_now(1.0))
     said = [m for m in loud(caplog) if "seq 7" in m]
