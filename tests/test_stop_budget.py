@@ -565,9 +565,11 @@ def test_mqtt_closed_on_a_spent_deadline_blames_the_waits_that_spent_it_not_a_co
     progress)' and 'closing with N message(s) unacknowledged': both now name the deadline and what spent it."""
     pub = MqttPublisher("mqtt://127.0.0.1:1883/a", client_factory=ConnectingPaho).start()
     pub.publish_row({"seq": 1})   # never acknowledged: no broker
-    with caplog.at_level(logging.WARNING):
-        spent_stop(4.0).call(pub.close, mqtt_mod.CLOSE_S, "MQTT's close")
-    pub._client.connect_ended.set()   # the close's network-thread stopper, left running, ends now
+    try:
+        with caplog.at_level(logging.WARNING):
+            spent_stop(4.0).call(pub.close, mqtt_mod.CLOSE_S, "MQTT's close")
+    finally:
+        pub._client.connect_ended.set()   # the close's network-thread stopper, left running, ends now
     lines = [r.getMessage() for r in caplog.records if r.name == "fair_edge.line.mqtt"]
     unacked = [m for m in lines if "unacknowledged" in m]
     network = [m for m in lines if "network thread did not stop" in m]
