@@ -185,23 +185,53 @@ class HangingOutput(RecordingOutput):
         super().set(on)
 
 
+class WaitSpy:
+    """Notes the waits a close asks for (``WorkerSink.drain``'s ``timeout_s``, ``thread.join``'s ``timeout``): when
+    each was asked (``base.time.monotonic()``, s) and for how long (s; None: no bound). What a close asks to wait,
+    read without timing it: a loaded machine's stall lengthens a wait, never what was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[float, float | None]] = []
+
+    def noted(self, timeout_s: float | None) -> float | None:
+        self.asked.append((base.time.monotonic(), timeout_s))
+        return timeout_s
+
+    def ends(self) -> list[float]:
+        """When each wait was asked to end at the latest (monotonic s; inf for no bound)."""
+        return [float("inf") if asked_s is None else t + asked_s for t, asked_s in self.asked]
+
+
 def test_a_fanout_of_hung_outputs_closes_within_one_budget_not_one_per_output(monkeypatch):
     """The report: ``FanOut.close`` closed its sinks in turn, each waiting its drain and then 2 s for its worker, so
     N outputs whose writes hang stopped the station N x 4 s later (past systemd's stop timeout with a few). Now
-    every sink is told to stop before any is waited for, against one ``CloseBy``: 12 hung outputs with a 0.5 s
-    close (0.25 s drain + 0.25 s join) take one budget plus slack, measured, against the 6 s one per output waits at
-    the least (each drain and join sleeps its full time); the bound leaves one output's time off that, so only a
-    close that waited output by output fails it, not a loaded machine's seconds of slack. A healthy output closed
-    with them, mid-pulse, still writes what it owes (its falling edge). Pulse deadlines are WAIT_S away: a worker
-    woken late still begins its write (hung, or the healthy rising edge)."""
-    per_sink_s = 0.5   # each sink's close budget: drain + join
+    every sink is told to stop before any is waited for, against one ``CloseBy``: 12 hung outputs closed by one
+    (0.25 s drain, then 0.25 s join) are all told to stop before the first worker join, and every drain and join is
+    asked to end by its deadline. Read from what the close asks (``WaitSpy``), not how long it took: a close that
+    gives each sink its own drain (drains one by one, 12 x 0.25 s) or closes them in turn asks past the deadlines or
+    joins before all are stopped, however idle or loaded the machine.
+    A healthy output closed with them, mid-pulse, still writes what it owes (its falling edge). Pulse deadlines are
+    WAIT_S away: a worker woken late still begins its write (hung, or the healthy rising edge)."""
+    per_sink_s = 0.5   # the close's budget: drain + join
     monkeypatch.setattr(base, "CLOSE_DRAIN_S", per_sink_s / 2)
     monkeypatch.setattr(base, "CLOSE_JOIN_S", per_sink_s / 2, raising=False)
+    drains, joins, drain = WaitSpy(), WaitSpy(), base.WorkerSink.drain
+    monkeypatch.setattr(base.WorkerSink, "drain", lambda sink, timeout_s: drain(sink, drains.noted(timeout_s)))
     release = threading.Event()
     hung = [WorkerSink(f"plc{i}", HangingOutput(release), pulse_ms=50, reporter=lambda r: None) for i in range(12)]
     healthy_out = RecordingOutput()
     healthy = WorkerSink("coil", healthy_out, pulse_ms=60_000, reporter=lambda r: None)   # on until the close
     fan = base.FanOut([*hung, healthy])   # the healthy one last: what is left of the budget is all it gets
+    told_to_stop: list[int] = []   # at each join: how many sinks had been told to stop
+
+    def spied(join):
+        def spy(timeout: float | None = None) -> None:
+            told_to_stop.append(sum(sink._stop.is_set() for sink in fan.sinks))
+            join(joins.noted(timeout))
+        return spy
+
+    for sink in fan.sinks:
+        sink._thread.join = spied(sink._thread.join)
     now = time.monotonic()
     try:
         for sink in fan.sinks:
@@ -209,13 +239,17 @@ def test_a_fanout_of_hung_outputs_closes_within_one_budget_not_one_per_output(mo
         deadline = time.monotonic() + WAIT_S
         while True not in healthy_out.levels() and time.monotonic() < deadline:
             time.sleep(0.01)
-        t0 = time.monotonic()
-        fan.close()
-        took_s = time.monotonic() - t0
+        by = base.CloseBy.from_now()
+        fan.close(by)
     finally:
         release.set()
-    one_by_one_s = len(hung) * per_sink_s   # the least a close sink by sink waits
-    assert took_s < one_by_one_s - per_sink_s, f"{took_s:.1f} s: the close waited output by output"
+    eps_s = 0.01   # a clock read's slack, not a machine's
+    assert told_to_stop == [len(fan.sinks)] * len(fan.sinks), \
+        f"{told_to_stop}: a sink's worker was waited for before every sink was told to stop"
+    assert drains.asked and max(drains.ends()) <= by.drain_until + eps_s, \
+        f"{drains.asked}: a sink's drain was asked past the close's drain deadline"
+    assert len(joins.asked) == len(fan.sinks) and max(joins.ends()) <= by.join_until + eps_s, \
+        f"{joins.asked}: a sink's worker was waited for past the close's deadline"
     assert healthy_out.levels()[-2:] == [True, False]   # its pulse cut short at close, the line left off
 
 
