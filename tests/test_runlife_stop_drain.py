@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import types
 
 import pytest
 
@@ -25,13 +26,15 @@ from fair_edge.station.inspector import RunSummary
 from fair_edge.station.line_side import LineSide, finish_line, stop_wait_s
 from fair_edge.station.views import GroupSettings, ViewSettings
 from line_replay import RecordingSink
+from line_servers import SkewClock
 from test_line_sink_close import RecordingOutput
 
 WIDE_PULSE_MS = 1500.0   # a sink URL's own pulse_ms: wider than the stop's old 1 s sink drain, over reject.pulse_ms 50
 WIDE_URL = f"modbus://127.0.0.1:1502?unit=1&coil=0&pulse_ms={WIDE_PULSE_MS:g}"
 TIMING = dict(delay_ms=20.0, pulse_ms=50.0, late_ms=20.0)   # a short belt: the part is at the gate at once
-# late_ms generous where only "did the held write begin" matters: a loaded machine may wake the sink late
-HELD_TIMING = dict(TIMING, late_ms=500.0)
+# late_ms far off where only "did the held write begin" matters (a loaded machine may wake the sink late): the test
+# jumps the sink's clock past the deadlines (SkewClock) rather than waiting them out
+HELD_TIMING = dict(TIMING, late_ms=10_000.0)
 
 
 def ng_part(gate: RejectScheduler, seq: int) -> float:
@@ -200,15 +203,16 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
     the gate. They were only logged: summary.json (taken before the gate closed) said pulses 3, delivered + missed +
     unconfirmed + dropped 0, and gate.jsonl had no pulse row for parts 2 and 3. Now the stop closes the gate before
     the summary takes its counters (a lane station's lanes together), and the sink counts them missed. The stop's
-    waits are set to 0 (the drain's deadline passes at once); late_ms is generous (the first write must begin, however
-    late the loaded machine wakes the sink), and the stop begins only once every pulse's deadline (due + late_ms) has
-    passed: the hung write, released when the sink closes, returns late, and pulses 2 and 3 are past their deadlines
-    whichever thread takes them: missed either way."""
+    waits are set to 0 (the drain's deadline passes at once); late_ms is 10 s (the first write must begin, however
+    late the loaded machine wakes the sink), and before the stop the sink's clock (``SkewClock``) is jumped past
+    every pulse's deadline (due + late_ms), no real wait: the hung write, released when the sink closes, returns
+    late, and pulses 2 and 3 are past their deadlines whichever thread takes them: missed either way."""
     from fair_edge.line import sinks
     from fair_edge.line.sinks import base
     from fair_edge.station import cell, line_side
 
-    out = HeldOutput()
+    out, sink_clock = HeldOutput(), SkewClock()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=sink_clock, sleep=time.sleep))
     monkeypatch.setitem(sinks.SINK_SCHEMES, "held", lambda url, pulse_ms, reporter: WorkerSink(
         "held", out, pulse_ms, reporter=reporter))
     for module in (line_side, cell):
@@ -230,8 +234,7 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
                 assert time.monotonic() < t_end, gate.stats()
                 time.sleep(0.005)
             last_deadline = t_last + (settings.delay_ms + settings.late_ms) / 1000.0
-            while time.monotonic() <= last_deadline:   # every pulse past its deadline before the stop
-                time.sleep(max(0.0, last_deadline - time.monotonic()) + 0.001)
+            sink_clock.jump(max(0.0, last_deadline - sink_clock()) + 1.0)   # the stop: every pulse past its deadline
             if lanes:
                 summary = finish_lanes(lane_station("log://test.runlife.lane"), gate, recorder)
             else:
