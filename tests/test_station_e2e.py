@@ -1,6 +1,7 @@
 """The whole station on the CPU: bundle -> ONNX Runtime -> verdicts -> reject pulses on a real Modbus
 TCP server on 127.0.0.1; and `fair-edge run` stopped by SIGTERM drains cleanly."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -368,14 +369,28 @@ def test_station_with_an_encoder_pulses_at_the_count(bundle, conveyor, tmp_path,
 
 class BrokerOutage(threading.Thread):
     """Stops ``broker`` once the station's first verdict is collected (its MQTT link is up, however long start-up
-    took), starts it again ``OUTAGE_S`` later, and ends the run (``stop``) once a verdict published after the restart
-    is collected and ``ROWS`` distinct verdicts are: the outage falls inside the run, timed by its progress."""
+    took), starts it again ``OUTAGE_S`` later and not before the verdict log (``log_path``) has a row logged since the
+    stop (a station stalled then: at most ``WAIT_S``), and ends the run (``stop``) once a verdict published after the
+    restart is collected and ``ROWS`` distinct verdicts are: the outage falls inside the run, timed by its progress,
+    and rows are queued in it.
+    ``logged_at_stop`` / ``logged_at_start``: the largest seq in the verdict log when the broker was stopped / started
+    again (-1: none yet), for the test to check that rows were logged during the outage."""
 
     OUTAGE_S, ROWS, WAIT_S = 1.5, 35, 60.0
 
-    def __init__(self, broker, collector, stop: threading.Event) -> None:
+    def __init__(self, broker, collector, stop: threading.Event, log_path) -> None:
         super().__init__(name="broker-outage", daemon=True)
-        self.broker, self.collector, self.stop = broker, collector, stop
+        self.broker, self.collector, self.stop, self.log_path = broker, collector, stop, log_path
+        self.logged_at_stop = self.logged_at_start = None
+
+    def last_logged(self) -> int:
+        """The largest seq in the verdict log so far (its rows are flushed one by one; a line still being written is
+        skipped); -1 for none."""
+        seqs = [-1]
+        for line in self.log_path.read_text().splitlines() if self.log_path.exists() else []:
+            with contextlib.suppress(ValueError):
+                seqs.append(json.loads(line)["seq"])
+        return max(seqs)
 
     def verdicts(self) -> int:
         """Distinct (run_id, seq) verdicts collected so far."""
@@ -388,7 +403,10 @@ class BrokerOutage(threading.Thread):
             wait_for(lambda: self.stop.is_set() or self.verdicts() > 0, self.WAIT_S, 0.05)
             if self.verdicts() > 0 and not self.stop.is_set():
                 self.broker.stop()
-                time.sleep(self.OUTAGE_S)
+                self.logged_at_stop = self.last_logged()
+                time.sleep(self.OUTAGE_S)   # and down until a row is logged in it, however late the station runs
+                wait_for(lambda: self.stop.is_set() or self.last_logged() > self.logged_at_stop, self.WAIT_S, 0.05)
+                self.logged_at_start = self.last_logged()
                 self.broker.start()
                 before = self.verdicts()
                 wait_for(lambda: self.stop.is_set() or self.verdicts() > max(before, self.ROWS - 1), self.WAIT_S, 0.05)
@@ -398,8 +416,10 @@ class BrokerOutage(threading.Thread):
 
 def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bundle, conveyor, tmp_path):
     """Verdicts (and dropped frames) go to MQTT as the verdict log's rows; a broker stopped and started
-    again mid-run loses none of them; the summary is published at the end. The outage is timed from the station's
-    progress (``BrokerOutage``), not from before start-up: a slow start-up put it before the first connect."""
+    again mid-run loses none of them, those logged while it was down included (the log grew during the outage: a
+    station stalled through it, logging nothing then, would not test the reconnect's re-send of what was queued); the
+    summary is published at the end. The outage is timed from the station's progress (``BrokerOutage``), not from
+    before start-up: a slow start-up put it before the first connect."""
     pytest.importorskip("paho.mqtt")
     from line_servers import MOSQUITTO, MosquittoBroker, MqttCollector
 
@@ -408,7 +428,7 @@ def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bund
     broker = MosquittoBroker(tmp_path / "broker").start()
     collector = MqttCollector(broker.port, "line3/#")
     stop = threading.Event()
-    outage = BrokerOutage(broker, collector, stop)
+    outage = BrokerOutage(broker, collector, stop, tmp_path / "verdicts.jsonl")
     outage.start()
     try:
         cfg = StationConfig(camera=CameraSettings(source=str(conveyor), fps=10, loop=True, queue_size=4),
@@ -429,6 +449,9 @@ def test_station_publishes_every_logged_row_on_mqtt_across_a_broker_restart(bund
     published = {(m["run_id"], m["seq"]) for m in collector.messages.get("line3/verdicts", [])}
     assert len(logged) == summary.frames_in >= 30 and logged <= published, sorted(logged - published)[:10]
     assert summary.mqtt["disconnects"] >= 1 and collector.messages["line3/summary"][-1]["run_id"] == summary.run_id
+    assert outage.logged_at_stop is not None and outage.logged_at_start > outage.logged_at_stop, \
+        f"seq {outage.logged_at_stop} logged at the broker's stop, {outage.logged_at_start} at its start: no row " \
+        "was logged during the outage, so none had to be queued and re-sent"
 
 
 def test_frames_the_queue_drops_move_the_prometheus_dropped_counter(bundle, conveyor, tmp_path, monkeypatch):
