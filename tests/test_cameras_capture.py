@@ -136,11 +136,15 @@ def test_outage_without_seq_gap_is_estimated_from_time_and_nominal_fps():
     src = SeqKeepingCamera()
     assert isinstance(src, FrameSource)
     settings = CaptureSettings(backoff_initial_s=0.2, backoff_max_s=0.2)
+    t0 = time.monotonic()
     with CaptureThread(src, settings) as cap:
         frames = drain(cap)
         stats = cap.stats()
+    ran_s = time.monotonic() - t0
     assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6, 7]
-    assert 15 <= stats.frames_lost_estimate <= 60  # ~0.21 s at 100 fps, minus the frame seen
+    # ~0.21 s at 100 fps, minus the frame seen; never more than the whole run at 100 fps (a loaded machine's stall
+    # lengthens the outage, and the estimate with it)
+    assert 15 <= stats.frames_lost_estimate <= ran_s * src.nominal_fps
     assert [f.resumed for f in frames] == [False] * 3 + [True] + [False] * 3   # seq hides the loss: said so
 
 
