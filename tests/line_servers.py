@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+import types
 
 from fair_edge.line.sim_sink_plc import ChildServer, LoopThread, SimulatedPlc, free_port, wait_listening  # noqa: F401
 
@@ -251,6 +252,14 @@ class SkewClock:
 
     def jump(self, seconds: float) -> None:
         self.offset_s += seconds
+
+
+def run_sinks_on(monkeypatch, clock) -> None:
+    """For this test, the reject sinks' workers (``fair_edge.line.sinks.base``) read ``clock()`` as their monotonic
+    time (s; a ``FakeClock`` or ``SkewClock``) and sleep in real time."""
+    from fair_edge.line.sinks import base
+
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
 
 
 class NodeServer:

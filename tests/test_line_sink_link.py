@@ -7,7 +7,6 @@ speed."""
 
 import threading
 import time
-import types
 from datetime import datetime, timezone
 
 from fair_edge.errors import PlcError
@@ -15,10 +14,10 @@ from fair_edge.line.events import RejectEvent
 from fair_edge.line import gate_sinks
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
-from fair_edge.line.sinks import FanOut, base
+from fair_edge.line.sinks import FanOut
 from fair_edge.line.sinks.base import WorkerSink
 from line_replay import RecordingSink
-from line_servers import SkewClock, wait_for
+from line_servers import SkewClock, run_sinks_on, wait_for
 
 WAIT_S = 10.0    # upper bound for a step to happen on a loaded machine (a passing test returns as soon as it does)
 PROBE_S = 0.02   # the sinks' probe period here (injected; the module default is base.PROBE_S)
@@ -294,7 +293,7 @@ def test_a_pulse_write_that_fails_and_a_reconnect_that_fails_report_link_down_on
     without a reply) once its deadline passes (WAIT_S away on the sink's clock, jumped by the test once reconnects
     have failed: a worker woken late still writes the pulse), the fault output held."""
     clock = SkewClock()
-    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
+    run_sinks_on(monkeypatch, clock)
     out, faults = LinkOutput(), RecordingSink("fault")
     listener = Listener(out)
     sched, sink = _station(out, listener, faults, probe_s=1000.0)

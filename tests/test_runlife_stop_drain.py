@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-import types
 
 import pytest
 
@@ -26,7 +25,7 @@ from fair_edge.station.inspector import RunSummary
 from fair_edge.station.line_side import LineSide, finish_line, stop_wait_s
 from fair_edge.station.views import GroupSettings, ViewSettings
 from line_replay import RecordingSink
-from line_servers import SkewClock
+from line_servers import SkewClock, run_sinks_on
 from test_line_sink_close import RecordingOutput
 
 WIDE_PULSE_MS = 1500.0   # a sink URL's own pulse_ms: wider than the stop's old 1 s sink drain, over reject.pulse_ms 50
@@ -212,7 +211,7 @@ def test_pulses_left_queued_at_the_stop_are_missed_in_the_summary_and_gate_log(t
     from fair_edge.station import cell, line_side
 
     out, sink_clock = HeldOutput(), SkewClock()
-    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=sink_clock, sleep=time.sleep))
+    run_sinks_on(monkeypatch, sink_clock)
     monkeypatch.setitem(sinks.SINK_SCHEMES, "held", lambda url, pulse_ms, reporter: WorkerSink(
         "held", out, pulse_ms, reporter=reporter))
     for module in (line_side, cell):

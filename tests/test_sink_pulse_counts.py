@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-import types
 
-from line_servers import FakeClock
+from line_servers import FakeClock, run_sinks_on
 
 from fair_edge.line.events import RejectEvent
 from fair_edge.line.scheduler import PULSE_RESULTS
-from fair_edge.line.sinks import base
 from fair_edge.line.sinks.base import CloseBy, WorkerSink
 
 WAIT_S = 10.0   # real seconds a step may take on a loaded machine (a passing test returns as soon as it is done)
@@ -55,7 +53,7 @@ def test_a_late_write_is_delivered_and_counted_late_never_twice(monkeypatch):
     PLC: delivered 2 of which late_writes 1, equal to the PLC's rises; each pulse reported once (late_write, then
     delivered), as the gate log's late and delivered rows."""
     clock = FakeClock()
-    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
+    run_sinks_on(monkeypatch, clock)
     out, reports = TimedOutput(clock), []
     sink = WorkerSink("timed", out, pulse_ms=0, reporter=reports.append)   # 0: no falling edge to wait for
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import types
 
 import pytest
 
@@ -22,7 +21,7 @@ from fair_edge.line.sinks.base import CloseBy, WorkerSink
 from fair_edge.records import Verdict
 from fair_edge.station.line_side import close_gates
 from line_replay import RecordingSink
-from line_servers import SkewClock
+from line_servers import SkewClock, run_sinks_on
 from test_line_sink_close import HangingOutput, RecordingOutput
 from test_stop_budget import spent_stop
 
@@ -563,11 +562,9 @@ def test_an_encoder_reopen_returning_after_a_close_leaves_the_link_closed(caplog
 
 
 def sink_clock(monkeypatch) -> SkewClock:
-    """The sink workers' clock (``base.time``) for this test: real time that the test's outputs jump on."""
-    from fair_edge.line.sinks import base
-
+    """The sink workers' clock (``run_sinks_on``) for this test: real time that the test's outputs jump on."""
     clock = SkewClock()
-    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=clock, sleep=time.sleep))
+    run_sinks_on(monkeypatch, clock)
     return clock
 
 
