@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
-    """A run id that sorts by start time and does not repeat: ``20261129T134000Z-3f2a``."""
+    """A run id that sorts by start time: ``20261129T134000Z-3f2a`` (UTC second, 4 random hex digits). Two ids drawn
+    in the same second are equal once in 65 536."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
 
 
