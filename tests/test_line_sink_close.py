@@ -168,6 +168,7 @@ def test_a_falling_edge_not_written_is_reported_stuck_then_released_once_written
         assert reports.wait_for_any("released"), reports.kinds
         assert [on for _, on in out.writes][-1] is False
         assert reports.kinds.index("stuck") < reports.kinds.index("released")
+        assert reports.kinds.count("stuck") == 1   # the fall watch and the given-up write report it once between them
     finally:
         sink.close()
 

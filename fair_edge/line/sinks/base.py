@@ -102,8 +102,9 @@ class SinkReport:
     ``dropped`` (queue full), ``link_down`` (the link cannot be re-established: a connect failed, or a
     write / probe failed twice in a row with a successful reconnect between; once per outage),
     ``reconnected`` (the link is up again after a link failure; after a ``link_down``, once a write or
-    probe is answered again), ``stuck`` (falling edge not written: the output may
-    be left on), ``released`` (the resting level written again after ``stuck``),
+    probe is answered again), ``stuck`` (falling edge not written within ``FALL_RETRY_S``, a reconnect
+    for it still blocking included, or written later than that: the output may be left on, or was held on),
+    ``released`` (the resting level written again after ``stuck``),
     ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
     pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read a fault output held on back
     off: something else wrote it; written again, reported when a run of them begins)."""
@@ -205,9 +206,11 @@ class WorkerSink:
     refused), ``unconfirmed`` when one went out without a reply (timed out, link dropped mid-write):
     the PLC may have acted on that one, so the station does not claim it missed the part.
     After a reconnect the resting level (off, or the fault level) is written again. A falling edge
-    not written within ``FALL_RETRY_S`` is reported ``stuck`` (the output may be left on); the next
-    write of the resting level is reported ``released``. ``open``/``set`` raising anything but
-    ``PlcError`` is logged and handled as a link failure (pulses reported missed), so the worker
+    not written within ``FALL_RETRY_S`` is reported ``stuck`` then (the output may be left on), also while
+    a reconnect for it still blocks (a slow connect timeout: the fall watch, ``_connect_for``); the next
+    write of the resting level is reported ``released``. One written later than that by a write that slow:
+    ``stuck`` and ``released`` as it lands, naming how long the output was held on. ``open``/``set`` raising
+    anything but ``PlcError`` is logged and handled as a link failure (pulses reported missed), so the worker
     thread never dies.
     Link watch: while idle and connected the output is probed every ``probe_s`` seconds (default
     ``PROBE_S``; ``Output.probe``, a read, never a write; any successful write counts as one). A probe
@@ -279,6 +282,10 @@ class WorkerSink:
         self._inflight_lock = threading.Lock()
         self._unanswered = False     # a write of the current pulse went out without a reply
         self._stuck = False          # "stuck" reported; "released" not yet (resting level not rewritten)
+        self._stuck_seq: int | None = None   # the pulse whose falling edge was last reported stuck (reported once)
+        self._fall_timer: threading.Timer | None = None   # the fall watch: armed by a falling edge's first reconnect
+        self._connecting_for: int | None = None   # the pulse whose falling edge waits on the connect now (watched)
+        self._stuck_lock = threading.Lock()   # the watch's stuck report vs the worker leaving that connect
         # (seq, monotonic s its falling edge was due, whether its write was held by the link): a pulse whose falling
         # edge the stop kept from being written (cut short in its sleep, or given up for the close after link failures)
         self._fall_owed: tuple[int, float, bool] | None = None
@@ -536,13 +543,34 @@ class WorkerSink:
         if not sleep_until(t_fall, self._stop):
             self._fall_owed = (ev.seq, t_fall, False)
             return
-        if not self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq):
-            if self._stop.is_set():   # given up for the close (the link may have held it): close() writes it
-                self._fall_owed = (ev.seq, t_fall, self._held_by_link)
-                return
-            self._level_dirty = True  # write the resting level again once reconnected
-            self._stuck = True        # "released" once it is
+        try:
+            written = self._write_until(False, time.monotonic() + FALL_RETRY_S, ev.seq)
+        finally:
+            if self._fall_timer is not None:   # armed by a reconnect for this edge (_connect_for)
+                self._fall_timer.cancel()
+                self._fall_timer = None
+        if written:
+            self._stuck_if_late(ev.seq, t_fall)
+            return
+        if self._stop.is_set():   # given up for the close (the link may have held it): close() writes it
+            self._fall_owed = (ev.seq, t_fall, self._held_by_link)
+            return
+        self._level_dirty = True  # write the resting level again once reconnected
+        self._stuck = True        # "released" once it is
+        if self._stuck_seq != ev.seq:   # not reported already by the fall watch while a connect blocked
+            self._stuck_seq = ev.seq
             self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
+
+    def _stuck_if_late(self, seq: int, t_fall: float) -> None:
+        """Pulse ``seq``'s falling edge, due at ``t_fall`` (monotonic s), written over ``FALL_RETRY_S`` after it and not
+        reported while held (a write that slow): ``stuck``, naming how long the output was held on; then ``released``.
+        """
+        held_ms = 1000.0 * (time.monotonic() - t_fall)
+        if held_ms > 1000.0 * FALL_RETRY_S and self._stuck_seq != seq:
+            self._stuck_seq = seq
+            self._emit("stuck", seq, f"falling edge written {held_ms:.0f} ms after it was due (retried for "
+                                     f"{FALL_RETRY_S:g} s): the output was held on that long past its pulse")
+            self._emit("released", seq, "output back at its resting level (off)")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
@@ -554,7 +582,7 @@ class WorkerSink:
         while not self._stop.is_set():
             if not self._connected:
                 self._held_by_link = True   # the write waits on a reconnect
-                self._try_connect(force=True)
+                self._connect_for(on, deadline, seq)
                 # connected once closing (the close writes what is owed), or past a rising edge's deadline (a stale
                 # pulse is never written: it would kick another part)
                 if self._stop.is_set() or (on and seq is not None and time.monotonic() > deadline):
@@ -582,6 +610,39 @@ class WorkerSink:
                 return False
             time.sleep(RETRY_STEP_S)
         return False
+
+    def _connect_for(self, on: bool, deadline: float, seq: int | None) -> None:
+        """``_write_until``'s reconnect. A pulse's falling edge's (``on`` False, ``seq`` given) first one arms the fall
+        watch: a timer that at ``deadline`` (monotonic s) reports it ``stuck`` if a connect for it still blocks then
+        (``_stuck_while_connecting``), so an open slower than ``FALL_RETRY_S`` is said while it holds the output on."""
+        if on or seq is None:
+            self._try_connect(force=True)
+            return
+        if self._fall_timer is None:
+            self._fall_timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._stuck_while_connecting,
+                                               (seq,))
+            self._fall_timer.daemon = True
+            self._fall_timer.start()
+        with self._stuck_lock:
+            self._connecting_for = seq
+        if time.monotonic() >= deadline:   # begun past it (a retry's sleep overran it): the watch fired already
+            self._stuck_while_connecting(seq)
+        try:
+            self._try_connect(force=True)
+        finally:
+            with self._stuck_lock:   # a watch firing from now on finds no connect: the worker reports what follows
+                self._connecting_for = None
+
+    def _stuck_while_connecting(self, seq: int) -> None:
+        """The fall watch (its timer's thread, or the worker's): pulse ``seq``'s falling edge is past its retry time, a
+        connect for it blocking: ``stuck``, once, under ``_stuck_lock``, which the worker takes as the connect returns
+        (its write and ``released`` come after). Not once closing: the close writes the edge (``_fall_owed``)."""
+        with self._stuck_lock:
+            if self._connecting_for != seq or self._stuck_seq == seq or self._stop.is_set():
+                return
+            self._stuck, self._stuck_seq = True, seq
+            self._emit("stuck", seq, f"falling edge not written {FALL_RETRY_S:g} s after it was due: a reconnect for "
+                                     f"it still blocks; the output is held on until it is written (then released)")
 
     def _probe(self) -> None:
         """Idle and connected: check that the link still answers (``Output.probe``, a read) so a PLC that went

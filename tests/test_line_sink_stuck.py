@@ -1,0 +1,177 @@
+"""A reject output held on past its pulse + ``base.FALL_RETRY_S`` because its falling edge could not be written is
+reported ``stuck`` (the gate's fault output on, counted ``sink_errors``) and ``released`` once the edge is written.
+Audit: a reconnect for the edge that blocked longer than that (a Modbus / OPC UA connect timeout of 1.3 s) and then
+succeeded wrote the edge late with nothing reported: the ejector was held on, the fault output never showed it, no
+counter moved and the journal said nothing. Phases follow the fake output's calls and the sink's reports (the output
+blocks until the test lets it go), never timers: order, not speed."""
+
+import re
+import threading
+import time
+
+from fair_edge.errors import PlcError
+from fair_edge.line.events import RejectEvent
+from fair_edge.line.scheduler import RejectScheduler
+from fair_edge.line.settings import RejectSettings
+from fair_edge.line.sinks import FanOut, base
+from fair_edge.line.sinks.base import WorkerSink
+from line_replay import RecordingSink
+from line_servers import SkewClock, run_sinks_on
+
+WAIT_S = 10.0   # upper bound for a step to happen on a loaded machine (a passing test returns as soon as it does)
+FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05, "probe_s": 1000.0}   # no probe: the pulse's writes are the calls
+STUCK_REASON = "plc: output may be left on after reject seq 1 (falling edge not written)"
+
+
+class SlowOutput:
+    """A PLC coil. ``slow="connect"``: the link drops right after a rising edge lands (the falling edge's write fails)
+    and the reconnect's open blocks until ``go`` is set, then connects (a slow connect timeout). ``slow="write"``: the
+    write of off after a rising edge blocks until ``go`` is set, then lands. ``trace``: each call (``open``,
+    ``open:blocked``, ``set``, ``set:fail``, ``set:off:blocked``) and each report (``report:KIND``), in order."""
+
+    def __init__(self, slow: str) -> None:
+        self.slow = slow
+        self.cond = threading.Condition()
+        self.go = threading.Event()
+        self.up = True
+        self.writes: list[bool] = []
+        self.trace: list[str] = []
+
+    def note(self, entry: str) -> None:
+        with self.cond:
+            self.trace.append(entry)
+            self.cond.notify_all()
+
+    def open(self) -> None:
+        if not self.up:
+            self.note("open:blocked")
+            self.go.wait(WAIT_S)
+            self.up = True
+        self.note("open")
+
+    def set(self, on: bool) -> None:
+        if not self.up:
+            self.note("set:fail")
+            raise PlcError("fake plc: link dropped")
+        if self.slow == "write" and not on and self.writes[-1:] == [True]:
+            self.note("set:off:blocked")
+            self.go.wait(WAIT_S)
+        with self.cond:
+            self.writes.append(on)
+        self.up = not (on and self.slow == "connect")
+        self.note("set")
+
+    def close(self) -> None:
+        pass
+
+    def wait(self, entry: str) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: entry in self.trace, WAIT_S)
+
+
+class Listener:
+    """The sink's reporter: hands each report to the scheduler, then notes it in the output's trace and keeps it."""
+
+    def __init__(self, out: SlowOutput) -> None:
+        self.out = out
+        self.scheduler: RejectScheduler | None = None
+        self.reports: list = []
+
+    def __call__(self, report) -> None:
+        if self.scheduler is not None:
+            self.scheduler.handle_report(report)
+        self.reports.append(report)
+        self.out.note(f"report:{report.kind}")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [report.kind for report in self.reports]
+
+
+def _station(out: SlowOutput, faults: RecordingSink) -> tuple[RejectScheduler, WorkerSink, Listener]:
+    """A scheduler whose reject fan-out drives one sink on ``out`` (20 ms pulses); the caller closes both."""
+    fan = FanOut([], "rejects")
+    sched = RejectScheduler(RejectSettings(delay_ms=100, pulse_ms=20), sinks=fan, fault_sinks=faults)
+    listener = Listener(out)
+    listener.scheduler = sched
+    sink = WorkerSink("plc", out, pulse_ms=20, reporter=listener, **FAST)
+    fan.sinks.append(sink)
+    return sched, sink, listener
+
+
+def _pulse(sink: WorkerSink) -> None:
+    now = base.time.monotonic()
+    sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + WAIT_S))
+
+
+def test_a_falling_edge_whose_reconnect_blocks_past_its_retry_time_is_reported_stuck_while_it_blocks(monkeypatch):
+    """The link drops after the rising edge; the reconnect for the falling edge blocks (here until the test lets it
+    go) past ``FALL_RETRY_S``: ``stuck`` is reported while it still blocks, the fault output goes on naming the sink and
+    the part; once the connect returns the edge is written, ``released`` follows (once, after ``stuck``) and the
+    fault output drops."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.05)
+    out, faults = SlowOutput("connect"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    try:
+        with sched:
+            assert out.wait("set")                                # connected, resting level written
+            _pulse(sink)
+            assert out.wait("report:stuck"), out.trace            # said while the connect still blocks
+            assert not out.go.is_set() and out.trace[-2:] == ["open:blocked", "report:stuck"], out.trace
+            assert out.writes == [False, True]                    # the output is on
+            assert faults.faults[-1][0] is True and faults.faults[-1][1].startswith(STUCK_REASON), faults.faults
+            out.go.set()
+            assert out.wait("report:released"), out.trace
+            assert out.writes == [False, True, False] and faults.faults[-1] == (False, "cleared"), faults.faults
+            after_stuck = out.trace[out.trace.index("report:stuck"):]   # the connect returned, then the edge
+            assert after_stuck.index("open") < after_stuck.index("set") < after_stuck.index("report:released")
+            stats = sched.stats()
+        assert listener.kinds.count("stuck") == 1 and listener.kinds.count("released") == 1, listener.kinds
+        assert stats["sink_errors"] == 2   # the falling edge's failed write (io_error) and the stuck output
+    finally:
+        sink.close()
+
+
+def test_a_falling_edge_written_after_its_retry_time_is_reported_stuck_then_released_naming_how_long(monkeypatch):
+    """The falling edge's write itself takes longer than ``FALL_RETRY_S`` (the sink's clock jumped past it while the
+    write blocks) and then lands: ``stuck`` naming how long the output was held on past its due time, then
+    ``released``; the fault output shows it and drops, ``sink_errors`` counts it."""
+    clock = SkewClock()
+    run_sinks_on(monkeypatch, clock)
+    out, faults = SlowOutput("write"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    try:
+        with sched:
+            assert out.wait("set")
+            _pulse(sink)
+            assert out.wait("set:off:blocked"), out.trace
+            clock.jump(base.FALL_RETRY_S + 0.5)
+            out.go.set()
+            assert out.wait("report:released"), out.trace
+            assert out.writes == [False, True, False]
+            assert [active for active, _ in faults.faults] == [True, False], faults.faults
+            assert faults.faults[0][1].startswith(STUCK_REASON), faults.faults
+            stats = sched.stats()
+        kinds = listener.kinds
+        assert kinds.count("stuck") == 1 and kinds.index("stuck") + 1 == kinds.index("released"), kinds
+        stuck = listener.reports[kinds.index("stuck")]
+        held_ms = int(re.search(r"falling edge written (\d+) ms after it was due", stuck.detail).group(1))
+        assert 1500 <= held_ms < 1500 + 1000 * WAIT_S, stuck.detail
+        assert stats["sink_errors"] == 1
+    finally:
+        sink.close()
+
+
+def test_a_falling_edge_written_in_time_reports_nothing():
+    """The normal pulse: rising and falling edge written, ``delivered``, no ``stuck``, the fault output untouched."""
+    out, faults = SlowOutput("none"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    try:
+        with sched:
+            assert out.wait("set")
+            _pulse(sink)
+            assert out.wait("report:delivered"), out.trace
+            assert out.writes == [False, True, False] and faults.faults == []
+        assert listener.kinds == ["delivered"]
+    finally:
+        sink.close()
