@@ -132,6 +132,36 @@ def test_a_falling_edge_whose_reconnect_blocks_past_its_retry_time_is_reported_s
         sink.close()
 
 
+def test_a_stop_during_a_blocked_reconnect_writes_the_edge_at_close_and_releases_the_stuck_fault(monkeypatch, caplog):
+    """The station stops while the falling edge's reconnect blocks, past ``FALL_RETRY_S`` (``stuck`` reported, the
+    fault output on); the connect returns once the worker is told to stop and the close writes the edge off: that is
+    ``released`` too, so the gate's stuck fault clears before the fault outputs close (the gate closes them last).
+    Audit: the close wrote it and logged "written at close" but never said released: the fault output stayed on after
+    a clean stop, its reason saying the output may be left on."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.5)
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.05)   # the drain gives up on the blocked edge: the stop is set
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
+    out, faults = SlowOutput("connect"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    closing = threading.Thread(target=sink.close)
+    with sched:
+        assert out.wait("set")
+        _pulse(sink)
+        assert out.wait("report:stuck"), out.trace
+        assert faults.faults[-1][0] is True, faults.faults
+        closing.start()
+        assert sink._stop.wait(WAIT_S) and not out.go.is_set()   # told to stop while the connect still blocks
+        out.go.set()
+        closing.join(WAIT_S)
+        assert not closing.is_alive()
+        assert out.writes == [False, True, False], out.writes    # the edge, written by the close
+        assert faults.faults[-1] == (False, "cleared") and sched.fault_reason is None, faults.faults
+    assert "the falling edge of seq 1, due" in caplog.text and "written at close" in caplog.text
+    kinds = listener.kinds
+    assert kinds.count("stuck") == 1 and kinds.count("released") == 1, kinds
+    assert kinds.index("stuck") < kinds.index("released"), kinds
+
+
 def test_a_falling_edge_written_after_its_retry_time_is_reported_stuck_then_released_naming_how_long(monkeypatch):
     """The falling edge's write itself takes longer than ``FALL_RETRY_S`` (the sink's clock jumped past it while the
     write blocks) and then lands: ``stuck`` naming how long the output was held on past its due time, then

@@ -407,7 +407,8 @@ class WorkerSink:
         with a pulse of ours on is reconnected for it only until ``reconnect_until`` (monotonic s, the shared
         ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one connect timeout past it,
         not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse
-        cut short, a write that failed or was not tried (the output may be left on)."""
+        cut short, a write that failed or was not tried (the output may be left on); reported: ``released`` when
+        it was ``stuck``."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
         if not on_now and not self._level_owed():
@@ -435,8 +436,9 @@ class WorkerSink:
             else:
                 log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
                             self.name, seq, max(0.0, early_ms))
-        elif self._stuck:
-            log.info("sink %s: output back at its resting level (%s), written at close", self.name, level)
+        if self._stuck:   # its fault clears now: the gate closes its fault outputs after its reject outputs
+            self._stuck = False
+            self._emit("released", self._stuck_seq, f"output back at its resting level ({level}), written at close")
 
     def _level_owed(self) -> bool:
         """A resting level owed (by the worker's step, or the close with no pulse of ours on): one not yet written
