@@ -103,9 +103,10 @@ class SinkReport:
     write / probe failed twice in a row with a successful reconnect between; once per outage),
     ``reconnected`` (the link is up again after a link failure; after a ``link_down``, once a write or
     probe is answered again), ``stuck`` (falling edge not written within ``FALL_RETRY_S``, a reconnect
-    for it still blocking included, or written later than that: the output may be left on, or was held on),
-    ``released`` (the resting level written again after ``stuck``),
-    ``late_write`` (a write begun before the deadline that returned after it), ``delivered`` (a
+    for it still blocking included: the output may be left on), ``released`` (the resting level written again
+    after ``stuck``, by the worker or at close), ``late_write`` (a write that returned late: a rising edge begun
+    before its pulse's deadline, or a falling edge written over ``FALL_RETRY_S`` after it was due, ``seq`` None and
+    the detail naming the pulse and how long the output was held on), ``delivered`` (a
     pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read a fault output held on back
     off: something else wrote it; written again, reported when a run of them begins)."""
 
@@ -189,8 +190,8 @@ class Counters:
 # A pulse handed in (``pulses``) is counted once in delivered, missed, unconfirmed or dropped (in none while queued or
 # in progress; one still queued when the sink closes is counted ``missed`` then, one whose write still hangs when close
 # gives up on the worker only once that write returns). ``delivered``: every rising edge written, in time or not;
-# ``late_writes``: those of them whose write returned after the deadline (reported ``late_write``, gate log ``late``),
-# a part of ``delivered``, never to be added to it.
+# ``late_writes`` (reported ``late_write``): those of them whose write returned after the deadline (gate log ``late``),
+# a part of ``delivered``, never to be added to it; and falling edges written over ``FALL_RETRY_S`` after they were due.
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
                  "link_downs", "reconnects", "late_writes", "overwritten")
 
@@ -208,10 +209,10 @@ class WorkerSink:
     After a reconnect the resting level (off, or the fault level) is written again. A falling edge
     not written within ``FALL_RETRY_S`` is reported ``stuck`` then (the output may be left on), also while
     a reconnect for it still blocks (a slow connect timeout: the fall watch, ``_connect_for``); the next
-    write of the resting level is reported ``released``. One written later than that by a write that slow:
-    ``stuck`` and ``released`` as it lands, naming how long the output was held on. ``open``/``set`` raising
-    anything but ``PlcError`` is logged and handled as a link failure (pulses reported missed), so the worker
-    thread never dies.
+    write of the resting level is reported ``released``. One written later than that by a write that slow is
+    no fault (it is off again): ``late_write`` as it lands, naming how long the output was held on.
+    ``open``/``set`` raising anything but ``PlcError`` is logged and handled as a link failure (pulses reported
+    missed), so the worker thread never dies.
     Link watch: while idle and connected the output is probed every ``probe_s`` seconds (default
     ``PROBE_S``; ``Output.probe``, a read, never a write; any successful write counts as one). A probe
     that fails is a link failure like a write's (``io_errors``, ``io_error``, link closed, reconnected at
@@ -552,7 +553,7 @@ class WorkerSink:
                 self._fall_timer.cancel()
                 self._fall_timer = None
         if written:
-            self._stuck_if_late(ev.seq, t_fall)
+            self._say_if_late(ev.seq, t_fall)
             return
         if self._stop.is_set():   # given up for the close (the link may have held it): close() writes it
             self._fall_owed = (ev.seq, t_fall, self._held_by_link)
@@ -563,16 +564,16 @@ class WorkerSink:
             self._stuck_seq = ev.seq
             self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
-    def _stuck_if_late(self, seq: int, t_fall: float) -> None:
+    def _say_if_late(self, seq: int, t_fall: float) -> None:
         """Pulse ``seq``'s falling edge, due at ``t_fall`` (monotonic s), written over ``FALL_RETRY_S`` after it and not
-        reported while held (a write that slow): ``stuck``, naming how long the output was held on; then ``released``.
-        """
+        reported ``stuck`` while held (a write that slow): ``late_write``, counted ``late_writes``, naming the pulse and
+        how long the output was held on; no fault (it is off again). Its ``seq`` is None: the pulse's outcome (its
+        gate-log row) is its rising edge's, reported apart."""
         held_ms = 1000.0 * (time.monotonic() - t_fall)
         if held_ms > 1000.0 * FALL_RETRY_S and self._stuck_seq != seq:
-            self._stuck_seq = seq
-            self._emit("stuck", seq, f"falling edge written {held_ms:.0f} ms after it was due (retried for "
-                                     f"{FALL_RETRY_S:g} s): the output was held on that long past its pulse")
-            self._emit("released", seq, "output back at its resting level (off)")
+            self._counters.add("late_writes")
+            self._emit("late_write", None, f"the falling edge of seq {seq} written {held_ms:.0f} ms after it was due: "
+                                           f"the output was held on that long past its pulse")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
