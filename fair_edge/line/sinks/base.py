@@ -95,20 +95,19 @@ class CloseBy:
 
 @dataclass(frozen=True)
 class SinkReport:
-    """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its
-    deadline: no write went out, or the device refused it), ``unconfirmed`` (a write went out but no
-    reply came by the deadline: the PLC may or may not have acted on it; never replayed either),
-    ``io_error`` (link failure), ``device_error`` (device refused the write),
-    ``dropped`` (queue full), ``link_down`` (the link cannot be re-established: a connect failed, or a
-    write / probe failed twice in a row with a successful reconnect between; once per outage),
-    ``reconnected`` (the link is up again after a link failure; after a ``link_down``, once a write or
-    probe is answered again), ``stuck`` (falling edge not written within ``FALL_RETRY_S``, a reconnect
-    for it still blocking included: the output may be left on), ``released`` (the resting level written again
-    after ``stuck``, by the worker or at close), ``late_write`` (a write that returned late: a rising edge begun
-    before its pulse's deadline, or a falling edge written over ``FALL_RETRY_S`` after it was due, ``seq`` None and
-    the detail naming the pulse and how long the output was held on), ``delivered`` (a
-    pulse's rising edge written by its deadline), ``overwritten`` (an idle probe read a fault output held on back
-    off: something else wrote it; written again, reported when a run of them begins)."""
+    """Something a sink wants the station to know. kind: ``missed`` (a pulse not written by its deadline: no write
+    went out, or the device refused it), ``unconfirmed`` (a write went out but no reply came by the deadline: the PLC
+    may or may not have acted on it; never replayed either), ``io_error`` (link failure), ``device_error`` (device
+    refused the write), ``dropped`` (queue full), ``link_down`` (the link cannot be re-established: a connect failed,
+    or a write / probe failed twice in a row with a successful reconnect between; once per outage), ``reconnected``
+    (the link is up again after a link failure; after a ``link_down``, once a write or probe is answered again),
+    ``stuck`` (falling edge not written within ``FALL_RETRY_S``: the output may be left on; said then while it waits on
+    a reconnect, else when its write returns), ``released`` (the resting level written again after ``stuck``, by the
+    worker or at close), ``late_write`` (a write that returned late: a rising edge begun before its pulse's deadline,
+    or a falling edge written over ``FALL_RETRY_S`` after it was due, ``seq`` None and the detail naming the pulse and
+    how long the output was held on), ``delivered`` (a pulse's rising edge written by its deadline), ``overwritten``
+    (an idle probe read a fault output held on back off: something else wrote it; written again, reported when a run
+    of them begins)."""
 
     sink: str
     kind: str
@@ -206,11 +205,11 @@ class WorkerSink:
     not written by its deadline is reported ``missed`` when no write of it went out (link down, device
     refused), ``unconfirmed`` when one went out without a reply (timed out, link dropped mid-write):
     the PLC may have acted on that one, so the station does not claim it missed the part.
-    After a reconnect the resting level (off, or the fault level) is written again. A falling edge
-    not written within ``FALL_RETRY_S`` is reported ``stuck`` then (the output may be left on), also while
-    a reconnect for it still blocks (a slow connect timeout: the fall watch, ``_connect_for``); the next
-    write of the resting level is reported ``released``. One written later than that by a write that slow is
-    no fault (it is off again): ``late_write`` as it lands, naming how long the output was held on.
+    After a reconnect the resting level (off, or the fault level) is written again. A falling edge not written
+    within ``FALL_RETRY_S`` is reported ``stuck`` (the output may be left on): then while it waits on a reconnect,
+    one still blocking too (the fall watch, ``_connect_for``); a write of it that blocks, when that write returns
+    (its output's timeout): ``stuck`` if it failed, ``late_write`` if it landed (no fault: the output is off again),
+    naming how long the output was held on. The next write of the resting level is reported ``released``.
     ``open``/``set`` raising anything but ``PlcError`` is logged and handled as a link failure (pulses reported
     missed), so the worker thread never dies.
     Link watch: while idle and connected the output is probed every ``probe_s`` seconds (default
@@ -407,9 +406,8 @@ class WorkerSink:
         output's pulse is the PLC's to clear), a level the device refused, a link that is down. A link that is down
         with a pulse of ours on is reconnected for it only until ``reconnect_until`` (monotonic s, the shared
         ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one connect timeout past it,
-        not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse
-        cut short, a write that failed or was not tried (the output may be left on); reported: ``released`` when
-        it was ``stuck``."""
+        not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse cut
+        short, a write that failed or was not tried (the output may be left on). Reported: ``released`` (if stuck)."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
         if not on_now and not self._level_owed():
@@ -565,10 +563,9 @@ class WorkerSink:
             self._emit("stuck", ev.seq, "falling edge not written; retried after reconnect")
 
     def _say_if_late(self, seq: int, t_fall: float) -> None:
-        """Pulse ``seq``'s falling edge, due at ``t_fall`` (monotonic s), written over ``FALL_RETRY_S`` after it and not
-        reported ``stuck`` while held (a write that slow): ``late_write``, counted ``late_writes``, naming the pulse and
-        how long the output was held on; no fault (it is off again). Its ``seq`` is None: the pulse's outcome (its
-        gate-log row) is its rising edge's, reported apart."""
+        """Pulse ``seq``'s falling edge, due at ``t_fall`` (monotonic s), written over ``FALL_RETRY_S`` after it, not
+        reported ``stuck`` while held (a write that slow): ``late_write`` (no fault: it is off), naming the pulse and
+        the ms; its ``seq`` None: the pulse's outcome (its gate-log row) is its rising edge's."""
         held_ms = 1000.0 * (time.monotonic() - t_fall)
         if held_ms > 1000.0 * FALL_RETRY_S and self._stuck_seq != seq:
             self._counters.add("late_writes")
