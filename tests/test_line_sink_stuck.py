@@ -112,8 +112,10 @@ def test_a_falling_edge_whose_reconnect_blocks_past_its_retry_time_is_reported_s
     """The link drops after the rising edge; the reconnect for the falling edge blocks (here until the test lets it
     go) past ``FALL_RETRY_S``: ``stuck`` is reported while it still blocks, the fault output goes on naming the sink and
     the part; once the connect returns the edge is written, ``released`` follows (once, after ``stuck``) and the
-    fault output drops."""
-    monkeypatch.setattr(base, "FALL_RETRY_S", 0.05)
+    fault output drops. ``FALL_RETRY_S`` 0.5 s (no test time: the open blocks until the test lets it go), so a worker
+    stalled on a loaded machine between its failed write and the reconnect still reaches the connect before it (at
+    0.05 s, a 60 ms stall took the given-up write's path instead and the test failed)."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.5)
     out, faults = SlowOutput("connect"), RecordingSink("fault")
     sched, sink, listener = _station(out, faults)
     try:
