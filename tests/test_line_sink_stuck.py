@@ -1,6 +1,6 @@
 """A reject output held on past its pulse + ``base.FALL_RETRY_S`` because its falling edge could not be written is
 reported ``stuck`` (the gate's fault output on, counted ``sink_errors``) and ``released`` once the edge is written,
-by the worker or at the stop; one written late by a write that slow is a ``late_write``, no fault.
+by the worker or at the stop; one written late by a write that slow is a ``late_fall``, no fault.
 Audit: a reconnect for the edge that blocked longer than that (a Modbus / OPC UA connect timeout of 1.3 s) and then
 succeeded wrote the edge late with nothing reported: the ejector was held on, the fault output never showed it, no
 counter moved and the journal said nothing. Phases follow the fake output's calls and the sink's reports (the output
@@ -168,13 +168,14 @@ def test_a_stop_during_a_blocked_reconnect_writes_the_edge_at_close_and_releases
     assert kinds.index("stuck") < kinds.index("released"), kinds
 
 
-def test_a_falling_edge_written_after_its_retry_time_is_a_late_write_naming_how_long_not_a_fault(monkeypatch, caplog):
+def test_a_falling_edge_written_after_its_retry_time_is_a_late_fall_naming_how_long_not_a_fault(monkeypatch, caplog):
     """The falling edge's write itself takes longer than ``FALL_RETRY_S`` (the sink's clock jumped past it while the
-    write blocks) and then lands: the output is off again, so no fault: ``late_write``, counted (the gate's
-    ``sink_late_writes``, the sink's ``late_writes``) and logged at WARNING naming the pulse and how long the output
-    was held on past its due time; the fault output untouched, ``sink_errors`` 0, the pulse's one gate-log row
-    ``delivered`` (its rising edge was written in time). Audit: reported ``stuck`` then ``released`` back to back, a
-    flash of the fault output that a fault sink's worker may or may not have written."""
+    write blocks) and then lands: the output is off again, so no fault: ``late_fall``, counted (the gate's
+    ``sink_late_falls``, the sink's ``late_falls``) and logged at WARNING naming the pulse and how long the output
+    was held on past its due time; the fault output untouched, ``sink_errors`` 0, ``late_writes`` 0 (late rising
+    edges, a part of ``delivered``), the pulse's one gate-log row ``delivered`` (its rising edge was written in time).
+    Audit: reported ``stuck`` then ``released`` back to back, a flash of the fault output; then counted in
+    ``late_writes``, which broke ``late_writes <= delivered`` and its match with the gate log's ``late`` rows."""
     clock = SkewClock()
     run_sinks_on(monkeypatch, clock)
     out, faults, rows = SlowOutput("write"), RecordingSink("fault"), []
@@ -187,17 +188,18 @@ def test_a_falling_edge_written_after_its_retry_time_is_a_late_write_naming_how_
             clock.jump(base.FALL_RETRY_S + 0.5)
             out.go.set()
             assert out.wait("report:delivered"), out.trace
-            assert out.writes == [False, True, False] and faults.faults == [], faults.faults
+            assert out.writes == [False, True, False] and faults.faults == [] and sched.fault_reason is None, faults.faults
             stats = sched.stats()
-        assert listener.kinds == ["late_write", "delivered"], listener.kinds
+        assert listener.kinds == ["late_fall", "delivered"], listener.kinds
         late = listener.reports[0]
         held = re.search(r"the falling edge of seq 1 written (\d+) ms after it was due", late.detail)
-        assert late.seq is None and held and 1500 <= int(held.group(1)) < 1500 + 1000 * WAIT_S, late.detail
+        assert late.seq == 1 and held and 1500 <= int(held.group(1)) < 1500 + 1000 * WAIT_S, late.detail
         assert "retried" not in late.detail   # one write, not retried
-        (logged,) = [r for r in caplog.records if "late_write" in r.getMessage()]
+        (logged,) = [r for r in caplog.records if "late_fall" in r.getMessage()]
         assert logged.levelname == "WARNING" and late.detail in logged.getMessage()
-        assert (stats["sink_errors"], stats["sink_late_writes"]) == (0, 1)
-        assert (sink.stats()["delivered"], sink.stats()["late_writes"]) == (1, 1)
+        assert (stats["sink_errors"], stats["sink_late_falls"], stats["sink_late_writes"]) == (0, 1, 0), stats
+        counted = sink.stats()
+        assert (counted["delivered"], counted["late_falls"], counted["late_writes"]) == (1, 1, 0), counted
         assert [row["pulse"] for row in rows if row["event"] == "pulse"] == ["delivered"]
     finally:
         sink.close()

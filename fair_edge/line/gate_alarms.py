@@ -20,7 +20,8 @@ fault itself beside the alarms, ``to_acknowledge``). A pulse whose write went ou
 is counted ``sink_unconfirmed`` instead (the PLC may have rejected the part: it is not claimed missed), with the same
 fault output and alarm: nobody knows the part was rejected. A ``stuck`` report (falling edge not written: the
 output may be left on) holds the fault output until that sink reports ``released`` (its resting level written
-again); an acknowledge does not clear it. A ``link_down`` report (the sink's link cannot be re-established: a
+again); an acknowledge does not clear it. A ``late_fall`` (a falling edge written late: the output is off again) is
+counted ``sink_late_falls``, no fault. A ``link_down`` report (the sink's link cannot be re-established: a
 connect failed, or a write / probe failed twice in a row though the reconnect between succeeded; a single failure the
 reconnect gets past is only an ``io_error``; a PLC that went away is found within about ``sinks.base.PROBE_S`` + the
 probe's timeout + one connect timeout, before any pulse is due) holds the fault output, naming the sink and since
@@ -217,6 +218,8 @@ class GateAlarms:
             self._counters.add("sink_dropped")
         elif report.kind == "late_write":
             self._counters.add("sink_late_writes")
+        elif report.kind == "late_fall":   # written, the output off again: no fault
+            self._counters.add("sink_late_falls")
 
     # -- alarms and their journal -----------------------------------------------------------------------
     def raise_alarm(self, reason: str, fate: str = "", seqs: tuple[int, ...] = ()) -> None:

@@ -97,7 +97,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_COUNTERS = ("captured", "verdicts", "ng", "error_verdicts", "passed", "rejected_ng", "rejected_uninspected",
                       "passed_ng", "passed_uninspected", "gap_missed", "position_lost", "late_verdicts", "fired",
                       "alarms", "refused", "sink_missed", "sink_unconfirmed", "sink_errors", "sink_dropped",
-                      "sink_late_writes", "sink_link_downs", "abandoned")
+                      "sink_late_writes", "sink_late_falls", "sink_link_downs", "abandoned")
 DISPATCH_LEAD_S = 0.003  # decision cut-off before the due time; events reach the sinks this early
 DECIDED_MEMORY = 4096    # decided parts remembered, so a late verdict is recognised as late
 

@@ -103,9 +103,10 @@ class SinkReport:
     (the link is up again after a link failure; after a ``link_down``, once a write or probe is answered again),
     ``stuck`` (falling edge not written within ``FALL_RETRY_S``: the output may be left on; said then while it waits on
     a reconnect, else when its write returns), ``released`` (the resting level written again after ``stuck``, by the
-    worker or at close), ``late_write`` (a write that returned late: a rising edge begun before its pulse's deadline,
-    or a falling edge written over ``FALL_RETRY_S`` after it was due, ``seq`` None and the detail naming the pulse and
-    how long the output was held on), ``delivered`` (a pulse's rising edge written by its deadline), ``overwritten``
+    worker or at close), ``late_write`` (a rising edge begun before its pulse's deadline whose write returned after
+    it), ``late_fall`` (a falling edge written over ``FALL_RETRY_S`` after it was due, by a write that slow: no fault,
+    the output is off again; the detail says how long it was held on; no gate-log row: the pulse's is its rising
+    edge's), ``delivered`` (a pulse's rising edge written by its deadline), ``overwritten``
     (an idle probe read a fault output held on back off: something else wrote it; written again, reported when a run
     of them begins)."""
 
@@ -189,10 +190,11 @@ class Counters:
 # A pulse handed in (``pulses``) is counted once in delivered, missed, unconfirmed or dropped (in none while queued or
 # in progress; one still queued when the sink closes is counted ``missed`` then, one whose write still hangs when close
 # gives up on the worker only once that write returns). ``delivered``: every rising edge written, in time or not;
-# ``late_writes`` (reported ``late_write``): those of them whose write returned after the deadline (gate log ``late``),
-# a part of ``delivered``, never to be added to it; and falling edges written over ``FALL_RETRY_S`` after they were due.
+# ``late_writes``: those of them whose write returned after the deadline (reported ``late_write``, gate log ``late``),
+# a part of ``delivered``, never to be added to it. ``late_falls``: falling edges written over ``FALL_RETRY_S`` after
+# they were due (reported ``late_fall``), no pulse outcome.
 SINK_COUNTERS = ("pulses", "delivered", "missed", "unconfirmed", "dropped", "io_errors", "device_errors",
-                 "link_downs", "reconnects", "late_writes", "overwritten")
+                 "link_downs", "reconnects", "late_writes", "late_falls", "overwritten")
 
 
 class WorkerSink:
@@ -208,7 +210,7 @@ class WorkerSink:
     After a reconnect the resting level (off, or the fault level) is written again. A falling edge not written
     within ``FALL_RETRY_S`` is reported ``stuck`` (the output may be left on): then while it waits on a reconnect,
     one still blocking too (the fall watch, ``_connect_for``); a write of it that blocks, when that write returns
-    (its output's timeout): ``stuck`` if it failed, ``late_write`` if it landed (no fault: the output is off again),
+    (its output's timeout): ``stuck`` if it failed, ``late_fall`` if it landed (no fault: the output is off again),
     naming how long the output was held on. The next write of the resting level is reported ``released``.
     ``open``/``set`` raising anything but ``PlcError`` is logged and handled as a link failure (pulses reported
     missed), so the worker thread never dies.
@@ -564,13 +566,13 @@ class WorkerSink:
 
     def _say_if_late(self, seq: int, t_fall: float) -> None:
         """Pulse ``seq``'s falling edge, due at ``t_fall`` (monotonic s), written over ``FALL_RETRY_S`` after it, not
-        reported ``stuck`` while held (a write that slow): ``late_write`` (no fault: it is off), naming the pulse and
-        the ms; its ``seq`` None: the pulse's outcome (its gate-log row) is its rising edge's."""
+        reported ``stuck`` while held (a write that slow): ``late_fall`` (no fault: it is off), counted ``late_falls``,
+        the detail naming the ms; no pulse outcome (the gate logs no row for it: the pulse's is its rising edge's)."""
         held_ms = 1000.0 * (time.monotonic() - t_fall)
         if held_ms > 1000.0 * FALL_RETRY_S and self._stuck_seq != seq:
-            self._counters.add("late_writes")
-            self._emit("late_write", None, f"the falling edge of seq {seq} written {held_ms:.0f} ms after it was due: "
-                                           f"the output was held on that long past its pulse")
+            self._counters.add("late_falls")
+            self._emit("late_fall", seq, f"the falling edge of seq {seq} written {held_ms:.0f} ms after it was due: "
+                                         f"the output was held on that long past its pulse")
 
     def _write_until(self, on: bool, deadline: float, seq: int | None) -> bool:
         """Write ``on`` (True = active) until it succeeds or ``deadline`` passes. False when it did not; then
