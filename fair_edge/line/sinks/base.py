@@ -210,7 +210,8 @@ class WorkerSink:
     After a reconnect the resting level (off, or the fault level) is written again. A falling edge not written
     within ``FALL_RETRY_S`` is reported ``stuck`` (the output may be left on): then while it waits on a reconnect,
     one still blocking too (the fall watch, ``_connect_for``); a write of it that blocks, when that write returns
-    (its output's timeout): ``stuck`` if it failed, ``late_fall`` if it landed (no fault: the output is off again),
+    (so up to the output's timeout after ``FALL_RETRY_S``, for any output: a write retried as it runs out):
+    ``stuck`` if it failed, ``late_fall`` if it landed (no fault: the output is off again),
     naming how long the output was held on. The next write of the resting level is reported ``released``.
     ``open``/``set`` raising anything but ``PlcError`` is logged and handled as a link failure (pulses reported
     missed), so the worker thread never dies.
