@@ -438,7 +438,10 @@ class WorkerSink:
             else:
                 log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
                             self.name, seq, max(0.0, early_ms))
-        if self._stuck:   # its fault clears now: the gate closes its fault outputs after its reject outputs
+        # its fault clears now: a gate closes its fault outputs after its reject outputs. A lane gate's (by: lane) has
+        # none: reject.fault_sinks closed with the station's gate before the lanes', so that lamp may stay on naming
+        # this; the lane's fault_output entry in the summary shows it cleared
+        if self._stuck:
             self._stuck = False
             self._emit("released", self._stuck_seq, f"output back at its resting level ({level}), written at close")
 
