@@ -12,6 +12,7 @@ import time
 
 from fair_edge.errors import PlcError
 from fair_edge.line.events import RejectEvent
+from fair_edge.line import gate_sinks
 from fair_edge.line.scheduler import RejectScheduler
 from fair_edge.line.settings import RejectSettings
 from fair_edge.line.sinks import FanOut, base
@@ -166,6 +167,43 @@ def test_a_stop_during_a_blocked_reconnect_writes_the_edge_at_close_and_releases
     kinds = listener.kinds
     assert kinds.count("stuck") == 1 and kinds.count("released") == 1, kinds
     assert kinds.index("stuck") < kinds.index("released"), kinds
+
+
+def test_a_gate_closed_during_a_blocked_reconnect_ends_with_its_fault_output_off(monkeypatch):
+    """A gate that owns its reject and fault outputs (opened from URLs) stops while the reject output's falling edge
+    waits on a blocked reconnect (``stuck``: the fault output on). The gate closes its reject outputs before its fault
+    outputs, so the reject close's ``released`` clears the fault before the fault output's own close writes its
+    resting level: it ends off, the gate's fault reason None. Closing the fault outputs first would leave it on."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 0.5)
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.05)   # the drain gives up on the blocked edge: the stop is set
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
+    out, lamp, made = SlowOutput("connect"), SlowOutput("none"), {}
+
+    def open_fanout(urls, pulse_ms, reporter, name):
+        output = out if name == "rejects" else lamp
+        made[name] = WorkerSink(name, output, pulse_ms=pulse_ms, **FAST,
+                                reporter=lambda r: (reporter(r), output.note(f"report:{r.kind}")))
+        return FanOut([made[name]], name)
+
+    monkeypatch.setattr(gate_sinks, "open_fanout", open_fanout)
+    sched = RejectScheduler(RejectSettings(sinks=("x://plc",), fault_sinks=("x://lamp",), delay_ms=100, pulse_ms=20))
+    closing = threading.Thread(target=sched.close)
+    try:
+        assert out.wait("set") and lamp.wait("set")
+        _pulse(made["rejects"])
+        assert out.wait("report:stuck"), out.trace
+        with lamp.cond:
+            assert lamp.cond.wait_for(lambda: lamp.writes[-1:] == [True], WAIT_S), lamp.writes   # the fault output on
+        closing.start()
+        assert made["rejects"]._stop.wait(WAIT_S) and not out.go.is_set()   # told to stop while the connect blocks
+        out.go.set()
+        closing.join(WAIT_S)
+        assert not closing.is_alive()
+    finally:
+        out.go.set()
+        sched.close()
+    assert "report:released" in out.trace and out.writes == [False, True, False], out.trace
+    assert lamp.writes[-1] is False and sched.fault_reason is None, (lamp.writes, sched.fault_reason)
 
 
 def test_a_falling_edge_written_after_its_retry_time_is_a_late_fall_naming_how_long_not_a_fault(monkeypatch, caplog):
