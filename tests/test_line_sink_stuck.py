@@ -132,8 +132,10 @@ def test_a_falling_edge_whose_reconnect_blocks_past_its_retry_time_is_reported_s
             assert out.writes == [False, True, False] and faults.faults[-1] == (False, "cleared"), faults.faults
             after_stuck = out.trace[out.trace.index("report:stuck"):]   # the connect returned, then the edge
             assert after_stuck.index("open") < after_stuck.index("set") < after_stuck.index("report:released")
+            assert out.wait("report:delivered"), out.trace   # the pulse's last report: a late_fall would come before it
             stats = sched.stats()
         assert listener.kinds.count("stuck") == 1 and listener.kinds.count("released") == 1, listener.kinds
+        assert "late_fall" not in listener.kinds and stats["sink_late_falls"] == 0   # said once: stuck, not late too
         assert stats["sink_errors"] == 2   # the falling edge's failed write (io_error) and the stuck output
     finally:
         sink.close()
@@ -166,7 +168,36 @@ def test_a_stop_during_a_blocked_reconnect_writes_the_edge_at_close_and_releases
     assert "the falling edge of seq 1, due" in caplog.text and "written at close" in caplog.text
     kinds = listener.kinds
     assert kinds.count("stuck") == 1 and kinds.count("released") == 1, kinds
-    assert kinds.index("stuck") < kinds.index("released"), kinds
+    assert kinds.index("stuck") < kinds.index("released") and "late_fall" not in kinds, kinds
+
+
+def test_a_stop_with_no_drain_left_counts_the_edge_its_close_writes_late(monkeypatch):
+    """The stop comes with no drain time left (a spent deadline) while the falling edge's reconnect blocks, before
+    ``FALL_RETRY_S`` (no ``stuck`` yet: the watch says nothing once the sink is closing); the connect returns past it
+    and the close writes the edge: ``late_fall``, counted ``late_falls`` / ``sink_late_falls``, as a late edge the
+    worker writes is. The sink's clock is jumped past ``FALL_RETRY_S`` (5 s here), so no real wait decides it.
+    Review: the close only logged it; summary.json, MQTT and /metrics showed no sign of the ejector held on."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", 5.0)
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.0)    # the stop is set at once: the watch's window never comes
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
+    clock = SkewClock()
+    run_sinks_on(monkeypatch, clock)
+    out, faults = SlowOutput("connect"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    closing = threading.Thread(target=sink.close)
+    with sched:
+        assert out.wait("set")
+        _pulse(sink)
+        assert out.wait("open:blocked"), out.trace
+        closing.start()
+        assert sink._stop.wait(WAIT_S) and not out.go.is_set()
+        clock.jump(base.FALL_RETRY_S + 0.5)
+        out.go.set()
+        closing.join(WAIT_S)
+        assert not closing.is_alive() and out.writes == [False, True, False], out.writes   # written by the close
+        stats = sched.stats()
+    assert "stuck" not in listener.kinds and listener.kinds.count("late_fall") == 1, listener.kinds
+    assert (stats["sink_late_falls"], sink.stats()["late_falls"], stats["sink_late_writes"]) == (1, 1, 0), stats
 
 
 def test_a_gate_closed_during_a_blocked_reconnect_ends_with_its_fault_output_off(monkeypatch):

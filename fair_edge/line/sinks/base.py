@@ -435,6 +435,7 @@ class WorkerSink:
             if held_by_link:   # its own write failed on the link (a reconnect) and was given up for the close
                 log.warning("sink %s: the falling edge of seq %d, due %.0f ms before, written at close (its write "
                             "was held by the link until the stop)", self.name, seq, max(0.0, -early_ms))
+                self._say_if_late(seq, t_fall)   # counted late_falls as a worker's late edge is, unless stuck
             else:
                 log.warning("sink %s: closed mid-pulse (seq %d): its falling edge written at close, %.0f ms early",
                             self.name, seq, max(0.0, early_ms))
