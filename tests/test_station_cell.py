@@ -4,6 +4,7 @@ Modbus TCP server for the reject output. Assertions are order and accounting; no
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -345,6 +346,27 @@ def dataclass_replace_batch(n: int):
     return LoopSettings(max_batch=n, max_wait_ms=20.0)
 
 
+@pytest.fixture
+def every_slot(monkeypatch):
+    """A paced replay's reader stalled past ``cameras.base.CATCH_UP_S`` (0.5 s) and a period skips the slots it
+    missed, their images with them, as a camera loses frames: a 1 s stall of top's capture thread on a loaded
+    machine left part 2 without its top view, rejected fail-safe. Raised here, every camera gives every frame,
+    stamped at its slot, so the parts these tests name are the parts the station sees."""
+    import fair_edge.cameras.base as cameras_base
+
+    monkeypatch.setattr(cameras_base, "CATCH_UP_S", 60.0)
+
+
+def came_late(part: dict, views: dict[tuple[str, int], dict], due_s: float) -> bool:
+    """A part of a paced cell the gate decided fail-safe because the machine was slow, as the station recorded it:
+    its verdict came after the gate decided it (``verdict_late``), or a view came after the part closed at its due
+    time (``not inspected in time``), checked against that view's own row (``t_verdict``, monotonic s, at least
+    ``due_s`` after the part's capture: never a part closed early). views: (camera, seq) -> its verdicts.jsonl row."""
+    slow = [views[(cam, v["seq"])] for cam, v in part["views"].items() if v.get("missing") == "not inspected in time"]
+    assert all(r["t_verdict"] >= part["t_capture"] + due_s for r in slow), (part, slow)
+    return bool(part.get("verdict_late") or slow)
+
+
 def check_pulses_against_the_plc(sink: dict[str, int], rises: list[float], fired: int) -> None:
     """A reject sink's counters (summary.json's ``rejects.sinks``) against the rising edges its PLC saw: each pulse
     the gate fired ended as delivered, missed, unconfirmed or dropped, and each rise is a pulse the sink wrote
@@ -357,11 +379,12 @@ def check_pulses_against_the_plc(sink: dict[str, int], rises: list[float], fired
     assert sink["delivered"] <= len(rises) <= sink["delivered"] + sink["unconfirmed"]
 
 
-def test_one_ng_view_is_rejected_once_and_a_missing_view_fail_safe_on_a_real_plc(station_bundles, scored, tmp_path):
+def test_one_ng_view_is_rejected_once_and_a_missing_view_fail_safe_on_a_real_plc(station_bundles, scored, tmp_path,
+                                                                               every_slot):
     """Paced replays of three cameras (4 frames/s), the gate 1.2 s after capture, pulses on a Modbus coil:
     part 1 has one NG view (left) and part 3 has no right view (its camera took 3 frames). Each is rejected
-    exactly once; the others pass. A verdict that came after its part's due time is rejected uninspected
-    (counted); the PLC's rises equal the pulses the sink wrote."""
+    exactly once; the others pass. A part whose verdict or view came after its due time (``came_late``: a slow
+    machine) is rejected uninspected (counted); the PLC's rises equal the pulses the sink wrote."""
     from fair_edge.line.sim_sink_plc import SimulatedPlc
 
     images, threshold = scored
@@ -383,13 +406,16 @@ def test_one_ng_view_is_rejected_once_and_a_missing_view_fail_safe_on_a_real_plc
     views, parts = rows(tmp_path / "out")
     by_part = {p["part"]: p for p in parts}
     assert sorted(by_part) == [0, 1, 2, 3]
-    assert [by_part[i]["ng"] for i in range(4)] == [False, True, False, True]
-    assert by_part[1]["ng_views"] == ["left"] and by_part[3]["missing"] == ["right"]
+    by_view = {(r["camera"], r["seq"]): r for r in views}
+    late = {i for i, p in by_part.items() if came_late(p, by_view, cfg.reject.delay_ms / 1000.0)}
+    on_time = [i for i in range(4) if i not in late]   # all four unless the machine was slow
+    assert [by_part[i]["ng"] for i in on_time] == [i in (1, 3) for i in on_time]
+    assert 1 in late or by_part[1]["ng_views"] == ["left"]
+    assert 3 in late or by_part[3]["missing"] == ["right"]
     assert by_part[3]["views"]["right"] == {"missing": "no frame"} and not by_part[3]["inspected"]
     gate = [json.loads(line) for line in (tmp_path / "out" / "gate.jsonl").read_text().splitlines()]
     decided = {r["seq"]: r["gate"] for r in gate if r["event"] == "gate"}
     assert sorted(decided) == [0, 1, 2, 3]                             # each part decided once at the gate
-    late = {p["part"] for p in parts if p.get("verdict_late")}
     for part in range(4):
         want = {1: "rejected_ng", 3: "rejected_uninspected"}.get(part, "passed")
         assert decided[part] == ("rejected_uninspected" if part in late else want), (part, decided, late)
@@ -443,7 +469,7 @@ def test_a_camera_that_unplugs_faults_the_station_while_the_others_inspect(stati
     assert [by_part[i]["missing"] for i in range(4)] == [[], [], ["right"], ["right"]]
 
 
-def test_a_lane_station_pulses_each_lanes_own_output(station_bundles, scored, tmp_path):
+def test_a_lane_station_pulses_each_lanes_own_output(station_bundles, scored, tmp_path, every_slot):
     """group.by: lane: two cameras, each its own line with its own Modbus coil; lane a's NG part (frame 1) pulses
     coil 0 only, lane b's (frame 2) coil 1 only: decided per lane, counted per lane, each rise a written pulse."""
     from fair_edge.line.sim_sink_plc import SimulatedPlc
@@ -680,7 +706,9 @@ def test_part_timeout_must_end_before_the_gate_and_the_plc_time_out():
 def test_a_lanes_dead_reject_output_holds_the_stations_fault_output(station_bundles, scored, tmp_path):
     """group.by: lane, lane a's coil on a port where no PLC listens: its NG part's pulse is missed, and that lane
     fault reaches the station's fault output (reject.fault_sinks, a coil that rises) and the reason the tick
-    shows names the lane. Before, a lane's faults reached neither: its rejects were lost with only a log line."""
+    shows names the lane, never another lane (lane b is named only for a fault of its own output, which its gate
+    counted: a slow machine's late verdict there is a fail-safe pulse that may be missed too). Before, a lane's
+    faults reached neither: its rejects were lost with only a log line."""
     import socket
 
     from fair_edge.line.sim_sink_plc import SimulatedPlc
@@ -708,14 +736,25 @@ def test_a_lanes_dead_reject_output_holds_the_stations_fault_output(station_bund
             group=GroupSettings(by="lane"), record=RecordSettings(dir=tmp_path / "out"),
             reject=RejectSettings(fault_sinks=(f"modbus://127.0.0.1:{plc.port}?unit=1&coil=1",), delay_ms=1200,
                                   pulse_ms=20, min_gap_ms=10, late_ms=10)).checked()
-        run_cell(cfg, stop, on_tick=tick, duration_s=60)
+        summary = run_cell(cfg, stop, on_tick=tick, duration_s=60)
         time.sleep(0.1)
         fault_rises = plc.rises(1)
     finally:
         plc.close()
     assert stop.is_set()                                # ended by the test on seeing the lane's fault
-    assert not any("lane b" in s for s in seen)
+    named = [pair for s in seen for pair in lane_reasons(s)]
+    assert any(lane == "a" and f":{dead} " in why for lane, why in named)   # lane a, for its dead output
+    lane_b = summary.rejects["lanes"]["b"]
+    b_faults = lane_b["sink_missed"] + lane_b["sink_unconfirmed"] + lane_b["sink_link_downs"] + lane_b["alarms"]
+    assert all(lane == "a" or (f":{dead} " not in why and b_faults) for lane, why in named), (named, lane_b)
     assert len(fault_rises) >= 1
+
+
+def lane_reasons(text: str) -> list[tuple[str, str]]:
+    """A fault-output text split into its lanes' reasons: ``"lane a: R1; camera c: R2; lane b: R3"`` ->
+    ``[("a", "R1; camera c: R2"), ("b", "R3")]`` (a reason may hold "; " itself)."""
+    pieces = re.split(r"(?:^|; )lane (\w+): ", text)
+    return list(zip(pieces[1::2], pieces[2::2]))
 
 
 def test_a_camera_still_down_when_the_cell_stops_is_the_runs_fault_and_keeps_the_fault_output(station_bundles, scored,
