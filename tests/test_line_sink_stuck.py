@@ -104,6 +104,19 @@ def _station(out: SlowOutput, faults: RecordingSink, rows: list | None = None,
     return sched, sink, listener
 
 
+def _closing(monkeypatch, fall_retry_s: float, drain_s: float,
+             ) -> tuple[SlowOutput, RecordingSink, RejectScheduler, WorkerSink, Listener, threading.Thread]:
+    """``_station`` on an output whose reconnect blocks (``SlowOutput("connect")``), ``FALL_RETRY_S`` and
+    ``CLOSE_DRAIN_S`` set for this test, the close waiting up to ``WAIT_S`` for the worker (it ends once the open
+    returns), and a thread that closes the sink (started by the test)."""
+    monkeypatch.setattr(base, "FALL_RETRY_S", fall_retry_s)
+    monkeypatch.setattr(base, "CLOSE_DRAIN_S", drain_s)
+    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)
+    out, faults = SlowOutput("connect"), RecordingSink("fault")
+    sched, sink, listener = _station(out, faults)
+    return out, faults, sched, sink, listener, threading.Thread(target=sink.close)
+
+
 def _pulse(sink: WorkerSink) -> None:
     now = base.time.monotonic()
     sink.pulse(RejectEvent(seq=1, t_due=now, t_edge=now, deadline=now + WAIT_S))
@@ -147,12 +160,7 @@ def test_a_stop_during_a_blocked_reconnect_writes_the_edge_at_close_and_releases
     ``released`` too, so the gate's stuck fault clears before the fault outputs close (the gate closes them last).
     Audit: the close wrote it and logged "written at close" but never said released: the fault output stayed on after
     a clean stop, its reason saying the output may be left on."""
-    monkeypatch.setattr(base, "FALL_RETRY_S", 0.5)
-    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.05)   # the drain gives up on the blocked edge: the stop is set
-    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
-    out, faults = SlowOutput("connect"), RecordingSink("fault")
-    sched, sink, listener = _station(out, faults)
-    closing = threading.Thread(target=sink.close)
+    out, faults, sched, sink, listener, closing = _closing(monkeypatch, 0.5, 0.05)   # the drain gives up on the edge
     with sched:
         assert out.wait("set")
         _pulse(sink)
@@ -177,14 +185,9 @@ def test_a_stop_with_no_drain_left_counts_the_edge_its_close_writes_late(monkeyp
     and the close writes the edge: ``late_fall``, counted ``late_falls`` / ``sink_late_falls``, as a late edge the
     worker writes is. The sink's clock is jumped past ``FALL_RETRY_S`` (5 s here), so no real wait decides it.
     Review: the close only logged it; summary.json, MQTT and /metrics showed no sign of the ejector held on."""
-    monkeypatch.setattr(base, "FALL_RETRY_S", 5.0)
-    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.0)    # the stop is set at once: the watch's window never comes
-    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
     clock = SkewClock()
     run_sinks_on(monkeypatch, clock)
-    out, faults = SlowOutput("connect"), RecordingSink("fault")
-    sched, sink, listener = _station(out, faults)
-    closing = threading.Thread(target=sink.close)
+    out, _, sched, sink, listener, closing = _closing(monkeypatch, 5.0, 0.0)   # stop set at once: no watch window
     with sched:
         assert out.wait("set")
         _pulse(sink)
