@@ -410,7 +410,8 @@ class WorkerSink:
         with a pulse of ours on is reconnected for it only until ``reconnect_until`` (monotonic s, the shared
         ``CloseBy.join_until``): sinks closed together, their PLCs gone, cost at most one connect timeout past it,
         not one each; a connected output is written past it (its write is what the close is for). Logged: a pulse cut
-        short, a write that failed or was not tried (the output may be left on). Reported: ``released`` (if stuck)."""
+        short, a write that failed or was not tried (the output may be left on). Reported: ``released`` (if stuck),
+        ``late_fall`` (an owed edge the link held over ``FALL_RETRY_S`` past its due time, not reported stuck)."""
         owed, self._fall_owed = self._fall_owed, None
         on_now = owed is not None or self._stuck   # a pulse of ours may be on
         if not on_now and not self._level_owed():
@@ -883,7 +884,8 @@ class FanOut:
         return {sink.name: sink.stats() for sink in self.sinks}
 
     def begin_close(self, by: CloseBy) -> None:
-        """Tell each sink to stop once its pulses are written (``begin_close``), one ``by`` for all, waiting for none."""
+        """Tell each sink to stop once its pulses are written (``begin_close``), one ``by`` for all, waiting for
+        none."""
         for sink in self.sinks:
             try:
                 begin_close(sink, by)
