@@ -8,7 +8,6 @@ blocks until the test lets it go), never timers: order, not speed."""
 
 import re
 import threading
-import time
 
 from fair_edge.errors import PlcError
 from fair_edge.line.events import RejectEvent
@@ -104,14 +103,19 @@ def _station(out: SlowOutput, faults: RecordingSink, rows: list | None = None,
     return sched, sink, listener
 
 
-def _closing(monkeypatch, fall_retry_s: float, drain_s: float,
-             ) -> tuple[SlowOutput, RecordingSink, RejectScheduler, WorkerSink, Listener, threading.Thread]:
-    """``_station`` on an output whose reconnect blocks (``SlowOutput("connect")``), ``FALL_RETRY_S`` and
-    ``CLOSE_DRAIN_S`` set for this test, the close waiting up to ``WAIT_S`` for the worker (it ends once the open
-    returns), and a thread that closes the sink (started by the test)."""
+def _close_times(monkeypatch, fall_retry_s: float, drain_s: float) -> None:
+    """``FALL_RETRY_S`` and ``CLOSE_DRAIN_S`` (s) for this test; the close waits up to ``WAIT_S`` for the worker (it
+    ends once the blocked open returns)."""
     monkeypatch.setattr(base, "FALL_RETRY_S", fall_retry_s)
     monkeypatch.setattr(base, "CLOSE_DRAIN_S", drain_s)
     monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)
+
+
+def _closing(monkeypatch, fall_retry_s: float, drain_s: float,
+             ) -> tuple[SlowOutput, RecordingSink, RejectScheduler, WorkerSink, Listener, threading.Thread]:
+    """``_station`` on an output whose reconnect blocks (``SlowOutput("connect")``), the close's times set
+    (``_close_times``), and a thread that closes the sink (started by the test)."""
+    _close_times(monkeypatch, fall_retry_s, drain_s)
     out, faults = SlowOutput("connect"), RecordingSink("fault")
     sched, sink, listener = _station(out, faults)
     return out, faults, sched, sink, listener, threading.Thread(target=sink.close)
@@ -208,9 +212,7 @@ def test_a_gate_closed_during_a_blocked_reconnect_ends_with_its_fault_output_off
     waits on a blocked reconnect (``stuck``: the fault output on). The gate closes its reject outputs before its fault
     outputs, so the reject close's ``released`` clears the fault before the fault output's own close writes its
     resting level: it ends off, the gate's fault reason None. Closing the fault outputs first would leave it on."""
-    monkeypatch.setattr(base, "FALL_RETRY_S", 0.5)
-    monkeypatch.setattr(base, "CLOSE_DRAIN_S", 0.05)   # the drain gives up on the blocked edge: the stop is set
-    monkeypatch.setattr(base, "CLOSE_JOIN_S", WAIT_S)  # the close waits for the worker (it ends once the open returns)
+    _close_times(monkeypatch, 0.5, 0.05)   # the drain gives up on the blocked edge: the stop is set
     out, lamp, made = SlowOutput("connect"), SlowOutput("none"), {}
 
     def open_fanout(urls, pulse_ms, reporter, name):
